@@ -1,0 +1,33 @@
+"""The error types preflab raises. Every message says what went wrong and what to do."""
+
+
+class PreflabError(Exception):
+    """Base class of every error preflab raises on purpose."""
+
+
+class ConfigError(PreflabError):
+    """A config key, type or value is invalid (raised before any model is loaded)."""
+
+
+class DataError(PreflabError):
+    """A data file or row is invalid; the message names the file, the row index and the field."""
+
+
+class MissingExtraError(PreflabError):
+    """An objective needs a per-example input in `batch.extras` that the batch does not carry."""
+
+
+class NonFiniteError(PreflabError):
+    """Training hit too many non-finite losses or gradients in a row."""
+
+
+class UnsafeLoadError(PreflabError):
+    """Loading would need pickle or remote code, which the user has not allowed."""
+
+
+def nearest(name: str, options) -> str:
+    """A ' Did you mean X?' hint for a misspelt `name`, or '' when nothing is close."""
+    import difflib
+
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""

@@ -1,0 +1,182 @@
+"""Objectives: one module per method, found by module name (DESIGN.md principle 3).
+
+    get_objective("simpo", beta=2.0)                       # module preflab/objectives/simpo.py
+    get_objective("sigmoid")                               # TRL alias -> dpo (aliases live in each module)
+    get_objective(["sigmoid", "sft"], loss_weights=[1, 1]) # TRL's weighted multi-loss
+    get_objective("mypkg.losses:MyLoss", tau=1.0)          # an objective outside the package
+
+Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_" and `base` are helpers, not objectives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import pkgutil
+import warnings
+from dataclasses import dataclass
+
+from preflab.errors import ConfigError, nearest
+from preflab.objectives.base import (
+    ListBatch,
+    Objective,
+    ObjectiveOutput,
+    PairBatch,
+    SequenceLogps,
+    UnpairedBatch,
+    check_params,
+)
+
+__all__ = [
+    "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
+    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum",
+]
+
+# Names kept for old configs: alias -> (module, warning).
+LEGACY = {"aot_pair": ("aot_unpaired", "loss_type 'aot_pair' was renamed 'aot_unpaired' in TRL 1.x; using aot_unpaired.")}
+
+
+def _module_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "base")
+
+
+@functools.cache
+def objective_class(module_name: str) -> type[Objective]:
+    """The objective class of `preflab.objectives.<module_name>` (its OBJECTIVE attribute)."""
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    cls = getattr(module, "OBJECTIVE", None)
+    if cls is None:
+        raise ConfigError(f"preflab/objectives/{module_name}.py defines no OBJECTIVE; add `OBJECTIVE = <class>`.")
+    return cls
+
+
+@functools.cache
+def _aliases() -> dict[str, str]:
+    table = {}
+    for name in _module_names():
+        for alias in objective_class(name).aliases:
+            if alias in table or alias in _module_names():
+                raise ConfigError(f"objective alias {alias!r} of {name} clashes with {table.get(alias, alias)}.")
+            table[alias] = name
+    return table
+
+
+def list_objectives() -> list[str]:
+    """Every registered objective's name (its module name), sorted."""
+    return _module_names()
+
+
+def resolve_name(name: str) -> str:
+    """Module name for an objective name or alias, or a ConfigError suggesting the nearest."""
+    if name in LEGACY:
+        target, message = LEGACY[name]
+        warnings.warn(message, stacklevel=3)
+        return target
+    names = _module_names()
+    if name in names:
+        return name
+    if name in _aliases():
+        return _aliases()[name]
+    known = names + list(_aliases())
+    raise ConfigError(f"unknown objective {name!r}.{nearest(name, known)} Run `preflab objectives` to list them.")
+
+
+def _class_for(name: str) -> type[Objective]:
+    if ":" in name:  # "package.module:Class", an objective outside preflab
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"cannot import objective {name!r}: {err}") from err
+    return objective_class(resolve_name(name))
+
+
+def get_objective(name, **params) -> Objective:
+    """Build an objective by name (or alias, or dotted path) with its hyper-parameters.
+
+    A list of names builds a WeightedSum (TRL's `loss_type=[...]` with `loss_weights`); each parameter goes to
+    every component that has a field of that name.
+    """
+    if isinstance(name, (list, tuple)):
+        if len(name) == 1 and params.get("loss_weights") is None:
+            params.pop("loss_weights", None)
+            return get_objective(name[0], **params)
+        weights = params.pop("loss_weights", None) or [1.0] * len(name)
+        if len(weights) != len(name):
+            raise ConfigError(f"loss_weights has {len(weights)} entries for {len(name)} loss types {list(name)}.")
+        classes = [_class_for(n) for n in name]
+        used = set()
+        parts = []
+        for cls in classes:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            mine = {k: v for k, v in params.items() if k in fields}
+            used |= set(mine)
+            parts.append(cls(**mine))
+        unused = set(params) - used
+        if unused:
+            raise ConfigError(f"no objective in {list(name)} takes parameter(s) {sorted(unused)}.")
+        return WeightedSum(tuple(parts), tuple(float(w) for w in weights), tuple(name))
+    if params.get("loss_weights") is not None:
+        return get_objective([name], **params)
+    params.pop("loss_weights", None)
+    cls = _class_for(name)
+    check_params(cls, params)
+    return cls(**params)
+
+
+def objective_info(name: str) -> dict:
+    """What `preflab objectives` prints: parameters with defaults, reference, extras, batch kind, paper."""
+    cls = _class_for(name)
+    return {
+        "name": name,
+        "aliases": list(cls.aliases),
+        "params": cls.params(),
+        "needs_reference": cls.needs_reference,
+        "required_extras": list(cls.required_extras),
+        "token_needs": list(cls.token_needs),
+        "batch": cls.batch_type.__name__,
+        "paper": cls.paper,
+        "tags": {k: list(v) for k, v in cls.tags.items()},
+        "summary": ((importlib.import_module(cls.__module__).__doc__ or "").strip().splitlines() or [""])[0],
+    }
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """sum_k w_k * objective_k (TRL's `loss_type=[...]`, `loss_weights=[...]`): per-example losses add up with
+    the weights, metrics are those of the first component plus `loss/<name>` for each part."""
+
+    parts: tuple
+    weights: tuple
+    names: tuple
+
+    def __post_init__(self):
+        kinds = {p.batch_type for p in self.parts}
+        if len(kinds) != 1:
+            raise ConfigError(f"cannot combine objectives of different batch kinds: {list(self.names)}.")
+
+    @property
+    def batch_type(self):
+        return self.parts[0].batch_type
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(p.needs_reference for p in self.parts)
+
+    @property
+    def required_extras(self) -> tuple:
+        return tuple(dict.fromkeys(k for p in self.parts for k in p.required_extras))
+
+    @property
+    def token_needs(self) -> tuple:
+        return tuple(dict.fromkeys(k for p in self.parts for k in p.token_needs))
+
+    def __call__(self, batch) -> ObjectiveOutput:
+        outs = [p(batch) for p in self.parts]
+        losses = sum(w * o.losses for w, o in zip(self.weights, outs))
+        metrics = dict(outs[0].metrics)
+        for name, o in zip(self.names, outs):
+            metrics[f"loss/{name}"] = o.loss.detach()
+        return ObjectiveOutput(loss=sum(w * o.loss for w, o in zip(self.weights, outs)), losses=losses,
+                               metrics=metrics)
+

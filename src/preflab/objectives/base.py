@@ -1,0 +1,313 @@
+"""The objective contract: score containers in, loss and metrics out (DESIGN.md, "The objective contract").
+
+An objective is a frozen dataclass of hyper-parameters whose `compute(batch)` is a pure function of log-prob
+tensors. It never calls a model; it declares what the scoring layer must supply:
+
+    needs_reference   bool   the trainer runs (or loads cached) reference log-probs only when True
+    required_extras   tuple  keys of `batch.extras` it reads, each documented in the objective's docstring
+    token_needs       tuple  token-level quantities the scorer computes in its chunked vocabulary pass:
+                             "token_kl" -> extras chosen_token_kl / rejected_token_kl [B, T] = KL(pi_ref || pi_theta)
+                             "hidden"   -> extras chosen_hidden / rejected_hidden [B, T, H] (policy last hidden state)
+    batch_type        type   PairBatch, UnpairedBatch or ListBatch
+
+Shapes: B examples, T completion positions (chosen and rejected may differ), K responses per prompt (lists).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from preflab.errors import ConfigError, MissingExtraError, PreflabError, nearest
+
+
+@dataclass
+class SequenceLogps:
+    """Per-token log pi(y_t | x, y_<t) of one side of a batch and its response mask.
+
+    token_logps: [..., T] float; mask: [..., T] bool (True on response tokens; prompt and padding False).
+    Positions outside the mask are ignored whatever they hold.
+    """
+
+    token_logps: Tensor
+    mask: Tensor
+
+    def __post_init__(self):
+        if self.token_logps.shape != self.mask.shape:
+            raise PreflabError(
+                f"SequenceLogps: token_logps {tuple(self.token_logps.shape)} and mask {tuple(self.mask.shape)} "
+                "must have the same shape."
+            )
+        if self.mask.dtype != torch.bool:
+            self.mask = self.mask.bool()
+
+    @property
+    def sum(self) -> Tensor:
+        """[...] summed log-prob of each response: S(y) = sum_t m_t lp_t."""
+        return torch.where(self.mask, self.token_logps, torch.zeros_like(self.token_logps)).sum(-1)
+
+    @property
+    def length(self) -> Tensor:
+        """[...] number of response tokens |y|, in the log-probs' dtype."""
+        return self.mask.sum(-1).to(self.token_logps.dtype)
+
+    @property
+    def mean(self) -> Tensor:
+        """[...] mean log-prob per response token, S(y)/|y| (0 for an empty response)."""
+        return self.sum / self.length.clamp_min(1)
+
+    def masked(self) -> Tensor:
+        """[..., T] token log-probs with positions outside the mask set to 0."""
+        return torch.where(self.mask, self.token_logps, torch.zeros_like(self.token_logps))
+
+    @classmethod
+    def from_sums(cls, sums: Tensor) -> "SequenceLogps":
+        """Length-1 sequences whose single token carries the given sums; for tests and the lab."""
+        sums = torch.as_tensor(sums)
+        return cls(sums.unsqueeze(-1), torch.ones(*sums.shape, 1, dtype=torch.bool, device=sums.device))
+
+    def detach(self) -> "SequenceLogps":
+        return SequenceLogps(self.token_logps.detach(), self.mask)
+
+
+def _extra(extras: dict, name: str, owner: str) -> Any:
+    if name not in extras:
+        raise MissingExtraError(
+            f"{owner} needs batch.extras[{name!r}], which this batch does not carry (it has "
+            f"{sorted(extras) or 'no extras'}). Add a {name!r} column to the data or compute it in the loop."
+        )
+    return extras[name]
+
+
+@dataclass
+class PairBatch:
+    """A batch of preference pairs (x, y_w, y_l) as log-probs; the reference sides are None when not needed."""
+
+    policy_chosen: SequenceLogps
+    policy_rejected: SequenceLogps
+    ref_chosen: SequenceLogps | None = None
+    ref_rejected: SequenceLogps | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.policy_chosen.token_logps.shape[0]
+
+    def extra(self, name: str, owner: str = "this objective") -> Any:
+        """`extras[name]`, or a MissingExtraError naming the key and what to do."""
+        return _extra(self.extras, name, owner)
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_chosen is not None and self.ref_rejected is not None
+
+    @classmethod
+    def from_sums(cls, policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, extras=None):
+        """A batch of length-1 sequences from [B] sequence log-prob sums (tests, the lab, diffusion scores)."""
+        wrap = lambda s: None if s is None else SequenceLogps.from_sums(torch.as_tensor(s))  # noqa: E731
+        return cls(wrap(policy_chosen), wrap(policy_rejected), wrap(ref_chosen), wrap(ref_rejected), dict(extras or {}))
+
+
+@dataclass
+class UnpairedBatch:
+    """KTO-style examples: one completion each with a desirable (True) / undesirable (False) label.
+
+    policy, ref: SequenceLogps [B, T]; label: bool [B]; policy_kl / ref_kl: log-probs [B, T] of mismatched
+    completions (x_i with y_{i-1}) used by KTO's reference-point estimate, when the objective needs them.
+    """
+
+    policy: SequenceLogps
+    label: Tensor
+    ref: SequenceLogps | None = None
+    policy_kl: SequenceLogps | None = None
+    ref_kl: SequenceLogps | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.policy.token_logps.shape[0]
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref is not None
+
+    def extra(self, name: str, owner: str = "this objective") -> Any:
+        return _extra(self.extras, name, owner)
+
+    @classmethod
+    def from_sums(cls, policy, label, ref=None, policy_kl=None, ref_kl=None, extras=None):
+        wrap = lambda s: None if s is None else SequenceLogps.from_sums(torch.as_tensor(s))  # noqa: E731
+        return cls(wrap(policy), torch.as_tensor(label).bool(), wrap(ref), wrap(policy_kl), wrap(ref_kl),
+                   dict(extras or {}))
+
+
+@dataclass
+class ListBatch:
+    """K responses per prompt with scores (higher is better) or ranks.
+
+    policy, ref: SequenceLogps [B, K, T]; scores: [B, K] float (ties allowed); valid: bool [B, K] marks real
+    responses when prompts have fewer than K (default: all valid).
+    """
+
+    policy: SequenceLogps
+    scores: Tensor
+    ref: SequenceLogps | None = None
+    valid: Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.valid is None:
+            self.valid = torch.ones(self.scores.shape, dtype=torch.bool, device=self.scores.device)
+
+    @property
+    def size(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref is not None
+
+    def extra(self, name: str, owner: str = "this objective") -> Any:
+        return _extra(self.extras, name, owner)
+
+    @classmethod
+    def from_sums(cls, policy, scores, ref=None, valid=None, extras=None):
+        """From [B, K] sequence sums."""
+        wrap = lambda s: None if s is None else SequenceLogps.from_sums(torch.as_tensor(s))  # noqa: E731
+        return cls(wrap(policy), torch.as_tensor(scores), wrap(ref), valid, dict(extras or {}))
+
+
+@dataclass
+class ObjectiveOutput:
+    """loss: differentiable scalar = mean of `losses`; losses: [B] per-example; metrics: detached scalars."""
+
+    loss: Tensor
+    losses: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+# The survey of DPO (paper #22) classifies methods along four axes; objectives tag themselves with them.
+TAG_AXES = ("data", "framework", "constraint", "property")
+
+
+class Objective:
+    """Base class of every objective. Subclasses are `@dataclass(frozen=True)` with documented fields.
+
+    Class attributes (declarations the trainer reads; see the module docstring):
+    """
+
+    aliases: ClassVar[tuple[str, ...]] = ()
+    batch_type: ClassVar[type] = PairBatch
+    needs_reference: ClassVar[bool] = True
+    required_extras: ClassVar[tuple[str, ...]] = ()
+    token_needs: ClassVar[tuple[str, ...]] = ()
+    paper: ClassVar[str] = ""
+    tags: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible parameter values. Override and call super().validate()."""
+        for f in dataclasses.fields(self):
+            if f.name == "beta" and not getattr(self, "beta") > 0:
+                raise ConfigError(f"{type(self).__name__}: beta must be > 0, got {self.beta}.")
+
+    def compute(self, batch) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, batch) -> ObjectiveOutput:
+        name = type(self).__name__
+        if not isinstance(batch, self.batch_type):
+            raise PreflabError(f"{name} takes a {self.batch_type.__name__}, got {type(batch).__name__}.")
+        if self.needs_reference and not batch.has_reference:
+            raise PreflabError(
+                f"{name} needs reference log-probs (ref_chosen/ref_rejected); the batch has none. "
+                "Give a reference model, or precompute reference log-probs."
+            )
+        for key in self.required_extras:
+            batch.extra(key, owner=name)
+        return self.compute(batch)
+
+    @classmethod
+    def example_extras(cls, batch) -> dict:
+        """Plausible values for `required_extras` and `token_needs` on `batch` (the contract test uses them).
+        Objectives that read extras override this."""
+        return {}
+
+    @classmethod
+    def params(cls) -> dict[str, Any]:
+        """{field name: default} of the objective's hyper-parameters."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def as_loss_dtype(x: Tensor) -> Tensor:
+    """Loss arithmetic runs in float32 at least (float64 stays float64), even under bf16 training."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def logratios(batch: PairBatch) -> tuple[Tensor, Tensor]:
+    """(h_w, h_l) [B]: h(y) = S_theta(y) - S_ref(y), in the loss dtype."""
+    h_w = as_loss_dtype(batch.policy_chosen.sum) - as_loss_dtype(batch.ref_chosen.sum)
+    h_l = as_loss_dtype(batch.policy_rejected.sum) - as_loss_dtype(batch.ref_rejected.sum)
+    return h_w, h_l
+
+
+def reward_metrics(batch: PairBatch, beta: float, chosen: Tensor | None = None, rejected: Tensor | None = None):
+    """TRL's DPO metrics: rewards/{chosen,rejected,margins,accuracies} from beta*h, and logps/{chosen,rejected}.
+
+    `chosen`/`rejected` override the implicit rewards (reference-free objectives pass beta*S or beta*A).
+    rewards/accuracies is strict (ties count 0), as in TRL.
+    """
+    if chosen is None:
+        h_w, h_l = logratios(batch)
+        chosen, rejected = beta * h_w, beta * h_l
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/margins": (chosen - rejected).mean(),
+        "rewards/accuracies": (chosen > rejected).to(chosen.dtype).mean(),
+        "logps/chosen": batch.policy_chosen.sum.detach().mean(),
+        "logps/rejected": batch.policy_rejected.sum.detach().mean(),
+    }
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, stable on both sides of -ln 2 (Maechler, 2012). x = 0 gives -inf."""
+    x = x.clamp(max=0.0)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x); l(z) = -log sigmoid(z) = softplus(-z)."""
+    return F.softplus(x)
+
+
+def check_params(cls: type, params: dict) -> None:
+    """Unknown parameter names and wrong types are a ConfigError naming the nearest valid name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in params.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{cls.__name__} has no parameter {key!r}.{nearest(key, fields)} Valid: {sorted(fields)}."
+            )
+        default = fields[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(
+                f"{cls.__name__}.{key} must be a {type(default).__name__} (default {default!r}), got {value!r}."
+            )

@@ -1,0 +1,175 @@
+"""The objective contract, run over every registered objective (STYLE.md 9.5, RELIABILITY.md J)."""
+import dataclasses
+
+import pytest
+import torch
+
+from preflab.errors import ConfigError, MissingExtraError, PreflabError
+from preflab.objectives import (
+    ListBatch, PairBatch, SequenceLogps, UnpairedBatch, _aliases, get_objective, list_objectives, objective_class,
+    objective_info,
+)
+
+NAMES = list_objectives()
+
+
+def _seq(values, lengths, T=6, requires_grad=False):
+    """[B] or [B,K] sums spread evenly over `lengths` tokens, padded to T."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    lengths = torch.as_tensor(lengths)
+    mask = torch.arange(T) < lengths.unsqueeze(-1)
+    tok = (values / lengths.clamp_min(1)).unsqueeze(-1).expand(*values.shape, T) * mask
+    tok = tok.clone().requires_grad_(requires_grad)
+    return SequenceLogps(tok, mask)
+
+
+def make_batch(cls, scale=1.0, requires_grad=False, neutral=False):
+    """A small batch of the objective's kind; `neutral` puts policy = reference with equal lengths."""
+    B = 4
+    if cls.batch_type is PairBatch:
+        lw, ll = ([3] * B, [3] * B) if neutral else ([3, 5, 2, 4], [4, 2, 5, 1])
+        pc = [-10.0, -3.0, -7.5, -2.0] if not neutral else [-5.0] * B
+        pr = [-12.0, -2.5, -9.0, -4.0] if not neutral else [-5.0] * B
+        rc = [-11.0, -3.2, -7.0, -2.5] if not neutral else pc
+        rr = [-11.5, -2.0, -8.0, -3.0] if not neutral else pr
+        s = lambda v, l, g=False: _seq([x * scale for x in v], l, requires_grad=g)  # noqa: E731
+        batch = PairBatch(s(pc, lw, requires_grad), s(pr, ll, requires_grad), s(rc, lw), s(rr, ll))
+    elif cls.batch_type is UnpairedBatch:
+        lens = [3, 5, 2, 4]
+        pv = [-10.0, -3.0, -7.5, -2.0] if not neutral else [-5.0] * B
+        rv = [-11.0, -3.2, -7.0, -2.5] if not neutral else pv
+        s = lambda v, g=False: _seq([x * scale for x in v], lens, requires_grad=g)  # noqa: E731
+        batch = UnpairedBatch(s(pv, requires_grad), torch.tensor([True, False, True, False]), s(rv),
+                              s([-9.0, -4.0, -6.0, -3.0]), s([-9.5, -4.5, -6.5, -2.0]))
+    else:
+        K = 3
+        lens = torch.tensor([[3, 4, 2]] * B)
+        pv = torch.tensor([[-4.0, -6.0, -5.0]] * B) * scale
+        rv = pv if neutral else torch.tensor([[-4.5, -5.5, -5.0]] * B) * scale
+        batch = ListBatch(_seq(pv, lens, requires_grad=requires_grad), torch.tensor([[1.0, 0.0, 0.5]] * B),
+                          _seq(rv, lens))
+    batch.extras.update(cls.example_extras(batch))
+    return batch
+
+
+def _policy_leaves(batch):
+    if isinstance(batch, PairBatch):
+        return [batch.policy_chosen.token_logps, batch.policy_rejected.token_logps]
+    return [batch.policy.token_logps]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_with_defaults_and_declares_needs(name):
+    cls = objective_class(name)
+    obj = get_objective(name)
+    assert isinstance(cls.needs_reference, bool)
+    assert isinstance(cls.required_extras, tuple)
+    assert cls.paper, f"{name} must name its paper"
+    assert cls.__module__.endswith(name)
+    info = objective_info(name)
+    assert info["summary"], f"{name}'s module needs a docstring"
+    for alias in cls.aliases:
+        assert type(get_objective(alias)) is type(obj)
+    # every required extra is supplied by example_extras, else the contract cannot exercise it
+    batch = make_batch(cls)
+    missing = set(cls.required_extras) - set(batch.extras)
+    assert not missing, f"{name}.example_extras must provide {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_is_mean_of_losses_and_metrics_detached(name):
+    cls = objective_class(name)
+    batch = make_batch(cls, requires_grad=True)
+    out = get_objective(name)(batch)
+    assert out.loss.dim() == 0 and out.loss.requires_grad
+    assert out.losses.shape == (batch.size,)
+    torch.testing.assert_close(out.loss, out.losses.mean())
+    for key, value in out.metrics.items():
+        assert not value.requires_grad, f"metric {key} must be detached"
+    out.loss.backward()
+    grads = [t.grad for t in _policy_leaves(batch)]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "loss must depend on the policy"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_extra_is_a_clear_error(name):
+    cls = objective_class(name)
+    if not cls.required_extras:
+        pytest.skip("reads no extras")
+    batch = make_batch(cls)
+    del batch.extras[cls.required_extras[0]]
+    with pytest.raises(MissingExtraError, match=cls.required_extras[0]):
+        get_objective(name)(batch)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_declared_truthfully(name):
+    cls = objective_class(name)
+    batch = make_batch(cls)
+    if isinstance(batch, PairBatch):
+        batch.ref_chosen = batch.ref_rejected = None
+    else:
+        batch.ref = None
+        if isinstance(batch, UnpairedBatch):
+            batch.ref_kl = None
+    if cls.needs_reference:
+        with pytest.raises(PreflabError, match="reference"):
+            get_objective(name)(batch)
+    else:
+        out = get_objective(name)(batch)
+        assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_for_extreme_logps(name, dtype):
+    cls = objective_class(name)
+    for scale in (1e3, 1.0):
+        batch = make_batch(cls, scale=scale)
+        for side in [getattr(batch, a) for a in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected",
+                                                  "policy", "ref", "policy_kl", "ref_kl") if hasattr(batch, a)]:
+            if side is not None:
+                side.token_logps = side.token_logps.to(dtype)
+        out = get_objective(name)(batch)
+        assert torch.isfinite(out.loss), f"{name} not finite at scale {scale} in {dtype}"
+        assert torch.isfinite(out.losses).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_float64(name):
+    cls = objective_class(name)
+    batch = make_batch(cls)
+    obj = get_objective(name)
+    leaves = _policy_leaves(batch)
+    values = [t.detach().clone().requires_grad_(True) for t in leaves]
+
+    def f(*vals):
+        if isinstance(batch, PairBatch):
+            b = dataclasses.replace(batch, policy_chosen=SequenceLogps(vals[0], batch.policy_chosen.mask),
+                                    policy_rejected=SequenceLogps(vals[1], batch.policy_rejected.mask))
+        else:
+            b = dataclasses.replace(batch, policy=SequenceLogps(vals[0], batch.policy.mask))
+        return obj(b).loss
+
+    assert torch.autograd.gradcheck(f, tuple(values), eps=1e-6, atol=1e-5, nondet_tol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_parameter_rejected_with_hint(name):
+    params = objective_class(name).params()
+    if not params:
+        pytest.skip("no parameters")
+    first = sorted(params)[0]
+    with pytest.raises(ConfigError, match="Did you mean"):
+        get_objective(name, **{first + "x": params[first]})
+
+
+def test_aliases_unique_and_resolve():
+    table = _aliases()
+    assert table["sigmoid"] == "dpo"
+    assert set(table.values()) <= set(NAMES)
+
+
+def test_unknown_objective_suggests_nearest():
+    with pytest.raises(ConfigError, match="Did you mean 'dpo'"):
+        get_objective("dpoo")
