@@ -1,0 +1,96 @@
+"""Tokenized sequences -> model inputs plus the gather plan that turns hidden states into response log-probs.
+
+A layout places N (prompt_ids, response_ids) sequences into R rows of length T and records, for each
+sequence, which flat positions (row * T + col) predict its response tokens. The scorer (preflab.scoring.lm) runs
+the backbone once on the rows, gathers the hidden states at those positions only and applies the LM head and
+log-softmax in chunks, so every layout gives the same per-token log-probs:
+
+    padded         one sequence per row, right-padded (the baseline)
+    prefix_shared  [prompt | response_1 | response_2 ...] in one row per prompt; each response attends to the
+                   prompt and itself only (4-D mask) and its positions restart after the prompt
+                   (see preflab.data.prefix, added by the performance work)
+
+Sequences of a pair batch are ordered [chosen_1..chosen_B, rejected_1..rejected_B].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LayoutBatch:
+    """Model inputs and the gather plan.
+
+    input_ids [R, T]; attention_mask [R, T] (2-D, 1 = real token) or [R, 1, T, T] (4-D bool, True = may attend);
+    position_ids [R, T] or None (default positions); pred_index [N, L] flat index into R*T of the position whose
+    output predicts response token l of sequence n; target_ids [N, L]; response_mask [N, L] bool.
+    row_ids: dataset row of each example (not of each sequence); extras: per-example tensors for the objective.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor | None
+    pred_index: Tensor
+    target_ids: Tensor
+    response_mask: Tensor
+    row_ids: list[int] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def num_sequences(self) -> int:
+        return self.pred_index.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-pad) tokens the model processes: the honest count for tokens/s."""
+        if self.attention_mask.dim() == 2:
+            return int(self.attention_mask.sum())
+        return int(self.attention_mask.any(-1).sum())
+
+    def to(self, device) -> "LayoutBatch":
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        return LayoutBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
+                           move(self.pred_index), move(self.target_ids), move(self.response_mask), self.row_ids,
+                           {k: move(v) for k, v in self.extras.items()})
+
+
+def response_plan(starts: list[int], responses: list[list[int]], row_offsets: list[int]):
+    """Gather plan for N responses: response n's token l sits at row_offsets[n] + starts[n] + l, so it is predicted
+    by the position one before. Returns pred_index [N, L], target_ids [N, L], response_mask [N, L]."""
+    n, width = len(responses), max((len(r) for r in responses), default=0)
+    pred = torch.zeros(n, max(width, 1), dtype=torch.long)
+    target = torch.zeros_like(pred)
+    mask = torch.zeros(n, max(width, 1), dtype=torch.bool)
+    for i, (start, resp, offset) in enumerate(zip(starts, responses, row_offsets)):
+        k = len(resp)
+        pred[i, :k] = offset + start - 1 + torch.arange(k)
+        target[i, :k] = torch.tensor(resp, dtype=torch.long)
+        mask[i, :k] = True
+    return pred, target, mask
+
+
+def padded(sequences: list[tuple[list[int], list[int]]], pad_id: int, row_ids=None, extras=None,
+           pad_to_multiple_of: int = 1) -> LayoutBatch:
+    """One row per (prompt_ids, response_ids) sequence, right-padded with pad_id. Prompts must be non-empty
+    (the first response token is predicted from the last prompt position)."""
+    lengths = [len(p) + len(r) for p, r in sequences]
+    width = max(lengths)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (p, r) in enumerate(sequences):
+        if not p:
+            raise ValueError("every sequence needs at least one prompt token (e.g. BOS) before its response")
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attn[i, : len(p) + len(r)] = 1
+    pred, target, mask = response_plan([len(p) for p, _ in sequences], [r for _, r in sequences],
+                                       [i * width for i in range(len(sequences))])
+    return LayoutBatch(ids, attn, None, pred, target, mask, list(row_ids or []), dict(extras or {}))
+
+
+def pair_sequences(pairs) -> list[tuple[list[int], list[int]]]:
+    """[chosen_1..chosen_B, rejected_1..rejected_B] from objects with prompt_ids, chosen_ids, rejected_ids."""
+    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]

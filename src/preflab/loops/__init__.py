@@ -1,0 +1,1 @@
+"""Training loops: offline (dataset -> step) and online (prompts -> generate -> judge -> step)."""

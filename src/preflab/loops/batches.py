@@ -1,0 +1,96 @@
+"""Which rows form each step's micro-batches, and how tokenized pairs become a LayoutBatch.
+
+Order: epoch e uses the permutation randperm(n) seeded with seed + e. Global step s reads the global batch
+perm[i*G:(i+1)*G] (G = per_device_batch * world_size * grad_accum, i = s mod steps_per_epoch); micro-batch m of
+rank r holds its slice [(m*world + r)*b, (m*world + r + 1)*b). The order depends only on (seed, step), so a resumed
+run reads exactly the rows the uninterrupted run would, and 2 ranks x b read the same global batch as 1 rank x 2b.
+Rows of a last incomplete global batch are not used in that epoch; their count is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from preflab.data.layout import LayoutBatch, pair_sequences, padded
+
+
+@dataclass
+class MicroBatch:
+    layout: LayoutBatch
+    row_ids: list[int]
+    index: list[int]  # positions in the tokenized dataset
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layout.num_tokens
+
+
+@dataclass
+class BatchPlan:
+    num_rows: int
+    per_device: int
+    world: int
+    grad_accum: int
+    seed: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.world * self.grad_accum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_rows // self.global_batch
+
+    @property
+    def unused_rows_per_epoch(self) -> int:
+        return self.num_rows - self.steps_per_epoch * self.global_batch
+
+    def indices(self, step: int, rank: int) -> list[list[int]]:
+        """Dataset positions of this rank's micro-batches at global step `step`."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        perm = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        window = perm[i * self.global_batch:(i + 1) * self.global_batch]
+        b = self.per_device
+        return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
+
+
+def stack_extras(examples, keys=None) -> dict:
+    """Per-example numeric extras -> tensors [B, ...]; keys present in every example only."""
+    if not examples:
+        return {}
+    common = set(examples[0].extras)
+    for ex in examples[1:]:
+        common &= set(ex.extras)
+    out = {}
+    for key in sorted(common if keys is None else common & set(keys)):
+        values = [ex.extras[key] for ex in examples]
+        try:
+            out[key] = torch.tensor(values, dtype=torch.float32 if _is_float(values) else torch.long)
+        except (TypeError, ValueError):
+            continue  # text or ragged columns stay out of the tensor extras
+    return out
+
+
+def _is_float(values) -> bool:
+    flat = torch.tensor(values)
+    return flat.is_floating_point()
+
+
+def collate_pairs(pairs, pad_id: int, layout: str = "padded") -> LayoutBatch:
+    """Tokenized pairs -> a LayoutBatch of [chosen_1..B, rejected_1..B] sequences with stacked extras."""
+    row_ids = [p.row_id for p in pairs]
+    extras = stack_extras(pairs)
+    if layout == "prefix_shared":
+        from preflab.data.prefix import prefix_shared
+
+        return prefix_shared(pairs, pad_id=pad_id, row_ids=row_ids, extras=extras)
+    return padded(pair_sequences(pairs), pad_id=pad_id, row_ids=row_ids, extras=extras)
+
+
+def micro_batches(dataset, plan: BatchPlan, step: int, rank: int, pad_id: int, layout: str) -> list[MicroBatch]:
+    out = []
+    for index in plan.indices(step, rank):
+        pairs = [dataset[i] for i in index]
+        out.append(MicroBatch(collate_pairs(pairs, pad_id, layout), [p.row_id for p in pairs], index))
+    return out

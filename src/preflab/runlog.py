@@ -1,0 +1,98 @@
+"""What a run writes besides weights: metrics.jsonl, the progress bar, summary.json and the model card."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to output_dir/metrics.jsonl (main process only).
+
+    On resume, rows after the resumed step are dropped first, so the file never holds a step twice.
+    """
+
+    def __init__(self, output_dir: Path, enabled: bool = True, resume_step: int | None = None):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        if enabled and resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif enabled and resume_step is None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(clean) + "\n")
+
+
+class Progress:
+    """A tqdm bar with loss, margin, accuracy, tokens/s; ETA comes from tqdm."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
+        self.start = time.perf_counter()
+        self.tokens = 0
+
+    def update(self, result, tokens: int) -> None:
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        post = {"loss": f"{result.loss:.4f}"}
+        if "rewards/margins" in result.metrics:
+            post["margin"] = f"{result.metrics['rewards/margins']:.3f}"
+        if "rewards/accuracies" in result.metrics:
+            post["acc"] = f"{result.metrics['rewards/accuracies']:.2f}"
+        post["tok/s"] = f"{self.tokens / elapsed:.0f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    from preflab import __version__
+
+    return {"preflab": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
+
+
+def write_summary(output_dir: Path, summary: dict) -> Path:
+    path = Path(output_dir) / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
+    """README.md beside the weights: base model, data, objective, final metrics, how to load."""
+    final = summary.get("final_metrics", {})
+    lines = [
+        "---", "library_name: transformers", "tags: [preflab, preference-optimization, "
+        f"{cfg.loss_type if isinstance(cfg.loss_type, str) else ', '.join(cfg.loss_type)}]",
+        f"base_model: {cfg.model_name_or_path}", "---", "",
+        f"# {Path(cfg.output_dir).name}", "",
+        f"Trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}` "
+        f"with objective `{cfg.loss_type}` (beta={cfg.beta}).", "",
+        f"- steps: {summary.get('global_step')}, examples seen: {summary.get('train_examples_seen')}",
+        f"- skipped rows: {summary.get('data', {}).get('skipped', {})}",
+    ]
+    lines += [f"- {k}: {v:.4g}" for k, v in final.items() if isinstance(v, (int, float))]
+    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f"model = AutoModelForCausalLM.from_pretrained({str(output_dir)!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})", "```", ""]
+    (Path(output_dir) / "README.md").write_text("\n".join(lines))

@@ -1,0 +1,145 @@
+"""Response log-probs of a causal LM on a LayoutBatch, without ever building [B, T, V] logits.
+
+The backbone runs once on the layout's rows; hidden states are gathered at the positions that predict response
+tokens only (prompt and padding positions never reach the LM head); the LM head, the float32 log-softmax and any
+token-level needs run in chunks of `chunk_tokens` positions. Under autograd each chunk is checkpointed, so peak
+memory for the head is one chunk's [C, V] logits whatever the sequence length or vocabulary size.
+
+    token_logps[n, l] = log softmax(head(h[pred_index[n, l]]))[target_ids[n, l]]
+
+Token-level needs (declared by objectives, see preflab.objectives.base):
+    "token_kl"  per-token KL(pi_ref || pi_theta) over the full vocabulary, from the reference hidden states
+    "hidden"    the policy's hidden states at the predicting positions
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from preflab.data.layout import LayoutBatch
+from preflab.objectives.base import PairBatch, SequenceLogps
+
+CHUNK_BYTES = 64 * 2**20  # float32 logits budget per chunk
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP / PEFT wrappers (LoRA layers stay active inside it)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(decoder without LM head, LM head) of a transformers causal LM."""
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix, None)
+    head = base.get_output_embeddings()
+    if backbone is None or head is None:
+        raise TypeError(f"{type(base).__name__} is not a causal LM with a separate backbone and LM head")
+    return backbone, head
+
+
+def _softcap(model: nn.Module) -> float | None:
+    return getattr(unwrap(model).config, "final_logit_softcapping", None)
+
+
+def _head_chunk(h: Tensor, targets: Tensor, head: nn.Module, softcap, ref_h, ref_head, want_kl: bool):
+    """Log-prob of `targets` [C] from hidden states h [C, H]; optionally per-token KL(ref || policy) [C]."""
+    logits = head(h).float()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    if not want_kl:
+        return logp, logp.new_zeros(())
+    ref_logits = ref_head(ref_h).float()
+    if softcap:
+        ref_logits = softcap * torch.tanh(ref_logits / softcap)
+    ref_logprobs = torch.log_softmax(ref_logits, dim=-1)
+    kl = (ref_logprobs.exp() * (ref_logprobs - (logits - logz.unsqueeze(-1)))).sum(-1)
+    return logp, kl
+
+
+@dataclass
+class Scores:
+    """token_logps [N, L] (zeros off the mask), mask [N, L]; token_kl [N, L] and hidden [N, L, H] when asked."""
+
+    token_logps: Tensor
+    mask: Tensor
+    hidden_flat: Tensor | None = None  # [M, H] hidden states at response-predicting positions
+    token_kl: Tensor | None = None
+    hidden: Tensor | None = None
+
+
+class LogProbScorer(nn.Module):
+    """Wraps a causal LM so that one forward call returns response log-probs (wrap this in DDP, not the LM)."""
+
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = None):
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
+                ref_head: nn.Module | None = None) -> Scores:
+        backbone, head = backbone_and_head(self.model)
+        kwargs = {"attention_mask": layout.attention_mask, "use_cache": False}
+        if layout.position_ids is not None:
+            kwargs["position_ids"] = layout.position_ids
+        hidden = backbone(input_ids=layout.input_ids, **kwargs).last_hidden_state  # [R, T, H]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        mask = layout.response_mask
+        h = flat.index_select(0, layout.pred_index[mask])  # [M, H]
+        targets = layout.target_ids[mask]  # [M]
+        want_kl = ref is not None and ref_head is not None
+        chunk = self.chunk_tokens or max(16, CHUNK_BYTES // (4 * head.weight.shape[0] * (2 if want_kl else 1)))
+        softcap = _softcap(self.model)
+        pieces_lp, pieces_kl = [], []
+        for start in range(0, h.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            args = (h[sl], targets[sl], head, softcap, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
+            if torch.is_grad_enabled() and h.requires_grad:
+                lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False)
+            else:
+                lp, kl = _head_chunk(*args)
+            pieces_lp.append(lp)
+            pieces_kl.append(kl)
+        logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
+        token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
+        out = Scores(token_logps, mask, hidden_flat=h)
+        if want_kl:
+            kl = torch.cat(pieces_kl)
+            out.token_kl = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device).masked_scatter(mask, kl)
+        if want_hidden:
+            out.hidden = h.new_zeros(*mask.shape, h.shape[-1]).masked_scatter(mask.unsqueeze(-1), h)
+        return out
+
+
+def split_pairs(policy: Scores, ref: Scores | None, extras: dict | None = None) -> PairBatch:
+    """PairBatch from scores of [chosen_1..B, rejected_1..B] sequences; token needs land in extras."""
+    b = policy.token_logps.shape[0] // 2
+    side = lambda s, part: SequenceLogps(s.token_logps[part], s.mask[part])  # noqa: E731
+    first, second = slice(0, b), slice(b, 2 * b)
+    extras = dict(extras or {})
+    if policy.token_kl is not None:
+        extras["chosen_token_kl"], extras["rejected_token_kl"] = policy.token_kl[first], policy.token_kl[second]
+    if policy.hidden is not None:
+        extras["chosen_hidden"], extras["rejected_hidden"] = policy.hidden[first], policy.hidden[second]
+    return PairBatch(side(policy, first), side(policy, second),
+                     side(ref, first) if ref is not None else None, side(ref, second) if ref is not None else None,
+                     extras)
+
+
+def naive_token_logps(model: nn.Module, layout: LayoutBatch) -> Tensor:
+    """Reference implementation (full [R, T, V] logits through model.forward) for equality tests."""
+    kwargs = {"attention_mask": layout.attention_mask}
+    if layout.position_ids is not None:
+        kwargs["position_ids"] = layout.position_ids
+    logits = model(input_ids=layout.input_ids, **kwargs).logits.float()
+    logprobs = torch.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
+    lp = logprobs[layout.pred_index, layout.target_ids]
+    return torch.where(layout.response_mask, lp, torch.zeros_like(lp))

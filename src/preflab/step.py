@@ -1,0 +1,95 @@
+"""The one optimizer step every loop shares (DESIGN.md principle 4).
+
+One call = one optimizer step over this rank's micro-batches of a gradient-accumulation window:
+
+    denom = number of examples in the whole window on all ranks (known before any forward)
+    for each micro-batch: out = forward(mb); backward(sum(out.losses) * world_size / denom)
+    grad_norm = clip(params, max_grad_norm); non-finite loss or norm -> skip the update (every rank agrees)
+    optimizer.step(); scheduler.step(); zero_grad
+
+Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
+2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
+gradients over ranks, hence the world_size factor. Metrics are averaged with the same example weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class StepResult:
+    loss: float
+    metrics: dict[str, float]
+    grad_norm: float
+    skipped: bool
+    num_examples: int
+    row_ids: list[int] = field(default_factory=list)
+
+
+def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    return accelerator.reduce(values, reduction="sum")
+
+
+def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Tensor], optimizer, scheduler=None,
+                   accelerator=None, max_grad_norm: float | None = 1.0, sync_module=None,
+                   extra_params: list[torch.Tensor] = ()) -> StepResult:
+    """Run one update. `forward(mb)` returns an ObjectiveOutput; each micro-batch has `row_ids` (its examples).
+
+    sync_module: the DDP-wrapped module (gradient sync is skipped on all but the last micro-batch).
+    extra_params: trainable tensors outside that module (e.g. an objective's own parameters); their gradients are
+    all-reduced here.
+    """
+    world = accelerator.num_processes if accelerator is not None else 1
+    local = torch.tensor([float(sum(len(mb.row_ids) for mb in micro_batches))])
+    denom = float(_reduce_sum(accelerator, local.to(_device(accelerator))).item())
+    loss_sum, metric_sums, bad = 0.0, {}, False
+    for i, mb in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        ctx = accelerator.no_sync(sync_module) if (sync_module is not None and not last and world > 1) else \
+            contextlib.nullcontext()
+        with ctx:
+            out = forward(mb)
+            # a non-finite loss still goes through backward so that every rank takes part in the gradient
+            # all-reduce; the update is then skipped on all ranks together
+            bad = bad or not bool(torch.isfinite(out.loss.detach()))
+            scaled = out.losses.sum() * world / denom
+            if accelerator is not None:
+                accelerator.backward(scaled)
+            else:
+                scaled.backward()
+        n = out.losses.shape[0]
+        loss_sum += float(out.losses.detach().sum())
+        for key, value in out.metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * n
+    for p in extra_params:
+        if world > 1 and p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+    all_params = list(params) + list(extra_params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
+    bad_flag = torch.tensor([1.0 if (bad or not torch.isfinite(grad_norm)) else 0.0], device=_device(accelerator))
+    skipped = bool(_reduce_sum(accelerator, bad_flag).item() > 0)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    keys = sorted(metric_sums)
+    totals = _reduce_sum(accelerator, torch.tensor([loss_sum] + [metric_sums[k] for k in keys],
+                                                    dtype=torch.float64, device=_device(accelerator)))
+    row_ids = [r for mb in micro_batches for r in mb.row_ids]
+    return StepResult(loss=float(totals[0]) / denom, metrics={k: float(v) / denom for k, v in zip(keys, totals[1:])},
+                      grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids)
+
+
+def _device(accelerator):
+    return accelerator.device if accelerator is not None else torch.device("cpu")

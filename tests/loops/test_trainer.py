@@ -1,0 +1,113 @@
+"""The trainer's exactness guarantees: accumulation, processes, resume after SIGKILL, the non-finite guard."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.errors import NonFiniteError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import run  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "tiny_run.py"
+
+
+def weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def losses(path):
+    return [json.loads(line)["loss"] for line in open(Path(path) / "metrics.jsonl") if '"loss"' in line]
+
+
+def test_accumulation_equals_large_batch(tmp_path):
+    run(tmp_path / "big", per_device_train_batch_size=4)
+    run(tmp_path / "acc", per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    assert max_diff(weights(tmp_path / "big"), weights(tmp_path / "acc")) < 1e-5
+    assert losses(tmp_path / "big") == pytest.approx(losses(tmp_path / "acc"), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_double_batch(tmp_path):
+    run(tmp_path / "one", per_device_train_batch_size=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(SCRIPT), str(tmp_path / "two"), "per_device_train_batch_size=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
+    steps = dict(max_steps=240, save_steps=20)
+    run(tmp_path / "full", **steps)
+    out = tmp_path / "killed"
+    args = [f"{k}={v}" for k, v in steps.items()]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint-60" / "COMPLETE").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "killed too late to test resume"
+    summary, _ = run(out, resume_from_checkpoint=True, **steps)
+    assert summary["resumed_from_step"] >= 60
+    assert max_diff(weights(tmp_path / "full"), weights(out)) <= 1e-6
+    logged = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
+    assert logged == sorted(set(logged)), "metrics.jsonl must not repeat steps after resume"
+
+
+def test_nonfinite_steps_are_skipped_then_stop_with_checkpoint(tmp_path, monkeypatch):
+    from preflab.loops.offline import Trainer
+
+    original = Trainer._forward
+    calls = {"n": 0}
+
+    def poisoned(self, mb):
+        calls["n"] += 1
+        out = original(self, mb)
+        if calls["n"] in (2, 4, 5, 6):  # step 2 alone, then steps 4-6 in a row
+            out.loss = out.loss * float("nan")
+            out.losses = out.losses * float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "_forward", poisoned)
+    with pytest.raises(NonFiniteError, match="non-finite steps in a row") as err:
+        run(tmp_path, max_steps=10, max_nonfinite_steps=3)
+    ckpt = tmp_path / "checkpoint-6"
+    assert str(ckpt) in str(err.value)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert [s["step"] for s in state["nonfinite"]] == [2, 4, 5, 6]
+    assert all(len(s["row_ids"]) == 4 for s in state["nonfinite"])
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [row["step"] for row in logged if row.get("nonfinite")] == [2, 4, 5, 6]
+    # the saved weights are those after step 3, the last good update: a run poisoned at step 2 only, saved at 3
+    bad_only_two = {"n": 0}
+
+    def poison_two(self, mb):
+        bad_only_two["n"] += 1
+        out = original(self, mb)
+        if bad_only_two["n"] == 2:
+            out.loss, out.losses = out.loss * float("nan"), out.losses * float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "_forward", poison_two)
+    run(tmp_path / "clean", max_steps=10, save_steps=3)
+    assert max_diff(weights(ckpt), weights(tmp_path / "clean" / "checkpoint-3")) == 0.0

@@ -1,0 +1,42 @@
+"""A tiny DPO run with synthetic pairs, shared by the trainer tests (run in-process or as a subprocess).
+
+python tests/loops/tiny_run.py OUT_DIR [key=value ...]   (also under `accelerate launch --num_processes 2 --cpu`)
+"""
+import random
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from preflab.config import config_from_dict
+from preflab.loops.offline import Trainer
+from preflab.models.load import frozen_copy
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+
+def synthetic_pairs(n=32, seed=0):
+    rng = random.Random(seed)
+    draw = lambda k: [rng.randrange(6, 200) for _ in range(k)]  # noqa: E731
+    return [SimpleNamespace(row_id=i, prompt_ids=[1] + draw(rng.randrange(2, 6)), chosen_ids=draw(3) + [2],
+                            rejected_ids=draw(rng.randrange(1, 5)) + [2], extras={}) for i in range(n)]
+
+
+def run(out_dir, **overrides):
+    torch.set_num_threads(1)
+    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", output_dir=str(out_dir),
+                  learning_rate=1e-3, per_device_train_batch_size=4, max_steps=6, logging_steps=1,
+                  disable_tqdm=True, use_cpu=True)
+    params.update(overrides)
+    cfg = config_from_dict(params)
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    ref = frozen_copy(policy)
+    trainer = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs())
+    return trainer.train(), trainer
+
+
+if __name__ == "__main__":
+    import yaml
+
+    extra = dict(item.split("=", 1) for item in sys.argv[2:])
+    run(sys.argv[1], **{k: yaml.safe_load(v) for k, v in extra.items()})
