@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from preflab.objectives import PairBatch, get_objective
+from preflab.objectives import PairBatch, SequenceLogps, get_objective
 
 FIXTURE = dict(policy_chosen=[-10.0], policy_rejected=[-12.0], ref_chosen=[-11.0], ref_rejected=[-11.5])
 
@@ -49,3 +49,46 @@ def test_weighted_sum_adds_components():
     single = get_objective("dpo", beta=0.1)(batch).loss
     combo = get_objective(["sigmoid", "dpo"], loss_weights=[0.25, 2.0], beta=0.1)(batch)
     assert combo.loss.item() == pytest.approx(2.25 * single.item())
+
+
+def _tokens(values, dtype=torch.float64, pad=0):
+    """One response [1, T] with the given per-token log-probs, then `pad` padding positions holding junk."""
+    lp = torch.tensor([list(values) + [-99.0] * pad], dtype=dtype)
+    return SequenceLogps(lp, torch.tensor([[True] * len(values) + [False] * pad]))
+
+
+def _ld_batch(dtype=torch.float64):
+    # chosen 4 tokens, rejected 2 tokens -> shared length 2
+    return PairBatch(_tokens([-1.0, -2.0, -3.0, -4.0], dtype, pad=1), _tokens([-1.0, -1.0], dtype, pad=3),
+                     _tokens([-1.0, -1.0, -1.0, -1.0], dtype, pad=1), _tokens([-2.0, -2.0], dtype, pad=3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ld_alpha_by_hand(dtype):
+    # S_ld: policy chosen -3 + 0.5*(-7) = -6.5, ref chosen -2 + 0.5*(-2) = -3 -> h_w = -3.5; h_l = -2 - (-4) = 2
+    out = get_objective("sigmoid", beta=0.1, ld_alpha=0.5)(_ld_batch(dtype))
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(0.55)), abs=1e-6)
+    assert out.metrics["logps/chosen"].item() == pytest.approx(-6.5, abs=1e-6)  # TRL logs the weighted log-probs
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(-0.35, abs=1e-6)
+
+
+def test_ld_alpha_one_is_dpo_and_zero_truncates():
+    batch = _ld_batch()
+    plain = get_objective("dpo", beta=0.1)(batch).loss
+    assert get_objective("dpo", beta=0.1, ld_alpha=1.0)(batch).loss.item() == pytest.approx(plain.item(), abs=1e-12)
+    truncated = PairBatch(_tokens([-1.0, -2.0]), _tokens([-1.0, -1.0]), _tokens([-1.0, -1.0]), _tokens([-2.0, -2.0]))
+    assert get_objective("dpo", beta=0.1, ld_alpha=0.0)(batch).loss.item() == pytest.approx(
+        get_objective("dpo", beta=0.1)(truncated).loss.item(), abs=1e-12)
+
+
+def test_ld_alpha_out_of_range_rejected():
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ld_alpha"):
+        get_objective("dpo", ld_alpha=1.5)
+
+
+def test_alpha_divergence_at_one_is_reverse_kl():
+    batch = fixture()[0]
+    assert get_objective("dpo", f_divergence="alpha_divergence", f_alpha=1.0)(batch).loss.item() == pytest.approx(
+        0.6209570478, abs=1e-9)

@@ -1,0 +1,134 @@
+"""A disk cache for tokenization, keyed by a fingerprint of (examples, tokenizer, settings). JSON only: no pickle.
+
+    pairs, report = tokenize_cached(examples, tokenizer, cache_dir="runs/cache", max_length=512)
+
+The fingerprint hashes every example's content (row id, prompt, responses, label, extras), the tokenizer
+(its full `tokenizers` JSON when it is a fast tokenizer: vocab, merges, normalizer, pre-tokenizer, added tokens;
+else its vocab), its special tokens and chat template, the function and its settings, and `CACHE_FORMAT`.
+A hit returns objects equal to a fresh call, with `report.from_cache = True`. The file stores only ids and the
+example index; `row_id`, `label` and `extras` come back from the examples themselves. A missing, unreadable or
+mismatched file is a miss (and is rewritten atomically: temp file, then rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import astuple
+from pathlib import Path
+
+from preflab.data.examples import PairExample, PromptExample, UnpairedExample
+from preflab.data.report import TokenizeReport
+from preflab.data.tokenize import (TokenizedPair, TokenizedPrompt, TokenizedUnpaired, tokenize_indexed,
+                                   tokenize_pairs, tokenize_prompts, tokenize_unpaired)
+from preflab.errors import ConfigError
+
+CACHE_FORMAT = 1
+_KINDS = {PairExample: ("pairs", tokenize_pairs), UnpairedExample: ("unpaired", tokenize_unpaired),
+          PromptExample: ("prompts", tokenize_prompts)}  # each function's keyword defaults apply
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True, default=repr, separators=(",", ":"))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of everything about `tokenizer` that changes token ids or templates."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8", "surrogatepass"))
+    else:
+        h.update(_json(sorted(tokenizer.get_vocab().items())).encode())
+    specials = {name: getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "pad_token",
+                                                                   "unk_token", "bos_token_id", "eos_token_id")}
+    h.update(_json([specials, list(getattr(tokenizer, "all_special_tokens", [])),
+                    getattr(tokenizer, "chat_template", None)]).encode())
+    return h.hexdigest()
+
+
+def examples_fingerprint(examples) -> str:
+    """sha256 over the content of every example, in order."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(_json([type(ex).__name__, *astuple(ex)]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _row(item) -> list:
+    if isinstance(item, TokenizedPair):
+        return [item.prompt_ids, item.chosen_ids, item.rejected_ids]
+    if isinstance(item, TokenizedUnpaired):
+        return [item.prompt_ids, item.completion_ids]
+    return [item.prompt_ids]
+
+
+def _rebuild(kind: str, ex, ids: list):
+    if kind == "pairs":
+        return TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras))
+    if kind == "unpaired":
+        return TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
+    return TokenizedPrompt(ex.row_id, ids[0], dict(ex.extras))
+
+
+def _load(path: Path, key: str, kind: str, examples):
+    try:
+        blob = json.loads(path.read_text(encoding="utf-8"))
+        if blob.get("format") != CACHE_FORMAT or blob.get("key") != key:
+            return None
+        items = [_rebuild(kind, examples[index], ids) for index, ids in blob["items"]]
+        report = TokenizeReport.from_dict(blob["report"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    report.from_cache = True
+    return items, report
+
+
+def _store(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tokenize_cached(examples, tokenizer, *, cache_dir: str | os.PathLike, **settings):
+    """`tokenize_pairs` / `tokenize_unpaired` / `tokenize_prompts` (picked by the examples' type) through a
+    cache under `cache_dir`. `settings` are that function's keyword arguments. Returns (items, report)."""
+    examples = list(examples)
+    kinds = {type(ex) for ex in examples}
+    if len(kinds) > 1 or (kinds and next(iter(kinds)) not in _KINDS):
+        raise ConfigError(f"tokenize_cached needs examples of one type (PairExample, UnpairedExample or "
+                          f"PromptExample); got {sorted(k.__name__ for k in kinds)}.")
+    if not examples:
+        return [], TokenizeReport(source=settings.get("source", ""))
+    kind, tokenize = _KINDS[next(iter(kinds))]
+    defaults = _defaults(tokenize)
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{tokenize.__name__} has no setting(s) {unknown}; it takes {sorted(defaults)}.")
+    settings = {**defaults, **settings}
+    key = hashlib.sha256(_json([CACHE_FORMAT, kind, sorted(settings.items()), tokenizer_fingerprint(tokenizer),
+                               examples_fingerprint(examples)]).encode()).hexdigest()
+    path = Path(cache_dir) / f"tokenized-{kind}-{key[:32]}.json"
+    hit = _load(path, key, kind, examples)
+    if hit is not None:
+        return hit
+    items, report, positions = tokenize_indexed(kind, examples, tokenizer, **settings)
+    _store(path, {"format": CACHE_FORMAT, "key": key, "kind": kind, "report": report.to_dict(),
+                  "items": [[pos, _row(item)] for pos, item in zip(positions, items)]})
+    return items, report
+
+
+def _defaults(function) -> dict:
+    """The keyword defaults of a public `tokenize_*` function (so max_length=1024 applies as documented)."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}

@@ -1,0 +1,53 @@
+"""Validated examples: what `load_rows` returns and `tokenize_*` consumes.
+
+A prompt or response is either text (`str`, TRL's standard form) or a list of chat messages
+(`[{"role": ..., "content": ...}, ...]`, TRL's conversational form). For conversational pairs the prompt holds
+the conversation so far and `chosen` / `rejected` hold the assistant turn(s) that follow it. `row_id` is the
+0-based index of the row in its source; `extras` keeps the row's other columns (`margin`, `weight`, `id`, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+Messages = list[dict]
+Text = Union[str, Messages]
+
+
+def is_conversational(value: Text) -> bool:
+    """True for a list of messages, False for plain text."""
+    return isinstance(value, list)
+
+
+@dataclass
+class PairExample:
+    """One preference pair: `prompt`, the preferred `chosen` and the dispreferred `rejected` response."""
+
+    row_id: int
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class UnpairedExample:
+    """One KTO-style example: a `completion` to `prompt`, desirable (`label=True`) or not."""
+
+    row_id: int
+    prompt: Text
+    completion: Text
+    label: bool
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class PromptExample:
+    """One prompt for online loops (generation happens later)."""
+
+    row_id: int
+    prompt: Text
+    extras: dict = field(default_factory=dict)
+
+
+Example = Union[PairExample, UnpairedExample, PromptExample]

@@ -1,0 +1,168 @@
+"""Bad-row bookkeeping shared by the data stages: every row is either kept or skipped with a reason.
+
+A stage raises `RowProblem(reason, field, detail, fix)` for one bad row. `BadRowPolicy.handle` then either
+raises a `DataError` that names the file, the row index and the field (``on_bad_row="error"``), or counts the
+row under its reason in the stage's report (``on_bad_row="skip"``). Nothing is dropped silently: each report
+keeps ``kept + sum(skipped.values()) == total``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from preflab.errors import ConfigError, DataError, nearest
+
+ON_BAD_ROW = ("error", "skip")
+MAX_SKIPPED_EXAMPLES = 20
+
+
+class RowProblem(Exception):
+    """One bad row: a short `reason` key (counted in reports), the `field` at fault (or None), what is wrong
+    (`detail`) and what to do about it (`fix`)."""
+
+    def __init__(self, reason: str, field: str | None, detail: str, fix: str = ""):
+        super().__init__(detail)
+        self.reason, self.field, self.detail, self.fix = reason, field, detail, fix
+
+
+def check_on_bad_row(value: str) -> str:
+    """Validate the `on_bad_row` setting ("error" or "skip")."""
+    if value not in ON_BAD_ROW:
+        raise ConfigError(f"on_bad_row={value!r} is not one of {ON_BAD_ROW}.{nearest(str(value), ON_BAD_ROW)}")
+    return value
+
+
+def where(source: str, row_id: int, line: int | None = None) -> str:
+    """'train.jsonl row 17 (line 18)': the place named in every data message."""
+    place = f"{source} row {row_id}" if source else f"row {row_id}"
+    return place + (f" (line {line})" if line is not None else "")
+
+
+def row_error(problem: RowProblem, source: str, row_id: int, line: int | None = None,
+              field_name: str | None = None) -> DataError:
+    """The `DataError` for one bad row; it also carries `.source`, `.row_id`, `.field` and `.reason`."""
+    name = field_name if field_name is not None else problem.field
+    head = where(source, row_id, line) + (f", field {name!r}" if name else "")
+    fix = f" {problem.fix}" if problem.fix else ""
+    err = DataError(f"{head}: {problem.detail}.{fix} Fix the row or set on_bad_row: skip.")
+    err.source, err.row_id, err.field, err.reason, err.line = source, row_id, name, problem.reason, line
+    return err
+
+
+@dataclass
+class RowReport:
+    """Counts shared by the data reports: rows seen, kept, and skipped by reason (with up to 20 examples)."""
+
+    source: str = ""
+    total: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[dict] = field(default_factory=list)
+
+    def record_skip(self, problem: RowProblem, row_id: int, line: int | None = None,
+                    field_name: str | None = None) -> None:
+        """Count one skipped row under its reason; keep the first `MAX_SKIPPED_EXAMPLES` as examples."""
+        self.skipped[problem.reason] = self.skipped.get(problem.reason, 0) + 1
+        if len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:
+            entry = {"row_id": row_id, "field": field_name if field_name is not None else problem.field,
+                     "reason": problem.reason, "detail": problem.detail}
+            if line is not None:
+                entry["line"] = line
+            self.skipped_examples.append(entry)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def check(self) -> None:
+        """Assert that every row is accounted for (kept or skipped with a reason)."""
+        if self.kept + self.n_skipped != self.total:
+            raise AssertionError(f"data report does not add up: kept {self.kept} + skipped {self.n_skipped} "
+                                 f"!= total {self.total} ({self.source})")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field, for the run summary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Rebuild a report from `to_dict()` output (unknown keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def _skip_text(self) -> str:
+        if not self.skipped:
+            return "0 skipped"
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{self.n_skipped} skipped ({reasons})"
+
+
+class BadRowPolicy:
+    """Applies `on_bad_row` to a `RowProblem`: raise a `DataError`, or count the row as skipped in `report`."""
+
+    def __init__(self, on_bad_row: str, report: RowReport, field_names: dict[str, str] | None = None):
+        self.mode = check_on_bad_row(on_bad_row)
+        self.report = report
+        self.field_names = field_names or {}  # preflab name -> the user's column name (from column_map)
+
+    def display_field(self, name: str | None) -> str | None:
+        """The field as the user's file spells it: 'chosen[1].role' -> 'good[1].role' under a column_map."""
+        if not name or not self.field_names:
+            return name
+        root = name.split("[", 1)[0].split(".", 1)[0]
+        return self.field_names.get(root, root) + name[len(root):]
+
+    def handle(self, problem: RowProblem, row_id: int, line: int | None = None, source: str | None = None) -> None:
+        shown = self.display_field(problem.field)
+        if self.mode == "error":
+            raise row_error(problem, self.report.source if source is None else source, row_id, line, shown)
+        self.report.record_skip(problem, row_id, line, shown)
+
+
+@dataclass
+class DataReport(RowReport):
+    """What `load_rows` read: rows seen / kept / skipped by reason, the forms found (e.g. 'standard',
+    'conversational_implicit'), the number of examples produced (pairwise rows read as unpaired give two
+    each) and blank JSONL lines ignored."""
+
+    kind: str = "pairwise"
+    examples: int = 0
+    forms: dict[str, int] = field(default_factory=dict)
+    blank_lines: int = 0
+
+    def summary(self) -> str:
+        """One line, e.g. 'train.jsonl (pairwise): 100 rows, 97 kept, 3 skipped (empty_field: 2, identical: 1)'."""
+        forms = ", ".join(f"{k} {v}" for k, v in sorted(self.forms.items()))
+        line = f"{self.source or '<rows>'} ({self.kind}): {self.total} rows, {self.kept} kept, {self._skip_text()}"
+        if forms:
+            line += f"; forms: {forms}"
+        if self.examples != self.kept:
+            line += f"; {self.examples} examples"
+        return line
+
+
+@dataclass
+class TokenizeReport(RowReport):
+    """What tokenization did: examples seen / kept / skipped by reason. Among the kept rows: how many had their
+    prompt or a response truncated, needed the separate-tokenization boundary ('boundary_merged') or the
+    common-prefix cut ('boundary_shifted'), or already ended in EOS; token totals and maxima."""
+
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    boundary_merged: int = 0
+    boundary_shifted: int = 0
+    eos_already_present: int = 0
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    max_prompt_tokens: int = 0
+    max_response_tokens: int = 0
+    from_cache: bool = False
+
+    def summary(self) -> str:
+        """One line with the kept/skipped counts, truncations and boundary fallbacks."""
+        parts = [f"{self.source or '<examples>'}: tokenized {self.total}, {self.kept} kept, {self._skip_text()}",
+                 f"prompt truncated {self.prompt_truncated}", f"response truncated {self.response_truncated}"]
+        if self.boundary_merged or self.boundary_shifted:
+            parts.append(f"boundary merged {self.boundary_merged}, shifted {self.boundary_shifted}")
+        if self.eos_already_present:
+            parts.append(f"eos already present {self.eos_already_present}")
+        return "; ".join(parts) + (" (from cache)" if self.from_cache else "")

@@ -1,0 +1,160 @@
+"""Read and validate rows: source -> examples + a `DataReport` (DESIGN.md, data path step 1).
+
+    examples, report = load_rows("train.jsonl", kind="pairwise", on_bad_row="skip")
+
+Kinds and the row forms each accepts (TRL's dataset conventions, ANCHORS.md §3.2):
+- "pairwise" -> `PairExample`: standard {"prompt", "chosen", "rejected"} strings; conversational (lists of
+  messages, `chosen`/`rejected` are the assistant turn(s)); implicit prompt (no `prompt`: the shared start of
+  `chosen` and `rejected` becomes the prompt, see `validate.split_implicit_*`).
+- "unpaired" -> `UnpairedExample`: KTO rows {"prompt", "completion", "label": bool}; a pairwise row becomes one
+  desirable (chosen) and one undesirable (rejected) example with the same `row_id`, as TRL's KTO does.
+- "prompt" -> `PromptExample`: {"prompt"} for online loops; a pairwise row without `prompt` gives its implicit
+  prompt.
+Every other column is kept in `extras`. A bad row raises `DataError` naming the file, the row and the field, or
+with `on_bad_row="skip"` is counted by reason in the report; `kept + sum(skipped) == total` always holds.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem
+from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
+from preflab.data.validate import (check_different, check_label, check_messages, check_response_turns,
+                                   check_same_form, check_text, check_text_or_messages, split_implicit_messages,
+                                   split_implicit_text)
+from preflab.errors import ConfigError, nearest
+
+KINDS = ("pairwise", "unpaired", "prompt")
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+UNPAIRED_FIELDS = ("prompt", "completion", "label")
+
+__all__ = ["load_rows", "PairExample", "UnpairedExample", "PromptExample", "DataReport", "KINDS"]
+
+
+def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_row: str = "error",
+              column_map: dict[str, str] | None = None, limit: int | None = None,
+              max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES) -> tuple[list[Example], DataReport]:
+    """Read `source` and validate every row as `kind`.
+
+    source: a .jsonl/.json/.parquet/.csv file, a directory (save_to_disk output or data files), a hub dataset
+        name, a `datasets.Dataset`/`DatasetDict` or a list of dicts.
+    split: the split of a DatasetDict, hub dataset or directory of split-named files.
+    kind: "pairwise" | "unpaired" | "prompt".
+    on_bad_row: "error" (raise `DataError` on the first bad row) | "skip" (count it in the report).
+    column_map: {your column: preflab field}, e.g. {"question": "prompt", "good": "chosen", "bad": "rejected"}.
+    limit: read at most this many rows.
+    max_row_bytes: a row larger than this is bad (`row_too_large`) and is not parsed further.
+    Returns (examples, report); examples keep source order, each with its 0-based source `row_id`.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"kind={kind!r} is not one of {KINDS}.{nearest(str(kind), KINDS)}")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit={limit!r} must be a non-negative integer or None.")
+    column_map = dict(column_map or {})
+    reader = RowReader(source, split=split, limit=limit, max_row_bytes=max_row_bytes)
+    report = DataReport(source=reader.name, kind=kind)
+    policy = BadRowPolicy(on_bad_row, report, field_names={v: k for k, v in column_map.items()})
+    build = _BUILDERS[kind]
+    examples: list[Example] = []
+    for raw in reader:
+        report.total += 1
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            made, form = build(raw.row_id, _rename(raw.data, column_map))
+        except RowProblem as problem:
+            policy.handle(problem, raw.row_id, raw.line, source=raw.file)
+            continue
+        report.kept += 1
+        report.forms[form] = report.forms.get(form, 0) + 1
+        examples.extend(made)
+    report.blank_lines = reader.blank_lines
+    report.examples = len(examples)
+    report.check()
+    return examples, report
+
+
+def _rename(row: dict, column_map: dict[str, str]) -> dict:
+    if not column_map:
+        return row
+    out = {k: v for k, v in row.items() if k not in column_map}
+    for old, new in column_map.items():
+        if old in row:
+            if new in out:
+                raise ConfigError(f"column_map renames {old!r} to {new!r}, but the data also has a {new!r} column. "
+                                  "Drop one of them from column_map or from the data.")
+            out[new] = row[old]
+    return out
+
+
+def _extras(row: dict, used: tuple[str, ...]) -> dict:
+    return {k: v for k, v in row.items() if k not in used}
+
+
+def _pair_parts(row: dict) -> tuple[object, object, object, str]:
+    """(prompt, chosen, rejected, form) for a pairwise row, validated."""
+    prompt, chosen, rejected = (row.get(k) for k in PAIR_FIELDS)
+    if chosen is None:
+        raise RowProblem("missing_field", "chosen", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
+    if rejected is None:
+        raise RowProblem("missing_field", "rejected", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
+    check_same_form({"chosen": chosen, "rejected": rejected, "prompt": prompt})
+    conversational = isinstance(chosen, list)
+    form = "conversational" if conversational else "standard"
+    if "prompt" in row:  # present (a null prompt is a missing field, not an implicit prompt)
+        prompt = check_text_or_messages(prompt, "prompt")
+        chosen = check_text_or_messages(chosen, "chosen", response=True)
+        rejected = check_text_or_messages(rejected, "rejected", response=True)
+        check_different(chosen, rejected)
+        return prompt, chosen, rejected, form
+    if conversational:  # implicit prompt: full conversations
+        chosen, rejected = check_messages(chosen, "chosen"), check_messages(rejected, "rejected")
+        check_different(chosen, rejected)
+        prompt, chosen_turns, rejected_turns = split_implicit_messages(chosen, rejected)
+        offset = len(prompt)
+        check_response_turns(chosen_turns, "chosen", offset)
+        check_response_turns(rejected_turns, "rejected", offset)
+        return prompt, chosen_turns, rejected_turns, form + "_implicit"
+    chosen, rejected = check_text(chosen, "chosen"), check_text(rejected, "rejected")
+    check_different(chosen, rejected)
+    prompt, chosen_text, rejected_text = split_implicit_text(chosen, rejected)
+    return prompt, chosen_text, rejected_text, form + "_implicit"
+
+
+def _build_pairwise(row_id: int, row: dict) -> tuple[list[PairExample], str]:
+    prompt, chosen, rejected, form = _pair_parts(row)
+    return [PairExample(row_id, prompt, chosen, rejected, _extras(row, PAIR_FIELDS))], form
+
+
+def _build_unpaired(row_id: int, row: dict) -> tuple[list[UnpairedExample], str]:
+    if "completion" not in row and "label" not in row and ("chosen" in row or "rejected" in row):
+        prompt, chosen, rejected, form = _pair_parts(row)
+        extras = _extras(row, PAIR_FIELDS)
+        return [UnpairedExample(row_id, prompt, chosen, True, extras),
+                UnpairedExample(row_id, prompt, rejected, False, dict(extras))], "pairwise_" + form
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if prompt is None:
+        raise RowProblem("missing_field", "prompt", "missing", "An unpaired row needs 'prompt', 'completion' "
+                         "and 'label' (or 'chosen' and 'rejected').")
+    if completion is None:
+        raise RowProblem("missing_field", "completion", "missing", "An unpaired row needs 'prompt', 'completion' "
+                         "and 'label' (or 'chosen' and 'rejected').")
+    check_same_form({"prompt": prompt, "completion": completion})
+    prompt = check_text_or_messages(prompt, "prompt")
+    completion = check_text_or_messages(completion, "completion", response=True)
+    label = check_label(row.get("label"))
+    form = "conversational" if isinstance(completion, list) else "standard"
+    return [UnpairedExample(row_id, prompt, completion, label, _extras(row, UNPAIRED_FIELDS))], form
+
+
+def _build_prompt(row_id: int, row: dict) -> tuple[list[PromptExample], str]:
+    if "prompt" not in row and "chosen" in row and "rejected" in row:
+        prompt, _, _, form = _pair_parts(row)
+        return [PromptExample(row_id, prompt, _extras(row, PAIR_FIELDS))], form
+    prompt = check_text_or_messages(row.get("prompt"), "prompt")
+    form = "conversational" if isinstance(prompt, list) else "standard"
+    return [PromptExample(row_id, prompt, _extras(row, ("prompt",)))], form
+
+
+_BUILDERS: dict[str, Callable] = {"pairwise": _build_pairwise, "unpaired": _build_unpaired, "prompt": _build_prompt}

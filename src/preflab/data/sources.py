@@ -1,0 +1,289 @@
+"""Read raw rows (dicts) from a data source, one at a time, without validating their fields.
+
+Sources: a JSONL / JSON / Parquet / CSV file; a directory saved by `datasets.save_to_disk` (a `DatasetDict`
+gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
+`datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name (`datasets.load_dataset`,
+which in datasets >= 4 never runs dataset scripts).
+
+JSONL is read line by line here rather than through `datasets`, so that one bad line (invalid UTF-8, truncated
+JSON, not an object, too large) becomes one bad row with its line number instead of aborting the file.
+Row ids are 0-based and count rows across all files of a source; blank JSONL lines are not rows.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from preflab.errors import DataError
+from preflab.data.report import RowProblem
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+DEFAULT_MAX_ROW_BYTES = 64 * 2**20
+
+
+@dataclass
+class RawRow:
+    """One row as read: `data` (a dict), or `problem` when the row could not even be read as a dict."""
+
+    row_id: int
+    file: str
+    line: int | None = None
+    data: dict | None = None
+    problem: RowProblem | None = None
+
+
+class RowReader:
+    """Iterates `RawRow`s of a source; `name` is what reports call it, `blank_lines` counts skipped blank lines."""
+
+    def __init__(self, source, *, split: str = "train", limit: int | None = None,
+                 max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES):
+        self.source, self.split, self.limit, self.max_row_bytes = source, split, limit, max_row_bytes
+        self.blank_lines = 0
+        self._next_id = 0
+        self.name, self._parts = _resolve(source, split)
+
+    def __iter__(self) -> Iterator[RawRow]:
+        for part in self._parts:
+            for raw in part(self):
+                if self.limit is not None and raw.row_id >= self.limit:
+                    return
+                yield raw
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def too_large(self, size: int) -> RowProblem | None:
+        if self.max_row_bytes is not None and size > self.max_row_bytes:
+            return RowProblem("row_too_large", None, f"the row is {size} bytes, over max_row_bytes="
+                              f"{self.max_row_bytes}", "Shorten or drop it, or raise max_row_bytes.")
+        return None
+
+
+def _resolve(source, split: str):
+    """(display name, list of part readers) for any supported source."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if path.is_file():
+            return str(source), [_file_part(path)]
+        if path.is_dir():
+            return str(source), _dir_parts(path, split)
+        text = str(source)
+        if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
+            raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
+        return f"hub:{text}[{split}]", [_dataset_part(_load_hub(text, split), f"hub:{text}[{split}]")]
+    datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported; skip a slow import
+    if datasets is not None and isinstance(source, datasets.DatasetDict):
+        return f"<DatasetDict>[{split}]", [_dataset_part(_pick_split(source, split, "<DatasetDict>"), "<Dataset>")]
+    if datasets is not None and isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+        return "<Dataset>", [_dataset_part(source, "<Dataset>")]
+    if isinstance(source, Iterable) and not isinstance(source, (str, bytes, Mapping)):
+        return "<rows>", [_dataset_part(source, "<rows>")]
+    raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv), "
+                    "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
+
+
+def _load_hub(name: str, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as exc:  # any loading failure becomes one clear message
+        raise DataError(f"could not load hub dataset {name!r} split {split!r}: {type(exc).__name__}: {exc}. "
+                        "Check the name and split and your network (or HF_HUB_OFFLINE), or pass a local "
+                        "file or directory.") from exc
+
+
+def _pick_split(dataset_dict, split: str, name: str):
+    if split not in dataset_dict:
+        raise DataError(f"{name} has no split {split!r}; it has {sorted(dataset_dict)}. Set split to one of them.")
+    return dataset_dict[split]
+
+
+def _dir_parts(path: Path, split: str) -> list:
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        import datasets
+
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as exc:
+            raise DataError(f"{path}: could not load a dataset saved with save_to_disk: {exc}. "
+                            "Check the directory is complete.") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = _pick_split(loaded, split, str(path))
+        return [_dataset_part(loaded, str(path))]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
+                        "datasets.save_to_disk. Point to a file or a dataset directory.")
+    named = [p for p in files if _names_split(p.relative_to(path), split)]
+    return [_file_part(p) for p in (named or files)]
+
+
+def _names_split(rel: Path, split: str) -> bool:
+    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json'."""
+    if split in rel.parts[:-1]:
+        return True
+    stem = rel.name.split(".", 1)[0]
+    return stem == split or stem.startswith((split + "-", split + "_"))
+
+
+def _file_part(path: Path):
+    suffix = path.suffix.lower()
+    reader = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows}.get(suffix)
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
+    return lambda rr: reader(rr, path)
+
+
+def _dataset_part(dataset, name: str):
+    def rows(rr: RowReader) -> Iterator[RawRow]:
+        for item in dataset:
+            row_id = rr.new_id()
+            if not isinstance(item, Mapping):
+                yield RawRow(row_id, name, problem=_not_object(item))
+                continue
+            yield RawRow(row_id, name, data=dict(item), problem=rr.too_large(_approx_size(item)))
+    return rows
+
+
+def _not_object(value) -> RowProblem:
+    return RowProblem("not_an_object", None, f"the row is a {type(value).__name__}, not an object with fields",
+                      'Each row must be an object such as {"prompt": ..., "chosen": ..., "rejected": ...}.')
+
+
+def _approx_size(value) -> int:
+    """A cheap size estimate in bytes (string lengths), for the max_row_bytes check."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_approx_size(v) + len(str(k)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_approx_size(v) for v in value)
+    return 8
+
+
+def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawRow]:
+    for line_no, raw in enumerate(lines, first_line):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+            raw = raw[3:]
+        if not raw.strip():
+            rr.blank_lines += 1
+            continue
+        row_id = rr.new_id()
+        problem = rr.too_large(len(raw))
+        if problem is None:
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                problem = RowProblem("invalid_utf8", None, f"the line is not valid UTF-8 (bad byte at offset "
+                                     f"{exc.start})", "Re-encode the file as UTF-8.")
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit number, deep nesting
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:200] or "nested too deeply"
+                problem = RowProblem("invalid_json", None, f"the line is not valid JSON ({msg}); it may be "
+                                     "truncated", "Each line must hold one complete JSON object.")
+            else:
+                if not isinstance(obj, dict):
+                    problem = _not_object(obj)
+        yield RawRow(row_id, str(path), line_no, data=None if problem else obj, problem=problem)
+
+
+def _jsonl_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    with open(path, "rb") as handle:
+        yield from _jsonl_lines(rr, path, handle)
+
+
+def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    """A JSON array of objects, an object holding one such array (e.g. {"data": [...]}), or JSON lines."""
+    blob = path.read_bytes()
+    head = blob.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head != b"[":
+        try:
+            obj = json.loads(blob.decode("utf-8"))
+        except (ValueError, RecursionError):  # includes UnicodeDecodeError and JSONDecodeError
+            yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))  # JSON lines in a .json file
+            return
+        wrapped = isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list)
+        if not wrapped and isinstance(obj, dict):  # a single object: JSON lines with one line
+            yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))
+            return
+        if not wrapped:
+            raise DataError(f"{path}: expected a JSON array of row objects, an object with one such array, or "
+                            "one JSON object per line. Convert the file to JSONL.")
+        rows = next(iter(obj.values()))
+    else:
+        try:
+            rows = json.loads(blob.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not valid UTF-8 at byte {exc.start}, so the JSON array cannot be read "
+                            "row by row. Re-encode it as UTF-8 or convert it to JSONL.") from exc
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); a JSON "
+                            "array cannot be read row by row. Fix the file or convert it to JSONL.") from exc
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{path}: cannot parse the JSON ({str(exc)[:200] or 'nested too deeply'}). Fix the "
+                            "file or convert it to JSONL.") from exc
+    for item in rows:
+        row_id = rr.new_id()
+        if not isinstance(item, dict):
+            yield RawRow(row_id, str(path), problem=_not_object(item))
+        else:
+            yield RawRow(row_id, str(path), data=item, problem=rr.too_large(_approx_size(item)))
+
+
+def _parquet_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+        batches = handle.iter_batches(batch_size=512)
+        for batch in batches:
+            for item in batch.to_pylist():
+                yield RawRow(rr.new_id(), str(path), data=item, problem=rr.too_large(_approx_size(item)))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read this Parquet file: {exc}. Check that it is complete.") from exc
+
+
+def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    """A CSV file with a header row; row ids count data rows. Every cell is text; undecodable bytes become
+    lone surrogates (errors='surrogateescape'), which field validation reports as invalid text."""
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(max(old_limit, min(rr.max_row_bytes or 2**31 - 1, 2**31 - 1)))
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            reader = csv.reader(handle)
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"{path}: cannot read the CSV header: {exc}. Fix the file.") from exc
+            while True:
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield RawRow(rr.new_id(), str(path), reader.line_num, problem=RowProblem(
+                        "invalid_csv", None, f"malformed CSV ({exc})", "Fix the quoting of this row."))
+                    continue
+                if not cells:
+                    rr.blank_lines += 1
+                    continue
+                row_id, line = rr.new_id(), reader.line_num
+                if len(cells) != len(header):
+                    yield RawRow(row_id, str(path), line, problem=RowProblem(
+                        "invalid_csv", None, f"the row has {len(cells)} cells but the header has {len(header)}",
+                        "Fix the quoting or the number of columns of this row."))
+                    continue
+                item = dict(zip(header, cells))
+                yield RawRow(row_id, str(path), line, data=item, problem=rr.too_large(_approx_size(item)))
+    finally:
+        csv.field_size_limit(old_limit)

@@ -1,0 +1,286 @@
+"""Examples -> token ids with an exact prompt/response boundary (DESIGN.md, data path step 2).
+
+    pairs, report = tokenize_pairs(examples, tokenizer, max_length=1024, on_bad_row="skip", source="train.jsonl")
+
+Text rows: prompt_ids = [bos] (when the tokenizer has one) + ids of the prompt; response ids = ids of the
+response + [eos]. Conversational rows: the prompt text is the chat template of the prompt messages with
+add_generation_prompt=True, the response text is what the template of prompt + response adds after it (the
+templated prompt must be a text prefix, else the row is bad); the template's own special tokens (bos,
+end-of-turn) are kept as they are and nothing is added, as in TRL. The boundary itself is computed by
+`boundary.split_exact` (joint tokenization when it is prefix-preserving, else the prompt's own ids followed by
+separately tokenized response ids; see that module for the choice versus TRL's common-prefix cut).
+
+Truncation: a prompt longer than `max_prompt_length` keeps its end ("keep_end", a leading bos is kept) or its
+start ("keep_start"); then each response keeps its start so that prompt + response <= `max_length`. A prompt
+that leaves no room for one response token is a bad row (`prompt_fills_max_length`); pairs whose chosen and
+rejected ids are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
+`TokenizeReport`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from preflab.data.boundary import Split, encode, split_exact
+from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
+from preflab.data.report import BadRowPolicy, RowProblem, TokenizeReport
+from preflab.errors import ConfigError
+
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
+@dataclass
+class TokenizedPair:
+    """Token ids of one pair: prompt_ids [P], chosen_ids [C], rejected_ids [R] (responses end in eos or the
+    template's end-of-turn unless truncated)."""
+
+    row_id: int
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class TokenizedUnpaired:
+    """Token ids of one unpaired example: prompt_ids [P], completion_ids [C], and its desirable `label`."""
+
+    row_id: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class TokenizedPrompt:
+    """Token ids of one prompt [P], ready for generation (chat rows end with the generation prompt)."""
+
+    row_id: int
+    prompt_ids: list[int]
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Settings:
+    max_length: int | None
+    max_prompt_length: int | None
+    truncation_mode: str
+
+
+def _check_settings(max_length, max_prompt_length, truncation_mode) -> _Settings:
+    for name, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{name}={value!r} must be a positive integer or None.")
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ConfigError(f"truncation_mode={truncation_mode!r} is not one of {TRUNCATION_MODES}.")
+    return _Settings(max_length, max_prompt_length, truncation_mode)
+
+
+def _special_id(tokenizer, name: str) -> int | None:
+    return getattr(tokenizer, f"{name}_token_id", None)
+
+
+def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, generation: bool) -> str:
+    """The chat template of `messages` as text, with the row's `tools` / `chat_template_kwargs` if present."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("conversational rows need a chat template, and the tokenizer has none. Set "
+                          "tokenizer.chat_template, or give the rows as text.")
+    kwargs = extras.get("chat_template_kwargs") or {}
+    tools = extras.get("tools")
+    try:
+        if isinstance(tools, str):
+            tools = json.loads(tools)
+        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                             add_generation_prompt=generation, **dict(kwargs))
+    except Exception as exc:  # a template may raise on purpose (e.g. "roles must alternate")
+        raise RowProblem("chat_template_error", field_name, f"the chat template failed: {type(exc).__name__}: "
+                         f"{exc}"[:500], "Fix the messages so the template accepts them.") from exc
+
+
+def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict):
+    """(prompt text, response texts, is_chat) ready for `split_exact`."""
+    for response, name in zip(responses, fields):
+        kinds = {type(prompt), type(response)}
+        if kinds != {str} and kinds != {list}:
+            raise RowProblem("wrong_type", name, "prompt and response must both be strings or both be lists of "
+                             "messages", "Build examples with load_rows, which checks this.")
+    if not isinstance(prompt, list):
+        return prompt, list(responses), False
+    prompt_text = _render(tokenizer, prompt, extras, "prompt", generation=True)
+    texts = []
+    for response, name in zip(responses, fields):
+        full = _render(tokenizer, prompt + response, extras, name, generation=False)
+        if not full.startswith(prompt_text):
+            raise RowProblem("template_prefix_mismatch", name, "the chat template renders the prompt (with "
+                             "add_generation_prompt=True) as text that is not a prefix of prompt + response",
+                             "Use a chat template that renders earlier turns the same way whatever follows.")
+        texts.append(full[len(prompt_text):])
+    return prompt_text, texts, True
+
+
+def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, report: TokenizeReport):
+    """Add bos (text rows) and eos (text responses); check that no eos sits inside a text response."""
+    prompt_ids = list(split.prompt_ids)
+    bos, eos = _special_id(tokenizer, "bos"), _special_id(tokenizer, "eos")
+    if not is_chat and bos is not None and prompt_ids[:1] != [bos]:
+        prompt_ids.insert(0, bos)
+    responses = []
+    present = False
+    for ids, name in zip(split.response_ids, fields):
+        ids = list(ids)
+        if not is_chat:  # chat responses end with the template's own end-of-turn
+            if eos in ids[:-1]:
+                raise RowProblem("eos_in_response", name, "the text contains the end-of-sequence token "
+                                 f"{tokenizer.eos_token!r} before its end", "Remove it; preflab appends one.")
+            if ids[-1:] == [eos]:
+                present = True
+            else:
+                ids.append(eos)
+        responses.append(ids)
+    report.eos_already_present += present
+    report.boundary_merged += split.how == "merged"
+    report.boundary_shifted += split.how == "shifted"
+    return prompt_ids, responses
+
+
+def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
+              report: TokenizeReport, fields: list[str]):
+    """Apply max_prompt_length then max_length; count truncations; a prompt with no room left is bad."""
+    limit = settings.max_prompt_length
+    if limit is not None and len(prompt_ids) > limit:
+        if settings.truncation_mode == "keep_start":
+            prompt_ids = prompt_ids[:limit]
+        elif bos is not None and prompt_ids[:1] == [bos] and limit >= 2:
+            prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 1):]
+        else:
+            prompt_ids = prompt_ids[len(prompt_ids) - limit:]
+        report.prompt_truncated += 1
+    if settings.max_length is not None:
+        room = settings.max_length - len(prompt_ids)
+        if room < 1:
+            raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt is {len(prompt_ids)} tokens, which "
+                             f"leaves no room for a response within max_length={settings.max_length}",
+                             "Shorten the prompt, raise max_length, or set max_prompt_length.")
+        if any(len(ids) > room for ids in responses):
+            report.response_truncated += 1
+            responses = [ids[:room] for ids in responses]
+    for ids, name in zip(responses, fields):
+        if not ids:
+            raise RowProblem("empty_response_tokens", name, "the response has no tokens", "Fix the response.")
+    return prompt_ids, responses
+
+
+def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
+                  settings: _Settings, report: TokenizeReport):
+    prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras)
+    split = split_exact(tokenizer, prompt_text, texts, fields)
+    prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report)
+    prompt_ids, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields)
+    report.prompt_tokens += len(prompt_ids)
+    report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt_ids))
+    for one in ids:
+        report.response_tokens += len(one)
+        report.max_response_tokens = max(report.max_response_tokens, len(one))
+    return prompt_ids, ids
+
+
+def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
+    prompt_ids, (chosen, rejected) = _tokenize_one(tokenizer, ex.prompt, [ex.chosen, ex.rejected],
+                                                   ["chosen", "rejected"], ex.extras, settings, report)
+    if chosen == rejected:
+        raise RowProblem("identical_after_tokenization", "rejected", "the chosen and rejected token ids are "
+                         "identical (after truncation)", "Raise max_length or drop the row.")
+    return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras))
+
+
+def _make_unpaired(ex: UnpairedExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedUnpaired:
+    prompt_ids, (completion,) = _tokenize_one(tokenizer, ex.prompt, [ex.completion], ["completion"], ex.extras,
+                                              settings, report)
+    return TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, dict(ex.extras))
+
+
+def _make_prompt(ex: PromptExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPrompt:
+    bos = _special_id(tokenizer, "bos")
+    if isinstance(ex.prompt, list):
+        ids = encode(tokenizer, _render(tokenizer, ex.prompt, ex.extras, "prompt", generation=True))
+    else:
+        ids = encode(tokenizer, ex.prompt)
+        if bos is not None and ids[:1] != [bos]:
+            ids.insert(0, bos)
+    if not ids:
+        raise RowProblem("empty_prompt_tokens", "prompt", "the prompt has no tokens", "Fix the prompt.")
+    ids, _ = _truncate(ids, [], settings, bos, report, [])
+    report.prompt_tokens += len(ids)
+    report.max_prompt_tokens = max(report.max_prompt_tokens, len(ids))
+    return TokenizedPrompt(ex.row_id, ids, dict(ex.extras))
+
+
+def _add_counts(report: TokenizeReport, row: TokenizeReport) -> None:
+    for name in ("prompt_truncated", "response_truncated", "boundary_merged", "boundary_shifted",
+                 "eos_already_present", "prompt_tokens", "response_tokens"):
+        setattr(report, name, getattr(report, name) + getattr(row, name))
+    report.max_prompt_tokens = max(report.max_prompt_tokens, row.max_prompt_tokens)
+    report.max_response_tokens = max(report.max_response_tokens, row.max_response_tokens)
+
+
+MAKERS = {"pairs": _make_pair, "unpaired": _make_unpaired, "prompts": _make_prompt}
+
+
+def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None = None,
+                     max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                     on_bad_row: str = "error", source: str = "") -> tuple[list, TokenizeReport, list[int]]:
+    """The loop behind every `tokenize_*`: (items, report, index in `examples` of each item). kind is one of
+    `MAKERS` ("pairs", "unpaired", "prompts")."""
+    settings = _check_settings(max_length, max_prompt_length, truncation_mode)
+    if _special_id(tokenizer, "eos") is None:
+        raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+    make = MAKERS[kind]
+    report = TokenizeReport(source=source)
+    policy = BadRowPolicy(on_bad_row, report)
+    items, indices = [], []
+    for index, example in enumerate(examples):
+        report.total += 1
+        row_counts = TokenizeReport()  # truncations etc. of this row, counted only if the row is kept
+        try:
+            items.append(make(example, tokenizer, settings, row_counts))
+        except RowProblem as problem:
+            policy.handle(problem, example.row_id)
+            continue
+        indices.append(index)
+        report.kept += 1
+        _add_counts(report, row_counts)
+    report.check()
+    return items, report, indices
+
+
+def tokenize_pairs(examples: list[PairExample], tokenizer, *, max_length: int | None = 1024,
+                   max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                   on_bad_row: str = "error", source: str = "") -> tuple[list[TokenizedPair], TokenizeReport]:
+    """Tokenize pairs: prompt_ids [P], chosen_ids [C], rejected_ids [R] with P + C <= max_length and
+    P + R <= max_length (None: no limit). `source` names the file in messages (pass `DataReport.source`)."""
+    items, report, _ = tokenize_indexed("pairs", examples, tokenizer, max_length=max_length,
+                                        max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+                                        on_bad_row=on_bad_row, source=source)
+    return items, report
+
+
+def tokenize_unpaired(examples: list[UnpairedExample], tokenizer, *, max_length: int | None = 1024,
+                      max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                      on_bad_row: str = "error", source: str = "") -> tuple[list[TokenizedUnpaired],
+                                                                           TokenizeReport]:
+    """Tokenize unpaired (KTO) examples: prompt_ids [P], completion_ids [C] with P + C <= max_length."""
+    items, report, _ = tokenize_indexed("unpaired", examples, tokenizer, max_length=max_length,
+                                        max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+                                        on_bad_row=on_bad_row, source=source)
+    return items, report
+
+
+def tokenize_prompts(examples: list[PromptExample], tokenizer, *, max_prompt_length: int | None = None,
+                     truncation_mode: str = "keep_end", on_bad_row: str = "error",
+                     source: str = "") -> tuple[list[TokenizedPrompt], TokenizeReport]:
+    """Tokenize prompts for generation: prompt_ids [P <= max_prompt_length]; chat rows end with the
+    generation prompt, text rows start with bos."""
+    items, report, _ = tokenize_indexed("prompts", examples, tokenizer, max_prompt_length=max_prompt_length,
+                                        truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source)
+    return items, report

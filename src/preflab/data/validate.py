@@ -1,0 +1,158 @@
+"""Field checks for one row, and the implicit-prompt split. Each check returns the clean value or raises
+`RowProblem(reason, field, detail, fix)`.
+
+Reasons: missing_field, wrong_type, empty_field, invalid_unicode, invalid_message, mixed_forms, identical,
+no_common_prompt, invalid_label.
+"""
+from __future__ import annotations
+
+from preflab.data.report import RowProblem
+
+ROLES = ("system", "user", "assistant", "tool")
+RESPONSE_ROLES = ("assistant", "tool")
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_text(value, field: str) -> str:
+    """A non-empty string (after strip) without lone surrogates."""
+    if value is None:
+        raise RowProblem("missing_field", field, "missing", f"Add a non-empty string {field!r}.")
+    if not isinstance(value, str):
+        raise RowProblem("wrong_type", field, f"expected a string, got {type(value).__name__}",
+                         "Store text as a JSON string.")
+    if _has_surrogate(value):
+        raise RowProblem("invalid_unicode", field, "the text holds a lone surrogate or undecodable bytes",
+                         "Re-encode the text as valid UTF-8.")
+    if not value.strip():
+        raise RowProblem("empty_field", field, "empty string" if not value else "only whitespace")
+    return value
+
+
+def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
+    """A non-empty list of {"role", "content"} messages with roles in `ROLES`; for a response (`response=True`)
+    the turns must start and end with an assistant message and contain only assistant/tool turns. An assistant
+    message with `tool_calls` may have empty content. Keys whose value is None (Arrow fills absent struct
+    fields with None) are dropped from the returned copies."""
+    if not isinstance(value, list):
+        raise RowProblem("wrong_type", field, f"expected a list of messages, got {type(value).__name__}")
+    if not value:
+        raise RowProblem("empty_field", field, "empty list of messages")
+    out = []
+    for i, msg in enumerate(value):
+        at = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            raise RowProblem("invalid_message", at, f"expected a message object, got {type(msg).__name__}",
+                             'A message looks like {"role": "user", "content": "..."}.')
+        msg = {k: v for k, v in msg.items() if v is not None}
+        role = msg.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            detail = "missing 'role'" if role is None else f"role {role!r} is not one of {', '.join(ROLES)}"
+            raise RowProblem("invalid_message", f"{at}.role", detail, "Use system, user, assistant or tool.")
+        content = msg.get("content")
+        if msg.get("tool_calls") and content in (None, ""):
+            pass  # a tool call without text
+        elif content is None:
+            raise RowProblem("invalid_message", f"{at}.content", "missing 'content'",
+                             "Give every message a string 'content'.")
+        elif not isinstance(content, str):
+            raise RowProblem("invalid_message", f"{at}.content", f"expected a string, got {type(content).__name__}",
+                             "Only text content is supported; put the text in a string.")
+        elif _has_surrogate(content):
+            raise RowProblem("invalid_unicode", f"{at}.content", "the text holds a lone surrogate or "
+                             "undecodable bytes", "Re-encode the text as valid UTF-8.")
+        elif not content.strip():
+            raise RowProblem("empty_field", f"{at}.content", "empty content")
+        out.append(msg)
+    if response:
+        check_response_turns(out, field)
+    return out
+
+
+def check_response_turns(messages: list[dict], field: str, offset: int = 0) -> None:
+    """Response turns: only assistant/tool messages, first and last from the assistant."""
+    for i, msg in enumerate(messages):
+        if msg["role"] not in RESPONSE_ROLES or (i in (0, len(messages) - 1) and msg["role"] != "assistant"):
+            raise RowProblem("invalid_message", f"{field}[{i + offset}].role",
+                             f"a response turn has role {msg['role']!r}",
+                             "Responses are the assistant turn(s) after the prompt; move other turns into "
+                             "'prompt'.")
+
+
+def check_text_or_messages(value, field: str, *, response: bool = False):
+    """Dispatch: a string is checked as text, a list as messages."""
+    if isinstance(value, list):
+        return check_messages(value, field, response=response)
+    return check_text(value, field)
+
+
+def check_same_form(values: dict[str, object]) -> None:
+    """All given fields are text, or all are message lists (TRL's standard vs conversational form)."""
+    kinds = {name: isinstance(v, list) for name, v in values.items() if v is not None}
+    if len(set(kinds.values())) > 1:
+        first = next(iter(kinds))
+        odd = next(n for n, conv in kinds.items() if conv != kinds[first])
+        raise RowProblem("mixed_forms", odd, f"is {'a list of messages' if kinds[odd] else 'text'} but {first!r} "
+                         f"is {'a list of messages' if kinds[first] else 'text'}",
+                         "Use one form per row: all strings, or all lists of messages.")
+
+
+def check_label(value, field: str = "label") -> bool:
+    """A desirable/undesirable label: a bool, 0/1, or 'true'/'false' (CSV)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    if value is None:
+        raise RowProblem("missing_field", field, "missing", "Add a boolean 'label' (true = desirable).")
+    raise RowProblem("invalid_label", field, f"expected a boolean, got {value!r}"[:200],
+                     "Use true (desirable) or false (undesirable).")
+
+
+def check_different(chosen, rejected) -> None:
+    if chosen == rejected:
+        raise RowProblem("identical", "rejected", "identical to 'chosen'",
+                         "A pair needs two different responses; drop or fix the row.")
+
+
+def split_implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen_response, rejected_response) from two texts that share a prompt.
+
+    The prompt is the longest common prefix cut back to a word boundary, and, like TRL, the whitespace before
+    the responses stays with the responses (" yes" / " no"), which BPE vocabularies tokenize naturally. The cut
+    leaves both responses non-empty; if no such boundary exists the row is bad (`no_common_prompt`).
+    """
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    for i in range(min(n, limit - 1), 0, -1):  # i < len of both, so neither response is empty
+        if chosen[i].isspace() and rejected[i].isspace() and not chosen[i - 1].isspace():
+            return chosen[:i], chosen[i:], rejected[i:]
+    raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' share no "
+                     "prefix that ends at a word boundary", "Add a 'prompt' column.")
+
+
+def split_implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
+    """(prompt, chosen_turns, rejected_turns) from two conversations that share their first turns.
+
+    The prompt is the longest common run of messages, cut back so that both responses are non-empty and
+    start with an assistant message.
+    """
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    for i in range(min(n, limit - 1), 0, -1):
+        if chosen[i]["role"] == "assistant" and rejected[i]["role"] == "assistant":
+            return chosen[:i], chosen[i:], rejected[i:]
+    raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' do not share "
+                     "the turns before an assistant reply", "Add a 'prompt' column with the shared turns.")

@@ -1,0 +1,33 @@
+"""APO-down: anchored preference optimisation that lowers both responses, the loser more (TRL `apo_down`).
+
+Paper: D'Oosterlinck et al., 2024, "Anchored Preference Optimization and Contrastive Revisions: Addressing
+Underspecification in Alignment" (arXiv:2408.06266), Eq. 8. With r = beta * (S_theta - S_ref):
+
+    L = sigmoid(r_w) + (1 - sigmoid(r_w - r_l))
+
+Use when the chosen outputs are worse than the model's own. Bounded in [0, 2].
+
+Deviation from the paper: none.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, logratios, reward_metrics
+
+
+@dataclass(frozen=True)
+class APODown(Objective):
+    beta: float = 0.1
+
+    paper = "D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions (arXiv:2408.06266)"
+    tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
+            "property": ("likelihood",)}
+
+    def compute(self, batch: PairBatch) -> ObjectiveOutput:
+        h_w, h_l = logratios(batch)
+        losses = torch.sigmoid(self.beta * h_w) + (1 - torch.sigmoid(self.beta * (h_w - h_l)))
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+
+
+OBJECTIVE = APODown

@@ -1,0 +1,43 @@
+"""ASFT: aligned SFT through absolute likelihood; reference-free and pointwise (no y_w / y_l interaction).
+
+Paper: Wang, Sun, Hua, Fang, 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood"
+(arXiv:2409.10571), the ASFT loss. Formula as restated by Gorbatovski et al., 2025 (arXiv:2502.01237); the ASFT
+PDF itself was not read, and the default lambda is unverified (0.1, as ORPO's).
+
+    p(y) = exp(A_theta(y)),  A = mean token log-prob;   r(y) = log(p / (1 - p))   (log-odds)
+    L = -A_theta(y_w) - lam * [log sigmoid(beta r(y_w)) + log sigmoid(-beta r(y_l))]
+      = -(1 + lam) A_theta(y_w) - lam * log(1 - exp(A_theta(y_l)))      at beta = 1 (ASFT)
+
+`beta` is the tempered variant of Gorbatovski et al. (beta = 1 is ASFT). Checks: ORPO <= ASFT for every input.
+
+Deviation from the paper: A is clamped to <= -1e-6 inside the log-odds so that log(1 - p) stays finite for
+empty or probability-1 responses (the gradient is zero beyond the clamp).
+"""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype, log1mexp, reward_metrics
+
+
+@dataclass(frozen=True)
+class ASFT(Objective):
+    lam: float = 0.1    # weight of the alignment (log-odds) terms; unverified default
+    beta: float = 1.0   # temperature on the log-odds (1 = ASFT; other values: the tempered variant)
+
+    needs_reference = False
+    paper = "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood (arXiv:2409.10571)"
+    tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference-free",),
+            "property": ("likelihood",)}
+
+    def compute(self, batch: PairBatch) -> ObjectiveOutput:
+        a_w, a_l = as_loss_dtype(batch.policy_chosen.mean), as_loss_dtype(batch.policy_rejected.mean)
+        odds = lambda a: a.clamp(max=-1e-6) - log1mexp(a.clamp(max=-1e-6))  # noqa: E731
+        align = F.logsigmoid(self.beta * odds(a_w)) + F.logsigmoid(-self.beta * odds(a_l))
+        losses = -a_w - self.lam * align
+        metrics = reward_metrics(batch, 1.0, chosen=a_w, rejected=a_l)
+        metrics["log_odds/chosen"], metrics["log_odds/rejected"] = odds(a_w).detach().mean(), odds(a_l).detach().mean()
+        return ObjectiveOutput(losses.mean(), losses, metrics)
+
+
+OBJECTIVE = ASFT

@@ -1,0 +1,56 @@
+"""Flex-DPO: DPO with separate inverse temperatures for the chosen and rejected log-ratios, plus the optional SFT
+augmentation; the two remedies for the "3D-properties" of DPO.
+
+Paper: Yan, Miao, Li, Zhang, Xie, Deng, Yan, 2024, "3D-Properties: Identifying Challenges in DPO and Charting a Path
+Forward" (arXiv:2406.07327), the regularization section. Formulas from public review texts of the paper (the PDF was
+not read); defaults follow them ("best beta- slightly below beta+, e.g. 0.02 lower"), unverified.
+
+    L = -log sigmoid(beta * h(y_w) - beta_rejected * h(y_l)) + sft_weight * NLL(y_w),   h = S_theta - S_ref
+    NLL per `nll_agg`: sum (-S), seq_mean (-S/|y|, default) or batch_token_mean (TRL's `sft`); see _nll.py.
+
+beta_rejected = beta and sft_weight = 0 give DPO; beta_rejected = beta alone gives the paper's "DPO + SFT" remedy.
+The gradient with respect to h(y_l) is scaled by beta_rejected / beta relative to DPO's.
+
+Deviation from the paper: the SFT remedy lives here as `sft_weight` instead of a second module (it composes with
+either temperature setting); the NLL aggregation of the paper is unverified, hence the explicit `nll_agg`.
+"""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.errors import ConfigError
+from preflab.objectives._nll import check_agg, nll
+from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, logratios, reward_metrics
+
+
+@dataclass(frozen=True)
+class FlexDPO(Objective):
+    beta: float = 0.1            # beta+: inverse temperature on the chosen log-ratio
+    beta_rejected: float = 0.08  # beta-: inverse temperature on the rejected log-ratio (set it with beta)
+    sft_weight: float = 0.0      # lambda of the SFT augmentation on y_w
+    nll_agg: str = "seq_mean"    # sum | seq_mean | batch_token_mean
+
+    paper = "Yan et al. 2024, 3D-Properties: Identifying Challenges in DPO (arXiv:2406.07327)"
+    tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
+            "property": ("likelihood",)}
+
+    def validate(self):
+        super().validate()
+        if not self.beta_rejected > 0:
+            raise ConfigError(f"FlexDPO: beta_rejected must be > 0, got {self.beta_rejected}.")
+        if self.sft_weight < 0:
+            raise ConfigError(f"FlexDPO: sft_weight must be >= 0, got {self.sft_weight}.")
+        check_agg(self.nll_agg, "FlexDPO")
+
+    def compute(self, batch: PairBatch) -> ObjectiveOutput:
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * h_w - self.beta_rejected * h_l)
+        metrics = reward_metrics(batch, self.beta, chosen=self.beta * h_w, rejected=self.beta_rejected * h_l)
+        if self.sft_weight:
+            sft = nll(batch.policy_chosen, self.nll_agg).to(losses.dtype)
+            losses = losses + self.sft_weight * sft
+            metrics["loss/nll"] = sft.detach().mean()
+        return ObjectiveOutput(losses.mean(), losses, metrics)
+
+
+OBJECTIVE = FlexDPO

@@ -1,0 +1,66 @@
+"""KTO: Kahneman-Tversky optimisation on unpaired desirable / undesirable examples (TRL KTOTrainer `kto`).
+
+Paper: Ethayarajh et al., 2024, "KTO: Model Alignment as Prospect Theoretic Optimization" (arXiv:2402.01306), Eq. 7.
+With r = S_theta(y) - S_ref(y) and the reference point z0 from mismatched completions y' (x_i with y_{i-1}):
+
+    z0 = max(0, mean_batch(S_theta(y') - S_ref(y')))      (no gradient)
+    L  = lambda_D (1 - sigmoid(beta (r - z0)))  if desirable,   lambda_U (1 - sigmoid(beta (z0 - r)))  otherwise
+
+Inputs: UnpairedBatch with policy, ref, label and the mismatched sides policy_kl, ref_kl.
+
+Deviation from the paper: none (TRL 1.16's estimator). z0 is this batch's mean; TRL also averages it over ranks,
+which the step layer must do by passing the gathered batch. Metrics follow TRL: kl, rewards/*, logps/*.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from preflab.errors import ConfigError, PreflabError
+from preflab.objectives.base import Objective, ObjectiveOutput, UnpairedBatch, as_loss_dtype
+
+
+def unpaired_metrics(batch: UnpairedBatch, beta: float, r: Tensor, kl: Tensor) -> dict:
+    """TRL's KTO metrics: means over the desirable (chosen) and undesirable (rejected) examples present."""
+    r, lp, label = (beta * r).detach(), batch.policy.sum.detach(), batch.label
+    metrics = {"kl": kl.detach()}
+    for name, rows in (("chosen", label), ("rejected", ~label)):
+        if rows.any():
+            metrics[f"rewards/{name}"], metrics[f"logps/{name}"] = r[rows].mean(), lp[rows].mean()
+    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics
+
+
+@dataclass(frozen=True)
+class KTO(Objective):
+    beta: float = 0.1
+    desirable_weight: float = 1.0    # lambda_D
+    undesirable_weight: float = 1.0  # lambda_U
+
+    batch_type = UnpairedBatch
+    paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization (arXiv:2402.01306)"
+    tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
+
+    def validate(self):
+        super().validate()
+        if self.desirable_weight < 0 or self.undesirable_weight < 0:
+            raise ConfigError(f"{type(self).__name__}: desirable_weight and undesirable_weight must be >= 0.")
+
+    def reference_point(self, batch: UnpairedBatch) -> Tensor:
+        if batch.policy_kl is None or batch.ref_kl is None:
+            raise PreflabError("KTO needs policy_kl and ref_kl (log-probs of mismatched completions x_i + y_{i-1}) "
+                               "for its reference point; use apo_zero_unpaired to train without them.")
+        kl = as_loss_dtype(batch.policy_kl.sum.detach()) - as_loss_dtype(batch.ref_kl.sum.detach())
+        return kl.mean().clamp(min=0)
+
+    def compute(self, batch: UnpairedBatch) -> ObjectiveOutput:
+        r = as_loss_dtype(batch.policy.sum) - as_loss_dtype(batch.ref.sum)  # [B]
+        z0 = self.reference_point(batch)
+        label = batch.label.to(r.device)
+        losses = torch.where(label, self.desirable_weight * (1 - torch.sigmoid(self.beta * (r - z0))),
+                             self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z0 - r))))
+        return ObjectiveOutput(losses.mean(), losses, unpaired_metrics(batch, self.beta, r, z0))
+
+
+OBJECTIVE = KTO

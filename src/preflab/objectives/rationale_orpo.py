@@ -1,0 +1,63 @@
+"""RORPO: reference-free ORPO plus a likelihood term on the preference rationale (`rationale_orpo`).
+
+Paper: Just et al., 2024, "Data-Centric Human Preference Optimization with Rationales" (arXiv:2407.14477);
+loss as coded in reds-lab/preference-learning-with-rationales@16111a1 `trainers.py::SimpleRORPOTrainer`:
+
+    log_odds = (A_w - A_l) - [log(1 - e^{A_w}) - log(1 - e^{A_l})]
+    L = NLL(y_w) - [beta * log sigmoid(log_odds) + gamma * A_theta(r | x_r)]
+
+A = *mean* token log-prob of the policy (no reference); NLL(y_w) = the batch's token-mean cross-entropy on the
+chosen tokens, -sum_i S(y_w,i) / sum_i |y_w,i|, the same for every pair (as TRL's ORPO).
+Extras: `rationale_logps` -- SequenceLogps [B, T_r] of the rationale r given the rationale prompt x_r (a [B] tensor
+is read as the per-token means A_theta(r | x_r)).
+
+Deviation from the paper: none. log(1 - e^A) uses a stable log1mexp, with A clamped below 0 by one float eps.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from preflab.errors import ConfigError
+from preflab.objectives.base import (
+    Objective, ObjectiveOutput, PairBatch, SequenceLogps, as_loss_dtype, log1mexp, reward_metrics,
+)
+
+
+@dataclass(frozen=True)
+class RationaleORPO(Objective):
+    beta: float = 0.1   # weight of the odds-ratio term (ORPO's lambda)
+    gamma: float = 1.0  # weight of the rationale's mean log-prob (`config/loss/rorpo-simple.yaml`)
+
+    needs_reference = False
+    required_extras = ("rationale_logps",)
+    paper = "Just et al. 2024, Data-Centric Human Preference Optimization with Rationales (arXiv:2407.14477)"
+    tags = {"data": ("pair-wise", "rationale"), "framework": ("offline",), "constraint": ("reference-free",),
+            "property": ()}
+
+    def validate(self):
+        super().validate()
+        if self.gamma < 0:
+            raise ConfigError(f"RationaleORPO: gamma must be >= 0, got {self.gamma}.")
+
+    def compute(self, batch: PairBatch) -> ObjectiveOutput:
+        a_w, a_l = as_loss_dtype(batch.policy_chosen.mean), as_loss_dtype(batch.policy_rejected.mean)
+        r = batch.extra("rationale_logps", "rationale_orpo")
+        a_r = torch.as_tensor(r.mean if isinstance(r, SequenceLogps) else r, dtype=a_w.dtype, device=a_w.device)
+        tiny = -torch.finfo(a_w.dtype).eps
+        log_odds = (a_w - a_l) - (log1mexp(a_w.clamp(max=tiny)) - log1mexp(a_l.clamp(max=tiny)))
+        s_w = as_loss_dtype(batch.policy_chosen.sum)
+        nll = (-s_w.sum() / batch.policy_chosen.length.sum().clamp_min(1).to(s_w.dtype)).expand_as(s_w)
+        losses = nll - (self.beta * F.logsigmoid(log_odds) + self.gamma * a_r)
+        metrics = reward_metrics(batch, self.beta, self.beta * a_w, self.beta * a_l)
+        metrics.update({"log_odds_ratio": log_odds.detach().mean(), "nll_loss": nll.detach().mean(),
+                        "logps/rationale": a_r.detach().mean()})
+        return ObjectiveOutput(losses.mean(), losses, metrics)
+
+    @classmethod
+    def example_extras(cls, batch) -> dict:
+        pc = batch.policy_chosen
+        return {"rationale_logps": SequenceLogps(pc.token_logps.detach() * 0.5, pc.mask)}
+
+
+OBJECTIVE = RationaleORPO

@@ -1,0 +1,320 @@
+"""`run_python`: run untrusted Python source in a limited subprocess and report what happened.
+
+See the package docstring (`preflab.sandbox`) for exactly what is and is not isolated.
+"""
+from __future__ import annotations
+
+import marshal
+import math
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from preflab.errors import PreflabError
+from preflab.sandbox import _host
+
+Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed"]
+_LAUNCHER = Path(__file__).with_name("_launcher.py")
+_GRACE_S = 0.2  # after the main process exits, how long its children may keep the output pipes open
+_FORK_FAILED = re.compile(r"BlockingIOError: \[Errno 11\]|can't start new thread|Resource temporarily unavailable")
+
+
+class SandboxError(PreflabError):
+    """The sandbox could not be set up (bad arguments, or a requested limit could not be applied)."""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What one sandboxed run did.
+
+    status: "ok" (exit 0), "error" (non-zero exit, e.g. an uncaught exception), "timeout" (wall-time or CPU-time
+    limit), "memory" (the memory limit: MemoryError), "output_limit" (stdout or stderr passed `max_output_bytes`),
+    "killed" (ended by another signal, e.g. SIGSEGV).
+    limits_hit: every limit that was reached, from "wall", "cpu", "memory", "output", "file_size", "processes"
+    (a fork failed with EAGAIN, or `max_processes` processes were alive at the end).
+    wall_s: seconds from start until the main process ended (or was stopped). cpu_s: CPU seconds of the main
+    process and of the children it waited for.
+    returncode: the main process's exit status (negative: killed by that signal).
+    processes_left: processes of the run still alive when the main process ended or was stopped (all killed).
+    isolation: what was actually applied, by aspect ("user", "network", "filesystem", "mounts").
+    sandbox_uid: the fresh uid the run used (root callers only), else None.
+    """
+
+    status: Status
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    cpu_s: float = 0.0
+    truncated: bool = False
+    limits_hit: tuple[str, ...] = ()
+    processes_left: int = 0
+    isolation: dict[str, str] = field(default_factory=dict)
+    sandbox_uid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    timeout_s: float = 5.0,
+    cpu_s: float | None = None,
+    memory_mb: int = 512,
+    max_output_bytes: int = 65536,
+    max_processes: int = 8,
+    max_file_mb: int = 16,
+    files: dict[str, str] | None = None,
+    block_network: bool = True,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+) -> SandboxResult:
+    """Run `code` as `main.py` with `python -I -B` in a fresh temporary folder and return a `SandboxResult`.
+
+    timeout_s: wall-clock limit. cpu_s: CPU-time limit per process (default ceil(timeout_s)). memory_mb: address
+    space per process (RLIMIT_AS). max_output_bytes: cap for stdout and for stderr, each. max_processes: processes
+    and threads alive at once (RLIMIT_NPROC on a fresh uid when run as root). max_file_mb: largest file a process
+    may write (RLIMIT_FSIZE). files: extra files for the working folder, {relative path: text}. python: the
+    interpreter (default: this one). env: extra environment variables (the environment is otherwise minimal).
+    """
+    _check_args(timeout_s, cpu_s, memory_mb, max_output_bytes, max_processes, max_file_mb)
+    if not sys.platform.startswith("linux"):
+        raise SandboxError(f"preflab.sandbox needs Linux (rlimits, namespaces, Landlock); this is {sys.platform}.")
+    exe = python or sys.executable
+    cpu_limit = max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s))
+    workdir = Path(tempfile.mkdtemp(prefix="preflab-sbx-"))
+    uid_lock = None
+    try:
+        _write_files(workdir, code, files or {})
+        uid = gid = None
+        if os.geteuid() == 0:
+            uid, uid_lock = _host.allocate_uid()
+            gid = uid
+            _host.chown_tree(workdir, uid, gid)
+        config = {
+            "parent_pid": os.getpid(),
+            "uid": uid,
+            "gid": gid,
+            "workdir": str(workdir),
+            "block_network": block_network,
+            "max_processes": int(max_processes),
+            "max_output_bytes": max_output_bytes,
+            "limits": {"cpu": cpu_limit, "as": int(memory_mb) << 20, "fsize": int(max_file_mb) << 20, "nofile": 256},
+            "hidden": _host.hidden_folders(exe, [str(workdir)]) if uid is not None else {},
+            "argv": [exe, "-I", "-B", "main.py"],
+            "env": _child_env(exe, workdir, env or {}),
+        }
+        return _execute(config, stdin, timeout_s, max_output_bytes, cpu_limit)
+    finally:
+        _remove_tree(workdir)
+        if uid_lock is not None:
+            uid_lock.unlink(missing_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete the working folder, even where the program removed permissions from its own folders."""
+    def retry(func, target, _exc):
+        os.chmod(os.path.dirname(target), 0o700)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.chmod(target, 0o700)
+        func(target)
+
+    try:
+        shutil.rmtree(path, onerror=retry)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_args(timeout_s, cpu_s, memory_mb, max_output_bytes, max_processes, max_file_mb) -> None:
+    for name, value, low in (("timeout_s", timeout_s, 0.0), ("memory_mb", memory_mb, 16),
+                             ("max_output_bytes", max_output_bytes, 1), ("max_processes", max_processes, 1),
+                             ("max_file_mb", max_file_mb, 1)):
+        if not isinstance(value, (int, float)) or not value >= low or (name == "timeout_s" and value == 0):
+            raise SandboxError(f"{name}={value!r} is invalid: use a number >= {low} (timeout_s > 0).")
+    if cpu_s is not None and not cpu_s > 0:
+        raise SandboxError(f"cpu_s={cpu_s!r} is invalid: use a positive number of seconds, or None.")
+
+
+def _write_files(workdir: Path, code: str, files: dict[str, str]) -> None:
+    if "main.py" in files:
+        raise SandboxError("files may not contain 'main.py': that is where `code` goes.")
+    for rel, text in {"main.py": code, **files}.items():
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            raise SandboxError(f"files key {rel!r} must be a relative path inside the working folder (no '..').")
+        target = workdir.joinpath(*p.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+
+def _child_env(exe: str, workdir: Path, extra: dict[str, str]) -> dict[str, str]:
+    """PATH, HOME/TMPDIR = the working folder, UTF-8, one BLAS/OpenMP thread (threads count as processes)."""
+    env = {
+        "PATH": f"{os.path.dirname(exe)}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    env.update({str(k): str(v) for k, v in extra.items()})
+    return env
+
+
+def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: int) -> SandboxResult:
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    with tempfile.TemporaryFile() as stdin_file:
+        stdin_file.write(stdin.encode("utf-8"))
+        stdin_file.seek(0)
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_LAUNCHER), str(status_w), marshal.dumps(config).hex()],
+                stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=config["workdir"],
+                env=config["env"], start_new_session=True, close_fds=True, pass_fds=(status_w,),
+            )
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
+    try:
+        io = _collect(proc, status_r, start + timeout_s, cap)
+    finally:
+        left = _stop(proc, config["uid"])
+        os.close(status_r)
+    _, wait_status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(wait_status)
+    wall = (io["exited_at"] or time.monotonic()) - start
+    return _classify(proc.returncode, io, wall, rusage, left, config, cpu_limit)
+
+
+def _collect(proc: subprocess.Popen, status_r: int, deadline: float, cap: int) -> dict:
+    """Read stdout/stderr (each up to `cap` bytes) and the launcher's status until the run ends or a limit hits."""
+    sel = selectors.DefaultSelector()
+    bufs = {"stdout": bytearray(), "stderr": bytearray(), "status": bytearray()}
+    for name, fd in (("stdout", proc.stdout.fileno()), ("stderr", proc.stderr.fileno()), ("status", status_r)):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, name)
+    try:  # readable when the main process exits (Linux >= 5.3); else poll without reaping
+        pidfd = os.pidfd_open(proc.pid)
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+    except OSError:
+        pidfd = None
+    out = {"exited_at": None, "timed_out": False, "overflow": False}
+    open_pipes = 3
+    try:
+        while True:
+            now = time.monotonic()
+            if out["exited_at"] is None and pidfd is None and _exited(proc.pid):
+                out["exited_at"] = now
+            if out["exited_at"] is not None and open_pipes == 0:
+                break
+            end = deadline if out["exited_at"] is None else min(deadline, out["exited_at"] + _GRACE_S)
+            if now >= end:
+                out["timed_out"] = out["exited_at"] is None
+                break
+            wait = end - now if pidfd is not None else min(end - now, 0.02)
+            for key, _ in sel.select(timeout=wait):
+                if key.data == "exit":
+                    out["exited_at"] = time.monotonic()
+                    sel.unregister(pidfd)
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    open_pipes -= 1
+                    continue
+                buf = bufs[key.data]
+                if key.data == "status":
+                    buf += chunk
+                else:
+                    buf += chunk[: cap + 1 - len(buf)]
+                    out["overflow"] = out["overflow"] or len(buf) > cap
+            if out["overflow"]:
+                break
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    out.update(bufs)
+    return out
+
+
+def _exited(pid: int) -> bool:
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _stop(proc: subprocess.Popen, uid: int | None) -> int:
+    """Kill the run's process group and (as root) every process of its uid; return how many others were alive.
+
+    The main process is not reaped yet (alive or a zombie), so its pid still names our process group."""
+    left = len([p for p in _host.processes_of(uid) if p != proc.pid]) if uid is not None else 0
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is not None:
+        _host.kill_uid(uid)
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
+    return left
+
+
+def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, cpu_limit: int) -> SandboxResult:
+    lines = io["status"].decode("utf-8", errors="replace").splitlines()
+    fatal = [ln[2:] for ln in lines if ln.startswith("F ")]
+    if fatal or rc == 125 and not lines:
+        hint = ""
+        if any("execve" in f or "CLONE_NEWNS" in f or "mount" in f for f in fatal):
+            hint = " Pass python= an interpreter that other users can run (e.g. /usr/bin/python3)."
+        detail = "; ".join(fatal) or bytes(io["stderr"]).decode(errors="replace")
+        raise SandboxError(f"the sandbox could not be set up: {detail}. Nothing was run.{hint}")
+    isolation = dict(ln[2:].split("\t", 1) for ln in lines if ln.startswith("I "))
+    cap = config["max_output_bytes"]
+    stdout = bytes(io["stdout"][:cap]).decode("utf-8", errors="replace")
+    stderr = bytes(io["stderr"][:cap]).decode("utf-8", errors="replace")
+    cpu = rusage.ru_utime + rusage.ru_stime
+    last_line = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+    hit = []
+    if io["timed_out"]:
+        hit.append("wall")
+    if rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and cpu >= cpu_limit):
+        hit.append("cpu")
+    if last_line.startswith("MemoryError") or "Cannot allocate memory" in last_line:
+        hit.append("memory")
+    if io["overflow"]:
+        hit.append("output")
+    if "File too large" in last_line:
+        hit.append("file_size")
+    if _FORK_FAILED.search(stderr) or (config["max_processes"] > 1 and left + 1 >= config["max_processes"]):
+        hit.append("processes")
+    if io["overflow"]:
+        status: Status = "output_limit"
+    elif "wall" in hit or "cpu" in hit:
+        status = "timeout"
+    elif "memory" in hit and rc != 0:
+        status = "memory"
+    elif rc < 0:
+        status = "killed"
+    else:
+        status = "ok" if rc == 0 else "error"
+    return SandboxResult(
+        status=status, returncode=rc, stdout=stdout, stderr=stderr, wall_s=wall, cpu_s=cpu,
+        truncated=bool(io["overflow"]), limits_hit=tuple(hit),
+        processes_left=left, isolation=isolation, sandbox_uid=config["uid"],
+    )

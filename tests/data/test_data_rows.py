@@ -1,0 +1,209 @@
+"""load_rows: every row kind and form, implicit prompts, column maps, and each bad-row case in both modes."""
+import json
+
+import pytest
+
+from preflab.data.examples import PairExample, PromptExample, UnpairedExample
+from preflab.data.rows import load_rows
+from preflab.errors import ConfigError, DataError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def msgs(*pairs):
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+GOOD = {"prompt": "What is 2+2?", "chosen": " 4", "rejected": " 5"}
+
+
+def test_standard_pairwise_keeps_extras_and_row_ids(tmp_path):
+    rows = [dict(GOOD, id="a", margin=0.5), dict(GOOD, chosen=" four", weight=2.0)]
+    examples, report = load_rows(write_jsonl(tmp_path / "train.jsonl", rows))
+    assert examples == [PairExample(0, "What is 2+2?", " 4", " 5", {"id": "a", "margin": 0.5}),
+                        PairExample(1, "What is 2+2?", " four", " 5", {"weight": 2.0})]
+    assert (report.total, report.kept, report.skipped, report.forms) == (2, 2, {}, {"standard": 2})
+    assert "train.jsonl" in report.summary() and "2 kept" in report.summary()
+    json.dumps(report.to_dict())
+
+
+def test_conversational_pairwise():
+    row = {"prompt": msgs(("system", "Be brief."), ("user", "hi")), "chosen": msgs(("assistant", "hello")),
+           "rejected": msgs(("assistant", "go away"))}
+    (ex,), report = load_rows([row])
+    assert ex.prompt == row["prompt"] and ex.chosen == row["chosen"] and ex.rejected == row["rejected"]
+    assert report.forms == {"conversational": 1}
+
+
+def test_conversational_tool_turns_and_none_keys_dropped():
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}
+    chosen = [call, {"role": "tool", "content": "42"}, {"role": "assistant", "content": "It is 42.", "name": None}]
+    row = {"prompt": msgs(("user", "hi")), "chosen": chosen, "rejected": msgs(("assistant", "no idea"))}
+    (ex,), _ = load_rows([row])
+    assert ex.chosen[2] == {"role": "assistant", "content": "It is 42."}  # None-valued keys (Arrow) dropped
+    assert ex.chosen[0]["tool_calls"]
+
+
+@pytest.mark.parametrize("chosen, rejected, prompt, c, r", [
+    ("Human: hi\n\nAssistant: hello there", "Human: hi\n\nAssistant: go away", "Human: hi\n\nAssistant:",
+     " hello there", " go away"),
+    ("Answer: yes", "Answer: yes indeed", "Answer:", " yes", " yes indeed"),   # chosen is a prefix of rejected
+    ("Q: 2+2=4", "Q: 2+2=5", "Q:", " 2+2=4", " 2+2=5"),                        # cut back to a word boundary
+    ("a b  c", "a b  d", "a b", "  c", "  d"),                                  # whitespace run stays whole
+])
+def test_implicit_prompt_text(chosen, rejected, prompt, c, r):
+    (ex,), report = load_rows([{"chosen": chosen, "rejected": rejected}])
+    assert (ex.prompt, ex.chosen, ex.rejected) == (prompt, c, r)
+    assert ex.prompt + ex.chosen == chosen and ex.prompt + ex.rejected == rejected
+    assert report.forms == {"standard_implicit": 1}
+
+
+def test_implicit_prompt_conversational():
+    shared = msgs(("system", "s"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"))
+    row = {"chosen": shared + msgs(("assistant", "good")), "rejected": shared + msgs(("assistant", "bad"))}
+    (ex,), report = load_rows([row])
+    assert ex.prompt == shared and ex.chosen == msgs(("assistant", "good"))
+    assert report.forms == {"conversational_implicit": 1}
+    # chosen is a prefix of rejected: the cut moves back to the last shared assistant turn
+    row = {"chosen": shared[:3], "rejected": shared + msgs(("assistant", "x"))}
+    with pytest.raises(DataError, match="'chosen\\[2\\].role'|'rejected\\[3\\].role'"):
+        load_rows([row])  # rejected's response would hold a user turn: not a response
+
+
+def test_implicit_prompt_without_boundary_is_a_bad_row():
+    with pytest.raises(DataError, match="row 0, field 'prompt'.*Add a 'prompt' column"):
+        load_rows([{"chosen": "yes", "rejected": "no"}])
+    with pytest.raises(DataError, match="no_common_prompt|share"):
+        load_rows([{"chosen": msgs(("user", "a"), ("assistant", "b")), "rejected": msgs(("user", "c"),
+                                                                                      ("assistant", "d"))}])
+
+
+def test_unpaired_kto_rows_and_pairwise_conversion():
+    rows = [{"prompt": "p", "completion": " good", "label": True, "id": 1},
+            {"prompt": "p", "completion": " bad", "label": "false"},
+            {"prompt": "p", "chosen": " c", "rejected": " r", "margin": 1.0}]
+    examples, report = load_rows(rows, kind="unpaired")
+    assert examples == [UnpairedExample(0, "p", " good", True, {"id": 1}), UnpairedExample(1, "p", " bad", False, {}),
+                        UnpairedExample(2, "p", " c", True, {"margin": 1.0}),
+                        UnpairedExample(2, "p", " r", False, {"margin": 1.0})]
+    assert (report.kept, report.examples) == (3, 4)
+    assert report.forms == {"standard": 2, "pairwise_standard": 1}
+
+
+def test_unpaired_conversational():
+    row = {"prompt": msgs(("user", "hi")), "completion": msgs(("assistant", "hello")), "label": False}
+    (ex,), _ = load_rows([row], kind="unpaired")
+    assert ex.completion == msgs(("assistant", "hello")) and ex.label is False
+
+
+def test_prompt_kind():
+    rows = [{"prompt": "Tell me a joke.", "topic": "fun"}, {"prompt": msgs(("user", "hi"))},
+            {"chosen": "Answer: yes", "rejected": "Answer: no", "id": 7}]
+    examples, report = load_rows(rows, kind="prompt")
+    assert examples == [PromptExample(0, "Tell me a joke.", {"topic": "fun"}),
+                        PromptExample(1, msgs(("user", "hi")), {}), PromptExample(2, "Answer:", {"id": 7})]
+    assert report.forms == {"standard": 1, "conversational": 1, "standard_implicit": 1}
+
+
+def test_column_map_and_messages_name_the_users_column(tmp_path):
+    rows = [{"question": "q", "good": " a", "bad": " b"}, {"question": "q", "good": "", "bad": " b"}]
+    path = write_jsonl(tmp_path / "mine.jsonl", rows)
+    cmap = {"question": "prompt", "good": "chosen", "bad": "rejected"}
+    with pytest.raises(DataError, match="mine.jsonl row 1 \\(line 2\\), field 'good': empty string"):
+        load_rows(path, column_map=cmap)
+    examples, report = load_rows(path, column_map=cmap, on_bad_row="skip")
+    assert examples == [PairExample(0, "q", " a", " b", {})]
+    assert report.skipped_examples[0]["field"] == "good"
+    with pytest.raises(ConfigError, match="also has a 'prompt' column"):
+        load_rows([{"question": "q", "prompt": "p", "good": "a", "bad": "b"}], column_map=cmap)
+
+
+BAD_ROWS = [  # (row, kind, reason, field)
+    ({"prompt": "p", "rejected": "r"}, "pairwise", "missing_field", "chosen"),
+    ({"prompt": "p", "chosen": "c"}, "pairwise", "missing_field", "rejected"),
+    ({"prompt": "p", "chosen": "", "rejected": "r"}, "pairwise", "empty_field", "chosen"),
+    ({"prompt": "  \n", "chosen": "c", "rejected": "r"}, "pairwise", "empty_field", "prompt"),
+    ({"prompt": 3, "chosen": "c", "rejected": "r"}, "pairwise", "wrong_type", "prompt"),
+    ({"prompt": None, "chosen": "c", "rejected": "r"}, "pairwise", "missing_field", "prompt"),
+    ({"prompt": "p", "chosen": {"text": "c"}, "rejected": "r"}, "pairwise", "wrong_type", "chosen"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "pairwise", "identical", "rejected"),
+    ({"prompt": "p", "chosen": "c\ud800", "rejected": "r"}, "pairwise", "invalid_unicode", "chosen"),
+    ({"prompt": "p", "chosen": msgs(("assistant", "c")), "rejected": "r"}, "pairwise", "mixed_forms", "rejected"),
+    ({"prompt": msgs(("robot", "hi")), "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", "r"))},
+     "pairwise", "invalid_message", "prompt[0].role"),
+    ({"prompt": [{"content": "hi"}], "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", "r"))},
+     "pairwise", "invalid_message", "prompt[0].role"),
+    ({"prompt": ["hi"], "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", "r"))},
+     "pairwise", "invalid_message", "prompt[0]"),
+    ({"prompt": msgs(("user", "hi")), "chosen": [{"role": "assistant", "content": 5}],
+      "rejected": msgs(("assistant", "r"))}, "pairwise", "invalid_message", "chosen[0].content"),
+    ({"prompt": msgs(("user", "hi")), "chosen": msgs(("user", "c")), "rejected": msgs(("assistant", "r"))},
+     "pairwise", "invalid_message", "chosen[0].role"),
+    ({"prompt": msgs(("user", "hi")), "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", " "))},
+     "pairwise", "empty_field", "rejected[0].content"),
+    ({"prompt": msgs(("user", "hi")), "chosen": [], "rejected": msgs(("assistant", "r"))},
+     "pairwise", "empty_field", "chosen"),
+    ({"prompt": "p", "completion": "c", "label": "maybe"}, "unpaired", "invalid_label", "label"),
+    ({"prompt": "p", "completion": "c"}, "unpaired", "missing_field", "label"),
+    ({"completion": "c", "label": True}, "unpaired", "missing_field", "prompt"),
+    ({"prompt": "p", "label": True}, "unpaired", "missing_field", "completion"),
+    ({"text": "hello"}, "prompt", "missing_field", "prompt"),
+    ({"prompt": ""}, "prompt", "empty_field", "prompt"),
+]
+
+
+@pytest.mark.parametrize("row, kind, reason, field", BAD_ROWS)
+def test_bad_rows_error_and_skip(tmp_path, row, kind, reason, field):
+    good = {"pairwise": GOOD, "unpaired": {"prompt": "p", "completion": "c", "label": True},
+            "prompt": {"prompt": "p"}}[kind]
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_rows(path, kind=kind)
+    msg = str(info.value)
+    assert msg.startswith(f"{path} row 1 (line 2), field {field!r}: ") and "on_bad_row: skip" in msg
+    assert (info.value.row_id, info.value.field, info.value.reason) == (1, field, reason)
+    examples, report = load_rows(path, kind=kind, on_bad_row="skip")
+    assert [e.row_id for e in examples] == [0]
+    assert (report.total, report.kept, report.skipped) == (2, 1, {reason: 1})
+    assert report.skipped_examples == [{"row_id": 1, "field": field, "reason": reason, "line": 2,
+                                        "detail": report.skipped_examples[0]["detail"]}]
+
+
+@pytest.mark.parametrize("line, reason", [
+    (b'{"prompt": "p", "chosen": "c", "rej', "invalid_json"),   # truncated line
+    (b'{"prompt": "p\xff\xfe", "chosen": "c", "rejected": "r"}', "invalid_utf8"),
+    (b'[1, 2, 3]', "not_an_object"),
+    (b'null', "not_an_object"),
+    (b'{"prompt": "p", "chosen": "c", "rejected": "r", "n": ' + b"9" * 5000 + b'}', "invalid_json"),
+    (b'{"prompt": "' + b"x" * 5000 + b'", "chosen": "c", "rejected": "r"}', "row_too_large"),
+])
+def test_unreadable_jsonl_lines(tmp_path, line, reason):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(good + b"\n\n" + line + b"\n" + good + b"\n")
+    with pytest.raises(DataError, match=r"d.jsonl row 1 \(line 3\): ") as info:
+        load_rows(path, max_row_bytes=6000 if b"9999" in line else 1000)
+    assert info.value.reason == reason
+    examples, report = load_rows(path, on_bad_row="skip", max_row_bytes=6000 if b"9999" in line else 1000)
+    assert [e.row_id for e in examples] == [0, 2]
+    assert (report.total, report.kept, report.skipped, report.blank_lines) == (3, 2, {reason: 1}, 1)
+
+
+def test_skip_examples_capped_and_report_adds_up():
+    rows = [{"prompt": "p", "chosen": "", "rejected": "r"}] * 25 + [GOOD] * 5 + [{"prompt": "p"}] * 3
+    examples, report = load_rows(rows, on_bad_row="skip")
+    assert (report.total, report.kept, report.skipped) == (33, 5, {"empty_field": 25, "missing_field": 3})
+    assert len(report.skipped_examples) == 20
+    assert report.summary().startswith("<rows> (pairwise): 33 rows, 5 kept, 28 skipped (empty_field: 25, "
+                                       "missing_field: 3)")
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match="Did you mean 'pairwise'"):
+        load_rows([GOOD], kind="pairwse")
+    with pytest.raises(ConfigError, match="on_bad_row"):
+        load_rows([GOOD], on_bad_row="drop")

@@ -1,0 +1,141 @@
+"""load_rows over every source: JSONL, JSON, Parquet, CSV, save_to_disk dirs, data-file dirs, memory, hub."""
+import json
+
+import datasets
+import pytest
+
+from preflab.data.examples import PairExample, UnpairedExample
+from preflab.data.rows import load_rows
+from preflab.errors import DataError
+
+ROWS = [{"prompt": f"q{i}", "chosen": f" yes {i}", "rejected": f" no {i}", "margin": float(i)} for i in range(4)]
+EXPECTED = [PairExample(i, f"q{i}", f" yes {i}", f" no {i}", {"margin": float(i)}) for i in range(4)]
+CONV = [{"prompt": [{"role": "user", "content": "hi"}],
+         "chosen": [{"role": "assistant", "content": "hello"}],
+         "rejected": [{"role": "assistant", "content": "bye"}]}]
+
+
+def test_jsonl_with_bom_and_blank_lines(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(json.dumps(r).encode() for r in ROWS) + b"\n\n  \n")
+    examples, report = load_rows(path)
+    assert examples == EXPECTED and report.source == str(path) and report.blank_lines == 2
+
+
+@pytest.mark.parametrize("layout", ["array", "wrapped", "lines"])
+def test_json_files(tmp_path, layout):
+    path = tmp_path / "train.json"
+    text = {"array": json.dumps(ROWS), "wrapped": json.dumps({"data": ROWS}),
+            "lines": "\n".join(json.dumps(r) for r in ROWS)}[layout]
+    path.write_text(text, encoding="utf-8")
+    assert load_rows(path)[0] == EXPECTED
+
+
+def test_json_array_broken_is_a_file_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(ROWS)[:-5], encoding="utf-8")
+    with pytest.raises(DataError, match="bad.json: not valid JSON at line 1"):
+        load_rows(path, on_bad_row="skip")
+
+
+def test_parquet(tmp_path):
+    path = tmp_path / "train.parquet"
+    datasets.Dataset.from_list(ROWS).to_parquet(str(path))
+    assert load_rows(path)[0] == EXPECTED
+
+
+def test_parquet_conversational_arrow_fills_none(tmp_path):
+    rows = CONV + [{"prompt": [{"role": "user", "content": "hi", "name": "bob"}],
+                    "chosen": [{"role": "assistant", "content": "hello"}],
+                    "rejected": [{"role": "assistant", "content": "bye"}]}]
+    path = tmp_path / "conv.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    examples, report = load_rows(path)
+    assert examples[0].prompt == [{"role": "user", "content": "hi"}]  # Arrow's name=None dropped
+    assert examples[1].prompt == [{"role": "user", "content": "hi", "name": "bob"}]
+    assert report.forms == {"conversational": 2}
+
+
+def test_csv(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text('prompt,chosen,rejected,margin\nq0," yes 0"," no 0",0.0\n"multi\nline"," a, b"," c",1\n',
+                    encoding="utf-8")
+    examples, _ = load_rows(path)
+    assert examples == [PairExample(0, "q0", " yes 0", " no 0", {"margin": "0.0"}),
+                        PairExample(1, "multi\nline", " a, b", " c", {"margin": "1"})]
+
+
+def test_csv_unpaired_labels_and_bad_cells(tmp_path):
+    path = tmp_path / "kto.csv"
+    path.write_bytes(b"prompt,completion,label\np,c,true\np,\xff\xfe,false\np,c\np,d,False\n")
+    with pytest.raises(DataError, match=r"kto.csv row 1 \(line 3\), field 'completion'"):
+        load_rows(path, kind="unpaired")
+    examples, report = load_rows(path, kind="unpaired", on_bad_row="skip")
+    assert examples == [UnpairedExample(0, "p", "c", True, {}), UnpairedExample(3, "p", "d", False, {})]
+    assert report.skipped == {"invalid_unicode": 1, "invalid_csv": 1}
+
+
+def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    assert load_rows(tmp_path / "ds")[0] == EXPECTED
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
+                               "test": datasets.Dataset.from_list(CONV)})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    assert load_rows(tmp_path / "dd", split="train")[0] == EXPECTED
+    (ex,), report = load_rows(tmp_path / "dd", split="test")
+    assert ex.chosen == CONV[0]["chosen"] and report.forms == {"conversational": 1}
+    with pytest.raises(DataError, match="has no split 'validation'; it has \\['test', 'train'\\]"):
+        load_rows(tmp_path / "dd", split="validation")
+
+
+def test_directory_of_files_by_split_and_row_ids_across_files(tmp_path):
+    (tmp_path / "data").mkdir()
+    path_a, path_b = tmp_path / "data" / "train-00000-of-00002.jsonl", tmp_path / "data" / "train-00001-of-00002.jsonl"
+    path_a.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]), encoding="utf-8")
+    path_b.write_text(json.dumps(ROWS[2]) + "\n" + json.dumps({"prompt": "q", "chosen": "", "rejected": "r"}) + "\n",
+                      encoding="utf-8")
+    (tmp_path / "data" / "test.jsonl").write_text(json.dumps(ROWS[3]) + "\n", encoding="utf-8")
+    examples, report = load_rows(tmp_path, on_bad_row="skip")
+    assert examples == EXPECTED[:3] and report.total == 4
+    with pytest.raises(DataError, match=r"train-00001-of-00002.jsonl row 3 \(line 2\), field 'chosen'"):
+        load_rows(tmp_path)
+    (ex,), _ = load_rows(tmp_path, split="test")
+    assert ex.prompt == "q3" and ex.row_id == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="holds no data files"):
+        load_rows(empty)
+
+
+def test_in_memory_dataset_and_list_and_limit():
+    assert load_rows(datasets.Dataset.from_list(ROWS))[0] == EXPECTED
+    assert load_rows(datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}))[0] == EXPECTED
+    examples, report = load_rows(ROWS, limit=2)
+    assert examples == EXPECTED[:2] and report.total == 2
+    examples, report = load_rows(["not a row", ROWS[0]], on_bad_row="skip")
+    assert report.skipped == {"not_an_object": 1}
+
+
+def test_hub_path_calls_load_dataset_without_remote_code(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, **kwargs):
+        calls.append((name, kwargs))
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    examples, report = load_rows("someone/prefs", split="train_prefs")
+    assert examples == EXPECTED and report.source == "hub:someone/prefs[train_prefs]"
+    assert calls == [("someone/prefs", {"split": "train_prefs"})]
+
+
+def test_hub_failure_and_missing_paths_are_clear(monkeypatch):
+    def offline(name, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="could not load hub dataset 'someone/prefs' split 'train'.*offline"):
+        load_rows("someone/prefs")
+    for missing in ("./nope.jsonl", "/no/such/dir", "train.parquet"):
+        with pytest.raises(DataError, match="does not exist"):
+            load_rows(missing)

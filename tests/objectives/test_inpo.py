@@ -1,0 +1,72 @@
+"""inpo against models-and-loops.md #42: fixture values, reduction to IPO, and the loss minimizer = the OMD update."""
+import pytest
+import torch
+
+from preflab.errors import ConfigError
+from preflab.objectives import PairBatch, get_objective
+
+F64 = dict(dtype=torch.float64)
+
+
+def fixture(ref=(-11.0, -11.5), prev=(-10.5, -11.8)):
+    return PairBatch.from_sums(torch.tensor([-10.0], **F64), torch.tensor([-12.0], **F64), torch.tensor([ref[0]], **F64),
+                               torch.tensor([ref[1]], **F64),
+                               extras={"prev_chosen_logps": [prev[0]], "prev_rejected_logps": [prev[1]]})
+
+
+def test_fixture_values():
+    # h_t = 2 - (1/3)*0.5 - (2/3)*1.3 = 0.966667
+    out = get_objective("inpo", eta=1.0, tau=1 / 3)(fixture())
+    assert out.metrics["inpo/h_t"].item() == pytest.approx(0.966667, abs=1e-6)
+    assert out.loss.item() == pytest.approx(0.217778, abs=1e-6)
+    default = get_objective("inpo")(fixture()).loss.item()  # eta' = 7.5e-3, tau' = 2.5e-3: target 66.667
+    assert default == pytest.approx((2.9 / 3 - 1 / (2 * 7.5e-3)) ** 2, abs=1e-8)
+    assert default == pytest.approx(4316.49, abs=5e-3)
+
+
+def test_eta_tau_one_is_sum_form_ipo():
+    # the pi_t anchor vanishes: any previous-iterate values give IPO with beta = 1/eta
+    for prev in [(-10.5, -11.8), (3.0, -40.0)]:
+        out = get_objective("inpo", eta=10.0, tau=0.1)(fixture(prev=prev))
+        assert out.loss.item() == pytest.approx(12.25, abs=1e-12)
+        ipo = get_objective("ipo", beta=0.1, token_agg="sum")(fixture(prev=prev))
+        assert out.loss.item() == pytest.approx(ipo.loss.item(), abs=1e-12)
+
+
+def test_tau_zero_ignores_the_reference():
+    a = get_objective("inpo", eta=1.0, tau=0.0)(fixture()).loss
+    b = get_objective("inpo", eta=1.0, tau=0.0)(fixture(ref=(5.0, -30.0))).loss
+    assert a.item() == b.item()
+
+
+def test_rejects_mixture_weight_above_one():
+    with pytest.raises(ConfigError, match="eta"):
+        get_objective("inpo", eta=2.0, tau=1.0)
+
+
+def test_population_minimizer_is_the_closed_form_update():
+    # G3, pi_t = (0.6, 0.3, 0.1), pi_ref uniform, eta = 0.5, tau = 0.1; pairs y, y' ~ pi_t ordered by a draw from P
+    M = torch.tensor([[0.0, 1, -2], [-1, 0, 3], [2, -3, 0]], **F64)
+    P, pt, ref = 0.5 + M / 6, torch.tensor([0.6, 0.3, 0.1], **F64), torch.full((3,), 1 / 3, **F64)
+    eta, tau = 0.5, 0.1
+    W, L = (x.flatten() for x in torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij"))
+    weight = pt[W] * pt[L] * P[W, L]                 # probability of drawing (y_w, y_l) = (W, L)
+    theta = pt.log().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        lp = torch.log_softmax(theta, -1)
+        b = PairBatch.from_sums(lp[W], lp[L], ref.log()[W], ref.log()[L],
+                                extras={"prev_chosen_logps": pt.log()[W], "prev_rejected_logps": pt.log()[L]})
+        loss = (get_objective("inpo", eta=eta, tau=tau)(b).losses * weight).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    pi = torch.softmax(theta.detach(), -1)
+    omd = pt ** (1 - eta * tau) * ref ** (eta * tau) * torch.exp(eta * (P @ pt))
+    torch.testing.assert_close(pi, omd / omd.sum(), atol=1e-8, rtol=0)
+    torch.testing.assert_close(pi, torch.tensor([0.59311514, 0.29695048, 0.10993439], **F64), atol=1e-7, rtol=0)

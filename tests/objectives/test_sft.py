@@ -1,0 +1,38 @@
+"""SFT term (TRL `sft`): batch token-mean NLL of the chosen responses (objectives.md §B)."""
+import pytest
+import torch
+
+from preflab.objectives import PairBatch, SequenceLogps, get_objective
+
+
+def seqs(rows, dtype=torch.float64, grad=False, T=6):
+    """[B, T] from per-row token log-probs, padded with junk that must be ignored."""
+    lp = torch.tensor([r + [-50.0] * (T - len(r)) for r in rows], dtype=dtype, requires_grad=grad)
+    return SequenceLogps(lp, torch.tensor([[True] * len(r) + [False] * (T - len(r)) for r in rows]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fixture_value(dtype):
+    # S_theta(y_w) = -10 over |y_w| = 5 tokens -> 2 nats per token; rejected and reference play no part
+    batch = PairBatch(seqs([[-2.0] * 5], dtype), seqs([[-1.5] * 8], dtype, T=8))
+    out = get_objective("sft")(batch)
+    assert out.loss.item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_token_weighted_batch_mean_and_gradient():
+    chosen = seqs([[-1.0, -3.0], [-1.0, -1.0, -1.0, -1.0]], grad=True)
+    rejected = seqs([[-9.0], [-9.0]], grad=True)
+    out = get_objective("sft")(PairBatch(chosen, rejected))
+    assert out.loss.item() == pytest.approx(8.0 / 6.0, abs=1e-12)  # not the per-sequence mean (2 + 1)/2 = 1.5
+    assert out.losses.tolist() == pytest.approx([8.0 / 6.0] * 2, abs=1e-12)
+    out.loss.backward()
+    expected = torch.tensor([[1.0] * 2 + [0.0] * 4, [1.0] * 4 + [0.0] * 2], dtype=torch.float64) * (-1.0 / 6.0)
+    torch.testing.assert_close(chosen.token_logps.grad, expected)
+    assert rejected.token_logps.grad is None or rejected.token_logps.grad.abs().sum() == 0
+
+
+def test_sigmoid_plus_sft_is_the_weighted_sum():
+    chosen, rejected = seqs([[-2.0] * 5]), seqs([[-1.5] * 8], T=8)
+    batch = PairBatch(chosen, rejected, seqs([[-2.2] * 5]), seqs([[-11.5 / 8] * 8], T=8))
+    combo = get_objective(["sigmoid", "sft"], loss_weights=[1.0, 0.5], beta=0.1)(batch)
+    assert combo.loss.item() == pytest.approx(0.6209570478 + 0.5 * 2.0, abs=1e-9)

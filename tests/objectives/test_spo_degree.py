@@ -1,0 +1,46 @@
+"""SPO preference-degree loss (methods/objectives.md §C #9): degree_weight = 0 equals DPO, a zero head gives
+log(J+1), hand CE with ignored variants, closed-form gradient on the logits, no alignment gradient into the head."""
+import math
+
+import pytest
+import torch
+
+from preflab.objectives import PairBatch, get_objective
+
+F64 = dict(dtype=torch.float64)
+
+
+def fixture(logits, labels):
+    one = lambda v: torch.tensor([v] * logits.shape[0], **F64)  # noqa: E731
+    return PairBatch.from_sums(one(-10.0), one(-12.0), one(-11.0), one(-11.5),
+                               extras={"degree_logits": logits, "degree_labels": labels})
+
+
+def test_weight_zero_is_dpo():
+    batch = fixture(torch.randn(2, 2, 4, **F64), torch.tensor([[0, 3], [1, 2]]))
+    torch.testing.assert_close(get_objective("spo_degree", degree_weight=0.0)(batch).losses,
+                               get_objective("dpo")(batch).losses, rtol=0, atol=1e-12)
+
+
+def test_zero_head_gives_log_classes():
+    out = get_objective("spo_degree", degree_weight=0.5)(fixture(torch.zeros(1, 2, 4, **F64), torch.tensor([[0, 3]])))
+    assert out.metrics["loss/degree"].item() == pytest.approx(math.log(4), abs=1e-12)
+    assert out.loss.item() == pytest.approx(0.6209570478 + 0.5 * math.log(4), abs=1e-9)
+
+
+def test_hand_cross_entropy_with_ignored_variant():
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], **F64)
+    out = get_objective("spo_degree", degree_weight=1.0)(fixture(logits, torch.tensor([[0, -100]])))
+    ce = -(2.0 - math.log(math.exp(2.0) + 2))  # only the first variant counts
+    assert out.metrics["loss/degree"].item() == pytest.approx(ce, abs=1e-12)
+
+
+def test_logit_gradient_closed_form_and_alignment_gives_none():
+    logits = torch.tensor([[[0.3, -0.2, 1.0], [0.0, 0.5, -0.5]]], **F64, requires_grad=True)
+    labels = torch.tensor([[2, 0]])
+    get_objective("spo_degree", degree_weight=0.4)(fixture(logits, labels)).loss.backward()
+    expected = 0.4 / 2 * (torch.softmax(logits.detach(), -1) - torch.nn.functional.one_hot(labels, 3))
+    torch.testing.assert_close(logits.grad, expected.to(torch.float64), rtol=0, atol=1e-12)
+    logits.grad = None
+    get_objective("spo_degree", degree_weight=0.0)(fixture(logits, labels)).loss.backward()
+    assert logits.grad is None or logits.grad.abs().sum() == 0
