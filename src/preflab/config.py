@@ -33,6 +33,7 @@ class TrainConfig:
     loss_weights: list | None = None
     beta: float = 0.1
     objective_params: dict = field(default_factory=dict)  # further objective parameters
+    center_rewards_coefficient: float | None = None  # task: reward; adds c * mean((r_w + r_l)^2) (TRL)
     # optimisation
     learning_rate: float = 1e-6
     lr_scheduler_type: str = "linear"          # linear | cosine | constant
@@ -61,7 +62,7 @@ class TrainConfig:
     max_prompt_length: int | None = None
     truncation_mode: str = "keep_end"          # how an over-long prompt is cut: keep_end | keep_start
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
-    layout: str = "padded"                     # padded | prefix_shared
+    layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
     chunk_tokens: int | None = None            # LM-head chunk (positions); default from a 64 MiB logits budget
     # models
@@ -95,7 +96,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
         choices = {"task": ("dpo", "reward"), "lr_scheduler_type": ("linear", "cosine", "constant"),
                    "dtype": ("float32", "bfloat16", "float16"), "truncation_mode": ("keep_end", "keep_start"),
-                   "on_bad_row": ("error", "skip"), "layout": ("padded", "prefix_shared")}
+                   "on_bad_row": ("error", "skip"),
+                   "layout": ("padded", "prefix_shared", "packed", "prefix_packed")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -153,6 +155,11 @@ def _check_type(name: str, value: Any, hint) -> Any:
     origins = [typing.get_origin(a) or a for a in allowed]
     if float in origins and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if float in origins and isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if any(isinstance(value, o) and not (o is int and isinstance(value, bool)) for o in origins):
         return value
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in origins)
@@ -196,6 +203,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
     return key.strip(), value
 
 
@@ -225,5 +237,6 @@ def describe_options() -> str:
     lines = []
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  {f.name} = {json.dumps(default) if not isinstance(default, str) else default!r}")
+        text = repr(default) if isinstance(default, str) else json.dumps(default)
+        lines.append(f"  {f.name} = {text}")
     return "\n".join(lines)

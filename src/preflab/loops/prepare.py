@@ -31,11 +31,11 @@ def prepare_pairs(cfg, tokenizer):
         held = set(perm[:n_eval])
         eval_rows = [r for i, r in enumerate(rows) if i in held]
         rows = [r for i, r in enumerate(rows) if i not in held]
-    train, tok_report = _tokenize(rows, tokenizer, cfg, cfg.dataset_name)
+    train, tok_report = _tokenize(rows, tokenizer, cfg, row_report.source)
     report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
     evals = []
     if eval_rows:
-        evals, eval_tok = _tokenize(eval_rows, tokenizer, cfg, cfg.eval_dataset_name or cfg.dataset_name)
+        evals, eval_tok = _tokenize(eval_rows, tokenizer, cfg, (eval_report or row_report).source)
         report["eval_tokenize"] = eval_tok.to_dict()
         if eval_report is not None:
             report["eval_rows"] = eval_report.to_dict()

@@ -1,0 +1,69 @@
+"""Closed forms of preflab.lab against the numbers in methods/objectives.md and methods/models-and-loops.md."""
+import numpy as np
+import pytest
+
+from preflab.lab.closed_forms import (apo_coefficients, bald, best_of_n_law, idealized_ranking_accuracy,
+                                      idealized_ranking_accuracy_range, kl_optimum, ranking_accuracy,
+                                      ranking_loss_threshold, rso_acceptance, rso_accepted_law)
+from preflab.lab.experiments_dpo import RANKING_TOY, ranking_bandit
+from preflab.lab.population import solve
+from preflab.objectives import get_objective
+
+
+def test_kl_optimum_matches_the_dpo_fixture():
+    np.testing.assert_allclose(kl_optimum([0.5, 0.3, 0.2], [0, 0.1, 0.3], 0.1), [0.0938, 0.1529, 0.7533], atol=5e-5)
+    np.testing.assert_allclose(kl_optimum([0.4, 0.3, 0.2, 0.1], [0, 1, 2, 3], 0.5),
+                               [0.00742401, 0.04114233, 0.20266865, 0.74876501], atol=1e-8)
+
+
+def test_idealized_ranking_accuracy_on_the_toy_set():
+    s_w, s_l, a = RANKING_TOY.T
+    assert ranking_accuracy(s_w, s_l) == 0.5
+    assert idealized_ranking_accuracy(s_w, s_l, a, 0.1) == 1.0
+    assert idealized_ranking_accuracy(s_w, s_l, a, 1.0) == 0.75
+    assert idealized_ranking_accuracy(s_w, s_l, a, 10.0) == 0.5
+    assert idealized_ranking_accuracy_range(s_w, s_l, a) == {"min": 0.5, "median": 0.75, "max": 1.0}
+    # alpha = 1 is replaced by 1 - 1e-3: finite margin logit(0.999)/beta
+    assert idealized_ranking_accuracy([-10.0], [-10.0 + 6.0], [1.0], 1.0) == 1.0
+    assert idealized_ranking_accuracy([-10.0], [-10.0 + 7.0], [1.0], 1.0) == 0.0
+
+
+def test_ranking_threshold_of_thm_4_1():
+    np.testing.assert_allclose(ranking_loss_threshold([-10.0, -10.0], [-8.0, 20.0], 0.1),
+                               [0.5981388694, 0.0485873516], atol=1e-10)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0, 10.0])
+def test_trained_dpo_optimum_reaches_the_idealized_ranking_accuracy(beta):
+    pi = solve(get_objective("dpo", beta=beta), ranking_bandit())
+    s_w, s_l, a = RANKING_TOY.T
+    np.testing.assert_allclose(np.log(pi[:, 0]) - np.log(pi[:, 1]), (s_w - s_l) + np.log(a / (1 - a)) / beta,
+                               atol=1e-5)
+    assert ranking_accuracy(np.log(pi[:, 0]), np.log(pi[:, 1])) == idealized_ranking_accuracy(s_w, s_l, a, beta)
+
+
+def test_best_of_n_law():
+    np.testing.assert_allclose(best_of_n_law([0.4, 0.3, 0.2, 0.1], [0, 1, 2, 3], 4),
+                               [0.0256, 0.2145, 0.4160, 0.3439], atol=1e-12)
+    tied = best_of_n_law([0.25, 0.25, 0.5], [1.0, 1.0, 0.0], 2)  # tie group {0, 1} split in proportion to pi
+    np.testing.assert_allclose(tied, [0.375, 0.375, 0.25])
+
+
+def test_rso_acceptance_and_law():
+    np.testing.assert_allclose(rso_acceptance([0, 1, 2], 1.0), [0.1353353, 0.3678794, 1.0], atol=1e-7)
+    law = rso_accepted_law([0.5, 0.3, 0.2], [0, 0.5, 1], 0.5)
+    np.testing.assert_allclose(law, [0.1790, 0.2919, 0.5291], atol=1e-4)
+    np.testing.assert_allclose(law, kl_optimum([0.5, 0.3, 0.2], [0, 0.5, 1], 0.5), atol=1e-15)
+
+
+def test_apo_coefficients():
+    np.testing.assert_allclose(apo_coefficients(0.3, 3), [1.3, 2.69, 4.107], atol=1e-12)
+    np.testing.assert_array_equal(apo_coefficients(0.0, 3), [1.0, 2.0, 3.0])
+
+
+def test_bald():
+    confident = np.tile([0.9, 0.1], (4, 1))[:, None, :]
+    alternating = np.array([[0.99, 0.01], [0.01, 0.99]] * 2)[:, None, :]
+    mixed = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3]])[:, None, :]
+    np.testing.assert_allclose(bald(np.concatenate([confident, alternating, mixed], 1)), [0.0, 0.6371, 0.0350],
+                               atol=1e-4)

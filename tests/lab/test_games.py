@@ -1,0 +1,54 @@
+"""Nash equilibria of preference games (LP and regularized fixed point) and the duality gap."""
+import numpy as np
+import pytest
+
+from preflab.lab.games import (PreferenceGame, best_response_map, dual_gap, fixed_point_residual, g3, nash,
+                               reg_nash, rock_paper_scissors)
+from preflab.lab.simplex import kl, softmax
+
+G3_REG = {1.0: (0.320791, 0.369954, 0.309256), 0.1: (0.409020, 0.421345, 0.169635),
+          0.01: (0.492525, 0.344386, 0.163089), 0.001: (0.499301, 0.334433, 0.166266)}
+
+
+def test_plain_nash_by_linprog():
+    np.testing.assert_allclose(nash(g3()), [1 / 2, 1 / 3, 1 / 6], atol=1e-9)
+    np.testing.assert_allclose(nash(rock_paper_scissors()), [1 / 3] * 3, atol=1e-9)
+    np.testing.assert_allclose(g3() @ nash(g3()), 0.5, atol=1e-9)
+    assert dual_gap(nash(g3()), g3()) < 1e-9
+
+
+@pytest.mark.parametrize("beta", sorted(G3_REG))
+def test_regularized_nash_of_g3(beta):
+    ref = np.full(3, 1 / 3)
+    pi = reg_nash(g3(), beta, ref)
+    np.testing.assert_allclose(pi, G3_REG[beta], atol=1e-6)
+    assert fixed_point_residual(pi, g3(), beta, ref) < 1e-10
+    assert dual_gap(pi, g3(), beta, ref) < 1e-10
+
+
+def test_fixed_point_iteration_agrees_where_it_converges():
+    ref = np.array([0.5, 0.3, 0.2])
+    np.testing.assert_allclose(reg_nash(g3(), 1.0, ref, method="fixed_point"), reg_nash(g3(), 1.0, ref), atol=1e-10)
+
+
+def test_dual_gap_equals_the_best_response_values():
+    P, ref, beta = g3(), np.array([0.5, 0.3, 0.2]), 0.1
+    pi = np.array([0.2, 0.5, 0.3])
+
+    def J(a, b):
+        return a @ P @ b - beta * kl(a, ref) + beta * kl(b, ref)
+
+    br_max = best_response_map(pi, P, beta, ref)                       # argmax_pi' J(pi', pi)
+    br_min = softmax(np.log(ref) - P.T @ pi / beta)                    # argmin_pi' J(pi, pi')
+    assert dual_gap(pi, P, beta, ref) == pytest.approx(J(br_max, pi) - J(pi, br_min), abs=1e-12)
+    for _ in range(20):  # no policy beats the best responses
+        other = np.random.default_rng(_).dirichlet(np.ones(3))
+        assert J(other, pi) <= J(br_max, pi) + 1e-12 and J(pi, other) >= J(pi, br_min) - 1e-12
+
+
+def test_preference_game_validates_its_matrix():
+    with pytest.raises(ValueError):
+        PreferenceGame(np.array([[0.5, 0.7], [0.4, 0.5]]), np.array([0.5, 0.5]))
+    game = PreferenceGame.uniform_ref(g3())
+    np.testing.assert_allclose(game.reg_nash(0.1), G3_REG[0.1], atol=1e-6)
+    np.testing.assert_allclose(game.win_rates(game.nash()), 0.5, atol=1e-9)
