@@ -96,3 +96,19 @@ def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
               f"model = AutoModelForCausalLM.from_pretrained({str(output_dir)!r})",
               f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})", "```", ""]
     (Path(output_dir) / "README.md").write_text("\n".join(lines))
+
+
+def ensure_output_dir(path: Path) -> Path:
+    """Create output_dir and prove it is writable, before any model is loaded."""
+    from preflab.errors import PreflabError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".preflab-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PreflabError(f"output_dir {path} is not writable ({err.strerror or err}); choose another "
+                           "output_dir or fix its permissions.") from err
+    return path

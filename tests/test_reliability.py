@@ -1,0 +1,138 @@
+"""Nothing lost, nothing unsafe: checkpoints under kills and full disks, safe loading, local model paths."""
+import errno
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from preflab.cli import main
+from preflab.errors import PreflabError, UnsafeLoadError
+from preflab.models.load import load_causal_lm
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = ROOT / "tests" / "loops" / "tiny_run.py"
+sys.path.insert(0, str(TINY_RUN.parent))
+from tiny_run import run  # noqa: E402
+
+
+def _model_and_optimizer():
+    model = tiny_causal_lm(vocab_size=64)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return model, opt, sched
+
+
+def test_half_written_checkpoints_are_never_latest(tmp_path):
+    model, opt, sched = _model_and_optimizer()
+    save_checkpoint(tmp_path, 3, model, opt, sched, {})
+    (tmp_path / "checkpoint-9").mkdir()  # a kill between mkdir and the marker
+    (tmp_path / "checkpoint-9" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / ".tmp-checkpoint-12-999").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+    state = load_checkpoint(latest_checkpoint(tmp_path), model, opt, sched)
+    assert state["global_step"] == 3
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt, sched = _model_and_optimizer()
+    save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    before = load_file(str(tmp_path / "checkpoint-1" / "model.safetensors"))
+    import preflab.checkpoint as ck
+
+    real = ck.save_file
+
+    def full_disk(tensors, path, *a, **k):
+        if "optimizer" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(PreflabError, match="No space left on device.*Earlier checkpoints are kept"):
+        save_checkpoint(tmp_path, 2, model, opt, sched, {})
+    assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
+    assert not list(tmp_path.glob(".tmp-*")), "the partial write must be cleaned up"
+    after = load_file(str(tmp_path / "checkpoint-1" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PreflabError, match="output_dir"):
+        run(blocker / "run", max_steps=1)
+
+
+def test_pickle_only_weights_refused_unless_allowed(tmp_path):
+    model = tiny_causal_lm(vocab_size=64)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeLoadError, match="allow_pickle"):
+        load_causal_lm(str(tmp_path))
+    loaded = load_causal_lm(str(tmp_path), allow_pickle=True)  # the user asked for it
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_train_from_local_model_directory(tmp_path):
+    """The hub-name code path with a local directory: load, train, save, reload with plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=3)
+    src = tmp_path / "local-model"
+    model.save_pretrained(src, safe_serialization=True)
+    tok.save_pretrained(src)
+    out = tmp_path / "out"
+    code = main(["train", str(ROOT / "examples" / "quickstart.yaml"), f"model_name_or_path={src}",
+                 f"output_dir={out}", "max_steps=2", "per_device_train_batch_size=2", "eval_fraction=0",
+                 "eval_steps=0", "save_steps=0", "disable_tqdm=true", "max_length=64"])
+    assert code == 0
+    assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    saved = load_file(str(out / "model.safetensors"))
+    assert torch.equal(reloaded.lm_head.weight, saved["lm_head.weight"])
+    assert not torch.equal(saved["lm_head.weight"], model.lm_head.weight), "training must change the weights"
+
+
+@pytest.mark.slow
+def test_random_kills_always_leave_a_loadable_checkpoint_and_exact_resume(tmp_path):
+    steps = dict(max_steps=60, save_steps=1, save_total_limit=2)  # a checkpoint every step: kills hit writes
+    run(tmp_path / "full", max_steps=60)
+    out = tmp_path / "killed"
+    args = [f"{k}={v}" for k, v in steps.items()]
+    rng = random.Random(0)
+    for attempt in range(3):
+        extra = ["resume_from_checkpoint=true"] if latest_checkpoint(out) else []
+        proc = subprocess.Popen([sys.executable, str(TINY_RUN), str(out), *args, *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start_count = len(list_checkpoints(out))
+        deadline = time.time() + 120
+        while len(list_checkpoints(out)) <= start_count and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))  # somewhere in a step or a checkpoint write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        latest = latest_checkpoint(out)
+        assert latest is not None
+        model, opt, sched = tiny_causal_lm(tiny_tokenizer()), None, None
+        state = json.loads((latest / "trainer_state.json").read_text())
+        weights = load_file(str(latest / "model.safetensors"))
+        assert set(weights) == {n for n, _ in model.named_parameters()}
+        assert state["global_step"] >= 1
+    summary, _ = run(out, resume_from_checkpoint=True, **steps)
+    assert summary["resumed_from_step"] is not None
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    resumed = load_file(str(out / "model.safetensors"))
+    assert max((full[k] - resumed[k]).abs().max().item() for k in full) <= 1e-6
