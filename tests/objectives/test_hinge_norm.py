@@ -4,13 +4,8 @@ import math
 import pytest
 import torch
 
-from preflab.objectives import PairBatch, get_objective
-
-
-def toy(dtype=torch.float64, grad=False):
-    t = lambda v, g=False: torch.tensor([v], dtype=dtype, requires_grad=g)  # noqa: E731
-    pc, pr = t(-10.0, grad), t(-12.0, grad)
-    return PairBatch.from_sums(pc, pr, t(-11.0), t(-11.5)), pc, pr
+from pair_fixture import toy
+from preflab.objectives import get_objective
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

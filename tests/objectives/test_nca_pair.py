@@ -4,15 +4,10 @@ import math
 import pytest
 import torch
 
+from pair_fixture import toy
 from preflab.objectives import PairBatch, get_objective
 
 sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
-
-
-def toy(dtype=torch.float64, grad=False):
-    t = lambda v, g=False: torch.tensor([v], dtype=dtype, requires_grad=g)  # noqa: E731
-    pc, pr = t(-10.0, grad), t(-12.0, grad)
-    return PairBatch.from_sums(pc, pr, t(-11.0), t(-11.5)), pc, pr
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
