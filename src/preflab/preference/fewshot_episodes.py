@@ -1,0 +1,192 @@
+"""FSPO episodes: per-user labelled pairs -> prompts carrying k of the user's examples, as pairwise rows.
+
+Singh, Hsu, Sadigh, Finn et al. 2025, "FSPO: Few-Shot Preference Optimization of Synthetic Preference Data in LLMs
+Elicits Effective Personalization to Real Users" (arXiv:2502.19312); spec methods/models-and-loops.md #15.
+Personalization as meta-learning: the policy learns pi(y | x, C_u) where the context C_u holds N labelled pairs of
+user u, trained with any pairwise objective (the paper: IPO) on
+
+    L = E_u E_{(x, y_w, y_l) in D_u} E_{C in D_u \\ {(x, .)}, |C| = N} l(Delta(x (+) C)).
+
+    rows = [{"user_id": "u1", "prompt": ..., "chosen": ..., "rejected": ...}, ...]
+    episodes, report = build_episodes(rows, shots=4, passes=2)
+    examples, _ = load_rows(episodes, kind="pairwise")     # {prompt, chosen, rejected} + user_id, shot_rows, ...
+
+Input rows: {user_id, prompt, chosen, rejected}, or {user_id, prompt, response_x, response_y, label} with label 0
+meaning response_x is preferred (the ELIX / reviews form). Episode text (markdown, as in the released code):
+"# Example i / ## Question / ## Preferred Response / ## Dispreferred Response" per shot, then "# Task", the
+instruction, "## Question" and the query, ending with "## Preferred Response\\n"; chosen and rejected are the
+query's two responses, so they share the prompt byte for byte.
+
+Deviation from the reference code: every row of a user is the query of exactly one episode per pass (the code cuts
+windows of N + 2 rows and uses N + 1, skipping one row per window); shots are the next rows of the user's shuffled
+order whose prompt differs from the query's. A prompt too long for `max_prompt_length` loses shots from the front,
+never the query; such episodes are counted. The user-description (persona) variant is not built here.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from preflab.errors import ConfigError, DataError
+
+DEFAULT_INSTRUCTION = "Given the examples above, generate a preferred response to the following question."
+
+
+@dataclass(frozen=True)
+class UserPair:
+    """One labelled pair of one user; `row_id` is its 0-based index in the input rows."""
+
+    row_id: int
+    user_id: Hashable
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Indices into the pair list: the query pair and its shots (all of the same user)."""
+
+    user_id: Hashable
+    query: int
+    shots: tuple[int, ...]
+
+
+@dataclass
+class EpisodeReport:
+    """What the builder did: counts, skipped users, truncation, and per-user label consistency (fraction of
+    repeated (prompt, {a, b}) labels agreeing with the user's majority; None when a user repeats no pair)."""
+
+    users: int = 0
+    pairs: int = 0
+    episodes: int = 0
+    skipped_users: dict = field(default_factory=dict)
+    dropped_episodes: Counter = field(default_factory=Counter)
+    truncated_episodes: int = 0
+    label_consistency: dict = field(default_factory=dict)
+
+
+def user_pairs(rows: Iterable[dict]) -> list[UserPair]:
+    """Validate rows into UserPairs; a bad row raises DataError naming the row and the field."""
+    pairs = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"row {i}: expected a dict with user_id, prompt, chosen, rejected; "
+                            f"got {type(row).__name__}.")
+        user = _field(row, i, "user_id", (str, int))
+        prompt = _field(row, i, "prompt", str)
+        if "chosen" in row or "rejected" in row:
+            chosen, rejected = _field(row, i, "chosen", str), _field(row, i, "rejected", str)
+        elif "label" in row:
+            x, y = _field(row, i, "response_x", str), _field(row, i, "response_y", str)
+            label = row["label"]
+            if label not in (0, 1) or isinstance(label, float):
+                raise DataError(f"row {i}, field 'label': must be 0 (response_x preferred) or 1, got {label!r}.")
+            chosen, rejected = (x, y) if label == 0 else (y, x)
+        else:
+            raise DataError(f"row {i}: needs chosen/rejected, or response_x/response_y/label; it has {sorted(row)}.")
+        if chosen == rejected:
+            raise DataError(f"row {i}, field 'rejected': identical to chosen; drop the row or fix the pair.")
+        pairs.append(UserPair(i, user, prompt, chosen, rejected))
+    return pairs
+
+
+def _field(row: dict, i: int, name: str, kind):
+    if name not in row or row[name] is None:
+        raise DataError(f"row {i}, field {name!r}: missing. Each row needs it (columns present: {sorted(row)}).")
+    value = row[name]
+    if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+        names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DataError(f"row {i}, field {name!r}: expected a non-empty {names}, got {value!r}.")
+    return value
+
+
+def plan_episodes(user_ids: Sequence[Hashable], prompts: Sequence[Hashable] | None = None, *, shots: int,
+                  passes: int = 1, min_shots: int | None = None, seed: int = 0) -> tuple[list[Episode], dict, Counter]:
+    """Episodes over row indices: per pass, each user's rows are shuffled and every row becomes the query of one
+    episode whose shots are the next rows (cyclically) with a different prompt, up to `shots` of them.
+
+    Returns (episodes, skipped users {user: reason}, dropped episode counts {reason: n}). A user with fewer than
+    min_shots + 1 rows is skipped; an episode with fewer than `min_shots` usable shots is dropped.
+    """
+    min_shots = shots if min_shots is None else min_shots
+    if shots < 1 or passes < 1 or not 0 <= min_shots <= shots:
+        raise ConfigError(f"need shots >= 1, passes >= 1 and 0 <= min_shots <= shots; got {shots}, {passes}, "
+                          f"{min_shots}.")
+    prompts = list(range(len(user_ids))) if prompts is None else prompts
+    rows_of: dict[Hashable, list[int]] = defaultdict(list)
+    for i, u in enumerate(user_ids):
+        rows_of[u].append(i)
+    skipped = {u: f"{len(r)} rows < min_shots + 1 = {min_shots + 1}" for u, r in rows_of.items()
+               if len(r) < min_shots + 1}
+    rng = random.Random(seed)
+    episodes, dropped = [], Counter()
+    for _ in range(passes):
+        for user, rows in rows_of.items():
+            if user in skipped:
+                continue
+            order = rows[:]
+            rng.shuffle(order)
+            for pos, query in enumerate(order):
+                others = (order[(pos + step) % len(order)] for step in range(1, len(order)))
+                chosen = [r for r in others if prompts[r] != prompts[query]][:shots]
+                if len(chosen) < min_shots:
+                    dropped["too_few_shots"] += 1
+                    continue
+                episodes.append(Episode(user, query, tuple(chosen)))
+    return episodes, skipped, dropped
+
+
+def render_episode(shots: Sequence[UserPair], query_prompt: str, instruction: str = DEFAULT_INSTRUCTION) -> str:
+    """The episode prompt: each shot as a markdown example, then the task and the query's question."""
+    parts = [f"# Example {i}\n## Question\n{s.prompt}\n## Preferred Response\n{s.chosen}\n"
+             f"## Dispreferred Response\n{s.rejected}\n" for i, s in enumerate(shots, 1)]
+    parts.append(f"# Task\n{instruction}\n## Question\n{query_prompt}\n## Preferred Response\n")
+    return "\n".join(parts)
+
+
+def build_episodes(rows: Iterable[dict], *, shots: int = 4, passes: int = 1, min_shots: int | None = None,
+                   max_prompt_length: int | None = None, length_fn: Callable[[str], int] = len,
+                   instruction: str = DEFAULT_INSTRUCTION, seed: int = 0) -> tuple[list[dict], EpisodeReport]:
+    """Pairwise rows {prompt, chosen, rejected, user_id, query_row, shot_rows} from per-user labelled rows.
+
+    shots: examples per episode (N; the paper uses 4 or 8); passes: fresh shuffles over the data (the code: 2(N+1)).
+    max_prompt_length / length_fn: a budget for the episode prompt (characters by default; pass a token counter);
+    shots are dropped from the front until it fits, down to `min_shots` (default `shots`, i.e. no dropping).
+    """
+    pairs = user_pairs(rows)
+    episodes, skipped, dropped = plan_episodes([p.user_id for p in pairs], [p.prompt for p in pairs], shots=shots,
+                                               passes=passes, min_shots=min_shots, seed=seed)
+    floor = shots if min_shots is None else min_shots
+    report = EpisodeReport(users=len({p.user_id for p in pairs}), pairs=len(pairs), skipped_users=skipped,
+                           dropped_episodes=dropped, label_consistency=label_consistency(pairs))
+    out = []
+    for ep in episodes:
+        query, context = pairs[ep.query], [pairs[i] for i in ep.shots]
+        prompt = render_episode(context, query.prompt, instruction)
+        while max_prompt_length is not None and length_fn(prompt) > max_prompt_length and len(context) > floor:
+            context = context[1:]
+            prompt = render_episode(context, query.prompt, instruction)
+        if max_prompt_length is not None and length_fn(prompt) > max_prompt_length:
+            report.dropped_episodes["too_long"] += 1
+            continue
+        report.truncated_episodes += len(context) < len(ep.shots)
+        out.append({"prompt": prompt, "chosen": query.chosen, "rejected": query.rejected, "user_id": query.user_id,
+                    "query_row": query.row_id, "shot_rows": [s.row_id for s in context]})
+    report.episodes = len(out)
+    return out, report
+
+
+def label_consistency(pairs: Sequence[UserPair]) -> dict:
+    """{user: share of repeated-pair labels that agree with that pair's majority label, or None}."""
+    votes: dict[Hashable, dict[tuple, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for p in pairs:
+        votes[p.user_id][(p.prompt, frozenset((p.chosen, p.rejected)))][p.chosen] += 1
+    result = {}
+    for user, table in votes.items():
+        repeated = [c for c in table.values() if sum(c.values()) > 1]
+        total = sum(sum(c.values()) for c in repeated)
+        result[user] = sum(max(c.values()) for c in repeated) / total if total else None
+    return result
