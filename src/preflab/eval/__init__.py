@@ -1,0 +1,34 @@
+"""Diagnostics that say whether preference tuning worked (DESIGN.md, "eval/").
+
+    preflab eval CHECKPOINT --data heldout.jsonl --reference REF      # -> CHECKPOINT/eval.json
+
+Modules (each a set of pure functions except `run`, `score` and `loading`):
+    metrics   ranking accuracy R / R~, implicit-reward accuracy, 3D drifts, lengths, token implicit rewards
+    ranking   idealized ranking accuracy R*, Thm 4.1 difficulty, ties, listwise ranking accuracy
+    winrate   win rate of policy vs reference generations with Wilson's interval; reward model / judge hooks
+    score     sequence log-prob sums through the trainer's scoring path
+    loading   run directories, checkpoints and builtin models for evaluation
+    run       evaluate_models / evaluate_checkpoint -> the eval.json dict
+    names     METRIC_DOCS: what each metric name means
+"""
+from __future__ import annotations
+
+import importlib
+
+from preflab.eval.names import METRIC_DOCS
+
+_EXPORTS = {
+    "PairScores": "metrics", "pair_diagnostics": "metrics", "ranking_accuracy": "metrics",
+    "implicit_reward_accuracy": "metrics", "token_implicit_rewards": "metrics",
+    "idealized_ranking_accuracy": "ranking", "idealized_ranking_accuracy_range": "ranking",
+    "ranking_loss_threshold": "ranking", "difficulty_summary": "ranking", "listwise_ranking_accuracy": "ranking",
+    "win_rate": "winrate", "wilson_interval": "winrate", "compare_generations": "winrate",
+    "EvalOptions": "run", "evaluate_models": "run", "evaluate_checkpoint": "run",
+}
+__all__ = ["METRIC_DOCS", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"preflab.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'preflab.eval' has no attribute {name!r}")

@@ -1,0 +1,119 @@
+"""`preflab eval CHECKPOINT --data DATA [--reference REF]`: diagnostics on held-out pairs -> eval.json."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from preflab.errors import ConfigError, PreflabError
+
+HEADLINE = ("ranking_accuracy", "ranking_accuracy_norm", "reference_ranking_accuracy", "rewards/accuracies",
+            "idealized_ranking_accuracy", "alignment_gap", "difficulty/ref_incorrect_fraction",
+            "difficulty/hard_fraction", "logps_drift/chosen", "logps_drift/rejected",
+            "logps_drift/suppression_rate", "dispersion/unseen_log_mass_drift", "win_rate", "win_rate/ci_low",
+            "win_rate/ci_high")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="ranking accuracy, idealized ranking accuracy, 3D metrics and win rate on held-out pairs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate a trained model on held-out preference pairs and write eval.json.\n"
+                    "Example: preflab eval outputs/dpo --data heldout.jsonl --reference outputs/sft\n"
+                    "Optional data columns: alpha (rater proportion, for the idealized ranking accuracy) and\n"
+                    "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
+    )
+    p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
+    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv, a directory or hub name")
+    p.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-*")
+    p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
+    p.add_argument("--task", choices=("dpo", "reward"), default="dpo",
+                   help="reward: evaluate a reward model (preflab.reward.eval)")
+    p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
+    p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
+    p.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
+    p.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (default: 1024)")
+    p.add_argument("--max-prompt-length", type=int, help="prompt tokens kept (default: no limit)")
+    p.add_argument("--alpha-column", default="alpha", help="column with rater proportions (default: alpha)")
+    p.add_argument("--extra-responses-column", default="extra_responses",
+                   help="column with a list of unseen responses per prompt (default: extra_responses)")
+    p.add_argument("--hard-margin", type=float, default=1.0,
+                   help="a pair is hard to flip when beta * c exceeds this (Thm 4.1; default 1)")
+    judge = p.add_mutually_exclusive_group()
+    judge.add_argument("--reward-fn", help="MODULE:NAME of a TRL-style reward function f(prompts, completions)")
+    judge.add_argument("--reward-model", help="directory of a sequence-classification reward model (safetensors)")
+    judge.add_argument("--judge", help="MODULE:NAME of a pairwise judge (TRL's .judge or f(prompts, a, b))")
+    p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated for the win rate")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generation length for the win rate")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--no-per-pair", action="store_true", help="leave per-pair log-probs out of eval.json")
+    p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (runs pickle; trusted only)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
+    p.set_defaults(func=run)
+
+
+def _reward_task(args) -> int:
+    """Pairwise accuracy of a reward model (preflab.reward.eval), written to eval.json like a policy eval."""
+    if importlib.util.find_spec("preflab.reward") is None or importlib.util.find_spec("preflab.reward.eval") is None:
+        raise PreflabError("--task reward needs preflab.reward.eval (reward-model evaluation), which this install "
+                           "does not have; evaluate policies with --task dpo, or update preflab.")
+    from preflab.data.rows import load_rows
+    from preflab.eval.run import eval_json_path, write_json
+    from preflab.reward.eval import evaluate_reward_model
+
+    data = args.data
+    if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
+        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
+        data = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras} for ex in examples]
+    result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
+                                   on_bad_row="skip")
+    metrics = {f"reward_model/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and k != "num_pairs"}
+    out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
+           "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result, "notes": [],
+           "missing": {}}
+    path = write_json(eval_json_path(args.checkpoint, args.out), out)
+    print(format_summary({**out, "path": str(path)}))
+    return 0
+
+
+def run(args) -> int:
+    if args.task == "reward":
+        return _reward_task(args)
+    from preflab.eval.run import EvalOptions, evaluate_checkpoint
+    from preflab.eval.winrate import load_callable, reward_model_fn
+
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
+    if (args.reward_fn or args.reward_model or args.judge) and not args.reference:
+        raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
+    reward_fn = load_callable(args.reward_fn) if args.reward_fn else None
+    if args.reward_model:
+        reward_fn = reward_model_fn(args.reward_model, allow_pickle=args.allow_pickle)
+    opts = EvalOptions(beta=args.beta, batch_size=args.batch_size, max_length=args.max_length,
+                       max_prompt_length=args.max_prompt_length, split=args.split, limit=args.limit,
+                       alpha_column=args.alpha_column, extra_responses_column=args.extra_responses_column,
+                       hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
+                       max_new_tokens=args.max_new_tokens, confidence=args.confidence,
+                       keep_per_pair=not args.no_per_pair, device=args.device)
+    result = evaluate_checkpoint(args.checkpoint, args.data, reference=args.reference, out=args.out, options=opts,
+                                 reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
+                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    print(format_summary(result))
+    return 0
+
+
+def format_summary(result: dict) -> str:
+    """A few lines for the terminal: the headline metrics, what was skipped, and where eval.json is."""
+    metrics = result.get("metrics", {})
+    lines = [f"preflab eval: {result.get('num_pairs')} pairs"
+             + (f", beta={result['beta']}" if result.get("beta") is not None else "")]
+    for key in HEADLINE + tuple(k for k in metrics if k.startswith("reward_model/")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            lines.append(f"  {key:38s} {value:.4f}")
+    lines += [f"  note: {n}" for n in result.get("notes", [])]
+    lines += [f"  skipped {k}: {why}" for k, why in result.get("missing", {}).items()]
+    if result.get("path"):
+        lines.append(f"  wrote {result['path']}")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""Load what `preflab eval` evaluates: a trained model directory, a mid-run checkpoint, or a reference model.
+
+Accepted forms (safetensors only, through preflab.models.load; pickle weights need allow_pickle):
+    a final run directory       config.json + model.safetensors + tokenizer files (Trainer.save_model)
+    a LoRA run directory        adapter_config.json + adapter weights; the base model is the run's
+                                config.yaml model_name_or_path (builtin names included); adapters are merged
+    checkpoint-<step>/          model.safetensors with the trainable parameters + trainer_state.json; the base is
+                                rebuilt from the saved config and the parameters are loaded over it
+    builtin:tiny-llama etc.     a builtin random model (seeded as in training: the run's `seed`)
+The tokenizer is the one saved beside the weights (or in the run directory above a checkpoint).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from preflab.errors import ConfigError, PreflabError
+from preflab.models.load import BUILTIN, check_weights_safe, load_causal_lm, load_tokenizer
+
+
+def run_config(path: str | Path) -> dict:
+    """The training config saved with a run (config.yaml, or trainer_state.json's "config"), or {}."""
+    path = Path(path)
+    for candidate in (path / "config.yaml", path.parent / "config.yaml"):
+        if candidate.is_file():
+            data = yaml.safe_load(candidate.read_text()) or {}
+            if isinstance(data, dict) and "model_name_or_path" in data:
+                return data
+    state = path / "trainer_state.json"
+    if state.is_file():
+        return dict(json.loads(state.read_text()).get("config") or {})
+    return {}
+
+
+def _tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):
+    for candidate in (path, path.parent):
+        if (candidate / "tokenizer_config.json").is_file():
+            return load_tokenizer(str(candidate), trust_remote_code)
+    if fallback_name:
+        return load_tokenizer(fallback_name, trust_remote_code)
+    raise PreflabError(f"no tokenizer found in {path} or {path.parent}; save the tokenizer beside the weights.")
+
+
+def _base_name(cfg: dict, path: Path) -> str:
+    name = cfg.get("model_name_or_path")
+    if not name:
+        raise PreflabError(f"{path} holds no full model and no saved config naming its base model "
+                           "(config.yaml with model_name_or_path); evaluate the final run directory instead.")
+    return str(name)
+
+
+def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                  seed: int = 0):
+    """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
+    (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models."""
+    if name in BUILTIN:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(name)
+        return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
+    path = Path(name)
+    if not path.is_dir():
+        raise ConfigError(f"{name} is not a directory; give a run directory saved by `preflab train`, a "
+                          "checkpoint-<step> directory or a builtin:tiny-* name.")
+    check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
+    cfg = run_config(path)
+    if (path / "config.json").is_file():
+        tok = tokenizer or _tokenizer_near(path, None, trust_remote_code)
+        return load_causal_lm(str(path), "float32", trust_remote_code, allow_pickle).eval(), tok
+    if (path / "adapter_config.json").is_file():
+        base_name = _base_name(cfg, path)
+        tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
+        base = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
+    if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
+        return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code)
+    raise PreflabError(f"{path} holds no model: expected config.json + *.safetensors (a finished run), "
+                       "adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
+
+
+def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool):
+    import torch
+    from safetensors.torch import load_file
+
+    base_name = _base_name(cfg, path)
+    if cfg.get("use_peft"):
+        raise PreflabError(f"{path} is a LoRA training checkpoint; evaluate the final run directory (adapters "
+                           "are saved there with their config), or train without use_peft.")
+    tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
+    model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+    weights = load_file(str(path / "model.safetensors"))
+    params = dict(model.named_parameters())
+    unknown = [k for k in weights if k not in params]
+    if unknown:
+        raise PreflabError(f"{path}/model.safetensors has parameters the base model {base_name} lacks, e.g. "
+                           f"{unknown[0]}; was the run trained from another model?")
+    with torch.no_grad():
+        for key, value in weights.items():
+            params[key].copy_(value)
+    return model.eval(), tok

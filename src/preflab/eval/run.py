@@ -1,0 +1,220 @@
+"""`preflab eval`: every diagnostic of preflab.eval on held-out pairs, written to eval.json.
+
+    result = evaluate_checkpoint("outputs/run", "heldout.jsonl", reference="outputs/sft")   # also writes eval.json
+    result = evaluate_models(policy, tokenizer, rows, ref=reference)                        # in memory
+
+eval.json holds: "metrics" (flat {name: value}; names in preflab.eval.METRIC_DOCS), "win_rate" and
+"generation_examples" when a reward function / reward model / judge was given, "per_pair" (the per-pair log-prob
+sums and lengths the report draws histograms from), "notes" (assumptions made, e.g. alpha = 1), "missing"
+({metric group: why it was not computed}), and the data report (rows read, kept, skipped by reason).
+
+Columns read from the data besides prompt/chosen/rejected (both optional):
+    alpha            rater proportion P(y_w > y_l) for the idealized ranking accuracy; absent: 1 (-> 1 - 1e-3)
+    extra_responses  a list of further responses to the same prompt, never used in training: the dispersion
+                     metrics measure how much likelihood the policy moved onto them (3D properties)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from preflab.errors import PreflabError
+from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
+from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
+from preflab.eval.score import score_pairs, score_responses
+
+
+@dataclass
+class EvalOptions:
+    beta: float | None = None              # None: the run's config.yaml beta, else 0.1
+    batch_size: int = 8                    # pairs per forward
+    max_length: int | None = 1024
+    max_prompt_length: int | None = None
+    split: str = "train"                   # split of a hub dataset / DatasetDict / directory
+    limit: int | None = None               # evaluate at most this many rows
+    alpha_column: str = "alpha"
+    extra_responses_column: str = "extra_responses"
+    hard_margin: float = 1.0               # Thm 4.1 "hard" cut-off, in reward units (see preflab.eval.ranking)
+    win_rate_prompts: int = 64             # distinct prompts generated for the win rate
+    max_new_tokens: int = 64
+    confidence: float = 0.95
+    keep_per_pair: bool = True             # store per-pair sums in eval.json (the report's histograms)
+    device: str | None = None              # None: cuda when available, else cpu
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _alphas(pairs, column: str, notes: list[str]) -> torch.Tensor:
+    """[N] rater proportions from the `column` extra; 1.0 where absent (the paper's unanimous case)."""
+    values = [p.extras.get(column) for p in pairs]
+    found = sum(_is_number(v) for v in values)
+    if not found:
+        notes.append(f"no '{column}' column: rater proportions assumed unanimous (alpha = 1, used as 1 - 1e-3, as "
+                     "in Chen et al. 2024 App. C.4), so the idealized ranking accuracy is an upper bound")
+    elif found < len(values):
+        notes.append(f"{len(values) - found} pairs lack '{column}'; alpha = 1 assumed for them")
+    return torch.tensor([float(v) if _is_number(v) else 1.0 for v in values], dtype=torch.float64)
+
+
+def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOptions, pad_id: int) -> dict:
+    """Likelihood moved onto each prompt's extra (unseen) responses, policy vs reference."""
+    from preflab.data.examples import UnpairedExample
+    from preflab.data.tokenize import tokenize_indexed
+
+    column = opts.extra_responses_column
+    items, owner = [], []
+    for k, (pair, i) in enumerate(zip(pairs, indices)):
+        extra = pair.extras.get(column)
+        for response in extra if isinstance(extra, list) else []:
+            items.append(UnpairedExample(pair.row_id, examples[i].prompt, response, True, {}))
+            owner.append(k)
+    if not items:
+        return {}
+    tokenized, _, kept = tokenize_indexed("unpaired", items, tokenizer, max_length=opts.max_length,
+                                          max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    if not tokenized:
+        return {}
+    seqs = [(t.prompt_ids, t.completion_ids) for t in tokenized]
+    pol, _ = score_responses(policy, seqs, pad_id, opts.batch_size)
+    ref_sums, _ = score_responses(ref, seqs, pad_id, opts.batch_size)
+    # one row per pair with scored extras: grid [prompts, max extras per prompt] + validity mask
+    columns: dict[int, list[int]] = {}
+    for position, j in enumerate(kept):
+        columns.setdefault(owner[j], []).append(position)
+    width = max(len(v) for v in columns.values())
+    grid_p = torch.zeros(len(columns), width, dtype=torch.float64)
+    grid_r, valid = torch.zeros_like(grid_p), torch.zeros(len(columns), width, dtype=torch.bool)
+    for row, positions in enumerate(columns.values()):
+        grid_p[row, :len(positions)] = pol[positions]
+        grid_r[row, :len(positions)] = ref_sums[positions]
+        valid[row, :len(positions)] = True
+    mass = unseen_log_mass_drift(grid_p, grid_r, valid)
+    return {"dispersion/unseen_logps_drift": float((pol - ref_sums).mean()),
+            "dispersion/unseen_log_mass_drift": float(mass.mean()),
+            "dispersion/unseen_mass_increased_fraction": float((mass > 0).double().mean()),
+            "dispersion/num_unseen_responses": float(len(seqs))}
+
+
+def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None, beta: float = 0.1,
+                    reward_fn=None, judge=None) -> dict:
+    """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict."""
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_indexed
+
+    opts = options or EvalOptions()
+    notes: list[str] = []
+    missing: dict[str, str] = {}
+    examples, row_report = load_rows(data, split=opts.split, kind="pairwise", on_bad_row="skip", limit=opts.limit)
+    pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, max_length=opts.max_length,
+                                                  max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    if not pairs:
+        raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
+                           f"{tok_report.summary()}. Check the columns (prompt, chosen, rejected) and max_length.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
+    metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}
+    alpha = _alphas(pairs, opts.alpha_column, notes)
+    if bool((alpha == 0.5).any()):
+        metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
+                                                                           scores.policy_rejected, alpha)
+    out: dict = {"num_pairs": scores.size, "beta": beta}
+    if ref is not None:
+        metrics.update(ranking_report(scores.ref_chosen, scores.ref_rejected, scores.chosen_length,
+                                      scores.rejected_length, alpha, beta, scores.policy_chosen,
+                                      scores.policy_rejected, opts.hard_margin))
+        metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id))
+        if not any(k.startswith("dispersion/") for k in metrics):
+            missing["dispersion"] = (f"the data has no '{opts.extra_responses_column}' column (a list of further "
+                                     "responses per prompt), so mass on unseen responses was not measured")
+    else:
+        missing["reference"] = ("no --reference: implicit-reward accuracy, idealized ranking accuracy, Thm 4.1 "
+                                "difficulty, log-prob drift and dispersion need the reference model")
+    if reward_fn is not None or judge is not None:
+        if ref is None:
+            missing["win_rate"] = "a win rate compares against the reference model's answers; give --reference"
+        else:
+            out.update(_win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics))
+    else:
+        missing["win_rate"] = "no --reward-fn, --reward-model or --judge given"
+    out["metrics"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    out.update(notes=notes, missing=missing,
+               data_report={"rows": row_report.to_dict(), "tokenize": tok_report.to_dict()})
+    if opts.keep_per_pair:
+        out["per_pair"] = {**scores.to_lists(), "alpha": alpha.tolist(), "row_id": [p.row_id for p in pairs]}
+    return out
+
+
+def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics) -> dict:
+    from preflab.eval.winrate import compare_generations
+
+    seen, prompt_ids, prompts = set(), [], []
+    for pair, i in zip(pairs, indices):
+        key = tuple(pair.prompt_ids)
+        if key not in seen and len(prompt_ids) < opts.win_rate_prompts:
+            seen.add(key)
+            prompt_ids.append(pair.prompt_ids)
+            prompts.append(examples[i].prompt)
+    result = compare_generations(policy, ref, tokenizer, prompt_ids, prompts, reward_fn=reward_fn, judge=judge,
+                                 max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
+                                 confidence=opts.confidence)
+    examples_out = result.pop("examples")
+    win = result.pop("win_rate")
+    metrics.update(result)
+    metrics.update({"win_rate": win["win_rate"], "win_rate/ci_low": win["ci_low"],
+                    "win_rate/ci_high": win["ci_high"]})
+    return {"win_rate": win, "generation_examples": examples_out}
+
+
+def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
+                        options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
+                        trust_remote_code: bool = False) -> dict:
+    """Load `checkpoint` (and `reference`), evaluate on `data`, write eval.json (into the checkpoint directory, or
+    to `out`: a .json path or a directory). Returns the eval.json dict with its "path"."""
+    from preflab import __version__
+    from preflab.eval.loading import load_for_eval, run_config
+
+    opts = options or EvalOptions()
+    cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
+    beta = opts.beta if opts.beta is not None else float(cfg.get("beta", 0.1) or 0.1)
+    policy, tokenizer = load_for_eval(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                      seed=int(cfg.get("seed", 0) or 0))
+    ref = None
+    if reference:
+        ref, _ = load_for_eval(reference, tokenizer=tokenizer, allow_pickle=allow_pickle,
+                               trust_remote_code=trust_remote_code, seed=int(cfg.get("seed", 0) or 0))
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    policy = policy.to(device)
+    ref = ref.to(device) if ref is not None else None
+    started = time.perf_counter()
+    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
+    result = {"checkpoint": str(checkpoint), "reference": reference, "data": str(data), "device": str(device),
+              "beta_source": "--beta" if opts.beta is not None else ("run config" if "beta" in cfg else "default"),
+              **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
+    result["path"] = str(write_json(eval_json_path(checkpoint, out), result))
+    return result
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write `data` to `path` atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def eval_json_path(checkpoint: str, out: str | None) -> Path:
+    if out:
+        target = Path(out)
+        return target if target.suffix == ".json" else target / "eval.json"
+    if not Path(checkpoint).is_dir():
+        raise PreflabError(f"{checkpoint} is not a directory, so eval.json has nowhere to go; pass --out PATH.")
+    return Path(checkpoint) / "eval.json"

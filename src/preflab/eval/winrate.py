@@ -1,0 +1,164 @@
+"""Win rate of the policy's generations against the reference model's, judged by a reward or a judge.
+
+For each prompt both models answer (greedy by default) and the pair of answers is scored:
+    reward function  r(prompt, policy answer) vs r(prompt, reference answer): 1 win, 1/2 tie, 0 loss
+    judge            its probability (or 0/1 verdict) that the policy answer is better
+win rate = mean outcome over n prompts (a tie counts one half, as AlpacaEval does). The confidence interval is
+Wilson's score interval (Wilson 1927, "Probable inference, the law of succession, and statistical inference",
+JASA 22:209) for that proportion:
+    (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n),   z = Phi^-1((1 + confidence)/2).
+Deviation: with ties or fractional verdicts the outcomes are not Bernoulli, so the interval is an approximation.
+
+Interfaces (TRL's, so existing functions plug in):
+    reward function  f(prompts=[...], completions=[...]) -> list[float]        (TRL GRPO reward_funcs)
+    judge            an object with .judge(prompts, [[a, b], ...]) -> [0 | 1]   (TRL BasePairwiseJudge: index of
+                     the better answer) or a callable (prompts, policy_answers, reference_answers) -> [p in 0..1]
+    reward model     a local sequence-classification model (safetensors), `reward_model_fn(path)`
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import torch
+
+from preflab.errors import ConfigError
+
+
+@dataclass
+class WinRate:
+    win_rate: float
+    ci_low: float
+    ci_high: float
+    wins: int
+    ties: int
+    losses: int
+    n: int
+    confidence: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def wilson_interval(p_hat: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion p_hat observed on n trials."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+    denom = 1.0 + z * z / n
+    center = (p_hat + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(max(p_hat * (1 - p_hat), 0.0) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def win_rate_from_outcomes(outcomes: Sequence[float], confidence: float = 0.95) -> WinRate:
+    """Outcomes in [0, 1] per prompt (1 policy better, 0.5 tie, 0 reference better) -> WinRate."""
+    values = [float(v) for v in outcomes]
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise ConfigError("judge outcomes must lie in [0, 1] (1: policy better, 0: reference better).")
+    n = len(values)
+    p = sum(values) / n if n else math.nan
+    lo, hi = wilson_interval(p, n, confidence)
+    return WinRate(p, lo, hi, sum(v == 1.0 for v in values), sum(v == 0.5 for v in values),
+                   sum(v == 0.0 for v in values), n, confidence)
+
+
+def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float],
+             confidence: float = 0.95) -> WinRate:
+    """Win rate of the policy when each prompt's two answers are compared by reward (ties count 1/2)."""
+    if len(policy_rewards) != len(reference_rewards):
+        raise ConfigError(f"{len(policy_rewards)} policy rewards but {len(reference_rewards)} reference rewards.")
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy_rewards, reference_rewards)]
+    return win_rate_from_outcomes(outcomes, confidence)
+
+
+def judge_outcomes(judge, prompts: list, policy_answers: list[str], reference_answers: list[str]) -> list[float]:
+    """Per-prompt outcomes from a TRL pairwise judge (.judge -> index of the better answer) or a callable."""
+    if hasattr(judge, "judge"):
+        picks = judge.judge(prompts, [[a, b] for a, b in zip(policy_answers, reference_answers)])
+        return [1.0 if int(i) == 0 else 0.0 if int(i) == 1 else 0.5 for i in picks]
+    return [float(v) for v in judge(prompts, policy_answers, reference_answers)]
+
+
+def load_callable(spec: str) -> Callable:
+    """'package.module:name' -> the object (a reward function or judge the user names on the command line); a
+    class is instantiated with no arguments (e.g. a TRL judge class)."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"{spec!r} is not 'module:name'; e.g. --reward-fn mypkg.rewards:helpfulness.")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot load {spec!r} ({err}); is the module on PYTHONPATH?") from err
+    return obj() if isinstance(obj, type) else obj
+
+
+def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16, max_length: int = 1024):
+    """A TRL-style reward function backed by a local sequence-classification model (num_labels=1) in path.
+
+    Text rows are scored on prompt + completion, conversational prompts through the model's chat template."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from preflab.models.load import check_weights_safe
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"--reward-model {path!r} is not a directory holding a saved reward model.")
+    check_weights_safe(path, allow_pickle)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=None if allow_pickle else True)
+    model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+
+    def text(prompt, completion: str) -> str:
+        if isinstance(prompt, list):
+            return tok.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+        return prompt + completion
+
+    @torch.no_grad()
+    def score(prompts, completions, **_) -> list[float]:
+        out: list[float] = []
+        texts = [text(p, c) for p, c in zip(prompts, completions)]
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                      max_length=max_length)
+            out += model(**enc).logits[:, 0].float().tolist()
+        return out
+
+    return score
+
+
+def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]], prompts: list, *,
+                        reward_fn=None, judge=None, max_new_tokens: int = 64, batch_size: int = 16,
+                        confidence: float = 0.95, examples: int = 5) -> dict:
+    """Generate greedily with both models and judge the answers: win rate, CI, mean answer lengths, examples."""
+    from preflab.generate import generate_ids
+
+    if (reward_fn is None) == (judge is None):
+        raise ConfigError("give exactly one of a reward function (or reward model) and a judge for the win rate.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kw = dict(eos_id=tokenizer.eos_token_id, pad_id=pad, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ids_p, ids_r = generate_ids(policy, prompt_ids, **kw), generate_ids(reference, prompt_ids, **kw)
+    decode = lambda rows: [tokenizer.decode(r, skip_special_tokens=True) for r in rows]  # noqa: E731
+    ans_p, ans_r = decode(ids_p), decode(ids_r)
+    out: dict = {"length/policy_generation": sum(map(len, ids_p)) / max(len(ids_p), 1),
+                 "length/reference_generation": sum(map(len, ids_r)) / max(len(ids_r), 1)}
+    if judge is not None:
+        result = win_rate_from_outcomes(judge_outcomes(judge, prompts, ans_p, ans_r), confidence)
+        scores = None
+    else:
+        r_p = [float(v) for v in reward_fn(prompts=prompts, completions=ans_p)]
+        r_r = [float(v) for v in reward_fn(prompts=prompts, completions=ans_r)]
+        result, scores = win_rate(r_p, r_r, confidence), (r_p, r_r)
+        out["reward/policy_generation"] = sum(r_p) / len(r_p)
+        out["reward/reference_generation"] = sum(r_r) / len(r_r)
+    out["win_rate"] = result.to_dict()
+    out["examples"] = [{"prompt": p if isinstance(p, str) else str(p), "policy": a, "reference": b,
+                        **({"policy_reward": scores[0][i], "reference_reward": scores[1][i]} if scores else {})}
+                       for i, (p, a, b) in enumerate(zip(prompts[:examples], ans_p, ans_r))]
+    return out

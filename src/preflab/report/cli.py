@@ -1,0 +1,21 @@
+"""`preflab report RUN_DIR [RUN_DIR ...] [--out report.html]`: one HTML report; several runs are overlaid."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="self-contained HTML report of one run, or several runs overlaid")
+    p.add_argument("run_dirs", nargs="+", help="output_dir of one or more `preflab train` runs")
+    p.add_argument("--out", help="HTML file (default: RUN_DIR/report.html, or ./report.html for several runs)")
+    p.add_argument("--title", help="report title")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from preflab.report.html import write_report
+
+    out = args.out or (str(Path(args.run_dirs[0]) / "report.html") if len(args.run_dirs) == 1 else "report.html")
+    path = write_report(args.run_dirs, out, title=args.title)
+    print(f"preflab report: wrote {path}")
+    return 0

@@ -1,0 +1,203 @@
+"""A self-contained HTML report of one or several runs: curves, margin histograms, eval table, config, environment.
+
+    from preflab.report.html import write_report
+    write_report(["outputs/dpo", "outputs/ipo"], "report.html", title="DPO vs IPO")      # -> Path
+
+The file has no external resources: figures are embedded PNG data URIs and the style sheet is inline, so it can
+be mailed or archived as one file. Every string read from a run directory is HTML-escaped. Several runs are
+overlaid (one colour per run) and their configs are compared key by key.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+from pathlib import Path
+
+from preflab.errors import PreflabError
+from preflab.eval.names import METRIC_DOCS
+from preflab.report import plots
+from preflab.report.runs import RunData, load_run, unique_names
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+color:#222;padding:0 16px}
+h1{font-size:26px;margin-bottom:4px} h2{font-size:20px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.meta{color:#666;font-size:13px} .grid{display:flex;flex-wrap:wrap;gap:10px}
+.grid img{width:540px;max-width:100%;border:1px solid #eee} img.wide{max-width:100%;border:1px solid #eee}
+table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{border:1px solid #ddd;padding:4px 8px;
+text-align:left;vertical-align:top} th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.doc{color:#555;font-size:12px} .note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;margin:6px 0;
+font-size:13px} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px}
+details{margin:6px 0} .diff{background:#fdecea}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return _e(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """rows hold already-built <td> cells; header cells are escaped here."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _num_cell(value) -> str:
+    return f'<td class="num">{_fmt(value)}</td>'
+
+
+def _notes(items: list[str]) -> str:
+    return "".join(f'<div class="note">{_e(item)}</div>' for item in items)
+
+
+def _img(uri: str | None, alt: str, cls: str = "") -> str:
+    if uri is None:
+        return ""
+    return f'<img src="{uri}" alt="{_e(alt)}"{f" class={cls!r}" if cls else ""}>'
+
+
+def _curves(runs: list[RunData]) -> str:
+    images = [_img(plots.curve_panel(runs, title, ylabel, series), title) for title, ylabel, series in plots.PANELS]
+    images = [i for i in images if i]
+    if not images:
+        return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"])
+    return "<h2>Training curves</h2><div class=\"grid\">" + "".join(images) + "</div>"
+
+
+def _margins(runs: list[RunData]) -> str:
+    out = "<h2>Reward margins per pair</h2>"
+    uri = plots.margin_histograms(runs)
+    if uri:
+        out += _img(uri, "margin histograms", "wide")
+    lacking = [r.name for r in runs if not r.margins]
+    if lacking:
+        out += _notes([f"{', '.join(lacking)}: per-pair margins at the start and end of training were not saved "
+                       "(pair_margins.jsonl; the trainer logs batch means only). The histogram of final margins "
+                       "below comes from eval.json when `preflab eval` was run."])
+    return out
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _eval_section(runs: list[RunData]) -> str:
+    have = [r for r in runs if r.eval]
+    out = "<h2>Held-out evaluation (eval.json)</h2>"
+    if not have:
+        return out + _notes(["no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT --reference REF` "
+                             "and re-run `preflab report`."])
+    metrics = {r.name: _dict(r.eval.get("metrics")) for r in have}
+    keys = [k for k in METRIC_DOCS if any(k in m for m in metrics.values())]
+    keys += sorted({str(k) for m in metrics.values() for k in m} - set(keys))
+    rows = [[f"<td>{_e(k)}</td>", *[_num_cell(metrics[r.name].get(k)) for r in have],
+             f'<td class="doc">{_e(METRIC_DOCS.get(k, ""))}</td>'] for k in keys]
+    rows.insert(0, ["<td>pairs</td>", *[_num_cell(r.eval.get("num_pairs")) for r in have], "<td></td>"])
+    rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
+                    '<td class="doc">beta of the implicit reward and of R*</td>'])
+    out += _table(["metric", *[r.name for r in have], "meaning"], rows)
+    for run in have:
+        win = _dict(run.eval.get("win_rate"))
+        if win.get("n"):
+            out += (f"<p><b>{_e(run.name)}</b>: win rate vs reference {_fmt(win.get('win_rate'))} "
+                    f"[{_fmt(win.get('ci_low'))}, {_fmt(win.get('ci_high'))}] ({_fmt(win.get('confidence'))} "
+                    f"Wilson interval; {_fmt(win.get('wins'))} wins, {_fmt(win.get('ties'))} ties, "
+                    f"{_fmt(win.get('losses'))} losses of {_fmt(win.get('n'))})</p>")
+        notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]
+        notes += [f"{run.name}: {k} not computed: {why}" for k, why in _dict(run.eval.get("missing")).items()]
+        out += _notes(notes)
+        out += _img(plots.difficulty_scatter(run), f"{run.name} margins and difficulty", "wide")
+        examples = [x for x in run.eval.get("generation_examples") or [] if isinstance(x, dict)]
+        if examples:
+            cells = [[f"<td>{_e(x.get('prompt', ''))}</td>", f"<td>{_e(x.get('policy', ''))}</td>",
+                      f"<td>{_e(x.get('reference', ''))}</td>"] for x in examples[:5]]
+            out += f"<details><summary>{_e(run.name)}: generations</summary>"
+            out += _table(["prompt", "policy", "reference"], cells) + "</details>"
+    return out
+
+
+def _final_metrics(runs: list[RunData]) -> str:
+    finals = [_dict(r.summary.get("final_metrics")) for r in runs]
+    keys = sorted({k for f in finals for k, v in f.items() if isinstance(v, (int, float)) and k != "step"})
+    if not keys:
+        return ""
+    rows = [[f"<td>{_e(k)}</td>", *[_num_cell(f.get(k)) for f in finals]] for k in keys]
+    rows.insert(0, ["<td>global_step</td>", *[_num_cell(r.summary.get("global_step")) for r in runs]])
+    rows.insert(1, ["<td>runtime_s</td>", *[_num_cell(r.summary.get("runtime_s")) for r in runs]])
+    return "<h2>Final metrics (summary.json)</h2>" + _table(["metric", *[r.name for r in runs]], rows)
+
+
+def _config(runs: list[RunData]) -> str:
+    out = "<h2>Config</h2>"
+    if len(runs) > 1:
+        keys = sorted({k for r in runs for k in r.config})
+        differ = [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
+        if differ:
+            rows = [[f"<td>{_e(k)}</td>", *[f'<td class="diff">{_e(r.config.get(k))}</td>' for r in runs]]
+                    for k in differ]
+            out += "<p>Keys whose values differ between runs:</p>" + _table(["key", *[r.name for r in runs]], rows)
+        else:
+            out += "<p>All runs share the same config.</p>"
+    for run in runs:
+        text = run.config_text or "(no config.yaml)"
+        out += f"<details{' open' if len(runs) == 1 else ''}><summary>{_e(run.name)}: config.yaml</summary>"
+        out += f"<pre>{_e(text)}</pre></details>"
+    return out
+
+
+def _environment(runs: list[RunData]) -> str:
+    keys = sorted({k for r in runs for k in r.environment})
+    if not keys:
+        return "<h2>Environment</h2>" + _notes(["no environment recorded (summary.json missing or incomplete)"])
+    rows = [[f"<td>{_e(k)}</td>", *[f"<td>{_e(r.environment.get(k, '–'))}</td>" for r in runs]] for k in keys]
+    return "<h2>Environment</h2>" + _table(["", *[r.name for r in runs]], rows)
+
+
+def render_report(runs: list[RunData], title: str | None = None) -> str:
+    """The report's HTML for already loaded runs."""
+    from preflab import __version__
+
+    title = title or ("preflab run report: " + ", ".join(r.name for r in runs))
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    listing = "".join(f"<li><b>{_e(r.name)}</b>: {_e(r.path)}</li>" for r in runs)
+    missing = [f"{r.name}: {m}" for r in runs for m in r.missing]
+    parts = [
+        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
+        f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
+        f"<p class=\"meta\">generated by preflab {_e(__version__)} on {now}</p><ul>{listing}</ul>",
+        _notes(missing) if missing else "",
+        _curves(runs), _margins(runs), _eval_section(runs), _final_metrics(runs), _config(runs),
+        _environment(runs), "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(run_dirs, out_path, title: str | None = None) -> Path:
+    """Write the HTML report of `run_dirs` (one or several run directories) to `out_path`; returns the path."""
+    paths = [Path(p) for p in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    if not paths:
+        raise PreflabError("write_report needs at least one run directory.")
+    names = unique_names(paths)
+    runs = [load_run(p, name) for p, name in zip(paths, names)]
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render_report(runs, title), encoding="utf-8")
+    tmp.replace(out)
+    return out

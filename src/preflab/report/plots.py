@@ -1,0 +1,158 @@
+"""The report's figures as PNG data URIs (matplotlib's Agg canvas, no pyplot state, no files).
+
+    curve_panel(runs, "Loss", "loss", [("loss", "train", BLUE)])   # one line per run and series
+    margin_histograms(runs)        # per-pair implicit reward margins at the first and last saved eval step
+    difficulty_scatter(run)        # Chen et al. 2024 Fig. 3 from eval.json: per-pair DPO loss vs c, l(beta c)
+
+Several runs share a panel: colour = run, line style = series, so objectives can be compared on the same data.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from preflab.report.runs import RunData
+
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+SERIES_STYLES = ("-", "--", ":", "-.")
+
+BLUE, RED, GREEN, PURPLE, ORANGE, GRAY = "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#555555"
+# (panel title, y label, [(metrics.jsonl key, label, colour for a single run)]): training rows carry TRL's names,
+# eval rows the same names prefixed "eval_"; train is drawn solid and eval dashed
+PANELS = (
+    ("Loss", "loss", [("loss", "train", BLUE), ("eval_loss", "eval", BLUE)]),
+    ("Reward margin", "beta (h_w - h_l)", [("rewards/margins", "train", GREEN),
+                                           ("eval_rewards/margins", "eval", GREEN)]),
+    ("Accuracies", "fraction of pairs", [("rewards/accuracies", "reward acc. (train)", GREEN),
+                                         ("eval_rewards/accuracies", "reward acc. (eval)", GREEN),
+                                         ("eval_ranking_accuracy", "ranking acc. R (eval)", PURPLE),
+                                         ("eval_ranking_accuracy_norm", "ranking acc. R~ (eval)", ORANGE)]),
+    ("Log-probs", "summed log-prob", [("logps/chosen", "chosen (train)", BLUE),
+                                      ("logps/rejected", "rejected (train)", RED),
+                                      ("eval_logps/chosen", "chosen (eval)", BLUE),
+                                      ("eval_logps/rejected", "rejected (eval)", RED)]),
+    ("Log-prob drift vs reference (eval)", "log pi - log pi_ref", [("eval_logps_drift/chosen", "chosen", BLUE),
+                                                                  ("eval_logps_drift/rejected", "rejected", RED)]),
+    ("Implicit rewards", "beta h", [("rewards/chosen", "chosen (train)", BLUE),
+                                    ("rewards/rejected", "rejected (train)", RED)]),
+    ("Gradient norm", "pre-clip norm", [("grad_norm", "train", GRAY)]),
+    ("Learning rate", "lr", [("learning_rate", "train", GRAY)]),
+)
+
+
+def to_data_uri(fig: Figure) -> str:
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=100)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _new(width: float = 5.4, height: float = 3.4, cols: int = 1):
+    fig = Figure(figsize=(width * cols, height), layout="constrained")
+    axes = [fig.add_subplot(1, cols, i + 1) for i in range(cols)]
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple[str, str, str]]) -> str | None:
+    """A line per (run, series) over steps; None when no run logged any of the series. One run: colour by
+    series (chosen blue, rejected red), solid = train, dashed = eval. Several runs: colour by run, style by series."""
+    fig, (ax,) = _new()
+    drawn = 0
+    many = len(runs) > 1
+    for r, run in enumerate(runs):
+        for s, (key, label, single_color) in enumerate(series):
+            steps, values = run.series(key)
+            if not steps:
+                continue
+            is_eval = key.startswith("eval_")
+            marker = "o" if is_eval and len(steps) < 40 else None
+            if many:
+                color, style = RUN_COLORS[r % len(RUN_COLORS)], SERIES_STYLES[s % len(SERIES_STYLES)]
+            else:
+                color = single_color    # R~ dotted so that it stays visible where it equals R
+                style = ":" if key.endswith("accuracy_norm") else "--" if is_eval else "-"
+            ax.plot(steps, values, style, marker=marker, markersize=3, color=color,
+                    label=f"{run.name}: {label}" if many else label)
+            drawn += 1
+    if not drawn:
+        return None
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.legend(fontsize=7, loc="best")
+    return to_data_uri(fig)
+
+
+def margin_histograms(runs: list[RunData]) -> str | None:
+    """Per run: histograms of the per-pair margins at the first and the last saved step (pair_margins.jsonl)."""
+    have = [run for run in runs if run.margins]
+    if not have:
+        return None
+    fig, axes = _new(4.6, 3.2, cols=len(have))
+    for ax, run in zip(axes, have):
+        steps = sorted(run.margins)
+        first, last = steps[0], steps[-1]
+        values = run.margins[first] + run.margins[last]
+        lo, hi = (min(values), max(values)) if values else (-1.0, 1.0)
+        bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 30
+        ax.hist(run.margins[first], bins=bins, alpha=0.55, color="#7f7f7f", label=f"step {first}")
+        if last != first:
+            ax.hist(run.margins[last], bins=bins, alpha=0.55, color=RUN_COLORS[runs.index(run) % 8],
+                    label=f"step {last}")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set(title=f"{run.name}: reward margins", xlabel="beta (h_w - h_l)", ylabel="pairs")
+        ax.legend(fontsize=7)
+    return to_data_uri(fig)
+
+
+def _per_pair(run: RunData):
+    pp = run.eval.get("per_pair") or {}
+    keys = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
+    if not isinstance(pp, dict) or not all(isinstance(pp.get(k), list) and pp.get(k) for k in keys):
+        return None
+    try:
+        cols = [[float(v) for v in pp[k]] for k in keys]
+    except (TypeError, ValueError):
+        return None
+    return cols if len({len(c) for c in cols}) == 1 and all(map(math.isfinite, sum(cols, []))) else None
+
+
+def difficulty_scatter(run: RunData) -> str | None:
+    """From eval.json's per-pair sums: (left) histogram of the final implicit reward margins; (right) per-pair
+    DPO loss against the reference log-ratio c = S_ref(y_l) - S_ref(y_w), coloured by whether the policy ranks
+    the pair right, with Thm 4.1's boundary l(beta c) (a pair is ranked right iff it lies on or below it)."""
+    cols = _per_pair(run)
+    if cols is None:
+        return None
+    pc, pr, rc, rr = cols
+    beta = run.eval.get("beta")
+    beta = float(beta) if isinstance(beta, (int, float)) and beta > 0 else 0.1
+    margins = [beta * ((a - c) - (b - d)) for a, b, c, d in zip(pc, pr, rc, rr)]
+    c_vals = [d - c for c, d in zip(rc, rr)]
+    losses = [_softplus(-m) for m in margins]
+    right = [a >= b for a, b in zip(pc, pr)]
+    fig, (ax1, ax2) = _new(4.8, 3.3, cols=2)
+    ax1.hist(margins, bins=30, color="#1f77b4", alpha=0.8)
+    ax1.axvline(0.0, color="black", linewidth=0.8)
+    ax1.set(title=f"{run.name}: final reward margins (eval.json)", xlabel="beta (h_w - h_l)", ylabel="pairs")
+    for flag, color, label in ((True, "#2ca02c", "ranked right"), (False, "#d62728", "ranked wrong")):
+        xs = [c for c, ok in zip(c_vals, right) if ok == flag]
+        ys = [v for v, ok in zip(losses, right) if ok == flag]
+        if xs:
+            ax2.scatter(xs, ys, s=10, color=color, alpha=0.7, label=f"{label} ({len(xs)})")
+    lo, hi = min(c_vals), max(c_vals)
+    lo, hi = (lo - 1.0, hi + 1.0) if hi == lo else (lo, hi)
+    grid = [lo + (hi - lo) * i / 200 for i in range(201)]
+    ax2.plot(grid, [_softplus(-beta * c) for c in grid], "k--", linewidth=1, label="l(beta c) (Thm 4.1)")
+    ax2.set(title="DPO loss vs reference log-ratio", xlabel="c = log pi_ref(y_l) - log pi_ref(y_w)",
+            ylabel="per-pair DPO loss")
+    ax2.legend(fontsize=7)
+    return to_data_uri(fig)
+
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))

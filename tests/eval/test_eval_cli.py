@@ -1,0 +1,150 @@
+"""`preflab eval` end to end on tiny models saved as safetensors + tokenizer, checked against an independent path."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from preflab.cli import main
+from preflab.data.layout import padded
+from preflab.data.rows import load_rows
+from preflab.data.tokenize import tokenize_pairs
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.scoring.lm import naive_token_logps
+
+ROWS = [
+    {"prompt": "what is two plus three ?", "chosen": " the answer is five .", "rejected": " the cat sat",
+     "alpha": 0.75, "extra_responses": [" five", " hello world"]},
+    {"prompt": "hello world ,", "chosen": " preference optimization", "rejected": " the dog ran", "alpha": 1.0},
+    {"prompt": "how many legs does a spider have ?", "chosen": " eight", "rejected": " five", "alpha": 0.6,
+     "extra_responses": [" nine"]},
+    {"prompt": "the cat sat on", "chosen": " the mat", "rejected": " a quick brown fox jumps", "alpha": 0.9},
+]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_cli")
+    tok = tiny_tokenizer("bytelevel")
+    models = {}
+    for name, seed in (("run", 1), ("ref", 2)):
+        model = tiny_causal_lm(tok, seed=seed)
+        model.save_pretrained(root / name, safe_serialization=True)
+        tok.save_pretrained(root / name)
+        models[name] = model
+    (root / "run" / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama",
+                                                              "beta": 0.2, "seed": 0}))
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return root, data, tok, models
+
+
+def independent_sums(model, tok, data):
+    """Summed chosen / rejected log-probs through full logits, one sequence at a time."""
+    pairs, _ = tokenize_pairs(load_rows(str(data))[0], tok, max_length=1024)
+    one = lambda p, r: naive_token_logps(model, padded([(p, r)], tok.pad_token_id)).double().sum()  # noqa: E731
+    with torch.no_grad():
+        return (torch.stack([one(p.prompt_ids, p.chosen_ids) for p in pairs]),
+                torch.stack([one(p.prompt_ids, p.rejected_ids) for p in pairs]))
+
+
+def test_eval_writes_eval_json_that_matches_an_independent_computation(saved, capsys):
+    root, data, tok, models = saved
+    assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    result = json.loads((root / "run" / "eval.json").read_text())
+    assert result["num_pairs"] == 4 and result["beta"] == 0.2 and result["beta_source"] == "run config"
+    pc, pr = independent_sums(models["run"], tok, data)
+    rc, rr = independent_sums(models["ref"], tok, data)
+    per_pair, m = result["per_pair"], result["metrics"]
+    torch.testing.assert_close(torch.tensor(per_pair["policy_chosen"], dtype=torch.float64), pc, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(per_pair["ref_rejected"], dtype=torch.float64), rr, atol=1e-4, rtol=0)
+    assert m["ranking_accuracy"] == float((pc >= pr).double().mean())
+    assert m["reference_ranking_accuracy"] == float((rc >= rr).double().mean())
+    assert m["rewards/accuracies"] == float(((pc - rc) > (pr - rr)).double().mean())
+    assert m["logps_drift/chosen"] == pytest.approx(float((pc - rc).mean()), abs=1e-4)
+    # the idealized ranking accuracy is the lab's closed form on the reference sums and the data's alpha column
+    closed = pytest.importorskip("preflab.lab.closed_forms")
+    alpha = [r["alpha"] for r in ROWS]
+    assert m["idealized_ranking_accuracy"] == closed.idealized_ranking_accuracy(rc.numpy(), rr.numpy(), alpha, 0.2)
+    assert result["notes"] == []                               # every row carried alpha
+    # dispersion: each prompt's extra responses scored independently, policy vs reference
+    from preflab.data.examples import UnpairedExample
+    from preflab.data.tokenize import tokenize_unpaired
+
+    drifts, mass = [], []
+    for i, row in enumerate(ROWS):
+        if "extra_responses" not in row:
+            continue
+        items, _ = tokenize_unpaired([UnpairedExample(i, row["prompt"], r, True) for r in row["extra_responses"]],
+                                     tok, max_length=1024)
+        with torch.no_grad():
+            d = {name: torch.stack([naive_token_logps(models[name], padded([(t.prompt_ids, t.completion_ids)],
+                                                                             tok.pad_token_id)).double().sum()
+                                    for t in items]) for name in ("run", "ref")}
+        drifts += (d["run"] - d["ref"]).tolist()
+        mass.append(float(torch.logsumexp(d["run"], 0) - torch.logsumexp(d["ref"], 0)))
+    assert m["dispersion/num_unseen_responses"] == 3.0
+    assert m["dispersion/unseen_logps_drift"] == pytest.approx(sum(drifts) / 3, abs=1e-4)
+    assert m["dispersion/unseen_log_mass_drift"] == pytest.approx(sum(mass) / 2, abs=1e-4)
+    assert set(result["missing"]) == {"win_rate"}
+
+
+def test_win_rate_with_a_reward_function_named_on_the_command_line(saved, tmp_path, monkeypatch):
+    root, data, _, _ = saved
+    (tmp_path / "my_rewards.py").write_text(
+        "def length(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "result.json"
+    assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--reward-fn",
+                 "my_rewards:length", "--win-rate-prompts", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    win = result["win_rate"]
+    assert win["n"] == 3 and win["wins"] + win["ties"] + win["losses"] == 3
+    assert result["metrics"]["win_rate"] == win["win_rate"]
+    assert win["ci_low"] <= win["win_rate"] <= win["ci_high"]
+    assert len(result["generation_examples"]) == 3
+
+
+def test_without_reference_only_policy_metrics_and_the_reason(saved, tmp_path):
+    root, data, _, _ = saved
+    out = tmp_path / "noref"
+    assert main(["eval", str(root / "run"), "--data", str(data), "--out", str(out), "--beta", "0.5", "--device",
+                 "cpu"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert "ranking_accuracy" in result["metrics"] and "idealized_ranking_accuracy" not in result["metrics"]
+    assert "reference" in result["missing"] and result["beta_source"] == "--beta"
+
+
+def test_errors_are_clear(saved, tmp_path, capsys):
+    root, data, _, _ = saved
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((root / "run" / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    assert main(["eval", str(pickled), "--data", str(data)]) == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert main(["eval", str(root / "run"), "--data", str(data), "--reward-fn", "m:f"]) == 2
+    assert "--reference" in capsys.readouterr().err
+    import importlib.util
+
+    if importlib.util.find_spec("preflab.reward") is None:
+        assert main(["eval", str(root / "run"), "--data", str(data), "--task", "reward"]) == 2
+        assert "preflab.reward.eval" in capsys.readouterr().err
+
+
+def test_task_reward_evaluates_a_reward_model_into_eval_json(saved, tmp_path):
+    reward_eval = pytest.importorskip("preflab.reward.eval")
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    root, data, tok, _ = saved
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "rm")
+    assert main(["eval", str(tmp_path / "rm"), "--data", str(data), "--task", "reward"]) == 0
+    result = json.loads((tmp_path / "rm" / "eval.json").read_text())
+    direct = reward_eval.evaluate_reward_model(str(tmp_path / "rm"), str(data), on_bad_row="skip")
+    assert result["task"] == "reward" and result["num_pairs"] == direct["num_pairs"] == 4
+    assert result["metrics"]["reward_model/accuracy"] == direct["accuracy"]
