@@ -1,0 +1,18 @@
+"""Synthetic reward data with planted structure, shared by the reward tests."""
+import random
+
+WORDS = ("the cat sat on mat dog ran to park what is two plus three answer five please how many legs spider "
+         "eight").split()
+
+
+def marker_rows(n: int, seed: int, marker: str = "good") -> list[dict]:
+    """Pairs whose chosen response contains `marker` and whose rejected response does not; subsets s1/s2."""
+    rng = random.Random(seed)
+    words = lambda k: [rng.choice(WORDS) for _ in range(k)]  # noqa: E731
+    rows = []
+    for i in range(n):
+        chosen, rejected = words(rng.randrange(2, 5)), words(rng.randrange(2, 5))
+        chosen.insert(rng.randrange(len(chosen) + 1), marker)
+        rows.append({"prompt": " ".join(words(rng.randrange(2, 5))), "chosen": " " + " ".join(chosen),
+                     "rejected": " " + " ".join(rejected), "subset": "s1" if i % 2 else "s2"})
+    return rows
