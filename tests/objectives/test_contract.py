@@ -24,8 +24,10 @@ def _seq(values, lengths, T=6, requires_grad=False):
 
 
 def make_batch(cls, scale=1.0, requires_grad=False, neutral=False):
-    """A small batch of the objective's kind; `neutral` puts policy = reference with equal lengths."""
+    """A small batch of the objective's kind; `neutral` puts policy = reference with equal lengths.
+    An objective whose scores live on another scale (diffusion: -MSE gaps ~1e-4) sets `example_score_scale`."""
     B = 4
+    scale = scale * getattr(cls, "example_score_scale", 1.0)
     if cls.batch_type is PairBatch:
         lw, ll = ([3] * B, [3] * B) if neutral else ([3, 5, 2, 4], [4, 2, 5, 1])
         pc = [-10.0, -3.0, -7.5, -2.0] if not neutral else [-5.0] * B

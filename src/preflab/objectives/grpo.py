@@ -1,0 +1,131 @@
+"""GRPO: the clipped token-level policy-gradient loss with group-normalised advantages (TRL GRPOTrainer).
+
+Paper: Shao et al., 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models"
+(arXiv:2402.03300), Eq. 3 (objective) and Eq. 4 (KL estimator). On a ListBatch: B prompts, G completions each,
+rewards r = batch.scores [B, G], token log-probs lp (policy), lp_old (sampling policy), lp_ref:
+
+    A_bi   = (r_bi - mean_i r_bi) / (std_i r_bi + 1e-4)     scale_rewards="group" (std with Bessel's correction,
+             as TRL's torch.std); "batch": std over all the batch's rewards; "none": no division
+    rho    = exp(lp - lp_old)                                per token
+    l_t    = -min(rho A, clip(rho, 1 - epsilon, 1 + epsilon_high) A) + beta KL3_t
+    KL3_t  = exp(lp_ref - lp) - (lp_ref - lp) - 1            (Schulman's k3; computed only when beta > 0)
+
+Aggregation (loss_type, TRL 1.16 names), m = completion-token mask:
+    grpo     mean over completions of sum_t m l_t / |y|                      (Shao et al.)
+    bnpo     sum of m l_t / number of completion tokens in the batch
+    dapo     sum of m l_t / completion tokens of the whole generation batch   (Yu et al., 2025, arXiv:2503.14476)
+    dr_grpo  sum of m l_t / (completions x max_completion_length)            (Liu et al., 2025, arXiv:2503.20783)
+losses[b] is prompt b's share, so that loss = losses.mean() is the aggregate above.
+
+Extras (all optional): "old_logps" [B, G, T] sampling-policy token log-probs (default: lp detached, so rho = 1 and
+the gradient is the on-policy -A grad lp, TRL's num_iterations = 1); "advantages" [B, G] precomputed (default: from
+scores as above); "tokens_per_prompt" scalar for dapo, the generation batch's completion tokens per prompt, so that
+micro-batches add up to the global token mean (default: this batch's). needs_reference is True iff beta > 0.
+Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean.
+
+Deviation from the paper: the paper's grpo aggregation is the default of TRL <= 0.14; TRL 1.16 defaults to dapo
+(used here too). beta defaults to TRL 1.16's 0.0 (the paper uses 0.04).
+"""
+from dataclasses import dataclass
+
+import torch
+
+from preflab.errors import ConfigError
+from preflab.objectives.base import ListBatch, Objective, ObjectiveOutput, as_loss_dtype
+
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def group_advantages(scores: torch.Tensor, valid: torch.Tensor, scale_rewards: str = "group",
+                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages [B, G], group std [B]) of rewards [B, G]; invalid entries get advantage 0."""
+    v = valid.to(scores.dtype)
+    n = v.sum(-1)
+    dev = (scores - (scores * v).sum(-1, keepdim=True) / n.clamp_min(1).unsqueeze(-1)) * v
+    std = ((dev ** 2).sum(-1) / (n - 1).clamp_min(1)).sqrt()
+    if scale_rewards == "group":
+        return dev / (std.unsqueeze(-1) + eps), std
+    if scale_rewards == "batch":
+        flat = scores[valid]
+        return dev / ((flat.std() if flat.numel() > 1 else flat.new_zeros(())) + eps), std
+    return dev, std
+
+
+@dataclass(frozen=True)
+class GRPO(Objective):
+    beta: float = 0.0                    # KL coefficient (TRL 1.16 default; 0 = no reference model)
+    epsilon: float = 0.2                 # clip range, lower side (and upper when epsilon_high is None)
+    epsilon_high: float | None = None    # DAPO's clip-higher upper range (TRL epsilon_high)
+    loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
+    scale_rewards: str = "group"         # group | batch | none
+    max_completion_length: int | None = None  # dr_grpo normaliser (None: the batch's padded width)
+
+    batch_type = ListBatch
+    needs_reference = False              # per instance: True when beta > 0
+    paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
+    tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
+
+    def __post_init__(self):
+        self.validate()
+        object.__setattr__(self, "needs_reference", self.beta > 0)
+
+    def validate(self):  # beta = 0 is valid here, unlike the base class's check
+        if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "
+                              f"{self.epsilon_high}.")
+        if self.loss_type not in LOSS_TYPES or self.scale_rewards not in SCALE_REWARDS:
+            raise ConfigError(f"GRPO: loss_type must be one of {LOSS_TYPES} and scale_rewards one of "
+                              f"{SCALE_REWARDS}, got {self.loss_type!r}, {self.scale_rewards!r}.")
+
+    def compute(self, batch: ListBatch) -> ObjectiveOutput:
+        lp = as_loss_dtype(batch.policy.masked())                                  # [B, G, T]
+        mask = batch.policy.mask & batch.valid.unsqueeze(-1)
+        scores = torch.where(batch.valid, batch.scores.to(lp.dtype), 0.0)            # NaN-free off `valid`
+        adv, std = group_advantages(scores, batch.valid, self.scale_rewards)
+        if "advantages" in batch.extras:
+            adv = torch.as_tensor(batch.extras["advantages"], dtype=lp.dtype, device=lp.device)
+        old = batch.extras.get("old_logps")
+        old = lp.detach() if old is None else torch.where(mask, torch.as_tensor(old).to(lp), 0.0)
+        ratio = torch.exp(lp - old)
+        a = adv.unsqueeze(-1)
+        high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        per_token = -torch.minimum(ratio * a, ratio.clamp(1 - self.epsilon, 1 + high) * a)
+        m = mask.to(lp.dtype)
+        tokens = m.sum().clamp_min(1)
+        metrics = {"reward": (scores * batch.valid).sum() / batch.valid.sum().clamp_min(1), "reward_std": std.mean(),
+                   "frac_reward_zero_std": (std < 1e-8).to(lp.dtype).mean()}
+        if self.beta > 0 or batch.ref is not None:
+            d = torch.where(mask, as_loss_dtype(batch.ref.masked()), 0.0) - lp
+            kl3 = torch.exp(d) - d - 1
+            metrics["kl"] = (kl3 * m).sum() / tokens
+            if self.beta > 0:
+                per_token = per_token + self.beta * kl3
+        low_clip = (ratio < 1 - self.epsilon) & (a < 0)
+        high_clip = (ratio > 1 + high) & (a > 0)
+        for name, flag in (("low", low_clip), ("high", high_clip), ("region", low_clip | high_clip)):
+            metrics[f"clip_ratio/{name}_mean"] = (flag.to(lp.dtype) * m).sum() / tokens
+        per_token = per_token * m
+        B = lp.shape[0]
+        completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
+        if self.loss_type == "grpo":
+            group_sum = (per_token.sum(-1) / m.sum(-1).clamp_min(1)).sum(-1)
+            per_prompt = completions / B                                   # completions per prompt
+        else:
+            group_sum = per_token.sum((-1, -2))
+            per_prompt = tokens / B                                        # completion tokens per prompt
+            if self.loss_type == "dapo" and "tokens_per_prompt" in batch.extras:
+                per_prompt = torch.as_tensor(batch.extras["tokens_per_prompt"], dtype=lp.dtype, device=lp.device)
+            if self.loss_type == "dr_grpo":
+                per_prompt = completions / B * (self.max_completion_length or lp.shape[-1])
+        losses = group_sum / per_prompt
+        return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()})
+
+    @classmethod
+    def example_extras(cls, batch) -> dict:
+        # fixed sampling-policy log-probs: with the default (lp detached) the loss value does not move with lp
+        # while its gradient does (the surrogate's purpose), which a finite-difference check cannot follow
+        return {"old_logps": batch.policy.token_logps.detach().clone()}
+
+
+OBJECTIVE = GRPO

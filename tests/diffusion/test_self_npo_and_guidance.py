@@ -1,0 +1,83 @@
+"""Self-NPO's truncated rollout and NPO guidance (methods §4 checks)."""
+import pytest
+import torch
+
+from preflab.diffusion.guidance import (cfg, cfg_with_negative_model, ddim_sample, lcm_guidance,
+                                        negative_model_weights, npo_guidance)
+from preflab.diffusion.self_npo import ema_update, renoise, self_npo_grid, truncated_teacher_target
+from preflab.diffusion.tiny import ConstantEpsDenoiser, TinyDenoiser, sd_schedule
+
+
+def test_renoise_marginal_matches_sigma_s():
+    schedule = sd_schedule()
+    n = 200_000
+    x_e = torch.zeros(n, 1, dtype=torch.float64)  # x0 = 0, so x_e = sigma_300 eps
+    x_e = x_e + schedule.alpha_sigma(torch.tensor([300]), x_e)[1] * torch.randn(n, 1, dtype=torch.float64,
+                                                                                generator=torch.Generator().manual_seed(0))
+    x_s = renoise(x_e, torch.full((n,), 300), torch.full((n,), 700), schedule,
+                  torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    sigma_700 = (1 - schedule.abar(torch.tensor([700]))).sqrt().item()
+    assert sigma_700 == pytest.approx(0.957851, abs=1e-6)
+    assert x_s.std().item() == pytest.approx(sigma_700, abs=3e-3)
+
+
+def test_guidance_conventions():
+    cond, uncond = torch.tensor([2.0]), torch.tensor([0.5])
+    assert lcm_guidance(cond, uncond, -1.0) is uncond and lcm_guidance(cond, uncond, -1.0).item() == 0.5
+    assert lcm_guidance(cond, uncond, 2.0).item() == 5.0 and cfg(cond, uncond, 7.5).item() == 11.75
+
+
+def test_grid_bookkeeping_and_exact_ddim_steps_with_a_constant_mock():
+    grid = self_npo_grid()
+    assert grid.tolist() == [40 * (i + 1) - 1 for i in range(25)]
+    schedule = sd_schedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(25, 2, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64).expand(25, -1, -1, -1)
+    mock = ConstantEpsDenoiser(eps[:1])  # one eps* for every sample (rollouts call it on subsets)
+    out = truncated_teacher_target(mock, x0, None, None, schedule, start_index=torch.arange(25), noise=eps)
+    assert out.start.tolist() == grid.tolist()
+    assert out.end.tolist() == [max(int(s) - 200, 39) for s in out.start]
+    # a constant-eps model maps alpha_t x0 + sigma_t eps* to alpha_{t'} x0 + sigma_{t'} eps* exactly
+    torch.testing.assert_close(out.x_end, schedule.add_noise(x0, eps, out.end), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.target, x0, atol=1e-12, rtol=0)
+    # the target is evaluated at x_e (the last call sees t_e for every sample)
+    assert mock.timesteps[-1].tolist() == out.end.tolist()
+    assert len(mock.timesteps) == 5 + 1
+    # samples that run out of grid early still get their target at x_e (the release took the previous state)
+    early = ConstantEpsDenoiser(eps[:1])
+    out = truncated_teacher_target(early, x0[:3], None, None, schedule, start_index=torch.tensor([0, 1, 2]),
+                                   noise=eps[:3])
+    assert out.end.tolist() == [39] * 3 and early.calls == 3 and early.timesteps[-1].tolist() == [39] * 3
+    torch.testing.assert_close(out.target, x0[:3], atol=1e-12, rtol=0)
+
+
+def test_ema_update():
+    teacher, student = TinyDenoiser((2,), seed=0), TinyDenoiser((2,), seed=1)
+    old = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.999)
+    for new, o, s in zip(teacher.parameters(), old, student.parameters()):
+        torch.testing.assert_close(new, 0.999 * o + 0.001 * s, atol=1e-7, rtol=0)
+
+
+def test_npo_sampler_reduces_to_cfg_and_differs_with_a_negative_model():
+    schedule = sd_schedule()
+    shape = (2, 4, 4)
+    pos, neg = TinyDenoiser(shape, cond_dim=3, seed=0), TinyDenoiser(shape, cond_dim=3, seed=1)
+    g = torch.Generator().manual_seed(0)
+    x_T, cond = torch.randn(3, *shape, generator=g), torch.randn(3, 5, 3, generator=g)
+    uncond = torch.zeros_like(cond)
+    with torch.no_grad():
+        plain = ddim_sample(lambda x, t: (lambda u, c: u + 4.0 * (c - u))(pos(x, t, uncond), pos(x, t, cond)),
+                            x_T, schedule, 10)
+        same = npo_guidance(pos, pos, x_T, cond, uncond, schedule, w=4.0)
+        other = npo_guidance(pos, neg, x_T, cond, uncond, schedule, w=4.0)
+        assert torch.equal(same, plain)  # theta_neg = theta_pos is plain CFG, bit for bit
+        assert (other - plain).abs().max() > 1e-2
+        t = torch.full((3,), 500)
+        torch.testing.assert_close(cfg_with_negative_model(pos, neg, x_T, t, cond, uncond, 1.0), pos(x_T, t, cond))
+    base = {"w": torch.tensor([1.0, 2.0])}
+    positive = {"w": torch.tensor([3.0, 6.0])}
+    delta = {"w": torch.tensor([0.5, -0.5])}
+    assert negative_model_weights(base, positive, delta)["w"].tolist() == [3.5, 5.5]
+    assert negative_model_weights(base, positive, delta, merge_weight=0.5)["w"].tolist() == [2.5, 3.5]
