@@ -1,0 +1,156 @@
+"""Judges for online loops: (prompt, completion) texts -> one float per completion, cached by (prompt, completion).
+
+A judge is any of these, or a list of them combined with `weights` (TRL's `reward_weights`):
+
+    reward function   f(prompts=[...], completions=[...], completion_ids=[...], **columns) -> list[float | None]
+                      (TRL's signature; columns are the prompt rows' other fields, one entry per completion)
+    reward model      obj.score(prompts, responses) -> Tensor [N] or list  (preflab.reward.interface.RewardFunction)
+    preference model  obj.win_rate_matrix(prompt, responses) -> [K, K], P[i, j] = P(y_i > y_j | x); a completion's
+                      score is its mean win rate against the other completions of its group (a Borda score)
+
+    judge = Judge([true_reward_fn, rm], weights=[1.0, 0.5])
+    scores, per_function = judge(prompts, completions, groups, columns)     # [N], [N, F] float64
+
+Combination as in TRL (Shao et al., 2024, arXiv:2402.03300 use one reward; TRL sums several):
+    r_i = nansum_k w_k r_i^(k), a None from a reward function is NaN (TRL's "not applicable").
+Pointwise judges (reward functions and reward models) are cached per function by a SHA-256 of (prompt, completion,
+row columns), so the same (prompt, completion) is scored once per run; `calls` counts the completions the
+underlying judges actually saw and `cache_hits` the ones served from the cache. Preference-model scores depend on
+the whole group and are not cached. Use `cache=False` for rewards that change over training (e.g. schedules).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from preflab.errors import ConfigError
+
+
+def _key(prompt: Any, completion: Any, columns: dict) -> str:
+    blob = json.dumps([prompt, completion, columns], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _kind(fn: Any) -> str:
+    if hasattr(fn, "win_rate_matrix"):
+        return "preference"
+    if hasattr(fn, "score"):
+        return "reward_model"
+    if callable(fn):
+        return "function"
+    raise ConfigError(f"judge {fn!r} is neither a reward function (callable), an object with .score(prompts, "
+                      "responses), nor a preference model with .win_rate_matrix(prompt, responses).")
+
+
+def _floats(values, n: int, name: str) -> list[float]:
+    if isinstance(values, Tensor):
+        values = values.detach().float().cpu().reshape(-1).tolist()
+    values = list(values)
+    if len(values) != n:
+        raise ConfigError(f"judge {name!r} returned {len(values)} values for {n} completions; it must return one "
+                          "per completion.")
+    return [math.nan if v is None else float(v) for v in values]
+
+
+class Judge:
+    """Scores completions with one or more judges (see the module docstring); callable."""
+
+    def __init__(self, judges: Any | Sequence[Any], weights: Sequence[float] | None = None, cache: bool = True):
+        self.judges = list(judges) if isinstance(judges, (list, tuple)) else [judges]
+        if not self.judges:
+            raise ConfigError("give at least one judge (a reward function, a reward model or a preference model).")
+        self.kinds = [_kind(j) for j in self.judges]
+        self.weights = [1.0] * len(self.judges) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.judges):
+            raise ConfigError(f"{len(self.weights)} weights for {len(self.judges)} judges; give one weight each.")
+        self.names = [_name(j) for j in self.judges]
+        self.cache_enabled = cache
+        self.caches: list[dict[str, float]] = [{} for _ in self.judges]
+        self.calls = 0
+        self.cache_hits = 0
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
+                 columns: Sequence[dict] | None = None,
+                 completion_ids: Sequence[list[int]] | None = None) -> tuple[Tensor, Tensor]:
+        """(scores [N], per_function [N, F]) in float64 for N completions; `groups[i]` names the group (one prompt
+        instance) of completion i (needed by preference models), `columns[i]` its prompt row's other fields."""
+        n = len(completions)
+        if len(prompts) != n:
+            raise ConfigError(f"{len(prompts)} prompts for {n} completions; repeat each prompt once per completion.")
+        columns = list(columns) if columns is not None else [{} for _ in range(n)]
+        groups = list(groups) if groups is not None else list(range(n))
+        per_function = torch.empty(n, len(self.judges), dtype=torch.float64)
+        for k, (judge, kind) in enumerate(zip(self.judges, self.kinds)):
+            if kind == "preference":
+                per_function[:, k] = self._group_win_rates(judge, prompts, completions, groups)
+            else:
+                per_function[:, k] = self._pointwise(k, prompts, completions, columns, completion_ids)
+        weights = torch.tensor(self.weights, dtype=torch.float64)
+        scores = (per_function * weights).nansum(-1)
+        scores[per_function.isnan().all(-1)] = math.nan
+        return scores, per_function
+
+    def _pointwise(self, k: int, prompts, completions, columns, completion_ids) -> Tensor:
+        judge, cache = self.judges[k], self.caches[k]
+        keys = [_key(p, c, col) for p, c, col in zip(prompts, completions, columns)]
+        todo: dict[str, int] = {}  # key -> first index, each unseen (prompt, completion) once
+        for i, key in enumerate(keys):
+            if not (self.cache_enabled and key in cache) and key not in todo:
+                todo[key] = i
+        self.cache_hits += len(keys) - len(todo) if self.cache_enabled else 0
+        if todo:
+            idx = list(todo.values())
+            values = self._call(judge, self.kinds[k], [prompts[i] for i in idx], [completions[i] for i in idx],
+                                [columns[i] for i in idx], None if completion_ids is None else
+                                [completion_ids[i] for i in idx])
+            self.calls += len(idx)
+            fresh = dict(zip(todo, values))
+            if self.cache_enabled:
+                cache.update(fresh)
+        else:
+            fresh = {}
+        lookup = cache if self.cache_enabled else {}
+        return torch.tensor([fresh[key] if key in fresh else lookup[key] for key in keys], dtype=torch.float64)
+
+    def _call(self, judge, kind: str, prompts, completions, columns, completion_ids) -> list[float]:
+        name = _name(judge)
+        if kind == "reward_model":
+            return _floats(judge.score(list(prompts), list(completions)), len(prompts), name)
+        kwargs = {key: [col.get(key) for col in columns] for key in {k for col in columns for k in col}}
+        if completion_ids is not None:
+            kwargs["completion_ids"] = list(completion_ids)
+        return _floats(judge(prompts=list(prompts), completions=list(completions), **kwargs), len(prompts), name)
+
+    @staticmethod
+    def _group_win_rates(judge, prompts, completions, groups) -> Tensor:
+        out = torch.full((len(completions),), math.nan, dtype=torch.float64)
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        for idx in members.values():
+            if len(idx) < 2:
+                continue
+            matrix = torch.as_tensor(judge.win_rate_matrix(prompts[idx[0]], [completions[i] for i in idx]),
+                                     dtype=torch.float64)
+            k = len(idx)
+            # mean win rate against the k - 1 others (the diagonal holds P(y > y) = 1/2)
+            out[idx] = (matrix.sum(-1) - matrix.diagonal()) / (k - 1)
+        return out
+
+    def stats(self) -> dict[str, float]:
+        return {"judge/calls": float(self.calls), "judge/cache_hits": float(self.cache_hits)}
+
+
+def as_judge(judge: Judge | Callable | Any | Sequence[Any], weights: Sequence[float] | None = None,
+             cache: bool = True) -> Judge:
+    """A Judge from a Judge (returned as is), a reward function, a reward model, a preference model or a list."""
+    return judge if isinstance(judge, Judge) else Judge(judge, weights=weights, cache=cache)

@@ -1,0 +1,72 @@
+"""Scored groups -> preference pairs, for online preference loops (models-and-loops.md D3).
+
+Input: scores [P, K], K judged completions per prompt (NaN = not scorable, never paired). Output: a list of
+(prompt, chosen, rejected) index triples and the number of candidate pairs dropped as ties.
+
+    best_vs_worst  one pair per prompt: a highest- vs a lowest-scored completion (Dong et al., 2024, "RLHF
+                   Workflow: From Reward Modeling to Online RLHF", arXiv:2405.07863, after Xiong et al., 2024,
+                   arXiv:2312.11456). Completions sharing the top (or bottom) score: one is picked uniformly.
+                   All scores equal: no pair (a tie, counted), unlike TRL's Online DPO, which keeps it.
+    all_pairs      every (i, j) with s_i > s_j; equal scores are counted as ties
+    rso            statistical rejection sampling of `rso_num_samples` completions from
+                   pi_ref exp(r / rso_beta) among the K, then consecutive pairs labelled by score (preflab.loops.rso)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from preflab.errors import ConfigError
+from preflab.loops.rso import rank_pairs, rso_sample
+
+BUILDERS = ("best_vs_worst", "all_pairs", "rso")
+
+
+@dataclass
+class PairPlan:
+    triples: list[tuple[int, int, int]]  # (prompt index, chosen completion index, rejected completion index)
+    ties_dropped: int
+    unscorable: int  # completions with a NaN score
+
+
+def _pick(candidates: Tensor, generator: torch.Generator) -> int:
+    return int(candidates[torch.randint(len(candidates), (1,), generator=generator)])
+
+
+def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch.Generator | None = None,
+                rso_beta: float = 0.5, rso_num_samples: int = 2) -> PairPlan:
+    """Pairs from scores [P, K] (see the module docstring)."""
+    if builder not in BUILDERS:
+        raise ConfigError(f"pair_builder must be one of {BUILDERS}, got {builder!r}.")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    triples, ties = [], 0
+    for p, row in enumerate(scores):
+        valid = torch.nonzero(~row.isnan()).flatten()
+        if len(valid) < 2:
+            continue
+        s = row[valid]
+        if builder == "best_vs_worst":
+            top, bottom = s.max(), s.min()
+            if top == bottom:
+                ties += 1
+                continue
+            chosen = _pick(valid[s == top], generator)
+            rejected = _pick(valid[s == bottom], generator)
+            triples.append((p, chosen, rejected))
+        elif builder == "all_pairs":
+            for a in range(len(valid)):
+                for b in range(a + 1, len(valid)):
+                    i, j = int(valid[a]), int(valid[b])
+                    if row[i] == row[j]:
+                        ties += 1
+                    else:
+                        triples.append((p, i, j) if row[i] > row[j] else (p, j, i))
+        else:
+            accepted = rso_sample(s, rso_beta, rso_num_samples, generator).accepted
+            labelled = rank_pairs([int(valid[a]) for a in accepted], row)
+            ties += labelled.ties_dropped
+            triples.extend((p, c, r) for c, r in labelled.pairs)
+    return PairPlan(triples, ties, int(scores.isnan().sum()))

@@ -1,0 +1,129 @@
+"""Prompts -> tokenized prompt rows -> G sampled completions per prompt (a Rollout), and the completion metrics.
+
+    rows = prepare_prompts(["echo: sun cat\n", ...], tokenizer)          # or rows {"prompt": ..., other columns}
+    rollout = sample_rollout(policy, tokenizer, rows, group_size=4, max_new_tokens=16, temperature=1.0, seed=0)
+    rollout.completion_ids[i]   # generated ids, cut after the first eos (eos kept)
+    rollout.completions[i]      # decoded text (a [{"role": "assistant", ...}] message list for chat prompts)
+
+Completions are ordered group-major: completion i belongs to prompt row rollout.prompt_index[i] = i // G.
+Sampling uses the policy's full distribution (top-k off; transformers' `generate` otherwise keeps only the top 50
+tokens), so a completion is a draw from pi(. | x) at the given temperature, as GRPO's importance ratios and RSO's
+rejection sampler assume.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from preflab.data.examples import PromptExample
+from preflab.data.tokenize import tokenize_prompts
+from preflab.errors import ConfigError
+from preflab.generate import generate_ids
+from preflab.scoring.lm import unwrap
+
+
+@dataclass
+class PromptRow:
+    """One prompt: its text (str or messages), token ids [P] and the row's other columns."""
+
+    row_id: int
+    prompt: Any
+    prompt_ids: list[int]
+    columns: dict = field(default_factory=dict)
+
+
+@dataclass
+class Rollout:
+    """N = P * G completions of P prompt rows, group-major."""
+
+    rows: list[PromptRow]
+    group_size: int
+    completion_ids: list[list[int]]
+    completions: list[Any]
+    has_eos: list[bool]
+
+    @property
+    def prompt_index(self) -> list[int]:
+        return [i // self.group_size for i in range(len(self.completion_ids))]
+
+    def prompts(self) -> list[Any]:
+        """The prompt of each completion (repeated G times, as TRL hands them to reward functions)."""
+        return [self.rows[i].prompt for i in self.prompt_index]
+
+    def columns(self) -> list[dict]:
+        return [self.rows[i].columns for i in self.prompt_index]
+
+
+def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | None = None) -> list[PromptRow]:
+    """Prompt rows from strings, message lists, or dicts with a "prompt" key (other keys become columns)."""
+    examples = []
+    for i, item in enumerate(prompts):
+        if isinstance(item, dict):
+            if "prompt" not in item:
+                raise ConfigError(f"prompt row {i} has no 'prompt' field (it has {sorted(item)}).")
+            extras = {k: v for k, v in item.items() if k != "prompt"}
+            examples.append(PromptExample(i, item["prompt"], extras))
+        else:
+            examples.append(PromptExample(i, item, {}))
+    if not examples:
+        raise ConfigError("online loops need at least one prompt.")
+    items, _ = tokenize_prompts(examples, tokenizer, max_prompt_length=max_prompt_length)
+    return [PromptRow(it.row_id, ex.prompt, it.prompt_ids, dict(ex.extras)) for it, ex in zip(items, examples)]
+
+
+@contextlib.contextmanager
+def full_distribution(model):
+    """Sample from the whole softmax: top_k = 0 on the model's generation config for the duration."""
+    import transformers
+
+    config = unwrap(model).generation_config
+    old_top_k, verbosity = config.top_k, transformers.logging.get_verbosity()
+    config.top_k = 0
+    transformers.logging.set_verbosity_error()  # "top_k=0 may be ignored": it is not, it turns top-k off
+    try:
+        yield
+    finally:
+        config.top_k = old_top_k
+        transformers.logging.set_verbosity(verbosity)
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def decode(tokenizer, ids: list[int], chat: bool) -> Any:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return [{"role": "assistant", "content": text}] if chat else text
+
+
+def sample_rollout(policy, tokenizer, rows: list[PromptRow], group_size: int, *, max_new_tokens: int,
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                   batch_size: int = 256) -> Rollout:
+    """G = group_size sampled completions for every row (the policy is put in eval mode while generating)."""
+    if group_size < 1:
+        raise ConfigError(f"group_size must be >= 1, got {group_size}.")
+    prompt_ids = [row.prompt_ids for row in rows for _ in range(group_size)]
+    eos = tokenizer.eos_token_id
+    with full_distribution(policy):
+        ids = generate_ids(policy, prompt_ids, eos_id=eos, pad_id=pad_id_of(tokenizer),
+                           max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
+                           batch_size=batch_size, seed=seed)
+    chat = [isinstance(rows[i // group_size].prompt, list) for i in range(len(ids))]
+    return Rollout(rows, group_size, ids, [decode(tokenizer, r, c) for r, c in zip(ids, chat)],
+                   [bool(r) and r[-1] == eos for r in ids])
+
+
+def completion_metrics(rollout: Rollout) -> dict[str, float]:
+    """TRL's completion statistics: completions/{mean,min,max}_length, clipped_ratio (no eos: cut by the length
+    limit), mean_terminated_length, and Online DPO's val/contain_eos_token."""
+    lengths = torch.tensor([len(r) for r in rollout.completion_ids], dtype=torch.float64)
+    eos = torch.tensor(rollout.has_eos)
+    terminated = lengths[eos]
+    return {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float((~eos).double().mean()),
+            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
+            "val/contain_eos_token": float(eos.double().mean())}

@@ -1,0 +1,55 @@
+"""A starting policy for the online-loop tests: the demo's tiny char-level Llama after SFT on the loud-echo task
+(src/preflab/demo/run.py, stage 1, 300 steps). The SFT data echoes in capitals 40% of the time, so greedy
+answers are mostly lower case (true reward about 0.2) while samples are often loud: room for online methods."""
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.demo.run import SFT, heldout_reward
+from preflab.demo.task import make_splits, true_reward
+from preflab.loops.offline import Trainer
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+SFT_STEPS = 300
+
+
+def true_reward_fn(prompts, completions, **kwargs):
+    """The demo's true reward in TRL's reward-function signature."""
+    return [true_reward(p, c) for p, c in zip(prompts, completions)]
+
+
+@dataclass
+class StartingPolicy:
+    state: dict
+    tokenizer: object
+    train_prompts: list
+    heldout: list
+    reward_before: float
+
+    judge = staticmethod(true_reward_fn)  # the demo's true reward, TRL signature
+
+    def model(self):
+        model = tiny_causal_lm(self.tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=0)
+        model.load_state_dict(self.state)
+        return model
+
+
+@pytest.fixture(scope="session")
+def sft_policy(tmp_path_factory) -> StartingPolicy:
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("sft")
+    sft_rows, pair_rows, heldout = make_splits(0)
+    data = out / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sft_rows))
+    tokenizer = tiny_tokenizer("char")
+    model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=0)
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "max_length": 64, "seed": 0,
+                            "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
+                            "max_steps": SFT_STEPS, "dataset_name": str(data), "output_dir": str(out / "model")})
+    Trainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
+    before, _ = heldout_reward(model, tokenizer, heldout)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return StartingPolicy(state, tokenizer, [r["prompt"] for r in pair_rows], heldout, before)

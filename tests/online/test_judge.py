@@ -1,0 +1,102 @@
+"""Judges (reward functions, reward models, preference models), the (prompt, completion) cache, pair builders."""
+import math
+
+import pytest
+import torch
+
+from preflab.errors import ConfigError
+from preflab.loops.judge import Judge
+from preflab.loops.pair_builders import build_pairs
+
+
+class Counting:
+    """A reward function in TRL's signature that records every (prompt, completion) it scores."""
+
+    def __init__(self, value=len):
+        self.seen, self.value = [], value
+        self.__name__ = "counting"
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.seen.extend(zip(prompts, completions))
+        return [float(self.value(c)) for c in completions]
+
+
+def test_same_prompt_and_completion_is_scored_once():
+    fn = Counting()
+    judge = Judge(fn)
+    prompts = ["p1", "p1", "p2", "p1"]
+    completions = ["aa", "aa", "aa", "bbb"]
+    scores, per_fn = judge(prompts, completions)
+    assert scores.tolist() == [2.0, 2.0, 2.0, 3.0] and per_fn.shape == (4, 1)
+    assert fn.seen == [("p1", "aa"), ("p2", "aa"), ("p1", "bbb")]          # duplicates scored once
+    assert judge.stats() == {"judge/calls": 3.0, "judge/cache_hits": 1.0}
+    scores, _ = judge(["p2", "p3", "p1"], ["aa", "c", "bbb"])
+    assert scores.tolist() == [2.0, 1.0, 3.0]
+    assert fn.seen[3:] == [("p3", "c")]                                   # only the new pair reaches the function
+    assert judge.stats() == {"judge/calls": 4.0, "judge/cache_hits": 3.0}
+    uncached = Judge(Counting(), cache=False)
+    uncached(["p"], ["x"])
+    uncached(["p"], ["x"])
+    assert uncached.calls == 2
+
+
+def test_columns_are_part_of_the_key_and_reach_the_function():
+    seen = []
+
+    def reward(prompts, completions, solution, **kwargs):
+        seen.append(list(solution))
+        return [float(c == s) for c, s in zip(completions, solution)]
+
+    judge = Judge(reward)
+    scores, _ = judge(["q", "q"], ["4", "4"], columns=[{"solution": "4"}, {"solution": "5"}])
+    assert scores.tolist() == [1.0, 0.0] and seen == [["4", "5"]]
+
+
+def test_weighted_sum_with_none_is_a_nansum_as_in_trl():
+    def f1(prompts, completions, **kwargs):
+        return [1.0, None, None]
+
+    class RM:  # a reward model: .score(prompts, responses) -> Tensor
+        def score(self, prompts, responses):
+            return torch.tensor([2.0, 3.0, float("nan")])
+
+    scores, per_fn = Judge([f1, RM()], weights=[1.0, 0.5])(["a", "b", "c"], ["x", "y", "z"])
+    assert scores[:2].tolist() == [2.0, 1.5] and math.isnan(scores[2])
+    assert math.isnan(per_fn[1, 0])
+    with pytest.raises(ConfigError, match="one weight each"):
+        Judge([f1, RM()], weights=[1.0])
+
+
+def test_preference_model_scores_are_mean_win_rates():
+    P = torch.tensor([[0.5, 0.7, 0.9], [0.3, 0.5, 0.6], [0.1, 0.4, 0.5]])
+
+    class Table:  # a preference model over three canned responses
+        def win_rate_matrix(self, prompt, responses):
+            idx = [int(r) for r in responses]
+            return P[idx][:, idx]
+
+    scores, _ = Judge(Table())(["x"] * 5, ["0", "1", "2", "2", "0"], groups=[0, 0, 0, 1, 1])
+    torch.testing.assert_close(scores[:3], torch.tensor([0.8, 0.45, 0.25], dtype=torch.float64))
+    torch.testing.assert_close(scores[3:], torch.tensor([0.1, 0.9], dtype=torch.float64))
+
+
+def test_bad_judges_are_clear_errors():
+    with pytest.raises(ConfigError, match="one per completion"):
+        Judge(lambda prompts, completions, **k: [1.0])(["a", "b"], ["x", "y"])
+    with pytest.raises(ConfigError, match="neither a reward function"):
+        Judge(42)
+
+
+def test_best_vs_worst_all_pairs_and_ties():
+    nan = float("nan")
+    scores = torch.tensor([[1.0, 0.0, 0.5], [0.3, 0.3, 0.3], [nan, 1.0, 0.0]])
+    plan = build_pairs(scores, "best_vs_worst")
+    assert plan.triples == [(0, 0, 1), (2, 1, 2)] and plan.ties_dropped == 1 and plan.unscorable == 1
+    plan = build_pairs(torch.tensor([[1.0, 0.0, 1.0]]), "all_pairs")
+    assert plan.triples == [(0, 0, 1), (0, 2, 1)] and plan.ties_dropped == 1
+    # a shared top score: the chosen one is drawn uniformly (not always the first)
+    g = torch.Generator().manual_seed(0)
+    chosen = [build_pairs(torch.tensor([[1.0, 1.0, 0.0]]), generator=g).triples[0][1] for _ in range(400)]
+    assert 0.4 < chosen.count(0) / 400 < 0.6
+    with pytest.raises(ConfigError, match="pair_builder"):
+        build_pairs(scores, "best_of_n")

@@ -1,0 +1,116 @@
+"""RSO's statistical rejection sampler (Liu et al., 2023, arXiv:2309.06657, Algorithm 1) on a known categorical."""
+import math
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from preflab.errors import ConfigError
+from preflab.loops.pair_builders import build_pairs
+from preflab.loops.rso import acceptance_probs, rank_pairs, rso_pairs, rso_sample
+
+PI_SFT = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+REWARD = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+
+
+def test_acceptance_probabilities_fixture():
+    # rewards [0, 1, 2], beta 1: exp(r - max r)
+    torch.testing.assert_close(acceptance_probs([0.0, 1.0, 2.0], 1.0),
+                               torch.tensor([math.exp(-2), math.exp(-1), 1.0], dtype=torch.float64))
+    assert [round(x, 4) for x in acceptance_probs([0.0, 1.0, 2.0], 1.0).tolist()] == [0.1353, 0.3679, 1.0]
+    with pytest.raises(ConfigError, match="beta"):
+        acceptance_probs([0.0], 0.0)
+
+
+def test_accepted_law_is_pi_star():
+    """pi_sft = (.5, .3, .2), r = (0, .5, 1), beta = .5: pi* = pi_sft e^(r/beta) / Z = (.1790, .2919, .5291).
+    20k runs, each over 64 candidates from pi_sft, accepting one sample: chi-square against pi*."""
+    target = PI_SFT * torch.exp(REWARD / 0.5)
+    target = target / target.sum()
+    torch.testing.assert_close(target, torch.tensor([0.1790, 0.2919, 0.5291], dtype=torch.float64), atol=5e-5,
+                               rtol=0)
+    g = torch.Generator().manual_seed(0)
+    runs = 20_000
+    arms = torch.multinomial(PI_SFT, 64 * runs, replacement=True, generator=g).view(runs, 64)
+    counts = torch.zeros(3, dtype=torch.float64)
+    for row in arms:
+        counts[row[rso_sample(REWARD[row], 0.5, 1, g).accepted[0]]] += 1
+    freq = counts / runs
+    # measured (seed 0): (0.1812, 0.2883, 0.5305)
+    assert (freq - target).abs().max() < 0.01, freq
+    assert chisquare(counts.numpy(), (target * runs).numpy()).pvalue > 1e-3
+    # and clearly not pi_sft
+    assert (freq - PI_SFT).abs().max() > 0.3
+
+
+def test_several_accepted_samples_follow_pi_star_when_candidates_are_many():
+    """m = 4 of N = 128 candidates (without replacement): the pooled law stays within 0.02 of pi*."""
+    target = PI_SFT * torch.exp(REWARD / 0.5)
+    target = target / target.sum()
+    g = torch.Generator().manual_seed(1)
+    arms = torch.multinomial(PI_SFT, 128 * 3000, replacement=True, generator=g).view(3000, 128)
+    counts = torch.zeros(3, dtype=torch.float64)
+    for row in arms:
+        sample = rso_sample(REWARD[row], 0.5, 4, g)
+        assert len(sample.accepted) == 4 and len(set(sample.accepted)) == 4
+        for a in sample.accepted:
+            counts[row[a]] += 1
+    assert ((counts / counts.sum()) - target).abs().max() < 0.02
+
+
+def test_rounds_use_the_max_of_the_remaining_candidates():
+    """Rewards (0, 1, 2), beta 1, m = 2, scanned in order. Round 1 accepts 0, 1, 2 with e^-2, e^-1, 1 (stopping at
+    the second acceptance); if only 2 was accepted, round 2 uses M = 1 (the remaining max): 0 w.p. e^-1, else 1.
+        P{0,1} = e^-3
+        P{0,2} = e^-2 (1 - e^-1) + (1 - e^-2)(1 - e^-1) e^-1
+        P{1,2} = (1 - e^-2) e^-1 + (1 - e^-2)(1 - e^-1)^2
+    Keeping M = 2 in round 2 would give P{0,2} lower by 0.038: the test separates the two rules."""
+    e = math.exp(-1)
+    exact = {(0, 1): e ** 3, (0, 2): e ** 2 * (1 - e) + (1 - e ** 2) * (1 - e) * e,
+             (1, 2): (1 - e ** 2) * e + (1 - e ** 2) * (1 - e) ** 2}
+    assert math.isclose(sum(exact.values()), 1.0, rel_tol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    runs = 20_000
+    counts = {k: 0 for k in exact}
+    rounds = 0
+    for _ in range(runs):
+        sample = rso_sample([0.0, 1.0, 2.0], 1.0, 2, g)
+        counts[tuple(sorted(sample.accepted))] += 1
+        rounds += sample.rounds
+    for key, p in exact.items():
+        assert abs(counts[key] / runs - p) < 0.012, (key, counts[key] / runs, p)   # 3.5 sd
+    # P(second round) = (1 - e^-2)(1 - e^-1) = 0.5466
+    assert abs((rounds - runs) / runs - (1 - e ** 2) * (1 - e)) < 0.015
+
+
+def test_beta_limits_and_first_round():
+    r = torch.tensor([0.3, -1.0, 2.0, 2.0, 0.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    # beta -> infinity: everything accepted in the first round, in order (pi_sft itself)
+    assert rso_sample(r, 1e12, 5, g).accepted == [0, 1, 2, 3, 4]
+    # beta -> 0: only the maximisers are ever accepted
+    for _ in range(20):
+        assert rso_sample(r, 1e-9, 1, g).accepted[0] in (2, 3)
+    # max_rounds = 1 measures the first-round rule: frequencies match exp((r - M) / beta)
+    hits = torch.zeros(5, dtype=torch.float64)
+    for _ in range(4000):
+        for i in rso_sample(r, 1.0, 5, g, max_rounds=1).accepted:
+            hits[i] += 1
+    assert (hits / 4000 - acceptance_probs(r, 1.0)).abs().max() < 0.03
+
+
+def test_pairs_are_labelled_by_reward_and_ties_dropped():
+    labelled = rank_pairs([3, 0, 2, 1, 4], [0.1, 0.9, 0.5, 0.7, 0.5])
+    assert labelled.pairs == [(3, 0), (1, 2)] and labelled.ties_dropped == 0   # 0.7 > 0.1, 0.9 > 0.5
+    all_pairs = rank_pairs([2, 4, 1], [0.1, 0.9, 0.5, 0.7, 0.5], pairing="all")
+    assert all_pairs.pairs == [(1, 2), (1, 4)] and all_pairs.ties_dropped == 1     # 2 and 4 tie at 0.5
+    out = rso_pairs([0.0, 1.0, 2.0, 3.0], 1e12, 4, torch.Generator().manual_seed(0))
+    assert out.pairs == [(1, 0), (3, 2)]
+    with pytest.raises(ConfigError, match="pairing"):
+        rank_pairs([0, 1], [0.0, 1.0], pairing="random")
+
+
+def test_rso_as_a_pair_builder():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    plan = build_pairs(scores, "rso", torch.Generator().manual_seed(0), rso_beta=1e12, rso_num_samples=4)
+    assert plan.triples == [(0, 1, 0), (0, 3, 2)] and plan.ties_dropped == 2
