@@ -35,3 +35,36 @@ def test_train_runs_objective(name, tmp_path):
     fresh = tiny_causal_lm(tiny_tokenizer(), seed=0).state_dict()
     saved = load_file(str(out / "model.safetensors"))
     assert any((saved[k] - fresh[k]).abs().max() > 0 for k in saved if k in fresh)
+
+
+@pytest.mark.parametrize("name", ["kto", "apo_zero_unpaired"])
+def test_train_runs_unpaired_objective_from_pairwise_rows(name, tmp_path):
+    """Pairs are split into a desirable and an undesirable example (TRL's KTO convention); at step 1 the policy is
+    the reference, so r = z0 = 0 and every example's loss is 1 - sigmoid(0) = 0.5 exactly."""
+    out = tmp_path / name
+    code = main(["train", str(ROOT / "examples" / "quickstart.yaml"), f"loss_type={name}", f"output_dir={out}",
+                 "max_steps=2", "per_device_train_batch_size=4", "eval_fraction=0.1", "eval_steps=0",
+                 "save_steps=0", "logging_steps=1", "disable_tqdm=true", "learning_rate=1e-2", "max_length=64"])
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r and "eval_loss" not in r]
+    assert train_rows[0]["loss"] == pytest.approx(0.5, abs=1e-6)
+    assert train_rows[1]["loss"] != pytest.approx(0.5, abs=1e-4)  # the policy moved
+    assert any("eval_loss" in r for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["train_rows"]["kind"] == "unpaired"
+
+
+def test_unpaired_collate_pairs_each_prompt_with_the_previous_completion():
+    from types import SimpleNamespace
+
+    from preflab.loops.kinds import UnpairedKind
+
+    items = [SimpleNamespace(row_id=i, prompt_ids=[1, 10 + i], completion_ids=[20 + i, 2], label=i % 2 == 0,
+                             extras={}) for i in range(3)]
+    layout = UnpairedKind.collate(items, pad_id=0, layout="padded")
+    targets = [layout.target_ids[n][layout.response_mask[n]].tolist() for n in range(6)]
+    assert targets[:3] == [[20, 2], [21, 2], [22, 2]]
+    assert targets[3:] == [[22, 2], [20, 2], [21, 2]]  # x_i with y_{i-1}
+    assert layout.input_ids[4, :2].tolist() == [1, 11]
+    assert layout.extras["label"].tolist() == [True, False, True]

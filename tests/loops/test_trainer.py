@@ -77,7 +77,7 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
 def test_nonfinite_steps_are_skipped_then_stop_with_checkpoint(tmp_path, monkeypatch):
     from preflab.loops.offline import Trainer
 
-    original = Trainer._forward
+    original = Trainer.forward
     calls = {"n": 0}
 
     def poisoned(self, mb):
@@ -88,7 +88,7 @@ def test_nonfinite_steps_are_skipped_then_stop_with_checkpoint(tmp_path, monkeyp
             out.losses = out.losses * float("nan")
         return out
 
-    monkeypatch.setattr(Trainer, "_forward", poisoned)
+    monkeypatch.setattr(Trainer, "forward", poisoned)
     with pytest.raises(NonFiniteError, match="non-finite steps in a row") as err:
         run(tmp_path, max_steps=10, max_nonfinite_steps=3)
     ckpt = tmp_path / "checkpoint-6"
@@ -108,6 +108,6 @@ def test_nonfinite_steps_are_skipped_then_stop_with_checkpoint(tmp_path, monkeyp
             out.loss, out.losses = out.loss * float("nan"), out.losses * float("nan")
         return out
 
-    monkeypatch.setattr(Trainer, "_forward", poison_two)
+    monkeypatch.setattr(Trainer, "forward", poison_two)
     run(tmp_path / "clean", max_steps=10, save_steps=3)
     assert max_diff(weights(ckpt), weights(tmp_path / "clean" / "checkpoint-3")) == 0.0

@@ -20,10 +20,18 @@ class MicroBatch:
     layout: LayoutBatch
     row_ids: list[int]
     index: list[int]  # positions in the tokenized dataset
+    tokens: int | None = None  # see sequence_tokens
 
     @property
     def num_tokens(self) -> int:
-        return self.layout.num_tokens
+        return self.layout.num_tokens if self.tokens is None else self.tokens
+
+
+def sequence_tokens(pairs) -> int:
+    """Tokens of the sequences scored, (prompt + chosen) + (prompt + rejected) per pair, as TRL counts them: a
+    property of the data, the same for every layout (prefix sharing computes the prompt once but reports it twice;
+    padding is never counted), so tokens/s compare across layouts and libraries."""
+    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
 
 
 @dataclass
@@ -85,6 +93,11 @@ def collate_pairs(pairs, pad_id: int, layout: str = "padded") -> LayoutBatch:
         from preflab.data.prefix import prefix_shared
 
         return prefix_shared(pairs, pad_id=pad_id, row_ids=row_ids, extras=extras)
+    if layout in ("packed", "prefix_packed"):
+        from preflab.data.packing import packed_pairs
+
+        return packed_pairs(pairs, pad_id=pad_id, share_prefix=layout == "prefix_packed", row_ids=row_ids,
+                            extras=extras)
     return padded(pair_sequences(pairs), pad_id=pad_id, row_ids=row_ids, extras=extras)
 
 
@@ -92,5 +105,6 @@ def micro_batches(dataset, plan: BatchPlan, step: int, rank: int, pad_id: int, l
     out = []
     for index in plan.indices(step, rank):
         pairs = [dataset[i] for i in index]
-        out.append(MicroBatch(collate_pairs(pairs, pad_id, layout), [p.row_id for p in pairs], index))
+        out.append(MicroBatch(collate_pairs(pairs, pad_id, layout), [p.row_id for p in pairs], index,
+                              sequence_tokens(pairs)))
     return out

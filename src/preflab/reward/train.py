@@ -7,53 +7,34 @@ Data: `load_rows` / `tokenize_pairs` (`preflab.reward.data`); order: `BatchPlan`
 update: the shared `preflab.step.optimizer_step`; output: metrics.jsonl, checkpoints (`preflab.checkpoint`),
 summary.json, and the final model as safetensors in `output_dir`, loadable with
 `transformers.AutoModelForSequenceClassification.from_pretrained(output_dir)` (LoRA adapters are merged first).
-`RewardRun` is the loop itself: it takes any collate / loss pair, so attribute (multi-objective) heads reuse it.
+`RewardRun` (on the shared loop of preflab.loops.driver) takes any collate / loss pair, so attribute
+(multi-objective) heads reuse it.
 """
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from preflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from preflab.config import TrainConfig
-from preflab.errors import NonFiniteError, PreflabError
-from preflab.loops.batches import BatchPlan, MicroBatch, collate_pairs
-from preflab.loops.offline import make_scheduler
-from preflab.runlog import MetricsLog, Progress, environment, write_summary
-from preflab.step import optimizer_step
+from preflab.loops.batches import MicroBatch, collate_pairs
+from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
 
 
-class RewardRun:
+class RewardRun(TrainingRun):
     """One training run of a reward model: `collate(items) -> micro-batch` (with `row_ids`, `num_tokens` and a
-    `layout` or tensors) and `loss_fn(model, micro_batch) -> ObjectiveOutput`; `evaluate(model) -> dict`."""
+    `layout` or tensors) and `loss_fn(model, micro_batch) -> ObjectiveOutput`; `evaluate(model) -> dict`.
+    The loop, logging, checkpoints and resume are the shared `preflab.loops.driver.TrainingRun`."""
 
     def __init__(self, cfg: TrainConfig, model, tokenizer, train_items: list, collate: Callable,
                  loss_fn: Callable, evaluate: Callable | None = None, reward_info: dict | None = None,
                  data_report: dict | None = None):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
         self.cfg, self.tokenizer, self.items = cfg, tokenizer, train_items
         self.collate, self.loss_fn, self.evaluate_fn = collate, loss_fn, evaluate
         self.reward_info, self.data_report = dict(reward_info or {}), dict(data_report or {})
-        precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
-        self.acc = Accelerator(cpu=cfg.use_cpu, mixed_precision=precision,
-                               log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
-                               project_dir=cfg.output_dir)
-        set_seed(cfg.seed)
-        self.out, self.main = Path(cfg.output_dir), self.acc.is_main_process
-        self.plan = BatchPlan(len(train_items), cfg.per_device_train_batch_size, self.acc.num_processes,
-                              cfg.gradient_accumulation_steps, cfg.seed)
-        if self.plan.steps_per_epoch == 0:
-            raise PreflabError(
-                f"{len(train_items)} training rows are fewer than one global batch ({self.plan.global_batch} = "
-                "per_device_train_batch_size x processes x gradient_accumulation_steps); lower the batch size.")
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
-            cfg.num_train_epochs * self.plan.steps_per_epoch)
+        self.accelerator = self.acc = make_accelerator(cfg)
+        self.plan, self.total_steps = make_plan(cfg, len(train_items), self.acc.num_processes)
         if cfg.disable_dropout:
             from preflab.models.load import disable_dropout
 
@@ -61,11 +42,9 @@ class RewardRun:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = make_scheduler(optimizer, cfg.lr_scheduler_type, self.total_steps, warmup)
+        optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.sync_module = self.checkpoint_module = self.model
 
     def forward(self, mb):
         with self.acc.autocast():
@@ -75,85 +54,20 @@ class RewardRun:
         return [self.collate([self.items[i] for i in index])
                 for index in self.plan.indices(step, self.acc.process_index)]
 
-    def train(self) -> dict:
-        cfg, acc = self.cfg, self.acc
-        start_step = self._maybe_resume()
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "config.yaml")
-        log = MetricsLog(self.out, self.main, resume_step=start_step or None)
-        bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
-        self.model.train()
-        bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
-        started = time.perf_counter()
-        for step in range(start_step, self.total_steps):
-            mbs = self.micro_batches(step)
-            result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
-                                    cfg.max_grad_norm, sync_module=self.model)
-            tokens = torch.tensor(sum(mb.num_tokens for mb in mbs), device=acc.device)
-            tokens_total += int(acc.reduce(tokens, reduction="sum").item() if acc.num_processes > 1 else tokens)
-            bar.update(result, int(tokens))
-            if result.skipped:
-                bad_in_row += 1
-                nonfinite.append({"step": step + 1, "row_ids": result.row_ids})
-                log.write({"step": step + 1, "nonfinite": True, "row_ids": result.row_ids})
-                if bad_in_row >= cfg.max_nonfinite_steps:
-                    path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
-                    raise NonFiniteError(
-                        f"{bad_in_row} non-finite steps in a row (last rows {result.row_ids}); the weights are those "
-                        f"from before the first bad step, saved in {path}. Lower the learning rate or check the data.")
-            else:
-                bad_in_row = 0
-            window.append(result)
-            if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
-                last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
-                        "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
-                        **_average(window),
-                        "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
-                log.write(last)
-                window = []
-            if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0 and self.evaluate_fn:
-                log.write({"step": step + 1, **self.evaluate()})
-            if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and self.main:
-                self._save(step + 1, {"nonfinite": nonfinite})
-            acc.wait_for_everyone()
-        bar.close()
-        final_eval = self.evaluate() if self.evaluate_fn else {}
-        if final_eval:
-            log.write({"step": self.total_steps, **final_eval})
-        summary = {"global_step": self.total_steps, "train_examples_seen": (self.total_steps - start_step)
-                   * self.plan.global_batch, "resumed_from_step": start_step or None,
-                   "final_metrics": {**last, **final_eval}, "nonfinite_steps": nonfinite,
-                   "unused_rows_per_epoch": self.plan.unused_rows_per_epoch, "data": self.data_report,
-                   "reward_model": self.reward_info, "runtime_s": time.perf_counter() - started,
-                   "environment": environment()}
-        if self.main:
-            self.save_model()
-            write_summary(self.out, summary)
-            _write_card(self.out, cfg, summary)
-        acc.end_training()
-        return summary
+    def summary_extras(self) -> dict:
+        return {"reward_model": self.reward_info}
+
+    def write_card(self, summary: dict) -> None:
+        _write_card(self.out, self.cfg, summary)
 
     def evaluate(self) -> dict:
+        if self.evaluate_fn is None:
+            return {}
         self.model.eval()
         with torch.no_grad(), self.acc.autocast():
             metrics = self.evaluate_fn(self.model)
         self.model.train()
         return {f"eval_{k}": v for k, v in metrics.items()}
-
-    def _save(self, step: int, state: dict) -> Path:
-        return save_checkpoint(self.out, step, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
-                               {**state, "config": self.cfg.to_dict()}, self.cfg.save_total_limit)
-
-    def _maybe_resume(self) -> int:
-        spec = self.cfg.resume_from_checkpoint
-        if spec in (None, False, "", "false"):
-            return 0
-        path = latest_checkpoint(self.out) if spec in (True, "true", "latest") else Path(spec)
-        if path is None:
-            raise PreflabError(f"resume_from_checkpoint is set but {self.out} holds no complete checkpoint.")
-        state = load_checkpoint(path, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler)
-        return int(state["global_step"])
 
     def save_model(self) -> None:
         """Safetensors weights (LoRA merged) + tokenizer; the head description goes into config.json."""
@@ -241,16 +155,3 @@ def _write_card(output_dir: Path, cfg: TrainConfig, summary: dict) -> None:
               "# input ids as preflab builds them: [bos] + ids(prompt + response) + [eos]; the reward is .logits",
               "```", "", "Or `preflab.reward.interface.load_judge(dir).score(prompts, responses)`.", ""]
     (Path(output_dir) / "README.md").write_text("\n".join(lines))
-
-
-def _average(results) -> dict:
-    """Example-weighted mean of the step metrics of a logging window (skipped steps left out)."""
-    kept = [r for r in results if not r.skipped]
-    if not kept:
-        return {"loss": float("nan")}
-    n = sum(r.num_examples for r in kept)
-    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n,
-           "grad_norm": sum(r.grad_norm for r in kept) / len(kept)}
-    for key in kept[0].metrics:
-        out[key] = sum(r.metrics.get(key, 0.0) * r.num_examples for r in kept) / n
-    return out

@@ -2,8 +2,10 @@
 
 The backbone runs once on the layout's rows; hidden states are gathered at the positions that predict response
 tokens only (prompt and padding positions never reach the LM head); the LM head, the float32 log-softmax and any
-token-level needs run in chunks of `chunk_tokens` positions. Under autograd each chunk is checkpointed, so peak
-memory for the head is one chunk's [C, V] logits whatever the sequence length or vocabulary size.
+token-level needs run in chunks of `chunk_tokens` positions. Under autograd, when there is more than one chunk,
+each chunk is checkpointed (recomputed in backward), so peak memory for the head is about one chunk's [C, V] logits
+whatever the sequence length or vocabulary size; a single chunk keeps its logits instead of recomputing them.
+A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its attention implementation's form.
 
     token_logps[n, l] = log softmax(head(h[pred_index[n, l]]))[target_ids[n, l]]
 
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
+from preflab.data.prefix import model_mask
 from preflab.objectives.base import PairBatch, SequenceLogps
 
 CHUNK_BYTES = 64 * 2**20  # float32 logits budget per chunk
@@ -87,7 +90,8 @@ class LogProbScorer(nn.Module):
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
                 ref_head: nn.Module | None = None) -> Scores:
         backbone, head = backbone_and_head(self.model)
-        kwargs = {"attention_mask": layout.attention_mask, "use_cache": False}
+        kwargs = {"attention_mask": model_mask(layout.attention_mask, self.model, head.weight.dtype),
+                  "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
         hidden = backbone(input_ids=layout.input_ids, **kwargs).last_hidden_state  # [R, T, H]
@@ -99,10 +103,12 @@ class LogProbScorer(nn.Module):
         chunk = self.chunk_tokens or max(16, CHUNK_BYTES // (4 * head.weight.shape[0] * (2 if want_kl else 1)))
         softcap = _softcap(self.model)
         pieces_lp, pieces_kl = [], []
+        # one chunk: keep its logits for backward (no recompute); several: recompute each in backward
+        recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
         for start in range(0, h.shape[0], chunk):
             sl = slice(start, start + chunk)
             args = (h[sl], targets[sl], head, softcap, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
-            if torch.is_grad_enabled() and h.requires_grad:
+            if recompute:
                 lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False)
             else:
                 lp, kl = _head_chunk(*args)
@@ -136,7 +142,7 @@ def split_pairs(policy: Scores, ref: Scores | None, extras: dict | None = None) 
 
 def naive_token_logps(model: nn.Module, layout: LayoutBatch) -> Tensor:
     """Reference implementation (full [R, T, V] logits through model.forward) for equality tests."""
-    kwargs = {"attention_mask": layout.attention_mask}
+    kwargs = {"attention_mask": model_mask(layout.attention_mask, model, unwrap(model).dtype)}
     if layout.position_ids is not None:
         kwargs["position_ids"] = layout.position_ids
     logits = model(input_ids=layout.input_ids, **kwargs).logits.float()

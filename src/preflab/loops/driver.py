@@ -1,0 +1,192 @@
+"""The training loop every offline trainer shares: order, step, log, evaluate, checkpoint, resume, summary.
+
+A subclass says what a step is made of and what to save; the loop itself is written once:
+
+    class MyRun(TrainingRun):
+        def micro_batches(self, step) -> list        # this rank's micro-batches (each with row_ids, num_tokens)
+        def forward(self, mb) -> ObjectiveOutput     # loss of one micro-batch
+        def evaluate(self) -> dict                   # eval_* metrics ({} when there is no eval data)
+        def save_model(self)                         # final weights (safetensors) + tokenizer
+        def write_card(self, summary)                # README.md beside the weights
+    and sets: cfg, accelerator, plan, total_steps, params, extra_params, optimizer, scheduler, sync_module
+    (the DDP-wrapped module), checkpoint_module (whose trainable parameters a checkpoint holds), data_report.
+
+Used by preflab.loops.offline.Trainer (policies) and preflab.reward.train.RewardRun (reward models).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from preflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from preflab.errors import NonFiniteError, PreflabError
+from preflab.loops.batches import BatchPlan
+from preflab.runlog import MetricsLog, Progress, ensure_output_dir, environment, write_summary
+from preflab.step import optimizer_step
+
+
+def make_scheduler(optimizer, kind: str, total: int, warmup: int):
+    """LambdaLR: linear warmup over `warmup` steps, then linear decay to 0, cosine to 0, or constant."""
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_accelerator(cfg):
+    """accelerate owns devices, processes and mixed precision; the seed is set here."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
+    accelerator = Accelerator(cpu=cfg.use_cpu, mixed_precision=precision,
+                              log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
+                              project_dir=cfg.output_dir)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        ensure_output_dir(Path(cfg.output_dir))
+    return accelerator
+
+
+def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
+    """(the deterministic batch order, the number of optimizer steps)."""
+    plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps, cfg.seed)
+    if plan.steps_per_epoch == 0:
+        raise PreflabError(
+            f"{num_rows} training rows are fewer than one global batch ({plan.global_batch} = "
+            "per_device_train_batch_size x processes x gradient_accumulation_steps); lower the batch size.")
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * plan.steps_per_epoch)
+    return plan, total
+
+
+def make_optimizer(cfg, params: list, total_steps: int):
+    """AdamW with TRL's option names (the fused kernel where the tensors allow, transformers' default
+    "adamw_torch_fused"), and its schedule."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=fused or None)
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    return optimizer, make_scheduler(optimizer, cfg.lr_scheduler_type, total_steps, warmup)
+
+
+class TrainingRun:
+    extra_params: list = []
+    data_report: dict = {}
+
+    # ------------------------------------------------------------------ hooks (see the module docstring)
+    def before_train(self) -> None:
+        """Work after resume and before the first step (e.g. precomputing reference log-probs)."""
+
+    def summary_extras(self) -> dict:
+        return {}
+
+    def write_card(self, summary: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        start_step = self._maybe_resume()
+        self.before_train()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.yaml")
+        log = MetricsLog(self.out, self.main, resume_step=start_step or None)
+        bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
+        self.checkpoint_module.train()
+        bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
+        started = time.perf_counter()
+        for step in range(start_step, self.total_steps):
+            mbs = self.micro_batches(step)
+            result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
+                                    cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
+            tokens = sum(mb.num_tokens for mb in mbs)
+            if acc.num_processes > 1:
+                tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
+            tokens_total += tokens
+            bar.update(result, tokens)
+            if result.skipped:
+                bad_in_row += 1
+                nonfinite.append({"step": step + 1, "row_ids": result.row_ids})
+                log.write({"step": step + 1, "nonfinite": True, "row_ids": result.row_ids})
+                if bad_in_row >= cfg.max_nonfinite_steps:
+                    path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                    raise NonFiniteError(
+                        f"{bad_in_row} non-finite steps in a row (last rows {result.row_ids}); the weights are those "
+                        f"from before the first bad step, saved in {path}. Lower the learning rate or check the data.")
+            else:
+                bad_in_row = 0
+            window.append(result)
+            if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
+                last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
+                        "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
+                        **average_results(window),
+                        "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
+                log.write(last)
+                window = []
+            if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
+                metrics = self.evaluate()
+                if metrics:
+                    log.write({"step": step + 1, **metrics})
+            if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and self.main:
+                self._save(step + 1, {"nonfinite": nonfinite})
+            acc.wait_for_everyone()
+        bar.close()
+        final_eval = self.evaluate()
+        if final_eval:
+            log.write({"step": self.total_steps, **final_eval})
+        summary = {"global_step": self.total_steps,
+                   "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
+                   "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
+                   "nonfinite_steps": nonfinite, "unused_rows_per_epoch": self.plan.unused_rows_per_epoch,
+                   "data": self.data_report, **self.summary_extras(),
+                   "runtime_s": time.perf_counter() - started, "environment": environment()}
+        if self.main:
+            self.save_model()
+            write_summary(self.out, summary)
+            self.write_card(summary)
+        acc.end_training()
+        return summary
+
+    # ------------------------------------------------------------------ persistence
+    def _save(self, step: int, state: dict) -> Path:
+        return save_checkpoint(self.out, step, self.accelerator.unwrap_model(self.checkpoint_module),
+                               self.optimizer, self.scheduler, {**state, "config": self.cfg.to_dict()},
+                               self.cfg.save_total_limit)
+
+    def _maybe_resume(self) -> int:
+        spec = self.cfg.resume_from_checkpoint
+        if spec in (None, False, "", "false"):
+            return 0
+        path = latest_checkpoint(self.out) if spec in (True, "true", "latest") else Path(spec)
+        if path is None:
+            raise PreflabError(f"resume_from_checkpoint is set but {self.out} holds no complete checkpoint.")
+        state = load_checkpoint(path, self.accelerator.unwrap_model(self.checkpoint_module), self.optimizer,
+                                self.scheduler)
+        if self.main:
+            print(f"preflab: resumed from {path} at step {state['global_step']}")
+        return int(state["global_step"])
+
+
+def average_results(results) -> dict:
+    """Example-weighted mean of a logging window's step metrics (skipped steps left out)."""
+    kept = [r for r in results if not r.skipped]
+    if not kept:
+        return {"loss": float("nan")}
+    n = sum(r.num_examples for r in kept)
+    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n,
+           "grad_norm": sum(r.grad_norm for r in kept) / len(kept)}
+    for key in kept[0].metrics:
+        out[key] = sum(r.metrics.get(key, 0.0) * r.num_examples for r in kept) / n
+    return out

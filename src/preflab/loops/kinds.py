@@ -1,0 +1,106 @@
+"""Batch kinds: how examples of one kind are read, laid out, and turned back into an objective's batch.
+
+The trainer asks `kind_for(objective)` and never names an objective or a batch type itself:
+
+    pairs     PairBatch objectives: rows -> TokenizedPair -> [chosen_1..B, rejected_1..B] -> PairBatch
+    unpaired  UnpairedBatch objectives (KTO): rows (KTO rows, or pairs split into a desirable and an undesirable
+              example, as TRL does) -> TokenizedUnpaired -> [completion_1..B, mismatched_1..B] -> UnpairedBatch
+
+KTO's reference point uses mismatched completions: example i's prompt with example i-1's completion (rotation by
+one inside the micro-batch, TRL's choice); they are scored in the same forward as the completions.
+"""
+from __future__ import annotations
+
+import torch
+
+from preflab.data.layout import LayoutBatch, padded
+from preflab.objectives.base import PairBatch, SequenceLogps, UnpairedBatch
+
+
+class PairKind:
+    name = "pairs"
+
+    @staticmethod
+    def prepare(cfg, tokenizer):
+        from preflab.loops.prepare import prepare_pairs
+
+        return prepare_pairs(cfg, tokenizer)
+
+    @staticmethod
+    def collate(items, pad_id: int, layout: str) -> LayoutBatch:
+        from preflab.loops.batches import collate_pairs
+
+        return collate_pairs(items, pad_id, layout)
+
+    @staticmethod
+    def count_tokens(items) -> int:
+        from preflab.loops.batches import sequence_tokens
+
+        return sequence_tokens(items)
+
+    @staticmethod
+    def split(policy, ref, extras) -> PairBatch:
+        from preflab.scoring.lm import split_pairs
+
+        return split_pairs(policy, ref, extras)
+
+    @staticmethod
+    def eval_metrics(batch) -> dict:
+        from preflab.loops.eval_metrics import pair_eval_metrics
+
+        return pair_eval_metrics(batch)
+
+
+class UnpairedKind:
+    name = "unpaired"
+
+    @staticmethod
+    def prepare(cfg, tokenizer):
+        from preflab.loops.prepare import prepare_unpaired
+
+        return prepare_unpaired(cfg, tokenizer)
+
+    @staticmethod
+    def collate(items, pad_id: int, layout: str) -> LayoutBatch:
+        """[completion_1..B, mismatched_1..B]; always the padded layout (no shared prompt between the two)."""
+        from preflab.loops.batches import stack_extras
+
+        n = len(items)
+        seqs = [(x.prompt_ids, x.completion_ids) for x in items]
+        seqs += [(items[i].prompt_ids, items[(i - 1) % n].completion_ids) for i in range(n)]
+        extras = stack_extras(items)
+        extras["label"] = torch.tensor([bool(x.label) for x in items])
+        return padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras)
+
+    @staticmethod
+    def count_tokens(items) -> int:
+        """(prompt + completion) + (prompt + mismatched completion) per example."""
+        n = len(items)
+        return sum(2 * len(x.prompt_ids) + len(x.completion_ids) + len(items[(i - 1) % n].completion_ids)
+                   for i, x in enumerate(items))
+
+    @staticmethod
+    def split(policy, ref, extras) -> UnpairedBatch:
+        b = policy.token_logps.shape[0] // 2
+        side = lambda s, part: None if s is None else SequenceLogps(s.token_logps[part], s.mask[part])  # noqa: E731
+        first, second = slice(0, b), slice(b, 2 * b)
+        extras = dict(extras)
+        label = extras.pop("label")
+        return UnpairedBatch(side(policy, first), label.to(policy.token_logps.device), side(ref, first),
+                             side(policy, second), side(ref, second), extras)
+
+    @staticmethod
+    def eval_metrics(batch) -> dict:
+        return {}
+
+
+def kind_for(objective):
+    """The batch kind an objective consumes (WeightedSum exposes its parts' common batch_type)."""
+    if objective.batch_type is UnpairedBatch:
+        return UnpairedKind
+    if objective.batch_type is PairBatch:
+        return PairKind
+    raise NotImplementedError(
+        f"preflab train feeds pairwise and unpaired objectives; {objective.batch_type.__name__} objectives "
+        "(listwise, GRPO) run through preflab.loops.grpo / the Python API."
+    )
