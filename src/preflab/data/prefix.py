@@ -1,0 +1,172 @@
+"""Prefix-shared layout: `[prompt | chosen | rejected]` in one row, so the prompt is computed once.
+
+Wang & Hegde (2024), "Accelerating Direct Preference Optimization with Prefix Sharing", arXiv:2410.20305, Sec. 3:
+the responses of one prompt follow it in a single sequence, and the attention mask keeps each response from
+seeing the others, so every response token is scored exactly as in its own `[prompt | response]` sequence:
+
+    allowed(query i, key j) = j <= i  and  seg(j) in {seg(i), root(i)}  and neither i nor j is padding
+    position(prompt token k) = k;   position(token l of any response) = P + l      (restart after the prompt)
+
+seg(t) is the segment (a prompt or one response) holding position t and root(t) the prompt segment of its block;
+for a prompt token seg = root. Restarted positions matter for RoPE (Llama, Qwen2: only relative offsets enter,
+but they must match) and for absolute position embeddings (GPT-2: they enter directly). The first token of every
+response is predicted from the last prompt position, which all responses of the block share.
+
+The same builder does packing (preflab.data.packing): several blocks per row, each with its own segments and
+positions from 0, which makes the mask block-diagonal. Deviation from the paper: the paper builds a FlexAttention
+block mask; transformers' sdpa and eager attention take a dense 4-D mask (bool here, converted per attention
+implementation by `model_mask`), so attention cost stays quadratic in the row length, as in the padded layout.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from preflab.data.layout import LayoutBatch
+from preflab.errors import DataError
+
+# attention implementations that apply a custom 4-D mask as given (transformers 5.x: create_causal_mask returns a
+# 4-D tensor unchanged; sdpa takes it as a bool mask, eager adds it as a float mask); flash_attention_2 drops it and
+# flex_attention needs a BlockMask.
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+_warned: set[str] = set()
+
+
+@dataclass
+class Block:
+    """One prompt followed by its responses; `sequence_ids[k]` is response k's index n in the batch's order."""
+
+    prompt_ids: list[int]
+    responses: list[list[int]]
+    sequence_ids: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + sum(len(r) for r in self.responses)
+
+
+def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids=None, extras=None,
+               pad_to_multiple_of: int = 1) -> LayoutBatch:
+    """LayoutBatch with the blocks of rows[r] placed one after another in row r (right-padded to the longest row).
+
+    attention_mask is [R, 1, T, T] bool (True = may attend); pad positions attend to nothing and nothing attends
+    to them (sdpa returns zeros for such rows, eager's additive mask keeps them finite, and they are never read).
+    """
+    width = max((sum(b.length for b in row) for row in rows), default=1)
+    width = -(-max(width, 1) // pad_to_multiple_of) * pad_to_multiple_of
+    n_rows = len(rows)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    seg = torch.full((n_rows, width), -1, dtype=torch.long)
+    root = torch.full((n_rows, width), -1, dtype=torch.long)
+    longest = max((len(r) for row in rows for b in row for r in b.responses), default=1)
+    pred = torch.zeros((num_sequences, max(longest, 1)), dtype=torch.long)
+    target = torch.zeros_like(pred)
+    mask = torch.zeros(pred.shape, dtype=torch.bool)
+    seen = set()
+    next_seg = 0
+    for r, row in enumerate(rows):
+        col, base = 0, r * width
+        for block in row:
+            p = len(block.prompt_ids)
+            if p == 0:
+                raise DataError("every prompt needs at least one token (e.g. BOS) before its responses; "
+                                "tokenize with a BOS token or a chat template.")
+            prompt_seg, next_seg = next_seg, next_seg + 1
+            ids[r, col:col + p] = torch.tensor(block.prompt_ids, dtype=torch.long)
+            pos[r, col:col + p] = torch.arange(p)
+            seg[r, col:col + p] = prompt_seg
+            root[r, col:col + p] = prompt_seg
+            last_prompt = base + col + p - 1
+            col += p
+            for resp, n in zip(block.responses, block.sequence_ids, strict=True):
+                if n in seen or not 0 <= n < num_sequences:
+                    raise DataError(f"sequence index {n} is repeated or outside 0..{num_sequences - 1}.")
+                seen.add(n)
+                k = len(resp)
+                ids[r, col:col + k] = torch.tensor(resp, dtype=torch.long)
+                pos[r, col:col + k] = p + torch.arange(k)
+                seg[r, col:col + k] = next_seg
+                root[r, col:col + k] = prompt_seg
+                next_seg += 1
+                if k:
+                    pred[n, 0] = last_prompt
+                    pred[n, 1:k] = base + col + torch.arange(k - 1)
+                    target[n, :k] = torch.tensor(resp, dtype=torch.long)
+                    mask[n, :k] = True
+                col += k
+    if len(seen) != num_sequences:
+        raise DataError(f"the blocks hold {len(seen)} responses but the batch has {num_sequences} sequences.")
+    seg_q, seg_k = seg.unsqueeze(2), seg.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    attend = causal & ((seg_k == seg_q) | (seg_k == root.unsqueeze(2))) & (seg_q >= 0) & (seg_k >= 0)
+    return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}))
+
+
+def pair_blocks(pairs) -> list[Block]:
+    """One block per pair, responses [chosen_i, rejected_i] at sequence indices [i, B + i]."""
+    b = len(pairs)
+    return [Block(p.prompt_ids, [p.chosen_ids, p.rejected_ids], [i, b + i]) for i, p in enumerate(pairs)]
+
+
+def prefix_shared(pairs, pad_id: int, row_ids=None, extras=None, pad_to_multiple_of: int = 1) -> LayoutBatch:
+    """One row `[prompt | chosen | rejected]` per pair; sequences ordered [chosen_1..B, rejected_1..B] as in
+    `layout.padded`, so the scorer and `split_pairs` work unchanged."""
+    return block_rows([[blk] for blk in pair_blocks(pairs)], 2 * len(pairs), pad_id, row_ids, extras,
+                      pad_to_multiple_of)
+
+
+def supports_custom_mask(model) -> tuple[bool, str]:
+    """(True, "") when `model` applies a 4-D attention mask and explicit position ids as given; else (False, why).
+
+    Checked: the attention implementation (sdpa or eager) and that every layer is full attention (a sliding-window
+    or linear-attention layer would get the full mask instead of its own)."""
+    from preflab.scoring.lm import unwrap
+
+    config = getattr(unwrap(model), "config", None)
+    if config is None:
+        return False, f"{type(model).__name__} has no transformers config"
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in MASK_IMPLEMENTATIONS:
+        return False, f"attn_implementation={impl!r} does not take a custom 4-D mask (use sdpa or eager)"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None) or []
+    other = sorted({t for t in layer_types if t != "full_attention"})
+    if other:
+        return False, f"{text.model_type} has {other} layers, which would receive the full-attention mask"
+    if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
+        return False, f"{text.model_type} uses sliding-window attention"
+    return True, ""
+
+
+def effective_layout(layout: str, *models) -> str:
+    """`layout`, or "padded" (with a one-time warning per reason) when a model cannot take a custom 4-D mask."""
+    if layout == "padded":
+        return layout
+    for model in models:
+        if model is None:
+            continue
+        ok, why = supports_custom_mask(model)
+        if not ok:
+            if why not in _warned:
+                _warned.add(why)
+                warnings.warn(f"preflab: layout {layout!r} needs a custom 4-D attention mask but {why}; "
+                              "falling back to the padded layout (same log-probs, slower).", stacklevel=2)
+            return "padded"
+    return layout
+
+
+def model_mask(mask: Tensor, model, dtype: torch.dtype) -> Tensor:
+    """A bool 4-D layout mask in the form `model`'s attention implementation expects: bool for sdpa, additive
+    float (0 where allowed, dtype min elsewhere) for eager. 2-D masks and float masks pass through."""
+    if mask.dim() != 4 or mask.dtype != torch.bool:
+        return mask
+    from preflab.scoring.lm import unwrap
+
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) or "eager"
+    if impl == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
