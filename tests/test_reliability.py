@@ -136,3 +136,38 @@ def test_random_kills_always_leave_a_loadable_checkpoint_and_exact_resume(tmp_pa
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     resumed = load_file(str(out / "model.safetensors"))
     assert max((full[k] - resumed[k]).abs().max().item() for k in full) <= 1e-6
+
+
+def test_remote_code_never_runs_unless_asked(tmp_path):
+    """A model directory whose config points at custom code: the code must not run. With a known model_type the
+    native class is used; with an unknown one loading refuses and names trust_remote_code."""
+    marker = tmp_path / "pwned"
+    model = tiny_causal_lm(vocab_size=64)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel", "AutoConfig": "modeling_evil.EvilConfig"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    loaded = load_causal_lm(str(tmp_path))
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    config["model_type"] = "evil_arch"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception, match="trust_remote_code"):
+        load_causal_lm(str(tmp_path))
+    assert not marker.exists(), "remote code ran without trust_remote_code"
+
+
+def test_lora_training_saves_only_adapters_and_uses_the_base_as_reference(tmp_path):
+    out = tmp_path / "lora"
+    code = main(["train", str(ROOT / "examples" / "quickstart.yaml"), f"output_dir={out}", "use_peft=true",
+                 "lora_r=4", "lora_alpha=8", "lora_dropout=0.0", "max_steps=2", "per_device_train_batch_size=2",
+                 "eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true",
+                 "learning_rate=1e-2", "max_length=64"])
+    assert code == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    # step 1: adapters start at zero (B = 0), so the policy equals the adapter-free reference and DPO = ln 2
+    assert rows[0]["loss"] == pytest.approx(0.6931471805599453, abs=1e-6)
+    assert rows[1]["loss"] != pytest.approx(0.6931471805599453, abs=1e-5)
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert saved and all("lora" in k for k in saved)

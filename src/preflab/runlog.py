@@ -17,9 +17,10 @@ class MetricsLog:
     On resume, rows after the resumed step are dropped first, so the file never holds a step twice.
     """
 
-    def __init__(self, output_dir: Path, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, output_dir: Path, enabled: bool = True, resume_step: int | None = None, tracker=None):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.tracker = tracker  # optional callable(row), e.g. accelerate's trackers
         if enabled and resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
@@ -33,6 +34,8 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(clean) + "\n")
+        if self.tracker is not None:
+            self.tracker(clean)
 
 
 class Progress:

@@ -92,3 +92,26 @@ def test_token_level_dpo_reaches_the_soft_bellman_optimum():
     data = Bandit.from_rewards(ref, R)
     traj = population_train(get_objective("dpo", beta=beta), data, model=env, steps=200)
     assert traj.distances(star)[-1] < 1e-6
+
+
+def test_ipo_population_optimum_is_the_least_squares_fit():
+    """IPO's optimum (Azar et al. 2023, Prop. 4): the log-ratio margins h_i - h_j are the least-squares fit, over
+    the pairs in the data, of (2 p_ij - 1) / (2 beta); with every pair covered uniformly that is a linear solve."""
+    beta, env = 0.1, dpo_fixture()
+    traj = population_train(get_objective("ipo", beta=beta, token_agg="sum"), env, steps=200)
+    ref = env.ref[0].numpy()
+    p = env.pref[0].numpy()
+    K = len(ref)
+    rows, targets = [], []
+    for i in range(K):
+        for j in range(K):
+            if i != j:
+                row = np.zeros(K)
+                row[i], row[j] = 1.0, -1.0
+                rows.append(row)
+                targets.append((2 * p[i, j] - 1) / (2 * beta))
+    h = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)[0]
+    expected = ref * np.exp(h) / (ref * np.exp(h)).sum()
+    np.testing.assert_allclose(traj.final[0], expected, atol=1e-6)
+    # and it is not DPO's optimum: the two objectives disagree on the same data
+    assert np.abs(expected - env.optimum(beta).numpy()[0]).max() > 0.05

@@ -124,6 +124,9 @@ def test_report_reads_a_real_training_run(tmp_path):
             assert key in logged, key
     for key in ("eval_reference_ranking_accuracy", "eval_logps_drift/suppression_rate"):
         assert key in logged, key
+    # the trainer records per-pair eval margins at every eval (steps 2 and 4): the start/end histogram appears
+    margin_steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "pair_margins.jsonl").read_text().splitlines()]
+    assert margin_steps == [2, 4]
     html = write_report([tmp_path / "run"], tmp_path / "run" / "report.html").read_text()
-    assert len(images(html)) == len(PANELS)
+    assert len(images(html)) == len(PANELS) + 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]["torch"] in html

@@ -82,6 +82,7 @@ def make_optimizer(cfg, params: list, total_steps: int):
 class TrainingRun:
     extra_params: list = []
     data_report: dict = {}
+    step: int = 0  # the global step just finished (evaluate() reads it)
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
     def before_train(self) -> None:
@@ -102,10 +103,12 @@ class TrainingRun:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.yaml")
-        log = MetricsLog(self.out, self.main, resume_step=start_step or None)
+        log = MetricsLog(self.out, self.main, resume_step=start_step or None,
+                         tracker=self._start_trackers() if self.main else None)
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
         self.checkpoint_module.train()
         bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
+        evaluated = (None, {})  # (step, metrics) of the latest evaluation
         started = time.perf_counter()
         for step in range(start_step, self.total_steps):
             mbs = self.micro_batches(step)
@@ -135,17 +138,23 @@ class TrainingRun:
                         "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
                 window = []
+            self.step = step + 1
             if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
                 metrics = self.evaluate()
+                evaluated = (step + 1, metrics)
                 if metrics:
                     log.write({"step": step + 1, **metrics})
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and self.main:
                 self._save(step + 1, {"nonfinite": nonfinite})
             acc.wait_for_everyone()
         bar.close()
-        final_eval = self.evaluate()
-        if final_eval:
-            log.write({"step": self.total_steps, **final_eval})
+        self.step = self.total_steps
+        if evaluated[0] == self.total_steps:  # the last step was just evaluated: do not run it twice
+            final_eval = evaluated[1]
+        else:
+            final_eval = self.evaluate()
+            if final_eval:
+                log.write({"step": self.total_steps, **final_eval})
         summary = {"global_step": self.total_steps,
                    "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
@@ -158,6 +167,19 @@ class TrainingRun:
             self.write_card(summary)
         acc.end_training()
         return summary
+
+    def _start_trackers(self):
+        """accelerate trackers (report_to: tensorboard, wandb, ...): every metrics.jsonl row also goes there."""
+        if self.cfg.report_to in ("none", None, [], ""):
+            return None
+        flat = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        self.accelerator.init_trackers("preflab", config=flat)
+
+        def track(row: dict) -> None:
+            values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+            self.accelerator.log(values, step=int(row.get("step", 0)))
+
+        return track
 
     # ------------------------------------------------------------------ persistence
     def _save(self, step: int, state: dict) -> Path:

@@ -19,6 +19,7 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
 from preflab.loops.kinds import kind_for
+from preflab.objectives.base import PairBatch
 from preflab.runlog import write_model_card
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 
@@ -162,8 +163,10 @@ class Trainer(TrainingRun):
         if not self.eval_data:
             return {}
         self._precompute_reference()
+        from preflab.report.margins import append_pair_margins, margins_histogram_data
+
         self.policy.eval()
-        sums, n = {}, 0
+        sums, n, margins = {}, 0, []
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
@@ -171,10 +174,14 @@ class Trainer(TrainingRun):
                                    positions=list(range(i, i + len(chunk))))
                 out = self.objective(batch)
                 values = {"loss": out.loss, **out.metrics, **self.kind.eval_metrics(batch)}
+                if isinstance(batch, PairBatch):
+                    margins += margins_histogram_data(batch, getattr(self.objective, "beta", self.cfg.beta))
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
                 n += len(chunk)
         self.policy.train()
+        if margins and self.main:  # per-pair margins for the report's start / end histograms
+            append_pair_margins(self.out, self.step, margins)
         return {f"eval_{k}": v / n for k, v in sums.items()}
 
     def save_model(self) -> None:

@@ -13,11 +13,13 @@ _ROW_KIND = {"pairs": "pairwise", "unpaired": "unpaired"}
 
 
 def _tokenize(kind: str, rows, tokenizer, cfg, source):
-    from preflab.data.tokenize import tokenize_pairs, tokenize_unpaired
+    """Tokenize through the fingerprinted cache ($PREFLAB_CACHE_DIR, else ~/.cache/preflab, /tokenized)."""
+    from preflab.data.cache import tokenize_cached
+    from preflab.scoring.ref_cache import default_cache_dir
 
-    fn = tokenize_pairs if kind == "pairs" else tokenize_unpaired
-    return fn(rows, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-              truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, source=source)
+    return tokenize_cached(rows, tokenizer, cache_dir=default_cache_dir() / "tokenized", max_length=cfg.max_length,
+                           max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
+                           on_bad_row=cfg.on_bad_row, source=source)
 
 
 def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
