@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Side-by-side DPO benchmark: TRL's runner and preflab's, alternately, on the same fixture, machine and moment.
+
+For each repeat and setting (reference forward every step; reference log-probs precomputed) it runs
+trl_dpo.py (from the shared bench folder, with the interpreter of a separate TRL venv) and
+benchmarks/dpo_throughput.py (this repo's venv) one after the other, swapping which goes first on every repeat,
+each after waiting for idle CPUs (--wait-idle of common.py). Every JSON line goes to --out. Then it prints, per
+setting, the ratios preflab / TRL of tokens/s and of peak RSS: the ratio of medians, and min / median / max of
+the per-repeat ratios (run i of preflab against run i of TRL, taken minutes apart), plus the largest difference
+between the two libraries' per-step loss curves. Runs where other processes took more than --max-other of the
+CPUs are flagged (other_cpu_frac, from common.py).
+
+  python benchmarks/compare.py --repeats 3 --steps 20 --trl-python /tmp/trlvenv/bin/python
+  python benchmarks/compare.py --fixture /tmp/prefbench-v128k --settings precompute --repeats 3   # a variant
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCH = Path(os.environ.get("PREFBENCH_DIR") or HERE.parents[1] / "shared" / "bench")
+SETTINGS = {"reference": [], "precompute": ["--precompute-ref"], "grad_ckpt": ["--grad-ckpt"]}
+
+
+def run_one(label, python, script, args, out_file, log):
+    cmd = [python, str(script), *args, "--out", str(out_file)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        log.write(proc.stderr[-4000:])
+        raise SystemExit(f"{Path(script).name} failed ({proc.returncode}); see the log. Command: {' '.join(cmd)}")
+    res = json.loads(lines[-1])
+    print(f"  {res['library']:8s} {label:11s} {res['tokens_per_s']:8.1f} tok/s  "
+          f"peak {res['peak_rss_mib']:7.1f} MiB  loss {res['final_loss']:.6f}  other_cpu {res['other_cpu_frac']:.3f}  "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return res
+
+
+def ratios(ours, theirs, key):
+    pairs = [a[key] / b[key] for a, b in zip(ours, theirs)]
+    med = statistics.median(r[key] for r in ours) / statistics.median(r[key] for r in theirs)
+    return med, min(pairs), statistics.median(pairs), max(pairs)
+
+
+def report(results, max_other):
+    print("\n| setting | library | runs | tokens/s min / median / max | peak RSS MiB min / median | final loss | "
+          "disturbed runs |")
+    print("|---|---|---|---|---|---|---|")
+    for setting, by_lib in results.items():
+        for lib, runs in by_lib.items():
+            tps = [r["tokens_per_s"] for r in runs]
+            rss = [r["peak_rss_mib"] for r in runs]
+            bad = sum(r["other_cpu_frac"] > max_other for r in runs)
+            print(f"| {setting} | {lib} | {len(runs)} | {min(tps):.0f} / {statistics.median(tps):.0f} / {max(tps):.0f}"
+                  f" | {min(rss):.0f} / {statistics.median(rss):.0f} | {runs[-1]['final_loss']:.6f} | {bad} |")
+    print("\n| setting | tokens/s ratio preflab/TRL: of medians (per-repeat min / median / max) | "
+          "peak RSS ratio: of medians (per-repeat min / median / max) | max abs loss-curve diff |")
+    print("|---|---|---|---|")
+    for setting, by_lib in results.items():
+        ours, theirs = by_lib.get("preflab", []), by_lib.get("trl", [])
+        if not ours or not theirs:
+            continue
+        s = ratios(ours, theirs, "tokens_per_s")
+        m = ratios(ours, theirs, "peak_rss_mib")
+        diff = max(abs(a - b) for o in ours for t in theirs for a, b in zip(o["loss_curve"], t["loss_curve"]))
+        print(f"| {setting} | {s[0]:.2f}x ({s[1]:.2f} / {s[2]:.2f} / {s[3]:.2f}) | "
+              f"{m[0]:.2f}x ({m[1]:.2f} / {m[2]:.2f} / {m[3]:.2f}) | {diff:.1e} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fixture", default=os.path.join(tempfile.gettempdir(), "prefbench-fixture"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--settings", nargs="+", default=["reference", "precompute"], choices=list(SETTINGS))
+    ap.add_argument("--trl-python", default=os.environ.get("TRL_PYTHON", "/tmp/trlvenv/bin/python"),
+                    help="interpreter of the separate venv that has trl installed")
+    ap.add_argument("--python", default=sys.executable, help="interpreter with preflab installed")
+    ap.add_argument("--wait-idle", type=float, default=300)
+    ap.add_argument("--max-other", type=float, default=0.02, help="flag runs with more foreign CPU load")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further args for preflab's runner only")
+    ap.add_argument("--out", default=None, help="JSONL of all runs (default: a new file in the temp folder)")
+    args = ap.parse_args()
+    out = Path(args.out or tempfile.mkstemp(prefix="prefbench-compare-", suffix=".jsonl")[1])
+    log = open(out.with_suffix(".log"), "a")
+    if not (Path(args.fixture) / "fixture_info.json").exists():
+        subprocess.run([args.python, str(BENCH / "make_fixture.py"), args.fixture], check=True)
+    runners = {"trl": (args.trl_python, BENCH / "trl_dpo.py"), "preflab": (args.python, HERE / "dpo_throughput.py")}
+    common = ["--fixture", args.fixture, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+              "--wait-idle", str(args.wait_idle)]
+    print(f"results -> {out}; warm-up runs (2 steps, discarded)", flush=True)
+    for lib, (python, script) in runners.items():
+        subprocess.run([python, str(script), "--fixture", args.fixture, "--steps", "2"], capture_output=True)
+    results = {s: {"trl": [], "preflab": []} for s in args.settings}
+    for i in range(args.repeats):
+        print(f"repeat {i + 1}/{args.repeats}", flush=True)
+        for setting in args.settings:
+            order = ["trl", "preflab"] if i % 2 == 0 else ["preflab", "trl"]
+            for lib in order:
+                python, script = runners[lib]
+                extra = args.extra if lib == "preflab" else []
+                cmd = common + extra + SETTINGS[setting]
+                results[setting][lib].append(run_one(setting, python, script, cmd, out, log))
+    report(results, args.max_other)
+    print(f"\nAll lines: {out}. MFU: python {BENCH / 'flops_limit.py'} --fixture {args.fixture} --results {out}")
+
+
+if __name__ == "__main__":
+    main()
