@@ -35,7 +35,7 @@ from preflab.loops.rollout import completion_metrics, pad_id_of, prepare_prompts
 from preflab.objectives import get_objective
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
-from preflab.runlog import MetricsLog, write_summary
+from preflab.runlog import MetricsLog, finish_run
 from preflab.scoring.lm import LogProbScorer
 from preflab.step import optimizer_step
 
@@ -224,10 +224,7 @@ class GRPOLoop:
                    "final_metrics": self.history[-1] if self.history else {}, "config": asdict(self.cfg),
                    "judge": self.judge.stats(), "runtime_s": time.perf_counter() - started}
         if self.out:
-            if self.cfg.save_model:
-                self.policy.save_pretrained(self.out, safe_serialization=True)
-                self.tokenizer.save_pretrained(self.out)
-            write_summary(self.out, summary)
+            finish_run(self.out, summary, self.policy if self.cfg.save_model else None, self.tokenizer)
         return summary
 
 

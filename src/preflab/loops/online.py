@@ -43,7 +43,7 @@ from preflab.loops.reference import is_lora, make_reference, reference_scores, r
 from preflab.loops.rollout import completion_metrics, pad_id_of, prepare_prompts, sample_rollout
 from preflab.objectives import get_objective, objective_info
 from preflab.objectives.base import PairBatch
-from preflab.runlog import MetricsLog, write_summary
+from preflab.runlog import MetricsLog, finish_run
 from preflab.scoring.lm import LogProbScorer, split_pairs
 from preflab.step import optimizer_step
 
@@ -258,10 +258,7 @@ class OnlineLoop:
                    "final_metrics": iterations[-1] if iterations else {}, "per_iteration": iterations,
                    "config": asdict(self.cfg), "runtime_s": time.perf_counter() - started}
         if self.out:
-            if self.cfg.save_model:
-                self.policy.save_pretrained(self.out, safe_serialization=True)
-                self.tokenizer.save_pretrained(self.out)
-            write_summary(self.out, summary)
+            finish_run(self.out, summary, self.policy if self.cfg.save_model else None, self.tokenizer)
         return summary
 
 
