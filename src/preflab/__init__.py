@@ -5,5 +5,5 @@ and diagnostics that say whether alignment worked. See README.md and DESIGN.md.
 """
 from preflab.errors import ConfigError, DataError, PreflabError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["PreflabError", "ConfigError", "DataError", "__version__"]

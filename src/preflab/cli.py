@@ -12,12 +12,12 @@ from preflab.errors import PreflabError
 
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
 SUBCOMMANDS = {
-    "train": "preflab.train_cli",
+    "train": "preflab.loops.cli",
     "eval": "preflab.eval.cli",
     "report": "preflab.report.cli",
     "lab": "preflab.lab.cli",
     "demo": "preflab.demo.cli",
-    "objectives": "preflab.objectives_cli",
+    "objectives": "preflab.objectives.cli",
 }
 
 

@@ -128,13 +128,13 @@ def test_errors_are_clear(saved, tmp_path, capsys):
     assert "--reference" in capsys.readouterr().err
     import importlib.util
 
-    if importlib.util.find_spec("preflab.reward") is None:
+    if importlib.util.find_spec("preflab.reward_models") is None:
         assert main(["eval", str(root / "run"), "--data", str(data), "--task", "reward"]) == 2
-        assert "preflab.reward.eval" in capsys.readouterr().err
+        assert "preflab.reward_models.eval" in capsys.readouterr().err
 
 
 def test_task_reward_evaluates_a_reward_model_into_eval_json(saved, tmp_path):
-    reward_eval = pytest.importorskip("preflab.reward.eval")
+    reward_eval = pytest.importorskip("preflab.reward_models.eval")
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     root, data, tok, _ = saved

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-*")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
     p.add_argument("--task", choices=("dpo", "reward"), default="dpo",
-                   help="reward: evaluate a reward model (preflab.reward.eval)")
+                   help="reward: evaluate a reward model (preflab.reward_models.eval)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
@@ -54,13 +54,13 @@ def register(sub) -> None:
 
 
 def _reward_task(args) -> int:
-    """Pairwise accuracy of a reward model (preflab.reward.eval), written to eval.json like a policy eval."""
-    if importlib.util.find_spec("preflab.reward") is None or importlib.util.find_spec("preflab.reward.eval") is None:
-        raise PreflabError("--task reward needs preflab.reward.eval (reward-model evaluation), which this install "
+    """Pairwise accuracy of a reward model (preflab.reward_models.eval), written to eval.json like a policy eval."""
+    if importlib.util.find_spec("preflab.reward_models") is None or importlib.util.find_spec("preflab.reward_models.eval") is None:
+        raise PreflabError("--task reward needs preflab.reward_models.eval (reward-model evaluation), which this install "
                            "does not have; evaluate policies with --task dpo, or update preflab.")
     from preflab.data.rows import load_rows
     from preflab.eval.run import eval_json_path, write_json
-    from preflab.reward.eval import evaluate_reward_model
+    from preflab.reward_models.eval import evaluate_reward_model
 
     data = args.data
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list

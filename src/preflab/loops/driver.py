@@ -11,7 +11,7 @@ A subclass says what a step is made of and what to save; the loop itself is writ
     and sets: cfg, accelerator, plan, total_steps, params, extra_params, optimizer, scheduler, sync_module
     (the DDP-wrapped module), checkpoint_module (whose trainable parameters a checkpoint holds), data_report.
 
-Used by preflab.loops.offline.Trainer (policies) and preflab.reward.train.RewardRun (reward models).
+Used by preflab.loops.offline.Trainer (policies) and preflab.reward_models.train.RewardRun (reward models).
 """
 from __future__ import annotations
 

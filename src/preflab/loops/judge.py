@@ -4,7 +4,7 @@ A judge is any of these, or a list of them combined with `weights` (TRL's `rewar
 
     reward function   f(prompts=[...], completions=[...], completion_ids=[...], **columns) -> list[float | None]
                       (TRL's signature; columns are the prompt rows' other fields, one entry per completion)
-    reward model      obj.score(prompts, responses) -> Tensor [N] or list  (preflab.reward.interface.RewardFunction)
+    reward model      obj.score(prompts, responses) -> Tensor [N] or list  (preflab.reward_models.interface.RewardFunction)
     preference model  obj.win_rate_matrix(prompt, responses) -> [K, K], P[i, j] = P(y_i > y_j | x); a completion's
                       score is its mean win rate against the other completions of its group (a Borda score)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from preflab.config import TrainConfig
-from preflab.data.prefix import effective_layout
+from preflab.models.attention import effective_layout
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401

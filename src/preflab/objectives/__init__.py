@@ -5,7 +5,7 @@
     get_objective(["sigmoid", "sft"], loss_weights=[1, 1]) # TRL's weighted multi-loss
     get_objective("mypkg.losses:MyLoss", tau=1.0)          # an objective outside the package
 
-Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_" and `base` are helpers, not objectives.
+Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_", `base` and `cli` are not objectives.
 """
 from __future__ import annotations
 
@@ -32,12 +32,16 @@ __all__ = [
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum",
 ]
 
+# Modules of this package that are not objectives (helpers and the `preflab objectives` command).
+NOT_OBJECTIVES = ("base", "cli")
+
 # Names kept for old configs: alias -> (module, warning).
 LEGACY = {"aot_pair": ("aot_unpaired", "loss_type 'aot_pair' was renamed 'aot_unpaired' in TRL 1.x; using aot_unpaired.")}
 
 
 def _module_names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "base")
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if not m.name.startswith("_") and m.name not in NOT_OBJECTIVES)
 
 
 @functools.cache

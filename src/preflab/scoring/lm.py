@@ -22,19 +22,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
-from preflab.data.prefix import model_mask
+from preflab.models.attention import model_mask, unwrap  # noqa: F401  (unwrap: re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
 
 CHUNK_BYTES = 64 * 2**20  # float32 logits budget per chunk
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / PEFT wrappers (LoRA layers stay active inside it)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -1,0 +1,60 @@
+"""Pairwise rows for reward models: load_rows -> (context rendering) -> tokenize_pairs, with the data report.
+
+Rows are TRL's preference rows {prompt?, chosen, rejected} with the optional columns `margin` (float, used by the
+loss), `context` (rendered into the prompt, see `preflab.reward_models.context`) and `subset` (evaluation groups).
+"""
+from __future__ import annotations
+
+import torch
+
+from preflab.data.rows import load_rows
+from preflab.data.tokenize import tokenize_pairs
+from preflab.errors import PreflabError
+from preflab.reward_models.context import CONTEXT_TEMPLATE, has_context, with_context
+
+
+def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
+                          max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                          on_bad_row: str = "error", source: str = "", context_template: str | None = None):
+    """(tokenized pairs, report). Contexts are rendered when `context_template` is given; when any row has a
+    `margin`, every pair gets a float margin (0 where absent or null), so no batch silently drops the column."""
+    if context_template:
+        examples = with_context(examples, context_template)
+    pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                                   truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source)
+    if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (TRL)
+        for pair in pairs:
+            pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
+    return pairs, report
+
+
+def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
+    """(train pairs, eval pairs, report, context template or None) for `cfg.dataset_name` (+ eval set/fraction).
+
+    The context template is used when any training row carries a `context`."""
+    if not cfg.dataset_name:
+        raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
+    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
+                                 on_bad_row=cfg.on_bad_row)
+    eval_rows = []
+    if cfg.eval_dataset_name:
+        eval_rows, _ = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="pairwise",
+                                 on_bad_row=cfg.on_bad_row)
+    elif cfg.eval_fraction > 0:
+        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
+        eval_rows = [r for i, r in enumerate(rows) if i in held]
+        rows = [r for i, r in enumerate(rows) if i not in held]
+    template = CONTEXT_TEMPLATE if has_context(rows) else None
+    settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                    truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)
+    train, tok_report = tokenize_reward_pairs(rows, tokenizer, source=cfg.dataset_name, **settings)
+    report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(),
+              "skipped": dict(row_report.to_dict().get("skipped", {}))}
+    evals = []
+    if eval_rows:
+        evals, eval_tok = tokenize_reward_pairs(eval_rows, tokenizer,
+                                                source=cfg.eval_dataset_name or cfg.dataset_name, **settings)
+        report["eval_tokenize"] = eval_tok.to_dict()
+    print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
+    return train, evals, report, template

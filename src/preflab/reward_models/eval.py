@@ -1,0 +1,108 @@
+"""Pairwise accuracy of a reward or preference model, overall and per subset / context (RewardBench rows).
+
+    result = evaluate_reward_model("outputs/rm", "rewardbench.jsonl", batch_size=16)
+    result["accuracy"], result["per_subset"]["chat"]["accuracy"]
+
+Rows: RewardBench's {prompt, chosen, rejected, subset, id, ...} (any TRL preference row works). A pair is right when
+the model's log-odds of P(chosen > rejected) is > 0, i.e. r_w > r_l for a BT model and s(y_w > y_l) > 0 for a GPM
+(ties count as wrong, as in RewardBench and TRL). Rows with a `context` are rendered with the template stored in
+the model config (a model trained without contexts sees the prompt alone unless `context_template` is given);
+groups of rows that differ only in context and label also give `reversal_accuracy` (`preflab.reward_models.context`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from preflab.loops.batches import collate_pairs
+
+AUTO = "auto"
+
+
+def pair_outputs(model: nn.Module, pairs: list, pad_id: int, batch_size: int = 8) -> tuple[Tensor, Tensor]:
+    """Head outputs of the chosen and rejected sides of tokenized pairs: ([N, D], [N, D]), no gradient."""
+    from preflab.reward_models.heads import sequence_outputs
+
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            layout = collate_pairs(chunk, pad_id, "padded").to(device)
+            out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+            chosen.append(out[:len(chunk)].cpu())
+            rejected.append(out[len(chunk):].cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def _groups(examples, correct: Tensor, field: str) -> dict:
+    index: dict = defaultdict(list)
+    for i, ex in enumerate(examples):
+        value = ex.extras.get(field)
+        if value is not None and value != "":
+            index[str(value)].append(i)
+    return {name: {"accuracy": float(correct[idx].float().mean()), "num_pairs": len(idx)}
+            for name, idx in sorted(index.items())}
+
+
+def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: int = 8,
+                          max_length: int | None = 1024, group_fields: tuple[str, ...] = ("subset", "context"),
+                          head=None, context_template: str | None = AUTO, on_bad_row: str = "error") -> dict:
+    """Accuracy overall and per value of each `group_fields` column, plus mean log-odds and reversal accuracy.
+
+    model_dir_or_model: a directory saved by preflab (or any sequence-classification reward model directory), or
+        an in-memory model (then pass `tokenizer`).
+    data: a data file, directory, hub dataset name, `datasets.Dataset` or list of row dicts.
+    head: the pairwise head (default: from the model config; a plain classifier is a BT model).
+    context_template: "auto" uses the template stored with the model (none: contexts are not shown).
+    Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
+    "reversal_accuracy" (when the data has reversal groups), "skipped"}.
+    """
+    from preflab.data.rows import load_rows
+    from preflab.reward_models.context import reversal_accuracy
+    from preflab.reward_models.data import tokenize_reward_pairs
+    from preflab.reward_models.heads import head_from_config, load_reward_model, reward_config
+
+    model = model_dir_or_model
+    if isinstance(model, (str, Path)):
+        model = load_reward_model(str(model_dir_or_model))
+        if tokenizer is None:
+            from preflab.models.load import load_tokenizer
+
+            tokenizer = load_tokenizer(str(model_dir_or_model))
+    if tokenizer is None:
+        from preflab.errors import ConfigError
+
+        raise ConfigError("evaluate_reward_model got an in-memory model without a tokenizer; pass tokenizer=.")
+    info = reward_config(model)
+    head = head or head_from_config(info)
+    template = info.get("context_template") if context_template == AUTO else context_template
+    examples, row_report = load_rows(data, kind="pairwise", on_bad_row=on_bad_row)
+    pairs, tok_report = tokenize_reward_pairs(examples, tokenizer, max_length=max_length, on_bad_row=on_bad_row,
+                                              source=row_report.source, context_template=template)
+    by_id = {ex.row_id: ex for ex in examples}
+    kept = [by_id[p.row_id] for p in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    out_c, out_r = pair_outputs(model, pairs, pad_id, batch_size)
+    model.train(was_training)
+    logit = head.logit(out_c, out_r)
+    correct = logit > 0
+    result = {"accuracy": float(correct.float().mean()) if len(pairs) else float("nan"), "num_pairs": len(pairs),
+              "mean_logit": float(logit.mean()) if len(pairs) else float("nan")}
+    for field in group_fields:
+        groups = _groups(kept, correct, field)
+        if groups:
+            result[f"per_{field}"] = groups
+    reversal = reversal_accuracy(kept, correct)
+    if reversal is not None:
+        result["reversal_accuracy"] = reversal
+    skipped = dict(row_report.skipped)
+    for reason, count in tok_report.skipped.items():
+        skipped[reason] = skipped.get(reason, 0) + count
+    result["skipped"] = skipped
+    return result

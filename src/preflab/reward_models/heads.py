@@ -1,0 +1,166 @@
+"""Reward-model backbones with a D-output head read at the last real token, and their persistence.
+
+    model = build_reward_model("builtin:tiny-llama", num_outputs=1, tokenizer=tok)   # a BT reward model
+    out = sequence_outputs(model, input_ids, attention_mask)                          # [N, D]
+
+Where transformers has `AutoModelForSequenceClassification` for the architecture (Llama, Qwen2, GPT-2, ... ) the
+model *is* that class with `num_labels = D`, so the saved directory loads with plain
+`AutoModelForSequenceClassification.from_pretrained(dir)` and gives the same outputs (its pooling reads the
+rightmost token that is not `pad_token_id`; preflab right-pads, so that is the last real token, the appended eos,
+when the pad token differs from eos; with pad = eos it is the token before the eos, in training and after reloading
+alike). Otherwise `LastTokenRewardModel` puts a bias-free linear head on the
+backbone's last hidden state at the last position of the attention mask; it saves the backbone with
+`save_pretrained` plus `reward_head.safetensors`.
+
+What the D outputs mean is the head's business (a BT reward, GPM embedding, attribute ratings); the head's
+description is stored in `config.preflab_reward` (see `REWARD_CONFIG_KEY`), which transformers keeps in config.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from preflab.errors import ConfigError
+
+REWARD_CONFIG_KEY = "preflab_reward"
+HEAD_FILE = "reward_head.safetensors"
+FALLBACK_FILE = "preflab_reward_model.json"
+
+
+class LastTokenRewardModel(nn.Module):
+    """A transformers backbone (`AutoModel`) plus a bias-free linear head on the last real token's hidden state."""
+
+    def __init__(self, backbone: nn.Module, num_outputs: int):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        self.score = nn.Linear(backbone.config.get_text_config().hidden_size, num_outputs, bias=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, T, H]
+        last = attention_mask.long().cumsum(-1).argmax(-1)  # index of the last 1 in each row
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.score(pooled.to(self.score.weight.dtype))
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+    def save_pretrained(self, path, safe_serialization: bool = True, **kwargs) -> None:
+        from safetensors.torch import save_file
+
+        self.backbone.save_pretrained(path, safe_serialization=True, **kwargs)
+        save_file({"weight": self.score.weight.detach().contiguous().cpu()}, str(Path(path) / HEAD_FILE))
+        Path(path, FALLBACK_FILE).write_text(json.dumps({"num_outputs": self.score.out_features}))
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "LastTokenRewardModel":
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        meta = json.loads(Path(path, FALLBACK_FILE).read_text())
+        model = cls(AutoModel.from_pretrained(path, use_safetensors=True, **kwargs), meta["num_outputs"])
+        model.score.weight.data.copy_(load_file(str(Path(path) / HEAD_FILE))["weight"])
+        return model
+
+
+def sequence_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """[N, D] head outputs at each row's last real token (right-padded rows), in float32 or float64."""
+    if isinstance(model, LastTokenRewardModel) or isinstance(getattr(model, "module", None), LastTokenRewardModel):
+        out = model(input_ids, attention_mask)
+    else:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return out if out.dtype == torch.float64 else out.float()
+
+
+def reward_model_from_config(config, num_outputs: int, pad_token_id: int | None, seed: int = 0,
+                             last_token_head: bool = False) -> nn.Module:
+    """A randomly initialised reward model for `config` (tests and builtin tiny models)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    config = type(config).from_dict(config.to_dict())
+    config.num_labels, config.pad_token_id = num_outputs, pad_token_id
+    torch.manual_seed(seed)
+    if not last_token_head:
+        try:
+            return AutoModelForSequenceClassification.from_config(config).float()
+        except ValueError:  # no sequence-classification class for this architecture
+            pass
+    return LastTokenRewardModel(AutoModel.from_config(config), num_outputs).float()
+
+
+def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "float32",
+                       trust_remote_code: bool = False, allow_pickle: bool = False, seed: int = 0) -> nn.Module:
+    """A reward model with a fresh D-output head from a builtin name, hub name or local directory.
+
+    A directory saved by preflab (or any sequence-classification checkpoint with D labels) keeps its head.
+    """
+    from preflab.models.load import BUILTIN, DTYPES, check_weights_safe
+
+    if not name:
+        raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-llama.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if name in BUILTIN:
+        from preflab.models.tiny import tiny_causal_lm
+
+        return reward_model_from_config(tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed).config,
+                                        num_outputs, pad, seed)
+    check_weights_safe(name, allow_pickle)
+    if Path(name, FALLBACK_FILE).is_file():
+        return LastTokenRewardModel.from_pretrained(name)
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    kwargs = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                  use_safetensors=None if allow_pickle else True)
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    config.num_labels, config.pad_token_id = num_outputs, pad
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+    return LastTokenRewardModel(AutoModel.from_pretrained(name, **kwargs), num_outputs)
+
+
+def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: bool = False) -> nn.Module:
+    """A reward model saved by preflab (or any sequence-classification checkpoint), head and all, in eval mode."""
+    from preflab.models.load import check_weights_safe
+
+    check_weights_safe(path, allow_pickle)
+    if Path(path, FALLBACK_FILE).is_file():
+        return LastTokenRewardModel.from_pretrained(path).eval()
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True).eval()
+
+
+def reward_config(model: nn.Module) -> dict:
+    """The head description stored in the model config ({} for a plain sequence-classification model)."""
+    return dict(getattr(_unwrap(model).config, REWARD_CONFIG_KEY, None) or {})
+
+
+def set_reward_config(model: nn.Module, info: dict) -> None:
+    setattr(_unwrap(model).config, REWARD_CONFIG_KEY, dict(info))
+
+
+def head_from_config(info: dict):
+    """The pairwise head described by a model config's `preflab_reward` entry ({} -> a BT head)."""
+    from preflab.reward_models.bt import BTHead
+    from preflab.reward_models.gpm import GPMHead
+
+    kind = info.get("head", "bt")
+    if kind == "gpm":
+        return GPMHead(dim=int(info["dim"]), tau=float(info.get("tau", 0.1)), normalize=bool(info.get("normalize",
+                                                                                                        True)))
+    if kind == "bt":
+        return BTHead(tau=float(info.get("tau", 1.0)))
+    raise ConfigError(f"the model's config names reward head {kind!r}, which has no pairwise score; "
+                      "use preflab.reward_models.multi_objective for attribute heads.")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

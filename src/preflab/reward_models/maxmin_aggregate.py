@@ -1,0 +1,117 @@
+"""MaxMin-RLHF, part 2: the egalitarian (max-min) aggregation of K group reward models.
+
+Chakraborty et al. 2024, "MaxMin-RLHF: Alignment with Diverse Human Preferences" (arXiv:2402.08925); spec
+methods/models-and-loops.md #35. The policy objective is
+
+    max_pi min_k F_k(pi),   F_k(pi) = E_x E_{y ~ pi}[r_k(x, y)] - beta KL(pi || pi_ref).
+
+Two rules turn it into a per-sample reward for an RL / online loop, and they differ (E[min_k r_k] <= min_k E[r_k]):
+    "group"     (the paper's rule): estimate each group's utility on the batch, U_k = mean_i r_k(x_i, y_i), and
+                reward every sample with the worst group's model r_{k_min}, k_min = argmin_k U_k;
+    "pointwise" (the reference code's rule): reward(x, y) = min_k r_k(x, y).
+Reward scales differ across groups, so each r_k is standardised on a shared reference set before the min.
+
+Deviation from the paper: none in the rules; the z-score standardisation is the library's (the paper does not fix
+one). `maxmin_objective` is the exact tabular objective, for checks and the lab.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from preflab.errors import ConfigError, PreflabError
+from preflab.reward_models.protocols import RewardModel
+
+RULES = ("group", "pointwise")
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-group z-score: (r_k - mean_k) / std_k. Fit it on one shared reference set of responses."""
+
+    mean: Tensor
+    std: Tensor
+
+    @classmethod
+    def fit(cls, rewards: Tensor, eps: float = 1e-8) -> "Standardizer":
+        """From [K, N] rewards of every group's model on the same N reference (prompt, response) rows."""
+        if rewards.dim() != 2 or rewards.shape[1] < 2:
+            raise PreflabError(f"Standardizer.fit needs [K, N>=2] rewards, got {tuple(rewards.shape)}.")
+        return cls(rewards.mean(1), rewards.std(1).clamp_min(eps))
+
+    def __call__(self, rewards: Tensor) -> Tensor:
+        return (rewards - self.mean.unsqueeze(1)) / self.std.unsqueeze(1)
+
+
+def pointwise_min(rewards: Tensor) -> Tensor:
+    """[N] min_k r_k(x_i, y_i) from [K, N] group rewards."""
+    return rewards.min(0).values
+
+
+def group_min(rewards: Tensor) -> tuple[Tensor, int, Tensor]:
+    """(the worst group's rewards [N], k_min, group utilities U [K]) from [K, N] rewards of one batch."""
+    utilities = rewards.mean(1)
+    k_min = int(utilities.argmin())
+    return rewards[k_min], k_min, utilities
+
+
+def maxmin_rewards(rewards: Tensor, rule: str = "group") -> Tensor:
+    """[N] per-sample max-min reward from [K, N] (already standardised) group rewards, by `rule`."""
+    if rule not in RULES:
+        raise ConfigError(f"rule must be one of {RULES}, got {rule!r}.")
+    if rewards.dim() != 2:
+        raise PreflabError(f"group rewards must be [K, N], got {tuple(rewards.shape)}.")
+    return group_min(rewards)[0] if rule == "group" else pointwise_min(rewards)
+
+
+def maxmin_objective(policy: Tensor, rewards: Tensor, ref: Tensor, beta: float, rule: str = "group") -> Tensor:
+    """Tabular max-min objective for one prompt, differentiable in `policy` [Y] (a distribution).
+
+    rewards: [K, Y] group rewards of each response; ref: [Y] pi_ref.
+    "group":     min_k (pi . r_k) - beta KL(pi || ref)           (the paper's objective)
+    "pointwise": pi . min_k r_k - beta KL(pi || ref)             (what a pointwise-min reward optimises)
+    """
+    kl = (policy * (policy.clamp_min(1e-30).log() - ref.log())).sum()
+    if rule == "group":
+        value = (rewards @ policy).min()
+    elif rule == "pointwise":
+        value = pointwise_min(rewards) @ policy
+    else:
+        raise ConfigError(f"rule must be one of {RULES}, got {rule!r}.")
+    return value - beta * kl
+
+
+class MaxMinReward:
+    """A `RewardModel` over K group reward models: standardise, then aggregate by `rule`.
+
+    `score(prompts, responses)` returns [N]; with rule="group" the batch passed in is the batch whose worst
+    group is chosen, and `last_utilities` / `last_group` record U_k and k_min for logging.
+    """
+
+    def __init__(self, models: Sequence[RewardModel], rule: str = "group", standardizer: Standardizer | None = None):
+        if rule not in RULES:
+            raise ConfigError(f"rule must be one of {RULES}, got {rule!r}.")
+        if not models:
+            raise PreflabError("MaxMinReward needs at least one group reward model.")
+        self.models, self.rule, self.standardizer = list(models), rule, standardizer
+        self.last_utilities: Tensor | None = None
+        self.last_group: int | None = None
+
+    def group_rewards(self, prompts: Sequence, responses: Sequence) -> Tensor:
+        """[K, N] standardised rewards of each group's model."""
+        rewards = torch.stack([torch.as_tensor(m.score(prompts, responses)).float().reshape(-1) for m in self.models])
+        return self.standardizer(rewards) if self.standardizer is not None else rewards
+
+    def fit_standardizer(self, prompts: Sequence, responses: Sequence) -> Standardizer:
+        """Fit and keep the z-score statistics on a shared reference set."""
+        self.standardizer = None
+        self.standardizer = Standardizer.fit(self.group_rewards(prompts, responses))
+        return self.standardizer
+
+    def score(self, prompts: Sequence, responses: Sequence) -> Tensor:
+        rewards = self.group_rewards(prompts, responses)
+        _, self.last_group, self.last_utilities = group_min(rewards)
+        return maxmin_rewards(rewards, self.rule)

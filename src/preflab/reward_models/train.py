@@ -1,0 +1,157 @@
+"""Reward-model training: `preflab train` with `task: reward`, and the driver every reward head shares.
+
+    summary = train_reward(load_config("rm.yaml"))                  # Bradley-Terry, the TRL RewardTrainer setting
+    summary = train_reward(cfg, head=GPMHead(dim=4))                 # general preference model, same loop
+
+Data: `load_rows` / `tokenize_pairs` (`preflab.reward_models.data`); order: `BatchPlan` (deterministic, resumable);
+update: the shared `preflab.step.optimizer_step`; output: metrics.jsonl, checkpoints (`preflab.checkpoint`),
+summary.json, and the final model as safetensors in `output_dir`, loadable with
+`transformers.AutoModelForSequenceClassification.from_pretrained(output_dir)` (LoRA adapters are merged first).
+`RewardRun` (on the shared loop of preflab.loops.driver) takes any collate / loss pair, so attribute
+(multi-objective) heads reuse it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from preflab.config import TrainConfig
+from preflab.loops.batches import MicroBatch, collate_pairs
+from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
+
+
+class RewardRun(TrainingRun):
+    """One training run of a reward model: `collate(items) -> micro-batch` (with `row_ids`, `num_tokens` and a
+    `layout` or tensors) and `loss_fn(model, micro_batch) -> ObjectiveOutput`; `evaluate(model) -> dict`.
+    The loop, logging, checkpoints and resume are the shared `preflab.loops.driver.TrainingRun`."""
+
+    def __init__(self, cfg: TrainConfig, model, tokenizer, train_items: list, collate: Callable,
+                 loss_fn: Callable, evaluate: Callable | None = None, reward_info: dict | None = None,
+                 data_report: dict | None = None):
+        self.cfg, self.tokenizer, self.items = cfg, tokenizer, train_items
+        self.collate, self.loss_fn, self.evaluate_fn = collate, loss_fn, evaluate
+        self.reward_info, self.data_report = dict(reward_info or {}), dict(data_report or {})
+        self.accelerator = self.acc = make_accelerator(cfg)
+        self.plan, self.total_steps = make_plan(cfg, len(train_items), self.acc.num_processes)
+        if cfg.disable_dropout:
+            from preflab.models.load import disable_dropout
+
+            disable_dropout(model)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.sync_module = self.checkpoint_module = self.model
+
+    def forward(self, mb):
+        with self.acc.autocast():
+            return self.loss_fn(self.model, mb)
+
+    def micro_batches(self, step: int) -> list:
+        return [self.collate([self.items[i] for i in index])
+                for index in self.plan.indices(step, self.acc.process_index)]
+
+    def summary_extras(self) -> dict:
+        return {"reward_model": self.reward_info}
+
+    def write_card(self, summary: dict) -> None:
+        _write_card(self.out, self.cfg, summary)
+
+    def evaluate(self) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self.acc.autocast():
+            metrics = self.evaluate_fn(self.model)
+        self.model.train()
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+    def save_model(self) -> None:
+        """Safetensors weights (LoRA merged) + tokenizer; the head description goes into config.json."""
+        from preflab.reward_models.heads import set_reward_config
+
+        model = self.acc.unwrap_model(self.model)
+        if hasattr(model, "merge_and_unload"):
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        set_reward_config(model, self.reward_info)
+        model.save_pretrained(self.out, safe_serialization=True)
+        self.tokenizer.save_pretrained(self.out)
+
+
+def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, eval_data=None, head=None,
+                 context_template: str | None = None) -> dict:
+    """Train a pairwise reward model (BT by default, or `head=GPMHead(...)`); returns the summary dict.
+
+    model / tokenizer / train_data (TokenizedPair list) / eval_data may be passed in (tests); otherwise they come
+    from cfg (model_name_or_path, dataset_name, eval_dataset_name or eval_fraction). context_template: the template
+    in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
+    read from cfg records its own."""
+    from preflab.reward_models.bt import BTHead
+    from preflab.reward_models.eval import pair_outputs
+    from preflab.reward_models.heads import build_reward_model, sequence_outputs
+
+    head = head or BTHead(center_rewards_coefficient=cfg.center_rewards_coefficient)
+    if tokenizer is None:
+        from preflab.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+    report, template = {}, context_template
+    if train_data is None:
+        from preflab.reward_models.data import load_reward_pairs
+
+        train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
+    if model is None:
+        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer, dtype="float32",
+                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                                   seed=cfg.seed)
+    if cfg.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, task_type="SEQ_CLS",
+                                                 target_modules=cfg.lora_target_modules))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    info = {**head.to_config(), **({"context_template": template} if template else {})}
+
+    def collate(pairs) -> MicroBatch:
+        return MicroBatch(collate_pairs(pairs, pad_id, "padded"), [p.row_id for p in pairs], [])
+
+    def loss_fn(model, mb):
+        layout = mb.layout.to(next(model.parameters()).device)
+        out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+        n = len(mb.row_ids)
+        return head.loss(out[:n], out[n:], layout.extras)
+
+    def evaluate(model) -> dict:
+        from preflab.loops.batches import stack_extras
+
+        out_c, out_r = pair_outputs(model, eval_data, pad_id, cfg.per_device_eval_batch_size)
+        result = head.loss(out_c, out_r, stack_extras(eval_data))
+        return {"loss": float(result.loss), **{k: float(v) for k, v in result.metrics.items()}}
+
+    run = RewardRun(cfg, model, tokenizer, train_data, collate, loss_fn, evaluate if eval_data else None, info,
+                    report)
+    return run.train()
+
+
+def _write_card(output_dir: Path, cfg: TrainConfig, summary: dict) -> None:
+    """README.md beside the weights: base model, data, head, final metrics, how to load."""
+    final = summary.get("final_metrics", {})
+    info = summary.get("reward_model", {})
+    lines = ["---", "library_name: transformers", f"tags: [preflab, reward-model, {info.get('head', 'bt')}]",
+             f"base_model: {cfg.model_name_or_path}", "---", "", f"# {Path(cfg.output_dir).name}", "",
+             f"Reward model trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}`; head: "
+             f"{info}.", "",
+             f"- steps: {summary.get('global_step')}, examples seen: {summary.get('train_examples_seen')}"]
+    lines += [f"- {k}: {v:.4g}" for k, v in final.items() if isinstance(v, (int, float))]
+    lines += ["", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+              f"model = AutoModelForSequenceClassification.from_pretrained({str(output_dir)!r})",
+              f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})",
+              "# input ids as preflab builds them: [bos] + ids(prompt + response) + [eos]; the reward is .logits",
+              "```", "", "Or `preflab.reward_models.interface.load_judge(dir).score(prompts, responses)`.", ""]
+    (Path(output_dir) / "README.md").write_text("\n".join(lines))

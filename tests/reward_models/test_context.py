@@ -1,0 +1,107 @@
+"""Context-aware preference modeling: rendering, RPR expansion, marginalisation, and a reversal set that a
+context-aware RM solves (reversal accuracy 1) while any context-blind model scores exactly 0."""
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from preflab.data.rows import load_rows
+from preflab.reward_models.context import (CONTEXT_TEMPLATE, expand_rpr_rows, marginal_preference, render_context,
+                                    reversal_accuracy)
+
+WORDS = "the cat sat on mat dog ran to park what is two plus three answer five please how many legs spider".split()
+
+
+def test_render_context_text_and_chat():
+    assert render_context("hi", "be brief") == "Context: be brief\n\nhi"
+    assert render_context("hi", None) == "hi" and render_context("hi", "") == "hi"
+    chat = [{"role": "user", "content": "hi"}]
+    assert render_context(chat, "be brief") == [{"role": "system", "content": "Context: be brief"}, *chat]
+    with_system = [{"role": "system", "content": "S"}, *chat]
+    assert render_context(with_system, "c")[0] == {"role": "system", "content": "Context: c\n\nS"}
+
+
+def test_rpr_rows_expand_to_opposite_labels_with_the_context_in_the_input():
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import tokenize_reward_pairs
+
+    rows = expand_rpr_rows([{"prompt": "q", "response_a": " a a", "response_b": " b", "criteria_x": "short please",
+                             "criteria_y": "long please", "id": 7}])
+    assert [(r["context"], r["chosen"], r["rejected"], r["id"]) for r in rows] == [
+        ("short please", " a a", " b", 7), ("long please", " b", " a a", 7)]
+    tok = tiny_tokenizer()
+    pairs, _ = tokenize_reward_pairs(load_rows(rows)[0], tok, context_template=CONTEXT_TEMPLATE)
+    for pair, row in zip(pairs, rows):
+        assert f"Context: {row['context']}" in tok.decode(pair.prompt_ids)
+
+
+def test_marginal_preference_and_reversal_accuracy_by_hand():
+    p = marginal_preference(torch.tensor([0.7, 0.3], dtype=torch.float64), torch.tensor([0.9, 0.2],
+                                                                                        dtype=torch.float64))
+    assert p.item() == pytest.approx(0.69, abs=1e-15)
+    examples, _ = load_rows([{"prompt": "x", "chosen": "a", "rejected": "b", "context": "1"},
+                             {"prompt": "x", "chosen": "b", "rejected": "a", "context": "2"},
+                             {"prompt": "y", "chosen": "a", "rejected": "b", "context": "1"},
+                             {"prompt": "y", "chosen": "b", "rejected": "a", "context": "2"},
+                             {"prompt": "z", "chosen": "a", "rejected": "b"}])  # no reversal partner
+    assert reversal_accuracy(examples, torch.tensor([True, True, True, False, True])) == 0.5
+    assert reversal_accuracy(examples[4:], torch.tensor([True])) is None
+
+
+def _reversal_rows(n, seed):
+    """Per prompt a one-word and a 5-7-word response; "prefer brevity" picks the short one, "prefer detail" the
+    long one."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choice(WORDS) for _ in range(3))
+        short = " " + rng.choice(WORDS)
+        long = " " + " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 8)))
+        rows.append({"prompt": prompt, "context": "prefer brevity", "chosen": short, "rejected": long})
+        rows.append({"prompt": prompt, "context": "prefer detail", "chosen": long, "rejected": short})
+    return rows
+
+
+def _train(tmp_path, name, rows, steps, *extra):
+    from preflab.cli import main
+
+    data = tmp_path / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", "task=reward", "model_name_or_path=builtin:tiny-llama", f"dataset_name={data}",
+                 f"output_dir={tmp_path / name}", "learning_rate=3e-3", "per_device_train_batch_size=16",
+                 f"max_steps={steps}", f"logging_steps={steps}", "lr_scheduler_type=constant", "max_length=64",
+                 "disable_tqdm=true", "use_cpu=true", *[e.format(data=data) for e in extra]]) == 0
+    return tmp_path / name, json.loads((tmp_path / name / "summary.json").read_text())
+
+
+def test_context_aware_rm_solves_reversals_that_a_blind_model_cannot(tmp_path):
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.interface import RewardModel
+
+    held_out = _reversal_rows(32, seed=1)
+    aware_dir, summary = _train(tmp_path, "aware", _reversal_rows(96, seed=0), steps=60)
+    assert summary["reward_model"]["context_template"] == CONTEXT_TEMPLATE
+    aware = evaluate_reward_model(str(aware_dir), held_out)
+    assert aware["reversal_accuracy"] >= 0.9 and aware["accuracy"] >= 0.95
+    assert set(aware["per_context"]) == {"prefer brevity", "prefer detail"}
+    assert all(v["num_pairs"] == 32 for v in aware["per_context"].values())
+    # the same model without its context input: each pair is scored alike under both contexts
+    hidden = evaluate_reward_model(str(aware_dir), held_out, context_template=None)
+    assert hidden["reversal_accuracy"] == 0.0 and hidden["accuracy"] <= 0.5
+
+    blind_rows = [{k: v for k, v in r.items() if k != "context"} | {"criterion": r["context"]}
+                  for r in _reversal_rows(96, seed=0)]
+    blind_dir, blind_summary = _train(tmp_path, "blind", blind_rows, 30, "eval_dataset_name={data}")
+    assert "context_template" not in blind_summary["reward_model"]
+    # every pair appears in both orientations, so the mean loss over the data is >= ln 2 (Jensen)
+    assert blind_summary["final_metrics"]["eval_loss"] >= math.log(2) - 1e-6
+    blind = evaluate_reward_model(str(blind_dir), held_out)
+    assert blind["reversal_accuracy"] == 0.0 and blind["accuracy"] <= 0.5
+
+    judge = RewardModel.from_pretrained(str(aware_dir))
+    prompts = [r["prompt"] for r in held_out[::2]]
+    short, long = [r["chosen"] for r in held_out[::2]], [r["rejected"] for r in held_out[::2]]
+    detail = ["prefer detail"] * len(prompts)
+    assert bool((judge.score(prompts, long, detail) > judge.score(prompts, short, detail)).float().mean() >= 0.9)
