@@ -1,0 +1,136 @@
+"""The tool interface and `ToolBox`: argument checking, a deterministic cache, errors as a fixed observation.
+
+A tool is any object with
+    name: str                      how the model calls it ("Calculator")
+    description: str               one line for the model's prompt
+    parameters: dict               JSON schema of its arguments ({"type": "object", "properties": ..., "required": ...})
+    call(arguments: dict) -> str   the observation (raise on failure)
+
+`ToolBox.call(name, arguments)` checks the arguments against the schema, answers from the cache when the same
+(tool, canonical arguments) was seen before (so a rerun, or a resumed run, is byte-identical and never re-queries a
+drifting tool), and turns any failure into the fixed observation `TOOL_ERROR_OBSERVATION` — counted in `stats`, never
+a crash (Themis, arXiv:2310.01045, inserts a fixed "error, no result" observation the same way). The cache is a JSON
+file written atomically; nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from preflab.errors import ConfigError
+
+TOOL_ERROR_OBSERVATION = "An error occurred when calling the tool; no result."
+
+_JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict,
+               "array": list}
+
+
+@runtime_checkable
+class Tool(Protocol):
+    name: str
+    description: str
+    parameters: dict
+
+    def call(self, arguments: dict) -> str: ...
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    tool: str
+    arguments: dict
+    observation: str
+    ok: bool                 # False: the tool failed (or the call was invalid) and `observation` is the fixed text
+    cached: bool
+    error: str = ""          # why it failed, for logs (never shown to the model)
+
+
+def validate_arguments(schema: dict, arguments: Any) -> str:
+    """'' when `arguments` fit the (object) schema's properties/required/types, else the first problem found."""
+    if not isinstance(arguments, dict):
+        return f"arguments must be a JSON object, got {type(arguments).__name__}"
+    props = schema.get("properties", {})
+    for key in schema.get("required", []):
+        if key not in arguments:
+            return f"missing required argument {key!r}"
+    for key, value in arguments.items():
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                return f"unknown argument {key!r} (known: {sorted(props)})"
+            continue
+        kind = props[key].get("type")
+        expected = _JSON_TYPES.get(kind)
+        if expected is not None and (not isinstance(value, expected) or (kind != "boolean"
+                                                                          and isinstance(value, bool))):
+            return f"argument {key!r} must be {kind}, got {type(value).__name__}"
+        if "enum" in props[key] and value not in props[key]["enum"]:
+            return f"argument {key!r} must be one of {props[key]['enum']}, got {value!r}"
+    return ""
+
+
+def cache_key(tool: str, arguments: dict) -> str:
+    return json.dumps([tool, arguments], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+class ToolBox:
+    """Named tools + the (tool, arguments) -> observation cache; `stats` counts calls, cache hits and errors."""
+
+    def __init__(self, tools, cache_path: str | Path | None = None):
+        self.tools: dict[str, Tool] = {}
+        for tool in tools:
+            if not isinstance(tool, Tool):
+                raise ConfigError(f"{tool!r} is not a tool: it needs name, description, parameters and call().")
+            if tool.name in self.tools:
+                raise ConfigError(f"two tools are named {tool.name!r}.")
+            self.tools[tool.name] = tool
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.cache: dict[str, dict] = {}
+        if self.cache_path and self.cache_path.exists():
+            self.cache = json.loads(self.cache_path.read_text())
+        self.stats = {"calls": 0, "cache_hits": 0, "errors": 0, "unknown_tool": 0, "bad_arguments": 0}
+
+    def describe(self) -> str:
+        """One line per tool for a prompt: name, description, argument schema."""
+        return "\n".join(f"{t.name}: {t.description} Arguments: {json.dumps(t.parameters, sort_keys=True)}"
+                         for t in self.tools.values())
+
+    def call(self, name: str, arguments: Any) -> ToolCall:
+        self.stats["calls"] += 1
+        args = arguments if isinstance(arguments, dict) else {"_raw": arguments}
+        tool = self.tools.get(name)
+        if tool is None:
+            self.stats["unknown_tool"] += 1
+            self.stats["errors"] += 1
+            return ToolCall(name, args, TOOL_ERROR_OBSERVATION, False, False, f"no tool named {name!r}")
+        problem = validate_arguments(tool.parameters, arguments)
+        if problem:
+            self.stats["bad_arguments"] += 1
+            self.stats["errors"] += 1
+            return ToolCall(name, args, TOOL_ERROR_OBSERVATION, False, False, problem)
+        key = cache_key(name, arguments)
+        if key in self.cache:
+            self.stats["cache_hits"] += 1
+            hit = self.cache[key]
+            if not hit["ok"]:
+                self.stats["errors"] += 1
+            return ToolCall(name, arguments, hit["observation"], hit["ok"], True, hit.get("error", ""))
+        try:
+            observation, ok, error = str(tool.call(arguments)), True, ""
+        except Exception as err:  # a tool failure is an observation, not a crash (counted)
+            observation, ok, error = TOOL_ERROR_OBSERVATION, False, f"{type(err).__name__}: {err}"
+            self.stats["errors"] += 1
+        self.cache[key] = {"observation": observation, "ok": ok, "error": error}
+        return ToolCall(name, arguments, observation, ok, False, error)
+
+    def save(self) -> None:
+        """Write the cache atomically (temp file + rename)."""
+        if not self.cache_path:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".tool_cache")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.cache, f, sort_keys=True, ensure_ascii=False)
+        os.replace(tmp, self.cache_path)

@@ -1,0 +1,90 @@
+"""The tool interface: schema checks, the deterministic cache, errors as the fixed observation, sandboxed code."""
+import json
+
+import pytest
+
+from preflab.tools import (TOOL_ERROR_OBSERVATION, Calculator, DateCalculator, PythonInterpreter, ToolBox,
+                           evaluate_expression, validate_arguments)
+
+
+def test_calculator_is_arithmetic_not_eval():
+    assert evaluate_expression("3 + 4 * 2") == 11
+    assert Calculator().call({"expression": "0.1 + 0.2"}) == "0.3"
+    assert Calculator().call({"expression": "(2 ** 10) // 3 - max(1, 2)"}) == str(2 ** 10 // 3 - 2)
+    for bad in ("__import__('os').system('true')", "a + 1", "2 ** 10000", "(1).__class__"):
+        with pytest.raises((ValueError, SyntaxError)):
+            evaluate_expression(bad)
+
+
+def test_calendar_arithmetic():
+    tool = DateCalculator()
+    assert tool.call({"operation": "add_months", "date": "2024-01-31", "months": 1}) == "2024-02-29"
+    assert tool.call({"operation": "add_months", "date": "2023-12-15", "months": -13}) == "2022-11-15"
+    assert tool.call({"operation": "add_days", "date": "2024-02-28", "days": 2}) == "2024-03-01"
+    assert tool.call({"operation": "diff_days", "start": "2024-01-01", "end": "2025-01-01"}) == "366"
+    assert tool.call({"operation": "weekday", "date": "2026-12-04"}) == "Friday"
+
+
+def test_schema_validation_names_the_problem():
+    schema = Calculator.parameters
+    assert validate_arguments(schema, {"expression": "1"}) == ""
+    assert "missing required argument 'expression'" in validate_arguments(schema, {})
+    assert "must be string" in validate_arguments(schema, {"expression": 3})
+    assert "unknown argument 'x'" in validate_arguments(schema, {"expression": "1", "x": 1})
+    assert "must be one of" in validate_arguments(DateCalculator.parameters, {"operation": "explode"})
+
+
+class Flaky:
+    name, description = "Flaky", "fails on odd numbers"
+    parameters = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+    def __init__(self):
+        self.calls = 0
+
+    def call(self, arguments):
+        self.calls += 1
+        if arguments["n"] % 2:
+            raise RuntimeError("odd")
+        return f"ok {arguments['n']}"
+
+
+def test_errors_become_the_fixed_observation_and_are_counted(tmp_path):
+    flaky = Flaky()
+    box = ToolBox([flaky, Calculator()], cache_path=tmp_path / "cache.json")
+    assert box.call("Flaky", {"n": 2}).observation == "ok 2"
+    failed = box.call("Flaky", {"n": 3})
+    assert (failed.observation, failed.ok) == (TOOL_ERROR_OBSERVATION, False) and "odd" in failed.error
+    assert box.call("Nope", {}).observation == TOOL_ERROR_OBSERVATION
+    assert box.call("Calculator", {"expression": 5}).observation == TOOL_ERROR_OBSERVATION
+    assert box.call("Calculator", {"expression": "1/0"}).observation == TOOL_ERROR_OBSERVATION
+    assert box.stats == {"calls": 5, "cache_hits": 0, "errors": 4, "unknown_tool": 1, "bad_arguments": 1}
+
+
+def test_cache_makes_reruns_identical_and_never_requeries(tmp_path):
+    path = tmp_path / "cache.json"
+    first = Flaky()
+    box = ToolBox([first], cache_path=path)
+    calls = [box.call("Flaky", {"n": n}) for n in (2, 3, 2, 3)]
+    assert first.calls == 2 and [c.cached for c in calls] == [False, False, True, True]
+    box.save()
+    again = Flaky()
+    box2 = ToolBox([again], cache_path=path)
+    replay = [box2.call("Flaky", {"n": n}) for n in (2, 3)]
+    assert again.calls == 0
+    assert [(c.observation, c.ok) for c in replay] == [(c.observation, c.ok) for c in calls[:2]]
+    box2.save()
+    assert json.loads(path.read_text()) == box.cache
+
+
+@pytest.mark.slow
+def test_python_interpreter_runs_in_the_sandbox(tmp_path):
+    box = ToolBox([PythonInterpreter(timeout_s=5)])
+    assert box.call("PythonInterpreter", {"code": "print(sum(range(10)))"}).observation == "45"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    escape = (f"open({str(tmp_path / 'planted.txt')!r}, 'w').write('pwned')\n"
+              "import socket; socket.create_connection(('127.0.0.1', 1), timeout=1)")
+    result = box.call("PythonInterpreter", {"code": escape})
+    assert result.observation == TOOL_ERROR_OBSERVATION and not (tmp_path / "planted.txt").exists()
+    assert box.call("PythonInterpreter", {"code": "while True: pass"}).observation == TOOL_ERROR_OBSERVATION
