@@ -1,0 +1,94 @@
+"""The RAFT + DPO ladder-program recipe on a tiny model (seed #43): SFT on retrieval-augmented prompts, then DPO
+against graph-edit negatives; program-level accuracy (attribute-aware isomorphism) on held-out instructions.
+
+Runs offline on a built-in char-level Llama (like `preflab demo`); both stages are ordinary `preflab` runs of the
+offline Trainer (loss_type sft, then sigmoid), so checkpoints, resume, metrics and reports are the usual ones.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from preflab.config import config_from_dict
+from preflab.generate import generate_text
+from preflab.ladder.builders import dpo_rows, raft_rows
+from preflab.ladder.program import LadderError, isomorphic, parse_program
+from preflab.ladder.synthetic import make_ladder_rows
+from preflab.loops.offline import Trainer
+from preflab.models.load import frozen_copy
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.runlog import write_summary
+
+SFT = dict(loss_type="sft", learning_rate=3e-3, per_device_train_batch_size=16, max_steps=400, warmup_steps=10,
+           lr_scheduler_type="cosine")
+# DPO with an NLL term on the chosen program (RPO, seed #6; TRL's rpo_alpha): plain DPO against near-miss
+# negatives lowered the accuracy on this task (0.58 -> 0.30, both sides' likelihood fell), the NLL term keeps it up
+DPO = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], beta=0.5, learning_rate=3e-4,
+           per_device_train_batch_size=16, max_steps=250, warmup_steps=5, lr_scheduler_type="cosine")
+
+
+def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> tuple[float, float, list]:
+    """(share of programs isomorphic to the gold, share that parse, examples) under greedy decoding."""
+    ids = [[tokenizer.bos_token_id] + tokenizer(r["prompt"], add_special_tokens=False).input_ids for r in rows]
+    outs = generate_text(model, tokenizer, ids, max_new_tokens=max_new_tokens)
+    correct = valid = 0
+    examples = []
+    for row, out in zip(rows, outs):
+        text = out.strip().split("\nQ:")[0].strip()
+        try:
+            program, ok = parse_program(text), True
+        except LadderError:
+            program, ok = None, False
+        right = ok and isomorphic(program, parse_program(row["program_text"]))
+        valid += ok
+        correct += right
+        examples.append({"instruction": row["instruction"], "gold": row["program_text"], "output": text,
+                         "correct": bool(right)})
+    return correct / len(rows), valid / len(rows), examples
+
+
+def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: int = 64, retrieve_k: int = 1,
+                    sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False) -> dict:
+    torch.set_num_threads(1)
+    out, started = Path(output_dir), time.perf_counter()
+    rows = make_ladder_rows(n_train + n_test, seed=seed)
+    train, test = rows[:n_train], rows[n_train:]
+    train_aug = raft_rows(train, train, retrieve_k, same_split=True)
+    test_aug = raft_rows(train, test, retrieve_k, same_split=False)
+    sft_pairs, sft_counts = dpo_rows(train_aug, seed=seed)  # chosen = gold; the sft loss reads the chosen side
+    dpo_pairs, dpo_counts = dpo_rows(train_aug, seed=seed + 1)
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, payload in (("sft.jsonl", sft_pairs), ("dpo.jsonl", dpo_pairs)):
+        (data / name).write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
+                                         for r in payload))
+    tokenizer = tiny_tokenizer("char")
+    model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=96, num_layers=2, num_heads=4, seed=seed)
+    common = dict(model_name_or_path="builtin:tiny-llama", max_length=192, seed=seed, logging_steps=10,
+                  disable_tqdm=quiet, use_cpu=True)
+    say = (lambda *a: None) if quiet else print
+    base_acc, _, _ = program_accuracy(model, tokenizer, test_aug)
+    say("raft_ladder: stage 1/2, SFT on retrieval-augmented prompts")
+    Trainer(config_from_dict({**common, **SFT, **({"max_steps": sft_steps} if sft_steps else {}),
+                              "dataset_name": str(data / "sft.jsonl"), "output_dir": str(out / "sft")}),
+            policy=model, ref=None, tokenizer=tokenizer).train()
+    sft_acc, sft_valid, sft_examples = program_accuracy(model, tokenizer, test_aug)
+    say(f"raft_ladder: program accuracy after SFT {sft_acc:.3f} (valid {sft_valid:.3f})")
+    say("raft_ladder: stage 2/2, DPO against graph-edit negatives")
+    Trainer(config_from_dict({**common, **DPO, **({"max_steps": dpo_steps} if dpo_steps else {}),
+                              "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(out / "dpo")}),
+            policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
+    dpo_acc, dpo_valid, dpo_examples = program_accuracy(model, tokenizer, test_aug)
+    say(f"raft_ladder: program accuracy after DPO {dpo_acc:.3f} (after SFT {sft_acc:.3f})")
+    summary = {"recipe": "raft_ladder", "metric_name": "program_accuracy_isomorphism",
+               "metric_before": sft_acc, "metric_after": dpo_acc, "metric_untrained": base_acc,
+               "valid_program_rate_before": sft_valid, "valid_program_rate_after": dpo_valid,
+               "baseline": "the same model after the RAFT SFT stage, before DPO", "heldout": len(test),
+               "retrieve_k": retrieve_k, "negatives": dpo_counts, "seed": seed,
+               "examples_before": sft_examples[:6], "examples_after": dpo_examples[:6],
+               "runtime_s": time.perf_counter() - started}
+    write_summary(out, summary)
+    return summary

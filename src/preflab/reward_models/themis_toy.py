@@ -1,0 +1,144 @@
+"""Themis's arithmetic toy (models-and-loops.md #44, demo): does a reward model that calls a calculator beat the
+same reward model without tool traces on held-out magnitudes?
+
+Questions "a+b*c"; the positive answer is the value, the negative is off by one. Traces: Thought -> Action:
+Calculator -> Action Input: the expression -> Observation: the calculator's value -> Work: whether the answer
+matches. Two tiny char-level reward models are trained the same way (`RewardRun`, LM + 0.5 BT loss): one on the
+traces, one without (the assistant turn is empty). At evaluation, on operands larger than any seen in training,
+the tool-using model writes its own trace and the calculator runs for real (`score_with_tools`); pairwise accuracy
+of both goes to summary.json.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from preflab.config import config_from_dict
+from preflab.objectives.base import ObjectiveOutput
+from preflab.reward_models.themis import (SPECIAL_TOKENS, TaraAnswer, TaraRow, ThemisModel, ToolStep, encode,
+                                          score_with_tools, segments, themis_losses)
+from preflab.reward_models.train import RewardRun
+from preflab.runlog import write_summary
+from preflab.tools import Calculator, ToolBox
+from preflab.tools.calculator import evaluate_expression
+
+
+def arithmetic_rows(n: int, low: int, high: int, seed: int) -> list[TaraRow]:
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        a, b, c = (rng.randint(low, high) for _ in range(3))
+        expr = f"{a}+{b}*{c}"
+        value = evaluate_expression(expr)
+        wrong = value + rng.choice([-1, 1])
+
+        def answer(x, right):
+            step = ToolStep("I need to compute the expression.", "Calculator", expr, str(value))
+            return TaraAnswer(str(x), [step], "the answer matches." if right else "the answer does not match.")
+        rows.append(TaraRow(expr, None, answer(value, True), answer(wrong, False)))
+    return rows
+
+
+@dataclass
+class ThemisBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    row_ids: list[int]
+    num_tokens: int
+
+
+def make_collate(tokenizer, with_trace: bool, max_length: int = 256):
+    pad = tokenizer.pad_token_id
+
+    def collate(items):
+        encoded = [encode(segments(r, r.positive, True, with_trace), tokenizer, max_length=max_length)
+                   for _, r in items]
+        encoded += [encode(segments(r, r.negative, False, with_trace), tokenizer, max_length=max_length)
+                    for _, r in items]
+        width = max(len(e["input_ids"]) for e in encoded)
+        ids = torch.full((len(encoded), width), pad)
+        labels = torch.full((len(encoded), width), -100)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            n = len(e["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+        return ThemisBatch(ids, mask, labels, [i for i, _ in items], int(mask.sum()))
+    return collate
+
+
+def themis_loss_fn(model, mb: ThemisBatch) -> ObjectiveOutput:
+    logits, rewards = model(mb.input_ids, mb.attention_mask)
+    losses, lm, bt = themis_losses(logits, mb.labels, rewards)
+    n = len(mb.row_ids)
+    return ObjectiveOutput(losses.mean(), losses, {"lm_loss": lm.mean().detach(), "bt_loss": bt.mean().detach(),
+                                                   "rewards/accuracies": (rewards[:n] > rewards[n:]).float().mean()})
+
+
+def themis_tokenizer():
+    from preflab.models.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("char")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    return tokenizer
+
+
+def train_themis(rows, tokenizer, with_trace: bool, output_dir: Path, steps: int, seed: int = 0,
+                 quiet: bool = True) -> ThemisModel:
+    from preflab.models.tiny import tiny_causal_lm
+
+    lm = tiny_causal_lm(tokenizer, arch="llama", vocab_size=len(tokenizer), hidden_size=96, num_layers=2,
+                        num_heads=4, seed=seed)
+    model = ThemisModel(lm)
+    cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name="(in memory)",
+                                learning_rate=2e-3, per_device_train_batch_size=16, max_steps=steps, warmup_steps=10,
+                                lr_scheduler_type="cosine", logging_steps=20, seed=seed, disable_tqdm=quiet,
+                                use_cpu=True, output_dir=str(output_dir)))
+    run = RewardRun(cfg, model, tokenizer, list(enumerate(rows)), make_collate(tokenizer, with_trace),
+                    themis_loss_fn, reward_info={"head": "themis", "with_trace": with_trace})
+    run.train()
+    return run.acc.unwrap_model(run.model)
+
+
+def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) -> tuple[float, dict]:
+    model.eval()
+    correct, calls, errors = 0, 0, 0
+    for r in rows:
+        if with_trace:
+            pos = score_with_tools(model, tokenizer, r.question, r.positive.answer, toolbox)
+            neg = score_with_tools(model, tokenizer, r.question, r.negative.answer, toolbox)
+            rp, rn = pos["reward"], neg["reward"]
+            calls += pos["tool_calls"] + neg["tool_calls"]
+            errors += pos["tool_errors"] + neg["tool_errors"]
+        else:
+            batch = make_collate(tokenizer, False)([(0, r)])
+            with torch.no_grad():
+                _, rewards = model(batch.input_ids, batch.attention_mask)
+            rp, rn = float(rewards[0]), float(rewards[1])
+        correct += rp > rn
+    return correct / len(rows), {"tool_calls": calls, "tool_errors": errors}
+
+
+def run_themis_arithmetic(output_dir: str, steps: int = 300, n_train: int = 800, n_test: int = 64, seed: int = 0,
+                          quiet: bool = True) -> dict:
+    torch.set_num_threads(1)
+    out, started = Path(output_dir), time.perf_counter()
+    train = arithmetic_rows(n_train, 0, 9, seed)
+    test = arithmetic_rows(n_test, 10, 30, seed + 1)  # held-out magnitudes
+    tokenizer = themis_tokenizer()
+    with_tools = train_themis(train, tokenizer, True, out / "with_traces", steps, seed, quiet)
+    without = train_themis(train, tokenizer, False, out / "without_traces", steps, seed, quiet)
+    toolbox = ToolBox([Calculator()], cache_path=out / "tool_cache.json")
+    acc_tools, tool_stats = pairwise_accuracy(with_tools, tokenizer, test, True, toolbox)
+    toolbox.save()
+    acc_plain, _ = pairwise_accuracy(without, tokenizer, test, False)
+    summary = {"recipe": "themis", "metric_name": "pairwise_accuracy_heldout_magnitudes",
+               "metric_before": acc_plain, "metric_after": acc_tools,
+               "baseline": "the same reward model trained and scored without tool traces",
+               "heldout_pairs": len(test), "train_pairs": len(train), "steps": steps, **tool_stats,
+               "toolbox": toolbox.stats, "runtime_s": time.perf_counter() - started}
+    write_summary(out, summary)
+    return summary

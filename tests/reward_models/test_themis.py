@@ -1,0 +1,121 @@
+"""Themis (seed #44): the exact checks of models-and-loops.md #44.4."""
+import math
+
+import pytest
+import torch
+
+from preflab.errors import DataError
+from preflab.reward_models.themis import (START_OBSERVATION, START_WORK, ThemisModel, encode, parse_tara_row,
+                                          score_with_tools, segments, themis_losses)
+from preflab.reward_models.themis_toy import themis_tokenizer
+from preflab.tools import TOOL_ERROR_OBSERVATION, Calculator, ToolBox
+
+ROW = {"id": 1, "question": "What is 2+3*4?", "context": "school maths",
+       "pos_answer": {"answer": "14", "actions": "Thought: compute Action: Calculator.calc Action Input: 2+3*4 "
+                                                 "Observation: 14 Thought: check Action: Calculator Action Input: "
+                                                 "14-14 Observation: 0",
+                      "score_agent": {"explanation": "matches", "score": 1}},
+       "neg_answer": {"answer": "15", "actions": {"Thought": "compute", "Action": "Calculator",
+                                                  "Action Input": "2+3*4", "Observation": "14"},
+                      "score_agent": {"explanation": "does not match", "score": 0}}}
+
+
+def test_loss_composition_matches_the_spec_value():
+    # one scored token per sequence, V = 2: NLL = softplus(-x) for a target logit x; pick x so that LM = 1.7
+    x = -math.log(math.exp(1.7) - 1)
+    logits = torch.zeros(2, 2, 2)
+    logits[:, 0, 1] = x
+    labels = torch.tensor([[-100, 1], [-100, 1]])
+    losses, lm, bt = themis_losses(logits, labels, torch.tensor([0.8, 0.0]))
+    assert lm.item() == pytest.approx(1.7, abs=1e-6)
+    assert losses.item() == pytest.approx(1.885550, abs=1e-6)
+
+
+def test_tara_rows_parse_string_and_dict_actions():
+    row = parse_tara_row(ROW, "tara.jsonl row 1")
+    assert [s.action_input for s in row.positive.steps] == ["2+3*4", "14-14"]
+    assert row.negative.steps[0].observation == "14" and row.positive.rationale == "matches"
+    for field, bad in [("question", ""), ("pos_answer", {"actions": ""}),
+                       ("neg_answer", {"answer": "1", "actions": [{"Thought": "x"}]})]:
+        with pytest.raises(DataError, match=field):
+            parse_tara_row({**ROW, field: bad}, "tara.jsonl row 7")
+
+
+def test_label_masks_follow_the_code():
+    tok = themis_tokenizer()
+    row = parse_tara_row(ROW, "r")
+    pos, neg = segments(row, row.positive, True), segments(row, row.negative, False)
+    full = encode(pos, tok)
+    masked_prefix = len(tok("### USER:\nContext: school maths\nQuestion: What is 2+3*4?\n",
+                            add_special_tokens=False).input_ids) + 1  # + bos
+    assistant_header = len(tok("### ASSISTANT:\n", add_special_tokens=False).input_ids)
+    trained = sum(l != -100 for l in full["labels"])
+    assert trained == len(full["input_ids"]) - masked_prefix - assistant_header  # the answer is LM-trained
+    neg_enc = encode(neg, tok)
+    answer_len = len(tok("Answer: 15\n", add_special_tokens=False).input_ids)
+    assert sum(l != -100 for l in neg_enc["labels"]) == \
+        len(neg_enc["input_ids"]) - (masked_prefix + answer_len + assistant_header)
+    no_obs = encode(pos, tok, no_observation=True)
+    obs_tokens = sum(len(tok(f" Observation: {o}\n", add_special_tokens=False).input_ids) for o in ("14", "0"))
+    assert sum(l != -100 for l in no_obs["labels"]) == trained - obs_tokens
+    assert tok.convert_tokens_to_ids(START_OBSERVATION) in full["input_ids"]
+
+
+def test_reward_is_read_at_the_last_real_token_with_either_padding():
+    from preflab.models.tiny import tiny_causal_lm
+
+    tok = themis_tokenizer()
+    model = ThemisModel(tiny_causal_lm(tok, vocab_size=len(tok), seed=0)).eval()
+    torch.nn.init.normal_(model.value_head.weight)
+    a, b = tok("12+3", add_special_tokens=False).input_ids, tok("7", add_special_tokens=False).input_ids
+    pad = tok.pad_token_id
+    right = torch.tensor([a, b + [pad] * (len(a) - len(b))])
+    left = torch.tensor([a, [pad] * (len(a) - len(b)) + b])
+    mask_r = (torch.arange(len(a)) < torch.tensor([[len(a)], [len(b)]])).long()
+    mask_l = mask_r.flip(-1)
+    with torch.no_grad():
+        _, r_right = model(right, mask_r)
+        _, r_left = model(left, mask_l)
+        _, r_alone = model(torch.tensor([b]), torch.ones(1, len(b), dtype=torch.long))
+    assert torch.allclose(r_right, r_left, atol=1e-5) and r_right[1].item() == pytest.approx(r_alone.item(), abs=1e-5)
+
+
+class ScriptedLM(torch.nn.Module):
+    """Emits the same tool call every round (and a rationale when asked), whatever the input."""
+
+    def __init__(self, tok, action_input):
+        super().__init__()
+        self.tok, self.action_input = tok, action_input
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, input_ids, **kwargs):
+        text = self.tok.decode(input_ids[0].tolist(), skip_special_tokens=False)
+        if text.rstrip().endswith("Work:"):
+            piece = " fine" + self.tok.eos_token
+        else:
+            piece = f"<start_tool> Thought: use it\nAction: Calculator\nAction Input: {self.action_input}\n" \
+                    f"{START_OBSERVATION}"
+        new = self.tok(piece, add_special_tokens=False).input_ids
+        return torch.cat([input_ids, torch.tensor([new])], dim=1)
+
+
+class ScriptedThemis:
+    def __init__(self, tok, action_input):
+        self.lm = ScriptedLM(tok, action_input)
+
+    def __call__(self, ids, mask):
+        return None, torch.tensor([float(ids.shape[1])])
+
+
+@pytest.mark.parametrize("action_input,observation,errors", [("2+3*4", "14", 0), ("2+", TOOL_ERROR_OBSERVATION, 3)])
+def test_tool_loop_stops_after_max_interactions_and_is_reproducible(tmp_path, action_input, observation, errors):
+    tok = themis_tokenizer()
+    box = ToolBox([Calculator()], cache_path=tmp_path / "cache.json")
+    first = score_with_tools(ScriptedThemis(tok, action_input), tok, "2+3*4", "14", box, max_interactions=3)
+    assert first["tool_calls"] == 3 and first["tool_errors"] == errors
+    assert first["trace"].count(f"Observation: {observation}\n") == 3 == first["trace"].count(START_OBSERVATION)
+    assert first["trace"].count(START_WORK) == 1 and first["trace"].rstrip().endswith("fine" + tok.eos_token)
+    box.save()
+    again = score_with_tools(ScriptedThemis(tok, action_input), tok, "2+3*4", "14",
+                             ToolBox([Calculator()], cache_path=tmp_path / "cache.json"), max_interactions=3)
+    assert again == first
