@@ -276,3 +276,123 @@ def test_resume_refuses_meaning_changes_and_notes_harmless_ones(tmp_path, capsys
     summary, _ = run(out, max_steps=4, resume_from_checkpoint=ckpt, beta=3.0, allow_config_change=True)
     assert summary["resumed_from_step"] == 2
     assert "beta (0.1 -> 3.0)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 18.8: the weights after the update
+def _linear_step(lr, monkeypatch=None):
+    from preflab.objectives.base import ObjectiveOutput
+    from preflab.step import optimizer_step
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(layer.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    before = [p.detach().clone() for p in layer.parameters()]
+
+    def forward(mb):
+        losses = layer(torch.ones(2, 4)).squeeze(-1) ** 2
+        return ObjectiveOutput(loss=losses.mean(), losses=losses, metrics={})
+
+    result = optimizer_step([SimpleNamespace(row_ids=[0, 1])], forward, list(layer.parameters()), opt, sched)
+    return result, layer, opt, sched, before
+
+
+def test_an_update_that_makes_weights_nonfinite_is_rolled_back_and_skipped(monkeypatch):
+    result, layer, opt, sched, before = _linear_step(1e308)
+    assert result.skipped and result.nonfinite_weights
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before))
+    assert opt.state_dict()["state"] == {} and sched.last_epoch == 0  # optimizer and schedule untouched
+    import preflab.weight_guard as guard
+
+    def no_copy(*a, **k):
+        raise AssertionError("a normal step must not copy the weights")
+
+    monkeypatch.setattr(guard, "Snapshot", no_copy)
+    result, layer, opt, sched, before = _linear_step(1e-2)
+    assert not result.skipped and sched.last_epoch == 1
+    assert not torch.equal(next(layer.parameters()), before[0])
+
+
+def test_huge_learning_rate_stops_with_the_last_good_weights(tmp_path):
+    from preflab.errors import NonFiniteError
+    from preflab.models.tiny import tiny_tokenizer
+
+    with pytest.raises(NonFiniteError, match="would have made the weights inf/NaN") as err:
+        run(tmp_path, learning_rate=1e308, max_steps=3)
+    assert str(tmp_path / "checkpoint-3") in str(err.value)
+    saved = weights(tmp_path / "checkpoint-3")
+    initial = tiny_causal_lm(tiny_tokenizer(), seed=0).state_dict()
+    assert all(torch.equal(saved[k], initial[k]) for k in saved), "the checkpoint must hold the last good weights"
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["nonfinite_what"] for r in rows if r.get("nonfinite")] == ["weights"] * 3
+
+
+# ---------------------------------------------------------------- 19.2, 11.12, 19: what exact resume needs
+def _objectives_with_parameters():
+    from preflab.objectives import list_objectives, objective_class
+
+    return [n for n in list_objectives() if issubclass(objective_class(n), torch.nn.Module)]
+
+
+def test_objectives_with_parameters_are_discovered():
+    assert "sparsepo" in _objectives_with_parameters()
+
+
+def _resume_at_3_of_6(out, monkeypatch=None, **kw):
+    """Uninterrupted 6 steps (checkpoint at 3), then resume from checkpoint-3; (straight, resumed) results."""
+    straight, trainer = run(out, max_steps=6, save_steps=3, **kw)
+    final = weights(out)
+    extras = {k: v.clone() for k, v in trainer.checkpoint_extras().items()}
+    resumed, trainer = run(out, max_steps=6, save_steps=3, resume_from_checkpoint=str(out / "checkpoint-3"), **kw)
+    assert resumed["resumed_from_step"] == 3
+    return (final, extras), (weights(out), trainer.checkpoint_extras())
+
+
+@pytest.mark.parametrize("name", _objectives_with_parameters())
+def test_exact_resume_with_an_objective_that_has_parameters(tmp_path, name):
+    (w0, e0), (w1, e1) = _resume_at_3_of_6(tmp_path, loss_type=name, learning_rate=1e-2)
+    assert e0 and set(e0) == set(e1)
+    saved = load_file(str(tmp_path / "checkpoint-3" / "extra.safetensors"))
+    assert max((saved[k] - e0[k]).abs().max().item() for k in e0) > 1e-4, "the objective's parameters must train"
+    assert max((e0[k] - e1[k]).abs().max().item() for k in e0) <= 1e-6
+    assert max_diff(w0, w1) <= 1e-6
+
+
+def test_resume_restores_the_rng_that_dropout_draws_from(tmp_path, monkeypatch):
+    kw = dict(tiny_arch="gpt2", disable_dropout=False, learning_rate=1e-2)
+    (w0, _), (w1, _) = _resume_at_3_of_6(tmp_path, **kw)
+    assert max_diff(w0, w1) <= 1e-6
+    # the test has teeth: without restoring the torch RNG, dropout draws other masks and the result moves
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    run(tmp_path, max_steps=6, save_steps=3, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), **kw)
+    assert max_diff(w0, weights(tmp_path)) > 1e-5
+
+
+def test_resume_and_save_total_limit_order_checkpoints_by_step_not_name(tmp_path):
+    model, opt, sched = _model_and_optimizer()
+    for step in (8, 9, 10):
+        save_checkpoint(tmp_path, step, model, opt, sched, {}, save_total_limit=2)
+    assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-9", tmp_path / "checkpoint-10"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert ck.resume_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+
+
+def test_scheduler_does_not_advance_on_a_skipped_step(tmp_path, monkeypatch):
+    from preflab.loops.offline import Trainer
+
+    original, calls = Trainer.forward, {"n": 0}
+
+    def nan_at_step_2(self, mb):
+        calls["n"] += 1
+        out = original(self, mb)
+        if calls["n"] == 2:
+            out.loss, out.losses = out.loss * float("nan"), out.losses * float("nan")
+        return out
+
+    monkeypatch.setattr(Trainer, "forward", nan_at_step_2)
+    run(tmp_path, max_steps=4, learning_rate=1e-3, lr_scheduler_type="linear")
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    lrs = [r["learning_rate"] for r in rows if "learning_rate" in r]
+    # linear decay over 4 steps; the skipped step 2 leaves the schedule where step 1 left it
+    assert lrs == pytest.approx([1e-3 * 0.75, 1e-3 * 0.75, 1e-3 * 0.5, 1e-3 * 0.25], rel=1e-9)

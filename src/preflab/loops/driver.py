@@ -146,13 +146,18 @@ class TrainingRun:
             bar.update(result, tokens)
             if result.skipped:
                 bad_in_row += 1
-                nonfinite.append({"step": step + 1, "row_ids": result.row_ids})
-                log.write({"step": step + 1, "nonfinite": True, "row_ids": result.row_ids})
+                what = "weights" if result.nonfinite_weights else "loss_or_grad"
+                nonfinite.append({"step": step + 1, "row_ids": result.row_ids, "nonfinite": what})
+                log.write({"step": step + 1, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
                 if bad_in_row >= cfg.max_nonfinite_steps:
                     path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                    cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
+                             f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
+                             "the loss or gradient norm was inf/NaN")
                     raise NonFiniteError(
-                        f"{bad_in_row} non-finite steps in a row (last rows {result.row_ids}); the weights are those "
-                        f"from before the first bad step, saved in {path}. Lower the learning rate or check the data.")
+                        f"{bad_in_row} non-finite steps in a row (last: {cause}; rows {result.row_ids}); the weights "
+                        f"are those from before the first bad step, saved in {path}. Lower the learning rate or "
+                        "check the data.")
             else:
                 bad_in_row = 0
             window.append(result)
