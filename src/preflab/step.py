@@ -78,11 +78,12 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             p.grad /= world
     all_params = list(params) + list(extra_params)
     grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
-    # [bad, max |weight|, grad norm] in the one host sync of the step; sums over ranks bound the last two
-    flags = torch.stack([torch.tensor(1.0 if bad else 0.0, device=grad_norm.device),
-                         (~torch.isfinite(grad_norm)).float(), weight_guard.max_abs(all_params).to(grad_norm.device),
-                         grad_norm.detach().float()]).to(_device(accelerator))
-    flags = _reduce_sum(accelerator, flags).tolist()
+    # [bad loss, bad grad norm, bound of max |weight|, grad norm] in the one host sync of the step (sums over ranks
+    # bound the last two)
+    dev = grad_norm.device
+    flags = torch.stack([torch.tensor(1.0 if bad else 0.0, device=dev), (~torch.isfinite(grad_norm)).float(),
+                         weight_guard.max_abs_bound(all_params).to(dev), grad_norm.detach().float()])
+    flags = _reduce_sum(accelerator, flags.to(_device(accelerator))).tolist()
     skipped, weights_bad = flags[0] + flags[1] > 0, False
     if not skipped:
         risky = weight_guard.update_could_overflow(optimizer, flags[2], flags[3])

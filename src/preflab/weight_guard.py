@@ -15,8 +15,9 @@ overflow, decided from a bound:
     dtype's largest finite value, or is not finite; then the weights and optimizer state are copied, the step is
     taken, the weights checked, and a non-finite result is rolled back and reported as a skipped step.
 
-Cost on a normal step: one fused max-abs over the trainable parameters (one read of the weights) whose result
-rides in the step's existing flag all-reduce, so no extra host sync and no extra memory. Only a risky step (an
+Cost on a normal step: one fused norm over the trainable parameters (one read of the weights: 8 ms against 43 ms
+for the fused AdamW step of an 8.8M-parameter model on one loaded CPU core) whose result rides in the step's
+existing flag all-reduce, so no extra host sync and no extra memory. Only a risky step (an
 absurd learning rate or weights near the dtype's range) pays the copy and one more sync. An optimizer other than
 Adam/AdamW has no bound: every step is treated as risky (exact, but 3x memory); preflab itself builds AdamW.
 """
@@ -28,12 +29,14 @@ import math
 import torch
 
 
-def max_abs(params: list[torch.Tensor]) -> torch.Tensor:
-    """max |p| over all tensors as a 0-dim float32 tensor on their device (NaN/inf when a weight is not finite)."""
+def max_abs_bound(params: list[torch.Tensor]) -> torch.Tensor:
+    """An upper bound of max |p| over all tensors: the largest per-tensor L2 norm (one fused kernel; the fused
+    max-abs norm is 15x slower on CPU). 0-dim float32 on the tensors' device; NaN/inf when a weight is not finite
+    (or the norm overflows, which only makes the bound more careful)."""
     tensors = [p.detach() for p in params]
     if not tensors:
         return torch.zeros(())
-    return torch.stack([n.float() for n in torch._foreach_norm(tensors, float("inf"))]).max()
+    return torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)]).max()
 
 
 def _inner(optimizer):
@@ -41,7 +44,8 @@ def _inner(optimizer):
 
 
 def update_could_overflow(optimizer, weights_max_abs: float, grad_norm: float) -> bool:
-    """Whether the next optimizer.step() could produce a non-finite weight (see the module docstring)."""
+    """Whether the next optimizer.step() could produce a non-finite weight (see the module docstring);
+    weights_max_abs may be any upper bound of max |p|, grad_norm of the gradient norm."""
     inner = _inner(optimizer)
     if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
         return True
@@ -80,5 +84,5 @@ class Snapshot:
 
 
 def all_finite(params: list[torch.Tensor]) -> torch.Tensor:
-    """0-dim bool tensor: every element of every tensor is finite (one fused kernel, no host sync)."""
-    return torch.isfinite(max_abs(params))
+    """0-dim bool tensor: every element of every tensor is finite (exact; no host sync)."""
+    return torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()

@@ -15,6 +15,7 @@ Used by preflab.loops.offline.Trainer (policies) and preflab.reward.train.Reward
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -236,8 +237,6 @@ class TrainingRun:
         else:
             path = Path(spec)
             verify_checkpoint(path)
-        import json
-
         saved = json.loads((path / "trainer_state.json").read_text())
         step = int(saved["global_step"])
         if step > self.total_steps:
