@@ -396,3 +396,27 @@ def test_scheduler_does_not_advance_on_a_skipped_step(tmp_path, monkeypatch):
     lrs = [r["learning_rate"] for r in rows if "learning_rate" in r]
     # linear decay over 4 steps; the skipped step 2 leaves the schedule where step 1 left it
     assert lrs == pytest.approx([1e-3 * 0.75, 1e-3 * 0.75, 1e-3 * 0.5, 1e-3 * 0.25], rel=1e-9)
+
+
+def test_without_flock_the_pid_decides_and_another_hosts_lock_is_kept(tmp_path, monkeypatch):
+    import socket
+
+    import preflab.rundir as rundir
+
+    monkeypatch.setattr(rundir, "_try_flock", lambda fd: "unsupported")  # e.g. a network filesystem
+    lock = tmp_path / ".preflab.lock"
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": host, "started": "t0"}))  # a live process
+    with pytest.raises(PreflabError, match=f"in use by another preflab run \\(PID {os.getppid()} "):
+        rundir.acquire_lock(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": host, "started": "t0"}))
+    rundir.acquire_lock(tmp_path)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    rundir.release_output_dir(tmp_path)
+    assert not lock.exists()
+    monkeypatch.undo()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": "another-host", "started": "t0"}))
+    with pytest.raises(PreflabError, match="another host.*delete"):
+        rundir.acquire_lock(tmp_path)

@@ -107,19 +107,19 @@ def _describe(holder: dict) -> str:
             f"{holder.get('started', '?')}")
 
 
-def _try_flock(fd: int) -> bool:
-    """True when we got the lock, False when another process holds it; True too where flock is unsupported."""
+def _try_flock(fd: int) -> str:
+    """"locked" (we hold it), "busy" (another process does) or "unsupported" (no flock here: the PID decides)."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: the PID check alone decides
-        return True
+    except ImportError:
+        return "unsupported"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        return "locked"
     except OSError as err:
         if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return False
-        return True  # ENOLCK / EOPNOTSUPP (some network filesystems): fall back to the PID check
+            return "busy"
+        return "unsupported"  # ENOLCK / EOPNOTSUPP (some network filesystems)
 
 
 def acquire_lock(output_dir: Path) -> _Lock:
@@ -132,7 +132,8 @@ def acquire_lock(output_dir: Path) -> _Lock:
     host = socket.gethostname()
     for _ in range(5):  # retry when the file was replaced between open and flock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_flock(fd):
+        flock = _try_flock(fd)
+        if flock == "busy":
             os.close(fd)
             holder = _read_holder(path)
             raise PreflabError(
@@ -148,7 +149,8 @@ def acquire_lock(output_dir: Path) -> _Lock:
         holder = _read_holder(path)
         if holder.get("pid") and holder.get("pid") != os.getpid():
             same_host = holder.get("host") == host
-            if same_host and _pid_alive(int(holder["pid"])):
+            # holding the flock proves its holder is gone (a reused PID must not block us); without flock, the PID
+            if same_host and flock == "unsupported" and _pid_alive(int(holder["pid"])):
                 os.close(fd)
                 raise PreflabError(
                     f"output_dir {output_dir} is in use by another preflab run ({_describe(holder)}; lock file "
