@@ -268,7 +268,15 @@ def test_resume_refuses_meaning_changes_and_notes_harmless_ones(tmp_path, capsys
         run(out, max_steps=4, resume_from_checkpoint=ckpt, per_device_train_batch_size=2)
     with pytest.raises(ConfigError, match="at step 4, beyond this run's last step 3"):
         run(out, max_steps=3, resume_from_checkpoint=str(out / "checkpoint-4"))
-    capsys.readouterr()
+    import preflab.models.load as load
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the config change was refused")
+
+    with pytest.MonkeyPatch.context() as mp:  # refused before any model loads
+        mp.setattr(load, "load_models", no_model)
+        assert _cli(out, "resume_from_checkpoint=true", "beta=3.0", "model_name_or_path=builtin:tiny-llama") == 2
+    assert "beta (0.1 -> 3.0)" in capsys.readouterr().err
     summary, _ = run(out, max_steps=5, logging_steps=2, resume_from_checkpoint=ckpt)
     printed = capsys.readouterr().out
     assert "max_steps (4 -> 5)" in printed and "logging_steps (1 -> 2)" in printed

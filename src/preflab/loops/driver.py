@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (clean_interrupted_saves, load_checkpoint, resume_checkpoint, save_checkpoint,
-                                verify_checkpoint, write_timeline)
+from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
+                                save_checkpoint, verify_checkpoint, write_timeline)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
@@ -61,7 +61,23 @@ def make_accelerator(cfg):
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
         clean_interrupted_saves(cfg.output_dir)
+        _check_resume_config_early(cfg)
     return accelerator
+
+
+def _check_resume_config_early(cfg) -> None:
+    """Refuse a resume whose config changes the run's meaning before any model is loaded (the full check, with
+    notes and checksums, runs again at resume)."""
+    spec = cfg.resume_from_checkpoint
+    if spec in (None, False, "", "false"):
+        return
+    path = latest_checkpoint(cfg.output_dir) if spec in (True, "true", "latest") else Path(spec)
+    try:
+        saved = json.loads((path / "trainer_state.json").read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return  # a missing or damaged checkpoint is reported, with its file, at resume
+    if isinstance(saved, dict):
+        check_resume_config(saved.get("config"), cfg, path, note=lambda *a, **k: None)
 
 
 def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
