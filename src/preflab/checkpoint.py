@@ -1,16 +1,27 @@
-"""Atomic checkpoints with exact resume: safetensors + JSON only, never pickle.
+"""Atomic, verified checkpoints with exact resume: safetensors + JSON only, never pickle.
 
 checkpoint-<step>/ holds
     model.safetensors      the trainable parameters (all of them, or only LoRA adapters)
+    extra.safetensors      tensors outside the model the step updates (an objective's own parameters), if any
     optimizer.safetensors  optimizer state tensors; optimizer.json the rest of its state_dict
     rng.safetensors        torch (and CUDA) RNG states; rng.json python and numpy RNG states
-    trainer_state.json     global step, scheduler state, the metrics history position, the config hash
-    COMPLETE               written last; a directory without it is never picked as latest
-It is written to a temporary sibling directory and renamed into place, so a kill at any moment leaves either the
-previous checkpoint or the new complete one.
+    trainer_state.json     global step, scheduler state, the metrics history position, the config, the timeline
+    COMPLETE               written last: every other file's size and sha256; a directory without it is never picked
+Each file is fsynced, then the marker, then the directory; the folder is written under a temporary name and
+renamed into place. Replacing an existing checkpoint-<step> (after a rollback) renames the old one aside, renames
+the new one in, then deletes the old one, so a kill at any moment leaves a complete checkpoint under every
+checkpoint-<step> name (clean_interrupted_saves puts an aside folder back when the kill fell between the renames).
+
+Timelines. Every run (every start of `train`) gets a run id; its timeline is the timeline of the checkpoint it
+resumed from plus [run id, start step] (a fresh start: just [run id, 0]). It is stored in trainer_state.json and,
+for the run now in charge of output_dir, in output_dir/timeline.json. A checkpoint is on the current timeline
+when it was written by a run of that timeline before the next run of the timeline started from a checkpoint (at a
+step <= that run's start step). `resume_from_checkpoint: true` resumes the newest intact checkpoint (highest step)
+of the current timeline, so after a rollback to checkpoint-4 the abandoned run's checkpoint-8 is never picked.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -25,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from preflab.errors import PreflabError
 
 MARKER = "COMPLETE"
+TIMELINE_FILE = "timeline.json"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -72,9 +84,46 @@ def _rng_parts() -> tuple[dict, dict]:
     return tensors, meta
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_records(folder: Path) -> dict:
+    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != MARKER}
+
+
+def _aside_name(final: Path) -> Path:
+    return final.parent / f".old-{final.name}-{os.getpid()}"
+
+
+def _remove_atomically(folder: Path) -> None:
+    """Rename a checkpoint aside (it stops being a checkpoint at once), then delete it."""
+    aside = _aside_name(folder)
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict,
-                    save_total_limit: int | None = None) -> Path:
-    """Write checkpoint-<step> atomically; returns its path. A failure leaves earlier checkpoints untouched."""
+                    save_total_limit: int | None = None, extra_tensors: dict | None = None) -> Path:
+    """Write checkpoint-<step> atomically; returns its path. A failure leaves earlier checkpoints untouched.
+
+    extra_tensors: name -> tensor updated by the step outside `model` (saved to extra.safetensors).
+    save_total_limit: keep the newest (by step) that many checkpoints of this checkpoint's timeline.
+    Cost: every file is read back once for its sha256 (about 1 s per GB on one core) and fsynced.
+    """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
@@ -84,6 +133,9 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        if extra_tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()},
+                      str(tmp / "extra.safetensors"))
         opt_tensors, opt_meta = _optimizer_parts(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", opt_meta)
@@ -92,12 +144,19 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         _write_json(tmp / "rng.json", rng_meta)
         _write_json(tmp / "trainer_state.json",
                     {**state, "global_step": step, "scheduler": scheduler.state_dict() if scheduler else None})
-        _write_json(tmp / MARKER, {"step": step})
+        for path in tmp.iterdir():
+            _fsync_file(path)
+        _write_json(tmp / MARKER, {"step": step, "files": _file_records(tmp)})
         _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(output_dir)
+        if final.exists():  # replacing after a rollback: old aside, new in, then delete the old one
+            aside = _aside_name(final)
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            _fsync_dir(output_dir)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+            _fsync_dir(output_dir)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(
@@ -105,40 +164,169 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             "space or fix the permissions of output_dir, then resume."
         ) from err
     if save_total_limit:
-        for old in list_checkpoints(output_dir)[:-save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        timeline = state.get("timeline")
+        for old in list_checkpoints(output_dir, timeline)[:-save_total_limit]:
+            if old != final:
+                _remove_atomically(old)
     return final
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+def checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def _checkpoint_timeline(path: Path) -> list:
+    """[[run id, start step], ...] of the run that wrote the checkpoint; [["legacy", 0]] for older checkpoints."""
+    try:
+        timeline = json.loads((path / "trainer_state.json").read_text()).get("timeline")
+    except (OSError, ValueError, AttributeError):
+        return [["legacy", 0]]
+    return timeline if isinstance(timeline, list) and timeline else [["legacy", 0]]
+
+
+def on_timeline(path: Path, timeline: list | None) -> bool:
+    """Whether checkpoint `path` belongs to `timeline` (see the module docstring); None: every checkpoint does."""
+    if not timeline:
+        return True
+    writer = _checkpoint_timeline(path)[-1][0]
+    runs = [entry[0] for entry in timeline]
+    if writer not in runs:
+        return False
+    i = runs.index(writer)
+    return i == len(runs) - 1 or checkpoint_step(path) <= int(timeline[i + 1][1])
+
+
+def read_timeline(output_dir: str | Path) -> list | None:
+    """The timeline of the run in charge of output_dir (output_dir/timeline.json), None when there is none."""
+    try:
+        timeline = json.loads((Path(output_dir) / TIMELINE_FILE).read_text()).get("timeline")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return timeline if isinstance(timeline, list) and timeline else None
+
+
+def write_timeline(output_dir: str | Path, timeline: list) -> None:
+    path = Path(output_dir) / TIMELINE_FILE
+    tmp = path.with_suffix(".json.tmp")
+    _write_json(tmp, {"timeline": timeline})
+    os.replace(tmp, path)
+    _fsync_dir(Path(output_dir))
+
+
+def list_checkpoints(output_dir: str | Path, timeline: list | None = None) -> list[Path]:
+    """Complete checkpoints, lowest step first (checkpoint-9 before checkpoint-10); only those of `timeline` when
+    given."""
     output_dir = Path(output_dir)
     found = []
     for path in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
-        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / MARKER).is_file() and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path))
+        step = checkpoint_step(path)
+        if step is not None and (path / MARKER).is_file() and (path / "trainer_state.json").is_file() \
+                and on_timeline(path, timeline):
+            found.append((step, path))
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = list_checkpoints(output_dir)
+    """The highest-step complete checkpoint of output_dir's current timeline (not verified: see
+    resume_checkpoint)."""
+    found = list_checkpoints(output_dir, read_timeline(output_dir))
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
-    """Restore model, optimizer, scheduler and RNG state in place; returns trainer_state.json."""
+def verify_checkpoint(path: str | Path) -> None:
+    """PreflabError naming the file when a file of the checkpoint is missing, truncated or changed (sizes and
+    sha256 from the COMPLETE marker). Checkpoints written before checksums existed are only checked for files."""
+    path = Path(path)
+    try:
+        marker = json.loads((path / MARKER).read_text() or "{}")
+    except FileNotFoundError:
+        raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).") from None
+    except (OSError, ValueError) as err:
+        raise PreflabError(f"checkpoint {path}: its {MARKER} marker is unreadable ({err}).") from err
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if files is None:
+        files = {name: None for name in ("model.safetensors", "optimizer.safetensors", "optimizer.json",
+                                         "rng.safetensors", "rng.json", "trainer_state.json")}
+    for name, record in files.items():
+        file = path / name
+        if not file.is_file():
+            raise PreflabError(f"checkpoint {path} is damaged: {file} is missing.")
+        if record is None:
+            continue
+        size = file.stat().st_size
+        if size != record["size"]:
+            raise PreflabError(f"checkpoint {path} is damaged: {file} has {size} bytes, {record['size']} were "
+                               "written (truncated or overwritten).")
+        if _sha256(file) != record["sha256"]:
+            raise PreflabError(f"checkpoint {path} is damaged: the sha256 of {file} differs from the one written "
+                               "(the file's bytes changed after the save).")
+
+
+def resume_checkpoint(output_dir: str | Path, warn=print) -> Path | None:
+    """The newest intact checkpoint of output_dir's current timeline; a damaged newer one is skipped with a
+    warning naming its bad file. None when the timeline has no checkpoint; PreflabError when all are damaged."""
+    problems = []
+    for path in reversed(list_checkpoints(output_dir, read_timeline(output_dir))):
+        try:
+            verify_checkpoint(path)
+        except PreflabError as err:
+            problems.append(str(err))
+            warn(f"preflab: warning: {err} Falling back to an earlier checkpoint.")
+            continue
+        return path
+    if problems:
+        raise PreflabError(f"no intact checkpoint in {output_dir}: " + " ".join(problems))
+    return None
+
+
+def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
+    """Remove what killed saves left in output_dir (call only while holding its lock): .tmp-checkpoint-* folders,
+    and .old-checkpoint-* folders (put back under their name when the kill fell between the two renames)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return
+    for aside in output_dir.glob(".old-checkpoint-*"):
+        match = re.fullmatch(r"\.old-(checkpoint-\d+)-\d+", aside.name)
+        final = output_dir / match.group(1) if match else None
+        if final is not None and not final.exists() and (aside / MARKER).is_file():
+            os.replace(aside, final)
+            warn(f"preflab: note: restored {final} (a save that replaced it was interrupted).")
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    stale = list(output_dir.glob(".tmp-checkpoint-*"))
+    for tmp in stale:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if stale:
+        warn(f"preflab: note: removed {len(stale)} unfinished checkpoint folder(s) left by an interrupted save.")
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors: dict | None = None,
+                    verify: bool = True) -> dict:
+    """Restore model, optimizer, scheduler, RNG state and `extra_tensors` (name -> tensor, copied into in place)
+    in place; returns trainer_state.json. verify: check sizes and sha256 first (verify_checkpoint)."""
     path = Path(path)
     if not (path / MARKER).is_file():
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).")
+    if verify:
+        verify_checkpoint(path)
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing:
         raise PreflabError(f"checkpoint {path} lacks {len(missing)} trainable parameters, e.g. {missing[0]}.")
+    extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
+    lacking = sorted(set(extra_tensors or {}) - set(extra))
+    if lacking:
+        raise PreflabError(
+            f"checkpoint {path} lacks {len(lacking)} tensor(s) the training step updates outside the model, e.g. "
+            f"{lacking[0]!r} (an objective's own parameters; written by an older preflab?): resuming would not be "
+            "exact. Start the run again without resume_from_checkpoint.")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
+        for name, tensor in (extra_tensors or {}).items():
+            tensor.copy_(extra[name])
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     meta = json.loads((path / "optimizer.json").read_text())
     state = {}

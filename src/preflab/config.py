@@ -75,11 +75,13 @@ class TrainConfig:
     allow_pickle: bool = False                 # allow .bin/.pt weights (pickle); off: safetensors only
     # output
     output_dir: str = "outputs/preflab-run"
+    overwrite_output_dir: bool = False         # allow an output_dir that is not empty and not a preflab run
     logging_steps: int = 10
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_total_limit: int | None = None
     resume_from_checkpoint: Any = None         # true (latest in output_dir) or a checkpoint path
+    allow_config_change: bool = False          # resume even when options that change the run's meaning differ
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False

@@ -11,22 +11,46 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 
+# every per-step file a run appends to: truncated to the resume step on resume, removed on a fresh start
+APPENDED_FILES = ("metrics.jsonl", "pair_margins.jsonl")
+
+
+def truncate_jsonl(path: Path, resume_step: int | None) -> None:
+    """Keep the rows of `path` with "step" <= resume_step (a torn or unreadable line is dropped); resume_step
+    None: remove the file. Atomic (written aside, then renamed)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if resume_step is None:
+        path.unlink()
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            if isinstance(row, dict) and int(row.get("step", 0)) <= resume_step:
+                kept.append(line)
+        except (ValueError, TypeError):
+            continue  # a line torn by a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
 class MetricsLog:
     """Appends one JSON object per logged step to output_dir/metrics.jsonl (main process only).
 
-    On resume, rows after the resumed step are dropped first, so the file never holds a step twice.
+    On resume, rows after the resumed step are dropped first from metrics.jsonl and every other file in
+    APPENDED_FILES, so no file holds a step twice; a fresh start removes them.
     """
 
     def __init__(self, output_dir: Path, enabled: bool = True, resume_step: int | None = None, tracker=None):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.tracker = tracker  # optional callable(row), e.g. accelerate's trackers
-        if enabled and resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif enabled and resume_step is None and self.path.exists():
-            self.path.unlink()
+        if enabled:
+            for name in APPENDED_FILES:
+                truncate_jsonl(Path(output_dir) / name, resume_step)
 
     def write(self, row: dict) -> None:
         if not self.enabled:

@@ -6,6 +6,7 @@ One call = one optimizer step over this rank's micro-batches of a gradient-accum
     for each micro-batch: out = forward(mb); backward(sum(out.losses) * world_size / denom)
     grad_norm = clip(params, max_grad_norm); non-finite loss or norm -> skip the update (every rank agrees)
     optimizer.step(); scheduler.step(); zero_grad
+    an update that made a weight non-finite is rolled back and skipped too (preflab.weight_guard)
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
@@ -20,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from preflab import weight_guard
+
 
 @dataclass
 class StepResult:
@@ -29,6 +32,7 @@ class StepResult:
     skipped: bool
     num_examples: int
     row_ids: list[int] = field(default_factory=list)
+    nonfinite_weights: bool = False  # skipped because the update would have made a weight inf/NaN
 
 
 def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
@@ -74,21 +78,31 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             p.grad /= world
     all_params = list(params) + list(extra_params)
     grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
-    bad_flag = torch.tensor([1.0 if (bad or not torch.isfinite(grad_norm)) else 0.0], device=_device(accelerator))
-    skipped = bool(_reduce_sum(accelerator, bad_flag).item() > 0)
-    if skipped:
-        optimizer.zero_grad(set_to_none=True)
-    else:
+    # [bad loss, bad grad norm, bound of max |weight|, grad norm] in the one host sync of the step (sums over ranks
+    # bound the last two)
+    dev = grad_norm.device
+    flags = torch.stack([torch.tensor(1.0 if bad else 0.0, device=dev), (~torch.isfinite(grad_norm)).float(),
+                         weight_guard.max_abs_bound(all_params).to(dev), grad_norm.detach().float()])
+    flags = _reduce_sum(accelerator, flags.to(_device(accelerator))).tolist()
+    skipped, weights_bad = flags[0] + flags[1] > 0, False
+    if not skipped:
+        risky = weight_guard.update_could_overflow(optimizer, flags[2], flags[3])
+        snapshot = weight_guard.Snapshot(all_params, optimizer) if risky else None
         optimizer.step()
-        if scheduler is not None:
+        if snapshot is not None and _reduce_sum(accelerator, (~weight_guard.all_finite(all_params)).float().reshape(1)
+                                                .to(_device(accelerator))).item() > 0:
+            snapshot.restore()
+            skipped = weights_bad = True
+        elif scheduler is not None:
             scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     keys = sorted(metric_sums)
     totals = _reduce_sum(accelerator, torch.tensor([loss_sum] + [metric_sums[k] for k in keys],
                                                     dtype=torch.float64, device=_device(accelerator)))
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
     return StepResult(loss=float(totals[0]) / denom, metrics={k: float(v) / denom for k, v in zip(keys, totals[1:])},
-                      grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids)
+                      grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids,
+                      nonfinite_weights=weights_bad)
 
 
 def _device(accelerator):

@@ -15,16 +15,21 @@ Used by preflab.loops.offline.Trainer (policies) and preflab.reward_models.train
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+import uuid
 from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from preflab.errors import NonFiniteError, PreflabError
+from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
+                                save_checkpoint, verify_checkpoint, write_timeline)
+from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
-from preflab.runlog import MetricsLog, Progress, ensure_output_dir, environment, write_summary
+from preflab.resume_check import check_resume_config
+from preflab.rundir import claim_output_dir, release_output_dir
+from preflab.runlog import MetricsLog, Progress, environment, write_summary
 from preflab.step import optimizer_step
 
 
@@ -53,9 +58,26 @@ def make_accelerator(cfg):
                               log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
                               project_dir=cfg.output_dir)
     set_seed(cfg.seed)
-    if accelerator.is_main_process:
-        ensure_output_dir(Path(cfg.output_dir))
+    if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
+        claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
+        clean_interrupted_saves(cfg.output_dir)
+        _check_resume_config_early(cfg)
     return accelerator
+
+
+def _check_resume_config_early(cfg) -> None:
+    """Refuse a resume whose config changes the run's meaning before any model is loaded (the full check, with
+    notes and checksums, runs again at resume)."""
+    spec = cfg.resume_from_checkpoint
+    if spec in (None, False, "", "false"):
+        return
+    path = latest_checkpoint(cfg.output_dir) if spec in (True, "true", "latest") else Path(spec)
+    try:
+        saved = json.loads((path / "trainer_state.json").read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return  # a missing or damaged checkpoint is reported, with its file, at resume
+    if isinstance(saved, dict):
+        check_resume_config(saved.get("config"), cfg, path, note=lambda *a, **k: None)
 
 
 def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
@@ -94,14 +116,34 @@ class TrainingRun:
     def write_card(self, summary: dict) -> None:
         pass
 
+    def checkpoint_extras(self) -> dict:
+        """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
+        buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
+        resume."""
+        objective = getattr(self, "objective", None)
+        if isinstance(objective, torch.nn.Module) and list(objective.state_dict()):
+            return {f"objective.{k}": v for k, v in objective.state_dict().items()}
+        return {f"extra_params.{i}": p for i, p in enumerate(self.extra_params)}
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
+        """Run the loop; output_dir's lock (taken by make_accelerator) is released at the end, error or not."""
+        try:
+            return self._train()
+        finally:
+            if self.accelerator.is_main_process:
+                release_output_dir(self.cfg.output_dir)
+
+    def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
         start_step = self._maybe_resume()
-        self.before_train()
+        acc.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            write_timeline(self.out, self.timeline)
+        self.before_train()
+        if self.main:
             cfg.save(self.out / "config.yaml")
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
                          tracker=self._start_trackers() if self.main else None)
@@ -121,13 +163,18 @@ class TrainingRun:
             bar.update(result, tokens)
             if result.skipped:
                 bad_in_row += 1
-                nonfinite.append({"step": step + 1, "row_ids": result.row_ids})
-                log.write({"step": step + 1, "nonfinite": True, "row_ids": result.row_ids})
+                what = "weights" if result.nonfinite_weights else "loss_or_grad"
+                nonfinite.append({"step": step + 1, "row_ids": result.row_ids, "nonfinite": what})
+                log.write({"step": step + 1, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
                 if bad_in_row >= cfg.max_nonfinite_steps:
                     path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                    cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
+                             f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
+                             "the loss or gradient norm was inf/NaN")
                     raise NonFiniteError(
-                        f"{bad_in_row} non-finite steps in a row (last rows {result.row_ids}); the weights are those "
-                        f"from before the first bad step, saved in {path}. Lower the learning rate or check the data.")
+                        f"{bad_in_row} non-finite steps in a row (last: {cause}; rows {result.row_ids}); the weights "
+                        f"are those from before the first bad step, saved in {path}. Lower the learning rate or "
+                        "check the data.")
             else:
                 bad_in_row = 0
             window.append(result)
@@ -184,21 +231,40 @@ class TrainingRun:
     # ------------------------------------------------------------------ persistence
     def _save(self, step: int, state: dict) -> Path:
         return save_checkpoint(self.out, step, self.accelerator.unwrap_model(self.checkpoint_module),
-                               self.optimizer, self.scheduler, {**state, "config": self.cfg.to_dict()},
-                               self.cfg.save_total_limit)
+                               self.optimizer, self.scheduler,
+                               {**state, "config": self.cfg.to_dict(), "timeline": self.timeline},
+                               self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras())
 
     def _maybe_resume(self) -> int:
+        """Restore the checkpoint resume_from_checkpoint names (true: the newest intact one of output_dir's
+        timeline, see preflab.checkpoint) and set this run's timeline; returns the step to start from."""
+        run_id = uuid.uuid4().hex[:12]
+        self.timeline = [[run_id, 0]]
         spec = self.cfg.resume_from_checkpoint
         if spec in (None, False, "", "false"):
             return 0
-        path = latest_checkpoint(self.out) if spec in (True, "true", "latest") else Path(spec)
-        if path is None:
-            raise PreflabError(f"resume_from_checkpoint is set but {self.out} holds no complete checkpoint.")
+        say = print if self.main else (lambda *a, **k: None)
+        if spec in (True, "true", "latest"):
+            path = resume_checkpoint(self.out, warn=say)
+            if path is None:
+                raise PreflabError(f"resume_from_checkpoint is true but {self.out} holds no complete checkpoint of "
+                                   "its current run (checkpoints of a run that was later rolled back or restarted "
+                                   "are not resumed by `true`; give the checkpoint's path to resume one of them).")
+        else:
+            path = Path(spec)
+            verify_checkpoint(path)
+        saved = json.loads((path / "trainer_state.json").read_text())
+        step = int(saved["global_step"])
+        if step > self.total_steps:
+            raise ConfigError(f"resume_from_checkpoint: {path} is at step {step}, beyond this run's last step "
+                              f"{self.total_steps} (max_steps / num_train_epochs); raise max_steps above {step}.")
+        check_resume_config(saved.get("config"), self.cfg, path, note=say)
         state = load_checkpoint(path, self.accelerator.unwrap_model(self.checkpoint_module), self.optimizer,
-                                self.scheduler)
-        if self.main:
-            print(f"preflab: resumed from {path} at step {state['global_step']}")
-        return int(state["global_step"])
+                                self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
+        parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]
+        self.timeline = [*parent, [run_id, step]]
+        say(f"preflab: resumed from {path} at step {step}")
+        return step
 
 
 def average_results(results) -> dict:

@@ -1,0 +1,67 @@
+"""Resuming with a changed config: which changes keep the run's meaning and which do not.
+
+compare_configs(saved, current) -> (harmless changes, meaning changes), each {key: (saved value, current value)}.
+A key in HARMLESS only changes how long the run goes on, what it logs or saves, or where it runs; every other key
+(the objective and its parameters, beta, data, model, batch sizes, seed, gradient_accumulation_steps, layout,
+optimizer settings, ...) changes what the resumed run computes, so check_resume_config refuses it unless
+`allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
+"""
+from __future__ import annotations
+
+from preflab.errors import ConfigError
+
+HARMLESS = frozenset({
+    "max_steps", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "save_total_limit",
+    "output_dir", "report_to",
+    "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",
+    "gradient_checkpointing", "chunk_tokens",
+})
+
+
+# options that steer this start of the run itself, never compared
+_NOT_COMPARED = frozenset({"resume_from_checkpoint", "allow_config_change", "overwrite_output_dir"})
+
+
+def compare_configs(saved: dict, current: dict, defaults: dict | None = None) -> tuple[dict, dict]:
+    """defaults: the current option defaults; a key the saved config lacks (an option added since) that is at its
+    default is no change."""
+    harmless, meaning = {}, {}
+    for key in sorted(set(saved) | set(current)):
+        if key in _NOT_COMPARED:
+            continue
+        before, after = saved.get(key), current.get(key)
+        if before == after or (key not in saved and defaults is not None and key in defaults
+                               and defaults[key] == after):
+            continue
+        (harmless if key in HARMLESS else meaning)[key] = (before, after)
+    return harmless, meaning
+
+
+def _show(changes: dict) -> str:
+    return ", ".join(f"{k} ({before!r} -> {after!r})" for k, (before, after) in changes.items())
+
+
+def check_resume_config(saved: dict | None, cfg, checkpoint, note=print) -> None:
+    """ConfigError listing the keys that change the run's meaning (unless cfg.allow_config_change); a note for
+    the rest. cfg: the current config (a dataclass)."""
+    import dataclasses
+
+    current = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cfg)}
+    allow_change = bool(getattr(cfg, "allow_config_change", False))
+    if not isinstance(saved, dict):
+        note(f"preflab: note: {checkpoint} holds no saved config (an older preflab); config changes cannot be "
+             "checked.")
+        return
+    harmless, meaning = compare_configs(saved, current, defaults)
+    if meaning and not allow_change:
+        raise ConfigError(
+            f"resume_from_checkpoint: the config differs from the one {checkpoint} was trained with in key(s) that "
+            f"change what the run computes: {_show(meaning)}. Resume with the original values, set "
+            "allow_config_change: true to continue with the new ones anyway, or start a new run in another "
+            "output_dir.")
+    if meaning:
+        note(f"preflab: note: resuming with changed config (allow_config_change: true): {_show(meaning)}.")
+    if harmless:
+        note(f"preflab: note: resuming with changed option(s): {_show(harmless)}.")

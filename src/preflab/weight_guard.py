@@ -1,0 +1,88 @@
+"""The non-finite guard on the weights after an update: an update that would make a weight inf or NaN is undone.
+
+A finite loss and gradient norm do not make a finite update: with learning_rate=1e308 the first AdamW step turns
+every weight into inf/NaN. Keeping a copy of the weights and the optimizer state before every step would undo that
+exactly but costs 3x the trainable parameters in memory, so the copy is taken only for a step that *could*
+overflow, decided from a bound:
+
+    Adam/AdamW (Kingma & Ba 2015, arXiv:1412.6980; Loshchilov & Hutter 2019, arXiv:1711.05101):
+        p' = p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps)
+    With m_t = (1-b1) sum_k b1^k g_(t-k), v_t = (1-b2) sum_k b2^k g_(t-k)^2 and Cauchy-Schwarz,
+        |m_t| / sqrt(v_t) <= (1-b1) / sqrt((1-b2) (1 - b1^2/b2))        (when b1^2 < b2)
+    and the bias corrections multiply this by sqrt(1-b2^t) / (1-b1^t) <= 1/(1-b1), so per element
+        |p'| <= max|p| |1 - lr wd| + lr / sqrt((1-b2) (1 - b1^2/b2)) = bound.
+    The step is "risky" when the bound (or the squared gradient norm, which feeds v) exceeds a quarter of the
+    dtype's largest finite value, or is not finite; then the weights and optimizer state are copied, the step is
+    taken, the weights checked, and a non-finite result is rolled back and reported as a skipped step.
+
+Cost on a normal step: one fused norm over the trainable parameters (one read of the weights: 8 ms against 43 ms
+for the fused AdamW step of an 8.8M-parameter model on one loaded CPU core) whose result rides in the step's
+existing flag all-reduce, so no extra host sync and no extra memory. Only a risky step (an
+absurd learning rate or weights near the dtype's range) pays the copy and one more sync. An optimizer other than
+Adam/AdamW has no bound: every step is treated as risky (exact, but 3x memory); preflab itself builds AdamW.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+
+def max_abs_bound(params: list[torch.Tensor]) -> torch.Tensor:
+    """An upper bound of max |p| over all tensors: the largest per-tensor L2 norm (one fused kernel; the fused
+    max-abs norm is 15x slower on CPU). 0-dim float32 on the tensors' device; NaN/inf when a weight is not finite
+    (or the norm overflows, which only makes the bound more careful)."""
+    tensors = [p.detach() for p in params]
+    if not tensors:
+        return torch.zeros(())
+    return torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)]).max()
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def update_could_overflow(optimizer, weights_max_abs: float, grad_norm: float) -> bool:
+    """Whether the next optimizer.step() could produce a non-finite weight (see the module docstring);
+    weights_max_abs may be any upper bound of max |p|, grad_norm of the gradient norm."""
+    inner = _inner(optimizer)
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        return True
+    if not (math.isfinite(weights_max_abs) and math.isfinite(grad_norm)):
+        return True
+    for group in inner.param_groups:
+        b1, b2 = group["betas"]
+        lr, wd, eps = float(group["lr"]), float(group.get("weight_decay", 0.0)), float(group["eps"])
+        if not (0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2 and eps > 0):
+            return True
+        decay = abs(1 - lr * wd) if isinstance(inner, torch.optim.AdamW) else 1.0
+        try:
+            bound = weights_max_abs * decay + lr / math.sqrt((1 - b2) * (1 - b1 * b1 / b2))
+        except OverflowError:
+            return True
+        limit = min(torch.finfo(p.dtype).max for p in group["params"]) / 4
+        if not math.isfinite(bound) or bound > limit or grad_norm * grad_norm > limit:
+            return True
+    return False
+
+
+class Snapshot:
+    """A copy of the trainable weights and the optimizer state, restorable in place."""
+
+    def __init__(self, params: list[torch.Tensor], optimizer):
+        self.params = list(params)
+        self.weights = [p.detach().clone() for p in self.params]
+        self.optimizer = _inner(optimizer)
+        self.state = copy.deepcopy(self.optimizer.state_dict())
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.params, self.weights):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(self.state)
+
+
+def all_finite(params: list[torch.Tensor]) -> torch.Tensor:
+    """0-dim bool tensor: every element of every tensor is finite (exact; no host sync)."""
+    return torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()
