@@ -28,6 +28,10 @@ class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
+        from preflab.config import preflight
+        from preflab.models.load import cap_max_length, max_positions
+
+        preflight(cfg, check_models=policy is None)
         self.cfg = cfg
         self.objective = cfg.objective()
         self.kind = kind_for(self.objective)
@@ -41,6 +45,8 @@ class Trainer(TrainingRun):
         self.tokenizer = tokenizer
         self.data_report = {}
         if train_data is None:
+            cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
+                                              cfg.trust_remote_code))
             train_data, eval_data, self.data_report = self.kind.prepare(cfg, tokenizer)
         self.train_data, self.eval_data = train_data, eval_data or []
         if policy is None:
@@ -61,6 +67,10 @@ class Trainer(TrainingRun):
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
+        if cfg.eval_strategy == "epoch" and not cfg.eval_steps:  # TRL's eval_strategy: epoch
+            cfg.eval_steps = self.plan.steps_per_epoch
+            if self.main:
+                print(f"preflab: note: eval_strategy: epoch -> eval_steps: {cfg.eval_steps} (one epoch).")
         self._build_optimizer()
 
     def _build_optimizer(self):
