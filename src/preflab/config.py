@@ -305,7 +305,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
         except ConfigError as err:
             errors.append(str(err))
             objective_fields = set()
-        options = list(hints) + sorted(objective_fields)
+        from preflab.config_trl import TRL_KEYS
+
+        options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
         for key in extra:
             if key not in objective_fields:
                 errors.append(f"unknown config key {key!r}.{_suggestion(key, options)}")
