@@ -124,3 +124,20 @@ def test_objectives_name_prints_parameters_with_meaning(capsys):
     out = capsys.readouterr().out
     assert "beta = 0.1  # inverse temperature of the implicit reward" in out
     assert "ld_alpha = None  # TRL's ld_alpha" in out
+
+
+def test_cli_hides_third_party_warnings_but_not_preflab_ones():
+    import warnings
+
+    from preflab.train_cli import quiet_third_party_warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()
+        warnings.warn_explicit("`x` is deprecated", FutureWarning, "modeling_utils.py", 1,
+                               module="transformers.modeling_utils")
+        warnings.warn_explicit("a user warning", UserWarning, "tuners.py", 1, module="peft.tuners")
+        warnings.warn_explicit("preflab: layout falls back", UserWarning, "prefix.py", 1, module="preflab.data.prefix")
+    assert [str(w.message) for w in seen] == ["preflab: layout falls back"]
+    assert warnings.filters == before  # the filters were the CLI run's only; library users keep theirs
