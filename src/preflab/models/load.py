@@ -133,8 +133,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
 
 
 def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+    """The library's message on one line (at most 500 characters), after its type."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:500]}" if text else type(err).__name__
 
 
 def _init_kwargs(kwargs: dict | None, dtype: str) -> dict:
