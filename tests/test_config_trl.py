@@ -237,3 +237,14 @@ def test_trl_example_config_trains_two_steps(name, tmp_path, monkeypatch):
     if name == "legacy":
         assert saved["rpo_alpha"] == 1.0 and saved["layout"] == "prefix_packed"
         assert any("loss/sft" in r for r in rows)
+
+
+def test_eval_strategy_epoch_evaluates_once_per_epoch(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "loops"))
+    from tiny_run import run
+
+    _, trainer = run(tmp_path, eval_strategy="epoch", eval_fraction=0.1, max_steps=1)  # 32 pairs / batch 4
+    assert trainer.cfg.eval_steps == 8
+    assert "eval_strategy: epoch -> eval_steps: 8 (one epoch)" in capsys.readouterr().out

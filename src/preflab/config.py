@@ -274,6 +274,15 @@ def _resolve_eval(raw: dict, notes: list[str]) -> None:
                      "as in transformers).")
 
 
+def resolve_epoch_eval(cfg: TrainConfig, steps_per_epoch: int, main: bool = True) -> None:
+    """TRL's eval_strategy: epoch, once the steps per epoch are known: eval_steps becomes one epoch (unless
+    eval_steps was given)."""
+    if cfg.eval_strategy == "epoch" and not cfg.eval_steps:
+        cfg.eval_steps = max(1, steps_per_epoch)
+        if main:
+            print(f"preflab: note: eval_strategy: epoch -> eval_steps: {cfg.eval_steps} (one epoch).")
+
+
 def _say(notes: list[str]) -> None:
     if notes and int(os.environ.get("RANK", "0") or 0) == 0:
         for note in dict.fromkeys(notes):

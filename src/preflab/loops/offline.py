@@ -28,7 +28,7 @@ class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
-        from preflab.config import preflight
+        from preflab.config import preflight, resolve_epoch_eval
         from preflab.models.load import cap_max_length, max_positions
 
         preflight(cfg, check_models=policy is None)
@@ -67,10 +67,7 @@ class Trainer(TrainingRun):
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
-        if cfg.eval_strategy == "epoch" and not cfg.eval_steps:  # TRL's eval_strategy: epoch
-            cfg.eval_steps = self.plan.steps_per_epoch
-            if self.main:
-                print(f"preflab: note: eval_strategy: epoch -> eval_steps: {cfg.eval_steps} (one epoch).")
+        resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)
         self._build_optimizer()
 
     def _build_optimizer(self):

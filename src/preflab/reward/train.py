@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from preflab.config import TrainConfig
+from preflab.config import TrainConfig, resolve_epoch_eval
 from preflab.loops.batches import MicroBatch, collate_pairs
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
 
@@ -35,6 +35,7 @@ class RewardRun(TrainingRun):
         self.reward_info, self.data_report = dict(reward_info or {}), dict(data_report or {})
         self.accelerator = self.acc = make_accelerator(cfg)
         self.plan, self.total_steps = make_plan(cfg, len(train_items), self.acc.num_processes)
+        resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.acc.is_main_process)
         if cfg.disable_dropout:
             from preflab.models.load import disable_dropout
 
