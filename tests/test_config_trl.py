@@ -248,3 +248,15 @@ def test_eval_strategy_epoch_evaluates_once_per_epoch(tmp_path, capsys):
     _, trainer = run(tmp_path, eval_strategy="epoch", eval_fraction=0.1, max_steps=1)  # 32 pairs / batch 4
     assert trainer.cfg.eval_steps == 8
     assert "eval_strategy: epoch -> eval_steps: 8 (one epoch)" in capsys.readouterr().out
+
+
+def test_torch_dtype_loads_policy_and_reference_weights_in_that_dtype():
+    from preflab.models.load import load_models
+    from preflab.models.tiny import tiny_tokenizer
+
+    cfg = config_from_dict({**BASE, "torch_dtype": "bfloat16"})
+    policy, ref = load_models(cfg, tiny_tokenizer())
+    assert {p.dtype for p in policy.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}
+    policy, _ = load_models(config_from_dict(BASE), tiny_tokenizer())
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}

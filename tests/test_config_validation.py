@@ -54,10 +54,9 @@ def test_every_bad_option_is_reported_at_once():
     ({"eval_fraction": 0.1, "eval_dataset_name": "e.jsonl"}, "both give an eval set"),
     ({"task": "reward", "loss_type": "ipo"}, "task: reward trains a Bradley-Terry reward model; loss_type"),
     ({"center_rewards_coefficient": 0.01}, "only applies to task: reward"),
+    ({"ref_model_init_kwargs": {"dtype": "bfloat16"}}, "only apply to ref_model_name_or_path"),
 ])
 def test_conflicting_options_are_errors(extra, words):
-    with pytest.raises(ConfigError, match="conflicts|both|task: reward"):
-        config_from_dict({**BASE, **extra})
     with pytest.raises(ConfigError) as err:
         config_from_dict({**BASE, **extra})
     assert words in str(err.value)

@@ -128,6 +128,9 @@ class TrainConfig:
                        "eval_fraction (or eval_strategy: no).")
         if self.eval_strategy == "no" and self.eval_steps:
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
+        if self.ref_model_init_kwargs and not self.ref_model_name_or_path:
+            out.append("ref_model_init_kwargs only apply to ref_model_name_or_path, which is not set (the reference "
+                       "is a copy of the policy, loaded with model_init_kwargs).")
         if self.task == "reward":
             used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None))
                     if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
