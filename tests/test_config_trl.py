@@ -114,13 +114,37 @@ def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
 
 
 def test_keys_without_effect_say_so_once(capsys):
-    config_from_dict({**BASE, "use_logits_to_keep": True, "dataset_num_proc": 4, "generate_during_eval": True,
-                      "remove_unused_columns": False})
+    config_from_dict({**BASE, "use_logits_to_keep": True, "generate_during_eval": True,
+                      "remove_unused_columns": False, "logging_first_step": True})
     err = capsys.readouterr().err
-    for key in ("use_logits_to_keep", "dataset_num_proc", "generate_during_eval", "remove_unused_columns"):
+    for key in ("use_logits_to_keep", "generate_during_eval", "remove_unused_columns", "logging_first_step"):
         assert err.count(f"preflab: note: {key}:") == 1
-    config_from_dict({**BASE, "use_logits_to_keep": False, "dataset_num_proc": None})  # TRL defaults: silent
+    config_from_dict({**BASE, "use_logits_to_keep": False, "generate_during_eval": False})  # TRL defaults: silent
     assert capsys.readouterr().err == ""
+
+
+def test_dataset_num_proc_tokenizes_in_processes_with_the_same_result():
+    from preflab.data.examples import PairExample
+    from preflab.data.tokenize import tokenize_indexed, tokenize_parallel
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    ex = [PairExample(row_id=i, prompt=f"echo: w{i}\n", chosen=f"W{i} " * (i % 5 + 1), rejected=f"w{i}") for i in
+          range(20)]
+    ex[13] = PairExample(row_id=13, prompt="echo: same\n", chosen="same", rejected="same")  # a bad row, chunk 2
+    settings = dict(max_length=12, on_bad_row="skip", source="d.jsonl")
+    one = tokenize_indexed("pairs", ex, tok, **settings)
+    three = tokenize_parallel("pairs", ex, tok, 3, **settings)
+    assert three[0] == one[0] and three[2] == one[2] and three[1].to_dict() == one[1].to_dict()
+    assert sum(one[1].skipped.values()) == 1 and len(one[0]) == 19
+    settings["on_bad_row"] = "error"
+    with pytest.raises(DataError) as first:
+        tokenize_indexed("pairs", ex, tok, **settings)
+    with pytest.raises(DataError) as second:
+        tokenize_parallel("pairs", ex, tok, 3, **settings)
+    assert str(second.value) == str(first.value) and second.value.row_id == 13
+    assert config_from_dict({**BASE, "dataset_num_proc": 4}).dataset_num_proc == 4
 
 
 def test_max_completion_length_truncates_responses_and_counts():

@@ -79,6 +79,7 @@ class TrainConfig:
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
+    dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
     chunk_tokens: int | None = None            # LM-head chunk (positions); default from a 64 MiB logits budget
     # models
     use_peft: bool = False

@@ -151,6 +151,7 @@ OPTIONS: dict[str, Option] = {
     "layout": one_of(("padded", "prefix_shared", "packed", "prefix_packed"),
                      "batch layout (preflab.data.prefix); TRL padding_free: true -> prefix_packed"),
     "precompute_ref_log_probs": Option("score the reference once before training and release it"),
+    "dataset_num_proc": above(0, "processes that tokenize the data on a cache miss (TRL; null: one)"),
     "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, from a 64 MiB logits budget)"),
     # evaluation schedule (TRL)
     "eval_strategy": one_of(("no", "steps", "epoch"), "TRL: when to evaluate (null: eval_steps decides)"),

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from preflab.data.boundary import Split, encode, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
-from preflab.data.report import BadRowPolicy, RowProblem, TokenizeReport
-from preflab.errors import ConfigError
+from preflab.data.report import MAX_SKIPPED_EXAMPLES, BadRowPolicy, RowProblem, TokenizeReport
+from preflab.errors import ConfigError, DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 
@@ -260,6 +260,51 @@ def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None =
         indices.append(index)
         report.kept += 1
         _add_counts(report, row_counts)
+    report.check()
+    return items, report, indices
+
+
+def _chunk_worker(kind: str, chunk: list, tokenizer, settings: dict):
+    """One worker of tokenize_parallel: (result, None), or (None, (message, attributes)) of its first DataError
+    (an exception's extra attributes do not survive pickling, so they travel separately)."""
+    try:
+        return tokenize_indexed(kind, chunk, tokenizer, **settings), None
+    except DataError as err:
+        return None, (str(err), dict(err.__dict__))
+
+
+def tokenize_parallel(kind: str, examples, tokenizer, num_proc: int = 1, **settings):
+    """`tokenize_indexed` over `num_proc` forked processes (TRL's dataset_num_proc): contiguous chunks, merged in
+    order, so the items, the report and the first DataError are those of one process."""
+    examples = list(examples)
+    if num_proc <= 1 or len(examples) < 2 * num_proc:
+        return tokenize_indexed(kind, examples, tokenizer, **settings)
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's pool must not cross a fork
+    bounds = [round(i * len(examples) / num_proc) for i in range(num_proc + 1)]
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_chunk_worker, kind, examples[a:b], tokenizer, settings)
+                   for a, b in zip(bounds, bounds[1:])]
+        results = [f.result() for f in futures]
+    items, indices = [], []
+    report = TokenizeReport(source=settings.get("source", ""))
+    for start, (result, error) in zip(bounds, results):
+        if error is not None:
+            err = DataError(error[0])
+            err.__dict__.update(error[1])
+            raise err
+        chunk_items, chunk_report, chunk_indices = result
+        items += chunk_items
+        indices += [start + i for i in chunk_indices]
+        report.total += chunk_report.total
+        report.kept += chunk_report.kept
+        for reason, count in chunk_report.skipped.items():
+            report.skipped[reason] = report.skipped.get(reason, 0) + count
+        report.skipped_examples = (report.skipped_examples + chunk_report.skipped_examples)[:MAX_SKIPPED_EXAMPLES]
+        _add_counts(report, chunk_report)
     report.check()
     return items, report, indices
 

@@ -18,6 +18,8 @@ def _tokenize(kind: str, rows, tokenizer, cfg, source):
     from preflab.scoring.ref_cache import default_cache_dir
 
     extra = {"max_completion_length": cfg.max_completion_length} if cfg.max_completion_length else {}
+    if cfg.dataset_num_proc and cfg.dataset_num_proc > 1:
+        extra["num_proc"] = cfg.dataset_num_proc
     return tokenize_cached(rows, tokenizer, cache_dir=default_cache_dir() / "tokenized", max_length=cfg.max_length,
                            max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                            on_bad_row=cfg.on_bad_row, source=source, **extra)
