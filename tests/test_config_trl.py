@@ -114,12 +114,12 @@ def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
 
 
 def test_keys_without_effect_say_so_once(capsys):
-    config_from_dict({**BASE, "use_logits_to_keep": True, "generate_during_eval": True,
+    config_from_dict({**BASE, "use_logits_to_keep": True, "tf32": True,
                       "remove_unused_columns": False, "logging_first_step": True})
     err = capsys.readouterr().err
-    for key in ("use_logits_to_keep", "generate_during_eval", "remove_unused_columns", "logging_first_step"):
+    for key in ("use_logits_to_keep", "tf32", "remove_unused_columns", "logging_first_step"):
         assert err.count(f"preflab: note: {key}:") == 1
-    config_from_dict({**BASE, "use_logits_to_keep": False, "generate_during_eval": False})  # TRL defaults: silent
+    config_from_dict({**BASE, "use_logits_to_keep": False, "tf32": None})  # TRL defaults: silent
     assert capsys.readouterr().err == ""
 
 
@@ -284,3 +284,31 @@ def test_torch_dtype_loads_policy_and_reference_weights_in_that_dtype():
     assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}
     policy, _ = load_models(config_from_dict(BASE), tiny_tokenizer())
     assert {p.dtype for p in policy.parameters()} == {torch.float32}
+
+
+def test_generate_during_eval_writes_a_sample_table(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "loops"))
+    from tiny_run import synthetic_pairs
+
+    from preflab.generate import generate_text
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict({**BASE, "dataset_name": "synthetic", "output_dir": str(tmp_path), "learning_rate": 1e-2,
+                            "per_device_train_batch_size": 4, "max_steps": 4, "eval_steps": 2, "logging_steps": 2,
+                            "eval_fraction": 0.1, "generate_during_eval": True, "max_completion_length": 8,
+                            "disable_tqdm": True, "use_cpu": True})
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    trainer = Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=synthetic_pairs(),
+                      eval_data=synthetic_pairs(6, seed=1))
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] * 4 + [4] * 4
+    prompts = [p.prompt_ids for p in synthetic_pairs(6, seed=1)[:4]]
+    assert [r["policy"] for r in rows[4:]] == generate_text(trainer.policy, tok, prompts, max_new_tokens=8)
+    assert [r["reference"] for r in rows[4:]] == generate_text(trainer.ref, tok, prompts, max_new_tokens=8)

@@ -94,6 +94,7 @@ class TrainConfig:
     logging_steps: int = 10
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
+    generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_total_limit: int | None = None
     resume_from_checkpoint: Any = None         # true (latest in output_dir) or a checkpoint path

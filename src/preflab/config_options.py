@@ -155,6 +155,8 @@ OPTIONS: dict[str, Option] = {
     "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, from a 64 MiB logits budget)"),
     # evaluation schedule (TRL)
     "eval_strategy": one_of(("no", "steps", "epoch"), "TRL: when to evaluate (null: eval_steps decides)"),
+    "generate_during_eval": Option("at each evaluation, write greedy generations of the policy (and reference) "
+                                   "for the first 4 eval prompts to eval_samples.jsonl (TRL)"),
     # models
     "use_peft": Option("train LoRA adapters instead of all weights"),
     "lora_r": above(0, "LoRA rank"),

@@ -42,8 +42,6 @@ SUGGEST = {
 # TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead)
 NO_EFFECT = {
     "use_logits_to_keep": (False, "preflab already runs the LM head on response positions only"),
-    "generate_during_eval": (False, "not implemented yet: no sample table is logged during evaluation (use "
-                                    "`preflab eval` on the saved model)"),
     "remove_unused_columns": (True, "preflab keeps only the columns it uses (an objective's extra columns "
                                     "travel with the rows)"),
     "logging_first_step": (False, "preflab logs every logging_steps steps and at the last step"),
