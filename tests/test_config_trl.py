@@ -92,6 +92,18 @@ def test_eval_strategy_maps_onto_eval_steps(capsys):
         config_from_dict({**BASE, "do_eval": True})
 
 
+def test_transformers5_fractions_and_yaml_no(tmp_path):
+    cfg = config_from_dict({**BASE, "warmup_steps": 0.1})
+    assert cfg.warmup_ratio == 0.1 and cfg.warmup_steps == 0
+    with pytest.raises(ConfigError, match="eval_steps=0.25 is transformers' fraction-of-total-steps form"):
+        config_from_dict({**BASE, "eval_steps": 0.25, "eval_fraction": 0.1})
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: d.jsonl\neval_strategy: no\n"
+                    "save_strategy: no\neval_fraction: 0.1\neval_steps: 50\nsave_steps: 100\n")
+    cfg = load_config(path)  # a bare `no` is YAML 1.1's false
+    assert (cfg.eval_strategy, cfg.eval_fraction, cfg.eval_steps, cfg.save_steps) == ("no", 0.0, 0, 0)
+
+
 def test_renamed_and_translated_keys():
     cfg = config_from_dict({**BASE, "ref_model": "builtin:tiny-llama", "dataset_train_split": "train_prefs",
                             "dataset_test_split": "test_prefs", "f_divergence_type": "js_divergence",

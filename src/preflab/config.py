@@ -270,7 +270,7 @@ def _resolve_eval(raw: dict, notes: list[str]) -> None:
     """TRL's eval_strategy onto preflab's eval schedule (eval_steps; 0 = at the end only)."""
     strategy = raw.get("eval_strategy")
     if strategy == "no":
-        dropped = [k for k in ("eval_dataset_name", "eval_fraction") if raw.get(k)]
+        dropped = [k for k in ("eval_dataset_name", "eval_fraction", "eval_steps") if raw.get(k)]
         for k in dropped:
             notes.append(f"eval_strategy: no -> {k}={raw.pop(k)!r} is not used (no evaluation).")
     elif strategy == "steps" and not raw.get("eval_steps"):

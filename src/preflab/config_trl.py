@@ -100,6 +100,9 @@ def _same(value, default) -> bool:
 def translate_trl(raw: dict) -> tuple[dict, list[str]]:
     """(the config in preflab's names, notes to print once). A refused TRL value raises ConfigError listing all."""
     raw, notes, errors = dict(raw), [], []
+    for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
+        if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
+            raw[key] = "no"
     for trl, ours in RENAMED.items():
         if trl in raw:
             if ours in raw:
@@ -113,6 +116,7 @@ def translate_trl(raw: dict) -> tuple[dict, list[str]]:
         if key in raw and not _same(raw.pop(key), default):
             notes.append(f"{key}: {why}.")
     _strategies(raw, notes, errors)
+    _ratios(raw, notes, errors)
     _model_kwargs(raw, errors)
     if "padding_free" in raw:
         if raw.pop("padding_free") is True:
@@ -159,6 +163,26 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
                           "or no.")
+
+
+def _ratios(raw: dict, notes: list, errors: list) -> None:
+    """transformers 5 reads a float in (0, 1) for warmup_steps / logging_steps / eval_steps / save_steps as a
+    fraction of the total steps: warmup_steps becomes warmup_ratio; the others need a step count in preflab."""
+    def fraction(v) -> bool:
+        return isinstance(v, float) and 0 < v < 1
+
+    if fraction(raw.get("warmup_steps")):
+        if raw.get("warmup_ratio"):
+            errors.append(f"warmup_steps={raw['warmup_steps']} (a fraction of the total steps) and warmup_ratio="
+                          f"{raw['warmup_ratio']} both set the warmup; keep one.")
+        else:
+            raw["warmup_ratio"] = raw.pop("warmup_steps")
+            notes.append(f"warmup_steps: {raw['warmup_ratio']} is a fraction of the total steps (transformers 5) -> "
+                         f"warmup_ratio: {raw['warmup_ratio']}.")
+    for key in ("logging_steps", "eval_steps", "save_steps"):
+        if fraction(raw.get(key)):
+            errors.append(f"{key}={raw[key]} is transformers' fraction-of-total-steps form, which preflab does not "
+                          f"take; give {key} as a number of steps.")
 
 
 def _model_kwargs(raw: dict, errors: list) -> None:

@@ -110,8 +110,9 @@ def cap_max_length(cfg, positions: int | None) -> None:
     note (issue 18.15)."""
     if positions is None or (cfg.max_length is not None and cfg.max_length <= positions):
         return
-    print(f"preflab: note: max_length={cfg.max_length} is above the {positions} positions of "
-          f"{cfg.model_name_or_path}; using max_length={positions}.")
+    given = "no max_length (no limit)" if cfg.max_length is None else f"max_length={cfg.max_length}"
+    print(f"preflab: note: {given} is above the {positions} positions of {cfg.model_name_or_path}; using "
+          f"max_length={positions}.")
     cfg.max_length = positions
 
 
