@@ -120,7 +120,7 @@ class TrainConfig:
             out.append("bf16 and fp16 are both set; choose one.")
         for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
             if getattr(self, flag) and self.dtype not in ("float32", precision):
-                out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them (bf16 means dtype: "
+                out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them ({flag} means dtype: "
                            f"{precision}).")
         if self.eval_fraction and self.eval_dataset_name:
             out.append(f"eval_fraction={self.eval_fraction} and eval_dataset_name={self.eval_dataset_name!r} both "
