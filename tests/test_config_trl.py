@@ -324,3 +324,11 @@ def test_generate_during_eval_writes_a_sample_table(tmp_path):
     prompts = [p.prompt_ids for p in synthetic_pairs(6, seed=1)[:4]]
     assert [r["policy"] for r in rows[4:]] == generate_text(trainer.policy, tok, prompts, max_new_tokens=8)
     assert [r["reference"] for r in rows[4:]] == generate_text(trainer.ref, tok, prompts, max_new_tokens=8)
+
+
+def test_refused_trl_values_and_unknown_keys_come_in_one_message():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "deepspeed": "zero3.json", "wandb_project": "p", "learning_rat": 1e-5})
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("deepspeed is not supported: give DeepSpeed settings to `accelerate launch")
+    assert "unknown config key 'wandb_project'." in lines and any("'learning_rat'. Did you mean" in x for x in lines)

@@ -301,10 +301,10 @@ def config_from_dict(raw: dict) -> TrainConfig:
     from preflab.config_trl import translate_trl
 
     _check_sizes(raw)
-    raw, notes = translate_trl(raw)
+    raw, notes, errors = translate_trl(raw)
     _resolve_eval(raw, notes)
     hints = typing.get_type_hints(TrainConfig)
-    known, extra, errors = {}, {}, []
+    known, extra = {}, {}
     for key, value in raw.items():
         if key in hints:
             try:

@@ -1,7 +1,7 @@
 """TRL keys in a preflab config: a TRL 1.16 DPOConfig (with its TrainingArguments), TRL's script and model
 arguments, and the legacy 0.2x DPOConfig fields many configs still carry.
 
-    raw, notes = translate_trl(raw)   # preflab names only; notes: what was translated or has no effect (printed once)
+    raw, notes, errors = translate_trl(raw)   # preflab names; notes to print once; errors (refused TRL values)
 
 Each TRL key ends in exactly one of four ways, never silently dropped:
 - RENAMED: the same meaning under a preflab name (e.g. ref_model -> ref_model_name_or_path);
@@ -10,8 +10,6 @@ Each TRL key ends in exactly one of four ways, never silently dropped:
 - REFUSED: a value other than TRL's default is a ConfigError with the reason and what to do instead.
 """
 from __future__ import annotations
-
-from preflab.errors import ConfigError
 
 # TRL name -> preflab name (same meaning)
 RENAMED = {
@@ -36,7 +34,7 @@ SUGGEST = {
     "ref_model_name": "ref_model_name_or_path", "ref_pretrain": "ref_model_name_or_path", "gradient_clipping":
     "max_grad_norm", "clip_grad": "max_grad_norm", "warmup": "warmup_steps", "lr_warmup_steps": "warmup_steps",
     "save_dir": "output_dir", "save_path": "output_dir", "precompute_ref": "precompute_ref_log_probs",
-    "mixed_precision": "dtype", "bf16_full_eval": "bf16", "nll_loss_coef": "rpo_alpha", "pref_ftx": "rpo_alpha",
+    "mixed_precision": "dtype", "nll_loss_coef": "rpo_alpha", "pref_ftx": "rpo_alpha",
 }
 
 # TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead)
@@ -62,6 +60,26 @@ NO_EFFECT = {
     "use_liger_kernel": (False, "preflab uses its own chunked LM head"),
     "ignore_bias_buffers": (False, "no effect in preflab"),
     "lora_task_type": ("CAUSAL_LM", "adapters are always built for CAUSAL_LM"),
+    "logging_dir": (None, "trackers write under output_dir"),
+    "log_level": ("passive", "preflab prints its own lines"),
+    "logging_nan_inf_filter": (True, "non-finite steps are skipped, logged with their rows, and stop the run after "
+                                     "max_nonfinite_steps"),
+    "save_only_model": (False, "checkpoints always hold the optimizer state, for exact resume"),
+    "metric_for_best_model": (None, "preflab keeps the last model (no best-model selection)"),
+    "greater_is_better": (None, "preflab keeps the last model (no best-model selection)"),
+    "data_seed": (None, "the data order follows seed"),
+    "dataloader_drop_last": (False, "the incomplete last batch of an epoch is always left out (counted in "
+                                    "unused_rows_per_epoch)"),
+    "eval_accumulation_steps": (None, "evaluation sums its metrics batch by batch"),
+    "ddp_timeout": (1800, "accelerate's default timeout is used"),
+    "hub_strategy": ("every_save", "preflab does not push to the hub"),
+    "hub_private_repo": (None, "preflab does not push to the hub"),
+    "hub_token": (None, "preflab does not push to the hub"),
+    "include_num_input_tokens_seen": (False, "num_tokens is always logged"),
+    "average_tokens_across_devices": (True, "the loss is averaged per example across processes"),
+    "local_rank": (-1, "accelerate sets up the processes"),
+    "bf16_full_eval": (False, "evaluation runs under the same dtype as training"),
+    "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "ref_model_mixup_alpha": (0.6, "used only with sync_ref_model, which preflab does not support"),
     "ref_model_sync_steps": (512, "used only with sync_ref_model, which preflab does not support"),
 }
@@ -87,6 +105,12 @@ REFUSED = {
     "dataset_streaming": (False, "streaming is not supported; datasets are read fully"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
+    "load_best_model_at_end": (False, "not supported: the saved model is the last step's; remove it"),
+    "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
+    "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
+    "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
+    "use_vllm": (False, "offline DPO generates nothing; online training lives in preflab.loops.online"),
+    "save_safetensors": (True, "preflab saves safetensors only"),
 }
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
@@ -97,8 +121,8 @@ def _same(value, default) -> bool:
     return value == default or (default is None and value in (None, False, "", [], {}))
 
 
-def translate_trl(raw: dict) -> tuple[dict, list[str]]:
-    """(the config in preflab's names, notes to print once). A refused TRL value raises ConfigError listing all."""
+def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
+    """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
     raw, notes, errors = dict(raw), [], []
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
@@ -126,9 +150,7 @@ def translate_trl(raw: dict) -> tuple[dict, list[str]]:
                 raw["layout"] = "prefix_packed"
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return raw, notes
+    return raw, notes, errors
 
 
 def _strategies(raw: dict, notes: list, errors: list) -> None:
