@@ -113,6 +113,9 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
+        from preflab.models.load import check_lora_targets
+
+        check_lora_targets(model, cfg.lora_target_modules)
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, task_type="SEQ_CLS",
                                                  target_modules=cfg.lora_target_modules))
