@@ -103,7 +103,11 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
         tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     report, template = {}, context_template
     if train_data is None:
+        from preflab.models.load import cap_max_length, max_positions
         from preflab.reward.data import load_reward_pairs
+
+        cap_max_length(cfg, max_positions(model if model is not None else cfg.model_name_or_path,
+                                          cfg.trust_remote_code))
 
         train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
     if model is None:
