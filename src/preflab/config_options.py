@@ -57,7 +57,7 @@ def _nonempty(v) -> bool:
 
 def _trackers_ok(v) -> bool:
     names = [v] if isinstance(v, str) else v
-    return isinstance(names, list) and all(isinstance(n, str) and (n in TRACKERS or n in NO_TRACKER) for n in names)
+    return isinstance(names, (list, tuple)) and all(isinstance(n, str) and (n in TRACKERS or n in NO_TRACKER) for n in names)
 
 
 def _resume_ok(v) -> bool:
@@ -65,15 +65,15 @@ def _resume_ok(v) -> bool:
 
 
 def _target_modules_ok(v) -> bool:
-    return _nonempty(v) or (isinstance(v, list) and len(v) > 0 and all(_nonempty(x) for x in v))
+    return _nonempty(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_nonempty(x) for x in v))
 
 
 def _loss_type_ok(v) -> bool:
-    return _nonempty(v) or (isinstance(v, list) and len(v) > 0 and all(_nonempty(x) for x in v))
+    return _nonempty(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_nonempty(x) for x in v))
 
 
 def _weights_ok(v) -> bool:
-    return isinstance(v, list) and all(_num(x) and x >= 0 for x in v)
+    return isinstance(v, (list, tuple)) and all(_num(x) and x >= 0 for x in v)
 
 
 def _init_kwargs_ok(v) -> bool:
