@@ -57,7 +57,8 @@ def _nonempty(v) -> bool:
 
 def _trackers_ok(v) -> bool:
     names = [v] if isinstance(v, str) else v
-    return isinstance(names, (list, tuple)) and all(isinstance(n, str) and (n in TRACKERS or n in NO_TRACKER) for n in names)
+    return isinstance(names, (list, tuple)) and all(isinstance(n, str) and (n in TRACKERS or n in NO_TRACKER)
+                                                    for n in names)
 
 
 def _resume_ok(v) -> bool:
