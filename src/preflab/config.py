@@ -1,13 +1,19 @@
 """Typed training config: YAML file + `key=value` overrides, strict, saved with the run.
 
-Option names follow TRL's DPOConfig where TRL has the same option. Keys the config does not know but the chosen
-objective does (e.g. `label_smoothing` for `robust`, `gamma` for `simpo`) are passed to the objective; anything
-else is an error that names the nearest valid key. Everything is checked before a model is loaded.
+Option names follow TRL's DPOConfig where TRL has the same option; TRL keys preflab spells differently, or that
+have no effect in preflab, are handled by preflab.config_trl (translated, or accepted with a note printed once).
+Keys the config does not know but the chosen objective does (e.g. `label_smoothing` for `robust`, `gamma` for
+`simpo`) are passed to the objective. Every other key is an error; all of them are reported in one message, each
+with a suggestion when one is really close. Every value is checked against preflab.config_options (one table,
+also shown by `preflab train --help`) before a model is loaded.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +21,11 @@ from typing import Any
 
 import yaml
 
-from preflab.errors import ConfigError, nearest
+from preflab.config_options import help_line, missing_trackers, range_errors
+from preflab.errors import ConfigError
+
+MAX_ALIASES = 100              # YAML aliases per document (an anchor/alias bomb needs many)
+MAX_OPTION_CHARS = 256 * 1024  # an option's value, fully expanded, serialized (about); far above any real option
 
 
 @dataclass
@@ -34,6 +44,7 @@ class TrainConfig:
     beta: float = 0.1
     objective_params: dict = field(default_factory=dict)  # further objective parameters
     center_rewards_coefficient: float | None = None  # task: reward; adds c * mean((r_w + r_l)^2) (TRL)
+    rpo_alpha: float | None = None             # TRL: adds rpo_alpha * token-mean NLL of chosen (loss_type + sft)
     # optimisation
     learning_rate: float = 1e-6
     lr_scheduler_type: str = "linear"          # linear | cosine | constant
@@ -53,6 +64,9 @@ class TrainConfig:
     dtype: str = "float32"                     # float32 | bfloat16 | float16 (autocast where the device allows)
     bf16: bool = False                         # TRL spelling of dtype: bfloat16
     fp16: bool = False
+    load_dtype: str | None = None              # dtype the weights are loaded in (TRL torch_dtype); None: float32
+    model_init_kwargs: dict | None = None      # TRL: from_pretrained arguments of the policy
+    ref_model_init_kwargs: dict | None = None  # TRL: from_pretrained arguments of ref_model_name_or_path
     max_nonfinite_steps: int = 3               # stop after this many non-finite steps in a row
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
@@ -60,10 +74,12 @@ class TrainConfig:
     # data
     max_length: int | None = 1024
     max_prompt_length: int | None = None
+    max_completion_length: int | None = None   # responses keep their first max_completion_length tokens
     truncation_mode: str = "keep_end"          # how an over-long prompt is cut: keep_end | keep_start
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
+    dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
     chunk_tokens: int | None = None            # LM-head chunk (positions); default from a 64 MiB logits budget
     # models
     use_peft: bool = False
@@ -78,6 +94,8 @@ class TrainConfig:
     overwrite_output_dir: bool = False         # allow an output_dir that is not empty and not a preflab run
     logging_steps: int = 10
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
+    eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
+    generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_total_limit: int | None = None
     resume_from_checkpoint: Any = None         # true (latest in output_dir) or a checkpoint path
@@ -90,25 +108,42 @@ class TrainConfig:
         self.check()
 
     def check(self) -> None:
-        """Impossible values -> ConfigError (the objective checks its own parameters in objective())."""
-        positive = ["learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-                    "gradient_accumulation_steps", "max_nonfinite_steps"]
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
-        choices = {"task": ("dpo", "reward"), "lr_scheduler_type": ("linear", "cosine", "constant"),
-                   "dtype": ("float32", "bfloat16", "float16"), "truncation_mode": ("keep_end", "keep_start"),
-                   "on_bad_row": ("error", "skip"),
-                   "layout": ("padded", "prefix_shared", "packed", "prefix_packed")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"max_length must be at least 2, got {self.max_length}.")
+        """Every out-of-range value and every conflict -> one ConfigError with one line per problem (the ranges
+        are preflab.config_options.OPTIONS; the objective checks its own parameters in objective())."""
+        errors = range_errors({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        errors += self._conflicts()
+        if errors:
+            raise ConfigError(errors[0] if len(errors) == 1 else
+                              f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))
+
+    def _conflicts(self) -> list[str]:
+        out = []
         if self.bf16 and self.fp16:
-            raise ConfigError("bf16 and fp16 are both set; choose one.")
+            out.append("bf16 and fp16 are both set; choose one.")
+        for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
+            if getattr(self, flag) and self.dtype not in ("float32", precision):
+                out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them ({flag} means dtype: "
+                           f"{precision}).")
+        if self.eval_fraction and self.eval_dataset_name:
+            out.append(f"eval_fraction={self.eval_fraction} and eval_dataset_name={self.eval_dataset_name!r} both "
+                       "give an eval set; keep one.")
+        if self.eval_strategy in ("steps", "epoch") and not (self.eval_fraction or self.eval_dataset_name):
+            out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
+                       "eval_fraction (or eval_strategy: no).")
+        if self.eval_strategy == "no" and self.eval_steps:
+            out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
+        if self.ref_model_init_kwargs and not self.ref_model_name_or_path:
+            out.append("ref_model_init_kwargs only apply to ref_model_name_or_path, which is not set (the reference "
+                       "is a copy of the policy, loaded with model_init_kwargs).")
+        if self.task == "reward":
+            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None))
+                    if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
+            if used:
+                out.append(f"task: reward trains a Bradley-Terry reward model; {', '.join(used)} only apply to "
+                           "task: dpo. Remove them (or set task: dpo).")
+        elif self.center_rewards_coefficient is not None:
+            out.append("center_rewards_coefficient only applies to task: reward.")
+        return out
 
     @property
     def torch_dtype(self) -> str:
@@ -122,14 +157,23 @@ class TrainConfig:
         """Build (and so validate) the objective this config names."""
         from preflab.objectives import get_objective
 
-        return get_objective(self.loss_type, **_params_for(self.loss_type, self.objective_kwargs()),
-                             **({"loss_weights": self.loss_weights} if self.loss_weights else {}))
+        loss_type, weights = self.loss_type, self.loss_weights
+        if self.rpo_alpha is not None:  # TRL's RPO term: + rpo_alpha * token-mean NLL of the chosen responses
+            names = list(loss_type) if isinstance(loss_type, (list, tuple)) else [loss_type]
+            weights = list(weights or [1.0] * len(names)) + [float(self.rpo_alpha)]
+            loss_type = names + ["sft"]
+        return get_objective(loss_type, **_params_for(loss_type, self.objective_kwargs()),
+                             **({"loss_weights": weights} if weights else {}))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def model_kwargs(self, ref: bool = False) -> dict:
+        """from_pretrained arguments of the policy (ref=False) or of ref_model_name_or_path."""
+        return dict((self.ref_model_init_kwargs if ref else self.model_init_kwargs) or {})
 
 
 def _params_for(loss_type, params: dict) -> dict:
@@ -168,32 +212,167 @@ def _check_type(name: str, value: Any, hint) -> Any:
     raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}).")
 
 
+def _objective_fields(loss_type) -> set[str]:
+    from preflab.objectives import objective_class, resolve_name
+
+    names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
+    fields = set()
+    for name in names:
+        if isinstance(name, str) and ":" not in name:
+            fields |= {f.name for f in dataclasses.fields(objective_class(resolve_name(name)))}
+    return fields
+
+
+def _suggestion(key: str, options: list[str]) -> str:
+    """A hint for an unknown key: the preflab name of another trainer's option, the objectives that take it,
+    or a really close name (difflib ratio >= 0.8); '' when nothing fits."""
+    import difflib
+
+    from preflab.config_trl import SUGGEST
+    from preflab.objectives import list_objectives, objective_class
+
+    if key in SUGGEST:
+        return f" preflab calls it {SUGGEST[key]!r}."
+    takers = [n for n in list_objectives() if key in {f.name for f in dataclasses.fields(objective_class(n))}]
+    if takers:
+        shown = ", ".join(takers[:5]) + (", ..." if len(takers) > 5 else "")
+        return f" It is a parameter of the objective(s) {shown}, not of the chosen loss_type."
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.8)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _expanded_chars(value, memo: dict, active: set) -> int:
+    """About how many characters `value` takes once serialized with every YAML alias expanded (computed over
+    the shared structure, so a bomb is measured without being expanded)."""
+    if isinstance(value, (list, dict)):
+        key = id(value)
+        if key in active:
+            raise ConfigError("a YAML alias refers to itself (recursive structure).")
+        if key in memo:
+            return memo[key]
+        active.add(key)
+        items = [x for kv in value.items() for x in kv] if isinstance(value, dict) else value
+        total = 2 + sum(_expanded_chars(x, memo, active) + 2 for x in items)
+        active.discard(key)
+        memo[key] = total
+        return total
+    return len(value) + 2 if isinstance(value, str) else 8
+
+
+def _check_sizes(raw: dict) -> None:
+    memo: dict = {}
+    for key, value in raw.items():
+        size = _expanded_chars(value, memo, set())
+        if size > MAX_OPTION_CHARS:
+            raise ConfigError(f"option {key!r} expands to about {size:,} characters (limit {MAX_OPTION_CHARS:,}); "
+                              "a YAML alias bomb or a value far too large for an option.")
+
+
+def _resolve_eval(raw: dict, notes: list[str]) -> None:
+    """TRL's eval_strategy onto preflab's eval schedule (eval_steps; 0 = at the end only)."""
+    strategy = raw.get("eval_strategy")
+    if strategy == "no":
+        dropped = [k for k in ("eval_dataset_name", "eval_fraction", "eval_steps") if raw.get(k)]
+        for k in dropped:
+            notes.append(f"eval_strategy: no -> {k}={raw.pop(k)!r} is not used (no evaluation).")
+    elif strategy == "steps" and not raw.get("eval_steps"):
+        raw["eval_steps"] = raw.get("logging_steps", 10)
+        notes.append(f"eval_strategy: steps without eval_steps -> eval_steps: {raw['eval_steps']} (logging_steps, "
+                     "as in transformers).")
+
+
+def resolve_epoch_eval(cfg: TrainConfig, steps_per_epoch: int, main: bool = True) -> None:
+    """TRL's eval_strategy: epoch, once the steps per epoch are known: eval_steps becomes one epoch (unless
+    eval_steps was given)."""
+    if cfg.eval_strategy == "epoch" and not cfg.eval_steps:
+        cfg.eval_steps = max(1, steps_per_epoch)
+        if main:
+            print(f"preflab: note: eval_strategy: epoch -> eval_steps: {cfg.eval_steps} (one epoch).")
+
+
+def _say(notes: list[str]) -> None:
+    if notes and int(os.environ.get("RANK", "0") or 0) == 0:
+        for note in dict.fromkeys(notes):
+            print(f"preflab: note: {note}", file=sys.stderr)
+
+
 def config_from_dict(raw: dict) -> TrainConfig:
-    """A TrainConfig from a flat dict; unknown keys go to the objective if it has them, else ConfigError."""
+    """A TrainConfig from a flat dict (preflab or TRL names). Unknown keys go to the objective if it has them; all
+    other unknown keys and all type errors are reported together in one ConfigError. Notes on translated TRL keys
+    are printed once."""
+    from preflab.config_trl import translate_trl
+
+    _check_sizes(raw)
+    raw, notes, errors = translate_trl(raw)
+    _resolve_eval(raw, notes)
     hints = typing.get_type_hints(TrainConfig)
     known, extra = {}, {}
     for key, value in raw.items():
         if key in hints:
-            known[key] = _check_type(key, value, hints[key])
+            try:
+                known[key] = _check_type(key, value, hints[key])
+            except ConfigError as err:
+                errors.append(str(err))
         else:
             extra[key] = value
-    cfg = TrainConfig(**known)
     if extra:
-        from preflab.objectives import objective_class, resolve_name
+        try:
+            objective_fields = _objective_fields(known.get("loss_type", "sigmoid"))
+        except ConfigError as err:
+            errors.append(str(err))
+            objective_fields = set()
+        from preflab.config_trl import TRL_KEYS
 
-        names = cfg.loss_type if isinstance(cfg.loss_type, (list, tuple)) else [cfg.loss_type]
-        objective_fields = set()
-        for name in names:
-            objective_fields |= {f.name for f in dataclasses.fields(objective_class(resolve_name(name)))}
-        for key, value in extra.items():
+        options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
+        for key in extra:
             if key not in objective_fields:
-                raise ConfigError(
-                    f"unknown config key {key!r}.{nearest(key, list(hints) + sorted(objective_fields))} "
-                    "Run `preflab train --help` for the options."
-                )
-            cfg.objective_params[key] = value
+                errors.append(f"unknown config key {key!r}.{_suggestion(key, options)}")
+    if errors:
+        raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
+                                               if any("unknown config key" in e for e in errors) else ""))
+    cfg = TrainConfig(**known)
+    for key, value in extra.items():
+        cfg.objective_params[key] = value
     cfg.objective()  # validates objective parameters before any model is loaded
+    _say(notes)
     return cfg
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no tags) that refuses duplicate keys and more than MAX_ALIASES aliases."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases (*name); a config needs few, an alias bomb "
+                                  "many. Write the values out.")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key: the constructor reports it
+                break
+            if first is not None:
+                raise ConfigError(f"duplicate key {key!r} (lines {first} and {key_node.start_mark.line + 1}); "
+                                  "YAML would keep only the last value. Keep one.")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """Safe YAML (no tags) with duplicate keys refused and aliases bounded."""
+    return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - BoundedLoader is a SafeLoader
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -202,7 +381,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} is not key=value.")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        value = load_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
     if isinstance(value, str):
@@ -218,11 +397,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     raw: dict = {}
     if path:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            text = Path(path).read_text()
         except FileNotFoundError as err:
             raise ConfigError(f"config file {path} does not exist.") from err
+        except (IsADirectoryError, UnicodeDecodeError, PermissionError) as err:
+            raise ConfigError(f"config file {path} cannot be read as text: {err}") from err
+        try:
+            raw = load_yaml(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        except ConfigError as err:
+            raise ConfigError(f"config file {path}: {err}") from err
+        if raw is None:
+            raise ConfigError(f"config file {path} is empty (no options); give at least model_name_or_path and "
+                              "dataset_name.")
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
     for item in overrides:
@@ -234,11 +422,46 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     return config_from_dict(raw)
 
 
+def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
+    """Checks of the machine, before any model or data is loaded: trackers installed, cache directory writable,
+    model names loadable (a missing path, builtin typo or unreachable hub name is one ConfigError line)."""
+    missing = missing_trackers(cfg.report_to)
+    if missing:
+        raise ConfigError(f"report_to names {', '.join(missing)}, which is not installed: pip install "
+                          f"{' '.join(missing)} (or remove it from report_to).")
+    from preflab.scoring.ref_cache import default_cache_dir
+
+    cache = default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        where = "PREFLAB_CACHE_DIR" if os.environ.get("PREFLAB_CACHE_DIR") else "the cache directory"
+        raise ConfigError(f"{where} {cache} is not writable ({err.strerror or err}); point PREFLAB_CACHE_DIR at a "
+                          "writable directory.") from err
+    if check_models:
+        from preflab.models.load import check_model_name
+
+        check_model_name(cfg.model_name_or_path, "model_name_or_path")
+        if cfg.ref_model_name_or_path:
+            check_model_name(cfg.ref_model_name_or_path, "ref_model_name_or_path")
+
+
 def describe_options() -> str:
-    """Every option with its default, for --help."""
+    """Every option with its default, type, allowed values and meaning (from config_options), for --help."""
+    hints = typing.get_type_hints(TrainConfig)
     lines = []
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = repr(default) if isinstance(default, str) else json.dumps(default)
-        lines.append(f"  {f.name} = {text}")
+        lines.append(help_line(f.name, _type_text(hints[f.name]), text))
     return "\n".join(lines)
+
+
+def _type_text(hint) -> str:
+    if hint is Any:
+        return "any"
+    args = typing.get_args(hint) or (hint,)
+    return " | ".join("null" if a is type(None) else getattr(typing.get_origin(a) or a, "__name__", str(a))
+                      for a in args)

@@ -21,7 +21,7 @@ from pathlib import Path
 from preflab.data.examples import PairExample, PromptExample, UnpairedExample
 from preflab.data.report import TokenizeReport
 from preflab.data.tokenize import (TokenizedPair, TokenizedPrompt, TokenizedUnpaired, tokenize_indexed,
-                                   tokenize_pairs, tokenize_prompts, tokenize_unpaired)
+                                   tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired)
 from preflab.errors import ConfigError
 
 CACHE_FORMAT = 1
@@ -98,9 +98,10 @@ def _store(path: Path, payload: dict) -> None:
         raise
 
 
-def tokenize_cached(examples, tokenizer, *, cache_dir: str | os.PathLike, **settings):
+def tokenize_cached(examples, tokenizer, *, cache_dir: str | os.PathLike, num_proc: int = 1, **settings):
     """`tokenize_pairs` / `tokenize_unpaired` / `tokenize_prompts` (picked by the examples' type) through a
-    cache under `cache_dir`. `settings` are that function's keyword arguments. Returns (items, report)."""
+    cache under `cache_dir`. `settings` are that function's keyword arguments; `num_proc` > 1 tokenizes a cache
+    miss in that many processes (same result, not part of the cache key). Returns (items, report)."""
     examples = list(examples)
     kinds = {type(ex) for ex in examples}
     if len(kinds) > 1 or (kinds and next(iter(kinds)) not in _KINDS):
@@ -120,7 +121,10 @@ def tokenize_cached(examples, tokenizer, *, cache_dir: str | os.PathLike, **sett
     hit = _load(path, key, kind, examples)
     if hit is not None:
         return hit
-    items, report, positions = tokenize_indexed(kind, examples, tokenizer, **settings)
+    if num_proc > 1:
+        items, report, positions = tokenize_parallel(kind, examples, tokenizer, num_proc, **settings)
+    else:
+        items, report, positions = tokenize_indexed(kind, examples, tokenizer, **settings)
     _store(path, {"format": CACHE_FORMAT, "key": key, "kind": kind, "report": report.to_dict(),
                   "items": [[pos, _row(item)] for pos, item in zip(positions, items)]})
     return items, report

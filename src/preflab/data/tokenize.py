@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from preflab.data.boundary import Split, encode, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
-from preflab.data.report import BadRowPolicy, RowProblem, TokenizeReport
-from preflab.errors import ConfigError
+from preflab.data.report import MAX_SKIPPED_EXAMPLES, BadRowPolicy, RowProblem, TokenizeReport
+from preflab.errors import ConfigError, DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 
@@ -66,15 +66,17 @@ class _Settings:
     max_length: int | None
     max_prompt_length: int | None
     truncation_mode: str
+    max_completion_length: int | None = None
 
 
-def _check_settings(max_length, max_prompt_length, truncation_mode) -> _Settings:
-    for name, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length)):
+def _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length=None) -> _Settings:
+    for name, value in (("max_length", max_length), ("max_prompt_length", max_prompt_length),
+                        ("max_completion_length", max_completion_length)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{name}={value!r} must be a positive integer or None.")
     if truncation_mode not in TRUNCATION_MODES:
         raise ConfigError(f"truncation_mode={truncation_mode!r} is not one of {TRUNCATION_MODES}.")
-    return _Settings(max_length, max_prompt_length, truncation_mode)
+    return _Settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
 
 
 def _special_id(tokenizer, name: str) -> int | None:
@@ -146,7 +148,8 @@ def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, repor
 
 def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
               report: TokenizeReport, fields: list[str]):
-    """Apply max_prompt_length then max_length; count truncations; a prompt with no room left is bad."""
+    """Apply max_prompt_length, max_completion_length (each response keeps its start, as TRL 0.x did), then
+    max_length; count truncations (a row counts once in response_truncated); a prompt with no room left is bad."""
     limit = settings.max_prompt_length
     if limit is not None and len(prompt_ids) > limit:
         if settings.truncation_mode == "keep_start":
@@ -156,6 +159,11 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
         else:
             prompt_ids = prompt_ids[len(prompt_ids) - limit:]
         report.prompt_truncated += 1
+    cut = False
+    if settings.max_completion_length is not None and any(len(ids) > settings.max_completion_length
+                                                          for ids in responses):
+        responses = [ids[:settings.max_completion_length] for ids in responses]
+        cut = True
     if settings.max_length is not None:
         room = settings.max_length - len(prompt_ids)
         if room < 1:
@@ -163,8 +171,9 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
                              f"leaves no room for a response within max_length={settings.max_length}",
                              "Shorten the prompt, raise max_length, or set max_prompt_length.")
         if any(len(ids) > room for ids in responses):
-            report.response_truncated += 1
+            cut = True
             responses = [ids[:room] for ids in responses]
+    report.response_truncated += cut
     for ids, name in zip(responses, fields):
         if not ids:
             raise RowProblem("empty_response_tokens", name, "the response has no tokens", "Fix the response.")
@@ -229,10 +238,11 @@ MAKERS = {"pairs": _make_pair, "unpaired": _make_unpaired, "prompts": _make_prom
 
 def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None = None,
                      max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
-                     on_bad_row: str = "error", source: str = "") -> tuple[list, TokenizeReport, list[int]]:
+                     on_bad_row: str = "error", source: str = "",
+                     max_completion_length: int | None = None) -> tuple[list, TokenizeReport, list[int]]:
     """The loop behind every `tokenize_*`: (items, report, index in `examples` of each item). kind is one of
     `MAKERS` ("pairs", "unpaired", "prompts")."""
-    settings = _check_settings(max_length, max_prompt_length, truncation_mode)
+    settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
     if _special_id(tokenizer, "eos") is None:
         raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
     make = MAKERS[kind]
@@ -254,25 +264,73 @@ def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None =
     return items, report, indices
 
 
+def _chunk_worker(kind: str, chunk: list, tokenizer, settings: dict):
+    """One worker of tokenize_parallel: (result, None), or (None, (message, attributes)) of its first DataError
+    (an exception's extra attributes do not survive pickling, so they travel separately)."""
+    try:
+        return tokenize_indexed(kind, chunk, tokenizer, **settings), None
+    except DataError as err:
+        return None, (str(err), dict(err.__dict__))
+
+
+def tokenize_parallel(kind: str, examples, tokenizer, num_proc: int = 1, **settings):
+    """`tokenize_indexed` over `num_proc` forked processes (TRL's dataset_num_proc): contiguous chunks, merged in
+    order, so the items, the report and the first DataError are those of one process."""
+    examples = list(examples)
+    if num_proc <= 1 or len(examples) < 2 * num_proc:
+        return tokenize_indexed(kind, examples, tokenizer, **settings)
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Rust tokenizer's pool must not cross a fork
+    bounds = [round(i * len(examples) / num_proc) for i in range(num_proc + 1)]
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_chunk_worker, kind, examples[a:b], tokenizer, settings)
+                   for a, b in zip(bounds, bounds[1:])]
+        results = [f.result() for f in futures]
+    items, indices = [], []
+    report = TokenizeReport(source=settings.get("source", ""))
+    for start, (result, error) in zip(bounds, results):
+        if error is not None:
+            err = DataError(error[0])
+            err.__dict__.update(error[1])
+            raise err
+        chunk_items, chunk_report, chunk_indices = result
+        items += chunk_items
+        indices += [start + i for i in chunk_indices]
+        report.total += chunk_report.total
+        report.kept += chunk_report.kept
+        for reason, count in chunk_report.skipped.items():
+            report.skipped[reason] = report.skipped.get(reason, 0) + count
+        report.skipped_examples = (report.skipped_examples + chunk_report.skipped_examples)[:MAX_SKIPPED_EXAMPLES]
+        _add_counts(report, chunk_report)
+    report.check()
+    return items, report, indices
+
+
 def tokenize_pairs(examples: list[PairExample], tokenizer, *, max_length: int | None = 1024,
                    max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
-                   on_bad_row: str = "error", source: str = "") -> tuple[list[TokenizedPair], TokenizeReport]:
+                   on_bad_row: str = "error", source: str = "",
+                   max_completion_length: int | None = None) -> tuple[list[TokenizedPair], TokenizeReport]:
     """Tokenize pairs: prompt_ids [P], chosen_ids [C], rejected_ids [R] with P + C <= max_length and
     P + R <= max_length (None: no limit). `source` names the file in messages (pass `DataReport.source`)."""
     items, report, _ = tokenize_indexed("pairs", examples, tokenizer, max_length=max_length,
                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-                                        on_bad_row=on_bad_row, source=source)
+                                        on_bad_row=on_bad_row, source=source,
+                                        max_completion_length=max_completion_length)
     return items, report
 
 
 def tokenize_unpaired(examples: list[UnpairedExample], tokenizer, *, max_length: int | None = 1024,
                       max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
-                      on_bad_row: str = "error", source: str = "") -> tuple[list[TokenizedUnpaired],
-                                                                           TokenizeReport]:
+                      on_bad_row: str = "error", source: str = "",
+                      max_completion_length: int | None = None) -> tuple[list[TokenizedUnpaired], TokenizeReport]:
     """Tokenize unpaired (KTO) examples: prompt_ids [P], completion_ids [C] with P + C <= max_length."""
     items, report, _ = tokenize_indexed("unpaired", examples, tokenizer, max_length=max_length,
                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-                                        on_bad_row=on_bad_row, source=source)
+                                        on_bad_row=on_bad_row, source=source,
+                                        max_completion_length=max_completion_length)
     return items, report
 
 

@@ -16,20 +16,41 @@ def register(sub) -> None:
                     "dataset_name=trl-lib/ultrafeedback_binarized beta=0.1\n"
                     "Several processes: accelerate launch --multi_gpu --num_processes 2 $(which preflab) train ...\n"
                     "Objective parameters (label_smoothing, gamma, ...) may be given as top-level keys.",
-        epilog="options (key = default):\n" + describe_options(),
+        epilog="options (key = default  (type; allowed values) meaning); TRL's DPOConfig names are accepted too:\n"
+               + describe_options(),
     )
     p.add_argument("config", nargs="?", help="YAML config file (optional if every option is given as key=value)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from preflab.config import load_config
+def quiet_third_party_warnings() -> None:
+    """Hide other libraries' FutureWarning / DeprecationWarning / UserWarning in a CLI run (preflab's own warnings
+    still show). Only the `preflab` command calls this; importing preflab changes no warning filter."""
+    import warnings
 
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"preflab(\.|$)")
+        warnings.filterwarnings("default", category=category, message="preflab")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def run(args) -> int:
+    from preflab.config import load_config, preflight
+
+    quiet_third_party_warnings()
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
     cfg = load_config(config, overrides)
+    preflight(cfg)
     if cfg.task == "reward":
         from preflab.reward_models.train import train_reward
 

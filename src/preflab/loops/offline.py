@@ -28,6 +28,10 @@ class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
+        from preflab.config import preflight, resolve_epoch_eval
+        from preflab.models.load import cap_max_length, max_positions
+
+        preflight(cfg, check_models=policy is None)
         self.cfg = cfg
         self.objective = cfg.objective()
         self.kind = kind_for(self.objective)
@@ -41,6 +45,8 @@ class Trainer(TrainingRun):
         self.tokenizer = tokenizer
         self.data_report = {}
         if train_data is None:
+            cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
+                                              cfg.trust_remote_code))
             train_data, eval_data, self.data_report = self.kind.prepare(cfg, tokenizer)
         self.train_data, self.eval_data = train_data, eval_data or []
         if policy is None:
@@ -61,6 +67,7 @@ class Trainer(TrainingRun):
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
+        resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)
         self._build_optimizer()
 
     def _build_optimizer(self):
@@ -179,10 +186,39 @@ class Trainer(TrainingRun):
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
                 n += len(chunk)
+        if self.cfg.generate_during_eval and self.main:
+            self._write_eval_samples()
         self.policy.train()
         if margins and self.main:  # per-pair margins for the report's start / end histograms
             append_pair_margins(self.out, self.step, margins)
         return {f"eval_{k}": v / n for k, v in sums.items()}
+
+    def _write_eval_samples(self, count: int = 4) -> None:
+        """TRL's generate_during_eval: greedy generations of the policy (and of the reference, when it is still
+        loaded) for the first `count` eval prompts, appended to eval_samples.jsonl with the step."""
+        import json
+
+        from preflab.generate import generate_text
+
+        pairs = [p for p in self.eval_data[:count] if hasattr(p, "prompt_ids")]
+        if not pairs:
+            return
+        prompts = [list(p.prompt_ids) for p in pairs]
+        new_tokens = min(64, self.cfg.max_completion_length or 64)
+        policy = self.accelerator.unwrap_model(self.policy)
+        texts = generate_text(policy, self.tokenizer, prompts, max_new_tokens=new_tokens)
+        refs = [None] * len(prompts)
+        if self.objective.needs_reference and self.lora:
+            with policy.disable_adapter():
+                refs = generate_text(policy, self.tokenizer, prompts, max_new_tokens=new_tokens)
+        elif self.ref is not None:
+            refs = generate_text(self.ref, self.tokenizer, prompts, max_new_tokens=new_tokens)
+        with open(self.out / "eval_samples.jsonl", "a") as f:
+            for pair, text, ref in zip(pairs, texts, refs):
+                row = {"step": self.step, "row_id": pair.row_id,
+                       "prompt": self.tokenizer.decode(pair.prompt_ids, skip_special_tokens=True),
+                       "policy": text, "reference": ref}
+                f.write(json.dumps(row) + "\n")
 
     def save_model(self) -> None:
         """Final weights as safetensors (LoRA: the adapter) with the tokenizer and a model card."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from preflab.errors import PreflabError
+from preflab.errors import DataError, PreflabError
 
 _ROW_KIND = {"pairs": "pairwise", "unpaired": "unpaired"}
 
@@ -17,9 +17,12 @@ def _tokenize(kind: str, rows, tokenizer, cfg, source):
     from preflab.data.cache import tokenize_cached
     from preflab.scoring.ref_cache import default_cache_dir
 
+    extra = {"max_completion_length": cfg.max_completion_length} if cfg.max_completion_length else {}
+    if cfg.dataset_num_proc and cfg.dataset_num_proc > 1:
+        extra["num_proc"] = cfg.dataset_num_proc
     return tokenize_cached(rows, tokenizer, cache_dir=default_cache_dir() / "tokenized", max_length=cfg.max_length,
                            max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
-                           on_bad_row=cfg.on_bad_row, source=source)
+                           on_bad_row=cfg.on_bad_row, source=source, **extra)
 
 
 def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
@@ -30,10 +33,16 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     row_kind = _ROW_KIND[kind]
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row)
+    if row_report.total == 0:
+        raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) is empty: it holds no rows"
+                        + (f" ({row_report.blank_lines} blank lines)" if row_report.blank_lines else "") + ".")
     eval_rows, eval_report = [], None
     if cfg.eval_dataset_name:
         eval_rows, eval_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind,
                                            on_bad_row=cfg.on_bad_row)
+        if eval_report.total == 0:
+            raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({eval_report.source}) is empty: it "
+                            "holds no rows.")
     elif cfg.eval_fraction > 0:
         # hold out whole source rows (a pair split into two KTO examples stays on one side)
         ids = sorted({r.row_id for r in rows})

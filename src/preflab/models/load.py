@@ -7,14 +7,16 @@ Remote code runs only with trust_remote_code=true.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from preflab.errors import ConfigError, UnsafeLoadError
+from preflab.errors import ConfigError, UnsafeLoadError, nearest
 
 BUILTIN = {"builtin:tiny-llama": "llama", "builtin:tiny-qwen2": "qwen2", "builtin:tiny-gpt2": "gpt2"}
+BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,34 +37,138 @@ def check_weights_safe(name: str, allow_pickle: bool) -> None:
         )
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE",
+                                                                                       "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1
+            or "\\" in name or name.endswith((".safetensors", ".bin", ".json")))
+
+
+def check_model_name(name: str, option: str = "model_name_or_path") -> None:
+    """Refuse, before anything is loaded, a model name that cannot load, naming `option` and what was tried: an
+    empty name, an unknown builtin, a local path that does not exist, or a hub name that is neither in the local
+    hub cache nor reachable (one quick request, no retries; none at all when HF_HUB_OFFLINE is set)."""
+    if not name:
+        raise ConfigError(f"{option} is empty; give a hub name, a local directory or builtin:tiny-llama.")
+    if name.startswith("builtin:"):
+        if name not in BUILTIN:
+            raise ConfigError(f"{option}={name!r} is not a built-in model; the built-ins are "
+                              f"{', '.join(BUILTIN)}.{nearest(name, BUILTIN)}")
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{option}={name!r} is a file; give the directory that holds config.json and the "
+                              "weights.")
+        return
+    if _looks_like_path(name):
+        raise ConfigError(f"{option}={name!r}: no such local directory (tried {path.resolve()}).")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local hub cache
+    if _offline():
+        raise ConfigError(f"{option}={name!r} is not a local directory and not in the local hub cache, and "
+                          "HF_HUB_OFFLINE is set; download it first or give a local directory.")
+    from huggingface_hub import model_info
+
+    try:
+        model_info(name, timeout=10)
+    except Exception as err:  # noqa: BLE001 - any failure here means the name cannot be loaded
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{option}={name!r} is not a local directory, not in the local hub cache, and the hub "
+                          f"lookup failed ({type(err).__name__}: {reason}).") from err
+
+
+def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
+    """The number of positions the model's position embedding (or RoPE setting) allows, or None if unknown."""
+    if isinstance(name_or_model, str):
+        if name_or_model in BUILTIN:
+            return BUILTIN_POSITIONS
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(name_or_model, trust_remote_code=trust_remote_code)
+        except Exception:  # noqa: BLE001 - loading the model reports it with the option name
+            return None
+    else:
+        from preflab.scoring.lm import unwrap
+
+        config = getattr(unwrap(name_or_model), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def cap_max_length(cfg, positions: int | None) -> None:
+    """max_length above the model's positions would index past its position table mid-training: cap it, with a
+    note (issue 18.15)."""
+    if positions is None or (cfg.max_length is not None and cfg.max_length <= positions):
+        return
+    given = "no max_length (no limit)" if cfg.max_length is None else f"max_length={cfg.max_length}"
+    print(f"preflab: note: {given} is above the {positions} positions of {cfg.model_name_or_path}; using "
+          f"max_length={positions}.")
+    cfg.max_length = positions
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "model_name_or_path"):
     from transformers import AutoTokenizer
 
     if name in BUILTIN:
         from preflab.models.tiny import tiny_tokenizer
 
         return tiny_tokenizer("bytelevel")
-    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    check_model_name(name, option)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{option}={name!r}: the tokenizer could not be loaded ({_first_line(err)}).") from err
     if tok.pad_token is None:  # TRL's convention: a missing pad token becomes EOS
         tok.pad_token = tok.eos_token
     return tok
 
 
+def _first_line(err: Exception) -> str:
+    """The library's message on one line (at most 500 characters), after its type."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:500]}" if text else type(err).__name__
+
+
+def _init_kwargs(kwargs: dict | None, dtype: str) -> dict:
+    """from_pretrained arguments: TRL's model_init_kwargs with torch_dtype spelt dtype, as a torch dtype."""
+    out = dict(kwargs or {})
+    if "torch_dtype" in out:
+        out["dtype"] = out.pop("torch_dtype")
+    value = out.get("dtype", dtype)
+    out["dtype"] = value if value == "auto" or not isinstance(value, str) else DTYPES[value]
+    return out
+
+
 def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False,
-                   tokenizer=None, seed: int = 0) -> nn.Module:
-    """A transformers causal LM in `dtype` (training keeps float32 master weights; mixed precision is autocast)."""
-    if not name:
-        raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-llama.")
+                   tokenizer=None, seed: int = 0, option: str = "model_name_or_path",
+                   init_kwargs: dict | None = None) -> nn.Module:
+    """A transformers causal LM with its weights in `dtype` (default float32: mixed precision is autocast; a lower
+    dtype is TRL's torch_dtype, weights loaded and trained in it). Errors name `option` and what was tried."""
+    check_model_name(name, option)
+    kwargs = _init_kwargs(init_kwargs, dtype)
     if name in BUILTIN:
         from preflab.models.tiny import tiny_causal_lm
 
-        return tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed)
+        model = tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed)
+        return model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"])
     from transformers import AutoModelForCausalLM
 
     check_weights_safe(name, allow_pickle)
-    return AutoModelForCausalLM.from_pretrained(
-        name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -71,9 +177,25 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def check_lora_targets(model: nn.Module, target_modules) -> None:
+    """Every name in lora_target_modules must match a module of the model (peft matches a name as a suffix of a
+    module path); otherwise a ConfigError names the linear modules the model has."""
+    if target_modules in (None, "all-linear"):
+        return
+    wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    paths = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in wanted if not any(p == t or p.endswith("." + t) for p in paths)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                         if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
+        raise ConfigError(f"lora_target_modules {missing} match no module of the model; its linear modules are "
+                          f"{linear} (or use all-linear).")
+
+
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    check_lora_targets(model, target_modules)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
@@ -87,8 +209,9 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
-    policy = load_causal_lm(cfg.model_name_or_path, "float32", cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
-                            seed=cfg.seed)
+    dtype = cfg.load_dtype or "float32"
+    policy = load_causal_lm(cfg.model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
+                            seed=cfg.seed, init_kwargs=cfg.model_kwargs())
     if cfg.disable_dropout:
         disable_dropout(policy)
     if cfg.gradient_checkpointing:
@@ -97,8 +220,9 @@ def load_models(cfg, tokenizer):
     needs_reference = cfg.objective().needs_reference
     ref = None
     if needs_reference and cfg.ref_model_name_or_path:
-        ref = load_causal_lm(cfg.ref_model_name_or_path, "float32", cfg.trust_remote_code, cfg.allow_pickle,
-                             tokenizer, seed=cfg.seed)
+        ref = load_causal_lm(cfg.ref_model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle,
+                             tokenizer, seed=cfg.seed, option="ref_model_name_or_path",
+                             init_kwargs=cfg.model_kwargs(ref=True))
         ref.requires_grad_(False).eval()
     elif needs_reference and not cfg.use_peft:
         ref = frozen_copy(policy)

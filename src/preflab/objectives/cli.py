@@ -1,7 +1,29 @@
 """`preflab objectives`: every registered objective with its parameters, reference need, extras and paper."""
 from __future__ import annotations
 
+import inspect
 import json
+import re
+
+_FIELD = re.compile(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+?)\s*$")
+
+
+def param_meanings(cls) -> dict[str, str]:
+    """{parameter: its one-line meaning}, from the `# comment` after each field in the objective's dataclass
+    (the class's own source and its bases'); a field without a comment maps to ""."""
+    import dataclasses
+
+    meanings: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            match = _FIELD.match(line)
+            if match:
+                meanings[match.group(1)] = match.group(2)
+    return {f.name: meanings.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
 def register(sub) -> None:
@@ -24,8 +46,16 @@ def run(args) -> int:
         alias = f" (aliases: {', '.join(info['aliases'])})" if info["aliases"] else ""
         print(f"{info['name']}{alias}  [{info['batch']}, {ref}]")
         print(f"    {info['summary']}")
-        params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items())
-        print(f"    params: {params or '-'}")
+        if args.name:  # one objective: every parameter on its own line with its meaning
+            from preflab.objectives import _class_for
+
+            meanings = param_meanings(_class_for(args.name))
+            print("    params:" + ("" if info["params"] else " -"))
+            for key, default in info["params"].items():
+                print(f"      {key} = {default!r}" + (f"  # {meanings[key]}" if meanings.get(key) else ""))
+        else:
+            params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items())
+            print(f"    params: {params or '-'}")
         if info["required_extras"] or info["token_needs"]:
             print(f"    extras: {info['required_extras'] + info['token_needs']}")
         print(f"    paper: {info['paper']}")

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from preflab.config import TrainConfig
+from preflab.config import TrainConfig, resolve_epoch_eval
 from preflab.loops.batches import MicroBatch, collate_pairs
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
 
@@ -35,6 +35,7 @@ class RewardRun(TrainingRun):
         self.reward_info, self.data_report = dict(reward_info or {}), dict(data_report or {})
         self.accelerator = self.acc = make_accelerator(cfg)
         self.plan, self.total_steps = make_plan(cfg, len(train_items), self.acc.num_processes)
+        resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.acc.is_main_process)
         if cfg.disable_dropout:
             from preflab.models.load import disable_dropout
 
@@ -102,7 +103,11 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
         tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     report, template = {}, context_template
     if train_data is None:
+        from preflab.models.load import cap_max_length, max_positions
         from preflab.reward_models.data import load_reward_pairs
+
+        cap_max_length(cfg, max_positions(model if model is not None else cfg.model_name_or_path,
+                                          cfg.trust_remote_code))
 
         train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
     if model is None:
@@ -112,6 +117,9 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
+        from preflab.models.load import check_lora_targets
+
+        check_lora_targets(model, cfg.lora_target_modules)
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, task_type="SEQ_CLS",
                                                  target_modules=cfg.lora_target_modules))

@@ -1,0 +1,212 @@
+"""The option table: for every TrainConfig field, its one-line meaning and the values it allows.
+
+    OPTIONS["seed"]            -> Option(meaning="...", allowed="integer in [0, 2**32 - 1]", ok=<predicate>)
+    range_errors(values)       -> one message per option whose value is outside its allowed range
+
+`TrainConfig.check()` and `preflab train --help` both read this table, so the documented range and the enforced
+range cannot drift apart. The field's type is checked separately (from the dataclass annotation); the range
+check here runs only on a value of the right type and never on None (None means "unset" where the type allows it).
+A field with no entry is still type-checked; `--help` shows it as "(undocumented)". A helper adding a block of
+fields to TrainConfig adds their rows here.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) takes seeds below 2**32
+
+# report_to: the trackers accelerate knows -> the module that must be importable for it
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "comet_ml": "comet_ml",
+            "mlflow": "mlflow", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
+NO_TRACKER = ("none", "all")
+
+
+@dataclass(frozen=True)
+class Option:
+    meaning: str                                # one line, for --help
+    allowed: str = ""                           # allowed values in words ("" : any value of the field's type)
+    ok: Callable[[Any], bool] | None = None     # the range check; None: only the type is checked
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def above(low, meaning: str) -> Option:
+    return Option(meaning, f"> {low}", lambda v: _num(v) and v > low)
+
+
+def at_least(low, meaning: str) -> Option:
+    return Option(meaning, f">= {low}", lambda v: _num(v) and v >= low)
+
+
+def within(low, high, meaning: str, high_open: bool = False) -> Option:
+    text = f"in [{low}, {high})" if high_open else f"in [{low}, {high}]"
+    return Option(meaning, text, lambda v: _num(v) and low <= v and (v < high if high_open else v <= high))
+
+
+def one_of(choices, meaning: str) -> Option:
+    return Option(meaning, "one of " + " | ".join(map(str, choices)), lambda v: v in choices)
+
+
+def _nonempty(v) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _trackers_ok(v) -> bool:
+    names = [v] if isinstance(v, str) else v
+    return isinstance(names, (list, tuple)) and all(isinstance(n, str) and (n in TRACKERS or n in NO_TRACKER)
+                                                    for n in names)
+
+
+def _resume_ok(v) -> bool:
+    return isinstance(v, bool) or _nonempty(v)
+
+
+def _target_modules_ok(v) -> bool:
+    return _nonempty(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_nonempty(x) for x in v))
+
+
+def _loss_type_ok(v) -> bool:
+    return _nonempty(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_nonempty(x) for x in v))
+
+
+def _weights_ok(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(_num(x) and x >= 0 for x in v)
+
+
+def _init_kwargs_ok(v) -> bool:
+    return isinstance(v, dict) and set(v) <= set(INIT_KWARGS)
+
+
+# model_init_kwargs / ref_model_init_kwargs: the from_pretrained arguments preflab passes on (others are refused)
+INIT_KWARGS = ("dtype", "torch_dtype", "attn_implementation", "revision", "low_cpu_mem_usage")
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+OPTIONS: dict[str, Option] = {
+    # what to train
+    "task": one_of(("dpo", "reward"), "what to train: a policy (any pairwise/unpaired objective) or a reward model"),
+    "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
+                                 "a non-empty name", _nonempty),
+    "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
+                                     "a non-empty name or null", _nonempty),
+    "dataset_name": Option("training data: hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file",
+                           "a non-empty name", _nonempty),
+    "dataset_split": Option("split of dataset_name to train on (TRL script: dataset_train_split)", "a non-empty name",
+                            _nonempty),
+    "eval_dataset_name": Option("evaluation data (same forms as dataset_name); excludes eval_fraction",
+                                "a non-empty name or null", _nonempty),
+    "eval_split": Option("split of the eval data (TRL script: dataset_test_split)", "a non-empty name", _nonempty),
+    "eval_fraction": within(0, 1, "fraction of training rows held out for evaluation (0: none)", high_open=True),
+    "loss_type": Option("objective name or TRL loss_type alias, or a list (weighted by loss_weights); "
+                        "see `preflab objectives`", "a name or a non-empty list of names", _loss_type_ok),
+    "loss_weights": Option("weights of the loss_type list (TRL's MPO); default 1.0 each",
+                           "a list of numbers >= 0, one per loss_type", _weights_ok),
+    "beta": Option("inverse temperature / KL weight of the objective (its own check applies)"),
+    "objective_params": Option("further objective parameters by name (or give them as top-level keys)"),
+    "center_rewards_coefficient": at_least(0, "task: reward; adds c * mean((r_w + r_l)^2) (TRL)"),
+    "rpo_alpha": at_least(0, "TRL's rpo_alpha: adds rpo_alpha * mean token NLL of the chosen responses "
+                             "(loss_type + ['sft'])"),
+    # optimisation
+    "learning_rate": above(0, "peak AdamW learning rate"),
+    "lr_scheduler_type": one_of(("linear", "cosine", "constant", "constant_with_warmup"),
+                                "schedule after warmup (constant and constant_with_warmup both warm up)"),
+    "warmup_steps": at_least(0, "linear warmup steps (overrides warmup_ratio when > 0)"),
+    "warmup_ratio": within(0, 1, "warmup as a fraction of the total steps"),
+    "weight_decay": at_least(0, "AdamW decoupled weight decay"),
+    "adam_beta1": within(0, 1, "AdamW beta1", high_open=True),
+    "adam_beta2": within(0, 1, "AdamW beta2", high_open=True),
+    "adam_epsilon": above(0, "AdamW epsilon"),
+    "max_grad_norm": Option("clip the global gradient norm to this (0: no clipping)", ">= 0",
+                            lambda v: _num(v) and v >= 0),
+    "per_device_train_batch_size": above(0, "pairs per micro-batch per process"),
+    "per_device_eval_batch_size": above(0, "pairs per evaluation batch per process"),
+    "gradient_accumulation_steps": above(0, "micro-batches per optimizer step"),
+    "max_steps": Option("optimizer steps; -1: use num_train_epochs", "-1 or > 0",
+                        lambda v: isinstance(v, int) and (v == -1 or v > 0)),
+    "num_train_epochs": above(0, "epochs over the training rows (when max_steps is -1)"),
+    "seed": Option("seed of data order, initialisation and sampling", f"integer in [0, {SEED_MAX}]",
+                   lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX),
+    "dtype": one_of(("float32", "bfloat16", "float16"), "compute precision (autocast; master weights stay float32)"),
+    "bf16": Option("TRL spelling of dtype: bfloat16"),
+    "fp16": Option("TRL spelling of dtype: float16"),
+    "load_dtype": one_of(WEIGHT_DTYPES, "dtype the weights are loaded and trained in (TRL: torch_dtype / "
+                                        "model_init_kwargs.dtype); null: float32"),
+    "model_init_kwargs": Option("TRL: from_pretrained arguments of the policy", "a mapping with keys among "
+                                + ", ".join(INIT_KWARGS), _init_kwargs_ok),
+    "ref_model_init_kwargs": Option("TRL: from_pretrained arguments of ref_model_name_or_path",
+                                    "a mapping with keys among " + ", ".join(INIT_KWARGS), _init_kwargs_ok),
+    "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
+    "disable_dropout": Option("set every dropout probability to 0 in policy and reference"),
+    "gradient_checkpointing": Option("recompute activations in the backward pass (less memory, slower)"),
+    "torch_compile": Option("torch.compile the scorer"),
+    # data
+    "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
+    "max_prompt_length": above(0, "max prompt tokens, cut per truncation_mode (null: no limit)"),
+    "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; counted in the "
+                                      "data report)"),
+    "truncation_mode": one_of(("keep_end", "keep_start"), "how an over-long prompt is cut"),
+    "on_bad_row": one_of(("error", "skip"), "a bad data row stops the run, or is skipped and counted"),
+    "layout": one_of(("padded", "prefix_shared", "packed", "prefix_packed"),
+                     "batch layout (preflab.data.prefix); TRL padding_free: true -> prefix_packed"),
+    "precompute_ref_log_probs": Option("score the reference once before training and release it"),
+    "dataset_num_proc": above(0, "processes that tokenize the data on a cache miss (TRL; null: one)"),
+    "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, from a 64 MiB logits budget)"),
+    # evaluation schedule (TRL)
+    "eval_strategy": one_of(("no", "steps", "epoch"), "TRL: when to evaluate (null: eval_steps decides)"),
+    "generate_during_eval": Option("at each evaluation, write greedy generations of the policy (and reference) "
+                                   "for the first 4 eval prompts to eval_samples.jsonl (TRL)"),
+    # models
+    "use_peft": Option("train LoRA adapters instead of all weights"),
+    "lora_r": above(0, "LoRA rank"),
+    "lora_alpha": above(0, "LoRA scaling numerator (scale = lora_alpha / lora_r)"),
+    "lora_dropout": within(0, 1, "dropout on the LoRA input", high_open=True),
+    "lora_target_modules": Option("module names (suffixes) that get adapters, or all-linear",
+                                  "all-linear, a name, or a non-empty list of names", _target_modules_ok),
+    "trust_remote_code": Option("run model code shipped with a hub model (off: refused)"),
+    "allow_pickle": Option("allow .bin/.pt weights (pickle); off: safetensors only"),
+    # output
+    "output_dir": Option("where metrics, checkpoints and the final model go", "a non-empty path", _nonempty),
+    "logging_steps": above(0, "write a metrics row every this many steps"),
+    "eval_steps": at_least(0, "evaluate every this many steps (0: only at the end, when there is an eval set)"),
+    "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
+    "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all)"),
+    "resume_from_checkpoint": Option("true: the latest checkpoint in output_dir; or a checkpoint path",
+                                     "true, false, null or a non-empty path", _resume_ok),
+    "report_to": Option("trackers that also receive every metrics row",
+                        "none, all, or a name or list among " + " | ".join(TRACKERS), _trackers_ok),
+    "disable_tqdm": Option("no progress bar"),
+    "use_cpu": Option("train on the CPU even when an accelerator is present"),
+    # run safety (rows for the fields the run-safety work adds)
+    "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),
+    "allow_config_change": Option("allow resuming with options that change the run's meaning"),
+}
+
+
+def range_errors(values: dict) -> list[str]:
+    """One message per option whose (non-None) value is outside the range its table row allows."""
+    errors = []
+    for name, value in values.items():
+        option = OPTIONS.get(name)
+        if option is None or option.ok is None or value is None:
+            continue
+        if not option.ok(value):
+            errors.append(f"{name}={value!r} is not allowed: {name} must be {option.allowed}.")
+    return errors
+
+
+def missing_trackers(report_to) -> list[str]:
+    """The known trackers named in report_to whose package is not installed."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [n for n in names if n in TRACKERS and importlib.util.find_spec(TRACKERS[n]) is None]
+
+
+def help_line(name: str, type_text: str, default: str) -> str:
+    """`  name = default  (type; allowed) meaning` for --help."""
+    option = OPTIONS.get(name)
+    if option is None:
+        return f"  {name} = {default}  ({type_text}) (undocumented)"
+    allowed = f"; {option.allowed}" if option.allowed else ""
+    return f"  {name} = {default}  ({type_text}{allowed}) {option.meaning}"

@@ -1,0 +1,142 @@
+"""Every option is range-checked from one table before any model loads (issue 18.11, 11.8)."""
+import dataclasses
+import typing
+
+import pytest
+
+from preflab.cli import main
+from preflab.config import TrainConfig, config_from_dict, load_config, preflight
+from preflab.config_options import OPTIONS
+from preflab.errors import ConfigError
+
+BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+
+
+def test_every_field_has_a_table_row():
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in OPTIONS]
+    assert missing == [], f"add rows to preflab.config_options.OPTIONS for {missing}"
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("logging_steps", 0, "> 0"), ("adam_beta1", 1.5, "in [0, 1)"), ("adam_epsilon", -1.0, "> 0"),
+    ("weight_decay", -5.0, ">= 0"), ("seed", -1, "[0, 4294967295]"), ("seed", 2**70, "[0, 4294967295]"),
+    ("chunk_tokens", -8, "> 0"), ("chunk_tokens", 0, "> 0"), ("lora_dropout", 3.0, "in [0, 1)"),
+    ("report_to", "nonsense", "tensorboard"), ("resume_from_checkpoint", [1, 2], "non-empty path"),
+    ("resume_from_checkpoint", "", "non-empty path"), ("model_name_or_path", "", "non-empty"),
+    ("max_grad_norm", -1.0, ">= 0"), ("num_train_epochs", -3.0, "> 0"), ("save_total_limit", -1, "> 0"),
+    ("save_total_limit", 0, "> 0"), ("warmup_steps", -1, ">= 0"), ("logging_steps", -2, "> 0"),
+    ("eval_steps", -1, ">= 0"), ("save_steps", -4, ">= 0"), ("warmup_ratio", 1.5, "[0, 1]"),
+    ("max_steps", 0, "-1 or > 0"), ("max_completion_length", 0, "> 0"), ("rpo_alpha", -0.5, ">= 0"),
+])
+def test_out_of_range_values_are_refused_with_option_value_and_range(key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, key: value})
+    text = str(err.value)
+    assert f"{key}={value!r}" in text and allowed in text
+
+
+def test_lora_rank_zero_refused():
+    with pytest.raises(ConfigError, match=r"lora_r=0 .* > 0"):
+        config_from_dict({**BASE, "use_peft": True, "lora_r": 0})
+
+
+def test_every_bad_option_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "logging_steps": 0, "adam_beta1": 1.5, "seed": -1})
+    text = str(err.value)
+    assert "3 invalid options" in text
+    assert all(f in text for f in ("logging_steps=0", "adam_beta1=1.5", "seed=-1"))
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"bf16": True, "dtype": "float16"}, "bf16: true conflicts with dtype='float16'"),
+    ({"fp16": True, "dtype": "bfloat16"}, "fp16: true conflicts"),
+    ({"eval_fraction": 0.1, "eval_dataset_name": "e.jsonl"}, "both give an eval set"),
+    ({"task": "reward", "loss_type": "ipo"}, "task: reward trains a Bradley-Terry reward model; loss_type"),
+    ({"center_rewards_coefficient": 0.01}, "only applies to task: reward"),
+    ({"ref_model_init_kwargs": {"dtype": "bfloat16"}}, "only apply to ref_model_name_or_path"),
+])
+def test_conflicting_options_are_errors(extra, words):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, **extra})
+    assert words in str(err.value)
+
+
+def test_bf16_with_matching_dtype_is_fine():
+    assert config_from_dict({**BASE, "bf16": True, "dtype": "bfloat16"}).torch_dtype == "bfloat16"
+
+
+def test_empty_config_file_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(path)
+
+
+def test_read_only_cache_dir_refused_before_loading(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(blocker / "cache"))  # under a file: cannot be created, even as root
+    with pytest.raises(ConfigError, match="PREFLAB_CACHE_DIR .* is not writable"):
+        preflight(config_from_dict(BASE))
+
+
+def test_report_to_unknown_lists_known_and_missing_says_pip_install(monkeypatch):
+    with pytest.raises(ConfigError, match=r"report_to='tensorbord'.*tensorboard \| wandb"):
+        config_from_dict({**BASE, "report_to": "tensorbord"})
+    import preflab.config_options as options
+
+    monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: None)  # nothing installed
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        preflight(config_from_dict({**BASE, "report_to": ["tensorboard"]}))
+
+
+def test_cli_reports_a_bad_value_in_one_line_before_loading(capsys):
+    code = main(["train", "model_name_or_path=builtin:tiny-llama", "dataset_name=missing.jsonl", "max_grad_norm=-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("preflab: error: max_grad_norm=-1.0 is not allowed") and "Traceback" not in err
+
+
+def test_help_lists_every_option_with_meaning_and_allowed_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"  {f.name} = " in text
+    assert "seed = 42  (int; integer in [0, 4294967295]) seed of data order" in text
+    assert "lora_dropout = 0.05  (float; in [0, 1)) dropout on the LoRA input" in text
+    assert "(undocumented)" not in text
+
+
+def test_undocumented_field_is_type_checked_and_marked_in_help(monkeypatch):
+    from preflab.config import _check_type
+    from preflab.config_options import help_line
+
+    assert help_line("brand_new_option", "int", "3") == "  brand_new_option = 3  (int) (undocumented)"
+    with pytest.raises(ConfigError, match="must be int"):
+        _check_type("brand_new_option", "three", typing.Optional[int])
+
+
+def test_objectives_name_prints_parameters_with_meaning(capsys):
+    assert main(["objectives", "dpo"]) == 0
+    out = capsys.readouterr().out
+    assert "beta = 0.1  # inverse temperature of the implicit reward" in out
+    assert "ld_alpha = None  # TRL's ld_alpha" in out
+
+
+def test_cli_hides_third_party_warnings_but_not_preflab_ones():
+    import warnings
+
+    from preflab.loops.cli import quiet_third_party_warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()
+        warnings.warn_explicit("`x` is deprecated", FutureWarning, "modeling_utils.py", 1,
+                               module="transformers.modeling_utils")
+        warnings.warn_explicit("a user warning", UserWarning, "tuners.py", 1, module="peft.tuners")
+        warnings.warn_explicit("preflab: layout falls back", UserWarning, "prefix.py", 1, module="preflab.data.prefix")
+    assert [str(w.message) for w in seen] == ["preflab: layout falls back"]
+    assert warnings.filters == before  # the filters were the CLI run's only; library users keep theirs

@@ -1,0 +1,70 @@
+"""YAML configs: safe loading, bounded aliases, duplicate keys refused (issue 18.12, 18.16)."""
+import time
+
+import pytest
+
+from preflab.config import load_config, parse_override
+from preflab.errors import ConfigError
+
+HEAD = "model_name_or_path: builtin:tiny-llama\ndataset_name: d.jsonl\n"
+
+
+def bomb(levels: int) -> str:
+    """The billion-laughs shape: each level is a list of nine aliases of the level below."""
+    lines = ['a0: &a0 ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "x", "y"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nlora_target_modules: *a{levels}\n"
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(HEAD + bomb(9))  # 82 aliases, 9**10 strings once expanded
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to about"):
+        load_config(path)
+    assert time.perf_counter() - started < 5
+
+
+def test_bomb_inside_one_option_is_refused_by_its_size(tmp_path):
+    items = ["  - &b1 [x, y, x, y, x, y, x, y]"]
+    items += [f"  - &b{i} [" + ", ".join([f"*b{i - 1}"] * 8) + "]" for i in range(2, 7)]  # 40 aliases
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "lora_target_modules:\n" + "\n".join(items) + "\n")
+    with pytest.raises(ConfigError, match="option 'lora_target_modules' expands to about"):
+        load_config(path)
+
+
+def test_too_many_aliases_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "x: &x 1\nlora_target_modules: [" + ", ".join(["*x"] * 150) + "]\n")
+    with pytest.raises(ConfigError, match="more than 100 YAML aliases"):
+        load_config(path)
+
+
+def test_a_few_aliases_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "dataset_split: &s train_prefs\neval_split: *s\n")
+    assert load_config(path).eval_split == "train_prefs"
+
+
+def test_duplicate_key_is_an_error_naming_key_and_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "beta: 0.1\nlearning_rate: 1.0e-6\nbeta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'beta' \(lines 3 and 5\)"):
+        load_config(path)
+
+
+def test_nested_duplicate_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "objective_params:\n  gamma: 1\n  gamma: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'gamma'"):
+        load_config(path)
+
+
+def test_tags_still_refused_in_file_and_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "beta: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    assert parse_override("beta=!!python/object/apply:os.getcwd []")[1] == "!!python/object/apply:os.getcwd []"

@@ -1,0 +1,97 @@
+"""Model-loading mistakes end in one `preflab: error:` line naming the option (issue 11); max_length is capped at the
+model's positions (issue 18.15); LoRA targets that do not exist are named with the ones that do (issue 18.11)."""
+import json
+import time
+
+import pytest
+import torch
+
+from preflab.cli import main
+from preflab.errors import ConfigError
+
+DATA = "examples/data/loud_echo_pairs.jsonl"
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("preflab: note:")]
+    assert len(lines) == 1 and lines[0].startswith("preflab: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["model_name_or_path=./no/such/model"], "model_name_or_path='./no/such/model': no such local directory (tried"),
+    (["model_name_or_path=builtin:tiny-lama"], "is not a built-in model; the built-ins are builtin:tiny-llama"),
+    (["model_name_or_path=builtin:tiny-llama", "ref_model_name_or_path=/nowhere/ref"],
+     "ref_model_name_or_path='/nowhere/ref': no such local directory"),
+])
+def test_local_model_mistakes_are_one_line(overrides, words, capsys, tmp_path):
+    code = main(["train", f"dataset_name={DATA}", f"output_dir={tmp_path}", *overrides])
+    assert code == 2
+    assert words in _one_error_line(capsys)
+
+
+def test_hub_name_offline_fails_at_once(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    started = time.perf_counter()
+    code = main(["train", "model_name_or_path=nobody-here/no-model", f"dataset_name={DATA}",
+                 f"output_dir={tmp_path / 'out'}"])
+    assert code == 2 and time.perf_counter() - started < 5
+    line = _one_error_line(capsys)
+    assert "model_name_or_path='nobody-here/no-model' is not a local directory and not in the local hub cache" in line
+    assert "HF_HUB_OFFLINE is set" in line
+
+
+def test_hub_name_that_cannot_be_found_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    started = time.perf_counter()
+    code = main(["train", "model_name_or_path=preflab-test-nobody/no-such-model-7", f"dataset_name={DATA}",
+                 f"output_dir={tmp_path / 'out'}"])
+    assert code == 2 and time.perf_counter() - started < 20  # one request, no retry loop
+    assert "the hub lookup failed" in _one_error_line(capsys)
+
+
+@pytest.mark.slow  # peft import
+def test_lora_target_that_does_not_exist_names_the_real_ones():
+    from preflab.models.load import add_lora
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tiny_causal_lm(tiny_tokenizer())
+    with pytest.raises(ConfigError) as err:
+        add_lora(model, 4, 8, 0.0, ["q_proj", "qkv_proj"])
+    text = str(err.value)
+    assert "lora_target_modules ['qkv_proj'] match no module" in text
+    assert all(name in text for name in ("'q_proj'", "'v_proj'", "'down_proj'"))
+    assert add_lora(tiny_causal_lm(tiny_tokenizer()), 4, 8, 0.0, ["q_proj", "v_proj"]) is not None
+
+
+def test_empty_data_file_says_it_is_empty(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code = main(["train", "model_name_or_path=builtin:tiny-llama", f"dataset_name={empty}",
+                 f"output_dir={tmp_path / 'out'}", "use_cpu=true"])
+    assert code == 2
+    line = _one_error_line(capsys)
+    assert f"dataset_name='{empty}'" in line and "is empty: it holds no rows" in line and "batch size" not in line
+
+
+@pytest.mark.slow
+def test_rows_longer_than_the_model_positions_train_with_max_length_capped(tmp_path, monkeypatch, capsys):
+    """builtin:tiny-gpt2 has 512 absolute positions; a 700-token row under max_length=1024 raised IndexError."""
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    rows = [{"prompt": f"echo: w{i}\n", "chosen": f"W{i}", "rejected": f"w{i}"} for i in range(3)]
+    rows.append({"prompt": "echo: long\n", "chosen": "LONG " * 140, "rejected": "long " * 140})
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    code = main(["train", "model_name_or_path=builtin:tiny-gpt2", f"dataset_name={data}", f"output_dir={out}",
+                 "per_device_train_batch_size=4", "max_steps=1", "disable_tqdm=true", "use_cpu=true"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "max_length=1024 is above the 512 positions of builtin:tiny-gpt2; using max_length=512" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["train_tokenize"]["response_truncated"] == 1
