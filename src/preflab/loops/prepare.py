@@ -29,11 +29,13 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     row_kind = _ROW_KIND[kind]
-    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row)
+    extras = cfg.objective().row_extras()  # the objective's per-row extras, checked with the rows
+    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
+                                 required_extras=extras)
     eval_rows, eval_report = [], None
     if cfg.eval_dataset_name:
         eval_rows, eval_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind,
-                                           on_bad_row=cfg.on_bad_row)
+                                           on_bad_row=cfg.on_bad_row, required_extras=extras)
     elif cfg.eval_fraction > 0:
         # hold out whole source rows (a pair split into two KTO examples stays on one side)
         ids = sorted({r.row_id for r in rows})
