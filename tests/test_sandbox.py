@@ -309,6 +309,10 @@ def test_sysv_shared_memory_dies_with_the_run_and_does_not_link_runs():
         host_keys = [int(line.split()[0]) for line in f.readlines()[1:]]
     assert key not in host_keys
     assert "private IPC namespace" in r1.isolation["ipc"]
+    # shared memory is not in RLIMIT_AS: capped at memory_mb in the run's namespace (or refused where it cannot be)
+    r3 = run_python(libc_shm + "print([libc.shmget(0, 100 << 20, 0o1600) >= 0 for _ in range(2)])", timeout_s=5,
+                    memory_mb=128)
+    assert r3.status == "ok" and r3.stdout in ("[True, False]\n", "[False, False]\n"), r3.stdout
 
 
 def test_memfd_cannot_bypass_the_memory_limit():
