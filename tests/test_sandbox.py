@@ -396,8 +396,9 @@ def _check_non_root_caller(tmp_path: Path) -> None:
         assert open({str(secret)!r}).read() == "PRIVATE KEY"      # the caller itself can read it
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            r = run_python("try:\\n    print(open({str(secret)!r}).read())\\nexcept OSError as e:\\n"
-                           "    print('denied', e.errno)\\nimport json\\nprint(json.dumps([1]))", timeout_s=5)
+            r = run_python("import json\\nfor path in [{str(secret)!r}, '/proc/" + str(os.getpid()) + "/environ']:\\n"
+                           "    try:\\n        print(open(path).read()[:20])\\n    except OSError as e:\\n"
+                           "        print('denied', e.errno)\\nprint(json.dumps([1]))", timeout_s=5)
         print(r.status, r.stdout.replace("\\n", "|"))
         print(r.isolation["filesystem"])
         print([str(w.message) for w in caught])
@@ -410,7 +411,7 @@ def _check_non_root_caller(tmp_path: Path) -> None:
     status, filesystem, warned = out.stdout.splitlines()
     assert "non-root caller" in warned
     if "reads only beneath" in filesystem:              # Landlock read rules applied: the promise is denial
-        assert status == "ok denied 13|[1]|", status
+        assert status == "ok denied 13|denied 13|[1]|", status     # the key, and the caller's environment
         assert "applied here" in warned
     else:                                               # no Landlock here: the warning must say so
         assert "NOT applied here" in warned
