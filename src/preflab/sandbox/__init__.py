@@ -27,7 +27,8 @@ What is isolated (any caller)
   cannot see) is refused too; syscalls through another ABI (32-bit, x32) kill the process. The filter is
   required: where it cannot be installed nothing runs (SandboxError).
 - IPC: a private IPC namespace per run (root: unshare; non-root: inside a user namespace): SysV shared memory,
-  semaphores and message queues die with the run and are never visible to the host or to another run.
+  semaphores and message queues die with the run and are never visible to the host or to another run. Where no
+  IPC namespace can be made, SysV IPC is refused instead (seccomp).
 - Network (block_network=True): a new network namespace with no interface up (root; non-root where user
   namespaces are allowed), else TCP via Landlock ABI >= 4; `SandboxResult.isolation["network"]` says which.
 - Landlock (Linux >= 5.13): writes are allowed only beneath the working folder and to /dev/null; everything else,

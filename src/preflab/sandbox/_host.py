@@ -90,6 +90,9 @@ def _kill_until_gone(scan, still_ours, timeout_s: float) -> int:
             except OSError:
                 pass
             fds.append(fd)
+        if not fds:  # nothing could be pinned (all exited meanwhile?): rescan after a short pause
+            time.sleep(0.01)
+            continue
         try:  # a pidfd is readable once its process has exited
             pending = list(fds)
             while pending and time.monotonic() < deadline:

@@ -20,8 +20,8 @@ It runs as the caller's user, applies every limit in this order, and then `execv
    Non-root callers also get Landlock read rules: reads and execution only beneath the system folders, the
    interpreter's trees and the working folder (the caller's home and its 0600 files are out of reach).
 6. seccomp filter (any user): socket(AF_UNIX) (pathname and abstract unix sockets: D-Bus, /dev/log, ssh-agent),
-   memfd_create and memfd_secret (memory outside RLIMIT_AS), shmget when step 2 could not cap shared memory, and
-   io_uring_setup (syscalls that seccomp cannot see) fail with EPERM; a syscall of another architecture (32-bit/x32 entry points) kills the process.
+   memfd_create and memfd_secret (memory outside RLIMIT_AS), shmget when step 2 could not cap shared memory (all of
+   SysV IPC when there is no private IPC namespace), and io_uring_setup (syscalls that seccomp cannot see) fail with EPERM; a syscall of another architecture (32-bit/x32 entry points) kills the process.
 7. parent-death signal SIGKILL, working folder, umask, then execve.
 
 What was applied is written to `status_fd` as lines "I <aspect>\t<text>" (close-on-exec, so the caller sees EOF
@@ -55,8 +55,10 @@ FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 
 # seccomp (include/uapi/linux/seccomp.h, filter.h): audit arch, syscall numbers denied with EPERM, socket's number.
 _SECCOMP_ARCH = {
-    "x86_64": (0xC000003E, {"memfd_create": 319, "memfd_secret": 447, "io_uring_setup": 425, "shmget": 29}, 41),
-    "aarch64": (0xC00000B7, {"memfd_create": 279, "memfd_secret": 447, "io_uring_setup": 425, "shmget": 194}, 198),
+    "x86_64": (0xC000003E, {"memfd_create": 319, "memfd_secret": 447, "io_uring_setup": 425, "shmget": 29,
+                            "semget": 64, "msgget": 68}, 41),
+    "aarch64": (0xC00000B7, {"memfd_create": 279, "memfd_secret": 447, "io_uring_setup": 425, "shmget": 194,
+                             "semget": 190, "msgget": 186}, 198),
 }
 AF_UNIX, EPERM = 1, 1
 
@@ -131,14 +133,16 @@ def _cap_shm(shm_bytes: int) -> str:
         return f"; shared memory not capped ({e.strerror})"
 
 
-def seccomp_filter(deny_shmget: bool) -> str:
+def seccomp_filter(deny_shmget: bool, deny_sysv: bool) -> str:
     """Install the seccomp filter described in the module docstring (needs no_new_privs). `deny_shmget`: also
-    refuse SysV shared memory (when it could not be capped in the run's IPC namespace)."""
+    refuse SysV shared memory (when it could not be capped in the run's IPC namespace); `deny_sysv`: refuse all
+    SysV IPC (when the run has no IPC namespace of its own)."""
     entry = _SECCOMP_ARCH.get(os.uname().machine)
     if entry is None:
         raise Fatal(f"no seccomp filter for architecture {os.uname().machine}")
     arch, denied, socket_nr = entry
-    denied = {k: v for k, v in denied.items() if deny_shmget or k != "shmget"}
+    optional = {"shmget": deny_shmget or deny_sysv, "semget": deny_sysv, "msgget": deny_sysv}
+    denied = {k: v for k, v in denied.items() if optional.get(k, True)}
     ld_w, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, kill, deny = 0x7FFF0000, 0x80000000, 0x00050000 | EPERM
     prog = [(ld_w, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (ld_w, 0, 0, 0)]
@@ -256,7 +260,8 @@ def main() -> None:
             report["user"] = f"caller's uid {os.getuid()}; process limit approximate ({n} for the whole user)"
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         report["filesystem"] = landlock(cfg["workdir"], cfg["block_network"], cfg["readable"])
-        report["syscalls"] = seccomp_filter(deny_shmget="capped at" not in report.get("ipc", ""))
+        ipc = report.get("ipc", "")
+        report["syscalls"] = seccomp_filter(deny_shmget="capped at" not in ipc, deny_sysv=ipc.startswith("no "))
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
         if os.getppid() != cfg["parent_pid"]:
             raise Fatal("the calling process is gone")
