@@ -94,6 +94,15 @@ def run_python(
     python: str | None = None,
     env: dict[str, str] | None = None,
 ) -> SandboxResult:
+    """Run `code` as `main.py` with `python -I -B` in a fresh temporary folder and return a `SandboxResult`.
+
+    timeout_s: wall-clock limit. cpu_s: CPU-time limit per process (default ceil(timeout_s)). memory_mb: address
+    space per process (RLIMIT_AS). max_output_bytes: cap for stdout and for stderr, each. max_processes: processes
+    and threads alive at once (RLIMIT_NPROC on a fresh uid when run as root). max_file_mb: largest file a process
+    may write (RLIMIT_FSIZE). files: extra files for the working folder, {relative path: text}. python: the
+    interpreter (default: this one). env: extra environment variables (the environment is otherwise minimal).
+    A non-root caller gets a `SandboxWarning` saying what a non-root sandbox does not protect.
+    """
     return _run_python(code, stdin=stdin, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb,
                        max_output_bytes=max_output_bytes, max_processes=max_processes, max_file_mb=max_file_mb,
                        files=files, block_network=block_network, python=python, env=env)
@@ -103,16 +112,7 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
                 memory_mb: int = 512, max_output_bytes: int = 65536, max_processes: int = 8, max_file_mb: int = 16,
                 files: dict[str, str] | None = None, block_network: bool = True, python: str | None = None,
                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> SandboxResult:
-    """Run `code` as `main.py` with `python -I -B` in a fresh temporary folder and return a `SandboxResult`.
-
-    timeout_s: wall-clock limit. cpu_s: CPU-time limit per process (default ceil(timeout_s)). memory_mb: address
-    space per process (RLIMIT_AS). max_output_bytes: cap for stdout and for stderr, each. max_processes: processes
-    and threads alive at once (RLIMIT_NPROC on a fresh uid when run as root). max_file_mb: largest file a process
-    may write (RLIMIT_FSIZE). files: extra files for the working folder, {relative path: text}. python: the
-    interpreter (default: this one). env: extra environment variables (the environment is otherwise minimal).
-    pass_fds (internal, for `run_tests`): file descriptors the program inherits under the same numbers.
-    A non-root caller gets a `SandboxWarning` saying what a non-root sandbox does not protect.
-    """
+    """`run_python` with `pass_fds` (file descriptors the program inherits under the same numbers; `run_tests`)."""
     _check_args(timeout_s, cpu_s, memory_mb, max_output_bytes, max_processes, max_file_mb)
     if not sys.platform.startswith("linux"):
         raise SandboxError(f"preflab.sandbox needs Linux (rlimits, namespaces, Landlock); this is {sys.platform}.")
