@@ -172,7 +172,8 @@ def test_duplicate_json_keys_are_bad_rows(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"prompt": "q", "chosen": " a", "rejected": " b"}\n'
                     '{"prompt": "q", "chosen": " a", "chosen": " c", "rejected": " b"}\n'
-                    '{"prompt": [{"role": "user", "content": "x", "content": "y"}], "chosen": " a", "rejected": " b"}\n')
+                    '{"prompt": [{"role": "user", "content": "x", "content": "y"}], '
+                    '"chosen": " a", "rejected": " b"}\n')
     with pytest.raises(DataError, match=r"row 1 \(line 2\), field 'chosen': the object has the key\(s\) \['chosen'\]"):
         load_rows(path)
     examples, report = load_rows(path, on_bad_row="skip")

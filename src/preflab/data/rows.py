@@ -11,8 +11,8 @@ Kinds and the row forms each accepts (TRL's dataset conventions, ANCHORS.md §3.
 - "prompt" -> `PromptExample`: {"prompt"} for online loops; a pairwise row without `prompt` gives its implicit
   prompt.
 Every other column is kept in `extras`; `required_extras` (an objective's per-row extras, see
-`Objective.row_extras`) must be numeric in every row. A bad row raises `DataError` naming the file, the row and the field, or
-with `on_bad_row="skip"` is counted by reason in the report; `kept + sum(skipped) == total` always holds.
+`Objective.row_extras`) must be numeric in every row. A bad row raises `DataError` naming the file, the row and
+the field, or with `on_bad_row="skip"` is counted by reason in the report; `kept + sum(skipped) == total` always holds.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from preflab.data.examples import Example, PairExample, PromptExample, UnpairedE
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
 from preflab.data.validate import (check_different, check_label, check_messages, check_numeric_extra,
-                                   check_response_turns, check_same_form, check_text, check_text_or_messages, split_implicit_messages,
-                                   split_implicit_text)
+                                   check_response_turns, check_same_form, check_text, check_text_or_messages,
+                                   split_implicit_messages, split_implicit_text)
 from preflab.errors import ConfigError, nearest
 
 KINDS = ("pairwise", "unpaired", "prompt")

@@ -21,7 +21,8 @@ It runs as the caller's user, applies every limit in this order, and then `execv
    interpreter's trees and the working folder (the caller's home and its 0600 files are out of reach).
 6. seccomp filter (any user): socket(AF_UNIX) (pathname and abstract unix sockets: D-Bus, /dev/log, ssh-agent),
    memfd_create and memfd_secret (memory outside RLIMIT_AS), shmget when step 2 could not cap shared memory (all of
-   SysV IPC when there is no private IPC namespace), and io_uring_setup (syscalls that seccomp cannot see) fail with EPERM; a syscall of another architecture (32-bit/x32 entry points) kills the process.
+   SysV IPC when there is no private IPC namespace), and io_uring_setup (syscalls that seccomp cannot see) fail
+   with EPERM; a syscall of another architecture (32-bit/x32 entry points) kills the process.
 7. parent-death signal SIGKILL, working folder, umask, then execve.
 
 What was applied is written to `status_fd` as lines "I <aspect>\t<text>" (close-on-exec, so the caller sees EOF
