@@ -401,6 +401,12 @@ def _check_non_root_caller(tmp_path: Path) -> None:
                            "        print('denied', e.errno)\\nprint(json.dumps([1]))", timeout_s=5)
         print(r.status, r.stdout.replace("\\n", "|"))
         print(r.isolation["filesystem"])
+        daemon = run_python("import os, time\\npid = os.fork()\\nif pid == 0:\\n    os.setsid()\\n"
+                            "    time.sleep(60)\\nprint(pid)", timeout_s=5)
+        from preflab.sandbox import _host
+        pid = int(daemon.stdout)
+        alive = os.path.exists(f"/proc/{{pid}}") and not _host._is_zombie(str(pid))
+        print(daemon.isolation["ipc"].replace(" ", "_"), daemon.processes_left, alive)
         print([str(w.message) for w in caught])
     """)
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path)}
@@ -408,8 +414,13 @@ def _check_non_root_caller(tmp_path: Path) -> None:
     python = _interpreter_usable_by(user)
     out = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
-    status, filesystem, warned = out.stdout.splitlines()
+    status, filesystem, daemon, warned = out.stdout.splitlines()
     assert "non-root caller" in warned
+    ipc, left, alive = daemon.split()
+    if "user_namespace" in ipc:                         # the setsid() daemon was found and killed
+        assert (left, alive) == ("1", "False"), daemon
+    else:
+        assert "NOT here" in warned
     if "reads only beneath" in filesystem:              # Landlock read rules applied: the promise is denial
         assert status == "ok denied 13|denied 13|[1]|", status     # the key, and the caller's environment
         assert "applied here" in warned

@@ -49,6 +49,8 @@ What is isolated (any caller)
   * reads: Landlock read rules confine reads and execution to /usr, /lib*, /bin, /sbin, /etc, /dev, /proc,
     /sys/devices/system/cpu, the interpreter's trees and the working folder, so the caller's home (~/.ssh,
     tokens, 0600 files) is out of reach. Without Landlock this does not hold, and the warning says so.
+  * processes: the run has its own user namespace (where unprivileged user namespaces are allowed); when it
+    ends, every process in that namespace (or one nested in it) is killed, including ones that called setsid().
 
 What is not isolated
 - Reading as root: any file readable by "other" users (most of /usr, /etc, world-readable project files) can be
@@ -59,8 +61,9 @@ What is not isolated
   is available (CPU, kernel bugs). No cgroups: CPU share, total memory and pids are not accounted as a group.
 - Not root: the child keeps the caller's uid. It can signal or trace the caller's processes only where Landlock is
   missing; RLIMIT_NPROC counts all of the caller's processes, so it is set to (their count at start +
-  `max_processes`) and is approximate; leftovers are killed by process group only (a child that calls setsid()
-  can outlive the run); without Landlock, the child can read and write whatever the caller can.
+  `max_processes`) and is approximate; without a user namespace, leftovers are killed by process group only (a
+  child that calls setsid() can outlive the run); without Landlock, the child can read and write whatever the
+  caller can.
 - Without Landlock and as root, the fresh uid can still write world-writable places (/tmp, /dev/shm).
 - `run_tests` verdicts: see `preflab.sandbox.checks` (code that drives the harness's pipes itself can forge one).
 """

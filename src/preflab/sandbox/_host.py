@@ -1,6 +1,7 @@
 """Caller-side helpers of the sandbox: a fresh uid per run, paths to expose, and killing what a run left behind."""
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import select
@@ -14,6 +15,7 @@ from pathlib import Path
 # Folders a non-root caller's sandbox may read beneath (Landlock), besides the interpreter and the working folder.
 SYSTEM_READABLE = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/dev", "/proc",
                    "/sys/devices/system/cpu")
+NS_GET_PARENT = 0xB702  # ioctl on a namespace fd: the parent user namespace (linux/nsfs.h)
 # Fresh uids are drawn from a range no distribution allocates (and away from nobody = 65534).
 _UID_BASE, _UID_SPAN = 1_900_000_000, 50_000_000
 _LOCK_DIR = Path(tempfile.gettempdir()) / "preflab-sandbox-uids"
@@ -67,6 +69,47 @@ def kill_uid(uid: int, timeout_s: float = 2.0) -> int:
 def kill_group(pgid: int, timeout_s: float = 2.0) -> int:
     """SIGKILL every live process of process group `pgid` and wait until none is left (at most `timeout_s`)."""
     return _kill_until_gone(lambda: _group_members(pgid), lambda pid: _pgid_of(pid) == pgid, timeout_s)
+
+
+def kill_userns(userns: int, timeout_s: float = 2.0) -> int:
+    """SIGKILL every process of the caller's uid inside user namespace `userns` (an inode) or one nested in it, and
+    wait until none is left (at most `timeout_s`). A process cannot leave a user namespace, so setsid() or a new
+    process group does not hide it."""
+    return _kill_until_gone(lambda: processes_in_userns(userns), lambda pid: _in_userns(pid, userns), timeout_s)
+
+
+def processes_in_userns(userns: int) -> list[int]:
+    """Live pids of the caller's uid in user namespace `userns` or a namespace nested in it."""
+    me, pids = os.getuid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == me and not _is_zombie(entry) and _in_userns(int(entry), userns):
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _in_userns(pid: int, userns: int, max_depth: int = 33) -> bool:
+    """Whether `pid` lives in user namespace `userns` or below it (walks parents with NS_GET_PARENT)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        for _ in range(max_depth):  # Linux nests user namespaces at most 32 deep
+            if os.fstat(fd).st_ino == userns:
+                return True
+            try:
+                parent = fcntl.ioctl(fd, NS_GET_PARENT)
+            except OSError:  # the initial namespace (or one outside our view): not below `userns`
+                return False
+            os.close(fd)
+            fd = parent
+        return False
+    finally:
+        os.close(fd)
 
 
 def _kill_until_gone(scan, still_ours, timeout_s: float) -> int:

@@ -117,7 +117,8 @@ def isolate_namespaces(as_root: bool, block_network: bool, shm_bytes: int) -> di
         if block_network:
             report["network"] = f"no network namespace ({e.strerror})"
         return report
-    report["ipc"] = "private IPC namespace (SysV objects die with the run)" + _cap_shm(shm_bytes)
+    report["ipc"] = ("private IPC namespace (SysV objects die with the run)" + ("" if as_root else
+                     ", in a user namespace of the run") + _cap_shm(shm_bytes))
     if block_network:
         report["network"] = "network namespace (no interface up)"
     return report
@@ -270,7 +271,10 @@ def main() -> None:
         os.umask(0o022)
     except (Fatal, OSError, ValueError) as e:
         _fatal(status_fd, f"{type(e).__name__}: {e}")
-    os.write(status_fd, "".join(f"I {k}\t{v}\n" for k, v in report.items()).encode())
+    lines = "".join(f"I {k}\t{v}\n" for k, v in report.items())
+    if not as_root and "user namespace" in report.get("ipc", ""):  # lets the caller find every process of the run
+        lines += f"U {os.stat('/proc/self/ns/user').st_ino}\n"
+    os.write(status_fd, lines.encode())
     try:
         os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
     except OSError as e:

@@ -39,9 +39,9 @@ class SandboxWarning(UserWarning):
 
 NON_ROOT_WARNING = (
     "preflab.sandbox as a non-root caller: the code runs as your own uid. Its reads are confined to system folders, "
-    "the interpreter and the working folder only where Landlock is available ({landlock}); processes that call "
-    "setsid() can outlive the run, and the process limit counts all your processes. Run as root (e.g. in a "
-    "container) for a fresh uid per run."
+    "the interpreter and the working folder only where Landlock is available ({landlock}); leftover processes, "
+    "including ones that call setsid(), are killed only where the run has its own user namespace ({userns}); the "
+    "process limit counts all your processes. Run as root (e.g. in a container) for a fresh uid per run."
 )
 
 
@@ -145,7 +145,9 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
         if uid is None:
             fs = result.isolation.get("filesystem", "no Landlock")
             landlock = "applied here" if "reads only beneath" in fs else "NOT applied here: " + fs
-            warnings.warn(NON_ROOT_WARNING.format(landlock=landlock), SandboxWarning, stacklevel=3)
+            ipc = result.isolation.get("ipc", "")
+            userns = "applied here" if "user namespace" in ipc else "NOT here: " + ipc
+            warnings.warn(NON_ROOT_WARNING.format(landlock=landlock, userns=userns), SandboxWarning, stacklevel=3)
         return result
     finally:
         _remove_tree(workdir)
@@ -226,7 +228,7 @@ def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: in
     try:
         io = _collect(proc, status_r, start + timeout_s, cap)
     finally:
-        left = _stop(proc, config["uid"])
+        left = _stop(proc, config["uid"], _userns_of(io))
         os.close(status_r)
     _, wait_status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
@@ -290,12 +292,25 @@ def _exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
-def _stop(proc: subprocess.Popen, uid: int | None) -> int:
-    """Kill the run's process group and (as root) every process of its uid, and wait (bounded) until they are gone;
-    return how many others were alive.
+def _userns_of(io: dict | None) -> int | None:
+    """The run's user namespace (inode), which the launcher reports for non-root callers, else None."""
+    for line in bytes((io or {}).get("status", b"")).decode("utf-8", errors="replace").splitlines():
+        if line.startswith("U ") and line[2:].strip().isdigit():
+            return int(line[2:])
+    return None
+
+
+def _stop(proc: subprocess.Popen, uid: int | None, userns: int | None = None) -> int:
+    """Kill the run's process group and every process of its fresh uid (root) or of its user namespace (non-root),
+    and wait (bounded) until they are gone; return how many others were alive.
 
     The main process is not reaped yet (alive or a zombie), so its pid still names our process group."""
-    left = len([p for p in _host.processes_of(uid) if p != proc.pid]) if uid is not None else 0
+    if uid is not None:
+        left = len([p for p in _host.processes_of(uid) if p != proc.pid])
+    elif userns is not None:
+        left = len([p for p in _host.processes_in_userns(userns) if p != proc.pid])
+    else:
+        left = 0
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -304,6 +319,8 @@ def _stop(proc: subprocess.Popen, uid: int | None) -> int:
         _host.kill_uid(uid)
     else:
         _host.kill_group(proc.pid)
+        if userns is not None:
+            _host.kill_userns(userns)
     for pipe in (proc.stdout, proc.stderr):
         pipe.close()
     return left
