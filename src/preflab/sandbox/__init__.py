@@ -59,8 +59,8 @@ What is not isolated
   folder is limited per file (`max_file_mb`) and by the wall time, not in total (on a tmpfs /tmp that is RAM).
 - The seccomp filter denies only the calls above: every other syscall the kernel allows an unprivileged process
   is available (CPU, kernel bugs). No cgroups: CPU share, total memory and pids are not accounted as a group.
-- Not root: the child keeps the caller's uid. It can signal or trace the caller's processes only where Landlock is
-  missing; RLIMIT_NPROC counts all of the caller's processes, so it is set to (their count at start +
+- Not root: the child keeps the caller's uid. It can trace the caller's processes where Landlock is missing and
+  signal them where Landlock's ABI is below 6; RLIMIT_NPROC counts all of the caller's processes, so it is set to (their count at start +
   `max_processes`) and is approximate; without a user namespace, leftovers are killed by process group only (a
   child that calls setsid() can outlive the run); without Landlock, the child can read and write whatever the
   caller can.
