@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from preflab.sandbox import SandboxError, run_python, run_tests
+from preflab.sandbox import SandboxError, SandboxWarning, run_python, run_tests
 from preflab.sandbox import _host
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
@@ -234,7 +234,8 @@ def test_a_launch_failure_raises_instead_of_running():
 def test_non_root_code_path_reports_its_weaker_limits(monkeypatch):
     # Exercises the caller-is-not-root branch (no uid switch; approximate process limit) on this machine.
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    r = run_python("print('hi')", timeout_s=5, memory_mb=128)
+    with pytest.warns(SandboxWarning, match="non-root caller: the code runs as your own uid"):
+        r = run_python("print('hi')", timeout_s=5, memory_mb=128)
     assert r.status == "ok" and r.stdout == "hi\n" and r.sandbox_uid is None
     assert "approximate" in r.isolation["user"]
 
