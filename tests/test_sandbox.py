@@ -4,15 +4,18 @@ Hostile programs run with tight limits (1 s, 128 MB, a handful of processes) so 
 load the shared machine. Root-only checks (fresh uid, process limit, uid sweep) are skipped for other users.
 """
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from preflab.sandbox import SandboxError, run_python, run_tests
+from preflab.sandbox import SandboxError, SandboxWarning, run_python, run_tests
 from preflab.sandbox import _host
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
@@ -231,6 +234,206 @@ def test_a_launch_failure_raises_instead_of_running():
 def test_non_root_code_path_reports_its_weaker_limits(monkeypatch):
     # Exercises the caller-is-not-root branch (no uid switch; approximate process limit) on this machine.
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    r = run_python("print('hi')", timeout_s=5, memory_mb=128)
+    with pytest.warns(SandboxWarning, match="non-root caller: the code runs as your own uid"):
+        r = run_python("print('hi')", timeout_s=5, memory_mb=128)
     assert r.status == "ok" and r.stdout == "hi\n" and r.sandbox_uid is None
     assert "approximate" in r.isolation["user"]
+
+
+# ---------------------------------------------------------------- escapes found by the adversarial pass (#18)
+
+
+def _unix_listener(path_or_abstract: str) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path_or_abstract)
+    server.listen(1)
+    server.settimeout(0.5)
+    return server
+
+
+@pytest.mark.parametrize("kind", ["pathname", "abstract"])
+def test_unix_sockets_of_the_host_are_unreachable(kind, tmp_path):
+    if kind == "pathname":
+        os.chmod(tmp_path, 0o755)
+        address = str(tmp_path / "host.sock")
+        server = _unix_listener(address)
+        os.chmod(address, 0o666)                       # what /dev/log or a system bus socket looks like
+    else:
+        address = "\0preflab-test-" + os.urandom(6).hex()
+        server = _unix_listener(address)
+    code = textwrap.dedent(f"""
+        import socket
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect({address!r})
+            s.sendall(b"escaped")
+            print("CONNECTED")
+        except OSError as e:
+            print("blocked", e.errno)
+    """)
+    try:
+        r = run_python(code, timeout_s=5, memory_mb=128)
+        try:
+            conn, _ = server.accept()
+            conn.settimeout(0.5)
+            received = conn.recv(64)
+            conn.close()
+        except OSError:
+            received = b""
+    finally:
+        server.close()
+    assert r.status == "ok", r.stderr
+    assert r.stdout.startswith("blocked") and received == b"", (r.stdout, received)
+    assert "unix sockets" in r.isolation["syscalls"]
+
+
+@as_root
+def test_sysv_shared_memory_dies_with_the_run_and_does_not_link_runs():
+    key = 0x5EED0000 + (os.getpid() & 0xFFFF)
+    libc_shm = textwrap.dedent("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+    """)
+    make = libc_shm + textwrap.dedent(f"""
+        shmid = libc.shmget({key}, 16 << 20, 0o1666)
+        addr = libc.shmat(shmid, None, 0)
+        ctypes.memmove(addr, b"left behind", 11)
+        print(shmid >= 0)
+    """)
+    read = libc_shm + f"print(libc.shmget({key}, 0, 0o666))"
+    r1 = run_python(make, timeout_s=5, memory_mb=128)
+    assert r1.status == "ok" and r1.stdout == "True\n", r1.stderr
+    r2 = run_python(read, timeout_s=5, memory_mb=128)
+    assert r2.status == "ok" and r2.stdout == "-1\n"   # ENOENT in the next run's own namespace
+    with open("/proc/sysvipc/shm") as f:              # the host's `ipcs -m`
+        host_keys = [int(line.split()[0]) for line in f.readlines()[1:]]
+    assert key not in host_keys
+    assert "private IPC namespace" in r1.isolation["ipc"]
+    # shared memory is not in RLIMIT_AS: capped at memory_mb in the run's namespace (or refused where it cannot be)
+    r3 = run_python(libc_shm + "print([libc.shmget(0, 100 << 20, 0o1600) >= 0 for _ in range(2)])", timeout_s=5,
+                    memory_mb=128)
+    assert r3.status == "ok" and r3.stdout in ("[True, False]\n", "[False, False]\n"), r3.stdout
+
+
+def test_memfd_cannot_bypass_the_memory_limit():
+    code = textwrap.dedent("""
+        import os
+        fds = []
+        for i in range(20):
+            fd = os.memfd_create(f"m{i}")
+            os.ftruncate(fd, 16 << 20)
+            os.pwrite(fd, b"x" * (16 << 20), 0)
+            fds.append(fd)
+        print("HELD", 20 * 16, "MB")
+    """)
+    r = run_python(code, timeout_s=5, memory_mb=128)
+    assert "HELD" not in r.stdout and r.status != "ok"
+    assert r.stderr.strip().endswith("PermissionError: [Errno 1] Operation not permitted")
+
+
+def test_run_tests_verdict_cannot_be_forged():
+    honest = "def add(a, b):\n    return a + b\n"
+    forgeries = {
+        "prints whatever the harness says": textwrap.dedent("""
+            import os, re, sys
+            src = open(__file__).read()
+            print(*re.findall(r"preflab[-\\w]*", src), flush=True)
+            os._exit(0)
+        """),
+        "monkeypatches the harness": textwrap.dedent("""
+            import os, builtins
+            os.read = lambda fd, n: b"passed"
+            os.write = lambda fd, data: len(data)
+            builtins.AssertionError = type("Never", (Exception,), {})
+        """),
+        "exits early": "import sys\nsys.exit(0)\n",
+        "raises SystemExit in atexit": "import atexit, os\natexit.register(lambda: os._exit(0))\n",
+    }
+    for name, cheat in forgeries.items():
+        outcomes = run_tests(cheat + "\ndef add(a, b):\n    return 0\n", ["assert add(1, 2) == 3"],
+                             timeout_s=2.0, memory_mb=128)
+        assert not outcomes[0].passed, name
+    assert run_tests(honest, ["assert add(1, 2) == 3"], timeout_s=2.0, memory_mb=128)[0].passed
+
+
+def _interpreter_usable_by(uid: int) -> str:
+    """An interpreter of this Python version that `uid` can run (a venv into /root is not), else skip."""
+    for python in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"):
+        probe = subprocess.run([python, "-c", f"import os, __future__; os.setgid({uid}); os.setuid({uid}); "
+                                "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', "
+                                "'import __future__, json']))"], capture_output=True, timeout=30)
+        if os.path.exists(python) and probe.returncode == 0:
+            return python
+    pytest.skip("no interpreter of this version that an ordinary uid can run")
+
+
+@as_root
+def test_non_root_caller_cannot_read_its_own_private_files():
+    # Drops to an ordinary uid in a subprocess, as a user running preflab from their home would.
+    tmp_path = Path(tempfile.mkdtemp(prefix="preflab-nonroot-"))      # pytest's tmp_path is inside a 0700 folder
+    try:
+        _check_non_root_caller(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _check_non_root_caller(tmp_path: Path) -> None:
+    user = 43210
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    secret = home / ".ssh" / "id_ed25519"
+    secret.write_text("PRIVATE KEY")
+    for p in (home, home / ".ssh", secret):
+        os.chown(p, user, user)
+    os.chmod(home, 0o700)
+    os.chmod(home / ".ssh", 0o700)
+    os.chmod(secret, 0o600)
+    os.chmod(tmp_path, 0o755)
+    script = textwrap.dedent(f"""
+        import os, warnings
+        os.setgroups([]); os.setgid({user}); os.setuid({user})
+        from preflab.sandbox import run_python
+        assert open({str(secret)!r}).read() == "PRIVATE KEY"      # the caller itself can read it
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = run_python("import json\\nfor path in [{str(secret)!r}, '/proc/" + str(os.getpid()) + "/environ']:\\n"
+                           "    try:\\n        print(open(path).read()[:20])\\n    except OSError as e:\\n"
+                           "        print('denied', e.errno)\\nprint(json.dumps([1]))", timeout_s=5)
+        print(r.status, r.stdout.replace("\\n", "|"))
+        print(r.isolation["filesystem"])
+        daemon = run_python("import os, time\\npid = os.fork()\\nif pid == 0:\\n    os.setsid()\\n"
+                            "    time.sleep(60)\\nprint(pid)", timeout_s=5)
+        from preflab.sandbox import _host
+        pid = int(daemon.stdout)
+        alive = os.path.exists(f"/proc/{{pid}}") and not _host._is_zombie(str(pid))
+        print(daemon.isolation["ipc"].replace(" ", "_"), daemon.processes_left, alive)
+        print([str(w.message) for w in caught])
+    """)
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path)}
+    os.chmod(tmp_path, 0o777)
+    python = _interpreter_usable_by(user)
+    out = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    status, filesystem, daemon, warned = out.stdout.splitlines()
+    assert "non-root caller" in warned
+    ipc, left, alive = daemon.split()
+    if "user_namespace" in ipc:                         # the setsid() daemon was found and killed
+        assert (left, alive) == ("1", "False"), daemon
+    else:
+        assert "NOT here" in warned
+    if "reads only beneath" in filesystem:              # Landlock read rules applied: the promise is denial
+        assert status == "ok denied 13|denied 13|[1]|", status     # the key, and the caller's environment
+        assert "applied here" in warned
+    else:                                               # no Landlock here: the warning must say so
+        assert "NOT applied here" in warned
+
+
+def test_leftover_processes_are_gone_when_run_python_returns(monkeypatch):
+    # The non-root path kills the process group and waits (bounded) until its members have exited (#19.4).
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code = "import os, time\nif os.fork() == 0:\n    time.sleep(60)\nprint(os.getpid())"
+    with pytest.warns(UserWarning, match="non-root caller"):
+        r = run_python(code, timeout_s=5, memory_mb=128)
+    assert r.status == "ok"
+    assert _host._group_members(int(r.stdout)) == []

@@ -207,3 +207,54 @@ def test_settings_are_checked():
         load_rows([GOOD], kind="pairwse")
     with pytest.raises(ConfigError, match="on_bad_row"):
         load_rows([GOOD], on_bad_row="drop")
+
+
+# ---------------------------------------------------------------- an objective's per-row extras (#18.14)
+
+
+def _sem_rows(tmp_path, bad: dict | None):
+    rows = [{"prompt": f"q{i}", "chosen": f" yes {i}", "rejected": f" no {i}", "similarity": 0.5} for i in range(3)]
+    if bad is not None:
+        rows[1] = {k: v for k, v in {**rows[1], **bad}.items() if v is not None}
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("bad, detail", [({"similarity": None}, "missing"),
+                                         ({"similarity": "high"}, "expected a number, got 'high'"),
+                                         ({"similarity": float("nan")}, "the value nan is not finite"),
+                                         ({"similarity": True}, "expected a number, got bool")])
+def test_objective_extras_are_checked_at_data_load_for_sem_dpo(tmp_path, bad, detail):
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", loss_type="sem_dpo",
+                                dataset_name=str(_sem_rows(tmp_path, bad)), output_dir=str(tmp_path / "out")))
+    with pytest.raises(DataError, match=rf"train.jsonl row 1 \(line 2\), field 'similarity': {detail}") as err:
+        prepare_pairs(cfg, tiny_tokenizer())
+    assert err.value.row_id == 1 and err.value.field == "similarity"
+    skip = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", loss_type="sem_dpo", on_bad_row="skip",
+                                 dataset_name=str(_sem_rows(tmp_path, bad)), output_dir=str(tmp_path / "out")))
+    train, _, report = prepare_pairs(skip, tiny_tokenizer())
+    assert [p.row_id for p in train] == [0, 2] and sum(report["skipped"].values()) == 1
+
+
+def test_required_extras_ranges_and_csv_numbers(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("prompt,chosen,rejected,w\nq, a, b,0.25\nq, a, b,1e3\nq, a, b,\"[1, 2]\"\n")
+    examples, report = load_rows(path, required_extras={"w": (0.0, 1.0)}, on_bad_row="skip")
+    assert [e.extras["w"] for e in examples] == [0.25]                 # CSV text became a float
+    assert report.skipped == {"invalid_extra": 2}
+    assert "outside [0.0, 1.0]" in report.skipped_examples[0]["detail"]
+    nested = [{"prompt": "q", "chosen": " a", "rejected": " b", "v": [[1, 2.5], [3, "4"]]}]
+    assert load_rows(nested, required_extras=["v"])[0][0].extras["v"] == [[1, 2.5], [3, 4.0]]
+    from preflab.objectives import get_objective
+    assert get_objective("sem_dpo").row_extras() == {"similarity": (None, None)}
+    assert get_objective("dpo").row_extras() == {}
+    from preflab.objectives.sem_dpo import SemDPO
+
+    class BoundedSemDPO(SemDPO):                                       # an objective that declares a range
+        extra_ranges = {"similarity": (-1.0, 1.0)}
+    assert BoundedSemDPO.row_extras() == {"similarity": (-1.0, 1.0)}

@@ -139,3 +139,64 @@ def test_hub_failure_and_missing_paths_are_clear(monkeypatch):
     for missing in ("./nope.jsonl", "/no/such/dir", "train.parquet"):
         with pytest.raises(DataError, match="does not exist"):
             load_rows(missing)
+
+
+# ---------------------------------------------------------------- structure refused rather than guessed (#18)
+
+
+def _deep(levels: int):
+    value = "leaf"
+    for _ in range(levels):
+        value = {"x": [value]}
+    return value
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json", "memory"])
+def test_deeply_nested_extra_column_is_a_bad_row_not_a_recursion_error(tmp_path, layout):
+    rows = [dict(ROWS[0]), {**ROWS[1], "meta": _deep(250)}, dict(ROWS[2])]   # 500 levels of objects and lists
+    if layout == "memory":
+        source = rows
+    else:
+        source = tmp_path / f"train.{layout}"
+        source.write_text("\n".join(json.dumps(r) for r in rows) if layout == "jsonl" else json.dumps(rows))
+    with pytest.raises(DataError, match=r"row 1.*field 'meta': the row is nested more than 64 levels deep") as err:
+        load_rows(source)
+    assert err.value.reason == "nested_too_deeply"
+    examples, report = load_rows(source, on_bad_row="skip")
+    assert [e.row_id for e in examples] == [0, 2] and report.skipped == {"nested_too_deeply": 1}
+    from preflab.data.cache import examples_fingerprint
+    assert len(examples_fingerprint(examples)) == 64
+
+
+def test_duplicate_json_keys_are_bad_rows(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "q", "chosen": " a", "rejected": " b"}\n'
+                    '{"prompt": "q", "chosen": " a", "chosen": " c", "rejected": " b"}\n'
+                    '{"prompt": [{"role": "user", "content": "x", "content": "y"}], '
+                    '"chosen": " a", "rejected": " b"}\n')
+    with pytest.raises(DataError, match=r"row 1 \(line 2\), field 'chosen': the object has the key\(s\) \['chosen'\]"):
+        load_rows(path)
+    examples, report = load_rows(path, on_bad_row="skip")
+    assert [e.row_id for e in examples] == [0] and report.skipped == {"duplicate_key": 2}
+    assert report.skipped_examples[1]["field"] == "prompt"
+    array = tmp_path / "train.json"
+    array.write_text('[{"prompt": "q", "chosen": " a", "rejected": " b", "rejected": " c"}]')
+    with pytest.raises(DataError, match=r"row 0, field 'rejected'.*more than once"):
+        load_rows(array)
+
+
+def test_duplicate_csv_columns_are_a_file_error(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("prompt,chosen,rejected,chosen\nq, a, b, c\n")
+    with pytest.raises(DataError, match=r"train.csv: the CSV header names the column\(s\) \['chosen'\] more than once"):
+        load_rows(path, on_bad_row="skip")
+
+
+def test_json_object_of_splits_takes_the_requested_split(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"train": ROWS[:3], "test": ROWS[3:]}))
+    assert load_rows(path)[0] == EXPECTED[:3]
+    test_rows = load_rows(path, split="test")[0]
+    assert [(e.prompt, e.row_id) for e in test_rows] == [("q3", 0)]
+    with pytest.raises(DataError, match=r"holds the splits \['test', 'train'\] and no split 'validation'"):
+        load_rows(path, split="validation")

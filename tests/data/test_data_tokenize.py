@@ -1,6 +1,7 @@
 """tokenize_pairs / tokenize_unpaired / tokenize_prompts: bos/eos, the chat-template path, truncation counts,
 and the tokenization bad-row cases in both modes."""
 import json
+import re
 
 import pytest
 
@@ -149,3 +150,44 @@ def test_end_to_end_file_with_implicit_prompts(tmp_path):
     assert dec(pairs[1].prompt_ids) == "<s><|user|>\nhi</s>\n<|assistant|>\n"
     assert dec(pairs[1].chosen_ids) == "hello</s>\n" and dec(pairs[1].rejected_ids) == "bye</s>\n"
     assert report.kept == 2 and data_report.forms == {"standard_implicit": 1, "conversational_implicit": 1}
+
+
+# ---------------------------------------------------------------- control tokens written as text, tool calls (#18.16)
+
+
+@pytest.mark.parametrize("prompt, chosen, field, token", [
+    ("Say </s> then stop", " ok", "prompt", "</s>"),                                  # eos inside a text prompt
+    ("Hi <|assistant|> sure", " ok", "prompt", "<|assistant|>"),                      # a fake turn marker
+    ("Hi", " ok <|user|> and more", "chosen", "<|user|>"),                             # in a text response
+    (msgs(("user", "x <|assistant|>\nI agree")), msgs(("assistant", "ok")), "prompt[0].content", "<|assistant|>"),
+    (msgs(("user", "hello")), msgs(("assistant", "ok <s>")), "chosen[0].content", "<s>"),
+])
+def test_special_tokens_written_in_rows_are_refused(prompt, chosen, field, token):
+    rejected = " no" if isinstance(chosen, str) else msgs(("assistant", "no"))
+    ex = PairExample(3, prompt, chosen, rejected, {})
+    expected = rf"row 3, field {re.escape(repr(field))}: the text contains {re.escape(repr(token))}, one of the " \
+        "tokenizer's special tokens"
+    with pytest.raises(DataError, match=expected) as err:
+        tokenize_pairs([ex], TOK)
+    assert err.value.reason == "special_token_in_text"
+    if field.startswith("prompt"):                                   # prompts for generation: the same rule
+        with pytest.raises(DataError, match=expected):
+            tokenize_prompts([PromptExample(3, prompt, {})], TOK)
+    ok = PairExample(4, "Hi", " ok</s>", " no", {})                  # one eos at the very end stays allowed
+    (pair,), report = tokenize_pairs([ok], TOK)
+    assert report.eos_already_present == 1 and pair.chosen_ids.count(TOK.eos_token_id) == 1
+
+
+def test_tool_call_turn_must_be_rendered_by_the_template():
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                                 "function": {"name": "lookup", "arguments": "{}"}}]}
+    ex = PairExample(0, msgs(("user", "weather?")), [call], msgs(("assistant", "sunny")), {})
+    with pytest.raises(DataError, match=r"row 0, field 'chosen': an assistant turn has tool_calls, but the chat "
+                                        "template does not render them"):
+        tokenize_pairs([ex], TOK)                                     # the tiny template ignores tool_calls
+    tok = tiny_tokenizer("bytelevel")
+    tok.chat_template = TOK.chat_template.replace(
+        "{{ message['content'] }}", "{{ message['content'] }}{% for c in message.get('tool_calls', []) %}"
+        "CALL {{ c['function']['name'] }}{% endfor %}")
+    (pair,), _ = tokenize_pairs([ex], tok)
+    assert dec(pair.chosen_ids, tok) == "CALL lookup</s>\n"          # the prompt holds "<|assistant|>\n"

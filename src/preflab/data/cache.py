@@ -24,7 +24,7 @@ from preflab.data.tokenize import (TokenizedPair, TokenizedPrompt, TokenizedUnpa
                                    tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired)
 from preflab.errors import ConfigError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: rows with special tokens as text or unrendered tool calls are refused
 _KINDS = {PairExample: ("pairs", tokenize_pairs), UnpairedExample: ("unpaired", tokenize_unpaired),
           PromptExample: ("prompts", tokenize_prompts)}  # each function's keyword defaults apply
 

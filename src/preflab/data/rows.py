@@ -10,19 +10,20 @@ Kinds and the row forms each accepts (TRL's dataset conventions, ANCHORS.md §3.
   desirable (chosen) and one undesirable (rejected) example with the same `row_id`, as TRL's KTO does.
 - "prompt" -> `PromptExample`: {"prompt"} for online loops; a pairwise row without `prompt` gives its implicit
   prompt.
-Every other column is kept in `extras`. A bad row raises `DataError` naming the file, the row and the field, or
-with `on_bad_row="skip"` is counted by reason in the report; `kept + sum(skipped) == total` always holds.
+Every other column is kept in `extras`; `required_extras` (an objective's per-row extras, see
+`Objective.row_extras`) must be numeric in every row. A bad row raises `DataError` naming the file, the row and
+the field, or with `on_bad_row="skip"` is counted by reason in the report; `kept + sum(skipped) == total` always holds.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
-from preflab.data.validate import (check_different, check_label, check_messages, check_response_turns,
-                                   check_same_form, check_text, check_text_or_messages, split_implicit_messages,
-                                   split_implicit_text)
+from preflab.data.validate import (check_different, check_label, check_messages, check_numeric_extra,
+                                   check_response_turns, check_same_form, check_text, check_text_or_messages,
+                                   split_implicit_messages, split_implicit_text)
 from preflab.errors import ConfigError, nearest
 
 KINDS = ("pairwise", "unpaired", "prompt")
@@ -34,7 +35,8 @@ __all__ = ["load_rows", "PairExample", "UnpairedExample", "PromptExample", "Data
 
 def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_row: str = "error",
               column_map: dict[str, str] | None = None, limit: int | None = None,
-              max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES) -> tuple[list[Example], DataReport]:
+              max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES,
+              required_extras: Mapping[str, tuple] | Iterable[str] = ()) -> tuple[list[Example], DataReport]:
     """Read `source` and validate every row as `kind`.
 
     source: a .jsonl/.json/.parquet/.csv file, a directory (save_to_disk output or data files), a hub dataset
@@ -45,6 +47,8 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     column_map: {your column: preflab field}, e.g. {"question": "prompt", "good": "chosen", "bad": "rejected"}.
     limit: read at most this many rows.
     max_row_bytes: a row larger than this is bad (`row_too_large`) and is not parsed further.
+    required_extras: extra columns every row must hold as numbers ({name: (low, high)} or names), e.g.
+        `get_objective("sem_dpo").row_extras()`; numeric CSV text becomes floats.
     Returns (examples, report); examples keep source order, each with its 0-based source `row_id`.
     """
     if kind not in KINDS:
@@ -56,6 +60,8 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     report = DataReport(source=reader.name, kind=kind)
     policy = BadRowPolicy(on_bad_row, report, field_names={v: k for k, v in column_map.items()})
     build = _BUILDERS[kind]
+    extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
+        name: (None, None) for name in required_extras}
     examples: list[Example] = []
     for raw in reader:
         report.total += 1
@@ -63,6 +69,7 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
             if raw.problem is not None:
                 raise raw.problem
             made, form = build(raw.row_id, _rename(raw.data, column_map))
+            _check_extras(made, extra_bounds)
         except RowProblem as problem:
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             continue
@@ -73,6 +80,12 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     report.examples = len(examples)
     report.check()
     return examples, report
+
+
+def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:
+    for name, (low, high) in bounds.items():
+        for ex in examples:
+            ex.extras[name] = check_numeric_extra(ex.extras.get(name), name, low, high)
 
 
 def _rename(row: dict, column_map: dict[str, str]) -> dict:

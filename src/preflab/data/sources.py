@@ -8,6 +8,11 @@ which in datasets >= 4 never runs dataset scripts).
 JSONL is read line by line here rather than through `datasets`, so that one bad line (invalid UTF-8, truncated
 JSON, not an object, too large) becomes one bad row with its line number instead of aborting the file.
 Row ids are 0-based and count rows across all files of a source; blank JSONL lines are not rows.
+
+Refused rather than guessed: a JSON object with the same key twice (`duplicate_key`, a bad row: JSON parsers keep
+the last value silently), a CSV header that names a column twice (a `DataError`), and a row nested deeper than
+`MAX_NESTING_DEPTH` levels (`nested_too_deeply`, a bad row: later stages walk rows recursively). A JSON file that is
+an object of several arrays (`{"train": [...], "test": [...]}`) gives the array named by `split`.
 """
 from __future__ import annotations
 
@@ -24,6 +29,28 @@ from preflab.data.report import RowProblem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
+MAX_NESTING_DEPTH = 64  # levels of objects/lists in one row; chat rows with tool calls use fewer than 10
+
+
+class _DuplicateKeys(dict):
+    """A parsed JSON object in which some key appeared more than once (`duplicates`: those keys)."""
+
+    duplicates: list[str]
+
+
+def _object_hook(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = _DuplicateKeys(out)
+        dup.duplicates = sorted({k for k, _ in pairs if k in seen or seen.add(k)})
+        return dup
+    return out
+
+
+def _loads(text: str):
+    """json.loads that marks objects holding a duplicate key (see `_DuplicateKeys`)."""
+    return json.loads(text, object_pairs_hook=_object_hook)
 
 
 @dataclass
@@ -63,6 +90,11 @@ class RowReader:
             return RowProblem("row_too_large", None, f"the row is {size} bytes, over max_row_bytes="
                               f"{self.max_row_bytes}", "Shorten or drop it, or raise max_row_bytes.")
         return None
+
+    def row_problem(self, item: Mapping, size: int | None = None) -> RowProblem | None:
+        """Nesting depth, duplicate keys, then size (`size`: bytes when known, else estimated)."""
+        problem, estimate = _walk(item)
+        return problem or self.too_large(estimate if size is None else size)
 
 
 def _resolve(source, split: str):
@@ -149,7 +181,7 @@ def _dataset_part(dataset, name: str):
             if not isinstance(item, Mapping):
                 yield RawRow(row_id, name, problem=_not_object(item))
                 continue
-            yield RawRow(row_id, name, data=dict(item), problem=rr.too_large(_approx_size(item)))
+            yield RawRow(row_id, name, data=dict(item), problem=rr.row_problem(item))
     return rows
 
 
@@ -159,14 +191,36 @@ def _not_object(value) -> RowProblem:
 
 
 def _approx_size(value) -> int:
-    """A cheap size estimate in bytes (string lengths), for the max_row_bytes check."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, Mapping):
-        return sum(_approx_size(v) + len(str(k)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return sum(_approx_size(v) for v in value)
-    return 8
+    """A cheap size estimate in bytes (string lengths), for the max_row_bytes check (no recursion)."""
+    return _walk(value)[1]
+
+
+def _walk(row) -> tuple[RowProblem | None, int]:
+    """(the first structural problem of `row` or None, its approximate size in bytes), walked without recursion:
+    nesting deeper than `MAX_NESTING_DEPTH` or an object with a duplicate key is a problem."""
+    size, stack = 0, [(row, 0, None)]
+    while stack:
+        value, depth, field_name = stack.pop()
+        if isinstance(value, str):
+            size += len(value)
+            continue
+        if not isinstance(value, (Mapping, list, tuple)):
+            size += 8
+            continue
+        if depth >= MAX_NESTING_DEPTH:
+            return RowProblem("nested_too_deeply", field_name, f"the row is nested more than {MAX_NESTING_DEPTH} "
+                              "levels deep", "Flatten the column (e.g. store it as a JSON string) or drop it."), size
+        if isinstance(value, _DuplicateKeys):
+            return RowProblem("duplicate_key", field_name if depth else value.duplicates[0],
+                              f"the object has the key(s) {value.duplicates} more than once"[:300],
+                              "Keep one value per key; JSON readers would silently keep the last."), size
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                size += len(str(k))
+                stack.append((v, depth + 1, k if field_name is None else field_name))
+        else:
+            stack.extend((v, depth + 1, field_name) for v in value)
+    return None, size
 
 
 def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawRow]:
@@ -180,7 +234,7 @@ def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: 
         problem = rr.too_large(len(raw))
         if problem is None:
             try:
-                obj = json.loads(raw.decode("utf-8"))
+                obj = _loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 problem = RowProblem("invalid_utf8", None, f"the line is not valid UTF-8 (bad byte at offset "
                                      f"{exc.start})", "Re-encode the file as UTF-8.")
@@ -189,8 +243,7 @@ def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: 
                 problem = RowProblem("invalid_json", None, f"the line is not valid JSON ({msg}); it may be "
                                      "truncated", "Each line must hold one complete JSON object.")
             else:
-                if not isinstance(obj, dict):
-                    problem = _not_object(obj)
+                problem = _not_object(obj) if not isinstance(obj, dict) else rr.row_problem(obj, len(raw))
         yield RawRow(row_id, str(path), line_no, data=None if problem else obj, problem=problem)
 
 
@@ -205,21 +258,21 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
     head = blob.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if head != b"[":
         try:
-            obj = json.loads(blob.decode("utf-8"))
+            obj = _loads(blob.decode("utf-8"))
         except (ValueError, RecursionError):  # includes UnicodeDecodeError and JSONDecodeError
             yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))  # JSON lines in a .json file
             return
-        wrapped = isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list)
-        if not wrapped and isinstance(obj, dict):  # a single object: JSON lines with one line
+        arrays = isinstance(obj, dict) and bool(obj) and all(isinstance(v, list) for v in obj.values())
+        if not arrays and isinstance(obj, dict):  # a single object: JSON lines with one line
             yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))
             return
-        if not wrapped:
+        if not arrays:
             raise DataError(f"{path}: expected a JSON array of row objects, an object with one such array, or "
                             "one JSON object per line. Convert the file to JSONL.")
-        rows = next(iter(obj.values()))
+        rows = _json_split(obj, rr.split, path)
     else:
         try:
-            rows = json.loads(blob.decode("utf-8"))
+            rows = _loads(blob.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not valid UTF-8 at byte {exc.start}, so the JSON array cannot be read "
                             "row by row. Re-encode it as UTF-8 or convert it to JSONL.") from exc
@@ -234,7 +287,19 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
         if not isinstance(item, dict):
             yield RawRow(row_id, str(path), problem=_not_object(item))
         else:
-            yield RawRow(row_id, str(path), data=item, problem=rr.too_large(_approx_size(item)))
+            yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+
+
+def _json_split(obj: dict, split: str, path: Path) -> list:
+    """The rows of a JSON object of arrays: the only array ({"data": [...]}), else the one named `split`."""
+    if isinstance(obj, _DuplicateKeys):
+        raise DataError(f"{path}: the top-level object has the key(s) {obj.duplicates} more than once. Keep one.")
+    if len(obj) == 1:
+        return next(iter(obj.values()))
+    if split not in obj:
+        raise DataError(f"{path}: the file holds the splits {sorted(obj)} and no split {split!r}. Set split (or "
+                        "dataset_split / eval_split) to one of them.")
+    return obj[split]
 
 
 def _parquet_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
@@ -246,7 +311,7 @@ def _parquet_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
         batches = handle.iter_batches(batch_size=512)
         for batch in batches:
             for item in batch.to_pylist():
-                yield RawRow(rr.new_id(), str(path), data=item, problem=rr.too_large(_approx_size(item)))
+                yield RawRow(rr.new_id(), str(path), data=item, problem=rr.row_problem(item))
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read this Parquet file: {exc}. Check that it is complete.") from exc
 
@@ -265,6 +330,10 @@ def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 return
             except csv.Error as exc:
                 raise DataError(f"{path}: cannot read the CSV header: {exc}. Fix the file.") from exc
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise DataError(f"{path}: the CSV header names the column(s) {repeated} more than once; a row "
+                                "would keep only the last cell. Rename or drop the repeated columns.")
             while True:
                 try:
                     cells = next(reader)
@@ -284,6 +353,6 @@ def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                         "Fix the quoting or the number of columns of this row."))
                     continue
                 item = dict(zip(header, cells))
-                yield RawRow(row_id, str(path), line, data=item, problem=rr.too_large(_approx_size(item)))
+                yield RawRow(row_id, str(path), line, data=item, problem=rr.row_problem(item))
     finally:
         csv.field_size_limit(old_limit)

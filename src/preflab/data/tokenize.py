@@ -10,6 +10,13 @@ end-of-turn) are kept as they are and nothing is added, as in TRL. The boundary 
 `boundary.split_exact` (joint tokenization when it is prefix-preserving, else the prompt's own ids followed by
 separately tokenized response ids; see that module for the choice versus TRL's common-prefix cut).
 
+Special tokens: text the tokenizer would read as a control token (its special tokens: bos, eos, pad, unk, and
+added special tokens such as `<|assistant|>` or `<|im_end|>`) is refused wherever a row holds text: text prompts
+and responses and the content of every message (`special_token_in_text`, naming the field). Only preflab and the
+chat template place control tokens; a row cannot fake a turn boundary. One eos at the very end of a text response
+stays allowed (counted as `eos_already_present`). An assistant turn with `tool_calls` must be rendered by the chat
+template (`tool_calls_not_rendered` otherwise), so a template that ignores tool calls never trains an empty turn.
+
 Truncation: a prompt longer than `max_prompt_length` keeps its end ("keep_end", a leading bos is kept) or its
 start ("keep_start"); then each response keeps its start so that prompt + response <= `max_length`. A prompt
 that leaves no room for one response token is a bad row (`prompt_fills_max_length`); pairs whose chosen and
@@ -19,6 +26,7 @@ rejected ids are equal are bad rows (`identical_after_tokenization`). Truncation
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from preflab.data.boundary import Split, encode, split_exact
@@ -67,6 +75,58 @@ class _Settings:
     max_prompt_length: int | None
     truncation_mode: str
     max_completion_length: int | None = None
+    specials: re.Pattern | None = None  # the tokenizer's special tokens as text (see `special_token_pattern`)
+    eos_text: str | None = None
+
+
+def special_token_pattern(tokenizer) -> re.Pattern | None:
+    """A regex matching any of the tokenizer's special tokens written as text, or None when it has none."""
+    texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", None) or []}
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            texts.add(str(added.content))
+    texts.discard("")
+    if not texts:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)))
+
+
+def _check_no_special(settings: _Settings, value: Text, field_name: str, response: bool) -> None:
+    """Refuse control tokens written as text in a text field or in any message's content."""
+    if settings.specials is None:
+        return
+    if isinstance(value, list):
+        places = [(m.get("content"), f"{field_name}[{i}].content") for i, m in enumerate(value)]
+    else:
+        text = value
+        if response and settings.eos_text and text.endswith(settings.eos_text):
+            text = text[:-len(settings.eos_text)]  # one eos at the very end: counted as eos_already_present
+        if response and settings.eos_text and settings.eos_text in text:
+            return  # an eos inside a text response is reported as eos_in_response after tokenization
+        places = [(text, field_name)]
+    for text, name in places:
+        found = settings.specials.search(text) if isinstance(text, str) else None
+        if found:
+            raise RowProblem("special_token_in_text", name, f"the text contains {found.group()!r}, one of the "
+                             "tokenizer's special tokens, which would be read as a control token",
+                             "Remove it or write it differently (e.g. with a space inside); preflab and the chat "
+                             "template add bos, eos and turn markers themselves.")
+
+
+def _check_tool_calls_rendered(tokenizer, prompt: list, response: list, extras: dict, field_name: str,
+                               full: str) -> None:
+    """A response turn with tool_calls must change the rendered text (else the template dropped the call)."""
+    if not any(isinstance(m, dict) and m.get("tool_calls") for m in response):
+        return
+    without = [{k: v for k, v in m.items() if k != "tool_calls"} for m in response]
+    try:
+        plain = _render(tokenizer, prompt + without, extras, field_name, generation=False)
+    except RowProblem:
+        return  # the template needs the tool calls, so it renders them
+    if plain == full:
+        raise RowProblem("tool_calls_not_rendered", field_name, "an assistant turn has tool_calls, but the chat "
+                         "template does not render them, so it would train an empty or partial turn",
+                         "Use a chat template that renders tool_calls, or put the call in the message content.")
 
 
 def _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length=None) -> _Settings:
@@ -113,6 +173,7 @@ def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], ex
     texts = []
     for response, name in zip(responses, fields):
         full = _render(tokenizer, prompt + response, extras, name, generation=False)
+        _check_tool_calls_rendered(tokenizer, prompt, response, extras, name, full)
         if not full.startswith(prompt_text):
             raise RowProblem("template_prefix_mismatch", name, "the chat template renders the prompt (with "
                              "add_generation_prompt=True) as text that is not a prefix of prompt + response",
@@ -182,6 +243,9 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
 
 def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
                   settings: _Settings, report: TokenizeReport):
+    _check_no_special(settings, prompt, "prompt", response=False)
+    for response, name in zip(responses, fields):
+        _check_no_special(settings, response, name, response=True)
     prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras)
     split = split_exact(tokenizer, prompt_text, texts, fields)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report)
@@ -211,6 +275,7 @@ def _make_unpaired(ex: UnpairedExample, tokenizer, settings: _Settings, report: 
 
 def _make_prompt(ex: PromptExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPrompt:
     bos = _special_id(tokenizer, "bos")
+    _check_no_special(settings, ex.prompt, "prompt", response=False)
     if isinstance(ex.prompt, list):
         ids = encode(tokenizer, _render(tokenizer, ex.prompt, ex.extras, "prompt", generation=True))
     else:
@@ -243,6 +308,7 @@ def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None =
     """The loop behind every `tokenize_*`: (items, report, index in `examples` of each item). kind is one of
     `MAKERS` ("pairs", "unpaired", "prompts")."""
     settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
+    settings.specials, settings.eos_text = special_token_pattern(tokenizer), getattr(tokenizer, "eos_token", None)
     if _special_id(tokenizer, "eos") is None:
         raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
     make = MAKERS[kind]

@@ -2,9 +2,11 @@
 `RowProblem(reason, field, detail, fix)`.
 
 Reasons: missing_field, wrong_type, empty_field, invalid_unicode, invalid_message, mixed_forms, identical,
-no_common_prompt, invalid_label.
+no_common_prompt, invalid_label, invalid_extra.
 """
 from __future__ import annotations
+
+import math
 
 from preflab.data.report import RowProblem
 
@@ -156,3 +158,43 @@ def split_implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[l
             return chosen[:i], chosen[i:], rejected[i:]
     raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' do not share "
                      "the turns before an assistant reply", "Add a 'prompt' column with the shared turns.")
+
+
+def check_numeric_extra(value, field: str, low: float | None = None, high: float | None = None):
+    """An objective's per-row extra (e.g. Sem-DPO's `similarity`): a finite number, or a list (of lists) of finite
+    numbers, each within [low, high] where given. Numeric text (CSV cells) becomes a float; bools are refused.
+    Returns the clean value."""
+    fix = f"Every row needs a numeric {field!r} column for this objective (loss_type); fix or drop the row."
+    if value is None:
+        raise RowProblem("missing_field", field, "missing", fix)
+    stack = [(value, None, None)]
+    root: list = [None]
+
+    def put(parent, key, clean):
+        if parent is None:
+            root[0] = clean
+        else:
+            parent[key] = clean
+
+    while stack:  # iterative, so a deeply nested list cannot exhaust the stack
+        item, parent, key = stack.pop()
+        if isinstance(item, list):
+            copy = [None] * len(item)
+            put(parent, key, copy)
+            stack.extend((v, copy, i) for i, v in enumerate(item))
+            continue
+        number = item
+        if isinstance(item, str):
+            try:
+                number = float(item)
+            except ValueError:
+                raise RowProblem("invalid_extra", field, f"expected a number, got {item!r}"[:200], fix) from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise RowProblem("invalid_extra", field, f"expected a number, got {type(item).__name__} {item!r}"[:200],
+                             fix)
+        if not math.isfinite(number):
+            raise RowProblem("invalid_extra", field, f"the value {item!r} is not finite", fix)
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise RowProblem("invalid_extra", field, f"the value {number!r} is outside [{low}, {high}]", fix)
+        put(parent, key, number)
+    return root[0]

@@ -32,14 +32,16 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     row_kind = _ROW_KIND[kind]
-    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row)
+    extras = cfg.objective().row_extras()  # the objective's per-row extras, checked with the rows
+    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
+                                 required_extras=extras)
     if row_report.total == 0:
         raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) is empty: it holds no rows"
                         + (f" ({row_report.blank_lines} blank lines)" if row_report.blank_lines else "") + ".")
     eval_rows, eval_report = [], None
     if cfg.eval_dataset_name:
         eval_rows, eval_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind,
-                                           on_bad_row=cfg.on_bad_row)
+                                           on_bad_row=cfg.on_bad_row, required_extras=extras)
         if eval_report.total == 0:
             raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({eval_report.source}) is empty: it "
                             "holds no rows.")

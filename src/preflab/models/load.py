@@ -7,6 +7,7 @@ Remote code runs only with trust_remote_code=true.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from preflab.errors import ConfigError, UnsafeLoadError, nearest
 BUILTIN = {"builtin:tiny-llama": "llama", "builtin:tiny-qwen2": "qwen2", "builtin:tiny-gpt2": "gpt2"}
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")  # never loaded as weights
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -26,15 +28,43 @@ def check_weights_safe(name: str, allow_pickle: bool) -> None:
     path = Path(name)
     if not path.is_dir():
         return
-    files = [p for p in path.rglob("*") if p.is_file()]
-    if any(p.suffix == ".safetensors" for p in files):
-        return
-    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    pickles = pickle_weights_to_load(path)
     if pickles and not allow_pickle:
         raise UnsafeLoadError(
-            f"{name} holds only pickle weights ({', '.join(sorted(pickles)[:3])}); loading them can run arbitrary "
+            f"{name} would load pickle weights ({', '.join(sorted(pickles)[:3])}); loading them can run arbitrary "
             "code. Convert them to safetensors, or set allow_pickle=true if you trust the files."
         )
+
+
+def pickle_weights_to_load(folder: Path, _seen: frozenset = frozenset()) -> list[str]:
+    """The pickle files that loading `folder` would read, checked where they are loaded from (its top level):
+    - adapter weights: with adapter_config.json, adapter_model.bin & co. unless adapter_model.safetensors exists;
+    - model weights: pickle weight files unless model*.safetensors exists (a .safetensors file with another name
+      or in a subfolder does not count); training state (optimizer.pt, rng_state.pth, ...) is not weights;
+    - the base model of an adapter, when adapter_config.json names a local folder."""
+    def is_pickle(n: str) -> bool:
+        return n.endswith(PICKLE_SUFFIXES) and n not in TRAINING_STATE and not n.startswith("rng_state")
+
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    out = []
+    adapter = "adapter_config.json" in names
+    if adapter and "adapter_model.safetensors" not in names:
+        out += sorted(n for n in names if n.startswith("adapter_model") and is_pickle(n))
+    if "config.json" in names or not adapter:
+        has_model = any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+        if not has_model:
+            out += sorted(n for n in names if is_pickle(n) and not n.startswith("adapter_model"))
+    if adapter:
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        base_dir = Path(base).resolve() if isinstance(base, str) and base else None  # as transformers resolves it
+        if base_dir is not None and base_dir.is_dir() and base_dir not in _seen and base_dir != folder.resolve():
+            out += [f"{base}/{n}" for n in pickle_weights_to_load(base_dir, _seen | {folder.resolve()})]
+    return out
+
+
 
 
 def _offline() -> bool:

@@ -4,7 +4,9 @@ An objective is a frozen dataclass of hyper-parameters whose `compute(batch)` is
 tensors. It never calls a model; it declares what the scoring layer must supply:
 
     needs_reference   bool   the trainer runs (or loads cached) reference log-probs only when True
-    required_extras   tuple  keys of `batch.extras` it reads, each documented in the objective's docstring
+    required_extras   tuple  keys of `batch.extras` it reads, each documented in the objective's docstring; in
+                             offline training they are numeric data columns, checked in every row at data load
+    extra_ranges      dict   {extra: (low, high)} closed bounds a data column must respect (None: unbounded)
     token_needs       tuple  token-level quantities the scorer computes in its chunked vocabulary pass:
                              "token_kl" -> extras chosen_token_kl / rejected_token_kl [B, T] = KL(pi_ref || pi_theta)
                              "hidden"   -> extras chosen_hidden / rejected_hidden [B, T, H] (policy last hidden state)
@@ -204,6 +206,7 @@ class Objective:
     batch_type: ClassVar[type] = PairBatch
     needs_reference: ClassVar[bool] = True
     required_extras: ClassVar[tuple[str, ...]] = ()
+    extra_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -232,6 +235,12 @@ class Objective:
         for key in self.required_extras:
             batch.extra(key, owner=name)
         return self.compute(batch)
+
+    @classmethod
+    def row_extras(cls) -> dict[str, tuple[float | None, float | None]]:
+        """{required extra: (low, high)}: what every data row must carry for offline training (see
+        `preflab.data.validate.check_numeric_extra`)."""
+        return {name: tuple(cls.extra_ranges.get(name, (None, None))) for name in cls.required_extras}
 
     @classmethod
     def example_extras(cls, batch) -> dict:

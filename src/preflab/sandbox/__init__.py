@@ -7,17 +7,34 @@
 Each run gets a fresh temporary working folder (also HOME and TMPDIR) holding `main.py` and any `files`, run by
 `python -I -B main.py` (isolated mode: no PYTHON* variables, no user site-packages, no bytecode files). A small
 launcher (`_launcher.py`) applies the limits below and then execs the interpreter; `SandboxResult.isolation`
-says which were actually applied on this machine. If the rlimits, the uid switch, the mounts or Landlock (where
-the kernel offers it) fail, nothing runs (SandboxError); the network cut and Landlock's availability are best
-effort and reported.
+says which were actually applied on this machine. If the rlimits, the uid switch, the mounts, the seccomp filter
+or Landlock (where the kernel offers it) fail, nothing runs (SandboxError); the network and IPC namespaces and
+Landlock's availability are best effort and reported.
 
-What is isolated
+What is isolated (any caller)
 - Time: wall clock (`timeout_s`; the whole process group is killed) and CPU seconds per process (RLIMIT_CPU).
+  When a run ends, its leftover processes are SIGKILLed and waited for (pidfds, at most 2 s) before
+  `run_python` returns.
 - Memory: address space per process (RLIMIT_AS = `memory_mb`); Python raises MemoryError, reported as "memory".
+  Memory outside RLIMIT_AS is closed off: memfd_create/memfd_secret are refused (seccomp) and SysV shared memory
+  is capped at `memory_mb` in the run's own IPC namespace (refused where the cap cannot be set).
 - Output: stdout and stderr are read with a byte cap each (`max_output_bytes`); past it the run is killed.
 - Files: largest writable file (RLIMIT_FSIZE = `max_file_mb`), at most 256 open files, no core dumps.
 - Environment: nothing is inherited. The child sees PATH, HOME, TMPDIR, LANG, PYTHONDONTWRITEBYTECODE and
   OMP/OPENBLAS/MKL_NUM_THREADS=1 (threads count against the process limit), plus what `env` adds.
+- Local sockets: socket(AF_UNIX) is refused by a seccomp filter, so no pathname socket (D-Bus, /dev/log,
+  ssh-agent, a 0666 socket in /tmp) and no abstract socket of the host can be reached; io_uring (which seccomp
+  cannot see) is refused too; syscalls through another ABI (32-bit, x32) kill the process. The filter is
+  required: where it cannot be installed nothing runs (SandboxError).
+- IPC: a private IPC namespace per run (root: unshare; non-root: inside a user namespace): SysV shared memory,
+  semaphores and message queues die with the run and are never visible to the host or to another run. Where no
+  IPC namespace can be made, SysV IPC is refused instead (seccomp).
+- Network (block_network=True): a new network namespace with no interface up (root; non-root where user
+  namespaces are allowed), else TCP via Landlock ABI >= 4; `SandboxResult.isolation["network"]` says which.
+- Landlock (Linux >= 5.13): writes are allowed only beneath the working folder and to /dev/null; everything else,
+  including world-writable /tmp and /dev/shm and symlinks that point out, is denied. With ABI >= 4, TCP
+  bind/connect is denied too; with ABI >= 6, the child cannot signal processes outside the sandbox. A Landlock
+  domain also keeps the child from ptracing or reading /proc/<pid>/environ|mem of processes outside it.
 - When the caller is root (checked on this machine: kernel 6.18, root with CAP_SYS_ADMIN):
   * user: the child runs as a fresh unprivileged uid/gid drawn for this run, no supplementary groups,
     no_new_privs. Root-owned files that are not world-writable cannot be written, mode-0600/0700 files and
@@ -25,30 +42,32 @@ What is isolated
   * processes: RLIMIT_NPROC = `max_processes` for that uid (processes and threads), so a fork bomb stops
     there; when the run ends every process of that uid is killed (pidfd-pinned, so never an unrelated one),
     including ones that left the process group with setsid().
-  * network: a new network namespace with no interface up: no TCP, UDP, DNS or loopback to the host.
   * mounts: only if the interpreter lives under a folder the fresh uid cannot enter (e.g. a venv pointing into
     /root), a private mount namespace covers that folder with an empty tmpfs and binds back only the
     interpreter's trees; the rest of that folder is invisible. The caller's mounts are never changed.
-- Landlock (Linux >= 5.13, any user): writes are allowed only beneath the working folder and to /dev/null;
-  everything else, including world-writable /tmp and /dev/shm and symlinks that point out, is denied. With
-  Landlock ABI >= 4, TCP bind/connect is denied too; with ABI >= 6, the child cannot signal processes outside the
-  sandbox or reach abstract unix sockets.
+- When the caller is not root, every run warns (`SandboxWarning`) and:
+  * reads: Landlock read rules confine reads and execution to /usr, /lib*, /bin, /sbin, /etc, /dev, /proc,
+    /sys/devices/system/cpu, the interpreter's trees and the working folder, so the caller's home (~/.ssh,
+    tokens, 0600 files) is out of reach. Without Landlock this does not hold, and the warning says so.
+  * processes: the run has its own user namespace (where unprivileged user namespaces are allowed); when it
+    ends, every process in that namespace (or one nested in it) is killed, including ones that called setsid().
 
 What is not isolated
-- Reading: any file readable by "other" users (most of /usr, /etc, world-readable project files) can be read;
-  only writing is confined. Do not put secrets in world-readable files.
+- Reading as root: any file readable by "other" users (most of /usr, /etc, world-readable project files) can be
+  read; only writing is confined. Do not put secrets in world-readable files.
 - Memory is limited per process, not in total: up to `max_processes` x `memory_mb`. Disk use inside the working
-  folder is limited per file (`max_file_mb`) and by the wall time, not in total.
-- No seccomp filter: every syscall the kernel allows an unprivileged process is available (CPU, kernel bugs).
-- No cgroups: CPU share, total memory and pids are not accounted as a group.
-- Not root (best effort): the child keeps the caller's uid. RLIMIT_NPROC then counts all of the caller's
-  processes, so it is set to (their count at start + `max_processes`) and is approximate; leftovers are killed
-  by process group only (a child that calls setsid() can outlive the run); the network is cut with a user+network
-  namespace where unprivileged user namespaces are allowed, else only TCP via Landlock ABI >= 4 (UDP open), else
-  not at all; without Landlock, the child can write wherever the caller can. `SandboxResult.isolation` says which.
+  folder is limited per file (`max_file_mb`) and by the wall time, not in total (on a tmpfs /tmp that is RAM).
+- The seccomp filter denies only the calls above: every other syscall the kernel allows an unprivileged process
+  is available (CPU, kernel bugs). No cgroups: CPU share, total memory and pids are not accounted as a group.
+- Not root: the child keeps the caller's uid. It can trace the caller's processes where Landlock is missing and
+  signal them where Landlock's ABI is below 6; RLIMIT_NPROC counts all of the caller's processes, so it is set to (their count at start +
+  `max_processes`) and is approximate; without a user namespace, leftovers are killed by process group only (a
+  child that calls setsid() can outlive the run); without Landlock, the child can read and write whatever the
+  caller can.
 - Without Landlock and as root, the fresh uid can still write world-writable places (/tmp, /dev/shm).
+- `run_tests` verdicts: see `preflab.sandbox.checks` (code that drives the harness's pipes itself can forge one).
 """
 from preflab.sandbox.checks import TestOutcome, run_tests
-from preflab.sandbox.runner import SandboxError, SandboxResult, run_python
+from preflab.sandbox.runner import SandboxError, SandboxResult, SandboxWarning, run_python
 
-__all__ = ["SandboxError", "SandboxResult", "TestOutcome", "run_python", "run_tests"]
+__all__ = ["SandboxError", "SandboxResult", "SandboxWarning", "TestOutcome", "run_python", "run_tests"]

@@ -8,14 +8,22 @@ It runs as the caller's user, applies every limit in this order, and then `execv
 1. mount namespace (root only, only when the interpreter lives under a folder the sandbox user cannot enter, e.g.
    a venv pointing into /root): a private namespace in which that folder is covered by an empty read-only-by-mode
    tmpfs with only the interpreter trees bound back in; the rest of the folder is hidden.
-2. network namespace (root: `unshare(CLONE_NEWNET)`; non-root: a user namespace plus a network namespace): the
-   child sees only a loopback interface that is down, so no connection of any kind can be made.
+2. namespaces (root: `unshare(CLONE_NEWIPC|CLONE_NEWNET)`; non-root: the same inside a new user namespace): a
+   private IPC namespace (SysV shared memory, semaphores and message queues die with the run and cannot link runs;
+   shared memory is capped at `memory_mb` in it) and, when the network is blocked, a network namespace in which the
+   child sees only a loopback interface that is down (no TCP/UDP, no abstract unix sockets of the host).
 3. resource limits: RLIMIT_CORE=0, RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE.
 4. privilege drop (root only): supplementary groups cleared, gid and uid set to a fresh unprivileged id chosen by
    the caller, then RLIMIT_NPROC (which Linux does not enforce for uid 0).
 5. no_new_privs, then Landlock (Linux >= 5.13): writes allowed only beneath the working folder and to /dev/null;
    TCP bind/connect denied (ABI >= 4); signals and abstract unix sockets scoped to the sandbox (ABI >= 6).
-6. parent-death signal SIGKILL, working folder, umask, then execve.
+   Non-root callers also get Landlock read rules: reads and execution only beneath the system folders, the
+   interpreter's trees and the working folder (the caller's home and its 0600 files are out of reach).
+6. seccomp filter (any user): socket(AF_UNIX) (pathname and abstract unix sockets: D-Bus, /dev/log, ssh-agent),
+   memfd_create and memfd_secret (memory outside RLIMIT_AS), shmget when step 2 could not cap shared memory (all of
+   SysV IPC when there is no private IPC namespace), and io_uring_setup (syscalls that seccomp cannot see) fail
+   with EPERM; a syscall of another architecture (32-bit/x32 entry points) kills the process.
+7. parent-death signal SIGKILL, working folder, umask, then execve.
 
 What was applied is written to `status_fd` as lines "I <aspect>\t<text>" (close-on-exec, so the caller sees EOF
 once the exec succeeded); a failure that would weaken a requested limit writes "F <message>" and exits with 125.
@@ -29,18 +37,31 @@ import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 22, 38
+SECCOMP_MODE_FILTER = 2
 
 # Landlock (include/uapi/linux/landlock.h); syscall numbers are shared by x86_64 and aarch64.
 _LANDLOCK_SYSCALLS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+FS_EXECUTE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 2, 1 << 3
 FS_WRITE_FILE, FS_REMOVE_DIR, FS_REMOVE_FILE = 1 << 1, 1 << 4, 1 << 5
 FS_MAKE_ALL = sum(1 << b for b in range(6, 13))  # char, dir, reg, sock, fifo, block, sym
 FS_REFER, FS_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+
+# seccomp (include/uapi/linux/seccomp.h, filter.h): audit arch, syscall numbers denied with EPERM, socket's number.
+_SECCOMP_ARCH = {
+    "x86_64": (0xC000003E, {"memfd_create": 319, "memfd_secret": 447, "io_uring_setup": 425, "shmget": 29,
+                            "semget": 64, "msgget": 68}, 41),
+    "aarch64": (0xC00000B7, {"memfd_create": 279, "memfd_secret": 447, "io_uring_setup": 425, "shmget": 194,
+                             "semget": 190, "msgget": 186}, 198),
+}
+AF_UNIX, EPERM = 1, 1
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -78,19 +99,66 @@ def expose_hidden(hidden: dict[str, list[str]]) -> str:
     return "private mount namespace; " + ", ".join(f"{k} hidden except {v}" for k, v in hidden.items())
 
 
-def isolate_network(as_root: bool) -> str:
+def isolate_namespaces(as_root: bool, block_network: bool, shm_bytes: int) -> dict[str, str]:
+    """A private IPC namespace (always) and network namespace (when blocked); non-root: inside a user namespace."""
+    flags = CLONE_NEWIPC | (CLONE_NEWNET if block_network else 0)
+    report = {}
     try:
         if as_root:
-            _check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            _check(libc.unshare(flags), "unshare(CLONE_NEWIPC|CLONE_NEWNET)")
         else:
             uid, gid = os.getuid(), os.getgid()
-            _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(CLONE_NEWUSER|CLONE_NEWNET)")
+            _check(libc.unshare(CLONE_NEWUSER | flags), "unshare(CLONE_NEWUSER|CLONE_NEWIPC|CLONE_NEWNET)")
             for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
                 with open(f"/proc/self/{name}", "w") as f:
                     f.write(text)
-        return "network namespace (no interface up)"
     except OSError as e:
-        return f"no network namespace ({e.strerror})"
+        report["ipc"] = f"no IPC namespace ({e.strerror}): SysV IPC objects are shared with the host"
+        if block_network:
+            report["network"] = f"no network namespace ({e.strerror})"
+        return report
+    report["ipc"] = ("private IPC namespace (SysV objects die with the run)" + ("" if as_root else
+                     ", in a user namespace of the run") + _cap_shm(shm_bytes))
+    if block_network:
+        report["network"] = "network namespace (no interface up)"
+    return report
+
+
+def _cap_shm(shm_bytes: int) -> str:
+    """Cap SysV shared memory in the new IPC namespace at `shm_bytes` (it is not counted in RLIMIT_AS)."""
+    try:
+        for name, value in (("shmmax", shm_bytes), ("shmall", max(1, shm_bytes // os.sysconf("SC_PAGE_SIZE")))):
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write(str(value))
+        return f"; shared memory capped at {shm_bytes >> 20} MB"
+    except OSError as e:
+        return f"; shared memory not capped ({e.strerror})"
+
+
+def seccomp_filter(deny_shmget: bool, deny_sysv: bool) -> str:
+    """Install the seccomp filter described in the module docstring (needs no_new_privs). `deny_shmget`: also
+    refuse SysV shared memory (when it could not be capped in the run's IPC namespace); `deny_sysv`: refuse all
+    SysV IPC (when the run has no IPC namespace of its own)."""
+    entry = _SECCOMP_ARCH.get(os.uname().machine)
+    if entry is None:
+        raise Fatal(f"no seccomp filter for architecture {os.uname().machine}")
+    arch, denied, socket_nr = entry
+    optional = {"shmget": deny_shmget or deny_sysv, "semget": deny_sysv, "msgget": deny_sysv}
+    denied = {k: v for k, v in denied.items() if optional.get(k, True)}
+    ld_w, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, kill, deny = 0x7FFF0000, 0x80000000, 0x00050000 | EPERM
+    prog = [(ld_w, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (ld_w, 0, 0, 0)]
+    if arch == 0xC000003E:
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, kill)]  # x32 syscall numbers
+    for nr in denied.values():
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, deny)]
+    # socket(domain, ...): the domain is args[0]; its low 32 bits are at offset 16 (little-endian).
+    prog += [(jeq, 0, 3, socket_nr), (ld_w, 0, 0, 16), (jeq, 0, 1, AF_UNIX), (ret, 0, 0, deny), (ret, 0, 0, allow)]
+    code = b"".join(struct.pack("<HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = ctypes.create_string_buffer(struct.pack("<HxxxxxxQ", len(prog), ctypes.addressof(buf)))
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0), "prctl(PR_SET_SECCOMP)")
+    return ("seccomp: unix sockets, " + ", ".join(denied) + " refused; foreign syscall ABIs killed")
 
 
 def set_limits(limits: dict[str, int]) -> None:
@@ -128,7 +196,7 @@ def count_own_processes() -> int:
     return n
 
 
-def landlock(workdir: str, block_network: bool) -> str:
+def landlock(workdir: str, block_network: bool, readable: list[str] | None) -> str:
     numbers = _LANDLOCK_SYSCALLS.get(os.uname().machine)
     if numbers is None:
         return "no Landlock (unknown syscall numbers on this architecture)"
@@ -138,12 +206,19 @@ def landlock(workdir: str, block_network: bool) -> str:
         return f"no Landlock ({os.strerror(ctypes.get_errno())})"
     fs = FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE | FS_MAKE_ALL
     fs |= (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0)
+    rules = [(workdir, fs | (FS_READ if readable is not None else 0)),
+             ("/dev/null", FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0))]
+    if readable is not None:
+        rules += [(path, FS_READ) for path in readable if os.path.exists(path)]
+        fs |= FS_READ
     net = NET_BIND_TCP | NET_CONNECT_TCP if (abi >= 4 and block_network) else 0
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
     attr = ctypes.create_string_buffer(struct.pack("<QQQ", fs, net, scoped))
     ruleset = _check(libc.syscall(create, attr, ctypes.c_size_t(24), ctypes.c_uint32(0)), "landlock_create_ruleset")
-    for path, rights in ((workdir, fs), ("/dev/null", FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0))):
+    for path, rights in rules:
         fd = os.open(path, os.O_PATH)
+        if not os.path.isdir(path):
+            rights &= FS_WRITE_FILE | FS_TRUNCATE | FS_EXECUTE | FS_READ_FILE  # file rules take file rights only
         rule = ctypes.create_string_buffer(struct.pack("<Qi", rights, fd))
         _check(libc.syscall(add_rule, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint32(0)),
                f"landlock_add_rule {path}")
@@ -151,6 +226,9 @@ def landlock(workdir: str, block_network: bool) -> str:
     _check(libc.syscall(restrict, ctypes.c_int(ruleset), ctypes.c_uint32(0)), "landlock_restrict_self")
     os.close(ruleset)
     parts = ["writes only beneath the working folder and to /dev/null"]
+    if readable is not None:
+        shown = ", ".join(p for p in readable if os.path.exists(p))
+        parts.append(f"reads only beneath {shown} and the working folder")
     parts.append("TCP bind/connect denied" if net else "TCP not restricted")
     parts.append("signals and abstract unix sockets scoped" if scoped else "signals not scoped")
     return f"Landlock ABI {abi}: " + "; ".join(parts)
@@ -172,8 +250,7 @@ def main() -> None:
         as_root = cfg["uid"] is not None
         if cfg["hidden"]:
             report["mounts"] = expose_hidden(cfg["hidden"])
-        if cfg["block_network"]:
-            report["network"] = isolate_network(as_root)
+        report.update(isolate_namespaces(as_root, cfg["block_network"], cfg["limits"]["as"]))
         set_limits(cfg["limits"])
         if as_root:
             drop_privileges(cfg["uid"], cfg["gid"])
@@ -184,7 +261,9 @@ def main() -> None:
             set_limits({"nproc": n})
             report["user"] = f"caller's uid {os.getuid()}; process limit approximate ({n} for the whole user)"
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-        report["filesystem"] = landlock(cfg["workdir"], cfg["block_network"])
+        report["filesystem"] = landlock(cfg["workdir"], cfg["block_network"], cfg["readable"])
+        ipc = report.get("ipc", "")
+        report["syscalls"] = seccomp_filter(deny_shmget="capped at" not in ipc, deny_sysv=ipc.startswith("no "))
         _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
         if os.getppid() != cfg["parent_pid"]:
             raise Fatal("the calling process is gone")
@@ -192,7 +271,10 @@ def main() -> None:
         os.umask(0o022)
     except (Fatal, OSError, ValueError) as e:
         _fatal(status_fd, f"{type(e).__name__}: {e}")
-    os.write(status_fd, "".join(f"I {k}\t{v}\n" for k, v in report.items()).encode())
+    lines = "".join(f"I {k}\t{v}\n" for k, v in report.items())
+    if not as_root and "user namespace" in report.get("ipc", ""):  # lets the caller find every process of the run
+        lines += f"U {os.stat('/proc/self/ns/user').st_ino}\n"
+    os.write(status_fd, lines.encode())
     try:
         os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
     except OSError as e:

@@ -1,16 +1,24 @@
 """`run_tests`: run candidate code against assertion-style test snippets, one sandboxed process per test.
 
-A test passes when `code` followed by the test runs to the end: exit status 0 *and* a random marker printed after
-the test reaches stdout. The marker stops code that exits early with status 0 (`sys.exit(0)`, `os._exit(0)` at
-import time) from passing every test; code that reads its own source to find the marker is not defended against.
+A test passes when `code` followed by the test runs to the end, judged from the caller's side: exit status 0 *and*
+a fresh random nonce arriving on a private verdict pipe. The caller writes the nonce into a pipe the program
+inherits; only the statement after the test moves it from that pipe to the verdict pipe. The nonce is never in
+the program's source, constants, argv, environment or output, so code that prints a marker, reads the harness's
+source or constants, monkeypatches functions, or exits early with status 0 (`sys.exit(0)`, `os._exit(0)`) fails.
+
+Not defended: code that deliberately drives the inherited pipes itself (reads the nonce pipe and writes the verdict
+pipe, then exits) — code and test share one process, and no in-process secret survives code that inspects its own
+file descriptors. Use rewards that compare outputs computed in the sandbox with expected values on the caller's side
+when that matters.
 """
 from __future__ import annotations
 
+import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from preflab.sandbox.runner import SandboxError, SandboxResult, run_python
+from preflab.sandbox.runner import SandboxError, SandboxResult, _run_python
 
 
 @dataclass(frozen=True)
@@ -24,9 +32,35 @@ class TestOutcome:
     result: SandboxResult
 
 
-def program_for_test(code: str, test: str, marker: str) -> str:
-    """The program run for one test: the code, the test, then the marker written straight to fd 1."""
-    return f"{code}\n\n\n{test}\n\nimport os as _preflab_os\n_preflab_os.write(1, b'\\n{marker}\\n')\n"
+def program_for_test(code: str, test: str, nonce_fd: int, verdict_fd: int) -> str:
+    """The program run for one test: the code, the test, then the nonce moved from `nonce_fd` to `verdict_fd`."""
+    return (f"{code}\n\n\n{test}\n\nimport os as _preflab_os\n"
+            f"_preflab_os.write({verdict_fd}, _preflab_os.read({nonce_fd}, 64))\n")
+
+
+def _run_one(code: str, test: str, timeout_s: float, sandbox_kwargs: dict) -> TestOutcome:
+    nonce = secrets.token_bytes(32)
+    nonce_r, nonce_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    try:
+        os.write(nonce_w, nonce)
+        os.close(nonce_w)
+        nonce_w = -1
+        result = _run_python(program_for_test(code, test, nonce_r, verdict_w), timeout_s=timeout_s,
+                             pass_fds=(nonce_r, verdict_w), **sandbox_kwargs)
+        os.close(verdict_w)
+        verdict_w = -1
+        os.set_blocking(verdict_r, False)
+        try:
+            verdict = os.read(verdict_r, 4096)
+        except BlockingIOError:
+            verdict = b""
+    finally:
+        for fd in (nonce_r, nonce_w, verdict_r, verdict_w):
+            if fd >= 0:
+                os.close(fd)
+    passed = result.status == "ok" and result.returncode == 0 and verdict == nonce
+    return TestOutcome(test=test, passed=passed, result=result)
 
 
 def run_tests(code: str, tests: list[str], *, timeout_s: float = 2.0, max_workers: int = 1,
@@ -42,10 +76,7 @@ def run_tests(code: str, tests: list[str], *, timeout_s: float = 2.0, max_worker
         raise SandboxError(f"max_workers={max_workers!r} is invalid: use 1 or more.")
 
     def one(test: str) -> TestOutcome:
-        marker = "preflab-test-passed-" + secrets.token_hex(16)
-        result = run_python(program_for_test(code, test, marker), timeout_s=timeout_s, **sandbox_kwargs)
-        passed = result.status == "ok" and marker in result.stdout
-        return TestOutcome(test=test, passed=passed, result=result)
+        return _run_one(code, test, timeout_s, sandbox_kwargs)
 
     if max_workers == 1 or len(tests) <= 1:
         return [one(t) for t in tests]

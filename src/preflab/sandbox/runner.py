@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -30,6 +31,18 @@ _FORK_FAILED = re.compile(r"BlockingIOError: \[Errno 11\]|can't start new thread
 
 class SandboxError(PreflabError):
     """The sandbox could not be set up (bad arguments, or a requested limit could not be applied)."""
+
+
+class SandboxWarning(UserWarning):
+    """The sandbox runs with weaker isolation than as root (a non-root caller); the message says what is missing."""
+
+
+NON_ROOT_WARNING = (
+    "preflab.sandbox as a non-root caller: the code runs as your own uid. Its reads are confined to system folders, "
+    "the interpreter and the working folder only where Landlock is available ({landlock}); leftover processes, "
+    "including ones that call setsid(), are killed only where the run has its own user namespace ({userns}); the "
+    "process limit counts all your processes. Run as root (e.g. in a container) for a fresh uid per run."
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,18 @@ def run_python(
     and threads alive at once (RLIMIT_NPROC on a fresh uid when run as root). max_file_mb: largest file a process
     may write (RLIMIT_FSIZE). files: extra files for the working folder, {relative path: text}. python: the
     interpreter (default: this one). env: extra environment variables (the environment is otherwise minimal).
+    A non-root caller gets a `SandboxWarning` saying what a non-root sandbox does not protect.
     """
+    return _run_python(code, stdin=stdin, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb,
+                       max_output_bytes=max_output_bytes, max_processes=max_processes, max_file_mb=max_file_mb,
+                       files=files, block_network=block_network, python=python, env=env)
+
+
+def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: float | None = None,
+                memory_mb: int = 512, max_output_bytes: int = 65536, max_processes: int = 8, max_file_mb: int = 16,
+                files: dict[str, str] | None = None, block_network: bool = True, python: str | None = None,
+                env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+    """`run_python` with `pass_fds` (file descriptors the program inherits under the same numbers; `run_tests`)."""
     _check_args(timeout_s, cpu_s, memory_mb, max_output_bytes, max_processes, max_file_mb)
     if not sys.platform.startswith("linux"):
         raise SandboxError(f"preflab.sandbox needs Linux (rlimits, namespaces, Landlock); this is {sys.platform}.")
@@ -113,10 +137,18 @@ def run_python(
             "max_output_bytes": max_output_bytes,
             "limits": {"cpu": cpu_limit, "as": int(memory_mb) << 20, "fsize": int(max_file_mb) << 20, "nofile": 256},
             "hidden": _host.hidden_folders(exe, [str(workdir)]) if uid is not None else {},
+            "readable": None if uid is not None else _host.readable_folders(exe),
             "argv": [exe, "-I", "-B", "main.py"],
             "env": _child_env(exe, workdir, env or {}),
         }
-        return _execute(config, stdin, timeout_s, max_output_bytes, cpu_limit)
+        result = _execute(config, stdin, timeout_s, max_output_bytes, cpu_limit, tuple(pass_fds))
+        if uid is None:
+            fs = result.isolation.get("filesystem", "no Landlock")
+            landlock = "applied here" if "reads only beneath" in fs else "NOT applied here: " + fs
+            ipc = result.isolation.get("ipc", "")
+            userns = "applied here" if "user namespace" in ipc else "NOT here: " + ipc
+            warnings.warn(NON_ROOT_WARNING.format(landlock=landlock, userns=userns), SandboxWarning, stacklevel=3)
+        return result
     finally:
         _remove_tree(workdir)
         if uid_lock is not None:
@@ -175,7 +207,8 @@ def _child_env(exe: str, workdir: Path, extra: dict[str, str]) -> dict[str, str]
     return env
 
 
-def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: int) -> SandboxResult:
+def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: int,
+             pass_fds: tuple[int, ...] = ()) -> SandboxResult:
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     with tempfile.TemporaryFile() as stdin_file:
         stdin_file.write(stdin.encode("utf-8"))
@@ -185,7 +218,7 @@ def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: in
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(_LAUNCHER), str(status_w), marshal.dumps(config).hex()],
                 stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=config["workdir"],
-                env=config["env"], start_new_session=True, close_fds=True, pass_fds=(status_w,),
+                env=config["env"], start_new_session=True, close_fds=True, pass_fds=(status_w, *pass_fds),
             )
         except BaseException:
             os.close(status_r)
@@ -195,7 +228,7 @@ def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: in
     try:
         io = _collect(proc, status_r, start + timeout_s, cap)
     finally:
-        left = _stop(proc, config["uid"])
+        left = _stop(proc, config["uid"], _userns_of(io))
         os.close(status_r)
     _, wait_status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
@@ -259,17 +292,35 @@ def _exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
-def _stop(proc: subprocess.Popen, uid: int | None) -> int:
-    """Kill the run's process group and (as root) every process of its uid; return how many others were alive.
+def _userns_of(io: dict | None) -> int | None:
+    """The run's user namespace (inode), which the launcher reports for non-root callers, else None."""
+    for line in bytes((io or {}).get("status", b"")).decode("utf-8", errors="replace").splitlines():
+        if line.startswith("U ") and line[2:].strip().isdigit():
+            return int(line[2:])
+    return None
+
+
+def _stop(proc: subprocess.Popen, uid: int | None, userns: int | None = None) -> int:
+    """Kill the run's process group and every process of its fresh uid (root) or of its user namespace (non-root),
+    and wait (bounded) until they are gone; return how many others were alive.
 
     The main process is not reaped yet (alive or a zombie), so its pid still names our process group."""
-    left = len([p for p in _host.processes_of(uid) if p != proc.pid]) if uid is not None else 0
+    if uid is not None:
+        left = len([p for p in _host.processes_of(uid) if p != proc.pid])
+    elif userns is not None:
+        left = len([p for p in _host.processes_in_userns(userns) if p != proc.pid])
+    else:
+        left = 0
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     if uid is not None:
         _host.kill_uid(uid)
+    else:
+        _host.kill_group(proc.pid)
+        if userns is not None:
+            _host.kill_userns(userns)
     for pipe in (proc.stdout, proc.stderr):
         pipe.close()
     return left
