@@ -410,7 +410,16 @@ def _check_non_root_caller(tmp_path: Path) -> None:
         print(daemon.isolation["ipc"].replace(" ", "_"), daemon.processes_left, alive)
         print([str(w.message) for w in caught])
     """)
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path)}
+    # the ordinary uid imports preflab from a world-readable copy (the checkout may live under a 0700 /root)
+    import preflab
+
+    lib = tmp_path / "lib"
+    shutil.copytree(Path(preflab.__file__).parent, lib / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder, dirs, files in os.walk(lib):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path), "PYTHONPATH": str(lib)}
     os.chmod(tmp_path, 0o777)
     python = _interpreter_usable_by(user)
     out = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=30, env=env)

@@ -171,6 +171,14 @@ class WeightedSum:
     def required_extras(self) -> tuple:
         return tuple(dict.fromkeys(k for p in self.parts for k in p.required_extras))
 
+    def row_extras(self) -> dict:
+        """Every part's per-row extras (the first part that declares a range for a name wins)."""
+        out: dict = {}
+        for part in self.parts:
+            for name, bounds in part.row_extras().items():
+                out.setdefault(name, bounds)
+        return out
+
     @property
     def token_needs(self) -> tuple:
         return tuple(dict.fromkeys(k for p in self.parts for k in p.token_needs))
