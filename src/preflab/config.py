@@ -190,7 +190,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
                     "Run `preflab train --help` for the options."
                 )
             cfg.objective_params[key] = value
-    cfg.objective()  # validates objective parameters before any model is loaded
+    from preflab.objectives import check_modality
+
+    check_modality(cfg.objective(), cfg.task)  # validates the objective and its modality before any model loads
     return cfg
 
 

@@ -19,7 +19,7 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
 from preflab.loops.kinds import kind_for
-from preflab.objectives.base import PairBatch
+from preflab.objectives.base import PairBatch, check_modality
 from preflab.runlog import write_model_card
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 
@@ -30,6 +30,7 @@ class Trainer(TrainingRun):
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
         self.cfg = cfg
         self.objective = cfg.objective()
+        check_modality(self.objective, cfg.task)
         self.kind = kind_for(self.objective)
         self.accelerator = make_accelerator(cfg)
         self.out = Path(cfg.output_dir)

@@ -24,12 +24,13 @@ from preflab.objectives.base import (
     PairBatch,
     SequenceLogps,
     UnpairedBatch,
+    check_modality,
     check_params,
 )
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
-    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum",
+    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
 ]
 
 # Modules of this package that are not objectives (helpers and the `preflab objectives` command).
@@ -139,6 +140,7 @@ def objective_info(name: str) -> dict:
         "required_extras": list(cls.required_extras),
         "token_needs": list(cls.token_needs),
         "batch": cls.batch_type.__name__,
+        "modality": cls.modality,
         "paper": cls.paper,
         "tags": {k: list(v) for k, v in cls.tags.items()},
         "summary": ((importlib.import_module(cls.__module__).__doc__ or "").strip().splitlines() or [""])[0],
@@ -166,6 +168,10 @@ class WeightedSum:
     @property
     def needs_reference(self) -> bool:
         return any(p.needs_reference for p in self.parts)
+
+    @property
+    def modality(self) -> str:
+        return self.parts[0].modality
 
     @property
     def required_extras(self) -> tuple:

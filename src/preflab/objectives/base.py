@@ -9,6 +9,8 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
                              "token_kl" -> extras chosen_token_kl / rejected_token_kl [B, T] = KL(pi_ref || pi_theta)
                              "hidden"   -> extras chosen_hidden / rejected_hidden [B, T, H] (policy last hidden state)
     batch_type        type   PairBatch, UnpairedBatch or ListBatch
+    modality          str    what the scores come from: "text" (language-model log-probs) or "diffusion"
+                             (-MSE denoising scores); `check_modality` refuses an objective on the wrong task
 
 Shapes: B examples, T completion positions (chosen and rejected may differ), K responses per prompt (lists).
 """
@@ -207,6 +209,7 @@ class Objective:
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
+    modality: ClassVar[str] = "text"
 
     def __post_init__(self):
         self.validate()
@@ -286,6 +289,33 @@ def log1mexp(x: Tensor) -> Tensor:
 def softplus(x: Tensor) -> Tensor:
     """log(1 + e^x); l(z) = -log sigmoid(z) = softplus(-z)."""
     return F.softplus(x)
+
+
+# The modality each training task scores: every task not listed here trains language models.
+TASK_MODALITY = {"diffusion": "diffusion"}
+
+
+def check_modality(objective, task: str) -> None:
+    """ConfigError when `objective` (a name, class, instance or WeightedSum) scores a different modality than
+    `task` trains: a diffusion objective on a language model computes a meaningless loss (0, or DPO with
+    beta = 2500), a text objective on a diffusion model likewise. Called before any model loads."""
+    wanted = TASK_MODALITY.get(task, "text")
+    parts = getattr(objective, "parts", None) or (objective,)
+    for part in parts:
+        if isinstance(part, str):
+            from preflab.objectives import _class_for
+
+            part = _class_for(part)
+        have = getattr(part, "modality", "text")
+        if have != wanted:
+            name = part.__name__ if isinstance(part, type) else type(part).__name__
+            if wanted == "text":
+                other = [t for t, m in TASK_MODALITY.items() if m == have]
+                fix = "use a language-model objective (e.g. loss_type=sigmoid)" + (
+                    f", or train a {have} model with task: {other[0]}" if other else "")
+            else:
+                fix = f"use a {wanted} objective (`preflab objectives` lists each one's modality)"
+            raise ConfigError(f"objective {name} scores {have} models but task {task!r} trains {wanted} models; {fix}.")
 
 
 def check_params(cls: type, params: dict) -> None:

@@ -22,7 +22,7 @@ def run(args) -> int:
     for info in infos:
         ref = "reference" if info["needs_reference"] else "reference-free"
         alias = f" (aliases: {', '.join(info['aliases'])})" if info["aliases"] else ""
-        print(f"{info['name']}{alias}  [{info['batch']}, {ref}]")
+        print(f"{info['name']}{alias}  [{info['modality']}, {info['batch']}, {ref}]")
         print(f"    {info['summary']}")
         params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items())
         print(f"    params: {params or '-'}")
