@@ -8,6 +8,10 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
     token_needs       tuple  token-level quantities the scorer computes in its chunked vocabulary pass:
                              "token_kl" -> extras chosen_token_kl / rejected_token_kl [B, T] = KL(pi_ref || pi_theta)
                              "hidden"   -> extras chosen_hidden / rejected_hidden [B, T, H] (policy last hidden state)
+    gradient_extras   tuple  the required extras that are the *policy's* scores and must carry gradient (extra
+                             sequences scored with the policy in the training loop); a data column would be a
+                             constant, the method's own term would do nothing, so trainers that cannot compute them
+                             refuse the objective (`check_gradient_extras`)
     batch_type        type   PairBatch, UnpairedBatch or ListBatch
     modality          str    what the scores come from: "text" (language-model log-probs) or "diffusion"
                              (-MSE denoising scores); `check_modality` refuses an objective on the wrong task
@@ -76,11 +80,14 @@ class SequenceLogps:
         return SequenceLogps(self.token_logps.detach(), self.mask)
 
 
-def _extra(extras: dict, name: str, owner: str) -> Any:
+def _extra(extras: dict, name: str, owner: str, gradient: bool = False) -> Any:
     if name not in extras:
+        fix = (f"{name!r} is the policy's log-probs of extra sequences and must carry gradient: the training loop "
+               "has to score those sequences with the policy (a data column would be a constant, and the term would "
+               "do nothing)." if gradient else f"Add a {name!r} column to the data or compute it in the loop.")
         raise MissingExtraError(
             f"{owner} needs batch.extras[{name!r}], which this batch does not carry (it has "
-            f"{sorted(extras) or 'no extras'}). Add a {name!r} column to the data or compute it in the loop."
+            f"{sorted(extras) or 'no extras'}). {fix}"
         )
     return extras[name]
 
@@ -99,9 +106,10 @@ class PairBatch:
     def size(self) -> int:
         return self.policy_chosen.token_logps.shape[0]
 
-    def extra(self, name: str, owner: str = "this objective") -> Any:
-        """`extras[name]`, or a MissingExtraError naming the key and what to do."""
-        return _extra(self.extras, name, owner)
+    def extra(self, name: str, owner: str = "this objective", gradient: bool = False) -> Any:
+        """`extras[name]`, or a MissingExtraError naming the key and what to do (`gradient`: the extra is policy
+        log-probs that must carry gradient, so a data column is not the fix)."""
+        return _extra(self.extras, name, owner, gradient)
 
     @property
     def has_reference(self) -> bool:
@@ -137,8 +145,8 @@ class UnpairedBatch:
     def has_reference(self) -> bool:
         return self.ref is not None
 
-    def extra(self, name: str, owner: str = "this objective") -> Any:
-        return _extra(self.extras, name, owner)
+    def extra(self, name: str, owner: str = "this objective", gradient: bool = False) -> Any:
+        return _extra(self.extras, name, owner, gradient)
 
     @classmethod
     def from_sums(cls, policy, label, ref=None, policy_kl=None, ref_kl=None, extras=None):
@@ -173,8 +181,8 @@ class ListBatch:
     def has_reference(self) -> bool:
         return self.ref is not None
 
-    def extra(self, name: str, owner: str = "this objective") -> Any:
-        return _extra(self.extras, name, owner)
+    def extra(self, name: str, owner: str = "this objective", gradient: bool = False) -> Any:
+        return _extra(self.extras, name, owner, gradient)
 
     @classmethod
     def from_sums(cls, policy, scores, ref=None, valid=None, extras=None):
@@ -206,6 +214,7 @@ class Objective:
     batch_type: ClassVar[type] = PairBatch
     needs_reference: ClassVar[bool] = True
     required_extras: ClassVar[tuple[str, ...]] = ()
+    gradient_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -233,7 +242,7 @@ class Objective:
                 "Give a reference model, or precompute reference log-probs."
             )
         for key in self.required_extras:
-            batch.extra(key, owner=name)
+            _extra(batch.extras, key, name, gradient=key in self.gradient_extras)
         return self.compute(batch)
 
     @classmethod
@@ -289,6 +298,22 @@ def log1mexp(x: Tensor) -> Tensor:
 def softplus(x: Tensor) -> Tensor:
     """log(1 + e^x); l(z) = -log sigmoid(z) = softplus(-z)."""
     return F.softplus(x)
+
+
+def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:
+    """ConfigError when `objective` needs extras that must carry gradient (`gradient_extras`) and the trainer does
+    not compute them (`computed`): training on constant columns would silently be the base method (e.g. plain DPO
+    for rationale_dpo, hypo, vpo with calibration=extra). `how` names where the objective does run."""
+    parts = getattr(objective, "parts", None) or (objective,)
+    for part in parts:
+        missing = [k for k in getattr(part, "gradient_extras", ()) if k not in computed]
+        if missing:
+            hint = getattr(part, "gradient_extras_hint", "")
+            raise ConfigError(
+                f"objective {type(part).__name__} needs {missing}: the policy's log-probs of extra sequences, "
+                f"with gradient, which this trainer does not compute{how}. Taken from data columns they would be "
+                f"constants, so its own term would do nothing and the run would be its base method. "
+                f"{hint or 'Use an objective without such extras.'}")
 
 
 # The modality each training task scores: every task not listed here trains language models.

@@ -28,5 +28,8 @@ def run(args) -> int:
         print(f"    params: {params or '-'}")
         if info["required_extras"] or info["token_needs"]:
             print(f"    extras: {info['required_extras'] + info['token_needs']}")
+        if info["gradient_extras"]:
+            print(f"    policy log-probs with gradient, computed by the loop (not data columns): "
+                  f"{info['gradient_extras']}")
         print(f"    paper: {info['paper']}")
     return 0
