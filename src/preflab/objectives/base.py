@@ -12,6 +12,9 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
                              sequences scored with the policy in the training loop); a data column would be a
                              constant, the method's own term would do nothing, so trainers that cannot compute them
                              refuse the objective (`check_gradient_extras`)
+    token_extras      tuple  the required extras with one value per response token, named `<side>_<name>`
+                             (chosen_/rejected_/policy_ side): [B, T] like that side's log-probs, checked on every
+                             call; in data, list-valued columns that the trainer pads to the response mask
     batch_type        type   PairBatch, UnpairedBatch or ListBatch
     modality          str    what the scores come from: "text" (language-model log-probs) or "diffusion"
                              (-MSE denoising scores); `check_modality` refuses an objective on the wrong task
@@ -215,6 +218,7 @@ class Objective:
     needs_reference: ClassVar[bool] = True
     required_extras: ClassVar[tuple[str, ...]] = ()
     gradient_extras: ClassVar[tuple[str, ...]] = ()
+    token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -243,6 +247,8 @@ class Objective:
             )
         for key in self.required_extras:
             _extra(batch.extras, key, name, gradient=key in self.gradient_extras)
+        for key in self.token_extras:
+            _check_token_extra(batch, key, name)
         return self.compute(batch)
 
     @classmethod
@@ -255,6 +261,20 @@ class Objective:
     def params(cls) -> dict[str, Any]:
         """{field name: default} of the objective's hyper-parameters."""
         return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _check_token_extra(batch, key: str, owner: str) -> None:
+    """A per-token extra must have its side's [B, T] shape, so its values line up with the response tokens."""
+    side = key.split("_", 1)[0]
+    logps = getattr(batch, f"policy_{side}", None) if side != "policy" else getattr(batch, "policy", None)
+    if not isinstance(logps, SequenceLogps) or key not in batch.extras:
+        return
+    shape = tuple(torch.as_tensor(batch.extras[key]).shape)
+    if shape != tuple(logps.token_logps.shape):
+        raise PreflabError(
+            f"{owner}: extras[{key!r}] has shape {shape} but the {side} log-probs have shape "
+            f"{tuple(logps.token_logps.shape)}; it must hold one value per {side} response token (in data: a list "
+            f"column {key!r} with one value per token of the tokenized {side} response).")
 
 
 def as_loss_dtype(x: Tensor) -> Tensor:
