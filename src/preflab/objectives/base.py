@@ -13,8 +13,8 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
                              constant, the method's own term would do nothing, so trainers that cannot compute them
                              refuse the objective (`check_gradient_extras`)
     token_extras      tuple  the required extras with one value per response token, named `<side>_<name>`
-                             (chosen_/rejected_/policy_ side): [B, T] like that side's log-probs, checked on every
-                             call; in data, list-valued columns that the trainer pads to the response mask
+                             (chosen_/rejected_ on pairs, completion_ on unpaired): [B, T] like that side's
+                             log-probs, checked on every call; in data, list columns padded to the response mask
     batch_type        type   PairBatch, UnpairedBatch or ListBatch
     modality          str    what the scores come from: "text" (language-model log-probs) or "diffusion"
                              (-MSE denoising scores); `check_modality` refuses an objective on the wrong task
@@ -218,6 +218,7 @@ class Objective:
     needs_reference: ClassVar[bool] = True
     required_extras: ClassVar[tuple[str, ...]] = ()
     gradient_extras: ClassVar[tuple[str, ...]] = ()
+    gradient_extras_hint: ClassVar[str] = ""  # what to use instead, shown when a trainer refuses gradient_extras
     token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
@@ -266,7 +267,7 @@ class Objective:
 def _check_token_extra(batch, key: str, owner: str) -> None:
     """A per-token extra must have its side's [B, T] shape, so its values line up with the response tokens."""
     side = key.split("_", 1)[0]
-    logps = getattr(batch, f"policy_{side}", None) if side != "policy" else getattr(batch, "policy", None)
+    logps = getattr(batch, "policy", None) if side == "completion" else getattr(batch, f"policy_{side}", None)
     if not isinstance(logps, SequenceLogps) or key not in batch.extras:
         return
     shape = tuple(torch.as_tensor(batch.extras[key]).shape)

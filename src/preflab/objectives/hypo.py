@@ -31,7 +31,8 @@ class HyPO(Objective):
 
     required_extras = ("online_policy_logps", "online_ref_logps")
     gradient_extras = ("online_policy_logps",)
-    gradient_extras_hint = "Use the online run's hypo recipe, which samples and scores the policy's responses each step."
+    gradient_extras_hint = ("Use the online run's hypo recipe, which samples and scores the policy's responses each "
+                            "step.")
     paper = "Song et al. 2024, The Importance of Online Data (HyPO) (arXiv:2406.01462)"
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference", "divergence"),
             "property": ()}
