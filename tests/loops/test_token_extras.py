@@ -90,3 +90,19 @@ def test_rrpo_from_a_data_file_with_one_phrase_over_each_response_trains_exactly
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-4, abs=1e-6)
     assert runs["rrpo"][-1]["loss"] != pytest.approx(runs["rrpo"][0]["loss"], abs=1e-4)  # it trained
+
+
+def test_unpaired_per_token_column_is_aligned_with_the_completion_and_the_shape_is_checked():
+    from preflab.loops.kinds import UnpairedKind
+    from preflab.objectives import UnpairedBatch
+    from preflab.objectives.base import _check_token_extra
+
+    items = [SimpleNamespace(row_id=i, prompt_ids=[1, 5], completion_ids=ids, label=True,
+                             extras={"completion_weights": [0.5] * len(ids)}) for i, ids in enumerate([[7, 8], [9]])]
+    layout = UnpairedKind.collate(items, pad_id=0, layout="padded")
+    weights, mask = layout.extras["completion_weights"], layout.response_mask[:2]
+    assert weights[mask].tolist() == [0.5, 0.5, 0.5] and not weights[~mask].any()
+    short = SequenceLogps(torch.zeros(2, 1), torch.ones(2, 1, dtype=torch.bool))
+    batch = UnpairedBatch(short, torch.tensor([True, True]), extras={"completion_weights": weights})
+    with pytest.raises(PreflabError, match="one value per completion response token"):
+        _check_token_extra(batch, "completion_weights", "test")
