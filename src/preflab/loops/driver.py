@@ -70,7 +70,8 @@ def _check_fsdp(on_cpu: bool) -> None:
     if fsdp and on_cpu and os.environ.get("FSDP_VERSION", "1") == "1":
         raise ConfigError(
             "FSDP version 1 does not run on CPU (torch's FullyShardedDataParallel needs a GPU). Use FSDP2: set "
-            "`fsdp_version: 2` in the accelerate config (`fsdp_config:` section) or launch with FSDP_VERSION=2; "
+            "`fsdp_version: 2` in the accelerate config (`fsdp_config:` section) or pass `--fsdp_version 2` to "
+            "`accelerate launch` (it runs on CPU with gloo); "
             "or drop FSDP and use plain data parallelism (`accelerate launch --num_processes N`).")
 
 
