@@ -333,7 +333,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
     cfg = TrainConfig(**known)
     for key, value in extra.items():
         cfg.objective_params[key] = value
-    cfg.objective()  # validates objective parameters before any model is loaded
+    from preflab.objectives import check_modality
+
+    check_modality(cfg.objective(), cfg.task)  # validates the objective and its modality before any model loads
     _say(notes)
     return cfg
 

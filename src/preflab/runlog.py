@@ -97,6 +97,27 @@ def environment() -> dict:
             "cuda": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
 
 
+def distributed_environment(accelerator) -> dict:
+    """How the run was spread: world_size (processes in the process group), distributed type, backend, device."""
+    state = getattr(accelerator, "state", None)
+    kind = accelerator.distributed_type
+    return {"world_size": accelerator.num_processes, "distributed_type": getattr(kind, "value", str(kind)),
+            "backend": getattr(state, "backend", None), "device": str(accelerator.device)}
+
+
+def is_main_process() -> bool:
+    """True in the process that prints and writes shared files: accelerate's main process once it is set up,
+    else the launcher's rank 0 (RANK), so a message printed before or after training appears once."""
+    try:
+        from accelerate.state import PartialState
+
+        if PartialState._shared_state:
+            return PartialState().is_main_process
+    except ImportError:  # pragma: no cover - accelerate is a core dependency
+        pass
+    return os.environ.get("RANK", "0") == "0"
+
+
 def write_summary(output_dir: Path, summary: dict) -> Path:
     path = Path(output_dir) / "summary.json"
     tmp = path.with_suffix(".json.tmp")

@@ -30,3 +30,13 @@ def test_demo_improves_true_reward(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["true_reward_after"] == summary["true_reward_after"]
     assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+    # the demo's report shows its result and both stages, and `preflab report` on the folder rewrites the same one
+    from preflab.cli import main
+
+    first = (tmp_path / "report.html").read_text()
+    for text in ("true_reward_before", f"{summary['true_reward_after']:.4g}", "<b>sft</b>", "<b>dpo</b>",
+                 summary["examples_after"][0]["response"]):
+        assert text in first, text
+    assert main(["report", str(tmp_path)]) == 0
+    again = (tmp_path / "report.html").read_text()
+    assert again.split("</p>", 1)[1] == first.split("</p>", 1)[1]  # the same report, but for its time stamp

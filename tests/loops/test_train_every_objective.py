@@ -10,7 +10,8 @@ from preflab.objectives import PairBatch, list_objectives, objective_class
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRWISE = [n for n in list_objectives()
-            if objective_class(n).batch_type is PairBatch and not objective_class(n).required_extras]
+            if objective_class(n).batch_type is PairBatch and not objective_class(n).required_extras
+            and objective_class(n).modality == "text"]
 
 
 def test_most_objectives_are_trainable_from_the_cli():

@@ -65,7 +65,8 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
     after, after_examples = heldout_reward(model, tokenizer, heldout)
     say(f"preflab demo: stage 3/3, true reward on held-out prompts after DPO: {after:.3f} (before {before:.3f})")
 
-    summary = {"task": "loud-echo", "true_reward_before": before, "true_reward_after": after,
+    summary = {"title": "preflab demo: SFT then DPO on the loud-echo task", "task": "loud-echo",
+               "true_reward_before": before, "true_reward_after": after,
                "improvement": after - before, "heldout_prompts": len(heldout), "seed": seed,
                "runtime_s": time.perf_counter() - started, "sft_dir": str(out / "sft"), "dpo_dir": str(out / "dpo"),
                "examples_before": before_examples[:8], "examples_after": after_examples[:8]}
@@ -76,7 +77,7 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
     try:
         from preflab.report.html import write_report
 
-        summary["report"] = str(write_report([out / "dpo"], out / "report.html", title="preflab demo: DPO stage"))
+        summary["report"] = str(write_report([out], out / "report.html"))
         write_summary(out, summary)
     except ImportError:
         pass

@@ -13,7 +13,7 @@ Modules (each a set of pure functions except `run`, `score` and `loading`):
 """
 from __future__ import annotations
 
-import importlib
+from preflab._lazy import lazy_exports
 
 from preflab.eval.names import METRIC_DOCS
 
@@ -28,7 +28,4 @@ _EXPORTS = {
 __all__ = ["METRIC_DOCS", *_EXPORTS]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"preflab.eval.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'preflab.eval' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

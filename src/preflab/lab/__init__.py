@@ -15,7 +15,7 @@ Names are resolved lazily, so `import preflab.lab` (done by the CLI) stays cheap
 """
 from __future__ import annotations
 
-import importlib
+from preflab._lazy import lazy_exports
 
 _EXPORTS = {
     "Bandit": "bandit", "b4": "bandit", "dpo_fixture": "bandit",
@@ -43,7 +43,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

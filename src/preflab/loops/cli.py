@@ -59,6 +59,9 @@ def run(args) -> int:
         from preflab.loops.offline import Trainer
 
         summary = Trainer(cfg).train()
+    from preflab.runlog import is_main_process
+
     final = {k: v for k, v in summary.get("final_metrics", {}).items() if isinstance(v, (int, float))}
-    print(json.dumps({"output_dir": cfg.output_dir, **final}, indent=1))
+    if is_main_process():  # once, not once per process
+        print(json.dumps({"output_dir": cfg.output_dir, **final}, indent=1))
     return 0

@@ -29,7 +29,7 @@ from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
 from preflab.rundir import claim_output_dir, release_output_dir
-from preflab.runlog import MetricsLog, Progress, environment, write_summary
+from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
 from preflab.step import optimizer_step
 
 
@@ -48,15 +48,58 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def launched_world_size() -> int:
+    """Processes the launcher started (accelerate launch / torchrun set WORLD_SIZE), 1 for a plain run."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _has_accelerator_device() -> bool:
+    """A device with a distributed backend (cuda, xpu, ...), as accelerate decides it; False on a CPU machine."""
+    from accelerate.utils.imports import get_distributed_backend, get_torch_accelerator_backend
+
+    device_type, _ = get_torch_accelerator_backend()
+    return device_type is not None and get_distributed_backend(device_type) is not None
+
+
+def _check_fsdp(on_cpu: bool) -> None:
+    import os
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+    if fsdp and on_cpu and os.environ.get("FSDP_VERSION", "1") == "1":
+        raise ConfigError(
+            "FSDP version 1 does not run on CPU (torch's FullyShardedDataParallel needs a GPU). Use FSDP2: set "
+            "`fsdp_version: 2` in the accelerate config (`fsdp_config:` section) or pass `--fsdp_version 2` to "
+            "`accelerate launch` (it runs on CPU with gloo); "
+            "or drop FSDP and use plain data parallelism (`accelerate launch --num_processes N`).")
+
+
 def make_accelerator(cfg):
-    """accelerate owns devices, processes and mixed precision; the seed is set here."""
+    """accelerate owns devices, processes and mixed precision; the seed is set here.
+
+    A multi-process launch on a machine without an accelerator device (`accelerate launch --multi_gpu
+    --num_processes 2` on CPU) gets a gloo process group: accelerate would otherwise give every process its own
+    one-process training into the same output_dir. A launch that still forms no process group is an error.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    launched = launched_world_size()
+    cpu = cfg.use_cpu or (launched > 1 and not _has_accelerator_device())
+    _check_fsdp(cpu or not _has_accelerator_device())
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
-    accelerator = Accelerator(cpu=cfg.use_cpu, mixed_precision=precision,
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
                               log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
                               project_dir=cfg.output_dir)
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
+            f"(accelerate: {accelerator.distributed_type}, {accelerator.num_processes} process); each would train "
+            "alone into the same output_dir. Check the accelerate config / launch flags (on CPU: use_cpu: true).")
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
@@ -207,7 +250,8 @@ class TrainingRun:
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
                    "nonfinite_steps": nonfinite, "unused_rows_per_epoch": self.plan.unused_rows_per_epoch,
                    "data": self.data_report, **self.summary_extras(),
-                   "runtime_s": time.perf_counter() - started, "environment": environment()}
+                   "runtime_s": time.perf_counter() - started,
+                   "environment": {**environment(), **distributed_environment(acc)}}
         if self.main:
             self.save_model()
             write_summary(self.out, summary)

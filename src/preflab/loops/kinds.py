@@ -63,14 +63,14 @@ class UnpairedKind:
     @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:
         """[completion_1..B, mismatched_1..B]; always the padded layout (no shared prompt between the two)."""
-        from preflab.loops.batches import stack_extras
+        from preflab.loops.batches import pad_token_extras, stack_extras
 
         n = len(items)
         seqs = [(x.prompt_ids, x.completion_ids) for x in items]
         seqs += [(items[i].prompt_ids, items[(i - 1) % n].completion_ids) for i in range(n)]
-        extras = stack_extras(items)
+        extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
         extras["label"] = torch.tensor([bool(x.label) for x in items])
-        return padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras)
+        return pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
 
     @staticmethod
     def count_tokens(items) -> int:

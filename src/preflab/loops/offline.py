@@ -19,13 +19,17 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
 from preflab.loops.kinds import kind_for
-from preflab.objectives.base import PairBatch
+from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 
 
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
+
+    # Extras that must carry gradient (Objective.gradient_extras) which this trainer computes itself: none, it
+    # scores only each pair's chosen and rejected responses. A subclass that scores more sequences names them.
+    computed_extras: tuple = ()
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
         from preflab.config import preflight, resolve_epoch_eval
@@ -34,6 +38,9 @@ class Trainer(TrainingRun):
         preflight(cfg, check_models=policy is None)
         self.cfg = cfg
         self.objective = cfg.objective()
+        check_modality(self.objective, cfg.task)
+        check_gradient_extras(self.objective, self.computed_extras,
+                              " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = kind_for(self.objective)
         self.accelerator = make_accelerator(cfg)
         self.out = Path(cfg.output_dir)

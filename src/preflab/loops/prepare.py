@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from preflab.errors import DataError, PreflabError
+from preflab.runlog import is_main_process
 
 _ROW_KIND = {"pairs": "pairwise", "unpaired": "unpaired"}
 
@@ -60,7 +61,8 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
         report["eval_tokenize"] = eval_tok.to_dict()
         if eval_report is not None:
             report["eval_rows"] = eval_report.to_dict()
-    print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
+    if is_main_process():
+        print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
 

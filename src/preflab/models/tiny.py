@@ -55,7 +55,12 @@ def tiny_tokenizer(kind: str = "bytelevel", vocab_size: int = 300) -> PreTrained
         tok.train_from_iterator(_CORPUS, trainer)
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; use bytelevel, whitespace or char")
-    tok.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    # `tokenizer(text)` starts with BOS, as preflab's training rows do (data/tokenize.py adds it to text prompts), so
+    # a saved run reloaded with plain transformers tokenizes prompts exactly as training did. preflab's own
+    # encoding passes add_special_tokens=False and adds BOS itself.
+    bos_id = SPECIALS.index("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", bos_id)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
     return fast

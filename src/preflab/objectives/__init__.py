@@ -24,12 +24,15 @@ from preflab.objectives.base import (
     PairBatch,
     SequenceLogps,
     UnpairedBatch,
+    check_gradient_extras,
+    check_modality,
     check_params,
 )
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
-    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum",
+    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
+    "check_gradient_extras",
 ]
 
 # Modules of this package that are not objectives (helpers and the `preflab objectives` command).
@@ -137,8 +140,11 @@ def objective_info(name: str) -> dict:
         "params": cls.params(),
         "needs_reference": cls.needs_reference,
         "required_extras": list(cls.required_extras),
+        "gradient_extras": (list(cls.gradient_extras) if isinstance(cls.gradient_extras, tuple)
+                            else "depends on its parameters"),
         "token_needs": list(cls.token_needs),
         "batch": cls.batch_type.__name__,
+        "modality": cls.modality,
         "paper": cls.paper,
         "tags": {k: list(v) for k, v in cls.tags.items()},
         "summary": ((importlib.import_module(cls.__module__).__doc__ or "").strip().splitlines() or [""])[0],
@@ -168,6 +174,10 @@ class WeightedSum:
         return any(p.needs_reference for p in self.parts)
 
     @property
+    def modality(self) -> str:
+        return self.parts[0].modality
+
+    @property
     def required_extras(self) -> tuple:
         return tuple(dict.fromkeys(k for p in self.parts for k in p.required_extras))
 
@@ -182,6 +192,10 @@ class WeightedSum:
     @property
     def token_needs(self) -> tuple:
         return tuple(dict.fromkeys(k for p in self.parts for k in p.token_needs))
+
+    @property
+    def gradient_extras(self) -> tuple:
+        return tuple(dict.fromkeys(k for p in self.parts for k in p.gradient_extras))
 
     def __call__(self, batch) -> ObjectiveOutput:
         outs = [p(batch) for p in self.parts]

@@ -10,7 +10,16 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
     token_needs       tuple  token-level quantities the scorer computes in its chunked vocabulary pass:
                              "token_kl" -> extras chosen_token_kl / rejected_token_kl [B, T] = KL(pi_ref || pi_theta)
                              "hidden"   -> extras chosen_hidden / rejected_hidden [B, T, H] (policy last hidden state)
+    gradient_extras   tuple  the required extras that are the *policy's* scores and must carry gradient (extra
+                             sequences scored with the policy in the training loop); a data column would be a
+                             constant, the method's own term would do nothing, so trainers that cannot compute them
+                             refuse the objective (`check_gradient_extras`)
+    token_extras      tuple  the required extras with one value per response token, named `<side>_<name>`
+                             (chosen_/rejected_ on pairs, completion_ on unpaired): [B, T] like that side's
+                             log-probs, checked on every call; in data, list columns padded to the response mask
     batch_type        type   PairBatch, UnpairedBatch or ListBatch
+    modality          str    what the scores come from: "text" (language-model log-probs) or "diffusion"
+                             (-MSE denoising scores); `check_modality` refuses an objective on the wrong task
 
 Shapes: B examples, T completion positions (chosen and rejected may differ), K responses per prompt (lists).
 """
@@ -76,11 +85,14 @@ class SequenceLogps:
         return SequenceLogps(self.token_logps.detach(), self.mask)
 
 
-def _extra(extras: dict, name: str, owner: str) -> Any:
+def _extra(extras: dict, name: str, owner: str, gradient: bool = False) -> Any:
     if name not in extras:
+        fix = (f"{name!r} is the policy's log-probs of extra sequences and must carry gradient: the training loop "
+               "has to score those sequences with the policy (a data column would be a constant, and the term would "
+               "do nothing)." if gradient else f"Add a {name!r} column to the data or compute it in the loop.")
         raise MissingExtraError(
             f"{owner} needs batch.extras[{name!r}], which this batch does not carry (it has "
-            f"{sorted(extras) or 'no extras'}). Add a {name!r} column to the data or compute it in the loop."
+            f"{sorted(extras) or 'no extras'}). {fix}"
         )
     return extras[name]
 
@@ -99,9 +111,10 @@ class PairBatch:
     def size(self) -> int:
         return self.policy_chosen.token_logps.shape[0]
 
-    def extra(self, name: str, owner: str = "this objective") -> Any:
-        """`extras[name]`, or a MissingExtraError naming the key and what to do."""
-        return _extra(self.extras, name, owner)
+    def extra(self, name: str, owner: str = "this objective", gradient: bool = False) -> Any:
+        """`extras[name]`, or a MissingExtraError naming the key and what to do (`gradient`: the extra is policy
+        log-probs that must carry gradient, so a data column is not the fix)."""
+        return _extra(self.extras, name, owner, gradient)
 
     @property
     def has_reference(self) -> bool:
@@ -137,8 +150,8 @@ class UnpairedBatch:
     def has_reference(self) -> bool:
         return self.ref is not None
 
-    def extra(self, name: str, owner: str = "this objective") -> Any:
-        return _extra(self.extras, name, owner)
+    def extra(self, name: str, owner: str = "this objective", gradient: bool = False) -> Any:
+        return _extra(self.extras, name, owner, gradient)
 
     @classmethod
     def from_sums(cls, policy, label, ref=None, policy_kl=None, ref_kl=None, extras=None):
@@ -173,8 +186,8 @@ class ListBatch:
     def has_reference(self) -> bool:
         return self.ref is not None
 
-    def extra(self, name: str, owner: str = "this objective") -> Any:
-        return _extra(self.extras, name, owner)
+    def extra(self, name: str, owner: str = "this objective", gradient: bool = False) -> Any:
+        return _extra(self.extras, name, owner, gradient)
 
     @classmethod
     def from_sums(cls, policy, scores, ref=None, valid=None, extras=None):
@@ -207,9 +220,13 @@ class Objective:
     needs_reference: ClassVar[bool] = True
     required_extras: ClassVar[tuple[str, ...]] = ()
     extra_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    gradient_extras: ClassVar[tuple[str, ...]] = ()
+    gradient_extras_hint: ClassVar[str] = ""  # what to use instead, shown when a trainer refuses gradient_extras
+    token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
+    modality: ClassVar[str] = "text"
 
     def __post_init__(self):
         self.validate()
@@ -233,7 +250,9 @@ class Objective:
                 "Give a reference model, or precompute reference log-probs."
             )
         for key in self.required_extras:
-            batch.extra(key, owner=name)
+            _extra(batch.extras, key, name, gradient=key in self.gradient_extras)
+        for key in self.token_extras:
+            _check_token_extra(batch, key, name)
         return self.compute(batch)
 
     @classmethod
@@ -252,6 +271,20 @@ class Objective:
     def params(cls) -> dict[str, Any]:
         """{field name: default} of the objective's hyper-parameters."""
         return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _check_token_extra(batch, key: str, owner: str) -> None:
+    """A per-token extra must have its side's [B, T] shape, so its values line up with the response tokens."""
+    side = key.split("_", 1)[0]
+    logps = getattr(batch, "policy", None) if side == "completion" else getattr(batch, f"policy_{side}", None)
+    if not isinstance(logps, SequenceLogps) or key not in batch.extras:
+        return
+    shape = tuple(torch.as_tensor(batch.extras[key]).shape)
+    if shape != tuple(logps.token_logps.shape):
+        raise PreflabError(
+            f"{owner}: extras[{key!r}] has shape {shape} but the {side} log-probs have shape "
+            f"{tuple(logps.token_logps.shape)}; it must hold one value per {side} response token (in data: a list "
+            f"column {key!r} with one value per token of the tokenized {side} response).")
 
 
 def as_loss_dtype(x: Tensor) -> Tensor:
@@ -295,6 +328,49 @@ def log1mexp(x: Tensor) -> Tensor:
 def softplus(x: Tensor) -> Tensor:
     """log(1 + e^x); l(z) = -log sigmoid(z) = softplus(-z)."""
     return F.softplus(x)
+
+
+def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:
+    """ConfigError when `objective` needs extras that must carry gradient (`gradient_extras`) and the trainer does
+    not compute them (`computed`): training on constant columns would silently be the base method (e.g. plain DPO
+    for rationale_dpo, hypo, vpo with calibration=extra). `how` names where the objective does run."""
+    parts = getattr(objective, "parts", None) or (objective,)
+    for part in parts:
+        missing = [k for k in getattr(part, "gradient_extras", ()) if k not in computed]
+        if missing:
+            hint = getattr(part, "gradient_extras_hint", "")
+            raise ConfigError(
+                f"objective {type(part).__name__} needs {missing}: the policy's log-probs of extra sequences, "
+                f"with gradient, which this trainer does not compute{how}. Taken from data columns they would be "
+                f"constants, so its own term would do nothing and the run would be its base method. "
+                f"{hint or 'Use an objective without such extras.'}")
+
+
+# The modality each training task scores: every task not listed here trains language models.
+TASK_MODALITY = {"diffusion": "diffusion"}
+
+
+def check_modality(objective, task: str) -> None:
+    """ConfigError when `objective` (a name, class, instance or WeightedSum) scores a different modality than
+    `task` trains: a diffusion objective on a language model computes a meaningless loss (0, or DPO with
+    beta = 2500), a text objective on a diffusion model likewise. Called before any model loads."""
+    wanted = TASK_MODALITY.get(task, "text")
+    parts = getattr(objective, "parts", None) or (objective,)
+    for part in parts:
+        if isinstance(part, str):
+            from preflab.objectives import _class_for
+
+            part = _class_for(part)
+        have = getattr(part, "modality", "text")
+        if have != wanted:
+            name = part.__name__ if isinstance(part, type) else type(part).__name__
+            if wanted == "text":
+                other = [t for t, m in TASK_MODALITY.items() if m == have]
+                fix = "use a language-model objective (e.g. loss_type=sigmoid)" + (
+                    f", or train a {have} model with task: {other[0]}" if other else "")
+            else:
+                fix = f"use a {wanted} objective (`preflab objectives` lists each one's modality)"
+            raise ConfigError(f"objective {name} scores {have} models but task {task!r} trains {wanted} models; {fix}.")
 
 
 def check_params(cls: type, params: dict) -> None:

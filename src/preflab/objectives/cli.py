@@ -44,7 +44,7 @@ def run(args) -> int:
     for info in infos:
         ref = "reference" if info["needs_reference"] else "reference-free"
         alias = f" (aliases: {', '.join(info['aliases'])})" if info["aliases"] else ""
-        print(f"{info['name']}{alias}  [{info['batch']}, {ref}]")
+        print(f"{info['name']}{alias}  [{info['modality']}, {info['batch']}, {ref}]")
         print(f"    {info['summary']}")
         if args.name:  # one objective: every parameter on its own line with its meaning
             from preflab.objectives import _class_for
@@ -58,5 +58,8 @@ def run(args) -> int:
             print(f"    params: {params or '-'}")
         if info["required_extras"] or info["token_needs"]:
             print(f"    extras: {info['required_extras'] + info['token_needs']}")
+        if info["gradient_extras"]:
+            print(f"    policy log-probs with gradient, computed by the loop (not data columns): "
+                  f"{info['gradient_extras']}")
         print(f"    paper: {info['paper']}")
     return 0

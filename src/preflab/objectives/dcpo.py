@@ -23,6 +23,7 @@ from preflab.objectives.diffusion_dpo import DiffusionDPO
 class DCPO(DiffusionDPO):
     beta: float = 500.0  # SD 2.1 default (run.sh), salesforce convention
 
+    modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Saeidi et al. 2025, Dual Caption Preference Optimization for Diffusion Models (DCPO)"
 
 

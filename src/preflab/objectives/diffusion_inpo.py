@@ -26,6 +26,7 @@ class DiffusionInPO(DiffusionDPO):
     beta: float = 2000.0  # SD1.5 from an SFT UNet (SDXL: 5000), salesforce convention
 
     diffusion_noising = {"mode": "ddim_invert", "num_inversion_steps": 10, "inversion_eta": 0.1}
+    modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = ("Lu et al. 2025, InPO: Inversion Preference Optimization with Reparametrized DDIM for Efficient "
              "Diffusion Model Alignment (DDIM-InPO)")
 

@@ -30,6 +30,9 @@ class HyPO(Objective):
     lam: float = 0.01   # weight of the online KL term (unverified default); 0 gives DPO
 
     required_extras = ("online_policy_logps", "online_ref_logps")
+    gradient_extras = ("online_policy_logps",)
+    gradient_extras_hint = ("Use the online run's hypo recipe, which samples and scores the policy's responses each "
+                            "step.")
     paper = "Song et al. 2024, The Importance of Online Data (HyPO) (arXiv:2406.01462)"
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference", "divergence"),
             "property": ()}

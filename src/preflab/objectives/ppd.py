@@ -22,6 +22,7 @@ from preflab.objectives.diffusion_dpo import DiffusionDPO
 class PPD(DiffusionDPO):
     beta: float = 5000.0  # unverified for PPD; Diffusion-DPO's SD default, salesforce convention
 
+    modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Dang et al. 2025, Personalized Preference Fine-tuning of Diffusion Models (PPD)"
 
 

@@ -36,6 +36,9 @@ class RationaleDPO(Objective):
     gamma: float = 0.1  # weight inside -log sigmoid(gamma * S(r)); the README's 7B run uses 0.001
 
     required_extras = ("rationale_logps",)
+    gradient_extras = ("rationale_logps",)
+    gradient_extras_hint = ("preflab does not yet score rationale-conditioned sequences in the training forward; use "
+                            "rationale_dpo from Python with a loop that scores the rationale with the policy.")
     paper = "Just et al. 2024, Data-Centric Human Preference Optimization with Rationales (arXiv:2407.14477)"
     tags = {"data": ("pair-wise", "rationale"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}

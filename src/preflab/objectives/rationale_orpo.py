@@ -31,6 +31,9 @@ class RationaleORPO(Objective):
 
     needs_reference = False
     required_extras = ("rationale_logps",)
+    gradient_extras = ("rationale_logps",)
+    gradient_extras_hint = ("preflab does not yet score rationale-conditioned sequences in the training forward; use "
+                            "rationale_orpo from Python with a loop that scores the rationale with the policy.")
     paper = "Just et al. 2024, Data-Centric Human Preference Optimization with Rationales (arXiv:2407.14477)"
     tags = {"data": ("pair-wise", "rationale"), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ()}

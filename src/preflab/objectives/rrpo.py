@@ -10,6 +10,8 @@ Optimization" (arXiv:2504.12083), the RRPO loss. Checked against the official co
 
 Extras: chosen_phrase_ids / rejected_phrase_ids [B, T] int (0 shared, k >= 1 the k-th differing phrase, aligned
 across the pair; built from <MASK>...</MASK> tags by the data builder); token_needs "token_kl" -> chosen_token_kl.
+In a data file: list columns `chosen_phrase_ids` / `rejected_phrase_ids` with one id per token of the tokenized
+response (`preflab train` pads them to the response mask and refuses a column whose length differs).
 Logged rewards are beta * (sum of phrase log-ratios) per side, as in the code.
 
 Deviation from the paper: none. (The code skips the smallest id in the batch, assumed 0; here every id >= 1 counts.)
@@ -30,6 +32,7 @@ class RRPO(Objective):
     alpha: float = 0.01  # weight of the token-wise KL on the chosen response (0.01 / 0.05 in the recipes)
 
     required_extras = ("chosen_phrase_ids", "rejected_phrase_ids")
+    token_extras = ("chosen_phrase_ids", "rejected_phrase_ids")
     token_needs = ("token_kl",)
     paper = "Sarkar & Etemad 2025, Refined Regularized Preference Optimization (arXiv:2504.12083)"
     tags = {"data": ("pair-wise", "token"), "framework": ("offline",), "constraint": ("reference", "divergence"),

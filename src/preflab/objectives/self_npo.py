@@ -29,6 +29,7 @@ class SelfNPO(Objective):
     huber_c: float = 0.001    # pseudo-Huber c, in latent units (x 0.18215 space for SD)
 
     batch_type = UnpairedBatch
+    modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Wang et al. 2025, Self-NPO: Data-Free Diffusion Model Enhancement via Truncated Diffusion Fine-Tuning"
     tags = {"data": ("data-free", "diffusion"), "framework": ("offline",), "constraint": ("reference",),
             "property": ("negative",)}

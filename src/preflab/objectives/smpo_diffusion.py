@@ -30,6 +30,7 @@ class SmPODiffusion(DiffusionDPO):
 
     required_extras = ("preference_prob",)
     diffusion_noising = {"mode": "ddim_invert", "num_inversion_steps": 5, "renoise_iters": 1}
+    modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = ("Lu et al. 2025, Smoothed Preference Optimization via ReNoise Inversion for Aligning Diffusion Models "
              "with Varied Human Preferences (SmPO-Diffusion)")
 

@@ -31,6 +31,8 @@ class VPO(Objective):
     mode: str = "offline"         # offline (pessimism, s=-1) | online (optimism, s=+1)
     calibration: str = "chosen"   # chosen (y_cal = y_w) | extra (extras["calibration_logps"])
 
+    gradient_extras_hint = ("Use calibration=chosen (y_cal = the chosen responses, scored in the training forward), "
+                            "or an online loop that samples and scores calibration responses with the policy.")
     paper = "Cen et al. 2024, Value-Incentivized Preference Optimization (arXiv:2405.19320)"
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference",),
             "property": ("likelihood",)}
@@ -42,12 +44,17 @@ class VPO(Objective):
         if self.calibration not in ("chosen", "extra"):
             raise ConfigError(f"VPO: calibration must be 'chosen' or 'extra', got {self.calibration!r}.")
 
+    @property
+    def gradient_extras(self) -> tuple:
+        """calibration=extra reads the policy's log-probs of calibration samples, which must carry gradient."""
+        return ("calibration_logps",) if self.calibration == "extra" else ()
+
     def compute(self, batch: PairBatch) -> ObjectiveOutput:
         h_w, h_l = logratios(batch)
         if self.calibration == "chosen":
             cal = as_loss_dtype(batch.policy_chosen.sum)
         else:
-            cal = as_loss_dtype(torch.as_tensor(batch.extra("calibration_logps", "VPO"))).to(h_w.device)
+            cal = as_loss_dtype(torch.as_tensor(batch.extra("calibration_logps", "VPO", gradient=True))).to(h_w.device)
             cal = cal.mean(-1) if cal.dim() == 2 else cal
         sign = 1.0 if self.mode == "online" else -1.0
         losses = -F.logsigmoid(self.beta * (h_w - h_l)) + sign * self.lam * cal

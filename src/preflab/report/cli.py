@@ -1,10 +1,12 @@
-"""`preflab report RUN_DIR [RUN_DIR ...] [--out report.html]`: one HTML report; several runs are overlaid."""
+"""`preflab report RUN_DIR [RUN_DIR ...] [--out report.html]`: one HTML report; several runs are overlaid. A folder
+holding runs (`preflab demo`'s output) is a report of those runs with the folder's result."""
 from __future__ import annotations
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="self-contained HTML report of one run, or several runs overlaid")
-    p.add_argument("run_dirs", nargs="+", help="output_dir of one or more `preflab train` runs")
+    p.add_argument("run_dirs", nargs="+", help="output_dir of one or more `preflab train` runs, or a folder "
+                                              "holding runs (e.g. `preflab demo`'s output)")
     p.add_argument("--out", help="HTML file (default: RUN_DIR/report.html, or ./report.html for several runs)")
     p.add_argument("--title", help="report title")
     p.set_defaults(func=run)

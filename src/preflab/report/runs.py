@@ -5,6 +5,8 @@
     RUN_DIR/config.yaml        the resolved training config
     RUN_DIR/eval.json          written by `preflab eval` (metrics, win rate, per-pair log-probs)
     RUN_DIR/pair_margins.jsonl per-pair margins at eval steps (preflab.report.margins)
+A folder holding runs (`preflab demo`'s output: sft/ and dpo/ plus the demo's own summary.json) is a report of
+those runs, with the folder's summary.json as the result section (`collect_runs`).
 Nothing here trusts the files: YAML is read with safe_load, bad JSON lines are skipped and counted.
 """
 from __future__ import annotations
@@ -115,3 +117,39 @@ def unique_names(paths: list[Path]) -> list[str]:
         if len(set(names)) == len(names) or depth > max(len(p.parts) for p in paths):
             return names
         depth += 1
+
+
+RUN_MARKERS = ("metrics.jsonl", "config.yaml")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A `preflab train` output_dir (finished or running): it has metrics.jsonl or config.yaml."""
+    return any((Path(path) / name).is_file() for name in RUN_MARKERS)
+
+
+def collect_runs(paths) -> tuple[list[Path], dict]:
+    """(run directories, overview) for the report of `paths`.
+
+    A run directory stands for itself. A folder that is not a run but holds runs one level down (`preflab demo`'s
+    sft/ and dpo/) stands for those runs, oldest first; its own summary.json (the demo's true reward and example
+    generations) becomes the overview, with the folder's path under "_folder". Anything else is a PreflabError, so
+    a report is never written with nothing in it.
+    """
+    runs, overview = [], {}
+    for path in (Path(p) for p in paths):
+        if not path.is_dir():
+            raise PreflabError(f"{path} is not a directory; give the output_dir of a `preflab train` run (or a "
+                               "folder holding runs, like `preflab demo`'s output).")
+        if is_run_dir(path):
+            runs.append(path)
+            continue
+        inner = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)),
+                       key=lambda p: (min((p / n).stat().st_mtime for n in RUN_MARKERS if (p / n).is_file()),
+                                      p.name))
+        if not inner:
+            raise PreflabError(f"{path} holds no preflab run: no metrics.jsonl or config.yaml in it or in a "
+                               "subfolder. Give the output_dir of a `preflab train` run.")
+        runs += inner
+        if not overview and (path / "summary.json").is_file():
+            overview = {**_read_json(path / "summary.json"), "_folder": str(path)}
+    return runs, overview
