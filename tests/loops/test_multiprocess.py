@@ -53,7 +53,8 @@ def test_readme_multi_process_command_on_cpu_trains_one_run_with_two_ranks(tmp_p
 def test_fsdp_v1_on_cpu_is_a_clear_error_pointing_to_fsdp2(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.delenv("FSDP_VERSION", raising=False)
-    cfg = config_from_dict({"output_dir": str(tmp_path), "use_cpu": True})
+    cfg = config_from_dict({"output_dir": str(tmp_path), "use_cpu": True, "model_name_or_path": "builtin:tiny-llama",
+                            "dataset_name": "examples/data/loud_echo_pairs.jsonl"})
     with pytest.raises(ConfigError, match="FSDP version 1 does not run on CPU.*fsdp_version: 2"):
         driver.make_accelerator(cfg)
 
@@ -64,6 +65,7 @@ def test_a_launch_that_forms_no_process_group_is_an_error(tmp_path, monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(driver, "_has_accelerator_device", lambda: True)
-    cfg = config_from_dict({"output_dir": str(tmp_path)})
+    cfg = config_from_dict({"output_dir": str(tmp_path), "model_name_or_path": "builtin:tiny-llama",
+                            "dataset_name": "examples/data/loud_echo_pairs.jsonl"})
     with pytest.raises(ConfigError, match="started 2 processes .* formed no process group"):
         driver.make_accelerator(cfg)
