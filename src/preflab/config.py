@@ -28,6 +28,9 @@ MAX_ALIASES = 100              # YAML aliases per document (an anchor/alias bomb
 MAX_OPTION_CHARS = 256 * 1024  # an option's value, fully expanded, serialized (about); far above any real option
 
 
+RECIPE_TASKS = ("icpl", "raft_ladder", "themis")  # preflab.recipes: whole programs with their own models and data
+
+
 @dataclass
 class TrainConfig:
     # what to train
@@ -103,6 +106,8 @@ class TrainConfig:
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False
+    # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
+    recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 
     def __post_init__(self):
         self.check()
@@ -110,7 +115,10 @@ class TrainConfig:
     def check(self) -> None:
         """Every out-of-range value and every conflict -> one ConfigError with one line per problem (the ranges
         are preflab.config_options.OPTIONS; the objective checks its own parameters in objective())."""
-        errors = range_errors({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.task in RECIPE_TASKS:  # a recipe builds its own model and data
+            values = {k: v for k, v in values.items() if k not in ("model_name_or_path", "dataset_name")}
+        errors = range_errors(values)
         errors += self._conflicts()
         if errors:
             raise ConfigError(errors[0] if len(errors) == 1 else
@@ -442,7 +450,7 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
         where = "PREFLAB_CACHE_DIR" if os.environ.get("PREFLAB_CACHE_DIR") else "the cache directory"
         raise ConfigError(f"{where} {cache} is not writable ({err.strerror or err}); point PREFLAB_CACHE_DIR at a "
                           "writable directory.") from err
-    if check_models:
+    if check_models and cfg.task not in RECIPE_TASKS:
         from preflab.models.load import check_model_name
 
         check_model_name(cfg.model_name_or_path, "model_name_or_path")

@@ -87,7 +87,9 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward"), "what to train: a policy (any pairwise/unpaired objective) or a reward model"),
+    "task": one_of(("dpo", "reward", "icpl", "raft_ladder", "themis"),
+                   "what to train: a policy (any pairwise/unpaired objective), a reward model, or a recipe "
+                   "(icpl, raft_ladder, themis: see preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
@@ -179,6 +181,7 @@ OPTIONS: dict[str, Option] = {
                         "none, all, or a name or list among " + " | ".join(TRACKERS), _trackers_ok),
     "disable_tqdm": Option("no progress bar"),
     "use_cpu": Option("train on the CPU even when an accelerator is present"),
+    "recipe_params": Option("task: icpl | raft_ladder | themis: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),
     "allow_config_change": Option("allow resuming with options that change the run's meaning"),

@@ -43,7 +43,7 @@ def quiet_third_party_warnings() -> None:
 
 
 def run(args) -> int:
-    from preflab.config import load_config, preflight
+    from preflab.config import RECIPE_TASKS, load_config, preflight
 
     quiet_third_party_warnings()
     config, overrides = args.config, list(args.overrides)
@@ -51,6 +51,13 @@ def run(args) -> int:
         config, overrides = None, [config] + overrides
     cfg = load_config(config, overrides)
     preflight(cfg)
+    if cfg.task in RECIPE_TASKS:
+        from preflab.recipes import run_recipe
+
+        summary = run_recipe(cfg)
+        print(json.dumps({"output_dir": cfg.output_dir, **{k: summary.get(k) for k in (
+            "metric_name", "metric_before", "metric_after")}}, indent=1))
+        return 0
     if cfg.task == "reward":
         from preflab.reward_models.train import train_reward
 

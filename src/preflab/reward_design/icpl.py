@@ -100,11 +100,11 @@ class HumanRater:
 
 class ScriptedCodeLLM:
     """A deterministic stand-in for a code LLM: proposes linear reward programs, mutating the weights of the "1st"
-    (good) program in the prompt with seeded Gaussian noise; the last sample of every iteration deliberately
+    (good) program in the prompt with seeded Gaussian noise of scale `scale * decay**iteration`; the last sample of every iteration deliberately
     crashes (to exercise the failure path). Seeded by (seed, iteration), so a resumed run proposes the same."""
 
-    def __init__(self, dims: int = 3, seed: int = 0, scale: float = 0.6, crash_last: bool = True):
-        self.dims, self.seed, self.scale, self.crash_last = dims, seed, scale, crash_last
+    def __init__(self, dims: int = 3, seed: int = 0, scale: float = 0.6, decay: float = 0.8, crash_last: bool = True):
+        self.dims, self.seed, self.scale, self.decay, self.crash_last = dims, seed, scale, decay, crash_last
 
     def propose(self, prompt: str, k: int, iteration: int) -> list[str]:
         rng = np.random.default_rng([self.seed, iteration])
@@ -114,7 +114,8 @@ class ScriptedCodeLLM:
             if self.crash_last and i == k - 1:
                 out.append("def reward(features):\n    raise RuntimeError('scripted crash')\n")
                 continue
-            w = rng.normal(size=self.dims) if base is None else np.array(base) + self.scale * rng.normal(size=self.dims)
+            step = self.scale * self.decay ** iteration  # smaller edits as the rounds go on
+            w = rng.normal(size=self.dims) if base is None else np.array(base) + step * rng.normal(size=self.dims)
             out.append(render_linear(w))
         return out
 
@@ -211,9 +212,13 @@ def _write_json(path: Path, payload) -> None:
 
 
 def result_summary(result: IcplResult, task) -> dict:
-    """summary.json fields: the task metric per iteration, before (iteration 0's best, no preference feedback yet)
-    and after (best so far), the optimum, and which rater produced them."""
-    return {"metric_name": "true_reward_of_chosen_arm", "metric_before": result.best_per_iteration[0],
+    """summary.json fields: before = the mean metric of the first round's programs (what one sample of the code
+    model gives without preference feedback), the first round's best, after = the best program so far, the optimum,
+    the best-so-far per iteration, and which rater produced them."""
+    first = [c["metric"] for c in result.history[0]["candidates"] if c["status"] == "ok"]
+    return {"metric_name": "true_reward_of_chosen_arm",
+            "metric_before": sum(first) / len(first) if first else None,
+            "metric_first_round_best": result.best_per_iteration[0],
             "metric_after": result.best_metric, "metric_optimum": task.optimum,
             "metric_per_iteration": result.best_per_iteration, "rater": result.rater,
             "trainer_calls": result.trainer_calls, "failed_samples": result.failed_samples,

@@ -205,7 +205,7 @@ _ACTION = re.compile(r"Action:\s*([^\n]*)\nAction Input:\s*([^\n]*)")
 
 
 def score_with_tools(model, tokenizer, question: str, answer: str, toolbox, context: str | None = None,
-                     max_interactions: int = 3, max_new_tokens: int = 64) -> dict:
+                     max_interactions: int = 3, max_new_tokens: int = 160) -> dict:
     """Write the trace with real tool calls, then score it: {reward, trace, tool_calls, tool_errors}."""
     row = TaraRow(question, context, TaraAnswer(answer, [], ""), TaraAnswer("", [], ""))
     text = "".join(t for t, _ in segments(row, row.positive, True, with_trace=False))

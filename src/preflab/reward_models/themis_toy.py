@@ -36,7 +36,7 @@ def arithmetic_rows(n: int, low: int, high: int, seed: int) -> list[TaraRow]:
         wrong = value + rng.choice([-1, 1])
 
         def answer(x, right):
-            step = ToolStep("I need to compute the expression.", "Calculator", expr, str(value))
+            step = ToolStep("compute it.", "Calculator", expr, str(value))
             return TaraAnswer(str(x), [step], "the answer matches." if right else "the answer does not match.")
         rows.append(TaraRow(expr, None, answer(value, True), answer(wrong, False)))
     return rows
@@ -108,8 +108,8 @@ def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) ->
     correct, calls, errors = 0, 0, 0
     for r in rows:
         if with_trace:
-            pos = score_with_tools(model, tokenizer, r.question, r.positive.answer, toolbox)
-            neg = score_with_tools(model, tokenizer, r.question, r.negative.answer, toolbox)
+            pos = score_with_tools(model, tokenizer, r.question, r.positive.answer, toolbox, max_new_tokens=160)
+            neg = score_with_tools(model, tokenizer, r.question, r.negative.answer, toolbox, max_new_tokens=160)
             rp, rn = pos["reward"], neg["reward"]
             calls += pos["tool_calls"] + neg["tool_calls"]
             errors += pos["tool_errors"] + neg["tool_errors"]
@@ -122,12 +122,12 @@ def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) ->
     return correct / len(rows), {"tool_calls": calls, "tool_errors": errors}
 
 
-def run_themis_arithmetic(output_dir: str, steps: int = 300, n_train: int = 800, n_test: int = 64, seed: int = 0,
-                          quiet: bool = True) -> dict:
+def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800, n_test: int = 64, seed: int = 0,
+                          quiet: bool = True, train_operands: tuple = (0, 49), test_operands: tuple = (50, 99)) -> dict:
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
-    train = arithmetic_rows(n_train, 0, 9, seed)
-    test = arithmetic_rows(n_test, 10, 30, seed + 1)  # held-out magnitudes
+    train = arithmetic_rows(n_train, *train_operands, seed)
+    test = arithmetic_rows(n_test, *test_operands, seed + 1)  # held-out magnitudes (same digit counts)
     tokenizer = themis_tokenizer()
     with_tools = train_themis(train, tokenizer, True, out / "with_traces", steps, seed, quiet)
     without = train_themis(train, tokenizer, False, out / "without_traces", steps, seed, quiet)
@@ -138,7 +138,7 @@ def run_themis_arithmetic(output_dir: str, steps: int = 300, n_train: int = 800,
     summary = {"recipe": "themis", "metric_name": "pairwise_accuracy_heldout_magnitudes",
                "metric_before": acc_plain, "metric_after": acc_tools,
                "baseline": "the same reward model trained and scored without tool traces",
-               "heldout_pairs": len(test), "train_pairs": len(train), "steps": steps, **tool_stats,
+               "train_operands": list(train_operands), "test_operands": list(test_operands), "heldout_pairs": len(test), "train_pairs": len(train), "steps": steps, **tool_stats,
                "toolbox": toolbox.stats, "runtime_s": time.perf_counter() - started}
     write_summary(out, summary)
     return summary

@@ -1,0 +1,34 @@
+"""`preflab train` runs the whole-program recipes (task: icpl | raft_ladder | themis) and checks their options."""
+import json
+
+import pytest
+
+from preflab.cli import main
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.recipes import RECIPES, check_recipe_params
+
+
+@pytest.mark.slow
+def test_icpl_recipe_runs_from_the_shipped_config_and_resumes(tmp_path, capsys):
+    out = tmp_path / "icpl"
+    args = ["train", "examples/tools/icpl.yaml", f"output_dir={out}", "recipe_params={iterations: 2, samples: 3}"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric_name"] == "true_reward_of_chosen_arm" and summary["trainer_calls"] == 6
+    assert summary["metric_after"] == max(c["metric"] for h in summary["history"] for c in h["candidates"]
+                                          if c["status"] == "ok")
+    assert main(args) == 2 and "resume_from_checkpoint" in capsys.readouterr().err  # state exists: refuse
+    more = ["train", "examples/tools/icpl.yaml", f"output_dir={out}", "resume_from_checkpoint=true",
+            "recipe_params={iterations: 3, samples: 3}"]
+    assert main(more) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["trainer_calls"] == 9 and resumed["history"][:2] == summary["history"]
+
+
+@pytest.mark.parametrize("task", sorted(RECIPES))
+def test_recipe_tasks_need_no_model_and_refuse_unknown_params(task):
+    cfg = config_from_dict({"task": task, "recipe_params": {}})
+    assert cfg.model_name_or_path == "" and cfg.dataset_name == ""
+    with pytest.raises(ConfigError, match="not options of task"):
+        check_recipe_params(task, {"no_such_option": 1})
