@@ -1,0 +1,134 @@
+"""Response log-probs of an image-text-to-text model (transformers' AutoModelForImageTextToText: Qwen2-VL,
+Qwen2.5-VL, LLaVA, ...) on a VisionLayout, with the LM head only at response positions, in chunks.
+
+The model's backbone (`model.model`: vision tower + projector + language model) runs once on the rows with the
+processor's pixel tensors (`layout.vision`: pixel_values, image_grid_thw, ...) and per-token inputs
+(`layout.token_inputs`: e.g. mm_token_type_ids); then, exactly as in preflab.scoring.lm, hidden states are gathered
+at the positions that predict response tokens and the LM head + float32 log-softmax run in chunks
+(`preflab.scoring.lm._head_chunk`, so token-level KL to the reference works the same way):
+
+    token_logps[n, l] = log softmax(head(h[pred_index[n, l]]))[target_ids[n, l]]
+
+Layout: padded only ([chosen_1..B, rejected_1..B], each row its own prompt with its images). Sharing the prompt
+between chosen and rejected (preflab.data.prefix) would need the vision models' own position schemes (Qwen2-VL's
+3-D rotary positions) to restart after the prompt, which transformers computes internally; the images are
+therefore encoded once per side. Deviation from the text path, stated in the README.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from preflab.data.layout import LayoutBatch, padded
+from preflab.scoring.lm import CHUNK_BYTES, Scores, _head_chunk, _softcap, backbone_and_head
+
+PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
+
+
+@dataclass
+class VisionLayout(LayoutBatch):
+    """A padded LayoutBatch plus the model's vision inputs (`vision`, batched along dim 0 in row order) and
+    per-token inputs (`token_inputs`, [R, T], zero on responses and padding)."""
+
+    vision: dict = field(default_factory=dict)
+    token_inputs: dict = field(default_factory=dict)
+
+    def to(self, device) -> "VisionLayout":
+        base = super().to(device)
+        return VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__},
+                            vision={k: v.to(device) for k, v in self.vision.items()},
+                            token_inputs={k: v.to(device) for k, v in self.token_inputs.items()})
+
+    def model_inputs(self) -> dict:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.vision,
+                **self.token_inputs}
+
+
+def collate_vision_pairs(pairs, pad_id: int) -> VisionLayout:
+    """TokenizedVisionPairs -> a VisionLayout of [chosen_1..B, rejected_1..B]; RRPO's per-token phrase ids become
+    [B, L] extras aligned with the response positions (L = the layout's response width; 0 beyond a response)."""
+    from preflab.loops.batches import stack_extras
+
+    sides = [(p, False) for p in pairs] + [(p, True) for p in pairs]
+    seqs = [(p.side(rej)[0], p.rejected_ids if rej else p.chosen_ids) for p, rej in sides]
+    numeric = [k for k in (pairs[0].extras if pairs else {}) if k not in PER_TOKEN_EXTRAS]
+    extras = stack_extras(pairs, keys=numeric)
+    base = padded(seqs, pad_id=pad_id, row_ids=[p.row_id for p in pairs], extras=extras)
+    width = base.response_mask.shape[1]
+    for key in PER_TOKEN_EXTRAS:
+        if all(key in p.extras for p in pairs):
+            column = torch.zeros(len(pairs), width, dtype=torch.long)
+            for i, p in enumerate(pairs):
+                ids = p.extras[key]
+                column[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            base.extras[key] = column
+    vision = {}
+    keys = sorted({k for p, rej in sides for k in p.side(rej)[1]})
+    for key in keys:
+        parts = [p.side(rej)[1][key] for p, rej in sides if key in p.side(rej)[1]]
+        vision[key] = torch.cat(parts, 0)
+    token_inputs = {}
+    for key in sorted({k for p, rej in sides for k in p.side(rej)[2]}):
+        column = torch.zeros_like(base.input_ids)
+        for i, (p, rej) in enumerate(sides):
+            values = p.side(rej)[2].get(key, [])
+            column[i, :len(values)] = torch.tensor(values, dtype=torch.long)
+        token_inputs[key] = column
+    return VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__}, vision=vision,
+                        token_inputs=token_inputs)
+
+
+def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head: nn.Module, softcap, chunk_tokens: int | None,
+                       want_hidden: bool = False, ref: Scores | None = None,
+                       ref_head: nn.Module | None = None) -> Scores:
+    """Scores from backbone hidden states [R, T, H]: gather at response-predicting positions, chunked head."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    mask = layout.response_mask
+    h = flat.index_select(0, layout.pred_index[mask])
+    targets = layout.target_ids[mask]
+    want_kl = ref is not None and ref_head is not None
+    chunk = chunk_tokens or max(16, CHUNK_BYTES // (4 * head.weight.shape[0] * (2 if want_kl else 1)))
+    recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
+    pieces_lp, pieces_kl = [], []
+    for start in range(0, h.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        args = (h[sl], targets[sl], head, softcap, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
+        lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
+        pieces_lp.append(lp)
+        pieces_kl.append(kl)
+    logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
+    out = Scores(torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp), mask,
+                 hidden_flat=h)
+    if want_kl:
+        kl = torch.cat(pieces_kl)
+        out.token_kl = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device).masked_scatter(mask, kl)
+    if want_hidden:
+        out.hidden = h.new_zeros(*mask.shape, h.shape[-1]).masked_scatter(mask.unsqueeze(-1), h)
+    return out
+
+
+class VisionLogProbScorer(nn.Module):
+    """Wraps an image-text-to-text model so that one forward returns response log-probs (DDP wraps this)."""
+
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = None):
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, layout: VisionLayout, want_hidden: bool = False, ref: Scores | None = None,
+                ref_head: nn.Module | None = None) -> Scores:
+        backbone, head = backbone_and_head(self.model)
+        hidden = backbone(**layout.model_inputs(), use_cache=False).last_hidden_state
+        return scores_from_hidden(hidden, layout, head, _softcap(self.model), self.chunk_tokens, want_hidden, ref,
+                                  ref_head)
+
+
+def naive_vision_token_logps(model: nn.Module, layout: VisionLayout) -> Tensor:
+    """Reference implementation: log_softmax of the model's own full `.logits` at the response positions."""
+    logits = model(**layout.model_inputs()).logits.float()
+    logprobs = torch.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
+    lp = logprobs[layout.pred_index, layout.target_ids]
+    return torch.where(layout.response_mask, lp, torch.zeros_like(lp))

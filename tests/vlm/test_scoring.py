@@ -1,0 +1,41 @@
+"""The VLM scorer equals the model's own full forward (log_softmax of .logits) at response positions."""
+import torch
+
+from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
+from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs, naive_vision_token_logps
+
+from vlm_helpers import pair_row, tiny
+
+
+def _layout(processor, rows, **kw):
+    examples, _ = read_vision_pairs(rows)
+    pairs, _, _ = tokenize_vision_pairs(examples, processor, **kw)
+    return collate_vision_pairs(pairs, processor.tokenizer.pad_token_id), pairs
+
+
+def test_scorer_equals_full_forward(arch):
+    model, processor = tiny(arch)
+    rows = [pair_row(seed=0), pair_row("and this one?", "green it is", "no", (20, 200, 20), seed=3, n=2)]
+    layout, pairs = _layout(processor, rows)
+    assert layout.vision["pixel_values"].shape[0] > 0
+    with torch.no_grad():
+        fast = VisionLogProbScorer(model, chunk_tokens=3)(layout).token_logps
+        slow = naive_vision_token_logps(model, layout)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    # rows are scored with their own images: swapping the images changes the response log-probs
+    swapped = _layout(processor, [dict(rows[0], images=[rows[1]["images"][0]]), rows[1]])[0]
+    with torch.no_grad():
+        other = VisionLogProbScorer(model)(swapped).token_logps
+    assert not torch.allclose(other[0], fast[0], atol=1e-6)
+    assert torch.allclose(other[1], fast[1], atol=1e-5)
+
+
+def test_gradient_through_chunks_matches_full_forward(arch):
+    model, processor = tiny(arch)
+    layout, _ = _layout(processor, [pair_row(seed=1)])
+    fast = VisionLogProbScorer(model, chunk_tokens=2)(layout).token_logps.sum()
+    g_fast = torch.autograd.grad(fast, model.lm_head.weight)[0]
+    slow = naive_vision_token_logps(model, layout).sum()
+    g_slow = torch.autograd.grad(slow, model.lm_head.weight)[0]
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(g_fast, g_slow, atol=1e-5)
