@@ -21,7 +21,7 @@ from preflab.errors import ConfigError, nearest
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward
+    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward | vlm
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -83,6 +83,14 @@ class TrainConfig:
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False
+    # vision-language runs
+    processor_name_or_path: str | None = None  # task: vlm; AutoProcessor source (default: model_name_or_path)
+    freeze_vision_tower: bool = True           # task: vlm; vision encoder weights stay fixed (and get no LoRA)
+    freeze_multi_modal_projector: bool = False  # task: vlm; also fix the vision-to-text projector / merger
+    max_frames: int = 8                        # task: vlm; frames kept per video, evenly spaced
+    vision_pairs: str = "given"                # task: vlm; given | pami_vdpo | cat_adpo (preflab.data.vision_pairs)
+    vision_pair_params: dict = field(default_factory=dict)  # task: vlm; the pair builder's parameters
+    clue_aggregator: bool = False              # task: vlm; add CAT's question-conditioned clue aggregator
 
     def __post_init__(self):
         self.check()
@@ -94,7 +102,7 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
-        choices = {"task": ("dpo", "reward"), "lr_scheduler_type": ("linear", "cosine", "constant"),
+        choices = {"task": ("dpo", "reward", "vlm"), "lr_scheduler_type": ("linear", "cosine", "constant"),
                    "dtype": ("float32", "bfloat16", "float16"), "truncation_mode": ("keep_end", "keep_start"),
                    "on_bad_row": ("error", "skip"),
                    "layout": ("padded", "prefix_shared", "packed", "prefix_packed")}

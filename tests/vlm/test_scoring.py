@@ -39,3 +39,22 @@ def test_gradient_through_chunks_matches_full_forward(arch):
     g_slow = torch.autograd.grad(slow, model.lm_head.weight)[0]
     assert torch.allclose(fast, slow, atol=1e-5)
     assert torch.allclose(g_fast, g_slow, atol=1e-5)
+
+
+def test_video_frames_become_image_parts_in_order():
+    from vlm_helpers import image
+
+    model, processor = tiny("qwen2_vl")
+    frames = [image((10 * i, 0, 0), seed=i) for i in range(3)]
+    still = image((0, 0, 200), seed=9)
+    row = {"images": [still], "videos": [frames],
+           "prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "image"}, {"type": "text",
+                                                                                        "text": "what happens?"}]}],
+           "chosen": "it gets red", "rejected": "it gets blue"}
+    (ex,), _ = read_vision_pairs([row])
+    assert ex.images == frames + [still]  # placeholder order: the video's frames, then the image
+    assert sum(p["type"] == "image" for p in ex.prompt[0]["content"]) == 4
+    layout, _ = _layout(processor, [row])
+    with torch.no_grad():
+        assert torch.allclose(VisionLogProbScorer(model)(layout).token_logps,
+                              naive_vision_token_logps(model, layout), atol=1e-5)

@@ -2,7 +2,7 @@
 
     c_ids, r_ids = aligned_phrase_ids(chosen_text, rejected_text, tokenizer)   # one id per response token
 
-The two responses are split into words (runs of non-space characters) and aligned with difflib's longest
+The two responses are split into words (runs of letters/digits, or of punctuation) and aligned with difflib's longest
 matching blocks; the k-th non-matching block (k = 1, 2, ...) is phrase k on both sides (on one side only when the
 other side inserts nothing there). A token gets id k when its characters overlap phrase k, else 0 (text shared by
 both responses). Ids come from the same tokenizer call that produces the response ids, so they are aligned with
@@ -18,7 +18,7 @@ import re
 
 
 def _words(text: str) -> list[tuple[str, int, int]]:
-    return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]+", text)]
 
 
 def phrase_spans(chosen: str, rejected: str) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:

@@ -121,8 +121,15 @@ def _expand_videos(messages: list[dict], frame_counts: list[int]) -> list[dict]:
     return out
 
 
-def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_frames: int = 8) -> VisionPairExample:
-    """One row -> a VisionPairExample, or a RowProblem naming the field."""
+def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_frames: int = 8,
+                   responses_only: bool = False) -> VisionPairExample:
+    """One row -> a VisionPairExample, or a RowProblem naming the field. responses_only: rows of one answer
+    (`response`, else `chosen`) for the pair builders; rejected is then set to the same answer."""
+    if responses_only:
+        answer = row.get("response", row.get("chosen"))
+        if answer is None:
+            raise RowProblem("missing_field", "response", "missing", "Give each row a `response` (or `chosen`).")
+        row = {**{k: v for k, v in row.items() if k != "response"}, "chosen": answer, "rejected": answer}
     for name in ("prompt", "chosen", "rejected"):
         if row.get(name) is None:
             raise RowProblem("missing_field", name, "missing", "A vision pair needs prompt, chosen and rejected.")
@@ -170,7 +177,8 @@ def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_fram
 
 
 def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", max_frames: int = 8,
-                      limit: int | None = None) -> tuple[list[VisionPairExample], DataReport]:
+                      limit: int | None = None, responses_only: bool = False
+                      ) -> tuple[list[VisionPairExample], DataReport]:
     """Read and validate vision preference rows from any row source (file, directory, dataset, list of dicts)."""
     reader = RowReader(source, split=split, limit=limit)
     report = DataReport(source=reader.name, kind="pairwise")
@@ -182,7 +190,7 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
         try:
             if raw.problem is not None:
                 raise raw.problem
-            out.append(vision_example(raw.data, raw.row_id, base_dir, max_frames))
+            out.append(vision_example(raw.data, raw.row_id, base_dir, max_frames, responses_only))
         except RowProblem as problem:
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             continue

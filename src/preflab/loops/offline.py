@@ -27,10 +27,12 @@ from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
 
+    scorer_class = LogProbScorer  # preflab.loops.vlm.VisionTrainer: VisionLogProbScorer
+
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
         self.cfg = cfg
         self.objective = cfg.objective()
-        self.kind = kind_for(self.objective)
+        self.kind = self.batch_kind(self.objective)
         self.accelerator = make_accelerator(cfg)
         self.out = Path(cfg.output_dir)
         self.main = self.accelerator.is_main_process
@@ -63,10 +65,13 @@ class Trainer(TrainingRun):
         self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
         self._build_optimizer()
 
+    def batch_kind(self, objective):
+        return kind_for(objective)
+
     def _build_optimizer(self):
         cfg = self.cfg
-        self.scorer = LogProbScorer(self.policy, cfg.chunk_tokens)
-        self.ref_scorer = LogProbScorer(self.ref, cfg.chunk_tokens) if self.ref is not None else None
+        self.scorer = self.scorer_class(self.policy, cfg.chunk_tokens)
+        self.ref_scorer = self.scorer_class(self.ref, cfg.chunk_tokens) if self.ref is not None else None
         if self.ref is not None:
             self.ref.to(self.accelerator.device)
         self.extra_params = []
@@ -93,7 +98,7 @@ class Trainer(TrainingRun):
                                "pairs' dataset positions to Trainer.score() to read them.")
         with torch.no_grad():
             if self.lora:
-                base = LogProbScorer(self.policy, self.cfg.chunk_tokens)
+                base = self.scorer_class(self.policy, self.cfg.chunk_tokens)
                 with self.policy.disable_adapter():
                     return base(layout), backbone_and_head(self.policy)[1]
             return self.ref_scorer(layout), backbone_and_head(self.ref)[1]

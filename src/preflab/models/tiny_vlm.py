@@ -39,6 +39,11 @@ def _no_video_processor_class():
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
+        def save_pretrained(self, save_directory, **kwargs):
+            """The tokenizer (with the chat template) and the image processor; there is no video processor."""
+            self.tokenizer.save_pretrained(save_directory)
+            self.image_processor.save_pretrained(save_directory)
+
     return NoVideoQwen2VLProcessor
 
 
