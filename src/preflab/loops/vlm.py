@@ -138,9 +138,7 @@ class VisionTrainer(Trainer):
         if cfg.clue_aggregator:
             from preflab.models.clue_aggregator import attach_clue_aggregator
 
-            attach_clue_aggregator(policy, processor)
-            if ref is not None:
-                attach_clue_aggregator(ref, processor, like=policy)
+            attach_clue_aggregator(policy, processor)  # zero-initialised: the reference (without it) is unchanged
         report = {}
         if train_data is None:
             train_data, eval_data, report = prepare_vision_data(cfg, processor, policy, objective)

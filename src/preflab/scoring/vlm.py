@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch, padded
+from preflab.models.attention import unwrap
 from preflab.scoring.lm import CHUNK_BYTES, Scores, _head_chunk, _softcap, backbone_and_head
 
 PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
@@ -121,7 +122,16 @@ class VisionLogProbScorer(nn.Module):
     def forward(self, layout: VisionLayout, want_hidden: bool = False, ref: Scores | None = None,
                 ref_head: nn.Module | None = None) -> Scores:
         backbone, head = backbone_and_head(self.model)
-        hidden = backbone(**layout.model_inputs(), use_cache=False).last_hidden_state
+        aggregator = getattr(unwrap(self.model), "clue_aggregator", None)  # CAT's add-on: the prompt is the question
+        if aggregator is not None:
+            rows, width = layout.input_ids.shape
+            aggregator.prompt_lengths = layout.pred_index[:, 0] - torch.arange(rows, device=layout.input_ids.device
+                                                                               ) * width + 1
+        try:
+            hidden = backbone(**layout.model_inputs(), use_cache=False).last_hidden_state
+        finally:
+            if aggregator is not None:
+                aggregator.prompt_lengths = None
         return scores_from_hidden(hidden, layout, head, _softcap(self.model), self.chunk_tokens, want_hidden, ref,
                                   ref_head)
 
