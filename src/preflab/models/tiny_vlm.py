@@ -79,8 +79,10 @@ def tiny_vlm(processor, arch: str = "qwen2_vl", hidden_size: int = 32, num_layer
                 num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if arch == "qwen2_vl":
+        half = hidden_size // 4 // 2  # rotary frequencies per head (4 heads), split over (time, height, width)
+        section = [half - 2 * (half // 4), half // 4, half // 4]
         config = tf.Qwen2VLConfig(
-            text_config={**text, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1],
+            text_config={**text, "rope_parameters": {"rope_type": "default", "mrope_section": section,
                                                      "rope_theta": 10000.0}},
             vision_config=dict(depth=1, embed_dim=16, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
                                patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
