@@ -155,3 +155,25 @@ def test_bad_rows_name_row_and_field(tmp_path):
     except ImportError:
         with pytest.raises(DataError, match=r"row 1.*videos\[0\].*pip install av"):
             read_vision_pairs(rows)
+
+
+def test_resume_is_exact(tmp_path):
+    _, processor = tiny("llava")
+    examples, _ = read_vision_pairs(_rows())
+    pairs, _, _ = tokenize_vision_pairs(examples, processor)
+
+    def run(out, **kw):
+        policy = tiny("llava")[0]
+        cfg = _cfg(tmp_path, model_name_or_path="builtin:tiny-llava", output_dir=str(tmp_path / out), max_steps=4,
+                   save_steps=2, **kw)
+        VisionTrainer(cfg, policy=policy, ref=frozen_copy(policy), processor=processor, train_data=pairs).train()
+        return policy
+
+    straight = run("a")
+    # a run stopped after its step-2 checkpoint, then resumed from it, ends with the uninterrupted run's weights
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    resumed = run("b", resume_from_checkpoint=True)
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
