@@ -48,38 +48,42 @@ class VisionLayout(LayoutBatch):
                 **self.token_inputs}
 
 
+def vision_layout(sequences, pad_id: int, row_ids=None, extras=None) -> VisionLayout:
+    """A padded VisionLayout of (prompt_ids, response_ids, vision, token_inputs) sequences, one row each; vision
+    tensors are concatenated along dim 0 in row order, per-token inputs padded with 0."""
+    base = padded([(p, r) for p, r, _, _ in sequences], pad_id=pad_id, row_ids=row_ids, extras=extras)
+    vision = {}
+    for key in sorted({k for _, _, v, _ in sequences for k in v}):
+        vision[key] = torch.cat([v[key] for _, _, v, _ in sequences if key in v], 0)
+    token_inputs = {}
+    for key in sorted({k for _, _, _, t in sequences for k in t}):
+        column = torch.zeros_like(base.input_ids)
+        for i, (_, _, _, t) in enumerate(sequences):
+            values = t.get(key, [])
+            column[i, :len(values)] = torch.tensor(values, dtype=torch.long)
+        token_inputs[key] = column
+    return VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__}, vision=vision,
+                        token_inputs=token_inputs)
+
+
 def collate_vision_pairs(pairs, pad_id: int) -> VisionLayout:
     """TokenizedVisionPairs -> a VisionLayout of [chosen_1..B, rejected_1..B]; RRPO's per-token phrase ids become
     [B, L] extras aligned with the response positions (L = the layout's response width; 0 beyond a response)."""
     from preflab.loops.batches import stack_extras
 
-    sides = [(p, False) for p in pairs] + [(p, True) for p in pairs]
-    seqs = [(p.side(rej)[0], p.rejected_ids if rej else p.chosen_ids) for p, rej in sides]
+    sequences = [(*p.side(False)[:1], p.chosen_ids, *p.side(False)[1:]) for p in pairs]
+    sequences += [(*p.side(True)[:1], p.rejected_ids, *p.side(True)[1:]) for p in pairs]
     numeric = [k for k in (pairs[0].extras if pairs else {}) if k not in PER_TOKEN_EXTRAS]
-    extras = stack_extras(pairs, keys=numeric)
-    base = padded(seqs, pad_id=pad_id, row_ids=[p.row_id for p in pairs], extras=extras)
-    width = base.response_mask.shape[1]
+    layout = vision_layout(sequences, pad_id, [p.row_id for p in pairs], stack_extras(pairs, keys=numeric))
+    width = layout.response_mask.shape[1]
     for key in PER_TOKEN_EXTRAS:
-        if all(key in p.extras for p in pairs):
+        if pairs and all(key in p.extras for p in pairs):
             column = torch.zeros(len(pairs), width, dtype=torch.long)
             for i, p in enumerate(pairs):
                 ids = p.extras[key]
                 column[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            base.extras[key] = column
-    vision = {}
-    keys = sorted({k for p, rej in sides for k in p.side(rej)[1]})
-    for key in keys:
-        parts = [p.side(rej)[1][key] for p, rej in sides if key in p.side(rej)[1]]
-        vision[key] = torch.cat(parts, 0)
-    token_inputs = {}
-    for key in sorted({k for p, rej in sides for k in p.side(rej)[2]}):
-        column = torch.zeros_like(base.input_ids)
-        for i, (p, rej) in enumerate(sides):
-            values = p.side(rej)[2].get(key, [])
-            column[i, :len(values)] = torch.tensor(values, dtype=torch.long)
-        token_inputs[key] = column
-    return VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__}, vision=vision,
-                        token_inputs=token_inputs)
+            layout.extras[key] = column
+    return layout
 
 
 def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head: nn.Module, softcap, chunk_tokens: int | None,
