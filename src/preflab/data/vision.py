@@ -121,18 +121,11 @@ def _expand_videos(messages: list[dict], frame_counts: list[int]) -> list[dict]:
     return out
 
 
-def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_frames: int = 8,
-                   responses_only: bool = False) -> VisionPairExample:
-    """One row -> a VisionPairExample, or a RowProblem naming the field. responses_only: rows of one answer
-    (`response`, else `chosen`) for the pair builders; rejected is then set to the same answer."""
-    if responses_only:
-        answer = row.get("response", row.get("chosen"))
-        if answer is None:
-            raise RowProblem("missing_field", "response", "missing", "Give each row a `response` (or `chosen`).")
-        row = {**{k: v for k, v in row.items() if k != "response"}, "chosen": answer, "rejected": answer}
-    for name in ("prompt", "chosen", "rejected"):
-        if row.get(name) is None:
-            raise RowProblem("missing_field", name, "missing", "A vision pair needs prompt, chosen and rejected.")
+def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -> tuple[list[dict], list]:
+    """(prompt messages with one image part per image, RGB images in placeholder order) of a row; video parts become
+    their frames' image parts. A RowProblem names the field at fault."""
+    if row.get("prompt") is None:
+        raise RowProblem("missing_field", "prompt", "missing", "Give each row a prompt.")
     images = load_images(row.get("images"), "images", base_dir)
     videos = row.get("videos") or []
     if not isinstance(videos, list):
@@ -143,11 +136,6 @@ def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_fram
         prompt = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "video"}] * len(frames)
                    + [{"type": "text", "text": prompt}]}]
     prompt = _messages(prompt, "prompt", "user")
-    chosen, rejected = _messages(row["chosen"], "chosen", "assistant"), _messages(row["rejected"], "rejected",
-                                                                                  "assistant")
-    for name, msgs in (("chosen", chosen), ("rejected", rejected)):
-        if _count(msgs, "image") or _count(msgs, "video"):
-            raise RowProblem("image_in_response", name, "responses may not contain image or video parts")
     if _count(prompt, "video") != len(frames):
         raise RowProblem("video_count_mismatch", "videos", f"the prompt has {_count(prompt, 'video')} video "
                          f"placeholder(s) but the row gives {len(frames)} video(s)",
@@ -166,6 +154,27 @@ def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_fram
                 elif p["type"] == "video":
                     prompt_images += next(it_frames)
         prompt = _expand_videos(prompt, [len(f) for f in frames])
+    return prompt, prompt_images
+
+
+def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_frames: int = 8,
+                   responses_only: bool = False) -> VisionPairExample:
+    """One row -> a VisionPairExample, or a RowProblem naming the field. responses_only: rows of one answer
+    (`response`, else `chosen`) for the pair builders; rejected is then set to the same answer."""
+    if responses_only:
+        answer = row.get("response", row.get("chosen"))
+        if answer is None:
+            raise RowProblem("missing_field", "response", "missing", "Give each row a `response` (or `chosen`).")
+        row = {**{k: v for k, v in row.items() if k != "response"}, "chosen": answer, "rejected": answer}
+    for name in ("prompt", "chosen", "rejected"):
+        if row.get(name) is None:
+            raise RowProblem("missing_field", name, "missing", "A vision pair needs prompt, chosen and rejected.")
+    chosen, rejected = _messages(row["chosen"], "chosen", "assistant"), _messages(row["rejected"], "rejected",
+                                                                                  "assistant")
+    for name, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if _count(msgs, "image") or _count(msgs, "video"):
+            raise RowProblem("image_in_response", name, "responses may not contain image or video parts")
+    prompt, prompt_images = vision_prompt(row, base_dir, max_frames)
     rejected_images = None
     if row.get("rejected_images") is not None:
         rejected_images = load_images(row["rejected_images"], "rejected_images", base_dir)
