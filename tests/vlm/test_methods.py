@@ -141,3 +141,17 @@ def test_clue_aggregator_is_identity_at_attach_and_question_conditioned():
         h1 = VisionLogProbScorer(model)(layout, want_hidden=True).hidden_flat
         h2 = VisionLogProbScorer(model)(layout2, want_hidden=True).hidden_flat
     assert torch.allclose(h1[0], h2[0], atol=1e-5)  # the first response token is predicted from the prompt alone
+
+
+def test_clue_aggregator_prefix_shared_equals_padded():
+    model, processor = tiny("llava")
+    agg = attach_clue_aggregator(model, processor)
+    with torch.no_grad():
+        agg.out.weight.normal_(0, 0.5)
+    rows = [pair_row("what colour is it?", seed=1), pair_row("which shape?", "a square", "a circle", seed=2)]
+    pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():  # the question of a shared row is its prompt only, as in the padded rows
+        a = VisionLogProbScorer(model)(collate_vision_pairs(pairs, pad, "prefix_shared")).token_logps
+        b = VisionLogProbScorer(model)(collate_vision_pairs(pairs, pad, "padded")).token_logps
+    assert torch.allclose(a, b, atol=1e-5)

@@ -58,3 +58,22 @@ def test_video_frames_become_image_parts_in_order():
     with torch.no_grad():
         assert torch.allclose(VisionLogProbScorer(model)(layout).token_logps,
                               naive_vision_token_logps(model, layout), atol=1e-5)
+
+
+def test_prefix_shared_equals_padded_for_llava():
+    from preflab.models.vlm import shared_prompt_support
+
+    model, processor = tiny("llava")
+    rows = [pair_row(seed=0), pair_row("and this one?", "green it is", "no", (20, 200, 20), seed=3, n=2)]
+    examples, _ = read_vision_pairs(rows)
+    pairs, _, _ = tokenize_vision_pairs(examples, processor)
+    pad = processor.tokenizer.pad_token_id
+    shared = collate_vision_pairs(pairs, pad, "prefix_shared")
+    assert shared.input_ids.shape[0] == 2 and shared.vision["pixel_values"].shape[0] == 3  # images once per pair
+    padded = collate_vision_pairs(pairs, pad, "padded")
+    with torch.no_grad():
+        a = VisionLogProbScorer(model)(shared).token_logps
+        b = VisionLogProbScorer(model)(padded).token_logps
+    assert torch.allclose(a, b, atol=1e-5)
+    assert shared_prompt_support(model)[0]
+    assert not shared_prompt_support(tiny("qwen2_vl")[0])[0]  # 3-D rotary positions: padded only

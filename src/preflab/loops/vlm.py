@@ -32,7 +32,7 @@ class VisionPairKind(PairKind):
 
     @staticmethod
     def collate(items, pad_id: int, layout: str = "padded"):
-        return collate_vision_pairs(items, pad_id)
+        return collate_vision_pairs(items, pad_id, layout)
 
     @staticmethod
     def count_tokens(items) -> int:
@@ -111,6 +111,26 @@ def prepare_vision_data(cfg, processor, policy, objective):
     return out[0], out[1], report
 
 
+def vision_layout_choice(layout: str, *models) -> str:
+    """prefix_shared when asked for and every model allows it (1-D positions, custom 4-D masks), else padded (said
+    once per reason)."""
+    import warnings
+
+    from preflab.models.vlm import shared_prompt_support
+
+    if layout not in ("prefix_shared", "prefix_packed"):
+        return "padded"
+    for model in models:
+        if model is None:
+            continue
+        ok, why = shared_prompt_support(model)
+        if not ok:
+            warnings.warn(f"preflab: {why}; the prompt is computed once per side (padded layout, same log-probs).",
+                          stacklevel=2)
+            return "padded"
+    return "prefix_shared"
+
+
 class VisionTrainer(Trainer):
     """Trains an image-text-to-text policy on vision preference pairs (task: vlm). Models, processor and data may
     be passed in (tests, the demo)."""
@@ -145,7 +165,7 @@ class VisionTrainer(Trainer):
         super().__init__(cfg, policy=policy, ref=ref, tokenizer=processor.tokenizer, train_data=train_data,
                          eval_data=eval_data)
         self.data_report = report
-        self.layout = "padded"
+        self.layout = vision_layout_choice(cfg.layout, policy, ref)
 
     def batch_kind(self, objective):
         return VisionPairKind

@@ -104,3 +104,14 @@ def load_vlm(cfg, processor=None):
             targets = LM_LORA_TARGETS
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
     return policy, ref, processor
+
+
+def shared_prompt_support(model) -> tuple[bool, str]:
+    """(True, "") when the prefix-shared layout is exact for `model`: a custom 4-D mask is honoured and positions
+    are 1-D (explicit position_ids reach the language model as given); else (False, why)."""
+    from preflab.models.attention import supports_custom_mask, unwrap
+
+    base = unwrap(model)
+    if hasattr(getattr(base, "model", None), "get_rope_index") or getattr(base.config, "vision_start_token_id", None):
+        return False, f"{base.config.model_type} computes its own multi-dimensional rotary positions"
+    return supports_custom_mask(model)

@@ -9,10 +9,11 @@ at the positions that predict response tokens and the LM head + float32 log-soft
 
     token_logps[n, l] = log softmax(head(h[pred_index[n, l]]))[target_ids[n, l]]
 
-Layout: padded only ([chosen_1..B, rejected_1..B], each row its own prompt with its images). Sharing the prompt
-between chosen and rejected (preflab.data.prefix) would need the vision models' own position schemes (Qwen2-VL's
-3-D rotary positions) to restart after the prompt, which transformers computes internally; the images are
-therefore encoded once per side. Deviation from the text path, stated in the README.
+Layouts: "padded" ([chosen_1..B, rejected_1..B], each row its own prompt with its images) and, for models with
+1-D positions (LLaVA-style), "prefix_shared" ([prompt | chosen | rejected] per row, preflab.data.prefix: the
+prompt and its images go through the model once per pair). Models with their own position schemes (Qwen2-VL /
+Qwen2.5-VL's 3-D rotary positions, computed inside transformers from the image grid) use the padded layout, as do
+pairs with input-side negatives (their two sides have different images).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch, padded
-from preflab.models.attention import unwrap
+from preflab.models.attention import model_mask, unwrap
 from preflab.scoring.lm import CHUNK_BYTES, Scores, _head_chunk, _softcap, backbone_and_head
 
 PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
@@ -43,9 +44,13 @@ class VisionLayout(LayoutBatch):
                             vision={k: v.to(device) for k, v in self.vision.items()},
                             token_inputs={k: v.to(device) for k, v in self.token_inputs.items()})
 
-    def model_inputs(self) -> dict:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.vision,
-                **self.token_inputs}
+    def model_inputs(self, model=None) -> dict:
+        """Keyword arguments of the model's forward; a 4-D layout mask in the form `model`'s attention takes."""
+        mask = self.attention_mask
+        if model is not None and mask.dim() == 4:
+            mask = model_mask(mask, model, next(unwrap(model).parameters()).dtype)
+        extra = {"position_ids": self.position_ids} if self.position_ids is not None else {}
+        return {"input_ids": self.input_ids, "attention_mask": mask, **extra, **self.vision, **self.token_inputs}
 
 
 def vision_layout(sequences, pad_id: int, row_ids=None, extras=None) -> VisionLayout:
@@ -66,15 +71,34 @@ def vision_layout(sequences, pad_id: int, row_ids=None, extras=None) -> VisionLa
                         token_inputs=token_inputs)
 
 
-def collate_vision_pairs(pairs, pad_id: int) -> VisionLayout:
+def can_share_prompt(pairs) -> bool:
+    """Prefix sharing needs one prompt per pair (no input-side negatives) and no per-token processor inputs."""
+    return all(p.rejected_prompt_ids is None and not p.token_inputs for p in pairs)
+
+
+def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLayout:
     """TokenizedVisionPairs -> a VisionLayout of [chosen_1..B, rejected_1..B]; RRPO's per-token phrase ids become
-    [B, L] extras aligned with the response positions (L = the layout's response width; 0 beyond a response)."""
+    [B, L] extras aligned with the response positions (L = the layout's response width; 0 beyond a response).
+
+    layout "prefix_shared" (when `can_share_prompt`): one row [prompt | chosen | rejected] per pair
+    (preflab.data.prefix), so the prompt and its images (vision tower included) are computed once per pair; for
+    models with 1-D positions only (the trainer checks, see preflab.models.vlm.shared_prompt_support)."""
     from preflab.loops.batches import stack_extras
 
-    sequences = [(*p.side(False)[:1], p.chosen_ids, *p.side(False)[1:]) for p in pairs]
-    sequences += [(*p.side(True)[:1], p.rejected_ids, *p.side(True)[1:]) for p in pairs]
     numeric = [k for k in (pairs[0].extras if pairs else {}) if k not in PER_TOKEN_EXTRAS]
-    layout = vision_layout(sequences, pad_id, [p.row_id for p in pairs], stack_extras(pairs, keys=numeric))
+    extras = stack_extras(pairs, keys=numeric)
+    if layout == "prefix_shared" and can_share_prompt(pairs):
+        from preflab.data.prefix import prefix_shared
+
+        base = prefix_shared(pairs, pad_id=pad_id, row_ids=[p.row_id for p in pairs], extras=extras)
+        vision = {}
+        for key in sorted({k for p in pairs for k in p.vision}):
+            vision[key] = torch.cat([p.vision[key] for p in pairs if key in p.vision], 0)
+        layout = VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__}, vision=vision)
+    else:
+        sequences = [(*p.side(False)[:1], p.chosen_ids, *p.side(False)[1:]) for p in pairs]
+        sequences += [(*p.side(True)[:1], p.rejected_ids, *p.side(True)[1:]) for p in pairs]
+        layout = vision_layout(sequences, pad_id, [p.row_id for p in pairs], extras)
     width = layout.response_mask.shape[1]
     for key in PER_TOKEN_EXTRAS:
         if pairs and all(key in p.extras for p in pairs):
@@ -127,12 +151,13 @@ class VisionLogProbScorer(nn.Module):
                 ref_head: nn.Module | None = None) -> Scores:
         backbone, head = backbone_and_head(self.model)
         aggregator = getattr(unwrap(self.model), "clue_aggregator", None)  # CAT's add-on: the prompt is the question
-        if aggregator is not None:
+        if aggregator is not None:  # each row's prompt: the positions before its first response token
             rows, width = layout.input_ids.shape
-            aggregator.prompt_lengths = layout.pred_index[:, 0] - torch.arange(rows, device=layout.input_ids.device
-                                                                               ) * width + 1
+            first = layout.pred_index[:, 0]
+            lengths = torch.full((rows,), width, dtype=torch.long, device=first.device)
+            aggregator.prompt_lengths = lengths.scatter_reduce(0, first // width, first % width + 1, reduce="amin")
         try:
-            hidden = backbone(**layout.model_inputs(), use_cache=False).last_hidden_state
+            hidden = backbone(**layout.model_inputs(self.model), use_cache=False).last_hidden_state
         finally:
             if aggregator is not None:
                 aggregator.prompt_lengths = None
@@ -142,7 +167,7 @@ class VisionLogProbScorer(nn.Module):
 
 def naive_vision_token_logps(model: nn.Module, layout: VisionLayout) -> Tensor:
     """Reference implementation: log_softmax of the model's own full `.logits` at the response positions."""
-    logits = model(**layout.model_inputs()).logits.float()
+    logits = model(**layout.model_inputs(model)).logits.float()
     logprobs = torch.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
     lp = logprobs[layout.pred_index, layout.target_ids]
     return torch.where(layout.response_mask, lp, torch.zeros_like(lp))
