@@ -77,3 +77,16 @@ def test_prefix_shared_equals_padded_for_llava():
     assert torch.allclose(a, b, atol=1e-5)
     assert shared_prompt_support(model)[0]
     assert not shared_prompt_support(tiny("qwen2_vl")[0])[0]  # 3-D rotary positions: padded only
+
+
+def test_idefics3_rows_with_different_image_counts():
+    model, processor = tiny("idefics3")
+    rows = [pair_row(seed=0, n=1), pair_row("two images?", "yes two", "no", seed=5, n=2)]
+    layout, _ = _layout(processor, rows)
+    assert layout.vision["pixel_values"].shape[:2] == (4, 2)  # per-sample stacks, zero-padded to 2 images
+    with torch.no_grad():
+        fast = VisionLogProbScorer(model)(layout).token_logps
+        alone = VisionLogProbScorer(model)(_layout(processor, rows[:1])[0]).token_logps
+        assert torch.allclose(fast, naive_vision_token_logps(model, layout), atol=1e-5)
+    width = alone.shape[1]  # the one-image row scores the same next to a two-image row (padding images ignored)
+    assert torch.allclose(fast[[0, 2], :width], alone, atol=1e-5)

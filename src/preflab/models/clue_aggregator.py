@@ -70,7 +70,7 @@ class ClueAggregator(nn.Module):
 
 def _language_model(model: nn.Module) -> nn.Module:
     backbone = getattr(unwrap(model), "model", None)
-    lm = getattr(backbone, "language_model", None)
+    lm = getattr(backbone, "language_model", None) or getattr(backbone, "text_model", None)
     if lm is None:
         raise TypeError(f"{type(unwrap(model)).__name__} has no model.language_model to attach the clue aggregator to")
     return lm

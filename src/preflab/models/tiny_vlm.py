@@ -4,9 +4,10 @@
     model = tiny_vlm(processor, "qwen2_vl", seed=0)     # Qwen2VLForConditionalGeneration, float32, eval mode
 
 Architectures: "qwen2_vl" (Qwen2-VL: patch merger, 3-D rotary positions, a variable number of image tokens per
-image) and "llava" (LLaVA: CLIP vision tower + projector, a fixed number of image tokens per image). Both load
-back with `AutoModelForImageTextToText.from_pretrained`. Images are resized by the processor (qwen2_vl: to a
-multiple of 8 pixels, 16-32 px a side; llava: 16 x 16).
+image), "llava" (LLaVA: CLIP vision tower + projector, a fixed number of image tokens per image) and "idefics3"
+(Idefics3 / SmolVLM-style: SigLIP-like tower, pixel-shuffle connector, images batched per sample). All load back
+with `AutoModelForImageTextToText.from_pretrained`. Images are resized by the processor (qwen2_vl: to a multiple
+of 8 pixels, 16-32 px a side; llava and idefics3: 16 x 16).
 
 The processors use transformers' PIL image processors (torchvision is not needed). transformers 5.25 cannot build
 a Qwen2-VL processor without its video processor, which needs torchvision; `_NoVideoProcessor` skips that check so
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import torch
 
-ARCHS = ("qwen2_vl", "llava")
-BUILTIN_VLM = {"builtin:tiny-qwen2-vl": "qwen2_vl", "builtin:tiny-llava": "llava"}
-VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<image>"]
-_IMAGE_PART = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>"}
+ARCHS = ("qwen2_vl", "llava", "idefics3")
+BUILTIN_VLM = {"builtin:tiny-qwen2-vl": "qwen2_vl", "builtin:tiny-llava": "llava", "builtin:tiny-idefics3": "idefics3"}
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<image>",
+                 "<fake_token_around_image>", "<global-img>"]
+_IMAGE_PART = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>", "idefics3": "<image>"}
 
 
 def vlm_chat_template(image_part: str) -> str:
@@ -63,6 +65,10 @@ def tiny_vlm_processor(arch: str = "qwen2_vl", tokenizer_kind: str = "bytelevel"
         images = tf.Qwen2VLImageProcessorPil(min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, merge_size=2,
                                              temporal_patch_size=2)
         return _no_video_processor_class()(image_processor=images, tokenizer=tok, chat_template=template)
+    if arch == "idefics3":
+        images = tf.Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 16},
+                                              max_image_size={"longest_edge": 16})
+        return tf.Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4, chat_template=template)
     images = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     return tf.LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=4, chat_template=template,
                              vision_feature_select_strategy="default", image_token="<image>",
@@ -99,6 +105,13 @@ def tiny_vlm(processor, arch: str = "qwen2_vl", hidden_size: int = 32, num_layer
             image_token_id=ids["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default",
             pad_token_id=tok.pad_token_id)
         cls = tf.LlavaForConditionalGeneration
+    elif arch == "idefics3":
+        config = tf.Idefics3Config(
+            text_config=tf.LlamaConfig(**text),
+            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=16, patch_size=4),
+            image_token_id=ids["<image>"], scale_factor=2, pad_token_id=tok.pad_token_id)
+        cls = tf.Idefics3ForConditionalGeneration
     else:
         raise ValueError(f"unknown tiny VLM arch {arch!r}; use one of {ARCHS}")
     torch.manual_seed(seed)

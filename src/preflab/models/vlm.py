@@ -22,7 +22,7 @@ from torch import nn
 
 from preflab.errors import ConfigError
 
-LM_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LM_LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 _TOWER = re.compile(r"(^|\.)(visual|vision_tower|vision_model)\.")
 _PROJECTOR = re.compile(r"(^|\.)(visual\.merger|multi_modal_projector|connector)\.")
 

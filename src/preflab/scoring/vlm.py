@@ -53,13 +53,24 @@ class VisionLayout(LayoutBatch):
         return {"input_ids": self.input_ids, "attention_mask": mask, **extra, **self.vision, **self.token_inputs}
 
 
+def cat_vision(parts: list[Tensor]) -> Tensor:
+    """Concatenate processor tensors along dim 0. Per-sample image stacks ([1, n_images, ...], Idefics3-style) with
+    different image counts are zero-padded along dim 1 first, as the processor pads a batch (an all-zero image is
+    padding to those models)."""
+    if len({p.shape[1:] for p in parts}) > 1 and len({p.dim() for p in parts}) == 1 and parts[0].dim() >= 3 and \
+            len({p.shape[2:] for p in parts}) == 1:
+        most = max(p.shape[1] for p in parts)
+        parts = [torch.cat([p, p.new_zeros(p.shape[0], most - p.shape[1], *p.shape[2:])], 1) for p in parts]
+    return torch.cat(parts, 0)
+
+
 def vision_layout(sequences, pad_id: int, row_ids=None, extras=None) -> VisionLayout:
     """A padded VisionLayout of (prompt_ids, response_ids, vision, token_inputs) sequences, one row each; vision
     tensors are concatenated along dim 0 in row order, per-token inputs padded with 0."""
     base = padded([(p, r) for p, r, _, _ in sequences], pad_id=pad_id, row_ids=row_ids, extras=extras)
     vision = {}
     for key in sorted({k for _, _, v, _ in sequences for k in v}):
-        vision[key] = torch.cat([v[key] for _, _, v, _ in sequences if key in v], 0)
+        vision[key] = cat_vision([v[key] for _, _, v, _ in sequences if key in v])
     token_inputs = {}
     for key in sorted({k for _, _, _, t in sequences for k in t}):
         column = torch.zeros_like(base.input_ids)
@@ -93,7 +104,7 @@ def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLa
         base = prefix_shared(pairs, pad_id=pad_id, row_ids=[p.row_id for p in pairs], extras=extras)
         vision = {}
         for key in sorted({k for p in pairs for k in p.vision}):
-            vision[key] = torch.cat([p.vision[key] for p in pairs if key in p.vision], 0)
+            vision[key] = cat_vision([p.vision[key] for p in pairs if key in p.vision])
         layout = VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__}, vision=vision)
     else:
         sequences = [(*p.side(False)[:1], p.chosen_ids, *p.side(False)[1:]) for p in pairs]
