@@ -1,6 +1,8 @@
 """PaMi-VDPO (input-side negatives), CAT-ADPO (ambiguity-aware pairs) and the clue aggregator, through the trainer."""
 import math
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -155,3 +157,24 @@ def test_clue_aggregator_prefix_shared_equals_padded():
         a = VisionLogProbScorer(model)(collate_vision_pairs(pairs, pad, "prefix_shared")).token_logps
         b = VisionLogProbScorer(model)(collate_vision_pairs(pairs, pad, "padded")).token_logps
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_pami_close_filter_excludes_far_candidates():
+    model, processor = tiny("qwen2_vl")
+    examples, _ = read_vision_pairs(_sft_rows(2), responses_only=True)
+    score = answer_scorer(model, processor, None, with_features=True)
+    augs = ("flip", "noise", "mask", "colour")
+    free, _ = build_pami_pairs(examples, score, 4, augs, tau_sim=-1.0)  # every candidate is close
+    plain, _ = build_pami_pairs(examples, answer_scorer(model, processor, None), 4, augs)
+    assert [p.extras["pami_gap"] for p in free] == pytest.approx([p.extras["pami_gap"] for p in plain], abs=1e-4)
+    strict, info = build_pami_pairs(examples, score, 4, augs, tau_sim=1.01)  # none is close: the most similar
+    assert info["rows_without_close_candidate"] == 2
+    from preflab.data.vision_pairs import pami_candidates
+
+    gen = torch.Generator().manual_seed(0)
+    cands = pami_candidates(examples[0], 4, augs, gen)
+    base = score(examples[0], examples[0].images)[1]
+    sims = [float(F.cosine_similarity(base, score(examples[0], c)[1], dim=0)) for c in cands]
+    best = max(range(4), key=sims.__getitem__)
+    assert strict[0].extras["pami_gap"] == pytest.approx(score(examples[0], examples[0].images)[0]
+                                                         - score(examples[0], cands[best])[0], abs=1e-4)

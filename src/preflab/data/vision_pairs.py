@@ -11,9 +11,10 @@ pami_vdpo  PaMi-VDPO (prompt-aware multi-instance video DPO; seed #34, methods ย
            (reverse, shuffle, drop-and-repeat). "Far" selection [derived from the abstract]: with the policy and no
            gradient, d_k = S(y | v, x) - S(y | v'_k, x) and the row keeps v'_{k*}, k* = argmax_k d_k (the clip on
            which the answer is least likely: the most prompt-relevant perturbation). Deviations: the selection runs
-           once, with the starting policy, when the data is prepared (not at every step), and the "close" filter on
-           pooled visual features (cos >= tau_sim) is not applied (no official code; the augmentations here are
-           mild by construction). K = 1 is plain VDPO with one random augmentation.
+           once, with the starting policy, when the data is prepared (not at every step). "Close" filter
+           (vision_pair_params.tau_sim, off by default): only candidates with cos(E(v'), E(v)) >= tau_sim, E = the
+           mean LM-input embedding at the image tokens (the model's own pooled visual features), enter the argmax.
+           K = 1 is plain VDPO with one random augmentation.
 
 cat_adpo   CAT's ambiguity-aware pairs (seed #1, methods ยง1) [derived from the abstract]: rows are
            {images, prompt, response (the SFT model's answer), objects: [annotated object names], rewrite?}. A
@@ -40,7 +41,7 @@ VAGUE_TERMS = ("something", "someone", "somebody", "an object", "a thing", "the 
 
 
 def check_builder(name: str, params: dict) -> None:
-    allowed = {"given": set(), "pami_vdpo": {"num_candidates", "augmentations", "seed"},
+    allowed = {"given": set(), "pami_vdpo": {"num_candidates", "augmentations", "seed", "tau_sim"},
                "cat_adpo": {"vague_terms"}}
     if name not in allowed:
         raise ConfigError(f"vision_pairs must be one of {BUILDERS}, got {name!r}.")
@@ -121,21 +122,36 @@ def pami_candidates(ex: VisionPairExample, num: int, augmentations, gen: torch.G
 
 @torch.no_grad()
 def build_pami_pairs(examples, score_answer, num_candidates: int = 4, augmentations=SPATIAL + TEMPORAL,
-                     seed: int = 0) -> tuple[list[VisionPairExample], dict]:
-    """SFT examples -> input-side pairs. score_answer(example, images) -> S(y | images, x) (a float, no grad)."""
+                     seed: int = 0, tau_sim: float | None = None) -> tuple[list[VisionPairExample], dict]:
+    """SFT examples -> input-side pairs. score_answer(example, images) -> S(y | images, x) (a float, no grad), or,
+    with tau_sim, -> (S, E) with E the model's pooled visual features: candidates with cos(E', E) < tau_sim are not
+    "close" and are left out of the argmax (a row with no close candidate keeps its most similar one; counted)."""
+    import torch.nn.functional as F
+
     gen = torch.Generator().manual_seed(seed)
-    out, chosen_d = [], []
+    out, chosen_d, no_close = [], [], 0
     for ex in examples:
         if not ex.images:
             raise ConfigError(f"PaMi-VDPO: row {ex.row_id} has no image or video to perturb.")
         candidates = pami_candidates(ex, num_candidates, augmentations, gen)
         base = score_answer(ex, ex.images)
-        d = [base - score_answer(ex, c) for c in candidates] if num_candidates > 1 else [0.0]
-        k = max(range(len(d)), key=d.__getitem__)
+        scored = [score_answer(ex, c) for c in candidates]
+        if tau_sim is None:
+            d = [base - s for s in scored]
+            keep = list(range(len(d)))
+        else:
+            d = [base[0] - s[0] for s in scored]
+            sims = [float(F.cosine_similarity(base[1], s[1], dim=0)) for s in scored]
+            keep = [k for k, sim in enumerate(sims) if sim >= tau_sim]
+            if not keep:
+                no_close += 1
+                keep = [max(range(len(sims)), key=sims.__getitem__)]
+        k = max(keep, key=d.__getitem__)
         chosen_d.append(d[k])
         out.append(VisionPairExample(ex.row_id, ex.prompt, ex.chosen, ex.chosen, list(ex.images), candidates[k],
                                      {**ex.extras, "pami_gap": float(d[k])}))
-    report = {"builder": "pami_vdpo", "pairs": len(out), "num_candidates": num_candidates,
+    report = {"builder": "pami_vdpo", "pairs": len(out), "num_candidates": num_candidates, "tau_sim": tau_sim,
+              "rows_without_close_candidate": no_close,
               "mean_selected_gap": sum(chosen_d) / max(1, len(chosen_d))}
     return out, report
 

@@ -41,24 +41,44 @@ class VisionPairKind(PairKind):
                    for p in items)
 
 
-def answer_scorer(policy, processor, max_length, chunk_tokens=None):
-    """score(example, images) -> S(y | images, x): the summed log-prob of the example's chosen answer, no grad."""
+def answer_scorer(policy, processor, max_length, chunk_tokens=None, with_features: bool = False):
+    """score(example, images) -> S(y | images, x): the summed log-prob of the example's chosen answer, no grad.
+    with_features: -> (S, E) where E [D] is the mean of the LM-input embeddings at the image tokens (the model's own
+    pooled visual features, PaMi-VDPO's "close" test)."""
     from preflab.data.vision import tokenize_vision_pair
+    from preflab.scoring.lm import backbone_and_head
 
     scorer = VisionLogProbScorer(policy, chunk_tokens)
     pad = processor.tokenizer.pad_token_id
+    image_token = image_token_id(policy, processor)
 
     @torch.no_grad()
-    def score(ex, images) -> float:
+    def score(ex, images):
         item = tokenize_vision_pair(dataclasses.replace(ex, images=list(images), rejected_images=list(images)),
                                     processor, max_length)
         was_training = policy.training
         policy.eval()
-        out = scorer(collate_vision_pairs([item], pad))
+        layout = collate_vision_pairs([item], pad)
+        value = float(scorer(layout).token_logps[0].sum())
+        if with_features:
+            out = backbone_and_head(policy)[0](**layout.model_inputs(policy), output_hidden_states=True,
+                                               use_cache=False)
+            at = layout.input_ids[0] == image_token
+            feature = out.hidden_states[0][0][at].float().mean(0)
         policy.train(was_training)
-        return float(out.token_logps[0].sum())
+        return (value, feature) if with_features else value
 
     return score
+
+
+def image_token_id(model, processor) -> int:
+    from preflab.models.attention import unwrap
+
+    config = unwrap(model).config
+    for name in ("image_token_id", "image_token_index"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return processor.image_token_id
 
 
 def prepare_vision_data(cfg, processor, policy, objective):
@@ -83,11 +103,12 @@ def prepare_vision_data(cfg, processor, policy, objective):
 
     def build(examples, split):
         if builder == "pami_vdpo":
-            score = answer_scorer(policy, processor, cfg.max_length, cfg.chunk_tokens)
+            tau = params.get("tau_sim")
+            score = answer_scorer(policy, processor, cfg.max_length, cfg.chunk_tokens, with_features=tau is not None)
             examples, info = builders.build_pami_pairs(
                 examples, score, int(params.get("num_candidates", 4)),
                 tuple(params.get("augmentations", builders.SPATIAL + builders.TEMPORAL)),
-                int(params.get("seed", cfg.seed)))
+                int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau))
         elif builder == "cat_adpo":
             examples, info = builders.build_cat_pairs(examples, tuple(params.get("vague_terms", builders.VAGUE_TERMS)))
         else:
