@@ -12,8 +12,8 @@ def test_demo_vlm_improves_and_reloads(tmp_path):
     from preflab.demo.vlm import evaluate, make_data, run_vlm_demo
     from preflab.models.tiny_vlm import tiny_vlm_processor
 
-    summary = run_vlm_demo(str(tmp_path), quiet=True, n_train=128, n_heldout=32, sft_steps=60, dpo_steps=30)
-    assert summary["true_reward_after"] >= summary["true_reward_before"] + 0.15
+    summary = run_vlm_demo(str(tmp_path), quiet=True, n_train=128, n_heldout=32)
+    assert summary["true_reward_after"] >= summary["true_reward_before"] + 0.2
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["true_reward_after"] == summary["true_reward_after"]
     assert "<img src='data:image/png;base64," in (tmp_path / "report.html").read_text()
