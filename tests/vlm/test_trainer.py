@@ -177,3 +177,18 @@ def test_resume_is_exact(tmp_path):
     resumed = run("b", resume_from_checkpoint=True)
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_image_token_mismatch_is_a_data_error(arch):
+    import pytest
+
+    from preflab.errors import DataError
+
+    _, processor = tiny(arch)
+    token = processor.image_token
+    examples, _ = read_vision_pairs([pair_row(f"what is {token} this?")])  # a literal placeholder in the text
+    with pytest.raises(DataError, match=r"row 0, field 'images'.*2 .*tokens"):
+        tokenize_vision_pairs(examples, processor)
+    examples, _ = read_vision_pairs([pair_row(chosen=f"it is {token}")])
+    with pytest.raises(DataError, match=r"row 0, field 'chosen'.*placeholder"):
+        tokenize_vision_pairs(examples, processor)

@@ -269,6 +269,11 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
     ids, offsets = {}, {}
     for side, text in texts.items():
         ids[side], offsets[side] = encode_with_offsets(text, tok)
+    image_token = getattr(processor, "image_token_id", None)
+    for side in ids:
+        if image_token is not None and image_token in ids[side]:
+            raise RowProblem("image_token_in_response", side, "the response text holds the image placeholder token "
+                             f"{getattr(processor, 'image_token', image_token)!r}", "Remove it from the response.")
     extras = dict(ex.extras)
     if phrase_ids:
         spans = dict(zip(("chosen", "rejected"), phrase_spans(texts["chosen"], texts["rejected"])))

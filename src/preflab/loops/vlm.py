@@ -162,6 +162,8 @@ class VisionTrainer(Trainer):
         from preflab.data.vision_pairs import check_builder
 
         check_builder(cfg.vision_pairs, cfg.vision_pair_params)
+        if cfg.max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1, got {cfg.max_frames}.")
         objective = cfg.objective()
         if objective.batch_type is not PairBatch:
             raise ConfigError(f"task: vlm trains pairwise objectives; {cfg.loss_type!r} consumes "
