@@ -192,3 +192,12 @@ def test_image_token_mismatch_is_a_data_error(arch):
     examples, _ = read_vision_pairs([pair_row(chosen=f"it is {token}")])
     with pytest.raises(DataError, match=r"row 0, field 'chosen'.*placeholder"):
         tokenize_vision_pairs(examples, processor)
+
+
+def test_prompt_truncation_is_refused(tmp_path):
+    import pytest
+
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        VisionTrainer(_cfg(tmp_path, max_prompt_length=16))

@@ -164,6 +164,9 @@ class VisionTrainer(Trainer):
         check_builder(cfg.vision_pairs, cfg.vision_pair_params)
         if cfg.max_frames < 1:
             raise ConfigError(f"max_frames must be >= 1, got {cfg.max_frames}.")
+        if cfg.max_prompt_length is not None:
+            raise ConfigError("task: vlm never cuts prompts (their image tokens must stay whole); unset "
+                              "max_prompt_length. max_length cuts responses, and a prompt that fills it is a bad row.")
         objective = cfg.objective()
         if objective.batch_type is not PairBatch:
             raise ConfigError(f"task: vlm trains pairwise objectives; {cfg.loss_type!r} consumes "
