@@ -34,7 +34,7 @@ RECIPE_TASKS = ("icpl", "raft_ladder", "themis")  # preflab.recipes: whole progr
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward
+    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward | vlm
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -106,6 +106,14 @@ class TrainConfig:
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False
+    # vision-language runs
+    processor_name_or_path: str | None = None  # task: vlm; AutoProcessor source (default: model_name_or_path)
+    freeze_vision_tower: bool = True           # task: vlm; vision encoder weights stay fixed (and get no LoRA)
+    freeze_multi_modal_projector: bool = False  # task: vlm; also fix the vision-to-text projector / merger
+    max_frames: int = 8                        # task: vlm; frames kept per video, evenly spaced
+    vision_pairs: str = "given"                # task: vlm; given | pami_vdpo | cat_adpo (preflab.data.vision_pairs)
+    vision_pair_params: dict = field(default_factory=dict)  # task: vlm; the pair builder's parameters
+    clue_aggregator: bool = False              # task: vlm; add CAT's question-conditioned clue aggregator
     # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 

@@ -87,9 +87,9 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward", "icpl", "raft_ladder", "themis"),
-                   "what to train: a policy (any pairwise/unpaired objective), a reward model, or a recipe "
-                   "(icpl, raft_ladder, themis: see preflab.recipes)"),
+    "task": one_of(("dpo", "reward", "vlm", "icpl", "raft_ladder", "themis"),
+                   "what to train: a policy (any pairwise/unpaired objective), a reward model, a vision-language "
+                   "model (vlm), or a recipe (icpl, raft_ladder, themis: see preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
@@ -181,6 +181,16 @@ OPTIONS: dict[str, Option] = {
                         "none, all, or a name or list among " + " | ".join(TRACKERS), _trackers_ok),
     "disable_tqdm": Option("no progress bar"),
     "use_cpu": Option("train on the CPU even when an accelerator is present"),
+    # vision-language runs (task: vlm)
+    "processor_name_or_path": Option("task: vlm; AutoProcessor source (default: model_name_or_path)",
+                                     "a non-empty name or null", _nonempty),
+    "freeze_vision_tower": Option("task: vlm; the vision encoder's weights stay fixed (and get no LoRA)"),
+    "freeze_multi_modal_projector": Option("task: vlm; also fix the vision-to-text projector / merger"),
+    "max_frames": above(0, "task: vlm; frames kept per video, evenly spaced"),
+    "vision_pairs": one_of(("given", "pami_vdpo", "cat_adpo"),
+                           "task: vlm; pairs as given, or built by PaMi-VDPO / CAT-ADPO (preflab.data.vision_pairs)"),
+    "vision_pair_params": Option("task: vlm; the pair builder's parameters"),
+    "clue_aggregator": Option("task: vlm; add CAT's question-conditioned clue aggregator to the model"),
     "recipe_params": Option("task: icpl | raft_ladder | themis: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="SFT + DPO a tiny built-in model on a synthetic task; report true reward")
-    p.add_argument("--output-dir", default="outputs/demo", help="where to write data, runs, plots (default: %(default)s)")
+    p.add_argument("which", nargs="?", default="text", choices=["text", "vlm"],
+                   help="text: the loud-echo task on a tiny LM; vlm: the shape-colour task on a tiny image-text model")
+    p.add_argument("--output-dir", default=None, help="where to write data, runs, plots (default: outputs/demo, "
+                   "or outputs/demo-vlm)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and models (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.which == "vlm":
+        from preflab.demo.vlm import run_vlm_demo
+
+        out = args.output_dir or "outputs/demo-vlm"
+        summary = run_vlm_demo(out, seed=args.seed, quiet=args.quiet)
+        print(f"colour accuracy on held-out images: before DPO {summary['true_reward_before']:.3f}, "
+              f"after DPO {summary['true_reward_after']:.3f}")
+        print(f"wrote {out}/summary.json and {summary['report']}; model in {summary['model_dir']}")
+        return 0
     from preflab.demo.run import run_demo
 
+    args.output_dir = args.output_dir or "outputs/demo"
     summary = run_demo(args.output_dir, seed=args.seed, quiet=args.quiet)
     print(f"true reward on held-out prompts: before DPO {summary['true_reward_before']:.3f}, "
           f"after DPO {summary['true_reward_after']:.3f}")

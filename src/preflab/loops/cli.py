@@ -62,6 +62,10 @@ def run(args) -> int:
         from preflab.reward_models.train import train_reward
 
         summary = train_reward(cfg)
+    elif cfg.task == "vlm":
+        from preflab.loops.vlm import VisionTrainer
+
+        summary = VisionTrainer(cfg).train()
     else:
         from preflab.loops.offline import Trainer
 

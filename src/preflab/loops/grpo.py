@@ -97,12 +97,12 @@ class GRPOLoop:
         self.cfg = cfg = cfg or GRPOConfig()
         self.policy, self.tokenizer = policy, tokenizer
         self.judge = as_judge(reward_funcs, reward_weights)
-        self.rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length)
+        self.rows = self.prepare_rows(prompts)
         self.objective = get_objective("grpo", beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                                        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
                                        max_completion_length=cfg.max_completion_length)
         self.ref = make_reference(policy, self.objective.needs_reference, ref)
-        self.scorer = LogProbScorer(policy, cfg.chunk_tokens)
+        self.scorer = self.scorer_class(policy, cfg.chunk_tokens)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.pad_id, self.device = pad_id_of(tokenizer), next(policy.parameters()).device
@@ -114,6 +114,21 @@ class GRPOLoop:
             self.out.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.out) if self.out else None
         self.history: list[dict] = []
+
+    # hooks (preflab.loops.vlm_grpo overrides them for image-text models)
+    scorer_class = LogProbScorer
+
+    def prepare_rows(self, prompts: Sequence[Any]) -> list:
+        return prepare_prompts(prompts, self.tokenizer, self.cfg.max_prompt_length)
+
+    def sample(self, rows: list, seed: int):
+        cfg = self.cfg
+        return sample_rollout(self.policy, self.tokenizer, rows, cfg.num_generations,
+                              max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                              seed=seed, batch_size=cfg.generation_batch_size)
+
+    def reference_scores(self, layout):
+        return reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens)[0]
 
     def _next_rows(self, n: int) -> list:
         rows = []
@@ -166,9 +181,7 @@ class GRPOLoop:
         """Generate, score, and run num_iterations x steps_per_generation optimizer steps; returns the step rows."""
         cfg, G = self.cfg, self.cfg.num_generations
         rows = self._next_rows(cfg.prompts_per_step * cfg.steps_per_generation)
-        self.rollout = sample_rollout(self.policy, self.tokenizer, rows, G, max_new_tokens=cfg.max_completion_length,
-                                      temperature=cfg.temperature, top_p=cfg.top_p,
-                                      seed=cfg.seed * 100_003 + self.rounds, batch_size=cfg.generation_batch_size)
+        self.rollout = self.sample(rows, seed=cfg.seed * 100_003 + self.rounds)
         self.rounds += 1
         flat, per_fn = self.judge(self.rollout.prompts(), self.rollout.completions, self.rollout.prompt_index,
                                   self.rollout.columns(), self.rollout.completion_ids)
@@ -181,8 +194,7 @@ class GRPOLoop:
         self.old_logps = self._precompute(self.scorer) if moved else None
         self.ref_logps = None
         if self.objective.needs_reference:
-            self.ref_logps = self._precompute(lambda lay: reference_scores(self.policy, self.ref, lay,
-                                                                           cfg.chunk_tokens)[0])
+            self.ref_logps = self._precompute(self.reference_scores)
         lengths = torch.tensor([len(c) for c in self.rollout.completion_ids], dtype=torch.float64).view(len(rows), G)
         generation = completion_metrics(self.rollout)
         for k, name in enumerate(self.judge.names):

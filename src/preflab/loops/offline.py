@@ -30,6 +30,7 @@ class Trainer(TrainingRun):
     # Extras that must carry gradient (Objective.gradient_extras) which this trainer computes itself: none, it
     # scores only each pair's chosen and rejected responses. A subclass that scores more sequences names them.
     computed_extras: tuple = ()
+    scorer_class = LogProbScorer  # preflab.loops.vlm.VisionTrainer: VisionLogProbScorer
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
         from preflab.config import preflight, resolve_epoch_eval
@@ -41,7 +42,7 @@ class Trainer(TrainingRun):
         check_modality(self.objective, cfg.task)
         check_gradient_extras(self.objective, self.computed_extras,
                               " (offline training scores only each pair's chosen and rejected responses)")
-        self.kind = kind_for(self.objective)
+        self.kind = self.batch_kind(self.objective)
         self.accelerator = make_accelerator(cfg)
         self.out = Path(cfg.output_dir)
         self.main = self.accelerator.is_main_process
@@ -77,10 +78,13 @@ class Trainer(TrainingRun):
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)
         self._build_optimizer()
 
+    def batch_kind(self, objective):
+        return kind_for(objective)
+
     def _build_optimizer(self):
         cfg = self.cfg
-        self.scorer = LogProbScorer(self.policy, cfg.chunk_tokens)
-        self.ref_scorer = LogProbScorer(self.ref, cfg.chunk_tokens) if self.ref is not None else None
+        self.scorer = self.scorer_class(self.policy, cfg.chunk_tokens)
+        self.ref_scorer = self.scorer_class(self.ref, cfg.chunk_tokens) if self.ref is not None else None
         if self.ref is not None:
             self.ref.to(self.accelerator.device)
         self.extra_params = []
@@ -107,7 +111,7 @@ class Trainer(TrainingRun):
                                "pairs' dataset positions to Trainer.score() to read them.")
         with torch.no_grad():
             if self.lora:
-                base = LogProbScorer(self.policy, self.cfg.chunk_tokens)
+                base = self.scorer_class(self.policy, self.cfg.chunk_tokens)
                 with self.policy.disable_adapter():
                     return base(layout), backbone_and_head(self.policy)[1]
             return self.ref_scorer(layout), backbone_and_head(self.ref)[1]

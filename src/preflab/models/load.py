@@ -77,6 +77,21 @@ def _looks_like_path(name: str) -> bool:
             or "\\" in name or name.endswith((".safetensors", ".bin", ".json")))
 
 
+# modules that define more built-in (tiny, random-init) models: {name: what it builds}
+BUILTIN_REGISTRIES = ("preflab.models.tiny_vlm:BUILTIN_VLM",)
+
+
+def builtin_models() -> list[str]:
+    """Every `builtin:` name preflab can build: causal LMs here, plus the registries (vision-language, ...)."""
+    import importlib
+
+    names = list(BUILTIN)
+    for spec in BUILTIN_REGISTRIES:
+        module, attr = spec.split(":")
+        names += list(getattr(importlib.import_module(module), attr))
+    return names
+
+
 def check_model_name(name: str, option: str = "model_name_or_path") -> None:
     """Refuse, before anything is loaded, a model name that cannot load, naming `option` and what was tried: an
     empty name, an unknown builtin, a local path that does not exist, or a hub name that is neither in the local
@@ -84,9 +99,10 @@ def check_model_name(name: str, option: str = "model_name_or_path") -> None:
     if not name:
         raise ConfigError(f"{option} is empty; give a hub name, a local directory or builtin:tiny-llama.")
     if name.startswith("builtin:"):
-        if name not in BUILTIN:
+        known = builtin_models()
+        if name not in known:
             raise ConfigError(f"{option}={name!r} is not a built-in model; the built-ins are "
-                              f"{', '.join(BUILTIN)}.{nearest(name, BUILTIN)}")
+                              f"{', '.join(known)}.{nearest(name, known)}")
         return
     path = Path(name).expanduser()
     if path.exists():
@@ -212,9 +228,13 @@ def check_lora_targets(model: nn.Module, target_modules) -> None:
     module path); otherwise a ConfigError names the linear modules the model has."""
     if target_modules in (None, "all-linear"):
         return
-    wanted = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     paths = [name for name, _ in model.named_modules() if name]
-    missing = [t for t in wanted if not any(p == t or p.endswith("." + t) for p in paths)]
+    if isinstance(target_modules, str):  # peft: a string is a regex that must match a whole module path
+        import re
+
+        missing = [] if any(re.fullmatch(target_modules, p) for p in paths) else [target_modules]
+    else:
+        missing = [t for t in target_modules if not any(p == t or p.endswith("." + t) for p in paths)]
     if missing:
         linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                          if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})

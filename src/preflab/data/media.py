@@ -1,0 +1,101 @@
+"""Images and videos of a row -> PIL images, or a RowProblem naming the field.
+
+Images (TRL's `images` column, one entry per {"type": "image"} part of the prompt): a PIL image, a file path
+(absolute, or relative to the data file's folder), raw encoded bytes, a `datasets` Image dict
+({"bytes": ..., "path": ...}) or an H x W x 3 uint8 array / nested list. Every image is converted to RGB.
+
+Videos (`videos` column): a list of frames (each frame any image form above), or a video file decoded with PyAV
+(`pip install av`) when it is installed; a video file without PyAV is a RowProblem that says what to install.
+`max_frames` frames are kept, evenly spaced (first and last included).
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from preflab.data.report import RowProblem
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+
+
+def load_image(value, field: str, base_dir: str | None = None):
+    """One image in any accepted form -> an RGB PIL image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path")):
+            return load_image(value["bytes"] if value.get("bytes") is not None else value["path"], field, base_dir)
+        elif isinstance(value, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(bytes(value)))
+            image.load()
+        elif isinstance(value, (str, os.PathLike)):
+            path = Path(value)
+            if not path.is_absolute() and base_dir and not path.exists():
+                path = Path(base_dir) / path
+            if not path.exists():
+                raise RowProblem("bad_image", field, f"image file {str(value)!r} does not exist",
+                                 "Give an absolute path, or one relative to the data file's folder.")
+            image = Image.open(path)
+            image.load()
+        elif hasattr(value, "__array__") or isinstance(value, list):
+            import numpy as np
+
+            array = np.asarray(value)
+            if array.ndim != 3 or array.shape[-1] != 3 or array.dtype.kind not in "ui" or array.size == 0:
+                raise RowProblem("bad_image", field, f"an array image must be H x W x 3 integers in 0..255, got "
+                                 f"shape {tuple(array.shape)} of {array.dtype}")
+            image = Image.fromarray(array.astype("uint8"))
+        else:
+            raise RowProblem("bad_image", field, f"cannot read an image from a {type(value).__name__}",
+                             "Give a PIL image, a file path, encoded bytes or {'bytes': ..., 'path': ...}.")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
+    if image.width < 1 or image.height < 1:
+        raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")
+    return image.convert("RGB")
+
+
+def load_images(values, field: str, base_dir: str | None = None) -> list:
+    if values is None:
+        return []
+    if not isinstance(values, (list, tuple)):
+        values = [values]
+    return [load_image(v, f"{field}[{i}]", base_dir) for i, v in enumerate(values)]
+
+
+def load_video(value, field: str, base_dir: str | None = None, max_frames: int = 8) -> list:
+    """A video (a list of frames, or a file decoded with PyAV) -> at most `max_frames` RGB frames."""
+    if isinstance(value, (str, os.PathLike)) and str(value).lower().endswith(VIDEO_SUFFIXES):
+        frames = _decode_video_file(value, field, base_dir)
+    elif isinstance(value, (list, tuple)):
+        frames = [load_image(f, f"{field}[{i}]", base_dir) for i, f in enumerate(value)]
+    else:
+        raise RowProblem("bad_video", field, f"a video must be a list of frames or a video file "
+                         f"({', '.join(VIDEO_SUFFIXES)}), got {type(value).__name__}")
+    if not frames:
+        raise RowProblem("bad_video", field, "the video has no frames")
+    if len(frames) > max_frames:
+        step = (len(frames) - 1) / (max_frames - 1) if max_frames > 1 else 0
+        frames = [frames[round(i * step)] for i in range(max_frames)]
+    return frames
+
+
+def _decode_video_file(value, field: str, base_dir: str | None) -> list:
+    path = Path(value)
+    if not path.is_absolute() and base_dir and not path.exists():
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise RowProblem("bad_video", field, f"video file {str(value)!r} does not exist")
+    try:
+        import av
+    except ImportError as err:
+        raise RowProblem("bad_video", field, f"decoding the video file {str(value)!r} needs PyAV, which is not "
+                         "installed", "Run `pip install av`, or give the video as a list of frame images.") from err
+    try:
+        with av.open(str(path)) as container:
+            return [frame.to_image().convert("RGB") for frame in container.decode(video=0)]
+    except Exception as err:  # PyAV raises its own error types
+        raise RowProblem("bad_video", field, f"cannot decode {str(value)!r} ({err})") from err

@@ -1,0 +1,203 @@
+"""Preference training of image/video-text models: the offline Trainer with a vision scorer and data path.
+
+    summary = VisionTrainer(load_config("examples/vlm/dpo.yaml")).train()     # preflab train with task: vlm
+
+Nothing here is a new loop: VisionTrainer is preflab.loops.offline.Trainer (TrainingRun + step.py) with
+  - the scorer preflab.scoring.vlm.VisionLogProbScorer (pixels through the model's backbone, LM head at response
+    positions only, in chunks), used for the policy and the reference alike;
+  - the batch kind VisionPairKind (TokenizedVisionPair -> VisionLayout -> PairBatch), so every pairwise objective
+    (sigmoid DPO, IPO, RRPO, ...) trains unchanged;
+  - data from preflab.data.vision (TRL's vision DPO rows) through a pair builder (cfg.vision_pairs: given |
+    pami_vdpo | cat_adpo; preflab.data.vision_pairs);
+  - models from preflab.models.vlm (AutoModelForImageTextToText + AutoProcessor, frozen vision tower, LoRA on the
+    language model), optionally with CAT's clue aggregator (preflab.models.clue_aggregator).
+RRPO's per-token phrase ids are built on the tokenizer path (preflab.data.phrases) whenever the objective requires
+`chosen_phrase_ids`, and reach it as [B, L] extras aligned with the response tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from preflab.errors import ConfigError
+from preflab.loops.kinds import PairKind
+from preflab.loops.offline import Trainer
+from preflab.objectives.base import PairBatch
+from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs
+
+
+class VisionPairKind(PairKind):
+    name = "vision_pairs"
+
+    @staticmethod
+    def collate(items, pad_id: int, layout: str = "padded"):
+        return collate_vision_pairs(items, pad_id, layout)
+
+    @staticmethod
+    def count_tokens(items) -> int:
+        """(prompt + chosen) + (prompt' + rejected) per pair, image tokens included."""
+        return sum(len(p.side(False)[0]) + len(p.side(True)[0]) + len(p.chosen_ids) + len(p.rejected_ids)
+                   for p in items)
+
+
+def answer_scorer(policy, processor, max_length, chunk_tokens=None, with_features: bool = False):
+    """score(example, images) -> S(y | images, x): the summed log-prob of the example's chosen answer, no grad.
+    with_features: -> (S, E) where E [D] is the mean of the LM-input embeddings at the image tokens (the model's own
+    pooled visual features, PaMi-VDPO's "close" test)."""
+    from preflab.data.vision import tokenize_vision_pair
+    from preflab.scoring.lm import backbone_and_head
+
+    scorer = VisionLogProbScorer(policy, chunk_tokens)
+    pad = processor.tokenizer.pad_token_id
+    image_token = image_token_id(policy, processor)
+
+    @torch.no_grad()
+    def score(ex, images):
+        item = tokenize_vision_pair(dataclasses.replace(ex, images=list(images), rejected_images=list(images)),
+                                    processor, max_length)
+        was_training = policy.training
+        policy.eval()
+        layout = collate_vision_pairs([item], pad)
+        value = float(scorer(layout).token_logps[0].sum())
+        if with_features:
+            out = backbone_and_head(policy)[0](**layout.model_inputs(policy), output_hidden_states=True,
+                                               use_cache=False)
+            at = layout.input_ids[0] == image_token
+            feature = out.hidden_states[0][0][at].float().mean(0)
+        policy.train(was_training)
+        return (value, feature) if with_features else value
+
+    return score
+
+
+def image_token_id(model, processor) -> int:
+    from preflab.models.attention import unwrap
+
+    config = unwrap(model).config
+    for name in ("image_token_id", "image_token_index"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return processor.image_token_id
+
+
+def prepare_vision_data(cfg, processor, policy, objective):
+    """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization."""
+    from preflab.data import vision_pairs as builders
+    from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
+
+    if not cfg.dataset_name:
+        raise ConfigError("dataset_name is empty; give a .jsonl/.json/.parquet file, a directory or a hub name.")
+    builder, params = cfg.vision_pairs, dict(cfg.vision_pair_params)
+    read = dict(on_bad_row=cfg.on_bad_row, max_frames=cfg.max_frames, responses_only=builder != "given")
+    rows, row_report = read_vision_pairs(cfg.dataset_name, split=cfg.dataset_split, **read)
+    eval_rows = []
+    if cfg.eval_dataset_name:
+        eval_rows, _ = read_vision_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **read)
+    elif cfg.eval_fraction > 0:
+        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
+        eval_rows = [r for i, r in enumerate(rows) if i in held]
+        rows = [r for i, r in enumerate(rows) if i not in held]
+    report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
+
+    def build(examples, split):
+        if builder == "pami_vdpo":
+            tau = params.get("tau_sim")
+            score = answer_scorer(policy, processor, cfg.max_length, cfg.chunk_tokens, with_features=tau is not None)
+            examples, info = builders.build_pami_pairs(
+                examples, score, int(params.get("num_candidates", 4)),
+                tuple(params.get("augmentations", builders.SPATIAL + builders.TEMPORAL)),
+                int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau))
+        elif builder == "cat_adpo":
+            examples, info = builders.build_cat_pairs(examples, tuple(params.get("vague_terms", builders.VAGUE_TERMS)))
+        else:
+            info = None
+        if info is not None:
+            report[f"{split}_builder"] = info
+        return examples
+
+    phrase_ids = "chosen_phrase_ids" in getattr(objective, "required_extras", ())
+    out = []
+    for split, examples in (("train", rows), ("eval", eval_rows)):
+        if split == "eval" and not examples:
+            out.append([])
+            continue
+        examples = build(examples, split)
+        pairs, tok_report, dropped = tokenize_vision_pairs(examples, processor, cfg.max_length, phrase_ids,
+                                                           cfg.on_bad_row, row_report.source)
+        report[f"{split}_tokenize"] = {**tok_report.to_dict(), "skipped": dict(dropped.skipped)}
+        out.append(pairs)
+    print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs")
+    return out[0], out[1], report
+
+
+def vision_layout_choice(layout: str, *models) -> str:
+    """prefix_shared when asked for and every model allows it (1-D positions, custom 4-D masks), else padded (said
+    once per reason)."""
+    import warnings
+
+    from preflab.models.vlm import shared_prompt_support
+
+    if layout not in ("prefix_shared", "prefix_packed"):
+        return "padded"
+    for model in models:
+        if model is None:
+            continue
+        ok, why = shared_prompt_support(model)
+        if not ok:
+            warnings.warn(f"preflab: {why}; the prompt is computed once per side (padded layout, same log-probs).",
+                          stacklevel=2)
+            return "padded"
+    return "prefix_shared"
+
+
+class VisionTrainer(Trainer):
+    """Trains an image-text-to-text policy on vision preference pairs (task: vlm). Models, processor and data may
+    be passed in (tests, the demo)."""
+
+    scorer_class = VisionLogProbScorer
+
+    def __init__(self, cfg, policy=None, ref=None, processor=None, train_data=None, eval_data=None):
+        from preflab.data.vision_pairs import check_builder
+
+        check_builder(cfg.vision_pairs, cfg.vision_pair_params)
+        if cfg.max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1, got {cfg.max_frames}.")
+        if cfg.max_prompt_length is not None:
+            raise ConfigError("task: vlm never cuts prompts (their image tokens must stay whole); unset "
+                              "max_prompt_length. max_length cuts responses, and a prompt that fills it is a bad row.")
+        objective = cfg.objective()
+        if objective.batch_type is not PairBatch:
+            raise ConfigError(f"task: vlm trains pairwise objectives; {cfg.loss_type!r} consumes "
+                              f"{objective.batch_type.__name__}.")
+        if cfg.precompute_ref_log_probs:
+            raise ConfigError("precompute_ref_log_probs is not supported with task: vlm (the reference cache is keyed "
+                              "by token ids, which do not identify the images); set it to false.")
+        if policy is None:
+            from preflab.models.vlm import load_vlm
+
+            policy, ref, processor = load_vlm(cfg, processor)
+        if processor is None:
+            raise ConfigError("VisionTrainer needs the model's processor when a policy is passed in.")
+        self.processor = processor
+        if cfg.clue_aggregator:
+            from preflab.models.clue_aggregator import attach_clue_aggregator
+
+            attach_clue_aggregator(policy, processor)  # zero-initialised: the reference (without it) is unchanged
+        report = {}
+        if train_data is None:
+            train_data, eval_data, report = prepare_vision_data(cfg, processor, policy, objective)
+        super().__init__(cfg, policy=policy, ref=ref, tokenizer=processor.tokenizer, train_data=train_data,
+                         eval_data=eval_data)
+        self.data_report = report
+        self.layout = vision_layout_choice(cfg.layout, policy, ref)
+
+    def batch_kind(self, objective):
+        return VisionPairKind
+
+    def save_model(self) -> None:
+        """Weights as safetensors (LoRA: the adapter) with the processor (tokenizer, image processor, template)."""
+        model = self.accelerator.unwrap_model(self.policy)
+        model.save_pretrained(self.out, safe_serialization=True)
+        self.processor.save_pretrained(self.out)

@@ -1,0 +1,117 @@
+"""Loading image-text-to-text policies, references and processors; frozen vision towers; LoRA on the LM only.
+
+    policy, ref, processor = load_vlm(cfg)
+
+Models: a hub name or local directory loaded with `AutoModelForImageTextToText` + `AutoProcessor` (safetensors
+only unless allow_pickle; remote code only with trust_remote_code), or a builtin tiny random model
+("builtin:tiny-qwen2-vl", "builtin:tiny-llava"; preflab.models.tiny_vlm).
+
+Which parameters are which (by module name, covering Qwen2-VL / Qwen2.5-VL, LLaVA, Idefics3 / SmolVLM):
+    vision tower   visual.* (but visual.merger.*), vision_tower.*, vision_model.*
+    projector      visual.merger.*, multi_modal_projector.*, connector.*
+freeze_vision_tower fixes the tower (requires_grad False), freeze_multi_modal_projector the projector. With LoRA
+and lora_target_modules "all-linear", adapters go on the language model's linear layers only when the tower is
+frozen (the regex LM_LORA_TARGETS), on every linear layer otherwise; as with any peft model, only the adapters
+then train (the projector too stays as loaded).
+"""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from preflab.errors import ConfigError
+
+LM_LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+_TOWER = re.compile(r"(^|\.)(visual|vision_tower|vision_model)\.")
+_PROJECTOR = re.compile(r"(^|\.)(visual\.merger|multi_modal_projector|connector)\.")
+
+
+def is_projector(name: str) -> bool:
+    return bool(_PROJECTOR.search(name))
+
+
+def is_vision_tower(name: str) -> bool:
+    return bool(_TOWER.search(name)) and not is_projector(name)
+
+
+def freeze_vision(model: nn.Module, tower: bool = True, projector: bool = False) -> dict:
+    """Fix the vision tower and/or the projector; returns the number of parameters fixed in each."""
+    counts = {"vision_tower": 0, "projector": 0}
+    for name, param in model.named_parameters():
+        if tower and is_vision_tower(name):
+            param.requires_grad_(False)
+            counts["vision_tower"] += param.numel()
+        elif projector and is_projector(name):
+            param.requires_grad_(False)
+            counts["projector"] += param.numel()
+    if tower and counts["vision_tower"] == 0:
+        raise ConfigError(f"freeze_vision_tower is set but no vision-tower parameters were found in "
+                          f"{type(model).__name__} (looked for visual.*, vision_tower.*, vision_model.*); set "
+                          "freeze_vision_tower: false for this model.")
+    return counts
+
+
+def load_vlm_processor(cfg):
+    from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm_processor
+
+    name = cfg.processor_name_or_path or cfg.model_name_or_path
+    if name in BUILTIN_VLM:
+        return tiny_vlm_processor(BUILTIN_VLM[name])
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    tok = getattr(processor, "tokenizer", None)
+    if tok is not None and tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return processor
+
+
+def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
+    from preflab.models.load import DTYPES, check_weights_safe
+    from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm
+
+    if not name:
+        raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-qwen2-vl.")
+    if name in BUILTIN_VLM:
+        return tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
+    from transformers import AutoModelForImageTextToText
+
+    check_weights_safe(name, cfg.allow_pickle)
+    return AutoModelForImageTextToText.from_pretrained(
+        name, dtype=DTYPES["float32"], trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=None if cfg.allow_pickle else True)
+
+
+def load_vlm(cfg, processor=None):
+    """(policy, reference or None, processor). The reference is None for LoRA (adapters off) or when unneeded."""
+    from preflab.models.load import add_lora, disable_dropout, frozen_copy
+
+    processor = processor or load_vlm_processor(cfg)
+    policy = load_vlm_model(cfg.model_name_or_path, cfg, processor)
+    if cfg.disable_dropout:
+        disable_dropout(policy)
+    needs_reference = cfg.objective().needs_reference
+    ref = None
+    if needs_reference and cfg.ref_model_name_or_path:
+        ref = load_vlm_model(cfg.ref_model_name_or_path, cfg, processor).requires_grad_(False).eval()
+    elif needs_reference and not cfg.use_peft:
+        ref = frozen_copy(policy)
+    freeze_vision(policy, cfg.freeze_vision_tower, cfg.freeze_multi_modal_projector)
+    if cfg.use_peft:
+        targets = cfg.lora_target_modules
+        if targets == "all-linear" and cfg.freeze_vision_tower:
+            targets = LM_LORA_TARGETS
+        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+    return policy, ref, processor
+
+
+def shared_prompt_support(model) -> tuple[bool, str]:
+    """(True, "") when the prefix-shared layout is exact for `model`: a custom 4-D mask is honoured and positions
+    are 1-D (explicit position_ids reach the language model as given); else (False, why)."""
+    from preflab.models.attention import supports_custom_mask, unwrap
+
+    base = unwrap(model)
+    if hasattr(getattr(base, "model", None), "get_rope_index") or getattr(base.config, "vision_start_token_id", None):
+        return False, f"{base.config.model_type} computes its own multi-dimensional rotary positions"
+    return supports_custom_mask(model)

@@ -1,0 +1,180 @@
+"""PaMi-VDPO (input-side negatives), CAT-ADPO (ambiguity-aware pairs) and the clue aggregator, through the trainer."""
+import math
+
+import pytest
+
+import torch
+import torch.nn.functional as F
+
+from preflab.config import config_from_dict
+from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
+from preflab.data.vision_pairs import build_cat_pairs, build_pami_pairs, judge_ambiguity
+from preflab.loops.vlm import VisionTrainer, answer_scorer, prepare_vision_data
+from preflab.models.clue_aggregator import attach_clue_aggregator
+from preflab.models.load import frozen_copy
+from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs, naive_vision_token_logps
+
+from vlm_helpers import image, pair_row, tiny
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(task="vlm", model_name_or_path="builtin:tiny-qwen2-vl", dataset_name="unused",
+                output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, learning_rate=1e-3, max_steps=2,
+                logging_steps=1, disable_tqdm=True, use_cpu=True)
+    return config_from_dict({**base, **kw})
+
+
+def _sft_rows(n=4):
+    return [{"images": [image((200, 30 * i, 20), seed=i)], "prompt": "what colour is it?",
+             "response": f"it is colour {i}"} for i in range(n)]
+
+
+def test_pami_selects_the_far_candidate_and_trains_on_input_side_dpo(tmp_path):
+    model, processor = tiny("qwen2_vl")
+    examples, _ = read_vision_pairs(_sft_rows(), responses_only=True)
+    score = answer_scorer(model, processor, None)
+    pairs, info = build_pami_pairs(examples, score, num_candidates=3, augmentations=("flip", "noise", "mask"))
+    for ex, pair in zip(examples, pairs):  # same answer on both sides; the rejected images are the argmax-gap clip
+        assert pair.chosen == pair.rejected == ex.chosen and pair.rejected_images is not None
+        gap = score(ex, ex.images) - score(ex, pair.rejected_images)
+        assert abs(gap - pair.extras["pami_gap"]) < 1e-4
+    # the selected gap is the largest of the K candidates drawn with the same seed
+    from preflab.data.vision_pairs import pami_candidates
+
+    gen = torch.Generator().manual_seed(0)
+    cands = pami_candidates(examples[0], 3, ("flip", "noise", "mask"), gen)
+    gaps = [score(examples[0], examples[0].images) - score(examples[0], c) for c in cands]
+    assert abs(max(gaps) - pairs[0].extras["pami_gap"]) < 1e-4
+    tokenized, _, _ = tokenize_vision_pairs(pairs, processor)
+    ref = frozen_copy(model)
+    trainer = VisionTrainer(_cfg(tmp_path, beta=0.3), policy=model, ref=ref, processor=processor,
+                            train_data=tokenized)
+    mb = trainer.micro_batches(0)[0]
+    out = trainer.forward(mb)
+    assert abs(float(out.loss) - math.log(2)) < 1e-5  # theta = ref: every input-side margin is 0
+    trainer.train()
+    with torch.no_grad():
+        pol, rf = naive_vision_token_logps(model, mb.layout).sum(-1), naive_vision_token_logps(ref, mb.layout).sum(-1)
+        b = len(mb.row_ids)
+        expected = -F.logsigmoid(0.3 * ((pol[:b] - rf[:b]) - (pol[b:] - rf[b:]))).mean()
+        got = trainer.forward(mb).loss
+    assert torch.allclose(got, expected, atol=1e-5) and float(got) < math.log(2)
+
+
+def test_pami_identical_input_gives_log2_and_zero_gradient(tmp_path):
+    model, processor = tiny("llava")
+    (ex,), _ = read_vision_pairs(_sft_rows(1), responses_only=True)
+    ex.rejected_images = list(ex.images)
+    tokenized, _, _ = tokenize_vision_pairs([ex], processor)
+    policy = tiny("llava")[0]
+    with torch.no_grad():  # move the policy away from the reference so that the gradient could be non-zero
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    trainer = VisionTrainer(_cfg(tmp_path, model_name_or_path="builtin:tiny-llava", per_device_train_batch_size=1),
+                            policy=policy, ref=model, processor=processor, train_data=tokenized)
+    out = trainer.forward(trainer.micro_batches(0)[0])
+    assert abs(float(out.loss) - math.log(2)) < 1e-6
+    out.loss.backward()
+    assert max(float(p.grad.abs().max()) for p in policy.parameters() if p.grad is not None) < 1e-6
+
+
+def test_cat_builder_keeps_ambiguous_answers_and_names_the_object():
+    rows = [{"images": [image((200, 0, 0))], "prompt": "what is in the picture?", "response": "there is something",
+             "objects": ["red square"]},
+            {"images": [image((0, 200, 0))], "prompt": "what is in the picture?",
+             "response": "a green circle", "objects": ["green circle"]},
+            {"images": [image((0, 0, 200))], "prompt": "what is in the picture?", "response": "I see a shape",
+             "objects": ["blue cross"], "rewrite": "I see a blue cross on the left"}]
+    examples, _ = read_vision_pairs(rows, responses_only=True)
+    pairs, info = build_cat_pairs(examples)
+    assert info["dropped"] == {"not_ambiguous": 1} and [p.row_id for p in pairs] == [0, 2]
+    text = lambda m: m[0]["content"][0]["text"]  # noqa: E731
+    assert text(pairs[0].chosen) == "there is the red square" and text(pairs[0].rejected) == "there is something"
+    assert text(pairs[1].chosen) == "I see a blue cross on the left"
+    assert "something" in pairs[0].extras["adpo_rationale"]
+    assert judge_ambiguity("it is the red square", ["red square"])[0] is False
+
+
+def test_cat_pipeline_with_clue_aggregator(tmp_path):
+    import json
+
+    rows = [{"images": [image((200, 0, 0), seed=i)], "prompt": "what is in the picture?",
+             "response": "there is something", "objects": [["red square", "green dot"][i % 2]]} for i in range(4)]
+    data = tmp_path / "cat.jsonl"
+    with data.open("w") as f:
+        for i, r in enumerate(rows):
+            r["images"][0].save(tmp_path / f"{i}.png")
+            f.write(json.dumps({**r, "images": [f"{i}.png"]}) + "\n")
+    cfg = _cfg(tmp_path, dataset_name=str(data), vision_pairs="cat_adpo", clue_aggregator=True, learning_rate=1e-2)
+    trainer = VisionTrainer(cfg)
+    agg = trainer.policy.clue_aggregator
+    assert trainer.data_report["train_builder"]["pairs"] == 4
+    assert any(p is agg.out.weight for p in trainer.params)
+    before = agg.out.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, agg.out.weight)  # the aggregator trained with the policy
+
+
+def test_clue_aggregator_is_identity_at_attach_and_question_conditioned():
+    model, processor = tiny("qwen2_vl")
+    rows = [pair_row("what colour is it?", seed=1), pair_row("is it round or square?", seed=1)]
+    examples, _ = read_vision_pairs(rows)
+    pairs, _, _ = tokenize_vision_pairs(examples, processor)
+    layout = collate_vision_pairs(pairs, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = VisionLogProbScorer(model)(layout).token_logps
+        agg = attach_clue_aggregator(model, processor)
+        same = VisionLogProbScorer(model)(layout).token_logps
+        assert torch.allclose(plain, same, atol=1e-6)  # zero-initialised output: nothing changes at attach
+        agg.out.weight.normal_(0, 0.5)
+        # the same image and answer, two questions: the visual tokens (hence the answer's log-probs) now differ
+        # by more than the question text alone makes them differ without the aggregator
+        with_agg = VisionLogProbScorer(model)(layout).token_logps
+    delta_plain = (plain[0] - plain[1]).abs().sum()
+    delta_agg = (with_agg[0] - with_agg[1]).abs().sum()
+    assert not torch.allclose(with_agg, plain, atol=1e-4)
+    assert abs(float(delta_agg - delta_plain)) > 1e-4
+    # the response never reaches the visual tokens: with the prompt lengths set by the scorer, only prompt tokens
+    # are the question, so changing the answer leaves every prompt position's hidden state unchanged
+    other = [pair_row("what colour is it?", chosen="a completely different answer", seed=1)]
+    layout2 = collate_vision_pairs(tokenize_vision_pairs(read_vision_pairs(other)[0], processor)[0],
+                                   processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        h1 = VisionLogProbScorer(model)(layout, want_hidden=True).hidden_flat
+        h2 = VisionLogProbScorer(model)(layout2, want_hidden=True).hidden_flat
+    assert torch.allclose(h1[0], h2[0], atol=1e-5)  # the first response token is predicted from the prompt alone
+
+
+def test_clue_aggregator_prefix_shared_equals_padded():
+    model, processor = tiny("llava")
+    agg = attach_clue_aggregator(model, processor)
+    with torch.no_grad():
+        agg.out.weight.normal_(0, 0.5)
+    rows = [pair_row("what colour is it?", seed=1), pair_row("which shape?", "a square", "a circle", seed=2)]
+    pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():  # the question of a shared row is its prompt only, as in the padded rows
+        a = VisionLogProbScorer(model)(collate_vision_pairs(pairs, pad, "prefix_shared")).token_logps
+        b = VisionLogProbScorer(model)(collate_vision_pairs(pairs, pad, "padded")).token_logps
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_pami_close_filter_excludes_far_candidates():
+    model, processor = tiny("qwen2_vl")
+    examples, _ = read_vision_pairs(_sft_rows(2), responses_only=True)
+    score = answer_scorer(model, processor, None, with_features=True)
+    augs = ("flip", "noise", "mask", "colour")
+    free, _ = build_pami_pairs(examples, score, 4, augs, tau_sim=-1.0)  # every candidate is close
+    plain, _ = build_pami_pairs(examples, answer_scorer(model, processor, None), 4, augs)
+    assert [p.extras["pami_gap"] for p in free] == pytest.approx([p.extras["pami_gap"] for p in plain], abs=1e-4)
+    strict, info = build_pami_pairs(examples, score, 4, augs, tau_sim=1.01)  # none is close: the most similar
+    assert info["rows_without_close_candidate"] == 2
+    from preflab.data.vision_pairs import pami_candidates
+
+    gen = torch.Generator().manual_seed(0)
+    cands = pami_candidates(examples[0], 4, augs, gen)
+    base = score(examples[0], examples[0].images)[1]
+    sims = [float(F.cosine_similarity(base, score(examples[0], c)[1], dim=0)) for c in cands]
+    best = max(range(4), key=sims.__getitem__)
+    assert strict[0].extras["pami_gap"] == pytest.approx(score(examples[0], examples[0].images)[0]
+                                                         - score(examples[0], cands[best])[0], abs=1e-4)

@@ -1,0 +1,92 @@
+"""The VLM scorer equals the model's own full forward (log_softmax of .logits) at response positions."""
+import torch
+
+from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
+from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs, naive_vision_token_logps
+
+from vlm_helpers import pair_row, tiny
+
+
+def _layout(processor, rows, **kw):
+    examples, _ = read_vision_pairs(rows)
+    pairs, _, _ = tokenize_vision_pairs(examples, processor, **kw)
+    return collate_vision_pairs(pairs, processor.tokenizer.pad_token_id), pairs
+
+
+def test_scorer_equals_full_forward(arch):
+    model, processor = tiny(arch)
+    rows = [pair_row(seed=0), pair_row("and this one?", "green it is", "no", (20, 200, 20), seed=3, n=2)]
+    layout, pairs = _layout(processor, rows)
+    assert layout.vision["pixel_values"].shape[0] > 0
+    with torch.no_grad():
+        fast = VisionLogProbScorer(model, chunk_tokens=3)(layout).token_logps
+        slow = naive_vision_token_logps(model, layout)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    # rows are scored with their own images: swapping the images changes the response log-probs
+    swapped = _layout(processor, [dict(rows[0], images=[rows[1]["images"][0]]), rows[1]])[0]
+    with torch.no_grad():
+        other = VisionLogProbScorer(model)(swapped).token_logps
+    assert not torch.allclose(other[0], fast[0], atol=1e-6)
+    assert torch.allclose(other[1], fast[1], atol=1e-5)
+
+
+def test_gradient_through_chunks_matches_full_forward(arch):
+    model, processor = tiny(arch)
+    layout, _ = _layout(processor, [pair_row(seed=1)])
+    fast = VisionLogProbScorer(model, chunk_tokens=2)(layout).token_logps.sum()
+    g_fast = torch.autograd.grad(fast, model.lm_head.weight)[0]
+    slow = naive_vision_token_logps(model, layout).sum()
+    g_slow = torch.autograd.grad(slow, model.lm_head.weight)[0]
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(g_fast, g_slow, atol=1e-5)
+
+
+def test_video_frames_become_image_parts_in_order():
+    from vlm_helpers import image
+
+    model, processor = tiny("qwen2_vl")
+    frames = [image((10 * i, 0, 0), seed=i) for i in range(3)]
+    still = image((0, 0, 200), seed=9)
+    row = {"images": [still], "videos": [frames],
+           "prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "image"}, {"type": "text",
+                                                                                        "text": "what happens?"}]}],
+           "chosen": "it gets red", "rejected": "it gets blue"}
+    (ex,), _ = read_vision_pairs([row])
+    assert ex.images == frames + [still]  # placeholder order: the video's frames, then the image
+    assert sum(p["type"] == "image" for p in ex.prompt[0]["content"]) == 4
+    layout, _ = _layout(processor, [row])
+    with torch.no_grad():
+        assert torch.allclose(VisionLogProbScorer(model)(layout).token_logps,
+                              naive_vision_token_logps(model, layout), atol=1e-5)
+
+
+def test_prefix_shared_equals_padded_for_llava():
+    from preflab.models.vlm import shared_prompt_support
+
+    model, processor = tiny("llava")
+    rows = [pair_row(seed=0), pair_row("and this one?", "green it is", "no", (20, 200, 20), seed=3, n=2)]
+    examples, _ = read_vision_pairs(rows)
+    pairs, _, _ = tokenize_vision_pairs(examples, processor)
+    pad = processor.tokenizer.pad_token_id
+    shared = collate_vision_pairs(pairs, pad, "prefix_shared")
+    assert shared.input_ids.shape[0] == 2 and shared.vision["pixel_values"].shape[0] == 3  # images once per pair
+    padded = collate_vision_pairs(pairs, pad, "padded")
+    with torch.no_grad():
+        a = VisionLogProbScorer(model)(shared).token_logps
+        b = VisionLogProbScorer(model)(padded).token_logps
+    assert torch.allclose(a, b, atol=1e-5)
+    assert shared_prompt_support(model)[0]
+    assert not shared_prompt_support(tiny("qwen2_vl")[0])[0]  # 3-D rotary positions: padded only
+
+
+def test_idefics3_rows_with_different_image_counts():
+    model, processor = tiny("idefics3")
+    rows = [pair_row(seed=0, n=1), pair_row("two images?", "yes two", "no", seed=5, n=2)]
+    layout, _ = _layout(processor, rows)
+    assert layout.vision["pixel_values"].shape[:2] == (4, 2)  # per-sample stacks, zero-padded to 2 images
+    with torch.no_grad():
+        fast = VisionLogProbScorer(model)(layout).token_logps
+        alone = VisionLogProbScorer(model)(_layout(processor, rows[:1])[0]).token_logps
+        assert torch.allclose(fast, naive_vision_token_logps(model, layout), atol=1e-5)
+    width = alone.shape[1]  # the one-image row scores the same next to a two-image row (padding images ignored)
+    assert torch.allclose(fast[[0, 2], :width], alone, atol=1e-5)
