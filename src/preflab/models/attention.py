@@ -4,12 +4,14 @@ mask in the form the attention implementation expects. Used by the prefix-shared
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 from torch import Tensor, nn
 
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 _warned: set[str] = set()
+_probed: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, str]]" = weakref.WeakKeyDictionary()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -24,8 +26,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def supports_custom_mask(model) -> tuple[bool, str]:
     """(True, "") when `model` applies a 4-D attention mask and explicit position ids as given; else (False, why).
 
-    Checked: the attention implementation (sdpa or eager) and that every layer is full attention (a sliding-window
-    or linear-attention layer would get the full mask instead of its own)."""
+    Checked: the attention implementation (sdpa or eager), that every layer is full attention (a sliding-window
+    or linear-attention layer would get the full mask instead of its own), then once per model a probe pair scored in
+    both layouts through model.forward."""
     config = getattr(unwrap(model), "config", None)
     if config is None:
         return False, f"{type(model).__name__} has no transformers config"
@@ -39,7 +42,47 @@ def supports_custom_mask(model) -> tuple[bool, str]:
         return False, f"{text.model_type} has {other} layers, which would receive the full-attention mask"
     if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
         return False, f"{text.model_type} uses sliding-window attention"
-    return True, ""
+    return _probe_custom_mask(unwrap(model))
+
+
+@torch.no_grad()
+def _probe_custom_mask(base: nn.Module) -> tuple[bool, str]:
+    """Once per model object: the prefix-shared layout of one short pair gives the padded layout's log-probs through
+    model.forward (eval mode). Catches models that ignore the 4-D mask or the position ids (recurrent models, ALiBi,
+    absolute positions computed internally), which the config alone does not reveal."""
+    if base in _probed:
+        return _probed[base]
+    from preflab.data.layout import pair_sequences, padded
+    from preflab.data.prefix import prefix_shared
+
+    vocab = base.get_input_embeddings().weight.shape[0] if hasattr(base, "get_input_embeddings") else 8
+    ids = lambda *xs: [1 + x % max(vocab - 1, 1) for x in xs]  # noqa: E731
+    pair = type("Pair", (), {"prompt_ids": ids(0, 1, 2), "chosen_ids": ids(3, 4, 5), "rejected_ids": ids(6, 7)})()
+    was_training = base.training
+    base.eval()
+    try:
+        logps = []
+        for layout in (padded(pair_sequences([pair]), pad_id=0), prefix_shared([pair], pad_id=0)):
+            layout = layout.to(next(base.parameters()).device)
+            kwargs = {"attention_mask": model_mask(layout.attention_mask, base, next(base.parameters()).dtype),
+                      "use_cache": False}
+            if layout.position_ids is not None:
+                kwargs["position_ids"] = layout.position_ids
+            logits = torch.log_softmax(base(input_ids=layout.input_ids, **kwargs).logits.float(), -1)
+            logps.append(logits.reshape(-1, logits.shape[-1])[layout.pred_index, layout.target_ids]
+                         [layout.response_mask])
+        err = float((logps[0] - logps[1]).abs().max())
+        tol = 1e-3 if next(base.parameters()).dtype == torch.float32 else 5e-2
+        verdict = (True, "") if err <= tol else (
+            False, f"{base.config.model_type} gives different log-probs with a 4-D mask and restarted positions "
+                   f"(difference {err:.3g} on a probe pair)")
+    except Exception as error:  # noqa: BLE001  (any failure of the probe means: do not use the custom mask)
+        verdict = (False, f"{getattr(base.config, 'model_type', type(base).__name__)} fails with a 4-D mask "
+                          f"({type(error).__name__}: {str(error)[:120]})")
+    finally:
+        base.train(was_training)
+    _probed[base] = verdict
+    return verdict
 
 
 def effective_layout(layout: str, *models) -> str:
