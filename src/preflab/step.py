@@ -4,8 +4,14 @@ One call = one optimizer step over this rank's micro-batches of a gradient-accum
 
     denom = number of examples in the whole window on all ranks (known before any forward)
     for each micro-batch: out = forward(mb); backward(sum(out.losses) * world_size / denom)
+    fp16 (a GradScaler on the accelerator): unscale the gradients first, so clipping and grad_norm see true values
     grad_norm = clip(params, max_grad_norm); non-finite loss or norm -> skip the update (every rank agrees)
     optimizer.step(); scheduler.step(); zero_grad
+
+Under a GradScaler a finite loss with non-finite gradients is an fp16 overflow, not a non-finite step: the scaler
+skips the update and lowers its scale (Micikevicius et al., 2018, "Mixed Precision Training", Sec. 3.2: dynamic
+loss scaling), the scheduler does not advance, and the step is reported as `overflow` (StepResult.skipped is then
+False: it does not count toward max_nonfinite_steps).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
@@ -29,6 +35,7 @@ class StepResult:
     skipped: bool
     num_examples: int
     row_ids: list[int] = field(default_factory=list)
+    overflow: bool = False  # fp16: the GradScaler found inf/nan gradients, skipped the update and lowered its scale
 
 
 def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
@@ -73,22 +80,45 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             torch.distributed.all_reduce(p.grad)
             p.grad /= world
     all_params = list(params) + list(extra_params)
+    scaler = getattr(accelerator, "scaler", None) if accelerator is not None else None
+    if scaler is not None:  # the gradients carry the loss scale: clip and report the true ones
+        scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
     grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
-    bad_flag = torch.tensor([1.0 if (bad or not torch.isfinite(grad_norm)) else 0.0], device=_device(accelerator))
+    # a scaler handles non-finite gradients of a finite loss itself (overflow); anything else non-finite is skipped
+    norm_bad = not bool(torch.isfinite(grad_norm)) and scaler is None
+    bad_flag = torch.tensor([1.0 if (bad or norm_bad) else 0.0], device=_device(accelerator))
     skipped = bool(_reduce_sum(accelerator, bad_flag).item() > 0)
+    overflow = False
     if skipped:
-        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # close this iteration's unscale_ (inf/nan gradients: the scale is lowered too)
     else:
-        optimizer.step()
-        if scheduler is not None:
+        overflow = _update(optimizer, scaler)
+        if scheduler is not None and not overflow:
             scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     keys = sorted(metric_sums)
     totals = _reduce_sum(accelerator, torch.tensor([loss_sum] + [metric_sums[k] for k in keys],
                                                     dtype=torch.float64, device=_device(accelerator)))
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
     return StepResult(loss=float(totals[0]) / denom, metrics={k: float(v) / denom for k, v in zip(keys, totals[1:])},
-                      grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids)
+                      grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids,
+                      overflow=overflow)
+
+
+def _update(optimizer, scaler) -> bool:
+    """optimizer.step(); with a GradScaler: through the scaler (it skips the update on inf/nan gradients and lowers
+    its scale). Returns True when the scaler skipped the update."""
+    if scaler is None:
+        optimizer.step()
+        return False
+    if hasattr(optimizer, "step_was_skipped"):  # accelerate's AcceleratedOptimizer: scaler.step + update inside
+        optimizer.step()
+        return bool(optimizer.step_was_skipped)
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
 
 
 def _device(accelerator):
