@@ -115,3 +115,17 @@ def test_fp16_non_finite_loss_is_still_a_non_finite_step():
     # the scaler's per-iteration unscale_ state was closed: the next step on the same optimizer runs
     result = optimizer_step([micro_batch([0, 1])], squared_error(net), list(net.parameters()), opt, accelerator=acc)
     assert not result.skipped and not result.overflow
+
+
+def test_losses_must_match_row_ids():
+    """The step divides by the number of row ids: an objective returning another number of losses is refused."""
+    from preflab.errors import PreflabError
+
+    net = model()
+
+    def forward(mb):
+        losses = (net(X[:2]).squeeze(-1) - Y[:2]) ** 2  # 2 losses for 3 examples
+        return ObjectiveOutput(losses.mean(), losses)
+    with pytest.raises(PreflabError, match="shape \\(2,\\) for 3 examples"):
+        optimizer_step([micro_batch([0, 1, 2])], forward, list(net.parameters()),
+                       torch.optim.SGD(net.parameters(), lr=0.1))

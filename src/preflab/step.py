@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from preflab.errors import PreflabError
+
 
 @dataclass
 class StepResult:
@@ -47,7 +49,8 @@ def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
 def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Tensor], optimizer, scheduler=None,
                    accelerator=None, max_grad_norm: float | None = 1.0, sync_module=None,
                    extra_params: list[torch.Tensor] = ()) -> StepResult:
-    """Run one update. `forward(mb)` returns an ObjectiveOutput; each micro-batch has `row_ids` (its examples).
+    """Run one update. `forward(mb)` returns an ObjectiveOutput; each micro-batch has `row_ids` (its examples), and
+    out.losses has one entry per row id (checked: PreflabError otherwise).
 
     sync_module: the DDP-wrapped module (gradient sync is skipped on all but the last micro-batch).
     extra_params: trainable tensors outside that module (e.g. an objective's own parameters); their gradients are
@@ -63,6 +66,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             contextlib.nullcontext()
         with ctx:
             out = forward(mb)
+            if out.losses.dim() != 1 or out.losses.shape[0] != len(mb.row_ids):
+                raise PreflabError(
+                    f"micro-batch {i}: forward returned per-example losses of shape {tuple(out.losses.shape)} for "
+                    f"{len(mb.row_ids)} examples (row_ids); the step weights by example count, so the objective must "
+                    "return one loss per example listed in row_ids.")
             # a non-finite loss still goes through backward so that every rank takes part in the gradient
             # all-reduce; the update is then skipped on all ranks together
             bad = bad or not bool(torch.isfinite(out.loss.detach()))

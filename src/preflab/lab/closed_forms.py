@@ -97,9 +97,11 @@ def best_of_n_law(pi, reward, n: int) -> np.ndarray:
 
 
 def rso_acceptance(reward, beta_rs: float) -> np.ndarray:
-    """Per-response acceptance probability exp((r - max r)/beta_rs) of statistical rejection sampling."""
-    r = np.asarray(reward, dtype=np.float64)
-    return np.exp((r - r.max(-1, keepdims=True)) / beta_rs)
+    """Per-response acceptance probability exp((r - max r)/beta_rs) of statistical rejection sampling (last axis).
+    One implementation: preflab.loops.rso.acceptance_probs."""
+    from preflab.loops.rso import acceptance_probs
+
+    return acceptance_probs(np.asarray(reward, dtype=np.float64), beta_rs).numpy()
 
 
 def rso_accepted_law(pi_sft, reward, beta_rs: float) -> np.ndarray:
