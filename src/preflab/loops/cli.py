@@ -20,24 +20,33 @@ def register(sub) -> None:
     )
     p.add_argument("config", nargs="?", help="YAML config file (optional if every option is given as key=value)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, task_of=lambda args: config_from_args(args).task)
 
 
-def run(args) -> int:
+def config_from_args(args):
+    """The TrainConfig of `preflab train CONFIG key=value ...` (the config may be left out)."""
     from preflab.config import load_config
 
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
-    cfg = load_config(config, overrides)
+    return load_config(config, overrides)
+
+
+def run(args) -> int:
+    """Policy training. `task: reward` configs are routed to preflab.reward_models.cli by preflab.cli."""
+    from preflab.errors import ConfigError
+    from preflab.loops.offline import Trainer
+
+    cfg = config_from_args(args)
     if cfg.task == "reward":
-        from preflab.reward_models.train import train_reward
+        raise ConfigError("task: reward trains a reward model: run it through the `preflab train` command or "
+                          "preflab.reward_models.train.train_reward(cfg).")
+    summary = Trainer(cfg).train()
+    return print_summary(cfg, summary)
 
-        summary = train_reward(cfg)
-    else:
-        from preflab.loops.offline import Trainer
 
-        summary = Trainer(cfg).train()
+def print_summary(cfg, summary: dict) -> int:
     final = {k: v for k, v in summary.get("final_metrics", {}).items() if isinstance(v, (int, float))}
     print(json.dumps({"output_dir": cfg.output_dir, **final}, indent=1))
     return 0

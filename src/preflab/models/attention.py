@@ -47,32 +47,35 @@ def supports_custom_mask(model) -> tuple[bool, str]:
 
 @torch.no_grad()
 def _probe_custom_mask(base: nn.Module) -> tuple[bool, str]:
-    """Once per model object: the prefix-shared layout of one short pair gives the padded layout's log-probs through
-    model.forward (eval mode). Catches models that ignore the 4-D mask or the position ids (recurrent models, ALiBi,
-    absolute positions computed internally), which the config alone does not reveal."""
+    """Once per model object: one short pair scored in the prefix-shared form ([prompt | chosen | rejected], 4-D mask,
+    positions restarting after the prompt, built here independently of preflab.data.prefix) gives the log-probs of
+    the two plain sequences, through model.forward in eval mode. Catches models that ignore the 4-D mask or the
+    position ids (recurrent models, ALiBi, positions computed internally), which the config alone does not reveal."""
     if base in _probed:
         return _probed[base]
-    from preflab.data.layout import pair_sequences, padded
-    from preflab.data.prefix import prefix_shared
-
+    param = next(base.parameters())
     vocab = base.get_input_embeddings().weight.shape[0] if hasattr(base, "get_input_embeddings") else 8
-    ids = lambda *xs: [1 + x % max(vocab - 1, 1) for x in xs]  # noqa: E731
-    pair = type("Pair", (), {"prompt_ids": ids(0, 1, 2), "chosen_ids": ids(3, 4, 5), "rejected_ids": ids(6, 7)})()
+    ids = [1 + x % max(vocab - 1, 1) for x in range(8)]
+    prompt, chosen, rejected = ids[:3], ids[3:6], ids[6:]
+    p, c, r = len(prompt), len(chosen), len(rejected)
+
+    def logprobs(tokens, **kwargs):
+        out = base(input_ids=torch.tensor([tokens], device=param.device), use_cache=False, **kwargs)
+        return torch.log_softmax(out.logits[0].float(), -1)
+
     was_training = base.training
     base.eval()
     try:
-        logps = []
-        for layout in (padded(pair_sequences([pair]), pad_id=0), prefix_shared([pair], pad_id=0)):
-            layout = layout.to(next(base.parameters()).device)
-            kwargs = {"attention_mask": model_mask(layout.attention_mask, base, next(base.parameters()).dtype),
-                      "use_cache": False}
-            if layout.position_ids is not None:
-                kwargs["position_ids"] = layout.position_ids
-            logits = torch.log_softmax(base(input_ids=layout.input_ids, **kwargs).logits.float(), -1)
-            logps.append(logits.reshape(-1, logits.shape[-1])[layout.pred_index, layout.target_ids]
-                         [layout.response_mask])
-        err = float((logps[0] - logps[1]).abs().max())
-        tol = 1e-3 if next(base.parameters()).dtype == torch.float32 else 5e-2
+        plain = torch.cat([logprobs(prompt + chosen)[p - 1:p + c - 1], logprobs(prompt + rejected)[p - 1:p + r - 1]])
+        seg = torch.tensor([0] * p + [1] * c + [2] * r, device=param.device)
+        allowed = torch.ones(p + c + r, p + c + r, dtype=torch.bool, device=param.device).tril() & (
+            (seg[None, :] == seg[:, None]) | (seg[None, :] == 0))
+        positions = torch.tensor([list(range(p + c)) + list(range(p, p + r))], device=param.device)
+        shared = logprobs(prompt + chosen + rejected, attention_mask=model_mask(allowed[None, None], base, param.dtype),
+                          position_ids=positions)
+        rows = list(range(p - 1, p + c - 1)) + [p - 1] + list(range(p + c, p + c + r - 1))
+        err = float((plain - shared[rows]).abs().max())
+        tol = 1e-3 if param.dtype == torch.float32 else 5e-2
         verdict = (True, "") if err <= tol else (
             False, f"{base.config.model_type} gives different log-probs with a 4-D mask and restarted positions "
                    f"(difference {err:.3g} on a probe pair)")
