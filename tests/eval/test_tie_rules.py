@@ -34,7 +34,8 @@ def test_ranking_accuracy_counts_ties_as_correct():
 
 
 def test_idealized_ranking_accuracy_counts_a_zero_optimum_margin_as_wrong():
-    # alpha = 0.5 adds nothing: margins S_ref(y_w) - S_ref(y_l) = [0, 2, 0]; alpha = 0.75 at beta = ln 3 adds 1: -1 + 1 = 0
+    # alpha = 0.5 adds nothing: margins S_ref(y_w) - S_ref(y_l) = [0, 2, 0];
+    # alpha = 0.75 at beta = ln 3 adds logit(0.75)/beta = 1: -1 + 1 = 0
     ref_chosen, ref_rejected = [-3.0, -3.0, -1.0], [-3.0, -5.0, -1.0]
     for fn in (idealized_ranking_accuracy, closed_forms.idealized_ranking_accuracy):
         assert fn(ref_chosen, ref_rejected, 0.5, 1.0) == pytest.approx(1 / 3)
