@@ -129,3 +129,16 @@ def test_losses_must_match_row_ids():
     with pytest.raises(PreflabError, match="shape \\(2,\\) for 3 examples"):
         optimizer_step([micro_batch([0, 1, 2])], forward, list(net.parameters()),
                        torch.optim.SGD(net.parameters(), lr=0.1))
+
+
+def test_clipping_scales_the_update_to_max_grad_norm():
+    """Closed form: SGD step = -lr * g * min(1, c / ||g||) with g the example-mean gradient; grad_norm = ||g||."""
+    net, reference = model(), model()
+    loss = squared_error(reference)(micro_batch([0, 1, 2, 3])).loss
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    assert norm > 2.0  # the clip at 0.5 is active
+    result = sgd_step(net, None, max_grad_norm=0.5, lr=0.1)
+    assert result.grad_norm == pytest.approx(float(norm), rel=1e-5)
+    for p, p0, g in zip(net.parameters(), reference.parameters(), grads):
+        torch.testing.assert_close(p, p0 - 0.1 * g * (0.5 / norm), atol=1e-6, rtol=1e-5)
