@@ -19,6 +19,13 @@ SUBCOMMANDS = {
     "demo": "preflab.demo.cli",
     "objectives": "preflab.objectives.cli",
 }
+# (command, task) pairs run by another room than the command's own: reward models build on loops/ and eval/, so
+# those rooms never import reward_models/ and the import graph between rooms stays acyclic. A command's parser
+# may set `task_of(args)` (train: the config's task) or a `task` argument (eval --task).
+TASK_ROUTES = {
+    ("train", "reward"): "preflab.reward_models.cli:train_task",
+    ("eval", "reward"): "preflab.reward_models.cli:eval_task",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,10 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        return int(_handler(args)(args) or 0)
     except PreflabError as err:
         print(f"preflab: error: {err}", file=sys.stderr)
         return 2
+
+
+def _handler(args):
+    """args.func, or the TASK_ROUTES handler of (command, task)."""
+    task = args.task_of(args) if getattr(args, "task_of", None) else getattr(args, "task", None)
+    route = TASK_ROUTES.get((args.command, task))
+    if route is None:
+        return args.func
+    module, name = route.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 if __name__ == "__main__":

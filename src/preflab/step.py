@@ -4,9 +4,15 @@ One call = one optimizer step over this rank's micro-batches of a gradient-accum
 
     denom = number of examples in the whole window on all ranks (known before any forward)
     for each micro-batch: out = forward(mb); backward(sum(out.losses) * world_size / denom)
+    fp16 (a GradScaler on the accelerator): unscale the gradients first, so clipping and grad_norm see true values
     grad_norm = clip(params, max_grad_norm); non-finite loss or norm -> skip the update (every rank agrees)
     optimizer.step(); scheduler.step(); zero_grad
     an update that made a weight non-finite is rolled back and skipped too (preflab.weight_guard)
+
+Under a GradScaler a finite loss with non-finite gradients is an fp16 overflow, not a non-finite step: the scaler
+skips the update and lowers its scale (Micikevicius et al., 2018, "Mixed Precision Training", Sec. 3.2: dynamic
+loss scaling), the scheduler does not advance, and the step is reported as `overflow` (StepResult.skipped is then
+False: it does not count toward max_nonfinite_steps).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
@@ -22,6 +28,7 @@ from typing import Callable
 import torch
 
 from preflab import weight_guard
+from preflab.errors import PreflabError
 
 
 @dataclass
@@ -33,6 +40,7 @@ class StepResult:
     num_examples: int
     row_ids: list[int] = field(default_factory=list)
     nonfinite_weights: bool = False  # skipped because the update would have made a weight inf/NaN
+    overflow: bool = False  # fp16: the GradScaler found inf/nan gradients, skipped the update and lowered its scale
 
 
 def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
@@ -44,7 +52,8 @@ def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
 def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Tensor], optimizer, scheduler=None,
                    accelerator=None, max_grad_norm: float | None = 1.0, sync_module=None,
                    extra_params: list[torch.Tensor] = ()) -> StepResult:
-    """Run one update. `forward(mb)` returns an ObjectiveOutput; each micro-batch has `row_ids` (its examples).
+    """Run one update. `forward(mb)` returns an ObjectiveOutput; each micro-batch has `row_ids` (its examples), and
+    out.losses has one entry per row id (checked: PreflabError otherwise).
 
     sync_module: the DDP-wrapped module (gradient sync is skipped on all but the last micro-batch).
     extra_params: trainable tensors outside that module (e.g. an objective's own parameters); their gradients are
@@ -60,6 +69,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             contextlib.nullcontext()
         with ctx:
             out = forward(mb)
+            if out.losses.dim() != 1 or out.losses.shape[0] != len(mb.row_ids):
+                raise PreflabError(
+                    f"micro-batch {i}: forward returned per-example losses of shape {tuple(out.losses.shape)} for "
+                    f"{len(mb.row_ids)} examples (row_ids); the step weights by example count, so the objective must "
+                    "return one loss per example listed in row_ids.")
             # a non-finite loss still goes through backward so that every rank takes part in the gradient
             # all-reduce; the update is then skipped on all ranks together
             bad = bad or not bool(torch.isfinite(out.loss.detach()))
@@ -77,23 +91,32 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             torch.distributed.all_reduce(p.grad)
             p.grad /= world
     all_params = list(params) + list(extra_params)
+    scaler = getattr(accelerator, "scaler", None) if accelerator is not None else None
+    if scaler is not None:  # the gradients carry the loss scale: clip and report the true ones
+        scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
     grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
     # [bad loss, bad grad norm, bound of max |weight|, grad norm] in the one host sync of the step (sums over ranks
-    # bound the last two)
+    # bound the last two). A GradScaler handles non-finite gradients of a finite loss itself (fp16 overflow);
+    # anything else non-finite is skipped.
     dev = grad_norm.device
-    flags = torch.stack([torch.tensor(1.0 if bad else 0.0, device=dev), (~torch.isfinite(grad_norm)).float(),
+    norm_bad = (~torch.isfinite(grad_norm)).float() if scaler is None else torch.zeros((), device=dev)
+    flags = torch.stack([torch.tensor(1.0 if bad else 0.0, device=dev), norm_bad,
                          weight_guard.max_abs_bound(all_params).to(dev), grad_norm.detach().float()])
     flags = _reduce_sum(accelerator, flags.to(_device(accelerator))).tolist()
-    skipped, weights_bad = flags[0] + flags[1] > 0, False
-    if not skipped:
+    skipped, weights_bad, overflow = flags[0] + flags[1] > 0, False, False
+    if skipped:
+        if scaler is not None:
+            scaler.update()  # close this iteration's unscale_ (inf/nan gradients: the scale is lowered too)
+    else:
         risky = weight_guard.update_could_overflow(optimizer, flags[2], flags[3])
         snapshot = weight_guard.Snapshot(all_params, optimizer) if risky else None
-        optimizer.step()
-        if snapshot is not None and _reduce_sum(accelerator, (~weight_guard.all_finite(all_params)).float().reshape(1)
-                                                .to(_device(accelerator))).item() > 0:
+        overflow = _update(optimizer, scaler)
+        if snapshot is not None and not overflow and _reduce_sum(
+                accelerator, (~weight_guard.all_finite(all_params)).float().reshape(1).to(_device(accelerator))
+        ).item() > 0:
             snapshot.restore()
             skipped = weights_bad = True
-        elif scheduler is not None:
+        elif scheduler is not None and not overflow:
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     keys = sorted(metric_sums)
@@ -102,7 +125,22 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
     return StepResult(loss=float(totals[0]) / denom, metrics={k: float(v) / denom for k, v in zip(keys, totals[1:])},
                       grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids,
-                      nonfinite_weights=weights_bad)
+                      nonfinite_weights=weights_bad, overflow=overflow)
+
+
+def _update(optimizer, scaler) -> bool:
+    """optimizer.step(); with a GradScaler: through the scaler (it skips the update on inf/nan gradients and lowers
+    its scale). Returns True when the scaler skipped the update."""
+    if scaler is None:
+        optimizer.step()
+        return False
+    if hasattr(optimizer, "step_was_skipped"):  # accelerate's AcceleratedOptimizer: scaler.step + update inside
+        optimizer.step()
+        return bool(optimizer.step_was_skipped)
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
 
 
 def _device(accelerator):

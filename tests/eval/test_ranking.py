@@ -2,9 +2,11 @@
 import math
 from statistics import median
 
+import numpy as np
 import pytest
 import torch
 
+from preflab.lab import closed_forms
 from preflab.eval.ranking import (difficulty_summary, dpo_pair_losses, idealized_ranking_accuracy,
                                   idealized_ranking_accuracy_range, listwise_ranking_accuracy,
                                   ranking_accuracy_with_ties, ranking_loss_threshold, ranking_report)
@@ -27,20 +29,29 @@ def test_toy_set_values_from_the_spec():
     assert idealized_ranking_accuracy_range(W, L, A) == {"min": 0.5, "median": 0.75, "max": 1.0}
 
 
-def test_matches_the_lab_closed_form():
-    closed = pytest.importorskip("preflab.lab.closed_forms")
+def test_matches_an_independent_numpy_formula_and_the_lab_names():
+    """R* = mean 1[(S_ref(y_w) - S_ref(y_l)) + (log a - log(1 - a))/beta > 0], a = clip(alpha, eps, 1 - eps), written
+    here in numpy (the lab's closed_forms names delegate to preflab.eval.ranking: one implementation)."""
     g = torch.Generator().manual_seed(0)
     w = -torch.rand(200, generator=g, dtype=torch.float64) * 50
     r = -torch.rand(200, generator=g, dtype=torch.float64) * 50
     alpha = torch.rand(200, generator=g, dtype=torch.float64) * 0.5 + 0.5
-    alpha[:20] = 1.0                                                     # unanimous -> 1 - eps in both
+    alpha[:20] = 1.0                                                     # unanimous -> 1 - eps
+    a = np.clip(alpha.numpy(), 1e-3, 1 - 1e-3)
+    values = []
     for beta in (0.01, 0.1, 0.5, 1.0, 5.0, 10.0):
-        ours = idealized_ranking_accuracy(w, r, alpha, beta)
-        assert ours == closed.idealized_ranking_accuracy(w.numpy(), r.numpy(), alpha.numpy(), beta)
-    assert idealized_ranking_accuracy_range(w, r, alpha) == closed.idealized_ranking_accuracy_range(
-        w.numpy(), r.numpy(), alpha.numpy())
-    torch.testing.assert_close(ranking_loss_threshold(w, r, 0.1),
-                               torch.as_tensor(closed.ranking_loss_threshold(w.numpy(), r.numpy(), 0.1)))
+        expected = float(np.mean((w.numpy() - r.numpy()) + (np.log(a) - np.log(1 - a)) / beta > 0))
+        values.append(expected)
+        assert idealized_ranking_accuracy(w, r, alpha, beta) == expected
+        assert closed_forms.idealized_ranking_accuracy(w.numpy(), r.numpy(), alpha.numpy(), beta) == expected
+    assert len(set(values)) > 2  # beta matters on this data
+    paper = [v for v, b in zip(values, (0.01, 0.1, 0.5, 1.0, 5.0, 10.0)) if b != 0.5]
+    assert idealized_ranking_accuracy_range(w, r, alpha) == {"min": min(paper), "median": float(np.median(paper)),
+                                                             "max": max(paper)}
+    expected_threshold = np.log1p(np.exp(-0.1 * (r.numpy() - w.numpy())))
+    np.testing.assert_allclose(ranking_loss_threshold(w, r, 0.1).numpy(), expected_threshold, rtol=1e-12)
+    np.testing.assert_allclose(closed_forms.ranking_loss_threshold(w.numpy(), r.numpy(), 0.1), expected_threshold,
+                               rtol=1e-12)
 
 
 def test_unanimous_alpha_uses_one_minus_eps():

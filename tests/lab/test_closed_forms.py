@@ -67,3 +67,10 @@ def test_bald():
     mixed = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3]])[:, None, :]
     np.testing.assert_allclose(bald(np.concatenate([confident, alternating, mixed], 1)), [0.0, 0.6371, 0.0350],
                                atol=1e-4)
+
+
+def test_rso_acceptance_is_per_prompt_on_the_last_axis():
+    """[X, K] rewards: each prompt's acceptance is relative to its own best response (exp((r - max_x r)/beta))."""
+    e = np.exp(1.0)
+    np.testing.assert_allclose(rso_acceptance([[0.0, 1.0, 2.0], [5.0, 5.0, 3.0]], 1.0),
+                               [[e ** -2, e ** -1, 1.0], [1.0, 1.0, e ** -2]], rtol=1e-12)

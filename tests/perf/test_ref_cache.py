@@ -54,6 +54,7 @@ def test_precomputed_reference_trains_exactly_like_a_reference_forward(tmp_path,
     calls = []
     ref.model.register_forward_hook(lambda *a: calls.append(1))
     cached = make_trainer(tmp_path / "cached", policy=policy, ref=ref, precompute_ref_log_probs=True)
+    calls.clear()  # construction probes the layout once (preflab.models.attention); count from training on
     summary = cached.train()
     assert len(calls) == 32 // 4 + 8 // 8, "the reference must run once per precompute batch, never in training"
     assert cached.ref is None  # released after the precompute

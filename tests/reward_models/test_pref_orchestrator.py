@@ -39,12 +39,26 @@ def test_constant_adapter_reduces_to_fixed_weight_morlhf():
 
 
 def test_per_prompt_weights_beat_any_fixed_weights_on_the_two_type_toy():
-    arms = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # reward vectors of two responses
-    values = {"A": torch.tensor([1.0, 0.0]), "B": torch.tensor([0.0, 1.0])}  # what each prompt type values
-    per_prompt = sum(values[t] @ arms[int((arms @ values[t]).argmax())] for t in "AB")
-    best_fixed = max(sum(values[t] @ arms[int((arms @ torch.tensor([a, 1 - a])).argmax())] for t in "AB")
-                     for a in torch.linspace(0, 1, 101).tolist())
-    assert per_prompt.item() == 2.0 and best_fixed.item() == 1.0
+    """Two prompt types, two responses with reward vectors e1, e2; type A prefers e1, type B e2. The adapter trained
+    on those labels picks each type's best response (total value 2); trained without prompt features it learns one
+    fixed weighting, and any fixed weighting picks the same response for both types (total value 1)."""
+    arms = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    features = torch.eye(2).repeat(20, 1)  # one-hot prompt type, A then B
+    chosen = torch.where(features[:, :1] > 0, arms[0], arms[1])
+    rejected = torch.where(features[:, :1] > 0, arms[1], arms[0])
+    torch.manual_seed(0)
+    adapter, fixed = PreferenceWeightAdapter(2, 2), PreferenceWeightAdapter(2, 2)
+    fit_adapter(adapter, features, chosen_rewards=chosen, rejected_rewards=rejected, steps=200, lr=0.1)
+    fit_adapter(fixed, torch.zeros_like(features), chosen_rewards=chosen, rejected_rewards=rejected, steps=200, lr=0.1)
+
+    def value(weights):  # each type gets the response its weights score highest; value = that type's true reward
+        return sum(arms[int(combined_reward(weights[t].expand(2, 2), arms).argmax())][t].item() for t in (0, 1))
+    with torch.no_grad():
+        w = adapter(torch.eye(2))
+        w_fixed = fixed(torch.zeros(2, 2))
+    assert w[0, 0] > 0.9 and w[1, 1] > 0.9  # A weights reward 1, B weights reward 2
+    assert value(w) == 2.0 and value(w_fixed) == 1.0
+    torch.testing.assert_close(w_fixed[0], w_fixed[1])  # no features: one weighting for both types
 
 
 def planted(seed, n, A, b, reward_scale=2.0):

@@ -4,7 +4,7 @@ import torch
 
 from preflab.data.layout import padded
 from preflab.models.tiny import tiny_causal_lm
-from preflab.scoring.lm import LogProbScorer, naive_token_logps, split_pairs
+from preflab.scoring.lm import LogProbScorer, backbone_and_head, naive_token_logps, split_pairs
 
 SEQS = [([1, 5, 9, 14], [20, 21, 2]), ([1, 7], [30, 31, 32, 33, 2]), ([1, 5, 9, 14], [40, 2]), ([1, 7], [8, 2])]
 
@@ -35,7 +35,7 @@ def test_token_kl_matches_full_vocab_formula():
     layout = padded(SEQS, pad_id=0)
     with torch.no_grad():
         ref_scores = LogProbScorer(ref)(layout)
-        out = LogProbScorer(policy, chunk_tokens=4)(layout, ref=ref_scores, ref_head=ref.get_output_embeddings())
+        out = LogProbScorer(policy, chunk_tokens=4)(layout, ref=ref_scores, ref_head=backbone_and_head(ref)[1])
         lp = torch.log_softmax(policy(input_ids=layout.input_ids, attention_mask=layout.attention_mask).logits, -1)
         lr = torch.log_softmax(ref(input_ids=layout.input_ids, attention_mask=layout.attention_mask).logits, -1)
     kl_full = (lr.exp() * (lr - lp)).sum(-1).reshape(-1)[layout.pred_index] * layout.response_mask

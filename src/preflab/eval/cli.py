@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 from preflab.errors import ConfigError, PreflabError
 
@@ -53,33 +52,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _reward_task(args) -> int:
-    """Pairwise accuracy of a reward model (preflab.reward_models.eval), written to eval.json like a policy eval."""
-    if importlib.util.find_spec("preflab.reward_models") is None or importlib.util.find_spec("preflab.reward_models.eval") is None:
-        raise PreflabError("--task reward needs preflab.reward_models.eval (reward-model evaluation), which this install "
-                           "does not have; evaluate policies with --task dpo, or update preflab.")
-    from preflab.data.rows import load_rows
-    from preflab.eval.run import eval_json_path, write_json
-    from preflab.reward_models.eval import evaluate_reward_model
-
-    data = args.data
-    if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
-        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
-        data = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras} for ex in examples]
-    result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
-                                   on_bad_row="skip")
-    metrics = {f"reward_model/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and k != "num_pairs"}
-    out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
-           "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result, "notes": [],
-           "missing": {}}
-    path = write_json(eval_json_path(args.checkpoint, args.out), out)
-    print(format_summary({**out, "path": str(path)}))
-    return 0
-
-
 def run(args) -> int:
+    """Policy evaluation. `--task reward` is routed to preflab.reward_models.cli.eval_task by preflab.cli."""
     if args.task == "reward":
-        return _reward_task(args)
+        raise PreflabError("--task reward is run by preflab.reward_models.cli.eval_task (through the preflab "
+                           "command).")
     from preflab.eval.run import EvalOptions, evaluate_checkpoint
     from preflab.eval.winrate import load_callable, reward_model_fn
 

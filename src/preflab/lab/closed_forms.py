@@ -28,6 +28,7 @@ BALD (Houlsby et al. 2011, arXiv:1112.5745; UPO's selection score): B = H[mean_t
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from preflab.lab.simplex import as_probs, log_softmax, safe_log, softmax
 
@@ -39,21 +40,18 @@ def kl_optimum(ref, reward, beta: float) -> np.ndarray:
     return softmax(safe_log(ref) + np.asarray(reward, dtype=np.float64) / beta)
 
 
-def _proportion_logit(alpha, eps: float) -> np.ndarray:
-    a = np.clip(np.asarray(alpha, dtype=np.float64), eps, 1.0 - eps)
-    return np.log(a) - np.log1p(-a)
-
-
 def idealized_ranking_accuracy(ref_chosen_logps, ref_rejected_logps, alpha, beta: float, eps: float = 1e-3) -> float:
     """R* of Chen et al. (2024): the fraction of pairs the exact optimum pi_ref exp(r/beta)/Z ranks correctly.
 
     ref_chosen_logps, ref_rejected_logps: [N] summed reference log-probs S_ref(y_w), S_ref(y_l);
     alpha: [N] (or scalar) rater proportion P(y_w > y_l | x) in [0.5, 1]; beta > 0.
+    One implementation: preflab.eval.ranking (this name keeps the lab's numpy interface).
     """
-    rc = np.asarray(ref_chosen_logps, dtype=np.float64)
-    rr = np.asarray(ref_rejected_logps, dtype=np.float64)
-    margin = (rc - rr) + _proportion_logit(np.broadcast_to(alpha, rc.shape), eps) / float(beta)
-    return float(np.mean(margin > 0))
+    from preflab.eval import ranking
+
+    return ranking.idealized_ranking_accuracy(np.asarray(ref_chosen_logps, dtype=np.float64),
+                                              np.asarray(ref_rejected_logps, dtype=np.float64),
+                                              np.asarray(alpha, dtype=np.float64), beta, eps)
 
 
 def idealized_ranking_accuracy_range(ref_chosen_logps, ref_rejected_logps, alpha,
@@ -64,14 +62,20 @@ def idealized_ranking_accuracy_range(ref_chosen_logps, ref_rejected_logps, alpha
 
 
 def ranking_accuracy(chosen_logps, rejected_logps) -> float:
-    """mean 1[S(y_w) >= S(y_l)] on summed log-probs (Chen et al. 2024's R)."""
-    return float(np.mean(np.asarray(chosen_logps) >= np.asarray(rejected_logps)))
+    """mean 1[S(y_w) >= S(y_l)] on summed log-probs (Chen et al. 2024's R; preflab.eval.metrics.ranking_accuracy)."""
+    from preflab.eval.metrics import ranking_accuracy as ranking_accuracy_torch
+
+    return float(ranking_accuracy_torch(torch.as_tensor(np.asarray(chosen_logps, dtype=np.float64)),
+                                        torch.as_tensor(np.asarray(rejected_logps, dtype=np.float64))))
 
 
 def ranking_loss_threshold(ref_chosen_logps, ref_rejected_logps, beta: float) -> np.ndarray:
-    """Thm 4.1 of Chen et al. (2024): l(beta c), c = S_ref(y_l) - S_ref(y_w); ranked correctly iff L_DPO <= it."""
-    c = np.asarray(ref_rejected_logps, dtype=np.float64) - np.asarray(ref_chosen_logps, dtype=np.float64)
-    return np.logaddexp(0.0, -beta * c)
+    """Thm 4.1 of Chen et al. (2024): l(beta c), c = S_ref(y_l) - S_ref(y_w); ranked correctly iff L_DPO <= it.
+    One implementation: preflab.eval.ranking.ranking_loss_threshold."""
+    from preflab.eval import ranking
+
+    return ranking.ranking_loss_threshold(np.asarray(ref_chosen_logps, dtype=np.float64),
+                                          np.asarray(ref_rejected_logps, dtype=np.float64), beta).numpy()
 
 
 def best_of_n_law(pi, reward, n: int) -> np.ndarray:
@@ -93,9 +97,11 @@ def best_of_n_law(pi, reward, n: int) -> np.ndarray:
 
 
 def rso_acceptance(reward, beta_rs: float) -> np.ndarray:
-    """Per-response acceptance probability exp((r - max r)/beta_rs) of statistical rejection sampling."""
-    r = np.asarray(reward, dtype=np.float64)
-    return np.exp((r - r.max(-1, keepdims=True)) / beta_rs)
+    """Per-response acceptance probability exp((r - max r)/beta_rs) of statistical rejection sampling (last axis).
+    One implementation: preflab.loops.rso.acceptance_probs."""
+    from preflab.loops.rso import acceptance_probs
+
+    return acceptance_probs(np.asarray(reward, dtype=np.float64), beta_rs).numpy()
 
 
 def rso_accepted_law(pi_sft, reward, beta_rs: float) -> np.ndarray:

@@ -89,9 +89,10 @@ def registered(name: str) -> bool:
 def registered_objective(name: str, candidates: dict):
     """get_objective(name, **params) where each parameter may go by several names in the registered module:
     candidates maps a tuple of accepted names to the value, e.g. {("flip_rate", "epsilon", "label_smoothing"): 0.1}.
-    Returns None when the module is absent or takes none of the names."""
+    ConfigError when the module is absent or takes none of a parameter's names (a renamed parameter must fail the
+    lab's cross-checks, not skip them)."""
     if not registered(name):
-        return None
+        raise ConfigError(f"preflab.objectives has no module {name!r}; the lab cross-check needs it.")
     from preflab.objectives import objective_info
 
     fields = set(objective_info(name)["params"])
@@ -99,7 +100,8 @@ def registered_objective(name: str, candidates: dict):
     for names, value in candidates.items():
         match = [n for n in names if n in fields]
         if not match:
-            return None
+            raise ConfigError(f"objective {name!r} takes none of the parameter names {list(names)} (it takes "
+                              f"{sorted(fields)}); update the lab cross-check.")
         params[match[0]] = value
     return get_objective(name, **params)
 

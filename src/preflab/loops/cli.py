@@ -21,7 +21,7 @@ def register(sub) -> None:
     )
     p.add_argument("config", nargs="?", help="YAML config file (optional if every option is given as key=value)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, task_of=lambda args: config_from_args(args).task)
 
 
 def quiet_third_party_warnings() -> None:
@@ -42,14 +42,23 @@ def quiet_third_party_warnings() -> None:
         pass
 
 
-def run(args) -> int:
-    from preflab.config import RECIPE_TASKS, load_config, preflight
+def config_from_args(args):
+    """The TrainConfig of `preflab train CONFIG key=value ...` (the config may be left out)."""
+    from preflab.config import load_config
 
-    quiet_third_party_warnings()
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
-    cfg = load_config(config, overrides)
+    return load_config(config, overrides)
+
+
+def run(args) -> int:
+    """Policy training and recipes. `task: reward` configs are routed to preflab.reward_models.cli by preflab.cli."""
+    from preflab.config import RECIPE_TASKS, preflight
+    from preflab.errors import ConfigError
+
+    quiet_third_party_warnings()
+    cfg = config_from_args(args)
     preflight(cfg)
     if cfg.task in RECIPE_TASKS:
         from preflab.recipes import run_recipe
@@ -59,10 +68,9 @@ def run(args) -> int:
             "metric_name", "metric_before", "metric_after")}}, indent=1))
         return 0
     if cfg.task == "reward":
-        from preflab.reward_models.train import train_reward
-
-        summary = train_reward(cfg)
-    elif cfg.task == "vlm":
+        raise ConfigError("task: reward trains a reward model: run it through the `preflab train` command or "
+                          "preflab.reward_models.train.train_reward(cfg).")
+    if cfg.task == "vlm":
         from preflab.loops.vlm import VisionTrainer
 
         summary = VisionTrainer(cfg).train()
@@ -70,6 +78,10 @@ def run(args) -> int:
         from preflab.loops.offline import Trainer
 
         summary = Trainer(cfg).train()
+    return print_summary(cfg, summary)
+
+
+def print_summary(cfg, summary: dict) -> int:
     from preflab.runlog import is_main_process
 
     final = {k: v for k, v in summary.get("final_metrics", {}).items() if isinstance(v, (int, float))}

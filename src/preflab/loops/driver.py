@@ -193,6 +193,7 @@ class TrainingRun:
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
         self.checkpoint_module.train()
         bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
+        overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         started = time.perf_counter()
         for step in range(start_step, self.total_steps):
@@ -220,6 +221,7 @@ class TrainingRun:
                         "check the data.")
             else:
                 bad_in_row = 0
+                overflow_steps += result.overflow
             window.append(result)
             if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
                 last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
@@ -248,7 +250,8 @@ class TrainingRun:
         summary = {"global_step": self.total_steps,
                    "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
-                   "nonfinite_steps": nonfinite, "unused_rows_per_epoch": self.plan.unused_rows_per_epoch,
+                   "nonfinite_steps": nonfinite, "fp16_overflow_steps": overflow_steps,
+                   "unused_rows_per_epoch": self.plan.unused_rows_per_epoch,
                    "data": self.data_report, **self.summary_extras(),
                    "runtime_s": time.perf_counter() - started,
                    "environment": {**environment(), **distributed_environment(acc)}}
@@ -312,8 +315,8 @@ class TrainingRun:
 
 
 def average_results(results) -> dict:
-    """Example-weighted mean of a logging window's step metrics (skipped steps left out)."""
-    kept = [r for r in results if not r.skipped]
+    """Example-weighted mean of a logging window's step metrics (skipped and fp16-overflow steps left out)."""
+    kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
     if not kept:
         return {"loss": float("nan")}
     n = sum(r.num_examples for r in kept)

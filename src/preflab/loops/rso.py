@@ -33,11 +33,12 @@ from preflab.errors import ConfigError
 
 
 def acceptance_probs(rewards: Sequence[float] | Tensor, beta: float) -> Tensor:
-    """[N] first-round acceptance probabilities exp((r_i - max_j r_j) / beta), float64."""
+    """[N] first-round acceptance probabilities exp((r_i - max_j r_j) / beta), float64; for [X, N] rewards, one
+    row per prompt (max over the last axis). The one implementation: preflab.lab.closed_forms.rso_acceptance uses it."""
     r = torch.as_tensor(rewards, dtype=torch.float64)
-    if beta <= 0:
+    if not beta > 0:
         raise ConfigError(f"rso beta must be > 0, got {beta}.")
-    return torch.exp((r - r.max()) / beta)
+    return torch.exp((r - r.max(-1, keepdim=True).values) / beta)
 
 
 @dataclass

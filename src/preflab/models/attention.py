@@ -4,12 +4,14 @@ mask in the form the attention implementation expects. Used by the prefix-shared
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 from torch import Tensor, nn
 
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 _warned: set[str] = set()
+_probed: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, str]]" = weakref.WeakKeyDictionary()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -24,8 +26,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def supports_custom_mask(model) -> tuple[bool, str]:
     """(True, "") when `model` applies a 4-D attention mask and explicit position ids as given; else (False, why).
 
-    Checked: the attention implementation (sdpa or eager) and that every layer is full attention (a sliding-window
-    or linear-attention layer would get the full mask instead of its own)."""
+    Checked: the attention implementation (sdpa or eager), that every layer is full attention (a sliding-window
+    or linear-attention layer would get the full mask instead of its own), then once per model a probe pair scored in
+    both layouts through model.forward."""
     config = getattr(unwrap(model), "config", None)
     if config is None:
         return False, f"{type(model).__name__} has no transformers config"
@@ -39,7 +42,50 @@ def supports_custom_mask(model) -> tuple[bool, str]:
         return False, f"{text.model_type} has {other} layers, which would receive the full-attention mask"
     if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
         return False, f"{text.model_type} uses sliding-window attention"
-    return True, ""
+    return _probe_custom_mask(unwrap(model))
+
+
+@torch.no_grad()
+def _probe_custom_mask(base: nn.Module) -> tuple[bool, str]:
+    """Once per model object: one short pair scored in the prefix-shared form ([prompt | chosen | rejected], 4-D mask,
+    positions restarting after the prompt, built here independently of preflab.data.prefix) gives the log-probs of
+    the two plain sequences, through model.forward in eval mode. Catches models that ignore the 4-D mask or the
+    position ids (recurrent models, ALiBi, positions computed internally), which the config alone does not reveal."""
+    if base in _probed:
+        return _probed[base]
+    param = next(base.parameters())
+    vocab = base.get_input_embeddings().weight.shape[0] if hasattr(base, "get_input_embeddings") else 8
+    ids = [1 + x % max(vocab - 1, 1) for x in range(8)]
+    prompt, chosen, rejected = ids[:3], ids[3:6], ids[6:]
+    p, c, r = len(prompt), len(chosen), len(rejected)
+
+    def logprobs(tokens, **kwargs):
+        out = base(input_ids=torch.tensor([tokens], device=param.device), use_cache=False, **kwargs)
+        return torch.log_softmax(out.logits[0].float(), -1)
+
+    was_training = base.training
+    base.eval()
+    try:
+        plain = torch.cat([logprobs(prompt + chosen)[p - 1:p + c - 1], logprobs(prompt + rejected)[p - 1:p + r - 1]])
+        seg = torch.tensor([0] * p + [1] * c + [2] * r, device=param.device)
+        allowed = torch.ones(p + c + r, p + c + r, dtype=torch.bool, device=param.device).tril() & (
+            (seg[None, :] == seg[:, None]) | (seg[None, :] == 0))
+        positions = torch.tensor([list(range(p + c)) + list(range(p, p + r))], device=param.device)
+        shared = logprobs(prompt + chosen + rejected, attention_mask=model_mask(allowed[None, None], base, param.dtype),
+                          position_ids=positions)
+        rows = list(range(p - 1, p + c - 1)) + [p - 1] + list(range(p + c, p + c + r - 1))
+        err = float((plain - shared[rows]).abs().max())
+        tol = 1e-3 if param.dtype == torch.float32 else 5e-2
+        verdict = (True, "") if err <= tol else (
+            False, f"{base.config.model_type} gives different log-probs with a 4-D mask and restarted positions "
+                   f"(difference {err:.3g} on a probe pair)")
+    except Exception as error:  # noqa: BLE001  (any failure of the probe means: do not use the custom mask)
+        verdict = (False, f"{getattr(base.config, 'model_type', type(base).__name__)} fails with a 4-D mask "
+                          f"({type(error).__name__}: {str(error)[:120]})")
+    finally:
+        base.train(was_training)
+    _probed[base] = verdict
+    return verdict
 
 
 def effective_layout(layout: str, *models) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from preflab.diffusion.loss import dpo_scale, implicit_accuracy
+from preflab.objectives._diffusion_loss import dpo_scale, implicit_accuracy
 from preflab.errors import ConfigError
 from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, logratios, reward_metrics
 

@@ -18,7 +18,7 @@ as full weights or a task vector (the release calls get_peft_model_state_dict wi
 """
 from dataclasses import dataclass
 
-from preflab.diffusion.loss import pseudo_huber
+from preflab.objectives._diffusion_loss import pseudo_huber
 from preflab.errors import ConfigError
 from preflab.objectives.base import Objective, ObjectiveOutput, UnpairedBatch, as_loss_dtype
 

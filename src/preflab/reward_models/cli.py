@@ -46,3 +46,39 @@ def register_reward_eval(subparsers, name: str = "eval-reward") -> argparse.Argu
     add_reward_eval_arguments(parser)
     parser.set_defaults(func=run_reward_eval)
     return parser
+
+
+def eval_task(args) -> int:
+    """`preflab eval CHECKPOINT --data ... --task reward`: pairwise accuracy of a reward model
+    (preflab.reward_models.eval), written to eval.json like a policy eval. Routed here by preflab.cli, so that
+    preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
+    from preflab.data.rows import load_rows
+    from preflab.eval.cli import format_summary
+    from preflab.eval.run import eval_json_path, write_json
+    from preflab.reward_models.eval import evaluate_reward_model
+
+    data = args.data
+    if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
+        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
+        data = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras} for ex in examples]
+    result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
+                                   on_bad_row="skip")
+    metrics = {f"reward_model/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and k != "num_pairs"}
+    out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
+           "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result, "notes": [],
+           "missing": {}}
+    path = write_json(eval_json_path(args.checkpoint, args.out), out)
+    print(format_summary({**out, "path": str(path)}))
+    return 0
+
+
+def train_task(args) -> int:
+    """`preflab train CONFIG` with `task: reward`: train a reward model (routed here by preflab.cli)."""
+    from preflab.config import preflight
+    from preflab.loops.cli import config_from_args, print_summary, quiet_third_party_warnings
+    from preflab.reward_models.train import train_reward
+
+    quiet_third_party_warnings()
+    cfg = config_from_args(args)
+    preflight(cfg)
+    return print_summary(cfg, train_reward(cfg))

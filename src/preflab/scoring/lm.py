@@ -9,6 +9,10 @@ A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its att
 
     token_logps[n, l] = log softmax(head(h[pred_index[n, l]]))[target_ids[n, l]]
 
+`head` is the model type's LMHead (preflab.scoring.head): the output projection plus the logit scaling or
+soft-capping its forward applies, so token_logps equal log_softmax(model(...).logits); a model whose head cannot be
+reproduced is refused with a ConfigError.
+
 Token-level needs (declared by objectives, see preflab.objectives.base):
     "token_kl"  per-token KL(pi_ref || pi_theta) over the full vocabulary, from the reference hidden states
     "hidden"    the policy's hidden states at the predicting positions
@@ -24,37 +28,19 @@ from torch.utils.checkpoint import checkpoint
 from preflab.data.layout import LayoutBatch
 from preflab.models.attention import model_mask, unwrap  # noqa: F401  (unwrap: re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
+from preflab.scoring.head import LMHead, backbone_and_head  # noqa: F401  (backbone_and_head: re-exported)
 
 CHUNK_BYTES = 64 * 2**20  # float32 logits budget per chunk
 
 
-def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(decoder without LM head, LM head) of a transformers causal LM."""
-    base = unwrap(model)
-    backbone = getattr(base, base.base_model_prefix, None)
-    head = base.get_output_embeddings()
-    if backbone is None or head is None:
-        raise TypeError(f"{type(base).__name__} is not a causal LM with a separate backbone and LM head")
-    return backbone, head
-
-
-def _softcap(model: nn.Module) -> float | None:
-    return getattr(unwrap(model).config, "final_logit_softcapping", None)
-
-
-def _head_chunk(h: Tensor, targets: Tensor, head: nn.Module, softcap, ref_h, ref_head, want_kl: bool):
+def _head_chunk(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head: LMHead | None, want_kl: bool):
     """Log-prob of `targets` [C] from hidden states h [C, H]; optionally per-token KL(ref || policy) [C]."""
-    logits = head(h).float()
-    if softcap:
-        logits = softcap * torch.tanh(logits / softcap)
+    logits = head(h)
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     if not want_kl:
         return logp, logp.new_zeros(())
-    ref_logits = ref_head(ref_h).float()
-    if softcap:
-        ref_logits = softcap * torch.tanh(ref_logits / softcap)
-    ref_logprobs = torch.log_softmax(ref_logits, dim=-1)
+    ref_logprobs = torch.log_softmax(ref_head(ref_h), dim=-1)
     kl = (ref_logprobs.exp() * (ref_logprobs - (logits - logz.unsqueeze(-1)))).sum(-1)
     return logp, kl
 
@@ -79,8 +65,12 @@ class LogProbScorer(nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
-                ref_head: nn.Module | None = None) -> Scores:
+                ref_head: LMHead | None = None) -> Scores:
+        """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need."""
         backbone, head = backbone_and_head(self.model)
+        if ref_head is not None and not isinstance(ref_head, LMHead):
+            raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
+                            f"model type's logit post-processing), not a bare {type(ref_head).__name__}")
         kwargs = {"attention_mask": model_mask(layout.attention_mask, self.model, head.weight.dtype),
                   "use_cache": False}
         if layout.position_ids is not None:
@@ -92,13 +82,12 @@ class LogProbScorer(nn.Module):
         targets = layout.target_ids[mask]  # [M]
         want_kl = ref is not None and ref_head is not None
         chunk = self.chunk_tokens or max(16, CHUNK_BYTES // (4 * head.weight.shape[0] * (2 if want_kl else 1)))
-        softcap = _softcap(self.model)
         pieces_lp, pieces_kl = [], []
         # one chunk: keep its logits for backward (no recompute); several: recompute each in backward
         recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
         for start in range(0, h.shape[0], chunk):
             sl = slice(start, start + chunk)
-            args = (h[sl], targets[sl], head, softcap, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
+            args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
             if recompute:
                 lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False)
             else:
