@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch, padded
 from preflab.models.attention import model_mask, unwrap
-from preflab.scoring.lm import CHUNK_BYTES, Scores, _head_chunk, _softcap, backbone_and_head
+from preflab.scoring.lm import CHUNK_BYTES, Scores, _head_chunk, backbone_and_head
 
 PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
 
@@ -121,7 +121,7 @@ def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLa
     return layout
 
 
-def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head: nn.Module, softcap, chunk_tokens: int | None,
+def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None,
                        want_hidden: bool = False, ref: Scores | None = None,
                        ref_head: nn.Module | None = None) -> Scores:
     """Scores from backbone hidden states [R, T, H]: gather at response-predicting positions, chunked head."""
@@ -135,7 +135,7 @@ def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head: nn.Module, sof
     pieces_lp, pieces_kl = [], []
     for start in range(0, h.shape[0], chunk):
         sl = slice(start, start + chunk)
-        args = (h[sl], targets[sl], head, softcap, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
+        args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
         lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
         pieces_lp.append(lp)
         pieces_kl.append(kl)
@@ -172,8 +172,7 @@ class VisionLogProbScorer(nn.Module):
         finally:
             if aggregator is not None:
                 aggregator.prompt_lengths = None
-        return scores_from_hidden(hidden, layout, head, _softcap(self.model), self.chunk_tokens, want_hidden, ref,
-                                  ref_head)
+        return scores_from_hidden(hidden, layout, head, self.chunk_tokens, want_hidden, ref, ref_head)
 
 
 def naive_vision_token_logps(model: nn.Module, layout: VisionLayout) -> Tensor:
