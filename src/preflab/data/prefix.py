@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from preflab.data.layout import LayoutBatch
 from preflab.errors import DataError

@@ -141,7 +141,7 @@ def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
         except Exception:  # noqa: BLE001 - loading the model reports it with the option name
             return None
     else:
-        from preflab.scoring.lm import unwrap
+        from preflab.models.attention import unwrap
 
         config = getattr(unwrap(name_or_model), "config", None)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

@@ -94,7 +94,7 @@ def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLa
     layout "prefix_shared" (when `can_share_prompt`): one row [prompt | chosen | rejected] per pair
     (preflab.data.prefix), so the prompt and its images (vision tower included) are computed once per pair; for
     models with 1-D positions only (the trainer checks, see preflab.models.vlm.shared_prompt_support)."""
-    from preflab.loops.batches import stack_extras
+    from preflab.data.extras import stack_extras
 
     numeric = [k for k in (pairs[0].extras if pairs else {}) if k not in PER_TOKEN_EXTRAS]
     extras = stack_extras(pairs, keys=numeric)
