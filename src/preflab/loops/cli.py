@@ -34,6 +34,10 @@ def run(args) -> int:
         from preflab.reward_models.train import train_reward
 
         summary = train_reward(cfg)
+    elif cfg.task == "diffusion":
+        from preflab.loops.diffusion import train_diffusion
+
+        summary = train_diffusion(cfg)
     else:
         from preflab.loops.offline import Trainer
 
