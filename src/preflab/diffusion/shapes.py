@@ -86,12 +86,16 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
 
 def write_pair_dataset(directory: str | Path, n: int, size: int = 16, seed: int = 0, name: str = "train") -> Path:
-    """Write n rows as PNG files plus `<name>.jsonl` (paths relative to the directory); returns the jsonl path."""
+    """Write n rows as PNG files plus `<name>.jsonl` (paths relative to the directory; with a user_id alternating
+    user0 / user1, and the true rewards as chosen_score / rejected_score); returns the jsonl path."""
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, row in enumerate(pair_rows(n, size, seed)):
-        out = {"prompt": row["prompt"]}
+        images = torch.stack([row["chosen_image"], row["rejected_image"]])
+        scores = true_reward(images, [row["prompt"]] * 2).tolist()
+        out = {"prompt": row["prompt"], "user_id": f"user{i % 2}", "chosen_score": round(scores[0], 4),
+               "rejected_score": round(scores[1], 4)}
         for side in ("chosen_image", "rejected_image"):
             rel = f"images/{name}-{i}-{side.split('_')[0]}.png"
             save_png(row[side], directory / rel)

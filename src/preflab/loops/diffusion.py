@@ -387,8 +387,10 @@ class DiffusionRun(TrainingRun):
 
             from safetensors.torch import save_file
 
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
             plain = copy.deepcopy(unet)
-            plain.set_default_attn_processor()
+            plain.set_attn_processor(AttnProcessor2_0())  # the base UNet's processors, without the user stream
             save_pipeline(self.components, plain, self.out)
             state = {f"branch.{k}": v.contiguous().cpu() for k, v in self.module.user_branch.state_dict().items()}
             state["users.weight"] = self.module.users.weight.detach().contiguous().cpu()

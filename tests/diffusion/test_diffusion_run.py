@@ -1,0 +1,182 @@
+"""`task: diffusion` runs on the tiny pipeline: reload with diffusers, LoRA fusing, exact resume, each method's loss
+through the trainer equals the objective on independently computed scores, modality refusal."""
+import copy
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from preflab.config import config_from_dict  # noqa: E402
+from preflab.errors import ConfigError  # noqa: E402
+from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+METHODS = ("diffusion_dpo", "smpo_diffusion", "diffusion_inpo", "dcpo", "ppd", "self_npo")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    root = tmp_path_factory.mktemp("diffusion-run")
+    tiny_text_to_image_pipeline(0).save_pretrained(root / "tiny")
+    return {"model": str(root / "tiny"), "train": str(write_pair_dataset(root / "data", 8, seed=0)),
+            "eval": str(write_pair_dataset(root / "data", 4, seed=1, name="test")), "root": root}
+
+
+def make_cfg(assets, out, **overrides):
+    raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
+           "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
+           "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
+           "self_npo_rollout_steps": 2}
+    raw.update(overrides)
+    return config_from_dict(raw)
+
+
+def unet_state(unet):
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
+def test_trained_pipeline_reloads_with_diffusers_and_generates(assets, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "run"))
+    before = unet_state(run.module.unet)
+    summary = run.train()
+    after = unet_state(run.module.unet)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    pipe = DiffusionPipeline.from_pretrained(summary["model_dir"])
+    loaded = pipe.unet.state_dict()
+    assert all(torch.equal(loaded[k], after[k]) for k in after)
+    image = pipe("a red disc", num_inference_steps=2, height=16, width=16, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+
+
+def test_lora_run_fuses_adapters_and_its_reference_is_the_base_unet(assets, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "lora", use_peft=True, lora_r=4, lora_alpha=4))
+    base = UNet2DConditionModel.from_pretrained(assets["model"], subfolder="unet")
+    summary = run.train()
+    run.module.eval()  # LoRA dropout off
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, cond = torch.tensor([10, 500]), torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        policy, reference = run.module(x, t, cond), run._reference(x, t, cond)
+        fused = UNet2DConditionModel.from_pretrained(summary["model_dir"], subfolder="unet")(x, t, cond).sample
+        plain = base(x, t, cond).sample
+    assert torch.allclose(reference, plain, atol=1e-6)
+    assert (policy - plain).abs().max() > 1e-4  # the adapters moved the policy
+    assert torch.allclose(fused, policy, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["diffusion_inpo", "self_npo"])
+def test_resume_equals_the_uninterrupted_run(assets, tmp_path, method):
+    extra = {"loss_type": method, "max_steps": 4, "per_device_train_batch_size": 2}
+    if method == "diffusion_inpo":
+        extra["diffusion_noising"] = {"num_inversion_steps": 2}
+    else:
+        extra["self_npo_ema_decay"] = 0.5  # a teacher that moves a lot: a lost EMA state would show
+    whole = DiffusionRun(make_cfg(assets, tmp_path / "whole", **extra))
+    whole.train()
+    first = DiffusionRun(make_cfg(assets, tmp_path / "first", save_steps=2, **extra))
+    first.train()
+    resumed = DiffusionRun(make_cfg(assets, tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "first" /
+                                                                                              "checkpoint-2"), **extra))
+    summary = resumed.train()
+    assert summary["resumed_from_step"] == 2
+    a, b = unet_state(whole.module.unet), unet_state(resumed.module.unet)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    if method == "self_npo":
+        ta, tb = unet_state(whole.teacher), unet_state(resumed.teacher)
+        assert max((ta[k] - tb[k]).abs().max().item() for k in ta) <= 1e-6
+
+
+def independent_loss(run, index, step):
+    """The objective on scores computed here from the examples' images and captions, with the run's documented
+    draws (t, eps per pair from (seed, step, position); the batch generator from (seed, step, "batch", first))."""
+    from preflab.diffusion.denoiser import as_denoiser
+    from preflab.diffusion.pipeline import encode_images, encode_prompts
+    from preflab.diffusion.self_npo import self_npo_batch
+    from preflab.diffusion.user_branch import PPDDenoiser
+    from preflab.scoring.diffusion import DiffusionPairs
+
+    items = [run.train_data[i] for i in index]
+    comps, unet, seed = run.components, run.module.unet, run.cfg.seed
+    inputs = run.pairs(index, run.train_data)  # the cached encodings (checked against fresh ones below)
+    chosen = inputs.chosen
+    assert torch.allclose(chosen, encode_images(comps, torch.stack([x.chosen for x in items])), atol=1e-5)
+    prompts = [x.prompt for x in items]
+    cond = inputs.cond["encoder_hidden_states"] if run.ppd else inputs.cond
+    assert torch.allclose(cond, encode_prompts(comps, prompts), atol=1e-5)
+    generator = torch.Generator().manual_seed(draw_seed(seed, step, "batch", index[0]))
+    if run.self_npo:
+        uncond = run.text[""].expand(len(items), -1, -1)
+        batch = self_npo_batch(as_denoiser(unet), as_denoiser(run.teacher), chosen, cond, uncond, run.schedule,
+                               generator, num_ddim_steps=25, rollout_steps=2, teacher_guidance=-1.0)
+        return run.objective(batch).loss
+    rejected = inputs.rejected
+    cond_l = inputs.cond_rejected
+    if run.dcpo:
+        assert torch.allclose(cond_l, encode_prompts(comps, [x.cond_rejected for x in items]), atol=1e-5)
+    policy, reference = as_denoiser(unet), as_denoiser(run.reference) if run.reference is not None else None
+    if run.ppd:
+        users = run.module.users(torch.tensor([run.user_ids.index(x.user) for x in items]))
+        e = users.reshape(len(items), run.cfg.user_embedding_tokens, -1)
+        cond = {"encoder_hidden_states": cond, "user_embeds": e}
+        policy, reference = PPDDenoiser(unet, run.module.user_branch), PPDDenoiser(unet, run.module.user_branch,
+                                                                                   use_user=False)
+    extras = {}
+    if items[0].preference_prob is not None:
+        extras["preference_prob"] = torch.tensor([x.preference_prob for x in items], dtype=torch.float64)
+    pairs = DiffusionPairs(chosen, rejected, cond, cond_l, [x.row_id for x in items], extras)
+    ts, noise = [], []
+    for i in index:
+        g = torch.Generator().manual_seed(draw_seed(seed, step, i))
+        ts.append(run.scorer.noiser.sample_timesteps(1, g))
+        noise.append(torch.randn(chosen.shape[1:], generator=g))
+    noised = run.scorer.noiser(chosen, rejected, generator, policy, pairs.cond,
+                               cond if cond_l is None else cond_l, timesteps=torch.cat(ts), noise=torch.stack(noise))
+    return run.objective(run.scorer(policy, pairs, reference, noised=noised)).loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_through_the_trainer_equals_the_objective_on_the_scorers_outputs(assets, tmp_path, method):
+    extra = {"caption_perturbation": "medium"} if method == "dcpo" else {}
+    if method in ("smpo_diffusion", "diffusion_inpo"):
+        extra["diffusion_noising"] = {"num_inversion_steps": 2}
+    run = DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method, **extra))
+    with torch.no_grad():  # policy != reference, so the loss is not log 2 by construction
+        g = torch.Generator().manual_seed(3)
+        for p in run.module.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mb = run.micro_batches(1)[0]
+    trainer_loss = run.forward(mb).loss
+    with torch.no_grad():
+        expected = independent_loss(run, mb.index, 1)
+    assert trainer_loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    if method != "self_npo":
+        assert abs(trainer_loss.item() - math.log(2)) > 1e-4
+    if method == "dcpo":  # the rejected image is conditioned on its own (perturbed) caption
+        assert all(x.caption_rejected != x.prompt for x in run.train_data)
+
+
+def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(assets, tmp_path):
+    cfg = make_cfg(assets, tmp_path / "x", loss_type="sigmoid", beta=0.1, model_name_or_path="/no/such/pipeline")
+    with pytest.raises(ConfigError, match="language-model objective"):
+        DiffusionRun(cfg)
+
+
+def test_eval_reports_implicit_accuracy_of_the_policy(assets, tmp_path):
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ev", eval_dataset_name=assets["eval"], max_steps=1))
+    metrics = run.evaluate()
+    assert metrics["eval_implicit_acc"] == 0.5  # policy == reference: every pair is a tie (counted 0.5)
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert copy.copy(run.eval_data) and len(run.eval_data) == 4
