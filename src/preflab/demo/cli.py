@@ -3,7 +3,10 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="SFT + DPO a tiny built-in model on a synthetic task; report true reward")
+    p = sub.add_parser("demo", help="SFT + DPO a tiny built-in model on a synthetic task; report true reward "
+                                    "(`preflab demo diffusion`: a tiny text-to-image model)")
+    p.add_argument("kind", nargs="?", choices=("lm", "diffusion"), default="lm",
+                   help="lm: a tiny language model (default); diffusion: a tiny text-to-image pipeline")
     p.add_argument("--output-dir", default="outputs/demo", help="where to write data, runs, plots (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and models (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -11,6 +14,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if getattr(args, "kind", "lm") == "diffusion":
+        return run_diffusion(args)
     from preflab.demo.run import run_demo
 
     summary = run_demo(args.output_dir, seed=args.seed, quiet=args.quiet)
@@ -18,4 +23,16 @@ def run(args) -> int:
           f"after DPO {summary['true_reward_after']:.3f}")
     print(f"wrote {args.output_dir}/summary.json and {summary.get('plot')}"
           + (f" and {summary['report']}" if summary.get("report") else ""))
+    return 0
+
+
+def run_diffusion(args) -> int:
+    from preflab.demo.diffusion import run_diffusion_demo
+
+    out = args.output_dir if args.output_dir != "outputs/demo" else "outputs/demo-diffusion"
+    summary = run_diffusion_demo(out, seed=args.seed, quiet=args.quiet)
+    print(f"true reward of samples (same prompts and seeds): before preference training "
+          f"{summary['true_reward_before']:.3f}, after {summary['true_reward_after']:.3f}")
+    print(f"wrote {out}/summary.json, {summary['samples_png']} and {summary['report']}; trained pipeline in "
+          f"{summary['model_dir']}")
     return 0

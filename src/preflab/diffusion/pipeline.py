@@ -46,7 +46,8 @@ class DiffusionComponents:
 
 def tiny_text_to_image_pipeline(seed: int = 0, resolution: int = 16):
     """A randomly initialised StableDiffusionPipeline built from configs (nothing downloaded): the §0.2 tiny UNet
-    (0.79 M parameters, cross_attention_dim 32), a 2-block AutoencoderKL (16 -> 8 latent pixels, 4 channels),
+    (0.79 M parameters, cross_attention_dim 32), a 41 k-parameter 2-block AutoencoderKL (16 -> 8 latent pixels,
+    4 channels, no attention),
     methods §A3's tiny CLIPTextModel with preflab's character tokenizer (32 tokens), and SD 1.5's DDIM schedule."""
     try:
         from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -64,8 +65,8 @@ def tiny_text_to_image_pipeline(seed: int = 0, resolution: int = 16):
         max_position_embeddings=77, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id))
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), latent_channels=4,
-                        norm_num_groups=8, sample_size=resolution, layers_per_block=1)
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, sample_size=resolution, layers_per_block=1, mid_block_add_attention=False)
     unet = UNet2DConditionModel(
         sample_size=resolution // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
