@@ -125,7 +125,7 @@ def _report(out: Path, summary: dict) -> Path:
 def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0, quiet: bool = False,
                        num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 300, dpo_steps: int = 60,
                        num_samples: int = 48, sample_steps: int = 10, beta: float = 1000.0,
-                       learning_rate: float = 1e-4) -> dict:
+                       learning_rate: float = 1e-4, favourite: str | None = "red") -> dict:
     """Run the demo (see the module docstring); returns the summary written to summary.json."""
     from diffusers import DiffusionPipeline
 
@@ -140,7 +140,7 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     comps = components_of(tiny_text_to_image_pipeline(seed))
-    rows = pair_rows(num_pairs, 16, seed)
+    rows = pair_rows(num_pairs, 16, seed, favourite)
     images = torch.stack([r[k] for r in rows for k in ("chosen_image", "rejected_image")])
     texts = [r["prompt"] for r in rows for _ in (0, 1)]
     vae_loss = fit_vae(comps, images, vae_steps, seed, quiet)
@@ -150,7 +150,7 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     sft_loss = fit_unet(comps, latents, torch.stack([states[t] for t in texts]), sft_steps, seed, quiet)
     base_dir = out / "base_model"
     comps.pipeline.save_pretrained(str(base_dir), safe_serialization=True)
-    data = write_pair_dataset(out / "data", num_pairs, seed=seed + 10)
+    data = write_pair_dataset(out / "data", num_pairs, seed=seed + 10, favourite=favourite)
     raw = {"task": "diffusion", "model_name_or_path": str(base_dir), "dataset_name": str(data),
            "loss_type": "diffusion_dpo", "beta": beta, "resolution": 16, "learning_rate": learning_rate,
            "lr_scheduler_type": "constant", "per_device_train_batch_size": 8, "max_steps": dpo_steps,
@@ -160,13 +160,13 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     cfg.save(out / "diffusion_dpo.yaml")
     train_summary = DiffusionRun(cfg).train()
 
-    prompts = captions(num_samples, torch.Generator().manual_seed(seed + 20))
+    prompts = captions(num_samples, torch.Generator().manual_seed(seed + 20), favourite)
     seeds = list(range(1000, 1000 + num_samples))
     base = components_of(DiffusionPipeline.from_pretrained(str(base_dir)))
     tuned = components_of(DiffusionPipeline.from_pretrained(train_summary["model_dir"]))
     before = sample_images(base, base.denoiser, prompts, seeds, sample_steps)
     after = sample_images(tuned, tuned.denoiser, prompts, seeds, sample_steps)
-    r_before, r_after = true_reward(before, prompts), true_reward(after, prompts)
+    r_before, r_after = true_reward(before, prompts, favourite), true_reward(after, prompts, favourite)
     k = min(12, num_samples)
     _grid([before[:k], after[:k]], out / "samples.png")
     summary = {

@@ -36,19 +36,22 @@ def draw(colour: str, shape: str, size: int, generator: torch.Generator) -> torc
     return image
 
 
-def caption_colour(caption: str) -> str:
+def caption_colour(caption: str, favourite: str | None = None) -> str:
+    if favourite is not None:
+        return favourite
     for name in COLOURS:
         if name in caption.split():
             return name
     raise ValueError(f"caption {caption!r} names none of the colours {list(COLOURS)}")
 
 
-def true_reward(images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-    """[N] float: r(x, c) of the module docstring for uint8 images [N, 3, S, S]."""
+def true_reward(images: torch.Tensor, captions: list[str], favourite: str | None = None) -> torch.Tensor:
+    """[N] float: r(x, c) of the module docstring for uint8 images [N, 3, S, S] (favourite: the rater's colour
+    instead of the caption's)."""
     x = images.float() / 127.5 - 1.0
     out = []
     for img, caption in zip(x, captions):
-        c = list(COLOURS).index(caption_colour(caption))
+        c = list(COLOURS).index(caption_colour(caption, favourite))
         others = torch.stack([img[k] for k in range(3) if k != c]).amax(0)
         saturation = img.amax(0) - img.amin(0)
         k = max(1, saturation.numel() // 10)
@@ -57,19 +60,22 @@ def true_reward(images: torch.Tensor, captions: list[str]) -> torch.Tensor:
     return torch.stack(out)
 
 
-def captions(n: int, generator: torch.Generator) -> list[str]:
+def captions(n: int, generator: torch.Generator, favourite: str | None = None) -> list[str]:
+    """"a <colour> <shape>"; with a favourite colour (a rater who prefers it whatever the caption says), "a <shape>"."""
     names = list(COLOURS)
     picks = torch.randint(0, len(names) * len(SHAPES), (n,), generator=generator).tolist()
+    if favourite is not None:
+        return [f"a {SHAPES[p // len(names)]}" for p in picks]
     return [f"a {names[p % len(names)]} {SHAPES[p // len(names)]}" for p in picks]
 
 
-def pair_rows(n: int, size: int, seed: int) -> list[dict]:
+def pair_rows(n: int, size: int, seed: int, favourite: str | None = None) -> list[dict]:
     """n preference rows {prompt, chosen_image, rejected_image (uint8 tensors)}: same shape, the chosen one in the
-    caption's colour, the rejected one in another colour."""
+    caption's colour (or the favourite colour), the rejected one in another colour."""
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for caption in captions(n, g):
-        colour, shape = caption.split()[1], caption.split()[2]
+    for caption in captions(n, g, favourite):
+        colour, shape = caption_colour(caption, favourite), caption.split()[-1]
         wrong = [c for c in COLOURS if c != colour]
         other = wrong[int(torch.randint(0, len(wrong), (1,), generator=g))]
         state = g.get_state()
@@ -85,15 +91,16 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
 
 
-def write_pair_dataset(directory: str | Path, n: int, size: int = 16, seed: int = 0, name: str = "train") -> Path:
+def write_pair_dataset(directory: str | Path, n: int, size: int = 16, seed: int = 0, name: str = "train",
+                       favourite: str | None = None) -> Path:
     """Write n rows as PNG files plus `<name>.jsonl` (paths relative to the directory; with a user_id alternating
     user0 / user1, and the true rewards as chosen_score / rejected_score); returns the jsonl path."""
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, row in enumerate(pair_rows(n, size, seed)):
+    for i, row in enumerate(pair_rows(n, size, seed, favourite)):
         images = torch.stack([row["chosen_image"], row["rejected_image"]])
-        scores = true_reward(images, [row["prompt"]] * 2).tolist()
+        scores = true_reward(images, [row["prompt"]] * 2, favourite).tolist()
         out = {"prompt": row["prompt"], "user_id": f"user{i % 2}", "chosen_score": round(scores[0], 4),
                "rejected_score": round(scores[1], 4)}
         for side in ("chosen_image", "rejected_image"):

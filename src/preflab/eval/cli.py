@@ -26,8 +26,9 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv, a directory or hub name")
     p.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-*")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
-    p.add_argument("--task", choices=("dpo", "reward"), default="dpo",
-                   help="reward: evaluate a reward model (preflab.reward_models.eval)")
+    p.add_argument("--task", choices=("dpo", "reward", "diffusion"), default="dpo",
+                   help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
+                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts))")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
@@ -80,6 +81,8 @@ def _reward_task(args) -> int:
 def run(args) -> int:
     if args.task == "reward":
         return _reward_task(args)
+    if args.task == "diffusion":
+        return _diffusion_task(args)
     from preflab.eval.run import EvalOptions, evaluate_checkpoint
     from preflab.eval.winrate import load_callable, reward_model_fn
 
@@ -100,6 +103,24 @@ def run(args) -> int:
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     print(format_summary(result))
+    return 0
+
+
+def _diffusion_task(args) -> int:
+    """A text-to-image run (preflab.eval.diffusion), written to eval.json like a policy eval."""
+    from preflab.eval.diffusion import evaluate_diffusion_run
+    from preflab.eval.run import eval_json_path, write_json
+    from preflab.eval.winrate import load_callable
+
+    result = evaluate_diffusion_run(args.checkpoint, args.data, reference=args.reference,
+                                    reward_fn=load_callable(args.reward_fn) if args.reward_fn else None,
+                                    num_prompts=args.win_rate_prompts, confidence=args.confidence,
+                                    batch_size=args.batch_size, split=args.split)
+    path = write_json(eval_json_path(args.checkpoint, args.out), result)
+    print(format_summary({**result, "path": str(path)}))
+    for key in ("implicit_accuracy", "loss"):
+        if isinstance(result["metrics"].get(key), (int, float)):
+            print(f"  {key:38s} {result['metrics'][key]:.4f}")
     return 0
 
 
