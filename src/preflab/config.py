@@ -97,7 +97,7 @@ class TrainConfig:
     self_npo_num_ddim_steps: int = 25          # self_npo: K of the truncated-rollout DDIM grid
     self_npo_rollout_steps: int = 5            # self_npo: teacher DDIM steps per example (the truncation)
     self_npo_teacher_guidance: float = -1.0    # self_npo: LCM-convention teacher guidance (-1 = the unconditional prediction)
-    sample_steps: int = 20                     # diffusion: DDIM steps when sampling images (eval, report, demo)
+    sample_steps: int = 20                     # diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: no samples.png)
     guidance_scale: float = 1.0                # diffusion: classifier-free guidance scale when sampling (1 = none)
 
     def __post_init__(self):

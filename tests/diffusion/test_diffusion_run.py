@@ -54,6 +54,15 @@ def test_trained_pipeline_reloads_with_diffusers_and_generates(assets, tmp_path)
     image = pipe("a red disc", num_inference_steps=2, height=16, width=16, output_type="pt",
                  generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+    # preflab report: loss curves from metrics.jsonl and the run's reference / trained sample grid
+    from PIL import Image
+
+    from preflab.report.html import write_report
+
+    grid = Image.open(tmp_path / "run" / "samples.png")
+    assert grid.size == ((8 * 18 + 2) * 4, (2 * 18 + 2) * 4)  # 8 prompts, 2 rows of 16 px + 2 px gaps, x4
+    html = write_report([tmp_path / "run"], tmp_path / "report.html").read_text()
+    assert "<h2>Samples</h2>" in html and html.count("data:image/png;base64,") >= 2
 
 
 def test_lora_run_fuses_adapters_and_its_reference_is_the_base_unet(assets, tmp_path):

@@ -84,24 +84,6 @@ def fit_unet(components, latents: torch.Tensor, cond: torch.Tensor, steps: int, 
     return loss
 
 
-def _grid(rows: list[torch.Tensor], path: Path, scale: int = 4) -> None:
-    """rows of uint8 images [N, 3, S, S] -> one PNG, one image row per list entry, upscaled."""
-    from PIL import Image
-
-    from preflab.diffusion.shapes import BACKGROUND
-
-    n, s = rows[0].shape[0], rows[0].shape[-1]
-    pad = 2
-    canvas = torch.full((3, len(rows) * (s + pad) + pad, n * (s + pad) + pad), 255, dtype=torch.uint8)
-    for r, images in enumerate(rows):
-        for i, image in enumerate(images):
-            y, x = pad + r * (s + pad), pad + i * (s + pad)
-            canvas[:, y:y + s, x:x + s] = image
-    del BACKGROUND
-    img = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
-
-
 def _report(out: Path, summary: dict) -> Path:
     rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary.items()
                    if isinstance(v, (int, float, str)))
@@ -130,7 +112,7 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     from diffusers import DiffusionPipeline
 
     from preflab.config import config_from_dict
-    from preflab.diffusion.pipeline import components_of, encode_images, encode_prompts, sample_images
+    from preflab.diffusion.pipeline import components_of, encode_images, encode_prompts, sample_images, save_grid
     from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
     from preflab.diffusion.shapes import captions, pair_rows, true_reward, write_pair_dataset
     from preflab.loops.diffusion import DiffusionRun
@@ -168,7 +150,7 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     after = sample_images(tuned, tuned.denoiser, prompts, seeds, sample_steps)
     r_before, r_after = true_reward(before, prompts, favourite), true_reward(after, prompts, favourite)
     k = min(12, num_samples)
-    _grid([before[:k], after[:k]], out / "samples.png")
+    save_grid([before[:k], after[:k]], out / "samples.png")
     summary = {
         "true_reward_before": float(r_before.mean()), "true_reward_after": float(r_after.mean()),
         "true_reward_gain": float((r_after - r_before).mean()),

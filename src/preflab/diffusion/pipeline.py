@@ -206,3 +206,21 @@ def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts:
 
     latents = ddim_sample(predict, x_T, schedule, num_steps)
     return to_uint8(decode_latents(components, latents)).cpu()
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 4) -> Path:
+    """Rows of uint8 images [N, 3, S, S] -> one PNG (one image row per entry, white gaps), upscaled `scale` x."""
+    from PIL import Image
+
+    n, s = max(r.shape[0] for r in rows), rows[0].shape[-1]
+    pad = 2
+    canvas = torch.full((3, len(rows) * (s + pad) + pad, n * (s + pad) + pad), 255, dtype=torch.uint8)
+    for r, images in enumerate(rows):
+        for i, image in enumerate(images):
+            y, x = pad + r * (s + pad), pad + i * (s + pad)
+            canvas[:, y:y + s, x:x + s] = image
+    img = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)
+    return Path(path)

@@ -404,7 +404,34 @@ class DiffusionRun(TrainingRun):
         return {"task": "diffusion", "model_dir": str(self.out), "prediction_type": self.schedule.prediction_type,
                 "noising": None if self.scorer is None else self.scorer.noiser.mode, "lora": self.lora}
 
+    def write_samples(self, count: int = 8) -> Path | None:
+        """samples.png in output_dir: the reference's (top row) and the trained model's (bottom row) samples of the
+        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd)."""
+        from preflab.diffusion.pipeline import sample_images, save_grid
+
+        if self.cfg.sample_steps <= 0 or self.ppd:
+            return None
+        prompts = [x.prompt for x in (self.eval_data or self.train_data)][:count]
+        seeds = [self.cfg.seed * 100003 + i for i in range(len(prompts))]
+        unet = self.accelerator.unwrap_model(self.module).unet.eval()
+        sample = lambda model: sample_images(self.components, model, prompts, seeds, self.cfg.sample_steps,  # noqa
+                                             self.cfg.guidance_scale)
+        if self.reference is not None:
+            before = sample(self.reference)
+        elif self.lora:
+            unet.disable_adapters()
+            try:
+                before = sample(unet)
+            finally:
+                unet.enable_adapters()
+        else:  # self_npo: the teacher started as the base model; sample the base from the pipeline on disk
+            before = None
+        after = sample(unet)
+        rows = [after] if before is None else [before, after]
+        return save_grid(rows, self.out / "samples.png")
+
     def write_card(self, summary: dict) -> None:
+        self.write_samples()
         lines = [f"# {Path(self.cfg.output_dir).name}", "",
                  f"A diffusers text-to-image pipeline preference-trained by preflab with `{self.cfg.loss_type}` "
                  f"from `{self.cfg.model_name_or_path}` ({summary['global_step']} steps).", "",
