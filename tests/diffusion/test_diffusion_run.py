@@ -237,3 +237,23 @@ def test_preflab_eval_reproduces_the_runs_final_eval_and_ties_against_itself(ass
                                     num_prompts=2)
     assert itself["metrics"]["implicit_accuracy"] == 0.5 and itself["metrics"]["win_rate"] == 0.5
     assert itself["win_rate"]["ties"] == 2
+
+
+def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypatch):
+    import preflab.diffusion.pipeline as pipeline
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    first = DiffusionRun(make_cfg(assets, tmp_path / "a"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again although the cache holds these inputs")
+
+    monkeypatch.setattr(pipeline, "encode_images", refuse)
+    monkeypatch.setattr(pipeline, "encode_prompts", refuse)
+    second = DiffusionRun(make_cfg(assets, tmp_path / "b"))
+    a, b = first.pairs([0, 1, 2], first.train_data), second.pairs([0, 1, 2], second.train_data)
+    assert torch.equal(a.chosen, b.chosen) and torch.equal(a.rejected, b.rejected) and torch.equal(a.cond, b.cond)
+    with torch.no_grad():  # other VAE weights: another fingerprint, so a fresh encoding (which is refused here)
+        second.components.vae.encoder.conv_in.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="encoded again"):
+        second._encode_all()

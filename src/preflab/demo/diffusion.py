@@ -1,14 +1,16 @@
 """`preflab demo diffusion`: a tiny text-to-image model learns a known preference, end to end on a CPU.
 
 1. Build the tiny pipeline from configs (random init, seeded; preflab.diffusion.pipeline.tiny_text_to_image_pipeline).
-2. Fit it to coloured shapes (preflab.diffusion.shapes): the VAE as an autoencoder, then the UNet as an
-   epsilon-prediction denoiser on captioned images whose colour matches the caption half the time -- so the fitted
-   model draws shapes of the right *or a wrong* colour. Both fits use preflab.step.optimizer_step.
-3. Preference-train it with `preflab train` machinery (task: diffusion, Diffusion-DPO) on pairs (the shape in the
-   caption's colour > the same shape in another colour); the config is written as diffusion_dpo.yaml.
-4. Sample the same prompts with the same seeds before and after, score them with the known true reward, and write
-   summary.json (true_reward_before / _after, model_dir), samples.png (top row before, bottom row after) and
-   report.html.
+2. Fit it to coloured shapes (preflab.diffusion.shapes; captions "a square" / "a disc"): the VAE as an autoencoder,
+   then the UNet as an epsilon-prediction denoiser on images in red (half of them), green or blue -- so the fitted
+   model draws shapes of any colour. Both fits use preflab.step.optimizer_step.
+3. Preference-train it with `preflab train` machinery (task: diffusion, Diffusion-DPO) on pairs from a rater whose
+   favourite colour is red (the red shape > the same shape in another colour); the config is written as
+   diffusion_dpo.yaml. (favourite=None instead prefers the colour the caption names, "a red square"; at this size
+   and budget the UNet barely learns to read colour words, so that variant does not move in a few minutes.)
+4. Sample the same prompts with the same seeds before and after, score them with the known true reward (the
+   favourite colour's dominance, preflab.diffusion.shapes.true_reward), and write summary.json
+   (true_reward_before / _after, model_dir), samples.png (top row before, bottom row after) and report.html.
 """
 from __future__ import annotations
 
@@ -92,8 +94,8 @@ def _report(out: Path, summary: dict) -> Path:
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:2px 8px}</style>"
         "<h1>preflab demo diffusion</h1>"
         "<p>A tiny text-to-image model fitted to coloured shapes, then preference-trained with Diffusion-DPO on pairs "
-        "where the shape in the caption's colour is preferred. True reward: colour dominance of the caption's colour "
-        "in the image's most saturated pixels (in [-1, 1]).</p>"
+        "from a rater who prefers red shapes. True reward: dominance of red in the image's most saturated pixels "
+        "(in [-1, 1]).</p>"
         f"<p><b>True reward on the same prompts and seeds: before {summary['true_reward_before']:.3f}, after "
         f"{summary['true_reward_after']:.3f}</b></p>"
         "<h2>Samples</h2><p>Top row: before preference training. Bottom row: after. Prompts: "
@@ -105,9 +107,9 @@ def _report(out: Path, summary: dict) -> Path:
 
 
 def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0, quiet: bool = False,
-                       num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 300, dpo_steps: int = 60,
+                       num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 400, dpo_steps: int = 60,
                        num_samples: int = 48, sample_steps: int = 10, beta: float = 1000.0,
-                       learning_rate: float = 1e-4, favourite: str | None = "red") -> dict:
+                       learning_rate: float = 3e-5, favourite: str | None = "red") -> dict:
     """Run the demo (see the module docstring); returns the summary written to summary.json."""
     from diffusers import DiffusionPipeline
 

@@ -222,22 +222,62 @@ class DiffusionRun(TrainingRun):
         self.trainables = Trainables(self.module, teacher)
 
     def _encode_all(self) -> None:
-        """Text states of every distinct caption and (cache_encodings) latents of every image, computed once."""
-        from preflab.diffusion.pipeline import encode_images, encode_prompts
+        """Text states of every distinct caption and (cache_encodings) latents of every image, computed once and
+        kept on disk under a fingerprint of the frozen encoder's weights and the inputs ($PREFLAB_CACHE_DIR, else
+        ~/.cache/preflab, /diffusion-encodings), so a second run on the same data and model encodes nothing."""
+        from preflab.diffusion.pipeline import encode_prompts
 
         examples = self.train_data + self.eval_data
         texts = sorted({x.cond_chosen for x in examples} | {x.cond_rejected for x in examples} | {""})
-        self.text = {}
-        for i in range(0, len(texts), 64):
-            chunk = texts[i:i + 64]
-            for text, states in zip(chunk, encode_prompts(self.components, chunk)):
-                self.text[text] = states.cpu()
+        comps = self.components
+
+        def encode_texts():
+            return torch.cat([encode_prompts(comps, texts[i:i + 64]).cpu() for i in range(0, len(texts), 64)])
+
+        states = self._cached("text", comps.text_encoder, [repr(texts), comps.tokenizer.model_max_length],
+                              encode_texts)
+        self.text = dict(zip(texts, states))
         self.latents = {}
         if self.cfg.cache_encodings:
-            for data in (self.train_data, self.eval_data):
-                for i in range(0, len(data), 32):
-                    chunk = data[i:i + 32]
-                    self._latents_of(chunk, store=True)
+            sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, s) is not None]
+
+            def encode_latents():
+                from preflab.diffusion.pipeline import encode_images
+
+                return torch.cat([encode_images(comps, torch.stack([getattr(x, s) for x, s in sides[i:i + 32]]))
+                                  .cpu() for i in range(0, len(sides), 32)])
+
+            digests = [hashlib.sha256(getattr(x, s).numpy().tobytes()).hexdigest() for x, s in sides]
+            latents = self._cached("latents", comps.vae, [comps.scaling_factor, comps.shift_factor, *digests],
+                                   encode_latents)
+            self.latents = {(id(x), s): z for (x, s), z in zip(sides, latents)}
+
+    def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> torch.Tensor:
+        """compute() -> tensor, read from / written to the on-disk cache under sha256(model weights, inputs)."""
+        import os
+
+        from safetensors.torch import load_file, save_file
+
+        from preflab.scoring.ref_cache import default_cache_dir, model_fingerprint
+
+        key = hashlib.sha256("|".join([kind, model_fingerprint(model), *map(str, inputs)]).encode()).hexdigest()
+        path = default_cache_dir() / "diffusion-encodings" / f"{kind}-{key[:32]}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(str(path))["values"]
+            except Exception:  # a damaged cache file is recomputed and replaced
+                pass
+        values = compute().float().contiguous()
+        if self.main:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                save_file({"values": values}, str(tmp))
+                os.replace(tmp, path)
+            except OSError as err:  # the run goes on without a cache
+                print(f"preflab: could not write the encoding cache {path}: {err}")
+        self.encodings_cache = str(path.parent)
+        return values
 
     def _latents_of(self, examples, store: bool = False):
         from preflab.diffusion.pipeline import encode_images
