@@ -257,3 +257,13 @@ def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypat
         second.components.vae.encoder.conv_in.bias.add_(1.0)
     with pytest.raises(AssertionError, match="encoded again"):
         second._encode_all()
+
+
+def test_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
+    plain = DiffusionRun(make_cfg(assets, tmp_path / "plain", max_steps=1))
+    plain.train()
+    ckpt = DiffusionRun(make_cfg(assets, tmp_path / "ckpt", max_steps=1, gradient_checkpointing=True))
+    assert ckpt.module.unet.is_gradient_checkpointing
+    ckpt.train()
+    a, b = unet_state(plain.module.unet), unet_state(ckpt.module.unet)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
