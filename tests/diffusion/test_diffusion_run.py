@@ -267,3 +267,20 @@ def test_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
     ckpt.train()
     a, b = unet_state(plain.module.unet), unet_state(ckpt.module.unet)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_self_npo_from_prompts_alone_uses_the_models_own_samples(assets, tmp_path):
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from preflab.diffusion.pipeline import sample_latents
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a red disc", "a blue square"] * 2))
+    run = DiffusionRun(make_cfg(assets, tmp_path / "npo", loss_type="self_npo", dataset_name=str(data),
+                                sample_steps=3, per_device_train_batch_size=2, max_steps=1))
+    base = UNet2DConditionModel.from_pretrained(assets["model"], subfolder="unet")
+    expected = sample_latents(run.components, base, ["a blue square"], [draw_seed(run.cfg.seed, "x0", 1)], 3)
+    assert torch.allclose(run.pairs([1], run.train_data).chosen, expected, rtol=1e-4, atol=1e-4)  # batch of 4 vs 1
+    assert run.train()["global_step"] == 1

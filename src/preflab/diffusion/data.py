@@ -7,6 +7,7 @@ Two row forms are read (the first one whose columns are present):
     preflab      prompt, chosen_image, rejected_image; optional caption_chosen / caption_rejected, chosen_score /
                  rejected_score, preference_prob
     image only   prompt (or caption), image (self_npo: one image per row, no preference)
+    prompt only  prompt (or caption) (self_npo, data-free: x0 is the model's own DDIM sample of the prompt)
 
 Images are a path (relative to the data file's folder), bytes, a datasets Image dict or a PIL image. As in
 Diffusion-DPO's released trainer (Salesforce train.py), ties (label_0 = 0.5) are dropped -- counted in the report
@@ -35,12 +36,13 @@ PREFLAB = ("prompt", "chosen_image", "rejected_image")
 
 @dataclass
 class ImagePairExample:
-    """One row. chosen / rejected: uint8 [3, S, S] (rejected None for image-only rows); captions default to the
+    """One row. chosen / rejected: uint8 [3, S, S] (rejected None for image-only rows, both None for prompt-only
+    rows); captions default to the
     prompt; user: the row's user id (PPD) or None; preference_prob: SmPO's p or None."""
 
     row_id: int
     prompt: str
-    chosen: torch.Tensor
+    chosen: torch.Tensor | None
     rejected: torch.Tensor | None = None
     caption_chosen: str | None = None
     caption_rejected: str | None = None
@@ -94,6 +96,8 @@ def _form(row: dict, image_only: bool) -> str:
         return "preflab"
     if image_only and "image" in row:
         return "image"
+    if image_only and ("prompt" in row or "caption" in row):
+        return "prompt"
     wanted = "prompt + image, or " if image_only else ""
     raise RowProblem("missing_field", None, f"the row has columns {sorted(row)}; expected {wanted}"
                      f"{' + '.join(PREFLAB)} (optional caption_chosen, caption_rejected, user_id, preference_prob), "
@@ -116,9 +120,9 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
             raise RowProblem("missing_user", user_column, "the row has no user id", "Give every row its user.")
         user = str(value)
     s_min, s_max = score_range or (PICKSCORE_MIN, PICKSCORE_MAX)
-    if form == "image":
+    if form in ("image", "prompt"):
         prompt = _text(row, "prompt") if "prompt" in row else _text(row, "caption")
-        return ImagePairExample(row_id, prompt, image("image"), user=user)
+        return ImagePairExample(row_id, prompt, image("image") if form == "image" else None, user=user)
     if form == "pickapic":
         prompt = _text(row, "caption")
         label = _number(row, "label_0")

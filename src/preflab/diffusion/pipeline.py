@@ -186,8 +186,17 @@ def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts:
                   num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
     """uint8 [N, 3, S, S]: deterministic DDIM ("trailing" spacing, eta = 0) from x_T ~ N(0, I) seeded per image,
     with classifier-free guidance (guidance_scale 1 = the conditional prediction only)."""
-    from preflab.diffusion.guidance import cfg, ddim_sample
     from preflab.diffusion.images import to_uint8
+
+    latents = sample_latents(components, denoiser, prompts, seeds, num_steps, guidance_scale, device)
+    return to_uint8(decode_latents(components, latents)).cpu()
+
+
+@torch.no_grad()
+def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
+                   num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
+    """The latents [N, C, h, w] that `sample_images` decodes."""
+    from preflab.diffusion.guidance import cfg, ddim_sample
     from preflab.diffusion.schedule import NoiseSchedule
 
     device = device or next(denoiser.parameters()).device
@@ -204,8 +213,7 @@ def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts:
             return c
         return cfg(c, denoiser(x, t, encoder_hidden_states=uncond).sample.float(), guidance_scale)
 
-    latents = ddim_sample(predict, x_T, schedule, num_steps)
-    return to_uint8(decode_latents(components, latents)).cpu()
+    return ddim_sample(predict, x_T, schedule, num_steps)
 
 
 def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 4) -> Path:

@@ -238,8 +238,8 @@ class DiffusionRun(TrainingRun):
                               encode_texts)
         self.text = dict(zip(texts, states))
         self.latents = {}
-        if self.cfg.cache_encodings:
-            sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, s) is not None]
+        sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, s) is not None]
+        if self.cfg.cache_encodings and sides:
 
             def encode_latents():
                 from preflab.diffusion.pipeline import encode_images
@@ -251,6 +251,22 @@ class DiffusionRun(TrainingRun):
             latents = self._cached("latents", comps.vae, [comps.scaling_factor, comps.shift_factor, *digests],
                                    encode_latents)
             self.latents = {(id(x), s): z for (x, s), z in zip(sides, latents)}
+        own = [x for x in examples if x.chosen is None]
+        if own:  # self_npo from prompts alone: x0 = the base model's own DDIM sample of each prompt
+            from preflab.diffusion.pipeline import sample_latents
+
+            steps = self.cfg.sample_steps or 20
+
+            def sample():
+                unet = self.module.unet
+                return torch.cat([sample_latents(comps, unet, [x.prompt for x in own[i:i + 32]],
+                                                 [draw_seed(self.cfg.seed, "x0", x.row_id) for x in own[i:i + 32]],
+                                                 steps, self.cfg.guidance_scale).cpu()
+                                  for i in range(0, len(own), 32)])
+
+            samples = self._cached("own-samples", self.module.unet, [steps, self.cfg.guidance_scale, self.cfg.seed,
+                                                                     *[(x.prompt, x.row_id) for x in own]], sample)
+            self.latents.update({(id(x), "chosen"): z for x, z in zip(own, samples)})
 
     def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> torch.Tensor:
         """compute() -> tensor, read from / written to the on-disk cache under sha256(model weights, inputs)."""
