@@ -20,8 +20,8 @@ def test_reduced_demo_raises_the_true_reward_and_writes_a_loadable_pipeline(tmp_
 
     from preflab.demo.diffusion import run_diffusion_demo
 
-    summary = run_diffusion_demo(str(tmp_path), seed=0, quiet=True, num_pairs=64, vae_steps=80, sft_steps=150,
-                                 dpo_steps=30, num_samples=16, sample_steps=5, learning_rate=1e-4)
+    summary = run_diffusion_demo(str(tmp_path), seed=0, quiet=True, num_pairs=96, vae_steps=100, sft_steps=250,
+                                 dpo_steps=15, num_samples=16, sample_steps=6)
     assert summary["true_reward_after"] > summary["true_reward_before"] + 0.1
     assert json.loads((tmp_path / "summary.json").read_text())["model_dir"] == summary["model_dir"]
     assert (tmp_path / "samples.png").is_file() and "true reward" in (tmp_path / "report.html").read_text().lower()

@@ -183,6 +183,21 @@ def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(a
         DiffusionRun(cfg)
 
 
+@pytest.mark.parametrize("bad", [{"resolution": 0}, {"caption_perturbation": "loud"},
+                                 {"diffusion_noising": {"num_inversion_step": 5}}, {"self_npo_ema_decay": 2.0}])
+def test_impossible_diffusion_options_are_refused_before_any_model_loads(assets, tmp_path, bad):
+    with pytest.raises(ConfigError):
+        DiffusionRun(make_cfg(assets, tmp_path / "x", model_name_or_path="/no/such/pipeline", **bad))
+
+
+def test_a_text_objective_is_refused_through_the_cli(assets, tmp_path, capsys):
+    from preflab.cli import main
+
+    code = main(["train", "task=diffusion", "loss_type=sigmoid", "model_name_or_path=/no/such/pipeline",
+                 f"dataset_name={assets['train']}", f"output_dir={tmp_path / 'x'}", "use_cpu=true"])
+    assert code == 2 and "language-model objective" in capsys.readouterr().err
+
+
 def test_eval_reports_implicit_accuracy_of_the_policy(assets, tmp_path):
     run = DiffusionRun(make_cfg(assets, tmp_path / "ev", eval_dataset_name=assets["eval"], max_steps=1))
     metrics = run.evaluate()

@@ -107,7 +107,7 @@ def _report(out: Path, summary: dict) -> Path:
 
 
 def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0, quiet: bool = False,
-                       num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 400, dpo_steps: int = 60,
+                       num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 400, dpo_steps: int = 20,
                        num_samples: int = 48, sample_steps: int = 10, beta: float = 1000.0,
                        learning_rate: float = 3e-5, favourite: str | None = "red") -> dict:
     """Run the demo (see the module docstring); returns the summary written to summary.json."""

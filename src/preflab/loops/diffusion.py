@@ -46,6 +46,28 @@ def check_diffusion_objective(cfg, objective) -> None:
             "smpo_diffusion, diffusion_inpo, dcpo, ppd or self_npo. Use task: dpo for language models.")
 
 
+def check_diffusion_options(cfg) -> None:
+    """The diffusion block of TrainConfig: impossible values -> ConfigError (before any model loads)."""
+    from preflab.diffusion.captions import STRENGTHS
+
+    positive = ("resolution", "user_embedding_tokens", "user_embedding_dim", "self_npo_num_ddim_steps")
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}.")
+    if cfg.self_npo_rollout_steps < 0 or cfg.sample_steps < 0:
+        raise ConfigError("self_npo_rollout_steps and sample_steps must be >= 0.")
+    if not 0 <= cfg.self_npo_ema_decay <= 1:
+        raise ConfigError(f"self_npo_ema_decay must be in [0, 1], got {cfg.self_npo_ema_decay}.")
+    if cfg.caption_perturbation not in ("none", *STRENGTHS):
+        raise ConfigError(f"caption_perturbation must be one of none, {', '.join(STRENGTHS)}; got "
+                          f"{cfg.caption_perturbation!r}.")
+    known = {"mode", "num_inversion_steps", "inversion_eta", "renoise_iters", "grid_snap", "steps_offset",
+             "min_timestep", "max_timestep"}
+    unknown = sorted(set(cfg.diffusion_noising) - known)
+    if unknown:
+        raise ConfigError(f"diffusion_noising has unknown keys {unknown}; the keys are {sorted(known)}.")
+
+
 def draw_seed(*parts) -> int:
     """A 63-bit seed from the given parts (stable across processes and Python runs)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
@@ -107,6 +129,7 @@ class DiffusionRun(TrainingRun):
         self.cfg = cfg
         self.objective = cfg.objective()
         check_diffusion_objective(cfg, self.objective)
+        check_diffusion_options(cfg)
         self.self_npo = self.objective.batch_type is UnpairedBatch
         self.ppd = isinstance(self.objective, PPD)
         self.dcpo = isinstance(self.objective, DCPO)
