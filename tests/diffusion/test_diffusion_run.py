@@ -299,3 +299,13 @@ def test_self_npo_from_prompts_alone_uses_the_models_own_samples(assets, tmp_pat
     expected = sample_latents(run.components, base, ["a blue square"], [draw_seed(run.cfg.seed, "x0", 1)], 3)
     assert torch.allclose(run.pairs([1], run.train_data).chosen, expected, rtol=1e-4, atol=1e-4)  # batch of 4 vs 1
     assert run.train()["global_step"] == 1
+
+
+def test_encoding_per_micro_batch_equals_the_cached_encodings(assets, tmp_path):
+    cached = DiffusionRun(make_cfg(assets, tmp_path / "c", loss_type="dcpo", caption_perturbation="weak"))
+    fresh = DiffusionRun(make_cfg(assets, tmp_path / "f", loss_type="dcpo", caption_perturbation="weak",
+                                  cache_encodings=False))
+    assert fresh.latents == {} and list(fresh.text) == [""]
+    a, b = cached.pairs([0, 3, 5], cached.train_data), fresh.pairs([0, 3, 5], fresh.train_data)
+    for x, y in ((a.chosen, b.chosen), (a.rejected, b.rejected), (a.cond, b.cond), (a.cond_rejected, b.cond_rejected)):
+        assert torch.allclose(x, y, atol=1e-5)

@@ -253,6 +253,8 @@ class DiffusionRun(TrainingRun):
         examples = self.train_data + self.eval_data
         texts = sorted({x.cond_chosen for x in examples} | {x.cond_rejected for x in examples} | {""})
         comps = self.components
+        if not self.cfg.cache_encodings:  # encoded per micro-batch (_text_of); only the empty prompt is kept
+            texts = [""]
 
         def encode_texts():
             return torch.cat([encode_prompts(comps, texts[i:i + 64]).cpu() for i in range(0, len(texts), 64)])
@@ -356,9 +358,17 @@ class DiffusionRun(TrainingRun):
         ema_update(self.teacher, self.module.unet, self.cfg.self_npo_ema_decay)
         self._ema_step = step
 
+    def _text_of(self, texts: list[str]) -> torch.Tensor:
+        """[B, L, D] text states: cached, or (cache_encodings: false) encoded now."""
+        from preflab.diffusion.pipeline import encode_prompts
+
+        missing = sorted({t for t in texts if t not in self.text})
+        fresh = dict(zip(missing, encode_prompts(self.components, missing).cpu())) if missing else {}
+        return torch.stack([self.text[t] if t in self.text else fresh[t] for t in texts])
+
     def _cond(self, texts, index_users):
         device = self.accelerator.device
-        states = torch.stack([self.text[t] for t in texts]).to(device)
+        states = self._text_of(texts).to(device)
         if not self.ppd:
             return states
         users = torch.tensor([self.user_ids.index(u) for u in index_users], device=device)
