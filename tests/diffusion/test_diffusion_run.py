@@ -309,3 +309,17 @@ def test_encoding_per_micro_batch_equals_the_cached_encodings(assets, tmp_path):
     a, b = cached.pairs([0, 3, 5], cached.train_data), fresh.pairs([0, 3, 5], fresh.train_data)
     for x, y in ((a.chosen, b.chosen), (a.rejected, b.rejected), (a.cond, b.cond), (a.cond_rejected, b.cond_rejected)):
         assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_v_prediction_targets_come_from_the_schedulers_config(assets, tmp_path):
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(assets["model"])
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    run = DiffusionRun(make_cfg(assets, tmp_path / "v"), pipeline=pipe)
+    assert run.schedule.prediction_type == "v_prediction"
+    pairs = run.pairs([0, 1, 2], run.train_data)
+    t, eps = run._draws([0, 1, 2], 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    assert torch.allclose(noised.target_chosen, pipe.scheduler.get_velocity(pairs.chosen, eps, t), atol=1e-6)
+    assert torch.allclose(noised.noisy_rejected, pipe.scheduler.add_noise(pairs.rejected, eps, t), atol=1e-6)
