@@ -125,7 +125,7 @@ def independent_loss(run, index, step):
     assert torch.allclose(cond, encode_prompts(comps, prompts), atol=1e-5)
     generator = torch.Generator().manual_seed(draw_seed(seed, step, "batch", index[0]))
     if run.self_npo:
-        uncond = run.text[""].expand(len(items), -1, -1)
+        uncond = run.text[""]["states"].expand(len(items), -1, -1)
         batch = self_npo_batch(as_denoiser(unet), as_denoiser(run.teacher), chosen, cond, uncond, run.schedule,
                                generator, num_ddim_steps=25, rollout_steps=2, teacher_guidance=-1.0)
         return run.objective(batch).loss
@@ -323,3 +323,34 @@ def test_v_prediction_targets_come_from_the_schedulers_config(assets, tmp_path):
     noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
     assert torch.allclose(noised.target_chosen, pipe.scheduler.get_velocity(pairs.chosen, eps, t), atol=1e-6)
     assert torch.allclose(noised.noisy_rejected, pipe.scheduler.add_noise(pairs.rejected, eps, t), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sdxl_layout_trains_with_pooled_embeddings_and_time_ids_and_reloads(assets, tmp_path):
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+
+    from preflab.diffusion.denoiser import as_denoiser
+    from preflab.diffusion.pipeline import tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(0).save_pretrained(tmp_path / "xl")
+    run = DiffusionRun(make_cfg(assets, tmp_path / "xlrun", model_name_or_path=str(tmp_path / "xl")))
+    cond = run.pairs([0, 1], run.train_data).cond
+    assert cond["encoder_hidden_states"].shape == (2, 32, 64)  # the two encoders' states side by side
+    assert cond["added_cond_kwargs"]["text_embeds"].shape == (2, 32)
+    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
+    # the loss through the trainer equals Diffusion-DPO on the UNet called directly with that conditioning
+    with torch.no_grad():
+        for p in run.module.unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    mb = run.micro_batches(0)[0]
+    pairs = run.pairs(mb.index, run.train_data)
+    t, eps = run._draws(mb.index, 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    unet, ref = run.module.unet, run.reference
+    direct = run.objective(run.scorer(as_denoiser(unet), pairs, as_denoiser(ref), noised=noised)).loss
+    assert run.forward(mb).loss.item() == pytest.approx(direct.item(), rel=1e-6)
+    summary = run.train()
+    pipe = DiffusionPipeline.from_pretrained(summary["model_dir"])
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    image = pipe("a red disc", num_inference_steps=2, height=16, width=16, output_type="pt").images
+    assert image.shape == (1, 3, 16, 16)

@@ -3,9 +3,10 @@
 `load_components(name)` reads a diffusers pipeline from a local directory or a hub name (safetensors only unless
 allow_pickle; no remote code unless trust_remote_code) or builds the built-in tiny one ("builtin:tiny-sd", see
 `tiny_text_to_image_pipeline`). Supported now: pipelines with a `UNet2DConditionModel` (`unet`), one CLIP-style text
-encoder and tokenizer (SD 1.x / 2.x), a VAE and a DDPM-family scheduler (epsilon, v_prediction or sample
-prediction, read from the scheduler's config). Other layouts (SDXL's second text encoder, SD3/Flux transformer
-denoisers with flow-matching schedulers) are refused with a ConfigError rather than trained wrongly.
+encoder and tokenizer (SD 1.x / 2.x) or SDXL's two (with pooled embeddings and time_ids), a VAE and a DDPM-family
+scheduler (epsilon, v_prediction or sample prediction, read from the scheduler's config). Other layouts (SD3/Flux
+transformer denoisers with flow-matching schedulers, a third text encoder) are refused with a ConfigError rather
+than trained wrongly.
 
 Latents are the VAE posterior *mean* (x scaling_factor, minus shift_factor first where the VAE has one), so one
 image always has one latent and it can be cached; the released Diffusion-DPO trainers draw a posterior sample per
@@ -34,6 +35,12 @@ class DiffusionComponents:
     text_encoder: nn.Module
     tokenizer: Any
     scheduler: Any
+    text_encoder_2: nn.Module | None = None   # SDXL's second (projection) text encoder
+    tokenizer_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     @property
     def scaling_factor(self) -> float:
@@ -78,6 +85,30 @@ def tiny_text_to_image_pipeline(seed: int = 0, resolution: int = 16):
                                    requires_safety_checker=False)
 
 
+def tiny_sdxl_pipeline(seed: int = 0, resolution: int = 16):
+    """The tiny pipeline's SDXL twin (tests): two tiny CLIP encoders (the second with a 32-d projection), a UNet
+    with SDXL's text_time added conditioning (cross_attention_dim 64 = 32 + 32), the same VAE and schedule."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    base = tiny_text_to_image_pipeline(seed, resolution)
+    tok = base.tokenizer
+    config = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed + 1)
+    first, second = CLIPTextModel(config), CLIPTextModelWithProjection(config)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    return StableDiffusionXLPipeline(vae=base.vae, text_encoder=first, text_encoder_2=second, tokenizer=tok,
+                                     tokenizer_2=copy.deepcopy(tok), unet=unet, scheduler=base.scheduler,
+                                     add_watermarker=False)
+
+
 def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool = False, seed: int = 0):
     """The diffusers pipeline `name` (local directory, hub name or builtin:tiny-sd), in float32, on the CPU."""
     if not name:
@@ -107,10 +138,12 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
 def components_of(pipeline) -> DiffusionComponents:
     """The parts of a supported pipeline, or a ConfigError naming what is not supported."""
     kind = type(pipeline).__name__
-    if getattr(pipeline, "text_encoder_2", None) is not None:
-        raise ConfigError(f"{kind} has two text encoders (SDXL/SD3); preflab's diffusion run supports one text "
-                          "encoder (SD 1.x / 2.x) so far. Train SD 1.5 or 2.1, or see README 'Diffusion models'.")
     unet = getattr(pipeline, "unet", None)
+    sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    if getattr(pipeline, "text_encoder_3", None) is not None or (
+            sdxl and getattr(getattr(unet, "config", None), "addition_embed_type", None) != "text_time"):
+        raise ConfigError(f"{kind}'s text encoders are not SD 1.x/2.x's one or SDXL's two (with a text_time UNet); "
+                          "preflab's diffusion run does not support this layout yet (README 'Diffusion models').")
     if unet is None:
         raise ConfigError(f"{kind} has no UNet (a transformer denoiser such as SD3/Flux); preflab's diffusion run "
                           "supports UNet2DConditionModel pipelines so far.")
@@ -121,18 +154,67 @@ def components_of(pipeline) -> DiffusionComponents:
     for name in ("vae", "text_encoder", "tokenizer"):
         if getattr(pipeline, name, None) is None:
             raise ConfigError(f"{kind} has no {name}; a text-to-image pipeline needs one.")
-    return DiffusionComponents(pipeline, unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, scheduler)
+    if sdxl and getattr(pipeline, "tokenizer_2", None) is None:
+        raise ConfigError(f"{kind} has text_encoder_2 but no tokenizer_2.")
+    return DiffusionComponents(pipeline, unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, scheduler,
+                               getattr(pipeline, "text_encoder_2", None), getattr(pipeline, "tokenizer_2", None))
+
+
+def _ids(tok, prompts):
+    return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
 
 
 @torch.no_grad()
-def encode_prompts(components: DiffusionComponents, prompts: list[str], device=None) -> torch.Tensor:
-    """[N, L, D] float32 text states (the encoder's last hidden state, padded to the tokenizer's max length)."""
-    tok = components.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
+def encode_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
+    """{"states": [N, L, D]} float32 (SD: the encoder's last hidden state, padded to the tokenizer's max length);
+    SDXL (diffusers' StableDiffusionXLPipeline.encode_prompt): states = both encoders' penultimate hidden states
+    concatenated on the feature axis, plus "pooled" [N, P] = the second encoder's projected text embedding; the
+    empty prompt is all zeros when the pipeline sets force_zeros_for_empty_prompt (its unconditional input)."""
     encoder = components.text_encoder
     device = device or next(encoder.parameters()).device
-    return encoder(ids.to(device))[0].float()
+    if not components.is_sdxl:
+        return {"states": encoder(_ids(components.tokenizer, prompts).to(device))[0].float()}
+    first = encoder(_ids(components.tokenizer, prompts).to(device), output_hidden_states=True)
+    second = components.text_encoder_2(_ids(components.tokenizer_2, prompts).to(device), output_hidden_states=True)
+    states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1).float()
+    pooled = second[0].float()
+    if getattr(components.pipeline.config, "force_zeros_for_empty_prompt", False):
+        empty = torch.tensor([p == "" for p in prompts], device=states.device)
+        states = torch.where(empty[:, None, None], torch.zeros_like(states), states)
+        pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+    return {"states": states, "pooled": pooled}
+
+
+def encode_prompts(components: DiffusionComponents, prompts: list[str], device=None) -> torch.Tensor:
+    """[N, L, D] float32 text states (encode_text's "states")."""
+    return encode_text(components, prompts, device)["states"]
+
+
+def unet_cond(text: dict[str, torch.Tensor], resolution: int) -> Any:
+    """The UNet's conditioning from encode_text's output: SD the states tensor; SDXL {"encoder_hidden_states",
+    "added_cond_kwargs": {"text_embeds": pooled, "time_ids": (S, S, 0, 0, S, S)}} (original size, centre-crop
+    top-left, target size: preflab's resize-and-centre-crop keeps the whole square)."""
+    if "pooled" not in text:
+        return text["states"]
+    pooled = text["pooled"]
+    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=pooled.dtype,
+                            device=pooled.device).expand(pooled.shape[0], -1)
+    return {"encoder_hidden_states": text["states"],
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
+def call_unet(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+    """unet(x_t, t, ...) with a tensor cond as encoder_hidden_states or a dict cond as keywords (user_index
+    dropped: that is the PPD branch's input)."""
+    kwargs = {k: v for k, v in cond.items() if k != "user_index"} if isinstance(cond, dict) else \
+        {"encoder_hidden_states": cond}
+    return unet(x_t, t, return_dict=False, **kwargs)[0]
+
+
+def image_size(components: DiffusionComponents) -> int:
+    """Pixels per side of the denoiser's native sample (latent size x the VAE's downsampling)."""
+    return int(components.denoiser.config.sample_size) * 2 ** (len(components.vae.config.block_out_channels) - 1)
 
 
 @torch.no_grad()
@@ -201,17 +283,18 @@ def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts
 
     device = device or next(denoiser.parameters()).device
     schedule = NoiseSchedule.from_scheduler(components.scheduler)
-    cond = encode_prompts(components, prompts, device)
-    uncond = encode_prompts(components, [""] * len(prompts), device)
+    size = image_size(components)
+    cond = unet_cond(encode_text(components, prompts, device), size)
+    uncond = unet_cond(encode_text(components, [""] * len(prompts), device), size)
     cfgd = denoiser.config
     shape = (cfgd.in_channels, cfgd.sample_size, cfgd.sample_size)
     x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
 
     def predict(x, t):
-        c = denoiser(x, t, encoder_hidden_states=cond).sample.float()
+        c = call_unet(denoiser, x, t, cond).float()
         if guidance_scale == 1.0:
             return c
-        return cfg(c, denoiser(x, t, encoder_hidden_states=uncond).sample.float(), guidance_scale)
+        return cfg(c, call_unet(denoiser, x, t, uncond).float(), guidance_scale)
 
     return ddim_sample(predict, x_T, schedule, num_steps)
 

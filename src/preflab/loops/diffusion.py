@@ -248,7 +248,7 @@ class DiffusionRun(TrainingRun):
         """Text states of every distinct caption and (cache_encodings) latents of every image, computed once and
         kept on disk under a fingerprint of the frozen encoder's weights and the inputs ($PREFLAB_CACHE_DIR, else
         ~/.cache/preflab, /diffusion-encodings), so a second run on the same data and model encodes nothing."""
-        from preflab.diffusion.pipeline import encode_prompts
+        from preflab.diffusion.pipeline import encode_text
 
         examples = self.train_data + self.eval_data
         texts = sorted({x.cond_chosen for x in examples} | {x.cond_rejected for x in examples} | {""})
@@ -257,11 +257,12 @@ class DiffusionRun(TrainingRun):
             texts = [""]
 
         def encode_texts():
-            return torch.cat([encode_prompts(comps, texts[i:i + 64]).cpu() for i in range(0, len(texts), 64)])
+            parts = [encode_text(comps, texts[i:i + 64]) for i in range(0, len(texts), 64)]
+            return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
 
-        states = self._cached("text", comps.text_encoder, [repr(texts), comps.tokenizer.model_max_length],
-                              encode_texts)
-        self.text = dict(zip(texts, states))
+        encoders = nn.ModuleList([m for m in (comps.text_encoder, comps.text_encoder_2) if m is not None])
+        states = self._cached("text", encoders, [repr(texts), comps.tokenizer.model_max_length], encode_texts)
+        self.text = {t: {k: v[i] for k, v in states.items()} for i, t in enumerate(texts)}
         self.latents = {}
         sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, s) is not None]
         if self.cfg.cache_encodings and sides:
@@ -274,7 +275,7 @@ class DiffusionRun(TrainingRun):
 
             digests = [hashlib.sha256(getattr(x, s).numpy().tobytes()).hexdigest() for x, s in sides]
             latents = self._cached("latents", comps.vae, [comps.scaling_factor, comps.shift_factor, *digests],
-                                   encode_latents)
+                                   lambda: {"values": encode_latents()})["values"]
             self.latents = {(id(x), s): z for (x, s), z in zip(sides, latents)}
         own = [x for x in examples if x.chosen is None]
         if own:  # self_npo from prompts alone: x0 = the base model's own DDIM sample of each prompt
@@ -290,11 +291,13 @@ class DiffusionRun(TrainingRun):
                                   for i in range(0, len(own), 32)])
 
             samples = self._cached("own-samples", self.module.unet, [steps, self.cfg.guidance_scale, self.cfg.seed,
-                                                                     *[(x.prompt, x.row_id) for x in own]], sample)
+                                                                     *[(x.prompt, x.row_id) for x in own]],
+                                   lambda: {"values": sample()})["values"]
             self.latents.update({(id(x), "chosen"): z for x, z in zip(own, samples)})
 
-    def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> torch.Tensor:
-        """compute() -> tensor, read from / written to the on-disk cache under sha256(model weights, inputs)."""
+    def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> dict[str, torch.Tensor]:
+        """compute() -> {name: tensor}, read from / written to the on-disk cache under sha256(model weights,
+        inputs)."""
         import os
 
         from safetensors.torch import load_file, save_file
@@ -305,15 +308,15 @@ class DiffusionRun(TrainingRun):
         path = default_cache_dir() / "diffusion-encodings" / f"{kind}-{key[:32]}.safetensors"
         if path.is_file():
             try:
-                return load_file(str(path))["values"]
+                return load_file(str(path))
             except Exception:  # a damaged cache file is recomputed and replaced
                 pass
-        values = compute().float().contiguous()
+        values = {k: v.float().contiguous() for k, v in compute().items()}
         if self.main:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                save_file({"values": values}, str(tmp))
+                save_file(values, str(tmp))
                 os.replace(tmp, path)
             except OSError as err:  # the run goes on without a cache
                 print(f"preflab: could not write the encoding cache {path}: {err}")
@@ -358,21 +361,29 @@ class DiffusionRun(TrainingRun):
         ema_update(self.teacher, self.module.unet, self.cfg.self_npo_ema_decay)
         self._ema_step = step
 
-    def _text_of(self, texts: list[str]) -> torch.Tensor:
-        """[B, L, D] text states: cached, or (cache_encodings: false) encoded now."""
-        from preflab.diffusion.pipeline import encode_prompts
+    def _text_of(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """{"states": [B, L, D] (, "pooled": [B, P])} on the device: cached, or (cache_encodings: false) encoded
+        now."""
+        from preflab.diffusion.pipeline import encode_text
 
         missing = sorted({t for t in texts if t not in self.text})
-        fresh = dict(zip(missing, encode_prompts(self.components, missing).cpu())) if missing else {}
-        return torch.stack([self.text[t] if t in self.text else fresh[t] for t in texts])
+        fresh = {}
+        if missing:
+            new = encode_text(self.components, missing)
+            fresh = {t: {k: v[i].cpu() for k, v in new.items()} for i, t in enumerate(missing)}
+        rows = [self.text[t] if t in self.text else fresh[t] for t in texts]
+        return {k: torch.stack([r[k] for r in rows]).to(self.accelerator.device) for k in rows[0]}
 
-    def _cond(self, texts, index_users):
-        device = self.accelerator.device
-        states = self._text_of(texts).to(device)
+    def _cond(self, texts, index_users=None):
+        """The UNet conditioning of these captions (SDXL: with pooled embeddings and time_ids; ppd: user_index)."""
+        from preflab.diffusion.pipeline import unet_cond
+
+        cond = unet_cond(self._text_of(texts), self.cfg.resolution)
         if not self.ppd:
-            return states
-        users = torch.tensor([self.user_ids.index(u) for u in index_users], device=device)
-        return {"encoder_hidden_states": states, "user_index": users}
+            return cond
+        users = torch.tensor([self.user_ids.index(u) for u in index_users], device=self.accelerator.device)
+        cond = dict(cond) if isinstance(cond, dict) else {"encoder_hidden_states": cond}
+        return {**cond, "user_index": users}
 
     def pairs(self, index: list[int], data) -> "DiffusionPairs":
         """The DiffusionPairs of the examples at `index` of `data` (latents, conditioning, extras) on the device."""
@@ -408,7 +419,9 @@ class DiffusionRun(TrainingRun):
 
     def _reference(self, x, t, cond):
         if self.reference is not None:
-            return self.reference(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+            from preflab.diffusion.pipeline import call_unet
+
+            return call_unet(self.reference, x, t, cond)
         if self.lora:
             self.module.unet.disable_adapters()
             try:
@@ -418,8 +431,9 @@ class DiffusionRun(TrainingRun):
         return self.module(x, t, cond, use_user=False)  # ppd: the base UNet without the user branch
 
     def _teacher(self, x, t, cond):
-        kwargs = cond if isinstance(cond, dict) else {"encoder_hidden_states": cond}
-        return self.teacher(x, t, return_dict=False, **kwargs)[0]
+        from preflab.diffusion.pipeline import call_unet
+
+        return call_unet(self.teacher, x, t, cond)
 
     def score(self, index: list[int], step, data=None, policy=None):
         """The objective's batch for the examples at `index` (train data unless `data`), with the draws of `step`."""
@@ -432,7 +446,7 @@ class DiffusionRun(TrainingRun):
             if self.self_npo:
                 from preflab.diffusion.self_npo import self_npo_batch
 
-                uncond = self.text[""].unsqueeze(0).expand(len(index), -1, -1).to(self.accelerator.device)
+                uncond = self._cond([""] * len(index))
                 return self_npo_batch(policy, self._teacher, pairs.chosen, pairs.cond, uncond, self.schedule,
                                       generator, num_ddim_steps=self.cfg.self_npo_num_ddim_steps,
                                       rollout_steps=self.cfg.self_npo_rollout_steps,
