@@ -354,3 +354,23 @@ def test_sdxl_layout_trains_with_pooled_embeddings_and_time_ids_and_reloads(asse
     assert isinstance(pipe, StableDiffusionXLPipeline)
     image = pipe("a red disc", num_inference_steps=2, height=16, width=16, output_type="pt").images
     assert image.shape == (1, 3, 16, 16)
+
+
+def test_bf16_autocast_scores_close_to_float32_with_float32_master_weights(assets, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    losses = {}
+    for name, extra in (("fp32", {}), ("bf16", {"bf16": True})):
+        AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+        run = DiffusionRun(make_cfg(assets, tmp_path / name, **extra))
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(3)
+            for p in run.module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        out = run.forward(run.micro_batches(0)[0])
+        assert out.loss.dtype == torch.float32 and all(p.dtype == torch.float32 for p in run.params)
+        losses[name] = (out.loss.item(), float(out.metrics["mse/chosen"]), float(out.metrics["mse/rejected"]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert losses["bf16"][0] != losses["fp32"][0]  # autocast is on
+    # the denoising errors agree to bf16's precision (beta = 200 amplifies their ~1e-3 differences in the loss)
+    assert losses["bf16"][1:] == pytest.approx(losses["fp32"][1:], rel=1e-2)
