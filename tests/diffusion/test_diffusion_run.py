@@ -374,3 +374,30 @@ def test_bf16_autocast_scores_close_to_float32_with_float32_master_weights(asset
     assert losses["bf16"][0] != losses["fp32"][0]  # autocast is on
     # the denoising errors agree to bf16's precision (beta = 200 amplifies their ~1e-3 differences in the loss)
     assert losses["bf16"][1:] == pytest.approx(losses["fp32"][1:], rel=1e-2)
+
+
+def test_ppd_with_precomputed_user_embeddings_takes_held_out_users(assets, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    table = {f"user{i}": torch.randn(3, 8, generator=g) * 5 for i in range(3)}
+    save_file(table, str(tmp_path / "users.safetensors"))
+    rows = [json.loads(x) for x in open(assets["eval"])]
+    for r in rows:
+        r["user_id"] = "user2"  # a user with no training rows
+        for side in ("chosen_image", "rejected_image"):
+            r[side] = str(assets["root"] / "data" / r[side])
+    held_out = tmp_path / "heldout.jsonl"
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd", eval_dataset_name=str(held_out),
+                                user_embeddings=str(tmp_path / "users.safetensors")))
+    assert run.module.user_tokens == 3 and not run.module.users.weight.requires_grad
+    assert torch.allclose(run.module.users.weight[2], normalize_user_embeddings(table["user2"]).reshape(-1))
+    assert all(p is not run.module.users.weight for p in run.params)
+    assert run.evaluate()["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # zero-initialised W_V^u
+    run.train()
+    assert run.evaluate()["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # the branch reads user2's embedding

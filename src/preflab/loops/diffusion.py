@@ -204,8 +204,9 @@ class DiffusionRun(TrainingRun):
 
     def _build_models(self) -> None:
         cfg, comps, device = self.cfg, self.components, self.accelerator.device
-        for frozen in (comps.vae, comps.text_encoder):
-            frozen.requires_grad_(False).eval().to(device)
+        for frozen in (comps.vae, comps.text_encoder, comps.text_encoder_2):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval().to(device)
         unet = comps.denoiser.float().to(device)
         self.lora = False
         branch = users = None
@@ -213,14 +214,19 @@ class DiffusionRun(TrainingRun):
         if self.ppd:
             from preflab.diffusion.user_branch import install_user_branch
 
-            self.user_ids = sorted({x.user for x in self.train_data})
-            branch = install_user_branch(unet, cfg.user_embedding_dim).to(device)
-            users = nn.Embedding(len(self.user_ids), cfg.user_embedding_tokens * cfg.user_embedding_dim).to(device)
-            nn.init.normal_(users.weight, std=1.0, generator=torch.Generator().manual_seed(cfg.seed))
-            unknown = sorted({x.user for x in self.eval_data} - set(self.user_ids))
-            if unknown:
-                raise ConfigError(f"eval users {unknown[:5]} have no training rows; ppd learns one embedding per "
-                                  "training user, so evaluate on users seen in training.")
+            if cfg.user_embeddings:
+                users, self.user_tokens = self._user_table(cfg.user_embeddings)
+                users = users.to(device)
+            else:
+                self.user_ids, self.user_tokens = sorted({x.user for x in self.train_data}), cfg.user_embedding_tokens
+                users = nn.Embedding(len(self.user_ids), cfg.user_embedding_tokens * cfg.user_embedding_dim).to(device)
+                nn.init.normal_(users.weight, std=1.0, generator=torch.Generator().manual_seed(cfg.seed))
+                unknown = sorted({x.user for x in self.eval_data} - set(self.user_ids))
+                if unknown:
+                    raise ConfigError(f"eval users {unknown[:5]} have no training rows; ppd learns one embedding per "
+                                      "training user: evaluate on users seen in training, or give precomputed "
+                                      "embeddings of every user (user_embeddings).")
+            branch = install_user_branch(unet, users.weight.shape[1] // self.user_tokens).to(device)
         elif cfg.use_peft:
             from peft import LoraConfig
 
@@ -235,7 +241,7 @@ class DiffusionRun(TrainingRun):
                 self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        self.module = DenoiserModule(unet, branch, users, cfg.user_embedding_tokens)
+        self.module = DenoiserModule(unet, branch, users, getattr(self, "user_tokens", cfg.user_embedding_tokens))
         teacher = None
         if self.self_npo:
             teacher = copy.deepcopy(unet)
@@ -243,6 +249,31 @@ class DiffusionRun(TrainingRun):
                 t_param.requires_grad_(s_param.requires_grad)
         self.teacher = teacher
         self.trainables = Trainables(self.module, teacher)
+
+    def _user_table(self, path: str) -> tuple[nn.Embedding, int]:
+        """(a frozen embedding table of the file's users, L_u): each [L_u, d_u] embedding standardised per token
+        (preflab.diffusion.user_branch.normalize_user_embeddings; VLM states vary widely in scale)."""
+        from safetensors.torch import load_file
+
+        from preflab.diffusion.user_branch import normalize_user_embeddings
+        from preflab.errors import DataError
+
+        try:
+            table = load_file(path)
+        except Exception as err:
+            raise ConfigError(f"user_embeddings {path!r} is not a readable safetensors file: {err}") from err
+        shapes = {tuple(v.shape) for v in table.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ConfigError(f"user_embeddings {path}: every user needs one [L_u, d_u] tensor; got shapes "
+                              f"{sorted(shapes)[:4]}.")
+        missing = sorted({x.user for x in self.train_data + self.eval_data} - set(table))
+        if missing:
+            raise DataError(f"user_embeddings {path} has no embedding for users {missing[:5]} (column "
+                            f"{self.cfg.user_column!r}); add them or drop their rows.")
+        self.user_ids = sorted(table)
+        tokens = next(iter(shapes))[0]
+        weight = torch.stack([normalize_user_embeddings(table[u].float()).reshape(-1) for u in self.user_ids])
+        return nn.Embedding.from_pretrained(weight, freeze=True), tokens
 
     def _encode_all(self) -> None:
         """Text states of every distinct caption and (cache_encodings) latents of every image, computed once and
@@ -499,7 +530,7 @@ class DiffusionRun(TrainingRun):
             state["users.weight"] = self.module.users.weight.detach().contiguous().cpu()
             save_file(state, str(self.out / "user_branch.safetensors"))
             (self.out / "users.json").write_text(json.dumps({"users": self.user_ids,
-                                                             "tokens": self.cfg.user_embedding_tokens}))
+                                                             "tokens": self.module.user_tokens}))
             return
         save_pipeline(self.components, unet, self.out)
 
