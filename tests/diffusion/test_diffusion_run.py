@@ -40,6 +40,22 @@ def unet_state(unet):
     return {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_has_an_offline_example_config(method):
+    from pathlib import Path
+
+    from preflab.config import load_config
+    from preflab.loops.diffusion import check_diffusion_objective, check_diffusion_options
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "examples" / "diffusion" / f"{method}.yaml")
+    assert cfg.task == "diffusion" and cfg.loss_type == method and cfg.model_name_or_path == "builtin:tiny-sd"
+    check_diffusion_objective(cfg, cfg.objective())
+    check_diffusion_options(cfg)
+    assert (root / cfg.dataset_name).is_file() and (root / cfg.eval_dataset_name).is_file()
+
+
+@pytest.mark.slow
 def test_trained_pipeline_reloads_with_diffusers_and_generates(assets, tmp_path):
     from diffusers import DiffusionPipeline
 
