@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,21 +35,46 @@ PICKAPIC = ("caption", "jpg_0", "jpg_1", "label_0")
 PREFLAB = ("prompt", "chosen_image", "rejected_image")
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image of a row is (its path, bytes or PIL value), checked once when the row is read and decoded
+    again whenever it is used, so rows do not hold decoded pixels (a 512 px RGB image is 786 kB)."""
+
+    value: Any
+    field: str
+    resolution: int
+    resize: bool
+    base_dir: Path | None
+
+    def load(self) -> torch.Tensor:
+        from preflab.diffusion.images import load_image
+
+        return load_image(self.value, self.field, self.resolution, self.resize, self.base_dir)
+
+
 @dataclass
 class ImagePairExample:
-    """One row. chosen / rejected: uint8 [3, S, S] (rejected None for image-only rows, both None for prompt-only
-    rows); captions default to the
-    prompt; user: the row's user id (PPD) or None; preference_prob: SmPO's p or None."""
+    """One row. chosen / rejected: uint8 [3, S, S] decoded from their ImageRef on access (rejected None for
+    image-only rows, both None for prompt-only rows); captions default to the prompt; user: the row's user id (PPD)
+    or None; preference_prob: SmPO's p or None."""
 
     row_id: int
     prompt: str
-    chosen: torch.Tensor | None
-    rejected: torch.Tensor | None = None
+    chosen_ref: ImageRef | None
+    rejected_ref: ImageRef | None = None
     caption_chosen: str | None = None
     caption_rejected: str | None = None
     user: str | None = None
     preference_prob: float | None = None
     source: str = ""
+
+    @property
+    def chosen(self) -> torch.Tensor | None:
+        return None if self.chosen_ref is None else self.chosen_ref.load()
+
+    @property
+    def rejected(self) -> torch.Tensor | None:
+        return None if self.rejected_ref is None else self.rejected_ref.load()
 
     @property
     def cond_chosen(self) -> str:
@@ -112,7 +138,13 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
     from preflab.diffusion.smoothing import PICKSCORE_MAX, PICKSCORE_MIN, smoothed_preference
 
     form = _form(row, image_only)
-    image = lambda name: load_image(row.get(name), name, resolution, resize, base_dir)  # noqa: E731
+    def image(name: str) -> ImageRef:  # read once now, so that a bad image is a bad row here
+        load_image(row.get(name), name, resolution, resize, base_dir)
+        value = row.get(name)
+        if isinstance(value, (bytearray, memoryview)):
+            value = bytes(value)
+        return ImageRef(value, name, resolution, resize, base_dir)
+
     user = None
     if user_column is not None:
         value = row.get(user_column)

@@ -295,7 +295,7 @@ class DiffusionRun(TrainingRun):
         states = self._cached("text", encoders, [repr(texts), comps.tokenizer.model_max_length], encode_texts)
         self.text = {t: {k: v[i] for k, v in states.items()} for i, t in enumerate(texts)}
         self.latents = {}
-        sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, s) is not None]
+        sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, f"{s}_ref") is not None]
         if self.cfg.cache_encodings and sides:
 
             def encode_latents():
@@ -308,7 +308,7 @@ class DiffusionRun(TrainingRun):
             latents = self._cached("latents", comps.vae, [comps.scaling_factor, comps.shift_factor, *digests],
                                    lambda: {"values": encode_latents()})["values"]
             self.latents = {(id(x), s): z for (x, s), z in zip(sides, latents)}
-        own = [x for x in examples if x.chosen is None]
+        own = [x for x in examples if x.chosen_ref is None]
         if own:  # self_npo from prompts alone: x0 = the base model's own DDIM sample of each prompt
             from preflab.diffusion.pipeline import sample_latents
 
@@ -359,7 +359,7 @@ class DiffusionRun(TrainingRun):
 
         key = lambda x, side: (id(x), side)  # noqa: E731
         missing = [(x, s) for x in examples for s in ("chosen", "rejected")
-                   if getattr(x, s) is not None and key(x, s) not in self.latents]
+                   if getattr(x, f"{s}_ref") is not None and key(x, s) not in self.latents]
         fresh = {}
         if missing:
             images = torch.stack([getattr(x, s) for x, s in missing])
