@@ -25,6 +25,7 @@ SUBCOMMANDS = {
 TASK_ROUTES = {
     ("train", "reward"): "preflab.reward_models.cli:train_task",
     ("eval", "reward"): "preflab.reward_models.cli:eval_task",
+    ("eval", "diffusion"): "preflab.loops.diffusion_eval:eval_task",
 }
 
 

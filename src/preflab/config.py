@@ -34,7 +34,7 @@ RECIPE_TASKS = ("icpl", "raft_ladder", "themis")  # preflab.recipes: whole progr
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward | vlm
+    task: str = "dpo"                          # dpo | reward | vlm | diffusion | icpl | raft_ladder | themis
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -114,6 +114,23 @@ class TrainConfig:
     vision_pairs: str = "given"                # task: vlm; given | pami_vdpo | cat_adpo (preflab.data.vision_pairs)
     vision_pair_params: dict = field(default_factory=dict)  # task: vlm; the pair builder's parameters
     clue_aggregator: bool = False              # task: vlm; add CAT's question-conditioned clue aggregator
+    # diffusion runs (task: diffusion)
+    resolution: int = 512                      # diffusion: images are resized (shorter side) and centre-cropped to this square
+    image_resize: bool = True                  # diffusion: false = an image of another size is a bad row
+    diffusion_noising: dict = field(default_factory=dict)  # diffusion: PairNoiser overrides (mode, num_inversion_steps, inversion_eta, renoise_iters, grid_snap, min_timestep, max_timestep)
+    cache_encodings: bool = True               # diffusion: encode every image (VAE) and caption (text encoder) once before training
+    user_column: str = "user_id"               # ppd: the column naming each row's user
+    user_embedding_tokens: int = 4             # ppd: L_u, tokens of a learned user embedding
+    user_embedding_dim: int = 16               # ppd: d_u, width of a learned user embedding token
+    user_embeddings: str | None = None         # ppd: safetensors file {user_id: [L_u, d_u]} of precomputed (e.g. VLM) embeddings, kept fixed
+    caption_perturbation: str = "none"         # dcpo: build a missing caption_rejected by perturbing the caption: none | weak | medium | strong
+    score_range: list | None = None            # smpo_diffusion: [s_min, s_max] normalising reward scores (default: Pick-a-Pic PickScore)
+    self_npo_ema_decay: float = 0.999          # self_npo: teacher <- decay * teacher + (1 - decay) * student after each step
+    self_npo_num_ddim_steps: int = 25          # self_npo: K of the truncated-rollout DDIM grid
+    self_npo_rollout_steps: int = 5            # self_npo: teacher DDIM steps per example (the truncation)
+    self_npo_teacher_guidance: float = -1.0    # self_npo: LCM-convention teacher guidance (-1 = the unconditional prediction)
+    sample_steps: int = 20                     # diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: no samples.png)
+    guidance_scale: float = 1.0                # diffusion: classifier-free guidance scale when sampling (1 = none)
     # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 

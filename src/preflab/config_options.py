@@ -87,9 +87,9 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward", "vlm", "icpl", "raft_ladder", "themis"),
+    "task": one_of(("dpo", "reward", "vlm", "diffusion", "icpl", "raft_ladder", "themis"),
                    "what to train: a policy (any pairwise/unpaired objective), a reward model, a vision-language "
-                   "model (vlm), or a recipe (icpl, raft_ladder, themis: see preflab.recipes)"),
+                   "model (vlm), a diffusion pipeline, or a recipe (icpl, raft_ladder, themis: preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
@@ -191,6 +191,30 @@ OPTIONS: dict[str, Option] = {
                            "task: vlm; pairs as given, or built by PaMi-VDPO / CAT-ADPO (preflab.data.vision_pairs)"),
     "vision_pair_params": Option("task: vlm; the pair builder's parameters"),
     "clue_aggregator": Option("task: vlm; add CAT's question-conditioned clue aggregator to the model"),
+    # diffusion runs (task: diffusion)
+    "resolution": above(0, "diffusion: images are resized (shorter side) and centre-cropped to this square"),
+    "image_resize": Option("diffusion: false = an image of another size is a bad row"),
+    "diffusion_noising": Option("diffusion: PairNoiser overrides (mode, num_inversion_steps, inversion_eta, "
+                                "renoise_iters, grid_snap, min_timestep, max_timestep)"),
+    "cache_encodings": Option("diffusion: encode every image (VAE) and caption (text encoder) once before training"),
+    "user_column": Option("ppd: the column naming each row's user", "a non-empty name", _nonempty),
+    "user_embedding_tokens": above(0, "ppd: L_u, tokens of a learned user embedding"),
+    "user_embedding_dim": above(0, "ppd: d_u, width of a learned user embedding token"),
+    "user_embeddings": Option("ppd: safetensors file {user_id: [L_u, d_u]} of precomputed user embeddings (fixed)",
+                              "a non-empty path or null", _nonempty),
+    "caption_perturbation": one_of(("none", "weak", "medium", "strong"),
+                                   "dcpo: build a missing caption_rejected by perturbing the caption"),
+    "score_range": Option("smpo_diffusion: [s_min, s_max] normalising reward scores (default: PickScore's)"),
+    "self_npo_ema_decay": Option("self_npo: teacher <- decay * teacher + (1 - decay) * student after each step",
+                                 "in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+    "self_npo_num_ddim_steps": above(0, "self_npo: K of the truncated-rollout DDIM grid"),
+    "self_npo_rollout_steps": above(0, "self_npo: teacher DDIM steps per example (the truncation)"),
+    "self_npo_teacher_guidance": Option("self_npo: LCM-convention teacher guidance (-1 = the unconditional "
+                                        "prediction)"),
+    "sample_steps": Option("diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: none)", ">= 0",
+                           lambda v: _num(v) and v >= 0),
+    "guidance_scale": Option("diffusion: classifier-free guidance scale when sampling (1 = none)", ">= 0",
+                             lambda v: _num(v) and v >= 0),
     "recipe_params": Option("task: icpl | raft_ladder | themis: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),

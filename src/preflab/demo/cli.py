@@ -3,11 +3,13 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="SFT + DPO a tiny built-in model on a synthetic task; report true reward")
-    p.add_argument("which", nargs="?", default="text", choices=["text", "vlm"],
-                   help="text: the loud-echo task on a tiny LM; vlm: the shape-colour task on a tiny image-text model")
+    p = sub.add_parser("demo", help="SFT + DPO a tiny built-in model on a synthetic task; report true reward "
+                                    "(`preflab demo vlm`: image-text model; `preflab demo diffusion`: text-to-image)")
+    p.add_argument("which", nargs="?", default="text", choices=["text", "lm", "vlm", "diffusion"],
+                   help="text (= lm): the loud-echo task on a tiny LM; vlm: the shape-colour task on a tiny "
+                        "image-text model; diffusion: coloured shapes on a tiny text-to-image pipeline")
     p.add_argument("--output-dir", default=None, help="where to write data, runs, plots (default: outputs/demo, "
-                   "or outputs/demo-vlm)")
+                   "outputs/demo-vlm or outputs/demo-diffusion)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and models (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -23,6 +25,8 @@ def run(args) -> int:
               f"after DPO {summary['true_reward_after']:.3f}")
         print(f"wrote {out}/summary.json and {summary['report']}; model in {summary['model_dir']}")
         return 0
+    if args.which == "diffusion":
+        return run_diffusion(args)
     from preflab.demo.run import run_demo
 
     args.output_dir = args.output_dir or "outputs/demo"
@@ -31,4 +35,16 @@ def run(args) -> int:
           f"after DPO {summary['true_reward_after']:.3f}")
     print(f"wrote {args.output_dir}/summary.json and {summary.get('plot')}"
           + (f" and {summary['report']}" if summary.get("report") else ""))
+    return 0
+
+
+def run_diffusion(args) -> int:
+    from preflab.demo.diffusion import run_diffusion_demo
+
+    out = args.output_dir or "outputs/demo-diffusion"
+    summary = run_diffusion_demo(out, seed=args.seed, quiet=args.quiet)
+    print(f"true reward of samples (same prompts and seeds): before preference training "
+          f"{summary['true_reward_before']:.3f}, after {summary['true_reward_after']:.3f}")
+    print(f"wrote {out}/summary.json, {summary['samples_png']} and {summary['report']}; trained pipeline in "
+          f"{summary['model_dir']}")
     return 0

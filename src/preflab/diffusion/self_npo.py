@@ -57,6 +57,8 @@ def _teacher(teacher: Denoiser, x: Tensor, t: Tensor, cond: Any, uncond: Any, w:
 
 
 def _take(c: Any, index: Tensor) -> Any:
+    if isinstance(c, dict):  # e.g. SDXL's {"encoder_hidden_states", "added_cond_kwargs": {...}}
+        return {k: _take(v, index) for k, v in c.items()}
     return c[index] if isinstance(c, Tensor) else c
 
 

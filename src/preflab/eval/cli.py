@@ -25,8 +25,9 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv, a directory or hub name")
     p.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-*")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
-    p.add_argument("--task", choices=("dpo", "reward"), default="dpo",
-                   help="reward: evaluate a reward model (preflab.reward_models.eval)")
+    p.add_argument("--task", choices=("dpo", "reward", "diffusion"), default="dpo",
+                   help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
+                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts))")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
@@ -56,6 +57,9 @@ def run(args) -> int:
     """Policy evaluation. `--task reward` is routed to preflab.reward_models.cli.eval_task by preflab.cli."""
     if args.task == "reward":
         raise PreflabError("--task reward is run by preflab.reward_models.cli.eval_task (through the preflab "
+                           "command).")
+    if args.task == "diffusion":
+        raise PreflabError("--task diffusion is run by preflab.loops.diffusion_eval.eval_task (through the preflab "
                            "command).")
     from preflab.eval.run import EvalOptions, evaluate_checkpoint
     from preflab.eval.winrate import load_callable, reward_model_fn

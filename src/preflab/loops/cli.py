@@ -74,6 +74,10 @@ def run(args) -> int:
         from preflab.loops.vlm import VisionTrainer
 
         summary = VisionTrainer(cfg).train()
+    elif cfg.task == "diffusion":
+        from preflab.loops.diffusion import train_diffusion
+
+        summary = train_diffusion(cfg)
     else:
         from preflab.loops.offline import Trainer
 

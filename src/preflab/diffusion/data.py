@@ -1,0 +1,226 @@
+"""Image preference rows -> validated examples for a diffusion run (`task: diffusion`).
+
+Two row forms are read (the first one whose columns are present):
+
+    Pick-a-Pic   caption, jpg_0, jpg_1, label_0 in {0, 0.5, 1} (1: image 0 preferred); optional caption_0 /
+                 caption_1 (DCPO's per-image captions), ps_score_0 / ps_score_1 (SmPO's PickScore cosines)
+    preflab      prompt, chosen_image, rejected_image; optional caption_chosen / caption_rejected, chosen_score /
+                 rejected_score, preference_prob
+    image only   prompt (or caption), image (self_npo: one image per row, no preference)
+    prompt only  prompt (or caption) (self_npo, data-free: x0 is the model's own DDIM sample of the prompt)
+
+Images are a path (relative to the data file's folder), bytes, a datasets Image dict or a PIL image. As in
+Diffusion-DPO's released trainer (Salesforce train.py), ties (label_0 = 0.5) are dropped -- counted in the report
+as `ties_dropped`, not as bad rows -- and label_0 = 0 swaps the two images (and their captions), so the first image is
+always the preferred one. With SmPO scores the order comes from the scores (ps_label_0 = 1[ps_score_0 > ps_score_1],
+the reward model, not the human label; methods §5) and preference_prob = smoothed_preference(s_w, s_l).
+A user id column (`user_column`, PPD) is read when the run asks for it.
+
+Every bad row (unreadable image, unconvertible mode, wrong size with image_resize: false, missing or empty caption,
+a label outside {0, 0.5, 1}) is a DataError naming file, row and field, or skipped and counted (on_bad_row: skip).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from preflab.data.report import RowProblem, RowReport, row_error
+from preflab.errors import DataError
+
+PICKAPIC = ("caption", "jpg_0", "jpg_1", "label_0")
+PREFLAB = ("prompt", "chosen_image", "rejected_image")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image of a row is (its path, bytes or PIL value), checked once when the row is read and decoded
+    again whenever it is used, so rows do not hold decoded pixels (a 512 px RGB image is 786 kB)."""
+
+    value: Any
+    field: str
+    resolution: int
+    resize: bool
+    base_dir: Path | None
+
+    def load(self) -> torch.Tensor:
+        from preflab.diffusion.images import load_image
+
+        return load_image(self.value, self.field, self.resolution, self.resize, self.base_dir)
+
+
+@dataclass
+class ImagePairExample:
+    """One row. chosen / rejected: uint8 [3, S, S] decoded from their ImageRef on access (rejected None for
+    image-only rows, both None for prompt-only rows); captions default to the prompt; user: the row's user id (PPD)
+    or None; preference_prob: SmPO's p or None."""
+
+    row_id: int
+    prompt: str
+    chosen_ref: ImageRef | None
+    rejected_ref: ImageRef | None = None
+    caption_chosen: str | None = None
+    caption_rejected: str | None = None
+    user: str | None = None
+    preference_prob: float | None = None
+    source: str = ""
+
+    @property
+    def chosen(self) -> torch.Tensor | None:
+        return None if self.chosen_ref is None else self.chosen_ref.load()
+
+    @property
+    def rejected(self) -> torch.Tensor | None:
+        return None if self.rejected_ref is None else self.rejected_ref.load()
+
+    @property
+    def cond_chosen(self) -> str:
+        return self.caption_chosen if self.caption_chosen is not None else self.prompt
+
+    @property
+    def cond_rejected(self) -> str:
+        return self.caption_rejected if self.caption_rejected is not None else self.prompt
+
+
+@dataclass
+class ImageDataReport(RowReport):
+    ties_dropped: int = 0
+    forms: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "total": self.total, "kept": self.kept, "skipped": dict(self.skipped),
+                "skipped_examples": list(self.skipped_examples), "ties_dropped": self.ties_dropped,
+                "forms": dict(self.forms)}
+
+
+def _text(row: dict, name: str, required: bool = True) -> str | None:
+    value = row.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RowProblem("missing_caption", name, f"expected a non-empty string, got {value!r}",
+                         "Give every row its caption.")
+    return value
+
+
+def _number(row: dict, name: str) -> float | None:
+    value = row.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RowProblem("bad_value", name, f"expected a finite number, got {value!r}", "")
+    return float(value)
+
+
+def _form(row: dict, image_only: bool) -> str:
+    if all(k in row for k in PICKAPIC):
+        return "pickapic"
+    if all(k in row for k in PREFLAB):
+        return "preflab"
+    if image_only and "image" in row:
+        return "image"
+    if image_only and ("prompt" in row or "caption" in row):
+        return "prompt"
+    wanted = "prompt + image, or " if image_only else ""
+    raise RowProblem("missing_field", None, f"the row has columns {sorted(row)}; expected {wanted}"
+                     f"{' + '.join(PREFLAB)} (optional caption_chosen, caption_rejected, user_id, preference_prob), "
+                     f"or Pick-a-Pic's {' + '.join(PICKAPIC)}", "Rename the columns.")
+
+
+def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base_dir: Path | None,
+                  image_only: bool = False, user_column: str | None = None,
+                  score_range: tuple[float, float] | None = None) -> ImagePairExample | None:
+    """One example, or None for a dropped tie. Raises RowProblem for a bad row."""
+    from preflab.diffusion.images import load_image
+    from preflab.diffusion.smoothing import PICKSCORE_MAX, PICKSCORE_MIN, smoothed_preference
+
+    form = _form(row, image_only)
+    def image(name: str) -> ImageRef:  # read once now, so that a bad image is a bad row here
+        load_image(row.get(name), name, resolution, resize, base_dir)
+        value = row.get(name)
+        if isinstance(value, (bytearray, memoryview)):
+            value = bytes(value)
+        return ImageRef(value, name, resolution, resize, base_dir)
+
+    user = None
+    if user_column is not None:
+        value = row.get(user_column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise RowProblem("missing_user", user_column, "the row has no user id", "Give every row its user.")
+        user = str(value)
+    s_min, s_max = score_range or (PICKSCORE_MIN, PICKSCORE_MAX)
+    if form in ("image", "prompt"):
+        prompt = _text(row, "prompt") if "prompt" in row else _text(row, "caption")
+        return ImagePairExample(row_id, prompt, image("image") if form == "image" else None, user=user)
+    if form == "pickapic":
+        prompt = _text(row, "caption")
+        label = _number(row, "label_0")
+        if label not in (0.0, 0.5, 1.0):
+            raise RowProblem("bad_label", "label_0", f"label_0 must be 0, 0.5 or 1, got {row.get('label_0')!r}", "")
+        s0, s1 = _number(row, "ps_score_0"), _number(row, "ps_score_1")
+        first_wins = (s0 > s1) if (s0 is not None and s1 is not None) else label == 1.0
+        if s0 is None and label == 0.5:
+            return None
+        if s0 is not None and s0 == s1:
+            return None
+        c0, c1 = _text(row, "caption_0", False), _text(row, "caption_1", False)
+        img0, img1 = image("jpg_0"), image("jpg_1")
+        if not first_wins:
+            img0, img1, c0, c1, s0, s1 = img1, img0, c1, c0, s1, s0
+        prob = float(smoothed_preference(torch.tensor([s0]), torch.tensor([s1]), s_min, s_max)) \
+            if s0 is not None else None
+        return ImagePairExample(row_id, prompt, img0, img1, c0, c1, user, prob)
+    prompt = _text(row, "prompt")
+    prob = _number(row, "preference_prob")
+    if prob is not None and not 0 <= prob <= 1:
+        raise RowProblem("bad_value", "preference_prob", f"must lie in [0, 1], got {prob}", "")
+    sw, sl = _number(row, "chosen_score"), _number(row, "rejected_score")
+    if prob is None and sw is not None and sl is not None:
+        prob = float(smoothed_preference(torch.tensor([sw]), torch.tensor([sl]), s_min, s_max))
+    return ImagePairExample(row_id, prompt, image("chosen_image"), image("rejected_image"),
+                            _text(row, "caption_chosen", False), _text(row, "caption_rejected", False), user, prob)
+
+
+def load_image_pairs(source, *, split: str = "train", resolution: int, resize: bool = True,
+                     on_bad_row: str = "error", image_only: bool = False, user_column: str | None = None,
+                     needs_preference_prob: bool = False,
+                     score_range: tuple[float, float] | None = None) -> tuple[list[ImagePairExample], ImageDataReport]:
+    """(examples in source order, report). Raises DataError on the first bad row unless on_bad_row == "skip"."""
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    report = ImageDataReport(source=reader.name)
+    out = []
+    for raw in reader:
+        report.total += 1
+        base = Path(raw.file).parent if raw.file and Path(raw.file).exists() else None
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            example = build_example(raw.row_id, raw.data, resolution=resolution, resize=resize, base_dir=base,
+                                    image_only=image_only, user_column=user_column, score_range=score_range)
+            if example is not None and needs_preference_prob and example.preference_prob is None:
+                raise RowProblem("missing_field", "preference_prob", "this objective reads a per-pair preference "
+                                 "probability", "Give preference_prob, chosen_score + rejected_score, or "
+                                 "Pick-a-Pic's ps_score_0 + ps_score_1.")
+        except RowProblem as problem:
+            if on_bad_row == "error":
+                raise row_error(problem, raw.file or reader.name, raw.row_id, raw.line) from None
+            report.record_skip(problem, raw.row_id, raw.line)
+            continue
+        report.kept += 1
+        if example is None:
+            report.ties_dropped += 1
+            continue
+        example.source = raw.file or reader.name
+        form = _form(raw.data, image_only)
+        report.forms[form] = report.forms.get(form, 0) + 1
+        out.append(example)
+    report.check()
+    if not out:
+        raise DataError(f"{reader.name}: no usable rows ({report.total} read, {report.n_skipped} skipped, "
+                        f"{report.ties_dropped} ties dropped). Check the columns and images.")
+    return out, report

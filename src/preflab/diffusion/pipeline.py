@@ -1,0 +1,318 @@
+"""The parts of a text-to-image pipeline a diffusion run needs: load, encode, save.
+
+`load_components(name)` reads a diffusers pipeline from a local directory or a hub name (safetensors only unless
+allow_pickle; no remote code unless trust_remote_code) or builds the built-in tiny one ("builtin:tiny-sd", see
+`tiny_text_to_image_pipeline`). Supported now: pipelines with a `UNet2DConditionModel` (`unet`), one CLIP-style text
+encoder and tokenizer (SD 1.x / 2.x) or SDXL's two (with pooled embeddings and time_ids), a VAE and a DDPM-family
+scheduler (epsilon, v_prediction or sample prediction, read from the scheduler's config). Other layouts (SD3/Flux
+transformer denoisers with flow-matching schedulers, a third text encoder) are refused with a ConfigError rather
+than trained wrongly.
+
+Latents are the VAE posterior *mean* (x scaling_factor, minus shift_factor first where the VAE has one), so one
+image always has one latent and it can be cached; the released Diffusion-DPO trainers draw a posterior sample per
+step (a deviation of scale vae_std ~ 1e-2 on SD's VAE).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from preflab.errors import ConfigError, PreflabError
+
+TINY = "builtin:tiny-sd"
+BUILTIN_PIPELINES = {TINY: "a tiny random-init text-to-image pipeline (UNet, VAE, CLIP text encoder)"}
+
+
+@dataclass
+class DiffusionComponents:
+    pipeline: Any              # the diffusers pipeline object (holds the modules below)
+    denoiser: nn.Module        # pipeline.unet
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    scheduler: Any
+    text_encoder_2: nn.Module | None = None   # SDXL's second (projection) text encoder
+    tokenizer_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", 0.0) or 0.0)
+
+
+def tiny_text_to_image_pipeline(seed: int = 0, resolution: int = 16):
+    """A randomly initialised StableDiffusionPipeline built from configs (nothing downloaded): the §0.2 tiny UNet
+    (0.79 M parameters, cross_attention_dim 32), a 41 k-parameter 2-block AutoencoderKL (16 -> 8 latent pixels,
+    4 channels, no attention),
+    methods §A3's tiny CLIPTextModel with preflab's character tokenizer (32 tokens), and SD 1.5's DDIM schedule."""
+    try:
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    except ImportError as err:  # pragma: no cover - depends on the extra
+        raise PreflabError("diffusion runs need diffusers: pip install 'preflab[diffusion]'.") from err
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from preflab.models.tiny import tiny_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer("char")
+    tokenizer.model_max_length = 32
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, sample_size=resolution, layers_per_block=1, mid_block_add_attention=False)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def tiny_sdxl_pipeline(seed: int = 0, resolution: int = 16):
+    """The tiny pipeline's SDXL twin (tests): two tiny CLIP encoders (the second with a 32-d projection), a UNet
+    with SDXL's text_time added conditioning (cross_attention_dim 64 = 32 + 32), the same VAE and schedule."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    base = tiny_text_to_image_pipeline(seed, resolution)
+    tok = base.tokenizer
+    config = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                            eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed + 1)
+    first, second = CLIPTextModel(config), CLIPTextModelWithProjection(config)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
+    return StableDiffusionXLPipeline(vae=base.vae, text_encoder=first, text_encoder_2=second, tokenizer=tok,
+                                     tokenizer_2=copy.deepcopy(tok), unet=unet, scheduler=base.scheduler,
+                                     add_watermarker=False)
+
+
+def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool = False, seed: int = 0):
+    """The diffusers pipeline `name` (local directory, hub name or builtin:tiny-sd), in float32, on the CPU."""
+    if not name:
+        raise ConfigError("model_name_or_path is empty; give a diffusers pipeline directory, a hub name "
+                          f"(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or {TINY}.")
+    if name == TINY:
+        return tiny_text_to_image_pipeline(seed)
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError as err:  # pragma: no cover
+        raise PreflabError("diffusion runs need diffusers: pip install 'preflab[diffusion]'.") from err
+    from preflab.models.load import check_weights_safe
+
+    check_weights_safe(name, allow_pickle)
+    path = Path(name)
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json); save one with "
+                          "pipeline.save_pretrained(dir).")
+    try:
+        return DiffusionPipeline.from_pretrained(name, use_safetensors=None if allow_pickle else True,
+                                                 trust_remote_code=trust_remote_code, safety_checker=None)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ConfigError(f"could not load the diffusers pipeline {name!r}: {err}. Check the name (hub access or "
+                          "HF_HUB_OFFLINE) or the directory.") from err
+
+
+def components_of(pipeline) -> DiffusionComponents:
+    """The parts of a supported pipeline, or a ConfigError naming what is not supported."""
+    kind = type(pipeline).__name__
+    unet = getattr(pipeline, "unet", None)
+    sdxl = getattr(pipeline, "text_encoder_2", None) is not None
+    if getattr(pipeline, "text_encoder_3", None) is not None or (
+            sdxl and getattr(getattr(unet, "config", None), "addition_embed_type", None) != "text_time"):
+        raise ConfigError(f"{kind}'s text encoders are not SD 1.x/2.x's one or SDXL's two (with a text_time UNet); "
+                          "preflab's diffusion run does not support this layout yet (README 'Diffusion models').")
+    if unet is None:
+        raise ConfigError(f"{kind} has no UNet (a transformer denoiser such as SD3/Flux); preflab's diffusion run "
+                          "supports UNet2DConditionModel pipelines so far.")
+    scheduler = pipeline.scheduler
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise ConfigError(f"{kind}'s scheduler {type(scheduler).__name__} has no alphas_cumprod (flow matching?); "
+                          "preflab's diffusion run supports DDPM-family schedules so far.")
+    for name in ("vae", "text_encoder", "tokenizer"):
+        if getattr(pipeline, name, None) is None:
+            raise ConfigError(f"{kind} has no {name}; a text-to-image pipeline needs one.")
+    if sdxl and getattr(pipeline, "tokenizer_2", None) is None:
+        raise ConfigError(f"{kind} has text_encoder_2 but no tokenizer_2.")
+    return DiffusionComponents(pipeline, unet, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer, scheduler,
+                               getattr(pipeline, "text_encoder_2", None), getattr(pipeline, "tokenizer_2", None))
+
+
+def _ids(tok, prompts):
+    return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
+    """{"states": [N, L, D]} float32 (SD: the encoder's last hidden state, padded to the tokenizer's max length);
+    SDXL (diffusers' StableDiffusionXLPipeline.encode_prompt): states = both encoders' penultimate hidden states
+    concatenated on the feature axis, plus "pooled" [N, P] = the second encoder's projected text embedding; the
+    empty prompt is all zeros when the pipeline sets force_zeros_for_empty_prompt (its unconditional input)."""
+    encoder = components.text_encoder
+    device = device or next(encoder.parameters()).device
+    if not components.is_sdxl:
+        return {"states": encoder(_ids(components.tokenizer, prompts).to(device))[0].float()}
+    first = encoder(_ids(components.tokenizer, prompts).to(device), output_hidden_states=True)
+    second = components.text_encoder_2(_ids(components.tokenizer_2, prompts).to(device), output_hidden_states=True)
+    states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1).float()
+    pooled = second[0].float()
+    if getattr(components.pipeline.config, "force_zeros_for_empty_prompt", False):
+        empty = torch.tensor([p == "" for p in prompts], device=states.device)
+        states = torch.where(empty[:, None, None], torch.zeros_like(states), states)
+        pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+    return {"states": states, "pooled": pooled}
+
+
+def encode_prompts(components: DiffusionComponents, prompts: list[str], device=None) -> torch.Tensor:
+    """[N, L, D] float32 text states (encode_text's "states")."""
+    return encode_text(components, prompts, device)["states"]
+
+
+def unet_cond(text: dict[str, torch.Tensor], resolution: int) -> Any:
+    """The UNet's conditioning from encode_text's output: SD the states tensor; SDXL {"encoder_hidden_states",
+    "added_cond_kwargs": {"text_embeds": pooled, "time_ids": (S, S, 0, 0, S, S)}} (original size, centre-crop
+    top-left, target size: preflab's resize-and-centre-crop keeps the whole square)."""
+    if "pooled" not in text:
+        return text["states"]
+    pooled = text["pooled"]
+    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=pooled.dtype,
+                            device=pooled.device).expand(pooled.shape[0], -1)
+    return {"encoder_hidden_states": text["states"],
+            "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
+def call_unet(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+    """unet(x_t, t, ...) with a tensor cond as encoder_hidden_states or a dict cond as keywords (user_index
+    dropped: that is the PPD branch's input)."""
+    kwargs = {k: v for k, v in cond.items() if k != "user_index"} if isinstance(cond, dict) else \
+        {"encoder_hidden_states": cond}
+    return unet(x_t, t, return_dict=False, **kwargs)[0]
+
+
+def image_size(components: DiffusionComponents) -> int:
+    """Pixels per side of the denoiser's native sample (latent size x the VAE's downsampling)."""
+    return int(components.denoiser.config.sample_size) * 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_images(components: DiffusionComponents, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """uint8 [N, 3, S, S] -> latents [N, C, S/f, S/f] float32 (posterior mean, shifted and scaled)."""
+    from preflab.diffusion.images import to_model_range
+
+    vae = components.vae
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = to_model_range(images[i:i + batch_size]).to(device=device, dtype=dtype)
+        mean = vae.encode(x).latent_dist.mean
+        out.append(((mean - components.shift_factor) * components.scaling_factor).float())
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def decode_latents(components: DiffusionComponents, latents: torch.Tensor) -> torch.Tensor:
+    """latents -> float images in [-1, 1] [N, 3, S, S]."""
+    vae = components.vae
+    z = latents / components.scaling_factor + components.shift_factor
+    return vae.decode(z.to(next(vae.parameters()).dtype)).sample.float().clamp(-1, 1)
+
+
+def merged_denoiser(denoiser: nn.Module) -> nn.Module:
+    """A plain copy of the denoiser: LoRA adapters fused into the weights and removed (diffusers' fuse_lora)."""
+    plain = copy.deepcopy(denoiser).float()
+    if getattr(plain, "_hf_peft_config_loaded", False):
+        plain.fuse_lora()
+        plain.unload_lora()
+    return plain
+
+
+def save_pipeline(components: DiffusionComponents, denoiser: nn.Module, out: Path) -> Path:
+    """Write a pipeline that `diffusers.DiffusionPipeline.from_pretrained(out)` loads: the trained denoiser (LoRA
+    fused) with the run's VAE, text encoder, tokenizer and scheduler (safetensors)."""
+    pipe = components.pipeline
+    plain = merged_denoiser(denoiser)
+    original = pipe.unet
+    pipe.register_modules(unet=plain)
+    try:
+        pipe.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        pipe.register_modules(unet=original)
+    return out
+
+
+@torch.no_grad()
+def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
+                  num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
+    """uint8 [N, 3, S, S]: deterministic DDIM ("trailing" spacing, eta = 0) from x_T ~ N(0, I) seeded per image,
+    with classifier-free guidance (guidance_scale 1 = the conditional prediction only)."""
+    from preflab.diffusion.images import to_uint8
+
+    latents = sample_latents(components, denoiser, prompts, seeds, num_steps, guidance_scale, device)
+    return to_uint8(decode_latents(components, latents)).cpu()
+
+
+@torch.no_grad()
+def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
+                   num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
+    """The latents [N, C, h, w] that `sample_images` decodes."""
+    from preflab.diffusion.guidance import cfg, ddim_sample
+    from preflab.diffusion.schedule import NoiseSchedule
+
+    device = device or next(denoiser.parameters()).device
+    schedule = NoiseSchedule.from_scheduler(components.scheduler)
+    size = image_size(components)
+    cond = unet_cond(encode_text(components, prompts, device), size)
+    uncond = unet_cond(encode_text(components, [""] * len(prompts), device), size)
+    cfgd = denoiser.config
+    shape = (cfgd.in_channels, cfgd.sample_size, cfgd.sample_size)
+    x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+    def predict(x, t):
+        c = call_unet(denoiser, x, t, cond).float()
+        if guidance_scale == 1.0:
+            return c
+        return cfg(c, call_unet(denoiser, x, t, uncond).float(), guidance_scale)
+
+    return ddim_sample(predict, x_T, schedule, num_steps)
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 4) -> Path:
+    """Rows of uint8 images [N, 3, S, S] -> one PNG (one image row per entry, white gaps), upscaled `scale` x."""
+    from PIL import Image
+
+    n, s = max(r.shape[0] for r in rows), rows[0].shape[-1]
+    pad = 2
+    canvas = torch.full((3, len(rows) * (s + pad) + pad, n * (s + pad) + pad), 255, dtype=torch.uint8)
+    for r, images in enumerate(rows):
+        for i, image in enumerate(images):
+            y, x = pad + r * (s + pad), pad + i * (s + pad)
+            canvas[:, y:y + s, x:x + s] = image
+    img = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)
+    return Path(path)

@@ -1,0 +1,581 @@
+"""`preflab train` with `task: diffusion`: preference training of a text-to-image diffusion model on TrainingRun.
+
+    rows (image pairs) --load_image_pairs--> examples --VAE / text encoder (frozen; cached once)--> latents, text
+      --per-pair (t, eps) drawn from (seed, step, dataset position)--> PairNoiser (the objective's `diffusion_noising`)
+      --DiffusionPairScorer: policy on [2B], reference without grad--> PairBatch of -MSE --> objective
+
+One optimizer step is preflab.step.optimizer_step, the loop is preflab.loops.driver.TrainingRun; this module only
+says what a micro-batch is, how it is scored, and how the model is saved. The reference is a frozen copy (full
+fine-tuning), the same UNet with its LoRA adapters disabled (use_peft), or the base UNet without the user branch
+(ppd). `self_npo` trains from image + caption rows (no preference) against an EMA teacher kept in the checkpoint.
+
+Randomness: the timestep and noise of a pair depend only on (seed, step, the pair's dataset position), never on
+the process count, the micro-batch split or a resume, so a resumed run equals the uninterrupted one and two processes
+equal one. (Inversion jitter and Self-NPO's draws are per micro-batch: seeded by (seed, step, first position).)
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from preflab.errors import ConfigError
+from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
+from preflab.objectives.base import UnpairedBatch
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the diffusers Diffusion-DPO script's LoRA targets
+
+
+def is_diffusion_objective(objective) -> bool:
+    """True for the diffusion objectives (their `modality`, or the "diffusion" data tag)."""
+    if getattr(objective, "modality", "text") == "diffusion":
+        return True
+    parts = getattr(objective, "objectives", None) or [objective]
+    return all("diffusion" in getattr(p, "tags", {}).get("data", ()) for p in parts)
+
+
+def check_diffusion_objective(cfg, objective) -> None:
+    """A text objective in a diffusion run is refused before any model is loaded."""
+    if not is_diffusion_objective(objective):
+        raise ConfigError(
+            f"loss_type {cfg.loss_type!r} is a language-model objective; task: diffusion trains diffusion_dpo, "
+            "smpo_diffusion, diffusion_inpo, dcpo, ppd or self_npo. Use task: dpo for language models.")
+
+
+def check_diffusion_options(cfg) -> None:
+    """The diffusion block of TrainConfig: impossible values -> ConfigError (before any model loads)."""
+    from preflab.diffusion.captions import STRENGTHS
+
+    positive = ("resolution", "user_embedding_tokens", "user_embedding_dim", "self_npo_num_ddim_steps")
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)!r}.")
+    if cfg.self_npo_rollout_steps < 0 or cfg.sample_steps < 0:
+        raise ConfigError("self_npo_rollout_steps and sample_steps must be >= 0.")
+    if not 0 <= cfg.self_npo_ema_decay <= 1:
+        raise ConfigError(f"self_npo_ema_decay must be in [0, 1], got {cfg.self_npo_ema_decay}.")
+    if cfg.caption_perturbation not in ("none", *STRENGTHS):
+        raise ConfigError(f"caption_perturbation must be one of none, {', '.join(STRENGTHS)}; got "
+                          f"{cfg.caption_perturbation!r}.")
+    known = {"mode", "num_inversion_steps", "inversion_eta", "renoise_iters", "grid_snap", "steps_offset",
+             "min_timestep", "max_timestep"}
+    unknown = sorted(set(cfg.diffusion_noising) - known)
+    if unknown:
+        raise ConfigError(f"diffusion_noising has unknown keys {unknown}; the keys are {sorted(known)}.")
+
+
+def draw_seed(*parts) -> int:
+    """A 63-bit seed from the given parts (stable across processes and Python runs)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class DenoiserModule(nn.Module):
+    """The trainable module (the one DDP wraps): forward(x_t, t, cond) -> the UNet's prediction.
+
+    cond: text states [B, L, D], or a dict {"encoder_hidden_states": ..., "user_index": [B] long} for PPD, whose
+    learned user embeddings [B, L_u, d_u] go through the user branch (preflab.diffusion.user_branch)."""
+
+    def __init__(self, unet: nn.Module, user_branch: nn.Module | None = None, users: nn.Embedding | None = None,
+                 user_tokens: int = 0):
+        super().__init__()
+        self.unet, self.user_branch, self.users, self.user_tokens = unet, user_branch, users, user_tokens
+
+    def forward(self, x_t, t, cond, use_user: bool = True):
+        kwargs = {}
+        if isinstance(cond, dict):
+            cond = dict(cond)
+            index = cond.pop("user_index", None)
+            if index is not None and use_user and self.user_branch is not None:
+                e = self.users(index).reshape(index.shape[0], self.user_tokens, -1)
+                kwargs["cross_attention_kwargs"] = {"user_embeds": self.user_branch.proj(e)}
+            kwargs.update(cond)
+        else:
+            kwargs["encoder_hidden_states"] = cond
+        return self.unet(x_t, t, return_dict=False, **kwargs)[0]
+
+
+class Trainables(nn.Module):
+    """What a checkpoint holds: the denoiser module's trainable parameters and, for self_npo, the EMA teacher's
+    (marked requires_grad so the checkpoint keeps them; the optimizer never sees them)."""
+
+    def __init__(self, module: DenoiserModule, teacher: nn.Module | None = None):
+        super().__init__()
+        self.module, self.teacher = module, teacher
+
+
+@dataclass
+class DiffusionMicroBatch:
+    index: list[int]      # dataset positions
+    row_ids: list[int]    # source rows (the step's example count)
+    step: int
+    num_tokens: int       # images in the micro-batch (the loop's throughput counter)
+
+
+class DiffusionRun(TrainingRun):
+    """A preference run on a diffusers text-to-image pipeline (see the module docstring)."""
+
+    def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None):
+        from preflab.diffusion.pipeline import components_of, load_pipeline
+        from preflab.diffusion.schedule import NoiseSchedule
+        from preflab.objectives.dcpo import DCPO
+        from preflab.objectives.ppd import PPD
+        from preflab.scoring.diffusion import DiffusionPairScorer, noiser_for
+
+        self.cfg = cfg
+        self.objective = cfg.objective()
+        check_diffusion_objective(cfg, self.objective)
+        check_diffusion_options(cfg)
+        self.self_npo = self.objective.batch_type is UnpairedBatch
+        self.ppd = isinstance(self.objective, PPD)
+        self.dcpo = isinstance(self.objective, DCPO)
+        if self.ppd and cfg.use_peft:
+            raise ConfigError("ppd trains only the user branch (the UNet stays frozen); set use_peft: false.")
+        if cfg.caption_perturbation != "none" and not self.dcpo:
+            raise ConfigError("caption_perturbation builds DCPO's rejected captions; set loss_type: dcpo or "
+                              "caption_perturbation: none.")
+        if self.self_npo and cfg.diffusion_noising:
+            raise ConfigError("diffusion_noising configures pair noising; self_npo draws its own (self_npo_* options).")
+        self.accelerator = make_accelerator(cfg)
+        self.main = self.accelerator.is_main_process
+        self.data_report = {}
+        if train_data is None:
+            train_data, eval_data, self.data_report = self._prepare_data()
+        self.train_data, self.eval_data = train_data, eval_data or []
+        self.components = components_of(pipeline if pipeline is not None else load_pipeline(
+            cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
+        self.schedule = NoiseSchedule.from_scheduler(self.components.scheduler)
+        self.scorer = None if self.self_npo else DiffusionPairScorer(
+            noiser_for(self.objective, self.schedule, **cfg.diffusion_noising))
+        self._build_models()
+        self._encode_all()
+        self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
+        self.sync_module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        self.checkpoint_module = self.trainables
+        self._ema_step = None
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_data(self):
+        from preflab.diffusion.data import load_image_pairs
+
+        cfg = self.cfg
+        if not cfg.dataset_name:
+            raise ConfigError("dataset_name is empty; give a .jsonl/.parquet file of image pairs, a directory or a "
+                              "hub dataset (Pick-a-Pic style or prompt/chosen_image/rejected_image).")
+        if cfg.score_range is not None and (len(cfg.score_range) != 2 or not cfg.score_range[1] > cfg.score_range[0]):
+            raise ConfigError(f"score_range must be [s_min, s_max] with s_max > s_min, got {cfg.score_range}.")
+        kwargs = dict(resolution=cfg.resolution, resize=cfg.image_resize, on_bad_row=cfg.on_bad_row,
+                      image_only=self.self_npo, user_column=cfg.user_column if self.ppd else None,
+                      needs_preference_prob="preference_prob" in getattr(self.objective, "required_extras", ()),
+                      score_range=tuple(cfg.score_range) if cfg.score_range else None)
+        train, report = load_image_pairs(cfg.dataset_name, split=cfg.dataset_split, **kwargs)
+        evals, eval_report = [], None
+        if cfg.eval_dataset_name:
+            evals, eval_report = load_image_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **kwargs)
+        elif cfg.eval_fraction > 0:
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            held = set(perm[:max(1, round(cfg.eval_fraction * len(train)))])
+            evals = [x for i, x in enumerate(train) if i in held]
+            train = [x for i, x in enumerate(train) if i not in held]
+        out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped)}
+        if eval_report is not None:
+            out["eval_rows"] = eval_report.to_dict()
+        if self.main:
+            print(f"preflab: data: {report.kept} of {report.total} rows kept ({report.n_skipped} skipped, "
+                  f"{report.ties_dropped} ties dropped); {len(train)} train, {len(evals)} eval examples")
+        if self.dcpo and self.cfg.caption_perturbation != "none":
+            self._perturb_captions(train + evals)
+        return train, evals, out
+
+    def _perturb_captions(self, examples) -> None:
+        from preflab.diffusion.captions import caption_vocabulary, perturb_caption
+
+        vocab = caption_vocabulary([x.prompt for x in examples] + [x.cond_chosen for x in examples])
+        for x in examples:
+            if x.caption_rejected is None:
+                x.caption_rejected = perturb_caption(x.cond_rejected, self.cfg.caption_perturbation, vocab,
+                                                     draw_seed(self.cfg.seed, "caption", x.row_id))
+
+    def _build_models(self) -> None:
+        cfg, comps, device = self.cfg, self.components, self.accelerator.device
+        for frozen in (comps.vae, comps.text_encoder, comps.text_encoder_2):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval().to(device)
+        unet = comps.denoiser.float().to(device)
+        self.lora = False
+        branch = users = None
+        self.reference = None
+        if self.ppd:
+            from preflab.diffusion.user_branch import install_user_branch
+
+            if cfg.user_embeddings:
+                users, self.user_tokens = self._user_table(cfg.user_embeddings)
+                users = users.to(device)
+            else:
+                self.user_ids, self.user_tokens = sorted({x.user for x in self.train_data}), cfg.user_embedding_tokens
+                users = nn.Embedding(len(self.user_ids), cfg.user_embedding_tokens * cfg.user_embedding_dim).to(device)
+                nn.init.normal_(users.weight, std=1.0, generator=torch.Generator().manual_seed(cfg.seed))
+                unknown = sorted({x.user for x in self.eval_data} - set(self.user_ids))
+                if unknown:
+                    raise ConfigError(f"eval users {unknown[:5]} have no training rows; ppd learns one embedding per "
+                                      "training user: evaluate on users seen in training, or give precomputed "
+                                      "embeddings of every user (user_embeddings).")
+            branch = install_user_branch(unet, users.weight.shape[1] // self.user_tokens).to(device)
+        elif cfg.use_peft:
+            from peft import LoraConfig
+
+            targets = LORA_TARGETS if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
+            unet.requires_grad_(False)
+            unet.add_adapter(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                        init_lora_weights="gaussian", target_modules=targets))
+            self.lora = True
+        else:
+            unet.requires_grad_(True)
+            if self.objective.needs_reference and not self.self_npo:
+                self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.module = DenoiserModule(unet, branch, users, getattr(self, "user_tokens", cfg.user_embedding_tokens))
+        teacher = None
+        if self.self_npo:
+            teacher = copy.deepcopy(unet)
+            for t_param, s_param in zip(teacher.parameters(), unet.parameters()):
+                t_param.requires_grad_(s_param.requires_grad)
+        self.teacher = teacher
+        self.trainables = Trainables(self.module, teacher)
+
+    def _user_table(self, path: str) -> tuple[nn.Embedding, int]:
+        """(a frozen embedding table of the file's users, L_u): each [L_u, d_u] embedding standardised per token
+        (preflab.diffusion.user_branch.normalize_user_embeddings; VLM states vary widely in scale)."""
+        from safetensors.torch import load_file
+
+        from preflab.diffusion.user_branch import normalize_user_embeddings
+        from preflab.errors import DataError
+
+        try:
+            table = load_file(path)
+        except Exception as err:
+            raise ConfigError(f"user_embeddings {path!r} is not a readable safetensors file: {err}") from err
+        shapes = {tuple(v.shape) for v in table.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ConfigError(f"user_embeddings {path}: every user needs one [L_u, d_u] tensor; got shapes "
+                              f"{sorted(shapes)[:4]}.")
+        missing = sorted({x.user for x in self.train_data + self.eval_data} - set(table))
+        if missing:
+            raise DataError(f"user_embeddings {path} has no embedding for users {missing[:5]} (column "
+                            f"{self.cfg.user_column!r}); add them or drop their rows.")
+        self.user_ids = sorted(table)
+        tokens = next(iter(shapes))[0]
+        weight = torch.stack([normalize_user_embeddings(table[u].float()).reshape(-1) for u in self.user_ids])
+        return nn.Embedding.from_pretrained(weight, freeze=True), tokens
+
+    def _encode_all(self) -> None:
+        """Text states of every distinct caption and (cache_encodings) latents of every image, computed once and
+        kept on disk under a fingerprint of the frozen encoder's weights and the inputs ($PREFLAB_CACHE_DIR, else
+        ~/.cache/preflab, /diffusion-encodings), so a second run on the same data and model encodes nothing."""
+        from preflab.diffusion.pipeline import encode_text
+
+        examples = self.train_data + self.eval_data
+        texts = sorted({x.cond_chosen for x in examples} | {x.cond_rejected for x in examples} | {""})
+        comps = self.components
+        if not self.cfg.cache_encodings:  # encoded per micro-batch (_text_of); only the empty prompt is kept
+            texts = [""]
+
+        def encode_texts():
+            parts = [encode_text(comps, texts[i:i + 64]) for i in range(0, len(texts), 64)]
+            return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+
+        encoders = nn.ModuleList([m for m in (comps.text_encoder, comps.text_encoder_2) if m is not None])
+        states = self._cached("text", encoders, [repr(texts), comps.tokenizer.model_max_length], encode_texts)
+        self.text = {t: {k: v[i] for k, v in states.items()} for i, t in enumerate(texts)}
+        self.latents = {}
+        sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, f"{s}_ref") is not None]
+        if self.cfg.cache_encodings and sides:
+
+            def encode_latents():
+                from preflab.diffusion.pipeline import encode_images
+
+                return torch.cat([encode_images(comps, torch.stack([getattr(x, s) for x, s in sides[i:i + 32]]))
+                                  .cpu() for i in range(0, len(sides), 32)])
+
+            digests = [hashlib.sha256(getattr(x, s).numpy().tobytes()).hexdigest() for x, s in sides]
+            latents = self._cached("latents", comps.vae, [comps.scaling_factor, comps.shift_factor, *digests],
+                                   lambda: {"values": encode_latents()})["values"]
+            self.latents = {(id(x), s): z for (x, s), z in zip(sides, latents)}
+        own = [x for x in examples if x.chosen_ref is None]
+        if own:  # self_npo from prompts alone: x0 = the base model's own DDIM sample of each prompt
+            from preflab.diffusion.pipeline import sample_latents
+
+            steps = self.cfg.sample_steps or 20
+
+            def sample():
+                unet = self.module.unet
+                return torch.cat([sample_latents(comps, unet, [x.prompt for x in own[i:i + 32]],
+                                                 [draw_seed(self.cfg.seed, "x0", x.row_id) for x in own[i:i + 32]],
+                                                 steps, self.cfg.guidance_scale).cpu()
+                                  for i in range(0, len(own), 32)])
+
+            samples = self._cached("own-samples", self.module.unet, [steps, self.cfg.guidance_scale, self.cfg.seed,
+                                                                     *[(x.prompt, x.row_id) for x in own]],
+                                   lambda: {"values": sample()})["values"]
+            self.latents.update({(id(x), "chosen"): z for x, z in zip(own, samples)})
+
+    def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> dict[str, torch.Tensor]:
+        """compute() -> {name: tensor}, read from / written to the on-disk cache under sha256(model weights,
+        inputs)."""
+        import os
+
+        from safetensors.torch import load_file, save_file
+
+        from preflab.scoring.ref_cache import default_cache_dir, model_fingerprint
+
+        key = hashlib.sha256("|".join([kind, model_fingerprint(model), *map(str, inputs)]).encode()).hexdigest()
+        path = default_cache_dir() / "diffusion-encodings" / f"{kind}-{key[:32]}.safetensors"
+        if path.is_file():
+            try:
+                return load_file(str(path))
+            except Exception:  # a damaged cache file is recomputed and replaced
+                pass
+        values = {k: v.float().contiguous() for k, v in compute().items()}
+        if self.main:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                save_file(values, str(tmp))
+                os.replace(tmp, path)
+            except OSError as err:  # the run goes on without a cache
+                print(f"preflab: could not write the encoding cache {path}: {err}")
+        self.encodings_cache = str(path.parent)
+        return values
+
+    def _latents_of(self, examples, store: bool = False):
+        from preflab.diffusion.pipeline import encode_images
+
+        key = lambda x, side: (id(x), side)  # noqa: E731
+        missing = [(x, s) for x in examples for s in ("chosen", "rejected")
+                   if getattr(x, f"{s}_ref") is not None and key(x, s) not in self.latents]
+        fresh = {}
+        if missing:
+            images = torch.stack([getattr(x, s) for x, s in missing])
+            for (x, s), z in zip(missing, encode_images(self.components, images)):
+                fresh[key(x, s)] = z.cpu()
+            if store:
+                self.latents.update(fresh)
+        get = lambda x, s: self.latents.get(key(x, s), fresh.get(key(x, s)))  # noqa: E731
+        chosen = torch.stack([get(x, "chosen") for x in examples])
+        rejected = None if self.self_npo else torch.stack([get(x, "rejected") for x in examples])
+        return chosen, rejected
+
+    # ------------------------------------------------------------------ batches and scoring
+    def micro_batches(self, step: int) -> list[DiffusionMicroBatch]:
+        self._ema_catch_up(step)
+        out = []
+        for index in self.plan.indices(step, self.accelerator.process_index):
+            items = [self.train_data[i] for i in index]
+            out.append(DiffusionMicroBatch(list(index), [x.row_id for x in items], step,
+                                           len(items) * (1 if self.self_npo else 2)))
+        return out
+
+    def _ema_catch_up(self, step: int) -> None:
+        """Self-NPO: the EMA update after optimizer step s runs before step s + 1's forward (and so, after a
+        resume at step s, from the restored student), never twice."""
+        if self.teacher is None or step == 0 or self._ema_step == step:
+            return
+        from preflab.diffusion.self_npo import ema_update
+
+        ema_update(self.teacher, self.module.unet, self.cfg.self_npo_ema_decay)
+        self._ema_step = step
+
+    def _text_of(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """{"states": [B, L, D] (, "pooled": [B, P])} on the device: cached, or (cache_encodings: false) encoded
+        now."""
+        from preflab.diffusion.pipeline import encode_text
+
+        missing = sorted({t for t in texts if t not in self.text})
+        fresh = {}
+        if missing:
+            new = encode_text(self.components, missing)
+            fresh = {t: {k: v[i].cpu() for k, v in new.items()} for i, t in enumerate(missing)}
+        rows = [self.text[t] if t in self.text else fresh[t] for t in texts]
+        return {k: torch.stack([r[k] for r in rows]).to(self.accelerator.device) for k in rows[0]}
+
+    def _cond(self, texts, index_users=None):
+        """The UNet conditioning of these captions (SDXL: with pooled embeddings and time_ids; ppd: user_index)."""
+        from preflab.diffusion.pipeline import unet_cond
+
+        cond = unet_cond(self._text_of(texts), self.cfg.resolution)
+        if not self.ppd:
+            return cond
+        users = torch.tensor([self.user_ids.index(u) for u in index_users], device=self.accelerator.device)
+        cond = dict(cond) if isinstance(cond, dict) else {"encoder_hidden_states": cond}
+        return {**cond, "user_index": users}
+
+    def pairs(self, index: list[int], data) -> "DiffusionPairs":
+        """The DiffusionPairs of the examples at `index` of `data` (latents, conditioning, extras) on the device."""
+        from preflab.scoring.diffusion import DiffusionPairs
+
+        items = [data[i] for i in index]
+        device = self.accelerator.device
+        chosen, rejected = self._latents_of(items)
+        users = [x.user for x in items]
+        cond = self._cond([x.cond_chosen if self.dcpo else x.prompt for x in items], users)
+        cond_rejected = self._cond([x.cond_rejected for x in items], users) if self.dcpo else None
+        extras = {}
+        if any(x.preference_prob is not None for x in items):
+            extras["preference_prob"] = torch.tensor([x.preference_prob for x in items], dtype=torch.float64,
+                                                     device=device)
+        return DiffusionPairs(chosen.to(device), None if rejected is None else rejected.to(device), cond,
+                              cond_rejected, [x.row_id for x in items], extras)
+
+    def _draws(self, index: list[int], step, shape):
+        """(t [B], eps [B, ...]) from one generator per pair seeded by (seed, step, dataset position)."""
+        ts, noise = [], []
+        for i in index:
+            g = torch.Generator().manual_seed(draw_seed(self.cfg.seed, step, i))
+            ts.append(self.scorer.noiser.sample_timesteps(1, g))
+            noise.append(torch.randn(shape, generator=g))
+        return torch.cat(ts), torch.stack(noise)
+
+    def _policy(self, x, t, cond):
+        return self.sync_module(x, t, cond)
+
+    def _inverting_policy(self, x, t, cond):
+        return self.module(x, t, cond)
+
+    def _reference(self, x, t, cond):
+        if self.reference is not None:
+            from preflab.diffusion.pipeline import call_unet
+
+            return call_unet(self.reference, x, t, cond)
+        if self.lora:
+            self.module.unet.disable_adapters()
+            try:
+                return self.module(x, t, cond)
+            finally:
+                self.module.unet.enable_adapters()
+        return self.module(x, t, cond, use_user=False)  # ppd: the base UNet without the user branch
+
+    def _teacher(self, x, t, cond):
+        from preflab.diffusion.pipeline import call_unet
+
+        return call_unet(self.teacher, x, t, cond)
+
+    def score(self, index: list[int], step, data=None, policy=None):
+        """The objective's batch for the examples at `index` (train data unless `data`), with the draws of `step`."""
+        data = self.train_data if data is None else data
+        pairs = self.pairs(index, data)
+        seed = draw_seed(self.cfg.seed, step, "batch", index[0])
+        generator = torch.Generator().manual_seed(seed)
+        policy = policy or self._policy
+        with self.accelerator.autocast():
+            if self.self_npo:
+                from preflab.diffusion.self_npo import self_npo_batch
+
+                uncond = self._cond([""] * len(index))
+                return self_npo_batch(policy, self._teacher, pairs.chosen, pairs.cond, uncond, self.schedule,
+                                      generator, num_ddim_steps=self.cfg.self_npo_num_ddim_steps,
+                                      rollout_steps=self.cfg.self_npo_rollout_steps,
+                                      teacher_guidance=self.cfg.self_npo_teacher_guidance)
+            t, eps = self._draws(index, step, tuple(pairs.chosen.shape[1:]))
+            cond_l = pairs.cond if pairs.cond_rejected is None else pairs.cond_rejected
+            noised = self.scorer.noiser(pairs.chosen, pairs.rejected, generator, self._inverting_policy, pairs.cond,
+                                        cond_l, timesteps=t, noise=eps.to(pairs.chosen))
+            reference = self._reference if self.objective.needs_reference else None
+            return self.scorer(policy, pairs, reference, noised=noised)
+
+    def forward(self, mb: DiffusionMicroBatch):
+        return self.objective(self.score(mb.index, mb.step))
+
+    # ------------------------------------------------------------------ evaluation and saving
+    def evaluate(self) -> dict:
+        """Eval loss and metrics (eval_ prefix; implicit accuracy for the pair objectives) on fixed draws."""
+        if not self.eval_data:
+            return {}
+        self.module.eval()
+        sums, n = {}, 0
+        with torch.no_grad():
+            size = self.cfg.per_device_eval_batch_size
+            for i in range(0, len(self.eval_data), size):
+                index = list(range(i, min(i + size, len(self.eval_data))))
+                out = self.objective(self.score(index, "eval", self.eval_data, self._inverting_policy))
+                for key, value in {"loss": out.loss, **out.metrics}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(index)
+                n += len(index)
+        self.module.train()
+        return {f"eval_{k}": v / n for k, v in sums.items()}
+
+    def save_model(self) -> None:
+        """The trained pipeline in output_dir (diffusers.DiffusionPipeline.from_pretrained loads it); LoRA fused.
+        ppd: the base pipeline plus user_branch.safetensors (P, W_K^u, W_V^u, the user table) and users.json."""
+        from preflab.diffusion.pipeline import save_pipeline
+
+        unet = self.accelerator.unwrap_model(self.module).unet
+        if self.ppd:
+            import json
+
+            from safetensors.torch import save_file
+
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            plain = copy.deepcopy(unet)
+            plain.set_attn_processor(AttnProcessor2_0())  # the base UNet's processors, without the user stream
+            save_pipeline(self.components, plain, self.out)
+            state = {f"branch.{k}": v.contiguous().cpu() for k, v in self.module.user_branch.state_dict().items()}
+            state["users.weight"] = self.module.users.weight.detach().contiguous().cpu()
+            save_file(state, str(self.out / "user_branch.safetensors"))
+            (self.out / "users.json").write_text(json.dumps({"users": self.user_ids,
+                                                             "tokens": self.module.user_tokens}))
+            return
+        save_pipeline(self.components, unet, self.out)
+
+    def summary_extras(self) -> dict:
+        return {"task": "diffusion", "model_dir": str(self.out), "prediction_type": self.schedule.prediction_type,
+                "noising": None if self.scorer is None else self.scorer.noiser.mode, "lora": self.lora}
+
+    def write_samples(self, count: int = 8) -> Path | None:
+        """samples.png in output_dir: the reference's (top row) and the trained model's (bottom row) samples of the
+        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd)."""
+        from preflab.diffusion.pipeline import sample_images, save_grid
+
+        if self.cfg.sample_steps <= 0 or self.ppd:
+            return None
+        prompts = [x.prompt for x in (self.eval_data or self.train_data)][:count]
+        seeds = [self.cfg.seed * 100003 + i for i in range(len(prompts))]
+        unet = self.accelerator.unwrap_model(self.module).unet.eval()
+        sample = lambda model: sample_images(self.components, model, prompts, seeds, self.cfg.sample_steps,  # noqa
+                                             self.cfg.guidance_scale)
+        if self.reference is not None:
+            before = sample(self.reference)
+        elif self.lora:
+            unet.disable_adapters()
+            try:
+                before = sample(unet)
+            finally:
+                unet.enable_adapters()
+        else:  # self_npo: the teacher started as the base model; sample the base from the pipeline on disk
+            before = None
+        after = sample(unet)
+        rows = [after] if before is None else [before, after]
+        return save_grid(rows, self.out / "samples.png")
+
+    def write_card(self, summary: dict) -> None:
+        self.write_samples()
+        lines = [f"# {Path(self.cfg.output_dir).name}", "",
+                 f"A diffusers text-to-image pipeline preference-trained by preflab with `{self.cfg.loss_type}` "
+                 f"from `{self.cfg.model_name_or_path}` ({summary['global_step']} steps).", "",
+                 "```python", "from diffusers import DiffusionPipeline",
+                 f"pipe = DiffusionPipeline.from_pretrained({str(self.out)!r})", "```", ""]
+        if self.self_npo:
+            lines += ["This is Self-NPO's *negative* model: use it only in the negative branch of classifier-free "
+                      "guidance (preflab.diffusion.guidance.npo_guidance).", ""]
+        (self.out / "README.md").write_text("\n".join(lines))
+
+
+def train_diffusion(cfg) -> dict:
+    return DiffusionRun(cfg).train()

@@ -1,0 +1,98 @@
+"""`preflab eval RUN_DIR --task diffusion --data PAIRS`: a trained text-to-image pipeline on held-out image pairs.
+
+- Implicit-reward accuracy: the run's objective and scorer on the held-out pairs (fixed draws per pair), the policy
+  = the pipeline in RUN_DIR, the reference = --reference or the run's base model (config.yaml's
+  model_name_or_path). A pair counts as correct when the policy lowers the chosen image's denoising error relative
+  to the rejected one more than the reference does (ties 1/2; Diffusion-DPO's implicit_acc).
+- Win rate (with --reward-fn MODULE:NAME, f(images uint8 [N, 3, S, S], prompts) -> N scores): the policy's and the
+  reference's samples for the same prompts and seeds (DDIM, the run's sample_steps / guidance_scale), compared by
+  the reward, ties 1/2, with a Wilson interval.
+Written to eval.json in RUN_DIR (or --out). ppd and self_npo runs are refused (no shared implicit reward).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from preflab.errors import ConfigError
+
+
+def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
+                           num_prompts: int = 32, confidence: float = 0.95, batch_size: int = 8,
+                           split: str = "train") -> dict:
+    """The metrics of the module docstring as a dict (see eval.json)."""
+    from preflab.config import load_config
+    from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
+    from preflab.eval.winrate import win_rate
+    from preflab.loops.diffusion import DiffusionRun
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
+                          "written by `preflab train` with task: diffusion.")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
+                                   "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
+                                   "use_peft=false", f"per_device_eval_batch_size={batch_size}",
+                                   "per_device_train_batch_size=1", "report_to=none", "caption_perturbation=none"])
+        objective = cfg.objective()
+        if type(objective).__name__ in ("PPD", "SelfNPO"):
+            raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
+                              "supported (ppd: user-conditioned; self_npo: a negative model).")
+        reference_name = reference or cfg.model_name_or_path
+        run = DiffusionRun(cfg, pipeline=load_pipeline(str(run_dir), cfg.allow_pickle))
+        ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
+        run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
+        run.eval_data = run.train_data
+        metrics = run.evaluate()
+        out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
+               "loss_type": cfg.loss_type, "num_pairs": len(run.eval_data),
+               "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
+                           **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}}}
+        if reward_fn is not None:
+            prompts = [x.prompt for x in run.eval_data][:num_prompts]
+            seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
+            policy = sample_images(run.components, run.module.unet.eval(), prompts, seeds, cfg.sample_steps,
+                                   cfg.guidance_scale)
+            baseline = sample_images(ref, run.reference, prompts, seeds, cfg.sample_steps, cfg.guidance_scale)
+            p_scores = [float(v) for v in reward_fn(policy, prompts)]
+            r_scores = [float(v) for v in reward_fn(baseline, prompts)]
+            rate = win_rate(p_scores, r_scores, confidence)
+            out["metrics"].update({"win_rate": rate.win_rate, "win_rate/ci_low": rate.ci_low,
+                                   "win_rate/ci_high": rate.ci_high,
+                                   "reward/policy": sum(p_scores) / len(p_scores),
+                                   "reward/reference": sum(r_scores) / len(r_scores)})
+            out["win_rate"] = rate.to_dict()
+    return out
+
+
+def shapes_reward(images: torch.Tensor, prompts: list[str]) -> list[float]:
+    """The demo's true reward (preflab.diffusion.shapes.true_reward) as a --reward-fn: the caption's colour, or
+    red for captions without one (the demo's rater)."""
+    from preflab.diffusion.shapes import COLOURS, true_reward
+
+    out = []
+    for image, prompt in zip(images, prompts):
+        named = any(c in prompt.split() for c in COLOURS)
+        out.append(float(true_reward(image[None], [prompt], None if named else "red")[0]))
+    return out
+
+
+def eval_task(args) -> int:
+    """`preflab eval RUN --task diffusion` (routed here by preflab.cli): written to eval.json like a policy eval."""
+    from preflab.eval.cli import format_summary
+    from preflab.eval.run import eval_json_path, write_json
+    from preflab.eval.winrate import load_callable
+
+    result = evaluate_diffusion_run(args.checkpoint, args.data, reference=args.reference,
+                                    reward_fn=load_callable(args.reward_fn) if args.reward_fn else None,
+                                    num_prompts=args.win_rate_prompts, confidence=args.confidence,
+                                    batch_size=args.batch_size, split=args.split)
+    path = write_json(eval_json_path(args.checkpoint, args.out), result)
+    print(format_summary({**result, "path": str(path)}))
+    for key in ("implicit_accuracy", "loss"):
+        if isinstance(result["metrics"].get(key), (int, float)):
+            print(f"  {key:38s} {result['metrics'][key]:.4f}")
+    return 0

@@ -1,0 +1,419 @@
+"""`task: diffusion` runs on the tiny pipeline: reload with diffusers, LoRA fusing, exact resume, each method's loss
+through the trainer equals the objective on independently computed scores, modality refusal."""
+import copy
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from preflab.config import config_from_dict  # noqa: E402
+from preflab.errors import ConfigError  # noqa: E402
+from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+METHODS = ("diffusion_dpo", "smpo_diffusion", "diffusion_inpo", "dcpo", "ppd", "self_npo")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    root = tmp_path_factory.mktemp("diffusion-run")
+    tiny_text_to_image_pipeline(0).save_pretrained(root / "tiny")
+    return {"model": str(root / "tiny"), "train": str(write_pair_dataset(root / "data", 8, seed=0)),
+            "eval": str(write_pair_dataset(root / "data", 4, seed=1, name="test")), "root": root}
+
+
+def make_cfg(assets, out, **overrides):
+    raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
+           "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
+           "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
+           "self_npo_rollout_steps": 2}
+    raw.update(overrides)
+    return config_from_dict(raw)
+
+
+def unet_state(unet):
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_has_an_offline_example_config(method):
+    from pathlib import Path
+
+    from preflab.config import load_config
+    from preflab.loops.diffusion import check_diffusion_objective, check_diffusion_options
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "examples" / "diffusion" / f"{method}.yaml")
+    assert cfg.task == "diffusion" and cfg.loss_type == method and cfg.model_name_or_path == "builtin:tiny-sd"
+    check_diffusion_objective(cfg, cfg.objective())
+    check_diffusion_options(cfg)
+    assert (root / cfg.dataset_name).is_file() and (root / cfg.eval_dataset_name).is_file()
+
+
+@pytest.mark.slow
+def test_trained_pipeline_reloads_with_diffusers_and_generates(assets, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "run"))
+    before = unet_state(run.module.unet)
+    summary = run.train()
+    after = unet_state(run.module.unet)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    pipe = DiffusionPipeline.from_pretrained(summary["model_dir"])
+    loaded = pipe.unet.state_dict()
+    assert all(torch.equal(loaded[k], after[k]) for k in after)
+    image = pipe("a red disc", num_inference_steps=2, height=16, width=16, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 16, 16) and torch.isfinite(image).all()
+    # preflab report: loss curves from metrics.jsonl and the run's reference / trained sample grid
+    from PIL import Image
+
+    from preflab.report.html import write_report
+
+    grid = Image.open(tmp_path / "run" / "samples.png")
+    assert grid.size == ((8 * 18 + 2) * 4, (2 * 18 + 2) * 4)  # 8 prompts, 2 rows of 16 px + 2 px gaps, x4
+    html = write_report([tmp_path / "run"], tmp_path / "report.html").read_text()
+    assert "<h2>Samples</h2>" in html and html.count("data:image/png;base64,") >= 2
+
+
+def test_lora_run_fuses_adapters_and_its_reference_is_the_base_unet(assets, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "lora", use_peft=True, lora_r=4, lora_alpha=4))
+    base = UNet2DConditionModel.from_pretrained(assets["model"], subfolder="unet")
+    summary = run.train()
+    run.module.eval()  # LoRA dropout off
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, cond = torch.tensor([10, 500]), torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        policy, reference = run.module(x, t, cond), run._reference(x, t, cond)
+        fused = UNet2DConditionModel.from_pretrained(summary["model_dir"], subfolder="unet")(x, t, cond).sample
+        plain = base(x, t, cond).sample
+    assert torch.allclose(reference, plain, atol=1e-6)
+    assert (policy - plain).abs().max() > 1e-4  # the adapters moved the policy
+    assert torch.allclose(fused, policy, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["diffusion_inpo", "self_npo"])
+def test_resume_equals_the_uninterrupted_run(assets, tmp_path, method):
+    extra = {"loss_type": method, "max_steps": 4, "per_device_train_batch_size": 2}
+    if method == "diffusion_inpo":
+        extra["diffusion_noising"] = {"num_inversion_steps": 2}
+    else:
+        extra["self_npo_ema_decay"] = 0.5  # a teacher that moves a lot: a lost EMA state would show
+    whole = DiffusionRun(make_cfg(assets, tmp_path / "whole", **extra))
+    whole.train()
+    first = DiffusionRun(make_cfg(assets, tmp_path / "first", save_steps=2, **extra))
+    first.train()
+    resumed = DiffusionRun(make_cfg(assets, tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "first" /
+                                                                                              "checkpoint-2"), **extra))
+    summary = resumed.train()
+    assert summary["resumed_from_step"] == 2
+    a, b = unet_state(whole.module.unet), unet_state(resumed.module.unet)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    if method == "self_npo":
+        ta, tb = unet_state(whole.teacher), unet_state(resumed.teacher)
+        assert max((ta[k] - tb[k]).abs().max().item() for k in ta) <= 1e-6
+
+
+def independent_loss(run, index, step):
+    """The objective on scores computed here from the examples' images and captions, with the run's documented
+    draws (t, eps per pair from (seed, step, position); the batch generator from (seed, step, "batch", first))."""
+    from preflab.diffusion.denoiser import as_denoiser
+    from preflab.diffusion.pipeline import encode_images, encode_prompts
+    from preflab.diffusion.self_npo import self_npo_batch
+    from preflab.diffusion.user_branch import PPDDenoiser
+    from preflab.scoring.diffusion import DiffusionPairs
+
+    items = [run.train_data[i] for i in index]
+    comps, unet, seed = run.components, run.module.unet, run.cfg.seed
+    inputs = run.pairs(index, run.train_data)  # the cached encodings (checked against fresh ones below)
+    chosen = inputs.chosen
+    assert torch.allclose(chosen, encode_images(comps, torch.stack([x.chosen for x in items])), atol=1e-5)
+    prompts = [x.prompt for x in items]
+    cond = inputs.cond["encoder_hidden_states"] if run.ppd else inputs.cond
+    assert torch.allclose(cond, encode_prompts(comps, prompts), atol=1e-5)
+    generator = torch.Generator().manual_seed(draw_seed(seed, step, "batch", index[0]))
+    if run.self_npo:
+        uncond = run.text[""]["states"].expand(len(items), -1, -1)
+        batch = self_npo_batch(as_denoiser(unet), as_denoiser(run.teacher), chosen, cond, uncond, run.schedule,
+                               generator, num_ddim_steps=25, rollout_steps=2, teacher_guidance=-1.0)
+        return run.objective(batch).loss
+    rejected = inputs.rejected
+    cond_l = inputs.cond_rejected
+    if run.dcpo:
+        assert torch.allclose(cond_l, encode_prompts(comps, [x.cond_rejected for x in items]), atol=1e-5)
+    policy, reference = as_denoiser(unet), as_denoiser(run.reference) if run.reference is not None else None
+    if run.ppd:
+        users = run.module.users(torch.tensor([run.user_ids.index(x.user) for x in items]))
+        e = users.reshape(len(items), run.cfg.user_embedding_tokens, -1)
+        cond = {"encoder_hidden_states": cond, "user_embeds": e}
+        policy, reference = PPDDenoiser(unet, run.module.user_branch), PPDDenoiser(unet, run.module.user_branch,
+                                                                                   use_user=False)
+    extras = {}
+    if items[0].preference_prob is not None:
+        extras["preference_prob"] = torch.tensor([x.preference_prob for x in items], dtype=torch.float64)
+    pairs = DiffusionPairs(chosen, rejected, cond, cond_l, [x.row_id for x in items], extras)
+    ts, noise = [], []
+    for i in index:
+        g = torch.Generator().manual_seed(draw_seed(seed, step, i))
+        ts.append(run.scorer.noiser.sample_timesteps(1, g))
+        noise.append(torch.randn(chosen.shape[1:], generator=g))
+    noised = run.scorer.noiser(chosen, rejected, generator, policy, pairs.cond,
+                               cond if cond_l is None else cond_l, timesteps=torch.cat(ts), noise=torch.stack(noise))
+    return run.objective(run.scorer(policy, pairs, reference, noised=noised)).loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_through_the_trainer_equals_the_objective_on_the_scorers_outputs(assets, tmp_path, method):
+    extra = {"caption_perturbation": "medium"} if method == "dcpo" else {}
+    if method in ("smpo_diffusion", "diffusion_inpo"):
+        extra["diffusion_noising"] = {"num_inversion_steps": 2}
+    run = DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method, **extra))
+    with torch.no_grad():  # policy != reference, so the loss is not log 2 by construction
+        g = torch.Generator().manual_seed(3)
+        for p in run.module.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mb = run.micro_batches(1)[0]
+    trainer_loss = run.forward(mb).loss
+    with torch.no_grad():
+        expected = independent_loss(run, mb.index, 1)
+    assert trainer_loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    if method != "self_npo":
+        assert abs(trainer_loss.item() - math.log(2)) > 1e-4
+    if method == "dcpo":  # the rejected image is conditioned on its own (perturbed) caption
+        assert all(x.caption_rejected != x.prompt for x in run.train_data)
+
+
+def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(assets, tmp_path):
+    cfg = make_cfg(assets, tmp_path / "x", loss_type="sigmoid", beta=0.1, model_name_or_path="/no/such/pipeline")
+    with pytest.raises(ConfigError, match="language-model objective"):
+        DiffusionRun(cfg)
+
+
+@pytest.mark.parametrize("bad", [{"resolution": 0}, {"caption_perturbation": "loud"},
+                                 {"diffusion_noising": {"num_inversion_step": 5}}, {"self_npo_ema_decay": 2.0}])
+def test_impossible_diffusion_options_are_refused_before_any_model_loads(assets, tmp_path, bad):
+    with pytest.raises(ConfigError):
+        DiffusionRun(make_cfg(assets, tmp_path / "x", model_name_or_path="/no/such/pipeline", **bad))
+
+
+def test_a_text_objective_is_refused_through_the_cli(assets, tmp_path, capsys):
+    from preflab.cli import main
+
+    code = main(["train", "task=diffusion", "loss_type=sigmoid", "model_name_or_path=/no/such/pipeline",
+                 f"dataset_name={assets['train']}", f"output_dir={tmp_path / 'x'}", "use_cpu=true"])
+    assert code == 2 and "language-model objective" in capsys.readouterr().err
+
+
+def test_eval_reports_implicit_accuracy_of_the_policy(assets, tmp_path):
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ev", eval_dataset_name=assets["eval"], max_steps=1))
+    metrics = run.evaluate()
+    assert metrics["eval_implicit_acc"] == 0.5  # policy == reference: every pair is a tie (counted 0.5)
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert copy.copy(run.eval_data) and len(run.eval_data) == 4
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_with_double_batch(assets, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    import preflab.cli
+
+    common = [f"model_name_or_path={assets['model']}", f"dataset_name={assets['train']}", "task=diffusion",
+              "loss_type=diffusion_dpo", "beta=200", "resolution=16", "max_steps=2", "learning_rate=1e-3",
+              "lr_scheduler_type=constant", "logging_steps=1", "use_cpu=true", "disable_tqdm=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, preflab.cli.__file__, "train", *common, f"output_dir={tmp_path / 'one'}",
+                          "per_device_train_batch_size=4"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          preflab.cli.__file__, "train", *common, f"output_dir={tmp_path / 'two'}",
+                          "per_device_train_batch_size=2"], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    losses = lambda d: [json.loads(x)["loss"] for x in open(d / "metrics.jsonl") if '"loss"' in x]  # noqa: E731
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
+    weights = lambda d: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors"))  # noqa: E731
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    # Adam divides by sqrt(v): on near-zero gradients the all-reduce's summation order shows at ~1% of one step
+    # (lr = 1e-3); a wrong split of the batch or of the draws moves weights by a whole step
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
+
+
+@pytest.mark.slow
+def test_preflab_eval_reproduces_the_runs_final_eval_and_ties_against_itself(assets, tmp_path):
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run, shapes_reward
+
+    out = tmp_path / "evrun"
+    summary = DiffusionRun(make_cfg(assets, out, eval_dataset_name=assets["eval"])).train()
+    final = summary["final_metrics"]
+    result = evaluate_diffusion_run(str(out), assets["eval"])
+    assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_acc"], abs=1e-9)
+    assert result["metrics"]["loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+    itself = evaluate_diffusion_run(str(out), assets["eval"], reference=str(out), reward_fn=shapes_reward,
+                                    num_prompts=2)
+    assert itself["metrics"]["implicit_accuracy"] == 0.5 and itself["metrics"]["win_rate"] == 0.5
+    assert itself["win_rate"]["ties"] == 2
+
+
+def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypatch):
+    import preflab.diffusion.pipeline as pipeline
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    first = DiffusionRun(make_cfg(assets, tmp_path / "a"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again although the cache holds these inputs")
+
+    monkeypatch.setattr(pipeline, "encode_images", refuse)
+    monkeypatch.setattr(pipeline, "encode_prompts", refuse)
+    second = DiffusionRun(make_cfg(assets, tmp_path / "b"))
+    a, b = first.pairs([0, 1, 2], first.train_data), second.pairs([0, 1, 2], second.train_data)
+    assert torch.equal(a.chosen, b.chosen) and torch.equal(a.rejected, b.rejected) and torch.equal(a.cond, b.cond)
+    with torch.no_grad():  # other VAE weights: another fingerprint, so a fresh encoding (which is refused here)
+        second.components.vae.encoder.conv_in.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="encoded again"):
+        second._encode_all()
+
+
+def test_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
+    plain = DiffusionRun(make_cfg(assets, tmp_path / "plain", max_steps=1))
+    plain.train()
+    ckpt = DiffusionRun(make_cfg(assets, tmp_path / "ckpt", max_steps=1, gradient_checkpointing=True))
+    assert ckpt.module.unet.is_gradient_checkpointing
+    ckpt.train()
+    a, b = unet_state(plain.module.unet), unet_state(ckpt.module.unet)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_self_npo_from_prompts_alone_uses_the_models_own_samples(assets, tmp_path):
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    from preflab.diffusion.pipeline import sample_latents
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a red disc", "a blue square"] * 2))
+    run = DiffusionRun(make_cfg(assets, tmp_path / "npo", loss_type="self_npo", dataset_name=str(data),
+                                sample_steps=3, per_device_train_batch_size=2, max_steps=1))
+    base = UNet2DConditionModel.from_pretrained(assets["model"], subfolder="unet")
+    expected = sample_latents(run.components, base, ["a blue square"], [draw_seed(run.cfg.seed, "x0", 1)], 3)
+    assert torch.allclose(run.pairs([1], run.train_data).chosen, expected, rtol=1e-4, atol=1e-4)  # batch of 4 vs 1
+    assert run.train()["global_step"] == 1
+
+
+def test_encoding_per_micro_batch_equals_the_cached_encodings(assets, tmp_path):
+    cached = DiffusionRun(make_cfg(assets, tmp_path / "c", loss_type="dcpo", caption_perturbation="weak"))
+    fresh = DiffusionRun(make_cfg(assets, tmp_path / "f", loss_type="dcpo", caption_perturbation="weak",
+                                  cache_encodings=False))
+    assert fresh.latents == {} and list(fresh.text) == [""]
+    a, b = cached.pairs([0, 3, 5], cached.train_data), fresh.pairs([0, 3, 5], fresh.train_data)
+    for x, y in ((a.chosen, b.chosen), (a.rejected, b.rejected), (a.cond, b.cond), (a.cond_rejected, b.cond_rejected)):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+def test_v_prediction_targets_come_from_the_schedulers_config(assets, tmp_path):
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(assets["model"])
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    run = DiffusionRun(make_cfg(assets, tmp_path / "v"), pipeline=pipe)
+    assert run.schedule.prediction_type == "v_prediction"
+    pairs = run.pairs([0, 1, 2], run.train_data)
+    t, eps = run._draws([0, 1, 2], 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    assert torch.allclose(noised.target_chosen, pipe.scheduler.get_velocity(pairs.chosen, eps, t), atol=1e-6)
+    assert torch.allclose(noised.noisy_rejected, pipe.scheduler.add_noise(pairs.rejected, eps, t), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sdxl_layout_trains_with_pooled_embeddings_and_time_ids_and_reloads(assets, tmp_path):
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+
+    from preflab.diffusion.denoiser import as_denoiser
+    from preflab.diffusion.pipeline import tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(0).save_pretrained(tmp_path / "xl")
+    run = DiffusionRun(make_cfg(assets, tmp_path / "xlrun", model_name_or_path=str(tmp_path / "xl")))
+    cond = run.pairs([0, 1], run.train_data).cond
+    assert cond["encoder_hidden_states"].shape == (2, 32, 64)  # the two encoders' states side by side
+    assert cond["added_cond_kwargs"]["text_embeds"].shape == (2, 32)
+    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
+    # the loss through the trainer equals Diffusion-DPO on the UNet called directly with that conditioning
+    with torch.no_grad():
+        for p in run.module.unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    mb = run.micro_batches(0)[0]
+    pairs = run.pairs(mb.index, run.train_data)
+    t, eps = run._draws(mb.index, 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    unet, ref = run.module.unet, run.reference
+    direct = run.objective(run.scorer(as_denoiser(unet), pairs, as_denoiser(ref), noised=noised)).loss
+    assert run.forward(mb).loss.item() == pytest.approx(direct.item(), rel=1e-6)
+    summary = run.train()
+    pipe = DiffusionPipeline.from_pretrained(summary["model_dir"])
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    image = pipe("a red disc", num_inference_steps=2, height=16, width=16, output_type="pt").images
+    assert image.shape == (1, 3, 16, 16)
+
+
+def test_bf16_autocast_scores_close_to_float32_with_float32_master_weights(assets, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    losses = {}
+    for name, extra in (("fp32", {}), ("bf16", {"bf16": True})):
+        AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+        run = DiffusionRun(make_cfg(assets, tmp_path / name, **extra))
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(3)
+            for p in run.module.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        out = run.forward(run.micro_batches(0)[0])
+        assert out.loss.dtype == torch.float32 and all(p.dtype == torch.float32 for p in run.params)
+        losses[name] = (out.loss.item(), float(out.metrics["mse/chosen"]), float(out.metrics["mse/rejected"]))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert losses["bf16"][0] != losses["fp32"][0]  # autocast is on
+    # the denoising errors agree to bf16's precision (beta = 200 amplifies their ~1e-3 differences in the loss)
+    assert losses["bf16"][1:] == pytest.approx(losses["fp32"][1:], rel=1e-2)
+
+
+def test_ppd_with_precomputed_user_embeddings_takes_held_out_users(assets, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    table = {f"user{i}": torch.randn(3, 8, generator=g) * 5 for i in range(3)}
+    save_file(table, str(tmp_path / "users.safetensors"))
+    rows = [json.loads(x) for x in open(assets["eval"])]
+    for r in rows:
+        r["user_id"] = "user2"  # a user with no training rows
+        for side in ("chosen_image", "rejected_image"):
+            r[side] = str(assets["root"] / "data" / r[side])
+    held_out = tmp_path / "heldout.jsonl"
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd", eval_dataset_name=str(held_out),
+                                user_embeddings=str(tmp_path / "users.safetensors")))
+    assert run.module.user_tokens == 3 and not run.module.users.weight.requires_grad
+    assert torch.allclose(run.module.users.weight[2], normalize_user_embeddings(table["user2"]).reshape(-1))
+    assert all(p is not run.module.users.weight for p in run.params)
+    assert run.evaluate()["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # zero-initialised W_V^u
+    run.train()
+    assert run.evaluate()["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # the branch reads user2's embedding

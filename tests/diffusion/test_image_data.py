@@ -1,0 +1,98 @@
+"""Image preference rows: Pick-a-Pic (ties dropped, label_0 = 0 swaps images and captions, SmPO score order) and
+preflab's form; bad rows are DataErrors naming file, row and field, or skipped and counted."""
+import io
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from preflab.diffusion.captions import STRENGTHS, perturb_caption  # noqa: E402
+from preflab.diffusion.data import load_image_pairs  # noqa: E402
+from preflab.diffusion.smoothing import smoothed_preference  # noqa: E402
+from preflab.errors import DataError  # noqa: E402
+
+
+def png(colour, size=8, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+RED, BLUE = png((255, 0, 0)), png((0, 0, 255))
+
+
+def pixel(t):
+    return tuple(t[:, 0, 0].tolist())
+
+
+def test_pickapic_rows_drop_ties_and_swap_on_label_zero():
+    rows = [{"caption": "a", "jpg_0": RED, "jpg_1": BLUE, "label_0": 1, "caption_0": "r", "caption_1": "b"},
+            {"caption": "b", "jpg_0": RED, "jpg_1": BLUE, "label_0": 0, "caption_0": "r", "caption_1": "b"},
+            {"caption": "c", "jpg_0": RED, "jpg_1": BLUE, "label_0": 0.5}]
+    examples, report = load_image_pairs(rows, resolution=8)
+    assert [x.prompt for x in examples] == ["a", "b"] and report.ties_dropped == 1 and report.kept == 3
+    assert pixel(examples[0].chosen) == (255, 0, 0) and examples[0].caption_chosen == "r"
+    # label_0 = 0: the blue image (and its caption) is the preferred one
+    assert pixel(examples[1].chosen) == (0, 0, 255) and examples[1].caption_chosen == "b"
+    assert examples[1].caption_rejected == "r" and pixel(examples[1].rejected) == (255, 0, 0)
+
+
+def test_smpo_scores_order_the_pair_and_give_the_smoothed_preference():
+    rows = [{"caption": "a", "jpg_0": RED, "jpg_1": BLUE, "label_0": 1, "ps_score_0": 0.20, "ps_score_1": 0.25}]
+    [x], _ = load_image_pairs(rows, resolution=8, needs_preference_prob=True)
+    assert pixel(x.chosen) == (0, 0, 255)  # the reward model's order, not the human label (methods §5)
+    assert x.preference_prob == pytest.approx(0.574480, abs=1e-6)  # the §5 toy number
+    assert x.preference_prob == pytest.approx(float(smoothed_preference(torch.tensor([0.25]), torch.tensor([0.2]))))
+
+
+def test_preflab_rows_read_paths_relative_to_the_file_and_resize(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (20, 10), (0, 255, 0)).save(tmp_path / "img" / "g.png")
+    Image.new("L", (16, 16), 128).save(tmp_path / "img" / "gray.png")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen_image": "img/g.png", "rejected_image": "img/gray.png",
+                                "user_id": 7}) + "\n")
+    [x], _ = load_image_pairs(str(path), resolution=8, user_column="user_id")
+    assert x.chosen.shape == (3, 8, 8) and pixel(x.chosen) == (0, 255, 0)
+    assert pixel(x.rejected) == (128, 128, 128) and x.user == "7"
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("chosen_image", b"not a png", "bad_image"),
+    ("chosen_image", "missing.png", "missing_image"),
+    ("prompt", "", "missing_caption"),
+    ("rejected_image", png((1, 2, 3), size=12), "bad_image_size"),
+    ("rejected_image", png(70000, mode="I;16"), "bad_image_mode"),
+])
+def test_bad_rows_name_file_row_and_field_or_are_skipped(tmp_path, field, value, reason):
+    good = {"prompt": "p", "chosen_image": "ok.png", "rejected_image": "ok.png"}
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "ok.png")
+    if isinstance(value, bytes) and value.startswith(b"\x89PNG") or value == b"not a png":
+        (tmp_path / "bad.png").write_bytes(value)
+        value = "bad.png"
+    bad = {**good, field: value}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, bad, good)) + "\n")
+    with pytest.raises(DataError) as err:
+        load_image_pairs(str(path), resolution=8, resize=False)
+    assert err.value.row_id == 1 and err.value.field == field and err.value.reason == reason
+    assert str(path) in str(err.value) and field in str(err.value)
+    examples, report = load_image_pairs(str(path), resolution=8, resize=False, on_bad_row="skip")
+    assert [x.row_id for x in examples] == [0, 2] and report.skipped == {reason: 1}
+
+
+def test_a_label_outside_zero_half_one_is_a_bad_row():
+    with pytest.raises(DataError, match="label_0"):
+        load_image_pairs([{"caption": "a", "jpg_0": RED, "jpg_1": BLUE, "label_0": 2}], resolution=8)
+
+
+def test_caption_perturbation_replaces_the_stated_share_of_words_deterministically():
+    caption = "a small red square on a dark grey canvas today"
+    vocab = ["blue", "green", "disc", "large", "bright"]
+    out = perturb_caption(caption, "medium", vocab, seed=3)
+    assert out == perturb_caption(caption, "medium", vocab, seed=3)
+    changed = sum(a != b for a, b in zip(caption.split(), out.split()))
+    assert len(out.split()) == 10 and changed == round(STRENGTHS["medium"] * 10)
