@@ -103,6 +103,9 @@ class TrainConfig:
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False
+    # supervised fine-tuning (task: sft)
+    completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
+    packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
 
     def __post_init__(self):
         self.check()
@@ -143,6 +146,16 @@ class TrainConfig:
                            "task: dpo. Remove them (or set task: dpo).")
         elif self.center_rewards_coefficient is not None:
             out.append("center_rewards_coefficient only applies to task: reward.")
+        if self.task == "sft":
+            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
+                                         ("ref_model_name_or_path", None), ("precompute_ref_log_probs", False))
+                    if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
+            if used:
+                out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only apply "
+                           "to preference tasks. Remove them (or set task: dpo).")
+        elif self.packing or not self.completion_only_loss:
+            which = "packing" if self.packing else "completion_only_loss"
+            out.append(f"{which} applies to task: sft (preference tasks choose their layout with `layout`).")
         return out
 
     @property
@@ -154,8 +167,13 @@ class TrainConfig:
         return {"beta": self.beta, **self.objective_params}
 
     def objective(self):
-        """Build (and so validate) the objective this config names."""
+        """Build (and so validate) the objective this config names (task: sft -> the SFT completion NLL)."""
         from preflab.objectives import get_objective
+
+        if self.task == "sft":
+            from preflab.loops.sft import SFTLoss
+
+            return SFTLoss()
 
         loss_type, weights = self.loss_type, self.loss_weights
         if self.rpo_alpha is not None:  # TRL's RPO term: + rpo_alpha * token-mean NLL of the chosen responses

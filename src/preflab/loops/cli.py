@@ -55,6 +55,10 @@ def run(args) -> int:
         from preflab.reward_models.train import train_reward
 
         summary = train_reward(cfg)
+    elif cfg.task == "sft":
+        from preflab.loops.sft import SFTTrainer
+
+        summary = SFTTrainer(cfg).train()
     else:
         from preflab.loops.offline import Trainer
 
