@@ -138,3 +138,25 @@ def test_example_sft_yaml_trains_checkpoints_and_resumes_exactly(tmp_path, monke
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_accumulation_equals_one_big_batch_with_the_global_token_mean(tmp_path, monkeypatch):
+    """2 micro-batches x 4 rows == 1 batch of 8 rows: the loss is the token mean over the whole step (TRL's
+    num_items_in_batch), not the mean of the micro-batches' token means."""
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    torch.set_num_threads(1)
+    common = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "learning_rate": 1e-3,
+              "dataset_name": "examples/data/loud_echo_sft.jsonl", "max_steps": 2, "logging_steps": 1,
+              "lr_scheduler_type": "constant", "disable_tqdm": True, "use_cpu": True, "max_length": 128}
+    out = {}
+    for name, b, accum in (("big", 8, 1), ("accum", 4, 2)):
+        cfg = config_from_dict({**common, "per_device_train_batch_size": b, "gradient_accumulation_steps": accum,
+                                "output_dir": str(tmp_path / name)})
+        out[name] = (SFTTrainer(cfg).train(), load_file(tmp_path / name / "model.safetensors"))
+    assert out["accum"][0]["final_metrics"]["loss"] == pytest.approx(out["big"][0]["final_metrics"]["loss"], abs=1e-6)
+    assert out["accum"][0]["final_metrics"]["mean_token_accuracy"] == pytest.approx(
+        out["big"][0]["final_metrics"]["mean_token_accuracy"], abs=1e-9)
+    for key, value in out["big"][1].items():
+        torch.testing.assert_close(out["accum"][1][key], value, rtol=0, atol=1e-6)

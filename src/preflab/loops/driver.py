@@ -67,15 +67,29 @@ def _has_accelerator_device() -> bool:
 
 
 def _check_fsdp(on_cpu: bool) -> None:
+    """Refuse a distributed engine the launch asks for but accelerate would not apply: accelerate runs FSDP (v1
+    and v2) and DeepSpeed only on accelerator devices; on CPU it silently falls back to plain data parallelism (its
+    AcceleratorState never sets distributed_type FSDP / DEEPSPEED for MULTI_CPU). DeepSpeed also needs its package."""
+    import importlib.util
     import os
 
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
-    if fsdp and on_cpu and os.environ.get("FSDP_VERSION", "1") == "1":
+    flag = lambda name: os.environ.get(name, "false").lower() in ("true", "1")  # noqa: E731
+    if flag("ACCELERATE_USE_FSDP") and on_cpu:
+        version = os.environ.get("FSDP_VERSION", "1")
         raise ConfigError(
-            "FSDP version 1 does not run on CPU (torch's FullyShardedDataParallel needs a GPU). Use FSDP2: set "
-            "`fsdp_version: 2` in the accelerate config (`fsdp_config:` section) or pass `--fsdp_version 2` to "
-            "`accelerate launch` (it runs on CPU with gloo); "
-            "or drop FSDP and use plain data parallelism (`accelerate launch --num_processes N`).")
+            f"the accelerate config asks for FSDP (`distributed_type: FSDP`, fsdp_version: {version}) but this run is "
+            "on CPU, where accelerate applies neither FSDP version 1 nor 2 (it would run plain data parallelism "
+            "instead, with every rank holding the whole model). Use examples/accelerate/ddp.yaml on CPU "
+            "(`accelerate launch --num_processes N`), or run the FSDP config on GPUs.")
+    if flag("ACCELERATE_USE_DEEPSPEED"):
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
+                "is not installed: pip install deepspeed, or use examples/accelerate/fsdp2.yaml / ddp.yaml.")
+        if on_cpu:
+            raise ConfigError(
+                "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but this run is on CPU, "
+                "where accelerate does not apply DeepSpeed; use examples/accelerate/ddp.yaml on CPU.")
 
 
 def make_accelerator(cfg):

@@ -11,12 +11,16 @@ Each row becomes `TokenizedSFT(prompt_ids, completion_ids)`; only completion tok
 first). Text rows get BOS (when the tokenizer has one) and EOS like preference rows; chat rows end with the
 template's own end of turn. Rows longer than `max_length` keep their start (TRL's SFT truncation).
 
-The loss, per micro-batch, is TRL's token mean of the completion NLL over the micro-batch:
+The loss of an optimizer step is TRL's token mean of the completion NLL over the whole global batch (all
+micro-batches of all ranks; TRL's `num_items_in_batch` normalisation):
 
     L = -(sum_i sum_t m_it log p_theta(y_it | x_i, y_i<t)) / (sum_i sum_t m_it)
 
-(micro-batches of a step are combined by preflab.step). Metrics use TRL's names: `loss`, `mean_token_accuracy`
-(share of completion tokens whose argmax prediction is the target), `num_tokens` (logged by the loop).
+preflab.step divides the sum of per-example losses by the global example count N, so example i's loss is its
+token-summed NLL times N / T (T = global completion tokens, counted before the step's forwards). Hence
+2 processes x batch b, 1 process x batch 2b and accumulation 2 x b give the same loss and gradient. Metrics use
+TRL's names: `loss`, `mean_token_accuracy` (share of completion tokens whose argmax prediction is the target,
+token-weighted the same way), `num_tokens` (logged by the loop).
 
 `packing: true` (TRL's name) places several sequences in one row of at most max_length tokens, with per-sequence
 position ids and a block-diagonal causal mask (preflab.data.prefix.block_rows; Krell et al. 2021, arXiv:2107.02027),
@@ -62,12 +66,6 @@ class SFTBatch:
     has_reference = False
 
 
-def completion_nll(side: SequenceLogps) -> torch.Tensor:
-    """Scalar token-mean NLL over every masked token of the batch (0 when there is none)."""
-    total = as_loss_dtype(side.masked()).sum()
-    return -total / side.mask.sum().clamp_min(1).to(total.dtype)
-
-
 @dataclass(frozen=True)
 class SFTLoss(Objective):
     """The SFT objective of task: sft (not a preference objective; `loss_type` does not name it)."""
@@ -77,8 +75,14 @@ class SFTLoss(Objective):
     paper: ClassVar[str] = "maximum likelihood on completions (TRL SFTTrainer)"
 
     def compute(self, batch: SFTBatch) -> ObjectiveOutput:
-        nll = completion_nll(batch.policy)
-        return ObjectiveOutput(nll, nll.expand(batch.size), {})
+        """losses_i = token-summed NLL_i x (examples per token): of this batch alone by default (then
+        loss = the batch's token mean), or extras["examples_per_token"] = N / T of the whole step."""
+        sums = -as_loss_dtype(batch.policy.masked()).sum(-1)
+        ratio = batch.extras.get("examples_per_token")
+        if ratio is None:
+            ratio = batch.size / batch.policy.mask.sum().clamp_min(1).to(sums.dtype)
+        losses = sums * ratio
+        return ObjectiveOutput(losses.mean(), losses, {})
 
 
 # ---------------------------------------------------------------------------------------------- rows -> tokens
@@ -247,13 +251,13 @@ class SFTKind:
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
-def token_accuracy(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> torch.Tensor:
-    """Share of positions whose argmax over head(hidden) is the target (no gradient)."""
+def correct_tokens(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> int:
+    """How many positions have argmax over head(hidden) equal to the target (no gradient)."""
+    right = 0
     with torch.no_grad():
-        right = 0
         for s in range(0, hidden_flat.shape[0], chunk):
             right += int((head(hidden_flat[s:s + chunk]).argmax(-1) == targets[s:s + chunk]).sum())
-    return torch.tensor(right / max(1, targets.numel()))
+    return right
 
 
 def _trainer_base():
@@ -275,33 +279,51 @@ class SFTTrainer(_trainer_base()):
         self.layout = effective_layout("packed" if cfg.packing else "padded", self.policy)
         self.kind = type("SFTKindRun", (SFTKind,), {"max_row_tokens": cfg.max_length})
 
-    def _with_accuracy(self, layout, out: ObjectiveOutput, batch: SFTBatch) -> ObjectiveOutput:
+    def micro_batches(self, step: int):
+        """The loop's micro-batches, each told N / T of the whole step (one all-reduce of two numbers)."""
+        mbs = super().micro_batches(step)
+        acc = self.accelerator
+        local = torch.tensor([float(sum(len(mb.row_ids) for mb in mbs)),
+                              float(sum(int(mb.layout.response_mask.sum()) for mb in mbs))], device=acc.device)
+        if acc.num_processes > 1:
+            local = acc.reduce(local, reduction="sum")
+        ratio = float(local[0]) / max(float(local[1]), 1.0)
+        for mb in mbs:
+            mb.examples_per_token = ratio
+        return mbs
+
+    def _accuracy_count(self, layout, batch: SFTBatch) -> int:
         from preflab.scoring.lm import backbone_and_head
 
         hidden = batch.extras["_hidden"].detach()
         targets = layout.target_ids[layout.response_mask].to(hidden.device)
-        head = backbone_and_head(self.policy)[1]
-        out.metrics["mean_token_accuracy"] = token_accuracy(hidden, targets, head)
-        return out
+        return correct_tokens(hidden, targets, backbone_and_head(self.policy)[1])
 
     def forward(self, mb):
         batch = self.score(mb.layout, positions=mb.index)
-        return self._with_accuracy(mb.layout, self.objective(batch), batch)
+        ratio = getattr(mb, "examples_per_token", None)
+        if ratio is not None:
+            batch.extras["examples_per_token"] = ratio
+        out = self.objective(batch)
+        # weighted by n / N in preflab.step: right * (N / T) / n sums to right / T over the step
+        right = self._accuracy_count(mb.layout, batch)
+        scale = ratio if ratio is not None else batch.size / max(int(mb.layout.response_mask.sum()), 1)
+        out.metrics["mean_token_accuracy"] = torch.tensor(right * scale / batch.size)
+        return out
 
     def evaluate(self) -> dict:
-        """eval_loss (token-mean completion NLL, example-weighted over eval batches) and eval_mean_token_accuracy."""
+        """eval_loss (token-mean completion NLL over the whole eval set) and eval_mean_token_accuracy."""
         if not self.eval_data:
             return {}
         self.policy.eval()
-        sums, n = {}, 0
+        nll, right, tokens = 0.0, 0, 0
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
                 layout = self.kind.collate(chunk, self.pad_id, self.layout)
                 batch = self.score(layout, train=False)
-                out = self._with_accuracy(layout, self.objective(batch), batch)
-                for key, value in {"loss": out.loss, **out.metrics}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
-                n += len(chunk)
+                nll -= float(batch.policy.masked().double().sum())
+                right += self._accuracy_count(layout, batch)
+                tokens += int(layout.response_mask.sum())
         self.policy.train()
-        return {f"eval_{k}": v / n for k, v in sums.items()}
+        return {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1)}
