@@ -89,3 +89,43 @@ def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(t
     reloaded = AutoModelForCausalLM.from_pretrained(two)
     torch.testing.assert_close(reloaded.state_dict()["model.embed_tokens.weight"], b["model.embed_tokens.weight"],
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_sharded_engines_refuse_checkpoints_they_would_write_as_shards(tmp_path, engine):
+    driver.check_sharded_checkpoints(_cfg(tmp_path), engine)  # no checkpoints asked: fine
+    driver.check_sharded_checkpoints(config_from_dict({**_cfg(tmp_path).to_dict(), "save_steps": 5}), "MULTI_GPU")
+    with pytest.raises(ConfigError, match=rf"save_steps.*sharded checkpoints under {engine}.*distributed_type"):
+        driver.check_sharded_checkpoints(config_from_dict({**_cfg(tmp_path).to_dict(), "save_steps": 5}), engine)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gathered_state_saves_the_same_directory_as_the_model_itself(tmp_path, lora):
+    """The final-model path used under FSDP/DeepSpeed (accelerate's get_state_dict of the wrapped scorer, the
+    wrapper's prefix stripped, save_pretrained(state_dict=...)) writes the same weights as a plain save, and plain
+    transformers (peft for LoRA) reloads them."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from preflab.models.load import add_lora
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.lm import LogProbScorer
+
+    model = tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0)
+    if lora:
+        model = add_lora(model, 4, 8, 0.0, "all-linear")
+    acc = Accelerator(cpu=True)
+    scorer = acc.prepare(LogProbScorer(model))
+    state = driver.gather_full_state(acc, scorer, model)
+    model.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    model.save_pretrained(tmp_path / "gathered", safe_serialization=True, state_dict=state)
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = load_file(tmp_path / "plain" / name), load_file(tmp_path / "gathered" / name)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    if not lora:
+        from transformers import AutoModelForCausalLM
+
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "gathered")
+        assert torch.equal(reloaded.state_dict()["model.norm.weight"], model.state_dict()["model.norm.weight"])

@@ -114,6 +114,7 @@ def make_accelerator(cfg):
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
             f"(accelerate: {accelerator.distributed_type}, {accelerator.num_processes} process); each would train "
             "alone into the same output_dir. Check the accelerate config / launch flags (on CPU: use_cpu: true).")
+    check_sharded_checkpoints(cfg, str(accelerator.distributed_type).rsplit(".", 1)[-1])
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
@@ -135,6 +136,42 @@ def _check_resume_config_early(cfg) -> None:
         return  # a missing or damaged checkpoint is reported, with its file, at resume
     if isinstance(saved, dict):
         check_resume_config(saved.get("config"), cfg, path, note=lambda *a, **k: None)
+
+
+SHARDED_ENGINES = ("FSDP", "DEEPSPEED")
+
+
+def is_sharded(accelerator) -> bool:
+    """True when accelerate shards parameters over ranks (FSDP, DeepSpeed): no rank holds the whole model."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1] in SHARDED_ENGINES
+
+
+def check_sharded_checkpoints(cfg, engine: str) -> None:
+    """preflab's checkpoints hold each rank's full trainable tensors; under a sharded engine those are shards
+    (DTensor / ZeRO partitions), so intermediate checkpoints and resume are refused rather than written wrong.
+    The final model is gathered to one save_pretrained directory (gather_full_state)."""
+    used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint",
+                                                             cfg.resume_from_checkpoint not in (None, False, "",
+                                                                                                "false")))
+            if bad]
+    if engine in SHARDED_ENGINES and used:
+        raise ConfigError(
+            f"{', '.join(used)}: preflab does not yet write or resume sharded checkpoints under {engine} (the "
+            "accelerate config's distributed_type); set save_steps: 0 and no resume_from_checkpoint (the final model "
+            "is still gathered and saved), or train with examples/accelerate/ddp.yaml.")
+
+
+def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | None:
+    """The full state dict of checkpoint_module gathered through accelerate (FSDP2 full state dict / DeepSpeed's
+    16-bit gather), keyed as checkpoint_module's own state_dict. Collective: every rank calls it; the main process
+    gets the tensors (others may get an empty dict)."""
+    state = accelerator.get_state_dict(sync_module)
+    prefix = ""
+    for name, sub in accelerator.unwrap_model(sync_module).named_modules():
+        if sub is checkpoint_module or sub is accelerator.unwrap_model(checkpoint_module):
+            prefix = f"{name}." if name else ""
+            break
+    return {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
 
 
 def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
@@ -160,6 +197,7 @@ def make_optimizer(cfg, params: list, total_steps: int):
 
 class TrainingRun:
     extra_params: list = []
+    final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
     data_report: dict = {}
     step: int = 0  # the global step just finished (evaluate() reads it)
 
@@ -266,6 +304,9 @@ class TrainingRun:
                    "data": self.data_report, **self.summary_extras(),
                    "runtime_s": time.perf_counter() - started,
                    "environment": {**environment(), **distributed_environment(acc)}}
+        # sharded engines: every rank takes part in gathering the full weights; save_model may read them
+        self.final_state_dict = (gather_full_state(acc, self.sync_module, self.checkpoint_module)
+                                 if is_sharded(acc) else None)
         if self.main:
             self.save_model()
             write_summary(self.out, summary)

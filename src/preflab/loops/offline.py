@@ -230,6 +230,7 @@ class Trainer(TrainingRun):
     def save_model(self) -> None:
         """Final weights as safetensors (LoRA: the adapter) with the tokenizer and a model card."""
         model = self.accelerator.unwrap_model(self.policy)
-        model.save_pretrained(self.out, safe_serialization=True)
+        gathered = {"state_dict": self.final_state_dict} if self.final_state_dict else {}  # FSDP / DeepSpeed
+        model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
 
