@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "lab": "preflab.lab.cli",
     "demo": "preflab.demo.cli",
     "objectives": "preflab.objectives.cli",
+    "plan": "preflab.plan",
 }
 
 
