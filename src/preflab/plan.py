@@ -5,9 +5,10 @@ gives the exact parameter count P and, with LoRA, the trainable count P_t = sum 
 r * (in + out) (peft's A [r, in] and B [out, r]; `all-linear` adapts every Linear but the LM head). N ranks.
 
     weights      P   * bytes(load_dtype)      / s_w
-    reference    P   * bytes(load_dtype)      / s_w   (only when the objective needs one, without LoRA (the
+    reference    P   * bytes(load_dtype)              (only when the objective needs one, without LoRA (the
                                                        adapter-disabled policy is the reference) and without
-                                                       precompute_ref_log_probs)
+                                                       precompute_ref_log_probs; not sharded: preflab places a
+                                                       full frozen copy on every rank under every engine)
     gradients    P_t * bytes(load_dtype)      / s_g
     optimizer    P_t * 2 * bytes(load_dtype)  / s_o   (AdamW's exp_avg and exp_avg_sq, kept in the parameter dtype)
     activations  L * S * b * h * 34 * bytes(compute) / 2            (no checkpointing)
@@ -21,8 +22,8 @@ checkpointing a layer keeps only its input (s b h values) and one layer is recom
 forward runs without gradient and keeps no activations. Logits are chunked by preflab (chunk_tokens) and omitted.
 
 Sharding (s = 1 unless listed): DDP none; ZeRO-1 s_o = N; ZeRO-2 and FSDP SHARD_GRAD_OP (reshard_after_forward:
-false) s_g = s_o = N; ZeRO-3 and FSDP full shard s_w = s_g = s_o = N (the reference sharded the same way). CPU
-offload of the optimizer (params) moves that term (and the weights and reference) off the GPU. Estimates exclude
+false) s_g = s_o = N; ZeRO-3 and FSDP full shard s_w = s_g = s_o = N. CPU offload of the optimizer (params) moves
+that term (the weights) off the GPU. Estimates exclude
 the CUDA context, allocator fragmentation, communication buffers and FSDP's one gathered layer; keep ~10-20% spare.
 """
 from __future__ import annotations
@@ -132,7 +133,7 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     per_layer = tokens * h * 34 * compute / 2
     activations = (layers * tokens * h * compute + per_layer) if cfg.gradient_checkpointing else layers * per_layer
     plan = {"parameters": float(total), "trainable": float(trainable), "weights": weights,
-            "reference": (0.0 if sharding.offload_params else total * wb / s_w) if has_ref else 0.0,
+            "reference": total * wb if has_ref else 0.0,
             "gradients": trainable * wb / s_g,
             "optimizer": 0.0 if sharding.offload_optimizer else trainable * 2 * wb / s_o,
             "activations": float(activations)}
