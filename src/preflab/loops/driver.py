@@ -211,6 +211,34 @@ class TrainingRun:
     def write_card(self, summary: dict) -> None:
         pass
 
+    # ------------------------------------------------------------------ callbacks
+    callbacks: list = []
+
+    def emit(self, event: str, **kwargs) -> None:
+        """Call `event` (on_train_begin, on_step_end, on_log, on_evaluate, on_save, on_train_end) on every callback
+        that has it, on every rank, as transformers' Trainer does: `(args, state, control, **kwargs)` with args the
+        TrainConfig, state a transformers TrainerState (global_step, max_steps, epoch, is_world_process_zero,
+        log_history) and control a TrainerControl; on_log gets `logs=`, on_evaluate `metrics=`, on_save
+        `checkpoint=` (the directory). Control flags a callback sets are not acted on (the run's length is the
+        config's)."""
+        if not self.callbacks:
+            return
+        if getattr(self, "_cb_state", None) is None:
+            from transformers import TrainerControl, TrainerState
+
+            self._cb_state = TrainerState(max_steps=self.total_steps,
+                                          is_world_process_zero=self.accelerator.is_main_process)
+            self._cb_control = TrainerControl()
+        state = self._cb_state
+        state.global_step = self.step
+        state.epoch = self.step / self.plan.steps_per_epoch
+        if event in ("on_log", "on_evaluate"):
+            state.log_history.append(dict(kwargs.get("logs") or kwargs.get("metrics") or {}, step=self.step))
+        for callback in self.callbacks:
+            hook = getattr(callback, event, None)
+            if hook is not None:
+                hook(self.cfg, state, self._cb_control, **kwargs)
+
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
         buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
@@ -244,6 +272,8 @@ class TrainingRun:
                          tracker=self._start_trackers() if self.main else None)
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
         self.checkpoint_module.train()
+        self.step = start_step
+        self.emit("on_train_begin")
         bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         started = time.perf_counter()
@@ -273,21 +303,25 @@ class TrainingRun:
             else:
                 bad_in_row = 0
             window.append(result)
+            self.step = step + 1
+            self.emit("on_step_end")
             if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
                 last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
                         "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
                         **average_results(window),
                         "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
+                self.emit("on_log", logs=dict(last))
                 window = []
-            self.step = step + 1
             if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
                 if metrics:
                     log.write({"step": step + 1, **metrics})
-            if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and self.main:
-                self._save(step + 1, {"nonfinite": nonfinite})
+                    self.emit("on_evaluate", metrics=dict(metrics))
+            if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
+                path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
         bar.close()
         self.step = self.total_steps
@@ -297,6 +331,7 @@ class TrainingRun:
             final_eval = self.evaluate()
             if final_eval:
                 log.write({"step": self.total_steps, **final_eval})
+                self.emit("on_evaluate", metrics=dict(final_eval))
         summary = {"global_step": self.total_steps,
                    "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
@@ -311,6 +346,7 @@ class TrainingRun:
             self.save_model()
             write_summary(self.out, summary)
             self.write_card(summary)
+        self.emit("on_train_end")
         acc.end_training()
         return summary
 

@@ -31,12 +31,14 @@ class Trainer(TrainingRun):
     # scores only each pair's chosen and rejected responses. A subclass that scores more sequences names them.
     computed_extras: tuple = ()
 
-    def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
+    def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
+                 callbacks=None):
         from preflab.config import preflight, resolve_epoch_eval
         from preflab.models.load import cap_max_length, max_positions
 
         preflight(cfg, check_models=policy is None)
         self.cfg = cfg
+        self.callbacks = list(callbacks or [])  # see TrainingRun.emit (transformers TrainerCallback objects work)
         self.objective = cfg.objective()
         check_modality(self.objective, cfg.task)
         check_gradient_extras(self.objective, self.computed_extras,

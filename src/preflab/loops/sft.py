@@ -270,10 +270,10 @@ class SFTTrainer(_trainer_base()):
     """The offline Trainer with the SFT batch kind (same loop, checkpoints, resume, report). Layout: `packed`
     when packing is true (rows of at most max_length tokens), else `padded`; cfg.layout is not used."""
 
-    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         if cfg.task != "sft":
             raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
-        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data)
+        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
         from preflab.models.attention import effective_layout
 
         self.layout = effective_layout("packed" if cfg.packing else "padded", self.policy)
