@@ -106,6 +106,8 @@ class TrainConfig:
     # supervised fine-tuning (task: sft)
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    # scaling out
+    ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
 
     def __post_init__(self):
         self.check()
@@ -146,6 +148,9 @@ class TrainConfig:
                            "task: dpo. Remove them (or set task: dpo).")
         elif self.center_rewards_coefficient is not None:
             out.append("center_rewards_coefficient only applies to task: reward.")
+        if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:
+            out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
+                       "disabled); remove it.")
         if self.task == "sft":
             used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
                                          ("ref_model_name_or_path", None), ("precompute_ref_log_probs", False))

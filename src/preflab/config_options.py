@@ -186,6 +186,9 @@ OPTIONS: dict[str, Option] = {
     # supervised fine-tuning (task: sft)
     "completion_only_loss": Option("task: sft; loss on completion tokens only (false: prompt tokens too) (TRL)"),
     "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
+    # scaling out
+    "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
+                             "bfloat16 on a CUDA GPU, else load_dtype)"),
 }
 
 
