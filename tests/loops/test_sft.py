@@ -160,3 +160,18 @@ def test_accumulation_equals_one_big_batch_with_the_global_token_mean(tmp_path, 
         out["big"][0]["final_metrics"]["mean_token_accuracy"], abs=1e-9)
     for key, value in out["big"][1].items():
         torch.testing.assert_close(out["accum"][1][key], value, rtol=0, atol=1e-6)
+
+
+def test_conversational_rows_use_the_chat_template(model_and_tok):
+    _, tok = model_and_tok
+    report = TokenizeReport()
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    messages = [{"role": "user", "content": "echo: hat"}, {"role": "assistant", "content": "HAT"}]
+    whole, form = tokenize_sft_row(0, {"messages": messages}, tok, _cfg(), report)
+    assert form == "messages"
+    assert whole.prompt_ids + whole.completion_ids == enc(tok.apply_chat_template(messages, tokenize=False))
+    assert len(whole.prompt_ids) == 1  # every rendered token after the first carries loss
+    pc, form = tokenize_sft_row(1, {"prompt": messages[:1], "completion": messages[1:]}, tok, _cfg(), report)
+    assert form == "prompt_completion"
+    assert pc.prompt_ids + pc.completion_ids == whole.prompt_ids + whole.completion_ids
+    assert tok.decode(pc.completion_ids, skip_special_tokens=True).strip() == "HAT"  # loss on the answer only
