@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "lab": "preflab.lab.cli",
     "demo": "preflab.demo.cli",
     "objectives": "preflab.objectives.cli",
+    "plan": "preflab.plan",
 }
 # (command, task) pairs run by another room than the command's own: reward models build on loops/ and eval/, so
 # those rooms never import reward_models/ and the import graph between rooms stays acyclic. A command's parser

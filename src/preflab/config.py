@@ -34,7 +34,7 @@ RECIPE_TASKS = ("icpl", "raft_ladder", "themis")  # preflab.recipes: whole progr
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo | reward | vlm | diffusion | icpl | raft_ladder | themis
+    task: str = "dpo"                          # dpo | reward | sft | vlm | diffusion | icpl | raft_ladder | themis
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -131,6 +131,11 @@ class TrainConfig:
     self_npo_teacher_guidance: float = -1.0    # self_npo: LCM-convention teacher guidance (-1 = the unconditional prediction)
     sample_steps: int = 20                     # diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: no samples.png)
     guidance_scale: float = 1.0                # diffusion: classifier-free guidance scale when sampling (1 = none)
+    # supervised fine-tuning (task: sft)
+    completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
+    packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    # scaling out
+    ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 
@@ -176,6 +181,19 @@ class TrainConfig:
                            "task: dpo. Remove them (or set task: dpo).")
         elif self.center_rewards_coefficient is not None:
             out.append("center_rewards_coefficient only applies to task: reward.")
+        if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:
+            out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
+                       "disabled); remove it.")
+        if self.task == "sft":
+            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
+                                         ("ref_model_name_or_path", None), ("precompute_ref_log_probs", False))
+                    if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
+            if used:
+                out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only apply "
+                           "to preference tasks. Remove them (or set task: dpo).")
+        elif self.packing or not self.completion_only_loss:
+            which = "packing" if self.packing else "completion_only_loss"
+            out.append(f"{which} applies to task: sft (preference tasks choose their layout with `layout`).")
         return out
 
     @property
@@ -187,8 +205,13 @@ class TrainConfig:
         return {"beta": self.beta, **self.objective_params}
 
     def objective(self):
-        """Build (and so validate) the objective this config names."""
+        """Build (and so validate) the objective this config names (task: sft -> the SFT completion NLL)."""
         from preflab.objectives import get_objective
+
+        if self.task == "sft":
+            from preflab.loops.sft import SFTLoss
+
+            return SFTLoss()
 
         loss_type, weights = self.loss_type, self.loss_weights
         if self.rpo_alpha is not None:  # TRL's RPO term: + rpo_alpha * token-mean NLL of the chosen responses

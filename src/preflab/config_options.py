@@ -87,9 +87,10 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward", "vlm", "diffusion", "icpl", "raft_ladder", "themis"),
-                   "what to train: a policy (any pairwise/unpaired objective), a reward model, a vision-language "
-                   "model (vlm), a diffusion pipeline, or a recipe (icpl, raft_ladder, themis: preflab.recipes)"),
+    "task": one_of(("dpo", "reward", "sft", "vlm", "diffusion", "icpl", "raft_ladder", "themis"),
+                   "what to train: a policy (any pairwise/unpaired objective), a reward model, supervised "
+                   "fine-tuning (sft), a vision-language model (vlm), a diffusion pipeline, or a recipe (icpl, "
+                   "raft_ladder, themis: preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
@@ -219,6 +220,12 @@ OPTIONS: dict[str, Option] = {
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),
     "allow_config_change": Option("allow resuming with options that change the run's meaning"),
+    # supervised fine-tuning (task: sft)
+    "completion_only_loss": Option("task: sft; loss on completion tokens only (false: prompt tokens too) (TRL)"),
+    "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
+    # scaling out
+    "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
+                             "bfloat16 on a CUDA GPU, else load_dtype)"),
 }
 
 

@@ -97,7 +97,9 @@ REFUSED = {
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
     "use_rslora": (False, "rsLoRA is not supported; remove use_rslora"),
     "use_dora": (False, "DoRA is not supported; remove use_dora"),
-    "load_in_4bit": (False, "quantized loading is not supported; remove load_in_4bit"),
+    "load_in_4bit": (False, "quantized loading (QLoRA: a 4-bit base through bitsandbytes, which needs a GPU and the "
+                            "bitsandbytes package) is not supported yet; remove load_in_4bit and use use_peft: true "
+                            "with load_dtype: bfloat16 (LoRA on a 16-bit base)"),
     "load_in_8bit": (False, "quantized loading is not supported; remove load_in_8bit"),
     "lora_modules_to_save": (None, "not supported; remove lora_modules_to_save"),
     "dataset_config": (None, "preflab has no dataset configuration names; give the files or a save_to_disk "

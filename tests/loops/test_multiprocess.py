@@ -50,12 +50,12 @@ def test_readme_multi_process_command_on_cpu_trains_one_run_with_two_ranks(tmp_p
     assert json.loads((one / "summary.json").read_text())["environment"]["world_size"] == 1
 
 
-def test_fsdp_v1_on_cpu_is_a_clear_error_pointing_to_fsdp2(tmp_path, monkeypatch):
+def test_fsdp_on_cpu_is_a_clear_error_pointing_to_ddp(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.delenv("FSDP_VERSION", raising=False)
     cfg = config_from_dict({"output_dir": str(tmp_path), "use_cpu": True, "model_name_or_path": "builtin:tiny-llama",
                             "dataset_name": "examples/data/loud_echo_pairs.jsonl"})
-    with pytest.raises(ConfigError, match="FSDP version 1 does not run on CPU.*fsdp_version: 2"):
+    with pytest.raises(ConfigError, match="asks for FSDP.*fsdp_version: 1.*on CPU.*ddp.yaml"):
         driver.make_accelerator(cfg)
 
 

@@ -16,11 +16,12 @@ from preflab.config import config_from_dict
 from preflab.demo.task import make_splits, true_reward
 from preflab.generate import generate_text
 from preflab.loops.offline import Trainer
+from preflab.loops.sft import SFTTrainer
 from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.runlog import write_summary
 
-SFT = dict(loss_type="sft", learning_rate=3e-3, per_device_train_batch_size=16, max_steps=300, warmup_steps=10,
+SFT = dict(task="sft", learning_rate=3e-3, per_device_train_batch_size=16, max_steps=300, warmup_steps=10,
            lr_scheduler_type="cosine")
 DPO = dict(loss_type="sigmoid", beta=0.5, learning_rate=3e-4, per_device_train_batch_size=16, max_steps=60,
            warmup_steps=5, lr_scheduler_type="cosine", eval_steps=20)
@@ -44,7 +45,8 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
     out = Path(output_dir)
     started = time.perf_counter()
     sft_rows, pair_rows, heldout = make_splits(seed)
-    sft_file = _write_jsonl(out / "data" / "sft.jsonl", sft_rows)
+    sft_file = _write_jsonl(out / "data" / "sft.jsonl",  # TRL's prompt-completion SFT rows (task: sft)
+                            [{"prompt": r["prompt"], "completion": r["chosen"]} for r in sft_rows])
     pair_file = _write_jsonl(out / "data" / "pairs.jsonl", pair_rows)
     tokenizer = tiny_tokenizer("char")
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=seed)
@@ -54,7 +56,7 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
     say = (lambda *a: None) if quiet else print
     say("preflab demo: stage 1/3, supervised tuning on the loud-echo task (capitals only 40% of the time)")
     sft_cfg = config_from_dict({**common, **SFT, "dataset_name": str(sft_file), "output_dir": str(out / "sft")})
-    Trainer(sft_cfg, policy=model, ref=None, tokenizer=tokenizer).train()
+    SFTTrainer(sft_cfg, policy=model, ref=None, tokenizer=tokenizer).train()
     before, before_examples = heldout_reward(model, tokenizer, heldout)
     say(f"preflab demo: true reward on {len(heldout)} held-out prompts after SFT: {before:.3f}")
 

@@ -78,6 +78,10 @@ def run(args) -> int:
         from preflab.loops.diffusion import train_diffusion
 
         summary = train_diffusion(cfg)
+    elif cfg.task == "sft":
+        from preflab.loops.sft import SFTTrainer
+
+        summary = SFTTrainer(cfg).train()
     else:
         from preflab.loops.offline import Trainer
 

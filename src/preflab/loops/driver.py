@@ -67,15 +67,29 @@ def _has_accelerator_device() -> bool:
 
 
 def _check_fsdp(on_cpu: bool) -> None:
+    """Refuse a distributed engine the launch asks for but accelerate would not apply: accelerate runs FSDP (v1
+    and v2) and DeepSpeed only on accelerator devices; on CPU it silently falls back to plain data parallelism (its
+    AcceleratorState never sets distributed_type FSDP / DEEPSPEED for MULTI_CPU). DeepSpeed also needs its package."""
+    import importlib.util
     import os
 
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
-    if fsdp and on_cpu and os.environ.get("FSDP_VERSION", "1") == "1":
+    flag = lambda name: os.environ.get(name, "false").lower() in ("true", "1")  # noqa: E731
+    if flag("ACCELERATE_USE_FSDP") and on_cpu:
+        version = os.environ.get("FSDP_VERSION", "1")
         raise ConfigError(
-            "FSDP version 1 does not run on CPU (torch's FullyShardedDataParallel needs a GPU). Use FSDP2: set "
-            "`fsdp_version: 2` in the accelerate config (`fsdp_config:` section) or pass `--fsdp_version 2` to "
-            "`accelerate launch` (it runs on CPU with gloo); "
-            "or drop FSDP and use plain data parallelism (`accelerate launch --num_processes N`).")
+            f"the accelerate config asks for FSDP (`distributed_type: FSDP`, fsdp_version: {version}) but this run is "
+            "on CPU, where accelerate applies neither FSDP version 1 nor 2 (it would run plain data parallelism "
+            "instead, with every rank holding the whole model). Use examples/accelerate/ddp.yaml on CPU "
+            "(`accelerate launch --num_processes N`), or run the FSDP config on GPUs.")
+    if flag("ACCELERATE_USE_DEEPSPEED"):
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
+                "is not installed: pip install deepspeed, or use examples/accelerate/fsdp2.yaml / ddp.yaml.")
+        if on_cpu:
+            raise ConfigError(
+                "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but this run is on CPU, "
+                "where accelerate does not apply DeepSpeed; use examples/accelerate/ddp.yaml on CPU.")
 
 
 def make_accelerator(cfg):
@@ -100,6 +114,7 @@ def make_accelerator(cfg):
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
             f"(accelerate: {accelerator.distributed_type}, {accelerator.num_processes} process); each would train "
             "alone into the same output_dir. Check the accelerate config / launch flags (on CPU: use_cpu: true).")
+    check_sharded_checkpoints(cfg, str(accelerator.distributed_type).rsplit(".", 1)[-1])
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
@@ -121,6 +136,42 @@ def _check_resume_config_early(cfg) -> None:
         return  # a missing or damaged checkpoint is reported, with its file, at resume
     if isinstance(saved, dict):
         check_resume_config(saved.get("config"), cfg, path, note=lambda *a, **k: None)
+
+
+SHARDED_ENGINES = ("FSDP", "DEEPSPEED")
+
+
+def is_sharded(accelerator) -> bool:
+    """True when accelerate shards parameters over ranks (FSDP, DeepSpeed): no rank holds the whole model."""
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1] in SHARDED_ENGINES
+
+
+def check_sharded_checkpoints(cfg, engine: str) -> None:
+    """preflab's checkpoints hold each rank's full trainable tensors; under a sharded engine those are shards
+    (DTensor / ZeRO partitions), so intermediate checkpoints and resume are refused rather than written wrong.
+    The final model is gathered to one save_pretrained directory (gather_full_state)."""
+    used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint",
+                                                             cfg.resume_from_checkpoint not in (None, False, "",
+                                                                                                "false")))
+            if bad]
+    if engine in SHARDED_ENGINES and used:
+        raise ConfigError(
+            f"{', '.join(used)}: preflab does not yet write or resume sharded checkpoints under {engine} (the "
+            "accelerate config's distributed_type); set save_steps: 0 and no resume_from_checkpoint (the final model "
+            "is still gathered and saved), or train with examples/accelerate/ddp.yaml.")
+
+
+def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | None:
+    """The full state dict of checkpoint_module gathered through accelerate (FSDP2 full state dict / DeepSpeed's
+    16-bit gather), keyed as checkpoint_module's own state_dict. Collective: every rank calls it; the main process
+    gets the tensors (others may get an empty dict)."""
+    state = accelerator.get_state_dict(sync_module)
+    prefix = ""
+    for name, sub in accelerator.unwrap_model(sync_module).named_modules():
+        if sub is checkpoint_module or sub is accelerator.unwrap_model(checkpoint_module):
+            prefix = f"{name}." if name else ""
+            break
+    return {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
 
 
 def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
@@ -146,6 +197,7 @@ def make_optimizer(cfg, params: list, total_steps: int):
 
 class TrainingRun:
     extra_params: list = []
+    final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
     data_report: dict = {}
     step: int = 0  # the global step just finished (evaluate() reads it)
 
@@ -158,6 +210,34 @@ class TrainingRun:
 
     def write_card(self, summary: dict) -> None:
         pass
+
+    # ------------------------------------------------------------------ callbacks
+    callbacks: list = []
+
+    def emit(self, event: str, **kwargs) -> None:
+        """Call `event` (on_train_begin, on_step_end, on_log, on_evaluate, on_save, on_train_end) on every callback
+        that has it, on every rank, as transformers' Trainer does: `(args, state, control, **kwargs)` with args the
+        TrainConfig, state a transformers TrainerState (global_step, max_steps, epoch, is_world_process_zero,
+        log_history) and control a TrainerControl; on_log gets `logs=`, on_evaluate `metrics=`, on_save
+        `checkpoint=` (the directory). Control flags a callback sets are not acted on (the run's length is the
+        config's)."""
+        if not self.callbacks:
+            return
+        if getattr(self, "_cb_state", None) is None:
+            from transformers import TrainerControl, TrainerState
+
+            self._cb_state = TrainerState(max_steps=self.total_steps,
+                                          is_world_process_zero=self.accelerator.is_main_process)
+            self._cb_control = TrainerControl()
+        state = self._cb_state
+        state.global_step = self.step
+        state.epoch = self.step / self.plan.steps_per_epoch
+        if event in ("on_log", "on_evaluate"):
+            state.log_history.append(dict(kwargs.get("logs") or kwargs.get("metrics") or {}, step=self.step))
+        for callback in self.callbacks:
+            hook = getattr(callback, event, None)
+            if hook is not None:
+                hook(self.cfg, state, self._cb_control, **kwargs)
 
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
@@ -192,6 +272,8 @@ class TrainingRun:
                          tracker=self._start_trackers() if self.main else None)
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
         self.checkpoint_module.train()
+        self.step = start_step
+        self.emit("on_train_begin")
         bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
         overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
@@ -223,21 +305,25 @@ class TrainingRun:
                 bad_in_row = 0
                 overflow_steps += result.overflow
             window.append(result)
+            self.step = step + 1
+            self.emit("on_step_end")
             if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
                 last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
                         "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
                         **average_results(window),
                         "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
+                self.emit("on_log", logs=dict(last))
                 window = []
-            self.step = step + 1
             if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
                 if metrics:
                     log.write({"step": step + 1, **metrics})
-            if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and self.main:
-                self._save(step + 1, {"nonfinite": nonfinite})
+                    self.emit("on_evaluate", metrics=dict(metrics))
+            if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
+                path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
         bar.close()
         self.step = self.total_steps
@@ -247,6 +333,7 @@ class TrainingRun:
             final_eval = self.evaluate()
             if final_eval:
                 log.write({"step": self.total_steps, **final_eval})
+                self.emit("on_evaluate", metrics=dict(final_eval))
         summary = {"global_step": self.total_steps,
                    "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
@@ -255,10 +342,14 @@ class TrainingRun:
                    "data": self.data_report, **self.summary_extras(),
                    "runtime_s": time.perf_counter() - started,
                    "environment": {**environment(), **distributed_environment(acc)}}
+        # sharded engines: every rank takes part in gathering the full weights; save_model may read them
+        self.final_state_dict = (gather_full_state(acc, self.sync_module, self.checkpoint_module)
+                                 if is_sharded(acc) else None)
         if self.main:
             self.save_model()
             write_summary(self.out, summary)
             self.write_card(summary)
+        self.emit("on_train_end")
         acc.end_training()
         return summary
 

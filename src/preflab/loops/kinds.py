@@ -100,6 +100,10 @@ def kind_for(objective):
         return UnpairedKind
     if objective.batch_type is PairBatch:
         return PairKind
+    if objective.batch_type.__name__ == "SFTBatch":  # task: sft (preflab.loops.sft)
+        from preflab.loops.sft import SFTKind
+
+        return SFTKind
     raise NotImplementedError(
         f"preflab train feeds pairwise and unpaired objectives; {objective.batch_type.__name__} objectives "
         "(listwise, GRPO) run through preflab.loops.grpo / the Python API."

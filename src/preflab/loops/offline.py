@@ -32,12 +32,14 @@ class Trainer(TrainingRun):
     computed_extras: tuple = ()
     scorer_class = LogProbScorer  # preflab.loops.vlm.VisionTrainer: VisionLogProbScorer
 
-    def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None):
+    def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
+                 callbacks=None):
         from preflab.config import preflight, resolve_epoch_eval
         from preflab.models.load import cap_max_length, max_positions
 
         preflight(cfg, check_models=policy is None)
         self.cfg = cfg
+        self.callbacks = list(callbacks or [])  # see TrainingRun.emit (transformers TrainerCallback objects work)
         self.objective = cfg.objective()
         check_modality(self.objective, cfg.task)
         check_gradient_extras(self.objective, self.computed_extras,
@@ -234,6 +236,7 @@ class Trainer(TrainingRun):
     def save_model(self) -> None:
         """Final weights as safetensors (LoRA: the adapter) with the tokenizer and a model card."""
         model = self.accelerator.unwrap_model(self.policy)
-        model.save_pretrained(self.out, safe_serialization=True)
+        gathered = {"state_dict": self.final_state_dict} if self.final_state_dict else {}  # FSDP / DeepSpeed
+        model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
 

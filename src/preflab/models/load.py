@@ -257,6 +257,15 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref.eval()
 
 
+def reference_dtype(cfg) -> str:
+    """The reference's weight dtype: ref_load_dtype; unset, bfloat16 when the run trains on a CUDA GPU (the
+    reference only scores, without gradient, so 16-bit halves its memory), else the policy's load dtype."""
+    if getattr(cfg, "ref_load_dtype", None):
+        return cfg.ref_load_dtype
+    on_gpu = not cfg.use_cpu and torch.cuda.is_available()
+    return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else (cfg.load_dtype or "float32")
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
     dtype = cfg.load_dtype or "float32"
@@ -270,12 +279,12 @@ def load_models(cfg, tokenizer):
     needs_reference = cfg.objective().needs_reference
     ref = None
     if needs_reference and cfg.ref_model_name_or_path:
-        ref = load_causal_lm(cfg.ref_model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle,
+        ref = load_causal_lm(cfg.ref_model_name_or_path, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle,
                              tokenizer, seed=cfg.seed, option="ref_model_name_or_path",
                              init_kwargs=cfg.model_kwargs(ref=True))
         ref.requires_grad_(False).eval()
     elif needs_reference and not cfg.use_peft:
-        ref = frozen_copy(policy)
+        ref = frozen_copy(policy).to(DTYPES[reference_dtype(cfg)])  # frozen: no gradients, no optimizer state
     if cfg.use_peft:
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     return policy, ref

@@ -1,0 +1,329 @@
+"""Supervised fine-tuning (task: sft): TRL's SFT data forms through the offline Trainer with an SFT batch kind.
+
+Rows (TRL SFTTrainer's dataset forms, one form per row):
+
+    {"text": "..."}                                   language modeling: the whole text is the completion
+    {"messages": [{"role": ..., "content": ...}]}     conversational: the rendered chat is the completion
+    {"prompt": "...", "completion": "..."}            prompt-completion (strings, or both lists of messages)
+
+Each row becomes `TokenizedSFT(prompt_ids, completion_ids)`; only completion tokens carry loss. With
+`completion_only_loss: false` (TRL's name) a prompt-completion row trains on the prompt too (all tokens but the
+first). Text rows get BOS (when the tokenizer has one) and EOS like preference rows; chat rows end with the
+template's own end of turn. Rows longer than `max_length` keep their start (TRL's SFT truncation).
+
+The loss of an optimizer step is TRL's token mean of the completion NLL over the whole global batch (all
+micro-batches of all ranks; TRL's `num_items_in_batch` normalisation):
+
+    L = -(sum_i sum_t m_it log p_theta(y_it | x_i, y_i<t)) / (sum_i sum_t m_it)
+
+preflab.step divides the sum of per-example losses by the global example count N, so example i's loss is its
+token-summed NLL times N / T (T = global completion tokens, counted before the step's forwards). Hence
+2 processes x batch b, 1 process x batch 2b and accumulation 2 x b give the same loss and gradient. Metrics use
+TRL's names: `loss`, `mean_token_accuracy` (share of completion tokens whose argmax prediction is the target,
+token-weighted the same way), `num_tokens` (logged by the loop).
+
+`packing: true` (TRL's name) places several sequences in one row of at most max_length tokens, with per-sequence
+position ids and a block-diagonal causal mask (preflab.data.prefix.block_rows; Krell et al. 2021, arXiv:2107.02027),
+so the loss equals the unpacked loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from preflab.data.layout import LayoutBatch, padded
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport
+from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.objectives.base import Objective, ObjectiveOutput, SequenceLogps, as_loss_dtype
+from preflab.runlog import is_main_process
+
+SFT_FORMS = ("text", "messages", "prompt_completion")
+
+
+@dataclass
+class TokenizedSFT:
+    """One SFT sequence: prompt_ids (>= 1 token, no loss) then completion_ids (the loss tokens)."""
+
+    row_id: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class SFTBatch:
+    """Policy log-probs of each sequence's completion tokens [B, L] with their mask."""
+
+    policy: SequenceLogps
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.policy.token_logps.shape[0]
+
+    has_reference = False
+
+
+@dataclass(frozen=True)
+class SFTLoss(Objective):
+    """The SFT objective of task: sft (not a preference objective; `loss_type` does not name it)."""
+
+    batch_type: ClassVar[type] = SFTBatch
+    needs_reference: ClassVar[bool] = False
+    paper: ClassVar[str] = "maximum likelihood on completions (TRL SFTTrainer)"
+
+    def compute(self, batch: SFTBatch) -> ObjectiveOutput:
+        """losses_i = token-summed NLL_i x (examples per token): of this batch alone by default (then
+        loss = the batch's token mean), or extras["examples_per_token"] = N / T of the whole step."""
+        sums = -as_loss_dtype(batch.policy.masked()).sum(-1)
+        ratio = batch.extras.get("examples_per_token")
+        if ratio is None:
+            ratio = batch.size / batch.policy.mask.sum().clamp_min(1).to(sums.dtype)
+        losses = sums * ratio
+        return ObjectiveOutput(losses.mean(), losses, {})
+
+
+# ---------------------------------------------------------------------------------------------- rows -> tokens
+def _row_form(row: dict) -> str:
+    has = [k for k in ("text", "messages", "prompt", "completion") if k in row]
+    if "text" in row and len(has) == 1:
+        return "text"
+    if "messages" in row and len(has) == 1:
+        return "messages"
+    if "prompt" in row and "completion" in row and len(has) == 2:
+        return "prompt_completion"
+    if not has:
+        raise RowProblem("missing_field", None, f"no SFT field among the columns {sorted(row)[:8]}",
+                         "Give each row `text`, `messages`, or `prompt` and `completion` (TRL's SFT forms).")
+    raise RowProblem("mixed_forms", has[0], f"the row holds {has}, which is not one SFT form",
+                     "Use exactly one of: text | messages | prompt + completion.")
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _whole_sequence(tokenizer, ids: list[int], add_bos_eos: bool) -> tuple[list[int], list[int]]:
+    """(first token, the rest): every token after the first is predicted and carries loss."""
+    if add_bos_eos:
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        if bos is not None and ids[:1] != [bos]:
+            ids = [bos] + ids
+        if ids[-1:] != [eos]:
+            ids = ids + [eos]
+    if len(ids) < 2:
+        raise RowProblem("empty_response_tokens", None, "the sequence has fewer than 2 tokens, so nothing to "
+                         "predict", "Give a longer text.")
+    return ids[:1], ids[1:]
+
+
+def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeReport) -> tuple[TokenizedSFT, str]:
+    """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row."""
+    from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern
+    from preflab.data.validate import check_messages, check_same_form, check_text, check_text_or_messages
+
+    form = _row_form(row)
+    if form == "text":
+        prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, check_text(row["text"], "text")), True)
+    elif form == "messages":
+        messages = check_messages(row["messages"], "messages")
+        rendered = _render(tokenizer, messages, {}, "messages", generation=False)
+        prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, rendered), False)
+    else:
+        p = check_text_or_messages(row["prompt"], "prompt")
+        c = check_text_or_messages(row["completion"], "completion", response=True)
+        check_same_form({"prompt": p, "completion": c})
+        settings = _check_settings(None, None, "keep_end")
+        settings.specials, settings.eos_text = special_token_pattern(tokenizer), tokenizer.eos_token
+        prompt, (completion,) = _tokenize_one(tokenizer, p, [c], ["completion"], {}, settings, report)
+        if not cfg.completion_only_loss:
+            prompt, completion = prompt[:1], prompt[1:] + completion
+    limit = cfg.max_length
+    if limit is not None and len(prompt) + len(completion) > limit:
+        room = limit - len(prompt)
+        if room < 1:
+            raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt is {len(prompt)} tokens, which "
+                             f"leaves no room for the completion within max_length={limit}",
+                             "Shorten the prompt or raise max_length.")
+        completion = completion[:room]
+        report.response_truncated += 1
+    report.prompt_tokens += len(prompt)
+    report.response_tokens += len(completion)
+    report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt))
+    report.max_response_tokens = max(report.max_response_tokens, len(completion))
+    return TokenizedSFT(row_id, prompt, completion), form
+
+
+def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataReport, TokenizeReport]:
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    rows = DataReport(source=reader.name, kind="sft")
+    tokens = TokenizeReport(source=reader.name)
+    policy = BadRowPolicy(cfg.on_bad_row, rows)
+    out = []
+    for raw in reader:
+        rows.total += 1
+        tokens.total += 1
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            item, form = tokenize_sft_row(raw.row_id, raw.data, tokenizer, cfg, tokens)
+        except RowProblem as problem:
+            policy.handle(problem, raw.row_id, raw.line, source=raw.file)
+            tokens.record_skip(problem, raw.row_id, raw.line)
+            continue
+        rows.kept += 1
+        tokens.kept += 1
+        rows.forms[form] = rows.forms.get(form, 0) + 1
+        out.append(item)
+    rows.blank_lines, rows.examples = reader.blank_lines, len(out)
+    rows.check()
+    if rows.total == 0:
+        raise DataError(f"{source!r} ({rows.source}) is empty: it holds no rows.")
+    return out, rows, tokens
+
+
+def prepare_sft(cfg, tokenizer):
+    """(train TokenizedSFT list, eval list, report) from dataset_name / eval_dataset_name / eval_fraction."""
+    if not cfg.dataset_name:
+        raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+    train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
+    report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
+    evals = []
+    if cfg.eval_dataset_name:
+        evals, erows, etok = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
+        report.update(eval_rows=erows.to_dict(), eval_tokenize=etok.to_dict())
+    elif cfg.eval_fraction > 0:
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(train))))])
+        evals = [x for i, x in enumerate(train) if i in held]
+        train = [x for i, x in enumerate(train) if i not in held]
+    if is_main_process():
+        print(f"preflab: data: {rows.summary()}")
+    return train, evals, report
+
+
+# ---------------------------------------------------------------------------------------------- the batch kind
+def collate_sft(items, pad_id: int, packing: bool, max_row_tokens: int | None = None) -> LayoutBatch:
+    """Padded rows, or (packing) sequences binned first-fit-decreasing into rows of at most max_row_tokens with
+    per-sequence positions and block-diagonal causal masks. Sequence i is items[i] in both layouts."""
+    row_ids = [x.row_id for x in items]
+    if not packing:
+        return padded([(x.prompt_ids, x.completion_ids) for x in items], pad_id=pad_id, row_ids=row_ids)
+    from preflab.data.packing import first_fit_decreasing
+    from preflab.data.prefix import Block, block_rows
+
+    blocks = [Block(x.prompt_ids, [x.completion_ids], [i]) for i, x in enumerate(items)]
+    groups = first_fit_decreasing([b.length for b in blocks], max_row_tokens)
+    return block_rows([[blocks[i] for i in g] for g in groups], len(items), pad_id, row_ids)
+
+
+class SFTKind:
+    name = "sft"
+    packing = False
+    max_row_tokens: int | None = None
+
+    @staticmethod
+    def prepare(cfg, tokenizer):
+        return prepare_sft(cfg, tokenizer)
+
+    @classmethod
+    def collate(cls, items, pad_id: int, layout: str) -> LayoutBatch:
+        return collate_sft(items, pad_id, layout in ("packed", "prefix_packed"), cls.max_row_tokens)
+
+    @staticmethod
+    def count_tokens(items) -> int:
+        """Tokens of the sequences (prompt + completion), padding never counted (TRL's num_tokens)."""
+        return sum(len(x.prompt_ids) + len(x.completion_ids) for x in items)
+
+    @staticmethod
+    def split(policy, ref, extras) -> SFTBatch:
+        return SFTBatch(SequenceLogps(policy.token_logps, policy.mask), {**dict(extras), "_hidden": policy.hidden_flat})
+
+    @staticmethod
+    def eval_metrics(batch) -> dict:
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+def correct_tokens(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> int:
+    """How many positions have argmax over head(hidden) equal to the target (no gradient)."""
+    right = 0
+    with torch.no_grad():
+        for s in range(0, hidden_flat.shape[0], chunk):
+            right += int((head(hidden_flat[s:s + chunk]).argmax(-1) == targets[s:s + chunk]).sum())
+    return right
+
+
+def _trainer_base():
+    from preflab.loops.offline import Trainer
+
+    return Trainer
+
+
+class SFTTrainer(_trainer_base()):
+    """The offline Trainer with the SFT batch kind (same loop, checkpoints, resume, report). Layout: `packed`
+    when packing is true (rows of at most max_length tokens), else `padded`; cfg.layout is not used."""
+
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
+        if cfg.task != "sft":
+            raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
+        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
+        from preflab.models.attention import effective_layout
+
+        self.layout = effective_layout("packed" if cfg.packing else "padded", self.policy)
+        self.kind = type("SFTKindRun", (SFTKind,), {"max_row_tokens": cfg.max_length})
+
+    def micro_batches(self, step: int):
+        """The loop's micro-batches, each told N / T of the whole step (one all-reduce of two numbers)."""
+        mbs = super().micro_batches(step)
+        acc = self.accelerator
+        local = torch.tensor([float(sum(len(mb.row_ids) for mb in mbs)),
+                              float(sum(int(mb.layout.response_mask.sum()) for mb in mbs))], device=acc.device)
+        if acc.num_processes > 1:
+            local = acc.reduce(local, reduction="sum")
+        ratio = float(local[0]) / max(float(local[1]), 1.0)
+        for mb in mbs:
+            mb.examples_per_token = ratio
+        return mbs
+
+    def _accuracy_count(self, layout, batch: SFTBatch) -> int:
+        from preflab.scoring.lm import backbone_and_head
+
+        hidden = batch.extras["_hidden"].detach()
+        targets = layout.target_ids[layout.response_mask].to(hidden.device)
+        return correct_tokens(hidden, targets, backbone_and_head(self.policy)[1])
+
+    def forward(self, mb):
+        batch = self.score(mb.layout, positions=mb.index)
+        ratio = getattr(mb, "examples_per_token", None)
+        if ratio is not None:
+            batch.extras["examples_per_token"] = ratio
+        out = self.objective(batch)
+        # weighted by n / N in preflab.step: right * (N / T) / n sums to right / T over the step
+        right = self._accuracy_count(mb.layout, batch)
+        scale = ratio if ratio is not None else batch.size / max(int(mb.layout.response_mask.sum()), 1)
+        out.metrics["mean_token_accuracy"] = torch.tensor(right * scale / batch.size)
+        return out
+
+    def evaluate(self) -> dict:
+        """eval_loss (token-mean completion NLL over the whole eval set) and eval_mean_token_accuracy."""
+        if not self.eval_data:
+            return {}
+        self.policy.eval()
+        nll, right, tokens = 0.0, 0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
+                chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
+                layout = self.kind.collate(chunk, self.pad_id, self.layout)
+                batch = self.score(layout, train=False)
+                nll -= float(batch.policy.masked().double().sum())
+                right += self._accuracy_count(layout, batch)
+                tokens += int(layout.response_mask.sum())
+        self.policy.train()
+        return {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1)}

@@ -1,0 +1,184 @@
+"""`preflab plan CONFIG [key=value ...]`: GPU memory per rank of a run, estimated from the model config alone.
+
+No weights are loaded: the model is built on the `meta` device from its config (AutoConfig, or a builtin), which
+gives the exact parameter count P and, with LoRA, the trainable count P_t = sum over adapted Linear(in, out) of
+r * (in + out) (peft's A [r, in] and B [out, r]; `all-linear` adapts every Linear but the LM head). N ranks.
+
+    weights      P   * bytes(load_dtype)      / s_w
+    reference    P   * bytes(load_dtype)              (only when the objective needs one, without LoRA (the
+                                                       adapter-disabled policy is the reference) and without
+                                                       precompute_ref_log_probs; not sharded: preflab places a
+                                                       full frozen copy on every rank under every engine)
+    gradients    P_t * bytes(load_dtype)      / s_g
+    optimizer    P_t * 2 * bytes(load_dtype)  / s_o   (AdamW's exp_avg and exp_avg_sq, kept in the parameter dtype)
+    activations  L * S * b * h * 34 * bytes(compute) / 2            (no checkpointing)
+                 L * S * b * h * bytes(compute) + S * b * h * 34 * bytes(compute) / 2   (gradient_checkpointing)
+
+where S = max_length tokens per sequence, b = per_device_train_batch_size x sequences per example (2 for pairs:
+chosen and rejected; 1 for sft; 2 for reward pairs), h = hidden size, L = layers. 34 s b h bytes per layer is
+Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models" (arXiv:2205.05198), eq. 1
+for 16-bit activations with a memory-efficient attention kernel (no a * s^2 score term: sdpa / flash); with
+checkpointing a layer keeps only its input (s b h values) and one layer is recomputed at a time. The reference's
+forward runs without gradient and keeps no activations. Logits are chunked by preflab (chunk_tokens) and omitted.
+
+Sharding (s = 1 unless listed): DDP none; ZeRO-1 s_o = N; ZeRO-2 and FSDP SHARD_GRAD_OP (reshard_after_forward:
+false) s_g = s_o = N; ZeRO-3 and FSDP full shard s_w = s_g = s_o = N. CPU offload of the optimizer (params) moves
+that term (the weights) off the GPU. Estimates exclude
+the CUDA context, allocator fragmentation, communication buffers and FSDP's one gathered layer; keep ~10-20% spare.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from preflab.errors import ConfigError
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op")
+GiB = 1024 ** 3
+
+
+@dataclass
+class Sharding:
+    engine: str = "ddp"
+    world: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    def factors(self) -> tuple[int, int, int]:
+        """(s_w, s_g, s_o)."""
+        n = self.world
+        return {"ddp": (1, 1, 1), "zero1": (1, 1, n), "zero2": (1, n, n), "fsdp_grad_op": (1, n, n),
+                "zero3": (n, n, n), "fsdp": (n, n, n)}[self.engine]
+
+
+def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
+    """The sharding an accelerate config file asks for (distributed_type, zero_stage / fsdp_reshard_after_forward,
+    offload switches, num_processes)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(path)
+    kind = str(config.distributed_type).rsplit(".", 1)[-1]
+    n = world or int(config.num_processes or 1)
+    if kind == "FSDP":
+        fsdp = config.fsdp_config or {}
+        full = fsdp.get("fsdp_reshard_after_forward", True) in (True, "FULL_SHARD", "true")
+        return Sharding("fsdp" if full else "fsdp_grad_op", n, bool(fsdp.get("fsdp_offload_params")),
+                        bool(fsdp.get("fsdp_offload_params")))
+    if kind == "DEEPSPEED":
+        ds = config.deepspeed_config or {}
+        stage = int(ds.get("zero_stage", 2))
+        return Sharding({0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage], n,
+                        ds.get("offload_optimizer_device", "none") not in ("none", None),
+                        ds.get("offload_param_device", "none") not in ("none", None))
+    return Sharding("ddp", n)
+
+
+def count_parameters(model_config, lora_r: int | None = None) -> tuple[int, int]:
+    """(P, P_t) of a causal LM built from its config on the meta device; P_t = P without LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    total = sum(p.numel() for p in model.parameters())
+    if not lora_r:
+        return total, total
+    head = model.get_output_embeddings()
+    trainable = sum(lora_r * (m.in_features + m.out_features) for m in model.modules()
+                    if isinstance(m, torch.nn.Linear) and m is not head)
+    return total, trainable
+
+
+def model_config_of(name: str, trust_remote_code: bool = False):
+    from preflab.models.load import BUILTIN
+
+    if name in BUILTIN:
+        from preflab.models.tiny import tiny_causal_lm
+
+        with torch.device("meta"):
+            return tiny_causal_lm(None, arch=BUILTIN[name]).config
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model_name_or_path={name!r}: no model config could be read ({str(err).splitlines()[0]}); "
+                          "give a local directory with config.json, a cached hub name or builtin:tiny-llama.") from err
+
+
+def sequences_per_example(cfg) -> int:
+    """Sequences the policy scores per example: 1 for sft; 2 otherwise (chosen + rejected, or KTO's completion +
+    mismatched completion)."""
+    return 1 if cfg.task == "sft" else 2
+
+
+def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
+    """Bytes per rank of each term (see the module docstring) and their total."""
+    load = cfg.load_dtype or "float32"
+    if load not in BYTES:
+        raise ConfigError(f"load_dtype={load!r}: the plan knows {sorted(BYTES)}.")
+    wb = BYTES[load]
+    compute = BYTES["float32" if cfg.torch_dtype == "float32" and load == "float32" else "bfloat16"]
+    total, trainable = count_parameters(model_config, cfg.lora_r if cfg.use_peft else None)
+    s_w, s_g, s_o = sharding.factors()
+    needs_ref = cfg.task not in ("sft", "reward") and cfg.objective().needs_reference
+    has_ref = needs_ref and not cfg.use_peft and not cfg.precompute_ref_log_probs
+    weights = 0.0 if sharding.offload_params else total * wb / s_w
+    text = getattr(model_config, "get_text_config", lambda: model_config)()
+    h = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
+    tokens = (cfg.max_length or 1024) * cfg.per_device_train_batch_size * sequences_per_example(cfg)
+    per_layer = tokens * h * 34 * compute / 2
+    activations = (layers * tokens * h * compute + per_layer) if cfg.gradient_checkpointing else layers * per_layer
+    plan = {"parameters": float(total), "trainable": float(trainable), "weights": weights,
+            "reference": total * wb if has_ref else 0.0,
+            "gradients": trainable * wb / s_g,
+            "optimizer": 0.0 if sharding.offload_optimizer else trainable * 2 * wb / s_o,
+            "activations": float(activations)}
+    plan["total"] = sum(plan[k] for k in ("weights", "reference", "gradients", "optimizer", "activations"))
+    return plan
+
+
+def format_plan(plan: dict, sharding: Sharding, cfg) -> str:
+    gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+    head = (f"model {cfg.model_name_or_path}: {plan['parameters'] / 1e9:.3f} B parameters, "
+            f"{plan['trainable'] / 1e9:.3f} B trainable; load_dtype {cfg.load_dtype or 'float32'}; "
+            f"{sharding.engine} over {sharding.world} rank(s); batch {cfg.per_device_train_batch_size} x "
+            f"max_length {cfg.max_length}{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")
+    lines = [head, "per rank (estimate, see `python -c 'import preflab.plan; help(preflab.plan)'`):"]
+    for key in ("weights", "reference", "gradients", "optimizer", "activations", "total"):
+        lines.append(f"  {key:<12}{gib(plan[key])}")
+    return "\n".join(lines)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="memory per rank of a training config (from the model config; no weights)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML run config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--accelerate-config", help="accelerate config file (examples/accelerate/*.yaml)")
+    p.add_argument("--world-size", type=int, help="number of ranks (default: the accelerate config's, else 1)")
+    p.add_argument("--sharding", choices=ENGINES, help="instead of --accelerate-config")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from preflab.config import load_config
+
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides
+    cfg = load_config(config, overrides)
+    if args.accelerate_config and args.sharding:
+        raise ConfigError("give --accelerate-config or --sharding, not both.")
+    if args.world_size is not None and args.world_size < 1:
+        raise ConfigError(f"--world-size must be >= 1, got {args.world_size}.")
+    if args.accelerate_config:
+        sharding = sharding_from_accelerate(args.accelerate_config, args.world_size)
+    else:
+        sharding = Sharding(args.sharding or "ddp", args.world_size or 1)
+    plan = memory_plan(cfg, model_config_of(cfg.model_name_or_path, cfg.trust_remote_code), sharding)
+    print(format_plan(plan, sharding, cfg))
+    return 0

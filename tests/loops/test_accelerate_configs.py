@@ -1,0 +1,131 @@
+"""examples/accelerate/: the shipped configs load, DDP on CPU equals one process, and engines accelerate would not
+apply (FSDP / DeepSpeed on CPU, DeepSpeed without its package) stop before any model loads, naming the setting."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops import driver
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "examples/accelerate"
+COMMON = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true", "max_steps=3",
+          "lr_scheduler_type=constant"]
+
+
+@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero2", "DEEPSPEED"),
+                                       ("zero3", "DEEPSPEED")])
+def test_shipped_accelerate_configs_load_in_accelerate(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
+    assert str(config.distributed_type).endswith(kind)
+    if name == "fsdp2":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_reshard_after_forward"] is True  # full shard
+    if name.startswith("zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def _cfg(tmp_path):
+    return config_from_dict({"output_dir": str(tmp_path), "use_cpu": True, "model_name_or_path": "builtin:tiny-llama",
+                             "dataset_name": "examples/data/loud_echo_sft.jsonl", "task": "sft"})
+
+
+def test_fsdp2_on_cpu_is_refused_not_run_as_plain_data_parallelism(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(ConfigError, match=r"distributed_type: FSDP.*fsdp_version: 2.*on CPU"):
+        driver.make_accelerator(_cfg(tmp_path))
+    assert not any(tmp_path.iterdir())  # stopped before claiming the output_dir or loading anything
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+def test_deepspeed_without_the_package_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*pip install deepspeed"):
+        driver.make_accelerator(_cfg(tmp_path))
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 vs 1 process x batch 8, task: sft with
+    packing: same losses to 1e-5 and the same final weights to 1e-5 (float32 all-reduce order); the final model
+    reloads in plain transformers."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    preflab = shutil.which("preflab")
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
+           "--num_processes", "2", preflab, "train", str(ROOT / "examples/sft.yaml"), f"output_dir={two}",
+           "per_device_train_batch_size=4", "packing=true", *COMMON]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
+    from preflab.cli import main
+
+    assert main(["train", str(ROOT / "examples/sft.yaml"), f"output_dir={one}", "per_device_train_batch_size=8",
+                 "packing=true", *COMMON]) == 0
+    got, want = _rows(two), _rows(one)
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-5)
+    a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    reloaded = AutoModelForCausalLM.from_pretrained(two)
+    torch.testing.assert_close(reloaded.state_dict()["model.embed_tokens.weight"], b["model.embed_tokens.weight"],
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_sharded_engines_refuse_checkpoints_they_would_write_as_shards(tmp_path, engine):
+    driver.check_sharded_checkpoints(_cfg(tmp_path), engine)  # no checkpoints asked: fine
+    driver.check_sharded_checkpoints(config_from_dict({**_cfg(tmp_path).to_dict(), "save_steps": 5}), "MULTI_GPU")
+    with pytest.raises(ConfigError, match=rf"save_steps.*sharded checkpoints under {engine}.*distributed_type"):
+        driver.check_sharded_checkpoints(config_from_dict({**_cfg(tmp_path).to_dict(), "save_steps": 5}), engine)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gathered_state_saves_the_same_directory_as_the_model_itself(tmp_path, lora):
+    """The final-model path used under FSDP/DeepSpeed (accelerate's get_state_dict of the wrapped scorer, the
+    wrapper's prefix stripped, save_pretrained(state_dict=...)) writes the same weights as a plain save, and plain
+    transformers (peft for LoRA) reloads them."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from preflab.models.load import add_lora
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.lm import LogProbScorer
+
+    model = tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0)
+    if lora:
+        model = add_lora(model, 4, 8, 0.0, "all-linear")
+    acc = Accelerator(cpu=True)
+    scorer = acc.prepare(LogProbScorer(model))
+    state = driver.gather_full_state(acc, scorer, model)
+    model.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    model.save_pretrained(tmp_path / "gathered", safe_serialization=True, state_dict=state)
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = load_file(tmp_path / "plain" / name), load_file(tmp_path / "gathered" / name)
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    if not lora:
+        from transformers import AutoModelForCausalLM
+
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "gathered")
+        assert torch.equal(reloaded.state_dict()["model.norm.weight"], model.state_dict()["model.norm.weight"])

@@ -1,0 +1,62 @@
+"""TrainingRun's callbacks: transformers TrainerCallback objects receive the events in Trainer's order."""
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from preflab.config import config_from_dict
+from preflab.loops.offline import Trainer
+from preflab.models.load import frozen_copy
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import synthetic_pairs  # noqa: E402
+
+
+class Recorder(TrainerCallback):
+    def __init__(self):
+        self.events = []
+
+    def _record(self, name, args, state, control, **kwargs):
+        extra = sorted(kwargs)
+        self.events.append((name, state.global_step, extra))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        assert state.max_steps == 3 and args.max_steps == 3  # args is the TrainConfig
+        self._record("train_begin", args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._record("step_end", args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        assert logs["step"] == state.global_step and "loss" in logs
+        self._record("log", args, state, control)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        assert "eval_loss" in metrics
+        self._record("evaluate", args, state, control)
+
+    def on_save(self, args, state, control, checkpoint=None, **kwargs):
+        assert checkpoint.name == f"checkpoint-{state.global_step}"
+        self._record("save", args, state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._record("train_end", args, state, control, **kwargs)
+
+
+def test_callbacks_get_trainer_events_in_order(tmp_path):
+    torch.set_num_threads(1)
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic",
+                                output_dir=str(tmp_path), learning_rate=1e-3, per_device_train_batch_size=4,
+                                max_steps=3, logging_steps=2, eval_steps=2, save_steps=2, disable_tqdm=True,
+                                use_cpu=True))
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, arch="llama", seed=0)
+    recorder = Recorder()
+    data = synthetic_pairs()
+    Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=data[:24], eval_data=data[24:],
+            callbacks=[recorder]).train()
+    assert [(e, s) for e, s, _ in recorder.events] == [
+        ("train_begin", 0), ("step_end", 1), ("step_end", 2), ("log", 2), ("evaluate", 2), ("save", 2),
+        ("step_end", 3), ("log", 3), ("evaluate", 3), ("train_end", 3)]

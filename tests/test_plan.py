@@ -1,0 +1,91 @@
+"""`preflab plan`: the memory arithmetic on a config whose parameter count is computed by hand."""
+import json
+from pathlib import Path
+
+import pytest
+
+from preflab.config import config_from_dict
+from preflab.plan import Sharding, count_parameters, memory_plan, model_config_of, sharding_from_accelerate
+
+ROOT = Path(__file__).resolve().parents[1]
+H, I, L, V = 64, 128, 2, 100
+# embedding + per layer (q, k, v, o: 4 h^2; gate, up, down: 3 h i; two RMSNorms: 2 h) + final norm + LM head
+P = V * H + L * (4 * H * H + 3 * H * I + 2 * H) + H + V * H
+# LoRA r=8 on every Linear but the head: r * (in + out) for q, k, v, o (h -> h), gate, up (h -> i), down (i -> h)
+LORA = L * 8 * (4 * (H + H) + 2 * (H + I) + (I + H))
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": I,
+        "num_hidden_layers": L, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": V,
+        "tie_word_embeddings": False}))
+    return str(tmp_path)
+
+
+def _cfg(model_dir, **kw):
+    return config_from_dict({"model_name_or_path": model_dir, "dataset_name": "x.jsonl", "max_length": 16,
+                             "per_device_train_batch_size": 2, **kw})
+
+
+def test_parameter_counts_match_the_hand_count_and_peft(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from preflab.models.load import add_lora
+
+    assert count_parameters(model_config_of(model_dir)) == (P, P)
+    assert count_parameters(model_config_of(model_dir), lora_r=8) == (P, LORA)
+    model = add_lora(AutoModelForCausalLM.from_config(model_config_of(model_dir)), 8, 16, 0.0, "all-linear")
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == LORA  # the formula is peft's count
+
+
+def test_zero3_divides_every_state_and_ddp_none(model_dir):
+    cfg = _cfg(model_dir, load_dtype="bfloat16", bf16=True)
+    z3 = memory_plan(cfg, model_config_of(model_dir), Sharding("zero3", 4))
+    # the reference is a full frozen copy on every rank (not sharded by preflab)
+    assert (z3["weights"], z3["reference"], z3["gradients"], z3["optimizer"]) == (P * 2 / 4, P * 2, P * 2 / 4, P)
+    ddp = memory_plan(cfg, model_config_of(model_dir), Sharding("ddp", 4))
+    assert (ddp["weights"], ddp["gradients"], ddp["optimizer"]) == (P * 2, P * 2, P * 4)
+    z2 = memory_plan(cfg, model_config_of(model_dir), Sharding("zero2", 4))
+    assert (z2["weights"], z2["gradients"], z2["optimizer"]) == (P * 2, P * 2 / 4, P * 4 / 4)
+    tokens = 16 * 2 * 2  # max_length x batch x (chosen, rejected)
+    assert z3["activations"] == L * tokens * H * 34  # 34 s b h bytes per layer at 2 bytes per value
+    ckpt = memory_plan(_cfg(model_dir, load_dtype="bfloat16", bf16=True, gradient_checkpointing=True),
+                       model_config_of(model_dir), Sharding("zero3", 4))
+    assert ckpt["activations"] == L * tokens * H * 2 + tokens * H * 34
+    assert z3["total"] == sum(z3[k] for k in ("weights", "reference", "gradients", "optimizer", "activations"))
+
+
+def test_lora_sft_and_precompute_drop_the_reference_and_shrink_the_optimizer(model_dir):
+    lora = memory_plan(_cfg(model_dir, use_peft=True, lora_r=8), model_config_of(model_dir), Sharding())
+    assert lora["reference"] == 0 and lora["weights"] == P * 4 and lora["optimizer"] == LORA * 2 * 4
+    sft = memory_plan(_cfg(model_dir, task="sft"), model_config_of(model_dir), Sharding())
+    assert sft["reference"] == 0 and sft["activations"] == L * 16 * 2 * H * 34 * 4 / 2  # fp32 compute, 1 sequence
+    pre = memory_plan(_cfg(model_dir, precompute_ref_log_probs=True), model_config_of(model_dir), Sharding())
+    assert pre["reference"] == 0
+
+
+def test_sharding_is_read_from_the_shipped_accelerate_configs():
+    read = lambda n, **kw: sharding_from_accelerate(str(ROOT / f"examples/accelerate/{n}.yaml"), **kw)  # noqa: E731
+    assert (read("zero3").engine, read("zero3").world) == ("zero3", 8)
+    assert read("zero2").engine == "zero2" and read("fsdp2").engine == "fsdp" and read("ddp").engine == "ddp"
+    assert read("fsdp2", world=16).world == 16
+
+
+def test_plan_command_prints_every_term(model_dir, capsys):
+    from preflab.cli import main
+
+    assert main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "--sharding", "zero3",
+                 "--world-size", "2"]) == 0
+    out = capsys.readouterr().out
+    for term in ("weights", "reference", "gradients", "optimizer", "activations", "total"):
+        assert term in out
+    assert "zero3 over 2 rank(s)" in out
+
+
+def test_qlora_request_is_refused_naming_gpu_and_bitsandbytes():
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"load_in_4bit.*4-bit base through bitsandbytes.*GPU.*use_peft"):
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x", "load_in_4bit": True})
