@@ -67,6 +67,10 @@ def tiny_text_to_image_pipeline(seed: int = 0, resolution: int = 16):
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer("char")
+    from tokenizers import processors
+
+    # captions are encoded as they are (no BOS): the tiny text encoder was designed and tested that way
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
     tokenizer.model_max_length = 32
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
