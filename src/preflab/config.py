@@ -21,7 +21,7 @@ from preflab.errors import ConfigError, nearest
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward
+    task: str = "dpo"                          # dpo (any pairwise/unpaired objective) | reward | online
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -83,6 +83,33 @@ class TrainConfig:
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False
+    # online runs (task: online)
+    trainer: str = "online_dpo"                # online recipe (preflab.online.trainers): online_dpo, grpo, sppo, ...
+    online_task: str = "dataset"               # prompts + judge: dataset (dataset_name prompts) | demo (loud echo) | game
+    reward_funcs: Any = None                   # judge(s): demo_true_reward | verifier:<name> | module:attr | model dir
+    reward_weights: list | None = None         # one weight per judge in reward_funcs (TRL); default 1 each
+    num_generations: int = 4                   # K completions sampled per prompt per generation round
+    prompts_per_generation: int = 32           # prompts per generation round (all processes together)
+    steps_per_generation: int = 1              # optimizer steps on one generation round's slices (TRL GRPO)
+    num_iterations: int = 1                    # passes over each generation round (TRL GRPO's mu)
+    max_completion_length: int = 16            # max new tokens per sampled completion (TRL)
+    temperature: float = 1.0                   # sampling temperature (log-probs are at temperature 1)
+    top_p: float = 1.0                         # nucleus sampling (1: the full distribution)
+    generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
+    generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])
+    pair_builder: str = "best_vs_worst"        # pairs from a judged group: best_vs_worst | all_pairs | rso
+    rso_beta: float = 0.5                      # rso pairs: temperature of pi_ref exp(r / rso_beta)
+    rso_num_samples: int = 4                   # rso pairs: accepted samples per prompt
+    refresh_reference_every: int = 0           # 0: reference pi_0 throughout; n: reference <- policy every n rounds
+    missing_eos_penalty: float | None = None   # subtracted from the score of a completion without eos (TRL)
+    preference_temperature: float = 0.0        # reward -> P(a>b): 0 gives 1[r_a>r_b] (1/2 ties), t>0 sigmoid(dr/t)
+    max_judge_failure_fraction: float = 0.1    # stop when more of a round's completions than this fail to be judged
+    epsilon: float = 0.2                       # GRPO family: clip range (TRL)
+    epsilon_high: float | None = None          # GRPO family: upper clip range (DAPO clip-higher); None: epsilon
+    scale_rewards: str = "group"               # GRPO family: advantage scale group | batch | none (TRL)
+    game_preferences: list | None = None       # online_task game: K x K P[i][j] = P(answer i beats j), P + P^T = 1
+    game_steps_per_round: int = 1              # online_task game: EGPO/APO inner updates per round (see trainers)
+    heldout_prompts: int = 64                  # online_task demo: held-out prompts for true_reward_before/after
 
     def __post_init__(self):
         self.check()
@@ -94,7 +121,7 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}.")
-        choices = {"task": ("dpo", "reward"), "lr_scheduler_type": ("linear", "cosine", "constant"),
+        choices = {"task": ("dpo", "reward", "online"), "lr_scheduler_type": ("linear", "cosine", "constant"),
                    "dtype": ("float32", "bfloat16", "float16"), "truncation_mode": ("keep_end", "keep_start"),
                    "on_bad_row": ("error", "skip"),
                    "layout": ("padded", "prefix_shared", "packed", "prefix_packed")}
@@ -107,6 +134,10 @@ class TrainConfig:
             raise ConfigError(f"max_length must be at least 2, got {self.max_length}.")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are both set; choose one.")
+        if self.task == "online":
+            from preflab.online.options import check_online
+
+            check_online(self)
 
     @property
     def torch_dtype(self) -> str:

@@ -34,6 +34,10 @@ def run(args) -> int:
         from preflab.reward_models.train import train_reward
 
         summary = train_reward(cfg)
+    elif cfg.task == "online":
+        from preflab.online.run import OnlineRun
+
+        summary = OnlineRun(cfg).train()
     else:
         from preflab.loops.offline import Trainer
 

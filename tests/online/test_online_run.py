@@ -1,0 +1,98 @@
+"""The online run (task: online) on TrainingRun: exact resume mid-round, judge failures, GPO's centred scores."""
+import json
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError, PreflabError
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.online.run import OnlineRun
+from preflab.online.tasks import Task
+
+PROMPTS = [f"say {w}\n" for w in ("abc", "de", "fgh", "ij", "klm", "no", "pq", "rst")]
+
+
+def e_judge(prompts, completions, **kwargs):
+    """More letters 'e' is better, then shorter: few ties."""
+    return [c.count("e") - 0.01 * len(c) for c in completions]
+
+
+def tiny_cfg(tmp_path, **over):
+    base = dict(task="online", trainer="online_dpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", learning_rate=1e-2, lr_scheduler_type="linear",
+                max_steps=6, num_generations=3, prompts_per_generation=6, steps_per_generation=2,
+                per_device_train_batch_size=2, gradient_accumulation_steps=2, max_completion_length=6,
+                logging_steps=1, disable_tqdm=True, use_cpu=True, seed=3, output_dir=str(tmp_path))
+    return config_from_dict({**base, **over})
+
+
+def tiny_run(cfg, judge=e_judge):
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    return OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(PROMPTS, [judge]))
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("over", [dict(trainer="online_dpo"),
+                                  dict(trainer="iterative_dpo"),
+                                  dict(trainer="dapo", beta=0.04, steps_per_generation=2, num_iterations=2,
+                                       max_steps=8)])
+def test_resume_mid_round_gives_the_same_weights(tmp_path, over):
+    """A run stopped right after a mid-round checkpoint and resumed ends with the uninterrupted run's weights."""
+    full = tiny_run(tiny_cfg(tmp_path / "full", **over))
+    full.train()
+    cfg = tiny_cfg(tmp_path / "cut", save_steps=3, **over)
+    cut = tiny_run(cfg)
+    original = cut.micro_batches
+
+    def stop_after_checkpoint(step):
+        if step == 4:
+            raise Stop
+        return original(step)
+
+    cut.micro_batches = stop_after_checkpoint
+    with pytest.raises(Stop):
+        cut.train()
+    assert (tmp_path / "cut" / "checkpoint-3").is_dir() and (tmp_path / "cut" / "online-state" / "step-3").is_dir()
+    resumed = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))
+    summary = resumed.train()
+    assert summary["resumed_from_step"] == 3
+    a, b = full.policy.state_dict(), resumed.policy.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert any(float((a[k] - tiny_causal_lm(tiny_tokenizer("char"), hidden_size=32, seed=1).state_dict()[k])
+                     .abs().max()) > 1e-3 for k in a)          # and the weights did move
+    # the judgment cache came back with the checkpoint: the resumed run's judge saw only later rounds' new texts
+    assert resumed.judge.calls == full.judge.calls
+
+
+def test_judge_failures_are_dropped_counted_and_stop_the_run(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(prompts, completions, **kwargs):
+        calls["n"] += 1
+        if len(prompts) > 1:
+            raise RuntimeError("batch failed")
+        if completions[0].count("a") % 2:
+            raise RuntimeError("this one fails")
+        return [float(len(completions[0]))]
+
+    run = tiny_run(tiny_cfg(tmp_path / "ok", max_steps=2, max_judge_failure_fraction=1.0), judge=flaky)
+    summary = run.train()
+    assert summary["judge"]["judge/failed"] == summary["online"]["judge_dropped"] > 0
+    nan_judge = lambda prompts, completions, **kw: [float("nan")] * len(prompts)  # noqa: E731
+    with pytest.raises(PreflabError, match="max_judge_failure_fraction"):
+        tiny_run(tiny_cfg(tmp_path / "bad", max_steps=2), judge=nan_judge).train()
+
+
+def test_online_config_errors():
+    with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
+        config_from_dict(dict(task="online", trainer="grp", online_task="demo", max_steps=2))
+    with pytest.raises(ConfigError, match="max_steps"):
+        config_from_dict(dict(task="online", online_task="demo"))
+    cfg = config_from_dict(dict(task="online", trainer="dapo", online_task="demo", max_steps=2, epsilon=0.3))
+    assert cfg.loss_type == "grpo" and cfg.objective_params["loss_type"] == "dapo"
+    assert cfg.objective().epsilon == 0.3
