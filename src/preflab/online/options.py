@@ -42,12 +42,6 @@ def check_online(cfg) -> None:
                               f"{sorted(n for n, s in TRAINERS.items() if s.game)}.")
     elif spec.game_only:
         raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
-    if cfg.online_task == "dataset" and not cfg.dataset_name:
-        raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
-                          "online_task: demo / game.")
-    if cfg.online_task == "dataset" and not cfg.reward_funcs:
-        raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
-                          "reward / preference model directory).")
     if cfg.loss_type == "sigmoid" and spec.loss_type:
         cfg.loss_type = spec.loss_type
     for key, value in spec.objective_params(cfg).items():

@@ -165,6 +165,12 @@ def load_task(cfg, tokenizer=None, policy=None):
         return Task([r["prompt"] for r in pair_rows], judges, held, demo_evaluate(held)), tokenizer, policy
     from preflab.data.rows import load_rows
 
+    if not cfg.dataset_name:
+        raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
+                          "online_task: demo / game.")
+    if not cfg.reward_funcs:
+        raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
+                          "reward / preference model directory).")
     rows, _ = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
     judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
