@@ -96,3 +96,45 @@ def test_online_config_errors():
     cfg = config_from_dict(dict(task="online", trainer="dapo", online_task="demo", max_steps=2, epsilon=0.3))
     assert cfg.loss_type == "grpo" and cfg.objective_params["loss_type"] == "dapo"
     assert cfg.objective().epsilon == 0.3
+
+
+def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
+    """GPO's scores are s_i = (1/K) sum_j (P_ij - P_ji) = 2 p_i - 1 (centred), so at policy = pi_t
+    dL/dS_rejected has SPPO's sign (positive: a descent step lowers the rejected response) and is exactly twice
+    SPPO's; the former path fed the win rate p_i in [0, 1], which gives the opposite sign."""
+    from types import SimpleNamespace
+
+    from preflab.loops.rollout import PromptRow
+    from preflab.objectives import get_objective
+    from preflab.objectives.base import PairBatch
+    from preflab.online.trainers import TRAINERS, build_examples, preference_matrix
+
+    rows = [PromptRow(0, "p", [1, 5], {})]
+    scores = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    matrices = lambda p, valid: preference_matrix(scores[p, valid], 0.0)  # noqa: E731
+    made = {name: build_examples(TRAINERS[name], SimpleNamespace(), rows, [[[7], [8], [9]]], scores, matrices,
+                                 torch.Generator())[0][0] for name in ("gpo", "sppo")}
+    assert made["gpo"].completions == [[7], [9]]
+    assert made["gpo"].extras == pytest.approx({"score_chosen": 2 / 3, "score_rejected": -2 / 3})
+    assert made["sppo"].extras == pytest.approx({"score_chosen": 5 / 6, "score_rejected": 1 / 6})
+
+    def grad_rejected(name, extras):
+        chosen, rejected = torch.tensor([-3.0], requires_grad=True), torch.tensor([-4.0], requires_grad=True)
+        batch = PairBatch.from_sums(chosen, rejected, chosen.detach(), rejected.detach(),
+                                    {k: torch.tensor([v]) for k, v in extras.items()})
+        get_objective(name, beta=0.1)(batch).loss.backward()
+        return float(rejected.grad)
+
+    gpo, sppo = grad_rejected("gpo", made["gpo"].extras), grad_rejected("sppo", made["sppo"].extras)
+    assert sppo > 0 and gpo == pytest.approx(2 * sppo)
+    assert grad_rejected("gpo", made["sppo"].extras) < 0          # the old defect: uncentred win rates
+
+    # and in a run: one GPO step lowers the rejected responses' log-ratio to pi_t and raises the chosen ones'
+    run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, steps_per_generation=1,
+                            learning_rate=1e-3, gradient_accumulation_steps=1, per_device_train_batch_size=8))
+    run.train()
+    exs = run.pending.examples
+    now = run._token_logps(run._policy_scores, [(e.prompt_ids, c) for e in exs for c in e.completions])
+    h = [sum(a) - sum(b) for a, b in zip(now, [r for e in exs for r in e.ref])]
+    chosen, rejected = h[0::2], h[1::2]
+    assert sum(rejected) / len(rejected) < 0 < sum(chosen) / len(chosen)
