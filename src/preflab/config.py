@@ -108,7 +108,7 @@ class TrainConfig:
     epsilon_high: float | None = None          # GRPO family: upper clip range (DAPO clip-higher); None: epsilon
     scale_rewards: str = "group"               # GRPO family: advantage scale group | batch | none (TRL)
     game_preferences: list | None = None       # online_task game: K x K P[i][j] = P(answer i beats j), P + P^T = 1
-    game_steps_per_round: int = 1              # online_task game: EGPO/APO inner updates per round (see trainers)
+    game_eta: float = 0.5                      # online_task game: inpo / nash_md step, eta * beta (in (0, 1])
     heldout_prompts: int = 64                  # online_task demo: held-out prompts for true_reward_before/after
 
     def __post_init__(self):

@@ -123,7 +123,7 @@ class OnlineRun(TrainingRun):
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         self.judge = Judge(task.judges, weights=cfg.reward_weights)
         self.pad_id = pad_id_of(tokenizer)
-        self.rows = prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
+        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         self.total_steps = cfg.max_steps
         world = acc.num_processes
@@ -181,6 +181,10 @@ class OnlineRun(TrainingRun):
 
     def _new_round(self, r: int) -> Round:
         cfg, K = self.cfg, self.cfg.num_generations
+        if cfg.online_task == "game":
+            from preflab.online.game import game_round
+
+            return game_round(self, r)
         g = torch.Generator().manual_seed(self._round_seed(r))
         n = min(cfg.prompts_per_generation, len(self.rows))
         rows = [self.rows[i] for i in torch.randperm(len(self.rows), generator=g)[:n].tolist()]
@@ -364,6 +368,8 @@ class OnlineRun(TrainingRun):
             return {}
         after = self.task.evaluate(self.policy, self.tokenizer)
         self.after = after
+        if "true_reward" not in after:
+            return {f"eval_{k}": after[k] for k in ("tv_to_equilibrium", "duality_gap") if k in after}
         metrics = {"eval_true_reward": after["true_reward"]}
         if "per_prompt" in after and self.before and "per_prompt" in self.before:
             metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
@@ -374,8 +380,9 @@ class OnlineRun(TrainingRun):
                   "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
         if self.before is not None:
             after = getattr(self, "after", None) or self.task.evaluate(self.policy, self.tokenizer)
-            extras.update({"true_reward_before": self.before["true_reward"], "true_reward_after": after["true_reward"],
-                           "examples_after": after.get("examples", [])})
+            if "true_reward" in after:
+                extras.update({"true_reward_before": self.before["true_reward"],
+                               "true_reward_after": after["true_reward"], "examples_after": after.get("examples", [])})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",

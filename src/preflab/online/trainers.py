@@ -44,6 +44,10 @@ class TrainerSpec:
 
     def objective_params(self, cfg) -> dict:
         params = dict(self.params)
+        if self.loss_type == "inpo":
+            params.update(tau=cfg.beta, eta=cfg.game_eta / cfg.beta)
+        if cfg.trainer == "nash_md":
+            params.update(beta=cfg.beta / cfg.game_eta)     # 1 / eta with eta = game_eta / beta
         if self.kind == "groups":
             params.update(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, scale_rewards=cfg.scale_rewards,
                           max_completion_length=cfg.max_completion_length)
@@ -51,14 +55,20 @@ class TrainerSpec:
 
 
 TRAINERS: dict[str, TrainerSpec] = {
-    "online_dpo": TrainerSpec("pairs", game=True),
+    "online_dpo": TrainerSpec("pairs"),
     "iterative_dpo": TrainerSpec("pairs", refresh=True),
     "rso": TrainerSpec("pairs", loss_type="hinge_norm", builder="rso"),
     "sppo": TrainerSpec("pairs", loss_type="sppo", refresh=True, scores="win_rate", game=True),
-    "gpo": TrainerSpec("pairs", loss_type="gpo", refresh=True, scores="centred", game=True),
+    "gpo": TrainerSpec("pairs", loss_type="gpo", refresh=True, scores="centred"),
     "hypo": TrainerSpec("pairs", loss_type="hypo", online_kl=True),
     **{name: TrainerSpec("groups", loss_type="grpo", params={"loss_type": name})
        for name in ("grpo", "bnpo", "dapo", "dr_grpo")},
+    # the preference game only (preflab.online.game)
+    "online_ipo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
+    "egpo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
+    "nash_md": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
+    "inpo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
+    "spo": TrainerSpec("groups", loss_type="grpo", game=True, game_only=True, params={"loss_type": "grpo"}),
     "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
                                                             "importance_sampling_level": "sequence"}),
 }
