@@ -138,3 +138,15 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
     h = [sum(a) - sum(b) for a, b in zip(now, [r for e in exs for r in e.ref])]
     chosen, rejected = h[0::2], h[1::2]
     assert sum(rejected) / len(rejected) < 0 < sum(chosen) / len(chosen)
+
+
+def test_game_preferences_errors_name_the_entry():
+    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2)
+    with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] \+ game_preferences\[1\]\[0\] = 1.2"):
+        config_from_dict({**base, "game_preferences": [[0.5, 0.7], [0.5, 0.5]]})
+    with pytest.raises(ConfigError, match="square"):
+        config_from_dict({**base, "game_preferences": [[0.5, 0.7, 0.1], [0.3, 0.5, 0.2]]})
+    with pytest.raises(ConfigError, match=r"game_preferences\[1\]\[0\] = 1.5 is not a probability"):
+        config_from_dict({**base, "game_preferences": [[0.5, -0.5], [1.5, 0.5]]})
+    with pytest.raises(ConfigError, match="trains on sampled text"):
+        config_from_dict({**base, "trainer": "grpo", "game_preferences": [[0.5, 0.5], [0.5, 0.5]]})

@@ -9,6 +9,7 @@ judge is P itself. Each generation round uses the exact expectation over the ans
 limit of infinitely many samples; `spo` samples num_generations answers): pairs (i, j) of answers with the
 weights and targets below, pi_t = the policy at the round start, pi_ref = pi_0, P pi = win rates against pi.
 
+    (egpo and online_ipo: every optimizer step is a round, steps_per_generation is not used)
     online_ipo  all pairs i < j, objective online_ipo, pref = (P pi_t)_i, (P pi_t)_j   (Calandriello et al. 2024,
                 OIPO-1): targets ((P pi_t)_i - (P pi_t)_j)/beta on h = S - S_ref; plain gradient steps cycle at small beta
     egpo        the same loss at an extrapolated opponent (Zhou et al. 2025, arXiv:2503.08942): a real second
@@ -210,7 +211,7 @@ def game_round(run, r: int):
         for e in examples:
             e.extras = {"prev_chosen_logps": e.prev[0][0], "prev_rejected_logps": e.prev[1][0]}
     order = list(range(len(examples)))
-    spg = cfg.steps_per_generation
+    spg = run.round_len
     slices = [order] * spg if name != "spo" else [order[len(order) * i // spg:len(order) * (i + 1) // spg]
                                                    for i in range(spg)]
     after = task.evaluate(run.policy)

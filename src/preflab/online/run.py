@@ -125,6 +125,8 @@ class OnlineRun(TrainingRun):
         self.pad_id = pad_id_of(tokenizer)
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
+        if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
+            self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
         self.total_steps = cfg.max_steps
         world = acc.num_processes
         self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
