@@ -146,7 +146,41 @@ def test_game_preferences_errors_name_the_entry():
         config_from_dict({**base, "game_preferences": [[0.5, 0.7], [0.5, 0.5]]})
     with pytest.raises(ConfigError, match="square"):
         config_from_dict({**base, "game_preferences": [[0.5, 0.7, 0.1], [0.3, 0.5, 0.2]]})
-    with pytest.raises(ConfigError, match=r"game_preferences\[1\]\[0\] = 1.5 is not a probability"):
+    with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] = -0.5 is not a probability"):
         config_from_dict({**base, "game_preferences": [[0.5, -0.5], [1.5, 0.5]]})
     with pytest.raises(ConfigError, match="trains on sampled text"):
         config_from_dict({**base, "trainer": "grpo", "game_preferences": [[0.5, 0.5], [0.5, 0.5]]})
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+    """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
+    gathered, each rank trains on its half of every step's examples; the result equals one process with the same
+    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "online_tiny_run.py"
+    common = ["generation_batch_size=2", "max_steps=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "per_device_train_batch_size=4",
+                          *common], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(script), str(tmp_path / "two"), "per_device_train_batch_size=2", *common]
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
+    assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(tmp_path / "two")],
+                                                                         abs=1e-5)

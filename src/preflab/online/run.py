@@ -8,10 +8,11 @@ round generates it (micro_batches): prompts_per_generation prompts drawn with a 
 K = num_generations samples each from the current policy (generator.py), judged (loops/judge.py, cached by
 (prompt, completion)), turned into examples by the recipe (trainers.py), with the reference's and the round-start
 policy's token log-probs computed once (examples.py). The round's examples are shuffled (seeded by (seed, r)) and
-cut into steps_per_generation slices; a step reads one slice, split over processes and accumulation micro-batches;
-num_iterations passes repeat the slices (TRL GRPO's mu). A slice with fewer examples than micro-batches is cycled
-to fill them; a round with no examples at all (every group tied) takes zero-gradient steps, counted in
-summary.json `empty_steps`.
+cut into steps_per_generation slices; a step reads one slice, split over processes and accumulation micro-batches
+(micro-batch j of the world x accumulation ones holds examples j, j + world x accumulation, ...; one left empty
+is scored with weight 0, so the update does not depend on the split); num_iterations passes repeat the slices
+(TRL GRPO's mu). A round with no examples at all (every group tied) takes zero-gradient steps (Adam's moments
+still move the weights), counted in summary.json `online.empty_steps`.
 
 Reference: pi_0 (a frozen copy, or LoRA adapters off) when refresh_reference_every = 0; the round-start policy
 when refresh_reference_every = 1 (iterative DPO, SPPO, GPO: no copy is kept, its log-probs are computed at the
@@ -77,6 +78,7 @@ class OnlineMicroBatch:
     row_ids: list[int]
     tokens: int
     tokens_per_prompt: float = 0.0
+    zero: bool = False  # an empty share of the step: scored, contributes no example and no gradient
 
     @property
     def num_tokens(self) -> int:
@@ -287,8 +289,6 @@ class OnlineRun(TrainingRun):
             self.counts["empty_steps"] += 1
             return [OnlineMicroBatch([], [-1], 0)]
         parts_n = world * accum
-        if len(chosen) < parts_n:
-            chosen = [chosen[i % len(chosen)] for i in range(parts_n)]
         examples = [self.pending.examples[i] for i in chosen]
         tokens_per_prompt = sum(len(c) for e in examples for c, ok in zip(e.completions, e.extras.get(
             "valid", [True] * len(e.completions))) if ok) / len(examples)
@@ -296,6 +296,9 @@ class OnlineRun(TrainingRun):
         out = []
         for m in range(accum):
             exs = [self.pending.examples[i] for i in parts[m * world + rank]]
+            if not exs:  # scored with weight 0: every rank reports the same metric names to the all-reduce
+                out.append(OnlineMicroBatch(examples[:1], [], 0, tokens_per_prompt, zero=True))
+                continue
             tokens = sum(len(e.prompt_ids) * len(e.sequences()) + sum(len(c) for c in e.sequences()) for e in exs)
             out.append(OnlineMicroBatch(exs, [e.row_id for e in exs], tokens, tokens_per_prompt))
         return out
@@ -303,11 +306,13 @@ class OnlineRun(TrainingRun):
     def forward(self, mb: OnlineMicroBatch):
         from preflab.objectives.base import ObjectiveOutput
 
-        if not mb.examples:  # a round without examples: a zero-gradient step through the wrapped module
+        if not mb.examples:  # nothing for this micro-batch: zero gradient, through the wrapped module (DDP)
             layout = pair_layout([Example(-1, self.rows[0].prompt_ids, [[self.pad_id], [self.pad_id]])], self.pad_id)
             zero = self.scorer(layout.to(self.accelerator.device)).token_logps.sum() * 0.0
             return ObjectiveOutput(zero, zero.reshape(1), {})
         out = self._forward_groups(mb) if self.spec.kind == "groups" else self._forward_pairs(mb)
+        if mb.zero:
+            out.losses, out.loss = out.losses[:0], out.loss * 0.0
         out.metrics.update({k: v for k, v in self.pending.metrics.items() if isinstance(v, (int, float))})
         if "clip_ratio/region_mean" in out.metrics:
             out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
