@@ -122,22 +122,24 @@ def _pairs(K: int):
 
 
 def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
-    """EGPO's half step on a second parameter set: a copy of the policy and of the optimizer state takes one
-    optimizer step on the online-IPO loss at opponent pi_t; returns that copy's distribution pi_half."""
+    """EGPO's half step on a second parameter set: a copy of the policy and of the optimizer state (refreshed from
+    the policy's before every step) takes one optimizer step on the online-IPO loss at opponent pi_t; returns that
+    copy's distribution pi_half. The policy itself then steps from theta_t (the lab's egpo_step, equivalently)."""
     from preflab.loops.driver import make_optimizer
     from preflab.online.run import OnlineMicroBatch
     from preflab.scoring.lm import LogProbScorer
     from preflab.step import optimizer_step
 
-    half = copy.deepcopy(run.policy)
-    params = [p for p in half.parameters() if p.requires_grad]
-    optimizer, _ = make_optimizer(run.cfg, params, run.total_steps)
-    state = copy.deepcopy(run.optimizer.state_dict())
-    optimizer.load_state_dict(state)
+    if getattr(run, "_half", None) is None:
+        half = copy.deepcopy(run.policy)
+        params = [p for p in half.parameters() if p.requires_grad]
+        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half))
+    half, params, optimizer, scorer = run._half
+    half.load_state_dict(run.policy.state_dict())
+    optimizer.load_state_dict(run.optimizer.state_dict())
     for group in optimizer.param_groups:
         group["lr"] = run.scheduler.get_last_lr()[0]
     examples = _ipo_examples(run, pi_t, run.task.ref_probs)
-    scorer = LogProbScorer(half)
     original = run.scorer
     run.scorer = scorer
     try:
