@@ -31,3 +31,21 @@ def test_nash_trainers_reach_the_regularised_equilibrium(tmp_path, trainer, game
     assert 0.5 * np.abs(pi - star).sum() <= 0.03, (pi, star)
     assert summary["duality_gap"] == pytest.approx(dual_gap(pi, P, 0.1, ref))
     assert abs(pi.sum() - 1) < 1e-12 and 0.5 * np.abs(ref - star).sum() > 0.1   # it moved far from pi_0
+
+
+@pytest.mark.slow
+def test_online_ipo_cycles_at_small_beta_where_egpo_converges(tmp_path):
+    """beta = 0.01 on G3 with a constant learning rate: online IPO's last iterate keeps swinging (answer 0's
+    probability spans more than 0.5 over steps 100-300), EGPO's settles at pi*_beta (span < 0.05)."""
+    import json
+
+    spans = {}
+    for trainer in ("online_ipo", "egpo"):
+        out = tmp_path / trainer
+        summary = game_run(out, f"trainer={trainer}", "beta=0.01", "max_steps=300", "lr_scheduler_type=constant",
+                           "logging_steps=1")
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "policy/p0" in x]
+        p0 = [r["policy/p0"] for r in rows if r["step"] >= 100]
+        spans[trainer] = (max(p0) - min(p0), summary["tv_to_equilibrium"])
+    assert spans["online_ipo"][0] > 0.5 and spans["egpo"][0] < 0.05, spans
+    assert spans["egpo"][1] < 0.03
