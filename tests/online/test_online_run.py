@@ -184,3 +184,37 @@ def test_two_processes_equal_one_process(tmp_path):
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
     assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(tmp_path / "two")],
                                                                          abs=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
+    """SIGKILL an online run (a subprocess) once a mid-round checkpoint exists; resuming it ends with the
+    uninterrupted run's weights (<= 1e-6)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).parent / "online_tiny_run.py"
+    args = ["max_steps=60", "save_steps=5", "learning_rate=1e-3"]
+    subprocess.run([sys.executable, str(script), str(tmp_path / "full"), *args], check=True, capture_output=True,
+                   timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-15" / "COMPLETE").exists():       # step 15: mid-round (2 steps per round)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "killed too late to test resume"
+    resumed = subprocess.run([sys.executable, str(script), str(out), *args, "resume_from_checkpoint=true"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= 15
+    a, b = _weights(tmp_path / "full"), _weights(out)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
