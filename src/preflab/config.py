@@ -109,6 +109,7 @@ class TrainConfig:
     scale_rewards: str = "group"               # GRPO family: advantage scale group | batch | none (TRL)
     game_preferences: list | None = None       # online_task game: K x K P[i][j] = P(answer i beats j), P + P^T = 1
     game_eta: float = 0.5                      # online_task game: inpo / nash_md step, eta * beta (in (0, 1])
+    apo_alpha: float = 0.3                     # online_task game, trainer apo: extrapolation (momentum) on the iterates
     heldout_prompts: int = 64                  # online_task demo: held-out prompts for true_reward_before/after
 
     def __post_init__(self):

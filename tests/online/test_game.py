@@ -21,7 +21,7 @@ def game_run(tmp_path, *overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("game", ["g3", "p4"])
-@pytest.mark.parametrize("trainer", ["egpo", "inpo", "nash_md"])
+@pytest.mark.parametrize("trainer", ["egpo", "inpo", "nash_md", "apo"])
 def test_nash_trainers_reach_the_regularised_equilibrium(tmp_path, trainer, game):
     P = g3() if game == "g3" else np.array(P4)
     summary = game_run(tmp_path, f"trainer={trainer}", *([f"game_preferences={P4}"] if game == "p4" else []))

@@ -21,9 +21,16 @@ weights and targets below, pi_t = the policy at the round start, pi_ref = pi_0, 
     nash_md     anchor and opponent the geometric mixture pi_mix ∝ pi_t^(1-eta beta) pi_ref^(eta beta) (eta = game_eta /
                 beta): all pairs i < j, objective online_ipo with beta = 1/eta and the reference slots carrying
                 log pi_mix: minimiser pi_mix exp(eta P pi_mix), Nash-MD's update (Munos et al. 2023, arXiv:2312.00886)
+    apo         accelerated INPO (He et al. 2024, "Accelerated Preference Optimization", arXiv:2410.05927, Alg. 1, with
+                INPO's step as the base update): the round's pi_t (weights, anchor, opponent) is the extrapolated
+                iterate pi_hat ∝ pi_t^(1 + apo_alpha) / pi_{t-1}^apo_alpha, pi_{t-1} read from the previous round
     sppo        all pairs, objective sppo, scores p = (P pi_t), reference slots pi_t (Wu et al. 2024)
     spo         self-play (Swamy et al. 2024, arXiv:2401.04056): num_generations answers sampled from pi_t, reward of
                 each = its win proportion (1/(G-1)) sum_{j != i} P[a_i, a_j] against the others, GRPO's objective
+                (its KL term to pi_ref weighted by beta)
+sppo and spo are no-regret self-play without (sppo) or with a sampled (spo) KL term: on an intransitive game their
+last iterate cycles or drifts to a corner (the plain game's Minimax Winner is reached by the average iterate,
+preflab.lab.nash_loops.mwu), so they are not in the tv_to_equilibrium guarantee.
 Summary (summary.json) and metrics: policy_distribution, reference_distribution, equilibrium (the lab's pi*_beta,
 preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap).
 """
@@ -174,7 +181,13 @@ def game_round(run, r: int):
     elif name == "nash_md":
         mix = geometric_mixture(pi_t, ref, eta * cfg.beta)
         examples = _ipo_examples(run, mix, mix)
-    elif name == "inpo":
+    elif name in ("inpo", "apo"):
+        if name == "apo":  # extrapolated iterate pi_hat ∝ pi_t^(1 + alpha) / pi_{t-1}^alpha (Nesterov on log pi)
+            prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t
+            a = cfg.apo_alpha
+            z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))
+            pi_t = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            log_pi = np.log(np.maximum(pi_t, 1e-300))
         log_ref = np.log(np.maximum(ref, 1e-300))
         examples = []
         for i in range(K):
@@ -197,7 +210,8 @@ def game_round(run, r: int):
         for _ in range(cfg.prompts_per_generation):
             answers = torch.multinomial(torch.as_tensor(pi_t), G, replacement=True, generator=g).tolist()
             rewards = [sum(P[a, b] for n, b in enumerate(answers) if n != m) / (G - 1) for m, a in enumerate(answers)]
-            examples.append(Example(0, [PROMPT], [[a] for a in answers], {"rewards": rewards, "valid": [True] * G}))
+            examples.append(Example(0, [PROMPT], [[a] for a in answers], {"rewards": rewards, "valid": [True] * G},
+                                    ref=[[float(np.log(max(ref[a], 1e-300)))] for a in answers]))
         from preflab.objectives.grpo import group_advantages
 
         rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
@@ -209,7 +223,7 @@ def game_round(run, r: int):
                 e.prev = [[float(log_pi[c[0]])] for c in e.completions]
     else:
         raise ConfigError(f"trainer {name!r} has no game form.")
-    if name == "inpo":
+    if name in ("inpo", "apo"):
         for e in examples:
             e.extras = {"prev_chosen_logps": e.prev[0][0], "prev_rejected_logps": e.prev[1][0]}
     order = list(range(len(examples)))
@@ -219,6 +233,6 @@ def game_round(run, r: int):
     after = task.evaluate(run.policy)
     metrics = {"round": float(r + 1), "tv_to_equilibrium": after["tv_to_equilibrium"],
                "duality_gap": after["duality_gap"],
-               **{f"policy/p{i}": float(p) for i, p in enumerate(pi_t)}}
+               **{f"policy/p{i}": float(p) for i, p in enumerate(after["policy_distribution"])}}
     run.counts["rounds"] += 1
     return Round(r, examples, slices, metrics)

@@ -68,6 +68,7 @@ TRAINERS: dict[str, TrainerSpec] = {
     "egpo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
     "nash_md": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
     "inpo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
+    "apo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
     "spo": TrainerSpec("groups", loss_type="grpo", game=True, game_only=True, params={"loss_type": "grpo"}),
     "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
                                                             "importance_sampling_level": "sequence"}),
