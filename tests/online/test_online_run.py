@@ -218,3 +218,30 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
     assert summary["resumed_from_step"] >= 15
     a, b = _weights(tmp_path / "full"), _weights(out)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_dataset_task_through_the_cli(tmp_path):
+    """online_task: dataset from `preflab train` key=value options: prompts from a jsonl file (an extra column
+    reaches the reward function), an importable judge, builtin:tiny-llama; the rounds file holds every completion."""
+    from preflab.cli import main
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"echo: {w}\n", "target": w.upper()}) + "\n"
+                            for w in ("sun cat", "map dog", "red box", "pen cup")))
+    out = tmp_path / "run"
+    rc = main(["train", "task=online", "trainer=online_dpo", "online_task=dataset", f"dataset_name={data}",
+               "reward_funcs=preflab.online.tasks:demo_true_reward", "model_name_or_path=builtin:tiny-llama",
+               "max_steps=2", "num_generations=3", "prompts_per_generation=4", "per_device_train_batch_size=2",
+               "max_completion_length=4", "use_cpu=true", "disable_tqdm=true", f"output_dir={out}"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["online"]["completions"] == 2 * 4 * 3
+    rounds = [json.loads(x) for x in (out / "rounds" / "1.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rounds) == sorted(f"echo: {w}\n" for w in ("sun cat", "map dog", "red box",
+                                                                                  "pen cup"))
+    assert all(len(r["completions"]) == 3 and all(s == 0.0 for s in r["scores"]) for r in rounds)  # random model
+    with pytest.raises(ConfigError, match="cannot import"):
+        tiny_run_cfg = tiny_cfg(tmp_path / "bad", reward_funcs="preflab.nope:f")
+        from preflab.online.tasks import load_task
+
+        load_task(tiny_run_cfg)

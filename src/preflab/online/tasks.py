@@ -20,7 +20,6 @@ import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean
 from typing import Any, Callable
 
 import torch
@@ -171,15 +170,12 @@ def load_task(cfg, tokenizer=None, policy=None):
     if not cfg.reward_funcs:
         raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
                           "reward / preference model directory).")
+    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
     rows, _ = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
-    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
     return Task(prompts, judges), tokenizer, policy
 
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
-
-def mean_or_none(values):
-    return mean(values) if values else None
