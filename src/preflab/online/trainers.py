@@ -102,7 +102,7 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
             ex = Example(row.row_id, row.prompt_ids, [completions[p][c], completions[p][r]],
                          {"score_chosen": float(scores[p, c]), "score_rejected": float(scores[p, r])})
             if spec.online_kl:
-                ex.online = [completions[p][k] for k in range(scores.shape[1]) if not scores[p, k].isnan()]
+                ex.online = list(completions[p])   # all K fresh samples (the KL term needs no score)
             examples.append(ex)
         return examples, counts
     for p, row in enumerate(rows):
