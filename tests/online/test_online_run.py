@@ -245,3 +245,12 @@ def test_dataset_task_through_the_cli(tmp_path):
         from preflab.online.tasks import load_task
 
         load_task(tiny_run_cfg)
+
+
+def test_report_draws_the_online_panels(tmp_path):
+    from preflab.report.html import write_report
+
+    tiny_run(tiny_cfg(tmp_path / "run", max_steps=2)).train()
+    html = write_report([tmp_path / "run"], tmp_path / "report.html").read_text()
+    assert "Online reward" in html and "KL to the reference (online)" in html
+    assert "Policy distribution (game)" not in html          # drawn only for runs that logged it

@@ -41,7 +41,9 @@ PANELS = (
                                     ("rewards/rejected", "rejected (train)", RED)]),
     ("Gradient norm", "pre-clip norm", [("grad_norm", "train", GRAY)]),
     ("Learning rate", "lr", [("learning_rate", "train", GRAY)]),
-    # online runs (task: online)
+)
+# online runs (task: online); a panel is drawn only when the run logged one of its series
+ONLINE_PANELS = (
     ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
                                  ("eval_true_reward", "true reward, greedy (eval)", PURPLE),
                                  ("eval_win_rate_vs_reference", "win rate vs reference (eval)", ORANGE)]),
