@@ -7,9 +7,14 @@
     sppo           best / worst by win rate p_i = P(y_i > pi_t) sppo          pi_t        Wu et al. 2024 (2405.00675)
     gpo            best / worst by centred score s_i = 2 p_i - 1  gpo        pi_t        Zhang et al. 2024 (2410.02197)
     hypo           pairs by score + the K fresh samples       hypo           pi_0        Song et al. 2024 (2406.01462)
+    dpa_rsf        the best of K by the directional score v^T r (v = reward_weights over the judges, e.g. the
+                   attribute heads of a multi-objective RM), SFT on it (only the chosen side is read)
+                                                              sft            -           Wang et al. 2024, DPA (2402.18571)
     grpo bnpo dapo dr_grpo   groups of G completions          grpo(loss_type=name)  pi_0 (beta > 0)  Shao et al. 2024
     gspo           groups, sequence-level importance ratios   grpo(importance_sampling_level=sequence, loss_type=grpo)
                                                                               Zheng et al. 2025 (2507.18071)
+dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
+is not direction-conditioned); a prompt whose K scores all tie gives no example.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
 of a prompt: a preference model's win_rate_matrix, or a reward judge through preference_temperature
 (0: P = 1[r_i > r_j] + 1/2 1[r_i = r_j]; t > 0: sigmoid((r_i - r_j)/t)). p_i = (1/K) sum_j P[i, j] estimates
@@ -61,6 +66,7 @@ TRAINERS: dict[str, TrainerSpec] = {
     "sppo": TrainerSpec("pairs", loss_type="sppo", refresh=True, scores="win_rate", game=True),
     "gpo": TrainerSpec("pairs", loss_type="gpo", refresh=True, scores="centred"),
     "hypo": TrainerSpec("pairs", loss_type="hypo", online_kl=True),
+    "dpa_rsf": TrainerSpec("pairs", loss_type="sft", builder="best_vs_worst"),
     **{name: TrainerSpec("groups", loss_type="grpo", params={"loss_type": name})
        for name in ("grpo", "bnpo", "dapo", "dr_grpo")},
     # the preference game only (preflab.online.game)
