@@ -111,9 +111,10 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
-        if "token_kl" in self.objective.token_needs or "hidden" in self.objective.token_needs:
+        if "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level reference quantities at every step; "
                               "online runs precompute reference log-probs per round. Choose another loss_type.")
+        self.want_hidden = "hidden" in self.objective.token_needs
         self.needs_ref = self.objective.needs_reference or self.spec.online_kl
         self.ref = None
         if self.needs_ref and cfg.refresh_reference_every != 1:
@@ -322,7 +323,7 @@ class OnlineRun(TrainingRun):
         exs, device = mb.examples, self.accelerator.device
         layout = pair_layout(exs, self.pad_id).to(device)
         with self.accelerator.autocast():
-            scores = self.scorer(layout)
+            scores = self.scorer(layout, want_hidden=self.want_hidden)
         mask = layout.response_mask
         ref = None
         if exs[0].ref is not None:
@@ -354,7 +355,7 @@ class OnlineRun(TrainingRun):
         G = len(exs[0].completions)
         layout = group_layout(exs, self.pad_id).to(device)
         with self.accelerator.autocast():
-            scores = self.scorer(layout)
+            scores = self.scorer(layout, want_hidden=self.want_hidden)
         shape = (len(exs), G, scores.token_logps.shape[-1])
         mask = scores.mask.view(shape)
         policy = SequenceLogps(scores.token_logps.view(shape), mask)
@@ -366,6 +367,10 @@ class OnlineRun(TrainingRun):
                   "tokens_per_prompt": torch.tensor(mb.tokens_per_prompt, device=device)}
         if exs[0].prev is not None:
             extras["old_logps"] = token_matrix(flat("prev"), scores.mask).view(shape)
+        if "step_index" in self.objective.required_extras:  # tpo: a one-level tree, every response token is step 1
+            extras["step_index"] = mask.long()
+        if self.want_hidden:
+            extras["hidden"] = scores.hidden.view(*shape, -1)
         rewards = torch.tensor([e.extras["rewards"] for e in exs], device=device, dtype=torch.float32)
         valid = torch.tensor([e.extras["valid"] for e in exs], device=device)
         return self.objective(ListBatch(policy, rewards, ref, valid, extras))

@@ -15,6 +15,9 @@
                                                                               Zheng et al. 2025 (2507.18071)
 dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
 is not direction-conditioned); a prompt whose K scores all tie gives no example.
+    tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
+tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
+step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
 of a prompt: a preference model's win_rate_matrix, or a reward judge through preference_temperature
 (0: P = 1[r_i > r_j] + 1/2 1[r_i = r_j]; t > 0: sigmoid((r_i - r_j)/t)). p_i = (1/K) sum_j P[i, j] estimates
@@ -53,7 +56,7 @@ class TrainerSpec:
             params.update(tau=cfg.beta, eta=cfg.game_eta / cfg.beta)
         if cfg.trainer == "nash_md":
             params.update(beta=cfg.beta / cfg.game_eta)     # 1 / eta with eta = game_eta / beta
-        if self.kind == "groups":
+        if self.kind == "groups" and self.loss_type == "grpo":
             params.update(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, scale_rewards=cfg.scale_rewards,
                           max_completion_length=cfg.max_completion_length)
         return params
@@ -76,6 +79,7 @@ TRAINERS: dict[str, TrainerSpec] = {
     "inpo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
     "apo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
     "spo": TrainerSpec("groups", loss_type="grpo", game=True, game_only=True, params={"loss_type": "grpo"}),
+    "tpo": TrainerSpec("groups", loss_type="tpo_tree"),
     "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
                                                             "importance_sampling_level": "sequence"}),
 }
