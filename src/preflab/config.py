@@ -34,7 +34,7 @@ RECIPE_TASKS = ("icpl", "raft_ladder", "themis")  # preflab.recipes: whole progr
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo | reward | sft | vlm | diffusion | icpl | raft_ladder | themis
+    task: str = "dpo"                          # dpo | reward | sft | online | vlm | diffusion | icpl | raft_ladder | themis
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -136,6 +136,33 @@ class TrainConfig:
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
+    # online runs (task: online)
+    trainer: str = "online_dpo"                # online recipe (preflab.online.trainers): online_dpo, grpo, sppo, ...
+    online_task: str = "dataset"               # prompts + judge: dataset (dataset_name prompts) | demo (loud echo) | game
+    reward_funcs: Any = None                   # judge(s): demo_true_reward | verifier:<name> | module:attr | model dir
+    reward_weights: list | None = None         # one weight per judge in reward_funcs (TRL); default 1 each
+    num_generations: int = 4                   # K completions sampled per prompt per generation round
+    prompts_per_generation: int = 32           # prompts per generation round (all processes together)
+    steps_per_generation: int = 1              # optimizer steps on one generation round's slices (TRL GRPO)
+    num_iterations: int = 1                    # passes over each generation round (TRL GRPO's mu)
+    temperature: float = 1.0                   # sampling temperature (log-probs are at temperature 1)
+    top_p: float = 1.0                         # nucleus sampling (1: the full distribution)
+    generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
+    generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])
+    pair_builder: str = "best_vs_worst"        # pairs from a judged group: best_vs_worst | all_pairs | rso
+    rso_beta: float = 0.5                      # rso pairs: temperature of pi_ref exp(r / rso_beta)
+    rso_num_samples: int = 4                   # rso pairs: accepted samples per prompt
+    refresh_reference_every: int = 0           # 0: reference pi_0 throughout; n: reference <- policy every n rounds
+    missing_eos_penalty: float | None = None   # subtracted from the score of a completion without eos (TRL)
+    preference_temperature: float = 0.0        # reward -> P(a>b): 0 gives 1[r_a>r_b] (1/2 ties), t>0 sigmoid(dr/t)
+    max_judge_failure_fraction: float = 0.1    # stop when more of a round's completions than this fail to be judged
+    epsilon: float = 0.2                       # GRPO family: clip range (TRL)
+    epsilon_high: float | None = None          # GRPO family: upper clip range (DAPO clip-higher); None: epsilon
+    scale_rewards: str = "group"               # GRPO family: advantage scale group | batch | none (TRL)
+    game_preferences: list | None = None       # online_task game: K x K P[i][j] = P(answer i beats j), P + P^T = 1
+    game_eta: float = 0.5                      # online_task game: inpo / nash_md step, eta * beta (in (0, 1])
+    apo_alpha: float = 0.3                     # online_task game, trainer apo: extrapolation (momentum) on the iterates
+    heldout_prompts: int = 64                  # online_task demo: held-out prompts for true_reward_before/after
     # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 
@@ -150,6 +177,10 @@ class TrainConfig:
             values = {k: v for k, v in values.items() if k not in ("model_name_or_path", "dataset_name")}
         errors = range_errors(values)
         errors += self._conflicts()
+        if self.task == "online" and not errors:
+            from preflab.online.options import check_online
+
+            check_online(self)  # the online block's own checks and the recipe's defaults
         if errors:
             raise ConfigError(errors[0] if len(errors) == 1 else
                               f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))

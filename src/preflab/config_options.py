@@ -87,9 +87,10 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward", "sft", "vlm", "diffusion", "icpl", "raft_ladder", "themis"),
+    "task": one_of(("dpo", "reward", "sft", "online", "vlm", "diffusion", "icpl", "raft_ladder", "themis"),
                    "what to train: a policy (any pairwise/unpaired objective), a reward model, supervised "
-                   "fine-tuning (sft), a vision-language model (vlm), a diffusion pipeline, or a recipe (icpl, "
+                   "fine-tuning (sft), an online / self-play / Nash run (online), a vision-language model (vlm), a "
+                   "diffusion pipeline, or a recipe (icpl, "
                    "raft_ladder, themis: preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
@@ -148,7 +149,7 @@ OPTIONS: dict[str, Option] = {
     # data
     "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
     "max_prompt_length": above(0, "max prompt tokens, cut per truncation_mode (null: no limit)"),
-    "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; counted in the "
+    "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; task: online: max new tokens, default 16; counted in the "
                                       "data report)"),
     "truncation_mode": one_of(("keep_end", "keep_start"), "how an over-long prompt is cut"),
     "on_bad_row": one_of(("error", "skip"), "a bad data row stops the run, or is skipped and counted"),
@@ -216,6 +217,40 @@ OPTIONS: dict[str, Option] = {
                            lambda v: _num(v) and v >= 0),
     "guidance_scale": Option("diffusion: classifier-free guidance scale when sampling (1 = none)", ">= 0",
                              lambda v: _num(v) and v >= 0),
+    # online runs (task: online; preflab.online.options checks the block and fills the recipe's defaults)
+    "trainer": Option("task: online; the recipe (preflab.online.trainers): online_dpo, grpo, sppo, egpo, ..."),
+    "online_task": one_of(("dataset", "demo", "game"), "task: online; prompts + judge: dataset prompts, the demo's "
+                          "loud echo, or the preference game"),
+    "reward_funcs": Option("task: online; judge(s): demo_true_reward | verifier:<name> | module:attr | model dir"),
+    "reward_weights": Option("task: online; one weight per judge in reward_funcs (TRL); default 1 each"),
+    "num_generations": above(0, "task: online; K completions sampled per prompt per generation round"),
+    "prompts_per_generation": above(0, "task: online; prompts per generation round (all processes together)"),
+    "steps_per_generation": above(0, "task: online; optimizer steps on one round's slices (TRL GRPO)"),
+    "num_iterations": above(0, "task: online; passes over each generation round (TRL GRPO's mu)"),
+    "temperature": above(0, "task: online; sampling temperature (log-probs are at temperature 1)"),
+    "top_p": Option("task: online; nucleus sampling (1: the full distribution)", "in (0, 1]",
+                    lambda v: _num(v) and 0 < v <= 1),
+    "generation_batch_size": above(0, "task: online; prompts per generate() call"),
+    "generation_backend": one_of(("transformers", "vllm"), "task: online; vllm needs pip install preflab[vllm]"),
+    "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso"),
+    "rso_beta": above(0, "task: online, rso pairs: temperature of pi_ref exp(r / rso_beta)"),
+    "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt"),
+    "refresh_reference_every": Option("task: online; 0: reference pi_0 throughout; n: reference <- policy every n "
+                                      "rounds", ">= 0", lambda v: _num(v) and v >= 0),
+    "missing_eos_penalty": Option("task: online; subtracted from the score of a completion without eos (TRL)"),
+    "preference_temperature": Option("task: online; reward -> P(a>b): 0 gives 1[r_a>r_b], t>0 sigmoid(dr/t)",
+                                     ">= 0", lambda v: _num(v) and v >= 0),
+    "max_judge_failure_fraction": Option("task: online; stop when more of a round's completions fail to be judged",
+                                         "in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+    "epsilon": above(0, "task: online, GRPO family: clip range (TRL)"),
+    "epsilon_high": above(0, "task: online, GRPO family: upper clip range (DAPO clip-higher); null: epsilon"),
+    "scale_rewards": one_of(("group", "batch", "none"), "task: online, GRPO family: advantage scale (TRL)"),
+    "game_preferences": Option("task: online, game: K x K P[i][j] = P(answer i beats j), P + P^T = 1"),
+    "game_eta": Option("task: online, game: inpo / nash_md step, eta * beta", "in (0, 1]",
+                       lambda v: _num(v) and 0 < v <= 1),
+    "apo_alpha": Option("task: online, game, trainer apo: extrapolation (momentum) on the iterates", ">= 0",
+                        lambda v: _num(v) and v >= 0),
+    "heldout_prompts": above(0, "task: online, demo: held-out prompts for true_reward_before/after"),
     "recipe_params": Option("task: icpl | raft_ladder | themis: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),

@@ -29,11 +29,11 @@ def test_same_prompt_and_completion_is_scored_once():
     scores, per_fn = judge(prompts, completions)
     assert scores.tolist() == [2.0, 2.0, 2.0, 3.0] and per_fn.shape == (4, 1)
     assert fn.seen == [("p1", "aa"), ("p2", "aa"), ("p1", "bbb")]          # duplicates scored once
-    assert judge.stats() == {"judge/calls": 3.0, "judge/cache_hits": 1.0}
+    assert judge.stats() == {"judge/calls": 3.0, "judge/cache_hits": 1.0, "judge/failed": 0.0}
     scores, _ = judge(["p2", "p3", "p1"], ["aa", "c", "bbb"])
     assert scores.tolist() == [2.0, 1.0, 3.0]
     assert fn.seen[3:] == [("p3", "c")]                                   # only the new pair reaches the function
-    assert judge.stats() == {"judge/calls": 4.0, "judge/cache_hits": 3.0}
+    assert judge.stats() == {"judge/calls": 4.0, "judge/cache_hits": 3.0, "judge/failed": 0.0}
     uncached = Judge(Counting(), cache=False)
     uncached(["p"], ["x"])
     uncached(["p"], ["x"])

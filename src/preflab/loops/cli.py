@@ -82,6 +82,10 @@ def run(args) -> int:
         from preflab.loops.sft import SFTTrainer
 
         summary = SFTTrainer(cfg).train()
+    elif cfg.task == "online":
+        from preflab.online.run import OnlineRun
+
+        summary = OnlineRun(cfg).train()
     else:
         from preflab.loops.offline import Trainer
 

@@ -77,6 +77,7 @@ class Judge:
         self.caches: list[dict[str, float]] = [{} for _ in self.judges]
         self.calls = 0
         self.cache_hits = 0
+        self.failed = 0  # completions whose judge call raised (scored NaN, never cached)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
@@ -109,17 +110,39 @@ class Judge:
         self.cache_hits += len(keys) - len(todo) if self.cache_enabled else 0
         if todo:
             idx = list(todo.values())
-            values = self._call(judge, self.kinds[k], [prompts[i] for i in idx], [completions[i] for i in idx],
-                                [columns[i] for i in idx], None if completion_ids is None else
-                                [completion_ids[i] for i in idx])
+            values, ok = self._safe_call(judge, self.kinds[k], [prompts[i] for i in idx],
+                                         [completions[i] for i in idx], [columns[i] for i in idx],
+                                         None if completion_ids is None else [completion_ids[i] for i in idx])
             self.calls += len(idx)
             fresh = dict(zip(todo, values))
             if self.cache_enabled:
-                cache.update(fresh)
+                cache.update({key: v for (key, v), good in zip(fresh.items(), ok) if good})
         else:
             fresh = {}
         lookup = cache if self.cache_enabled else {}
         return torch.tensor([fresh[key] if key in fresh else lookup[key] for key in keys], dtype=torch.float64)
+
+    def _safe_call(self, judge, kind, prompts, completions, columns, completion_ids) -> tuple[list[float], list]:
+        """(values, ok): a judge that raises on the batch is retried one completion at a time; a completion whose
+        call still raises scores NaN (dropped by the loops, counted in judge/failed, not cached)."""
+        try:
+            return self._call(judge, kind, prompts, completions, columns, completion_ids), [True] * len(prompts)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - a judge is user code; each failure is counted, never silent
+            values, ok = [], []
+            for i in range(len(prompts)):
+                try:
+                    values += self._call(judge, kind, prompts[i:i + 1], completions[i:i + 1], columns[i:i + 1],
+                                         None if completion_ids is None else completion_ids[i:i + 1])
+                    ok.append(True)
+                except ConfigError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    values.append(math.nan)
+                    ok.append(False)
+                    self.failed += 1
+            return values, ok
 
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids) -> list[float]:
         name = _name(judge)
@@ -147,7 +170,16 @@ class Judge:
         return out
 
     def stats(self) -> dict[str, float]:
-        return {"judge/calls": float(self.calls), "judge/cache_hits": float(self.cache_hits)}
+        return {"judge/calls": float(self.calls), "judge/cache_hits": float(self.cache_hits),
+                "judge/failed": float(self.failed)}
+
+    def state(self) -> dict:
+        """The judgment cache and counters (JSON), checkpointed by online runs so a resumed run never re-queries."""
+        return {"caches": self.caches, "calls": self.calls, "cache_hits": self.cache_hits, "failed": self.failed}
+
+    def load_state(self, state: dict) -> None:
+        self.caches = [dict(c) for c in state["caches"]]
+        self.calls, self.cache_hits, self.failed = state["calls"], state["cache_hits"], state["failed"]
 
 
 def as_judge(judge: Judge | Callable | Any | Sequence[Any], weights: Sequence[float] | None = None,

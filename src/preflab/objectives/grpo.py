@@ -16,6 +16,8 @@ Aggregation (loss_type, TRL 1.16 names), m = completion-token mask:
     dapo     sum of m l_t / completion tokens of the whole generation batch   (Yu et al., 2025, arXiv:2503.14476)
     dr_grpo  sum of m l_t / (completions x max_completion_length)            (Liu et al., 2025, arXiv:2503.20783)
 losses[b] is prompt b's share, so that loss = losses.mean() is the aggregate above.
+importance_sampling_level="sequence" (GSPO, Zheng et al., 2025, arXiv:2507.18071, Eq. 7; TRL's option): every token of
+completion i uses the sequence ratio s_i = exp((1/|y_i|) sum_t (lp_t - lp_old_t)) in place of rho_t.
 
 Extras (all optional): "old_logps" [B, G, T] sampling-policy token log-probs (default: lp detached, so rho = 1 and
 the gradient is the on-policy -A grad lp, TRL's num_iterations = 1); "advantages" [B, G] precomputed (default: from
@@ -60,6 +62,7 @@ class GRPO(Objective):
     loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
     scale_rewards: str = "group"         # group | batch | none
     max_completion_length: int | None = None  # dr_grpo normaliser (None: the batch's padded width)
+    importance_sampling_level: str = "token"  # token | sequence (GSPO: one ratio per completion, TRL's name)
 
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
@@ -74,6 +77,9 @@ class GRPO(Objective):
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "
                               f"{self.epsilon_high}.")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise ConfigError(f"GRPO: importance_sampling_level must be 'token' or 'sequence', got "
+                              f"{self.importance_sampling_level!r}.")
         if self.loss_type not in LOSS_TYPES or self.scale_rewards not in SCALE_REWARDS:
             raise ConfigError(f"GRPO: loss_type must be one of {LOSS_TYPES} and scale_rewards one of "
                               f"{SCALE_REWARDS}, got {self.loss_type!r}, {self.scale_rewards!r}.")
@@ -87,7 +93,11 @@ class GRPO(Objective):
             adv = torch.as_tensor(batch.extras["advantages"], dtype=lp.dtype, device=lp.device)
         old = batch.extras.get("old_logps")
         old = lp.detach() if old is None else torch.where(mask, torch.as_tensor(old).to(lp), 0.0)
-        ratio = torch.exp(lp - old)
+        log_ratio = lp - old
+        if self.importance_sampling_level == "sequence":  # GSPO: s_i = exp(mean_t (lp - lp_old)) for every token
+            mf = mask.to(lp.dtype)
+            log_ratio = ((log_ratio * mf).sum(-1) / mf.sum(-1).clamp_min(1)).unsqueeze(-1).expand_as(lp)
+        ratio = torch.exp(log_ratio)
         a = adv.unsqueeze(-1)
         high = self.epsilon if self.epsilon_high is None else self.epsilon_high
         per_token = -torch.minimum(ratio * a, ratio.clamp(1 - self.epsilon, 1 + high) * a)

@@ -42,6 +42,17 @@ PANELS = (
     ("Gradient norm", "pre-clip norm", [("grad_norm", "train", GRAY)]),
     ("Learning rate", "lr", [("learning_rate", "train", GRAY)]),
 )
+# online runs (task: online); a panel is drawn only when the run logged one of its series
+ONLINE_PANELS = (
+    ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
+                                 ("eval_true_reward", "true reward, greedy (eval)", PURPLE),
+                                 ("eval_win_rate_vs_reference", "win rate vs reference (eval)", ORANGE)]),
+    ("KL to the reference (online)", "S_theta - S_ref", [("kl", "train", GRAY)]),
+    ("Policy distribution (game)", "probability", [(f"policy/p{i}", f"answer {i}", c)
+                                                   for i, c in enumerate((BLUE, RED, GREEN, ORANGE))]),
+    ("Distance to the regularised equilibrium (game)", "", [("tv_to_equilibrium", "total variation", BLUE),
+                                                            ("duality_gap", "duality gap", RED)]),
+)
 
 
 def to_data_uri(fig: Figure) -> str:

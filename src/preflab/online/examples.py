@@ -1,0 +1,71 @@
+"""One generation round's training examples (pairs or groups) and how a micro-batch of them is laid out.
+
+Everything a step needs that does not move with the policy is computed once, when the round is generated, and
+kept with the example: the judge's scores, the reference's token log-probs (`ref`) and the round-start policy's
+token log-probs (`prev`: pi_t of SPPO / GPO / INPO, GRPO's old policy). A round is plain JSON (ints and floats,
+which JSON round-trips exactly), so a checkpoint taken mid-round resumes on the very same examples.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from preflab.data.layout import LayoutBatch, padded
+from preflab.objectives.base import SequenceLogps
+
+
+@dataclass
+class Example:
+    row_id: int
+    prompt_ids: list[int]
+    completions: list[list[int]]          # pairs: [chosen, rejected]; groups: the G completions in sample order
+    extras: dict = field(default_factory=dict)   # numbers (or lists of numbers) the objective reads
+    online: list[list[int]] = field(default_factory=list)  # hypo: fresh samples of the prompt (on-policy KL term)
+    ref: list[list[float]] | None = None    # reference token log-probs of completions + online
+    prev: list[list[float]] | None = None   # round-start policy token log-probs of completions + online
+    weight: float = 1.0                      # game task: population weight of the pair (pi_t(y) pi_t(y'))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict) -> "Example":
+        return cls(**row)
+
+    def sequences(self) -> list[list[int]]:
+        return list(self.completions) + list(self.online)
+
+
+def token_matrix(values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """[N, L] tensor with values[n] written at the response positions of row n (mask [N, L])."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for n, row in enumerate(values):
+        out[n, :len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out.to(mask.device)
+
+
+def pair_layout(examples: list[Example], pad_id: int) -> LayoutBatch:
+    """[chosen_1..B, rejected_1..B] (the order split_pairs reads)."""
+    seqs = [(e.prompt_ids, e.completions[0]) for e in examples] + [(e.prompt_ids, e.completions[1]) for e in examples]
+    return padded(seqs, pad_id, row_ids=[e.row_id for e in examples])
+
+
+def pair_side_values(examples: list[Example], attr: str) -> list[list[float]]:
+    """Stored token log-probs in pair_layout's order (chosen_1..B, rejected_1..B)."""
+    return [getattr(e, attr)[0] for e in examples] + [getattr(e, attr)[1] for e in examples]
+
+
+def group_layout(examples: list[Example], pad_id: int) -> LayoutBatch:
+    """All completions of B groups, group-major (B * G sequences)."""
+    seqs = [(e.prompt_ids, c) for e in examples for c in e.completions]
+    return padded(seqs, pad_id, row_ids=[e.row_id for e in examples])
+
+
+def online_layout(examples: list[Example], pad_id: int) -> LayoutBatch:
+    seqs = [(e.prompt_ids, c) for e in examples for c in e.online]
+    return padded(seqs, pad_id)
+
+
+def sequence_logps(values: list[list[float]], mask: torch.Tensor) -> SequenceLogps:
+    return SequenceLogps(token_matrix(values, mask), mask)

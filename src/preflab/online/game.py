@@ -1,0 +1,238 @@
+"""The built-in preference game (online_task: game): one prompt, K single-token answers, a preference oracle.
+
+    game_preferences: [[0.5, 0.8333, 0.1667], [0.1667, 0.5, 1.0], [0.8333, 0.0, 0.5]]   # K x K, P + P^T = 1
+    trainer: egpo | inpo | nash_md | online_ipo | sppo | spo
+
+The policy is builtin:tiny-llama's architecture with a K-token vocabulary (answer a = token a), so its exact
+distribution over the answers is the softmax of its logits after the prompt token; no other token exists. The
+judge is P itself. Each generation round uses the exact expectation over the answers (the population form, the
+limit of infinitely many samples; `spo` samples num_generations answers): pairs (i, j) of answers with the
+weights and targets below, pi_t = the policy at the round start, pi_ref = pi_0, P pi = win rates against pi.
+
+    (egpo and online_ipo: every optimizer step is a round, steps_per_generation is not used)
+    online_ipo  all pairs i < j, objective online_ipo, pref = (P pi_t)_i, (P pi_t)_j   (Calandriello et al. 2024,
+                OIPO-1): targets ((P pi_t)_i - (P pi_t)_j)/beta on h = S - S_ref; plain gradient steps cycle at small beta
+    egpo        the same loss at an extrapolated opponent (Zhou et al. 2025, arXiv:2503.08942): a real second
+                parameter set (a copy of the policy and of the optimizer state) takes the half step on the loss at
+                pi_t; the policy then steps from theta_t on the loss with opponent pi_half
+    inpo        ordered pairs (i, j), chosen i, weight pi_t(i) pi_t(j) P_ij, objective inpo with tau = beta,
+                eta = game_eta / beta, prev_*_logps = log pi_t computed by the run at the round start
+                (Zhang et al. 2024, arXiv:2407.00617): minimiser pi_t^(1-eta tau) pi_ref^(eta tau) exp(eta P pi_t)
+    nash_md     anchor and opponent the geometric mixture pi_mix ∝ pi_t^(1-eta beta) pi_ref^(eta beta) (eta = game_eta /
+                beta): all pairs i < j, objective online_ipo with beta = 1/eta and the reference slots carrying
+                log pi_mix: minimiser pi_mix exp(eta P pi_mix), Nash-MD's update (Munos et al. 2023, arXiv:2312.00886)
+    apo         accelerated INPO (He et al. 2024, "Accelerated Preference Optimization", arXiv:2410.05927, Alg. 1, with
+                INPO's step as the base update): the round's pi_t (weights, anchor, opponent) is the extrapolated
+                iterate pi_hat ∝ pi_t^(1 + apo_alpha) / pi_{t-1}^apo_alpha, pi_{t-1} read from the previous round
+    sppo        all pairs, objective sppo, scores p = (P pi_t), reference slots pi_t (Wu et al. 2024)
+    spo         self-play (Swamy et al. 2024, arXiv:2401.04056): num_generations answers sampled from pi_t, reward of
+                each = its win proportion (1/(G-1)) sum_{j != i} P[a_i, a_j] against the others, GRPO's objective
+                (its KL term to pi_ref weighted by beta)
+sppo and spo are no-regret self-play without (sppo) or with a sampled (spo) KL term: on an intransitive game their
+last iterate cycles or drifts to a corner (the plain game's Minimax Winner is reached by the average iterate,
+preflab.lab.nash_loops.mwu), so they are not in the tv_to_equilibrium guarantee.
+Summary (summary.json) and metrics: policy_distribution, reference_distribution, equilibrium (the lab's pi*_beta,
+preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from preflab.errors import ConfigError
+from preflab.online.examples import Example
+
+PROMPT = 1  # the prompt token (not 0: token 0 is the model's padding index, whose embedding is fixed at zero)
+
+
+def check_game_preferences(P) -> np.ndarray:
+    """A K x K list of probabilities with P + P^T = 1; a ConfigError names the first bad entry."""
+    if P is None:
+        raise ConfigError("online_task: game needs game_preferences, a K x K matrix P[i][j] = P(answer i beats j).")
+    if not isinstance(P, (list, tuple)) or not P or any(not isinstance(r, (list, tuple)) or len(r) != len(P)
+                                                        for r in P):
+        raise ConfigError(f"game_preferences must be a square K x K list of lists, got {P!r}.")
+    K = len(P)
+    if K < 2:
+        raise ConfigError("game_preferences needs at least 2 answers.")
+    for i in range(K):
+        for j in range(K):
+            v = P[i][j]
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
+                raise ConfigError(f"game_preferences[{i}][{j}] = {v!r} is not a probability in [0, 1].")
+            if abs(v + P[j][i] - 1) > 1e-6:
+                raise ConfigError(f"game_preferences[{i}][{j}] + game_preferences[{j}][{i}] = {v + P[j][i]:.6g}, "
+                                  "not 1 (P + P^T = 1: P(i beats j) + P(j beats i) = 1, and 1/2 on the diagonal).")
+    return np.asarray(P, dtype=np.float64)
+
+
+class GameTokenizer:
+    """Answers are token ids 0..K-1 (decoded "a<id>"); the prompt is token PROMPT; there is no eos."""
+
+    def __init__(self, K: int):
+        self.K, self.pad_token_id, self.eos_token_id = K, 0, None
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return " ".join(f"a{i}" for i in ids)
+
+
+class GameTask:
+    def __init__(self, P: np.ndarray, beta: float, policy, ref_probs: np.ndarray):
+        from preflab.lab.games import reg_nash
+        from preflab.loops.rollout import PromptRow
+
+        self.P, self.beta, self.ref_probs = P, beta, ref_probs
+        self.equilibrium = reg_nash(P, beta, ref_probs)
+        self.rows = [PromptRow(0, "game", [PROMPT], {})]
+        self.prompts, self.judges, self.heldout = ["game"], [lambda prompts, completions, **kw: [0.0] * len(prompts)], []
+        self.evaluate = self._evaluate
+
+    def _evaluate(self, model, tokenizer=None) -> dict:
+        from preflab.lab.games import dual_gap
+
+        pi = distribution(model)
+        return {"policy_distribution": pi.tolist(), "reference_distribution": self.ref_probs.tolist(),
+                "equilibrium": self.equilibrium.tolist(),
+                "tv_to_equilibrium": float(0.5 * np.abs(pi - self.equilibrium).sum()),
+                "duality_gap": dual_gap(pi, self.P, self.beta, self.ref_probs)}
+
+
+@torch.no_grad()
+def distribution(model) -> np.ndarray:
+    """The policy's exact probabilities of the K answers after the prompt token, float64."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.full((1, 1), PROMPT, dtype=torch.long, device=device)).logits[0, -1].double()
+    return torch.softmax(logits, -1).cpu().numpy()
+
+
+def game_setup(cfg, policy=None):
+    """(task, tokenizer, policy): the K-answer policy (builtin tiny Llama, vocabulary K) and the game's task."""
+    P = check_game_preferences(cfg.game_preferences)
+    K = P.shape[0]
+    if policy is None:
+        from preflab.models.load import disable_dropout
+        from preflab.models.tiny import tiny_causal_lm
+
+        policy = tiny_causal_lm(None, arch="llama", vocab_size=K, hidden_size=16, num_layers=1, num_heads=2,
+                                seed=cfg.seed)
+        disable_dropout(policy)
+        policy.train()
+    task = GameTask(P, cfg.beta, policy, distribution(policy))
+    return task, GameTokenizer(K), policy
+
+
+def _pairs(K: int):
+    return [(i, j) for i in range(K) for j in range(i + 1, K)]
+
+
+def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
+    """EGPO's half step on a second parameter set: a copy of the policy and of the optimizer state (refreshed from
+    the policy's before every step) takes one optimizer step on the online-IPO loss at opponent pi_t; returns that
+    copy's distribution pi_half. The policy itself then steps from theta_t (the lab's egpo_step, equivalently)."""
+    from preflab.loops.driver import make_optimizer
+    from preflab.online.run import OnlineMicroBatch
+    from preflab.scoring.lm import LogProbScorer
+    from preflab.step import optimizer_step
+
+    if getattr(run, "_half", None) is None:
+        half = copy.deepcopy(run.policy)
+        params = [p for p in half.parameters() if p.requires_grad]
+        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half))
+    half, params, optimizer, scorer = run._half
+    half.load_state_dict(run.policy.state_dict())
+    optimizer.load_state_dict(run.optimizer.state_dict())
+    for group in optimizer.param_groups:
+        group["lr"] = run.scheduler.get_last_lr()[0]
+    examples = _ipo_examples(run, pi_t, run.task.ref_probs)
+    original = run.scorer
+    run.scorer = scorer
+    try:
+        optimizer_step([OnlineMicroBatch(examples, [0] * len(examples), 0)], run._forward_pairs, params, optimizer,
+                       None, None, run.cfg.max_grad_norm)
+    finally:
+        run.scorer = original
+    return distribution(half)
+
+
+def _ipo_examples(run, opponent: np.ndarray, anchor: np.ndarray) -> list[Example]:
+    win = run.task.P @ opponent
+    log_anchor = np.log(np.maximum(anchor, 1e-300))
+    return [Example(0, [PROMPT], [[i], [j]], {"pref_y": float(win[i]), "pref_yp": float(win[j])},
+                    ref=[[float(log_anchor[i])], [float(log_anchor[j])]]) for i, j in _pairs(len(win))]
+
+
+def game_round(run, r: int):
+    """One generation round of the game (see the module docstring); returns a Round."""
+    from preflab.lab.simplex import geometric_mixture
+    from preflab.online.run import Round
+
+    cfg, task = run.cfg, run.task
+    P, K, ref = task.P, task.P.shape[0], task.ref_probs
+    pi_t = distribution(run.policy)
+    eta = cfg.game_eta / cfg.beta
+    name = cfg.trainer
+    log_pi = np.log(np.maximum(pi_t, 1e-300))
+    if name in ("online_ipo", "egpo"):
+        opponent = _policy_step_copy(run, pi_t) if name == "egpo" else pi_t
+        examples = _ipo_examples(run, opponent, ref)
+    elif name == "nash_md":
+        mix = geometric_mixture(pi_t, ref, eta * cfg.beta)
+        examples = _ipo_examples(run, mix, mix)
+    elif name in ("inpo", "apo"):
+        if name == "apo":  # extrapolated iterate pi_hat ∝ pi_t^(1 + alpha) / pi_{t-1}^alpha (Nesterov on log pi)
+            prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t
+            a = cfg.apo_alpha
+            z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))
+            pi_t = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            log_pi = np.log(np.maximum(pi_t, 1e-300))
+        log_ref = np.log(np.maximum(ref, 1e-300))
+        examples = []
+        for i in range(K):
+            for j in range(K):
+                if i != j:
+                    examples.append(Example(0, [PROMPT], [[i], [j]], {}, ref=[[float(log_ref[i])], [float(log_ref[j])]],
+                                            prev=[[float(log_pi[i])], [float(log_pi[j])]],
+                                            weight=float(pi_t[i] * pi_t[j] * P[i, j])))
+        total = sum(e.weight for e in examples)
+        for e in examples:
+            e.weight *= len(examples) / total
+    elif name == "sppo":
+        win = P @ pi_t
+        examples = [Example(0, [PROMPT], [[i], [j]], {"score_chosen": float(win[i]), "score_rejected": float(win[j])},
+                            ref=[[float(log_pi[i])], [float(log_pi[j])]]) for i, j in _pairs(K)]
+    elif name == "spo":
+        g = torch.Generator().manual_seed(run._round_seed(r))
+        G = cfg.num_generations
+        examples = []
+        for _ in range(cfg.prompts_per_generation):
+            answers = torch.multinomial(torch.as_tensor(pi_t), G, replacement=True, generator=g).tolist()
+            rewards = [sum(P[a, b] for n, b in enumerate(answers) if n != m) / (G - 1) for m, a in enumerate(answers)]
+            examples.append(Example(0, [PROMPT], [[a] for a in answers], {"rewards": rewards, "valid": [True] * G},
+                                    ref=[[float(np.log(max(ref[a], 1e-300)))] for a in answers]))
+        from preflab.objectives.grpo import group_advantages
+
+        rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
+        adv = group_advantages(rewards, torch.ones_like(rewards, dtype=torch.bool), cfg.scale_rewards)[0]
+        for e, a in zip(examples, adv):
+            e.extras["advantages"] = a.tolist()
+        if run.round_len > 1:
+            for e in examples:
+                e.prev = [[float(log_pi[c[0]])] for c in e.completions]
+    else:
+        raise ConfigError(f"trainer {name!r} has no game form.")
+    if name in ("inpo", "apo"):
+        for e in examples:
+            e.extras = {"prev_chosen_logps": e.prev[0][0], "prev_rejected_logps": e.prev[1][0]}
+    order = list(range(len(examples)))
+    spg = run.round_len
+    slices = [order] * spg if name != "spo" else [order[len(order) * i // spg:len(order) * (i + 1) // spg]
+                                                   for i in range(spg)]
+    after = task.evaluate(run.policy)
+    metrics = {"round": float(r + 1), "tv_to_equilibrium": after["tv_to_equilibrium"],
+               "duality_gap": after["duality_gap"],
+               **{f"policy/p{i}": float(p) for i, p in enumerate(after["policy_distribution"])}}
+    run.counts["rounds"] += 1
+    return Round(r, examples, slices, metrics)

@@ -1,0 +1,87 @@
+"""Sampling completions for online runs behind one small interface.
+
+    gen = make_generator(cfg, policy, tokenizer)
+    ids = gen.generate(prompt_ids, num_generations=4, seed=1234)   # [len(prompt_ids) * 4] token-id lists
+
+Completions are group-major (completion i belongs to prompt i // K), cut after the first eos (eos kept), drawn
+from the full softmax (top-k off) at `temperature` with `top_p`. Determinism: the prompts are cut into chunks of
+generation_batch_size prompts and chunk c is sampled after torch.manual_seed(seed + c), so the samples depend on
+(seed, prompts, weights) only, not on which process draws the chunk: with several processes, rank r draws the
+chunks c = r, r + world, ... and all ranks gather every chunk (the same completions as one process).
+
+TransformersGenerator (default): `model.generate` with its KV cache on left-padded prompt batches.
+VLLMGenerator: used with generation_backend: vllm when the optional `vllm` package imports (pip install
+preflab[vllm]); it loads the policy's saved weights into a vLLM engine each round (weights_dir) and is not
+bit-identical to the transformers path. Never imported unless asked for.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from preflab.errors import ConfigError
+from preflab.generate import generate_ids
+
+
+class Generator(Protocol):
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]: ...
+
+
+class TransformersGenerator:
+    def __init__(self, model, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, batch_size: int = 64, accelerator=None):
+        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.batch_size, self.accelerator = batch_size, accelerator
+
+    def _chunk(self, prompts: list[list[int]], k: int, seed: int) -> list[list[int]]:
+        from preflab.loops.rollout import full_distribution
+
+        repeated = [p for p in prompts for _ in range(k)]
+        with full_distribution(self.model):
+            return generate_ids(self.model, repeated, eos_id=self.eos_id, pad_id=self.pad_id,
+                                max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature,
+                                top_p=self.top_p, batch_size=len(repeated), seed=seed)
+
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
+        acc = self.accelerator
+        world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+        chunks = [prompt_ids[i:i + self.batch_size] for i in range(0, len(prompt_ids), self.batch_size)]
+        mine = {c: self._chunk(chunk, num_generations, seed + c) for c, chunk in enumerate(chunks) if c % world == rank}
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            gathered = gather_object([mine])
+            mine = {c: ids for part in gathered for c, ids in part.items()}
+        return [ids for c in range(len(chunks)) for ids in mine[c]]
+
+
+class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a GPU
+    def __init__(self, model, tokenizer, weights_dir: str, max_new_tokens: int, temperature: float, top_p: float):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as err:
+            raise ConfigError("generation_backend: vllm needs the optional vllm package: pip install "
+                              "preflab[vllm] (or use generation_backend: transformers).") from err
+        self.model, self.tokenizer, self.weights_dir = model, tokenizer, weights_dir
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
+        from vllm import LLM, SamplingParams
+
+        self.model.save_pretrained(self.weights_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(self.weights_dir)
+        llm = LLM(self.weights_dir, seed=seed)
+        params = SamplingParams(n=num_generations, temperature=self.temperature, top_p=self.top_p, top_k=-1,
+                                max_tokens=self.max_new_tokens, seed=seed)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params)
+        return [list(c.token_ids) for o in outs for c in o.outputs]
+
+
+def make_generator(cfg, policy, tokenizer, accelerator=None, weights_dir: str | None = None) -> Generator:
+    from preflab.loops.rollout import pad_id_of
+
+    if cfg.generation_backend == "vllm":
+        return VLLMGenerator(policy, tokenizer, weights_dir or f"{cfg.output_dir}/vllm-weights",
+                             cfg.max_completion_length, cfg.temperature, cfg.top_p)
+    return TransformersGenerator(policy, tokenizer.eos_token_id, pad_id_of(tokenizer), cfg.max_completion_length,
+                                 cfg.temperature, cfg.top_p, cfg.generation_batch_size, accelerator)

@@ -1,0 +1,52 @@
+"""Checks and per-recipe defaults of the online options of TrainConfig (task: online), run before any model loads."""
+from __future__ import annotations
+
+from preflab.errors import ConfigError, nearest
+
+
+def check_online(cfg) -> None:
+    """Validate the online block; give the recipe's objective (loss_type) when the config leaves the default."""
+    from preflab.loops.pair_builders import BUILDERS
+    from preflab.online.trainers import TRAINERS
+
+    if cfg.trainer not in TRAINERS:
+        raise ConfigError(f"trainer must be one of {sorted(TRAINERS)}, got {cfg.trainer!r}."
+                          f"{nearest(cfg.trainer, list(TRAINERS))}")
+    spec = TRAINERS[cfg.trainer]
+    choices = {"online_task": ("dataset", "demo", "game"), "generation_backend": ("transformers", "vllm"),
+               "pair_builder": BUILDERS, "scale_rewards": ("group", "batch", "none")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}.")
+    if cfg.max_steps <= 0:
+        raise ConfigError("task: online needs max_steps > 0 (optimizer steps in all; a generation round feeds "
+                          "steps_per_generation x num_iterations of them).")
+    if cfg.max_completion_length is None:
+        cfg.max_completion_length = 16  # max new tokens per sampled completion (TRL's option; preference runs: None)
+    for name in ("num_generations", "prompts_per_generation", "steps_per_generation", "num_iterations",
+                 "max_completion_length", "generation_batch_size", "rso_num_samples"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+    if cfg.num_generations < 2 and cfg.online_task != "game":
+        raise ConfigError("num_generations must be >= 2: pairs and groups compare completions of one prompt.")
+    if cfg.refresh_reference_every < 0:
+        raise ConfigError(f"refresh_reference_every must be >= 0, got {cfg.refresh_reference_every}.")
+    if not 0 <= cfg.max_judge_failure_fraction <= 1:
+        raise ConfigError(f"max_judge_failure_fraction must be in [0, 1], got {cfg.max_judge_failure_fraction}.")
+    if cfg.preference_temperature < 0:
+        raise ConfigError(f"preference_temperature must be >= 0, got {cfg.preference_temperature}.")
+    if cfg.online_task == "game":
+        from preflab.online.game import check_game_preferences
+
+        check_game_preferences(cfg.game_preferences)
+        if not spec.game:
+            raise ConfigError(f"trainer {cfg.trainer!r} trains on sampled text; the game task takes one of "
+                              f"{sorted(n for n, s in TRAINERS.items() if s.game)}.")
+    elif spec.game_only:
+        raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
+    if cfg.loss_type == "sigmoid" and spec.loss_type:
+        cfg.loss_type = spec.loss_type
+    for key, value in spec.objective_params(cfg).items():
+        cfg.objective_params.setdefault(key, value)
+    if spec.refresh and cfg.refresh_reference_every == 0:
+        cfg.refresh_reference_every = 1

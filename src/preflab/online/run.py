@@ -1,0 +1,465 @@
+"""The online run: generation rounds feeding the shared training loop (loops/driver.py TrainingRun, step.py).
+
+    preflab train examples/online/online_dpo.yaml            # task: online, trainer: <recipe>
+    OnlineRun(cfg, policy=..., tokenizer=...).train()         # from Python (tests, notebooks)
+
+Global step s belongs to generation round r = s // (steps_per_generation x num_iterations). The first step of a
+round generates it (micro_batches): prompts_per_generation prompts drawn with a generator seeded by (seed, r),
+K = num_generations samples each from the current policy (generator.py), judged (loops/judge.py, cached by
+(prompt, completion)), turned into examples by the recipe (trainers.py), with the reference's and the round-start
+policy's token log-probs computed once (examples.py). The round's examples are shuffled (seeded by (seed, r)) and
+cut into steps_per_generation slices; a step reads one slice, split over processes and accumulation micro-batches
+(micro-batch j of the world x accumulation ones holds examples j, j + world x accumulation, ...; one left empty
+is scored with weight 0, so the update does not depend on the split); num_iterations passes repeat the slices
+(TRL GRPO's mu). A round with no examples at all (every group tied) takes zero-gradient steps (Adam's moments
+still move the weights), counted in summary.json `online.empty_steps`.
+
+Reference: pi_0 (a frozen copy, or LoRA adapters off) when refresh_reference_every = 0; the round-start policy
+when refresh_reference_every = 1 (iterative DPO, SPPO, GPO: no copy is kept, its log-probs are computed at the
+round start); a copy refreshed every n rounds otherwise.
+
+Checkpoints: the driver's checkpoint (policy, optimizer, scheduler, RNG) plus online-state/step-<n>/ written
+atomically before it: the pending round (examples with their precomputed log-probs, JSON), the judgment cache and
+counters, and a refreshed reference's weights. Everything else is a function of (seed, round), so a run stopped at
+any step and resumed ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from preflab.errors import ConfigError, PreflabError
+from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
+from preflab.loops.judge import Judge
+from preflab.loops.reference import is_lora, reference_scores, refresh_reference
+from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+from preflab.objectives.base import ListBatch, SequenceLogps
+from preflab.objectives.grpo import group_advantages
+from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
+                                     sequence_logps, token_matrix)
+from preflab.online.generator import make_generator
+from preflab.online.trainers import TRAINERS, build_examples, preference_matrix
+from preflab.scoring.lm import LogProbScorer, Scores, split_pairs
+
+
+@dataclass
+class RoundPlan:
+    """What the driver reads of a plan: steps per 'epoch' (a generation round here) and examples per step."""
+    steps_per_epoch: int
+    global_batch: int
+    unused_rows_per_epoch: int = 0
+
+
+@dataclass
+class Round:
+    index: int
+    examples: list[Example]
+    slices: list[list[int]]
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "examples": [e.to_json() for e in self.examples], "slices": self.slices,
+                "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, row: dict) -> "Round":
+        return cls(row["index"], [Example.from_json(e) for e in row["examples"]], row["slices"], row["metrics"])
+
+
+@dataclass
+class OnlineMicroBatch:
+    examples: list[Example]
+    row_ids: list[int]
+    tokens: int
+    tokens_per_prompt: float = 0.0
+    zero: bool = False  # an empty share of the step: scored, contributes no example and no gradient
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens
+
+
+class OnlineRun(TrainingRun):
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None):
+        if cfg.task != "online":
+            raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
+        self.cfg = cfg
+        self.spec = TRAINERS[cfg.trainer]
+        self.objective = cfg.objective()
+        self.accelerator = acc = make_accelerator(cfg)
+        self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        if cfg.online_task == "game":
+            from preflab.online.game import game_setup
+
+            task, tokenizer, policy = game_setup(cfg, policy)
+        elif task is None:
+            from preflab.online.tasks import load_task
+
+            task, tokenizer, policy = load_task(cfg, tokenizer, policy)
+        if tokenizer is None:
+            from preflab.models.load import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+        if policy is None:
+            from preflab.models.load import load_models
+
+            policy, ref = load_models(cfg, tokenizer)
+        self.task, self.tokenizer, self.policy = task, tokenizer, policy
+        if "token_kl" in self.objective.token_needs:
+            raise ConfigError(f"objective {cfg.loss_type!r} needs token-level reference quantities at every step; "
+                              "online runs precompute reference log-probs per round. Choose another loss_type.")
+        self.want_hidden = "hidden" in self.objective.token_needs
+        self.needs_ref = self.objective.needs_reference or self.spec.online_kl
+        self.ref = None
+        if self.needs_ref and cfg.refresh_reference_every != 1:
+            from preflab.loops.reference import make_reference
+
+            self.ref = make_reference(policy, True, ref)
+            if cfg.refresh_reference_every > 1 and (self.ref is None or is_lora(policy)):
+                raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
+                                  "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
+        self.judge = Judge(task.judges, weights=cfg.reward_weights)
+        self.pad_id = pad_id_of(tokenizer)
+        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
+        self.round_len = cfg.steps_per_generation * cfg.num_iterations
+        if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
+            self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
+        self.total_steps = cfg.max_steps
+        world = acc.num_processes
+        self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
+        self.scorer = LogProbScorer(policy, cfg.chunk_tokens)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
+        policy.to(acc.device)
+        if self.ref is not None:
+            self.ref.to(acc.device)
+        self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
+        self.sync_module, self.checkpoint_module = self.scorer, self.policy
+        self.generator = make_generator(cfg, policy, tokenizer, acc)
+        self.pending: Round | None = None
+        self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
+        self.refreshes = 0
+        self.before = task.evaluate(policy, tokenizer) if task.evaluate is not None else None
+
+    # ------------------------------------------------------------------ generation rounds
+    def _round_seed(self, r: int) -> int:
+        return (self.cfg.seed * 7919 + r) * 100_003
+
+    @torch.no_grad()
+    def _token_logps(self, model_scores, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        from preflab.data.layout import padded
+
+        out = []
+        b = max(1, self.cfg.per_device_eval_batch_size)
+        for i in range(0, len(sequences), b):
+            layout = padded(sequences[i:i + b], self.pad_id).to(self.accelerator.device)
+            scores = model_scores(layout)
+            for row, m in zip(scores.token_logps, scores.mask):
+                out.append(row[m].float().cpu().tolist())
+        return out
+
+    def _policy_scores(self, layout):
+        return LogProbScorer(self.policy, self.cfg.chunk_tokens)(layout)
+
+    def _reference_source(self):
+        if self.cfg.refresh_reference_every == 1:
+            return self._policy_scores
+        return lambda layout: reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens)[0]
+
+    def _judge_round(self, rows, ids, K):
+        prompts = [rows[i // K].prompt for i in range(len(ids))]
+        chat = [isinstance(p, list) for p in prompts]
+        texts = [decode(self.tokenizer, c, ch) for c, ch in zip(ids, chat)]
+        columns = [rows[i // K].columns for i in range(len(ids))]
+        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids)
+        eos = self.tokenizer.eos_token_id
+        has_eos = [bool(c) and c[-1] == eos for c in ids]
+        if self.cfg.missing_eos_penalty is not None:
+            flat = flat - self.cfg.missing_eos_penalty * (~torch.tensor(has_eos)).double()
+        return prompts, texts, flat, per_fn, has_eos
+
+    def _new_round(self, r: int) -> Round:
+        cfg, K = self.cfg, self.cfg.num_generations
+        if cfg.online_task == "game":
+            from preflab.online.game import game_round
+
+            return game_round(self, r)
+        g = torch.Generator().manual_seed(self._round_seed(r))
+        n = min(cfg.prompts_per_generation, len(self.rows))
+        rows = [self.rows[i] for i in torch.randperm(len(self.rows), generator=g)[:n].tolist()]
+        n_ref = cfg.refresh_reference_every
+        if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
+            refresh_reference(self.ref, self.policy)
+            self.refreshes += 1
+        ids = self.generator.generate([row.prompt_ids for row in rows], K, self._round_seed(r))
+        prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
+        dropped = int(flat.isnan().sum())
+        if dropped > cfg.max_judge_failure_fraction * len(ids):
+            raise PreflabError(
+                f"round {r + 1}: the judge failed or returned NaN for {dropped} of {len(ids)} completions (more than "
+                f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}); judge/failed counts exceptions "
+                f"({self.judge.failed} so far). Fix the judge or raise max_judge_failure_fraction.")
+        scores = flat.view(n, K)
+        completions = [[ids[p * K + k] for k in range(K)] for p in range(n)]
+
+        def matrices(p: int, valid: list[int]) -> torch.Tensor:
+            pref = [j for j, kind in zip(self.judge.judges, self.judge.kinds) if kind == "preference"]
+            if pref:
+                return torch.as_tensor(pref[0].win_rate_matrix(prompts[p * K], [texts[p * K + k] for k in valid]),
+                                       dtype=torch.float64)
+            return preference_matrix(scores[p, valid], cfg.preference_temperature)
+
+        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g)
+        if self.spec.kind == "groups" and examples:
+            rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
+            valid = torch.tensor([e.extras["valid"] for e in examples])
+            adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]
+            for e, a in zip(examples, adv):
+                e.extras["advantages"] = a.tolist()
+        self._precompute(examples)
+        order = torch.randperm(len(examples), generator=g).tolist()
+        spg = cfg.steps_per_generation
+        slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
+        valid_scores = flat[~flat.isnan()]
+        empty = sum(1 for t, c in zip(texts, ids) if not c or t in ("", []) or
+                    (isinstance(t, list) and not t[0]["content"]))
+        lengths = torch.tensor([len(c) for c in ids], dtype=torch.float64)
+        metrics = {"reward": float(valid_scores.mean()) if len(valid_scores) else math.nan,
+                   "reward_std": float(valid_scores.std()) if len(valid_scores) > 1 else 0.0,
+                   "completions/mean_length": float(lengths.mean()),
+                   "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
+                   "completions/empty": float(empty), "judge/dropped": float(dropped),
+                   "examples/count": float(len(examples)), "round": float(r + 1), **counts}
+        for k, name in enumerate(self.judge.names):
+            values = per_fn[:, k][~per_fn[:, k].isnan()]
+            metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
+        self.counts["rounds"] += 1
+        self.counts["empty_completions"] += empty
+        self.counts["judge_dropped"] += dropped
+        self.counts["completions"] += len(ids)
+        if self.main:
+            self._write_round_file(r, rows, completions, texts, scores)
+        return Round(r, examples, slices, metrics)
+
+    def _write_round_file(self, r, rows, completions, texts, scores) -> None:
+        K = self.cfg.num_generations
+        path = self.out / "rounds" / f"{r + 1}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            for p, row in enumerate(rows):
+                fh.write(json.dumps({"prompt": row.prompt, "completions": texts[p * K:(p + 1) * K],
+                                     "scores": [None if math.isnan(s) else s for s in scores[p].tolist()],
+                                     "round": r + 1}, default=str) + "\n")
+
+    def _precompute(self, examples: list[Example]) -> None:
+        """Reference and round-start policy token log-probs of every sequence the round's steps will score."""
+        if not examples:
+            return
+        seqs = [(e.prompt_ids, c) for e in examples for c in e.sequences()]
+        counts = [len(e.sequences()) for e in examples]
+
+        def assign(values, attr):
+            i = 0
+            for e, n in zip(examples, counts):
+                setattr(e, attr, values[i:i + n])
+                i += n
+
+        self.policy.eval()
+        if self.needs_ref:
+            assign(self._token_logps(self._reference_source(), seqs), "ref")
+        moved = self.round_len > 1
+        if self.spec.kind == "groups" and moved:
+            assign(self._token_logps(self._policy_scores, seqs), "prev")
+        self.policy.train()
+
+    # ------------------------------------------------------------------ the driver's hooks
+    def micro_batches(self, step: int) -> list[OnlineMicroBatch]:
+        r, s = divmod(step, self.round_len)
+        if self.pending is None or self.pending.index != r:
+            self.pending = self._new_round(r)
+        acc, accum = self.accelerator, self.cfg.gradient_accumulation_steps
+        world, rank = acc.num_processes, acc.process_index
+        chosen = self.pending.slices[s % self.cfg.steps_per_generation]
+        if not chosen:
+            self.counts["empty_steps"] += 1
+            return [OnlineMicroBatch([], [-1], 0)]
+        parts_n = world * accum
+        examples = [self.pending.examples[i] for i in chosen]
+        tokens_per_prompt = sum(len(c) for e in examples for c, ok in zip(e.completions, e.extras.get(
+            "valid", [True] * len(e.completions))) if ok) / len(examples)
+        parts = [chosen[j::parts_n] for j in range(parts_n)]
+        out = []
+        for m in range(accum):
+            exs = [self.pending.examples[i] for i in parts[m * world + rank]]
+            if not exs:  # scored with weight 0: every rank reports the same metric names to the all-reduce
+                out.append(OnlineMicroBatch(examples[:1], [], 0, tokens_per_prompt, zero=True))
+                continue
+            tokens = sum(len(e.prompt_ids) * len(e.sequences()) + sum(len(c) for c in e.sequences()) for e in exs)
+            out.append(OnlineMicroBatch(exs, [e.row_id for e in exs], tokens, tokens_per_prompt))
+        return out
+
+    def forward(self, mb: OnlineMicroBatch):
+        from preflab.objectives.base import ObjectiveOutput
+
+        if not mb.examples:  # nothing for this micro-batch: zero gradient, through the wrapped module (DDP)
+            layout = pair_layout([Example(-1, self.rows[0].prompt_ids, [[self.pad_id], [self.pad_id]])], self.pad_id)
+            zero = self.scorer(layout.to(self.accelerator.device)).token_logps.sum() * 0.0
+            return ObjectiveOutput(zero, zero.reshape(1), {})
+        out = self._forward_groups(mb) if self.spec.kind == "groups" else self._forward_pairs(mb)
+        if mb.zero:
+            out.losses, out.loss = out.losses[:0], out.loss * 0.0
+        out.metrics.update({k: v for k, v in self.pending.metrics.items() if isinstance(v, (int, float))})
+        if "clip_ratio/region_mean" in out.metrics:
+            out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
+        return out
+
+    def _forward_pairs(self, mb: OnlineMicroBatch):
+        exs, device = mb.examples, self.accelerator.device
+        layout = pair_layout(exs, self.pad_id).to(device)
+        with self.accelerator.autocast():
+            scores = self.scorer(layout, want_hidden=self.want_hidden)
+        mask = layout.response_mask
+        ref = None
+        if exs[0].ref is not None:
+            ref = Scores(token_matrix(pair_side_values(exs, "ref"), mask), mask)
+        extras = {k: torch.tensor([e.extras[k] for e in exs], dtype=torch.float64, device=device)
+                  for k in exs[0].extras}
+        if self.spec.online_kl:
+            ol = online_layout(exs, self.pad_id).to(device)
+            with self.accelerator.autocast():
+                online = self.scorer(ol)
+            k = len(exs[0].online)
+            extras["online_policy_logps"] = SequenceLogps(online.token_logps, online.mask).sum.view(len(exs), k)
+            ref_online = [v for e in exs for v in e.ref[2:]]
+            extras["online_ref_logps"] = sequence_logps(ref_online, online.mask).sum.view(len(exs), k)
+        batch = split_pairs(scores, ref, extras)
+        out = self.objective(batch)
+        if ref is not None:
+            pol = torch.cat([batch.policy_chosen.sum, batch.policy_rejected.sum]).detach().double()
+            refs = torch.cat([batch.ref_chosen.sum, batch.ref_rejected.sum]).double()
+            out.metrics["kl"] = (pol - refs).mean()
+        weights = torch.tensor([e.weight for e in exs], dtype=out.losses.dtype, device=out.losses.device)
+        if bool((weights != 1).any()):
+            out.losses = out.losses * weights
+            out.loss = out.losses.mean()
+        return out
+
+    def _forward_groups(self, mb: OnlineMicroBatch):
+        exs, device = mb.examples, self.accelerator.device
+        G = len(exs[0].completions)
+        layout = group_layout(exs, self.pad_id).to(device)
+        with self.accelerator.autocast():
+            scores = self.scorer(layout, want_hidden=self.want_hidden)
+        shape = (len(exs), G, scores.token_logps.shape[-1])
+        mask = scores.mask.view(shape)
+        policy = SequenceLogps(scores.token_logps.view(shape), mask)
+        flat = lambda attr: [v for e in exs for v in getattr(e, attr)]  # noqa: E731
+        ref = None
+        if exs[0].ref is not None:
+            ref = SequenceLogps(token_matrix(flat("ref"), scores.mask).view(shape), mask)
+        extras = {"advantages": torch.tensor([e.extras["advantages"] for e in exs], device=device),
+                  "tokens_per_prompt": torch.tensor(mb.tokens_per_prompt, device=device)}
+        if exs[0].prev is not None:
+            extras["old_logps"] = token_matrix(flat("prev"), scores.mask).view(shape)
+        if "step_index" in self.objective.required_extras:  # tpo: a one-level tree, every response token is step 1
+            extras["step_index"] = mask.long()
+        if self.want_hidden:
+            extras["hidden"] = scores.hidden.view(*shape, -1)
+        rewards = torch.tensor([e.extras["rewards"] for e in exs], device=device, dtype=torch.float32)
+        valid = torch.tensor([e.extras["valid"] for e in exs], device=device)
+        return self.objective(ListBatch(policy, rewards, ref, valid, extras))
+
+    def evaluate(self) -> dict:
+        if self.task.evaluate is None:
+            return {}
+        after = self.task.evaluate(self.policy, self.tokenizer)
+        self.after = after
+        if "true_reward" not in after:
+            return {f"eval_{k}": after[k] for k in ("tv_to_equilibrium", "duality_gap") if k in after}
+        metrics = {"eval_true_reward": after["true_reward"]}
+        if "per_prompt" in after and self.before and "per_prompt" in self.before:
+            metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+        return metrics
+
+    def summary_extras(self) -> dict:
+        extras = {"trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
+                  "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
+        if self.before is not None:
+            after = getattr(self, "after", None) or self.task.evaluate(self.policy, self.tokenizer)
+            if "true_reward" in after:
+                extras.update({"true_reward_before": self.before["true_reward"],
+                               "true_reward_after": after["true_reward"], "examples_after": after.get("examples", [])})
+            if "per_prompt" in after:
+                extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+            for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
+                        "duality_gap"):
+                if key in after:
+                    extras[key] = after[key]
+        return extras
+
+    def write_card(self, summary: dict) -> None:
+        from preflab.runlog import write_model_card
+
+        write_model_card(self.out, self.cfg, summary)
+
+    def save_model(self) -> None:
+        model = self.accelerator.unwrap_model(self.policy)
+        model.save_pretrained(self.out, safe_serialization=True)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(self.out)
+
+    # ------------------------------------------------------------------ checkpoint: online state beside the driver's
+    def _state_dir(self, step: int) -> Path:
+        return self.out / "online-state" / f"step-{step}"
+
+    def _save(self, step: int, state: dict) -> Path:
+        final = self._state_dir(step)
+        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "round.json").write_text(json.dumps(self.pending.to_json() if self.pending else None))
+        (tmp / "judge.json").write_text(json.dumps({"judge": self.judge.state(), "counts": self.counts,
+                                                    "refreshes": self.refreshes}))
+        if self.ref is not None and self.refreshes:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous().cpu() for k, v in self.ref.state_dict().items()}, str(tmp / "reference.safetensors"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        path = super()._save(step, state)
+        kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
+        for old in (self.out / "online-state").glob("step-*"):
+            if old.name.split("-", 1)[1] not in kept:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _maybe_resume(self) -> int:
+        step = super()._maybe_resume()
+        if not step:
+            return step
+        folder = self._state_dir(step)
+        if not (folder / "judge.json").exists():
+            raise PreflabError(f"resuming at step {step}: {folder} (the online run's state) is missing; resume from "
+                               "a checkpoint written by an online run.")
+        saved = json.loads((folder / "round.json").read_text())
+        self.pending = Round.from_json(saved) if saved else None
+        meta = json.loads((folder / "judge.json").read_text())
+        self.judge.load_state(meta["judge"])
+        self.counts, self.refreshes = meta["counts"], meta["refreshes"]
+        if (folder / "reference.safetensors").exists():
+            from safetensors.torch import load_file
+
+            self.ref.load_state_dict(load_file(str(folder / "reference.safetensors")))
+        return step
+
+
+def win_rate(after: list[float], before: list[float]) -> float:
+    """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2."""
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)]
+    return sum(wins) / len(wins)

@@ -1,0 +1,181 @@
+"""Where an online run's prompts, judge and starting policy come from (online_task).
+
+    dataset  prompts: dataset_name's rows ("prompt", other columns reach reward functions); judge: reward_funcs
+    demo     the loud-echo task of `preflab demo` (preflab.demo.task): its 600 training prompts, judged by the
+             task's true reward; summary.json gets true_reward_before / true_reward_after (greedy answers on
+             heldout_prompts unseen prompts). model_name_or_path: builtin:demo-sft is the demo's tiny char-level
+             Llama after its SFT stage (built once, ~30 s on a CPU, cached in $PREFLAB_CACHE_DIR/demo-sft-<seed>)
+    game     the preference game (preflab.online.game)
+
+Judges (reward_funcs, one name or a list, weighted by reward_weights):
+    demo_true_reward        the demo task's true reward
+    verifier:<name>         a rule reward of preflab.verifiers (e.g. verifier:vision_r1_format)
+    package.module:name     an importable reward function f(prompts, completions, **columns) or object
+    <directory>             a preflab reward model (BT or GPM head; preflab.reward_models.interface.load_judge) or
+                            any transformers AutoModelForSequenceClassification with one label (its logit)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from preflab.errors import ConfigError
+
+DEMO_SFT = "builtin:demo-sft"
+
+
+@dataclass
+class Task:
+    prompts: list                     # prompt rows: str, messages or {"prompt": ..., columns}
+    judges: list                      # reward functions / reward models / preference models
+    heldout: list = field(default_factory=list)
+    evaluate: Callable | None = None  # evaluate(model, tokenizer) -> dict (true_reward etc.)
+
+
+def demo_true_reward(prompts, completions, **kwargs):
+    """The loud-echo task's true reward (preflab.demo.task.true_reward) in TRL's reward-function signature."""
+    from preflab.demo.task import true_reward
+
+    return [true_reward(p, c) for p, c in zip(prompts, completions)]
+
+
+class SequenceClassifierJudge:
+    """Any AutoModelForSequenceClassification with one label as a reward model: score = the logit of
+    tokenizer(prompt + response)."""
+
+    def __init__(self, path: str, trust_remote_code: bool = False, batch_size: int = 8):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=True).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.model.config.num_labels != 1:
+            raise ConfigError(f"{path}: a reward model needs one output label, it has {self.model.config.num_labels}.")
+        self.batch_size = batch_size
+        self.__name__ = Path(path).name
+
+    @torch.no_grad()
+    def score(self, prompts, responses) -> torch.Tensor:
+        text = lambda x: x if isinstance(x, str) else "".join(m["content"] for m in x)  # noqa: E731
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            batch = [text(p) + text(r) for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True)
+            out.append(self.model(**enc).logits[:, 0].float())
+        return torch.cat(out)
+
+
+def resolve_judge(spec: Any, trust_remote_code: bool = False):
+    """One judge from its config name (see the module docstring); objects and callables are returned as is."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == "demo_true_reward":
+        return demo_true_reward
+    if spec.startswith("verifier:"):
+        import preflab.verifiers as verifiers
+
+        name = spec.split(":", 1)[1]
+        if not hasattr(verifiers, name):
+            raise ConfigError(f"reward_funcs: preflab.verifiers has no {name!r}; it has {verifiers.__all__}.")
+        return getattr(verifiers, name)
+    path = Path(spec)
+    if path.is_dir():
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        if "preflab_reward" in config or (path / "preflab_reward.json").exists():
+            from preflab.reward_models.interface import load_judge
+
+            return load_judge(str(path))
+        if any(a.endswith("ForSequenceClassification") for a in config.get("architectures", [])):
+            return SequenceClassifierJudge(str(path), trust_remote_code)
+        from preflab.reward_models.interface import load_judge
+
+        return load_judge(str(path))
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"reward_funcs: cannot import {spec!r} ({err}).") from err
+    raise ConfigError(f"reward_funcs: {spec!r} is not demo_true_reward, verifier:<name>, module:function or an "
+                      "existing model directory.")
+
+
+def _demo_sft_model(cfg, tokenizer):
+    """The demo's SFT-stage model (preflab.demo.run, stage 1), built once and cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from preflab.models.tiny import tiny_causal_lm
+    from preflab.scoring.ref_cache import default_cache_dir
+
+    model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed)
+    cache = default_cache_dir() / f"demo-sft-{cfg.seed}" / "model.safetensors"
+    if cache.exists():
+        model.load_state_dict(load_file(str(cache)))
+        return model
+    import tempfile
+
+    from preflab.config import config_from_dict
+    from preflab.demo.run import SFT, _write_jsonl
+    from preflab.demo.task import make_splits
+    from preflab.loops.offline import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _write_jsonl(Path(tmp) / "sft.jsonl", make_splits(cfg.seed)[0])
+        sft = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "max_length": 64, "seed": cfg.seed,
+                                "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
+                                "dataset_name": str(data), "output_dir": str(Path(tmp) / "sft")})
+        Trainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache))
+    return model
+
+
+def demo_evaluate(heldout: list[str]):
+    def evaluate(model, tokenizer) -> dict:
+        from preflab.demo.run import heldout_reward
+
+        reward, examples = heldout_reward(model, tokenizer, heldout)
+        return {"true_reward": reward, "examples": examples[:4], "per_prompt": [e["true_reward"] for e in examples]}
+
+    return evaluate
+
+
+def load_task(cfg, tokenizer=None, policy=None):
+    """(Task, tokenizer, policy or None): policy is built here only for builtin:demo-sft."""
+    if cfg.online_task == "demo":
+        from preflab.demo.task import make_splits
+        from preflab.models.tiny import tiny_tokenizer
+
+        _, pair_rows, heldout = make_splits(0)
+        if cfg.model_name_or_path == DEMO_SFT and tokenizer is None:
+            tokenizer = tiny_tokenizer("char")
+        if cfg.model_name_or_path == DEMO_SFT and policy is None:
+            policy = _demo_sft_model(cfg, tokenizer)
+        judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or "demo_true_reward")]
+        held = heldout[:cfg.heldout_prompts]
+        return Task([r["prompt"] for r in pair_rows], judges, held, demo_evaluate(held)), tokenizer, policy
+    from preflab.data.rows import load_rows
+
+    if not cfg.dataset_name:
+        raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
+                          "online_task: demo / game.")
+    if not cfg.reward_funcs:
+        raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
+                          "reward / preference model directory).")
+    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
+    rows, _ = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
+    return Task(prompts, judges), tokenizer, policy
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+

@@ -1,0 +1,132 @@
+"""The online recipes: which objective, which reference, and how a judged round becomes training examples.
+
+    name           examples                                   objective      reference slots carry
+    online_dpo     pairs by score (pair_builder)              loss_type      pi_0        Guo et al. 2024 (2402.04792)
+    iterative_dpo  pairs by score                             loss_type      pi_t        Xiong et al. 2024 (2312.11456)
+    rso            pairs from rejection sampling of the K     hinge_norm     pi_0        Liu et al. 2023 (2309.06657)
+    sppo           best / worst by win rate p_i = P(y_i > pi_t) sppo          pi_t        Wu et al. 2024 (2405.00675)
+    gpo            best / worst by centred score s_i = 2 p_i - 1  gpo        pi_t        Zhang et al. 2024 (2410.02197)
+    hypo           pairs by score + the K fresh samples       hypo           pi_0        Song et al. 2024 (2406.01462)
+    dpa_rsf        the best of K by the directional score v^T r (v = reward_weights over the judges, e.g. the
+                   attribute heads of a multi-objective RM), SFT on it (only the chosen side is read)
+                                                              sft            -           Wang et al. 2024, DPA (2402.18571)
+    grpo bnpo dapo dr_grpo   groups of G completions          grpo(loss_type=name)  pi_0 (beta > 0)  Shao et al. 2024
+    gspo           groups, sequence-level importance ratios   grpo(importance_sampling_level=sequence, loss_type=grpo)
+                                                                              Zheng et al. 2025 (2507.18071)
+dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
+is not direction-conditioned); a prompt whose K scores all tie gives no example.
+    tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
+tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
+step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
+Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
+of a prompt: a preference model's win_rate_matrix, or a reward judge through preference_temperature
+(0: P = 1[r_i > r_j] + 1/2 1[r_i = r_j]; t > 0: sigmoid((r_i - r_j)/t)). p_i = (1/K) sum_j P[i, j] estimates
+P(y_i > pi_t) from the K samples of pi_t (the diagonal contributes 1/2), and GPO's centred score is
+s_i = (1/K) sum_j (P[i, j] - P[j, i]) = 2 p_i - 1 (Zhang et al. 2024): zero for a response as good as pi_t, so
+GPO's target s/beta pushes a worse-than-average response's log-ratio down (SPPO subtracts 1/2 for the same reason).
+Feeding GPO the uncentred p_i in [0, 1] would make every target positive and raise the rejected response: the
+defect of the former loops.online path, pinned by tests/online/test_online_run.py::test_gpo_scores_are_centred.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from preflab.loops.pair_builders import build_pairs
+from preflab.online.examples import Example
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    kind: str                        # pairs | groups | game
+    loss_type: str | None = None     # objective (None: the config's loss_type)
+    refresh: bool = False            # the reference slots carry pi_t (reference refreshed every round)
+    scores: str = "reward"           # reward | win_rate | centred
+    builder: str | None = None       # pair builder (None: the config's pair_builder)
+    online_kl: bool = False          # hypo: the K fresh samples feed the on-policy KL term
+    game: bool = False               # usable with online_task: game
+    game_only: bool = False
+    params: dict = field(default_factory=dict)
+
+    def objective_params(self, cfg) -> dict:
+        params = dict(self.params)
+        if self.loss_type == "inpo":
+            params.update(tau=cfg.beta, eta=cfg.game_eta / cfg.beta)
+        if cfg.trainer == "nash_md":
+            params.update(beta=cfg.beta / cfg.game_eta)     # 1 / eta with eta = game_eta / beta
+        if self.kind == "groups" and self.loss_type == "grpo":
+            params.update(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, scale_rewards=cfg.scale_rewards,
+                          max_completion_length=cfg.max_completion_length)
+        return params
+
+
+TRAINERS: dict[str, TrainerSpec] = {
+    "online_dpo": TrainerSpec("pairs"),
+    "iterative_dpo": TrainerSpec("pairs", refresh=True),
+    "rso": TrainerSpec("pairs", loss_type="hinge_norm", builder="rso"),
+    "sppo": TrainerSpec("pairs", loss_type="sppo", refresh=True, scores="win_rate", game=True),
+    "gpo": TrainerSpec("pairs", loss_type="gpo", refresh=True, scores="centred"),
+    "hypo": TrainerSpec("pairs", loss_type="hypo", online_kl=True),
+    "dpa_rsf": TrainerSpec("pairs", loss_type="sft", builder="best_vs_worst"),
+    **{name: TrainerSpec("groups", loss_type="grpo", params={"loss_type": name})
+       for name in ("grpo", "bnpo", "dapo", "dr_grpo")},
+    # the preference game only (preflab.online.game)
+    "online_ipo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
+    "egpo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
+    "nash_md": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
+    "inpo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
+    "apo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
+    "spo": TrainerSpec("groups", loss_type="grpo", game=True, game_only=True, params={"loss_type": "grpo"}),
+    "tpo": TrainerSpec("groups", loss_type="tpo_tree"),
+    "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
+                                                            "importance_sampling_level": "sequence"}),
+}
+
+
+def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[k, k] P(y_i > y_j) from rewards [k] (see the module docstring)."""
+    diff = rewards.unsqueeze(1) - rewards.unsqueeze(0)
+    if temperature > 0:
+        return torch.sigmoid(diff / temperature)
+    return (diff > 0).double() + 0.5 * (diff == 0).double()
+
+
+def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
+                   matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator) -> tuple[list, dict]:
+    """(examples, counts) of one judged round. rows: the round's prompt rows; completions[p][k]: token ids;
+    scores [P, K] (NaN: dropped); matrices(p, valid_indices) -> P over those completions."""
+    examples, counts = [], {"pairs/ties_dropped": 0}
+    if spec.kind == "groups":
+        for p, row in enumerate(rows):
+            valid = ~scores[p].isnan()
+            examples.append(Example(row.row_id, row.prompt_ids, completions[p],
+                                    {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": valid.tolist()}))
+        return examples, counts
+    if spec.scores == "reward":
+        plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples)
+        counts["pairs/ties_dropped"] = plan.ties_dropped
+        for p, c, r in plan.triples:
+            row = rows[p]
+            ex = Example(row.row_id, row.prompt_ids, [completions[p][c], completions[p][r]],
+                         {"score_chosen": float(scores[p, c]), "score_rejected": float(scores[p, r])})
+            if spec.online_kl:
+                ex.online = list(completions[p])   # all K fresh samples (the KL term needs no score)
+            examples.append(ex)
+        return examples, counts
+    for p, row in enumerate(rows):
+        valid = torch.nonzero(~scores[p].isnan()).flatten().tolist()
+        if len(valid) < 2:
+            continue
+        P = matrices(p, valid)
+        win = P.mean(-1)                                     # p_i = (1/K) sum_j P[i, j]
+        value = win if spec.scores == "win_rate" else (P - P.T).mean(-1)   # centred: 2 p_i - 1
+        best, worst = int(value.argmax()), int(value.argmin())
+        if value[best] == value[worst]:
+            counts["pairs/ties_dropped"] += 1
+            continue
+        examples.append(Example(row.row_id, row.prompt_ids,
+                                [completions[p][valid[best]], completions[p][valid[worst]]],
+                                {"score_chosen": float(value[best]), "score_rejected": float(value[worst])}))
+    return examples, counts

@@ -1,0 +1,256 @@
+"""The online run (task: online) on TrainingRun: exact resume mid-round, judge failures, GPO's centred scores."""
+import json
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError, PreflabError
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.online.run import OnlineRun
+from preflab.online.tasks import Task
+
+PROMPTS = [f"say {w}\n" for w in ("abc", "de", "fgh", "ij", "klm", "no", "pq", "rst")]
+
+
+def e_judge(prompts, completions, **kwargs):
+    """More letters 'e' is better, then shorter: few ties."""
+    return [c.count("e") - 0.01 * len(c) for c in completions]
+
+
+def tiny_cfg(tmp_path, **over):
+    base = dict(task="online", trainer="online_dpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", learning_rate=1e-2, lr_scheduler_type="linear",
+                max_steps=6, num_generations=3, prompts_per_generation=6, steps_per_generation=2,
+                per_device_train_batch_size=2, gradient_accumulation_steps=2, max_completion_length=6,
+                logging_steps=1, disable_tqdm=True, use_cpu=True, seed=3, output_dir=str(tmp_path))
+    return config_from_dict({**base, **over})
+
+
+def tiny_run(cfg, judge=e_judge):
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    return OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(PROMPTS, [judge]))
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("over", [dict(trainer="online_dpo"),
+                                  dict(trainer="iterative_dpo"),
+                                  dict(trainer="dapo", beta=0.04, steps_per_generation=2, num_iterations=2,
+                                       max_steps=8)])
+def test_resume_mid_round_gives_the_same_weights(tmp_path, over):
+    """A run stopped right after a mid-round checkpoint and resumed ends with the uninterrupted run's weights."""
+    full = tiny_run(tiny_cfg(tmp_path / "full", **over))
+    full.train()
+    cfg = tiny_cfg(tmp_path / "cut", save_steps=3, **over)
+    cut = tiny_run(cfg)
+    original = cut.micro_batches
+
+    def stop_after_checkpoint(step):
+        if step == 4:
+            raise Stop
+        return original(step)
+
+    cut.micro_batches = stop_after_checkpoint
+    with pytest.raises(Stop):
+        cut.train()
+    assert (tmp_path / "cut" / "checkpoint-3").is_dir() and (tmp_path / "cut" / "online-state" / "step-3").is_dir()
+    resumed = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))
+    summary = resumed.train()
+    assert summary["resumed_from_step"] == 3
+    a, b = full.policy.state_dict(), resumed.policy.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert any(float((a[k] - tiny_causal_lm(tiny_tokenizer("char"), hidden_size=32, seed=1).state_dict()[k])
+                     .abs().max()) > 1e-3 for k in a)          # and the weights did move
+    # the judgment cache came back with the checkpoint: the resumed run's judge saw only later rounds' new texts
+    assert resumed.judge.calls == full.judge.calls
+
+
+def test_judge_failures_are_dropped_counted_and_stop_the_run(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(prompts, completions, **kwargs):
+        calls["n"] += 1
+        if len(prompts) > 1:
+            raise RuntimeError("batch failed")
+        if completions[0].count("a") % 2:
+            raise RuntimeError("this one fails")
+        return [float(len(completions[0]))]
+
+    run = tiny_run(tiny_cfg(tmp_path / "ok", max_steps=2, max_judge_failure_fraction=1.0), judge=flaky)
+    summary = run.train()
+    assert summary["judge"]["judge/failed"] == summary["online"]["judge_dropped"] > 0
+    nan_judge = lambda prompts, completions, **kw: [float("nan")] * len(prompts)  # noqa: E731
+    with pytest.raises(PreflabError, match="max_judge_failure_fraction"):
+        tiny_run(tiny_cfg(tmp_path / "bad", max_steps=2), judge=nan_judge).train()
+
+
+def test_online_config_errors():
+    with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
+        config_from_dict(dict(task="online", trainer="grp", online_task="demo", max_steps=2))
+    with pytest.raises(ConfigError, match="max_steps"):
+        config_from_dict(dict(task="online", online_task="demo"))
+    cfg = config_from_dict(dict(task="online", trainer="dapo", online_task="demo", max_steps=2, epsilon=0.3))
+    assert cfg.loss_type == "grpo" and cfg.objective_params["loss_type"] == "dapo"
+    assert cfg.objective().epsilon == 0.3
+
+
+def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
+    """GPO's scores are s_i = (1/K) sum_j (P_ij - P_ji) = 2 p_i - 1 (centred), so at policy = pi_t
+    dL/dS_rejected has SPPO's sign (positive: a descent step lowers the rejected response) and is exactly twice
+    SPPO's; the former path fed the win rate p_i in [0, 1], which gives the opposite sign."""
+    from types import SimpleNamespace
+
+    from preflab.loops.rollout import PromptRow
+    from preflab.objectives import get_objective
+    from preflab.objectives.base import PairBatch
+    from preflab.online.trainers import TRAINERS, build_examples, preference_matrix
+
+    rows = [PromptRow(0, "p", [1, 5], {})]
+    scores = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    matrices = lambda p, valid: preference_matrix(scores[p, valid], 0.0)  # noqa: E731
+    made = {name: build_examples(TRAINERS[name], SimpleNamespace(), rows, [[[7], [8], [9]]], scores, matrices,
+                                 torch.Generator())[0][0] for name in ("gpo", "sppo")}
+    assert made["gpo"].completions == [[7], [9]]
+    assert made["gpo"].extras == pytest.approx({"score_chosen": 2 / 3, "score_rejected": -2 / 3})
+    assert made["sppo"].extras == pytest.approx({"score_chosen": 5 / 6, "score_rejected": 1 / 6})
+
+    def grad_rejected(name, extras):
+        chosen, rejected = torch.tensor([-3.0], requires_grad=True), torch.tensor([-4.0], requires_grad=True)
+        batch = PairBatch.from_sums(chosen, rejected, chosen.detach(), rejected.detach(),
+                                    {k: torch.tensor([v]) for k, v in extras.items()})
+        get_objective(name, beta=0.1)(batch).loss.backward()
+        return float(rejected.grad)
+
+    gpo, sppo = grad_rejected("gpo", made["gpo"].extras), grad_rejected("sppo", made["sppo"].extras)
+    assert sppo > 0 and gpo == pytest.approx(2 * sppo)
+    assert grad_rejected("gpo", made["sppo"].extras) < 0          # the old defect: uncentred win rates
+
+    # and in a run: one GPO step lowers the rejected responses' log-ratio to pi_t and raises the chosen ones'
+    run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, steps_per_generation=1,
+                            learning_rate=1e-3, gradient_accumulation_steps=1, per_device_train_batch_size=8))
+    run.train()
+    exs = run.pending.examples
+    now = run._token_logps(run._policy_scores, [(e.prompt_ids, c) for e in exs for c in e.completions])
+    h = [sum(a) - sum(b) for a, b in zip(now, [r for e in exs for r in e.ref])]
+    chosen, rejected = h[0::2], h[1::2]
+    assert sum(rejected) / len(rejected) < 0 < sum(chosen) / len(chosen)
+
+
+def test_game_preferences_errors_name_the_entry():
+    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2)
+    with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] \+ game_preferences\[1\]\[0\] = 1.2"):
+        config_from_dict({**base, "game_preferences": [[0.5, 0.7], [0.5, 0.5]]})
+    with pytest.raises(ConfigError, match="square"):
+        config_from_dict({**base, "game_preferences": [[0.5, 0.7, 0.1], [0.3, 0.5, 0.2]]})
+    with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] = -0.5 is not a probability"):
+        config_from_dict({**base, "game_preferences": [[0.5, -0.5], [1.5, 0.5]]})
+    with pytest.raises(ConfigError, match="trains on sampled text"):
+        config_from_dict({**base, "trainer": "grpo", "game_preferences": [[0.5, 0.5], [0.5, 0.5]]})
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+    """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
+    gathered, each rank trains on its half of every step's examples; the result equals one process with the same
+    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "online_tiny_run.py"
+    common = ["generation_batch_size=2", "max_steps=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "per_device_train_batch_size=4",
+                          *common], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(script), str(tmp_path / "two"), "per_device_train_batch_size=2", *common]
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
+    assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(tmp_path / "two")],
+                                                                         abs=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
+    """SIGKILL an online run (a subprocess) once a mid-round checkpoint exists; resuming it ends with the
+    uninterrupted run's weights (<= 1e-6)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = Path(__file__).parent / "online_tiny_run.py"
+    args = ["max_steps=60", "save_steps=5", "learning_rate=1e-3"]
+    subprocess.run([sys.executable, str(script), str(tmp_path / "full"), *args], check=True, capture_output=True,
+                   timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-15" / "COMPLETE").exists():       # step 15: mid-round (2 steps per round)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "killed too late to test resume"
+    resumed = subprocess.run([sys.executable, str(script), str(out), *args, "resume_from_checkpoint=true"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] >= 15
+    a, b = _weights(tmp_path / "full"), _weights(out)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_dataset_task_through_the_cli(tmp_path):
+    """online_task: dataset from `preflab train` key=value options: prompts from a jsonl file (an extra column
+    reaches the reward function), an importable judge, builtin:tiny-llama; the rounds file holds every completion."""
+    from preflab.cli import main
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"echo: {w}\n", "target": w.upper()}) + "\n"
+                            for w in ("sun cat", "map dog", "red box", "pen cup")))
+    out = tmp_path / "run"
+    rc = main(["train", "task=online", "trainer=online_dpo", "online_task=dataset", f"dataset_name={data}",
+               "reward_funcs=preflab.online.tasks:demo_true_reward", "model_name_or_path=builtin:tiny-llama",
+               "max_steps=2", "num_generations=3", "prompts_per_generation=4", "per_device_train_batch_size=2",
+               "max_completion_length=4", "use_cpu=true", "disable_tqdm=true", f"output_dir={out}"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["online"]["completions"] == 2 * 4 * 3
+    rounds = [json.loads(x) for x in (out / "rounds" / "1.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rounds) == sorted(f"echo: {w}\n" for w in ("sun cat", "map dog", "red box",
+                                                                                  "pen cup"))
+    assert all(len(r["completions"]) == 3 and all(s == 0.0 for s in r["scores"]) for r in rounds)  # random model
+    with pytest.raises(ConfigError, match="cannot import"):
+        tiny_run_cfg = tiny_cfg(tmp_path / "bad", reward_funcs="preflab.nope:f")
+        from preflab.online.tasks import load_task
+
+        load_task(tiny_run_cfg)
+
+
+def test_report_draws_the_online_panels(tmp_path):
+    from preflab.report.html import write_report
+
+    tiny_run(tiny_cfg(tmp_path / "run", max_steps=2)).train()
+    html = write_report([tmp_path / "run"], tmp_path / "report.html").read_text()
+    assert "Online reward" in html and "KL to the reference (online)" in html
+    assert "Policy distribution (game)" not in html          # drawn only for runs that logged it
