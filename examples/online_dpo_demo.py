@@ -24,9 +24,9 @@ import torch
 from preflab.config import config_from_dict
 from preflab.demo.run import SFT, heldout_reward
 from preflab.demo.task import make_splits, true_reward
-from preflab.loops.grpo import grpo_train
+from preflab.online.api import grpo_train
 from preflab.loops.offline import Trainer
-from preflab.loops.online import online_dpo
+from preflab.online.api import online_dpo
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 
 

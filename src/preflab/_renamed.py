@@ -22,3 +22,10 @@ def alias_package(old: str, new: str, submodules: dict[str, str]) -> None:
         module = importlib.import_module(f"{new}.{new_name}")
         sys.modules[f"{old}.{old_name}"] = module
         setattr(shim, old_name, module)
+
+
+def alias_module(old: str, new: str) -> None:
+    """Make the module `old` the module `new` (same object); warn with the new name."""
+    warnings.warn(f"{old} moved to {new} in preflab 0.2; the old name goes in 0.3.", DeprecationWarning,
+                  stacklevel=3)
+    sys.modules[old] = importlib.import_module(new)

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
 # may set `task_of(args)` (train: the config's task) or a `task` argument (eval --task).
 TASK_ROUTES = {
     ("train", "reward"): "preflab.reward_models.cli:train_task",
+    ("train", "online"): "preflab.online.cli:train_task",
     ("eval", "reward"): "preflab.reward_models.cli:eval_task",
     ("eval", "diffusion"): "preflab.loops.diffusion_eval:eval_task",
 }

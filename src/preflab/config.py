@@ -175,6 +175,8 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.task in RECIPE_TASKS:  # a recipe builds its own model and data
             values = {k: v for k, v in values.items() if k not in ("model_name_or_path", "dataset_name")}
+        elif self.task == "online" and self.online_task != "dataset":  # the demo and game tasks bring their prompts
+            values.pop("dataset_name")
         errors = range_errors(values)
         errors += self._conflicts()
         if self.task == "online" and not errors:
@@ -299,6 +301,17 @@ def _check_type(name: str, value: Any, hint) -> Any:
     raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}).")
 
 
+def _default_loss_type(known: dict):
+    """The objective a config without loss_type trains: sigmoid, or for task: online the recipe's own."""
+    if known.get("task") == "online":
+        from preflab.online.trainers import TRAINERS
+
+        spec = TRAINERS.get(known.get("trainer", "online_dpo"))
+        if spec is not None and spec.loss_type:
+            return spec.loss_type
+    return "sigmoid"
+
+
 def _objective_fields(loss_type) -> set[str]:
     from preflab.objectives import objective_class, resolve_name
 
@@ -404,7 +417,7 @@ def config_from_dict(raw: dict) -> TrainConfig:
             extra[key] = value
     if extra:
         try:
-            objective_fields = _objective_fields(known.get("loss_type", "sigmoid"))
+            objective_fields = _objective_fields(known.get("loss_type", _default_loss_type(known)))
         except ConfigError as err:
             errors.append(str(err))
             objective_fields = set()

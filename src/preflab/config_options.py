@@ -149,8 +149,8 @@ OPTIONS: dict[str, Option] = {
     # data
     "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
     "max_prompt_length": above(0, "max prompt tokens, cut per truncation_mode (null: no limit)"),
-    "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; task: online: max new tokens, default 16; counted in the "
-                                      "data report)"),
+    "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; counted in the "
+                                      "data report); task: online: max new tokens per completion (default 16)"),
     "truncation_mode": one_of(("keep_end", "keep_start"), "how an over-long prompt is cut"),
     "on_bad_row": one_of(("error", "skip"), "a bad data row stops the run, or is skipped and counted"),
     "layout": one_of(("padded", "prefix_shared", "packed", "prefix_packed"),

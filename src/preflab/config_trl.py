@@ -111,7 +111,7 @@ REFUSED = {
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
-    "use_vllm": (False, "offline DPO generates nothing; online training lives in preflab.loops.online"),
+    "use_vllm": (False, "offline DPO generates nothing; online training is task: online (preflab.online)"),
     "save_safetensors": (True, "preflab saves safetensors only"),
 }
 

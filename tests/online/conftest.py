@@ -10,7 +10,7 @@ import torch
 from preflab.config import config_from_dict
 from preflab.demo.run import SFT, heldout_reward
 from preflab.demo.task import make_splits, true_reward
-from preflab.loops.offline import Trainer
+from preflab.loops.sft import SFTTrainer
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 
 SFT_STEPS = 300
@@ -43,13 +43,13 @@ def sft_policy(tmp_path_factory) -> StartingPolicy:
     out = tmp_path_factory.mktemp("sft")
     sft_rows, pair_rows, heldout = make_splits(0)
     data = out / "sft.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in sft_rows))
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in sft_rows))
     tokenizer = tiny_tokenizer("char")
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=0)
     cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "max_length": 64, "seed": 0,
                             "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
                             "max_steps": SFT_STEPS, "dataset_name": str(data), "output_dir": str(out / "model")})
-    Trainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
+    SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
     before, _ = heldout_reward(model, tokenizer, heldout)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return StartingPolicy(state, tokenizer, [r["prompt"] for r in pair_rows], heldout, before)

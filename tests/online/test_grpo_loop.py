@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from preflab.demo.run import heldout_reward
-from preflab.loops.grpo import grpo_train
+from preflab.online.api import grpo_train
 
 FAST = dict(num_generations=8, prompts_per_step=8, max_steps=10, learning_rate=3e-4, max_completion_length=16)
 
@@ -60,6 +60,7 @@ def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path
 
     policy, tok = sft_policy.model(), sft_policy.tokenizer
     cfg = config_from_dict(dict(task="online", trainer=trainer, online_task="dataset", max_steps=2,
+                                model_name_or_path="(in memory)", dataset_name="(in memory)",
                                 steps_per_generation=2, num_generations=8, prompts_per_generation=10,
                                 per_device_train_batch_size=2, gradient_accumulation_steps=3, learning_rate=1e-3,
                                 max_completion_length=16, beta=0.0, use_cpu=True, disable_tqdm=True,

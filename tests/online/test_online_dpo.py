@@ -6,7 +6,7 @@ import math
 import pytest
 
 from preflab.demo.run import heldout_reward
-from preflab.loops.online import online_dpo
+from preflab.online.api import online_dpo
 
 FAST = dict(num_iterations=3, num_generations=4, beta=0.5, learning_rate=3e-4, max_new_tokens=16, temperature=1.0,
             per_device_train_batch_size=16, epochs_per_iteration=2)

@@ -88,12 +88,16 @@ def test_judge_failures_are_dropped_counted_and_stop_the_run(tmp_path):
         tiny_run(tiny_cfg(tmp_path / "bad", max_steps=2), judge=nan_judge).train()
 
 
+DEMO = "builtin:demo-sft"
+
+
 def test_online_config_errors():
     with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
-        config_from_dict(dict(task="online", trainer="grp", online_task="demo", max_steps=2))
+        config_from_dict(dict(task="online", trainer="grp", online_task="demo", max_steps=2, model_name_or_path=DEMO))
     with pytest.raises(ConfigError, match="max_steps"):
-        config_from_dict(dict(task="online", online_task="demo"))
-    cfg = config_from_dict(dict(task="online", trainer="dapo", online_task="demo", max_steps=2, epsilon=0.3))
+        config_from_dict(dict(task="online", online_task="demo", model_name_or_path=DEMO))
+    cfg = config_from_dict(dict(task="online", trainer="dapo", online_task="demo", max_steps=2, epsilon=0.3,
+                                model_name_or_path=DEMO))
     assert cfg.loss_type == "grpo" and cfg.objective_params["loss_type"] == "dapo"
     assert cfg.objective().epsilon == 0.3
 
@@ -141,7 +145,7 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
 
 
 def test_game_preferences_errors_name_the_entry():
-    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2)
+    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2, model_name_or_path="builtin:tiny-llama")
     with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] \+ game_preferences\[1\]\[0\] = 1.2"):
         config_from_dict({**base, "game_preferences": [[0.5, 0.7], [0.5, 0.5]]})
     with pytest.raises(ConfigError, match="square"):

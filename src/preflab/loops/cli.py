@@ -67,9 +67,10 @@ def run(args) -> int:
         print(json.dumps({"output_dir": cfg.output_dir, **{k: summary.get(k) for k in (
             "metric_name", "metric_before", "metric_after")}}, indent=1))
         return 0
-    if cfg.task == "reward":
-        raise ConfigError("task: reward trains a reward model: run it through the `preflab train` command or "
-                          "preflab.reward_models.train.train_reward(cfg).")
+    if cfg.task in ("reward", "online"):
+        raise ConfigError(f"task: {cfg.task} is run through the `preflab train` command (preflab.cli routes it), or "
+                          "from Python: preflab.reward_models.train.train_reward(cfg) / "
+                          "preflab.online.run.OnlineRun(cfg).train().")
     if cfg.task == "vlm":
         from preflab.loops.vlm import VisionTrainer
 
@@ -82,10 +83,6 @@ def run(args) -> int:
         from preflab.loops.sft import SFTTrainer
 
         summary = SFTTrainer(cfg).train()
-    elif cfg.task == "online":
-        from preflab.online.run import OnlineRun
-
-        summary = OnlineRun(cfg).train()
     else:
         from preflab.loops.offline import Trainer
 

@@ -106,5 +106,5 @@ def kind_for(objective):
         return SFTKind
     raise NotImplementedError(
         f"preflab train feeds pairwise and unpaired objectives; {objective.batch_type.__name__} objectives "
-        "(listwise, GRPO) run through preflab.loops.grpo / the Python API."
+        "(listwise, GRPO) run through preflab.online (task: online) / the Python API."
     )

@@ -78,7 +78,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 # modules that define more built-in (tiny, random-init) models: {name: what it builds}
-BUILTIN_REGISTRIES = ("preflab.models.tiny_vlm:BUILTIN_VLM", "preflab.diffusion.pipeline:BUILTIN_PIPELINES")
+BUILTIN_REGISTRIES = ("preflab.models.tiny_vlm:BUILTIN_VLM", "preflab.diffusion.pipeline:BUILTIN_PIPELINES",
+                      "preflab.online.tasks:BUILTIN_ONLINE")
 
 
 def builtin_models() -> list[str]:

@@ -27,6 +27,7 @@ import torch
 from preflab.errors import ConfigError
 
 DEMO_SFT = "builtin:demo-sft"
+BUILTIN_ONLINE = {DEMO_SFT: "the demo's tiny char-level Llama after its SFT stage (built once and cached)"}
 
 
 @dataclass
@@ -125,14 +126,15 @@ def _demo_sft_model(cfg, tokenizer):
     from preflab.config import config_from_dict
     from preflab.demo.run import SFT, _write_jsonl
     from preflab.demo.task import make_splits
-    from preflab.loops.offline import Trainer
+    from preflab.loops.sft import SFTTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = _write_jsonl(Path(tmp) / "sft.jsonl", make_splits(cfg.seed)[0])
+        data = _write_jsonl(Path(tmp) / "sft.jsonl",  # as the demo's stage 1: TRL's prompt-completion rows
+                            [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_splits(cfg.seed)[0]])
         sft = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "max_length": 64, "seed": cfg.seed,
                                 "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
                                 "dataset_name": str(data), "output_dir": str(Path(tmp) / "sft")})
-        Trainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
+        SFTTrainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache))
     return model

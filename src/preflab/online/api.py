@@ -1,0 +1,92 @@
+"""Online and GRPO runs from Python (thin wrappers over preflab.online.run.OnlineRun): online_dpo, run_online,
+grpo_train. (Until 0.2 these were preflab.loops.online and preflab.loops.grpo, which still import.)
+
+Online and iterative DPO from Python: a thin wrapper over the online run (preflab.online.run.OnlineRun).
+
+    from preflab.online.api import online_dpo
+    summary = online_dpo(policy, tokenizer, prompts, judge=true_reward_fn, num_iterations=3, num_generations=4,
+                         loss_type="sigmoid", beta=0.1, refresh_reference_every=1, output_dir="runs/odpo")
+
+The same run as `preflab train` with task: online (README, "Online, self-play and Nash runs"): checkpoints, exact
+resume, metrics.jsonl with TRL's names, summary.json. Options (the former OnlineConfig names) map to TrainConfig:
+num_iterations -> generation rounds; prompts_per_iteration -> prompts_per_generation (default: every prompt);
+epochs_per_iteration -> num_iterations (passes over a round); max_new_tokens -> max_completion_length; a round takes
+steps_per_generation = ceil(prompts / (per_device_train_batch_size x gradient_accumulation_steps)) steps (one pair
+per prompt at most with best_vs_worst). trainer: iterative_dpo when refresh_reference_every > 0, rso when
+pair_builder is rso, else online_dpo. Any other key is a TrainConfig option.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from typing import Any, Sequence
+
+RENAMED = {"max_new_tokens": "max_completion_length", "prompts_per_iteration": "prompts_per_generation"}
+
+
+def online_options(prompts: Sequence[Any], options: dict, trainer: str) -> dict:
+    opts = dict(options)
+    rounds = opts.pop("num_iterations", 3)
+    epochs = opts.pop("epochs_per_iteration", 1)
+    for old, new in RENAMED.items():
+        if old in opts:
+            opts[new] = opts.pop(old)
+    if opts.get("prompts_per_generation") is None:
+        opts["prompts_per_generation"] = len(prompts)
+    b = opts.get("per_device_train_batch_size", 8) * opts.get("gradient_accumulation_steps", 1)
+    spg = opts.pop("steps_per_generation", max(1, math.ceil(min(len(prompts), opts["prompts_per_generation"]) / b)))
+    opts.setdefault("trainer", trainer)
+    opts.setdefault("learning_rate", 5e-7)
+    opts.setdefault("lr_scheduler_type", "constant")
+    opts.setdefault("max_completion_length", 64)
+    opts.setdefault("temperature", 0.9)
+    opts.setdefault("seed", 0)
+    opts.setdefault("num_generations", 4)
+    if opts.get("output_dir") is None:
+        opts["output_dir"] = tempfile.mkdtemp(prefix="preflab-online-")
+    return {"task": "online", "online_task": "dataset", "steps_per_generation": spg, "num_iterations": epochs,
+            "max_steps": rounds * spg * epochs, "logging_steps": 1, "disable_tqdm": True, **opts}
+
+
+def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict) -> dict:
+    from preflab.config import config_from_dict
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    raw.pop("save_model", None)
+    raw.setdefault("model_name_or_path", "(in memory)")  # the policy and prompts are passed in
+    raw.setdefault("dataset_name", "(in memory)")
+    cfg = config_from_dict(raw)
+    if weights is not None:
+        cfg.reward_weights = list(weights)
+    judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
+    return OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges)).train()
+
+
+def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
+               judge_weights: Sequence[float] | None = None, **options) -> dict:
+    """Run online / iterative DPO (or RSO) as an online run; returns its summary dict."""
+    trainer = "rso" if options.get("pair_builder") == "rso" else \
+        "iterative_dpo" if options.get("refresh_reference_every") else "online_dpo"
+    if trainer == "rso":
+        options = {k: v for k, v in options.items() if k != "pair_builder"}
+    return run_online(policy, tokenizer, prompts, judge, ref, judge_weights, online_options(prompts, options, trainer))
+
+
+def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs, ref=None,
+               reward_weights: Sequence[float] | None = None, **options) -> dict:
+    """Run GRPO-family training as an online run; returns its summary dict."""
+    opts = dict(options)
+    per_step = opts.pop("prompts_per_step", 4)
+    per_micro = opts.pop("groups_per_micro_batch", per_step)
+    if per_step % per_micro:
+        per_micro = per_step
+    spg = opts.get("steps_per_generation", 1)
+    raw = {"task": "online", "online_task": "dataset", "trainer": opts.pop("loss_type", "dapo"),
+           "per_device_train_batch_size": per_micro, "gradient_accumulation_steps": per_step // per_micro,
+           "prompts_per_generation": per_step * spg, "max_steps": opts.pop("max_steps", 10),
+           "learning_rate": 1e-6, "lr_scheduler_type": "constant", "beta": 0.0, "num_generations": 8,
+           "max_completion_length": 256, "seed": 0, "logging_steps": 1, "disable_tqdm": True, **opts}
+    if raw.get("output_dir") is None:
+        raw["output_dir"] = tempfile.mkdtemp(prefix="preflab-grpo-")
+    return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, raw)
