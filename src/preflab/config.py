@@ -48,6 +48,7 @@ class TrainConfig:
     objective_params: dict = field(default_factory=dict)  # further objective parameters
     center_rewards_coefficient: float | None = None  # task: reward; adds c * mean((r_w + r_l)^2) (TRL)
     rpo_alpha: float | None = None             # TRL: adds rpo_alpha * token-mean NLL of chosen (loss_type + sft)
+    use_weighting: bool = False                # TRL: WPO, each pair's loss times min(1, exp(mean adjusted logps))
     # optimisation
     learning_rate: float = 1e-6
     lr_scheduler_type: str = "linear"          # linear | cosine | constant
@@ -189,6 +190,9 @@ class TrainConfig:
 
     def _conflicts(self) -> list[str]:
         out = []
+        if self.use_weighting and self.task != "dpo":
+            out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
+                       f"task: {self.task}.")
         if self.bf16 and self.fp16:
             out.append("bf16 and fp16 are both set; choose one.")
         for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
@@ -251,8 +255,16 @@ class TrainConfig:
             names = list(loss_type) if isinstance(loss_type, (list, tuple)) else [loss_type]
             weights = list(weights or [1.0] * len(names)) + [float(self.rpo_alpha)]
             loss_type = names + ["sft"]
-        return get_objective(loss_type, **_params_for(loss_type, self.objective_kwargs()),
-                             **({"loss_weights": weights} if weights else {}))
+        objective = get_objective(loss_type, **_params_for(loss_type, self.objective_kwargs()),
+                                  **({"loss_weights": weights} if weights else {}))
+        if self.use_weighting:
+            from preflab.objectives import WPOWeighted
+
+            names = list(loss_type) if isinstance(loss_type, (list, tuple)) else [loss_type]
+            if any(str(n).startswith("aot") for n in names):
+                raise ConfigError("use_weighting (WPO) cannot weight the aot losses (TRL refuses them too).")
+            objective = WPOWeighted(objective)
+        return objective
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -86,8 +86,6 @@ NO_EFFECT = {
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
 REFUSED = {
-    "use_weighting": (False, "WPO weighting needs the policy's full-vocabulary probabilities, which preflab's "
-                             "chunked scorer does not return yet; remove use_weighting"),
     "sync_ref_model": (False, "TR-DPO reference syncing is not implemented; remove sync_ref_model"),
     "reference_free": (False, "use a reference-free objective instead (loss_type: simpo, cpo or orpo)"),
     "force_use_ref_model": (False, "set ref_model_name_or_path; preflab uses it whether or not use_peft is set"),

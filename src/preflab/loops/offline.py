@@ -151,9 +151,10 @@ class Trainer(TrainingRun):
             else:
                 ref, ref_head = self._reference(layout)
             needs = self.objective.token_needs
+            extra = {"want_wpo": True} if "wpo" in needs else {}  # only the text scorer has the WPO term
             policy = self.scorer(layout, want_hidden="hidden" in needs,
                                  ref=ref if "token_kl" in needs else None,
-                                 ref_head=ref_head if "token_kl" in needs else None)
+                                 ref_head=ref_head if "token_kl" in needs else None, **extra)
         return self.kind.split(policy, ref, layout.extras)
 
     def forward(self, mb):

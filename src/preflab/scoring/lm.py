@@ -54,6 +54,7 @@ class Scores:
     hidden_flat: Tensor | None = None  # [M, H] hidden states at response-predicting positions
     token_kl: Tensor | None = None
     hidden: Tensor | None = None
+    wpo: Tensor | None = None  # [N, L] log p(y_t) - log sum_v p(v)^2 (no gradient), for WPO weighting
 
 
 class LogProbScorer(nn.Module):
@@ -65,8 +66,9 @@ class LogProbScorer(nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
-                ref_head: LMHead | None = None) -> Scores:
-        """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need."""
+                ref_head: LMHead | None = None, want_wpo: bool = False) -> Scores:
+        """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also
+        the per-token WPO term log p(y_t) - log sum_v p(v)^2, without gradient (the "wpo" need)."""
         backbone, head = backbone_and_head(self.model)
         if ref_head is not None and not isinstance(ref_head, LMHead):
             raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
@@ -102,7 +104,20 @@ class LogProbScorer(nn.Module):
             out.token_kl = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device).masked_scatter(mask, kl)
         if want_hidden:
             out.hidden = h.new_zeros(*mask.shape, h.shape[-1]).masked_scatter(mask.unsqueeze(-1), h)
+        if want_wpo:
+            with torch.no_grad():
+                adjusted = torch.cat([_wpo_chunk(h[i:i + chunk], targets[i:i + chunk], head)
+                                      for i in range(0, h.shape[0], chunk)]) if h.shape[0] else h.new_zeros(0)
+            out.wpo = torch.zeros(mask.shape, dtype=adjusted.dtype, device=adjusted.device).masked_scatter(mask,
+                                                                                                           adjusted)
         return out
+
+
+def _wpo_chunk(h: Tensor, targets: Tensor, head: LMHead) -> Tensor:
+    """WPO's per-token term (Zhou et al., 2024, arXiv:2406.11827, Eq. 2): log p(y_t) - log sum_v p(v)^2, with
+    log sum_v p(v)^2 = logsumexp(2 log p) (TRL's `use_weighting`)."""
+    logprobs = torch.log_softmax(head(h).float(), dim=-1)
+    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(2 * logprobs, dim=-1)
 
 
 def split_pairs(policy: Scores, ref: Scores | None, extras: dict | None = None) -> PairBatch:
@@ -115,6 +130,8 @@ def split_pairs(policy: Scores, ref: Scores | None, extras: dict | None = None) 
         extras["chosen_token_kl"], extras["rejected_token_kl"] = policy.token_kl[first], policy.token_kl[second]
     if policy.hidden is not None:
         extras["chosen_hidden"], extras["rejected_hidden"] = policy.hidden[first], policy.hidden[second]
+    if policy.wpo is not None:
+        extras["chosen_wpo"], extras["rejected_wpo"] = policy.wpo[first], policy.wpo[second]
     return PairBatch(side(policy, first), side(policy, second),
                      side(ref, first) if ref is not None else None, side(ref, second) if ref is not None else None,
                      extras)

@@ -1,0 +1,81 @@
+"""TRL's use_weighting (WPO, arXiv:2406.11827 Eq. 2) through the trainer equals a hand computation from the
+model's own full logits: loss_i * min(1, exp(mean_t[log p - logsumexp(2 log p)] chosen + same for rejected))."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops.offline import Trainer
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.objectives import WPOWeighted, get_objective
+from preflab.scoring.lm import naive_token_logps
+
+DATA = "examples/data/loud_echo_pairs.jsonl"
+
+
+def wpo_terms(model, layout) -> torch.Tensor:
+    """[N, L] per-token log p(y_t) - log sum_v p(v)^2 from full logits, zeros off the response mask."""
+    from preflab.models.attention import model_mask
+
+    kwargs = {"attention_mask": model_mask(layout.attention_mask, model, torch.float32)}
+    if layout.position_ids is not None:
+        kwargs["position_ids"] = layout.position_ids
+    logits = model(input_ids=layout.input_ids, **kwargs).logits.float()
+    logprobs = F.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
+    mask = layout.response_mask
+    idx = layout.pred_index[mask]
+    terms = logprobs[idx, layout.target_ids[mask]] - torch.logsumexp(2 * logprobs[idx], -1)
+    return torch.zeros(mask.shape).masked_scatter(mask, terms)
+
+
+@pytest.mark.parametrize("beta,layout", [(0.1, "padded"), (2.0, "prefix_shared")])
+def test_wpo_losses_equal_the_hand_computation(tmp_path, beta, layout):
+    tok = tiny_tokenizer("char")
+    model = tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=4, seed=3)
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": DATA, "use_weighting": True,
+                            "beta": beta, "layout": layout, "max_length": 64, "per_device_train_batch_size": 4,
+                            "output_dir": str(tmp_path / "run"), "use_cpu": True, "disable_tqdm": True})
+    ref = tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=4, seed=4)  # differs from policy
+    trainer = Trainer(cfg, policy=model, ref=ref, tokenizer=tok)
+    assert isinstance(trainer.objective, WPOWeighted) and "wpo" in trainer.objective.token_needs
+    mb = trainer.micro_batches(0)[0]
+    with torch.no_grad():
+        out = trainer.forward(mb)
+        layout = mb.layout
+        logps = naive_token_logps(model, layout)
+        ref_logps = naive_token_logps(ref, layout)
+        terms = wpo_terms(model, layout)
+    mask = layout.response_mask.float()
+    b = mask.shape[0] // 2
+    means = (terms * mask).sum(-1) / mask.sum(-1)
+    weights = torch.clamp(torch.exp(means[:b] + means[b:]), max=1)
+    sums, ref_sums = (logps * mask).sum(-1), (ref_logps * mask).sum(-1)
+    dpo = -F.logsigmoid(beta * ((sums[:b] - ref_sums[:b]) - (sums[b:] - ref_sums[b:])))
+    assert torch.allclose(out.losses, dpo * weights, atol=1e-5)
+    assert float(weights.max()) <= 1.0 and float(weights.min()) < 1.0  # a weight that differs from 1 was tested
+    assert out.metrics["policy_weights"] == pytest.approx(float(weights.mean()), abs=1e-6)
+
+
+def test_wpo_scales_each_pairs_loss_and_leaves_gradients_of_the_weights_out():
+    from preflab.objectives import PairBatch
+
+    inner = get_objective("sigmoid", beta=0.5)
+    batch = PairBatch.from_sums(torch.tensor([-3.0, -1.0], requires_grad=True), torch.tensor([-4.0, -2.0]),
+                                torch.tensor([-3.5, -1.5]), torch.tensor([-3.0, -2.5]))
+    batch.extras["chosen_wpo"] = torch.tensor([[-0.2], [-1.0]], requires_grad=True)
+    batch.extras["rejected_wpo"] = torch.tensor([[0.5], [-0.5]])
+    out = WPOWeighted(inner)(batch)
+    expected_w = torch.tensor([1.0, float(torch.exp(torch.tensor(-1.5)))])  # min(1, e^0.3) = 1, e^-1.5
+    assert torch.allclose(out.losses, inner(batch).losses * expected_w, atol=1e-6)
+    out.loss.backward()
+    assert batch.extras["chosen_wpo"].grad is None  # the weight carries no gradient
+
+
+def test_wpo_is_refused_where_it_cannot_apply(tmp_path):
+    with pytest.raises(ConfigError, match="aot"):
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": DATA, "use_weighting": True,
+                          "loss_type": "aot"})
+    with pytest.raises(ConfigError, match="use_weighting"):
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": DATA, "use_weighting": True,
+                          "task": "reward"})
