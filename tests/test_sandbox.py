@@ -213,8 +213,11 @@ def test_run_tests_verdicts():
     tests = ["assert add(1, 2) == 3", "assert add(1, 2) == 4", "while True:\n    pass", "assert add('a', 'b') == 'ab'"]
     outcomes = run_tests(code, tests, timeout_s=1.5, memory_mb=128, max_workers=2)
     assert [o.passed for o in outcomes] == [True, False, False, True]
-    assert [o.result.status for o in outcomes] == ["ok", "error", "timeout", "ok"]
-    assert outcomes[1].result.stderr.strip().endswith("AssertionError")
+    # value tests run the code and return the value (the comparison is the caller's): a wrong value ends "ok"
+    assert [o.result.status for o in outcomes] == ["ok", "ok", "timeout", "ok"]
+    other = run_tests(code, ["x = add(1, 2)\nassert x == 4, 'not a value test'"], timeout_s=1.5, memory_mb=128)[0]
+    assert not other.passed and other.result.status == "error"
+    assert other.result.stderr.strip().endswith("AssertionError: not a value test")
 
 
 def test_run_tests_early_exit_does_not_pass():
@@ -446,3 +449,32 @@ def test_leftover_processes_are_gone_when_run_python_returns(monkeypatch):
         r = run_python(code, timeout_s=5, memory_mb=128)
     assert r.status == "ok"
     assert _host._group_members(int(r.stdout)) == []
+
+
+def test_value_tests_are_judged_on_the_callers_side():
+    """`assert EXPR == LITERAL`: the expected value never enters the sandbox, so code that reads everything it can
+    see and drives every inherited file descriptor still cannot pass without computing the value."""
+    snoop = textwrap.dedent("""
+        import os, sys
+        seen = open(__file__).read() + repr(os.environ) + repr(sys.argv)
+        for fd in range(3, 64):
+            try:
+                seen += repr(os.read(fd, 4096))
+            except OSError:
+                pass
+        print(seen, flush=True)
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"1")
+            except OSError:
+                pass
+        os._exit(0)
+    """)
+    out = run_tests(snoop + "\ndef add(a, b):\n    return 0\n", ["assert add(1, 2) == 98765"], timeout_s=2.0,
+                    memory_mb=128)[0]
+    assert not out.passed and "98765" not in out.result.stdout and "add(1, 2)" in out.result.stdout
+    honest = "def add(a, b):\n    return a + b\n"
+    verdicts = run_tests(honest, ["assert add(1, 2) == 3", "assert 3.0 == add(1, 2)", "assert add(1, 2) == 4",
+                                  "assert [add(1, 1)] == (2,)", "assert add(1, 2) == 3, 'msg'"],
+                         timeout_s=2.0, memory_mb=128)
+    assert [v.passed for v in verdicts] == [True, True, False, False, True]
