@@ -155,7 +155,8 @@ class OnlineRun(TrainingRun):
 
     @torch.no_grad()
     def _token_logps(self, model_scores, sequences: list[tuple[list[int], list[int]]],
-                     row_ids: list[int]) -> list[list[float]]:
+                     row_ids: list[int] | None = None) -> list[list[float]]:
+        row_ids = row_ids if row_ids is not None else [-1] * len(sequences)
         out = []
         b = max(1, self.cfg.per_device_eval_batch_size)
         for i in range(0, len(sequences), b):
