@@ -142,6 +142,13 @@ def test_config_refuses_pair_recipes(tmp_path):
         _cfg(tmp_path, trainer="online_dpo")
 
 
+def test_a_prompt_over_max_prompt_length_is_refused_with_its_row(tmp_path):
+    from preflab.errors import DataError
+
+    with pytest.raises(DataError, match=r"grounding.jsonl.*prompt.*over max_prompt_length = 8"):
+        _run(_cfg(tmp_path, max_prompt_length=8))
+
+
 def test_resume_mid_round_equals_uninterrupted(tmp_path):
     over = {"max_steps": 4, "steps_per_generation": 2, "per_device_train_batch_size": 1}
     full = _run(_cfg(tmp_path / "full", **over))

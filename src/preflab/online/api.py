@@ -117,7 +117,8 @@ def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref
     cfg = config_from_dict(raw)
     if reward_weights is not None:
         cfg.reward_weights = list(reward_weights)
-    prompt_rows = vision_prompt_rows(list(rows), processor, on_bad_row=cfg.on_bad_row)
+    prompt_rows = vision_prompt_rows(list(rows), processor, on_bad_row=cfg.on_bad_row,
+                                     max_prompt_length=cfg.max_prompt_length)
     judges = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     task = Task([r.prompt for r in prompt_rows], judges)
     task.rows = prompt_rows

@@ -46,9 +46,10 @@ class VisionPromptRow:
 
 
 def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str = "error",
-                       max_frames: int = 8) -> list[VisionPromptRow]:
+                       max_prompt_length: int | None = None, max_frames: int = 8) -> list[VisionPromptRow]:
     """Prompt rows of a file / dataset / list of dicts with `images` and `prompt`; a bad row -> DataError naming
-    the file, row and field (or skipped with on_bad_row: skip)."""
+    the file, row and field (or skipped with on_bad_row: skip). A prompt over max_prompt_length tokens (image
+    tokens included) is a bad row: cutting it would cut image slots."""
     from preflab.data.report import BadRowPolicy, DataReport, RowProblem
     from preflab.data.sources import RowReader
     from preflab.data.vision import _encode_prompt, vision_prompt
@@ -66,6 +67,10 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
             prompt, images = vision_prompt(raw.data, base_dir, max_frames)
             text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
             ids, vision, token_inputs = _encode_prompt(processor, text, images, "images")
+            if max_prompt_length is not None and len(ids) > max_prompt_length:
+                raise RowProblem("prompt_too_long", "prompt", f"the prompt is {len(ids)} tokens with its image "
+                                 f"tokens, over max_prompt_length = {max_prompt_length}",
+                                 "Raise max_prompt_length, use smaller images, or drop the row (on_bad_row: skip).")
         except RowProblem as problem:
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             continue
@@ -140,7 +145,7 @@ def load_vision_task(cfg, processor) -> Task:
     if not cfg.reward_funcs:
         raise ConfigError("online_task: vision_dataset needs reward_funcs (e.g. verifier:vision_r1_format, "
                           "verifier:vision_r1_precision, verifier:vision_r1_recall).")
-    rows = vision_prompt_rows(cfg.dataset_name, processor, cfg.dataset_split, cfg.on_bad_row)
+    rows = vision_prompt_rows(cfg.dataset_name, processor, cfg.dataset_split, cfg.on_bad_row, cfg.max_prompt_length)
     task = Task([r.prompt for r in rows], [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)])
     task.rows = rows
     return task
@@ -152,11 +157,14 @@ class VisionOnlineRun(OnlineRun):
     scorer_class = VisionLogProbScorer
 
     def __init__(self, cfg, policy=None, ref=None, processor=None, task=None):
-        if policy is None or processor is None:
+        if processor is None:
+            from preflab.models.vlm import load_vlm_processor
+
+            processor = load_vlm_processor(cfg)
+        if policy is None:
             from preflab.models.vlm import load_vlm
 
-            cfg_policy, cfg_ref, processor = load_vlm(cfg, processor)
-            policy, ref = policy or cfg_policy, ref if policy is not None else cfg_ref
+            policy, ref, _ = load_vlm(cfg, processor)
         self.processor = processor
         task = task or load_vision_task(cfg, processor)
         if not isinstance(getattr(task, "rows", None), list) or not all(isinstance(r, VisionPromptRow)
@@ -164,12 +172,12 @@ class VisionOnlineRun(OnlineRun):
             raise ConfigError("VisionOnlineRun needs a task whose `rows` are VisionPromptRows (vision_prompt_rows).")
         self.by_id = {r.row_id: r for r in task.rows}
         super().__init__(cfg, policy=policy, ref=ref, tokenizer=processor.tokenizer, task=task)
+        if self.accelerator.num_processes > 1:
+            raise ConfigError("online_task: vision_dataset generates on one process; run it without a launcher.")
         self.generator = VisionGenerator(policy, processor, cfg.max_completion_length, cfg.temperature, cfg.top_p,
                                          cfg.generation_batch_size, self.accelerator.device)
 
     def _generate(self, rows, k: int, seed: int) -> list[list[int]]:
-        if self.accelerator.num_processes > 1:
-            raise ConfigError("online_task: vision_dataset generates on one process; run it without a launcher.")
         return self.generator.generate(rows, k, seed)
 
     def _layout(self, sequences, row_ids):
