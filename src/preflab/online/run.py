@@ -22,6 +22,9 @@ Checkpoints: the driver's checkpoint (policy, optimizer, scheduler, RNG) plus on
 atomically before it: the pending round (examples with their precomputed log-probs, JSON), the judgment cache and
 counters, and a refreshed reference's weights. Everything else is a function of (seed, round), so a run stopped at
 any step and resumed ends with the same weights as an uninterrupted one.
+
+Other inputs than token-id prompts (preflab.online.vision: image prompts) override the hooks _generate, _layout,
+_group_layout, _empty_layout and scorer_class; nothing else of the run changes.
 """
 from __future__ import annotations
 
