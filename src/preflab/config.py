@@ -139,7 +139,7 @@ class TrainConfig:
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     # online runs (task: online)
     trainer: str = "online_dpo"                # online recipe (preflab.online.trainers): online_dpo, grpo, sppo, ...
-    online_task: str = "dataset"               # prompts + judge: dataset (dataset_name prompts) | demo (loud echo) | game
+    online_task: str = "dataset"               # prompts + judge: dataset | vision_dataset (image prompts) | demo | game
     reward_funcs: Any = None                   # judge(s): demo_true_reward | verifier:<name> | module:attr | model dir
     reward_weights: list | None = None         # one weight per judge in reward_funcs (TRL); default 1 each
     num_generations: int = 4                   # K completions sampled per prompt per generation round
@@ -176,7 +176,7 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if self.task in RECIPE_TASKS:  # a recipe builds its own model and data
             values = {k: v for k, v in values.items() if k not in ("model_name_or_path", "dataset_name")}
-        elif self.task == "online" and self.online_task != "dataset":  # the demo and game tasks bring their prompts
+        elif self.task == "online" and "dataset" not in self.online_task:  # the demo and game tasks bring their prompts
             values.pop("dataset_name")
         errors = range_errors(values)
         errors += self._conflicts()

@@ -221,7 +221,8 @@ OPTIONS: dict[str, Option] = {
                              lambda v: _num(v) and v >= 0),
     # online runs (task: online; preflab.online.options checks the block and fills the recipe's defaults)
     "trainer": Option("task: online; the recipe (preflab.online.trainers): online_dpo, grpo, sppo, egpo, ..."),
-    "online_task": one_of(("dataset", "demo", "game"), "task: online; prompts + judge: dataset prompts, the demo's "
+    "online_task": one_of(("dataset", "vision_dataset", "demo", "game"), "task: online; prompts + judge: dataset "
+                          "prompts, image prompts for an image-text policy (preflab.online.vision), the demo's "
                           "loud echo, or the preference game"),
     "reward_funcs": Option("task: online; judge(s): demo_true_reward | verifier:<name> | module:attr | model dir"),
     "reward_weights": Option("task: online; one weight per judge in reward_funcs (TRL); default 1 each"),

@@ -76,6 +76,11 @@ def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
 def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs, ref=None,
                reward_weights: Sequence[float] | None = None, **options) -> dict:
     """Run GRPO-family training as an online run; returns its summary dict."""
+    return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, grpo_options(options))
+
+
+def grpo_options(options: dict) -> dict:
+    """TrainConfig keys of a GRPO run from grpo_train's options (prompts_per_step, groups_per_micro_batch, ...)."""
     opts = dict(options)
     per_step = opts.pop("prompts_per_step", 4)
     per_micro = opts.pop("groups_per_micro_batch", per_step)
@@ -89,4 +94,32 @@ def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs, ref=None
            "max_completion_length": 256, "seed": 0, "logging_steps": 1, "disable_tqdm": True, **opts}
     if raw.get("output_dir") is None:
         raw["output_dir"] = tempfile.mkdtemp(prefix="preflab-grpo-")
-    return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, raw)
+    return raw
+
+
+def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref=None,
+                      reward_weights: Sequence[float] | None = None, **options) -> dict:
+    """GRPO on an image-text model (e.g. Vision-R1) as an online run with online_task vision_dataset; rows: dicts
+    with `images` (PIL images or paths) and `prompt`, other columns reach the reward functions. Options as
+    grpo_train's, with Vision-R1's defaults loss_type grpo and beta 0.04. Returns the summary dict.
+
+        from preflab.verifiers import vision_r1_rewards
+        vision_grpo_train(policy, processor, rows, vision_r1_rewards(), num_generations=4, max_steps=10)
+    """
+    from preflab.config import config_from_dict
+    from preflab.online.tasks import Task
+    from preflab.online.vision import VisionOnlineRun, vision_prompt_rows
+
+    raw = grpo_options({"loss_type": "grpo", "beta": 0.04, **options})
+    raw.update(online_task="vision_dataset", model_name_or_path=raw.get("model_name_or_path", "(in memory)"),
+               dataset_name=raw.get("dataset_name", "(in memory)"))
+    raw.pop("save_model", None)
+    cfg = config_from_dict(raw)
+    if reward_weights is not None:
+        cfg.reward_weights = list(reward_weights)
+    prompt_rows = vision_prompt_rows(list(rows), processor, on_bad_row=cfg.on_bad_row,
+                                     max_prompt_length=cfg.max_prompt_length)
+    judges = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    task = Task([r.prompt for r in prompt_rows], judges)
+    task.rows = prompt_rows
+    return VisionOnlineRun(cfg, policy=policy, ref=ref, processor=processor, task=task).train()

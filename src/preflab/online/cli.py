@@ -10,4 +10,8 @@ def train_task(args) -> int:
     quiet_third_party_warnings()
     cfg = config_from_args(args)
     preflight(cfg)
+    if cfg.online_task == "vision_dataset":
+        from preflab.online.vision import VisionOnlineRun
+
+        return print_summary(cfg, VisionOnlineRun(cfg).train())
     return print_summary(cfg, OnlineRun(cfg).train())

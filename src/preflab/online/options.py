@@ -13,7 +13,8 @@ def check_online(cfg) -> None:
         raise ConfigError(f"trainer must be one of {sorted(TRAINERS)}, got {cfg.trainer!r}."
                           f"{nearest(cfg.trainer, list(TRAINERS))}")
     spec = TRAINERS[cfg.trainer]
-    choices = {"online_task": ("dataset", "demo", "game"), "generation_backend": ("transformers", "vllm"),
+    choices = {"online_task": ("dataset", "vision_dataset", "demo", "game"),
+               "generation_backend": ("transformers", "vllm"),
                "pair_builder": BUILDERS, "scale_rewards": ("group", "batch", "none")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -42,6 +43,10 @@ def check_online(cfg) -> None:
         if not spec.game:
             raise ConfigError(f"trainer {cfg.trainer!r} trains on sampled text; the game task takes one of "
                               f"{sorted(n for n, s in TRAINERS.items() if s.game)}.")
+    elif cfg.online_task == "vision_dataset" and (spec.kind != "groups" or cfg.generation_backend != "transformers"):
+        raise ConfigError(f"online_task: vision_dataset trains group recipes (grpo, dr_grpo, dapo, bnpo, gspo, tpo) "
+                          f"with generation_backend: transformers; got trainer {cfg.trainer!r}, "
+                          f"generation_backend {cfg.generation_backend!r}.")
     elif spec.game_only:
         raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
     if cfg.loss_type == "sigmoid" and spec.loss_type:

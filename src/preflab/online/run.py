@@ -22,6 +22,9 @@ Checkpoints: the driver's checkpoint (policy, optimizer, scheduler, RNG) plus on
 atomically before it: the pending round (examples with their precomputed log-probs, JSON), the judgment cache and
 counters, and a refreshed reference's weights. Everything else is a function of (seed, round), so a run stopped at
 any step and resumed ends with the same weights as an uninterrupted one.
+
+Other inputs than token-id prompts (preflab.online.vision: image prompts) override the hooks _generate, _layout,
+_group_layout, _empty_layout and scorer_class; nothing else of the run changes.
 """
 from __future__ import annotations
 
@@ -86,6 +89,8 @@ class OnlineMicroBatch:
 
 
 class OnlineRun(TrainingRun):
+    scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
+
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None):
         if cfg.task != "online":
             raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
@@ -133,7 +138,7 @@ class OnlineRun(TrainingRun):
         self.total_steps = cfg.max_steps
         world = acc.num_processes
         self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
-        self.scorer = LogProbScorer(policy, cfg.chunk_tokens)
+        self.scorer = self.scorer_class(policy, cfg.chunk_tokens)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         policy.to(acc.device)
@@ -152,20 +157,39 @@ class OnlineRun(TrainingRun):
         return (self.cfg.seed * 7919 + r) * 100_003
 
     @torch.no_grad()
-    def _token_logps(self, model_scores, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        from preflab.data.layout import padded
-
+    def _token_logps(self, model_scores, sequences: list[tuple[list[int], list[int]]],
+                     row_ids: list[int] | None = None) -> list[list[float]]:
+        row_ids = row_ids if row_ids is not None else [-1] * len(sequences)
         out = []
         b = max(1, self.cfg.per_device_eval_batch_size)
         for i in range(0, len(sequences), b):
-            layout = padded(sequences[i:i + b], self.pad_id).to(self.accelerator.device)
+            layout = self._layout(sequences[i:i + b], row_ids[i:i + b]).to(self.accelerator.device)
             scores = model_scores(layout)
             for row, m in zip(scores.token_logps, scores.mask):
                 out.append(row[m].float().cpu().tolist())
         return out
 
+    # hooks that a run with other inputs (VisionOnlineRun: image prompts) overrides
+    def _generate(self, rows, k: int, seed: int) -> list[list[int]]:
+        """k completions per prompt row, group-major."""
+        return self.generator.generate([row.prompt_ids for row in rows], k, seed)
+
+    def _layout(self, sequences: list[tuple[list[int], list[int]]], row_ids: list[int]):
+        """A padded layout of (prompt_ids, completion_ids) sequences, row_ids[i]: the prompt row of sequence i."""
+        from preflab.data.layout import padded
+
+        return padded(sequences, self.pad_id)
+
+    def _group_layout(self, examples: list[Example]):
+        """All completions of the examples (groups), group-major."""
+        return group_layout(examples, self.pad_id)
+
+    def _empty_layout(self):
+        """Two pad-token completions of the first prompt: scored with weight 0 by an empty micro-batch."""
+        return pair_layout([Example(-1, self.rows[0].prompt_ids, [[self.pad_id], [self.pad_id]])], self.pad_id)
+
     def _policy_scores(self, layout):
-        return LogProbScorer(self.policy, self.cfg.chunk_tokens)(layout)
+        return self.scorer_class(self.policy, self.cfg.chunk_tokens)(layout)
 
     def _reference_source(self):
         if self.cfg.refresh_reference_every == 1:
@@ -197,7 +221,7 @@ class OnlineRun(TrainingRun):
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
             refresh_reference(self.ref, self.policy)
             self.refreshes += 1
-        ids = self.generator.generate([row.prompt_ids for row in rows], K, self._round_seed(r))
+        ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped = int(flat.isnan().sum())
         if dropped > cfg.max_judge_failure_fraction * len(ids):
@@ -262,6 +286,7 @@ class OnlineRun(TrainingRun):
         if not examples:
             return
         seqs = [(e.prompt_ids, c) for e in examples for c in e.sequences()]
+        row_ids = [e.row_id for e in examples for _ in e.sequences()]
         counts = [len(e.sequences()) for e in examples]
 
         def assign(values, attr):
@@ -272,10 +297,10 @@ class OnlineRun(TrainingRun):
 
         self.policy.eval()
         if self.needs_ref:
-            assign(self._token_logps(self._reference_source(), seqs), "ref")
+            assign(self._token_logps(self._reference_source(), seqs, row_ids), "ref")
         moved = self.round_len > 1
         if self.spec.kind == "groups" and moved:
-            assign(self._token_logps(self._policy_scores, seqs), "prev")
+            assign(self._token_logps(self._policy_scores, seqs, row_ids), "prev")
         self.policy.train()
 
     # ------------------------------------------------------------------ the driver's hooks
@@ -308,8 +333,7 @@ class OnlineRun(TrainingRun):
         from preflab.objectives.base import ObjectiveOutput
 
         if not mb.examples:  # nothing for this micro-batch: zero gradient, through the wrapped module (DDP)
-            layout = pair_layout([Example(-1, self.rows[0].prompt_ids, [[self.pad_id], [self.pad_id]])], self.pad_id)
-            zero = self.scorer(layout.to(self.accelerator.device)).token_logps.sum() * 0.0
+            zero = self.scorer(self._empty_layout().to(self.accelerator.device)).token_logps.sum() * 0.0
             return ObjectiveOutput(zero, zero.reshape(1), {})
         out = self._forward_groups(mb) if self.spec.kind == "groups" else self._forward_pairs(mb)
         if mb.zero:
@@ -353,7 +377,7 @@ class OnlineRun(TrainingRun):
     def _forward_groups(self, mb: OnlineMicroBatch):
         exs, device = mb.examples, self.accelerator.device
         G = len(exs[0].completions)
-        layout = group_layout(exs, self.pad_id).to(device)
+        layout = self._group_layout(exs).to(device)
         with self.accelerator.autocast():
             scores = self.scorer(layout, want_hidden=self.want_hidden)
         shape = (len(exs), G, scores.token_logps.shape[-1])

@@ -6,6 +6,8 @@
              heldout_prompts unseen prompts). model_name_or_path: builtin:demo-sft is the demo's tiny char-level
              Llama after its SFT stage (built once, ~30 s on a CPU, cached in $PREFLAB_CACHE_DIR/demo-sft-<seed>)
     game     the preference game (preflab.online.game)
+    vision_dataset  image prompts for an image-text policy: dataset_name's rows ("images" + "prompt"), judge:
+             reward_funcs, e.g. Vision-R1's box rewards (preflab.online.vision, VisionOnlineRun)
 
 Judges (reward_funcs, one name or a list, weighted by reward_weights):
     demo_true_reward        the demo task's true reward
