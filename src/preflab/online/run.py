@@ -215,7 +215,8 @@ class OnlineRun(TrainingRun):
                                        dtype=torch.float64)
             return preference_matrix(scores[p, valid], cfg.preference_temperature)
 
-        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g)
+        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g,
+                                          per_fn.view(n, K, -1))
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras["valid"] for e in examples])
