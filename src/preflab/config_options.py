@@ -261,6 +261,11 @@ OPTIONS: dict[str, Option] = {
     "upo_temperature": above(0, "task: online, trainer upo: judge t's P(chosen > rejected) = sigmoid(dr_t / temp)"),
     "upo_alpha_max": Option("task: online, trainer upo: smoothing alpha = alpha_max * BALD / ln 2", "in [0, 0.5)",
                             lambda v: _num(v) and 0 <= v < 0.5),
+    "mcts_iterations": above(0, "task: online, trainer mcts_dpo: simulations per committed decision"),
+    "mcts_num_actions": Option("task: online, trainer mcts_dpo: samples per expansion", ">= 2",
+                               lambda v: _num(v) and v >= 2),
+    "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),
+    "mcts_step_delimiter": Option("task: online, trainer mcts_dpo: a step ends with this one-token string (or eos)"),
     "recipe_params": Option("task: icpl | raft_ladder | themis: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),

@@ -197,6 +197,10 @@ class OnlineRun(TrainingRun):
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
             refresh_reference(self.ref, self.policy)
             self.refreshes += 1
+        if self.spec.scores == "mcts":
+            from preflab.online.mcts import mcts_round
+
+            return mcts_round(self, r, rows, g)
         ids = self.generator.generate([row.prompt_ids for row in rows], K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped = int(flat.isnan().sum())

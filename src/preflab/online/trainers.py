@@ -18,6 +18,8 @@ is not direction-conditioned); a prompt whose K scores all tie gives no example.
     tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
     upo            all pairs kept by BALD over the judges    upo            pi_t        Wang et al. 2025 (AAAI), UPO
                    (online/upo.py: L = (1-a) l(b D') + a l(-b D'), a = a_max BALD / ln 2)
+    mcts_dpo       step pairs from an MCTS over answer steps  mcts_step_dpo  pi_0        Xie et al. 2024 (2405.00451)
+                   (online/mcts.py: highest vs lowest Q child of each committed decision, eps from visits)
 tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
 step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
@@ -83,6 +85,7 @@ TRAINERS: dict[str, TrainerSpec] = {
     "spo": TrainerSpec("groups", loss_type="grpo", game=True, game_only=True, params={"loss_type": "grpo"}),
     "tpo": TrainerSpec("groups", loss_type="tpo_tree"),
     "upo": TrainerSpec("pairs", loss_type="upo", refresh=True, scores="upo", builder="all_pairs"),
+    "mcts_dpo": TrainerSpec("pairs", loss_type="mcts_step_dpo", scores="mcts"),
     "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
                                                             "importance_sampling_level": "sequence"}),
 }
