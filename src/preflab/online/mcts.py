@@ -113,12 +113,14 @@ class Search:
                               "tokenizer; choose a string that is one token (e.g. '\\n' or ' ').")
         self.delimiter = ids[0]
         self.scores: list[float] = []
+        self.samples = 0
 
     def _expand(self, leaf: Node) -> None:
         run, cfg = self.run, self.cfg
         prefix = self.row.prompt_ids + leaf.prefix()
         self.calls += 1
         samples = run.generator.generate([prefix], cfg.mcts_num_actions, (self.seed + self.calls) % 2 ** 31)
+        self.samples += len(samples)
         last = leaf.depth + 1 >= cfg.mcts_depth_limit
         seen, new, answers = set(), [], []
         for s in samples:
@@ -187,6 +189,7 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
         examples += found
         ties += t
         calls += search.calls
+        run.counts["completions"] += search.samples
         scores += search.scores
     run.policy.train()
     run._precompute(examples)
