@@ -9,7 +9,8 @@ from preflab.online.upo import upo_examples
 
 
 def _cfg(**kw):
-    base = dict(upo_fraction=0.5, upo_mu=1.0, upo_selection="lowest", upo_temperature=0.1, upo_alpha_max=0.1)
+    base = {"upo_fraction": 0.5, "upo_mu": 1.0, "upo_selection": "lowest", "upo_temperature": 0.1,
+            "upo_alpha_max": 0.1}
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -34,7 +35,7 @@ def test_selection_drops_split_votes_and_the_most_uncertain_pairs():
     examples, counts = upo_examples(_cfg(), _rows(1), completions, scores, per_judge, torch.Generator().manual_seed(0))
     # by hand: 6 ordered pairs; (1, 2) has judge differences (-0.5, +1.0): one vote each -> undecided, dropped.
     # BALD of the other five (temperature 0.1, s = sigmoid):
-    s = lambda d: 1 / (1 + math.exp(-d / 0.1))  # noqa: E731
+    s = lambda d: 1 / (1 + math.exp(-d / 0.1))
     b = {(0, 1): _bald(s(0.5), 0.5), (0, 2): _bald(0.5, s(1.0)), (0, 3): _bald(s(1.0), s(1.0)),
          (1, 3): _bald(s(0.5), s(1.0)), (2, 3): _bald(s(1.0), 0.5)}
     # ceil(0.5 x 5) = 3 kept, the lowest BALD: (0, 3) ~ 0, (1, 3) = 0.0086, (0, 1) = 0.1985; the two most uncertain

@@ -47,8 +47,8 @@ class Node:
     V: float = 0.0
     N: int = 0
     terminal: bool = False
-    parent: "Node | None" = None
-    children: list["Node"] = field(default_factory=list)
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
 
     @property
     def Q(self) -> float:

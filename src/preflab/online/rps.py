@@ -32,7 +32,11 @@ from pathlib import Path
 import torch
 
 from preflab.errors import ConfigError, PreflabError
-from preflab.reward_models.directional import baseline_select, neighbor_angles, rps_select
+from preflab.reward_models.directional import (
+    baseline_select,
+    neighbor_angles,
+    rps_select,
+)
 
 
 class CountingGenerator:
