@@ -64,3 +64,24 @@ def test_a_multi_token_delimiter_is_refused():
     with pytest.raises(ConfigError, match="mcts_step_delimiter"):
         Search(run, SimpleNamespace(row_id=0, prompt_ids=[5], prompt="p", columns={}), seed=0)
     assert math.isfinite(step_prior([]))
+
+
+def test_judge_failures_drop_children_and_stop_the_round_above_the_fraction(tmp_path):
+    from preflab.errors import PreflabError
+    from preflab.online.mcts import mcts_round
+
+    run = _mock_run()
+    run.judge = lambda prompts, texts, groups, columns, ids: (
+        torch.tensor([float("nan") if a[0] == 2 else float(a == [1, 0, 3, 9]) for a in ids], dtype=torch.float64),
+        None)
+    row = SimpleNamespace(row_id=0, prompt_ids=[5], prompt="p", columns={})
+    search = Search(run, row, seed=0)
+    examples, _ = search.run_search()
+    # the root's child [2, 0] is dropped: no pair at the root (one child), one at [1, 0]; 1 of 4 rollouts failed
+    assert search.dropped == 1 and search.samples == 4 and [e.prompt_ids for e in examples] == [[5, 1, 0]]
+    run.cfg.max_judge_failure_fraction = 0.1
+    run.counts = {"completions": 0, "judge_dropped": 0, "rounds": 0}
+    run.policy = torch.nn.Linear(1, 1)
+    run._round_seed = lambda r: 0
+    with pytest.raises(PreflabError, match="1 of 4 MCTS rollouts"):
+        mcts_round(run, 0, [row], torch.Generator().manual_seed(0))

@@ -12,7 +12,9 @@ r = v - v_parent (the root's v = 0), Q = r + V (gamma = 1). Per prompt:
               (identical steps merged); a step ends the answer at eos or at depth mcts_depth_limit (the sample's
               whole rest is the last step)
     evaluate  v(child) = the judge's score of the prompt with (committed steps + the child's whole sample): the
-              checkable answer of the task decides the value (a Monte Carlo rollout through the child)
+              checkable answer of the task decides the value (a Monte Carlo rollout through the child); a
+              rollout the judge fails on (NaN) drops its child, counted in judge/dropped (the round stops with
+              an error above max_judge_failure_fraction)
     backup    V(leaf) = sum_c max(1, N_c) Q_c / sum_c max(1, N_c); N += 1; Q = r + V, up to the decision node
     decide    after mcts_iterations simulations commit the child with the most visits (ties: higher Q); when the
               decision node has >= 2 children with different Q, the pair (highest Q, lowest Q) with prefix = prompt
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.online.examples import Example
 
 
@@ -113,7 +115,7 @@ class Search:
                               "tokenizer; choose a string that is one token (e.g. '\\n' or ' ').")
         self.delimiter = ids[0]
         self.scores: list[float] = []
-        self.samples = 0
+        self.samples = self.dropped = 0
 
     def _expand(self, leaf: Node) -> None:
         run, cfg = self.run, self.cfg
@@ -140,12 +142,19 @@ class Search:
         scores, _ = run.judge([self.row.prompt] * len(new), decoded, [0] * len(new),
                               [self.row.columns] * len(new), answers)
         logps = run._token_logps(run._policy_scores, [(prefix, n.step) for n in new])
+        kept = []
         for node, score, lp in zip(new, scores.tolist(), logps):
-            node.v = 0.0 if math.isnan(score) else score
+            if math.isnan(score):   # the judge failed on this rollout: the child is dropped and counted
+                self.dropped += 1
+                continue
+            node.v = score
             node.r = node.v - leaf.v
             node.prior = step_prior(lp)
             self.scores.append(node.v)
-        leaf.children = new
+            kept.append(node)
+        if not kept:
+            leaf.terminal = True
+        leaf.children = kept
 
     def simulate(self, root: Node) -> None:
         node = root
@@ -181,7 +190,7 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
     """One generation round of trainer mcts_dpo: a search per prompt (see the module docstring); returns a Round."""
     from preflab.online.run import Round
 
-    examples, ties, calls, scores = [], 0, 0, []
+    examples, ties, calls, scores, dropped, samples = [], 0, 0, [], 0, 0
     run.policy.eval()
     for i, row in enumerate(rows):
         search = Search(run, row, run._round_seed(r) + 1000 * i)
@@ -190,14 +199,21 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
         ties += t
         calls += search.calls
         run.counts["completions"] += search.samples
+        dropped += search.dropped
+        samples += search.samples
         scores += search.scores
     run.policy.train()
+    run.counts["judge_dropped"] += dropped
+    if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
+        raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS rollouts "
+                           f"(more than max_judge_failure_fraction = {run.cfg.max_judge_failure_fraction}); fix the "
+                           "judge or raise max_judge_failure_fraction.")
     run._precompute(examples)
     order = torch.randperm(len(examples), generator=g).tolist()
     spg = run.cfg.steps_per_generation
     slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
     metrics = {"reward": sum(scores) / len(scores) if scores else math.nan, "round": float(r + 1),
                "examples/count": float(len(examples)), "mcts/expansions": float(calls),
-               "mcts/tied_decisions": float(ties)}
+               "mcts/tied_decisions": float(ties), "judge/dropped": float(dropped)}
     run.counts["rounds"] += 1
     return Round(r, examples, slices, metrics)
