@@ -164,6 +164,15 @@ class TrainConfig:
     game_eta: float = 0.5                      # online_task game: inpo / nash_md step, eta * beta (in (0, 1])
     apo_alpha: float = 0.3                     # online_task game, trainer apo: extrapolation (momentum) on the iterates
     heldout_prompts: int = 64                  # online_task demo: held-out prompts for true_reward_before/after
+    upo_fraction: float = 0.5                  # trainer upo: share of the agreeing pairs kept per round (bald_rate)
+    upo_mu: float = 1.0                        # trainer upo: reliable-pair weights (1 - BALD)^mu
+    upo_selection: str = "sample"              # trainer upo: sample (by (1 - BALD)^mu) | lowest (lowest BALD first)
+    upo_temperature: float = 0.1               # trainer upo: judge t's P(chosen > rejected) = sigmoid(dr_t / temperature)
+    upo_alpha_max: float = 0.1                 # trainer upo: per-pair smoothing alpha = alpha_max * BALD / ln 2
+    mcts_iterations: int = 8                   # trainer mcts_dpo: simulations per committed decision
+    mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
+    mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)
+    mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)
     # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 

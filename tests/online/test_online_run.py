@@ -40,7 +40,9 @@ class Stop(Exception):
 @pytest.mark.parametrize("over", [dict(trainer="online_dpo"),
                                   dict(trainer="iterative_dpo"),
                                   dict(trainer="dapo", beta=0.04, steps_per_generation=2, num_iterations=2,
-                                       max_steps=8)])
+                                       max_steps=8),
+                                  dict(trainer="upo", upo_selection="sample"),
+                                  dict(trainer="mcts_dpo", mcts_step_delimiter=" ", mcts_iterations=3)])
 def test_resume_mid_round_gives_the_same_weights(tmp_path, over):
     """A run stopped right after a mid-round checkpoint and resumed ends with the uninterrupted run's weights."""
     full = tiny_run(tiny_cfg(tmp_path / "full", **over))

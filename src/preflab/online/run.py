@@ -221,6 +221,10 @@ class OnlineRun(TrainingRun):
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
             refresh_reference(self.ref, self.policy)
             self.refreshes += 1
+        if self.spec.scores == "mcts":
+            from preflab.online.mcts import mcts_round
+
+            return mcts_round(self, r, rows, g)
         ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped = int(flat.isnan().sum())
@@ -239,7 +243,8 @@ class OnlineRun(TrainingRun):
                                        dtype=torch.float64)
             return preference_matrix(scores[p, valid], cfg.preference_temperature)
 
-        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g)
+        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g,
+                                          per_fn.view(n, K, -1))
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras["valid"] for e in examples])

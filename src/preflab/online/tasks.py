@@ -11,6 +11,7 @@
 
 Judges (reward_funcs, one name or a list, weighted by reward_weights):
     demo_true_reward        the demo task's true reward
+    demo_echo_reward        the demo task's words compared case-insensitively (its loudness ignored)
     verifier:<name>         a rule reward of preflab.verifiers (e.g. verifier:vision_r1_format)
     package.module:name     an importable reward function f(prompts, completions, **columns) or object
     <directory>             a preflab reward model (BT or GPM head; preflab.reward_models.interface.load_judge) or
@@ -45,6 +46,18 @@ def demo_true_reward(prompts, completions, **kwargs):
     from preflab.demo.task import true_reward
 
     return [true_reward(p, c) for p, c in zip(prompts, completions)]
+
+
+def demo_echo_reward(prompts, completions, **kwargs):
+    """The loud-echo task's words without the loudness: the fraction of prompt words echoed in place, compared
+    case-insensitively (a second, partly disagreeing judge on the demo task: the upo recipe's ensemble member)."""
+    from preflab.demo.task import prompt_words
+
+    out = []
+    for p, c in zip(prompts, completions):
+        want, got = [w.lower() for w in prompt_words(p)], c.lower().split()
+        out.append(0.0 if len(got) != len(want) else sum(a == b for a, b in zip(got, want)) / len(want))
+    return out
 
 
 class SequenceClassifierJudge:
@@ -82,6 +95,8 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
         return spec
     if spec == "demo_true_reward":
         return demo_true_reward
+    if spec == "demo_echo_reward":
+        return demo_echo_reward
     if spec.startswith("verifier:"):
         import preflab.verifiers as verifiers
 
@@ -107,8 +122,8 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"reward_funcs: cannot import {spec!r} ({err}).") from err
-    raise ConfigError(f"reward_funcs: {spec!r} is not demo_true_reward, verifier:<name>, module:function or an "
-                      "existing model directory.")
+    raise ConfigError(f"reward_funcs: {spec!r} is not demo_true_reward, demo_echo_reward, verifier:<name>, "
+                      "module:function or an existing model directory.")
 
 
 def _demo_sft_model(cfg, tokenizer):

@@ -16,6 +16,10 @@
 dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
 is not direction-conditioned); a prompt whose K scores all tie gives no example.
     tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
+    upo            all pairs kept by BALD over the judges    upo            pi_t        Wang et al. 2025 (AAAI), UPO
+                   (online/upo.py: L = (1-a) l(b D') + a l(-b D'), a = a_max BALD / ln 2)
+    mcts_dpo       step pairs from an MCTS over answer steps  mcts_step_dpo  pi_0        Xie et al. 2024 (2405.00451)
+                   (online/mcts.py: highest vs lowest Q child of each committed decision, eps from visits)
 tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
 step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
@@ -80,6 +84,8 @@ TRAINERS: dict[str, TrainerSpec] = {
     "apo": TrainerSpec("pairs", loss_type="inpo", game=True, game_only=True),
     "spo": TrainerSpec("groups", loss_type="grpo", game=True, game_only=True, params={"loss_type": "grpo"}),
     "tpo": TrainerSpec("groups", loss_type="tpo_tree"),
+    "upo": TrainerSpec("pairs", loss_type="upo", refresh=True, scores="upo", builder="all_pairs"),
+    "mcts_dpo": TrainerSpec("pairs", loss_type="mcts_step_dpo", scores="mcts"),
     "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
                                                             "importance_sampling_level": "sequence"}),
 }
@@ -94,9 +100,11 @@ def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor
 
 
 def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
-                   matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator) -> tuple[list, dict]:
+                   matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator,
+                   per_judge: torch.Tensor | None = None) -> tuple[list, dict]:
     """(examples, counts) of one judged round. rows: the round's prompt rows; completions[p][k]: token ids;
-    scores [P, K] (NaN: dropped); matrices(p, valid_indices) -> P over those completions."""
+    scores [P, K] (NaN: dropped); matrices(p, valid_indices) -> P over those completions; per_judge [P, K, J]:
+    each judge's own scores (read by upo only)."""
     examples, counts = [], {"pairs/ties_dropped": 0}
     if spec.kind == "groups":
         for p, row in enumerate(rows):
@@ -104,6 +112,10 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
             examples.append(Example(row.row_id, row.prompt_ids, completions[p],
                                     {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": valid.tolist()}))
         return examples, counts
+    if spec.scores == "upo":
+        from preflab.online.upo import upo_examples
+
+        return upo_examples(cfg, rows, completions, scores, per_judge, generator)
     if spec.scores == "reward":
         plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples)
         counts["pairs/ties_dropped"] = plan.ties_dropped

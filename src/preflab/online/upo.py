@@ -1,0 +1,66 @@
+"""UPO's round (trainer upo): all ordered pairs of a judged round, kept by BALD uncertainty, with per-pair smoothing.
+
+Wang et al. 2025 (AAAI), "Self-Evolutionary Large Language Models through Uncertainty-Enhanced Preference
+Optimization"; spec methods/models-and-loops.md #26. Per round, from the K samples of pi_{t-1} per prompt:
+
+    pairs     every (a, b) with r(a) > r(b) (all_pairs; the released code keeps all pairs), r = the combined judge
+    estimator T "passes" p^t = P_t(a > b) = sigmoid((r_t(a) - r_t(b)) / upo_temperature), one per judge t of
+              reward_funcs (an ensemble of judges in place of MC-dropout passes of a trained classifier)
+    BALD      B = H[(1/T) sum_t p^t] - (1/T) sum_t H[p^t]   (preflab.reward_models.uncertainty.bald)
+    keep      pairs whose majority vote is "a better" (a tie of the vote is undecided and dropped), then
+              ceil(upo_fraction x #kept) of them: drawn with P_j ∝ (1 - B_j)^upo_mu (upo_selection: sample) or the
+              lowest B (lowest)
+    objective L = (1 - alpha_j) l(beta Delta'_j) + alpha_j l(-beta Delta'_j), alpha_j = upo_alpha_max B_j / ln 2,
+              Delta' against the previous iterate (the reference is refreshed every round; objectives/upo.py)
+
+Derived, not the paper's: the paper's estimator is the policy backbone with a 2-way head trained on labelled pairs
+and run with dropout on (T = 10 passes); an online run has no such classifier, so the passes are the judges of
+reward_funcs (deep-ensemble style: disagreement between judges is the epistemic part, a judge's own sigmoid margin
+the aleatoric part). With one judge T = 1, every B = 0 and UPO reduces to DPO on a sampled upo_fraction of the
+pairs against the previous iterate. A pair for which any judge returned no score is dropped and counted.
+"""
+from __future__ import annotations
+
+import torch
+
+from preflab.loops.pair_builders import build_pairs
+from preflab.objectives.upo import alpha_from_bald
+from preflab.online.examples import Example
+from preflab.reward_models.uncertainty import select_reliable_pairs
+
+
+def pass_probs(per_judge: torch.Tensor, pairs: list[tuple[int, int, int]], temperature: float) -> torch.Tensor:
+    """[T, N, 2] (P_t(chosen > rejected), 1 - that) per judge t and pair (p, chosen, rejected); per_judge [P, K, T]."""
+    p, c, r = (torch.tensor(x) for x in zip(*pairs))
+    diff = (per_judge[p, c] - per_judge[p, r]).T          # [T, N]
+    p0 = torch.sigmoid(diff / temperature)
+    return torch.stack([p0, 1 - p0], -1)
+
+
+def upo_examples(cfg, rows, completions, scores: torch.Tensor, per_judge: torch.Tensor,
+                 generator: torch.Generator) -> tuple[list[Example], dict]:
+    """(examples, counts) of one judged round for trainer upo (see the module docstring)."""
+    plan = build_pairs(scores, "all_pairs", generator)
+    counts = {"pairs/ties_dropped": plan.ties_dropped, "upo/pairs": 0, "upo/unjudged": 0, "upo/disagree": 0,
+              "upo/undecided": 0, "upo/selected": 0}
+    triples = [t for t in plan.triples if not bool(per_judge[t[0], [t[1], t[2]]].isnan().any())]
+    counts["upo/unjudged"] = len(plan.triples) - len(triples)
+    if not triples:
+        return [], counts
+    probs = pass_probs(per_judge.double(), triples, cfg.upo_temperature)
+    seed = int(torch.randint(2 ** 31 - 1, (1,), generator=generator))
+    sel = select_reliable_pairs(probs, cfg.upo_fraction, mu=cfg.upo_mu, rule=cfg.upo_selection, seed=seed)
+    counts.update({f"upo/{k}": v for k, v in sel.counts.items() if k in ("pairs", "disagree", "undecided",
+                                                                          "selected")})
+    counts["upo/bald_mean"] = float(sel.bald.mean())
+    alpha = alpha_from_bald(sel.bald, cfg.upo_alpha_max)
+    examples = []
+    for j in sel.index.tolist():
+        p, c, r = triples[j]
+        row = rows[p]
+        examples.append(Example(row.row_id, row.prompt_ids, [completions[p][c], completions[p][r]],
+                                {"score_chosen": float(scores[p, c]), "score_rejected": float(scores[p, r]),
+                                 "alpha": float(alpha[j]), "chosen_reward_abs": abs(float(scores[p, c]))}))
+    if examples:
+        counts["upo/bald_selected_mean"] = float(sel.bald[sel.index].mean())
+    return examples, counts

@@ -1,0 +1,87 @@
+"""trainer mcts_dpo (src/preflab/online/mcts.py): the spec's exact checks (PUCT, prior, backup) and a deterministic
+mini-tree with a mocked sampler and judge that reproduces a hand-traced list of step pairs."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from preflab.online.mcts import Node, Search, backup, diverge_index, puct, step_prior
+
+
+def test_puct_prior_and_backup_match_the_spec():
+    parent = Node([], 0, N=8)
+    values = [puct(parent, Node([1], 1, prior=p, r=q, N=n)) for q, p, n in ((0.5, 0.6, 5), (0.2, 0.3, 1), (0, 0.1, 0))]
+    assert values == pytest.approx([0.782843, 0.624264, 0.282843], abs=1e-6)
+    assert step_prior([-0.5, -1.0, -0.2, -0.3]) == pytest.approx(0.702189, abs=1e-6)
+    root = Node([], 0)
+    root.children = [Node([1], 1, r=0.8, N=3, parent=root), Node([2], 1, r=-0.4, N=1, parent=root)]
+    backup(root)
+    assert root.V == pytest.approx(0.5) and root.N == 1
+    assert diverge_index([3, 4, 5], [3, 4, 6]) == 2 and diverge_index([3, 4], [3, 4, 6]) == 2
+
+
+def _mock_run():
+    # token 0 is the step delimiter, 9 is eos; the answer [1, 0, 3, 9] is right (1.0), everything else wrong (0.0)
+    samples = {(5,): [[1, 0, 3, 9], [2, 0, 3, 9]], (5, 1, 0): [[3, 9], [4, 9]], (5, 2, 0): [[3, 9], [3, 9]]}
+    cfg = SimpleNamespace(mcts_iterations=2, mcts_num_actions=2, mcts_depth_limit=2, mcts_step_delimiter=" ")
+
+    class Tok:  # the delimiter " " is token 0
+        def __call__(self, text, add_special_tokens=False):
+            return SimpleNamespace(input_ids=[0])
+
+        def decode(self, ids, skip_special_tokens=True):
+            return str(ids)
+
+    return SimpleNamespace(
+        cfg=cfg, tokenizer=Tok(),
+        generator=SimpleNamespace(generate=lambda prefixes, n, seed: samples[tuple(prefixes[0])][:n]),
+        judge=lambda prompts, texts, groups, columns, ids: (
+            torch.tensor([1.0 if a == [1, 0, 3, 9] else 0.0 for a in ids], dtype=torch.float64), None),
+        _policy_scores=None,
+        _token_logps=lambda src, seqs: [[-0.1] * len(step) for _, step in seqs])
+
+
+def test_mini_tree_gives_the_hand_traced_pairs():
+    row = SimpleNamespace(row_id=7, prompt_ids=[5], prompt="p", columns={})
+    examples, ties = Search(_mock_run(), row, seed=0).run_search()
+    # hand trace (module docstring rules): sim 1 expands the root: A=[1,0] (rollout right, v=1), B=[2,0] (v=0);
+    # sim 2 selects A (Q 1 vs 0) and expands it into terminal [3,9] (v=1, r=0) and [4,9] (v=0, r=-1):
+    # V_A = -0.5, Q_A = 0.5 > Q_B = 0 -> pair (A, B) with N_w = 1, N_l = 0; commit A. At A both simulations pick
+    # [3,9] (PUCT 0 + p sqrt(N)/(1+N) beats -1 + p sqrt(N)), so its pair is ([3,9], [4,9]) with N_w = 2, N_l = 0.
+    got = [(e.prompt_ids, e.completions, e.extras["chosen_visits"], e.extras["rejected_visits"],
+            e.extras["diverge_index"]) for e in examples]
+    assert got == [([5], [[1, 0], [2, 0]], 1.0, 0.0, 0.0), ([5, 1, 0], [[3, 9], [4, 9]], 2.0, 0.0, 0.0)]
+    assert ties == 0 and all(e.row_id == 7 for e in examples)
+    assert examples[0].extras["score_chosen"] == pytest.approx(0.5) and examples[1].extras["score_rejected"] == -1
+
+
+def test_a_multi_token_delimiter_is_refused():
+    from preflab.errors import ConfigError
+
+    run = _mock_run()
+    run.tokenizer = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=[0, 1])
+    with pytest.raises(ConfigError, match="mcts_step_delimiter"):
+        Search(run, SimpleNamespace(row_id=0, prompt_ids=[5], prompt="p", columns={}), seed=0)
+    assert math.isfinite(step_prior([]))
+
+
+def test_judge_failures_drop_children_and_stop_the_round_above_the_fraction(tmp_path):
+    from preflab.errors import PreflabError
+    from preflab.online.mcts import mcts_round
+
+    run = _mock_run()
+    run.judge = lambda prompts, texts, groups, columns, ids: (
+        torch.tensor([float("nan") if a[0] == 2 else float(a == [1, 0, 3, 9]) for a in ids], dtype=torch.float64),
+        None)
+    row = SimpleNamespace(row_id=0, prompt_ids=[5], prompt="p", columns={})
+    search = Search(run, row, seed=0)
+    examples, _ = search.run_search()
+    # the root's child [2, 0] is dropped: no pair at the root (one child), one at [1, 0]; 1 of 4 rollouts failed
+    assert search.dropped == 1 and search.samples == 4 and [e.prompt_ids for e in examples] == [[5, 1, 0]]
+    run.cfg.max_judge_failure_fraction = 0.1
+    run.counts = {"completions": 0, "judge_dropped": 0, "rounds": 0}
+    run.policy = torch.nn.Linear(1, 1)
+    run._round_seed = lambda r: 0
+    with pytest.raises(PreflabError, match="1 of 4 MCTS rollouts"):
+        mcts_round(run, 0, [row], torch.Generator().manual_seed(0))
