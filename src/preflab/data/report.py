@@ -117,6 +117,21 @@ class BadRowPolicy:
             raise row_error(problem, self.report.source if source is None else source, row_id, line, shown)
         self.report.record_skip(problem, row_id, line, shown)
 
+    def accepted(self, reader, build):
+        """(raw row, build(raw)) for every row of `reader` that reads and builds; a row whose reading or `build`
+        raises a RowProblem is handled here (DataError, or skipped and counted). Counts total and kept rows."""
+        for raw in reader:
+            self.report.total += 1
+            try:
+                if raw.problem is not None:
+                    raise raw.problem
+                built = build(raw)
+            except RowProblem as problem:
+                self.handle(problem, raw.row_id, raw.line, source=raw.file)
+                continue
+            self.report.kept += 1
+            yield raw, built
+
 
 @dataclass
 class DataReport(RowReport):

@@ -63,19 +63,15 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
         name: (None, None) for name in required_extras}
     examples: list[Example] = []
-    for raw in reader:
-        report.total += 1
-        try:
-            if raw.problem is not None:
-                raise raw.problem
-            made, form = build(raw.row_id, _rename(raw.data, column_map))
-            _check_extras(made, extra_bounds)
-        except RowProblem as problem:
-            policy.handle(problem, raw.row_id, raw.line, source=raw.file)
-            continue
-        report.kept += 1
+
+    def made(raw):
+        made, form = build(raw.row_id, _rename(raw.data, column_map))
+        _check_extras(made, extra_bounds)
+        return made, form
+
+    for _, (made_examples, form) in policy.accepted(reader, made):
         report.forms[form] = report.forms.get(form, 0) + 1
-        examples.extend(made)
+        examples.extend(made_examples)
     report.blank_lines = reader.blank_lines
     report.examples = len(examples)
     report.check()

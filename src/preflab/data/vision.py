@@ -185,6 +185,11 @@ def vision_example(row: dict, row_id: int, base_dir: str | None = None, max_fram
     return VisionPairExample(row_id, prompt, chosen, rejected, prompt_images, rejected_images, extras)
 
 
+def row_dir(raw) -> str | None:
+    """The folder of the file a row came from (relative image paths resolve there), or None."""
+    return str(Path(raw.file).parent) if raw.file and Path(raw.file).exists() else None
+
+
 def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", max_frames: int = 8,
                       limit: int | None = None, responses_only: bool = False
                       ) -> tuple[list[VisionPairExample], DataReport]:
@@ -193,17 +198,9 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
     report = DataReport(source=reader.name, kind="pairwise")
     policy = BadRowPolicy(on_bad_row, report)
     out = []
-    for raw in reader:
-        report.total += 1
-        base_dir = str(Path(raw.file).parent) if raw.file and Path(raw.file).exists() else None
-        try:
-            if raw.problem is not None:
-                raise raw.problem
-            out.append(vision_example(raw.data, raw.row_id, base_dir, max_frames, responses_only))
-        except RowProblem as problem:
-            policy.handle(problem, raw.row_id, raw.line, source=raw.file)
-            continue
-        report.kept += 1
+    for _, example in policy.accepted(reader, lambda raw: vision_example(raw.data, raw.row_id, row_dir(raw),
+                                                                         max_frames, responses_only)):
+        out.append(example)
         report.forms["vision_conversational"] = report.forms.get("vision_conversational", 0) + 1
     report.examples = len(out)
     report.check()

@@ -20,7 +20,6 @@ ratios and the KL are computed on the full softmax (for a trained model their pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -52,29 +51,23 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
     tokens included) is a bad row: cutting it would cut image slots."""
     from preflab.data.report import BadRowPolicy, DataReport, RowProblem
     from preflab.data.sources import RowReader
-    from preflab.data.vision import _encode_prompt, vision_prompt
+    from preflab.data.vision import _encode_prompt, row_dir, vision_prompt
 
     reader = RowReader(source, split=split)
-    report = DataReport(source=reader.name, kind="prompt")
-    policy = BadRowPolicy(on_bad_row, report)
+    policy = BadRowPolicy(on_bad_row, DataReport(source=reader.name, kind="prompt"))
+
+    def encoded(raw):
+        prompt, images = vision_prompt(raw.data, row_dir(raw), max_frames)
+        text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        ids, vision, token_inputs = _encode_prompt(processor, text, images, "images")
+        if max_prompt_length is not None and len(ids) > max_prompt_length:
+            raise RowProblem("prompt_too_long", "prompt", f"the prompt is {len(ids)} tokens with its image "
+                             f"tokens, over max_prompt_length = {max_prompt_length}",
+                             "Raise max_prompt_length, use smaller images, or drop the row (on_bad_row: skip).")
+        return prompt, text, ids, images, vision, token_inputs
+
     rows = []
-    for raw in reader:
-        report.total += 1
-        base_dir = str(Path(raw.file).parent) if raw.file and Path(raw.file).exists() else None
-        try:
-            if raw.problem is not None:
-                raise raw.problem
-            prompt, images = vision_prompt(raw.data, base_dir, max_frames)
-            text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            ids, vision, token_inputs = _encode_prompt(processor, text, images, "images")
-            if max_prompt_length is not None and len(ids) > max_prompt_length:
-                raise RowProblem("prompt_too_long", "prompt", f"the prompt is {len(ids)} tokens with its image "
-                                 f"tokens, over max_prompt_length = {max_prompt_length}",
-                                 "Raise max_prompt_length, use smaller images, or drop the row (on_bad_row: skip).")
-        except RowProblem as problem:
-            policy.handle(problem, raw.row_id, raw.line, source=raw.file)
-            continue
-        report.kept += 1
+    for raw, (prompt, text, ids, images, vision, token_inputs) in policy.accepted(reader, encoded):
         columns = {k: v for k, v in raw.data.items() if k not in ("prompt", "images", "videos")}
         rows.append(VisionPromptRow(len(rows), prompt, text, ids, images, vision, token_inputs, columns))
     if not rows:
