@@ -118,7 +118,7 @@ def test_renamed_and_translated_keys():
 
 @pytest.mark.parametrize("key,value,why", [
     ("sync_ref_model", True, "TR-DPO"), ("optim", "adafactor", "AdamW"),
-    ("push_to_hub", True, "does not upload"), ("load_in_4bit", True, "quantized"),
+    ("push_to_hub", True, "does not upload"), ("use_dora", True, "DoRA"),
 ])
 def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
     with pytest.raises(ConfigError, match=why):

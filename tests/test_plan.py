@@ -82,10 +82,3 @@ def test_plan_command_prints_every_term(model_dir, capsys):
     for term in ("weights", "reference", "gradients", "optimizer", "activations", "total"):
         assert term in out
     assert "zero3 over 2 rank(s)" in out
-
-
-def test_qlora_request_is_refused_naming_gpu_and_bitsandbytes():
-    from preflab.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"load_in_4bit.*4-bit base through bitsandbytes.*GPU.*use_peft"):
-        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x", "load_in_4bit": True})

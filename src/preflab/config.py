@@ -107,6 +107,15 @@ class TrainConfig:
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
     use_cpu: bool = False
+    # streaming data (task: dpo | sft; preflab.loops.streaming)
+    streaming: bool = False                    # TRL: dataset_streaming; read, check, tokenize rows as training goes
+    streaming_shuffle_buffer: int = 0          # streaming: rows held by the seeded shuffle buffer (0: source order)
+    # quantized base for QLoRA (TRL ModelConfig's names; preflab.models.quantize)
+    load_in_4bit: bool = False                 # 4-bit base through bitsandbytes (needs use_peft and a CUDA GPU)
+    load_in_8bit: bool = False                 # 8-bit base (LLM.int8()) through bitsandbytes
+    bnb_4bit_quant_type: str = "nf4"           # nf4 | fp4
+    use_bnb_nested_quant: bool = False         # double quantization of the 4-bit constants
+    bnb_4bit_compute_dtype: str | None = None  # None: load_dtype, else bfloat16
     # vision-language runs
     processor_name_or_path: str | None = None  # task: vlm; AutoProcessor source (default: model_name_or_path)
     freeze_vision_tower: bool = True           # task: vlm; vision encoder weights stay fixed (and get no LoRA)
@@ -198,7 +207,10 @@ class TrainConfig:
                               f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))
 
     def _conflicts(self) -> list[str]:
-        out = []
+        from preflab.loops.streaming import streaming_conflicts
+        from preflab.models.quantize import quantization_conflicts
+
+        out = streaming_conflicts(self) + quantization_conflicts(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
@@ -565,6 +577,9 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
                           "writable directory.") from err
     if check_models and cfg.task not in RECIPE_TASKS:
         from preflab.models.load import check_model_name
+        from preflab.models.quantize import check_quantization_machine
+
+        check_quantization_machine(cfg)
 
         check_model_name(cfg.model_name_or_path, "model_name_or_path")
         if cfg.ref_model_name_or_path:

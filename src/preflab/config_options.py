@@ -185,6 +185,18 @@ OPTIONS: dict[str, Option] = {
                         "none, all, or a name or list among " + " | ".join(TRACKERS), _trackers_ok),
     "disable_tqdm": Option("no progress bar"),
     "use_cpu": Option("train on the CPU even when an accelerator is present"),
+    # streaming data (preflab.loops.streaming)
+    "streaming": Option("task: dpo | sft; read, check, tokenize and batch rows as training goes (TRL: "
+                        "dataset_streaming); needs max_steps; resume re-reads up to the saved position"),
+    "streaming_shuffle_buffer": at_least(0, "streaming: rows held by the seeded shuffle buffer (0: source order)"),
+    # quantized base for QLoRA (preflab.models.quantize)
+    "load_in_4bit": Option("QLoRA: load the base in 4 bits through bitsandbytes (needs use_peft, a CUDA GPU and "
+                           "pip install bitsandbytes) (TRL ModelConfig)"),
+    "load_in_8bit": Option("load the base in 8 bits (LLM.int8()) through bitsandbytes (needs use_peft and a CUDA GPU)"),
+    "bnb_4bit_quant_type": one_of(("nf4", "fp4"), "load_in_4bit: the 4-bit data type (TRL ModelConfig)"),
+    "use_bnb_nested_quant": Option("load_in_4bit: double quantization of the block constants (TRL ModelConfig)"),
+    "bnb_4bit_compute_dtype": one_of(("float32", "bfloat16", "float16"), "load_in_4bit: dtype the 4-bit weights "
+                                     "are dequantized to and stored as (null: load_dtype, else bfloat16)"),
     # vision-language runs (task: vlm)
     "processor_name_or_path": Option("task: vlm; AutoProcessor source (default: model_name_or_path)",
                                      "a non-empty name or null", _nonempty),

@@ -20,6 +20,7 @@ RENAMED = {
     "f_divergence_type": "f_divergence",
     "f_alpha_divergence_coef": "f_alpha",
     "evaluation_strategy": "eval_strategy",  # transformers < 4.46 spelling
+    "dataset_streaming": "streaming",  # TRL ScriptArguments
 }
 
 # names from other trainers' configs -> the preflab name (suggested in the unknown-key message, not applied)
@@ -95,14 +96,9 @@ REFUSED = {
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
     "use_rslora": (False, "rsLoRA is not supported; remove use_rslora"),
     "use_dora": (False, "DoRA is not supported; remove use_dora"),
-    "load_in_4bit": (False, "quantized loading (QLoRA: a 4-bit base through bitsandbytes, which needs a GPU and the "
-                            "bitsandbytes package) is not supported yet; remove load_in_4bit and use use_peft: true "
-                            "with load_dtype: bfloat16 (LoRA on a 16-bit base)"),
-    "load_in_8bit": (False, "quantized loading is not supported; remove load_in_8bit"),
     "lora_modules_to_save": (None, "not supported; remove lora_modules_to_save"),
     "dataset_config": (None, "preflab has no dataset configuration names; give the files or a save_to_disk "
                              "directory in dataset_name"),
-    "dataset_streaming": (False, "streaming is not supported; datasets are read fully"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
     "load_best_model_at_end": (False, "not supported: the saved model is the last step's; remove it"),

@@ -55,27 +55,41 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
         raise ConfigError(f"kind={kind!r} is not one of {KINDS}.{nearest(str(kind), KINDS)}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"limit={limit!r} must be a non-negative integer or None.")
-    column_map = dict(column_map or {})
     reader = RowReader(source, split=split, limit=limit, max_row_bytes=max_row_bytes)
     report = DataReport(source=reader.name, kind=kind)
-    policy = BadRowPolicy(on_bad_row, report, field_names={v: k for k, v in column_map.items()})
-    build = _BUILDERS[kind]
-    extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
-        name: (None, None) for name in required_extras}
+    build = row_builder(kind, report, on_bad_row, column_map, required_extras)
     examples: list[Example] = []
-
-    def made(raw):
-        made, form = build(raw.row_id, _rename(raw.data, column_map))
-        _check_extras(made, extra_bounds)
-        return made, form
-
-    for _, (made_examples, form) in policy.accepted(reader, made):
-        report.forms[form] = report.forms.get(form, 0) + 1
-        examples.extend(made_examples)
+    for raw in reader:
+        examples.extend(build(raw))
     report.blank_lines = reader.blank_lines
     report.examples = len(examples)
     report.check()
     return examples, report
+
+
+def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column_map: dict[str, str] | None = None,
+                required_extras: Mapping[str, tuple] | Iterable[str] = ()) -> Callable:
+    """build(raw_row) -> the row's examples ([] for a bad row that on_bad_row says to skip), counting the row in
+    `report` (total, kept or skipped by reason, its form). One row at a time: load_rows and streaming
+    (preflab.data.stream) read rows through it."""
+    column_map = dict(column_map or {})
+    policy = BadRowPolicy(on_bad_row, report, field_names={v: k for k, v in column_map.items()})
+    make = _BUILDERS[kind]
+    extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
+        name: (None, None) for name in required_extras}
+
+    def made(raw):
+        made, form = make(raw.row_id, _rename(raw.data, column_map))
+        _check_extras(made, extra_bounds)
+        return made, form
+
+    def build(raw) -> list[Example]:
+        for _, (made_examples, form) in policy.accepted((raw,), made):
+            report.forms[form] = report.forms.get(form, 0) + 1
+            return made_examples
+        return []
+
+    return build
 
 
 def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:

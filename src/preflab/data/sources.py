@@ -68,11 +68,11 @@ class RowReader:
     """Iterates `RawRow`s of a source; `name` is what reports call it, `blank_lines` counts skipped blank lines."""
 
     def __init__(self, source, *, split: str = "train", limit: int | None = None,
-                 max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES):
+                 max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES, streaming: bool = False):
         self.source, self.split, self.limit, self.max_row_bytes = source, split, limit, max_row_bytes
         self.blank_lines = 0
         self._next_id = 0
-        self.name, self._parts = _resolve(source, split)
+        self.name, self._parts = _resolve(source, split, streaming)
 
     def __iter__(self) -> Iterator[RawRow]:
         for part in self._parts:
@@ -97,8 +97,10 @@ class RowReader:
         return problem or self.too_large(estimate if size is None else size)
 
 
-def _resolve(source, split: str):
-    """(display name, list of part readers) for any supported source."""
+def _resolve(source, split: str, streaming: bool = False):
+    """(display name, list of part readers) for any supported source. streaming: a hub name is read through
+    `datasets.load_dataset(..., streaming=True)` (files, directories and in-memory sources are read row by row
+    either way; a save_to_disk directory is memory-mapped)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
@@ -108,7 +110,7 @@ def _resolve(source, split: str):
         text = str(source)
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
-        return f"hub:{text}[{split}]", [_dataset_part(_load_hub(text, split), f"hub:{text}[{split}]")]
+        return f"hub:{text}[{split}]", [_dataset_part(_load_hub(text, split, streaming), f"hub:{text}[{split}]")]
     datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported; skip a slow import
     if datasets is not None and isinstance(source, datasets.DatasetDict):
         return f"<DatasetDict>[{split}]", [_dataset_part(_pick_split(source, split, "<DatasetDict>"), "<Dataset>")]
@@ -120,11 +122,12 @@ def _resolve(source, split: str):
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
 
 
-def _load_hub(name: str, split: str):
+def _load_hub(name: str, split: str, streaming: bool = False):
+    """datasets.load_dataset(name, split=split); streaming: an IterableDataset that reads as it is iterated."""
     import datasets
 
     try:
-        return datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split, **({"streaming": True} if streaming else {}))
     except Exception as exc:  # any loading failure becomes one clear message
         raise DataError(f"could not load hub dataset {name!r} split {split!r}: {type(exc).__name__}: {exc}. "
                         "Check the name and split and your network (or HF_HUB_OFFLINE), or pass a local "

@@ -307,27 +307,46 @@ def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None =
                      max_completion_length: int | None = None) -> tuple[list, TokenizeReport, list[int]]:
     """The loop behind every `tokenize_*`: (items, report, index in `examples` of each item). kind is one of
     `MAKERS` ("pairs", "unpaired", "prompts")."""
-    settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
-    settings.specials, settings.eos_text = special_token_pattern(tokenizer), getattr(tokenizer, "eos_token", None)
-    if _special_id(tokenizer, "eos") is None:
-        raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
-    make = MAKERS[kind]
-    report = TokenizeReport(source=source)
-    policy = BadRowPolicy(on_bad_row, report)
+    one = ExampleTokenizer(kind, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                           truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
+                           max_completion_length=max_completion_length)
     items, indices = [], []
     for index, example in enumerate(examples):
-        report.total += 1
+        item = one(example)
+        if item is not None:
+            items.append(item)
+            indices.append(index)
+    one.report.check()
+    return items, one.report, indices
+
+
+class ExampleTokenizer:
+    """Tokenizes examples one at a time into one `report`: `tok(example)` -> the tokenized item, or None for a bad
+    example that on_bad_row says to skip (counted). Used by tokenize_indexed and by streaming."""
+
+    def __init__(self, kind: str, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None,
+                 truncation_mode: str = "keep_end", on_bad_row: str = "error", source: str = "",
+                 max_completion_length: int | None = None):
+        self.settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
+        self.settings.specials = special_token_pattern(tokenizer)
+        self.settings.eos_text = getattr(tokenizer, "eos_token", None)
+        if _special_id(tokenizer, "eos") is None:
+            raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+        self.make, self.tokenizer = MAKERS[kind], tokenizer
+        self.report = TokenizeReport(source=source)
+        self.policy = BadRowPolicy(on_bad_row, self.report)
+
+    def __call__(self, example):
+        self.report.total += 1
         row_counts = TokenizeReport()  # truncations etc. of this row, counted only if the row is kept
         try:
-            items.append(make(example, tokenizer, settings, row_counts))
+            item = self.make(example, self.tokenizer, self.settings, row_counts)
         except RowProblem as problem:
-            policy.handle(problem, example.row_id)
-            continue
-        indices.append(index)
-        report.kept += 1
-        _add_counts(report, row_counts)
-    report.check()
-    return items, report, indices
+            self.policy.handle(problem, example.row_id)
+            return None
+        self.report.kept += 1
+        _add_counts(self.report, row_counts)
+        return item
 
 
 def _chunk_worker(kind: str, chunk: list, tokenizer, settings: dict):

@@ -208,6 +208,14 @@ class TrainingRun:
     def summary_extras(self) -> dict:
         return {}
 
+    def data_position(self) -> dict | None:
+        """Where the training data stands after the steps done, saved with every checkpoint (a streaming run's
+        stream position, preflab.loops.streaming); None when the order is a function of (seed, step) alone."""
+        return None
+
+    def restore_data_position(self, saved: dict | None, step: int) -> None:
+        """Continue the training data from `saved` (data_position() of the checkpoint at `step`)."""
+
     def write_card(self, summary: dict) -> None:
         pass
 
@@ -368,6 +376,9 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ persistence
     def _save(self, step: int, state: dict) -> Path:
+        position = self.data_position()
+        if position is not None:
+            state = {**state, "data_position": position}
         return save_checkpoint(self.out, step, self.accelerator.unwrap_model(self.checkpoint_module),
                                self.optimizer, self.scheduler,
                                {**state, "config": self.cfg.to_dict(), "timeline": self.timeline},
@@ -399,6 +410,7 @@ class TrainingRun:
         check_resume_config(saved.get("config"), self.cfg, path, note=say)
         state = load_checkpoint(path, self.accelerator.unwrap_model(self.checkpoint_module), self.optimizer,
                                 self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
+        self.restore_data_position(state.get("data_position"), step)
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]
         self.timeline = [*parent, [run_id, step]]
         say(f"preflab: resumed from {path} at step {step}")

@@ -54,7 +54,10 @@ class Trainer(TrainingRun):
             tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
         self.tokenizer = tokenizer
         self.data_report = {}
-        if train_data is None:
+        self.stream = None  # streaming: true: the training examples are read as the steps need them
+        if cfg.streaming:
+            train_data, eval_data = self._open_stream(policy, tokenizer, train_data, eval_data)
+        elif train_data is None:
             cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
                                               cfg.trust_remote_code))
             train_data, eval_data, self.data_report = self.kind.prepare(cfg, tokenizer)
@@ -76,12 +79,44 @@ class Trainer(TrainingRun):
         if cfg.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
+        if self.stream is not None:
+            from preflab.loops.streaming import StreamedBatches, StreamPlan
+
+            self.plan = StreamPlan(cfg.per_device_train_batch_size, self.accelerator.num_processes,
+                                   cfg.gradient_accumulation_steps, cfg.max_steps, self.stream)
+            self.total_steps, self.streamed = cfg.max_steps, StreamedBatches(self.stream, self.plan)
+        else:
+            self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)
         self._build_optimizer()
 
     def batch_kind(self, objective):
         return kind_for(objective)
+
+    def _open_stream(self, policy, tokenizer, rows, eval_data):
+        """streaming: true: the stream of training examples over dataset_name (or `rows` given from Python:
+        preflab.loops.streaming) and the eval set, read whole. Returns (train_data: [], eval_data)."""
+        from preflab.loops.streaming import eval_examples, open_stream
+        from preflab.models.load import cap_max_length, max_positions
+
+        cfg = self.cfg
+        cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
+                                          cfg.trust_remote_code))
+        self.stream, self.data_report = open_stream(cfg, tokenizer, self.kind, rows=rows)
+        if eval_data is None:
+            eval_data, eval_report = eval_examples(cfg, tokenizer, self.kind)
+            self.data_report.update(eval_report)
+        if self.main:
+            print(f"preflab: data: streaming {self.stream.name} (rows are read, checked and tokenized as the steps "
+                  f"need them; shuffle buffer {cfg.streaming_shuffle_buffer or 'off'}; counts in summary.json)")
+        return [], eval_data
+
+    def data_position(self) -> dict | None:
+        return self.streamed.state() if self.stream is not None else None
+
+    def restore_data_position(self, saved: dict | None, step: int) -> None:
+        if self.stream is not None:
+            self.streamed.restore(saved, step)
 
     def _build_optimizer(self):
         cfg = self.cfg
@@ -162,9 +197,15 @@ class Trainer(TrainingRun):
 
     def micro_batches(self, step: int) -> list[MicroBatch]:
         """This rank's micro-batches at global step `step`, in the order of the shared BatchPlan."""
+        rank = self.accelerator.process_index
+        if self.stream is not None:  # the step's global batch from the stream, sliced as BatchPlan slices
+            window, start = self.streamed.window(step)
+            positions = self.plan.slices(list(range(start, start + len(window))), rank)
+            groups = [([window[i - start] for i in index], index) for index in positions]
+        else:
+            groups = [([self.train_data[i] for i in index], index) for index in self.plan.indices(step, rank)]
         out = []
-        for index in self.plan.indices(step, self.accelerator.process_index):
-            items = [self.train_data[i] for i in index]
+        for items, index in groups:
             out.append(MicroBatch(self.kind.collate(items, self.pad_id, self.layout), [x.row_id for x in items],
                                   index, self.kind.count_tokens(items)))
         return out
@@ -173,7 +214,12 @@ class Trainer(TrainingRun):
         self._precompute_reference()
 
     def summary_extras(self) -> dict:
-        return {"layout": self.layout, "reference_cache": self.ref_cache_info or None}
+        extras = {"layout": self.layout, "reference_cache": self.ref_cache_info or None}
+        if self.stream is not None:  # the counts of the rows read so far
+            from preflab.loops.streaming import stream_report
+
+            extras["data"] = {**self.data_report, **stream_report(self.stream)}
+        return extras
 
     def write_card(self, summary: dict) -> None:
         write_model_card(self.out, self.cfg, summary)

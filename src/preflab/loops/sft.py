@@ -156,15 +156,12 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     return TokenizedSFT(row_id, prompt, completion), form
 
 
-def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataReport, TokenizeReport]:
-    from preflab.data.sources import RowReader
-
-    reader = RowReader(source, split=split)
-    rows = DataReport(source=reader.name, kind="sft")
-    tokens = TokenizeReport(source=reader.name)
+def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
+    """build(raw_row) -> [TokenizedSFT] ([] for a row on_bad_row says to skip), counting the row in `rows` and
+    `tokens`. One row at a time: the whole-dataset read and streaming (preflab.loops.streaming) use it."""
     policy = BadRowPolicy(cfg.on_bad_row, rows)
-    out = []
-    for raw in reader:
+
+    def build(raw) -> list[TokenizedSFT]:
         rows.total += 1
         tokens.total += 1
         try:
@@ -174,11 +171,26 @@ def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataR
         except RowProblem as problem:
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             tokens.record_skip(problem, raw.row_id, raw.line)
-            continue
+            return []
         rows.kept += 1
         tokens.kept += 1
         rows.forms[form] = rows.forms.get(form, 0) + 1
-        out.append(item)
+        rows.examples += 1
+        return [item]
+
+    return build
+
+
+def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataReport, TokenizeReport]:
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    rows = DataReport(source=reader.name, kind="sft")
+    tokens = TokenizeReport(source=reader.name)
+    build = sft_row_builder(cfg, tokenizer, rows, tokens)
+    out = []
+    for raw in reader:
+        out.extend(build(raw))
     rows.blank_lines, rows.examples = reader.blank_lines, len(out)
     rows.check()
     if rows.total == 0:

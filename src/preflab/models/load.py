@@ -198,11 +198,17 @@ def _init_kwargs(kwargs: dict | None, dtype: str) -> dict:
 
 def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False,
                    tokenizer=None, seed: int = 0, option: str = "model_name_or_path",
-                   init_kwargs: dict | None = None) -> nn.Module:
+                   init_kwargs: dict | None = None, quantization=None) -> nn.Module:
     """A transformers causal LM with its weights in `dtype` (default float32: mixed precision is autocast; a lower
-    dtype is TRL's torch_dtype, weights loaded and trained in it). Errors name `option` and what was tried."""
+    dtype is TRL's torch_dtype, weights loaded and trained in it). Errors name `option` and what was tried.
+    quantization: a transformers BitsAndBytesConfig (preflab.models.quantize); the whole model is then placed on
+    this process's GPU (TRL's get_kbit_device_map)."""
     check_model_name(name, option)
     kwargs = _init_kwargs(init_kwargs, dtype)
+    if quantization is not None:
+        from accelerate import PartialState
+
+        kwargs.update(quantization_config=quantization, device_map={"": PartialState().local_process_index})
     if name in BUILTIN:
         from preflab.models.tiny import tiny_causal_lm
 
@@ -269,9 +275,15 @@ def reference_dtype(cfg) -> str:
 
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
+    from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
+
     dtype = cfg.load_dtype or "float32"
+    quantization = quantization_config(cfg)  # QLoRA: a 4/8-bit base (load_in_4bit / load_in_8bit)
+    if quantization is not None:
+        check_quantization_machine(cfg)
+        dtype = compute_dtype(cfg)
     policy = load_causal_lm(cfg.model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
-                            seed=cfg.seed, init_kwargs=cfg.model_kwargs())
+                            seed=cfg.seed, init_kwargs=cfg.model_kwargs(), quantization=quantization)
     if cfg.disable_dropout:
         disable_dropout(policy)
     if cfg.gradient_checkpointing:
@@ -286,6 +298,10 @@ def load_models(cfg, tokenizer):
         ref.requires_grad_(False).eval()
     elif needs_reference and not cfg.use_peft:
         ref = frozen_copy(policy).to(DTYPES[reference_dtype(cfg)])  # frozen: no gradients, no optimizer state
+    if quantization is not None:
+        from preflab.models.quantize import prepare_quantized
+
+        policy = prepare_quantized(policy, cfg.gradient_checkpointing)
     if cfg.use_peft:
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     return policy, ref

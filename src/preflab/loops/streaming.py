@@ -1,0 +1,246 @@
+"""Streaming training data (streaming: true): rows are read, checked, tokenized and batched as the steps need them.
+
+    train:
+      streaming: true                  # TRL: dataset_streaming
+      streaming_shuffle_buffer: 10000  # 0: source order
+      max_steps: 5000                  # required: a stream has no length
+
+Sources: a .jsonl / .csv / .parquet file or a directory of them (read row by row; a .json file holding one JSON
+array is parsed whole, so use JSON lines for big data), a save_to_disk directory (memory-mapped), a hub name
+(`datasets.load_dataset(name, split=..., streaming=True)`), or from Python `Trainer(cfg, train_data=...)` with a
+`datasets.IterableDataset` / `Dataset`, a list of row dicts, or a function returning a fresh iterable of row dicts
+(a plain generator can be read only once: one pass, and no resume).
+
+Order and exactness. Global step s takes the next G = per_device_train_batch_size x processes x
+gradient_accumulation_steps examples of the stream; micro-batch m of rank r is its slice [(m*world + r)*b, ...),
+the slicing of preflab.loops.batches.BatchPlan. Every rank reads (and tokenizes) the whole stream and keeps its own
+slices, so 2 processes x b equal 1 process x 2b exactly, and a stream without shuffling whose rows are in the order
+of the ordinary run's permutation gives that run's weights. When a pass ends, its incomplete last global batch is
+left out (counted) and the next pass (epoch) starts, shuffled with the next seed.
+
+Resume: every checkpoint records the stream's position and data report (preflab.data.stream.ExampleStream.state);
+a resumed run re-reads the source up to it, skipping the rows already trained on without checking or tokenizing
+them, and ends with the weights of the uninterrupted run.
+
+Not with streaming (refused in the config check): eval_fraction (give eval_dataset_name; the eval set is read
+whole), precompute_ref_log_probs (it scores the whole training set), eval_strategy: epoch (a stream has no epoch
+length); tasks other than dpo and sft.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from preflab.data.report import DataReport, RowReport, TokenizeReport
+from preflab.data.stream import ExampleStream
+from preflab.errors import ConfigError, DataError
+
+STREAMING_TASKS = ("dpo", "sft")
+
+
+def streaming_conflicts(cfg) -> list[str]:
+    """One line per option that streaming cannot honour (TrainConfig.check)."""
+    if not cfg.streaming:
+        return ["streaming_shuffle_buffer applies with streaming: true."] if cfg.streaming_shuffle_buffer else []
+    out = []
+    if cfg.task not in STREAMING_TASKS:
+        out.append(f"streaming: true applies to task: {' | '.join(STREAMING_TASKS)}, not task: {cfg.task}; read the "
+                   "data whole (streaming: false).")
+    if cfg.max_steps <= 0:
+        out.append("streaming: true needs max_steps (a stream has no length, so num_train_epochs cannot set the run's "
+                   "length); set max_steps.")
+    if cfg.eval_fraction:
+        out.append(f"eval_fraction={cfg.eval_fraction} cannot hold rows out of a stream; give the eval set as "
+                   "eval_dataset_name (read whole), or set eval_fraction: 0.")
+    if cfg.precompute_ref_log_probs:
+        out.append("precompute_ref_log_probs scores the whole training set before training, which streaming: true "
+                   "does not hold; set precompute_ref_log_probs: false.")
+    if cfg.eval_strategy == "epoch":
+        out.append("eval_strategy: epoch needs the epoch length, which a stream does not know; use eval_steps.")
+    return out
+
+
+@dataclass
+class StreamPlan:
+    """The BatchPlan of a streaming run: the same global batch and slicing, no epoch length (transformers counts
+    max_steps as one epoch of an iterable dataset; the logged `epoch` is step / max_steps)."""
+
+    per_device: int
+    world: int
+    grad_accum: int
+    max_steps: int
+    stream: ExampleStream | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.world * self.grad_accum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.max_steps
+
+    @property
+    def unused_rows_per_epoch(self) -> int:
+        """Examples left out at the ends of passes so far (each pass's incomplete last global batch)."""
+        return self.stream.unused_examples if self.stream is not None else 0
+
+    def slices(self, window: list, rank: int) -> list[list]:
+        """This rank's micro-batches of one global batch (BatchPlan.indices' slicing)."""
+        b = self.per_device
+        return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
+
+
+class StreamedBatches:
+    """Global batch of step s from the stream, asked for in step order (the last one is kept, so asking twice for
+    the same step, as building a lazily sized objective does, reads nothing more)."""
+
+    def __init__(self, stream: ExampleStream, plan: StreamPlan):
+        self.stream, self.plan = stream, plan
+        self._step, self._window, self._start = -1, [], 0
+        self.examples_given = 0  # position in the stream of the next global batch (MicroBatch.index)
+
+    def window(self, step: int) -> tuple[list, int]:
+        """(the global batch of `step`, the stream position of its first example)."""
+        if step == self._step:
+            return self._window, self._start
+        if step != self._step + 1:
+            raise DataError(f"streaming: step {step} was asked for after step {self._step}; a stream is read in "
+                            "step order (resume restores the position).")
+        self._start = self.examples_given
+        self._window = self.stream.next_batch(self.plan.global_batch)
+        self._step, self.examples_given = step, self.examples_given + len(self._window)
+        return self._window, self._start
+
+    def state(self) -> dict:
+        return {**self.stream.state(), "step": self._step, "examples_given": self.examples_given}
+
+    def restore(self, state: dict, step: int) -> None:
+        if not isinstance(state, dict):
+            raise DataError("this checkpoint holds no stream position (it was not written by a streaming: true "
+                            "run); resume it with streaming: false, or start the streaming run afresh.")
+        if int(state.get("step", -2)) != step - 1:
+            raise DataError(f"the checkpoint's stream position is after step {int(state.get('step', -2)) + 1}, not "
+                            f"step {step}; the checkpoint is inconsistent.")
+        self.stream.restore(state)
+        self._step, self._window, self.examples_given = step - 1, [], int(state.get("examples_given", 0))
+
+
+# ---------------------------------------------------------------------------------------------- row pipelines
+class _Pipeline:
+    """raw row -> tokenized examples, counted in named reports (see ExampleStream)."""
+
+    def __init__(self, build, reports: dict[str, RowReport]):
+        self._build, self._reports = build, reports
+
+    def __call__(self, raw) -> list:
+        return self._build(raw)
+
+    def reports(self) -> dict[str, RowReport]:
+        return self._reports
+
+    def load_reports(self, saved: dict) -> None:
+        for name, report in self._reports.items():
+            loaded = type(report).from_dict(saved.get(name, {}))
+            report.__dict__.update(loaded.__dict__)
+
+
+def preference_pipeline(cfg, tokenizer, kind_name: str, source: str):
+    """Rows -> PairExample / UnpairedExample (preflab.data.rows) -> TokenizedPair / TokenizedUnpaired, with the
+    settings of the ordinary run (preflab.loops.prepare)."""
+    from preflab.data.rows import row_builder
+    from preflab.data.tokenize import ExampleTokenizer
+
+    row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind_name]
+    rows = DataReport(source=source, kind=row_kind)
+    build_rows = row_builder(row_kind, rows, cfg.on_bad_row, required_extras=cfg.objective().row_extras())
+    extra = {"max_completion_length": cfg.max_completion_length} if cfg.max_completion_length else {}
+    tokenize = ExampleTokenizer(kind_name, tokenizer, max_length=cfg.max_length,
+                                max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
+                                on_bad_row=cfg.on_bad_row, source=source, **extra)
+
+    def build(raw) -> list:
+        examples = build_rows(raw)
+        rows.examples += len(examples)
+        return [item for item in map(tokenize, examples) if item is not None]
+
+    return _Pipeline(build, {"rows": rows, "tokenize": tokenize.report})
+
+
+def sft_pipeline(cfg, tokenizer, source: str):
+    from preflab.loops.sft import sft_row_builder
+
+    rows, tokens = DataReport(source=source, kind="sft"), TokenizeReport(source=source)
+    return _Pipeline(sft_row_builder(cfg, tokenizer, rows, tokens), {"rows": rows, "tokenize": tokens})
+
+
+# ---------------------------------------------------------------------------------------------- sources
+def _row_source(cfg, rows):
+    """(open_rows, name): a fresh RowReader per pass over dataset_name, or over `rows` given from Python."""
+    from preflab.data.sources import RowReader
+
+    if rows is None:
+        if not cfg.dataset_name:
+            raise ConfigError("dataset_name is empty; give a hub name, a directory or a data file to stream.")
+        source = cfg.dataset_name
+        opened = RowReader(source, split=cfg.dataset_split, streaming=True)  # resolves the source (errors now)
+        return lambda: RowReader(source, split=cfg.dataset_split, streaming=True), opened.name
+    if callable(rows) and not hasattr(rows, "__iter__"):
+        return lambda: RowReader(rows(), split=cfg.dataset_split), "<rows>"
+    if iter(rows) is rows:  # an iterator (a generator): it can be read once
+        passes = [0]
+
+        def once():
+            passes[0] += 1
+            if passes[0] > 1:
+                raise DataError("the training rows were given as an iterator (a generator), which can be read only "
+                                "once, and the run needs a second pass (or a resume); pass a function that returns "
+                                "a new iterator, a list or a datasets.IterableDataset, or lower max_steps.")
+            return RowReader(rows, split=cfg.dataset_split)
+
+        return once, "<rows>"
+    return lambda: RowReader(rows, split=cfg.dataset_split), RowReader(rows, split=cfg.dataset_split).name
+
+
+def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
+    """(the stream of training examples, the data report dict so far). kind: the batch kind (pairs, unpaired,
+    sft); rows: the row source given from Python (see the module docstring), else cfg.dataset_name."""
+    open_rows, name = _row_source(cfg, rows)
+    if kind.name == "sft":
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+        make = lambda: sft_pipeline(cfg, tokenizer, name)  # noqa: E731
+    else:
+        make = lambda: preference_pipeline(cfg, tokenizer, kind.name, name)  # noqa: E731
+    stream = ExampleStream(open_rows, make, seed=cfg.seed, shuffle_buffer=cfg.streaming_shuffle_buffer or 0,
+                           name=name)
+    return stream, stream_report(stream)
+
+
+def stream_report(stream: ExampleStream) -> dict:
+    """The data report of a streaming run: the first pass's row and tokenize reports (rows read so far) and the
+    stream's position."""
+    reports = stream.pipeline.reports()
+    return {"train_rows": reports["rows"].to_dict(), "train_tokenize": reports["tokenize"].to_dict(),
+            "skipped": dict(reports["rows"].skipped),
+            "streaming": {"passes_started": stream.pass_index + 1, "rows_read_in_pass": stream.rows_read,
+                          "unused_examples": stream.unused_examples, "shuffle_buffer": stream.shuffle_buffer}}
+
+
+def eval_examples(cfg, tokenizer, kind) -> tuple[list, dict]:
+    """The eval set of a streaming run (eval_dataset_name, read whole as in the ordinary run) and its report."""
+    if not cfg.eval_dataset_name:
+        return [], {}
+    if kind.name == "sft":
+        from preflab.loops.sft import _read
+
+        items, rows, tokens = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
+        return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}
+    from preflab.data.rows import load_rows
+    from preflab.loops.prepare import _tokenize
+
+    row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind.name]
+    rows, report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
+                             required_extras=cfg.objective().row_extras())
+    if report.total == 0:
+        raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({report.source}) is empty: it holds no rows.")
+    items, tok = _tokenize(kind.name, rows, tokenizer, cfg, report.source)
+    return items, {"eval_rows": report.to_dict(), "eval_tokenize": tok.to_dict()}

@@ -1,0 +1,206 @@
+"""streaming: true (preflab.loops.streaming): the stream gives the ordinary run's weights when it reads the rows in
+the ordinary run's order, is read lazily, resumes exactly, reports bad rows as the ordinary run does."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.config import config_from_dict
+from preflab.data.stream import ExampleStream, shuffled
+from preflab.errors import ConfigError, DataError
+from preflab.loops.batches import BatchPlan
+from preflab.loops.offline import Trainer
+from preflab.loops.sft import SFTTrainer
+from preflab.loops.streaming import StreamPlan
+
+ROOT = Path(__file__).resolve().parents[2]
+PAIRS = [json.loads(x) for x in (ROOT / "examples/data/loud_echo_pairs.jsonl").read_text().splitlines()]
+SFT_ROWS = [json.loads(x) for x in (ROOT / "examples/data/loud_echo_sft.jsonl").read_text().splitlines()]
+BAD = {"prompt": "echo: x\n", "chosen": "same", "rejected": "same"}  # identical responses: a bad row
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train(out, data, trainer=Trainer, rows=None, **overrides):
+    torch.set_num_threads(1)
+    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(data), output_dir=str(out),
+                  learning_rate=1e-3, per_device_train_batch_size=4, max_steps=4, logging_steps=1, max_length=64,
+                  disable_tqdm=True, use_cpu=True, seed=3, on_bad_row="skip")
+    params.update(overrides)
+    run = trainer(config_from_dict(params), train_data=rows)
+    return run.train(), load_file(str(Path(out) / "model.safetensors"))
+
+
+def max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def ordinary_order(rows, n, per_device, seed):
+    """The rows in the order the ordinary run reads them in its first epoch (BatchPlan's permutation)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(BatchPlan(n, per_device, 1, 1, seed).seed))
+    return [rows[i] for i in perm.tolist()]
+
+
+def test_stream_without_shuffle_equals_ordinary_run_on_rows_in_its_order(tmp_path):
+    """Same rows, same order: the same weights after 4 steps, and the same bad-row counts (two identical pairs,
+    skipped by both)."""
+    good = PAIRS[:24]
+    ordinary_data = write_jsonl(tmp_path / "all.jsonl", good[:5] + [BAD] + good[5:] + [BAD])
+    summary, ordinary = train(tmp_path / "ordinary", ordinary_data)
+    ordered = ordinary_order(good, 24, 4, 3)
+    stream_data = write_jsonl(tmp_path / "ordered.jsonl", [BAD] + ordered[:3] + [BAD] + ordered[3:])
+    stream_summary, streamed = train(tmp_path / "stream", stream_data, streaming=True)
+    assert max_diff(ordinary, streamed) < 1e-6
+    rows = stream_summary["data"]["train_rows"]
+    assert rows["skipped"] == summary["data"]["train_rows"]["skipped"] == {"identical": 2}
+    assert rows["total"] == 18 and rows["kept"] == 16  # 4 steps x 4 pairs read, plus the two bad rows among them
+    assert stream_summary["data"]["streaming"]["passes_started"] == 1
+
+
+def test_stream_from_a_datasets_iterable_equals_the_stream_from_the_file(tmp_path):
+    """datasets.load_dataset(..., streaming=True) given from Python, and a hub-style name read with streaming
+    (a local dataset directory), give the rows of the file."""
+    import datasets
+
+    from preflab.data.sources import _load_hub
+
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "train.jsonl", PAIRS[:16])
+    iterable = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    assert isinstance(iterable, datasets.IterableDataset)
+    _, from_file = train(tmp_path / "file", path, streaming=True, max_steps=3)
+    _, from_iterable = train(tmp_path / "iter", "given-from-python", rows=iterable, streaming=True, max_steps=3)
+    assert max_diff(from_file, from_iterable) == 0
+    hub_style = _load_hub(str(tmp_path / "data"), "train", streaming=True)
+    assert isinstance(hub_style, datasets.IterableDataset)
+    assert [r["prompt"] for r in hub_style] == [r["prompt"] for r in PAIRS[:16]]
+
+
+def test_the_stream_is_read_lazily_and_passes_repeat(tmp_path):
+    """A source that fails once more than consumed + shuffle buffer rows are pulled; 2 steps of 4 pairs with a
+    buffer of 5 read at most 13 rows. A 10-row source with 8 steps of 4 runs 4 passes (2 unused pairs per pass)."""
+    pulled = []
+
+    def rows():
+        for i in range(10_000):
+            if i >= 2 * 4 + 5:
+                raise AssertionError(f"row {i} was read: the stream is not lazy")
+            pulled.append(i)
+            yield PAIRS[i % len(PAIRS)]
+
+    summary, _ = train(tmp_path / "lazy", "python", rows=rows, streaming=True, max_steps=2,
+                       streaming_shuffle_buffer=5)
+    assert len(pulled) <= 13
+    summary, _ = train(tmp_path / "passes", "python", rows=lambda: iter(PAIRS[:10]), streaming=True, max_steps=8)
+    assert summary["unused_rows_per_epoch"] == 3 * 2  # three passes ended, each leaving 10 - 2 * 4 pairs
+    assert summary["data"]["streaming"]["passes_started"] == 4
+
+
+def test_resume_mid_pass_with_shuffle_and_two_examples_per_row_equals_the_uninterrupted_run(tmp_path):
+    """KTO reads each pairwise row as two examples; batches of 3 split rows, a shuffle buffer of 4 reorders them,
+    10 rows (20 examples, one bad row) give 6 steps per pass. Resuming from step 5 (mid-row, pass 0) and from step 7
+    (pass 1) ends with the weights and data counts of the uninterrupted 9 steps."""
+    data = write_jsonl(tmp_path / "rows.jsonl", PAIRS[:6] + [BAD] + PAIRS[6:10])
+    common = dict(streaming=True, streaming_shuffle_buffer=4, loss_type="kto", per_device_train_batch_size=3,
+                  max_steps=9)
+    full_summary, full = train(tmp_path / "full", data, save_steps=1, **common)
+    for step in (5, 7):
+        saved = json.loads((tmp_path / f"full/checkpoint-{step}/trainer_state.json").read_text())["data_position"]
+        assert saved["step"] == step - 1 and saved["pass"] == (0 if step == 5 else 1)
+        summary, resumed = train(tmp_path / f"resumed-{step}", data, resume_from_checkpoint=str(
+            tmp_path / f"full/checkpoint-{step}"), **common)
+        assert max_diff(full, resumed) == 0
+        assert summary["data"]["train_rows"] == full_summary["data"]["train_rows"]
+    assert full_summary["data"]["train_rows"]["skipped"] == {"identical": 1}
+    assert saved["used_of_row"] in (1, 2)
+
+
+def test_sft_stream_equals_ordinary_sft_run_on_rows_in_its_order(tmp_path):
+    rows = SFT_ROWS[:20]
+    summary, ordinary = train(tmp_path / "ordinary", write_jsonl(tmp_path / "sft.jsonl", rows), SFTTrainer,
+                              task="sft", loss_type="sigmoid")
+    ordered = write_jsonl(tmp_path / "ordered.jsonl", ordinary_order(rows, 20, 4, 3))
+    _, streamed = train(tmp_path / "stream", ordered, SFTTrainer, task="sft", streaming=True)
+    assert max_diff(ordinary, streamed) < 1e-6
+
+
+def test_a_bad_row_in_the_stream_is_the_ordinary_error_naming_file_row_and_field(tmp_path):
+    data = write_jsonl(tmp_path / "bad.jsonl", PAIRS[:6] + [{"prompt": "p", "chosen": "a"}] + PAIRS[6:20])
+    with pytest.raises(DataError, match=r"bad\.jsonl row 6 \(line 7\), field 'rejected'.*on_bad_row: skip"):
+        train(tmp_path / "out", data, streaming=True, on_bad_row="error")
+
+
+def test_two_ranks_take_the_slices_of_one_rank_with_double_batch():
+    """Micro-batch m of 1 process x 2b is micro-batch m of rank 0 then of rank 1 under 2 processes x b (the step
+    normalises over all of them, so the gradients are equal)."""
+    window = list(range(8))  # one global batch: 4 x 1 process x 2 accumulation = 2 x 2 processes x 2
+    one = StreamPlan(4, 1, 2, 10).slices(window, 0)
+    two = [StreamPlan(2, 2, 2, 10).slices(window, r) for r in (0, 1)]
+    assert [two[0][m] + two[1][m] for m in range(2)] == one == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_shuffle_buffer_is_a_seeded_permutation_holding_at_most_its_size():
+    import random
+
+    held = []
+
+    def source():
+        for i in range(100):
+            held.append(i)
+            yield i
+
+    out = []
+    for x in shuffled(source(), 10, random.Random("3:0")):
+        assert len(held) - len(out) <= 10 + 1  # the buffer and the row just read
+        out.append(x)
+    assert sorted(out) == list(range(100)) and out != list(range(100))
+    assert out == list(shuffled(range(100), 10, random.Random("3:0")))
+
+
+def test_stream_state_restores_mid_row():
+    class Pipe:
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, raw):
+            self.seen.append(raw)
+            return [(raw, "a"), (raw, "b"), (raw, "c")]
+
+        def reports(self):
+            return {}
+
+        def load_reports(self, saved):
+            pass
+
+    stream = ExampleStream(lambda: range(5), Pipe, shuffle_buffer=0)
+    assert stream.next_batch(4) == [(0, "a"), (0, "b"), (0, "c"), (1, "a")]
+    state = stream.state()
+    rest = stream.next_batch(4)
+    other = ExampleStream(lambda: range(5), Pipe)
+    other.restore(state)
+    assert other.next_batch(4) == rest == [(1, "b"), (1, "c"), (2, "a"), (2, "b")]
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"max_steps": -1}, r"streaming: true needs max_steps.*set max_steps"),
+    ({"eval_fraction": 0.1}, r"eval_fraction=0.1 cannot hold rows out of a stream.*eval_dataset_name"),
+    ({"task": "reward"}, r"streaming: true applies to task: dpo \| sft, not task: reward"),
+    ({"precompute_ref_log_probs": True}, r"precompute_ref_log_probs.*set precompute_ref_log_probs: false"),
+    ({"streaming": False, "streaming_shuffle_buffer": 10}, r"streaming_shuffle_buffer applies with streaming: true"),
+])
+def test_streaming_options_streaming_cannot_honour_are_config_errors(extra, message):
+    params = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "streaming": True,
+              "max_steps": 10, **extra}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(params)
+
+
+def test_trl_dataset_streaming_is_streaming():
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                            "dataset_streaming": True, "max_steps": 5})
+    assert cfg.streaming is True
