@@ -14,6 +14,10 @@ r * (in + out) (peft's A [r, in] and B [out, r]; `all-linear` adapts every Linea
     activations  L * S * b * h * 34 * bytes(compute) / 2            (no checkpointing)
                  L * S * b * h * bytes(compute) + S * b * h * 34 * bytes(compute) / 2   (gradient_checkpointing)
 
+QLoRA (load_in_4bit / load_in_8bit): weights are preflab.models.quantize.quantized_weight_bytes (every Linear but
+the head at 4 bits + a float32 constant per 64 weights, or 8 bits + a float32 scale per row; the rest in float32
+after peft's prepare_model_for_kbit_training), and the LoRA gradients and AdamW state are float32 (4 bytes).
+
 where S = max_length tokens per sequence, b = per_device_train_batch_size x sequences per example (2 for pairs:
 chosen and rejected; 1 for sft; 2 for reward pairs), h = hidden size, L = layers. 34 s b h bytes per layer is
 Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models" (arXiv:2205.05198), eq. 1
@@ -125,7 +129,16 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     s_w, s_g, s_o = sharding.factors()
     needs_ref = cfg.task not in ("sft", "reward") and cfg.objective().needs_reference
     has_ref = needs_ref and not cfg.use_peft and not cfg.precompute_ref_log_probs
-    weights = 0.0 if sharding.offload_params else total * wb / s_w
+    weight_bytes = total * wb
+    if cfg.load_in_4bit or cfg.load_in_8bit:  # QLoRA: quantized Linear weights; adapters and the rest in float32
+        from preflab.models.quantize import quantized_weight_bytes
+
+        with torch.device("meta"):
+            from transformers import AutoModelForCausalLM
+
+            weight_bytes = quantized_weight_bytes(AutoModelForCausalLM.from_config(model_config), cfg)
+        wb = BYTES["float32"]
+    weights = 0.0 if sharding.offload_params else weight_bytes / s_w
     text = getattr(model_config, "get_text_config", lambda: model_config)()
     h = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
@@ -144,7 +157,8 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
 def format_plan(plan: dict, sharding: Sharding, cfg) -> str:
     gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
     head = (f"model {cfg.model_name_or_path}: {plan['parameters'] / 1e9:.3f} B parameters, "
-            f"{plan['trainable'] / 1e9:.3f} B trainable; load_dtype {cfg.load_dtype or 'float32'}; "
+            f"{plan['trainable'] / 1e9:.3f} B trainable; load_dtype {cfg.load_dtype or 'float32'}"
+            f"{'; 4-bit base' if cfg.load_in_4bit else '; 8-bit base' if cfg.load_in_8bit else ''}; "
             f"{sharding.engine} over {sharding.world} rank(s); batch {cfg.per_device_train_batch_size} x "
             f"max_length {cfg.max_length}{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")
     lines = [head, "per rank (estimate, see `python -c 'import preflab.plan; help(preflab.plan)'`):"]
