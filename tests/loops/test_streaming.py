@@ -236,3 +236,32 @@ def test_two_processes_streaming_equal_one_process_with_double_batch(tmp_path):
     assert len(losses["two"]) == 6 and losses["two"] == pytest.approx(losses["one"], abs=1e-5)
     two, one = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("two", "one"))
     assert max_diff(two, one) < 1e-5
+
+
+def test_a_json_array_is_read_element_by_element_when_streaming(tmp_path, monkeypatch):
+    """Elements split across reads (a 64-byte read size), a BOM, an element that is not an object: the rows of
+    json.load, in order; a broken tail is reached only after the rows before it (the whole-file reader refuses the
+    file before its first row); a stream over the array trains as the stream over the same rows in JSON lines."""
+    from preflab.data import sources
+    from preflab.data.sources import RowReader
+
+    monkeypatch.setattr(sources, "JSON_CHUNK", 64)
+    rows = PAIRS[:12]
+    path = tmp_path / "rows.json"
+    path.write_bytes(b"\xef\xbb\xbf [\n" + ",\n ".join(json.dumps(r) for r in rows).encode() + b", 7 ]\n")
+    read = list(RowReader(path, streaming=True))
+    assert [r.data for r in read[:12]] == rows and read[12].problem.reason == "not_an_object"
+    assert [r.data for r in RowReader(path)][:12] == rows  # the whole-file reader agrees
+    broken = tmp_path / "broken.json"
+    broken.write_text("[" + ", ".join(json.dumps(r) for r in rows) + ", {\"prompt\": ")
+    it = iter(RowReader(broken, streaming=True))
+    assert [next(it).data for _ in range(12)] == rows
+    with pytest.raises(DataError, match=r"broken\.json: not valid JSON after row 12"):
+        next(it)
+    with pytest.raises(DataError, match=r"broken\.json: not valid JSON"):
+        next(iter(RowReader(broken)))
+    (tmp_path / "pairs.json").write_text(json.dumps(rows))
+    _, from_array = train(tmp_path / "array", tmp_path / "pairs.json", streaming=True, max_steps=2)
+    _, from_lines = train(tmp_path / "lines", write_jsonl(tmp_path / "pairs.jsonl", rows), streaming=True,
+                          max_steps=2)
+    assert max_diff(from_array, from_lines) == 0

@@ -104,9 +104,9 @@ def _resolve(source, split: str, streaming: bool = False):
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
-            return str(source), [_file_part(path)]
+            return str(source), [_file_part(path, streaming)]
         if path.is_dir():
-            return str(source), _dir_parts(path, split)
+            return str(source), _dir_parts(path, split, streaming)
         text = str(source)
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
@@ -140,7 +140,7 @@ def _pick_split(dataset_dict, split: str, name: str):
     return dataset_dict[split]
 
 
-def _dir_parts(path: Path, split: str) -> list:
+def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets
 
@@ -158,7 +158,7 @@ def _dir_parts(path: Path, split: str) -> list:
         raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
                         "datasets.save_to_disk. Point to a file or a dataset directory.")
     named = [p for p in files if _names_split(p.relative_to(path), split)]
-    return [_file_part(p) for p in (named or files)]
+    return [_file_part(p, streaming) for p in (named or files)]
 
 
 def _names_split(rel: Path, split: str) -> bool:
@@ -169,9 +169,10 @@ def _names_split(rel: Path, split: str) -> bool:
     return stem == split or stem.startswith((split + "-", split + "_"))
 
 
-def _file_part(path: Path):
+def _file_part(path: Path, streaming: bool = False):
     suffix = path.suffix.lower()
-    reader = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows}.get(suffix)
+    json_rows = _json_array_or_whole if streaming else _json_rows
+    reader = {".jsonl": _jsonl_rows, ".json": json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows}.get(suffix)
     if reader is None:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
     return lambda rr: reader(rr, path)
@@ -275,7 +276,7 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
         rows = _json_split(obj, rr.split, path)
     else:
         try:
-            rows = _loads(blob.decode("utf-8"))
+            rows = _loads(blob.decode("utf-8-sig"))  # a byte-order mark may precede the '['
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not valid UTF-8 at byte {exc.start}, so the JSON array cannot be read "
                             "row by row. Re-encode it as UTF-8 or convert it to JSONL.") from exc
@@ -291,6 +292,88 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
             yield RawRow(row_id, str(path), problem=_not_object(item))
         else:
             yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+
+
+JSON_CHUNK = 1 << 20  # bytes read at a time from a JSON array when streaming
+
+
+def _json_array_or_whole(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    """Streaming: a .json file holding one JSON array is read element by element (`_json_array_rows`), so memory
+    holds about one row; any other .json form is read whole (`_json_rows`)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    yield from (_json_array_rows if head == b"[" else _json_rows)(rr, path)
+
+
+def _json_array_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    """The elements of a JSON array, parsed one at a time with json's raw_decode over a buffer that is refilled
+    (doubling the read while an element is incomplete) and trimmed behind the parsed elements."""
+    import codecs
+
+    decoder = json.JSONDecoder(object_pairs_hook=_object_hook)
+    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+    buf, pos, eof, read_size, done = "", 0, False, JSON_CHUNK, 0
+
+    def fill(handle, size: int) -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        try:
+            chunk = handle.read(size)
+            text = utf8.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not valid UTF-8 after row {done}, so the JSON array cannot be read further. "
+                            "Re-encode it as UTF-8 or convert it to JSONL.") from exc
+        eof = not chunk
+        buf, pos = buf[pos:] + text, 0
+        return True
+
+    def skip_space(handle) -> str:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf) or not fill(handle, JSON_CHUNK):
+                return buf[pos:pos + 1]
+
+    def bad(what: str) -> DataError:
+        return DataError(f"{path}: not valid JSON after row {done} ({what}); a JSON array cannot be read row by row "
+                         "past it. Fix the file or convert it to JSONL.")
+
+    with open(path, "rb") as handle:
+        if skip_space(handle) != "[":
+            raise bad("expected '['")
+        pos += 1
+        if skip_space(handle) == "]":
+            return
+        while True:
+            skip_space(handle)
+            while True:
+                try:
+                    item, end = decoder.raw_decode(buf, pos)
+                    if end < len(buf) or eof:
+                        break
+                except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+                    if eof:
+                        raise bad(getattr(exc, "msg", str(exc)[:200])) from exc
+                except RecursionError as exc:
+                    raise bad("nested too deeply") from exc
+                fill(handle, read_size)  # the element may go on past the buffer
+                read_size *= 2
+            read_size, pos, done = JSON_CHUNK, end, done + 1
+            row_id = rr.new_id()
+            if not isinstance(item, dict):
+                yield RawRow(row_id, str(path), problem=_not_object(item))
+            else:
+                yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+            sep = skip_space(handle)
+            pos += 1
+            if sep == "]":
+                if skip_space(handle):
+                    raise bad("text after the closing ']'")
+                return
+            if sep != ",":
+                raise bad(f"expected ',' or ']', found {sep!r}" if sep else "the array is not closed")
 
 
 def _json_split(obj: dict, split: str, path: Path) -> list:
