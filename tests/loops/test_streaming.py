@@ -192,6 +192,7 @@ def test_stream_state_restores_mid_row():
     ({"task": "reward"}, r"streaming: true applies to task: dpo \| sft, not task: reward"),
     ({"precompute_ref_log_probs": True}, r"precompute_ref_log_probs.*set precompute_ref_log_probs: false"),
     ({"streaming": False, "streaming_shuffle_buffer": 10}, r"streaming_shuffle_buffer applies with streaming: true"),
+    ({"dataset_num_proc": 4}, r"dataset_num_proc=4 tokenizes data read whole.*remove dataset_num_proc"),
 ])
 def test_streaming_options_streaming_cannot_honour_are_config_errors(extra, message):
     params = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "streaming": True,
