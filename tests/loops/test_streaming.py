@@ -266,3 +266,17 @@ def test_a_json_array_is_read_element_by_element_when_streaming(tmp_path, monkey
     _, from_lines = train(tmp_path / "lines", write_jsonl(tmp_path / "pairs.jsonl", rows), streaming=True,
                           max_steps=2)
     assert max_diff(from_array, from_lines) == 0
+
+
+def test_csv_parquet_and_save_to_disk_streams_train_as_the_jsonl_stream(tmp_path):
+    import datasets
+
+    rows = PAIRS[:12]
+    table = datasets.Dataset.from_list(rows)
+    table.to_csv(str(tmp_path / "rows.csv"), index=False)
+    table.to_parquet(str(tmp_path / "rows.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    _, want = train(tmp_path / "jsonl", write_jsonl(tmp_path / "rows.jsonl", rows), streaming=True, max_steps=2)
+    for source in ("rows.csv", "rows.parquet", "saved"):
+        _, got = train(tmp_path / f"out-{source}", tmp_path / source, streaming=True, max_steps=2)
+        assert max_diff(want, got) == 0, source
