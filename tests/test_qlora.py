@@ -154,3 +154,13 @@ def test_qlora_dpo_trains_the_adapters_on_a_4bit_base_on_gpu(tmp_path):
     assert summary["global_step"] == 3 and torch.isfinite(torch.tensor(summary["final_metrics"]["loss"]))
     adapter = load_file(str(tmp_path / "out/adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in adapter.items())  # B starts at 0: it trained
+
+
+def test_examples_qlora_yaml_is_trls_qlora_setup():
+    from preflab.config import load_config
+
+    cfg = load_config(ROOT / "examples/qlora_dpo.yaml")
+    assert cfg.use_peft and cfg.load_dtype == "bfloat16"
+    assert quantize.quantization_kwargs(cfg) == {
+        "load_in_4bit": True, "bnb_4bit_compute_dtype": torch.bfloat16, "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True, "bnb_4bit_quant_storage": torch.bfloat16}

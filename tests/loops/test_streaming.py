@@ -280,3 +280,13 @@ def test_csv_parquet_and_save_to_disk_streams_train_as_the_jsonl_stream(tmp_path
     for source in ("rows.csv", "rows.parquet", "saved"):
         _, got = train(tmp_path / f"out-{source}", tmp_path / source, streaming=True, max_steps=2)
         assert max_diff(want, got) == 0, source
+
+
+def test_examples_streaming_yaml_trains_offline_over_two_passes(tmp_path, capsys):
+    from preflab.cli import main
+
+    assert main(["train", str(ROOT / "examples/streaming.yaml"), f"output_dir={tmp_path}", "max_steps=33",
+                 "save_steps=0", "logging_steps=33", f"dataset_name={ROOT / 'examples/data/loud_echo_pairs.jsonl'}",
+                 "disable_tqdm=true"]) == 0
+    data = json.loads((tmp_path / "summary.json").read_text())["data"]
+    assert data["streaming"]["passes_started"] == 2 and data["train_rows"]["total"] == 256
