@@ -121,12 +121,18 @@ def test_resume_mid_pass_with_shuffle_and_two_examples_per_row_equals_the_uninte
 
 
 def test_sft_stream_equals_ordinary_sft_run_on_rows_in_its_order(tmp_path):
+    """... with the eval set (eval_dataset_name, read whole) giving the same eval metrics."""
     rows = SFT_ROWS[:20]
+    evals = str(write_jsonl(tmp_path / "eval.jsonl", SFT_ROWS[20:28]))
     summary, ordinary = train(tmp_path / "ordinary", write_jsonl(tmp_path / "sft.jsonl", rows), SFTTrainer,
-                              task="sft", loss_type="sigmoid")
+                              task="sft", eval_dataset_name=evals)
     ordered = write_jsonl(tmp_path / "ordered.jsonl", ordinary_order(rows, 20, 4, 3))
-    _, streamed = train(tmp_path / "stream", ordered, SFTTrainer, task="sft", streaming=True)
+    stream_summary, streamed = train(tmp_path / "stream", ordered, SFTTrainer, task="sft", streaming=True,
+                                     eval_dataset_name=evals)
     assert max_diff(ordinary, streamed) < 1e-6
+    assert stream_summary["final_metrics"]["eval_loss"] == pytest.approx(summary["final_metrics"]["eval_loss"],
+                                                                         abs=1e-6)
+    assert stream_summary["data"]["eval_rows"]["total"] == 8
 
 
 def test_a_bad_row_in_the_stream_is_the_ordinary_error_naming_file_row_and_field(tmp_path):
