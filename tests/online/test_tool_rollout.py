@@ -219,7 +219,7 @@ def test_group_loss_and_gradient_ignore_observation_tokens(tmp_path):
         out = run.forward(mb)
         out.loss.backward()
         run.scorer = scorer
-        return float(out.loss), weight.grad.clone()
+        return float(out.loss.detach()), weight.grad.clone()
 
     base_loss, base_grad = loss_and_grad(torch.zeros_like(hidden))
     loss, grad = loss_and_grad(hidden)

@@ -25,6 +25,12 @@ any step and resumed ends with the same weights as an uninterrupted one.
 
 Other inputs than token-id prompts (preflab.online.vision: image prompts) override the hooks _generate, _layout,
 _group_layout, _empty_layout and scorer_class; nothing else of the run changes.
+
+Tool rollouts (online/tool_rollout.py, group recipes only): a Task's `generator` replaces make_generator; what it
+leaves in `last_columns` (e.g. num_tool_calls, executed calls) joins each completion's judge columns, its
+`last_loss_masks` become the examples' `loss_mask` (tool observations conditioned on, left out of the loss and of
+dapo's token count) and `last_metrics` the round's metrics. A Task's `state` (e.g. the OTC tracker) is checkpointed
+with the online state; `judge_cache: False` for judges whose score of a text changes over the run.
 """
 from __future__ import annotations
 

@@ -88,6 +88,7 @@ class ToolRolloutGenerator:
         self.last_columns: list[dict] = []
         self.last_loss_masks: list[list[int]] = []
         self.last_metrics: dict = {}
+        self._closing: dict[int, bool] = {}  # token id -> its text holds the last character of a closing string
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int,
                  do_sample: bool = True) -> list[list[int]]:
@@ -156,7 +157,7 @@ class ToolRolloutGenerator:
                 step.append(tok)
                 if own and tok == self.eos_id:
                     done[i] = True
-                elif own:
+                elif own and self._may_close(tok):
                     refused += self._maybe_call(i, completions, forced, scanned, calls, errors)
                 if len(completions[i]) >= self.max_new_tokens:
                     done[i] = True
@@ -170,6 +171,12 @@ class ToolRolloutGenerator:
         model.train(was_training)
         columns = [{"num_tool_calls": m, "tool_errors": e} for m, e in zip(calls, errors)]
         return completions, masks, columns, refused
+
+    def _may_close(self, tok: int) -> bool:
+        if tok not in self._closing:
+            piece = self.tokenizer.decode([tok], skip_special_tokens=True)
+            self._closing[tok] = any(s.close[-1] in piece for s in self.syntaxes)
+        return self._closing[tok]
 
     def _maybe_call(self, i, completions, forced, scanned, calls, errors) -> int:
         """Execute the call completion i just closed, if any; queue its observation. Returns 1 if refused."""
