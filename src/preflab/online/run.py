@@ -499,6 +499,9 @@ class OnlineRun(TrainingRun):
         self.judge.load_state(meta["judge"])
         self.counts, self.refreshes = meta["counts"], meta["refreshes"]
         if getattr(self.task, "state", None) is not None:
+            if not (folder / "task.json").exists():
+                raise PreflabError(f"resuming at step {step}: {folder / 'task.json'} (the task's state, e.g. the OTC "
+                                   "tracker) is missing; resume from a checkpoint written by a run of this task.")
             self.task.state.load_state_dict(json.loads((folder / "task.json").read_text()))
         if (folder / "reference.safetensors").exists():
             from safetensors.torch import load_file
