@@ -2,7 +2,8 @@
 
 Everything a step needs that does not move with the policy is computed once, when the round is generated, and
 kept with the example: the judge's scores, the reference's token log-probs (`ref`) and the round-start policy's
-token log-probs (`prev`: pi_t of SPPO / GPO / INPO, GRPO's old policy). A round is plain JSON (ints and floats,
+token log-probs (`prev`: pi_t of SPPO / GPO / INPO, GRPO's old policy), and for tool rollouts (tool_rollout.py) a
+per-token `loss_mask` that leaves the tool observations out of the loss. A round is plain JSON (ints and floats,
 which JSON round-trips exactly), so a checkpoint taken mid-round resumes on the very same examples.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Example:
     ref: list[list[float]] | None = None    # reference token log-probs of completions + online
     prev: list[list[float]] | None = None   # round-start policy token log-probs of completions + online
     weight: float = 1.0                      # game task: population weight of the pair (pi_t(y) pi_t(y'))
+    loss_mask: list[list[int]] | None = None  # per completion token: 1 trained, 0 conditioned on only (tool results)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -35,6 +37,10 @@ class Example:
 
     def sequences(self) -> list[list[int]]:
         return list(self.completions) + list(self.online)
+
+    def trained_tokens(self, k: int) -> int:
+        """Tokens of completion k that the loss reads (all of them unless a loss_mask leaves some out)."""
+        return len(self.completions[k]) if self.loss_mask is None else sum(self.loss_mask[k])
 
 
 def token_matrix(values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:

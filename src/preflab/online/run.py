@@ -25,6 +25,12 @@ any step and resumed ends with the same weights as an uninterrupted one.
 
 Other inputs than token-id prompts (preflab.online.vision: image prompts) override the hooks _generate, _layout,
 _group_layout, _empty_layout and scorer_class; nothing else of the run changes.
+
+Tool rollouts (online/tool_rollout.py, group recipes only): a Task's `generator` replaces make_generator; what it
+leaves in `last_columns` (e.g. num_tool_calls, executed calls) joins each completion's judge columns, its
+`last_loss_masks` become the examples' `loss_mask` (tool observations conditioned on, left out of the loss and of
+dapo's token count) and `last_metrics` the round's metrics. A Task's `state` (e.g. the OTC tracker) is checkpointed
+with the online state; `judge_cache: False` for judges whose score of a text changes over the run.
 """
 from __future__ import annotations
 
@@ -129,7 +135,7 @@ class OnlineRun(TrainingRun):
             if cfg.refresh_reference_every > 1 and (self.ref is None or is_lora(policy)):
                 raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
-        self.judge = Judge(task.judges, weights=cfg.reward_weights)
+        self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
         self.pad_id = pad_id_of(tokenizer)
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
@@ -146,7 +152,9 @@ class OnlineRun(TrainingRun):
             self.ref.to(acc.device)
         self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
-        self.generator = make_generator(cfg, policy, tokenizer, acc)
+        self.generator = (getattr(task, "generator", None) or make_generator)(cfg, policy, tokenizer, acc)
+        if hasattr(self.generator, "last_loss_masks") and self.spec.kind != "groups":
+            raise ConfigError(f"tool rollouts train group recipes (grpo, dapo, ...), not trainer {cfg.trainer!r}.")
         self.pending: Round | None = None
         self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
         self.refreshes = 0
@@ -200,7 +208,8 @@ class OnlineRun(TrainingRun):
         prompts = [rows[i // K].prompt for i in range(len(ids))]
         chat = [isinstance(p, list) for p in prompts]
         texts = [decode(self.tokenizer, c, ch) for c, ch in zip(ids, chat)]
-        columns = [rows[i // K].columns for i in range(len(ids))]
+        info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
+        columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
         flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids)
         eos = self.tokenizer.eos_token_id
         has_eos = [bool(c) and c[-1] == eos for c in ids]
@@ -245,6 +254,9 @@ class OnlineRun(TrainingRun):
 
         examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g,
                                           per_fn.view(n, K, -1))
+        loss_masks = getattr(self.generator, "last_loss_masks", None)
+        for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
+            e.loss_mask = loss_masks[p * K:(p + 1) * K]
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras["valid"] for e in examples])
@@ -264,7 +276,8 @@ class OnlineRun(TrainingRun):
                    "completions/mean_length": float(lengths.mean()),
                    "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
                    "completions/empty": float(empty), "judge/dropped": float(dropped),
-                   "examples/count": float(len(examples)), "round": float(r + 1), **counts}
+                   "examples/count": float(len(examples)), "round": float(r + 1), **counts,
+                   **getattr(self.generator, "last_metrics", {})}
         for k, name in enumerate(self.judge.names):
             values = per_fn[:, k][~per_fn[:, k].isnan()]
             metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
@@ -321,7 +334,7 @@ class OnlineRun(TrainingRun):
             return [OnlineMicroBatch([], [-1], 0)]
         parts_n = world * accum
         examples = [self.pending.examples[i] for i in chosen]
-        tokens_per_prompt = sum(len(c) for e in examples for c, ok in zip(e.completions, e.extras.get(
+        tokens_per_prompt = sum(e.trained_tokens(k) for e in examples for k, ok in enumerate(e.extras.get(
             "valid", [True] * len(e.completions))) if ok) / len(examples)
         parts = [chosen[j::parts_n] for j in range(parts_n)]
         out = []
@@ -387,6 +400,8 @@ class OnlineRun(TrainingRun):
             scores = self.scorer(layout, want_hidden=self.want_hidden)
         shape = (len(exs), G, scores.token_logps.shape[-1])
         mask = scores.mask.view(shape)
+        if exs[0].loss_mask is not None:  # tool observations: conditioned on, not trained on
+            mask = mask & token_matrix(flat_masks(exs), scores.mask).bool().view(shape)
         policy = SequenceLogps(scores.token_logps.view(shape), mask)
         flat = lambda attr: [v for e in exs for v in getattr(e, attr)]  # noqa: E731
         ref = None
@@ -455,6 +470,8 @@ class OnlineRun(TrainingRun):
         (tmp / "round.json").write_text(json.dumps(self.pending.to_json() if self.pending else None))
         (tmp / "judge.json").write_text(json.dumps({"judge": self.judge.state(), "counts": self.counts,
                                                     "refreshes": self.refreshes}))
+        if getattr(self.task, "state", None) is not None:
+            (tmp / "task.json").write_text(json.dumps(self.task.state.state_dict()))
         if self.ref is not None and self.refreshes:
             from safetensors.torch import save_file
 
@@ -481,11 +498,20 @@ class OnlineRun(TrainingRun):
         meta = json.loads((folder / "judge.json").read_text())
         self.judge.load_state(meta["judge"])
         self.counts, self.refreshes = meta["counts"], meta["refreshes"]
+        if getattr(self.task, "state", None) is not None:
+            if not (folder / "task.json").exists():
+                raise PreflabError(f"resuming at step {step}: {folder / 'task.json'} (the task's state, e.g. the OTC "
+                                   "tracker) is missing; resume from a checkpoint written by a run of this task.")
+            self.task.state.load_state_dict(json.loads((folder / "task.json").read_text()))
         if (folder / "reference.safetensors").exists():
             from safetensors.torch import load_file
 
             self.ref.load_state_dict(load_file(str(folder / "reference.safetensors")))
         return step
+
+
+def flat_masks(examples: list[Example]) -> list[list[int]]:
+    return [m for e in examples for m in e.loss_mask]
 
 
 def win_rate(after: list[float], before: list[float]) -> float:

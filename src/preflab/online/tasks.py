@@ -39,6 +39,11 @@ class Task:
     judges: list                      # reward functions / reward models / preference models
     heldout: list = field(default_factory=list)
     evaluate: Callable | None = None  # evaluate(model, tokenizer) -> dict (true_reward etc.)
+    generator: Callable | None = None  # generator(cfg, policy, tokenizer, accelerator) -> a Generator (tool rollouts);
+                                       # None: online.generator.make_generator
+    judge_cache: bool = True          # False for judges whose score of a completion changes over the run (OTC-GRPO)
+    state: Any = None                 # an object with state_dict() / load_state_dict() (JSON), checkpointed with the
+                                      # run (e.g. OTC's running-minimum tracker)
 
 
 def demo_true_reward(prompts, completions, **kwargs):

@@ -1,6 +1,7 @@
 """`Calculator`: arithmetic expressions, parsed with `ast` and evaluated node by node (never `eval`).
 
-Allowed: numbers, + - * / // % ** (exponent at most 64 in size), unary +/-, parentheses, and the functions
+Allowed: numbers, + - * / // % ** (exponent at most 64 in size, no integer over MAX_INT_BITS bits), unary +/-,
+parentheses, and the functions
 abs, round, min, max, sqrt. Anything else (names, attributes, calls to other functions, huge powers) raises, which
 `ToolBox` turns into the fixed error observation. Integers print as integers; floats with up to 10 significant
 digits after rounding away binary noise (0.1 + 0.2 -> 0.3).
@@ -17,6 +18,7 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCTIONS = {"abs": abs, "round": round, "min": min, "max": max, "sqrt": math.sqrt}
 MAX_EXPONENT = 64
 MAX_LENGTH = 200
+MAX_INT_BITS = 10_000  # no integer (operand or result) beyond this: nested powers ((10**64)**64)**64... would hang
 
 
 def evaluate_expression(expression: str) -> int | float:
@@ -34,13 +36,22 @@ def _eval(node):
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise ValueError(f"exponent {right} is larger than {MAX_EXPONENT}")
-        return _BINARY[type(node.op)](left, right)
+        if (isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int)
+                and left.bit_length() * abs(right) > MAX_INT_BITS):
+            raise ValueError(f"the power has more than {MAX_INT_BITS} bits")
+        return _bounded(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_eval(node.operand))
+        return _bounded(_UNARY[type(node.op)](_eval(node.operand)))
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
             and not node.keywords):
         return _FUNCTIONS[node.func.id](*[_eval(a) for a in node.args])
     raise ValueError(f"not allowed in an arithmetic expression: {ast.dump(node)[:80]}")
+
+
+def _bounded(value):
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise ValueError(f"an intermediate result has more than {MAX_INT_BITS} bits")
+    return value
 
 
 def format_number(value: int | float) -> str:

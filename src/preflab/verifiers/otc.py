@@ -106,7 +106,8 @@ class OTCReward:
 
     mode: "ppo" (no tracker) or "grpo" (running optimum per question). c: smoothing constant. alpha: scale.
     scoring: "em", "f1", or a callable (completion_text, gold) -> r_φ ∈ [0, 1]. id_column: dataset column that
-    names the question (default: the prompt text). answer_column: the gold answer column."""
+    names the question (default: the prompt text). answer_column: the gold answer column.
+    (r_φ is `score_answer`, not `score`: an object with `.score` is a reward model to preflab's Judge.)"""
 
     def __init__(self, *, mode: Mode = "grpo", c: float, alpha: float = 1.0,
                  scoring: Literal["em", "f1"] | Callable[[str, Any], float] = "em",
@@ -122,11 +123,11 @@ class OTCReward:
         self.answer_re = re.compile(answer_pattern, re.DOTALL)
         self.answer_column, self.id_column, self.correct_threshold = answer_column, id_column, correct_threshold
         if scoring == "em":
-            self.score = lambda text, gold: exact_match(self._answer(text), gold)
+            self.score_answer = lambda text, gold: exact_match(self._answer(text), gold)
         elif scoring == "f1":
-            self.score = lambda text, gold: token_f1(self._answer(text), gold)
+            self.score_answer = lambda text, gold: token_f1(self._answer(text), gold)
         elif callable(scoring):
-            self.score = scoring
+            self.score_answer = scoring
         else:
             raise ConfigError(f"otc: scoring={scoring!r}; use 'em', 'f1' or a callable.")
         self.tracker = OptimalToolCallTracker()
@@ -145,7 +146,7 @@ class OTCReward:
         golds = column(kwargs, self.answer_column, n, reward=self.__name__)
         given = column(kwargs, "num_tool_calls", n, required=False, reward=self.__name__)
         calls = [int(m) for m in given] if given is not None else [self.count_tool_calls(t) for t in texts]
-        r_phi = [float(self.score(t, g)) for t, g in zip(texts, golds)]
+        r_phi = [float(self.score_answer(t, g)) for t, g in zip(texts, golds)]
         if self.mode == "ppo":
             return [self.alpha * otc_ppo_tool_reward(m, self.c) * r for m, r in zip(calls, r_phi)]
         ids = column(kwargs, self.id_column, n, required=False, reward=self.__name__)

@@ -1,0 +1,283 @@
+"""Tool rollouts (preflab.online.tool_rollout): calls executed through a ToolBox, observations forced and masked out
+of the loss, executed calls counted; a model's malicious or runaway tool call is contained; the group loss does not
+read the observation tokens' log-probs; rounds with loss masks round-trip through JSON."""
+import json
+import time
+
+import pytest
+import torch
+
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.online.examples import Example
+from preflab.online.run import Round
+from preflab.online.tool_rollout import CALCULATOR_SYNTAX, ToolRolloutGenerator, ToolSyntax
+from preflab.tools import TOOL_ERROR_OBSERVATION, Calculator, ToolBox
+
+TOK = tiny_tokenizer("char")
+
+
+class ScriptedLM(torch.nn.Module):
+    """A stand-in causal LM that writes scripts, following the KV-cache protocol the rollout uses (its 'cache' is the
+    completion tokens seen per row). Row i writes scripts[i % len(scripts)]; with choose=True every row first picks
+    a script by sampling its first character (uniform over the scripts' first characters), then writes it."""
+
+    def __init__(self, scripts: list[str], choose: bool = False):
+        super().__init__()
+        self.scripts = [TOK(s, add_special_tokens=False).input_ids + [TOK.eos_token_id] for s in scripts]
+        self.choose = choose
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=True):
+        if past_key_values is None:  # the prompt: no completion tokens yet
+            seen = [[] for _ in range(input_ids.shape[0])]
+        else:
+            seen = [row + [int(t)] for row, t in zip(past_key_values, input_ids[:, -1])]
+        logits = torch.full((input_ids.shape[0], input_ids.shape[1], len(TOK)), -50.0)
+        for i, row in enumerate(seen):
+            if self.choose and not row:
+                logits[i, -1, [s[0] for s in self.scripts]] = 0.0
+                continue
+            script = (next(s for s in self.scripts if s[0] == row[0]) if self.choose
+                      else self.scripts[i % len(self.scripts)])
+            logits[i, -1, script[min(len(row), len(script) - 1)]] = 50.0
+        return {"logits": logits, "past_key_values": seen}
+
+
+def rollout(scripts, max_tool_calls=3, max_new_tokens=120, box=None, syntaxes=(CALCULATOR_SYNTAX,)):
+    box = box or ToolBox([Calculator()])
+    gen = ToolRolloutGenerator(ScriptedLM(scripts), TOK, box, list(syntaxes), max_new_tokens=max_new_tokens,
+                               max_tool_calls=max_tool_calls)
+    prompts = [[TOK.bos_token_id] + TOK("Q: x\n", add_special_tokens=False).input_ids]
+    ids = gen.generate(prompts, len(scripts), seed=0)
+    return gen, box, [TOK.decode(c, skip_special_tokens=True) for c in ids], ids
+
+
+def observation_mask(text: str, observations: list[str]) -> list[int]:
+    """1 everywhere except on the given observation substrings (in order), + the eos position."""
+    mask, pos = [1] * len(text), 0
+    for obs in observations:
+        at = text.index(obs, pos)
+        mask[at:at + len(obs)] = [0] * len(obs)
+        pos = at + len(obs)
+    return mask + [1]
+
+
+def test_calls_are_executed_observations_forced_and_masked():
+    scripts = ["[calc: 37*48]=1776\nanswer: 1776",           # one call; the model's own '=...' is overridden
+               "[calc: 2+3]=5\n[calc: 2+3]=5\nanswer: 5",
+               "answer: 47",                                   # no call
+               "[calc 2+3] and 2+3] answer: 5"]                # malformed: no '[calc:' opener, not a call
+    gen, box, texts, ids = rollout(scripts)
+    assert texts == scripts
+    assert [c["num_tool_calls"] for c in gen.last_columns] == [1, 2, 0, 0]
+    assert gen.last_loss_masks[0] == observation_mask(scripts[0], ["=1776"])
+    assert gen.last_loss_masks[1] == observation_mask(scripts[1], ["=5", "=5"])
+    assert gen.last_loss_masks[2] == [1] * len(ids[2]) and gen.last_loss_masks[3] == [1] * len(ids[3])
+    assert box.stats["calls"] == 3 and box.stats["cache_hits"] == 1 and box.stats["errors"] == 0
+    assert gen.last_metrics["tools/calls_mean"] == 0.75
+
+
+def test_observation_comes_from_the_tool_not_the_model():
+    # the model 'believes' 2+3=9; the forced observation is the calculator's 5, and it is not trained on
+    gen, _, texts, _ = rollout(["[calc: 2+3]=9\nanswer: 9"])
+    assert texts == ["[calc: 2+3]=5\nanswer: 9"]
+    assert gen.last_loss_masks[0] == observation_mask(texts[0], ["=5"])
+
+
+def test_max_tool_calls_refuses_further_calls_without_counting_them():
+    script = "[calc: 1+1]=2\n[calc: 1+1]=2\n[calc: 1+1]\nanswer: 2"
+    gen, box, texts, _ = rollout([script], max_tool_calls=2)
+    assert texts == [script] and gen.last_columns[0]["num_tool_calls"] == 2
+    assert gen.last_metrics["tools/calls_refused"] == 1 and box.stats["calls"] == 2
+
+
+def test_budget_counts_observation_tokens():
+    gen, _, texts, ids = rollout(["[calc: 37*48]=1776\nanswer: 1776"], max_new_tokens=16)
+    assert len(ids[0]) == 16 and texts[0] == "[calc: 37*48]=17"   # the observation is cut by the budget
+    assert gen.last_loss_masks[0] == [1] * 13 + [0] * 3
+
+
+def test_malicious_and_runaway_calls_are_contained(tmp_path):
+    target = tmp_path / "pwned"
+    calls = [f"__import__('os').system('touch {target}')",
+             "().__class__.__base__.__subclasses__()",
+             "9**9**9",
+             "((((((10**64)**64)**64)**64)**64)**64)**64",
+             "open('/etc/passwd').read()"]
+    scripts = [f"[calc: {c}]={TOOL_ERROR_OBSERVATION}\nanswer: 1" for c in calls]
+    started = time.perf_counter()
+    gen, box, texts, _ = rollout(scripts, max_new_tokens=200)
+    assert time.perf_counter() - started < 10
+    assert texts == scripts                                        # each call got the fixed error observation
+    assert [c["tool_errors"] for c in gen.last_columns] == [1] * len(calls)
+    assert [c["num_tool_calls"] for c in gen.last_columns] == [1] * len(calls)   # executed (and failed): counted
+    assert box.stats["errors"] == len(calls) and gen.last_metrics["tools/errors"] == len(calls)
+    assert not target.exists()
+
+
+def test_syntax_must_name_a_tool_in_the_box():
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not have"):
+        ToolRolloutGenerator(ScriptedLM(["x"]), TOK, ToolBox([Calculator()]),
+                             [ToolSyntax("<py>", "</py>", "Python", "code")], max_new_tokens=4)
+
+
+def test_sampling_is_deterministic_given_the_seed():
+    model = tiny_causal_lm(TOK, hidden_size=32, seed=1)
+    gen = ToolRolloutGenerator(model, TOK, ToolBox([Calculator()]), [CALCULATOR_SYNTAX], max_new_tokens=20,
+                               batch_size=2)
+    prompts = [[TOK.bos_token_id] + TOK(p, add_special_tokens=False).input_ids for p in ("Q: 1+1\n", "Q: 7\n", "a")]
+    first = gen.generate(prompts, 4, seed=5)
+    assert gen.generate(prompts, 4, seed=5) == first and gen.generate(prompts, 4, seed=6) != first
+    # the KV-cached sampler draws from the model's distribution: greedy equals argmax of full forwards
+    greedy = gen.generate(prompts[:1], 1, seed=0, do_sample=False)[0]
+    ids = list(prompts[0])
+    for _ in range(len(greedy)):
+        with torch.no_grad():
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert greedy == ids[len(prompts[0]):]
+
+
+def test_round_with_loss_masks_round_trips_through_json():
+    import json
+
+    ex = Example(3, [1, 2], [[5, 6, 7], [8]], {"rewards": [1.0, 0.0]}, loss_mask=[[1, 0, 1], [1]])
+    again = Round.from_json(json.loads(json.dumps(Round(0, [ex], [[0]]).to_json())))
+    assert again.examples[0] == ex and again.examples[0].trained_tokens(0) == 2
+    old = {k: v for k, v in ex.to_json().items() if k != "loss_mask"}   # a round saved before loss masks existed
+    assert Example.from_json(old).loss_mask is None and Example.from_json(old).trained_tokens(0) == 3
+
+
+# ---------------------------------------------------------------- in the online run (GRPO with tool rollouts)
+CHOICES = ["[calc: 2+3]=5\nanswer: 5",                       # 1 call, correct
+           "answer: 5",                                      # 0 calls, correct
+           "x[calc: 2+3]=5\n[calc: 2+3]=5\nanswer: 5",       # 2 calls, correct
+           "y answer: 6"]                                    # wrong
+TOOL_PROMPTS = [{"prompt": p, "answer": "5", "question_id": "2+3"} for p in ("Q: 2+3\n", "Q: 2 + 3\n", "Q:2+3\n")]
+
+
+def tool_run(out, **over):
+    """GRPO on a tiny policy; rollouts written by ScriptedLM(CHOICES, choose=True) with real calculator calls,
+    judged by OTC-GRPO (the tracker checkpointed with the run)."""
+    from preflab.config import config_from_dict
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+    from preflab.tool_use.otc_task import ANSWER_PATTERN
+    from preflab.verifiers.otc import OTCReward
+
+    base = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="(in memory)",
+                model_name_or_path="(in memory)", learning_rate=1e-2, max_steps=6, num_generations=4,
+                prompts_per_generation=2, steps_per_generation=2, per_device_train_batch_size=1,
+                max_completion_length=48, logging_steps=1, disable_tqdm=True, use_cpu=True, seed=3,
+                output_dir=str(out))
+    cfg = config_from_dict({**base, **over})
+    reward = OTCReward(mode="grpo", c=3.0, answer_pattern=ANSWER_PATTERN)
+    scripted = ScriptedLM(CHOICES, choose=True)
+
+    def generator(cfg, policy, tokenizer, accelerator=None):
+        return ToolRolloutGenerator(scripted, tokenizer, ToolBox([Calculator()]), [CALCULATOR_SYNTAX],
+                                    cfg.max_completion_length, max_tool_calls=3)
+
+    task = Task(TOOL_PROMPTS, [reward], generator=generator, judge_cache=False, state=reward.tracker)
+    return OnlineRun(cfg, policy=tiny_causal_lm(TOK, hidden_size=32, seed=1), tokenizer=TOK, task=task)
+
+
+def observation_positions(examples) -> torch.Tensor:
+    """[B * G, L] 1.0 on observation tokens (loss_mask 0), group-major as the group layout."""
+    from preflab.online.examples import token_matrix
+
+    rows = [[1 - v for v in m] for e in examples for m in e.loss_mask]
+    return token_matrix(rows, torch.ones(len(rows), max(len(r) for r in rows), dtype=torch.bool))
+
+
+def test_group_loss_and_gradient_ignore_observation_tokens(tmp_path):
+    """Perturbing the policy's log-probs on observation tokens (value and gradient) changes neither the loss nor
+    the gradient; the same perturbation on a model-written token does. The dapo normaliser counts trained tokens."""
+    run = tool_run(tmp_path, per_device_train_batch_size=2)
+    mb = run.micro_batches(0)[0]
+    exs = mb.examples
+    assert all(e.loss_mask is not None for e in exs)
+    hidden = observation_positions(exs)
+    assert hidden.sum() > 0                                        # some completions did call the calculator
+    chosen = [i for i in run.pending.slices[0]]
+    trained = sum(e.trained_tokens(k) for e in (run.pending.examples[i] for i in chosen) for k in range(4))
+    assert mb.tokens_per_prompt == trained / len(chosen)
+    assert trained < sum(len(c) for e in (run.pending.examples[i] for i in chosen) for c in e.completions)
+    scorer, weight = run.scorer, run.policy.model.embed_tokens.weight
+
+    def loss_and_grad(where):
+        def perturbed(layout, **kwargs):
+            scores = scorer(layout, **kwargs)
+            bump = torch.zeros_like(scores.token_logps)
+            bump[:, :where.shape[1]] = where[:, :bump.shape[1]]
+            scores.token_logps = scores.token_logps + bump * (3.0 * weight.sum() + 1.0)
+            return scores
+
+        run.scorer = perturbed
+        run.policy.zero_grad()
+        out = run.forward(mb)
+        out.loss.backward()
+        run.scorer = scorer
+        return float(out.loss.detach()), weight.grad.clone()
+
+    base_loss, base_grad = loss_and_grad(torch.zeros_like(hidden))
+    loss, grad = loss_and_grad(hidden)
+    assert loss == base_loss and torch.equal(grad, base_grad)
+    own = torch.zeros_like(hidden)
+    own[0, 0] = 1.0                                                # the first token the model wrote
+    moved_loss, moved_grad = loss_and_grad(own)
+    assert moved_loss != base_loss or not torch.equal(moved_grad, base_grad)
+
+
+def test_executed_calls_reach_the_judge_and_the_tracker_resumes_exactly(tmp_path):
+    """num_tool_calls reaches OTC-GRPO (rewards = r_tool(m, n) for correct rollouts, n the running minimum over
+    rounds); a run stopped after a mid-round checkpoint and resumed ends with the same weights, tracker and rewards.
+    Seed 6 samples (1 call, 0 calls), (2 calls, wrong), (2 calls, 1 call) in rounds 1-3: round 3 (generated after the
+    resume) is scored against n = 0 from round 1, which only the checkpointed tracker knows."""
+    import math
+
+    from preflab.verifiers.otc import otc_grpo_tool_reward
+
+    class Stop(Exception):
+        pass
+
+    small = dict(seed=6, num_generations=2, prompts_per_generation=1)
+    full = tool_run(tmp_path / "full", **small)
+    full.train()
+    rounds = [[json.loads(x) for x in (tmp_path / "full" / "rounds" / f"{k}.jsonl").read_text().splitlines()]
+              for k in (1, 2, 3)]
+    assert [[CHOICES.index(c) for row in r for c in row["completions"]] for r in rounds] == [[0, 1], [2, 3], [2, 0]]
+    assert math.isclose(rounds[0][0]["scores"][0], otc_grpo_tool_reward(1, 0, 3.0), abs_tol=1e-12)   # cos(pi/5)
+    assert rounds[0][0]["scores"][1] == 1.0 and rounds[1][0]["scores"][1] == 0.0                      # wrong: 0
+    expected = [otc_grpo_tool_reward(2, 0, 3.0), otc_grpo_tool_reward(1, 0, 3.0)]                      # n = 0
+    assert rounds[2][0]["scores"] == pytest.approx(expected, abs=1e-12)
+    assert expected != pytest.approx([otc_grpo_tool_reward(2, 1, 3.0), 1.0])   # what n from the group would give
+    assert full.task.state.best == {"2+3": 0}
+
+    cut = tool_run(tmp_path / "cut", save_steps=3, **small)
+    original = cut.micro_batches
+
+    def stop_after_checkpoint(step):
+        if step == 4:
+            raise Stop
+        return original(step)
+
+    cut.micro_batches = stop_after_checkpoint
+    with pytest.raises(Stop):
+        cut.train()
+    saved = json.loads((tmp_path / "cut" / "online-state" / "step-3" / "task.json").read_text())
+    assert saved == {"2+3": 0}
+    resumed = tool_run(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **small)
+    assert resumed.train()["resumed_from_step"] == 3
+    a, b = full.policy.state_dict(), resumed.policy.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert resumed.task.state.best == full.task.state.best
+    assert (tmp_path / "cut" / "rounds" / "3.jsonl").read_text() == (tmp_path / "full" / "rounds" / "3.jsonl").read_text()
+
+
+def test_tool_rollouts_refuse_pair_trainers(tmp_path):
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="group recipes"):
+        tool_run(tmp_path, trainer="online_dpo")
