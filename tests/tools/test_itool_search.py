@@ -17,6 +17,7 @@ from preflab.tool_use.itool_search import (
     fast_reward,
     letter_confidence,
     pair_filter,
+    run_searches,
     sample_steps,
     select_deficient,
     selection_score,
@@ -135,9 +136,10 @@ class ScriptedSampler:
     def __init__(self, script):
         self.script, self.calls = list(script), []
 
-    def sample(self, response_ids, n, max_new_tokens, key):
-        self.calls.append((list(response_ids), n, key))
+    def sample(self, request):
+        self.calls.append((list(request.response_ids), request.n, request.key))
         texts = self.script.pop(0)
+        n = request.n
         assert len(texts) == n
         return [Sample([ord(c) for c in t] + [-1], [0.0] * (len(t) + 1), True, list(t) + [""]) for t in texts]
 
@@ -155,10 +157,10 @@ def test_scripted_search_values_and_pairs():
     gold = "[get_time(city='Oslo')]"
     sampler = ScriptedSampler([[gold, "[get_time(city='Rome')]"], ["Hi", "[get_time(city='Lima')]"],
                                ["'Rome')]", "'Lima')]"]])
-    search = StepSearch(sampler, gold, lambda text, fin: letter_confidence(rule_grade(text, gold, fin)),
+    search = StepSearch([1], gold, lambda text, fin: letter_confidence(rule_grade(text, gold, fin)),
                         SearchConfig(num_actions=2, mcts_iters=3, depth=3, step_limit=2, max_simulation_steps=2,
                                      max_new_tokens=60), key=("k",))
-    root = search.run()
+    root = search.run(sampler)
     a1, b1, c1, d1 = root.children
     a2 = a1.children[0]
     assert [c.text for c in root.children] == ["[get_time(city=", "[get_time(city=", "Hi", "[get_time(city="]
@@ -179,9 +181,9 @@ def test_scripted_search_values_and_pairs():
 
 def test_depth_limit_merges_the_rest_into_one_step():
     gold = "[convert_currency(amount=20, src='USD', dst='EUR')]"
-    search = StepSearch(ScriptedSampler([[gold, "x"]]), gold, lambda t, f: 0.0,
+    search = StepSearch([1], gold, lambda t, f: 0.0,
                         SearchConfig(num_actions=2, mcts_iters=1, depth=2, step_limit=1, max_new_tokens=80))
-    root = search.run()
+    root = search.run(ScriptedSampler([[gold, "x"]]))
     chain, node = [], root.children[0]
     while True:
         chain.append(node.text)
@@ -190,3 +192,40 @@ def test_depth_limit_merges_the_rest_into_one_step():
         node = node.children[0]
     # depth 2: steps at depths 1 and 2, everything after in one step at depth 3
     assert chain == ["[convert_currency(", "amount=", "20, src='USD', dst='EUR')]"]
+
+
+def _tree(node):
+    return [(c.text, round(c.value, 12), c.visits, c.stopped, _tree(c)) for c in node.children]
+
+
+def test_lockstep_searches_equal_searches_run_alone():
+    """run_searches batches the requests of several searches; each tree equals the tree of the search run alone
+    when it is sent the same samples (here: a sampler keyed by the request)."""
+    def texts_for(request):
+        prompt = request.prompt_ids[0]
+        pool = ["[get_time(city='Oslo')]", "[get_time(city='Rome')]", "Hi", "'Lima')]", "[get_time(city="]
+        return [pool[(prompt + len(request.response_ids) + request.key[-1] + j) % len(pool)]
+                for j in range(request.n)]
+
+    class Keyed:
+        def sample(self, request):
+            return [Sample([ord(c) for c in t] + [-1], [-0.1] * (len(t) + 1), True, list(t) + [""])
+                    for t in texts_for(request)]
+
+    gold = "[get_time(city='Oslo')]"
+    cfg = SearchConfig(num_actions=2, mcts_iters=5, max_new_tokens=60)
+
+    def make(p):
+        return StepSearch([p], gold, lambda text, fin: letter_confidence(rule_grade(text, gold, fin)), cfg, key=(p,))
+
+    alone = [make(p).run(Keyed()) for p in range(4)]
+    batches = []
+
+    def sample_many(requests):
+        batches.append(len(requests))
+        return [Keyed().sample(r) for r in requests]
+
+    together = run_searches([make(p) for p in range(4)], sample_many)
+    assert [_tree(r) for r in together] == [_tree(r) for r in alone]
+    assert batches[0] == 4
+    assert len(batches) < sum(batches)  # requests were batched

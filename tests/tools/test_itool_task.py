@@ -110,17 +110,16 @@ class OneShotSampler:
     def __init__(self, texts):
         self.texts = texts
 
-    def sample(self, response_ids, n, max_new_tokens, key):
+    def sample(self, request):
         return [Sample([ord(c) for c in t] + [-1], [0.0] * (len(t) + 1), True, list(t) + [""])
-                for t in self.texts[:n]]
+                for t in self.texts[:request.n]]
 
 
 def test_planted_output_inside_the_search_is_graded_poor_and_never_run(tmp_path):
     target, planted = _planted(tmp_path)
-    search = StepSearch(OneShotSampler(planted[:2]), GOLD,
-                        lambda text, fin: letter_confidence(rule_grade(text, GOLD, fin)),
+    search = StepSearch([1], GOLD, lambda text, fin: letter_confidence(rule_grade(text, GOLD, fin)),
                         SearchConfig(num_actions=2, mcts_iters=1, max_new_tokens=200))
-    root = search.run()
+    root = search.run(OneShotSampler(planted[:2]))
     assert root.visits == 1 and root.value == pytest.approx(-0.5)  # graded D: the leaf reward of a poor reply
     tree_pairs(root)
     assert not target.exists()

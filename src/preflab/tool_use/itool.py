@@ -38,9 +38,11 @@ from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.runlog import write_summary
 from preflab.tool_use.itool_search import (
     Sample,
+    SampleRequest,
     SearchConfig,
     StepSearch,
     letter_confidence,
+    run_searches,
     select_deficient,
     tree_pairs,
 )
@@ -76,33 +78,50 @@ def _seed_of(key: tuple) -> int:
 
 
 class ModelSampler:
-    """Continuations of (prompt + response so far) from the policy at `temperature`, each with its tokens' log-probs
-    under the model (temperature 1), seeded by the search's key (so a resumed run samples the same)."""
+    """Continuations from the policy at `temperature` for a batch of SampleRequests (one left-padded generate call),
+    each token with its log-prob under the model (temperature 1); seeded by the requests' keys, so a resumed run
+    samples the same."""
 
-    def __init__(self, model, tokenizer, prompt_ids: list[int], temperature: float):
-        self.model, self.tokenizer, self.prompt_ids, self.temperature = model, tokenizer, prompt_ids, temperature
+    def __init__(self, model, tokenizer, temperature: float):
+        self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
 
     @torch.no_grad()
-    def sample(self, response_ids: list[int], n: int, max_new_tokens: int, key: tuple) -> list[Sample]:
+    def sample_many(self, requests: list[SampleRequest]) -> list[list[Sample]]:
+        rows = [list(r.prompt_ids + r.response_ids) for r in requests for _ in range(r.n)]
+        budgets = [r.max_new_tokens for r in requests for _ in range(r.n)]
+        width = max(len(x) for x in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            attention[i, width - len(row):] = 1
         was_training = self.model.training
         self.model.eval()
-        ids = torch.tensor([self.prompt_ids + response_ids] * n)
-        torch.manual_seed(_seed_of(key))
-        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                  temperature=self.temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+        torch.manual_seed(_seed_of([r.key for r in requests]))
+        out = self.model.generate(input_ids=ids, attention_mask=attention, do_sample=True,
+                                  temperature=self.temperature, top_k=0, top_p=1.0, max_new_tokens=max(budgets),
                                   eos_token_id=self.eos, pad_token_id=self.pad, output_logits=True,
                                   return_dict_in_generate=True)
         self.model.train(was_training)
-        new = out.sequences[:, ids.shape[1]:]
+        new = out.sequences[:, width:]
         logps = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         samples = []
-        for row, lp in zip(new.tolist(), logps.tolist()):
-            cut = row.index(self.eos) + 1 if self.eos in row else len(row)
+        for row, lp, budget in zip(new.tolist(), logps.tolist(), budgets):
+            row, lp = row[:budget], lp[:budget]
+            stopped = self.eos in row
+            cut = row.index(self.eos) + 1 if stopped else len(row)
             texts = [self.tokenizer.decode([t], skip_special_tokens=True) for t in row[:cut]]
-            samples.append(Sample(row[:cut], lp[:cut], self.eos in row, texts))
-        return samples
+            samples.append(Sample(row[:cut], lp[:cut], stopped, texts))
+        grouped, start = [], 0
+        for r in requests:
+            grouped.append(samples[start:start + r.n])
+            start += r.n
+        return grouped
+
+    def sample(self, request: SampleRequest) -> list[Sample]:
+        return self.sample_many([request])[0]
 
 
 @torch.no_grad()
@@ -187,7 +206,7 @@ def _pairs_data(pairs: list[dict], prompt_ids: dict[int, list[int]]) -> list[Tok
 
 
 def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_train: int = 400,
-              n_test: int = 64, pool_size: int = 100, ratio: float = 0.3, iterations: int = 2,
+              n_test: int = 200, pool_size: int = 400, ratio: float = 0.3, iterations: int = 3,
               sft_steps: int = 120, hidden_size: int = 64, num_actions: int = 3, temperature: float = 1.0,
               mcts_iters: int = 5, depth: int = 3, step_limit: int = 2, max_simulation_steps: int = 2,
               exploration_weight: float = 1.0, value_threshold: float = 0.1, overlap_limit: float = 0.95,
@@ -267,12 +286,12 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         ppl = gold_perplexities(model, tokenizer, pool)
         selected = select_deficient(pool, ppl, ratio)
         pairs, counts, search_stats = [], {}, {"sampler_calls": 0, "skipped_mcts_iterations": 0}
-        for i in selected:
-            sampler = ModelSampler(model, tokenizer, prompt_ids[i], temperature)
-            gold = pool[i]["gold"]
-            search = StepSearch(sampler, gold, lambda text, fin, g=gold: letter_confidence(rule_grade(text, g, fin)),
-                                search_cfg, key=(seed, t, i))
-            found, c = tree_pairs(search.run(), value_threshold, overlap_limit, accept_value)
+        searches = [StepSearch(prompt_ids[i], pool[i]["gold"],
+                               lambda text, fin, g=pool[i]["gold"]: letter_confidence(rule_grade(text, g, fin)),
+                               search_cfg, key=(seed, t, i)) for i in selected]
+        roots = run_searches(searches, ModelSampler(model, tokenizer, temperature).sample_many)
+        for i, search, root in zip(selected, searches, roots):
+            found, c = tree_pairs(root, value_threshold, overlap_limit, accept_value)
             pairs += [{**p, "item": i} for p in found]
             counts = {k: counts.get(k, 0) + v for k, v in c.items()}
             search_stats["sampler_calls"] += search.calls

@@ -178,8 +178,19 @@ def backpropagate(node: Node, reward: float) -> None:
         node = node.parent
 
 
+@dataclass(frozen=True)
+class SampleRequest:
+    """n continuations of prompt_ids + response_ids, at most max_new_tokens each; key seeds them."""
+
+    prompt_ids: tuple
+    response_ids: tuple
+    n: int
+    max_new_tokens: int
+    key: tuple
+
+
 class Sampler(Protocol):
-    def sample(self, response_ids: list[int], n: int, max_new_tokens: int, key: tuple) -> list[Sample]: ...
+    def sample(self, request: SampleRequest) -> list[Sample]: ...
 
 
 @dataclass
@@ -194,12 +205,13 @@ class SearchConfig:
 
 
 class StepSearch:
-    """The MCTS of one prompt. `sampler` continues a response (token ids after the prompt); `grader(text, finished)`
-    returns the leaf reward."""
+    """The MCTS of one prompt. `steps()` is the search as a generator: it yields a SampleRequest whenever it needs
+    the policy and is sent back the samples, so many searches can share one batched generation (run_searches);
+    `run(sampler)` drives one search alone. `grader(text, finished)` returns the leaf reward."""
 
-    def __init__(self, sampler: Sampler, gold: str, grader: Callable[[str, bool], float], cfg: SearchConfig,
+    def __init__(self, prompt_ids: list[int], gold: str, grader: Callable[[str, bool], float], cfg: SearchConfig,
                  key: tuple = ()):
-        self.sampler, self.gold, self.grader, self.cfg, self.key = sampler, gold, grader, cfg, key
+        self.prompt_ids, self.gold, self.grader, self.cfg, self.key = tuple(prompt_ids), gold, grader, cfg, key
         self.root = Node()
         self.calls = 0
         self.skipped_iterations = 0
@@ -207,14 +219,15 @@ class StepSearch:
     def terminal(self, node: Node) -> bool:
         return node.stopped or len(node.response_ids()) >= self.cfg.max_new_tokens
 
-    def _sample(self, node: Node, n: int) -> list[Sample]:
+    def _request(self, node: Node, n: int) -> SampleRequest:
         self.calls += 1
-        room = self.cfg.max_new_tokens - len(node.response_ids())
-        return self.sampler.sample(node.response_ids(), n, room, (*self.key, self.calls))
+        response = node.response_ids()
+        return SampleRequest(self.prompt_ids, tuple(response), n, self.cfg.max_new_tokens - len(response),
+                             (*self.key, self.calls))
 
-    def expand(self, node: Node) -> None:
-        """num_actions samples, each a chain of step nodes under `node` valued by the fast reward."""
-        for sample in self._sample(node, self.cfg.num_actions):
+    def expand(self, node: Node, samples: list[Sample]) -> None:
+        """Each sample becomes a chain of step nodes under `node`, valued by the fast reward."""
+        for sample in samples:
             steps = sample_steps(sample, self.cfg.step_limit)
             current = node
             while steps:
@@ -226,8 +239,8 @@ class StepSearch:
                 current.children.append(child)
                 current = child
 
-    def simulate(self, node: Node) -> tuple[Node, str, bool]:
-        """(the in-tree leaf reached, the response text to grade, finished)."""
+    def simulate(self, node: Node):
+        """Generator: returns (the in-tree leaf reached, the response text to grade, finished)."""
         current, extra, finished = node, "", False
         for _ in range(self.cfg.max_simulation_steps):
             if self.terminal(current):
@@ -235,13 +248,13 @@ class StepSearch:
             if current.children:
                 current = max(current.children, key=lambda c: c.value)
                 continue
-            rollout = self._sample(current, 1)[0]
+            rollout = (yield self._request(current, 1))[0]
             extra, finished = rollout.text, True  # a full continuation: it ended (eos) or hit the budget
             break
         finished = finished or self.terminal(current)
         return current, current.response_text() + extra, finished
 
-    def run(self) -> Node:
+    def steps(self):
         cfg = self.cfg
         for _ in range(cfg.mcts_iters):
             node, depth = self.root, 0
@@ -251,10 +264,37 @@ class StepSearch:
             if len(node.children) > cfg.num_actions or self.terminal(node) or node.depth >= cfg.depth:
                 self.skipped_iterations += 1
                 continue
-            self.expand(node)
-            leaf, text, finished = self.simulate(node)
+            self.expand(node, (yield self._request(node, cfg.num_actions)))
+            leaf, text, finished = yield from self.simulate(node)
             backpropagate(leaf, self.grader(text, finished))
         return self.root
+
+    def run(self, sampler: Sampler) -> Node:
+        return run_searches([self], lambda requests: [sampler.sample(r) for r in requests])[0]
+
+
+def run_searches(searches: list[StepSearch], sample_many: Callable[[list[SampleRequest]], list[list[Sample]]]
+                 ) -> list[Node]:
+    """Run the searches in lockstep: each round, every unfinished search's request goes to one `sample_many` call
+    (in search order). A search's tree depends only on the samples it is sent."""
+    gens = [s.steps() for s in searches]
+    roots: list[Node | None] = [None] * len(searches)
+    pending = {}
+
+    def advance(i, value):
+        try:
+            pending[i] = gens[i].send(value)
+        except StopIteration as done:
+            roots[i] = done.value
+
+    for i in range(len(gens)):
+        advance(i, None)
+    while pending:
+        order = sorted(pending)
+        requests = [pending.pop(i) for i in order]
+        for i, samples in zip(order, sample_many(requests)):
+            advance(i, samples)
+    return roots
 
 
 # ---------------------------------------------------------------------------------------------- pairs
