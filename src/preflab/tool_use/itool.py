@@ -17,8 +17,10 @@ Stages, each an ordinary preflab run in a subfolder of output_dir (checkpoint, m
 Full fine-tuning (the official LoRA r=8 + merge is the identity merge here: the tiny model is trained whole).
 
 State: itool_state.json after each stage; `resume_from_checkpoint: true` skips the finished stages, reloads the
-last finished stage's weights (safetensors) and ends with the same result as an uninterrupted run (every sample is
-seeded by (seed, stage, prompt, call)). Model output is only ever parsed (itool_task.parse_calls), never run.
+last finished stage's weights (safetensors) and ends with the same result as an uninterrupted run (the searches of an
+iteration run in lockstep, itool_search.run_searches: each round is one batched generate call seeded by the keys
+(seed, iteration, prompt, call) of its requests). Model output is only ever parsed (itool_task.parse_calls), never
+run.
 """
 from __future__ import annotations
 
