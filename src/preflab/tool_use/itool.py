@@ -209,7 +209,7 @@ def _pairs_data(pairs: list[dict], prompt_ids: dict[int, list[int]]) -> list[Tok
 
 def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_train: int = 400,
               n_test: int = 200, pool_size: int = 400, ratio: float = 0.3, iterations: int = 3,
-              sft_steps: int = 120, hidden_size: int = 64, num_actions: int = 3, temperature: float = 1.0,
+              sft_steps: int = 180, hidden_size: int = 64, num_actions: int = 3, temperature: float = 1.0,
               mcts_iters: int = 5, depth: int = 3, step_limit: int = 2, max_simulation_steps: int = 2,
               exploration_weight: float = 1.0, value_threshold: float = 0.1, overlap_limit: float = 0.95,
               accept_value: float = -0.3, simpo_beta: float = 2.5, simpo_gamma: float = 0.5,
