@@ -23,6 +23,7 @@ import ast
 import random
 from dataclasses import dataclass
 
+from preflab.errors import ConfigError
 from preflab.tools import validate_arguments
 
 MAX_CALL_CHARS = 512
@@ -227,7 +228,8 @@ def make_itool_rows(n: int, seed: int = 0, exclude: set[str] | None = None) -> l
     while len(rows) < n:
         tries += 1
         if tries > 200 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct requests (seed {seed}); ask for fewer rows.")
+            raise ConfigError(f"recipe_params: could not draw {n} distinct requests (seed {seed}); the task has "
+                              "919 in all; ask for fewer n_train + n_test rows.")
         maker = rng.choices(makers, weights)[0]
         request, calls = maker(rng)
         if request in seen:
