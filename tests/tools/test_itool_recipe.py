@@ -86,3 +86,49 @@ def test_planted_model_output_is_counted_not_run(tmp_path, monkeypatch):
     metrics, examples = itool.call_accuracy(None, itool.tiny_tokenizer("char"), rows, max_new_tokens=8)
     assert metrics["invalid_calls"] == 2 and metrics["call_accuracy"] == 0.0
     assert [e["output"] for e in examples] == planted and not target.exists()
+
+
+def _naive_logps(model, prefix: list[int], continuation: list[int]) -> list[float]:
+    ids = torch.tensor([prefix + continuation])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float().log_softmax(-1)
+    return [float(logits[len(prefix) - 1 + k, t]) for k, t in enumerate(continuation)]
+
+
+def test_batched_sampler_log_probs_and_budgets_match_the_model():
+    """ModelSampler.sample_many left-pads requests of different lengths into one generate call: each sample's token
+    log-probs equal the model's own (temperature 1) on that sequence, and each request's budget is kept."""
+    tok = itool.tiny_tokenizer("char")
+    model = itool.tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=4, seed=3)
+    enc = lambda text: [tok.bos_token_id] + itool._encode(tok, text)  # noqa: E731
+    requests = [itool.SampleRequest(tuple(enc("Q: time in Oslo\nA: ")), tuple(itool._encode(tok, "[get_")), 2, 7,
+                                    ("a", 1)),
+                itool.SampleRequest(tuple(enc("Q: hi\nA: ")), (), 1, 3, ("b", 1))]
+    sampler = itool.ModelSampler(model, tok, temperature=1.0)
+    out = sampler.sample_many(requests)
+    assert [len(group) for group in out] == [2, 1]
+    for request, group in zip(requests, out):
+        for sample in group:
+            assert len(sample.ids) <= request.max_new_tokens
+            assert sample.stopped == (tok.eos_token_id in sample.ids)
+            assert sample.text == tok.decode(sample.ids, skip_special_tokens=True)
+            naive = _naive_logps(model, list(request.prompt_ids + request.response_ids), sample.ids)
+            assert sample.logps == pytest.approx(naive, abs=1e-4)
+    assert sampler.sample_many(requests)[0][0].ids == out[0][0].ids  # seeded by the keys
+
+
+def test_gold_perplexity_is_exp_mean_nll_of_the_reply_and_eos():
+    tok = itool.tiny_tokenizer("char")
+    model = itool.tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=4, seed=4)
+    rows = make_itool_rows(3, seed=9)
+    got = itool.gold_perplexities(model, tok, rows, batch_size=2)
+    for row, ppl in zip(rows, got):
+        reply = itool._encode(tok, row["gold"]) + [tok.eos_token_id]
+        naive = _naive_logps(model, [tok.bos_token_id] + itool._encode(tok, row["prompt"]), reply)
+        assert ppl == pytest.approx(float(torch.tensor(naive).neg().mean().exp()), rel=1e-4)
+
+
+def test_step_pairs_become_token_pairs_with_the_prompt_and_the_response_so_far():
+    pair = {"item": 7, "prefix_ids": [11, 12], "chosen_ids": [13, 2], "rejected_ids": [14]}
+    (tokenized,) = itool._pairs_data([pair], {7: [1, 9, 10]})
+    assert (tokenized.prompt_ids, tokenized.chosen_ids, tokenized.rejected_ids) == ([1, 9, 10, 11, 12], [13, 2], [14])
