@@ -100,7 +100,7 @@ def test_batched_sampler_log_probs_and_budgets_match_the_model():
     log-probs equal the model's own (temperature 1) on that sequence, and each request's budget is kept."""
     tok = itool.tiny_tokenizer("char")
     model = itool.tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=4, seed=3)
-    enc = lambda text: [tok.bos_token_id] + itool._encode(tok, text)  # noqa: E731
+    enc = lambda text: [tok.bos_token_id] + itool._encode(tok, text)
     requests = [itool.SampleRequest(tuple(enc("Q: time in Oslo\nA: ")), tuple(itool._encode(tok, "[get_")), 2, 7,
                                     ("a", 1)),
                 itool.SampleRequest(tuple(enc("Q: hi\nA: ")), (), 1, 3, ("b", 1))]
