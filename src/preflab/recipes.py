@@ -5,6 +5,7 @@ recipe's own options under `recipe_params`.
     task: raft_ladder   preflab.ladder.recipe.run_raft_ladder              (RAFT + DPO ladder programs, seed #43)
     task: themis        preflab.reward_models.themis_toy.run_themis_arithmetic  (Themis, seed #44)
     task: otc           preflab.tool_use.otc.run_otc                       (OTC tool-efficiency GRPO, seed #41)
+    task: itool         preflab.tool_use.itool.run_itool                   (iTool: MCTS step pairs + SimPO, seed #37)
 
 Each writes summary.json with `metric_name`, `metric_before`, `metric_after` (and the baseline it names).
 """
@@ -18,7 +19,8 @@ from preflab.errors import ConfigError
 RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "raft_ladder": "preflab.ladder.recipe:run_raft_ladder",
            "themis": "preflab.reward_models.themis_toy:run_themis_arithmetic",
-           "otc": "preflab.tool_use.otc:run_otc"}
+           "otc": "preflab.tool_use.otc:run_otc",
+           "itool": "preflab.tool_use.itool:run_itool"}
 _COMMON = ("output_dir", "seed", "quiet", "resume")
 
 
