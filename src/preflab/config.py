@@ -28,13 +28,13 @@ MAX_ALIASES = 100              # YAML aliases per document (an anchor/alias bomb
 MAX_OPTION_CHARS = 256 * 1024  # an option's value, fully expanded, serialized (about); far above any real option
 
 
-RECIPE_TASKS = ("icpl", "raft_ladder", "themis")  # preflab.recipes: whole programs with their own models and data
+RECIPE_TASKS = ("icpl", "raft_ladder", "themis", "dstc")  # preflab.recipes: whole programs with their own models and data
 
 
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "dpo"                          # dpo | reward | sft | online | vlm | diffusion | icpl | raft_ladder | themis
+    task: str = "dpo"                          # dpo | reward | sft | online | vlm | diffusion | icpl | raft_ladder | themis | dstc
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
@@ -173,7 +173,7 @@ class TrainConfig:
     mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
     mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)
     mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)
-    # recipes that are whole programs (task: icpl | raft_ladder | themis; preflab.recipes)
+    # recipes that are whole programs (task: icpl | raft_ladder | themis | dstc; preflab.recipes)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 
     def __post_init__(self):

@@ -87,11 +87,12 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward", "sft", "online", "vlm", "diffusion", "icpl", "raft_ladder", "themis"),
+    "task": one_of(("dpo", "reward", "sft", "online", "vlm", "diffusion", "icpl", "raft_ladder", "themis",
+                    "dstc"),
                    "what to train: a policy (any pairwise/unpaired objective), a reward model, supervised "
                    "fine-tuning (sft), an online / self-play / Nash run (online), a vision-language model (vlm), a "
                    "diffusion pipeline, or a recipe (icpl, "
-                   "raft_ladder, themis: preflab.recipes)"),
+                   "raft_ladder, themis, dstc: preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
@@ -267,7 +268,7 @@ OPTIONS: dict[str, Option] = {
                                lambda v: _num(v) and v >= 2),
     "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),
     "mcts_step_delimiter": Option("task: online, trainer mcts_dpo: a step ends with this one-token string (or eos)"),
-    "recipe_params": Option("task: icpl | raft_ladder | themis: the recipe's own options (unknown keys are errors)"),
+    "recipe_params": Option("task: icpl | raft_ladder | themis | dstc: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),
     "allow_config_change": Option("allow resuming with options that change the run's meaning"),

@@ -4,6 +4,7 @@ recipe's own options under `recipe_params`.
     task: icpl          preflab.reward_design.recipe.run_icpl_recipe       (ICPL, seed #47)
     task: raft_ladder   preflab.ladder.recipe.run_raft_ladder              (RAFT + DPO ladder programs, seed #43)
     task: themis        preflab.reward_models.themis_toy.run_themis_arithmetic  (Themis, seed #44)
+    task: dstc          preflab.tool_use.dstc.run_dstc                     (DSTC self-generated code x tests, seed #25)
 
 Each writes summary.json with `metric_name`, `metric_before`, `metric_after` (and the baseline it names).
 """
@@ -16,7 +17,8 @@ from preflab.errors import ConfigError
 
 RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "raft_ladder": "preflab.ladder.recipe:run_raft_ladder",
-           "themis": "preflab.reward_models.themis_toy:run_themis_arithmetic"}
+           "themis": "preflab.reward_models.themis_toy:run_themis_arithmetic",
+           "dstc": "preflab.tool_use.dstc:run_dstc"}
 _COMMON = ("output_dir", "seed", "quiet", "resume")
 
 
