@@ -12,8 +12,8 @@ import preflab.tool_use.dstc as dstc
 from preflab.cli import main
 from preflab.errors import ConfigError
 from preflab.sandbox import run_tests
-from preflab.tool_use.dstc_task import (CodeTask, Step, code_prompt, hidden_test, program, sft_rows, assert_line,
-                                        unit_test_prompt)
+from preflab.tool_use.dstc_task import (CodeTask, Step, assert_line, code_prompt, hidden_test, is_correct_test,
+                                        program, sft_rows, unit_test_prompt)
 from preflab.verifiers.dstc import execution_matrix
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
@@ -35,16 +35,24 @@ def test_task_programs_and_the_hidden_test():
     assert unit_test_prompt(TASK) == "Test f: subtract 3 then multiply by 2.\nTest:\n"
 
 
+def test_test_correctness_is_decided_by_parsing_only():
+    assert is_correct_test(TASK, "assert f(1)==-4") and is_correct_test(TASK, "assert -4 == f(1)")
+    assert not is_correct_test(TASK, "assert f(1)==4")                    # wrong value
+    for odd in ("assert g(1)==-4", "assert f(x=1)==-4", "assert f(True)==-4", "", "assert f(1)",
+                "__import__('os').system('touch x')"):
+        assert not is_correct_test(TASK, odd), odd
+
+
 def test_sft_rows_carry_the_bug_in_code_only():
     other = CodeTask(Step("add", 4), Step("subtract", 1))
     rows = sft_rows([TASK, other], per_task=2, noise=0.0, bug_rate=1.0, seed=0)
-    assert len(rows) == 2 * 2 * 4  # per task and repeat: one code row, one test row per training input (0, 1, 2)
+    assert len(rows) == 2 * 2 * 2  # per task and repeat: one code row, one test row per training input (x = 7)
     codes = {r["prompt"]: set() for r in rows}
     for r in rows:
         codes[r["prompt"]].add(r["completion"])
     assert codes[code_prompt(TASK)] == {"def f(x): return (3-x)*2"}          # every subtract-first program: bug
     assert codes[code_prompt(other)] == {"def f(x): return (x+4)-1"}         # the others: gold
-    assert codes[unit_test_prompt(TASK)] == {"assert f(0)==-6", "assert f(1)==-4", "assert f(2)==-2"}  # tests: gold
+    assert codes[unit_test_prompt(TASK)] == {"assert f(7)==8"}                 # the tests: gold
     clean = sft_rows([TASK], per_task=3, noise=0.0, bug_rate=0.0, seed=0)
     assert {r["completion"] for r in clean if r["prompt"] == code_prompt(TASK)} == {"def f(x): return (x-3)*2"}
 
@@ -118,7 +126,7 @@ def test_recipe_contains_malicious_programs_and_resume_equals_the_uninterrupted_
     assert main(args + [f"output_dir={part}"]) == 2 and "resume_from_checkpoint" in capsys.readouterr().err
     assert main(args + [f"output_dir={part}", "resume_from_checkpoint=true"]) == 0
     resumed = json.loads((part / "summary.json").read_text())
-    for key in ("metric_before", "metric_after", "control_heldout_pass_rate", "iterations", "examples_after"):
+    for key in ("metric_untrained", "metric_before", "metric_after", "control_heldout_pass_rate", "iterations", "examples_after"):
         assert resumed[key] == summary[key], key
     for stage in ("dstc_2", "control"):
         a, b = load_file(str(full / stage / "model.safetensors")), load_file(str(part / stage / "model.safetensors"))

@@ -13,7 +13,7 @@ to Improve Code LMs", arXiv:2411.13611. Stages, each an ordinary preflab run in 
    the iteration's starting model as the reference. Prompts whose rows all pass the same number of tests are
    skipped and counted.
 3. optional `control/`: the warm-up model trained with as many more SFT steps as all DSTC iterations took (same
-   batch size), so "DSTC beats more SFT" can be told apart from "more training helps".
+   batch size, learning rate and schedule as the DPO steps), so "DSTC beats more SFT" can be told apart from "more training helps".
 
 Metric: the share of held-out instructions whose greedy program passes all hidden gold tests (run in the sandbox;
 the text after the program's first line, e.g. a test the DSTC-trained model appends, is stripped). Programs and tests
@@ -100,6 +100,14 @@ class SandboxRunner:
         """M [I, J] of 0/1 (preflab.verifiers.dstc.execution_matrix's meaning, with repeated pairs run once)."""
         return np.array([[int(p) for p in self.passes(c, tests)] for c in codes], dtype=np.int64)
 
+    def counters(self) -> dict:
+        return {"runs": self.runs, "seconds": self.seconds, "statuses": dict(self.statuses)}
+
+    def restore(self, counters: dict | None) -> None:
+        if counters:
+            self.runs, self.seconds = counters["runs"], counters["seconds"]
+            self.statuses = Counter(counters["statuses"])
+
     def stats(self) -> dict:
         return {"sandbox_runs": self.runs, "sandbox_seconds": round(self.seconds, 2),
                 "seconds_per_run": round(self.seconds / self.runs, 4) if self.runs else None,
@@ -135,11 +143,11 @@ def _load_stage_weights(model, folder: Path) -> None:
 
 
 def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_sft_tasks: int = 150,
-             n_dstc_tasks: int = 48, n_test: int = 64, sft_per_task: int = 2, sft_noise: float = 0.1,
-             sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 4, n_tests: int = 4,
-             temperature: float = 1.0, iterations: int = 2, dpo_steps: int = 40, beta: float = 0.1,
-             dpo_learning_rate: float = 3e-4,             batch_size: int = 16, control: bool = True, timeout_s: float = 2.0, max_workers: int = 2,
-             hidden_size: int = 96) -> dict:
+             n_dstc_tasks: int = 48, n_test: int = 64, sft_per_task: int = 3, sft_noise: float = 0.1,
+             sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 6, n_tests: int = 6,
+             temperature: float = 1.0, iterations: int = 2, dpo_steps: int = 8, beta: float = 0.1,
+             dpo_learning_rate: float = 3e-4, batch_size: int = 16, control: bool = True, timeout_s: float = 2.0,
+             max_workers: int = 2, hidden_size: int = 96) -> dict:
     torch.set_num_threads(1)
     from preflab.loops.offline import Trainer
     from preflab.loops.sft import SFTTrainer
@@ -166,6 +174,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     say = (lambda *a: None) if quiet else print
 
     def save_state():
+        state["sandbox"] = runner.counters()
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(state_path)
@@ -175,6 +184,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     tokenizer = tiny_tokenizer("char")
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size, num_layers=2, num_heads=4, seed=seed)
     runner = SandboxRunner(timeout_s, max_workers)
+    runner.restore(state.get("sandbox"))  # a resumed run reports the runs of all its sessions
     common = dict(model_name_or_path="builtin:tiny-llama", max_length=128, seed=seed, logging_steps=10,
                   disable_tqdm=quiet, use_cpu=True, save_steps=0, per_device_train_batch_size=batch_size)
     data = out / "data"
@@ -197,17 +207,20 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         save_state()
         return record
 
-    def run_sft(folder: Path, steps: int) -> dict:
-        SFTTrainer(config_from_dict({**common, "task": "sft", "learning_rate": 3e-3, "max_steps": steps,
-                                     "warmup_steps": 10, "lr_scheduler_type": "cosine",
+    def run_sft(folder: Path, steps: int, learning_rate: float, warmup_steps: int) -> dict:
+        SFTTrainer(config_from_dict({**common, "task": "sft", "learning_rate": learning_rate, "max_steps": steps,
+                                     "warmup_steps": warmup_steps, "lr_scheduler_type": "cosine",
                                      "dataset_name": str(sft_file), "output_dir": str(folder)}),
                    policy=model, tokenizer=tokenizer).train()
         rate, examples = heldout_pass_rate(model, tokenizer, test_tasks, runner)
         return {"heldout_pass_rate": rate, "steps": steps, "examples": examples[:6]}
 
-    untrained, _ = heldout_pass_rate(model, tokenizer, test_tasks, runner)
+    def run_warmup(folder: Path) -> dict:
+        untrained, _ = heldout_pass_rate(model, tokenizer, test_tasks, runner)
+        return {**run_sft(folder, sft_steps, 3e-3, 10), "untrained_heldout_pass_rate": untrained}
+
     say(f"dstc: stage sft: warm-up SFT on {len(sft_tasks)} instructions, {sft_steps} steps")
-    sft = stage("sft", lambda folder: run_sft(folder, sft_steps))
+    sft = stage("sft", run_warmup)
     say(f"dstc: held-out pass rate after warm-up SFT {sft['heldout_pass_rate']:.3f}")
 
     def run_iteration(folder: Path, it: int) -> dict:
@@ -262,7 +275,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
             f"rate {rec['heldout_pass_rate']:.3f}")
         records.append(rec)
     summary = {"recipe": "dstc", "metric_name": "heldout_pass_rate", "metric_before": sft["heldout_pass_rate"],
-               "metric_after": records[-1]["heldout_pass_rate"], "metric_untrained": untrained,
+               "metric_after": records[-1]["heldout_pass_rate"], "metric_untrained": sft["untrained_heldout_pass_rate"],
                "baseline": "the same model after the warm-up SFT stage, before the DSTC iterations",
                "heldout_tasks": len(test_tasks), "dstc_prompts": len(dstc_tasks),
                "pairs_per_iteration": [r["pairs"] for r in records],
@@ -273,10 +286,11 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     if control and total:
         _load_stage_weights(model, out / "sft")
         say(f"dstc: control: {total} more SFT steps from the warm-up model instead of DSTC")
-        ctl = stage("control", lambda folder: run_sft(folder, total))
+        ctl = stage("control", lambda folder: run_sft(folder, total, dpo_learning_rate, 2))
         summary.update(control_heldout_pass_rate=ctl["heldout_pass_rate"], control_sft_steps=total,
-                       control_baseline="the warm-up model trained with as many more SFT steps (same data and "
-                                        "batch size) as all DSTC iterations took")
+                       control_baseline="the warm-up model trained with as many more SFT steps as all DSTC "
+                                        "iterations took (same warm-up data, batch size, learning rate and schedule "
+                                        "as the DPO steps)")
     summary.update(seed=seed, **runner.stats(), runtime_s=time.perf_counter() - started)
     write_summary(out, summary)
     return summary

@@ -17,7 +17,7 @@ from preflab.sandbox.checks import value_test
 
 OPS = {"add": "+", "subtract": "-", "multiply by": "*"}
 CONSTANTS = range(1, 6)
-TEST_INPUTS = (0, 1, 2)            # inputs of the training tests (SFT targets)
+TEST_INPUTS = (7,)                 # inputs of the training tests (SFT targets)
 HIDDEN_INPUTS = (-7, 13, 40)       # inputs of the hidden gold test (never in a training target)
 
 
