@@ -142,3 +142,5 @@ def test_resume_with_other_params_is_refused(tmp_path):
         dstc.run_dstc(str(out), resume=True)
     with pytest.raises(ConfigError, match="resume_from_checkpoint"):
         dstc.run_dstc(str(out))
+    with pytest.raises(ConfigError, match="n_dstc_tasks <= n_sft_tasks"):
+        dstc.run_dstc(str(tmp_path / "new"), n_sft_tasks=10, n_dstc_tasks=20)

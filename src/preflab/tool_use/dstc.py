@@ -167,9 +167,10 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         changed = sorted(k for k in params if state["params"].get(k) != params[k])
         raise ConfigError(f"resume: recipe_params {changed} differ from the run in {out} (see {state_path}); "
                           "resume with the same options or use a new output_dir.")
-    if iterations < 1 or n_codes < 2 or n_tests < 1:
-        raise ConfigError(f"dstc: need iterations >= 1, n_codes >= 2, n_tests >= 1 (got {iterations}, {n_codes}, "
-                          f"{n_tests}).")
+    if iterations < 1 or n_codes < 2 or n_tests < 1 or n_test < 1 or not 1 <= n_dstc_tasks <= n_sft_tasks:
+        raise ConfigError(f"dstc recipe_params: need iterations >= 1, n_codes >= 2, n_tests >= 1, n_test >= 1 and "
+                          f"1 <= n_dstc_tasks <= n_sft_tasks (got {iterations}, {n_codes}, {n_tests}, {n_test}, "
+                          f"{n_dstc_tasks}, {n_sft_tasks}).")
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else print
 
