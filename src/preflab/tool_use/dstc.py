@@ -124,7 +124,7 @@ def _parses(code: str) -> bool:
 
 def heldout_pass_rate(model, tokenizer, tasks: list[CodeTask], runner: SandboxRunner,
                       max_new_tokens: int = 40) -> tuple[float, list[dict]]:
-    """(share of tasks whose greedy program passes every hidden gold test, examples)."""
+    """(share of tasks whose greedy program passes the hidden gold test, one example per task)."""
     outs = generate_text(model, tokenizer, prompt_ids(tokenizer, [code_prompt(t) for t in tasks]),
                          max_new_tokens=max_new_tokens)
     examples, passed = [], 0
@@ -134,6 +134,15 @@ def heldout_pass_rate(model, tokenizer, tasks: list[CodeTask], runner: SandboxRu
         passed += ok
         examples.append({"instruction": task.instruction, "output": out.strip(), "program": code, "passed": ok})
     return passed / len(tasks), examples
+
+
+def subtract_first_split(tasks: list[CodeTask], examples: list[dict]) -> dict:
+    """Pass rates on held-out tasks whose first step is a subtraction (where the warm-up data's bug lives) and on
+    the others."""
+    groups = {"subtract_first": [], "other": []}
+    for task, ex in zip(tasks, examples):
+        groups["subtract_first" if task.first.op == "subtract" else "other"].append(ex["passed"])
+    return {k: (sum(v) / len(v) if v else None) for k, v in groups.items()}
 
 
 def _load_stage_weights(model, folder: Path) -> None:
@@ -214,7 +223,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                      "dataset_name": str(sft_file), "output_dir": str(folder)}),
                    policy=model, tokenizer=tokenizer).train()
         rate, examples = heldout_pass_rate(model, tokenizer, test_tasks, runner)
-        return {"heldout_pass_rate": rate, "steps": steps, "examples": examples[:6]}
+        return {"heldout_pass_rate": rate, "by_first_step": subtract_first_split(test_tasks, examples),
+                "steps": steps, "examples": examples[:6]}
 
     def run_warmup(folder: Path) -> dict:
         untrained, _ = heldout_pass_rate(model, tokenizer, test_tasks, runner)
@@ -264,6 +274,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
 
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
         record["heldout_pass_rate"], examples = heldout_pass_rate(model, tokenizer, test_tasks, runner)
+        record["by_first_step"] = subtract_first_split(test_tasks, examples)
         record["examples"] = examples[:6]
         return record
 
@@ -278,6 +289,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     summary = {"recipe": "dstc", "metric_name": "heldout_pass_rate", "metric_before": sft["heldout_pass_rate"],
                "metric_after": records[-1]["heldout_pass_rate"], "metric_untrained": sft["untrained_heldout_pass_rate"],
                "baseline": "the same model after the warm-up SFT stage, before the DSTC iterations",
+               "heldout_pass_rate_by_first_step": {"before": sft["by_first_step"],
+                                                   "after": records[-1]["by_first_step"]},
                "heldout_tasks": len(test_tasks), "dstc_prompts": len(dstc_tasks),
                "pairs_per_iteration": [r["pairs"] for r in records],
                "skipped_prompts_per_iteration": [r["skipped_prompts"] for r in records],
@@ -289,6 +302,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         say(f"dstc: control: {total} more SFT steps from the warm-up model instead of DSTC")
         ctl = stage("control", lambda folder: run_sft(folder, total, dpo_learning_rate, 2))
         summary.update(control_heldout_pass_rate=ctl["heldout_pass_rate"], control_sft_steps=total,
+                       control_by_first_step=ctl["by_first_step"],
                        control_baseline="the warm-up model trained with as many more SFT steps as all DSTC "
                                         "iterations took (same warm-up data, batch size, learning rate and schedule "
                                         "as the DPO steps)")
