@@ -144,3 +144,43 @@ def test_resume_with_other_params_is_refused(tmp_path):
         dstc.run_dstc(str(out))
     with pytest.raises(ConfigError, match="n_dstc_tasks <= n_sft_tasks"):
         dstc.run_dstc(str(tmp_path / "new"), n_sft_tasks=10, n_dstc_tasks=20)
+
+
+def test_dpo_loss_on_a_concatenated_pair_is_the_closed_form(tmp_path):
+    """Spec §25 check: the DPO loss on code + "\\n\\n" + test strings is §0.1's
+    -log sigmoid(beta [(log pi - log ref)(chosen) - (log pi - log ref)(rejected)]), log-probs summed over the
+    response tokens (with EOS) after BOS + prompt."""
+    import torch
+
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.verifiers.dstc import dstc_pair
+
+    codes = [program(TASK.first, TASK.second), program(TASK.first, TASK.second, True)]
+    tests = ["assert f(7)==8", "assert f(7)==-8"]
+    (pair,) = dstc_pair(code_prompt(TASK), codes, tests, matrix=[[1, 0], [0, 0]])
+    assert pair["chosen"] == codes[0] + "\n\nassert f(7)==8" and pair["rejected"] == codes[1] + "\n\nassert f(7)==8"
+    (tmp_path / "pair.jsonl").write_text(json.dumps(pair) + "\n")
+    tok = tiny_tokenizer("char")
+    policy, ref = tiny_causal_lm(tok, hidden_size=32, seed=1), tiny_causal_lm(tok, hidden_size=32, seed=2)
+
+    def logp(model, response: str) -> float:
+        prompt = [tok.bos_token_id] + tok(pair["prompt"], add_special_tokens=False).input_ids
+        resp = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ids = torch.tensor([prompt + resp])
+        with torch.no_grad():
+            logits = model(ids).logits.log_softmax(-1)[0, len(prompt) - 1:-1]
+        return logits.gather(-1, torch.tensor(resp)[:, None]).sum().item()
+
+    z = (logp(policy, pair["chosen"]) - logp(ref, pair["chosen"])
+         - logp(policy, pair["rejected"]) + logp(ref, pair["rejected"]))
+    assert abs(z) > 1e-3  # policy and reference differ, so the loss is not the trivial log 2
+    expected = -torch.nn.functional.logsigmoid(torch.tensor(0.1 * z)).item()
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "loss_type": "sigmoid", "beta": 0.1,
+                            "dataset_name": str(tmp_path / "pair.jsonl"), "output_dir": str(tmp_path / "run"),
+                            "max_steps": 1, "per_device_train_batch_size": 1, "logging_steps": 1, "save_steps": 0,
+                            "eval_steps": 0, "disable_tqdm": True, "use_cpu": True, "max_length": 128})
+    Trainer(cfg, policy=policy, ref=ref, tokenizer=tok).train()
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["loss"] == pytest.approx(expected, rel=1e-5)
