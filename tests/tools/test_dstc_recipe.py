@@ -126,11 +126,30 @@ def test_recipe_contains_malicious_programs_and_resume_equals_the_uninterrupted_
     assert main(args + [f"output_dir={part}"]) == 2 and "resume_from_checkpoint" in capsys.readouterr().err
     assert main(args + [f"output_dir={part}", "resume_from_checkpoint=true"]) == 0
     resumed = json.loads((part / "summary.json").read_text())
-    for key in ("metric_untrained", "metric_before", "metric_after", "control_heldout_pass_rate", "iterations", "examples_after"):
+    for key in ("metric_untrained", "metric_before", "metric_after", "control_heldout_pass_rate", "iterations",
+                "examples_after", "heldout_pass_rate_by_first_step"):
         assert resumed[key] == summary[key], key
     for stage in ("dstc_2", "control"):
         a, b = load_file(str(full / stage / "model.safetensors")), load_file(str(part / stage / "model.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
+
+
+@pytest.mark.slow
+def test_kto_variant_trains_on_labelled_chosen_and_rejected(tmp_path, monkeypatch):
+    sample, _, _ = planted_sampler(tmp_path)
+    monkeypatch.setattr(dstc, "sample_candidates", lambda *a, seed, **k: sample(*a, seed=seed + 1, **k))  # no plants
+    summary = dstc.run_dstc(str(tmp_path / "kto"), quiet=True, loss="kto", n_sft_tasks=12, n_dstc_tasks=3, n_test=4,
+                            sft_per_task=1, sft_steps=10, n_codes=2, n_tests=1, iterations=1, dpo_steps=2,
+                            batch_size=4, hidden_size=32, control=False)
+    pairs = [json.loads(x) for x in (tmp_path / "kto" / "dstc_1" / "pairs.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "kto" / "dstc_1" / "kto_rows.jsonl").read_text().splitlines()]
+    assert rows == [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+                    for p in pairs for side in ("chosen", "rejected")]
+    assert len(pairs) == 3 and summary["iterations"][0]["dpo_steps"] == 2
+    config = (tmp_path / "kto" / "dstc_1" / "dpo" / "config.yaml").read_text()
+    assert "loss_type: kto" in config
+    with pytest.raises(ConfigError, match="'dpo'"):
+        dstc.run_dstc(str(tmp_path / "bad"), loss="ipo")
 
 
 def test_resume_with_other_params_is_refused(tmp_path):

@@ -3,21 +3,24 @@
 Liu, Zhang, Liu, Liu, Yang, Wang, 2024, "DSTC: Direct Preference Learning with Only Self-Generated Tests and Code
 to Improve Code LMs", arXiv:2411.13611. Stages, each an ordinary preflab run in a subfolder of output_dir:
 
-1. `sft/`: warm-up SFT (SFTTrainer) on code and tests for the training instructions of preflab.tool_use.dstc_task,
-   with a share of wrong constants / operations / expected values in the targets, so that sampled programs and
-   tests vary in correctness (a stand-in for a pretrained code LM's imperfect samples).
+1. `sft/`: warm-up SFT (SFTTrainer) on code and tests for the training instructions of preflab.tool_use.dstc_task.
+   The programs carry a systematic bug (a first-step subtraction written `(k-x)` with probability `sft_bug_rate`)
+   and random slips, the tests only slips, so sampled programs and tests vary in correctness (a stand-in for a
+   pretrained code LM's imperfect samples).
 2. `dstc_1/`, `dstc_2/`, ...: for each training prompt sample I programs (code prompt) and J tests (test prompt)
    from the current policy, run every program against every test in `preflab.sandbox` (M_ij = 1 iff program i
    passes test j), pick (chosen code, chosen test) and (rejected code, rejected test) by the minimax rule and
-   concatenate code + "\\n\\n" + test (preflab.verifiers.dstc), then DPO (offline Trainer, loss_type sigmoid) with
-   the iteration's starting model as the reference. Prompts whose rows all pass the same number of tests are
-   skipped and counted.
+   concatenate code + "\\n\\n" + test (preflab.verifiers.dstc), then train DPO (offline Trainer, loss_type sigmoid;
+   or `loss: kto` with chosen desirable and rejected undesirable), the iteration's starting model as the
+   reference. Prompts whose rows all pass the same number of tests are skipped and counted.
 3. optional `control/`: the warm-up model trained with as many more SFT steps as all DSTC iterations took (same
-   batch size, learning rate and schedule as the DPO steps), so "DSTC beats more SFT" can be told apart from "more training helps".
+   batch size, learning rate and schedule as the DPO steps), so "DSTC beats more SFT" can be told apart from
+   "more training helps".
 
-Metric: the share of held-out instructions whose greedy program passes all hidden gold tests (run in the sandbox;
-the text after the program's first line, e.g. a test the DSTC-trained model appends, is stripped). Programs and tests
-written by the model run only in the sandbox; identical (program, test) pairs within an iteration run once.
+Metric: the share of held-out instructions whose greedy program passes the hidden gold test (every hidden input;
+run in the sandbox; the text after the program's first line, e.g. a test the DSTC-trained model appends, is
+stripped). Programs and tests written by the model run only in the sandbox; a (program, test) pair runs once per
+session (its verdict is cached), and a program that does not parse (`ast`, on the host) fails without a run.
 
 The state (finished stages and their numbers) is saved to `dstc_state.json` after each stage; with
 `resume_from_checkpoint: true` finished stages are skipped (their saved weights are loaded) and an interrupted
@@ -156,7 +159,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 6, n_tests: int = 6,
              temperature: float = 1.0, iterations: int = 2, dpo_steps: int = 8, beta: float = 0.1,
              dpo_learning_rate: float = 3e-4, batch_size: int = 16, control: bool = True, timeout_s: float = 2.0,
-             max_workers: int = 2, hidden_size: int = 96) -> dict:
+             max_workers: int = 2, hidden_size: int = 96, loss: str = "dpo") -> dict:
     torch.set_num_threads(1)
     from preflab.loops.offline import Trainer
     from preflab.loops.sft import SFTTrainer
@@ -176,6 +179,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         changed = sorted(k for k in params if state["params"].get(k) != params[k])
         raise ConfigError(f"resume: recipe_params {changed} differ from the run in {out} (see {state_path}); "
                           "resume with the same options or use a new output_dir.")
+    if loss not in ("dpo", "kto"):
+        raise ConfigError(f"dstc recipe_params.loss={loss!r}: use 'dpo' (loss_type sigmoid) or 'kto'.")
     if iterations < 1 or n_codes < 2 or n_tests < 1 or n_test < 1 or not 1 <= n_dstc_tasks <= n_sft_tasks:
         raise ConfigError(f"dstc recipe_params: need iterations >= 1, n_codes >= 2, n_tests >= 1, n_test >= 1 and "
                           f"1 <= n_dstc_tasks <= n_sft_tasks (got {iterations}, {n_codes}, {n_tests}, {n_test}, "
@@ -253,6 +258,12 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         folder.mkdir(parents=True)
         pair_file = folder / "pairs.jsonl"
         pair_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+        train_file, train_rows = pair_file, pairs
+        if loss == "kto":  # chosen desirable, rejected undesirable (the spec's KTO form)
+            train_rows = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+                          for p in pairs for side in ("chosen", "rejected")]
+            train_file = folder / "kto_rows.jsonl"
+            train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
         n = len(dstc_tasks)
         record = {"prompts": n, "pairs": len(pairs), "skipped_prompts": n - len(pairs),
                   "sampled_code_correct_rate": correct_codes / n_sampled[0],
@@ -261,10 +272,10 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                   "rejected_code_correct_rate": rejected_right / len(pairs) if pairs else None,
                   "dpo_steps": 0}
         if pairs:
-            Trainer(config_from_dict({**common, "loss_type": "sigmoid", "beta": beta,
+            Trainer(config_from_dict({**common, "loss_type": "sigmoid" if loss == "dpo" else "kto", "beta": beta,
                                       "learning_rate": dpo_learning_rate, "max_steps": dpo_steps, "warmup_steps": 2,
-                                      "lr_scheduler_type": "cosine", "dataset_name": str(pair_file),
-                                      "per_device_train_batch_size": min(batch_size, len(pairs)),
+                                      "lr_scheduler_type": "cosine", "dataset_name": str(train_file),
+                                      "per_device_train_batch_size": min(batch_size, len(train_rows)),
                                       "output_dir": str(folder / "dpo")}),
                     policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             record["dpo_steps"] = dpo_steps
