@@ -6,6 +6,7 @@ recipe's own options under `recipe_params`.
     task: themis        preflab.reward_models.themis_toy.run_themis_arithmetic  (Themis, seed #44)
     task: otc           preflab.tool_use.otc.run_otc                       (OTC tool-efficiency GRPO, seed #41)
     task: itool         preflab.tool_use.itool.run_itool                   (iTool: MCTS step pairs + SimPO, seed #37)
+    task: dstc          preflab.tool_use.dstc.run_dstc                     (DSTC self-generated code x tests, seed #25)
 
 Each writes summary.json with `metric_name`, `metric_before`, `metric_after` (and the baseline it names).
 """
@@ -20,7 +21,8 @@ RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "raft_ladder": "preflab.ladder.recipe:run_raft_ladder",
            "themis": "preflab.reward_models.themis_toy:run_themis_arithmetic",
            "otc": "preflab.tool_use.otc:run_otc",
-           "itool": "preflab.tool_use.itool:run_itool"}
+           "itool": "preflab.tool_use.itool:run_itool",
+           "dstc": "preflab.tool_use.dstc:run_dstc"}
 _COMMON = ("output_dir", "seed", "quiet", "resume")
 
 
