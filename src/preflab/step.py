@@ -95,6 +95,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     if scaler is not None:  # the gradients carry the loss scale: clip and report the true ones
         scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
     grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2 (DTensor gradients): the norm is a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     # [bad loss, bad grad norm, bound of max |weight|, grad norm] in the one host sync of the step (sums over ranks
     # bound the last two). A GradScaler handles non-finite gradients of a finite loss itself (fp16 overflow);
     # anything else non-finite is skipped.

@@ -24,6 +24,19 @@ from preflab.runlog import write_model_card
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 
 
+def shard_reference(accelerator, ref_scorer):
+    """Under FSDP2 the frozen reference is sharded the same way as the policy (accelerate's fsdp2_prepare_model:
+    fully_shard per decoder layer + the root, on the same mesh): each rank holds 1/world of its weights, gathered
+    layer by layer during its forward. It has no gradients (requires_grad False, scored under no_grad) and is not
+    in the optimizer. FSDP2 keeps a root module's parameters gathered after its forward (for the backward that
+    follows); the reference has no backward, so they are resharded after each forward too."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    ref_scorer = fsdp2_prepare_model(accelerator, ref_scorer)
+    ref_scorer.register_forward_hook(lambda module, args, output: module.reshard())
+    return ref_scorer
+
+
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
 
@@ -103,6 +116,11 @@ class Trainer(TrainingRun):
             self.scorer = torch.compile(self.scorer)
         self.scorer, self.optimizer = self.accelerator.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
+        # FSDP2 replaces the parameters by sharded DTensor ones (accelerate re-points the optimizer): clip and guard
+        # those
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        if getattr(self.accelerator, "is_fsdp2", False) and self.ref_scorer is not None:
+            self.ref_scorer = shard_reference(self.accelerator, self.ref_scorer)
 
     # ------------------------------------------------------------------ scoring
     def _reference(self, layout):

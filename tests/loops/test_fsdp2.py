@@ -1,0 +1,166 @@
+"""FSDP2 on CPU (gloo, 2 processes) through accelerate's own FSDP2 path: equal to one process with the same global
+batch, sharded checkpoints (torch distributed checkpointing, safetensors) that resume exactly on the same world size
+and reshard to one process, a gathered final model plain transformers loads, a sharded frozen reference; and the
+settings that cannot run stop before anything loads (issue 16, items 3 and 4)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops import driver
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+FSDP2 = ROOT / "examples/accelerate/fsdp2.yaml"
+RUN = ["max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1"]
+
+
+def _launch(out, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2), "--num_processes", "2",
+           str(HERE / "fsdp_run.py"), str(out), "per_device_train_batch_size=4", *RUN, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _steps(out):
+    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path):
+    """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
+    4 steps, cosine schedule):
+    - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);
+    - stop at the step-2 checkpoint and resume on 2 processes: the same losses, grad norms and final weights,
+      bit for bit;
+    - the same checkpoint resumed by one plain process (DCP reshards 2 -> 1) equals the 1-process run to 1e-6;
+    - the checkpoint is sharded safetensors (no pickle) under the COMPLETE marker; the final model is one
+      save_pretrained folder that plain transformers loads;
+    - the reference is sharded like the policy (each rank holds half of it), frozen, gradient-free and not in the
+      optimizer."""
+    from preflab.checkpoint import verify_checkpoint
+
+    sys.path.insert(0, str(HERE))
+    from tiny_run import run
+
+    full, resumed, one, one_resumed = (tmp_path / n for n in ("full", "resumed", "one", "one_resumed"))
+    _launch(full, "save_steps=2", f"resume_into={resumed}", "resume_step=2")  # the resumed run follows
+    summary = json.loads((full / "summary.json").read_text())["environment"]
+    assert (summary["world_size"], summary["distributed_type"], summary["backend"]) == (2, "FSDP", "gloo")
+    facts = json.loads((full / "facts.json").read_text())
+    assert facts["engine"] and facts["policy_dtensor"] and facts["policy_in_optimizer"]
+    assert facts["optimizer_size"] == facts["policy_size"]
+    assert facts["ref_dtensor"] and facts["ref_local_numel"] * 2 == facts["ref_full_numel"]  # even dims: halves
+    assert not (facts["ref_requires_grad"] or facts["ref_has_grad"] or facts["ref_in_optimizer"])
+
+    ckpt = full / "checkpoint-2"
+    verify_checkpoint(ckpt)  # sha256 of every shard file, subfolders included
+    files = json.loads((ckpt / "COMPLETE").read_text())["files"]
+    assert {"model/shard-00001-model-00001-of-00001.safetensors", "optimizer/shard-00002-model-00001-of-00001"
+            ".safetensors", "optimizer.json", "rng.safetensors", "trainer_state.json"} <= set(files)
+    assert all(n.endswith((".safetensors", ".json")) for n in files)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert (state["world_size"], state["engine"], state["checkpoint_format"]) == (2, "FSDP2", "sharded")
+
+    a, b = _steps(full), _steps(resumed)
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert (b[step]["loss"], b[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
+    wa, wb = _weights(full), _weights(resumed)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    run(one, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1)
+    c = _steps(one)
+    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == pytest.approx([c[s]["loss"] for s in (1, 2, 3, 4)], abs=1e-6)
+    wc = _weights(one)
+    for key in wc:
+        torch.testing.assert_close(wa[key], wc[key], rtol=0, atol=1e-6)
+
+    run(one_resumed, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1,
+        resume_from_checkpoint=str(ckpt))
+    d = _steps(one_resumed)
+    assert [d[s]["loss"] for s in (3, 4)] == pytest.approx([c[s]["loss"] for s in (3, 4)], abs=1e-6)
+    wd = _weights(one_resumed)
+    for key in wc:
+        torch.testing.assert_close(wd[key], wc[key], rtol=0, atol=1e-6)
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(full).state_dict()
+    for key in wa:
+        assert torch.equal(reloaded[key], wa[key]), key
+
+
+def _cfg(tmp_path, **extra):
+    return config_from_dict({"output_dir": str(tmp_path), "use_cpu": True, "model_name_or_path": "builtin:tiny-llama",
+                             "dataset_name": "examples/data/loud_echo_pairs.jsonl", **extra})
+
+
+def test_fsdp_version_1_on_cpu_names_the_setting_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match=r"FSDP version 1 .*fsdp_version: 1.*on CPU.*fsdp_version: 2"):
+        driver.make_accelerator(_cfg(tmp_path))
+    assert not any(tmp_path.iterdir())  # stopped before claiming the output_dir or loading anything
+
+
+def test_deepspeed_on_cpu_is_refused_even_with_the_package(tmp_path, monkeypatch):
+    """accelerate 1.16 starts DeepSpeed on CPU with every rank believing it is rank 0 of 1: refused."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
+                        real(name, *a))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*on CPU"):
+        driver.make_accelerator(_cfg(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_bf16_on_a_gpu_without_bf16_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    with pytest.raises(ConfigError, match=r"bf16: true: this GPU \(Tesla V100\) does not support bfloat16"):
+        driver.make_accelerator(_cfg(tmp_path / "a", bf16=True, use_cpu=False))
+    with pytest.raises(ConfigError, match=r"dtype: bfloat16.*does not support bfloat16"):
+        driver.make_accelerator(_cfg(tmp_path / "b", dtype="bfloat16", use_cpu=False))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_engines_without_sharded_checkpoints_refuse_save_steps_and_resume(tmp_path, engine):
+    """FSDP version 1 and DeepSpeed: checkpoints and resume refused (the final model is still gathered); FSDP2
+    writes them."""
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "FSDP2")
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "MULTI_GPU")
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), engine)  # no checkpoints asked: fine
+    with pytest.raises(ConfigError, match=rf"save_steps.*FSDP version 2 only, not under {engine}"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), engine)
+    with pytest.raises(ConfigError, match=rf"resume_from_checkpoint.*not under {engine}"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), engine)
+
+
+def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):
+    """2 processes x 4 rows = 1 process x 8 rows: the same run; per_device_train_batch_size is then no config
+    change. Another global batch is left to the config check (a meaning change)."""
+    cfg = _cfg(tmp_path, per_device_train_batch_size=8)
+    saved = {**cfg.to_dict(), "per_device_train_batch_size": 4}
+    assert driver.saved_config_on_this_world(saved, {"world_size": 2}, cfg, 1) == cfg.to_dict()
+    assert driver.saved_config_on_this_world(saved, {"world_size": 4}, cfg, 1) == saved
+    assert driver.saved_config_on_this_world(saved, {}, cfg, 1) == saved
