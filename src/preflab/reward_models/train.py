@@ -46,6 +46,7 @@ class RewardRun(TrainingRun):
         optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.sync_module = self.checkpoint_module = self.model
+        self.params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
 
     def forward(self, mb):
         with self.acc.autocast():
