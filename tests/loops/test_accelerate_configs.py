@@ -40,8 +40,9 @@ def _cfg(tmp_path):
                              "dataset_name": "examples/data/loud_echo_sft.jsonl", "task": "sft"})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
 def test_deepspeed_without_the_package_names_the_setting(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*pip install deepspeed"):
         driver.make_accelerator(_cfg(tmp_path))

@@ -120,15 +120,20 @@ def test_fsdp_version_1_on_cpu_names_the_setting_before_anything_loads(tmp_path,
     assert not any(tmp_path.iterdir())  # stopped before claiming the output_dir or loading anything
 
 
-def test_deepspeed_on_cpu_is_refused_even_with_the_package(tmp_path, monkeypatch):
-    """accelerate 1.16 starts DeepSpeed on CPU with every rank believing it is rank 0 of 1: refused."""
+def test_deepspeed_on_several_cpu_processes_or_with_use_cpu_is_refused(tmp_path, monkeypatch):
+    """accelerate 1.16 starts DeepSpeed on 2 CPU processes with each believing it is rank 0 of 1, and ignores
+    DeepSpeed under use_cpu: both refused before anything loads (one CPU process runs it: test_deepspeed_cpu.py)."""
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
                         real(name, *a))
+    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*on CPU"):
-        driver.make_accelerator(_cfg(tmp_path))
-    assert not any(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match=r"use_cpu: true with DeepSpeed"):
+        driver.make_accelerator(_cfg(tmp_path / "a"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*on 2 CPU processes"):
+        driver.make_accelerator(_cfg(tmp_path / "b", use_cpu=False))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_bf16_on_a_gpu_without_bf16_names_the_setting(tmp_path, monkeypatch):
@@ -164,3 +169,19 @@ def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):
     assert driver.saved_config_on_this_world(saved, {"world_size": 2}, cfg, 1) == cfg.to_dict()
     assert driver.saved_config_on_this_world(saved, {"world_size": 4}, cfg, 1) == saved
     assert driver.saved_config_on_this_world(saved, {}, cfg, 1) == saved
+
+
+def test_deepspeed_settings_preflab_cannot_honour_are_refused_before_loading(tmp_path, monkeypatch):
+    """DeepSpeed steps inside accelerator.backward: one micro-batch per step, its clipping equal to max_grad_norm."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "1.0")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    driver.check_deepspeed_settings(_cfg(tmp_path))  # the shipped zero2/zero3 values with the defaults: fine
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=4 under DeepSpeed.*gradient_accumulation_st"
+                                          r"eps: 1"):
+        driver.check_deepspeed_settings(_cfg(tmp_path, gradient_accumulation_steps=4))
+    with pytest.raises(ConfigError, match=r"gradient_clipping is 1.0 but max_grad_norm is 0.5"):
+        driver.check_deepspeed_settings(_cfg(tmp_path, max_grad_norm=0.5))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "8")
+    with pytest.raises(ConfigError, match=r"deepspeed_config.gradient_accumulation_steps is 8"):
+        driver.check_deepspeed_settings(_cfg(tmp_path))

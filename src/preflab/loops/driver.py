@@ -85,7 +85,7 @@ def fsdp_version_asked() -> int | None:
         return 1
 
 
-def _check_fsdp(on_cpu: bool) -> None:
+def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
     """Refuse a distributed engine the launch asks for but that cannot run here: FSDP version 1 on CPU (torch's
     FSDP1 needs an accelerator device; FSDP2 runs on CPU, see enable_fsdp2_on_cpu), DeepSpeed without its package,
     DeepSpeed on CPU (accelerate 1.16 starts it there with every rank believing it is rank 0 of 1)."""
@@ -98,16 +98,47 @@ def _check_fsdp(on_cpu: bool) -> None:
             f"{version}) but this run is on CPU, where FSDP version 1 does not run. Set fsdp_version: 2 (as "
             "examples/accelerate/fsdp2.yaml: torch's fully_shard runs on CPU with gloo), or use "
             "examples/accelerate/ddp.yaml.")
-    flag = _flag
-    if flag("ACCELERATE_USE_DEEPSPEED"):
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError(
                 "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
                 "is not installed: pip install deepspeed, or use examples/accelerate/fsdp2.yaml / ddp.yaml.")
-        if on_cpu:
+        if on_cpu and launched > 1:
             raise ConfigError(
-                "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but this run is on CPU, "
-                "where accelerate does not apply DeepSpeed; use examples/accelerate/ddp.yaml on CPU.")
+                f"the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) on {launched} CPU "
+                "processes, where accelerate 1.16 does not form DeepSpeed's process group (every rank would run as "
+                "rank 0 of 1); use examples/accelerate/fsdp2.yaml or ddp.yaml on CPU (one CPU process runs "
+                "DeepSpeed).")
+        if use_cpu:
+            raise ConfigError(
+                "use_cpu: true with DeepSpeed (`distributed_type: DEEPSPEED`): accelerate does not apply DeepSpeed "
+                "when told to use the CPU; remove use_cpu (a machine without GPU runs one DeepSpeed process on CPU).")
+
+
+def check_deepspeed_settings(cfg) -> None:
+    """DeepSpeed takes the optimizer step inside accelerator.backward (accelerate's DeepSpeedEngineWrapper), with
+    its own gradient clipping: one micro-batch per optimizer step (preflab's accumulation would make it step after
+    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading."""
+    import os
+
+    if not _flag("ACCELERATE_USE_DEEPSPEED"):
+        return
+    if cfg.gradient_accumulation_steps != 1:
+        raise ConfigError(
+            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} under DeepSpeed (`distributed_type: "
+            "DEEPSPEED`): DeepSpeed steps the optimizer inside every backward through accelerate, so preflab runs it "
+            "with one micro-batch per step. Set gradient_accumulation_steps: 1 and raise "
+            "per_device_train_batch_size, or use examples/accelerate/fsdp2.yaml.")
+    ds_accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "auto")
+    if ds_accumulation not in ("auto", "1"):
+        raise ConfigError(
+            f"the accelerate config's deepspeed_config.gradient_accumulation_steps is {ds_accumulation}; preflab runs "
+            "DeepSpeed with 1 (set it to 1).")
+    clipping = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "auto")
+    if clipping not in ("auto", "none") and float(clipping) != float(cfg.max_grad_norm or 0.0):
+        raise ConfigError(
+            f"the accelerate config's deepspeed_config.gradient_clipping is {clipping} but max_grad_norm is "
+            f"{cfg.max_grad_norm}: DeepSpeed clips with its own setting; make them equal.")
 
 
 def check_bf16(cfg, on_cuda: bool) -> None:
@@ -136,8 +167,9 @@ def make_accelerator(cfg):
 
     launched = launched_world_size()
     cpu = cfg.use_cpu or (launched > 1 and not _has_accelerator_device())
-    _check_fsdp(cpu or not _has_accelerator_device())
+    _check_fsdp(cpu or not _has_accelerator_device(), launched, cfg.use_cpu)
     check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
+    check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
     fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2
     plugin = None
@@ -150,6 +182,9 @@ def make_accelerator(cfg):
                               project_dir=cfg.output_dir, fsdp_plugin=plugin)
     if fsdp_on_cpu:
         enable_fsdp2_on_cpu(accelerator, plugin)
+    ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds_plugin is not None:  # accelerate's prepare() needs it without a dataloader (its documented setting)
+        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
