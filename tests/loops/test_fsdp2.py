@@ -185,3 +185,17 @@ def test_deepspeed_settings_preflab_cannot_honour_are_refused_before_loading(tmp
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "8")
     with pytest.raises(ConfigError, match=r"deepspeed_config.gradient_accumulation_steps is 8"):
         driver.check_deepspeed_settings(_cfg(tmp_path))
+
+
+def test_plan_counts_the_reference_sharded_under_fsdp2_only():
+    """preflab plan: under FSDP2 (examples/accelerate/fsdp2.yaml) the reference is 1/N per rank, as the policy's
+    weights; under ZeRO-3 and FSDP version 1 it stays a full copy on every rank."""
+    from preflab.plan import Sharding, memory_plan, model_config_of, sharding_from_accelerate
+
+    cfg = _cfg(Path("/nonexistent"), model_name_or_path="builtin:tiny-llama", max_length=16)
+    config = model_config_of("builtin:tiny-llama")
+    fsdp2 = sharding_from_accelerate(str(FSDP2), world=4)
+    assert (fsdp2.engine, fsdp2.fsdp_version) == ("fsdp", 2)
+    sharded, zero3 = memory_plan(cfg, config, fsdp2), memory_plan(cfg, config, Sharding("zero3", 4))
+    assert sharded["reference"] * 4 == zero3["reference"] == sharded["weights"] * 4 > 0
+    assert memory_plan(cfg, config, Sharding("fsdp", 4, fsdp_version=1))["reference"] == zero3["reference"]
