@@ -37,10 +37,12 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
     return (Path(path) / MODEL_DIR).is_dir()
 
 
-def _options():
+def _options(loading: bool = False):
+    """Trainable parameters only. Loading: the frozen ones (a LoRA base) stay as loaded (strict=False); every
+    trainable one is read, since DCP refuses a requested key the checkpoint lacks."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)
+    return StateDictOptions(ignore_frozen_params=True, strict=not loading)
 
 
 def _inner(optimizer):
@@ -127,7 +129,8 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
         fqn, _, name = key.rpartition(".")
         state.setdefault(fqn, {})[name] = value
     set_state_dict(model, inner, model_state_dict=model_sd,
-                   optim_state_dict={"state": state, "param_groups": meta["param_groups"]}, options=_options())
+                   optim_state_dict={"state": state, "param_groups": meta["param_groups"]},
+                   options=_options(loading=True))
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])

@@ -192,10 +192,59 @@ def test_plan_counts_the_reference_sharded_under_fsdp2_only():
     weights; under ZeRO-3 and FSDP version 1 it stays a full copy on every rank."""
     from preflab.plan import Sharding, memory_plan, model_config_of, sharding_from_accelerate
 
-    cfg = _cfg(Path("/nonexistent"), model_name_or_path="builtin:tiny-llama", max_length=16)
-    config = model_config_of("builtin:tiny-llama")
+    llama = str(ROOT / "examples/model_configs/llama-2-7b")
+    cfg = _cfg(Path("/nonexistent"), model_name_or_path=llama, max_length=16)
+    config = model_config_of(llama)
     fsdp2 = sharding_from_accelerate(str(FSDP2), world=4)
     assert (fsdp2.engine, fsdp2.fsdp_version) == ("fsdp", 2)
     sharded, zero3 = memory_plan(cfg, config, fsdp2), memory_plan(cfg, config, Sharding("zero3", 4))
     assert sharded["reference"] * 4 == zero3["reference"] == sharded["weights"] * 4 > 0
     assert memory_plan(cfg, config, Sharding("fsdp", 4, fsdp_version=1))["reference"] == zero3["reference"]
+
+
+def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_them_and_adam(tmp_path):
+    """One process (DCP without a process group): a LoRA scorer after two AdamW steps saved with
+    save_sharded_checkpoint and loaded into a fresh LoRA scorer + optimizer gives the same adapters, the same AdamW
+    state and the same next step; the checkpoint holds only the adapter tensors (the frozen base is not saved)."""
+    from safetensors import safe_open
+
+    from preflab.checkpoint import verify_checkpoint
+    from preflab.models.load import add_lora
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.lm import LogProbScorer
+    from preflab.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
+
+    def build():
+        torch.manual_seed(0)
+        model = LogProbScorer(add_lora(tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0), 4, 8, 0.0,
+                                       "all-linear"))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        return model, optimizer
+
+    def step(model, optimizer):
+        ids = torch.arange(5, 37).reshape(2, 16)
+        loss = model.model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    model, optimizer = build()
+    step(model, optimizer)
+    step(model, optimizer)
+    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True,
+                                   lambda: None)
+    verify_checkpoint(path)
+    assert is_sharded_checkpoint(path)
+    with safe_open(str(next((path / "model").glob("*.safetensors"))), "pt") as f:
+        names = list(f.keys())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(trainable) and all("lora_" in n for n in names)
+    after = step(model, optimizer)
+
+    fresh, fresh_opt = build()
+    state = load_sharded_checkpoint(path, fresh, fresh_opt, None)
+    assert state["global_step"] == 2 and state["checkpoint_format"] == "sharded"
+    assert step(fresh, fresh_opt) == after
+    for (name, a), b in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name

@@ -131,7 +131,9 @@ class Trainer(TrainingRun):
                                "pairs' dataset positions to Trainer.score() to read them.")
         with torch.no_grad():
             if self.lora:
-                base = self.scorer_class(self.policy, self.cfg.chunk_tokens)
+                # under FSDP2 through the sharded root (its forward gathers the parameters outside the layers)
+                base = self.scorer if getattr(self.accelerator, "is_fsdp2", False) else \
+                    self.scorer_class(self.policy, self.cfg.chunk_tokens)
                 with self.policy.disable_adapter():
                     return base(layout), backbone_and_head(self.policy)[1]
             return self.ref_scorer(layout), backbone_and_head(self.ref)[1]
