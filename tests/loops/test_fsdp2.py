@@ -187,12 +187,16 @@ def test_deepspeed_settings_preflab_cannot_honour_are_refused_before_loading(tmp
         driver.check_deepspeed_settings(_cfg(tmp_path))
 
 
-def test_plan_counts_the_reference_sharded_under_fsdp2_only():
+def test_plan_counts_the_reference_sharded_under_fsdp2_only(tmp_path):
     """preflab plan: under FSDP2 (examples/accelerate/fsdp2.yaml) the reference is 1/N per rank, as the policy's
     weights; under ZeRO-3 and FSDP version 1 it stays a full copy on every rank."""
     from preflab.plan import Sharding, memory_plan, model_config_of, sharding_from_accelerate
 
-    llama = str(ROOT / "examples/model_configs/llama-2-7b")
+    from transformers import LlamaConfig
+
+    llama = str(tmp_path / "llama")
+    LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2).save_pretrained(llama)
     cfg = _cfg(Path("/nonexistent"), model_name_or_path=llama, max_length=16)
     config = model_config_of(llama)
     fsdp2 = sharding_from_accelerate(str(FSDP2), world=4)
