@@ -155,9 +155,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
 def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:
     """rng.safetensors + rng.json (this process's RNG states) and trainer_state.json (state, the global step and
     the scheduler's state) into the checkpoint folder being written."""
-    rng_tensors, rng_meta = _rng_parts()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    _write_json(tmp / "rng.json", rng_meta)
+    write_rng(tmp)
     _write_json(tmp / "trainer_state.json",
                 {**state, "global_step": step, "scheduler": scheduler.state_dict() if scheduler else None})
 
@@ -364,10 +362,17 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     return trainer_state
 
 
-def restore_rng(path: Path) -> None:
-    """Set torch (and CUDA), python and numpy RNG states from the checkpoint's rng.safetensors / rng.json."""
-    rng = load_file(str(path / "rng.safetensors"))
-    rng_meta = json.loads((path / "rng.json").read_text())
+def write_rng(folder: Path, name: str = "rng") -> None:
+    """This process's torch (and CUDA), python and numpy RNG states into <name>.safetensors / <name>.json."""
+    rng_tensors, rng_meta = _rng_parts()
+    save_file(rng_tensors, str(folder / f"{name}.safetensors"))
+    _write_json(folder / f"{name}.json", rng_meta)
+
+
+def restore_rng(path: Path, name: str = "rng") -> None:
+    """Set torch (and CUDA), python and numpy RNG states from the checkpoint's <name>.safetensors / <name>.json."""
+    rng = load_file(str(path / f"{name}.safetensors"))
+    rng_meta = json.loads((path / f"{name}.json").read_text())
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))])

@@ -8,6 +8,8 @@ checkpoint-<step>/ (sharded) holds
     optimizer/        the optimizer state tensors, keyed "<parameter name>.<state key>" (exp_avg, exp_avg_sq, step)
     optimizer.json    param_groups (hyper-parameters and parameter names) and any non-tensor state
     rng.safetensors, rng.json, trainer_state.json, COMPLETE   as in preflab.checkpoint (the main rank's RNG)
+    rng-rank<r>.safetensors / .json   every rank's own RNG states (dropout draws differ between ranks): restored
+                      rank by rank on the same world size; on another world size every rank takes the main's
 The folder is written under .tmp-checkpoint-<step>-sharded (every rank writes into it), the main rank then writes
 the rest, fsyncs, writes COMPLETE (every file's size and sha256, subfolders included) and renames it into place,
 exactly as preflab.checkpoint does for one process.
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng,
+from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, write_rng,
                                 write_training_state)
 from preflab.errors import PreflabError
 
@@ -35,6 +37,12 @@ MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
 def is_sharded_checkpoint(path: str | Path) -> bool:
     """Whether checkpoint `path` was written by save_sharded_checkpoint (a model/ folder, not model.safetensors)."""
     return (Path(path) / MODEL_DIR).is_dir()
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 def _options(loading: bool = False):
@@ -85,10 +93,13 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer,
         dcp.save(model_sd, storage_writer=HuggingFaceStorageWriter(str(tmp / MODEL_DIR), save_distributed=True))
         dcp.save(opt_tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / OPTIMIZER_DIR),
                                                                       save_distributed=True))
+        rank, world = _rank_world()
+        write_rng(tmp, f"rng-rank{rank}")
         barrier()
         if is_main:
             _write_json(tmp / "optimizer.json", opt_meta)
-            write_training_state(tmp, step, scheduler, {**state, "checkpoint_format": "sharded"})
+            write_training_state(tmp, step, scheduler, {**state, "checkpoint_format": "sharded",
+                                                        "world_size": world})
             commit_checkpoint(tmp, final, step)
     except (OSError, RuntimeError) as err:  # DCP reports a failed write on any rank as a CheckpointException
         if is_main:
@@ -134,5 +145,8 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
-    restore_rng(path)
+    rank, world = _rank_world()
+    own = f"rng-rank{rank}"
+    same_world = trainer_state.get("world_size") == world and (path / f"{own}.safetensors").is_file()
+    restore_rng(path, own if same_world else "rng")
     return trainer_state
