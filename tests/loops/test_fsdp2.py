@@ -276,3 +276,25 @@ def test_sharded_checkpoint_restores_each_ranks_rng_on_the_same_world_size_only(
     monkeypatch.setattr(sc, "_rank_world", lambda: (1, 4))
     sc.load_sharded_checkpoint(path, model, optimizer, None)
     assert torch.equal(torch.rand(4), main_next)
+
+
+def test_a_lora_reward_model_under_a_sharded_engine_is_refused_before_training(tmp_path, monkeypatch):
+    """Reward models are saved merged (LoRA folded in), which preflab does not do from shards: refused at the
+    start, not after training (a full reward model under FSDP2 saves the gathered weights)."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models import train
+    from preflab.reward_models.heads import build_reward_model
+
+    sys.path.insert(0, str(ROOT / "tests/reward_models"))
+    from reward_synthetic import marker_rows
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(16, seed=0)))
+    tok = tiny_tokenizer()
+    cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name=str(data),
+                                output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=2,
+                                max_length=64, disable_tqdm=True, use_cpu=True, use_peft=True, lora_r=4))
+    monkeypatch.setattr(train, "is_sharded", lambda accelerator: True)
+    with pytest.raises(ConfigError, match=r"use_peft: a LoRA reward model is saved merged.*ddp.yaml"):
+        train.train_reward(cfg, model=build_reward_model("builtin:tiny-llama", 1, tok, seed=0), tokenizer=tok)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
