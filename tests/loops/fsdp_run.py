@@ -45,7 +45,8 @@ if __name__ == "__main__":
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in sys.argv[2:])}
     resume_into = extra.pop("resume_into", None)  # then: a second run there, resumed from checkpoint-<that step>
     resume_step = extra.pop("resume_step", None)
-    if resume_into:
+    precompute_into = extra.pop("precompute_into", None)  # then: a run that precomputes reference log-probs there
+    if resume_into or precompute_into:
         keep_process_group()
     summary, trainer = run(out, **extra)
     if trainer.main:
@@ -53,3 +54,6 @@ if __name__ == "__main__":
     if resume_into:
         run(resume_into, **{**extra, "save_steps": 0,
                             "resume_from_checkpoint": str(out / f"checkpoint-{resume_step}")})
+    if precompute_into:  # 33 pairs: rank 0 scores 17 (3 batches of 8), rank 1 16 (2): the sharded reference in lockstep
+        run(precompute_into, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0,
+            precompute_ref_log_probs=True)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,8 +23,8 @@ FSDP2 = ROOT / "examples/accelerate/fsdp2.yaml"
 RUN = ["max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1"]
 
 
-def _launch(out, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+def _launch(out, *args, cache=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "PREFLAB_CACHE_DIR": str(cache)}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2), "--num_processes", "2",
            str(HERE / "fsdp_run.py"), str(out), "per_device_train_batch_size=4", *RUN, *args]
@@ -43,7 +44,7 @@ def _weights(out):
 
 
 @pytest.mark.slow
-def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path):
+def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch):
     """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
     4 steps, cosine schedule):
     - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);
@@ -53,14 +54,19 @@ def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transform
     - the checkpoint is sharded safetensors (no pickle) under the COMPLETE marker; the final model is one
       save_pretrained folder that plain transformers loads;
     - the reference is sharded like the policy (each rank holds half of it), frozen, gradient-free and not in the
-      optimizer."""
+      optimizer;
+    - precomputed reference log-probs over 33 pairs (rank 0: 3 batches, rank 1: 2; the sharded reference's forwards
+      run in lockstep) equal the 1-process ones to 1e-6, under the same cache key (the sharded fingerprint is the
+      full model's)."""
     from preflab.checkpoint import verify_checkpoint
 
     sys.path.insert(0, str(HERE))
     from tiny_run import run
 
     full, resumed, one, one_resumed = (tmp_path / n for n in ("full", "resumed", "one", "one_resumed"))
-    _launch(full, "save_steps=2", f"resume_into={resumed}", "resume_step=2")  # the resumed run follows
+    pre_two, pre_one = tmp_path / "pre_two", tmp_path / "pre_one"
+    _launch(full, "save_steps=2", f"resume_into={resumed}", "resume_step=2", f"precompute_into={pre_two}",
+            cache=tmp_path / "cache_two")  # the resumed and the precomputing runs follow in the same processes
     summary = json.loads((full / "summary.json").read_text())["environment"]
     assert (summary["world_size"], summary["distributed_type"], summary["backend"]) == (2, "FSDP", "gloo")
     facts = json.loads((full / "facts.json").read_text())
@@ -99,6 +105,19 @@ def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transform
     wd = _weights(one_resumed)
     for key in wc:
         torch.testing.assert_close(wd[key], wc[key], rtol=0, atol=1e-6)
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache_one"))
+    run(pre_one, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0, precompute_ref_log_probs=True)
+    infos = [json.loads((d / "summary.json").read_text())["reference_cache"]["train"] for d in (pre_two, pre_one)]
+    assert not infos[0]["hit"] and not infos[1]["hit"]
+    files = [Path(info["file"]) for info in infos]
+    assert files[0].name == files[1].name  # one cache key: the sharded reference's fingerprint is the full model's
+    cached = [load_file(f) for f in files]
+    assert cached[0].keys() == cached[1].keys()
+    for key in cached[1]:
+        torch.testing.assert_close(cached[0][key], cached[1][key], rtol=0, atol=1e-6)
 
     from transformers import AutoModelForCausalLM
 
@@ -298,3 +317,31 @@ def test_a_lora_reward_model_under_a_sharded_engine_is_refused_before_training(t
     with pytest.raises(ConfigError, match=r"use_peft: a LoRA reward model is saved merged.*ddp.yaml"):
         train.train_reward(cfg, model=build_reward_model("builtin:tiny-llama", 1, tok, seed=0), tokenizer=tok)
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_reference_scoring_in_lockstep_runs_as_many_forwards_on_every_rank():
+    """17 pairs over 2 ranks in batches of 8: rank 0 has 9 (2 forwards), rank 1 has 8 (1). In lockstep (a sharded
+    reference: every forward is a collective) rank 1 runs a second, dropped forward; its rows are unchanged."""
+    from preflab.scoring.ref_cache import score_rows
+
+    calls = []
+
+    def score(batch):
+        calls.append(list(batch))
+        n = len(batch)
+        logps = torch.arange(2 * n * 3, dtype=torch.float32).reshape(2 * n, 3) + 100 * torch.tensor(
+            batch + batch, dtype=torch.float32)[:, None]
+        return SimpleNamespace(token_logps=logps, mask=torch.ones(2 * n, 3, dtype=torch.bool))
+
+    pairs = list(range(17))
+    plain = score_rows(score, pairs, lambda items: items, 8, rank=1, world=2)
+    assert len(calls) == 1
+    calls.clear()
+    assert score_rows(score, pairs, lambda items: items, 8, rank=1, world=2, lockstep=True) == plain
+    assert len(calls) == 2 and calls[1] == calls[0]  # the padding forward repeats the last batch
+    calls.clear()
+    assert len(score_rows(score, pairs, lambda items: items, 8, rank=0, world=2, lockstep=True)) == 9
+    assert len(calls) == 2
+    calls.clear()
+    score_rows(score, pairs[:1], lambda items: items, 8, rank=1, world=2, lockstep=True)  # no pair of its own
+    assert calls == [[0]]
