@@ -345,3 +345,25 @@ def test_reference_scoring_in_lockstep_runs_as_many_forwards_on_every_rank():
     calls.clear()
     score_rows(score, pairs[:1], lambda items: items, 8, rank=1, world=2, lockstep=True)  # no pair of its own
     assert calls == [[0]]
+
+
+def test_generate_during_eval_under_a_sharded_engine_is_refused_before_loading(tmp_path, monkeypatch):
+    """Eval samples are generated on the main process alone from the unwrapped policy: with sharded weights that
+    would hang or fail mid-run, so the setting is refused at the start."""
+    monkeypatch.setattr(driver, "is_sharded", lambda accelerator: True)
+    with pytest.raises(ConfigError, match=r"generate_during_eval: .*sharded"):
+        driver.make_accelerator(_cfg(tmp_path, generate_during_eval=True, eval_fraction=0.1))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_token_kl_objective_under_fsdp2_is_refused_before_training(tmp_path, monkeypatch):
+    """SparsePO reads the reference's LM head outside the reference's forward, where FSDP2 keeps it sharded."""
+    from accelerate import Accelerator
+
+    sys.path.insert(0, str(HERE))
+    from tiny_run import run
+
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: True))
+    with pytest.raises(ConfigError, match=r"objective 'sparsepo' needs token-level KL.*FSDP2"):
+        run(tmp_path / "out", loss_type="sparsepo")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()

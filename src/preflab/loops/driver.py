@@ -191,6 +191,11 @@ def make_accelerator(cfg):
             f"(accelerate: {accelerator.distributed_type}, {accelerator.num_processes} process); each would train "
             "alone into the same output_dir. Check the accelerate config / launch flags (on CPU: use_cpu: true).")
     check_sharded_checkpoints(cfg, sharding_engine(accelerator))
+    if getattr(cfg, "generate_during_eval", False) and is_sharded(accelerator):
+        raise ConfigError(
+            f"generate_during_eval: preflab generates eval samples on the main process from the unwrapped policy, "
+            f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
+            "use examples/accelerate/ddp.yaml).")
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))

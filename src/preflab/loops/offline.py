@@ -84,6 +84,10 @@ class Trainer(TrainingRun):
         if self.precompute and "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL to the reference, which needs the "
                               "reference's hidden states at every step; set precompute_ref_log_probs: false.")
+        if "token_kl" in self.objective.token_needs and getattr(self.accelerator, "is_fsdp2", False):
+            raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL through the reference's LM head "
+                              "outside the reference's forward, where FSDP2 keeps it sharded; train it with "
+                              "examples/accelerate/ddp.yaml.")
         self.ref_logps, self.ref_cache_info = {}, {}
         self.layout = effective_layout(cfg.layout, policy, ref)
         if cfg.gradient_checkpointing:
