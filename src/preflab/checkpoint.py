@@ -98,8 +98,9 @@ def _sha256(path: Path) -> str:
 
 
 def _file_records(folder: Path) -> dict:
-    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != MARKER}
+    """{path relative to folder: size and sha256} of every file (sharded checkpoints have subfolders)."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
 def _aside_name(final: Path) -> Path:
@@ -139,36 +140,54 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         opt_tensors, opt_meta = _optimizer_parts(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", opt_meta)
-        rng_tensors, rng_meta = _rng_parts()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        _write_json(tmp / "rng.json", rng_meta)
-        _write_json(tmp / "trainer_state.json",
-                    {**state, "global_step": step, "scheduler": scheduler.state_dict() if scheduler else None})
-        for path in tmp.iterdir():
-            _fsync_file(path)
-        _write_json(tmp / MARKER, {"step": step, "files": _file_records(tmp)})
-        _fsync_dir(tmp)
-        if final.exists():  # replacing after a rollback: old aside, new in, then delete the old one
-            aside = _aside_name(final)
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            _fsync_dir(output_dir)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-            _fsync_dir(output_dir)
+        write_training_state(tmp, step, scheduler, state)
+        commit_checkpoint(tmp, final, step)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(
             f"could not write checkpoint {final}: {err.strerror or err}. Earlier checkpoints are kept; free disk "
             "space or fix the permissions of output_dir, then resume."
         ) from err
+    apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit)
+    return final
+
+
+def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:
+    """rng.safetensors + rng.json (this process's RNG states) and trainer_state.json (state, the global step and
+    the scheduler's state) into the checkpoint folder being written."""
+    write_rng(tmp)
+    _write_json(tmp / "trainer_state.json",
+                {**state, "global_step": step, "scheduler": scheduler.state_dict() if scheduler else None})
+
+
+def commit_checkpoint(tmp: Path, final: Path, step: int) -> None:
+    """fsync every file of the finished folder `tmp`, write the COMPLETE marker (sizes and sha256), and rename it
+    to `final` (replacing an existing one: old aside, new in, then delete the old one). OSError on failure."""
+    output_dir = final.parent
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
+    for folder in [p for p in tmp.rglob("*") if p.is_dir()]:
+        _fsync_dir(folder)
+    _write_json(tmp / MARKER, {"step": step, "files": _file_records(tmp)})
+    _fsync_dir(tmp)
+    if final.exists():  # replacing after a rollback: old aside, new in, then delete the old one
+        aside = _aside_name(final)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        _fsync_dir(output_dir)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        _fsync_dir(output_dir)
+
+
+def apply_save_total_limit(output_dir: Path, final: Path, timeline, save_total_limit: int | None) -> None:
+    """Keep the newest (by step) save_total_limit checkpoints of `timeline` (never `final`, just written)."""
     if save_total_limit:
-        timeline = state.get("timeline")
         for old in list_checkpoints(output_dir, timeline)[:-save_total_limit]:
             if old != final:
                 _remove_atomically(old)
-    return final
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -339,8 +358,21 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
-    rng = load_file(str(path / "rng.safetensors"))
-    rng_meta = json.loads((path / "rng.json").read_text())
+    restore_rng(path)
+    return trainer_state
+
+
+def write_rng(folder: Path, name: str = "rng") -> None:
+    """This process's torch (and CUDA), python and numpy RNG states into <name>.safetensors / <name>.json."""
+    rng_tensors, rng_meta = _rng_parts()
+    save_file(rng_tensors, str(folder / f"{name}.safetensors"))
+    _write_json(folder / f"{name}.json", rng_meta)
+
+
+def restore_rng(path: Path, name: str = "rng") -> None:
+    """Set torch (and CUDA), python and numpy RNG states from the checkpoint's <name>.safetensors / <name>.json."""
+    rng = load_file(str(path / f"{name}.safetensors"))
+    rng_meta = json.loads((path / f"{name}.json").read_text())
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))])
@@ -348,4 +380,3 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     random.setstate((py[0], tuple(py[1]), py[2]))
     npy = rng_meta["numpy"]
     np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
-    return trainer_state

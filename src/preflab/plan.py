@@ -5,10 +5,11 @@ gives the exact parameter count P and, with LoRA, the trainable count P_t = sum 
 r * (in + out) (peft's A [r, in] and B [out, r]; `all-linear` adapts every Linear but the LM head). N ranks.
 
     weights      P   * bytes(load_dtype)      / s_w
-    reference    P   * bytes(load_dtype)              (only when the objective needs one, without LoRA (the
+    reference    P   * bytes(load_dtype)      / s_r   (only when the objective needs one, without LoRA (the
                                                        adapter-disabled policy is the reference) and without
-                                                       precompute_ref_log_probs; not sharded: preflab places a
-                                                       full frozen copy on every rank under every engine)
+                                                       precompute_ref_log_probs; s_r = N under FSDP2, which shards
+                                                       it like the policy (0 with its parameter offload); a full
+                                                       frozen copy on every rank (s_r = 1) under DDP, ZeRO, FSDP1)
     gradients    P_t * bytes(load_dtype)      / s_g
     optimizer    P_t * 2 * bytes(load_dtype)  / s_o   (AdamW's exp_avg and exp_avg_sq, kept in the parameter dtype)
     activations  L * S * b * h * 34 * bytes(compute) / 2            (no checkpointing)
@@ -50,6 +51,13 @@ class Sharding:
     world: int = 1
     offload_optimizer: bool = False
     offload_params: bool = False
+    fsdp_version: int = 2  # preflab shards the reference under FSDP version 2 only
+
+    def reference_on_gpu_fraction(self) -> float:
+        """1/s_r: the share of the reference each rank holds on the GPU (see the module docstring)."""
+        if self.engine in ("fsdp", "fsdp_grad_op") and self.fsdp_version == 2:
+            return 0.0 if self.offload_params else 1.0 / self.world
+        return 1.0
 
     def factors(self) -> tuple[int, int, int]:
         """(s_w, s_g, s_o)."""
@@ -70,7 +78,7 @@ def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
         fsdp = config.fsdp_config or {}
         full = fsdp.get("fsdp_reshard_after_forward", True) in (True, "FULL_SHARD", "true")
         return Sharding("fsdp" if full else "fsdp_grad_op", n, bool(fsdp.get("fsdp_offload_params")),
-                        bool(fsdp.get("fsdp_offload_params")))
+                        bool(fsdp.get("fsdp_offload_params")), int(fsdp.get("fsdp_version", 1)))
     if kind == "DEEPSPEED":
         ds = config.deepspeed_config or {}
         stage = int(ds.get("zero_stage", 2))
@@ -146,7 +154,7 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     per_layer = tokens * h * 34 * compute / 2
     activations = (layers * tokens * h * compute + per_layer) if cfg.gradient_checkpointing else layers * per_layer
     plan = {"parameters": float(total), "trainable": float(trainable), "weights": weights,
-            "reference": total * wb if has_ref else 0.0,
+            "reference": total * wb * sharding.reference_on_gpu_fraction() if has_ref else 0.0,
             "gradients": trainable * wb / s_g,
             "optimizer": 0.0 if sharding.offload_optimizer else trainable * 2 * wb / s_o,
             "activations": float(activations)}

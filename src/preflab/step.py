@@ -94,7 +94,14 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     scaler = getattr(accelerator, "scaler", None) if accelerator is not None else None
     if scaler is not None:  # the gradients carry the loss scale: clip and report the true ones
         scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
-    grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
+    engine = getattr(accelerator, "deepspeed_engine_wrapped", None) if accelerator is not None else None
+    if engine is not None:  # DeepSpeed stepped (clipped, updated, zeroed) inside accelerator.backward
+        norm = engine.get_global_grad_norm()
+        grad_norm = torch.tensor(float(norm) if norm is not None else 0.0, device=_device(accelerator))
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2 (DTensor gradients): the norm is a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     # [bad loss, bad grad norm, bound of max |weight|, grad norm] in the one host sync of the step (sums over ranks
     # bound the last two). A GradScaler handles non-finite gradients of a finite loss itself (fp16 overflow);
     # anything else non-finite is skipped.
@@ -108,7 +115,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         if scaler is not None:
             scaler.update()  # close this iteration's unscale_ (inf/nan gradients: the scale is lowered too)
     else:
-        risky = weight_guard.update_could_overflow(optimizer, flags[2], flags[3])
+        # DeepSpeed has already updated the weights inside backward: nothing to guard or roll back here
+        risky = engine is None and weight_guard.update_could_overflow(optimizer, flags[2], flags[3])
         snapshot = weight_guard.Snapshot(all_params, optimizer) if risky else None
         overflow = _update(optimizer, scaler)
         if snapshot is not None and not overflow and _reduce_sum(

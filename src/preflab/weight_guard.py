@@ -33,7 +33,7 @@ def max_abs_bound(params: list[torch.Tensor]) -> torch.Tensor:
     """An upper bound of max |p| over all tensors: the largest per-tensor L2 norm (one fused kernel; the fused
     max-abs norm is 15x slower on CPU). 0-dim float32 on the tensors' device; NaN/inf when a weight is not finite
     (or the norm overflows, which only makes the bound more careful)."""
-    tensors = [p.detach() for p in params]
+    tensors = [local_shard(p.detach()) for p in params]
     if not tensors:
         return torch.zeros(())
     return torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)]).max()
@@ -85,4 +85,10 @@ class Snapshot:
 
 def all_finite(params: list[torch.Tensor]) -> torch.Tensor:
     """0-dim bool tensor: every element of every tensor is finite (exact; no host sync)."""
-    return torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()
+    return torch.stack([torch.isfinite(local_shard(p.detach())).all() for p in params]).all()
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an FSDP2 (DTensor) parameter, the tensor itself otherwise. The step sums the guard's
+    per-rank values over ranks, so per-shard maxima and finiteness bound the whole tensor's."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

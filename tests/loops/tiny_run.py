@@ -21,7 +21,7 @@ def synthetic_pairs(n=32, seed=0):
                             rejected_ids=draw(rng.randrange(1, 5)) + [2], extras={}) for i in range(n)]
 
 
-def run(out_dir, tiny_arch="llama", **overrides):
+def run(out_dir, tiny_arch="llama", n_pairs=32, **overrides):
     """tiny_arch: "llama" (no dropout) or "gpt2" (dropout 0.1 in training mode: draws from the torch RNG)."""
     torch.set_num_threads(1)
     params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", output_dir=str(out_dir),
@@ -32,7 +32,7 @@ def run(out_dir, tiny_arch="llama", **overrides):
     tok = tiny_tokenizer()
     policy = tiny_causal_lm(tok, arch=tiny_arch, seed=0)
     ref = frozen_copy(policy)
-    trainer = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs())
+    trainer = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs(n_pairs))
     return trainer.train(), trainer
 
 

@@ -157,6 +157,7 @@ class DiffusionRun(TrainingRun):
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         self.sync_module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
         self.checkpoint_module = self.trainables
         self._ema_step = None
 

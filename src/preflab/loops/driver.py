@@ -30,6 +30,7 @@ from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
 from preflab.rundir import claim_output_dir, release_output_dir
 from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
+from preflab.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
 from preflab.step import optimizer_step
 
 
@@ -66,30 +67,92 @@ def _has_accelerator_device() -> bool:
     return device_type is not None and get_distributed_backend(device_type) is not None
 
 
-def _check_fsdp(on_cpu: bool) -> None:
-    """Refuse a distributed engine the launch asks for but accelerate would not apply: accelerate runs FSDP (v1
-    and v2) and DeepSpeed only on accelerator devices; on CPU it silently falls back to plain data parallelism (its
-    AcceleratorState never sets distributed_type FSDP / DEEPSPEED for MULTI_CPU). DeepSpeed also needs its package."""
-    import importlib.util
+def _flag(name: str) -> bool:
     import os
 
-    flag = lambda name: os.environ.get(name, "false").lower() in ("true", "1")  # noqa: E731
-    if flag("ACCELERATE_USE_FSDP") and on_cpu:
-        version = os.environ.get("FSDP_VERSION", "1")
+    return os.environ.get(name, "false").lower() in ("true", "1")
+
+
+def fsdp_version_asked() -> int | None:
+    """The FSDP version the accelerate config asks for (`distributed_type: FSDP`, fsdp_version), None without."""
+    import os
+
+    if not _flag("ACCELERATE_USE_FSDP"):
+        return None
+    try:
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    except ValueError:
+        return 1
+
+
+def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
+    """Refuse a distributed engine the launch asks for but that cannot run here: FSDP version 1 on CPU (torch's
+    FSDP1 needs an accelerator device; FSDP2 runs on CPU, see enable_fsdp2_on_cpu), DeepSpeed without its package,
+    DeepSpeed on CPU (accelerate 1.16 starts it there with every rank believing it is rank 0 of 1)."""
+    import importlib.util
+
+    version = fsdp_version_asked()
+    if version is not None and version != 2 and on_cpu:
         raise ConfigError(
-            f"the accelerate config asks for FSDP (`distributed_type: FSDP`, fsdp_version: {version}) but this run is "
-            "on CPU, where accelerate applies neither FSDP version 1 nor 2 (it would run plain data parallelism "
-            "instead, with every rank holding the whole model). Use examples/accelerate/ddp.yaml on CPU "
-            "(`accelerate launch --num_processes N`), or run the FSDP config on GPUs.")
-    if flag("ACCELERATE_USE_DEEPSPEED"):
+            f"the accelerate config asks for FSDP version {version} (`distributed_type: FSDP`, fsdp_version: "
+            f"{version}) but this run is on CPU, where FSDP version 1 does not run. Set fsdp_version: 2 (as "
+            "examples/accelerate/fsdp2.yaml: torch's fully_shard runs on CPU with gloo), or use "
+            "examples/accelerate/ddp.yaml.")
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError(
                 "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
                 "is not installed: pip install deepspeed, or use examples/accelerate/fsdp2.yaml / ddp.yaml.")
-        if on_cpu:
+        if on_cpu and launched > 1:
             raise ConfigError(
-                "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but this run is on CPU, "
-                "where accelerate does not apply DeepSpeed; use examples/accelerate/ddp.yaml on CPU.")
+                f"the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) on {launched} CPU "
+                "processes, where accelerate 1.16 does not form DeepSpeed's process group (every rank would run as "
+                "rank 0 of 1); use examples/accelerate/fsdp2.yaml or ddp.yaml on CPU (one CPU process runs "
+                "DeepSpeed).")
+        if use_cpu:
+            raise ConfigError(
+                "use_cpu: true with DeepSpeed (`distributed_type: DEEPSPEED`): accelerate does not apply DeepSpeed "
+                "when told to use the CPU; remove use_cpu (a machine without GPU runs one DeepSpeed process on CPU).")
+
+
+def check_deepspeed_settings(cfg) -> None:
+    """DeepSpeed takes the optimizer step inside accelerator.backward (accelerate's DeepSpeedEngineWrapper), with
+    its own gradient clipping: one micro-batch per optimizer step (preflab's accumulation would make it step after
+    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading."""
+    import os
+
+    if not _flag("ACCELERATE_USE_DEEPSPEED"):
+        return
+    if cfg.gradient_accumulation_steps != 1:
+        raise ConfigError(
+            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} under DeepSpeed (`distributed_type: "
+            "DEEPSPEED`): DeepSpeed steps the optimizer inside every backward through accelerate, so preflab runs it "
+            "with one micro-batch per step. Set gradient_accumulation_steps: 1 and raise "
+            "per_device_train_batch_size, or use examples/accelerate/fsdp2.yaml.")
+    ds_accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "auto")
+    if ds_accumulation not in ("auto", "1"):
+        raise ConfigError(
+            f"the accelerate config's deepspeed_config.gradient_accumulation_steps is {ds_accumulation}; preflab runs "
+            "DeepSpeed with 1 (set it to 1).")
+    clipping = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "auto")
+    if clipping not in ("auto", "none") and float(clipping) != float(cfg.max_grad_norm or 0.0):
+        raise ConfigError(
+            f"the accelerate config's deepspeed_config.gradient_clipping is {clipping} but max_grad_norm is "
+            f"{cfg.max_grad_norm}: DeepSpeed clips with its own setting; make them equal.")
+
+
+def check_bf16(cfg, on_cuda: bool) -> None:
+    """bfloat16 asked (bf16: true, dtype / load_dtype / ref_load_dtype: bfloat16) on a CUDA GPU without bfloat16
+    (before Ampere): refused before anything loads, naming the setting. CPUs run bfloat16 (autocast, and FSDP2's
+    mixed precision over gloo)."""
+    asked = [name for name, on in (("bf16: true", cfg.bf16), ("dtype: bfloat16", cfg.dtype == "bfloat16"),
+                                   ("load_dtype: bfloat16", cfg.load_dtype == "bfloat16"),
+                                   ("ref_load_dtype: bfloat16", getattr(cfg, "ref_load_dtype", None) == "bfloat16"))
+             if on]
+    if asked and on_cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"{', '.join(asked)}: this GPU ({torch.cuda.get_device_name()}) does not support bfloat16. Use "
+            "dtype: float16 (fp16: true) or float32, or run on a GPU with bfloat16 (Ampere or newer).")
 
 
 def make_accelerator(cfg):
@@ -104,23 +167,71 @@ def make_accelerator(cfg):
 
     launched = launched_world_size()
     cpu = cfg.use_cpu or (launched > 1 and not _has_accelerator_device())
-    _check_fsdp(cpu or not _has_accelerator_device())
+    _check_fsdp(cpu or not _has_accelerator_device(), launched, cfg.use_cpu)
+    check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
+    check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
+    fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2
+    plugin = None
+    if fsdp_on_cpu:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2)  # the rest from the config's FSDP_* settings
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
                               log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
-                              project_dir=cfg.output_dir)
+                              project_dir=cfg.output_dir, fsdp_plugin=plugin)
+    if fsdp_on_cpu:
+        enable_fsdp2_on_cpu(accelerator, plugin)
+    ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds_plugin is not None:  # accelerate's prepare() needs it without a dataloader (its documented setting)
+        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
             f"(accelerate: {accelerator.distributed_type}, {accelerator.num_processes} process); each would train "
             "alone into the same output_dir. Check the accelerate config / launch flags (on CPU: use_cpu: true).")
-    check_sharded_checkpoints(cfg, str(accelerator.distributed_type).rsplit(".", 1)[-1])
+    check_sharded_checkpoints(cfg, sharding_engine(accelerator))
+    if getattr(cfg, "generate_during_eval", False) and is_sharded(accelerator):
+        raise ConfigError(
+            f"generate_during_eval: preflab generates eval samples on the main process from the unwrapped policy, "
+            f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
+            "use examples/accelerate/ddp.yaml).")
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
         clean_interrupted_saves(cfg.output_dir)
         _check_resume_config_early(cfg)
     return accelerator
+
+
+def enable_fsdp2_on_cpu(accelerator, plugin) -> None:
+    """Let accelerate's own FSDP2 path run on a CPU process group (gloo).
+
+    accelerate 1.16 sets distributed_type FSDP only for accelerator device types (AcceleratorState.__init__ checks
+    MULTI_GPU, MULTI_XPU, ...); on MULTI_CPU it drops the FSDP plugin and runs plain DDP. torch's FSDP2
+    (fully_shard, DTensor) and distributed checkpointing run on CPU with gloo, so after the gloo group is formed
+    preflab sets the two fields accelerate would have set on a GPU (state.distributed_type = FSDP,
+    state.fsdp_plugin); everything after that is accelerate's code unchanged: prepare() -> fsdp2_prepare_model
+    (fully_shard per decoder layer + the root), no_sync -> set_requires_gradient_sync, get_state_dict -> torch's
+    full state dict. Only FSDP version 2 (version 1 does not run on CPU: _check_fsdp refuses it)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.distributed_type = DistributedType.FSDP
+    state.fsdp_plugin = plugin
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState does
+    if not accelerator.is_fsdp2:
+        raise PreflabError("preflab could not switch accelerate to FSDP2 on CPU (accelerate's state did not take "
+                           "the FSDP plugin); use examples/accelerate/ddp.yaml on CPU.")
+
+
+def sharding_engine(accelerator) -> str:
+    """accelerate's distributed_type name, with FSDP spelt FSDP2 for version 2 (FSDP for version 1)."""
+    engine = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    return "FSDP2" if engine == "FSDP" and getattr(accelerator, "is_fsdp2", False) else engine
 
 
 def _check_resume_config_early(cfg) -> None:
@@ -135,7 +246,8 @@ def _check_resume_config_early(cfg) -> None:
     except (OSError, ValueError):
         return  # a missing or damaged checkpoint is reported, with its file, at resume
     if isinstance(saved, dict):
-        check_resume_config(saved.get("config"), cfg, path, note=lambda *a, **k: None)
+        check_resume_config(saved_config_on_this_world(saved.get("config"), saved, cfg, launched_world_size()),
+                            cfg, path, note=lambda *a, **k: None)
 
 
 SHARDED_ENGINES = ("FSDP", "DEEPSPEED")
@@ -147,18 +259,33 @@ def is_sharded(accelerator) -> bool:
 
 
 def check_sharded_checkpoints(cfg, engine: str) -> None:
-    """preflab's checkpoints hold each rank's full trainable tensors; under a sharded engine those are shards
-    (DTensor / ZeRO partitions), so intermediate checkpoints and resume are refused rather than written wrong.
-    The final model is gathered to one save_pretrained directory (gather_full_state)."""
+    """Sharded checkpoints (preflab.sharded_checkpoint, torch distributed checkpointing) are written and resumed
+    under FSDP2; under FSDP version 1 and DeepSpeed intermediate checkpoints and resume are refused rather than
+    written wrong (each rank would hold only its shards). The final model is gathered to one save_pretrained
+    directory under every engine (gather_full_state)."""
     used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint",
                                                              cfg.resume_from_checkpoint not in (None, False, "",
                                                                                                 "false")))
             if bad]
     if engine in SHARDED_ENGINES and used:
         raise ConfigError(
-            f"{', '.join(used)}: preflab does not yet write or resume sharded checkpoints under {engine} (the "
-            "accelerate config's distributed_type); set save_steps: 0 and no resume_from_checkpoint (the final model "
-            "is still gathered and saved), or train with examples/accelerate/ddp.yaml.")
+            f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 only, not under "
+            f"{engine} (the accelerate config's distributed_type); use examples/accelerate/fsdp2.yaml, or set "
+            "save_steps: 0 and no resume_from_checkpoint (the final model is still gathered and saved).")
+
+
+def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int) -> dict:
+    """The checkpoint's saved config as this run would spell it: a checkpoint written on another number of
+    processes with the same global batch (per_device_train_batch_size x processes) had another
+    per_device_train_batch_size for the same run (BatchPlan reads the same rows in the same order), so that key
+    is taken as this run's. Other keys are left for check_resume_config to compare."""
+    saved_world = trainer_state.get("world_size")
+    if not isinstance(saved, dict) or not isinstance(saved_world, int) or saved_world == world:
+        return saved
+    batch = saved.get("per_device_train_batch_size")
+    if isinstance(batch, int) and batch * saved_world == cfg.per_device_train_batch_size * world:
+        return {**saved, "per_device_train_batch_size": cfg.per_device_train_batch_size}
+    return saved
 
 
 def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | None:
@@ -301,7 +428,7 @@ class TrainingRun:
                 nonfinite.append({"step": step + 1, "row_ids": result.row_ids, "nonfinite": what})
                 log.write({"step": step + 1, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
                 if bad_in_row >= cfg.max_nonfinite_steps:
-                    path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                    path = self._save(step + 1, {"nonfinite": nonfinite})
                     cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
                              f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
                              "the loss or gradient norm was inf/NaN")
@@ -330,7 +457,7 @@ class TrainingRun:
                     log.write({"step": step + 1, **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
-                path = self._save(step + 1, {"nonfinite": nonfinite}) if self.main else None
+                path = self._save(step + 1, {"nonfinite": nonfinite})
                 self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
         bar.close()
@@ -375,14 +502,31 @@ class TrainingRun:
         return track
 
     # ------------------------------------------------------------------ persistence
-    def _save(self, step: int, state: dict) -> Path:
-        position = self.data_position()
+    def _save(self, step: int, state: dict) -> Path | None:
+        """checkpoint-<step>: under FSDP2 every rank writes its shards (preflab.sharded_checkpoint); otherwise the
+        main process writes the full tensors (returns None on the other ranks)."""
+        acc = self.accelerator
+        position = self.data_position()  # streaming: where the data stream stands
         if position is not None:
             state = {**state, "data_position": position}
-        return save_checkpoint(self.out, step, self.accelerator.unwrap_model(self.checkpoint_module),
-                               self.optimizer, self.scheduler,
-                               {**state, "config": self.cfg.to_dict(), "timeline": self.timeline},
+        state = {**state, "config": self.cfg.to_dict(), "timeline": self.timeline,
+                 "world_size": acc.num_processes, "engine": sharding_engine(acc)}
+        if is_sharded(acc):
+            self._check_sharded_extras()
+            return save_sharded_checkpoint(self.out, step, self.sync_module, self.optimizer, self.scheduler, state,
+                                           self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
+        if not self.main:
+            return None
+        return save_checkpoint(self.out, step, acc.unwrap_model(self.checkpoint_module),
+                               self.optimizer, self.scheduler, state,
                                self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras())
+
+    def _check_sharded_extras(self) -> None:
+        if self.checkpoint_extras():
+            raise ConfigError(
+                f"objective {getattr(self.cfg, 'loss_type', '?')!r} has parameters of its own (outside the model); "
+                "preflab's sharded checkpoints (FSDP2) hold the model and its optimizer state only. Set save_steps: 0 "
+                "and no resume_from_checkpoint under FSDP2, or train with examples/accelerate/ddp.yaml.")
 
     def _maybe_resume(self) -> int:
         """Restore the checkpoint resume_from_checkpoint names (true: the newest intact one of output_dir's
@@ -407,9 +551,27 @@ class TrainingRun:
         if step > self.total_steps:
             raise ConfigError(f"resume_from_checkpoint: {path} is at step {step}, beyond this run's last step "
                               f"{self.total_steps} (max_steps / num_train_epochs); raise max_steps above {step}.")
-        check_resume_config(saved.get("config"), self.cfg, path, note=say)
-        state = load_checkpoint(path, self.accelerator.unwrap_model(self.checkpoint_module), self.optimizer,
-                                self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
+        acc = self.accelerator
+        check_resume_config(saved_config_on_this_world(saved.get("config"), saved, self.cfg, acc.num_processes),
+                            self.cfg, path, note=say)
+        saved_world = saved.get("world_size", "an unrecorded number of")
+        if saved.get("world_size", acc.num_processes) != acc.num_processes:
+            say(f"preflab: note: {path} was written on {saved_world} process(es); resuming on "
+                f"{acc.num_processes}.")
+        if is_sharded_checkpoint(path):  # any world size: DCP reshards
+            if self.checkpoint_extras():
+                self._check_sharded_extras()
+            state = load_sharded_checkpoint(path, self.sync_module, self.optimizer, self.scheduler)
+        elif is_sharded(acc):
+            raise ConfigError(
+                f"resume_from_checkpoint: {path} holds full tensors written on {saved_world} process(es) without "
+                f"sharding ({saved.get('engine', 'one process or DDP')}); this run shards them with "
+                f"{sharding_engine(acc)} on {acc.num_processes} processes, and preflab resumes a full-tensor "
+                "checkpoint only without sharding. Resume it with examples/accelerate/ddp.yaml or one process, or "
+                "start this run again without resume_from_checkpoint.")
+        else:
+            state = load_checkpoint(path, acc.unwrap_model(self.checkpoint_module), self.optimizer,
+                                    self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
         self.restore_data_position(state.get("data_position"), step)
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]
         self.timeline = [*parent, [run_id, step]]

@@ -24,6 +24,19 @@ from preflab.runlog import write_model_card
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 
 
+def shard_reference(accelerator, ref_scorer):
+    """Under FSDP2 the frozen reference is sharded the same way as the policy (accelerate's fsdp2_prepare_model:
+    fully_shard per decoder layer + the root, on the same mesh): each rank holds 1/world of its weights, gathered
+    layer by layer during its forward. It has no gradients (requires_grad False, scored under no_grad) and is not
+    in the optimizer. FSDP2 keeps a root module's parameters gathered after its forward (for the backward that
+    follows); the reference has no backward, so they are resharded after each forward too."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    ref_scorer = fsdp2_prepare_model(accelerator, ref_scorer)
+    ref_scorer.register_forward_hook(lambda module, args, output: module.reshard())
+    return ref_scorer
+
+
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
 
@@ -74,6 +87,10 @@ class Trainer(TrainingRun):
         if self.precompute and "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL to the reference, which needs the "
                               "reference's hidden states at every step; set precompute_ref_log_probs: false.")
+        if "token_kl" in self.objective.token_needs and getattr(self.accelerator, "is_fsdp2", False):
+            raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL through the reference's LM head "
+                              "outside the reference's forward, where FSDP2 keeps it sharded; train it with "
+                              "examples/accelerate/ddp.yaml.")
         self.ref_logps, self.ref_cache_info = {}, {}
         self.layout = effective_layout(cfg.layout, policy, ref)
         if cfg.gradient_checkpointing:
@@ -138,6 +155,11 @@ class Trainer(TrainingRun):
             self.scorer = torch.compile(self.scorer)
         self.scorer, self.optimizer = self.accelerator.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
+        # FSDP2 replaces the parameters by sharded DTensor ones (accelerate re-points the optimizer): clip and guard
+        # those
+        self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        if getattr(self.accelerator, "is_fsdp2", False) and self.ref_scorer is not None:
+            self.ref_scorer = shard_reference(self.accelerator, self.ref_scorer)
 
     # ------------------------------------------------------------------ scoring
     def _reference(self, layout):
@@ -148,7 +170,9 @@ class Trainer(TrainingRun):
                                "pairs' dataset positions to Trainer.score() to read them.")
         with torch.no_grad():
             if self.lora:
-                base = self.scorer_class(self.policy, self.cfg.chunk_tokens)
+                # under FSDP2 through the sharded root (its forward gathers the parameters outside the layers)
+                base = self.scorer if getattr(self.accelerator, "is_fsdp2", False) else \
+                    self.scorer_class(self.policy, self.cfg.chunk_tokens)
                 with self.policy.disable_adapter():
                     return base(layout), backbone_and_head(self.policy)[1]
             return self.ref_scorer(layout), backbone_and_head(self.ref)[1]

@@ -152,6 +152,7 @@ class OnlineRun(TrainingRun):
             self.ref.to(acc.device)
         self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
+        self.params = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
         self.generator = (getattr(task, "generator", None) or make_generator)(cfg, policy, tokenizer, acc)
         if hasattr(self.generator, "last_loss_masks") and self.spec.kind != "groups":
             raise ConfigError(f"tool rollouts train group recipes (grpo, dapo, ...), not trainer {cfg.trainer!r}.")
@@ -462,7 +463,20 @@ class OnlineRun(TrainingRun):
     def _state_dir(self, step: int) -> Path:
         return self.out / "online-state" / f"step-{step}"
 
-    def _save(self, step: int, state: dict) -> Path:
+    def _save(self, step: int, state: dict) -> Path | None:
+        """The online state (main process), then the driver's checkpoint (every rank takes part: sharded
+        checkpoints are collective); online states without a checkpoint are pruned."""
+        if self.main:
+            self._write_online_state(step)
+        path = super()._save(step, state)
+        if self.main:
+            kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
+            for old in (self.out / "online-state").glob("step-*"):
+                if old.name.split("-", 1)[1] not in kept:
+                    shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _write_online_state(self, step: int) -> None:
         final = self._state_dir(step)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -478,12 +492,6 @@ class OnlineRun(TrainingRun):
             save_file({k: v.contiguous().cpu() for k, v in self.ref.state_dict().items()}, str(tmp / "reference.safetensors"))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        path = super()._save(step, state)
-        kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
-        for old in (self.out / "online-state").glob("step-*"):
-            if old.name.split("-", 1)[1] not in kept:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
 
     def _maybe_resume(self) -> int:
         step = super()._maybe_resume()

@@ -18,8 +18,9 @@ from typing import Callable
 import torch
 
 from preflab.config import TrainConfig, resolve_epoch_eval
+from preflab.errors import ConfigError
 from preflab.loops.batches import MicroBatch, collate_pairs
-from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
+from preflab.loops.driver import TrainingRun, is_sharded, make_accelerator, make_optimizer, make_plan
 
 
 class RewardRun(TrainingRun):
@@ -34,6 +35,9 @@ class RewardRun(TrainingRun):
         self.collate, self.loss_fn, self.evaluate_fn = collate, loss_fn, evaluate
         self.reward_info, self.data_report = dict(reward_info or {}), dict(data_report or {})
         self.accelerator = self.acc = make_accelerator(cfg)
+        if hasattr(model, "merge_and_unload") and is_sharded(self.acc):
+            raise ConfigError("use_peft: a LoRA reward model is saved merged, which preflab does not do from FSDP / "
+                              "DeepSpeed shards; train it with examples/accelerate/ddp.yaml, or without use_peft.")
         self.plan, self.total_steps = make_plan(cfg, len(train_items), self.acc.num_processes)
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.acc.is_main_process)
         if cfg.disable_dropout:
@@ -46,6 +50,7 @@ class RewardRun(TrainingRun):
         optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.sync_module = self.checkpoint_module = self.model
+        self.params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
 
     def forward(self, mb):
         with self.acc.autocast():
@@ -75,12 +80,13 @@ class RewardRun(TrainingRun):
         from preflab.reward_models.heads import set_reward_config
 
         model = self.acc.unwrap_model(self.model)
+        gathered = {"state_dict": self.final_state_dict} if self.final_state_dict else {}  # FSDP / DeepSpeed
         if hasattr(model, "merge_and_unload"):
             import copy
 
             model = copy.deepcopy(model).merge_and_unload()
         set_reward_config(model, self.reward_info)
-        model.save_pretrained(self.out, safe_serialization=True)
+        model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
 
 

@@ -65,6 +65,11 @@ class LogProbScorer(nn.Module):
         self.model = model
         self.chunk_tokens = chunk_tokens
 
+    @property
+    def _no_split_modules(self):
+        """The wrapped model's layer classes: accelerate's FSDP auto-wrap shards one unit per decoder layer."""
+        return getattr(self.model, "_no_split_modules", None)
+
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
                 ref_head: LMHead | None = None, want_wpo: bool = False) -> Scores:
         """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also

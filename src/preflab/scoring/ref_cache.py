@@ -44,6 +44,8 @@ def model_fingerprint(model: torch.nn.Module, skip_adapters: bool = False) -> st
     for name, tensor in sorted(model.state_dict().items()):
         if skip_adapters and "lora_" in name:
             continue
+        if hasattr(tensor, "full_tensor"):  # FSDP2 shard: the whole tensor (collective; every rank hashes alike)
+            tensor = tensor.full_tensor()
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -85,14 +87,21 @@ class RefLogps:
 
 
 def score_rows(score_fn: Callable, pairs, collate: Callable, batch_size: int, rank: int = 0,
-               world: int = 1) -> list[tuple[int, list[float], list[float]]]:
+               world: int = 1, lockstep: bool = False) -> list[tuple[int, list[float], list[float]]]:
     """(position, chosen token log-probs, rejected token log-probs) for this rank's positions rank::world, scored
-    with `score_fn(layout) -> Scores` (no grad) in batches of `batch_size` built by `collate(pairs)`."""
+    with `score_fn(layout) -> Scores` (no grad) in batches of `batch_size` built by `collate(pairs)`.
+    lockstep: every rank runs as many forwards as rank 0 (which has the most positions), re-scoring its last batch
+    (results dropped) when it has fewer: a sharded (FSDP2) reference gathers its weights in every forward, a
+    collective all ranks must join."""
     mine = list(range(rank, len(pairs), world))
+    forwards = -(-len(range(0, len(pairs), world)) // batch_size) if lockstep else -(-len(mine) // batch_size)
     rows = []
     with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
+        for start in range(0, forwards * batch_size, batch_size):
             index = mine[start:start + batch_size]
+            if not index:  # lockstep padding: the same forward on pairs already scored (or any pair), dropped
+                score_fn(collate([pairs[i] for i in (mine[-batch_size:] or [0])]))
+                continue
             scores = score_fn(collate([pairs[i] for i in index]))
             lp, mask = scores.token_logps.float().cpu(), scores.mask.cpu()
             b = len(index)
@@ -115,9 +124,9 @@ def assemble(rows, num_pairs: int) -> RefLogps:
 
 
 def compute_ref_logps(score_fn: Callable, pairs, collate: Callable, batch_size: int, rank: int = 0, world: int = 1,
-                      gather: Callable | None = None) -> RefLogps:
+                      gather: Callable | None = None, lockstep: bool = False) -> RefLogps:
     """Score every pair: this rank its share (score_rows), `gather(list) -> list` joins all ranks' rows."""
-    rows = score_rows(score_fn, pairs, collate, batch_size, rank, world)
+    rows = score_rows(score_fn, pairs, collate, batch_size, rank, world, lockstep)
     return assemble(gather(rows) if world > 1 else rows, len(pairs))
 
 
@@ -168,7 +177,7 @@ def load_ref_logps(path: Path, key: str, num_pairs: int) -> RefLogps | None:
 
 def reference_cache(score_fn: Callable, pairs, collate: Callable, batch_size: int, key: str,
                     cache_dir: str | os.PathLike, rank: int = 0, world: int = 1, gather: Callable | None = None,
-                    barrier: Callable | None = None) -> tuple[RefLogps, Path, bool]:
+                    barrier: Callable | None = None, lockstep: bool = False) -> tuple[RefLogps, Path, bool]:
     """(values, file, hit): load the file for `key`, or compute (sharded over ranks), write it (main rank), return."""
     path = Path(cache_dir) / f"ref-logps-{key[:32]}.safetensors"
     hit = load_ref_logps(path, key, len(pairs))
@@ -176,7 +185,7 @@ def reference_cache(score_fn: Callable, pairs, collate: Callable, batch_size: in
         hit = None  # every rank computes (and gathers) together, or none does
     if hit is not None:
         return hit, path, True
-    values = compute_ref_logps(score_fn, pairs, collate, batch_size, rank, world, gather)
+    values = compute_ref_logps(score_fn, pairs, collate, batch_size, rank, world, gather, lockstep)
     if rank == 0:
         save_ref_logps(path, values, key)
     if barrier is not None:
@@ -200,6 +209,7 @@ def precompute_reference(score_fn: Callable, ref_model: torch.nn.Module, adapter
         key = cache_key(model_hash, pairs, settings)
         out[name], path, hit = reference_cache(score_fn, pairs, collate, batch_size, key,
                                                cache_dir or default_cache_dir(), rank, world, gather_object,
-                                               accelerator.wait_for_everyone)
+                                               accelerator.wait_for_everyone,
+                                               lockstep=bool(getattr(accelerator, "is_fsdp2", False)))
         info[name] = {"file": str(path), "hit": hit}
     return out, info

@@ -1,0 +1,152 @@
+"""Sharded checkpoints under FSDP2: every rank writes its own shards through torch.distributed.checkpoint (DCP).
+
+checkpoint-<step>/ (sharded) holds
+    model/            the trainable parameters (get_state_dict with ignore_frozen_params: LoRA saves only adapters),
+                      written by all ranks with DCP's HuggingFaceStorageWriter: safetensors files whose headers
+                      carry each shard's offsets in the full tensor (DCP's default FileSystemWriter would pickle its
+                      metadata; this one writes none)
+    optimizer/        the optimizer state tensors, keyed "<parameter name>.<state key>" (exp_avg, exp_avg_sq, step)
+    optimizer.json    param_groups (hyper-parameters and parameter names) and any non-tensor state
+    rng.safetensors, rng.json, trainer_state.json, COMPLETE   as in preflab.checkpoint (the main rank's RNG)
+    rng-rank<r>.safetensors / .json   every rank's own RNG states (dropout draws differ between ranks): restored
+                      rank by rank on the same world size; on another world size every rank takes the main's
+The folder is written under .tmp-checkpoint-<step>-sharded (every rank writes into it), the main rank then writes
+the rest, fsyncs, writes COMPLETE (every file's size and sha256, subfolders included) and renames it into place,
+exactly as preflab.checkpoint does for one process.
+
+Resharding: DCP reads a saved shard layout into whatever layout the loading run has (each rank reads the byte
+ranges of its own shard), so a checkpoint written by FSDP2 on N ranks resumes under FSDP2 on M ranks, or in one
+plain process (torch.distributed not initialised: DCP loads in that single process). A checkpoint written
+without sharding (model.safetensors holding full tensors) resumes only without sharding (see preflab.loops.driver).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, write_rng,
+                                write_training_state)
+from preflab.errors import PreflabError
+
+MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether checkpoint `path` was written by save_sharded_checkpoint (a model/ folder, not model.safetensors)."""
+    return (Path(path) / MODEL_DIR).is_dir()
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _options(loading: bool = False):
+    """Trainable parameters only. Loading: the frozen ones (a LoRA base) stay as loaded (strict=False); every
+    trainable one is read, since DCP refuses a requested key the checkpoint lacks."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=not loading)
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def _split_optimizer(osd: dict) -> tuple[dict, dict]:
+    """(tensors keyed "<fqn>.<key>", the JSON rest: param_groups and non-tensor state values)."""
+    tensors, meta = {}, {"param_groups": osd["param_groups"], "state": {}}
+    for fqn, state in osd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{fqn}.{key}"] = value
+            else:
+                meta["state"].setdefault(fqn, {})[key] = value
+    return tensors, meta
+
+
+def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict,
+                            is_main: bool, barrier, save_total_limit: int | None = None) -> Path:
+    """Write checkpoint-<step> from every rank (collective: all ranks call it with the same arguments); returns
+    its path. model: the module whose parameters the optimizer updates (FSDP2-sharded or plain); barrier: a
+    function that waits for all ranks (accelerator.wait_for_everyone)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".tmp-checkpoint-{step}-sharded"
+    try:
+        if is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        barrier()
+        model_sd, optim_sd = get_state_dict(model, _inner(optimizer), options=_options())
+        opt_tensors, opt_meta = _split_optimizer(optim_sd)
+        dcp.save(model_sd, storage_writer=HuggingFaceStorageWriter(str(tmp / MODEL_DIR), save_distributed=True))
+        dcp.save(opt_tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / OPTIMIZER_DIR),
+                                                                      save_distributed=True))
+        rank, world = _rank_world()
+        write_rng(tmp, f"rng-rank{rank}")
+        barrier()
+        if is_main:
+            _write_json(tmp / "optimizer.json", opt_meta)
+            write_training_state(tmp, step, scheduler, {**state, "checkpoint_format": "sharded",
+                                                        "world_size": world})
+            commit_checkpoint(tmp, final, step)
+    except (OSError, RuntimeError) as err:  # DCP reports a failed write on any rank as a CheckpointException
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise PreflabError(
+            f"could not write sharded checkpoint {final}: {err}. Earlier checkpoints are kept; free disk space or "
+            "fix the permissions of output_dir (every rank writes into it: it must be one shared folder), then "
+            "resume.") from err
+    if is_main:
+        apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit)
+    return final
+
+
+def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
+    """Restore the model's trainable parameters, the optimizer, the scheduler and the RNG from a sharded
+    checkpoint into this run's layout, whatever the world size it was written with (collective under FSDP2);
+    returns trainer_state.json."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = Path(path)
+    inner = _inner(optimizer)
+    # the destination layout (this also gives a fresh optimizer its state tensors, which DCP loads into)
+    model_sd, optim_sd = get_state_dict(model, inner, options=_options())
+    opt_tensors, _ = _split_optimizer(optim_sd)
+    try:
+        dcp.load(model_sd, storage_reader=HuggingFaceStorageReader(str(path / MODEL_DIR)))
+        dcp.load(opt_tensors, storage_reader=HuggingFaceStorageReader(str(path / OPTIMIZER_DIR)))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise PreflabError(
+            f"checkpoint {path}: its sharded weights or optimizer state do not fit this run's model and optimizer "
+            f"({' '.join(str(err).split())[:400]}); resume with the model, use_peft/LoRA settings and objective it "
+            "was written with.") from err
+    meta = json.loads((path / "optimizer.json").read_text())
+    state: dict = {fqn: dict(values) for fqn, values in meta["state"].items()}
+    for key, value in opt_tensors.items():
+        fqn, _, name = key.rpartition(".")
+        state.setdefault(fqn, {})[name] = value
+    set_state_dict(model, inner, model_state_dict=model_sd,
+                   optim_state_dict={"state": state, "param_groups": meta["param_groups"]},
+                   options=_options(loading=True))
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    if scheduler is not None and trainer_state.get("scheduler"):
+        scheduler.load_state_dict(trainer_state["scheduler"])
+    rank, world = _rank_world()
+    own = f"rng-rank{rank}"
+    same_world = trainer_state.get("world_size") == world and (path / f"{own}.safetensors").is_file()
+    restore_rng(path, own if same_world else "rng")
+    return trainer_state

@@ -1,0 +1,369 @@
+"""FSDP2 on CPU (gloo, 2 processes) through accelerate's own FSDP2 path: equal to one process with the same global
+batch, sharded checkpoints (torch distributed checkpointing, safetensors) that resume exactly on the same world size
+and reshard to one process, a gathered final model plain transformers loads, a sharded frozen reference; and the
+settings that cannot run stop before anything loads (issue 16, items 3 and 4)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops import driver
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+FSDP2 = ROOT / "examples/accelerate/fsdp2.yaml"
+RUN = ["max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1"]
+
+
+def _launch(out, *args, cache=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "PREFLAB_CACHE_DIR": str(cache)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2), "--num_processes", "2",
+           str(HERE / "fsdp_run.py"), str(out), "per_device_train_batch_size=4", *RUN, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _steps(out):
+    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch):
+    """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
+    4 steps, cosine schedule):
+    - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);
+    - stop at the step-2 checkpoint and resume on 2 processes: the same losses, grad norms and final weights,
+      bit for bit;
+    - the same checkpoint resumed by one plain process (DCP reshards 2 -> 1) equals the 1-process run to 1e-6;
+    - the checkpoint is sharded safetensors (no pickle) under the COMPLETE marker; the final model is one
+      save_pretrained folder that plain transformers loads;
+    - the reference is sharded like the policy (each rank holds half of it), frozen, gradient-free and not in the
+      optimizer;
+    - precomputed reference log-probs over 33 pairs (rank 0: 3 batches, rank 1: 2; the sharded reference's forwards
+      run in lockstep) equal the 1-process ones to 1e-6, under the same cache key (the sharded fingerprint is the
+      full model's)."""
+    from preflab.checkpoint import verify_checkpoint
+
+    sys.path.insert(0, str(HERE))
+    from tiny_run import run
+
+    full, resumed, one, one_resumed = (tmp_path / n for n in ("full", "resumed", "one", "one_resumed"))
+    pre_two, pre_one = tmp_path / "pre_two", tmp_path / "pre_one"
+    _launch(full, "save_steps=2", f"resume_into={resumed}", "resume_step=2", f"precompute_into={pre_two}",
+            cache=tmp_path / "cache_two")  # the resumed and the precomputing runs follow in the same processes
+    summary = json.loads((full / "summary.json").read_text())["environment"]
+    assert (summary["world_size"], summary["distributed_type"], summary["backend"]) == (2, "FSDP", "gloo")
+    facts = json.loads((full / "facts.json").read_text())
+    assert facts["engine"] and facts["policy_dtensor"] and facts["policy_in_optimizer"]
+    assert facts["optimizer_size"] == facts["policy_size"]
+    assert facts["ref_dtensor"] and facts["ref_local_numel"] * 2 == facts["ref_full_numel"]  # even dims: halves
+    assert not (facts["ref_requires_grad"] or facts["ref_has_grad"] or facts["ref_in_optimizer"])
+
+    ckpt = full / "checkpoint-2"
+    verify_checkpoint(ckpt)  # sha256 of every shard file, subfolders included
+    files = json.loads((ckpt / "COMPLETE").read_text())["files"]
+    assert {"model/shard-00001-model-00001-of-00001.safetensors", "optimizer/shard-00002-model-00001-of-00001"
+            ".safetensors", "optimizer.json", "rng.safetensors", "trainer_state.json"} <= set(files)
+    assert all(n.endswith((".safetensors", ".json")) for n in files)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert (state["world_size"], state["engine"], state["checkpoint_format"]) == (2, "FSDP2", "sharded")
+
+    a, b = _steps(full), _steps(resumed)
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert (b[step]["loss"], b[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
+    wa, wb = _weights(full), _weights(resumed)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    run(one, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1)
+    c = _steps(one)
+    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == pytest.approx([c[s]["loss"] for s in (1, 2, 3, 4)], abs=1e-6)
+    wc = _weights(one)
+    for key in wc:
+        torch.testing.assert_close(wa[key], wc[key], rtol=0, atol=1e-6)
+
+    run(one_resumed, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1,
+        resume_from_checkpoint=str(ckpt))
+    d = _steps(one_resumed)
+    assert [d[s]["loss"] for s in (3, 4)] == pytest.approx([c[s]["loss"] for s in (3, 4)], abs=1e-6)
+    wd = _weights(one_resumed)
+    for key in wc:
+        torch.testing.assert_close(wd[key], wc[key], rtol=0, atol=1e-6)
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache_one"))
+    run(pre_one, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0, precompute_ref_log_probs=True)
+    infos = [json.loads((d / "summary.json").read_text())["reference_cache"]["train"] for d in (pre_two, pre_one)]
+    assert not infos[0]["hit"] and not infos[1]["hit"]
+    files = [Path(info["file"]) for info in infos]
+    assert files[0].name == files[1].name  # one cache key: the sharded reference's fingerprint is the full model's
+    cached = [load_file(f) for f in files]
+    assert cached[0].keys() == cached[1].keys()
+    for key in cached[1]:
+        torch.testing.assert_close(cached[0][key], cached[1][key], rtol=0, atol=1e-6)
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(full).state_dict()
+    for key in wa:
+        assert torch.equal(reloaded[key], wa[key]), key
+
+
+def _cfg(tmp_path, **extra):
+    return config_from_dict({"output_dir": str(tmp_path), "use_cpu": True, "model_name_or_path": "builtin:tiny-llama",
+                             "dataset_name": "examples/data/loud_echo_pairs.jsonl", **extra})
+
+
+def test_fsdp_version_1_on_cpu_names_the_setting_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match=r"FSDP version 1 .*fsdp_version: 1.*on CPU.*fsdp_version: 2"):
+        driver.make_accelerator(_cfg(tmp_path))
+    assert not any(tmp_path.iterdir())  # stopped before claiming the output_dir or loading anything
+
+
+def test_deepspeed_on_several_cpu_processes_or_with_use_cpu_is_refused(tmp_path, monkeypatch):
+    """accelerate 1.16 starts DeepSpeed on 2 CPU processes with each believing it is rank 0 of 1, and ignores
+    DeepSpeed under use_cpu: both refused before anything loads (one CPU process runs it: test_deepspeed_cpu.py)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
+                        real(name, *a))
+    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"use_cpu: true with DeepSpeed"):
+        driver.make_accelerator(_cfg(tmp_path / "a"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*on 2 CPU processes"):
+        driver.make_accelerator(_cfg(tmp_path / "b", use_cpu=False))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bf16_on_a_gpu_without_bf16_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    with pytest.raises(ConfigError, match=r"bf16: true: this GPU \(Tesla V100\) does not support bfloat16"):
+        driver.make_accelerator(_cfg(tmp_path / "a", bf16=True, use_cpu=False))
+    with pytest.raises(ConfigError, match=r"dtype: bfloat16.*does not support bfloat16"):
+        driver.make_accelerator(_cfg(tmp_path / "b", dtype="bfloat16", use_cpu=False))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_engines_without_sharded_checkpoints_refuse_save_steps_and_resume(tmp_path, engine):
+    """FSDP version 1 and DeepSpeed: checkpoints and resume refused (the final model is still gathered); FSDP2
+    writes them."""
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "FSDP2")
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "MULTI_GPU")
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), engine)  # no checkpoints asked: fine
+    with pytest.raises(ConfigError, match=rf"save_steps.*FSDP version 2 only, not under {engine}"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), engine)
+    with pytest.raises(ConfigError, match=rf"resume_from_checkpoint.*not under {engine}"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), engine)
+
+
+def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):
+    """2 processes x 4 rows = 1 process x 8 rows: the same run; per_device_train_batch_size is then no config
+    change. Another global batch is left to the config check (a meaning change)."""
+    cfg = _cfg(tmp_path, per_device_train_batch_size=8)
+    saved = {**cfg.to_dict(), "per_device_train_batch_size": 4}
+    assert driver.saved_config_on_this_world(saved, {"world_size": 2}, cfg, 1) == cfg.to_dict()
+    assert driver.saved_config_on_this_world(saved, {"world_size": 4}, cfg, 1) == saved
+    assert driver.saved_config_on_this_world(saved, {}, cfg, 1) == saved
+
+
+def test_deepspeed_settings_preflab_cannot_honour_are_refused_before_loading(tmp_path, monkeypatch):
+    """DeepSpeed steps inside accelerator.backward: one micro-batch per step, its clipping equal to max_grad_norm."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "1.0")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    driver.check_deepspeed_settings(_cfg(tmp_path))  # the shipped zero2/zero3 values with the defaults: fine
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=4 under DeepSpeed.*gradient_accumulation_st"
+                                          r"eps: 1"):
+        driver.check_deepspeed_settings(_cfg(tmp_path, gradient_accumulation_steps=4))
+    with pytest.raises(ConfigError, match=r"gradient_clipping is 1.0 but max_grad_norm is 0.5"):
+        driver.check_deepspeed_settings(_cfg(tmp_path, max_grad_norm=0.5))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "8")
+    with pytest.raises(ConfigError, match=r"deepspeed_config.gradient_accumulation_steps is 8"):
+        driver.check_deepspeed_settings(_cfg(tmp_path))
+
+
+def test_plan_counts_the_reference_sharded_under_fsdp2_only(tmp_path):
+    """preflab plan: under FSDP2 (examples/accelerate/fsdp2.yaml) the reference is 1/N per rank, as the policy's
+    weights; under ZeRO-3 and FSDP version 1 it stays a full copy on every rank."""
+    from preflab.plan import Sharding, memory_plan, model_config_of, sharding_from_accelerate
+
+    from transformers import LlamaConfig
+
+    llama = str(tmp_path / "llama")
+    LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2).save_pretrained(llama)
+    cfg = _cfg(Path("/nonexistent"), model_name_or_path=llama, max_length=16)
+    config = model_config_of(llama)
+    fsdp2 = sharding_from_accelerate(str(FSDP2), world=4)
+    assert (fsdp2.engine, fsdp2.fsdp_version) == ("fsdp", 2)
+    sharded, zero3 = memory_plan(cfg, config, fsdp2), memory_plan(cfg, config, Sharding("zero3", 4))
+    assert sharded["reference"] * 4 == zero3["reference"] == sharded["weights"] * 4 > 0
+    assert memory_plan(cfg, config, Sharding("fsdp", 4, fsdp_version=1))["reference"] == zero3["reference"]
+
+
+def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_them_and_adam(tmp_path):
+    """One process (DCP without a process group): a LoRA scorer after two AdamW steps saved with
+    save_sharded_checkpoint and loaded into a fresh LoRA scorer + optimizer gives the same adapters, the same AdamW
+    state and the same next step; the checkpoint holds only the adapter tensors (the frozen base is not saved)."""
+    from safetensors import safe_open
+
+    from preflab.checkpoint import verify_checkpoint
+    from preflab.models.load import add_lora
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.lm import LogProbScorer
+    from preflab.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
+
+    def build():
+        torch.manual_seed(0)
+        model = LogProbScorer(add_lora(tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0), 4, 8, 0.0,
+                                       "all-linear"))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        return model, optimizer
+
+    def step(model, optimizer):
+        ids = torch.arange(5, 37).reshape(2, 16)
+        loss = model.model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    model, optimizer = build()
+    step(model, optimizer)
+    step(model, optimizer)
+    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True,
+                                   lambda: None)
+    verify_checkpoint(path)
+    assert is_sharded_checkpoint(path)
+    with safe_open(str(next((path / "model").glob("*.safetensors"))), "pt") as f:
+        names = list(f.keys())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(trainable) and all("lora_" in n for n in names)
+    after = step(model, optimizer)
+
+    fresh, fresh_opt = build()
+    state = load_sharded_checkpoint(path, fresh, fresh_opt, None)
+    assert state["global_step"] == 2 and state["checkpoint_format"] == "sharded"
+    assert step(fresh, fresh_opt) == after
+    for (name, a), b in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_sharded_checkpoint_restores_each_ranks_rng_on_the_same_world_size_only(tmp_path, monkeypatch):
+    """Every rank saves its own RNG (dropout draws differ between ranks); on the same world size rank r gets its
+    own back, on another world size every rank takes the main rank's (rng.safetensors). One process plays rank 1 of
+    2: the barrier draws between its own save and the main's, so the two states differ."""
+    from preflab import sharded_checkpoint as sc
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    monkeypatch.setattr(sc, "_rank_world", lambda: (1, 2))
+    torch.manual_seed(5)
+    torch.rand(3)  # the first barrier's draw, before the rank saves its own state
+    own_next = torch.rand(4)
+    torch.manual_seed(5)
+    path = sc.save_sharded_checkpoint(tmp_path, 1, model, optimizer, None, {}, True, lambda: torch.rand(3))
+    main_next = torch.rand(4)  # the main's state was written after the second barrier's draw, as it is now
+    assert not torch.equal(own_next, main_next)
+    assert {"rng-rank1.safetensors", "rng-rank1.json", "rng.safetensors"} <= {p.name for p in path.iterdir()}
+    sc.load_sharded_checkpoint(path, model, optimizer, None)
+    assert torch.equal(torch.rand(4), own_next)
+    monkeypatch.setattr(sc, "_rank_world", lambda: (1, 4))
+    sc.load_sharded_checkpoint(path, model, optimizer, None)
+    assert torch.equal(torch.rand(4), main_next)
+
+
+def test_a_lora_reward_model_under_a_sharded_engine_is_refused_before_training(tmp_path, monkeypatch):
+    """Reward models are saved merged (LoRA folded in), which preflab does not do from shards: refused at the
+    start, not after training (a full reward model under FSDP2 saves the gathered weights)."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models import train
+    from preflab.reward_models.heads import build_reward_model
+
+    sys.path.insert(0, str(ROOT / "tests/reward_models"))
+    from reward_synthetic import marker_rows
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(16, seed=0)))
+    tok = tiny_tokenizer()
+    cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name=str(data),
+                                output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=2,
+                                max_length=64, disable_tqdm=True, use_cpu=True, use_peft=True, lora_r=4))
+    monkeypatch.setattr(train, "is_sharded", lambda accelerator: True)
+    with pytest.raises(ConfigError, match=r"use_peft: a LoRA reward model is saved merged.*ddp.yaml"):
+        train.train_reward(cfg, model=build_reward_model("builtin:tiny-llama", 1, tok, seed=0), tokenizer=tok)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_reference_scoring_in_lockstep_runs_as_many_forwards_on_every_rank():
+    """17 pairs over 2 ranks in batches of 8: rank 0 has 9 (2 forwards), rank 1 has 8 (1). In lockstep (a sharded
+    reference: every forward is a collective) rank 1 runs a second, dropped forward; its rows are unchanged."""
+    from preflab.scoring.ref_cache import score_rows
+
+    calls = []
+
+    def score(batch):
+        calls.append(list(batch))
+        n = len(batch)
+        logps = torch.arange(2 * n * 3, dtype=torch.float32).reshape(2 * n, 3) + 100 * torch.tensor(
+            batch + batch, dtype=torch.float32)[:, None]
+        return SimpleNamespace(token_logps=logps, mask=torch.ones(2 * n, 3, dtype=torch.bool))
+
+    pairs = list(range(17))
+    plain = score_rows(score, pairs, lambda items: items, 8, rank=1, world=2)
+    assert len(calls) == 1
+    calls.clear()
+    assert score_rows(score, pairs, lambda items: items, 8, rank=1, world=2, lockstep=True) == plain
+    assert len(calls) == 2 and calls[1] == calls[0]  # the padding forward repeats the last batch
+    calls.clear()
+    assert len(score_rows(score, pairs, lambda items: items, 8, rank=0, world=2, lockstep=True)) == 9
+    assert len(calls) == 2
+    calls.clear()
+    score_rows(score, pairs[:1], lambda items: items, 8, rank=1, world=2, lockstep=True)  # no pair of its own
+    assert calls == [[0]]
+
+
+def test_generate_during_eval_under_a_sharded_engine_is_refused_before_loading(tmp_path, monkeypatch):
+    """Eval samples are generated on the main process alone from the unwrapped policy: with sharded weights that
+    would hang or fail mid-run, so the setting is refused at the start."""
+    monkeypatch.setattr(driver, "is_sharded", lambda accelerator: True)
+    with pytest.raises(ConfigError, match=r"generate_during_eval: .*sharded"):
+        driver.make_accelerator(_cfg(tmp_path, generate_during_eval=True, eval_fraction=0.1))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_token_kl_objective_under_fsdp2_is_refused_before_training(tmp_path, monkeypatch):
+    """SparsePO reads the reference's LM head outside the reference's forward, where FSDP2 keeps it sharded."""
+    from accelerate import Accelerator
+
+    sys.path.insert(0, str(HERE))
+    from tiny_run import run
+
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: True))
+    with pytest.raises(ConfigError, match=r"objective 'sparsepo' needs token-level KL.*FSDP2"):
+        run(tmp_path / "out", loss_type="sparsepo")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
