@@ -230,3 +230,25 @@ def test_padded_layout_syncs_only_in_the_models_packed_sequence_check(tmp_path, 
     per_step, names, _ = run_counted(tmp_path / "pre", monkeypatch, steps=3, layout="padded",
                                      precompute_ref_log_probs=True)
     assert per_step == [2, 2], names
+
+
+def test_layout_moves_to_an_accelerator_without_blocking(monkeypatch):
+    """A blocking host -> GPU copy synchronizes the stream (waits for all queued work): LayoutBatch.to copies
+    asynchronously. Checked with the meta device, which stands in for an accelerator on a CPU machine."""
+    from preflab.data.prefix import prefix_shared
+
+    layout = prefix_shared(synthetic_pairs(n=3), pad_id=0)
+    calls = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking", False))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    moved = layout.to("meta")
+    assert moved.input_ids.device.type == "meta" and moved.gather.slot.device.type == "meta"
+    assert len(calls) >= 8 and all(calls)
+    calls.clear()
+    layout.to("cpu")  # host to host: a plain (blocking) call
+    assert not any(calls)

@@ -4,7 +4,7 @@ import torch
 from transformers import BertGenerationConfig, BertGenerationDecoder
 
 import preflab.models.attention as attention
-from preflab.data.layout import pair_sequences, padded
+from preflab.data.layout import padded
 from preflab.models.attention import right_padding_needs_no_mask
 from preflab.models.tiny import tiny_causal_lm
 from preflab.scoring.lm import LogProbScorer, naive_token_logps

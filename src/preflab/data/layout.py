@@ -21,6 +21,13 @@ import torch
 from torch import Tensor
 
 
+def to_device(t: Tensor, device) -> Tensor:
+    """t on `device`; a copy from host memory to an accelerator does not wait for the device (non_blocking: the
+    source is staged before the call returns, so the host tensor may be freed or changed afterwards)."""
+    asynchronous = t.device.type == "cpu" and torch.device(device).type != "cpu"
+    return t.to(device, non_blocking=asynchronous)
+
+
 class GatherPlan(NamedTuple):
     """The response positions as flat index lists, computed on the host where the layout is built, so that the
     scorer gathers and scatters by index on the device without a data-dependent (host-syncing) boolean mask:
@@ -37,7 +44,7 @@ class GatherPlan(NamedTuple):
         return cls(pred_index.reshape(-1)[slot], target_ids.reshape(-1)[slot], slot)
 
     def to(self, device) -> "GatherPlan":
-        return GatherPlan(*(t.to(device) for t in self))
+        return GatherPlan(*(to_device(t, device) for t in self))
 
 
 @dataclass
@@ -90,7 +97,9 @@ class LayoutBatch:
         return int(self.attention_mask.any(-1).sum())
 
     def to(self, device) -> "LayoutBatch":
-        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        """The layout on `device`. Host -> accelerator copies are asynchronous (non_blocking): a blocking copy
+        synchronizes the stream, i.e. waits for all queued GPU work, once per tensor."""
+        move = lambda t: to_device(t, device) if isinstance(t, Tensor) else t  # noqa: E731
         return LayoutBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
                            move(self.pred_index), move(self.target_ids), move(self.response_mask), self.row_ids,
                            {k: move(v) for k, v in self.extras.items()},

@@ -155,9 +155,10 @@ def right_padding_needs_no_mask(model) -> bool:
     padding = torch.tensor([[1] * real + [0] * (ids.shape[1] - real)], device=param.device)
     was_training = base.training
     base.eval()
-    try:
-        masked = base(input_ids=ids, attention_mask=padding, use_cache=False).logits[0, :real].float()
-        plain = base(input_ids=ids, use_cache=False).logits[0, :real].float()
+    try:  # in the weights' own precision (the scorer may call this under bf16 autocast)
+        with torch.autocast(param.device.type, enabled=False):
+            masked = base(input_ids=ids, attention_mask=padding, use_cache=False).logits[0, :real].float()
+            plain = base(input_ids=ids, use_cache=False).logits[0, :real].float()
         tol = 1e-4 if param.dtype == torch.float32 else 5e-2
         verdict = bool((masked - plain).abs().max() <= tol * max(1.0, float(masked.abs().max())))
     except Exception:  # noqa: BLE001  (any failure of the probe means: keep the padding mask)

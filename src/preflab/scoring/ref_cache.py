@@ -83,7 +83,9 @@ class RefLogps:
         flat = torch.cat(values).to(device=mask.device) if values else mask.new_zeros(0, dtype=torch.float32)
         token_logps = torch.zeros(mask.shape, dtype=flat.dtype, device=mask.device).masked_scatter(mask, flat)
         if device is not None:
-            token_logps, mask = token_logps.to(device), mask.to(device)
+            from preflab.data.layout import to_device
+
+            token_logps, mask = to_device(token_logps, device), to_device(mask, device)
         return Scores(token_logps, mask)
 
 
