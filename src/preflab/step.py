@@ -110,15 +110,17 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     # The one host read of the step: [bad loss, bad grad norm, bound of max |weight|, grad norm, loss sum, metric
     # sums...] (sums over ranks bound the third and fourth). A GradScaler handles non-finite gradients of a finite
     # loss itself (fp16 overflow); anything else non-finite is skipped.
-    dev = _device(accelerator)
-    wide = torch.float32 if dev.type == "mps" else torch.float64  # exact sums where the device has float64
-    norm_bad = (~torch.isfinite(grad_norm)).float() if scaler is None else torch.zeros((), device=grad_norm.device)
+    here = grad_norm.device  # where the values are: stacked there, moved (if at all) as one tensor
+    wide = torch.float32 if here.type == "mps" else torch.float64  # exact sums where the device has float64
+    norm_bad = (~torch.isfinite(grad_norm)).float() if scaler is None else torch.zeros((), device=here)
     keys = sorted(metric_sums)
-    zero = torch.zeros((), device=dev, dtype=wide)
+    zero = torch.zeros((), device=here, dtype=wide)
     values = [bad if bad is not None else zero, norm_bad, weight_guard.max_abs_bound(all_params),
               grad_norm.detach(), loss_sum if loss_sum is not None else zero] + [metric_sums[k] for k in keys]
-    flags = torch.stack([v.to(device=dev, dtype=wide).reshape(()) for v in values])
-    flags = _reduce_sum(accelerator, flags).tolist()
+    flags = torch.stack([v.to(device=here, dtype=wide).reshape(()) for v in values])
+    if world > 1:
+        flags = _reduce_sum(accelerator, flags.to(_device(accelerator)))
+    flags = flags.tolist()
     skipped, weights_bad, overflow = flags[0] + flags[1] > 0, False, False
     if skipped:
         if scaler is not None:
@@ -136,7 +138,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
-    # grad_norm: this rank's norm (clip_grad_norm_ sees the all-reduced gradients, equal on every rank)
+    # grad_norm: the mean of the ranks' norms (clip_grad_norm_ sees the all-reduced gradients: equal on every rank)
     local_norm = flags[3] / world if world > 1 else flags[3]
     return StepResult(loss=flags[4] / denom, metrics={k: v / denom for k, v in zip(keys, flags[5:])},
                       grad_norm=local_norm, skipped=skipped, num_examples=int(denom), row_ids=row_ids,
