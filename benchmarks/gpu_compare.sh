@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# preflab vs TRL on one GPU, every configuration of issue 17 interleaved, in one go (about 7-8 minutes on an H200):
+# preflab vs TRL on one GPU, every configuration of issue 17 interleaved, in one go:
 #   Qwen2-0.5B and Llama-1B shapes (random init, make_model.py), batch 8 and 32, reference forward every step and
 #   reference log-probs precomputed; bf16 autocast, fused AdamW, sdpa; 25 steps of which 5 warm-up (timed: 20).
 # Every JSON line (with its 25-step loss curve) goes to $OUT/results.jsonl; the tables (tokens/s, peak GPU
@@ -9,9 +9,13 @@
 #   OUT=/tmp/gpucmp TRL_PY=/tmp/trlvenv/bin/python bash benchmarks/gpu_compare.sh
 #   bash benchmarks/gpu_compare.sh --smoke      # CPU dry run of every step with the tiny shape (a few minutes)
 #
+# Time (estimated, not yet measured on an H200): 16 runs of 20-45 s (process start, model load, two 3-s matmul
+# calibrations of common.py, 25 steps), models and fixture about 1 minute, profiles about 1 minute: 8-11 minutes.
+# Under a 10-minute limit per command run one shape per call (MODELS=qwen2-0.5b, then MODELS=llama-1b with the
+# same OUT: the results accumulate in one file), and PROFILE=0 on the second call.
 # Environment: PY (python with preflab), TRL_PY (python with trl 1.16), PREFBENCH_DIR (the shared bench folder),
 # FIX (fixture folder; built with --rows 512 when missing), OUT, MODELS, BATCHES, STEPS, WARMUP,
-# PREFLAB_ARGS (preflab-only runner options; default: rows rounded up to a multiple of 64).
+# PREFLAB_ARGS (preflab-only runner options; default: rows rounded up to a multiple of 64), PROFILE (0: no profiles).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PY:-python}
@@ -66,12 +70,14 @@ for model in $MODELS; do
   done
 done
 
-first=${MODELS%% *}
-batch=${BATCHES%% *}
-prof=(--fixture "$FIX" --model "$OUT/models/$first" --batch-size "$batch" --steps "$PROFILE_STEPS" --warmup-steps 1 "${DEVICE[@]}")
-say "profiles ($first, batch $batch, $PROFILE_STEPS steps)"
-"$TRL_PY" "$HERE/profiled.py" --table "$OUT/profile_trl.txt" "$BENCH/trl_dpo.py" "${prof[@]}" > /dev/null 2>>"$OUT/stderr.log"
-# shellcheck disable=SC2086
-"$PY" "$HERE/profiled.py" --table "$OUT/profile_preflab.txt" "$HERE/dpo_throughput.py" "${prof[@]}" $PREFLAB_ARGS > /dev/null 2>>"$OUT/stderr.log"
+if [ "${PROFILE:-1}" != 0 ]; then
+  first=${MODELS%% *}
+  batch=${BATCHES%% *}
+  prof=(--fixture "$FIX" --model "$OUT/models/$first" --batch-size "$batch" --steps "$PROFILE_STEPS" --warmup-steps 1 "${DEVICE[@]}")
+  say "profiles ($first, batch $batch, $PROFILE_STEPS steps)"
+  "$TRL_PY" "$HERE/profiled.py" --table "$OUT/profile_trl.txt" "$BENCH/trl_dpo.py" "${prof[@]}" > /dev/null 2>>"$OUT/stderr.log"
+  # shellcheck disable=SC2086
+  "$PY" "$HERE/profiled.py" --table "$OUT/profile_preflab.txt" "$HERE/dpo_throughput.py" "${prof[@]}" $PREFLAB_ARGS > /dev/null 2>>"$OUT/stderr.log"
+fi
 "$PY" "$HERE/compare.py" --report "$RESULTS" | tee "$OUT/report.md"
 say "done: $RESULTS, $OUT/report.md, $OUT/profile_trl.txt, $OUT/profile_preflab.txt"
