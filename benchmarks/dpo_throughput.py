@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run preflab's offline DPO Trainer on the shared benchmark fixture (CPU, fp32) and print one JSON result line.
+"""Run preflab's offline DPO Trainer on the shared benchmark fixture and print one JSON result line.
 
 Same arguments, token accounting and JSON fields as the TRL runner (common.py in the shared bench folder, found
 at $PREFBENCH_DIR or ../shared/bench next to this repository). What is held equal to trl_dpo.py:
@@ -12,10 +12,19 @@ Timed region: first optimizer step begin -> last optimizer step end (the batch c
 loading and tokenization are `setup_s`; the reference precompute (`--precompute-ref`) is `ref_precompute_s`,
 computed afresh in a temporary cache folder unless --reuse-ref-cache is given.
 
+GPU (`--device cuda --bf16 --model DIR --warmup-steps N`, as common.py): the model of DIR (make_model.py) in fp32
+master weights under bf16 autocast, fused AdamW, every step timed between torch.cuda.synchronize() calls (the
+runner reads each step's losses there, after the step, not inside it); `peak_gpu_mib` is the allocator's peak and
+`mfu` the model FLOPs of the timed steps (benchmarks/mfu.py) over the measured bf16 matmul rate. preflab options
+for the GPU: --pad-to-multiple-of (row lengths rounded up: shapes repeat), --attn-implementation flex_attention
+(the prefix-shared mask as a FlexAttention block mask), --chunk-tokens.
+
 Example:
   python benchmarks/dpo_throughput.py --steps 20 --batch-size 4                   # reference forward every step
   python benchmarks/dpo_throughput.py --steps 20 --batch-size 4 --precompute-ref  # reference log-probs cached
   python benchmarks/dpo_throughput.py --layout padded                              # the baseline layout
+  python benchmarks/dpo_throughput.py --device cuda --bf16 --model /tmp/qwen2-0.5b --batch-size 8 --steps 25 \
+      --warmup-steps 5 --pad-to-multiple-of 64
 """
 import os
 import shutil
@@ -67,6 +76,10 @@ def main():
                                                                    "prefix_packed"])
     ap.add_argument("--reuse-ref-cache", action="store_true", help="keep the reference cache in the default folder")
     ap.add_argument("--torch-compile", action="store_true")
+    ap.add_argument("--pad-to-multiple-of", type=int, default=None, help="round row lengths up (GPU: 64 or 128)")
+    ap.add_argument("--attn-implementation", default=None, choices=["sdpa", "eager", "flex_attention"],
+                    help="the model's attention (default: transformers' choice, sdpa)")
+    ap.add_argument("--chunk-tokens", type=int, default=None, help="LM-head chunk (default: sized by the device)")
     args = ap.parse_args()
     common.setup_env(args.threads)
     if args.wait_idle:
@@ -84,10 +97,13 @@ def main():
 
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    timer = common.StepTimer()
+    cuda = args.device == "cuda"
+    timer = common.StepTimer(args.device)
+    pending = []  # (tokens, padded tokens, loss tensor) of this step's micro-batches: read after the step
     out_dir = tempfile.mkdtemp(prefix="preflab-dpo-bench-")
+    cache_dir = tempfile.mkdtemp(prefix="preflab-dpo-bench-cache-")  # beside output_dir: that must stay empty
     if not args.reuse_ref_cache:
-        os.environ["PREFLAB_CACHE_DIR"] = os.path.join(out_dir, "cache")
+        os.environ["PREFLAB_CACHE_DIR"] = cache_dir
 
     class FileOrder(BatchPlan):
         """Global step s reads rows [s*G, (s+1)*G) of the file, wrapping around (common.py, rule 3)."""
@@ -98,20 +114,29 @@ def main():
             return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
 
     class BenchTrainer(offline.Trainer):
+        def before_train(self):  # the reference precompute runs here; TRL's runs in its __init__, before its
+            super().before_train()  # peak-memory reset, so leave ours out of peak_gpu_mib as well
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+
         def micro_batches(self, step):  # the batch collation is inside the timed step
             timer.begin_step()
             return super().micro_batches(step)
 
         def forward(self, mb):
             out = super().forward(mb)
-            if self.policy.training:
-                timer.add_microbatch(mb.num_tokens, mb.layout.input_ids.numel(), float(out.loss.detach()))
+            if self.policy.training:  # the loss is read after the step (no host sync inside it)
+                pending.append((mb.num_tokens, mb.layout.input_ids.numel(), out.loss.detach()))
             return out
 
     original_step = driver.optimizer_step
 
     def timed_step(*a, **kw):
         result = original_step(*a, **kw)
+        timer.sync()
+        for tokens, padded_tokens, loss in pending:
+            timer.add_microbatch(tokens, padded_tokens, float(loss))
+        pending.clear()
         timer.end_step()
         return result
 
@@ -119,7 +144,7 @@ def main():
 
     timer.calibrate(torch)  # machine speed right before the run (again after it)
     t_setup = time.perf_counter()
-    model_dir = os.path.join(args.fixture, "model")
+    model_dir = common.model_dir(args)
     tokenizer = load_tokenizer(model_dir)
     pairs, differ = tokenized_pairs(args.fixture, tokenizer)
     cfg = config_from_dict(dict(
@@ -129,16 +154,21 @@ def main():
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, loss_type=args.loss_type, beta=args.beta,
         max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref,
         gradient_checkpointing=args.grad_ckpt, torch_compile=args.torch_compile, layout=args.layout,
-        seed=args.seed, use_cpu=True, logging_steps=args.steps, disable_tqdm=True, report_to="none"))
+        seed=args.seed, use_cpu=not cuda, bf16=args.bf16, logging_steps=args.steps, disable_tqdm=True,
+        report_to="none", pad_to_multiple_of=args.pad_to_multiple_of, chunk_tokens=args.chunk_tokens))
     if args.max_length is not None:
         raise SystemExit("--max-length: truncate as TRL does before comparing; this runner feeds whole pairs")
     policy = load_causal_lm(model_dir, dtype="float32")
+    if args.attn_implementation:
+        policy.set_attn_implementation(args.attn_implementation)
     ref = frozen_copy(policy)
     trainer = BenchTrainer(cfg, policy=policy, ref=ref, tokenizer=tokenizer, train_data=pairs)
     del ref  # the trainer holds it; with --precompute-ref it is released after the precompute
     trainer.plan = FileOrder(len(pairs), args.batch_size, 1, args.grad_accum, args.seed)
     setup_s = time.perf_counter() - t_setup
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     summary = trainer.train()
     timer.calibrate(torch)
     timer.ref_precompute_s = (trainer.ref_cache_info or {}).get("seconds")
@@ -158,9 +188,14 @@ def main():
         token_ids_replaced=differ,
         preflab_num_tokens=summary["final_metrics"].get("num_tokens"),
         reference_cache=summary.get("reference_cache"),
+        pad_to_multiple_of=args.pad_to_multiple_of,
     )
+    from mfu import mfu
+
+    res["mfu"] = round(mfu(res, args.fixture, model_dir), 4) if res.get("calib_gflops") else None
     common.emit(res, args.out)
     shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ class TrainConfig:
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
     dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
-    chunk_tokens: int | None = None            # LM-head chunk (positions); default from a 64 MiB logits budget
+    chunk_tokens: int | None = None            # LM-head chunk (positions); default sized by the device
+    pad_to_multiple_of: int | None = None      # TRL: row lengths rounded up to a multiple (shapes repeat: GPU plans)
     # models
     use_peft: bool = False
     lora_r: int = 16

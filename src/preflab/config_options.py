@@ -160,7 +160,9 @@ OPTIONS: dict[str, Option] = {
                      "batch layout (preflab.data.prefix); TRL padding_free: true -> prefix_packed"),
     "precompute_ref_log_probs": Option("score the reference once before training and release it"),
     "dataset_num_proc": above(0, "processes that tokenize the data on a cache miss (TRL; null: one)"),
-    "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, from a 64 MiB logits budget)"),
+    "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, sized by the device's memory)"),
+    "pad_to_multiple_of": above(0, "TRL: batch rows padded to a multiple of this length, so attention and kernel "
+                                   "shapes repeat across batches (GPUs: 64 or 128; null: no rounding)"),
     # evaluation schedule (TRL)
     "eval_strategy": one_of(("no", "steps", "epoch"), "TRL: when to evaluate (null: eval_steps decides)"),
     "generate_during_eval": Option("at each evaluation, write greedy generations of the policy (and reference) "

@@ -54,7 +54,6 @@ NO_EFFECT = {
     "pad_token": (None, "the tokenizer's pad token is used (EOS when it has none)"),
     "label_pad_token_id": (-100, "preflab builds its own masks; there is no label padding"),
     "padding_value": (None, "preflab builds its own masks; padding values never reach the loss"),
-    "pad_to_multiple_of": (None, "preflab's layouts size rows themselves"),
     "precompute_ref_batch_size": (None, "precompute uses per_device_train_batch_size / per_device_eval_batch_size"),
     "router_aux_loss_coef": (0.001, "no MoE router loss is added in preflab"),
     "use_liger_loss": (False, "preflab uses its own chunked LM head"),

@@ -14,6 +14,11 @@ skips the update and lowers its scale (Micikevicius et al., 2018, "Mixed Precisi
 loss scaling), the scheduler does not advance, and the step is reported as `overflow` (StepResult.skipped is then
 False: it does not count toward max_nonfinite_steps).
 
+Host syncs: one per optimizer step. The loss, the metric sums and the non-finite flag of every micro-batch stay on
+the device; after clipping they travel with the weight-guard bound and the gradient norm in one tensor that the host
+reads once (the skip decision needs it). A GPU can so run ahead of the host through all micro-batches of a step
+(tests/test_step_syncs.py counts the syncs).
+
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
 gradients over ranks, hence the world_size factor. Metrics are averaged with the same example weights.
@@ -60,9 +65,13 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     all-reduced here.
     """
     world = accelerator.num_processes if accelerator is not None else 1
-    local = torch.tensor([float(sum(len(mb.row_ids) for mb in micro_batches))])
-    denom = float(_reduce_sum(accelerator, local.to(_device(accelerator))).item())
-    loss_sum, metric_sums, bad = 0.0, {}, False
+    local_count = sum(len(mb.row_ids) for mb in micro_batches)
+    if world == 1:  # known on the host: no device round trip
+        denom = float(local_count)
+    else:
+        denom = float(_reduce_sum(accelerator, torch.tensor([float(local_count)]).to(_device(accelerator))).item())
+    # loss, metric sums and the non-finite flag stay on the device until the step's one host read below
+    loss_sum, metric_sums, bad = None, {}, None
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         ctx = accelerator.no_sync(sync_module) if (sync_module is not None and not last and world > 1) else \
@@ -76,16 +85,19 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
                     "return one loss per example listed in row_ids.")
             # a non-finite loss still goes through backward so that every rank takes part in the gradient
             # all-reduce; the update is then skipped on all ranks together
-            bad = bad or not bool(torch.isfinite(out.loss.detach()))
+            nonfinite = ~torch.isfinite(out.loss.detach())
+            bad = nonfinite if bad is None else bad | nonfinite
             scaled = out.losses.sum() * world / denom
             if accelerator is not None:
                 accelerator.backward(scaled)
             else:
                 scaled.backward()
         n = out.losses.shape[0]
-        loss_sum += float(out.losses.detach().sum())
+        piece = out.losses.detach().sum().double()
+        loss_sum = piece if loss_sum is None else loss_sum + piece
         for key, value in out.metrics.items():
-            metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * n
+            value = torch.as_tensor(value).detach().to(piece.device).double() * n
+            metric_sums[key] = metric_sums[key] + value if key in metric_sums else value
     for p in extra_params:
         if world > 1 and p.grad is not None:
             torch.distributed.all_reduce(p.grad)
@@ -102,14 +114,20 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         grad_norm = torch.nn.utils.clip_grad_norm_(all_params, max_grad_norm if max_grad_norm else math.inf)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2 (DTensor gradients): the norm is a replicated DTensor
         grad_norm = grad_norm.full_tensor()
-    # [bad loss, bad grad norm, bound of max |weight|, grad norm] in the one host sync of the step (sums over ranks
-    # bound the last two). A GradScaler handles non-finite gradients of a finite loss itself (fp16 overflow);
-    # anything else non-finite is skipped.
-    dev = grad_norm.device
-    norm_bad = (~torch.isfinite(grad_norm)).float() if scaler is None else torch.zeros((), device=dev)
-    flags = torch.stack([torch.tensor(1.0 if bad else 0.0, device=dev), norm_bad,
-                         weight_guard.max_abs_bound(all_params).to(dev), grad_norm.detach().float()])
-    flags = _reduce_sum(accelerator, flags.to(_device(accelerator))).tolist()
+    # The one host read of the step: [bad loss, bad grad norm, bound of max |weight|, grad norm, loss sum, metric
+    # sums...] (sums over ranks bound the third and fourth). A GradScaler handles non-finite gradients of a finite
+    # loss itself (fp16 overflow); anything else non-finite is skipped.
+    here = grad_norm.device  # where the values are: stacked there, moved (if at all) as one tensor
+    wide = torch.float32 if here.type == "mps" else torch.float64  # exact sums where the device has float64
+    norm_bad = (~torch.isfinite(grad_norm)).float() if scaler is None else torch.zeros((), device=here)
+    keys = sorted(metric_sums)
+    zero = torch.zeros((), device=here, dtype=wide)
+    values = [bad if bad is not None else zero, norm_bad, weight_guard.max_abs_bound(all_params),
+              grad_norm.detach(), loss_sum if loss_sum is not None else zero] + [metric_sums[k] for k in keys]
+    flags = torch.stack([v.to(device=here, dtype=wide).reshape(()) for v in values])
+    if world > 1:
+        flags = _reduce_sum(accelerator, flags.to(_device(accelerator)))
+    flags = flags.tolist()
     skipped, weights_bad, overflow = flags[0] + flags[1] > 0, False, False
     if skipped:
         if scaler is not None:
@@ -127,12 +145,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         elif scheduler is not None and not overflow:
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    keys = sorted(metric_sums)
-    totals = _reduce_sum(accelerator, torch.tensor([loss_sum] + [metric_sums[k] for k in keys],
-                                                    dtype=torch.float64, device=_device(accelerator)))
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
-    return StepResult(loss=float(totals[0]) / denom, metrics={k: float(v) / denom for k, v in zip(keys, totals[1:])},
-                      grad_norm=float(grad_norm), skipped=skipped, num_examples=int(denom), row_ids=row_ids,
+    # grad_norm: the mean of the ranks' norms (clip_grad_norm_ sees the all-reduced gradients: equal on every rank)
+    local_norm = flags[3] / world if world > 1 else flags[3]
+    return StepResult(loss=flags[4] / denom, metrics={k: v / denom for k, v in zip(keys, flags[5:])},
+                      grad_norm=local_norm, skipped=skipped, num_examples=int(denom), row_ids=row_ids,
                       nonfinite_weights=weights_bad, overflow=overflow)
 
 

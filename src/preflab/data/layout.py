@@ -15,9 +15,36 @@ Sequences of a pair batch are ordered [chosen_1..chosen_B, rejected_1..rejected_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+def to_device(t: Tensor, device) -> Tensor:
+    """t on `device`; a copy from host memory to an accelerator does not wait for the device (non_blocking: the
+    source is staged before the call returns, so the host tensor may be freed or changed afterwards)."""
+    asynchronous = t.device.type == "cpu" and torch.device(device).type != "cpu"
+    return t.to(device, non_blocking=asynchronous)
+
+
+class GatherPlan(NamedTuple):
+    """The response positions as flat index lists, computed on the host where the layout is built, so that the
+    scorer gathers and scatters by index on the device without a data-dependent (host-syncing) boolean mask:
+    pred [M] = pred_index[response_mask], target [M] = target_ids[response_mask], slot [M] = the flat position
+    n * L + l of each in the [N, L] response grid (row-major, the order of response_mask.nonzero())."""
+
+    pred: Tensor
+    target: Tensor
+    slot: Tensor
+
+    @classmethod
+    def of(cls, pred_index: Tensor, target_ids: Tensor, response_mask: Tensor) -> "GatherPlan":
+        slot = response_mask.reshape(-1).nonzero().squeeze(-1)
+        return cls(pred_index.reshape(-1)[slot], target_ids.reshape(-1)[slot], slot)
+
+    def to(self, device) -> "GatherPlan":
+        return GatherPlan(*(to_device(t, device) for t in self))
 
 
 @dataclass
@@ -28,6 +55,13 @@ class LayoutBatch:
     position_ids [R, T] or None (default positions); pred_index [N, L] flat index into R*T of the position whose
     output predicts response token l of sequence n; target_ids [N, L]; response_mask [N, L] bool.
     row_ids: dataset row of each example (not of each sequence); extras: per-example tensors for the objective.
+    gather: the GatherPlan of (pred_index, target_ids, response_mask), computed at construction when those are
+    host tensors and carried by `to(device)` (a layout built directly on an accelerator has none: the scorer then
+    derives it there, at the cost of a host sync). Build a new LayoutBatch rather than editing those three fields.
+    causal_only: every row is one sequence followed by right padding only, so plain causal attention (no mask) gives
+    the sequence's tokens exactly the outputs the padding mask would (a real token never sees a later pad); the
+    scorer then passes no mask, which keeps attention on the fused causal kernels and spares the model's checks
+    of the mask on the host (`mask.all()`: a device-to-host sync each).
     """
 
     input_ids: Tensor
@@ -38,6 +72,18 @@ class LayoutBatch:
     response_mask: Tensor
     row_ids: list[int] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
+    gather: GatherPlan | None = None
+    causal_only: bool = False
+
+    def __post_init__(self):
+        if self.gather is None and self.response_mask.device.type == "cpu":
+            self.gather = GatherPlan.of(self.pred_index, self.target_ids, self.response_mask)
+
+    def gather_plan(self) -> GatherPlan:
+        """The GatherPlan on this layout's device (derived here when the layout was built on an accelerator)."""
+        if self.gather is None:
+            self.gather = GatherPlan.of(self.pred_index, self.target_ids, self.response_mask)
+        return self.gather
 
     @property
     def num_sequences(self) -> int:
@@ -51,10 +97,32 @@ class LayoutBatch:
         return int(self.attention_mask.any(-1).sum())
 
     def to(self, device) -> "LayoutBatch":
-        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        """The layout on `device`. Host -> accelerator copies are asynchronous (non_blocking): a blocking copy
+        synchronizes the stream, i.e. waits for all queued GPU work, once per tensor."""
+        move = lambda t: to_device(t, device) if isinstance(t, Tensor) else t  # noqa: E731
         return LayoutBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
                            move(self.pred_index), move(self.target_ids), move(self.response_mask), self.row_ids,
-                           {k: move(v) for k, v in self.extras.items()})
+                           {k: move(v) for k, v in self.extras.items()},
+                           self.gather.to(device) if self.gather is not None else None, self.causal_only)
+
+
+def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatch:
+    """`layout` with its rows right-padded to a multiple of `multiple` positions (TRL's pad_to_multiple_of), so the
+    batch shapes repeat and GPU kernels and attention plans made for one length are reused. Exact for every layout:
+    the added positions are padding (2-D mask 0; 4-D mask: they attend to nothing and nothing attends to them;
+    position 0) and the gather plan is re-indexed from row * T + col to row * T' + col."""
+    rows, width = layout.input_ids.shape
+    new = -(-width // multiple) * multiple if multiple and multiple > 1 else width
+    if new == width:
+        return layout
+    extra = new - width
+    mask = layout.attention_mask
+    mask = torch.nn.functional.pad(mask, (0, extra) if mask.dim() == 2 else (0, extra, 0, extra), value=0)
+    positions = None if layout.position_ids is None else torch.nn.functional.pad(layout.position_ids, (0, extra))
+    pred = layout.pred_index // width * new + layout.pred_index % width
+    return LayoutBatch(torch.nn.functional.pad(layout.input_ids, (0, extra), value=pad_id), mask, positions, pred,
+                       layout.target_ids, layout.response_mask, layout.row_ids, layout.extras,
+                       causal_only=layout.causal_only)
 
 
 def response_plan(starts: list[int], responses: list[list[int]], row_offsets: list[int]):
@@ -88,7 +156,8 @@ def padded(sequences: list[tuple[list[int], list[int]]], pad_id: int, row_ids=No
         attn[i, : len(p) + len(r)] = 1
     pred, target, mask = response_plan([len(p) for p, _ in sequences], [r for _, r in sequences],
                                        [i * width for i in range(len(sequences))])
-    return LayoutBatch(ids, attn, None, pred, target, mask, list(row_ids or []), dict(extras or {}))
+    return LayoutBatch(ids, attn, None, pred, target, mask, list(row_ids or []), dict(extras or {}),
+                       causal_only=True)
 
 
 def pair_sequences(pairs) -> list[tuple[list[int], list[int]]]:

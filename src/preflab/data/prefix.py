@@ -15,7 +15,10 @@ response is predicted from the last prompt position, which all responses of the 
 The same builder does packing (preflab.data.packing): several blocks per row, each with its own segments and
 positions from 0, which makes the mask block-diagonal. Deviation from the paper: the paper builds a FlexAttention
 block mask; transformers' sdpa and eager attention take a dense 4-D mask (bool here, converted per attention
-implementation by `model_mask`), so attention cost stays quadratic in the row length, as in the padded layout.
+implementation by `model_mask`), so attention cost stays quadratic in the row length, as in the padded layout. A
+model loaded with attn_implementation="flex_attention" (opt-in; GPU: FlexAttention has no backward on CPU) gets
+the paper's form: the same mask as a BlockMask (models.attention.flex_block_mask), whose all-masked blocks are
+skipped.
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ from preflab.errors import DataError
 from preflab.models.attention import effective_layout, model_mask, supports_custom_mask  # noqa: F401
 
 # attention implementations that apply a custom 4-D mask as given (transformers 5.x: create_causal_mask returns a
-# 4-D tensor unchanged; sdpa takes it as a bool mask, eager adds it as a float mask); flash_attention_2 drops it and
-# flex_attention needs a BlockMask.
+# 4-D tensor unchanged; sdpa takes it as a bool mask, eager adds it as a float mask, flex_attention a BlockMask made
+# from it); flash_attention_2 drops it.
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from preflab.config import TrainConfig
+from preflab.data.layout import bucket
 from preflab.models.attention import effective_layout
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
@@ -58,6 +59,9 @@ class Trainer(TrainingRun):
         check_gradient_extras(self.objective, self.computed_extras,
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
+        if cfg.pad_to_multiple_of and self.scorer_class is not LogProbScorer:
+            raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
+                              f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
         self.accelerator = make_accelerator(cfg)
         self.out = Path(cfg.output_dir)
         self.main = self.accelerator.is_main_process
@@ -194,7 +198,7 @@ class Trainer(TrainingRun):
             score_ref, self.ref if self.ref is not None else self.policy, self.lora,
             {"train": (self.train_data, self.cfg.per_device_train_batch_size),
              "eval": (self.eval_data, self.cfg.per_device_eval_batch_size)},
-            lambda items: self.kind.collate(items, self.pad_id, self.layout), self.accelerator,
+            self.collate, self.accelerator,
             {"dtype": self.cfg.torch_dtype, "device": self.accelerator.device.type})
         self.ref_cache_info = {**info, "seconds": round(time.perf_counter() - started, 3)}
         self.ref, self.ref_scorer = None, None
@@ -202,10 +206,12 @@ class Trainer(TrainingRun):
     def score(self, layout, train: bool = True, positions: list[int] | None = None):
         """PairBatch of policy (and reference) log-probs, with the objective's token needs in extras. `positions`:
         the pairs' dataset positions, to read cached reference log-probs (split "train" or, train=False, "eval")."""
+        host_mask = layout.response_mask  # the layout as built on the host, before it moves to the device
         layout = layout.to(self.accelerator.device)
         with self.accelerator.autocast():
             if self.ref_logps and positions is not None:
-                ref = self.ref_logps["train" if train else "eval"].scores(positions, layout.response_mask)
+                ref = self.ref_logps["train" if train else "eval"].scores(positions, host_mask,
+                                                                          self.accelerator.device)
                 ref_head = None
             else:
                 ref, ref_head = self._reference(layout)
@@ -219,6 +225,11 @@ class Trainer(TrainingRun):
     def forward(self, mb):
         return self.objective(self.score(mb.layout, positions=mb.index))
 
+    def collate(self, items):
+        """The batch kind's layout of `items`, rows rounded up to pad_to_multiple_of (preflab.data.layout.bucket)."""
+        layout = self.kind.collate(items, self.pad_id, self.layout)
+        return bucket(layout, self.cfg.pad_to_multiple_of, self.pad_id) if self.cfg.pad_to_multiple_of else layout
+
     def micro_batches(self, step: int) -> list[MicroBatch]:
         """This rank's micro-batches at global step `step`, in the order of the shared BatchPlan."""
         rank = self.accelerator.process_index
@@ -230,7 +241,7 @@ class Trainer(TrainingRun):
             groups = [([self.train_data[i] for i in index], index) for index in self.plan.indices(step, rank)]
         out = []
         for items, index in groups:
-            out.append(MicroBatch(self.kind.collate(items, self.pad_id, self.layout), [x.row_id for x in items],
+            out.append(MicroBatch(self.collate(items), [x.row_id for x in items],
                                   index, self.kind.count_tokens(items)))
         return out
 
@@ -261,7 +272,7 @@ class Trainer(TrainingRun):
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
-                batch = self.score(self.kind.collate(chunk, self.pad_id, self.layout), train=False,
+                batch = self.score(self.collate(chunk), train=False,
                                    positions=list(range(i, i + len(chunk))))
                 out = self.objective(batch)
                 values = {"loss": out.loss, **out.metrics, **self.kind.eval_metrics(batch)}

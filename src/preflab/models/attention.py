@@ -9,9 +9,11 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
+FLEX_BLOCK = 128  # FlexAttention's default block size (query and key)
 _warned: set[str] = set()
 _probed: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, str]]" = weakref.WeakKeyDictionary()
+_causal: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -107,10 +109,61 @@ def effective_layout(layout: str, *models) -> str:
 
 def model_mask(mask: Tensor, model, dtype: torch.dtype) -> Tensor:
     """A bool 4-D layout mask in the form `model`'s attention implementation expects: bool for sdpa, additive
-    float (0 where allowed, dtype min elsewhere) for eager. 2-D masks and float masks pass through."""
+    float (0 where allowed, dtype min elsewhere) for eager, a BlockMask for flex_attention (flex_block_mask).
+    2-D masks and float masks pass through."""
     if mask.dim() != 4 or mask.dtype != torch.bool:
         return mask
     impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None) or "eager"
     if impl == "sdpa":
         return mask
+    if impl == "flex_attention":
+        return flex_block_mask(mask)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def flex_block_mask(mask: Tensor):
+    """The layout's bool mask [R, 1, T, T] as a FlexAttention BlockMask (torch.nn.attention.flex_attention): the
+    same allowed (query, key) pairs, so scores equal the dense-mask path's, but blocks of FLEX_BLOCK x FLEX_BLOCK
+    positions that are all masked (the other response of a prefix-shared row, other examples of a packed row,
+    padding) are skipped by the fused kernel instead of computed and thrown away. transformers' `flex_attention`
+    implementation takes it as `attention_mask`. (Wang & Hegde, 2024, arXiv:2410.20305, Sec. 3 build their
+    prefix-sharing mask this way.)"""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dense = mask[:, 0]
+    rows, width = dense.shape[0], dense.shape[-1]
+
+    def allowed(b, h, q, k):
+        return dense[b, q, k]
+
+    return create_block_mask(allowed, rows, None, width, width, device=mask.device, BLOCK_SIZE=FLEX_BLOCK)
+
+
+@torch.no_grad()
+def right_padding_needs_no_mask(model) -> bool:
+    """Whether `model`, given no attention mask, scores the real tokens of a right-padded row exactly as with the
+    padding mask: true for causal decoders (a token never attends to the later pads), false for bidirectional or
+    prefix-LM models and for models that read the mask for anything else. Decided once per model object by a probe
+    of 6 tokens + 3 pads through model.forward in eval mode (no random numbers drawn); any failure means no."""
+    base = unwrap(model)
+    if base in _causal:
+        return _causal[base]
+    param = next(base.parameters())
+    vocab = base.get_input_embeddings().weight.shape[0] if hasattr(base, "get_input_embeddings") else 8
+    ids = torch.tensor([[1 + (7 * x) % max(vocab - 1, 1) for x in range(9)]], device=param.device)
+    real = 6
+    padding = torch.tensor([[1] * real + [0] * (ids.shape[1] - real)], device=param.device)
+    was_training = base.training
+    base.eval()
+    try:  # in the weights' own precision (the scorer may call this under bf16 autocast)
+        with torch.autocast(param.device.type, enabled=False):
+            masked = base(input_ids=ids, attention_mask=padding, use_cache=False).logits[0, :real].float()
+            plain = base(input_ids=ids, use_cache=False).logits[0, :real].float()
+        tol = 1e-4 if param.dtype == torch.float32 else 5e-2
+        verdict = bool((masked - plain).abs().max() <= tol * max(1.0, float(masked.abs().max())))
+    except Exception:  # noqa: BLE001  (any failure of the probe means: keep the padding mask)
+        verdict = False
+    finally:
+        base.train(was_training)
+    _causal[base] = verdict
+    return verdict

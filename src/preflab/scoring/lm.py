@@ -2,10 +2,14 @@
 
 The backbone runs once on the layout's rows; hidden states are gathered at the positions that predict response
 tokens only (prompt and padding positions never reach the LM head); the LM head, the float32 log-softmax and any
-token-level needs run in chunks of `chunk_tokens` positions. Under autograd, when there is more than one chunk,
-each chunk is checkpointed (recomputed in backward), so peak memory for the head is about one chunk's [C, V] logits
-whatever the sequence length or vocabulary size; a single chunk keeps its logits instead of recomputing them.
-A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its attention implementation's form.
+token-level needs run in chunks of `chunk_tokens` positions (default: sized by the device, see
+preflab.scoring.chunking). Under autograd, when there is more than one chunk, each chunk is checkpointed
+(recomputed in backward), so peak memory for the head is about one chunk's [C, V] logits whatever the sequence
+length or vocabulary size; a single chunk keeps its logits instead of recomputing them.
+A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its attention implementation's form; a
+right-padded layout (LayoutBatch.causal_only) gets no mask at all (plain causal attention) when the model is a
+causal decoder (models.attention.right_padding_needs_no_mask). The response positions
+come as host-built index lists (LayoutBatch.gather), so scoring makes no device-to-host sync.
 
     token_logps[n, l] = log softmax(head(h[pred_index[n, l]]))[target_ids[n, l]]
 
@@ -26,11 +30,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
-from preflab.models.attention import model_mask, unwrap  # noqa: F401  (unwrap: re-exported)
+from preflab.models.attention import model_mask, right_padding_needs_no_mask
+from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
+from preflab.scoring.chunking import CHUNK_BYTES, chunk_for_budget, head_chunk_budget  # noqa: F401
 from preflab.scoring.head import LMHead, backbone_and_head  # noqa: F401  (backbone_and_head: re-exported)
-
-CHUNK_BYTES = 64 * 2**20  # float32 logits budget per chunk
 
 
 def _head_chunk(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head: LMHead | None, want_kl: bool):
@@ -78,17 +82,22 @@ class LogProbScorer(nn.Module):
         if ref_head is not None and not isinstance(ref_head, LMHead):
             raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
                             f"model type's logit post-processing), not a bare {type(ref_head).__name__}")
-        kwargs = {"attention_mask": model_mask(layout.attention_mask, self.model, head.weight.dtype),
-                  "use_cache": False}
+        # right padding only, causal model: plain causal attention is exact for every real token (causal_only)
+        plain = layout.causal_only and right_padding_needs_no_mask(self.model)
+        mask = None if plain else model_mask(layout.attention_mask, self.model, head.weight.dtype)
+        kwargs = {"attention_mask": mask, "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
         hidden = backbone(input_ids=layout.input_ids, **kwargs).last_hidden_state  # [R, T, H]
         flat = hidden.reshape(-1, hidden.shape[-1])
         mask = layout.response_mask
-        h = flat.index_select(0, layout.pred_index[mask])  # [M, H]
-        targets = layout.target_ids[mask]  # [M]
+        # index lists from the host (layout.gather): no boolean-mask indexing, whose size the host would wait for
+        plan = layout.gather_plan()
+        h = flat.index_select(0, plan.pred)  # [M, H]
+        targets = plan.target  # [M]
         want_kl = ref is not None and ref_head is not None
-        chunk = self.chunk_tokens or max(16, CHUNK_BYTES // (4 * head.weight.shape[0] * (2 if want_kl else 1)))
+        chunk = self.chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
+                                                      2 if want_kl else 1)
         pieces_lp, pieces_kl = [], []
         # one chunk: keep its logits for backward (no recompute); several: recompute each in backward
         recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
@@ -102,20 +111,24 @@ class LogProbScorer(nn.Module):
             pieces_lp.append(lp)
             pieces_kl.append(kl)
         logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
-        token_logps = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp)
+        token_logps = _scatter(logp, plan.slot, mask.shape)
         out = Scores(token_logps, mask, hidden_flat=h)
         if want_kl:
-            kl = torch.cat(pieces_kl)
-            out.token_kl = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device).masked_scatter(mask, kl)
+            out.token_kl = _scatter(torch.cat(pieces_kl), plan.slot, mask.shape)
         if want_hidden:
-            out.hidden = h.new_zeros(*mask.shape, h.shape[-1]).masked_scatter(mask.unsqueeze(-1), h)
+            out.hidden = _scatter(h, plan.slot, mask.shape)
         if want_wpo:
             with torch.no_grad():
                 adjusted = torch.cat([_wpo_chunk(h[i:i + chunk], targets[i:i + chunk], head)
                                       for i in range(0, h.shape[0], chunk)]) if h.shape[0] else h.new_zeros(0)
-            out.wpo = torch.zeros(mask.shape, dtype=adjusted.dtype, device=adjusted.device).masked_scatter(mask,
-                                                                                                           adjusted)
+            out.wpo = _scatter(adjusted, plan.slot, mask.shape)
         return out
+
+
+def _scatter(values: Tensor, slot: Tensor, shape) -> Tensor:
+    """[M, ...] values placed at flat positions `slot` of an [N, L, ...] grid of zeros (differentiable)."""
+    grid = values.new_zeros((shape[0] * shape[1], *values.shape[1:]))
+    return grid.index_copy(0, slot, values).reshape(*shape, *values.shape[1:])
 
 
 def _wpo_chunk(h: Tensor, targets: Tensor, head: LMHead) -> Tensor:

@@ -73,9 +73,10 @@ class RefLogps:
     chosen: list[Tensor]
     rejected: list[Tensor]
 
-    def scores(self, positions: list[int], mask: Tensor) -> Scores:
+    def scores(self, positions: list[int], mask: Tensor, device=None) -> Scores:
         """Scores of the sequences [chosen_i.., rejected_i..] for dataset `positions`, laid out in `mask` [2B, L]
-        (the batch's response mask: sequence n's tokens in its first columns)."""
+        (the batch's response mask: sequence n's tokens in its first columns). Pass the host layout's mask and the
+        training `device`: the lengths are checked and the grid is built on the host, then moved (no device read)."""
         values = [self.chosen[i] for i in positions] + [self.rejected[i] for i in positions]
         lengths = mask.sum(-1).tolist()
         if [v.numel() for v in values] != lengths:
@@ -83,6 +84,10 @@ class RefLogps:
                              "belongs to other token ids (delete it or check the dataset positions).")
         flat = torch.cat(values).to(device=mask.device) if values else mask.new_zeros(0, dtype=torch.float32)
         token_logps = torch.zeros(mask.shape, dtype=flat.dtype, device=mask.device).masked_scatter(mask, flat)
+        if device is not None:
+            from preflab.data.layout import to_device
+
+            token_logps, mask = to_device(token_logps, device), to_device(mask, device)
         return Scores(token_logps, mask)
 
 

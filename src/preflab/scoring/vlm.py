@@ -25,7 +25,8 @@ from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch, padded
 from preflab.models.attention import model_mask, unwrap
-from preflab.scoring.lm import CHUNK_BYTES, Scores, _head_chunk, backbone_and_head
+from preflab.scoring.chunking import chunk_for_budget, head_chunk_budget
+from preflab.scoring.lm import Scores, _head_chunk, backbone_and_head
 
 PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
 
@@ -130,7 +131,8 @@ def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: 
     h = flat.index_select(0, layout.pred_index[mask])
     targets = layout.target_ids[mask]
     want_kl = ref is not None and ref_head is not None
-    chunk = chunk_tokens or max(16, CHUNK_BYTES // (4 * head.weight.shape[0] * (2 if want_kl else 1)))
+    chunk = chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
+                                             2 if want_kl else 1)
     recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
     pieces_lp, pieces_kl = [], []
     for start in range(0, h.shape[0], chunk):

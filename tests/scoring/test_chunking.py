@@ -1,0 +1,34 @@
+"""The LM-head chunk budget comes from the device: CPU keeps 64 MiB; an accelerator gets 1/32 of its free memory,
+clamped to [64 MiB, 1 GiB], read once per device."""
+import torch
+
+import preflab.scoring.chunking as chunking
+from preflab.scoring.chunking import CHUNK_BYTES, chunk_budget_bytes, chunk_for_budget, head_chunk_budget
+
+GIB, MIB = 2**30, 2**20
+
+
+def test_budget_from_free_memory():
+    assert chunk_budget_bytes("cpu", 100 * GIB) == CHUNK_BYTES == 64 * MIB
+    assert chunk_budget_bytes("cuda", None) == CHUNK_BYTES
+    assert chunk_budget_bytes("cuda", 8 * GIB) == 256 * MIB  # 8 GiB / 32
+    assert chunk_budget_bytes("cuda", 130 * GIB) == 1 * GIB  # capped (a larger one measured no faster)
+    assert chunk_budget_bytes("cuda", 1 * GIB) == 64 * MIB  # floored at the CPU budget
+
+
+def test_chunk_positions_from_budget():
+    # Qwen2's 151,936-token vocabulary: 256 MiB of float32 logits hold 441 positions; with token KL half that
+    assert chunk_for_budget(256 * MIB, 151936) == 441
+    assert chunk_for_budget(256 * MIB, 151936, factor=2) == 220
+    assert chunk_for_budget(64 * MIB, 8192) == 2048  # the CPU default on the benchmark fixture, as before
+    assert chunk_for_budget(MIB, 10**7) == 16  # never below 16
+
+
+def test_device_budget_is_read_once_per_device(monkeypatch):
+    free = iter([16 * GIB, 2 * GIB])
+    monkeypatch.setattr(chunking, "_free_bytes", lambda device: next(free))
+    monkeypatch.setattr(chunking, "_budgets", {})
+    device = torch.device("cuda", 7)  # never touched: only its type and index are read
+    assert head_chunk_budget(device) == 512 * MIB
+    assert head_chunk_budget(device) == 512 * MIB  # same chunk length every step, although free memory changed
+    assert head_chunk_budget(torch.device("cpu")) == CHUNK_BYTES

@@ -1,0 +1,254 @@
+"""Device-to-host syncs per optimizer step of a default offline DPO run (issue 17): at most 2 with logging off.
+
+Every read of a device value on the host (`.item()`, `float(t)`, `bool(t)`, `.tolist()`), every op whose output
+size depends on the data (`nonzero`, `masked_select`, boolean-mask `index` / `index_put`, `unique`,
+`repeat_interleave` without output_size) stalls the host until the GPU has caught up. On CPU nothing stalls, but
+the same ops run, so a TorchDispatchMode counts them; `.tolist()` reads memory without dispatching an op on CPU,
+so it is counted by a patch of torch.Tensor.tolist. The optimizer's step post-hook is the step boundary.
+
+The batch layout is built on the host from Python lists (preflab.data.layout) before it moves to the device:
+`Trainer.micro_batches` is not counted, and reads of its tensors (or of tensors computed from them alone) are not
+syncs. `LayoutBatch.to` returns new tensors here, as it does on a GPU, so the moved layout counts as device data.
+"""
+import contextlib
+import dataclasses
+import sys
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+sys.path.insert(0, str(Path(__file__).parent / "loops"))
+from tiny_run import synthetic_pairs  # noqa: E402
+
+# aten op names (overload packets): a scalar read, or an output whose size only the data decides
+SCALAR_READS = {"_local_scalar_dense", "is_nonzero", "item", "equal"}
+DATA_SIZED = {"nonzero", "masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive", "argwhere",
+              "masked_scatter_backward"}
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 else []
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (indices or []))
+
+
+def is_sync(func, args, kwargs) -> bool:
+    name = func.overloadpacket.__name__
+    if name in SCALAR_READS or name in DATA_SIZED:
+        return True
+    if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+        return _bool_index(args)
+    if name == "repeat_interleave":
+        return kwargs.get("output_size") is None
+    return False
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts syncs into `counts[-1]`. Host tensors (the layouts as built, and what is computed from them alone)
+    are tracked in `host`: a read of those is no sync on a GPU machine, so it is not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts, self.names, self.paused = [0], [[]], False
+        self.host = {}  # id -> weakref (a WeakSet would compare tensors with ==)
+
+    def hit(self, name, tensors=()):
+        if self.paused or (tensors and all(self.is_host(t) for t in tensors)):
+            return
+        self.counts[-1] += 1
+        self.names[-1].append(name)
+
+    def is_host(self, t) -> bool:
+        ref = self.host.get(id(t))
+        return ref is not None and ref() is t
+
+    def mark_host(self, tensors) -> None:
+        self.host.update((id(t), weakref.ref(t)) for t in tensors)
+
+    def next_step(self, *args, **kwargs):
+        self.counts.append(0)
+        self.names.append([])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        out = func(*args, **kwargs)
+        if tensors and all(self.is_host(t) for t in tensors):
+            self.mark_host(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        elif is_sync(func, args, kwargs):
+            self.hit(str(func))
+        return out
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _fresh(obj):
+    """What `.to(device)` gives on a GPU machine: new tensors (on CPU, .to("cpu") would return the same ones)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: _fresh(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                                           if f.init})
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_fresh(x) for x in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fresh(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _fresh(v) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def counting(trainer_cls, monkeypatch):
+    from preflab.data.layout import LayoutBatch
+
+    counter = SyncCounter()
+    original_tolist = torch.Tensor.tolist
+
+    def tolist(self):
+        counter.hit("Tensor.tolist", [self])
+        return original_tolist(self)
+
+    original_mb = trainer_cls.micro_batches
+
+    def host_micro_batches(self, step):
+        counter.paused = True
+        try:
+            mbs = original_mb(self, step)
+        finally:
+            counter.paused = False
+        counter.mark_host(_tensors([mb.layout for mb in mbs]))
+        return mbs
+
+    original_to = LayoutBatch.to
+
+    def to_device(self, device):
+        with torch.utils._python_dispatch._disable_current_modes():
+            return _fresh(original_to(self, device))
+
+    original_init = trainer_cls._build_optimizer
+
+    def build(self):
+        original_init(self)
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        inner.register_step_post_hook(counter.next_step)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    monkeypatch.setattr(trainer_cls, "micro_batches", host_micro_batches)
+    monkeypatch.setattr(trainer_cls, "_build_optimizer", build)
+    monkeypatch.setattr(LayoutBatch, "to", to_device)
+    with counter:
+        yield counter
+
+
+def run_counted(tmp_path, monkeypatch, steps=5, **overrides):
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    torch.set_num_threads(1)
+    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", output_dir=str(tmp_path),
+                  learning_rate=1e-3, per_device_train_batch_size=4, max_steps=steps, logging_steps=1000,
+                  disable_tqdm=True, use_cpu=True)
+    params.update(overrides)
+    cfg = config_from_dict(params)
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    if cfg.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        policy, ref = get_peft_model(policy, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])), None
+    else:
+        ref = frozen_copy(policy)
+    with counting(Trainer, monkeypatch) as counter:
+        summary = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs()).train()
+    # counts[0]: setup and step 1 (first-call work); counts[k]: from step k's post-hook to step k+1's
+    per_step = counter.counts[1:steps]
+    return per_step, counter.names[1:steps], summary
+
+
+def test_default_dpo_step_makes_at_most_two_syncs(tmp_path, monkeypatch):
+    per_step, names, summary = run_counted(tmp_path, monkeypatch)
+    assert summary["global_step"] == 5 and len(per_step) == 4
+    assert max(per_step) <= 2, names
+    assert per_step == [1] * 4, names  # the one read: non-finite flags, weight bound, grad norm, loss and metrics
+
+
+def test_the_counter_sees_the_syncs_it_must(tmp_path, monkeypatch):
+    """The counter is not blind: a boolean-mask index, an .item() and a .tolist() inside the step are counted."""
+    from preflab.loops.offline import Trainer
+
+    original = Trainer.forward
+
+    def leaky(self, mb):
+        out = original(self, mb)
+        out.losses[out.losses > 0].sum().item()
+        out.losses.tolist()
+        return out
+
+    monkeypatch.setattr(Trainer, "forward", leaky)
+    per_step, names, _ = run_counted(tmp_path, monkeypatch, steps=3)
+    assert all(c >= 4 for c in per_step), names  # index(bool) + item + tolist + the step's own read
+
+
+def test_accumulation_and_lora_steps_stay_within_two_syncs(tmp_path, monkeypatch):
+    per_step, names, _ = run_counted(tmp_path / "acc", monkeypatch, steps=3, per_device_train_batch_size=2,
+                                     gradient_accumulation_steps=2)
+    assert max(per_step) <= 2, names
+    monkeypatch.undo()
+    per_step, names, _ = run_counted(tmp_path / "lora", monkeypatch, steps=3, use_peft=True)
+    assert max(per_step) <= 2, names
+
+
+def test_packed_layout_stays_within_two_syncs(tmp_path, monkeypatch):
+    per_step, names, _ = run_counted(tmp_path, monkeypatch, steps=3, layout="packed")
+    assert per_step == [1, 1], names
+
+
+def test_padded_layout_syncs_only_in_the_models_packed_sequence_check(tmp_path, monkeypatch):
+    """The padded layout runs plain causal attention (no mask: the fused causal kernels); transformers then looks
+    for packed sequences in the position ids with one `.all()` per forward (masking_utils.find_packed_sequence_indices,
+    skipped under torch.compile): policy + reference = 2, plus the step's own read. The old 2-D padding mask cost
+    two reads per forward."""
+    per_step, names, _ = run_counted(tmp_path, monkeypatch, steps=3, layout="padded")
+    assert per_step == [3, 3], names
+    per_step, names, _ = run_counted(tmp_path / "pre", monkeypatch, steps=3, layout="padded",
+                                     precompute_ref_log_probs=True)
+    assert per_step == [2, 2], names
+
+
+def test_layout_moves_to_an_accelerator_without_blocking(monkeypatch):
+    """A blocking host -> GPU copy synchronizes the stream (waits for all queued work): LayoutBatch.to copies
+    asynchronously. Checked with the meta device, which stands in for an accelerator on a CPU machine."""
+    from preflab.data.prefix import prefix_shared
+
+    layout = prefix_shared(synthetic_pairs(n=3), pad_id=0)
+    calls = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("non_blocking", False))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    moved = layout.to("meta")
+    assert moved.input_ids.device.type == "meta" and moved.gather.slot.device.type == "meta"
+    assert len(calls) >= 8 and all(calls)
+    calls.clear()
+    layout.to("cpu")  # host to host: a plain (blocking) call
+    assert not any(calls)
