@@ -45,4 +45,7 @@ def run_recipe(cfg) -> dict:
     accepted = inspect.signature(fn).parameters
     common = {"output_dir": cfg.output_dir, "seed": cfg.seed, "quiet": cfg.disable_tqdm,
               "resume": cfg.resume_from_checkpoint not in (None, False, "", "false")}
+    if common["resume"] and "resume" not in accepted:  # never silently rerun a recipe from scratch
+        raise ConfigError(f"task {cfg.task!r} cannot resume (its recipe has no resume): drop "
+                          "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")
     return fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)

@@ -32,3 +32,22 @@ def test_recipe_tasks_need_no_model_and_refuse_unknown_params(task):
     assert cfg.model_name_or_path == "" and cfg.dataset_name == ""
     with pytest.raises(ConfigError, match="not options of task"):
         check_recipe_params(task, {"no_such_option": 1})
+
+
+def test_resume_of_a_recipe_without_resume_is_refused_not_silently_ignored(monkeypatch, tmp_path):
+    import preflab.recipes as recipes
+
+    calls = []
+
+    def no_resume_recipe(output_dir, seed=0, quiet=False):
+        calls.append(output_dir)
+        return {}
+
+    monkeypatch.setattr(recipes, "recipe_function", lambda task: no_resume_recipe)
+    cfg = config_from_dict({"task": "themis", "recipe_params": {}, "output_dir": str(tmp_path),
+                            "resume_from_checkpoint": True})
+    with pytest.raises(ConfigError, match="cannot resume"):
+        recipes.run_recipe(cfg)
+    assert calls == []  # refused before anything ran
+    cfg = config_from_dict({"task": "themis", "recipe_params": {}, "output_dir": str(tmp_path)})
+    assert recipes.run_recipe(cfg) == {} and calls == [str(tmp_path)]  # without resume it runs
