@@ -2,7 +2,10 @@
 against graph-edit negatives; program-level accuracy (attribute-aware isomorphism) on held-out instructions.
 
 Runs offline on a built-in char-level Llama (like `preflab demo`); both stages are ordinary `preflab` runs of the
-offline Trainer (loss_type sft, then sigmoid), so checkpoints, resume, metrics and reports are the usual ones.
+offline Trainer (loss_type sft, then sigmoid) in `output_dir/sft` and `output_dir/dpo`, so checkpoints, metrics and
+reports are the usual ones. The state is saved to `raft_ladder_state.json` after each stage; with
+`resume_from_checkpoint: true` a finished stage is skipped (its weights are loaded) and an interrupted one is run
+again from its start, so the result equals an uninterrupted run (preflab.recipe_state).
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ from preflab.ladder.synthetic import make_ladder_rows
 from preflab.loops.offline import Trainer
 from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.recipe_state import RecipeState, load_safetensors_into
 from preflab.runlog import write_summary
+
+STATE_FILE = "raft_ladder_state.json"
 
 SFT = dict(loss_type="sft", learning_rate=3e-3, per_device_train_batch_size=16, max_steps=400, warmup_steps=10,
            lr_scheduler_type="cosine")
@@ -51,9 +57,13 @@ def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 4
 
 
 def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: int = 64, retrieve_k: int = 1,
-                    sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False) -> dict:
+                    sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False,
+                    resume: bool = False) -> dict:
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
+    state = RecipeState(out, STATE_FILE, {"seed": seed, "n_train": n_train, "n_test": n_test,
+                                          "retrieve_k": retrieve_k, "sft_steps": sft_steps, "dpo_steps": dpo_steps},
+                        resume)
     rows = make_ladder_rows(n_train + n_test, seed=seed)
     train, test = rows[:n_train], rows[n_train:]
     train_aug = raft_rows(train, train, retrieve_k, same_split=True)
@@ -70,25 +80,39 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     common = dict(model_name_or_path="builtin:tiny-llama", max_length=192, seed=seed, logging_steps=10,
                   disable_tqdm=quiet, use_cpu=True)
     say = (lambda *a: None) if quiet else print
-    base_acc, _, _ = program_accuracy(model, tokenizer, test_aug)
+
+    def load(folder: Path) -> None:
+        load_safetensors_into(model, folder / "model.safetensors")
+        say(f"raft_ladder: {folder.name} finished earlier, weights loaded from {folder}")
+
+    def run_sft(folder: Path) -> dict:
+        base_acc, _, _ = program_accuracy(model, tokenizer, test_aug)
+        Trainer(config_from_dict({**common, **SFT, **({"max_steps": sft_steps} if sft_steps else {}),
+                                  "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)}),
+                policy=model, ref=None, tokenizer=tokenizer).train()
+        acc, valid, examples = program_accuracy(model, tokenizer, test_aug)
+        return {"untrained_accuracy": base_acc, "accuracy": acc, "valid": valid, "examples": examples[:6]}
+
+    def run_dpo(folder: Path) -> dict:
+        Trainer(config_from_dict({**common, **DPO, **({"max_steps": dpo_steps} if dpo_steps else {}),
+                                  "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(folder)}),
+                policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
+        acc, valid, examples = program_accuracy(model, tokenizer, test_aug)
+        return {"accuracy": acc, "valid": valid, "examples": examples[:6]}
+
     say("raft_ladder: stage 1/2, SFT on retrieval-augmented prompts")
-    Trainer(config_from_dict({**common, **SFT, **({"max_steps": sft_steps} if sft_steps else {}),
-                              "dataset_name": str(data / "sft.jsonl"), "output_dir": str(out / "sft")}),
-            policy=model, ref=None, tokenizer=tokenizer).train()
-    sft_acc, sft_valid, sft_examples = program_accuracy(model, tokenizer, test_aug)
-    say(f"raft_ladder: program accuracy after SFT {sft_acc:.3f} (valid {sft_valid:.3f})")
+    sft = state.stage("sft", run_sft, load)
+    say(f"raft_ladder: program accuracy after SFT {sft['accuracy']:.3f} (valid {sft['valid']:.3f})")
     say("raft_ladder: stage 2/2, DPO against graph-edit negatives")
-    Trainer(config_from_dict({**common, **DPO, **({"max_steps": dpo_steps} if dpo_steps else {}),
-                              "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(out / "dpo")}),
-            policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
-    dpo_acc, dpo_valid, dpo_examples = program_accuracy(model, tokenizer, test_aug)
-    say(f"raft_ladder: program accuracy after DPO {dpo_acc:.3f} (after SFT {sft_acc:.3f})")
+    dpo = state.stage("dpo", run_dpo, load)
+    say(f"raft_ladder: program accuracy after DPO {dpo['accuracy']:.3f} (after SFT {sft['accuracy']:.3f})")
     summary = {"recipe": "raft_ladder", "metric_name": "program_accuracy_isomorphism",
-               "metric_before": sft_acc, "metric_after": dpo_acc, "metric_untrained": base_acc,
-               "valid_program_rate_before": sft_valid, "valid_program_rate_after": dpo_valid,
+               "metric_before": sft["accuracy"], "metric_after": dpo["accuracy"],
+               "metric_untrained": sft["untrained_accuracy"],
+               "valid_program_rate_before": sft["valid"], "valid_program_rate_after": dpo["valid"],
                "baseline": "the same model after the RAFT SFT stage, before DPO", "heldout": len(test),
                "retrieve_k": retrieve_k, "negatives": dpo_counts, "seed": seed,
-               "examples_before": sft_examples[:6], "examples_after": dpo_examples[:6],
+               "examples_before": sft["examples"], "examples_after": dpo["examples"],
                "runtime_s": time.perf_counter() - started}
     write_summary(out, summary)
     return summary

@@ -1,0 +1,57 @@
+"""The state file of a multi-stage recipe (`task: raft_ladder`, `task: themis`): resume an interrupted recipe.
+
+Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. After a
+stage finishes, its record (the numbers the summary needs) is saved to the state file. On
+`resume_from_checkpoint: true` a finished stage is skipped and its saved weights are loaded; an interrupted stage
+(its folder exists, it is not in the state) is removed and run again from its start, so the result equals an
+uninterrupted run. An existing state without resume is refused (never overwritten), and so is a resume with other
+recipe_params than the run that wrote the state.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from preflab.errors import ConfigError
+
+
+class RecipeState:
+    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool):
+        self.out = Path(output_dir)
+        self.path = self.out / file_name
+        params = json.loads(json.dumps(params))  # tuples become lists, as they come back from the file
+        if self.path.exists() and not resume:
+            raise ConfigError(f"{self.path} exists: set resume_from_checkpoint=true to continue that run, or use a "
+                              "new output_dir.")
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {"params": params, "stages": {}}
+        if self.state["params"] != params:
+            changed = sorted(k for k in set(params) | set(self.state["params"])
+                             if self.state["params"].get(k) != params.get(k))
+            raise ConfigError(f"resume: recipe_params {changed} differ from the run in {self.out} (see {self.path});"
+                              " resume with the same options or use a new output_dir.")
+
+    def stage(self, name: str, run: Callable[[Path], dict], load: Callable[[Path], None]) -> dict:
+        """Run stage `name` (`run(folder) -> record`) and save the state, or, when it finished earlier,
+        `load(folder)` its weights and return its saved record."""
+        folder = self.out / name
+        if name in self.state["stages"]:
+            load(folder)
+            return self.state["stages"][name]
+        if folder.exists():  # interrupted: run the stage again from its start
+            shutil.rmtree(folder)
+        record = json.loads(json.dumps(run(folder)))  # the same record whether run now or loaded on resume
+        self.state["stages"][name] = record
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.path)
+        return record
+
+
+def load_safetensors_into(model, path: str | Path) -> None:
+    """Load saved weights into `model` (strict: every parameter must be in the file)."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))

@@ -1,0 +1,56 @@
+"""Issue 15's resume contract for `task: raft_ladder` and `task: themis`: a run interrupted after stage 1 and
+resumed ends with exactly the weights and summary of an uninterrupted run; an existing state without resume and a
+resume with other recipe_params are refused."""
+import pytest
+from safetensors.torch import load_file
+
+from preflab.errors import ConfigError
+from preflab.ladder import recipe as ladder_recipe
+from preflab.reward_models import themis_toy
+
+pytestmark = pytest.mark.slow
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def _same_weights(a, b):
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys() and wa
+    for k in wa:
+        assert wa[k].equal(wb[k]), k
+
+
+def _metrics(summary):
+    return {k: v for k, v in summary.items() if k != "runtime_s"}
+
+
+LADDER = dict(seed=0, n_train=24, n_test=3, sft_steps=3, dpo_steps=2, quiet=True)
+
+
+def test_raft_ladder_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    full = ladder_recipe.run_raft_ladder(str(tmp_path / "full"), **LADDER)
+    out = tmp_path / "resumed"
+
+    def stop(model):
+        raise Interrupted("stage 2 starts")
+
+    with monkeypatch.context() as m:
+        m.setattr(ladder_recipe, "frozen_copy", stop)  # the DPO stage's first call
+        with pytest.raises(Interrupted):
+            ladder_recipe.run_raft_ladder(str(out), **LADDER)
+    assert (out / "sft" / "model.safetensors").exists() and not (out / "summary.json").exists()
+    with pytest.raises(ConfigError, match="resume_from_checkpoint"):  # an existing state is never overwritten
+        ladder_recipe.run_raft_ladder(str(out), **LADDER)
+    with pytest.raises(ConfigError, match="dpo_steps"):
+        ladder_recipe.run_raft_ladder(str(out), **{**LADDER, "dpo_steps": 3}, resume=True)
+    calls = []
+    original_trainer = ladder_recipe.Trainer
+    monkeypatch.setattr(ladder_recipe, "Trainer", lambda cfg, **kw: calls.append(cfg.loss_type) or
+                        original_trainer(cfg, **kw))
+    resumed = ladder_recipe.run_raft_ladder(str(out), **LADDER, resume=True)
+    assert len(calls) == 1  # only the DPO stage ran again
+    assert _metrics(resumed) == _metrics(full)
+    _same_weights(out / "dpo" / "model.safetensors", tmp_path / "full" / "dpo" / "model.safetensors")
+    _same_weights(out / "sft" / "model.safetensors", tmp_path / "full" / "sft" / "model.safetensors")
