@@ -54,3 +54,35 @@ def test_raft_ladder_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path
     assert _metrics(resumed) == _metrics(full)
     _same_weights(out / "dpo" / "model.safetensors", tmp_path / "full" / "dpo" / "model.safetensors")
     _same_weights(out / "sft" / "model.safetensors", tmp_path / "full" / "sft" / "model.safetensors")
+
+
+THEMIS = dict(steps=3, n_train=16, n_test=2, seed=0, quiet=True)
+
+
+def test_themis_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    full = themis_toy.run_themis_arithmetic(str(tmp_path / "full"), **THEMIS)
+    out = tmp_path / "resumed"
+    original = themis_toy.train_themis
+    calls = []
+
+    def train_until_stage_2(rows, tokenizer, with_trace, output_dir, *args):
+        calls.append(with_trace)
+        if not with_trace:
+            raise Interrupted("stage 2 starts")
+        return original(rows, tokenizer, with_trace, output_dir, *args)
+
+    monkeypatch.setattr(themis_toy, "train_themis", train_until_stage_2)
+    with pytest.raises(Interrupted):
+        themis_toy.run_themis_arithmetic(str(out), **THEMIS)
+    assert calls == [True, False] and not (out / "summary.json").exists()
+    with pytest.raises(ConfigError, match="resume_from_checkpoint"):
+        themis_toy.run_themis_arithmetic(str(out), **THEMIS)
+    with pytest.raises(ConfigError, match="steps"):
+        themis_toy.run_themis_arithmetic(str(out), **{**THEMIS, "steps": 4}, resume=True)
+    monkeypatch.setattr(themis_toy, "train_themis", lambda *a: calls.append(a[2]) or original(*a))
+    resumed = themis_toy.run_themis_arithmetic(str(out), **THEMIS, resume=True)
+    assert calls == [True, False, False]  # the finished stage was loaded, not trained again
+    assert _metrics(resumed) == _metrics(full)
+    for stage in ("with_traces", "without_traces"):
+        for name in ("model.safetensors", "value_head.safetensors"):
+            _same_weights(out / stage / name, tmp_path / "full" / stage / name)

@@ -7,6 +7,11 @@ matches. Two tiny char-level reward models are trained the same way (`RewardRun`
 traces, one without (the assistant turn is empty). At evaluation, on operands larger than any seen in training,
 the tool-using model writes its own trace and the calculator runs for real (`score_with_tools`); pairwise accuracy
 of both goes to summary.json.
+
+The two reward models are trained in `output_dir/with_traces` and `output_dir/without_traces` (ordinary RewardRun
+runs); the state is saved to `themis_state.json` after each, and with `resume_from_checkpoint: true` a finished one
+is loaded from its safetensors instead of trained again and an interrupted one is trained again from its start, so
+the result equals an uninterrupted run (preflab.recipe_state).
 """
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ import torch
 
 from preflab.config import config_from_dict
 from preflab.objectives.base import ObjectiveOutput
+from preflab.recipe_state import RecipeState, load_safetensors_into
 from preflab.reward_models.themis import (SPECIAL_TOKENS, TaraAnswer, TaraRow, ThemisModel, ToolStep, encode,
                                           score_with_tools, segments, themis_losses)
 from preflab.reward_models.train import RewardRun
 from preflab.runlog import write_summary
 from preflab.tools import Calculator, ToolBox
 from preflab.tools.calculator import evaluate_expression
+
+STATE_FILE = "themis_state.json"
 
 
 def arithmetic_rows(n: int, low: int, high: int, seed: int) -> list[TaraRow]:
@@ -86,13 +94,27 @@ def themis_tokenizer():
     return tokenizer
 
 
-def train_themis(rows, tokenizer, with_trace: bool, output_dir: Path, steps: int, seed: int = 0,
-                 quiet: bool = True) -> ThemisModel:
+def new_themis_model(tokenizer, seed: int = 0) -> ThemisModel:
+    """The untrained tiny char-level Llama + zero value head that both reward models start from."""
     from preflab.models.tiny import tiny_causal_lm
 
-    lm = tiny_causal_lm(tokenizer, arch="llama", vocab_size=len(tokenizer), hidden_size=96, num_layers=2,
-                        num_heads=4, seed=seed)
-    model = ThemisModel(lm)
+    return ThemisModel(tiny_causal_lm(tokenizer, arch="llama", vocab_size=len(tokenizer), hidden_size=96,
+                                      num_layers=2, num_heads=4, seed=seed))
+
+
+def load_themis(tokenizer, folder: Path, seed: int = 0) -> ThemisModel:
+    """A reward model saved by `train_themis` (ThemisModel.save_pretrained), loaded into the same architecture."""
+    from safetensors.torch import load_file
+
+    model = new_themis_model(tokenizer, seed)
+    load_safetensors_into(model.lm, folder / "model.safetensors")
+    model.value_head.weight.data.copy_(load_file(str(folder / "value_head.safetensors"))["weight"])
+    return model
+
+
+def train_themis(rows, tokenizer, with_trace: bool, output_dir: Path, steps: int, seed: int = 0,
+                 quiet: bool = True) -> ThemisModel:
+    model = new_themis_model(tokenizer, seed)
     cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name="(in memory)",
                                 learning_rate=2e-3, per_device_train_batch_size=16, max_steps=steps, warmup_steps=10,
                                 lr_scheduler_type="cosine", logging_steps=20, seed=seed, disable_tqdm=quiet,
@@ -123,14 +145,30 @@ def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) ->
 
 
 def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800, n_test: int = 64, seed: int = 0,
-                          quiet: bool = True, train_operands: tuple = (0, 49), test_operands: tuple = (50, 99)) -> dict:
+                          quiet: bool = True, train_operands: tuple = (0, 49), test_operands: tuple = (50, 99),
+                          resume: bool = False) -> dict:
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
+    state = RecipeState(out, STATE_FILE, {"steps": steps, "n_train": n_train, "n_test": n_test, "seed": seed,
+                                          "train_operands": train_operands, "test_operands": test_operands}, resume)
     train = arithmetic_rows(n_train, *train_operands, seed)
     test = arithmetic_rows(n_test, *test_operands, seed + 1)  # held-out magnitudes (same digit counts)
     tokenizer = themis_tokenizer()
-    with_tools = train_themis(train, tokenizer, True, out / "with_traces", steps, seed, quiet)
-    without = train_themis(train, tokenizer, False, out / "without_traces", steps, seed, quiet)
+    models = {}
+
+    def stage(name: str, with_trace: bool) -> ThemisModel:
+        def run(folder: Path) -> dict:
+            models[name] = train_themis(train, tokenizer, with_trace, folder, steps, seed, quiet)
+            return {"with_trace": with_trace, "steps": steps}
+
+        def load(folder: Path) -> None:
+            models[name] = load_themis(tokenizer, folder, seed)
+
+        state.stage(name, run, load)
+        return models[name]
+
+    with_tools = stage("with_traces", True)
+    without = stage("without_traces", False)
     toolbox = ToolBox([Calculator()], cache_path=out / "tool_cache.json")
     acc_tools, tool_stats = pairwise_accuracy(with_tools, tokenizer, test, True, toolbox)
     toolbox.save()
