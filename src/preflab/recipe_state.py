@@ -1,4 +1,5 @@
-"""The state file of a multi-stage recipe (`task: raft_ladder`, `task: themis`): resume an interrupted recipe.
+"""The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes but ICPL) and the
+stage runner of `task: raft_ladder` / `task: themis` (RecipeState): resume an interrupted recipe.
 
 Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. After a
 stage finishes, its record (the numbers the summary needs) is saved to the state file. On
@@ -17,20 +18,43 @@ from typing import Callable
 from preflab.errors import ConfigError
 
 
-class RecipeState:
-    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool):
-        self.out = Path(output_dir)
-        self.path = self.out / file_name
+class RecipeStateFile:
+    """A recipe's state file (`<recipe>_state.json`): {"params": the recipe_params, ...the recipe's own records}.
+
+    Opening refuses an existing file without resume (never overwritten) and a resume whose params differ from the
+    saved ones in any key but `may_change` (those take the new values); `save()` writes it atomically."""
+
+    def __init__(self, path: str | Path, params: dict, resume: bool, initial: dict | None = None,
+                 may_change: tuple = ()):
+        self.path = Path(path)
         params = json.loads(json.dumps(params))  # tuples become lists, as they come back from the file
         if self.path.exists() and not resume:
             raise ConfigError(f"{self.path} exists: set resume_from_checkpoint=true to continue that run, or use a "
                               "new output_dir.")
-        self.state = json.loads(self.path.read_text()) if self.path.exists() else {"params": params, "stages": {}}
-        if self.state["params"] != params:
-            changed = sorted(k for k in set(params) | set(self.state["params"])
-                             if self.state["params"].get(k) != params.get(k))
-            raise ConfigError(f"resume: recipe_params {changed} differ from the run in {self.out} (see {self.path});"
-                              " resume with the same options or use a new output_dir.")
+        if not self.path.exists():
+            self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
+            return
+        self.data = json.loads(self.path.read_text())
+        saved = self.data["params"]
+        changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
+        if changed:
+            allowed = f" (only {list(may_change)} may change)" if may_change else ""
+            raise ConfigError(f"resume: recipe_params {changed} differ from the interrupted run's ({self.path}); "
+                              f"resume with the same recipe_params{allowed} or use a new output_dir.")
+        self.data["params"] = params
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+
+class RecipeState:
+    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool):
+        self.out = Path(output_dir)
+        self.file = RecipeStateFile(self.out / file_name, params, resume)
+        self.state = self.file.data
 
     def stage(self, name: str, run: Callable[[Path], dict], load: Callable[[Path], None]) -> dict:
         """Run stage `name` (`run(folder) -> record`) and save the state, or, when it finished earlier,
@@ -43,10 +67,7 @@ class RecipeState:
             shutil.rmtree(folder)
         record = json.loads(json.dumps(run(folder)))  # the same record whether run now or loaded on resume
         self.state["stages"][name] = record
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(self.path)
+        self.file.save()
         return record
 
 

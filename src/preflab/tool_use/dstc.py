@@ -41,6 +41,7 @@ import torch
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
+from preflab.recipe_state import RecipeState, load_safetensors_into
 from preflab.runlog import write_summary
 from preflab.sandbox import run_tests
 from preflab.tool_use.dstc_task import (CodeTask, code_prompt, hidden_test, sft_rows, split_tasks, is_correct_test,
@@ -148,12 +149,6 @@ def subtract_first_split(tasks: list[CodeTask], examples: list[dict]) -> dict:
     return {k: (sum(v) / len(v) if v else None) for k, v in groups.items()}
 
 
-def _load_stage_weights(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-
-
 def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_sft_tasks: int = 150,
              n_dstc_tasks: int = 48, n_test: int = 64, sft_per_task: int = 3, sft_noise: float = 0.1,
              sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 6, n_tests: int = 6,
@@ -170,15 +165,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "out", "started",
                                                              "Trainer", "SFTTrainer", "frozen_copy",
                                                              "tiny_causal_lm", "tiny_tokenizer")}
-    state_path = out / STATE_FILE
-    if state_path.exists() and not resume:
-        raise ConfigError(f"{state_path} exists: set resume_from_checkpoint=true to continue that run, or use a "
-                          "new output_dir.")
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"params": params, "stages": {}}
-    if state["params"] != params:
-        changed = sorted(k for k in params if state["params"].get(k) != params[k])
-        raise ConfigError(f"resume: recipe_params {changed} differ from the run in {out} (see {state_path}); "
-                          "resume with the same options or use a new output_dir.")
+    recipe = RecipeState(out, STATE_FILE, params, resume)
+    state = recipe.state
     if loss not in ("dpo", "kto"):
         raise ConfigError(f"dstc recipe_params.loss={loss!r}: use 'dpo' (loss_type sigmoid) or 'kto'.")
     if iterations < 1 or n_codes < 2 or n_tests < 1 or n_test < 1 or not 1 <= n_dstc_tasks <= n_sft_tasks:
@@ -187,12 +175,6 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                           f"{n_dstc_tasks}, {n_sft_tasks}).")
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else print
-
-    def save_state():
-        state["sandbox"] = runner.counters()
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(state_path)
 
     sft_tasks, test_tasks = split_tasks(n_sft_tasks, n_test, seed)
     dstc_tasks = sft_tasks[:n_dstc_tasks]
@@ -209,18 +191,16 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     sft_file.write_text("".join(json.dumps(r) + "\n" for r in warmup_rows))
 
     def stage(name: str, run) -> dict:
-        """Run a stage (or, when the state has it, load its weights) and save the state after it."""
-        folder = out / name
+        """Run a stage (or, when the state has it, load its weights); the state is saved after it with the sandbox's
+        counters so far (a resumed run reports the runs of all its sessions)."""
+        def counted(folder: Path) -> dict:
+            record = run(folder)
+            state["sandbox"] = runner.counters()
+            return record
+
         if name in state["stages"]:
-            _load_stage_weights(model, folder)
-            say(f"dstc: {name} finished earlier, weights loaded from {folder}")
-            return state["stages"][name]
-        if folder.exists():  # interrupted: run the stage again from its start
-            shutil.rmtree(folder)
-        record = run(folder)
-        state["stages"][name] = record
-        save_state()
-        return record
+            say(f"dstc: {name} finished earlier, weights loaded from {out / name}")
+        return recipe.stage(name, counted, lambda folder: load_safetensors_into(model, folder / "model.safetensors"))
 
     def run_sft(folder: Path, steps: int, learning_rate: float, warmup_steps: int) -> dict:
         SFTTrainer(config_from_dict({**common, "task": "sft", "learning_rate": learning_rate, "max_steps": steps,
@@ -309,7 +289,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                "examples_before": sft["examples"], "examples_after": records[-1]["examples"]}
     total = sum(r["dpo_steps"] for r in records)
     if control and total:
-        _load_stage_weights(model, out / "sft")
+        load_safetensors_into(model, out / "sft" / "model.safetensors")
         say(f"dstc: control: {total} more SFT steps from the warm-up model instead of DSTC")
         ctl = stage("control", lambda folder: run_sft(folder, total, dpo_learning_rate, 2))
         summary.update(control_heldout_pass_rate=ctl["heldout_pass_rate"], control_sft_steps=total,

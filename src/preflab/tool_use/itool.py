@@ -37,6 +37,7 @@ from preflab.data.tokenize import TokenizedPair
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.recipe_state import RecipeStateFile
 from preflab.runlog import write_summary
 from preflab.tool_use.itool_search import (
     Sample,
@@ -171,24 +172,14 @@ def _load_weights(model, folder: Path) -> None:
 
 
 class _State:
-    """itool_state.json: the recipe's options, each finished stage's record, and which weights each chain is at."""
+    """itool_state.json: the recipe's options, each finished stage's record, and which weights each chain is at
+    (only iterations, and stop_after_stage, may change on resume)."""
 
     def __init__(self, path: Path, params: dict, resume: bool):
-        self.path = path
-        if path.exists() and not resume:
-            raise ConfigError(f"{path} exists: set resume_from_checkpoint=true to continue that run, or use a new "
-                              "output_dir.")
-        if path.exists():
-            self.data = json.loads(path.read_text())
-            fixed = {k: v for k, v in params.items() if k not in ("iterations", "stop_after_stage")}
-            saved = {k: v for k, v in self.data["params"].items() if k not in ("iterations", "stop_after_stage")}
-            if fixed != saved:
-                changed = sorted(k for k in set(fixed) | set(saved) if fixed.get(k) != saved.get(k))
-                raise ConfigError(f"resume_from_checkpoint: recipe_params {changed} differ from the interrupted run's "
-                                  f"({path}); resume with the same options (only iterations may grow).")
-            self.data["params"] = params
-        else:
-            self.data = {"params": params, "stages": {}, "weights": {"itool": None, "control": None}}
+        self.file = RecipeStateFile(path, params, resume, initial={"stages": {}, "weights": {"itool": None,
+                                                                                             "control": None}},
+                                    may_change=("iterations", "stop_after_stage"))
+        self.data = self.file.data
 
     def done(self, stage: str) -> bool:
         return stage in self.data["stages"]
@@ -197,9 +188,7 @@ class _State:
         self.data["stages"][stage] = record
         if weights is not None:
             self.data["weights"][chain] = weights
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        self.file.save()
 
 
 def _pairs_data(pairs: list[dict], prompt_ids: dict[int, list[int]]) -> list[TokenizedPair]:

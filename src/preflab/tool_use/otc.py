@@ -31,6 +31,7 @@ import torch
 
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
+from preflab.recipe_state import RecipeStateFile, load_safetensors_into
 from preflab.runlog import write_summary
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
                                        prompt_rows, sft_traces)
@@ -55,12 +56,6 @@ def tool_generator_factory(max_tool_calls: int):
     return lambda cfg, policy, tokenizer, accelerator=None: tool_generator(
         policy, tokenizer, max_tool_calls, cfg.max_completion_length, cfg.temperature, cfg.top_p,
         cfg.generation_batch_size)
-
-
-def _load(model, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path)))
 
 
 def _resume_or_clean(stage_dir: Path) -> bool:
@@ -93,26 +88,10 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     c = float(otc_c if otc_c is not None else max_tool_calls)  # one re-implementation uses the call budget (§41)
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
-    state_path = out / "otc_state.json"
-    compared = {k: v for k, v in params.items() if k not in _NOT_COMPARED}
-    if state_path.exists():
-        if not resume:
-            raise ConfigError(f"{state_path} exists: set resume_from_checkpoint=true to continue that run, or use a "
-                              "new output_dir.")
-        state = json.loads(state_path.read_text())
-        if state["params"] != compared:
-            changed = sorted(k for k in compared if state["params"].get(k) != compared[k])
-            raise ConfigError(f"{state_path}: recipe_params {changed} differ from the interrupted run's; resume with "
-                              "the same recipe_params (or use a new output_dir).")
-    else:
-        state = {"params": compared, "finished": {}}
+    store = RecipeStateFile(out / "otc_state.json", {k: v for k, v in params.items() if k not in _NOT_COMPARED},
+                            resume, initial={"finished": {}})
+    state, save_state = store.data, store.save
     say = (lambda *a: None) if quiet else print
-
-    def save_state() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(state_path)
 
     train = make_questions(n_train, seed, tool_fraction)
     heldout = make_questions(n_heldout, seed + 1, tool_fraction, exclude={q["question_id"] for q in train})
@@ -153,7 +132,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         t0 = time.perf_counter()
         again = resume and _resume_or_clean(out / name)
         model = new_model()
-        _load(model, out / "sft" / "model.safetensors")
+        load_safetensors_into(model, out / "sft" / "model.safetensors")
         task = Task(prompt_rows(train), [judge], generator=make_generator, judge_cache=False, state=tracker)
         cfg = config_from_dict({**common, "task": "online", "trainer": "grpo", "online_task": "dataset",
                                 "model_name_or_path": "(in memory)", "dataset_name": "(in memory)",
