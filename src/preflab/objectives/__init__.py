@@ -147,6 +147,7 @@ def objective_info(name: str) -> dict:
         "batch": cls.batch_type.__name__,
         "modality": cls.modality,
         "paper": cls.paper,
+        "checked_against": cls.checked_against or "not recorded",
         "tags": {k: list(v) for k, v in cls.tags.items()},
         "summary": ((importlib.import_module(cls.__module__).__doc__ or "").strip().splitlines() or [""])[0],
     }

@@ -225,6 +225,11 @@ class Objective:
     token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
+    # What this implementation's formula was checked against, most trusted first (VERIFICATION.md):
+    #   "reference code: <what>"  equal in a test to a named implementation (TRL 1.16, the paper's released code)
+    #   "official code: <repo>"   read against the authors' code; "paper text: <where>"  read against the paper
+    #   "3rd-party: <what>"       a review or re-implementation; "unverified: <why>"  from memory or derived
+    checked_against: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
     modality: ClassVar[str] = "text"
 

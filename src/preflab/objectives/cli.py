@@ -62,4 +62,5 @@ def run(args) -> int:
             print(f"    policy log-probs with gradient, computed by the loop (not data columns): "
                   f"{info['gradient_extras']}")
         print(f"    paper: {info['paper']}")
+        print(f"    checked against: {info['checked_against']}")
     return 0
