@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root, after benchmarks/device_kit.sh prepared .whl/ and .bench/ here:
+#   bash benchmarks/device_run.sh MODEL [--no-tests] [--no-profile] [--smoke]
+# 1. installs the carried wheels (TRL 1.16, datasets) into /tmp/site, no network;
+# 2. unless --no-tests: the GPU-only tests (tests/loops/test_engines_gpu.py, tests/perf/test_flex_attention.py,
+#    the QLoRA GPU test when bitsandbytes is there), log to $OUT/gpu_tests.log;
+# 3. benchmarks/gpu_compare.sh for MODEL (qwen2-0.5b, llama-1b, ...; batches 8 and 32, reference every step and
+#    precomputed, TRL and preflab interleaved), models and fixture under /tmp, results accumulated in
+#    /tmp/gpu-compare across calls on the same (warm) machine;
+# 4. copies the small outputs to $OUT (results.jsonl, report.md, profiles, environment, logs): at most 8 files.
+# --smoke: the same on CPU with the tiny shape (PY, TRL_PY: pythons with preflab's and TRL's packages; the wheels
+# are installed only when TRL_PY cannot import trl).
+set -uo pipefail
+MODEL=${1:?usage: device_run.sh MODEL [--no-tests] [--no-profile] [--smoke]}
+shift
+TESTS=1; PROFILE=1; SMOKE=()
+for a in "$@"; do
+  case $a in --no-tests) TESTS=0;; --no-profile) PROFILE=0;; --smoke) SMOKE=(--smoke);; *) echo "unknown option $a"; exit 2;; esac
+done
+PY=${PY:-python3}
+TRL_PY=${TRL_PY:-$PY}
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/device-out}; mkdir -p "$OUT"
+collect() {
+  for f in results.jsonl report.md profile_trl.txt profile_preflab.txt environment.json stderr.log; do
+    [ -f /tmp/gpu-compare/$f ] && cp /tmp/gpu-compare/$f "$OUT/" ; done
+  return 0
+}
+trap collect EXIT
+if ! "$TRL_PY" -c "import trl" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src
+"$TRL_PY" - <<'PY' | tee "$OUT/versions.txt"
+import importlib
+for name in ("torch", "transformers", "accelerate", "peft", "datasets", "pyarrow", "trl", "preflab"):
+    try:
+        mod = importlib.import_module(name)
+        print(name, getattr(mod, "__version__", "?"), mod.__file__)
+    except Exception as exc:  # a missing or incompatible package: say which, the run below will stop on it
+        print(name, "FAILED", type(exc).__name__, exc)
+import torch
+print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+PY
+if [ "$TESTS" = 1 ]; then
+  timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/loops/test_engines_gpu.py tests/perf/test_flex_attention.py \
+    tests/test_qlora.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+fi
+OUT=/tmp/gpu-compare PY=$PY TRL_PY=$TRL_PY PREFBENCH_DIR=$PWD/.bench MODELS=$MODEL PROFILE=$PROFILE \
+  bash benchmarks/gpu_compare.sh "${SMOKE[@]}"
