@@ -37,9 +37,17 @@ NOT_BUILT = {"granitemoehybrid": "config validation needs mamba head sizes", "ge
              "minimax_m3_vl_text": "2M parameters", "cpmant": "2M parameters", "blenderbot-small": "1M parameters",
              "ctrl": "1M parameters", "xlnet": "not a causal mask model; slow"}
 ARCHS = sorted((set(PLAIN_HEAD) | set(HEAD_POST)) - set(NOT_BUILT))
+# the transformers release the registry was written against; an older one lacks its newest model types
+REGISTRY_TRANSFORMERS = (5, 25)
+
+
+def installed_transformers() -> tuple[int, int]:
+    return tuple(int(x) for x in transformers.__version__.split(".")[:2])
 
 
 def tiny(model_type: str, **extra):
+    if model_type not in CONFIG_MAPPING and installed_transformers() < REGISTRY_TRANSFORMERS:
+        pytest.skip(f"{model_type} is newer than the installed transformers {transformers.__version__}")
     cls = CONFIG_MAPPING[model_type]
     known = cls().to_dict()
     kwargs = {k: v for k, v in TINY.items() if k in known}
@@ -75,8 +83,10 @@ def test_scoring_equals_log_softmax_of_model_logits(model_type):
 def test_every_registry_entry_is_tested_or_says_why_not():
     assert set(NOT_BUILT) <= set(PLAIN_HEAD) | set(HEAD_POST)
     assert not (set(PLAIN_HEAD) & set(HEAD_POST)) and not (set(REFUSED_HEAD) & (set(PLAIN_HEAD) | set(HEAD_POST)))
-    for model_type in set(HEAD_POST) | set(PLAIN_HEAD) | set(REFUSED_HEAD):
-        assert model_type in CONFIG_MAPPING, model_type
+    unknown = sorted(t for t in set(HEAD_POST) | set(PLAIN_HEAD) | set(REFUSED_HEAD) if t not in CONFIG_MAPPING)
+    if unknown and installed_transformers() < REGISTRY_TRANSFORMERS:  # CI's release checks the names for typos
+        pytest.skip(f"transformers {transformers.__version__} predates the registry's {unknown}")
+    assert not unknown, f"registry entries unknown to transformers {transformers.__version__}: {unknown}"
 
 
 def test_granite_logit_scaling_changes_log_probs_by_the_closed_form():

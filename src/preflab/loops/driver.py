@@ -61,8 +61,13 @@ def launched_world_size() -> int:
 
 def _has_accelerator_device() -> bool:
     """A device with a distributed backend (cuda, xpu, ...), as accelerate decides it; False on a CPU machine."""
-    from accelerate.utils.imports import get_distributed_backend, get_torch_accelerator_backend
+    try:
+        from accelerate.utils.imports import get_distributed_backend, get_torch_accelerator_backend
+    except ImportError:  # accelerate < 1.16: any accelerator torch sees (they all have a distributed backend)
+        import torch
 
+        accel = getattr(torch, "accelerator", None)
+        return bool(accel.is_available()) if accel is not None else torch.cuda.is_available()
     device_type, _ = get_torch_accelerator_backend()
     return device_type is not None and get_distributed_backend(device_type) is not None
 
