@@ -5,7 +5,7 @@
     iterative_dpo  pairs by score                             loss_type      pi_t        Xiong et al. 2024 (2312.11456)
     rso            pairs from rejection sampling of the K     hinge_norm     pi_0        Liu et al. 2023 (2309.06657)
     sppo           best / worst by win rate p_i = P(y_i > pi_t) sppo          pi_t        Wu et al. 2024 (2405.00675)
-    gpo            best / worst by centred score s_i = 2 p_i - 1  gpo        pi_t        Zhang et al. 2024 (2410.02197)
+    gpo            best / worst by centred score s_i (log-odds)  gpo       pi_t        Zhang et al. 2024 (2410.02197)
     hypo           pairs by score + the K fresh samples       hypo           pi_0        Song et al. 2024 (2406.01462)
     dpa_rsf        the best of K by the directional score v^T r (v = reward_weights over the judges, e.g. the
                    attribute heads of a multi-objective RM), SFT on it (only the chosen side is read)
@@ -25,11 +25,20 @@ step weights reduce to one per response; multi-step trees from a step-structured
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
 of a prompt: a preference model's win_rate_matrix, or a reward judge through preference_temperature
 (0: P = 1[r_i > r_j] + 1/2 1[r_i = r_j]; t > 0: sigmoid((r_i - r_j)/t)). p_i = (1/K) sum_j P[i, j] estimates
-P(y_i > pi_t) from the K samples of pi_t (the diagonal contributes 1/2), and GPO's centred score is
-s_i = (1/K) sum_j (P[i, j] - P[j, i]) = 2 p_i - 1 (Zhang et al. 2024): zero for a response as good as pi_t, so
-GPO's target s/beta pushes a worse-than-average response's log-ratio down (SPPO subtracts 1/2 for the same reason).
-Feeding GPO the uncentred p_i in [0, 1] would make every target positive and raise the rejected response: the
-defect of the former loops.online path, pinned by tests/online/test_online_run.py::test_gpo_scores_are_centred.
+P(y_i > pi_t) from the K samples of pi_t (the diagonal contributes 1/2) for SPPO. GPO regresses on the general
+preference *score*, not on a probability: with T[i, j] = log(P[i, j] / (1 - P[i, j])) the preference log-odds (for
+a GPM, s(y_i > y_j)/tau exactly; for a reward judge with t > 0, (r_i - r_j)/t),
+
+    s_i = (1/K) sum_j (T[i, j] - T[j, i])
+
+as in the official GPO pipeline (general-preference/general-preference-model@a376d95,
+LLM-Alignment/scripts/compute_score_from_raw.py: the GPM's raw score table, antisymmetrized, "directly use the table
+as prob (actually score)"; chosen/rejected = argmax/argmin of the same row means, RMs/ranker.py "max_logits").
+s_i is zero for a response as good as pi_t, so GPO's target s/beta pushes a worse-than-average response's log-ratio
+down (SPPO subtracts 1/2 for the same reason); feeding GPO the uncentred p_i in [0, 1] would raise the rejected
+response (the defect of the former loops.online path, pinned by tests/online/test_online_run.py). Hard labels
+(preference_temperature 0, or a judge returning P = 0 or 1) have infinite log-odds: gpo refuses them. (Before this
+fix the gpo trainer used the bounded 2 p_i - 1, a different target scale from the paper's code.)
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ from typing import Callable
 
 import torch
 
+from preflab.errors import ConfigError
 from preflab.loops.pair_builders import build_pairs
 from preflab.online.examples import Example
 
@@ -99,6 +109,23 @@ def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor
     return (diff > 0).double() + 0.5 * (diff == 0).double()
 
 
+def preference_log_odds(P: torch.Tensor, row_id=None) -> torch.Tensor:
+    """[k, k] T[i, j] = log(P[i, j] / (1 - P[i, j])), the general-preference score GPO regresses on (module
+    docstring); refuses off-diagonal P of 0 or 1 (infinite score) with what to change."""
+    P = torch.as_tensor(P, dtype=torch.float64)
+    off = ~torch.eye(P.shape[0], dtype=torch.bool)
+    hard = off & ((P <= 0) | (P >= 1))
+    if hard.any():
+        i, j = (int(x) for x in torch.nonzero(hard)[0])
+        raise ConfigError(
+            f"trainer gpo: prompt row {row_id}: P[{i}][{j}] = {float(P[i, j])} has an infinite preference score "
+            "log(P / (1 - P)); GPO regresses on the score, not on hard labels. Set preference_temperature > 0 "
+            "(a reward judge then gives P = sigmoid((r_i - r_j) / t)) or use a preference model (e.g. a GPM) whose "
+            "probabilities stay in (0, 1).")
+    T = torch.log(P) - torch.log1p(-P)
+    return T.masked_fill(~off, 0.0)
+
+
 def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
                    matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator,
                    per_judge: torch.Tensor | None = None) -> tuple[list, dict]:
@@ -132,8 +159,11 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         if len(valid) < 2:
             continue
         P = matrices(p, valid)
-        win = P.mean(-1)                                     # p_i = (1/K) sum_j P[i, j]
-        value = win if spec.scores == "win_rate" else (P - P.T).mean(-1)   # centred: 2 p_i - 1
+        if spec.scores == "win_rate":
+            value = P.mean(-1)                               # p_i = (1/K) sum_j P[i, j]
+        else:
+            T = preference_log_odds(P, row.row_id)
+            value = (T - T.T).mean(-1)                       # GPO: s_i = (1/K) sum_j (T[i, j] - T[j, i])
         best, worst = int(value.argmax()), int(value.argmin())
         if value[best] == value[worst]:
             counts["pairs/ties_dropped"] += 1
