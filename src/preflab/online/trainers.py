@@ -20,6 +20,10 @@ is not direction-conditioned); a prompt whose K scores all tie gives no example.
                    (online/upo.py: L = (1-a) l(b D') + a l(-b D'), a = a_max BALD / ln 2)
     mcts_dpo       step pairs from an MCTS over answer steps  mcts_step_dpo  pi_0        Xie et al. 2024 (2405.00451)
                    (online/mcts.py: highest vs lowest Q child of each committed decision, eps from visits)
+hypo deviation from HyPO (Song et al. 2024): the paper's contrastive (DPO) term runs on the *offline* preference
+data and only the KL term on fresh, unlabeled samples of pi_theta; here the DPO pairs are the judged online samples
+(online DPO + HyPO's online reverse-KL term). No preflab run yet feeds offline pairs and fresh samples together,
+so the paper's exact data split is not available as a recipe.
 tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
 step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
