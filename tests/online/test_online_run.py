@@ -157,7 +157,7 @@ def test_gpo_scores_are_the_gpm_score_table_and_refuse_hard_labels():
     from types import SimpleNamespace
 
     from preflab.loops.rollout import PromptRow
-    from preflab.online.trainers import TRAINERS, build_examples, preference_matrix
+    from preflab.online.trainers import TRAINERS, build_examples, preference_matrix, reward_log_odds
 
     rows = [PromptRow(0, "p", [1, 5], {})]
     S = torch.tensor([[0.0, 0.3, -0.8], [-0.3, 0.0, 0.5], [0.8, -0.5, 0.0]], dtype=torch.float64)
@@ -168,6 +168,17 @@ def test_gpo_scores_are_the_gpm_score_table_and_refuse_hard_labels():
     expected = (2 / 3) * S.sum(1) / tau                           # (2/3) (-0.5, 0.2, 0.3) / 0.1
     assert ex.completions == [[9], [7]]
     assert ex.extras == pytest.approx({"score_chosen": float(expected[2]), "score_rejected": float(expected[0])})
+    # the judge's exact log-odds (GPMPreference/BTPreference.log_odds_matrix) beat a saturated probability:
+    big = 50 * S                                               # s/tau up to 400: sigmoid(.) = 1.0 in float64
+    ex = build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores,
+                        lambda p, valid: torch.sigmoid(big / tau), torch.Generator(),
+                        log_odds=lambda p, valid: big / tau)[0][0]
+    assert ex.extras == pytest.approx({"score_chosen": 50 * float(expected[2]), "score_rejected": 50 * float(expected[0])})
+    # temperature 0: all-tied scores give no pair (log-odds 0), any strict preference is refused
+    tied = reward_log_odds(torch.tensor([0.5, 0.5, 0.5]), 0.0)
+    assert torch.equal(tied, torch.zeros(3, 3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="preference_temperature > 0"):
+        reward_log_odds(torch.tensor([1.0, 0.5, 0.5]), 0.0, row_id=4)
     hard = lambda p, valid: preference_matrix(torch.tensor([1.0, 0.5, 0.0]), 0.0)  # noqa: E731
     with pytest.raises(ConfigError, match="preference_temperature > 0"):
         build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores, hard, torch.Generator())

@@ -41,11 +41,14 @@ as prob (actually score)"; chosen/rejected = argmax/argmin of the same row means
 s_i is zero for a response as good as pi_t, so GPO's target s/beta pushes a worse-than-average response's log-ratio
 down (SPPO subtracts 1/2 for the same reason); feeding GPO the uncentred p_i in [0, 1] would raise the rejected
 response (the defect of the former loops.online path, pinned by tests/online/test_online_run.py). Hard labels
-(preference_temperature 0, or a judge returning P = 0 or 1) have infinite log-odds: gpo refuses them. (Before this
+(preference_temperature 0, or a judge returning P = 0 or 1) have infinite log-odds: gpo refuses them. T is read
+without the sigmoid round trip when it can be (a judge's `log_odds_matrix`, GPMPreference/BTPreference; a reward
+judge's (r_i - r_j)/t), since a saturated probability loses it. (Before this
 fix the gpo trainer used the bounded 2 p_i - 1, a different target scale from the paper's code.)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -115,27 +118,43 @@ def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor
 
 def preference_log_odds(P: torch.Tensor, row_id=None) -> torch.Tensor:
     """[k, k] T[i, j] = log(P[i, j] / (1 - P[i, j])), the general-preference score GPO regresses on (module
-    docstring); refuses off-diagonal P of 0 or 1 (infinite score) with what to change."""
+    docstring), from a probability matrix; see `check_log_odds` for what is refused."""
     P = torch.as_tensor(P, dtype=torch.float64)
-    off = ~torch.eye(P.shape[0], dtype=torch.bool)
-    hard = off & ((P <= 0) | (P >= 1))
-    if hard.any():
-        i, j = (int(x) for x in torch.nonzero(hard)[0])
+    return check_log_odds(torch.log(P) - torch.log1p(-P), row_id)
+
+
+def check_log_odds(T: torch.Tensor, row_id=None) -> torch.Tensor:
+    """T with a zero diagonal; refuses an infinite or NaN off-diagonal score (P of 0 or 1: hard labels) with what
+    to change. Indices are among the prompt's scorable completions."""
+    T = torch.as_tensor(T, dtype=torch.float64)
+    off = ~torch.eye(T.shape[0], dtype=torch.bool)
+    bad = off & ~torch.isfinite(T)
+    if bad.any():
+        i, j = (int(x) for x in torch.nonzero(bad)[0])
         raise ConfigError(
-            f"trainer gpo: prompt row {row_id}: P[{i}][{j}] = {float(P[i, j])} has an infinite preference score "
-            "log(P / (1 - P)); GPO regresses on the score, not on hard labels. Set preference_temperature > 0 "
-            "(a reward judge then gives P = sigmoid((r_i - r_j) / t)) or use a preference model (e.g. a GPM) whose "
-            "probabilities stay in (0, 1).")
-    T = torch.log(P) - torch.log1p(-P)
+            f"trainer gpo: prompt row {row_id}: the preference score log(P / (1 - P)) of scorable completions "
+            f"{i} over {j} is {float(T[i, j])} (P = 0 or 1); GPO regresses on the score, not on hard labels. Set "
+            "preference_temperature > 0 (a reward judge then gives (r_i - r_j) / t) or use a preference model "
+            "(e.g. a GPM) whose scores are finite.")
     return T.masked_fill(~off, 0.0)
+
+
+def reward_log_odds(rewards: torch.Tensor, temperature: float, row_id=None) -> torch.Tensor:
+    """[k, k] (r_i - r_j) / t, the log-odds of `preference_matrix(rewards, t)` computed exactly (t > 0)."""
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    diff = r.unsqueeze(1) - r.unsqueeze(0)
+    hard = torch.where(diff == 0, torch.zeros_like(diff), torch.sign(diff) * math.inf)  # t = 0: P in {0, 1/2, 1}
+    return check_log_odds(diff / temperature if temperature > 0 else hard, row_id)
 
 
 def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
                    matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator,
-                   per_judge: torch.Tensor | None = None) -> tuple[list, dict]:
+                   per_judge: torch.Tensor | None = None,
+                   log_odds: Callable[[int, list[int]], torch.Tensor] | None = None) -> tuple[list, dict]:
     """(examples, counts) of one judged round. rows: the round's prompt rows; completions[p][k]: token ids;
     scores [P, K] (NaN: dropped); matrices(p, valid_indices) -> P over those completions; per_judge [P, K, J]:
-    each judge's own scores (read by upo only)."""
+    each judge's own scores (read by upo only); log_odds(p, valid_indices) -> T = log(P / (1 - P)) computed without
+    the sigmoid round trip (read by gpo; None: from matrices)."""
     examples, counts = [], {"pairs/ties_dropped": 0}
     if spec.kind == "groups":
         for p, row in enumerate(rows):
@@ -166,7 +185,7 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         if spec.scores == "win_rate":
             value = P.mean(-1)                               # p_i = (1/K) sum_j P[i, j]
         else:
-            T = preference_log_odds(P, row.row_id)
+            T = check_log_odds(log_odds(p, valid), row.row_id) if log_odds else preference_log_odds(P, row.row_id)
             value = (T - T.T).mean(-1)                       # GPO: s_i = (1/K) sum_j (T[i, j] - T[j, i])
         best, worst = int(value.argmax()), int(value.argmin())
         if value[best] == value[worst]:
