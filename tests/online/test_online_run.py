@@ -141,7 +141,8 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
 
 
     # and in a run: one GPO step lowers the rejected responses' log-ratio to pi_t and raises the chosen ones'
-    run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, preference_temperature=1.0, steps_per_generation=1,
+    run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, preference_temperature=1.0,
+                            steps_per_generation=1,
                             learning_rate=1e-3, gradient_accumulation_steps=1, per_device_train_batch_size=8))
     run.train()
     exs = run.pending.examples
@@ -173,7 +174,8 @@ def test_gpo_scores_are_the_gpm_score_table_and_refuse_hard_labels():
     ex = build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores,
                         lambda p, valid: torch.sigmoid(big / tau), torch.Generator(),
                         log_odds=lambda p, valid: big / tau)[0][0]
-    assert ex.extras == pytest.approx({"score_chosen": 50 * float(expected[2]), "score_rejected": 50 * float(expected[0])})
+    assert ex.extras == pytest.approx({"score_chosen": 50 * float(expected[2]),
+                                       "score_rejected": 50 * float(expected[0])})
     # temperature 0: all-tied scores give no pair (log-odds 0), any strict preference is refused
     tied = reward_log_odds(torch.tensor([0.5, 0.5, 0.5]), 0.0)
     assert torch.equal(tied, torch.zeros(3, 3, dtype=torch.float64))
