@@ -139,7 +139,6 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
     assert grad_rejected("sppo", made["sppo"].extras) > 0 and grad_rejected("gpo", made["gpo"].extras) > 0
     assert grad_rejected("gpo", made["sppo"].extras) < 0          # the old defect: uncentred win rates
 
-
     # and in a run: one GPO step lowers the rejected responses' log-ratio to pi_t and raises the chosen ones'
     run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, preference_temperature=1.0,
                             steps_per_generation=1,
