@@ -125,7 +125,7 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
                                  torch.Generator())[0][0] for name in ("gpo", "sppo")}
     assert made["gpo"].completions == [[7], [9]]
     assert made["gpo"].extras == pytest.approx({"score_chosen": 1.0, "score_rejected": -1.0}, abs=1e-12)
-    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    sig = lambda x: 1 / (1 + math.exp(-x))
     assert made["sppo"].extras == pytest.approx({"score_chosen": (0.5 + sig(0.5) + sig(1.0)) / 3,
                                                  "score_rejected": (0.5 + sig(-0.5) + sig(-1.0)) / 3})
 
@@ -157,7 +157,12 @@ def test_gpo_scores_are_the_gpm_score_table_and_refuse_hard_labels():
     from types import SimpleNamespace
 
     from preflab.loops.rollout import PromptRow
-    from preflab.online.trainers import TRAINERS, build_examples, preference_matrix, reward_log_odds
+    from preflab.online.trainers import (
+        TRAINERS,
+        build_examples,
+        preference_matrix,
+        reward_log_odds,
+    )
 
     rows = [PromptRow(0, "p", [1, 5], {})]
     S = torch.tensor([[0.0, 0.3, -0.8], [-0.3, 0.0, 0.5], [0.8, -0.5, 0.0]], dtype=torch.float64)
@@ -180,7 +185,7 @@ def test_gpo_scores_are_the_gpm_score_table_and_refuse_hard_labels():
     assert torch.equal(tied, torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(ConfigError, match="preference_temperature > 0"):
         reward_log_odds(torch.tensor([1.0, 0.5, 0.5]), 0.0, row_id=4)
-    hard = lambda p, valid: preference_matrix(torch.tensor([1.0, 0.5, 0.0]), 0.0)  # noqa: E731
+    hard = lambda p, valid: preference_matrix(torch.tensor([1.0, 0.5, 0.0]), 0.0)
     with pytest.raises(ConfigError, match="preference_temperature > 0"):
         build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores, hard, torch.Generator())
 
