@@ -1,5 +1,6 @@
 """The online run (task: online) on TrainingRun: exact resume mid-round, judge failures, GPO's centred scores."""
 import json
+import math
 
 import pytest
 import torch
@@ -105,9 +106,11 @@ def test_online_config_errors():
 
 
 def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
-    """GPO's scores are s_i = (1/K) sum_j (P_ij - P_ji) = 2 p_i - 1 (centred), so at policy = pi_t
-    dL/dS_rejected has SPPO's sign (positive: a descent step lowers the rejected response) and is exactly twice
-    SPPO's; the former path fed the win rate p_i in [0, 1], which gives the opposite sign."""
+    """GPO's scores are the official pipeline's s_i = (1/K) sum_j (T_ij - T_ji) with T = log(P / (1 - P)) the
+    preference log-odds (general-preference-model@a376d95 compute_score_from_raw.py: raw GPM score table, not
+    probabilities). Rewards (1, 0.5, 0) at preference_temperature 1: T_ij = r_i - r_j, s = 2 (r - mean r) =
+    (1, 0, -1); the former 2 p_i - 1 gave 0.2357. Centred, so at policy = pi_t dL/dS_rejected has SPPO's sign
+    (a descent step lowers the rejected response); the uncentred win rate p_i would give the opposite sign."""
     from types import SimpleNamespace
 
     from preflab.loops.rollout import PromptRow
@@ -117,12 +120,14 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
 
     rows = [PromptRow(0, "p", [1, 5], {})]
     scores = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
-    matrices = lambda p, valid: preference_matrix(scores[p, valid], 0.0)  # noqa: E731
+    matrices = lambda p, valid: preference_matrix(scores[p, valid], 1.0)  # noqa: E731
     made = {name: build_examples(TRAINERS[name], SimpleNamespace(), rows, [[[7], [8], [9]]], scores, matrices,
                                  torch.Generator())[0][0] for name in ("gpo", "sppo")}
     assert made["gpo"].completions == [[7], [9]]
-    assert made["gpo"].extras == pytest.approx({"score_chosen": 2 / 3, "score_rejected": -2 / 3})
-    assert made["sppo"].extras == pytest.approx({"score_chosen": 5 / 6, "score_rejected": 1 / 6})
+    assert made["gpo"].extras == pytest.approx({"score_chosen": 1.0, "score_rejected": -1.0}, abs=1e-12)
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    assert made["sppo"].extras == pytest.approx({"score_chosen": (0.5 + sig(0.5) + sig(1.0)) / 3,
+                                                 "score_rejected": (0.5 + sig(-0.5) + sig(-1.0)) / 3})
 
     def grad_rejected(name, extras):
         chosen, rejected = torch.tensor([-3.0], requires_grad=True), torch.tensor([-4.0], requires_grad=True)
@@ -131,12 +136,12 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
         get_objective(name, beta=0.1)(batch).loss.backward()
         return float(rejected.grad)
 
-    gpo, sppo = grad_rejected("gpo", made["gpo"].extras), grad_rejected("sppo", made["sppo"].extras)
-    assert sppo > 0 and gpo == pytest.approx(2 * sppo)
+    assert grad_rejected("sppo", made["sppo"].extras) > 0 and grad_rejected("gpo", made["gpo"].extras) > 0
     assert grad_rejected("gpo", made["sppo"].extras) < 0          # the old defect: uncentred win rates
 
     # and in a run: one GPO step lowers the rejected responses' log-ratio to pi_t and raises the chosen ones'
-    run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, steps_per_generation=1,
+    run = tiny_run(tiny_cfg(tmp_path, trainer="gpo", beta=0.5, max_steps=1, preference_temperature=1.0,
+                            steps_per_generation=1,
                             learning_rate=1e-3, gradient_accumulation_steps=1, per_device_train_batch_size=8))
     run.train()
     exs = run.pending.examples
@@ -144,6 +149,45 @@ def test_gpo_scores_are_centred_and_push_the_rejected_response_down(tmp_path):
     h = [sum(a) - sum(b) for a, b in zip(now, [r for e in exs for r in e.ref])]
     chosen, rejected = h[0::2], h[1::2]
     assert sum(rejected) / len(rejected) < 0 < sum(chosen) / len(chosen)
+
+
+def test_gpo_scores_are_the_gpm_score_table_and_refuse_hard_labels():
+    """With a GPM judge P = sigmoid(S / tau) for a skew-symmetric score table S, GPO's score is the official
+    (1/K) sum_j (S_ij - S_ji) / tau = (2/K) sum_j S_ij / tau exactly; hard labels (temperature 0) are refused."""
+    from types import SimpleNamespace
+
+    from preflab.loops.rollout import PromptRow
+    from preflab.online.trainers import (
+        TRAINERS,
+        build_examples,
+        preference_matrix,
+        reward_log_odds,
+    )
+
+    rows = [PromptRow(0, "p", [1, 5], {})]
+    S = torch.tensor([[0.0, 0.3, -0.8], [-0.3, 0.0, 0.5], [0.8, -0.5, 0.0]], dtype=torch.float64)
+    tau = 0.1
+    scores = torch.zeros(1, 3, dtype=torch.float64)
+    ex = build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores,
+                        lambda p, valid: torch.sigmoid(S / tau), torch.Generator())[0][0]
+    expected = (2 / 3) * S.sum(1) / tau                           # (2/3) (-0.5, 0.2, 0.3) / 0.1
+    assert ex.completions == [[9], [7]]
+    assert ex.extras == pytest.approx({"score_chosen": float(expected[2]), "score_rejected": float(expected[0])})
+    # the judge's exact log-odds (GPMPreference/BTPreference.log_odds_matrix) beat a saturated probability:
+    big = 50 * S                                               # s/tau up to 400: sigmoid(.) = 1.0 in float64
+    ex = build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores,
+                        lambda p, valid: torch.sigmoid(big / tau), torch.Generator(),
+                        log_odds=lambda p, valid: big / tau)[0][0]
+    assert ex.extras == pytest.approx({"score_chosen": 50 * float(expected[2]),
+                                       "score_rejected": 50 * float(expected[0])})
+    # temperature 0: all-tied scores give no pair (log-odds 0), any strict preference is refused
+    tied = reward_log_odds(torch.tensor([0.5, 0.5, 0.5]), 0.0)
+    assert torch.equal(tied, torch.zeros(3, 3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="preference_temperature > 0"):
+        reward_log_odds(torch.tensor([1.0, 0.5, 0.5]), 0.0, row_id=4)
+    hard = lambda p, valid: preference_matrix(torch.tensor([1.0, 0.5, 0.0]), 0.0)
+    with pytest.raises(ConfigError, match="preference_temperature > 0"):
+        build_examples(TRAINERS["gpo"], SimpleNamespace(), rows, [[[7], [8], [9]]], scores, hard, torch.Generator())
 
 
 def test_game_preferences_errors_name_the_entry():

@@ -87,3 +87,13 @@ def test_judge_scores_equal_the_training_forward():
     two = RewardModel(build_reward_model("builtin:tiny-qwen2", 2, tok), tok)
     with pytest.raises(ConfigError, match="direction="):
         two.score(prompts[:1], ["x"])
+
+
+def test_bt_log_odds_are_exact_where_the_probability_saturates():
+    """GPO reads log(P / (1 - P)) = (r_i - r_j) / tau; computing it as logit(sigmoid(.)) loses it once P rounds to 1
+    (here r differs by 80 / tau = 0.5: P = 1.0 exactly in float64, the log-odds 160 are kept)."""
+    pm = BTPreference(TableReward({"a": 80.0, "b": 0.0, "c": -1.0}), tau=0.5)
+    T = pm.log_odds_matrix("x", ["a", "b", "c"])
+    assert T.tolist() == [[0.0, 160.0, 162.0], [-160.0, 0.0, 2.0], [-162.0, -2.0, 0.0]]
+    assert pm.win_rate_matrix("x", ["a", "b", "c"])[0, 1].item() == 1.0
+    torch.testing.assert_close(pm.win_rate_matrix("x", ["b", "c"]), torch.sigmoid(T[1:, 1:]), atol=0, rtol=0)

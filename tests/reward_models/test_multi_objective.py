@@ -20,6 +20,14 @@ def test_angle_to_weights(theta, weights):
     assert f"helpfulness*{weights[0]} + verbosity*{weights[1]}" in direction_system_prompt(theta)
 
 
+def test_system_prompt_is_the_dpa_template_verbatim():
+    """RLHFlow/Directional-Preference-Alignment README: the template the released DPA model was trained with,
+    at -15 degrees (its worked example: weights 97, -26)."""
+    assert direction_system_prompt(-15) == (
+        "You are a helpful, respectful, and honest assistant who always responds to the user in a harmless way. "
+        "Your response should maximize weighted rating = helpfulness*97 + verbosity*-26")
+
+
 FRONT = {"arm0": (1.0, 0.0), "arm1": (0.9, 0.4), "arm2": (0.6, 0.8), "arm3": (0.0, 1.0)}
 
 

@@ -21,7 +21,7 @@ weights and targets below, pi_t = the policy at the round start, pi_ref = pi_0, 
     nash_md     anchor and opponent the geometric mixture pi_mix ∝ pi_t^(1-eta beta) pi_ref^(eta beta) (eta = game_eta /
                 beta): all pairs i < j, objective online_ipo with beta = 1/eta and the reference slots carrying
                 log pi_mix: minimiser pi_mix exp(eta P pi_mix), Nash-MD's update (Munos et al. 2023, arXiv:2312.00886)
-    apo         accelerated INPO (He et al. 2024, "Accelerated Preference Optimization", arXiv:2410.05927, Alg. 1, with
+    apo         accelerated INPO (He et al. 2024, "Accelerated Preference Optimization", arXiv:2410.06293, Alg. 1, with
                 INPO's step as the base update): the round's pi_t (weights, anchor, opponent) is the extrapolated
                 iterate pi_hat ∝ pi_t^(1 + apo_alpha) / pi_{t-1}^apo_alpha, pi_{t-1} read from the previous round
     sppo        all pairs, objective sppo, scores p = (P pi_t), reference slots pi_t (Wu et al. 2024)

@@ -53,7 +53,8 @@ from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
                                      sequence_logps, token_matrix)
 from preflab.online.generator import make_generator
-from preflab.online.trainers import TRAINERS, build_examples, preference_matrix
+from preflab.online.trainers import (TRAINERS, build_examples, preference_log_odds, preference_matrix,
+                                     reward_log_odds)
 from preflab.scoring.lm import LogProbScorer, Scores, split_pairs
 
 
@@ -253,8 +254,17 @@ class OnlineRun(TrainingRun):
                                        dtype=torch.float64)
             return preference_matrix(scores[p, valid], cfg.preference_temperature)
 
+        def log_odds(p: int, valid: list[int]) -> torch.Tensor:  # gpo: log(P / (1 - P)) without the sigmoid
+            pref = [j for j, kind in zip(self.judge.judges, self.judge.kinds) if kind == "preference"]
+            if pref and hasattr(pref[0], "log_odds_matrix"):
+                return torch.as_tensor(pref[0].log_odds_matrix(prompts[p * K], [texts[p * K + k] for k in valid]),
+                                       dtype=torch.float64)
+            if pref:
+                return preference_log_odds(matrices(p, valid), rows[p].row_id)
+            return reward_log_odds(scores[p, valid], cfg.preference_temperature, rows[p].row_id)
+
         examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g,
-                                          per_fn.view(n, K, -1))
+                                          per_fn.view(n, K, -1), log_odds)
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]

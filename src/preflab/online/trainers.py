@@ -5,7 +5,7 @@
     iterative_dpo  pairs by score                             loss_type      pi_t        Xiong et al. 2024 (2312.11456)
     rso            pairs from rejection sampling of the K     hinge_norm     pi_0        Liu et al. 2023 (2309.06657)
     sppo           best / worst by win rate p_i = P(y_i > pi_t) sppo          pi_t        Wu et al. 2024 (2405.00675)
-    gpo            best / worst by centred score s_i = 2 p_i - 1  gpo        pi_t        Zhang et al. 2024 (2410.02197)
+    gpo            best / worst by centred score s_i (log-odds)  gpo       pi_t        Zhang et al. 2024 (2410.02197)
     hypo           pairs by score + the K fresh samples       hypo           pi_0        Song et al. 2024 (2406.01462)
     dpa_rsf        the best of K by the directional score v^T r (v = reward_weights over the judges, e.g. the
                    attribute heads of a multi-objective RM), SFT on it (only the chosen side is read)
@@ -20,24 +20,41 @@ is not direction-conditioned); a prompt whose K scores all tie gives no example.
                    (online/upo.py: L = (1-a) l(b D') + a l(-b D'), a = a_max BALD / ln 2)
     mcts_dpo       step pairs from an MCTS over answer steps  mcts_step_dpo  pi_0        Xie et al. 2024 (2405.00451)
                    (online/mcts.py: highest vs lowest Q child of each committed decision, eps from visits)
+hypo deviation from HyPO (Song et al. 2024): the paper's contrastive (DPO) term runs on the *offline* preference
+data and only the KL term on fresh, unlabeled samples of pi_theta; here the DPO pairs are the judged online samples
+(online DPO + HyPO's online reverse-KL term). No preflab run yet feeds offline pairs and fresh samples together,
+so the paper's exact data split is not available as a recipe.
 tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
 step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
 of a prompt: a preference model's win_rate_matrix, or a reward judge through preference_temperature
 (0: P = 1[r_i > r_j] + 1/2 1[r_i = r_j]; t > 0: sigmoid((r_i - r_j)/t)). p_i = (1/K) sum_j P[i, j] estimates
-P(y_i > pi_t) from the K samples of pi_t (the diagonal contributes 1/2), and GPO's centred score is
-s_i = (1/K) sum_j (P[i, j] - P[j, i]) = 2 p_i - 1 (Zhang et al. 2024): zero for a response as good as pi_t, so
-GPO's target s/beta pushes a worse-than-average response's log-ratio down (SPPO subtracts 1/2 for the same reason).
-Feeding GPO the uncentred p_i in [0, 1] would make every target positive and raise the rejected response: the
-defect of the former loops.online path, pinned by tests/online/test_online_run.py::test_gpo_scores_are_centred.
+P(y_i > pi_t) from the K samples of pi_t (the diagonal contributes 1/2) for SPPO. GPO regresses on the general
+preference *score*, not on a probability: with T[i, j] = log(P[i, j] / (1 - P[i, j])) the preference log-odds (for
+a GPM, s(y_i > y_j)/tau exactly; for a reward judge with t > 0, (r_i - r_j)/t),
+
+    s_i = (1/K) sum_j (T[i, j] - T[j, i])
+
+as in the official GPO pipeline (general-preference/general-preference-model@a376d95,
+LLM-Alignment/scripts/compute_score_from_raw.py: the GPM's raw score table, antisymmetrized, "directly use the table
+as prob (actually score)"; chosen/rejected = argmax/argmin of the same row means, RMs/ranker.py "max_logits").
+s_i is zero for a response as good as pi_t, so GPO's target s/beta pushes a worse-than-average response's log-ratio
+down (SPPO subtracts 1/2 for the same reason); feeding GPO the uncentred p_i in [0, 1] would raise the rejected
+response (the defect of the former loops.online path, pinned by tests/online/test_online_run.py). Hard labels
+(preference_temperature 0, or a judge returning P = 0 or 1) have infinite log-odds: gpo refuses them. T is read
+without the sigmoid round trip when it can be (a judge's `log_odds_matrix`, GPMPreference/BTPreference; a reward
+judge's (r_i - r_j)/t), since a saturated probability loses it. (Before this
+fix the gpo trainer used the bounded 2 p_i - 1, a different target scale from the paper's code.)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from preflab.errors import ConfigError
 from preflab.loops.pair_builders import build_pairs
 from preflab.online.examples import Example
 
@@ -99,12 +116,45 @@ def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor
     return (diff > 0).double() + 0.5 * (diff == 0).double()
 
 
+def preference_log_odds(P: torch.Tensor, row_id=None) -> torch.Tensor:
+    """[k, k] T[i, j] = log(P[i, j] / (1 - P[i, j])), the general-preference score GPO regresses on (module
+    docstring), from a probability matrix; see `check_log_odds` for what is refused."""
+    P = torch.as_tensor(P, dtype=torch.float64)
+    return check_log_odds(torch.log(P) - torch.log1p(-P), row_id)
+
+
+def check_log_odds(T: torch.Tensor, row_id=None) -> torch.Tensor:
+    """T with a zero diagonal; refuses an infinite or NaN off-diagonal score (P of 0 or 1: hard labels) with what
+    to change. Indices are among the prompt's scorable completions."""
+    T = torch.as_tensor(T, dtype=torch.float64)
+    off = ~torch.eye(T.shape[0], dtype=torch.bool)
+    bad = off & ~torch.isfinite(T)
+    if bad.any():
+        i, j = (int(x) for x in torch.nonzero(bad)[0])
+        raise ConfigError(
+            f"trainer gpo: prompt row {row_id}: the preference score log(P / (1 - P)) of scorable completions "
+            f"{i} over {j} is {float(T[i, j])} (P = 0 or 1); GPO regresses on the score, not on hard labels. Set "
+            "preference_temperature > 0 (a reward judge then gives (r_i - r_j) / t) or use a preference model "
+            "(e.g. a GPM) whose scores are finite.")
+    return T.masked_fill(~off, 0.0)
+
+
+def reward_log_odds(rewards: torch.Tensor, temperature: float, row_id=None) -> torch.Tensor:
+    """[k, k] (r_i - r_j) / t, the log-odds of `preference_matrix(rewards, t)` computed exactly (t > 0)."""
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    diff = r.unsqueeze(1) - r.unsqueeze(0)
+    hard = torch.where(diff == 0, torch.zeros_like(diff), torch.sign(diff) * math.inf)  # t = 0: P in {0, 1/2, 1}
+    return check_log_odds(diff / temperature if temperature > 0 else hard, row_id)
+
+
 def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
                    matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator,
-                   per_judge: torch.Tensor | None = None) -> tuple[list, dict]:
+                   per_judge: torch.Tensor | None = None,
+                   log_odds: Callable[[int, list[int]], torch.Tensor] | None = None) -> tuple[list, dict]:
     """(examples, counts) of one judged round. rows: the round's prompt rows; completions[p][k]: token ids;
     scores [P, K] (NaN: dropped); matrices(p, valid_indices) -> P over those completions; per_judge [P, K, J]:
-    each judge's own scores (read by upo only)."""
+    each judge's own scores (read by upo only); log_odds(p, valid_indices) -> T = log(P / (1 - P)) computed without
+    the sigmoid round trip (read by gpo; None: from matrices)."""
     examples, counts = [], {"pairs/ties_dropped": 0}
     if spec.kind == "groups":
         for p, row in enumerate(rows):
@@ -132,8 +182,11 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         if len(valid) < 2:
             continue
         P = matrices(p, valid)
-        win = P.mean(-1)                                     # p_i = (1/K) sum_j P[i, j]
-        value = win if spec.scores == "win_rate" else (P - P.T).mean(-1)   # centred: 2 p_i - 1
+        if spec.scores == "win_rate":
+            value = P.mean(-1)                               # p_i = (1/K) sum_j P[i, j]
+        else:
+            T = check_log_odds(log_odds(p, valid), row.row_id) if log_odds else preference_log_odds(P, row.row_id)
+            value = (T - T.T).mean(-1)                       # GPO: s_i = (1/K) sum_j (T[i, j] - T[j, i])
         best, worst = int(value.argmax()), int(value.argmin())
         if value[best] == value[worst]:
             counts["pairs/ties_dropped"] += 1

@@ -101,8 +101,12 @@ class BTPreference:
         return torch.sigmoid((self.reward.score(prompts, a) - self.reward.score(prompts, b)) / self.tau)
 
     def win_rate_matrix(self, prompt: Text, responses: Sequence[Text]) -> Tensor:
+        return torch.sigmoid(self.log_odds_matrix(prompt, responses))
+
+    def log_odds_matrix(self, prompt: Text, responses: Sequence[Text]) -> Tensor:
+        """[K, K] log(P / (1 - P)) = (r_i - r_j) / tau, exact (no sigmoid round trip; GPO's score table)."""
         r = self.reward.score([prompt] * len(responses), list(responses))
-        return torch.sigmoid((r[:, None] - r[None, :]) / self.tau)
+        return (r[:, None] - r[None, :]) / self.tau
 
 
 class GPMPreference:
@@ -123,9 +127,14 @@ class GPMPreference:
         return torch.sigmoid(skew_score(self.embed(prompts, a), self.embed(prompts, b)) / self.head.tau)
 
     def win_rate_matrix(self, prompt: Text, responses: Sequence[Text]) -> Tensor:
+        return torch.sigmoid(self.log_odds_matrix(prompt, responses))
+
+    def log_odds_matrix(self, prompt: Text, responses: Sequence[Text]) -> Tensor:
+        """[K, K] log(P / (1 - P)) = s(y_i > y_j) / tau, exact: the raw score table GPO trains on (a float32
+        sigmoid saturates to 1 near s/tau = 17, where the log-odds would be lost)."""
         from preflab.reward_models.gpm import score_matrix
 
-        return torch.sigmoid(score_matrix(self.embed([prompt] * len(responses), list(responses))) / self.head.tau)
+        return score_matrix(self.embed([prompt] * len(responses), list(responses))) / self.head.tau
 
 
 class SymmetrizedPreference:

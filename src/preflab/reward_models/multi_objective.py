@@ -15,6 +15,7 @@ arXiv:2402.18571 (ACL 2024), Sec. 3:
 Rows for the regression: {prompt, response, ratings: {attribute: value}} (or the attributes as top-level columns);
 a missing or null attribute is not trained on. The head is `AutoModelForSequenceClassification` with
 num_labels = d, so the saved model loads with plain transformers and `RewardModel(direction=v)` scores along v.
+The system prompt is the DPA README's template verbatim (before: a shortened wording with a trailing period).
 Deviation from the paper: ratings are regressed on the scale given (the paper's RM maps HelpSteer 0-4 to 0-100 by
 20 s + 10; rescale the rows to do the same); RSF iteration counts and the direction law are the caller's choice.
 """
@@ -31,8 +32,10 @@ from preflab.data.examples import Text, UnpairedExample
 from preflab.errors import ConfigError, DataError
 from preflab.objectives.base import ObjectiveOutput
 
-DPA_SYSTEM = ("You are a helpful, respectful, and honest assistant. Your response should maximize weighted rating = "
-              "{terms}.")
+# The exact system prompt the released DPA model was trained with (RLHFlow/Directional-Preference-Alignment README,
+# "System Prompt: Template"): no trailing period; a direction-conditioned checkpoint expects it verbatim.
+DPA_SYSTEM = ("You are a helpful, respectful, and honest assistant who always responds to the user in a harmless way. "
+              "Your response should maximize weighted rating = {terms}")
 
 
 @dataclass(frozen=True)
