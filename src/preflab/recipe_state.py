@@ -1,4 +1,4 @@
-"""The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes but ICPL) and the
+"""The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes) and the
 stage runner of `task: raft_ladder` / `task: themis` (RecipeState): resume an interrupted recipe.
 
 Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. After a
@@ -34,8 +34,14 @@ class RecipeStateFile:
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
             return
-        self.data = json.loads(self.path.read_text())
-        saved = self.data["params"]
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"resume: {self.path} cannot be read ({e}); use a new output_dir.") from e
+        saved = self.data.get("params") if isinstance(self.data, dict) else None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"resume: {self.path} holds no recipe_params (not written by this version of "
+                              "preflab); use a new output_dir.")
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
         if changed:
             allowed = f" (only {list(may_change)} may change)" if may_change else ""
