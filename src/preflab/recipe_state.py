@@ -78,7 +78,16 @@ class RecipeState:
 
 
 def load_safetensors_into(model, path: str | Path) -> None:
-    """Load saved weights into `model` (strict: every parameter must be in the file)."""
+    """Load saved weights into `model`, strictly: the file holds exactly the model's state_dict keys (persistent
+    buffers included; non-persistent ones such as rotary inv_freq are in neither) with the same shapes. A file that
+    does not fit (a stage saved by a run with other recipe_params) raises ConfigError naming it."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        raise ConfigError(f"{path} does not fit the recipe's model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}, other shapes {shapes[:3]}); use a new output_dir.")
+    model.load_state_dict(state)
