@@ -128,8 +128,10 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
     cpu_limit = max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s))
     workdir = Path(tempfile.mkdtemp(prefix="preflab-sbx-"))
     uid_lock = None
-    guard_r, guard_w = os.pipe2(os.O_CLOEXEC) if python_guard else (-1, -1)
+    guard_r = guard_w = -1
     try:
+        if python_guard:  # the guard's report: set-up failure or success, then every refused call
+            guard_r, guard_w = os.pipe2(os.O_CLOEXEC)
         _write_files(workdir, code, files or {})
         uid = gid = None
         if os.geteuid() == 0:
