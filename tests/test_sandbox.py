@@ -17,6 +17,7 @@ import pytest
 
 from preflab.sandbox import SandboxError, SandboxWarning, run_python, run_tests
 from preflab.sandbox import _host
+from preflab.sandbox.runner import _run_python
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="fresh uid and RLIMIT_NPROC need a root caller")
@@ -26,6 +27,12 @@ HOSTILE = dict(timeout_s=1.0, memory_mb=128, max_processes=6)
 def mountinfo() -> str:
     with open("/proc/self/mountinfo") as f:
         return f.read()
+
+
+def os_limits_only(code, **kwargs):
+    """run_python without the Python guard (`_guard`, which refuses fork and ctypes first): what the OS-level
+    limits alone do with a program that gets past it."""
+    return _run_python(code, python_guard=False, **kwargs)
 
 
 # ---------------------------------------------------------------- ordinary programs
@@ -99,7 +106,7 @@ def test_memory_bomb_is_reported_as_memory(bomb):
 @as_root
 def test_fork_bomb_is_capped_and_fully_killed():
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    r = run_python(bomb, **HOSTILE)
+    r = os_limits_only(bomb, **HOSTILE)
     assert r.status == "timeout" and "processes" in r.limits_hit
     assert 1 <= r.processes_left <= HOSTILE["max_processes"]
     assert r.sandbox_uid is not None and _host.processes_of(r.sandbox_uid) == []
@@ -115,7 +122,7 @@ def test_escaped_daemon_is_killed_and_does_not_hold_the_run():
         print("parent done")
     """)
     start = time.monotonic()
-    r = run_python(code, timeout_s=5, memory_mb=128)
+    r = os_limits_only(code, timeout_s=5, memory_mb=128)
     assert r.status == "ok" and r.stdout == "parent done\n"
     assert time.monotonic() - start < 3
     assert r.processes_left == 1 and _host.processes_of(r.sandbox_uid) == []
@@ -305,16 +312,16 @@ def test_sysv_shared_memory_dies_with_the_run_and_does_not_link_runs():
         print(shmid >= 0)
     """)
     read = libc_shm + f"print(libc.shmget({key}, 0, 0o666))"
-    r1 = run_python(make, timeout_s=5, memory_mb=128)
+    r1 = os_limits_only(make, timeout_s=5, memory_mb=128)
     assert r1.status == "ok" and r1.stdout == "True\n", r1.stderr
-    r2 = run_python(read, timeout_s=5, memory_mb=128)
+    r2 = os_limits_only(read, timeout_s=5, memory_mb=128)
     assert r2.status == "ok" and r2.stdout == "-1\n"   # ENOENT in the next run's own namespace
     with open("/proc/sysvipc/shm") as f:              # the host's `ipcs -m`
         host_keys = [int(line.split()[0]) for line in f.readlines()[1:]]
     assert key not in host_keys
     assert "private IPC namespace" in r1.isolation["ipc"]
     # shared memory is not in RLIMIT_AS: capped at memory_mb in the run's namespace (or refused where it cannot be)
-    r3 = run_python(libc_shm + "print([libc.shmget(0, 100 << 20, 0o1600) >= 0 for _ in range(2)])", timeout_s=5,
+    r3 = os_limits_only(libc_shm + "print([libc.shmget(0, 100 << 20, 0o1600) >= 0 for _ in range(2)])", timeout_s=5,
                     memory_mb=128)
     assert r3.status == "ok" and r3.stdout in ("[True, False]\n", "[False, False]\n"), r3.stdout
 
@@ -405,7 +412,8 @@ def _check_non_root_caller(tmp_path: Path) -> None:
                            "        print('denied', e.errno)\\nprint(json.dumps([1]))", timeout_s=5)
         print(r.status, r.stdout.replace("\\n", "|"))
         print(r.isolation["filesystem"])
-        daemon = run_python("import os, time\\npid = os.fork()\\nif pid == 0:\\n    os.setsid()\\n"
+        from preflab.sandbox.runner import _run_python
+        daemon = _run_python(python_guard=False, code="import os, time\\npid = os.fork()\\nif pid == 0:\\n    os.setsid()\\n"
                             "    time.sleep(60)\\nprint(pid)", timeout_s=5)
         from preflab.sandbox import _host
         pid = int(daemon.stdout)
@@ -446,7 +454,7 @@ def test_leftover_processes_are_gone_when_run_python_returns(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     code = "import os, time\nif os.fork() == 0:\n    time.sleep(60)\nprint(os.getpid())"
     with pytest.warns(UserWarning, match="non-root caller"):
-        r = run_python(code, timeout_s=5, memory_mb=128)
+        r = os_limits_only(code, timeout_s=5, memory_mb=128)
     assert r.status == "ok"
     assert _host._group_members(int(r.stdout)) == []
 

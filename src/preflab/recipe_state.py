@@ -1,4 +1,4 @@
-"""The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes but ICPL) and the
+"""The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes) and the
 stage runner of `task: raft_ladder` / `task: themis` (RecipeState): resume an interrupted recipe.
 
 Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. After a
@@ -34,8 +34,14 @@ class RecipeStateFile:
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
             return
-        self.data = json.loads(self.path.read_text())
-        saved = self.data["params"]
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"resume: {self.path} cannot be read ({e}); use a new output_dir.") from e
+        saved = self.data.get("params") if isinstance(self.data, dict) else None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"resume: {self.path} holds no recipe_params (not written by this version of "
+                              "preflab); use a new output_dir.")
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
         if changed:
             allowed = f" (only {list(may_change)} may change)" if may_change else ""
@@ -72,7 +78,16 @@ class RecipeState:
 
 
 def load_safetensors_into(model, path: str | Path) -> None:
-    """Load saved weights into `model` (strict: every parameter must be in the file)."""
+    """Load saved weights into `model`, strictly: the file holds exactly the model's state_dict keys (persistent
+    buffers included; non-persistent ones such as rotary inv_freq are in neither) with the same shapes. A file that
+    does not fit (a stage saved by a run with other recipe_params) raises ConfigError naming it."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        raise ConfigError(f"{path} does not fit the recipe's model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}, other shapes {shapes[:3]}); use a new output_dir.")
+    model.load_state_dict(state)

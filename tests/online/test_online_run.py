@@ -34,31 +34,19 @@ def tiny_run(cfg, judge=e_judge):
     return OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(PROMPTS, [judge]))
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.parametrize("over", [dict(trainer="online_dpo"),
                                   dict(trainer="iterative_dpo"),
                                   dict(trainer="dapo", beta=0.04, steps_per_generation=2, num_iterations=2,
                                        max_steps=8),
                                   dict(trainer="upo", upo_selection="sample"),
                                   dict(trainer="mcts_dpo", mcts_step_delimiter=" ", mcts_iterations=3)])
-def test_resume_mid_round_gives_the_same_weights(tmp_path, over):
+def test_resume_mid_round_gives_the_same_weights(tmp_path, over, stop_at_step):
     """A run stopped right after a mid-round checkpoint and resumed ends with the uninterrupted run's weights."""
     full = tiny_run(tiny_cfg(tmp_path / "full", **over))
     full.train()
     cfg = tiny_cfg(tmp_path / "cut", save_steps=3, **over)
     cut = tiny_run(cfg)
-    original = cut.micro_batches
-
-    def stop_after_checkpoint(step):
-        if step == 4:
-            raise Stop
-        return original(step)
-
-    cut.micro_batches = stop_after_checkpoint
-    with pytest.raises(Stop):
+    with stop_at_step(cut, 4):
         cut.train()
     assert (tmp_path / "cut" / "checkpoint-3").is_dir() and (tmp_path / "cut" / "online-state" / "step-3").is_dir()
     resumed = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))

@@ -230,7 +230,7 @@ def test_group_loss_and_gradient_ignore_observation_tokens(tmp_path):
     assert moved_loss != base_loss or not torch.equal(moved_grad, base_grad)
 
 
-def test_executed_calls_reach_the_judge_and_the_tracker_resumes_exactly(tmp_path):
+def test_executed_calls_reach_the_judge_and_the_tracker_resumes_exactly(tmp_path, stop_at_step):
     """num_tool_calls reaches OTC-GRPO (rewards = r_tool(m, n) for correct rollouts, n the running minimum over
     rounds); a run stopped after a mid-round checkpoint and resumed ends with the same weights, tracker and rewards.
     Seed 6 samples (1 call, 0 calls), (2 calls, wrong), (2 calls, 1 call) in rounds 1-3: round 3 (generated after the
@@ -238,9 +238,6 @@ def test_executed_calls_reach_the_judge_and_the_tracker_resumes_exactly(tmp_path
     import math
 
     from preflab.verifiers.otc import otc_grpo_tool_reward
-
-    class Stop(Exception):
-        pass
 
     small = dict(seed=6, num_generations=2, prompts_per_generation=1)
     full = tool_run(tmp_path / "full", **small)
@@ -256,15 +253,7 @@ def test_executed_calls_reach_the_judge_and_the_tracker_resumes_exactly(tmp_path
     assert full.task.state.best == {"2+3": 0}
 
     cut = tool_run(tmp_path / "cut", save_steps=3, **small)
-    original = cut.micro_batches
-
-    def stop_after_checkpoint(step):
-        if step == 4:
-            raise Stop
-        return original(step)
-
-    cut.micro_batches = stop_after_checkpoint
-    with pytest.raises(Stop):
+    with stop_at_step(cut, 4):
         cut.train()
     saved = json.loads((tmp_path / "cut" / "online-state" / "step-3" / "task.json").read_text())
     assert saved == {"2+3": 0}

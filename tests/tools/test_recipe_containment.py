@@ -44,17 +44,32 @@ def test_icpl_malicious_reward_programs_run_only_in_the_sandbox_and_failures_are
     assert [p.name for p in tmp_path.iterdir()] == []  # no file was created outside the sandbox
     candidates = result.history[0]["candidates"]
     statuses = [c["status"] for c in candidates]
-    assert statuses[:5] == ["ok", "ok", "failed", "failed", "failed"]
-    assert "CalledProcessError" in candidates[2]["error"] and "PermissionError" in candidates[3]["error"]
+    assert statuses == ["ok", "ok", "failed", "failed", "failed", "failed"]
+    assert candidates[2]["error"] == f"refused: subprocess.Popen(['touch', {str(target) + '_sub'!r}])"
+    assert "PermissionError" in candidates[3]["error"]
     assert candidates[4]["error"] == "timeout"
-    # os.system returns an exit status instead of raising: the program runs to its end, in the sandbox, where the
-    # command could not touch the host; its reward is what its `return` line computes, the side effect is lost
-    assert statuses[5] == "ok" and candidates[5]["rewards"] == [f[1] for f in task.features]
-    assert result.trainer_calls == 6 and result.failed_samples == 3
+    # os.system would return an exit status and let the program carry on to a score: the sandbox refuses it
+    assert candidates[5]["error"] == f"refused: os.system('touch {target}_system')"
+    assert result.trainer_calls == 6 and result.failed_samples == 4
     good, bad = result.history[0]["good"], result.history[0]["bad"]
     assert statuses[good] == "ok" and statuses[bad] == "ok"  # a failed program is never rated good or bad
     ok = [c["metric"] for c in candidates if c["status"] == "ok"]
     assert candidates[good]["metric"] == max(ok) and candidates[bad]["metric"] == min(ok)
+
+
+def test_icpl_reward_program_that_calls_os_system_is_rated_failed(tmp_path):
+    """os.system returns an exit status instead of raising: contained but once rated "ok". Now it fails, with the
+    call as the reason, also when the program catches the refusal and returns a perfectly good number."""
+    task = BanditTask.default()
+    plain = f"import os\ndef reward(features):\n    os.system('touch {tmp_path}/x')\n    return features[1]\n"
+    caught = ("import os\ndef reward(features):\n    try:\n        os.system('true')\n    except Exception:\n"
+              "        pass\n    return features[1]\n")
+    for code, call in ((plain, f"os.system('touch {tmp_path}/x')"), (caught, "os.system('true')")):
+        outcome = task.train(code)
+        assert outcome["status"] == "failed" and outcome["metric"] is None
+        assert outcome["error"] == f"refused: {call}"
+    assert task.train(render_linear([0.0, 1.0, 0.0]))["status"] == "ok"   # the same program without the call
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------------ Themis

@@ -86,3 +86,40 @@ def test_themis_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path, mon
     for stage in ("with_traces", "without_traces"):
         for name in ("model.safetensors", "value_head.safetensors"):
             _same_weights(out / stage / name, tmp_path / "full" / stage / name)
+
+
+ICPL = dict(seed=0, iterations=3, samples=3, quiet=True)
+
+
+def test_icpl_interrupted_in_iteration_2_and_resumed_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    import json
+
+    from preflab.reward_design import recipe as icpl_recipe
+    from preflab.reward_design.toy_bandit import BanditTask
+
+    full = icpl_recipe.run_icpl_recipe(str(tmp_path / "full"), **ICPL)
+    out = tmp_path / "resumed"
+    original, calls = BanditTask.train, []
+
+    def train_until_iteration_2(task, code):
+        calls.append(code)
+        if len(calls) == 5:                              # the second program of iteration 2
+            raise Interrupted("iteration 2")
+        return original(task, code)
+
+    with monkeypatch.context() as m:
+        m.setattr(BanditTask, "train", train_until_iteration_2)
+        with pytest.raises(Interrupted):
+            icpl_recipe.run_icpl_recipe(str(out), **ICPL)
+    state = json.loads((out / "icpl_state.json").read_text())
+    assert len(state["history"]) == 1 and state["trainer_calls"] == 3 and not (out / "summary.json").exists()
+    with pytest.raises(ConfigError, match="resume_from_checkpoint"):   # an existing state is never overwritten
+        icpl_recipe.run_icpl_recipe(str(out), **ICPL)
+    for changed in ({"samples": 4}, {"seed": 1}, {"rater": "human"}):  # a resume with other recipe_params
+        with pytest.raises(ConfigError, match=f"recipe_params \\['{next(iter(changed))}'"):
+            icpl_recipe.run_icpl_recipe(str(out), **{**ICPL, **changed}, resume=True)
+    calls.clear()
+    monkeypatch.setattr(BanditTask, "train", lambda task, code: calls.append(code) or original(task, code))
+    resumed = icpl_recipe.run_icpl_recipe(str(out), **ICPL, resume=True)
+    assert len(calls) == 6                               # iterations 2 and 3 only
+    assert _metrics(resumed) == _metrics(full)

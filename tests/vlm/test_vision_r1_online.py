@@ -17,10 +17,6 @@ DATA = ROOT / "examples" / "vlm" / "data" / "grounding.jsonl"
 REWARDS = ["verifier:vision_r1_format", "verifier:vision_r1_precision", "verifier:vision_r1_recall"]
 
 
-class Stop(Exception):
-    pass
-
-
 def _cfg(out, **over):
     raw = {"task": "online", "online_task": "vision_dataset", "trainer": "grpo", "beta": 0.04,
            "model_name_or_path": "builtin:tiny-qwen2-vl", "dataset_name": str(DATA), "reward_funcs": REWARDS,
@@ -149,20 +145,12 @@ def test_a_prompt_over_max_prompt_length_is_refused_with_its_row(tmp_path):
         _run(_cfg(tmp_path, max_prompt_length=8))
 
 
-def test_resume_mid_round_equals_uninterrupted(tmp_path):
+def test_resume_mid_round_equals_uninterrupted(tmp_path, stop_at_step):
     over = {"max_steps": 4, "steps_per_generation": 2, "per_device_train_batch_size": 1}
     full = _run(_cfg(tmp_path / "full", **over))
     full.train()
     cut = _run(_cfg(tmp_path / "cut", save_steps=3, **over))
-    original = cut.micro_batches
-
-    def stop_after_checkpoint(step):
-        if step == 3:
-            raise Stop
-        return original(step)
-
-    cut.micro_batches = stop_after_checkpoint
-    with pytest.raises(Stop):
+    with stop_at_step(cut, 3):
         cut.train()
     assert (tmp_path / "cut" / "online-state" / "step-3").is_dir()
     resumed = _run(_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))

@@ -18,10 +18,7 @@ regenerated (counted instead), so each iteration makes exactly K trainer calls.
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from preflab.errors import ConfigError
+from preflab.recipe_state import RecipeStateFile
 
 PREFERENCE_STATEMENT = ("Most important: the 1st reward function is the GOOD example and the 2nd is the BAD example. "
                         "Improve on the 1st; do not build on the 2nd.")
@@ -166,16 +164,37 @@ class IcplResult:
     prompts: list[str] = field(default_factory=list)
 
 
-def run_icpl(code_llm, task, rater, iterations: int = 5, samples: int = 6, state_path: str | Path | None = None,
-             progress=None) -> IcplResult:
-    """The ICPL outer loop. `state_path` (JSON) is written after every iteration and, when it exists, the loop
-    resumes after its last finished iteration (the code model is seeded per iteration, so the result is the same)."""
+def open_icpl_state(path: str | Path, task, rater, iterations: int, samples: int, resume: bool = True,
+                    params: dict | None = None) -> RecipeStateFile:
+    """ICPL's state file: {"params", "history", "prompts", "trainer_calls", "failed_samples"}. An existing file is
+    refused without `resume`, and on resume when `samples`, the rater, the task description or `params` (e.g. the
+    recipe's recipe_params) differ from the run that wrote it; only `iterations` may change, and not below the
+    iterations already finished."""
+    compared = {**(params or {}), "iterations": iterations, "samples": samples, "rater": rater.name,
+                "task": task.describe()}
+    store = RecipeStateFile(path, compared, resume, may_change=("iterations",),
+                            initial={"history": [], "prompts": [], "trainer_calls": 0, "failed_samples": 0})
+    done = len(store.data["history"])
+    if done > iterations:
+        raise ConfigError(f"resume: {path} already holds {done} finished iterations, more than iterations="
+                          f"{iterations}; resume with iterations >= {done} or use a new output_dir.")
+    return store
+
+
+def run_icpl(code_llm, task, rater, iterations: int = 5, samples: int = 6,
+             state_path: str | Path | RecipeStateFile | None = None, progress=None, *, resume: bool = True,
+             params: dict | None = None) -> IcplResult:
+    """The ICPL outer loop. `state_path` (see `open_icpl_state`, or the state it opened) is saved after every
+    iteration; when it exists (and `resume`, the default here) the loop continues after its last finished iteration:
+    the code model is seeded per iteration, so the result is the same as an uninterrupted run."""
     if iterations < 1 or samples < 2:
         raise ConfigError(f"ICPL needs iterations >= 1 and samples >= 2 (a good and a bad program), got "
                           f"iterations={iterations}, samples={samples}.")
-    state = {"history": [], "prompts": [], "trainer_calls": 0, "failed_samples": 0}
-    if state_path and Path(state_path).exists():
-        state = json.loads(Path(state_path).read_text())
+    store = state_path
+    if state_path is not None and not isinstance(state_path, RecipeStateFile):
+        store = open_icpl_state(state_path, task, rater, iterations, samples, resume, params)
+    state = store.data if store is not None else {"history": [], "prompts": [], "trainer_calls": 0,
+                                                  "failed_samples": 0}
     describe = getattr(code_llm, "describe_difference", None)
     for t in range(len(state["history"]), iterations):
         prompt = build_prompt(task.describe(), state["history"], describe)
@@ -189,8 +208,8 @@ def run_icpl(code_llm, task, rater, iterations: int = 5, samples: int = 6, state
         good, bad = rater.rate(candidates)
         state["history"].append({"iteration": t, "candidates": candidates, "good": good, "bad": bad})
         state["prompts"].append(prompt)
-        if state_path:
-            _write_json(Path(state_path), state)
+        if store is not None:
+            store.save()
         if progress:
             progress(t, candidates, good)
     best, best_metric, per_iter = None, None, []
@@ -201,14 +220,6 @@ def run_icpl(code_llm, task, rater, iterations: int = 5, samples: int = 6, state
         per_iter.append(best_metric)
     return IcplResult(rater.name, state["history"], best, best_metric, per_iter, state["trainer_calls"],
                       state["failed_samples"], state["prompts"])
-
-
-def _write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".icpl")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
 
 
 def result_summary(result: IcplResult, task) -> dict:

@@ -3,7 +3,8 @@
 A reward program is Python source defining `reward(features) -> float`. "Training a policy" under it = running the
 program in the sandbox on every arm's features and taking the argmax arm (the exact optimum of a bandit policy
 under that reward); the hidden task metric is the TRUE reward of that arm, `true_weights . features`. A program
-that fails (exception, timeout, non-numeric output) gets status "failed" and no metric.
+that fails (exception, timeout, non-numeric output, or a call that starts a process — refused by the sandbox even
+when the program catches the error and returns a number) gets status "failed" and no metric.
 """
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ class BanditTask:
         except (ValueError, IndexError):
             values = None
         if not values or len(values) != len(self.features) or not all(map(math.isfinite, values)):
-            return {"status": "failed", "arm": None, "metric": None, "rewards": None,
-                    "error": _last_line(result.stderr) or result.status}
+            error = ("refused: " + ", ".join(result.refused) if result.refused  # even if the program went on
+                     else _last_line(result.stderr) or result.status)
+            return {"status": "failed", "arm": None, "metric": None, "rewards": None, "error": error}
         arm = int(np.argmax(values))
         return {"status": "ok", "arm": arm, "metric": self.true_rewards[arm], "rewards": values}
 

@@ -5,13 +5,21 @@
     [o.passed for o in run_tests("def add(a, b):\\n    return a + b", ["assert add(1, 2) == 3"])]   # [True]
 
 Each run gets a fresh temporary working folder (also HOME and TMPDIR) holding `main.py` and any `files`, run by
-`python -I -B main.py` (isolated mode: no PYTHON* variables, no user site-packages, no bytecode files). A small
-launcher (`_launcher.py`) applies the limits below and then execs the interpreter; `SandboxResult.isolation`
-says which were actually applied on this machine. If the rlimits, the uid switch, the mounts, the seccomp filter
+`python -I -B` (isolated mode: no PYTHON* variables, no user site-packages, no bytecode files), which first runs the
+guard (`_guard.py`, below) and then `main.py` as `__main__`, as `python main.py` would. A small launcher
+(`_launcher.py`) applies the limits below and then execs the interpreter; `SandboxResult.isolation` says which were
+actually applied on this machine. If the rlimits, the uid switch, the mounts, the seccomp filter
 or Landlock (where the kernel offers it) fail, nothing runs (SandboxError); the network and IPC namespaces and
 Landlock's availability are best effort and reported.
 
 What is isolated (any caller)
+- Processes and foreign code: starting a process fails loudly. os.system, os.popen, subprocess, os.exec*,
+  os.posix_spawn*, os.fork/forkpty (and os.spawn*, pty, multiprocessing built on them), ctypes library loading,
+  symbol lookup and from_address, cffi, and new subinterpreters raise `SandboxRefused` (a PermissionError) from an
+  audit hook installed before `main.py` runs; the run's status is then "refused" and `SandboxResult.refused` names
+  the calls, even when the program caught the exception and went on (a program that cuts the guard's report pipe
+  ends at its next refused call, exit status 126). Under that, a seccomp filter denies execve/execveat, so code
+  that gets around the hook still cannot execute a program. If the guard cannot be installed nothing runs.
 - Time: wall clock (`timeout_s`; the whole process group is killed) and CPU seconds per process (RLIMIT_CPU).
   When a run ends, its leftover processes are SIGKILLed and waited for (pidfds, at most 2 s) before
   `run_python` returns.
@@ -57,6 +65,9 @@ What is not isolated
   read; only writing is confined. Do not put secrets in world-readable files.
 - Memory is limited per process, not in total: up to `max_processes` x `memory_mb`. Disk use inside the working
   folder is limited per file (`max_file_mb`) and by the wall time, not in total (on a tmpfs /tmp that is RAM).
+- fork itself is refused in Python only (threads use the same syscall): a program that reaches it some other way
+  (memory corruption through ctypes.memmove, a C extension it wrote) gets processes up to `max_processes`, all
+  killed at the end, none able to execute a program.
 - The seccomp filter denies only the calls above: every other syscall the kernel allows an unprivileged process
   is available (CPU, kernel bugs). No cgroups: CPU share, total memory and pids are not accounted as a group.
 - Not root: the child keeps the caller's uid. It can trace the caller's processes where Landlock is missing and

@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from preflab.errors import PreflabError
-from preflab.sandbox import _host
+from preflab.sandbox import _guard, _host
 
-Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed"]
+Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "refused"]
 _LAUNCHER = Path(__file__).with_name("_launcher.py")
 _GRACE_S = 0.2  # after the main process exits, how long its children may keep the output pipes open
 _FORK_FAILED = re.compile(r"BlockingIOError: \[Errno 11\]|can't start new thread|Resource temporarily unavailable")
@@ -51,7 +51,9 @@ class SandboxResult:
 
     status: "ok" (exit 0), "error" (non-zero exit, e.g. an uncaught exception), "timeout" (wall-time or CPU-time
     limit), "memory" (the memory limit: MemoryError), "output_limit" (stdout or stderr passed `max_output_bytes`),
-    "killed" (ended by another signal, e.g. SIGSEGV).
+    "killed" (ended by another signal, e.g. SIGSEGV), "refused" (the program tried to start a process, execute a
+    program or call C code through ctypes/cffi: the call raised `SandboxRefused` and is listed in `refused`; the run
+    counts as refused whether or not the program caught the exception and went on).
     limits_hit: every limit that was reached, from "wall", "cpu", "memory", "output", "file_size", "processes"
     (a fork failed with EAGAIN, or `max_processes` processes were alive at the end).
     wall_s: seconds from start until the main process ended (or was stopped). cpu_s: CPU seconds of the main
@@ -60,6 +62,7 @@ class SandboxResult:
     processes_left: processes of the run still alive when the main process ended or was stopped (all killed).
     isolation: what was actually applied, by aspect ("user", "network", "filesystem", "mounts").
     sandbox_uid: the fresh uid the run used (root callers only), else None.
+    refused: the refused calls, as written, e.g. "os.system('ls')" (the first 20).
     """
 
     status: Status
@@ -73,6 +76,7 @@ class SandboxResult:
     processes_left: int = 0
     isolation: dict[str, str] = field(default_factory=dict)
     sandbox_uid: int | None = None
+    refused: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -111,8 +115,12 @@ def run_python(
 def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: float | None = None,
                 memory_mb: int = 512, max_output_bytes: int = 65536, max_processes: int = 8, max_file_mb: int = 16,
                 files: dict[str, str] | None = None, block_network: bool = True, python: str | None = None,
-                env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> SandboxResult:
-    """`run_python` with `pass_fds` (file descriptors the program inherits under the same numbers; `run_tests`)."""
+                env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+                python_guard: bool = True) -> SandboxResult:
+    """`run_python` with `pass_fds` (file descriptors the program inherits under the same numbers; `run_tests`).
+
+    python_guard=False runs `main.py` without `_guard` (process starts are then limited by the OS-level limits
+    only): for tests of those limits, never for model-written code."""
     _check_args(timeout_s, cpu_s, memory_mb, max_output_bytes, max_processes, max_file_mb)
     if not sys.platform.startswith("linux"):
         raise SandboxError(f"preflab.sandbox needs Linux (rlimits, namespaces, Landlock); this is {sys.platform}.")
@@ -120,7 +128,10 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
     cpu_limit = max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s))
     workdir = Path(tempfile.mkdtemp(prefix="preflab-sbx-"))
     uid_lock = None
+    guard_r = guard_w = -1
     try:
+        if python_guard:  # the guard's report: set-up failure or success, then every refused call
+            guard_r, guard_w = os.pipe2(os.O_CLOEXEC)
         _write_files(workdir, code, files or {})
         uid = gid = None
         if os.geteuid() == 0:
@@ -138,10 +149,11 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
             "limits": {"cpu": cpu_limit, "as": int(memory_mb) << 20, "fsize": int(max_file_mb) << 20, "nofile": 256},
             "hidden": _host.hidden_folders(exe, [str(workdir)]) if uid is not None else {},
             "readable": None if uid is not None else _host.readable_folders(exe),
-            "argv": [exe, "-I", "-B", "main.py"],
+            "argv": [exe, "-I", "-B", *(("-c", _guard.bootstrap(guard_w)) if python_guard else ("main.py",))],
             "env": _child_env(exe, workdir, env or {}),
         }
-        result = _execute(config, stdin, timeout_s, max_output_bytes, cpu_limit, tuple(pass_fds))
+        fds = (*pass_fds, guard_w) if python_guard else tuple(pass_fds)
+        result = _execute(config, stdin, timeout_s, max_output_bytes, cpu_limit, fds, guard_r)
         if uid is None:
             fs = result.isolation.get("filesystem", "no Landlock")
             landlock = "applied here" if "reads only beneath" in fs else "NOT applied here: " + fs
@@ -150,6 +162,9 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
             warnings.warn(NON_ROOT_WARNING.format(landlock=landlock, userns=userns), SandboxWarning, stacklevel=3)
         return result
     finally:
+        for fd in (guard_r, guard_w):
+            if fd >= 0:
+                os.close(fd)
         _remove_tree(workdir)
         if uid_lock is not None:
             uid_lock.unlink(missing_ok=True)
@@ -208,7 +223,7 @@ def _child_env(exe: str, workdir: Path, extra: dict[str, str]) -> dict[str, str]
 
 
 def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: int,
-             pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+             pass_fds: tuple[int, ...] = (), guard_r: int = -1) -> SandboxResult:
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     with tempfile.TemporaryFile() as stdin_file:
         stdin_file.write(stdin.encode("utf-8"))
@@ -230,6 +245,7 @@ def _execute(config: dict, stdin: str, timeout_s: float, cap: int, cpu_limit: in
     finally:
         left = _stop(proc, config["uid"], _userns_of(io))
         os.close(status_r)
+    io["guard"] = _read_guard(guard_r) if guard_r >= 0 else None
     _, wait_status, rusage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(wait_status)
     wall = (io["exited_at"] or time.monotonic()) - start
@@ -288,6 +304,39 @@ def _collect(proc: subprocess.Popen, status_r: int, deadline: float, cap: int) -
     return out
 
 
+def _read_guard(fd: int, limit: int = 1 << 16) -> list[str]:
+    """The guard's report lines (`_guard`), read once every process of the run is gone (at most `limit` bytes)."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    while len(data) < limit:
+        try:
+            chunk = os.read(fd, limit - len(data))
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data).decode("utf-8", errors="replace").splitlines()
+
+
+def _guard_report(lines: list[str] | None) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(set-up failure, what the guard refuses, refused calls) from its report.
+
+    Only a first line can say whether the guard is in place ("G ...") or failed ("F ...": nothing ran); the program
+    runs after that line, so it can add refusals (only to its own cost) but never fake a set-up failure."""
+    if not lines:
+        return None, None, ()
+    if lines[0].startswith("F "):
+        return lines[0][2:], None, ()
+    if not lines[0].startswith("G "):
+        return None, None, ()
+    refused: list[str] = []
+    for line in lines[1:]:
+        if line.startswith("R ") and line[2:] not in refused and len(refused) < 20:
+            refused.append(line[2:])
+    return None, lines[0][2:], tuple(refused)
+
+
 def _exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
@@ -329,6 +378,8 @@ def _stop(proc: subprocess.Popen, uid: int | None, userns: int | None = None) ->
 def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, cpu_limit: int) -> SandboxResult:
     lines = io["status"].decode("utf-8", errors="replace").splitlines()
     fatal = [ln[2:] for ln in lines if ln.startswith("F ")]
+    guard_failed, guarded, refused = _guard_report(io.get("guard"))
+    fatal += [guard_failed] if guard_failed else []
     if fatal or rc == 125 and not lines:
         hint = ""
         if any("execve" in f or "CLONE_NEWNS" in f or "mount" in f for f in fatal):
@@ -336,6 +387,8 @@ def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, c
         detail = "; ".join(fatal) or bytes(io["stderr"]).decode(errors="replace")
         raise SandboxError(f"the sandbox could not be set up: {detail}. Nothing was run.{hint}")
     isolation = dict(ln[2:].split("\t", 1) for ln in lines if ln.startswith("I "))
+    if guarded:
+        isolation["processes"] = guarded
     cap = config["max_output_bytes"]
     stdout = bytes(io["stdout"][:cap]).decode("utf-8", errors="replace")
     stderr = bytes(io["stderr"][:cap]).decode("utf-8", errors="replace")
@@ -362,10 +415,12 @@ def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, c
         status = "memory"
     elif rc < 0:
         status = "killed"
+    elif refused:
+        status = "refused"
     else:
         status = "ok" if rc == 0 else "error"
     return SandboxResult(
         status=status, returncode=rc, stdout=stdout, stderr=stderr, wall_s=wall, cpu_s=cpu,
         truncated=bool(io["overflow"]), limits_hit=tuple(hit),
-        processes_left=left, isolation=isolation, sandbox_uid=config["uid"],
+        processes_left=left, isolation=isolation, sandbox_uid=config["uid"], refused=refused,
     )

@@ -37,7 +37,7 @@ from preflab.data.tokenize import TokenizedPair
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-from preflab.recipe_state import RecipeStateFile
+from preflab.recipe_state import RecipeStateFile, load_safetensors_into
 from preflab.runlog import write_summary
 from preflab.tool_use.itool_search import (
     Sample,
@@ -161,16 +161,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _load_weights(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if "rotary" not in k]:
-        raise ConfigError(f"{folder}/model.safetensors does not fit the recipe's model (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]}); use a new output_dir.")
-
-
 class _State:
     """itool_state.json: the recipe's options, each finished stage's record, and which weights each chain is at
     (only iterations, and stop_after_stage, may change on resume)."""
@@ -229,7 +219,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size, num_layers=2, num_heads=4,
                                seed=seed)
         if weights:
-            _load_weights(model, out / weights)
+            load_safetensors_into(model, out / weights / "model.safetensors")
         return model
 
     def evaluate(model) -> tuple[dict, list[dict]]:
@@ -356,7 +346,7 @@ def _summary(out: Path, state: _State, test: list[dict], started: float, stopped
             return []
         model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=params["hidden_size"], num_layers=2,
                                num_heads=4, seed=params["seed"])
-        _load_weights(model, out / weights)
+        load_safetensors_into(model, out / weights / "model.safetensors")
         return call_accuracy(model, tokenizer, test[:8], params["max_new_tokens"])[1]
 
     controls = sorted((k for k in stages if k.startswith("control_")), key=lambda k: int(k.split("_")[1]))
