@@ -250,3 +250,18 @@ def test_orpo_equals_trl_1_16_orpo_trainer():
         expected = _batch_token_mean_nll(batch) - losses.mean().double()
         out = get_objective("orpo", beta=0.1)(batch)
         assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6, rel=1e-6)
+
+
+def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
+    """cDPO has no TRL 1.16 loss_type of its own (TRL >= 0.29 ignores label_smoothing for sigmoid), but TRL's `aot`
+    with label_smoothing eps on a batch of B copies of one pair sorts nothing and is exactly cDPO on that pair."""
+    pw, pl, rw, rl = (s.sum(1) for s in _sides(2))
+    for i in range(B):
+        def copies(v):  # every row carries pair i's sum on its first completion token
+            out = torch.zeros(B, T - 1, dtype=torch.float64)
+            out[:, 0] = v[i]
+            return out
+        expected, _ = trl_loss("aot", copies(pw), copies(pl), copies(rw), copies(rl), label_smoothing=0.1)
+        batch = PairBatch.from_sums(pw[i:i + 1], pl[i:i + 1], rw[i:i + 1], rl[i:i + 1])
+        out = get_objective("cdpo", label_smoothing=0.1)(batch)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)

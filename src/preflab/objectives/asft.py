@@ -27,6 +27,8 @@ class ASFT(Objective):
 
     needs_reference = False
     paper = "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood (arXiv:2409.10571)"
+    checked_against = ("3rd-party: turbo-llm/turbo-alignment ASFTLoss (code of Gorbatovski et al.'s restatement, "
+                       "arXiv:2502.01237); ASFT paper not read, lam unverified")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 

@@ -25,6 +25,7 @@ class DCPO(DiffusionDPO):
 
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Saeidi et al. 2025, Dual Caption Preference Optimization for Diffusion Models (DCPO)"
+    checked_against = "official code: sahsaeedi/DCPO-T2I, as read by the spec (loss = Diffusion-DPO on caption pairs)"
 
 
 OBJECTIVE = DCPO

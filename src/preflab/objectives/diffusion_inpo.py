@@ -29,6 +29,7 @@ class DiffusionInPO(DiffusionDPO):
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = ("Lu et al. 2025, InPO: Inversion Preference Optimization with Reparametrized DDIM for Efficient "
              "Diffusion Model Alignment (DDIM-InPO)")
+    checked_against = "official code: JaydenLyh/InPO, as read by the spec"
 
 
 OBJECTIVE = DiffusionInPO

@@ -27,6 +27,8 @@ class GPO(SPPO):
 
     offset: ClassVar[float] = 0.0
     paper = "Zhang et al. 2024, General Preference Modeling with Preference Representations (arXiv:2410.02197)"
+    checked_against = ("official code: general-preference/general-preference-model run scripts; the sppo_score loss "
+                       "branch is not in the repo (unverified)")
 
     @classmethod
     def example_extras(cls, batch) -> dict:

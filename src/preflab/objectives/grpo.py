@@ -67,6 +67,8 @@ class GRPO(Objective):
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
+    checked_against = ("3rd-party: TRL 1.16 GRPOTrainer loss_type/scale_rewards forms as read by the spec "
+                       "(reasoning-multimodal-diffusion §0.3); no equality test")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
 
     def __post_init__(self):

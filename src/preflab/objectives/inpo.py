@@ -36,6 +36,8 @@ class INPO(Objective):
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
+    checked_against = ("3rd-party: a re-implementation (XuHuang441/SimPO inpo_scripts) + OMD-step derivation checked "
+                       "numerically; official code not found")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}
 

@@ -24,6 +24,7 @@ class PPD(DiffusionDPO):
 
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Dang et al. 2025, Personalized Preference Fine-tuning of Diffusion Models (PPD)"
+    checked_against = "unverified: abstract only (no released code); beta = Diffusion-DPO's default"
 
 
 OBJECTIVE = PPD

@@ -24,6 +24,8 @@ class RDPOLength(Objective):
     alpha: float = 0.05  # weight of the length difference |y_w| - |y_l| (unverified default)
 
     paper = "Park et al. 2024, Disentangling Length from Quality in Direct Preference Optimization (arXiv:2403.19159)"
+    checked_against = ("unverified: form and sign from SimPO's baseline table and summaries (methods/objectives.md "
+                       "§A8); alpha = 0.05 unverified")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ("length",)}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

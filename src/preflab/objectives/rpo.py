@@ -30,6 +30,8 @@ class RPO(Objective):
     nll_agg: str = "seq_mean"   # sum (weight eta*beta) | seq_mean | batch_token_mean
 
     paper = "Liu et al. 2024, Provably Mitigating Overoptimization in RLHF (arXiv:2405.16436)"
+    checked_against = ("official code: YSLIU627/Regularized-Preference-Optimization rpo_trainer.py / OpenRLHF "
+                       "dpo_trainer.py, as read by the spec")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -30,6 +30,8 @@ class RRHF(Objective):
     batch_type = ListBatch
     needs_reference = False
     paper = "Yuan et al. 2023, RRHF: Rank Responses to Align Language Models with Human Feedback (arXiv:2304.05302)"
+    checked_against = ("official code: GanjinZero/RRHF train.py, as read by the spec (rank term; SFT term is the "
+                       "paper's sum)")
     tags = {"data": ("list-wise",), "framework": ("offline",), "constraint": ("reference-free",), "property": ()}
 
     def validate(self):

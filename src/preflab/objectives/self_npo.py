@@ -31,6 +31,7 @@ class SelfNPO(Objective):
     batch_type = UnpairedBatch
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Wang et al. 2025, Self-NPO: Data-Free Diffusion Model Enhancement via Truncated Diffusion Fine-Tuning"
+    checked_against = "official code: G-U-N/Diffusion-NPO, as read by the spec"
     tags = {"data": ("data-free", "diffusion"), "framework": ("offline",), "constraint": ("reference",),
             "property": ("negative",)}
 

@@ -29,6 +29,8 @@ class SemDPO(Objective):
 
     required_extras = ("similarity",)
     paper = "Mohamed et al. 2025, Sem-DPO (arXiv:2507.20133)"
+    checked_against = ("unverified: abstract only ('exponential weight of cosine distance'); exact weight form "
+                       "unverified")
     tags = {"data": ("pair-wise", "quality"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

@@ -33,6 +33,7 @@ class SmPODiffusion(DiffusionDPO):
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = ("Lu et al. 2025, Smoothed Preference Optimization via ReNoise Inversion for Aligning Diffusion Models "
              "with Varied Human Preferences (SmPO-Diffusion)")
+    checked_against = "official code: JaydenLyh/SmPO (kappa_scale = 10); the (2p - 1) reading is unverified"
 
     def validate(self):
         super().validate()

@@ -43,6 +43,7 @@ class SparsePOMaPO(Objective):
 
     token_needs = ("token_kl", "hidden")
     paper = "Christopoulou et al. 2024, SparsePO (arXiv:2410.05102), activation-mask variant"
+    checked_against = "official code: huawei-noah/HEBO SparsePO/src/trainers/mapo_trainer.py, as read by the spec"
     tags = {"data": ("pair-wise", "token"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

@@ -40,6 +40,8 @@ class TPOTree(Objective):
     required_extras = ("step_index",)
     token_needs = ("hidden",)
     paper = "Liao et al. 2024, TPO: Multi-branch & Multi-step Preference Trees (arXiv:2410.12854)"
+    checked_against = ("official code: MrBlankness/TPO@ba87a23 loss.py for the step weights; the lambda-weighted "
+                       "ranking form is unverified")
     tags = {"data": ("list-wise", "step-level"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}
 
