@@ -265,3 +265,54 @@ def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
         batch = PairBatch.from_sums(pw[i:i + 1], pl[i:i + 1], rw[i:i + 1], rl[i:i + 1])
         out = get_objective("cdpo", label_smoothing=0.1)(batch)
         assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+# ----- GRPOTrainer (grpo): the clipped surrogate + k3 KL and the four aggregations, given the advantages -----
+
+def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len):
+    """TRL 1.16 GRPOTrainer._compute_loss on flattened [B*G, T] completions; the model's per-token log-probs come
+    in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    model = torch.nn.Linear(1, 1)
+    model.train()
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=types.SimpleNamespace(
+            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=lambda x: x,
+            gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (lp, torch.zeros_like(lp), None),
+        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+        importance_sampling_level=level, beta=beta, loss_type=loss_type, epsilon_low=epsilon,
+        epsilon_high=epsilon_high, use_vllm=False, vllm_importance_sampling_correction=False,
+        current_gradient_accumulation_steps=1, max_completion_length=max_len, _entropy_bonus_enabled=False,
+        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        _metrics={"train": defaultdict(list)})
+    n, T = lp.shape
+    inputs = {"prompt_ids": torch.ones(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+              "completion_ids": torch.ones(n, T, dtype=torch.long), "completion_mask": mask.long(),
+              "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum().to(lp.dtype)}
+    return GRPOTrainer._compute_loss(trainer, None, inputs)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("beta,level", [(0.0, "token"), (0.04, "token"), (0.04, "sequence")])
+def test_grpo_loss_equals_trl_1_16_grpo_trainer(loss_type, beta, level):
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 3, 5
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([[5, 3, 4], [2, 5, 1]])
+    mask = torch.arange(T) < lengths.unsqueeze(-1)
+    lp = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (lp + 0.4 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask  # ratios far enough to clip
+    ref = (lp + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+    flat = lambda x: x.reshape(B * G, *x.shape[2:])  # noqa: E731
+    expected = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv.reshape(-1), loss_type, beta, 0.2, 0.28,
+                              level, T)
+    batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64), SequenceLogps(ref, mask),
+                      extras={"advantages": adv, "old_logps": old})
+    out = get_objective("grpo", loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28,
+                        importance_sampling_level=level, max_completion_length=T)(batch)
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
