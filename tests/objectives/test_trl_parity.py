@@ -52,16 +52,19 @@ def _accelerator():
 
 
 def trl_loss(loss_type, policy_w, policy_l, ref_w, ref_l, beta=0.1, label_smoothing=0.0,
-             f_divergence_type="reverse_kl", f_alpha=0.5, discopop_tau=0.05):
-    """TRL 1.16's loss and logged metrics for one batch."""
+             f_divergence_type="reverse_kl", f_alpha=0.5, discopop_tau=0.05, ld_alpha=None):
+    """TRL 1.16's loss and logged metrics for one batch. With ld_alpha the reference runs through a stand-in
+    reference model (TRL weights its tokens itself); otherwise its sums come in as precomputed columns."""
     log_probs = torch.cat([policy_w, policy_l]).requires_grad_(True)
     model = _Model(log_probs)
+    model.is_gradient_checkpointing = False
     trainer = types.SimpleNamespace(
-        model=model, accelerator=_accelerator(), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+        model=model, accelerator=_accelerator(), aux_loss_enabled=False, ld_alpha=ld_alpha,
+        precompute_ref_logps=ld_alpha is None, ref_model=_Model(torch.cat([ref_w, ref_l])),
         f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha, loss_types=[loss_type],
         loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing, use_weighting=False,
-        args=types.SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
-        _total_train_tokens=0, _tp_size=1)
+        args=types.SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
     completion_mask = torch.cat([_completion_mask(LENGTHS_W), _completion_mask(LENGTHS_L)])
     inputs = {"input_ids": torch.ones(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T),
               "completion_mask": completion_mask, "ref_chosen_logps": ref_w.sum(1), "ref_rejected_logps": ref_l.sum(1)}
@@ -126,6 +129,17 @@ def test_loss_equals_trl_1_16(loss_type, name, trl_kwargs, params):
         assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=_rel(loss_type))
         if name not in ("sft",) and "rewards/margins" in out.metrics:
             assert out.metrics["rewards/margins"].item() == pytest.approx(trl_metrics["rewards/margins"], abs=1e-9)
+
+
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("loss_type,name", [("sigmoid", "dpo")])
+def test_ld_alpha_equals_trl_1_16(loss_type, name, ld_alpha):
+    """LD-DPO: tokens past the pair's shared length weighted by ld_alpha, on policy and reference alike."""
+    for shift in (0, 10):
+        sides = _sides(shift)
+        expected, _ = trl_loss(loss_type, *sides, ld_alpha=ld_alpha)
+        out = preflab_loss(name, *sides, ld_alpha=ld_alpha)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
 
 
 @pytest.mark.parametrize("loss_type,name,f_div", F_DIVERGENCE_CASES)
