@@ -88,8 +88,9 @@ def test_declares_what_its_formula_was_checked_against(name):
     cls = objective_class(name)
     assert "checked_against" in vars(cls), f"{name} must set checked_against itself (base.py lists the prefixes)"
     text = cls.checked_against
-    assert text.startswith(CHECKED_PREFIXES), f"{name}.checked_against {text!r} must start with one of {CHECKED_PREFIXES}"
-    assert len(text) > max(len(p) for p in CHECKED_PREFIXES) + 5, f"{name}.checked_against says nothing after its prefix"
+    assert text.startswith(CHECKED_PREFIXES), f"{name}.checked_against {text!r} must start with one of " \
+                                              f"{CHECKED_PREFIXES}"
+    assert len(text) > max(len(p) for p in CHECKED_PREFIXES) + 5, f"{name}.checked_against is empty after its prefix"
     if text.startswith("reference code: "):
         assert "tests/objectives/test_" in text, f"{name}: a reference-code claim must name its equality test"
     assert objective_info(name)["checked_against"] == text
