@@ -78,6 +78,24 @@ def test_builds_with_defaults_and_declares_needs(name):
     assert not missing, f"{name}.example_extras must provide {missing}"
 
 
+CHECKED_PREFIXES = ("reference code: ", "official code: ", "paper text: ", "3rd-party: ", "unverified: ")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_what_its_formula_was_checked_against(name):
+    """Every objective class states its own `checked_against` (not inherited from a parent), with one of the
+    allowed prefixes, and a "reference code" claim names the test that compares against that code."""
+    cls = objective_class(name)
+    assert "checked_against" in vars(cls), f"{name} must set checked_against itself (base.py lists the prefixes)"
+    text = cls.checked_against
+    assert text.startswith(CHECKED_PREFIXES), f"{name}.checked_against {text!r} must start with one of " \
+                                              f"{CHECKED_PREFIXES}"
+    assert len(text) > max(len(p) for p in CHECKED_PREFIXES) + 5, f"{name}.checked_against is empty after its prefix"
+    if text.startswith("reference code: "):
+        assert "tests/objectives/test_" in text, f"{name}: a reference-code claim must name its equality test"
+    assert objective_info(name)["checked_against"] == text
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_is_mean_of_losses_and_metrics_detached(name):
     cls = objective_class(name)

@@ -30,3 +30,17 @@ def test_gradient_closed_form():
     get_objective("rdpo_length", beta=0.1, alpha=0.1)(batch).loss.backward()
     z = 0.15 + 0.1 * (5 - 8)
     assert batch.policy_chosen.token_logps.grad[0, 0].item() == pytest.approx(-0.1 / (1 + math.exp(z)), abs=1e-12)
+
+
+def test_shorter_chosen_gets_the_larger_gradient_weight():
+    """The paper's reading of the sign (Park et al.): the margin alpha(|y_w| - |y_l|) up-weights the gradient of pairs
+    whose chosen answer is shorter. Same log-ratios, lengths swapped: the short-chosen pair's gradient is larger; with
+    the opposite sign (-alpha) it would be smaller."""
+    def grad_on_chosen(len_w, len_l):
+        batch = PairBatch(seq(-10.0, len_w, grad=True), seq(-12.0, len_l), seq(-11.0, len_w), seq(-11.5, len_l))
+        get_objective("rdpo_length", beta=0.1, alpha=0.05)(batch).loss.backward()
+        return -batch.policy_chosen.token_logps.grad[0, 0].item()
+
+    short_chosen, long_chosen = grad_on_chosen(3, 8), grad_on_chosen(8, 3)
+    assert short_chosen > long_chosen
+    assert short_chosen == pytest.approx(0.1 / (1 + math.exp(0.15 + 0.05 * (3 - 8))), abs=1e-12)

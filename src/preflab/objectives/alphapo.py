@@ -28,6 +28,8 @@ class AlphaPO(SimPO):
     alpha: float = 0.25  # reward shape; 0 gives SimPO
 
     paper = "Gupta et al. 2025, AlphaPO: Reward Shape Matters for LLM Alignment (arXiv:2501.03884)"
+    checked_against = ("reference code: TRL 1.16 CPOTrainer.cpo_loss loss_type='alphapo' (simpo + alpha) "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
 
     def rewards(self, batch: PairBatch) -> tuple[Tensor, Tensor]:
         a_w, a_l = super().rewards(batch)

@@ -42,6 +42,7 @@ class AOT(Objective):
     label_smoothing: float = 0.0  # eps of the smoothed logistic loss, in [0, 0.5)
 
     paper = "Melnyk et al. 2024, Distributional Preference Alignment of LLMs via Optimal Transport (arXiv:2406.05882)"
+    checked_against = "reference code: TRL 1.16 DPOTrainer loss_type='aot' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("distribution",)}
 

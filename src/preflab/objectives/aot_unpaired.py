@@ -19,6 +19,9 @@ from preflab.objectives.base import PairBatch, logratios
 
 @dataclass(frozen=True)
 class AOTUnpaired(AOT):
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='aot_unpaired' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
+
     def margins(self, batch: PairBatch):
         return logratios(batch)
 

@@ -21,6 +21,8 @@ class APOZero(Objective):
     beta: float = 0.1
 
     paper = "D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions (arXiv:2408.06266)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='apo_zero' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

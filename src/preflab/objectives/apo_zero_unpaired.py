@@ -20,6 +20,8 @@ from preflab.objectives.kto import KTO
 @dataclass(frozen=True)
 class APOZeroUnpaired(KTO):
     paper = "D'Oosterlinck et al. 2024, Anchored Preference Optimization and Contrastive Revisions (arXiv:2408.06266)"
+    checked_against = ("reference code: TRL 1.16 KTOTrainer loss_type='apo_zero_unpaired' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -2,7 +2,11 @@
 
 Paper: Wang, Sun, Hua, Fang, 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood"
 (arXiv:2409.10571), the ASFT loss. Formula as restated by Gorbatovski et al., 2025 (arXiv:2502.01237); the ASFT
-PDF itself was not read, and the default lambda is unverified (0.1, as ORPO's).
+PDF itself was not read. Audit 2026-12: the same form is coded in turbo-llm/turbo-alignment@72e737d
+(`turbo_alignment/trainers/dpo.py::ASFTLoss`, the restating authors' library): -ce_coef * A_w + lambda_ *
+[-log sigmoid(beta r_w) - log sigmoid(-beta r_l)] on length-averaged log-probs (it refuses ASFT without
+average_log_prob), defaults beta = 1, lambda_ = 1, ce_coef = 1 (an earlier version used 0.1 as lambda). The default
+lam = 0.1 here is kept (ORPO's weight; the ASFT paper's value is unverified); pass lam=1.0 for turbo-alignment's.
 
     p(y) = exp(A_theta(y)),  A = mean token log-prob;   r(y) = log(p / (1 - p))   (log-odds)
     L = -A_theta(y_w) - lam * [log sigmoid(beta r(y_w)) + log sigmoid(-beta r(y_l))]
@@ -27,6 +31,8 @@ class ASFT(Objective):
 
     needs_reference = False
     paper = "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood (arXiv:2409.10571)"
+    checked_against = ("3rd-party: turbo-llm/turbo-alignment@72e737d ASFTLoss (restating authors' code, same form "
+                       "on mean log-probs); ASFT paper not read, lam default unverified")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 

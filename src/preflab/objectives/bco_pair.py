@@ -20,6 +20,8 @@ class BCOPair(Objective):
     beta: float = 0.1
 
     paper = "Jung et al. 2024, Binary Classifier Optimization for Large Language Model Alignment (arXiv:2404.04656)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='bco_pair' (no reward shift delta) "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

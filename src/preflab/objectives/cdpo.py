@@ -25,6 +25,8 @@ class CDPO(Objective):
     label_smoothing: float = 0.1  # eps: weight of the flipped label, in [0, 0.5)
 
     paper = "Mitchell 2023, A note on DPO with noisy preferences & relationship to IPO (technical note)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='aot' + label_smoothing on a constant batch (= "
+                       "cDPO) (tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise", "noise"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

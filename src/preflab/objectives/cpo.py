@@ -25,6 +25,8 @@ class CPO(Objective):
 
     needs_reference = False
     paper = "Xu et al. 2024, Contrastive Preference Optimization (arXiv:2401.08417)"
+    checked_against = ("reference code: TRL 1.16 CPOTrainer.cpo_loss loss_type='sigmoid'; NLL by hand "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 

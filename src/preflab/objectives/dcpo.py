@@ -25,6 +25,8 @@ class DCPO(DiffusionDPO):
 
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Saeidi et al. 2025, Dual Caption Preference Optimization for Diffusion Models (DCPO)"
+    checked_against = ("official code: sahsaeedi/DCPO-T2I@62335bb src/dcpo_trainer.py (-0.5*beta_dpo, two captions; "
+                       "run.sh beta 500), re-read 2026-12")
 
 
 OBJECTIVE = DCPO

@@ -57,6 +57,8 @@ class DiffusionDPO(Objective):
     example_score_scale = 1e-4      # contract fixtures in -MSE units (beta = 5000 saturates on log-prob-sized gaps)
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Wallace et al. 2024, Diffusion Model Alignment Using Direct Preference Optimization (arXiv:2311.12908)"
+    checked_against = ("official code: SalesforceAIResearch/DiffusionDPO@5233e75 train.py (-0.5*beta_dpo*(model_diff - "
+                       "ref_diff), beta 5000), re-read 2026-12; diffusers research script per the spec")
     tags = {"data": ("pair-wise", "diffusion"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}
 

@@ -29,6 +29,8 @@ class DiffusionInPO(DiffusionDPO):
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = ("Lu et al. 2025, InPO: Inversion Preference Optimization with Reparametrized DDIM for Efficient "
              "Diffusion Model Alignment (DDIM-InPO)")
+    checked_against = ("official code: JaydenLyh/InPO@a9cfc4d train.py (-0.5*beta_dpo; sd15.sh beta 2000), "
+                       "re-read 2026-12")
 
 
 OBJECTIVE = DiffusionInPO

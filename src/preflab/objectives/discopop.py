@@ -28,6 +28,8 @@ class DiscoPOP(Objective):
     f_alpha: float = 0.5
 
     paper = "Lu et al. 2024, Discovering Preference Optimization Algorithms with and for LLMs (arXiv:2406.08414)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='discopop' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

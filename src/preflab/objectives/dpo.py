@@ -44,6 +44,8 @@ class DPO(Objective):
 
     aliases = ("sigmoid",)
     paper = "Rafailov et al. 2023, Direct Preference Optimization (arXiv:2305.18290)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='sigmoid' + f_divergence_type + ld_alpha "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

@@ -22,6 +22,8 @@ class DPOGamma(Objective):
     gamma: float = 1.0  # weight of the reference margin (1 = DPO, 0 = no reference)
 
     paper = "Chen et al. 2024, Preference Learning Algorithms Do Not Learn Preference Rankings (arXiv:2405.19534)"
+    checked_against = ("paper text: Chen et al. 2024 (PDF in angie-chen55/pref-learning-ranking-acc), per "
+                       "methods/objectives.md §C #13")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

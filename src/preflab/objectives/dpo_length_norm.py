@@ -24,6 +24,8 @@ class DPOLengthNorm(Objective):
 
     aliases = ("sigmoid_norm",)
     paper = "Rafailov et al. 2023, Direct Preference Optimization (arXiv:2305.18290); TRL's length-normalised form"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='sigmoid_norm' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ("length",)}
 
     def validate(self):

@@ -30,6 +30,8 @@ class EXOPair(Objective):
     f_alpha: float = 0.5
 
     paper = "Ji et al. 2024, Towards Efficient Exact Optimization of Language Model Alignment (arXiv:2402.00856)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='exo_pair' "
+                       "(tests/objectives/test_trl_parity.py, 1e-7)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference", "divergence"),
             "property": ()}
 

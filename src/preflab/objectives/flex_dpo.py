@@ -31,6 +31,7 @@ class FlexDPO(Objective):
     nll_agg: str = "seq_mean"    # sum | seq_mean | batch_token_mean
 
     paper = "Yan et al. 2024, 3D-Properties: Identifying Challenges in DPO (arXiv:2406.07327)"
+    checked_against = "3rd-party: public review texts of arXiv:2406.07327; the PDF was not read"
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -7,7 +7,10 @@ that branch not in the repo -- form from memory, unverified):
     L = ½ [ (h_w - s_w/beta)² + (h_l - s_l/beta)² ],   h = S_theta(y) - S_t(y)
 
 s_i = (1/K) sum_j (T[i][j] - T[j][i]), the antisymmetrized GPM score of response i against the K samples of pi_t
-(already centred, so no ½ offset). The reference slots carry pi_t. Extras: `score_chosen`, `score_rejected` [B].
+(already centred, so no ½ offset). Audit 2026-12 (repo @a376d95): LLM-Alignment/scripts/compute_score_from_raw.py
+builds chosen_probs_win / chosen_probs_lose exactly so (the mean runs over all K candidates, self included, whose
+term is 0) and picks chosen / rejected by the GPM score argmax / argmin; the trainer consuming them is not in the
+repo. The reference slots carry pi_t. Extras: `score_chosen`, `score_rejected` [B].
 The loop (K samples from pi_t, GPM scoring, best/worst pair selection) lives in the online layer, not here.
 
 Deviation from the paper: the ½ averaging of the two squares follows SPPO's code; the official run scripts
@@ -27,6 +30,9 @@ class GPO(SPPO):
 
     offset: ClassVar[float] = 0.0
     paper = "Zhang et al. 2024, General Preference Modeling with Preference Representations (arXiv:2410.02197)"
+    checked_against = ("official code: general-preference/general-preference-model@a376d95 "
+                       "scripts/compute_score_from_raw.py (s = mean_j (T_ij - T_ji)); its sppo_score loss is not in "
+                       "the repo (unverified)")
 
     @classmethod
     def example_extras(cls, batch) -> dict:

@@ -26,6 +26,8 @@ class HingeNorm(Objective):
 
     aliases = ("hinge",)
     paper = "Liu et al. 2023, Statistical Rejection Sampling Improves Preference Optimization (arXiv:2309.06657)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='hinge' (tests/objectives/test_trl_parity.py, "
+                       "1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

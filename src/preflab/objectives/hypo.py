@@ -34,6 +34,7 @@ class HyPO(Objective):
     gradient_extras_hint = ("Use the online run's hypo recipe, which samples and scores the policy's responses each "
                             "step.")
     paper = "Song et al. 2024, The Importance of Online Data (HyPO) (arXiv:2406.01462)"
+    checked_against = "unverified: from memory; only beta, lambda, k names confirmed by a paper summary"
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference", "divergence"),
             "property": ()}
 

@@ -13,6 +13,9 @@ beta = 1/eta. The re-implementation's (eta', tau') map to eta = 1/eta', tau = ta
 tau' = 2.5e-3 are the defaults here. Extras (the second anchor): `prev_chosen_logps`, `prev_rejected_logps` [B]
 = S_t(y_w), S_t(y_l) (a SequenceLogps is summed). The loop (sample from pi_t, label with P) is `online/inpo`.
 
+Audit 2026-12: no official code found; the only public "INPOTrainer" in the code index (XuHuang441/SimPO
+inpo_scripts) computes SPPO's loss ((h - (p - 1/2)/eta)^2 per side), not this one, so it is no evidence either way.
+
 Deviation from the paper: none known; equation form and defaults not checked against the paper.
 """
 from dataclasses import dataclass
@@ -36,6 +39,8 @@ class INPO(Objective):
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
+    checked_against = ("3rd-party: a re-implementation named in the spec + the OMD-step fixed point checked in "
+                       "tests; official code not found")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}
 

@@ -28,6 +28,8 @@ class IPO(Objective):
 
     paper = ("Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences "
              "(arXiv:2310.12036)")
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='ipo' (token_agg=mean; sum = paper Eq. 17, not "
+                       "code-tested) (tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

@@ -42,6 +42,8 @@ class MCTSStepDPO(Objective):
     required_extras = ("chosen_visits", "rejected_visits", "diverge_index")
     paper = ("Xie et al. 2024, Monte Carlo Tree Search Boosts Reasoning via Iterative Preference Learning "
              "(arXiv:2405.00451)")
+    checked_against = ("official code: YuxiXie/MCTS-DPO@fb23437 mcts_rl/algorithms/mcts/trainer.py (conservative "
+                       "branch, visit-count confidence from utils.calculate_preference_confidence), re-read 2026-12")
     tags = {"data": ("pair-wise", "step-level"), "framework": ("online", "iterative"), "constraint": ("reference",),
             "property": ()}
 

@@ -21,6 +21,8 @@ class NCAPair(Objective):
     beta: float = 0.1
 
     paper = "Chen et al. 2024, Noise Contrastive Alignment of Language Models with Explicit Rewards (arXiv:2402.05369)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='nca_pair' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -27,6 +27,8 @@ class ORPO(Objective):
 
     needs_reference = False
     paper = "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model (arXiv:2403.07691)"
+    checked_against = ("reference code: TRL 1.16 ORPOTrainer.odds_ratio_loss; NLL by hand "
+                       "(tests/objectives/test_trl_parity.py, 1e-6, TRL's float32 cast)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 

@@ -10,8 +10,14 @@ decoupled cross-attention branch (preflab.diffusion.user_branch):
 The reference is the base UNet without the user branch, equal to the policy at init (zero W_V^u), so the first loss
 is log 2. The loss is Diffusion-DPO's, per pair, so users may be mixed within a batch.
 
-Deviation from the paper: unverified -- the abstract fixes only VLM embeddings, cross-attention and a DPO objective;
-the branch design is IP-Adapter-style (preflab's choice) and beta = 5000 is Diffusion-DPO's default, not the paper's.
+Audit 2026-12: a third-party paper note (CVPR 2025) restates the objective as the user-conditioned Diffusion-DPO loss
+-log sigmoid(-beta T omega(lambda_t) Delta) with eps_theta(x_t, c, u, t), user embeddings from LLaVA-OneVision hidden
+states of N = 4 labelled pairs, IP-Adapter-style decoupled cross-attention Z' = Attn(Q, K, V) + Attn(Q, K', V')
+with only W_k', W_v' trained (Stable Cascade stage C), and user-embedding dropout in training -- the form above.
+
+Deviation from the paper: beta = 5000 is Diffusion-DPO's default, not a value from the paper (not in the note); the
+lambda scale on the user branch is preflab's (1 = the note's plain sum); user-embedding dropout belongs to the
+builder/model, not this loss.
 """
 from dataclasses import dataclass
 
@@ -24,6 +30,8 @@ class PPD(DiffusionDPO):
 
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Dang et al. 2025, Personalized Preference Fine-tuning of Diffusion Models (PPD)"
+    checked_against = ("3rd-party: a CVPR 2025 paper note (user-conditioned Diffusion-DPO, IP-Adapter-style decoupled "
+                       "cross-attention); no released code, beta unverified")
 
 
 OBJECTIVE = PPD

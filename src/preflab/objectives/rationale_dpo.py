@@ -40,6 +40,8 @@ class RationaleDPO(Objective):
     gradient_extras_hint = ("preflab does not yet score rationale-conditioned sequences in the training forward; use "
                             "rationale_dpo from Python with a loop that scores the rationale with the policy.")
     paper = "Just et al. 2024, Data-Centric Human Preference Optimization with Rationales (arXiv:2407.14477)"
+    checked_against = ("official code: reds-lab/preference-learning-with-rationales@16111a1 trainers.py::RDPOTrainer "
+                       "(summed rationale log-prob; config/loss/rdpo.yaml), re-read 2026-12")
     tags = {"data": ("pair-wise", "rationale"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}
 

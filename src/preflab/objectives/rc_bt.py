@@ -26,6 +26,7 @@ class RcBT(Objective):
 
     needs_reference = False
     paper = "MAPL 2025, Multi-Level Aware Preference Learning (arXiv:2505.12845); Rc-BT (arXiv:2502.00814)"
+    checked_against = "3rd-party: a review of MAPL (L_intra); L_inter and tau from memory, unverified"
     tags = {"data": ("pair-wise", "prompt-side"), "framework": ("reward-model",), "constraint": ("reference-free",),
             "property": ()}
 

@@ -24,6 +24,7 @@ class RcDPO(Objective):
     beta: float = 0.1  # DPO inverse temperature
 
     paper = "MAPL 2025, Multi-Level Aware Preference Learning (arXiv:2505.12845); Rc-BT (arXiv:2502.00814)"
+    checked_against = "3rd-party: a review of MAPL; condition-side DPO form from memory, unverified"
     tags = {"data": ("pair-wise", "prompt-side"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}
 

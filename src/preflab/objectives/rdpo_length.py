@@ -5,11 +5,15 @@ Paper: Park, Rafailov, Ermon & Finn, 2024, "Disentangling Length from Quality in
 
     L = -log sigmoid(beta * Delta + alpha * (|y_w| - |y_l|))
 
-A longer chosen response already raises the logit, so the policy gains less from learning length.
+A longer chosen response already raises the logit, so the policy gains less from learning length; equivalently the
+gradient weight sigma(-z) is larger for pairs whose chosen answer is the shorter one.
 
-Deviation from the paper: none intended, but the formula and its sign are UNVERIFIED against the PDF (taken from the
-SimPO paper's baseline table and a paper summary), and so is the default alpha = 0.05 (the low end of SimPO's search
-grid for R-DPO, alpha in {0.05, 0.1, 0.5, 1.0}). Not rDPO (`robust_dpo`).
+Checked (audit 2026-12): a paper note quoting Park et al. (ACL Findings 2024) gives the same logit, "an additional
+regularization margin (alpha|y_w| - alpha|y_l|) in the binary classification loss logit ... up-weights gradients for
+pairs where the chosen answer is shorter", and the paper's settings alpha = 0.05 (Phi-2 on UltraFeedback, beta = 0.1)
+and alpha = 0.1 (HH). The PDF itself was not read. Default alpha = 0.05 is that UltraFeedback setting.
+
+Deviation from the paper: none known (form and sign as quoted above). Not rDPO (`robust_dpo`).
 """
 from dataclasses import dataclass
 
@@ -21,9 +25,11 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 @dataclass(frozen=True)
 class RDPOLength(Objective):
     beta: float = 0.1
-    alpha: float = 0.05  # weight of the length difference |y_w| - |y_l| (unverified default)
+    alpha: float = 0.05  # weight of the length difference |y_w| - |y_l| (the paper's UltraFeedback setting)
 
     paper = "Park et al. 2024, Disentangling Length from Quality in Direct Preference Optimization (arXiv:2403.19159)"
+    checked_against = ("3rd-party: a paper note quoting Park et al. (logit + alpha|y_w| - alpha|y_l|; alpha = 0.05 "
+                       "with beta = 0.1 on UltraFeedback); PDF not read")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ("length",)}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

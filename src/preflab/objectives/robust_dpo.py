@@ -29,6 +29,8 @@ class RobustDPO(Objective):
 
     aliases = ("robust",)
     paper = "Chowdhury et al. 2024, Provably Robust DPO: Aligning LMs with Noisy Feedback (arXiv:2403.00409)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='robust' (tests/objectives/test_trl_parity.py, "
+                       "1e-9)")
     tags = {"data": ("pair-wise", "noise"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

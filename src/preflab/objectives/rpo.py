@@ -8,9 +8,11 @@ Adversarial Regularizer" (arXiv:2405.16436), Algorithm/Eq. of RPO (main text: cu
     nll_agg = "seq_mean"          c = eta,        NLL = -S_theta(y_w)/|y_w|, batch mean (average, Appendix F; default)
     nll_agg = "batch_token_mean"  c = eta,        NLL = token-weighted mean over the batch (TRL ["sigmoid","sft"])
 
-Verified against the official code (YSLIU627/Regularized-Preference-Optimization: `rpo_trainer.py` for the
-cumulative form, OpenRLHF `dpo_trainer.py` for the average form) as read by methods/objectives.md §C #6.
-Recipes: cumulative beta=0.01, eta=0.005 (zephyr-7b-beta); average beta=0.5, eta=0.2 (`train_rpo.sh`).
+Verified against the official code, re-read in the audit of 2026-12 at YSLIU627/Regularized-Preference-Optimization
+@d0389c4: `alignment-handbook/scripts/rpo_trainer.py` subtracts beta * eta * S_theta(y_w) from the DPO loss (sum),
+`OpenRLHF/openrlhf/trainer/dpo_trainer.py` adds nll_loss_coef * (-batch mean of per-sequence mean log-probs)
+(seq_mean). Recipes: cumulative beta=0.01, eta=0.005 (zephyr-7b-beta); average beta=0.5, eta=0.2 (`train_rpo.sh`).
+beta defaults to DPO's 0.1 (kept: the usual DPO default); the official average recipe uses 0.5.
 
 Deviation from the paper: none. The aggregation is an explicit option (`nll_agg`) because the two official
 variants and TRL's paper-index recipe all differ; defaults follow the README's recommended average variant.
@@ -30,6 +32,8 @@ class RPO(Objective):
     nll_agg: str = "seq_mean"   # sum (weight eta*beta) | seq_mean | batch_token_mean
 
     paper = "Liu et al. 2024, Provably Mitigating Overoptimization in RLHF (arXiv:2405.16436)"
+    checked_against = ("official code: YSLIU627/Regularized-Preference-Optimization@d0389c4 rpo_trainer.py (sum) "
+                       "and OpenRLHF dpo_trainer.py (seq_mean), re-read 2026-12")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -30,6 +30,8 @@ class RRHF(Objective):
     batch_type = ListBatch
     needs_reference = False
     paper = "Yuan et al. 2023, RRHF: Rank Responses to Align Language Models with Human Feedback (arXiv:2304.05302)"
+    checked_against = ("official code: GanjinZero/RRHF@e1a2b61 train.py rrhf_loss (rank term); the SFT term is the "
+                       "paper's sum (the code's mean over padded positions differs), re-read 2026-12")
     tags = {"data": ("list-wise",), "framework": ("offline",), "constraint": ("reference-free",), "property": ()}
 
     def validate(self):

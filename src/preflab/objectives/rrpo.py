@@ -35,6 +35,8 @@ class RRPO(Objective):
     token_extras = ("chosen_phrase_ids", "rejected_phrase_ids")
     token_needs = ("token_kl",)
     paper = "Sarkar & Etemad 2025, Refined Regularized Preference Optimization (arXiv:2504.12083)"
+    checked_against = ("official code: pritamqu/RRPO@a905573 llava/losses.py::RRPO (phrase sums, + alpha * chosen "
+                       "KL(pi_ref || pi_theta)), re-read 2026-12")
     tags = {"data": ("pair-wise", "token"), "framework": ("offline",), "constraint": ("reference", "divergence"),
             "property": ()}
 

@@ -31,6 +31,8 @@ class SelfNPO(Objective):
     batch_type = UnpairedBatch
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Wang et al. 2025, Self-NPO: Data-Free Diffusion Model Enhancement via Truncated Diffusion Fine-Tuning"
+    checked_against = ("official code: G-U-N/Diffusion-NPO@a14f1db Self-NPO/train.py (pseudo-Huber c = 0.001 on x0; "
+                       "train.sh loss_type=huber), re-read 2026-12")
     tags = {"data": ("data-free", "diffusion"), "framework": ("offline",), "constraint": ("reference",),
             "property": ("negative",)}
 

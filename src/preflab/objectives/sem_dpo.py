@@ -1,9 +1,10 @@
 """Sem-DPO: DPO with each pair's loss scaled by a semantic-consistency weight (prompt optimization).
 
 Paper: Mohamed, Khan, Wang et al., 2025, "Sem-DPO: Mitigating Semantic Inconsistency in Preference Optimization
-for Prompt Engineering" (arXiv:2507.20133). Only the abstract was read ("scales the DPO loss by an exponential weight
-proportional to the cosine distance between the original prompt and the winning candidate"); the exact form, alpha
-and the encoder are unverified (methods/objectives.md §C #38).
+for Prompt Engineering" (arXiv:2507.20133). The abstract says it "scales the DPO loss by an exponential weight
+proportional to the cosine distance between the original prompt and the winning candidate"; a third-party research
+note restates the weight as W_alpha(x, y_w) = exp(-alpha d_cos(e(x), e(y_w))), e a frozen embedding model, computed
+offline -- the form below (audit 2026-12). The paper's alpha, encoder and any batch normalisation remain unverified.
 
     w = exp(-alpha * (1 - cos(e(x), e(y_w))))     (no gradient)
     L = w * -log sigmoid(beta * Delta)
@@ -29,6 +30,8 @@ class SemDPO(Objective):
 
     required_extras = ("similarity",)
     paper = "Mohamed et al. 2025, Sem-DPO (arXiv:2507.20133)"
+    checked_against = ("3rd-party: a research note restating the weight exp(-alpha d_cos(e(x), e(y_w))) (same form); "
+                       "alpha, encoder and normalisation unverified")
     tags = {"data": ("pair-wise", "quality"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

@@ -31,6 +31,7 @@ class SFT(Objective):
 
     needs_reference = False
     paper = "Pang et al. 2024, Iterative Reasoning Preference Optimization (arXiv:2404.19733), NLL term"
+    checked_against = "reference code: TRL 1.16 DPOTrainer loss_type='sft' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 

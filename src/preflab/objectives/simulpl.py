@@ -38,6 +38,7 @@ class SimulPL(Objective):
 
     required_extras = ("chosen_latency", "rejected_latency")
     paper = "SimulPL 2025, Aligning Human Preferences in Simultaneous Machine Translation (ICLR 2025)"
+    checked_against = "unverified: objective derived by the spec from the abstract; lam unverified"
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ("latency",)}
 
     def validate(self):

@@ -25,6 +25,7 @@ class SLiC(Objective):
 
     needs_reference = False
     paper = "Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback (arXiv:2305.10425)"
+    checked_against = "3rd-party: DPO survey Eq. 9 restating SLiC-HF; delta = 1, lambda = 0.005 unverified"
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",), "property": ()}
 
     def validate(self):

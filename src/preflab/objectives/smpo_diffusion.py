@@ -10,9 +10,13 @@ one ReNoise iteration; use K = 10 for SDXL). p = batch.extras["preference_prob"]
 sigmoid(s~_w - s~_l) of a reward model (preflab.diffusion.smoothing.smoothed_preference). p = 0.5 gives log 2 and zero
 gradient; kappa = 1 (p = 0.55) is Diffusion-DPO; p = 1 with kappa_scale = 1 (a hard label) is Diffusion-DPO.
 
+Audit 2026-12, JaydenLyh/SmPO@8922d54 train.py: scale_term = -0.5 * beta_dpo * (2 * probs[0] - 1) * 10, probs =
+exp(n_w) / (exp(n_w) + exp(n_l)) of min-max-normalised PickScores n, i.e. sigmoid(n_w - n_l): the loss above with
+kappa_scale = 10 (examples/sd15.sh: beta_dpo 2000, sdxl.sh: 5000).
+
 Deviation from the paper: none in the loss. From the released code: p (and t) are per pair; the code used probs[0]
-for the whole device batch. The (2p - 1) reading as preference-likelihood averaging is from memory; kappa_scale = 10
-is the code's constant.
+for the whole device batch. Reading (2p - 1) as preference-likelihood averaging is an interpretation (the formula
+itself is the code's); kappa_scale = 10 is the code's constant.
 """
 from dataclasses import dataclass
 
@@ -33,6 +37,8 @@ class SmPODiffusion(DiffusionDPO):
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = ("Lu et al. 2025, Smoothed Preference Optimization via ReNoise Inversion for Aligning Diffusion Models "
              "with Varied Human Preferences (SmPO-Diffusion)")
+    checked_against = ("official code: JaydenLyh/SmPO@8922d54 train.py (scale -0.5*beta_dpo*(2p-1)*10, p = softmax "
+                       "of min-max-normalised PickScores; sd15.sh beta 2000), re-read 2026-12")
 
     def validate(self):
         super().validate()

@@ -48,6 +48,8 @@ class SparsePO(Objective, nn.Module):
 
     token_needs = ("token_kl", "hidden")
     paper = "Christopoulou et al. 2024, SparsePO (arXiv:2410.05102)"
+    checked_against = ("official code: huawei-noah/HEBO@04f4ece SparsePO/src/trainers/sparse_trainer.py (loss, token "
+                       "KL sign, L1 halving for a common mask), re-read 2026-12")
     tags = {"data": ("pair-wise", "token"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def __post_init__(self):

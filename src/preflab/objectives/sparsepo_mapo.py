@@ -43,6 +43,8 @@ class SparsePOMaPO(Objective):
 
     token_needs = ("token_kl", "hidden")
     paper = "Christopoulou et al. 2024, SparsePO (arXiv:2410.05102), activation-mask variant"
+    checked_against = ("official code: huawei-noah/HEBO@04f4ece SparsePO/src/trainers/mapo_trainer.py (loss; "
+                       "zn_rescale masks), re-read 2026-12")
     tags = {"data": ("pair-wise", "token"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

@@ -33,6 +33,7 @@ class SPODegree(Objective):
 
     required_extras = ("degree_logits", "degree_labels")
     paper = "Li et al. 2024, Self-supervised Preference Optimization (arXiv:2409.17791)"
+    checked_against = "unverified: from memory; the official repo (lijian16/SPO) holds only a LICENSE"
     tags = {"data": ("pair-wise", "quality"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

@@ -29,6 +29,8 @@ class SPPO(Objective):
     offset: ClassVar[float] = 0.5
     required_extras = ("score_chosen", "score_rejected")
     paper = "Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment (arXiv:2405.00675)"
+    checked_against = ("official code: uclaml/SPPO@5e61c4e sppo/trainer.py loss_type='sppo' (halved sum of squares; "
+                       "pipeline.sh beta 0.001), re-read 2026-12")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}
 

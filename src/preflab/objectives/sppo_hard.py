@@ -20,6 +20,8 @@ class SPPOHard(Objective):
     beta: float = 0.1
 
     paper = "Wu et al. 2024, Self-Play Preference Optimization for Language Model Alignment (arXiv:2405.00675)"
+    checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='sppo_hard' "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("pair-wise",), "framework": ("offline", "self-play"), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -11,6 +11,10 @@ form is from memory (unverified as the paper's equation):
     lam_ij = |G_i - G_j| |1/ln(1 + tau_i) - 1/ln(1 + tau_j)|,  G = 2^(gain_scale v) - 1, tau = rank by s (descending)
 
 `lambda_weight="uniform"` sets lam_ij = 1 (RankNet over ordered pairs); `step_weights="uniform"` sets w = 1.
+Audit 2026-12 (MrBlankness/TPO@ba87a23 `loss.py`, re-read): `compute_step_weights` / `compute_weighted_logits`
+match w_ik and R_i above (cosine to response 0 of the list, which the data puts first); the released
+`lambda_rank_loss` has NO lambda weights -- it is lambda_weight="uniform" over all ordered pairs (each counted
+twice, ties included), so the lambdarank default is the paper's method name, not the released code (unverified).
 Extras: `step_index` [B, K, T] int (0 = not a response token, k >= 1 = step k); `hidden` [B, K, T, H] (the policy's
 last hidden states, token need "hidden"; read only for adaptive weights). v = ListBatch.scores. The tree -> list
 builder (steps, scores) lives in the data layer.
@@ -40,6 +44,8 @@ class TPOTree(Objective):
     required_extras = ("step_index",)
     token_needs = ("hidden",)
     paper = "Liao et al. 2024, TPO: Multi-branch & Multi-step Preference Trees (arXiv:2410.12854)"
+    checked_against = ("official code: MrBlankness/TPO@ba87a23 loss.py (step weights match; its ranking loss has no "
+                       "lambda weights = lambda_weight='uniform'); the lambdarank default is unverified")
     tags = {"data": ("list-wise", "step-level"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}
 

@@ -39,6 +39,8 @@ class UPO(Objective):
 
     required_extras = ("alpha",)
     paper = "Wang et al. 2025, Uncertainty-Enhanced Preference Optimization (UPO), AAAI 2025"
+    checked_against = ("official code: wjn1996/Uncertainty-Preference-Optimization@29a1c21 (LLaMA-Factory DPO, "
+                       "beta 0.1, global label smoothing, no per-pair alpha) + paper text (spec) for alpha and the NLL")
     tags = {"data": ("pair-wise",), "framework": ("iterative",), "constraint": ("reference",),
             "property": ("uncertainty",)}
 

@@ -1,0 +1,332 @@
+"""Equality with TRL 1.16's own DPOTrainer loss code, for every DPO loss_type preflab aliases or re-implements.
+
+TRL's `DPOTrainer._compute_loss` is called unbound with a stand-in trainer and a stand-in model that returns fixed
+per-token log-probs (TRL 1.16 reads `outputs.log_probs` from its fused LM head), and reference log-probs passed as
+precomputed columns. preflab's objective gets the same log-probs; the two losses must agree to 1e-9 in float64.
+This pins preflab to TRL's numbers, not to a re-derivation of TRL's formulas. Skipped where trl is not installed
+(`pip install trl==1.16.0`, no extra dependencies needed).
+"""
+import types
+from collections import defaultdict
+
+import pytest
+import torch
+
+from preflab.objectives import PairBatch, SequenceLogps, get_objective
+
+trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+
+B, T = 4, 7
+LENGTHS_W = torch.tensor([3, 5, 2, 6])
+LENGTHS_L = torch.tensor([4, 2, 6, 1])
+
+
+def _token_logps(seed: int, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] negative per-token log-probs, zero after each response's length."""
+    g = torch.Generator().manual_seed(seed)
+    values = -torch.rand(B, T - 1, generator=g, dtype=torch.float64) * 3.0
+    return values * (torch.arange(T - 1) < lengths.unsqueeze(1))
+
+
+def _completion_mask(lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T]: a one-token prompt, then `length` completion tokens (TRL shifts it by one)."""
+    pos = torch.arange(T)
+    return ((pos >= 1) & (pos <= lengths.unsqueeze(1))).long()
+
+
+class _Model(torch.nn.Module):
+    """Stands in for TRL 1.16's fused-LM-head model output: per-token log-probs of the labels."""
+
+    def __init__(self, log_probs):
+        super().__init__()
+        self.log_probs = log_probs
+
+    def forward(self, **kwargs):
+        zeros = torch.zeros_like(self.log_probs)
+        return types.SimpleNamespace(log_probs=self.log_probs, entropy=zeros, mean_logits=zeros,
+                                     is_top1=zeros.bool())
+
+
+def _accelerator():
+    return types.SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x)
+
+
+def trl_loss(loss_type, policy_w, policy_l, ref_w, ref_l, beta=0.1, label_smoothing=0.0,
+             f_divergence_type="reverse_kl", f_alpha=0.5, discopop_tau=0.05, ld_alpha=None):
+    """TRL 1.16's loss and logged metrics for one batch. With ld_alpha the reference runs through a stand-in
+    reference model (TRL weights its tokens itself); otherwise its sums come in as precomputed columns."""
+    log_probs = torch.cat([policy_w, policy_l]).requires_grad_(True)
+    model = _Model(log_probs)
+    model.is_gradient_checkpointing = False
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=_accelerator(), aux_loss_enabled=False, ld_alpha=ld_alpha,
+        precompute_ref_logps=ld_alpha is None, ref_model=_Model(torch.cat([ref_w, ref_l])),
+        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha, loss_types=[loss_type],
+        loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing, use_weighting=False,
+        args=types.SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    completion_mask = torch.cat([_completion_mask(LENGTHS_W), _completion_mask(LENGTHS_L)])
+    inputs = {"input_ids": torch.ones(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T),
+              "completion_mask": completion_mask, "ref_chosen_logps": ref_w.sum(1), "ref_rejected_logps": ref_l.sum(1)}
+    loss = trl_dpo.DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    return loss, metrics
+
+
+def preflab_loss(name, policy_w, policy_l, ref_w, ref_l, **params):
+    mask_w = torch.arange(T - 1) < LENGTHS_W.unsqueeze(1)
+    mask_l = torch.arange(T - 1) < LENGTHS_L.unsqueeze(1)
+    batch = PairBatch(SequenceLogps(policy_w, mask_w), SequenceLogps(policy_l, mask_l),
+                      SequenceLogps(ref_w, mask_w), SequenceLogps(ref_l, mask_l))
+    return get_objective(name, **params)(batch)
+
+
+def _sides(shift=0):
+    return (_token_logps(1 + shift, LENGTHS_W), _token_logps(2 + shift, LENGTHS_L),
+            _token_logps(3 + shift, LENGTHS_W), _token_logps(4 + shift, LENGTHS_L))
+
+
+def _rel(loss_type):
+    """1e-9, except exo_pair: TRL holds eps in a float32 tensor, so log(eps) differs from float64 by ~1e-8."""
+    return 1e-7 if loss_type == "exo_pair" else 1e-9
+
+
+# (TRL loss_type, preflab name, TRL keyword arguments, preflab parameters)
+CASES = [
+    ("sigmoid", "dpo", {}, {}),
+    ("sigmoid", "dpo", {"beta": 0.5}, {"beta": 0.5}),
+    ("hinge", "hinge_norm", {}, {}),
+    ("ipo", "ipo", {}, {}),
+    ("exo_pair", "exo_pair", {"label_smoothing": 1e-3}, {}),
+    ("nca_pair", "nca_pair", {}, {}),
+    ("robust", "robust_dpo", {"label_smoothing": 0.1}, {"label_smoothing": 0.1}),
+    ("bco_pair", "bco_pair", {}, {}),
+    ("sppo_hard", "sppo_hard", {}, {}),
+    ("aot", "aot", {}, {}),
+    ("aot", "aot", {"label_smoothing": 0.2}, {"label_smoothing": 0.2}),
+    ("aot_unpaired", "aot_unpaired", {}, {}),
+    ("apo_zero", "apo_zero", {}, {}),
+    ("apo_down", "apo_down", {}, {}),
+    ("discopop", "discopop", {}, {}),
+    ("sft", "sft", {}, {}),
+    ("sigmoid_norm", "dpo_length_norm", {}, {}),
+]
+F_DIVERGENCE_CASES = [
+    (loss_type, name, f_div)
+    for loss_type, name in [("sigmoid", "dpo"), ("hinge", "hinge_norm"), ("ipo", "ipo"), ("robust", "robust_dpo"),
+                            ("exo_pair", "exo_pair"), ("discopop", "discopop"), ("sigmoid_norm", "dpo_length_norm")]
+    for f_div in ("forward_kl", "js_divergence", "alpha_divergence")
+]
+
+
+@pytest.mark.parametrize("loss_type,name,trl_kwargs,params", CASES,
+                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_loss_equals_trl_1_16(loss_type, name, trl_kwargs, params):
+    for shift in (0, 10):  # two batches: margins of both signs and several sizes
+        sides = _sides(shift)
+        expected, trl_metrics = trl_loss(loss_type, *sides, **trl_kwargs)
+        out = preflab_loss(name, *sides, **params)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=_rel(loss_type))
+        if name not in ("sft",) and "rewards/margins" in out.metrics:
+            assert out.metrics["rewards/margins"].item() == pytest.approx(trl_metrics["rewards/margins"], abs=1e-9)
+
+
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("loss_type,name", [("sigmoid", "dpo")])
+def test_ld_alpha_equals_trl_1_16(loss_type, name, ld_alpha):
+    """LD-DPO: tokens past the pair's shared length weighted by ld_alpha, on policy and reference alike."""
+    for shift in (0, 10):
+        sides = _sides(shift)
+        expected, _ = trl_loss(loss_type, *sides, ld_alpha=ld_alpha)
+        out = preflab_loss(name, *sides, ld_alpha=ld_alpha)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+@pytest.mark.parametrize("loss_type,name,f_div", F_DIVERGENCE_CASES)
+def test_f_divergence_scores_equal_trl_1_16(loss_type, name, f_div):
+    sides = _sides(5)
+    rel = _rel(loss_type)
+    if f_div == "alpha_divergence":  # TRL's clamp table has no float64 entry: compare in float32
+        sides, rel = tuple(s.float() for s in sides), 1e-6
+    kwargs = {"label_smoothing": 1e-3} if loss_type == "exo_pair" else {}
+    if loss_type == "robust":
+        kwargs = {"label_smoothing": 0.1}
+    expected, _ = trl_loss(loss_type, *sides, f_divergence_type=f_div, **kwargs)
+    out = preflab_loss(name, *sides, f_divergence=f_div, **kwargs)
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=rel)
+
+
+def test_gradients_equal_trl_1_16():
+    """The gradient wrt the policy's token log-probs agrees too (DPO and IPO)."""
+    for loss_type, name in (("sigmoid", "dpo"), ("ipo", "ipo"), ("apo_down", "apo_down")):
+        pw, pl, rw, rl = _sides(3)
+        lp = torch.cat([pw, pl]).requires_grad_(True)
+        model = _Model(lp)
+        trainer = types.SimpleNamespace(
+            model=model, accelerator=_accelerator(), aux_loss_enabled=False, ld_alpha=None,
+            precompute_ref_logps=True, f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
+            loss_types=[loss_type], loss_weights=[1.0], beta=0.1, label_smoothing=0.0, use_weighting=False,
+            args=types.SimpleNamespace(discopop_tau=0.05), _metrics={"train": defaultdict(list)},
+            _total_train_tokens=0, _tp_size=1)
+        completion_mask = torch.cat([_completion_mask(LENGTHS_W), _completion_mask(LENGTHS_L)])
+        inputs = {"input_ids": torch.ones(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T),
+                  "completion_mask": completion_mask, "ref_chosen_logps": rw.sum(1), "ref_rejected_logps": rl.sum(1)}
+        trl_dpo.DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False).backward()
+        pw2, pl2 = pw.clone().requires_grad_(True), pl.clone().requires_grad_(True)
+        preflab_loss(name, pw2, pl2, rw, rl).loss.backward()
+        mask = torch.cat([_completion_mask(LENGTHS_W), _completion_mask(LENGTHS_L)])[:, 1:].bool()
+        ours = torch.cat([pw2.grad, pl2.grad])
+        assert torch.allclose(ours[mask], lp.grad[mask], atol=1e-12, rtol=1e-9)
+
+
+# ----- KTOTrainer (kto, apo_zero_unpaired) -----
+
+def _kto_trl_loss(loss_type, policy, ref, labels, policy_kl, ref_kl, desirable_weight=1.0, undesirable_weight=1.0):
+    """TRL 1.16 KTOTrainer._compute_loss; the mismatched-completion log-probs come in through `_compute_kl_logps`."""
+    model = _Model(policy)
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=_accelerator(), aux_loss_enabled=False, precompute_ref_logps=True,
+        calculate_KL=loss_type == "kto", loss_type=loss_type, beta=0.1, desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight, _compute_kl_logps=lambda model, batch: policy_kl.sum(1),
+        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    inputs = {"input_ids": torch.ones(B, T, dtype=torch.long), "attention_mask": torch.ones(B, T),
+              "completion_mask": _completion_mask(LENGTHS_W), "label": labels, "ref_logps": ref.sum(1),
+              "ref_KL_logps": ref_kl.sum(1)}
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    return KTOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 1.3)])
+def test_unpaired_loss_equals_trl_1_16_kto_trainer(loss_type, weights):
+    from preflab.objectives import UnpairedBatch
+
+    mask = torch.arange(T - 1) < LENGTHS_W.unsqueeze(1)
+    labels = torch.tensor([True, False, True, False])
+    for shift in (0, 20):
+        policy, ref = _token_logps(31 + shift, LENGTHS_W), _token_logps(32 + shift, LENGTHS_W)
+        policy_kl, ref_kl = _token_logps(33 + shift, LENGTHS_W), _token_logps(34 + shift, LENGTHS_W)
+        expected = _kto_trl_loss(loss_type, policy, ref, labels, policy_kl, ref_kl, *weights)
+        batch = UnpairedBatch(SequenceLogps(policy, mask), labels, SequenceLogps(ref, mask),
+                              SequenceLogps(policy_kl, mask), SequenceLogps(ref_kl, mask))
+        out = get_objective(loss_type, desirable_weight=weights[0], undesirable_weight=weights[1])(batch)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+# ----- CPOTrainer (cpo, simpo, alphapo) and ORPOTrainer (orpo) -----
+
+def _policy_pair(shift=0):
+    mask_w = torch.arange(T - 1) < LENGTHS_W.unsqueeze(1)
+    mask_l = torch.arange(T - 1) < LENGTHS_L.unsqueeze(1)
+    pw, pl = _token_logps(41 + shift, LENGTHS_W) * 0.3, _token_logps(42 + shift, LENGTHS_L) * 0.3
+    return PairBatch(SequenceLogps(pw, mask_w), SequenceLogps(pl, mask_l))
+
+
+def _batch_token_mean_nll(batch):
+    """TRL's CrossEntropyLoss over every chosen completion token of the batch."""
+    return -batch.policy_chosen.sum.sum() / batch.policy_chosen.length.sum()
+
+
+@pytest.mark.parametrize("name,trl_loss_type,params", [
+    ("cpo", "sigmoid", {"beta": 0.1, "cpo_alpha": 0.0}),
+    ("cpo", "sigmoid", {"beta": 0.1, "cpo_alpha": 1.0, "label_smoothing": 0.1}),
+    ("simpo", "simpo", {"beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0}),
+    ("simpo", "simpo", {"beta": 2.5, "simpo_gamma": 1.0, "cpo_alpha": 0.5, "label_smoothing": 0.2}),
+    ("alphapo", "simpo", {"beta": 2.5, "simpo_gamma": 0.1, "alpha": 0.25, "cpo_alpha": 0.0}),
+    ("alphapo", "simpo", {"beta": 2.5, "simpo_gamma": 0.1, "alpha": -0.5, "cpo_alpha": 0.0}),
+])
+def test_reference_free_loss_equals_trl_1_16_cpo_trainer(name, trl_loss_type, params):
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    for shift in (0, 7):
+        batch = _policy_pair(shift)
+        mean_form = trl_loss_type == "simpo"  # TRL's get_batch_logps(average_log_prob=True) for simpo
+        chosen = batch.policy_chosen.mean if mean_form else batch.policy_chosen.sum
+        rejected = batch.policy_rejected.mean if mean_form else batch.policy_rejected.sum
+        trainer = types.SimpleNamespace(
+            accelerator=_accelerator(), alpha=params.get("alpha", 0.0), loss_type=trl_loss_type, beta=params["beta"],
+            simpo_gamma=params.get("simpo_gamma", 0.5), label_smoothing=params.get("label_smoothing", 0.0))
+        losses, _, _ = CPOTrainer.cpo_loss(trainer, chosen, rejected)
+        expected = losses.mean() + params["cpo_alpha"] * _batch_token_mean_nll(batch)
+        out = get_objective(name, **params)(batch)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+def test_orpo_equals_trl_1_16_orpo_trainer():
+    from trl.experimental.orpo.orpo_trainer import ORPOTrainer
+
+    for shift in (0, 7):
+        batch = _policy_pair(shift)
+        trainer = types.SimpleNamespace(accelerator=_accelerator(), beta=0.1)
+        # ORPOTrainer casts the mean log-probs to float32 before the odds ratio
+        losses, *_ = ORPOTrainer.odds_ratio_loss(trainer, batch.policy_chosen.mean, batch.policy_rejected.mean)
+        expected = _batch_token_mean_nll(batch) - losses.mean().double()
+        out = get_objective("orpo", beta=0.1)(batch)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6, rel=1e-6)
+
+
+def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
+    """cDPO has no TRL 1.16 loss_type of its own (TRL >= 0.29 ignores label_smoothing for sigmoid), but TRL's `aot`
+    with label_smoothing eps on a batch of B copies of one pair sorts nothing and is exactly cDPO on that pair."""
+    pw, pl, rw, rl = (s.sum(1) for s in _sides(2))
+    for i in range(B):
+        def copies(v):  # every row carries pair i's sum on its first completion token
+            out = torch.zeros(B, T - 1, dtype=torch.float64)
+            out[:, 0] = v[i]
+            return out
+        expected, _ = trl_loss("aot", copies(pw), copies(pl), copies(rw), copies(rl), label_smoothing=0.1)
+        batch = PairBatch.from_sums(pw[i:i + 1], pl[i:i + 1], rw[i:i + 1], rl[i:i + 1])
+        out = get_objective("cdpo", label_smoothing=0.1)(batch)
+        assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+# ----- GRPOTrainer (grpo): the clipped surrogate + k3 KL and the four aggregations, given the advantages -----
+
+def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len):
+    """TRL 1.16 GRPOTrainer._compute_loss on flattened [B*G, T] completions; the model's per-token log-probs come
+    in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation)."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    model = torch.nn.Linear(1, 1)
+    model.train()
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=types.SimpleNamespace(
+            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=lambda x: x,
+            gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (lp, torch.zeros_like(lp), None),
+        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+        importance_sampling_level=level, beta=beta, loss_type=loss_type, epsilon_low=epsilon,
+        epsilon_high=epsilon_high, use_vllm=False, vllm_importance_sampling_correction=False,
+        current_gradient_accumulation_steps=1, max_completion_length=max_len, _entropy_bonus_enabled=False,
+        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        _metrics={"train": defaultdict(list)})
+    n, T = lp.shape
+    inputs = {"prompt_ids": torch.ones(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+              "completion_ids": torch.ones(n, T, dtype=torch.long), "completion_mask": mask.long(),
+              "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum().to(lp.dtype)}
+    return GRPOTrainer._compute_loss(trainer, None, inputs)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("beta,level", [(0.0, "token"), (0.04, "token"), (0.04, "sequence")])
+def test_grpo_loss_equals_trl_1_16_grpo_trainer(loss_type, beta, level):
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 3, 5
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([[5, 3, 4], [2, 5, 1]])
+    mask = torch.arange(T) < lengths.unsqueeze(-1)
+    lp = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (lp + 0.4 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask  # ratios far enough to clip
+    ref = (lp + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+    flat = lambda x: x.reshape(B * G, *x.shape[2:])  # noqa: E731
+    expected = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv.reshape(-1), loss_type, beta, 0.2, 0.28,
+                              level, T)
+    batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64), SequenceLogps(ref, mask),
+                      extras={"advantages": adv, "old_logps": old})
+    out = get_objective("grpo", loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28,
+                        importance_sampling_level=level, max_completion_length=T)(batch)
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
