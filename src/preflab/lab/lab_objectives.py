@@ -33,6 +33,7 @@ class SquaredMarginLoss(Objective):
 
     required_extras = ("target",)
     paper = "Azar et al. 2023 (IPO, arXiv:2310.12036); Calandriello et al. 2024 (online IPO, arXiv:2403.08635)"
+    checked_against = "paper text: closed form (h - 1/(2 beta))^2 of the IPO paper; the lab's own copy, not registered"
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:
         h_w, h_l = logratios(batch)
@@ -47,6 +48,8 @@ class INPOLoss(Objective):
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
+    checked_against = ("3rd-party: as the registered `inpo` (see its checked_against); its population minimiser is "
+                       "the closed form (tests/lab/test_nash_loops.py)")
 
     def validate(self):
         if not (self.eta > 0 and 0 <= self.eta * self.tau <= 1):
@@ -68,6 +71,8 @@ class RobustDPOLoss(Objective):
     flip_rate: float = 0.1  # eps, the probability that a label is flipped
 
     paper = "Chowdhury, Kini, Natarajan 2024, Provably Robust DPO (arXiv:2403.00409)"
+    checked_against = ("reference code: as the registered `robust_dpo` (TRL 1.16 loss_type='robust'); the lab optimum "
+                       "equals the registered one's (tests/lab/test_contrasts.py)")
 
     def validate(self):
         super().validate()
@@ -115,6 +120,7 @@ class FlexDPOLoss(Objective):
     beta_rejected: float = 0.08
 
     paper = "Yan et al. 2024, 3D-Properties: Identifying Challenges in DPO (arXiv:2406.07327)"
+    checked_against = "3rd-party: equals the registered `flex_dpo` (tests/lab/test_dpo_3d.py), checked against reviews"
 
     def validate(self):
         if not (self.beta_chosen > 0 and self.beta_rejected > 0):

@@ -73,6 +73,8 @@ class SFTLoss(Objective):
     batch_type: ClassVar[type] = SFTBatch
     needs_reference: ClassVar[bool] = False
     paper: ClassVar[str] = "maximum likelihood on completions (TRL SFTTrainer)"
+    checked_against: ClassVar[str] = ("paper text: the completion-token NLL, equal to a hand-computed one "
+                                      "(tests/loops/test_sft_task.py)")
 
     def compute(self, batch: SFTBatch) -> ObjectiveOutput:
         """losses_i = token-summed NLL_i x (examples per token): of this batch alone by default (then
