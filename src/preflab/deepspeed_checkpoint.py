@@ -247,6 +247,11 @@ def load_deepspeed_checkpoint(path: str | Path, engine, scheduler) -> dict:
     group = optimizer.dp_process_group
     per_rank = [None] * comm.get_world_size(group=group)
     per_rank[comm.get_rank(group=group)] = sd  # each rank reads only its own entry (same stage and world size)
+    base_optimizer = optimizer.optimizer
+    # torch's load_state_dict puts new param_group dicts in place; under offload_optimizer_device: cpu accelerate's
+    # DeepSpeedCPUAdam was built on the dicts of the AdamW that preflab's scheduler steps, so those dicts (their lr
+    # is the schedule) must stay the ones the optimizer reads: kept, and given the loaded values
+    groups = list(base_optimizer.param_groups)
     if hasattr(optimizer, "checkpoint_event_prologue"):  # as engine.load_checkpoint
         optimizer.checkpoint_event_prologue()
     try:
@@ -258,8 +263,36 @@ def load_deepspeed_checkpoint(path: str | Path, engine, scheduler) -> dict:
             "DeepSpeed settings it was written with.") from err
     if hasattr(optimizer, "checkpoint_event_epilogue"):
         optimizer.checkpoint_event_epilogue()
+    for kept, loaded in zip(groups, base_optimizer.param_groups):
+        kept.update(loaded)
+    base_optimizer.param_groups = groups
     if engine.zero_optimization_stage() < 3:  # ZeRO-1/2: the module's weights from the restored masters
         optimizer.update_lp_params()
+    replay_cpu_adam_steps(base_optimizer)
     for key in ENGINE_COUNTERS:
         setattr(engine, key, saved["engine"][key])
     return load_rank_training_state(path, scheduler)
+
+
+def replay_cpu_adam_steps(base_optimizer) -> None:
+    """Rebuild DeepSpeedCPUAdam's kernel state (offload_optimizer_device: cpu) after its state_dict was loaded.
+
+    The C++ kernel keeps beta1^t and beta2^t as running products, multiplied by beta once per step (DeepSpeed's
+    csrc/includes/cpu_adam.h, IncrementStep); a fresh kernel asked for step t+1 computes pow(beta, t+1) instead,
+    which rounds differently, so the first update after a resume would differ in its last bits (measured, tiny
+    GPT-2 on ZeRO-3: the next loss by 1e-7, the final weights by 2e-7). Calling the kernel's own update for steps
+    1..t on empty tensors (no element is touched; only IncrementStep runs) gives it the running products of the
+    uninterrupted run. No-op for any other optimizer."""
+    kernel = getattr(base_optimizer, "ds_opt_adam", None)
+    if kernel is None:
+        return
+    steps = {int(state["step"]) for state in base_optimizer.state.values() if "step" in state}
+    if len(steps) > 1:
+        raise PreflabError(f"DeepSpeedCPUAdam's partitions are at different steps {sorted(steps)}; preflab cannot "
+                           "restore its kernel's state exactly. Resume without offload_optimizer_device: cpu.")
+    group = base_optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    empty = torch.empty(0, dtype=torch.float32)
+    for step in range(1, (steps.pop() if steps else 0) + 1):
+        kernel.adam_update(base_optimizer.opt_id, step, group["lr"], beta1, beta2, group["eps"],
+                           group["weight_decay"], group["bias_correction"], empty, empty, empty, empty)
