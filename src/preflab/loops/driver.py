@@ -409,9 +409,10 @@ class TrainingRun:
     def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
-        if self._deepspeed_engine() is not None and (cfg.save_steps or cfg.resume_from_checkpoint not in
-                                                     (None, False, "", "false")):
-            check_checkpointable(self._deepspeed_engine())  # before the first step, not at the first save
+        if is_sharded(acc) and (cfg.save_steps or cfg.resume_from_checkpoint not in (None, False, "", "false")):
+            self._check_sharded_extras()  # before the first step, not at the first save
+            if self._deepspeed_engine() is not None:
+                check_checkpointable(self._deepspeed_engine())
         start_step = self._maybe_resume()
         acc.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
