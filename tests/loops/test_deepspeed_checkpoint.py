@@ -228,3 +228,19 @@ def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_
     reloaded = AutoModelForCausalLM.from_pretrained(z3 / "resumed").state_dict()
     final = load_file(z3 / "resumed/model.safetensors")
     assert all(torch.equal(reloaded[k], final[k]) for k in final)
+
+
+def test_an_objective_with_its_own_parameters_is_refused_before_the_first_step_when_sharded(tmp_path, monkeypatch):
+    """Sharded checkpoints (FSDP2, DeepSpeed) hold the model and its optimizer state only: sparsepo's token masks
+    are refused when save_steps is set, before any step runs (not at the first save, after training)."""
+    sys.path.insert(0, str(HERE))
+    from tiny_run import run
+
+    from preflab.loops import driver
+
+    monkeypatch.setattr(driver, "is_sharded", lambda accelerator: True)
+    monkeypatch.setattr(driver, "sharding_engine", lambda accelerator: "DEEPSPEED")
+    with pytest.raises(ConfigError, match=r"'sparsepo' has parameters of its own.*resume_from_checkpoint under "
+                                          r"DEEPSPEED"):
+        run(tmp_path, loss_type="sparsepo", max_steps=4, save_steps=3)
+    assert not (tmp_path / "metrics.jsonl").exists() or "loss" not in (tmp_path / "metrics.jsonl").read_text()
