@@ -60,7 +60,12 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _optimizer_parts(optimizer) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
+    return split_optimizer_state(optimizer.state_dict())
+
+
+def split_optimizer_state(sd: dict) -> tuple[dict, dict]:
+    """A torch optimizer state_dict as (tensors keyed "<index>.<key>", the JSON rest: param_groups and the
+    non-tensor state values); join_optimizer_state inverts it."""
     tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
     for idx, state in sd["state"].items():
         meta["state"][str(idx)] = {}
@@ -347,19 +352,23 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
         for name, tensor in (extra_tensors or {}).items():
             tensor.copy_(extra[name])
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
-    meta = json.loads((path / "optimizer.json").read_text())
-    state = {}
-    for idx, values in meta["state"].items():
-        state[int(idx)] = dict(values)
-    for key, value in opt_tensors.items():
-        idx, _, name = key.partition(".")
-        state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict(join_optimizer_state(opt_tensors, json.loads((path / "optimizer.json").read_text())))
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
     restore_rng(path)
     return trainer_state
+
+
+def join_optimizer_state(tensors: dict, meta: dict) -> dict:
+    """The torch optimizer state_dict split_optimizer_state split into `tensors` and `meta`."""
+    state = {}
+    for idx, values in meta["state"].items():
+        state[int(idx)] = dict(values)
+    for key, value in tensors.items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def write_rng(folder: Path, name: str = "rng") -> None:

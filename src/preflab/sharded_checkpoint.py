@@ -78,9 +78,29 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer,
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    def write_shards(tmp: Path) -> None:
+        model_sd, optim_sd = get_state_dict(model, _inner(optimizer), options=_options())
+        opt_tensors, opt_meta = _split_optimizer(optim_sd)
+        dcp.save(model_sd, storage_writer=HuggingFaceStorageWriter(str(tmp / MODEL_DIR), save_distributed=True))
+        dcp.save(opt_tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / OPTIMIZER_DIR),
+                                                                      save_distributed=True))
+        if is_main:
+            _write_json(tmp / "optimizer.json", opt_meta)
+
+    return save_rank_checkpoint(output_dir, step, write_shards, scheduler, {**state, "checkpoint_format": "sharded"},
+                                is_main, barrier, save_total_limit)
+
+
+def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, scheduler, state: dict, is_main: bool,
+                         barrier, save_total_limit: int | None = None) -> Path:
+    """The collective save every per-rank format shares (FSDP2 here, DeepSpeed in preflab.deepspeed_checkpoint):
+    the main rank makes .tmp-checkpoint-<step>-<state's checkpoint_format>, every rank runs write_shards(tmp) and
+    writes its own RNG (rng-rank<r>), then the main rank writes its RNG and trainer_state.json (state, world_size)
+    and commits: every file fsynced, COMPLETE with sizes and sha256, renamed into place (preflab.checkpoint).
+    A failure on any rank leaves earlier checkpoints untouched."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".tmp-checkpoint-{step}-sharded"
+    tmp = output_dir / f".tmp-checkpoint-{step}-{state.get('checkpoint_format', 'sharded')}"
     try:
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -88,19 +108,17 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer,
                 shutil.rmtree(tmp)
             tmp.mkdir()
         barrier()
-        model_sd, optim_sd = get_state_dict(model, _inner(optimizer), options=_options())
-        opt_tensors, opt_meta = _split_optimizer(optim_sd)
-        dcp.save(model_sd, storage_writer=HuggingFaceStorageWriter(str(tmp / MODEL_DIR), save_distributed=True))
-        dcp.save(opt_tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / OPTIMIZER_DIR),
-                                                                      save_distributed=True))
+        write_shards(tmp)
         rank, world = _rank_world()
         write_rng(tmp, f"rng-rank{rank}")
         barrier()
         if is_main:
-            _write_json(tmp / "optimizer.json", opt_meta)
-            write_training_state(tmp, step, scheduler, {**state, "checkpoint_format": "sharded",
-                                                        "world_size": world})
+            write_training_state(tmp, step, scheduler, {**state, "world_size": world})
             commit_checkpoint(tmp, final, step)
+    except PreflabError:  # write_shards refused what it was given
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except (OSError, RuntimeError) as err:  # DCP reports a failed write on any rank as a CheckpointException
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -142,6 +160,12 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
     set_state_dict(model, inner, model_state_dict=model_sd,
                    optim_state_dict={"state": state, "param_groups": meta["param_groups"]},
                    options=_options(loading=True))
+    return load_rank_training_state(path, scheduler)
+
+
+def load_rank_training_state(path: Path, scheduler) -> dict:
+    """Restore the scheduler and this rank's RNG (its own rng-rank<r> on the world size the checkpoint was written
+    on, the main rank's otherwise) from a per-rank checkpoint; returns trainer_state.json."""
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])

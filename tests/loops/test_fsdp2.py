@@ -167,17 +167,16 @@ def test_bf16_on_a_gpu_without_bf16_names_the_setting(tmp_path, monkeypatch):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
-def test_engines_without_sharded_checkpoints_refuse_save_steps_and_resume(tmp_path, engine):
-    """FSDP version 1 and DeepSpeed: checkpoints and resume refused (the final model is still gathered); FSDP2
-    writes them."""
-    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "FSDP2")
-    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "MULTI_GPU")
-    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), engine)  # no checkpoints asked: fine
-    with pytest.raises(ConfigError, match=rf"save_steps.*FSDP version 2 only, not under {engine}"):
-        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), engine)
-    with pytest.raises(ConfigError, match=rf"resume_from_checkpoint.*not under {engine}"):
-        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), engine)
+def test_fsdp_version_1_refuses_save_steps_and_resume_fsdp2_and_deepspeed_checkpoint(tmp_path):
+    """FSDP version 1: checkpoints and resume refused (the final model is still gathered); FSDP2 and DeepSpeed write
+    them (DeepSpeed's: tests/loops/test_deepspeed_checkpoint.py)."""
+    for engine in ("FSDP2", "DEEPSPEED", "MULTI_GPU"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5, resume_from_checkpoint=True), engine)
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), "FSDP")  # no checkpoints asked: fine
+    with pytest.raises(ConfigError, match=r"save_steps.*FSDP version 2 and DeepSpeed, not under FSDP version 1"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "FSDP")
+    with pytest.raises(ConfigError, match=r"resume_from_checkpoint.*not under FSDP version 1"):
+        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), "FSDP")
 
 
 def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):

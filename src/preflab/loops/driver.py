@@ -25,6 +25,8 @@ import torch
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
                                 save_checkpoint, verify_checkpoint, write_timeline)
+from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, is_deepspeed_checkpoint,
+                                          load_deepspeed_checkpoint, save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
@@ -205,7 +207,7 @@ def make_accelerator(cfg):
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
         clean_interrupted_saves(cfg.output_dir)
-        _check_resume_config_early(cfg)
+        _check_resume_config_early(cfg, accelerator)
     return accelerator
 
 
@@ -239,9 +241,9 @@ def sharding_engine(accelerator) -> str:
     return "FSDP2" if engine == "FSDP" and getattr(accelerator, "is_fsdp2", False) else engine
 
 
-def _check_resume_config_early(cfg) -> None:
-    """Refuse a resume whose config changes the run's meaning before any model is loaded (the full check, with
-    notes and checksums, runs again at resume)."""
+def _check_resume_config_early(cfg, accelerator) -> None:
+    """Refuse a resume whose config changes the run's meaning, or that DeepSpeed's partition layout cannot give
+    exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume)."""
     spec = cfg.resume_from_checkpoint
     if spec in (None, False, "", "false"):
         return
@@ -251,8 +253,19 @@ def _check_resume_config_early(cfg) -> None:
     except (OSError, ValueError):
         return  # a missing or damaged checkpoint is reported, with its file, at resume
     if isinstance(saved, dict):
+        check_deepspeed_resume(saved, path, sharding_engine(accelerator), deepspeed_stage(accelerator),
+                               accelerator.num_processes)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, cfg, launched_world_size()),
                             cfg, path, note=lambda *a, **k: None)
+
+
+def deepspeed_stage(accelerator) -> int | None:
+    """The ZeRO stage of a DeepSpeed run (its config's zero_optimization.stage), None without DeepSpeed."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    stage = (plugin.deepspeed_config.get("zero_optimization") or {}).get("stage", plugin.zero_stage)
+    return int(stage) if stage is not None else None
 
 
 SHARDED_ENGINES = ("FSDP", "DEEPSPEED")
@@ -264,19 +277,20 @@ def is_sharded(accelerator) -> bool:
 
 
 def check_sharded_checkpoints(cfg, engine: str) -> None:
-    """Sharded checkpoints (preflab.sharded_checkpoint, torch distributed checkpointing) are written and resumed
-    under FSDP2; under FSDP version 1 and DeepSpeed intermediate checkpoints and resume are refused rather than
-    written wrong (each rank would hold only its shards). The final model is gathered to one save_pretrained
-    directory under every engine (gather_full_state)."""
+    """Sharded checkpoints are written and resumed under FSDP2 (preflab.sharded_checkpoint, torch distributed
+    checkpointing) and DeepSpeed ZeRO (preflab.deepspeed_checkpoint, each rank's partition); under FSDP version 1
+    intermediate checkpoints and resume are refused rather than written wrong (each rank would hold only its
+    shards). The final model is gathered to one save_pretrained directory under every engine (gather_full_state)."""
     used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint",
                                                              cfg.resume_from_checkpoint not in (None, False, "",
                                                                                                 "false")))
             if bad]
-    if engine in SHARDED_ENGINES and used:
+    if engine == "FSDP" and used:
         raise ConfigError(
-            f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 only, not under "
-            f"{engine} (the accelerate config's distributed_type); use examples/accelerate/fsdp2.yaml, or set "
-            "save_steps: 0 and no resume_from_checkpoint (the final model is still gathered and saved).")
+            f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 and DeepSpeed, "
+            f"not under {engine} version 1 (the accelerate config's fsdp_version); use "
+            "examples/accelerate/fsdp2.yaml, or set save_steps: 0 and no resume_from_checkpoint (the final model is "
+            "still gathered and saved).")
 
 
 def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int) -> dict:
@@ -400,6 +414,10 @@ class TrainingRun:
     def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        if is_sharded(acc) and (cfg.save_steps or cfg.resume_from_checkpoint not in (None, False, "", "false")):
+            self._check_sharded_extras()  # before the first step, not at the first save
+            if self._deepspeed_engine() is not None:
+                check_checkpointable(self._deepspeed_engine())
         start_step = self._maybe_resume()
         acc.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
@@ -508,8 +526,9 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ persistence
     def _save(self, step: int, state: dict) -> Path | None:
-        """checkpoint-<step>: under FSDP2 every rank writes its shards (preflab.sharded_checkpoint); otherwise the
-        main process writes the full tensors (returns None on the other ranks)."""
+        """checkpoint-<step>: under FSDP2 every rank writes its shards (preflab.sharded_checkpoint), under DeepSpeed
+        its ZeRO partition (preflab.deepspeed_checkpoint); otherwise the main process writes the full tensors
+        (returns None on the other ranks)."""
         acc = self.accelerator
         position = self.data_position()  # streaming: where the data stream stands
         if position is not None:
@@ -518,6 +537,9 @@ class TrainingRun:
                  "world_size": acc.num_processes, "engine": sharding_engine(acc)}
         if is_sharded(acc):
             self._check_sharded_extras()
+            if self._deepspeed_engine() is not None:
+                return save_deepspeed_checkpoint(self.out, step, self._deepspeed_engine(), self.scheduler, state,
+                                                 self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
             return save_sharded_checkpoint(self.out, step, self.sync_module, self.optimizer, self.scheduler, state,
                                            self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
         if not self.main:
@@ -526,12 +548,19 @@ class TrainingRun:
                                self.optimizer, self.scheduler, state,
                                self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras())
 
+    def _deepspeed_engine(self):
+        """The DeepSpeedEngine accelerate prepared, None without DeepSpeed."""
+        wrapped = getattr(self.accelerator, "deepspeed_engine_wrapped", None)
+        return wrapped.engine if wrapped is not None else None
+
     def _check_sharded_extras(self) -> None:
         if self.checkpoint_extras():
+            engine = sharding_engine(self.accelerator)
             raise ConfigError(
                 f"objective {getattr(self.cfg, 'loss_type', '?')!r} has parameters of its own (outside the model); "
-                "preflab's sharded checkpoints (FSDP2) hold the model and its optimizer state only. Set save_steps: 0 "
-                "and no resume_from_checkpoint under FSDP2, or train with examples/accelerate/ddp.yaml.")
+                "preflab's sharded checkpoints (FSDP2, DeepSpeed) hold the model and its optimizer state only. Set "
+                f"save_steps: 0 and no resume_from_checkpoint under {engine}, or train with "
+                "examples/accelerate/ddp.yaml.")
 
     def _maybe_resume(self) -> int:
         """Restore the checkpoint resume_from_checkpoint names (true: the newest intact one of output_dir's
@@ -557,13 +586,18 @@ class TrainingRun:
             raise ConfigError(f"resume_from_checkpoint: {path} is at step {step}, beyond this run's last step "
                               f"{self.total_steps} (max_steps / num_train_epochs); raise max_steps above {step}.")
         acc = self.accelerator
+        check_deepspeed_resume(saved, path, sharding_engine(acc), deepspeed_stage(acc), acc.num_processes)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, self.cfg, acc.num_processes),
                             self.cfg, path, note=say)
         saved_world = saved.get("world_size", "an unrecorded number of")
         if saved.get("world_size", acc.num_processes) != acc.num_processes:
             say(f"preflab: note: {path} was written on {saved_world} process(es); resuming on "
                 f"{acc.num_processes}.")
-        if is_sharded_checkpoint(path):  # any world size: DCP reshards
+        if is_deepspeed_checkpoint(path):  # the same ZeRO stage and world size (checked above)
+            if self.checkpoint_extras():
+                self._check_sharded_extras()
+            state = load_deepspeed_checkpoint(path, self._deepspeed_engine(), self.scheduler)
+        elif is_sharded_checkpoint(path):  # any world size: DCP reshards
             if self.checkpoint_extras():
                 self._check_sharded_extras()
             state = load_sharded_checkpoint(path, self.sync_module, self.optimizer, self.scheduler)
