@@ -211,8 +211,12 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
 def _encode_prompt(processor, text: str, images: list, field: str) -> tuple[list[int], dict, dict]:
     try:
         enc = processor(text=[text], images=images or None, return_tensors="pt")
-    except (ValueError, IndexError, RuntimeError) as err:
-        raise RowProblem("image_token_mismatch", field, f"the processor refused the images ({err})",
+    except (ValueError, IndexError, RuntimeError, StopIteration) as err:  # StopIteration: transformers < 5.25
+        token = getattr(processor, "image_token", None)
+        counts = f"{len(images)} image(s) for {text.count(token)} image tokens in the prompt; " \
+            if isinstance(token, str) and token else ""
+        raise RowProblem("image_token_mismatch", field, f"the processor refused the images ({counts}"
+                         f"{type(err).__name__}: {err})",
                          "Check that every image matches one {'type': 'image'} part of the prompt.") from err
     ids = enc["input_ids"][0]
     vision, token_inputs = {}, {}
