@@ -84,9 +84,10 @@ def run(args) -> int:
 
         summary = SFTTrainer(cfg).train()
     else:
+        from preflab.loops.hypo import HyPOTrainer, uses_online_kl
         from preflab.loops.offline import Trainer
 
-        summary = Trainer(cfg).train()
+        summary = (HyPOTrainer if uses_online_kl(cfg) else Trainer)(cfg).train()
     return print_summary(cfg, summary)
 
 
