@@ -91,7 +91,7 @@ class HyPOKind(PairKind):
                     raise ConfigError(
                         f"dataset {cfg.dataset_name!r} ({split}), row {pair.row_id}: column {clash[0]!r} is what "
                         "loss_type: hypo computes at every step from fresh samples of the policy (with gradient); "
-                        "from data it would be a constant. Remove the column from the data.")
+                        "data columns would be constants. Remove the column from the data.")
         return train, evals, report
 
 
