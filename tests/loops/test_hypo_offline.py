@@ -173,7 +173,7 @@ def test_the_former_online_recipe_name_still_names_the_online_pairs_recipe(tmp_p
     from preflab.online.trainers import RENAMED, TRAINERS
 
     assert TRAINERS["hypo"] == TRAINERS["hypo_online_pairs"] and RENAMED["hypo"][0] == "hypo_online_pairs"
-    cfg = config_from_dict(dict(task="online", online_task="demo", model_name_or_path="builtin:demo-sft", trainer="hypo",
+    cfg = config_from_dict(dict(task="online", online_task="demo", model_name_or_path="builtin:demo-sft", trainer="hypo", max_steps=1,
                                 output_dir=str(tmp_path)))
     assert cfg.loss_type == "hypo"
     assert "examples/hypo_offline.yaml" in RENAMED["hypo"][1] and "loss_type: hypo" in RENAMED["hypo"][1]
