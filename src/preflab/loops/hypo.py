@@ -1,6 +1,6 @@
 """HyPO as the paper defines it: the DPO term on offline preference pairs, the reverse-KL term on fresh samples.
 
-    preflab train examples/online/hypo_offline.yaml        # loss_type: hypo, hypo_online_samples: k
+    preflab train examples/hypo_offline.yaml               # loss_type: hypo, hypo_online_samples: k
     HyPOTrainer(cfg).train()                               # from Python (models, tokenizer, data may be passed in)
 
 Song, Swamy, Singh, Bagnell, Sun, 2024, "The Importance of Online Data: Understanding Preference Fine-tuning via

@@ -88,7 +88,7 @@ class TrainerSpec:
 RENAMED = {"hypo": ("hypo_online_pairs",
                     "trainer: hypo is online DPO on judged samples + HyPO's KL term (now named hypo_online_pairs); "
                     "HyPO as the paper defines it (DPO on offline pairs, KL on fresh samples) is task: dpo, "
-                    "loss_type: hypo, hypo_online_samples: k (examples/online/hypo_offline.yaml).")}
+                    "loss_type: hypo, hypo_online_samples: k (examples/hypo_offline.yaml).")}
 
 TRAINERS: dict[str, TrainerSpec] = {
     "online_dpo": TrainerSpec("pairs"),
