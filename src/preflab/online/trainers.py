@@ -24,7 +24,7 @@ is not direction-conditioned); a prompt whose K scores all tie gives no example.
 hypo_online_pairs deviation from HyPO (Song et al. 2024): the paper's contrastive (DPO) term runs on the *offline*
 preference data and only the KL term on fresh, unlabeled samples of pi_theta; here the DPO pairs are the judged
 online samples (online DPO + HyPO's online reverse-KL term). The paper's data split is `preflab train` with task: dpo,
-loss_type: hypo, hypo_online_samples: k (preflab.loops.hypo).
+loss_type: hypo, hypo_online_samples: k (preflab.online.hypo_offline).
 tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
 step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions

@@ -1,4 +1,4 @@
-"""HyPO with the paper's data split (preflab.loops.hypo): DPO on offline pairs, the reverse-KL term on fresh samples.
+"""HyPO with the paper's data split (preflab.online.hypo_offline): DPO on offline pairs, the reverse-KL term on fresh samples.
 
 - the KL term's RLOO gradient, averaged exactly over every k-tuple of samples of a categorical policy, is the true
   gradient of KL(pi || pi_ref) (exact enumeration; no Monte Carlo tolerance);
@@ -19,7 +19,7 @@ import torch
 from preflab.cli import main
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
-from preflab.loops.hypo import HyPOTrainer
+from preflab.online.hypo_offline import HyPOTrainer
 from preflab.loops.offline import Trainer
 from preflab.objectives import PairBatch, get_objective
 

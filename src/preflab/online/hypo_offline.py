@@ -28,6 +28,9 @@ What the paper's pseudo-code leaves to the implementation, chosen here: the onli
 step's offline batch (the spec: "a prompt stream (can reuse offline prompts)"); the samples are at most
 max_completion_length new tokens (required). The older online recipe, where the DPO pairs are judged online samples
 too, is `task: online` + `trainer: hypo_online_pairs` (preflab.online.trainers).
+
+`preflab train` routes a task: dpo config whose objective reads these extras here (preflab.loops.cli.route_of,
+preflab.cli.TASK_ROUTES), so that loops/ never imports online/.
 """
 from __future__ import annotations
 
@@ -37,15 +40,9 @@ from preflab.errors import ConfigError
 from preflab.loops.kinds import PairKind
 from preflab.loops.offline import Trainer
 from preflab.objectives.base import SequenceLogps
+from preflab.online.generator import TransformersGenerator
 
 ONLINE_KL_EXTRAS = ("online_policy_logps", "online_ref_logps")
-
-
-def uses_online_kl(cfg) -> bool:
-    """True when cfg's objective reads HyPO's on-policy extras (loss_type: hypo, alone or in a weighted sum)."""
-    objective = cfg.objective()
-    parts = getattr(objective, "parts", None) or (objective,)
-    return any("online_policy_logps" in getattr(p, "gradient_extras", ()) for p in parts)
 
 
 def check_hypo_config(cfg) -> None:
@@ -95,6 +92,17 @@ class HyPOKind(PairKind):
         return train, evals, report
 
 
+def train_task(args) -> int:
+    """`preflab train CONFIG` with task: dpo and loss_type: hypo (routed here by preflab.cli)."""
+    from preflab.config import preflight
+    from preflab.loops.cli import config_from_args, print_summary, quiet_third_party_warnings
+
+    quiet_third_party_warnings()
+    cfg = config_from_args(args)
+    preflight(cfg)
+    return print_summary(cfg, HyPOTrainer(cfg).train())
+
+
 class HyPOTrainer(Trainer):
     """The offline Trainer plus k fresh samples of the current policy per pair for HyPO's online KL term."""
 
@@ -111,8 +119,6 @@ class HyPOTrainer(Trainer):
                 if clash:
                     raise ConfigError(f"{split} row {pair.row_id}: extra {clash[0]!r} is computed by loss_type: "
                                       "hypo from fresh samples; remove it from the data.")
-        from preflab.online.generator import TransformersGenerator
-
         eos = self.tokenizer.eos_token_id
         self.generator = TransformersGenerator(self.policy, eos, self.pad_id, cfg.max_completion_length,
                                                1.0, 1.0, cfg.generation_batch_size, self.accelerator)
