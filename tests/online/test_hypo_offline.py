@@ -177,3 +177,18 @@ def test_the_former_online_recipe_name_still_names_the_online_pairs_recipe(tmp_p
                                 output_dir=str(tmp_path)))
     assert cfg.loss_type == "hypo"
     assert "examples/hypo_offline.yaml" in RENAMED["hypo"][1] and "loss_type: hypo" in RENAMED["hypo"][1]
+
+
+def test_accumulation_draws_the_same_samples_and_matches_one_big_batch(tmp_path):
+    """2 micro-batches of 2 pairs = 1 batch of 4: the samples depend on (seed, step, weights), not on the split."""
+    sgd_like = dict(max_steps=3, adam_epsilon=1.0, learning_rate=0.1)  # Adam near g = 0 would amplify float32 noise
+    one = HyPOTrainer(cfg_of(tmp_path / "one", **sgd_like))
+    start = weights(one)
+    one.train()
+    two = HyPOTrainer(cfg_of(tmp_path / "two", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                             **sgd_like))
+    two.train()
+    assert one._samples == two._samples and one._samples_step == two._samples_step == 2
+    a, b = weights(one), weights(two)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4
