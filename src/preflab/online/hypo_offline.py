@@ -26,7 +26,8 @@ k samples per eval prompt the same way (seeded by the step), so eval_kl/online i
 
 What the paper's pseudo-code leaves to the implementation, chosen here: the online prompts are the prompts of the
 step's offline batch (the spec: "a prompt stream (can reuse offline prompts)"); the samples are at most
-max_completion_length new tokens (required). The older online recipe, where the DPO pairs are judged online samples
+max_completion_length new tokens (required); a sample cut there is scored as cut, so the term is the KL between
+the two policies' length-capped distributions. The older online recipe, where the DPO pairs are judged online samples
 too, is `task: online` + `trainer: hypo_online_pairs` (preflab.online.trainers).
 
 `preflab train` routes a task: dpo config whose objective reads these extras here (preflab.loops.cli.route_of,
@@ -110,7 +111,7 @@ class HyPOTrainer(Trainer):
 
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         check_hypo_config(cfg)
-        self._samples: dict[int, list[list[int]]] = {}  # dataset (or stream) position -> k sample token ids
+        self._samples: dict[int, list[list[int]]] = {}  # dataset position -> the k samples' token ids
         self._samples_step, self._prompts = None, {}
         super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
         for split, rows in (("train", self.train_data), ("eval", self.eval_data)):
