@@ -24,10 +24,12 @@ of (seed, step)), so the samples depend on (seed, step, weights) only: a resumed
 uninterrupted run drew, and 2 processes x batch b draw the same samples as 1 process x batch 2b. Evaluation draws
 k samples per eval prompt the same way (seeded by the step), so eval_kl/online is the estimate on the eval prompts.
 
-What the paper's pseudo-code leaves to the implementation, chosen here: the online prompts are the prompts of the
-step's offline batch (the spec: "a prompt stream (can reuse offline prompts)"); the samples are at most
-max_completion_length new tokens (required); a sample cut there is scored as cut, so the term is the KL between
-the two policies' length-capped distributions. The older online recipe, where the DPO pairs are judged online samples
+Checked against: methods/objectives.md §C #7 (from memory) and third-party summaries of the paper ("offline data
+for contrastive optimization, online unlabeled data for KL regularization"; hyper-parameters beta, lambda, k for
+RLOO); the paper's text and code were not reachable. Chosen here: the online prompts are the prompts of the step's
+offline batch (the spec: "a prompt stream (can reuse offline prompts)"); the samples are at most
+max_completion_length new tokens (required; the same option also caps the offline responses, as in plain DPO); a
+sample cut there is scored as cut, so the term is the KL between the two policies' length-capped distributions. The older online recipe, where the DPO pairs are judged online samples
 too, is `task: online` + `trainer: hypo_online_pairs` (preflab.online.trainers).
 
 `preflab train` routes a task: dpo config whose objective reads these extras here (preflab.loops.cli.route_of,
