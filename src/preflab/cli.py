@@ -26,6 +26,7 @@ SUBCOMMANDS = {
 TASK_ROUTES = {
     ("train", "reward"): "preflab.reward_models.cli:train_task",
     ("train", "online"): "preflab.online.cli:train_task",
+    ("train", "dpo+online_kl"): "preflab.online.hypo_offline:train_task",  # loss_type: hypo (loops.cli.route_of)
     ("eval", "reward"): "preflab.reward_models.cli:eval_task",
     ("eval", "diffusion"): "preflab.loops.diffusion_eval:eval_task",
 }

@@ -184,6 +184,8 @@ class TrainConfig:
     mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
     mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)
     mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)
+    # HyPO on offline pairs (task: dpo, loss_type: hypo; preflab.online.hypo_offline)
+    hypo_online_samples: int = 4               # loss_type hypo: k fresh samples of the policy per pair's prompt per step
     # recipes that are whole programs (task: one of preflab.recipes.RECIPES)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 

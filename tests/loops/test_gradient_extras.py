@@ -24,7 +24,9 @@ def _data(tmp_path, **columns):
 @pytest.mark.parametrize("name, params, columns, fix", [
     ("rationale_dpo", [], {"rationale_logps": -5.0}, "rationale"),
     ("rationale_orpo", [], {"rationale_logps": -1.0}, "rationale"),
-    ("hypo", [], {"online_policy_logps": [-5.0, -6.0], "online_ref_logps": [-5.5, -6.5]}, "online run's hypo recipe"),
+    # preflab train runs hypo with the paper's split (preflab.online.hypo_offline): it computes these, and refuses the columns
+    ("hypo", ["max_completion_length=16"], {"online_policy_logps": [-5.0, -6.0], "online_ref_logps": [-5.5, -6.5]},
+     "Remove the column"),
     ("vpo", ["calibration=extra"], {"calibration_logps": -4.0}, "calibration=chosen"),
 ])
 def test_train_refuses_constant_columns_for_gradient_extras(tmp_path, capsys, name, params, columns, fix):

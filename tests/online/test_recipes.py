@@ -23,7 +23,7 @@ def test_every_recipe_is_a_valid_config(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sppo", "gpo", "hypo", "gspo", "dpa_rsf", "tpo", "upo", "mcts_dpo"])
+@pytest.mark.parametrize("name", ["sppo", "gpo", "hypo_online_pairs", "gspo", "dpa_rsf", "tpo", "upo", "mcts_dpo"])
 def test_recipe_lifts_true_reward(name, sft_policy, tmp_path):
     cfg = recipe(name, tmp_path)
     summary = OnlineRun(cfg, policy=sft_policy.model(), tokenizer=sft_policy.tokenizer).train()

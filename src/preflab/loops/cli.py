@@ -21,7 +21,21 @@ def register(sub) -> None:
     )
     p.add_argument("config", nargs="?", help="YAML config file (optional if every option is given as key=value)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo")
-    p.set_defaults(func=run, task_of=lambda args: config_from_args(args).task)
+    p.set_defaults(func=run, task_of=lambda args: route_of(config_from_args(args)))
+
+
+ONLINE_KL = "dpo+online_kl"  # the route of task: dpo with HyPO's on-policy KL term (preflab.online.hypo_offline)
+
+
+def route_of(cfg) -> str:
+    """The task preflab.cli routes a config by: cfg.task, or ONLINE_KL for task: dpo with an objective that reads
+    HyPO's on-policy extras (loss_type: hypo, alone or in a weighted sum), which fresh samples of the policy feed."""
+    if cfg.task == "dpo":
+        objective = cfg.objective()
+        if any("online_policy_logps" in getattr(p, "gradient_extras", ())
+               for p in getattr(objective, "parts", None) or (objective,)):
+            return ONLINE_KL
+    return cfg.task
 
 
 def quiet_third_party_warnings() -> None:

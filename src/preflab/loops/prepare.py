@@ -26,14 +26,15 @@ def _tokenize(kind: str, rows, tokenizer, cfg, source):
                            on_bad_row=cfg.on_bad_row, source=source, **extra)
 
 
-def prepare_examples(cfg, tokenizer, kind: str = "pairs"):
-    """(train, eval, report dict). The eval split is the eval dataset, or a seeded eval_fraction of the rows."""
+def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
+    """(train, eval, report dict). The eval split is the eval dataset, or a seeded eval_fraction of the rows.
+    computed: the objective's extras the trainer computes itself (not data columns, e.g. HyPO's online terms)."""
     from preflab.data.rows import load_rows
 
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     row_kind = _ROW_KIND[kind]
-    extras = cfg.objective().row_extras()  # the objective's per-row extras, checked with the rows
+    extras = {k: v for k, v in cfg.objective().row_extras().items() if k not in computed}  # checked with the rows
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                                  required_extras=extras)
     if row_report.total == 0:

@@ -9,7 +9,10 @@ hyper-parameter names (beta, lambda, k for RLOO) were confirmed by a paper summa
     gradient of the KL term:  (1/k) sum_i (rho_i - mean_{j != i} rho_j) * grad S_theta(y_i)   (RLOO, unbiased)
 
 Extras: online_policy_logps [B, k] = S_theta(y_i) of k >= 2 samples y_i ~ pi_theta(.|x) per prompt (with gradient),
-online_ref_logps [B, k] = S_ref(y_i). The online loop generates them with the current policy (eval mode).
+online_ref_logps [B, k] = S_ref(y_i). `preflab train` with loss_type: hypo (preflab.online.hypo_offline.HyPOTrainer) runs the
+paper's data split: the DPO term on the offline pairs, k fresh samples of the current policy per pair's prompt each
+step (hypo_online_samples) for the KL term. The online recipe trainer: hypo_online_pairs feeds judged online pairs
+instead (online DPO + this KL term).
 
 Deviation from the paper: unverified (see above). The KL term's value is the plain estimate (1/k) sum rho_i while
 its gradient is the RLOO one (value and gradient are combined with a stop-gradient), so the logged loss is
@@ -31,8 +34,9 @@ class HyPO(Objective):
 
     required_extras = ("online_policy_logps", "online_ref_logps")
     gradient_extras = ("online_policy_logps",)
-    gradient_extras_hint = ("Use the online run's hypo recipe, which samples and scores the policy's responses each "
-                            "step.")
+    gradient_extras_hint = ("Run it with `preflab train` (task: dpo, loss_type: hypo, hypo_online_samples: k): "
+                            "preflab.online.hypo_offline.HyPOTrainer samples and scores the policy's responses each step; or "
+                            "the online run's hypo_online_pairs recipe.")
     paper = "Song et al. 2024, The Importance of Online Data (HyPO) (arXiv:2406.01462)"
     checked_against = "unverified: from memory; only beta, lambda, k names confirmed by a paper summary"
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference", "divergence"),

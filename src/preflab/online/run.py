@@ -53,7 +53,7 @@ from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
                                      sequence_logps, token_matrix)
 from preflab.online.generator import make_generator
-from preflab.online.trainers import (TRAINERS, build_examples, preference_log_odds, preference_matrix,
+from preflab.online.trainers import (RENAMED, TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
 from preflab.scoring.lm import LogProbScorer, Scores, split_pairs
 
@@ -106,6 +106,8 @@ class OnlineRun(TrainingRun):
         self.objective = cfg.objective()
         self.accelerator = acc = make_accelerator(cfg)
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        if cfg.trainer in RENAMED and self.main:
+            print(f"preflab: note: {RENAMED[cfg.trainer][1]}")
         if cfg.online_task == "game":
             from preflab.online.game import game_setup
 

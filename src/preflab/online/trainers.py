@@ -6,7 +6,8 @@
     rso            pairs from rejection sampling of the K     hinge_norm     pi_0        Liu et al. 2023 (2309.06657)
     sppo           best / worst by win rate p_i = P(y_i > pi_t) sppo          pi_t        Wu et al. 2024 (2405.00675)
     gpo            best / worst by centred score s_i (log-odds)  gpo       pi_t        Zhang et al. 2024 (2410.02197)
-    hypo           pairs by score + the K fresh samples       hypo           pi_0        Song et al. 2024 (2406.01462)
+    hypo_online_pairs  pairs by score + the K fresh samples   hypo           pi_0        Song et al. 2024 (2406.01462)
+                   (`hypo` is its former name, kept: a run under it prints a note)
     dpa_rsf        the best of K by the directional score v^T r (v = reward_weights over the judges, e.g. the
                    attribute heads of a multi-objective RM), SFT on it (only the chosen side is read)
                                                               sft            -           Wang et al. 2024, DPA (2402.18571)
@@ -20,10 +21,10 @@ is not direction-conditioned); a prompt whose K scores all tie gives no example.
                    (online/upo.py: L = (1-a) l(b D') + a l(-b D'), a = a_max BALD / ln 2)
     mcts_dpo       step pairs from an MCTS over answer steps  mcts_step_dpo  pi_0        Xie et al. 2024 (2405.00451)
                    (online/mcts.py: highest vs lowest Q child of each committed decision, eps from visits)
-hypo deviation from HyPO (Song et al. 2024): the paper's contrastive (DPO) term runs on the *offline* preference
-data and only the KL term on fresh, unlabeled samples of pi_theta; here the DPO pairs are the judged online samples
-(online DPO + HyPO's online reverse-KL term). No preflab run yet feeds offline pairs and fresh samples together,
-so the paper's exact data split is not available as a recipe.
+hypo_online_pairs deviation from HyPO (Song et al. 2024): the paper's contrastive (DPO) term runs on the *offline*
+preference data and only the KL term on fresh, unlabeled samples of pi_theta; here the DPO pairs are the judged
+online samples (online DPO + HyPO's online reverse-KL term). The paper's data split is `preflab train` with task: dpo,
+loss_type: hypo, hypo_online_samples: k (preflab.online.hypo_offline).
 tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
 step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
@@ -83,13 +84,20 @@ class TrainerSpec:
         return params
 
 
+# former recipe names kept working: {name: (what it runs now, the note a run under it prints)}
+RENAMED = {"hypo": ("hypo_online_pairs",
+                    "trainer: hypo is online DPO on judged samples + HyPO's KL term (now named hypo_online_pairs); "
+                    "HyPO as the paper defines it (DPO on offline pairs, KL on fresh samples) is task: dpo, "
+                    "loss_type: hypo, hypo_online_samples: k (examples/hypo_offline.yaml).")}
+
 TRAINERS: dict[str, TrainerSpec] = {
     "online_dpo": TrainerSpec("pairs"),
     "iterative_dpo": TrainerSpec("pairs", refresh=True),
     "rso": TrainerSpec("pairs", loss_type="hinge_norm", builder="rso"),
     "sppo": TrainerSpec("pairs", loss_type="sppo", refresh=True, scores="win_rate", game=True),
     "gpo": TrainerSpec("pairs", loss_type="gpo", refresh=True, scores="centred"),
-    "hypo": TrainerSpec("pairs", loss_type="hypo", online_kl=True),
+    "hypo_online_pairs": TrainerSpec("pairs", loss_type="hypo", online_kl=True),
+    "hypo": TrainerSpec("pairs", loss_type="hypo", online_kl=True),   # former name of hypo_online_pairs
     "dpa_rsf": TrainerSpec("pairs", loss_type="sft", builder="best_vs_worst"),
     **{name: TrainerSpec("groups", loss_type="grpo", params={"loss_type": name})
        for name in ("grpo", "bnpo", "dapo", "dr_grpo")},
