@@ -1,10 +1,12 @@
-"""Damaged sharded checkpoints resumed on 2 FSDP2 ranks, in one launch (tests/loops/test_resume_verify.py):
+"""Damaged checkpoints resumed on 2 ranks, in one launch (tests/loops/test_resume_verify.py):
     accelerate launch --config_file examples/accelerate/fsdp2.yaml --num_processes 2 \
-        tests/loops/resume_verify_run.py OUT
+        tests/loops/resume_verify_run.py OUT [fsdp2]
 1. trains 2 steps (tiny_run) with checkpoint-1 and checkpoint-2;
 2. "shard": rank 1's model shard of checkpoint-2 changed (same size), resumed by path;
 3. "shared": the shard put back, optimizer.json changed (read by both ranks), resumed by path;
 4. "fallback": the shard changed again, resume_from_checkpoint: true (falls back to checkpoint-1, trains step 2).
+With `ddp` instead of fsdp2 (launched with examples/accelerate/ddp.yaml): full-tensor checkpoints, and one case,
+"model": checkpoint-2's model.safetensors changed, resumed by path.
 Every rank writes OUT/rank<r>.json: per case, the error it got, the checkpoint files it hashed (preflab's _sha256
 wrapped) and the files DCP read on it (HuggingFaceStorageReader.read_data wrapped).
 """
@@ -52,6 +54,7 @@ def change(file: Path, old: bytes | None = None, new: bytes | None = None) -> by
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "fsdp2"
     keep_process_group()
     run(out, save_steps=1, **RUN)
     rank, main = dist.get_rank(), dist.get_rank() == 0
@@ -75,6 +78,10 @@ if __name__ == "__main__":
                          "read": sorted(record["read"])}
         dist.barrier()
 
+    if mode == "ddp":
+        case("model", lambda: change(ckpt / "model.safetensors"), resume_from_checkpoint=str(ckpt))
+        (out / f"rank{rank}.json").write_text(json.dumps(results))
+        sys.exit(0)
     case("shard", lambda: originals.update(shard=change(ckpt / SHARD)), resume_from_checkpoint=str(ckpt))
     case("shared", lambda: ((ckpt / SHARD).write_bytes(originals["shard"]),
                             change(ckpt / SHARED, b"0.9", b"0.8")), resume_from_checkpoint=str(ckpt))
