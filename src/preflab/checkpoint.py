@@ -308,13 +308,16 @@ def check_file(path: Path, name: str, records: dict | None) -> str | None:
         return f"checkpoint {path} is damaged: {file} is missing."
     if record is None:
         return None
-    size = file.stat().st_size
-    if size != record["size"]:
-        return (f"checkpoint {path} is damaged: {file} has {size} bytes, {record['size']} were written (truncated "
-                "or overwritten).")
-    if _sha256(file) != record["sha256"]:
-        return (f"checkpoint {path} is damaged: the sha256 of {file} differs from the one written (the file's bytes "
-                "changed after the save).")
+    try:
+        size = file.stat().st_size
+        if size != record["size"]:
+            return (f"checkpoint {path} is damaged: {file} has {size} bytes, {record['size']} were written "
+                    "(truncated or overwritten).")
+        if _sha256(file) != record["sha256"]:
+            return (f"checkpoint {path} is damaged: the sha256 of {file} differs from the one written (the file's "
+                    "bytes changed after the save).")
+    except OSError as err:  # a problem like the others: under several ranks every rank must hear of it
+        return f"checkpoint {path}: {file} cannot be read ({err.strerror or err}); check its permissions and disk."
     return None
 
 

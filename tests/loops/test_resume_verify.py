@@ -46,14 +46,21 @@ def _two_file_checkpoint(tmp_path) -> Path:
     return final
 
 
-def _as_two_ranks(path, reads, monkeypatch):
+def _as_two_ranks(path, reads, monkeypatch, unreadable=None):
     """verify_rank_reads on two threads standing for ranks 0 and 1 (a barrier in place of all_gather_object);
-    returns per rank (its error or None, the files it hashed)."""
+    returns per rank (its error or None, the files it hashed). unreadable: a file whose reading fails (OSError)."""
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")  # one hashing thread per rank: the thread says whose hash it is
     slots, barrier, local = [None, None], threading.Barrier(2, timeout=20), threading.local()
     hashed, errors = {0: [], 1: []}, {0: None, 1: None}
-    monkeypatch.setattr(ck, "_sha256", lambda file: hashed[local.rank].append(
-        Path(file).relative_to(path).as_posix()) or SHA256(file))
+
+    def sha256(file):
+        name = Path(file).relative_to(path).as_posix()
+        hashed[local.rank].append(name)
+        if name == unreadable:
+            raise PermissionError(13, "Permission denied")
+        return SHA256(file)
+
+    monkeypatch.setattr(ck, "_sha256", sha256)
 
     def gather_for(rank):
         def gather(value):
@@ -95,6 +102,10 @@ def test_a_damaged_shard_of_rank_1_is_hashed_by_rank_1_only_and_named_on_both_ra
     assert SHARD not in hashed[0] and "rng-rank1.json" not in hashed[0]
     assert errors[0] == errors[1]
     assert f"the sha256 of {path / SHARD} differs" in errors[0] and "(found by rank 1)" in errors[0]
+
+    errors, hashed = _as_two_ranks(path, reads, monkeypatch, unreadable=SHARD)  # an OSError on rank 1 only
+    assert errors[0] == errors[1] == f"checkpoint {path}: {path / SHARD} cannot be read (Permission denied); " \
+                                     "check its permissions and disk. (found by rank 1)"
 
     (path / "COMPLETE").unlink()  # what every rank finds: reported once, by both, after the exchange
     errors, hashed = _as_two_ranks(path, reads, monkeypatch)
