@@ -292,6 +292,11 @@ def read_marker(path: str | Path) -> dict | None:
     return files if isinstance(files, dict) else None
 
 
+def whole_file_reads(path: Path, names) -> dict[str, int]:
+    """{name: its size} for files of checkpoint `path` a loader reads whole (0 when missing: the check says so)."""
+    return {name: (path / name).stat().st_size if (path / name).is_file() else 0 for name in names}
+
+
 def check_file(path: Path, name: str, records: dict | None) -> str | None:
     """What is wrong with file `name` of checkpoint `path` against the marker's records (missing, another size,
     another sha256), None when it is intact. A file the marker does not list is wrong when it exists (added after

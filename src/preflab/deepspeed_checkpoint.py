@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from preflab.checkpoint import _write_json, join_optimizer_state, split_optimizer_state
+from preflab.checkpoint import _write_json, join_optimizer_state, split_optimizer_state, whole_file_reads
 from preflab.errors import ConfigError, PreflabError
 from preflab.sharded_checkpoint import load_rank_training_state, rank_training_state_reads, save_rank_checkpoint
 
@@ -206,8 +206,7 @@ def deepspeed_reads(path: str | Path, rank: int) -> dict[str, int]:
     partition (zero/rank<r>.safetensors and .json), trainer_state.json and its RNG files."""
     path = Path(path)
     own = [f"{ZERO_DIR}/rank{rank}.safetensors", f"{ZERO_DIR}/rank{rank}.json"]
-    return {**{name: (path / name).stat().st_size if (path / name).is_file() else 0 for name in own},
-            **rank_training_state_reads(path)}
+    return {**whole_file_reads(path, own), **rank_training_state_reads(path)}
 
 
 def save_deepspeed_checkpoint(output_dir: str | Path, step: int, engine, scheduler, state: dict, is_main: bool,

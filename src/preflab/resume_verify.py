@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preflab.checkpoint import LEGACY_FILES, check_files, read_marker
+from preflab.checkpoint import LEGACY_FILES, check_files, read_marker, whole_file_reads
 from preflab.errors import PreflabError
 
 
@@ -27,8 +27,7 @@ def plain_reads(path: str | Path) -> dict[str, int]:
         records = read_marker(path)
     except PreflabError:
         records = None  # verify_rank_reads reports the marker
-    names = list(records) if records is not None else list(LEGACY_FILES)
-    return {name: (path / name).stat().st_size if (path / name).is_file() else 0 for name in names}
+    return whole_file_reads(path, list(records) if records is not None else list(LEGACY_FILES))
 
 
 def assign_checks(reads_per_rank: list[dict[str, int]], sizes: dict[str, int]) -> list[list[str]]:

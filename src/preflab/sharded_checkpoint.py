@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, write_rng,
-                                write_training_state)
+from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng,
+                                whole_file_reads, write_rng, write_training_state)
 from preflab.errors import PreflabError
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
@@ -194,12 +194,7 @@ def rank_training_state_reads(path: Path) -> dict[str, int]:
     """{file: bytes} that load_rank_training_state reads on this rank: trainer_state.json and its RNG files."""
     path = Path(path)
     rng = rng_to_restore(path, json.loads((path / "trainer_state.json").read_text()))
-    return _whole_files(path, ["trainer_state.json", f"{rng}.safetensors", f"{rng}.json"])
-
-
-def _whole_files(path: Path, names) -> dict[str, int]:
-    """{name: its size} for files read whole (0 when missing: the check reports it)."""
-    return {name: (path / name).stat().st_size if (path / name).is_file() else 0 for name in names}
+    return whole_file_reads(path, ["trainer_state.json", f"{rng}.safetensors", f"{rng}.json"])
 
 
 def sharded_reads(path: str | Path, model, optimizer) -> dict[str, int]:
@@ -226,4 +221,4 @@ def sharded_reads(path: str | Path, model, optimizer) -> dict[str, int]:
             name = f"{folder}/{Path(metadata.storage_data[item.storage_index].relative_path).name}"
             dtype = metadata.state_dict_metadata[item.storage_index.fqn].properties.dtype
             reads[name] = reads.get(name, 0) + math.prod(item.lengths) * dtype.itemsize
-    return {**reads, **_whole_files(path, ["optimizer.json"]), **rank_training_state_reads(path)}
+    return {**reads, **whole_file_reads(path, ["optimizer.json"]), **rank_training_state_reads(path)}

@@ -114,6 +114,24 @@ def test_a_damaged_shard_of_rank_1_is_hashed_by_rank_1_only_and_named_on_both_ra
     assert hashed == {0: [], 1: []}
 
 
+def test_a_deepspeed_rank_reads_its_own_partition_and_the_rng_it_restores(tmp_path):
+    from preflab.deepspeed_checkpoint import deepspeed_reads
+
+    (tmp_path / "zero").mkdir()
+    names = ["zero/rank0.safetensors", "zero/rank0.json", "zero/rank1.safetensors", "zero/rank1.json",
+             "rng.safetensors", "rng.json", "rng-rank0.safetensors", "rng-rank0.json", "rng-rank1.safetensors",
+             "rng-rank1.json"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(b"x" * (i + 1))
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"world_size": 2}))
+    # this test is one process (rank 0 of 1): another world size than the checkpoint's, so the main rank's RNG
+    assert deepspeed_reads(tmp_path, 1) == {"zero/rank1.safetensors": 3, "zero/rank1.json": 4,
+                                            "trainer_state.json": 17, "rng.safetensors": 5, "rng.json": 6}
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"world_size": 1}))  # the same world size: its own
+    assert set(deepspeed_reads(tmp_path, 0)) == {"zero/rank0.safetensors", "zero/rank0.json", "trainer_state.json",
+                                                 "rng-rank0.safetensors", "rng-rank0.json"}
+
+
 def test_a_one_process_resume_still_hashes_every_file_it_loads(tmp_path, monkeypatch):
     sys.path.insert(0, str(HERE))
     from tiny_run import run

@@ -31,9 +31,9 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
+from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import claim_output_dir, release_output_dir
 from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
-from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
                                         sharded_reads)
 from preflab.step import optimizer_step
