@@ -94,12 +94,27 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+HASH_BLOCK = 8 << 20  # bytes per read: one buffer reused (readinto), hashlib releases the GIL on updates this large
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            digest.update(view[:n])
     return digest.hexdigest()
+
+
+def hash_threads(n_files: int) -> int:
+    """Threads to hash n_files with: one per file, at most 8 and at most this process's share of the CPU cores
+    (LOCAL_WORLD_SIZE processes of a launch share the machine's cores)."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(n_files, 8, (os.cpu_count() or 1) // local))
 
 
 def _file_records(folder: Path) -> dict:
@@ -258,9 +273,14 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def verify_checkpoint(path: str | Path) -> None:
-    """PreflabError naming the file when a file of the checkpoint is missing, truncated or changed (sizes and
-    sha256 from the COMPLETE marker). Checkpoints written before checksums existed are only checked for files."""
+LEGACY_FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "rng.json",
+                "trainer_state.json")
+
+
+def read_marker(path: str | Path) -> dict | None:
+    """The COMPLETE marker's file records ({relative path: {"size", "sha256"}}); None for a checkpoint written
+    before checksums existed (its files are only checked for presence). PreflabError when there is no readable
+    marker."""
     path = Path(path)
     try:
         marker = json.loads((path / MARKER).read_text() or "{}")
@@ -269,31 +289,78 @@ def verify_checkpoint(path: str | Path) -> None:
     except (OSError, ValueError) as err:
         raise PreflabError(f"checkpoint {path}: its {MARKER} marker is unreadable ({err}).") from err
     files = marker.get("files") if isinstance(marker, dict) else None
-    if files is None:
-        files = {name: None for name in ("model.safetensors", "optimizer.safetensors", "optimizer.json",
-                                         "rng.safetensors", "rng.json", "trainer_state.json")}
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file():
-            raise PreflabError(f"checkpoint {path} is damaged: {file} is missing.")
-        if record is None:
-            continue
+    return files if isinstance(files, dict) else None
+
+
+def whole_file_reads(path: Path, names) -> dict[str, int]:
+    """{name: its size} for files of checkpoint `path` a loader reads whole (0 when missing: the check says so)."""
+    return {name: (path / name).stat().st_size if (path / name).is_file() else 0 for name in names}
+
+
+def check_file(path: Path, name: str, records: dict | None) -> str | None:
+    """What is wrong with file `name` of checkpoint `path` against the marker's records (missing, another size,
+    another sha256), None when it is intact. A file the marker does not list is wrong when it exists (added after
+    the save) and not this function's business when it does not (the loader says what it lacks); without records
+    (an old checkpoint) only presence is checked."""
+    file = path / name
+    record = None if records is None else records.get(name)
+    if records is not None and record is None:
+        if file.exists():
+            return (f"checkpoint {path} is damaged: {file} is not sealed by its {MARKER} marker (added after the "
+                    "save).")
+        return None
+    if not file.is_file():
+        return f"checkpoint {path} is damaged: {file} is missing."
+    if record is None:
+        return None
+    try:
         size = file.stat().st_size
         if size != record["size"]:
-            raise PreflabError(f"checkpoint {path} is damaged: {file} has {size} bytes, {record['size']} were "
-                               "written (truncated or overwritten).")
+            return (f"checkpoint {path} is damaged: {file} has {size} bytes, {record['size']} were written "
+                    "(truncated or overwritten).")
         if _sha256(file) != record["sha256"]:
-            raise PreflabError(f"checkpoint {path} is damaged: the sha256 of {file} differs from the one written "
-                               "(the file's bytes changed after the save).")
+            return (f"checkpoint {path} is damaged: the sha256 of {file} differs from the one written (the file's "
+                    "bytes changed after the save).")
+    except OSError as err:  # a problem like the others: under several ranks every rank must hear of it
+        return f"checkpoint {path}: {file} cannot be read ({err.strerror or err}); check its permissions and disk."
+    return None
 
 
-def resume_checkpoint(output_dir: str | Path, warn=print) -> Path | None:
+def check_files(path: str | Path, names, records: dict | None) -> dict[str, str]:
+    """{name: what is wrong} for the files `names` of checkpoint `path` (check_file), hashed in parallel threads
+    (hash_threads); empty when all are intact."""
+    path, names = Path(path), list(names)
+    if len(names) <= 1 or hash_threads(len(names)) == 1:
+        found = [check_file(path, name, records) for name in names]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(hash_threads(len(names))) as pool:
+            found = list(pool.map(lambda name: check_file(path, name, records), names))
+    return {name: problem for name, problem in zip(names, found) if problem is not None}
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """PreflabError naming the file when a file of the checkpoint is missing, truncated or changed (sizes and
+    sha256 from the COMPLETE marker): every file, whoever reads it (a resume checks only what each rank reads, see
+    preflab.resume_verify). Checkpoints written before checksums existed are only checked for files."""
+    path = Path(path)
+    records = read_marker(path)
+    names = list(records) if records is not None else list(LEGACY_FILES)
+    problems = check_files(path, names, records)
+    if problems:
+        raise PreflabError(next(problems[name] for name in names if name in problems))
+
+
+def resume_checkpoint(output_dir: str | Path, warn=print, verify=verify_checkpoint) -> Path | None:
     """The newest intact checkpoint of output_dir's current timeline; a damaged newer one is skipped with a
-    warning naming its bad file. None when the timeline has no checkpoint; PreflabError when all are damaged."""
+    warning naming its bad file. None when the timeline has no checkpoint; PreflabError when all are damaged.
+    verify: the check of one checkpoint (PreflabError when damaged); a distributed resume passes one whose verdict
+    every rank shares (preflab.resume_verify), so that all ranks pick the same checkpoint."""
     problems = []
     for path in reversed(list_checkpoints(output_dir, read_timeline(output_dir))):
         try:
-            verify_checkpoint(path)
+            verify(path)
         except PreflabError as err:
             problems.append(str(err))
             warn(f"preflab: warning: {err} Falling back to an earlier checkpoint.")

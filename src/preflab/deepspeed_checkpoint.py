@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from preflab.checkpoint import _write_json, join_optimizer_state, split_optimizer_state
+from preflab.checkpoint import _write_json, join_optimizer_state, split_optimizer_state, whole_file_reads
 from preflab.errors import ConfigError, PreflabError
-from preflab.sharded_checkpoint import load_rank_training_state, save_rank_checkpoint
+from preflab.sharded_checkpoint import load_rank_training_state, rank_training_state_reads, save_rank_checkpoint
 
 FORMAT = "deepspeed"
 ZERO_DIR = "zero"
@@ -199,6 +199,14 @@ def join_zero_state(tensors: dict, meta: dict, loss_scaler) -> dict:
 
 def _rank_file(path: Path, rank: int) -> Path:
     return Path(path) / ZERO_DIR / f"rank{rank}"
+
+
+def deepspeed_reads(path: str | Path, rank: int) -> dict[str, int]:
+    """{file of checkpoint `path`: bytes} that load_deepspeed_checkpoint reads on rank `rank`: its own ZeRO
+    partition (zero/rank<r>.safetensors and .json), trainer_state.json and its RNG files."""
+    path = Path(path)
+    own = [f"{ZERO_DIR}/rank{rank}.safetensors", f"{ZERO_DIR}/rank{rank}.json"]
+    return {**whole_file_reads(path, own), **rank_training_state_reads(path)}
 
 
 def save_deepspeed_checkpoint(output_dir: str | Path, step: int, engine, scheduler, state: dict, is_main: bool,

@@ -22,13 +22,14 @@ without sharding (model.safetensors holding full tensors) resumes only without s
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, write_rng,
-                                write_training_state)
+from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng,
+                                whole_file_reads, write_rng, write_training_state)
 from preflab.errors import PreflabError
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
@@ -137,13 +138,11 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
     returns trainer_state.json."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
     path = Path(path)
     inner = _inner(optimizer)
-    # the destination layout (this also gives a fresh optimizer its state tensors, which DCP loads into)
-    model_sd, optim_sd = get_state_dict(model, inner, options=_options())
-    opt_tensors, _ = _split_optimizer(optim_sd)
+    model_sd, opt_tensors = _destination(model, optimizer)
     try:
         dcp.load(model_sd, storage_reader=HuggingFaceStorageReader(str(path / MODEL_DIR)))
         dcp.load(opt_tensors, storage_reader=HuggingFaceStorageReader(str(path / OPTIMIZER_DIR)))
@@ -163,14 +162,63 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
     return load_rank_training_state(path, scheduler)
 
 
+def _destination(model, optimizer) -> tuple[dict, dict]:
+    """This run's layout DCP loads into: (the model's trainable state dict, the optimizer's state tensors keyed
+    "<fqn>.<key>"). Getting it also gives a fresh optimizer its state tensors."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, _inner(optimizer), options=_options())
+    return model_sd, _split_optimizer(optim_sd)[0]
+
+
+def rng_to_restore(path: Path, trainer_state: dict) -> str:
+    """The RNG files (<name>.safetensors / .json) this rank restores from a per-rank checkpoint: its own
+    rng-rank<r> on the world size the checkpoint was written on, the main rank's rng otherwise."""
+    rank, world = _rank_world()
+    own = f"rng-rank{rank}"
+    same_world = trainer_state.get("world_size") == world and (Path(path) / f"{own}.safetensors").is_file()
+    return own if same_world else "rng"
+
+
 def load_rank_training_state(path: Path, scheduler) -> dict:
-    """Restore the scheduler and this rank's RNG (its own rng-rank<r> on the world size the checkpoint was written
-    on, the main rank's otherwise) from a per-rank checkpoint; returns trainer_state.json."""
+    """Restore the scheduler and this rank's RNG (rng_to_restore) from a per-rank checkpoint; returns
+    trainer_state.json."""
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
-    rank, world = _rank_world()
-    own = f"rng-rank{rank}"
-    same_world = trainer_state.get("world_size") == world and (path / f"{own}.safetensors").is_file()
-    restore_rng(path, own if same_world else "rng")
+    restore_rng(path, rng_to_restore(path, trainer_state))
     return trainer_state
+
+
+def rank_training_state_reads(path: Path) -> dict[str, int]:
+    """{file: bytes} that load_rank_training_state reads on this rank: trainer_state.json and its RNG files."""
+    path = Path(path)
+    rng = rng_to_restore(path, json.loads((path / "trainer_state.json").read_text()))
+    return whole_file_reads(path, ["trainer_state.json", f"{rng}.safetensors", f"{rng}.json"])
+
+
+def sharded_reads(path: str | Path, model, optimizer) -> dict[str, int]:
+    """{file of checkpoint `path`: bytes this rank reads from it} when load_sharded_checkpoint loads it into this
+    run's model and optimizer: the safetensors files of model/ and optimizer/ that DCP's load plan for this rank
+    touches (its own shards on the same world size, plus the files holding the small replicated tensors it is
+    assigned, e.g. optimizer steps; other shards' byte ranges when resharding), optimizer.json, trainer_state.json
+    and this rank's RNG files. The plan is made as dcp.load makes it: DefaultLoadPlanner over this run's layout and
+    the checkpoint's metadata (the safetensors headers)."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    path = Path(path)
+    model_sd, opt_tensors = _destination(model, optimizer)
+    rank, _ = _rank_world()
+    reads: dict[str, int] = {}
+    for folder, state_dict in ((MODEL_DIR, model_sd), (OPTIMIZER_DIR, opt_tensors)):
+        reader = HuggingFaceStorageReader(str(path / folder))
+        metadata = reader.read_metadata()
+        planner = DefaultLoadPlanner()
+        planner.set_up_planner(state_dict, metadata, rank == 0)
+        reader.set_up_storage_reader(metadata, rank == 0)
+        for item in reader.prepare_local_plan(planner.create_local_plan()).items:
+            name = f"{folder}/{Path(metadata.storage_data[item.storage_index].relative_path).name}"
+            dtype = metadata.state_dict_metadata[item.storage_index.fqn].properties.dtype
+            reads[name] = reads.get(name, 0) + math.prod(item.lengths) * dtype.itemsize
+    return {**reads, **whole_file_reads(path, ["optimizer.json"]), **rank_training_state_reads(path)}

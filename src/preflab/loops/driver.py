@@ -24,15 +24,18 @@ from pathlib import Path
 import torch
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
-                                save_checkpoint, verify_checkpoint, write_timeline)
-from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, is_deepspeed_checkpoint,
-                                          load_deepspeed_checkpoint, save_deepspeed_checkpoint)
+                                save_checkpoint, write_timeline)
+from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
+                                          is_deepspeed_checkpoint, load_deepspeed_checkpoint,
+                                          save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
+from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import claim_output_dir, release_output_dir
 from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
-from preflab.sharded_checkpoint import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
+from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
+                                        sharded_reads)
 from preflab.step import optimizer_step
 
 
@@ -562,6 +565,22 @@ class TrainingRun:
                 f"save_steps: 0 and no resume_from_checkpoint under {engine}, or train with "
                 "examples/accelerate/ddp.yaml.")
 
+    def _verify_for_resume(self, path: Path) -> None:
+        """Check the files of checkpoint `path` this rank will read against its COMPLETE marker, each file hashed
+        by one rank only (preflab.resume_verify); collective, every rank raises the same PreflabError naming the
+        damaged file. Where this rank's reads cannot be worked out (a checkpoint this run will refuse, a broken
+        safetensors header) it counts as reading every file, which the ranks then share."""
+        try:
+            if is_deepspeed_checkpoint(path):
+                reads = deepspeed_reads(path, self.accelerator.process_index)
+            elif is_sharded_checkpoint(path):
+                reads = sharded_reads(path, self.sync_module, self.optimizer)
+            else:
+                reads = plain_reads(path)
+        except Exception:  # noqa: BLE001 - only the choice of files to check; the load reports its own errors
+            reads = plain_reads(path)
+        verify_rank_reads(path, reads)
+
     def _maybe_resume(self) -> int:
         """Restore the checkpoint resume_from_checkpoint names (true: the newest intact one of output_dir's
         timeline, see preflab.checkpoint) and set this run's timeline; returns the step to start from."""
@@ -572,14 +591,14 @@ class TrainingRun:
             return 0
         say = print if self.main else (lambda *a, **k: None)
         if spec in (True, "true", "latest"):
-            path = resume_checkpoint(self.out, warn=say)
+            path = resume_checkpoint(self.out, warn=say, verify=self._verify_for_resume)
             if path is None:
                 raise PreflabError(f"resume_from_checkpoint is true but {self.out} holds no complete checkpoint of "
                                    "its current run (checkpoints of a run that was later rolled back or restarted "
                                    "are not resumed by `true`; give the checkpoint's path to resume one of them).")
         else:
             path = Path(spec)
-            verify_checkpoint(path)
+            self._verify_for_resume(path)
         saved = json.loads((path / "trainer_state.json").read_text())
         step = int(saved["global_step"])
         if step > self.total_steps:
