@@ -199,6 +199,7 @@ def make_accelerator(cfg):
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
+        note_earlier_run(cfg)
         clean_interrupted_saves(cfg.output_dir)
         _check_resume_config_early(cfg)
     return accelerator
@@ -232,6 +233,25 @@ def sharding_engine(accelerator) -> str:
     """accelerate's distributed_type name, with FSDP spelt FSDP2 for version 2 (FSDP for version 1)."""
     engine = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     return "FSDP2" if engine == "FSDP" and getattr(accelerator, "is_fsdp2", False) else engine
+
+
+def note_earlier_run(cfg) -> None:
+    """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
+    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word)."""
+    if cfg.resume_from_checkpoint not in (None, False, "", "false"):
+        return
+    out = Path(cfg.output_dir)
+    if not ((out / "metrics.jsonl").is_file() or (out / "summary.json").is_file()):
+        return
+    try:
+        step = json.loads((out / "summary.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    ended = f"it ended at step {step}" if isinstance(step, int) else "it did not finish"
+    print(f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
+          "replaces its model, metrics.jsonl and summary.json (its checkpoint-* folders stay on the old timeline). "
+          "To continue it instead, set resume_from_checkpoint: true; to keep it, choose another output_dir.",
+          flush=True)
 
 
 def _check_resume_config_early(cfg) -> None:

@@ -1,0 +1,83 @@
+"""Regressions from a new user's trial of the CLI (changes/newuser-findings.md): each failed on the code before."""
+import json
+
+import pytest
+
+from preflab.errors import ConfigError
+
+
+def test_trl_notes_are_printed_once_per_command(tmp_path, capsys):
+    """`preflab train` read its config twice (once to route by task, once to run), printing every TRL note twice."""
+    from preflab.cli import main
+
+    cfg = tmp_path / "trl.yaml"
+    cfg.write_text("model_name_or_path: ./no-such-model-dir\ndataset_name: x.jsonl\nlogging_first_step: true\n"
+                   f"output_dir: {tmp_path / 'out'}\n")
+    assert main(["train", str(cfg)]) == 2  # stops at the preflight's model check, after the notes
+    err = capsys.readouterr().err
+    assert err.count("preflab: note: logging_first_step") == 1
+    assert "no-such-model-dir" in err
+
+
+def test_plan_refuses_an_unreachable_hub_name_before_autoconfig(monkeypatch):
+    """`preflab plan` with a hub name and no network sat through AutoConfig's retries (~25 s of 'Retrying in 8s'
+    lines) before its error; now the quick model-name check refuses it first and AutoConfig is never asked."""
+    import transformers
+
+    from preflab.plan import model_config_of
+
+    asked = []
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda *a, **k: asked.append(a) or (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(ConfigError, match="model_name_or_path='someorg/not-cached-model'"):
+        model_config_of("someorg/not-cached-model")
+    assert asked == []
+
+
+def _long_rows(n_words: int) -> list[dict]:
+    rows = [{"prompt": f"what is {i} plus {i} ?", "chosen": f"the answer is {2 * i}", "rejected": "no idea"}
+            for i in range(6)]
+    rows[1]["chosen"] = " ".join(["the cat sat on the mat"] * n_words)
+    return rows
+
+
+def test_eval_caps_max_length_at_the_models_positions_and_says_what_it_dropped():
+    """preflab eval's max_length (default 1024) was not capped at the model's positions: a pair longer than a
+    learned position table (GPT-2, 32 positions here) crashed with an IndexError traceback. Now it is capped with a
+    note and scores exactly what an explicit max_length=32 scores; truncated/skipped rows are named in the notes."""
+    from preflab.eval.cli import format_summary
+    from preflab.eval.run import EvalOptions, evaluate_models
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    policy = tiny_causal_lm(tok, arch="gpt2", max_positions=32)
+    rows = _long_rows(20)
+    capped = evaluate_models(policy, tok, rows, options=EvalOptions())
+    explicit = evaluate_models(policy, tok, rows, options=EvalOptions(max_length=32))
+    assert capped["per_pair"] == explicit["per_pair"]
+    assert capped["num_pairs"] == 6
+    assert any("above the model's 32 positions" in n for n in capped["notes"])
+    assert any("response truncated 1" in n for n in capped["notes"])
+    assert "response truncated 1" in format_summary(capped)
+    # a prompt that fills max_length is skipped: the console summary says so (it only said "5 pairs")
+    rows = _long_rows(1)
+    rows[3]["prompt"] = " ".join(["the dog ran to the park"] * 20)
+    skipped = evaluate_models(policy, tok, rows, options=EvalOptions(max_length=32))
+    assert skipped["num_pairs"] == 5
+    assert "1 skipped (prompt_fills_max_length: 1)" in format_summary(skipped)
+
+
+def test_a_fresh_run_in_a_finished_runs_folder_says_it_replaces_it(tmp_path, capsys):
+    """A second `preflab train` into the output_dir of a finished run silently replaced its model, metrics.jsonl
+    and summary.json; now a note names the earlier run and how to resume or keep it (not when resuming)."""
+    from types import SimpleNamespace
+
+    from preflab.loops.driver import note_earlier_run
+
+    (tmp_path / "summary.json").write_text(json.dumps({"global_step": 4}))
+    note_earlier_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=None))
+    out = capsys.readouterr().out
+    assert "holds an earlier run (it ended at step 4)" in out and "resume_from_checkpoint: true" in out
+    note_earlier_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=True))
+    note_earlier_run(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=None))
+    assert capsys.readouterr().out == ""
