@@ -81,3 +81,33 @@ def test_a_fresh_run_in_a_finished_runs_folder_says_it_replaces_it(tmp_path, cap
     note_earlier_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=True))
     note_earlier_run(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=None))
     assert capsys.readouterr().out == ""
+
+
+def test_an_eval_set_with_no_usable_rows_stops_and_its_skips_are_printed(tmp_path, capsys):
+    """With on_bad_row: skip, an eval set whose rows were all skipped made evaluation silently not run (eval_strategy
+    steps asked for it), and the eval set's skipped rows never reached the console; now the run stops naming the eval
+    set, and a `preflab: data (eval):` line gives its counts."""
+    from preflab.config import config_from_dict
+    from preflab.errors import DataError
+    from preflab.loops.prepare import prepare_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    good = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(4)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in good))
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text("\n".join(json.dumps({"prompt": "q", "chosen": "yes"}) for _ in range(3)))
+
+    def cfg(eval_file):
+        return config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(train),
+                                     eval_dataset_name=str(eval_file), eval_strategy="steps", on_bad_row="skip",
+                                     output_dir=str(tmp_path / "out")))
+
+    with pytest.raises(DataError, match=r"the eval set \(.*eval.jsonl\) has no usable examples: .*3 skipped"):
+        prepare_pairs(cfg(bad), tiny_tokenizer())
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(json.dumps(r) for r in good + [{"prompt": "q", "chosen": "yes"}]))
+    _, evals, report = prepare_pairs(cfg(mixed), tiny_tokenizer())
+    assert len(evals) == 4 and report["eval_rows"]["skipped"] == {"missing_field": 1}
+    out = capsys.readouterr().out
+    assert "preflab: data (eval): " in out and "5 rows, 4 kept, 1 skipped (missing_field: 1)" in out
