@@ -111,3 +111,28 @@ def test_an_eval_set_with_no_usable_rows_stops_and_its_skips_are_printed(tmp_pat
     assert len(evals) == 4 and report["eval_rows"]["skipped"] == {"missing_field": 1}
     out = capsys.readouterr().out
     assert "preflab: data (eval): " in out and "5 rows, 4 kept, 1 skipped (missing_field: 1)" in out
+
+
+def test_sft_prints_its_truncations_and_refuses_an_unusable_eval_set(tmp_path, capsys):
+    """task: sft printed only the row counts: every example cut by max_length went unsaid on the console (only
+    summary.json had it), and an eval set whose rows were all skipped silently disabled evaluation."""
+    from preflab.config import config_from_dict
+    from preflab.errors import DataError
+    from preflab.loops.sft import prepare_sft
+    from preflab.models.tiny import tiny_tokenizer
+
+    train = tmp_path / "sft.jsonl"
+    train.write_text("\n".join(json.dumps({"prompt": "q", "completion": " ".join(["the cat sat on the mat"] * n)})
+                               for n in (1, 1, 8)))
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "completion": ""}))
+
+    def cfg(**kw):
+        return config_from_dict(dict(task="sft", model_name_or_path="builtin:tiny-llama", dataset_name=str(train),
+                                     max_length=24, on_bad_row="skip", output_dir=str(tmp_path / "out"), **kw))
+
+    items, _, report = prepare_sft(cfg(), tiny_tokenizer())
+    assert report["train_tokenize"]["response_truncated"] == 1 and max(len(x.prompt_ids) + len(x.completion_ids) for x in items) <= 24
+    assert "response truncated 1" in capsys.readouterr().out
+    with pytest.raises(DataError, match=r"the eval set \(.*eval.jsonl\) has no usable examples: .*1 skipped"):
+        prepare_sft(cfg(eval_dataset_name=str(bad)), tiny_tokenizer())
