@@ -136,3 +136,30 @@ def test_sft_prints_its_truncations_and_refuses_an_unusable_eval_set(tmp_path, c
     assert "response truncated 1" in capsys.readouterr().out
     with pytest.raises(DataError, match=r"the eval set \(.*eval.jsonl\) has no usable examples: .*1 skipped"):
         prepare_sft(cfg(eval_dataset_name=str(bad)), tiny_tokenizer())
+
+
+def test_an_online_round_without_examples_is_said_and_logged(tmp_path, capsys):
+    """online_dpo with a judge that scores every completion alike builds no pairs: the run took zero-gradient steps
+    and ended looking normal (loss 0; metrics.jsonl without reward or ties). Now each empty round prints a note and
+    its metrics (reward, examples/count 0, pairs/ties_dropped) are logged."""
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    cfg = config_from_dict(dict(task="online", trainer="online_dpo", online_task="dataset", dataset_name="unused",
+                                reward_funcs="x", model_name_or_path="builtin:tiny-llama", max_steps=2,
+                                num_generations=2, prompts_per_generation=3, per_device_train_batch_size=2,
+                                max_completion_length=3, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                                output_dir=str(tmp_path)))
+    tok = tiny_tokenizer("char")
+    run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok,
+                    task=Task(["say a\n", "say b\n", "say c\n"], [lambda prompts, completions, **kw: [1.0] * len(
+                        completions)]))
+    summary = run.train()
+    assert summary["online"]["empty_steps"] == 2
+    out = capsys.readouterr().out
+    assert out.count("gave no training examples (3 tied pairs dropped") == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["examples/count"], r["pairs/ties_dropped"], r["reward"]) for r in rows] == [
+        (1, 0.0, 3.0, 1.0), (2, 0.0, 3.0, 1.0)]
