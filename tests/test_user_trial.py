@@ -1,5 +1,6 @@
 """Regressions from a new user's trial of the CLI (changes/newuser-findings.md): each failed on the code before."""
 import json
+import re
 
 import pytest
 
@@ -163,3 +164,20 @@ def test_an_online_round_without_examples_is_said_and_logged(tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["examples/count"], r["pairs/ties_dropped"], r["reward"]) for r in rows] == [
         (1, 0.0, 3.0, 1.0), (2, 0.0, 3.0, 1.0)]
+
+
+@pytest.mark.parametrize("over, words", [
+    # a TRL GRPOConfig's loss_type: was "unknown objective 'dapo'. Did you mean 'dpo'?"
+    ({"loss_type": "dapo"}, "is a TRL GRPOConfig loss_type; in preflab it is the group recipe `trainer: dapo`"),
+    ({"trainer": "grpo", "loss_type": "dr_grpo"}, "`trainer: dr_grpo` (got trainer 'grpo')"),
+    # a group objective under the default pair recipe: was refused only after the model loaded and a round ran
+    ({"loss_type": "grpo"}, "loss_type='grpo' takes a ListBatch, but trainer 'online_dpo' builds pairs"),
+    ({"trainer": "grpo", "loss_type": "ipo"}, "loss_type='ipo' takes a PairBatch, but trainer 'grpo' builds groups"),
+])
+def test_online_loss_type_that_does_not_fit_the_trainer_is_a_config_error(over, words):
+    from preflab.config import config_from_dict
+
+    base = dict(task="online", online_task="dataset", dataset_name="p.jsonl", reward_funcs="m:f",
+                model_name_or_path="builtin:tiny-llama", max_steps=2)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        config_from_dict({**base, **over})
