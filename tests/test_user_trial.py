@@ -181,3 +181,24 @@ def test_online_loss_type_that_does_not_fit_the_trainer_is_a_config_error(over, 
                 model_name_or_path="builtin:tiny-llama", max_steps=2)
     with pytest.raises(ConfigError, match=re.escape(words)):
         config_from_dict({**base, **over})
+
+
+def test_online_prompt_rows_skipped_or_cut_are_reported(tmp_path, capsys):
+    """online_task: dataset read its prompts with on_bad_row and max_prompt_length but kept no report: a skipped or
+    truncated prompt left summary.json's "data" empty and the console silent."""
+    from preflab.config import config_from_dict
+    from preflab.loops.rollout import prepare_prompts
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.online.tasks import load_task
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p}) for p in ("say a", "", "say " + "b " * 40)))
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset", dataset_name=str(data),
+                                reward_funcs="preflab.online.tasks:demo_true_reward", on_bad_row="skip",
+                                model_name_or_path="builtin:tiny-llama", max_steps=1, output_dir=str(tmp_path / "o")))
+    task, _, _ = load_task(cfg)
+    assert len(task.prompts) == 2 and task.data_report["prompt_rows"]["skipped"] == {"empty_field": 1}
+    assert "3 rows, 2 kept, 1 skipped (empty_field: 1)" in capsys.readouterr().out
+    report: dict = {}
+    rows = prepare_prompts(task.prompts, tiny_tokenizer("char"), max_prompt_length=10, report_to=report)
+    assert report["prompt_tokenize"]["prompt_truncated"] == 1 and max(len(r.prompt_ids) for r in rows) == 10

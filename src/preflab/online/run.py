@@ -137,7 +137,13 @@ class OnlineRun(TrainingRun):
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
         self.pad_id = pad_id_of(tokenizer)
-        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
+        self.data_report = dict(getattr(task, "data_report", None) or {})
+        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
+                                                                   report_to=self.data_report)
+        cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
+        if cut and self.main:
+            print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
+                  f"{cfg.max_prompt_length} (truncation_mode keep_end: their start is dropped).", flush=True)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
