@@ -202,3 +202,34 @@ def test_online_prompt_rows_skipped_or_cut_are_reported(tmp_path, capsys):
     report: dict = {}
     rows = prepare_prompts(task.prompts, tiny_tokenizer("char"), max_prompt_length=10, report_to=report)
     assert report["prompt_tokenize"]["prompt_truncated"] == 1 and max(len(r.prompt_ids) for r in rows) == 10
+
+
+def test_an_unreachable_hub_dataset_fails_at_once_without_load_dataset(monkeypatch, tmp_path):
+    """A hub dataset name with no network sat through datasets' retries (~28 s of 'Retrying in 8s' lines) before
+    its error; now one quick lookup refuses it naming the dataset, and datasets.load_dataset is never asked."""
+    import datasets
+    import datasets.config
+    import huggingface_hub
+
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "ds-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "dataset_info", no_network)
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: asked.append(a) or [{"prompt": "p", "chosen": "c", "rejected": "r"}])
+    with pytest.raises(DataError, match="hub dataset 'someorg/prefs' is not in the local cache and the hub lookup "
+                                        "failed \\(ConnectionError"):
+        load_rows("someorg/prefs")
+    assert asked == []
+    (tmp_path / "ds-cache" / "someorg___prefs").mkdir(parents=True)  # cached: left to datasets (it reads the cache)
+    examples, report = load_rows("someorg/prefs")
+    assert len(asked) == 1 and len(examples) == 1 and report.source == "hub:someorg/prefs[train]"
