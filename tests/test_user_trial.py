@@ -233,3 +233,20 @@ def test_an_unreachable_hub_dataset_fails_at_once_without_load_dataset(monkeypat
     (tmp_path / "ds-cache" / "someorg___prefs").mkdir(parents=True)  # cached: left to datasets (it reads the cache)
     examples, report = load_rows("someorg/prefs")
     assert len(asked) == 1 and len(examples) == 1 and report.source == "hub:someorg/prefs[train]"
+
+
+def test_eval_refuses_a_reward_model_run_as_a_policy(tmp_path):
+    """`preflab eval RUN --data ...` on a task: reward run (forgetting --task reward) loaded the reward model's
+    backbone as a causal LM (its score head dropped, the LM head random) and reported policy metrics for it."""
+    from preflab.eval.loading import load_for_eval
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("char")
+    tiny_causal_lm(tok, hidden_size=16, num_layers=1).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "config.yaml").write_text("task: reward\nmodel_name_or_path: builtin:tiny-llama\n")
+    with pytest.raises(ConfigError, match=r"is a task: reward run, not a language-model policy; evaluate it with "
+                                          r"`preflab eval .* --task reward --data"):
+        load_for_eval(str(tmp_path))
+    (tmp_path / "config.yaml").write_text("task: dpo\nmodel_name_or_path: builtin:tiny-llama\n")
+    assert load_for_eval(str(tmp_path))[0].config.vocab_size == len(tok)
