@@ -250,3 +250,31 @@ def test_eval_refuses_a_reward_model_run_as_a_policy(tmp_path):
         load_for_eval(str(tmp_path))
     (tmp_path / "config.yaml").write_text("task: dpo\nmodel_name_or_path: builtin:tiny-llama\n")
     assert load_for_eval(str(tmp_path))[0].config.vocab_size == len(tok)
+
+
+def test_a_reference_with_another_tokenizer_or_fewer_positions_is_refused_or_capped(tmp_path, capsys):
+    """ref_model_name_or_path pointing at a model with another tokenizer trained silently against log-probs of other
+    tokens (same ids, different vocabulary) or crashed with an IndexError (fewer embeddings); a reference with fewer
+    positions than max_length crashed mid-run (only the policy's positions capped max_length)."""
+    from types import SimpleNamespace
+
+    from preflab.models.load import cap_max_length, check_reference_tokens, reference_positions
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    policy = tiny_causal_lm(tok, arch="qwen2", hidden_size=16, num_layers=1)
+    other = tmp_path / "other-tokenizer"
+    ref = tiny_causal_lm(vocab_size=len(tok) + 50, arch="gpt2", hidden_size=16, num_layers=1, max_positions=48)
+    ref.save_pretrained(other)
+    tiny_tokenizer("whitespace").save_pretrained(other)  # enough rows, but its own ids for the same tokens
+    with pytest.raises(ConfigError, match="has its own tokenizer, which gives .* tokens other ids than the policy's"):
+        check_reference_tokens(str(other), ref, policy, tok)
+    tok.save_pretrained(other)  # the policy's tokenizer beside it: accepted
+    check_reference_tokens(str(other), ref, policy, tok)
+    small = tiny_causal_lm(vocab_size=len(tok) - 10, hidden_size=16, num_layers=1)
+    with pytest.raises(ConfigError, match=f"has {len(tok) - 10} token embeddings, the policy {len(tok)}"):
+        check_reference_tokens("small-ref", small, policy, tok)
+    cfg = SimpleNamespace(ref_model_name_or_path=str(other), trust_remote_code=False, max_length=200,
+                          model_name_or_path="p", objective=lambda: SimpleNamespace(needs_reference=True))
+    cap_max_length(cfg, reference_positions(cfg), cfg.ref_model_name_or_path)
+    assert cfg.max_length == 48 and f"above the 48 positions of {other}" in capsys.readouterr().out
