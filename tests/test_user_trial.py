@@ -278,3 +278,17 @@ def test_a_reference_with_another_tokenizer_or_fewer_positions_is_refused_or_cap
                           model_name_or_path="p", objective=lambda: SimpleNamespace(needs_reference=True))
     cap_max_length(cfg, reference_positions(cfg), cfg.ref_model_name_or_path)
     assert cfg.max_length == 48 and f"above the 48 positions of {other}" in capsys.readouterr().out
+
+
+def test_trl_dataset_test_split_with_eval_strategy_evaluates_on_that_split(capsys):
+    """TRL's scripts evaluate on dataset_name[dataset_test_split] whenever eval_strategy is not "no"; the same YAML
+    was refused here ("eval_strategy='steps' needs an eval set")."""
+    from preflab.config import config_from_dict
+
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="data/dd",
+                                dataset_test_split="test_prefs", eval_strategy="steps", eval_steps=5))
+    assert (cfg.eval_dataset_name, cfg.eval_split, cfg.eval_steps) == ("data/dd", "test_prefs", 5)
+    assert capsys.readouterr().err.count("-> eval_dataset_name: data/dd (its 'test_prefs' split)") == 1
+    # without eval_strategy (TRL's default "no") nothing is evaluated, as in TRL
+    assert config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="data/dd",
+                                 dataset_test_split="test_prefs")).eval_dataset_name is None
