@@ -292,3 +292,19 @@ def test_trl_dataset_test_split_with_eval_strategy_evaluates_on_that_split(capsy
     # without eval_strategy (TRL's default "no") nothing is evaluated, as in TRL
     assert config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="data/dd",
                                  dataset_test_split="test_prefs")).eval_dataset_name is None
+
+
+def test_no_rows_left_after_skipping_says_so_instead_of_lower_the_batch_size():
+    """With every row skipped (on_bad_row: skip) the error said "0 training rows are fewer than one global batch
+    ...; lower the batch size", advice that cannot help."""
+    from types import SimpleNamespace
+
+    from preflab.errors import DataError
+    from preflab.loops.driver import make_plan
+
+    cfg = SimpleNamespace(dataset_name="bad.jsonl", per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                          seed=0, max_steps=2, num_train_epochs=1)
+    with pytest.raises(DataError, match="no training rows are left in bad.jsonl: every row was skipped"):
+        make_plan(cfg, 0, 1)
+    with pytest.raises(Exception, match="lower the batch size"):  # a few rows left: the batch is what to change
+        make_plan(cfg, 3, 1)

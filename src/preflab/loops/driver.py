@@ -25,7 +25,7 @@ import torch
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
                                 save_checkpoint, verify_checkpoint, write_timeline)
-from preflab.errors import ConfigError, NonFiniteError, PreflabError
+from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
 from preflab.rundir import claim_output_dir, release_output_dir
@@ -323,6 +323,10 @@ def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | Non
 
 def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
     """(the deterministic batch order, the number of optimizer steps)."""
+    if num_rows == 0:  # every row was skipped or too long: a smaller batch would not help
+        raise DataError(f"no training rows are left in {cfg.dataset_name}: every row was skipped (see the "
+                        "`preflab: data:` line and summary.json data); fix the rows, max_length / max_prompt_length, "
+                        "or the columns.")
     plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps, cfg.seed)
     if plan.steps_per_epoch == 0:
         raise PreflabError(
