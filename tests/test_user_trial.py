@@ -308,3 +308,15 @@ def test_no_rows_left_after_skipping_says_so_instead_of_lower_the_batch_size():
         make_plan(cfg, 0, 1)
     with pytest.raises(Exception, match="lower the batch size"):  # a few rows left: the batch is what to change
         make_plan(cfg, 3, 1)
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """Ctrl-C during `preflab train` printed a KeyboardInterrupt traceback through torch's modules."""
+    import preflab.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preflab.cli, "_handler", lambda args: interrupted)
+    assert preflab.cli.main(["lab", "list"]) == 130
+    assert "preflab: interrupted. Finished checkpoints are kept" in capsys.readouterr().err
