@@ -320,3 +320,20 @@ def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, capsys):
     monkeypatch.setattr(preflab.cli, "_handler", lambda args: interrupted)
     assert preflab.cli.main(["lab", "list"]) == 130
     assert "preflab: interrupted. Finished checkpoints are kept" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ratio, total, warmup", [(0.1, 6, 1), (0.1, 25, 3), (0.5, 4, 2)])
+def test_warmup_ratio_rounds_up_like_transformers(ratio, total, warmup):
+    """warmup_ratio gave int(ratio x steps) warmup steps; transformers (TrainingArguments.get_warmup_steps, what TRL
+    runs) takes math.ceil: 6 steps x 0.1 warmed up for 0 steps here and 1 in TRL."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from preflab.loops.driver import make_optimizer, make_scheduler
+
+    cfg = SimpleNamespace(learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.0,
+                          warmup_steps=0, warmup_ratio=ratio, lr_scheduler_type="linear")
+    _, scheduler = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))], total)
+    reference = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "linear", total, warmup)
+    assert [scheduler.lr_lambdas[0](s) for s in range(total)] == [reference.lr_lambdas[0](s) for s in range(total)]
