@@ -340,3 +340,21 @@ def test_warmup_ratio_rounds_up_like_transformers(ratio, total, warmup):
     _, scheduler = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))], total)
     reference = make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "linear", total, warmup)
     assert [scheduler.lr_lambdas[0](s) for s in range(total)] == [reference.lr_lambdas[0](s) for s in range(total)]
+
+
+def test_missing_chat_template_names_the_model_directory(tmp_path):
+    """Message rows with a tokenizer without a chat template: the error did not say whose tokenizer it was."""
+    from transformers import AutoTokenizer
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "model")
+    examples, _ = load_rows([{"prompt": [{"role": "user", "content": "hi"}],
+                              "chosen": [{"role": "assistant", "content": "yes"}],
+                              "rejected": [{"role": "assistant", "content": "no"}]}])
+    with pytest.raises(ConfigError, match=f"and the tokenizer of {tmp_path / 'model'} has none"):
+        tokenize_pairs(examples, AutoTokenizer.from_pretrained(tmp_path / "model"))
