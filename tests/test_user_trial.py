@@ -358,3 +358,14 @@ def test_missing_chat_template_names_the_model_directory(tmp_path):
                               "rejected": [{"role": "assistant", "content": "no"}]}])
     with pytest.raises(ConfigError, match=f"and the tokenizer of {tmp_path / 'model'} has none"):
         tokenize_pairs(examples, AutoTokenizer.from_pretrained(tmp_path / "model"))
+
+
+def test_precompute_with_a_reference_free_objective_says_it_does_nothing(capsys):
+    """precompute_ref_log_probs: true with loss_type simpo (no reference) was accepted without a word."""
+    from preflab.config import config_from_dict
+
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="x.jsonl", precompute_ref_log_probs=True)
+    config_from_dict({**base, "loss_type": "simpo"})
+    assert capsys.readouterr().err.count("precompute_ref_log_probs: loss_type simpo uses no reference model") == 1
+    config_from_dict({**base, "loss_type": "sigmoid"})
+    assert "precompute_ref_log_probs" not in capsys.readouterr().err

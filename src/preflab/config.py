@@ -473,7 +473,11 @@ def config_from_dict(raw: dict) -> TrainConfig:
         cfg.objective_params[key] = value
     from preflab.objectives import check_modality
 
-    check_modality(cfg.objective(), cfg.task)  # validates the objective and its modality before any model loads
+    objective = cfg.objective()
+    check_modality(objective, cfg.task)  # validates the objective and its modality before any model loads
+    if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
+        notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
+                     "nothing to precompute (no reference is loaded).")
     _say(notes)
     return cfg
 
