@@ -119,6 +119,10 @@ def test_renamed_and_translated_keys():
 @pytest.mark.parametrize("key,value,why", [
     ("sync_ref_model", True, "TR-DPO"), ("optim", "adafactor", "AdamW"),
     ("push_to_hub", True, "does not upload"), ("use_dora", True, "DoRA"),
+    # TrainingArguments / TRL keys that were "unknown config key" errors with no reason
+    ("eval_on_start", True, "evaluation runs every eval_steps"), ("group_by_length", True, "seeded order"),
+    ("lr_scheduler_kwargs", {"min_lr": 0.0}, "scheduler options"), ("tools", [{"type": "function"}], "'tools' column"),
+    ("chat_template_path", "t.jinja", "tokenizer.chat_template"),
 ])
 def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
     with pytest.raises(ConfigError, match=why):
@@ -131,7 +135,10 @@ def test_keys_without_effect_say_so_once(capsys):
     err = capsys.readouterr().err
     for key in ("use_logits_to_keep", "tf32", "remove_unused_columns", "logging_first_step"):
         assert err.count(f"preflab: note: {key}:") == 1
-    config_from_dict({**BASE, "use_logits_to_keep": False, "tf32": None})  # TRL defaults: silent
+    config_from_dict({**BASE, "include_tokens_per_second": True})
+    assert capsys.readouterr().err.count("preflab: note: include_tokens_per_second: tokens_per_second is always") == 1
+    config_from_dict({**BASE, "use_logits_to_keep": False, "tf32": None, "lr_scheduler_kwargs": {},
+                      "eval_on_start": False, "tools": None})  # TRL defaults: silent
     assert capsys.readouterr().err == ""
 
 

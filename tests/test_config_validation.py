@@ -53,6 +53,11 @@ def test_every_bad_option_is_reported_at_once():
     ({"fp16": True, "dtype": "bfloat16"}, "fp16: true conflicts"),
     ({"eval_fraction": 0.1, "eval_dataset_name": "e.jsonl"}, "both give an eval set"),
     ({"task": "reward", "loss_type": "ipo"}, "task: reward trains a Bradley-Terry reward model; loss_type"),
+    # were accepted and ignored: a reward model has no reference and no beta; SFT has no beta
+    ({"task": "reward", "precompute_ref_log_probs": True, "beta": 0.5},
+     "task: reward trains a Bradley-Terry reward model; beta, precompute_ref_log_probs only apply"),
+    ({"task": "reward", "ref_model_name_or_path": "builtin:tiny-llama"}, "reward model; ref_model_name_or_path only"),
+    ({"task": "sft", "beta": 0.5}, "task: sft trains on completions by maximum likelihood; beta only apply"),
     ({"center_rewards_coefficient": 0.01}, "only applies to task: reward"),
     ({"ref_model_init_kwargs": {"dtype": "bfloat16"}}, "only apply to ref_model_name_or_path"),
 ])

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except PreflabError as err:
         print(f"preflab: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through torch (the run's lock is already released)
+        print("preflab: interrupted. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
+              "latest one.", file=sys.stderr)
+        return 130
 
 
 def _handler(args):

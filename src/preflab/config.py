@@ -235,8 +235,10 @@ class TrainConfig:
         if self.ref_model_init_kwargs and not self.ref_model_name_or_path:
             out.append("ref_model_init_kwargs only apply to ref_model_name_or_path, which is not set (the reference "
                        "is a copy of the policy, loaded with model_init_kwargs).")
-        if self.task == "reward":
-            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None))
+        if self.task == "reward":  # a reward model has no reference and no objective temperature
+            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
+                                         ("beta", 0.1), ("ref_model_name_or_path", None),
+                                         ("precompute_ref_log_probs", False))
                     if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
             if used:
                 out.append(f"task: reward trains a Bradley-Terry reward model; {', '.join(used)} only apply to "
@@ -248,7 +250,8 @@ class TrainConfig:
                        "disabled); remove it.")
         if self.task == "sft":
             used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
-                                         ("ref_model_name_or_path", None), ("precompute_ref_log_probs", False))
+                                         ("beta", 0.1), ("ref_model_name_or_path", None),
+                                         ("precompute_ref_log_probs", False))
                     if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
             if used:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only apply "
@@ -472,7 +475,11 @@ def config_from_dict(raw: dict) -> TrainConfig:
         cfg.objective_params[key] = value
     from preflab.objectives import check_modality
 
-    check_modality(cfg.objective(), cfg.task)  # validates the objective and its modality before any model loads
+    objective = cfg.objective()
+    check_modality(objective, cfg.task)  # validates the objective and its modality before any model loads
+    if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
+        notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
+                     "nothing to precompute (no reference is loaded).")
     _say(notes)
     return cfg
 

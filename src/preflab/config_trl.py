@@ -82,6 +82,8 @@ NO_EFFECT = {
     "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "ref_model_mixup_alpha": (0.6, "used only with sync_ref_model, which preflab does not support"),
     "ref_model_sync_steps": (512, "used only with sync_ref_model, which preflab does not support"),
+    "include_tokens_per_second": (False, "tokens_per_second is always logged"),
+    "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
 }
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
@@ -106,6 +108,15 @@ REFUSED = {
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
     "use_vllm": (False, "offline DPO generates nothing; online training is task: online (preflab.online)"),
     "save_safetensors": (True, "preflab saves safetensors only"),
+    "eval_on_start": (False, "evaluation runs every eval_steps and at the end (its "
+                             "eval_reference_ranking_accuracy measures the starting model); remove it"),
+    "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
+                               "prefix_packed already drops the padding); remove it"),
+    "lr_scheduler_kwargs": (None, "scheduler options are not supported; use lr_scheduler_type linear, cosine, "
+                                  "constant or constant_with_warmup with warmup_steps / warmup_ratio"),
+    "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
+    "chat_template_path": (None, "save the chat template with the tokenizer in the model directory "
+                                 "(tokenizer.chat_template), then point model_name_or_path at it"),
 }
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
@@ -122,6 +133,13 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
             raw[key] = "no"
+    if ("dataset_test_split" in raw and raw.get("dataset_name") and raw.get("eval_strategy") in ("steps", "epoch")
+            and not raw.get("eval_dataset_name") and not raw.get("eval_fraction")):
+        # TRL's scripts evaluate on dataset_name's dataset_test_split whenever eval_strategy is not "no"
+        raw["eval_dataset_name"] = raw["dataset_name"]
+        notes.append(f"dataset_test_split: {raw['dataset_test_split']} with eval_strategy: {raw['eval_strategy']} -> "
+                     f"eval_dataset_name: {raw['dataset_name']} (its {raw['dataset_test_split']!r} split), as TRL's "
+                     "scripts do.")
     for trl, ours in RENAMED.items():
         if trl in raw:
             if ours in raw:

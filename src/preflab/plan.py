@@ -113,6 +113,9 @@ def model_config_of(name: str, trust_remote_code: bool = False):
             return tiny_causal_lm(None, arch=BUILTIN[name]).config
     from transformers import AutoConfig
 
+    from preflab.models.load import check_model_name
+
+    check_model_name(name)  # one quick lookup: an unreachable hub name fails at once, not after AutoConfig's retries
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:

@@ -132,6 +132,9 @@ BAD_ROWS = [  # (row, kind, reason, field)
     ({"prompt": "p", "chosen": "same", "rejected": "same"}, "pairwise", "identical", "rejected"),
     ({"prompt": "p", "chosen": "c\ud800", "rejected": "r"}, "pairwise", "invalid_unicode", "chosen"),
     ({"prompt": "p", "chosen": msgs(("assistant", "c")), "rejected": "r"}, "pairwise", "mixed_forms", "rejected"),
+    # a number beside message lists is the number's wrong type, not "rejected is a list but chosen is text"
+    ({"prompt": msgs(("user", "hi")), "chosen": 123, "rejected": msgs(("assistant", "r"))},
+     "pairwise", "wrong_type", "chosen"),
     ({"prompt": msgs(("robot", "hi")), "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", "r"))},
      "pairwise", "invalid_message", "prompt[0].role"),
     ({"prompt": [{"content": "hi"}], "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", "r"))},

@@ -122,10 +122,39 @@ def _resolve(source, split: str, streaming: bool = False):
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
 
 
+def _check_hub_dataset(name: str) -> None:
+    """Refuse at once a hub dataset that cannot load: not in a local cache and the hub does not answer (one quick
+    request), or no such dataset. datasets.load_dataset would otherwise retry for about half a minute first. Offline
+    (HF_HUB_OFFLINE), a cached dataset, or a hub answer other than "not found" (gated, ...) is left to datasets."""
+    if any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return
+    import datasets.config
+    from huggingface_hub import constants, dataset_info
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if (Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___")).exists() or \
+            (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").exists():
+        return
+    try:
+        dataset_info(name, timeout=10)
+    except RepositoryNotFoundError as err:
+        raise DataError(f"hub dataset {name!r} does not exist (or is private); check the name, or pass a local file "
+                        "or directory.") from err
+    except HfHubHTTPError:
+        return  # gated, rate-limited, ...: datasets reports it
+    except Exception as err:  # noqa: BLE001 - no answer from the hub at all
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DataError(f"hub dataset {name!r} is not in the local cache and the hub lookup failed "
+                        f"({type(err).__name__}: {reason}); check your network, or pass a local file or "
+                        "directory.") from err
+
+
 def _load_hub(name: str, split: str, streaming: bool = False):
     """datasets.load_dataset(name, split=split); streaming: an IterableDataset that reads as it is iterated."""
     import datasets
 
+    _check_hub_dataset(name)
     try:
         return datasets.load_dataset(name, split=split, **({"streaming": True} if streaming else {}))
     except Exception as exc:  # any loading failure becomes one clear message

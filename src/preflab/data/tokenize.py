@@ -146,8 +146,11 @@ def _special_id(tokenizer, name: str) -> int | None:
 def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, generation: bool) -> str:
     """The chat template of `messages` as text, with the row's `tools` / `chat_template_kwargs` if present."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("conversational rows need a chat template, and the tokenizer has none. Set "
-                          "tokenizer.chat_template, or give the rows as text.")
+        name = getattr(tokenizer, "name_or_path", "")
+        where = f"the tokenizer of {name}" if name else "the tokenizer"
+        raise ConfigError(f"conversational rows need a chat template, and {where} has none (no "
+                          "chat_template in tokenizer_config.json or chat_template.jinja). Save one with the tokenizer "
+                          "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
     kwargs = extras.get("chat_template_kwargs") or {}
     tools = extras.get("tools")
     try:

@@ -95,7 +95,13 @@ def check_text_or_messages(value, field: str, *, response: bool = False):
 
 
 def check_same_form(values: dict[str, object]) -> None:
-    """All given fields are text, or all are message lists (TRL's standard vs conversational form)."""
+    """All given fields are text, or all are message lists (TRL's standard vs conversational form). A field that
+    is neither (a number, a single message object) is named as the wrong type, not blamed on the other field."""
+    for name, v in values.items():
+        if v is not None and not isinstance(v, (str, list)):
+            raise RowProblem("wrong_type", name, f"expected a string or a list of messages, got {type(v).__name__}",
+                             'Store text as a JSON string, or a conversation as a list of {"role", "content"} '
+                             "messages.")
     kinds = {name: isinstance(v, list) for name, v in values.items() if v is not None}
     if len(set(kinds.values())) > 1:
         first = next(iter(kinds))

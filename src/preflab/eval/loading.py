@@ -65,6 +65,13 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
                           "checkpoint-<step> directory or a builtin:tiny-* name.")
     check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
     cfg = run_config(path)
+    if cfg.get("task") in ("reward", "diffusion"):  # else a reward model's backbone is scored as a policy
+        raise ConfigError(f"{name} is a task: {cfg['task']} run, not a language-model policy; evaluate it with "
+                          f"`preflab eval {name} --task {cfg['task']} --data ...`.")
+    if cfg.get("task") == "vlm":
+        raise ConfigError(f"{name} is a task: vlm run; preflab eval scores text policies only (image pairs need the "
+                          "processor). Give the run an eval set instead (eval_dataset_name: its eval_* rows in "
+                          "metrics.jsonl).")
     if (path / "config.json").is_file():
         tok = tokenizer or _tokenizer_near(path, None, trust_remote_code)
         return load_causal_lm(str(path), "float32", trust_remote_code, allow_pickle).eval(), tok

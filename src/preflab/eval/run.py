@@ -103,6 +103,22 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
             "dispersion/num_unseen_responses": float(len(seqs))}
 
 
+def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str | None]:
+    """(opts with max_length capped at the positions of the policy and reference, a note saying so or None): a
+    longer sequence would index past a learned position table (an IndexError mid-evaluation), as training caps it
+    (models.load.cap_max_length)."""
+    from dataclasses import replace
+
+    from preflab.models.load import max_positions
+
+    limits = [n for n in (max_positions(policy), max_positions(ref) if ref is not None else None) if n]
+    if not limits or (opts.max_length is not None and opts.max_length <= min(limits)):
+        return opts, None
+    given = "no max_length (no limit)" if opts.max_length is None else f"max_length {opts.max_length}"
+    return (replace(opts, max_length=min(limits)),
+            f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
+
+
 def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None, beta: float = 0.1,
                     reward_fn=None, judge=None) -> dict:
     """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict."""
@@ -112,12 +128,18 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     opts = options or EvalOptions()
     notes: list[str] = []
     missing: dict[str, str] = {}
+    opts, capped = _within_positions(opts, policy, ref)
     examples, row_report = load_rows(data, split=opts.split, kind="pairwise", on_bad_row="skip", limit=opts.limit)
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, max_length=opts.max_length,
-                                                  max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+                                                  max_prompt_length=opts.max_prompt_length, on_bad_row="skip",
+                                                  source=row_report.source)
     if not pairs:
         raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
                            f"{tok_report.summary()}. Check the columns (prompt, chosen, rejected) and max_length.")
+    if row_report.skipped or tok_report.skipped or tok_report.prompt_truncated or tok_report.response_truncated:
+        notes += [capped] if capped else []  # the cap matters only where a row reached it
+        notes.append(f"data: {row_report.summary()}; {tok_report.summary()} (the rows are listed under data_report "
+                     "in eval.json); the metrics cover the pairs kept")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
     metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}

@@ -57,13 +57,18 @@ def quiet_third_party_warnings() -> None:
 
 
 def config_from_args(args):
-    """The TrainConfig of `preflab train CONFIG key=value ...` (the config may be left out)."""
+    """The TrainConfig of `preflab train CONFIG key=value ...` (the config may be left out). Read once per
+    command and kept on `args`: routing by task reads it first, so reading it again would print its notes twice."""
     from preflab.config import load_config
 
+    cached = getattr(args, "_preflab_config", None)
+    if cached is not None:
+        return cached
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
-    return load_config(config, overrides)
+    args._preflab_config = load_config(config, overrides)
+    return args._preflab_config
 
 
 def run(args) -> int:

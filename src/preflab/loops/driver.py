@@ -28,7 +28,7 @@ from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
-from preflab.errors import ConfigError, NonFiniteError, PreflabError
+from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
 from preflab.resume_check import check_resume_config
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -209,6 +209,7 @@ def make_accelerator(cfg):
     set_seed(cfg.seed)
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
+        note_earlier_run(cfg)
         clean_interrupted_saves(cfg.output_dir)
         _check_resume_config_early(cfg, accelerator)
     return accelerator
@@ -242,6 +243,25 @@ def sharding_engine(accelerator) -> str:
     """accelerate's distributed_type name, with FSDP spelt FSDP2 for version 2 (FSDP for version 1)."""
     engine = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     return "FSDP2" if engine == "FSDP" and getattr(accelerator, "is_fsdp2", False) else engine
+
+
+def note_earlier_run(cfg) -> None:
+    """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
+    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word)."""
+    if cfg.resume_from_checkpoint not in (None, False, "", "false"):
+        return
+    out = Path(cfg.output_dir)
+    if not ((out / "metrics.jsonl").is_file() or (out / "summary.json").is_file()):
+        return
+    try:
+        step = json.loads((out / "summary.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    ended = f"it ended at step {step}" if isinstance(step, int) else "it did not finish"
+    print(f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
+          "replaces its model, metrics.jsonl and summary.json (its checkpoint-* folders stay on the old timeline). "
+          "To continue it instead, set resume_from_checkpoint: true; to keep it, choose another output_dir.",
+          flush=True)
 
 
 def _check_resume_config_early(cfg, accelerator) -> None:
@@ -325,6 +345,10 @@ def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | Non
 
 def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
     """(the deterministic batch order, the number of optimizer steps)."""
+    if num_rows == 0:  # every row was skipped or too long: a smaller batch would not help
+        raise DataError(f"no training rows are left in {cfg.dataset_name}: every row was skipped (see the "
+                        "`preflab: data:` line and summary.json data); fix the rows, max_length / max_prompt_length, "
+                        "or the columns.")
     plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps, cfg.seed)
     if plan.steps_per_epoch == 0:
         raise PreflabError(
@@ -340,7 +364,7 @@ def make_optimizer(cfg, params: list, total_steps: int):
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=fused or None)
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)  # transformers: ceil
     return optimizer, make_scheduler(optimizer, cfg.lr_scheduler_type, total_steps, warmup)
 
 

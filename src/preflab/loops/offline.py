@@ -49,7 +49,7 @@ class Trainer(TrainingRun):
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
                  callbacks=None):
         from preflab.config import preflight, resolve_epoch_eval
-        from preflab.models.load import cap_max_length, max_positions
+        from preflab.models.load import cap_max_length, max_positions, reference_positions
 
         preflight(cfg, check_models=policy is None)
         self.cfg = cfg
@@ -77,6 +77,7 @@ class Trainer(TrainingRun):
         elif train_data is None:
             cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
                                               cfg.trust_remote_code))
+            cap_max_length(cfg, reference_positions(cfg, ref), cfg.ref_model_name_or_path)
             train_data, eval_data, self.data_report = self.kind.prepare(cfg, tokenizer)
         self.train_data, self.eval_data = train_data, eval_data or []
         if policy is None:
@@ -118,11 +119,12 @@ class Trainer(TrainingRun):
         """streaming: true: the stream of training examples over dataset_name (or `rows` given from Python:
         preflab.loops.streaming) and the eval set, read whole. Returns (train_data: [], eval_data)."""
         from preflab.loops.streaming import eval_examples, open_stream
-        from preflab.models.load import cap_max_length, max_positions
+        from preflab.models.load import cap_max_length, max_positions, reference_positions
 
         cfg = self.cfg
         cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
                                           cfg.trust_remote_code))
+        cap_max_length(cfg, reference_positions(cfg, None), cfg.ref_model_name_or_path)
         self.stream, self.data_report = open_stream(cfg, tokenizer, self.kind, rows=rows)
         if eval_data is None:
             eval_data, eval_report = eval_examples(cfg, tokenizer, self.kind)

@@ -56,14 +56,22 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         rows = [r for r in rows if r.row_id not in held]
     train, tok_report = _tokenize(kind, rows, tokenizer, cfg, row_report.source)
     report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
-    evals = []
+    evals, said = [], []
+    if eval_report is not None:
+        report["eval_rows"] = eval_report.to_dict()
+        said.append(eval_report.summary())
     if eval_rows:
         evals, eval_tok = _tokenize(kind, eval_rows, tokenizer, cfg, (eval_report or row_report).source)
         report["eval_tokenize"] = eval_tok.to_dict()
-        if eval_report is not None:
-            report["eval_rows"] = eval_report.to_dict()
+        said.append(eval_tok.summary())
+    if (cfg.eval_dataset_name or cfg.eval_fraction > 0) and not evals:  # else evaluation would silently not run
+        raise DataError(f"the eval set ({cfg.eval_dataset_name or f'eval_fraction={cfg.eval_fraction}'}) has no "
+                        f"usable examples: {'; '.join(said) or 'no rows'}. Fix its rows (or max_length), or drop "
+                        "the eval set.")
     if is_main_process():
         print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
+        if said:
+            print(f"preflab: data (eval): {'; '.join(said)}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
 

@@ -208,17 +208,23 @@ def prepare_sft(cfg, tokenizer):
         raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
     train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
     report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
-    evals = []
+    evals, said = [], ""
     if cfg.eval_dataset_name:
         evals, erows, etok = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
         report.update(eval_rows=erows.to_dict(), eval_tokenize=etok.to_dict())
+        said = f"{erows.summary()}; {etok.summary()}"
+        if not evals:  # else evaluation would silently not run
+            raise DataError(f"the eval set ({cfg.eval_dataset_name}) has no usable examples: {said}. Fix its rows "
+                            "(or max_length), or drop the eval set.")
     elif cfg.eval_fraction > 0:
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         held = set(perm[:max(1, int(round(cfg.eval_fraction * len(train))))])
         evals = [x for i, x in enumerate(train) if i in held]
         train = [x for i, x in enumerate(train) if i not in held]
-    if is_main_process():
-        print(f"preflab: data: {rows.summary()}")
+    if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
+        print(f"preflab: data: {rows.summary()}; {tok.summary()}")
+        if said:
+            print(f"preflab: data (eval): {said}")
     return train, evals, report
 
 

@@ -152,13 +152,13 @@ def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
     return None
 
 
-def cap_max_length(cfg, positions: int | None) -> None:
+def cap_max_length(cfg, positions: int | None, name: str | None = None) -> None:
     """max_length above the model's positions would index past its position table mid-training: cap it, with a
-    note (issue 18.15)."""
+    note (issue 18.15). `name`: the model the positions are of (default: the policy)."""
     if positions is None or (cfg.max_length is not None and cfg.max_length <= positions):
         return
     given = "no max_length (no limit)" if cfg.max_length is None else f"max_length={cfg.max_length}"
-    print(f"preflab: note: {given} is above the {positions} positions of {cfg.model_name_or_path}; using "
+    print(f"preflab: note: {given} is above the {positions} positions of {name or cfg.model_name_or_path}; using "
           f"max_length={positions}.")
     cfg.max_length = positions
 
@@ -273,6 +273,42 @@ def reference_dtype(cfg) -> str:
     return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else (cfg.load_dtype or "float32")
 
 
+def reference_positions(cfg, ref=None) -> int | None:
+    """The positions of the reference given by ref_model_name_or_path (the in-memory `ref` when passed), or None
+    when the reference is the policy itself or none is used."""
+    if ref is None and not (cfg.ref_model_name_or_path and cfg.objective().needs_reference):
+        return None
+    return max_positions(ref if ref is not None else cfg.ref_model_name_or_path, cfg.trust_remote_code)
+
+
+def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
+    """The reference scores the policy's token ids: refuse a reference with fewer token embeddings than the policy
+    (an IndexError mid-run) or whose own tokenizer, saved beside it, gives a token the policy can score another id
+    (the run would train against log-probs of the wrong tokens without any error)."""
+    rows, policy_rows = ref.get_input_embeddings().num_embeddings, policy.get_input_embeddings().num_embeddings
+    if rows < policy_rows:
+        raise ConfigError(f"ref_model_name_or_path={name!r} has {rows} token embeddings, the policy "
+                          f"{policy_rows}; the reference must share the policy's tokenizer (use the model the policy "
+                          "was trained from).")
+    path = Path(name).expanduser()
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        return  # no tokenizer saved with it (or a hub name / builtin): nothing to compare
+    from transformers import AutoTokenizer
+
+    try:
+        own = AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is not the reference's weights' problem
+        return
+    policy_vocab = tokenizer.get_vocab()
+    clashes = [tok for tok, i in own.get_vocab().items() if policy_vocab.get(tok, i) != i
+               and policy_vocab[tok] < policy_rows]
+    if clashes:  # tokens only one side has (an added pad token), or ids the policy cannot embed, never reach a score
+        raise ConfigError(f"ref_model_name_or_path={name!r} has its own tokenizer, which gives {len(clashes)} tokens "
+                          f"other ids than the policy's (e.g. {clashes[0]!r}: {own.get_vocab()[clashes[0]]} vs "
+                          f"{policy_vocab[clashes[0]]}); the reference would score other tokens than the policy. Use "
+                          "a reference with the policy's tokenizer.")
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
     from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
@@ -296,6 +332,7 @@ def load_models(cfg, tokenizer):
                              tokenizer, seed=cfg.seed, option="ref_model_name_or_path",
                              init_kwargs=cfg.model_kwargs(ref=True))
         ref.requires_grad_(False).eval()
+        check_reference_tokens(cfg.ref_model_name_or_path, ref, policy, tokenizer)
     elif needs_reference and not cfg.use_peft:
         ref = frozen_copy(policy).to(DTYPES[reference_dtype(cfg)])  # frozen: no gradients, no optimizer state
     if quantization is not None:

@@ -49,9 +49,35 @@ def check_online(cfg) -> None:
                           f"generation_backend {cfg.generation_backend!r}.")
     elif spec.game_only:
         raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
+    if cfg.loss_type in ("bnpo", "dapo", "dr_grpo"):
+        raise ConfigError(f"loss_type={cfg.loss_type!r} is a TRL GRPOConfig loss_type; in preflab it is the group "
+                          f"recipe `trainer: {cfg.loss_type}` (got trainer {cfg.trainer!r}). Set trainer: "
+                          f"{cfg.loss_type} and leave loss_type out.")
     if cfg.loss_type == "sigmoid" and spec.loss_type:
         cfg.loss_type = spec.loss_type
+    _check_objective_fits(cfg, spec)
     for key, value in spec.objective_params(cfg).items():
         cfg.objective_params.setdefault(key, value)
     if spec.refresh and cfg.refresh_reference_every == 0:
         cfg.refresh_reference_every = 1
+
+
+def _check_objective_fits(cfg, spec) -> None:
+    """A pair recipe feeds pairwise objectives and a group recipe list objectives: a mismatch (e.g. loss_type: grpo
+    with the default trainer online_dpo) is refused here, not after the model loads and a round is generated."""
+    from preflab.objectives import objective_class, resolve_name
+
+    if not isinstance(cfg.loss_type, str) or ":" in cfg.loss_type:
+        return  # weighted lists and plug-in objectives are checked when built
+    try:
+        batch = objective_class(resolve_name(cfg.loss_type)).batch_type.__name__
+    except (ConfigError, KeyError):
+        return  # an unknown name is reported, with its hint, when the objective is built
+    wants = "ListBatch" if spec.kind == "groups" else "PairBatch"
+    if batch != wants:
+        from preflab.online.trainers import TRAINERS
+
+        other = sorted(n for n, s in TRAINERS.items() if s.kind != spec.kind and not s.game_only)
+        raise ConfigError(f"loss_type={cfg.loss_type!r} takes a {batch}, but trainer {cfg.trainer!r} builds "
+                          f"{'groups of completions' if spec.kind == 'groups' else 'pairs'}; for this loss_type use "
+                          f"trainer: {' | '.join(other)}, or leave loss_type out (the trainer's own objective).")

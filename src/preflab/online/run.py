@@ -140,7 +140,13 @@ class OnlineRun(TrainingRun):
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
         self.pad_id = pad_id_of(tokenizer)
-        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length)
+        self.data_report = dict(getattr(task, "data_report", None) or {})
+        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
+                                                                   report_to=self.data_report)
+        cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
+        if cut and self.main:
+            print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
+                  f"{cfg.max_prompt_length} (truncation_mode keep_end: their start is dropped).", flush=True)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
@@ -344,6 +350,8 @@ class OnlineRun(TrainingRun):
         chosen = self.pending.slices[s % self.cfg.steps_per_generation]
         if not chosen:
             self.counts["empty_steps"] += 1
+            if self.main and s == 0 and not self.pending.examples:
+                self._say_empty_round(r)
             return [OnlineMicroBatch([], [-1], 0)]
         parts_n = world * accum
         examples = [self.pending.examples[i] for i in chosen]
@@ -365,7 +373,9 @@ class OnlineRun(TrainingRun):
 
         if not mb.examples:  # nothing for this micro-batch: zero gradient, through the wrapped module (DDP)
             zero = self.scorer(self._empty_layout().to(self.accelerator.device)).token_logps.sum() * 0.0
-            return ObjectiveOutput(zero, zero.reshape(1), {})
+            # the round's metrics still reach metrics.jsonl (reward, examples/count 0, pairs/ties_dropped): every
+            # rank takes the same empty step, so every rank reports the same names
+            return ObjectiveOutput(zero, zero.reshape(1), self._round_metrics())
         out = self._forward_groups(mb) if self.spec.kind == "groups" else self._forward_pairs(mb)
         if mb.zero:
             out.losses, out.loss = out.losses[:0], out.loss * 0.0
@@ -373,6 +383,19 @@ class OnlineRun(TrainingRun):
         if "clip_ratio/region_mean" in out.metrics:
             out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
         return out
+
+    def _round_metrics(self) -> dict:
+        return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
+
+    def _say_empty_round(self, r: int) -> None:
+        """A round without examples trains nothing (zero-gradient steps); say so with the round's counts, as the
+        run would otherwise end looking normal with loss 0."""
+        m = self.pending.metrics
+        print(f"preflab: note: round {r + 1} gave no training examples ({int(m.get('pairs/ties_dropped', 0))} tied "
+              f"pairs dropped, {int(m.get('judge/dropped', 0))} completions dropped by the judge, reward_std "
+              f"{m.get('reward_std', float('nan')):.3g}); its {self.round_len} step(s) are zero-gradient (counted in "
+              "summary.json online.empty_steps). A judge that scores every completion of a prompt alike gives no "
+              "pairs.", flush=True)
 
     def _forward_pairs(self, mb: OnlineMicroBatch):
         exs, device = mb.examples, self.accelerator.device

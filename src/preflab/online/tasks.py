@@ -42,6 +42,7 @@ class Task:
     generator: Callable | None = None  # generator(cfg, policy, tokenizer, accelerator) -> a Generator (tool rollouts);
                                        # None: online.generator.make_generator
     judge_cache: bool = True          # False for judges whose score of a completion changes over the run (OTC-GRPO)
+    data_report: dict = field(default_factory=dict)  # the prompt rows read, kept and skipped (summary.json "data")
     state: Any = None                 # an object with state_dict() / load_state_dict() (JSON), checkpointed with the
                                       # run (e.g. OTC's running-minimum tracker)
 
@@ -195,9 +196,13 @@ def load_task(cfg, tokenizer=None, policy=None):
         raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
                           "reward / preference model directory).")
     judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
-    rows, _ = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    from preflab.runlog import is_main_process
+
+    rows, report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    if is_main_process():  # skipped prompt rows are said, as for preference data
+        print(f"preflab: data: {report.summary()}")
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
-    return Task(prompts, judges), tokenizer, policy
+    return Task(prompts, judges, data_report={"prompt_rows": report.to_dict()}), tokenizer, policy
 
 
 def _as_list(value) -> list:
