@@ -119,8 +119,8 @@ class LogProbScorer(nn.Module):
             out.hidden = _scatter(h, plan.slot, mask.shape)
         if want_wpo:
             with torch.no_grad():
-                adjusted = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) if h.shape[0] \
-                    else h.new_zeros(0)
+                adjusted = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) \
+                    if h.shape[0] else h.new_zeros(0)
             out.wpo = _scatter(adjusted, plan.slot, mask.shape)
         return out
 
