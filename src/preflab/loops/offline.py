@@ -213,7 +213,7 @@ class Trainer(TrainingRun):
         host_mask = layout.response_mask  # the layout as built on the host, before it moves to the device
         layout = layout.to(self.accelerator.device)
         if self.cfg.torch_compile:
-            before_compiled_call(layout, self.accelerator.device)
+            before_compiled_call(layout, self.accelerator.device, (self.policy, self.ref))
         with self.accelerator.autocast():
             if self.ref_logps and positions is not None:
                 ref = self.ref_logps["train" if train else "eval"].scores(positions, host_mask,

@@ -22,12 +22,16 @@ import torch
 
 from preflab.config_options import COMPILE_BACKENDS, COMPILE_MODES  # noqa: F401  (the allowed values)
 
+COMPILED_TASKS = ("dpo", "sft", "vlm")  # the tasks trained by preflab.loops.offline.Trainer and its subclasses
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_conflicts(cfg) -> list[str]:
     """The torch_compile options that cannot work together (TrainConfig._conflicts)."""
     out = []
+    if cfg.torch_compile and cfg.task not in COMPILED_TASKS:
+        out.append(f"torch_compile compiles the scorer of tasks {', '.join(COMPILED_TASKS)}; task: {cfg.task} "
+                   "runs eagerly. Remove torch_compile (and torch_compile_backend / torch_compile_mode).")
     backend = cfg.torch_compile_backend or "inductor"
     if cfg.torch_compile_mode is not None and backend != "inductor":
         out.append(f"torch_compile_mode={cfg.torch_compile_mode!r} configures the inductor backend; "
@@ -69,14 +73,21 @@ def mark_layout_dynamic(layout) -> None:
             _dynamic(t, (0,))
 
 
-def before_compiled_call(layout, device) -> None:
-    """Before a compiled scorer scores `layout` on `device`: its sizes marked dynamic, and the LM-head chunk budget
-    of the device read (preflab.scoring.chunking keeps it per device; read inside the graph, the first read would
-    change a guarded global and recompile, and on a GPU it asks the driver for free memory, which dynamo cannot
-    trace)."""
+def before_compiled_call(layout, device, models=()) -> None:
+    """Before a compiled scorer scores `layout` on `device`: its sizes marked dynamic, and what the scorer decides
+    once and keeps computed eagerly here, outside the graph: the LM-head chunk budget of the device
+    (preflab.scoring.chunking; read inside the graph, the first read would change a guarded global and recompile,
+    and on a GPU it asks the driver for free memory, which dynamo cannot trace) and, for a right-padded layout,
+    whether each of `models` (policy, reference) may drop the mask (models.attention.right_padding_needs_no_mask:
+    a probe forward in eval mode, a graph break and an extra graph inside the trace)."""
+    from preflab.models.attention import right_padding_needs_no_mask
     from preflab.scoring.chunking import head_chunk_budget
 
     head_chunk_budget(torch.device(device))
+    if layout.causal_only:
+        for model in models:
+            if model is not None:
+                right_padding_needs_no_mask(model)
     mark_layout_dynamic(layout)
 
 
