@@ -75,7 +75,8 @@ def main():
     ap.add_argument("--layout", default="prefix_shared", choices=["prefix_shared", "padded", "packed",
                                                                    "prefix_packed"])
     ap.add_argument("--reuse-ref-cache", action="store_true", help="keep the reference cache in the default folder")
-    ap.add_argument("--torch-compile", action="store_true")
+    ap.add_argument("--torch-compile", action="store_true", help="torch_compile: true (inductor; the compile runs "
+                    "in step 1, so read steady_tokens_per_s or use --warmup-steps; benchmarks/compile_compare.py)")
     ap.add_argument("--pad-to-multiple-of", type=int, default=None, help="round row lengths up (GPU: 64 or 128)")
     ap.add_argument("--attn-implementation", default=None, choices=["sdpa", "eager", "flex_attention"],
                     help="the model's attention (default: transformers' choice, sdpa)")
@@ -189,6 +190,7 @@ def main():
         preflab_num_tokens=summary["final_metrics"].get("num_tokens"),
         reference_cache=summary.get("reference_cache"),
         pad_to_multiple_of=args.pad_to_multiple_of,
+        torch_compile=summary.get("torch_compile"),  # graphs compiled (their time is in first_step_s)
     )
     from mfu import mfu
 

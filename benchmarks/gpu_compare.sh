@@ -16,6 +16,10 @@
 # Environment: PY (python with preflab), TRL_PY (python with trl 1.16), PREFBENCH_DIR (the shared bench folder),
 # FIX (fixture folder; built with --rows 512 when missing), OUT, MODELS, BATCHES, STEPS, WARMUP,
 # PREFLAB_ARGS (preflab-only runner options; default: rows rounded up to a multiple of 64), PROFILE (0: no profiles).
+# torch.compile is not one of the configurations here (its compile adds a minute or more per run): measure it with
+#   python benchmarks/compile_compare.py --repeats 2 -- --device cuda --bf16 --model $OUT/models/qwen2-0.5b \
+#       --fixture $FIX --batch-size 8 --steps 25 --warmup-steps 5 --pad-to-multiple-of 64
+# or add it to every preflab run: PREFLAB_ARGS="--pad-to-multiple-of 64 --torch-compile" with another OUT.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PY:-python}

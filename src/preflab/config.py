@@ -76,6 +76,8 @@ class TrainConfig:
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
     torch_compile: bool = False
+    torch_compile_backend: str | None = None   # TRL: torch.compile backend (None: inductor); turns torch_compile on
+    torch_compile_mode: str | None = None      # TRL: torch.compile mode (None: default); turns torch_compile on
     # data
     max_length: int | None = 1024
     max_prompt_length: int | None = None
@@ -190,6 +192,8 @@ class TrainConfig:
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 
     def __post_init__(self):
+        if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
+            self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
         self.check()
 
     def check(self) -> None:
@@ -213,8 +217,9 @@ class TrainConfig:
     def _conflicts(self) -> list[str]:
         from preflab.loops.streaming import streaming_conflicts
         from preflab.models.quantize import quantization_conflicts
+        from preflab.scoring.compile import compile_conflicts
 
-        out = streaming_conflicts(self) + quantization_conflicts(self)
+        out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")

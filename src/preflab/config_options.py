@@ -23,6 +23,10 @@ SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) take
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "comet_ml": "comet_ml",
             "mlflow": "mlflow", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
 NO_TRACKER = ("none", "all")
+# torch.compile: `mode` values (torch._inductor.list_mode_options(); they configure inductor only) and the backends
+# that need nothing beyond torch (inductor, the default; the debugging ones; CUDA graphs alone)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,10 @@ OPTIONS: dict[str, Option] = {
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
     "disable_dropout": Option("set every dropout probability to 0 in policy and reference"),
     "gradient_checkpointing": Option("recompute activations in the backward pass (less memory, slower)"),
-    "torch_compile": Option("torch.compile the scorer"),
+    "torch_compile": Option("torch.compile the policy's and the reference's scorers (preflab.scoring.compile)"),
+    "torch_compile_backend": one_of(COMPILE_BACKENDS, "TRL: torch.compile backend (null: inductor); sets torch_compile"),
+    "torch_compile_mode": one_of(COMPILE_MODES, "TRL: torch.compile mode of the inductor backend (null: default); sets "
+                                        "torch_compile"),
     # data
     "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
     "max_prompt_length": above(0, "max prompt tokens, cut per truncation_mode (null: no limit)"),

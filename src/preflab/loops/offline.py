@@ -22,6 +22,7 @@ from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, 
 from preflab.loops.kinds import kind_for
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
+from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 
 
@@ -157,8 +158,11 @@ class Trainer(TrainingRun):
             self.extra_params = list(self.objective.parameters())
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params + self.extra_params, self.total_steps)
-        if cfg.torch_compile:
-            self.scorer = torch.compile(self.scorer)
+        if cfg.torch_compile:  # preflab.scoring.compile: what is compiled, and how shapes stay dynamic
+            self.compile_graphs_before = graphs_compiled()
+            self.scorer = compile_scorer(self.scorer, cfg)
+            if self.ref_scorer is not None and not getattr(self.accelerator, "is_fsdp2", False):
+                self.ref_scorer = compile_scorer(self.ref_scorer, cfg)
         self.scorer, self.optimizer = self.accelerator.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
         # FSDP2 replaces the parameters by sharded DTensor ones (accelerate re-points the optimizer): clip and guard
@@ -210,6 +214,8 @@ class Trainer(TrainingRun):
         the pairs' dataset positions, to read cached reference log-probs (split "train" or, train=False, "eval")."""
         host_mask = layout.response_mask  # the layout as built on the host, before it moves to the device
         layout = layout.to(self.accelerator.device)
+        if self.cfg.torch_compile:
+            before_compiled_call(layout, self.accelerator.device, (self.policy, self.ref))
         with self.accelerator.autocast():
             if self.ref_logps and positions is not None:
                 ref = self.ref_logps["train" if train else "eval"].scores(positions, host_mask,
@@ -252,6 +258,10 @@ class Trainer(TrainingRun):
 
     def summary_extras(self) -> dict:
         extras = {"layout": self.layout, "reference_cache": self.ref_cache_info or None}
+        if self.cfg.torch_compile:  # graphs dynamo compiled in this process during this run (all frames)
+            extras["torch_compile"] = {"graphs": graphs_compiled() - self.compile_graphs_before,
+                                       "backend": self.cfg.torch_compile_backend or "inductor",
+                                       "mode": self.cfg.torch_compile_mode or "default"}
         if self.stream is not None:  # the counts of the rows read so far
             from preflab.loops.streaming import stream_report
 

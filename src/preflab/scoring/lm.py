@@ -100,16 +100,16 @@ class LogProbScorer(nn.Module):
                                                       2 if want_kl else 1)
         pieces_lp, pieces_kl = [], []
         # one chunk: keep its logits for backward (no recompute); several: recompute each in backward
-        recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
-        for start in range(0, h.shape[0], chunk):
-            sl = slice(start, start + chunk)
+        slices = _chunk_slices(h.shape[0], chunk)
+        recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
+        for sl, keep in slices:
             args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
             if recompute:
                 lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False)
             else:
                 lp, kl = _head_chunk(*args)
-            pieces_lp.append(lp)
-            pieces_kl.append(kl)
+            pieces_lp.append(lp[keep])
+            pieces_kl.append(kl[keep] if want_kl else kl)
         logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
         token_logps = _scatter(logp, plan.slot, mask.shape)
         out = Scores(token_logps, mask, hidden_flat=h)
@@ -119,10 +119,30 @@ class LogProbScorer(nn.Module):
             out.hidden = _scatter(h, plan.slot, mask.shape)
         if want_wpo:
             with torch.no_grad():
-                adjusted = torch.cat([_wpo_chunk(h[i:i + chunk], targets[i:i + chunk], head)
-                                      for i in range(0, h.shape[0], chunk)]) if h.shape[0] else h.new_zeros(0)
+                adjusted = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) \
+                    if h.shape[0] else h.new_zeros(0)
             out.wpo = _scatter(adjusted, plan.slot, mask.shape)
         return out
+
+
+def _chunk_slices(n, chunk: int) -> list[tuple[slice, slice]]:
+    """The LM-head chunks of n positions: (positions fed to the head, part of its output kept) per chunk.
+
+    Under torch.compile (preflab.scoring.compile) n is a dynamic size, and no chunk may depend on n alone in a way
+    that pins it: one chunk is the whole range (slice(None): guarded by n <= chunk only; range(0, n, chunk) would
+    specialise the graph to one n); several are counted by ceil(n / chunk) (one graph per count), and the last
+    window is [n - chunk, n), whose first outputs (already computed by the chunk before) are dropped, so that no
+    chunk has a size that can be 1 (dynamo specialises a size it sees at 1: a graph per such n). Eagerly the last
+    chunk is [(k - 1) * chunk, n): no position goes through the head twice."""
+    if n <= chunk:
+        return [(slice(None), slice(None))]
+    k = -(-n // chunk)
+    out = [(slice(i * chunk, (i + 1) * chunk), slice(None)) for i in range(k - 1)]
+    if torch.compiler.is_compiling():
+        out.append((slice(n - chunk, n), slice(k * chunk - n, None)))
+    else:
+        out.append((slice((k - 1) * chunk, n), slice(None)))
+    return out
 
 
 def _scatter(values: Tensor, slot: Tensor, shape) -> Tensor:

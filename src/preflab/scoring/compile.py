@@ -1,0 +1,98 @@
+"""torch.compile of the scorers: torch_compile, torch_compile_backend, torch_compile_mode (TRL's TrainingArguments
+names; setting a backend or a mode turns torch_compile on, as in TRL).
+
+What is compiled: the whole LogProbScorer forward of the policy (backbone, gather at the response positions, the
+chunked LM head with its float32 log-softmax, the scatter back to [N, L]) and, under no_grad, the reference's.
+Dynamo traces it without graph breaks on a host-built layout: the gather plan (LayoutBatch.gather) comes from the
+host as index lists, so no data-dependent shape is made on the device.
+
+Shapes. A layout's sizes change from batch to batch: rows R and width T of input_ids (width rounded up by
+pad_to_multiple_of), the response grid N x L, the response-token count M of the gather plan. Left to automatic
+dynamic shapes, dynamo compiles a static graph for the first batch and then recompiles once for each dimension
+that later changes (3 graphs over the first 3 steps of the tests' tiny run). mark_layout_dynamic marks those
+dimensions dynamic before every call, so one graph per (scorer, grad mode) serves every batch. What can still
+recompile: the number of LM-head chunks, ceil(M / chunk) (a Python loop over chunks), once per chunk count the run
+reaches; and a dimension that is 0 or 1 in the first batch (dynamo specialises those). The graphs compiled are
+counted in summary.json (`torch_compile.graphs`), so a run that hits dynamo's recompile limit (it then runs that
+function eagerly) shows it.
+"""
+from __future__ import annotations
+
+import torch
+
+from preflab.config_options import COMPILE_BACKENDS, COMPILE_MODES  # noqa: F401  (the allowed values)
+
+COMPILED_TASKS = ("dpo", "sft", "vlm")  # the tasks trained by preflab.loops.offline.Trainer and its subclasses
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_conflicts(cfg) -> list[str]:
+    """The torch_compile options that cannot work together (TrainConfig._conflicts)."""
+    out = []
+    if cfg.torch_compile and cfg.task not in COMPILED_TASKS:
+        out.append(f"torch_compile compiles the scorer of tasks {', '.join(COMPILED_TASKS)}; task: {cfg.task} "
+                   "runs eagerly. Remove torch_compile (and torch_compile_backend / torch_compile_mode).")
+    backend = cfg.torch_compile_backend or "inductor"
+    if cfg.torch_compile_mode is not None and backend != "inductor":
+        out.append(f"torch_compile_mode={cfg.torch_compile_mode!r} configures the inductor backend; "
+                   f"torch_compile_backend={backend!r} ignores it. Remove one of them.")
+    if cfg.use_cpu and (cfg.torch_compile_mode in CUDA_GRAPH_MODES or backend == "cudagraphs"):
+        what = f"torch_compile_mode={cfg.torch_compile_mode!r}" if backend != "cudagraphs" else \
+            "torch_compile_backend='cudagraphs'"
+        out.append(f"{what} uses CUDA graphs, which do not exist on the CPU (use_cpu: true); use "
+                   "torch_compile_mode: default or max-autotune-no-cudagraphs.")
+    return out
+
+
+def compile_scorer(scorer: torch.nn.Module, cfg) -> torch.nn.Module:
+    """`scorer` under torch.compile with the config's backend and mode (TRL's defaults: inductor, mode default)."""
+    kwargs = {"backend": cfg.torch_compile_backend} if cfg.torch_compile_backend is not None else {}
+    if cfg.torch_compile_mode is not None:
+        kwargs["mode"] = cfg.torch_compile_mode
+    return torch.compile(scorer, **kwargs)
+
+
+def _dynamic(tensor, dims) -> None:
+    if isinstance(tensor, torch.Tensor):
+        for d in dims:
+            if d < tensor.dim():
+                torch._dynamo.maybe_mark_dynamic(tensor, d)
+
+
+def mark_layout_dynamic(layout) -> None:
+    """Mark the per-batch sizes of `layout` (a LayoutBatch, on its device) dynamic for torch.compile: R and T of
+    input_ids, attention_mask (2-D [R, T] or 4-D [R, 1, T, T]) and position_ids; N and L of the response grid; M of
+    the gather plan. maybe_mark_dynamic: a size dynamo must specialise stays static instead of raising."""
+    for t in (layout.input_ids, layout.position_ids):
+        _dynamic(t, (0, 1))
+    _dynamic(layout.attention_mask, (0, 1) if layout.attention_mask.dim() == 2 else (0, 2, 3))
+    for t in (layout.pred_index, layout.target_ids, layout.response_mask):
+        _dynamic(t, (0, 1))
+    if layout.gather is not None:
+        for t in layout.gather:
+            _dynamic(t, (0,))
+
+
+def before_compiled_call(layout, device, models=()) -> None:
+    """Before a compiled scorer scores `layout` on `device`: its sizes marked dynamic, and what the scorer decides
+    once and keeps computed eagerly here, outside the graph: the LM-head chunk budget of the device
+    (preflab.scoring.chunking; read inside the graph, the first read would change a guarded global and recompile,
+    and on a GPU it asks the driver for free memory, which dynamo cannot trace) and, for a right-padded layout,
+    whether each of `models` (policy, reference) may drop the mask (models.attention.right_padding_needs_no_mask:
+    a probe forward in eval mode, a graph break and an extra graph inside the trace)."""
+    from preflab.models.attention import right_padding_needs_no_mask
+    from preflab.scoring.chunking import head_chunk_budget
+
+    head_chunk_budget(torch.device(device))
+    if layout.causal_only:
+        for model in models:
+            if model is not None:
+                right_padding_needs_no_mask(model)
+    mark_layout_dynamic(layout)
+
+
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far (torch._dynamo.utils.counters)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

@@ -1,0 +1,106 @@
+"""torch_compile with the real inductor backend (issue 17): training equals eager, and the graphs compiled stay
+bounded while batch shapes change (preflab.scoring.compile marks the layout's sizes dynamic)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "loops"))
+from tiny_run import run  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo's caches are per process (per code object): each test counts its own graphs."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in open(Path(out) / "metrics.jsonl") if '"loss"' in line]
+
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+
+
+def shapes(trainer, steps):
+    """(input width T, response tokens M) of every micro-batch of the first `steps` steps."""
+    return {(mb.layout.input_ids.shape[1], mb.layout.gather.pred.shape[0])
+            for s in range(steps) for mb in trainer.micro_batches(s)}
+
+
+@pytest.mark.slow  # inductor compiles two graphs: ~20 s on one CPU thread
+def test_inductor_trains_like_eager_with_one_graph_per_grad_mode(tmp_path):
+    compiled_summary, compiled = run(tmp_path / "compiled", max_steps=4, torch_compile=True, pad_to_multiple_of=8)
+    eager_summary, eager = run(tmp_path / "eager", max_steps=4, pad_to_multiple_of=8)
+    assert type(compiled.scorer).__name__ == type(compiled.ref_scorer).__name__ == "OptimizedModule"
+    assert len({m for _, m in shapes(compiled, 4)}) > 1  # the response-token count changes from step to step
+    # one graph for the reference (no_grad), one for the policy (grad), whatever the batch sizes: a static first
+    # graph would recompile at the next size (3 graphs over these 4 steps without the dynamic marks)
+    assert compiled_summary["torch_compile"] == {"graphs": 2, "backend": "inductor", "mode": "default"}
+    assert "torch_compile" not in eager_summary
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-5)
+    diff = max((a - b).abs().max().item() for a, b in zip(weights(compiled).values(), weights(eager).values()))
+    assert diff < 1e-5
+
+
+@pytest.mark.slow  # 3 short runs, two of them traced by dynamo: ~10 s
+def test_graphs_stay_bounded_without_bucketing_and_with_several_head_chunks(tmp_path):
+    """Dynamo decides the graphs (the backend only compiles them): the eager backend counts them in seconds.
+    Widths change every step here (no pad_to_multiple_of); with chunk_tokens 10 the LM head runs in 3 or 4 chunks
+    (one of them a single position when M = 31): one graph per chunk count and grad mode, and the compiled chunking
+    (a last window of 10 positions, its overlap dropped) gives eager's numbers."""
+    summary, trainer = run(tmp_path / "plain", max_steps=6, torch_compile_backend="eager")
+    assert trainer.cfg.torch_compile  # a backend turns torch_compile on (TRL's TrainingArguments)
+    assert len({t for t, _ in shapes(trainer, 6)}) > 1
+    assert summary["torch_compile"]["graphs"] == 2
+    torch._dynamo.reset()
+    summary, trainer = run(tmp_path / "chunks", max_steps=6, torch_compile_backend="eager", chunk_tokens=10)
+    _, eager = run(tmp_path / "eager", max_steps=6, chunk_tokens=10)
+    sizes = {m for _, m in shapes(trainer, 6)}
+    counts = {-(-m // 10) for m in sizes}
+    assert len(counts) == 2 and any(m % 10 == 1 for m in sizes)
+    assert summary["torch_compile"]["graphs"] == 2 * len(counts)
+    assert losses(tmp_path / "chunks") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
+    diff = max((a - b).abs().max().item() for a, b in zip(weights(trainer).values(), weights(eager).values()))
+    assert diff < 1e-6
+
+
+def test_compile_options_are_checked():
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", use_cpu=True)
+    cfg = config_from_dict({**base, "torch_compile_mode": "max-autotune-no-cudagraphs"})
+    assert cfg.torch_compile and cfg.torch_compile_backend is None
+    with pytest.raises(ConfigError, match="torch_compile_mode='default' configures the inductor backend"):
+        config_from_dict({**base, "torch_compile_backend": "eager", "torch_compile_mode": "default"})
+    with pytest.raises(ConfigError, match="CUDA graphs, which do not exist on the CPU"):
+        config_from_dict({**base, "torch_compile_mode": "reduce-overhead"})
+    with pytest.raises(ConfigError, match="task: reward runs eagerly"):
+        config_from_dict({**base, "task": "reward", "torch_compile": True})
+    with pytest.raises(ConfigError, match="torch_compile_backend"):
+        config_from_dict({**base, "torch_compile_backend": "tensorrt"})
+    with pytest.raises(ConfigError, match="torch_compile_mode"):
+        config_from_dict({**base, "torch_compile_mode": "fast"})
+
+
+def test_sft_right_padded_rows_compile_to_one_graph(tmp_path):
+    """task: sft (right-padded rows, no reference): the mask probe of models.attention runs before the compiled
+    call, not inside the trace (there it broke the graph and added 3 more), and the loss is eager's."""
+    from preflab.loops.sft import SFTTrainer
+
+    torch.set_num_threads(1)
+    common = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "learning_rate": 1e-3,
+              "dataset_name": str(Path(__file__).parents[2] / "examples/data/loud_echo_sft.jsonl"), "max_steps": 3,
+              "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "max_length": 128,
+              "per_device_train_batch_size": 4}
+    eager = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "eager")})).train()
+    compiled = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "compiled"),
+                                            "torch_compile_backend": "eager"})).train()
+    assert compiled["torch_compile"]["graphs"] == 1
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
