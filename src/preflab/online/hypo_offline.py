@@ -77,22 +77,26 @@ def check_hypo_config(cfg) -> None:
 
 
 class HyPOKind(PairKind):
-    """Pairs whose rows carry no online-KL columns (the trainer computes them); a row that has one is refused."""
+    """Pairs read without requiring the online-KL extras as data columns (the trainer computes them)."""
 
     @staticmethod
     def prepare(cfg, tokenizer):
         from preflab.loops.prepare import prepare_examples
 
-        train, evals, report = prepare_examples(cfg, tokenizer, "pairs", computed=ONLINE_KL_EXTRAS)
-        for split, rows in (("train", train), ("eval", evals)):
-            for pair in rows:
-                clash = [k for k in ONLINE_KL_EXTRAS if k in pair.extras]
-                if clash:
-                    raise ConfigError(
-                        f"dataset {cfg.dataset_name!r} ({split}), row {pair.row_id}: column {clash[0]!r} is what "
-                        "loss_type: hypo computes at every step from fresh samples of the policy (with gradient); "
-                        "data columns would be constants. Remove the column from the data.")
-        return train, evals, report
+        return prepare_examples(cfg, tokenizer, "pairs", computed=ONLINE_KL_EXTRAS)
+
+
+def refuse_online_kl_columns(cfg, splits) -> None:
+    """A row (read from the dataset or given from Python) that carries one of the online-KL extras is refused:
+    they are computed at every step from fresh samples of the policy, with gradient; a data column is a constant."""
+    for split, rows in splits:
+        for pair in rows:
+            clash = [k for k in ONLINE_KL_EXTRAS if k in getattr(pair, "extras", {})]
+            if clash:
+                raise ConfigError(
+                    f"dataset {cfg.dataset_name!r} ({split}), row {pair.row_id}: column {clash[0]!r} is what "
+                    "loss_type: hypo computes at every step from fresh samples of the policy (with gradient); "
+                    "data columns would be constants. Remove the column from the data.")
 
 
 def train_task(args) -> int:
@@ -116,12 +120,7 @@ class HyPOTrainer(Trainer):
         self._samples: dict[int, list[list[int]]] = {}  # dataset position -> the k samples' token ids
         self._samples_step, self._prompts = None, {}
         super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
-        for split, rows in (("train", self.train_data), ("eval", self.eval_data)):
-            for pair in rows:  # data given from Python skips HyPOKind.prepare
-                clash = [k for k in ONLINE_KL_EXTRAS if k in getattr(pair, "extras", {})]
-                if clash:
-                    raise ConfigError(f"{split} row {pair.row_id}: extra {clash[0]!r} is computed by loss_type: "
-                                      "hypo from fresh samples; remove it from the data.")
+        refuse_online_kl_columns(cfg, (("train", self.train_data), ("eval", self.eval_data)))
         eos = self.tokenizer.eos_token_id
         self.generator = TransformersGenerator(self.policy, eos, self.pad_id, cfg.max_completion_length,
                                                1.0, 1.0, cfg.generation_batch_size, self.accelerator)
