@@ -245,10 +245,15 @@ def sharding_engine(accelerator) -> str:
     return "FSDP2" if engine == "FSDP" and getattr(accelerator, "is_fsdp2", False) else engine
 
 
+def resume_requested(cfg) -> bool:
+    """resume_from_checkpoint asks for a resume (true / latest / a path); unset, false or "" does not."""
+    return cfg.resume_from_checkpoint not in (None, False, "", "false")
+
+
 def note_earlier_run(cfg) -> None:
     """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
     summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word)."""
-    if cfg.resume_from_checkpoint not in (None, False, "", "false"):
+    if resume_requested(cfg):
         return
     out = Path(cfg.output_dir)
     if not ((out / "metrics.jsonl").is_file() or (out / "summary.json").is_file()):
@@ -267,9 +272,9 @@ def note_earlier_run(cfg) -> None:
 def _check_resume_config_early(cfg, accelerator) -> None:
     """Refuse a resume whose config changes the run's meaning, or that DeepSpeed's partition layout cannot give
     exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume)."""
-    spec = cfg.resume_from_checkpoint
-    if spec in (None, False, "", "false"):
+    if not resume_requested(cfg):
         return
+    spec = cfg.resume_from_checkpoint
     path = latest_checkpoint(cfg.output_dir) if spec in (True, "true", "latest") else Path(spec)
     try:
         saved = json.loads((path / "trainer_state.json").read_text()) if path is not None else None
@@ -304,9 +309,7 @@ def check_sharded_checkpoints(cfg, engine: str) -> None:
     checkpointing) and DeepSpeed ZeRO (preflab.deepspeed_checkpoint, each rank's partition); under FSDP version 1
     intermediate checkpoints and resume are refused rather than written wrong (each rank would hold only its
     shards). The final model is gathered to one save_pretrained directory under every engine (gather_full_state)."""
-    used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint",
-                                                             cfg.resume_from_checkpoint not in (None, False, "",
-                                                                                                "false")))
+    used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint", resume_requested(cfg)))
             if bad]
     if engine == "FSDP" and used:
         raise ConfigError(
@@ -441,7 +444,7 @@ class TrainingRun:
     def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
-        if is_sharded(acc) and (cfg.save_steps or cfg.resume_from_checkpoint not in (None, False, "", "false")):
+        if is_sharded(acc) and (cfg.save_steps or resume_requested(cfg)):
             self._check_sharded_extras()  # before the first step, not at the first save
             if self._deepspeed_engine() is not None:
                 check_checkpointable(self._deepspeed_engine())
@@ -610,9 +613,9 @@ class TrainingRun:
         timeline, see preflab.checkpoint) and set this run's timeline; returns the step to start from."""
         run_id = uuid.uuid4().hex[:12]
         self.timeline = [[run_id, 0]]
-        spec = self.cfg.resume_from_checkpoint
-        if spec in (None, False, "", "false"):
+        if not resume_requested(self.cfg):
             return 0
+        spec = self.cfg.resume_from_checkpoint
         say = print if self.main else (lambda *a, **k: None)
         if spec in (True, "true", "latest"):
             path = resume_checkpoint(self.out, warn=say, verify=self._verify_for_resume)
