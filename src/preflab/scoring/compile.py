@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import torch
 
-from preflab.config_options import COMPILE_BACKENDS, COMPILE_MODES  # noqa: F401  (the allowed values)
-
 COMPILED_TASKS = ("dpo", "sft", "vlm")  # the tasks trained by preflab.loops.offline.Trainer and its subclasses
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
