@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preflab.errors import DataError
+from preflab.hub import failure_reason, offline
 from preflab.data.report import RowProblem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -126,8 +127,7 @@ def _check_hub_dataset(name: str) -> None:
     """Refuse at once a hub dataset that cannot load: not in a local cache and the hub does not answer (one quick
     request), or no such dataset. datasets.load_dataset would otherwise retry for about half a minute first. Offline
     (HF_HUB_OFFLINE), a cached dataset, or a hub answer other than "not found" (gated, ...) is left to datasets."""
-    if any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-           for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if offline("HF_DATASETS_OFFLINE"):
         return
     import datasets.config
     from huggingface_hub import constants, dataset_info
@@ -144,10 +144,9 @@ def _check_hub_dataset(name: str) -> None:
     except HfHubHTTPError:
         return  # gated, rate-limited, ...: datasets reports it
     except Exception as err:  # noqa: BLE001 - no answer from the hub at all
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DataError(f"hub dataset {name!r} is not in the local cache and the hub lookup failed "
-                        f"({type(err).__name__}: {reason}); check your network, or pass a local file or "
-                        "directory.") from err
+                        f"({type(err).__name__}: {failure_reason(err)}); check your network, or pass a local file "
+                        "or directory.") from err
 
 
 def _load_hub(name: str, split: str, streaming: bool = False):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from preflab.errors import ConfigError, UnsafeLoadError, nearest
+from preflab.hub import failure_reason, offline
 
 BUILTIN = {"builtin:tiny-llama": "llama", "builtin:tiny-qwen2": "qwen2", "builtin:tiny-gpt2": "gpt2"}
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
@@ -68,8 +69,7 @@ def pickle_weights_to_load(folder: Path, _seen: frozenset = frozenset()) -> list
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE",
-                                                                                       "TRANSFORMERS_OFFLINE"))
+    return offline("TRANSFORMERS_OFFLINE")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -125,9 +125,8 @@ def check_model_name(name: str, option: str = "model_name_or_path") -> None:
     try:
         model_info(name, timeout=10)
     except Exception as err:  # noqa: BLE001 - any failure here means the name cannot be loaded
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{option}={name!r} is not a local directory, not in the local hub cache, and the hub "
-                          f"lookup failed ({type(err).__name__}: {reason}).") from err
+                          f"lookup failed ({type(err).__name__}: {failure_reason(err)}).") from err
 
 
 def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
