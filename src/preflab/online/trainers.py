@@ -189,11 +189,11 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         valid = torch.nonzero(~scores[p].isnan()).flatten().tolist()
         if len(valid) < 2:
             continue
-        P = matrices(p, valid)
         if spec.scores == "win_rate":
-            value = P.mean(-1)                               # p_i = (1/K) sum_j P[i, j]
-        else:
-            T = check_log_odds(log_odds(p, valid), row.row_id) if log_odds else preference_log_odds(P, row.row_id)
+            value = matrices(p, valid).mean(-1)              # p_i = (1/K) sum_j P[i, j]
+        else:  # one judgment per prompt: the log-odds directly, or from P when the caller has no log_odds
+            T = check_log_odds(log_odds(p, valid), row.row_id) if log_odds else \
+                preference_log_odds(matrices(p, valid), row.row_id)
             value = (T - T.T).mean(-1)                       # GPO: s_i = (1/K) sum_j (T[i, j] - T[j, i])
         best, worst = int(value.argmax()), int(value.argmin())
         if value[best] == value[worst]:
