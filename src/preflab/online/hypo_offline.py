@@ -37,7 +37,6 @@ preflab.cli.TASK_ROUTES), so that loops/ never imports online/.
 """
 from __future__ import annotations
 
-
 from preflab.errors import ConfigError
 from preflab.loops.kinds import PairKind
 from preflab.loops.offline import Trainer
