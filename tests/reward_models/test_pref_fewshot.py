@@ -65,6 +65,8 @@ def test_episode_text_is_the_released_code_shots_to_text():
                 "## Question \nq2\n")
     assert ep["prompt"] == expected
     assert (ep["chosen"], ep["rejected"]) == ("## Preferred Response \na2\n", "## Preferred Response \nb2\n")
+    with pytest.raises(DataError, match="row 1, field 'rejected'"):  # equal once stripped: refused, not trained on
+        build_episodes([rows[0], {"user_id": "u", "prompt": "q1", "chosen": "a1", "rejected": " a1\n"}], shots=1)
     assert "## Question \nq0\n## Preferred Response \na0\n## Dispreferred Response \nb0\n\n" in (
         next(e for e in episodes if 0 in e["shot_rows"])["prompt"])
 

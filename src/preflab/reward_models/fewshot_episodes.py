@@ -21,7 +21,7 @@ the response. Every text is stripped of surrounding whitespace, as the code does
 
 Deviation from the reference code: every row of a user is the query of exactly one episode per pass (the code cuts
 windows of N + 2 rows and uses N + 1, skipping one row per window); shots are the next rows of the user's shuffled
-order whose prompt differs from the query's. A prompt too long for `max_prompt_length` loses shots from the front,
+order whose prompt differs from the query's (the code does not exclude the query's prompt). A prompt too long for `max_prompt_length` loses shots from the front,
 never the query; such episodes are counted. The user-description (persona) variant is not built here.
 """
 from __future__ import annotations
@@ -89,8 +89,9 @@ def user_pairs(rows: Iterable[dict]) -> list[UserPair]:
             chosen, rejected = (x, y) if label == 0 else (y, x)
         else:
             raise DataError(f"row {i}: needs chosen/rejected, or response_x/response_y/label; it has {sorted(row)}.")
-        if chosen == rejected:
-            raise DataError(f"row {i}, field 'rejected': identical to chosen; drop the row or fix the pair.")
+        if chosen.strip() == rejected.strip():
+            raise DataError(f"row {i}, field 'rejected': identical to chosen (up to surrounding whitespace, which the "
+                            "episode text strips); drop the row or fix the pair.")
         pairs.append(UserPair(i, user, prompt, chosen, rejected))
     return pairs
 
