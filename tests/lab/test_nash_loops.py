@@ -97,3 +97,34 @@ def test_egpo_step_restores_parameters_and_optimizer_state_exactly():
         ((b - target) ** 2).sum().backward()
         opt_b.step()
     assert torch.equal(a.detach(), b.detach())
+
+
+def test_egpo_iterates_equal_the_official_tabular_extragradient():
+    """zhourunlong/EGPO@f295bf3 simulations/loss_funcs.py::extragradient (+ run.py's backward/step), written out by
+    hand with plain SGD: loss at theta_t with opponent pi_t -> half step -> opponent pi_half -> undo by a step with
+    the negated saved gradient -> loss at theta_t with opponent pi_half -> step. The lab's egpo (restore a saved copy)
+    gives the same iterates up to rounding."""
+    P = torch.as_tensor(g3(), dtype=torch.float64)
+    log_ref = torch.log(torch.as_tensor(REF, dtype=torch.float64))
+    beta, lr, steps = 0.01, 0.02, 60
+
+    def loss(theta, opponent):
+        h = torch.log_softmax(theta, -1) - log_ref
+        win = P @ torch.softmax(opponent, -1).detach()
+        return (((h[:, None] - h[None, :]) - (win[:, None] - win[None, :]) / beta) ** 2).sum() / 9
+
+    theta = torch.log(torch.tensor(PI0, dtype=torch.float64)).requires_grad_(True)
+    for _ in range(steps):
+        g = torch.autograd.grad(loss(theta, theta), theta)[0]
+        with torch.no_grad():
+            theta -= lr * g                      # half step
+        opponent = theta.detach().clone()
+        with torch.no_grad():
+            theta += lr * g                      # the official undo: a step with the negated gradient
+        g2 = torch.autograd.grad(loss(theta, opponent), theta)[0]
+        with torch.no_grad():
+            theta -= lr * g2
+    official = torch.softmax(theta.detach(), -1).numpy()
+    lab = egpo(g3(), REF, beta, lr, steps, pi0=PI0, record={steps}).last
+    np.testing.assert_allclose(lab, official, rtol=0, atol=1e-12)
+    assert np.max(np.abs(official - np.array(PI0))) > 0.05   # the iterates moved: the comparison is not vacuous

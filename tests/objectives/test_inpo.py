@@ -70,3 +70,19 @@ def test_population_minimizer_is_the_closed_form_update():
     omd = pt ** (1 - eta * tau) * ref ** (eta * tau) * torch.exp(eta * (P @ pt))
     torch.testing.assert_close(pi, omd / omd.sum(), atol=1e-8, rtol=0)
     torch.testing.assert_close(pi, torch.tensor([0.59311514, 0.29695048, 0.10993439], **F64), atol=1e-7, rtol=0)
+
+
+def test_defaults_equal_the_mnpo_trainer_with_one_past_iterate():
+    """smiles724/MNPO@b8317e9 `mnpo_scripts/mnpo_trainer.py::mnpo_loss` (whose paper recovers INPO as the game with
+    opponents {pi_t, pi_ref}), one history entry: logits = d_pi - ratio d_ref - (1 - ratio) d_t, loss
+    (logits - 1/(2 eta'))^2, with its config values eta' = 0.0075, ratio = 1/3 (training_configs/*-iter1.yaml).
+    Written out here by hand; preflab's defaults (eta = 1/eta', tau = 2.5e-3, so eta tau = 1/3) give the same."""
+    batch = PairBatch.from_sums(torch.tensor([-10.0, -31.5], **F64), torch.tensor([-12.0, -30.0], **F64),
+                                torch.tensor([-11.0, -29.0], **F64), torch.tensor([-11.5, -33.0], **F64),
+                                extras={"prev_chosen_logps": [-10.5, -30.0], "prev_rejected_logps": [-11.8, -31.0]})
+    d_pi, d_ref, d_t = torch.tensor([2.0, -1.5], **F64), torch.tensor([0.5, 4.0], **F64), torch.tensor([1.3, 1.0], **F64)
+    eta_prime, ratio = 0.0075, 1 / 3
+    mnpo = (d_pi - ratio * d_ref - (1 - ratio) * d_t - 1 / (2 * eta_prime)) ** 2
+    out = get_objective("inpo")(batch)
+    torch.testing.assert_close(out.losses, mnpo, rtol=1e-12, atol=1e-9)
+    assert out.loss.item() == pytest.approx(mnpo.mean().item(), rel=1e-12)

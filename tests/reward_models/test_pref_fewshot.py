@@ -8,7 +8,7 @@ from preflab.data.tokenize import tokenize_pairs
 from preflab.errors import ConfigError, DataError
 from preflab.models.tiny import tiny_tokenizer
 from preflab.objectives import PairBatch, get_objective
-from preflab.reward_models.fewshot_episodes import build_episodes, plan_episodes, user_pairs
+from preflab.reward_models.fewshot_episodes import DEFAULT_INSTRUCTION, build_episodes, plan_episodes, user_pairs
 from preflab.reward_models.fewshot_scorer import FewShotPairScorer, episode_tensors, fit_fewshot_scorer
 
 
@@ -34,14 +34,41 @@ def test_episode_invariants_hold_for_every_episode():
         shots = [pairs[i] for i in ep["shot_rows"]]
         assert len(shots) == 3 and all(s.user_id == query.user_id == ep["user_id"] for s in shots)
         assert ep["query_row"] not in ep["shot_rows"] and all(s.prompt != query.prompt for s in shots)
-        assert ep["chosen"] == query.chosen and ep["rejected"] == query.rejected
-        assert ep["prompt"].endswith(f"## Question\n{query.prompt}\n## Preferred Response\n")
+        assert ep["chosen"] == f"## Preferred Response \n{query.chosen}\n"
+        assert ep["rejected"] == f"## Preferred Response \n{query.rejected}\n"
+        assert ep["prompt"].endswith(f"# Task\n{DEFAULT_INSTRUCTION}\n## Question \n{query.prompt}\n")
         for i, s in enumerate(shots, 1):
-            assert f"# Example {i}\n## Question\n{s.prompt}\n## Preferred Response\n{s.chosen}\n" in ep["prompt"]
+            assert f"# Example {i}\n## Question \n{s.prompt}\n## Preferred Response \n{s.chosen}\n" in ep["prompt"]
         per_pass_queries.setdefault(ep["query_row"], 0)
         per_pass_queries[ep["query_row"]] += 1
     assert set(per_pass_queries.values()) == {2}  # each row is a query exactly once per pass
     assert report.label_consistency == {"user0": None, "user1": None, "user2": None}
+
+
+def test_episode_text_is_the_released_code_shots_to_text():
+    """Byte for byte what FSPO's preference_datasets.py `shots_to_text` (include_dispreferred=True, no persona)
+    returns for 2 shots: headers end in a space, a blank line closes each example, texts are stripped, and both
+    completions start with the "## Preferred Response " header and end in a newline (the old builder put the header
+    at the end of the prompt, without the space, and returned the bare responses)."""
+    rows = [{"user_id": "u", "prompt": " q0 ", "chosen": "a0", "rejected": "b0 "},
+            {"user_id": "u", "prompt": "q1", "chosen": " a1", "rejected": "b1"},
+            {"user_id": "u", "prompt": "q2", "chosen": "a2", "rejected": "b2"}]
+    episodes, _ = build_episodes(rows, shots=2, seed=0)
+    ep = next(e for e in episodes if e["query_row"] == 2)
+    s1, s2 = (rows[i] for i in ep["shot_rows"])
+    strip = str.strip
+    expected = (f"# Example 1\n## Question \n{strip(s1['prompt'])}\n## Preferred Response \n{strip(s1['chosen'])}\n"
+                f"## Dispreferred Response \n{strip(s1['rejected'])}\n\n"
+                f"# Example 2\n## Question \n{strip(s2['prompt'])}\n## Preferred Response \n{strip(s2['chosen'])}\n"
+                f"## Dispreferred Response \n{strip(s2['rejected'])}\n\n"
+                "# Task\nGiven the examples above, generate a preferred response to the following question.\n"
+                "## Question \nq2\n")
+    assert ep["prompt"] == expected
+    assert (ep["chosen"], ep["rejected"]) == ("## Preferred Response \na2\n", "## Preferred Response \nb2\n")
+    with pytest.raises(DataError, match="row 1, field 'rejected'"):  # equal once stripped: refused, not trained on
+        build_episodes([rows[0], {"user_id": "u", "prompt": "q1", "chosen": "a1", "rejected": " a1\n"}], shots=1)
+    assert "## Question \nq0\n## Preferred Response \na0\n## Dispreferred Response \nb0\n\n" in (
+        next(e for e in episodes if 0 in e["shot_rows"])["prompt"])
 
 
 def test_episodes_go_through_the_pairwise_data_path():
@@ -53,7 +80,8 @@ def test_episodes_go_through_the_pairwise_data_path():
     tokenized, tok_report = tokenize_pairs(examples, tok, max_length=None)
     assert len(tokenized) == len(episodes)
     first = tokenized[0]
-    assert tok.decode(first.prompt_ids, skip_special_tokens=True).endswith("## Preferred Response\n")
+    query_text = episodes[0]["prompt"].rsplit("## Question ", 1)[1]
+    assert tok.decode(first.prompt_ids, skip_special_tokens=True).endswith(query_text)
     assert tok.decode(first.chosen_ids, skip_special_tokens=True).startswith(episodes[0]["chosen"])
 
 
@@ -65,7 +93,7 @@ def test_token_budget_drops_shots_never_the_query():
     budget = count(full[0]["prompt"]) - 1
     cut, report = build_episodes(rows, shots=4, min_shots=1, max_prompt_length=budget, length_fn=count, seed=0)
     assert report.truncated_episodes >= 1 and all(count(e["prompt"]) <= budget for e in cut)
-    assert all(e["prompt"].endswith(f"{rows[e['query_row']]['prompt']}\n## Preferred Response\n") for e in cut)
+    assert all(e["prompt"].endswith(f"## Question \n{rows[e['query_row']]['prompt']}\n") for e in cut)
     assert all(len(e["shot_rows"]) >= 1 for e in cut)
     tiny, report = build_episodes(rows, shots=4, min_shots=1, max_prompt_length=50, seed=0)
     assert tiny == [] and report.dropped_episodes["too_long"] == 8
@@ -102,7 +130,8 @@ def test_context_separates_users_that_a_context_free_policy_cannot():
         keys = sorted({key(e) for e in episodes})
         table = torch.zeros(len(keys), dtype=torch.float64, requires_grad=True)  # h(short) - h(long) per key
         idx = torch.tensor([keys.index(key(e)) for e in episodes])
-        sign = torch.tensor([1.0 if e["chosen"].startswith("short") else -1.0 for e in episodes], dtype=torch.float64)
+        sign = torch.tensor([1.0 if rows[e["query_row"]]["chosen"].startswith("short") else -1.0 for e in episodes],
+                            dtype=torch.float64)
         zeros = torch.zeros(len(episodes), dtype=torch.float64)
         opt = torch.optim.LBFGS([table], max_iter=100, line_search_fn="strong_wolfe")
 

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.reward_models.protocols import RewardModel
 from preflab.reward_models.orchestrator import (OrchestratedReward, PreferenceWeightAdapter, combined_reward,
-                                             fit_adapter, kl_loss, pro_targets)
+                                             fit_adapter, kl_loss, pro_targets, reward_stats)
 
 
 def test_targets_match_the_spec_values():
@@ -28,6 +28,32 @@ def test_kl_adapter_learns_deterministic_cluster_targets():
     assert kl_loss(adapter, features, targets).item() < 1e-4
 
 
+def test_default_fit_is_the_papers_kl_on_normalised_preferred_rewards():
+    """fit_adapter's default is PRO's form: targets from the z-scored rewards of the preferred responses only.
+    Two prompt clusters, 2 rows each; K = 2 rewards of the preferred response: cluster A (1, 0), (3, 0); cluster B
+    (0, 2), (0, 2). Per-objective mean (1, 1), population std (sqrt 1.5, 1) -> z-scores A: (0, -1), (2/s, -1);
+    B: (-1/s, 1) twice, s = sqrt 1.5. A one-hot linear adapter reaches each cluster's mean target (the KL minimiser)."""
+    features = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 1]], dtype=torch.float64)
+    chosen = torch.tensor([[1.0, 0], [3, 0], [0, 2], [0, 2]], dtype=torch.float64)
+    mean, std = reward_stats(chosen)
+    torch.testing.assert_close(mean, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(std, torch.tensor([1.5 ** 0.5, 1.0], dtype=torch.float64))
+    s1 = 1.5 ** 0.5
+    z = torch.tensor([[0.0, -1], [2 / s1, -1], [-1 / s1, 1], [-1 / s1, 1]], dtype=torch.float64)
+    w = torch.softmax(z, -1)
+    want = torch.stack([w[:2].mean(0), w[2:].mean(0)])  # A: (0.8320, 0.1680), B: (0.1399, 0.8601)
+    torch.manual_seed(0)
+    adapter = PreferenceWeightAdapter(2, 2).double()
+    fit_adapter(adapter, features, chosen_rewards=chosen, steps=600, lr=0.1)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(torch.eye(2, dtype=torch.float64)), want, atol=2e-3, rtol=0)
+    assert want[0, 0].item() == pytest.approx(0.83201, abs=1e-4) and want[1, 1].item() == pytest.approx(0.86015, abs=1e-4)
+    with pytest.raises(ConfigError, match="loss='bt'"):  # rejected rewards are not PRO's input: refused, not ignored
+        fit_adapter(adapter, features, chosen_rewards=chosen, rejected_rewards=chosen.flip(0))
+    with pytest.raises(PreflabError, match="same reward"):
+        fit_adapter(adapter, features, chosen_rewards=torch.ones(4, 2, dtype=torch.float64))
+
+
 def test_constant_adapter_reduces_to_fixed_weight_morlhf():
     adapter = PreferenceWeightAdapter(5, 3)
     with torch.no_grad():
@@ -48,8 +74,10 @@ def test_per_prompt_weights_beat_any_fixed_weights_on_the_two_type_toy():
     rejected = torch.where(features[:, :1] > 0, arms[1], arms[0])
     torch.manual_seed(0)
     adapter, fixed = PreferenceWeightAdapter(2, 2), PreferenceWeightAdapter(2, 2)
-    fit_adapter(adapter, features, chosen_rewards=chosen, rejected_rewards=rejected, steps=200, lr=0.1)
-    fit_adapter(fixed, torch.zeros_like(features), chosen_rewards=chosen, rejected_rewards=rejected, steps=200, lr=0.1)
+    fit_adapter(adapter, features, chosen_rewards=chosen, rejected_rewards=rejected, loss="bt", steps=200,
+                lr=0.1)
+    fit_adapter(fixed, torch.zeros_like(features), chosen_rewards=chosen, rejected_rewards=rejected, loss="bt", steps=200,
+                lr=0.1)
 
     def value(weights):  # each type gets the response its weights score highest; value = that type's true reward
         return sum(arms[int(combined_reward(weights[t].expand(2, 2), arms).argmax())][t].item() for t in (0, 1))
@@ -78,8 +106,8 @@ def test_bt_trained_adapter_recovers_planted_prompt_dependent_weights():
     x, _, chosen, rejected = planted(0, 2000, A, b)
     torch.manual_seed(0)
     adapter, fixed = PreferenceWeightAdapter(4, 3), PreferenceWeightAdapter(4, 3)
-    fit_adapter(adapter, x, chosen_rewards=chosen, rejected_rewards=rejected, steps=400)
-    fit_adapter(fixed, torch.zeros_like(x), chosen_rewards=chosen, rejected_rewards=rejected, steps=400)
+    fit_adapter(adapter, x, chosen_rewards=chosen, rejected_rewards=rejected, loss="bt", steps=400)
+    fit_adapter(fixed, torch.zeros_like(x), chosen_rewards=chosen, rejected_rewards=rejected, loss="bt", steps=400)
     tx, tw, tc, tr = planted(1, 2000, A, b)  # held-out prompts
     with torch.no_grad():
         l1 = (adapter(tx) - tw).abs().sum(1).mean().item()  # measured 0.060

@@ -13,10 +13,18 @@ beta = 1/eta. The re-implementation's (eta', tau') map to eta = 1/eta', tau = ta
 tau' = 2.5e-3 are the defaults here. Extras (the second anchor): `prev_chosen_logps`, `prev_rejected_logps` [B]
 = S_t(y_w), S_t(y_l) (a SequenceLogps is summed). The loop (sample from pi_t, label with P) is `online/inpo`.
 
-Audit 2026-12: no official code found; the only public "INPOTrainer" in the code index (XuHuang441/SimPO
-inpo_scripts) computes SPPO's loss ((h - (p - 1/2)/eta)^2 per side), not this one, so it is no evidence either way.
+Audit 2026-12: no official INPO code found; the only public "INPOTrainer" in the code index (a SimPO-based fork,
+XuHuang441/SimPO inpo_scripts) computes SPPO's loss ((h - (p - 1/2)/eta)^2 per side), not INPO's. Checked instead
+against smiles724/MNPO@b8317e9
+`mnpo_scripts/mnpo_trainer.py::mnpo_loss` (Multiplayer Nash Preference Optimization, arXiv:2509.23102, whose
+Table 1 recovers INPO as the 3-player game with opponents {pi_t, pi_ref}; Xu Huang is an author of both the
+MNPO repo and the SimPO fork): with one past iterate its loss is (d_pi - ratio d_ref - (1 - ratio) d_t -
+1/(2 eta'))^2, i.e. this loss with ratio = eta*tau and eta' = 1/eta; its configs set eta' = 0.0075, ratio = 1/3
+(= the defaults here; tested). That code feeds per-token mean log-probs (SimPO's get_batch_logps,
+average_log_prob=True); this loss uses sums, as the 3rd-party re-implementation does (the INPO paper's ratios
+are of sequence probabilities).
 
-Deviation from the paper: none known; equation form and defaults not checked against the paper.
+Deviation from the paper: none known; the equation was read from a later paper's code, not from INPO's text.
 """
 from dataclasses import dataclass
 
@@ -39,8 +47,9 @@ class INPO(Objective):
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
-    checked_against = ("3rd-party: a re-implementation named in the spec + the OMD-step fixed point checked in "
-                       "tests; official code not found")
+    checked_against = ("3rd-party: smiles724/MNPO@b8317e9 mnpo_scripts/mnpo_trainer.py::mnpo_loss with one past "
+                       "iterate (MNPO recovers INPO; eta' 0.0075, ratio 1/3 from its configs) + the spec's "
+                       "re-implementation + the OMD-step fixed point, all tested; official INPO code not found")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}
 

@@ -31,7 +31,8 @@ class OnlineIPO(Objective):
 
     required_extras = ("pref_y", "pref_yp")
     paper = "Calandriello et al. 2024 (arXiv:2403.08635); Zhou et al. 2025, EGPO (arXiv:2503.08942)"
-    checked_against = ("official code: zhourunlong/EGPO@f295bf3 simulations/loss_funcs.py online_ipo_1/2(_sample), "
+    checked_against = ("official code: zhourunlong/EGPO@f295bf3 simulations/loss_funcs.py online_ipo_1/2(_sample) "
+                       "and extragradient (the lab's EGPO loop tested equal: tests/lab/test_nash_loops.py), "
                        "re-read 2026-12")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}

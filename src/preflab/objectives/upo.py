@@ -12,6 +12,14 @@ see `alpha_from_bald`); `chosen_reward_abs` [B] = |r^{t-1}(x, y_w)|, read only w
 gives DPO. MC-dropout estimation and reliable-pair sampling live in the selection/loop layer (`uncertainty_select`,
 `online/upo`).
 
+Audit 2026-12 (wjn1996/Uncertainty-Preference-Optimization@29a1c21): the released DPO step is LLaMA-Factory's
+(`src/alignment/train/dpo/trainer.py`: sigmoid loss with one global dpo_label_smoothing, i.e. this loss with a
+constant alpha; pref_ftx adds the mean (not summed, not reward-scaled) chosen NLL). Its reference at iteration >= 2
+is not the previous iterate: the iteration-2 config resumes the iteration-1 LoRA adapter as the policy
+(`adapter_name_or_path`, create_new_adapter false: `src/alignment/model/adapter.py`) and, with ref_model unset and
+finetuning_type lora, scores the reference with the adapter disabled (trainer.py `disable_adapter()`), i.e. the SFT
+model. This objective keeps the paper's pi_{t-1} reference (the spec); the loop refreshes it every round.
+
 Deviation from the paper: the printed alpha_j = 1/(P_j + 1) is degenerate (alpha near 1 prefers the rejected
 response), so alpha is an input and the default mapping is the library's alpha = alpha_max * BALD / ln 2; the NLL
 is printed as "+lam log pi" and implemented as -log pi (an NLL); |r| is floored at eps.
@@ -39,8 +47,10 @@ class UPO(Objective):
 
     required_extras = ("alpha",)
     paper = "Wang et al. 2025, Uncertainty-Enhanced Preference Optimization (UPO), AAAI 2025"
-    checked_against = ("official code: wjn1996/Uncertainty-Preference-Optimization@29a1c21 (LLaMA-Factory DPO, "
-                       "beta 0.1, global label smoothing, no per-pair alpha) + paper text (spec) for alpha and the NLL")
+    checked_against = ("official code: wjn1996/Uncertainty-Preference-Optimization@29a1c21 src/alignment/train/dpo/"
+                       "trainer.py (LLaMA-Factory DPO: beta 0.1, global label smoothing = constant alpha, no per-pair "
+                       "alpha; reference = SFT via disable_adapter, not pi_{t-1}), re-read 2026-12 + paper text "
+                       "(spec) for per-pair alpha, the NLL and the pi_{t-1} reference")
     tags = {"data": ("pair-wise",), "framework": ("iterative",), "constraint": ("reference",),
             "property": ("uncertainty",)}
 

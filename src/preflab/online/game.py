@@ -28,6 +28,11 @@ weights and targets below, pi_t = the policy at the round start, pi_ref = pi_0, 
     spo         self-play (Swamy et al. 2024, arXiv:2401.04056): num_generations answers sampled from pi_t, reward of
                 each = its win proportion (1/(G-1)) sum_{j != i} P[a_i, a_j] against the others, GRPO's objective
                 (its KL term to pi_ref weighted by beta)
+Audit 2026-12 (zhourunlong/EGPO@f295bf3 simulations/loss_funcs.py::extragradient, run.py): egpo's order (half
+step at pi_t, opponent pi_half, full step from theta_t with the loss at theta_t and opponent pi_half) is the
+official tabular code's (the lab's egpo is tested equal to it); these rounds average the loss over the K(K-1)/2
+pairs i < j where that code averages over all K^2 ordered pairs (diagonal terms 0): the loss is K/(K-1) times
+the code's, the same minimiser, a constant the recipes' Adam (beta1 0) is insensitive to.
 sppo and spo are no-regret self-play without (sppo) or with a sampled (spo) KL term: on an intransitive game their
 last iterate cycles or drifts to a corner (the plain game's Minimax Winner is reached by the average iterate,
 preflab.lab.nash_loops.mwu), so they are not in the tv_to_equilibrium guarantee.

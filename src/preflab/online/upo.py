@@ -11,7 +11,8 @@ Optimization"; spec methods/models-and-loops.md #26. Per round, from the K sampl
               ceil(upo_fraction x #kept) of them: drawn with P_j ∝ (1 - B_j)^upo_mu (upo_selection: sample) or the
               lowest B (lowest)
     objective L = (1 - alpha_j) l(beta Delta'_j) + alpha_j l(-beta Delta'_j), alpha_j = upo_alpha_max B_j / ln 2,
-              Delta' against the previous iterate (the reference is refreshed every round; objectives/upo.py)
+              Delta' against the previous iterate (the reference is refreshed every round; objectives/upo.py; the
+              paper's choice -- the released code scores against the SFT model, see that docstring)
 
 Derived, not the paper's: the paper's estimator is the policy backbone with a 2-way head trained on labelled pairs
 and run with dropout on (T = 10 passes); an online run has no such classifier, so the passes are the judges of

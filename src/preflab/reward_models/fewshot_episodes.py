@@ -12,14 +12,16 @@ user u, trained with any pairwise objective (the paper: IPO) on
     examples, _ = load_rows(episodes, kind="pairwise")     # {prompt, chosen, rejected} + user_id, shot_rows, ...
 
 Input rows: {user_id, prompt, chosen, rejected}, or {user_id, prompt, response_x, response_y, label} with label 0
-meaning response_x is preferred (the ELIX / reviews form). Episode text (markdown, as in the released code):
-"# Example i / ## Question / ## Preferred Response / ## Dispreferred Response" per shot, then "# Task", the
-instruction, "## Question" and the query, ending with "## Preferred Response\\n"; chosen and rejected are the
-query's two responses, so they share the prompt byte for byte.
+meaning response_x is preferred (the ELIX / reviews form). Episode text: the released code's `shots_to_text`
+(FSPO repository, `preference_datasets.py`; include_dispreferred, no persona), byte for byte: per shot
+"# Example i\\n## Question \\n{x}\\n## Preferred Response \\n{y_w}\\n## Dispreferred Response \\n{y_l}\\n\\n" (the
+headers end in a space), then "# Task\\n{instruction}\\n## Question \\n{x}\\n"; both completions carry the same
+header, "## Preferred Response \\n{y}\\n", so chosen and rejected share the prompt byte for byte and differ only in
+the response. Every text is stripped of surrounding whitespace, as the code does.
 
 Deviation from the reference code: every row of a user is the query of exactly one episode per pass (the code cuts
 windows of N + 2 rows and uses N + 1, skipping one row per window); shots are the next rows of the user's shuffled
-order whose prompt differs from the query's. A prompt too long for `max_prompt_length` loses shots from the front,
+order whose prompt differs from the query's (the code does not exclude the query's prompt). A prompt too long for `max_prompt_length` loses shots from the front,
 never the query; such episodes are counted. The user-description (persona) variant is not built here.
 """
 from __future__ import annotations
@@ -87,8 +89,9 @@ def user_pairs(rows: Iterable[dict]) -> list[UserPair]:
             chosen, rejected = (x, y) if label == 0 else (y, x)
         else:
             raise DataError(f"row {i}: needs chosen/rejected, or response_x/response_y/label; it has {sorted(row)}.")
-        if chosen == rejected:
-            raise DataError(f"row {i}, field 'rejected': identical to chosen; drop the row or fix the pair.")
+        if chosen.strip() == rejected.strip():
+            raise DataError(f"row {i}, field 'rejected': identical to chosen (up to surrounding whitespace, which the "
+                            "episode text strips); drop the row or fix the pair.")
         pairs.append(UserPair(i, user, prompt, chosen, rejected))
     return pairs
 
@@ -139,18 +142,28 @@ def plan_episodes(user_ids: Sequence[Hashable], prompts: Sequence[Hashable] | No
     return episodes, skipped, dropped
 
 
+SHOT_HEADERS = ("## Question \n", "## Preferred Response \n", "## Dispreferred Response \n")  # the code's, with the space
+
+
 def render_episode(shots: Sequence[UserPair], query_prompt: str, instruction: str = DEFAULT_INSTRUCTION) -> str:
-    """The episode prompt: each shot as a markdown example, then the task and the query's question."""
-    parts = [f"# Example {i}\n## Question\n{s.prompt}\n## Preferred Response\n{s.chosen}\n"
-             f"## Dispreferred Response\n{s.rejected}\n" for i, s in enumerate(shots, 1)]
-    parts.append(f"# Task\n{instruction}\n## Question\n{query_prompt}\n## Preferred Response\n")
-    return "\n".join(parts)
+    """The episode prompt (FSPO's `shots_to_text`): each shot as a markdown example, then the task and the query."""
+    question, preferred, dispreferred = SHOT_HEADERS
+    parts = [f"# Example {i}\n{question}{s.prompt.strip()}\n{preferred}{s.chosen.strip()}\n"
+             f"{dispreferred}{s.rejected.strip()}\n\n" for i, s in enumerate(shots, 1)]
+    parts.append(f"# Task\n{instruction}\n{question}{query_prompt.strip()}\n")
+    return "".join(parts)
+
+
+def render_completion(response: str) -> str:
+    """A completion as the code renders both the chosen and the rejected one: "## Preferred Response \\n{y}\\n"."""
+    return f"{SHOT_HEADERS[1]}{response.strip()}\n"
 
 
 def build_episodes(rows: Iterable[dict], *, shots: int = 4, passes: int = 1, min_shots: int | None = None,
                    max_prompt_length: int | None = None, length_fn: Callable[[str], int] = len,
                    instruction: str = DEFAULT_INSTRUCTION, seed: int = 0) -> tuple[list[dict], EpisodeReport]:
-    """Pairwise rows {prompt, chosen, rejected, user_id, query_row, shot_rows} from per-user labelled rows.
+    """Pairwise rows {prompt, chosen, rejected, user_id, query_row, shot_rows} from per-user labelled rows; chosen
+    and rejected are the query's responses as `render_completion` writes them.
 
     shots: examples per episode (N; the paper uses 4 or 8); passes: fresh shuffles over the data (the code: 2(N+1)).
     max_prompt_length / length_fn: a budget for the episode prompt (characters by default; pass a token counter);
@@ -173,7 +186,8 @@ def build_episodes(rows: Iterable[dict], *, shots: int = 4, passes: int = 1, min
             report.dropped_episodes["too_long"] += 1
             continue
         report.truncated_episodes += len(context) < len(ep.shots)
-        out.append({"prompt": prompt, "chosen": query.chosen, "rejected": query.rejected, "user_id": query.user_id,
+        out.append({"prompt": prompt, "chosen": render_completion(query.chosen),
+                    "rejected": render_completion(query.rejected), "user_id": query.user_id,
                     "query_row": query.row_id, "shot_rows": [s.row_id for s in context]})
     report.episodes = len(out)
     return out, report

@@ -6,14 +6,19 @@ An adapter g_psi(x) in the simplex Delta^{K-1} replaces hand-set weights in mult
 
     R(x, y) = sum_k g_psi(x)_k r_k(x, y)                        (the combined, per-prompt reward)
 
-Two ways to train it, on pairs (x, y_w, y_l) with the K rewards of both responses:
-    "bt"  Bradley-Terry on the combined reward:  L = -log sigmoid(s * sum_k g(x)_k (r_k(x, y_w) - r_k(x, y_l)))
-    "kl"  the summary's target form: z_k = (r_k(x, y_w) - mu_k) / s_k, w*(x) = softmax(z / T),
-          L = KL(w* || g(x))   (cross-entropy with soft targets, minus the targets' entropy)
+Two ways to train it (`fit_adapter(loss=...)`):
+    "kl"  (default) the paper's form: the adapter learns from the K normalised rewards of the *preferred* response
+          (abstract: "training on normalized reward scores from multiple reward models for preferred responses";
+          the sciencestack summary: a KL objective against softmax targets w*):
+          z_k = (r_k(x, y_w) - mu_k) / s_k, w*(x) = softmax(z / T),  L = KL(w* || g(x))
+          (cross-entropy with soft targets, minus the targets' entropy); mu_k, s_k over the training rows.
+    "bt"  the library's alternative on pairs (x, y_w, y_l) with the K rewards of both responses:
+          L = -log sigmoid(s * sum_k g(x)_k (r_k(x, y_w) - r_k(x, y_l)))
 s is a fixed (or learned) inverse temperature; with weights on the simplex, the weights are identified once s is.
 
 Deviation from the paper: the adapter is linear or a one-hidden-layer MLP over given prompt features (the paper's
-encoder is not known here); the BT form is the library's, the KL form follows the third-party summary.
+encoder is not known here); z-scores are the normalisation (the paper's exact normalisation was not reachable) and
+T = 1 by default; the "bt" form is not the paper's.
 """
 from __future__ import annotations
 
@@ -77,20 +82,42 @@ def kl_loss(adapter: PreferenceWeightAdapter, features: Tensor, targets: Tensor)
     return (targets * (targets.clamp_min(1e-30).log() - log_g)).sum(-1).mean()
 
 
+def reward_stats(chosen_rewards: Tensor) -> tuple[Tensor, Tensor]:
+    """(mu, s): per-objective mean and standard deviation (population, over rows) of [N, K] rewards; a constant
+    objective (s = 0) cannot be normalised and raises."""
+    if chosen_rewards.dim() != 2 or len(chosen_rewards) < 2:
+        raise PreflabError(f"chosen_rewards must be [N, K] with N >= 2 rows, got {tuple(chosen_rewards.shape)}.")
+    mean, std = chosen_rewards.mean(0), chosen_rewards.std(0, correction=0)
+    if (std <= 0).any():
+        flat = [int(k) for k in torch.nonzero(std <= 0).flatten()]
+        raise PreflabError(f"reward model(s) {flat} give the same reward to every preferred response, so their "
+                           "z-scores are undefined; drop them or pass targets built with pro_targets(..., std=...).")
+    return mean, std
+
+
 def fit_adapter(adapter: PreferenceWeightAdapter, features: Tensor, *, chosen_rewards: Tensor,
-                rejected_rewards: Tensor | None = None, targets: Tensor | None = None, loss: str = "bt",
-                steps: int = 500, lr: float = 0.05, weight_decay: float = 0.0) -> float:
-    """Train the adapter full-batch by "bt" (needs rejected_rewards) or "kl" (needs targets); returns the loss."""
+                rejected_rewards: Tensor | None = None, targets: Tensor | None = None, loss: str = "kl",
+                temperature: float = 1.0, steps: int = 500, lr: float = 0.05, weight_decay: float = 0.0) -> float:
+    """Train the adapter full-batch; returns the final loss.
+
+    loss "kl" (the paper's form, default): targets w* = pro_targets(chosen_rewards, mu, s, temperature) with
+    (mu, s) = reward_stats(chosen_rewards), unless `targets` are given; rejected_rewards are not used and are refused.
+    loss "bt" (the library's form): Bradley-Terry on the combined reward; needs rejected_rewards.
+    """
     if loss == "bt":
         if rejected_rewards is None:
             raise ConfigError("loss='bt' needs rejected_rewards (the K rewards of each rejected response).")
         fn = lambda: bt_loss(adapter, features, chosen_rewards, rejected_rewards)  # noqa: E731
     elif loss == "kl":
+        if rejected_rewards is not None:
+            raise ConfigError("rejected_rewards are read only by loss='bt'; PRO's loss (the default, 'kl') learns "
+                              "from the preferred responses' rewards alone. Pass loss='bt' for the Bradley-Terry "
+                              "form, or drop rejected_rewards.")
         if targets is None:
-            raise ConfigError("loss='kl' needs targets; build them with pro_targets(chosen_rewards, mean, std).")
+            targets = pro_targets(chosen_rewards, *reward_stats(chosen_rewards), temperature)
         fn = lambda: kl_loss(adapter, features, targets)  # noqa: E731
     else:
-        raise ConfigError(f"loss must be 'bt' or 'kl', got {loss!r}.")
+        raise ConfigError(f"loss must be 'kl' or 'bt', got {loss!r}.")
     return fit_full_batch(fn, adapter.parameters(), steps=steps, lr=lr, weight_decay=weight_decay)
 
 

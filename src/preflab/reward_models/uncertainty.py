@@ -16,7 +16,15 @@ T stochastic passes give probabilities p^t in the simplex; then
 
 The UPO objective's per-pair smoothing alpha is `preflab.objectives.upo.alpha_from_bald(B)`.
 
-Deviation from the paper / reference code: ties in the vote count as undecided (the code's argmax sends a maximally
+Checked (2026-12) against wjn1996/Uncertainty-Preference-Optimization@29a1c21 `src/alignment/inference/estimating/`:
+`sampler.py::get_BALD_acquisition` (H[mean] - mean H, natural log, +1e-10 inside the log) and
+`sample_by_bald_easiness` (weights (1 - B)/sum(1 - B), np.random.choice without replacement = mu 1 here);
+`mc_evaluation.py` (model.train(), T softmax passes, y_pred = np.argmax(np.bincount(argmax per pass)));
+`main.py` (keep pairs with y_pred == 0, draw int(bald_rate x #kept), bald_rate in (0, 0.5], T = 10): match, except
+the two points below.
+
+Deviation from the paper / reference code: the count drawn is ceil(fraction x #kept) (the code floors, which draws
+nothing from a round with one kept pair); ties in the vote count as undecided (the code's argmax sends a maximally
 unsure estimator to class 0, so it passes the filter); dropout is switched on by `model.train()` for the T passes and
 each submodule's mode is restored afterwards; a model with no dropout raises unless `require_dropout=False`
 (otherwise every B would be 0 without warning).
