@@ -62,7 +62,7 @@ def grid_neighbor_angles(target_deg: float, k: int = 5, theta_max: float = 30.0,
     if len(near) < k:
         raise ConfigError(f"RPS grid rule: only {len(near)} grid angles in {angle_range} (step {step}) lie within "
                           f"theta_max={theta_max} of the target {target_deg}, need k={k}: lower k, widen "
-                          f"angle_range or theta_max, or use rule='even'.")
+                          f"angle_range or theta_max, or use rule='even' (CLI: --neighbors even).")
     return [a for _, a in sorted(near, key=lambda t: t[0])[:k]]
 
 
@@ -76,7 +76,8 @@ def neighbor_angles(target_deg: float, k: int = 5, theta_max: float = 30.0,
         raise ConfigError(f"RPS neighbour rule must be one of {NEIGHBOR_RULES}, got {rule!r}.")
     if rule == "grid":
         if toward is not None:
-            raise ConfigError("RPS: `toward` is an option of rule='even'; the released grid rule has none.")
+            raise ConfigError("RPS: `toward` is an option of rule='even' (CLI: --neighbors even); the released grid "
+                              "rule has none.")
         return grid_neighbor_angles(target_deg, k, theta_max, step, angle_range)
     if k < 1 or theta_max < 0:
         raise ConfigError(f"need k >= 1 and theta_max >= 0, got k={k}, theta_max={theta_max}.")
