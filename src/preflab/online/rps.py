@@ -6,8 +6,8 @@
 
 Mao et al. 2025, "Robust Preference Alignment via Directional Neighborhood Consensus" (arXiv:2510.20498); spec
 methods/models-and-loops.md #8. For a target direction v* = (cos theta*, sin theta*), RPS generates one response
-per neighbour direction v_i (angle(v_i, v*) <= theta_max; by default the released grid rule, the k angles of the 5-degree
-grid in [-40, 40] closest to theta*, preflab.reward_models.directional.grid_neighbor_angles) and
+per neighbour direction v_i (angle(v_i, v*) <= theta_max; by default the released grid rule, the k angles of the
+5-degree grid in [-40, 40] closest to theta*, preflab.reward_models.directional.grid_neighbor_angles) and
 returns y_{argmax_i s_i} with s_i = v*^T r(x, y_i); the baseline generates k responses all conditioned on v* and
 applies the same rule (best-of-k under v*). Both call the generator exactly k times per prompt: compare_rps counts
 the calls and refuses a comparison where they differ.
