@@ -19,6 +19,14 @@ def test_dominance_toy_matches_the_spec_numbers_at_equal_compute():
     assert out["generator_calls"] == {"rps": 10, "baseline": 10}           # k x prompts, both methods
 
 
+def test_default_neighbours_are_the_released_grid_rule():
+    # rcmao/Robust_Preference_Selection get_angle_perturbations defaults: grid [-40, 40] step 5, theta_max 30, top 5
+    out = compare_rps(["x"], 45.0, toy_generator, toy_score)
+    assert out["neighbor_rule"] == "grid" and out["angles"] == [40.0, 35.0, 30.0, 25.0, 20.0]
+    assert out["rps_target_score"] == pytest.approx(0.9063077870, abs=1e-9)   # picks 20: q(20) cos 25
+    assert out["chosen_angles"] == [20.0] and out["generator_calls"] == {"rps": 5, "baseline": 5}
+
+
 def test_a_generator_that_ignores_the_direction_makes_rps_the_baseline():
     rng = {"r": random.Random(0)}
 

@@ -30,7 +30,9 @@ class FSFT(Objective):
     token_agg: str = "sum"            # sum: h = S_theta - S_ref; mean: h / |y_w|
 
     paper = "inspired by Wang et al. 2025, Implicit Reward as the Bridge (arXiv:2507.00018); unverified"
-    checked_against = "unverified: preflab's own f-divergence SFT family derived from the abstract of arXiv:2507.00018"
+    checked_against = ("unverified: preflab's own f-divergence SFT family derived from the abstract of "
+                       "arXiv:2507.00018 (no released code found under the authors' org OpenMOSS or by search, "
+                       "2026-12; only abstracts and a NeurIPS review page reachable)")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference", "divergence"),
             "property": ("likelihood",)}
 

@@ -38,7 +38,9 @@ class SimulPL(Objective):
 
     required_extras = ("chosen_latency", "rejected_latency")
     paper = "SimulPL 2025, Aligning Human Preferences in Simultaneous Machine Translation (ICLR 2025)"
-    checked_against = "unverified: objective derived by the spec from the abstract; lam unverified"
+    checked_against = ("unverified: objective derived by the spec from the abstract; lam unverified; the official "
+                       "repo EurekaForNLP/SimulPL@146d1c7 (fetched 2026-12) holds only a README, 'data and code are "
+                       "coming soon'")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ("latency",)}
 
     def validate(self):

@@ -33,7 +33,8 @@ class SPODegree(Objective):
 
     required_extras = ("degree_logits", "degree_labels")
     paper = "Li et al. 2024, Self-supervised Preference Optimization (arXiv:2409.17791)"
-    checked_against = "unverified: from memory; the official repo (lijian16/SPO) holds only a LICENSE"
+    checked_against = ("unverified: from memory; the official repo lijian16/SPO@1fb96f8 (re-fetched 2026-12) still "
+                       "holds only a LICENSE; no other implementation found")
     tags = {"data": ("pair-wise", "quality"), "framework": ("offline",), "constraint": ("reference",), "property": ()}
 
     def validate(self):

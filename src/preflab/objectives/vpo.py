@@ -34,7 +34,9 @@ class VPO(Objective):
     gradient_extras_hint = ("Use calibration=chosen (y_cal = the chosen responses, scored in the training forward), "
                             "or an online loop that samples and scores calibration responses with the policy.")
     paper = "Cen et al. 2024, Value-Incentivized Preference Optimization (arXiv:2405.19320)"
-    checked_against = ("unverified: derived from the paper's calibration argument (no released code; full text not "
+    checked_against = ("unverified: derived from the paper's calibration argument (no released code found by repo "
+                       "name, loss identifiers or issue search, 2026-12; OpenReview SQnitDuow6 reviews read: no "
+                       "formula; full text not "
                        "reachable)")
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference",),
             "property": ("likelihood",)}

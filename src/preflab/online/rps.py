@@ -1,11 +1,13 @@
 """RPS as an inference-time recipe: RPS selection vs the best-of-k baseline at equal compute, written to summary.json.
 
-    python -m preflab.online.rps --generator toy --target-deg 45 --k 5 --theta-max 30 --toward 0 --output-dir D
+    python -m preflab.online.rps --generator toy --target-deg 45 --k 5 --theta-max 30 --output-dir D
+    python -m preflab.online.rps --generator toy --target-deg 45 --toward 0 --output-dir D     (rule "even")
     python -m preflab.online.rps --generator builtin:demo-sft --prompts 32 --output-dir D
 
 Mao et al. 2025, "Robust Preference Alignment via Directional Neighborhood Consensus" (arXiv:2510.20498); spec
 methods/models-and-loops.md #8. For a target direction v* = (cos theta*, sin theta*), RPS generates one response
-per neighbour direction v_i (angle(v_i, v*) <= theta_max; preflab.reward_models.directional.neighbor_angles) and
+per neighbour direction v_i (angle(v_i, v*) <= theta_max; by default the released grid rule, the k angles of the
+5-degree grid in [-40, 40] closest to theta*, preflab.reward_models.directional.grid_neighbor_angles) and
 returns y_{argmax_i s_i} with s_i = v*^T r(x, y_i); the baseline generates k responses all conditioned on v* and
 applies the same rule (best-of-k under v*). Both call the generator exactly k times per prompt: compare_rps counts
 the calls and refuses a comparison where they differ.
@@ -13,8 +15,9 @@ the calls and refuses a comparison where they differ.
 Generators (generate(prompt, angle_deg) -> response):
     toy               the spec's dominance toy (paper Theorem 1 setting): the response to direction theta is its
                       reward vector q(theta) v(theta), q(theta) = exp(-max(0, |theta| - 20) / 15) (reliable within
-                      20 degrees of the training centre 0); deterministic. Target 45, toward 0, k 5, theta_max 30:
-                      RPS 0.866 (picks 15 degrees) vs the baseline 0.189.
+                      20 degrees of the training centre 0); deterministic. Target 45, k 5, theta_max 30, released
+                      grid rule (neighbours 40, 35, 30, 25, 20): RPS 0.906 (picks 20 degrees) vs the baseline 0.189;
+                      the spec's one-sided rule (--toward 0: 15, 22.5, 30, 37.5, 45): 0.866 (picks 15).
     builtin:demo-sft  the demo's SFT policy sampling on the loud-echo task; reward r = (demo_true_reward,
                       demo_echo_reward). This policy is NOT direction-conditioned (it was never trained with a
                       direction in its input), so the angle is ignored and RPS equals the baseline in distribution:
@@ -33,6 +36,8 @@ import torch
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.reward_models.directional import (
+    GRID_RANGE,
+    GRID_STEP,
     baseline_select,
     neighbor_angles,
     rps_select,
@@ -52,15 +57,19 @@ class CountingGenerator:
 
 def compare_rps(prompts: Sequence, target_deg: float, generate: Callable, score: Callable, *, k: int = 5,
                 theta_max: float = 30.0, toward: float | None = None, scale: torch.Tensor | None = None,
-                reset: Callable[[], None] | None = None) -> dict:
+                reset: Callable[[], None] | None = None, rule: str | None = None, step: float = GRID_STEP,
+                angle_range: tuple[float, float] = GRID_RANGE) -> dict:
     """RPS vs the best-of-k baseline on `prompts`; score(prompt, responses) -> [k, d]. reset(): called before each
-    method's pass (e.g. to restart a sampler's seed sequence so both see the same randomness)."""
+    method's pass (e.g. to restart a sampler's seed sequence so both see the same randomness). rule: None = the
+    released grid rule, or "even" when `toward` is given (see rps_select)."""
     if not prompts:
         raise ConfigError("compare_rps needs at least one prompt.")
+    rule = rule or ("even" if toward is not None else "grid")
+    grid = {"rule": rule, "step": step, "angle_range": angle_range}
     rps_gen, base_gen = CountingGenerator(generate), CountingGenerator(generate)
     if reset:
         reset()
-    rps = [rps_select(p, target_deg, rps_gen, score, k=k, theta_max=theta_max, toward=toward, scale=scale)
+    rps = [rps_select(p, target_deg, rps_gen, score, k=k, theta_max=theta_max, toward=toward, scale=scale, **grid)
            for p in prompts]
     if reset:
         reset()
@@ -72,7 +81,8 @@ def compare_rps(prompts: Sequence, target_deg: float, generate: Callable, score:
     b = [float(x.scores[x.index]) for x in base]
     wins = [1.0 if a > c else 0.5 if a == c else 0.0 for a, c in zip(r, b)]
     return {"method": "rps", "target_deg": float(target_deg), "k": k, "theta_max": theta_max, "toward": toward,
-            "angles": neighbor_angles(target_deg, k, theta_max, toward), "prompts": len(prompts),
+            "neighbor_rule": rule, "angles": neighbor_angles(target_deg, k, theta_max, toward, **grid),
+            "prompts": len(prompts),
             "rps_target_score": sum(r) / len(r), "baseline_target_score": sum(b) / len(b),
             "rps_win_rate_vs_baseline": sum(wins) / len(wins),
             "generator_calls": {"rps": rps_gen.calls, "baseline": base_gen.calls},
@@ -132,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--target-deg", type=float, default=45.0)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--theta-max", type=float, default=30.0)
-    ap.add_argument("--toward", type=float, default=None, help="training-centre angle (one-sided neighbours)")
+    ap.add_argument("--toward", type=float, default=None,
+                    help="training-centre angle (one-sided neighbours; implies --neighbors even)")
+    ap.add_argument("--neighbors", default=None, choices=["grid", "even"],
+                    help="grid (default, as released: 5-degree grid in [-40, 40]) | even (library rule)")
     ap.add_argument("--prompts", type=int, default=32, help="demo: held-out prompts")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", required=True)
@@ -145,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         raise ConfigError(f"--generator must be toy or builtin:demo-sft, got {args.generator!r}.")
     summary = compare_rps(prompts, args.target_deg, generate, score, k=args.k, theta_max=args.theta_max,
-                          toward=args.toward, reset=reset)
+                          toward=args.toward, reset=reset, rule=args.neighbors)
     summary["generator"] = args.generator
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
