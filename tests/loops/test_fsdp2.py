@@ -150,8 +150,12 @@ def test_deepspeed_on_cpu_outside_a_launcher_or_on_another_deepspeed_accelerator
     monkeypatch.setattr(driver, "_has_accelerator_device", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    with pytest.raises(ConfigError, match=r"use_cpu: true, but this process was not started by a launcher"):
+    with pytest.raises(ConfigError, match=r"on CPU \(use_cpu: true.*but this process was not started by a launcher"):
         driver.make_accelerator(_cfg(tmp_path / "a"))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # accelerate's --cpu counts as use_cpu
+    with pytest.raises(ConfigError, match=r"not started by a launcher"):
+        driver.make_accelerator(_cfg(tmp_path / "a", use_cpu=False))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
     monkeypatch.setenv("WORLD_SIZE", "2")  # several processes without a device take the CPU path without use_cpu
     with pytest.raises(ConfigError, match=r"not started by a launcher \(no LOCAL_RANK\)"):
         driver.make_accelerator(_cfg(tmp_path / "b", use_cpu=False))

@@ -117,7 +117,8 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
                 "is not installed: pip install deepspeed, or use examples/accelerate/fsdp2.yaml / ddp.yaml.")
         if (use_cpu or (on_cpu and launched > 1)) and "LOCAL_RANK" not in os.environ:
             raise ConfigError(
-                "the environment asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED) with use_cpu: true, but this process "
+                "the environment asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED) on CPU (use_cpu: true, accelerate's "
+                "--cpu, or WORLD_SIZE > 1 without an accelerator device), but this process "
                 "was not started by a launcher (no LOCAL_RANK), so no process group forms for DeepSpeed. Start it "
                 "with `accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes N $(which "
                 "preflab) train CONFIG.yaml`, or unset ACCELERATE_USE_DEEPSPEED.")
@@ -174,8 +175,9 @@ def make_accelerator(cfg):
     from accelerate.utils import set_seed
 
     launched = launched_world_size()
-    cpu = cfg.use_cpu or (launched > 1 and not _has_accelerator_device())
-    _check_fsdp(cpu or not _has_accelerator_device(), launched, cfg.use_cpu)
+    use_cpu = cfg.use_cpu or _flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
+    cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
+    _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
     check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
     check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
