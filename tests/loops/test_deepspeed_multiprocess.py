@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-SCHEDULE = dict(max_steps=4, lr_scheduler_type="cosine", warmup_steps=1)
+SCHEDULE = {"max_steps": 4, "lr_scheduler_type": "cosine", "warmup_steps": 1}
 RUN = [f"{k}={v}" for k, v in SCHEDULE.items()] + ["tiny_arch=gpt2"]  # gpt2: dropout draws each rank's RNG
 
 
@@ -24,7 +24,7 @@ def _launch(config, processes, script, *args):
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
            str(processes), str(HERE / script), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=ROOT)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=ROOT, check=False)
 
 
 def _steps(out):
