@@ -1,9 +1,12 @@
-"""tiny_run under DeepSpeed in one CPU process, several runs in the same process (one launch instead of four):
+"""tiny_run under DeepSpeed on CPU, several runs in the same processes (one launch instead of four):
 BASE/straight (no checkpoints), BASE/saved (checkpoint every STEP steps), BASE/resumed (resumed from
 BASE/saved/checkpoint-STEP), then one resume per CHECKPOINT_TO_REFUSE, whose ConfigError messages go to
 BASE/refusals.json ({checkpoint: message, or null when it was not refused}). Run as
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 1 tests/loops/deepspeed_run.py \
         BASE STEP [CHECKPOINT_TO_REFUSE ...] -- k=v ...
+(--num_processes 2: the gloo group preflab forms on CPU, see driver.enable_deepspeed_on_cpu). With
+equal_into=DIR among the k=v: last, a straight run with tiny_arch=llama (no dropout) into DIR, to compare with one
+plain process.
 """
 import json
 import sys
@@ -22,7 +25,8 @@ if __name__ == "__main__":
     base, step, *refuse = sys.argv[1:split]
     base = Path(base)
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in sys.argv[split + 1:])}
-    extra = {"use_cpu": False, **extra}  # DeepSpeed runs on CPU without use_cpu (refused with it)
+    equal_into = extra.pop("equal_into", None)
+    extra = {"use_cpu": False, **extra}  # one CPU process: accelerate's own DeepSpeed path (no use_cpu)
     keep_process_group()
     run(base / "straight", **{**extra, "save_steps": 0})
     run(base / "saved", **{**extra, "save_steps": int(step)})
@@ -36,3 +40,5 @@ if __name__ == "__main__":
         except ConfigError as err:
             messages[checkpoint] = str(err)
     (base / "refusals.json").write_text(json.dumps(messages))
+    if equal_into:
+        run(equal_into, **{**extra, "save_steps": 0, "tiny_arch": "llama"})

@@ -1,6 +1,7 @@
 """Checkpoints and exact resume under DeepSpeed ZeRO-2 / ZeRO-3 (preflab.deepspeed_checkpoint): each rank's ZeRO
 partition as safetensors + JSON (no pickle), sealed like every preflab checkpoint; resumes that cannot be exact are
-refused. The runs: one CPU process through examples/accelerate/zero2.yaml / zero3.yaml (tests/loops/deepspeed_run.py).
+refused. The runs: one CPU process through examples/accelerate/zero2.yaml / zero3.yaml (tests/loops/deepspeed_run.py;
+2 processes: test_deepspeed_multiprocess.py).
 """
 import enum
 import importlib.util

@@ -1,5 +1,5 @@
-"""DeepSpeed on CPU: one process through examples/accelerate/zero3.yaml (accelerate 1.16 forms no DeepSpeed process
-group over several CPU processes; that launch is refused, test_fsdp2.py). Needs the `deepspeed` extra."""
+"""DeepSpeed on CPU: one process through examples/accelerate/zero3.yaml (accelerate's own DeepSpeed path; 2 processes:
+test_deepspeed_multiprocess.py). Needs the `deepspeed` extra."""
 import importlib.util
 import json
 import os

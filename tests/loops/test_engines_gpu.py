@@ -1,8 +1,8 @@
 """GPU only: DeepSpeed ZeRO-2 / ZeRO-3 and FSDP2 through the shipped accelerate configs equal one plain GPU process
 with the same global batch, and the gathered final model reloads in plain transformers.
 
-DeepSpeed cannot be tested on CPU: accelerate 1.16 starts it there without a process group (every rank runs as rank
-0 of 1; preflab refuses that launch, test_fsdp2.py). The ready command on a GPU machine:
+On CPU, DeepSpeed is tested on 1 and 2 processes (test_deepspeed_cpu.py, test_deepspeed_checkpoint.py,
+test_deepspeed_multiprocess.py); the GPU path (NCCL, CUDA kernels) only here. The ready command on a GPU machine:
     pip install deepspeed && python -m pytest -q -p no:cacheprovider tests/loops/test_engines_gpu.py
 """
 import importlib.util

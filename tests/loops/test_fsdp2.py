@@ -139,20 +139,39 @@ def test_fsdp_version_1_on_cpu_names_the_setting_before_anything_loads(tmp_path,
     assert not any(tmp_path.iterdir())  # stopped before claiming the output_dir or loading anything
 
 
-def test_deepspeed_on_several_cpu_processes_or_with_use_cpu_is_refused(tmp_path, monkeypatch):
-    """accelerate 1.16 starts DeepSpeed on 2 CPU processes with each believing it is rank 0 of 1, and ignores
-    DeepSpeed under use_cpu: both refused before anything loads (one CPU process runs it: test_deepspeed_cpu.py)."""
+def test_deepspeed_on_cpu_outside_a_launcher_or_on_another_deepspeed_accelerator_is_refused(tmp_path, monkeypatch):
+    """DeepSpeed on the CPU path (use_cpu, or several processes without a device) runs on the gloo group preflab
+    forms (test_deepspeed_multiprocess.py). Refused before anything loads: a process no launcher started (no
+    LOCAL_RANK: no group would form), DS_ACCELERATOR naming another device, and DeepSpeed having already chosen a GPU
+    accelerator in this process (its engine would move the model to the GPU use_cpu asked not to use)."""
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
                         real(name, *a))
     monkeypatch.setattr(driver, "_has_accelerator_device", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match=r"use_cpu: true with DeepSpeed"):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ConfigError, match=r"on CPU \(use_cpu: true.*but this process was not started by a launcher"):
         driver.make_accelerator(_cfg(tmp_path / "a"))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*on 2 CPU processes"):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # accelerate's --cpu counts as use_cpu
+    with pytest.raises(ConfigError, match=r"not started by a launcher"):
+        driver.make_accelerator(_cfg(tmp_path / "a", use_cpu=False))
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # several processes without a device take the CPU path without use_cpu
+    with pytest.raises(ConfigError, match=r"not started by a launcher \(no LOCAL_RANK\)"):
         driver.make_accelerator(_cfg(tmp_path / "b", use_cpu=False))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    with pytest.raises(ConfigError, match=r"DS_ACCELERATOR=cuda but this DeepSpeed run is on CPU"):
+        driver.make_accelerator(_cfg(tmp_path / "c"))
+    if real("deepspeed") is not None:
+        import deepspeed.accelerator
+
+        monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+        monkeypatch.setattr(deepspeed.accelerator, "get_accelerator",
+                            lambda: SimpleNamespace(device_name=lambda: "cuda"))
+        with pytest.raises(ConfigError, match=r"DeepSpeed already chose its cuda accelerator"):
+            driver.make_accelerator(_cfg(tmp_path / "d"))
+    assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 def test_bf16_on_a_gpu_without_bf16_names_the_setting(tmp_path, monkeypatch):

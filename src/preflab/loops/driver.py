@@ -98,8 +98,10 @@ def fsdp_version_asked() -> int | None:
 def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
     """Refuse a distributed engine the launch asks for but that cannot run here: FSDP version 1 on CPU (torch's
     FSDP1 needs an accelerator device; FSDP2 runs on CPU, see enable_fsdp2_on_cpu), DeepSpeed without its package,
-    DeepSpeed on CPU (accelerate 1.16 starts it there with every rank believing it is rank 0 of 1)."""
+    DeepSpeed on the CPU path (use_cpu, or several processes without a device: see enable_deepspeed_on_cpu) in a
+    process no launcher started (no LOCAL_RANK: accelerate forms no process group for it)."""
     import importlib.util
+    import os
 
     version = fsdp_version_asked()
     if version is not None and version != 2 and on_cpu:
@@ -113,16 +115,13 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
             raise ConfigError(
                 "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
                 "is not installed: pip install deepspeed, or use examples/accelerate/fsdp2.yaml / ddp.yaml.")
-        if on_cpu and launched > 1:
+        if (use_cpu or (on_cpu and launched > 1)) and "LOCAL_RANK" not in os.environ:
             raise ConfigError(
-                f"the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) on {launched} CPU "
-                "processes, where accelerate 1.16 does not form DeepSpeed's process group (every rank would run as "
-                "rank 0 of 1); use examples/accelerate/fsdp2.yaml or ddp.yaml on CPU (one CPU process runs "
-                "DeepSpeed).")
-        if use_cpu:
-            raise ConfigError(
-                "use_cpu: true with DeepSpeed (`distributed_type: DEEPSPEED`): accelerate does not apply DeepSpeed "
-                "when told to use the CPU; remove use_cpu (a machine without GPU runs one DeepSpeed process on CPU).")
+                "the environment asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED) on CPU (use_cpu: true, accelerate's "
+                "--cpu, or WORLD_SIZE > 1 without an accelerator device), but this process "
+                "was not started by a launcher (no LOCAL_RANK), so no process group forms for DeepSpeed. Start it "
+                "with `accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes N $(which "
+                "preflab) train CONFIG.yaml`, or unset ACCELERATE_USE_DEEPSPEED.")
 
 
 def check_deepspeed_settings(cfg) -> None:
@@ -176,22 +175,31 @@ def make_accelerator(cfg):
     from accelerate.utils import set_seed
 
     launched = launched_world_size()
-    cpu = cfg.use_cpu or (launched > 1 and not _has_accelerator_device())
-    _check_fsdp(cpu or not _has_accelerator_device(), launched, cfg.use_cpu)
+    use_cpu = cfg.use_cpu or _flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
+    cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
+    _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
     check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
     check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
     fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2
-    plugin = None
+    deepspeed_on_cpu = cpu and _flag("ACCELERATE_USE_DEEPSPEED")
+    plugin = ds_cpu_plugin = None
     if fsdp_on_cpu:
         from accelerate.utils import FullyShardedDataParallelPlugin
 
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2)  # the rest from the config's FSDP_* settings
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
+    if deepspeed_on_cpu and not _deepspeed_state_started():  # a second run in the process reuses the first's
+        from accelerate.utils import DeepSpeedPlugin
+
+        deepspeed_accelerator_to_cpu()
+        ds_cpu_plugin = DeepSpeedPlugin()  # from the config's ACCELERATE_DEEPSPEED_* settings
+    accelerator = Accelerator(cpu=cpu, mixed_precision="no" if deepspeed_on_cpu else precision,
                               log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
-                              project_dir=cfg.output_dir, fsdp_plugin=plugin)
+                              project_dir=cfg.output_dir, fsdp_plugin=plugin, deepspeed_plugin=ds_cpu_plugin)
     if fsdp_on_cpu:
         enable_fsdp2_on_cpu(accelerator, plugin)
+    if ds_cpu_plugin is not None:
+        enable_deepspeed_on_cpu(accelerator, ds_cpu_plugin, precision)
     ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if ds_plugin is not None:  # accelerate's prepare() needs it without a dataloader (its documented setting)
         ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
@@ -237,6 +245,71 @@ def enable_fsdp2_on_cpu(accelerator, plugin) -> None:
     if not accelerator.is_fsdp2:
         raise PreflabError("preflab could not switch accelerate to FSDP2 on CPU (accelerate's state did not take "
                            "the FSDP plugin); use examples/accelerate/ddp.yaml on CPU.")
+
+
+def _deepspeed_state_started() -> bool:
+    """accelerate's shared state already runs DeepSpeed (an earlier Accelerator in this process set it up)."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    return AcceleratorState._shared_state.get("distributed_type") == DistributedType.DEEPSPEED
+
+
+def deepspeed_accelerator_to_cpu() -> None:
+    """DeepSpeed picks its own device (deepspeed.accelerator.get_accelerator: DS_ACCELERATOR, else the first it
+    detects, cuda on a GPU machine) once per process; on the CPU path it must be its CPU accelerator, or the engine
+    would move the model to the GPU that use_cpu asked not to use. Sets DS_ACCELERATOR=cpu before DeepSpeed reads it,
+    and refuses when another accelerator was asked for or already chosen."""
+    import os
+
+    asked = os.environ.get("DS_ACCELERATOR", "cpu")
+    if asked != "cpu":
+        raise ConfigError(
+            f"DS_ACCELERATOR={asked} but this DeepSpeed run is on CPU (use_cpu: true, or several processes on a "
+            "machine without an accelerator device); unset DS_ACCELERATOR or set it to cpu, or remove use_cpu.")
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    from deepspeed.accelerator import get_accelerator
+
+    chosen = get_accelerator().device_name()
+    if chosen != "cpu":
+        raise ConfigError(
+            f"this DeepSpeed run is on CPU (use_cpu: true) but DeepSpeed already chose its {chosen} accelerator in "
+            "this process; start the run with DS_ACCELERATOR=cpu in the environment, or remove use_cpu.")
+
+
+def enable_deepspeed_on_cpu(accelerator, plugin, precision: str) -> None:
+    """Let accelerate's own DeepSpeed path run on a CPU process group (gloo).
+
+    accelerate 1.16 applies DeepSpeed only when not told to use the CPU (AcceleratorState.__init__: `elif
+    ACCELERATE_USE_DEEPSPEED and not cpu`), and without cpu on a machine with no accelerator device its PartialState
+    finds no backend: DeepSpeed's own init_distributed forms the group but accelerate records distributed_type NO,
+    1 process, so every rank would train alone as rank 0 of 1. DeepSpeed itself runs on CPU (its CPU accelerator,
+    gloo when oneCCL is not installed). So preflab starts accelerate with cpu=True (the gloo group forms, MULTI_CPU),
+    then sets what AcceleratorState sets on a GPU: state.distributed_type = DEEPSPEED, state.deepspeed_plugins (the
+    plugin selected, its config's precision from the run config: bf16 / fp16 enabled in the DeepSpeed config, as
+    accelerate does; accelerate's own mixed precision stays "no"), and DeepSpeed's comm layer over the existing
+    torch group (deepspeed.comm.init_distributed(dist_backend="gloo"): it adopts an initialised group). Everything
+    after that is accelerate's code unchanged: prepare() -> deepspeed.initialize, backward -> engine.backward +
+    engine.step, get_state_dict -> the engine's gathered weights."""
+    import deepspeed.comm
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if not torch.distributed.is_initialized() or torch.distributed.get_backend() != "gloo":
+        raise PreflabError("preflab could not start DeepSpeed on CPU: accelerate formed no gloo process group "
+                           f"({state.distributed_type}); start the run with accelerate launch, or use "
+                           "examples/accelerate/ddp.yaml or fsdp2.yaml on CPU.")
+    plugin.set_mixed_precision(precision)
+    plugin.select(_from_accelerator_state=True)
+    state.deepspeed_plugins = plugin
+    state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED  # as AcceleratorState does
+    deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    if accelerator.state.deepspeed_plugin is not plugin or deepspeed.comm.get_world_size() != state.num_processes:
+        raise PreflabError("preflab could not switch accelerate to DeepSpeed on CPU (accelerate's state did not take "
+                           "the DeepSpeed plugin, or DeepSpeed's process group differs from accelerate's); use "
+                           "examples/accelerate/ddp.yaml or fsdp2.yaml on CPU.")
 
 
 def sharding_engine(accelerator) -> str:
