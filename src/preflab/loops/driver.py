@@ -495,7 +495,7 @@ class TrainingRun:
             window.append(result)
             self.step = step + 1
             self.emit("on_step_end")
-            if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
+            if self._log_due(step + 1):
                 last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
                         "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
                         **average_results(window),
@@ -540,6 +540,14 @@ class TrainingRun:
         self.emit("on_train_end")
         acc.end_training()
         return summary
+
+    def _log_due(self, step: int) -> bool:
+        """A metrics row after optimizer step `step` (1-based): every logging_steps, at the last step, and after the
+        first step with logging_first_step (transformers' DefaultFlowCallback: global_step == 1; a resumed run
+        past step 1 does not log its first step again)."""
+        cfg = self.cfg
+        return (step % cfg.logging_steps == 0 or step == self.total_steps
+                or (step == 1 and cfg.logging_first_step))
 
     def _start_trackers(self):
         """accelerate trackers (report_to: tensorboard, wandb, ...): every metrics.jsonl row also goes there."""
