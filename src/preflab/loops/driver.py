@@ -207,11 +207,15 @@ def make_accelerator(cfg):
             f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
             "use examples/accelerate/ddp.yaml).")
     set_seed(cfg.seed)
+    # every rank, before the main process writes anything: the same files read, so a refused resume stops every
+    # rank with the same ConfigError (none goes on to wait for the main process in a collective)
+    _check_resume_config_early(cfg, accelerator)
+    if resume_requested(cfg):
+        accelerator.wait_for_everyone()  # every rank has read output_dir before clean_interrupted_saves tidies it
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
         note_earlier_run(cfg)
         clean_interrupted_saves(cfg.output_dir)
-        _check_resume_config_early(cfg, accelerator)
     return accelerator
 
 
@@ -271,7 +275,8 @@ def note_earlier_run(cfg) -> None:
 
 def _check_resume_config_early(cfg, accelerator) -> None:
     """Refuse a resume whose config changes the run's meaning, or that DeepSpeed's partition layout cannot give
-    exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume)."""
+    exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume). Read-only
+    and run on every rank: each reads the same checkpoint files and raises the same ConfigError."""
     if not resume_requested(cfg):
         return
     spec = cfg.resume_from_checkpoint
