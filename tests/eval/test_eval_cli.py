@@ -140,7 +140,7 @@ def test_without_reference_the_runs_reference_is_used_and_said(saved, tmp_path, 
     result = json.loads((run / "eval.json").read_text())
     assert result["reference"] == str(root / "ref")
     assert result["reference_source"] == "run config (ref_model_name_or_path)"
-    rc, rr = independent_sums(models["ref"], tok, data)
+    rc, _ = independent_sums(models["ref"], tok, data)
     torch.testing.assert_close(torch.tensor(result["per_pair"]["ref_chosen"], dtype=torch.float64), rc, atol=1e-4,
                                rtol=0)
     assert "reference" not in result["missing"]

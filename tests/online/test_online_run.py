@@ -66,8 +66,9 @@ def test_online_run_honours_logging_first_step(tmp_path):
     loss as a run logging every step), then every logging_steps and at the last step."""
     tiny_run(tiny_cfg(tmp_path / "every")).train()
     tiny_run(tiny_cfg(tmp_path / "first", logging_steps=4, logging_first_step=True)).train()
-    every = [json.loads(line) for line in open(tmp_path / "every" / "metrics.jsonl")]
-    rows = {r["step"]: r for r in map(json.loads, open(tmp_path / "first" / "metrics.jsonl")) if "loss" in r}
+    every = [json.loads(line) for line in (tmp_path / "every" / "metrics.jsonl").read_text().splitlines()]
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "first" / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
     assert sorted(rows) == [1, 4, 6]
     first = next(r for r in every if r.get("step") == 1 and "loss" in r)
     assert rows[1]["loss"] == pytest.approx(first["loss"], abs=1e-6)
