@@ -131,9 +131,9 @@ def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
 
 def test_keys_without_effect_say_so_once(capsys):
     config_from_dict({**BASE, "use_logits_to_keep": True, "tf32": True,
-                      "remove_unused_columns": False, "logging_first_step": True})
+                      "remove_unused_columns": False, "run_name": "x"})
     err = capsys.readouterr().err
-    for key in ("use_logits_to_keep", "tf32", "remove_unused_columns", "logging_first_step"):
+    for key in ("use_logits_to_keep", "tf32", "remove_unused_columns", "run_name"):
         assert err.count(f"preflab: note: {key}:") == 1
     config_from_dict({**BASE, "include_tokens_per_second": True})
     assert capsys.readouterr().err.count("preflab: note: include_tokens_per_second: tokens_per_second is always") == 1

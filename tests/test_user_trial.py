@@ -12,11 +12,11 @@ def test_trl_notes_are_printed_once_per_command(tmp_path, capsys):
     from preflab.cli import main
 
     cfg = tmp_path / "trl.yaml"
-    cfg.write_text("model_name_or_path: ./no-such-model-dir\ndataset_name: x.jsonl\nlogging_first_step: true\n"
+    cfg.write_text("model_name_or_path: ./no-such-model-dir\ndataset_name: x.jsonl\nuse_logits_to_keep: true\n"
                    f"output_dir: {tmp_path / 'out'}\n")
     assert main(["train", str(cfg)]) == 2  # stops at the preflight's model check, after the notes
     err = capsys.readouterr().err
-    assert err.count("preflab: note: logging_first_step") == 1
+    assert err.count("preflab: note: use_logits_to_keep") == 1
     assert "no-such-model-dir" in err
 
 

@@ -101,6 +101,7 @@ class TrainConfig:
     output_dir: str = "outputs/preflab-run"
     overwrite_output_dir: bool = False         # allow an output_dir that is not empty and not a preflab run
     logging_steps: int = 10
+    logging_first_step: bool = False           # TRL: also a metrics row after the first optimizer step
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl

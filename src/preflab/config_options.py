@@ -186,6 +186,8 @@ OPTIONS: dict[str, Option] = {
     # output
     "output_dir": Option("where metrics, checkpoints and the final model go", "a non-empty path", _nonempty),
     "logging_steps": above(0, "write a metrics row every this many steps"),
+    "logging_first_step": Option("also write a metrics row after the first optimizer step (TRL / transformers); "
+                                 "a resumed run past step 1 does not write it again"),
     "eval_steps": at_least(0, "evaluate every this many steps (0: only at the end, when there is an eval set)"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
     "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all)"),

@@ -43,7 +43,6 @@ NO_EFFECT = {
     "use_logits_to_keep": (False, "preflab already runs the LM head on response positions only"),
     "remove_unused_columns": (True, "preflab keeps only the columns it uses (an objective's extra columns "
                                     "travel with the rows)"),
-    "logging_first_step": (False, "preflab logs every logging_steps steps and at the last step"),
     "run_name": (None, "trackers receive the run under the name 'preflab'"),
     "tf32": (None, "no effect on the matmul precision in preflab"),
     "dataloader_num_workers": (0, "batches are built in the training process"),

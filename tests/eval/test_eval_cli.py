@@ -110,10 +110,81 @@ def test_without_reference_only_policy_metrics_and_the_reason(saved, tmp_path):
     root, data, _, _ = saved
     out = tmp_path / "noref"
     assert main(["eval", str(root / "run"), "--data", str(data), "--out", str(out), "--beta", "0.5", "--device",
-                 "cpu"]) == 0
+                 "cpu", "--no-reference"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert "ranking_accuracy" in result["metrics"] and "idealized_ranking_accuracy" not in result["metrics"]
     assert "reference" in result["missing"] and result["beta_source"] == "--beta"
+    assert result["reference"] is None and result["reference_source"] is None
+
+
+def _run_dir_with(root, tmp_path, **config):
+    """A copy of the saved run whose config.yaml holds `config`."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run, ignore=shutil.ignore_patterns("eval.json"))
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "beta": 0.2,
+                                                     "seed": 0, **config}))
+    return run
+
+
+def test_without_reference_the_runs_reference_is_used_and_said(saved, tmp_path, capsys):
+    """No --reference: the run's ref_model_name_or_path is the reference (its log-probs are the reference model's),
+    one note says so; an explicit --reference still wins."""
+    root, data, tok, models = saved
+    run = _run_dir_with(root, tmp_path, ref_model_name_or_path=str(root / "ref"))
+    assert main(["eval", str(run), "--data", str(data), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("preflab: note:") == 1
+    assert f"ref_model_name_or_path {root / 'ref'}" in err and "--reference" in err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["reference"] == str(root / "ref")
+    assert result["reference_source"] == "run config (ref_model_name_or_path)"
+    rc, _ = independent_sums(models["ref"], tok, data)
+    torch.testing.assert_close(torch.tensor(result["per_pair"]["ref_chosen"], dtype=torch.float64), rc, atol=1e-4,
+                               rtol=0)
+    assert "reference" not in result["missing"]
+    assert main(["eval", str(run), "--data", str(data), "--device", "cpu", "--reference", str(run)]) == 0
+    explicit = json.loads((run / "eval.json").read_text())
+    assert explicit["reference"] == str(run) and explicit["reference_source"] == "--reference"
+    assert explicit["per_pair"]["ref_chosen"] == explicit["per_pair"]["policy_chosen"]  # the policy as reference
+    assert "preflab: note:" not in capsys.readouterr().err
+
+
+def test_without_reference_the_runs_starting_model_is_used(saved, tmp_path, capsys):
+    """A run without ref_model_name_or_path trained against its model_name_or_path (here a builtin, seeded by the
+    run's seed): the same numbers as naming it with --reference."""
+    root, data, _, _ = saved
+    run = _run_dir_with(root, tmp_path)
+    assert main(["eval", str(run), "--data", str(data), "--device", "cpu", "--out", str(tmp_path / "auto")]) == 0
+    assert "the run's model_name_or_path builtin:tiny-llama" in capsys.readouterr().err
+    assert main(["eval", str(run), "--data", str(data), "--device", "cpu", "--out", str(tmp_path / "given"),
+                 "--reference", "builtin:tiny-llama"]) == 0
+    auto, given = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("auto", "given"))
+    assert auto["reference_source"] == "run config (model_name_or_path)"
+    assert auto["metrics"] == given["metrics"] and "idealized_ranking_accuracy" in auto["metrics"]
+
+
+def test_a_runs_reference_that_is_gone_stops_with_its_name(saved, tmp_path, capsys):
+    root, data, _, _ = saved
+    gone = tmp_path / "moved-away-sft"
+    run = _run_dir_with(root, tmp_path, ref_model_name_or_path=str(gone))
+    assert main(["eval", str(run), "--data", str(data), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(gone) in err and "--reference" in err and "ref_model_name_or_path" in err
+    assert not (run / "eval.json").exists()
+
+
+def test_a_bare_model_directory_has_no_reference_and_says_so(saved, tmp_path, capsys):
+    """A model directory without a preflab run config: no reference (as before), a note that the reference
+    metrics are absent, and eval.json's "missing" says why."""
+    root, data, _, _ = saved
+    assert main(["eval", str(root / "ref"), "--data", str(data), "--device", "cpu", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("preflab: note:") == 1 and "reference metrics" in err and "absent" in err
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["reference"] is None and "reference" in result["missing"]
+    assert "idealized_ranking_accuracy" not in result["metrics"]
 
 
 def test_errors_are_clear(saved, tmp_path, capsys):
@@ -124,7 +195,9 @@ def test_errors_are_clear(saved, tmp_path, capsys):
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
     assert main(["eval", str(pickled), "--data", str(data)]) == 2
     assert "safetensors" in capsys.readouterr().err
-    assert main(["eval", str(root / "run"), "--data", str(data), "--reward-fn", "m:f"]) == 2
+    assert main(["eval", str(root / "ref"), "--data", str(data), "--reward-fn", "m:f"]) == 2  # no run config
+    assert "--reference" in capsys.readouterr().err
+    assert main(["eval", str(root / "run"), "--data", str(data), "--reward-fn", "m:f", "--no-reference"]) == 2
     assert "--reference" in capsys.readouterr().err
 
 

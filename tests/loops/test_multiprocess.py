@@ -69,3 +69,48 @@ def test_a_launch_that_forms_no_process_group_is_an_error(tmp_path, monkeypatch)
                             "dataset_name": "examples/data/loud_echo_pairs.jsonl"})
     with pytest.raises(ConfigError, match="started 2 processes .* formed no process group"):
         driver.make_accelerator(cfg)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_refused_resume_stops_every_rank_with_the_same_error(tmp_path):
+    """Resuming with a changed meaning-changing option (beta) on 2 processes: every rank runs the early resume check
+    and stops with the ConfigError. Before, only the main rank checked; rank 1 went on to load the model and wait for
+    rank 0 in a collective (relying on a launcher to kill it). The ranks are started by hand (not through a launcher,
+    which would kill the other rank as soon as one fails), so each rank's exit and message are seen."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_run import run
+
+    out = tmp_path / "out"
+    run(out, max_steps=2, save_steps=2)  # checkpoint-2, written on one process with batch 4
+    port = _free_port()
+    script = Path(__file__).parent / "tiny_run.py"
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(script), str(out), "max_steps=4", "per_device_train_batch_size=2", "beta=0.5",
+             "resume_from_checkpoint=true"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            results.append((proc.returncode, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (code, err) in enumerate(results):
+        assert code != 0, f"rank {rank} did not stop"
+        assert "ConfigError: resume_from_checkpoint: the config differs" in err and "beta (0.1 -> 0.5)" in err, \
+            f"rank {rank}: {err[-2000:]}"
+    assert not (out / "checkpoint-4").exists()

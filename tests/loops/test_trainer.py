@@ -38,6 +38,23 @@ def test_accumulation_equals_large_batch(tmp_path):
     assert losses(tmp_path / "big") == pytest.approx(losses(tmp_path / "acc"), abs=1e-5)
 
 
+def test_logging_first_step_logs_step_one_then_every_logging_steps(tmp_path):
+    """logging_first_step (transformers' DefaultFlowCallback): a row after step 1, then every logging_steps and at
+    the end; each row averages the steps since the previous row (here checked against a run logging every step)."""
+    run(tmp_path / "every", logging_steps=1)
+    run(tmp_path / "first", logging_steps=4, logging_first_step=True)
+    run(tmp_path / "plain", logging_steps=4)
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "first" / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+    every = losses(tmp_path / "every")
+    assert sorted(rows) == [1, 4, 6]
+    plain = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in plain] == [4, 6]
+    assert rows[1]["loss"] == pytest.approx(every[0], abs=1e-6)
+    assert rows[4]["loss"] == pytest.approx(sum(every[1:4]) / 3, abs=1e-6)  # steps 2..4, not 1..4
+    assert rows[6]["loss"] == pytest.approx(sum(every[4:6]) / 2, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_double_batch(tmp_path):
     run(tmp_path / "one", per_device_train_batch_size=4)

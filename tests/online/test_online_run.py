@@ -60,6 +60,20 @@ def test_resume_mid_round_gives_the_same_weights(tmp_path, over, stop_at_step):
     assert resumed.judge.calls == full.judge.calls
 
 
+@pytest.mark.slow
+def test_online_run_honours_logging_first_step(tmp_path):
+    """The online run shares the driver's logging schedule: with logging_first_step a row after step 1 (the same
+    loss as a run logging every step), then every logging_steps and at the last step."""
+    tiny_run(tiny_cfg(tmp_path / "every")).train()
+    tiny_run(tiny_cfg(tmp_path / "first", logging_steps=4, logging_first_step=True)).train()
+    every = [json.loads(line) for line in (tmp_path / "every" / "metrics.jsonl").read_text().splitlines()]
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "first" / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
+    assert sorted(rows) == [1, 4, 6]
+    first = next(r for r in every if r.get("step") == 1 and "loss" in r)
+    assert rows[1]["loss"] == pytest.approx(first["loss"], abs=1e-6)
+
+
 def test_judge_failures_are_dropped_counted_and_stop_the_run(tmp_path):
     calls = {"n": 0}
 

@@ -55,8 +55,9 @@ def test_inductor_trains_like_eager_with_one_graph_per_grad_mode(tmp_path):
 def test_graphs_stay_bounded_without_bucketing_and_with_several_head_chunks(tmp_path):
     """Dynamo decides the graphs (the backend only compiles them): the eager backend counts them in seconds.
     Widths change every step here (no pad_to_multiple_of); with chunk_tokens 10 the LM head runs in 3 or 4 chunks
-    (one of them a single position when M = 31): one graph per chunk count and grad mode, and the compiled chunking
-    (a last window of 10 positions, its overlap dropped) gives eager's numbers."""
+    (one of them a single position when M = 31): per grad mode three graphs whatever the chunk count (the forward
+    up to the head, the compiled head on 10 positions, the rest; the chunk loop runs between them), and the compiled
+    chunking (a last window of 10 positions, its overlap dropped) gives eager's numbers."""
     summary, trainer = run(tmp_path / "plain", max_steps=6, torch_compile_backend="eager")
     assert trainer.cfg.torch_compile  # a backend turns torch_compile on (TRL's TrainingArguments)
     assert len({t for t, _ in shapes(trainer, 6)}) > 1
@@ -67,10 +68,45 @@ def test_graphs_stay_bounded_without_bucketing_and_with_several_head_chunks(tmp_
     sizes = {m for _, m in shapes(trainer, 6)}
     counts = {-(-m // 10) for m in sizes}
     assert len(counts) == 2 and any(m % 10 == 1 for m in sizes)
-    assert summary["torch_compile"]["graphs"] == 2 * len(counts)
+    assert summary["torch_compile"]["graphs"] == 2 * 3
     assert losses(tmp_path / "chunks") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
     diff = max((a - b).abs().max().item() for a, b in zip(weights(trainer).values(), weights(eager).values()))
     assert diff < 1e-6
+
+
+@pytest.mark.slow  # 4 graphs traced by dynamo: ~10 s
+def test_graphs_stay_bounded_over_many_head_chunk_counts():
+    """A run whose batches need 1 to 12 LM-head chunks: the chunk loop runs outside the scorer's graph with a
+    compiled head of one size (preflab.scoring.lm LogProbScorer._head_outside_graph), so the graphs stay at 4
+    whatever the chunk counts (before: one per chunk count and grad mode, and the scorer's forward reached dynamo's
+    recompile limit of 8 and ran eagerly from then on; fail_on_recompile_limit_hit makes that an error here).
+    Without gradient here (the graphs with gradient are as many more; training through them equals eager in
+    test_graphs_stay_bounded_without_bucketing_and_with_several_head_chunks); the log-probs equal eager's."""
+    from types import SimpleNamespace
+
+    from preflab.data.layout import padded
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
+    from preflab.scoring.lm import LogProbScorer
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    eager = LogProbScorer(model, chunk_tokens=4)
+    compiled = compile_scorer(LogProbScorer(model, chunk_tokens=4),
+                              SimpleNamespace(torch_compile_backend="eager", torch_compile_mode=None))
+    before, counts = graphs_compiled(), set()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for n in range(2, 40, 3):
+            layout = padded([([1, 9, 8], [10 + i for i in range(n)]), ([1, 7], [50 + i for i in range(n // 2 + 1)])],
+                            tok.pad_token_id)
+            counts.add(-(-int(layout.response_mask.sum()) // 4))
+            before_compiled_call(layout, "cpu", (model,))
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(layout).token_logps, eager(layout).token_logps, atol=1e-6, rtol=0)
+    assert len(counts) >= 10 and 1 in counts
+    # one chunk: the whole forward; several: the forward up to the head, the head (one size), the rest
+    assert graphs_compiled() - before == 4
 
 
 def test_compile_options_are_checked():

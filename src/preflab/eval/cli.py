@@ -1,4 +1,5 @@
-"""`preflab eval CHECKPOINT --data DATA [--reference REF]`: diagnostics on held-out pairs -> eval.json."""
+"""`preflab eval CHECKPOINT --data DATA [--reference REF | --no-reference]`: diagnostics on held-out pairs ->
+eval.json. Without --reference the reference is the one the run trained against (its saved config)."""
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,19 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate a trained model on held-out preference pairs and write eval.json.\n"
                     "Example: preflab eval outputs/dpo --data heldout.jsonl --reference outputs/sft\n"
+                    "Without --reference, the reference is the run's ref_model_name_or_path (else its\n"
+                    "model_name_or_path) from CHECKPOINT's saved config.yaml.\n"
                     "Optional data columns: alpha (rater proportion, for the idealized ranking accuracy) and\n"
                     "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
     )
     p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
     p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv, a directory or hub name")
-    p.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-*")
+    reference = p.add_mutually_exclusive_group()
+    reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
+                                               "(default: the run's ref_model_name_or_path, else its "
+                                               "model_name_or_path, from CHECKPOINT's saved config)")
+    reference.add_argument("--no-reference", action="store_true",
+                           help="no reference model: policy-only metrics (ranking accuracy)")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
     p.add_argument("--task", choices=("dpo", "reward", "diffusion"), default="dpo",
                    help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
@@ -66,7 +74,8 @@ def run(args) -> int:
 
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
-    if (args.reward_fn or args.reward_model or args.judge) and not args.reference:
+    reference, source = default_reference(args)
+    if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
     reward_fn = load_callable(args.reward_fn) if args.reward_fn else None
     if args.reward_model:
@@ -77,11 +86,37 @@ def run(args) -> int:
                        hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
                        max_new_tokens=args.max_new_tokens, confidence=args.confidence,
                        keep_per_pair=not args.no_per_pair, device=args.device)
-    result = evaluate_checkpoint(args.checkpoint, args.data, reference=args.reference, out=args.out, options=opts,
+    result = evaluate_checkpoint(args.checkpoint, args.data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
-                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                                 reference_source=source)
     print(format_summary(result))
     return 0
+
+
+def default_reference(args) -> tuple[str | None, str | None]:
+    """(reference, where it came from) for `preflab eval`: --reference as given; --no-reference: none; otherwise
+    the reference CHECKPOINT's run trained against (preflab.eval.loading.run_reference), said in one note line;
+    none (with a note that the reference metrics are absent) when no saved run config names a model."""
+    import sys
+
+    from preflab.eval.loading import run_reference
+
+    if args.reference:
+        return args.reference, "--reference"
+    if args.no_reference:
+        return None, None
+    found = run_reference(args.checkpoint)
+    if found is None:
+        print(f"preflab: note: no --reference, and {args.checkpoint} has no saved run config naming a model: the "
+              "reference metrics (implicit-reward accuracy, idealized ranking accuracy, difficulty, log-prob drift, "
+              "dispersion) are absent (eval.json \"missing\"); pass --reference DIR to compute them.",
+              file=sys.stderr)
+        return None, None
+    name, key = found
+    print(f"preflab: note: no --reference: the reference is the run's {key} {name} (from {args.checkpoint}'s saved "
+          "config); pass --reference DIR for another one, or --no-reference for none.", file=sys.stderr)
+    return name, f"run config ({key})"
 
 
 def format_summary(result: dict) -> str:

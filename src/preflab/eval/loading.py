@@ -34,6 +34,31 @@ def run_config(path: str | Path) -> dict:
     return {}
 
 
+def run_reference(checkpoint: str) -> tuple[str, str] | None:
+    """(reference, the config key naming it) for a preflab run directory or checkpoint: the run's
+    ref_model_name_or_path, else its model_name_or_path (the starting policy, which the run trained against: a
+    frozen copy of it, or for LoRA the base with adapters off). None where no saved config names a model (a bare
+    model directory, a builtin name). A named reference that is neither a builtin name nor an existing directory
+    is a ConfigError naming it (preflab eval loads local directories only)."""
+    path = Path(checkpoint)
+    cfg = run_config(path) if path.is_dir() else {}
+    if cfg.get("task") in ("reward", "diffusion", "vlm"):
+        return None  # not a text policy: load_for_eval says which command evaluates it
+    for key in ("ref_model_name_or_path", "model_name_or_path"):
+        name = cfg.get(key)
+        if not name:
+            continue
+        name = str(name)
+        if name in BUILTIN or Path(name).is_dir():
+            return name, key
+        raise ConfigError(
+            f"{checkpoint} was trained against the reference {key}={name!r} (from its saved config), which is not "
+            "a directory here (moved, deleted, relative to another working directory, or a hub name: preflab eval "
+            "loads local directories only). Pass --reference DIR (e.g. `hf download NAME --local-dir DIR`), or "
+            "--no-reference for the policy-only metrics.")
+    return None
+
+
 def _tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):
     for candidate in (path, path.parent):
         if (candidate / "tokenizer_config.json").is_file():

@@ -197,9 +197,10 @@ def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn,
 
 def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
                         options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
-                        trust_remote_code: bool = False) -> dict:
+                        trust_remote_code: bool = False, reference_source: str | None = None) -> dict:
     """Load `checkpoint` (and `reference`), evaluate on `data`, write eval.json (into the checkpoint directory, or
-    to `out`: a .json path or a directory). Returns the eval.json dict with its "path"."""
+    to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
+    the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)")."""
     from preflab import __version__
     from preflab.eval.loading import load_for_eval, run_config
 
@@ -217,7 +218,8 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
     result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
-    result = {"checkpoint": str(checkpoint), "reference": reference, "data": str(data), "device": str(device),
+    result = {"checkpoint": str(checkpoint), "reference": reference,
+              "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
               "beta_source": "--beta" if opts.beta is not None else ("run config" if "beta" in cfg else "default"),
               **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
     result["path"] = str(write_json(eval_json_path(checkpoint, out), result))

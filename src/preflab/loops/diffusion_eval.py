@@ -86,6 +86,9 @@ def eval_task(args) -> int:
     from preflab.eval.run import eval_json_path, write_json
     from preflab.eval.winrate import load_callable
 
+    if getattr(args, "no_reference", False):
+        raise ConfigError("--no-reference with --task diffusion: the implicit-reward accuracy compares the pipeline "
+                          "with a reference (default: the run's base model); remove --no-reference.")
     result = evaluate_diffusion_run(args.checkpoint, args.data, reference=args.reference,
                                     reward_fn=load_callable(args.reward_fn) if args.reward_fn else None,
                                     num_prompts=args.win_rate_prompts, confidence=args.confidence,

@@ -215,11 +215,15 @@ def make_accelerator(cfg):
             f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
             "use examples/accelerate/ddp.yaml).")
     set_seed(cfg.seed)
+    # every rank, before the main process writes anything: the same files read, so a refused resume stops every
+    # rank with the same ConfigError (none goes on to wait for the main process in a collective)
+    _check_resume_config_early(cfg, accelerator)
+    if resume_requested(cfg):
+        accelerator.wait_for_everyone()  # every rank has read output_dir before clean_interrupted_saves tidies it
     if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
         claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
         note_earlier_run(cfg)
         clean_interrupted_saves(cfg.output_dir)
-        _check_resume_config_early(cfg, accelerator)
     return accelerator
 
 
@@ -344,7 +348,8 @@ def note_earlier_run(cfg) -> None:
 
 def _check_resume_config_early(cfg, accelerator) -> None:
     """Refuse a resume whose config changes the run's meaning, or that DeepSpeed's partition layout cannot give
-    exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume)."""
+    exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume). Read-only
+    and run on every rank: each reads the same checkpoint files and raises the same ConfigError."""
     if not resume_requested(cfg):
         return
     spec = cfg.resume_from_checkpoint
@@ -568,7 +573,7 @@ class TrainingRun:
             window.append(result)
             self.step = step + 1
             self.emit("on_step_end")
-            if (step + 1) % cfg.logging_steps == 0 or step + 1 == self.total_steps:
+            if self._log_due(step + 1):
                 last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
                         "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
                         **average_results(window),
@@ -613,6 +618,14 @@ class TrainingRun:
         self.emit("on_train_end")
         acc.end_training()
         return summary
+
+    def _log_due(self, step: int) -> bool:
+        """A metrics row after optimizer step `step` (1-based): every logging_steps, at the last step, and after the
+        first step with logging_first_step (transformers' DefaultFlowCallback: global_step == 1; a resumed run
+        past step 1 does not log its first step again)."""
+        cfg = self.cfg
+        return (step % cfg.logging_steps == 0 or step == self.total_steps
+                or (step == 1 and cfg.logging_first_step))
 
     def _start_trackers(self):
         """accelerate trackers (report_to: tensorboard, wandb, ...): every metrics.jsonl row also goes there."""

@@ -3,18 +3,25 @@ names; setting a backend or a mode turns torch_compile on, as in TRL).
 
 What is compiled: the whole LogProbScorer forward of the policy (backbone, gather at the response positions, the
 chunked LM head with its float32 log-softmax, the scatter back to [N, L]) and, under no_grad, the reference's.
-Dynamo traces it without graph breaks on a host-built layout: the gather plan (LayoutBatch.gather) comes from the
-host as index lists, so no data-dependent shape is made on the device.
+Dynamo traces it without graph breaks on a host-built layout (one break when the LM head needs several chunks, see
+below): the gather plan (LayoutBatch.gather) comes from the host as index lists, so no data-dependent shape is made
+on the device.
 
 Shapes. A layout's sizes change from batch to batch: rows R and width T of input_ids (width rounded up by
 pad_to_multiple_of), the response grid N x L, the response-token count M of the gather plan. Left to automatic
 dynamic shapes, dynamo compiles a static graph for the first batch and then recompiles once for each dimension
 that later changes (3 graphs over the first 3 steps of the tests' tiny run). mark_layout_dynamic marks those
-dimensions dynamic before every call, so one graph per (scorer, grad mode) serves every batch. What can still
-recompile: the number of LM-head chunks, ceil(M / chunk) (a Python loop over chunks), once per chunk count the run
-reaches; and a dimension that is 0 or 1 in the first batch (dynamo specialises those). The graphs compiled are
-counted in summary.json (`torch_compile.graphs`), so a run that hits dynamo's recompile limit (it then runs that
-function eagerly) shows it.
+dimensions dynamic before every call, so one graph per (scorer, grad mode) serves every batch.
+
+LM-head chunks. Responses longer than one chunk need ceil(M / chunk) chunks; traced as a Python loop, each chunk
+count would be a graph of its own, and a run whose batches span more than a few counts would reach dynamo's
+recompile limit (8 per function) and run the scorer eagerly from then on. So with several chunks the loop runs
+outside the graph (LogProbScorer._head_outside_graph, a torch.compiler.disable'd method): the forward up to the
+head is one graph, each chunk goes through _head_chunk compiled on its own (compile_scorer) and always on `chunk`
+positions (the last window overlaps the one before; its repeated outputs are dropped), and the rest of the forward
+(dynamo resumes after the call) is another graph. Per grad mode: one graph for batches of one chunk, three for
+batches of several, whatever their number. What can still recompile: a dimension that is 0 or 1 in the first
+batch (dynamo specialises those). The graphs compiled are counted in summary.json (`torch_compile.graphs`).
 """
 from __future__ import annotations
 
@@ -47,6 +54,10 @@ def compile_scorer(scorer: torch.nn.Module, cfg) -> torch.nn.Module:
     kwargs = {"backend": cfg.torch_compile_backend} if cfg.torch_compile_backend is not None else {}
     if cfg.torch_compile_mode is not None:
         kwargs["mode"] = cfg.torch_compile_mode
+    if hasattr(scorer, "_head_outside_graph"):  # LogProbScorer: its chunks of `chunk` positions, compiled alike
+        from preflab.scoring.lm import _head_chunk
+
+        scorer.compiled_head_chunk = torch.compile(_head_chunk, **kwargs)
     return torch.compile(scorer, **kwargs)
 
 

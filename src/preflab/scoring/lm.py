@@ -98,47 +98,79 @@ class LogProbScorer(nn.Module):
         want_kl = ref is not None and ref_head is not None
         chunk = self.chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
                                                       2 if want_kl else 1)
-        pieces_lp, pieces_kl = [], []
-        # one chunk: keep its logits for backward (no recompute); several: recompute each in backward
-        slices = _chunk_slices(h.shape[0], chunk)
-        recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
-        for sl, keep in slices:
-            args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
-            if recompute:
-                lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False)
-            else:
-                lp, kl = _head_chunk(*args)
-            pieces_lp.append(lp[keep])
-            pieces_kl.append(kl[keep] if want_kl else kl)
-        logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
+        ref_h = ref.hidden_flat if want_kl else None
+        if torch.compiler.is_compiling() and h.shape[0] > chunk:  # several chunks: their loop outside the graph
+            logp, kl, wpo = self._head_outside_graph(h, targets, head, ref_h, ref_head, want_kl, want_wpo, chunk)
+        else:
+            logp, kl, wpo = _head_pass(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
+                                       _chunk_slices(h.shape[0], chunk), _head_chunk)
         token_logps = _scatter(logp, plan.slot, mask.shape)
         out = Scores(token_logps, mask, hidden_flat=h)
         if want_kl:
-            out.token_kl = _scatter(torch.cat(pieces_kl), plan.slot, mask.shape)
+            out.token_kl = _scatter(kl, plan.slot, mask.shape)
         if want_hidden:
             out.hidden = _scatter(h, plan.slot, mask.shape)
         if want_wpo:
-            with torch.no_grad():
-                adjusted = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) \
-                    if h.shape[0] else h.new_zeros(0)
-            out.wpo = _scatter(adjusted, plan.slot, mask.shape)
+            out.wpo = _scatter(wpo, plan.slot, mask.shape)
+        return out
+
+    @torch.compiler.disable
+    def _head_outside_graph(self, h, targets, head, ref_h, ref_head, want_kl: bool, want_wpo: bool, chunk: int):
+        """The LM head over several chunks when the scorer runs under torch.compile (preflab.scoring.compile): the
+        loop over chunks runs here, outside the scorer's graph (in the graph, each chunk count would be a graph of
+        its own, and a run reaching dynamo's recompile limit falls back to eager for good), and each chunk goes
+        through `compiled_head_chunk` (compile_scorer sets it: _head_chunk under the run's backend and mode),
+        always on `chunk` positions (the last window overlaps the one before): one head graph per grad mode and
+        head, whatever the number of chunks."""
+        run_chunk = getattr(self, "compiled_head_chunk", None) or _head_chunk
+        out = _head_pass(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
+                         _chunk_slices(h.shape[0], chunk, equal_windows=True), run_chunk)
+        # the rest of forward is a graph of its own (dynamo resumes after this call): M is dynamic there too
+        for t in (h, targets, ref_h, *out):
+            if t is not None:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
         return out
 
 
-def _chunk_slices(n, chunk: int) -> list[tuple[slice, slice]]:
+def _head_pass(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head, want_kl: bool, want_wpo: bool,
+               slices, run_chunk) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(log-probs [M], KL [M] or None, WPO term [M] or None) of the M gathered positions, chunk by chunk
+    (`slices` from _chunk_slices; run_chunk: _head_chunk or its compiled form). One chunk keeps its logits for
+    backward (no recompute); several are each recomputed in backward (checkpoint)."""
+    pieces_lp, pieces_kl = [], []
+    recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
+    for sl, keep in slices:
+        args = (h[sl], targets[sl], head, ref_h[sl] if want_kl else None, ref_head, want_kl)
+        if recompute:
+            lp, kl = checkpoint(run_chunk, *args, use_reentrant=False)
+        else:
+            lp, kl = run_chunk(*args)
+        pieces_lp.append(lp[keep])
+        pieces_kl.append(kl[keep] if want_kl else kl)
+    logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
+    wpo = None
+    if want_wpo:
+        with torch.no_grad():
+            wpo = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) \
+                if h.shape[0] else h.new_zeros(0)
+    return logp, torch.cat(pieces_kl) if want_kl else None, wpo
+
+
+def _chunk_slices(n, chunk: int, equal_windows: bool | None = None) -> list[tuple[slice, slice]]:
     """The LM-head chunks of n positions: (positions fed to the head, part of its output kept) per chunk.
 
     Under torch.compile (preflab.scoring.compile) n is a dynamic size, and no chunk may depend on n alone in a way
     that pins it: one chunk is the whole range (slice(None): guarded by n <= chunk only; range(0, n, chunk) would
-    specialise the graph to one n); several are counted by ceil(n / chunk) (one graph per count), and the last
-    window is [n - chunk, n), whose first outputs (already computed by the chunk before) are dropped, so that no
-    chunk has a size that can be 1 (dynamo specialises a size it sees at 1: a graph per such n). Eagerly the last
-    chunk is [(k - 1) * chunk, n): no position goes through the head twice."""
+    specialise the graph to one n). Several chunks run outside the graph (LogProbScorer._head_outside_graph) in
+    equal windows of `chunk` positions (equal_windows; default: while dynamo traces): the last window is
+    [n - chunk, n), whose first outputs (already computed by the chunk before) are dropped, so that every chunk
+    has the one size `chunk` (one graph of the compiled head). Eagerly the last chunk is [(k - 1) * chunk, n): no
+    position goes through the head twice."""
     if n <= chunk:
         return [(slice(None), slice(None))]
     k = -(-n // chunk)
     out = [(slice(i * chunk, (i + 1) * chunk), slice(None)) for i in range(k - 1)]
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() if equal_windows is None else equal_windows:
         out.append((slice(n - chunk, n), slice(k * chunk - n, None)))
     else:
         out.append((slice((k - 1) * chunk, n), slice(None)))
