@@ -216,3 +216,24 @@ def test_task_reward_evaluates_a_reward_model_into_eval_json(saved, tmp_path):
     direct = reward_eval.evaluate_reward_model(str(tmp_path / "rm"), str(data), on_bad_row="skip")
     assert result["task"] == "reward" and result["num_pairs"] == direct["num_pairs"] == 4
     assert result["metrics"]["reward_model/accuracy"] == direct["accuracy"]
+
+
+def test_routed_tasks_refuse_the_options_they_would_ignore(tmp_path, capsys):
+    """--task reward reads no reference, beta or judge; --task diffusion reads no --limit / --beta: such an option
+    stops the command naming it (before, it was accepted and ignored). Defaults and read options pass the check."""
+    from preflab.eval.cli import refuse_unread_options
+    from preflab.cli import build_parser
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("")
+    for task, extra, named in (("reward", ["--reference", "x"], "--reference"), ("reward", ["--beta", "0.2"], "--beta"),
+                               ("reward", ["--judge", "m:f"], "--judge"), ("diffusion", ["--limit", "3"], "--limit"),
+                               ("diffusion", ["--beta", "0.2", "--device", "cpu"], "--beta, --device")):
+        assert main(["eval", str(tmp_path / "run"), "--data", str(data), "--task", task, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--task {task} does not use {named}" in err, err
+    parse = build_parser().parse_args
+    refuse_unread_options(parse(["eval", "r", "--data", "d", "--task", "reward", "--limit", "3", "--split", "test"]),
+                          "reward")
+    refuse_unread_options(parse(["eval", "r", "--data", "d", "--task", "diffusion", "--reference", "b",
+                                 "--win-rate-prompts", "4"]), "diffusion")

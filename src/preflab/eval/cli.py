@@ -58,7 +58,7 @@ def register(sub) -> None:
     p.add_argument("--no-per-pair", action="store_true", help="leave per-pair log-probs out of eval.json")
     p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (runs pickle; trusted only)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, option_defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
 
 
 def run(args) -> int:
@@ -92,6 +92,28 @@ def run(args) -> int:
                                  reference_source=source)
     print(format_summary(result))
     return 0
+
+
+# what each routed task reads besides CHECKPOINT, --data, --task and --out (the rest would be ignored)
+TASK_READS = {
+    "reward": {"split", "limit", "batch_size", "max_length"},
+    "diffusion": {"reference", "no_reference", "reward_fn", "win_rate_prompts", "confidence", "batch_size",
+                  "split"},
+}
+
+
+def refuse_unread_options(args, task: str) -> None:
+    """`preflab eval --task reward|diffusion` reads only TASK_READS[task]: an option set to anything but its
+    default that the task does not read is refused, naming it (never accepted and ignored)."""
+    defaults = getattr(args, "option_defaults", {})
+    always = {"checkpoint", "data", "task", "out"}
+    unread = [dest for dest, default in defaults.items()
+              if dest not in always | TASK_READS[task] and getattr(args, dest, default) != default]
+    if unread:
+        names = ", ".join("--" + dest.replace("_", "-") for dest in unread)
+        reads = ", ".join("--" + dest.replace("_", "-") for dest in sorted(TASK_READS[task]))
+        raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --out); remove "
+                          f"{'it' if len(unread) == 1 else 'them'}.")
 
 
 def default_reference(args) -> tuple[str | None, str | None]:

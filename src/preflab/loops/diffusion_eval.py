@@ -82,10 +82,11 @@ def shapes_reward(images: torch.Tensor, prompts: list[str]) -> list[float]:
 
 def eval_task(args) -> int:
     """`preflab eval RUN --task diffusion` (routed here by preflab.cli): written to eval.json like a policy eval."""
-    from preflab.eval.cli import format_summary
+    from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.eval.run import eval_json_path, write_json
     from preflab.eval.winrate import load_callable
 
+    refuse_unread_options(args, "diffusion")
     if getattr(args, "no_reference", False):
         raise ConfigError("--no-reference with --task diffusion: the implicit-reward accuracy compares the pipeline "
                           "with a reference (default: the run's base model); remove --no-reference.")

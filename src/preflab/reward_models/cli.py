@@ -53,10 +53,11 @@ def eval_task(args) -> int:
     (preflab.reward_models.eval), written to eval.json like a policy eval. Routed here by preflab.cli, so that
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.data.rows import load_rows
-    from preflab.eval.cli import format_summary
+    from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.eval.run import eval_json_path, write_json
     from preflab.reward_models.eval import evaluate_reward_model
 
+    refuse_unread_options(args, "reward")
     data = args.data
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
         examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
