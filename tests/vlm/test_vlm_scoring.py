@@ -98,7 +98,6 @@ def test_idefics3_processor_without_torchvision_is_a_config_error(monkeypatch):
     from types import SimpleNamespace
 
     import pytest
-    import transformers
 
     from preflab.errors import ConfigError
     from preflab.models.vlm import load_vlm_processor
@@ -107,7 +106,10 @@ def test_idefics3_processor_without_torchvision_is_a_config_error(monkeypatch):
         def __init__(self, *args, **kwargs):
             raise ImportError("Idefics3ImageProcessorPil requires the Torchvision library but it was not found")
 
-    monkeypatch.setattr(transformers, "Idefics3ImageProcessorPil", PlaceholderOfTransformers517)
+    load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path="builtin:tiny-idefics3",
+                                       trust_remote_code=False))  # transformers' lazy imports done (they would
+    # set the real class again over the patch)
+    monkeypatch.setattr("transformers.Idefics3ImageProcessorPil", PlaceholderOfTransformers517)
     cfg = SimpleNamespace(processor_name_or_path=None, model_name_or_path="builtin:tiny-idefics3",
                           trust_remote_code=False)
     with pytest.raises(ConfigError, match=r"builtin:tiny-idefics3 .*torchvision.*pip install torchvision"):
