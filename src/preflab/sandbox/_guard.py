@@ -15,8 +15,9 @@ What it does, in this order:
    multiprocessing's fork start method), `_posixsubprocess.fork_exec` called directly (replaced by a refusing
    function; multiprocessing's spawn/forkserver methods use it), ctypes library loading, symbol lookup and
    `from_address` (ctypes.dlopen, ctypes.dlsym, ctypes.cdata), importing cffi, and new subinterpreters (their
-   audit hooks would be empty; refused both at creation and at the import of the modules that make them). The hook uses no global names (everything is bound as a default argument), so
-   monkeypatching builtins or `os` does not switch it off.
+   audit hooks would be empty; refused at creation and at the import of the modules that make them). The hook
+   uses no global names (everything is bound as a default argument), so monkeypatching builtins or `os` does not
+   switch it off.
 3. every refusal is written as a line "R <call>" to `report_fd` (a pipe the caller reads after the run), so a
    program that catches the exception and carries on is still rated as refused; if that line cannot be written
    (the program closed or flooded the pipe) the process ends at once with exit status 126.
