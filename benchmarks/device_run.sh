@@ -8,8 +8,9 @@
 #    precomputed, TRL and preflab interleaved), models and fixture under /tmp, results accumulated in
 #    /tmp/gpu-compare across calls on the same (warm) machine;
 # 4. copies the small outputs to $OUT (results.jsonl, report.md, profiles, environment, logs): at most 8 files.
-# --smoke: the same on CPU with the tiny shape (PY, TRL_PY: pythons with preflab's and TRL's packages; the wheels
-# are installed only when TRL_PY cannot import trl).
+# --smoke: the same on CPU with the tiny shape whatever MODEL names (a real shape on CPU takes minutes per step),
+# results in /tmp/gpu-compare-smoke so they never join a GPU report (PY, TRL_PY: pythons with preflab's and TRL's
+# packages; the wheels are installed only when TRL_PY cannot import trl).
 set -uo pipefail
 MODEL=${1:?usage: device_run.sh MODEL [--no-tests] [--no-profile] [--smoke]}
 shift
@@ -17,13 +18,18 @@ TESTS=1; PROFILE=1; SMOKE=()
 for a in "$@"; do
   case $a in --no-tests) TESTS=0;; --no-profile) PROFILE=0;; --smoke) SMOKE=(--smoke);; *) echo "unknown option $a"; exit 2;; esac
 done
+RESULTS_DIR=/tmp/gpu-compare
+if [ ${#SMOKE[@]} -gt 0 ]; then
+  [ "$MODEL" = tiny ] || echo "device_run.sh --smoke: the tiny shape instead of $MODEL (CPU)"
+  MODEL=tiny; RESULTS_DIR=/tmp/gpu-compare-smoke
+fi
 PY=${PY:-python3}
 TRL_PY=${TRL_PY:-$PY}
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/device-out}; mkdir -p "$OUT"
 collect() {
   for f in results.jsonl report.md profile_trl.txt profile_preflab.txt environment.json stderr.log; do
-    [ -f /tmp/gpu-compare/$f ] && cp /tmp/gpu-compare/$f "$OUT/" ; done
+    [ -f "$RESULTS_DIR/$f" ] && cp "$RESULTS_DIR/$f" "$OUT/" ; done
   return 0
 }
 trap collect EXIT
@@ -47,5 +53,5 @@ if [ "$TESTS" = 1 ]; then
   timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/loops/test_engines_gpu.py tests/perf/test_flex_attention.py \
     tests/test_qlora.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
-OUT=/tmp/gpu-compare PY=$PY TRL_PY=$TRL_PY PREFBENCH_DIR=$PWD/.bench MODELS=$MODEL PROFILE=$PROFILE \
+OUT=$RESULTS_DIR PY=$PY TRL_PY=$TRL_PY PREFBENCH_DIR=$PWD/.bench MODELS=$MODEL PROFILE=$PROFILE \
   bash benchmarks/gpu_compare.sh "${SMOKE[@]}"

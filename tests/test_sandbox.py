@@ -370,10 +370,12 @@ def test_run_tests_verdict_cannot_be_forged():
 def _interpreter_usable_by(uid: int) -> str:
     """An interpreter of this Python version that `uid` can run (a venv into /root is not), else skip."""
     for python in (sys.executable, f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"):
+        if not os.path.exists(python):  # e.g. a pyenv Python 3.12 with no /usr/bin/python3.12 beside it
+            continue
         probe = subprocess.run([python, "-c", f"import os, __future__; os.setgid({uid}); os.setuid({uid}); "
                                 "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', "
                                 "'import __future__, json']))"], capture_output=True, timeout=30)
-        if os.path.exists(python) and probe.returncode == 0:
+        if probe.returncode == 0:
             return python
     pytest.skip("no interpreter of this version that an ordinary uid can run")
 

@@ -40,7 +40,9 @@ CALLS = {
     "ctypes pythonapi": ("import ctypes; ctypes.pythonapi.PyOS_snprintf", "ctypes.dlsym('PyOS_snprintf')"),
     "ctypes from_address": ("import ctypes; ctypes.c_char.from_address(id(1))", "ctypes.cdata()"),
     "cffi": ("import cffi", "import cffi"),
-    "subinterpreter": ("import _xxsubinterpreters as s; s.create()", "cpython.PyInterpreterState_New()"),
+    "subinterpreter": ("import _xxsubinterpreters as s; s.create()", "import _xxsubinterpreters"),
+    "subinterpreter (Python 3.13)": ("import _interpreters as s; s.create()", "import _interpreters"),
+    "subinterpreter (test C API)": ("import _testcapi; _testcapi.run_in_subinterp('pass')", "import _testcapi"),
     "os.system in a thread": ("import threading; t = threading.Thread(target=os.system, args=('touch made',)); "
                               "t.start(); t.join()", "os.system('touch made')"),
 }
@@ -62,11 +64,12 @@ def test_each_way_to_start_a_process_raises_and_the_run_is_refused(name):
     assert r.refused and r.refused[0].startswith(reported), r.refused
     lines = r.stdout.splitlines()
     assert lines[-1] == "carried on False"         # the program caught the exception; nothing ran
-    if name not in ("pty.spawn", "os.system in a thread", "subinterpreter"):
+    if name not in ("pty.spawn", "os.system in a thread"):
         assert lines[0] == "SandboxRefused 1"       # PermissionError, errno EPERM
     # pty.spawn: pty.fork catches the refused os.forkpty (an OSError) and falls back to openpty, which fails here;
-    # a thread's exception is printed by threading, not caught by the program; the subinterpreter module turns
-    # the refusal into RuntimeError: all three are still refused runs
+    # a thread's exception is printed by threading, not caught by the program: both are still refused runs.
+    # Subinterpreters are refused at the import of their module: refused at creation only, CPython 3.12.1 crashed
+    # (SIGSEGV, status "killed") and 3.13.0 created one without the event reaching the hook
 
 
 def test_an_uncaught_refusal_names_the_call_in_the_traceback():

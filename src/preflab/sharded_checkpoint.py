@@ -30,7 +30,7 @@ import torch
 
 from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng,
                                 whole_file_reads, write_rng, write_training_state)
-from preflab.errors import PreflabError
+from preflab.errors import ConfigError, PreflabError
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
 
@@ -38,6 +38,29 @@ MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
 def is_sharded_checkpoint(path: str | Path) -> bool:
     """Whether checkpoint `path` was written by save_sharded_checkpoint (a model/ folder, not model.safetensors)."""
     return (Path(path) / MODEL_DIR).is_dir()
+
+
+TORCH_FOR_SHARDED = "2.9"  # torch.distributed.checkpoint.HuggingFaceStorageWriter(save_distributed=...) is 2.9's
+
+
+def check_sharded_storage() -> None:
+    """Refuse sharded checkpoints on a torch whose distributed checkpointing cannot write them: every rank writes
+    its own safetensors shards through HuggingFaceStorageWriter(save_distributed=True), which torch 2.9 added
+    (torch 2.8 has the writer without it; torch 2.7 and older have none). Called before the first step."""
+    import inspect
+
+    try:
+        from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    except ImportError:
+        writer_args = ()
+    else:
+        writer_args = tuple(inspect.signature(HuggingFaceStorageWriter).parameters)
+    if "save_distributed" not in writer_args:
+        raise ConfigError(
+            f"sharded checkpoints under FSDP2 (save_steps / resume_from_checkpoint) need torch>={TORCH_FOR_SHARDED} "
+            f"(torch.distributed.checkpoint.HuggingFaceStorageWriter with save_distributed); this is torch "
+            f"{torch.__version__}. Upgrade torch (pip install 'torch>={TORCH_FOR_SHARDED}'), or set save_steps: 0 "
+            "and no resume_from_checkpoint (the final model is still gathered and saved).")
 
 
 def _rank_world() -> tuple[int, int]:

@@ -8,7 +8,6 @@ test_deepspeed_multiprocess.py); the GPU path (NCCL, CUDA kernels) only here. Th
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,14 @@ COMMON = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", 
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (DeepSpeed / FSDP on GPU)")]
+
+
+def _launch(config: str, processes: int, *args: str) -> list[str]:
+    """accelerate launch with `config` over `processes` processes of `python -m preflab.cli *args`: the GPU machine
+    runs preflab from src/ on PYTHONPATH, with no `preflab` console script (shutil.which("preflab") is None there)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / f"examples/accelerate/{config}.yaml"), "--num_processes", str(processes), "--module",
+            "preflab.cli", *args]
 
 
 def _losses(out):
@@ -39,12 +46,10 @@ def test_sharded_engine_on_gpus_equals_one_gpu_process(tmp_path, config):
 
     n = min(2, torch.cuda.device_count())
     sharded, plain = tmp_path / "sharded", tmp_path / "plain"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / f"examples/accelerate/{config}.yaml"), "--num_processes", str(n), shutil.which("preflab"),
-           "train", str(ROOT / "examples/quickstart.yaml"), f"output_dir={sharded}",
-           f"per_device_train_batch_size={8 // n}", *COMMON]
+    cmd = _launch(config, n, "train", str(ROOT / "examples/quickstart.yaml"), f"output_dir={sharded}",
+                  f"per_device_train_batch_size={8 // n}", *COMMON)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     from preflab.cli import main

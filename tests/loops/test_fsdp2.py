@@ -198,6 +198,27 @@ def test_fsdp_version_1_refuses_save_steps_and_resume_fsdp2_and_deepspeed_checkp
         driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), "FSDP")
 
 
+@pytest.mark.parametrize("torch_version", ["2.8", "2.7"])
+def test_fsdp2_checkpoints_are_refused_on_a_torch_without_distributed_hf_storage(tmp_path, monkeypatch, torch_version):
+    """torch 2.8's HuggingFaceStorageWriter has no save_distributed (2.9 added it), torch 2.7 has no writer: FSDP2
+    checkpoints are refused before the first step, naming the torch needed; without checkpoints the run goes on."""
+    import torch.distributed.checkpoint as dcp
+
+    class WriterOfTorch28:  # torch 2.8.0's signature
+        def __init__(self, path, fqn_to_index_mapping=None, token=None, save_sharded=False):
+            pass
+
+    if torch_version == "2.8":
+        monkeypatch.setattr(dcp, "HuggingFaceStorageWriter", WriterOfTorch28)
+    else:
+        monkeypatch.delattr(dcp, "HuggingFaceStorageWriter")
+    for asked in ({"save_steps": 5}, {"save_steps": 0, "resume_from_checkpoint": True}):
+        with pytest.raises(ConfigError, match=r"sharded checkpoints under FSDP2 .*need torch>=2\.9.*save_steps: 0"):
+            driver.check_sharded_checkpoints(_cfg(tmp_path, **asked), "FSDP2")
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), "FSDP2")
+    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "DEEPSPEED")  # DeepSpeed writes its own
+
+
 def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):
     """2 processes x 4 rows = 1 process x 8 rows: the same run; per_device_train_batch_size is then no config
     change. Another global batch is left to the config check (a meaning change)."""

@@ -90,3 +90,28 @@ def test_idefics3_rows_with_different_image_counts():
         assert torch.allclose(fast, naive_vision_token_logps(model, layout), atol=1e-5)
     width = alone.shape[1]  # the one-image row scores the same next to a two-image row (padding images ignored)
     assert torch.allclose(fast[[0, 2], :width], alone, atol=1e-5)
+
+
+def test_idefics3_processor_without_torchvision_is_a_config_error(monkeypatch):
+    """transformers 5.17 (the GPU image's) builds Idefics3ImageProcessorPil only with torchvision installed (5.25
+    does not need it): its placeholder class raises ImportError, which becomes a ConfigError naming the fix."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from preflab.errors import ConfigError
+    from preflab.models.vlm import load_vlm_processor
+
+    class PlaceholderOfTransformers517:
+        def __init__(self, *args, **kwargs):
+            raise ImportError("Idefics3ImageProcessorPil requires the Torchvision library but it was not found")
+
+    load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path="builtin:tiny-idefics3",
+                                       trust_remote_code=False))  # transformers' lazy imports done (they would
+    # set the real class again over the patch)
+    monkeypatch.setattr("transformers.Idefics3ImageProcessorPil", PlaceholderOfTransformers517)
+    cfg = SimpleNamespace(processor_name_or_path=None, model_name_or_path="builtin:tiny-idefics3",
+                          trust_remote_code=False)
+    with pytest.raises(ConfigError, match=r"builtin:tiny-idefics3 .*torchvision.*pip install torchvision"):
+        load_vlm_processor(cfg)
+    assert load_vlm_processor(SimpleNamespace(**{**vars(cfg), "model_name_or_path": "builtin:tiny-llava"}))

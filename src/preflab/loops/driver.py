@@ -34,8 +34,8 @@ from preflab.resume_check import check_resume_config
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import claim_output_dir, release_output_dir
 from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
-from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
-                                        sharded_reads)
+from preflab.sharded_checkpoint import (check_sharded_storage, is_sharded_checkpoint, load_sharded_checkpoint,
+                                        save_sharded_checkpoint, sharded_reads)
 from preflab.step import optimizer_step
 
 
@@ -395,6 +395,8 @@ def check_sharded_checkpoints(cfg, engine: str) -> None:
             f"not under {engine} version 1 (the accelerate config's fsdp_version); use "
             "examples/accelerate/fsdp2.yaml, or set save_steps: 0 and no resume_from_checkpoint (the final model is "
             "still gathered and saved).")
+    if engine == "FSDP2" and used:
+        check_sharded_storage()
 
 
 def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int) -> dict:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from preflab.errors import ConfigError
+
 ARCHS = ("qwen2_vl", "llava", "idefics3")
 BUILTIN_VLM = {"builtin:tiny-qwen2-vl": "qwen2_vl", "builtin:tiny-llava": "llava", "builtin:tiny-idefics3": "idefics3"}
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<image>",
@@ -66,8 +68,15 @@ def tiny_vlm_processor(arch: str = "qwen2_vl", tokenizer_kind: str = "bytelevel"
                                              temporal_patch_size=2)
         return _no_video_processor_class()(image_processor=images, tokenizer=tok, chat_template=template)
     if arch == "idefics3":
-        images = tf.Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 16},
-                                              max_image_size={"longest_edge": 16})
+        try:
+            images = tf.Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 16},
+                                                  max_image_size={"longest_edge": 16})
+        except ImportError as error:  # transformers 5.17 (the GPU image's) requires torchvision here; 5.25 does not
+            said = " ".join(str(error).split()).split(". ")[0][:160]
+            raise ConfigError(
+                f"builtin:tiny-idefics3 needs Idefics3's image processor, which transformers {tf.__version__} builds "
+                f"only with torchvision installed ({said}). Install torchvision (pip install torchvision, the build "
+                "matching your torch) or use builtin:tiny-qwen2-vl / builtin:tiny-llava.") from error
         return tf.Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4, chat_template=template)
     images = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     return tf.LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=4, chat_template=template,

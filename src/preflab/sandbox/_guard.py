@@ -15,8 +15,9 @@ What it does, in this order:
    multiprocessing's fork start method), `_posixsubprocess.fork_exec` called directly (replaced by a refusing
    function; multiprocessing's spawn/forkserver methods use it), ctypes library loading, symbol lookup and
    `from_address` (ctypes.dlopen, ctypes.dlsym, ctypes.cdata), importing cffi, and new subinterpreters (their
-   audit hooks would be empty). The hook uses no global names (everything is bound as a default argument), so
-   monkeypatching builtins or `os` does not switch it off.
+   audit hooks would be empty; refused at creation and at the import of the modules that make them). The hook
+   uses no global names (everything is bound as a default argument), so monkeypatching builtins or `os` does not
+   switch it off.
 3. every refusal is written as a line "R <call>" to `report_fd` (a pipe the caller reads after the run), so a
    program that catches the exception and carries on is still rated as refused; if that line cannot be written
    (the program closed or flooded the pipe) the process ends at once with exit status 126.
@@ -39,7 +40,11 @@ REFUSED_EVENTS = frozenset({
     "subprocess.Popen", FORK_EXEC_EVENT, "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata",
     "ctypes.call_function", "cpython.PyInterpreterState_New",
 })
-REFUSED_IMPORTS = frozenset({"cffi", "_cffi_backend"})
+# the subinterpreter modules are refused at import: refusing only the creation event crashes CPython 3.12.1
+# (SIGSEGV after the hook raises in PyInterpreterState_New), and 3.13.0 creates the interpreter without the event
+# reaching a sys.addaudithook hook; _testcapi / _testinternalcapi have run_in_subinterp
+SUBINTERPRETER_MODULES = frozenset({"_xxsubinterpreters", "_interpreters", "_testcapi", "_testinternalcapi"})
+REFUSED_IMPORTS = frozenset({"cffi", "_cffi_backend"}) | SUBINTERPRETER_MODULES
 REASON = ("refused by preflab.sandbox: sandboxed code may not start processes, execute programs or call C "
           "functions through ctypes/cffi")
 SUMMARY = ("execve/execveat denied (seccomp); os.system, os.popen, subprocess, os.exec*, os.posix_spawn*, "
