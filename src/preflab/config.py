@@ -566,11 +566,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
     for item in overrides:
         key, value = parse_override(item)
-        if key.startswith("objective_params."):
-            raw.setdefault("objective_params", {})[key.split(".", 1)[1]] = value
+        head, dot, sub = key.partition(".")
+        if dot and head in NESTED_OPTIONS:  # recipe_params.iterations=3 sets one key of a dict option
+            nested = raw.get(head)
+            if nested is None:
+                nested = raw[head] = {}
+            if not isinstance(nested, dict):
+                raise ConfigError(f"override {item!r}: {head} is {nested!r} in the config, not a mapping.")
+            nested[sub] = value
         else:
             raw[key] = value
     return config_from_dict(raw)
+
+
+# options that are mappings: `name.key=value` on the command line sets one key of them
+NESTED_OPTIONS = ("objective_params", "recipe_params", "vision_pair_params", "diffusion_noising",
+                  "model_init_kwargs", "ref_model_init_kwargs")
 
 
 def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
