@@ -37,7 +37,7 @@ def test_recipe_params_of_the_wrong_type_are_refused_naming_the_option():
 def test_dstc_refuses_bad_sandbox_limits_before_the_warm_up(monkeypatch, tmp_path, limits):
     """timeout_s=-1 / max_workers=0 were refused by the sandbox at the first program run, after the warm-up SFT
     (1000 steps in the shipped config) had run; now before anything trains."""
-    import preflab.loops.sft as sft
+    from preflab.loops import sft
     from preflab.tool_use.dstc import run_dstc
 
     def no_sft(*args, **kwargs):
@@ -46,3 +46,28 @@ def test_dstc_refuses_bad_sandbox_limits_before_the_warm_up(monkeypatch, tmp_pat
     monkeypatch.setattr(sft, "SFTTrainer", no_sft)
     with pytest.raises(ConfigError, match="timeout_s > 0 .* max_workers >= 1"):
         run_dstc(output_dir=str(tmp_path / "dstc"), quiet=True, **limits)
+
+
+# ---------------------------------------------------------------------------------------------- online runs
+def test_reward_funcs_from_a_python_file_or_the_current_directory(tmp_path, monkeypatch):
+    """reward_funcs: ./my_rewards.py:fn crashed with a raw TypeError traceback ('package' argument required for a
+    relative import), and my_rewards:fn with my_rewards.py in the current directory was 'No module named' under the
+    console script (TRL's scripts search the current directory). A misspelt name now gets a did-you-mean."""
+    import sys
+
+    from preflab.online.tasks import resolve_judge
+
+    (tmp_path / "my_rewards_nu2.py").write_text("def length_reward(prompts, completions, **kw):\n"
+                                                "    return [float(len(c)) for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])  # as the console script
+    by_file = resolve_judge("./my_rewards_nu2.py:length_reward")
+    assert by_file(["p"], ["abc"]) == [3.0]
+    by_module = resolve_judge("my_rewards_nu2:length_reward")
+    assert by_module(["p"], ["abcd"]) == [4.0]
+    with pytest.raises(ConfigError, match="Did you mean 'length_reward'"):
+        resolve_judge("./my_rewards_nu2.py:lenght_reward")
+    with pytest.raises(ConfigError, match="the file nothere.py does not exist"):
+        resolve_judge("nothere.py:f")
+    with pytest.raises(ConfigError, match="Did you mean 'demo_true_reward'"):
+        resolve_judge("demo_true_rewrd")
