@@ -71,3 +71,94 @@ def test_reward_funcs_from_a_python_file_or_the_current_directory(tmp_path, monk
         resolve_judge("nothere.py:f")
     with pytest.raises(ConfigError, match="Did you mean 'demo_true_reward'"):
         resolve_judge("demo_true_rewrd")
+
+
+PROMPTS = [f"say {w}\n" for w in ("abc", "de", "fgh", "ij", "klm", "no", "pq", "rst")]
+
+
+def e_judge(prompts, completions, **kwargs):
+    """More letters 'e' is better, then shorter: few ties."""
+    return [c.count("e") - 0.01 * len(c) for c in completions]
+
+
+def online_cfg(tmp_path, **over):
+    from preflab.config import config_from_dict
+
+    base = dict(task="online", trainer="online_dpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", learning_rate=1e-2, lr_scheduler_type="constant",
+                max_steps=2, num_generations=3, prompts_per_generation=8, steps_per_generation=1,
+                per_device_train_batch_size=8, max_completion_length=6, logging_steps=1, disable_tqdm=True,
+                use_cpu=True, seed=3, output_dir=str(tmp_path))
+    return config_from_dict({**base, **over})
+
+
+def online_run(cfg, judge=e_judge):
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    tok = tiny_tokenizer("char")
+    return OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                     task=Task(PROMPTS, [judge]))
+
+
+def test_online_per_device_train_batch_size_bounds_the_micro_batch(tmp_path):
+    """per_device_train_batch_size was accepted and ignored by online runs: a step took its whole slice of the round
+    in one micro-batch (batch 4 and 16 gave bit-identical weights and memory), and summary.json's
+    train_examples_seen was steps x the batch size, not the examples trained. Now a process's share of a step is
+    cut into micro-batches of at most that size (the same update: the loss is normalised over the step) and
+    train_examples_seen counts the examples."""
+    sizes = []
+    small = online_run(online_cfg(tmp_path / "b1", per_device_train_batch_size=1))  # lr 1e-2: Adam moves every weight
+    forward = small.forward
+    small.forward = lambda mb: sizes.append(len(mb.row_ids)) or forward(mb)
+    summary = small.train()
+    whole = online_run(online_cfg(tmp_path / "b8"))
+    whole.train()
+    assert sizes and max(sizes) == 1 and len(sizes) > 2
+    a, b = small.policy.state_dict(), whole.policy.state_dict()
+    # Adam's first steps turn float-rounding differences of near-zero gradients into lr-sized moves: 1e-4 at lr 1e-2
+    # (the batch size itself, if it changed the update, moves weights by ~1e-2)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+    rows = [json.loads(line) for line in (tmp_path / "b1" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["train_examples_seen"] == sum(int(r["examples/count"]) for r in rows) == len(sizes)
+
+
+@pytest.mark.parametrize("over, named", [
+    ({"trainer": "online_dpo", "epsilon": 0.5}, "epsilon is read by the GRPO family"),
+    ({"trainer": "grpo", "rso_beta": 2.0}, "rso_beta is read by trainer rso"),
+    ({"trainer": "online_dpo", "preference_temperature": 3.0}, "preference_temperature is read by trainers sppo"),
+    ({"trainer": "online_dpo", "mcts_iterations": 9}, "mcts_iterations is read by trainer mcts_dpo"),
+    ({"trainer": "grpo", "upo_fraction": 0.9}, "upo_fraction is read by trainer upo"),
+    ({"trainer": "grpo", "game_eta": 0.2}, "game_eta is read by online_task: game"),
+    ({"trainer": "rso", "pair_builder": "all_pairs"}, "pair_builder is read by trainers online_dpo"),
+    ({"task": "dpo", "num_generations": 8}, "num_generations only applies to task: online"),
+])
+def test_an_option_the_online_recipe_does_not_read_is_refused(over, named):
+    """Another recipe's options (epsilon with online_dpo, upo_fraction with grpo, game_eta outside the game, ...)
+    and online options under task: dpo were accepted and silently ignored (same weights as without them)."""
+    from preflab.config import config_from_dict
+
+    base = {"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft", "max_steps": 2}
+    with pytest.raises(ConfigError, match=named):
+        config_from_dict({**base, **over} if over.get("task") != "dpo" else
+                         {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", **over})
+    # the recipe that reads the option takes it
+    for fits in ({"trainer": "grpo", "epsilon": 0.5}, {"trainer": "rso", "rso_beta": 2.0},
+                 {"trainer": "gpo", "preference_temperature": 3.0}, {"trainer": "upo", "upo_fraction": 0.9},
+                 {"trainer": "online_dpo", "pair_builder": "rso", "rso_beta": 2.0}):
+        config_from_dict({**base, **fits})
+
+
+def test_a_group_run_whose_judge_gives_no_signal_says_so(tmp_path, capsys):
+    """A GRPO-family run whose judge scores every completion of a prompt alike (the shipped Vision-R1 config on its
+    random tiny model: reward 0 everywhere) logged loss 0 and grad_norm 0 for every step and ended like a normal
+    run, without a word. Now the first such round prints a note and summary.json counts them."""
+    constant = lambda prompts, completions, **kw: [1.0] * len(prompts)  # noqa: E731
+    summary = online_run(online_cfg(tmp_path, trainer="grpo", beta=0.0), judge=constant).train()
+    err = capsys.readouterr().out
+    assert "every advantage is 0" in err and "2 of 2 generation rounds" in err
+    assert summary["online"]["no_signal_rounds"] == 2
+    assert summary["final_metrics"]["grad_norm"] == 0.0
+    informative = online_run(online_cfg(tmp_path / "e", trainer="grpo", beta=0.0)).train()
+    assert informative["online"].get("no_signal_rounds", 0) == 0

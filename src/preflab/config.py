@@ -219,7 +219,10 @@ class TrainConfig:
         from preflab.models.quantize import quantization_conflicts
         from preflab.scoring.compile import compile_conflicts
 
+        from preflab.online.options import unread_online_options
+
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
+        out += unread_online_options(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
