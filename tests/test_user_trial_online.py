@@ -162,3 +162,24 @@ def test_a_group_run_whose_judge_gives_no_signal_says_so(tmp_path, capsys):
     assert summary["final_metrics"]["grad_norm"] == 0.0
     informative = online_run(online_cfg(tmp_path / "e", trainer="grpo", beta=0.0)).train()
     assert informative["online"].get("no_signal_rounds", 0) == 0
+
+
+def test_report_shows_the_result_numbers_of_an_online_run_and_a_recipe(tmp_path):
+    """`preflab report` on an online demo run showed final_metrics only: true_reward_before (the number the demo is
+    for), win_rate_vs_reference, the game's tv_to_equilibrium and a recipe's metric_before / metric_after were
+    missing from the report."""
+    import re
+
+    from preflab.report.html import write_report
+
+    online, recipe = tmp_path / "online", tmp_path / "recipe"
+    for d, summary in ((online, {"global_step": 4, "true_reward_before": 0.203125, "true_reward_after": 0.9479,
+                                 "win_rate_vs_reference": 0.8828, "final_metrics": {"loss": 0.5}}),
+                       (recipe, {"metric_name": "pass_rate", "metric_before": 0.5, "metric_after": 0.75})):
+        d.mkdir()
+        (d / "config.yaml").write_text("task: online\n")
+        (d / "summary.json").write_text(json.dumps(summary))
+    text = re.sub(r"<[^>]+>", " ", write_report([online, recipe], tmp_path / "r.html").read_text())
+    text = re.sub(r"\s+", " ", text)
+    assert "true_reward_before 0.2031 –" in text and "win_rate_vs_reference 0.8828 –" in text
+    assert "metric_name – pass_rate" in text and "metric_after – 0.75" in text
