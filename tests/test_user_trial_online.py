@@ -183,3 +183,30 @@ def test_report_shows_the_result_numbers_of_an_online_run_and_a_recipe(tmp_path)
     text = re.sub(r"\s+", " ", text)
     assert "true_reward_before 0.2031 –" in text and "win_rate_vs_reference 0.8828 –" in text
     assert "metric_name – pass_rate" in text and "metric_after – 0.75" in text
+
+
+def test_eval_loads_builtin_demo_sft_as_reference_and_as_an_online_checkpoints_base(tmp_path, monkeypatch):
+    """`preflab eval RUN --reference builtin:demo-sft` (the online demo runs' reference) was refused ('not a
+    directory'), and `preflab eval RUN/checkpoint-N` of an online demo run failed with transformers' 'Repo id must
+    use alphanumeric chars' error. The demo's SFT model (built, here replaced by a tiny stand-in) now loads."""
+    import torch
+    from safetensors.torch import save_file
+
+    import preflab.online.tasks as tasks
+    from preflab.eval.loading import load_for_eval
+    from preflab.models.tiny import tiny_causal_lm
+
+    monkeypatch.setattr(tasks, "_demo_sft_model", lambda cfg, tok: tiny_causal_lm(tok, hidden_size=32, seed=cfg.seed))
+    ref, tok = load_for_eval("builtin:demo-sft", seed=2)
+    want = tiny_causal_lm(tok, hidden_size=32, seed=2).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in ref.state_dict().items())
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("task: online\nmodel_name_or_path: builtin:demo-sft\nseed: 2\n")
+    (ckpt / "trainer_state.json").write_text("{}")
+    moved = {k: v + 1.0 for k, v in want.items() if k.endswith("norm.weight")}
+    save_file(moved, str(ckpt / "model.safetensors"))
+    policy, _ = load_for_eval(str(ckpt))
+    got = policy.state_dict()
+    assert all(torch.equal(got[k], moved[k]) for k in moved) and len(moved) > 0
+    assert all(torch.equal(got[k], want[k]) for k in want if k not in moved)

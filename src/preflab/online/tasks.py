@@ -132,6 +132,17 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
                       f"{nearest(spec, ['demo_true_reward', 'demo_echo_reward'])}")
 
 
+def demo_sft(seed: int = 0):
+    """(model, tokenizer) of builtin:demo-sft for `seed`: the starting policy (and reference) of the online demo
+    runs, e.g. for `preflab eval --reference builtin:demo-sft`."""
+    from types import SimpleNamespace
+
+    from preflab.models.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("char")
+    return _demo_sft_model(SimpleNamespace(seed=seed), tokenizer), tokenizer
+
+
 def _demo_sft_model(cfg, tokenizer):
     """The demo's SFT-stage model (preflab.demo.run, stage 1), built once and cached as safetensors."""
     from safetensors.torch import load_file, save_file
