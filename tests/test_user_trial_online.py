@@ -210,3 +210,33 @@ def test_eval_loads_builtin_demo_sft_as_reference_and_as_an_online_checkpoints_b
     got = policy.state_dict()
     assert all(torch.equal(got[k], moved[k]) for k in moved) and len(moved) > 0
     assert all(torch.equal(got[k], want[k]) for k in want if k not in moved)
+
+
+def test_a_written_loss_type_sigmoid_is_not_silently_replaced_by_the_recipes_objective():
+    """trainer: rso with loss_type: sigmoid trained hinge_norm (sppo: sppo, ...) without a word: sigmoid is also the
+    default, which the recipe replaces. A game trainer with another loss_type failed with 'IPO has no parameter
+    tau' (the recipe's parameters were given to the user's objective)."""
+    from preflab.config import config_from_dict
+
+    base = {"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft", "max_steps": 2}
+    with pytest.raises(ConfigError, match="trainer 'rso' trains its own objective 'hinge_norm'.*pair_builder: rso"):
+        config_from_dict({**base, "trainer": "rso", "loss_type": "sigmoid"})
+    assert config_from_dict({**base, "trainer": "rso"}).loss_type == "hinge_norm"       # left out: the recipe's
+    assert config_from_dict({**base, "trainer": "rso", "loss_type": "ipo"}).loss_type == "ipo"  # another: used
+    assert config_from_dict({**base, "trainer": "iterative_dpo", "loss_type": "sigmoid"}).loss_type == "sigmoid"
+    game = {**base, "online_task": "game", "model_name_or_path": "builtin:tiny-llama",
+            "game_preferences": [[0.5, 0.7], [0.3, 0.5]]}
+    with pytest.raises(ConfigError, match="trainer 'inpo' builds the game's examples for its own objective 'inpo'"):
+        config_from_dict({**game, "trainer": "inpo", "loss_type": "ipo"})
+
+
+# ---------------------------------------------------------------------------------------------- diffusion
+def test_diffusion_resolution_must_fit_the_vae(tmp_path):
+    """resolution=15 on the tiny pipeline (VAE scale factor 2) trained on 7x7 latents of 15x15 images (floored
+    silently; the saved pipeline then refuses to generate at that size). Now refused, naming the sizes that fit."""
+    from preflab.loops.diffusion import DiffusionRun
+
+    cfg = load_config("examples/diffusion/diffusion_dpo.yaml", ["resolution=15", "eval_dataset_name=null",
+                                                                 f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="resolution=15 is not a multiple of the VAE's scale factor 2.*14 or 16"):
+        DiffusionRun(cfg)

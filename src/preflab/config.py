@@ -479,6 +479,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))
     cfg = TrainConfig(**known)
+    from preflab.online.options import check_explicit_loss_type
+
+    check_explicit_loss_type(cfg, known)
     for key, value in extra.items():
         cfg.objective_params[key] = value
     from preflab.objectives import check_modality

@@ -46,6 +46,19 @@ def check_diffusion_objective(cfg, objective) -> None:
             "smpo_diffusion, diffusion_inpo, dcpo, ppd or self_npo. Use task: dpo for language models.")
 
 
+def check_resolution(resolution: int, components) -> None:
+    """The VAE maps resolution x resolution pixels to (resolution / f)^2 latents, f = 2^(VAE levels - 1) (8 for SD):
+    another size was floored silently (the trained pixels and the latents no longer line up) and the saved pipeline
+    refuses to generate at it (diffusers: height and width divisible by 8), so it is refused here."""
+    vae = components.vae
+    factor = getattr(components.pipeline, "vae_scale_factor", None) or \
+        2 ** (len(getattr(vae.config, "block_out_channels", [0])) - 1)
+    if resolution % factor:
+        lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
+        raise ConfigError(f"resolution={resolution} is not a multiple of the VAE's scale factor {factor} (its "
+                          f"latents would be {resolution / factor:g} wide); use {lower or upper} or {upper}.")
+
+
 def check_diffusion_options(cfg) -> None:
     """The diffusion block of TrainConfig: impossible values -> ConfigError (before any model loads)."""
     from preflab.diffusion.captions import STRENGTHS
@@ -148,6 +161,7 @@ class DiffusionRun(TrainingRun):
         self.train_data, self.eval_data = train_data, eval_data or []
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
+        check_resolution(cfg.resolution, self.components)
         self.schedule = NoiseSchedule.from_scheduler(self.components.scheduler)
         self.scorer = None if self.self_npo else DiffusionPairScorer(
             noiser_for(self.objective, self.schedule, **cfg.diffusion_noising))

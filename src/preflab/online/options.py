@@ -53,6 +53,9 @@ def check_online(cfg) -> None:
         raise ConfigError(f"loss_type={cfg.loss_type!r} is a TRL GRPOConfig loss_type; in preflab it is the group "
                           f"recipe `trainer: {cfg.loss_type}` (got trainer {cfg.trainer!r}). Set trainer: "
                           f"{cfg.loss_type} and leave loss_type out.")
+    if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
+        raise ConfigError(f"trainer {cfg.trainer!r} builds the game's examples for its own objective "
+                          f"{spec.loss_type!r}; loss_type={cfg.loss_type!r} cannot train them. Leave loss_type out.")
     if cfg.loss_type == "sigmoid" and spec.loss_type:
         cfg.loss_type = spec.loss_type
     _check_objective_fits(cfg, spec)
@@ -130,3 +133,19 @@ def unread_online_options(cfg) -> list[str]:
                        f"{cfg.trainer!r} with online_task {cfg.online_task!r}; remove "
                        f"{'it' if len(used) == 1 else 'them'} (or change trainer).")
     return out
+
+
+def check_explicit_loss_type(cfg, given: dict) -> None:
+    """`loss_type: sigmoid` written in the config of a recipe with its own objective (rso: hinge_norm, sppo, ...) was
+    replaced by that objective without a word (sigmoid is also the default, so check_online cannot tell); refused
+    here, where the written keys are known."""
+    from preflab.online.trainers import TRAINERS
+
+    spec = TRAINERS.get(cfg.task == "online" and cfg.trainer)
+    if spec is None or given.get("loss_type") != "sigmoid" or spec.loss_type in (None, "sigmoid"):
+        return
+    other = " (or trainer: online_dpo with pair_builder: rso for DPO's loss on RSO pairs)" if cfg.trainer == "rso" \
+        else ""
+    raise ConfigError(f"trainer {cfg.trainer!r} trains its own objective {spec.loss_type!r}; the loss_type: sigmoid "
+                      f"in the config would be replaced by it. Leave loss_type out{other}, or give another "
+                      "loss_type to use it on this recipe's pairs.")
