@@ -1,6 +1,7 @@
 """Regressions from a second new-user trial (online, tool, vision and diffusion paths; changes/newuser2.md): each
 failed on the code before."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -192,9 +193,9 @@ def test_eval_loads_builtin_demo_sft_as_reference_and_as_an_online_checkpoints_b
     import torch
     from safetensors.torch import save_file
 
-    import preflab.online.tasks as tasks
     from preflab.eval.loading import load_for_eval
     from preflab.models.tiny import tiny_causal_lm
+    from preflab.online import tasks
 
     monkeypatch.setattr(tasks, "_demo_sft_model", lambda cfg, tok: tiny_causal_lm(tok, hidden_size=32, seed=cfg.seed))
     ref, tok = load_for_eval("builtin:demo-sft", seed=2)
@@ -228,6 +229,39 @@ def test_a_written_loss_type_sigmoid_is_not_silently_replaced_by_the_recipes_obj
             "game_preferences": [[0.5, 0.7], [0.3, 0.5]]}
     with pytest.raises(ConfigError, match="trainer 'inpo' builds the game's examples for its own objective 'inpo'"):
         config_from_dict({**game, "trainer": "inpo", "loss_type": "ipo"})
+
+
+def test_progress_bar_shows_the_online_reward():
+    """A GRPO run's bar showed only `loss=-0.0000` (GRPO's loss is ~0 by construction at every step), which reads
+    as 'nothing trains'; it now shows the round's sampled reward (and the game's TV to the equilibrium)."""
+    from types import SimpleNamespace
+
+    from preflab.runlog import Progress
+
+    bar = Progress(3, 0, enabled=False)
+    bar.update(SimpleNamespace(loss=0.0, metrics={"reward": 0.5443, "tv_to_equilibrium": 0.01234}), 10)
+    post = bar.bar.postfix if isinstance(bar.bar.postfix, str) else str(bar.bar.postfix)
+    assert "reward=0.544" in post and "tv=0.0123" in post
+
+
+def test_vision_prompt_rows_skipped_are_said_and_recorded(tmp_path, capsys):
+    """online_task: vision_dataset with on_bad_row: skip dropped a row whose image is missing without a word, and
+    summary.json `data` stayed {} (text prompts print `preflab: data:` and record `prompt_rows`)."""
+    import shutil
+
+    from preflab.models.tiny_vlm import tiny_vlm_processor
+    from preflab.online.vision import load_vision_task
+
+    rows = [json.loads(line) for line in Path("examples/vlm/data/grounding.jsonl").read_text().splitlines()]
+    shutil.copytree("examples/vlm/data/grounding", tmp_path / "grounding")
+    rows[1]["images"] = ["grounding/none.png"]
+    data = tmp_path / "g.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config("examples/vlm/vision_r1.yaml", [f"dataset_name={data}", "on_bad_row=skip"])
+    task = load_vision_task(cfg, tiny_vlm_processor())
+    assert len(task.rows) == len(rows) - 1
+    assert task.data_report["prompt_rows"]["skipped"] == {"bad_image": 1}
+    assert f"{len(rows)} rows, {len(rows) - 1} kept, 1 skipped (bad_image: 1)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- diffusion

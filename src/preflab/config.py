@@ -217,9 +217,8 @@ class TrainConfig:
     def _conflicts(self) -> list[str]:
         from preflab.loops.streaming import streaming_conflicts
         from preflab.models.quantize import quantization_conflicts
-        from preflab.scoring.compile import compile_conflicts
-
         from preflab.online.options import unread_online_options
+        from preflab.scoring.compile import compile_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += unread_online_options(self)

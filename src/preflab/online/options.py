@@ -118,8 +118,10 @@ def unread_online_options(cfg) -> list[str]:
     if cfg.task != "online":
         names = [n for group, _, _ in _READERS for n in group] + list(_ONLINE_ONLY)
         used = [n for n in names if changed(n)]
-        return [f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to task: online (this is task: "
-                f"{cfg.task}); remove {'it' if len(used) == 1 else 'them'}."] if used else []
+        if not used:
+            return []
+        return [(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to task: online (this is task: "
+                 f"{cfg.task}); remove {'it' if len(used) == 1 else 'them'}.")]
     from preflab.online.trainers import TRAINERS
 
     spec = TRAINERS.get(cfg.trainer)
