@@ -264,6 +264,15 @@ def test_vision_prompt_rows_skipped_are_said_and_recorded(tmp_path, capsys):
     assert f"{len(rows)} rows, {len(rows) - 1} kept, 1 skipped (bad_image: 1)" in capsys.readouterr().out
 
 
+def test_a_round_with_fewer_examples_than_steps_says_so(tmp_path, capsys):
+    """steps_per_generation above a round's example count (3 prompts x one pair, 5 steps) left steps without
+    examples: zero-gradient steps, counted in summary.json but never said (a round with no example at all was)."""
+    summary = online_run(online_cfg(tmp_path, prompts_per_generation=3, steps_per_generation=5, max_steps=5)).train()
+    out = capsys.readouterr().out
+    assert summary["online"]["empty_steps"] >= 2
+    assert "training examples for steps_per_generation=5 steps" in out and "zero-gradient" in out
+
+
 # ---------------------------------------------------------------------------------------------- diffusion
 def test_diffusion_resolution_must_fit_the_vae(tmp_path):
     """resolution=15 on the tiny pipeline (VAE scale factor 2) trained on 7x7 latents of 15x15 images (floored

@@ -289,6 +289,11 @@ class OnlineRun(TrainingRun):
         order = torch.randperm(len(examples), generator=g).tolist()
         spg = cfg.steps_per_generation
         slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
+        if 0 < len(order) < spg and self.main and not getattr(self, "_said_short_round", False):
+            self._said_short_round = True  # once per run; every empty step is counted in online.empty_steps
+            print(f"preflab: note: round {r + 1} gave {len(order)} training examples for steps_per_generation={spg} "
+                  f"steps: {spg - len(order)} of its steps get none and are zero-gradient (counted in summary.json "
+                  "online.empty_steps). Lower steps_per_generation or raise prompts_per_generation.", flush=True)
         valid_scores = flat[~flat.isnan()]
         empty = sum(1 for t, c in zip(texts, ids) if not c or t in ("", []) or
                     (isinstance(t, list) and not t[0]["content"]))
