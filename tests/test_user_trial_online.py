@@ -34,6 +34,26 @@ def test_recipe_params_of_the_wrong_type_are_refused_naming_the_option():
     assert params == {"dpo_learning_rate": 3e-4, "sft_steps": 5}
 
 
+def test_a_recipe_run_writes_its_config_and_preflab_report_reads_it(monkeypatch, tmp_path):
+    """A recipe run (task: icpl, ...) wrote summary.json and its state but no config.yaml, so `preflab report` on
+    it said 'holds no preflab run'. Now the resolved config is saved and the report shows metric_before/after."""
+    import preflab.recipes as recipes
+    from preflab.config import config_from_dict
+    from preflab.report.html import write_report
+
+    def recipe(output_dir, seed=0, quiet=False):
+        Path(output_dir).mkdir(parents=True)
+        summary = {"metric_name": "accuracy", "metric_before": 0.25, "metric_after": 0.5}
+        (Path(output_dir) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(recipes, "recipe_function", lambda task: recipe)
+    out = tmp_path / "run"
+    recipes.run_recipe(config_from_dict({"task": "themis", "recipe_params": {}, "output_dir": str(out), "seed": 7}))
+    assert load_config(out / "config.yaml").seed == 7
+    assert "metric_before" in write_report([out], tmp_path / "r.html").read_text()
+
+
 @pytest.mark.parametrize("limits", [{"timeout_s": -1}, {"max_workers": 0}])
 def test_dstc_refuses_bad_sandbox_limits_before_the_warm_up(monkeypatch, tmp_path, limits):
     """timeout_s=-1 / max_workers=0 were refused by the sandbox at the first program run, after the warm-up SFT

@@ -89,4 +89,9 @@ def run_recipe(cfg) -> dict:
     if common["resume"] and "resume" not in accepted:  # never silently rerun a recipe from scratch
         raise ConfigError(f"task {cfg.task!r} cannot resume (its recipe has no resume): drop "
                           "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")
-    return fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
+    summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
+    from pathlib import Path
+
+    if Path(cfg.output_dir).is_dir():  # the resolved config beside summary.json, as every run (`preflab report`)
+        cfg.save(Path(cfg.output_dir) / "config.yaml")
+    return summary
