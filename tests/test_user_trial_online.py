@@ -233,6 +233,25 @@ def test_eval_loads_builtin_demo_sft_as_reference_and_as_an_online_checkpoints_b
     assert all(torch.equal(got[k], want[k]) for k in want if k not in moved)
 
 
+@pytest.mark.parametrize("task, over, named", [
+    ("vlm", {"resolution": 32}, "resolution only applies to task: diffusion"),
+    ("dpo", {"vision_pairs": "pami_vdpo"}, "vision_pairs only applies to task: vlm"),
+    ("dpo", {"caption_perturbation": "strong"}, "caption_perturbation only applies to task: diffusion"),
+    ("dpo", {"hypo_online_samples": 8}, "hypo_online_samples only applies to task: dpo with loss_type: hypo"),
+    ("dpo", {"recipe_params": {"iterations": 2}}, "recipe_params only applies to the recipe tasks"),
+])
+def test_an_option_another_task_reads_is_refused(task, over, named):
+    """Diffusion options under task: vlm, vision-pair options under task: dpo, hypo_online_samples without
+    loss_type hypo and recipe_params under a training task were accepted and silently ignored."""
+    from preflab.config import config_from_dict
+
+    base = {"task": task, "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+    with pytest.raises(ConfigError, match=named):
+        config_from_dict({**base, **over})
+    if task == "dpo":  # the run that reads the option takes it
+        config_from_dict({**base, "loss_type": "hypo", "hypo_online_samples": 8})
+
+
 def test_a_written_loss_type_sigmoid_is_not_silently_replaced_by_the_recipes_objective():
     """trainer: rso with loss_type: sigmoid trained hinge_norm (sppo: sppo, ...) without a word: sigmoid is also the
     default, which the recipe replaces. A game trainer with another loss_type failed with 'IPO has no parameter

@@ -222,6 +222,9 @@ class TrainConfig:
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += unread_online_options(self)
+        from preflab.config_owners import unread_task_options
+
+        out += unread_task_options(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
