@@ -37,7 +37,7 @@ def test_recipe_params_of_the_wrong_type_are_refused_naming_the_option():
 def test_a_recipe_run_writes_its_config_and_preflab_report_reads_it(monkeypatch, tmp_path):
     """A recipe run (task: icpl, ...) wrote summary.json and its state but no config.yaml, so `preflab report` on
     it said 'holds no preflab run'. Now the resolved config is saved and the report shows metric_before/after."""
-    import preflab.recipes as recipes
+    from preflab import recipes
     from preflab.config import config_from_dict
     from preflab.report.html import write_report
 
@@ -52,6 +52,16 @@ def test_a_recipe_run_writes_its_config_and_preflab_report_reads_it(monkeypatch,
     recipes.run_recipe(config_from_dict({"task": "themis", "recipe_params": {}, "output_dir": str(out), "seed": 7}))
     assert load_config(out / "config.yaml").seed == 7
     assert "metric_before" in write_report([out], tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("bad", [{"arms": 0}, {"dims": -1}])
+def test_icpl_refuses_an_empty_bandit(tmp_path, bad):
+    """recipe_params.arms=0 / dims=-1 crashed inside numpy with a raw traceback ('max() arg is an empty sequence',
+    'negative dimensions are not allowed')."""
+    from preflab.reward_design.recipe import run_icpl_recipe
+
+    with pytest.raises(ConfigError, match="need arms >= 2, dims >= 1"):
+        run_icpl_recipe(str(tmp_path / "icpl"), quiet=True, **bad)
 
 
 @pytest.mark.parametrize("limits", [{"timeout_s": -1}, {"max_workers": 0}])
