@@ -332,3 +332,15 @@ def test_diffusion_resolution_must_fit_the_vae(tmp_path):
                                                                  f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="resolution=15 is not a multiple of the VAE's scale factor 2.*14 or 16"):
         DiffusionRun(cfg)
+
+
+
+def test_dcpo_without_a_second_caption_is_refused(tmp_path):
+    """loss_type dcpo on pairs without caption_chosen / caption_rejected and caption_perturbation: none trained
+    Diffusion-DPO under DCPO's name (both images conditioned on the one prompt), without a word."""
+    from preflab.loops.diffusion import DiffusionRun
+
+    cfg = load_config("examples/diffusion/dcpo.yaml", ["caption_perturbation=none", "eval_dataset_name=null",
+                                                        f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="none of the 16 training pairs has two different captions"):
+        DiffusionRun(cfg)

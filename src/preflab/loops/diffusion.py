@@ -206,7 +206,23 @@ class DiffusionRun(TrainingRun):
                   f"{report.ties_dropped} ties dropped); {len(train)} train, {len(evals)} eval examples")
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
+        if self.dcpo:
+            self._check_dual_captions(train)
         return train, evals, out
+
+    def _check_dual_captions(self, train) -> None:
+        """DCPO's point is a caption per image; a pair whose two captions are the same text is a Diffusion-DPO pair.
+        All such: refused (the run would be diffusion_dpo under another name); some: said with their count."""
+        same = sum(1 for x in train if x.cond_chosen == x.cond_rejected)
+        if same == len(train):
+            raise ConfigError(
+                f"loss_type dcpo: none of the {len(train)} training pairs has two different captions (no "
+                "caption_chosen / caption_rejected columns, caption_perturbation: none), so it would train exactly "
+                "diffusion_dpo. Give the captions, set caption_perturbation: weak | medium | strong, or use "
+                "loss_type: diffusion_dpo.")
+        if same and self.main:
+            print(f"preflab: note: dcpo: {same} of {len(train)} training pairs have the same caption for both "
+                  "images (Diffusion-DPO pairs).", flush=True)
 
     def _perturb_captions(self, examples) -> None:
         from preflab.diffusion.captions import caption_vocabulary, perturb_caption
