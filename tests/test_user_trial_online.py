@@ -344,3 +344,23 @@ def test_dcpo_without_a_second_caption_is_refused(tmp_path):
                                                         f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="none of the 16 training pairs has two different captions"):
         DiffusionRun(cfg)
+
+
+
+# ---------------------------------------------------------------------------------------------- vision
+def test_cat_adpo_with_lora_saves_the_trained_clue_aggregator(tmp_path):
+    """examples/vlm/cat_adpo.yaml (LoRA + clue aggregator): peft's save_pretrained kept the adapters only, so the
+    trained clue aggregator (in every checkpoint) was missing from the final output_dir."""
+    import torch
+    from safetensors.torch import load_file
+
+    from preflab.loops.vlm import VisionTrainer
+    from preflab.models.clue_aggregator import clue_aggregator_of
+
+    cfg = load_config("examples/vlm/cat_adpo.yaml", ["max_steps=2", f"output_dir={tmp_path}", "disable_tqdm=true"])
+    run = VisionTrainer(cfg)
+    run.train()
+    saved = load_file(str(tmp_path / "clue_aggregator.safetensors"))
+    live = clue_aggregator_of(run.policy).state_dict()
+    assert saved.keys() == live.keys() and all(torch.equal(saved[k], live[k].cpu()) for k in live)
+    assert float(saved["out.weight"].abs().max()) > 0  # zero-initialised: it trained
