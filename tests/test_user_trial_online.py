@@ -322,6 +322,18 @@ def test_a_round_with_fewer_examples_than_steps_says_so(tmp_path, capsys):
     assert "training examples for steps_per_generation=5 steps" in out and "zero-gradient" in out
 
 
+def test_typos_in_vision_pair_params_and_diffusion_noising_get_a_did_you_mean():
+    """The builders' and noiser's own option typos listed the options but named no close match."""
+    from preflab.data.vision_pairs import check_builder
+    from preflab.loops.diffusion import check_diffusion_options
+
+    with pytest.raises(ConfigError, match="Did you mean 'tau_sim'"):
+        check_builder("pami_vdpo", {"tau_simm": 0.9})
+    cfg = load_config("examples/diffusion/diffusion_dpo.yaml", ["diffusion_noising.modee=inversion"])
+    with pytest.raises(ConfigError, match="Did you mean 'mode'"):
+        check_diffusion_options(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- diffusion
 def test_diffusion_resolution_must_fit_the_vae(tmp_path):
     """resolution=15 on the tiny pipeline (VAE scale factor 2) trained on 7x7 latents of 15x15 images (floored

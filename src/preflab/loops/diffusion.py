@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, nearest
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
 from preflab.objectives.base import UnpairedBatch
 
@@ -78,7 +78,8 @@ def check_diffusion_options(cfg) -> None:
              "min_timestep", "max_timestep"}
     unknown = sorted(set(cfg.diffusion_noising) - known)
     if unknown:
-        raise ConfigError(f"diffusion_noising has unknown keys {unknown}; the keys are {sorted(known)}.")
+        hints = "".join(nearest(k, known) for k in unknown)
+        raise ConfigError(f"diffusion_noising has unknown keys {unknown};{hints} the keys are {sorted(known)}.")
 
 
 def draw_seed(*parts) -> int:
