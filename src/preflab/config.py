@@ -218,9 +218,14 @@ class TrainConfig:
     def _conflicts(self) -> list[str]:
         from preflab.loops.streaming import streaming_conflicts
         from preflab.models.quantize import quantization_conflicts
+        from preflab.online.options import unread_online_options
         from preflab.scoring.compile import compile_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
+        out += unread_online_options(self)
+        from preflab.config_owners import unread_task_options
+
+        out += unread_task_options(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
@@ -477,6 +482,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))
     cfg = TrainConfig(**known)
+    from preflab.online.options import check_explicit_loss_type
+
+    check_explicit_loss_type(cfg, known)
     for key, value in extra.items():
         cfg.objective_params[key] = value
     from preflab.objectives import check_modality
@@ -567,11 +575,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
     for item in overrides:
         key, value = parse_override(item)
-        if key.startswith("objective_params."):
-            raw.setdefault("objective_params", {})[key.split(".", 1)[1]] = value
+        head, dot, sub = key.partition(".")
+        if dot and head in NESTED_OPTIONS:  # recipe_params.iterations=3 sets one key of a dict option
+            nested = raw.get(head)
+            if nested is None:
+                nested = raw[head] = {}
+            if not isinstance(nested, dict):
+                raise ConfigError(f"override {item!r}: {head} is {nested!r} in the config, not a mapping.")
+            nested[sub] = value
         else:
             raw[key] = value
     return config_from_dict(raw)
+
+
+# options that are mappings: `name.key=value` on the command line sets one key of them
+NESTED_OPTIONS = ("objective_params", "recipe_params", "vision_pair_params", "diffusion_noising",
+                  "model_init_kwargs", "ref_model_init_kwargs")
 
 
 def preflight(cfg: TrainConfig, check_models: bool = True) -> None:

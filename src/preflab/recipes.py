@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, nearest
 
 RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "raft_ladder": "preflab.ladder.recipe:run_raft_ladder",
@@ -32,11 +32,52 @@ def recipe_function(task: str):
 
 
 def check_recipe_params(task: str, params: dict) -> None:
-    """Unknown recipe_params keys are a ConfigError listing the recipe's options (checked before anything runs)."""
-    accepted = [p for p in inspect.signature(recipe_function(task)).parameters if p not in _COMMON]
+    """Unknown recipe_params keys, and values of the wrong type for the recipe function's type hints, are a
+    ConfigError listing the recipe's options (checked before anything runs); a number written as text (YAML's 3e-4)
+    becomes a float in `params`."""
+    signature = inspect.signature(recipe_function(task)).parameters
+    accepted = [p for p in signature if p not in _COMMON]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ConfigError(f"recipe_params {unknown} are not options of task {task!r}; its options: {accepted}.")
+        hints = "".join(nearest(k, accepted) for k in unknown)
+        raise ConfigError(f"recipe_params {unknown} are not options of task {task!r}.{hints} Its options: "
+                          f"{accepted}.")
+    for k, v in params.items():  # YAML reads 3e-4 as a string; the top-level options take it as a number too
+        if isinstance(v, str) and _annotation(signature[k].annotation)[0] == "float":
+            try:
+                params[k] = float(v)
+            except ValueError:
+                pass
+    wrong = [f"recipe_params.{k}={v!r} is not {_TYPE_WORDS[kind]}" + (" or null" if optional else "")
+             for k, v in params.items() for kind, optional in [_annotation(signature[k].annotation)]
+             if kind is not None and not (v is None and optional) and not _fits(v, kind)]
+    if wrong:
+        raise ConfigError(f"task {task!r}: " + "; ".join(wrong) + " (its default: "
+                          + ", ".join(f"{k}={signature[k].default!r}" for k in params
+                                      if any(w.startswith(f"recipe_params.{k}=") for w in wrong)) + ").")
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "tuple": "a list"}
+
+
+def _annotation(annotation) -> tuple[str | None, bool]:
+    """('int' | 'float' | 'bool' | 'str' | 'tuple' | None, whether None is allowed) of a recipe option's type hint
+    (a string under `from __future__ import annotations`); None: not checked here."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = [p.strip() for p in text.split("|")]
+    kinds = [p for p in parts if p in _TYPE_WORDS]
+    return (kinds[0] if len(kinds) == 1 and len(parts) - ("None" in parts) == 1 else None), "None" in parts
+
+
+def _fits(value, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str) if kind == "str" else isinstance(value, (list, tuple))
 
 
 def run_recipe(cfg) -> dict:
@@ -48,4 +89,9 @@ def run_recipe(cfg) -> dict:
     if common["resume"] and "resume" not in accepted:  # never silently rerun a recipe from scratch
         raise ConfigError(f"task {cfg.task!r} cannot resume (its recipe has no resume): drop "
                           "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")
-    return fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
+    summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
+    from pathlib import Path
+
+    if Path(cfg.output_dir).is_dir():  # the resolved config beside summary.json, as every run (`preflab report`)
+        cfg.save(Path(cfg.output_dir) / "config.yaml")
+    return summary

@@ -63,7 +63,8 @@ class MetricsLog:
 
 
 class Progress:
-    """A tqdm bar with loss, margin, accuracy, tokens/s; ETA comes from tqdm."""
+    """A tqdm bar with loss, margin, accuracy (online runs: the sampled reward; the game: TV to the equilibrium),
+    tokens/s; ETA comes from tqdm."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
@@ -78,6 +79,10 @@ class Progress:
             post["margin"] = f"{result.metrics['rewards/margins']:.3f}"
         if "rewards/accuracies" in result.metrics:
             post["acc"] = f"{result.metrics['rewards/accuracies']:.2f}"
+        if "reward" in result.metrics:  # online runs: the judged reward of the round's samples (a GRPO loss is ~0)
+            post["reward"] = f"{result.metrics['reward']:.3f}"
+        if "tv_to_equilibrium" in result.metrics:  # the preference game: distance to the equilibrium
+            post["tv"] = f"{result.metrics['tv_to_equilibrium']:.3g}"
         post["tok/s"] = f"{self.tokens / elapsed:.0f}"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)

@@ -35,6 +35,7 @@ def cfg_of(out, **over):
                 logging_steps=1, seed=0, disable_tqdm=True, use_cpu=True, output_dir=str(out))
     if over.get("loss_type", "hypo") != "hypo":
         base.pop("lam")
+        base.pop("hypo_online_samples")  # read by loss_type hypo only (refused elsewhere)
     return config_from_dict({**base, **over})
 
 

@@ -31,7 +31,7 @@ import re
 import torch
 
 from preflab.data.vision import VisionPairExample
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, nearest
 
 BUILDERS = ("given", "pami_vdpo", "cat_adpo")
 SPATIAL = ("flip", "crop", "blur", "noise", "colour", "mask")
@@ -47,8 +47,9 @@ def check_builder(name: str, params: dict) -> None:
         raise ConfigError(f"vision_pairs must be one of {BUILDERS}, got {name!r}.")
     unknown = set(params) - allowed[name]
     if unknown:
-        raise ConfigError(f"vision_pair_params {sorted(unknown)} are not parameters of the {name!r} builder; it takes "
-                          f"{sorted(allowed[name]) or 'none'}.")
+        hints = "".join(nearest(k, allowed[name]) for k in sorted(unknown))
+        raise ConfigError(f"vision_pair_params {sorted(unknown)} are not parameters of the {name!r} builder;{hints} it "
+                          f"takes {sorted(allowed[name]) or 'none'}.")
     for aug in params.get("augmentations", []):
         if aug not in SPATIAL + TEMPORAL:
             raise ConfigError(f"unknown PaMi-VDPO augmentation {aug!r}; choose from {SPATIAL + TEMPORAL}.")

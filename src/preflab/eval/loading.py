@@ -7,6 +7,7 @@ Accepted forms (safetensors only, through preflab.models.load; pickle weights ne
     checkpoint-<step>/          model.safetensors with the trainable parameters + trainer_state.json; the base is
                                 rebuilt from the saved config and the parameters are loaded over it
     builtin:tiny-llama etc.     a builtin random model (seeded as in training: the run's `seed`)
+    builtin:demo-sft            the online demo runs' starting policy (the demo's SFT model for the run's `seed`)
 The tokenizer is the one saved beside the weights (or in the run directory above a checkpoint).
 """
 from __future__ import annotations
@@ -18,6 +19,17 @@ import yaml
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.models.load import BUILTIN, check_weights_safe, load_causal_lm, load_tokenizer
+
+
+DEMO_SFT = "builtin:demo-sft"  # the online demo runs' starting policy (preflab.online.tasks), built and cached
+
+
+def _demo_sft(seed: int):
+    """(model, tokenizer) of builtin:demo-sft. The online room builds it and imports this room, so it is reached by
+    name, as preflab.models.load reaches its BUILTIN_REGISTRIES."""
+    import importlib
+
+    return importlib.import_module("preflab.online.tasks").demo_sft(int(seed or 0))
 
 
 def run_config(path: str | Path) -> dict:
@@ -84,10 +96,13 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         if tokenizer is None:
             tokenizer = load_tokenizer(name)
         return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
+    if name == DEMO_SFT:
+        model, own = _demo_sft(seed)
+        return model.eval(), tokenizer or own
     path = Path(name)
     if not path.is_dir():
         raise ConfigError(f"{name} is not a directory; give a run directory saved by `preflab train`, a "
-                          "checkpoint-<step> directory or a builtin:tiny-* name.")
+                          f"checkpoint-<step> directory, a builtin:tiny-* name or {DEMO_SFT}.")
     check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
     cfg = run_config(path)
     if cfg.get("task") in ("reward", "diffusion"):  # else a reward model's backbone is scored as a policy
@@ -121,8 +136,12 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     if cfg.get("use_peft"):
         raise PreflabError(f"{path} is a LoRA training checkpoint; evaluate the final run directory (adapters "
                            "are saved there with their config), or train without use_peft.")
-    tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
-    model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+    if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
+        model, own = _demo_sft(cfg.get("seed", 0))
+        tok = tokenizer or own
+    else:
+        tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
+        model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]

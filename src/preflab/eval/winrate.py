@@ -17,7 +17,6 @@ Interfaces (TRL's, so existing functions plug in):
 """
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -85,15 +84,11 @@ def judge_outcomes(judge, prompts: list, policy_answers: list[str], reference_an
 
 
 def load_callable(spec: str) -> Callable:
-    """'package.module:name' -> the object (a reward function or judge the user names on the command line); a
+    """'package.module:name' or 'path/to/file.py:name' -> the object (a reward function or judge the user names on the command line); a
     class is instantiated with no arguments (e.g. a TRL judge class)."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ConfigError(f"{spec!r} is not 'module:name'; e.g. --reward-fn mypkg.rewards:helpfulness.")
-    try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot load {spec!r} ({err}); is the module on PYTHONPATH?") from err
+    from preflab.plugins import import_object
+
+    obj = import_object(spec, "--reward-fn / --judge")
     return obj() if isinstance(obj, type) else obj
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, nearest
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
 from preflab.objectives.base import UnpairedBatch
 
@@ -46,6 +46,19 @@ def check_diffusion_objective(cfg, objective) -> None:
             "smpo_diffusion, diffusion_inpo, dcpo, ppd or self_npo. Use task: dpo for language models.")
 
 
+def check_resolution(resolution: int, components) -> None:
+    """The VAE maps resolution x resolution pixels to (resolution / f)^2 latents, f = 2^(VAE levels - 1) (8 for SD):
+    another size was floored silently (the trained pixels and the latents no longer line up) and the saved pipeline
+    refuses to generate at it (diffusers: height and width divisible by 8), so it is refused here."""
+    vae = components.vae
+    factor = getattr(components.pipeline, "vae_scale_factor", None) or \
+        2 ** (len(getattr(vae.config, "block_out_channels", [0])) - 1)
+    if resolution % factor:
+        lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
+        raise ConfigError(f"resolution={resolution} is not a multiple of the VAE's scale factor {factor} (its "
+                          f"latents would be {resolution / factor:g} wide); use {lower or upper} or {upper}.")
+
+
 def check_diffusion_options(cfg) -> None:
     """The diffusion block of TrainConfig: impossible values -> ConfigError (before any model loads)."""
     from preflab.diffusion.captions import STRENGTHS
@@ -65,7 +78,8 @@ def check_diffusion_options(cfg) -> None:
              "min_timestep", "max_timestep"}
     unknown = sorted(set(cfg.diffusion_noising) - known)
     if unknown:
-        raise ConfigError(f"diffusion_noising has unknown keys {unknown}; the keys are {sorted(known)}.")
+        hints = "".join(nearest(k, known) for k in unknown)
+        raise ConfigError(f"diffusion_noising has unknown keys {unknown};{hints} the keys are {sorted(known)}.")
 
 
 def draw_seed(*parts) -> int:
@@ -148,6 +162,7 @@ class DiffusionRun(TrainingRun):
         self.train_data, self.eval_data = train_data, eval_data or []
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
+        check_resolution(cfg.resolution, self.components)
         self.schedule = NoiseSchedule.from_scheduler(self.components.scheduler)
         self.scorer = None if self.self_npo else DiffusionPairScorer(
             noiser_for(self.objective, self.schedule, **cfg.diffusion_noising))
@@ -192,7 +207,23 @@ class DiffusionRun(TrainingRun):
                   f"{report.ties_dropped} ties dropped); {len(train)} train, {len(evals)} eval examples")
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
+        if self.dcpo:
+            self._check_dual_captions(train)
         return train, evals, out
+
+    def _check_dual_captions(self, train) -> None:
+        """DCPO's point is a caption per image; a pair whose two captions are the same text is a Diffusion-DPO pair.
+        All such: refused (the run would be diffusion_dpo under another name); some: said with their count."""
+        same = sum(1 for x in train if x.cond_chosen == x.cond_rejected)
+        if same == len(train):
+            raise ConfigError(
+                f"loss_type dcpo: none of the {len(train)} training pairs has two different captions (no "
+                "caption_chosen / caption_rejected columns, caption_perturbation: none), so it would train exactly "
+                "diffusion_dpo. Give the captions, set caption_perturbation: weak | medium | strong, or use "
+                "loss_type: diffusion_dpo.")
+        if same and self.main:
+            print(f"preflab: note: dcpo: {same} of {len(train)} training pairs have the same caption for both "
+                  "images (Diffusion-DPO pairs).", flush=True)
 
     def _perturb_captions(self, examples) -> None:
         from preflab.diffusion.captions import caption_vocabulary, perturb_caption

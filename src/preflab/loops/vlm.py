@@ -26,6 +26,8 @@ from preflab.loops.offline import Trainer
 from preflab.objectives.base import PairBatch
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs
 
+CLUE_AGGREGATOR_FILE = "clue_aggregator.safetensors"  # a LoRA run's trained clue aggregator (CAT)
+
 
 class VisionPairKind(PairKind):
     name = "vision_pairs"
@@ -197,7 +199,16 @@ class VisionTrainer(Trainer):
         return VisionPairKind
 
     def save_model(self) -> None:
-        """Weights as safetensors (LoRA: the adapter) with the processor (tokenizer, image processor, template)."""
+        """Weights as safetensors (LoRA: the adapter, and CAT's clue aggregator, which is no adapter weight, in
+        clue_aggregator.safetensors) with the processor (tokenizer, image processor, template)."""
         model = self.accelerator.unwrap_model(self.policy)
         model.save_pretrained(self.out, safe_serialization=True)
         self.processor.save_pretrained(self.out)
+        from preflab.models.clue_aggregator import clue_aggregator_of
+
+        aggregator = clue_aggregator_of(model)
+        if aggregator is not None and hasattr(model, "peft_config"):  # peft saves the adapters only: it was lost
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().cpu() for k, v in aggregator.state_dict().items()},
+                      str(self.out / CLUE_AGGREGATOR_FILE))

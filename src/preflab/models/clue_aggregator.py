@@ -12,7 +12,8 @@ language model that rewrites the image-token embeddings of `inputs_embeds` befor
 the prompt's non-image tokens (the scorer sets each row's prompt length, so the response never leaks into the
 visual tokens; without it, e.g. in generate(), every non-image token of the input counts as the question). Its
 parameters train with the policy (also under LoRA) and are saved with it (plain transformers reloads the model
-without them, with an "unused weights" warning).
+without them, with an "unused weights" warning); under LoRA, peft saves the adapters only, so VisionTrainer
+writes the aggregator to clue_aggregator.safetensors beside them.
 
 Deviations from the code: the visual tokens are the VLM's own projected image tokens (not ImageBind features with
 per-modality self-attention), there are no Q-Formers (the VLM's projector plays that role), and V' is residual with

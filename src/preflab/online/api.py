@@ -13,7 +13,7 @@ num_iterations -> generation rounds; prompts_per_iteration -> prompts_per_genera
 epochs_per_iteration -> num_iterations (passes over a round); max_new_tokens -> max_completion_length; a round takes
 steps_per_generation = ceil(prompts / (per_device_train_batch_size x gradient_accumulation_steps)) steps (one pair
 per prompt at most with best_vs_worst). trainer: iterative_dpo when refresh_reference_every > 0, rso when
-pair_builder is rso, else online_dpo. Any other key is a TrainConfig option.
+pair_builder is rso and no loss_type is given (with a loss_type: that loss on RSO pairs), else online_dpo. Any other key is a TrainConfig option.
 """
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict) -> di
 def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
                judge_weights: Sequence[float] | None = None, **options) -> dict:
     """Run online / iterative DPO (or RSO) as an online run; returns its summary dict."""
-    trainer = "rso" if options.get("pair_builder") == "rso" else \
-        "iterative_dpo" if options.get("refresh_reference_every") else "online_dpo"
+    rso = options.get("pair_builder") == "rso" and "loss_type" not in options  # a loss_type given: it, on RSO pairs
+    trainer = "rso" if rso else "iterative_dpo" if options.get("refresh_reference_every") else "online_dpo"
     if trainer == "rso":
         options = {k: v for k, v in options.items() if k != "pair_builder"}
     return run_online(policy, tokenizer, prompts, judge, ref, judge_weights, online_options(prompts, options, trainer))

@@ -53,6 +53,9 @@ def check_online(cfg) -> None:
         raise ConfigError(f"loss_type={cfg.loss_type!r} is a TRL GRPOConfig loss_type; in preflab it is the group "
                           f"recipe `trainer: {cfg.loss_type}` (got trainer {cfg.trainer!r}). Set trainer: "
                           f"{cfg.loss_type} and leave loss_type out.")
+    if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
+        raise ConfigError(f"trainer {cfg.trainer!r} builds the game's examples for its own objective "
+                          f"{spec.loss_type!r}; loss_type={cfg.loss_type!r} cannot train them. Leave loss_type out.")
     if cfg.loss_type == "sigmoid" and spec.loss_type:
         cfg.loss_type = spec.loss_type
     _check_objective_fits(cfg, spec)
@@ -81,3 +84,70 @@ def _check_objective_fits(cfg, spec) -> None:
         raise ConfigError(f"loss_type={cfg.loss_type!r} takes a {batch}, but trainer {cfg.trainer!r} builds "
                           f"{'groups of completions' if spec.kind == 'groups' else 'pairs'}; for this loss_type use "
                           f"trainer: {' | '.join(other)}, or leave loss_type out (the trainer's own objective).")
+
+
+# the options of one recipe or prompt source: (options, test on (cfg, spec) that the run reads them, who reads them)
+_READERS = (
+    (("epsilon", "epsilon_high", "scale_rewards"), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
+     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, and spo in the game)"),
+    (("pair_builder",), lambda cfg, spec: spec.kind == "pairs" and spec.builder is None and spec.scores == "reward"
+     and cfg.online_task != "game", "trainers online_dpo, iterative_dpo and hypo_online_pairs"),
+    (("rso_beta", "rso_num_samples"), lambda cfg, spec: spec.kind == "pairs" and spec.scores == "reward" and
+     (spec.builder or cfg.pair_builder) == "rso" and cfg.online_task != "game", "trainer rso (or pair_builder: rso)"),
+    (("preference_temperature",), lambda cfg, spec: spec.scores in ("win_rate", "centred") and
+     cfg.online_task != "game", "trainers sppo and gpo on sampled text"),
+    (("game_preferences", "game_eta", "apo_alpha"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
+    (("heldout_prompts",), lambda cfg, spec: cfg.online_task == "demo", "online_task: demo"),
+    (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max"),
+     lambda cfg, spec: cfg.trainer == "upo", "trainer upo"),
+    (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter"),
+     lambda cfg, spec: cfg.trainer == "mcts_dpo", "trainer mcts_dpo"),
+)
+_ONLINE_ONLY = ("trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
+                "steps_per_generation", "num_iterations", "temperature", "top_p", "generation_batch_size",
+                "generation_backend", "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction")
+
+
+def unread_online_options(cfg) -> list[str]:
+    """One line per online option set to a non-default value that this run would not read (another recipe's or
+    prompt source's option, or any online option outside task: online): accepted and ignored before."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    changed = lambda name: getattr(cfg, name) != defaults[name]  # noqa: E731
+    if cfg.task != "online":
+        names = [n for group, _, _ in _READERS for n in group] + list(_ONLINE_ONLY)
+        used = [n for n in names if changed(n)]
+        if not used:
+            return []
+        return [(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to task: online (this is task: "
+                 f"{cfg.task}); remove {'it' if len(used) == 1 else 'them'}.")]
+    from preflab.online.trainers import TRAINERS
+
+    spec = TRAINERS.get(cfg.trainer)
+    if spec is None:
+        return []  # check_online names the unknown trainer
+    out = []
+    for names, reads, who in _READERS:
+        used = [n for n in names if changed(n)]
+        if used and not reads(cfg, spec):
+            out.append(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} read by {who}, not by trainer "
+                       f"{cfg.trainer!r} with online_task {cfg.online_task!r}; remove "
+                       f"{'it' if len(used) == 1 else 'them'} (or change trainer).")
+    return out
+
+
+def check_explicit_loss_type(cfg, given: dict) -> None:
+    """`loss_type: sigmoid` written in the config of a recipe with its own objective (rso: hinge_norm, sppo, ...) was
+    replaced by that objective without a word (sigmoid is also the default, so check_online cannot tell); refused
+    here, where the written keys are known."""
+    from preflab.online.trainers import TRAINERS
+
+    spec = TRAINERS.get(cfg.task == "online" and cfg.trainer)
+    if spec is None or given.get("loss_type") != "sigmoid" or spec.loss_type in (None, "sigmoid"):
+        return
+    other = " (or trainer: online_dpo with pair_builder: rso for DPO's loss on RSO pairs)" if cfg.trainer == "rso" \
+        else ""
+    raise ConfigError(f"trainer {cfg.trainer!r} trains its own objective {spec.loss_type!r}; the loss_type: sigmoid "
+                      f"in the config would be replaced by it. Leave loss_type out{other}, or give another "
+                      "loss_type to use it on this recipe's pairs.")

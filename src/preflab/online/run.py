@@ -166,6 +166,7 @@ class OnlineRun(TrainingRun):
         if hasattr(self.generator, "last_loss_masks") and self.spec.kind != "groups":
             raise ConfigError(f"tool rollouts train group recipes (grpo, dapo, ...), not trainer {cfg.trainer!r}.")
         self.pending: Round | None = None
+        self.examples_trained = 0  # examples in this session's steps (summary.json train_examples_seen)
         self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
         self.refreshes = 0
         self.before = task.evaluate(policy, tokenizer) if task.evaluate is not None else None
@@ -282,10 +283,17 @@ class OnlineRun(TrainingRun):
             adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]
             for e, a in zip(examples, adv):
                 e.extras["advantages"] = a.tolist()
+            if not bool(adv.ne(0).any()):
+                self._say_no_reward_signal(r, float(rewards[valid].mean()) if bool(valid.any()) else math.nan)
         self._precompute(examples)
         order = torch.randperm(len(examples), generator=g).tolist()
         spg = cfg.steps_per_generation
         slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
+        if 0 < len(order) < spg and self.main and not getattr(self, "_said_short_round", False):
+            self._said_short_round = True  # once per run; every empty step is counted in online.empty_steps
+            print(f"preflab: note: round {r + 1} gave {len(order)} training examples for steps_per_generation={spg} "
+                  f"steps: {spg - len(order)} of its steps get none and are zero-gradient (counted in summary.json "
+                  "online.empty_steps). Lower steps_per_generation or raise prompts_per_generation.", flush=True)
         valid_scores = flat[~flat.isnan()]
         empty = sum(1 for t, c in zip(texts, ids) if not c or t in ("", []) or
                     (isinstance(t, list) and not t[0]["content"]))
@@ -353,7 +361,9 @@ class OnlineRun(TrainingRun):
             if self.main and s == 0 and not self.pending.examples:
                 self._say_empty_round(r)
             return [OnlineMicroBatch([], [-1], 0)]
+        accum = self._micro_batches_per_step(len(chosen))
         parts_n = world * accum
+        self.examples_trained += len(chosen)
         examples = [self.pending.examples[i] for i in chosen]
         tokens_per_prompt = sum(e.trained_tokens(k) for e in examples for k, ok in enumerate(e.extras.get(
             "valid", [True] * len(e.completions))) if ok) / len(examples)
@@ -367,6 +377,22 @@ class OnlineRun(TrainingRun):
             tokens = sum(len(e.prompt_ids) * len(e.sequences()) + sum(len(c) for c in e.sequences()) for e in exs)
             out.append(OnlineMicroBatch(exs, [e.row_id for e in exs], tokens, tokens_per_prompt))
         return out
+
+    def _micro_batches_per_step(self, n: int) -> int:
+        """Micro-batches per process for a step of n examples: gradient_accumulation_steps, or more when a process's
+        share would exceed per_device_train_batch_size (a round's size is set by prompts_per_generation and the
+        recipe, so the batch size bounds the micro-batch, as it bounds memory, instead of the step's size). The
+        step's loss is normalised over all its examples, so the split does not change the update (bnpo, whose
+        normaliser is the micro-batch's tokens, excepted: as in TRL)."""
+        cfg, world = self.cfg, self.accelerator.num_processes
+        need = math.ceil(math.ceil(n / world) / cfg.per_device_train_batch_size)
+        if need > cfg.gradient_accumulation_steps and self._deepspeed_engine() is not None:
+            raise PreflabError(
+                f"a step of {n} examples needs {need} micro-batches of per_device_train_batch_size="
+                f"{cfg.per_device_train_batch_size} per process, but DeepSpeed steps after each micro-batch; raise "
+                "per_device_train_batch_size to the step's share of each process (prompts_per_generation / "
+                "steps_per_generation / processes for one example per prompt).")
+        return max(cfg.gradient_accumulation_steps, need)
 
     def forward(self, mb: OnlineMicroBatch):
         from preflab.objectives.base import ObjectiveOutput
@@ -386,6 +412,18 @@ class OnlineRun(TrainingRun):
 
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
+
+    def _say_no_reward_signal(self, r: int, reward: float) -> None:
+        """Every group of round r got one reward for all its completions: its advantages are 0, so its steps train
+        nothing but the KL term; said for the first such round (the run would end looking normal with loss 0) and
+        counted in summary.json online.no_signal_rounds."""
+        self.counts["no_signal_rounds"] = self.counts.get("no_signal_rounds", 0) + 1
+        if self.main and self.counts["no_signal_rounds"] == 1:
+            print(f"preflab: note: round {r + 1}: every prompt's {self.cfg.num_generations} completions got the same "
+                  f"reward (mean {reward:.3g}), so every advantage is 0 and the round's steps train nothing but the "
+                  f"KL term (beta {self.cfg.beta:g}). Rounds like this are counted in summary.json "
+                  "online.no_signal_rounds; a judge that cannot tell this policy's completions apart gives no "
+                  "signal (try more num_generations, a higher temperature or a denser reward).", flush=True)
 
     def _say_empty_round(self, r: int) -> None:
         """A round without examples trains nothing (zero-gradient steps); say so with the round's counts, as the
@@ -468,8 +506,14 @@ class OnlineRun(TrainingRun):
         return metrics
 
     def summary_extras(self) -> dict:
-        extras = {"trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
+        extras = {"train_examples_seen": self.examples_trained,  # a round's size, not plan.global_batch, sets it
+                  "trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
                   "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
+        quiet = self.counts.get("no_signal_rounds", 0)
+        if quiet and self.main:
+            print(f"preflab: note: {quiet} of {self.counts['rounds']} generation rounds gave every completion of a "
+                  "prompt the same reward (no advantage, no reward signal); summary.json online.no_signal_rounds.",
+                  flush=True)
         if self.before is not None:
             after = getattr(self, "after", None) or self.task.evaluate(self.policy, self.tokenizer)
             if "true_reward" in after:

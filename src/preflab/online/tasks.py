@@ -19,7 +19,6 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,13 +122,25 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
 
         return load_judge(str(path))
     if ":" in spec:
-        module, _, attr = spec.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"reward_funcs: cannot import {spec!r} ({err}).") from err
+        from preflab.plugins import import_object
+
+        return import_object(spec, "reward_funcs")
+    from preflab.errors import nearest
+
     raise ConfigError(f"reward_funcs: {spec!r} is not demo_true_reward, demo_echo_reward, verifier:<name>, "
-                      "module:function or an existing model directory.")
+                      "module:function, path/to/file.py:function or an existing model directory."
+                      f"{nearest(spec, ['demo_true_reward', 'demo_echo_reward'])}")
+
+
+def demo_sft(seed: int = 0):
+    """(model, tokenizer) of builtin:demo-sft for `seed`: the starting policy (and reference) of the online demo
+    runs, e.g. for `preflab eval --reference builtin:demo-sft`."""
+    from types import SimpleNamespace
+
+    from preflab.models.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("char")
+    return _demo_sft_model(SimpleNamespace(seed=seed), tokenizer), tokenizer
 
 
 def _demo_sft_model(cfg, tokenizer):

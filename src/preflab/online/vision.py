@@ -45,10 +45,12 @@ class VisionPromptRow:
 
 
 def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str = "error",
-                       max_prompt_length: int | None = None, max_frames: int = 8) -> list[VisionPromptRow]:
+                       max_prompt_length: int | None = None, max_frames: int = 8,
+                       report_to: dict | None = None) -> list[VisionPromptRow]:
     """Prompt rows of a file / dataset / list of dicts with `images` and `prompt`; a bad row -> DataError naming
     the file, row and field (or skipped with on_bad_row: skip). A prompt over max_prompt_length tokens (image
-    tokens included) is a bad row: cutting it would cut image slots."""
+    tokens included) is a bad row: cutting it would cut image slots. report_to["prompt_rows"] gets the rows read,
+    kept and skipped (summary.json "data")."""
     from preflab.data.report import BadRowPolicy, DataReport, RowProblem
     from preflab.data.sources import RowReader
     from preflab.data.vision import _encode_prompt, row_dir, vision_prompt
@@ -70,6 +72,9 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
     for raw, (prompt, text, ids, images, vision, token_inputs) in policy.accepted(reader, encoded):
         columns = {k: v for k, v in raw.data.items() if k not in ("prompt", "images", "videos")}
         rows.append(VisionPromptRow(len(rows), prompt, text, ids, images, vision, token_inputs, columns))
+    policy.report.examples = len(rows)
+    if report_to is not None:
+        report_to["prompt_rows"] = policy.report.to_dict()
     if not rows:
         raise ConfigError(f"{reader.name}: online_task vision_dataset needs at least one row with `images` and "
                           "`prompt`.")
@@ -138,8 +143,17 @@ def load_vision_task(cfg, processor) -> Task:
     if not cfg.reward_funcs:
         raise ConfigError("online_task: vision_dataset needs reward_funcs (e.g. verifier:vision_r1_format, "
                           "verifier:vision_r1_precision, verifier:vision_r1_recall).")
-    rows = vision_prompt_rows(cfg.dataset_name, processor, cfg.dataset_split, cfg.on_bad_row, cfg.max_prompt_length)
-    task = Task([r.prompt for r in rows], [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)])
+    report: dict = {}
+    rows = vision_prompt_rows(cfg.dataset_name, processor, cfg.dataset_split, cfg.on_bad_row, cfg.max_prompt_length,
+                              report_to=report)
+    from preflab.runlog import is_main_process
+
+    if is_main_process():  # skipped prompt rows are said, as for text prompts (online.tasks.load_task)
+        from preflab.data.report import DataReport
+
+        print(f"preflab: data: {DataReport(**report['prompt_rows']).summary()}")
+    task = Task([r.prompt for r in rows], [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)],
+                data_report=report)
     task.rows = rows
     return task
 

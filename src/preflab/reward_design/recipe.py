@@ -25,6 +25,9 @@ def run_icpl_recipe(output_dir: str, seed: int = 0, resume: bool = False, quiet:
     out, started = Path(output_dir), time.perf_counter()
     if rater not in ("auto", "human"):
         raise ConfigError(f"recipe_params.rater must be 'auto' or 'human', got {rater!r}.")
+    if arms < 2 or dims < 1 or max_new_tokens < 1:  # the bandit needs arms to choose between, each with features
+        raise ConfigError(f"icpl recipe_params: need arms >= 2, dims >= 1 and max_new_tokens >= 1; got arms={arms}, "
+                          f"dims={dims}, max_new_tokens={max_new_tokens}.")
     task = BanditTask.default(arms=arms, dims=dims, seed=seed)
     rater_impl = AutoRater() if rater == "auto" else HumanRater()
     # opened (and refused, when it must be) before a code model is loaded

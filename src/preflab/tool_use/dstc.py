@@ -173,6 +173,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         raise ConfigError(f"dstc recipe_params: need iterations >= 1, n_codes >= 2, n_tests >= 1, n_test >= 1 and "
                           f"1 <= n_dstc_tasks <= n_sft_tasks (got {iterations}, {n_codes}, {n_tests}, {n_test}, "
                           f"{n_dstc_tasks}, {n_sft_tasks}).")
+    if not timeout_s > 0 or max_workers < 1:  # the sandbox's limits, refused before the warm-up SFT runs
+        raise ConfigError(f"dstc recipe_params: need timeout_s > 0 (seconds per sandbox run) and max_workers >= 1 "
+                          f"(sandbox runs at once); got timeout_s={timeout_s}, max_workers={max_workers}.")
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else print
 

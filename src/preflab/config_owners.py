@@ -1,0 +1,50 @@
+"""Options that only one task (or objective) reads: set to a non-default value under another, they were accepted
+and silently ignored (e.g. `resolution` under task: vlm, `vision_pairs` under task: dpo, `recipe_params` under a
+training task). TrainConfig._conflicts refuses them with the task that reads them. The online block's own options
+are checked per recipe by preflab.online.options.unread_online_options."""
+from __future__ import annotations
+
+import dataclasses
+
+_VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_modal_projector", "max_frames")
+_VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
+_DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "user_column",
+              "user_embedding_tokens", "user_embedding_dim", "user_embeddings", "caption_perturbation", "score_range",
+              "self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance",
+              "sample_steps", "guidance_scale")
+
+
+def _losses(cfg) -> list[str]:
+    return [str(n) for n in (cfg.loss_type if isinstance(cfg.loss_type, (list, tuple)) else [cfg.loss_type])]
+
+
+# (options, does this config's run read them, who reads them)
+OWNERS = (
+    (_VLM_MODEL, lambda cfg: cfg.task == "vlm" or (cfg.task == "online" and cfg.online_task == "vision_dataset"),
+     "task: vlm (and online_task: vision_dataset)"),
+    (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
+    (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
+    (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
+     "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
+)
+
+
+def unread_task_options(cfg) -> list[str]:
+    """One line per group of options set away from their default that this config's task does not read."""
+    from preflab.recipes import RECIPES
+
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+
+    def default(name):
+        f = fields[name]
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    out = []
+    owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPES, f"the recipe tasks ({', '.join(RECIPES)})"),)
+    for names, reads, who in owners:
+        used = [n for n in names if getattr(cfg, n) != default(n)]
+        if used and not reads(cfg):
+            run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task == "dpo" else "")
+            out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
+                       f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
+    return out
