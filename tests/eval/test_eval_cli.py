@@ -237,3 +237,12 @@ def test_routed_tasks_refuse_the_options_they_would_ignore(tmp_path, capsys):
                           "reward")
     refuse_unread_options(parse(["eval", "r", "--data", "d", "--task", "diffusion", "--reference", "b",
                                  "--win-rate-prompts", "4"]), "diffusion")
+
+
+def test_an_online_demo_runs_reference_is_builtin_demo_sft(tmp_path):
+    """An online demo run trains against builtin:demo-sft (not a directory, not a builtin:tiny-* name): without
+    --reference, preflab eval takes it as the run's reference (it was refused as 'not a directory here')."""
+    from preflab.eval.loading import DEMO_SFT, run_reference
+
+    (tmp_path / "config.yaml").write_text(f"task: online\nmodel_name_or_path: {DEMO_SFT}\nseed: 2\n")
+    assert run_reference(str(tmp_path)) == (DEMO_SFT, "model_name_or_path")

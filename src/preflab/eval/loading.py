@@ -61,7 +61,7 @@ def run_reference(checkpoint: str) -> tuple[str, str] | None:
         if not name:
             continue
         name = str(name)
-        if name in BUILTIN or Path(name).is_dir():
+        if name in BUILTIN or name == DEMO_SFT or Path(name).is_dir():
             return name, key
         raise ConfigError(
             f"{checkpoint} was trained against the reference {key}={name!r} (from its saved config), which is not "
