@@ -64,6 +64,17 @@ def test_icpl_refuses_an_empty_bandit(tmp_path, bad):
         run_icpl_recipe(str(tmp_path / "icpl"), quiet=True, **bad)
 
 
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"n_train": 1}, {"n_test": 0}])
+def test_themis_refuses_empty_training_or_test_sets_naming_recipe_params(tmp_path, bad):
+    """recipe_params.steps=0 was reported as transformers' 'max_steps=0' (an option the user never wrote); an empty
+    train or test set failed later. Refused first, naming the recipe's own options."""
+    from preflab.reward_models.themis_toy import run_themis_arithmetic
+
+    with pytest.raises(ConfigError, match="themis recipe_params: need steps >= 1, n_train >= 2 and n_test >= 1"):
+        run_themis_arithmetic(str(tmp_path / "themis"), **bad)
+    assert not (tmp_path / "themis").exists()
+
+
 @pytest.mark.parametrize("limits", [{"timeout_s": -1}, {"max_workers": 0}])
 def test_dstc_refuses_bad_sandbox_limits_before_the_warm_up(monkeypatch, tmp_path, limits):
     """timeout_s=-1 / max_workers=0 were refused by the sandbox at the first program run, after the warm-up SFT

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from preflab.config import config_from_dict
+from preflab.errors import ConfigError
 from preflab.objectives.base import ObjectiveOutput
 from preflab.recipe_state import RecipeState, load_safetensors_into
 from preflab.reward_models.themis import (SPECIAL_TOKENS, TaraAnswer, TaraRow, ThemisModel, ToolStep, encode,
@@ -147,6 +148,9 @@ def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) ->
 def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800, n_test: int = 64, seed: int = 0,
                           quiet: bool = True, train_operands: tuple = (0, 49), test_operands: tuple = (50, 99),
                           resume: bool = False) -> dict:
+    if steps < 1 or n_train < 2 or n_test < 1:  # each reward model trains; both sets hold pairs to score
+        raise ConfigError(f"themis recipe_params: need steps >= 1, n_train >= 2 and n_test >= 1; got steps={steps}, "
+                          f"n_train={n_train}, n_test={n_test}.")
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     state = RecipeState(out, STATE_FILE, {"steps": steps, "n_train": n_train, "n_test": n_test, "seed": seed,
