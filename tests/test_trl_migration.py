@@ -1,0 +1,109 @@
+"""An engineer migrating a TRL 1.16 project: a saved DPOConfig / GRPOConfig (`args.to_dict()`, every
+TrainingArguments field included) loads; every TRL field is honoured, mapped with a note, or refused with the
+reason, never dropped without a word (trluser trial)."""
+import dataclasses
+import typing
+
+import pytest
+
+from preflab.config import TrainConfig, config_from_dict
+from preflab.errors import ConfigError
+
+BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+ONLINE = {**BASE, "task": "online", "trainer": "grpo", "max_steps": 2}
+
+
+def _trl_dump(name):
+    trl = pytest.importorskip("trl")
+    return getattr(trl, name)(output_dir="out", bf16=False).to_dict()
+
+
+def test_saved_dpoconfig_loads_with_trl_values():
+    """Before: 49 'unknown config key' errors (do_train, ddp_backend, accelerator_config, ...) and
+    'eval_steps may not be null' for TRL's own defaults."""
+    cfg = config_from_dict({**BASE, **_trl_dump("DPOConfig")})
+    assert (cfg.learning_rate, cfg.logging_steps, cfg.max_length, cfg.beta) == (1e-6, 10, 1024, 0.1)
+    assert cfg.eval_steps == 0 and cfg.gradient_checkpointing is True and cfg.loss_type in ("sigmoid", ["sigmoid"])
+
+
+def test_every_dpo_and_grpo_field_has_a_handling():
+    """Each TRL 1.16 DPOConfig / GRPOConfig field is a preflab option, a TRL key with a rule (renamed, translated,
+    note, refusal), or a loss parameter with TRL's default accepted."""
+    trl = pytest.importorskip("trl")
+    from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
+
+    known = set(typing.get_type_hints(TrainConfig)) | TRL_KEYS | set(LOSS_DEFAULTS)
+    for cls in (trl.DPOConfig, trl.GRPOConfig):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in known]
+        assert missing == [], (cls.__name__, missing)
+
+
+def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():
+    """Before: `unknown objective 'dapo'. Did you mean 'dpo'?` (TRL GRPO's default loss_type pointed at DPO)."""
+    raw = _trl_dump("GRPOConfig")
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "task": "online", **raw})
+    assert "trainer: dapo and leave loss_type out" in str(err.value) and "'dpo'" not in str(err.value)
+    raw.pop("loss_type")
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": "dapo", **raw, "max_steps": 2})
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length) == (0.0, 8, 512)
+
+
+def test_grpo_loss_type_outside_online_and_missing_losses():
+    with pytest.raises(ConfigError, match="set task: online, trainer: bnpo"):
+        config_from_dict({**BASE, "loss_type": "bnpo"})
+    with pytest.raises(ConfigError, match="'cispo' is a TRL GRPOConfig loss_type that preflab does not have"):
+        config_from_dict({**ONLINE, "loss_type": "cispo"})
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("eval_delay", 5, "evaluation runs every eval_steps from the start"),
+    ("label_smoothing_factor", 0.1, "does not apply to preference losses"),
+    ("accelerator_config", {"split_batches": True}, "accelerate launch --config_file"),
+    ("auto_find_batch_size", True, "per_device_train_batch_size"),
+    ("full_determinism", True, "not supported"),
+    ("debug", "underflow_overflow", "debug modes are not supported"),
+    ("ddp_backend", "nccl", "accelerate picks the backend"),
+])
+def test_trainingarguments_values_preflab_does_not_do_are_refused(key, value, why):
+    """Before: 'unknown config key' with no reason, also at TRL's default value."""
+    with pytest.raises(ConfigError, match=f"{key} is not supported: .*{why}"):
+        config_from_dict({**BASE, key: value})
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("top_k", 50, "temperature and top_p only"), ("repetition_penalty", 1.1, "temperature and top_p only"),
+    ("mask_truncated_completions", True, "missing_eos_penalty"), ("entropy_coef", 0.01, "entropy regularisation"),
+    ("vllm_mode", "server", "generation_backend: vllm"), ("sapo_temperature_neg", 2.0, "sapo and vespo"),
+])
+def test_grpo_generation_options_refused_with_reason(key, value, why):
+    with pytest.raises(ConfigError, match=f"{key} is not supported: .*{why}"):
+        config_from_dict({**ONLINE, key: value})
+    config_from_dict({**ONLINE, key: None})  # null: TRL's default
+
+
+def test_trainingarguments_without_effect_say_so(capsys):
+    config_from_dict({**BASE, "do_train": True, "dataloader_pin_memory": False, "include_num_input_tokens_seen": "no"})
+    err = capsys.readouterr().err
+    assert "do_train: preflab train always trains." in err
+    assert "dataloader_pin_memory: batches are built in the training process." in err
+    assert "include_num_input_tokens_seen" not in err  # "no" is transformers 5's spelling of the default
+
+
+def test_activation_checkpointing_is_gradient_checkpointing():
+    assert config_from_dict({**BASE, "activation_checkpointing": False}).gradient_checkpointing is False
+    assert config_from_dict({**BASE, "activation_checkpointing": True,
+                             "gradient_checkpointing": True}).gradient_checkpointing is True
+    with pytest.raises(ConfigError, match="activation_checkpointing and gradient_checkpointing are the same option"):
+        config_from_dict({**BASE, "activation_checkpointing": False, "gradient_checkpointing": True})
+
+
+def test_other_losses_parameters_at_trl_default_accepted_otherwise_refused():
+    """A saved DPOConfig carries discopop_tau: 0.05 whatever the loss_type; another value with loss_type sigmoid
+    still says it belongs to discopop."""
+    cfg = config_from_dict({**BASE, "loss_type": "ipo", "discopop_tau": 0.05, "label_smoothing": 0.0})
+    assert "discopop_tau" not in cfg.objective_params and "label_smoothing" not in cfg.objective_params
+    assert config_from_dict({**BASE, "loss_type": "discopop", "discopop_tau": 0.07}).objective_params == \
+        {"discopop_tau": 0.07}
+    with pytest.raises(ConfigError, match="'discopop_tau'. It is a parameter of the objective"):
+        config_from_dict({**BASE, "discopop_tau": 0.07})
