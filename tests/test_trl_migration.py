@@ -32,10 +32,33 @@ def test_every_dpo_and_grpo_field_has_a_handling():
     trl = pytest.importorskip("trl")
     from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
 
-    known = set(typing.get_type_hints(TrainConfig)) | TRL_KEYS | set(LOSS_DEFAULTS)
-    for cls in (trl.DPOConfig, trl.GRPOConfig):
+    from preflab.objectives import list_objectives, objective_class
+
+    from trl.experimental.cpo import CPOConfig
+    from trl.experimental.orpo import ORPOConfig
+
+    objective_params = {f.name for name in list_objectives() for f in dataclasses.fields(objective_class(name))}
+    known = set(typing.get_type_hints(TrainConfig)) | TRL_KEYS | set(LOSS_DEFAULTS) | objective_params
+    for cls in (trl.DPOConfig, trl.GRPOConfig, trl.KTOConfig, trl.SFTConfig, trl.RewardConfig, trl.RLOOConfig,
+                CPOConfig, ORPOConfig):
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in known]
         assert missing == [], (cls.__name__, missing)
+
+
+def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
+    """Before: dataset_text_field, eos_token, packing_strategy, assistant_only_loss, ... were unknown keys even at
+    TRL's default, and completion_only_loss: null (TRL's default) was 'may not be null'."""
+    raw = _trl_dump("SFTConfig")
+    assert raw["completion_only_loss"] is None and raw["eos_token"] == "<EOS_TOKEN>"
+    with pytest.raises(ConfigError, match="eos_token='<EOS_TOKEN>' is the placeholder transformers' to_dict"):
+        config_from_dict({**BASE, "task": "sft", **raw})
+    raw.pop("eos_token")
+    cfg = config_from_dict({**BASE, "task": "sft", **raw})
+    assert cfg.completion_only_loss is True and cfg.max_length == 1024 and cfg.packing is False
+    with pytest.raises(ConfigError, match="assistant_only_loss is not supported: .*prompt / completion rows"):
+        config_from_dict({**BASE, "task": "sft", "assistant_only_loss": True})
+    with pytest.raises(ConfigError, match="dataset_text_field is not supported: .*rename the column"):
+        config_from_dict({**BASE, "task": "sft", "dataset_text_field": "content"})
 
 
 def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():
@@ -107,3 +130,20 @@ def test_other_losses_parameters_at_trl_default_accepted_otherwise_refused():
         {"discopop_tau": 0.07}
     with pytest.raises(ConfigError, match="'discopop_tau'. It is a parameter of the objective"):
         config_from_dict({**BASE, "discopop_tau": 0.07})
+
+
+def test_saved_ktoconfig_loads_and_reward_config_placeholder_refused(capsys):
+    """KTOConfig's train_sampling_strategy: sequential (its default) was an unknown key; a to_dict() dump's
+    eos_token '<EOS_TOKEN>' (a masked value) is refused rather than guessed."""
+    raw = _trl_dump("KTOConfig")
+    assert raw["train_sampling_strategy"] == "sequential"
+    cfg = config_from_dict({**BASE, **raw})
+    assert cfg.loss_type == "kto" and cfg.objective_params == {"desirable_weight": 1.0, "undesirable_weight": 1.0}
+    assert "train_sampling_strategy: sequential (KTOConfig's default)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train_sampling_strategy is not supported"):
+        config_from_dict({**BASE, "train_sampling_strategy": "sequential"})  # DPO: another order than asked
+    raw = _trl_dump("RewardConfig")
+    with pytest.raises(ConfigError, match="remove eos_token or give the token itself"):
+        config_from_dict({**BASE, "task": "reward", **raw})
+    raw.pop("eos_token")
+    assert config_from_dict({**BASE, "task": "reward", **raw}).learning_rate == 1e-4

@@ -200,6 +200,16 @@ REFUSED = {
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
+    # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
+    "dataset_text_field": ("text", "language-modeling rows are read from a 'text' column; rename the column"),
+    "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
+    "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
+    "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
+    "eval_packing": (None, "evaluation uses the training packing; remove it"),
+    "assistant_only_loss": (False, "'messages' rows train on the whole rendered chat; for a loss on the assistant "
+                                   "turn only give prompt / completion rows (lists of messages)"),
+    "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
+    "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
         ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
         ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
@@ -235,6 +245,16 @@ def _same(value, default) -> bool:
 def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
     raw, notes, errors = dict(raw), [], []
+    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
+        errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
+                      f"option (the value was not saved); remove {key} or give the token itself.")
+    if raw.get("task") != "online" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's below
+        if raw.pop("shuffle_dataset"):
+            notes.append("shuffle_dataset: batches follow the seeded random order (each epoch).")
+    if raw.get("train_sampling_strategy") == "sequential" and raw.get("loss_type") in ("kto", "apo_zero_unpaired"):
+        raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
+        notes.append("train_sampling_strategy: sequential (KTOConfig's default) -> the seeded random order; preflab's "
+                     "KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order.")
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
             raw[key] = "no"
@@ -259,6 +279,12 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in NO_EFFECT.items():
         if key in raw and not _same(raw.pop(key), default):
             notes.append(f"{key}: {why}.")
+    if raw.get("task") == "sft" and raw.get("loss_type") in ("nll", "dft"):  # SFTConfig.loss_type (default nll)
+        if raw.pop("loss_type") == "dft":
+            errors.append("loss_type='dft' (SFTConfig's dynamic fine-tuning loss) is not supported: task: sft trains "
+                          "the token-mean NLL (TRL's nll); remove loss_type.")
+    if "completion_only_loss" in raw and raw["completion_only_loss"] is None:
+        raw.pop("completion_only_loss")  # TRL's default: loss on the completion of prompt-completion rows (ours too)
     if "eval_steps" in raw and raw["eval_steps"] is None:
         raw.pop("eval_steps")  # TRL's default: logging_steps when eval_strategy is steps (applied below)
     _grpo_loss_type(raw, errors)
