@@ -18,10 +18,11 @@ def _trl_dump(name):
     return getattr(trl, name)(output_dir="out", bf16=False).to_dict()
 
 
-def test_saved_dpoconfig_loads_with_trl_values():
+def test_saved_dpoconfig_loads_with_trl_values(capsys):
     """Before: 49 'unknown config key' errors (do_train, ddp_backend, accelerator_config, ...) and
-    'eval_steps may not be null' for TRL's own defaults."""
+    'eval_steps may not be null' for TRL's own defaults; TRL's default label_smoothing 0.0 printed a note."""
     cfg = config_from_dict({**BASE, **_trl_dump("DPOConfig")})
+    assert "label_smoothing" not in capsys.readouterr().err
     assert (cfg.learning_rate, cfg.logging_steps, cfg.max_length, cfg.beta) == (1e-6, 10, 1024, 0.1)
     assert cfg.eval_steps == 0 and cfg.gradient_checkpointing is True and cfg.loss_type in ("sigmoid", ["sigmoid"])
 
@@ -147,3 +148,13 @@ def test_saved_ktoconfig_loads_and_reward_config_placeholder_refused(capsys):
         config_from_dict({**BASE, "task": "reward", **raw})
     raw.pop("eos_token")
     assert config_from_dict({**BASE, "task": "reward", **raw}).learning_rate == 1e-4
+
+
+def test_trl_class_import_says_how_to_write_the_run():
+    """Before: `ImportError: cannot import name 'DPOTrainer' from 'preflab'` with no way forward."""
+    with pytest.raises(ImportError, match="preflab has no TRL-style DPOTrainer: a run is one config.*preflab train"):
+        from preflab import DPOTrainer  # noqa: F401
+    with pytest.raises(ImportError, match="GRPOTrainer.* with task: online, trainer: grpo"):
+        from preflab import GRPOTrainer  # noqa: F401
+    with pytest.raises(ImportError, match="cannot import name 'NoSuchThing'"):
+        from preflab import NoSuchThing  # noqa: F401

@@ -407,8 +407,7 @@ def _label_smoothing(raw: dict, notes: list) -> None:
         return  # robust, exo_pair, ... take label_smoothing themselves
     eps = raw["label_smoothing"]
     if eps in (0, 0.0):
-        raw.pop("label_smoothing")
-        notes.append("label_smoothing: 0 has no effect with loss_type sigmoid.")
+        raw.pop("label_smoothing")  # TRL's default (every saved DPOConfig carries it): nothing asked, nothing said
         return
     raw["loss_type"] = "cdpo"
     notes.append(f"loss_type sigmoid with label_smoothing {eps} -> loss_type: cdpo (conservative DPO, TRL <= 0.28's "
