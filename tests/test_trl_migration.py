@@ -67,14 +67,14 @@ def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():
     raw = _trl_dump("GRPOConfig")
     with pytest.raises(ConfigError) as err:
         config_from_dict({**BASE, "task": "online", **raw})
-    assert "trainer: dapo and leave loss_type out" in str(err.value) and "'dpo'" not in str(err.value)
+    assert "Set trainer: dapo and leave loss_type out" in str(err.value) and "'dpo'" not in str(err.value)
     raw.pop("loss_type")
     cfg = config_from_dict({**BASE, "task": "online", "trainer": "dapo", **raw, "max_steps": 2})
     assert (cfg.beta, cfg.num_generations, cfg.max_completion_length) == (0.0, 8, 512)
 
 
 def test_grpo_loss_type_outside_online_and_missing_losses():
-    with pytest.raises(ConfigError, match="set task: online, trainer: bnpo"):
+    with pytest.raises(ConfigError, match="Set task: online, trainer: bnpo"):
         config_from_dict({**BASE, "loss_type": "bnpo"})
     with pytest.raises(ConfigError, match="'cispo' is a TRL GRPOConfig loss_type that preflab does not have"):
         config_from_dict({**ONLINE, "loss_type": "cispo"})

@@ -312,10 +312,11 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
     if not isinstance(loss, str) or loss not in GRPO_LOSS_TYPES:
         return
     raw.pop("loss_type")
-    if loss in ("dapo", "bnpo", "dr_grpo"):
+    if loss in ("dapo", "bnpo", "dr_grpo"):  # the words of preflab.online.options.check_online
         task = "" if raw.get("task") == "online" else "task: online, "
-        errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type; in preflab it is the group recipe: set "
-                      f"{task}trainer: {loss} and leave loss_type out.")
+        errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type; in preflab it is the group recipe "
+                      f"`trainer: {loss}` (got trainer {raw.get('trainer', 'online_dpo')!r}). Set {task}trainer: "
+                      f"{loss} and leave loss_type out.")
     else:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo or gspo.")
