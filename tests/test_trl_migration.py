@@ -158,3 +158,20 @@ def test_trl_class_import_says_how_to_write_the_run():
         from preflab import GRPOTrainer  # noqa: F401
     with pytest.raises(ImportError, match="cannot import name 'NoSuchThing'"):
         from preflab import NoSuchThing  # noqa: F401
+
+
+def test_trl_reward_function_requiring_trainer_state_is_refused_up_front():
+    """Before: TypeError on every call, caught as a judge failure: every completion NaN, the cause never shown."""
+    from preflab.loops.judge import Judge
+
+    def curriculum(prompts, completions, trainer_state, **kwargs):
+        return [float(trainer_state.global_step)] * len(completions)
+
+    with pytest.raises(ConfigError, match="'curriculum' requires trainer_state, which TRL's GRPOTrainer passes"):
+        Judge([curriculum])
+
+    def tolerant(prompts, completions, trainer_state=None, solution=None, **kwargs):
+        return [float(c == s) for c, s in zip(completions, solution)]
+
+    scores, _ = Judge([tolerant])(["p", "p"], ["a", "b"], columns=[{"solution": "a"}, {"solution": "a"}])
+    assert scores.tolist() == [1.0, 0.0]
