@@ -40,8 +40,10 @@ def test_every_dpo_and_grpo_field_has_a_handling():
 
     objective_params = {f.name for name in list_objectives() for f in dataclasses.fields(objective_class(name))}
     known = set(typing.get_type_hints(TrainConfig)) | TRL_KEYS | set(LOSS_DEFAULTS) | objective_params
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
     for cls in (trl.DPOConfig, trl.GRPOConfig, trl.KTOConfig, trl.SFTConfig, trl.RewardConfig, trl.RLOOConfig,
-                CPOConfig, ORPOConfig):
+                CPOConfig, ORPOConfig, OnlineDPOConfig):
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in known]
         assert missing == [], (cls.__name__, missing)
 
@@ -98,7 +100,7 @@ def test_trainingarguments_values_preflab_does_not_do_are_refused(key, value, wh
 @pytest.mark.parametrize("key,value,why", [
     ("top_k", 50, "temperature and top_p only"), ("repetition_penalty", 1.1, "temperature and top_p only"),
     ("mask_truncated_completions", True, "missing_eos_penalty"), ("entropy_coef", 0.01, "entropy regularisation"),
-    ("vllm_mode", "server", "generation_backend: vllm"), ("sapo_temperature_neg", 2.0, "sapo and vespo"),
+    ("sapo_temperature_neg", 2.0, "sapo and vespo"),
 ])
 def test_grpo_generation_options_refused_with_reason(key, value, why):
     with pytest.raises(ConfigError, match=f"{key} is not supported: .*{why}"):
@@ -107,8 +109,10 @@ def test_grpo_generation_options_refused_with_reason(key, value, why):
 
 
 def test_trainingarguments_without_effect_say_so(capsys):
-    config_from_dict({**BASE, "do_train": True, "dataloader_pin_memory": False, "include_num_input_tokens_seen": "no"})
+    config_from_dict({**BASE, "do_train": True, "dataloader_pin_memory": False, "include_num_input_tokens_seen": "no",
+                      "vllm_mode": "server"})
     err = capsys.readouterr().err
+    assert "vllm_mode: TRL's vLLM options are not read: preflab's vLLM backend (generation_backend: vllm)" in err
     assert "do_train: preflab train always trains." in err
     assert "dataloader_pin_memory: batches are built in the training process." in err
     assert "include_num_input_tokens_seen" not in err  # "no" is transformers 5's spelling of the default
@@ -175,3 +179,15 @@ def test_trl_reward_function_requiring_trainer_state_is_refused_up_front():
 
     scores, _ = Judge([tolerant])(["p", "p"], ["a", "b"], columns=[{"solution": "a"}, {"solution": "a"}])
     assert scores.tolist() == [1.0, 0.0]
+
+
+def test_saved_online_dpo_config_maps_reward_model_path_and_max_new_tokens():
+    """OnlineDPOConfig's reward_model_path and max_new_tokens were unknown keys."""
+    pytest.importorskip("trl")
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    raw = OnlineDPOConfig(output_dir="out", bf16=False, reward_model_path="rm_dir", max_new_tokens=24).to_dict()
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": "online_dpo", **raw, "max_steps": 2})
+    assert (cfg.reward_funcs, cfg.max_completion_length, cfg.temperature) == ("rm_dir", 24, 0.9)
+    with pytest.raises(ConfigError, match="max_new_tokens and max_completion_length are the same option"):
+        config_from_dict({**ONLINE, "max_new_tokens": 24, "max_completion_length": 32})

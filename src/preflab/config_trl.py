@@ -22,6 +22,8 @@ RENAMED = {
     "evaluation_strategy": "eval_strategy",  # transformers < 4.46 spelling
     "dataset_streaming": "streaming",  # TRL ScriptArguments
     "activation_checkpointing": "gradient_checkpointing",  # transformers 5 spelling (DPOConfig.to_dict has both)
+    "reward_model_path": "reward_funcs",  # OnlineDPOConfig: a sequence-classification model directory is a judge
+    "max_new_tokens": "max_completion_length",  # OnlineDPOConfig: new tokens per sampled completion
 }
 
 # names from other trainers' configs -> the preflab name (suggested in the unknown-key message, not applied)
@@ -118,6 +120,16 @@ NO_EFFECT = {
     "num_completions_to_print": (None, "completions are not printed"),
     "log_unique_prompts": (False, "completions are not sent to trackers"),
     "log_completions_hub_repo": (None, "preflab does not push to the hub"),
+    # GRPOConfig / OnlineDPOConfig vLLM options (TRL reads them only with use_vllm, which REFUSED refuses)
+    **{key: (default, "TRL's vLLM options are not read: preflab's vLLM backend "
+                      "(generation_backend: vllm) runs in-process with its own settings") for key, default in (
+        ("vllm_mode", "colocate"), ("vllm_model_impl", "vllm"), ("vllm_enable_sleep_mode", False),
+        ("vllm_structured_outputs_regex", None), ("vllm_server_base_url", None), ("vllm_server_host", "0.0.0.0"),
+        ("vllm_server_port", 8000), ("vllm_server_timeout", 240.0), ("vllm_group_port", 51216),
+        ("vllm_gpu_memory_utilization", 0.3), ("vllm_max_model_length", None), ("vllm_tensor_parallel_size", 1),
+        ("vllm_importance_sampling_correction", True), ("vllm_importance_sampling_mode", "sequence_mask"),
+        ("vllm_importance_sampling_clip_max", 3.0), ("vllm_importance_sampling_clip_min", None),
+        ("vllm_importance_sampling_cap", None))},
 }
 
 GEN = "preflab samples with temperature and top_p only; remove {}"
@@ -216,15 +228,6 @@ REFUSED = {
     **{key: (default, "TRL's sapo and vespo GRPO losses are not in preflab; remove it") for key, default in (
         ("sapo_temperature_neg", 1.05), ("sapo_temperature_pos", 1.0), ("vespo_k_pos", 2.0),
         ("vespo_lambda_pos", 3.0), ("vespo_k_neg", 3.0), ("vespo_lambda_neg", 2.0))},
-    **{key: (default, "preflab's vLLM backend (generation_backend: vllm) runs in-process with its own "
-                      "settings; remove it") for key, default in (
-        ("vllm_mode", "colocate"), ("vllm_model_impl", "vllm"), ("vllm_enable_sleep_mode", False),
-        ("vllm_structured_outputs_regex", None), ("vllm_server_base_url", None), ("vllm_server_host", "0.0.0.0"),
-        ("vllm_server_port", 8000), ("vllm_server_timeout", 240.0), ("vllm_group_port", 51216),
-        ("vllm_gpu_memory_utilization", 0.3), ("vllm_max_model_length", None), ("vllm_tensor_parallel_size", 1),
-        ("vllm_importance_sampling_correction", True), ("vllm_importance_sampling_mode", "sequence_mask"),
-        ("vllm_importance_sampling_clip_max", 3.0), ("vllm_importance_sampling_clip_min", None),
-        ("vllm_importance_sampling_cap", None))},
 }
 
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
@@ -267,7 +270,10 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
                      "scripts do.")
     for trl, ours in RENAMED.items():
         if trl in raw:
-            if ours in raw and raw[ours] == raw[trl]:
+            if ours in raw and raw[ours] is None:  # preflab's name left unset (a saved config carries both)
+                raw.pop(ours)
+                raw[ours] = raw.pop(trl)
+            elif ours in raw and raw[ours] == raw[trl]:
                 raw.pop(trl)  # the same value under both spellings (TrainingArguments.to_dict writes both)
             elif ours in raw:
                 errors.append(f"{trl} and {ours} are the same option (TRL and preflab spelling); keep one.")
