@@ -191,3 +191,13 @@ def test_saved_online_dpo_config_maps_reward_model_path_and_max_new_tokens():
     assert (cfg.reward_funcs, cfg.max_completion_length, cfg.temperature) == ("rm_dir", 24, 0.9)
     with pytest.raises(ConfigError, match="max_new_tokens and max_completion_length are the same option"):
         config_from_dict({**ONLINE, "max_new_tokens": 24, "max_completion_length": 32})
+
+
+def test_use_vllm_in_an_online_run_is_the_vllm_backend(capsys):
+    """Before: GRPOConfig's use_vllm: true was refused with 'offline DPO generates nothing', in an online run."""
+    cfg = config_from_dict({**ONLINE, "use_vllm": True, "vllm_mode": "colocate"})
+    assert cfg.generation_backend == "vllm" and "use_vllm: true -> generation_backend: vllm" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="vllm_mode='server' is not supported: preflab's vLLM backend runs in the"):
+        config_from_dict({**ONLINE, "use_vllm": True, "vllm_mode": "server"})
+    with pytest.raises(ConfigError, match="use_vllm is not supported: offline training generates nothing"):
+        config_from_dict({**BASE, "use_vllm": True})

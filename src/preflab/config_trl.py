@@ -154,7 +154,8 @@ REFUSED = {
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
-    "use_vllm": (False, "offline DPO generates nothing; online training is task: online (preflab.online)"),
+    "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
+                        "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
     "eval_on_start": (False, "evaluation runs every eval_steps and at the end (its "
                              "eval_reference_ranking_accuracy measures the starting model); remove it"),
@@ -279,6 +280,17 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
                 errors.append(f"{trl} and {ours} are the same option (TRL and preflab spelling); keep one.")
             else:
                 raw[ours] = raw.pop(trl)
+    if raw.get("task") == "online" and raw.get("use_vllm") is True:
+        raw.pop("use_vllm")
+        if raw.get("vllm_mode", "colocate") not in ("colocate", None):
+            errors.append(f"use_vllm with vllm_mode={raw['vllm_mode']!r} is not supported: preflab's vLLM backend "
+                          "runs in the training process (TRL's colocate mode); set vllm_mode: colocate or remove it.")
+        elif raw.get("generation_backend", "vllm") != "vllm":
+            errors.append(f"use_vllm: true and generation_backend: {raw['generation_backend']} disagree; keep one.")
+        else:
+            raw["generation_backend"] = "vllm"
+            notes.append("use_vllm: true -> generation_backend: vllm (in the training process, as TRL's colocate "
+                         "mode).")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             errors.append(f"{key} is not supported: {why}.")
