@@ -201,3 +201,71 @@ def test_use_vllm_in_an_online_run_is_the_vllm_backend(capsys):
         config_from_dict({**ONLINE, "use_vllm": True, "vllm_mode": "server"})
     with pytest.raises(ConfigError, match="use_vllm is not supported: offline training generates nothing"):
         config_from_dict({**BASE, "use_vllm": True})
+
+
+# a Qwen-style template: default system prompt, tools in the system turn, enable_thinking through chat_template_kwargs
+_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% else %}You are a helpful assistant.{% endif %}\n# Tools\n{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}<|im_end|>\n{% elif messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+    "assistant.<|im_end|>\n{% endif %}{%- for message in messages %}{% if not (message['role'] == 'system' and tools) "
+    "%}<|im_start|>{{ message['role'] }}\n{% if message['role'] == 'assistant' and enable_thinking is defined and not "
+    "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{{ message['content'] }}<|im_end|>\n{% endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{%- endif %}")
+
+
+def _trl_pair_ids(tok, row):
+    """TRL 1.16 DPOTrainer._prepare_dataset on one row: extract_prompt, EOS for standard rows, template, cut at the
+    common token prefix."""
+    import json
+
+    from trl.data_utils import extract_prompt, is_conversational
+    from trl.trainer.dpo_trainer import _tokenize, common_prefix_length
+
+    ex = dict(row) if "prompt" in row else {**row, **extract_prompt(row)}
+    kw = {}
+    if is_conversational(ex):
+        tools = ex.get("tools")
+        kw = {"tools": json.loads(tools) if isinstance(tools, str) else tools, **(ex.get("chat_template_kwargs") or {})}
+        ids = lambda m, gen=False: _tokenize(tok, m, add_generation_prompt=gen, **kw)["input_ids"]  # noqa: E731
+        p, c, r = ids(ex["prompt"], True), ids(ex["prompt"] + ex["chosen"]), ids(ex["prompt"] + ex["rejected"])
+    else:
+        ids = lambda s: _tokenize(tok, s)["input_ids"]  # noqa: E731
+        eos = lambda s: s if s.endswith(tok.eos_token) else s + tok.eos_token  # noqa: E731
+        p, c, r = ids(ex["prompt"]), ids(ex["prompt"] + eos(ex["chosen"])), ids(ex["prompt"] + eos(ex["rejected"]))
+    n = min(common_prefix_length(p, c), common_prefix_length(p, r))
+    return p[:n], c[n:], r[n:]
+
+
+def test_pair_token_ids_equal_trls_on_its_dataset_forms():
+    """Checked in the trluser trial: standard and conversational, explicit and implicit prompt, a system turn,
+    several turns, tools (list and JSON string) and chat_template_kwargs give TRL 1.16's prompt/chosen/rejected ids."""
+    pytest.importorskip("trl")
+    import json
+
+    from datasets import Dataset
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.load import load_tokenizer
+
+    tok = load_tokenizer("builtin:tiny-llama")
+    tok.chat_template = _TEMPLATE
+    u, a = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    rows = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+            {"chosen": "The sky is blue.", "rejected": "The sky is green."},
+            {"prompt": [u("Sky?")], "chosen": [a("Blue.")], "rejected": [a("Green.")]},
+            {"prompt": [{"role": "system", "content": "Be brief."}, u("Sky?")], "chosen": [a("Blue.")],
+             "rejected": [a("Green.")]},
+            {"chosen": [u("Hi"), a("Hello!"), u("Sky?"), a("Blue.")],
+             "rejected": [u("Hi"), a("Hello!"), u("Sky?"), a("Green.")]},
+            {"prompt": [u("Weather?")], "chosen": [a("Sunny.")], "rejected": [a("Rain.")], "tools": tools},
+            {"prompt": [u("Weather?")], "chosen": [a("Sunny.")], "rejected": [a("Rain.")], "tools": json.dumps(tools)},
+            {"prompt": [u("Sky?")], "chosen": [a("Blue.")], "rejected": [a("Green.")],
+             "chat_template_kwargs": {"enable_thinking": False}}]
+    for row in rows:
+        examples, _ = load_rows(Dataset.from_list([row]), kind="pairwise")
+        pair = tokenize_pairs(examples, tok, max_length=None)[0][0]
+        assert (list(pair.prompt_ids), list(pair.chosen_ids), list(pair.rejected_ids)) == _trl_pair_ids(tok, row), row
