@@ -472,11 +472,15 @@ def config_from_dict(raw: dict) -> TrainConfig:
         except ConfigError as err:
             errors.append(str(err))
             objective_fields = set()
-        from preflab.config_trl import TRL_KEYS
+        from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
 
         options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
-        for key in extra:
-            if key not in objective_fields:
+        for key in list(extra):
+            if key in objective_fields:
+                continue
+            if key in LOSS_DEFAULTS and extra[key] == LOSS_DEFAULTS[key]:
+                del extra[key]  # TRL's default of another loss's parameter (a saved DPOConfig carries them all)
+            else:
                 errors.append(f"unknown config key {key!r}.{_suggestion(key, options)}")
     if errors:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."

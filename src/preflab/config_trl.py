@@ -21,6 +21,9 @@ RENAMED = {
     "f_alpha_divergence_coef": "f_alpha",
     "evaluation_strategy": "eval_strategy",  # transformers < 4.46 spelling
     "dataset_streaming": "streaming",  # TRL ScriptArguments
+    "activation_checkpointing": "gradient_checkpointing",  # transformers 5 spelling (DPOConfig.to_dict has both)
+    "reward_model_path": "reward_funcs",  # OnlineDPOConfig: a sequence-classification model directory is a judge
+    "max_new_tokens": "max_completion_length",  # OnlineDPOConfig: new tokens per sampled completion
 }
 
 # names from other trainers' configs -> the preflab name (suggested in the unknown-key message, not applied)
@@ -83,7 +86,53 @@ NO_EFFECT = {
     "ref_model_sync_steps": (512, "used only with sync_ref_model, which preflab does not support"),
     "include_tokens_per_second": (False, "tokens_per_second is always logged"),
     "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
+    # the rest of TrainingArguments (a saved DPOConfig / GRPOConfig, `args.to_dict()`, carries them all)
+    "do_train": (False, "preflab train always trains"),
+    "skip_memory_metrics": (True, "transformers' memory metrics are not logged"),
+    "log_on_each_node": (True, "preflab prints on the main process only"),
+    "log_level_replica": ("warning", "preflab prints on the main process only"),
+    "project": ("huggingface", "trackers receive the run under the project name 'preflab'"),
+    "trackio_space_id": (None, "preflab does not deploy a Trackio space"),
+    "trackio_bucket_id": (None, "preflab does not deploy a Trackio space"),
+    "trackio_static_space_id": (None, "preflab does not deploy a Trackio space"),
+    "activation_checkpointing_kwargs": (None, "preflab always checkpoints with use_reentrant=False"),
+    "liger_kernel_config": (None, "preflab uses its own chunked LM head"),
+    "use_cache": (False, "training never uses the KV cache"),
+    "dataloader_pin_memory": (True, "batches are built in the training process"),
+    "dataloader_persistent_workers": (False, "batches are built in the training process"),
+    "dataloader_prefetch_factor": (None, "batches are built in the training process"),
+    "dataloader_multiprocessing_context": (None, "batches are built in the training process"),
+    "dataloader_in_order": (True, "batches are built in the training process, in order"),
+    "eval_do_concat_batches": (True, "evaluation sums its metrics batch by batch"),
+    "eval_use_gather_object": (False, "evaluation sums its metrics batch by batch"),
+    "batch_eval_metrics": (False, "evaluation sums its metrics batch by batch"),
+    "include_for_metrics": ([], "preflab has no compute_metrics; evaluation logs its own eval_* metrics"),
+    "label_names": (None, "preflab builds its own masks; there are no label columns"),
+    "length_column_name": ("length", "used only with group_by_length, which preflab does not take"),
+    "ddp_bucket_cap_mb": (None, "preflab's DDP wrapper sets this itself"),
+    "ddp_broadcast_buffers": (None, "preflab's DDP wrapper sets this itself"),
+    "ddp_static_graph": (None, "preflab's DDP wrapper sets this itself"),
+    "hub_always_push": (False, "preflab does not push to the hub"),
+    "hub_revision": (None, "preflab does not push to the hub"),
+    # GRPOConfig logging
+    "log_completions": (False, "completions are not sent to trackers (preflab.online writes its own samples)"),
+    "log_multimodal": (True, "completions are not sent to trackers"),
+    "num_completions_to_print": (None, "completions are not printed"),
+    "log_unique_prompts": (False, "completions are not sent to trackers"),
+    "log_completions_hub_repo": (None, "preflab does not push to the hub"),
+    # GRPOConfig / OnlineDPOConfig vLLM options (TRL reads them only with use_vllm, which REFUSED refuses)
+    **{key: (default, "TRL's vLLM options are not read: preflab's vLLM backend "
+                      "(generation_backend: vllm) runs in-process with its own settings") for key, default in (
+        ("vllm_mode", "colocate"), ("vllm_model_impl", "vllm"), ("vllm_enable_sleep_mode", False),
+        ("vllm_structured_outputs_regex", None), ("vllm_server_base_url", None), ("vllm_server_host", "0.0.0.0"),
+        ("vllm_server_port", 8000), ("vllm_server_timeout", 240.0), ("vllm_group_port", 51216),
+        ("vllm_gpu_memory_utilization", 0.3), ("vllm_max_model_length", None), ("vllm_tensor_parallel_size", 1),
+        ("vllm_importance_sampling_correction", True), ("vllm_importance_sampling_mode", "sequence_mask"),
+        ("vllm_importance_sampling_clip_max", 3.0), ("vllm_importance_sampling_clip_min", None),
+        ("vllm_importance_sampling_cap", None))},
 }
+
+GEN = "preflab samples with temperature and top_p only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
 REFUSED = {
@@ -105,7 +154,8 @@ REFUSED = {
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
-    "use_vllm": (False, "offline DPO generates nothing; online training is task: online (preflab.online)"),
+    "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
+                        "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
     "eval_on_start": (False, "evaluation runs every eval_steps and at the end (its "
                              "eval_reference_ranking_accuracy measures the starting model); remove it"),
@@ -116,19 +166,99 @@ REFUSED = {
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
     "chat_template_path": (None, "save the chat template with the tokenizer in the model directory "
                                  "(tokenizer.chat_template), then point model_name_or_path at it"),
+    # the rest of TrainingArguments
+    "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
+    "optim_args": (None, "preflab trains with torch AdamW (adam_beta1, adam_beta2, adam_epsilon, weight_decay); "
+                         "remove optim_args"),
+    "optim_target_modules": (None, "preflab trains with torch AdamW on every trainable parameter; remove it"),
+    "label_smoothing_factor": (0.0, "transformers' label smoothing of a token loss does not apply to preference "
+                                    "losses; use label_smoothing (loss_type robust / cdpo) or remove it"),
+    "auto_find_batch_size": (False, "set per_device_train_batch_size (and gradient_accumulation_steps) yourself"),
+    "eval_delay": (0, "evaluation runs every eval_steps from the start; remove eval_delay"),
+    "prediction_loss_only": (False, "preflab has no prediction step; evaluation logs its own eval_* metrics"),
+    "save_on_each_node": (False, "the main process writes each checkpoint once; use an output_dir every node "
+                                 "can read"),
+    "enable_jit_checkpoint": (False, "checkpoints are written every save_steps; remove it"),
+    "ignore_data_skip": (False, "resume always replays the data order to the exact step; remove it"),
+    "restore_callback_states_from_checkpoint": (False, "preflab has no transformers callbacks; remove it"),
+    "full_determinism": (False, "not supported; preflab seeds torch, Python and NumPy from seed"),
+    "accelerator_config": ({"split_batches": False, "dispatch_batches": None, "even_batches": True,
+                            "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None},
+                           "give accelerate settings to `accelerate launch --config_file ...`"),
+    "parallelism_config": (None, "tensor and context parallelism are not supported; use `accelerate launch` "
+                                 "with DDP, FSDP2 or DeepSpeed"),
+    "ddp_backend": (None, "accelerate picks the backend (nccl on GPUs, gloo on CPUs); remove it"),
+    "fsdp_config": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
+    "debug": ([], "transformers' debug modes are not supported; remove debug"),
+    "train_sampling_strategy": ("random", "batches follow the seeded random order; remove it"),
+    # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
+    "top_k": (0, GEN.format("top_k")),
+    "min_p": (None, GEN.format("min_p")),
+    "repetition_penalty": (1.0, GEN.format("repetition_penalty")),
+    "generation_kwargs": (None, GEN.format("generation_kwargs")),
+    "cache_implementation": (None, GEN.format("cache_implementation")),
+    "num_generations_eval": (None, "not supported; remove num_generations_eval"),
+    "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
+    "ds3_gather_for_generation": (True, "not supported; remove it"),
+    "shuffle_dataset": (True, "prompts are drawn in seeded random order; remove it"),
+    "chat_template_kwargs": (None, "not a config option in preflab (offline preference rows take a "
+                                  "'chat_template_kwargs' column); remove it"),
+    "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
+                                                          "normalized (TRL's default); remove it"),
+    "mask_truncated_completions": (False, "not supported; missing_eos_penalty penalises completions without EOS"),
+    "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
+    "off_policy_mask_threshold": (None, "not supported; remove it"),
+    "use_bias_correction_kl": (True, "not supported; remove it"),
+    "top_entropy_quantile": (1.0, "entropy masking is not supported; remove it"),
+    "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
+    "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
+    "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
+    # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
+    "dataset_text_field": ("text", "language-modeling rows are read from a 'text' column; rename the column"),
+    "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
+    "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
+    "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
+    "eval_packing": (None, "evaluation uses the training packing; remove it"),
+    "assistant_only_loss": (False, "'messages' rows train on the whole rendered chat; for a loss on the assistant "
+                                   "turn only give prompt / completion rows (lists of messages)"),
+    "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
+    "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
+    **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
+        ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
+        ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
+    **{key: (default, "TRL's sapo and vespo GRPO losses are not in preflab; remove it") for key, default in (
+        ("sapo_temperature_neg", 1.05), ("sapo_temperature_pos", 1.0), ("vespo_k_pos", 2.0),
+        ("vespo_lambda_pos", 3.0), ("vespo_k_neg", 3.0), ("vespo_lambda_neg", 2.0))},
 }
+
+# TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
+# (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
+LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
+                 "importance_sampling_level": "token"}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
 
 
 def _same(value, default) -> bool:
-    return value == default or (default is None and value in (None, False, "", [], {}))
+    if default is False and value == "no":  # transformers 5 writes include_num_input_tokens_seen as "no"
+        return True
+    return value == default or value is None or (default in (None, []) and value in (None, False, "", [], {}))
 
 
 def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
     raw, notes, errors = dict(raw), [], []
+    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
+        errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
+                      f"option (the value was not saved); remove {key} or give the token itself.")
+    if raw.get("task") != "online" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's below
+        if raw.pop("shuffle_dataset"):
+            notes.append("shuffle_dataset: batches follow the seeded random order (each epoch).")
+    if raw.get("train_sampling_strategy") == "sequential" and raw.get("loss_type") in ("kto", "apo_zero_unpaired"):
+        raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
+        notes.append("train_sampling_strategy: sequential (KTOConfig's default) -> the seeded random order; preflab's "
+                     "KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order.")
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
             raw[key] = "no"
@@ -141,16 +271,41 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
                      "scripts do.")
     for trl, ours in RENAMED.items():
         if trl in raw:
-            if ours in raw:
+            if ours in raw and raw[ours] is None:  # preflab's name left unset (a saved config carries both)
+                raw.pop(ours)
+                raw[ours] = raw.pop(trl)
+            elif ours in raw and raw[ours] == raw[trl]:
+                raw.pop(trl)  # the same value under both spellings (TrainingArguments.to_dict writes both)
+            elif ours in raw:
                 errors.append(f"{trl} and {ours} are the same option (TRL and preflab spelling); keep one.")
             else:
                 raw[ours] = raw.pop(trl)
+    if raw.get("task") == "online" and raw.get("use_vllm") is True:
+        raw.pop("use_vllm")
+        if raw.get("vllm_mode", "colocate") not in ("colocate", None):
+            errors.append(f"use_vllm with vllm_mode={raw['vllm_mode']!r} is not supported: preflab's vLLM backend "
+                          "runs in the training process (TRL's colocate mode); set vllm_mode: colocate or remove it.")
+        elif raw.get("generation_backend", "vllm") != "vllm":
+            errors.append(f"use_vllm: true and generation_backend: {raw['generation_backend']} disagree; keep one.")
+        else:
+            raw["generation_backend"] = "vllm"
+            notes.append("use_vllm: true -> generation_backend: vllm (in the training process, as TRL's colocate "
+                         "mode).")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             errors.append(f"{key} is not supported: {why}.")
     for key, (default, why) in NO_EFFECT.items():
         if key in raw and not _same(raw.pop(key), default):
             notes.append(f"{key}: {why}.")
+    if raw.get("task") == "sft" and raw.get("loss_type") in ("nll", "dft"):  # SFTConfig.loss_type (default nll)
+        if raw.pop("loss_type") == "dft":
+            errors.append("loss_type='dft' (SFTConfig's dynamic fine-tuning loss) is not supported: task: sft trains "
+                          "the token-mean NLL (TRL's nll); remove loss_type.")
+    if "completion_only_loss" in raw and raw["completion_only_loss"] is None:
+        raw.pop("completion_only_loss")  # TRL's default: loss on the completion of prompt-completion rows (ours too)
+    if "eval_steps" in raw and raw["eval_steps"] is None:
+        raw.pop("eval_steps")  # TRL's default: logging_steps when eval_strategy is steps (applied below)
+    _grpo_loss_type(raw, errors)
     _strategies(raw, notes, errors)
     _ratios(raw, notes, errors)
     _model_kwargs(raw, errors)
@@ -163,6 +318,26 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
     return raw, notes, errors
+
+
+GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig; grpo is ours too
+
+
+def _grpo_loss_type(raw: dict, errors: list) -> None:
+    """TRL's GRPOConfig loss_type (default dapo, so often written out) is a preflab online recipe, not an objective;
+    said here, before the objective registry would answer `unknown objective 'dapo'. Did you mean 'dpo'?`."""
+    loss = raw.get("loss_type")
+    if not isinstance(loss, str) or loss not in GRPO_LOSS_TYPES:
+        return
+    raw.pop("loss_type")
+    if loss in ("dapo", "bnpo", "dr_grpo"):  # the words of preflab.online.options.check_online
+        task = "" if raw.get("task") == "online" else "task: online, "
+        errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type; in preflab it is the group recipe "
+                      f"`trainer: {loss}` (got trainer {raw.get('trainer', 'online_dpo')!r}). Set {task}trainer: "
+                      f"{loss} and leave loss_type out.")
+    else:
+        errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
+                      "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo or gspo.")
 
 
 def _strategies(raw: dict, notes: list, errors: list) -> None:
@@ -251,8 +426,7 @@ def _label_smoothing(raw: dict, notes: list) -> None:
         return  # robust, exo_pair, ... take label_smoothing themselves
     eps = raw["label_smoothing"]
     if eps in (0, 0.0):
-        raw.pop("label_smoothing")
-        notes.append("label_smoothing: 0 has no effect with loss_type sigmoid.")
+        raw.pop("label_smoothing")  # TRL's default (every saved DPOConfig carries it): nothing asked, nothing said
         return
     raw["loss_type"] = "cdpo"
     notes.append(f"loss_type sigmoid with label_smoothing {eps} -> loss_type: cdpo (conservative DPO, TRL <= 0.28's "

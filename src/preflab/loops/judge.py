@@ -61,6 +61,26 @@ def _floats(values, n: int, name: str) -> list[float]:
     return [math.nan if v is None else float(v) for v in values]
 
 
+TRL_ONLY_ARGUMENTS = ("trainer_state", "log_extra", "log_metric")  # TRL 1.16 GRPOTrainer's extra reward kwargs
+
+
+def _check_trl_only_arguments(fn) -> None:
+    """A TRL reward function that requires trainer_state / log_extra / log_metric would raise TypeError on every
+    call here (each completion then scored NaN and counted as a judge failure, the cause unseen): said up front."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return
+    needed = [p.name for p in params if p.name in TRL_ONLY_ARGUMENTS and p.default is inspect.Parameter.empty
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if needed:
+        raise ConfigError(f"reward function {_name(fn)!r} requires {', '.join(needed)}, which TRL's GRPOTrainer "
+                          "passes and preflab does not (preflab passes prompts, completions, completion_ids and the "
+                          "prompt row's other columns); give it a default (e.g. trainer_state=None) or remove it.")
+
+
 class Judge:
     """Scores completions with one or more judges (see the module docstring); callable."""
 
@@ -69,6 +89,9 @@ class Judge:
         if not self.judges:
             raise ConfigError("give at least one judge (a reward function, a reward model or a preference model).")
         self.kinds = [_kind(j) for j in self.judges]
+        for judge, kind in zip(self.judges, self.kinds):
+            if kind == "function":
+                _check_trl_only_arguments(judge)
         self.weights = [1.0] * len(self.judges) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.judges):
             raise ConfigError(f"{len(self.weights)} weights for {len(self.judges)} judges; give one weight each.")

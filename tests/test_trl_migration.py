@@ -1,0 +1,271 @@
+"""An engineer migrating a TRL 1.16 project: a saved DPOConfig / GRPOConfig (`args.to_dict()`, every
+TrainingArguments field included) loads; every TRL field is honoured, mapped with a note, or refused with the
+reason, never dropped without a word (trluser trial)."""
+import dataclasses
+import typing
+
+import pytest
+
+from preflab.config import TrainConfig, config_from_dict
+from preflab.errors import ConfigError
+
+BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+ONLINE = {**BASE, "task": "online", "trainer": "grpo", "max_steps": 2}
+
+
+def _trl_dump(name):
+    trl = pytest.importorskip("trl")
+    return getattr(trl, name)(output_dir="out", bf16=False).to_dict()
+
+
+def test_saved_dpoconfig_loads_with_trl_values(capsys):
+    """Before: 49 'unknown config key' errors (do_train, ddp_backend, accelerator_config, ...) and
+    'eval_steps may not be null' for TRL's own defaults; TRL's default label_smoothing 0.0 printed a note."""
+    cfg = config_from_dict({**BASE, **_trl_dump("DPOConfig")})
+    assert "label_smoothing" not in capsys.readouterr().err
+    assert (cfg.learning_rate, cfg.logging_steps, cfg.max_length, cfg.beta) == (1e-6, 10, 1024, 0.1)
+    assert cfg.eval_steps == 0 and cfg.gradient_checkpointing is True and cfg.loss_type in ("sigmoid", ["sigmoid"])
+
+
+def test_every_dpo_and_grpo_field_has_a_handling():
+    """Each TRL 1.16 DPOConfig / GRPOConfig field is a preflab option, a TRL key with a rule (renamed, translated,
+    note, refusal), or a loss parameter with TRL's default accepted."""
+    trl = pytest.importorskip("trl")
+    from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
+
+    from preflab.objectives import list_objectives, objective_class
+
+    from trl.experimental.cpo import CPOConfig
+    from trl.experimental.orpo import ORPOConfig
+
+    objective_params = {f.name for name in list_objectives() for f in dataclasses.fields(objective_class(name))}
+    known = set(typing.get_type_hints(TrainConfig)) | TRL_KEYS | set(LOSS_DEFAULTS) | objective_params
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    for cls in (trl.DPOConfig, trl.GRPOConfig, trl.KTOConfig, trl.SFTConfig, trl.RewardConfig, trl.RLOOConfig,
+                CPOConfig, ORPOConfig, OnlineDPOConfig):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in known]
+        assert missing == [], (cls.__name__, missing)
+
+
+def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
+    """Before: dataset_text_field, eos_token, packing_strategy, assistant_only_loss, ... were unknown keys even at
+    TRL's default, and completion_only_loss: null (TRL's default) was 'may not be null'."""
+    raw = _trl_dump("SFTConfig")
+    assert raw["completion_only_loss"] is None and raw["eos_token"] == "<EOS_TOKEN>"
+    with pytest.raises(ConfigError, match="eos_token='<EOS_TOKEN>' is the placeholder transformers' to_dict"):
+        config_from_dict({**BASE, "task": "sft", **raw})
+    raw.pop("eos_token")
+    cfg = config_from_dict({**BASE, "task": "sft", **raw})
+    assert cfg.completion_only_loss is True and cfg.max_length == 1024 and cfg.packing is False
+    with pytest.raises(ConfigError, match="assistant_only_loss is not supported: .*prompt / completion rows"):
+        config_from_dict({**BASE, "task": "sft", "assistant_only_loss": True})
+    with pytest.raises(ConfigError, match="dataset_text_field is not supported: .*rename the column"):
+        config_from_dict({**BASE, "task": "sft", "dataset_text_field": "content"})
+
+
+def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():
+    """Before: `unknown objective 'dapo'. Did you mean 'dpo'?` (TRL GRPO's default loss_type pointed at DPO)."""
+    raw = _trl_dump("GRPOConfig")
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "task": "online", **raw})
+    assert "Set trainer: dapo and leave loss_type out" in str(err.value) and "'dpo'" not in str(err.value)
+    raw.pop("loss_type")
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": "dapo", **raw, "max_steps": 2})
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length) == (0.0, 8, 512)
+
+
+def test_grpo_loss_type_outside_online_and_missing_losses():
+    with pytest.raises(ConfigError, match="Set task: online, trainer: bnpo"):
+        config_from_dict({**BASE, "loss_type": "bnpo"})
+    with pytest.raises(ConfigError, match="'cispo' is a TRL GRPOConfig loss_type that preflab does not have"):
+        config_from_dict({**ONLINE, "loss_type": "cispo"})
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("eval_delay", 5, "evaluation runs every eval_steps from the start"),
+    ("label_smoothing_factor", 0.1, "does not apply to preference losses"),
+    ("accelerator_config", {"split_batches": True}, "accelerate launch --config_file"),
+    ("auto_find_batch_size", True, "per_device_train_batch_size"),
+    ("full_determinism", True, "not supported"),
+    ("debug", "underflow_overflow", "debug modes are not supported"),
+    ("ddp_backend", "nccl", "accelerate picks the backend"),
+])
+def test_trainingarguments_values_preflab_does_not_do_are_refused(key, value, why):
+    """Before: 'unknown config key' with no reason, also at TRL's default value."""
+    with pytest.raises(ConfigError, match=f"{key} is not supported: .*{why}"):
+        config_from_dict({**BASE, key: value})
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("top_k", 50, "temperature and top_p only"), ("repetition_penalty", 1.1, "temperature and top_p only"),
+    ("mask_truncated_completions", True, "missing_eos_penalty"), ("entropy_coef", 0.01, "entropy regularisation"),
+    ("sapo_temperature_neg", 2.0, "sapo and vespo"),
+])
+def test_grpo_generation_options_refused_with_reason(key, value, why):
+    with pytest.raises(ConfigError, match=f"{key} is not supported: .*{why}"):
+        config_from_dict({**ONLINE, key: value})
+    config_from_dict({**ONLINE, key: None})  # null: TRL's default
+
+
+def test_trainingarguments_without_effect_say_so(capsys):
+    config_from_dict({**BASE, "do_train": True, "dataloader_pin_memory": False, "include_num_input_tokens_seen": "no",
+                      "vllm_mode": "server"})
+    err = capsys.readouterr().err
+    assert "vllm_mode: TRL's vLLM options are not read: preflab's vLLM backend (generation_backend: vllm)" in err
+    assert "do_train: preflab train always trains." in err
+    assert "dataloader_pin_memory: batches are built in the training process." in err
+    assert "include_num_input_tokens_seen" not in err  # "no" is transformers 5's spelling of the default
+
+
+def test_activation_checkpointing_is_gradient_checkpointing():
+    assert config_from_dict({**BASE, "activation_checkpointing": False}).gradient_checkpointing is False
+    assert config_from_dict({**BASE, "activation_checkpointing": True,
+                             "gradient_checkpointing": True}).gradient_checkpointing is True
+    with pytest.raises(ConfigError, match="activation_checkpointing and gradient_checkpointing are the same option"):
+        config_from_dict({**BASE, "activation_checkpointing": False, "gradient_checkpointing": True})
+
+
+def test_other_losses_parameters_at_trl_default_accepted_otherwise_refused():
+    """A saved DPOConfig carries discopop_tau: 0.05 whatever the loss_type; another value with loss_type sigmoid
+    still says it belongs to discopop."""
+    cfg = config_from_dict({**BASE, "loss_type": "ipo", "discopop_tau": 0.05, "label_smoothing": 0.0})
+    assert "discopop_tau" not in cfg.objective_params and "label_smoothing" not in cfg.objective_params
+    assert config_from_dict({**BASE, "loss_type": "discopop", "discopop_tau": 0.07}).objective_params == \
+        {"discopop_tau": 0.07}
+    with pytest.raises(ConfigError, match="'discopop_tau'. It is a parameter of the objective"):
+        config_from_dict({**BASE, "discopop_tau": 0.07})
+
+
+def test_saved_ktoconfig_loads_and_reward_config_placeholder_refused(capsys):
+    """KTOConfig's train_sampling_strategy: sequential (its default) was an unknown key; a to_dict() dump's
+    eos_token '<EOS_TOKEN>' (a masked value) is refused rather than guessed."""
+    raw = _trl_dump("KTOConfig")
+    assert raw["train_sampling_strategy"] == "sequential"
+    cfg = config_from_dict({**BASE, **raw})
+    assert cfg.loss_type == "kto" and cfg.objective_params == {"desirable_weight": 1.0, "undesirable_weight": 1.0}
+    assert "train_sampling_strategy: sequential (KTOConfig's default)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train_sampling_strategy is not supported"):
+        config_from_dict({**BASE, "train_sampling_strategy": "sequential"})  # DPO: another order than asked
+    raw = _trl_dump("RewardConfig")
+    with pytest.raises(ConfigError, match="remove eos_token or give the token itself"):
+        config_from_dict({**BASE, "task": "reward", **raw})
+    raw.pop("eos_token")
+    assert config_from_dict({**BASE, "task": "reward", **raw}).learning_rate == 1e-4
+
+
+def test_trl_class_import_says_how_to_write_the_run():
+    """Before: `ImportError: cannot import name 'DPOTrainer' from 'preflab'` with no way forward."""
+    with pytest.raises(ImportError, match="preflab has no TRL-style DPOTrainer: a run is one config.*preflab train"):
+        from preflab import DPOTrainer  # noqa: F401
+    with pytest.raises(ImportError, match="GRPOTrainer.* with task: online, trainer: grpo"):
+        from preflab import GRPOTrainer  # noqa: F401
+    with pytest.raises(ImportError, match="cannot import name 'NoSuchThing'"):
+        from preflab import NoSuchThing  # noqa: F401
+
+
+def test_trl_reward_function_requiring_trainer_state_is_refused_up_front():
+    """Before: TypeError on every call, caught as a judge failure: every completion NaN, the cause never shown."""
+    from preflab.loops.judge import Judge
+
+    def curriculum(prompts, completions, trainer_state, **kwargs):
+        return [float(trainer_state.global_step)] * len(completions)
+
+    with pytest.raises(ConfigError, match="'curriculum' requires trainer_state, which TRL's GRPOTrainer passes"):
+        Judge([curriculum])
+
+    def tolerant(prompts, completions, trainer_state=None, solution=None, **kwargs):
+        return [float(c == s) for c, s in zip(completions, solution)]
+
+    scores, _ = Judge([tolerant])(["p", "p"], ["a", "b"], columns=[{"solution": "a"}, {"solution": "a"}])
+    assert scores.tolist() == [1.0, 0.0]
+
+
+def test_saved_online_dpo_config_maps_reward_model_path_and_max_new_tokens():
+    """OnlineDPOConfig's reward_model_path and max_new_tokens were unknown keys."""
+    pytest.importorskip("trl")
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    raw = OnlineDPOConfig(output_dir="out", bf16=False, reward_model_path="rm_dir", max_new_tokens=24).to_dict()
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": "online_dpo", **raw, "max_steps": 2})
+    assert (cfg.reward_funcs, cfg.max_completion_length, cfg.temperature) == ("rm_dir", 24, 0.9)
+    with pytest.raises(ConfigError, match="max_new_tokens and max_completion_length are the same option"):
+        config_from_dict({**ONLINE, "max_new_tokens": 24, "max_completion_length": 32})
+
+
+def test_use_vllm_in_an_online_run_is_the_vllm_backend(capsys):
+    """Before: GRPOConfig's use_vllm: true was refused with 'offline DPO generates nothing', in an online run."""
+    cfg = config_from_dict({**ONLINE, "use_vllm": True, "vllm_mode": "colocate"})
+    assert cfg.generation_backend == "vllm" and "use_vllm: true -> generation_backend: vllm" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="vllm_mode='server' is not supported: preflab's vLLM backend runs in the"):
+        config_from_dict({**ONLINE, "use_vllm": True, "vllm_mode": "server"})
+    with pytest.raises(ConfigError, match="use_vllm is not supported: offline training generates nothing"):
+        config_from_dict({**BASE, "use_vllm": True})
+
+
+# a Qwen-style template: default system prompt, tools in the system turn, enable_thinking through chat_template_kwargs
+_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+    "{% else %}You are a helpful assistant.{% endif %}\n# Tools\n{% for tool in tools %}{{ tool | tojson }}\n"
+    "{% endfor %}<|im_end|>\n{% elif messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+    "assistant.<|im_end|>\n{% endif %}{%- for message in messages %}{% if not (message['role'] == 'system' and tools) "
+    "%}<|im_start|>{{ message['role'] }}\n{% if message['role'] == 'assistant' and enable_thinking is defined and not "
+    "enable_thinking %}<think>\n\n</think>\n\n{% endif %}{{ message['content'] }}<|im_end|>\n{% endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{%- endif %}")
+
+
+def _trl_pair_ids(tok, row):
+    """TRL 1.16 DPOTrainer._prepare_dataset on one row: extract_prompt, EOS for standard rows, template, cut at the
+    common token prefix."""
+    import json
+
+    from trl.data_utils import extract_prompt, is_conversational
+    from trl.trainer.dpo_trainer import _tokenize, common_prefix_length
+
+    ex = dict(row) if "prompt" in row else {**row, **extract_prompt(row)}
+    kw = {}
+    if is_conversational(ex):
+        tools = ex.get("tools")
+        kw = {"tools": json.loads(tools) if isinstance(tools, str) else tools, **(ex.get("chat_template_kwargs") or {})}
+        ids = lambda m, gen=False: _tokenize(tok, m, add_generation_prompt=gen, **kw)["input_ids"]  # noqa: E731
+        p, c, r = ids(ex["prompt"], True), ids(ex["prompt"] + ex["chosen"]), ids(ex["prompt"] + ex["rejected"])
+    else:
+        ids = lambda s: _tokenize(tok, s)["input_ids"]  # noqa: E731
+        eos = lambda s: s if s.endswith(tok.eos_token) else s + tok.eos_token  # noqa: E731
+        p, c, r = ids(ex["prompt"]), ids(ex["prompt"] + eos(ex["chosen"])), ids(ex["prompt"] + eos(ex["rejected"]))
+    n = min(common_prefix_length(p, c), common_prefix_length(p, r))
+    return p[:n], c[n:], r[n:]
+
+
+def test_pair_token_ids_equal_trls_on_its_dataset_forms():
+    """Checked in the trluser trial: standard and conversational, explicit and implicit prompt, a system turn,
+    several turns, tools (list and JSON string) and chat_template_kwargs give TRL 1.16's prompt/chosen/rejected ids."""
+    pytest.importorskip("trl")
+    import json
+
+    from datasets import Dataset
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.load import load_tokenizer
+
+    tok = load_tokenizer("builtin:tiny-llama")
+    tok.chat_template = _TEMPLATE
+    u, a = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    rows = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+            {"chosen": "The sky is blue.", "rejected": "The sky is green."},
+            {"prompt": [u("Sky?")], "chosen": [a("Blue.")], "rejected": [a("Green.")]},
+            {"prompt": [{"role": "system", "content": "Be brief."}, u("Sky?")], "chosen": [a("Blue.")],
+             "rejected": [a("Green.")]},
+            {"chosen": [u("Hi"), a("Hello!"), u("Sky?"), a("Blue.")],
+             "rejected": [u("Hi"), a("Hello!"), u("Sky?"), a("Green.")]},
+            {"prompt": [u("Weather?")], "chosen": [a("Sunny.")], "rejected": [a("Rain.")], "tools": tools},
+            {"prompt": [u("Weather?")], "chosen": [a("Sunny.")], "rejected": [a("Rain.")], "tools": json.dumps(tools)},
+            {"prompt": [u("Sky?")], "chosen": [a("Blue.")], "rejected": [a("Green.")],
+             "chat_template_kwargs": {"enable_thinking": False}}]
+    for row in rows:
+        examples, _ = load_rows(Dataset.from_list([row]), kind="pairwise")
+        pair = tokenize_pairs(examples, tok, max_length=None)[0][0]
+        assert (list(pair.prompt_ids), list(pair.chosen_ids), list(pair.rejected_ids)) == _trl_pair_ids(tok, row), row
