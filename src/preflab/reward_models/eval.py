@@ -59,7 +59,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     head: the pairwise head (default: from the model config; a plain classifier is a BT model).
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
     Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
-    "reversal_accuracy" (when the data has reversal groups), "skipped"}.
+    "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
+    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end)}.
+    Raises DataError when no pair is left to score.
     """
     from preflab.data.rows import load_rows
     from preflab.reward_models.context import reversal_accuracy
@@ -83,6 +85,14 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     examples, row_report = load_rows(data, kind="pairwise", on_bad_row=on_bad_row)
     pairs, tok_report = tokenize_reward_pairs(examples, tokenizer, max_length=max_length, on_bad_row=on_bad_row,
                                               source=row_report.source, context_template=template)
+    if not pairs:
+        from preflab.errors import DataError
+
+        skipped = {k: row_report.skipped.get(k, 0) + tok_report.skipped.get(k, 0)
+                   for k in {**row_report.skipped, **tok_report.skipped}}
+        raise DataError(f"{row_report.source or 'the eval data'}: no pair left to score ({row_report.total} rows; "
+                        f"skipped: {skipped or 'none'}); fix the rows (a pair needs a non-empty chosen and rejected "
+                        "that differ) or point --data at other rows.")
     by_id = {ex.row_id: ex for ex in examples}
     kept = [by_id[p.row_id] for p in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -105,4 +115,5 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     for reason, count in tok_report.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
+    result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
     return result
