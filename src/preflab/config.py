@@ -254,6 +254,11 @@ class TrainConfig:
             if used:
                 out.append(f"task: reward trains a Bradley-Terry reward model; {', '.join(used)} only apply to "
                            "task: dpo. Remove them (or set task: dpo).")
+            if self.layout in ("packed", "prefix_packed"):  # RewardRun batches padded rows
+                out.append(f"layout={self.layout!r} (or TRL's padding_free: true) is not read by task: reward, which "
+                           "batches padded rows; remove it.")
+            if self.generate_during_eval:
+                out.append("generate_during_eval: a reward model generates nothing (task: reward); remove it.")
         elif self.center_rewards_coefficient is not None:
             out.append("center_rewards_coefficient only applies to task: reward.")
         if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:

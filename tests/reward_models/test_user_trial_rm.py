@@ -66,3 +66,48 @@ def test_eval_reward_reports_pairs_cut_to_max_length(tiny_rm_dir, tmp_path, caps
                  "--out", str(tmp_path / "e.json")]) == 0
     assert "cut 0 prompts and 1 pairs' responses" in capsys.readouterr().out
     assert json.loads((tmp_path / "e.json").read_text())["reward_eval"]["truncated"] == {"prompt": 0, "response": 1}
+
+
+@pytest.mark.parametrize("option, match", [({"layout": "prefix_packed"}, "batches padded rows"),
+                                           ({"padding_free": True}, "batches padded rows"),
+                                           ({"generate_during_eval": True}, "generates nothing")])
+def test_reward_task_refuses_options_it_does_not_read(option, match):
+    """layout (TRL's padding_free) and generate_during_eval were accepted by task: reward and ignored."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                          **option})
+
+
+def test_reward_task_reads_max_completion_length(tmp_path):
+    """max_completion_length was ignored by task: reward (responses kept whole, 'response truncated 0')."""
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import load_reward_pairs
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat", "chosen": " sat on the mat today", "rejected": " ran"}) + "\n")
+    cfg = config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                            "max_completion_length": 3})
+    train, _, report, _ = load_reward_pairs(cfg, tiny_tokenizer())
+    assert len(train[0].chosen_ids) == 3 and len(train[0].rejected_ids) <= 3
+    assert report["train_tokenize"]["response_truncated"] == 1
+
+
+def test_reward_task_loads_weights_in_load_dtype(tmp_path):
+    """load_dtype (TRL's torch_dtype) was ignored by task: reward: the model was always built in float32."""
+    from safetensors.torch import load_file
+
+    from preflab.config import config_from_dict
+    from preflab.reward_models.train import train_reward
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(8, seed=0)))
+    cfg = config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                            "load_dtype": "bfloat16", "max_steps": 1, "per_device_train_batch_size": 4,
+                            "output_dir": str(tmp_path / "rm"), "disable_tqdm": True, "use_cpu": True,
+                            "max_length": 64})
+    train_reward(cfg)
+    assert {t.dtype for t in load_file(str(tmp_path / "rm" / "model.safetensors")).values()} == {torch.bfloat16}

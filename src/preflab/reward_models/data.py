@@ -15,13 +15,15 @@ from preflab.reward_models.context import CONTEXT_TEMPLATE, has_context, with_co
 
 def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
                           max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
-                          on_bad_row: str = "error", source: str = "", context_template: str | None = None):
+                          on_bad_row: str = "error", source: str = "", context_template: str | None = None,
+                          max_completion_length: int | None = None):
     """(tokenized pairs, report). Contexts are rendered when `context_template` is given; when any row has a
     `margin`, every pair gets a float margin (0 where absent or null), so no batch silently drops the column."""
     if context_template:
         examples = with_context(examples, context_template)
     pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                                   truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source)
+                                   truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
+                                   max_completion_length=max_completion_length)
     if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (TRL)
         for pair in pairs:
             pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
@@ -47,7 +49,7 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         rows = [r for i, r in enumerate(rows) if i not in held]
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                    truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)
+                    max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)
     train, tok_report = tokenize_reward_pairs(rows, tokenizer, source=cfg.dataset_name, **settings)
     report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(),
               "skipped": dict(row_report.to_dict().get("skipped", {}))}

@@ -61,7 +61,8 @@ class LastTokenRewardModel(nn.Module):
         from transformers import AutoModel
 
         meta = json.loads(Path(path, FALLBACK_FILE).read_text())
-        model = cls(AutoModel.from_pretrained(path, use_safetensors=True, **kwargs), meta["num_outputs"])
+        kwargs = {**kwargs, "use_safetensors": True}
+        model = cls(AutoModel.from_pretrained(path, **kwargs), meta["num_outputs"])
         model.score.weight.data.copy_(load_file(str(Path(path) / HEAD_FILE))["weight"])
         return model
 
@@ -92,12 +93,15 @@ def reward_model_from_config(config, num_outputs: int, pad_token_id: int | None,
 
 
 def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "float32",
-                       trust_remote_code: bool = False, allow_pickle: bool = False, seed: int = 0) -> nn.Module:
+                       trust_remote_code: bool = False, allow_pickle: bool = False, seed: int = 0,
+                       init_kwargs: dict | None = None) -> nn.Module:
     """A reward model with a fresh D-output head from a builtin name, hub name or local directory.
 
     A directory saved by preflab (or any sequence-classification checkpoint with D labels) keeps its head.
+    dtype: the weights' dtype (`load_dtype`; "auto": the checkpoint's); init_kwargs: further from_pretrained
+    arguments (`model_init_kwargs`, e.g. revision, attn_implementation; a `dtype` there wins).
     """
-    from preflab.models.load import BUILTIN, DTYPES, check_weights_safe
+    from preflab.models.load import BUILTIN, _init_kwargs, check_weights_safe
 
     if not name:
         raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-llama.")
@@ -105,16 +109,19 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
     if name in BUILTIN:
         from preflab.models.tiny import tiny_causal_lm
 
-        return reward_model_from_config(tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed).config,
-                                        num_outputs, pad, seed)
+        model = reward_model_from_config(tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed).config,
+                                         num_outputs, pad, seed)
+        weights = _init_kwargs(init_kwargs, dtype)["dtype"]
+        return model if weights in ("auto", torch.float32) else model.to(weights)
     check_weights_safe(name, allow_pickle)
+    kwargs = {**_init_kwargs(init_kwargs, dtype), "trust_remote_code": trust_remote_code,
+              "use_safetensors": None if allow_pickle else True}
     if Path(name, FALLBACK_FILE).is_file():
-        return LastTokenRewardModel.from_pretrained(name)
+        return LastTokenRewardModel.from_pretrained(name, **kwargs)
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    kwargs = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                  use_safetensors=None if allow_pickle else True)
-    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                        **({"revision": kwargs["revision"]} if "revision" in kwargs else {}))
     config.num_labels, config.pad_token_id = num_outputs, pad
     try:
         return AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)

@@ -117,9 +117,9 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
 
         train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
     if model is None:
-        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer, dtype="float32",
-                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
-                                   seed=cfg.seed)
+        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer,
+                                   dtype=cfg.load_dtype or "float32", trust_remote_code=cfg.trust_remote_code,
+                                   allow_pickle=cfg.allow_pickle, seed=cfg.seed, init_kwargs=cfg.model_kwargs())
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
