@@ -111,3 +111,24 @@ def test_reward_task_loads_weights_in_load_dtype(tmp_path):
                             "max_length": 64})
     train_reward(cfg)
     assert {t.dtype for t in load_file(str(tmp_path / "rm" / "model.safetensors")).values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("bad", ["high", float("nan"), float("inf"), True])
+def test_a_bad_margin_is_a_bad_row_not_a_traceback(bad):
+    """A string margin ended training in a raw `ValueError: could not convert string to float`; a NaN margin
+    made that batch's loss NaN and was trained on silently."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import tokenize_reward_pairs
+
+    rows = [{"prompt": "the cat", "chosen": " sat", "rejected": " ran", "margin": 1.5},
+            {"prompt": "a dog", "chosen": " park", "rejected": " mat", "margin": bad},
+            {"prompt": "a dog", "chosen": " good", "rejected": " mat"}]
+    examples, _ = load_rows(rows, kind="pairwise")
+    with pytest.raises(DataError, match="row 1, field 'margin'.*not a finite number"):
+        tokenize_reward_pairs(examples, tiny_tokenizer(), source="rows")
+    pairs, report = tokenize_reward_pairs(examples, tiny_tokenizer(), on_bad_row="skip")
+    assert [p.row_id for p in pairs] == [0, 2] and [p.extras["margin"] for p in pairs] == [1.5, 0.0]
+    assert report.skipped == {"bad_margin": 1} and report.kept == 2
+    report.check()

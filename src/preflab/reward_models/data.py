@@ -5,8 +5,12 @@ loss), `context` (rendered into the prompt, see `preflab.reward_models.context`)
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
+from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import tokenize_pairs
 from preflab.errors import PreflabError
@@ -24,10 +28,27 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
     pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                                    truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
                                    max_completion_length=max_completion_length)
+    pairs = _check_margins(pairs, report, on_bad_row)
     if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (TRL)
         for pair in pairs:
             pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
     return pairs, report
+
+
+def _check_margins(pairs: list, report, on_bad_row: str) -> list:
+    """The pairs whose `margin` is absent, null or a finite number; another margin (a string, NaN, inf, a bool)
+    is a bad row (DataError, or skipped and counted under `bad_margin` with on_bad_row: skip)."""
+    policy, kept = BadRowPolicy(on_bad_row, report), []
+    for pair in pairs:
+        value = pair.extras.get("margin")
+        if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                             and math.isfinite(value)):
+            kept.append(pair)
+            continue
+        policy.handle(RowProblem("bad_margin", "margin", f"the margin {value!r} is not a finite number",
+                                 "Give a number (null or no margin means 0)."), pair.row_id)
+        report.kept -= 1
+    return kept
 
 
 def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
