@@ -132,3 +132,29 @@ def test_a_bad_margin_is_a_bad_row_not_a_traceback(bad):
     assert [p.row_id for p in pairs] == [0, 2] and [p.extras["margin"] for p in pairs] == [1.5, 0.0]
     assert report.skipped == {"bad_margin": 1} and report.kept == 2
     report.check()
+
+
+def test_a_gpm_judge_drops_a_completion_it_cannot_read_instead_of_ending_the_run():
+    """An online run judged by a GPM directory stopped with "row 4, field 'completion': the text contains
+    '<|system|>'" when the policy wrote a special token of the judge's tokenizer; a reward-model judge scored
+    such a completion NaN and counted it (judge/failed). Now the GPM drops it too, and the other completions keep
+    their mean win rate against each other."""
+    import math
+
+    from preflab.loops.judge import Judge
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.gpm import GPMHead
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.interface import GPMPreference
+
+    tok = tiny_tokenizer()
+    bad = "<|system|>"  # a control token of the judge's tokenizer (as the demo policy wrote)
+    pm = GPMPreference(build_reward_model("builtin:tiny-llama", 4, tok, seed=0), tok, head=GPMHead(dim=4))
+    completions = [" sat", f" ran {bad}", " the mat", " park"]
+    judge = Judge(pm)
+    scores, _ = judge(["the cat"] * 4, completions, [0, 0, 0, 0])
+    assert math.isnan(scores[1]) and judge.failed == 1
+    good = [completions[i] for i in (0, 2, 3)]
+    w = pm.win_rate_matrix("the cat", good).double()
+    expected = (w.sum(-1) - w.diagonal()) / 2
+    torch.testing.assert_close(scores[[0, 2, 3]], expected, atol=1e-6, rtol=0)
