@@ -158,3 +158,21 @@ def test_a_gpm_judge_drops_a_completion_it_cannot_read_instead_of_ending_the_run
     w = pm.win_rate_matrix("the cat", good).double()
     expected = (w.sum(-1) - w.diagonal()) / 2
     torch.testing.assert_close(scores[[0, 2, 3]], expected, atol=1e-6, rtol=0)
+
+
+def test_eval_says_when_the_model_never_saw_the_contexts(tiny_rm_dir, tmp_path, capsys):
+    """A model trained without contexts, evaluated on context rows (RPR-style reversals), scored the prompt alone:
+    reversal_accuracy 0 and per_context accuracies a and 1 - a, with nothing saying the contexts were unseen."""
+    from preflab.cli import main
+
+    rows = []
+    for r in marker_rows(3, seed=0):
+        rows += [{**r, "context": "likes good"},
+                 {**r, "chosen": r["rejected"], "rejected": r["chosen"], "context": "hates good"}]
+    data = tmp_path / "ctx.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", str(tiny_rm_dir), "--task", "reward", "--data", str(data), "--out",
+                 str(tmp_path / "e.json")]) == 0
+    assert "6 rows carry a `context` this model was not trained with" in capsys.readouterr().out
+    result = json.loads((tmp_path / "e.json").read_text())["reward_eval"]
+    assert result["context_not_shown"] == 6 and result["reversal_accuracy"] == 0.0

@@ -60,7 +60,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
     Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
     "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
-    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end)}.
+    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end),
+    "context_not_shown" (rows whose `context` the model did not see: no template stored, none given)}.
     Raises DataError when no pair is left to score.
     """
     from preflab.data.rows import load_rows
@@ -116,4 +117,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
     result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
+    if not template:  # rows with a context the model does not see (it was trained without contexts)
+        unseen = sum(1 for ex in kept if ex.extras.get("context"))
+        if unseen:
+            result["context_not_shown"] = unseen
     return result
