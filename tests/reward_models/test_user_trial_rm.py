@@ -176,3 +176,29 @@ def test_eval_says_when_the_model_never_saw_the_contexts(tiny_rm_dir, tmp_path, 
     assert "6 rows carry a `context` this model was not trained with" in capsys.readouterr().out
     result = json.loads((tmp_path / "e.json").read_text())["reward_eval"]
     assert result["context_not_shown"] == 6 and result["reversal_accuracy"] == 0.0
+
+
+def test_eval_shows_per_subset_accuracy_and_report_names_the_reward_eval(tiny_rm_dir, tmp_path, capsys):
+    """Per-subset accuracy was only inside eval.json's reward_eval (not printed, not in the report's table), and
+    `preflab report` on a reward run told the user to run the policy eval (`--reference REF`)."""
+    import shutil
+
+    from preflab.cli import main
+    from preflab.report.html import _eval_section
+    from preflab.report.runs import load_run
+
+    data = tmp_path / "ev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(8, seed=0)))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_rm_dir, run)
+    (run / "config.yaml").write_text("task: reward\n")
+    loaded = load_run(run)
+    assert any("--task reward --data HELDOUT" in m for m in loaded.missing)
+    assert "--task reward --data HELDOUT" in _eval_section([loaded])
+    assert main(["eval", str(run), "--task", "reward", "--data", str(data)]) == 0
+    out = json.loads((run / "eval.json").read_text())
+    per = out["reward_eval"]["per_subset"]
+    assert out["metrics"]["reward_model/subset/s1/accuracy"] == per["s1"]["accuracy"]
+    assert out["metrics"]["reward_model/subset/s2/accuracy"] == per["s2"]["accuracy"]
+    assert "reward_model/subset/s1/accuracy" in capsys.readouterr().out
+    assert "reward_model/subset/s2/accuracy" in _eval_section([load_run(run)])

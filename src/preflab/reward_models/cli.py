@@ -67,7 +67,11 @@ def eval_task(args) -> int:
                                    on_bad_row="skip")
     for reason, count in skipped_first.items():               # rows the first read skipped count too
         result["skipped"][reason] = result["skipped"].get(reason, 0) + count
-    metrics = {f"reward_model/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and k != "num_pairs"}
+    metrics = {f"reward_model/{k}": v for k, v in result.items()
+               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown")}
+    for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
+        for name, group in result.get(f"per_{field}", {}).items():
+            metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
     out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
            "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
            "notes": reward_eval_notes(result, args.max_length),
