@@ -202,3 +202,20 @@ def test_eval_shows_per_subset_accuracy_and_report_names_the_reward_eval(tiny_rm
     assert out["metrics"]["reward_model/subset/s2/accuracy"] == per["s2"]["accuracy"]
     assert "reward_model/subset/s1/accuracy" in capsys.readouterr().out
     assert "reward_model/subset/s2/accuracy" in _eval_section([load_run(run)])
+
+
+@pytest.mark.parametrize("attributes, rating, match", [
+    (("helpfulness", "verbosty"), 1.0, r"no row rates \['verbosty'\].*rate \['helpfulness', 'verbosity'\]"),
+    (("helpfulness", "verbosity"), "high", r"row 1, field 'helpfulness': the rating 'high' is not a finite"),
+    (("helpfulness", "verbosity"), float("nan"), r"row 1, field 'helpfulness': the rating nan is not a finite")])
+def test_multi_objective_rows_refuse_a_typo_d_attribute_and_bad_ratings(attributes, rating, match):
+    """A misspelt attribute was never observed: its head output trained on nothing while the run logged
+    mse/<attribute> = 0.0; a string rating was a raw ValueError, a NaN rating a NaN loss."""
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.multi_objective import tokenize_rated
+
+    rows = [{"prompt": "q", "response": " a", "ratings": {"helpfulness": 2.0, "verbosity": 1.0}},
+            {"prompt": "q", "response": " b", "ratings": {"helpfulness": rating, "verbosity": None}}]
+    with pytest.raises(DataError, match=match):
+        tokenize_rated(rows, tiny_tokenizer(), attributes)
