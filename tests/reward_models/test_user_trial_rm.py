@@ -219,3 +219,34 @@ def test_multi_objective_rows_refuse_a_typo_d_attribute_and_bad_ratings(attribut
             {"prompt": "q", "response": " b", "ratings": {"helpfulness": rating, "verbosity": None}}]
     with pytest.raises(DataError, match=match):
         tokenize_rated(rows, tiny_tokenizer(), attributes)
+
+
+def test_a_mid_run_checkpoint_of_a_reward_run_evaluates_and_judges(tmp_path):
+    """`preflab eval RUN/checkpoint-N --task reward` ended in a raw transformers "Unrecognized model ... Should have
+    a `model_type` key" traceback (a checkpoint holds the trained parameters only); a missing directory in a raw
+    OSError about huggingface.co. Now the checkpoint is rebuilt on its base: the last checkpoint scores exactly as
+    the final model."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.interface import load_judge
+    from preflab.reward_models.train import train_reward
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(16, seed=0)))
+    out = tmp_path / "rm"
+    train_reward(config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama",
+                                   "dataset_name": str(data), "max_steps": 2, "save_steps": 1,
+                                   "per_device_train_batch_size": 8, "learning_rate": 1e-2, "max_length": 64,
+                                   "output_dir": str(out), "disable_tqdm": True, "use_cpu": True}))
+    held_out = marker_rows(8, seed=1)
+    final = evaluate_reward_model(str(out), held_out)
+    last = evaluate_reward_model(str(out / "checkpoint-2"), held_out)
+    first = evaluate_reward_model(str(out / "checkpoint-1"), held_out)
+    assert last["mean_logit"] == pytest.approx(final["mean_logit"], abs=1e-6)
+    assert first["mean_logit"] != pytest.approx(final["mean_logit"], abs=1e-4)
+    prompts, responses = [r["prompt"] for r in held_out], [r["chosen"] for r in held_out]
+    torch.testing.assert_close(load_judge(str(out / "checkpoint-2")).score(prompts, responses),
+                               load_judge(str(out)).score(prompts, responses), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="not a directory"):
+        evaluate_reward_model(str(out / "checkpoint-9"), held_out)

@@ -71,11 +71,16 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
 
     model = model_dir_or_model
     if isinstance(model, (str, Path)):
+        if not Path(model).is_dir():
+            from preflab.errors import ConfigError
+
+            raise ConfigError(f"{model} is not a directory; give a reward model directory saved by preflab (a run's "
+                              "output_dir or its checkpoint-<step>) or by transformers.")
         model = load_reward_model(str(model_dir_or_model))
         if tokenizer is None:
-            from preflab.models.load import load_tokenizer
+            from preflab.reward_models.heads import reward_tokenizer
 
-            tokenizer = load_tokenizer(str(model_dir_or_model))
+            tokenizer = reward_tokenizer(str(model_dir_or_model))
     if tokenizer is None:
         from preflab.errors import ConfigError
 

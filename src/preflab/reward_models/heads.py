@@ -132,16 +132,85 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
 
 
 def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: bool = False) -> nn.Module:
-    """A reward model saved by preflab (or any sequence-classification checkpoint), head and all, in eval mode."""
+    """A reward model saved by preflab (or any sequence-classification checkpoint), head and all, in eval mode;
+    also a mid-run `checkpoint-<step>` of a `task: reward` run (see `load_reward_checkpoint`)."""
     from preflab.models.load import check_weights_safe
 
     check_weights_safe(path, allow_pickle)
+    if is_training_checkpoint(path):
+        return load_reward_checkpoint(path, trust_remote_code).eval()
     if Path(path, FALLBACK_FILE).is_file():
         return LastTokenRewardModel.from_pretrained(path).eval()
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
         path, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True).eval()
+
+
+def is_training_checkpoint(path) -> bool:
+    """A `checkpoint-<step>` folder: the trained parameters + trainer_state.json, no config.json."""
+    path = Path(path)
+    return (not (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+            and (path / "trainer_state.json").is_file())
+
+
+def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
+    """The reward model of a mid-run checkpoint: the base model of the run's saved config with a head of the
+    checkpoint's width, the checkpoint's parameters loaded over it. The head description is the finished run's
+    (config.json beside the checkpoint); without one a 1-output head is BT and a wider one is refused."""
+    from safetensors.torch import load_file
+
+    from preflab.eval.loading import _tokenizer_near, run_config
+
+    path = Path(path)
+    cfg = run_config(path)
+    base = cfg.get("model_name_or_path")
+    if cfg.get("task") != "reward" or not base:
+        raise ConfigError(f"{path} is a training checkpoint without a saved task: reward config naming its base "
+                          "model; evaluate the final run directory.")
+    if cfg.get("use_peft"):
+        raise ConfigError(f"{path} is a LoRA training checkpoint (adapters only); evaluate the final run directory, "
+                          "where the adapters are merged.")
+    weights = load_file(str(path / "model.safetensors"))
+    head = [v for k, v in weights.items() if k.split(".")[-2:] == ["score", "weight"]]
+    if len(head) != 1:
+        raise ConfigError(f"{path}/model.safetensors has no single score.weight (the reward head); evaluate the final "
+                          "run directory.")
+    num_outputs = head[0].shape[0]
+    finished = path.parent / "config.json"
+    info = json.loads(finished.read_text()).get(REWARD_CONFIG_KEY) if finished.is_file() else None
+    if info is None and num_outputs != 1:
+        raise ConfigError(f"{path} has a {num_outputs}-output head and the run has no config.json saying what it "
+                          "is (GPM, attributes); evaluate the final run directory.")
+    tokenizer = _tokenizer_near(path, str(base), trust_remote_code)
+    model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
+                               trust_remote_code=trust_remote_code, seed=int(cfg.get("seed") or 0),
+                               init_kwargs=cfg.get("model_init_kwargs"))
+    params = dict(model.named_parameters())
+    if set(weights) != set(params):
+        extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+        raise ConfigError(f"{path}/model.safetensors does not match the base model {base!r} with a {num_outputs}-"
+                          f"output head (only in the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); was "
+                          "the run trained from another model?")
+    with torch.no_grad():
+        for key, value in weights.items():
+            params[key].copy_(value)
+    set_reward_config(model, info or {"head": "bt", "tau": 1.0})
+    return model
+
+
+def reward_tokenizer(path, trust_remote_code: bool = False):
+    """The tokenizer saved with a reward model directory (or, for a checkpoint-<step>, in its run directory)."""
+    from preflab.eval.loading import _tokenizer_near
+
+    path = Path(path)
+    if is_training_checkpoint(path):
+        from preflab.eval.loading import run_config
+
+        return _tokenizer_near(path, run_config(path).get("model_name_or_path"), trust_remote_code)
+    from preflab.models.load import load_tokenizer
+
+    return load_tokenizer(str(path), trust_remote_code)
 
 
 def reward_config(model: nn.Module) -> dict:

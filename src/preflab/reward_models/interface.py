@@ -51,10 +51,9 @@ class RewardModel:
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "RewardModel":
-        from preflab.models.load import load_tokenizer
-        from preflab.reward_models.heads import load_reward_model
+        from preflab.reward_models.heads import load_reward_model, reward_tokenizer
 
-        return cls(load_reward_model(path), load_tokenizer(path), **kwargs)
+        return cls(load_reward_model(path), reward_tokenizer(path), **kwargs)
 
     def outputs(self, prompts: Sequence[Text], responses: Sequence[Text],
                 contexts: Sequence[str | None] | None = None) -> Tensor:
@@ -175,11 +174,10 @@ class MatrixPreference:
 def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
     """The judge saved in `path`: a GPMPreference for a GPM head, else a RewardModel (use BTPreference(judge) for
     probabilities)."""
-    from preflab.models.load import load_tokenizer
-    from preflab.reward_models.heads import load_reward_model, reward_config
+    from preflab.reward_models.heads import load_reward_model, reward_config, reward_tokenizer
 
     model = load_reward_model(path)
-    tokenizer = load_tokenizer(path)
+    tokenizer = reward_tokenizer(path)
     if reward_config(model).get("head") == "gpm":
         return GPMPreference(model, tokenizer, **kwargs)
     return RewardModel(model, tokenizer, **kwargs)
