@@ -250,3 +250,21 @@ def test_a_mid_run_checkpoint_of_a_reward_run_evaluates_and_judges(tmp_path):
                                load_judge(str(out)).score(prompts, responses), atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="not a directory"):
         evaluate_reward_model(str(out / "checkpoint-9"), held_out)
+
+
+def test_the_eval_sets_skipped_rows_are_said(tmp_path, capsys):
+    """With on_bad_row: skip, rows of eval_dataset_name were dropped without a word (only the training set's counts
+    were printed, and the eval set's row report was not kept)."""
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import load_reward_pairs
+
+    train, held = tmp_path / "t.jsonl", tmp_path / "e.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(4, seed=0)))
+    rows = marker_rows(3, seed=1) + [{"prompt": "a", "chosen": " x", "rejected": " x"}] * 2
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(train),
+                            "eval_dataset_name": str(held), "eval_split": "train", "on_bad_row": "skip"})
+    _, evals, report, _ = load_reward_pairs(cfg, tiny_tokenizer())
+    assert len(evals) == 3 and report["eval_rows"]["skipped"] == {"identical": 2}
+    assert "eval data: " + str(held) + " (pairwise): 5 rows, 3 kept, 2 skipped (identical: 2)" in capsys.readouterr().out

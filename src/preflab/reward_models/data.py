@@ -59,9 +59,9 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row)
-    eval_rows = []
+    eval_rows, eval_row_report = [], None
     if cfg.eval_dataset_name:
-        eval_rows, _ = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="pairwise",
+        eval_rows, eval_row_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row)
     elif cfg.eval_fraction > 0:
         perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
@@ -80,4 +80,9 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
                                                 source=cfg.eval_dataset_name or cfg.dataset_name, **settings)
         report["eval_tokenize"] = eval_tok.to_dict()
     print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
+    if eval_rows:  # the eval set's own skips and cuts, said like the training set's
+        if eval_row_report is not None:
+            report["eval_rows"] = eval_row_report.to_dict()
+        print(f"preflab: eval data: {eval_row_report.summary() + '; ' if eval_row_report else ''}"
+              f"{eval_tok.summary()}")
     return train, evals, report, template
