@@ -268,3 +268,27 @@ def test_the_eval_sets_skipped_rows_are_said(tmp_path, capsys):
     _, evals, report, _ = load_reward_pairs(cfg, tiny_tokenizer())
     assert len(evals) == 3 and report["eval_rows"]["skipped"] == {"identical": 2}
     assert "eval data: " + str(held) + " (pairwise): 5 rows, 3 kept, 2 skipped (identical: 2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("last_token_head", [False, True])
+def test_training_from_a_model_with_another_head_width_keeps_the_backbone(tmp_path, capsys, last_token_head):
+    """Starting a BT run from a GPM (or any classifier with another number of labels) ended in transformers'
+    raw "ignore_mismatched_sizes" RuntimeError; a fallback-head model (reward_head.safetensors) came back with its
+    old 4-output head, of which the BT loss silently read output 0 only."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model, reward_model_from_config
+
+    tok = tiny_tokenizer()
+    gpm = reward_model_from_config(tiny_causal_lm(tok).config, 4, tok.pad_token_id, seed=3,
+                                   last_token_head=last_token_head)
+    gpm.save_pretrained(tmp_path, safe_serialization=True)
+    bt = build_reward_model(str(tmp_path), 1, tok, seed=0)
+    assert "has a 4-output head and this run's head has 1 output(s)" in capsys.readouterr().out
+    assert bt.score.weight.shape[0] == 1
+    old = {k.removeprefix("model.").removeprefix("backbone."): v for k, v in gpm.state_dict().items()
+           if "score" not in k}
+    new = {k.removeprefix("model.").removeprefix("backbone."): v for k, v in bt.state_dict().items()
+           if "score" not in k}
+    assert old.keys() == new.keys()
+    for key in old:
+        torch.testing.assert_close(new[key], old[key], atol=0, rtol=0)

@@ -117,11 +117,23 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
     kwargs = {**_init_kwargs(init_kwargs, dtype), "trust_remote_code": trust_remote_code,
               "use_safetensors": None if allow_pickle else True}
     if Path(name, FALLBACK_FILE).is_file():
-        return LastTokenRewardModel.from_pretrained(name, **kwargs)
+        saved = json.loads(Path(name, FALLBACK_FILE).read_text())["num_outputs"]
+        if saved == num_outputs:
+            return LastTokenRewardModel.from_pretrained(name, **kwargs)
+        from transformers import AutoModel
+
+        _say_fresh_head(name, saved, num_outputs)
+        backbone = AutoModel.from_pretrained(name, **{**kwargs, "use_safetensors": True})
+        torch.manual_seed(seed)
+        return LastTokenRewardModel(backbone, num_outputs)
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
                                         **({"revision": kwargs["revision"]} if "revision" in kwargs else {}))
+    if any(str(a).endswith("ForSequenceClassification") for a in (config.architectures or [])) \
+            and config.num_labels != num_outputs:  # e.g. a GPM, attribute or 2-label classifier -> a BT head
+        _say_fresh_head(name, config.num_labels, num_outputs)
+        kwargs["ignore_mismatched_sizes"] = True
     config.num_labels, config.pad_token_id = num_outputs, pad
     try:
         return AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
@@ -129,6 +141,11 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
         if "Unrecognized configuration class" not in str(err):
             raise
     return LastTokenRewardModel(AutoModel.from_pretrained(name, **kwargs), num_outputs)
+
+
+def _say_fresh_head(name: str, saved: int, wanted: int) -> None:
+    print(f"preflab: note: {name} has a {saved}-output head and this run's head has {wanted} output(s): the backbone "
+          "is kept and the head is initialised afresh.", flush=True)
 
 
 def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: bool = False) -> nn.Module:
