@@ -292,3 +292,20 @@ def test_training_from_a_model_with_another_head_width_keeps_the_backbone(tmp_pa
     assert old.keys() == new.keys()
     for key in old:
         torch.testing.assert_close(new[key], old[key], atol=0, rtol=0)
+
+
+def test_a_policy_directory_is_not_taken_for_a_reward_model(tmp_path):
+    """`preflab eval POLICY_DIR --task reward` (or `reward_funcs: POLICY_DIR`) loaded the causal LM into a
+    sequence classifier with a randomly initialised head and reported its accuracy (about chance) as a result."""
+    from preflab.errors import ConfigError
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.tasks import resolve_judge
+    from preflab.reward_models.eval import evaluate_reward_model
+
+    tok = tiny_tokenizer()
+    tiny_causal_lm(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="no trained reward head.*LlamaForCausalLM"):
+        evaluate_reward_model(str(tmp_path), marker_rows(4, seed=0))
+    with pytest.raises(ConfigError, match="no trained reward head"):
+        resolve_judge(str(tmp_path))

@@ -160,8 +160,16 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
         return LastTokenRewardModel.from_pretrained(path).eval()
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(
-        path, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True).eval()
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
+        output_loading_info=True)
+    untrained = sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] in ("score", "classifier"))
+    if untrained:  # a policy (causal LM) or base model: its head would be random and every score noise
+        kinds = ", ".join(getattr(model.config, "architectures", None) or ["?"])
+        raise ConfigError(f"{path} has no trained reward head ({untrained[0]} is not in its weights; it is a "
+                          f"{kinds} checkpoint), so its scores would come from a random head. Give a reward model "
+                          "directory: a `task: reward` run's output_dir, or a sequence-classification checkpoint.")
+    return model.eval()
 
 
 def is_training_checkpoint(path) -> bool:
