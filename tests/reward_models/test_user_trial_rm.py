@@ -309,3 +309,39 @@ def test_a_policy_directory_is_not_taken_for_a_reward_model(tmp_path):
         evaluate_reward_model(str(tmp_path), marker_rows(4, seed=0))
     with pytest.raises(ConfigError, match="no trained reward head"):
         resolve_judge(str(tmp_path))
+
+
+def test_a_multi_objective_model_as_a_judge_is_refused_when_loaded_without_a_direction(tmp_path):
+    """`reward_funcs: DPA_DIR` loaded and then stopped the run at the first judged round ("give direction=", which
+    a config cannot); load_judge now says so when the judge is loaded, and with a direction it scores v^T r."""
+    from preflab.errors import ConfigError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model, set_reward_config
+    from preflab.reward_models.interface import RewardModel, load_judge
+
+    tok = tiny_tokenizer()
+    model = build_reward_model("builtin:tiny-llama", 2, tok, seed=0)
+    set_reward_config(model, {"head": "multi_objective", "attributes": ["helpfulness", "verbosity"]})
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"multi-output reward model \(\['helpfulness', 'verbosity'\]\)"):
+        load_judge(str(tmp_path))
+    judge = load_judge(str(tmp_path), direction=[0.6, 0.8])
+    raw = RewardModel(model, tok).outputs(["the cat"], [" sat"])
+    torch.testing.assert_close(judge.score(["the cat"], [" sat"]), raw @ torch.tensor([0.6, 0.8]), atol=1e-6,
+                               rtol=0)
+
+
+def test_a_fallback_head_bt_model_still_loads_as_a_judge(tmp_path):
+    """The multi-output check above reads the head's width, not config.num_labels (2 by default on a backbone)."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.heads import reward_model_from_config, set_reward_config
+    from preflab.reward_models.interface import RewardModel, load_judge
+
+    tok = tiny_tokenizer()
+    model = reward_model_from_config(tiny_causal_lm(tok).config, 1, tok.pad_token_id, last_token_head=True)
+    set_reward_config(model, {"head": "bt", "tau": 1.0})
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    torch.testing.assert_close(load_judge(str(tmp_path)).score(["a"], [" b"]),
+                               RewardModel(model, tok).score(["a"], [" b"]), atol=1e-6, rtol=0)

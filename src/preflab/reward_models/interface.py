@@ -178,6 +178,15 @@ def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
 
     model = load_reward_model(path)
     tokenizer = reward_tokenizer(path)
-    if reward_config(model).get("head") == "gpm":
+    info = reward_config(model)
+    if info.get("head") == "gpm":
         return GPMPreference(model, tokenizer, **kwargs)
+    score = getattr(model, "score", None)  # the head of preflab's models (and of most transformers classifiers)
+    width = score.out_features if isinstance(score, nn.Linear) else int(getattr(model.config, "num_labels", 1))
+    if kwargs.get("direction") is None and (info.get("head") == "multi_objective" or width != 1):
+        names = info.get("attributes") or f"{width} outputs"
+        raise ConfigError(f"{path} is a multi-output reward model ({names}), not a one-score judge; score it along "
+                          "a direction: load_judge(path, direction=[...]) (a unit vector over its outputs), e.g. as a "
+                          "judge object passed to the online API; reward_weights weigh several judges, not one "
+                          "model's outputs.")
     return RewardModel(model, tokenizer, **kwargs)
