@@ -345,3 +345,35 @@ def test_a_fallback_head_bt_model_still_loads_as_a_judge(tmp_path):
     tok.save_pretrained(tmp_path)
     torch.testing.assert_close(load_judge(str(tmp_path)).score(["a"], [" b"]),
                                RewardModel(model, tok).score(["a"], [" b"]), atol=1e-6, rtol=0)
+
+
+def test_preflab_train_trains_a_gpm_with_reward_head(tmp_path):
+    """A GPM could only be trained from Python (train_reward(cfg, head=GPMHead(...))); `preflab train` had no
+    option for it. reward_head: gpm trains one, saved with its head description; misspelt parameters are errors."""
+    from preflab.cli import main
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.reward_models.gpm import GPMHead
+    from preflab.reward_models.interface import GPMPreference, load_judge
+    from preflab.reward_models.train import head_from_cfg
+
+    base = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+    assert head_from_cfg(config_from_dict({**base, "reward_head": "gpm",
+                                           "reward_head_params": {"dim": 4, "tau": 0.5}})) == GPMHead(4, 0.5)
+    with pytest.raises(ConfigError, match=r"\['dims'\] are not fields of reward_head: gpm"):
+        head_from_cfg(config_from_dict({**base, "reward_head": "gpm", "reward_head_params": {"dims": 4}}))
+    with pytest.raises(ConfigError, match="only apply to task: reward"):
+        config_from_dict({**base, "task": "dpo", "reward_head": "gpm"})
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(16, seed=0)))
+    out = tmp_path / "gpm"
+    assert main(["train", "task=reward", "model_name_or_path=builtin:tiny-llama", f"dataset_name={data}",
+                 "reward_head=gpm", "reward_head_params={dim: 4}", f"output_dir={out}", "max_steps=2",
+                 "per_device_train_batch_size=8", "max_length=64", "disable_tqdm=true", "use_cpu=true"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reward_model"] == {"head": "gpm", "dim": 4, "tau": 0.1, "normalize": True}
+    judge = load_judge(str(out))
+    assert isinstance(judge, GPMPreference) and judge.head == GPMHead(4)
+    p = judge.prefer(["a", "b"], [" good", " x"], [" y", " good"])
+    torch.testing.assert_close(p + judge.prefer(["a", "b"], [" y", " good"], [" good", " x"]), torch.ones(2),
+                               atol=1e-6, rtol=0)
