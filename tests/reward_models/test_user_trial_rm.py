@@ -377,3 +377,27 @@ def test_preflab_train_trains_a_gpm_with_reward_head(tmp_path):
     p = judge.prefer(["a", "b"], [" good", " x"], [" y", " good"])
     torch.testing.assert_close(p + judge.prefer(["a", "b"], [" y", " good"], [" good", " x"]), torch.ones(2),
                                atol=1e-6, rtol=0)
+
+
+def test_a_context_aware_reward_model_judges_with_the_rows_context():
+    """An online judge trained with contexts (its config stores the context template) scored the prompt alone:
+    the prompt rows' `context` column never reached it. A model trained without contexts is still given none."""
+    from preflab.loops.judge import Judge
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model, set_reward_config
+    from preflab.reward_models.interface import RewardModel
+
+    tok = tiny_tokenizer()
+    model = build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
+    set_reward_config(model, {"head": "bt", "tau": 1.0, "context_template": "Context: {context}\n\n{prompt}"})
+    rm = RewardModel(model, tok)
+    prompts, completions = ["the cat", "the cat"], [" sat", " sat"]
+    columns = [{"context": "likes cats"}, {"context": "hates cats"}]
+    scores, _ = Judge(rm, cache=False)(prompts, completions, [0, 1], columns)
+    expected = rm.score(prompts, completions, contexts=["likes cats", "hates cats"]).double()
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=0)
+    assert scores[0] != scores[1]
+    set_reward_config(model, {"head": "bt", "tau": 1.0})
+    plain = RewardModel(model, tok)
+    scores, _ = Judge(plain, cache=False)(prompts, completions, [0, 1], columns)
+    torch.testing.assert_close(scores, plain.score(prompts, completions).double(), atol=1e-6, rtol=0)

@@ -161,6 +161,10 @@ class Judge:
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids) -> list[float]:
         name = _name(judge)
         if kind == "reward_model":
+            contexts = [col.get("context") for col in columns]
+            if any(contexts) and (getattr(judge, "info", None) or {}).get("context_template"):
+                # a context-aware reward model (trained with contexts) reads each prompt row's `context` column
+                return _floats(judge.score(list(prompts), list(completions), contexts=contexts), len(prompts), name)
             return _floats(judge.score(list(prompts), list(completions)), len(prompts), name)
         kwargs = {key: [col.get(key) for col in columns] for key in {k for col in columns for k in col}}
         if completion_ids is not None:
