@@ -167,17 +167,34 @@ class Judge:
                     self.failed += 1
             return values, ok
 
+    def _judgeable(self, judge, prompt, completions, idx: list[int]) -> list[int]:
+        """The members of a group the preference judge takes one at a time; each one it raises on is counted in
+        `failed` (and scores NaN: dropped by the loops like a failed pointwise call)."""
+        kept = []
+        for i in idx:
+            try:
+                judge.win_rate_matrix(prompt, [completions[i]])
+                kept.append(i)
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001
+                self.failed += 1
+        return kept
+
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids) -> list[float]:
         name = _name(judge)
         if kind == "reward_model":
+            contexts = [col.get("context") for col in columns]
+            if any(contexts) and (getattr(judge, "info", None) or {}).get("context_template"):
+                # a context-aware reward model (trained with contexts) reads each prompt row's `context` column
+                return _floats(judge.score(list(prompts), list(completions), contexts=contexts), len(prompts), name)
             return _floats(judge.score(list(prompts), list(completions)), len(prompts), name)
         kwargs = {key: [col.get(key) for col in columns] for key in {k for col in columns for k in col}}
         if completion_ids is not None:
             kwargs["completion_ids"] = list(completion_ids)
         return _floats(judge(prompts=list(prompts), completions=list(completions), **kwargs), len(prompts), name)
 
-    @staticmethod
-    def _group_win_rates(judge, prompts, completions, groups) -> Tensor:
+    def _group_win_rates(self, judge, prompts, completions, groups) -> Tensor:
         out = torch.full((len(completions),), math.nan, dtype=torch.float64)
         members: dict[int, list[int]] = {}
         for i, g in enumerate(groups):
@@ -185,8 +202,16 @@ class Judge:
         for idx in members.values():
             if len(idx) < 2:
                 continue
-            matrix = torch.as_tensor(judge.win_rate_matrix(prompts[idx[0]], [completions[i] for i in idx]),
-                                     dtype=torch.float64)
+            try:
+                matrix = judge.win_rate_matrix(prompts[idx[0]], [completions[i] for i in idx])
+            except ConfigError:
+                raise
+            except Exception:  # noqa: BLE001 - as _safe_call: find the completions the judge cannot take
+                idx = self._judgeable(judge, prompts[idx[0]], completions, idx)
+                if len(idx) < 2:
+                    continue
+                matrix = judge.win_rate_matrix(prompts[idx[0]], [completions[i] for i in idx])
+            matrix = torch.as_tensor(matrix, dtype=torch.float64)
             k = len(idx)
             # mean win rate against the k - 1 others (the diagonal holds P(y > y) = 1/2)
             out[idx] = (matrix.sum(-1) - matrix.diagonal()) / (k - 1)

@@ -102,8 +102,10 @@ def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
     if not have:
-        return out + _notes(["no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT --reference REF` "
-                             "and re-run `preflab report`."])
+        how = ("`preflab eval RUN_DIR --task reward --data HELDOUT`"
+               if runs and all(r.config.get("task") == "reward" for r in runs)
+               else "`preflab eval RUN_DIR --data HELDOUT --reference REF`")
+        return out + _notes([f"no eval.json in any run: run {how} and re-run `preflab report`."])
     metrics = {r.name: _dict(r.eval.get("metrics")) for r in have}
     keys = [k for k in METRIC_DOCS if any(k in m for m in metrics.values())]
     keys += sorted({str(k) for m in metrics.values() for k in m} - set(keys))

@@ -98,7 +98,10 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     else:
         run.missing.append("no config.yaml")
     run.eval = _read_json(path / "eval.json") if (path / "eval.json").is_file() else {}
-    if not run.eval:
+    if not run.eval and run.config.get("task") == "reward":
+        run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
+                           "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
+    elif not run.eval:
         run.missing.append(f"no eval.json: run `preflab eval {path} --data HELDOUT --reference REF` for "
                            "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate")
     run.margins = read_pair_margins(path)

@@ -58,19 +58,45 @@ def eval_task(args) -> int:
     from preflab.reward_models.eval import evaluate_reward_model
 
     refuse_unread_options(args, "reward")
-    data = args.data
+    data, skipped_first = args.data, {}
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
-        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
+        examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
         data = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras} for ex in examples]
+        skipped_first = dict(report.skipped)
     result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
                                    on_bad_row="skip")
-    metrics = {f"reward_model/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and k != "num_pairs"}
+    for reason, count in skipped_first.items():               # rows the first read skipped count too
+        result["skipped"][reason] = result["skipped"].get(reason, 0) + count
+    metrics = {f"reward_model/{k}": v for k, v in result.items()
+               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown")}
+    for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
+        for name, group in result.get(f"per_{field}", {}).items():
+            metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
     out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
-           "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result, "notes": [],
+           "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
+           "notes": reward_eval_notes(result, args.max_length),
            "missing": {}}
     path = write_json(eval_json_path(args.checkpoint, args.out), out)
     print(format_summary({**out, "path": str(path)}))
     return 0
+
+
+def reward_eval_notes(result: dict, max_length) -> list[str]:
+    """Terminal notes for what the accuracy does not cover: rows skipped (by reason), pairs cut to max_length."""
+    notes = []
+    if result.get("skipped"):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result["skipped"].items()))
+        notes.append(f"{sum(result['skipped'].values())} rows skipped and not scored ({reasons}); the accuracy is "
+                     f"over the {result.get('num_pairs')} pairs left")
+    cut = result.get("truncated", {})
+    if cut.get("prompt") or cut.get("response"):
+        notes.append(f"max_length={max_length} cut {cut.get('prompt', 0)} prompts and {cut.get('response', 0)} "
+                     "pairs' responses (a cut response is scored at its cut, not its end); raise --max-length")
+    if result.get("context_not_shown"):
+        notes.append(f"{result['context_not_shown']} rows carry a `context` this model was not trained with (no "
+                     "context template in its config): it scored the prompt alone, so per_context and "
+                     "reversal_accuracy compare context-blind scores")
+    return notes
 
 
 def train_task(args) -> int:

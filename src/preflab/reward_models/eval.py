@@ -59,7 +59,10 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     head: the pairwise head (default: from the model config; a plain classifier is a BT model).
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
     Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
-    "reversal_accuracy" (when the data has reversal groups), "skipped"}.
+    "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
+    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end),
+    "context_not_shown" (rows whose `context` the model did not see: no template stored, none given)}.
+    Raises DataError when no pair is left to score.
     """
     from preflab.data.rows import load_rows
     from preflab.reward_models.context import reversal_accuracy
@@ -68,11 +71,16 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
 
     model = model_dir_or_model
     if isinstance(model, (str, Path)):
+        if not Path(model).is_dir():
+            from preflab.errors import ConfigError
+
+            raise ConfigError(f"{model} is not a directory; give a reward model directory saved by preflab (a run's "
+                              "output_dir or its checkpoint-<step>) or by transformers.")
         model = load_reward_model(str(model_dir_or_model))
         if tokenizer is None:
-            from preflab.models.load import load_tokenizer
+            from preflab.reward_models.heads import reward_tokenizer
 
-            tokenizer = load_tokenizer(str(model_dir_or_model))
+            tokenizer = reward_tokenizer(str(model_dir_or_model))
     if tokenizer is None:
         from preflab.errors import ConfigError
 
@@ -83,6 +91,14 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     examples, row_report = load_rows(data, kind="pairwise", on_bad_row=on_bad_row)
     pairs, tok_report = tokenize_reward_pairs(examples, tokenizer, max_length=max_length, on_bad_row=on_bad_row,
                                               source=row_report.source, context_template=template)
+    if not pairs:
+        from preflab.errors import DataError
+
+        skipped = {k: row_report.skipped.get(k, 0) + tok_report.skipped.get(k, 0)
+                   for k in {**row_report.skipped, **tok_report.skipped}}
+        raise DataError(f"{row_report.source or 'the eval data'}: no pair left to score ({row_report.total} rows; "
+                        f"skipped: {skipped or 'none'}); fix the rows (a pair needs a non-empty chosen and rejected "
+                        "that differ) or point --data at other rows.")
     by_id = {ex.row_id: ex for ex in examples}
     kept = [by_id[p.row_id] for p in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -105,4 +121,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     for reason, count in tok_report.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
+    result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
+    if not template:  # rows with a context the model does not see (it was trained without contexts)
+        unseen = sum(1 for ex in kept if ex.extras.get("context"))
+        if unseen:
+            result["context_not_shown"] = unseen
     return result

@@ -61,7 +61,8 @@ class LastTokenRewardModel(nn.Module):
         from transformers import AutoModel
 
         meta = json.loads(Path(path, FALLBACK_FILE).read_text())
-        model = cls(AutoModel.from_pretrained(path, use_safetensors=True, **kwargs), meta["num_outputs"])
+        kwargs = {**kwargs, "use_safetensors": True}
+        model = cls(AutoModel.from_pretrained(path, **kwargs), meta["num_outputs"])
         model.score.weight.data.copy_(load_file(str(Path(path) / HEAD_FILE))["weight"])
         return model
 
@@ -92,12 +93,15 @@ def reward_model_from_config(config, num_outputs: int, pad_token_id: int | None,
 
 
 def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "float32",
-                       trust_remote_code: bool = False, allow_pickle: bool = False, seed: int = 0) -> nn.Module:
+                       trust_remote_code: bool = False, allow_pickle: bool = False, seed: int = 0,
+                       init_kwargs: dict | None = None) -> nn.Module:
     """A reward model with a fresh D-output head from a builtin name, hub name or local directory.
 
     A directory saved by preflab (or any sequence-classification checkpoint with D labels) keeps its head.
+    dtype: the weights' dtype (`load_dtype`; "auto": the checkpoint's); init_kwargs: further from_pretrained
+    arguments (`model_init_kwargs`, e.g. revision, attn_implementation; a `dtype` there wins).
     """
-    from preflab.models.load import BUILTIN, DTYPES, check_weights_safe
+    from preflab.models.load import BUILTIN, _init_kwargs, check_weights_safe
 
     if not name:
         raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-llama.")
@@ -105,16 +109,31 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
     if name in BUILTIN:
         from preflab.models.tiny import tiny_causal_lm
 
-        return reward_model_from_config(tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed).config,
-                                        num_outputs, pad, seed)
+        model = reward_model_from_config(tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed).config,
+                                         num_outputs, pad, seed)
+        weights = _init_kwargs(init_kwargs, dtype)["dtype"]
+        return model if weights in ("auto", torch.float32) else model.to(weights)
     check_weights_safe(name, allow_pickle)
+    kwargs = {**_init_kwargs(init_kwargs, dtype), "trust_remote_code": trust_remote_code,
+              "use_safetensors": None if allow_pickle else True}
     if Path(name, FALLBACK_FILE).is_file():
-        return LastTokenRewardModel.from_pretrained(name)
+        saved = json.loads(Path(name, FALLBACK_FILE).read_text())["num_outputs"]
+        if saved == num_outputs:
+            return LastTokenRewardModel.from_pretrained(name, **kwargs)
+        from transformers import AutoModel
+
+        _say_fresh_head(name, saved, num_outputs)
+        backbone = AutoModel.from_pretrained(name, **{**kwargs, "use_safetensors": True})
+        torch.manual_seed(seed)
+        return LastTokenRewardModel(backbone, num_outputs)
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    kwargs = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
-                  use_safetensors=None if allow_pickle else True)
-    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                        **({"revision": kwargs["revision"]} if "revision" in kwargs else {}))
+    if any(str(a).endswith("ForSequenceClassification") for a in (config.architectures or [])) \
+            and config.num_labels != num_outputs:  # e.g. a GPM, attribute or 2-label classifier -> a BT head
+        _say_fresh_head(name, config.num_labels, num_outputs)
+        kwargs["ignore_mismatched_sizes"] = True
     config.num_labels, config.pad_token_id = num_outputs, pad
     try:
         return AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
@@ -124,17 +143,99 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
     return LastTokenRewardModel(AutoModel.from_pretrained(name, **kwargs), num_outputs)
 
 
+def _say_fresh_head(name: str, saved: int, wanted: int) -> None:
+    print(f"preflab: note: {name} has a {saved}-output head and this run's head has {wanted} output(s): the backbone "
+          "is kept and the head is initialised afresh.", flush=True)
+
+
 def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: bool = False) -> nn.Module:
-    """A reward model saved by preflab (or any sequence-classification checkpoint), head and all, in eval mode."""
+    """A reward model saved by preflab (or any sequence-classification checkpoint), head and all, in eval mode;
+    also a mid-run `checkpoint-<step>` of a `task: reward` run (see `load_reward_checkpoint`)."""
     from preflab.models.load import check_weights_safe
 
     check_weights_safe(path, allow_pickle)
+    if is_training_checkpoint(path):
+        return load_reward_checkpoint(path, trust_remote_code).eval()
     if Path(path, FALLBACK_FILE).is_file():
         return LastTokenRewardModel.from_pretrained(path).eval()
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(
-        path, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True).eval()
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
+        output_loading_info=True)
+    untrained = sorted(k for k in info.get("missing_keys", ()) if k.split(".")[0] in ("score", "classifier"))
+    if untrained:  # a policy (causal LM) or base model: its head would be random and every score noise
+        kinds = ", ".join(getattr(model.config, "architectures", None) or ["?"])
+        raise ConfigError(f"{path} has no trained reward head ({untrained[0]} is not in its weights; it is a "
+                          f"{kinds} checkpoint), so its scores would come from a random head. Give a reward model "
+                          "directory: a `task: reward` run's output_dir, or a sequence-classification checkpoint.")
+    return model.eval()
+
+
+def is_training_checkpoint(path) -> bool:
+    """A `checkpoint-<step>` folder: the trained parameters + trainer_state.json, no config.json."""
+    path = Path(path)
+    return (not (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+            and (path / "trainer_state.json").is_file())
+
+
+def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
+    """The reward model of a mid-run checkpoint: the base model of the run's saved config with a head of the
+    checkpoint's width, the checkpoint's parameters loaded over it. The head description is the finished run's
+    (config.json beside the checkpoint); without one a 1-output head is BT and a wider one is refused."""
+    from safetensors.torch import load_file
+
+    from preflab.eval.loading import _tokenizer_near, run_config
+
+    path = Path(path)
+    cfg = run_config(path)
+    base = cfg.get("model_name_or_path")
+    if cfg.get("task") != "reward" or not base:
+        raise ConfigError(f"{path} is a training checkpoint without a saved task: reward config naming its base "
+                          "model; evaluate the final run directory.")
+    if cfg.get("use_peft"):
+        raise ConfigError(f"{path} is a LoRA training checkpoint (adapters only); evaluate the final run directory, "
+                          "where the adapters are merged.")
+    weights = load_file(str(path / "model.safetensors"))
+    head = [v for k, v in weights.items() if k.split(".")[-2:] == ["score", "weight"]]
+    if len(head) != 1:
+        raise ConfigError(f"{path}/model.safetensors has no single score.weight (the reward head); evaluate the final "
+                          "run directory.")
+    num_outputs = head[0].shape[0]
+    finished = path.parent / "config.json"
+    info = json.loads(finished.read_text()).get(REWARD_CONFIG_KEY) if finished.is_file() else None
+    if info is None and num_outputs != 1:
+        raise ConfigError(f"{path} has a {num_outputs}-output head and the run has no config.json saying what it "
+                          "is (GPM, attributes); evaluate the final run directory.")
+    tokenizer = _tokenizer_near(path, str(base), trust_remote_code)
+    model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
+                               trust_remote_code=trust_remote_code, seed=int(cfg.get("seed") or 0),
+                               init_kwargs=cfg.get("model_init_kwargs"))
+    params = dict(model.named_parameters())
+    if set(weights) != set(params):
+        extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+        raise ConfigError(f"{path}/model.safetensors does not match the base model {base!r} with a {num_outputs}-"
+                          f"output head (only in the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); was "
+                          "the run trained from another model?")
+    with torch.no_grad():
+        for key, value in weights.items():
+            params[key].copy_(value)
+    set_reward_config(model, info or {"head": "bt", "tau": 1.0})
+    return model
+
+
+def reward_tokenizer(path, trust_remote_code: bool = False):
+    """The tokenizer saved with a reward model directory (or, for a checkpoint-<step>, in its run directory)."""
+    from preflab.eval.loading import _tokenizer_near
+
+    path = Path(path)
+    if is_training_checkpoint(path):
+        from preflab.eval.loading import run_config
+
+        return _tokenizer_near(path, run_config(path).get("model_name_or_path"), trust_remote_code)
+    from preflab.models.load import load_tokenizer
+
+    return load_tokenizer(str(path), trust_remote_code)
 
 
 def reward_config(model: nn.Module) -> dict:

@@ -51,10 +51,9 @@ class RewardModel:
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "RewardModel":
-        from preflab.models.load import load_tokenizer
-        from preflab.reward_models.heads import load_reward_model
+        from preflab.reward_models.heads import load_reward_model, reward_tokenizer
 
-        return cls(load_reward_model(path), load_tokenizer(path), **kwargs)
+        return cls(load_reward_model(path), reward_tokenizer(path), **kwargs)
 
     def outputs(self, prompts: Sequence[Text], responses: Sequence[Text],
                 contexts: Sequence[str | None] | None = None) -> Tensor:
@@ -175,11 +174,19 @@ class MatrixPreference:
 def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
     """The judge saved in `path`: a GPMPreference for a GPM head, else a RewardModel (use BTPreference(judge) for
     probabilities)."""
-    from preflab.models.load import load_tokenizer
-    from preflab.reward_models.heads import load_reward_model, reward_config
+    from preflab.reward_models.heads import load_reward_model, reward_config, reward_tokenizer
 
     model = load_reward_model(path)
-    tokenizer = load_tokenizer(path)
-    if reward_config(model).get("head") == "gpm":
+    tokenizer = reward_tokenizer(path)
+    info = reward_config(model)
+    if info.get("head") == "gpm":
         return GPMPreference(model, tokenizer, **kwargs)
+    score = getattr(model, "score", None)  # the head of preflab's models (and of most transformers classifiers)
+    width = score.out_features if isinstance(score, nn.Linear) else int(getattr(model.config, "num_labels", 1))
+    if kwargs.get("direction") is None and (info.get("head") == "multi_objective" or width != 1):
+        names = info.get("attributes") or f"{width} outputs"
+        raise ConfigError(f"{path} is a multi-output reward model ({names}), not a one-score judge; score it along "
+                          "a direction: load_judge(path, direction=[...]) (a unit vector over its outputs), e.g. as a "
+                          "judge object passed to the online API; reward_weights weigh several judges, not one "
+                          "model's outputs.")
     return RewardModel(model, tokenizer, **kwargs)

@@ -22,6 +22,7 @@ Deviation from the paper: ratings are regressed on the scale given (the paper's 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -100,8 +101,17 @@ def tokenize_rated(rows: Sequence[dict], tokenizer, attributes: Sequence[str], m
         values = [ratings.get(a) for a in attributes]
         if all(v is None for v in values):
             raise DataError(f"row {i}: none of the attributes {list(attributes)} is rated. Fix the row.")
+        for name, v in zip(attributes, values):
+            if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
+                raise DataError(f"row {i}, field {name!r}: the rating {v!r} is not a finite number. Give a number, "
+                                "or null when the row does not rate this attribute.")
         examples.append(UnpairedExample(i, row["prompt"], row[response_field], True))
         targets.append(values)
+    unrated = [a for j, a in enumerate(attributes) if all(t[j] is None for t in targets)]
+    if unrated:  # its head output would be trained on nothing (and report mse 0)
+        seen = sorted({k for row in rows for k in row.get("ratings", row)} - {"prompt", response_field})
+        raise DataError(f"no row rates {unrated} (of the attributes {list(attributes)}); the rows rate {seen}. "
+                        "Fix the attribute names or the rows.")
     items, _ = tokenize_unpaired(examples, tokenizer, max_length=max_length)
     return [RatedItem(it.row_id, it.prompt_ids, it.completion_ids,
                       [float(v) if v is not None else 0.0 for v in targets[it.row_id]],

@@ -98,11 +98,10 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     from cfg (model_name_or_path, dataset_name, eval_dataset_name or eval_fraction). context_template: the template
     in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
     read from cfg records its own."""
-    from preflab.reward_models.bt import BTHead
     from preflab.reward_models.eval import pair_outputs
     from preflab.reward_models.heads import build_reward_model, sequence_outputs
 
-    head = head or BTHead(center_rewards_coefficient=cfg.center_rewards_coefficient)
+    head = head or head_from_cfg(cfg)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
 
@@ -117,9 +116,9 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
 
         train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
     if model is None:
-        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer, dtype="float32",
-                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
-                                   seed=cfg.seed)
+        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer,
+                                   dtype=cfg.load_dtype or "float32", trust_remote_code=cfg.trust_remote_code,
+                                   allow_pickle=cfg.allow_pickle, seed=cfg.seed, init_kwargs=cfg.model_kwargs())
     if cfg.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -151,6 +150,28 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     run = RewardRun(cfg, model, tokenizer, train_data, collate, loss_fn, evaluate if eval_data else None, info,
                     report)
     return run.train()
+
+
+def head_from_cfg(cfg: TrainConfig):
+    """The pairwise head `reward_head` / `reward_head_params` name: BTHead (with center_rewards_coefficient) or
+    GPMHead. Unknown parameter names are a ConfigError listing the head's fields."""
+    import dataclasses
+
+    from preflab.reward_models.bt import BTHead
+    from preflab.reward_models.gpm import GPMHead
+
+    cls = {"bt": BTHead, "gpm": GPMHead}.get(cfg.reward_head)
+    if cls is None:
+        raise ConfigError(f"reward_head={cfg.reward_head!r} is not one of bt | gpm.")
+    params = dict(cfg.reward_head_params or {})
+    allowed = {f.name for f in dataclasses.fields(cls)} - {"center_rewards_coefficient"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(f"reward_head_params: {unknown} are not fields of reward_head: {cfg.reward_head} "
+                          f"(it has {sorted(allowed)}).")
+    if cls is BTHead:
+        params["center_rewards_coefficient"] = cfg.center_rewards_coefficient
+    return cls(**params)
 
 
 def _write_card(output_dir: Path, cfg: TrainConfig, summary: dict) -> None:
