@@ -24,6 +24,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
+from preflab.scoring.token_metrics import pair_token_metrics
 
 
 def shard_reference(accelerator, ref_scorer):
@@ -225,13 +226,20 @@ class Trainer(TrainingRun):
                 ref, ref_head = self._reference(layout)
             needs = self.objective.token_needs
             extra = {"want_wpo": True} if "wpo" in needs else {}  # only the text scorer has the WPO term
+            stats = self.kind.name == "pairs" and self.scorer_class is LogProbScorer  # TRL's DPO token metrics
+            if stats:
+                extra["want_token_stats"] = True
             policy = self.scorer(layout, want_hidden="hidden" in needs,
                                  ref=ref if "token_kl" in needs else None,
                                  ref_head=ref_head if "token_kl" in needs else None, **extra)
+        # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
+        self.token_metrics = pair_token_metrics(policy.token_stats, policy.mask) if stats else {}
         return self.kind.split(policy, ref, layout.extras)
 
     def forward(self, mb):
-        return self.objective(self.score(mb.layout, positions=mb.index))
+        out = self.objective(self.score(mb.layout, positions=mb.index))
+        out.metrics = {**out.metrics, **self.token_metrics}
+        return out
 
     def collate(self, items):
         """The batch kind's layout of `items`, rows rounded up to pad_to_multiple_of (preflab.data.layout.bucket)."""
@@ -287,7 +295,7 @@ class Trainer(TrainingRun):
                 batch = self.score(self.collate(chunk), train=False,
                                    positions=list(range(i, i + len(chunk))))
                 out = self.objective(batch)
-                values = {"loss": out.loss, **out.metrics, **self.kind.eval_metrics(batch)}
+                values = {"loss": out.loss, **out.metrics, **self.token_metrics, **self.kind.eval_metrics(batch)}
                 if isinstance(batch, PairBatch):
                     margins += margins_histogram_data(batch, getattr(self.objective, "beta", self.cfg.beta))
                 for key, value in values.items():
