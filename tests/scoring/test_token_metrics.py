@@ -1,17 +1,26 @@
 """TRL 1.16's DPO token metrics (logits/chosen, logits/rejected, entropy, mean_token_accuracy): the chunked scorer's
 per-token statistics equal a full-logits computation, the metrics equal TRL's formula on it whatever the layout and
 chunking, and asking for them changes neither the log-probs nor the gradients (bit for bit)."""
+import json
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from preflab.config import config_from_dict
 from preflab.data.layout import pair_sequences, padded
 from preflab.data.prefix import prefix_shared
+from preflab.loops.offline import Trainer
 from preflab.models.attention import model_mask
-from preflab.models.tiny import tiny_causal_lm
+from preflab.models.load import frozen_copy
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.scoring.lm import LogProbScorer
 from preflab.scoring.token_metrics import pair_token_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loops"))
+from tiny_run import synthetic_pairs  # noqa: E402
 
 PAIRS = [SimpleNamespace(prompt_ids=[1, 5, 9, 14], chosen_ids=[20, 21, 2], rejected_ids=[40, 2]),
          SimpleNamespace(prompt_ids=[1, 7], chosen_ids=[30, 31, 32, 33, 2], rejected_ids=[8, 2]),
@@ -128,3 +137,64 @@ def test_dpo_loss_and_gradients_are_bit_identical_with_and_without_stats(chunk, 
     (lp0, loss0, g0), (lp1, loss1, g1) = results
     assert torch.equal(lp0, lp1) and torch.equal(loss0, loss1)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+def test_training_logs_the_four_metrics_as_trl_computes_them_on_the_step_batch(tmp_path):
+    """One step over all 16 pairs in one micro-batch: metrics.jsonl's step-1 values (the policy before the update)
+    and the eval metrics (eval_ prefix, eval batch of 16 pairs, before training) equal TRL's formula on full logits of
+    those pairs."""
+    torch.set_num_threads(1)
+    pairs = synthetic_pairs(16)
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic",
+                                output_dir=str(tmp_path), learning_rate=1e-3, per_device_train_batch_size=16,
+                                per_device_eval_batch_size=16, max_steps=1, logging_steps=1, disable_tqdm=True, use_cpu=True))
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    ref = frozen_copy(policy)
+    layout = padded(pair_sequences(pairs), pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        mean_logits, entropy, top1 = naive_stats(ref, layout)  # the policy before the update
+    want = trl_metrics(mean_logits, entropy, top1, layout.response_mask)
+    trainer = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=pairs, eval_data=pairs)
+    trainer.out, trainer.step, trainer.main = tmp_path, 0, False
+    evaluated = trainer.evaluate()
+    trainer.main = True
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    step1 = next(r for r in rows if r.get("step") == 1 and "logits/chosen" in r)
+    for key, value in want.items():
+        assert step1[key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+        assert evaluated["eval_" + key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+
+
+def test_token_metrics_only_on_logged_steps_and_averaged_over_the_steps_that_have_them(tmp_path):
+    from preflab.loops.driver import average_results
+    from preflab.step import StepResult
+
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic",
+                                output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4,
+                                logging_steps=2, disable_tqdm=True, use_cpu=True))
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    trainer = Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=synthetic_pairs(16))
+    mb = trainer.micro_batches(0)[0]
+    with torch.no_grad():
+        trainer.step = 0  # step 1 is not logged (logging_steps 2)
+        assert "entropy" not in trainer.forward(mb).metrics and "logps/chosen" in trainer.forward(mb).metrics
+        trainer.step = 1  # step 2 is
+        assert set(("logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy")) <= set(
+            trainer.forward(mb).metrics)
+    plain = StepResult(loss=1.0, metrics={"logps/chosen": -4.0}, grad_norm=1.0, skipped=False, num_examples=4)
+    logged = StepResult(loss=3.0, metrics={"logps/chosen": -2.0, "entropy": 5.0}, grad_norm=1.0, skipped=False,
+                        num_examples=4)
+    assert average_results([plain, logged]) == {"loss": 2.0, "grad_norm": 1.0, "logps/chosen": -3.0, "entropy": 5.0}
+
+
+def test_a_step_that_logs_the_token_metrics_still_reads_the_device_once(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_step_syncs import run_counted
+
+    per_step, names, summary = run_counted(tmp_path, monkeypatch, logging_steps=1)
+    assert per_step == [1] * 4, names
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("mean_token_accuracy" in r for r in rows if "loss" in r)

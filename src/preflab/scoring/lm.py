@@ -62,7 +62,8 @@ def _token_stats(logits: Tensor, logz: Tensor, targets: Tensor) -> Tensor:
     `entropy`, `is_top1`; the first maximum wins a tie)."""
     z = logits.float()
     logz = logz.float()
-    entropy = logz - (torch.softmax(z, dim=-1) * z).sum(-1)
+    p = torch.sub(z, logz.unsqueeze(-1)).exp_()  # one [C, V] buffer; the dot below makes no other
+    entropy = logz - torch.bmm(p.unsqueeze(1), z.unsqueeze(-1)).reshape(-1)
     top1 = (z.argmax(-1) == targets).float()
     return torch.stack([z.mean(-1), entropy, top1], dim=-1)
 
