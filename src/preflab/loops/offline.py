@@ -24,7 +24,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
-from preflab.scoring.token_metrics import pair_token_metrics
+from preflab.scoring.token_metrics import pair_token_sums, ratios
 
 
 def shard_reference(accelerator, ref_scorer):
@@ -234,14 +234,14 @@ class Trainer(TrainingRun):
                                  ref=ref if "token_kl" in needs else None,
                                  ref_head=ref_head if "token_kl" in needs else None, **extra)
         # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
-        self.token_metrics = pair_token_metrics(policy.token_stats, policy.mask) if stats else {}
+        self.token_sums = pair_token_sums(policy.token_stats, policy.mask) if stats else {}
         return self.kind.split(policy, ref, layout.extras)
 
     def forward(self, mb):
         # the token metrics cost 2-7% of the scorer's time on CPU (vocabulary 8k-128k): only on the logged steps
         logged = self._log_due(getattr(self, "step", 0) + 1)
         out = self.objective(self.score(mb.layout, positions=mb.index, token_stats=logged))
-        out.metrics = {**out.metrics, **self.token_metrics}
+        out.metrics = {**out.metrics, **ratios(self.token_sums)}
         return out
 
     def collate(self, items):
@@ -291,14 +291,16 @@ class Trainer(TrainingRun):
         from preflab.report.margins import append_pair_margins, margins_histogram_data
 
         self.policy.eval()
-        sums, n, margins = {}, 0, []
+        sums, n, margins, token_sums = {}, 0, [], {}
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
                 batch = self.score(self.collate(chunk), train=False,
                                    positions=list(range(i, i + len(chunk))))
                 out = self.objective(batch)
-                values = {"loss": out.loss, **out.metrics, **self.token_metrics, **self.kind.eval_metrics(batch)}
+                values = {"loss": out.loss, **out.metrics, **self.kind.eval_metrics(batch)}
+                for key, value in self.token_sums.items():  # token-weighted over the whole eval set
+                    token_sums[key] = token_sums[key] + value if key in token_sums else value
                 if isinstance(batch, PairBatch):
                     margins += margins_histogram_data(batch, getattr(self.objective, "beta", self.cfg.beta))
                 for key, value in values.items():
@@ -309,7 +311,9 @@ class Trainer(TrainingRun):
         self.policy.train()
         if margins and self.main:  # per-pair margins for the report's start / end histograms
             append_pair_margins(self.out, self.step, margins)
-        return {f"eval_{k}": v / n for k, v in sums.items()}
+        sums = {k: v / n for k, v in sums.items()}
+        sums.update({k: float(v) for k, v in ratios(token_sums).items()})
+        return {f"eval_{k}": v for k, v in sums.items()}
 
     def _write_eval_samples(self, count: int = 4) -> None:
         """TRL's generate_during_eval: greedy generations of the policy (and of the reference, when it is still

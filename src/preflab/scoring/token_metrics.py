@@ -11,7 +11,8 @@ DPOTrainer.compute_loss logs them:
 
 TRL gathers the sums across processes before dividing; preflab's step averages a micro-batch's metrics over the
 step's examples on all ranks (preflab.step), which is the same value when the micro-batches hold as many tokens.
-The values stay on the device (no host sync).
+Evaluation divides the sums over the whole eval set (pair_token_sums), so its values do not depend on the eval
+batch size. The values stay on the device (no host sync).
 """
 from __future__ import annotations
 
@@ -28,14 +29,24 @@ def _ratio(total: Tensor, count: Tensor) -> Tensor:
 def pair_token_metrics(token_stats: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """The four metrics from token_stats [2B, L, 3] (Scores.token_stats: mean logit, entropy, target is argmax)
     and the response mask [2B, L] of [chosen_1..B, rejected_1..B]."""
+    return ratios(pair_token_sums(token_stats, mask))
+
+
+def pair_token_sums(token_stats: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per metric, [sum over its tokens, number of its tokens] (a [2] tensor): sums of several batches add up."""
     b = mask.shape[0] // 2
     m = mask.to(torch.float32)
     stats = token_stats.detach().to(torch.float32) * m.unsqueeze(-1)
     chosen, rejected = stats[:b].sum((0, 1)), stats[b:].sum((0, 1))  # [3] each
     n_chosen, n_rejected = m[:b].sum(), m[b:].sum()
     return {
-        "logits/chosen": _ratio(chosen[0], n_chosen),
-        "logits/rejected": _ratio(rejected[0], n_rejected),
-        "entropy": _ratio(chosen[1] + rejected[1], n_chosen + n_rejected),
-        "mean_token_accuracy": _ratio(chosen[2], n_chosen),
+        "logits/chosen": torch.stack([chosen[0], n_chosen]),
+        "logits/rejected": torch.stack([rejected[0], n_rejected]),
+        "entropy": torch.stack([chosen[1] + rejected[1], n_chosen + n_rejected]),
+        "mean_token_accuracy": torch.stack([chosen[2], n_chosen]),
     }
+
+
+def ratios(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The metrics from pair_token_sums (or their sum over batches)."""
+    return {key: _ratio(value[0], value[1]) for key, value in sums.items()}
