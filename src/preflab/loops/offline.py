@@ -47,6 +47,7 @@ class Trainer(TrainingRun):
     # scores only each pair's chosen and rejected responses. A subclass that scores more sequences names them.
     computed_extras: tuple = ()
     scorer_class = LogProbScorer  # preflab.loops.vlm.VisionTrainer: VisionLogProbScorer
+    token_stats_now = True  # score() computes TRL's token metrics (forward: on logged steps only)
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
                  callbacks=None):
@@ -210,7 +211,7 @@ class Trainer(TrainingRun):
         self.ref_cache_info = {**info, "seconds": round(time.perf_counter() - started, 3)}
         self.ref, self.ref_scorer = None, None
 
-    def score(self, layout, train: bool = True, positions: list[int] | None = None, token_stats: bool = True):
+    def score(self, layout, train: bool = True, positions: list[int] | None = None):
         """PairBatch of policy (and reference) log-probs, with the objective's token needs in extras. `positions`:
         the pairs' dataset positions, to read cached reference log-probs (split "train" or, train=False, "eval")."""
         host_mask = layout.response_mask  # the layout as built on the host, before it moves to the device
@@ -226,8 +227,8 @@ class Trainer(TrainingRun):
                 ref, ref_head = self._reference(layout)
             needs = self.objective.token_needs
             extra = {"want_wpo": True} if "wpo" in needs else {}  # only the text scorer has the WPO term
-            # TRL's DPO token metrics (self.token_metrics), when token_stats
-            stats = token_stats and self.kind.name == "pairs" and self.scorer_class is LogProbScorer
+            # TRL's DPO token metrics (self.token_sums); forward turns them off on steps that are not logged
+            stats = self.token_stats_now and self.kind.name == "pairs" and self.scorer_class is LogProbScorer
             if stats:
                 extra["want_token_stats"] = True
             policy = self.scorer(layout, want_hidden="hidden" in needs,
@@ -239,8 +240,11 @@ class Trainer(TrainingRun):
 
     def forward(self, mb):
         # the token metrics cost 2-7% of the scorer's time on CPU (vocabulary 8k-128k): only on the logged steps
-        logged = self._log_due(getattr(self, "step", 0) + 1)
-        out = self.objective(self.score(mb.layout, positions=mb.index, token_stats=logged))
+        self.token_stats_now = self._log_due(getattr(self, "step", 0) + 1)
+        try:
+            out = self.objective(self.score(mb.layout, positions=mb.index))
+        finally:
+            self.token_stats_now = True
         out.metrics = {**out.metrics, **ratios(self.token_sums)}
         return out
 
