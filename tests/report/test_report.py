@@ -13,7 +13,7 @@ from preflab.cli import main
 from preflab.objectives.base import PairBatch
 from preflab.report.html import write_report
 from preflab.report.margins import append_pair_margins, margins_histogram_data, read_pair_margins
-from preflab.report.plots import PANELS
+from preflab.report.plots import PANELS, TOKEN_PANELS
 from preflab.report.runs import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -128,5 +128,5 @@ def test_report_reads_a_real_training_run(tmp_path):
     margin_steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "pair_margins.jsonl").read_text().splitlines()]
     assert margin_steps == [2, 4]
     html = write_report([tmp_path / "run"], tmp_path / "run" / "report.html").read_text()
-    assert len(images(html)) == len(PANELS) + 1
+    assert len(images(html)) == len(PANELS) + len(TOKEN_PANELS) + 1  # the trainer logs TRL's token metrics
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]["torch"] in html

@@ -753,13 +753,15 @@ class TrainingRun:
 
 
 def average_results(results) -> dict:
-    """Example-weighted mean of a logging window's step metrics (skipped and fp16-overflow steps left out)."""
+    """Example-weighted mean of a logging window's step metrics (skipped and fp16-overflow steps left out); a metric
+    only some steps have (TRL's token metrics: computed on logged steps only) is averaged over those steps."""
     kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
     if not kept:
         return {"loss": float("nan")}
     n = sum(r.num_examples for r in kept)
     out = {"loss": sum(r.loss * r.num_examples for r in kept) / n,
            "grad_norm": sum(r.grad_norm for r in kept) / len(kept)}
-    for key in kept[0].metrics:
-        out[key] = sum(r.metrics.get(key, 0.0) * r.num_examples for r in kept) / n
+    for key in dict.fromkeys(k for r in kept for k in r.metrics):
+        having = [r for r in kept if key in r.metrics]
+        out[key] = sum(r.metrics[key] * r.num_examples for r in having) / sum(r.num_examples for r in having)
     return out

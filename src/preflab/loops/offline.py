@@ -24,6 +24,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
+from preflab.scoring.token_metrics import pair_token_sums, ratios
 
 
 def shard_reference(accelerator, ref_scorer):
@@ -46,6 +47,7 @@ class Trainer(TrainingRun):
     # scores only each pair's chosen and rejected responses. A subclass that scores more sequences names them.
     computed_extras: tuple = ()
     scorer_class = LogProbScorer  # preflab.loops.vlm.VisionTrainer: VisionLogProbScorer
+    token_stats_now = True  # score() computes TRL's token metrics (forward: on logged steps only)
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
                  callbacks=None):
@@ -225,13 +227,26 @@ class Trainer(TrainingRun):
                 ref, ref_head = self._reference(layout)
             needs = self.objective.token_needs
             extra = {"want_wpo": True} if "wpo" in needs else {}  # only the text scorer has the WPO term
+            # TRL's DPO token metrics (self.token_sums); forward turns them off on steps that are not logged
+            stats = self.token_stats_now and self.kind.name == "pairs" and self.scorer_class is LogProbScorer
+            if stats:
+                extra["want_token_stats"] = True
             policy = self.scorer(layout, want_hidden="hidden" in needs,
                                  ref=ref if "token_kl" in needs else None,
                                  ref_head=ref_head if "token_kl" in needs else None, **extra)
+        # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
+        self.token_sums = pair_token_sums(policy.token_stats, policy.mask) if stats else {}
         return self.kind.split(policy, ref, layout.extras)
 
     def forward(self, mb):
-        return self.objective(self.score(mb.layout, positions=mb.index))
+        # the token metrics cost 2-7% of the scorer's time on CPU (vocabulary 8k-128k): only on the logged steps
+        self.token_stats_now = self._log_due(getattr(self, "step", 0) + 1)
+        try:
+            out = self.objective(self.score(mb.layout, positions=mb.index))
+        finally:
+            self.token_stats_now = True
+        out.metrics = {**out.metrics, **ratios(self.token_sums)}
+        return out
 
     def collate(self, items):
         """The batch kind's layout of `items`, rows rounded up to pad_to_multiple_of (preflab.data.layout.bucket)."""
@@ -280,7 +295,7 @@ class Trainer(TrainingRun):
         from preflab.report.margins import append_pair_margins, margins_histogram_data
 
         self.policy.eval()
-        sums, n, margins = {}, 0, []
+        sums, n, margins, token_sums = {}, 0, [], {}
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
@@ -288,6 +303,8 @@ class Trainer(TrainingRun):
                                    positions=list(range(i, i + len(chunk))))
                 out = self.objective(batch)
                 values = {"loss": out.loss, **out.metrics, **self.kind.eval_metrics(batch)}
+                for key, value in self.token_sums.items():  # token-weighted over the whole eval set
+                    token_sums[key] = token_sums[key] + value if key in token_sums else value
                 if isinstance(batch, PairBatch):
                     margins += margins_histogram_data(batch, getattr(self.objective, "beta", self.cfg.beta))
                 for key, value in values.items():
@@ -298,7 +315,9 @@ class Trainer(TrainingRun):
         self.policy.train()
         if margins and self.main:  # per-pair margins for the report's start / end histograms
             append_pair_margins(self.out, self.step, margins)
-        return {f"eval_{k}": v / n for k, v in sums.items()}
+        sums = {k: v / n for k, v in sums.items()}
+        sums.update({k: float(v) for k, v in ratios(token_sums).items()})
+        return {f"eval_{k}": v for k, v in sums.items()}
 
     def _write_eval_samples(self, count: int = 4) -> None:
         """TRL's generate_during_eval: greedy generations of the policy (and of the reference, when it is still

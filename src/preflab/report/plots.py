@@ -30,7 +30,9 @@ PANELS = (
     ("Accuracies", "fraction of pairs", [("rewards/accuracies", "reward acc. (train)", GREEN),
                                          ("eval_rewards/accuracies", "reward acc. (eval)", GREEN),
                                          ("eval_ranking_accuracy", "ranking acc. R (eval)", PURPLE),
-                                         ("eval_ranking_accuracy_norm", "ranking acc. R~ (eval)", ORANGE)]),
+                                         ("eval_ranking_accuracy_norm", "ranking acc. R~ (eval)", ORANGE),
+                                         ("mean_token_accuracy", "token acc. chosen (train)", BLUE),
+                                         ("eval_mean_token_accuracy", "token acc. chosen (eval)", BLUE)]),
     ("Log-probs", "summed log-prob", [("logps/chosen", "chosen (train)", BLUE),
                                       ("logps/rejected", "rejected (train)", RED),
                                       ("eval_logps/chosen", "chosen (eval)", BLUE),
@@ -41,6 +43,14 @@ PANELS = (
                                     ("rewards/rejected", "rejected (train)", RED)]),
     ("Gradient norm", "pre-clip norm", [("grad_norm", "train", GRAY)]),
     ("Learning rate", "lr", [("learning_rate", "train", GRAY)]),
+)
+# TRL's DPO token metrics (preflab.scoring.token_metrics); drawn only when the run logged one of its series
+TOKEN_PANELS = (
+    ("Mean logit over the vocabulary", "mean logit", [("logits/chosen", "chosen (train)", BLUE),
+                                                      ("logits/rejected", "rejected (train)", RED),
+                                                      ("eval_logits/chosen", "chosen (eval)", BLUE),
+                                                      ("eval_logits/rejected", "rejected (eval)", RED)]),
+    ("Policy entropy", "nats per response token", [("entropy", "train", GRAY), ("eval_entropy", "eval", GRAY)]),
 )
 # online runs (task: online); a panel is drawn only when the run logged one of its series
 ONLINE_PANELS = (

@@ -20,6 +20,9 @@ reproduced is refused with a ConfigError.
 Token-level needs (declared by objectives, see preflab.objectives.base):
     "token_kl"  per-token KL(pi_ref || pi_theta) over the full vocabulary, from the reference hidden states
     "hidden"    the policy's hidden states at the predicting positions
+With want_token_stats, each chunk also gives, without gradient and from the logits it already has (no extra LM-head
+matmul), the per-token statistics behind TRL's DPO metrics (preflab.scoring.token_metrics): the mean logit over the
+vocabulary, the entropy of the softmax and whether the target is the argmax.
 """
 from __future__ import annotations
 
@@ -37,16 +40,32 @@ from preflab.scoring.chunking import CHUNK_BYTES, chunk_for_budget, head_chunk_b
 from preflab.scoring.head import LMHead, backbone_and_head  # noqa: F401  (backbone_and_head: re-exported)
 
 
-def _head_chunk(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head: LMHead | None, want_kl: bool):
-    """Log-prob of `targets` [C] from hidden states h [C, H]; optionally per-token KL(ref || policy) [C]."""
+def _head_chunk(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head: LMHead | None, want_kl: bool,
+                want_stats: bool = False):
+    """(log-prob of `targets` [C] from hidden states h [C, H], per-token KL(ref || policy) [C] when want_kl,
+    token statistics [C, 3] when want_stats (_token_stats))."""
     logits = head(h)
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    if not want_kl:
-        return logp, logp.new_zeros(())
-    ref_logprobs = torch.log_softmax(ref_head(ref_h), dim=-1)
-    kl = (ref_logprobs.exp() * (ref_logprobs - (logits - logz.unsqueeze(-1)))).sum(-1)
-    return logp, kl
+    kl = logp.new_zeros(())
+    if want_kl:
+        ref_logprobs = torch.log_softmax(ref_head(ref_h), dim=-1)
+        kl = (ref_logprobs.exp() * (ref_logprobs - (logits - logz.unsqueeze(-1)))).sum(-1)
+    # last, after every op that saves tensors for backward: a checkpoint's recompute stops before it (early stop)
+    return logp, kl, _token_stats(logits, logz, targets) if want_stats else None
+
+
+@torch.no_grad()
+def _token_stats(logits: Tensor, logz: Tensor, targets: Tensor) -> Tensor:
+    """[C, 3] float32, no gradient: (mean logit over the vocabulary, entropy -sum_v p_v log p_v = log Z -
+    sum_v p_v z_v, 1.0 where argmax_v z_v == target else 0.0), as TRL 1.16's fused LM head (`mean_logits`,
+    `entropy`, `is_top1`; the first maximum wins a tie)."""
+    z = logits.float()
+    logz = logz.float()
+    p = torch.sub(z, logz.unsqueeze(-1)).exp_()  # one [C, V] buffer; the dot below makes no other
+    entropy = logz - torch.bmm(p.unsqueeze(1), z.unsqueeze(-1)).reshape(-1)
+    top1 = (z.argmax(-1) == targets).float()
+    return torch.stack([z.mean(-1), entropy, top1], dim=-1)
 
 
 @dataclass
@@ -59,6 +78,7 @@ class Scores:
     token_kl: Tensor | None = None
     hidden: Tensor | None = None
     wpo: Tensor | None = None  # [N, L] log p(y_t) - log sum_v p(v)^2 (no gradient), for WPO weighting
+    token_stats: Tensor | None = None  # [N, L, 3] (mean logit, entropy, target is argmax), no gradient, zeros off mask
 
 
 class LogProbScorer(nn.Module):
@@ -75,9 +95,10 @@ class LogProbScorer(nn.Module):
         return getattr(self.model, "_no_split_modules", None)
 
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
-                ref_head: LMHead | None = None, want_wpo: bool = False) -> Scores:
+                ref_head: LMHead | None = None, want_wpo: bool = False, want_token_stats: bool = False) -> Scores:
         """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also
-        the per-token WPO term log p(y_t) - log sum_v p(v)^2, without gradient (the "wpo" need)."""
+        the per-token WPO term log p(y_t) - log sum_v p(v)^2, without gradient (the "wpo" need).
+        want_token_stats: also Scores.token_stats, for TRL's token metrics (preflab.scoring.token_metrics)."""
         backbone, head = backbone_and_head(self.model)
         if ref_head is not None and not isinstance(ref_head, LMHead):
             raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
@@ -100,10 +121,11 @@ class LogProbScorer(nn.Module):
                                                       2 if want_kl else 1)
         ref_h = ref.hidden_flat if want_kl else None
         if torch.compiler.is_compiling() and h.shape[0] > chunk:  # several chunks: their loop outside the graph
-            logp, kl, wpo = self._head_outside_graph(h, targets, head, ref_h, ref_head, want_kl, want_wpo, chunk)
+            logp, kl, wpo, stats = self._head_outside_graph(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
+                                                            chunk, want_token_stats)
         else:
-            logp, kl, wpo = _head_pass(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
-                                       _chunk_slices(h.shape[0], chunk), _head_chunk)
+            logp, kl, wpo, stats = _head_pass(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
+                                              _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
         token_logps = _scatter(logp, plan.slot, mask.shape)
         out = Scores(token_logps, mask, hidden_flat=h)
         if want_kl:
@@ -112,10 +134,13 @@ class LogProbScorer(nn.Module):
             out.hidden = _scatter(h, plan.slot, mask.shape)
         if want_wpo:
             out.wpo = _scatter(wpo, plan.slot, mask.shape)
+        if want_token_stats:
+            out.token_stats = _scatter(stats, plan.slot, mask.shape)
         return out
 
     @torch.compiler.disable
-    def _head_outside_graph(self, h, targets, head, ref_h, ref_head, want_kl: bool, want_wpo: bool, chunk: int):
+    def _head_outside_graph(self, h, targets, head, ref_h, ref_head, want_kl: bool, want_wpo: bool, chunk: int,
+                            want_stats: bool = False):
         """The LM head over several chunks when the scorer runs under torch.compile (preflab.scoring.compile): the
         loop over chunks runs here, outside the scorer's graph (in the graph, each chunk count would be a graph of
         its own, and a run reaching dynamo's recompile limit falls back to eager for good), and each chunk goes
@@ -124,7 +149,7 @@ class LogProbScorer(nn.Module):
         head, whatever the number of chunks."""
         run_chunk = getattr(self, "compiled_head_chunk", None) or _head_chunk
         out = _head_pass(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
-                         _chunk_slices(h.shape[0], chunk, equal_windows=True), run_chunk)
+                         _chunk_slices(h.shape[0], chunk, equal_windows=True), run_chunk, want_stats)
         # the rest of forward is a graph of its own (dynamo resumes after this call): M is dynamic there too
         for t in (h, targets, ref_h, *out):
             if t is not None:
@@ -133,27 +158,32 @@ class LogProbScorer(nn.Module):
 
 
 def _head_pass(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head, want_kl: bool, want_wpo: bool,
-               slices, run_chunk) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(log-probs [M], KL [M] or None, WPO term [M] or None) of the M gathered positions, chunk by chunk
+               slices, run_chunk, want_stats: bool = False):
+    """(log-probs [M], KL [M] or None, WPO term [M] or None, token stats [M, 3] or None) of the M gathered
+    positions, chunk by chunk
     (`slices` from _chunk_slices; run_chunk: _head_chunk or its compiled form). One chunk keeps its logits for
     backward (no recompute); several are each recomputed in backward (checkpoint)."""
-    pieces_lp, pieces_kl = [], []
+    pieces_lp, pieces_kl, pieces_stats = [], [], []
     recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
     for sl, keep in slices:
-        args = (h[sl], targets[sl], head, ref_h[sl] if want_kl else None, ref_head, want_kl)
+        args = (h[sl], targets[sl], head, ref_h[sl] if want_kl else None, ref_head, want_kl, want_stats)
         if recompute:
-            lp, kl = checkpoint(run_chunk, *args, use_reentrant=False)
+            lp, kl, stats = checkpoint(run_chunk, *args, use_reentrant=False)
         else:
-            lp, kl = run_chunk(*args)
+            lp, kl, stats = run_chunk(*args)
         pieces_lp.append(lp[keep])
         pieces_kl.append(kl[keep] if want_kl else kl)
+        if want_stats:
+            pieces_stats.append(stats[keep])
     logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
     wpo = None
     if want_wpo:
         with torch.no_grad():
             wpo = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) \
                 if h.shape[0] else h.new_zeros(0)
-    return logp, torch.cat(pieces_kl) if want_kl else None, wpo
+    stats = (torch.cat(pieces_stats) if pieces_stats else h.new_zeros((0, 3), dtype=torch.float32)) \
+        if want_stats else None
+    return logp, torch.cat(pieces_kl) if want_kl else None, wpo, stats
 
 
 def _chunk_slices(n, chunk: int, equal_windows: bool | None = None) -> list[tuple[slice, slice]]:

@@ -138,7 +138,7 @@ def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: 
     for start in range(0, h.shape[0], chunk):
         sl = slice(start, start + chunk)
         args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
-        lp, kl = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
+        lp, kl, _ = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
         pieces_lp.append(lp)
         pieces_kl.append(kl)
     logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
