@@ -218,16 +218,14 @@ class TrainConfig:
                               f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))
 
     def _conflicts(self) -> list[str]:
+        from preflab.config_owners import unread_task_options
         from preflab.loops.streaming import streaming_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online.options import unread_online_options
         from preflab.scoring.compile import compile_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
-        out += unread_online_options(self)
-        from preflab.config_owners import unread_task_options
-
-        out += unread_task_options(self)
+        out += unread_online_options(self) + unread_task_options(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")

@@ -1,7 +1,7 @@
 """Options that only one task (or objective) reads: set to a non-default value under another, they were accepted
 and silently ignored (e.g. `resolution` under task: vlm, `vision_pairs` under task: dpo, `recipe_params` under a
 training task). TrainConfig._conflicts refuses them with the task that reads them. The online block's own options
-are checked per recipe by preflab.online.options.unread_online_options."""
+are checked per recipe by preflab.online.options.unread_online_options (any of them outside task: online here)."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,20 +29,27 @@ OWNERS = (
 )
 
 
-def unread_task_options(cfg) -> list[str]:
-    """One line per group of options set away from their default that this config's task does not read."""
-    from preflab.recipes import RECIPES
-
+def changed_options(cfg, names) -> list[str]:
+    """The options among `names` that the config sets away from their TrainConfig default."""
     fields = {f.name: f for f in dataclasses.fields(cfg)}
 
     def default(name):
         f = fields[name]
         return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
+    return [n for n in names if getattr(cfg, n) != default(n)]
+
+
+def unread_task_options(cfg) -> list[str]:
+    """One line per group of options set away from their default that this config's task does not read."""
+    from preflab.online.options import ONLINE_OPTIONS
+    from preflab.recipes import RECIPES
+
     out = []
-    owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPES, f"the recipe tasks ({', '.join(RECIPES)})"),)
+    owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPES, f"the recipe tasks ({', '.join(RECIPES)})"),
+                       (ONLINE_OPTIONS, lambda c: c.task == "online", "task: online"))
     for names, reads, who in owners:
-        used = [n for n in names if getattr(cfg, n) != default(n)]
+        used = changed_options(cfg, names)
         if used and not reads(cfg):
             run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task == "dpo" else "")
             out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "

@@ -103,33 +103,27 @@ _READERS = (
     (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter"),
      lambda cfg, spec: cfg.trainer == "mcts_dpo", "trainer mcts_dpo"),
 )
-_ONLINE_ONLY = ("trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
-                "steps_per_generation", "num_iterations", "temperature", "top_p", "generation_batch_size",
-                "generation_backend", "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction")
+# every online option: outside task: online, one set away from its default is refused (preflab.config_owners)
+ONLINE_OPTIONS = tuple(n for names, _, _ in _READERS for n in names) + (
+    "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
+    "steps_per_generation", "num_iterations", "temperature", "top_p", "generation_batch_size", "generation_backend",
+    "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction")
 
 
 def unread_online_options(cfg) -> list[str]:
-    """One line per online option set to a non-default value that this run would not read (another recipe's or
-    prompt source's option, or any online option outside task: online): accepted and ignored before."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-    changed = lambda name: getattr(cfg, name) != defaults[name]  # noqa: E731
-    if cfg.task != "online":
-        names = [n for group, _, _ in _READERS for n in group] + list(_ONLINE_ONLY)
-        used = [n for n in names if changed(n)]
-        if not used:
-            return []
-        return [(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to task: online (this is task: "
-                 f"{cfg.task}); remove {'it' if len(used) == 1 else 'them'}.")]
+    """One line per option of another recipe or prompt source set to a non-default value in a task: online run
+    (accepted and ignored before); online options outside task: online are preflab.config_owners'."""
+    from preflab.config_owners import changed_options
     from preflab.online.trainers import TRAINERS
 
+    if cfg.task != "online":
+        return []
     spec = TRAINERS.get(cfg.trainer)
     if spec is None:
         return []  # check_online names the unknown trainer
     out = []
     for names, reads, who in _READERS:
-        used = [n for n in names if changed(n)]
+        used = changed_options(cfg, names)
         if used and not reads(cfg, spec):
             out.append(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} read by {who}, not by trainer "
                        f"{cfg.trainer!r} with online_task {cfg.online_task!r}; remove "
