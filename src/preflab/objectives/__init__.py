@@ -3,7 +3,7 @@
     get_objective("simpo", beta=2.0)                       # module preflab/objectives/simpo.py
     get_objective("sigmoid")                               # TRL alias -> dpo (aliases live in each module)
     get_objective(["sigmoid", "sft"], loss_weights=[1, 1]) # TRL's weighted multi-loss
-    get_objective("mypkg.losses:MyLoss", tau=1.0)          # an objective outside the package
+    get_objective("mypkg.losses:MyLoss", tau=1.0)          # an objective outside the package (or my_losses.py:MyLoss)
 
 Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_", `base` and `cli` are not objectives.
 """
@@ -90,12 +90,10 @@ def resolve_name(name: str) -> str:
 
 
 def _class_for(name: str) -> type[Objective]:
-    if ":" in name:  # "package.module:Class", an objective outside preflab
-        module, _, attr = name.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"cannot import objective {name!r}: {err}") from err
+    if ":" in name:  # "package.module:Class" or "path/to/file.py:Class", an objective outside preflab
+        from preflab.plugins import import_object
+
+        return import_object(name, "objective (loss_type)")
     return objective_class(resolve_name(name))
 
 
