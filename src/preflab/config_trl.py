@@ -326,15 +326,15 @@ GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 def _grpo_loss_type(raw: dict, errors: list) -> None:
     """TRL's GRPOConfig loss_type (default dapo, so often written out) is a preflab online recipe, not an objective;
     said here, before the objective registry would answer `unknown objective 'dapo'. Did you mean 'dpo'?`."""
+    from preflab.online.options import GRPO_RECIPE_LOSS_TYPES, grpo_loss_type_error
+
     loss = raw.get("loss_type")
     if not isinstance(loss, str) or loss not in GRPO_LOSS_TYPES:
         return
     raw.pop("loss_type")
-    if loss in ("dapo", "bnpo", "dr_grpo"):  # the words of preflab.online.options.check_online
+    if loss in GRPO_RECIPE_LOSS_TYPES:
         task = "" if raw.get("task") == "online" else "task: online, "
-        errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type; in preflab it is the group recipe "
-                      f"`trainer: {loss}` (got trainer {raw.get('trainer', 'online_dpo')!r}). Set {task}trainer: "
-                      f"{loss} and leave loss_type out.")
+        errors.append(grpo_loss_type_error(loss, raw.get("trainer", "online_dpo"), task))
     else:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo or gspo.")

@@ -4,6 +4,16 @@ from __future__ import annotations
 from preflab.errors import ConfigError, nearest
 
 
+GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo")  # TRL GRPOConfig loss types that are preflab group recipes
+
+
+def grpo_loss_type_error(loss: str, trainer: str, task: str = "") -> str:
+    """The refusal of a TRL GRPOConfig loss_type that preflab runs as the group recipe `trainer: <loss>` (task: the
+    words that set task: online too, when the config is not online yet)."""
+    return (f"loss_type={loss!r} is a TRL GRPOConfig loss_type; in preflab it is the group recipe `trainer: {loss}` "
+            f"(got trainer {trainer!r}). Set {task}trainer: {loss} and leave loss_type out.")
+
+
 def check_online(cfg) -> None:
     """Validate the online block; give the recipe's objective (loss_type) when the config leaves the default."""
     from preflab.loops.pair_builders import BUILDERS
@@ -49,10 +59,8 @@ def check_online(cfg) -> None:
                           f"generation_backend {cfg.generation_backend!r}.")
     elif spec.game_only:
         raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
-    if cfg.loss_type in ("bnpo", "dapo", "dr_grpo"):
-        raise ConfigError(f"loss_type={cfg.loss_type!r} is a TRL GRPOConfig loss_type; in preflab it is the group "
-                          f"recipe `trainer: {cfg.loss_type}` (got trainer {cfg.trainer!r}). Set trainer: "
-                          f"{cfg.loss_type} and leave loss_type out.")
+    if cfg.loss_type in GRPO_RECIPE_LOSS_TYPES:
+        raise ConfigError(grpo_loss_type_error(cfg.loss_type, cfg.trainer))
     if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
         raise ConfigError(f"trainer {cfg.trainer!r} builds the game's examples for its own objective "
                           f"{spec.loss_type!r}; loss_type={cfg.loss_type!r} cannot train them. Leave loss_type out.")
