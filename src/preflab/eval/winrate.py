@@ -84,8 +84,8 @@ def judge_outcomes(judge, prompts: list, policy_answers: list[str], reference_an
 
 
 def load_callable(spec: str) -> Callable:
-    """'package.module:name' or 'path/to/file.py:name' -> the object (a reward function or judge the user names on the command line); a
-    class is instantiated with no arguments (e.g. a TRL judge class)."""
+    """'package.module:name' or 'path/to/file.py:name' -> the object (a reward function or judge the user names on
+    the command line); a class is instantiated with no arguments (e.g. a TRL judge class)."""
     from preflab.plugins import import_object
 
     obj = import_object(spec, "--reward-fn / --judge")

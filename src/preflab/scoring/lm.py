@@ -160,9 +160,8 @@ class LogProbScorer(nn.Module):
 def _head_pass(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head, want_kl: bool, want_wpo: bool,
                slices, run_chunk, want_stats: bool = False):
     """(log-probs [M], KL [M] or None, WPO term [M] or None, token stats [M, 3] or None) of the M gathered
-    positions, chunk by chunk
-    (`slices` from _chunk_slices; run_chunk: _head_chunk or its compiled form). One chunk keeps its logits for
-    backward (no recompute); several are each recomputed in backward (checkpoint)."""
+    positions, chunk by chunk (`slices` from _chunk_slices; run_chunk: _head_chunk or its compiled form). One chunk
+    keeps its logits for backward (no recompute); several are each recomputed in backward (checkpoint)."""
     pieces_lp, pieces_kl, pieces_stats = [], [], []
     recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
     for sl, keep in slices:
