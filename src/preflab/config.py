@@ -48,7 +48,7 @@ class TrainConfig:
     beta: float = 0.1
     objective_params: dict = field(default_factory=dict)  # further objective parameters
     center_rewards_coefficient: float | None = None  # task: reward; adds c * mean((r_w + r_l)^2) (TRL)
-    reward_head: str = "bt"                    # task: reward; bt (Bradley-Terry) | gpm (general preference model)
+    reward_head: str = "bt"                    # task: reward; bt (Bradley-Terry) | gpm | multi_objective (DPA)
     reward_head_params: dict = field(default_factory=dict)  # task: reward; the head's own fields (gpm: dim, tau, ...)
     rpo_alpha: float | None = None             # TRL: adds rpo_alpha * token-mean NLL of chosen (loss_type + sft)
     use_weighting: bool = False                # TRL: WPO, each pair's loss times min(1, exp(mean adjusted logps))
@@ -263,9 +263,9 @@ class TrainConfig:
             out.append("center_rewards_coefficient only applies to task: reward.")
         if self.task != "reward" and (self.reward_head != "bt" or self.reward_head_params):
             out.append("reward_head / reward_head_params only apply to task: reward.")
-        if self.task == "reward" and self.reward_head == "gpm" and self.center_rewards_coefficient is not None:
-            out.append("center_rewards_coefficient applies to reward_head: bt (a GPM has no scalar reward to "
-                       "centre); remove it.")
+        if self.task == "reward" and self.reward_head != "bt" and self.center_rewards_coefficient is not None:
+            out.append(f"center_rewards_coefficient applies to reward_head: bt (a {self.reward_head} head has no "
+                       "pairwise scalar reward to centre); remove it.")
         if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")

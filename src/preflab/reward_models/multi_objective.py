@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from preflab.data.examples import Text, UnpairedExample
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.errors import ConfigError, DataError
 from preflab.objectives.base import ObjectiveOutput
 
@@ -91,6 +92,15 @@ class RatedBatch:
 def tokenize_rated(rows: Sequence[dict], tokenizer, attributes: Sequence[str], max_length: int | None = 1024,
                    response_field: str = "response") -> list[RatedItem]:
     """Rows {prompt, response, ratings: {attr: value}} -> RatedItems (tokenized as preflab tokenizes responses)."""
+    return tokenize_rated_report(rows, tokenizer, attributes, max_length=max_length,
+                                 response_field=response_field)[0]
+
+
+def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[str], *,
+                          max_length: int | None = 1024, response_field: str = "response",
+                          max_prompt_length: int | None = None, max_completion_length: int | None = None,
+                          truncation_mode: str = "keep_end", source: str = ""):
+    """`tokenize_rated` and its TokenizeReport (prompts / responses cut to the length limits, counted)."""
     from preflab.data.tokenize import tokenize_unpaired
 
     examples, targets = [], []
@@ -112,10 +122,12 @@ def tokenize_rated(rows: Sequence[dict], tokenizer, attributes: Sequence[str], m
         seen = sorted({k for row in rows for k in row.get("ratings", row)} - {"prompt", response_field})
         raise DataError(f"no row rates {unrated} (of the attributes {list(attributes)}); the rows rate {seen}. "
                         "Fix the attribute names or the rows.")
-    items, _ = tokenize_unpaired(examples, tokenizer, max_length=max_length)
+    items, report = tokenize_unpaired(examples, tokenizer, max_length=max_length,
+                                      max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+                                      max_completion_length=max_completion_length, source=source)
     return [RatedItem(it.row_id, it.prompt_ids, it.completion_ids,
                       [float(v) if v is not None else 0.0 for v in targets[it.row_id]],
-                      [v is not None for v in targets[it.row_id]]) for it in items]
+                      [v is not None for v in targets[it.row_id]]) for it in items], report
 
 
 def collate_rated(items: Sequence[RatedItem], pad_id: int) -> RatedBatch:
@@ -127,23 +139,34 @@ def collate_rated(items: Sequence[RatedItem], pad_id: int) -> RatedBatch:
 
 
 def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], model=None, tokenizer=None,
-                          eval_rows: Sequence[dict] = ()) -> dict:
-    """Train a d-attribute regression reward model with the shared reward loop; returns the summary dict."""
-    from preflab.reward_models.heads import build_reward_model, sequence_outputs
-    from preflab.reward_models.train import RewardRun
+                          eval_rows: Sequence[dict] = (), data_report: dict | None = None,
+                          response_field: str = "response") -> dict:
+    """Train a d-attribute regression reward model with the shared reward loop; returns the summary dict.
+    The model is `cfg.model_name_or_path` with d outputs, in `load_dtype`, with `model_init_kwargs`, LoRA under
+    `use_peft` (merged at save), unless `model` is given."""
+    from preflab.reward_models.heads import sequence_outputs
+    from preflab.reward_models.train import RewardRun, reward_model_for_run
 
     head = MultiObjectiveHead(tuple(attributes))
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
-    if model is None:
-        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer, seed=cfg.seed,
-                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    model = reward_model_for_run(cfg, head.num_outputs, tokenizer, model)
     model.config.problem_type = "regression"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    items = tokenize_rated(rows, tokenizer, attributes, cfg.max_length)
-    evals = tokenize_rated(eval_rows, tokenizer, attributes, cfg.max_length) if eval_rows else []
+    settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                    max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode,
+                    response_field=response_field)
+    items, tok_report = tokenize_rated_report(rows, tokenizer, attributes, source=cfg.dataset_name or "", **settings)
+    print(f"preflab: tokenized: {tok_report.summary()}")
+    data_report = {**(data_report or {}), "train_tokenize": tok_report.to_dict()}
+    evals = []
+    if eval_rows:
+        evals, eval_tok = tokenize_rated_report(eval_rows, tokenizer, attributes,
+                                                source=cfg.eval_dataset_name or cfg.dataset_name or "", **settings)
+        print(f"preflab: eval tokenized: {eval_tok.summary()}")
+        data_report["eval_tokenize"] = eval_tok.to_dict()
 
     def loss_fn(model, batch: RatedBatch) -> ObjectiveOutput:
         device = next(model.parameters()).device
@@ -151,12 +174,122 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
         return head.loss(out, batch.targets.to(device), batch.observed.to(device))
 
     def evaluate(model) -> dict:
-        result = loss_fn(model, collate_rated(evals, pad_id))
-        return {k: float(v) for k, v in result.metrics.items()}
+        total, count = None, 0
+        for start in range(0, len(evals), cfg.per_device_eval_batch_size):
+            chunk = evals[start:start + cfg.per_device_eval_batch_size]
+            batch = collate_rated(chunk, pad_id)
+            device = next(model.parameters()).device
+            out = sequence_outputs(model, batch.input_ids.to(device), batch.attention_mask.to(device)).float()
+            observed = batch.observed.to(device)
+            sq = torch.where(observed, (out - batch.targets.to(device)) ** 2, torch.zeros_like(out))
+            part = torch.stack([sq.sum(0), observed.sum(0).to(sq.dtype)])
+            total = part if total is None else total + part
+            count += len(chunk)
+        per_attribute = total[0] / total[1].clamp_min(1)
+        metrics = {"mse": float(total[0].sum() / total[1].sum().clamp_min(1))}
+        metrics.update({f"mse/{a}": float(per_attribute[i]) for i, a in enumerate(attributes)})
+        return metrics
 
     run = RewardRun(cfg, model, tokenizer, items, lambda chunk: collate_rated(chunk, pad_id), loss_fn,
-                    evaluate if evals else None, head.to_config())
+                    evaluate if evals else None, head.to_config(), data_report)
     return run.train()
+
+
+def attribute_head_params(cfg) -> tuple[tuple[str, ...], str]:
+    """(attributes, response_field) from `reward_head_params` of a `reward_head: multi_objective` config."""
+    params = dict(cfg.reward_head_params or {})
+    unknown = sorted(set(params) - {"attributes", "response_field"})
+    if unknown:
+        raise ConfigError(f"reward_head_params: {unknown} are not fields of reward_head: multi_objective (it has "
+                          "['attributes', 'response_field']).")
+    attributes = params.get("attributes")
+    if (not isinstance(attributes, (list, tuple)) or not attributes
+            or not all(isinstance(a, str) and a for a in attributes)):
+        raise ConfigError("reward_head: multi_objective needs reward_head_params.attributes, a non-empty list of the "
+                          "rated columns, e.g. {attributes: [helpfulness, verbosity]}; got "
+                          f"{attributes!r}.")
+    if len(set(attributes)) != len(attributes):
+        raise ConfigError(f"reward_head_params.attributes {list(attributes)} names an attribute twice.")
+    response_field = params.get("response_field", "response")
+    if not isinstance(response_field, str) or not response_field:
+        raise ConfigError(f"reward_head_params.response_field={response_field!r} must be a column name.")
+    return tuple(attributes), response_field
+
+
+def load_rated(source, attributes: Sequence[str], *, split: str = "train", response_field: str = "response",
+               on_bad_row: str = "error") -> tuple[list[dict], DataReport]:
+    """Rated rows {prompt, <response_field>, ratings: {attr: value}} (or the attributes as top-level columns) of a
+    file, directory, hub dataset or list, checked row by row: a missing prompt / response, a row rating none of
+    `attributes` and a rating that is not a finite number are errors naming the file, row and field (or skipped
+    and counted under `on_bad_row: skip`). Returns ({prompt, response_field, ratings} dicts, report)."""
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    report = DataReport(source=reader.name, kind="rated")
+    policy = BadRowPolicy(on_bad_row, report)
+
+    def build(raw) -> dict:
+        row = raw.data
+        for name in ("prompt", response_field):
+            value = row.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()) or value == []:
+                raise RowProblem("missing_field" if value is None else "empty_field", name,
+                                 f"the field {name!r} is {'missing' if value is None else 'empty'}",
+                                 f"Give the {name} (rated rows hold prompt, {response_field} and the ratings).")
+        ratings = row.get("ratings", row)
+        if not isinstance(ratings, dict):
+            raise RowProblem("bad_ratings", "ratings", f"ratings is a {type(ratings).__name__}, not an object",
+                             "Give {attribute: number} or the attributes as top-level columns.")
+        values = {a: ratings.get(a) for a in attributes}
+        if all(v is None for v in values.values()):
+            raise RowProblem("unrated", "ratings", f"the row rates none of {list(attributes)}",
+                             "Rate at least one attribute, or fix the attribute names in reward_head_params.")
+        for name, v in values.items():
+            if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
+                raise RowProblem("bad_rating", name, f"the rating {v!r} is not a finite number",
+                                 "Give a number, or null when the row does not rate this attribute.")
+        return {"prompt": row["prompt"], response_field: row[response_field], "ratings": values}
+
+    rows = [built for _, built in policy.accepted(reader, build)]
+    report.examples = len(rows)
+    report.blank_lines = reader.blank_lines
+    return rows, report
+
+
+def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
+    """`preflab train` with `task: reward` and `reward_head: multi_objective`: the DPA attribute reward model
+    trained by regression on `dataset_name`'s rated rows (eval: `eval_dataset_name` or `eval_fraction`, logged as
+    eval_mse and eval_mse/<attribute>). Options as for the pairwise heads; `reward_head_params` gives the
+    attributes (and the response column, default `response`)."""
+    from preflab.models.load import cap_max_length, max_positions
+
+    attributes, response_field = attribute_head_params(cfg)
+    if not cfg.dataset_name:
+        raise ConfigError("dataset_name is empty; give the rated rows' file, directory or hub name.")
+    if tokenizer is None:
+        from preflab.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+    cap_max_length(cfg, max_positions(model if model is not None else cfg.model_name_or_path,
+                                      cfg.trust_remote_code))
+    settings = dict(response_field=response_field, on_bad_row=cfg.on_bad_row)
+    rows, row_report = load_rated(cfg.dataset_name, attributes, split=cfg.dataset_split, **settings)
+    eval_rows, eval_report = [], None
+    if cfg.eval_dataset_name:
+        eval_rows, eval_report = load_rated(cfg.eval_dataset_name, attributes, split=cfg.eval_split, **settings)
+    elif cfg.eval_fraction > 0:
+        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
+        eval_rows = [r for i, r in enumerate(rows) if i in held]
+        rows = [r for i, r in enumerate(rows) if i not in held]
+    print(f"preflab: data: {row_report.summary()}")
+    if eval_report is not None:
+        print(f"preflab: eval data: {eval_report.summary()}")
+    report = {"train_rows": row_report.to_dict(), "skipped": dict(row_report.to_dict().get("skipped", {}))}
+    if eval_report is not None:
+        report["eval_rows"] = eval_report.to_dict()
+    return train_multi_objective(cfg, rows, attributes, model=model, tokenizer=tokenizer, eval_rows=eval_rows,
+                                 data_report=report, response_field=response_field)
 
 
 def direction(theta_degrees: float, dims: int = 2, plane: tuple[int, int] = (0, 1)) -> Tensor:

@@ -99,8 +99,12 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
     read from cfg records its own."""
     from preflab.reward_models.eval import pair_outputs
-    from preflab.reward_models.heads import build_reward_model, sequence_outputs
+    from preflab.reward_models.heads import sequence_outputs
 
+    if head is None and cfg.reward_head == "multi_objective":
+        from preflab.reward_models.multi_objective import train_attribute_reward
+
+        return train_attribute_reward(cfg, model=model, tokenizer=tokenizer)
     head = head or head_from_cfg(cfg)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
@@ -115,19 +119,7 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
                                           cfg.trust_remote_code))
 
         train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
-    if model is None:
-        model = build_reward_model(cfg.model_name_or_path, head.num_outputs, tokenizer,
-                                   dtype=cfg.load_dtype or "float32", trust_remote_code=cfg.trust_remote_code,
-                                   allow_pickle=cfg.allow_pickle, seed=cfg.seed, init_kwargs=cfg.model_kwargs())
-    if cfg.use_peft:
-        from peft import LoraConfig, get_peft_model
-
-        from preflab.models.load import check_lora_targets
-
-        check_lora_targets(model, cfg.lora_target_modules)
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, task_type="SEQ_CLS",
-                                                 target_modules=cfg.lora_target_modules))
+    model = reward_model_for_run(cfg, head.num_outputs, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     info = {**head.to_config(), **({"context_template": template} if template else {})}
 
@@ -152,6 +144,27 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     return run.train()
 
 
+def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=None):
+    """The model a reward run trains: `model` if given, else `cfg.model_name_or_path` with a head of
+    `num_outputs` (in `load_dtype`, with `model_init_kwargs`); wrapped in LoRA adapters under `use_peft`."""
+    from preflab.reward_models.heads import build_reward_model
+
+    if model is None:
+        model = build_reward_model(cfg.model_name_or_path, num_outputs, tokenizer,
+                                   dtype=cfg.load_dtype or "float32", trust_remote_code=cfg.trust_remote_code,
+                                   allow_pickle=cfg.allow_pickle, seed=cfg.seed, init_kwargs=cfg.model_kwargs())
+    if cfg.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        from preflab.models.load import check_lora_targets
+
+        check_lora_targets(model, cfg.lora_target_modules)
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, task_type="SEQ_CLS",
+                                                 target_modules=cfg.lora_target_modules))
+    return model
+
+
 def head_from_cfg(cfg: TrainConfig):
     """The pairwise head `reward_head` / `reward_head_params` name: BTHead (with center_rewards_coefficient) or
     GPMHead. Unknown parameter names are a ConfigError listing the head's fields."""
@@ -162,7 +175,8 @@ def head_from_cfg(cfg: TrainConfig):
 
     cls = {"bt": BTHead, "gpm": GPMHead}.get(cfg.reward_head)
     if cls is None:
-        raise ConfigError(f"reward_head={cfg.reward_head!r} is not one of bt | gpm.")
+        raise ConfigError(f"reward_head={cfg.reward_head!r} is not a pairwise head (bt | gpm); multi_objective "
+                          "trains through preflab.reward_models.multi_objective.train_attribute_reward.")
     params = dict(cfg.reward_head_params or {})
     allowed = {f.name for f in dataclasses.fields(cls)} - {"center_rewards_coefficient"}
     unknown = sorted(set(params) - allowed)
