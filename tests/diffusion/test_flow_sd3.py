@@ -141,7 +141,8 @@ def direct_loss(run, index, step, pipe):
         return ((pred - (eps - x0)) ** 2).reshape(len(items), -1).mean(1)
 
     policy, ref = run.module.unet, run.reference
-    e_w, e_l, r_w, r_l = err(policy, x_w, cond_w), err(policy, x_l, cond_l), err(ref, x_w, cond_w), err(ref, x_l, cond_l)
+    e_w, e_l = err(policy, x_w, cond_w), err(policy, x_l, cond_l)
+    r_w, r_l = err(ref, x_w, cond_w), err(ref, x_l, cond_l)
     kappa = 1.0
     if getattr(run.objective, "kappa_scale", None):
         p = torch.tensor([x.preference_prob for x in items], dtype=torch.float64)
@@ -235,8 +236,8 @@ def test_sd3_lora_targets_joint_attention_its_reference_is_the_base_and_it_fuses
     base = SD3Transformer2DModel.from_pretrained(assets["model"], subfolder="transformer")
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(2, 16, 8, 8, generator=g), torch.tensor([100.0, 900.0])
-    cond = {"encoder_hidden_states": torch.randn(2, 288, 64, generator=g), "pooled_projections": torch.randn(2, 64,
-                                                                                                             generator=g)}
+    cond = {"encoder_hidden_states": torch.randn(2, 288, 64, generator=g),
+            "pooled_projections": torch.randn(2, 64, generator=g)}
     with torch.no_grad():
         policy, reference = run.module(x, t, cond), run._reference(x, t, cond)
         plain = base(x, timestep=t, **cond).sample
@@ -338,3 +339,24 @@ def test_sd3_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
     ckpt.train()
     a, b = state(plain.module.unet), state(ckpt.module.unet)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_an_sd35_style_transformer_dual_attention_and_qk_norm_trains_the_same_loss(assets, tmp_path):
+    """SD3.5's transformer (a second self-attention in early blocks, RMS qk-norm) is the same class: same run path."""
+    from diffusers import SD3Transformer2DModel
+
+    from preflab.diffusion.pipeline import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(0)
+    torch.manual_seed(0)
+    pipe.transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2,
+                                             attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                             caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+                                             pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm")
+    run = DiffusionRun(make_cfg(assets, tmp_path / "sd35"), pipeline=pipe)
+    perturb(run.module)
+    mb = run.micro_batches(0)[0]
+    with torch.no_grad():
+        trainer, expected = run.forward(mb).loss, direct_loss(run, mb.index, 0, pipe)
+    assert trainer.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert abs(trainer.item() - math.log(2)) > 1e-4

@@ -36,7 +36,7 @@ T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline.encode_prompt's default max_sequ
 @dataclass
 class DiffusionComponents:
     pipeline: Any              # the diffusers pipeline object (holds the modules below)
-    denoiser: nn.Module        # pipeline.unet
+    denoiser: nn.Module        # pipeline.unet, or pipeline.transformer (SD3)
     vae: nn.Module
     text_encoder: nn.Module
     tokenizer: Any
@@ -167,7 +167,8 @@ def tiny_sd3_pipeline(seed: int = 0, resolution: int = 16):
 
 
 def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool = False, seed: int = 0):
-    """The diffusers pipeline `name` (local directory, hub name or builtin:tiny-sd), in float32, on the CPU."""
+    """The diffusers pipeline `name` (local directory, hub name, builtin:tiny-sd or builtin:tiny-sd3), in float32, on
+    the CPU."""
     if not name:
         raise ConfigError("model_name_or_path is empty; give a diffusers pipeline directory, a hub name "
                           f"(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or {TINY}.")
