@@ -188,8 +188,11 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
         raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json); save one with "
                           "pipeline.save_pretrained(dir).")
     try:
+        # SD 1.x pipelines list a safety checker (not loaded); others (SDXL, SD3) warn about the keyword
+        index = DiffusionPipeline.load_config(name)
+        extra = {"safety_checker": None} if "safety_checker" in index else {}
         return DiffusionPipeline.from_pretrained(name, use_safetensors=None if allow_pickle else True,
-                                                 trust_remote_code=trust_remote_code, safety_checker=None)
+                                                 trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError, EnvironmentError) as err:
         raise ConfigError(f"could not load the diffusers pipeline {name!r}: {err}. Check the name (hub access or "
                           "HF_HUB_OFFLINE) or the directory.") from err
