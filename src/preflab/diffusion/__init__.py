@@ -2,10 +2,12 @@
 
 Scores for the pairwise objectives come from `preflab.scoring.diffusion` (-MSE per sample, as sequence sums), so
 `diffusion_dpo`, `smpo_diffusion`, `diffusion_inpo`, `dcpo` and `ppd` are pure functions of scores like every other
-objective. Nothing in this package imports diffusers at import time; `tiny_unet` and the PPD branch need it
-(pip install 'preflab[diffusion]').
+objective. Flow-matching (rectified-flow) models such as SD3 use `FlowMatchSchedule` (preflab.diffusion.flow) in place
+of `NoiseSchedule`: the same pair noising and scores, with the velocity target. Nothing in this package imports
+diffusers at import time; `tiny_unet` and the PPD branch need it (pip install 'preflab[diffusion]').
 """
 from preflab.diffusion.denoiser import Denoiser, UNetDenoiser, as_denoiser, cat_cond
+from preflab.diffusion.flow import FlowMatchSchedule, euler_sample, shifted_sigmas
 from preflab.diffusion.guidance import (
     cfg, cfg_with_negative_model, ddim_sample, lcm_guidance, negative_model_weights, npo_guidance, sampling_timesteps,
 )
@@ -20,5 +22,5 @@ __all__ = [
     "lcm_guidance", "negative_model_weights", "npo_guidance", "sampling_timesteps", "ddim_invert", "ddim_variance",
     "inverse_grid", "inverse_step", "diffusion_dpo_loss", "dpo_scale", "implicit_accuracy", "per_sample_mse",
     "pseudo_huber", "NoisedPair", "PairNoiser", "NoiseSchedule", "PICKSCORE_MAX", "PICKSCORE_MIN", "order_by_score",
-    "smoothed_preference",
+    "smoothed_preference", "FlowMatchSchedule", "euler_sample", "shifted_sigmas",
 ]

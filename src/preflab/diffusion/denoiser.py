@@ -27,7 +27,7 @@ class UNetDenoiser:
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
         kwargs = dict(cond) if isinstance(cond, dict) else {"encoder_hidden_states": cond}
-        out = self.model(x_t, t, **kwargs)
+        out = self.model(x_t, timestep=t, **kwargs)
         return out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, tuple) else out)
 
 

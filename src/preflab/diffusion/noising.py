@@ -8,6 +8,10 @@ one t ~ U{min_timestep..max_timestep-1} and one eps ~ N(0, I) per pair, shared b
 mode="ddim_invert" (SmPO-Diffusion and DDIM-InPO, Lu et al., 2025; methods §5, §27): each image is inverted
 to the shared t with the current policy (no gradient, `preflab.diffusion.inversion.ddim_invert`), giving its own
 eps_hat, and the target is built from (x_0, eps_hat). Nothing here carries a gradient.
+
+With a flow-matching schedule (preflab.diffusion.flow.FlowMatchSchedule, SD3) the same forward mode gives
+x^w_t = (1 - sigma) x_w + sigma eps, x^l_t = (1 - sigma) x_l + sigma eps and targets eps - x_w, eps - x_l, with one
+logit-normal t (float, t = 1000 sigma) and one eps per pair; ddim_invert and the timestep bounds are refused there.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ class NoisedPair:
 
 @dataclass(frozen=True)
 class PairNoiser:
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule             # or a flow-matching FlowMatchSchedule (forward mode only)
     mode: str = "forward"
     num_inversion_steps: int = 10       # K of the inverse DDIM grid (SmPO: 5 on SD1.5, 10 on SDXL; InPO: 10)
     inversion_eta: float = 0.0          # InPO's jitter scale (0.1 in InPO)
@@ -54,6 +58,14 @@ class PairNoiser:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"PairNoiser mode must be one of {MODES}, got {self.mode!r}.")
+        if hasattr(self.schedule, "sample_timesteps"):  # flow matching: its own logit-normal draw of t
+            if self.mode != "forward":
+                raise ConfigError("diffusion_noising mode 'ddim_invert' inverts a DDPM-family schedule with DDIM; a "
+                                  "flow-matching model (SD3) has no such inversion in preflab: use mode 'forward'.")
+            if self.min_timestep != 0 or self.max_timestep is not None:
+                raise ConfigError("diffusion_noising min_timestep / max_timestep bound DDPM timestep indices; a "
+                                  "flow-matching model draws t from SD3's logit-normal density: leave them unset.")
+            return
         if self.grid_snap not in GRID_SNAPS:
             raise ConfigError(f"grid_snap must be one of {GRID_SNAPS}, got {self.grid_snap!r}.")
         if not 0 <= self.min_timestep < self.upper <= self.schedule.num_train_timesteps:
@@ -65,7 +77,9 @@ class PairNoiser:
         return self.schedule.num_train_timesteps if self.max_timestep is None else self.max_timestep
 
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """[B] long, one per pair."""
+        """[B] long, one per pair (flow matching: [B] float model timesteps from the schedule's draw)."""
+        if hasattr(self.schedule, "sample_timesteps"):
+            return self.schedule.sample_timesteps(batch_size, generator)
         return torch.randint(self.min_timestep, self.upper, (batch_size,), generator=generator)
 
     @torch.no_grad()
@@ -78,7 +92,7 @@ class PairNoiser:
             raise ConfigError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} latents differ in "
                               "shape; encode both images at the same resolution.")
         t = self.sample_timesteps(chosen.shape[0], generator) if timesteps is None else torch.as_tensor(timesteps)
-        t = t.to(device=chosen.device, dtype=torch.long)
+        t = t.to(device=chosen.device, dtype=getattr(self.schedule, "timestep_dtype", torch.long))
         if self.mode == "forward":
             if noise is None:
                 noise = torch.randn(chosen.shape, generator=generator, dtype=chosen.dtype).to(chosen.device)

@@ -4,9 +4,10 @@
 allow_pickle; no remote code unless trust_remote_code) or builds the built-in tiny one ("builtin:tiny-sd", see
 `tiny_text_to_image_pipeline`). Supported now: pipelines with a `UNet2DConditionModel` (`unet`), one CLIP-style text
 encoder and tokenizer (SD 1.x / 2.x) or SDXL's two (with pooled embeddings and time_ids), a VAE and a DDPM-family
-scheduler (epsilon, v_prediction or sample prediction, read from the scheduler's config). Other layouts (SD3/Flux
-transformer denoisers with flow-matching schedulers, a third text encoder) are refused with a ConfigError rather
-than trained wrongly.
+scheduler (epsilon, v_prediction or sample prediction, read from the scheduler's config), and Stable Diffusion 3
+(`SD3Transformer2DModel` (`transformer`) on a FlowMatchEulerDiscreteScheduler, CLIP-L + CLIP-G + T5 text encoders,
+see preflab.diffusion.flow). Other layouts (Flux's packed latents and guidance embedding, other transformers) are
+refused with a ConfigError rather than trained wrongly.
 
 Latents are the VAE posterior *mean* (x scaling_factor, minus shift_factor first where the VAE has one), so one
 image always has one latent and it can be cached; the released Diffusion-DPO trainers draw a posterior sample per
@@ -25,23 +26,39 @@ from torch import nn
 from preflab.errors import ConfigError, PreflabError
 
 TINY = "builtin:tiny-sd"
-BUILTIN_PIPELINES = {TINY: "a tiny random-init text-to-image pipeline (UNet, VAE, CLIP text encoder)"}
+TINY_SD3 = "builtin:tiny-sd3"
+BUILTIN_PIPELINES = {TINY: "a tiny random-init text-to-image pipeline (UNet, VAE, CLIP text encoder)",
+                     TINY_SD3: "a tiny random-init Stable Diffusion 3 pipeline (transformer, 16-channel VAE, CLIP-L, "
+                               "CLIP-G, T5)"}
+T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline.encode_prompt's default max_sequence_length
 
 
 @dataclass
 class DiffusionComponents:
     pipeline: Any              # the diffusers pipeline object (holds the modules below)
-    denoiser: nn.Module        # pipeline.unet
+    denoiser: nn.Module        # pipeline.unet, or pipeline.transformer (SD3)
     vae: nn.Module
     text_encoder: nn.Module
     tokenizer: Any
     scheduler: Any
-    text_encoder_2: nn.Module | None = None   # SDXL's second (projection) text encoder
+    text_encoder_2: nn.Module | None = None   # SDXL's / SD3's second (projection) text encoder
     tokenizer_2: Any = None
+    text_encoder_3: nn.Module | None = None   # SD3's T5 (None: SD3 without T5, its states are zeros)
+    tokenizer_3: Any = None
+    denoiser_name: str = "unet"               # the pipeline's attribute: "unet" or (SD3) "transformer"
+
+    @property
+    def is_flow(self) -> bool:
+        """A flow-matching (rectified-flow) transformer: SD3."""
+        return self.denoiser_name == "transformer"
 
     @property
     def is_sdxl(self) -> bool:
-        return self.text_encoder_2 is not None
+        return self.text_encoder_2 is not None and not self.is_flow
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [m for m in (self.text_encoder, self.text_encoder_2, self.text_encoder_3) if m is not None]
 
     @property
     def scaling_factor(self) -> float:
@@ -114,13 +131,51 @@ def tiny_sdxl_pipeline(seed: int = 0, resolution: int = 16):
                                      add_watermarker=False)
 
 
+def tiny_sd3_pipeline(seed: int = 0, resolution: int = 16):
+    """A randomly initialised StableDiffusion3Pipeline built from configs (nothing downloaded): a 1-layer
+    SD3Transformer2DModel (patch 2, 16 latent channels, joint_attention_dim 64, pooled 64), the tiny pipeline's
+    2-block VAE widened to SD3's 16 latent channels with SD3's scaling_factor 1.5305 and shift_factor 0.0609 (no
+    quant convs, as SD3's VAE), two tiny CLIPTextModelWithProjection (CLIP-L and CLIP-G stand-ins, hidden 32,
+    projection 32), a tiny T5EncoderModel (d_model 64) with preflab's character tokenizer, and SD3's scheduler
+    (FlowMatchEulerDiscreteScheduler, shift 3.0)."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    base = tiny_text_to_image_pipeline(seed, resolution)
+    tok = base.tokenizer
+    clip = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed + 1)
+    clip_l, clip_g = CLIPTextModelWithProjection(clip), CLIPTextModelWithProjection(clip)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=64, d_ff=64, d_kv=16, num_layers=1, num_heads=4,
+                                 dropout_rate=0.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 decoder_start_token_id=tok.pad_token_id)).eval()
+    clip_l.eval(), clip_g.eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=16,
+                        norm_num_groups=4, sample_size=resolution, layers_per_block=1, mid_block_add_attention=False,
+                        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609)
+    transformer = SD3Transformer2DModel(sample_size=resolution // 2, patch_size=2, in_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+                                        pos_embed_max_size=resolution)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=vae, text_encoder=clip_l, tokenizer=tok, text_encoder_2=clip_g,
+                                    tokenizer_2=copy.deepcopy(tok), text_encoder_3=t5, tokenizer_3=copy.deepcopy(tok))
+
+
 def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool = False, seed: int = 0):
-    """The diffusers pipeline `name` (local directory, hub name or builtin:tiny-sd), in float32, on the CPU."""
+    """The diffusers pipeline `name` (local directory, hub name, builtin:tiny-sd or builtin:tiny-sd3), in float32, on
+    the CPU."""
     if not name:
         raise ConfigError("model_name_or_path is empty; give a diffusers pipeline directory, a hub name "
                           f"(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or {TINY}.")
     if name == TINY:
         return tiny_text_to_image_pipeline(seed)
+    if name == TINY_SD3:
+        return tiny_sd3_pipeline(seed)
     try:
         from diffusers import DiffusionPipeline
     except ImportError as err:  # pragma: no cover
@@ -133,16 +188,48 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
         raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json); save one with "
                           "pipeline.save_pretrained(dir).")
     try:
+        # SD 1.x pipelines list a safety checker (not loaded); others (SDXL, SD3) warn about the keyword
+        index = DiffusionPipeline.load_config(name)
+        extra = {"safety_checker": None} if "safety_checker" in index else {}
         return DiffusionPipeline.from_pretrained(name, use_safetensors=None if allow_pickle else True,
-                                                 trust_remote_code=trust_remote_code, safety_checker=None)
+                                                 trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError, EnvironmentError) as err:
         raise ConfigError(f"could not load the diffusers pipeline {name!r}: {err}. Check the name (hub access or "
                           "HF_HUB_OFFLINE) or the directory.") from err
 
 
+def sd3_components_of(pipeline) -> DiffusionComponents:
+    """SD3's parts (transformer, FlowMatchEulerDiscreteScheduler, CLIP-L, CLIP-G, optional T5), or a ConfigError."""
+    kind = type(pipeline).__name__
+    scheduler = pipeline.scheduler
+    if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+        raise ConfigError(f"{kind}'s scheduler is {type(scheduler).__name__}; an SD3 transformer is trained with "
+                          "FlowMatchEulerDiscreteScheduler (its shifted sigma grid).")
+    for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        if getattr(pipeline, name, None) is None:
+            raise ConfigError(f"{kind} has no {name}; SD3 needs a VAE and its two CLIP encoders (T5 is optional).")
+    if getattr(pipeline, "text_encoder_3", None) is not None and getattr(pipeline, "tokenizer_3", None) is None:
+        raise ConfigError(f"{kind} has text_encoder_3 but no tokenizer_3.")
+    return DiffusionComponents(pipeline, pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer,
+                               scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2,
+                               getattr(pipeline, "text_encoder_3", None), getattr(pipeline, "tokenizer_3", None),
+                               denoiser_name="transformer")
+
+
 def components_of(pipeline) -> DiffusionComponents:
     """The parts of a supported pipeline, or a ConfigError naming what is not supported."""
     kind = type(pipeline).__name__
+    transformer = getattr(pipeline, "transformer", None)
+    if transformer is not None:
+        if type(transformer).__name__ == "SD3Transformer2DModel":
+            return sd3_components_of(pipeline)
+        if type(transformer).__name__.startswith("Flux"):
+            raise ConfigError(
+                f"{kind} is a Flux pipeline: preflab's diffusion run does not train Flux yet (its transformer takes "
+                "2x2-packed latents with positional ids, a distilled guidance embedding, and its scheduler shifts "
+                "sigmas by resolution). Stable Diffusion 3 / 3.5 pipelines are supported (README 'Diffusion models').")
+        raise ConfigError(f"{kind}'s denoiser is a {type(transformer).__name__}; preflab's diffusion run trains "
+                          "UNet2DConditionModel (SD 1.x/2.x, SDXL) and SD3Transformer2DModel (SD3) pipelines.")
     unet = getattr(pipeline, "unet", None)
     sdxl = getattr(pipeline, "text_encoder_2", None) is not None
     if getattr(pipeline, "text_encoder_3", None) is not None or (
@@ -171,11 +258,43 @@ def _ids(tok, prompts):
 
 
 @torch.no_grad()
+def encode_sd3_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
+    """SD3's conditioning, as diffusers' StableDiffusion3Pipeline.encode_prompt (clip_skip None, max_sequence_length
+    256): CLIP-L and CLIP-G each tokenised to the first tokenizer's model_max_length, their penultimate hidden states
+    joined on the feature axis and zero-padded to T5's width, then T5's last hidden state appended on the sequence
+    axis -> "states" [N, L_clip + 256, D_t5]; "pooled_projections" [N, P_l + P_g] = both projected text embeddings.
+    Without T5 its states are zeros [N, 256, joint_attention_dim] (as the pipeline)."""
+    device = device or next(components.text_encoder.parameters()).device
+    length = components.tokenizer.model_max_length
+    clip_states, pooled = [], []
+    for tok, encoder in ((components.tokenizer, components.text_encoder),
+                         (components.tokenizer_2, components.text_encoder_2)):
+        ids = tok(list(prompts), padding="max_length", max_length=length, truncation=True,
+                  return_tensors="pt").input_ids
+        out = encoder(ids.to(device), output_hidden_states=True)
+        clip_states.append(out.hidden_states[-2])
+        pooled.append(out[0])
+    clip = torch.cat(clip_states, -1)
+    if components.text_encoder_3 is None:
+        width = components.denoiser.config.joint_attention_dim
+        t5 = torch.zeros(len(prompts), T5_MAX_LENGTH, width, device=clip.device, dtype=clip.dtype)
+    else:
+        ids = components.tokenizer_3(list(prompts), padding="max_length", max_length=T5_MAX_LENGTH, truncation=True,
+                                     add_special_tokens=True, return_tensors="pt").input_ids
+        t5 = components.text_encoder_3(ids.to(device))[0]
+    clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+    return {"states": torch.cat([clip.float(), t5.float()], -2), "pooled_projections": torch.cat(pooled, -1).float()}
+
+
+@torch.no_grad()
 def encode_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
     """{"states": [N, L, D]} float32 (SD: the encoder's last hidden state, padded to the tokenizer's max length);
     SDXL (diffusers' StableDiffusionXLPipeline.encode_prompt): states = both encoders' penultimate hidden states
     concatenated on the feature axis, plus "pooled" [N, P] = the second encoder's projected text embedding; the
-    empty prompt is all zeros when the pipeline sets force_zeros_for_empty_prompt (its unconditional input)."""
+    empty prompt is all zeros when the pipeline sets force_zeros_for_empty_prompt (its unconditional input).
+    SD3: `encode_sd3_text`."""
+    if components.is_flow:
+        return encode_sd3_text(components, prompts, device)
     encoder = components.text_encoder
     device = device or next(encoder.parameters()).device
     if not components.is_sdxl:
@@ -199,7 +318,10 @@ def encode_prompts(components: DiffusionComponents, prompts: list[str], device=N
 def unet_cond(text: dict[str, torch.Tensor], resolution: int) -> Any:
     """The UNet's conditioning from encode_text's output: SD the states tensor; SDXL {"encoder_hidden_states",
     "added_cond_kwargs": {"text_embeds": pooled, "time_ids": (S, S, 0, 0, S, S)}} (original size, centre-crop
-    top-left, target size: preflab's resize-and-centre-crop keeps the whole square)."""
+    top-left, target size: preflab's resize-and-centre-crop keeps the whole square); SD3 {"encoder_hidden_states",
+    "pooled_projections"}."""
+    if "pooled_projections" in text:
+        return {"encoder_hidden_states": text["states"], "pooled_projections": text["pooled_projections"]}
     if "pooled" not in text:
         return text["states"]
     pooled = text["pooled"]
@@ -214,7 +336,7 @@ def call_unet(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Any) ->
     dropped: that is the PPD branch's input)."""
     kwargs = {k: v for k, v in cond.items() if k != "user_index"} if isinstance(cond, dict) else \
         {"encoder_hidden_states": cond}
-    return unet(x_t, t, return_dict=False, **kwargs)[0]
+    return unet(x_t, timestep=t, return_dict=False, **kwargs)[0]
 
 
 def image_size(components: DiffusionComponents) -> int:
@@ -259,12 +381,13 @@ def save_pipeline(components: DiffusionComponents, denoiser: nn.Module, out: Pat
     fused) with the run's VAE, text encoder, tokenizer and scheduler (safetensors)."""
     pipe = components.pipeline
     plain = merged_denoiser(denoiser)
-    original = pipe.unet
-    pipe.register_modules(unet=plain)
+    name = components.denoiser_name
+    original = getattr(pipe, name)
+    pipe.register_modules(**{name: plain})
     try:
         pipe.save_pretrained(str(out), safe_serialization=True)
     finally:
-        pipe.register_modules(unet=original)
+        pipe.register_modules(**{name: original})
     return out
 
 
@@ -282,12 +405,12 @@ def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts:
 @torch.no_grad()
 def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
                    num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
-    """The latents [N, C, h, w] that `sample_images` decodes."""
+    """The latents [N, C, h, w] that `sample_images` decodes (SD3: Euler steps of the flow,
+    preflab.diffusion.flow.euler_sample, the pipeline's own sampler)."""
     from preflab.diffusion.guidance import cfg, ddim_sample
     from preflab.diffusion.schedule import NoiseSchedule
 
     device = device or next(denoiser.parameters()).device
-    schedule = NoiseSchedule.from_scheduler(components.scheduler)
     size = image_size(components)
     cond = unet_cond(encode_text(components, prompts, device), size)
     uncond = unet_cond(encode_text(components, [""] * len(prompts), device), size)
@@ -301,7 +424,11 @@ def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts
             return c
         return cfg(c, call_unet(denoiser, x, t, uncond).float(), guidance_scale)
 
-    return ddim_sample(predict, x_T, schedule, num_steps)
+    if components.is_flow:
+        from preflab.diffusion.flow import euler_sample
+
+        return euler_sample(predict, x_T, components.scheduler, num_steps)
+    return ddim_sample(predict, x_T, NoiseSchedule.from_scheduler(components.scheduler), num_steps)
 
 
 def save_grid(rows: list[torch.Tensor], path: Path, scale: int = 4) -> Path:

@@ -12,6 +12,9 @@ fine-tuning), the same UNet with its LoRA adapters disabled (use_peft), or the b
 Randomness: the timestep and noise of a pair depend only on (seed, step, the pair's dataset position), never on
 the process count, the micro-batch split or a resume, so a resumed run equals the uninterrupted one and two processes
 equal one. (Inversion jitter and Self-NPO's draws are per micro-batch: seeded by (seed, step, first position).)
+
+Flow-matching models (SD3, preflab.diffusion.flow): the same run with x_t = (1 - sigma) x_0 + sigma eps, the velocity
+target eps - x_0 and SD3's logit-normal t per pair; `check_flow_objective` says which objectives are defined there.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, 
 from preflab.objectives.base import UnpairedBatch
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the diffusers Diffusion-DPO script's LoRA targets
+# diffusers' SD3 LoRA DreamBooth script's targets: the joint attention's image and text (add_*) projections
+SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                    "attn.add_v_proj", "attn.to_add_out"]
 
 
 def is_diffusion_objective(objective) -> bool:
@@ -46,6 +52,32 @@ def check_diffusion_objective(cfg, objective) -> None:
             "smpo_diffusion, diffusion_inpo, dcpo, ppd or self_npo. Use task: dpo for language models.")
 
 
+def check_flow_objective(cfg, objective) -> None:
+    """On a flow-matching model (SD3) the objectives on forward-noised pairs are defined as they are (their losses read
+    only per-sample MSEs, whatever the regression target): diffusion_dpo, dcpo, and smpo_diffusion with
+    diffusion_noising mode forward. The rest depend on the DDPM parametrisation and are refused."""
+    from preflab.objectives.diffusion_inpo import DiffusionInPO
+    from preflab.objectives.ppd import PPD
+
+    name = cfg.loss_type
+    if objective.batch_type is UnpairedBatch:
+        raise ConfigError(f"loss_type {name!r} (Self-NPO) rolls out DDIM steps and takes x0/eps from an "
+                          "alphas_cumprod schedule; it is not defined for a flow-matching model (SD3) in preflab. "
+                          "Use diffusion_dpo or dcpo, or an SD 1.x/2.x/SDXL pipeline.")
+    if isinstance(objective, PPD):
+        raise ConfigError("loss_type 'ppd' installs its user branch into a UNet's cross-attention processors; SD3's "
+                          "joint-attention transformer has none. Use diffusion_dpo or dcpo on SD3.")
+    if isinstance(objective, DiffusionInPO):
+        raise ConfigError("loss_type 'diffusion_inpo' is Diffusion-DPO on DDIM-inverted latents; DDIM inversion needs "
+                          "a DDPM schedule, and with forward noising it is diffusion_dpo: use loss_type diffusion_dpo "
+                          "on a flow-matching model (SD3).")
+    mode = {**(getattr(objective, "diffusion_noising", {}) or {}), **cfg.diffusion_noising}.get("mode", "forward")
+    if mode != "forward":
+        raise ConfigError(f"loss_type {name!r} noises its pairs by DDIM inversion (diffusion_noising mode {mode!r}), "
+                          "which needs a DDPM schedule; on a flow-matching model (SD3) set diffusion_noising: "
+                          "{mode: forward} to train its loss on forward-noised pairs.")
+
+
 def check_resolution(resolution: int, components) -> None:
     """The VAE maps resolution x resolution pixels to (resolution / f)^2 latents, f = 2^(VAE levels - 1) (8 for SD):
     another size was floored silently (the trained pixels and the latents no longer line up) and the saved pipeline
@@ -57,6 +89,12 @@ def check_resolution(resolution: int, components) -> None:
         lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
         raise ConfigError(f"resolution={resolution} is not a multiple of the VAE's scale factor {factor} (its "
                           f"latents would be {resolution / factor:g} wide); use {lower or upper} or {upper}.")
+    patch = int(getattr(components.denoiser.config, "patch_size", 1) or 1) if components.is_flow else 1
+    if (resolution // factor) % patch:
+        step = factor * patch
+        raise ConfigError(f"resolution={resolution}: the transformer cuts its {resolution // factor}-wide latents into "
+                          f"{patch}x{patch} patches; use a multiple of {step} ({resolution // step * step or step} or "
+                          f"{(resolution // step + 1) * step}).")
 
 
 def check_diffusion_options(cfg) -> None:
@@ -110,7 +148,7 @@ class DenoiserModule(nn.Module):
             kwargs.update(cond)
         else:
             kwargs["encoder_hidden_states"] = cond
-        return self.unet(x_t, t, return_dict=False, **kwargs)[0]
+        return self.unet(x_t, timestep=t, return_dict=False, **kwargs)[0]
 
 
 class Trainables(nn.Module):
@@ -163,7 +201,13 @@ class DiffusionRun(TrainingRun):
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
         check_resolution(cfg.resolution, self.components)
-        self.schedule = NoiseSchedule.from_scheduler(self.components.scheduler)
+        if self.components.is_flow:
+            from preflab.diffusion.flow import FlowMatchSchedule
+
+            check_flow_objective(cfg, self.objective)
+            self.schedule = FlowMatchSchedule.from_scheduler(self.components.scheduler)
+        else:
+            self.schedule = NoiseSchedule.from_scheduler(self.components.scheduler)
         self.scorer = None if self.self_npo else DiffusionPairScorer(
             noiser_for(self.objective, self.schedule, **cfg.diffusion_noising))
         self._build_models()
@@ -236,9 +280,8 @@ class DiffusionRun(TrainingRun):
 
     def _build_models(self) -> None:
         cfg, comps, device = self.cfg, self.components, self.accelerator.device
-        for frozen in (comps.vae, comps.text_encoder, comps.text_encoder_2):
-            if frozen is not None:
-                frozen.requires_grad_(False).eval().to(device)
+        for frozen in (comps.vae, *comps.text_encoders):
+            frozen.requires_grad_(False).eval().to(device)
         unet = comps.denoiser.float().to(device)
         self.lora = False
         branch = users = None
@@ -262,7 +305,8 @@ class DiffusionRun(TrainingRun):
         elif cfg.use_peft:
             from peft import LoraConfig
 
-            targets = LORA_TARGETS if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
+            default = SD3_LORA_TARGETS if comps.is_flow else LORA_TARGETS
+            targets = default if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
             unet.requires_grad_(False)
             unet.add_adapter(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                         init_lora_weights="gaussian", target_modules=targets))
@@ -323,7 +367,7 @@ class DiffusionRun(TrainingRun):
             parts = [encode_text(comps, texts[i:i + 64]) for i in range(0, len(texts), 64)]
             return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
 
-        encoders = nn.ModuleList([m for m in (comps.text_encoder, comps.text_encoder_2) if m is not None])
+        encoders = nn.ModuleList(comps.text_encoders)
         states = self._cached("text", encoders, [repr(texts), comps.tokenizer.model_max_length], encode_texts)
         self.text = {t: {k: v[i] for k, v in states.items()} for i, t in enumerate(texts)}
         self.latents = {}

@@ -1,0 +1,362 @@
+"""Diffusion-DPO on a flow-matching transformer (Stable Diffusion 3 layout) on the tiny SD3 pipeline: the flow schedule
+and timestep draw equal diffusers', text encoding equals the pipeline's encode_prompt, the loss through the run equals
+a direct diffusers computation, the gradient equals its closed form, resume is exact, LoRA, sampling, refusals."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("diffusers")
+
+from preflab.config import config_from_dict  # noqa: E402
+from preflab.errors import ConfigError  # noqa: E402
+from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from preflab.diffusion.pipeline import tiny_sd3_pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    root = tmp_path_factory.mktemp("sd3-run")
+    tiny_sd3_pipeline(0).save_pretrained(root / "sd3")
+    return {"model": str(root / "sd3"), "train": str(write_pair_dataset(root / "data", 8, seed=0)), "root": root}
+
+
+def make_cfg(assets, out, **overrides):
+    raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
+           "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
+           "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
+           "sample_steps": 0}
+    raw.update(overrides)
+    return config_from_dict(raw)
+
+
+def perturb(module, scale=0.05, seed=3):
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- schedule and draws
+def test_flow_schedule_equals_diffusers_sigma_grid_and_scale_noise():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from preflab.diffusion.flow import FlowMatchSchedule
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    schedule = FlowMatchSchedule.from_scheduler(scheduler)
+    assert torch.equal(schedule.sigmas, scheduler.sigmas) and torch.equal(schedule.timesteps, scheduler.timesteps)
+    assert schedule.sigmas[0] == 1.0 and schedule.sigmas[500] > 0.5  # shift 3 moves mass to high noise
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 16, 4, 4, generator=g), torch.randn(4, 16, 4, 4, generator=g)
+    t = scheduler.timesteps[torch.tensor([0, 17, 500, 999])]
+    assert torch.allclose(schedule.add_noise(x0, eps, t), scheduler.scale_noise(x0, t, eps), atol=1e-6)
+    assert torch.equal(schedule.target(x0, eps, t), eps - x0)
+    x0_hat, eps_hat = schedule.split_prediction(eps - x0, schedule.add_noise(x0, eps, t), t)
+    assert torch.allclose(x0_hat, x0, atol=1e-5) and torch.allclose(eps_hat, eps, atol=1e-5)
+    with pytest.raises(ConfigError, match="dynamic shifting"):
+        FlowMatchSchedule.from_scheduler(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))
+
+
+def test_timestep_draw_equals_diffusers_logit_normal_density_sampling():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+    from preflab.diffusion.flow import FlowMatchSchedule
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    u = compute_density_for_timestep_sampling("logit_normal", 64, logit_mean=0.0, logit_std=1.0,
+                                              generator=torch.Generator().manual_seed(5))
+    expected = scheduler.timesteps[(u * 1000).long()]  # the SD3 DreamBooth / flow_grpo DPO scripts' draw
+    drawn = FlowMatchSchedule.from_scheduler(scheduler).sample_timesteps(64, torch.Generator().manual_seed(5))
+    assert torch.equal(drawn, expected) and drawn.unique().numel() > 50
+    sigmas = drawn / 1000
+    assert torch.equal(compute_loss_weighting_for_sd3("logit_normal", sigmas), torch.ones_like(sigmas))  # no weight
+
+
+def test_sd3_text_encoding_equals_the_pipelines_encode_prompt():
+    from preflab.diffusion.pipeline import components_of, encode_text, tiny_sd3_pipeline, unet_cond
+
+    pipe = tiny_sd3_pipeline(0)
+    prompts = ["a red disc", "", "a blue square"]
+    for drop_t5 in (False, True):
+        if drop_t5:
+            pipe.text_encoder_3 = None
+        text = encode_text(components_of(pipe), prompts)
+        states, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)
+        assert text["states"].shape == states.shape == (3, 32 + 256, 64)
+        assert torch.allclose(text["states"], states, atol=1e-5) and torch.equal(text["pooled_projections"], pooled)
+        cond = unet_cond(text, 16)
+        assert set(cond) == {"encoder_hidden_states", "pooled_projections"}
+    assert torch.equal(text["states"][:, 32:], torch.zeros(3, 256, 64))  # no T5: zeros, as the pipeline
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def direct_loss(run, index, step, pipe):
+    """The objective of the batch computed here with diffusers alone: VAE posterior mean (shifted, scaled), the
+    pipeline's encode_prompt, per pair u = compute_density_for_timestep_sampling from the run's documented per-pair
+    generator, t = scheduler.timesteps[floor(1000 u)], eps from the same generator, x_t = scheduler.scale_noise,
+    target eps - x_0, the transformer called as StableDiffusion3Pipeline calls it, and Wallace et al.'s loss
+    -log sigmoid(-(beta/2) kappa [(e_w - e_ref_w) - (e_l - e_ref_l)]) (flow_grpo's train_sd3_dpo.py form)."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    from preflab.diffusion.images import to_model_range
+
+    items = [run.train_data[i] for i in index]
+    vae, sched = pipe.vae, pipe.scheduler
+
+    def latents(side):
+        images = to_model_range(torch.stack([getattr(x, side) for x in items]))
+        return (vae.encode(images).latent_dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
+
+    x_w, x_l = latents("chosen"), latents("rejected")
+    ts, eps = [], []
+    for i in index:
+        g = torch.Generator().manual_seed(draw_seed(run.cfg.seed, step, i))
+        u = compute_density_for_timestep_sampling("logit_normal", 1, logit_mean=0.0, logit_std=1.0, generator=g)
+        ts.append(sched.timesteps[(u * 1000).long()])
+        eps.append(torch.randn(x_w.shape[1:], generator=g))
+    t, eps = torch.cat(ts), torch.stack(eps)
+
+    def encode(texts):
+        states, _, pooled, _ = pipe.encode_prompt(texts, texts, texts, do_classifier_free_guidance=False)
+        return states, pooled
+
+    cond_w = encode([x.cond_chosen for x in items])
+    cond_l = encode([x.cond_rejected for x in items])
+
+    def err(model, x0, cond):
+        x_t = sched.scale_noise(x0, t, eps)
+        pred = model(hidden_states=x_t, timestep=t, encoder_hidden_states=cond[0], pooled_projections=cond[1],
+                     return_dict=False)[0]
+        return ((pred - (eps - x0)) ** 2).reshape(len(items), -1).mean(1)
+
+    policy, ref = run.module.unet, run.reference
+    e_w, e_l = err(policy, x_w, cond_w), err(policy, x_l, cond_l)
+    r_w, r_l = err(ref, x_w, cond_w), err(ref, x_l, cond_l)
+    kappa = 1.0
+    if getattr(run.objective, "kappa_scale", None):
+        p = torch.tensor([x.preference_prob for x in items], dtype=torch.float64)
+        kappa = (run.objective.kappa_scale * (2 * p - 1)).float()
+    return -F.logsigmoid(-run.cfg.beta / 2 * kappa * ((e_w - r_w) - (e_l - r_l))).mean()
+
+
+@pytest.mark.parametrize("method", ["diffusion_dpo", "dcpo", "smpo_diffusion"])
+def test_loss_through_the_run_equals_a_direct_diffusers_computation(assets, tmp_path, method):
+    from diffusers import StableDiffusion3Pipeline
+
+    extra = {"dcpo": {"caption_perturbation": "medium"},
+             "smpo_diffusion": {"diffusion_noising": {"mode": "forward"}}}.get(method, {})
+    run = DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method, **extra))
+    assert run.components.is_flow and run.schedule.prediction_type == "flow_matching"
+    perturb(run.module)  # policy != reference
+    mb = run.micro_batches(1)[0]
+    trainer = run.forward(mb).loss
+    pipe = StableDiffusion3Pipeline.from_pretrained(assets["model"])
+    with torch.no_grad():
+        expected = direct_loss(run, mb.index, 1, pipe)
+    assert trainer.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert abs(trainer.item() - math.log(2)) > 1e-4
+    if method == "dcpo":
+        assert all(x.cond_rejected != x.prompt for x in run.train_data)
+
+
+def test_flow_dpo_is_log2_at_the_reference_and_its_gradient_is_the_closed_form(assets, tmp_path):
+    """dL/dtheta = (1/B) sum_i b sigmoid(b (Delta_theta_i - Delta_ref_i)) d(e_w,i - e_l,i)/dtheta, b = beta/2."""
+    run = DiffusionRun(make_cfg(assets, tmp_path / "grad"))
+    mb = run.micro_batches(0)[0]
+    with torch.no_grad():
+        assert run.forward(mb).loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
+    perturb(run.module, 0.02)
+    params = run.params
+    loss = run.forward(mb).loss
+    autograd = torch.autograd.grad(loss, params)
+    batch = run.score(mb.index, mb.step)
+    e_w, e_l = -batch.policy_chosen.sum, -batch.policy_rejected.sum
+    r_w, r_l = -batch.ref_chosen.sum, -batch.ref_rejected.sum
+    b = run.cfg.beta / 2
+    weight = (b * torch.sigmoid(b * ((e_w - e_l) - (r_w - r_l)))).detach() / len(mb.index)
+    assert not torch.allclose(weight, weight.mean().expand_as(weight))  # pairs weighted differently
+    closed = torch.autograd.grad((weight * (e_w - e_l)).sum(), params)
+    scale = max(g.abs().max().item() for g in closed)
+    assert scale > 1e-3
+    assert max((a - c).abs().max().item() for a, c in zip(autograd, closed)) <= 1e-5 * scale
+
+
+def test_a_pair_of_one_image_twice_gives_zero_gradient(assets, tmp_path):
+    """Winner = loser (same latent, caption, t and eps): Delta_theta = Delta_ref = 0 whatever theta, so no gradient."""
+    run = DiffusionRun(make_cfg(assets, tmp_path / "same"))
+    perturb(run.module, 0.02)
+    pairs = run.pairs([0, 1, 2, 3], run.train_data)
+    pairs.rejected = pairs.chosen.clone()
+    t, eps = run._draws([0, 1, 2, 3], 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    out = run.objective(run.scorer(run._policy, pairs, run._reference, noised=noised))
+    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    grads = torch.autograd.grad(out.loss, run.params, allow_unused=True)
+    real = torch.autograd.grad(run.forward(run.micro_batches(0)[0]).loss, run.params)
+    scale = max(g.abs().max().item() for g in real)  # a real pair does move the model
+    assert scale > 1e-2
+    # zero up to float32 round-off of the two halves of one [2B] forward (b/B = 25 amplifies it)
+    assert max(g.abs().max().item() for g in grads if g is not None) < 1e-5 * scale
+
+
+def test_sd3_resume_equals_the_uninterrupted_run(assets, tmp_path):
+    extra = {"max_steps": 4, "per_device_train_batch_size": 2}
+    whole = DiffusionRun(make_cfg(assets, tmp_path / "whole", **extra))
+    before = state(whole.module.unet)
+    whole.train()
+    DiffusionRun(make_cfg(assets, tmp_path / "first", save_steps=2, **extra)).train()
+    resumed = DiffusionRun(make_cfg(assets, tmp_path / "resumed", **extra,
+                                    resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-2")))
+    assert resumed.train()["resumed_from_step"] == 2
+    a, b = state(whole.module.unet), state(resumed.module.unet)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    assert any(not torch.equal(a[k], before[k]) for k in a)  # it trained
+
+
+def test_sd3_lora_targets_joint_attention_its_reference_is_the_base_and_it_fuses_on_save(assets, tmp_path):
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "lora", use_peft=True, lora_r=4, lora_alpha=4))
+    names = {n for n, p in run.module.unet.named_parameters() if p.requires_grad}
+    assert any(".attn.add_q_proj.lora_A" in n for n in names) and any(".attn.to_q.lora_B" in n for n in names)
+    assert all("lora_" in n for n in names)
+    summary = run.train()
+    run.module.eval()
+    base = SD3Transformer2DModel.from_pretrained(assets["model"], subfolder="transformer")
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 16, 8, 8, generator=g), torch.tensor([100.0, 900.0])
+    cond = {"encoder_hidden_states": torch.randn(2, 288, 64, generator=g),
+            "pooled_projections": torch.randn(2, 64, generator=g)}
+    with torch.no_grad():
+        policy, reference = run.module(x, t, cond), run._reference(x, t, cond)
+        plain = base(x, timestep=t, **cond).sample
+        fused = StableDiffusion3Pipeline.from_pretrained(summary["model_dir"]).transformer(x, timestep=t, **cond).sample
+    assert torch.allclose(reference, plain, atol=1e-6)
+    assert (policy - plain).abs().max() > 1e-4
+    assert torch.allclose(fused, policy, atol=1e-5)
+
+
+def test_sd3_sampling_equals_the_pipelines_own_euler_sampler():
+    from preflab.diffusion.pipeline import components_of, sample_latents, tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(0)
+    comps = components_of(pipe)
+    x_T = torch.randn((16, 8, 8), generator=torch.Generator().manual_seed(7))[None]
+    for scale in (1.0, 3.0):
+        ours = sample_latents(comps, pipe.transformer, ["a red disc"], [7], num_steps=3, guidance_scale=scale)
+        theirs = pipe("a red disc", negative_prompt="", latents=x_T.clone(), num_inference_steps=3, height=16,
+                      width=16, guidance_scale=scale, output_type="latent").images
+        assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, x_T, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize("method, words", [
+    ("self_npo", "Self-NPO"), ("ppd", "cross-attention processors"), ("diffusion_inpo", "DDIM inversion"),
+    ("smpo_diffusion", "diffusion_noising: {mode: forward}")])
+def test_objectives_tied_to_the_ddpm_parametrisation_are_refused_on_sd3(assets, tmp_path, method, words):
+    with pytest.raises(ConfigError, match=words.replace("{", r"\{").replace("}", r"\}")):
+        DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method))
+
+
+def test_timestep_bounds_and_a_resolution_off_the_patch_grid_are_refused_on_sd3(assets, tmp_path):
+    with pytest.raises(ConfigError, match="logit-normal"):
+        DiffusionRun(make_cfg(assets, tmp_path / "b", diffusion_noising={"min_timestep": 100}))
+    with pytest.raises(ConfigError, match="2x2 patches; use a multiple of 4"):
+        DiffusionRun(make_cfg(assets, tmp_path / "r", resolution=10))
+
+
+def test_flux_pipelines_are_refused_with_what_is_missing():
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from preflab.diffusion.pipeline import components_of, tiny_sd3_pipeline
+
+    sd3 = tiny_sd3_pipeline(0)
+    flux = FluxPipeline(scheduler=sd3.scheduler, vae=sd3.vae, text_encoder=sd3.text_encoder, tokenizer=sd3.tokenizer,
+                        text_encoder_2=sd3.text_encoder_3, tokenizer_2=sd3.tokenizer_3,
+                        transformer=FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1,
+                                                           num_single_layers=1, attention_head_dim=16,
+                                                           num_attention_heads=2, joint_attention_dim=64,
+                                                           pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]))
+    with pytest.raises(ConfigError, match="Flux pipeline.*packed latents.*guidance embedding"):
+        components_of(flux)
+
+
+def test_the_builtin_tiny_sd3_name_loads_the_tiny_pipeline():
+    from preflab.diffusion.pipeline import TINY_SD3, BUILTIN_PIPELINES, components_of, load_pipeline
+
+    comps = components_of(load_pipeline(TINY_SD3))
+    assert TINY_SD3 in BUILTIN_PIPELINES and comps.is_flow and comps.denoiser_name == "transformer"
+    assert comps.vae.config.latent_channels == 16 and comps.shift_factor == pytest.approx(0.0609)
+    assert comps.scheduler.config.shift == 3.0 and len(comps.text_encoders) == 3
+
+
+@pytest.mark.slow
+def test_preflab_train_runs_the_sd3_example_and_the_output_loads_as_an_sd3_pipeline(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
+
+    from preflab.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "sd3"
+    assert main(["train", "examples/diffusion/sd3_diffusion_dpo.yaml", "max_steps=1", "sample_steps=2",
+                 f"output_dir={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["prediction_type"] == "flow_matching" and summary["noising"] == "forward"
+    assert summary["final_metrics"]["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # one step moved it
+    assert isinstance(DiffusionPipeline.from_pretrained(str(out)), StableDiffusion3Pipeline)
+    assert (out / "samples.png").is_file()
+    # preflab eval reloads the run directory (SD3 layout) and reproduces the run's final eval on the same pairs
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run, shapes_reward
+
+    result = evaluate_diffusion_run(str(out), "examples/diffusion/data/test.jsonl", reward_fn=shapes_reward,
+                                    num_prompts=2)
+    assert result["metrics"]["loss"] == pytest.approx(summary["final_metrics"]["eval_loss"], rel=1e-5)
+    assert 0 <= result["metrics"]["win_rate"] <= 1
+
+
+def test_sd3_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
+    plain = DiffusionRun(make_cfg(assets, tmp_path / "plain", max_steps=1))
+    plain.train()
+    ckpt = DiffusionRun(make_cfg(assets, tmp_path / "ckpt", max_steps=1, gradient_checkpointing=True))
+    assert ckpt.module.unet.is_gradient_checkpointing
+    ckpt.train()
+    a, b = state(plain.module.unet), state(ckpt.module.unet)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_an_sd35_style_transformer_dual_attention_and_qk_norm_trains_the_same_loss(assets, tmp_path):
+    """SD3.5's transformer (a second self-attention in early blocks, RMS qk-norm) is the same class: same run path."""
+    from diffusers import SD3Transformer2DModel
+
+    from preflab.diffusion.pipeline import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(0)
+    torch.manual_seed(0)
+    pipe.transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2,
+                                             attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                             caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+                                             pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm")
+    run = DiffusionRun(make_cfg(assets, tmp_path / "sd35"), pipeline=pipe)
+    perturb(run.module)
+    mb = run.micro_batches(0)[0]
+    with torch.no_grad():
+        trainer, expected = run.forward(mb).loss, direct_loss(run, mb.index, 0, pipe)
+    assert trainer.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert abs(trainer.item() - math.log(2)) > 1e-4
