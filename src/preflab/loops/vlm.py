@@ -23,10 +23,9 @@ import torch
 from preflab.errors import ConfigError
 from preflab.loops.kinds import PairKind
 from preflab.loops.offline import Trainer
+from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE  # a LoRA run's trained clue aggregator (CAT)
 from preflab.objectives.base import PairBatch
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs
-
-CLUE_AGGREGATOR_FILE = "clue_aggregator.safetensors"  # a LoRA run's trained clue aggregator (CAT)
 
 
 class VisionPairKind(PairKind):
