@@ -91,3 +91,32 @@ def test_a_run_continues_training_and_serves_as_reference_with_its_aggregator(tr
     before = aggregator.out.weight.detach().clone()
     trainer.train()
     assert not torch.equal(before, aggregator.out.weight)  # and it trains on
+
+
+def test_preflab_eval_task_vlm_scores_the_reloaded_run(trained, tmp_path):
+    """`preflab eval RUN --task vlm --data PAIRS` (final directory and checkpoint-2): eval.json's metrics are the
+    run's objective on the trained policy (aggregator included) against the run's starting model."""
+    import json
+
+    import torch.nn.functional as F
+
+    from preflab.cli import main
+    from preflab.models.tiny_vlm import tiny_vlm
+
+    out, live, _ = trained
+    data = tmp_path / "pairs.jsonl"
+    with data.open("w") as f:
+        for i, row in enumerate(ROWS):
+            row["images"][0].save(tmp_path / f"{i}.png")
+            f.write(json.dumps({**row, "images": [f"{i}.png"]}) + "\n")
+    start = _scores(tiny_vlm(PROCESSOR, "llava", seed=0))
+    sums, ref_sums = live.sum(-1), start.sum(-1)
+    b = len(PAIRS)
+    z = (sums[:b] - ref_sums[:b]) - (sums[b:] - ref_sums[b:])
+    expected = float((-F.logsigmoid(0.1 * z)).mean())  # sigmoid DPO, beta 0.1 (the run's)
+    for path in (out, out / "checkpoint-2"):
+        assert main(["eval", str(path), "--task", "vlm", "--data", str(data), "--out", str(tmp_path / "e.json")]) == 0
+        result = json.loads((tmp_path / "e.json").read_text())
+        assert result["num_pairs"] == 4 and result["reference"] == "builtin:tiny-llava"
+        assert abs(result["metrics"]["loss"] - expected) < 1e-5
+        assert "logits/chosen" in result["metrics"]
