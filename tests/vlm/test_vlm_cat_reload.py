@@ -120,3 +120,20 @@ def test_preflab_eval_task_vlm_scores_the_reloaded_run(trained, tmp_path):
         assert result["num_pairs"] == 4 and result["reference"] == "builtin:tiny-llava"
         assert abs(result["metrics"]["loss"] - expected) < 1e-5
         assert "logits/chosen" in result["metrics"]
+
+
+def test_a_cat_lora_run_resumes_exactly_with_its_aggregator(tmp_path):
+    """Stopped after its step-2 checkpoint and resumed from it, a LoRA + clue aggregator run ends with the
+    uninterrupted run's aggregator and adapters."""
+    def run(name, **kw):
+        trainer = VisionTrainer(_cfg(tmp_path / name, use_peft=True, lora_r=4, max_steps=4, **kw),
+                                processor=PROCESSOR, train_data=PAIRS)
+        trainer.train()
+        return {k: v for k, v in trainer.policy.state_dict().items() if "clue_aggregator" in k or "lora_" in k}
+
+    straight = run("a")
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    resumed = run("b", resume_from_checkpoint=True)
+    assert straight.keys() == resumed.keys() and any("clue_aggregator" in k for k in straight)
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0)
