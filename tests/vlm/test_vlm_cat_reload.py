@@ -80,10 +80,12 @@ def test_missing_or_mismatched_aggregator_is_refused_naming_the_file(trained, tm
 
 
 def test_a_run_continues_training_and_serves_as_reference_with_its_aggregator(trained, tmp_path):
-    out, live, _ = trained
+    out, live, lora = trained
     saved = clue_aggregator_of(load_vlm_run(out, PROCESSOR)[0]).state_dict()
-    cfg = _cfg(tmp_path / "more", model_name_or_path=str(out), ref_model_name_or_path=str(out), max_steps=1)
-    trainer = VisionTrainer(cfg, processor=PROCESSOR, train_data=PAIRS)
+    cfg = _cfg(tmp_path / "more", model_name_or_path=str(out), ref_model_name_or_path=str(out), max_steps=1,
+               use_peft=lora, lora_r=4)
+    trainer = VisionTrainer(cfg, train_data=PAIRS)  # the processor too comes from the run (its config.yaml's)
+    assert trainer.processor.tokenizer.get_vocab() == PROCESSOR.tokenizer.get_vocab()
     aggregator = clue_aggregator_of(trainer.policy)  # the trained one, kept (not a fresh zero one beside it)
     assert all(torch.equal(v, saved[k]) for k, v in aggregator.state_dict().items())
     assert any(p is aggregator.out.weight for p in trainer.params)

@@ -185,7 +185,9 @@ class VisionTrainer(Trainer):
         if cfg.clue_aggregator:
             from preflab.models.clue_aggregator import attach_clue_aggregator
 
-            attach_clue_aggregator(policy, processor)  # zero-initialised: the reference (without it) is unchanged
+            # zero-initialised: the reference (without it) is unchanged; a policy reloaded from a CAT run keeps its
+            # trained one, which trains on (also when LoRA froze every other base weight)
+            attach_clue_aggregator(policy, processor).requires_grad_(True)
         report = {}
         if train_data is None:
             train_data, eval_data, report = prepare_vision_data(cfg, processor, policy, objective)

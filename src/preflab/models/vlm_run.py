@@ -41,7 +41,10 @@ def run_options(path: str | Path) -> dict:
     import yaml
 
     path = Path(path)
-    for candidate in (path / "config.yaml", path.parent / "config.yaml"):
+    if not path.is_dir():
+        return {}
+    checkpoint = (path / "trainer_state.json").is_file()
+    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
         if candidate.is_file():
             data = yaml.safe_load(candidate.read_text()) or {}
             if isinstance(data, dict) and data.get("task") == "vlm":
@@ -131,12 +134,12 @@ def _saved_aggregator(weights: Path, prefix: str) -> tuple[dict, Path]:
 
 
 def _processor(path: Path, cfg: dict, trust_remote_code: bool):
+    """The processor the run trained with (preflab.models.vlm.load_vlm_processor reads the run's config.yaml)."""
     from preflab.models.vlm import load_vlm_processor
 
-    name = cfg.get("processor_name_or_path") or cfg.get("model_name_or_path")
-    if not name:
-        name = str(path if (path / "preprocessor_config.json").is_file() else path.parent)
-    return load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(name),
+    if not cfg:
+        path = path if (path / "preprocessor_config.json").is_file() else path.parent
+    return load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(path),
                                               trust_remote_code=trust_remote_code))
 
 
@@ -173,6 +176,10 @@ def _base(path: Path, cfg: dict, opts, processor) -> nn.Module:
     if not name:
         raise ConfigError(f"{path} holds no full model and no config.yaml naming the run's base model "
                           "(model_name_or_path); load the run's final directory, or keep config.yaml beside it.")
+    if Path(name).resolve() in (path.resolve(), path.parent.resolve()):
+        raise ConfigError(f"{path}: the run's config.yaml names its own directory as the base model "
+                          f"(model_name_or_path: {name}; trained with output_dir = model_name_or_path?), which the run "
+                          "overwrote; its base is lost. Load a copy of the base saved elsewhere.")
     return load_vlm_model(str(name), opts, processor)
 
 
