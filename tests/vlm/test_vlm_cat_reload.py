@@ -46,10 +46,13 @@ def trained(request, tmp_path_factory):
 
 
 def test_final_and_checkpoint_score_as_the_trained_policy(trained):
-    out, live, _ = trained
+    out, live, lora = trained
     for path in (out, out / "checkpoint-2"):
         model, _ = load_vlm_run(path, PROCESSOR)
-        torch.testing.assert_close(_scores(model), live, atol=2e-5, rtol=0)
+        if lora:  # the adapters are merged into the base weights: equal up to that rounding
+            torch.testing.assert_close(_scores(model), live, atol=1e-6, rtol=0)
+        else:
+            assert torch.equal(_scores(model), live)
     clue_aggregator_of(model).out.weight.data.zero_()  # without the trained aggregator the scores differ
     assert float((_scores(model) - live).abs().max()) > 1e-4
 
