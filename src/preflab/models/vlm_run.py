@@ -89,8 +89,8 @@ def load_vlm_run(path: str | Path, processor=None, allow_pickle: bool = False, t
     elif (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
         model = _checkpoint(path, cfg, opts, processor)
     else:
-        raise ConfigError(f"{path} holds no task: vlm model: expected config.json + model.safetensors (a finished run), "
-                          "adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
+        raise ConfigError(f"{path} holds no task: vlm model: expected config.json + model.safetensors (a finished "
+                          "run), adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
     return model.eval(), processor
 
 
