@@ -16,8 +16,9 @@ Combination as in TRL (Shao et al., 2024, arXiv:2402.03300 use one reward; TRL s
 Pointwise judges (reward functions and reward models) are cached per function by a SHA-256 of (prompt, completion,
 row columns, and the prompt's `cache_context` where given: e.g. a digest of an image prompt's pixels, which the
 prompt's messages do not hold), so the same (prompt, completion) is scored once per run; `calls` counts the
-completions the underlying judges actually saw and `cache_hits` the ones served from the cache. Preference-model scores depend on
-the whole group and are not cached. Use `cache=False` for rewards that change over training (e.g. schedules).
+completions the underlying judges actually saw and `cache_hits` the ones served from the cache. Preference-model
+scores depend on the whole group and are not cached. Use `cache=False` for rewards that change over training (e.g.
+schedules).
 """
 from __future__ import annotations
 
