@@ -12,7 +12,7 @@ from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
 from preflab.errors import ConfigError
 from preflab.loops.vlm import VisionTrainer
 from preflab.models.clue_aggregator import clue_aggregator_of
-from preflab.models.vlm_run import load_vlm_run
+from preflab.models.vlm_run import load_vlm_run, processor_source
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs
 
 from vlm_helpers import pair_row, tiny
@@ -89,6 +89,8 @@ def test_a_run_continues_training_and_serves_as_reference_with_its_aggregator(tr
                use_peft=lora, lora_r=4)
     trainer = VisionTrainer(cfg, train_data=PAIRS)  # the processor too comes from the run (its config.yaml's)
     assert trainer.processor.tokenizer.get_vocab() == PROCESSOR.tokenizer.get_vocab()
+    assert processor_source(str(out / "checkpoint-2")) == "builtin:tiny-llava"  # followed back to the builtin base
+    assert processor_source(str(tmp_path / "more")) == "builtin:tiny-llava"  # through the continued run too
     aggregator = clue_aggregator_of(trainer.policy)  # the trained one, kept (not a fresh zero one beside it)
     assert all(torch.equal(v, saved[k]) for k, v in aggregator.state_dict().items())
     assert any(p is aggregator.out.weight for p in trainer.params)

@@ -53,21 +53,13 @@ def freeze_vision(model: nn.Module, tower: bool = True, projector: bool = False)
 
 
 def load_vlm_processor(cfg):
-    """The processor of cfg.processor_name_or_path or cfg.model_name_or_path; for a task: vlm run directory (or a
-    checkpoint of one), the processor its config.yaml names (the one it trained with, builtin names included)."""
-    from pathlib import Path
-    from types import SimpleNamespace
-
+    """The processor of cfg.processor_name_or_path or cfg.model_name_or_path. A task: vlm run directory (or one of
+    its checkpoints) gives the processor saved beside its weights, or, when its runs go back to a builtin model, the
+    builtin one (preflab.models.vlm_run.processor_source)."""
     from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm_processor
-    from preflab.models.vlm_run import run_options
+    from preflab.models.vlm_run import processor_source
 
-    name = cfg.processor_name_or_path or cfg.model_name_or_path
-    saved = run_options(name) if name not in BUILTIN_VLM else {}
-    source = saved.get("processor_name_or_path") or saved.get("model_name_or_path")
-    if source and Path(str(source)).resolve() not in (Path(name).resolve(), Path(name).parent.resolve()):
-        # a task: vlm run (or its checkpoint): the processor it trained with
-        return load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(source),
-                                                  trust_remote_code=cfg.trust_remote_code))
+    name = processor_source(cfg.processor_name_or_path or cfg.model_name_or_path)
     if name in BUILTIN_VLM:
         return tiny_vlm_processor(BUILTIN_VLM[name])
     from transformers import AutoProcessor

@@ -52,6 +52,29 @@ def run_options(path: str | Path) -> dict:
     return {}
 
 
+def processor_source(name: str) -> str:
+    """Where the processor of model `name` loads from: `name` itself, except for a task: vlm run directory (or a
+    checkpoint of one), whose runs are followed back through their config.yaml (processor_name_or_path, else
+    model_name_or_path) to a builtin model (its processor is built in code: the one saved beside the weights may
+    need torchvision to load), else the nearest processor saved beside a run's weights, else the last name."""
+    from preflab.models.tiny_vlm import BUILTIN_VLM
+
+    saved_beside, seen = None, set()
+    while name not in BUILTIN_VLM and str(Path(name).resolve()) not in seen:
+        seen.add(str(Path(name).resolve()))
+        cfg = run_options(name)
+        if not cfg:
+            break
+        if saved_beside is None:
+            saved_beside = next((str(d) for d in (Path(name), Path(name).parent)
+                                 if (d / "preprocessor_config.json").is_file()), None)
+        source = cfg.get("processor_name_or_path") or cfg.get("model_name_or_path")
+        if not source:
+            break
+        name = str(source)
+    return name if name in BUILTIN_VLM or saved_beside is None else saved_beside
+
+
 def is_vlm_run(path: str | Path) -> bool:
     """A directory that a task: vlm run saved (final or checkpoint), or model weights holding a clue aggregator."""
     path = Path(path)
@@ -134,7 +157,7 @@ def _saved_aggregator(weights: Path, prefix: str) -> tuple[dict, Path]:
 
 
 def _processor(path: Path, cfg: dict, trust_remote_code: bool):
-    """The processor the run trained with (preflab.models.vlm.load_vlm_processor reads the run's config.yaml)."""
+    """The processor the run trained with (processor_source)."""
     from preflab.models.vlm import load_vlm_processor
 
     if not cfg:
