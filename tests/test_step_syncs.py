@@ -45,6 +45,18 @@ def is_sync(func, args, kwargs) -> bool:
     return False
 
 
+def _called_from_transformers_models() -> bool:
+    """Whether a frame of transformers' model code (transformers/models/..., transformers/masking_utils.py and the
+    other helpers the models call) is on the stack: those syncs are the model's, not preflab's."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename.replace("\\", "/")
+        if "/transformers/" in name and "/transformers/trainer" not in name:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class SyncCounter(TorchDispatchMode):
     """Counts syncs into `counts[-1]`. Host tensors (the layouts as built, and what is computed from them alone)
     are tracked in `host`: a read of those is no sync on a GPU machine, so it is not counted."""
@@ -52,6 +64,7 @@ class SyncCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.counts, self.names, self.paused = [0], [[]], False
+        self.in_model = [0]  # of counts: syncs made inside transformers' own model code (a VLM's image merge)
         self.host = {}  # id -> weakref (a WeakSet would compare tensors with ==)
 
     def hit(self, name, tensors=()):
@@ -59,6 +72,7 @@ class SyncCounter(TorchDispatchMode):
             return
         self.counts[-1] += 1
         self.names[-1].append(name)
+        self.in_model[-1] += _called_from_transformers_models()
 
     def is_host(self, t) -> bool:
         ref = self.host.get(id(t))
@@ -70,6 +84,7 @@ class SyncCounter(TorchDispatchMode):
     def next_step(self, *args, **kwargs):
         self.counts.append(0)
         self.names.append([])
+        self.in_model.append(0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -252,3 +267,43 @@ def test_layout_moves_to_an_accelerator_without_blocking(monkeypatch):
     calls.clear()
     layout.to("cpu")  # host to host: a plain (blocking) call
     assert not any(calls)
+
+
+def test_vlm_dpo_step_makes_at_most_two_syncs_outside_the_model(tmp_path, monkeypatch):
+    """A VLM DPO step (task: vlm, tiny LLaVA, logging off): preflab's scorer gathers the response positions by the
+    layout's host-built indices (no boolean mask), so preflab reads the device once per step (the step's own read).
+    Outside the model's forward code the step makes 2 syncs: that read and the backward of LLaVA's image-feature
+    merge (`inputs_embeds.masked_scatter`, run by the autograd engine, so no model frame is on the stack).
+    Inside it LLaVA checks the image-token count (`torch._check_with` + the tensor formatted into its message:
+    2 per forward, policy and reference): 4, pinned so that a change on either side shows. The old scorer's
+    boolean-mask indexing cost 2 more per forward (`pred_index[mask]`, `target_ids[mask]`)."""
+    sys.path.insert(0, str(Path(__file__).parent / "vlm"))
+    from vlm_helpers import pair_row, tiny
+
+    from preflab.config import config_from_dict
+    from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
+    from preflab.loops.vlm import VisionTrainer
+    from preflab.models.load import frozen_copy
+    from preflab.scoring.vlm import VisionLayout
+
+    torch.set_num_threads(1)
+    model, processor = tiny("llava")
+    rows = [pair_row("what colour?", f"it is c{i}", f"it is d{i}", (40 * i, 100, 20), seed=i) for i in range(4)]
+    pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
+    cfg = config_from_dict(dict(task="vlm", model_name_or_path="builtin:tiny-llava", dataset_name="unused",
+                                output_dir=str(tmp_path), per_device_train_batch_size=2, learning_rate=1e-3,
+                                max_steps=4, logging_steps=1000, disable_tqdm=True, report_to="none", use_cpu=True))
+    original_to = VisionLayout.to
+
+    def to_device(self, device):  # the vision tensors too are new device tensors, as on a GPU
+        with torch.utils._python_dispatch._disable_current_modes():
+            return _fresh(original_to(self, device))
+
+    monkeypatch.setattr(VisionLayout, "to", to_device)
+    with counting(VisionTrainer, monkeypatch) as counter:
+        VisionTrainer(cfg, policy=model, ref=frozen_copy(model), processor=processor, train_data=pairs).train()
+    total, in_model = counter.counts[1:4], counter.in_model[1:4]
+    outside_model = [t - m for t, m in zip(total, in_model)]
+    assert outside_model == [2] * 3, counter.names[1:4]
+    assert all(names[-2:] == ["aten.masked_scatter_backward.default", "Tensor.tolist"] for names in counter.names[1:4])
+    assert in_model == [4] * 3, counter.names[1:4]

@@ -249,7 +249,7 @@ def test_eval_refuses_a_reward_model_run_as_a_policy(tmp_path):
                                           r"`preflab eval .* --task reward --data"):
         load_for_eval(str(tmp_path))
     (tmp_path / "config.yaml").write_text("task: vlm\nmodel_name_or_path: builtin:tiny-qwen2-vl\n")
-    with pytest.raises(ConfigError, match="is a task: vlm run; preflab eval scores text policies only"):
+    with pytest.raises(ConfigError, match=r"is a task: vlm run; evaluate it with `preflab eval .* --task vlm --data"):
         load_for_eval(str(tmp_path))
     (tmp_path / "config.yaml").write_text("task: dpo\nmodel_name_or_path: builtin:tiny-llama\n")
     assert load_for_eval(str(tmp_path))[0].config.vocab_size == len(tok)

@@ -29,6 +29,7 @@ TASK_ROUTES = {
     ("train", "dpo+online_kl"): "preflab.online.hypo_offline:train_task",  # loss_type: hypo (loops.cli.route_of)
     ("eval", "reward"): "preflab.reward_models.cli:eval_task",
     ("eval", "diffusion"): "preflab.loops.diffusion_eval:eval_task",
+    ("eval", "vlm"): "preflab.loops.vlm_eval:eval_task",
 }
 
 

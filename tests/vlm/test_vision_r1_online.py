@@ -187,3 +187,35 @@ def test_python_api_is_the_config_run(tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     start = tiny_vlm(processor, "qwen2_vl", seed=0).state_dict()
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4
+
+
+def test_judge_cache_tells_prompts_with_other_images_apart(tmp_path):
+    """Two prompts with the same text and columns but other images: the judge cache (keyed by prompt text, completion
+    and columns) gave the second the first one's cached reward; keyed by the images' pixel digest too, the judge
+    scores both. The same pixels loaded from another file are still served from the cache."""
+    from PIL import Image
+
+    from preflab.loops.judge import Judge
+    from preflab.online.vision import vision_prompt_rows
+
+    run = _run(_cfg(tmp_path))
+    calls = []
+
+    def call_order(prompts, completions, **kwargs):  # a reward that differs per call: a shared entry shows
+        calls.extend(completions)
+        return [float(len(calls) - len(completions) + i) for i in range(len(completions))]
+
+    run.judge = Judge([call_order])
+    red, blue = (Image.new("RGB", (16, 16), c) for c in ((200, 0, 0), (0, 0, 200)))
+    red.save(tmp_path / "red.png")
+    red.save(tmp_path / "red_again.png")
+    text = "Locate the square."
+    rows = vision_prompt_rows([{"images": [red], "prompt": text}, {"images": [blue], "prompt": text},
+                               {"images": [str(tmp_path / "red_again.png")], "prompt": text}], run.processor)
+    assert rows[0].prompt == rows[1].prompt and rows[0].columns == rows[1].columns
+    ids = [[5, 6]] * 2
+    _, _, first, _, _ = run._judge_round(rows[:2], ids, 1)
+    assert len(calls) == 2 and first[0] != first[1]  # the blue prompt was judged, not served the red one's reward
+    _, _, again, _, _ = run._judge_round(rows[2:], ids[:1], 1)
+    assert len(calls) == 2 and again[0] == first[0]  # the same pixels from another file: a cache hit
+    assert run.judge.cache_hits == 1

@@ -115,3 +115,60 @@ def test_idefics3_processor_without_torchvision_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"builtin:tiny-idefics3 .*torchvision.*pip install torchvision"):
         load_vlm_processor(cfg)
     assert load_vlm_processor(SimpleNamespace(**{**vars(cfg), "model_name_or_path": "builtin:tiny-llava"}))
+
+
+def boolean_mask_scores(hidden, layout, head, chunk, ref=None, ref_head=None):
+    """The scorer before it went mask-free (preflab 2026-12-04, scoring/vlm.py scores_from_hidden): response
+    positions picked by boolean-mask indexing and put back with masked_scatter. (token_logps, token_kl, hidden)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from preflab.scoring.lm import _head_chunk
+
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    mask = layout.response_mask
+    h = flat.index_select(0, layout.pred_index[mask])
+    targets = layout.target_ids[mask]
+    want_kl = ref is not None
+    recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
+    pieces_lp, pieces_kl = [], []
+    for start in range(0, h.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
+        lp, kl, _ = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
+        pieces_lp.append(lp)
+        pieces_kl.append(kl)
+    logp = torch.cat(pieces_lp)
+    lps = torch.zeros(mask.shape, dtype=logp.dtype).masked_scatter(mask, logp)
+    kl = torch.zeros(mask.shape).masked_scatter(mask, torch.cat(pieces_kl)) if want_kl else None
+    return lps, kl, h.new_zeros(*mask.shape, h.shape[-1]).masked_scatter(mask.unsqueeze(-1), h)
+
+
+def test_mask_free_scorer_equals_the_boolean_mask_scorer(arch):
+    """Values (log-probs, token KL to a reference, hidden states) and gradients equal the old boolean-mask path to
+    1e-6, with one chunk and with several (checkpointed) chunks."""
+    from preflab.models.load import frozen_copy
+    from preflab.scoring.lm import backbone_and_head
+
+    model, processor = tiny(arch)
+    ref = frozen_copy(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    rows = [pair_row(seed=0), pair_row("and this one?", "green it is", "no", (20, 200, 20), seed=3, n=2)]
+    layout, _ = _layout(processor, rows)
+    backbone, head = backbone_and_head(model)
+    ref_head = backbone_and_head(ref)[1]
+    with torch.no_grad():
+        ref_scores = VisionLogProbScorer(ref)(layout)
+    for chunk in (3, 1000):
+        new = VisionLogProbScorer(model, chunk_tokens=chunk)(layout, want_hidden=True, ref=ref_scores,
+                                                             ref_head=ref_head)
+        g_new = torch.autograd.grad(new.token_logps.sum() + new.token_kl.sum(), model.lm_head.weight)[0]
+        hidden = backbone(**layout.model_inputs(model), use_cache=False).last_hidden_state
+        lps, kl, h = boolean_mask_scores(hidden, layout, head, chunk, ref_scores, ref_head)
+        g_old = torch.autograd.grad(lps.sum() + kl.sum(), model.lm_head.weight)[0]
+        torch.testing.assert_close(new.token_logps, lps, atol=1e-6, rtol=0)
+        torch.testing.assert_close(new.token_kl, kl, atol=1e-6, rtol=0)
+        torch.testing.assert_close(new.hidden, h, atol=1e-6, rtol=0)
+        torch.testing.assert_close(g_new, g_old, atol=1e-6, rtol=0)
+        assert float(kl.abs().max()) > 1e-4  # the reference differs: the KL comparison is not of zeros

@@ -33,9 +33,10 @@ def register(sub) -> None:
     reference.add_argument("--no-reference", action="store_true",
                            help="no reference model: policy-only metrics (ranking accuracy)")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
-    p.add_argument("--task", choices=("dpo", "reward", "diffusion"), default="dpo",
+    p.add_argument("--task", choices=("dpo", "reward", "diffusion", "vlm"), default="dpo",
                    help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
-                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts))")
+                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts)); "
+                        "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
@@ -69,6 +70,8 @@ def run(args) -> int:
     if args.task == "diffusion":
         raise PreflabError("--task diffusion is run by preflab.loops.diffusion_eval.eval_task (through the preflab "
                            "command).")
+    if args.task == "vlm":
+        raise PreflabError("--task vlm is run by preflab.loops.vlm_eval.eval_task (through the preflab command).")
     from preflab.eval.run import EvalOptions, evaluate_checkpoint
     from preflab.eval.winrate import load_callable, reward_model_fn
 
@@ -99,6 +102,7 @@ TASK_READS = {
     "reward": {"split", "limit", "batch_size", "max_length"},
     "diffusion": {"reference", "no_reference", "reward_fn", "win_rate_prompts", "confidence", "batch_size",
                   "split"},
+    "vlm": {"reference", "no_reference", "batch_size", "split"},
 }
 
 

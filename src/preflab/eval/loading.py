@@ -109,9 +109,8 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         raise ConfigError(f"{name} is a task: {cfg['task']} run, not a language-model policy; evaluate it with "
                           f"`preflab eval {name} --task {cfg['task']} --data ...`.")
     if cfg.get("task") == "vlm":
-        raise ConfigError(f"{name} is a task: vlm run; preflab eval scores text policies only (image pairs need the "
-                          "processor). Give the run an eval set instead (eval_dataset_name: its eval_* rows in "
-                          "metrics.jsonl).")
+        raise ConfigError(f"{name} is a task: vlm run; evaluate it with `preflab eval {name} --task vlm --data ...` "
+                          "(image pairs need the run's processor and scorer).")
     if (path / "config.json").is_file():
         tok = tokenizer or _tokenizer_near(path, None, trust_remote_code)
         return load_causal_lm(str(path), "float32", trust_remote_code, allow_pickle).eval(), tok

@@ -14,9 +14,11 @@ A judge is any of these, or a list of them combined with `weights` (TRL's `rewar
 Combination as in TRL (Shao et al., 2024, arXiv:2402.03300 use one reward; TRL sums several):
     r_i = nansum_k w_k r_i^(k), a None from a reward function is NaN (TRL's "not applicable").
 Pointwise judges (reward functions and reward models) are cached per function by a SHA-256 of (prompt, completion,
-row columns), so the same (prompt, completion) is scored once per run; `calls` counts the completions the
-underlying judges actually saw and `cache_hits` the ones served from the cache. Preference-model scores depend on
-the whole group and are not cached. Use `cache=False` for rewards that change over training (e.g. schedules).
+row columns, and the prompt's `cache_context` where given: e.g. a digest of an image prompt's pixels, which the
+prompt's messages do not hold), so the same (prompt, completion) is scored once per run; `calls` counts the
+completions the underlying judges actually saw and `cache_hits` the ones served from the cache. Preference-model
+scores depend on the whole group and are not cached. Use `cache=False` for rewards that change over training (e.g.
+schedules).
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ from torch import Tensor
 from preflab.errors import ConfigError
 
 
-def _key(prompt: Any, completion: Any, columns: dict) -> str:
-    blob = json.dumps([prompt, completion, columns], sort_keys=True, default=str)
+def _key(prompt: Any, completion: Any, columns: dict, context: str | None = None) -> str:
+    """context: what else the prompt holds that its JSON does not (e.g. a digest of its images); None for text."""
+    blob = json.dumps([prompt, completion, columns] + ([context] if context is not None else []), sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -104,9 +108,11 @@ class Judge:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
-                 completion_ids: Sequence[list[int]] | None = None) -> tuple[Tensor, Tensor]:
+                 completion_ids: Sequence[list[int]] | None = None,
+                 cache_context: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
         """(scores [N], per_function [N, F]) in float64 for N completions; `groups[i]` names the group (one prompt
-        instance) of completion i (needed by preference models), `columns[i]` its prompt row's other fields."""
+        instance) of completion i (needed by preference models), `columns[i]` its prompt row's other fields,
+        `cache_context[i]` what else identifies its prompt in the cache key (not passed to the judges)."""
         n = len(completions)
         if len(prompts) != n:
             raise ConfigError(f"{len(prompts)} prompts for {n} completions; repeat each prompt once per completion.")
@@ -117,15 +123,17 @@ class Judge:
             if kind == "preference":
                 per_function[:, k] = self._group_win_rates(judge, prompts, completions, groups)
             else:
-                per_function[:, k] = self._pointwise(k, prompts, completions, columns, completion_ids)
+                per_function[:, k] = self._pointwise(k, prompts, completions, columns, completion_ids,
+                                                     cache_context)
         weights = torch.tensor(self.weights, dtype=torch.float64)
         scores = (per_function * weights).nansum(-1)
         scores[per_function.isnan().all(-1)] = math.nan
         return scores, per_function
 
-    def _pointwise(self, k: int, prompts, completions, columns, completion_ids) -> Tensor:
+    def _pointwise(self, k: int, prompts, completions, columns, completion_ids, cache_context=None) -> Tensor:
         judge, cache = self.judges[k], self.caches[k]
-        keys = [_key(p, c, col) for p, c, col in zip(prompts, completions, columns)]
+        context = list(cache_context) if cache_context is not None else [None] * len(prompts)
+        keys = [_key(p, c, col, ctx) for p, c, col, ctx in zip(prompts, completions, columns, context)]
         todo: dict[str, int] = {}  # key -> first index, each unseen (prompt, completion) once
         for i, key in enumerate(keys):
             if not (self.cache_enabled and key in cache) and key not in todo:

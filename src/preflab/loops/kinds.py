@@ -50,6 +50,13 @@ class PairKind:
 
         return pair_eval_metrics(batch)
 
+    @staticmethod
+    def token_sums(token_stats, mask, host_extras) -> dict:
+        """TRL's DPO token metrics as [sum, count] pairs (preflab.scoring.token_metrics)."""
+        from preflab.scoring.token_metrics import pair_token_sums
+
+        return pair_token_sums(token_stats, mask)
+
 
 class UnpairedKind:
     name = "unpaired"
@@ -92,6 +99,13 @@ class UnpairedKind:
     @staticmethod
     def eval_metrics(batch) -> dict:
         return {}
+
+    @staticmethod
+    def token_sums(token_stats, mask, host_extras) -> dict:
+        """The token metrics over the completions, desirable as chosen (preflab.scoring.token_metrics)."""
+        from preflab.scoring.token_metrics import unpaired_token_sums
+
+        return unpaired_token_sums(token_stats, mask, host_extras["label"])
 
 
 def kind_for(objective):

@@ -24,7 +24,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
-from preflab.scoring.token_metrics import pair_token_sums, ratios
+from preflab.scoring.token_metrics import ratios
 
 
 def shard_reference(accelerator, ref_scorer):
@@ -215,6 +215,7 @@ class Trainer(TrainingRun):
         """PairBatch of policy (and reference) log-probs, with the objective's token needs in extras. `positions`:
         the pairs' dataset positions, to read cached reference log-probs (split "train" or, train=False, "eval")."""
         host_mask = layout.response_mask  # the layout as built on the host, before it moves to the device
+        host_extras = layout.extras
         layout = layout.to(self.accelerator.device)
         if self.cfg.torch_compile:
             before_compiled_call(layout, self.accelerator.device, (self.policy, self.ref))
@@ -226,16 +227,16 @@ class Trainer(TrainingRun):
             else:
                 ref, ref_head = self._reference(layout)
             needs = self.objective.token_needs
-            extra = {"want_wpo": True} if "wpo" in needs else {}  # only the text scorer has the WPO term
+            extra = {"want_wpo": True} if "wpo" in needs else {}  # WPO's per-token term
             # TRL's DPO token metrics (self.token_sums); forward turns them off on steps that are not logged
-            stats = self.token_stats_now and self.kind.name == "pairs" and self.scorer_class is LogProbScorer
+            stats = self.token_stats_now and hasattr(self.kind, "token_sums")
             if stats:
                 extra["want_token_stats"] = True
             policy = self.scorer(layout, want_hidden="hidden" in needs,
                                  ref=ref if "token_kl" in needs else None,
                                  ref_head=ref_head if "token_kl" in needs else None, **extra)
         # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
-        self.token_sums = pair_token_sums(policy.token_stats, policy.mask) if stats else {}
+        self.token_sums = self.kind.token_sums(policy.token_stats, policy.mask, host_extras) if stats else {}
         return self.kind.split(policy, ref, layout.extras)
 
     def forward(self, mb):

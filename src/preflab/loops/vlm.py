@@ -23,10 +23,9 @@ import torch
 from preflab.errors import ConfigError
 from preflab.loops.kinds import PairKind
 from preflab.loops.offline import Trainer
+from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE  # a LoRA run's trained clue aggregator (CAT)
 from preflab.objectives.base import PairBatch
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs
-
-CLUE_AGGREGATOR_FILE = "clue_aggregator.safetensors"  # a LoRA run's trained clue aggregator (CAT)
 
 
 class VisionPairKind(PairKind):
@@ -186,7 +185,9 @@ class VisionTrainer(Trainer):
         if cfg.clue_aggregator:
             from preflab.models.clue_aggregator import attach_clue_aggregator
 
-            attach_clue_aggregator(policy, processor)  # zero-initialised: the reference (without it) is unchanged
+            # zero-initialised: the reference (without it) is unchanged; a policy reloaded from a CAT run keeps its
+            # trained one, which trains on (also when LoRA froze every other base weight)
+            attach_clue_aggregator(policy, processor).requires_grad_(True)
         report = {}
         if train_data is None:
             train_data, eval_data, report = prepare_vision_data(cfg, processor, policy, objective)

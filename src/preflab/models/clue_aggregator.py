@@ -13,7 +13,8 @@ the prompt's non-image tokens (the scorer sets each row's prompt length, so the 
 visual tokens; without it, e.g. in generate(), every non-image token of the input counts as the question). Its
 parameters train with the policy (also under LoRA) and are saved with it (plain transformers reloads the model
 without them, with an "unused weights" warning); under LoRA, peft saves the adapters only, so VisionTrainer
-writes the aggregator to clue_aggregator.safetensors beside them.
+writes the aggregator to clue_aggregator.safetensors beside them. preflab.models.vlm_run reloads a run (final or
+checkpoint-N) with its trained aggregator.
 
 Deviations from the code: the visual tokens are the VLM's own projected image tokens (not ImageBind features with
 per-modality self-attention), there are no Q-Formers (the VLM's projector plays that role), and V' is residual with
@@ -26,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from preflab.models.attention import unwrap
+
+CLUE_AGGREGATOR_FILE = "clue_aggregator.safetensors"  # a LoRA run's trained clue aggregator, beside the adapters
 
 
 class ClueAggregator(nn.Module):
@@ -78,7 +81,12 @@ def _language_model(model: nn.Module) -> nn.Module:
 
 
 def attach_clue_aggregator(model: nn.Module, processor, num_heads: int = 4) -> ClueAggregator:
-    """Add the aggregator to `model` (as `clue_aggregator`) and hook it in front of the language model."""
+    """Add the aggregator to `model` (as `clue_aggregator`) and hook it in front of the language model. A model that
+    has one (reloaded from a CAT run: preflab.models.vlm_run) keeps it: a second would replace it as the parameter
+    and leave its hook rewriting the visual tokens untrained."""
+    existing = clue_aggregator_of(model)
+    if existing is not None:
+        return existing
     base = unwrap(model)
     config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     agg = ClueAggregator(config.hidden_size, num_heads)

@@ -53,9 +53,13 @@ def freeze_vision(model: nn.Module, tower: bool = True, projector: bool = False)
 
 
 def load_vlm_processor(cfg):
+    """The processor of cfg.processor_name_or_path or cfg.model_name_or_path. A task: vlm run directory (or one of
+    its checkpoints) gives the processor saved beside its weights, or, when its runs go back to a builtin model, the
+    builtin one (preflab.models.vlm_run.processor_source)."""
     from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm_processor
+    from preflab.models.vlm_run import processor_source
 
-    name = cfg.processor_name_or_path or cfg.model_name_or_path
+    name = processor_source(cfg.processor_name_or_path or cfg.model_name_or_path)
     if name in BUILTIN_VLM:
         return tiny_vlm_processor(BUILTIN_VLM[name])
     from transformers import AutoProcessor
@@ -75,6 +79,10 @@ def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
         raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-qwen2-vl.")
     if name in BUILTIN_VLM:
         return tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
+    from preflab.models.vlm_run import is_vlm_run, load_vlm_run
+
+    if is_vlm_run(name):  # a task: vlm run (final or checkpoint-N), with CAT's clue aggregator when it has one
+        return load_vlm_run(name, processor, cfg.allow_pickle, cfg.trust_remote_code)[0]
     from transformers import AutoModelForImageTextToText
 
     check_weights_safe(name, cfg.allow_pickle)
@@ -85,7 +93,7 @@ def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
 
 def load_vlm(cfg, processor=None):
     """(policy, reference or None, processor). The reference is None for LoRA (adapters off) or when unneeded."""
-    from preflab.models.load import add_lora, disable_dropout, frozen_copy
+    from preflab.models.load import disable_dropout, frozen_copy
 
     processor = processor or load_vlm_processor(cfg)
     policy = load_vlm_model(cfg.model_name_or_path, cfg, processor)
@@ -99,11 +107,18 @@ def load_vlm(cfg, processor=None):
         ref = frozen_copy(policy)
     freeze_vision(policy, cfg.freeze_vision_tower, cfg.freeze_multi_modal_projector)
     if cfg.use_peft:
-        targets = cfg.lora_target_modules
-        if targets == "all-linear" and cfg.freeze_vision_tower:
-            targets = LM_LORA_TARGETS
-        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+        policy = add_vlm_lora(policy, cfg)
     return policy, ref, processor
+
+
+def add_vlm_lora(policy: nn.Module, cfg) -> nn.Module:
+    """LoRA adapters (cfg.lora_*) on the language model's linear layers while the tower is frozen (module docstring)."""
+    from preflab.models.load import add_lora
+
+    targets = cfg.lora_target_modules
+    if targets == "all-linear" and cfg.freeze_vision_tower:
+        targets = LM_LORA_TARGETS
+    return add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
 
 
 def shared_prompt_support(model) -> tuple[bool, str]:

@@ -215,13 +215,19 @@ class OnlineRun(TrainingRun):
             return self._policy_scores
         return lambda layout: reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens)[0]
 
+    def _judge_cache_context(self, rows, K: int, n: int):
+        """Per completion, what identifies its prompt in the judge cache beyond the prompt text and columns (None:
+        nothing; VisionOnlineRun: its images)."""
+        return None
+
     def _judge_round(self, rows, ids, K):
         prompts = [rows[i // K].prompt for i in range(len(ids))]
         chat = [isinstance(p, list) for p in prompts]
         texts = [decode(self.tokenizer, c, ch) for c, ch in zip(ids, chat)]
         info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
         columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
-        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids)
+        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
+                                  self._judge_cache_context(rows, K, len(ids)))
         eos = self.tokenizer.eos_token_id
         has_eos = [bool(c) and c[-1] == eos for c in ids]
         if self.cfg.missing_eos_penalty is not None:

@@ -42,6 +42,7 @@ class VisionPromptRow:
     vision: dict
     token_inputs: dict
     columns: dict = field(default_factory=dict)
+    image_digest: str = ""  # SHA-256 of the images' pixels (image_digest): the judge cache's key for them
 
 
 def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str = "error",
@@ -71,7 +72,8 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
     rows = []
     for raw, (prompt, text, ids, images, vision, token_inputs) in policy.accepted(reader, encoded):
         columns = {k: v for k, v in raw.data.items() if k not in ("prompt", "images", "videos")}
-        rows.append(VisionPromptRow(len(rows), prompt, text, ids, images, vision, token_inputs, columns))
+        rows.append(VisionPromptRow(len(rows), prompt, text, ids, images, vision, token_inputs, columns,
+                                    image_digest(images)))
     policy.report.examples = len(rows)
     if report_to is not None:
         report_to["prompt_rows"] = policy.report.to_dict()
@@ -79,6 +81,18 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
         raise ConfigError(f"{reader.name}: online_task vision_dataset needs at least one row with `images` and "
                           "`prompt`.")
     return rows
+
+
+def image_digest(images) -> str:
+    """SHA-256 over the images in order (mode, size and pixel bytes of each): two prompts with the same text and
+    other images get different judge-cache keys (preflab.loops.judge), the same pixels from any file the same."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for im in images:
+        digest.update(f"{im.mode} {im.size[0]}x{im.size[1]};".encode())
+        digest.update(im.tobytes())
+    return digest.hexdigest()
 
 
 def placeholder_ids(model) -> list[int]:
@@ -186,6 +200,11 @@ class VisionOnlineRun(OnlineRun):
 
     def _generate(self, rows, k: int, seed: int) -> list[list[int]]:
         return self.generator.generate(rows, k, seed)
+
+    def _judge_cache_context(self, rows, K: int, n: int):
+        """The judge cache keys a completion by its prompt's images too (their pixels' digest): the prompt messages
+        hold only {"type": "image"} parts, so two prompts with the same text and other images would share a reward."""
+        return [rows[i // K].image_digest or image_digest(rows[i // K].images) for i in range(n)]
 
     def _layout(self, sequences, row_ids):
         return vision_layout([(p, c, self.by_id[r].vision, self.by_id[r].token_inputs)

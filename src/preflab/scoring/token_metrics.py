@@ -13,6 +13,13 @@ TRL gathers the sums across processes before dividing; preflab's step averages a
 step's examples on all ranks (preflab.step), which is the same value when the micro-batches hold as many tokens.
 Evaluation divides the sums over the whole eval set (pair_token_sums), so its values do not depend on the eval
 batch size. The values stay on the device (no host sync).
+
+KTO (unpaired_token_sums) logs the same four with the same semantics on its layout [completion_1..B,
+mismatched_1..B]: "chosen" are the desirable completions' tokens, "rejected" the undesirable ones', entropy is over
+both; the mismatched completions (KTO's reference point only) are left out. A micro-batch without desirable
+(undesirable) examples has no logits/chosen and mean_token_accuracy (logits/rejected): the key is absent, decided
+from the host's labels. The step averages a micro-batch's metrics over all the step's examples, so under gradient
+accumulation such a key is weighted down by the examples of the micro-batches that lack it (evaluation is exact).
 """
 from __future__ import annotations
 
@@ -39,6 +46,31 @@ def pair_token_sums(token_stats: Tensor, mask: Tensor) -> dict[str, Tensor]:
     stats = token_stats.detach().to(torch.float32) * m.unsqueeze(-1)
     chosen, rejected = stats[:b].sum((0, 1)), stats[b:].sum((0, 1))  # [3] each
     n_chosen, n_rejected = m[:b].sum(), m[b:].sum()
+    return _sums(chosen, rejected, n_chosen, n_rejected)
+
+
+def unpaired_token_sums(token_stats: Tensor, mask: Tensor, label: Tensor) -> dict[str, Tensor]:
+    """pair_token_sums for KTO's layout: token_stats [2B, L, 3] and mask [2B, L] of [completion_1..B,
+    mismatched_1..B], label [B] on the host (True: desirable, "chosen"). Only the B completions count; a key whose
+    side has no example in the batch is left out (module docstring)."""
+    b = mask.shape[0] // 2
+    m = mask[:b].to(torch.float32)
+    per_row = (token_stats[:b].detach().to(torch.float32) * m.unsqueeze(-1)).sum(1)  # [B, 3]
+    tokens = m.sum(1)  # [B]
+    desirable = label.to(device=m.device, dtype=torch.float32)  # [B]
+    undesirable = 1.0 - desirable
+    out = _sums((per_row * desirable[:, None]).sum(0), (per_row * undesirable[:, None]).sum(0),
+                (tokens * desirable).sum(), (tokens * undesirable).sum())
+    labels = label.tolist()  # a host tensor (the layout as built): no device read
+    if True not in labels:
+        del out["logits/chosen"], out["mean_token_accuracy"]
+    if False not in labels:
+        del out["logits/rejected"]
+    return out
+
+
+def _sums(chosen: Tensor, rejected: Tensor, n_chosen: Tensor, n_rejected: Tensor) -> dict[str, Tensor]:
+    """The four [sum, count] pairs from the chosen and rejected sides' [3] statistic sums and token counts."""
     return {
         "logits/chosen": torch.stack([chosen[0], n_chosen]),
         "logits/rejected": torch.stack([rejected[0], n_rejected]),

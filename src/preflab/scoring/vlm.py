@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch, padded
 from preflab.models.attention import model_mask, unwrap
 from preflab.scoring.chunking import chunk_for_budget, head_chunk_budget
-from preflab.scoring.lm import Scores, _head_chunk, backbone_and_head
+from preflab.scoring.lm import Scores, _chunk_slices, _head_chunk, _head_pass, _scatter, backbone_and_head
 
 PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
 
@@ -124,31 +123,32 @@ def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLa
 
 def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None,
                        want_hidden: bool = False, ref: Scores | None = None,
-                       ref_head: nn.Module | None = None) -> Scores:
-    """Scores from backbone hidden states [R, T, H]: gather at response-predicting positions, chunked head."""
+                       ref_head: nn.Module | None = None, want_wpo: bool = False,
+                       want_token_stats: bool = False) -> Scores:
+    """Scores from backbone hidden states [R, T, H]: gathered at the response-predicting positions by the layout's
+    host-built index lists (LayoutBatch.gather_plan: no boolean-mask indexing, whose output size the host would wait
+    for, and no graph break under torch.compile), the head in chunks (preflab.scoring.lm._head_pass), the values
+    placed back by index. want_wpo / want_token_stats: the "wpo" need and TRL's token statistics, as in
+    preflab.scoring.lm.LogProbScorer."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     mask = layout.response_mask
-    h = flat.index_select(0, layout.pred_index[mask])
-    targets = layout.target_ids[mask]
+    plan = layout.gather_plan()
+    h = flat.index_select(0, plan.pred)  # [M, H]
     want_kl = ref is not None and ref_head is not None
     chunk = chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
                                              2 if want_kl else 1)
-    recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk
-    pieces_lp, pieces_kl = [], []
-    for start in range(0, h.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        args = (h[sl], targets[sl], head, ref.hidden_flat[sl] if want_kl else None, ref_head, want_kl)
-        lp, kl, _ = checkpoint(_head_chunk, *args, use_reentrant=False) if recompute else _head_chunk(*args)
-        pieces_lp.append(lp)
-        pieces_kl.append(kl)
-    logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
-    out = Scores(torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device).masked_scatter(mask, logp), mask,
-                 hidden_flat=h)
+    logp, kl, wpo, stats = _head_pass(h, plan.target, head, ref.hidden_flat if want_kl else None, ref_head,
+                                      want_kl, want_wpo, _chunk_slices(h.shape[0], chunk), _head_chunk,
+                                      want_token_stats)
+    out = Scores(_scatter(logp, plan.slot, mask.shape), mask, hidden_flat=h)
     if want_kl:
-        kl = torch.cat(pieces_kl)
-        out.token_kl = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device).masked_scatter(mask, kl)
+        out.token_kl = _scatter(kl, plan.slot, mask.shape)
     if want_hidden:
-        out.hidden = h.new_zeros(*mask.shape, h.shape[-1]).masked_scatter(mask.unsqueeze(-1), h)
+        out.hidden = _scatter(h, plan.slot, mask.shape)
+    if want_wpo:
+        out.wpo = _scatter(wpo, plan.slot, mask.shape)
+    if want_token_stats:
+        out.token_stats = _scatter(stats, plan.slot, mask.shape)
     return out
 
 
@@ -161,7 +161,7 @@ class VisionLogProbScorer(nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, layout: VisionLayout, want_hidden: bool = False, ref: Scores | None = None,
-                ref_head: nn.Module | None = None) -> Scores:
+                ref_head: nn.Module | None = None, want_wpo: bool = False, want_token_stats: bool = False) -> Scores:
         backbone, head = backbone_and_head(self.model)
         aggregator = getattr(unwrap(self.model), "clue_aggregator", None)  # CAT's add-on: the prompt is the question
         if aggregator is not None:  # each row's prompt: the positions before its first response token
@@ -174,7 +174,8 @@ class VisionLogProbScorer(nn.Module):
         finally:
             if aggregator is not None:
                 aggregator.prompt_lengths = None
-        return scores_from_hidden(hidden, layout, head, self.chunk_tokens, want_hidden, ref, ref_head)
+        return scores_from_hidden(hidden, layout, head, self.chunk_tokens, want_hidden, ref, ref_head, want_wpo,
+                                  want_token_stats)
 
 
 def naive_vision_token_logps(model: nn.Module, layout: VisionLayout) -> Tensor:

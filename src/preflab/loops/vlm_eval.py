@@ -1,0 +1,70 @@
+"""`preflab eval RUN --task vlm --data PAIRS`: a trained image-text policy (task: vlm) on held-out vision pairs.
+
+The policy is RUN (a final run directory or a checkpoint-N, reloaded by preflab.models.vlm_run with CAT's clue
+aggregator when the run trained one); the reference is --reference, else the run's ref_model_name_or_path, else its
+model_name_or_path (the starting policy; for LoRA the base); --no-reference for reference-free objectives. The
+pairs are read and built as the run read its training data (its vision_pairs builder and max_length), and the run's
+objective and scorer give the metrics of its eval_* rows (VisionTrainer.evaluate: loss, rewards/*, logps/*, TRL's
+token metrics, ranking accuracy), written to eval.json in RUN (or --out).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from preflab.errors import ConfigError
+
+
+def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, no_reference: bool = False,
+                     batch_size: int = 8, split: str = "train") -> dict:
+    """The metrics of the module docstring as a dict (see eval.json)."""
+    from preflab.config import load_config
+    from preflab.loops.vlm import VisionTrainer
+    from preflab.models.vlm import load_vlm_model
+    from preflab.models.vlm_run import load_vlm_run
+
+    path = Path(checkpoint)
+    config = next((c for c in (path / "config.yaml", path.parent / "config.yaml") if c.is_file()), None)
+    if config is None:
+        raise ConfigError(f"{checkpoint} has no config.yaml (nor its parent); point preflab eval --task vlm at a run "
+                          "directory written by `preflab train` with task: vlm, or one of its checkpoint-N.")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
+                                   "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
+                                   "use_peft=false", "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
+                                   f"per_device_eval_batch_size={batch_size}", "report_to=none"])
+        if cfg.task != "vlm":
+            raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
+        saved = load_config(config)
+        policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        needs_reference = cfg.objective().needs_reference
+        if no_reference and needs_reference:
+            raise ConfigError(f"--no-reference: the run's objective {cfg.loss_type!r} needs a reference model; give "
+                              "--reference DIR, or leave both out for the run's own.")
+        reference = reference or saved.ref_model_name_or_path or saved.model_name_or_path
+        ref = None
+        if needs_reference:
+            ref = load_vlm_model(reference, cfg, processor).requires_grad_(False).eval()
+        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor)
+        run.eval_data, run.step, run.main = run.train_data, 0, False
+        metrics = run.evaluate()
+    return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
+            "data": str(data), "loss_type": cfg.loss_type, "num_pairs": len(run.eval_data),
+            "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")}}
+
+
+def eval_task(args) -> int:
+    """`preflab eval RUN --task vlm` (routed here by preflab.cli): written to eval.json like a policy eval."""
+    from preflab.eval.cli import format_summary, refuse_unread_options
+    from preflab.eval.run import eval_json_path, write_json
+
+    refuse_unread_options(args, "vlm")
+    result = evaluate_vlm_run(args.checkpoint, args.data, reference=args.reference, no_reference=args.no_reference,
+                              batch_size=args.batch_size, split=args.split)
+    path = write_json(eval_json_path(args.checkpoint, args.out), result)
+    print(format_summary(result))
+    for key in ("loss", "rewards/accuracies", "ranking_accuracy"):
+        if isinstance(result["metrics"].get(key), (int, float)):
+            print(f"  {key:38s} {result['metrics'][key]:.4f}")
+    print(f"  wrote {path}")
+    return 0
