@@ -89,6 +89,9 @@ class Trainer(TrainingRun):
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
         self.lora = hasattr(policy, "disable_adapter")
+        # LoRA without ref_model_name_or_path: the reference is the policy with its adapters disabled; a given
+        # reference model is the reference, LoRA or not (it was loaded and then ignored under use_peft)
+        self.ref_is_base = self.lora and ref is None
         if self.objective.needs_reference and ref is None and not self.lora:
             raise ConfigError(f"objective {cfg.loss_type!r} needs a reference model; none was given.")
         self.precompute = cfg.precompute_ref_log_probs and self.objective.needs_reference
@@ -177,11 +180,11 @@ class Trainer(TrainingRun):
     def _reference(self, layout):
         if not self.objective.needs_reference:
             return None, None
-        if self.ref_scorer is None and not self.lora:
+        if self.ref_scorer is None and not self.ref_is_base:
             raise PreflabError("the reference model was released after its log-probs were precomputed; pass the "
                                "pairs' dataset positions to Trainer.score() to read them.")
         with torch.no_grad():
-            if self.lora:
+            if self.ref_is_base:
                 # under FSDP2 through the sharded root (its forward gathers the parameters outside the layers)
                 base = self.scorer if getattr(self.accelerator, "is_fsdp2", False) else \
                     self.scorer_class(self.policy, self.cfg.chunk_tokens)
@@ -203,7 +206,7 @@ class Trainer(TrainingRun):
                 return self._reference(layout.to(self.accelerator.device))[0]
 
         self.ref_logps, info = precompute_reference(
-            score_ref, self.ref if self.ref is not None else self.policy, self.lora,
+            score_ref, self.ref if self.ref is not None else self.policy, self.ref_is_base,
             {"train": (self.train_data, self.cfg.per_device_train_batch_size),
              "eval": (self.eval_data, self.cfg.per_device_eval_batch_size)},
             self.collate, self.accelerator,
@@ -335,7 +338,7 @@ class Trainer(TrainingRun):
         policy = self.accelerator.unwrap_model(self.policy)
         texts = generate_text(policy, self.tokenizer, prompts, max_new_tokens=new_tokens)
         refs = [None] * len(prompts)
-        if self.objective.needs_reference and self.lora:
+        if self.objective.needs_reference and self.ref_is_base:
             with policy.disable_adapter():
                 refs = generate_text(policy, self.tokenizer, prompts, max_new_tokens=new_tokens)
         elif self.ref is not None:
