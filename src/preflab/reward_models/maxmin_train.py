@@ -218,13 +218,16 @@ def _finish(cfg, params, fitter, users, row_user, planted, resp, records, compon
         sizes[str(k)] = int((assign == k).sum())
         accuracy[str(k)] = float((r_c[rows] > r_r[rows]).float().mean()) if rows.any() else None
     routed = torch.stack([r_c - r_r for r_c, r_r in sides]).gather(0, row_cluster[None]).squeeze(0)
-    joint = resp.mean(0).clamp_min(1e-8).log() + _user_loglik(fitter.pair_loglik(components), row_user, len(users))
+    user_ll = _user_loglik(torch.stack([F.logsigmoid((r_c - r_r) / params["tau"]) for r_c, r_r in sides], 1),
+                           row_user, len(users))
+    joint = resp.mean(0).clamp_min(1e-8).log() + user_ll
     top2 = joint.topk(min(2, K), 1).values
     margins = (top2[:, 0] - top2[:, 1]) if K > 1 else torch.zeros(len(users))
     mixture = {"method": "MaxMin-RLHF EM mixture (preflab reward_head: em_mixture)", "tau": params["tau"],
                "components": components, "priors": resp.mean(0).tolist(), "users": [str(u) for u in users],
                "assignments": {str(u): int(k) for u, k in zip(users, assign)},
-               "responsibilities": resp.tolist(),
+               "responsibilities": resp.tolist(), "user_loglik": user_ll.tolist(),
+               "loglik_trace": [r["loglik"] for r in records],
                "standardizer": {"mean": rewards.mean(1).tolist(), "std": rewards.std(1).clamp_min(1e-8).tolist(),
                                 "reference": "every chosen and rejected response of the training pairs"}}
     (out / MIXTURE_FILE).write_text(json.dumps(mixture, indent=1))
@@ -263,3 +266,30 @@ def load_mixture(path: str | Path) -> dict:
     mixture = json.loads(file.read_text())
     mixture["components"] = [str(path / c) for c in mixture["components"]]
     return mixture
+
+
+class TokenReward(torch.nn.Module):
+    """A saved reward model as a feature-level module: {"input_ids", "attention_mask"} -> [N] rewards."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        from preflab.reward_models.heads import sequence_outputs
+
+        return sequence_outputs(self.model, inputs["input_ids"], inputs["attention_mask"])[:, 0]
+
+
+def load_reward_mixture(path: str | Path):
+    """The Python API's `RewardMixture` (preflab.reward_models.maxmin) of an em_mixture run: its K components as
+    TokenReward modules, priors, users, responsibilities, user log-likelihoods and the EM log-likelihood trace;
+    `assign(chosen, rejected, user_ids)` then places new users (inputs as `collate_pairs` lays out token ids)."""
+    from preflab.reward_models.heads import load_reward_model
+    from preflab.reward_models.maxmin import RewardMixture
+
+    mixture = load_mixture(path)
+    models = torch.nn.ModuleList(TokenReward(load_reward_model(c).eval()) for c in mixture["components"])
+    return RewardMixture(models, torch.tensor(mixture["priors"]), list(mixture["users"]),
+                         torch.tensor(mixture["responsibilities"]), torch.tensor(mixture["user_loglik"]),
+                         list(mixture["loglik_trace"]), len(mixture["loglik_trace"]))
