@@ -115,3 +115,23 @@ class MaxMinReward:
         rewards = self.group_rewards(prompts, responses)
         _, self.last_group, self.last_utilities = group_min(rewards)
         return maxmin_rewards(rewards, self.rule)
+
+
+def load_maxmin_judge(path: str, rule: str = "group") -> MaxMinReward:
+    """The judge `maxmin:<dir>` (rule "group") / `maxmin_pointwise:<dir>` of online runs: the K components of an
+    em_mixture run (`task: reward`, `reward_head: em_mixture`, its mixture.json), each z-scored with the statistics
+    saved there (every training response), aggregated by `rule`.
+
+    As an online judge the "group" rule sees one round's distinct (prompt, completion) pairs at a time (the loop's
+    judge scores each distinct pair once per call), so U_k is their mean; it is never cached (`batch_dependent`): a
+    completion's reward depends on the batch it was judged in."""
+    from preflab.reward_models.interface import load_judge
+    from preflab.reward_models.maxmin_train import load_mixture
+
+    mixture = load_mixture(path)
+    stats = mixture["standardizer"]
+    judge = MaxMinReward([load_judge(c) for c in mixture["components"]], rule,
+                         Standardizer(torch.tensor(stats["mean"]), torch.tensor(stats["std"])))
+    judge.batch_dependent = rule == "group"
+    judge.__name__ = f"maxmin_{rule}"
+    return judge

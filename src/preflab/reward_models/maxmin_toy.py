@@ -78,3 +78,47 @@ def group_true_rewards(model, tokenizer, prompts: list[str]) -> dict:
     _, examples = heldout_reward(model, tokenizer, prompts)
     out = {g: sum(group_reward(g, e["prompt"], e["response"]) for e in examples) / len(examples) for g in GROUPS}
     return {**out, "min": min(out.values()), "examples": examples[:3]}
+
+
+def policy_group_rewards(policy: str, seed: int = 0, prompts: int = 64) -> dict:
+    """group_true_rewards of a policy: builtin:demo-sft or an online run's output_dir, on the demo's held-out
+    prompts (the online demo's heldout_prompts, 64 by default)."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.online.tasks import DEMO_SFT, demo_sft
+
+    tokenizer = tiny_tokenizer("char")
+    if policy == DEMO_SFT:
+        model, _ = demo_sft(seed)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(policy, use_safetensors=True).eval()
+    return group_true_rewards(model, tokenizer, make_splits(0)[2][:prompts])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m preflab.reward_models.maxmin_toy data PATH  |  rewards POLICY [POLICY ...]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m preflab.reward_models.maxmin_toy", description=__doc__.split(
+        "\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="write the user-labelled pair rows")
+    data.add_argument("path")
+    data.add_argument("--users", type=int, default=20)
+    data.add_argument("--minority", type=int, default=4)
+    data.add_argument("--pairs-per-user", type=int, default=12)
+    rewards = sub.add_parser("rewards", help="each group's true reward of policies' greedy held-out answers")
+    rewards.add_argument("policies", nargs="+", help="builtin:demo-sft or online output_dirs")
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        print(write_toy_rows(args.path, users=args.users, minority=args.minority, pairs_per_user=args.pairs_per_user))
+        return 0
+    for policy in args.policies:
+        result = policy_group_rewards(policy)
+        print(json.dumps({"policy": policy, **{k: round(result[k], 4) for k in ("loud", "quiet", "min")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
