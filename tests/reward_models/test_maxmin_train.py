@@ -68,7 +68,7 @@ def test_the_python_api_mixture_of_a_train_run_reproduces_its_e_step(toy):
     pairs, _ = tokenize_reward_pairs(load_rows(str(data), kind="pairwise")[0], tok, max_length=64)
     layout = collate_pairs(pairs, tok.pad_token_id, "padded")
     n = len(pairs)
-    side = lambda rows: {"input_ids": layout.input_ids[rows], "attention_mask": layout.attention_mask[rows]}  # noqa
+    side = lambda rows: {"input_ids": layout.input_ids[rows], "attention_mask": layout.attention_mask[rows]}
     users, posterior = mix.assign(side(slice(0, n)), side(slice(n, 2 * n)), [p.extras["user_id"] for p in pairs])
     assert users == mix.users
     assert torch.equal(posterior.argmax(1), mix.assignments)
@@ -80,12 +80,15 @@ def test_the_python_api_mixture_of_a_train_run_reproduces_its_e_step(toy):
 def test_k1_is_plain_bt_reward_training(toy, tmp_path):
     data, _, _ = toy
     one = {"num_components": 1, "em_iterations": 3}
-    summary = train_reward(_cfg(data, tmp_path / "k1", reward_head_params=one))
+    summary = train_reward(_cfg(data, tmp_path / "k1", reward_head_params=one, eval_fraction=0.25))
     assert summary["em_iterations_run"] == 1 and summary["converged"]
-    train_reward(_cfg(data, tmp_path / "bt", reward_head="bt", reward_head_params={}))
+    bt = train_reward(_cfg(data, tmp_path / "bt", reward_head="bt", reward_head_params={}, eval_fraction=0.25))
     mixed, plain = _weights(tmp_path / "k1" / "em-iter-1" / "component-0"), _weights(tmp_path / "bt")
     assert mixed.keys() == plain.keys()
     assert all(torch.equal(mixed[k], plain[k]) for k in plain)
+    # the held-out pairs, each scored by its user's cluster model: with one cluster, the BT run's eval accuracy
+    assert summary["eval_pairs"] == 15 and summary["eval_pairs_unseen_users"] == 0
+    assert summary["eval_routed_accuracy"] == bt["final_metrics"]["eval_accuracy"]
 
 
 def test_an_interrupted_em_resumes_to_the_uninterrupted_result(toy, tmp_path, monkeypatch):

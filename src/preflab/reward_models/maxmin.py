@@ -12,6 +12,14 @@ one latent group k with reward model r_k:
 Reward models are any `nn.Module`s mapping `PairInputs` to [N] scores: linear maps over features, or a transformer
 with a head (`PooledHead`). The max-min aggregation of the fitted models is in `maxmin_aggregate.py`.
 
+One EM round is `em_iteration` (M-step callback, E-step, re-seeding, convergence), shared by `fit_reward_mixture`
+and the `preflab train` path (`reward_head: em_mixture`, maxmin_train.py), which differ only in the M-step: here a
+full-batch Adam fit (`protocols.fit_full_batch`) of an in-memory module on feature tensors, the lab-level fit the
+other feature-level estimators (uncertainty, orchestrator, few-shot scorer) share; there a `train_reward` RewardRun
+on tokenized pairs (TrainConfig, output folder, checkpoints). A feature-level module has no tokenizer, config or
+save_pretrained, which a RewardRun needs, so the two M-steps stay apart; `maxmin_train.load_reward_mixture` turns
+a train run back into this module's `RewardMixture`.
+
 Deviation from the paper / reference code: the default initialisation is a random balanced partition of the users
 (round robin over a shuffled user list) rather than round robin in data order, which can hand every cluster the same
 mix; `init="round_robin"` gives the code's rule. Log-likelihoods use logsigmoid (the code's exp ratio overflows).

@@ -103,11 +103,15 @@ def row_users(pairs: list, params: dict, source: str) -> tuple[list, dict]:
     return users, groups
 
 
-def train_mixture(cfg, tokenizer=None, train_data=None) -> dict:
+def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
     """Fit the EM mixture (see the module docstring); returns the summary dict (also summary.json)."""
     from preflab.loops.driver import resume_requested
     from preflab.recipe_state import RecipeState
-    from preflab.reward_models.maxmin import cluster_purity, em_iteration, initial_assignment
+    from preflab.reward_models.maxmin import (
+        cluster_purity,
+        em_iteration,
+        initial_assignment,
+    )
     from preflab.reward_models.protocols import index_users
     from preflab.rundir import claim_output_dir, release_output_dir
 
@@ -122,7 +126,7 @@ def train_mixture(cfg, tokenizer=None, train_data=None) -> dict:
         from preflab.reward_models.data import load_reward_pairs
 
         cap_max_length(cfg, max_positions(cfg.model_name_or_path, cfg.trust_remote_code))
-        train_data, _, report, _ = load_reward_pairs(cfg, tokenizer)
+        train_data, eval_data, report, _ = load_reward_pairs(cfg, tokenizer)
     user_ids, planted = row_users(train_data, params, cfg.dataset_name or "train_data")
     users, row_user = index_users(user_ids)
     K = params["num_components"]
@@ -153,6 +157,12 @@ def train_mixture(cfg, tokenizer=None, train_data=None) -> dict:
                 break
         summary = _finish(cfg, params, fitter, users, row_user, planted, resp, records, components, report,
                           cluster_purity, initial_assignment(len(users), K, params["init"], cfg.seed))
+        if eval_data:
+            summary.update(_routed_eval(fitter, eval_data, params, dict(zip(users, resp.argmax(1).tolist())),
+                                        components, cfg.eval_dataset_name or cfg.dataset_name))
+            from preflab.runlog import write_summary
+
+            write_summary(out, summary)
     finally:
         release_output_dir(out)
     return summary
@@ -250,6 +260,20 @@ def _finish(cfg, params, fitter, users, row_user, planted, resp, records, compon
                        baseline="before: the mixture log-likelihood after EM round 1; after: after the last round")
     write_summary(out, summary)
     return summary
+
+
+def _routed_eval(fitter, pairs: list, params: dict, cluster_of: dict, components: list, source: str) -> dict:
+    """eval_routed_accuracy: each held-out pair scored by its user's cluster model (users seen in training);
+    pairs of users the training data never showed are counted (eval_pairs_unseen_users), not scored."""
+    users, _ = row_users(pairs, {**params, "group_column": None}, source)
+    known = [i for i, u in enumerate(users) if u in cluster_of]
+    result = {"eval_pairs": len(pairs), "eval_pairs_unseen_users": len(pairs) - len(known)}
+    if known:
+        scorer = _ComponentFitter(fitter.cfg, params, fitter.tokenizer, [pairs[i] for i in known], fitter.out)
+        margins = torch.stack([r_c - r_r for r_c, r_r in (scorer.rewards(c) for c in components)])
+        route = torch.tensor([cluster_of[users[i]] for i in known])
+        result["eval_routed_accuracy"] = float((margins.gather(0, route[None]) > 0).float().mean())
+    return result
 
 
 def _user_loglik(pair_ll: torch.Tensor, row_user: torch.Tensor, num_users: int) -> torch.Tensor:
