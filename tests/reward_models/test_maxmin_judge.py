@@ -81,3 +81,28 @@ def test_group_rule_by_hand_and_never_served_from_the_judge_cache():
     mm.standardizer = Standardizer(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]))
     fourth, _ = judge(["x", "x"], ["a", "c"])  # raw: U1 = 0.75, U2 = 0.25 -> k_min = 1: "c" now scores r2 = 0.5
     assert fourth.tolist() == pytest.approx([0.0, 0.5]) and judge.cache_hits == 0
+
+
+class Refuses(Table):
+    """A reward model that raises on a response holding a control token (as a tokenizer's special-token check)."""
+
+    def score(self, prompts, responses):
+        if any("<|user|>" in r for r in responses):
+            raise ValueError("special token")
+        return super().score(prompts, responses)
+
+
+def test_a_sample_a_model_cannot_score_is_nan_and_left_out_of_the_group_utilities():
+    """The loop's judge retries a raising judge one sample at a time, which would turn the group rule into the
+    pointwise one for that round (measured: every round after the policy first wrote '<|user|>'); the max-min judge
+    scores the rest of the batch itself and gives the failed sample NaN (the loop drops and counts it)."""
+    rewards = {"a": 1.0, "b": 0.0, "c": 0.5, "<|user|>": 0.0}
+    r1 = Refuses(rewards)
+    r2 = Table({"a": 0.0, "b": 1.0, "c": 0.5, "<|user|>": 0.0})
+    mm = MaxMinReward([r1, r2], "group")
+    mm.batch_dependent = True
+    scores, _ = Judge([mm])(["x"] * 4, ["a", "b", "<|user|>", "c"])
+    # U over a, b, c: r1 mean 0.5, r2 mean 0.5 -> k_min = 0 (first of the tie): r1, NaN for the refused sample
+    assert scores[[0, 1, 3]].tolist() == [1.0, 0.0, 0.5] and scores[2].isnan()
+    assert mm.failed == 1 and mm.last_utilities.tolist() == [0.5, 0.5]
+    assert MaxMinReward([r1, r2], "pointwise").score(["x"] * 2, ["<|user|>", "a"])[0].isnan()

@@ -52,8 +52,10 @@ def pointwise_min(rewards: Tensor) -> Tensor:
 
 
 def group_min(rewards: Tensor) -> tuple[Tensor, int, Tensor]:
-    """(the worst group's rewards [N], k_min, group utilities U [K]) from [K, N] rewards of one batch."""
-    utilities = rewards.mean(1)
+    """(the worst group's rewards [N], k_min, group utilities U [K]) from [K, N] rewards of one batch. A sample with
+    a NaN reward (a judge failure) is left out of U and keeps its NaN."""
+    scored = ~rewards.isnan().any(0)
+    utilities = rewards[:, scored].mean(1)
     k_min = int(utilities.argmin())
     return rewards[k_min], k_min, utilities
 
@@ -101,9 +103,31 @@ class MaxMinReward:
         self.last_group: int | None = None
 
     def group_rewards(self, prompts: Sequence, responses: Sequence) -> Tensor:
-        """[K, N] standardised rewards of each group's model."""
-        rewards = torch.stack([torch.as_tensor(m.score(prompts, responses)).float().reshape(-1) for m in self.models])
+        """[K, N] standardised rewards of each group's model. A model that raises on the batch scores it one sample
+        at a time; a sample it still raises on is NaN (counted in `failed`), so the group rule keeps seeing the whole
+        batch (an online loop's judge would otherwise retry sample by sample, which turns the group rule into the
+        pointwise one) and the loop drops the NaN sample (judge/dropped)."""
+        rewards = torch.stack([self._scores(m, list(prompts), list(responses)) for m in self.models])
         return self.standardizer(rewards) if self.standardizer is not None else rewards
+
+    failed = 0
+
+    def _scores(self, model, prompts: list, responses: list) -> Tensor:
+        try:
+            return torch.as_tensor(model.score(prompts, responses)).float().reshape(-1)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - a sample the model cannot score (e.g. a special token) is NaN, counted
+            out = []
+            for prompt, response in zip(prompts, responses):
+                try:
+                    out.append(float(torch.as_tensor(model.score([prompt], [response])).reshape(-1)[0]))
+                except ConfigError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    out.append(float("nan"))
+                    self.failed += 1
+            return torch.tensor(out)
 
     def fit_standardizer(self, prompts: Sequence, responses: Sequence) -> Standardizer:
         """Fit and keep the z-score statistics on a shared reference set."""
