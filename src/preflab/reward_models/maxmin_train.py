@@ -160,6 +160,8 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
         if eval_data:
             summary.update(_routed_eval(fitter, eval_data, params, dict(zip(users, resp.argmax(1).tolist())),
                                         components, cfg.eval_dataset_name or cfg.dataset_name))
+            if "eval_routed_accuracy" in summary:
+                summary["final_metrics"]["eval_routed_accuracy"] = summary["eval_routed_accuracy"]
             from preflab.runlog import write_summary
 
             write_summary(out, summary)
@@ -258,6 +260,9 @@ def _finish(cfg, params, fitter, users, row_user, planted, resp, records, compon
         summary.update(metric_name="mixture_loglik", metric_before=records[0]["loglik"],
                        metric_after=records[-1]["loglik"],
                        baseline="before: the mixture log-likelihood after EM round 1; after: after the last round")
+    summary["final_metrics"] = {"em_iterations_run": len(records), "mixture_loglik": records[-1]["loglik"],
+                                "routed_accuracy": summary["routed_accuracy"], summary["metric_name"]:
+                                summary["metric_after"]}  # what `preflab train` prints
     write_summary(out, summary)
     return summary
 
