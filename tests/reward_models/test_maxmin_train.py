@@ -109,6 +109,8 @@ def test_an_interrupted_em_resumes_to_the_uninterrupted_result(toy, tmp_path, mo
     assert list(state["stages"]) == ["em-iter-1"]
     with pytest.raises(ConfigError, match="resume_from_checkpoint=true"):  # never overwritten without resume
         train_reward(_cfg(data, tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"recipe_params \['learning_rate'\] differ"):  # same options only
+        train_reward(_cfg(data, tmp_path / "run", resume_from_checkpoint=True, learning_rate=0.01))
     monkeypatch.setattr(maxmin_train._ComponentFitter, "m_step", original)
     resumed = train_reward(_cfg(data, tmp_path / "run", resume_from_checkpoint=True))
     for key in ("loglik_trace", "per_cluster_accuracy", "priors", "metric_after", "user_margin"):
@@ -140,3 +142,25 @@ def test_bad_mixture_configs_and_rows_are_refused(toy, tmp_path):
             train_reward(_cfg(data, tmp_path / "c", reward_head_params=params))
     with pytest.raises(ConfigError, match="reward_head"):
         config_from_dict({"task": "reward", "reward_head": "mixture"})
+
+
+def test_weighted_bt_head_is_each_rows_weight_times_its_bt_loss():
+    from preflab.reward_models.bt import bt_losses
+    from preflab.reward_models.maxmin_train import WeightedBTHead
+
+    r_c, r_r = torch.tensor([[1.0], [0.2], [-0.5]]), torch.tensor([[0.0], [0.4], [0.5]])
+    w = torch.tensor([0.5, 2.0, 0.0])
+    out = WeightedBTHead(tau=0.5).loss(r_c, r_r, {"em_weight": w})
+    expected = w * bt_losses(r_c[:, 0], r_r[:, 0], tau=0.5)
+    assert torch.allclose(out.losses, expected) and torch.allclose(out.loss, expected.mean())
+    assert out.losses[1].item() == pytest.approx(2.0 * -torch.nn.functional.logsigmoid(torch.tensor(-0.4)).item())
+
+
+def test_soft_em_recovers_the_planted_groups(toy, tmp_path):
+    data, _, _ = toy
+    soft = {"num_components": 2, "em_iterations": 4, "group_column": "group", "hard": False}
+    summary = train_reward(_cfg(data, tmp_path / "soft", reward_head_params=soft))
+    mixture = json.loads((tmp_path / "soft" / "mixture.json").read_text())
+    resp = torch.tensor(mixture["responsibilities"])
+    assert summary["metric_after"] == 1.0
+    assert torch.allclose(resp.sum(1), torch.ones(10)) and ((resp > 0) & (resp < 1)).any()

@@ -40,6 +40,8 @@ from preflab.reward_models.bt import BTHead
 
 STATE_FILE = "em_state.json"
 MIXTURE_FILE = "mixture.json"
+RESUME_MAY_CHANGE = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "allow_config_change",
+                     "disable_tqdm", "logging_steps", "report_to")
 DEFAULTS = {"num_components": 2, "em_iterations": 10, "user_column": "user_id", "group_column": None, "hard": True,
             "init": "random", "tau": 1.0}
 
@@ -136,8 +138,9 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
     out = Path(cfg.output_dir)
     claim_output_dir(out, cfg.overwrite_output_dir)
     try:
-        state_params = {**params, "seed": cfg.seed, "model_name_or_path": cfg.model_name_or_path,
-                        "dataset_name": cfg.dataset_name, "num_pairs": len(train_data)}
+        # a resume must train every component as the interrupted run did: its options, except where output goes
+        same = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MAY_CHANGE and k != "reward_head_params"}
+        state_params = {**params, **same, "num_pairs": len(train_data)}
         state = RecipeState(out, STATE_FILE, state_params, resume_requested(cfg))
         fitter = _ComponentFitter(cfg, params, tokenizer, train_data, out)
         resp = initial_assignment(len(users), K, params["init"], cfg.seed)
