@@ -144,6 +144,13 @@ def test_bad_mixture_configs_and_rows_are_refused(toy, tmp_path):
         config_from_dict({"task": "reward", "reward_head": "mixture"})
 
 
+def test_a_multi_process_launch_is_refused(toy, tmp_path, monkeypatch):
+    data, _, _ = toy
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="runs in one process"):
+        train_reward(_cfg(data, tmp_path / "ddp"))
+
+
 def test_weighted_bt_head_is_each_rows_weight_times_its_bt_loss():
     from preflab.reward_models.bt import bt_losses
     from preflab.reward_models.maxmin_train import WeightedBTHead

@@ -107,7 +107,7 @@ def row_users(pairs: list, params: dict, source: str) -> tuple[list, dict]:
 
 def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
     """Fit the EM mixture (see the module docstring); returns the summary dict (also summary.json)."""
-    from preflab.loops.driver import resume_requested
+    from preflab.loops.driver import launched_world_size, resume_requested
     from preflab.recipe_state import RecipeState
     from preflab.reward_models.maxmin import (
         cluster_purity,
@@ -118,6 +118,9 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
     from preflab.rundir import claim_output_dir, release_output_dir
 
     params = mixture_params(cfg)
+    if launched_world_size() > 1:
+        raise ConfigError("reward_head: em_mixture runs in one process (its EM state and E-step are not shared over "
+                          f"ranks; this launch started {launched_world_size()}); start it with plain `preflab train`.")
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
 
