@@ -109,11 +109,7 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
     """Fit the EM mixture (see the module docstring); returns the summary dict (also summary.json)."""
     from preflab.loops.driver import launched_world_size, resume_requested
     from preflab.recipe_state import RecipeState
-    from preflab.reward_models.maxmin import (
-        cluster_purity,
-        em_iteration,
-        initial_assignment,
-    )
+    from preflab.reward_models.maxmin import cluster_purity, em_iteration, initial_assignment
     from preflab.reward_models.protocols import index_users
     from preflab.rundir import claim_output_dir, release_output_dir
 
