@@ -149,6 +149,9 @@ def test_a_multi_process_launch_is_refused(toy, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="runs in one process"):
         train_reward(_cfg(data, tmp_path / "ddp"))
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ConfigError, match="pass no model"):
+        train_reward(_cfg(data, tmp_path / "model"), model=torch.nn.Linear(1, 1))
 
 
 def test_weighted_bt_head_is_each_rows_weight_times_its_bt_loss():

@@ -105,8 +105,9 @@ def row_users(pairs: list, params: dict, source: str) -> tuple[list, dict]:
     return users, groups
 
 
-def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
-    """Fit the EM mixture (see the module docstring); returns the summary dict (also summary.json)."""
+def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None, model=None) -> dict:
+    """Fit the EM mixture (see the module docstring); returns the summary dict (also summary.json). The K models
+    are built from model_name_or_path (component k with seed + k); an in-memory `model` is refused."""
     from preflab.loops.driver import launched_world_size, resume_requested
     from preflab.recipe_state import RecipeState
     from preflab.reward_models.maxmin import cluster_purity, em_iteration, initial_assignment
@@ -114,6 +115,9 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None) -> dict:
     from preflab.rundir import claim_output_dir, release_output_dir
 
     params = mixture_params(cfg)
+    if model is not None:
+        raise ConfigError("reward_head: em_mixture builds its K models from model_name_or_path (component k with seed "
+                          "+ k, later rounds from the round before); pass no model, or save yours and name its folder.")
     if launched_world_size() > 1:
         raise ConfigError("reward_head: em_mixture runs in one process (its EM state and E-step are not shared over "
                           f"ranks; this launch started {launched_world_size()}); start it with plain `preflab train`.")

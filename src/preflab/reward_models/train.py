@@ -104,7 +104,7 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     if head is None and cfg.reward_head == "em_mixture":  # MaxMin-RLHF: K BT runs driven by EM
         from preflab.reward_models.maxmin_train import train_mixture
 
-        return train_mixture(cfg, tokenizer=tokenizer, train_data=train_data, eval_data=eval_data)
+        return train_mixture(cfg, tokenizer=tokenizer, train_data=train_data, eval_data=eval_data, model=model)
     head = head or head_from_cfg(cfg)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
