@@ -21,7 +21,9 @@ Output: mixture.json (component folders, priors, the user -> cluster assignment,
 statistics of each component on the training responses, used by the `maxmin:<dir>` judge), summary.json (EM
 log-likelihood per round, per-cluster accuracy, cluster sizes, purity), em_state.json (resume: a finished round is
 skipped, an interrupted one is run again from its start, so the result equals an uninterrupted run).
-K = 1 is plain BT reward training: the one component's run is the `reward_head: bt` run.
+K = 1 is plain BT reward training: the one component's run is the `reward_head: bt` run. With an eval set
+(eval_dataset_name / eval_fraction) each held-out pair is scored by its user's cluster model (eval_routed_accuracy).
+One process only: a multi-process launch is refused (the EM state and E-step are not shared over ranks).
 Deviation from the paper / code: as preflab.reward_models.maxmin (random balanced init by default, logsigmoid,
 empty clusters re-seeded with the worst-fitting user).
 """
