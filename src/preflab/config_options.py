@@ -116,11 +116,14 @@ OPTIONS: dict[str, Option] = {
     "beta": Option("inverse temperature / KL weight of the objective (its own check applies)"),
     "objective_params": Option("further objective parameters by name (or give them as top-level keys)"),
     "center_rewards_coefficient": at_least(0, "task: reward; adds c * mean((r_w + r_l)^2) (TRL)"),
-    "reward_head": one_of(("bt", "gpm", "multi_objective"), "task: reward; bt: Bradley-Terry scalar reward (TRL "
-                          "RewardTrainer), gpm: general preference model (preflab.reward_models.gpm), "
-                          "multi_objective: DPA attribute regression on rated rows"),
+    "reward_head": one_of(("bt", "gpm", "multi_objective", "em_mixture"), "task: reward; bt: Bradley-Terry scalar "
+                          "reward (TRL RewardTrainer), gpm: general preference model (preflab.reward_models.gpm), "
+                          "multi_objective: DPA attribute regression on rated rows, em_mixture: MaxMin-RLHF's EM "
+                          "mixture of K BT models over users (preflab.reward_models.maxmin_train)"),
     "reward_head_params": Option("task: reward; the head's fields: bt {tau}, gpm {dim, tau, normalize}, "
-                                 "multi_objective {attributes, response_field} (unknown keys are errors)"),
+                                 "multi_objective {attributes, response_field}, em_mixture {num_components, "
+                                 "em_iterations, user_column, group_column, hard, init, tau} (unknown keys are "
+                                 "errors)"),
     "use_weighting": Option("TRL's use_weighting (WPO): each pair's loss times min(1, exp(mean_t adjusted log p of "
                             "chosen + of rejected)), no gradient through the weight (task: dpo)"),
     "rpo_alpha": at_least(0, "TRL's rpo_alpha: adds rpo_alpha * mean token NLL of the chosen responses "

@@ -100,7 +100,8 @@ class Judge:
         if len(self.weights) != len(self.judges):
             raise ConfigError(f"{len(self.weights)} weights for {len(self.judges)} judges; give one weight each.")
         self.names = [_name(j) for j in self.judges]
-        self.cache_enabled = cache
+        # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
+        self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)
         self.caches: list[dict[str, float]] = [{} for _ in self.judges]
         self.calls = 0
         self.cache_hits = 0

@@ -13,6 +13,8 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
     demo_true_reward        the demo task's true reward
     demo_echo_reward        the demo task's words compared case-insensitively (its loudness ignored)
     verifier:<name>         a rule reward of preflab.verifiers (e.g. verifier:vision_r1_format)
+    maxmin:<dir>            MaxMin-RLHF: the worst group's reward over an em_mixture run's K reward models
+                            (maxmin_pointwise:<dir>: min_k r_k per completion; preflab.reward_models.maxmin_aggregate)
     package.module:name     an importable reward function f(prompts, completions, **columns) or object
     <directory>             a preflab reward model (BT or GPM head; preflab.reward_models.interface.load_judge) or
                             any transformers AutoModelForSequenceClassification with one label (its logit)
@@ -102,6 +104,11 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
         return demo_true_reward
     if spec == "demo_echo_reward":
         return demo_echo_reward
+    if spec.startswith(("maxmin:", "maxmin_pointwise:")):  # MaxMin-RLHF over an em_mixture run's K reward models
+        from preflab.reward_models.maxmin_aggregate import load_maxmin_judge
+
+        rule, path = spec.split(":", 1)
+        return load_maxmin_judge(path, "pointwise" if rule == "maxmin_pointwise" else "group")
     if spec.startswith("verifier:"):
         import preflab.verifiers as verifiers
 

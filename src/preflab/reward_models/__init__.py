@@ -11,6 +11,7 @@ Training and scoring (`preflab train` with `task: reward`, `preflab eval --task 
 Mixtures over users, uncertainty, personalization (tensor/feature level, any backbone):
     protocols.py         the RewardModel / PreferenceModel protocols these compose with, small tensor helpers
     maxmin.py            MaxMin-RLHF EM mixture of K reward models over latent user groups
+    maxmin_train.py      the same EM as `preflab train` (reward_head: em_mixture); maxmin_toy.py: its loud/quiet toy
     maxmin_aggregate.py  max-min aggregation of group rewards
     uncertainty.py       UPO: MC-dropout probabilities, BALD, reliable-pair selection (estimator.py: its classifier)
     fewshot_episodes.py  FSPO episodes; fewshot_scorer.py: a few-shot conditioned preference scorer

@@ -12,6 +12,14 @@ one latent group k with reward model r_k:
 Reward models are any `nn.Module`s mapping `PairInputs` to [N] scores: linear maps over features, or a transformer
 with a head (`PooledHead`). The max-min aggregation of the fitted models is in `maxmin_aggregate.py`.
 
+One EM round is `em_iteration` (M-step callback, E-step, re-seeding, convergence), shared by `fit_reward_mixture`
+and the `preflab train` path (`reward_head: em_mixture`, maxmin_train.py), which differ only in the M-step: here a
+full-batch Adam fit (`protocols.fit_full_batch`) of an in-memory module on feature tensors, the lab-level fit the
+other feature-level estimators (uncertainty, orchestrator, few-shot scorer) share; there a `train_reward` RewardRun
+on tokenized pairs (TrainConfig, output folder, checkpoints). A feature-level module has no tokenizer, config or
+save_pretrained, which a RewardRun needs, so the two M-steps stay apart; `maxmin_train.load_reward_mixture` turns
+a train run back into this module's `RewardMixture`.
+
 Deviation from the paper / reference code: the default initialisation is a random balanced partition of the users
 (round robin over a shuffled user list) rather than round robin in data order, which can hand every cluster the same
 mix; `init="round_robin"` gives the code's rule. Log-likelihoods use logsigmoid (the code's exp ratio overflows).
@@ -28,6 +36,47 @@ from torch import Tensor, nn
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.reward_models.protocols import PairInputs, fit_full_batch, index_users, num_rows, pair_margins, take
+
+
+INITS = ("random", "round_robin")
+
+
+@dataclass
+class EMStep:
+    """One EM round's outcome: responsibilities [U, K] and priors [K] after the E-step, user_loglik [U, K] (l_{u,k}),
+    loglik: the mixture log-likelihood sum_u logsumexp_k(log w_k + l_{u,k}) with the priors the M-step saw, and
+    whether the assignment changed (hard: any argmax; soft: any responsibility by more than 1e-4)."""
+
+    responsibilities: Tensor
+    priors: Tensor
+    user_loglik: Tensor
+    loglik: float
+    changed: bool
+
+
+def em_iteration(resp: Tensor, row_user: Tensor, m_step: Callable[[int, Tensor], None],
+                 pair_loglik: Callable[[], Tensor], hard: bool = True) -> EMStep:
+    """One EM round (M-step, then E-step) over any reward models; `fit_reward_mixture` and the `preflab train` path
+    (`reward_head: em_mixture`, preflab.reward_models.maxmin_train) both run it.
+
+    resp: [U, K] responsibilities; row_user: [N] user of each pair; m_step(k, weights [N]) fits group k's model on
+    the pairs with per-row weights gamma_{u(row),k} (skipped for an empty group); pair_loglik() -> [N, K]
+    log sigmoid(r_k(chosen) - r_k(rejected)) of the fitted models.
+    """
+    num_users, num_groups = resp.shape
+    for k in range(num_groups):
+        weights = resp[row_user, k]
+        if weights.sum() > 0:
+            m_step(k, weights)
+    priors = resp.mean(0).clamp_min(1e-8)
+    loglik = _per_user(pair_loglik(), row_user, num_users)
+    joint = priors.log().unsqueeze(0) + loglik
+    total = float(torch.logsumexp(joint, 1).sum())
+    new = _one_hot(joint.argmax(1), num_groups) if hard else torch.softmax(joint, 1)
+    if hard:
+        new = _reseed_empty(new, loglik, row_user)
+    changed = not torch.equal(new.argmax(1), resp.argmax(1)) if hard else bool((new - resp).abs().max() > 1e-4)
+    return EMStep(new, new.mean(0).clamp_min(1e-8), loglik, total, changed)
 
 
 @dataclass
@@ -83,8 +132,8 @@ def fit_reward_mixture(make_model: Callable[[int], nn.Module], chosen: PairInput
     """
     if num_groups < 1:
         raise ConfigError(f"num_groups must be >= 1, got {num_groups}.")
-    if init not in ("random", "round_robin"):
-        raise ConfigError(f"init must be 'random' or 'round_robin', got {init!r}.")
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {INITS}, got {init!r}.")
     n = num_rows(chosen)
     if num_rows(rejected) != n or len(user_ids) != n:
         raise PreflabError(f"chosen ({n}), rejected ({num_rows(rejected)}) and user_ids ({len(user_ids)}) must "
@@ -97,29 +146,24 @@ def fit_reward_mixture(make_model: Callable[[int], nn.Module], chosen: PairInput
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + k)
             models.append(make_model(k))
-    resp = _initial_assignment(len(users), num_groups, init, seed)
+    resp = initial_assignment(len(users), num_groups, init, seed)
     priors = resp.mean(0)
     trace: list[float] = []
     loglik = torch.zeros(len(users), num_groups)
     rounds = 0
+
+    def m_step(k: int, weights: Tensor) -> None:
+        _fit_weighted_bt(models[k], chosen, rejected, weights, steps, lr, weight_decay)
+
+    def pair_loglik() -> Tensor:
+        with torch.no_grad():
+            return torch.stack([F.logsigmoid(pair_margins(m, chosen, rejected)) for m in models], 1)
+
     for rounds in range(1, iterations + 1):
-        for k, model in enumerate(models):  # M-step
-            weights = resp[row_user, k]
-            if weights.sum() > 0:
-                _fit_weighted_bt(model, chosen, rejected, weights, steps, lr, weight_decay)
-        priors = resp.mean(0).clamp_min(1e-8)
-        with torch.no_grad():  # E-step
-            pair_ll = torch.stack([F.logsigmoid(pair_margins(m, chosen, rejected)) for m in models], 1)
-        loglik = _per_user(pair_ll, row_user, len(users))
-        joint = priors.log().unsqueeze(0) + loglik
-        trace.append(float(torch.logsumexp(joint, 1).sum()))
-        new = _one_hot(joint.argmax(1), num_groups) if hard else torch.softmax(joint, 1)
-        if hard:
-            new = _reseed_empty(new, loglik, row_user)
-        changed = not torch.equal(new.argmax(1), resp.argmax(1)) if hard else bool((new - resp).abs().max() > 1e-4)
-        resp = new
-        priors = resp.mean(0).clamp_min(1e-8)
-        if not changed:
+        step = em_iteration(resp, row_user, m_step, pair_loglik, hard)
+        resp, priors, loglik = step.responsibilities, step.priors, step.user_loglik
+        trace.append(step.loglik)
+        if not step.changed:
             break
     return RewardMixture(models, priors, users, resp, loglik, trace, rounds)
 
@@ -156,7 +200,10 @@ def _one_hot(index: Tensor, k: int) -> Tensor:
     return F.one_hot(index, k).to(torch.get_default_dtype())
 
 
-def _initial_assignment(num_users: int, k: int, init: str, seed: int) -> Tensor:
+def initial_assignment(num_users: int, k: int, init: str, seed: int) -> Tensor:
+    """[U, K] one-hot start: "random" deals a seeded shuffle of the users round robin, "round_robin" z_u = u mod K."""
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {INITS}, got {init!r}.")
     order = torch.arange(num_users)
     if init == "random":
         order = torch.randperm(num_users, generator=torch.Generator().manual_seed(seed))

@@ -52,8 +52,10 @@ def pointwise_min(rewards: Tensor) -> Tensor:
 
 
 def group_min(rewards: Tensor) -> tuple[Tensor, int, Tensor]:
-    """(the worst group's rewards [N], k_min, group utilities U [K]) from [K, N] rewards of one batch."""
-    utilities = rewards.mean(1)
+    """(the worst group's rewards [N], k_min, group utilities U [K]) from [K, N] rewards of one batch. A sample with
+    a NaN reward (a judge failure) is left out of U and keeps its NaN."""
+    scored = ~rewards.isnan().any(0)
+    utilities = rewards[:, scored].mean(1)
     k_min = int(utilities.argmin())
     return rewards[k_min], k_min, utilities
 
@@ -101,9 +103,31 @@ class MaxMinReward:
         self.last_group: int | None = None
 
     def group_rewards(self, prompts: Sequence, responses: Sequence) -> Tensor:
-        """[K, N] standardised rewards of each group's model."""
-        rewards = torch.stack([torch.as_tensor(m.score(prompts, responses)).float().reshape(-1) for m in self.models])
+        """[K, N] standardised rewards of each group's model. A model that raises on the batch scores it one sample
+        at a time; a sample it still raises on is NaN (counted in `failed`), so the group rule keeps seeing the whole
+        batch (an online loop's judge would otherwise retry sample by sample, which turns the group rule into the
+        pointwise one) and the loop drops the NaN sample (judge/dropped)."""
+        rewards = torch.stack([self._scores(m, list(prompts), list(responses)) for m in self.models])
         return self.standardizer(rewards) if self.standardizer is not None else rewards
+
+    failed = 0
+
+    def _scores(self, model, prompts: list, responses: list) -> Tensor:
+        try:
+            return torch.as_tensor(model.score(prompts, responses)).float().reshape(-1)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - a sample the model cannot score (e.g. a special token) is NaN, counted
+            out = []
+            for prompt, response in zip(prompts, responses):
+                try:
+                    out.append(float(torch.as_tensor(model.score([prompt], [response])).reshape(-1)[0]))
+                except ConfigError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    out.append(float("nan"))
+                    self.failed += 1
+            return torch.tensor(out)
 
     def fit_standardizer(self, prompts: Sequence, responses: Sequence) -> Standardizer:
         """Fit and keep the z-score statistics on a shared reference set."""
@@ -115,3 +139,23 @@ class MaxMinReward:
         rewards = self.group_rewards(prompts, responses)
         _, self.last_group, self.last_utilities = group_min(rewards)
         return maxmin_rewards(rewards, self.rule)
+
+
+def load_maxmin_judge(path: str, rule: str = "group") -> MaxMinReward:
+    """The judge `maxmin:<dir>` (rule "group") / `maxmin_pointwise:<dir>` of online runs: the K components of an
+    em_mixture run (`task: reward`, `reward_head: em_mixture`, its mixture.json), each z-scored with the statistics
+    saved there (every training response), aggregated by `rule`.
+
+    As an online judge the "group" rule sees one round's distinct (prompt, completion) pairs at a time (the loop's
+    judge scores each distinct pair once per call), so U_k is their mean; it is never cached (`batch_dependent`): a
+    completion's reward depends on the batch it was judged in."""
+    from preflab.reward_models.interface import load_judge
+    from preflab.reward_models.maxmin_train import load_mixture
+
+    mixture = load_mixture(path)
+    stats = mixture["standardizer"]
+    judge = MaxMinReward([load_judge(c) for c in mixture["components"]], rule,
+                         Standardizer(torch.tensor(stats["mean"]), torch.tensor(stats["std"])))
+    judge.batch_dependent = rule == "group"
+    judge.__name__ = f"maxmin_{rule}"
+    return judge

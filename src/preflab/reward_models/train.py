@@ -101,10 +101,14 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     from preflab.reward_models.eval import pair_outputs
     from preflab.reward_models.heads import sequence_outputs
 
-    if head is None and cfg.reward_head == "multi_objective":
+    if head is None and cfg.reward_head == "multi_objective":  # DPA: attribute regression on rated rows
         from preflab.reward_models.multi_objective import train_attribute_reward
 
         return train_attribute_reward(cfg, model=model, tokenizer=tokenizer)
+    if head is None and cfg.reward_head == "em_mixture":  # MaxMin-RLHF: K BT runs driven by EM
+        from preflab.reward_models.maxmin_train import train_mixture
+
+        return train_mixture(cfg, tokenizer=tokenizer, train_data=train_data, eval_data=eval_data, model=model)
     head = head or head_from_cfg(cfg)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer

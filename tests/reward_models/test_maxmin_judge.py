@@ -1,0 +1,108 @@
+"""The `maxmin:<dir>` / `maxmin_pointwise:<dir>` online judges over an em_mixture run: the min rules on
+hand-computed scores, the saved z-scores, and the loop's judge never caching the batch-dependent group rule."""
+import json
+
+import pytest
+import torch
+
+from preflab.errors import ConfigError
+from preflab.loops.judge import Judge
+from preflab.online.tasks import resolve_judge
+from preflab.reward_models.interface import load_judge
+from preflab.reward_models.maxmin_aggregate import MaxMinReward, Standardizer
+
+
+@pytest.fixture(scope="module")
+def mixture_dir(tmp_path_factory):
+    """An em_mixture output_dir written by hand: two untrained tiny BT reward models (seeds 0 and 1) and a
+    mixture.json with z-score statistics."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model, set_reward_config
+
+    root = tmp_path_factory.mktemp("mixture")
+    tok = tiny_tokenizer("bytelevel")
+    for k in range(2):
+        model = build_reward_model("builtin:tiny-llama", 1, tok, seed=k)
+        set_reward_config(model, {"head": "bt", "tau": 1.0})
+        model.save_pretrained(root / f"em-iter-1/component-{k}", safe_serialization=True)
+        tok.save_pretrained(root / f"em-iter-1/component-{k}")
+    (root / "mixture.json").write_text(json.dumps({
+        "components": ["em-iter-1/component-0", "em-iter-1/component-1"], "priors": [0.8, 0.2],
+        "standardizer": {"mean": [0.05, -0.1], "std": [0.5, 2.0]}}))
+    return root
+
+
+PROMPTS = ["echo: sun cat\n"] * 4
+RESPONSES = ["SUN CAT", "sun cat", "Sun CAT", "sun dog"]
+
+
+def test_maxmin_judges_take_the_min_of_the_z_scored_component_rewards(mixture_dir):
+    raw = torch.stack([load_judge(str(mixture_dir / f"em-iter-1/component-{k}")).score(PROMPTS, RESPONSES)
+                       for k in range(2)])  # [K, N]
+    z = torch.stack([(raw[0] - 0.05) / 0.5, (raw[1] + 0.1) / 2.0])
+    pointwise = resolve_judge(f"maxmin_pointwise:{mixture_dir}")
+    expected = [min(float(z[0, i]), float(z[1, i])) for i in range(4)]
+    assert pointwise.score(PROMPTS, RESPONSES).tolist() == pytest.approx(expected, abs=1e-6)
+    group = resolve_judge(f"maxmin:{mixture_dir}")
+    k_min = 0 if float(z[0].mean()) < float(z[1].mean()) else 1
+    assert group.score(PROMPTS, RESPONSES).tolist() == pytest.approx(z[k_min].tolist(), abs=1e-6)
+    assert group.last_group == k_min and group.batch_dependent and not pointwise.batch_dependent
+    with pytest.raises(ConfigError, match="holds no mixture.json"):
+        resolve_judge(f"maxmin:{mixture_dir / 'em-iter-1'}")
+
+
+class Table:
+    """A reward model with a fixed reward per response text."""
+
+    def __init__(self, rewards: dict):
+        self.rewards = rewards
+
+    def score(self, prompts, responses):
+        return torch.tensor([self.rewards[r] for r in responses])
+
+
+def test_group_rule_by_hand_and_never_served_from_the_judge_cache():
+    r1 = Table({"a": 1.0, "b": 0.0, "c": 0.5, "d": 0.9})
+    r2 = Table({"a": 0.0, "b": 1.0, "c": 0.5, "d": 0.2})
+    mm = MaxMinReward([r1, r2], "group", Standardizer(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 1.0])))
+    # z1 = (r1 - 1) / 2 = (0, -0.5, -0.25, -0.05): U1 = -0.2; z2 = r2: U2 = 0.425 -> every sample gets z1
+    assert mm.score(["x"] * 4, list("abcd")).tolist() == pytest.approx([0.0, -0.5, -0.25, -0.05])
+    assert mm.last_utilities.tolist() == pytest.approx([-0.2, 0.425])
+    assert MaxMinReward([r1, r2], "pointwise").score(["x"] * 4, list("abcd")).tolist() == \
+        pytest.approx([0.0, 0.0, 0.5, 0.2])
+    mm.batch_dependent = True
+    judge = Judge([mm])
+    assert not judge.cache_enabled
+    first, _ = judge(["x", "x"], ["b", "c"])   # z1 = (-0.5, -0.25), z2 = (1, 0.5): k_min = 0
+    second, _ = judge(["x", "x"], ["a", "c"])  # z1 = (0, -0.25) mean -0.125, z2 = (0, 0.5): k_min = 0 again
+    third, _ = judge(["x", "x"], ["d", "c"])   # z1 = (-0.05, -0.25) mean -0.15, z2 = (0.2, 0.5): k_min = 0
+    assert first.tolist() == pytest.approx([-0.5, -0.25]) and second.tolist() == pytest.approx([0.0, -0.25])
+    assert third.tolist() == pytest.approx([-0.05, -0.25])
+    mm.standardizer = Standardizer(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0]))
+    fourth, _ = judge(["x", "x"], ["a", "c"])  # raw: U1 = 0.75, U2 = 0.25 -> k_min = 1: "c" now scores r2 = 0.5
+    assert fourth.tolist() == pytest.approx([0.0, 0.5]) and judge.cache_hits == 0
+
+
+class Refuses(Table):
+    """A reward model that raises on a response holding a control token (as a tokenizer's special-token check)."""
+
+    def score(self, prompts, responses):
+        if any("<|user|>" in r for r in responses):
+            raise ValueError("special token")
+        return super().score(prompts, responses)
+
+
+def test_a_sample_a_model_cannot_score_is_nan_and_left_out_of_the_group_utilities():
+    """The loop's judge retries a raising judge one sample at a time, which would turn the group rule into the
+    pointwise one for that round (measured: every round after the policy first wrote '<|user|>'); the max-min judge
+    scores the rest of the batch itself and gives the failed sample NaN (the loop drops and counts it)."""
+    rewards = {"a": 1.0, "b": 0.0, "c": 0.5, "<|user|>": 0.0}
+    r1 = Refuses(rewards)
+    r2 = Table({"a": 0.0, "b": 1.0, "c": 0.5, "<|user|>": 0.0})
+    mm = MaxMinReward([r1, r2], "group")
+    mm.batch_dependent = True
+    scores, _ = Judge([mm])(["x"] * 4, ["a", "b", "<|user|>", "c"])
+    # U over a, b, c: r1 mean 0.5, r2 mean 0.5 -> k_min = 0 (first of the tie): r1, NaN for the refused sample
+    assert scores[[0, 1, 3]].tolist() == [1.0, 0.0, 0.5] and scores[2].isnan()
+    assert mm.failed == 1 and mm.last_utilities.tolist() == [0.5, 0.5]
+    assert MaxMinReward([r1, r2], "pointwise").score(["x"] * 2, ["<|user|>", "a"])[0].isnan()
