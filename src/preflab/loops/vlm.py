@@ -213,7 +213,7 @@ class VisionTrainer(Trainer):
 
             state = aggregator.state_dict()
             if gathered:
-                prefix = next(f"{name}." for name, sub in model.named_modules() if sub is aggregator)
+                prefix = next(f"{name}." if name else "" for name, sub in model.named_modules() if sub is aggregator)
                 state = {k[len(prefix):]: v for k, v in gathered.items() if k.startswith(prefix)}
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                       str(self.out / CLUE_AGGREGATOR_FILE))
