@@ -159,6 +159,38 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
             assert a[s][key] == pytest.approx(b[s][key], abs=1e-6), (s, key)
 
 
+@pytest.mark.slow
+def test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path):
+    """task: diffusion (examples/diffusion/diffusion_dpo.yaml, tiny SD UNet, beta 200, learning rate 1e-3),
+    examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: losses to 5e-5 and UNet weights
+    to 5e-4 (measured 1.5e-5 / 1.8e-4, as 2-process DDP: AdamW's first steps move each weight by about the learning
+    rate times the sign of its gradient, so a near-zero gradient summed in another order moves a weight by up to a
+    step; the same as test_diffusion_run's 2-process DDP test, which this run equals to 1.5e-6 / 8.6e-6). Stopped at
+    the step-2 checkpoint (each rank's ZeRO partition of the UNet) and resumed on 2 processes: the straight run's
+    losses, grad norms and pipeline weights bit for bit."""
+    from preflab.cli import main
+
+    run = [str(ROOT / "examples/diffusion/diffusion_dpo.yaml"), "eval_dataset_name=null", "max_steps=4",
+           "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0"]
+    one, full, resumed = tmp_path / "one", tmp_path / "full", tmp_path / "resumed"
+    _launch("zero2", ["cli", full, *run, "per_device_train_batch_size=2", "save_steps=2"],
+            ["cli", resumed, *run, "per_device_train_batch_size=2", "save_steps=0",
+             f"resume_from_checkpoint={full / 'checkpoint-2'}"])
+    assert main(["train", *run, "per_device_train_batch_size=4", "save_steps=0", f"output_dir={one}"]) == 0
+    assert _environment(full) == (2, "DEEPSPEED")
+    assert (full / "checkpoint-2/zero/rank1.safetensors").is_file()
+    a, b, c = _steps(full), _steps(one), _steps(resumed)
+    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == pytest.approx([b[s]["loss"] for s in (1, 2, 3, 4)], abs=5e-5)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    wa, wb, wc = (load_file(d / unet) for d in (full, one, resumed))
+    for key in wb:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=5e-4)
+    assert sorted(c) == [3, 4]
+    for step in (3, 4):
+        assert (c[step]["loss"], c[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
 def _accelerator(engine: str, stage: int | None = None, fsdp2: bool = False):
     plugin = None if stage is None else SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}},
                                                         zero_stage=stage)
@@ -193,7 +225,8 @@ def _diffusion_run(out):
 @pytest.mark.parametrize("engine", ["FSDP2", "DeepSpeed ZeRO-3"])
 @pytest.mark.parametrize("kind, why", [
     (_online_run, "task: online under {}: each rank samples .* outside the engine's wrapper"),
-    (_diffusion_run, "task: diffusion under {}: the pipeline and samples.png are written from the UNet on the main")])
+    (_diffusion_run, "task: diffusion under {}: the pipeline and samples.png are written from the UNet on the main")],
+    ids=["online", "diffusion"])
 def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anything_loads(tmp_path, monkeypatch,
                                                                                           engine, kind, why):
     """Online runs sample and score from the policy outside the engine's wrapper, and a diffusion run writes its
