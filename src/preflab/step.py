@@ -17,7 +17,8 @@ False: it does not count toward max_nonfinite_steps).
 Host syncs: one per optimizer step. The loss, the metric sums and the non-finite flag of every micro-batch stay on
 the device; after clipping they travel with the weight-guard bound and the gradient norm in one tensor that the host
 reads once (the skip decision needs it). A GPU can so run ahead of the host through all micro-batches of a step
-(tests/test_step_syncs.py counts the syncs).
+(tests/test_step_syncs.py counts the syncs). On several processes the window's example count and the union of the
+ranks' metric names are exchanged too (the all-reduce of that one tensor needs the same names on every rank).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
