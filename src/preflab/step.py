@@ -17,7 +17,8 @@ False: it does not count toward max_nonfinite_steps).
 Host syncs: one per optimizer step. The loss, the metric sums and the non-finite flag of every micro-batch stay on
 the device; after clipping they travel with the weight-guard bound and the gradient norm in one tensor that the host
 reads once (the skip decision needs it). A GPU can so run ahead of the host through all micro-batches of a step
-(tests/test_step_syncs.py counts the syncs).
+(tests/test_step_syncs.py counts the syncs). On several processes the window's example count and the union of the
+ranks' metric names are exchanged too (the all-reduce of that one tensor needs the same names on every rank).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
@@ -120,10 +121,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     here = grad_norm.device  # where the values are: stacked there, moved (if at all) as one tensor
     wide = torch.float32 if here.type == "mps" else torch.float64  # exact sums where the device has float64
     norm_bad = (~torch.isfinite(grad_norm)).float() if scaler is None else torch.zeros((), device=here)
-    keys = sorted(metric_sums)
+    keys = sorted(metric_sums) if world == 1 else _metric_names_of_all_ranks(metric_sums)
     zero = torch.zeros((), device=here, dtype=wide)
     values = [bad if bad is not None else zero, norm_bad, weight_guard.max_abs_bound(all_params),
-              grad_norm.detach(), loss_sum if loss_sum is not None else zero] + [metric_sums[k] for k in keys]
+              grad_norm.detach(), loss_sum if loss_sum is not None else zero] + [metric_sums.get(k, zero)
+                                                                                 for k in keys]
     flags = torch.stack([v.to(device=here, dtype=wide).reshape(()) for v in values])
     if world > 1:
         flags = _reduce_sum(accelerator, flags.to(_device(accelerator)))
@@ -151,6 +153,17 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     return StepResult(loss=flags[4] / denom, metrics={k: v / denom for k, v in zip(keys, flags[5:])},
                       grad_norm=local_norm, skipped=skipped, num_examples=int(denom), row_ids=row_ids,
                       nonfinite_weights=weights_bad, overflow=overflow)
+
+
+def _metric_names_of_all_ranks(metric_sums: dict) -> list[str]:
+    """The union of the ranks' metric names, sorted (one small collective). An objective reports some metrics only
+    when its batch holds the rows they average (KTO's rewards/chosen needs a desirable example), so ranks can hold
+    different names, and the all-reduce of the step's values needs one list on every rank: gloo stops on the size
+    mismatch, NCCL would add different metrics together. A rank without a metric adds 0, as a micro-batch without
+    it does on one process (2 processes x b then equal 1 process x b with 2 accumulation micro-batches)."""
+    from accelerate.utils import gather_object
+
+    return sorted(set().union(*gather_object([sorted(metric_sums)])))
 
 
 def _update(optimizer, scaler) -> bool:

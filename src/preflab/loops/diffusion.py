@@ -192,7 +192,8 @@ class DiffusionRun(TrainingRun):
                               "caption_perturbation: none.")
         if self.self_npo and cfg.diffusion_noising:
             raise ConfigError("diffusion_noising configures pair noising; self_npo draws its own (self_npo_* options).")
-        self.accelerator = make_accelerator(cfg)
+        self.accelerator = make_accelerator(cfg, whole_weights="the pipeline and samples.png are written from "
+                                            "the UNet on the main process")
         self.main = self.accelerator.is_main_process
         self.data_report = {}
         if train_data is None:

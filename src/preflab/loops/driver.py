@@ -164,12 +164,14 @@ def check_bf16(cfg, on_cuda: bool) -> None:
             "dtype: float16 (fp16: true) or float32, or run on a GPU with bfloat16 (Ampere or newer).")
 
 
-def make_accelerator(cfg):
+def make_accelerator(cfg, whole_weights: str | None = None):
     """accelerate owns devices, processes and mixed precision; the seed is set here.
 
     A multi-process launch on a machine without an accelerator device (`accelerate launch --multi_gpu
     --num_processes 2` on CPU) gets a gloo process group: accelerate would otherwise give every process its own
     one-process training into the same output_dir. A launch that still forms no process group is an error.
+    whole_weights: why this run kind needs every rank to hold the whole weights (it calls the model outside the
+    engine's wrapper); an engine that shards parameters (FSDP2, ZeRO-3) is then refused before anything loads.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -214,6 +216,7 @@ def make_accelerator(cfg):
             f"generate_during_eval: preflab generates eval samples on the main process from the unwrapped policy, "
             f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
             "use examples/accelerate/ddp.yaml).")
+    check_whole_weights(cfg, accelerator, whole_weights)
     set_seed(cfg.seed)
     # every rank, before the main process writes anything: the same files read, so a refused resume stops every
     # rank with the same ConfigError (none goes on to wait for the main process in a collective)
@@ -225,6 +228,26 @@ def make_accelerator(cfg):
         note_earlier_run(cfg)
         clean_interrupted_saves(cfg.output_dir)
     return accelerator
+
+
+def parameter_sharding(accelerator) -> str | None:
+    """The engine that leaves no rank with the whole weights: "FSDP2" / "FSDP" or "DeepSpeed ZeRO-3"; None under
+    DDP and ZeRO-1/2 (parameters replicated, only optimizer state or gradients partitioned)."""
+    engine = sharding_engine(accelerator)
+    if engine.startswith("FSDP"):
+        return engine
+    stage = deepspeed_stage(accelerator)
+    return f"DeepSpeed ZeRO-{stage}" if engine == "DEEPSPEED" and (stage or 0) >= 3 else None
+
+
+def check_whole_weights(cfg, accelerator, why: str | None) -> None:
+    """Refuse an engine that shards parameters for a run kind that needs whole weights on every rank (why: the
+    reason, from the run kind), naming the engine and the launches that work."""
+    engine = parameter_sharding(accelerator) if why else None
+    if engine:
+        raise ConfigError(
+            f"task: {cfg.task} under {engine}: {why}, and {engine} leaves each rank only a shard of the weights. "
+            "Launch it with examples/accelerate/ddp.yaml or zero2.yaml (parameters replicated).")
 
 
 def enable_fsdp2_on_cpu(accelerator, plugin) -> None:

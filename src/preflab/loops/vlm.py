@@ -203,7 +203,8 @@ class VisionTrainer(Trainer):
         """Weights as safetensors (LoRA: the adapter, and CAT's clue aggregator, which is no adapter weight, in
         clue_aggregator.safetensors) with the processor (tokenizer, image processor, template)."""
         model = self.accelerator.unwrap_model(self.policy)
-        model.save_pretrained(self.out, safe_serialization=True)
+        gathered = self.final_state_dict  # FSDP2 / ZeRO-3: the policy's own tensors are shards (driver gathers them)
+        model.save_pretrained(self.out, safe_serialization=True, **({"state_dict": gathered} if gathered else {}))
         self.processor.save_pretrained(self.out)
         from preflab.models.clue_aggregator import clue_aggregator_of
 
@@ -211,5 +212,9 @@ class VisionTrainer(Trainer):
         if aggregator is not None and hasattr(model, "peft_config"):  # peft saves the adapters only: it was lost
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().contiguous().cpu() for k, v in aggregator.state_dict().items()},
+            state = aggregator.state_dict()
+            if gathered:
+                prefix = next(f"{name}." if name else "" for name, sub in model.named_modules() if sub is aggregator)
+                state = {k[len(prefix):]: v for k, v in gathered.items() if k.startswith(prefix)}
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
                       str(self.out / CLUE_AGGREGATOR_FILE))

@@ -58,6 +58,11 @@ from preflab.online.trainers import (RENAMED, TRAINERS, build_examples, preferen
 from preflab.scoring.lm import LogProbScorer, Scores, split_pairs
 
 
+# online runs call the policy outside the engine's wrapper (make_accelerator refuses FSDP2 / ZeRO-3)
+WHOLE_WEIGHTS = ("each rank samples its share of a round's prompts from the policy, and scores the round, outside "
+                 "the engine's wrapper")
+
+
 @dataclass
 class RoundPlan:
     """What the driver reads of a plan: steps per 'epoch' (a generation round here) and examples per step."""
@@ -104,7 +109,7 @@ class OnlineRun(TrainingRun):
         self.cfg = cfg
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
-        self.accelerator = acc = make_accelerator(cfg)
+        self.accelerator = acc = make_accelerator(cfg, whole_weights=WHOLE_WEIGHTS)
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
         if cfg.trainer in RENAMED and self.main:
             print(f"preflab: note: {RENAMED[cfg.trainer][1]}")

@@ -1,0 +1,54 @@
+"""Several runs of one run kind in the same processes (one launch instead of several), for
+tests/loops/test_scale_matrix.py. Runs are separated by `--`; each is MODE OUT_DIR k=v ...:
+
+    cli     OUT k=v ...   `preflab train k=v ... output_dir=OUT` (the first k=v may be a config file)
+    online  OUT k=v ...   the tiny online run of tests/online/online_tiny_run.py (python API, judge e_judge)
+
+    accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
+        tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
+
+A run that fails exits with its code (the cli's, or 1 with the traceback) before the next starts.
+"""
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "online"))
+from fsdp_run import keep_process_group  # noqa: E402
+
+
+def run(mode: str, out: str, args: list[str]) -> None:
+    if mode == "cli":
+        from preflab.cli import main
+
+        code = main(["train", *args, f"output_dir={out}"])
+        if code:
+            sys.exit(code)
+    elif mode == "online":
+        import torch
+
+        from test_online_run import tiny_cfg, tiny_run
+
+        torch.set_num_threads(1)
+        overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
+        tiny_run(tiny_cfg(Path(out), **overrides)).train()
+    else:
+        sys.exit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    runs, current = [], []
+    for item in sys.argv[1:] + ["--"]:
+        if item == "--":
+            runs.append(current)
+            current = []
+        else:
+            current.append(item)
+    runs = [r for r in runs if r]
+    if len(runs) > 1:
+        keep_process_group()
+    for mode, out, *args in runs:
+        run(mode, out, args)

@@ -1,0 +1,241 @@
+"""The guarantee matrix of README "Scaling out" (run kind x engine), for the cells no other test covers: each run
+kind launched on 2 CPU processes (gloo) through the shipped examples/accelerate configs against one process with the
+same global batch, and a stop + resume on 2 processes against the straight run. Several runs share one launch
+(tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_fsdp2,
+test_deepspeed_multiprocess), SFT under DDP (test_accelerate_configs), online DPO and diffusion under DDP
+(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.errors import ConfigError
+from preflab.loops import driver
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CONFIGS = ROOT / "examples/accelerate"
+COMMON = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=true", "use_cpu=true",
+          "lr_scheduler_type=constant"]
+REWARD = ["task=reward", "model_name_or_path=builtin:tiny-llama",
+          f"dataset_name={ROOT / 'examples/data/loud_echo_pairs.jsonl'}", "max_length=128", "max_steps=4", *COMMON]
+
+
+def _launch(config: str, *runs: list) -> None:
+    """One `accelerate launch --num_processes 2` of scale_matrix_run.py running `runs` in order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    args = [a for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + [str(x) for x in run]]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
+           "--num_processes", "2", str(HERE / "scale_matrix_run.py"), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _steps(out: Path) -> dict:
+    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def _environment(out: Path) -> tuple:
+    env = json.loads((out / "summary.json").read_text())["environment"]
+    return env["world_size"], env["distributed_type"]
+
+
+def _assert_close(got: Path, want: Path, loss_tol: float, weight_tol: float) -> None:
+    a, b = _steps(got), _steps(want)
+    assert sorted(a) == sorted(b)
+    assert [a[s]["loss"] for s in sorted(a)] == pytest.approx([b[s]["loss"] for s in sorted(b)], abs=loss_tol)
+    wa, wb = load_file(got / "model.safetensors"), load_file(want / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wb:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=weight_tol)
+
+
+def _assert_resumed_bit_for_bit(resumed: Path, straight: Path, steps) -> None:
+    a, b = _steps(resumed), _steps(straight)
+    for s in steps:
+        assert (a[s]["loss"], a[s]["grad_norm"]) == (b[s]["loss"], b[s]["grad_norm"]), s
+    wa, wb = load_file(resumed / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp_path):
+    """task: reward (Bradley-Terry head on tiny llama), examples/accelerate/fsdp2.yaml, 2 processes x batch 4 against
+    1 process x batch 8: losses to 1e-6 and the gathered final weights (one save_pretrained folder) to 2e-6
+    (measured 6e-8 / 4e-9); stopped at the sharded step-2 checkpoint and resumed on 2 processes: the straight run's
+    losses, grad norms and weights bit for bit. (By hand: DDP and ZeRO-2 give the same numbers as FSDP2.)"""
+    from preflab.cli import main
+
+    one, full, resumed = tmp_path / "one", tmp_path / "full", tmp_path / "resumed"
+    assert main(["train", *REWARD, "save_steps=0", "per_device_train_batch_size=8", f"output_dir={one}"]) == 0
+    _launch("fsdp2", ["cli", full, *REWARD, "save_steps=2", "per_device_train_batch_size=4"],
+            ["cli", resumed, *REWARD, "save_steps=0", "per_device_train_batch_size=4",
+             f"resume_from_checkpoint={full / 'checkpoint-2'}"])
+    assert _environment(full) == (2, "FSDP")
+    assert json.loads((full / "checkpoint-2/trainer_state.json").read_text())["checkpoint_format"] == "sharded"
+    _assert_close(full, one, 1e-6, 2e-6)
+    assert sorted(_steps(resumed)) == [3, 4]
+    _assert_resumed_bit_for_bit(resumed, full, (3, 4))
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(full).state_dict()
+    saved = load_file(full / "model.safetensors")
+    assert all(torch.equal(reloaded[k], saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_for_bit(tmp_path):
+    """task: online, trainer grpo (tests/online's tiny run: 6 prompts x 3 samples, 2 steps per round),
+    examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: each rank samples its
+    generation chunks, both gather them, each trains on its half of a step's groups under DeepSpeed. Losses to 1e-6,
+    final weights to 2e-6 (measured 2e-8 / 4.9e-7 at learning rate 1e-3; at 1e-2 4.9e-6, as 2-process DDP: AdamW's
+    division by sqrt(v) enlarges float32 reduction order where a gradient is near zero; a wrong split or a missing
+    average moves weights by about the learning rate). A run cut at the step-3 checkpoint
+    (mid-round: the pending round and judge cache in online-state/, each rank's ZeRO partition) and resumed on 2
+    processes ends with the straight run's losses, grad norms and weights bit for bit."""
+    sys.path.insert(0, str(ROOT / "tests/online"))
+    from test_online_run import tiny_cfg, tiny_run
+
+    grpo = ["trainer=grpo", "beta=0.04", "generation_batch_size=2", "gradient_accumulation_steps=1",
+            "lr_scheduler_type=constant", "learning_rate=1e-3", "per_device_train_batch_size=2"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _launch("zero2", ["online", full, *grpo, "max_steps=4"],
+            ["online", cut, *grpo, "max_steps=3", "save_steps=3"],
+            ["online", cut, *grpo, "max_steps=4", "save_steps=3", "resume_from_checkpoint=true"])
+    one = tmp_path / "one"
+    tiny_run(tiny_cfg(one, trainer="grpo", beta=0.04, generation_batch_size=2, gradient_accumulation_steps=1,
+                      lr_scheduler_type="constant", learning_rate=1e-3, per_device_train_batch_size=4,
+                      max_steps=4)).train()
+    assert _environment(full) == (2, "DEEPSPEED")
+    _assert_close(full, one, 1e-6, 2e-6)
+    assert (cut / "checkpoint-3/zero/rank1.safetensors").is_file() and (cut / "online-state/step-3").is_dir()
+    assert json.loads((cut / "summary.json").read_text())["resumed_from_step"] == 3
+    _assert_resumed_bit_for_bit(cut, full, (4,))
+
+
+@pytest.mark.slow
+def test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model(tmp_path):
+    """task: vlm (examples/vlm/dpo.yaml, tiny Qwen2-VL, vision tower frozen), examples/accelerate/fsdp2.yaml, 2
+    processes x batch 2 against 1 process x batch 4: losses to 1e-6, weights to 1e-5 (measured 3e-8 / 5e-6, as
+    2-process DDP and ZeRO-2). Before, the run trained and then failed writing the final model from the policy's
+    sharded tensors (it now saves the weights the driver gathers)."""
+    from preflab.cli import main
+
+    vlm = [str(ROOT / "examples/vlm/dpo.yaml"), "max_steps=2", "disable_tqdm=true", "save_steps=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch("fsdp2", ["cli", two, *vlm, "per_device_train_batch_size=2"])
+    assert main(["train", *vlm, "per_device_train_batch_size=4", f"output_dir={one}"]) == 0
+    assert _environment(two) == (2, "FSDP")
+    _assert_close(two, one, 1e-6, 1e-5)
+
+
+@pytest.mark.slow
+def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches(tmp_path):
+    """loss_type kto on 2 DDP processes x batch 4 against 1 process x batch 4 x gradient_accumulation_steps 2 (the
+    same micro-batches: KTO's reference point z0 is each micro-batch's mean over its mismatched completions, so
+    1 process x batch 8 is another estimator). Before, the 2-process run crashed in the step's all-reduce: a rank
+    whose micro-batch held no desirable example reported no rewards/chosen, so the ranks sent different metric
+    lists (gloo: size mismatch; NCCL would have added different metrics together). Losses and KTO's metrics to 1e-6,
+    weights to 2e-6."""
+    from preflab.cli import main
+
+    kto = [str(ROOT / "examples/quickstart.yaml"), "loss_type=kto", "max_steps=3", "save_steps=0", *COMMON]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch("ddp", ["cli", two, *kto, "per_device_train_batch_size=4"])
+    assert main(["train", *kto, "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
+                 f"output_dir={one}"]) == 0
+    assert _environment(two) == (2, "MULTI_CPU")
+    _assert_close(two, one, 1e-6, 2e-6)
+    a, b = _steps(two), _steps(one)
+    for s in b:
+        for key in ("kl", "rewards/chosen", "rewards/rejected"):
+            assert a[s][key] == pytest.approx(b[s][key], abs=1e-6), (s, key)
+
+
+@pytest.mark.slow
+def test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path):
+    """task: diffusion (examples/diffusion/diffusion_dpo.yaml, tiny SD UNet, beta 200, learning rate 1e-3),
+    examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: losses to 5e-5 and UNet weights
+    to 5e-4 (measured 1.5e-5 / 1.8e-4, as 2-process DDP: AdamW's first steps move each weight by about the learning
+    rate times the sign of its gradient, so a near-zero gradient summed in another order moves a weight by up to a
+    step; the same as test_diffusion_run's 2-process DDP test, which this run equals to 1.5e-6 / 8.6e-6). Stopped at
+    the step-2 checkpoint (each rank's ZeRO partition of the UNet) and resumed on 2 processes: the straight run's
+    losses, grad norms and pipeline weights bit for bit."""
+    from preflab.cli import main
+
+    run = [str(ROOT / "examples/diffusion/diffusion_dpo.yaml"), "eval_dataset_name=null", "max_steps=4",
+           "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0"]
+    one, full, resumed = tmp_path / "one", tmp_path / "full", tmp_path / "resumed"
+    _launch("zero2", ["cli", full, *run, "per_device_train_batch_size=2", "save_steps=2"],
+            ["cli", resumed, *run, "per_device_train_batch_size=2", "save_steps=0",
+             f"resume_from_checkpoint={full / 'checkpoint-2'}"])
+    assert main(["train", *run, "per_device_train_batch_size=4", "save_steps=0", f"output_dir={one}"]) == 0
+    assert _environment(full) == (2, "DEEPSPEED")
+    assert (full / "checkpoint-2/zero/rank1.safetensors").is_file()
+    a, b, c = _steps(full), _steps(one), _steps(resumed)
+    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == pytest.approx([b[s]["loss"] for s in (1, 2, 3, 4)], abs=5e-5)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    wa, wb, wc = (load_file(d / unet) for d in (full, one, resumed))
+    for key in wb:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=5e-4)
+    assert sorted(c) == [3, 4]
+    for step in (3, 4):
+        assert (c[step]["loss"], c[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def _accelerator(engine: str, stage: int | None = None, fsdp2: bool = False):
+    plugin = None if stage is None else SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}},
+                                                        zero_stage=stage)
+    return SimpleNamespace(distributed_type=f"DistributedType.{engine}", is_fsdp2=fsdp2,
+                           state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+def test_parameter_sharding_names_fsdp_and_zero3_only():
+    assert driver.parameter_sharding(_accelerator("FSDP", fsdp2=True)) == "FSDP2"
+    assert driver.parameter_sharding(_accelerator("DEEPSPEED", 3)) == "DeepSpeed ZeRO-3"
+    assert driver.parameter_sharding(_accelerator("DEEPSPEED", 2)) is None
+    assert driver.parameter_sharding(_accelerator("DEEPSPEED", 1)) is None
+    assert driver.parameter_sharding(_accelerator("MULTI_CPU")) is None
+
+
+def _online_run(out):
+    sys.path.insert(0, str(ROOT / "tests/online"))
+    from test_online_run import tiny_cfg, tiny_run
+
+    return tiny_run(tiny_cfg(out, trainer="grpo"))
+
+
+def _diffusion_run(out):
+    from preflab.config import config_from_dict
+    from preflab.loops.diffusion import DiffusionRun
+
+    return DiffusionRun(config_from_dict({
+        "task": "diffusion", "loss_type": "diffusion_dpo", "model_name_or_path": "builtin:tiny-sd", "resolution": 16,
+        "dataset_name": str(ROOT / "examples/diffusion/data/train.jsonl"), "use_cpu": True, "output_dir": str(out)}))
+
+
+@pytest.mark.parametrize("engine", ["FSDP2", "DeepSpeed ZeRO-3"])
+@pytest.mark.parametrize("kind, why", [
+    (_online_run, "task: online under {}: each rank samples .* outside the engine's wrapper"),
+    (_diffusion_run, "task: diffusion under {}: the pipeline and samples.png are written from the UNet on the main")],
+    ids=["online", "diffusion"])
+def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anything_loads(tmp_path, monkeypatch,
+                                                                                          engine, kind, why):
+    """Online runs sample and score from the policy outside the engine's wrapper, and a diffusion run writes its
+    pipeline and samples from the UNet on the main process: both need whole weights on every rank. By hand on 2 CPU
+    processes under FSDP2 the online run crashed on every rank in the first generation (`aten.embedding.default got
+    mixed torch.Tensor and DTensor`), the diffusion run trained and then crashed writing the pipeline. Refused in
+    make_accelerator, naming the engine and the launches that work, before the output_dir is claimed."""
+    monkeypatch.setattr(driver, "parameter_sharding", lambda accelerator: engine)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=why.format(engine) + r".*ddp\.yaml or zero2\.yaml"):
+        kind(out)
+    assert not out.exists()
