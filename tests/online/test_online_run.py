@@ -60,6 +60,22 @@ def test_resume_mid_round_gives_the_same_weights(tmp_path, over, stop_at_step):
     assert resumed.judge.calls == full.judge.calls
 
 
+def test_resume_from_a_checkpoint_of_another_run_folder(tmp_path, stop_at_step):
+    """resume_from_checkpoint: <other run>/checkpoint-N reads the online state beside that checkpoint (it looked in
+    the new output_dir and said the checkpoint was not written by an online run) and ends as the straight run."""
+    full = tiny_run(tiny_cfg(tmp_path / "full"))
+    full.train()
+    cut = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3))
+    with stop_at_step(cut, 4):
+        cut.train()
+    moved = tiny_run(tiny_cfg(tmp_path / "elsewhere", save_steps=3,
+                              resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-3")))
+    assert moved.train()["resumed_from_step"] == 3
+    a, b = full.policy.state_dict(), moved.policy.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert moved.judge.calls == full.judge.calls
+
+
 @pytest.mark.slow
 def test_online_run_honours_logging_first_step(tmp_path):
     """The online run shares the driver's logging schedule: with logging_first_step a row after step 1 (the same

@@ -771,6 +771,7 @@ class TrainingRun:
         self.restore_data_position(state.get("data_position"), step)
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]
         self.timeline = [*parent, [run_id, step]]
+        self.resumed_from = path  # runs that keep state beside their checkpoints read it from path's run folder
         say(f"preflab: resumed from {path} at step {step}")
         return step
 

@@ -587,10 +587,12 @@ class OnlineRun(TrainingRun):
         step = super()._maybe_resume()
         if not step:
             return step
-        folder = self._state_dir(step)
+        # the online state lives beside the checkpoint, in its run folder (which may be another output_dir)
+        folder = Path(self.resumed_from).parent / "online-state" / f"step-{step}"
         if not (folder / "judge.json").exists():
-            raise PreflabError(f"resuming at step {step}: {folder} (the online run's state) is missing; resume from "
-                               "a checkpoint written by an online run.")
+            raise PreflabError(f"resuming at step {step}: {folder} (the online run's state, written beside "
+                               f"{Path(self.resumed_from).name} by the online run that wrote it) is missing; resume "
+                               "from a checkpoint of an online run, in its run folder with its online-state/.")
         saved = json.loads((folder / "round.json").read_text())
         self.pending = Round.from_json(saved) if saved else None
         meta = json.loads((folder / "judge.json").read_text())
