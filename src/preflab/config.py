@@ -185,6 +185,8 @@ class TrainConfig:
     upo_selection: str = "sample"              # trainer upo: sample (by (1 - BALD)^mu) | lowest (lowest BALD first)
     upo_temperature: float = 0.1               # trainer upo: judge t's P(chosen > rejected) = sigmoid(dr_t / temperature)
     upo_alpha_max: float = 0.1                 # trainer upo: per-pair smoothing alpha = alpha_max * BALD / ln 2
+    upo_uncertainty: str = "judges"            # trainer upo: judges (one pass per judge) | mc_dropout (reward model)
+    upo_passes: int = 10                       # trainer upo, upo_uncertainty mc_dropout: dropout passes T
     mcts_iterations: int = 8                   # trainer mcts_dpo: simulations per committed decision
     mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
     mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)

@@ -106,8 +106,10 @@ _READERS = (
      cfg.online_task != "game", "trainers sppo and gpo on sampled text"),
     (("game_preferences", "game_eta", "apo_alpha"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
     (("heldout_prompts",), lambda cfg, spec: cfg.online_task == "demo", "online_task: demo"),
-    (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max"),
+    (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max", "upo_uncertainty"),
      lambda cfg, spec: cfg.trainer == "upo", "trainer upo"),
+    (("upo_passes",), lambda cfg, spec: cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout",
+     "trainer upo with upo_uncertainty: mc_dropout"),
     (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter"),
      lambda cfg, spec: cfg.trainer == "mcts_dpo", "trainer mcts_dpo"),
 )

@@ -139,6 +139,10 @@ class OnlineRun(TrainingRun):
                 raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
+        if cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout":  # UPO's estimator: refused up front if unfit
+            from preflab.online.upo import dropout_estimator
+
+            self.upo_estimator = dropout_estimator(self.judge.judges, self.judge.names)
         self.pad_id = pad_id_of(tokenizer)
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
@@ -272,8 +276,13 @@ class OnlineRun(TrainingRun):
                 return preference_log_odds(matrices(p, valid), rows[p].row_id)
             return reward_log_odds(scores[p, valid], cfg.preference_temperature, rows[p].row_id)
 
-        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g,
-                                          per_fn.view(n, K, -1), log_odds)
+        per_judge = per_fn.view(n, K, -1)
+        if getattr(self, "upo_estimator", None) is not None:  # UPO's MC-dropout passes stand in for the judges
+            from preflab.online.upo import dropout_pass_rewards
+
+            per_judge = dropout_pass_rewards(self.upo_estimator, prompts, texts, cfg.upo_passes,
+                                             self._round_seed(r) + 1).view(n, K, -1)
+        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g, per_judge, log_odds)
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]
