@@ -419,6 +419,13 @@ class OnlineRun(TrainingRun):
             out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
         return out
 
+    def progress(self, step: int) -> dict:
+        """`epoch` as TRL logs it, prompts consumed / prompts in the dataset (a round samples
+        min(prompts_per_generation, #prompts) prompts for its round_len steps), and `round`, the generation round of
+        step `step` (1-based; the round's own metrics row would average it over a logging window)."""
+        per_round = min(self.cfg.prompts_per_generation, len(self.rows))
+        return {"epoch": step * per_round / (self.round_len * len(self.rows)), "round": math.ceil(step / self.round_len)}
+
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
 
