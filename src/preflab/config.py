@@ -191,6 +191,8 @@ class TrainConfig:
     mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
     mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)
     mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)
+    mcts_value: str = "rollout"                # trainer mcts_dpo: rollout (judge a rollout) | self_eval (paper)
+    mcts_self_eval_weight: float = 1.0         # trainer mcts_dpo, self_eval: v = w conf / max(d - 3, 1) + outcome
     # HyPO on offline pairs (task: dpo, loss_type: hypo; preflab.online.hypo_offline)
     hypo_online_samples: int = 4               # loss_type hypo: k fresh samples of the policy per pair's prompt per step
     # recipes that are whole programs (task: one of preflab.recipes.RECIPES)

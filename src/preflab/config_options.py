@@ -301,6 +301,10 @@ OPTIONS: dict[str, Option] = {
                                lambda v: _num(v) and v >= 2),
     "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),
     "mcts_step_delimiter": Option("task: online, trainer mcts_dpo: a step ends with this one-token string (or eos)"),
+    "mcts_value": one_of(("rollout", "self_eval"), "task: online, trainer mcts_dpo: a child's value: the judge's score "
+                         "of a rollout (rollout) or the policy's self-evaluation + the outcome at the end (self_eval)"),
+    "mcts_self_eval_weight": at_least(0, "task: online, trainer mcts_dpo, mcts_value self_eval: w in v = w conf / "
+                                         "max(d - 3, 1) + outcome"),
     "recipe_params": Option(f"task: {' | '.join(RECIPES)}: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),

@@ -110,8 +110,10 @@ _READERS = (
      lambda cfg, spec: cfg.trainer == "upo", "trainer upo"),
     (("upo_passes",), lambda cfg, spec: cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout",
      "trainer upo with upo_uncertainty: mc_dropout"),
-    (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter"),
+    (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter", "mcts_value"),
      lambda cfg, spec: cfg.trainer == "mcts_dpo", "trainer mcts_dpo"),
+    (("mcts_self_eval_weight",), lambda cfg, spec: cfg.trainer == "mcts_dpo" and cfg.mcts_value == "self_eval",
+     "trainer mcts_dpo with mcts_value: self_eval"),
 )
 # every online option: outside task: online, one set away from its default is refused (preflab.config_owners)
 ONLINE_OPTIONS = tuple(n for names, _, _ in _READERS for n in names) + (
