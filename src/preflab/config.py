@@ -193,6 +193,8 @@ class TrainConfig:
     mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)
     mcts_value: str = "rollout"                # trainer mcts_dpo: rollout (judge a rollout) | self_eval (paper)
     mcts_self_eval_weight: float = 1.0         # trainer mcts_dpo, self_eval: v = w conf / max(d - 3, 1) + outcome
+    tpo_tree_depth: int = 1                    # trainer tpo: levels of the preference tree (1: K flat samples)
+    tpo_step_delimiter: str = "\n"             # trainer tpo, tpo_tree_depth > 1: a step ends with this one-token string
     # HyPO on offline pairs (task: dpo, loss_type: hypo; preflab.online.hypo_offline)
     hypo_online_samples: int = 4               # loss_type hypo: k fresh samples of the policy per pair's prompt per step
     # recipes that are whole programs (task: one of preflab.recipes.RECIPES)

@@ -301,6 +301,11 @@ OPTIONS: dict[str, Option] = {
                                lambda v: _num(v) and v >= 2),
     "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),
     "mcts_step_delimiter": Option("task: online, trainer mcts_dpo: a step ends with this one-token string (or eos)"),
+    "tpo_tree_depth": Option("task: online, trainer tpo: levels of the preference tree, num_generations branches "
+                             "a node (1: the K samples of the prompt)", "an integer >= 1",
+                             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "tpo_step_delimiter": Option("task: online, trainer tpo, tpo_tree_depth > 1: a step ends with this one-token "
+                                 "string (or eos)"),
     "mcts_value": one_of(("rollout", "self_eval"), "task: online, trainer mcts_dpo: a child's value: the judge's score "
                          "of a rollout (rollout) or the policy's self-evaluation + the outcome at the end (self_eval)"),
     "mcts_self_eval_weight": at_least(0, "task: online, trainer mcts_dpo, mcts_value self_eval: w in v = w conf / "

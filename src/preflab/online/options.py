@@ -112,6 +112,9 @@ _READERS = (
      "trainer upo with upo_uncertainty: mc_dropout"),
     (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter", "mcts_value"),
      lambda cfg, spec: cfg.trainer == "mcts_dpo", "trainer mcts_dpo"),
+    (("tpo_tree_depth",), lambda cfg, spec: cfg.trainer == "tpo", "trainer tpo"),
+    (("tpo_step_delimiter",), lambda cfg, spec: cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1,
+     "trainer tpo with tpo_tree_depth > 1"),
     (("mcts_self_eval_weight",), lambda cfg, spec: cfg.trainer == "mcts_dpo" and cfg.mcts_value == "self_eval",
      "trainer mcts_dpo with mcts_value: self_eval"),
 )

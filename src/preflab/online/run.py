@@ -249,7 +249,14 @@ class OnlineRun(TrainingRun):
             from preflab.online.mcts import mcts_round
 
             return mcts_round(self, r, rows, g)
-        ids = self._generate(rows, K, self._round_seed(r))
+        trees = None
+        if cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1:  # TPO's multi-level preference tree: b^D leaves a prompt
+            from preflab.online.tpo_tree_round import tree_round
+
+            ids, trees = tree_round(self, rows, self._round_seed(r))
+            K = len(ids) // n
+        else:
+            ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped = int(flat.isnan().sum())
         if dropped > cfg.max_judge_failure_fraction * len(ids):
@@ -286,6 +293,10 @@ class OnlineRun(TrainingRun):
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]
+        if trees is not None:
+            from preflab.online.tpo_tree_round import mark_tree
+
+            mark_tree(examples, trees)
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras["valid"] for e in examples])
@@ -326,7 +337,7 @@ class OnlineRun(TrainingRun):
         return Round(r, examples, slices, metrics)
 
     def _write_round_file(self, r, rows, completions, texts, scores) -> None:
-        K = self.cfg.num_generations
+        K = len(completions[0]) if completions else self.cfg.num_generations  # tpo trees: b^D leaves
         path = self.out / "rounds" / f"{r + 1}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as fh:
@@ -501,7 +512,11 @@ class OnlineRun(TrainingRun):
                   "tokens_per_prompt": torch.tensor(mb.tokens_per_prompt, device=device)}
         if exs[0].prev is not None:
             extras["old_logps"] = token_matrix(flat("prev"), scores.mask).view(shape)
-        if "step_index" in self.objective.required_extras:  # tpo: a one-level tree, every response token is step 1
+        if "step_index" in self.objective.required_extras and "steps" in exs[0].extras:  # tpo: a multi-level tree
+            from preflab.online.tpo_tree_round import tree_step_index
+
+            extras["step_index"] = token_matrix(tree_step_index(exs), scores.mask).long().view(shape) * mask
+        elif "step_index" in self.objective.required_extras:  # tpo: a one-level tree, every response token is step 1
             extras["step_index"] = mask.long()
         if self.want_hidden:
             extras["hidden"] = scores.hidden.view(*shape, -1)
