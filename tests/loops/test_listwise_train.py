@@ -82,3 +82,15 @@ def test_ragged_lists_and_bad_scores_are_refused(tmp_path, capsys):
     assert "row 1: completions holds 2 responses, row 0 3; every row" in _refused(tmp_path, ragged, capsys)
     bad = [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, "x"]}]
     assert "row 0, field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
+
+
+def test_shipped_example_reads_as_a_listwise_run():
+    from preflab.config import load_config
+    from preflab.loops.kinds import kind_for
+    from preflab.loops.listwise import ListKind
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "examples" / "rrhf.yaml", [])
+    assert cfg.loss_type == "rrhf" and kind_for(cfg.objective()) is ListKind
+    rows = [json.loads(x) for x in (root / "examples" / "data" / "loud_echo_lists.jsonl").read_text().splitlines()]
+    assert len(rows) == 256 and {len(r["completions"]) for r in rows} == {4}

@@ -110,6 +110,7 @@ def test_the_estimator_is_one_reward_model_with_dropout_else_refused():
         dropout_estimator([rm, LengthRewardModel(p=0.1)])
 
 
+@pytest.mark.slow
 def test_online_run_with_mc_dropout_refuses_a_dropout_free_model_and_trains_with_one(tmp_path):
     from test_online_run import tiny_cfg, tiny_run
 
