@@ -141,7 +141,7 @@ class Search:
         from preflab.loops.rollout import decode
 
         chat = isinstance(self.row.prompt, list)
-        if cfg.mcts_value == "self_eval":
+        if getattr(cfg, "mcts_value", "rollout") == "self_eval":  # a bare cfg (tests, the API) keeps rollouts
             scores = self._self_eval_values(leaf, new, answers, chat)
         else:
             decoded = [decode(run.tokenizer, t, chat) for t in answers]
