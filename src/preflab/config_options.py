@@ -295,7 +295,8 @@ OPTIONS: dict[str, Option] = {
                             lambda v: _num(v) and 0 <= v < 0.5),
     "upo_uncertainty": one_of(("judges", "mc_dropout"), "task: online, trainer upo: the BALD passes: one per judge "
                               "(judges) or upo_passes dropout passes of the reward model (mc_dropout, the paper's)"),
-    "upo_passes": above(0, "task: online, trainer upo, upo_uncertainty mc_dropout: dropout passes T (paper: 10)"),
+    "upo_passes": Option("task: online, trainer upo, upo_uncertainty mc_dropout: dropout passes T (paper: 10)",
+                         "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "mcts_iterations": above(0, "task: online, trainer mcts_dpo: simulations per committed decision"),
     "mcts_num_actions": Option("task: online, trainer mcts_dpo: samples per expansion", ">= 2",
                                lambda v: _num(v) and v >= 2),
