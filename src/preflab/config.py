@@ -185,10 +185,16 @@ class TrainConfig:
     upo_selection: str = "sample"              # trainer upo: sample (by (1 - BALD)^mu) | lowest (lowest BALD first)
     upo_temperature: float = 0.1               # trainer upo: judge t's P(chosen > rejected) = sigmoid(dr_t / temperature)
     upo_alpha_max: float = 0.1                 # trainer upo: per-pair smoothing alpha = alpha_max * BALD / ln 2
+    upo_uncertainty: str = "judges"            # trainer upo: judges (one pass per judge) | mc_dropout (reward model)
+    upo_passes: int = 10                       # trainer upo, upo_uncertainty mc_dropout: dropout passes T
     mcts_iterations: int = 8                   # trainer mcts_dpo: simulations per committed decision
     mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
     mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)
     mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)
+    mcts_value: str = "rollout"                # trainer mcts_dpo: rollout (judge a rollout) | self_eval (paper)
+    mcts_self_eval_weight: float = 1.0         # trainer mcts_dpo, self_eval: v = w conf / max(d - 3, 1) + outcome
+    tpo_tree_depth: int = 1                    # trainer tpo: levels of the preference tree (1: K flat samples)
+    tpo_step_delimiter: str = "\n"             # trainer tpo, tpo_tree_depth > 1: a step ends with this one-token string
     # HyPO on offline pairs (task: dpo, loss_type: hypo; preflab.online.hypo_offline)
     hypo_online_samples: int = 4               # loss_type hypo: k fresh samples of the policy per pair's prompt per step
     # recipes that are whole programs (task: one of preflab.recipes.RECIPES)

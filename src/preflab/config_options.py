@@ -297,11 +297,24 @@ OPTIONS: dict[str, Option] = {
     "upo_temperature": above(0, "task: online, trainer upo: judge t's P(chosen > rejected) = sigmoid(dr_t / temp)"),
     "upo_alpha_max": Option("task: online, trainer upo: smoothing alpha = alpha_max * BALD / ln 2", "in [0, 0.5)",
                             lambda v: _num(v) and 0 <= v < 0.5),
+    "upo_uncertainty": one_of(("judges", "mc_dropout"), "task: online, trainer upo: the BALD passes: one per judge "
+                              "(judges) or upo_passes dropout passes of the reward model (mc_dropout, the paper's)"),
+    "upo_passes": Option("task: online, trainer upo, upo_uncertainty mc_dropout: dropout passes T (paper: 10)",
+                         "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "mcts_iterations": above(0, "task: online, trainer mcts_dpo: simulations per committed decision"),
     "mcts_num_actions": Option("task: online, trainer mcts_dpo: samples per expansion", ">= 2",
                                lambda v: _num(v) and v >= 2),
     "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),
     "mcts_step_delimiter": Option("task: online, trainer mcts_dpo: a step ends with this one-token string (or eos)"),
+    "tpo_tree_depth": Option("task: online, trainer tpo: levels of the preference tree, num_generations branches "
+                             "a node (1: the K samples of the prompt)", "an integer >= 1",
+                             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "tpo_step_delimiter": Option("task: online, trainer tpo, tpo_tree_depth > 1: a step ends with this one-token "
+                                 "string (or eos)"),
+    "mcts_value": one_of(("rollout", "self_eval"), "task: online, trainer mcts_dpo: a child's value: the judge's score "
+                         "of a rollout (rollout) or the policy's self-evaluation + the outcome at the end (self_eval)"),
+    "mcts_self_eval_weight": at_least(0, "task: online, trainer mcts_dpo, mcts_value self_eval: w in v = w conf / "
+                                         "max(d - 3, 1) + outcome"),
     "recipe_params": Option(f"task: {' | '.join(RECIPES)}: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),

@@ -518,7 +518,7 @@ class TrainingRun:
             self._cb_control = TrainerControl()
         state = self._cb_state
         state.global_step = self.step
-        state.epoch = self.step / self.plan.steps_per_epoch
+        state.epoch = self.progress(self.step)["epoch"]
         if event in ("on_log", "on_evaluate"):
             state.log_history.append(dict(kwargs.get("logs") or kwargs.get("metrics") or {}, step=self.step))
         for callback in self.callbacks:
@@ -599,9 +599,8 @@ class TrainingRun:
             self.step = step + 1
             self.emit("on_step_end")
             if self._log_due(step + 1):
-                last = {"step": step + 1, "epoch": (step + 1) / self.plan.steps_per_epoch,
-                        "learning_rate": self.scheduler.get_last_lr()[0], "num_tokens": tokens_total,
-                        **average_results(window),
+                last = {"step": step + 1, "learning_rate": self.scheduler.get_last_lr()[0],
+                        "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
                         "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
@@ -643,6 +642,10 @@ class TrainingRun:
         self.emit("on_train_end")
         acc.end_training()
         return summary
+
+    def progress(self, step: int) -> dict:
+        """Where the run is after `step` optimizer steps, in each metrics row: TRL's `epoch` (passes over the data)."""
+        return {"epoch": step / self.plan.steps_per_epoch}
 
     def _log_due(self, step: int) -> bool:
         """A metrics row after optimizer step `step` (1-based): every logging_steps, at the last step, and after the

@@ -3,6 +3,8 @@
 The trainer asks `kind_for(objective)` and never names an objective or a batch type itself:
 
     pairs     PairBatch objectives: rows -> TokenizedPair -> [chosen_1..B, rejected_1..B] -> PairBatch
+    lists     ListBatch objectives with no computed extras (rrhf): rows with k completions + scores -> ListBatch
+              (preflab.loops.listwise)
     unpaired  UnpairedBatch objectives (KTO): rows (KTO rows, or pairs split into a desirable and an undesirable
               example, as TRL does) -> TokenizedUnpaired -> [completion_1..B, mismatched_1..B] -> UnpairedBatch
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from preflab.data.layout import LayoutBatch, padded
-from preflab.objectives.base import PairBatch, SequenceLogps, UnpairedBatch
+from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch
 
 
 class PairKind:
@@ -114,11 +116,16 @@ def kind_for(objective):
         return UnpairedKind
     if objective.batch_type is PairBatch:
         return PairKind
+    if objective.batch_type is ListBatch and not objective.required_extras:  # ranked lists from the data (rrhf)
+        from preflab.loops.listwise import ListKind
+
+        return ListKind
     if objective.batch_type.__name__ == "SFTBatch":  # task: sft (preflab.loops.sft)
         from preflab.loops.sft import SFTKind
 
         return SFTKind
     raise NotImplementedError(
-        f"preflab train feeds pairwise and unpaired objectives; {objective.batch_type.__name__} objectives "
-        "(listwise, GRPO) run through preflab.online (task: online) / the Python API."
+        f"preflab train feeds pairwise, unpaired and ranked-list (rrhf) objectives; {objective.batch_type.__name__} "
+        f"objectives that need computed extras ({', '.join(objective.required_extras) or 'none'}: listwise with "
+        "step indices, GRPO) run through preflab.online (task: online) / the Python API."
     )

@@ -11,9 +11,9 @@ r = v - v_parent (the root's v = 0), Q = r + V (gamma = 1). Per prompt:
     expand    mcts_num_actions samples from the leaf's prefix (temperature); each sample's first step is a child
               (identical steps merged); a step ends the answer at eos or at depth mcts_depth_limit (the sample's
               whole rest is the last step)
-    evaluate  v(child) = the judge's score of the prompt with (committed steps + the child's whole sample): the
-              checkable answer of the task decides the value (a Monte Carlo rollout through the child); a
-              rollout the judge fails on (NaN) drops its child, counted in judge/dropped (the round stops with
+    evaluate  v(child), mcts_value rollout: the judge's score of the prompt with (committed steps + the child's
+              whole sample): the checkable answer of the task decides the value (a Monte Carlo rollout through the
+              child); self_eval: see below; a rollout the judge fails on (NaN) drops its child, counted in judge/dropped (the round stops with
               an error above max_judge_failure_fraction)
     backup    V(leaf) = sum_c max(1, N_c) Q_c / sum_c max(1, N_c); N += 1; Q = r + V, up to the decision node
     decide    after mcts_iterations simulations commit the child with the most visits (ties: higher Q); when the
@@ -22,10 +22,13 @@ r = v - v_parent (the root's v = 0), Q = r + V (gamma = 1). Per prompt:
               L = (1 - eps) l(beta z) + eps l(-beta z), eps = min(1 - N_w / (N_w + N_l), 0.5), z over tokens >= d.
     repeat    from the committed child (its subtree reused) until a terminal step.
 
-Derived, not the paper's: the paper evaluates a child by the policy's own hinted self-evaluation (P("correct") of a
-grading prompt) plus a +-1 outcome at terminals; here v is the judge's score of one rollout through the child (the
-spec's CPU-demo substitution of a rule checker; on the demo task the judge is the true reward, 1 for a fully
-correct loud echo). A step's text does not absorb single-child descendants. The search policy is the current
+Two values of a child (mcts_value):
+    self_eval  the paper's: the policy's own P("correct") on a hinted grading prompt that shows the row's `solution`,
+               weighted by mcts_self_eval_weight and divided by max(d - 3, 1), plus the judge's score of the finished
+               answer at a terminal step (preflab.online.mcts_self_eval, checked against the released code)
+    rollout    v is the judge's score of one rollout through the child (the spec's CPU-demo substitution of a rule
+               checker, as a tiny model cannot answer a grading prompt; on the demo task the judge is the true
+               reward, 1 for a fully correct loud echo). A step's text does not absorb single-child descendants. The search policy is the current
 policy (on-policy, as the released code in effect); the reference stays pi_0.
 """
 from __future__ import annotations
@@ -138,9 +141,12 @@ class Search:
         from preflab.loops.rollout import decode
 
         chat = isinstance(self.row.prompt, list)
-        decoded = [decode(run.tokenizer, t, chat) for t in answers]
-        scores, _ = run.judge([self.row.prompt] * len(new), decoded, [0] * len(new),
-                              [self.row.columns] * len(new), answers)
+        if getattr(cfg, "mcts_value", "rollout") == "self_eval":  # a bare cfg (tests, the API) keeps rollouts
+            scores = self._self_eval_values(leaf, new, answers, chat)
+        else:
+            decoded = [decode(run.tokenizer, t, chat) for t in answers]
+            scores, _ = run.judge([self.row.prompt] * len(new), decoded, [0] * len(new),
+                                  [self.row.columns] * len(new), answers)
         logps = run._token_logps(run._policy_scores, [(prefix, n.step) for n in new])
         kept = []
         for node, score, lp in zip(new, scores.tolist(), logps):
@@ -155,6 +161,28 @@ class Search:
         if not kept:
             leaf.terminal = True
         leaf.children = kept
+
+    def _self_eval_values(self, leaf: Node, new: list[Node], answers: list[list[int]], chat: bool) -> torch.Tensor:
+        """[len(new)] values v = w conf / max(d - 3, 1) + outcome at terminal steps (online/mcts_self_eval.py);
+        the judge scores only the finished answers (NaN: the child is dropped, as for rollouts)."""
+        from preflab.loops.rollout import decode
+        from preflab.online.mcts_self_eval import eval_prompt, row_solution, self_evaluation, step_value
+
+        run, solution = self.run, row_solution(self.row)
+        done = [i for i, n in enumerate(new) if n.terminal]
+        outcome = {}
+        if done:
+            texts = [decode(run.tokenizer, answers[i], chat) for i in done]
+            judged, _ = run.judge([self.row.prompt] * len(done), texts, [0] * len(done),
+                                  [self.row.columns] * len(done), [answers[i] for i in done])
+            outcome = dict(zip(done, judged.tolist()))
+        values = []
+        for i, node in enumerate(new):
+            answer = decode(run.tokenizer, leaf.prefix() + node.step, chat)
+            ids = run.tokenizer(eval_prompt(self.row.prompt, solution, answer)).input_ids
+            conf = self_evaluation(run.policy, run.tokenizer, ids)
+            values.append(step_value(conf, leaf.depth, self.cfg.mcts_self_eval_weight, outcome.get(i)))
+        return torch.tensor(values, dtype=torch.float64)
 
     def simulate(self, root: Node) -> None:
         node = root

@@ -106,10 +106,17 @@ _READERS = (
      cfg.online_task != "game", "trainers sppo and gpo on sampled text"),
     (("game_preferences", "game_eta", "apo_alpha"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
     (("heldout_prompts",), lambda cfg, spec: cfg.online_task == "demo", "online_task: demo"),
-    (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max"),
+    (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max", "upo_uncertainty"),
      lambda cfg, spec: cfg.trainer == "upo", "trainer upo"),
-    (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter"),
+    (("upo_passes",), lambda cfg, spec: cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout",
+     "trainer upo with upo_uncertainty: mc_dropout"),
+    (("mcts_iterations", "mcts_num_actions", "mcts_depth_limit", "mcts_step_delimiter", "mcts_value"),
      lambda cfg, spec: cfg.trainer == "mcts_dpo", "trainer mcts_dpo"),
+    (("tpo_tree_depth",), lambda cfg, spec: cfg.trainer == "tpo", "trainer tpo"),
+    (("tpo_step_delimiter",), lambda cfg, spec: cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1,
+     "trainer tpo with tpo_tree_depth > 1"),
+    (("mcts_self_eval_weight",), lambda cfg, spec: cfg.trainer == "mcts_dpo" and cfg.mcts_value == "self_eval",
+     "trainer mcts_dpo with mcts_value: self_eval"),
 )
 # every online option: outside task: online, one set away from its default is refused (preflab.config_owners)
 ONLINE_OPTIONS = tuple(n for names, _, _ in _READERS for n in names) + (

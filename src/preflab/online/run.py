@@ -144,6 +144,10 @@ class OnlineRun(TrainingRun):
                 raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
+        if cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout":  # UPO's estimator: refused up front if unfit
+            from preflab.online.upo import dropout_estimator
+
+            self.upo_estimator = dropout_estimator(self.judge.judges, self.judge.names)
         self.pad_id = pad_id_of(tokenizer)
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
@@ -256,7 +260,14 @@ class OnlineRun(TrainingRun):
             from preflab.online.mcts import mcts_round
 
             return mcts_round(self, r, rows, g)
-        ids = self._generate(rows, K, self._round_seed(r))
+        trees = None
+        if cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1:  # TPO's multi-level preference tree: b^D leaves a prompt
+            from preflab.online.tpo_tree_round import tree_round
+
+            ids, trees = tree_round(self, rows, self._round_seed(r))
+            K = len(ids) // n
+        else:
+            ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped = int(flat.isnan().sum())
         if dropped > cfg.max_judge_failure_fraction * len(ids):
@@ -283,11 +294,20 @@ class OnlineRun(TrainingRun):
                 return preference_log_odds(matrices(p, valid), rows[p].row_id)
             return reward_log_odds(scores[p, valid], cfg.preference_temperature, rows[p].row_id)
 
-        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g,
-                                          per_fn.view(n, K, -1), log_odds)
+        per_judge = per_fn.view(n, K, -1)
+        if getattr(self, "upo_estimator", None) is not None:  # UPO's MC-dropout passes stand in for the judges
+            from preflab.online.upo import dropout_pass_rewards
+
+            per_judge = dropout_pass_rewards(self.upo_estimator, prompts, texts, cfg.upo_passes,
+                                             self._round_seed(r) + 1).view(n, K, -1)
+        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g, per_judge, log_odds)
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]
+        if trees is not None:
+            from preflab.online.tpo_tree_round import mark_tree
+
+            mark_tree(examples, trees)
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras["valid"] for e in examples])
@@ -328,7 +348,7 @@ class OnlineRun(TrainingRun):
         return Round(r, examples, slices, metrics)
 
     def _write_round_file(self, r, rows, completions, texts, scores) -> None:
-        K = self.cfg.num_generations
+        K = len(completions[0]) if completions else self.cfg.num_generations  # tpo trees: b^D leaves
         path = self.out / "rounds" / f"{r + 1}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as fh:
@@ -421,6 +441,13 @@ class OnlineRun(TrainingRun):
             out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
         return out
 
+    def progress(self, step: int) -> dict:
+        """`epoch` as TRL logs it, prompts consumed / prompts in the dataset (a round samples
+        min(prompts_per_generation, #prompts) prompts for its round_len steps), and `round`, the generation round of
+        step `step` (1-based; the round's own metrics row would average it over a logging window)."""
+        per_round = min(self.cfg.prompts_per_generation, len(self.rows))
+        return {"epoch": step * per_round / (self.round_len * len(self.rows)), "round": math.ceil(step / self.round_len)}
+
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
 
@@ -496,7 +523,11 @@ class OnlineRun(TrainingRun):
                   "tokens_per_prompt": torch.tensor(mb.tokens_per_prompt, device=device)}
         if exs[0].prev is not None:
             extras["old_logps"] = token_matrix(flat("prev"), scores.mask).view(shape)
-        if "step_index" in self.objective.required_extras:  # tpo: a one-level tree, every response token is step 1
+        if "step_index" in self.objective.required_extras and "steps" in exs[0].extras:  # tpo: a multi-level tree
+            from preflab.online.tpo_tree_round import tree_step_index
+
+            extras["step_index"] = token_matrix(tree_step_index(exs), scores.mask).long().view(shape) * mask
+        elif "step_index" in self.objective.required_extras:  # tpo: a one-level tree, every response token is step 1
             extras["step_index"] = mask.long()
         if self.want_hidden:
             extras["hidden"] = scores.hidden.view(*shape, -1)

@@ -204,7 +204,10 @@ def load_task(cfg, tokenizer=None, policy=None):
             policy = _demo_sft_model(cfg, tokenizer)
         judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or "demo_true_reward")]
         held = heldout[:cfg.heldout_prompts]
-        return Task([r["prompt"] for r in pair_rows], judges, held, demo_evaluate(held)), tokenizer, policy
+        prompts = [r["prompt"] for r in pair_rows]
+        if getattr(cfg, "mcts_value", "rollout") == "self_eval":  # MCTS-DPO's grading prompt shows the gold answer
+            prompts = [{"prompt": r["prompt"], "solution": r["chosen"]} for r in pair_rows]
+        return Task(prompts, judges, held, demo_evaluate(held)), tokenizer, policy
     from preflab.data.rows import load_rows
 
     if not cfg.dataset_name:

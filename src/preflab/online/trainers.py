@@ -17,7 +17,7 @@
 dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
 is not direction-conditioned); a prompt whose K scores all tie gives no example.
     tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
-    upo            all pairs kept by BALD over the judges    upo            pi_t        Wang et al. 2025 (AAAI), UPO
+    upo            all pairs kept by BALD (judges / dropout) upo            pi_t        Wang et al. 2025 (AAAI), UPO
                    (online/upo.py: L = (1-a) l(b D') + a l(-b D'), a = a_max BALD / ln 2)
     mcts_dpo       step pairs from an MCTS over answer steps  mcts_step_dpo  pi_0        Xie et al. 2024 (2405.00451)
                    (online/mcts.py: highest vs lowest Q child of each committed decision, eps from visits)
@@ -25,8 +25,8 @@ hypo_online_pairs deviation from HyPO (Song et al. 2024): the paper's contrastiv
 preference data and only the KL term on fresh, unlabeled samples of pi_theta; here the DPO pairs are the judged
 online samples (online DPO + HyPO's online reverse-KL term). The paper's data split is `preflab train` with task: dpo,
 loss_type: hypo, hypo_online_samples: k (preflab.online.hypo_offline).
-tpo deviation from TPO: the tree has one level (K branches from the prompt, each response one step), so the
-step weights reduce to one per response; multi-step trees from a step-structured task are not built here.
+tpo: tpo_tree_depth 1 (default) is a one-level tree (K branches from the prompt, each response one step, so the step
+weights reduce to one per response); tpo_tree_depth D > 1 grows K-branch trees of D steps (online/tpo_tree_round.py).
 Win rates (sppo, gpo) come from the judge's K x K matrix P[i, j] = P(y_i > y_j | x) over the valid completions
 of a prompt: a preference model's win_rate_matrix, or a reward judge through preference_temperature
 (0: P = 1[r_i > r_j] + 1/2 1[r_i = r_j]; t > 0: sigmoid((r_i - r_j)/t)). p_i = (1/K) sum_j P[i, j] estimates

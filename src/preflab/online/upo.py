@@ -14,20 +14,66 @@ Optimization"; spec methods/models-and-loops.md #26. Per round, from the K sampl
               Delta' against the previous iterate (the reference is refreshed every round; objectives/upo.py; the
               paper's choice -- the released code scores against the SFT model, see that docstring)
 
+The estimator's passes (upo_uncertainty):
+    mc_dropout  the paper's MC dropout: T = upo_passes forward passes of the one reward model among reward_funcs with
+                its dropout on (`preflab.reward_models.uncertainty.dropout_on`; each pass seeded from the round), pass
+                t's rewards r_t giving p^t as above. A reward model with no active dropout is refused, naming it
+                (every pass would be equal and every B = 0); so is a run whose reward_funcs hold no reward model or
+                more than one. The pairs and their order still come from the combined judge's scores.
+    judges      one pass per judge of reward_funcs (deep-ensemble style: disagreement between judges is the epistemic
+                part, a judge's own sigmoid margin the aleatoric part). With one judge T = 1, every B = 0 and UPO
+                reduces to DPO on a sampled upo_fraction of the pairs against the previous iterate.
+A pair for which any pass returned no score is dropped and counted.
+
 Derived, not the paper's: the paper's estimator is the policy backbone with a 2-way head trained on labelled pairs
-and run with dropout on (T = 10 passes); an online run has no such classifier, so the passes are the judges of
-reward_funcs (deep-ensemble style: disagreement between judges is the epistemic part, a judge's own sigmoid margin
-the aleatoric part). With one judge T = 1, every B = 0 and UPO reduces to DPO on a sampled upo_fraction of the
-pairs against the previous iterate. A pair for which any judge returned no score is dropped and counted.
+(input: the pair rendered in one template); here the pass probability comes from a pointwise reward model's two
+rewards, P_t = sigmoid((r_t(a) - r_t(b)) / upo_temperature) (a Bradley-Terry classifier over the pair).
 """
 from __future__ import annotations
 
 import torch
 
+from preflab.errors import ConfigError
 from preflab.loops.pair_builders import build_pairs
 from preflab.objectives.upo import alpha_from_bald
 from preflab.online.examples import Example
-from preflab.reward_models.uncertainty import select_reliable_pairs
+from preflab.reward_models.uncertainty import dropout_on, dropout_sources, select_reliable_pairs
+
+
+def _name(judge) -> str:
+    return getattr(judge, "__name__", None) or type(judge).__name__
+
+
+def dropout_estimator(judges: list, names: list[str] | None = None):
+    """The reward model of `judges` whose dropout passes are UPO's estimator (upo_uncertainty: mc_dropout): the one
+    judge with `.score` and an nn.Module `.model` that has active dropout; anything else is refused, saying why."""
+    names = names or [_name(j) for j in judges]
+    models = [(n, j) for n, j in zip(names, judges)
+              if hasattr(j, "score") and not hasattr(j, "win_rate_matrix")
+              and isinstance(getattr(j, "model", None), torch.nn.Module)]
+    if len(models) != 1:
+        found = ", ".join(n for n, _ in models) or "none"
+        raise ConfigError(f"trainer upo, upo_uncertainty: mc_dropout runs the dropout passes on one reward model in "
+                          f"reward_funcs (a reward-model directory); reward_funcs {names} hold {len(models)} "
+                          f"({found}). Give exactly one, or use upo_uncertainty: judges.")
+    name, judge = models[0]
+    if not dropout_sources(judge.model):
+        raise ConfigError(f"trainer upo, upo_uncertainty: mc_dropout: reward model {name!r} has no active dropout "
+                          "(no Dropout module with p > 0, no *dropout attribute > 0), so every pass would be equal "
+                          "and every BALD 0. Train or load it with dropout (e.g. attention_dropout / "
+                          "hidden_dropout / resid_pdrop > 0 in its config.json, with disable_dropout: false), or use "
+                          "upo_uncertainty: judges.")
+    return judge
+
+
+def dropout_pass_rewards(model_judge, prompts: list, texts: list, passes: int, seed: int) -> torch.Tensor:
+    """[N, T] rewards of (prompts[i], texts[i]) from T = `passes` scorings with the judge's dropout on (seed: the
+    passes' dropout masks, so a rerun or resumed round draws the same ones; the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]), dropout_on(model_judge.model):
+        torch.manual_seed(seed)
+        out = [torch.as_tensor(model_judge.score(prompts, texts), dtype=torch.float64).reshape(-1).cpu()
+               for _ in range(passes)]
+    return torch.stack(out, -1)
 
 
 def pass_probs(per_judge: torch.Tensor, pairs: list[tuple[int, int, int]], temperature: float) -> torch.Tensor:

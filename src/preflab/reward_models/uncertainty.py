@@ -112,10 +112,12 @@ def entropy(probs: Tensor) -> Tensor:
 
 
 def bald(probs: Tensor) -> Tensor:
-    """[N] BALD mutual information from [T, N, C] MC probabilities: H[mean_t p] - mean_t H[p]."""
+    """[N] BALD mutual information from [T, N, C] MC probabilities: H[mean_t p] - mean_t H[p]; exactly 0 where
+    every pass gives the same probabilities (rounding would leave ~1e-17 there, which reorders a lowest-B choice)."""
     if probs.dim() != 3:
         raise PreflabError(f"bald takes [T, N, C] probabilities, got {tuple(probs.shape)}.")
-    return (entropy(probs.mean(0)) - entropy(probs).mean(0)).clamp_min(0)
+    agree = (probs == probs[:1]).all(0).all(-1)
+    return (entropy(probs.mean(0)) - entropy(probs).mean(0)).clamp_min(0).masked_fill(agree, 0.0)
 
 
 def majority_vote(probs: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,148 @@
+"""The listwise batch kind: `preflab train` with a ListBatch objective (rrhf) on ranked lists of k responses.
+
+Rows (jsonl, parquet, hub, ... as for pairs):
+
+    {"prompt": "...", "completions": ["response 1", ..., "response k"], "scores": [s_1, ..., s_k]}
+
+k >= 2 responses per prompt, the same k in every row, one finite score each (higher is better; ties allowed); prompt
+and completions both text, or both message lists. RRHF's own data (GanjinZero/RRHF: "query", "responses", "scores")
+reads with column_map-style renaming done beforehand (query -> prompt, responses -> completions). Pairs-only data
+(chosen / rejected, no completions) is refused: it is not a ranked list (write completions: [chosen, rejected],
+scores: [1, 0] to rank a pair, or choose a pairwise loss_type).
+
+    rows -> TokenizedList (prompt ids + k completion ids, each through the pairs' tokenizer: boundary check, bos/eos,
+    truncation) -> [B * k sequences, group-major] padded -> ListBatch(policy [B, k, T], scores [B, k], ref)
+
+Limits: the padded layout only (prefix sharing is for pairs), no precompute_ref_log_probs and no streaming for list
+data (both refused), and no tokenization cache.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from preflab.data.report import RowProblem
+from preflab.errors import ConfigError, DataError
+
+
+@dataclass
+class TokenizedList:
+    row_id: int
+    prompt_ids: list[int]
+    completions: list[list[int]]
+    scores: list[float]
+    extras: dict = field(default_factory=dict)
+
+
+def make_list(example, tokenizer, settings, report) -> TokenizedList:
+    """A prompt row with `completions` and `scores` columns -> TokenizedList (a RowProblem names the bad field)."""
+    from preflab.data.tokenize import _tokenize_one
+
+    extras = dict(example.extras)
+    completions, scores = extras.pop("completions", None), extras.pop("scores", None)
+    if completions is None:
+        paired = "chosen" in extras or "rejected" in extras
+        raise RowProblem("no_completions", "completions",
+                         "the row has no 'completions' list" + (" (it is a chosen/rejected pair)" if paired else ""),
+                         "a listwise loss_type ranks k responses per prompt: give completions: [k responses] and "
+                         "scores: [k numbers] (a pair ranks as completions: [chosen, rejected], scores: [1, 0]), or "
+                         "choose a pairwise loss_type.")
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise RowProblem("bad_completions", "completions", "completions must be a list of at least 2 responses",
+                         "Give k >= 2 responses.")
+    if (not isinstance(scores, list) or len(scores) != len(completions)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
+        raise RowProblem("bad_scores", "scores", f"scores must be a list of {len(completions)} finite numbers (one "
+                         f"per completion), got {scores!r}", "Fix the scores column.")
+    fields = [f"completions[{i}]" for i in range(len(completions))]
+    prompt_ids, ids = _tokenize_one(tokenizer, example.prompt, completions, fields, extras, settings, report)
+    return TokenizedList(example.row_id, prompt_ids, ids, [float(s) for s in scores], extras)
+
+
+def _tokenize_lists(cfg, tokenizer, examples, source: str):
+    from preflab.data.tokenize import ExampleTokenizer
+
+    tok = ExampleTokenizer("prompts", tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                           truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, source=source,
+                           max_completion_length=cfg.max_completion_length)
+    tok.make = make_list  # the prompts' tokenizer with this kind's row maker (counts, on_bad_row, messages)
+    items = [x for x in map(tok, examples) if x is not None]
+    tok.report.check()
+    k = {len(x.completions) for x in items}
+    if len(k) > 1:
+        first = len(items[0].completions)
+        bad = next(x for x in items if len(x.completions) != first)
+        raise DataError(f"{source} row {bad.row_id}: completions holds {len(bad.completions)} responses, row "
+                        f"{items[0].row_id} {first}; every row of a listwise dataset needs the same k.")
+    return items, tok.report
+
+
+def prepare_lists(cfg, tokenizer):
+    """(train TokenizedList list, eval list, report dict) from dataset_name (and eval_dataset_name / eval_fraction)."""
+    from preflab.data.rows import load_rows
+
+    if cfg.streaming:
+        raise ConfigError(f"loss_type {cfg.loss_type!r} trains on ranked lists, which streaming does not read; set "
+                          "streaming: false.")
+    if cfg.precompute_ref_log_probs and cfg.objective().needs_reference:
+        raise ConfigError(f"loss_type {cfg.loss_type!r}: precompute_ref_log_probs caches pairs' reference "
+                          "log-probs, not lists'; set precompute_ref_log_probs: false.")
+    if not cfg.dataset_name:
+        raise ConfigError("dataset_name is empty; give rows with prompt, completions and scores.")
+    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    if not rows:
+        raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) holds no rows.")
+    eval_rows = []
+    if cfg.eval_dataset_name:
+        eval_rows, _ = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="prompt",
+                                 on_bad_row=cfg.on_bad_row)
+    elif cfg.eval_fraction > 0:
+        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
+        eval_rows = [r for i, r in enumerate(rows) if i in held]
+        rows = [r for i, r in enumerate(rows) if i not in held]
+    train, tok_report = _tokenize_lists(cfg, tokenizer, rows, row_report.source)
+    evals = _tokenize_lists(cfg, tokenizer, eval_rows, cfg.eval_dataset_name or row_report.source)[0] \
+        if eval_rows else []
+    if evals and train and len(evals[0].completions) != len(train[0].completions):
+        raise DataError(f"the eval rows hold {len(evals[0].completions)} completions each, the training rows "
+                        f"{len(train[0].completions)}; use the same k.")
+    return train, evals, {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
+
+
+class ListKind:
+    name = "lists"
+
+    @staticmethod
+    def prepare(cfg, tokenizer):
+        return prepare_lists(cfg, tokenizer)
+
+    @staticmethod
+    def collate(items, pad_id: int, layout: str):
+        """[item_1's k completions, item_2's, ...] padded; extras scores [B, k]. Always the padded layout."""
+        from preflab.data.layout import padded
+
+        seqs = [(x.prompt_ids, c) for x in items for c in x.completions]
+        extras = {"scores": torch.tensor([x.scores for x in items], dtype=torch.float32)}
+        return padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras)
+
+    @staticmethod
+    def count_tokens(items) -> int:
+        return sum(len(x.prompt_ids) + len(c) for x in items for c in x.completions)
+
+    @staticmethod
+    def split(policy, ref, extras):
+        from preflab.objectives.base import ListBatch, SequenceLogps
+
+        extras = dict(extras)
+        scores = extras.pop("scores").to(policy.token_logps.device)
+        b, k = scores.shape
+        view = lambda s: None if s is None else SequenceLogps(s.token_logps.view(b, k, -1),  # noqa: E731
+                                                              s.mask.view(b, k, -1))
+        return ListBatch(view(policy), scores, view(ref), None, extras)
+
+    @staticmethod
+    def eval_metrics(batch) -> dict:
+        return {}

@@ -1,0 +1,96 @@
+"""`preflab train` with loss_type rrhf on ranked lists (src/preflab/loops/listwise.py): the logged loss equals RRHF
+computed by hand from full-logit log-probs; pairs-only and ragged data are refused naming file, row and field."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from preflab.cli import main
+
+ROWS = [{"prompt": "echo: sun cat\n", "completions": ["SUN CAT", "sun cat", "Sun Cat"], "scores": [1.0, 0.0, 0.5]},
+        {"prompt": "echo: red box pen\n", "completions": ["RED BOX PEN", "red box", "RED BOX PIN"],
+         "scores": [1.0, 0.0, 0.67]},
+        {"prompt": "echo: owl\n", "completions": ["OWL", "owl", "Owl"], "scores": [1.0, 0.0, 0.0]},
+        {"prompt": "echo: fig jam\n", "completions": ["FIG JAM", "fig jam", "FIG"], "scores": [1.0, 0.5, 0.0]}]
+
+
+def _config(tmp_path, rows, **over):
+    data = tmp_path / "lists.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data), "loss_type": "rrhf", "seed": 0,
+           "learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_steps": 2, "max_length": 64,
+           "use_cpu": True, "disable_tqdm": True, "logging_steps": 1, "eval_fraction": 0, "save_steps": 0,
+           "output_dir": str(tmp_path / "out"), **over}
+    path = tmp_path / "rrhf.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _rrhf_by_hand(model, items) -> float:
+    """mean over rows of sum_{r_i < r_j} max(0, p_i - p_j) - S(best), p = S / |y| (RRHF, rank_weight = sft_weight = 1)."""
+    losses = []
+    for x in items:
+        S, n = [], []
+        for c in x.completions:
+            ids = torch.tensor([x.prompt_ids + c])
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+            tok = torch.tensor(c)
+            S.append(float(logp[len(x.prompt_ids) - 1:].gather(-1, tok[:, None]).sum()))
+            n.append(len(c))
+        p = [s / m for s, m in zip(S, n)]
+        r = x.scores
+        rank = sum(max(0.0, p[i] - p[j]) for i in range(len(r)) for j in range(len(r)) if r[i] < r[j])
+        losses.append(rank - S[max(range(len(r)), key=lambda i: r[i])])
+    return sum(losses) / len(losses)
+
+
+def test_rrhf_trains_from_preflab_train_with_the_hand_computed_loss(tmp_path):
+    from preflab.config import load_config
+    from preflab.loops.listwise import prepare_lists
+    from preflab.models.load import load_tokenizer
+    from preflab.models.tiny import tiny_causal_lm
+
+    path = _config(tmp_path, ROWS)
+    assert main(["train", str(path)]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in rows] == [1, 2] and "loss/rank" in rows[0]
+    tok = load_tokenizer("builtin:tiny-llama", False)
+    items, _, _ = prepare_lists(load_config(path, []), tok)
+    assert [len(x.completions) for x in items] == [3, 3, 3, 3]
+    with torch.no_grad():
+        want = _rrhf_by_hand(tiny_causal_lm(tok, arch="llama", seed=0), items)
+    assert rows[0]["loss"] == pytest.approx(want, rel=1e-4)        # step 1: the starting weights, all 4 rows
+    assert rows[1]["loss"] < rows[0]["loss"]                          # and it trains
+
+
+def _refused(tmp_path, rows, capsys) -> str:
+    assert main(["train", str(_config(tmp_path, rows))]) != 0
+    return capsys.readouterr().err
+
+
+def test_pairs_only_data_is_refused_naming_the_row_and_field(tmp_path, capsys):
+    pairs = [{"prompt": "echo: sun\n", "chosen": "SUN", "rejected": "sun"}]
+    err = _refused(tmp_path, pairs, capsys)
+    assert "lists.jsonl row 0, field 'completions': the row has no 'completions' list (it is a chosen/rejected " \
+           "pair)" in err and "choose a pairwise loss_type" in err
+
+
+def test_ragged_lists_and_bad_scores_are_refused(tmp_path, capsys):
+    ragged = ROWS[:1] + [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, 0]}]
+    assert "row 1: completions holds 2 responses, row 0 3; every row" in _refused(tmp_path, ragged, capsys)
+    bad = [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, "x"]}]
+    assert "row 0, field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
+
+
+def test_shipped_example_reads_as_a_listwise_run():
+    from preflab.config import load_config
+    from preflab.loops.kinds import kind_for
+    from preflab.loops.listwise import ListKind
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "examples" / "rrhf.yaml", [])
+    assert cfg.loss_type == "rrhf" and kind_for(cfg.objective()) is ListKind
+    rows = [json.loads(x) for x in (root / "examples" / "data" / "loud_echo_lists.jsonl").read_text().splitlines()]
+    assert len(rows) == 256 and {len(r["completions"]) for r in rows} == {4}
