@@ -138,7 +138,8 @@ class OnlineRun(TrainingRun):
             if cfg.refresh_reference_every > 1 and (self.ref is None or is_lora(policy)):
                 raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
-        self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
+        self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
+                           cache=getattr(task, "judge_cache", True))
         self.pad_id = pad_id_of(tokenizer)
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,

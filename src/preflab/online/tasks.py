@@ -44,6 +44,7 @@ class Task:
     data_report: dict = field(default_factory=dict)  # the prompt rows read, kept and skipped (summary.json "data")
     state: Any = None                 # an object with state_dict() / load_state_dict() (JSON), checkpointed with the
                                       # run (e.g. OTC's running-minimum tracker)
+    reward_aggregator: Callable | None = None  # prompts -> [N, K] weights over the judges (PRO), not reward_weights
 
 
 def demo_true_reward(prompts, completions, **kwargs):
