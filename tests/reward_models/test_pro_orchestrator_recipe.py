@@ -124,3 +124,44 @@ def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1, 0, 0])) + "\n")
     with pytest.raises(DataError, match="3 values; expected 2"):
         run_pro(str(tmp_path / "run"), quiet=True, adapter_data=str(data), **TINY)
+
+
+def test_preflab_train_online_with_reward_aggregator_equals_fixed_weights(tmp_path):
+    """`reward_aggregator: <folder>` in a task: online config: an adapter with constant weights (0.5, 0.5) trains
+    exactly as reward_weights [0.5, 0.5]; refusals name what to change."""
+    from preflab.cli import main
+    from preflab.reward_models.pro_orchestrator import save_orchestrator
+
+    adapter = PreferenceWeightAdapter(2, 2)
+    with torch.no_grad():
+        adapter.net.weight.zero_()
+        adapter.net.bias.zero_()
+    save_orchestrator(tmp_path / "orch", PromptWeights(adapter, PromptFeatures(["shout", "whisper"]),
+                                                       ["capitals", "lower_case"]), hidden=0)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p + "\n"}) + "\n" for p in toy_prompts(6, 0)))
+    funcs = [f"{__file__}:capitals", f"{__file__}:lower_case"]
+    base = {"task": "online", "trainer": "grpo", "online_task": "dataset", "model_name_or_path": "builtin:tiny-llama",
+            "dataset_name": str(prompts), "reward_funcs": funcs, "max_steps": 2, "num_generations": 3,
+            "prompts_per_generation": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "beta": 0.0,
+            "max_completion_length": 6, "use_cpu": True, "disable_tqdm": True, "seed": 0}
+    for name, extra in (("fixed", {"reward_weights": [0.5, 0.5]}), ("pro", {"reward_aggregator": str(tmp_path / "orch")})):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(json.dumps({**base, **extra, "output_dir": str(tmp_path / name)}))
+        assert main(["train", str(cfg)]) == 0
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("fixed", "pro"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for extra, match in (({"reward_aggregator": str(tmp_path / "orch"), "reward_weights": [1, 1]},
+                          "remove reward_weights"),
+                         ({"reward_aggregator": str(tmp_path / "orch"), "reward_funcs": funcs[:1]},
+                          r"weighs 2 reward functions \['capitals', 'lower_case'\]; reward_funcs lists 1"),
+                         ({"reward_aggregator": str(tmp_path)}, "holds no PRO orchestrator")):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(json.dumps({**base, **extra, "output_dir": str(tmp_path / "bad")}))
+        with pytest.raises(ConfigError, match=match):
+            from preflab.config import load_config
+            from preflab.online.tasks import load_task
+
+            load_task(load_config(str(cfg)))
+    with pytest.raises(ConfigError, match="reward_aggregator"):
+        config_from_dict({"task": "dpo", "reward_aggregator": str(tmp_path / "orch")}).check()
