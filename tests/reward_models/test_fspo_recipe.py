@@ -38,6 +38,19 @@ def test_training_file_is_build_episodes_of_the_training_users(tmp_path):
     assert sum(g["episodes"] for g in summary["by_group_after"].values()) == 8
 
 
+def test_toy_rows_do_not_depend_on_the_hash_seed():
+    """Regression: the toy ordered a set of prompts, so two processes (PYTHONHASHSEED) built other rows and trained
+    other weights from the same seed."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from preflab.reward_models.fspo import toy_user_rows; print(json.dumps(toy_user_rows(2, 5)))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2", "3")}
+    assert len(outs) == 1 and json.loads(outs.pop()) == toy_user_rows(2, 5)
+
+
 def test_zero_shots_is_plain_dpo_on_the_same_pairs(tmp_path):
     """shots = 0: the FSPO stage's data and final weights equal the pooled (plain DPO) stage's exactly."""
     summary = run_fspo(str(tmp_path), quiet=True, shots=0, **TINY)

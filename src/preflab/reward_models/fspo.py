@@ -58,7 +58,9 @@ def toy_user_rows(users_per_group: int, rows_per_user: int, seed: int = 0) -> li
             prompts = set()
             while len(prompts) < rows_per_user:
                 prompts.add(" ".join(rng.sample(TOY_WORDS, 2)))
-            for words in sorted(prompts, key=lambda _: rng.random()):
+            order = sorted(prompts)  # a set's order depends on PYTHONHASHSEED: sorted, then shuffled by the seed
+            rng.shuffle(order)
+            for words in order:
                 loud, quiet = words.upper(), words
                 chosen, rejected = (loud, quiet) if group == "loud" else (quiet, loud)
                 rows.append({"user_id": f"{group}-{u}", "group": group, "prompt": f"echo: {words}",
@@ -184,7 +186,11 @@ def preference_accuracy(model, tokenizer, rows: list[dict]) -> dict:
         groups[r["group"]].append(i)
     by_group = {g: {"accuracy": correct[idx].mean().item(), "pair_choice_reward": soft[idx].mean().item(),
                     "episodes": len(idx)} for g, idx in sorted(groups.items())}
-    return {"accuracy": correct.mean().item(), "pair_choice_reward": soft.mean().item(), "by_group": by_group}
+    examples = [{"user_id": str(r.get("user_id")), "group": r["group"], "query": r["prompt"].rsplit("\n", 2)[-2],
+                 "chosen": r["chosen"].strip(), "rejected": r["rejected"].strip(), "logp_margin": margin[i].item()}
+                for i, r in enumerate(rows[:4])]
+    return {"accuracy": correct.mean().item(), "pair_choice_reward": soft.mean().item(), "by_group": by_group,
+            "examples": examples}
 
 
 def _write_pairs(path: Path, rows: list[dict]) -> Path:
@@ -278,7 +284,8 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                "skipped_users": {**train_counts["skipped_users"], **held_counts["skipped_users"]},
                "shots": shots, "passes": passes, "loss_type": loss_type, "beta": beta, "seed": seed,
                "params": state.state["params"],
-               "example_episode": {k: eval_fspo[0][k] for k in ("prompt", "chosen", "rejected", "group")}}
+               "example_episode": {k: eval_fspo[0][k] for k in ("prompt", "chosen", "rejected", "group")},
+               "examples_before": before["fspo"]["examples"], "examples_after": after["examples"]}
     if pooled_after is not None:
         summary.update({"pooled_accuracy_before": before["pooled"]["accuracy"],
                         "pooled_accuracy_after": pooled_after["accuracy"],
