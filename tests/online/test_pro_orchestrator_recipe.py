@@ -11,12 +11,11 @@ from preflab.config import config_from_dict
 from preflab.errors import ConfigError, DataError
 from preflab.loops.judge import Judge
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.online.pro_recipe import loud_echo, quiet_echo, run_pro, toy_adapter_rows, toy_prompts
 from preflab.online.run import OnlineRun
 from preflab.online.tasks import Task
 from preflab.reward_models.orchestrator import PreferenceWeightAdapter, fit_adapter
-from preflab.reward_models.pro_orchestrator import (PromptFeatures, PromptWeights, load_orchestrator, loud_echo,
-                                                    quiet_echo, read_adapter_rows, run_pro, toy_adapter_rows,
-                                                    toy_prompts)
+from preflab.reward_models.pro_orchestrator import PromptFeatures, PromptWeights, load_orchestrator, read_adapter_rows
 
 TINY = {"n_train": 24, "n_heldout": 4, "hidden_size": 32, "sft_steps": 4, "adapter_steps": 50, "grpo_steps": 2,
         "prompts_per_generation": 2, "num_generations": 3, "max_completion_length": 8}
@@ -145,7 +144,8 @@ def test_preflab_train_online_with_reward_aggregator_equals_fixed_weights(tmp_pa
             "dataset_name": str(prompts), "reward_funcs": funcs, "max_steps": 2, "num_generations": 3,
             "prompts_per_generation": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2, "beta": 0.0,
             "max_completion_length": 6, "use_cpu": True, "disable_tqdm": True, "seed": 0}
-    for name, extra in (("fixed", {"reward_weights": [0.5, 0.5]}), ("pro", {"reward_aggregator": str(tmp_path / "orch")})):
+    for name, extra in (("fixed", {"reward_weights": [0.5, 0.5]}),
+                        ("pro", {"reward_aggregator": str(tmp_path / "orch")})):
         cfg = tmp_path / f"{name}.yaml"
         cfg.write_text(json.dumps({**base, **extra, "output_dir": str(tmp_path / name)}))
         assert main(["train", str(cfg)]) == 0
