@@ -87,6 +87,9 @@ def test_online_run_with_a_constant_aggregator_equals_the_fixed_weights_run(tmp_
                                 **({"reward_weights": weights} if isinstance(weights, list) else {})})
         OnlineRun(cfg, policy=model, tokenizer=tokenizer, task=task).train()
         final.append(model.state_dict())
+    with pytest.raises(ConfigError, match="remove reward_weights"):
+        OnlineRun(cfg.__class__(**{**cfg.__dict__, "reward_weights": [1.0, 1.0]}), policy=model, tokenizer=tokenizer,
+                  task=Task(prompts, [capitals, lower_case], reward_aggregator=constant))
     assert any(not torch.equal(final[0][k], tiny_causal_lm(tokenizer, arch="llama", hidden_size=32, num_layers=1,
                                                            num_heads=4, seed=0).state_dict()[k]) for k in final[0])
     for k in final[0]:

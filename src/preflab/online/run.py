@@ -138,6 +138,8 @@ class OnlineRun(TrainingRun):
             if cfg.refresh_reference_every > 1 and (self.ref is None or is_lora(policy)):
                 raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
+        if getattr(task, "reward_aggregator", None) is not None and cfg.reward_weights is not None:
+            raise ConfigError("the task's reward_aggregator weighs the judges per prompt; remove reward_weights.")
         self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
                            cache=getattr(task, "judge_cache", True))
         self.pad_id = pad_id_of(tokenizer)
