@@ -15,15 +15,16 @@ baseline's data: FSPO with shots = 0 is plain DPO on the same pairs. Stages, eac
     pooled/   (baseline: true) the same steps from the same initial weights on the same pairs without context
 
 Data: `data_file` (jsonl rows {user_id, prompt, chosen, rejected[, group]}, or response_x/response_y/label), or the
-built-in toy: two groups of users with opposite tastes on the same prompts ("loud" users prefer the words echoed in
-capitals, "quiet" users in lower case). Users are split before any episode is built: the held-out users' rows are
+built-in toy: two groups of users with opposite tastes on prompts of the same words ("loud" users prefer the words
+echoed in capitals, "quiet" users in lower case). Users are split before any episode is built: the held-out users' rows are
 never trained on; their episodes (shots from their own rows) are evaluated and counted in summary.json.
 
 Metric: preference accuracy, 1[log pi(y_w | x (+) C) > log pi(y_l | x (+) C)] over held-out users' episodes, per
 group (column `group`, else one group per user) and overall; `pair_choice_reward` is the mean
 sigmoid(log pi(y_w) - log pi(y_l)), the true reward (1 for the user's preferred response, 0 for the other) that the
 policy earns when it picks one of the two responses by its own probabilities. A context-free policy gives the same
-answer to both groups on the same prompt, so on the toy its accuracies over the two groups average 0.5 at best.
+answer to both groups on the same prompt (its accuracies for the two groups on a shared prompt sum to 1), so on the
+toy it cannot serve both.
 
 State: fspo_state.json (the finished stages' records) is saved after each stage; `resume_from_checkpoint: true`
 loads the finished stages' weights and reruns an interrupted stage from its start (preflab.recipe_state), so the
