@@ -158,6 +158,7 @@ class TrainConfig:
     online_task: str = "dataset"               # prompts + judge: dataset | vision_dataset (image prompts) | demo | game
     reward_funcs: Any = None                   # judge(s): demo_true_reward | verifier:<name> | module:attr | model dir
     reward_weights: list | None = None         # one weight per judge in reward_funcs (TRL); default 1 each
+    reward_aggregator: str | None = None       # PRO adapter folder: prompt-aware weights over reward_funcs
     num_generations: int = 4                   # K completions sampled per prompt per generation round
     prompts_per_generation: int = 32           # prompts per generation round (all processes together)
     steps_per_generation: int = 1              # optimizer steps on one generation round's slices (TRL GRPO)

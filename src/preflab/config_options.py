@@ -261,6 +261,9 @@ OPTIONS: dict[str, Option] = {
                           "loud echo, or the preference game"),
     "reward_funcs": Option("task: online; judge(s): demo_true_reward | verifier:<name> | module:attr | model dir"),
     "reward_weights": Option("task: online; one weight per judge in reward_funcs (TRL); default 1 each"),
+    "reward_aggregator": Option("task: online; a PRO orchestrator folder (task: pro_orchestrator's adapter/): "
+                                "per-prompt weights over reward_funcs instead of reward_weights", "a non-empty path",
+                                _nonempty),
     "num_generations": above(0, "task: online; K completions sampled per prompt per generation round"),
     "prompts_per_generation": above(0, "task: online; prompts per generation round (all processes together)"),
     "steps_per_generation": above(0, "task: online; optimizer steps on one round's slices (TRL GRPO)"),

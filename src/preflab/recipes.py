@@ -7,6 +7,8 @@ recipe's own options under `recipe_params`.
     task: otc           preflab.tool_use.otc.run_otc                       (OTC tool-efficiency GRPO, seed #41)
     task: itool         preflab.tool_use.itool.run_itool                   (iTool: MCTS step pairs + SimPO, seed #37)
     task: dstc          preflab.tool_use.dstc.run_dstc                     (DSTC self-generated code x tests, seed #25)
+    task: fspo          preflab.reward_models.fspo.run_fspo                (FSPO few-shot episodes + DPO/IPO, seed #15)
+    task: pro_orchestrator  preflab.online.pro_recipe.run_pro               (PRO prompt-aware reward weights, seed #12)
 
 Each writes summary.json with `metric_name`, `metric_before`, `metric_after` (and the baseline it names).
 """
@@ -22,7 +24,9 @@ RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "themis": "preflab.reward_models.themis_toy:run_themis_arithmetic",
            "otc": "preflab.tool_use.otc:run_otc",
            "itool": "preflab.tool_use.itool:run_itool",
-           "dstc": "preflab.tool_use.dstc:run_dstc"}
+           "dstc": "preflab.tool_use.dstc:run_dstc",
+           "fspo": "preflab.reward_models.fspo:run_fspo",
+           "pro_orchestrator": "preflab.online.pro_recipe:run_pro"}
 _COMMON = ("output_dir", "seed", "quiet", "resume")
 
 

@@ -96,7 +96,9 @@ class Judge:
         for judge, kind in zip(self.judges, self.kinds):
             if kind == "function":
                 _check_trl_only_arguments(judge)
-        self.weights = [1.0] * len(self.judges) if weights is None else [float(w) for w in weights]
+        # a callable: prompt-aware weights, prompts -> [N, K] (PRO's adapter, preflab.reward_models.pro_orchestrator)
+        self.aggregator = weights if callable(weights) else None
+        self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else [float(w) for w in weights]
         if len(self.weights) != len(self.judges):
             raise ConfigError(f"{len(self.weights)} weights for {len(self.judges)} judges; give one weight each.")
         self.names = [_name(j) for j in self.judges]
@@ -126,10 +128,19 @@ class Judge:
             else:
                 per_function[:, k] = self._pointwise(k, prompts, completions, columns, completion_ids,
                                                      cache_context)
-        weights = torch.tensor(self.weights, dtype=torch.float64)
+        weights = torch.tensor(self.weights, dtype=torch.float64) if self.aggregator is None else \
+            self._prompt_weights(prompts)
         scores = (per_function * weights).nansum(-1)
         scores[per_function.isnan().all(-1)] = math.nan
         return scores, per_function
+
+    def _prompt_weights(self, prompts) -> Tensor:
+        """[N, K] weights of the aggregator for the N prompts (one row per completion)."""
+        w = torch.as_tensor(self.aggregator(list(prompts))).detach().to(torch.float64).cpu()
+        if tuple(w.shape) != (len(prompts), len(self.judges)):
+            raise ConfigError(f"the reward aggregator returned weights of shape {tuple(w.shape)} for {len(prompts)} "
+                              f"prompts and {len(self.judges)} reward functions; it must return [prompts, functions].")
+        return w
 
     def _pointwise(self, k: int, prompts, completions, columns, completion_ids, cache_context=None) -> Tensor:
         judge, cache = self.judges[k], self.caches[k]

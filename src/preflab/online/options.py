@@ -106,6 +106,7 @@ _READERS = (
      cfg.online_task != "game", "trainers sppo and gpo on sampled text"),
     (("game_preferences", "game_eta", "apo_alpha"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
     (("heldout_prompts",), lambda cfg, spec: cfg.online_task == "demo", "online_task: demo"),
+    (("reward_aggregator",), lambda cfg, spec: cfg.online_task in ("dataset", "demo"), "online_task: dataset | demo"),
     (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max", "upo_uncertainty"),
      lambda cfg, spec: cfg.trainer == "upo", "trainer upo"),
     (("upo_passes",), lambda cfg, spec: cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout",

@@ -143,7 +143,10 @@ class OnlineRun(TrainingRun):
             if cfg.refresh_reference_every > 1 and (self.ref is None or is_lora(policy)):
                 raise ConfigError("refresh_reference_every > 1 copies the policy into the reference, which needs a "
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
-        self.judge = Judge(task.judges, weights=cfg.reward_weights, cache=getattr(task, "judge_cache", True))
+        if getattr(task, "reward_aggregator", None) is not None and cfg.reward_weights is not None:
+            raise ConfigError("the task's reward_aggregator weighs the judges per prompt; remove reward_weights.")
+        self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
+                           cache=getattr(task, "judge_cache", True))
         if cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout":  # UPO's estimator: refused up front if unfit
             from preflab.online.upo import dropout_estimator
 

@@ -46,6 +46,7 @@ class Task:
     data_report: dict = field(default_factory=dict)  # the prompt rows read, kept and skipped (summary.json "data")
     state: Any = None                 # an object with state_dict() / load_state_dict() (JSON), checkpointed with the
                                       # run (e.g. OTC's running-minimum tracker)
+    reward_aggregator: Callable | None = None  # prompts -> [N, K] weights over the judges (PRO), not reward_weights
 
 
 def demo_true_reward(prompts, completions, **kwargs):
@@ -207,7 +208,8 @@ def load_task(cfg, tokenizer=None, policy=None):
         prompts = [r["prompt"] for r in pair_rows]
         if getattr(cfg, "mcts_value", "rollout") == "self_eval":  # MCTS-DPO's grading prompt shows the gold answer
             prompts = [{"prompt": r["prompt"], "solution": r["chosen"]} for r in pair_rows]
-        return Task(prompts, judges, held, demo_evaluate(held)), tokenizer, policy
+        return Task(prompts, judges, held, demo_evaluate(held),
+                    reward_aggregator=_aggregator(cfg, judges)), tokenizer, policy
     from preflab.data.rows import load_rows
 
     if not cfg.dataset_name:
@@ -223,7 +225,25 @@ def load_task(cfg, tokenizer=None, policy=None):
     if is_main_process():  # skipped prompt rows are said, as for preference data
         print(f"preflab: data: {report.summary()}")
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
-    return Task(prompts, judges, data_report={"prompt_rows": report.to_dict()}), tokenizer, policy
+    return Task(prompts, judges, data_report={"prompt_rows": report.to_dict()},
+                reward_aggregator=_aggregator(cfg, judges)), tokenizer, policy
+
+
+def _aggregator(cfg, judges):
+    """The reward_aggregator (a PRO orchestrator folder) as prompts -> [N, K] weights, or None."""
+    if not getattr(cfg, "reward_aggregator", None):
+        return None
+    from preflab.reward_models.pro_orchestrator import load_orchestrator
+
+    if cfg.reward_weights is not None:
+        raise ConfigError("reward_aggregator gives the weights over reward_funcs per prompt; remove reward_weights "
+                          "(or reward_aggregator).")
+    weights = load_orchestrator(cfg.reward_aggregator)
+    if len(weights.reward_names) != len(judges):
+        raise ConfigError(f"reward_aggregator {cfg.reward_aggregator} weighs {len(weights.reward_names)} reward "
+                          f"functions {weights.reward_names}; reward_funcs lists {len(judges)}. List them in the "
+                          "adapter's order.")
+    return weights
 
 
 def _as_list(value) -> list:

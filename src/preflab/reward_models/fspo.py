@@ -1,0 +1,297 @@
+"""The FSPO recipe (seed #15, `task: fspo`): per-user labelled pairs -> few-shot episodes -> an ordinary offline
+DPO / IPO run on them; preference accuracy of held-out users, before and after, against plain DPO on pooled pairs.
+
+Singh, Hsu, Sadigh, Finn et al. 2025, "FSPO" (arXiv:2502.19312); spec methods/models-and-loops.md #15. The policy
+learns pi(y | x, C_u), C_u = N labelled pairs of user u, with a pairwise objective on episodes (the paper: IPO):
+
+    L = E_u E_{(x, y_w, y_l) in D_u} E_{C in D_u \\ {(x, .)}, |C| = N} l(Delta(x (+) C))
+
+Episodes are `preflab.reward_models.fewshot_episodes.build_episodes` (the released text format, byte for byte);
+with shots = 0 every pair is rendered with no examples (`render_episode([], x)`), which is exactly the pooled
+baseline's data: FSPO with shots = 0 is plain DPO on the same pairs. Stages, each an ordinary preflab run
+(preflab.loops.offline.Trainer, `task: dpo`) in a subfolder of output_dir:
+
+    fspo/     the policy trained on the training users' episodes (k shots each)
+    pooled/   (baseline: true) the same steps from the same initial weights on the same pairs without context
+
+Data: `data_file` (jsonl rows {user_id, prompt, chosen, rejected[, group]}, or response_x/response_y/label), or the
+built-in toy: two groups of users with opposite tastes on prompts of the same words ("loud" users prefer the words
+echoed in capitals, "quiet" users in lower case). Users are split before any episode is built: the held-out users' rows are
+never trained on; their episodes (shots from their own rows) are evaluated and counted in summary.json.
+
+Metric: preference accuracy, 1[log pi(y_w | x (+) C) > log pi(y_l | x (+) C)] over held-out users' episodes, per
+group (column `group`, else one group per user) and overall; `pair_choice_reward` is the mean
+sigmoid(log pi(y_w) - log pi(y_l)), the true reward (1 for the user's preferred response, 0 for the other) that the
+policy earns when it picks one of the two responses by its own probabilities. A context-free policy gives the same
+answer to both groups on the same prompt (its accuracies for the two groups on a shared prompt sum to 1), so on the
+toy it cannot serve both.
+
+State: fspo_state.json (the finished stages' records) is saved after each stage; `resume_from_checkpoint: true`
+loads the finished stages' weights and reruns an interrupted stage from its start (preflab.recipe_state), so the
+result equals an uninterrupted run's. Without resume an existing state is refused.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from preflab.errors import ConfigError, DataError
+from preflab.reward_models.fewshot_episodes import (DEFAULT_INSTRUCTION, build_episodes, render_completion,
+                                                    render_episode, user_pairs)
+
+STATE_FILE = "fspo_state.json"
+STAGES = ("fspo", "pooled")
+TOY_WORDS = ["sun", "cat", "map", "dog", "red", "box", "pen", "cup", "hat", "log", "net", "owl", "jam", "kit", "fig",
+             "bus", "car", "toy", "bee", "ant", "ice", "oak", "elf", "gem"]
+
+
+def toy_user_rows(users_per_group: int, rows_per_user: int, seed: int = 0) -> list[dict]:
+    """Rows {user_id, group, prompt, chosen, rejected}: prompts "echo: w1 w2" of 3-letter words; a "loud" user
+    prefers "W1 W2" over "w1 w2", a "quiet" user the reverse (each user's prompts are distinct)."""
+    rng, rows = random.Random(seed), []
+    for group in ("loud", "quiet"):
+        for u in range(users_per_group):
+            prompts = set()
+            while len(prompts) < rows_per_user:
+                prompts.add(" ".join(rng.sample(TOY_WORDS, 2)))
+            order = sorted(prompts)  # a set's order depends on PYTHONHASHSEED: sorted, then shuffled by the seed
+            rng.shuffle(order)
+            for words in order:
+                loud, quiet = words.upper(), words
+                chosen, rejected = (loud, quiet) if group == "loud" else (quiet, loud)
+                rows.append({"user_id": f"{group}-{u}", "group": group, "prompt": f"echo: {words}",
+                             "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def read_user_rows(path: str | Path) -> list[dict]:
+    """The rows of a jsonl file, each checked as an FSPO input row; an error names the file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"recipe_params.data_file: {path} is not a file (a jsonl of rows {{user_id, prompt, chosen, "
+                        "rejected}}).")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {line_no}: not JSON ({e}); each line must be one row object.") from e
+    if not rows:
+        raise DataError(f"{path}: no rows.")
+    check_user_rows(rows, str(path))
+    return rows
+
+
+def check_user_rows(rows: list[dict], source: str) -> None:
+    """`user_pairs` validation with the source named: "<file>, row i (line i + 1 of a jsonl without blank lines)"."""
+    try:
+        user_pairs(rows)
+    except DataError as e:
+        raise DataError(f"{source}: {e}") from e
+    for i, row in enumerate(rows):
+        if "group" in row and not isinstance(row["group"], (str, int)):
+            raise DataError(f"{source}: row {i}, field 'group': expected a string or integer, got {row['group']!r}.")
+
+
+def episode_rows(rows: list[dict], *, shots: int, passes: int, seed: int,
+                 instruction: str = DEFAULT_INSTRUCTION) -> tuple[list[dict], dict]:
+    """(pairwise rows {prompt, chosen, rejected, user_id, group, query_row, shot_rows}, counts).
+
+    shots >= 1: `build_episodes` (each of a user's rows is the query of one episode per pass); shots = 0: every row,
+    in input order, once per pass, rendered with no examples, i.e. the pooled pairs in the episode text format."""
+    if shots < 0 or passes < 1:
+        raise ConfigError(f"task fspo: need shots >= 0 and passes >= 1, got shots={shots}, passes={passes}.")
+    if shots == 0:
+        pairs = user_pairs(rows)
+        out = [{"prompt": render_episode([], p.prompt, instruction), "chosen": render_completion(p.chosen),
+                "rejected": render_completion(p.rejected), "user_id": p.user_id, "query_row": p.row_id,
+                "shot_rows": []} for _ in range(passes) for p in pairs]
+        counts = {"users": len({p.user_id for p in pairs}), "pairs": len(pairs), "episodes": len(out),
+                  "skipped_users": {}}
+    else:
+        out, report = build_episodes(rows, shots=shots, passes=passes, instruction=instruction, seed=seed)
+        counts = {"users": report.users, "pairs": report.pairs, "episodes": report.episodes,
+                  "skipped_users": {str(k): v for k, v in report.skipped_users.items()},
+                  "dropped_episodes": dict(report.dropped_episodes)}
+    for r in out:
+        r["group"] = str(rows[r["query_row"]].get("group", r["user_id"]))
+    return out, counts
+
+
+def split_users(rows: list[dict], heldout_users: list | None, heldout_fraction: float) -> tuple[list, list, list]:
+    """(train rows, held-out rows, held-out user ids): `heldout_users` by id, else the last `heldout_fraction` of
+    each group's users (first-appearance order), at least one per group."""
+    order, by_group = [], defaultdict(list)
+    for r in rows:
+        if r["user_id"] not in order:
+            order.append(r["user_id"])
+            by_group[str(r.get("group", r["user_id"]))].append(r["user_id"])
+    if heldout_users is not None:
+        unknown = [u for u in heldout_users if u not in order]
+        if unknown:
+            raise ConfigError(f"recipe_params.heldout_users {unknown} are not user_ids of the data (it has "
+                              f"{order[:10]}{' ...' if len(order) > 10 else ''}).")
+        held = list(heldout_users)
+    else:
+        if not 0 < heldout_fraction < 1:
+            raise ConfigError(f"recipe_params.heldout_fraction must be in (0, 1), got {heldout_fraction}.")
+        held = [u for users in by_group.values() for u in users[len(users) - max(1, round(heldout_fraction
+                                                                                          * len(users))):]]
+    train = [r for r in rows if r["user_id"] not in held]
+    if not train:
+        raise ConfigError("task fspo: every user is held out; hold out fewer users.")
+    return train, [r for r in rows if r["user_id"] in held], held
+
+
+def response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
+    """[N] sum of log pi(response token | prompt, previous tokens), encoded as the training rows are
+    (BOS + prompt tokens + response tokens)."""
+    bos = tokenizer.bos_token_id
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            seqs, spans = [], []
+            for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size]):
+                p_ids = ([bos] if bos is not None else []) + tokenizer(p, add_special_tokens=False)["input_ids"]
+                r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
+                seqs.append(p_ids + r_ids)
+                spans.append((len(p_ids), len(p_ids) + len(r_ids)))
+            width = max(map(len, seqs))
+            pad = tokenizer.pad_token_id or 0
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            for b, (lo, hi) in enumerate(spans):
+                targets = ids[b, lo:hi]
+                out.append(logp[b, lo - 1:hi - 1].gather(-1, targets[:, None]).sum())
+    return torch.stack(out)
+
+
+def preference_accuracy(model, tokenizer, rows: list[dict]) -> dict:
+    """{accuracy, pair_choice_reward, by_group: {group: {accuracy, pair_choice_reward, episodes}}} over rows
+    {prompt, chosen, rejected, group}; a tie (equal log-probs) counts as wrong."""
+    prompts = [r["prompt"] for r in rows]
+    margin = (response_logps(model, tokenizer, prompts, [r["chosen"] for r in rows])
+              - response_logps(model, tokenizer, prompts, [r["rejected"] for r in rows]))
+    correct, soft = (margin > 0).float(), torch.sigmoid(margin)
+    groups = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups[r["group"]].append(i)
+    by_group = {g: {"accuracy": correct[idx].mean().item(), "pair_choice_reward": soft[idx].mean().item(),
+                    "episodes": len(idx)} for g, idx in sorted(groups.items())}
+    examples = [{"user_id": str(r.get("user_id")), "group": r["group"], "query": r["prompt"].rsplit("\n", 2)[-2],
+                 "chosen": r["chosen"].strip(), "rejected": r["rejected"].strip(), "logp_margin": margin[i].item()}
+                for i, r in enumerate(rows[:4])]
+    return {"accuracy": correct.mean().item(), "pair_choice_reward": soft.mean().item(), "by_group": by_group,
+            "examples": examples}
+
+
+def _write_pairs(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
+    return path
+
+
+def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False,
+             data_file: str | None = None, heldout_users: tuple | None = None, heldout_fraction: float = 0.25,
+             users_per_group: int = 6, rows_per_user: int = 12, shots: int = 1, passes: int = 2,
+             instruction: str = DEFAULT_INSTRUCTION, loss_type: str = "sigmoid", beta: float = 0.1, steps: int = 300,
+             batch_size: int = 16, learning_rate: float = 3e-3, hidden_size: int = 64, num_layers: int = 2,
+             baseline: bool = True, save_steps: int = 0, stop_after_stage: str | None = None) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.recipe_state import RecipeState, load_safetensors_into
+    from preflab.runlog import write_summary
+
+    if stop_after_stage not in (None, *STAGES):
+        raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
+    if steps < 1 or batch_size < 1:
+        raise ConfigError("task fspo: steps and batch_size must be >= 1.")
+    torch.set_num_threads(1)
+    out, started = Path(output_dir), time.perf_counter()
+    rows = read_user_rows(data_file) if data_file else toy_user_rows(users_per_group, rows_per_user, seed)
+    train, held, held_ids = split_users(rows, None if heldout_users is None else list(heldout_users),
+                                        heldout_fraction)
+    state = RecipeState(out, STATE_FILE, params, resume)
+    episodes, train_counts = episode_rows(train, shots=shots, passes=passes, seed=seed, instruction=instruction)
+    pooled, _ = episode_rows(train, shots=0, passes=passes, seed=seed, instruction=instruction)
+    eval_fspo, held_counts = episode_rows(held, shots=shots, passes=1, seed=seed + 1, instruction=instruction)
+    eval_pooled, _ = episode_rows(held, shots=0, passes=1, seed=seed + 1, instruction=instruction)
+    if not episodes or not eval_fspo:
+        raise DataError(f"task fspo: {len(episodes)} training and {len(eval_fspo)} held-out episodes with "
+                        f"shots={shots}; each user needs more than `shots` rows with distinct prompts (skipped users: "
+                        f"{train_counts['skipped_users'] or held_counts['skipped_users']}).")
+    data = out / "data"
+    _write_pairs(data / "episodes.jsonl", episodes)
+    _write_pairs(data / "pooled.jsonl", pooled)
+    tokenizer = tiny_tokenizer("char")
+    new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size,  # noqa: E731
+                                       num_layers=num_layers, num_heads=4, seed=seed)
+    longest = max(len(r["prompt"]) + len(r["chosen"]) for r in episodes + eval_fspo) + 2
+    say = (lambda *a: None) if quiet else print
+    initial = new_model()
+    before = {"fspo": preference_accuracy(initial, tokenizer, eval_fspo),
+              "pooled": preference_accuracy(initial, tokenizer, eval_pooled)}
+
+    def stage(name: str, file: Path, eval_rows: list[dict]) -> dict:
+        model = new_model()
+
+        def run(folder: Path) -> dict:
+            cfg = config_from_dict({"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
+                                    "dataset_name": str(file), "output_dir": str(folder), "loss_type": loss_type,
+                                    "beta": beta, "max_steps": steps, "per_device_train_batch_size": batch_size,
+                                    "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
+                                    "seed": seed, "logging_steps": 10, "save_steps": save_steps,
+                                    "disable_tqdm": quiet, "use_cpu": True})
+            Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
+            return preference_accuracy(model, tokenizer, eval_rows)
+
+        def load(folder: Path) -> None:
+            load_safetensors_into(model, folder / "model.safetensors")
+            say(f"fspo: {name} finished earlier, weights loaded from {folder}")
+
+        return state.stage(name, run, load)
+
+    say(f"fspo: stage 1, {loss_type} on {len(episodes)} episodes ({shots} shots) of {train_counts['users']} users")
+    after = stage("fspo", data / "episodes.jsonl", eval_fspo)
+    if stop_after_stage == "fspo":
+        return state.state
+    pooled_after = None
+    if baseline:
+        say(f"fspo: stage 2 (baseline), {loss_type} on the same {len(pooled)} pairs without context")
+        pooled_after = stage("pooled", data / "pooled.jsonl", eval_pooled)
+    summary = {"recipe": "fspo", "metric_name": "heldout_user_preference_accuracy",
+               "metric_before": before["fspo"]["accuracy"], "metric_after": after["accuracy"],
+               "baseline": "before: the initial policy on the held-out users' episodes; pooled_*: the same "
+                           f"{loss_type} steps from the same weights on the same pairs without the users' examples "
+                           "(plain DPO on pooled pairs), evaluated on the held-out users' pairs",
+               "by_group_before": before["fspo"]["by_group"], "by_group_after": after["by_group"],
+               "pair_choice_reward_before": before["fspo"]["pair_choice_reward"],
+               "pair_choice_reward_after": after["pair_choice_reward"],
+               "heldout_users": [str(u) for u in held_ids], "heldout_episodes": len(eval_fspo),
+               "heldout_pairs": held_counts["pairs"], "train_users": train_counts["users"],
+               "train_pairs": train_counts["pairs"], "train_episodes": train_counts["episodes"],
+               "skipped_users": {**train_counts["skipped_users"], **held_counts["skipped_users"]},
+               "shots": shots, "passes": passes, "loss_type": loss_type, "beta": beta, "seed": seed,
+               "params": state.state["params"],
+               "example_episode": {k: eval_fspo[0][k] for k in ("prompt", "chosen", "rejected", "group")},
+               "examples_before": before["fspo"]["examples"], "examples_after": after["examples"]}
+    if pooled_after is not None:
+        summary.update({"pooled_accuracy_before": before["pooled"]["accuracy"],
+                        "pooled_accuracy_after": pooled_after["accuracy"],
+                        "pooled_by_group_after": pooled_after["by_group"],
+                        "pooled_pair_choice_reward_after": pooled_after["pair_choice_reward"]})
+    summary["runtime_s"] = time.perf_counter() - started
+    write_summary(out, summary)
+    return summary

@@ -1,0 +1,111 @@
+"""The FSPO recipe (task: fspo): its training file is build_episodes' output on the training users only, held-out
+users are evaluated and counted, shots = 0 is plain DPO on the same pairs (equal weights), resume = uninterrupted,
+and bad rows are refused with file, row and field."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.cli import main
+from preflab.errors import ConfigError, DataError
+from preflab.reward_models.fewshot_episodes import build_episodes, render_completion, render_episode
+from preflab.reward_models.fspo import episode_rows, read_user_rows, run_fspo, split_users, toy_user_rows
+
+TINY = {"users_per_group": 3, "rows_per_user": 4, "heldout_fraction": 0.34, "hidden_size": 32, "num_layers": 1,
+        "steps": 3, "batch_size": 4, "instruction": "Answer."}
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_file_is_build_episodes_of_the_training_users(tmp_path):
+    summary = run_fspo(str(tmp_path), quiet=True, baseline=False, shots=2, **TINY)
+    rows = toy_user_rows(3, 4, seed=0)
+    train, held, held_ids = split_users(rows, None, 0.34)
+    assert held_ids == ["loud-2", "quiet-2"] and summary["heldout_users"] == held_ids
+    expected, _ = build_episodes(train, shots=2, passes=2, instruction="Answer.", seed=0)
+    written = _jsonl(tmp_path / "data" / "episodes.jsonl")
+    assert written == [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in expected]
+    assert not any(u in e["prompt"] for e in written for u in held_ids)
+    held_prompts = {r["prompt"] for r in held} - {r["prompt"] for r in train}
+    assert held_prompts and not any(p in e["prompt"] for e in written for p in held_prompts)
+    # held-out users: every row the query of one episode (2 shots from the same user), counted in the summary
+    assert summary["heldout_episodes"] == summary["heldout_pairs"] == len(held) == 8
+    assert summary["train_users"] == 4 and summary["train_episodes"] == len(expected) == 2 * 16
+    assert set(summary["by_group_after"]) == {"loud", "quiet"}
+    assert sum(g["episodes"] for g in summary["by_group_after"].values()) == 8
+
+
+def test_toy_rows_do_not_depend_on_the_hash_seed():
+    """Regression: the toy ordered a set of prompts, so two processes (PYTHONHASHSEED) built other rows and trained
+    other weights from the same seed."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from preflab.reward_models.fspo import toy_user_rows; print(json.dumps(toy_user_rows(2, 5)))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2", "3")}
+    assert len(outs) == 1 and json.loads(outs.pop()) == toy_user_rows(2, 5)
+
+
+def test_zero_shots_is_plain_dpo_on_the_same_pairs(tmp_path):
+    """shots = 0: the FSPO stage's data and final weights equal the pooled (plain DPO) stage's exactly."""
+    summary = run_fspo(str(tmp_path), quiet=True, shots=0, **TINY)
+    assert (tmp_path / "data" / "episodes.jsonl").read_text() == (tmp_path / "data" / "pooled.jsonl").read_text()
+    row = _jsonl(tmp_path / "data" / "pooled.jsonl")[0]
+    first = toy_user_rows(3, 4, seed=0)[0]
+    assert row == {"prompt": render_episode([], first["prompt"], "Answer."),
+                   "chosen": render_completion(first["chosen"]), "rejected": render_completion(first["rejected"])}
+    fspo, pooled = load_file(str(tmp_path / "fspo" / "model.safetensors")), load_file(
+        str(tmp_path / "pooled" / "model.safetensors"))
+    assert fspo.keys() == pooled.keys() and all(torch.equal(fspo[k], pooled[k]) for k in fspo)
+    assert summary["metric_after"] == summary["pooled_accuracy_after"]
+    assert summary["by_group_after"] == summary["pooled_by_group_after"]
+
+
+def test_resume_after_the_fspo_stage_equals_an_uninterrupted_run(tmp_path):
+    full = run_fspo(str(tmp_path / "full"), quiet=True, **TINY)
+    part = tmp_path / "part"
+    run_fspo(str(part), quiet=True, stop_after_stage="fspo", **TINY)
+    assert not (part / "summary.json").exists() and (part / "fspo" / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="exists: set resume_from_checkpoint"):
+        run_fspo(str(part), quiet=True, **TINY)
+    resumed = run_fspo(str(part), quiet=True, resume=True, **TINY)
+    drop = lambda s: {k: v for k, v in s.items() if k != "runtime_s"}  # noqa: E731
+    assert drop(resumed) == drop(full)
+    for stage in ("fspo", "pooled"):
+        a, b = (load_file(str(d / stage / "model.safetensors")) for d in (tmp_path / "full", part))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
+    rows = toy_user_rows(2, 3, seed=1)
+    data = tmp_path / "users.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "fspo.yaml"
+    params = {**TINY, "data_file": str(data), "heldout_users": ["loud-1", "quiet-1"], "baseline": False}
+    del params["users_per_group"], params["rows_per_user"], params["heldout_fraction"]
+    cfg.write_text(json.dumps({"task": "fspo", "output_dir": str(tmp_path / "run"), "recipe_params": params}))
+    assert main(["train", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["heldout_users"] == ["loud-1", "quiet-1"] and summary["heldout_episodes"] == 6
+    assert summary["train_pairs"] == 6
+    bad = [dict(r) for r in rows]
+    del bad[4]["user_id"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(DataError, match=r"users\.jsonl: row 4, field 'user_id': missing"):
+        read_user_rows(data)
+    bad[4] = {**rows[4], "rejected": rows[4]["chosen"]}
+    data.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(DataError, match=r"users\.jsonl: row 4, field 'rejected': identical"):
+        read_user_rows(data)
+    data.write_text('{"user_id": "a"\n')
+    with pytest.raises(DataError, match=r"users\.jsonl, line 1: not JSON"):
+        read_user_rows(data)
+    with pytest.raises(ConfigError, match=r"heldout_users \['nobody'\] are not user_ids"):
+        split_users(rows, ["nobody"], 0.5)
+    with pytest.raises(ConfigError, match="shots >= 0"):
+        episode_rows(rows, shots=-1, passes=1, seed=0)
