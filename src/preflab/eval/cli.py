@@ -74,6 +74,12 @@ def run(args) -> int:
 
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
+    if args.beta is not None and not args.beta > 0:
+        raise ConfigError(f"--beta must be > 0 (the KL coefficient of the implicit reward), got {args.beta}.")
+    for option in ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")

@@ -80,6 +80,28 @@ def _tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bo
     raise PreflabError(f"no tokenizer found in {path} or {path.parent}; save the tokenizer beside the weights.")
 
 
+def check_same_tokenizer(name: str, own, given) -> None:
+    """`given` (the policy's tokenizer) scores the model `name` whose own tokenizer is `own`: they must map text to
+    the same ids (same vocabulary and EOS, which ends every scored response), else the model would be scored on
+    another model's token ids. None for `own` (no tokenizer saved with the model): nothing to compare."""
+    if own is None or given is None or own is given:
+        return
+    if own.get_vocab() != given.get_vocab() or own.eos_token_id != given.eos_token_id:
+        raise ConfigError(
+            f"the reference {name} has another tokenizer than the policy ({len(own)} vs {len(given)} tokens, EOS id "
+            f"{own.eos_token_id} vs {given.eos_token_id}, or different token ids): its log-probs of the same text "
+            "would be read off the wrong token ids. Give a --reference that shares the policy's tokenizer (the "
+            "model the run started from).")
+
+
+def _own_tokenizer(path: Path, fallback_name: str | None, trust_remote_code: bool):
+    """The tokenizer saved with a model (beside it or one folder up, else its base's), or None where none is."""
+    try:
+        return _tokenizer_near(path, fallback_name, trust_remote_code)
+    except PreflabError:
+        return None
+
+
 def _base_name(cfg: dict, path: Path) -> str:
     name = cfg.get("model_name_or_path")
     if not name:
@@ -93,11 +115,13 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
     (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models."""
     if name in BUILTIN:
-        if tokenizer is None:
-            tokenizer = load_tokenizer(name)
+        own = load_tokenizer(name)
+        check_same_tokenizer(name, own, tokenizer)
+        tokenizer = tokenizer or own
         return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
     if name == DEMO_SFT:
         model, own = _demo_sft(seed)
+        check_same_tokenizer(name, own, tokenizer)
         return model.eval(), tokenizer or own
     path = Path(name)
     if not path.is_dir():
@@ -112,6 +136,10 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         raise ConfigError(f"{name} is a task: vlm run; preflab eval scores text policies only (image pairs need the "
                           "processor). Give the run an eval set instead (eval_dataset_name: its eval_* rows in "
                           "metrics.jsonl).")
+    if tokenizer is not None:
+        base = str(cfg.get("model_name_or_path") or "") if not (path / "config.json").is_file() else ""
+        base = base if base in BUILTIN or (base and Path(base).is_dir()) else None
+        check_same_tokenizer(name, _own_tokenizer(path, base, trust_remote_code), tokenizer)
     if (path / "config.json").is_file():
         tok = tokenizer or _tokenizer_near(path, None, trust_remote_code)
         return load_causal_lm(str(path), "float32", trust_remote_code, allow_pickle).eval(), tok

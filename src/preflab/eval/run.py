@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from preflab.errors import PreflabError
+from preflab.errors import DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
@@ -52,9 +52,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _alphas(pairs, column: str, notes: list[str]) -> torch.Tensor:
-    """[N] rater proportions from the `column` extra; 1.0 where absent (the paper's unanimous case)."""
+def _alphas(pairs, column: str, notes: list[str], source: str = "the data") -> torch.Tensor:
+    """[N] rater proportions from the `column` extra; 1.0 where absent (the paper's unanimous case). A value that is
+    not a number in [0, 1] (a percentage, a label, a string) is a DataError naming the row: clipping it to
+    [eps, 1 - eps] would change R* silently."""
     values = [p.extras.get(column) for p in pairs]
+    for pair, value in zip(pairs, values):
+        if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
+            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: {value!r} is not a rater proportion in "
+                            f"[0, 1] (P(chosen preferred over rejected); e.g. 0.75, not 75). Fix the column, or "
+                            "pass --alpha-column with the right one.")
     found = sum(_is_number(v) for v in values)
     if not found:
         notes.append(f"no '{column}' column: rater proportions assumed unanimous (alpha = 1, used as 1 - 1e-3, as "
@@ -143,7 +150,7 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
     metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}
-    alpha = _alphas(pairs, opts.alpha_column, notes)
+    alpha = _alphas(pairs, opts.alpha_column, notes, row_report.source)
     if bool((alpha == 0.5).any()):
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)
@@ -164,6 +171,11 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
             missing["win_rate"] = "a win rate compares against the reference model's answers; give --reference"
         else:
             out.update(_win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics))
+            win = out["win_rate"]
+            if win.get("failed"):
+                notes.append(f"win rate: no verdict on {win['failed']} of {win['n'] + win['failed']} prompts (the "
+                             "judge returned -1, None or NaN, or a reward was None or not finite); the win rate and "
+                             f"its interval cover the other {win['n']}")
     else:
         missing["win_rate"] = "no --reward-fn, --reward-model or --judge given"
     out["metrics"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
@@ -206,7 +218,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
 
     opts = options or EvalOptions()
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
-    beta = opts.beta if opts.beta is not None else float(cfg.get("beta", 0.1) or 0.1)
+    beta, run_notes = eval_beta(opts.beta, cfg)
     policy, tokenizer = load_for_eval(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                       seed=int(cfg.get("seed", 0) or 0))
     ref = None
@@ -218,12 +230,48 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
     result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
+    result["notes"] = run_notes + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
               "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
-              "beta_source": "--beta" if opts.beta is not None else ("run config" if "beta" in cfg else "default"),
+              "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
+                                                                     else "default"),
               **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
     result["path"] = str(write_json(eval_json_path(checkpoint, out), result))
     return result
+
+
+# objectives whose optimum is the KL-regularized one, pi_ref exp(r / beta) / Z, with the run's beta as the KL
+# coefficient: R*, the implicit reward beta h and Thm 4.1's l(beta c) are theirs (Chen et al. 2024, Sec. 3)
+KL_OPTIMUM_OBJECTIVES = ("dpo",)
+
+
+def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
+    """(beta of the implicit reward and of R*, notes) for `preflab eval`: --beta, else the run's beta, else 0.1.
+    A run beta of 0 (e.g. GRPO without a KL term) has no implicit reward: 0.1 is used and said. A run whose
+    objective is not DPO's (IPO, SimPO, ...) gets a note that beta there is that objective's own parameter."""
+    notes: list[str] = []
+    if given is not None:
+        return float(given), notes
+    run_beta = cfg.get("beta")
+    if isinstance(run_beta, bool) or not isinstance(run_beta, (int, float)) or not run_beta > 0:
+        if run_beta is not None:
+            notes.append(f"the run's beta is {run_beta!r} (no KL term), which defines no implicit reward: beta = 0.1 "
+                         "is used for rewards/*, R* and the difficulty; pass --beta to choose it")
+        return 0.1, notes
+    if cfg.get("task", "dpo") == "dpo" and "loss_type" in cfg:
+        from preflab.objectives import resolve_name
+
+        names = cfg["loss_type"] if isinstance(cfg["loss_type"], (list, tuple)) else [cfg["loss_type"]]
+        try:
+            other = [str(n) for n in names if resolve_name(str(n)) not in KL_OPTIMUM_OBJECTIVES]
+        except PreflabError:
+            other = [str(n) for n in names]
+        if other:
+            notes.append(f"the run trained with loss_type {', '.join(other)}, whose beta={run_beta} is that "
+                         "objective's own parameter: rewards/*, the idealized ranking accuracy R* and the difficulty "
+                         f"are DPO's quantities (KL-regularized optimum) at beta={run_beta}, not that objective's "
+                         "optimum; compare R and R~ across runs, and read R* as DPO's ceiling")
+    return float(run_beta), notes
 
 
 def write_json(path: Path, data: dict) -> Path:
