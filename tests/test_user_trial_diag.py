@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from preflab.cli import main
@@ -102,6 +101,77 @@ def test_a_reference_with_another_tokenizer_is_refused(tmp_path, tiny):
     # the old code scored the reference on the policy's token ids without a word
     with pytest.raises(ConfigError, match="another tokenizer"):
         load_for_eval(str(tmp_path / "ref"), tokenizer=tok)
-    model, own = load_for_eval(str(tmp_path / "ref"))
+    _, own = load_for_eval(str(tmp_path / "ref"))
     assert own.get_vocab() == other.get_vocab()
     load_for_eval(str(tmp_path / "ref"), tokenizer=own)          # the same tokenizer passes
+
+
+def test_an_interrupted_run_names_its_checkpoints(tmp_path, tiny):
+    run = tmp_path / "run"
+    for step in (5, 10):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "beta": 0.1}))
+    with pytest.raises(Exception, match=r"no final model .* checkpoint-5, checkpoint-10; evaluate the newest with "
+                                        r"`preflab eval \S*checkpoint-10"):
+        load_for_eval(str(run))
+
+
+def test_a_file_without_pairs_names_the_missing_field(tiny, tmp_path):
+    tok, policy, _ = tiny
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    with pytest.raises(Exception, match=r"line 1, field 'chosen': missing_field.*'messages' \(SFT\)"):
+        evaluate_models(policy, tok, str(path))
+
+
+def test_a_reward_run_passed_as_a_policy_gets_no_reference_note(tmp_path, capsys):
+    run = tmp_path / "rm"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "reward", "model_name_or_path": "builtin:tiny-llama"}))
+    assert main(["eval", str(run), "--data", "x.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "--task reward" in err and "no saved run config" not in err     # the old code said both
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+def _report_run(tmp_path, rows, config=None):
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.yaml").write_text(yaml.safe_dump(config or {"task": "dpo", "beta": 0.1}))
+    return run
+
+
+def test_report_says_and_shows_non_finite_steps(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from preflab.report.plots import curve_panel
+    from preflab.report.runs import load_run
+
+    rows = [{"step": 1, "loss": 0.69}, {"step": 2, "loss": 0.6}, {"step": 3, "loss": None},
+            {"step": 4, "nonfinite": True, "nonfinite_what": "loss_or_grad", "row_ids": [7]},
+            {"step": 5, "loss": 0.5}]
+    run = load_run(_report_run(tmp_path, rows))
+    # the old report dropped the null and joined 0.6 to 0.5: a diverging run looked clean, and said nothing
+    assert run.skipped_steps == [4.0] and run.null_steps("loss") == [3.0]
+    assert any("1 training step(s) skipped as non-finite" in m and "step 4" in m for m in run.missing)
+    assert any(m.startswith("loss was logged non-finite") and "step 3" in m for m in run.missing)
+    plotted, vlines = [], []
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, *a, **k: plotted.append((list(x), list(y))) or [])
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, *a, **k: vlines.append(x))
+    assert curve_panel([run], "Loss", "loss", [("loss", "train", "#000")]) is not None
+    (steps, values), = plotted
+    assert steps == [1.0, 2.0, 3.0, 5.0] and values[:2] == [0.69, 0.6] and math.isnan(values[2]) \
+        and values[3] == 0.5                                  # the metrics.jsonl values, broken at step 3
+    assert vlines == [4.0]
+
+
+def test_report_of_a_reward_model_run_draws_its_accuracy(tmp_path):
+    from preflab.report.html import write_report
+
+    rows = [{"step": s, "loss": 0.7 - 0.01 * s, "accuracy": 0.5 + 0.05 * s, "margin": 0.1 * s} for s in (1, 2, 3)]
+    rows.append({"step": 3, "eval_loss": 0.66, "eval_accuracy": 0.6, "eval_margin": 0.2})
+    html = write_report([_report_run(tmp_path, rows, {"task": "reward"})], tmp_path / "r.html").read_text()
+    assert 'alt="Reward model accuracy"' in html and 'alt="Reward model margin"' in html   # absent before

@@ -128,13 +128,15 @@ def default_reference(args) -> tuple[str | None, str | None]:
     none (with a note that the reference metrics are absent) when no saved run config names a model."""
     import sys
 
-    from preflab.eval.loading import run_reference
+    from preflab.eval.loading import run_config, run_reference
 
     if args.reference:
         return args.reference, "--reference"
     if args.no_reference:
         return None, None
     found = run_reference(args.checkpoint)
+    if found is None and run_config(args.checkpoint).get("task") in ("reward", "diffusion", "vlm"):
+        return None, None  # not a text policy: loading it says which command evaluates it
     if found is None:
         print(f"preflab: note: no --reference, and {args.checkpoint} has no saved run config naming a model: the "
               "reference metrics (implicit-reward accuracy, idealized ranking accuracy, difficulty, log-prob drift, "

@@ -152,6 +152,13 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
         return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code)
+    checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                         key=lambda p: int(p.name[11:]))
+    if checkpoints:  # an interrupted run: no final model yet, only its checkpoints
+        raise PreflabError(f"{path} holds no final model (the run has not finished, or was interrupted) but has "
+                           f"{', '.join(p.name for p in checkpoints)}; evaluate the newest with `preflab eval "
+                           f"{checkpoints[-1]} --data ...` (or finish the run: `preflab train CONFIG "
+                           "resume_from_checkpoint=true`).")
     raise PreflabError(f"{path} holds no model: expected config.json + *.safetensors (a finished run), "
                        "adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
 

@@ -141,8 +141,15 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                                                   max_prompt_length=opts.max_prompt_length, on_bad_row="skip",
                                                   source=row_report.source)
     if not pairs:
+        first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
+        at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
+        where = (f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
+                 if first else "")
         raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
-                           f"{tok_report.summary()}. Check the columns (prompt, chosen, rejected) and max_length.")
+                           f"{tok_report.summary()}.{where} preflab eval needs preference pairs: prompt, chosen, "
+                           "rejected (text or messages), or chosen and rejected conversations sharing their first "
+                           "turns (implicit prompt); a 'messages' (SFT) or 'completion'/'label' (unpaired) file has "
+                           "no pairs. Check the columns and --max-length.")
     if row_report.skipped or tok_report.skipped or tok_report.prompt_truncated or tok_report.response_truncated:
         notes += [capped] if capped else []  # the cap matters only where a row reached it
         notes.append(f"data: {row_report.summary()}; {tok_report.summary()} (the rows are listed under data_report "

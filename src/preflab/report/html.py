@@ -74,7 +74,8 @@ def _img(uri: str | None, alt: str, cls: str = "") -> str:
 
 def _curves(runs: list[RunData]) -> str:
     images = [_img(plots.curve_panel(runs, title, ylabel, series), title)
-              for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.ONLINE_PANELS]
+              for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
+              + plots.ONLINE_PANELS]
     images = [i for i in images if i]
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"])

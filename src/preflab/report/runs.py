@@ -34,6 +34,14 @@ class RunData:
     margins: dict[int, list[float]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     bad_lines: int = 0
+    skipped_steps: list[float] = field(default_factory=list)   # steps skipped as non-finite ("nonfinite" rows)
+
+    def null_steps(self, key: str) -> list[float]:
+        """Steps at which `key` was logged as null or NaN (runlog writes a non-finite value as null): the curve
+        breaks there instead of joining its neighbours."""
+        return sorted({float(row["step"]) for row in self.rows
+                       if key in row and isinstance(row.get("step"), (int, float))
+                       and (row[key] is None or (isinstance(row[key], float) and not math.isfinite(row[key])))})
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of `key` over the run, sorted by step; the last value logged at a step wins."""
@@ -82,6 +90,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
             run.missing.append(f"{run.bad_lines} unreadable line(s) in metrics.jsonl were skipped")
     else:
         run.missing.append("no metrics.jsonl: this is not a finished or running `preflab train` output_dir")
+    _note_nonfinite(run)
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
         run.missing.append("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
                            "eval_dataset_name) to log held-out ranking accuracy and log-prob drift")
@@ -109,6 +118,27 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append("no per-pair margins (pair_margins.jsonl): the trainer logs batch means only, so the "
                            "start/end margin histograms are unavailable; preflab.report.margins has the hook")
     return run
+
+
+def _steps_text(steps: list[float]) -> str:
+    shown = ", ".join(f"{s:g}" for s in steps[:8])
+    return shown + (f" and {len(steps) - 8} more" if len(steps) > 8 else "")
+
+
+def _note_nonfinite(run: RunData) -> None:
+    """Say (in run.missing, shown at the top of the report) which steps were skipped as non-finite and which
+    metrics were logged non-finite: the curves only show finite values, so a diverging run would look clean."""
+    run.skipped_steps = sorted({float(r["step"]) for r in run.rows if r.get("nonfinite") is True
+                                and isinstance(r.get("step"), (int, float))})
+    if run.skipped_steps:
+        run.missing.append(f"{len(run.skipped_steps)} training step(s) skipped as non-finite (loss, gradient or "
+                           f"weights) at step {_steps_text(run.skipped_steps)}; their batches' row ids are in "
+                           "metrics.jsonl (and summary.json nonfinite_steps); red lines mark them on the curves")
+    keys = sorted({k for r in run.rows for k, v in r.items() if v is None or (isinstance(v, float)
+                                                                             and not math.isfinite(v))})
+    for key in keys:
+        run.missing.append(f"{key} was logged non-finite (null/NaN) at step {_steps_text(run.null_steps(key))}: "
+                           "the curve breaks there")
 
 
 def unique_names(paths: list[Path]) -> list[str]:
