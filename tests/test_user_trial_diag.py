@@ -138,7 +138,7 @@ def test_a_reward_run_passed_as_a_policy_gets_no_reference_note(tmp_path, capsys
 
 def _report_run(tmp_path, rows, config=None):
     run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "config.yaml").write_text(yaml.safe_dump(config or {"task": "dpo", "beta": 0.1}))
     return run
@@ -175,3 +175,28 @@ def test_report_of_a_reward_model_run_draws_its_accuracy(tmp_path):
     rows.append({"step": 3, "eval_loss": 0.66, "eval_accuracy": 0.6, "eval_margin": 0.2})
     html = write_report([_report_run(tmp_path, rows, {"task": "reward"})], tmp_path / "r.html").read_text()
     assert 'alt="Reward model accuracy"' in html and 'alt="Reward model margin"' in html   # absent before
+
+
+def test_a_reward_function_returning_too_few_rewards_is_refused(tiny):
+    from preflab.eval.winrate import compare_generations
+
+    tok, policy, ref = tiny
+    prompt_ids = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids for t in ("a b", "c d", "e f")]
+    short = lambda prompts, completions: [1.0] * (len(completions) - 1)  # noqa: E731
+    # the old code: both sides equally short, so the win rate silently covered 2 of the 3 prompts
+    with pytest.raises(ConfigError, match="returned 2 and 2 rewards for 3"):
+        compare_generations(policy, ref, tok, prompt_ids, ["a b", "c d", "e f"], reward_fn=short, max_new_tokens=2)
+
+
+def test_margin_notes_only_for_preference_runs_and_say_how(tmp_path):
+    from preflab.report.html import write_report
+    from preflab.report.runs import load_run
+
+    rows = [{"step": 1, "loss": 0.7}]
+    sft = load_run(_report_run(tmp_path / "sft", rows, {"task": "sft"}))
+    dpo = load_run(_report_run(tmp_path / "dpo", rows, {"task": "dpo"}))
+    # the old note, on every run: "the trainer logs batch means only" (it writes pair_margins.jsonl at eval steps)
+    assert not any("pair_margins" in m for m in sft.missing)
+    assert any("written at each eval step" in m or "writes them at each eval step" in m for m in dpo.missing)
+    html = write_report([tmp_path / "sft" / "run"], tmp_path / "r.html").read_text()
+    assert "batch means only" not in html and "Reward margins per pair" not in html

@@ -180,6 +180,10 @@ def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]
     else:
         r_p = [_finite(v) for v in reward_fn(prompts=prompts, completions=ans_p)]
         r_r = [_finite(v) for v in reward_fn(prompts=prompts, completions=ans_r)]
+        if len(r_p) != len(prompts) or len(r_r) != len(prompts):
+            raise ConfigError(f"the reward function returned {len(r_p)} and {len(r_r)} rewards for {len(prompts)} "
+                              "prompts' policy and reference answers; it must return one per completion (None where "
+                              "it cannot score one).")
         result, scores = win_rate(r_p, r_r, confidence), (r_p, r_r)
         both = [(a, b) for a, b in zip(r_p, r_r) if a is not None and b is not None]  # the prompts in the win rate
         out["reward/policy_generation"] = sum(a for a, _ in both) / len(both)

@@ -87,12 +87,12 @@ def _margins(runs: list[RunData]) -> str:
     uri = plots.margin_histograms(runs)
     if uri:
         out += _img(uri, "margin histograms", "wide")
-    lacking = [r.name for r in runs if not r.margins]
+    lacking = [r.name for r in runs if not r.margins and r.pairwise]
     if lacking:
-        out += _notes([f"{', '.join(lacking)}: per-pair margins at the start and end of training were not saved "
-                       "(pair_margins.jsonl; the trainer logs batch means only). The histogram of final margins "
+        out += _notes([f"{', '.join(lacking)}: no per-pair margins were saved (pair_margins.jsonl is written at "
+                       "each eval step of a preference run with an eval set). The histogram of final margins "
                        "below comes from eval.json when `preflab eval` was run."])
-    return out
+    return out if uri or lacking else ""
 
 
 def _dict(value) -> dict:

@@ -55,6 +55,12 @@ class RunData:
         return steps, [by_step[s] for s in steps]
 
     @property
+    def pairwise(self) -> bool:
+        """An offline preference run (task: dpo, the default), the kind that writes pair_margins.jsonl; not SFT,
+        reward-model, online, VLM or diffusion runs, and not a folder without config.yaml."""
+        return bool(self.config) and self.config.get("task", "dpo") == "dpo"
+
+    @property
     def environment(self) -> dict:
         env = self.summary.get("environment")
         return env if isinstance(env, dict) else {}
@@ -114,9 +120,10 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append(f"no eval.json: run `preflab eval {path} --data HELDOUT --reference REF` for "
                            "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate")
     run.margins = read_pair_margins(path)
-    if not run.margins:
-        run.missing.append("no per-pair margins (pair_margins.jsonl): the trainer logs batch means only, so the "
-                           "start/end margin histograms are unavailable; preflab.report.margins has the hook")
+    if not run.margins and run.pairwise:
+        run.missing.append("no per-pair margins (pair_margins.jsonl): a preference run writes them at each eval "
+                           "step; set eval_steps and an eval set (eval_fraction or eval_dataset_name) for the "
+                           "margin histograms")
     return run
 
 
