@@ -200,3 +200,13 @@ def test_margin_notes_only_for_preference_runs_and_say_how(tmp_path):
     assert any("written at each eval step" in m or "writes them at each eval step" in m for m in dpo.missing)
     html = write_report([tmp_path / "sft" / "run"], tmp_path / "r.html").read_text()
     assert "batch means only" not in html and "Reward margins per pair" not in html
+
+
+def test_plan_prints_a_tiny_models_parameter_count(capsys):
+    from preflab.plan import count
+
+    assert (count(37_792), count(124_439_808), count(7.24e9)) == ("37,792", "124.4 M", "7.240 B")
+    from pathlib import Path
+
+    assert main(["plan", str(Path(__file__).parents[1] / "examples" / "quickstart.yaml")]) == 0
+    assert "37,792 parameters" in capsys.readouterr().out          # the old line: "0.000 B parameters"
