@@ -210,3 +210,18 @@ def test_plan_prints_a_tiny_models_parameter_count(capsys):
 
     assert main(["plan", str(Path(__file__).parents[1] / "examples" / "quickstart.yaml")]) == 0
     assert "37,792 parameters" in capsys.readouterr().out          # the old line: "0.000 B parameters"
+
+
+def test_report_of_an_interrupted_run_or_a_checkpoint_points_to_what_works(tmp_path):
+    from preflab.errors import PreflabError
+    from preflab.report.html import write_report
+    from preflab.report.runs import load_run
+
+    run = _report_run(tmp_path, [{"step": 1, "loss": 0.7}])
+    for step in (5, 10):
+        (run / f"checkpoint-{step}").mkdir()
+    # the old note told to run `preflab eval RUN`, which fails on a run without a final model
+    note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
+    assert f"preflab eval {run / 'checkpoint-10'} --data HELDOUT --reference REF --out {run / 'eval.json'}" in note
+    with pytest.raises(PreflabError, match=r"is a checkpoint of the run .*`preflab report \S*run`"):
+        write_report([run / "checkpoint-10"], tmp_path / "r.html")

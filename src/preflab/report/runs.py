@@ -117,8 +117,14 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
     elif not run.eval:
-        run.missing.append(f"no eval.json: run `preflab eval {path} --data HELDOUT --reference REF` for "
-                           "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate")
+        target, out = path, ""
+        if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
+            done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
+                          key=lambda p: int(p.name[11:]))
+            target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
+        run.missing.append(f"no eval.json: run `preflab eval {target} --data HELDOUT --reference REF{out}` for "
+                           "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate"
+                           + (" (the run has no final model yet: its newest checkpoint)" if out else ""))
     run.margins = read_pair_margins(path)
     if not run.margins and run.pairwise:
         run.missing.append("no per-pair margins (pair_margins.jsonl): a preference run writes them at each eval "
@@ -186,6 +192,9 @@ def collect_runs(paths) -> tuple[list[Path], dict]:
         inner = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)),
                        key=lambda p: (min((p / n).stat().st_mtime for n in RUN_MARKERS if (p / n).is_file()),
                                       p.name))
+        if not inner and path.name.startswith("checkpoint-") and is_run_dir(path.parent):
+            raise PreflabError(f"{path} is a checkpoint of the run {path.parent}; the report reads the run "
+                               f"directory: `preflab report {path.parent}` (its curves cover every logged step).")
         if not inner:
             raise PreflabError(f"{path} holds no preflab run: no metrics.jsonl or config.yaml in it or in a "
                                "subfolder. Give the output_dir of a `preflab train` run.")
