@@ -225,3 +225,16 @@ def test_report_of_an_interrupted_run_or_a_checkpoint_points_to_what_works(tmp_p
     assert f"preflab eval {run / 'checkpoint-10'} --data HELDOUT --reference REF --out {run / 'eval.json'}" in note
     with pytest.raises(PreflabError, match=r"is a checkpoint of the run .*`preflab report \S*run`"):
         write_report([run / "checkpoint-10"], tmp_path / "r.html")
+
+
+# --- lab ------------------------------------------------------------------------------------------------------
+
+def test_lab_out_that_is_a_file_stops_before_the_experiment_runs(tmp_path, capsys, monkeypatch):
+    import preflab.lab.registry as registry
+
+    ran = []
+    monkeypatch.setattr(registry, "run_experiment", lambda name, quick=False: ran.append(name))
+    (tmp_path / "results").write_text("x")
+    # the old code ran the experiment, then died with a FileExistsError traceback at mkdir
+    assert main(["lab", "run", "ranking-accuracy", "--quick", "--out", str(tmp_path / "results")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and ran == []
