@@ -238,3 +238,18 @@ def test_lab_out_that_is_a_file_stops_before_the_experiment_runs(tmp_path, capsy
     # the old code ran the experiment, then died with a FileExistsError traceback at mkdir
     assert main(["lab", "run", "ranking-accuracy", "--quick", "--out", str(tmp_path / "results")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err and ran == []
+
+
+def test_extra_responses_that_are_not_a_list_or_cannot_be_scored_are_said(tiny):
+    tok, policy, ref = tiny
+    rows = [dict(ROWS[0], extra_responses=" six"), dict(ROWS[1])]
+    # the old code ignored the string and reported "the data has no 'extra_responses' column"
+    with pytest.raises(DataError, match=r"row 0, field 'extra_responses': a list of further responses"):
+        evaluate_models(policy, tok, rows, ref=ref)
+    with pytest.raises(DataError, match=r"row 0, field 'extra_responses': each further response is a string"):
+        evaluate_models(policy, tok, [dict(ROWS[0], extra_responses=[{"text": " six"}])], ref=ref)  # was a crash
+    rows = [dict(ROWS[0], extra_responses=[" six", " "]), dict(ROWS[1], extra_responses=[" hi"])]
+    out = evaluate_models(policy, tok, rows, ref=ref)
+    # the old code scored the blank response as a response (EOS alone), without a word
+    assert out["metrics"]["dispersion/num_unseen_responses"] == 2.0
+    assert any("1 empty 'extra_responses' responses were left out" in n for n in out["notes"])

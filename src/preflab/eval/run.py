@@ -71,22 +71,41 @@ def _alphas(pairs, column: str, notes: list[str], source: str = "the data") -> t
     return torch.tensor([float(v) if _is_number(v) else 1.0 for v in values], dtype=torch.float64)
 
 
-def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOptions, pad_id: int) -> dict:
+def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOptions, pad_id: int,
+                notes: list[str], source: str = "the data") -> dict:
     """Likelihood moved onto each prompt's extra (unseen) responses, policy vs reference."""
     from preflab.data.examples import UnpairedExample
     from preflab.data.tokenize import tokenize_indexed
 
     column = opts.extra_responses_column
-    items, owner = [], []
+    items, owner, empty = [], [], 0
     for k, (pair, i) in enumerate(zip(pairs, indices)):
         extra = pair.extras.get(column)
-        for response in extra if isinstance(extra, list) else []:
+        if extra is not None and not isinstance(extra, list):
+            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: a list of further responses to the prompt is "
+                            f"expected, got {type(extra).__name__} {str(extra)[:60]!r}; write [\"...\"] (a one-item "
+                            "list for one response).")
+        for response in extra or []:
+            if not isinstance(response, (str, list)):
+                raise DataError(f"{source}, row {pair.row_id}, field {column!r}: each further response is a string "
+                                f"(or, with conversational prompts, a list of messages), got {type(response).__name__} "
+                                f"{str(response)[:60]!r}.")
+            if not response or (isinstance(response, str) and not response.strip()):
+                empty += 1  # an empty response is no response (the pairs refuse it too)
+                continue
             items.append(UnpairedExample(pair.row_id, examples[i].prompt, response, True, {}))
             owner.append(k)
+    if empty:
+        notes.append(f"dispersion: {empty} empty '{column}' responses were left out")
     if not items:
         return {}
-    tokenized, _, kept = tokenize_indexed("unpaired", items, tokenizer, max_length=opts.max_length,
-                                          max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    tokenized, report, kept = tokenize_indexed("unpaired", items, tokenizer, max_length=opts.max_length,
+                                               max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    if len(tokenized) < len(items):
+        notes.append(f"dispersion: {len(items) - len(tokenized)} of {len(items)} '{column}' responses could not be "
+                     f"scored and were left out ({report.summary()})")
+    if report.response_truncated:
+        notes.append(f"dispersion: {report.response_truncated} '{column}' responses were truncated to max_length")
     if not tokenized:
         return {}
     seqs = [(t.prompt_ids, t.completion_ids) for t in tokenized]
@@ -166,7 +185,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         metrics.update(ranking_report(scores.ref_chosen, scores.ref_rejected, scores.chosen_length,
                                       scores.rejected_length, alpha, beta, scores.policy_chosen,
                                       scores.policy_rejected, opts.hard_margin))
-        metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id))
+        metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id, notes,
+                                   row_report.source))
         if not any(k.startswith("dispersion/") for k in metrics):
             missing["dispersion"] = (f"the data has no '{opts.extra_responses_column}' column (a list of further "
                                      "responses per prompt), so mass on unseen responses was not measured")
