@@ -82,8 +82,8 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
     for k, (pair, i) in enumerate(zip(pairs, indices)):
         extra = pair.extras.get(column)
         if extra is not None and not isinstance(extra, list):
-            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: a list of further responses to the prompt is "
-                            f"expected, got {type(extra).__name__} {str(extra)[:60]!r}; write [\"...\"] (a one-item "
+            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: a list of further responses to the "
+                            f"prompt is expected, got {type(extra).__name__} {str(extra)[:60]!r}; write [\"...\"] (a one-item "
                             "list for one response).")
         for response in extra or []:
             if not isinstance(response, (str, list)):
