@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
 from preflab.cli import main
@@ -253,3 +254,33 @@ def test_extra_responses_that_are_not_a_list_or_cannot_be_scored_are_said(tiny):
     # the old code scored the blank response as a response (EOS alone), without a word
     assert out["metrics"]["dispersion/num_unseen_responses"] == 2.0
     assert any("1 empty 'extra_responses' responses were left out" in n for n in out["notes"])
+
+
+def test_a_lora_runs_checkpoint_is_evaluated_with_its_adapters(tmp_path):
+    from safetensors.torch import save_file
+
+    from preflab.models.load import add_lora, load_causal_lm, load_tokenizer
+
+    cfg = {"model_name_or_path": "builtin:tiny-llama", "seed": 3, "beta": 0.1, "use_peft": True, "lora_r": 4,
+           "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": "all-linear"}
+    tok = load_tokenizer("builtin:tiny-llama")
+    trained = add_lora(load_causal_lm("builtin:tiny-llama", tokenizer=tok, seed=3), 4, 8, 0.0, "all-linear")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)                     # "trained" adapters (peft starts B at 0)
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    save_file({n: p.detach().contiguous() for n, p in trained.named_parameters() if p.requires_grad},
+              str(ckpt / "model.safetensors"))
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # the old code refused: "a LoRA training checkpoint; evaluate the final run directory" (an interrupted LoRA
+    # run has none)
+    model, _ = load_for_eval(str(ckpt))
+    ids = torch.tensor([tok("echo: kit cat hat\nKIT CAT HAT").input_ids])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, trained.eval()(ids).logits, atol=1e-5)
+        base = load_causal_lm("builtin:tiny-llama", tokenizer=tok, seed=3)
+        assert not torch.allclose(model(ids).logits, base(ids).logits, atol=1e-3)   # the adapters count

@@ -5,7 +5,8 @@ Accepted forms (safetensors only, through preflab.models.load; pickle weights ne
     a LoRA run directory        adapter_config.json + adapter weights; the base model is the run's
                                 config.yaml model_name_or_path (builtin names included); adapters are merged
     checkpoint-<step>/          model.safetensors with the trainable parameters + trainer_state.json; the base is
-                                rebuilt from the saved config and the parameters are loaded over it
+                                rebuilt from the saved config and the parameters are loaded over it (a LoRA run's
+                                checkpoint: adapters rebuilt from the config's lora_* options, loaded, merged)
     builtin:tiny-llama etc.     a builtin random model (seeded as in training: the run's `seed`)
     builtin:demo-sft            the online demo runs' starting policy (the demo's SFT model for the run's `seed`)
 The tokenizer is the one saved beside the weights (or in the run directory above a checkpoint).
@@ -168,15 +169,17 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     from safetensors.torch import load_file
 
     base_name = _base_name(cfg, path)
-    if cfg.get("use_peft"):
-        raise PreflabError(f"{path} is a LoRA training checkpoint; evaluate the final run directory (adapters "
-                           "are saved there with their config), or train without use_peft.")
     if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
         model, own = _demo_sft(cfg.get("seed", 0))
         tok = tokenizer or own
     else:
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
         model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+    if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did
+        from preflab.models.load import add_lora
+
+        model = add_lora(model, int(cfg.get("lora_r", 16)), int(cfg.get("lora_alpha", 32)),
+                         float(cfg.get("lora_dropout", 0.0) or 0.0), cfg.get("lora_target_modules", "all-linear"))
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]
@@ -186,4 +189,6 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     with torch.no_grad():
         for key, value in weights.items():
             params[key].copy_(value)
+    if cfg.get("use_peft"):
+        model = model.merge_and_unload()
     return model.eval(), tok
