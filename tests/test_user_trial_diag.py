@@ -284,3 +284,15 @@ def test_a_lora_runs_checkpoint_is_evaluated_with_its_adapters(tmp_path):
         assert torch.allclose(model(ids).logits, trained.eval()(ids).logits, atol=1e-5)
         base = load_causal_lm("builtin:tiny-llama", tokenizer=tok, seed=3)
         assert not torch.allclose(model(ids).logits, base(ids).logits, atol=1e-3)   # the adapters count
+
+
+def test_evaluate_models_uses_the_beta_of_its_options(tiny):
+    tok, policy, ref = tiny
+    # the old code ignored EvalOptions(beta=...) in evaluate_models and used its own default 0.1
+    out = evaluate_models(policy, tok, ROWS, ref=ref, options=EvalOptions(beta=0.5))
+    pp = out["per_pair"]
+    h = [(a - c) - (b - d) for a, b, c, d in zip(pp["policy_chosen"], pp["policy_rejected"], pp["ref_chosen"],
+                                                  pp["ref_rejected"])]
+    assert out["beta"] == 0.5 and out["metrics"]["rewards/margins"] == pytest.approx(0.5 * sum(h) / len(h))
+    with pytest.raises(ConfigError, match="disagree"):
+        evaluate_models(policy, tok, ROWS, ref=ref, options=EvalOptions(beta=0.5), beta=0.2)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from preflab.errors import DataError, PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
@@ -145,13 +145,19 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
-def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None, beta: float = 0.1,
-                    reward_fn=None, judge=None) -> dict:
-    """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict."""
+def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
+                    beta: float | None = None, reward_fn=None, judge=None) -> dict:
+    """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict.
+    beta: the implicit reward's; else options.beta; else 0.1 (two different values are a ConfigError)."""
     from preflab.data.rows import load_rows
     from preflab.data.tokenize import tokenize_indexed
 
     opts = options or EvalOptions()
+    if beta is not None and opts.beta is not None and float(beta) != float(opts.beta):
+        raise ConfigError(f"beta={beta} and options.beta={opts.beta} disagree; give one.")
+    beta = float(beta if beta is not None else opts.beta if opts.beta is not None else 0.1)
+    if not beta > 0:
+        raise ConfigError(f"beta must be > 0 (the KL coefficient of the implicit reward), got {beta}.")
     notes: list[str] = []
     missing: dict[str, str] = {}
     opts, capped = _within_positions(opts, policy, ref)
