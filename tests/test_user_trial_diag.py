@@ -296,3 +296,16 @@ def test_evaluate_models_uses_the_beta_of_its_options(tiny):
     assert out["beta"] == 0.5 and out["metrics"]["rewards/margins"] == pytest.approx(0.5 * sum(h) / len(h))
     with pytest.raises(ConfigError, match="disagree"):
         evaluate_models(policy, tok, ROWS, ref=ref, options=EvalOptions(beta=0.5), beta=0.2)
+
+
+def test_evaluating_the_runs_training_data_is_said(tmp_path):
+    from preflab.eval.run import training_data_note
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n")
+    cfg = {"dataset_name": str(data), "dataset_split": "train", "eval_fraction": 0.1, "seed": 7}
+    note = training_data_note(str(data), cfg, "train")
+    assert "is the run's training data" in note and "eval_fraction=0.1" in note and "seed 7" in note
+    assert "every row was trained on" in training_data_note(str(data), {**cfg, "eval_fraction": 0.0}, "train")
+    assert training_data_note(str(data), cfg, "test") is None              # another split of it
+    assert training_data_note(str(tmp_path / "heldout.jsonl"), cfg, "train") is None

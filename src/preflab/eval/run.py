@@ -263,7 +263,8 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
     result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
-    result["notes"] = run_notes + result["notes"]
+    trained_on = training_data_note(data, cfg, opts.split)
+    result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
               "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
               "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
@@ -305,6 +306,23 @@ def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
                          f"are DPO's quantities (KL-regularized optimum) at beta={run_beta}, not that objective's "
                          "optimum; compare R and R~ across runs, and read R* as DPO's ceiling")
     return float(run_beta), notes
+
+
+def training_data_note(data, cfg: dict, split: str) -> str | None:
+    """A note when --data (and --split) is the run's own training data (its dataset_name and dataset_split): the
+    metrics are then not held-out, which nothing else in eval.json would say. None otherwise."""
+    name = cfg.get("dataset_name")
+    if not name or not isinstance(data, (str, Path)) or split != cfg.get("dataset_split", "train"):
+        return None
+    given, trained = Path(str(data)), Path(str(name))
+    same = (given.resolve() == trained.resolve()) if given.exists() and trained.exists() else str(data) == str(name)
+    if not same:
+        return None
+    fraction = cfg.get("eval_fraction") or 0
+    held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {cfg.get('seed')}) were not "
+            "trained on" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
+    return (f"--data {data} (split {split}) is the run's training data (dataset_name): {held}, so these metrics "
+            "are not held-out; evaluate a held-out file for generalization")
 
 
 def write_json(path: Path, data: dict) -> Path:
