@@ -309,3 +309,13 @@ def test_evaluating_the_runs_training_data_is_said(tmp_path):
     assert "every row was trained on" in training_data_note(str(data), {**cfg, "eval_fraction": 0.0}, "train")
     assert training_data_note(str(data), cfg, "test") is None              # another split of it
     assert training_data_note(str(tmp_path / "heldout.jsonl"), cfg, "train") is None
+
+
+def test_report_refuses_a_run_given_twice(tmp_path):
+    from preflab.errors import PreflabError
+    from preflab.report.html import write_report
+
+    run = _report_run(tmp_path, [{"step": 1, "loss": 0.7}])
+    # the old report showed it as two runs both named by its whole path ("//tmp/.../run")
+    with pytest.raises(PreflabError, match="given twice"):
+        write_report([run, tmp_path / "." / "run"], tmp_path / "r.html")

@@ -201,4 +201,9 @@ def collect_runs(paths) -> tuple[list[Path], dict]:
         runs += inner
         if not overview and (path / "summary.json").is_file():
             overview = {**_read_json(path / "summary.json"), "_folder": str(path)}
+    seen: dict[Path, Path] = {}
+    for run in runs:  # one run twice would be one column twice, under a name made of its whole path
+        if run.resolve() in seen:
+            raise PreflabError(f"{run} is given twice (also as {seen[run.resolve()]}); give each run once.")
+        seen[run.resolve()] = run
     return runs, overview
