@@ -86,7 +86,7 @@ def test_run_beta_zero_or_another_objective_is_said(tmp_path):
 
 
 @pytest.mark.parametrize("option", [["--beta", "0"], ["--beta", "-0.1"], ["--batch-size", "0"], ["--limit", "0"],
-                                    ["--win-rate-prompts", "0"], ["--max-new-tokens", "0"]])
+                                    ["--win-rate-prompts", "0"], ["--max-new-tokens", "0"], ["--hard-margin", "-1"]])
 def test_eval_options_out_of_range_stop_before_any_model_loads(tmp_path, capsys, option):
     # the old code: a ValueError traceback after loading both models (beta, batch size), or a win rate over 0
     # prompts written as null

@@ -76,6 +76,9 @@ def run(args) -> int:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
     if args.beta is not None and not args.beta > 0:
         raise ConfigError(f"--beta must be > 0 (the KL coefficient of the implicit reward), got {args.beta}.")
+    if args.hard_margin < 0:
+        raise ConfigError(f"--hard-margin must be >= 0 (a pair is hard when the reference ranks it wrongly by more "
+                          f"than this, beta c > margin, c > 0), got {args.hard_margin}.")
     for option in ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length"):
         value = getattr(args, option)
         if value is not None and value < 1:
