@@ -319,3 +319,26 @@ def test_report_refuses_a_run_given_twice(tmp_path):
     # the old report showed it as two runs both named by its whole path ("//tmp/.../run")
     with pytest.raises(PreflabError, match="given twice"):
         write_report([run, tmp_path / "." / "run"], tmp_path / "r.html")
+
+
+def test_reward_model_win_rate_scores_as_the_reward_model_was_trained(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from preflab.eval.winrate import reward_model_fn
+    from preflab.reward_models.interface import RewardModel
+
+    tok = tiny_tokenizer("bytelevel")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "rm")
+    prompts, answers = ["the cat", "hello world ,"], [" sat on the mat", " hi"]
+    # the old reward_model_fn scored prompt + answer without the eos the reward model is trained with
+    want = RewardModel.from_pretrained(str(tmp_path / "rm")).score(prompts, answers).tolist()
+    assert reward_model_fn(str(tmp_path / "rm"))(prompts=prompts, completions=answers) == pytest.approx(want)
+    # a policy given as --reward-model: the old code scored with a freshly initialised (random) head
+    tiny_causal_lm(tok, seed=1).save_pretrained(tmp_path / "policy", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "policy")
+    with pytest.raises(ConfigError, match="no trained reward head"):
+        reward_model_fn(str(tmp_path / "policy"))

@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
 
-import torch
-
 from preflab.errors import ConfigError
 
 
@@ -124,37 +122,22 @@ def load_callable(spec: str) -> Callable:
 
 
 def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16, max_length: int = 1024):
-    """A TRL-style reward function backed by a local sequence-classification model (num_labels=1) in path.
+    """A TRL-style reward function backed by a local reward model in path: a `task: reward` run's output_dir (or
+    checkpoint-<step>) or any sequence-classification checkpoint with a trained head.
 
-    Text rows are scored on prompt + completion, conversational prompts through the model's chat template."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from preflab.models.load import check_weights_safe
+    It scores exactly as the reward model is trained and evaluated (preflab.reward_models.interface.RewardModel:
+    bos + prompt, response + eos, read at the last real token; conversational prompts through the chat template).
+    A directory without a trained reward head (a policy, a base model) is a ConfigError: its head would be random."""
+    from preflab.reward_models.heads import load_reward_model, reward_tokenizer
+    from preflab.reward_models.interface import RewardModel
 
     if not Path(path).is_dir():
         raise ConfigError(f"--reward-model {path!r} is not a directory holding a saved reward model.")
-    check_weights_safe(path, allow_pickle)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=None if allow_pickle else True)
-    model.config.pad_token_id = tok.pad_token_id
-    model.eval()
+    judge = RewardModel(load_reward_model(path, allow_pickle), reward_tokenizer(path), batch_size=batch_size,
+                        max_length=max_length)
 
-    def text(prompt, completion: str) -> str:
-        if isinstance(prompt, list):
-            return tok.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
-        return prompt + completion
-
-    @torch.no_grad()
     def score(prompts, completions, **_) -> list[float]:
-        out: list[float] = []
-        texts = [text(p, c) for p, c in zip(prompts, completions)]
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length)
-            out += model(**enc).logits[:, 0].float().tolist()
-        return out
+        return judge.score(list(prompts), list(completions)).float().tolist()
 
     return score
 
