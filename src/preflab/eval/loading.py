@@ -115,10 +115,9 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
                   seed: int = 0):
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
     (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models."""
-    if name in BUILTIN:
-        own = load_tokenizer(name)
-        check_same_tokenizer(name, own, tokenizer)
-        tokenizer = tokenizer or own
+    if name in BUILTIN:  # a builtin is built for the tokenizer it is given (its vocabulary sizes the model)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(name)
         return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
     if name == DEMO_SFT:
         model, own = _demo_sft(seed)
