@@ -83,8 +83,8 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
         extra = pair.extras.get(column)
         if extra is not None and not isinstance(extra, list):
             raise DataError(f"{source}, row {pair.row_id}, field {column!r}: a list of further responses to the "
-                            f"prompt is expected, got {type(extra).__name__} {str(extra)[:60]!r}; write [\"...\"] (a one-item "
-                            "list for one response).")
+                            f"prompt is expected, got {type(extra).__name__} {str(extra)[:60]!r}; write "
+                            "[\"...\"] (a one-item list for one response).")
         for response in extra or []:
             if not isinstance(response, (str, list)):
                 raise DataError(f"{source}, row {pair.row_id}, field {column!r}: each further response is a string "
