@@ -165,10 +165,15 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     return plan
 
 
+def count(n: float) -> str:
+    """A parameter count: 7.242 B, 124.4 M, or exact below a million (a tiny model is not "0.000 B")."""
+    return f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{int(n):,}"
+
+
 def format_plan(plan: dict, sharding: Sharding, cfg) -> str:
     gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
-    head = (f"model {cfg.model_name_or_path}: {plan['parameters'] / 1e9:.3f} B parameters, "
-            f"{plan['trainable'] / 1e9:.3f} B trainable; load_dtype {cfg.load_dtype or 'float32'}"
+    head = (f"model {cfg.model_name_or_path}: {count(plan['parameters'])} parameters, "
+            f"{count(plan['trainable'])} trainable; load_dtype {cfg.load_dtype or 'float32'}"
             f"{'; 4-bit base' if cfg.load_in_4bit else '; 8-bit base' if cfg.load_in_8bit else ''}; "
             f"{sharding.engine} over {sharding.world} rank(s); batch {cfg.per_device_train_batch_size} x "
             f"max_length {cfg.max_length}{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")

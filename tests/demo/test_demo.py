@@ -30,6 +30,11 @@ def test_demo_improves_true_reward(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["true_reward_after"] == summary["true_reward_after"]
     assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+    # `preflab eval dpo/` compares with the SFT model DPO started from (the old config named builtin:tiny-llama,
+    # so the reference metrics came from a random model)
+    from preflab.eval.loading import run_reference
+
+    assert run_reference(str(tmp_path / "dpo")) == (str((tmp_path / "sft").resolve()), "ref_model_name_or_path")
     # the demo's report shows its result and both stages, and `preflab report` on the folder rewrites the same one
     from preflab.cli import main
 

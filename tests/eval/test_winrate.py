@@ -83,8 +83,9 @@ def test_reward_model_scores_match_a_direct_forward(tmp_path):
     score = reward_model_fn(str(tmp_path))
     prompts, completions = ["the cat", "hello world ,"], [" sat on the mat", " hi"]
     got = score(prompts=prompts, completions=completions)
-    with torch.no_grad():
-        want = [model(**tok(p + c, return_tensors="pt")).logits[0, 0].item() for p, c in zip(prompts, completions)]
+    with torch.no_grad():  # scored as reward models are trained: bos + prompt, response + eos
+        want = [model(torch.tensor([tok(p + c).input_ids + [tok.eos_token_id]])).logits[0, 0].item()
+                for p, c in zip(prompts, completions)]
     assert got == pytest.approx(want, abs=1e-5)       # batched with padding == one at a time
 
 

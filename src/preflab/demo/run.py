@@ -61,8 +61,9 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
     say(f"preflab demo: true reward on {len(heldout)} held-out prompts after SFT: {before:.3f}")
 
     say("preflab demo: stage 2/3, DPO on pairs that prefer capitals")
+    # the reference is the SFT model (saved in sft/): recorded, so that `preflab eval dpo/` compares with it
     dpo_cfg = config_from_dict({**common, **DPO, "dataset_name": str(pair_file), "output_dir": str(out / "dpo"),
-                                "eval_fraction": 0.1})
+                                "eval_fraction": 0.1, "ref_model_name_or_path": str((out / "sft").resolve())})
     Trainer(dpo_cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
     after, after_examples = heldout_reward(model, tokenizer, heldout)
     say(f"preflab demo: stage 3/3, true reward on held-out prompts after DPO: {after:.3f} (before {before:.3f})")

@@ -77,6 +77,15 @@ def run(args) -> int:
 
     if not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
+    if args.beta is not None and not args.beta > 0:
+        raise ConfigError(f"--beta must be > 0 (the KL coefficient of the implicit reward), got {args.beta}.")
+    if args.hard_margin < 0:
+        raise ConfigError(f"--hard-margin must be >= 0 (a pair is hard when the reference ranks it wrongly by more "
+                          f"than this, beta c > margin, c > 0), got {args.hard_margin}.")
+    for option in ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
@@ -126,13 +135,15 @@ def default_reference(args) -> tuple[str | None, str | None]:
     none (with a note that the reference metrics are absent) when no saved run config names a model."""
     import sys
 
-    from preflab.eval.loading import run_reference
+    from preflab.eval.loading import run_config, run_reference
 
     if args.reference:
         return args.reference, "--reference"
     if args.no_reference:
         return None, None
     found = run_reference(args.checkpoint)
+    if found is None and run_config(args.checkpoint).get("task") in ("reward", "diffusion", "vlm"):
+        return None, None  # not a text policy: loading it says which command evaluates it
     if found is None:
         print(f"preflab: note: no --reference, and {args.checkpoint} has no saved run config naming a model: the "
               "reference metrics (implicit-reward accuracy, idealized ranking accuracy, difficulty, log-prob drift, "

@@ -5,7 +5,8 @@ Accepted forms (safetensors only, through preflab.models.load; pickle weights ne
     a LoRA run directory        adapter_config.json + adapter weights; the base model is the run's
                                 config.yaml model_name_or_path (builtin names included); adapters are merged
     checkpoint-<step>/          model.safetensors with the trainable parameters + trainer_state.json; the base is
-                                rebuilt from the saved config and the parameters are loaded over it
+                                rebuilt from the saved config and the parameters are loaded over it (a LoRA run's
+                                checkpoint: adapters rebuilt from the config's lora_* options, loaded, merged)
     builtin:tiny-llama etc.     a builtin random model (seeded as in training: the run's `seed`)
     builtin:demo-sft            the online demo runs' starting policy (the demo's SFT model for the run's `seed`)
 The tokenizer is the one saved beside the weights (or in the run directory above a checkpoint).
@@ -80,6 +81,28 @@ def _tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bo
     raise PreflabError(f"no tokenizer found in {path} or {path.parent}; save the tokenizer beside the weights.")
 
 
+def check_same_tokenizer(name: str, own, given) -> None:
+    """`given` (the policy's tokenizer) scores the model `name` whose own tokenizer is `own`: they must map text to
+    the same ids (same vocabulary and EOS, which ends every scored response), else the model would be scored on
+    another model's token ids. None for `own` (no tokenizer saved with the model): nothing to compare."""
+    if own is None or given is None or own is given:
+        return
+    if own.get_vocab() != given.get_vocab() or own.eos_token_id != given.eos_token_id:
+        raise ConfigError(
+            f"the reference {name} has another tokenizer than the policy ({len(own)} vs {len(given)} tokens, EOS id "
+            f"{own.eos_token_id} vs {given.eos_token_id}, or different token ids): its log-probs of the same text "
+            "would be read off the wrong token ids. Give a --reference that shares the policy's tokenizer (the "
+            "model the run started from).")
+
+
+def _own_tokenizer(path: Path, fallback_name: str | None, trust_remote_code: bool):
+    """The tokenizer saved with a model (beside it or one folder up, else its base's), or None where none is."""
+    try:
+        return _tokenizer_near(path, fallback_name, trust_remote_code)
+    except PreflabError:
+        return None
+
+
 def _base_name(cfg: dict, path: Path) -> str:
     name = cfg.get("model_name_or_path")
     if not name:
@@ -92,12 +115,13 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
                   seed: int = 0):
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
     (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models."""
-    if name in BUILTIN:
+    if name in BUILTIN:  # a builtin is built for the tokenizer it is given (its vocabulary sizes the model)
         if tokenizer is None:
             tokenizer = load_tokenizer(name)
         return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
     if name == DEMO_SFT:
         model, own = _demo_sft(seed)
+        check_same_tokenizer(name, own, tokenizer)
         return model.eval(), tokenizer or own
     path = Path(name)
     if not path.is_dir():
@@ -111,6 +135,10 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
     if cfg.get("task") == "vlm":
         raise ConfigError(f"{name} is a task: vlm run; evaluate it with `preflab eval {name} --task vlm --data ...` "
                           "(image pairs need the run's processor and scorer).")
+    if tokenizer is not None:
+        base = str(cfg.get("model_name_or_path") or "") if not (path / "config.json").is_file() else ""
+        base = base if base in BUILTIN or (base and Path(base).is_dir()) else None
+        check_same_tokenizer(name, _own_tokenizer(path, base, trust_remote_code), tokenizer)
     if (path / "config.json").is_file():
         tok = tokenizer or _tokenizer_near(path, None, trust_remote_code)
         return load_causal_lm(str(path), "float32", trust_remote_code, allow_pickle).eval(), tok
@@ -123,6 +151,13 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
         return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code)
+    checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                         key=lambda p: int(p.name[11:]))
+    if checkpoints:  # an interrupted run: no final model yet, only its checkpoints
+        raise PreflabError(f"{path} holds no final model (the run has not finished, or was interrupted) but has "
+                           f"{', '.join(p.name for p in checkpoints)}; evaluate the newest with `preflab eval "
+                           f"{checkpoints[-1]} --data ...` (or finish the run: `preflab train CONFIG "
+                           "resume_from_checkpoint=true`).")
     raise PreflabError(f"{path} holds no model: expected config.json + *.safetensors (a finished run), "
                        "adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
 
@@ -132,15 +167,17 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     from safetensors.torch import load_file
 
     base_name = _base_name(cfg, path)
-    if cfg.get("use_peft"):
-        raise PreflabError(f"{path} is a LoRA training checkpoint; evaluate the final run directory (adapters "
-                           "are saved there with their config), or train without use_peft.")
     if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
         model, own = _demo_sft(cfg.get("seed", 0))
         tok = tokenizer or own
     else:
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
         model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+    if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did
+        from preflab.models.load import add_lora
+
+        model = add_lora(model, int(cfg.get("lora_r", 16)), int(cfg.get("lora_alpha", 32)),
+                         float(cfg.get("lora_dropout", 0.0) or 0.0), cfg.get("lora_target_modules", "all-linear"))
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]
@@ -150,4 +187,6 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     with torch.no_grad():
         for key, value in weights.items():
             params[key].copy_(value)
+    if cfg.get("use_peft"):
+        model = model.merge_and_unload()
     return model.eval(), tok

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from preflab.errors import PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
@@ -52,9 +52,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _alphas(pairs, column: str, notes: list[str]) -> torch.Tensor:
-    """[N] rater proportions from the `column` extra; 1.0 where absent (the paper's unanimous case)."""
+def _alphas(pairs, column: str, notes: list[str], source: str = "the data") -> torch.Tensor:
+    """[N] rater proportions from the `column` extra; 1.0 where absent (the paper's unanimous case). A value that is
+    not a number in [0, 1] (a percentage, a label, a string) is a DataError naming the row: clipping it to
+    [eps, 1 - eps] would change R* silently."""
     values = [p.extras.get(column) for p in pairs]
+    for pair, value in zip(pairs, values):
+        if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
+            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: {value!r} is not a rater proportion in "
+                            f"[0, 1] (P(chosen preferred over rejected); e.g. 0.75, not 75). Fix the column, or "
+                            "pass --alpha-column with the right one.")
     found = sum(_is_number(v) for v in values)
     if not found:
         notes.append(f"no '{column}' column: rater proportions assumed unanimous (alpha = 1, used as 1 - 1e-3, as "
@@ -64,22 +71,41 @@ def _alphas(pairs, column: str, notes: list[str]) -> torch.Tensor:
     return torch.tensor([float(v) if _is_number(v) else 1.0 for v in values], dtype=torch.float64)
 
 
-def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOptions, pad_id: int) -> dict:
+def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOptions, pad_id: int,
+                notes: list[str], source: str = "the data") -> dict:
     """Likelihood moved onto each prompt's extra (unseen) responses, policy vs reference."""
     from preflab.data.examples import UnpairedExample
     from preflab.data.tokenize import tokenize_indexed
 
     column = opts.extra_responses_column
-    items, owner = [], []
+    items, owner, empty = [], [], 0
     for k, (pair, i) in enumerate(zip(pairs, indices)):
         extra = pair.extras.get(column)
-        for response in extra if isinstance(extra, list) else []:
+        if extra is not None and not isinstance(extra, list):
+            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: a list of further responses to the "
+                            f"prompt is expected, got {type(extra).__name__} {str(extra)[:60]!r}; write "
+                            "[\"...\"] (a one-item list for one response).")
+        for response in extra or []:
+            if not isinstance(response, (str, list)):
+                raise DataError(f"{source}, row {pair.row_id}, field {column!r}: each further response is a string "
+                                f"(or, with conversational prompts, a list of messages), got {type(response).__name__} "
+                                f"{str(response)[:60]!r}.")
+            if not response or (isinstance(response, str) and not response.strip()):
+                empty += 1  # an empty response is no response (the pairs refuse it too)
+                continue
             items.append(UnpairedExample(pair.row_id, examples[i].prompt, response, True, {}))
             owner.append(k)
+    if empty:
+        notes.append(f"dispersion: {empty} empty '{column}' responses were left out")
     if not items:
         return {}
-    tokenized, _, kept = tokenize_indexed("unpaired", items, tokenizer, max_length=opts.max_length,
-                                          max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    tokenized, report, kept = tokenize_indexed("unpaired", items, tokenizer, max_length=opts.max_length,
+                                               max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    if len(tokenized) < len(items):
+        notes.append(f"dispersion: {len(items) - len(tokenized)} of {len(items)} '{column}' responses could not be "
+                     f"scored and were left out ({report.summary()})")
+    if report.response_truncated:
+        notes.append(f"dispersion: {report.response_truncated} '{column}' responses were truncated to max_length")
     if not tokenized:
         return {}
     seqs = [(t.prompt_ids, t.completion_ids) for t in tokenized]
@@ -119,13 +145,19 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
-def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None, beta: float = 0.1,
-                    reward_fn=None, judge=None) -> dict:
-    """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict."""
+def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
+                    beta: float | None = None, reward_fn=None, judge=None) -> dict:
+    """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict.
+    beta: the implicit reward's; else options.beta; else 0.1 (two different values are a ConfigError)."""
     from preflab.data.rows import load_rows
     from preflab.data.tokenize import tokenize_indexed
 
     opts = options or EvalOptions()
+    if beta is not None and opts.beta is not None and float(beta) != float(opts.beta):
+        raise ConfigError(f"beta={beta} and options.beta={opts.beta} disagree; give one.")
+    beta = float(beta if beta is not None else opts.beta if opts.beta is not None else 0.1)
+    if not beta > 0:
+        raise ConfigError(f"beta must be > 0 (the KL coefficient of the implicit reward), got {beta}.")
     notes: list[str] = []
     missing: dict[str, str] = {}
     opts, capped = _within_positions(opts, policy, ref)
@@ -134,8 +166,15 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                                                   max_prompt_length=opts.max_prompt_length, on_bad_row="skip",
                                                   source=row_report.source)
     if not pairs:
+        first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
+        at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
+        where = (f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
+                 if first else "")
         raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
-                           f"{tok_report.summary()}. Check the columns (prompt, chosen, rejected) and max_length.")
+                           f"{tok_report.summary()}.{where} preflab eval needs preference pairs: prompt, chosen, "
+                           "rejected (text or messages), or chosen and rejected conversations sharing their first "
+                           "turns (implicit prompt); a 'messages' (SFT) or 'completion'/'label' (unpaired) file has "
+                           "no pairs. Check the columns and --max-length.")
     if row_report.skipped or tok_report.skipped or tok_report.prompt_truncated or tok_report.response_truncated:
         notes += [capped] if capped else []  # the cap matters only where a row reached it
         notes.append(f"data: {row_report.summary()}; {tok_report.summary()} (the rows are listed under data_report "
@@ -143,7 +182,7 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
     metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}
-    alpha = _alphas(pairs, opts.alpha_column, notes)
+    alpha = _alphas(pairs, opts.alpha_column, notes, row_report.source)
     if bool((alpha == 0.5).any()):
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)
@@ -152,7 +191,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         metrics.update(ranking_report(scores.ref_chosen, scores.ref_rejected, scores.chosen_length,
                                       scores.rejected_length, alpha, beta, scores.policy_chosen,
                                       scores.policy_rejected, opts.hard_margin))
-        metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id))
+        metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id, notes,
+                                   row_report.source))
         if not any(k.startswith("dispersion/") for k in metrics):
             missing["dispersion"] = (f"the data has no '{opts.extra_responses_column}' column (a list of further "
                                      "responses per prompt), so mass on unseen responses was not measured")
@@ -164,6 +204,11 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
             missing["win_rate"] = "a win rate compares against the reference model's answers; give --reference"
         else:
             out.update(_win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics))
+            win = out["win_rate"]
+            if win.get("failed"):
+                notes.append(f"win rate: no verdict on {win['failed']} of {win['n'] + win['failed']} prompts (the "
+                             "judge returned -1, None or NaN, or a reward was None or not finite); the win rate and "
+                             f"its interval cover the other {win['n']}")
     else:
         missing["win_rate"] = "no --reward-fn, --reward-model or --judge given"
     out["metrics"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
@@ -206,7 +251,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
 
     opts = options or EvalOptions()
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
-    beta = opts.beta if opts.beta is not None else float(cfg.get("beta", 0.1) or 0.1)
+    beta, run_notes = eval_beta(opts.beta, cfg)
     policy, tokenizer = load_for_eval(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                       seed=int(cfg.get("seed", 0) or 0))
     ref = None
@@ -218,12 +263,66 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
     result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
+    trained_on = training_data_note(data, cfg, opts.split)
+    result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
               "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
-              "beta_source": "--beta" if opts.beta is not None else ("run config" if "beta" in cfg else "default"),
+              "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
+                                                                     else "default"),
               **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
     result["path"] = str(write_json(eval_json_path(checkpoint, out), result))
     return result
+
+
+# objectives whose optimum is the KL-regularized one, pi_ref exp(r / beta) / Z, with the run's beta as the KL
+# coefficient: R*, the implicit reward beta h and Thm 4.1's l(beta c) are theirs (Chen et al. 2024, Sec. 3)
+KL_OPTIMUM_OBJECTIVES = ("dpo",)
+
+
+def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
+    """(beta of the implicit reward and of R*, notes) for `preflab eval`: --beta, else the run's beta, else 0.1.
+    A run beta of 0 (e.g. GRPO without a KL term) has no implicit reward: 0.1 is used and said. A run whose
+    objective is not DPO's (IPO, SimPO, ...) gets a note that beta there is that objective's own parameter."""
+    notes: list[str] = []
+    if given is not None:
+        return float(given), notes
+    run_beta = cfg.get("beta")
+    if isinstance(run_beta, bool) or not isinstance(run_beta, (int, float)) or not run_beta > 0:
+        if run_beta is not None:
+            notes.append(f"the run's beta is {run_beta!r} (no KL term), which defines no implicit reward: beta = 0.1 "
+                         "is used for rewards/*, R* and the difficulty; pass --beta to choose it")
+        return 0.1, notes
+    if cfg.get("task", "dpo") == "dpo" and "loss_type" in cfg:
+        from preflab.objectives import resolve_name
+
+        names = cfg["loss_type"] if isinstance(cfg["loss_type"], (list, tuple)) else [cfg["loss_type"]]
+        try:
+            other = [str(n) for n in names if resolve_name(str(n)) not in KL_OPTIMUM_OBJECTIVES]
+        except PreflabError:
+            other = [str(n) for n in names]
+        if other:
+            notes.append(f"the run trained with loss_type {', '.join(other)}, whose beta={run_beta} is that "
+                         "objective's own parameter: rewards/*, the idealized ranking accuracy R* and the difficulty "
+                         f"are DPO's quantities (KL-regularized optimum) at beta={run_beta}, not that objective's "
+                         "optimum; compare R and R~ across runs, and read R* as DPO's ceiling")
+    return float(run_beta), notes
+
+
+def training_data_note(data, cfg: dict, split: str) -> str | None:
+    """A note when --data (and --split) is the run's own training data (its dataset_name and dataset_split): the
+    metrics are then not held-out, which nothing else in eval.json would say. None otherwise."""
+    name = cfg.get("dataset_name")
+    if not name or not isinstance(data, (str, Path)) or split != cfg.get("dataset_split", "train"):
+        return None
+    given, trained = Path(str(data)), Path(str(name))
+    same = (given.resolve() == trained.resolve()) if given.exists() and trained.exists() else str(data) == str(name)
+    if not same:
+        return None
+    fraction = cfg.get("eval_fraction") or 0
+    held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {cfg.get('seed')}) were not "
+            "trained on" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
+    return (f"--data {data} (split {split}) is the run's training data (dataset_name): {held}, so these metrics "
+            "are not held-out; evaluate a held-out file for generalization")
 
 
 def write_json(path: Path, data: dict) -> Path:

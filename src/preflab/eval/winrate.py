@@ -8,6 +8,8 @@ Wilson's score interval (Wilson 1927, "Probable inference, the law of succession
 JASA 22:209) for that proportion:
     (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n),   z = Phi^-1((1 + confidence)/2).
 Deviation: with ties or fractional verdicts the outcomes are not Bernoulli, so the interval is an approximation.
+A failed verdict (TRL's -1 from a judge, None or NaN from a judge or reward function) is no outcome: the prompt is
+left out of n and counted as `failed` (never as a tie or a loss); a judge failing on every prompt is an error.
 
 Interfaces (TRL's, so existing functions plug in):
     reward function  f(prompts=[...], completions=[...]) -> list[float]        (TRL GRPO reward_funcs)
@@ -23,8 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
 
-import torch
-
 from preflab.errors import ConfigError
 
 
@@ -38,6 +38,8 @@ class WinRate:
     losses: int
     n: int
     confidence: float
+    failed: int = 0        # prompts without a verdict (judge returned -1, None or NaN): not in n
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,33 +56,60 @@ def wilson_interval(p_hat: float, n: int, confidence: float = 0.95) -> tuple[flo
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def win_rate_from_outcomes(outcomes: Sequence[float], confidence: float = 0.95) -> WinRate:
-    """Outcomes in [0, 1] per prompt (1 policy better, 0.5 tie, 0 reference better) -> WinRate."""
-    values = [float(v) for v in outcomes]
+def win_rate_from_outcomes(outcomes: Sequence[float | None], confidence: float = 0.95) -> WinRate:
+    """Outcomes in [0, 1] per prompt (1 policy better, 0.5 tie, 0 reference better; None: no verdict) -> WinRate.
+    Prompts without a verdict are left out of n and counted as `failed`; none with a verdict is a ConfigError."""
+    failed = sum(v is None for v in outcomes)
+    values = [float(v) for v in outcomes if v is not None]
     if any(not 0.0 <= v <= 1.0 for v in values):
-        raise ConfigError("judge outcomes must lie in [0, 1] (1: policy better, 0: reference better).")
+        raise ConfigError("judge outcomes must lie in [0, 1] (1: policy better, 0: reference better; None or NaN: "
+                          f"no verdict), got {next(v for v in values if not 0.0 <= v <= 1.0)}.")
     n = len(values)
-    p = sum(values) / n if n else math.nan
+    if not n:
+        raise ConfigError(f"no win rate: the judge or reward function gave no verdict on any of the {failed} "
+                          "prompts (TRL's -1, None or NaN on every one); check the judge (its API key, its parser).")
+    p = sum(values) / n
     lo, hi = wilson_interval(p, n, confidence)
     return WinRate(p, lo, hi, sum(v == 1.0 for v in values), sum(v == 0.5 for v in values),
-                   sum(v == 0.0 for v in values), n, confidence)
+                   sum(v == 0.0 for v in values), n, confidence, failed)
 
 
-def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float],
+def _finite(value) -> float | None:
+    """A reward or verdict as a float, or None where there is none (None, NaN, inf: a failed evaluation)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def win_rate(policy_rewards: Sequence[float | None], reference_rewards: Sequence[float | None],
              confidence: float = 0.95) -> WinRate:
-    """Win rate of the policy when each prompt's two answers are compared by reward (ties count 1/2)."""
+    """Win rate of the policy when each prompt's two answers are compared by reward (ties count 1/2). A prompt
+    where either reward is None or not finite (a reward function that failed there) has no verdict (`failed`)."""
     if len(policy_rewards) != len(reference_rewards):
         raise ConfigError(f"{len(policy_rewards)} policy rewards but {len(reference_rewards)} reference rewards.")
-    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy_rewards, reference_rewards)]
+    pairs = [(_finite(a), _finite(b)) for a, b in zip(policy_rewards, reference_rewards)]
+    outcomes = [None if a is None or b is None else 1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]
     return win_rate_from_outcomes(outcomes, confidence)
 
 
-def judge_outcomes(judge, prompts: list, policy_answers: list[str], reference_answers: list[str]) -> list[float]:
-    """Per-prompt outcomes from a TRL pairwise judge (.judge -> index of the better answer) or a callable."""
+def judge_outcomes(judge, prompts: list, policy_answers: list[str], reference_answers: list[str]) -> list[float | None]:
+    """Per-prompt outcomes from a TRL pairwise judge (.judge -> index of the better answer, -1 when it failed) or a
+    callable (-> probability that the policy answer is better; None or NaN when it failed). A failed verdict is
+    None; a verdict count other than one per prompt, or a TRL index other than 0, 1, -1, is a ConfigError."""
     if hasattr(judge, "judge"):
-        picks = judge.judge(prompts, [[a, b] for a, b in zip(policy_answers, reference_answers)])
-        return [1.0 if int(i) == 0 else 0.0 if int(i) == 1 else 0.5 for i in picks]
-    return [float(v) for v in judge(prompts, policy_answers, reference_answers)]
+        picks = list(judge.judge(prompts, [[a, b] for a, b in zip(policy_answers, reference_answers)]))
+        bad = [i for i in picks if i is not None and i not in (0, 1, -1)]
+        if bad:
+            raise ConfigError(f"the judge's .judge returned {bad[0]!r}: a TRL pairwise judge returns the index of the "
+                              "better answer (0: policy, 1: reference) or -1 when it failed.")
+        outcomes = [None if i is None or int(i) == -1 else 1.0 if int(i) == 0 else 0.0 for i in picks]
+    else:
+        outcomes = [_finite(v) for v in judge(prompts, policy_answers, reference_answers)]
+    if len(outcomes) != len(prompts):
+        raise ConfigError(f"the judge returned {len(outcomes)} verdicts for {len(prompts)} prompts; it must return "
+                          "one per prompt (-1 / None for a prompt it could not judge).")
+    return outcomes
 
 
 def load_callable(spec: str) -> Callable:
@@ -93,37 +122,22 @@ def load_callable(spec: str) -> Callable:
 
 
 def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16, max_length: int = 1024):
-    """A TRL-style reward function backed by a local sequence-classification model (num_labels=1) in path.
+    """A TRL-style reward function backed by a local reward model in path: a `task: reward` run's output_dir (or
+    checkpoint-<step>) or any sequence-classification checkpoint with a trained head.
 
-    Text rows are scored on prompt + completion, conversational prompts through the model's chat template."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from preflab.models.load import check_weights_safe
+    It scores exactly as the reward model is trained and evaluated (preflab.reward_models.interface.RewardModel:
+    bos + prompt, response + eos, read at the last real token; conversational prompts through the chat template).
+    A directory without a trained reward head (a policy, a base model) is a ConfigError: its head would be random."""
+    from preflab.reward_models.heads import load_reward_model, reward_tokenizer
+    from preflab.reward_models.interface import RewardModel
 
     if not Path(path).is_dir():
         raise ConfigError(f"--reward-model {path!r} is not a directory holding a saved reward model.")
-    check_weights_safe(path, allow_pickle)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=None if allow_pickle else True)
-    model.config.pad_token_id = tok.pad_token_id
-    model.eval()
+    judge = RewardModel(load_reward_model(path, allow_pickle), reward_tokenizer(path), batch_size=batch_size,
+                        max_length=max_length)
 
-    def text(prompt, completion: str) -> str:
-        if isinstance(prompt, list):
-            return tok.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
-        return prompt + completion
-
-    @torch.no_grad()
     def score(prompts, completions, **_) -> list[float]:
-        out: list[float] = []
-        texts = [text(p, c) for p, c in zip(prompts, completions)]
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_length)
-            out += model(**enc).logits[:, 0].float().tolist()
-        return out
+        return judge.score(list(prompts), list(completions)).float().tolist()
 
     return score
 
@@ -147,11 +161,16 @@ def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]
         result = win_rate_from_outcomes(judge_outcomes(judge, prompts, ans_p, ans_r), confidence)
         scores = None
     else:
-        r_p = [float(v) for v in reward_fn(prompts=prompts, completions=ans_p)]
-        r_r = [float(v) for v in reward_fn(prompts=prompts, completions=ans_r)]
+        r_p = [_finite(v) for v in reward_fn(prompts=prompts, completions=ans_p)]
+        r_r = [_finite(v) for v in reward_fn(prompts=prompts, completions=ans_r)]
+        if len(r_p) != len(prompts) or len(r_r) != len(prompts):
+            raise ConfigError(f"the reward function returned {len(r_p)} and {len(r_r)} rewards for {len(prompts)} "
+                              "prompts' policy and reference answers; it must return one per completion (None where "
+                              "it cannot score one).")
         result, scores = win_rate(r_p, r_r, confidence), (r_p, r_r)
-        out["reward/policy_generation"] = sum(r_p) / len(r_p)
-        out["reward/reference_generation"] = sum(r_r) / len(r_r)
+        both = [(a, b) for a, b in zip(r_p, r_r) if a is not None and b is not None]  # the prompts in the win rate
+        out["reward/policy_generation"] = sum(a for a, _ in both) / len(both)
+        out["reward/reference_generation"] = sum(b for _, b in both) / len(both)
     out["win_rate"] = result.to_dict()
     out["examples"] = [{"prompt": p if isinstance(p, str) else str(p), "policy": a, "reference": b,
                         **({"policy_reward": scores[0][i], "reference_reward": scores[1][i]} if scores else {})}

@@ -33,10 +33,16 @@ def cmd_run(args) -> int:
     from preflab.lab.plots import render
     from preflab.lab.registry import run_experiment
 
+    from preflab.errors import ConfigError
+
+    out = Path(args.out)
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # checked before the experiment runs, not after
+        raise ConfigError(f"--out {args.out}: {blocked} is a file, not a folder; {args.name}.png and "
+                          f"{args.name}.json go into a folder. Give a folder path.")
     torch.set_num_threads(1)
     start = time.perf_counter()
     result = run_experiment(args.name, quick=args.quick)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png, js = out / f"{args.name}.png", out / f"{args.name}.json"
     render(result, png)

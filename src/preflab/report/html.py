@@ -74,7 +74,8 @@ def _img(uri: str | None, alt: str, cls: str = "") -> str:
 
 def _curves(runs: list[RunData]) -> str:
     images = [_img(plots.curve_panel(runs, title, ylabel, series), title)
-              for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.ONLINE_PANELS]
+              for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
+              + plots.ONLINE_PANELS]
     images = [i for i in images if i]
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"])
@@ -86,12 +87,12 @@ def _margins(runs: list[RunData]) -> str:
     uri = plots.margin_histograms(runs)
     if uri:
         out += _img(uri, "margin histograms", "wide")
-    lacking = [r.name for r in runs if not r.margins]
+    lacking = [r.name for r in runs if not r.margins and r.pairwise]
     if lacking:
-        out += _notes([f"{', '.join(lacking)}: per-pair margins at the start and end of training were not saved "
-                       "(pair_margins.jsonl; the trainer logs batch means only). The histogram of final margins "
+        out += _notes([f"{', '.join(lacking)}: no per-pair margins were saved (pair_margins.jsonl is written at "
+                       "each eval step of a preference run with an eval set). The histogram of final margins "
                        "below comes from eval.json when `preflab eval` was run."])
-    return out
+    return out if uri or lacking else ""
 
 
 def _dict(value) -> dict:
@@ -121,7 +122,9 @@ def _eval_section(runs: list[RunData]) -> str:
             out += (f"<p><b>{_e(run.name)}</b>: win rate vs reference {_fmt(win.get('win_rate'))} "
                     f"[{_fmt(win.get('ci_low'))}, {_fmt(win.get('ci_high'))}] ({_fmt(win.get('confidence'))} "
                     f"Wilson interval; {_fmt(win.get('wins'))} wins, {_fmt(win.get('ties'))} ties, "
-                    f"{_fmt(win.get('losses'))} losses of {_fmt(win.get('n'))})</p>")
+                    f"{_fmt(win.get('losses'))} losses of {_fmt(win.get('n'))}"
+                    + (f"; {_fmt(win.get('failed'))} prompts without a verdict left out" if win.get("failed") else "")
+                    + ")</p>")
         notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]
         notes += [f"{run.name}: {k} not computed: {why}" for k, why in _dict(run.eval.get("missing")).items()]
         out += _notes(notes)

@@ -52,6 +52,12 @@ TOKEN_PANELS = (
                                                       ("eval_logits/rejected", "rejected (eval)", RED)]),
     ("Policy entropy", "nats per response token", [("entropy", "train", GRAY), ("eval_entropy", "eval", GRAY)]),
 )
+# reward-model runs (task: reward; TRL RewardTrainer's names); drawn only when the run logged one of its series
+REWARD_PANELS = (
+    ("Reward model accuracy", "fraction of pairs with r(chosen) > r(rejected)", [("accuracy", "train", GREEN),
+                                                                               ("eval_accuracy", "eval", GREEN)]),
+    ("Reward model margin", "r(chosen) - r(rejected)", [("margin", "train", BLUE), ("eval_margin", "eval", BLUE)]),
+)
 # online runs (task: online); a panel is drawn only when the run logged one of its series
 ONLINE_PANELS = (
     ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
@@ -91,6 +97,10 @@ def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple
             steps, values = run.series(key)
             if not steps:
                 continue
+            gaps = [s for s in run.null_steps(key) if s not in steps]   # a non-finite value breaks the line
+            if gaps:
+                merged = sorted(list(zip(steps, values)) + [(s, math.nan) for s in gaps])
+                steps, values = [s for s, _ in merged], [v for _, v in merged]
             is_eval = key.startswith("eval_")
             marker = "o" if is_eval and len(steps) < 40 else None
             if many:
@@ -103,6 +113,10 @@ def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple
             drawn += 1
     if not drawn:
         return None
+    for r, run in enumerate(runs):  # steps skipped as non-finite: a thin red line each
+        for i, step in enumerate(run.skipped_steps):
+            ax.axvline(step, color="#d62728", alpha=0.35, linewidth=0.8,
+                       label=(f"{run.name}: " if many else "") + "non-finite step skipped" if i == 0 else None)
     ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.legend(fontsize=7, loc="best")
     return to_data_uri(fig)

@@ -34,6 +34,14 @@ class RunData:
     margins: dict[int, list[float]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     bad_lines: int = 0
+    skipped_steps: list[float] = field(default_factory=list)   # steps skipped as non-finite ("nonfinite" rows)
+
+    def null_steps(self, key: str) -> list[float]:
+        """Steps at which `key` was logged as null or NaN (runlog writes a non-finite value as null): the curve
+        breaks there instead of joining its neighbours."""
+        return sorted({float(row["step"]) for row in self.rows
+                       if key in row and isinstance(row.get("step"), (int, float))
+                       and (row[key] is None or (isinstance(row[key], float) and not math.isfinite(row[key])))})
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of `key` over the run, sorted by step; the last value logged at a step wins."""
@@ -45,6 +53,12 @@ class RunData:
                 by_step[float(step)] = float(value)
         steps = sorted(by_step)
         return steps, [by_step[s] for s in steps]
+
+    @property
+    def pairwise(self) -> bool:
+        """An offline preference run (task: dpo, the default), the kind that writes pair_margins.jsonl; not SFT,
+        reward-model, online, VLM or diffusion runs, and not a folder without config.yaml."""
+        return bool(self.config) and self.config.get("task", "dpo") == "dpo"
 
     @property
     def environment(self) -> dict:
@@ -82,6 +96,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
             run.missing.append(f"{run.bad_lines} unreadable line(s) in metrics.jsonl were skipped")
     else:
         run.missing.append("no metrics.jsonl: this is not a finished or running `preflab train` output_dir")
+    _note_nonfinite(run)
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
         run.missing.append("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
                            "eval_dataset_name) to log held-out ranking accuracy and log-prob drift")
@@ -102,13 +117,41 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
     elif not run.eval:
-        run.missing.append(f"no eval.json: run `preflab eval {path} --data HELDOUT --reference REF` for "
-                           "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate")
+        target, out = path, ""
+        if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
+            done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
+                          key=lambda p: int(p.name[11:]))
+            target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
+        run.missing.append(f"no eval.json: run `preflab eval {target} --data HELDOUT --reference REF{out}` for "
+                           "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate"
+                           + (" (the run has no final model yet: its newest checkpoint)" if out else ""))
     run.margins = read_pair_margins(path)
-    if not run.margins:
-        run.missing.append("no per-pair margins (pair_margins.jsonl): the trainer logs batch means only, so the "
-                           "start/end margin histograms are unavailable; preflab.report.margins has the hook")
+    if not run.margins and run.pairwise:
+        run.missing.append("no per-pair margins (pair_margins.jsonl): a preference run writes them at each eval "
+                           "step; set eval_steps and an eval set (eval_fraction or eval_dataset_name) for the "
+                           "margin histograms")
     return run
+
+
+def _steps_text(steps: list[float]) -> str:
+    shown = ", ".join(f"{s:g}" for s in steps[:8])
+    return shown + (f" and {len(steps) - 8} more" if len(steps) > 8 else "")
+
+
+def _note_nonfinite(run: RunData) -> None:
+    """Say (in run.missing, shown at the top of the report) which steps were skipped as non-finite and which
+    metrics were logged non-finite: the curves only show finite values, so a diverging run would look clean."""
+    run.skipped_steps = sorted({float(r["step"]) for r in run.rows if r.get("nonfinite") is True
+                                and isinstance(r.get("step"), (int, float))})
+    if run.skipped_steps:
+        run.missing.append(f"{len(run.skipped_steps)} training step(s) skipped as non-finite (loss, gradient or "
+                           f"weights) at step {_steps_text(run.skipped_steps)}; their batches' row ids are in "
+                           "metrics.jsonl (and summary.json nonfinite_steps); red lines mark them on the curves")
+    keys = sorted({k for r in run.rows for k, v in r.items() if v is None or (isinstance(v, float)
+                                                                             and not math.isfinite(v))})
+    for key in keys:
+        run.missing.append(f"{key} was logged non-finite (null/NaN) at step {_steps_text(run.null_steps(key))}: "
+                           "the curve breaks there")
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -149,10 +192,18 @@ def collect_runs(paths) -> tuple[list[Path], dict]:
         inner = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)),
                        key=lambda p: (min((p / n).stat().st_mtime for n in RUN_MARKERS if (p / n).is_file()),
                                       p.name))
+        if not inner and path.name.startswith("checkpoint-") and is_run_dir(path.parent):
+            raise PreflabError(f"{path} is a checkpoint of the run {path.parent}; the report reads the run "
+                               f"directory: `preflab report {path.parent}` (its curves cover every logged step).")
         if not inner:
             raise PreflabError(f"{path} holds no preflab run: no metrics.jsonl or config.yaml in it or in a "
                                "subfolder. Give the output_dir of a `preflab train` run.")
         runs += inner
         if not overview and (path / "summary.json").is_file():
             overview = {**_read_json(path / "summary.json"), "_folder": str(path)}
+    seen: dict[Path, Path] = {}
+    for run in runs:  # one run twice would be one column twice, under a name made of its whole path
+        if run.resolve() in seen:
+            raise PreflabError(f"{run} is given twice (also as {seen[run.resolve()]}); give each run once.")
+        seen[run.resolve()] = run
     return runs, overview
