@@ -125,21 +125,17 @@ def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16,
     """A TRL-style reward function backed by a local reward model in path: a `task: reward` run's output_dir (or
     checkpoint-<step>) or any sequence-classification checkpoint with a trained head.
 
-    It scores exactly as the reward model is trained and evaluated (preflab.reward_models.interface.RewardModel:
-    bos + prompt, response + eos, read at the last real token; conversational prompts through the chat template).
-    A directory without a trained reward head (a policy, a base model) is a ConfigError: its head would be random."""
-    from preflab.reward_models.heads import load_reward_model, reward_tokenizer
-    from preflab.reward_models.interface import RewardModel
+    It scores exactly as the reward model is trained and evaluated
+    (`preflab.reward_models.interface.reward_function`: bos + prompt, response + eos, read at the last real token;
+    conversational prompts through the chat template). A directory without a trained reward head (a policy, a base
+    model) is a ConfigError: its head would be random. The reward-model room builds on this one, so it is reached by
+    name (no import edge from eval to reward_models)."""
+    import importlib
 
     if not Path(path).is_dir():
         raise ConfigError(f"--reward-model {path!r} is not a directory holding a saved reward model.")
-    judge = RewardModel(load_reward_model(path, allow_pickle), reward_tokenizer(path), batch_size=batch_size,
-                        max_length=max_length)
-
-    def score(prompts, completions, **_) -> list[float]:
-        return judge.score(list(prompts), list(completions)).float().tolist()
-
-    return score
+    interface = importlib.import_module("preflab.reward_models.interface")
+    return interface.reward_function(path, allow_pickle=allow_pickle, batch_size=batch_size, max_length=max_length)
 
 
 def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]], prompts: list, *,

@@ -190,3 +190,18 @@ def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
                           "judge object passed to the online API; reward_weights weigh several judges, not one "
                           "model's outputs.")
     return RewardModel(model, tokenizer, **kwargs)
+
+
+def reward_function(path: str, allow_pickle: bool = False, batch_size: int = 16, max_length: int = 1024):
+    """f(prompts, completions, **columns) -> list of rewards (TRL's reward-function form) of the reward model saved
+    in `path` (a run directory, a checkpoint-<step> or a sequence-classification checkpoint with a trained head),
+    scored as it was trained: `RewardModel` over `load_reward_model` (a folder without a trained head is refused)."""
+    from preflab.reward_models.heads import load_reward_model, reward_tokenizer
+
+    judge = RewardModel(load_reward_model(path, allow_pickle), reward_tokenizer(path), batch_size=batch_size,
+                        max_length=max_length)
+
+    def score(prompts, completions, **_) -> list[float]:
+        return judge.score(list(prompts), list(completions)).float().tolist()
+
+    return score
