@@ -143,7 +143,9 @@ def run_vlm_demo(output_dir: str = "outputs/demo-vlm", seed: int = 0, quiet: boo
     say(f"preflab demo vlm: colour accuracy of greedy answers on {len(heldout)} held-out images after SFT: "
         f"{before:.3f}")
     say("preflab demo vlm: stage 2/3, DPO on pairs that prefer the true colour")
+    # the reference is the SFT model (saved in sft/): recorded, so that `preflab eval dpo/ --task vlm` compares with it
     dpo_cfg = config_from_dict({**common, **DPO, "dataset_name": str(pair_file), "output_dir": str(out / "dpo"),
+                                "ref_model_name_or_path": str((out / "sft").resolve()),
                                 **({"max_steps": dpo_steps} if dpo_steps else {})})
     VisionTrainer(dpo_cfg, policy=model, ref=frozen_copy(model), processor=processor).train()
     after, answers_after = evaluate(model, processor, heldout)
