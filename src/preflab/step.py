@@ -134,7 +134,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     norm_total, loss_total = flags[1], flags[2]
     metric_totals, at = dict(host_metrics), 3
     for keys, _ in groups:
-        for key, value in zip(keys, flags[at:at + len(keys)]):
+        for key, value in zip(keys, flags[at:at + len(keys)], strict=True):
             metric_totals[key] = metric_totals[key] + value if key in metric_totals else value
         at += len(keys)
     skipped = not math.isfinite(loss_total) or (scaler is None and not math.isfinite(norm_total))
