@@ -33,10 +33,10 @@ def max_abs_bound(params: list[torch.Tensor]) -> torch.Tensor:
     """An upper bound of max |p| over all tensors: the largest per-tensor L2 norm (one fused kernel; the fused
     max-abs norm is 15x slower on CPU). 0-dim float32 on the tensors' device; NaN/inf when a weight is not finite
     (or the norm overflows, which only makes the bound more careful)."""
-    tensors = [local_shard(p.detach()) for p in params]
-    if not tensors:
+    if not params:
         return torch.zeros(())
-    return torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)]).max()
+    with torch.no_grad():  # no per-parameter detach: one op fewer per tensor
+        return torch.stack([n.float() for n in torch._foreach_norm([local_shard(p) for p in params], 2)]).max()
 
 
 def _inner(optimizer):

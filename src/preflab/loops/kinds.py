@@ -60,6 +60,9 @@ class PairKind:
         return pair_token_sums(token_stats, mask)
 
 
+LABEL_COUNTS = "_label_counts"  # layout extra of unpaired batches: (desirable, undesirable) counts, host ints
+
+
 class UnpairedKind:
     name = "unpaired"
 
@@ -79,6 +82,8 @@ class UnpairedKind:
         seqs += [(items[i].prompt_ids, items[(i - 1) % n].completion_ids) for i in range(n)]
         extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
         extras["label"] = torch.tensor([bool(x.label) for x in items])
+        desirable = sum(bool(x.label) for x in items)
+        extras[LABEL_COUNTS] = (desirable, n - desirable)  # Python ints: stay on the host when the layout moves
         return pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
 
     @staticmethod
@@ -95,8 +100,9 @@ class UnpairedKind:
         first, second = slice(0, b), slice(b, 2 * b)
         extras = dict(extras)
         label = extras.pop("label")
+        counts = extras.pop(LABEL_COUNTS, None)
         return UnpairedBatch(side(policy, first), label.to(policy.token_logps.device), side(ref, first),
-                             side(policy, second), side(ref, second), extras)
+                             side(policy, second), side(ref, second), extras, label_counts=counts)
 
     @staticmethod
     def eval_metrics(batch) -> dict:

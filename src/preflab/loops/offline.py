@@ -225,7 +225,8 @@ class Trainer(TrainingRun):
         with self.accelerator.autocast():
             if self.ref_logps and positions is not None:
                 ref = self.ref_logps["train" if train else "eval"].scores(positions, host_mask,
-                                                                          self.accelerator.device)
+                                                                          self.accelerator.device,
+                                                                          device_mask=layout.response_mask)
                 ref_head = None
             else:
                 ref, ref_head = self._reference(layout)

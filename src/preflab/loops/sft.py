@@ -271,12 +271,13 @@ class SFTKind:
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
-def correct_tokens(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> int:
-    """How many positions have argmax over head(hidden) equal to the target (no gradient)."""
-    right = 0
+def correct_tokens(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> torch.Tensor:
+    """How many positions have argmax over head(hidden) equal to the target (no gradient): a 0-dim int64 tensor on
+    the device, summed there (a host read per chunk would stall the step)."""
+    right = hidden_flat.new_zeros((), dtype=torch.long)
     with torch.no_grad():
         for s in range(0, hidden_flat.shape[0], chunk):
-            right += int((head(hidden_flat[s:s + chunk]).argmax(-1) == targets[s:s + chunk]).sum())
+            right = right + (head(hidden_flat[s:s + chunk]).argmax(-1) == targets[s:s + chunk]).sum()
     return right
 
 
@@ -303,20 +304,25 @@ class SFTTrainer(_trainer_base()):
         """The loop's micro-batches, each told N / T of the whole step (one all-reduce of two numbers)."""
         mbs = super().micro_batches(step)
         acc = self.accelerator
-        local = torch.tensor([float(sum(len(mb.row_ids) for mb in mbs)),
-                              float(sum(int(mb.layout.response_mask.sum()) for mb in mbs))], device=acc.device)
+        local = [float(sum(len(mb.row_ids) for mb in mbs)),
+                 float(sum(int(mb.layout.response_mask.sum()) for mb in mbs))]  # host layouts: no device read
         if acc.num_processes > 1:
-            local = acc.reduce(local, reduction="sum")
-        ratio = float(local[0]) / max(float(local[1]), 1.0)
+            local = acc.reduce(torch.tensor(local, device=acc.device), reduction="sum").tolist()
+        ratio = local[0] / max(local[1], 1.0)
         for mb in mbs:
             mb.examples_per_token = ratio
         return mbs
 
-    def _accuracy_count(self, layout, batch: SFTBatch) -> int:
+    def _accuracy_count(self, layout, batch: SFTBatch) -> torch.Tensor:
+        """Correct argmax predictions of the completion tokens of `layout` (as built on the host), on the device."""
         from preflab.scoring.lm import backbone_and_head
 
         hidden = batch.extras["_hidden"].detach()
-        targets = layout.target_ids[layout.response_mask].to(hidden.device)
+        targets = layout.gather_plan().target  # target_ids[response_mask], from index lists: no mask indexing
+        if targets.device != hidden.device:
+            from preflab.data.layout import to_device
+
+            targets = to_device(targets, hidden.device)
         return correct_tokens(hidden, targets, backbone_and_head(self.policy)[1])
 
     def forward(self, mb):
@@ -326,9 +332,9 @@ class SFTTrainer(_trainer_base()):
             batch.extras["examples_per_token"] = ratio
         out = self.objective(batch)
         # weighted by n / N in preflab.step: right * (N / T) / n sums to right / T over the step
-        right = self._accuracy_count(mb.layout, batch)
+        right = self._accuracy_count(mb.layout, batch)  # on the device: no host read inside the step
         scale = ratio if ratio is not None else batch.size / max(int(mb.layout.response_mask.sum()), 1)
-        out.metrics["mean_token_accuracy"] = torch.tensor(right * scale / batch.size)
+        out.metrics["mean_token_accuracy"] = (right.double() * scale / batch.size).float()
         return out
 
     def evaluate(self) -> dict:
@@ -343,7 +349,7 @@ class SFTTrainer(_trainer_base()):
                 layout = self.kind.collate(chunk, self.pad_id, self.layout)
                 batch = self.score(layout, train=False)
                 nll -= float(batch.policy.masked().double().sum())
-                right += self._accuracy_count(layout, batch)
+                right += int(self._accuracy_count(layout, batch))
                 tokens += int(layout.response_mask.sum())
         self.policy.train()
         return {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1)}

@@ -73,8 +73,8 @@ def _probe_custom_mask(base: nn.Module) -> tuple[bool, str]:
         allowed = torch.ones(p + c + r, p + c + r, dtype=torch.bool, device=param.device).tril() & (
             (seg[None, :] == seg[:, None]) | (seg[None, :] == 0))
         positions = torch.tensor([list(range(p + c)) + list(range(p, p + r))], device=param.device)
-        shared = logprobs(prompt + chosen + rejected, attention_mask=model_mask(allowed[None, None], base, param.dtype),
-                          position_ids=positions)
+        shared = logprobs(prompt + chosen + rejected, position_ids=positions,
+                          attention_mask=scorer_mask(allowed[None, None], base, param.dtype))
         rows = list(range(p - 1, p + c - 1)) + [p - 1] + list(range(p + c, p + c + r - 1))
         err = float((plain - shared[rows]).abs().max())
         tol = 1e-3 if param.dtype == torch.float32 else 5e-2
@@ -119,6 +119,30 @@ def model_mask(mask: Tensor, model, dtype: torch.dtype) -> Tensor:
     if impl == "flex_attention":
         return flex_block_mask(mask)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def scorer_mask(mask: Tensor, model, dtype: torch.dtype):
+    """The mask the text scorer (preflab.scoring.lm) hands to `model`: model_mask's, with sdpa's bool 4-D mask made
+    float once (sdpa_additive_mask) in the dtype attention computes in (attention_dtype). The custom-mask probe
+    scores with the same form."""
+    out = model_mask(mask, model, dtype)
+    if isinstance(out, Tensor) and out.dim() == 4 and out.dtype == torch.bool:
+        out = sdpa_additive_mask(out, attention_dtype(out.device, dtype))
+    return out
+
+
+def sdpa_additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """The bool 4-D mask as the float mask torch's scaled_dot_product_attention makes of a bool one (0 where
+    allowed, -inf elsewhere, in the query's dtype), once per forward instead of once per layer: sdpa converts a bool
+    mask at every call (scalar_tensor + where per layer, forward; and every layer keeps its own converted copy for
+    backward). Attention outputs and gradients are bit-identical to the bool mask's, fully masked rows included."""
+    return torch.where(mask, mask.new_zeros((), dtype=dtype), float("-inf"))
+
+
+def attention_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention computes in: autocast's where autocast is on for `device`, else `dtype` (the weights')."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else dtype
 
 
 def flex_block_mask(mask: Tensor):

@@ -58,8 +58,20 @@ class SequenceLogps:
 
     @property
     def sum(self) -> Tensor:
-        """[...] summed log-prob of each response: S(y) = sum_t m_t lp_t."""
-        return torch.where(self.mask, self.token_logps, torch.zeros_like(self.token_logps)).sum(-1)
+        """[...] summed log-prob of each response: S(y) = sum_t m_t lp_t.
+
+        Computed once and reused while token_logps, mask and the result are the same tensors, unchanged in place
+        (version counters), under the same grad mode: an objective reads it for its loss and again for its metrics
+        (reward_metrics), and every recomputation is device work (two ops per call)."""
+        state = _sum_state(self.token_logps, self.mask)
+        cached = self.__dict__.get("_sum_cache")
+        if state is not None and cached is not None and cached[0] is self.token_logps and cached[1] is self.mask \
+                and cached[2] == state and cached[3]._version == cached[4]:
+            return cached[3]
+        total = torch.where(self.mask, self.token_logps, 0.0).sum(-1)
+        if state is not None:
+            self.__dict__["_sum_cache"] = (self.token_logps, self.mask, state, total, total._version)
+        return total
 
     @property
     def length(self) -> Tensor:
@@ -73,7 +85,7 @@ class SequenceLogps:
 
     def masked(self) -> Tensor:
         """[..., T] token log-probs with positions outside the mask set to 0."""
-        return torch.where(self.mask, self.token_logps, torch.zeros_like(self.token_logps))
+        return torch.where(self.mask, self.token_logps, 0.0)
 
     @classmethod
     def from_sums(cls, sums: Tensor) -> "SequenceLogps":
@@ -83,6 +95,15 @@ class SequenceLogps:
 
     def detach(self) -> "SequenceLogps":
         return SequenceLogps(self.token_logps.detach(), self.mask)
+
+
+def _sum_state(token_logps: Tensor, mask: Tensor) -> tuple | None:
+    """What SequenceLogps.sum's cached value depends on besides the tensors' identity: their version counters (an
+    in-place change) and the grad mode; None where it cannot be told (inference tensors keep no version counter)."""
+    try:
+        return token_logps._version, mask._version, torch.is_grad_enabled()
+    except RuntimeError:
+        return None
 
 
 def _extra(extras: dict, name: str, owner: str, gradient: bool = False) -> Any:
@@ -141,6 +162,9 @@ class UnpairedBatch:
     policy_kl: SequenceLogps | None = None
     ref_kl: SequenceLogps | None = None
     extras: dict = field(default_factory=dict)
+    # (desirable, undesirable) example counts when known on the host (the training loop's batches): metrics that
+    # exist only for labels present are then decided without reading the device label
+    label_counts: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:

@@ -21,11 +21,20 @@ from preflab.objectives.base import Objective, ObjectiveOutput, UnpairedBatch, a
 
 
 def unpaired_metrics(batch: UnpairedBatch, beta: float, r: Tensor, kl: Tensor) -> dict:
-    """TRL's KTO metrics: means over the desirable (chosen) and undesirable (rejected) examples present."""
-    r, lp, label = (beta * r).detach(), batch.policy.sum.detach(), batch.label
+    """TRL's KTO metrics: means over the desirable (chosen) and undesirable (rejected) examples present.
+
+    With batch.label_counts (the training loop's batches) which labels are present is known on the host and the means
+    are masked sums over the counts: no device read, no boolean-mask indexing (equal to the indexed means up to
+    float rounding of the summation order)."""
+    r, lp, label = (beta * r).detach(), batch.policy.sum.detach(), batch.label.to(r.device)
     metrics = {"kl": kl.detach()}
-    for name, rows in (("chosen", label), ("rejected", ~label)):
-        if rows.any():
+    counts = batch.label_counts
+    for k, (name, rows) in enumerate((("chosen", label), ("rejected", ~label))):
+        if counts is not None:
+            if counts[k]:
+                metrics[f"rewards/{name}"] = torch.where(rows, r, 0.0).sum() / counts[k]
+                metrics[f"logps/{name}"] = torch.where(rows, lp, 0.0).sum() / counts[k]
+        elif rows.any():
             metrics[f"rewards/{name}"], metrics[f"logps/{name}"] = r[rows].mean(), lp[rows].mean()
     if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]

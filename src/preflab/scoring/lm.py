@@ -6,7 +6,8 @@ token-level needs run in chunks of `chunk_tokens` positions (default: sized by t
 preflab.scoring.chunking). Under autograd, when there is more than one chunk, each chunk is checkpointed
 (recomputed in backward), so peak memory for the head is about one chunk's [C, V] logits whatever the sequence
 length or vocabulary size; a single chunk keeps its logits instead of recomputing them.
-A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its attention implementation's form; a
+A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its attention implementation's form (for
+sdpa: the float mask sdpa would make of it at every layer, made once: models.attention.scorer_mask); a
 right-padded layout (LayoutBatch.causal_only) gets no mask at all (plain causal attention) when the model is a
 causal decoder (models.attention.right_padding_needs_no_mask). The response positions
 come as host-built index lists (LayoutBatch.gather), so scoring makes no device-to-host sync.
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
-from preflab.models.attention import model_mask, right_padding_needs_no_mask
+from preflab.models.attention import model_mask, right_padding_needs_no_mask, scorer_mask
 from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
 from preflab.scoring.chunking import CHUNK_BYTES, chunk_for_budget, head_chunk_budget  # noqa: F401
@@ -42,12 +43,12 @@ from preflab.scoring.head import LMHead, backbone_and_head  # noqa: F401  (backb
 
 def _head_chunk(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head: LMHead | None, want_kl: bool,
                 want_stats: bool = False):
-    """(log-prob of `targets` [C] from hidden states h [C, H], per-token KL(ref || policy) [C] when want_kl,
-    token statistics [C, 3] when want_stats (_token_stats))."""
+    """(log-prob of `targets` [C] from hidden states h [C, H], per-token KL(ref || policy) [C] when want_kl (else
+    None), token statistics [C, 3] when want_stats (_token_stats, else None))."""
     logits = head(h)
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    kl = logp.new_zeros(())
+    kl = None
     if want_kl:
         ref_logprobs = torch.log_softmax(ref_head(ref_h), dim=-1)
         kl = (ref_logprobs.exp() * (ref_logprobs - (logits - logz.unsqueeze(-1)))).sum(-1)
@@ -105,7 +106,7 @@ class LogProbScorer(nn.Module):
                             f"model type's logit post-processing), not a bare {type(ref_head).__name__}")
         # right padding only, causal model: plain causal attention is exact for every real token (causal_only)
         plain = layout.causal_only and right_padding_needs_no_mask(self.model)
-        mask = None if plain else model_mask(layout.attention_mask, self.model, head.weight.dtype)
+        mask = None if plain else scorer_mask(layout.attention_mask, self.model, head.weight.dtype)
         kwargs = {"attention_mask": mask, "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
@@ -165,24 +166,36 @@ def _head_pass(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head, want_k
     pieces_lp, pieces_kl, pieces_stats = [], [], []
     recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
     for sl, keep in slices:
-        args = (h[sl], targets[sl], head, ref_h[sl] if want_kl else None, ref_head, want_kl, want_stats)
+        args = (_part(h, sl), _part(targets, sl), head, _part(ref_h, sl) if want_kl else None, ref_head, want_kl,
+                want_stats)
         if recompute:
             lp, kl, stats = checkpoint(run_chunk, *args, use_reentrant=False)
         else:
             lp, kl, stats = run_chunk(*args)
-        pieces_lp.append(lp[keep])
-        pieces_kl.append(kl[keep] if want_kl else kl)
+        pieces_lp.append(_part(lp, keep))
+        if want_kl:
+            pieces_kl.append(_part(kl, keep))
         if want_stats:
-            pieces_stats.append(stats[keep])
-    logp = torch.cat(pieces_lp) if pieces_lp else h.new_zeros(0)
+            pieces_stats.append(_part(stats, keep))
+    logp = _joined(pieces_lp) if pieces_lp else h.new_zeros(0)
     wpo = None
     if want_wpo:
         with torch.no_grad():
-            wpo = torch.cat([_wpo_chunk(h[sl], targets[sl], head)[keep] for sl, keep in slices]) \
+            wpo = _joined([_part(_wpo_chunk(_part(h, sl), _part(targets, sl), head), keep) for sl, keep in slices]) \
                 if h.shape[0] else h.new_zeros(0)
-    stats = (torch.cat(pieces_stats) if pieces_stats else h.new_zeros((0, 3), dtype=torch.float32)) \
+    stats = (_joined(pieces_stats) if pieces_stats else h.new_zeros((0, 3), dtype=torch.float32)) \
         if want_stats else None
-    return logp, torch.cat(pieces_kl) if want_kl else None, wpo, stats
+    return logp, _joined(pieces_kl) if want_kl else None, wpo, stats
+
+
+def _part(t: Tensor, sl: slice) -> Tensor:
+    """t[sl], and t itself for the whole range (one chunk: no slice op to dispatch)."""
+    return t if sl == slice(None) else t[sl]
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    """torch.cat(pieces), and the one piece itself when there is one (cat would copy it)."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _chunk_slices(n, chunk: int, equal_windows: bool | None = None) -> list[tuple[slice, slice]]:

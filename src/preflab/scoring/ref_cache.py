@@ -73,21 +73,26 @@ class RefLogps:
     chosen: list[Tensor]
     rejected: list[Tensor]
 
-    def scores(self, positions: list[int], mask: Tensor, device=None) -> Scores:
+    def scores(self, positions: list[int], mask: Tensor, device=None, device_mask: Tensor | None = None) -> Scores:
         """Scores of the sequences [chosen_i.., rejected_i..] for dataset `positions`, laid out in `mask` [2B, L]
         (the batch's response mask: sequence n's tokens in its first columns). Pass the host layout's mask and the
-        training `device`: the lengths are checked and the grid is built on the host, then moved (no device read)."""
+        training `device`: the lengths are checked and the grid is built on the host, then moved (no device read;
+        one host -> device copy). device_mask: the same mask already on `device` (the moved layout's), used as the
+        Scores' mask instead of a second copy."""
         values = [self.chosen[i] for i in positions] + [self.rejected[i] for i in positions]
         lengths = mask.sum(-1).tolist()
         if [v.numel() for v in values] != lengths:
             raise ValueError("cached reference log-probs do not match the batch's response lengths; the cache "
                              "belongs to other token ids (delete it or check the dataset positions).")
-        flat = torch.cat(values).to(device=mask.device) if values else mask.new_zeros(0, dtype=torch.float32)
-        token_logps = torch.zeros(mask.shape, dtype=flat.dtype, device=mask.device).masked_scatter(mask, flat)
+        flat = torch.cat(values) if values else mask.new_zeros(0, dtype=torch.float32)
+        if flat.device != mask.device:
+            flat = flat.to(mask.device)
+        token_logps = mask.new_zeros(mask.shape, dtype=flat.dtype).masked_scatter(mask, flat)
         if device is not None:
             from preflab.data.layout import to_device
 
-            token_logps, mask = to_device(token_logps, device), to_device(mask, device)
+            token_logps = to_device(token_logps, device)
+            mask = device_mask if device_mask is not None else to_device(mask, device)
         return Scores(token_logps, mask)
 
 

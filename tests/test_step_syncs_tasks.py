@@ -1,0 +1,119 @@
+"""Device-to-host syncs per optimizer step of the SFT, KTO and reward-model steps, with logging off (issue 17; the
+DPO step's are in tests/test_step_syncs.py, with the same op set).
+
+Counted with benchmarks/op_count.py's OpCounter (a TorchDispatchMode; the loop's micro_batches is host work, its
+layouts host tensors, as on a GPU machine). Each step makes the shared step's one read (`.tolist()`), plus what
+transformers does inside the model's forward that preflab cannot avoid from outside:
+  * a right-padded row given without a mask (plain causal attention, the padded layout: SFT, KTO) makes LlamaModel
+    look for packed sequences in its position ids, one `.all()` per forward (masking_utils.
+    find_packed_sequence_indices; skipped under torch.compile): SFT 1 (policy), KTO 2 (policy + reference);
+  * a 2-D padding mask (the reward model's sequence-classification forward) costs two such reads.
+Fixed here: SFT's token accuracy was read per micro-batch (`int(...)` per LM-head chunk) and its step's token count
+through a device tensor (two reads, in micro_batches); KTO's metrics did `rows.any()` and boolean-mask indexing per
+label (6 syncs per micro-batch).
+"""
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests" / "loops"))
+from op_count import OpCounter, counted_steps, counting  # noqa: E402
+from tiny_run import synthetic_pairs  # noqa: E402
+
+STEPS = 4
+
+
+def _draw(rng, k):
+    return [rng.randrange(6, 200) for _ in range(k)]
+
+
+def unpaired_items(n=16, seed=0):
+    from preflab.data.tokenize import TokenizedUnpaired
+
+    rng = random.Random(seed)
+    return [TokenizedUnpaired(i, [1] + _draw(rng, rng.randrange(2, 6)), _draw(rng, rng.randrange(1, 5)) + [2],
+                              i % 3 != 0) for i in range(n)]
+
+
+def sft_items(n=16, seed=0):
+    from preflab.loops.sft import TokenizedSFT
+
+    rng = random.Random(seed)
+    return [TokenizedSFT(i, [1] + _draw(rng, rng.randrange(1, 6)), _draw(rng, rng.randrange(1, 7)) + [2])
+            for i in range(n)]
+
+
+def count(tmp_path, monkeypatch, task: str):
+    """The StepOps of steps 2..STEPS-1 of a tiny run of `task` (kto, sft, reward)."""
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.train import RewardRun
+
+    torch.set_num_threads(1)
+    counter = OpCounter()
+    owner = RewardRun if task == "reward" else Trainer
+    original = owner.micro_batches
+
+    def host_micro_batches(self, step):
+        with counter.host_region():
+            mbs = original(self, step)
+        counter.mark_host(mbs)
+        return mbs
+
+    monkeypatch.setattr(owner, "micro_batches", host_micro_batches)
+    tok = tiny_tokenizer()
+    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", output_dir=str(tmp_path),
+                  learning_rate=1e-3, per_device_train_batch_size=4, max_steps=STEPS, logging_steps=1000,
+                  save_strategy="no", disable_tqdm=True, use_cpu=True)
+    with counting(counter):
+        if task == "kto":
+            policy = tiny_causal_lm(tok, seed=0)
+            Trainer(config_from_dict({**params, "loss_type": "kto"}), policy=policy, ref=frozen_copy(policy),
+                    tokenizer=tok, train_data=unpaired_items()).train()
+        elif task == "sft":
+            from preflab.loops.sft import SFTTrainer
+
+            SFTTrainer(config_from_dict({**params, "task": "sft"}), policy=tiny_causal_lm(tok, seed=0), tokenizer=tok,
+                       train_data=sft_items()).train()
+        else:
+            from preflab.reward_models.train import train_reward
+
+            train_reward(config_from_dict({**params, "task": "reward"}), tokenizer=tok,
+                         train_data=synthetic_pairs(16))
+    return counted_steps(counter, STEPS)
+
+
+@pytest.mark.parametrize("task, model_reads", [("sft", 1), ("kto", 2), ("reward", 2)])
+def test_task_step_syncs(tmp_path, monkeypatch, task, model_reads):
+    steps = count(tmp_path, monkeypatch, task)
+    for step in steps:
+        assert dict(step.syncs) == {"Tensor.tolist": 1, "_local_scalar_dense": model_reads}, step.syncs
+    if task == "sft":
+        assert steps[0].sync_count <= 2
+
+
+def test_kto_metrics_with_host_label_counts_equal_the_indexed_means():
+    """The sync-free KTO metrics (label counts known on the host) equal the boolean-indexed ones."""
+    from preflab.objectives.base import SequenceLogps, UnpairedBatch
+    from preflab.objectives.kto import KTO
+
+    g = torch.Generator().manual_seed(0)
+    side = lambda: SequenceLogps(torch.randn(6, 5, generator=g, dtype=torch.float64),  # noqa: E731
+                                 torch.rand(6, 5, generator=g) > 0.3)
+    label = torch.tensor([True, False, True, True, False, True])
+    parts = (side(), label, side(), side(), side())
+    plain = KTO().compute(UnpairedBatch(*parts))
+    counted = KTO().compute(UnpairedBatch(*parts, label_counts=(4, 2)))
+    assert set(plain.metrics) == set(counted.metrics) and len(plain.metrics) == 6
+    for key, value in plain.metrics.items():
+        torch.testing.assert_close(counted.metrics[key], value, rtol=0, atol=1e-12)
+    only_desirable = KTO().compute(UnpairedBatch(parts[0], torch.ones(6, dtype=torch.bool), *parts[2:],
+                                                 label_counts=(6, 0)))
+    assert "rewards/rejected" not in only_desirable.metrics and "rewards/margins" not in only_desirable.metrics
