@@ -106,11 +106,19 @@ def start_processes() -> int:
     """The number of processes of this launch (1 for a plain run). Under `accelerate launch --num_processes N` the
     process group is formed here, before the recipe writes anything (gloo on CPU: the recipes' stages run with
     use_cpu, and their Accelerators join this group), so the recipe's own files can be written by the main process
-    while the others wait (main_writes)."""
-    from preflab.loops.driver import launched_world_size
+    while the others wait (main_writes). FSDP and DeepSpeed are refused (data parallel only)."""
+    import os
+
+    from preflab.loops.driver import fsdp_version_asked, launched_world_size
 
     if launched_world_size() == 1:
         return 1
+    engine = ("FSDP" if fsdp_version_asked() is not None else
+              "DeepSpeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1") else None)
+    if engine:  # the recipe evaluates its models on the main process, outside any engine's wrapper
+        raise ConfigError(f"a recipe on several processes runs data parallel only: {engine} asked by the accelerate "
+                          "config, but the recipe evaluates its models on the main process outside the engine. "
+                          "Launch it with examples/accelerate/ddp.yaml.")
     from accelerate import PartialState
 
     return PartialState(cpu=True).num_processes
