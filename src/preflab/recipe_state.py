@@ -7,6 +7,10 @@ stage finishes, its record (the numbers the summary needs) is saved to the state
 (its folder exists, it is not in the state) is removed and run again from its start, so the result equals an
 uninterrupted run. An existing state without resume is refused (never overwritten), and so is a resume with other
 recipe_params than the run that wrote the state.
+
+Under a multi-process launch (`accelerate launch --num_processes N`) the state file is written by the main process
+only; a recipe that runs on several processes forms the process group first (start_processes) and writes its own
+files through main_writes (preflab.recipes refuses the recipes that cannot).
 """
 from __future__ import annotations
 
@@ -50,6 +54,11 @@ class RecipeStateFile:
         self.data["params"] = params
 
     def save(self) -> None:
+        """Written by the main process (every rank holds the same state; the others never read the file mid-run)."""
+        from preflab.runlog import is_main_process
+
+        if not is_main_process():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
@@ -70,7 +79,7 @@ class RecipeState:
             load(folder)
             return self.state["stages"][name]
         if folder.exists():  # interrupted: run the stage again from its start
-            shutil.rmtree(folder)
+            main_writes(lambda: shutil.rmtree(folder))
         record = json.loads(json.dumps(run(folder)))  # the same record whether run now or loaded on resume
         self.state["stages"][name] = record
         self.file.save()
@@ -91,3 +100,71 @@ def load_safetensors_into(model, path: str | Path) -> None:
         raise ConfigError(f"{path} does not fit the recipe's model (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]}, other shapes {shapes[:3]}); use a new output_dir.")
     model.load_state_dict(state)
+
+
+def start_processes() -> int:
+    """The number of processes of this launch (1 for a plain run). Under `accelerate launch --num_processes N` the
+    process group is formed here, before the recipe writes anything (gloo on CPU: the recipes' stages run with
+    use_cpu, and their Accelerators join this group), so the recipe's own files can be written by the main process
+    while the others wait (main_writes). FSDP and DeepSpeed are refused (data parallel only)."""
+    import os
+
+    from preflab.loops.driver import fsdp_version_asked, launched_world_size
+
+    if launched_world_size() == 1:
+        return 1
+    engine = ("FSDP" if fsdp_version_asked() is not None else
+              "DeepSpeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1") else None)
+    if engine:  # the recipe evaluates its models on the main process, outside any engine's wrapper
+        raise ConfigError(f"a recipe on several processes runs data parallel only: {engine} asked by the accelerate "
+                          "config, but the recipe evaluates its models on the main process outside the engine. "
+                          "Launch it with examples/accelerate/ddp.yaml.")
+    from accelerate import PartialState
+
+    return PartialState(cpu=True).num_processes
+
+
+def per_process_batch(global_batch: int, task: str) -> int:
+    """The recipe's batch of `global_batch` rows split over the launch's processes (the process group is formed
+    here), so N processes train on the global batch of the one-process recipe; one that does not divide is refused."""
+    processes = start_processes()
+    if global_batch % processes:
+        raise ConfigError(f"task {task}: its batch of {global_batch} rows does not split over {processes} processes; "
+                          f"launch a number of processes that divides {global_batch}.")
+    return global_batch // processes
+
+
+def main_result(compute: Callable[[], object]) -> object:
+    """`compute()` on the main process only, its (picklable) result sent to every process; without a process group
+    just `compute()`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return compute()
+    from preflab.runlog import is_main_process
+
+    box = [compute() if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def end_processes() -> None:
+    """The end of a recipe that called start_processes: its process group is closed (its stages leave it open)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState().destroy_process_group()
+
+
+def main_writes(write: Callable[[], object]) -> None:
+    """`write()` on the main process, then every process waits for it (a no-op wait without a process group)."""
+    import torch.distributed as dist
+
+    from preflab.runlog import is_main_process
+
+    if is_main_process():
+        write()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -11,6 +11,7 @@ recipe's own options under `recipe_params`.
     task: pro_orchestrator  preflab.online.pro_recipe.run_pro               (PRO prompt-aware reward weights, seed #12)
 
 Each writes summary.json with `metric_name`, `metric_before`, `metric_after` (and the baseline it names).
+Under a multi-process launch (WORLD_SIZE > 1) the recipes of ONE_PROCESS are refused before anything runs.
 """
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "fspo": "preflab.reward_models.fspo:run_fspo",
            "pro_orchestrator": "preflab.online.pro_recipe:run_pro"}
 _COMMON = ("output_dir", "seed", "quiet", "resume")
+_RERUN = "every process would run the whole recipe"
+# recipes that cannot run on several processes (`accelerate launch --num_processes N`), and why
+ONE_PROCESS = {
+    "icpl": f"it trains no model to shard: {_RERUN} (its sandboxed reward programs and bandit trainings) and write "
+            "the same icpl_state.json",
+    "raft_ladder": "its SFT term (the offline Trainer's loss_type sft, TRL's token mean of each micro-batch) is "
+                   "not additive over examples, so splitting its batch of 16 over the processes changes the "
+                   "objective; every process would also write the same data files, state and summary",
+    "dstc": f"{_RERUN}: every rank would run the program x test matrix in the sandbox again (a timeout on one rank "
+            "and not on the other gives the ranks different pairs), and batch_size is per process (the global batch "
+            "would double)",
+    "itool": f"{_RERUN}: every rank would run the MCTS searches again and write the same stage folders, and the "
+             "warm-up and SimPO batches are per process (the global batch would double)",
+}
 
 
 def recipe_function(task: str):
@@ -84,7 +99,17 @@ def _fits(value, kind: str) -> bool:
     return isinstance(value, str) if kind == "str" else isinstance(value, (list, tuple))
 
 
+def check_processes(task: str, processes: int) -> None:
+    """A recipe of ONE_PROCESS under a launch of several processes: ConfigError with the reason and what to do."""
+    if processes > 1 and task in ONE_PROCESS:
+        raise ConfigError(f"task {task!r} runs as one process, not {processes} (WORLD_SIZE={processes}): "
+                          f"{ONE_PROCESS[task]}. Run it without a launcher: `preflab train CONFIG.yaml`.")
+
+
 def run_recipe(cfg) -> dict:
+    from preflab.loops.driver import launched_world_size
+
+    check_processes(cfg.task, launched_world_size())
     check_recipe_params(cfg.task, cfg.recipe_params)
     fn = recipe_function(cfg.task)
     accepted = inspect.signature(fn).parameters
@@ -96,6 +121,9 @@ def run_recipe(cfg) -> dict:
     summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
     from pathlib import Path
 
-    if Path(cfg.output_dir).is_dir():  # the resolved config beside summary.json, as every run (`preflab report`)
+    from preflab.runlog import is_main_process
+
+    # the resolved config beside summary.json, as every run (`preflab report`), written once
+    if is_main_process() and Path(cfg.output_dir).is_dir():
         cfg.save(Path(cfg.output_dir) / "config.yaml")
     return summary

@@ -83,8 +83,11 @@ def run(args) -> int:
         from preflab.recipes import run_recipe
 
         summary = run_recipe(cfg)
-        print(json.dumps({"output_dir": cfg.output_dir, **{k: summary.get(k) for k in (
-            "metric_name", "metric_before", "metric_after")}}, indent=1))
+        from preflab.runlog import is_main_process
+
+        if is_main_process():  # once, not once per process
+            print(json.dumps({"output_dir": cfg.output_dir, **{k: summary.get(k) for k in (
+                "metric_name", "metric_before", "metric_after")}}, indent=1))
         return 0
     if cfg.task in ("reward", "online"):
         raise ConfigError(f"task: {cfg.task} is run through the `preflab train` command (preflab.cli routes it), or "

@@ -195,9 +195,12 @@ def make_accelerator(cfg, whole_weights: str | None = None):
 
         deepspeed_accelerator_to_cpu()
         ds_cpu_plugin = DeepSpeedPlugin()  # from the config's ACCELERATE_DEEPSPEED_* settings
+    # a process group formed before this run (a recipe's, preflab.recipe_state.start_processes) outlives it
+    group_before = torch.distributed.is_available() and torch.distributed.is_initialized()
     accelerator = Accelerator(cpu=cpu, mixed_precision="no" if deepspeed_on_cpu else precision,
                               log_with=None if cfg.report_to in ("none", None, []) else cfg.report_to,
                               project_dir=cfg.output_dir, fsdp_plugin=plugin, deepspeed_plugin=ds_cpu_plugin)
+    accelerator.preflab_keeps_process_group = group_before
     if fsdp_on_cpu:
         enable_fsdp2_on_cpu(accelerator, plugin)
     if ds_cpu_plugin is not None:
@@ -640,7 +643,11 @@ class TrainingRun:
             write_summary(self.out, summary)
             self.write_card(summary)
         self.emit("on_train_end")
-        acc.end_training()
+        if getattr(acc, "preflab_keeps_process_group", False):  # the next stage of a recipe uses it
+            for tracker in acc.trackers:
+                tracker.finish()
+        else:
+            acc.end_training()
         return summary
 
     def progress(self, step: int) -> dict:

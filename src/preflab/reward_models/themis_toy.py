@@ -12,6 +12,11 @@ The two reward models are trained in `output_dir/with_traces` and `output_dir/wi
 runs); the state is saved to `themis_state.json` after each, and with `resume_from_checkpoint: true` a finished one
 is loaded from its safetensors instead of trained again and an interrupted one is trained again from its start, so
 the result equals an uninterrupted run (preflab.recipe_state).
+
+On several processes (`accelerate launch --num_processes N`) both trainings are data parallel with the recipe's global
+batch (16 pairs = N x 16/N per process; the loss is per pair, so the result equals the one-process recipe); the
+evaluation with its calculator calls, the tool cache, the state and summary.json are the main process's, the other
+processes wait and receive its numbers.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import torch
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
 from preflab.objectives.base import ObjectiveOutput
-from preflab.recipe_state import RecipeState, load_safetensors_into
+from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+                                  per_process_batch)
 from preflab.reward_models.themis import (SPECIAL_TOKENS, TaraAnswer, TaraRow, ThemisModel, ToolStep, encode,
                                           score_with_tools, segments, themis_losses)
 from preflab.reward_models.train import RewardRun
@@ -117,7 +123,8 @@ def train_themis(rows, tokenizer, with_trace: bool, output_dir: Path, steps: int
                  quiet: bool = True) -> ThemisModel:
     model = new_themis_model(tokenizer, seed)
     cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name="(in memory)",
-                                learning_rate=2e-3, per_device_train_batch_size=16, max_steps=steps, warmup_steps=10,
+                                learning_rate=2e-3, per_device_train_batch_size=per_process_batch(16, "themis"),
+                                max_steps=steps, warmup_steps=10,
                                 lr_scheduler_type="cosine", logging_steps=20, seed=seed, disable_tqdm=quiet,
                                 use_cpu=True, output_dir=str(output_dir)))
     run = RewardRun(cfg, model, tokenizer, list(enumerate(rows)), make_collate(tokenizer, with_trace),
@@ -152,6 +159,7 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
         raise ConfigError(f"themis recipe_params: need steps >= 1, n_train >= 2 and n_test >= 1; got steps={steps}, "
                           f"n_train={n_train}, n_test={n_test}.")
     torch.set_num_threads(1)
+    per_process_batch(16, "themis")  # a launch's process group, formed before anything is written
     out, started = Path(output_dir), time.perf_counter()
     state = RecipeState(out, STATE_FILE, {"steps": steps, "n_train": n_train, "n_test": n_test, "seed": seed,
                                           "train_operands": train_operands, "test_operands": test_operands}, resume)
@@ -173,14 +181,20 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
 
     with_tools = stage("with_traces", True)
     without = stage("without_traces", False)
-    toolbox = ToolBox([Calculator()], cache_path=out / "tool_cache.json")
-    acc_tools, tool_stats = pairwise_accuracy(with_tools, tokenizer, test, True, toolbox)
-    toolbox.save()
-    acc_plain, _ = pairwise_accuracy(without, tokenizer, test, False)
+
+    def evaluate() -> tuple:  # the tool calls once, on the main process
+        toolbox = ToolBox([Calculator()], cache_path=out / "tool_cache.json")
+        acc_tools, tool_stats = pairwise_accuracy(with_tools, tokenizer, test, True, toolbox)
+        toolbox.save()
+        acc_plain, _ = pairwise_accuracy(without, tokenizer, test, False)
+        return acc_tools, tool_stats, acc_plain, toolbox.stats
+
+    acc_tools, tool_stats, acc_plain, toolbox_stats = main_result(evaluate)
     summary = {"recipe": "themis", "metric_name": "pairwise_accuracy_heldout_magnitudes",
                "metric_before": acc_plain, "metric_after": acc_tools,
                "baseline": "the same reward model trained and scored without tool traces",
                "train_operands": list(train_operands), "test_operands": list(test_operands), "heldout_pairs": len(test), "train_pairs": len(train), "steps": steps, **tool_stats,
-               "toolbox": toolbox.stats, "runtime_s": time.perf_counter() - started}
-    write_summary(out, summary)
+               "toolbox": toolbox_stats, "runtime_s": time.perf_counter() - started}
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
     return summary

@@ -1,0 +1,111 @@
+"""The tool / program recipes under a multi-process launch (`accelerate launch --num_processes N`): a recipe that
+cannot run on several processes is refused before anything runs, naming why and what to do; `task: themis` runs its
+two reward-model trainings data parallel and equals the one-process recipe."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from preflab import recipe_state, recipes
+from preflab.config import load_config
+from preflab.errors import ConfigError
+from preflab.reward_models import themis_toy
+
+ROOT = Path(__file__).resolve().parents[2]
+REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch", "dstc": "sandbox again",
+           "itool": "MCTS searches again"}
+
+
+@pytest.mark.parametrize("task", sorted(REASONS))
+def test_a_one_process_recipe_under_a_launch_of_two_is_refused_before_it_starts(task, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+
+    def must_not_run(name):
+        raise AssertionError(f"recipe {name} was looked up: the refusal must come first")
+
+    monkeypatch.setattr(recipes, "recipe_function", must_not_run)
+    out = tmp_path / "out"
+    cfg = load_config(str(ROOT / "examples/tools" / f"{task}.yaml"), [f"output_dir={out}"])
+    with pytest.raises(ConfigError, match=rf"task '{task}' runs as one process, not 2 \(WORLD_SIZE=2\): .*"
+                                          rf"{REASONS[task]}.*without a launcher: `preflab train CONFIG.yaml`"):
+        recipes.run_recipe(cfg)
+    assert not out.exists()
+
+
+def test_themis_is_not_refused_and_its_batch_must_split_over_the_processes(tmp_path, monkeypatch):
+    recipes.check_processes("themis", 2)  # runs on several processes (the test below)
+    assert set(recipes.ONE_PROCESS) == set(REASONS)
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 3)
+    with pytest.raises(ConfigError, match="batch of 16 rows does not split over 3 processes"):
+        themis_toy.run_themis_arithmetic(str(tmp_path / "out"), steps=1, n_train=16, n_test=1)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 4)
+    assert recipe_state.per_process_batch(16, "themis") == 4
+
+
+@pytest.mark.parametrize("engine", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_themis_on_several_processes_under_fsdp_or_deepspeed_is_refused(engine, tmp_path, monkeypatch):
+    """Its evaluation runs the reward models on the main process, outside the engine: data parallel only."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(engine, "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
+        themis_toy.run_themis_arithmetic(str(tmp_path / "out"), steps=1, n_train=16, n_test=1)
+    assert not (tmp_path / "out").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _weights(folder: Path) -> dict:
+    return {f"{name}/{k}": v for name in ("model.safetensors", "value_head.safetensors")
+            for k, v in load_file(str(folder / name)).items()}
+
+
+def _losses(folder: Path) -> list:
+    return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_themis_on_two_processes_equals_one_process(tmp_path):
+    """2 processes x 8 pairs = the recipe's batch of 16 on one process: the same losses and final weights of both
+    reward models to 1e-6 / 2e-6, the same state and summary numbers; summary.json, the state and the tool cache
+    written once (by the main process), the result printed once. Before, each rank trained with batch 16 (a global
+    batch of 32) and the second training crashed (the first one's end destroyed the process group)."""
+    params = {"steps": 3, "n_train": 16, "n_test": 2}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/tools/themis.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    themis_toy.run_themis_arithmetic(str(one), seed=0, quiet=True, **params)
+    for stage in ("with_traces", "without_traces"):
+        got, want = json.loads((two / stage / "summary.json").read_text()), \
+            json.loads((one / stage / "summary.json").read_text())
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] == 3 * 16
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+        w2, w1 = _weights(two / stage), _weights(one / stage)
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 2e-6
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert {k: v for k, v in s2.items() if k != "runtime_s"} == {k: v for k, v in s1.items() if k != "runtime_s"}
+    assert json.loads((two / "themis_state.json").read_text()) == json.loads((one / "themis_state.json").read_text())
+    assert json.loads((two / "tool_cache.json").read_text()) == json.loads((one / "tool_cache.json").read_text())
+    assert not list(two.glob("*.tmp"))
