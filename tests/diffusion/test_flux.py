@@ -353,6 +353,20 @@ def test_flux_layouts_preflab_cannot_train_are_refused():
     pipe.text_encoder_2 = None
     with pytest.raises(ConfigError, match="T5"):
         components_of(pipe)
+    pipe = tiny_flux_pipeline(0)
+    pipe.transformer = FluxTransformer2DModel(patch_size=1, in_channels=384, out_channels=64, num_layers=1,
+                                              num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                              joint_attention_dim=64, pooled_projection_dim=32,
+                                              axes_dims_rope=(4, 4, 8))  # FLUX.1-Fill's 64 + 320 input channels
+    with pytest.raises(ConfigError, match="384 input channels.*Fill"):
+        components_of(pipe)
+    from diffusers import FluxFillPipeline
+
+    t2i = tiny_flux_pipeline(0)
+    fill = FluxFillPipeline(**{k: getattr(t2i, k) for k in ("scheduler", "vae", "text_encoder", "tokenizer",
+                                                             "text_encoder_2", "tokenizer_2", "transformer")})
+    with pytest.raises(ConfigError, match="FluxFillPipeline is not the text-to-image FluxPipeline"):
+        components_of(fill)
 
 
 def test_the_builtin_tiny_flux_name_loads_the_tiny_pipeline():

@@ -264,6 +264,10 @@ def flux_components_of(pipeline) -> DiffusionComponents:
     """Flux's parts (FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler, CLIP-L as text_encoder, T5 as
     text_encoder_2), or a ConfigError."""
     kind = type(pipeline).__name__
+    if kind != "FluxPipeline":
+        raise ConfigError(f"{kind} is not the text-to-image FluxPipeline; preflab's diffusion run trains Flux "
+                          "text-to-image transformers only (Fill / Kontext / Control / img2img layouts condition on "
+                          "images). Load the model as a FluxPipeline if it is a text-to-image checkpoint.")
     scheduler = pipeline.scheduler
     if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
         raise ConfigError(f"{kind}'s scheduler is {type(scheduler).__name__}; a Flux transformer is trained with "
@@ -275,6 +279,11 @@ def flux_components_of(pipeline) -> DiffusionComponents:
     if int(pipeline.transformer.config.patch_size) != 1:
         raise ConfigError(f"{kind}'s transformer has patch_size {pipeline.transformer.config.patch_size}; Flux "
                           "transformers take 2x2-packed latents with patch_size 1.")
+    channels, latent = int(pipeline.transformer.config.in_channels), int(pipeline.vae.config.latent_channels)
+    if channels != 4 * latent:
+        raise ConfigError(f"{kind}'s transformer takes {channels} input channels, not 4 x the VAE's {latent} latent "
+                          "channels (2x2 packing): an image-conditioned Flux variant (Fill / Control) is not trained "
+                          "by preflab.")
     return DiffusionComponents(pipeline, pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer,
                                scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2, denoiser_name="transformer")
 
