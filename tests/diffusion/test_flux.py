@@ -248,6 +248,24 @@ def test_flux_dpo_gradient_is_the_closed_form(assets, tmp_path):
     assert max((a - c).abs().max().item() for a, c in zip(autograd, closed)) <= 1e-5 * scale
 
 
+def test_a_flux_pair_of_one_image_twice_gives_zero_gradient(assets, tmp_path):
+    """Winner = loser (same latent, caption, t and eps): Delta_theta = Delta_ref = 0 whatever theta, so no gradient."""
+    run = DiffusionRun(make_cfg(assets, tmp_path / "same"))
+    perturb(run.module, 0.02)
+    pairs = run.pairs([0, 1, 2, 3], run.train_data)
+    pairs.rejected = pairs.chosen.clone()
+    t, eps = run._draws([0, 1, 2, 3], 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    out = run.objective(run.scorer(run._policy, pairs, run._reference, noised=noised))
+    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    grads = torch.autograd.grad(out.loss, run.params, allow_unused=True)
+    real = torch.autograd.grad(run.forward(run.micro_batches(0)[0]).loss, run.params)
+    scale = max(g.abs().max().item() for g in real)  # a real pair does move the model
+    assert scale > 1e-2
+    # zero up to float32 round-off of the two halves of one [2B] forward (b/B = 25 amplifies it)
+    assert max(g.abs().max().item() for g in grads if g is not None) < 1e-5 * scale
+
+
 def test_flux_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
     plain = DiffusionRun(make_cfg(assets, tmp_path / "plain", max_steps=1))
     plain.train()

@@ -42,7 +42,7 @@ def pack_latents(latents: Tensor) -> Tensor:
 
 def unpack_latents(tokens: Tensor, height: int, width: int) -> Tensor:
     """[B, (H/2)(W/2), 4C] -> [B, C, H, W] (H, W: latent pixels), the inverse of `pack_latents`."""
-    b, n, d = tokens.shape
+    b, _, d = tokens.shape
     return tokens.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(
         b, d // 4, height, width)
 

@@ -50,7 +50,8 @@ class DiffusionComponents:
     text_encoder_3: nn.Module | None = None   # SD3's T5 (None: SD3 without T5, its states are zeros)
     tokenizer_3: Any = None
     denoiser_name: str = "unet"               # the pipeline's attribute: "unet" or (SD3, Flux) "transformer"
-    flux_guidance: float = 3.5                # Flux-dev: the guidance embedding's value (the run sets flux_guidance)
+    flux_guidance: float = 3.5                # Flux-dev: the guidance embedding's value (the run sets flux_guidance;
+    #                                           3.5 = preflab.diffusion.flux.FLUX_DEFAULT_GUIDANCE)
     resolution: int | None = None             # Flux: pixels per side when sampling (its transformer has no size)
 
     @property
