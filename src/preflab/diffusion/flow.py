@@ -71,7 +71,8 @@ class FlowMatchSchedule:
     @classmethod
     def from_scheduler(cls, scheduler, **kwargs) -> "FlowMatchSchedule":
         """From a diffusers FlowMatchEulerDiscreteScheduler's config (num_train_timesteps, shift). Resolution-dependent
-        dynamic shifting (Flux) and Karras / exponential / beta sigmas are refused (not SD3's training grid)."""
+        dynamic shifting (Flux: `for_flux`) and Karras / exponential / beta sigmas are refused (not SD3's training
+        grid)."""
         config = scheduler.config
         special = [k for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
                                "use_beta_sigmas", "invert_sigmas") if getattr(config, k, False)]

@@ -56,7 +56,7 @@ class DiffusionComponents:
 
     @property
     def is_flow(self) -> bool:
-        """A flow-matching (rectified-flow) transformer: SD3."""
+        """A flow-matching (rectified-flow) transformer: SD3 or Flux."""
         return self.denoiser_name == "transformer"
 
     @property
