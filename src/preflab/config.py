@@ -148,6 +148,7 @@ class TrainConfig:
     self_npo_teacher_guidance: float = -1.0    # self_npo: LCM-convention teacher guidance (-1 = the unconditional prediction)
     sample_steps: int = 20                     # diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: no samples.png)
     guidance_scale: float = 1.0                # diffusion: classifier-free guidance scale when sampling (1 = none)
+    flux_guidance: float = 3.5                 # diffusion, Flux-dev: the guidance embedding's value (training and sampling)
     # supervised fine-tuning (task: sft)
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens

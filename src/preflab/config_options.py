@@ -251,6 +251,9 @@ OPTIONS: dict[str, Option] = {
                            lambda v: _num(v) and v >= 0),
     "guidance_scale": Option("diffusion: classifier-free guidance scale when sampling (1 = none)", ">= 0",
                              lambda v: _num(v) and v >= 0),
+    "flux_guidance": Option("diffusion, Flux-dev: the guidance embedding's value in training and sampling "
+                            "(train_dreambooth_lora_flux's --guidance_scale; unused by Flux-schnell)", ">= 0",
+                            lambda v: _num(v) and v >= 0),
     "hypo_online_samples": Option("task: dpo, loss_type: hypo; k fresh samples of the policy per pair's prompt per "
                                   "step for the online KL term (RLOO needs k >= 2)", ">= 2",
                                   lambda v: _num(v) and v >= 2),

@@ -11,7 +11,7 @@ _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
 _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "user_column",
               "user_embedding_tokens", "user_embedding_dim", "user_embeddings", "caption_perturbation", "score_range",
               "self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance",
-              "sample_steps", "guidance_scale")
+              "sample_steps", "guidance_scale", "flux_guidance")
 
 
 def _losses(cfg) -> list[str]:

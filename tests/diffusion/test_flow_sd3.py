@@ -277,7 +277,7 @@ def test_timestep_bounds_and_a_resolution_off_the_patch_grid_are_refused_on_sd3(
         DiffusionRun(make_cfg(assets, tmp_path / "r", resolution=10))
 
 
-def test_flux_pipelines_are_refused_with_what_is_missing():
+def test_flux_pipelines_take_the_flux_path_not_sd3s():
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
     from preflab.diffusion.pipeline import components_of, tiny_sd3_pipeline
@@ -289,8 +289,9 @@ def test_flux_pipelines_are_refused_with_what_is_missing():
                                                            num_single_layers=1, attention_head_dim=16,
                                                            num_attention_heads=2, joint_attention_dim=64,
                                                            pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]))
-    with pytest.raises(ConfigError, match="Flux pipeline.*packed latents.*guidance embedding"):
-        components_of(flux)
+    comps = components_of(flux)  # tests/diffusion/test_flux.py trains it
+    assert comps.is_flux and comps.text_encoder_3 is None and comps.text_encoder_2 is sd3.text_encoder_3
+    assert not components_of(sd3).is_flux
 
 
 def test_the_builtin_tiny_sd3_name_loads_the_tiny_pipeline():

@@ -45,10 +45,13 @@ class FlowMatchSchedule:
     sigmas: Tensor
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    density: str = "logit_normal"  # or "uniform" (diffusers' weighting_scheme "none": Flux's training scripts)
     prediction_type: str = FLOW_PREDICTION
     timestep_dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
+        if self.density not in ("logit_normal", "uniform"):
+            raise ConfigError(f"the flow timestep density must be logit_normal or uniform, got {self.density!r}.")
         if not self.logit_std > 0:
             raise ConfigError(f"the logit-normal timestep draw needs logit_std > 0, got {self.logit_std}.")
 
@@ -68,7 +71,8 @@ class FlowMatchSchedule:
     @classmethod
     def from_scheduler(cls, scheduler, **kwargs) -> "FlowMatchSchedule":
         """From a diffusers FlowMatchEulerDiscreteScheduler's config (num_train_timesteps, shift). Resolution-dependent
-        dynamic shifting (Flux) and Karras / exponential / beta sigmas are refused (not SD3's training grid)."""
+        dynamic shifting (Flux: `for_flux`) and Karras / exponential / beta sigmas are refused (not SD3's training
+        grid)."""
         config = scheduler.config
         special = [k for k in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas",
                                "use_beta_sigmas", "invert_sigmas") if getattr(config, k, False)]
@@ -78,11 +82,30 @@ class FlowMatchSchedule:
                               "shift, no dynamic shifting).")
         return cls.shifted(int(config.num_train_timesteps), float(getattr(config, "shift", 1.0)), **kwargs)
 
+    @classmethod
+    def for_flux(cls, scheduler) -> "FlowMatchSchedule":
+        """Flux's training draw (diffusers' train_dreambooth_lora_flux.py): the scheduler's training grid, which with
+        use_dynamic_shifting is the unshifted sigma_i = (N - i) / N (a fixed shift applies if the scheduler has no
+        dynamic shifting), and t = timesteps[floor(u N)] with u ~ U[0, 1) (weighting_scheme "none", loss weight 1)."""
+        config = scheduler.config
+        special = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas")
+                   if getattr(config, k, False)]
+        if special or getattr(config, "shift_terminal", None):
+            raise ConfigError(f"{type(scheduler).__name__} sets {special or ['shift_terminal']}: preflab trains Flux "
+                              "on FlowMatchEulerDiscreteScheduler's plain training grid only.")
+        shift = 1.0 if getattr(config, "use_dynamic_shifting", False) else float(getattr(config, "shift", 1.0))
+        return cls.shifted(int(config.num_train_timesteps), shift, density="uniform")
+
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """float32 [B] model timesteps: timesteps[floor(sigmoid(n) N)], n ~ N(logit_mean, logit_std^2) (one normal
-        draw per item from `generator`, as diffusers' compute_density_for_timestep_sampling)."""
-        n = torch.normal(mean=self.logit_mean, std=self.logit_std, size=(batch_size,), generator=generator)
-        index = (torch.sigmoid(n) * self.num_train_timesteps).long()
+        """float32 [B] model timesteps: timesteps[floor(u N)], u = sigmoid(n), n ~ N(logit_mean, logit_std^2) (one
+        normal draw per item from `generator`, as diffusers' compute_density_for_timestep_sampling("logit_normal")),
+        or (density "uniform") u ~ U[0, 1) (torch.rand, its weighting_scheme "none")."""
+        if self.density == "uniform":
+            u = torch.rand(size=(batch_size,), generator=generator)
+        else:
+            u = torch.sigmoid(torch.normal(mean=self.logit_mean, std=self.logit_std, size=(batch_size,),
+                                           generator=generator))
+        index = (u * self.num_train_timesteps).long()
         return self.timesteps[index]
 
     def sigma(self, t: Tensor, like: Tensor) -> Tensor:
@@ -114,14 +137,16 @@ def is_flow_schedule(schedule) -> bool:
 
 
 @torch.no_grad()
-def euler_sample(predict, x_T: Tensor, scheduler, num_steps: int) -> Tensor:
+def euler_sample(predict, x_T: Tensor, scheduler, num_steps: int, grid=None) -> Tensor:
     """Integrate dx/dsigma = v from sigma = 1 to 0 with Euler steps on the inference grid of `scheduler` (a diffusers
-    FlowMatchEulerDiscreteScheduler; a copy gets set_timesteps(num_steps), so the run's scheduler is left as it is):
-    x <- x + (sigma_{i+1} - sigma_i) predict(x, t_i), as StableDiffusion3Pipeline's denoising loop."""
+    FlowMatchEulerDiscreteScheduler; a copy gets set_timesteps(num_steps), so the run's scheduler is left as it is;
+    or `grid`, a scheduler already set, e.g. preflab.diffusion.flux.flux_sampling_grid):
+    x <- x + (sigma_{i+1} - sigma_i) predict(x, t_i), as StableDiffusion3Pipeline's / FluxPipeline's denoising loop."""
     import copy
 
-    grid = copy.deepcopy(scheduler)
-    grid.set_timesteps(num_steps, device=x_T.device)
+    if grid is None:
+        grid = copy.deepcopy(scheduler)
+        grid.set_timesteps(num_steps, device=x_T.device)
     x = x_T
     sigmas = grid.sigmas.to(x_T.device)
     for i, t in enumerate(grid.timesteps):

@@ -61,10 +61,11 @@ class PairNoiser:
         if hasattr(self.schedule, "sample_timesteps"):  # flow matching: its own logit-normal draw of t
             if self.mode != "forward":
                 raise ConfigError("diffusion_noising mode 'ddim_invert' inverts a DDPM-family schedule with DDIM; a "
-                                  "flow-matching model (SD3) has no such inversion in preflab: use mode 'forward'.")
+                                  "flow-matching model (SD3, Flux) has no such inversion in preflab: use mode 'forward'.")
             if self.min_timestep != 0 or self.max_timestep is not None:
                 raise ConfigError("diffusion_noising min_timestep / max_timestep bound DDPM timestep indices; a "
-                                  "flow-matching model draws t from SD3's logit-normal density: leave them unset.")
+                                  "flow-matching model draws t from its training density (SD3: logit-normal, Flux: "
+                                  "uniform): leave them unset.")
             return
         if self.grid_snap not in GRID_SNAPS:
             raise ConfigError(f"grid_snap must be one of {GRID_SNAPS}, got {self.grid_snap!r}.")

@@ -6,8 +6,9 @@ allow_pickle; no remote code unless trust_remote_code) or builds the built-in ti
 encoder and tokenizer (SD 1.x / 2.x) or SDXL's two (with pooled embeddings and time_ids), a VAE and a DDPM-family
 scheduler (epsilon, v_prediction or sample prediction, read from the scheduler's config), and Stable Diffusion 3
 (`SD3Transformer2DModel` (`transformer`) on a FlowMatchEulerDiscreteScheduler, CLIP-L + CLIP-G + T5 text encoders,
-see preflab.diffusion.flow). Other layouts (Flux's packed latents and guidance embedding, other transformers) are
-refused with a ConfigError rather than trained wrongly.
+see preflab.diffusion.flow) and Flux (`FluxTransformer2DModel` on 2x2-packed latents, CLIP-L pooled + T5 states, see
+preflab.diffusion.flux). Other layouts (other transformers) are refused with a ConfigError rather than trained
+wrongly.
 
 Latents are the VAE posterior *mean* (x scaling_factor, minus shift_factor first where the VAE has one), so one
 image always has one latent and it can be cached; the released Diffusion-DPO trainers draw a posterior sample per
@@ -27,9 +28,12 @@ from preflab.errors import ConfigError, PreflabError
 
 TINY = "builtin:tiny-sd"
 TINY_SD3 = "builtin:tiny-sd3"
+TINY_FLUX = "builtin:tiny-flux"
 BUILTIN_PIPELINES = {TINY: "a tiny random-init text-to-image pipeline (UNet, VAE, CLIP text encoder)",
                      TINY_SD3: "a tiny random-init Stable Diffusion 3 pipeline (transformer, 16-channel VAE, CLIP-L, "
-                               "CLIP-G, T5)"}
+                               "CLIP-G, T5)",
+                     TINY_FLUX: "a tiny random-init Flux pipeline (guidance-embedded transformer, 16-channel VAE, "
+                                "CLIP-L, T5)"}
 T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline.encode_prompt's default max_sequence_length
 
 
@@ -45,12 +49,20 @@ class DiffusionComponents:
     tokenizer_2: Any = None
     text_encoder_3: nn.Module | None = None   # SD3's T5 (None: SD3 without T5, its states are zeros)
     tokenizer_3: Any = None
-    denoiser_name: str = "unet"               # the pipeline's attribute: "unet" or (SD3) "transformer"
+    denoiser_name: str = "unet"               # the pipeline's attribute: "unet" or (SD3, Flux) "transformer"
+    flux_guidance: float = 3.5                # Flux-dev: the guidance embedding's value (the run sets flux_guidance;
+    #                                           3.5 = preflab.diffusion.flux.FLUX_DEFAULT_GUIDANCE)
+    resolution: int | None = None             # Flux: pixels per side when sampling (its transformer has no size)
 
     @property
     def is_flow(self) -> bool:
-        """A flow-matching (rectified-flow) transformer: SD3."""
+        """A flow-matching (rectified-flow) transformer: SD3 or Flux."""
         return self.denoiser_name == "transformer"
+
+    @property
+    def is_flux(self) -> bool:
+        """Flux: a flow transformer on 2x2-packed latents (preflab.diffusion.flux)."""
+        return type(self.denoiser).__name__ == "FluxTransformer2DModel"
 
     @property
     def is_sdxl(self) -> bool:
@@ -166,6 +178,37 @@ def tiny_sd3_pipeline(seed: int = 0, resolution: int = 16):
                                     tokenizer_2=copy.deepcopy(tok), text_encoder_3=t5, tokenizer_3=copy.deepcopy(tok))
 
 
+def tiny_flux_pipeline(seed: int = 0, resolution: int = 16, guidance_embeds: bool = True):
+    """A randomly initialised FluxPipeline built from configs (nothing downloaded): a FluxTransformer2DModel with one
+    double-stream and one single-stream block (in_channels 64 = 16 latent channels x 2x2 packing, head dim 16 = rope
+    axes 4 + 4 + 8, joint_attention_dim 64 = T5's width, pooled 32 = CLIP's; guidance_embeds as Flux-dev, False as
+    Flux-schnell), the tiny SD3 pipeline's 16-channel VAE with Flux's scaling_factor 0.3611 and shift_factor 0.1159,
+    a tiny CLIPTextModel (pooled output) and the tiny T5, and Flux's scheduler (FlowMatchEulerDiscreteScheduler,
+    shift 3.0, use_dynamic_shifting with base/max shift 0.5/1.15 over 256..4096 image tokens)."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sd3 = tiny_sd3_pipeline(seed, resolution)
+    tok = sd3.tokenizer
+    torch.manual_seed(seed + 2)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=77,
+                                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                        eos_token_id=tok.eos_token_id)).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=16,
+                        norm_num_groups=4, sample_size=resolution, layers_per_block=1, mid_block_add_attention=False,
+                        use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(4, 4, 8))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tok, text_encoder_2=sd3.text_encoder_3,
+                        tokenizer_2=sd3.tokenizer_3, transformer=transformer)
+
+
 def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool = False, seed: int = 0):
     """The diffusers pipeline `name` (local directory, hub name, builtin:tiny-sd or builtin:tiny-sd3), in float32, on
     the CPU."""
@@ -176,6 +219,8 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
         return tiny_text_to_image_pipeline(seed)
     if name == TINY_SD3:
         return tiny_sd3_pipeline(seed)
+    if name == TINY_FLUX:
+        return tiny_flux_pipeline(seed)
     try:
         from diffusers import DiffusionPipeline
     except ImportError as err:  # pragma: no cover
@@ -216,6 +261,34 @@ def sd3_components_of(pipeline) -> DiffusionComponents:
                                denoiser_name="transformer")
 
 
+def flux_components_of(pipeline) -> DiffusionComponents:
+    """Flux's parts (FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler, CLIP-L as text_encoder, T5 as
+    text_encoder_2), or a ConfigError."""
+    kind = type(pipeline).__name__
+    if kind != "FluxPipeline":
+        raise ConfigError(f"{kind} is not the text-to-image FluxPipeline; preflab's diffusion run trains Flux "
+                          "text-to-image transformers only (Fill / Kontext / Control / img2img layouts condition on "
+                          "images). Load the model as a FluxPipeline if it is a text-to-image checkpoint.")
+    scheduler = pipeline.scheduler
+    if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+        raise ConfigError(f"{kind}'s scheduler is {type(scheduler).__name__}; a Flux transformer is trained with "
+                          "FlowMatchEulerDiscreteScheduler.")
+    for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        if getattr(pipeline, name, None) is None:
+            raise ConfigError(f"{kind} has no {name}; Flux needs a VAE, CLIP-L (text_encoder) and T5 "
+                              "(text_encoder_2) with their tokenizers.")
+    if int(pipeline.transformer.config.patch_size) != 1:
+        raise ConfigError(f"{kind}'s transformer has patch_size {pipeline.transformer.config.patch_size}; Flux "
+                          "transformers take 2x2-packed latents with patch_size 1.")
+    channels, latent = int(pipeline.transformer.config.in_channels), int(pipeline.vae.config.latent_channels)
+    if channels != 4 * latent:
+        raise ConfigError(f"{kind}'s transformer takes {channels} input channels, not 4 x the VAE's {latent} latent "
+                          "channels (2x2 packing): an image-conditioned Flux variant (Fill / Control) is not trained "
+                          "by preflab.")
+    return DiffusionComponents(pipeline, pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer,
+                               scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2, denoiser_name="transformer")
+
+
 def components_of(pipeline) -> DiffusionComponents:
     """The parts of a supported pipeline, or a ConfigError naming what is not supported."""
     kind = type(pipeline).__name__
@@ -223,13 +296,11 @@ def components_of(pipeline) -> DiffusionComponents:
     if transformer is not None:
         if type(transformer).__name__ == "SD3Transformer2DModel":
             return sd3_components_of(pipeline)
-        if type(transformer).__name__.startswith("Flux"):
-            raise ConfigError(
-                f"{kind} is a Flux pipeline: preflab's diffusion run does not train Flux yet (its transformer takes "
-                "2x2-packed latents with positional ids, a distilled guidance embedding, and its scheduler shifts "
-                "sigmas by resolution). Stable Diffusion 3 / 3.5 pipelines are supported (README 'Diffusion models').")
+        if type(transformer).__name__ == "FluxTransformer2DModel":
+            return flux_components_of(pipeline)
         raise ConfigError(f"{kind}'s denoiser is a {type(transformer).__name__}; preflab's diffusion run trains "
-                          "UNet2DConditionModel (SD 1.x/2.x, SDXL) and SD3Transformer2DModel (SD3) pipelines.")
+                          "UNet2DConditionModel (SD 1.x/2.x, SDXL), SD3Transformer2DModel (SD3) and "
+                          "FluxTransformer2DModel (Flux) pipelines.")
     unet = getattr(pipeline, "unet", None)
     sdxl = getattr(pipeline, "text_encoder_2", None) is not None
     if getattr(pipeline, "text_encoder_3", None) is not None or (
@@ -287,12 +358,32 @@ def encode_sd3_text(components: DiffusionComponents, prompts: list[str], device=
 
 
 @torch.no_grad()
+def encode_flux_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
+    """Flux's conditioning, as diffusers' FluxPipeline.encode_prompt (max_sequence_length 512): "states" [N, 512, D] =
+    T5's last hidden state (tokenizer_2 padded / truncated to 512), "pooled_projections" [N, P] = CLIP's
+    pooler_output (tokenizer padded / truncated to its model_max_length). txt_ids are zeros (preflab.diffusion.flux)."""
+    from preflab.diffusion.flux import FLUX_T5_MAX_LENGTH
+
+    device = device or next(components.text_encoder.parameters()).device
+    tok = components.tokenizer
+    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_overflowing_tokens=False, return_length=False, return_tensors="pt").input_ids
+    pooled = components.text_encoder(ids.to(device), output_hidden_states=False).pooler_output
+    ids = components.tokenizer_2(list(prompts), padding="max_length", max_length=FLUX_T5_MAX_LENGTH, truncation=True,
+                                 return_length=False, return_overflowing_tokens=False, return_tensors="pt").input_ids
+    states = components.text_encoder_2(ids.to(device), output_hidden_states=False)[0]
+    return {"states": states.float(), "pooled_projections": pooled.float()}
+
+
+@torch.no_grad()
 def encode_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
     """{"states": [N, L, D]} float32 (SD: the encoder's last hidden state, padded to the tokenizer's max length);
     SDXL (diffusers' StableDiffusionXLPipeline.encode_prompt): states = both encoders' penultimate hidden states
     concatenated on the feature axis, plus "pooled" [N, P] = the second encoder's projected text embedding; the
     empty prompt is all zeros when the pipeline sets force_zeros_for_empty_prompt (its unconditional input).
     SD3: `encode_sd3_text`."""
+    if components.is_flux:
+        return encode_flux_text(components, prompts, device)
     if components.is_flow:
         return encode_sd3_text(components, prompts, device)
     encoder = components.text_encoder
@@ -336,11 +427,19 @@ def call_unet(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Any) ->
     dropped: that is the PPD branch's input)."""
     kwargs = {k: v for k, v in cond.items() if k != "user_index"} if isinstance(cond, dict) else \
         {"encoder_hidden_states": cond}
+    if type(unet).__name__ == "FluxTransformer2DModel":
+        from preflab.diffusion.flux import call_flux
+
+        return call_flux(unet, x_t, t, kwargs)
     return unet(x_t, timestep=t, return_dict=False, **kwargs)[0]
 
 
 def image_size(components: DiffusionComponents) -> int:
-    """Pixels per side of the denoiser's native sample (latent size x the VAE's downsampling)."""
+    """Pixels per side of the denoiser's native sample (latent size x the VAE's downsampling); Flux (no native size):
+    the run's resolution, else the pipeline's default (default_sample_size x vae_scale_factor)."""
+    if components.is_flux:
+        pipe = components.pipeline
+        return int(components.resolution or pipe.default_sample_size * pipe.vae_scale_factor)
     return int(components.denoiser.config.sample_size) * 2 ** (len(components.vae.config.block_out_channels) - 1)
 
 
@@ -406,7 +505,9 @@ def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts:
 def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
                    num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
     """The latents [N, C, h, w] that `sample_images` decodes (SD3: Euler steps of the flow,
-    preflab.diffusion.flow.euler_sample, the pipeline's own sampler)."""
+    preflab.diffusion.flow.euler_sample, the pipeline's own sampler; Flux: the same on FluxPipeline's resolution-shifted
+    grid, with the guidance embedding components.flux_guidance and, for guidance_scale != 1, true CFG against the
+    empty prompt as FluxPipeline's true_cfg_scale with negative_prompt "")."""
     from preflab.diffusion.guidance import cfg, ddim_sample
     from preflab.diffusion.schedule import NoiseSchedule
 
@@ -415,7 +516,14 @@ def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts
     cond = unet_cond(encode_text(components, prompts, device), size)
     uncond = unet_cond(encode_text(components, [""] * len(prompts), device), size)
     cfgd = denoiser.config
-    shape = (cfgd.in_channels, cfgd.sample_size, cfgd.sample_size)
+    if components.is_flux:
+        side = size // components.pipeline.vae_scale_factor
+        shape = (cfgd.in_channels // 4, side, side)
+        if getattr(cfgd, "guidance_embeds", False):
+            guidance = torch.full((len(prompts),), float(components.flux_guidance), device=device)
+            cond, uncond = {**cond, "guidance": guidance}, {**uncond, "guidance": guidance}
+    else:
+        shape = (cfgd.in_channels, cfgd.sample_size, cfgd.sample_size)
     x_T = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
 
     def predict(x, t):
@@ -424,6 +532,12 @@ def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts
             return c
         return cfg(c, call_unet(denoiser, x, t, uncond).float(), guidance_scale)
 
+    if components.is_flux:
+        from preflab.diffusion.flow import euler_sample
+        from preflab.diffusion.flux import flux_sampling_grid
+
+        grid = flux_sampling_grid(components.scheduler, num_steps, (shape[1] // 2) * (shape[2] // 2))
+        return euler_sample(predict, x_T, components.scheduler, num_steps, grid=grid)
     if components.is_flow:
         from preflab.diffusion.flow import euler_sample
 

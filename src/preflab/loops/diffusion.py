@@ -15,6 +15,8 @@ equal one. (Inversion jitter and Self-NPO's draws are per micro-batch: seeded by
 
 Flow-matching models (SD3, preflab.diffusion.flow): the same run with x_t = (1 - sigma) x_0 + sigma eps, the velocity
 target eps - x_0 and SD3's logit-normal t per pair; `check_flow_objective` says which objectives are defined there.
+Flux (preflab.diffusion.flux): the same flow with Flux's uniform t draw on its unshifted training grid, latents kept
+unpacked (the transformer call packs them) and the guidance embedding set to flux_guidance (Flux-dev).
 """
 from __future__ import annotations
 
@@ -90,6 +92,8 @@ def check_resolution(resolution: int, components) -> None:
         raise ConfigError(f"resolution={resolution} is not a multiple of the VAE's scale factor {factor} (its "
                           f"latents would be {resolution / factor:g} wide); use {lower or upper} or {upper}.")
     patch = int(getattr(components.denoiser.config, "patch_size", 1) or 1) if components.is_flow else 1
+    if components.is_flux:
+        patch = 2  # FluxPipeline packs 2x2 latent patches into one token
     if (resolution // factor) % patch:
         step = factor * patch
         raise ConfigError(f"resolution={resolution}: the transformer cuts its {resolution // factor}-wide latents into "
@@ -148,6 +152,10 @@ class DenoiserModule(nn.Module):
             kwargs.update(cond)
         else:
             kwargs["encoder_hidden_states"] = cond
+        if type(self.unet).__name__ == "FluxTransformer2DModel":
+            from preflab.diffusion.flux import call_flux
+
+            return call_flux(self.unet, x_t, t, kwargs)
         return self.unet(x_t, timestep=t, return_dict=False, **kwargs)[0]
 
 
@@ -202,7 +210,13 @@ class DiffusionRun(TrainingRun):
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
         check_resolution(cfg.resolution, self.components)
-        if self.components.is_flow:
+        self.components.flux_guidance, self.components.resolution = cfg.flux_guidance, cfg.resolution
+        if self.components.is_flux:
+            from preflab.diffusion.flow import FlowMatchSchedule
+
+            check_flow_objective(cfg, self.objective)
+            self.schedule = FlowMatchSchedule.for_flux(self.components.scheduler)
+        elif self.components.is_flow:
             from preflab.diffusion.flow import FlowMatchSchedule
 
             check_flow_objective(cfg, self.objective)
@@ -487,6 +501,8 @@ class DiffusionRun(TrainingRun):
         from preflab.diffusion.pipeline import unet_cond
 
         cond = unet_cond(self._text_of(texts), self.cfg.resolution)
+        if self.components.is_flux and self.components.denoiser.config.guidance_embeds:
+            cond["guidance"] = torch.full((len(texts),), float(self.cfg.flux_guidance), device=self.accelerator.device)
         if not self.ppd:
             return cond
         users = torch.tensor([self.user_ids.index(u) for u in index_users], device=self.accelerator.device)
