@@ -42,6 +42,10 @@ ONE_PROCESS = {
             "would double)",
     "itool": f"{_RERUN}: every rank would run the MCTS searches again and write the same stage folders, and the "
              "warm-up and SimPO batches are per process (the global batch would double)",
+    "fspo": "its episode files, held-out scoring and summary are written by every rank, its two runs' batches are per "
+            "process (the global batch would double), and it was not checked on several processes",
+    "pro_orchestrator": "its adapter fit, data files and summary run on every rank, its runs' batches are per "
+                        "process (the global batch would double), and it was not checked on several processes",
 }
 
 

@@ -18,7 +18,7 @@ from preflab.reward_models import themis_toy
 
 ROOT = Path(__file__).resolve().parents[2]
 REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch", "dstc": "sandbox again",
-           "itool": "MCTS searches again"}
+           "itool": "MCTS searches again", "fspo": "written by every rank", "pro_orchestrator": "run on every rank"}
 
 
 @pytest.mark.parametrize("task", sorted(REASONS))
@@ -31,7 +31,9 @@ def test_a_one_process_recipe_under_a_launch_of_two_is_refused_before_it_starts(
 
     monkeypatch.setattr(recipes, "recipe_function", must_not_run)
     out = tmp_path / "out"
-    cfg = load_config(str(ROOT / "examples/tools" / f"{task}.yaml"), [f"output_dir={out}"])
+    yaml_file = ROOT / "examples/tools" / f"{task}.yaml"
+    yaml_file = yaml_file if yaml_file.exists() else ROOT / "examples" / f"{task}.yaml"  # fspo, pro_orchestrator
+    cfg = load_config(str(yaml_file), [f"output_dir={out}"])
     with pytest.raises(ConfigError, match=rf"task '{task}' runs as one process, not 2 \(WORLD_SIZE=2\): .*"
                                           rf"{REASONS[task]}.*without a launcher: `preflab train CONFIG.yaml`"):
         recipes.run_recipe(cfg)
