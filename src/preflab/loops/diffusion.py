@@ -24,6 +24,7 @@ import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,6 +32,9 @@ from torch import nn
 from preflab.errors import ConfigError, nearest
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
 from preflab.objectives.base import UnpairedBatch
+
+if TYPE_CHECKING:
+    from preflab.scoring.diffusion import DiffusionPairs
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the diffusers Diffusion-DPO script's LoRA targets
 # diffusers' SD3 LoRA DreamBooth script's targets: the joint attention's image and text (add_*) projections
@@ -254,10 +258,9 @@ class DiffusionRun(TrainingRun):
         if cfg.eval_dataset_name:
             evals, eval_report = load_image_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **kwargs)
         elif cfg.eval_fraction > 0:
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-            held = set(perm[:max(1, round(cfg.eval_fraction * len(train)))])
-            evals = [x for i, x in enumerate(train) if i in held]
-            train = [x for i, x in enumerate(train) if i not in held]
+            from preflab.data.holdout import split_eval_fraction
+
+            train, evals = split_eval_fraction(train, cfg.eval_fraction, cfg.seed)
         out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped)}
         if eval_report is not None:
             out["eval_rows"] = eval_report.to_dict()

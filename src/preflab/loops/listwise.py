@@ -99,10 +99,9 @@ def prepare_lists(cfg, tokenizer):
         eval_rows, _ = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="prompt",
                                  on_bad_row=cfg.on_bad_row)
     elif cfg.eval_fraction > 0:
-        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
-        eval_rows = [r for i, r in enumerate(rows) if i in held]
-        rows = [r for i, r in enumerate(rows) if i not in held]
+        from preflab.data.holdout import split_eval_fraction
+
+        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
     train, tok_report = _tokenize_lists(cfg, tokenizer, rows, row_report.source)
     evals = _tokenize_lists(cfg, tokenizer, eval_rows, cfg.eval_dataset_name or row_report.source)[0] \
         if eval_rows else []

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import torch
 
 from preflab.errors import DataError, PreflabError
 from preflab.runlog import is_main_process
@@ -50,8 +49,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     elif cfg.eval_fraction > 0:
         # hold out whole source rows (a pair split into two KTO examples stays on one side)
         ids = sorted({r.row_id for r in rows})
-        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        held = {ids[i] for i in perm[:max(1, int(round(cfg.eval_fraction * len(ids))))]}
+        from preflab.data.holdout import held_out_positions
+
+        held = {ids[i] for i in held_out_positions(len(ids), cfg.eval_fraction, cfg.seed)}
         eval_rows = [r for r in rows if r.row_id in held]
         rows = [r for r in rows if r.row_id not in held]
     train, tok_report = _tokenize(kind, rows, tokenizer, cfg, row_report.source)

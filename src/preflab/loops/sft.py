@@ -217,10 +217,9 @@ def prepare_sft(cfg, tokenizer):
             raise DataError(f"the eval set ({cfg.eval_dataset_name}) has no usable examples: {said}. Fix its rows "
                             "(or max_length), or drop the eval set.")
     elif cfg.eval_fraction > 0:
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(train))))])
-        evals = [x for i, x in enumerate(train) if i in held]
-        train = [x for i, x in enumerate(train) if i not in held]
+        from preflab.data.holdout import split_eval_fraction
+
+        train, evals = split_eval_fraction(train, cfg.eval_fraction, cfg.seed)
     if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
         if said:

@@ -96,10 +96,9 @@ def prepare_vision_data(cfg, processor, policy, objective):
     if cfg.eval_dataset_name:
         eval_rows, _ = read_vision_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **read)
     elif cfg.eval_fraction > 0:
-        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
-        eval_rows = [r for i, r in enumerate(rows) if i in held]
-        rows = [r for i, r in enumerate(rows) if i not in held]
+        from preflab.data.holdout import split_eval_fraction
+
+        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
 
     def build(examples, split):

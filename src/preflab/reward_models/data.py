@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import numbers
 
-import torch
 
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
@@ -64,10 +63,9 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         eval_rows, eval_row_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row)
     elif cfg.eval_fraction > 0:
-        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
-        eval_rows = [r for i, r in enumerate(rows) if i in held]
-        rows = [r for i, r in enumerate(rows) if i not in held]
+        from preflab.data.holdout import split_eval_fraction
+
+        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                     max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)

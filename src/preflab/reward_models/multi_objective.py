@@ -278,10 +278,9 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     if cfg.eval_dataset_name:
         eval_rows, eval_report = load_rated(cfg.eval_dataset_name, attributes, split=cfg.eval_split, **settings)
     elif cfg.eval_fraction > 0:
-        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        held = set(perm[:max(1, int(round(cfg.eval_fraction * len(rows))))])
-        eval_rows = [r for i, r in enumerate(rows) if i in held]
-        rows = [r for i, r in enumerate(rows) if i not in held]
+        from preflab.data.holdout import split_eval_fraction
+
+        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
     print(f"preflab: data: {row_report.summary()}")
     if eval_report is not None:
         print(f"preflab: eval data: {eval_report.summary()}")
