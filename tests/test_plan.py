@@ -82,3 +82,20 @@ def test_plan_command_prints_every_term(model_dir, capsys):
     for term in ("weights", "reference", "gradients", "optimizer", "activations", "total"):
         assert term in out
     assert "zero3 over 2 rank(s)" in out
+
+
+def test_overrides_after_the_options_are_read_in_order(capsys):
+    """README walk: `preflab plan CONFIG ... --sharding zero3 --world-size 8 use_peft=true` (the README's "and
+    use_peft=true for LoRA") stopped with `unrecognized arguments: use_peft=true`; overrides may follow the options."""
+    from preflab.cli import main
+
+    llama7b = Path(__file__).resolve().parents[1] / "examples" / "model_configs" / "llama-2-7b"
+    head = ["plan", f"model_name_or_path={llama7b}", "dataset_name=x.jsonl"]
+    assert main(head + ["use_peft=true", "lora_r=4", "--sharding", "zero3", "--world-size", "2"]) == 0
+    contiguous = capsys.readouterr().out
+    assert main(head + ["use_peft=false", "--sharding", "zero3", "use_peft=true", "--world-size", "2", "lora_r=4"]) == 0
+    assert capsys.readouterr().out == contiguous  # the later use_peft=true wins, as on a contiguous line
+    assert main(head + ["--sharding", "zero3", "--world-size", "2"]) == 0
+    assert capsys.readouterr().out != contiguous  # use_peft changes the plan, so the equality above means something
+    with pytest.raises(SystemExit):
+        main(head + ["--sharding", "zero3", "--no-such-flag"])

@@ -115,6 +115,33 @@ def test_cat_pipeline_with_clue_aggregator(tmp_path):
     assert not torch.equal(before, agg.out.weight)  # the aggregator trained with the policy
 
 
+def test_cat_rows_without_objects_are_a_data_error_naming_the_eval_file_row_and_field(tmp_path):
+    """README walk: `preflab eval RUN --task vlm --data pairs.jsonl` on a cat_adpo run stopped with
+    "cat_adpo: row 0 needs a non-empty `objects` list" (a ConfigError naming no file); the eval file is named now."""
+    import json
+
+    from preflab.errors import DataError
+
+    def write(name, rows):
+        with (tmp_path / name).open("w") as f:
+            for i, r in enumerate(rows):
+                r["images"][0].save(tmp_path / f"{name}-{i}.png")
+                f.write(json.dumps({**r, "images": [f"{name}-{i}.png"]}) + "\n")
+        return str(tmp_path / name)
+
+    train = write("cat.jsonl", [{**r, "response": "there is something", "objects": ["red square"]}
+                                for r in _sft_rows(2)])
+    heldout = write("heldout.jsonl", [{**r, "response": "there is something", "objects": ["red square"]}
+                                      for r in _sft_rows(2)])
+    rows = [json.loads(line) for line in open(heldout)]
+    rows[1].pop("objects")
+    with open(heldout, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    cfg = _cfg(tmp_path, dataset_name=train, eval_dataset_name=heldout, vision_pairs="cat_adpo")
+    with pytest.raises(DataError, match=r"heldout\.jsonl: row 1, field 'objects'.*vision_pairs: given"):
+        VisionTrainer(cfg)
+
+
 def test_clue_aggregator_is_identity_at_attach_and_question_conditioned():
     model, processor = tiny("qwen2_vl")
     rows = [pair_row("what colour is it?", seed=1), pair_row("is it round or square?", seed=1)]

@@ -31,7 +31,7 @@ import re
 import torch
 
 from preflab.data.vision import VisionPairExample
-from preflab.errors import ConfigError, nearest
+from preflab.errors import ConfigError, DataError, nearest
 
 BUILDERS = ("given", "pami_vdpo", "cat_adpo")
 SPATIAL = ("flip", "crop", "blur", "noise", "colour", "mask")
@@ -187,13 +187,18 @@ def rewrite_specific(answer: str, objects, vague_terms=VAGUE_TERMS) -> str:
     return answer[:start] + name + answer[end:]
 
 
-def build_cat_pairs(examples, vague_terms=VAGUE_TERMS) -> tuple[list[VisionPairExample], dict]:
-    """Rows with an SFT `response` and annotated `objects` -> ambiguity-aware pairs (see the module docstring)."""
+def build_cat_pairs(examples, vague_terms=VAGUE_TERMS, source: str = "<rows>") -> tuple[list[VisionPairExample], dict]:
+    """Rows with an SFT `response` and annotated `objects` -> ambiguity-aware pairs (see the module docstring).
+
+    `source` names the data file in errors."""
     out, dropped = [], {}
     for ex in examples:
         objects = ex.extras.get("objects")
         if not isinstance(objects, list) or not objects:
-            raise ConfigError(f"cat_adpo: row {ex.row_id} needs a non-empty `objects` list (the annotated objects).")
+            raise DataError(f"{source}: row {ex.row_id}, field 'objects': vision_pairs: cat_adpo needs a non-empty "
+                            "list of the annotated objects in every row (rows {images, prompt, response, objects}, "
+                            "as examples/vlm/data/cat.jsonl; `preflab eval --task vlm` builds its pairs the way the "
+                            "run did). For rows that already hold chosen/rejected pairs use vision_pairs: given.")
         answer = _text(ex.chosen)
         ambiguous, why = judge_ambiguity(answer, objects, vague_terms)
         if not ambiguous:

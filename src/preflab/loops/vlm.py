@@ -92,9 +92,10 @@ def prepare_vision_data(cfg, processor, policy, objective):
     builder, params = cfg.vision_pairs, dict(cfg.vision_pair_params)
     read = dict(on_bad_row=cfg.on_bad_row, max_frames=cfg.max_frames, responses_only=builder != "given")
     rows, row_report = read_vision_pairs(cfg.dataset_name, split=cfg.dataset_split, **read)
-    eval_rows = []
+    eval_rows, sources = [], {"train": row_report.source, "eval": row_report.source}
     if cfg.eval_dataset_name:
-        eval_rows, _ = read_vision_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **read)
+        eval_rows, eval_report = read_vision_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **read)
+        sources["eval"] = eval_report.source
     elif cfg.eval_fraction > 0:
         from preflab.data.holdout import split_eval_fraction
 
@@ -110,7 +111,8 @@ def prepare_vision_data(cfg, processor, policy, objective):
                 tuple(params.get("augmentations", builders.SPATIAL + builders.TEMPORAL)),
                 int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau))
         elif builder == "cat_adpo":
-            examples, info = builders.build_cat_pairs(examples, tuple(params.get("vague_terms", builders.VAGUE_TERMS)))
+            examples, info = builders.build_cat_pairs(examples, tuple(params.get("vague_terms", builders.VAGUE_TERMS)),
+                                                      source=sources[split])
         else:
             info = None
         if info is not None:
