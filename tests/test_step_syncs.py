@@ -269,14 +269,8 @@ def test_layout_moves_to_an_accelerator_without_blocking(monkeypatch):
     assert not any(calls)
 
 
-def test_vlm_dpo_step_makes_at_most_two_syncs_outside_the_model(tmp_path, monkeypatch):
-    """A VLM DPO step (task: vlm, tiny LLaVA, logging off): preflab's scorer gathers the response positions by the
-    layout's host-built indices (no boolean mask), so preflab reads the device once per step (the step's own read).
-    Outside the model's forward code the step makes 2 syncs: that read and the backward of LLaVA's image-feature
-    merge (`inputs_embeds.masked_scatter`, run by the autograd engine, so no model frame is on the stack).
-    Inside it LLaVA checks the image-token count (`torch._check_with` + the tensor formatted into its message:
-    2 per forward, policy and reference): 4, pinned so that a change on either side shows. The old scorer's
-    boolean-mask indexing cost 2 more per forward (`pred_index[mask]`, `target_ids[mask]`)."""
+def _count_vlm_steps(tmp_path, monkeypatch, **overrides):
+    """Syncs of VLM DPO steps 2-4 (task: vlm, tiny LLaVA, logging off): (total, inside the model's code, names)."""
     sys.path.insert(0, str(Path(__file__).parent / "vlm"))
     from vlm_helpers import pair_row, tiny
 
@@ -292,7 +286,8 @@ def test_vlm_dpo_step_makes_at_most_two_syncs_outside_the_model(tmp_path, monkey
     pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
     cfg = config_from_dict(dict(task="vlm", model_name_or_path="builtin:tiny-llava", dataset_name="unused",
                                 output_dir=str(tmp_path), per_device_train_batch_size=2, learning_rate=1e-3,
-                                max_steps=4, logging_steps=1000, disable_tqdm=True, report_to="none", use_cpu=True))
+                                max_steps=4, logging_steps=1000, disable_tqdm=True, report_to="none", use_cpu=True,
+                                **overrides))
     original_to = VisionLayout.to
 
     def to_device(self, device):  # the vision tensors too are new device tensors, as on a GPU
@@ -301,9 +296,35 @@ def test_vlm_dpo_step_makes_at_most_two_syncs_outside_the_model(tmp_path, monkey
 
     monkeypatch.setattr(VisionLayout, "to", to_device)
     with counting(VisionTrainer, monkeypatch) as counter:
-        VisionTrainer(cfg, policy=model, ref=frozen_copy(model), processor=processor, train_data=pairs).train()
-    total, in_model = counter.counts[1:4], counter.in_model[1:4]
+        trainer = VisionTrainer(cfg, policy=model, ref=frozen_copy(model), processor=processor, train_data=pairs)
+        trainer.train()
+    return counter.counts[1:4], counter.in_model[1:4], counter.names[1:4], trainer
+
+
+def test_vlm_dpo_step_makes_at_most_two_syncs_outside_the_model(tmp_path, monkeypatch):
+    """A VLM DPO step (task: vlm, tiny LLaVA, logging off): preflab's scorer gathers the response positions by the
+    layout's host-built indices (no boolean mask), so preflab reads the device once per step (the step's own read).
+    Outside the model's forward code the step makes 2 syncs: that read and the backward of LLaVA's image-feature
+    merge (`inputs_embeds.masked_scatter`, run by the autograd engine, so no model frame is on the stack).
+    Inside it LLaVA checks the image-token count (`torch._check_with` + the tensor formatted into its message:
+    2 per forward, policy and reference): 4, pinned so that a change on either side shows. The old scorer's
+    boolean-mask indexing cost 2 more per forward (`pred_index[mask]`, `target_ids[mask]`)."""
+    total, in_model, names, _ = _count_vlm_steps(tmp_path, monkeypatch)
     outside_model = [t - m for t, m in zip(total, in_model)]
-    assert outside_model == [2] * 3, counter.names[1:4]
-    assert all(names[-2:] == ["aten.masked_scatter_backward.default", "Tensor.tolist"] for names in counter.names[1:4])
-    assert in_model == [4] * 3, counter.names[1:4]
+    assert outside_model == [2] * 3, names
+    assert all(n[-2:] == ["aten.masked_scatter_backward.default", "Tensor.tolist"] for n in names)
+    assert in_model == [4] * 3, names
+
+
+def test_cat_adpo_step_syncs_no_more_than_the_vlm_dpo_step(tmp_path, monkeypatch):
+    """CAT-ADPO's step (DPO with the clue aggregator in front of the language model): the aggregator rewrites all
+    rows by the layout's host-built CluePlan (index lists, no boolean mask), so the step makes exactly the VLM DPO
+    step's syncs (2 outside the model's code, 4 inside): 6. The old per-row rewrite made 19 per step with 2 rows
+    (measured): 3 `.any()` reads, 4 boolean-mask gathers and their 4 backward index_puts, 2 masked_scatter
+    backwards."""
+    total, in_model, names, trainer = _count_vlm_steps(tmp_path, monkeypatch, clue_aggregator=True)
+    assert trainer.policy.clue_aggregator.out.weight.abs().sum() > 0  # the aggregator trained in these steps
+    outside_model = [t - m for t, m in zip(total, in_model)]
+    assert outside_model == [2] * 3, names
+    assert all(n[-2:] == ["aten.masked_scatter_backward.default", "Tensor.tolist"] for n in names)
+    assert in_model == [4] * 3, names

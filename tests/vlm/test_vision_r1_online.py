@@ -219,3 +219,71 @@ def test_judge_cache_tells_prompts_with_other_images_apart(tmp_path):
     _, _, again, _, _ = run._judge_round(rows[2:], ids[:1], 1)
     assert len(calls) == 2 and again[0] == first[0]  # the same pixels from another file: a cache hit
     assert run.judge.cache_hits == 1
+
+
+def _mean_red(image) -> float:
+    import numpy as np
+
+    return float(np.asarray(image.convert("RGB"), dtype=np.float64)[..., 0].mean())
+
+
+def test_reward_functions_get_each_completions_prompt_images_as_trl_passes_them(tmp_path):
+    """TRL 1.16's GRPOTrainer passes the dataset's `images` column to reward functions (keyword `images`, a list of
+    PIL images per completion); a reward reading them (the mean red value) gets its own prompt's image for each of
+    the K completions, and the logged reward is the direct computation. A reward function with a fixed signature
+    (no `images`, no **kwargs) is not given them and still scores."""
+    from PIL import Image
+
+    from preflab.models.vlm import load_vlm_processor
+
+    cfg = _cfg(tmp_path)
+    processor = load_vlm_processor(cfg)
+    task = load_vision_task(cfg, processor)
+    seen = []
+
+    def red(prompts, completions, images, **kwargs):
+        assert all(isinstance(ims, list) and all(isinstance(im, Image.Image) for im in ims) for ims in images)
+        seen.extend(zip([p[0]["content"][-1]["text"] for p in prompts], images))
+        return [_mean_red(ims[0]) / 255 for ims in images]
+
+    def fixed(prompts, completions, solution, num_instances, completion_ids):  # the old columns only
+        return [float(len(ids)) for ids in completion_ids]
+
+    task.judges[:] = [red, fixed]
+    run = VisionOnlineRun(cfg, processor=processor, task=task)
+    [mb] = run.micro_batches(0)
+    exs = mb.examples
+    rows = {json.loads(line)["prompt"]: json.loads(line) for line in DATA.read_text().splitlines()}
+    expected = {p: _mean_red(Image.open(DATA.parent / r["images"][0])) / 255 for p, r in rows.items()}
+    assert len(set(expected.values())) == len(expected)  # the images tell the prompts apart
+    # one entry per completion (2 prompts x K = 3), each its own prompt's image
+    assert len(seen) == 6 and len({p for p, _ in seen}) == 2
+    assert all(_mean_red(ims[0]) / 255 == pytest.approx(expected[p], abs=1e-12) for p, ims in seen)
+    direct = [expected[run.by_id[e.row_id].prompt[0]["content"][-1]["text"]] for e in exs for _ in e.completions]
+    assert run.pending.metrics["rewards/red/mean"] == pytest.approx(sum(direct) / len(direct), abs=1e-9)
+    lengths = [len(c) for e in exs for c in e.completions]
+    assert run.pending.metrics["rewards/fixed/mean"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-9)
+    assert run.judge.failed == 0
+
+
+def test_judge_passes_images_only_to_functions_that_take_them():
+    from PIL import Image
+
+    from preflab.errors import ConfigError
+    from preflab.loops.judge import Judge
+
+    red, blue = (Image.new("RGB", (4, 4), c) for c in ((200, 0, 0), (0, 0, 50)))
+
+    def takes(prompts, completions, images, label):
+        return [_mean_red(ims[0]) for ims in images]
+
+    def fixed(prompts, completions, label):
+        return [float(x) for x in label]
+
+    judge = Judge([takes, fixed])
+    scores, per_fn = judge(["p", "p"], ["a", "a"], columns=[{"label": 1}, {"label": 2}], cache_context=["r", "b"],
+                           images=[[red], [blue]])
+    assert per_fn.tolist() == [[200.0, 1.0], [0.0, 2.0]] and judge.failed == 0
+    assert scores.tolist() == [201.0, 2.0]
+    with pytest.raises(ConfigError, match="cache_context"):  # images unhashed: the cache needs their digest
+        judge(["p"], ["a"], columns=[{"label": 1}], images=[[red]])

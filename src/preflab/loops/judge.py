@@ -3,7 +3,9 @@
 A judge is any of these, or a list of them combined with `weights` (TRL's `reward_weights`):
 
     reward function   f(prompts=[...], completions=[...], completion_ids=[...], **columns) -> list[float | None]
-                      (TRL's signature; columns are the prompt rows' other fields, one entry per completion)
+                      (TRL's signature; columns are the prompt rows' other fields, one entry per completion; for
+                      image prompts also `images`, each completion's prompt images as PIL images, as TRL passes
+                      its dataset's `images` column: given only to functions with an `images` parameter or **kwargs)
     reward model      obj.score(prompts, responses) -> Tensor [N] or list  (preflab.reward_models.interface.RewardFunction)
     preference model  obj.win_rate_matrix(prompt, responses) -> [K, K], P[i, j] = P(y_i > y_j | x); a completion's
                       score is its mean win rate against the other completions of its group (a Borda score)
@@ -38,6 +40,20 @@ def _key(prompt: Any, completion: Any, columns: dict, context: str | None = None
     blob = json.dumps([prompt, completion, columns] + ([context] if context is not None else []), sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _takes_keyword(fn: Any, name: str) -> bool:
+    """Whether fn can be called with the keyword `name` (a parameter of that name or **kwargs); True when its
+    signature cannot be read (TRL passes every keyword to every reward function)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    p = params.get(name)
+    return (p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or \
+        any(q.kind == q.VAR_KEYWORD for q in params.values())
 
 
 def _name(fn: Any) -> str:
@@ -112,13 +128,23 @@ class Judge:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
                  completion_ids: Sequence[list[int]] | None = None,
-                 cache_context: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
+                 cache_context: Sequence[str] | None = None,
+                 images: Sequence[list] | None = None) -> tuple[Tensor, Tensor]:
         """(scores [N], per_function [N, F]) in float64 for N completions; `groups[i]` names the group (one prompt
         instance) of completion i (needed by preference models), `columns[i]` its prompt row's other fields,
-        `cache_context[i]` what else identifies its prompt in the cache key (not passed to the judges)."""
+        `cache_context[i]` what else identifies its prompt in the cache key (not passed to the judges), `images[i]`
+        its prompt's images (passed as `images` to the reward functions that take it, never hashed: the cache
+        tells prompts with other images apart by cache_context, e.g. their pixels' digest)."""
         n = len(completions)
         if len(prompts) != n:
             raise ConfigError(f"{len(prompts)} prompts for {n} completions; repeat each prompt once per completion.")
+        if images is not None:
+            if len(images) != n:
+                raise ConfigError(f"{len(images)} image lists for {n} completions; give one per completion.")
+            if cache_context is None and self.cache_enabled:
+                raise ConfigError("images given to a caching Judge without cache_context: the cache would serve a "
+                                  "prompt with other images another prompt's reward; give cache_context (e.g. "
+                                  "preflab.online.vision.image_digest of each prompt's images) or cache=False.")
         columns = list(columns) if columns is not None else [{} for _ in range(n)]
         groups = list(groups) if groups is not None else list(range(n))
         per_function = torch.empty(n, len(self.judges), dtype=torch.float64)
@@ -127,7 +153,7 @@ class Judge:
                 per_function[:, k] = self._group_win_rates(judge, prompts, completions, groups)
             else:
                 per_function[:, k] = self._pointwise(k, prompts, completions, columns, completion_ids,
-                                                     cache_context)
+                                                     cache_context, images)
         weights = torch.tensor(self.weights, dtype=torch.float64) if self.aggregator is None else \
             self._prompt_weights(prompts)
         scores = (per_function * weights).nansum(-1)
@@ -142,7 +168,8 @@ class Judge:
                               f"prompts and {len(self.judges)} reward functions; it must return [prompts, functions].")
         return w
 
-    def _pointwise(self, k: int, prompts, completions, columns, completion_ids, cache_context=None) -> Tensor:
+    def _pointwise(self, k: int, prompts, completions, columns, completion_ids, cache_context=None,
+                   images=None) -> Tensor:
         judge, cache = self.judges[k], self.caches[k]
         context = list(cache_context) if cache_context is not None else [None] * len(prompts)
         keys = [_key(p, c, col, ctx) for p, c, col, ctx in zip(prompts, completions, columns, context)]
@@ -155,7 +182,8 @@ class Judge:
             idx = list(todo.values())
             values, ok = self._safe_call(judge, self.kinds[k], [prompts[i] for i in idx],
                                          [completions[i] for i in idx], [columns[i] for i in idx],
-                                         None if completion_ids is None else [completion_ids[i] for i in idx])
+                                         None if completion_ids is None else [completion_ids[i] for i in idx],
+                                         None if images is None else [images[i] for i in idx])
             self.calls += len(idx)
             fresh = dict(zip(todo, values))
             if self.cache_enabled:
@@ -165,11 +193,13 @@ class Judge:
         lookup = cache if self.cache_enabled else {}
         return torch.tensor([fresh[key] if key in fresh else lookup[key] for key in keys], dtype=torch.float64)
 
-    def _safe_call(self, judge, kind, prompts, completions, columns, completion_ids) -> tuple[list[float], list]:
+    def _safe_call(self, judge, kind, prompts, completions, columns, completion_ids,
+                   images=None) -> tuple[list[float], list]:
         """(values, ok): a judge that raises on the batch is retried one completion at a time; a completion whose
         call still raises scores NaN (dropped by the loops, counted in judge/failed, not cached)."""
         try:
-            return self._call(judge, kind, prompts, completions, columns, completion_ids), [True] * len(prompts)
+            return self._call(judge, kind, prompts, completions, columns, completion_ids, images), \
+                [True] * len(prompts)
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - a judge is user code; each failure is counted, never silent
@@ -177,7 +207,8 @@ class Judge:
             for i in range(len(prompts)):
                 try:
                     values += self._call(judge, kind, prompts[i:i + 1], completions[i:i + 1], columns[i:i + 1],
-                                         None if completion_ids is None else completion_ids[i:i + 1])
+                                         None if completion_ids is None else completion_ids[i:i + 1],
+                                         None if images is None else images[i:i + 1])
                     ok.append(True)
                 except ConfigError:
                     raise
@@ -201,7 +232,7 @@ class Judge:
                 self.failed += 1
         return kept
 
-    def _call(self, judge, kind: str, prompts, completions, columns, completion_ids) -> list[float]:
+    def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None) -> list[float]:
         name = _name(judge)
         if kind == "reward_model":
             contexts = [col.get("context") for col in columns]
@@ -212,6 +243,8 @@ class Judge:
         kwargs = {key: [col.get(key) for col in columns] for key in {k for col in columns for k in col}}
         if completion_ids is not None:
             kwargs["completion_ids"] = list(completion_ids)
+        if images is not None and _takes_keyword(judge, "images"):  # TRL's `images` column: PIL images per completion
+            kwargs["images"] = list(images)
         return _floats(judge(prompts=list(prompts), completions=list(completions), **kwargs), len(prompts), name)
 
     def _group_win_rates(self, judge, prompts, completions, groups) -> Tensor:

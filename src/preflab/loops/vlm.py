@@ -197,6 +197,21 @@ class VisionTrainer(Trainer):
         self.data_report = report
         self.layout = vision_layout_choice(cfg.layout, policy, ref)
 
+    def collate(self, items):
+        """The layout, with CAT's CluePlan built here on the host when the policy has a clue aggregator (its
+        rewrite then gathers by index: no host sync per row)."""
+        from preflab.models.clue_aggregator import clue_aggregator_of, clue_plan, prompt_lengths
+        from preflab.scoring.vlm import VisionLayout
+
+        layout = super().collate(items)
+        aggregator = clue_aggregator_of(self.policy)
+        if aggregator is not None and isinstance(layout, VisionLayout) and layout.input_ids.device.type == "cpu":
+            mask = layout.attention_mask if layout.attention_mask.dim() == 2 else None
+            layout.clue_plan = clue_plan(layout.input_ids, mask, prompt_lengths(layout.pred_index,
+                                                                                *layout.input_ids.shape),
+                                         aggregator.image_token_id)
+        return layout
+
     def batch_kind(self, objective):
         return VisionPairKind
 

@@ -20,8 +20,17 @@ Deviations from the code: the visual tokens are the VLM's own projected image to
 per-modality self-attention), there are no Q-Formers (the VLM's projector plays that role), and V' is residual with
 a zero-initialised output Linear instead of LayerNorm(Linear(...)), so attaching it leaves the model's outputs
 unchanged until it is trained.
+
+The rewrite runs on all rows at once, without boolean masks (whose output size the host would wait for: a
+device-to-host sync per row): a CluePlan, built on the host from the layout's token ids (VisionTrainer.collate, as
+the layout's GatherPlan), lists each row's image and question positions as padded index matrices; the two
+attentions run batched over the rows with key_padding_mask, and V' is written back with index_copy. Only rows with
+both image tokens and a question are rewritten (the others are unchanged, as before). Without a plan (generate(),
+a layout built elsewhere) one is built from a host copy of the ids: a sync per forward.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +38,59 @@ from torch import Tensor, nn
 from preflab.models.attention import unwrap
 
 CLUE_AGGREGATOR_FILE = "clue_aggregator.safetensors"  # a LoRA run's trained clue aggregator, beside the adapters
+
+
+class CluePlan(NamedTuple):
+    """Host-built index lists of one [R, T] batch for ClueAggregator.rewrite, over its A rows that have image tokens
+    and a question: visual [A, Nv] / question [A, Nq] flat positions (row * T + col) padded with 0, visual_pad /
+    question_pad [A, Nv] / [A, Nq] bool (True: padding), slot [M] the flat positions in [A * Nv] of the real image
+    tokens (row-major) and target [M] their flat positions in [R * T]; shape (R, T)."""
+
+    visual: Tensor
+    visual_pad: Tensor
+    question: Tensor
+    question_pad: Tensor
+    slot: Tensor
+    target: Tensor
+    shape: tuple
+
+    def to(self, device) -> "CluePlan":
+        from preflab.data.layout import to_device
+
+        return CluePlan(*(to_device(t, device) for t in self[:6]), self.shape)
+
+
+def prompt_lengths(pred_index: Tensor, rows: int, width: int) -> Tensor:
+    """[R] each row's prompt length: the positions before its first response token (T for a row without one)."""
+    first = pred_index[:, 0]
+    lengths = torch.full((rows,), width, dtype=torch.long, device=first.device)
+    return lengths.scatter_reduce(0, first // width, first % width + 1, reduce="amin")
+
+
+def clue_plan(input_ids: Tensor, attention_mask: Tensor | None, lengths: Tensor | None,
+              image_token_id: int) -> CluePlan:
+    """The CluePlan of host tensors: image tokens are `image_token_id`; the question is every other real token
+    (2-D attention_mask 1; a 4-D mask counts every position) before `lengths[r]` (None: the whole row)."""
+    rows, width = input_ids.shape
+    image = input_ids == image_token_id
+    real = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else \
+        torch.ones_like(image)
+    if lengths is not None:
+        real = real & (torch.arange(width)[None] < lengths[:, None])
+    question = real & ~image
+    active = [r for r in range(rows) if bool(image[r].any()) and bool(question[r].any())]
+
+    def padded(mask: Tensor) -> tuple[Tensor, Tensor]:
+        lists = [(r * width + mask[r].nonzero().squeeze(-1)).tolist() for r in active]
+        most = max((len(x) for x in lists), default=0)
+        index = torch.tensor([x + [0] * (most - len(x)) for x in lists], dtype=torch.long).view(len(active), most)
+        pad = torch.tensor([[False] * len(x) + [True] * (most - len(x)) for x in lists], dtype=torch.bool)
+        return index, pad.view(len(active), most)
+
+    visual, visual_pad = padded(image)
+    quest, quest_pad = padded(question)
+    slot = (~visual_pad).reshape(-1).nonzero().squeeze(-1)
+    return CluePlan(visual, visual_pad, quest, quest_pad, slot, visual.reshape(-1)[slot], (rows, width))
 
 
 class ClueAggregator(nn.Module):
@@ -42,6 +104,7 @@ class ClueAggregator(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.image_token_id: int | None = None
         self.prompt_lengths: Tensor | None = None  # [R] set by the scorer for one forward
+        self.plan: CluePlan | None = None  # set by the scorer for one forward (the layout's, built on the host)
 
     def aggregate(self, visual: Tensor, question: Tensor) -> Tensor:
         """visual [Nv, D], question [Nq, D] -> V' [Nv, D]."""
@@ -52,24 +115,24 @@ class ClueAggregator(nn.Module):
         return visual + self.out(back)[0]
 
     def rewrite(self, embeds: Tensor, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """inputs_embeds [R, T, D] with every row's image-token embeddings replaced by V'."""
-        image = input_ids == self.image_token_id
-        if not bool(image.any()):
+        """inputs_embeds [R, T, D] with every row's image-token embeddings replaced by V' (rows batched)."""
+        plan = self.plan
+        if plan is None or tuple(plan.shape) != tuple(embeds.shape[:2]):  # no host plan: one from host copies
+            lengths = None if self.prompt_lengths is None else self.prompt_lengths.cpu()
+            plan = clue_plan(input_ids.cpu(), None if attention_mask is None else attention_mask.cpu(), lengths,
+                             self.image_token_id).to(embeds.device)
+        if plan.slot.numel() == 0:
             return embeds
-        real = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else \
-            torch.ones_like(image)
-        if self.prompt_lengths is not None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            real = real & (positions[None] < self.prompt_lengths.to(input_ids.device)[:, None])
-        rows = []
-        for r in range(embeds.shape[0]):
-            row = embeds[r]
-            if bool(image[r].any()):
-                new = self.aggregate(row[image[r]].to(self.out.weight.dtype), row[real[r] & ~image[r]]
-                                     .to(self.out.weight.dtype)).to(row.dtype)
-                row = row.masked_scatter(image[r].unsqueeze(-1), new)
-            rows.append(row)
-        return torch.stack(rows)
+        dim, dtype = embeds.shape[-1], self.out.weight.dtype
+        flat = embeds.reshape(-1, dim)
+        visual = flat.index_select(0, plan.visual.reshape(-1)).view(*plan.visual.shape, dim).to(dtype)
+        question = flat.index_select(0, plan.question.reshape(-1)).view(*plan.question.shape, dim).to(dtype)
+        clues = torch.tanh(self.clues(question, visual, visual, key_padding_mask=plan.visual_pad,
+                                      need_weights=False)[0])
+        back = torch.tanh(self.reinject(visual, clues, clues, key_padding_mask=plan.question_pad,
+                                        need_weights=False)[0])
+        new = (visual + self.out(back)).reshape(-1, dim).index_select(0, plan.slot).to(embeds.dtype)
+        return flat.index_copy(0, plan.target, new).view_as(embeds)
 
 
 def _language_model(model: nn.Module) -> nn.Module:

@@ -232,6 +232,11 @@ class OnlineRun(TrainingRun):
         nothing; VisionOnlineRun: its images)."""
         return None
 
+    def _judge_images(self, rows, K: int, n: int):
+        """Per completion, its prompt's images for the reward functions' `images` keyword (None: text prompts;
+        VisionOnlineRun: the row's images)."""
+        return None
+
     def _judge_round(self, rows, ids, K):
         prompts = [rows[i // K].prompt for i in range(len(ids))]
         chat = [isinstance(p, list) for p in prompts]
@@ -239,7 +244,8 @@ class OnlineRun(TrainingRun):
         info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
         columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
         flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
-                                  self._judge_cache_context(rows, K, len(ids)))
+                                  self._judge_cache_context(rows, K, len(ids)),
+                                  images=self._judge_images(rows, K, len(ids)))
         eos = self.tokenizer.eos_token_id
         has_eos = [bool(c) and c[-1] == eos for c in ids]
         if self.cfg.missing_eos_penalty is not None:

@@ -8,6 +8,9 @@ image tensors) and scoring (preflab.scoring.vlm.VisionLogProbScorer, for the pol
 Rows (preflab.data.vision): `images` (paths relative to the data file, or PIL images from Python) and a `prompt`
 (text, or messages with {"type": "image"} parts). Every other column (Vision-R1's `solution`, `num_instances`) is
 handed to the reward functions, one entry per completion, as TRL does; completions reach them as assistant messages.
+The prompt's images reach them too, as TRL 1.16's GRPOTrainer passes its dataset's `images` column: keyword `images`,
+one list of PIL images per completion (the RGB images the model sees), given only to reward functions with an `images`
+parameter or **kwargs (never to reward models); the judge cache tells them apart by their pixels' digest.
 
 Vision-R1 (Zhan et al., 2025, arXiv:2503.18013; methods §18): R = R_fmt + R_P + R_R (reward_funcs
 verifier:vision_r1_format / _precision / _recall, preflab.verifiers.vision_r1), trainer grpo (loss_type grpo) with
@@ -43,6 +46,7 @@ class VisionPromptRow:
     token_inputs: dict
     columns: dict = field(default_factory=dict)
     image_digest: str = ""  # SHA-256 of the images' pixels (image_digest): the judge cache's key for them
+    column_images: list | None = None  # the `images` column's images (`images` adds video frames): reward kwarg
 
 
 def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str = "error",
@@ -54,7 +58,7 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
     kept and skipped (summary.json "data")."""
     from preflab.data.report import BadRowPolicy, DataReport, RowProblem
     from preflab.data.sources import RowReader
-    from preflab.data.vision import _encode_prompt, row_dir, vision_prompt
+    from preflab.data.vision import _encode_prompt, load_images, row_dir, vision_prompt
 
     reader = RowReader(source, split=split)
     policy = BadRowPolicy(on_bad_row, DataReport(source=reader.name, kind="prompt"))
@@ -67,13 +71,15 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
             raise RowProblem("prompt_too_long", "prompt", f"the prompt is {len(ids)} tokens with its image "
                              f"tokens, over max_prompt_length = {max_prompt_length}",
                              "Raise max_prompt_length, use smaller images, or drop the row (on_bad_row: skip).")
-        return prompt, text, ids, images, vision, token_inputs
+        # the `images` column alone (the reward functions' `images`, as TRL's): images are video frames with videos
+        column = load_images(raw.data.get("images"), "images", row_dir(raw)) if raw.data.get("videos") else images
+        return prompt, text, ids, images, vision, token_inputs, column
 
     rows = []
-    for raw, (prompt, text, ids, images, vision, token_inputs) in policy.accepted(reader, encoded):
+    for raw, (prompt, text, ids, images, vision, token_inputs, column) in policy.accepted(reader, encoded):
         columns = {k: v for k, v in raw.data.items() if k not in ("prompt", "images", "videos")}
         rows.append(VisionPromptRow(len(rows), prompt, text, ids, images, vision, token_inputs, columns,
-                                    image_digest(images)))
+                                    image_digest(images), column))
     policy.report.examples = len(rows)
     if report_to is not None:
         report_to["prompt_rows"] = policy.report.to_dict()
@@ -205,6 +211,11 @@ class VisionOnlineRun(OnlineRun):
         """The judge cache keys a completion by its prompt's images too (their pixels' digest): the prompt messages
         hold only {"type": "image"} parts, so two prompts with the same text and other images would share a reward."""
         return [rows[i // K].image_digest or image_digest(rows[i // K].images) for i in range(n)]
+
+    def _judge_images(self, rows, K: int, n: int):
+        """Each completion's prompt images, TRL's reward kwarg `images` (a list of PIL images per completion)."""
+        return [rows[i // K].column_images if rows[i // K].column_images is not None else rows[i // K].images
+                for i in range(n)]
 
     def _layout(self, sequences, row_ids):
         return vision_layout([(p, c, self.by_id[r].vision, self.by_id[r].token_inputs)

@@ -37,12 +37,14 @@ class VisionLayout(LayoutBatch):
 
     vision: dict = field(default_factory=dict)
     token_inputs: dict = field(default_factory=dict)
+    clue_plan: object | None = None  # CAT's preflab.models.clue_aggregator.CluePlan, built on the host
 
     def to(self, device) -> "VisionLayout":
         base = super().to(device)
         return VisionLayout(**{k: getattr(base, k) for k in LayoutBatch.__dataclass_fields__},
                             vision={k: v.to(device) for k, v in self.vision.items()},
-                            token_inputs={k: v.to(device) for k, v in self.token_inputs.items()})
+                            token_inputs={k: v.to(device) for k, v in self.token_inputs.items()},
+                            clue_plan=self.clue_plan.to(device) if self.clue_plan is not None else None)
 
     def model_inputs(self, model=None) -> dict:
         """Keyword arguments of the model's forward; a 4-D layout mask in the form `model`'s attention takes."""
@@ -165,15 +167,15 @@ class VisionLogProbScorer(nn.Module):
         backbone, head = backbone_and_head(self.model)
         aggregator = getattr(unwrap(self.model), "clue_aggregator", None)  # CAT's add-on: the prompt is the question
         if aggregator is not None:  # each row's prompt: the positions before its first response token
-            rows, width = layout.input_ids.shape
-            first = layout.pred_index[:, 0]
-            lengths = torch.full((rows,), width, dtype=torch.long, device=first.device)
-            aggregator.prompt_lengths = lengths.scatter_reduce(0, first // width, first % width + 1, reduce="amin")
+            from preflab.models.clue_aggregator import prompt_lengths
+
+            aggregator.prompt_lengths = prompt_lengths(layout.pred_index, *layout.input_ids.shape)
+            aggregator.plan = layout.clue_plan  # host-built index lists (VisionTrainer.collate); None: built there
         try:
             hidden = backbone(**layout.model_inputs(self.model), use_cache=False).last_hidden_state
         finally:
             if aggregator is not None:
-                aggregator.prompt_lengths = None
+                aggregator.prompt_lengths = aggregator.plan = None
         return scores_from_hidden(hidden, layout, head, self.chunk_tokens, want_hidden, ref, ref_head, want_wpo,
                                   want_token_stats)
 
