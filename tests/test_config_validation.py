@@ -52,12 +52,16 @@ def test_every_bad_option_is_reported_at_once():
     ({"bf16": True, "dtype": "float16"}, "bf16: true conflicts with dtype='float16'"),
     ({"fp16": True, "dtype": "bfloat16"}, "fp16: true conflicts"),
     ({"eval_fraction": 0.1, "eval_dataset_name": "e.jsonl"}, "both give an eval set"),
-    ({"task": "reward", "loss_type": "ipo"}, "task: reward trains a Bradley-Terry reward model; loss_type"),
+    ({"task": "reward", "loss_type": "ipo"},
+     "task: reward trains a reward model (reward_head: bt); loss_type only applies to task: dpo. Remove it"),
+    ({"task": "reward", "reward_head": "gpm", "beta": 0.5},
+     "task: reward trains a reward model (reward_head: gpm); beta only applies to task: dpo"),
     # were accepted and ignored: a reward model has no reference and no beta; SFT has no beta
     ({"task": "reward", "precompute_ref_log_probs": True, "beta": 0.5},
-     "task: reward trains a Bradley-Terry reward model; beta, precompute_ref_log_probs only apply"),
-    ({"task": "reward", "ref_model_name_or_path": "builtin:tiny-llama"}, "reward model; ref_model_name_or_path only"),
-    ({"task": "sft", "beta": 0.5}, "task: sft trains on completions by maximum likelihood; beta only apply"),
+     "task: reward trains a reward model (reward_head: bt); beta, precompute_ref_log_probs only apply to task: dpo. "
+     "Remove them"),
+    ({"task": "reward", "ref_model_name_or_path": "builtin:tiny-llama"}, "(reward_head: bt); ref_model_name_or_path only applies"),
+    ({"task": "sft", "beta": 0.5}, "task: sft trains on completions by maximum likelihood; beta only applies"),
     ({"center_rewards_coefficient": 0.01}, "only applies to task: reward"),
     ({"ref_model_init_kwargs": {"dtype": "bfloat16"}}, "only apply to ref_model_name_or_path"),
 ])

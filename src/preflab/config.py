@@ -260,8 +260,9 @@ class TrainConfig:
                                          ("precompute_ref_log_probs", False))
                     if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
             if used:
-                out.append(f"task: reward trains a Bradley-Terry reward model; {', '.join(used)} only apply to "
-                           "task: dpo. Remove them (or set task: dpo).")
+                out.append(f"task: reward trains a reward model (reward_head: {self.reward_head}); {', '.join(used)} "
+                           f"only {'applies' if len(used) == 1 else 'apply'} to task: dpo. Remove "
+                           f"{'it' if len(used) == 1 else 'them'} (or set task: dpo).")
             if self.layout in ("packed", "prefix_packed"):  # RewardRun batches padded rows
                 out.append(f"layout={self.layout!r} (or TRL's padding_free: true) is not read by task: reward, which "
                            "batches padded rows; remove it.")
@@ -283,8 +284,9 @@ class TrainConfig:
                                          ("precompute_ref_log_probs", False))
                     if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
             if used:
-                out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only apply "
-                           "to preference tasks. Remove them (or set task: dpo).")
+                out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "
+                           f"{'applies' if len(used) == 1 else 'apply'} to preference tasks. Remove "
+                           f"{'it' if len(used) == 1 else 'them'} (or set task: dpo).")
         elif self.packing or not self.completion_only_loss:
             which = "packing" if self.packing else "completion_only_loss"
             out.append(f"{which} applies to task: sft (preference tasks choose their layout with `layout`).")

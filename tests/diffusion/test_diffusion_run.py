@@ -417,3 +417,18 @@ def test_ppd_with_precomputed_user_embeddings_takes_held_out_users(assets, tmp_p
     assert run.evaluate()["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)  # zero-initialised W_V^u
     run.train()
     assert run.evaluate()["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # the branch reads user2's embedding
+
+
+def test_preflab_eval_banner_counts_the_held_out_pairs_it_scores(assets, tmp_path, capsys):
+    """The eval reuses the run's data loader; its banner said '4 train, 0 eval examples' for the 4 pairs it scores."""
+    import shutil
+
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(assets["model"], run_dir)
+    make_cfg(assets, tmp_path / "unused").save(run_dir / "config.yaml")
+    result = evaluate_diffusion_run(str(run_dir), assets["eval"], reference=str(run_dir))
+    out = capsys.readouterr().out
+    assert "4 held-out pairs to score" in out and "train," not in out
+    assert result["num_pairs"] == 4 and result["metrics"]["implicit_accuracy"] == 0.5

@@ -119,3 +119,29 @@ def test_listwise_exact_match():
                           [-1.0, -2.0, -0.5]])     # third response is padding (invalid): right
     valid = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, True, False]])
     assert listwise_ranking_accuracy(logps, scores, valid) == 0.75
+
+
+def test_alignment_gap_with_tied_pairs_uses_the_tie_rule_on_both_sides():
+    """Hand-computed, beta = 1, lengths 1 (so the norm gap is the same):
+    pair  S_ref(w), S_ref(l)  alpha  m* = dS_ref + logit(alpha)  policy S(w), S(l)
+     1    -10, -11            0.5    1.0     (tie rule: wrong)   -10, -10.004  (tie rule: right; by order: right)
+     2    -10, -11            0.75   1 + log 3 > 0   right       -10, -11      right
+     3    -20, -20.004        0.5    0.004   (tie rule: right)   -20, -19      (tie rule: wrong; by order: wrong)
+     4    -12, -10            0.999  -2 + log 999 > 0 right      -13, -10      wrong
+    By order: R* = 1, R = 0.5 (the old gap, 0.5). Tie rule: R* = 0.75, R = 0.5, gap = 0.25."""
+    ref_w = torch.tensor([-10.0, -10.0, -20.0, -12.0], dtype=torch.float64)
+    ref_l = torch.tensor([-11.0, -11.0, -20.004, -10.0], dtype=torch.float64)
+    alpha = torch.tensor([0.5, 0.75, 0.5, 0.999], dtype=torch.float64)
+    pol_w = torch.tensor([-10.0, -10.0, -20.0, -13.0], dtype=torch.float64)
+    pol_l = torch.tensor([-10.004, -11.0, -19.0, -10.0], dtype=torch.float64)
+    ones = torch.ones(4, dtype=torch.float64)
+    rep = ranking_report(ref_w, ref_l, ones, ones, alpha, 1.0, pol_w, pol_l)
+    assert rep["idealized_ranking_accuracy"] == 1.0                 # R* by order, still reported as before
+    assert rep["idealized_ranking_accuracy_with_ties"] == 0.75
+    assert ranking_accuracy_with_ties(pol_w, pol_l, alpha) == 0.5
+    assert rep["alignment_gap"] == pytest.approx(0.25, abs=1e-12)
+    assert rep["alignment_gap_norm"] == pytest.approx(0.25, abs=1e-12)
+    assert rep["ranking_accuracy_norm_with_ties"] == 0.5
+    # without ties the gap keeps R* - R by order (and no *_with_ties keys appear)
+    rep = ranking_report(ref_w, ref_l, ones, ones, torch.full((4,), 0.75, dtype=torch.float64), 1.0, pol_w, pol_l)
+    assert rep["alignment_gap"] == 0.75 - 0.5 and "idealized_ranking_accuracy_with_ties" not in rep

@@ -239,3 +239,28 @@ def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anyt
     with pytest.raises(ConfigError, match=why.format(engine) + r".*ddp\.yaml or zero2\.yaml"):
         kind(out)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process(tmp_path):
+    """task: reward with use_peft under examples/accelerate/zero2.yaml (parameters replicated), 2 processes x batch 4
+    against 1 process x batch 8: the saved model is the merged one (the base model's keys, no lora_ / base_layer
+    keys, the adapters folded in: weights moved from the base) and equals the one-process run's. Was refused as
+    "sharded"; ZeRO-2's gathered state dict is the PEFT wrapper's (base_layer / lora_A / lora_B keys), so the merge
+    is taken from the unwrapped model."""
+    from preflab.cli import main
+    from preflab.models.load import load_tokenizer
+    from preflab.reward_models.heads import build_reward_model
+
+    lora = [*REWARD, "use_peft=true", "lora_r=4", "lora_alpha=8", "learning_rate=1e-2", "save_steps=0", "max_steps=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *lora, "per_device_train_batch_size=8", f"output_dir={one}"]) == 0
+    _launch("zero2", ["cli", two, *lora, "per_device_train_batch_size=4"])
+    assert _environment(two) == (2, "DEEPSPEED")
+    base = build_reward_model("builtin:tiny-llama", 1, load_tokenizer("builtin:tiny-llama"), seed=42).state_dict()
+    saved = load_file(two / "model.safetensors")
+    assert saved.keys() == base.keys()
+    moved = float((saved["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"])
+                  .abs().max())
+    assert moved > 1e-3                                       # the trained adapters are in the saved weights
+    _assert_close(two, one, loss_tol=1e-6, weight_tol=2e-6)

@@ -100,3 +100,23 @@ def test_best_vs_worst_all_pairs_and_ties():
     assert 0.4 < chosen.count(0) / 400 < 0.6
     with pytest.raises(ConfigError, match="pair_builder"):
         build_pairs(scores, "best_of_n")
+
+
+def test_a_preference_judges_group_mean_is_one_half_and_its_note_says_so():
+    """Borda win rates of any P with P + P^T = 1 average 1/2 in every group (the note GRPO runs print)."""
+    gen = torch.Generator().manual_seed(0)
+    P = torch.rand(5, 5, generator=gen, dtype=torch.float64)
+    P = (P + 1 - P.T) / 2                                      # P + P^T = 1, diagonal 1/2
+
+    class Table:
+        def win_rate_matrix(self, prompt, responses):
+            idx = [int(r) for r in responses]
+            return P[idx][:, idx]
+
+    judge = Judge(Table())
+    scores, _ = judge(["x"] * 8, ["0", "1", "2", "3", "4", "1", "3", "4"], groups=[0] * 5 + [1] * 3)
+    assert float(scores[:5].mean()) == pytest.approx(0.5, abs=1e-12)
+    assert float(scores[5:].mean()) == pytest.approx(0.5, abs=1e-12)
+    assert float(scores.std()) > 0.05                          # the signal is in the spread
+    assert "group's mean reward is 1/2 by construction" in judge.within_group_note()
+    assert Judge(lambda prompts, completions, **k: [0.0] * len(completions)).within_group_note() is None

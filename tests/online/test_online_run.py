@@ -322,3 +322,18 @@ def test_report_draws_the_online_panels(tmp_path):
     html = write_report([tmp_path / "run"], tmp_path / "report.html").read_text()
     assert "Online reward" in html and "KL to the reference (online)" in html
     assert "Policy distribution (game)" not in html          # drawn only for runs that logged it
+
+
+def test_grpo_with_a_preference_judge_notes_once_that_the_mean_reward_is_one_half(tmp_path, capsys):
+    """A GPM judge gives reward 1/2 per group by construction; users read it as a bug: the run says so at start."""
+
+    class Table:  # a preference model: longer completions win
+        def win_rate_matrix(self, prompt, responses):
+            n = torch.tensor([float(len(r)) for r in responses])
+            return torch.sigmoid(n[:, None] - n[None, :])
+
+    tiny_run(tiny_cfg(tmp_path, trainer="grpo", beta=0.0), judge=Table())
+    out = capsys.readouterr().out
+    assert out.count("judge Table is a preference model") == 1 and "mean reward is 1/2 by construction" in out
+    tiny_run(tiny_cfg(tmp_path / "fn", trainer="grpo", beta=0.0))
+    assert "preference model" not in capsys.readouterr().out

@@ -130,3 +130,20 @@ def test_report_reads_a_real_training_run(tmp_path):
     html = write_report([tmp_path / "run"], tmp_path / "run" / "report.html").read_text()
     assert len(images(html)) == len(PANELS) + len(TOKEN_PANELS) + 1  # the trainer logs TRL's token metrics
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]["torch"] in html
+
+
+def test_reward_model_scores_get_their_own_panel_not_the_implicit_reward_one(tmp_path):
+    """rewards/chosen and rewards/rejected of a task: reward run are raw scores r(x, y), not beta h: they were drawn
+    on "Implicit rewards, beta h"; now on "Reward scores", and a DPO run beside it keeps its implicit-reward panel."""
+    from preflab.report.plots import curve_panel
+
+    rm = make_run(tmp_path / "rm", config_extra={"task": "reward"})
+    dpo = make_run(tmp_path / "dpo")
+    html = (write_report([rm], tmp_path / "rm.html")).read_text()
+    assert 'alt="Reward scores"' in html and 'alt="Implicit rewards"' not in html
+    html = (write_report([dpo], tmp_path / "dpo.html")).read_text()
+    assert 'alt="Implicit rewards"' in html and 'alt="Reward scores"' not in html
+    runs = [load_run(rm, "rm"), load_run(dpo, "dpo")]
+    series = [("rewards/chosen", "chosen (train)", "#1f77b4")]
+    assert curve_panel(runs[:1], "Implicit rewards", "beta h", series) is None
+    assert curve_panel(runs[1:], "Reward scores", "mean r(x, y)", series) is None

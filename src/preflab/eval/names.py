@@ -26,8 +26,13 @@ METRIC_DOCS: dict[str, str] = {
     "idealized_ranking_accuracy_norm/min": "min of R~* over those betas",
     "idealized_ranking_accuracy_norm/median": "median of R~* over those betas",
     "idealized_ranking_accuracy_norm/max": "max of R~* over those betas",
-    "alignment_gap": "R* - R: how far the policy is from what perfect optimization would reach",
-    "alignment_gap_norm": "R~* - R~",
+    "idealized_ranking_accuracy_with_ties": "R* with the tie rule: the optimum's alpha = 0.5 pairs count when "
+                                            "|log-ratio| < 0.01 (present when the data has ties)",
+    "idealized_ranking_accuracy_norm_with_ties": "R~* with the tie rule (per-token means)",
+    "ranking_accuracy_norm_with_ties": "R~ with the tie rule (per-token means)",
+    "alignment_gap": "R* - R: how far the policy is from what perfect optimization would reach (with alpha = 0.5 "
+                     "pairs: both with the tie rule)",
+    "alignment_gap_norm": "R~* - R~ (with alpha = 0.5 pairs: both with the tie rule)",
     "difficulty/ref_incorrect_fraction": "pairs the reference ranks wrongly (c > 0): DPO must flip them (Thm 4.1)",
     "difficulty/hard_fraction": "pairs with beta c > --hard-margin (1: the DPO loss must fall below 0.313 to "
                                 "flip them)",

@@ -6,7 +6,8 @@ Idealized ranking accuracy (Cor. 3.3, Eq. 3): the ranking accuracy of the exact 
 the true rater proportion alpha = P(y_w > y_l | x),
     R* = mean 1[ (S_ref(y_w) - S_ref(y_l)) + (1/beta)(log alpha - log(1 - alpha)) > 0 ],
 with alpha = 1 replaced by 1 - eps, eps = 1e-3 (App. C.4); R~* uses the per-token means A_ref. With beta unknown
-the paper reports min / median / max over beta in {0.01, 0.1, 1, 5, 10}. Alignment gap = R* - R.
+the paper reports min / median / max over beta in {0.01, 0.1, 1, 5, 10}. Alignment gap = R* - R, one ranking rule on
+both sides (with tied pairs: the tie rule below for both; ranking_report).
 
 Difficulty (Thm 4.1): with c = S_ref(y_l) - S_ref(y_w), a model ranks the pair correctly iff its DPO loss
 L = l(beta [(S_theta(y_w) - S_ref(y_w)) - (S_theta(y_l) - S_ref(y_l))]) <= l(beta c),   l(z) = softplus(-z).
@@ -102,9 +103,21 @@ def ranking_accuracy_with_ties(chosen_logps, rejected_logps, alpha, tie_toleranc
     """R with the paper's tie rule (in log space): alpha == 0.5 pairs count when |S_1 - S_2| < tie_tolerance,
     the others when S(y_w) >= S(y_l)."""
     cw, cl = _f64(chosen_logps), _f64(rejected_logps)
-    tie = _f64(alpha).expand_as(cw) == 0.5
-    correct = torch.where(tie, (cw - cl).abs() < tie_tolerance, cw >= cl)
-    return float(correct.double().mean())
+    return _accuracy_with_ties(cw - cl, alpha, tie_tolerance, strict=False)
+
+
+def idealized_ranking_accuracy_with_ties(ref_chosen_logps, ref_rejected_logps, alpha, beta: float,
+                                         tie_tolerance: float = 0.01, eps: float = EPS) -> float:
+    """R* under the same tie rule as ranking_accuracy_with_ties: the optimum's log-ratio m* (idealized_margins; for
+    alpha = 0.5, m* = S_ref(y_w) - S_ref(y_l)) counts a tie pair when |m*| < tie_tolerance, the others when m* > 0."""
+    margins = idealized_margins(ref_chosen_logps, ref_rejected_logps, alpha, beta, eps)
+    return _accuracy_with_ties(margins, alpha, tie_tolerance, strict=True)
+
+
+def _accuracy_with_ties(margins: Tensor, alpha, tie_tolerance: float, strict: bool) -> float:
+    tie = _f64(alpha).expand_as(margins) == 0.5
+    ordered = margins > 0 if strict else margins >= 0
+    return float(torch.where(tie, margins.abs() < tie_tolerance, ordered).double().mean())
 
 
 def listwise_ranking_accuracy(logps, scores, valid=None) -> float:
@@ -124,9 +137,19 @@ def listwise_ranking_accuracy(logps, scores, valid=None) -> float:
 
 def ranking_report(ref_chosen_logps, ref_rejected_logps, chosen_length, rejected_length, alpha, beta: float,
                    policy_chosen_logps=None, policy_rejected_logps=None, hard_margin: float = 1.0,
-                   betas=PAPER_BETAS) -> dict[str, float]:
+                   betas=PAPER_BETAS, tie_tolerance: float = 0.01) -> dict[str, float]:
     """R*, R~* at `beta`, their min/median/max over `betas`, the alignment gaps to the policy's R and R~, and the
-    Thm 4.1 difficulty summary: the `idealized_*` and `difficulty/*` entries of eval.json."""
+    Thm 4.1 difficulty summary: the `idealized_*` and `difficulty/*` entries of eval.json.
+
+    The alignment gap compares like with like, one ranking rule on both sides (Chen et al. 2024, R* - R):
+    - no tied pair (alpha = 0.5): alignment_gap = R* - R, each by order (R*: m* > 0; R: S(y_w) >= S(y_l));
+    - tied pairs: the tie rule on both sides (a tie pair counts when its log-ratio, |m*| for the optimum and
+      |S(y_w) - S(y_l)| for the policy, is < tie_tolerance; the others by order), i.e.
+      alignment_gap = idealized_ranking_accuracy_with_ties - ranking_accuracy_with_ties, and the same on per-token
+      means for alignment_gap_norm (idealized_ranking_accuracy_norm_with_ties - ranking_accuracy_norm_with_ties).
+      A tie pair's chosen / rejected labels are arbitrary, so scoring it by order measures nothing; the paper's
+      ranking accuracy scores it by the tie rule, and R* is that accuracy of the optimum. (For alpha = 0.5 the
+      optimum keeps the reference's log-ratio, so R* with ties counts the pairs the reference already ties.)"""
     lw, ll = _f64(chosen_length).clamp_min(1), _f64(rejected_length).clamp_min(1)
     rc, rr = _f64(ref_chosen_logps), _f64(ref_rejected_logps)
     out = {"idealized_ranking_accuracy": idealized_ranking_accuracy(rc, rr, alpha, beta),
@@ -135,10 +158,24 @@ def ranking_report(ref_chosen_logps, ref_rejected_logps, chosen_length, rejected
                                      "idealized_ranking_accuracy_norm": (rc / lw, rr / ll)}.items():
         for stat, value in idealized_ranking_accuracy_range(chosen, rejected, alpha, betas).items():
             out[f"{name}/{stat}"] = value
+    ties = bool((_f64(alpha) == 0.5).any())
+    if ties:
+        out["idealized_ranking_accuracy_with_ties"] = idealized_ranking_accuracy_with_ties(rc, rr, alpha, beta,
+                                                                                           tie_tolerance)
+        out["idealized_ranking_accuracy_norm_with_ties"] = idealized_ranking_accuracy_with_ties(
+            rc / lw, rr / ll, alpha, beta, tie_tolerance)
     if policy_chosen_logps is not None and policy_rejected_logps is not None:
         pc, pr = _f64(policy_chosen_logps), _f64(policy_rejected_logps)
-        out["alignment_gap"] = out["idealized_ranking_accuracy"] - float((pc >= pr).double().mean())
-        out["alignment_gap_norm"] = out["idealized_ranking_accuracy_norm"] - float((pc / lw >= pr / ll)
-                                                                                   .double().mean())
+        if ties:
+            out["ranking_accuracy_norm_with_ties"] = ranking_accuracy_with_ties(pc / lw, pr / ll, alpha,
+                                                                                tie_tolerance)
+            out["alignment_gap"] = (out["idealized_ranking_accuracy_with_ties"]
+                                    - ranking_accuracy_with_ties(pc, pr, alpha, tie_tolerance))
+            out["alignment_gap_norm"] = (out["idealized_ranking_accuracy_norm_with_ties"]
+                                         - out["ranking_accuracy_norm_with_ties"])
+        else:
+            out["alignment_gap"] = out["idealized_ranking_accuracy"] - float((pc >= pr).double().mean())
+            out["alignment_gap_norm"] = out["idealized_ranking_accuracy_norm"] - float((pc / lw >= pr / ll)
+                                                                                       .double().mean())
     out.update(difficulty_summary(rc, rr, beta, policy_chosen_logps, policy_rejected_logps, hard_margin))
     return out

@@ -183,7 +183,9 @@ class DiffusionMicroBatch:
 class DiffusionRun(TrainingRun):
     """A preference run on a diffusers text-to-image pipeline (see the module docstring)."""
 
-    def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None):
+    def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None, scores_held_out: bool = False):
+        """scores_held_out: the run only scores dataset_name as held-out pairs (`preflab eval --task diffusion`);
+        the data banner says so instead of counting train / eval examples."""
         from preflab.diffusion.pipeline import components_of, load_pipeline
         from preflab.diffusion.schedule import NoiseSchedule
         from preflab.objectives.dcpo import DCPO
@@ -207,6 +209,7 @@ class DiffusionRun(TrainingRun):
         self.accelerator = make_accelerator(cfg, whole_weights="the pipeline and samples.png are written from "
                                             "the UNet on the main process")
         self.main = self.accelerator.is_main_process
+        self.scores_held_out = scores_held_out
         self.data_report = {}
         if train_data is None:
             train_data, eval_data, self.data_report = self._prepare_data()
@@ -265,8 +268,10 @@ class DiffusionRun(TrainingRun):
         if eval_report is not None:
             out["eval_rows"] = eval_report.to_dict()
         if self.main:
+            counts = (f"{len(train)} held-out pairs to score" if self.scores_held_out
+                      else f"{len(train)} train, {len(evals)} eval examples")
             print(f"preflab: data: {report.kept} of {report.total} rows kept ({report.n_skipped} skipped, "
-                  f"{report.ties_dropped} ties dropped); {len(train)} train, {len(evals)} eval examples")
+                  f"{report.ties_dropped} ties dropped); {counts}")
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
         if self.dcpo:

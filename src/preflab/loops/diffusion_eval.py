@@ -42,7 +42,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
                               "supported (ppd: user-conditioned; self_npo: a negative model).")
         reference_name = reference or cfg.model_name_or_path
-        run = DiffusionRun(cfg, pipeline=load_pipeline(str(run_dir), cfg.allow_pickle))
+        run = DiffusionRun(cfg, pipeline=load_pipeline(str(run_dir), cfg.allow_pickle), scores_held_out=True)
         ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()

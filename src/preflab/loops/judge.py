@@ -270,6 +270,18 @@ class Judge:
             out[idx] = (matrix.sum(-1) - matrix.diagonal()) / (k - 1)
         return out
 
+    def within_group_note(self) -> str | None:
+        """The note an online run prints once when a judge is a preference model (e.g. a GPM, reward_head: gpm):
+        its score of y_i is the Borda win rate w_i = (1/(K-1)) sum_{j != i} P(y_i > y_j), and P + P^T = 1 gives
+        (1/K) sum_i w_i = (1/(K(K-1))) sum_{i != j} P_ij = 1/2 in every group. None without such a judge."""
+        names = [n for n, kind in zip(self.names, self.kinds) if kind == "preference"]
+        if not names:
+            return None
+        return (f"judge {', '.join(names)} is a preference model (e.g. reward_head: gpm): a completion's reward is "
+                "its win rate within its group (its mean P(win) against the group's other completions), so each "
+                "group's mean reward is 1/2 by construction; `reward_std` and the advantages (the differences "
+                "within a group) carry the signal, not the mean `reward`.")
+
     def stats(self) -> dict[str, float]:
         return {"judge/calls": float(self.calls), "judge/cache_hits": float(self.cache_hits),
                 "judge/failed": float(self.failed)}

@@ -147,6 +147,8 @@ class OnlineRun(TrainingRun):
             raise ConfigError("the task's reward_aggregator weighs the judges per prompt; remove reward_weights.")
         self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
                            cache=getattr(task, "judge_cache", True))
+        if self.main and self.judge.within_group_note():
+            print(f"preflab: note: {self.judge.within_group_note()}", flush=True)
         if cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout":  # UPO's estimator: refused up front if unfit
             from preflab.online.upo import dropout_estimator
 

@@ -57,7 +57,12 @@ REWARD_PANELS = (
     ("Reward model accuracy", "fraction of pairs with r(chosen) > r(rejected)", [("accuracy", "train", GREEN),
                                                                                ("eval_accuracy", "eval", GREEN)]),
     ("Reward model margin", "r(chosen) - r(rejected)", [("margin", "train", BLUE), ("eval_margin", "eval", BLUE)]),
+    ("Reward scores", "mean r(x, y)", [("rewards/chosen", "chosen (train)", BLUE),
+                                       ("rewards/rejected", "rejected (train)", RED)]),
 )
+# rewards/chosen and rewards/rejected are beta h for a policy run and the raw scores r(x, y) for a reward-model run:
+# the same keys, two panels, each drawing only its kind of run (draws)
+REWARD_MODEL_ONLY, NOT_REWARD_MODEL = {"Reward scores"}, {"Implicit rewards"}
 # online runs (task: online); a panel is drawn only when the run logged one of its series
 ONLINE_PANELS = (
     ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
@@ -69,6 +74,14 @@ ONLINE_PANELS = (
     ("Distance to the regularised equilibrium (game)", "", [("tv_to_equilibrium", "total variation", BLUE),
                                                             ("duality_gap", "duality gap", RED)]),
 )
+
+
+def draws(title: str, run: RunData) -> bool:
+    """Whether the panel `title` draws `run`: a REWARD_MODEL_ONLY panel draws only reward-model runs (task: reward),
+    a NOT_REWARD_MODEL panel every run but those, any other panel every run."""
+    if title in REWARD_MODEL_ONLY:
+        return run.reward_model
+    return not (title in NOT_REWARD_MODEL and run.reward_model)
 
 
 def to_data_uri(fig: Figure) -> str:
@@ -92,7 +105,9 @@ def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple
     fig, (ax,) = _new()
     drawn = 0
     many = len(runs) > 1
-    for r, run in enumerate(runs):
+    for r, run in enumerate(runs):   # colours keyed to the position in `runs`, the same on every panel
+        if not draws(title, run):
+            continue
         for s, (key, label, single_color) in enumerate(series):
             steps, values = run.series(key)
             if not steps:
@@ -114,6 +129,8 @@ def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple
     if not drawn:
         return None
     for r, run in enumerate(runs):  # steps skipped as non-finite: a thin red line each
+        if not draws(title, run):
+            continue
         for i, step in enumerate(run.skipped_steps):
             ax.axvline(step, color="#d62728", alpha=0.35, linewidth=0.8,
                        label=(f"{run.name}: " if many else "") + "non-finite step skipped" if i == 0 else None)

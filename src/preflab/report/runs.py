@@ -61,6 +61,11 @@ class RunData:
         return bool(self.config) and self.config.get("task", "dpo") == "dpo"
 
     @property
+    def reward_model(self) -> bool:
+        """A reward-model run (task: reward): its rewards/chosen and rewards/rejected are raw scores r(x, y)."""
+        return bool(self.config) and self.config.get("task") == "reward"
+
+    @property
     def environment(self) -> dict:
         env = self.summary.get("environment")
         return env if isinstance(env, dict) else {}

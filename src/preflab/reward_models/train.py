@@ -20,7 +20,7 @@ import torch
 from preflab.config import TrainConfig, resolve_epoch_eval
 from preflab.errors import ConfigError
 from preflab.loops.batches import MicroBatch, collate_pairs
-from preflab.loops.driver import TrainingRun, is_sharded, make_accelerator, make_optimizer, make_plan
+from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, parameter_sharding
 
 
 class RewardRun(TrainingRun):
@@ -35,9 +35,12 @@ class RewardRun(TrainingRun):
         self.collate, self.loss_fn, self.evaluate_fn = collate, loss_fn, evaluate
         self.reward_info, self.data_report = dict(reward_info or {}), dict(data_report or {})
         self.accelerator = self.acc = make_accelerator(cfg)
-        if hasattr(model, "merge_and_unload") and is_sharded(self.acc):
-            raise ConfigError("use_peft: a LoRA reward model is saved merged, which preflab does not do from FSDP / "
-                              "DeepSpeed shards; train it with examples/accelerate/ddp.yaml, or without use_peft.")
+        engine = parameter_sharding(self.acc) if hasattr(model, "merge_and_unload") else None
+        if engine:  # DDP and ZeRO-1/2 keep the whole weights on every rank: save_model merges from them
+            raise ConfigError(f"use_peft: a LoRA reward model is saved merged (the adapters folded into the whole "
+                              f"weights on the main process), and {engine} leaves each rank only a shard of the "
+                              "weights; launch it with examples/accelerate/ddp.yaml or zero2.yaml (parameters "
+                              "replicated), or train without use_peft.")
         self.plan, self.total_steps = make_plan(cfg, len(train_items), self.acc.num_processes)
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.acc.is_main_process)
         if cfg.disable_dropout:
@@ -84,7 +87,10 @@ class RewardRun(TrainingRun):
         if hasattr(model, "merge_and_unload"):
             import copy
 
-            model = copy.deepcopy(model).merge_and_unload()
+            # LoRA runs only where every rank holds the whole weights (DDP, ZeRO-1/2; refused in __init__ where
+            # parameters are sharded): merged from the unwrapped model. The gathered state dict (ZeRO-2: the PEFT
+            # wrapper's, base_layer / lora_A / lora_B keys) would not match the merged model's keys.
+            model, gathered = copy.deepcopy(model).merge_and_unload(), {}
         set_reward_config(model, self.reward_info)
         model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
