@@ -160,3 +160,8 @@ def test_max_prompt_length_that_would_cut_the_context_is_a_bad_row():
     assert [tok.decode(p.prompt_ids).startswith("<s>Context: prefer ") for p in kept] == [True, True, False]
     roomy, _ = tokenize_reward_pairs(examples, tok, max_prompt_length=1000, context_template=CONTEXT_TEMPLATE)
     assert len(roomy) == 3
+    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": "A"}],
+             "rejected": [{"role": "assistant", "content": "B"}], "context": r["context"]}
+            for r in _long_prompt_rows()[:2]]  # the context goes to the system message, at the start too
+    with pytest.raises(DataError, match="cuts its start, which holds the context"):
+        tokenize_reward_pairs(load_rows(chat)[0], tok, max_prompt_length=32, context_template=CONTEXT_TEMPLATE)
