@@ -105,3 +105,63 @@ def test_context_aware_rm_solves_reversals_that_a_blind_model_cannot(tmp_path):
     short, long = [r["chosen"] for r in held_out[::2]], [r["rejected"] for r in held_out[::2]]
     detail = ["prefer detail"] * len(prompts)
     assert bool((judge.score(prompts, long, detail) > judge.score(prompts, short, detail)).float().mean() >= 0.9)
+
+
+def _long_prompt_rows():
+    """Two reversal rows whose prompt is far longer than its context."""
+    prompt = " ".join(WORDS * 2)
+    return [{"prompt": prompt, "context": "prefer loud", "chosen": " YES!", "rejected": " yes."},
+            {"prompt": prompt, "context": "prefer quiet", "chosen": " yes.", "rejected": " YES!"},
+            {"prompt": prompt, "chosen": " a", "rejected": " b"}]  # no context: truncated as usual
+
+
+def test_the_training_batch_holds_the_context_the_eval_renders(tmp_path):
+    """load_reward_pairs (what `preflab train task=reward` feeds the model) and evaluate_reward_model's rendering
+    decode to the same prompt, context first, with chosen and rejected as the row gives them."""
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import load_reward_pairs, tokenize_reward_pairs
+
+    rows = _reversal_rows(2, seed=3)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = tiny_tokenizer()
+    cfg = config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                            "max_length": 64})
+    train, _, _, template = load_reward_pairs(cfg, tok)
+    assert template == CONTEXT_TEMPLATE
+    evals, _ = tokenize_reward_pairs(load_rows(rows)[0], tok, max_length=1024, context_template=template)
+    for pair, other, row in zip(train, evals, rows):
+        assert tok.decode(pair.prompt_ids) == f"<s>Context: {row['context']}\n\n{row['prompt']}"
+        assert tok.decode(pair.chosen_ids) == row["chosen"] + "</s>"
+        assert tok.decode(pair.rejected_ids) == row["rejected"] + "</s>"
+        assert (other.prompt_ids, other.chosen_ids, other.rejected_ids) == (
+            pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
+
+
+def test_max_prompt_length_that_would_cut_the_context_is_a_bad_row():
+    """keep_end truncation cuts the prompt's start, which is where the context is: refused (it used to train the
+    row silently without its context, so a context-aware RM could not learn the reversal)."""
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import tokenize_reward_pairs
+
+    tok = tiny_tokenizer()
+    examples = load_rows(_long_prompt_rows())[0]
+    with pytest.raises(DataError, match="context_truncated|cuts its start, which holds the context") as err:
+        tokenize_reward_pairs(examples, tok, max_prompt_length=32, context_template=CONTEXT_TEMPLATE)
+    assert "max_prompt_length=32" in str(err.value) and "keep_start" in str(err.value)
+    pairs, report = tokenize_reward_pairs(examples, tok, max_prompt_length=32, context_template=CONTEXT_TEMPLATE,
+                                          on_bad_row="skip")
+    assert [p.row_id for p in pairs] == [examples[2].row_id]  # the context-free row is cut as before
+    assert len(pairs[0].prompt_ids) == 32 and report.skipped == {"context_truncated": 2} and report.kept == 1
+    kept, _ = tokenize_reward_pairs(examples, tok, max_prompt_length=32, truncation_mode="keep_start",
+                                    context_template=CONTEXT_TEMPLATE)
+    assert [tok.decode(p.prompt_ids).startswith("<s>Context: prefer ") for p in kept] == [True, True, False]
+    roomy, _ = tokenize_reward_pairs(examples, tok, max_prompt_length=1000, context_template=CONTEXT_TEMPLATE)
+    assert len(roomy) == 3
+    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": "A"}],
+             "rejected": [{"role": "assistant", "content": "B"}], "context": r["context"]}
+            for r in _long_prompt_rows()[:2]]  # the context goes to the system message, at the start too
+    with pytest.raises(DataError, match="cuts its start, which holds the context"):
+        tokenize_reward_pairs(load_rows(chat)[0], tok, max_prompt_length=32, context_template=CONTEXT_TEMPLATE)

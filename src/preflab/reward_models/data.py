@@ -13,7 +13,7 @@ from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import tokenize_pairs
 from preflab.errors import PreflabError
-from preflab.reward_models.context import CONTEXT_TEMPLATE, has_context, with_context
+from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
 
 def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
@@ -21,17 +21,45 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
                           on_bad_row: str = "error", source: str = "", context_template: str | None = None,
                           max_completion_length: int | None = None):
     """(tokenized pairs, report). Contexts are rendered when `context_template` is given; when any row has a
-    `margin`, every pair gets a float margin (0 where absent or null), so no batch silently drops the column."""
+    `margin`, every pair gets a float margin (0 where absent or null), so no batch silently drops the column.
+    A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
+    the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
+    has_contexts = bool(context_template) and has_context(examples)
     if context_template:
         examples = with_context(examples, context_template)
     pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                                    truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
                                    max_completion_length=max_completion_length)
+    if has_contexts and max_prompt_length is not None and truncation_mode == "keep_end":
+        pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
     if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (TRL)
         for pair in pairs:
             pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
     return pairs, report
+
+
+def _check_contexts_kept(examples, pairs: list, report, tokenizer, max_prompt_length: int, on_bad_row: str) -> list:
+    """The pairs whose rendered prompt (context first) fits `max_prompt_length` or that have no context; a longer
+    one lost the start of its context to keep_end truncation: a bad row (DataError, or skipped and counted under
+    `context_truncated` with on_bad_row: skip)."""
+    with_ctx = {ex.row_id for ex in examples if ex.extras.get(CONTEXT_FIELD)}
+    full, _ = tokenize_pairs([ex for ex in examples if ex.row_id in with_ctx], tokenizer, max_length=None,
+                             on_bad_row="skip")  # the uncut prompt lengths
+    full_length = {pair.row_id: len(pair.prompt_ids) for pair in full}
+    policy, kept = BadRowPolicy(on_bad_row, report), []
+    for pair in pairs:
+        length = full_length.get(pair.row_id, 0) if pair.row_id in with_ctx else 0
+        if length <= max_prompt_length:
+            kept.append(pair)
+            continue
+        policy.handle(RowProblem(
+            "context_truncated", "context", f"the prompt with its context is {length} tokens; max_prompt_length="
+            f"{max_prompt_length} with truncation_mode=keep_end cuts its start, which holds the context",
+            "Raise or unset max_prompt_length, set truncation_mode=keep_start, or shorten the prompt or context."),
+            pair.row_id)
+        report.kept -= 1
+    return kept
 
 
 def _check_margins(pairs: list, report, on_bad_row: str) -> list:
