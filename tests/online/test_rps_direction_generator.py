@@ -9,8 +9,16 @@ import torch
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
 from preflab.online import rps
-from preflab.online.direction_generator import conditioned_generator, parse_direction_prompt, run_conditioning
-from preflab.reward_models.multi_objective import condition_prompt, direction_system_prompt, directional_best_of_n
+from preflab.online.direction_generator import (
+    conditioned_generator,
+    parse_direction_prompt,
+    run_conditioning,
+)
+from preflab.reward_models.multi_objective import (
+    condition_prompt,
+    direction_system_prompt,
+    directional_best_of_n,
+)
 
 NAMES = ("truth", "echo")
 

@@ -26,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preflab.errors import ConfigError
-from preflab.reward_models.multi_objective import DPA_SYSTEM, condition_prompt, direction_system_prompt
+from preflab.reward_models.multi_objective import (
+    DPA_SYSTEM,
+    condition_prompt,
+    direction_system_prompt,
+)
 
 DPA_PREFIX = DPA_SYSTEM.split("{terms}")[0]
 _TERM = re.compile(r"([A-Za-z_][\w ]*?)\*(-?\d+)")

@@ -3,6 +3,7 @@
     python -m preflab.online.rps --generator toy --target-deg 45 --k 5 --theta-max 30 --output-dir D
     python -m preflab.online.rps --generator toy --target-deg 45 --toward 0 --output-dir D     (rule "even")
     python -m preflab.online.rps --generator builtin:demo-sft --prompts 32 --output-dir D
+    python -m preflab.online.rps --generator RUN_DIR --target-deg 45 --prompts 64 --output-dir D
 
 Mao et al. 2025, "Robust Preference Alignment via Directional Neighborhood Consensus" (arXiv:2510.20498); spec
 methods/models-and-loops.md #8. For a target direction v* = (cos theta*, sin theta*), RPS generates one response
@@ -23,6 +24,11 @@ Generators (generate(prompt, angle_deg) -> response):
                       direction in its input), so the angle is ignored and RPS equals the baseline in distribution:
                       the run checks the plumbing and equal compute on a real model, not RPS's gain, which needs a
                       preference-conditioned generator (a DPA model).
+    RUN_DIR           a direction-conditioned run (SFT on DPA rows, preflab.online.direction_generator): candidate i
+                      is sampled on condition_prompt(x, direction_system_prompt(angle_i, names)) with the names the
+                      run trained with; demo held-out prompts and the 2-D demo reward as above; summary.json records
+                      the trained angles and whether the target lies outside them. A dpa_rsf run is refused: that
+                      recipe never writes the direction into the prompt (preflab.online.trainers).
 """
 from __future__ import annotations
 
@@ -158,7 +164,10 @@ def run_dir_setup(run_dir: str, seed: int, prompts: int, max_new_tokens: int = 1
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from preflab.demo.task import make_splits
-    from preflab.online.direction_generator import conditioned_generator, run_conditioning
+    from preflab.online.direction_generator import (
+        conditioned_generator,
+        run_conditioning,
+    )
 
     conditioning = run_conditioning(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
