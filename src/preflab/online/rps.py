@@ -171,7 +171,7 @@ def run_dir_setup(run_dir: str, seed: int, prompts: int, max_new_tokens: int = 1
 
     conditioning = run_conditioning(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForCausalLM.from_pretrained(run_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True).eval()  # no pickle
     sample, reset = _demo_sampler(model, tokenizer, seed, max_new_tokens, temperature)
     heldout = make_splits(0)[2][:prompts]
     return heldout, conditioned_generator(sample, conditioning.names), demo_score, reset, conditioning
