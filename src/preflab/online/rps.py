@@ -3,6 +3,7 @@
     python -m preflab.online.rps --generator toy --target-deg 45 --k 5 --theta-max 30 --output-dir D
     python -m preflab.online.rps --generator toy --target-deg 45 --toward 0 --output-dir D     (rule "even")
     python -m preflab.online.rps --generator builtin:demo-sft --prompts 32 --output-dir D
+    python -m preflab.online.rps --generator RUN_DIR --target-deg 45 --prompts 64 --output-dir D
 
 Mao et al. 2025, "Robust Preference Alignment via Directional Neighborhood Consensus" (arXiv:2510.20498); spec
 methods/models-and-loops.md #8. For a target direction v* = (cos theta*, sin theta*), RPS generates one response
@@ -23,6 +24,11 @@ Generators (generate(prompt, angle_deg) -> response):
                       direction in its input), so the angle is ignored and RPS equals the baseline in distribution:
                       the run checks the plumbing and equal compute on a real model, not RPS's gain, which needs a
                       preference-conditioned generator (a DPA model).
+    RUN_DIR           a direction-conditioned run (SFT on DPA rows, preflab.online.direction_generator): candidate i
+                      is sampled on condition_prompt(x, direction_system_prompt(angle_i, names)) with the names the
+                      run trained with; demo held-out prompts and the 2-D demo reward as above; summary.json records
+                      the trained angles and whether the target lies outside them. A dpa_rsf run is refused: that
+                      recipe never writes the direction into the prompt (preflab.online.trainers).
 """
 from __future__ import annotations
 
@@ -104,41 +110,77 @@ def toy_score(prompt, responses) -> torch.Tensor:
     return torch.stack(list(responses))
 
 
-def demo_setup(seed: int, prompts: int, max_new_tokens: int = 16, temperature: float = 1.0):
-    """(prompts, generate, score, reset) on the demo task with its SFT policy (direction ignored, see above)."""
-    from types import SimpleNamespace
-
-    from preflab.demo.task import make_splits
-    from preflab.models.tiny import tiny_tokenizer
+def _demo_sampler(model, tokenizer, seed: int, max_new_tokens: int, temperature: float):
+    """(sample(text) -> response, reset): one sample per call, prompt encoded as the demo task does (bos, text, newline),
+    seeded by the call count so reset() replays the same randomness."""
     from preflab.online.generator import TransformersGenerator
-    from preflab.online.tasks import _demo_sft_model, demo_echo_reward, demo_true_reward
 
-    tokenizer = tiny_tokenizer("char")
-    model = _demo_sft_model(SimpleNamespace(seed=seed), tokenizer).eval()
-    heldout = make_splits(0)[2][:prompts]
     gen = TransformersGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, temperature)
     state = {"call": 0}
 
     def reset():
         state["call"] = 0
 
-    def generate(prompt: str, angle_deg: float) -> str:
-        ids = [tokenizer.bos_token_id] + tokenizer(prompt + "\n", add_special_tokens=False).input_ids
+    def sample(text: str) -> str:
+        ids = [tokenizer.bos_token_id] + tokenizer(text + "\n", add_special_tokens=False).input_ids
         state["call"] += 1
         out = gen.generate([ids], 1, seed * 100003 + state["call"])[0]
         return tokenizer.decode(out, skip_special_tokens=True)
 
-    def score(prompt: str, responses) -> torch.Tensor:
-        ps = [prompt] * len(responses)
-        return torch.tensor([demo_true_reward(ps, list(responses)), demo_echo_reward(ps, list(responses))],
-                            dtype=torch.float64).T
+    return sample, reset
 
-    return heldout, generate, score, reset
+
+def demo_score(prompt: str, responses) -> torch.Tensor:
+    """The demo task's 2-D reward r = (demo_true_reward, demo_echo_reward), [k, 2]."""
+    from preflab.online.tasks import demo_echo_reward, demo_true_reward
+
+    ps = [prompt] * len(responses)
+    return torch.tensor([demo_true_reward(ps, list(responses)), demo_echo_reward(ps, list(responses))],
+                        dtype=torch.float64).T
+
+
+def demo_setup(seed: int, prompts: int, max_new_tokens: int = 16, temperature: float = 1.0):
+    """(prompts, generate, score, reset) on the demo task with its SFT policy (direction ignored, see above)."""
+    from types import SimpleNamespace
+
+    from preflab.demo.task import make_splits
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.online.tasks import _demo_sft_model
+
+    tokenizer = tiny_tokenizer("char")
+    model = _demo_sft_model(SimpleNamespace(seed=seed), tokenizer).eval()
+    heldout = make_splits(0)[2][:prompts]
+    sample, reset = _demo_sampler(model, tokenizer, seed, max_new_tokens, temperature)
+
+    def generate(prompt: str, angle_deg: float) -> str:
+        return sample(prompt)
+
+    return heldout, generate, demo_score, reset
+
+
+def run_dir_setup(run_dir: str, seed: int, prompts: int, max_new_tokens: int = 16, temperature: float = 1.0):
+    """(prompts, generate, score, reset, conditioning) for a direction-conditioned run directory on the demo task's
+    held-out prompts and 2-D reward; refuses a run that is not direction-conditioned (direction_generator)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from preflab.demo.task import make_splits
+    from preflab.online.direction_generator import (
+        conditioned_generator,
+        run_conditioning,
+    )
+
+    conditioning = run_conditioning(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    model = AutoModelForCausalLM.from_pretrained(run_dir, use_safetensors=True).eval()  # no pickle
+    sample, reset = _demo_sampler(model, tokenizer, seed, max_new_tokens, temperature)
+    heldout = make_splits(0)[2][:prompts]
+    return heldout, conditioned_generator(sample, conditioning.names), demo_score, reset, conditioning
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m preflab.online.rps", description=__doc__.split("\n")[0])
-    ap.add_argument("--generator", default="toy", help="toy | builtin:demo-sft")
+    ap.add_argument("--generator", default="toy",
+                    help="toy | builtin:demo-sft | a direction-conditioned run directory (direction_generator)")
     ap.add_argument("--target-deg", type=float, default=45.0)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--theta-max", type=float, default=30.0)
@@ -150,16 +192,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", required=True)
     args = ap.parse_args(argv)
+    conditioning = None
     if args.generator == "toy":
         prompts, generate, score, reset = ["toy"], toy_generator, toy_score, None
     elif args.generator == "builtin:demo-sft":
         torch.set_num_threads(1)
         prompts, generate, score, reset = demo_setup(args.seed, args.prompts)
+    elif Path(args.generator).is_dir():
+        torch.set_num_threads(1)
+        prompts, generate, score, reset, conditioning = run_dir_setup(args.generator, args.seed, args.prompts)
     else:
-        raise ConfigError(f"--generator must be toy or builtin:demo-sft, got {args.generator!r}.")
+        raise ConfigError(f"--generator must be toy, builtin:demo-sft or a run directory, got {args.generator!r}.")
     summary = compare_rps(prompts, args.target_deg, generate, score, k=args.k, theta_max=args.theta_max,
                           toward=args.toward, reset=reset, rule=args.neighbors)
     summary["generator"] = args.generator
+    if conditioning is not None:
+        lo, hi = conditioning.angle_range
+        summary["conditioning"] = {"names": list(conditioning.names), "trained_angles": list(conditioning.angles),
+                                   "target_outside_trained_range": not lo <= args.target_deg <= hi}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
