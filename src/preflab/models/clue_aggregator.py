@@ -55,9 +55,10 @@ class CluePlan(NamedTuple):
     shape: tuple
 
     def to(self, device) -> "CluePlan":
-        from preflab.data.layout import to_device
-
-        return CluePlan(*(to_device(t, device) for t in self[:6]), self.shape)
+        """The plan on `device`; host -> accelerator copies do not wait for the device (as data.layout.to_device)."""
+        moved = [t.to(device, non_blocking=t.device.type == "cpu" and torch.device(device).type != "cpu")
+                 for t in self[:6]]
+        return CluePlan(*moved, self.shape)
 
 
 def prompt_lengths(pred_index: Tensor, rows: int, width: int) -> Tensor:
