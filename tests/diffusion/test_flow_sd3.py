@@ -2,6 +2,8 @@
 and timestep draw equal diffusers', text encoding equals the pipeline's encode_prompt, the loss through the run equals
 a direct diffusers computation, the gradient equals its closed form, resume is exact, LoRA, sampling, refusals."""
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,10 @@ pytest.importorskip("diffusers")
 from preflab.config import config_from_dict  # noqa: E402
 from preflab.errors import ConfigError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_checks import (assert_gradient_is_the_closed_form, assert_one_image_twice_gives_no_gradient,  # noqa: E402
+                         perturb, state)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +40,7 @@ def make_cfg(assets, out, **overrides):
     return config_from_dict(raw)
 
 
-def perturb(module, scale=0.05, seed=3):
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed)
-        for p in module.parameters():
-            if p.requires_grad:
-                p.add_(scale * torch.randn(p.shape, generator=g))
 
-
-def state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------- schedule and draws
@@ -171,43 +168,17 @@ def test_loss_through_the_run_equals_a_direct_diffusers_computation(assets, tmp_
 
 
 def test_flow_dpo_is_log2_at_the_reference_and_its_gradient_is_the_closed_form(assets, tmp_path):
-    """dL/dtheta = (1/B) sum_i b sigmoid(b (Delta_theta_i - Delta_ref_i)) d(e_w,i - e_l,i)/dtheta, b = beta/2."""
+    """Loss log 2 while the policy is the reference; then dL/dtheta equals its closed form (flow_checks)."""
     run = DiffusionRun(make_cfg(assets, tmp_path / "grad"))
     mb = run.micro_batches(0)[0]
     with torch.no_grad():
         assert run.forward(mb).loss.item() == pytest.approx(math.log(2), abs=1e-6)  # policy == reference
-    perturb(run.module, 0.02)
-    params = run.params
-    loss = run.forward(mb).loss
-    autograd = torch.autograd.grad(loss, params)
-    batch = run.score(mb.index, mb.step)
-    e_w, e_l = -batch.policy_chosen.sum, -batch.policy_rejected.sum
-    r_w, r_l = -batch.ref_chosen.sum, -batch.ref_rejected.sum
-    b = run.cfg.beta / 2
-    weight = (b * torch.sigmoid(b * ((e_w - e_l) - (r_w - r_l)))).detach() / len(mb.index)
-    assert not torch.allclose(weight, weight.mean().expand_as(weight))  # pairs weighted differently
-    closed = torch.autograd.grad((weight * (e_w - e_l)).sum(), params)
-    scale = max(g.abs().max().item() for g in closed)
-    assert scale > 1e-3
-    assert max((a - c).abs().max().item() for a, c in zip(autograd, closed)) <= 1e-5 * scale
+    assert_gradient_is_the_closed_form(run, mb)
 
 
 def test_a_pair_of_one_image_twice_gives_zero_gradient(assets, tmp_path):
-    """Winner = loser (same latent, caption, t and eps): Delta_theta = Delta_ref = 0 whatever theta, so no gradient."""
-    run = DiffusionRun(make_cfg(assets, tmp_path / "same"))
-    perturb(run.module, 0.02)
-    pairs = run.pairs([0, 1, 2, 3], run.train_data)
-    pairs.rejected = pairs.chosen.clone()
-    t, eps = run._draws([0, 1, 2, 3], 0, tuple(pairs.chosen.shape[1:]))
-    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
-    out = run.objective(run.scorer(run._policy, pairs, run._reference, noised=noised))
-    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-7)
-    grads = torch.autograd.grad(out.loss, run.params, allow_unused=True)
-    real = torch.autograd.grad(run.forward(run.micro_batches(0)[0]).loss, run.params)
-    scale = max(g.abs().max().item() for g in real)  # a real pair does move the model
-    assert scale > 1e-2
-    # zero up to float32 round-off of the two halves of one [2B] forward (b/B = 25 amplifies it)
-    assert max(g.abs().max().item() for g in grads if g is not None) < 1e-5 * scale
+    """Winner = loser (same latent, caption, t and eps): no gradient whatever theta (flow_checks)."""
+    assert_one_image_twice_gives_no_gradient(DiffusionRun(make_cfg(assets, tmp_path / "same")))
 
 
 def test_sd3_resume_equals_the_uninterrupted_run(assets, tmp_path):

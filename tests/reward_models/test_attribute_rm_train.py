@@ -2,26 +2,21 @@
 line path equals the Python API, rated rows are checked with file / row / field, cuts and skips are counted, the
 eval metrics equal a direct computation, and the model options the Python API used to drop are read."""
 import json
-import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reward_synthetic import rated_rows  # noqa: E402
 
 WORDS = ["cat", "dog", "sat", "on", "the", "mat", "ran", "to", "park", "what", "is", "two", "please", "how", "many"]
 ATTRS = ["helpfulness", "verbosity"]
 
 
 def _rated(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randrange(1, 8))]
-        good = rng.random() < 0.5
-        if good:
-            words.insert(rng.randrange(len(words) + 1), "good")
-        rows.append({"prompt": " ".join(rng.choice(WORDS) for _ in range(3)), "response": " " + " ".join(words),
-                     "ratings": {"helpfulness": float(good), "verbosity": len(words) / 4}})
-    return rows
+    return rated_rows(n, seed, WORDS)
 
 
 def _write(path, rows):

@@ -1,13 +1,17 @@
 """DPA: angle -> weights, direction-dependent best-of-n on a concave front, the masked regression loss, and a tiny
 multi-objective RM that recovers two planted attributes and steers best-of-n selection by direction."""
 import math
-import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from preflab.reward_models.multi_objective import (MultiObjectiveHead, angle_to_weights, direction, direction_system_prompt,
                                             directional_best_of_n)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reward_synthetic import rated_rows  # noqa: E402
 
 WORDS = "the cat sat on mat dog ran to park what is two plus three answer five please how many legs spider".split()
 
@@ -64,17 +68,7 @@ def test_regression_loss_skips_unrated_attributes():
 
 
 def _rated(n, seed):
-    """helpfulness = 1 iff the response contains "good"; verbosity = number of words / 4."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randrange(1, 8))]
-        good = rng.random() < 0.5
-        if good:
-            words.insert(rng.randrange(len(words) + 1), "good")
-        rows.append({"prompt": " ".join(rng.choice(WORDS) for _ in range(3)), "response": " " + " ".join(words),
-                     "ratings": {"helpfulness": float(good), "verbosity": len(words) / 4}})
-    return rows
+    return rated_rows(n, seed, WORDS)
 
 
 def test_multi_objective_rm_recovers_attributes_and_steers_selection(tmp_path):

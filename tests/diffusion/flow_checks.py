@@ -1,0 +1,55 @@
+"""Checks shared by the flow-matching transformer tests (test_flow_sd3.py, test_flux.py): the same Diffusion-DPO
+identities hold whatever the denoiser, so both pipelines run these on their own tiny runs."""
+import math
+
+import pytest
+import torch
+
+
+def perturb(module, scale=0.05, seed=3):
+    """Move every trainable parameter by scale * N(0, 1) (seeded), so the policy differs from the reference."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_gradient_is_the_closed_form(run, mb):
+    """dL/dtheta = (1/B) sum_i b sigmoid(b (Delta_theta_i - Delta_ref_i)) d(e_w,i - e_l,i)/dtheta, b = beta/2, on a
+    perturbed policy (pairs weighted differently), to 1e-5 of the gradient's scale."""
+    perturb(run.module, 0.02)
+    params = run.params
+    autograd = torch.autograd.grad(run.forward(mb).loss, params)
+    batch = run.score(mb.index, mb.step)
+    e_w, e_l = -batch.policy_chosen.sum, -batch.policy_rejected.sum
+    r_w, r_l = -batch.ref_chosen.sum, -batch.ref_rejected.sum
+    b = run.cfg.beta / 2
+    weight = (b * torch.sigmoid(b * ((e_w - e_l) - (r_w - r_l)))).detach() / len(mb.index)
+    assert not torch.allclose(weight, weight.mean().expand_as(weight))  # pairs weighted differently
+    closed = torch.autograd.grad((weight * (e_w - e_l)).sum(), params)
+    scale = max(g.abs().max().item() for g in closed)
+    assert scale > 1e-3
+    assert max((a - c).abs().max().item() for a, c in zip(autograd, closed)) <= 1e-5 * scale
+
+
+def assert_one_image_twice_gives_no_gradient(run):
+    """Winner = loser (same latent, caption, t and eps): Delta_theta = Delta_ref = 0 whatever theta, so the loss is
+    log 2 and there is no gradient (up to float32 round-off of the two halves of one [2B] forward)."""
+    perturb(run.module, 0.02)
+    pairs = run.pairs([0, 1, 2, 3], run.train_data)
+    pairs.rejected = pairs.chosen.clone()
+    t, eps = run._draws([0, 1, 2, 3], 0, tuple(pairs.chosen.shape[1:]))
+    noised = run.scorer.noiser(pairs.chosen, pairs.rejected, timesteps=t, noise=eps)
+    out = run.objective(run.scorer(run._policy, pairs, run._reference, noised=noised))
+    assert out.loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    grads = torch.autograd.grad(out.loss, run.params, allow_unused=True)
+    real = torch.autograd.grad(run.forward(run.micro_batches(0)[0]).loss, run.params)
+    scale = max(g.abs().max().item() for g in real)  # a real pair does move the model
+    assert scale > 1e-2
+    # b/B = 25 amplifies the round-off
+    assert max(g.abs().max().item() for g in grads if g is not None) < 1e-5 * scale
