@@ -16,8 +16,10 @@ from preflab.errors import ConfigError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flow_checks import (assert_gradient_is_the_closed_form, assert_one_image_twice_gives_no_gradient,  # noqa: E402
-                         perturb, state)
+from flow_checks import (  # noqa: E402
+    assert_example_trains_reloads_and_evaluates, assert_gradient_checkpointing_trains_the_same,
+    assert_gradient_is_the_closed_form, assert_one_image_twice_gives_no_gradient,
+    assert_resume_equals_the_uninterrupted_run, perturb)
 
 
 @pytest.fixture(scope="module")
@@ -182,17 +184,7 @@ def test_a_pair_of_one_image_twice_gives_zero_gradient(assets, tmp_path):
 
 
 def test_sd3_resume_equals_the_uninterrupted_run(assets, tmp_path):
-    extra = {"max_steps": 4, "per_device_train_batch_size": 2}
-    whole = DiffusionRun(make_cfg(assets, tmp_path / "whole", **extra))
-    before = state(whole.module.unet)
-    whole.train()
-    DiffusionRun(make_cfg(assets, tmp_path / "first", save_steps=2, **extra)).train()
-    resumed = DiffusionRun(make_cfg(assets, tmp_path / "resumed", **extra,
-                                    resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-2")))
-    assert resumed.train()["resumed_from_step"] == 2
-    a, b = state(whole.module.unet), state(resumed.module.unet)
-    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
-    assert any(not torch.equal(a[k], before[k]) for k in a)  # it trained
+    assert_resume_equals_the_uninterrupted_run(lambda out, **kw: DiffusionRun(make_cfg(assets, out, **kw)), tmp_path)
 
 
 def test_sd3_lora_targets_joint_attention_its_reference_is_the_base_and_it_fuses_on_save(assets, tmp_path):
@@ -276,41 +268,15 @@ def test_the_builtin_tiny_sd3_name_loads_the_tiny_pipeline():
 
 @pytest.mark.slow
 def test_preflab_train_runs_the_sd3_example_and_the_output_loads_as_an_sd3_pipeline(tmp_path, monkeypatch):
-    import json
-    from pathlib import Path
+    """preflab train on the example; the output loads as an SD3 pipeline; preflab eval reproduces its eval loss."""
+    from diffusers import StableDiffusion3Pipeline
 
-    from diffusers import DiffusionPipeline, StableDiffusion3Pipeline
-
-    from preflab.cli import main
-
-    root = Path(__file__).resolve().parents[2]
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "sd3"
-    assert main(["train", "examples/diffusion/sd3_diffusion_dpo.yaml", "max_steps=1", "sample_steps=2",
-                 f"output_dir={out}"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["prediction_type"] == "flow_matching" and summary["noising"] == "forward"
-    assert summary["final_metrics"]["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # one step moved it
-    assert isinstance(DiffusionPipeline.from_pretrained(str(out)), StableDiffusion3Pipeline)
-    assert (out / "samples.png").is_file()
-    # preflab eval reloads the run directory (SD3 layout) and reproduces the run's final eval on the same pairs
-    from preflab.loops.diffusion_eval import evaluate_diffusion_run, shapes_reward
-
-    result = evaluate_diffusion_run(str(out), "examples/diffusion/data/test.jsonl", reward_fn=shapes_reward,
-                                    num_prompts=2)
-    assert result["metrics"]["loss"] == pytest.approx(summary["final_metrics"]["eval_loss"], rel=1e-5)
-    assert 0 <= result["metrics"]["win_rate"] <= 1
+    assert_example_trains_reloads_and_evaluates("sd3_diffusion_dpo.yaml", StableDiffusion3Pipeline, tmp_path,
+                                                monkeypatch)
 
 
 def test_sd3_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
-    plain = DiffusionRun(make_cfg(assets, tmp_path / "plain", max_steps=1))
-    plain.train()
-    ckpt = DiffusionRun(make_cfg(assets, tmp_path / "ckpt", max_steps=1, gradient_checkpointing=True))
-    assert ckpt.module.unet.is_gradient_checkpointing
-    ckpt.train()
-    a, b = state(plain.module.unet), state(ckpt.module.unet)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert_gradient_checkpointing_trains_the_same(lambda out, **kw: DiffusionRun(make_cfg(assets, out, **kw)), tmp_path)
 
 
 def test_an_sd35_style_transformer_dual_attention_and_qk_norm_trains_the_same_loss(assets, tmp_path):
