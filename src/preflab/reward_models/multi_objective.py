@@ -51,9 +51,14 @@ class MultiObjectiveHead:
     def num_outputs(self) -> int:
         return len(self.attributes)
 
+    @staticmethod
+    def squared_errors(outputs: Tensor, targets: Tensor, observed: Tensor) -> Tensor:
+        """[B, d] (r_a(x, y) - rating_a)^2 where the rating is observed, 0 elsewhere."""
+        return torch.where(observed, (outputs - targets.to(outputs.dtype)) ** 2, torch.zeros_like(outputs))
+
     def loss(self, outputs: Tensor, targets: Tensor, observed: Tensor) -> ObjectiveOutput:
         """outputs, targets [B, d]; observed bool [B, d]. Per-example mean squared error over observed attributes."""
-        sq = torch.where(observed, (outputs - targets.to(outputs.dtype)) ** 2, torch.zeros_like(outputs))
+        sq = self.squared_errors(outputs, targets, observed)
         losses = sq.sum(-1) / observed.sum(-1).clamp_min(1)
         counts = observed.sum(0).clamp_min(1)
         metrics = {"mse": losses.detach().mean()}
@@ -174,17 +179,17 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
         return head.loss(out, batch.targets.to(device), batch.observed.to(device))
 
     def evaluate(model) -> dict:
-        total, count = None, 0
+        """Squared errors and observed counts summed over the whole eval set (batches of per_device_eval_batch_size)
+        before dividing: the means do not depend on the batch size."""
+        total = None
         for start in range(0, len(evals), cfg.per_device_eval_batch_size):
-            chunk = evals[start:start + cfg.per_device_eval_batch_size]
-            batch = collate_rated(chunk, pad_id)
+            batch = collate_rated(evals[start:start + cfg.per_device_eval_batch_size], pad_id)
             device = next(model.parameters()).device
             out = sequence_outputs(model, batch.input_ids.to(device), batch.attention_mask.to(device)).float()
             observed = batch.observed.to(device)
-            sq = torch.where(observed, (out - batch.targets.to(device)) ** 2, torch.zeros_like(out))
+            sq = head.squared_errors(out, batch.targets.to(device), observed)
             part = torch.stack([sq.sum(0), observed.sum(0).to(sq.dtype)])
             total = part if total is None else total + part
-            count += len(chunk)
         per_attribute = total[0] / total[1].clamp_min(1)
         metrics = {"mse": float(total[0].sum() / total[1].sum().clamp_min(1))}
         metrics.update({f"mse/{a}": float(per_attribute[i]) for i, a in enumerate(attributes)})
