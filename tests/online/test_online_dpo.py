@@ -39,8 +39,9 @@ def test_online_dpo_raises_true_reward_on_heldout_prompts(sft_policy, tmp_path, 
     for key in ("kl", "reward", "reward_std", "completions/mean_length", "rewards/chosen", "rewards/margins",
                 "rewards/accuracies", "logps/chosen", "pairs/ties_dropped"):
         assert key in steps[0], key
-    # first step: policy = reference, so KL is 0 and the sigmoid loss is log 2 (hinge: 1)
-    assert steps[0]["kl"] == 0.0
+    # first step: policy = reference, so KL is 0 and the sigmoid loss is log 2 (hinge: 1); the reference log-probs
+    # were computed in another batch layout, so float32 rounding may leave ~1e-8 (measured 1.7e-8 with rso pairs)
+    assert abs(steps[0]["kl"]) < 1e-6
     assert math.isclose(steps[0]["loss"], math.log(2) if loss == "sigmoid" else 1.0, rel_tol=1e-5)
     rounds = [json.loads(x) for x in (tmp_path / "rounds" / "1.jsonl").read_text().splitlines()]
     assert len(rounds) == 64 and all(len(r["completions"]) == 4 for r in rounds)

@@ -100,17 +100,40 @@ def test_beta_limits_and_first_round():
 
 
 def test_pairs_are_labelled_by_reward_and_ties_dropped():
-    labelled = rank_pairs([3, 0, 2, 1, 4], [0.1, 0.9, 0.5, 0.7, 0.5])
+    labelled = rank_pairs([3, 0, 2, 1, 4], [0.1, 0.9, 0.5, 0.7, 0.5], pairing="consecutive")
     assert labelled.pairs == [(3, 0), (1, 2)] and labelled.ties_dropped == 0   # 0.7 > 0.1, 0.9 > 0.5
     all_pairs = rank_pairs([2, 4, 1], [0.1, 0.9, 0.5, 0.7, 0.5], pairing="all")
     assert all_pairs.pairs == [(1, 2), (1, 4)] and all_pairs.ties_dropped == 1     # 2 and 4 tie at 0.5
-    out = rso_pairs([0.0, 1.0, 2.0, 3.0], 1e12, 4, torch.Generator().manual_seed(0))
+    out = rso_pairs([0.0, 1.0, 2.0, 3.0], 1e12, 4, torch.Generator().manual_seed(0), pairing="consecutive")
     assert out.pairs == [(1, 0), (3, 2)]
     with pytest.raises(ConfigError, match="pairing"):
-        rank_pairs([0, 1], [0.0, 1.0], pairing="random")
+        rank_pairs([0, 1], [0.0, 1.0], pairing="tournament")
+
+
+def _matching(pairs):
+    return frozenset(frozenset(p) for p in pairs)
+
+
+def test_first_round_pairs_are_a_uniform_random_matching_as_trl_first_round_ranking():
+    """huggingface/trl@962e0fb examples/research_projects/rso/rso.py::first_round_ranking picks the accepted samples
+    two at a time uniformly without replacement: each of the 3 matchings of 4 samples has probability 1/3 (the old
+    default paired in acceptance order, always {0,1},{2,3}). Labels by reward; an odd sample out stays unpaired."""
+    g = torch.Generator().manual_seed(0)
+    rewards = [0.0, 1.0, 2.0, 3.0, 4.0]
+    counts: dict = {}
+    for _ in range(3000):
+        labelled = rank_pairs([0, 1, 2, 3], rewards, generator=g)
+        assert all(rewards[c] > rewards[r] for c, r in labelled.pairs) and len(labelled.pairs) == 2
+        key = _matching(labelled.pairs)
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 3 and all(abs(n / 3000 - 1 / 3) < 0.04 for n in counts.values())
+    odd = rank_pairs([0, 1, 2, 3, 4], rewards, generator=g)
+    assert len(odd.pairs) == 2 and len({i for p in odd.pairs for i in p}) == 4
 
 
 def test_rso_as_a_pair_builder():
     scores = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     plan = build_pairs(scores, "rso", torch.Generator().manual_seed(0), rso_beta=1e12, rso_num_samples=4)
-    assert plan.triples == [(0, 1, 0), (0, 3, 2)] and plan.ties_dropped == 2
+    pairs = [(c, r) for p, c, r in plan.triples]
+    assert all(p == 0 for p, _, _ in plan.triples) and all(c > r for c, r in pairs)  # score = index on prompt 0
+    assert {i for pair in pairs for i in pair} == {0, 1, 2, 3} and plan.ties_dropped == 2

@@ -9,7 +9,7 @@ from preflab.errors import ConfigError
 from preflab.loops.judge import Judge
 from preflab.online.tasks import resolve_judge
 from preflab.reward_models.interface import load_judge
-from preflab.reward_models.maxmin_aggregate import MaxMinReward, Standardizer
+from preflab.reward_models.maxmin_aggregate import MaxMinReward, Standardizer, load_maxmin_judge
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,17 @@ PROMPTS = ["echo: sun cat\n"] * 4
 RESPONSES = ["SUN CAT", "sun cat", "Sun CAT", "sun dog"]
 
 
-def test_maxmin_judges_take_the_min_of_the_z_scored_component_rewards(mixture_dir):
+def test_maxmin_judges_group_rule_on_z_scores_pointwise_rule_on_raw_rewards(mixture_dir):
     raw = torch.stack([load_judge(str(mixture_dir / f"em-iter-1/component-{k}")).score(PROMPTS, RESPONSES)
                        for k in range(2)])  # [K, N]
     z = torch.stack([(raw[0] - 0.05) / 0.5, (raw[1] + 0.1) / 2.0])
     pointwise = resolve_judge(f"maxmin_pointwise:{mixture_dir}")
-    expected = [min(float(z[0, i]), float(z[1, i])) for i in range(4)]
-    assert pointwise.score(PROMPTS, RESPONSES).tolist() == pytest.approx(expected, abs=1e-6)
+    released = [min(float(raw[0, i]), float(raw[1, i])) for i in range(4)]  # robust_rlhf.py: min of the raw rewards
+    assert pointwise.score(PROMPTS, RESPONSES).tolist() == pytest.approx(released, abs=1e-6)
+    assert pointwise.standardizer is None
+    z_pointwise = load_maxmin_judge(str(mixture_dir), "pointwise", standardize=True)  # the library's opt-in
+    assert z_pointwise.score(PROMPTS, RESPONSES).tolist() == pytest.approx(
+        [min(float(z[0, i]), float(z[1, i])) for i in range(4)], abs=1e-6)
     group = resolve_judge(f"maxmin:{mixture_dir}")
     k_min = 0 if float(z[0].mean()) < float(z[1].mean()) else 1
     assert group.score(PROMPTS, RESPONSES).tolist() == pytest.approx(z[k_min].tolist(), abs=1e-6)
@@ -106,3 +110,19 @@ def test_a_sample_a_model_cannot_score_is_nan_and_left_out_of_the_group_utilitie
     assert scores[[0, 1, 3]].tolist() == [1.0, 0.0, 0.5] and scores[2].isnan()
     assert mm.failed == 1 and mm.last_utilities.tolist() == [0.5, 0.5]
     assert MaxMinReward([r1, r2], "pointwise").score(["x"] * 2, ["<|user|>", "a"])[0].isnan()
+
+
+def test_pointwise_rule_is_the_released_robust_rlhf_reward_on_numbers():
+    """josephxu1234/MaxMinRLHF@ec74f15 `training/robust_rlhf.py` L351-353 (commits by co-author Jiahao Qiu):
+    rewards = [min(rewards1[i], rewards2[i])] on the two models' raw logits (reward_baseline 0), no per-group
+    standardisation. Its PPO recipe (`jobrrlhf.slurm`) runs --batch_size 1, where the group rule gives the same
+    reward. Hand values: the min per sample, and on a batch of one the group rule equals it."""
+    r1 = Table({"a": 2.0, "b": -1.0, "c": 0.5})
+    r2 = Table({"a": 0.3, "b": 0.4, "c": 3.0})
+    assert MaxMinReward([r1, r2], "pointwise").score(["x"] * 3, ["a", "b", "c"]).tolist() == \
+        pytest.approx([0.3, -1.0, 0.5])
+    for response, released in (("a", 0.3), ("b", -1.0), ("c", 0.5)):
+        assert MaxMinReward([r1, r2], "group").score(["x"], [response]).tolist() == pytest.approx([released])
+    # a z-score before the min changes the reward the released code gives (group 2 rescaled: 0.3 -> (0.3-1)/0.5)
+    z = MaxMinReward([r1, r2], "pointwise", Standardizer(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.5])))
+    assert z.score(["x"] * 3, ["a", "b", "c"]).tolist() == pytest.approx([-1.4, -1.2, 0.5])

@@ -9,7 +9,7 @@ Input: scores [P, K], K judged completions per prompt (NaN = not scorable, never
                    All scores equal: no pair (a tie, counted), unlike TRL's Online DPO, which keeps it.
     all_pairs      every (i, j) with s_i > s_j; equal scores are counted as ties
     rso            statistical rejection sampling of `rso_num_samples` completions from
-                   pi_ref exp(r / rso_beta) among the K, then consecutive pairs labelled by score (preflab.loops.rso)
+                   pi_ref exp(r / rso_beta) among the K, then a random matching labelled by score (preflab.loops.rso)
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
                         triples.append((p, i, j) if row[i] > row[j] else (p, j, i))
         else:
             accepted = rso_sample(s, rso_beta, rso_num_samples, generator).accepted
-            labelled = rank_pairs([int(valid[a]) for a in accepted], row)
+            labelled = rank_pairs([int(valid[a]) for a in accepted], row, generator=generator)
             ties += labelled.ties_dropped
             triples.extend((p, c, r) for c, r in labelled.pairs)
     return PairPlan(triples, ties, int(scores.isnan().sum()))

@@ -14,7 +14,7 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
     demo_echo_reward        the demo task's words compared case-insensitively (its loudness ignored)
     verifier:<name>         a rule reward of preflab.verifiers (e.g. verifier:vision_r1_format)
     maxmin:<dir>            MaxMin-RLHF: the worst group's reward over an em_mixture run's K reward models
-                            (maxmin_pointwise:<dir>: min_k r_k per completion; preflab.reward_models.maxmin_aggregate)
+                            (maxmin_pointwise:<dir>: raw min_k r_k per completion; reward_models.maxmin_aggregate)
     package.module:name     an importable reward function f(prompts, completions, **columns) or object
     <directory>             a preflab reward model (BT or GPM head; preflab.reward_models.interface.load_judge) or
                             any transformers AutoModelForSequenceClassification with one label (its logit)

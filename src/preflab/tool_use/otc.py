@@ -85,7 +85,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
     if n_train < 1 or n_heldout < 1 or sft_steps < 1 or grpo_steps < 1 or max_tool_calls < 1:
         raise ConfigError("task otc: n_train, n_heldout, sft_steps, grpo_steps and max_tool_calls must be >= 1.")
-    c = float(otc_c if otc_c is not None else max_tool_calls)  # one re-implementation uses the call budget (§41)
+    c = float(otc_c if otc_c is not None else max_tool_calls)  # the paper's §4.1: c = the max number of tool calls
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     store = RecipeStateFile(out / "otc_state.json", {k: v for k, v in params.items() if k not in _NOT_COMPARED},

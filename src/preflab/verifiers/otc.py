@@ -1,8 +1,9 @@
 """OTC: the optimal-tool-call reward, correctness times tool efficiency (`ppo` and `grpo` modes).
 
 Wang, Qian, Zhong, Chen, Qiu, Huang, Jin, Wang, Wong, Ji, 2025, "OTC: Optimal Tool Calls via Reinforcement
-Learning", arXiv:2504.14870. No official code was found; the formulas are as in preflab's methods notes §41
-(the paper as recalled, matching two third-party re-implementations). With m = tool calls in this rollout:
+Learning", arXiv:2504.14870. No official code was found; the formulas below are the paper's §3.3 (read 2026-12 in a
+markdown copy of the paper text stored in the code index), matching two third-party re-implementations. With m =
+tool calls in this rollout:
 
     OTC-PPO:   r_tool(m)    = cos(m·π / (2m + c))
     OTC-GRPO:  n = the fewest tool calls among correct rollouts of this question, a running minimum over the
@@ -12,8 +13,10 @@ Learning", arXiv:2504.14870. No official code was found; the formulas are as in 
     reward     r = α · r_tool · r_φ        (r_φ = correctness: exact match, or token F1; wrong answers get 0)
 
 r_tool peaks at m = n (1) and decays to 0 as m → ∞; in GRPO mode with n ≥ 1, m = 0 scores 0 (sin 0).
-`c` is a smoothing constant whose value the paper does not pin down here (one re-implementation uses the tool-call
-budget), so it must be given.
+`c` is a smoothing constant: the paper's §4.1 sets "c as corresponding max turns or maximal tool limits, α as 1" (4
+searches for Search-R1, 3 code calls for ToRL) and runs OTC-GRPO with the global (across epochs) optimum, as here.
+`OTCReward` has no default for c because it does not know the rollout's call limit; the `otc` recipe
+(preflab.tool_use.otc) defaults it to its `max_tool_calls`.
 
 Deviations / preflab choices: in GRPO mode a rollout whose question has no correct rollout yet (n = +∞) falls back
 to the PPO form (only reachable with F1 scoring, since with exact match such a rollout is wrong and scores 0);
