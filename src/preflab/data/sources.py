@@ -26,7 +26,7 @@ from pathlib import Path
 
 from preflab.errors import DataError
 from preflab.hub import failure_reason, offline
-from preflab.data.report import RowProblem
+from preflab.data.report import RowProblem, row_error
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
@@ -470,3 +470,25 @@ def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 yield RawRow(row_id, str(path), line, data=item, problem=rr.row_problem(item))
     finally:
         csv.field_size_limit(old_limit)
+
+
+def read_file_rows(path, build, *, option: str, form: str) -> list:
+    """[build(raw) for each row] of the data file that the setting `option` names, read by `RowReader` (JSONL, JSON,
+    Parquet or CSV; byte-order mark, UTF-8, duplicate keys and row size checked per row; blank lines skipped), for
+    readers without `on_bad_row`: a row that cannot be read, or whose `build` raises `RowProblem`, is a `DataError`
+    naming the file, row, line and field. `form` shows what a row holds, e.g. '{prompt, chosen_rewards}'."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{option}: {path} is not a file; give a .jsonl file (or .json, .csv, .parquet) of rows "
+                        f"{form}.")
+    out = []
+    for raw in RowReader(path):
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            out.append(build(raw))
+        except RowProblem as problem:
+            if problem.reason == "not_an_object":
+                problem.fix = f"Each row must be an object {form}."
+            raise row_error(problem, raw.file, raw.row_id, raw.line, skippable=False) from None
+    return out
