@@ -315,11 +315,14 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
             raise DataError(f"{path}: cannot parse the JSON ({str(exc)[:200] or 'nested too deeply'}). Fix the "
                             "file or convert it to JSONL.") from exc
     for item in rows:
-        row_id = rr.new_id()
-        if not isinstance(item, dict):
-            yield RawRow(row_id, str(path), problem=_not_object(item))
-        else:
-            yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+        yield _json_element(rr, path, item)
+
+
+def _json_element(rr: RowReader, path: Path, item) -> RawRow:
+    """One element of a JSON array as a row: an object, else a `not_an_object` problem."""
+    if not isinstance(item, dict):
+        return RawRow(rr.new_id(), str(path), problem=_not_object(item))
+    return RawRow(rr.new_id(), str(path), data=item, problem=rr.row_problem(item))
 
 
 JSON_CHUNK = 1 << 20  # bytes read at a time from a JSON array when streaming
@@ -389,11 +392,7 @@ def _json_array_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 fill(handle, read_size)  # the element may go on past the buffer
                 read_size *= 2
             read_size, pos, done = JSON_CHUNK, end, done + 1
-            row_id = rr.new_id()
-            if not isinstance(item, dict):
-                yield RawRow(row_id, str(path), problem=_not_object(item))
-            else:
-                yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+            yield _json_element(rr, path, item)
             sep = skip_space(handle)
             pos += 1
             if sep == "]":
