@@ -488,3 +488,24 @@ def test_value_tests_are_judged_on_the_callers_side():
                                   "assert [add(1, 1)] == (2,)", "assert add(1, 2) == 3, 'msg'"],
                          timeout_s=2.0, memory_mb=128)
     assert [v.passed for v in verdicts] == [True, True, False, False, True]
+
+
+def test_the_three_process_scans_list_a_live_child_and_leave_out_its_zombie():
+    """processes_of (uid), processes_in_userns and _group_members scan /proc through one function (_live_pids): a
+    live child is listed by each, the same child once exited but not yet reaped (a zombie) by none."""
+    import signal
+
+    userns = os.stat("/proc/self/ns/user").st_ino
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    scans = (lambda: _host.processes_of(os.getuid()), lambda: _host.processes_in_userns(userns),
+             lambda: _host._group_members(child.pid))
+    try:
+        assert [child.pid in scan() for scan in scans] == [True, True, True]
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not _host._is_zombie(str(child.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [child.pid in scan() for scan in scans] == [False, False, False]
+    finally:
+        child.kill()
+        child.wait()

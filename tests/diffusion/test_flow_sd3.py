@@ -257,6 +257,29 @@ def test_flux_pipelines_take_the_flux_path_not_sd3s():
     assert not components_of(sd3).is_flux
 
 
+def test_sd3_and_flux_pipelines_missing_a_part_are_refused_alike():
+    """SD3 and Flux share one check: a wrong scheduler, or missing parts, all of them named, with what to do."""
+    from diffusers import DDIMScheduler
+
+    from preflab.diffusion.pipeline import components_of, tiny_flux_pipeline, tiny_sd3_pipeline
+
+    for make, model in ((tiny_sd3_pipeline, "SD3"), (tiny_flux_pipeline, "Flux")):
+        pipe = make(0)
+        kind = type(pipe).__name__
+        pipe.scheduler = DDIMScheduler()
+        with pytest.raises(ConfigError, match=rf"{kind}'s scheduler is DDIMScheduler; a {model} transformer is "
+                                              r"trained with FlowMatchEulerDiscreteScheduler .*\. Load the pipeline"):
+            components_of(pipe)
+        pipe = make(0)
+        pipe.tokenizer, pipe.text_encoder_2 = None, None
+        with pytest.raises(ConfigError, match=rf"{kind} has no tokenizer, text_encoder_2; {model} needs .*\. Load "
+                                              "the whole pipeline"):
+            components_of(pipe)
+    pipe = tiny_sd3_pipeline(0)
+    pipe.tokenizer_3 = None
+    with pytest.raises(ConfigError, match="has text_encoder_3 but no tokenizer_3; .* Pass tokenizer_3"):
+        components_of(pipe)
+
 def test_the_builtin_tiny_sd3_name_loads_the_tiny_pipeline():
     from preflab.diffusion.pipeline import TINY_SD3, BUILTIN_PIPELINES, components_of, load_pipeline
 

@@ -115,12 +115,19 @@ def test_resume_after_the_grpo_stage_equals_an_uninterrupted_run(tmp_path):
 def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     data = tmp_path / "rows.jsonl"
     good = {"prompt": "shout: cat sun", "chosen_rewards": [1.0, 0.0]}
-    for row, match in ((dict(good, chosen_rewards=[1.0]), r"line 2, field 'chosen_rewards': 1 values; expected 2"),
-                       ({"chosen_rewards": [1, 0]}, r"line 2, field 'prompt': missing"),
-                       (dict(good, chosen_rewards=["high", 0]), r"line 2, field 'chosen_rewards': expected a list")):
+    for row, match in ((dict(good, chosen_rewards=[1.0]), r"field 'chosen_rewards': 1 values; expected 2"),
+                       ({"chosen_rewards": [1, 0]}, r"field 'prompt': missing"),
+                       (dict(good, chosen_rewards=["high", 0]), r"field 'chosen_rewards': expected a list"),
+                       ([1, 2], r"the row is a list, not an object with fields. Each row must be an object "
+                                r"\{prompt, chosen_rewards")):
         data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
-        with pytest.raises(DataError, match=r"rows\.jsonl, " + match):
+        with pytest.raises(DataError, match=r"rows\.jsonl row 1 \(line 2\)(, |: )" + match):
             read_adapter_rows(data, 2)
+    data.write_text("\n" + json.dumps(good) + "\n\n" + json.dumps(dict(good, chosen_rewards=[1.0])) + "\n")
+    with pytest.raises(DataError, match=r"rows\.jsonl row 1 \(line 4\), field 'chosen_rewards': 1 values"):
+        read_adapter_rows(data)  # blank lines are not rows; K from the first row
+    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(good) + "\n" + json.dumps(good) + "\n").encode())
+    assert read_adapter_rows(data, 2) == [good, good]  # a byte-order mark is not part of the first row
     with pytest.raises(ConfigError, match="holds no PRO orchestrator"):
         load_orchestrator(tmp_path)
     data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1, 0, 0])) + "\n")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from preflab.config import config_from_dict
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, DataError
 from preflab.online import rps
 from preflab.online.direction_generator import (
     conditioned_generator,
@@ -121,3 +121,9 @@ def test_other_runs_are_refused_naming_what_rps_needs(tmp_path):
                                                                                "org/some-dataset"))
     with pytest.raises(ConfigError, match="not a local .json/.jsonl file"):
         run_conditioning(hub)
+    (tmp_path / "d").mkdir()
+    torn = _run_dir(tmp_path / "d", _dpa_rows())
+    with open(tmp_path / "d" / "rows.jsonl", "a") as f:
+        f.write('\n{"prompt": "cut off\n')
+    with pytest.raises(DataError, match=r"rows\.jsonl row 6 \(line 8\): the line is not valid JSON"):
+        run_conditioning(torn)  # read as every data file is: the file, row and line named

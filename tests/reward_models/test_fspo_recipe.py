@@ -96,16 +96,36 @@ def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
     bad = [dict(r) for r in rows]
     del bad[4]["user_id"]
     data.write_text("".join(json.dumps(r) + "\n" for r in bad))
-    with pytest.raises(DataError, match=r"users\.jsonl: row 4, field 'user_id': missing"):
+    with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'user_id': missing") as err:
         read_user_rows(data)
+    assert "on_bad_row" not in str(err.value)  # the recipe has no such option to offer
     bad[4] = {**rows[4], "rejected": rows[4]["chosen"]}
     data.write_text("".join(json.dumps(r) + "\n" for r in bad))
-    with pytest.raises(DataError, match=r"users\.jsonl: row 4, field 'rejected': identical"):
+    with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'rejected': identical"):
         read_user_rows(data)
     data.write_text('{"user_id": "a"\n')
-    with pytest.raises(DataError, match=r"users\.jsonl, line 1: not JSON"):
+    with pytest.raises(DataError, match=r"users\.jsonl row 0 \(line 1\): the line is not valid JSON"):
         read_user_rows(data)
+    data.write_text('{"user_id": "a", "user_id": "b", "prompt": "p", "chosen": "x", "rejected": "y"}\n')
+    with pytest.raises(DataError, match=r"users\.jsonl row 0 \(line 1\), field 'user_id': the object has the key"):
+        read_user_rows(data)  # the json module would keep "b" silently
+    with pytest.raises(DataError, match=r"recipe_params\.data_file: .* is not a file"):
+        read_user_rows(tmp_path / "missing.jsonl")
     with pytest.raises(ConfigError, match=r"heldout_users \['nobody'\] are not user_ids"):
         split_users(rows, ["nobody"], 0.5)
     with pytest.raises(ConfigError, match="shots >= 0"):
         episode_rows(rows, shots=-1, passes=1, seed=0)
+
+
+def test_user_rows_are_read_line_by_line_as_every_jsonl_reader_reads_them(tmp_path):
+    """A byte-order mark, a line separator (U+2028) inside a prompt and blank lines: the rows as written (the old
+    reader split text lines on U+2028 and refused the BOM); a bad UTF-8 line is a DataError naming row and line."""
+    rows = toy_user_rows(1, 2, seed=0)
+    rows[1]["prompt"] += "\u2028and on"
+    data = tmp_path / "users.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    data.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(lines).encode() + b"\n\n")
+    assert read_user_rows(data) == rows
+    data.write_bytes(("\n".join(lines[:3]) + "\n\n").encode() + b'{"prompt": "\xff"}\n')
+    with pytest.raises(DataError, match=r"users\.jsonl row 3 \(line 5\): the line is not valid UTF-8"):
+        read_user_rows(data)

@@ -38,12 +38,14 @@ def where(source: str, row_id: int, line: int | None = None) -> str:
 
 
 def row_error(problem: RowProblem, source: str, row_id: int, line: int | None = None,
-              field_name: str | None = None) -> DataError:
-    """The `DataError` for one bad row; it also carries `.source`, `.row_id`, `.field` and `.reason`."""
+              field_name: str | None = None, skippable: bool = True) -> DataError:
+    """The `DataError` for one bad row; it also carries `.source`, `.row_id`, `.field` and `.reason`.
+    skippable=False: the reader has no `on_bad_row`, so the message does not offer it."""
     name = field_name if field_name is not None else problem.field
     head = where(source, row_id, line) + (f", field {name!r}" if name else "")
     fix = f" {problem.fix}" if problem.fix else ""
-    err = DataError(f"{head}: {problem.detail}.{fix} Fix the row or set on_bad_row: skip.")
+    then = " Fix the row or set on_bad_row: skip." if skippable else "" if problem.fix else " Fix the row."
+    err = DataError(f"{head}: {problem.detail}.{fix}{then}")
     err.source, err.row_id, err.field, err.reason, err.line = source, row_id, name, problem.reason, line
     return err
 

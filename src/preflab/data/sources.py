@@ -26,7 +26,7 @@ from pathlib import Path
 
 from preflab.errors import DataError
 from preflab.hub import failure_reason, offline
-from preflab.data.report import RowProblem
+from preflab.data.report import RowProblem, row_error
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
@@ -315,11 +315,14 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
             raise DataError(f"{path}: cannot parse the JSON ({str(exc)[:200] or 'nested too deeply'}). Fix the "
                             "file or convert it to JSONL.") from exc
     for item in rows:
-        row_id = rr.new_id()
-        if not isinstance(item, dict):
-            yield RawRow(row_id, str(path), problem=_not_object(item))
-        else:
-            yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+        yield _json_element(rr, path, item)
+
+
+def _json_element(rr: RowReader, path: Path, item) -> RawRow:
+    """One element of a JSON array as a row: an object, else a `not_an_object` problem."""
+    if not isinstance(item, dict):
+        return RawRow(rr.new_id(), str(path), problem=_not_object(item))
+    return RawRow(rr.new_id(), str(path), data=item, problem=rr.row_problem(item))
 
 
 JSON_CHUNK = 1 << 20  # bytes read at a time from a JSON array when streaming
@@ -389,11 +392,7 @@ def _json_array_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 fill(handle, read_size)  # the element may go on past the buffer
                 read_size *= 2
             read_size, pos, done = JSON_CHUNK, end, done + 1
-            row_id = rr.new_id()
-            if not isinstance(item, dict):
-                yield RawRow(row_id, str(path), problem=_not_object(item))
-            else:
-                yield RawRow(row_id, str(path), data=item, problem=rr.row_problem(item))
+            yield _json_element(rr, path, item)
             sep = skip_space(handle)
             pos += 1
             if sep == "]":
@@ -470,3 +469,25 @@ def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 yield RawRow(row_id, str(path), line, data=item, problem=rr.row_problem(item))
     finally:
         csv.field_size_limit(old_limit)
+
+
+def read_file_rows(path, build, *, option: str, form: str) -> list:
+    """[build(raw) for each row] of the data file that the setting `option` names, read by `RowReader` (JSONL, JSON,
+    Parquet or CSV; byte-order mark, UTF-8, duplicate keys and row size checked per row; blank lines skipped), for
+    readers without `on_bad_row`: a row that cannot be read, or whose `build` raises `RowProblem`, is a `DataError`
+    naming the file, row, line and field. `form` shows what a row holds, e.g. '{prompt, chosen_rewards}'."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{option}: {path} is not a file; give a .jsonl file (or .json, .csv, .parquet) of rows "
+                        f"{form}.")
+    out = []
+    for raw in RowReader(path):
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            out.append(build(raw))
+        except RowProblem as problem:
+            if problem.reason == "not_an_object":
+                problem.fix = f"Each row must be an object {form}."
+            raise row_error(problem, raw.file, raw.row_id, raw.line, skippable=False) from None
+    return out

@@ -243,20 +243,30 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
                           "HF_HUB_OFFLINE) or the directory.") from err
 
 
+def _check_flow_parts(pipeline, model: str, needs: str) -> None:
+    """What SD3 and Flux pipelines share, or a ConfigError: a FlowMatchEulerDiscreteScheduler and a VAE with two text
+    encoders and their tokenizers; `model` names the family, `needs` its parts (said when one is missing)."""
+    kind, scheduler = type(pipeline).__name__, type(pipeline.scheduler).__name__
+    if scheduler != "FlowMatchEulerDiscreteScheduler":
+        raise ConfigError(f"{kind}'s scheduler is {scheduler}; a {model} transformer is trained with "
+                          "FlowMatchEulerDiscreteScheduler (its shifted sigma grid). Load the pipeline with the "
+                          "scheduler it was saved with.")
+    missing = [name for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+               if getattr(pipeline, name, None) is None]
+    if missing:
+        raise ConfigError(f"{kind} has no {', '.join(missing)}; {model} needs {needs}. Load the whole pipeline, "
+                          "or pass the missing parts to it.")
+
+
 def sd3_components_of(pipeline) -> DiffusionComponents:
     """SD3's parts (transformer, FlowMatchEulerDiscreteScheduler, CLIP-L, CLIP-G, optional T5), or a ConfigError."""
-    kind = type(pipeline).__name__
-    scheduler = pipeline.scheduler
-    if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
-        raise ConfigError(f"{kind}'s scheduler is {type(scheduler).__name__}; an SD3 transformer is trained with "
-                          "FlowMatchEulerDiscreteScheduler (its shifted sigma grid).")
-    for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-        if getattr(pipeline, name, None) is None:
-            raise ConfigError(f"{kind} has no {name}; SD3 needs a VAE and its two CLIP encoders (T5 is optional).")
+    _check_flow_parts(pipeline, "SD3", "a VAE and its two CLIP encoders (text_encoder, text_encoder_2) with their "
+                     "tokenizers; T5 (text_encoder_3) is optional")
     if getattr(pipeline, "text_encoder_3", None) is not None and getattr(pipeline, "tokenizer_3", None) is None:
-        raise ConfigError(f"{kind} has text_encoder_3 but no tokenizer_3.")
+        raise ConfigError(f"{type(pipeline).__name__} has text_encoder_3 but no tokenizer_3; SD3 needs T5's "
+                          "tokenizer with it. Pass tokenizer_3, or leave T5 out.")
     return DiffusionComponents(pipeline, pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer,
-                               scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2,
+                               pipeline.scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2,
                                getattr(pipeline, "text_encoder_3", None), getattr(pipeline, "tokenizer_3", None),
                                denoiser_name="transformer")
 
@@ -269,14 +279,7 @@ def flux_components_of(pipeline) -> DiffusionComponents:
         raise ConfigError(f"{kind} is not the text-to-image FluxPipeline; preflab's diffusion run trains Flux "
                           "text-to-image transformers only (Fill / Kontext / Control / img2img layouts condition on "
                           "images). Load the model as a FluxPipeline if it is a text-to-image checkpoint.")
-    scheduler = pipeline.scheduler
-    if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
-        raise ConfigError(f"{kind}'s scheduler is {type(scheduler).__name__}; a Flux transformer is trained with "
-                          "FlowMatchEulerDiscreteScheduler.")
-    for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
-        if getattr(pipeline, name, None) is None:
-            raise ConfigError(f"{kind} has no {name}; Flux needs a VAE, CLIP-L (text_encoder) and T5 "
-                              "(text_encoder_2) with their tokenizers.")
+    _check_flow_parts(pipeline, "Flux", "a VAE, CLIP-L (text_encoder) and T5 (text_encoder_2) with their tokenizers")
     if int(pipeline.transformer.config.patch_size) != 1:
         raise ConfigError(f"{kind}'s transformer has patch_size {pipeline.transformer.config.patch_size}; Flux "
                           "transformers take 2x2-packed latents with patch_size 1.")
@@ -286,7 +289,8 @@ def flux_components_of(pipeline) -> DiffusionComponents:
                           "channels (2x2 packing): an image-conditioned Flux variant (Fill / Control) is not trained "
                           "by preflab.")
     return DiffusionComponents(pipeline, pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.tokenizer,
-                               scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2, denoiser_name="transformer")
+                               pipeline.scheduler, pipeline.text_encoder_2, pipeline.tokenizer_2,
+                               denoiser_name="transformer")
 
 
 def components_of(pipeline) -> DiffusionComponents:

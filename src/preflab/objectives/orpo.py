@@ -21,6 +21,13 @@ from preflab.objectives.sft import batch_token_nll
 from preflab.objectives.simpo import policy_metrics
 
 
+def log_odds_ratio(a_w: torch.Tensor, a_l: torch.Tensor) -> torch.Tensor:
+    """(A_w - A_l) - (log(1 - exp(A_w)) - log(1 - exp(A_l))) of mean token log-probs A, each clamped below 0 by one
+    float eps (finite for a response of probability 1)."""
+    tiny = -torch.finfo(a_w.dtype).eps
+    return (a_w - a_l) - (log1mexp(a_w.clamp(max=tiny)) - log1mexp(a_l.clamp(max=tiny)))
+
+
 @dataclass(frozen=True)
 class ORPO(Objective):
     beta: float = 0.1  # lambda, weight of the odds-ratio term (TRL ORPOConfig default)
@@ -34,8 +41,7 @@ class ORPO(Objective):
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:
         a_w, a_l = as_loss_dtype(batch.policy_chosen.mean), as_loss_dtype(batch.policy_rejected.mean)
-        tiny = -torch.finfo(a_w.dtype).eps
-        log_odds = (a_w - a_l) - (log1mexp(a_w.clamp(max=tiny)) - log1mexp(a_l.clamp(max=tiny)))
+        log_odds = log_odds_ratio(a_w, a_l)
         ratio = F.logsigmoid(log_odds)
         nll = batch_token_nll(batch.policy_chosen)
         losses = nll - self.beta * ratio

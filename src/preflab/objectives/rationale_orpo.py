@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from preflab.errors import ConfigError
-from preflab.objectives.base import (
-    Objective, ObjectiveOutput, PairBatch, SequenceLogps, as_loss_dtype, log1mexp, reward_metrics,
-)
+from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, SequenceLogps, as_loss_dtype, reward_metrics
+from preflab.objectives.orpo import log_odds_ratio
+from preflab.objectives.sft import batch_token_nll
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,8 @@ class RationaleORPO(Objective):
         a_w, a_l = as_loss_dtype(batch.policy_chosen.mean), as_loss_dtype(batch.policy_rejected.mean)
         r = batch.extra("rationale_logps", "rationale_orpo")
         a_r = torch.as_tensor(r.mean if isinstance(r, SequenceLogps) else r, dtype=a_w.dtype, device=a_w.device)
-        tiny = -torch.finfo(a_w.dtype).eps
-        log_odds = (a_w - a_l) - (log1mexp(a_w.clamp(max=tiny)) - log1mexp(a_l.clamp(max=tiny)))
-        s_w = as_loss_dtype(batch.policy_chosen.sum)
-        nll = (-s_w.sum() / batch.policy_chosen.length.sum().clamp_min(1).to(s_w.dtype)).expand_as(s_w)
+        log_odds = log_odds_ratio(a_w, a_l)
+        nll = batch_token_nll(batch.policy_chosen).expand_as(a_w)
         losses = nll - (self.beta * F.logsigmoid(log_odds) + self.gamma * a_r)
         metrics = reward_metrics(batch, self.beta, self.beta * a_w, self.beta * a_l)
         metrics.update({"log_odds_ratio": log_odds.detach().mean(), "nll_loss": nll.detach().mean(),

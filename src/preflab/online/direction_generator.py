@@ -18,13 +18,13 @@ so RPS would equal best-of-k), and any run whose training rows are not direction
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from preflab.data.sources import read_file_rows
 from preflab.errors import ConfigError
 from preflab.reward_models.multi_objective import (
     DPA_SYSTEM,
@@ -96,12 +96,9 @@ def run_conditioning(run_dir: str | Path) -> Conditioning:
     if path is None or not path.is_file() or path.suffix not in (".json", ".jsonl"):
         raise ConfigError(f"--generator {run_dir}: its training rows (dataset_name={data!r}) are not a local "
                           f".json/.jsonl file, so the direction conditioning cannot be read from them. {NEEDS}")
-    text = path.read_text()
-    try:
-        rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--generator {run_dir}: {path} is not valid JSON ({err}).") from err
-    if not isinstance(rows, list) or not rows:
+    rows = read_file_rows(path, lambda raw: raw.data, option=f"--generator {run_dir}: dataset_name",
+                          form="{prompt, ...}")
+    if not rows:
         raise ConfigError(f"--generator {run_dir}: {path} holds no rows. {NEEDS}")
     names, angles = None, []
     for i, row in enumerate(rows):

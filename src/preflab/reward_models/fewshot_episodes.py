@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from preflab.data.report import RowProblem
 from preflab.errors import ConfigError, DataError
 
 DEFAULT_INSTRUCTION = "Given the examples above, generate a preferred response to the following question."
@@ -74,35 +75,47 @@ def user_pairs(rows: Iterable[dict]) -> list[UserPair]:
     """Validate rows into UserPairs; a bad row raises DataError naming the row and the field."""
     pairs = []
     for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise DataError(f"row {i}: expected a dict with user_id, prompt, chosen, rejected; "
-                            f"got {type(row).__name__}.")
-        user = _field(row, i, "user_id", (str, int))
-        prompt = _field(row, i, "prompt", str)
-        if "chosen" in row or "rejected" in row:
-            chosen, rejected = _field(row, i, "chosen", str), _field(row, i, "rejected", str)
-        elif "label" in row:
-            x, y = _field(row, i, "response_x", str), _field(row, i, "response_y", str)
-            label = row["label"]
-            if label not in (0, 1) or isinstance(label, float):
-                raise DataError(f"row {i}, field 'label': must be 0 (response_x preferred) or 1, got {label!r}.")
-            chosen, rejected = (x, y) if label == 0 else (y, x)
-        else:
-            raise DataError(f"row {i}: needs chosen/rejected, or response_x/response_y/label; it has {sorted(row)}.")
-        if chosen.strip() == rejected.strip():
-            raise DataError(f"row {i}, field 'rejected': identical to chosen (up to surrounding whitespace, which the "
-                            "episode text strips); drop the row or fix the pair.")
-        pairs.append(UserPair(i, user, prompt, chosen, rejected))
+        try:
+            pairs.append(user_pair(row, i))
+        except RowProblem as problem:
+            field_name = f", field {problem.field!r}" if problem.field else ""
+            fix = f" {problem.fix}" if problem.fix else ""
+            raise DataError(f"row {i}{field_name}: {problem.detail}.{fix}") from None
     return pairs
 
 
-def _field(row: dict, i: int, name: str, kind):
+def user_pair(row: dict, row_id: int) -> UserPair:
+    """One input row as a UserPair; a bad row raises RowProblem (the field at fault, what to do)."""
+    if not isinstance(row, dict):
+        raise RowProblem("not_an_object", None, f"expected a dict with user_id, prompt, chosen, rejected; got "
+                         f"{type(row).__name__}", "Give each row as an object.")
+    user = _field(row, "user_id", (str, int))
+    prompt = _field(row, "prompt", str)
+    if "chosen" in row or "rejected" in row:
+        chosen, rejected = _field(row, "chosen", str), _field(row, "rejected", str)
+    elif "label" in row:
+        x, y = _field(row, "response_x", str), _field(row, "response_y", str)
+        label = row["label"]
+        if label not in (0, 1) or isinstance(label, float):
+            raise RowProblem("bad_label", "label", f"must be 0 (response_x preferred) or 1, got {label!r}",
+                             "Give 0 or 1.")
+        chosen, rejected = (x, y) if label == 0 else (y, x)
+    else:
+        raise RowProblem("missing_field", None, f"needs chosen/rejected, or response_x/response_y/label; it has "
+                         f"{sorted(row)}", "Give one of the two forms.")
+    if chosen.strip() == rejected.strip():
+        raise RowProblem("identical", "rejected", "identical to chosen (up to surrounding whitespace, which the "
+                         "episode text strips)", "Drop the row or fix the pair.")
+    return UserPair(row_id, user, prompt, chosen, rejected)
+
+
+def _field(row: dict, name: str, kind):
     if name not in row or row[name] is None:
-        raise DataError(f"row {i}, field {name!r}: missing. Each row needs it (columns present: {sorted(row)}).")
+        raise RowProblem("missing_field", name, "missing", f"Each row needs it (columns present: {sorted(row)}).")
     value = row[name]
     if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
         names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
-        raise DataError(f"row {i}, field {name!r}: expected a non-empty {names}, got {value!r}.")
+        raise RowProblem("bad_field", name, f"expected a non-empty {names}, got {value!r}")
     return value
 
 

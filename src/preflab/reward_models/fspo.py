@@ -40,9 +40,11 @@ from pathlib import Path
 
 import torch
 
+from preflab.data.report import RowProblem
+from preflab.data.sources import read_file_rows
 from preflab.errors import ConfigError, DataError
 from preflab.reward_models.fewshot_episodes import (DEFAULT_INSTRUCTION, build_episodes, render_completion,
-                                                    render_episode, user_pairs)
+                                                    render_episode, user_pair, user_pairs)
 
 STATE_FILE = "fspo_state.json"
 STAGES = ("fspo", "pooled")
@@ -70,34 +72,19 @@ def toy_user_rows(users_per_group: int, rows_per_user: int, seed: int = 0) -> li
 
 
 def read_user_rows(path: str | Path) -> list[dict]:
-    """The rows of a jsonl file, each checked as an FSPO input row; an error names the file, line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"recipe_params.data_file: {path} is not a file (a jsonl of rows {{user_id, prompt, chosen, "
-                        "rejected}}).")
-    rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {line_no}: not JSON ({e}); each line must be one row object.") from e
+    """The rows of a jsonl file, each checked as an FSPO input row; an error names the file, row, line and field."""
+    def build(raw) -> dict:
+        user_pair(raw.data, raw.row_id)
+        group = raw.data.get("group")
+        if "group" in raw.data and not isinstance(group, (str, int)):
+            raise RowProblem("bad_field", "group", f"expected a string or integer, got {group!r}")
+        return raw.data
+
+    rows = read_file_rows(path, build, option="recipe_params.data_file",
+                          form="{user_id, prompt, chosen, rejected[, group]}")
     if not rows:
-        raise DataError(f"{path}: no rows.")
-    check_user_rows(rows, str(path))
+        raise DataError(f"{path}: no rows. Give at least one row per user.")
     return rows
-
-
-def check_user_rows(rows: list[dict], source: str) -> None:
-    """`user_pairs` validation with the source named: "<file>, row i (line i + 1 of a jsonl without blank lines)"."""
-    try:
-        user_pairs(rows)
-    except DataError as e:
-        raise DataError(f"{source}: {e}") from e
-    for i, row in enumerate(rows):
-        if "group" in row and not isinstance(row["group"], (str, int)):
-            raise DataError(f"{source}: row {i}, field 'group': expected a string or integer, got {row['group']!r}.")
 
 
 def episode_rows(rows: list[dict], *, shots: int, passes: int, seed: int,

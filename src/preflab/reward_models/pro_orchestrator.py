@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from preflab.data.report import RowProblem
+from preflab.data.sources import read_file_rows
 from preflab.errors import ConfigError, DataError
 from preflab.reward_models.orchestrator import PreferenceWeightAdapter, fit_adapter
 
@@ -72,36 +74,30 @@ class PromptWeights:
 
 
 def read_adapter_rows(path: str | Path, num_rewards: int | None = None) -> list[dict]:
-    """Rows {prompt, chosen_rewards: [r_1..r_K]} of a jsonl file; an error names the file, line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"recipe_params.adapter_data: {path} is not a file (a jsonl of rows {{prompt, "
-                        "chosen_rewards: [one reward per reward function, of the preferred response]}}).")
-    rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not JSON ({e}); each line must be one row object.") from e
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object with prompt and chosen_rewards, got {type(row).__name__}.")
+    """Rows {prompt, chosen_rewards: [r_1..r_K]} of a jsonl file (K: `num_rewards`, else the first row's count); an
+    error names the file, row, line and field."""
+    expected = [num_rewards]  # K, else the first row's count
+
+    def build(raw) -> dict:
+        row = raw.data
         if not isinstance(row.get("prompt"), (str, list)) or not prompt_words(row["prompt"]):
-            raise DataError(f"{where}, field 'prompt': missing or without words (columns present: {sorted(row)}).")
+            raise RowProblem("missing_field", "prompt", f"missing or without words (columns present: {sorted(row)})",
+                             "Give the prompt as text or chat messages.")
         r = row.get("chosen_rewards")
         if not isinstance(r, list) or not r or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                       for v in r):
-            raise DataError(f"{where}, field 'chosen_rewards': expected a list of numbers (the reward functions' "
-                            f"scores of the preferred response), got {r!r}.")
-        k = num_rewards if num_rewards is not None else len(rows[0]["chosen_rewards"]) if rows else len(r)
-        if len(r) != k:
-            raise DataError(f"{where}, field 'chosen_rewards': {len(r)} values; expected {k}, one per reward "
-                            "function, in the order of reward_funcs.")
-        rows.append({"prompt": row["prompt"], "chosen_rewards": [float(v) for v in r]})
+            raise RowProblem("bad_field", "chosen_rewards", f"expected a list of numbers (the reward functions' "
+                             f"scores of the preferred response), got {r!r}")
+        expected[0] = len(r) if expected[0] is None else expected[0]
+        if len(r) != expected[0]:
+            raise RowProblem("bad_field", "chosen_rewards", f"{len(r)} values; expected {expected[0]}",
+                             "Give one per reward function, in the order of reward_funcs.")
+        return {"prompt": row["prompt"], "chosen_rewards": [float(v) for v in r]}
+
+    rows = read_file_rows(path, build, option="recipe_params.adapter_data",
+                          form="{prompt, chosen_rewards: [one reward per reward function, of the preferred response]}")
     if len(rows) < 2:
-        raise DataError(f"{path}: {len(rows)} rows; the z-scores of the targets need at least 2.")
+        raise DataError(f"{path}: {len(rows)} rows; the z-scores of the targets need at least 2. Add rows.")
     return rows
 
 

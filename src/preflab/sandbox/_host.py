@@ -39,13 +39,18 @@ def allocate_uid() -> tuple[int, Path]:
 
 def processes_of(uid: int) -> list[int]:
     """Live (not zombie) pids whose effective uid is `uid` (the owner of /proc/<pid>)."""
+    return _live_pids(lambda pid: os.stat(f"/proc/{pid}").st_uid == uid)
+
+
+def _live_pids(ours) -> list[int]:
+    """Live (not zombie) pids for which ours(pid) holds; a process that exits while it is looked at is left out."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid and not _is_zombie(entry):
+                if ours(int(entry)) and not _is_zombie(entry):
                     pids.append(int(entry))
-            except OSError:
+            except (OSError, ValueError, IndexError):  # gone meanwhile: no /proc entry, or an empty stat
                 pass
     return pids
 
@@ -80,15 +85,8 @@ def kill_userns(userns: int, timeout_s: float = 2.0) -> int:
 
 def processes_in_userns(userns: int) -> list[int]:
     """Live pids of the caller's uid in user namespace `userns` or a namespace nested in it."""
-    me, pids = os.getuid(), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == me and not _is_zombie(entry) and _in_userns(int(entry), userns):
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
+    me = os.getuid()
+    return _live_pids(lambda pid: os.stat(f"/proc/{pid}").st_uid == me and _in_userns(pid, userns))
 
 
 def _in_userns(pid: int, userns: int, max_depth: int = 33) -> bool:
@@ -153,15 +151,7 @@ def _pgid_of(pid: int) -> int:
 
 def _group_members(pgid: int) -> list[int]:
     """Live (not zombie) pids in process group `pgid`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if _pgid_of(int(entry)) == pgid and not _is_zombie(entry):
-                    pids.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
+    return _live_pids(lambda pid: _pgid_of(pid) == pgid)
 
 
 def _blocked_ancestor(path: str) -> str | None:

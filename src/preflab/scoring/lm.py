@@ -111,33 +111,14 @@ class LogProbScorer(nn.Module):
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
         hidden = backbone(input_ids=layout.input_ids, **kwargs).last_hidden_state  # [R, T, H]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        mask = layout.response_mask
-        # index lists from the host (layout.gather): no boolean-mask indexing, whose size the host would wait for
-        plan = layout.gather_plan()
-        h = flat.index_select(0, plan.pred)  # [M, H]
-        targets = plan.target  # [M]
-        want_kl = ref is not None and ref_head is not None
-        chunk = self.chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
-                                                      2 if want_kl else 1)
-        ref_h = ref.hidden_flat if want_kl else None
+        h, plan, chunk, ref_h = _head_inputs(hidden, layout, head, self.chunk_tokens, ref, ref_head)
         if torch.compiler.is_compiling() and h.shape[0] > chunk:  # several chunks: their loop outside the graph
-            logp, kl, wpo, stats = self._head_outside_graph(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
-                                                            chunk, want_token_stats)
+            parts = self._head_outside_graph(h, plan.target, head, ref_h, ref_head, ref_h is not None, want_wpo,
+                                             chunk, want_token_stats)
         else:
-            logp, kl, wpo, stats = _head_pass(h, targets, head, ref_h, ref_head, want_kl, want_wpo,
-                                              _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
-        token_logps = _scatter(logp, plan.slot, mask.shape)
-        out = Scores(token_logps, mask, hidden_flat=h)
-        if want_kl:
-            out.token_kl = _scatter(kl, plan.slot, mask.shape)
-        if want_hidden:
-            out.hidden = _scatter(h, plan.slot, mask.shape)
-        if want_wpo:
-            out.wpo = _scatter(wpo, plan.slot, mask.shape)
-        if want_token_stats:
-            out.token_stats = _scatter(stats, plan.slot, mask.shape)
-        return out
+            parts = _head_pass(h, plan.target, head, ref_h, ref_head, ref_h is not None, want_wpo,
+                               _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
+        return _placed(parts, h, plan, layout.response_mask, want_hidden)
 
     @torch.compiler.disable
     def _head_outside_graph(self, h, targets, head, ref_h, ref_head, want_kl: bool, want_wpo: bool, chunk: int,
@@ -156,6 +137,48 @@ class LogProbScorer(nn.Module):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         return out
+
+
+def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None,
+                       want_hidden: bool = False, ref: Scores | None = None, ref_head: nn.Module | None = None,
+                       want_wpo: bool = False, want_token_stats: bool = False) -> Scores:
+    """Scores from backbone hidden states [R, T, H], as LogProbScorer.forward computes them from its backbone's
+    (without its torch.compile chunk loop): the head in chunks (`_head_pass`) at the response-predicting positions
+    (`_head_inputs`), the values placed back by index (`_placed`)."""
+    h, plan, chunk, ref_h = _head_inputs(hidden, layout, head, chunk_tokens, ref, ref_head)
+    parts = _head_pass(h, plan.target, head, ref_h, ref_head, ref_h is not None, want_wpo,
+                       _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
+    return _placed(parts, h, plan, layout.response_mask, want_hidden)
+
+
+def _head_inputs(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None, ref: Scores | None,
+                 ref_head) -> tuple:
+    """(h [M, H]: the hidden states at the response-predicting positions, gathered by the layout's host-built index
+    lists (LayoutBatch.gather_plan: no boolean-mask indexing, whose output size the host would wait for, and no
+    graph break under torch.compile); the plan; the head's chunk size; the reference's hidden states for the token
+    KL, or None when it is not asked for)."""
+    plan = layout.gather_plan()
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, plan.pred)  # [M, H]
+    want_kl = ref is not None and ref_head is not None
+    chunk = chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
+                                             2 if want_kl else 1)
+    return h, plan, chunk, ref.hidden_flat if want_kl else None
+
+
+def _placed(parts: tuple, h: Tensor, plan, mask: Tensor, want_hidden: bool) -> Scores:
+    """Scores from `_head_pass`'s (logp, kl, wpo, stats) at the M gathered positions, placed back into [N, L] by
+    the plan's slots (a part that was not asked for is None and stays unset)."""
+    logp, kl, wpo, stats = parts
+    out = Scores(_scatter(logp, plan.slot, mask.shape), mask, hidden_flat=h)
+    if kl is not None:
+        out.token_kl = _scatter(kl, plan.slot, mask.shape)
+    if want_hidden:
+        out.hidden = _scatter(h, plan.slot, mask.shape)
+    if wpo is not None:
+        out.wpo = _scatter(wpo, plan.slot, mask.shape)
+    if stats is not None:
+        out.token_stats = _scatter(stats, plan.slot, mask.shape)
+    return out
 
 
 def _head_pass(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head, want_kl: bool, want_wpo: bool,

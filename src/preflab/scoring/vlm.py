@@ -24,8 +24,7 @@ from torch import Tensor, nn
 
 from preflab.data.layout import LayoutBatch, padded
 from preflab.models.attention import model_mask, unwrap
-from preflab.scoring.chunking import chunk_for_budget, head_chunk_budget
-from preflab.scoring.lm import Scores, _chunk_slices, _head_chunk, _head_pass, _scatter, backbone_and_head
+from preflab.scoring.lm import Scores, backbone_and_head, scores_from_hidden
 
 PER_TOKEN_EXTRAS = ("chosen_phrase_ids", "rejected_phrase_ids")
 
@@ -121,37 +120,6 @@ def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLa
                 column[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             layout.extras[key] = column
     return layout
-
-
-def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None,
-                       want_hidden: bool = False, ref: Scores | None = None,
-                       ref_head: nn.Module | None = None, want_wpo: bool = False,
-                       want_token_stats: bool = False) -> Scores:
-    """Scores from backbone hidden states [R, T, H]: gathered at the response-predicting positions by the layout's
-    host-built index lists (LayoutBatch.gather_plan: no boolean-mask indexing, whose output size the host would wait
-    for, and no graph break under torch.compile), the head in chunks (preflab.scoring.lm._head_pass), the values
-    placed back by index. want_wpo / want_token_stats: the "wpo" need and TRL's token statistics, as in
-    preflab.scoring.lm.LogProbScorer."""
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    mask = layout.response_mask
-    plan = layout.gather_plan()
-    h = flat.index_select(0, plan.pred)  # [M, H]
-    want_kl = ref is not None and ref_head is not None
-    chunk = chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
-                                             2 if want_kl else 1)
-    logp, kl, wpo, stats = _head_pass(h, plan.target, head, ref.hidden_flat if want_kl else None, ref_head,
-                                      want_kl, want_wpo, _chunk_slices(h.shape[0], chunk), _head_chunk,
-                                      want_token_stats)
-    out = Scores(_scatter(logp, plan.slot, mask.shape), mask, hidden_flat=h)
-    if want_kl:
-        out.token_kl = _scatter(kl, plan.slot, mask.shape)
-    if want_hidden:
-        out.hidden = _scatter(h, plan.slot, mask.shape)
-    if want_wpo:
-        out.wpo = _scatter(wpo, plan.slot, mask.shape)
-    if want_token_stats:
-        out.token_stats = _scatter(stats, plan.slot, mask.shape)
-    return out
 
 
 class VisionLogProbScorer(nn.Module):
