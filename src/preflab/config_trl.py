@@ -231,6 +231,25 @@ REFUSED = {
         ("vespo_lambda_pos", 3.0), ("vespo_k_neg", 3.0), ("vespo_lambda_neg", 2.0))},
 }
 
+# TRL's defaults for the online recipes that are a TRL config (GRPOConfig: the GRPO family; OnlineDPOConfig), where
+# TrainConfig's differ: a config that leaves the key out gets TRL's value (TrainConfig's beta 0.1 would add a KL term
+# TRL does not; 16 new tokens would cut every completion). Other recipes (no TRL config) keep TrainConfig's.
+TRL_ONLINE_DEFAULTS = {
+    **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
+       for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")},
+    "online_dpo": {"max_completion_length": 64, "temperature": 0.9},  # max_new_tokens 64; beta 0.1 is TrainConfig's
+}
+
+
+def trl_online_defaults(known: dict) -> None:
+    """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
+    text: left alone)."""
+    if known.get("task") != "online" or known.get("online_task") == "game":
+        return
+    for key, value in TRL_ONLINE_DEFAULTS.get(known.get("trainer", "online_dpo"), {}).items():
+        known.setdefault(key, value)
+
+
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
