@@ -253,7 +253,7 @@ def trl_online_defaults(known: dict) -> None:
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
-                 "importance_sampling_level": "token"}
+                 "importance_sampling_level": "token", "f_divergence": "reverse_kl", "f_alpha": 0.5}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
@@ -318,9 +318,15 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             errors.append(f"{key} is not supported: {why}.")
+    if raw.get("task") == "online" and "remove_unused_columns" in raw:  # GRPOConfig's default false
+        if raw.pop("remove_unused_columns") is True:
+            notes.append("remove_unused_columns: in task: online the prompt row's other columns always reach the "
+                         "reward functions.")
     for key, (default, why) in NO_EFFECT.items():
-        if key in raw and not _same(raw.pop(key), default):
-            notes.append(f"{key}: {why}.")
+        if key in raw:
+            value = raw.pop(key)
+            if not _same(value, default) or (value is False and default is None):  # false asks for something
+                notes.append(f"{key}: {why}.")
     if raw.get("task") == "sft" and raw.get("loss_type") in ("nll", "dft"):  # SFTConfig.loss_type (default nll)
         if raw.pop("loss_type") == "dft":
             errors.append("loss_type='dft' (SFTConfig's dynamic fine-tuning loss) is not supported: task: sft trains "
