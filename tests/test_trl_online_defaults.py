@@ -52,3 +52,20 @@ def test_example_recipes_set_every_key_whose_default_is_trls():
         assert all(getattr(cfg, k) == raw[k] for k in wanted), path
         checked += bool(wanted)
     assert checked >= 8  # grpo, dapo, dr_grpo, bnpo, gspo, online_dpo, maxmin (online_dpo), vision_r1 (grpo)
+
+
+def test_saved_grpoconfig_round_is_trls_round():
+    """GRPOConfig's generation_batch_size counts a round's completions (per_device_train_batch_size x processes x
+    steps_per_generation); it was read as preflab's prompts per generate() call, and the round was 32 prompts."""
+    trl = pytest.importorskip("trl")
+    for fields, prompts in (({}, 1), ({"steps_per_generation": 4}, 4), ({"generation_batch_size": 64}, 8),
+                            ({"num_generations": 4, "per_device_train_batch_size": 8, "steps_per_generation": 2}, 4)):
+        raw = trl.GRPOConfig(output_dir="out", bf16=False, **fields).to_dict()
+        raw.pop("loss_type")
+        cfg = config_from_dict({**ONLINE, **raw, "trainer": "dapo", "max_steps": 2})
+        assert cfg.prompts_per_generation * cfg.num_generations == raw["generation_batch_size"]
+        assert (cfg.prompts_per_generation, cfg.steps_per_generation) == (prompts, raw["steps_per_generation"])
+        assert cfg.generation_batch_size == 64  # generate() calls: preflab's size
+    # a hand-written config keeps preflab's meaning of generation_batch_size (prompts per generate() call)
+    cfg = config_from_dict({**ONLINE, "trainer": "grpo", "generation_batch_size": 2})
+    assert (cfg.generation_batch_size, cfg.prompts_per_generation) == (2, 32)

@@ -2,6 +2,7 @@
 something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, not DPO's).
 
     method_from_trl_fields(raw, notes, errors)   # edits raw (loss_type, parameters) in place
+    grpo_round_from_trl(raw, notes, errors)      # a saved GRPOConfig's round size (completions) in preflab's terms
 
 - CPOConfig: `cpo_alpha` or `simpo_gamma` in the config (every saved CPOConfig carries both). Its loss_type
   sigmoid (or none: CPOConfig's default) -> `cpo`; simpo -> `simpo`, or `alphapo` when `alpha` != 0 (TRL's
@@ -42,6 +43,28 @@ def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:
             errors.append("padding_value and is_encoder_decoder without loss_type: this could be a TRL ORPOConfig "
                           "(ORPO) or a TRL 0.2x DPOConfig (DPO, sigmoid), and they train different losses. Add "
                           "loss_type: orpo (an ORPOConfig) or loss_type: sigmoid (a DPOConfig).")
+
+
+GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")
+
+
+def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
+    """A saved GRPOConfig's generation_batch_size counts the completions of one generation round (TRL computes it as
+    per_device_train_batch_size x processes x steps_per_generation); preflab's option of that name is the prompts
+    per generate() call, and its round is prompts_per_generation prompts x num_generations. A dump's value becomes
+    prompts_per_generation = generation_batch_size / num_generations (TRL's round), generate() calls keep preflab's
+    size. A hand-written config keeps preflab's meaning (README, "Coming from TRL")."""
+    if (raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or "prompts_per_generation" in raw
+            or not isinstance(raw.get("generation_batch_size"), int) or not all(k in raw for k in DUMP_MARKERS)):
+        return
+    size, k = raw.pop("generation_batch_size"), raw.get("num_generations", 8)
+    if not isinstance(k, int) or k < 1 or size % k:
+        errors.append(f"generation_batch_size={size} (a saved GRPOConfig: completions per generation round) is not "
+                      f"a multiple of num_generations={k}; set prompts_per_generation (prompts per round) instead.")
+        return
+    raw["prompts_per_generation"] = size // k
+    notes.append(f"generation_batch_size: {size} (GRPOConfig: completions per round) -> prompts_per_generation: "
+                 f"{size // k} (x num_generations {k}); each generate() call takes preflab's generation_batch_size.")
 
 
 def _cpo(raw: dict, loss: str, notes: list, errors: list) -> None:
