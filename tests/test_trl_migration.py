@@ -120,6 +120,31 @@ def test_every_trl_field_set_away_from_its_default_is_honoured_noted_or_refused(
     assert silent == [], name
 
 
+# ANCHORS.md §3.2: the TRL 0.2x DPOConfig fields many configs still carry, each with a value other than its default
+LEGACY_DPO_FIELDS = {"reference_free": True, "rpo_alpha": 0.5, "max_prompt_length": 128, "max_completion_length": 64,
+                     "use_liger_loss": True, "model_adapter_name": "a", "ref_adapter_name": "r",
+                     "force_use_ref_model": True, "ref_model_init_kwargs": {"revision": "v1"},
+                     "generate_during_eval": True, "use_logits_to_keep": True, "padding_value": 0,
+                     "label_pad_token_id": -1, "tools": [{"type": "function"}],
+                     "base_model_attribute_name": "transformer", "loss_type": "aot_pair"}
+
+
+@pytest.mark.parametrize("key", sorted(LEGACY_DPO_FIELDS))
+def test_legacy_dpoconfig_fields_are_honoured_noted_or_refused(key, capsys):
+    """Before: base_model_attribute_name was an unknown key with no reason, and padding_value: 0 passed without a
+    word (0 == False made it TRL's default None)."""
+    from preflab.errors import PreflabError
+
+    start = config_from_dict(BASE).to_dict()
+    capsys.readouterr()
+    try:
+        cfg = config_from_dict({**BASE, key: LEGACY_DPO_FIELDS[key]})
+    except PreflabError as err:
+        assert key in str(err) and "unknown config key" not in str(err)
+        return
+    assert cfg.to_dict() != start or f"{key}:" in capsys.readouterr().err
+
+
 def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
     """Before: dataset_text_field, eos_token, packing_strategy, assistant_only_loss, ... were unknown keys even at
     TRL's default, and completion_only_loss: null (TRL's default) was 'may not be null'."""

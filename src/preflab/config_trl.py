@@ -60,6 +60,7 @@ NO_EFFECT = {
     "router_aux_loss_coef": (0.001, "no MoE router loss is added in preflab"),
     "use_liger_loss": (False, "preflab uses its own chunked LM head"),
     "use_liger_kernel": (False, "preflab uses its own chunked LM head"),
+    "base_model_attribute_name": ("model", "used only with use_liger_loss; preflab uses its own chunked LM head"),
     "ignore_bias_buffers": (False, "no effect in preflab"),
     "lora_task_type": ("CAUSAL_LM", "adapters are always built for CAUSAL_LM"),
     "logging_dir": (None, "trackers write under output_dir"),
@@ -262,7 +263,8 @@ TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
 def _same(value, default) -> bool:
     if default is False and value == "no":  # transformers 5 writes include_num_input_tokens_seen as "no"
         return True
-    return value == default or value is None or (default in (None, []) and value in (None, False, "", [], {}))
+    empty = value is False or (not isinstance(value, (int, float)) and value in ("", [], {}))  # not 0 (0 == False)
+    return value == default or value is None or (default in (None, []) and empty)
 
 
 def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
