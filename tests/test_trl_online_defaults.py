@@ -69,3 +69,16 @@ def test_saved_grpoconfig_round_is_trls_round():
     # a hand-written config keeps preflab's meaning of generation_batch_size (prompts per generate() call)
     cfg = config_from_dict({**ONLINE, "trainer": "grpo", "generation_batch_size": 2})
     assert (cfg.generation_batch_size, cfg.prompts_per_generation) == (2, 32)
+
+
+def test_saved_rlooconfig_is_refused_naming_the_nearest_recipe():
+    """Before: with trainer: grpo it trained GRPO, RLOO's own fields accepted at their defaults without a word."""
+    trl = pytest.importorskip("trl")
+    from preflab.errors import ConfigError
+
+    raw = trl.RLOOConfig(output_dir="out", bf16=False).to_dict()
+    with pytest.raises(ConfigError, match="saved TRL RLOOConfig, and RLOO .* is not a preflab recipe. The nearest is "
+                                          "task: online with trainer: grpo"):
+        config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
+    with pytest.raises(ConfigError, match="normalize_advantages is not supported"):
+        config_from_dict({**ONLINE, "trainer": "grpo", "normalize_advantages": True})

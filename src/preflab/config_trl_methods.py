@@ -46,6 +46,18 @@ def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:
 
 
 GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")
+RLOO_FIELDS = ("normalize_advantages", "reward_clip_range")  # RLOOConfig's own (a saved one carries both)
+
+
+def refuse_rlooconfig(raw: dict, errors: list) -> None:
+    """A saved RLOOConfig would run whatever trainer the config names (GRPO's advantages, not RLOO's leave-one-out
+    baseline) with its RLOO fields at their defaults accepted: refused, naming the nearest recipe."""
+    if all(k in raw for k in RLOO_FIELDS):
+        errors.append("normalize_advantages and reward_clip_range: this is a saved TRL RLOOConfig, and RLOO (leave-one-"
+                      "out baseline) is not a preflab recipe. The nearest is task: online with trainer: grpo (group-"
+                      "normalised advantages); remove normalize_advantages and reward_clip_range to run it.")
+        for key in RLOO_FIELDS:
+            raw.pop(key)
 
 
 def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
@@ -63,7 +75,7 @@ def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
                       f"a multiple of num_generations={k}; set prompts_per_generation (prompts per round) instead.")
         return
     raw["prompts_per_generation"] = size // k
-    notes.append(f"generation_batch_size: {size} (GRPOConfig: completions per round) -> prompts_per_generation: "
+    notes.append(f"generation_batch_size: {size} (TRL: completions per round) -> prompts_per_generation: "
                  f"{size // k} (x num_generations {k}); each generate() call takes preflab's generation_batch_size.")
 
 
