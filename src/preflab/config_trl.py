@@ -8,6 +8,8 @@ Each TRL key ends in exactly one of four ways, never silently dropped:
 - translated with TRL's meaning (eval_strategy, save_strategy, padding_free, label_smoothing with sigmoid, ...);
 - NO_EFFECT: accepted; when its value asks for something preflab does not do (or already does), a note says so;
 - REFUSED: a value other than TRL's default is a ConfigError with the reason and what to do instead.
+Before these, preflab.config_trl_methods gives a CPOConfig / ORPOConfig its method, a saved GRPOConfig's round size
+its preflab name, and refuses a saved RLOOConfig; TRL_ONLINE_DEFAULTS are GRPOConfig's / OnlineDPOConfig's defaults.
 """
 from __future__ import annotations
 
