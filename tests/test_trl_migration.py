@@ -48,6 +48,103 @@ def test_every_dpo_and_grpo_field_has_a_handling():
         assert missing == [], (cls.__name__, missing)
 
 
+def _set_away(value, hint):
+    """A value other than `value` for a field of type `hint` (False for an optional flag left at None)."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kind, origin = options[0], typing.get_origin(options[0])
+    if value is None and bool in options:
+        return False
+    if isinstance(value, bool) or kind is bool:
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 3 if isinstance(value, int) else (value + 0.37 if value else 0.37)
+    if origin is typing.Literal:
+        return next(a for a in typing.get_args(kind) if a != value)
+    if isinstance(value, str):
+        return value + "_x"
+    if isinstance(value, list) or kind is list or origin is list:
+        return (value or []) + ["x"]
+    if isinstance(value, dict) or kind is dict or origin is dict:
+        return {**(value or {}), "x": 1}
+    return {int: 3, float: 0.37}.get(kind, "x")
+
+
+# (field, why setting it away from TRL's default may change nothing in preflab)
+SAME_AS_TRL = {("SFTConfig", "eval_packing"): "False: evaluation packs like training, and the packed loss equals the "
+                                                "unpacked loss",
+               ("CPOConfig", "is_encoder_decoder"): "False: a decoder-only model, the only kind preflab trains"}
+
+
+@pytest.mark.parametrize("name", ["DPOConfig", "KTOConfig", "SFTConfig", "RewardConfig", "GRPOConfig", "ORPOConfig",
+                                  "CPOConfig", "OnlineDPOConfig"])
+def test_every_trl_field_set_away_from_its_default_is_honoured_noted_or_refused(name, capsys):
+    """Each field of a saved TRL config, one at a time set to another value: the resolved config (or its objective)
+    changes, or a note / a ConfigError names the field. Found: a DPOConfig with label_smoothing (cDPO) was refused
+    for its own f_divergence_type; tf32 / ddp_* / hub_private_repo false, GRPO's remove_unused_columns true were
+    dropped without a word."""
+    trl = pytest.importorskip("trl")
+    from preflab.config_trl import RENAMED
+    from preflab.errors import PreflabError
+
+    cls = {"ORPOConfig": "trl.experimental.orpo", "CPOConfig": "trl.experimental.cpo",
+           "OnlineDPOConfig": "trl.experimental.online_dpo"}.get(name)
+    cls = getattr(__import__(cls, fromlist=[name]) if cls else trl, name)
+    task = {"SFTConfig": {"task": "sft"}, "RewardConfig": {"task": "reward"},
+            "GRPOConfig": {"task": "online", "trainer": "dapo", "max_steps": 2},
+            "OnlineDPOConfig": {"task": "online", "trainer": "online_dpo", "max_steps": 2}}.get(name, {})
+    raw = {k: v for k, v in cls(output_dir="out", bf16=False).to_dict().items()
+           if not (k.endswith("_token") and v == f"<{k.upper()}>")}  # masked by to_dict (tested elsewhere)
+    if name == "GRPOConfig":
+        raw.pop("loss_type")  # trainer: dapo instead (tested above)
+
+    def resolved(**change):
+        cfg = config_from_dict({**BASE, **raw, **task, **change})
+        return {**cfg.to_dict(), "objective": repr(cfg.objective())}
+
+    start = resolved()
+    capsys.readouterr()
+    hints, silent = typing.get_type_hints(cls), []
+    for field in dataclasses.fields(cls):
+        if field.name in ("output_dir", "loss_type") or field.name in task or field.name not in raw:
+            continue
+        said = (field.name, RENAMED.get(field.name, field.name))
+        value = _set_away(raw[field.name], hints[field.name])
+        try:
+            changed = resolved(**{field.name: value}) != start
+        except PreflabError as err:
+            assert any(n in str(err) for n in said), (field.name, value, str(err))
+            continue
+        noted = any(n in line for line in capsys.readouterr().err.splitlines() for n in said)
+        if not (changed or noted or (name, field.name) in SAME_AS_TRL):
+            silent.append((field.name, value))
+    assert silent == [], name
+
+
+# ANCHORS.md §3.2: the TRL 0.2x DPOConfig fields many configs still carry, each with a value other than its default
+LEGACY_DPO_FIELDS = {"reference_free": True, "rpo_alpha": 0.5, "max_prompt_length": 128, "max_completion_length": 64,
+                     "use_liger_loss": True, "model_adapter_name": "a", "ref_adapter_name": "r",
+                     "force_use_ref_model": True, "ref_model_init_kwargs": {"revision": "v1"},
+                     "generate_during_eval": True, "use_logits_to_keep": True, "padding_value": 0,
+                     "label_pad_token_id": -1, "tools": [{"type": "function"}],
+                     "base_model_attribute_name": "transformer", "loss_type": "aot_pair"}
+
+
+@pytest.mark.parametrize("key", sorted(LEGACY_DPO_FIELDS))
+def test_legacy_dpoconfig_fields_are_honoured_noted_or_refused(key, capsys):
+    """Before: base_model_attribute_name was an unknown key with no reason, and padding_value: 0 passed without a
+    word (0 == False made it TRL's default None)."""
+    from preflab.errors import PreflabError
+
+    start = config_from_dict(BASE).to_dict()
+    capsys.readouterr()
+    try:
+        cfg = config_from_dict({**BASE, key: LEGACY_DPO_FIELDS[key]})
+    except PreflabError as err:
+        assert key in str(err) and "unknown config key" not in str(err)
+        return
+    assert cfg.to_dict() != start or f"{key}:" in capsys.readouterr().err
+
+
 def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
     """Before: dataset_text_field, eos_token, packing_strategy, assistant_only_loss, ... were unknown keys even at
     TRL's default, and completion_only_loss: null (TRL's default) was 'may not be null'."""
@@ -162,6 +259,38 @@ def test_trl_class_import_says_how_to_write_the_run():
         from preflab import GRPOTrainer  # noqa: F401
     with pytest.raises(ImportError, match="cannot import name 'NoSuchThing'"):
         from preflab import NoSuchThing  # noqa: F401
+
+
+NAMED = ["RLOO", "PPO", "XPO", "NashMD", "BCO", "PRM", "GKD", "Distillation", "TPO", "DPO", "CPO", "ORPO", "KTO",
+         "SFT", "Reward", "GRPO", "OnlineDPO"]
+
+
+@pytest.mark.parametrize("base", NAMED)
+def test_every_trl_trainer_and_config_name_says_what_to_write(base):
+    """TRL 1.16's trainers (stable and experimental) and those it removed (PPO, XPO, NashMD, BCO, PRM): each name
+    imported from preflab says how the run is written here, or that preflab does not have it and what is nearest.
+    Before: XPO, NashMD, PPO, BCO, PRM, GKD, TPO were `cannot import name`."""
+    import importlib
+
+    preflab = importlib.import_module("preflab")
+    for name in (f"{base}Trainer", f"{base}Config"):
+        with pytest.raises(ImportError, match=f"^preflab has no (TRL-style )?{name}: ") as err:
+            getattr(preflab, name)
+        assert "cannot import name" not in str(err.value)
+    if base == "TPO":
+        assert "Tree Preference Optimization" in str(err.value)  # preflab's trainer tpo is not TRL's TPO
+
+
+def test_every_trainer_class_in_trl_is_named():
+    trl = pytest.importorskip("trl")
+    import importlib
+
+    preflab = importlib.import_module("preflab")
+    names = [n for n in dir(trl) if n.endswith("Trainer")]
+    assert len(names) >= 7
+    for name in names:
+        with pytest.raises(ImportError, match=f"^preflab has no (TRL-style )?{name}: "):
+            getattr(preflab, name)
 
 
 def test_trl_reward_function_requiring_trainer_state_is_refused_up_front():

@@ -15,15 +15,33 @@ _TRL_CLASSES = {
     "KTOTrainer": "loss_type: kto", "KTOConfig": "loss_type: kto", "SFTTrainer": "task: sft", "SFTConfig": "task: sft",
     "RewardTrainer": "task: reward", "RewardConfig": "task: reward", "GRPOTrainer": "task: online, trainer: grpo",
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
-    "OnlineDPOConfig": "task: online, trainer: online_dpo", "RLOOTrainer": "", "RLOOConfig": "",
+    "OnlineDPOConfig": "task: online, trainer: online_dpo",
+}
+_GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo or gspo"
+# TRL trainers (1.16, experimental, or removed by 1.16) that preflab does not have -> what to use instead
+_TRL_ABSENT = {
+    "RLOO": f"RLOO is not a preflab recipe (the group recipes are {_GROUP_RECIPES}).",
+    "PPO": f"PPO is not a preflab recipe (the online RL recipes are {_GROUP_RECIPES}).",
+    "XPO": "XPO (exploratory preference optimization) is not a preflab recipe; online DPO on judged samples of the "
+           "policy is task: online, trainer: online_dpo.",
+    "NashMD": "preflab's Nash-MD (trainer: nash_md) runs on the built-in preference game only (task: online, "
+              "online_task: game); on text, the self-play recipes are task: online with trainer: sppo or gpo.",
+    "BCO": "TRL's unpaired BCO trainer is not in preflab; on preference pairs BCO is loss_type: bco_pair, and "
+           "unpaired (prompt, completion, label) rows train with loss_type: kto.",
+    "PRM": "process reward models (step-wise labels) are not trained by preflab; task: reward trains a reward model "
+           "on preference pairs.",
+    "GKD": "knowledge distillation (GKD) is not in preflab.",
+    "Distillation": "on-policy distillation is not in preflab.",
+    "TPO": "TRL's TPO (triple preference optimization) is not in preflab; preflab's trainer: tpo is another method, "
+           "Tree Preference Optimization (Liao et al. 2024).",
 }
 
 
 def __getattr__(name: str):
+    base = name.removesuffix("Trainer") if name.endswith("Trainer") else name.removesuffix("Config")
+    if base in _TRL_ABSENT and name != base:
+        raise ImportError(f"preflab has no {name}: {_TRL_ABSENT[base]}")
     if name in _TRL_CLASSES:
-        if name.startswith("RLOO"):
-            raise ImportError(f"preflab has no {name}: RLOO is not a preflab recipe (the group recipes are task: "
-                              "online with trainer: grpo, dapo, dr_grpo, bnpo or gspo).")
         setting = f" with {_TRL_CLASSES[name]}" if _TRL_CLASSES[name] else ""
         raise ImportError(
             f"preflab has no TRL-style {name}: a run is one config. Write your TRL arguments as a YAML config"

@@ -8,6 +8,8 @@ Each TRL key ends in exactly one of four ways, never silently dropped:
 - translated with TRL's meaning (eval_strategy, save_strategy, padding_free, label_smoothing with sigmoid, ...);
 - NO_EFFECT: accepted; when its value asks for something preflab does not do (or already does), a note says so;
 - REFUSED: a value other than TRL's default is a ConfigError with the reason and what to do instead.
+Before these, preflab.config_trl_methods gives a CPOConfig / ORPOConfig its method, a saved GRPOConfig's round size
+its preflab name, and refuses a saved RLOOConfig; TRL_ONLINE_DEFAULTS are GRPOConfig's / OnlineDPOConfig's defaults.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ NO_EFFECT = {
     "router_aux_loss_coef": (0.001, "no MoE router loss is added in preflab"),
     "use_liger_loss": (False, "preflab uses its own chunked LM head"),
     "use_liger_kernel": (False, "preflab uses its own chunked LM head"),
+    "base_model_attribute_name": ("model", "used only with use_liger_loss; preflab uses its own chunked LM head"),
     "ignore_bias_buffers": (False, "no effect in preflab"),
     "lora_task_type": ("CAUSAL_LM", "adapters are always built for CAUSAL_LM"),
     "logging_dir": (None, "trackers write under output_dir"),
@@ -231,10 +234,29 @@ REFUSED = {
         ("vespo_lambda_pos", 3.0), ("vespo_k_neg", 3.0), ("vespo_lambda_neg", 2.0))},
 }
 
+# TRL's defaults for the online recipes that are a TRL config (GRPOConfig: the GRPO family; OnlineDPOConfig), where
+# TrainConfig's differ: a config that leaves the key out gets TRL's value (TrainConfig's beta 0.1 would add a KL term
+# TRL does not; 16 new tokens would cut every completion). Other recipes (no TRL config) keep TrainConfig's.
+TRL_ONLINE_DEFAULTS = {
+    **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
+       for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")},
+    "online_dpo": {"max_completion_length": 64, "temperature": 0.9},  # max_new_tokens 64; beta 0.1 is TrainConfig's
+}
+
+
+def trl_online_defaults(known: dict) -> None:
+    """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
+    text: left alone)."""
+    if known.get("task") != "online" or known.get("online_task") == "game":
+        return
+    for key, value in TRL_ONLINE_DEFAULTS.get(known.get("trainer", "online_dpo"), {}).items():
+        known.setdefault(key, value)
+
+
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
-                 "importance_sampling_level": "token"}
+                 "importance_sampling_level": "token", "f_divergence": "reverse_kl", "f_alpha": 0.5}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
@@ -243,12 +265,20 @@ TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
 def _same(value, default) -> bool:
     if default is False and value == "no":  # transformers 5 writes include_num_input_tokens_seen as "no"
         return True
-    return value == default or value is None or (default in (None, []) and value in (None, False, "", [], {}))
+    empty = value is False or (not isinstance(value, (int, float)) and value in ("", [], {}))  # not 0 (0 == False)
+    return value == default or value is None or (default in (None, []) and empty)
 
 
 def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
+    from preflab.config_trl_methods import grpo_round_from_trl, method_from_trl_fields, refuse_rlooconfig
+
     raw, notes, errors = dict(raw), [], []
+    method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
+    refuse_rlooconfig(raw, errors)
+    grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
+    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
+        raw.pop(key)  # hub_token: masked by to_dict() and without effect in preflab anyway
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
@@ -294,9 +324,15 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             errors.append(f"{key} is not supported: {why}.")
+    if raw.get("task") == "online" and "remove_unused_columns" in raw:  # GRPOConfig's default false
+        if raw.pop("remove_unused_columns") is True:
+            notes.append("remove_unused_columns: in task: online the prompt row's other columns always reach the "
+                         "reward functions.")
     for key, (default, why) in NO_EFFECT.items():
-        if key in raw and not _same(raw.pop(key), default):
-            notes.append(f"{key}: {why}.")
+        if key in raw:
+            value = raw.pop(key)
+            if not _same(value, default) or (value is False and default is None):  # false asks for something
+                notes.append(f"{key}: {why}.")
     if raw.get("task") == "sft" and raw.get("loss_type") in ("nll", "dft"):  # SFTConfig.loss_type (default nll)
         if raw.pop("loss_type") == "dft":
             errors.append("loss_type='dft' (SFTConfig's dynamic fine-tuning loss) is not supported: task: sft trains "

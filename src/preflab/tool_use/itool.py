@@ -67,9 +67,9 @@ SFT = {"task": "sft", "learning_rate": 3e-3, "per_device_train_batch_size": 16, 
 def simpo_options(beta: float, gamma: float, learning_rate: float, batch_size: int, epochs: float) -> dict:
     """The preference step's Trainer options: SimPO in LLaMA-Factory's form -log sigmoid(beta * (A_w - A_l) - gamma)
     (its simpo_gamma is preflab's simpo_gamma, a margin in loss units), cosine schedule, warmup 0.1 (the script's)."""
-    return {"loss_type": "simpo", "beta": beta, "simpo_gamma": gamma, "learning_rate": learning_rate,
-            "per_device_train_batch_size": batch_size, "num_train_epochs": epochs, "lr_scheduler_type": "cosine",
-            "warmup_ratio": 0.1}
+    return {"loss_type": "simpo", "beta": beta, "simpo_gamma": gamma, "cpo_alpha": 0.0,  # no NLL term (LLaMA-Factory)
+            "learning_rate": learning_rate, "per_device_train_batch_size": batch_size, "num_train_epochs": epochs,
+            "lr_scheduler_type": "cosine", "warmup_ratio": 0.1}
 
 
 def _encode(tokenizer, text: str) -> list[int]:

@@ -1,0 +1,137 @@
+"""The method of a TRL CPOConfig or ORPOConfig, which no field of an ORPOConfig names and whose `loss_type` means
+something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, not DPO's).
+
+    method_from_trl_fields(raw, notes, errors)   # edits raw (loss_type, parameters) in place
+    grpo_round_from_trl(raw, notes, errors)      # a saved GRPOConfig's round size (completions) in preflab's terms
+
+- CPOConfig: `cpo_alpha` or `simpo_gamma` in the config (every saved CPOConfig carries both). Its loss_type
+  sigmoid (or none: CPOConfig's default) -> `cpo`; simpo -> `simpo`, or `alphapo` when `alpha` != 0 (TRL's
+  CPOConfig(loss_type="alphapo") is saved as simpo with cpo_alpha 0 and `alpha`); hinge and ipo, CPO's
+  reference-free forms, are refused (preflab's hinge and ipo are DPO's, against a reference model).
+- ORPOConfig: a saved one (`args.to_dict()`: TrainingArguments' fields, ORPOConfig's `padding_value` and
+  `is_encoder_decoder`) with no loss_type and none of DPOConfig's own fields -> `orpo`. Without TrainingArguments'
+  fields (a trimmed dump) the same ORPO fields could be a TRL 0.2x DPOConfig's: refused, asking for loss_type.
+"""
+from __future__ import annotations
+
+CPO_MARKERS = ("cpo_alpha", "simpo_gamma")
+CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo")  # TRL 1.16 CPOConfig (alphapo is saved as simpo)
+TRL_CPO_DEFAULTS = {"beta": 0.1, "cpo_alpha": 1.0, "simpo_gamma": 0.5, "alpha": 0.0, "label_smoothing": 0.0}
+# fields only TrainingArguments.to_dict() writes (no hand-written config sets them all)
+DUMP_MARKERS = ("do_train", "do_predict", "log_level_replica", "logging_nan_inf_filter", "save_on_each_node",
+                "skip_memory_metrics")
+ORPO_MARKERS = ("padding_value", "is_encoder_decoder")  # ORPOConfig's, not DPOConfig 1.16's
+# DPOConfig fields (1.16 and 0.2x) that an ORPOConfig does not have
+DPO_ONLY = ("f_divergence_type", "f_alpha_divergence_coef", "loss_weights", "precompute_ref_log_probs",
+            "sync_ref_model", "ref_model_init_kwargs", "reference_free", "use_weighting", "rpo_alpha", "discopop_tau",
+            "ld_alpha", "label_smoothing", "ref_model", "ref_adapter_name", "force_use_ref_model", "padding_free",
+            "truncation_mode", "ref_model_name_or_path")
+
+
+def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:
+    if raw.get("task", "dpo") != "dpo":
+        return
+    loss = raw.get("loss_type")
+    if any(k in raw for k in CPO_MARKERS) and (loss is None or loss in CPO_LOSS_TYPES):
+        _cpo(raw, loss or "sigmoid", notes, errors)
+    elif loss is None and all(k in raw for k in ORPO_MARKERS) and not any(k in raw for k in DPO_ONLY):
+        if all(k in raw for k in DUMP_MARKERS):
+            raw["loss_type"] = "orpo"
+            notes.append("a saved TRL ORPOConfig (padding_value, is_encoder_decoder, no loss_type, no DPOConfig "
+                         f"field) -> loss_type: orpo with beta {raw.get('beta', 0.1)} (TRL's lambda).")
+        else:
+            errors.append("padding_value and is_encoder_decoder without loss_type: this could be a TRL ORPOConfig "
+                          "(ORPO) or a TRL 0.2x DPOConfig (DPO, sigmoid), and they train different losses. Add "
+                          "loss_type: orpo (an ORPOConfig) or loss_type: sigmoid (a DPOConfig).")
+
+
+GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")
+RLOO_FIELDS = ("normalize_advantages", "reward_clip_range")  # RLOOConfig's own (a saved one carries both)
+
+
+def refuse_rlooconfig(raw: dict, errors: list) -> None:
+    """A saved RLOOConfig would run whatever trainer the config names (GRPO's advantages, not RLOO's leave-one-out
+    baseline) with its RLOO fields at their defaults accepted: refused, naming the nearest recipe."""
+    if all(k in raw for k in RLOO_FIELDS):
+        errors.append("normalize_advantages and reward_clip_range: this is a saved TRL RLOOConfig, and RLOO (leave-one-"
+                      "out baseline) is not a preflab recipe. The nearest is task: online with trainer: grpo (group-"
+                      "normalised advantages); remove normalize_advantages and reward_clip_range to run it.")
+        for key in RLOO_FIELDS:
+            raw.pop(key)
+
+
+def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
+    """A saved GRPOConfig's generation_batch_size counts the completions of one generation round (TRL computes it as
+    per_device_train_batch_size x processes x steps_per_generation); preflab's option of that name is the prompts
+    per generate() call, and its round is prompts_per_generation prompts x num_generations. A dump's value becomes
+    prompts_per_generation = generation_batch_size / num_generations (TRL's round), generate() calls keep preflab's
+    size. A hand-written config keeps preflab's meaning (README, "Coming from TRL")."""
+    if (raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or "prompts_per_generation" in raw
+            or not isinstance(raw.get("generation_batch_size"), int) or not all(k in raw for k in DUMP_MARKERS)):
+        return
+    size, k = raw.pop("generation_batch_size"), raw.get("num_generations", 8)
+    if not isinstance(k, int) or k < 1 or size % k:
+        errors.append(f"generation_batch_size={size} (a saved GRPOConfig: completions per generation round) is not "
+                      f"a multiple of num_generations={k}; set prompts_per_generation (prompts per round) instead.")
+        return
+    raw["prompts_per_generation"] = size // k
+    notes.append(f"generation_batch_size: {size} (TRL: completions per round) -> prompts_per_generation: "
+                 f"{size // k} (x num_generations {k}); each generate() call takes preflab's generation_batch_size.")
+
+
+def _cpo(raw: dict, loss: str, notes: list, errors: list) -> None:
+    """TRL CPOTrainer.cpo_loss (trl/experimental/cpo/cpo_trainer.py) onto preflab's cpo / simpo / alphapo."""
+    alpha = raw.get("alpha", 0.0)
+    if loss in ("hinge", "ipo"):
+        errors.append(f"loss_type={loss!r} with {_given(raw)} is TRL CPOConfig's reference-free {loss} loss (on the "
+                      "policy's log-probs alone), which preflab does not have; preflab's loss_type "
+                      f"{loss} is DPO's, against a reference model. Use loss_type: cpo, simpo or alphapo, or remove "
+                      f"{_given(raw)} to train DPO's {loss}.")
+        _drop_markers(raw)
+        return
+    if loss == "sigmoid":
+        if alpha not in (0, 0.0, None):
+            errors.append(f"alpha={alpha} with loss_type sigmoid (TRL CPOConfig: AlphaPO's reward shape on summed "
+                          "log-probs) is not in preflab; use loss_type: alphapo (length-normalised, TRL's "
+                          "loss_type alphapo) or remove alpha.")
+            _drop_markers(raw)
+            return
+        raw.pop("alpha", None)
+        gamma = raw.pop("simpo_gamma", TRL_CPO_DEFAULTS["simpo_gamma"])
+        if gamma != TRL_CPO_DEFAULTS["simpo_gamma"]:
+            notes.append(f"simpo_gamma: {gamma} is not used by CPO's sigmoid loss (TRL ignores it too).")
+        raw["loss_type"] = "cpo"
+        notes.append("a TRL CPOConfig (cpo_alpha / simpo_gamma) with loss_type sigmoid -> loss_type: cpo (reference-"
+                     "free CPO, TRL CPOTrainer's sigmoid; not DPO's sigmoid).")
+        return
+    if alpha not in (0, 0.0, None):  # simpo with a reward shape: TRL's alphapo
+        raw["loss_type"] = "alphapo"
+        notes.append(f"a TRL CPOConfig with loss_type simpo and alpha {alpha} -> loss_type: alphapo (TRL's AlphaPO).")
+    else:
+        raw.pop("alpha", None)
+    _note_defaults(raw, notes)
+
+def _given(raw: dict) -> str:
+    return " / ".join(k for k in (*CPO_MARKERS, "alpha") if k in raw)
+
+
+def _drop_markers(raw: dict) -> None:
+    """After a refusal: the CPO parameters are not reported again as unknown keys."""
+    for key in (*CPO_MARKERS, "alpha"):
+        raw.pop(key, None)
+
+
+def _note_defaults(raw: dict, notes: list) -> None:
+    """A hand-written simpo / alphapo config with CPOConfig's fields but not all of them: preflab's objective
+    defaults fill the rest (beta is TrainConfig's 0.1 either way); said where they differ from TRL's."""
+    import dataclasses
+
+    from preflab.objectives import objective_class
+
+    ours = {f.name: f.default for f in dataclasses.fields(objective_class(raw["loss_type"]))}
+    trl = TRL_CPO_DEFAULTS  # a TRL simpo config; TRL saves alphapo as simpo
+    missing = [k for k in ("cpo_alpha", "simpo_gamma") if k not in raw and ours[k] != trl[k]]
+    if missing:
+        notes.append(f"loss_type {raw['loss_type']} with {_given(raw)} but no {' or '.join(missing)}: preflab's "
+                     f"{raw['loss_type']} defaults apply ({', '.join(f'{k} {ours[k]}' for k in missing)}), not TRL "
+                     f"CPOConfig's ({', '.join(f'{k} {trl[k]}' for k in missing)}); set them to choose.")

@@ -1,0 +1,84 @@
+"""A hand-written GRPO / online DPO config gets TRL 1.16's defaults for what it leaves out (GRPOConfig: beta 0.0,
+num_generations 8, max_completion_length 512; OnlineDPOConfig: max_new_tokens 64, temperature 0.9). Before, the
+GRPO family took TrainConfig's beta 0.1 (a KL term TRL does not add), 4 generations and 16 new tokens."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from preflab.config import config_from_dict, load_config
+from preflab.config_trl import TRL_ONLINE_DEFAULTS
+
+ONLINE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "task": "online", "max_steps": 2}
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("trainer", ["grpo", "dapo", "dr_grpo", "bnpo", "gspo"])
+def test_grpo_family_takes_trls_defaults_where_the_config_is_silent(trainer):
+    cfg = config_from_dict({**ONLINE, "trainer": trainer})
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length) == (0.0, 8, 512)
+    objective = cfg.objective()
+    assert objective.beta == 0.0 and objective.needs_reference is False  # TRL loads no reference at beta 0
+    cfg = config_from_dict({**ONLINE, "trainer": trainer, "beta": 0.04, "num_generations": 4,
+                            "max_completion_length": 16})
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length) == (0.04, 4, 16)
+    assert cfg.objective().needs_reference is True
+
+
+def test_online_dpo_takes_onlinedpoconfigs_defaults():
+    for raw in ({**ONLINE}, {**ONLINE, "trainer": "online_dpo"}):
+        cfg = config_from_dict(raw)
+        assert (cfg.beta, cfg.max_completion_length, cfg.temperature) == (0.1, 64, 0.9)
+    cfg = config_from_dict({**ONLINE, "max_new_tokens": 24, "temperature": 1.0})
+    assert (cfg.max_completion_length, cfg.temperature) == (24, 1.0)
+
+
+def test_recipes_without_a_trl_config_keep_preflabs_defaults():
+    cfg = config_from_dict({**ONLINE, "trainer": "sppo"})
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length, cfg.temperature) == (0.1, 4, 16, 1.0)
+
+
+def test_example_recipes_set_every_key_whose_default_is_trls():
+    """The README's online table was measured with these values; a recipe that left one out would now run with
+    TRL's (e.g. 512 new tokens instead of 16) and its row would no longer hold."""
+    checked = 0
+    for path in sorted(EXAMPLES.glob("**/*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if not isinstance(raw, dict) or raw.get("task") != "online" or raw.get("online_task") == "game":
+            continue
+        wanted = TRL_ONLINE_DEFAULTS.get(raw.get("trainer", "online_dpo"), {})
+        assert [k for k in wanted if k not in raw] == [], path
+        cfg = load_config(path)
+        assert all(getattr(cfg, k) == raw[k] for k in wanted), path
+        checked += bool(wanted)
+    assert checked >= 8  # grpo, dapo, dr_grpo, bnpo, gspo, online_dpo, maxmin (online_dpo), vision_r1 (grpo)
+
+
+def test_saved_grpoconfig_round_is_trls_round():
+    """GRPOConfig's generation_batch_size counts a round's completions (per_device_train_batch_size x processes x
+    steps_per_generation); it was read as preflab's prompts per generate() call, and the round was 32 prompts."""
+    trl = pytest.importorskip("trl")
+    for fields, prompts in (({}, 1), ({"steps_per_generation": 4}, 4), ({"generation_batch_size": 64}, 8),
+                            ({"num_generations": 4, "per_device_train_batch_size": 8, "steps_per_generation": 2}, 4)):
+        raw = trl.GRPOConfig(output_dir="out", bf16=False, **fields).to_dict()
+        raw.pop("loss_type")
+        cfg = config_from_dict({**ONLINE, **raw, "trainer": "dapo", "max_steps": 2})
+        assert cfg.prompts_per_generation * cfg.num_generations == raw["generation_batch_size"]
+        assert (cfg.prompts_per_generation, cfg.steps_per_generation) == (prompts, raw["steps_per_generation"])
+        assert cfg.generation_batch_size == 64  # generate() calls: preflab's size
+    # a hand-written config keeps preflab's meaning of generation_batch_size (prompts per generate() call)
+    cfg = config_from_dict({**ONLINE, "trainer": "grpo", "generation_batch_size": 2})
+    assert (cfg.generation_batch_size, cfg.prompts_per_generation) == (2, 32)
+
+
+def test_saved_rlooconfig_is_refused_naming_the_nearest_recipe():
+    """Before: with trainer: grpo it trained GRPO, RLOO's own fields accepted at their defaults without a word."""
+    trl = pytest.importorskip("trl")
+    from preflab.errors import ConfigError
+
+    raw = trl.RLOOConfig(output_dir="out", bf16=False).to_dict()
+    with pytest.raises(ConfigError, match="saved TRL RLOOConfig, and RLOO .* is not a preflab recipe. The nearest is "
+                                          "task: online with trainer: grpo"):
+        config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
+    with pytest.raises(ConfigError, match="normalize_advantages is not supported"):
+        config_from_dict({**ONLINE, "trainer": "grpo", "normalize_advantages": True})
