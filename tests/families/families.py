@@ -29,12 +29,15 @@ CORPUS = ["the cat sat on the mat and the dog ran to the park", "what is two plu
 # family -> (chat template file in trl/chat_templates, special tokens: bos, eos, pad, others)
 TOKENS = {
     "chatml": ("qwen2_5", None, "<|im_end|>", "<|endoftext|>", ["<|im_start|>"]),
-    "qwen3": ("qwen3", None, "<|im_end|>", "<|endoftext|>", ["<|im_start|>", "<think>", "</think>"]),
+    "qwen3": ("qwen3", None, "<|im_end|>", "<|endoftext|>", ["<|im_start|>"]),  # + <think>, </think> (not special)
     "llama3": ("llama3", "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
                ["<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"]),
     "gemma": ("gemma", "<bos>", "<eos>", "<pad>", ["<start_of_turn>", "<end_of_turn>"]),
     "phi3": ("phi3", "<s>", "<|endoftext|>", "<|endoftext|>", ["<|user|>", "<|assistant|>", "<|end|>", "<|system|>"]),
+    # GPT-2 / GPT-NeoX / OLMo: bos = eos = <|endoftext|>, which the tokenizer does not add
+    "endoftext": ("qwen2_5", "<|endoftext|>", "<|endoftext|>", "<|padding|>", ["<|im_start|>", "<|im_end|>"]),
 }
+ADDS_BOS = ("llama3", "gemma")  # tokenizer(text) starts with bos (Phi-3: add_bos_token false)
 
 
 def _model_config(family: str):
@@ -60,15 +63,15 @@ def _model_config(family: str):
     if family == "gemma3_text":
         return tf.Gemma3TextConfig(**c, head_dim=8, sliding_window=WINDOW, final_logit_softcapping=0.5), "gemma"
     if family == "olmo2":
-        return tf.Olmo2Config(**c), "chatml"
+        return tf.Olmo2Config(**c), "endoftext"
     if family == "qwen2_moe":
         return tf.Qwen2MoeConfig(**c, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                                  shared_expert_intermediate_size=16, router_aux_loss_coef=0.02), "chatml"
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                max_position_embeddings=256), "chatml"
+                                max_position_embeddings=256), "endoftext"
     if family == "gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256), "chatml"
+        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256), "endoftext"
     raise ValueError(family)
 
 
@@ -93,11 +96,13 @@ def family_tokenizer(style: str, vocab_size: int = 200) -> PreTrainedTokenizerFa
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                         show_progress=False))
-    if bos and style != "phi3":  # Phi-3's tokenizer does not add <s> (add_bos_token: false)
+    if style in ADDS_BOS:
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                            special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
                                    additional_special_tokens=others)
+    if style == "qwen3":  # Qwen3's reasoning markers are added tokens that are not special
+        fast.add_tokens(["<think>", "</think>"])
     fast.chat_template = chat_template(template)
     return fast
 
