@@ -85,7 +85,7 @@ def chat_template(name: str) -> str:
     return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
-def family_tokenizer(style: str, vocab_size: int = 200) -> PreTrainedTokenizerFast:
+def family_tokenizer(style: str, vocab_size: int = 420) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (merges across spaces, like GPT-2/Llama-3/Qwen) with the chat style's special
     tokens and original template; bos is added by `tok(text)` where the family has one (Llama-3, Gemma)."""
     template, bos, eos, pad, others = TOKENS[style]

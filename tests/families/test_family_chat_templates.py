@@ -24,7 +24,7 @@ user = lambda t: {"role": "user", "content": t}  # noqa: E731
 bot = lambda t: {"role": "assistant", "content": t}  # noqa: E731
 system = lambda t: {"role": "system", "content": t}  # noqa: E731
 TEXT_PAIRS = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
-              {"prompt": "The cat sat on the ", "chosen": "mat", "rejected": "park ."}]
+              {"prompt": "The cat sat on the", "chosen": " mat", "rejected": " park ."}]
 CHAT_PAIRS = [
     {"prompt": [user("Sky?")], "chosen": [bot("Blue.")], "rejected": [bot("Green.")]},
     {"prompt": [system("Be brief."), user("Sky?")], "chosen": [bot("Blue.")], "rejected": [bot("Green.")]},
@@ -85,3 +85,18 @@ def test_token_ids_equal_trls_trainers_for_each_familys_template(style):
         item, _ = tokenize_sft_row(0, row, tok, types.SimpleNamespace(completion_only_loss=True, max_length=None),
                                    TokenizeReport())
         assert item.prompt_ids + item.completion_ids == _trl("sft", [row], tok)[0]["input_ids"], (style, row)
+
+
+@pytest.mark.slow
+def test_a_token_across_the_boundary_is_said_with_how_it_differs_from_trl():
+    """'The cat sat on the ' + 'mat': the byte-level tokenizer merges ' mat'. TRL cuts the prompt before the space
+    and scores ' mat'; preflab keeps the prompt's ids (as the model sees the prompt at inference) and says so."""
+    tok = family_tokenizer("chatml")
+    row = {"prompt": "The cat sat on the ", "chosen": "mat", "rejected": "park"}
+    examples, _ = load_rows(datasets.Dataset.from_list([row]), kind="pairwise")
+    (pair,), report = tokenize_pairs(examples, tok, max_length=None)
+    (theirs,) = _trl("dpo", [row], tok)
+    assert tok.decode(pair.prompt_ids) == "The cat sat on the " and tok.decode(theirs["prompt_ids"]) == "The cat sat on the"
+    assert pair.prompt_ids + pair.chosen_ids != theirs["prompt_ids"] + theirs["chosen_ids"]  # ' ' + 'mat' vs ' mat'
+    assert report.boundary_merged == 1
+    assert "TRL 1.16 instead moves the prompt's last tokens into the response" in report.summary()
