@@ -15,7 +15,7 @@ from preflab.data.tokenize import tokenize_pairs, tokenize_unpaired
 from preflab.loops.sft import tokenize_sft_row
 
 sys.path.insert(0, str(Path(__file__).parent))
-from families import TOKENS, family_tokenizer  # noqa: E402
+from families import TOKENS, chat_template, family_tokenizer  # noqa: E402
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -100,3 +100,17 @@ def test_a_token_across_the_boundary_is_said_with_how_it_differs_from_trl():
     assert pair.prompt_ids + pair.chosen_ids != theirs["prompt_ids"] + theirs["chosen_ids"]  # ' ' + 'mat' vs ' mat'
     assert report.boundary_merged == 1
     assert "TRL 1.16 instead moves the prompt's last tokens into the response" in report.summary()
+
+
+def test_a_template_whose_prompt_is_not_a_prefix_names_where_they_part():
+    """DeepSeek-R1-Distill's generation prompt opens '<think>\\n', which the rendered conversation drops: a bad row
+    (TRL 1.16 cuts at the common prefix with a warning) whose message shows both texts from where they part."""
+    from preflab.errors import DataError
+
+    tok = family_tokenizer("chatml")
+    tok.chat_template = chat_template("deepseek_r1_distill")
+    row = {"prompt": [user("Sky?")], "chosen": [bot("Blue.")], "rejected": [bot("Green.")]}
+    examples, _ = load_rows(datasets.Dataset.from_list([row]), kind="pairwise")
+    with pytest.raises(DataError, match=r"field 'chosen'.*the prompt alone has '<think>\\n', prompt \+ response has "
+                                        r"'Blue\..*TRL 1\.16 would cut"):
+        tokenize_pairs(examples, tok, max_length=None)

@@ -195,9 +195,16 @@ def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], ex
         full = _render(tokenizer, prompt + response, extras, name, generation=False)
         _check_tool_calls_rendered(tokenizer, prompt, response, extras, name, full)
         if not full.startswith(prompt_text):
+            at = next((i for i, (x, y) in enumerate(zip(prompt_text, full)) if x != y), min(len(prompt_text),
+                                                                                              len(full)))
             raise RowProblem("template_prefix_mismatch", name, "the chat template renders the prompt (with "
-                             "add_generation_prompt=True) as text that is not a prefix of prompt + response",
-                             "Use a chat template that renders earlier turns the same way whatever follows.")
+                             "add_generation_prompt=True) as text that is not a prefix of prompt + response: from "
+                             f"character {at} the prompt alone has {prompt_text[at:at + 40]!r}, prompt + response "
+                             f"has {full[at:at + 40]!r} (TRL 1.16 would cut both at their common token prefix and "
+                             "train the response on a context the model does not see at inference)",
+                             "Use a chat template that renders earlier turns the same way whatever follows (for a "
+                             "reasoning template that opens <think> in the generation prompt, start each response "
+                             "with the same text, or pick its no-thinking variant).")
         texts.append(full[len(prompt_text):])
     return prompt_text, texts, True
 
