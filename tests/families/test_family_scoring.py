@@ -83,3 +83,18 @@ def test_a_sliding_window_that_cannot_bind_keeps_the_custom_mask():
         with torch.no_grad():
             torch.testing.assert_close((lambda s: (s.token_logps * s.mask).sum(-1))(LogProbScorer(model)(
                 prefix_shared(PAIRS, pad_id=0))), own_forward_sums(model), atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["starcoder2", "phimoe", "ministral3", "doge"])
+def test_other_sliding_window_types_without_layer_types_refuse_the_custom_mask(model_type):
+    """The same gap in other transformers model types that apply `sliding_window` in every layer (built as in
+    tests/scoring/test_heads.py), with a window of 12: longer than the probe pair, shorter than the rows."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scoring"))
+    from test_heads import tiny
+
+    model = tiny(model_type, sliding_window=WINDOW)
+    ok, why = supports_custom_mask(model)
+    assert not ok and f"sliding_window={WINDOW}" in why
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert effective_layout("prefix_packed", model) == "padded"
