@@ -114,3 +114,17 @@ def test_a_template_whose_prompt_is_not_a_prefix_names_where_they_part():
     with pytest.raises(DataError, match=r"field 'chosen'.*the prompt alone has '<think>\\n', prompt \+ response has "
                                         r"'Blue\..*TRL 1\.16 would cut"):
         tokenize_pairs(examples, tok, max_length=None)
+
+
+@pytest.mark.parametrize("style", ["chatml", "endoftext", "llama3"])
+def test_hand_built_text_prompts_start_like_the_text_rows(style):
+    """Recipes that encode prompts by hand (DSTC, iTool, OTC, PRO, RPS, the ladder) start them as the text rows do:
+    bos only where the tokenizer adds it. Before, a Qwen tokenizer (no bos) gave [None, ...], and a GPT-2-style one
+    an <|endoftext|> its trained rows no longer have."""
+    from preflab.data.examples import PromptExample
+    from preflab.data.tokenize import tokenize_prompts
+    from preflab.tool_use.dstc import prompt_ids
+
+    tok = family_tokenizer(style)
+    (row,), _ = tokenize_prompts([PromptExample(0, "def add(a, b):", {})], tok)
+    assert prompt_ids(tok, ["def add(a, b):"]) == [row.prompt_ids] == [tok("def add(a, b):")["input_ids"]]

@@ -96,6 +96,13 @@ def text_bos(tokenizer) -> int | None:
     return bos if with_specials[:1] == [bos] and encode(tokenizer, "a")[:1] != [bos] else None
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """[bos] where the tokenizer puts bos before text (`text_bos`), else []: the start of a text prompt built by hand
+    (recipes that encode with add_special_tokens=False), so it matches the text rows' prompt_ids."""
+    bos = text_bos(tokenizer)
+    return [] if bos is None else [bos]
+
+
 def special_token_pattern(tokenizer) -> re.Pattern | None:
     """A regex matching any of the tokenizer's special tokens written as text, or None when it has none."""
     texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", None) or []}
