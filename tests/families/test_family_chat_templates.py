@@ -96,7 +96,8 @@ def test_a_token_across_the_boundary_is_said_with_how_it_differs_from_trl():
     examples, _ = load_rows(datasets.Dataset.from_list([row]), kind="pairwise")
     (pair,), report = tokenize_pairs(examples, tok, max_length=None)
     (theirs,) = _trl("dpo", [row], tok)
-    assert tok.decode(pair.prompt_ids) == "The cat sat on the " and tok.decode(theirs["prompt_ids"]) == "The cat sat on the"
+    assert tok.decode(pair.prompt_ids) == "The cat sat on the "
+    assert tok.decode(theirs["prompt_ids"]) == "The cat sat on the"
     assert pair.prompt_ids + pair.chosen_ids != theirs["prompt_ids"] + theirs["chosen_ids"]  # ' ' + 'mat' vs ' mat'
     assert report.boundary_merged == 1
     assert "TRL 1.16 instead moves the prompt's last tokens into the response" in report.summary()

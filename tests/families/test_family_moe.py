@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from preflab.config import config_from_dict
-from preflab.data.layout import pair_sequences, padded
+from preflab.data.layout import padded, pair_sequences
 from preflab.models.load import load_models, moe_aux_loss_note
 from preflab.objectives import get_objective
 from preflab.scoring.lm import LogProbScorer, split_pairs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from families import tiny_family_model, save_family  # noqa: E402
+from families import save_family, tiny_family_model  # noqa: E402
 from test_family_scoring import PAIRS, own_forward_sums  # noqa: E402
 
 

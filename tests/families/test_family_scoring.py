@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers as tf
 
-from preflab.data.layout import pair_sequences, padded
+from preflab.data.layout import padded, pair_sequences
 from preflab.data.packing import packed_pairs
 from preflab.data.prefix import prefix_shared
 from preflab.models.attention import effective_layout, supports_custom_mask

@@ -4,9 +4,10 @@
 
 Text rows: prompt_ids = [bos] (when the tokenizer itself puts bos before text: `tokenizer(text)` starts with it, as
 for Llama, Mistral and Gemma; not for GPT-2, GPT-NeoX, OLMo, Phi-3 or Qwen, see `text_bos`) + ids of the prompt;
-response ids = ids of the response + [eos]. This is TRL's `tokenizer(prompt)` / `tokenizer(prompt + response + eos)`. Conversational rows: the prompt text is the chat template of the prompt messages with
-add_generation_prompt=True, the response text is what the template of prompt + response adds after it (the
-templated prompt must be a text prefix, else the row is bad); the template's own special tokens (bos,
+response ids = ids of the response + [eos]. This is TRL's `tokenizer(prompt)` / `tokenizer(prompt + response + eos)`.
+Conversational rows: the prompt text is the chat template of the prompt messages with add_generation_prompt=True,
+the response text is what the template of prompt + response adds after it (the templated prompt must be a text
+prefix, else the row is bad); the template's own special tokens (bos,
 end-of-turn) are kept as they are and nothing is added, as in TRL. The boundary itself is computed by
 `boundary.split_exact` (joint tokenization when it is prefix-preserving, else the prompt's own ids followed by
 separately tokenized response ids; see that module for the choice versus TRL's common-prefix cut).
