@@ -24,7 +24,8 @@ from preflab.data.tokenize import (TokenizedPair, TokenizedPrompt, TokenizedUnpa
                                    tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired)
 from preflab.errors import ConfigError
 
-CACHE_FORMAT = 2  # 2: rows with special tokens as text or unrendered tool calls are refused
+CACHE_FORMAT = 3  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
+# bos only where the tokenizer adds one (data.tokenize.text_bos)
 _KINDS = {PairExample: ("pairs", tokenize_pairs), UnpairedExample: ("unpaired", tokenize_unpaired),
           PromptExample: ("prompts", tokenize_prompts)}  # each function's keyword defaults apply
 

@@ -178,8 +178,13 @@ class TokenizeReport(RowReport):
         """One line with the kept/skipped counts, truncations and boundary fallbacks."""
         parts = [f"{self.source or '<examples>'}: tokenized {self.total}, {self.kept} kept, {self._skip_text()}",
                  f"prompt truncated {self.prompt_truncated}", f"response truncated {self.response_truncated}"]
-        if self.boundary_merged or self.boundary_shifted:
-            parts.append(f"boundary merged {self.boundary_merged}, shifted {self.boundary_shifted}")
+        if self.boundary_merged:  # data.boundary: where and why this differs from TRL
+            parts.append(f"boundary merged {self.boundary_merged} (a token spans the prompt/response boundary: the "
+                         "prompt keeps its own ids and the response is tokenized on its own; TRL 1.16 instead moves "
+                         "the prompt's last tokens into the response)")
+        if self.boundary_shifted:
+            parts.append(f"boundary shifted {self.boundary_shifted} (the prompt's last tokens are scored as part of "
+                         "the response, as TRL 1.16 does)")
         if self.eos_already_present:
             parts.append(f"eos already present {self.eos_already_present}")
         return "; ".join(parts) + (" (from cache)" if self.from_cache else "")

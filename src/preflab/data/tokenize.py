@@ -2,10 +2,12 @@
 
     pairs, report = tokenize_pairs(examples, tokenizer, max_length=1024, on_bad_row="skip", source="train.jsonl")
 
-Text rows: prompt_ids = [bos] (when the tokenizer has one) + ids of the prompt; response ids = ids of the
-response + [eos]. Conversational rows: the prompt text is the chat template of the prompt messages with
-add_generation_prompt=True, the response text is what the template of prompt + response adds after it (the
-templated prompt must be a text prefix, else the row is bad); the template's own special tokens (bos,
+Text rows: prompt_ids = [bos] (when the tokenizer itself puts bos before text: `tokenizer(text)` starts with it, as
+for Llama, Mistral and Gemma; not for GPT-2, GPT-NeoX, OLMo, Phi-3 or Qwen, see `text_bos`) + ids of the prompt;
+response ids = ids of the response + [eos]. This is TRL's `tokenizer(prompt)` / `tokenizer(prompt + response + eos)`.
+Conversational rows: the prompt text is the chat template of the prompt messages with add_generation_prompt=True,
+the response text is what the template of prompt + response adds after it (the templated prompt must be a text
+prefix, else the row is bad); the template's own special tokens (bos,
 end-of-turn) are kept as they are and nothing is added, as in TRL. The boundary itself is computed by
 `boundary.split_exact` (joint tokenization when it is prefix-preserving, else the prompt's own ids followed by
 separately tokenized response ids; see that module for the choice versus TRL's common-prefix cut).
@@ -77,6 +79,29 @@ class _Settings:
     max_completion_length: int | None = None
     specials: re.Pattern | None = None  # the tokenizer's special tokens as text (see `special_token_pattern`)
     eos_text: str | None = None
+    bos: int | None = None  # the bos id text prompts start with (`text_bos`), None: none
+
+
+def text_bos(tokenizer) -> int | None:
+    """The bos id that `tokenizer(text)` puts before text (its post-processor / add_bos_token), or None when it adds
+    none. Text rows start with it, as TRL's `tokenizer(prompt)` and a plain transformers `tokenizer(prompt)` at
+    inference do. A tokenizer that has a bos token but does not add it (GPT-2, GPT-NeoX and OLMo's <|endoftext|>,
+    Phi-3's <s>, SmolLM2's <|im_start|>) gets none: prepending it would train on a sequence the model never sees."""
+    bos = _special_id(tokenizer, "bos")
+    if bos is None:
+        return None
+    try:
+        with_specials = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    except (TypeError, ValueError):
+        return bos
+    return bos if with_specials[:1] == [bos] and encode(tokenizer, "a")[:1] != [bos] else None
+
+
+def bos_ids(tokenizer) -> list[int]:
+    """[bos] where the tokenizer puts bos before text (`text_bos`), else []: the start of a text prompt built by hand
+    (recipes that encode with add_special_tokens=False), so it matches the text rows' prompt_ids."""
+    bos = text_bos(tokenizer)
+    return [] if bos is None else [bos]
 
 
 def special_token_pattern(tokenizer) -> re.Pattern | None:
@@ -178,17 +203,26 @@ def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], ex
         full = _render(tokenizer, prompt + response, extras, name, generation=False)
         _check_tool_calls_rendered(tokenizer, prompt, response, extras, name, full)
         if not full.startswith(prompt_text):
+            at = next((i for i, (x, y) in enumerate(zip(prompt_text, full)) if x != y), min(len(prompt_text),
+                                                                                              len(full)))
             raise RowProblem("template_prefix_mismatch", name, "the chat template renders the prompt (with "
-                             "add_generation_prompt=True) as text that is not a prefix of prompt + response",
-                             "Use a chat template that renders earlier turns the same way whatever follows.")
+                             "add_generation_prompt=True) as text that is not a prefix of prompt + response: from "
+                             f"character {at} the prompt alone has {prompt_text[at:at + 40]!r}, prompt + response "
+                             f"has {full[at:at + 40]!r} (TRL 1.16 would cut both at their common token prefix and "
+                             "train the response on a context the model does not see at inference)",
+                             "Use a chat template that renders earlier turns the same way whatever follows (for a "
+                             "reasoning template that opens <think> in the generation prompt, start each response "
+                             "with the same text, or pick its no-thinking variant).")
         texts.append(full[len(prompt_text):])
     return prompt_text, texts, True
 
 
-def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, report: TokenizeReport):
-    """Add bos (text rows) and eos (text responses); check that no eos sits inside a text response."""
+def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, report: TokenizeReport,
+                bos: int | None = None):
+    """Add bos (text rows, when the tokenizer adds one: `text_bos`) and eos (text responses); check that no eos sits
+    inside a text response."""
     prompt_ids = list(split.prompt_ids)
-    bos, eos = _special_id(tokenizer, "bos"), _special_id(tokenizer, "eos")
+    eos = _special_id(tokenizer, "eos")
     if not is_chat and bos is not None and prompt_ids[:1] != [bos]:
         prompt_ids.insert(0, bos)
     responses = []
@@ -251,7 +285,7 @@ def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[s
         _check_no_special(settings, response, name, response=True)
     prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras)
     split = split_exact(tokenizer, prompt_text, texts, fields)
-    prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report)
+    prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
     prompt_ids, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields)
     report.prompt_tokens += len(prompt_ids)
     report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt_ids))
@@ -283,8 +317,8 @@ def _make_prompt(ex: PromptExample, tokenizer, settings: _Settings, report: Toke
         ids = encode(tokenizer, _render(tokenizer, ex.prompt, ex.extras, "prompt", generation=True))
     else:
         ids = encode(tokenizer, ex.prompt)
-        if bos is not None and ids[:1] != [bos]:
-            ids.insert(0, bos)
+        if settings.bos is not None and ids[:1] != [settings.bos]:
+            ids.insert(0, settings.bos)
     if not ids:
         raise RowProblem("empty_prompt_tokens", "prompt", "the prompt has no tokens", "Fix the prompt.")
     ids, _ = _truncate(ids, [], settings, bos, report, [])
@@ -333,6 +367,7 @@ class ExampleTokenizer:
         self.settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
         self.settings.specials = special_token_pattern(tokenizer)
         self.settings.eos_text = getattr(tokenizer, "eos_token", None)
+        self.settings.bos = text_bos(tokenizer)
         if _special_id(tokenizer, "eos") is None:
             raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
         self.make, self.tokenizer = MAKERS[kind], tokenizer

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from preflab.config import config_from_dict
+from preflab.data.tokenize import bos_ids
 from preflab.generate import generate_text
 from preflab.ladder.builders import dpo_rows, raft_rows
 from preflab.ladder.program import LadderError, isomorphic, parse_program
@@ -38,7 +39,7 @@ DPO = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], beta=0.5, lear
 
 def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> tuple[float, float, list]:
     """(share of programs isomorphic to the gold, share that parse, examples) under greedy decoding."""
-    ids = [[tokenizer.bos_token_id] + tokenizer(r["prompt"], add_special_tokens=False).input_ids for r in rows]
+    ids = [bos_ids(tokenizer) + tokenizer(r["prompt"], add_special_tokens=False).input_ids for r in rows]
     outs = generate_text(model, tokenizer, ids, max_new_tokens=max_new_tokens)
     correct = valid = 0
     examples = []

@@ -108,9 +108,12 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _whole_sequence(tokenizer, ids: list[int], add_bos_eos: bool) -> tuple[list[int], list[int]]:
-    """(first token, the rest): every token after the first is predicted and carries loss."""
+    """(first token, the rest): every token after the first is predicted and carries loss. add_bos_eos: bos where
+    the tokenizer adds one to text (data.tokenize.text_bos, as TRL's `tokenizer(text)`), eos at the end."""
     if add_bos_eos:
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        from preflab.data.tokenize import text_bos
+
+        bos, eos = text_bos(tokenizer), tokenizer.eos_token_id
         if bos is not None and ids[:1] != [bos]:
             ids = [bos] + ids
         if ids[-1:] != [eos]:
@@ -123,7 +126,7 @@ def _whole_sequence(tokenizer, ids: list[int], add_bos_eos: bool) -> tuple[list[
 
 def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeReport) -> tuple[TokenizedSFT, str]:
     """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row."""
-    from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern
+    from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern, text_bos
     from preflab.data.validate import check_messages, check_same_form, check_text, check_text_or_messages
 
     form = _row_form(row)
@@ -139,6 +142,7 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
         check_same_form({"prompt": p, "completion": c})
         settings = _check_settings(None, None, "keep_end")
         settings.specials, settings.eos_text = special_token_pattern(tokenizer), tokenizer.eos_token
+        settings.bos = text_bos(tokenizer)
         prompt, (completion,) = _tokenize_one(tokenizer, p, [c], ["completion"], {}, settings, report)
         if not cfg.completion_only_loss:
             prompt, completion = prompt[:1], prompt[1:] + completion

@@ -44,7 +44,29 @@ def supports_custom_mask(model) -> tuple[bool, str]:
         return False, f"{text.model_type} has {other} layers, which would receive the full-attention mask"
     if getattr(text, "use_sliding_window", False) and getattr(text, "sliding_window", None):
         return False, f"{text.model_type} uses sliding-window attention"
+    window = binding_sliding_window(text) if not layer_types else None
+    if window is not None:
+        return False, (f"{text.model_type} applies sliding-window attention (sliding_window={window}) in every layer, "
+                       "which a custom 4-D mask replaces")
     return _probe_custom_mask(unwrap(model))
+
+
+def binding_sliding_window(text_config) -> int | None:
+    """The sliding window of a config that declares no per-layer types but applies `sliding_window` in every layer
+    whenever it is set (transformers 5.x: Mistral, Mixtral, Phi-3, Starcoder2, ...), or None when there is none or
+    it can never bind (0, or not below max_position_embeddings; use_sliding_window=False turns it off). Such a model
+    gives a custom 4-D mask precedence over its window, so rows longer than the window would be scored with full
+    attention: 0.05 nats/token off on a tiny Mistral with a window of 12 and 30-token rows. The probe pair
+    (_probe_custom_mask) is shorter than any real window and cannot see it."""
+    window = getattr(text_config, "sliding_window", None)
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        return None
+    if getattr(text_config, "use_sliding_window", True) is False:
+        return None
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and window >= positions:
+        return None
+    return window
 
 
 @torch.no_grad()

@@ -308,6 +308,25 @@ def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
                           "a reference with the policy's tokenizer.")
 
 
+def moe_aux_loss_note(model) -> str | None:
+    """What preflab does differently from TRL 1.16 with a mixture-of-experts policy, or None for a dense one.
+
+    TRL's DPO, KTO, SFT and GRPO trainers add `router_aux_loss_coef * aux_loss` (the router's load-balancing loss,
+    Fedus et al. 2022, arXiv:2101.03961, Eq. 4; coefficient from the model config unless set) to the training loss of
+    any model whose config declares `output_router_logits`. preflab scores through the decoder without the LM
+    forward that computes it, so its loss is the objective's alone: never a silent share of both."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is None or not hasattr(text, "output_router_logits"):
+        return None
+    coef = getattr(text, "router_aux_loss_coef", 0.0) or 0.0
+    if not coef:
+        return None
+    return (f"{text.model_type} is a mixture-of-experts model; TRL 1.16 adds router_aux_loss_coef={coef:g} (from its "
+            "config) x the router load-balancing loss to the training loss, preflab does not: the loss here is the "
+            "objective's alone and the routers get no load-balancing gradient.")
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
     from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
@@ -321,6 +340,12 @@ def load_models(cfg, tokenizer):
                             seed=cfg.seed, init_kwargs=cfg.model_kwargs(), quantization=quantization)
     if cfg.disable_dropout:
         disable_dropout(policy)
+    note = moe_aux_loss_note(policy)
+    if note:
+        from preflab.runlog import is_main_process
+
+        if is_main_process():
+            print(f"preflab: note: {note}")
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False

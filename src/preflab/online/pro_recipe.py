@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError
 from preflab.reward_models.pro_orchestrator import (fit_orchestrator, load_orchestrator, prompt_text,
                                                     read_adapter_rows, save_orchestrator)
@@ -95,7 +96,7 @@ def true_reward_by_type(model, tokenizer, prompts: list[str], max_new_tokens: in
     """Greedy answers on `prompts`: mean true reward overall and per prompt type, and a few examples."""
     from preflab.generate import generate_text
 
-    ids = [[tokenizer.bos_token_id] + tokenizer(p + "\n", add_special_tokens=False).input_ids for p in prompts]
+    ids = [bos_ids(tokenizer) + tokenizer(p + "\n", add_special_tokens=False).input_ids for p in prompts]
     answers = generate_text(model, tokenizer, ids, max_new_tokens=max_new_tokens)
     scores = [toy_true_reward(p, a.strip()) for p, a in zip(prompts, answers)]
     by_type = {t: sum(s for p, s in zip(prompts, scores) if p.startswith(t))

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError, PreflabError
 from preflab.reward_models.directional import (
     GRID_RANGE,
@@ -122,7 +123,7 @@ def _demo_sampler(model, tokenizer, seed: int, max_new_tokens: int, temperature:
         state["call"] = 0
 
     def sample(text: str) -> str:
-        ids = [tokenizer.bos_token_id] + tokenizer(text + "\n", add_special_tokens=False).input_ids
+        ids = bos_ids(tokenizer) + tokenizer(text + "\n", add_special_tokens=False).input_ids
         state["call"] += 1
         out = gen.generate([ids], 1, seed * 100003 + state["call"])[0]
         return tokenizer.decode(out, skip_special_tokens=True)

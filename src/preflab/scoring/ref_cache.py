@@ -27,7 +27,8 @@ from torch import Tensor
 
 from preflab.scoring.lm import Scores
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: sliding-window models (Mistral, Phi-3, ...) are no longer scored with a custom 4-D mask,
+# so reference log-probs cached before may be wrong for them (models.attention.binding_sliding_window)
 
 
 def default_cache_dir() -> Path:

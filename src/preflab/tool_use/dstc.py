@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from preflab.config import config_from_dict
+from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.recipe_state import RecipeState, load_safetensors_into
@@ -58,7 +59,7 @@ def first_line(text: str) -> str:
 
 def prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     """BOS + prompt tokens, as the Trainer tokenizes a text prompt."""
-    return [[tokenizer.bos_token_id] + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    return [bos_ids(tokenizer) + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
 
 
 def sample_candidates(model, tokenizer, tasks: list[CodeTask], n_codes: int, n_tests: int, *, temperature: float,

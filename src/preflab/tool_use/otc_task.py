@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 
+from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError
 from preflab.online.tool_rollout import CALCULATOR_SYNTAX, ToolRolloutGenerator
 from preflab.verifiers.otc import exact_match
@@ -85,7 +86,7 @@ def prompt_rows(questions: list[dict]) -> list[dict]:
 def evaluate_tool_use(model, tokenizer, generator: ToolRolloutGenerator, questions: list[dict],
                       examples: int = 6) -> dict:
     """Greedy tool rollouts on `questions`: accuracy, mean executed calls, tool productivity, per kind of question."""
-    prompts = [[tokenizer.bos_token_id] + tokenizer(prompt_of(q), add_special_tokens=False).input_ids
+    prompts = [bos_ids(tokenizer) + tokenizer(prompt_of(q), add_special_tokens=False).input_ids
                for q in questions]
     ids = generator.generate(prompts, 1, seed=0, do_sample=False)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in ids]
