@@ -147,6 +147,9 @@ class Trainer(TrainingRun):
         if self.stream is not None:
             self.streamed.restore(saved, step)
 
+    def training_examples(self) -> list | None:
+        return None if self.stream is not None else self.train_data
+
     def _build_optimizer(self):
         cfg = self.cfg
         self.scorer = self.scorer_class(self.policy, cfg.chunk_tokens)

@@ -558,6 +558,9 @@ class OnlineRun(TrainingRun):
             metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
         return metrics
 
+    def training_examples(self) -> list | None:
+        return self.rows  # the prompts the rounds draw from (token ids)
+
     def summary_extras(self) -> dict:
         extras = {"train_examples_seen": self.examples_trained,  # a round's size, not plan.global_batch, sets it
                   "trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
