@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from preflab.checkpoint import _file_records, _fsync_dir, _fsync_file, check_files
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
 from preflab.loops.judge import Judge
@@ -603,6 +604,8 @@ class OnlineRun(TrainingRun):
         checkpoints are collective); online states without a checkpoint are pruned."""
         if self.main:
             self._write_online_state(step)
+            # sealed by the checkpoint: its trainer_state.json (itself in the COMPLETE marker) records each file
+            state = {**state, "online_state": _file_records(self._state_dir(step))}
         path = super()._save(step, state)
         if self.main:
             kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
@@ -625,8 +628,29 @@ class OnlineRun(TrainingRun):
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous().cpu() for k, v in self.ref.state_dict().items()}, str(tmp / "reference.safetensors"))
+        for file in tmp.iterdir():  # on disk before the checkpoint that records their sha256
+            _fsync_file(file)
+        _fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+
+    def _verify_for_resume(self, path: Path) -> None:
+        """The driver's check of the checkpoint's files, then of its online state (online-state/step-N beside it)
+        against the sizes and sha256 its trainer_state.json records: PreflabError naming a missing or changed file
+        (`resume_from_checkpoint: true` then falls back to the previous checkpoint)."""
+        super()._verify_for_resume(path)
+        try:
+            saved = json.loads((Path(path) / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return  # the resume itself reports it
+        records = saved.get("online_state") if isinstance(saved, dict) else None
+        if not isinstance(records, dict):
+            return  # written before online states were sealed: _maybe_resume checks what it needs
+        folder = Path(path).parent / "online-state" / f"step-{saved.get('global_step')}"
+        problems = check_files(folder, sorted(records), records)
+        if problems:
+            raise PreflabError(next(iter(problems.values())).replace(
+                f"checkpoint {folder} is damaged", f"the online state of checkpoint {path} is damaged"))
 
     def _maybe_resume(self) -> int:
         step = super()._maybe_resume()

@@ -1,0 +1,41 @@
+"""The online state beside a checkpoint (online-state/step-N: the round being trained, the judge cache, counters)
+is sealed by the checkpoint: a damaged or missing file is never loaded. `resume_from_checkpoint: true` falls back to
+the previous checkpoint with a warning naming the file; a checkpoint given by path stops with an error naming it."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from preflab.errors import PreflabError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_online_run import tiny_cfg, tiny_run  # noqa: E402
+
+
+def test_damaged_online_state_falls_back_to_the_previous_checkpoint_or_names_the_file(tmp_path, capsys):
+    """The old code loaded an edited judge.json (its counters, its cached judgments) without a word, and a truncated
+    round.json ended in a JSONDecodeError traceback."""
+    straight = tiny_run(tiny_cfg(tmp_path / "full"))
+    straight.train()
+    out = tmp_path / "cut"
+    tiny_run(tiny_cfg(out, save_steps=2)).train()
+    judge = out / "online-state" / "step-6" / "judge.json"
+    state = json.loads(judge.read_text())
+    state["counts"]["rounds"] += 5  # an edit that still parses
+    judge.write_text(json.dumps(state))
+    round_file = out / "online-state" / "step-4" / "round.json"
+    round_file.write_text(round_file.read_text()[:-20])  # truncated
+    with pytest.raises(PreflabError, match=f"{judge}.*changed after the save"):
+        tiny_run(tiny_cfg(out, save_steps=2, resume_from_checkpoint=str(out / "checkpoint-6"))).train()
+    capsys.readouterr()
+    resumed = tiny_run(tiny_cfg(out, save_steps=2, resume_from_checkpoint=True))
+    summary = resumed.train()
+    said = capsys.readouterr().out
+    assert str(judge) in said and str(round_file) in said and "Falling back" in said
+    assert summary["resumed_from_step"] == 2
+    a, b = straight.policy.state_dict(), resumed.policy.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    (out / "online-state" / "step-2" / "judge.json").unlink()
+    with pytest.raises(PreflabError, match=r"step-2/judge\.json is missing"):
+        tiny_run(tiny_cfg(out, save_steps=2, resume_from_checkpoint=str(out / "checkpoint-2"))).train()
