@@ -29,11 +29,14 @@ def test_damaged_online_state_falls_back_to_the_previous_checkpoint_or_names_the
     with pytest.raises(PreflabError, match=f"{judge}.*changed after the save"):
         tiny_run(tiny_cfg(out, save_steps=2, resume_from_checkpoint=str(out / "checkpoint-6"))).train()
     capsys.readouterr()
+    stale = out / "online-state" / ".tmp-step-8-12345"  # a save killed while writing the online state
+    stale.mkdir()
+    (stale / "round.json").write_text("{")
     resumed = tiny_run(tiny_cfg(out, save_steps=2, resume_from_checkpoint=True))
     summary = resumed.train()
     said = capsys.readouterr().out
     assert str(judge) in said and str(round_file) in said and "Falling back" in said
-    assert summary["resumed_from_step"] == 2
+    assert summary["resumed_from_step"] == 2 and not stale.exists()
     a, b = straight.policy.state_dict(), resumed.policy.state_dict()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     (out / "online-state" / "step-2" / "judge.json").unlink()

@@ -601,7 +601,8 @@ class OnlineRun(TrainingRun):
 
     def _save(self, step: int, state: dict) -> Path | None:
         """The online state (main process), then the driver's checkpoint (every rank takes part: sharded
-        checkpoints are collective); online states without a checkpoint are pruned."""
+        checkpoints are collective); online states without a checkpoint, and those a killed save left half
+        written, are pruned."""
         if self.main:
             self._write_online_state(step)
             # sealed by the checkpoint: its trainer_state.json (itself in the COMPLETE marker) records each file
@@ -612,6 +613,8 @@ class OnlineRun(TrainingRun):
             for old in (self.out / "online-state").glob("step-*"):
                 if old.name.split("-", 1)[1] not in kept:
                     shutil.rmtree(old, ignore_errors=True)
+            for stale in (self.out / "online-state").glob(".tmp-step-*"):  # left by a save killed while writing
+                shutil.rmtree(stale, ignore_errors=True)
         return path
 
     def _write_online_state(self, step: int) -> None:
