@@ -42,3 +42,27 @@ def test_damaged_online_state_falls_back_to_the_previous_checkpoint_or_names_the
     (out / "online-state" / "step-2" / "judge.json").unlink()
     with pytest.raises(PreflabError, match=r"step-2/judge\.json is missing"):
         tiny_run(tiny_cfg(out, save_steps=2, resume_from_checkpoint=str(out / "checkpoint-2"))).train()
+
+
+def test_a_full_disk_while_writing_the_online_state_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+    """The old code let the OSError out as a traceback and left a half-written online-state folder."""
+    import errno
+
+    import preflab.online.run as online_run
+
+    real = online_run._fsync_file
+    calls = {"n": 0}
+
+    def full_disk_on_the_second_save(path):
+        if "step-4" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls["n"] += 1
+        return real(path)
+
+    monkeypatch.setattr(online_run, "_fsync_file", full_disk_on_the_second_save)
+    out = tmp_path / "run"
+    with pytest.raises(PreflabError, match=r"online state .*step-4 of checkpoint-4: No space left on device\. "
+                                           r"Earlier checkpoints are kept"):
+        tiny_run(tiny_cfg(out, save_steps=2)).train()
+    assert calls["n"] > 0 and (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
+    assert sorted(p.name for p in (out / "online-state").iterdir()) == ["step-2"]

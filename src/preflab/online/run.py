@@ -620,6 +620,15 @@ class OnlineRun(TrainingRun):
     def _write_online_state(self, step: int) -> None:
         final = self._state_dir(step)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        try:
+            self._write_online_state_to(tmp, final)
+        except OSError as err:  # a full disk, a read-only folder: as a failed checkpoint save says it
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PreflabError(
+                f"could not write the online state {final} of checkpoint-{step}: {err.strerror or err}. Earlier "
+                "checkpoints are kept; free disk space or fix the permissions of output_dir, then resume.") from err
+
+    def _write_online_state_to(self, tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "round.json").write_text(json.dumps(self.pending.to_json() if self.pending else None))
