@@ -1,0 +1,150 @@
+"""Items of the reliability checklist (/work/shared/RELIABILITY.md §5) that no other test covered: resume inside and
+at the end of a later epoch (A3), resume tests with teeth for the optimizer and scheduler state (A2), same seed
+same run and another seed another run (G1, G2), no unpickling or eval in the library (F1), every shipped example
+config loads (L2)."""
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import preflab
+from preflab.config import load_config, preflight
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "loops"))
+from tiny_run import run  # noqa: E402
+
+
+def _weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def _max_diff(a, b):
+    assert a is not b
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_resume_inside_and_at_the_end_of_a_later_epoch_equals_the_straight_run(tmp_path):
+    """8 pairs, batch 4: 2 steps per epoch, so step 3 is inside epoch 1 and step 4 ends it (transformers PR #40691:
+    a resume in epoch >= 1 replayed epoch 0's order)."""
+    kw = dict(n_pairs=8, max_steps=7, save_steps=1, lr_scheduler_type="linear")
+    run(tmp_path, **kw)
+    straight = _weights(tmp_path)
+    for step in (3, 4):
+        summary, _ = run(tmp_path, resume_from_checkpoint=str(tmp_path / f"checkpoint-{step}"), **kw)
+        assert summary["resumed_from_step"] == step
+        assert _max_diff(straight, _weights(tmp_path)) == 0.0
+
+
+@pytest.mark.parametrize("left_out", ["optimizer", "scheduler"])
+def test_resume_is_exact_only_with_the_optimizer_and_scheduler_state(tmp_path, monkeypatch, left_out):
+    """The mutation half of A2 (the RNG half: test_resume_restores_the_rng_that_dropout_draws_from): a resume that
+    does not restore the optimizer's moments or the scheduler's position ends elsewhere, so the exact-resume tests
+    would catch a checkpoint that lost either (PolymathicAI/the_well#77)."""
+    kw = dict(max_steps=6, save_steps=3, lr_scheduler_type="linear", learning_rate=1e-2)
+    run(tmp_path, **kw)
+    straight = _weights(tmp_path)
+    run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), **kw)
+    assert _max_diff(straight, _weights(tmp_path)) == 0.0
+    target = torch.optim.Optimizer if left_out == "optimizer" else torch.optim.lr_scheduler.LambdaLR
+    monkeypatch.setattr(target, "load_state_dict", lambda self, state: None)
+    run(tmp_path, resume_from_checkpoint=str(tmp_path / "checkpoint-3"), **kw)
+    assert _max_diff(straight, _weights(tmp_path)) > 1e-5
+
+
+def test_same_seed_gives_the_same_run_bit_for_bit_and_another_seed_another_run(tmp_path):
+    """G1 + G2: the data order is a function of the seed (the tiny policy's init is fixed by tiny_run)."""
+    first, _ = run(tmp_path / "a", max_steps=4, seed=0)
+    again, _ = run(tmp_path / "b", max_steps=4, seed=0)
+    other, _ = run(tmp_path / "c", max_steps=4, seed=1)
+    assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0.0
+    assert first["final_metrics"]["loss"] == again["final_metrics"]["loss"]
+    assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "c")) > 1e-6
+
+
+# What may unpickle or evaluate code, and the only places allowed to: the sandbox passes its own limits to its own
+# launcher with marshal (parent to child, never read from a file) and runs the sandboxed program with exec.
+_ALLOWED = {("sandbox/_launcher.py", "import marshal"), ("sandbox/runner.py", "import marshal"),
+            ("sandbox/_guard.py", "exec")}
+_UNPICKLERS = {"pickle", "dill", "joblib", "cloudpickle", "marshal", "shelve"}
+
+
+def _risky_calls(path: Path, rel: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom)
+                                                    and node.module else [])
+            found += [f"import {n}" for n in names if n.split(".")[0] in _UNPICKLERS]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in ("eval", "exec"):
+                found.append(func.id)
+            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                owner, attr = func.value.id, func.attr
+                if owner == "torch" and attr == "load":
+                    found.append("torch.load")
+                if owner in ("np", "numpy") and attr == "load" and any(
+                        k.arg == "allow_pickle" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                        for k in node.keywords):
+                    found.append("np.load(allow_pickle)")
+    return [f"{rel}:{what}" for what in found if (rel, what) not in _ALLOWED]
+
+
+def test_the_library_never_unpickles_or_evaluates_code(tmp_path):
+    """F1 (CVE-2026-1839 was an unguarded torch.load of an RNG file): checkpoints, caches and weights are read with
+    safetensors and json only. Pickle weights load only through transformers when the user sets allow_pickle."""
+    root = Path(preflab.__file__).parent
+    found = [hit for path in sorted(root.rglob("*.py"))
+             for hit in _risky_calls(path, path.relative_to(root).as_posix())]
+    assert found == []
+    probe = tmp_path / "probe.py"  # the scan has teeth
+    probe.write_text("import pickle\ntorch.load(f)\nnp.load(f, allow_pickle=True)\neval(s)\nm.eval()\n")
+    assert _risky_calls(probe, "probe.py") == ["probe.py:import pickle", "probe.py:torch.load",
+                                               "probe.py:np.load(allow_pickle)", "probe.py:eval"]
+
+
+def test_every_shipped_example_config_loads_and_names_existing_files():
+    """L2 (torchtune's config test saw 3 of 197 YAML files): every YAML under examples/ (the accelerate configs have
+    their own test) loads, builds its objective and passes the pre-flight checks; a data path inside the repository
+    exists."""
+    configs = [p for p in sorted((ROOT / "examples").rglob("*.yaml")) if "accelerate" not in p.parts]
+    assert len(configs) >= 40
+    for path in configs:
+        cfg = load_config(str(path))
+        cfg.objective()
+        preflight(cfg, check_models=False)
+        for name in (cfg.dataset_name, getattr(cfg, "eval_dataset_name", None)):
+            if isinstance(name, str) and name.startswith("examples/"):
+                assert (ROOT / name).exists(), f"{path.relative_to(ROOT)}: {name} does not exist"
+
+
+class _Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this writes the marker file
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_deleted_file_falls_back_and_a_planted_pickle_is_never_read(tmp_path, capsys):
+    """F2 and the deleted-file case of F4: checkpoint-4 lost its rng.json, checkpoint-2 holds an extra optimizer.pt
+    whose unpickling would write a marker. `resume_from_checkpoint: true` skips checkpoint-4 naming the missing file,
+    resumes checkpoint-2 (reading only the files its COMPLETE marker lists) and ends as the straight run."""
+    import pickle
+
+    run(tmp_path / "straight", max_steps=4)
+    out = tmp_path / "run"
+    run(out, max_steps=4, save_steps=2)
+    (out / "checkpoint-4" / "rng.json").unlink()
+    marker = tmp_path / "pwned"
+    (out / "checkpoint-2" / "optimizer.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    capsys.readouterr()
+    summary, _ = run(out, max_steps=4, save_steps=2, resume_from_checkpoint=True)
+    said = capsys.readouterr().out
+    assert f"{out / 'checkpoint-4' / 'rng.json'} is missing" in said and "Falling back" in said
+    assert summary["resumed_from_step"] == 2 and not marker.exists()
+    assert _max_diff(_weights(tmp_path / "straight"), _weights(out)) <= 1e-6
