@@ -117,3 +117,28 @@ def test_sigterm_stops_with_a_message_naming_the_latest_checkpoint(tmp_path):
     assert proc.returncode == 143, err
     latest = ck.latest_checkpoint(out)
     assert f"terminated (SIGTERM). The latest finished checkpoint is {latest} (step " in err
+
+
+def test_a_full_disk_while_writing_metrics_is_an_error_naming_the_file_and_the_checkpoint_to_resume(tmp_path,
+                                                                                                 monkeypatch):
+    """The old code let the OSError out (a traceback at the CLI), saying neither the file nor what was kept."""
+    import errno
+
+    from preflab.errors import PreflabError
+    from preflab.runlog import MetricsLog
+
+    real = MetricsLog.write
+
+    def full_after_step_3(self, row):
+        if row.get("step", 0) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return real(self, row)
+
+    monkeypatch.setattr(MetricsLog, "write", full_after_step_3)
+    out = tmp_path / "run"
+    with pytest.raises(PreflabError, match=rf"{out / 'metrics.jsonl'}: No space left on device\. The latest "
+                                           rf"finished checkpoint is {out / 'checkpoint-2'}; resume_from_checkpoint"):
+        run(out, max_steps=6, save_steps=2)
+    monkeypatch.setattr(MetricsLog, "write", real)
+    summary, _ = run(out, max_steps=6, save_steps=2, resume_from_checkpoint=True)
+    assert summary["resumed_from_step"] == 2

@@ -561,6 +561,10 @@ class TrainingRun:
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
             err.preflab_output_dir = Path(self.cfg.output_dir)
             raise
+        except OSError as err:  # a full disk or a read-only folder while writing metrics, the model, the summary
+            raise PreflabError(f"{err.filename or self.cfg.output_dir}: {err.strerror or err}. "
+                               f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
+                               "permissions, then run again.") from err
         finally:
             if self.accelerator.is_main_process:
                 release_output_dir(self.cfg.output_dir)
@@ -805,6 +809,15 @@ class TrainingRun:
         self.resumed_from = path  # runs that keep state beside their checkpoints read it from path's run folder
         say(f"preflab: resumed from {path} at step {step}")
         return step
+
+
+def what_is_kept(output_dir) -> str:
+    """One sentence: the latest finished checkpoint of output_dir's current timeline and how to resume it, or that
+    there is none."""
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        return f"{output_dir} holds no finished checkpoint of this run."
+    return (f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
 
 
 def average_results(results) -> dict:
