@@ -148,3 +148,16 @@ def test_a_deleted_file_falls_back_and_a_planted_pickle_is_never_read(tmp_path, 
     assert f"{out / 'checkpoint-4' / 'rng.json'} is missing" in said and "Falling back" in said
     assert summary["resumed_from_step"] == 2 and not marker.exists()
     assert _max_diff(_weights(tmp_path / "straight"), _weights(out)) <= 1e-6
+
+
+def test_a_checkpoint_whose_complete_marker_was_deleted_is_skipped_with_a_warning(tmp_path, capsys):
+    """A save never leaves checkpoint-N without its COMPLETE marker (it writes under a temporary name), so one
+    without it was damaged; the old code skipped it without a word."""
+    out = tmp_path / "run"
+    run(out, max_steps=4, save_steps=2)
+    (out / "checkpoint-4" / "COMPLETE").unlink()
+    capsys.readouterr()
+    summary, _ = run(out, max_steps=4, save_steps=2, resume_from_checkpoint=True)
+    said = capsys.readouterr().out
+    assert f"{out / 'checkpoint-4'} is not a complete checkpoint ({out / 'checkpoint-4' / 'COMPLETE'} is missing" in said
+    assert summary["resumed_from_step"] == 2
