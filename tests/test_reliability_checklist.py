@@ -147,6 +147,8 @@ def test_a_deleted_file_falls_back_and_a_planted_pickle_is_never_read(tmp_path, 
     said = capsys.readouterr().out
     assert f"{out / 'checkpoint-4' / 'rng.json'} is missing" in said and "Falling back" in said
     assert summary["resumed_from_step"] == 2 and not marker.exists()
+    written = {p.name for p in (out / "checkpoint-4").iterdir()}  # F3: safetensors and JSON only (the resume wrote it)
+    assert written and all(n.endswith((".safetensors", ".json")) or n == "COMPLETE" for n in written), written
     assert _max_diff(_weights(tmp_path / "straight"), _weights(out)) <= 1e-6
 
 
@@ -161,3 +163,48 @@ def test_a_checkpoint_whose_complete_marker_was_deleted_is_skipped_with_a_warnin
     said = capsys.readouterr().out
     assert f"{out / 'checkpoint-4'} is not a complete checkpoint ({out / 'checkpoint-4' / 'COMPLETE'} is missing" in said
     assert summary["resumed_from_step"] == 2
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_both_ranks_with_the_same_error_and_no_hang(tmp_path):
+    """H3: rank 1 alone sees a NaN loss at steps 2 and 3. Both ranks skip both updates (the verdict is shared) and
+    stop together after max_nonfinite_steps, with the checkpoint holding the weights after step 1; a rank that
+    decided alone would hang the other in the next collective (here: the 300 s timeout)."""
+    import os
+    import subprocess
+
+    script = ROOT / "tests" / "loops" / "tiny_run.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TINY_RUN_POISON": "1:2,3"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           str(tmp_path / "two"), "per_device_train_batch_size=2", "max_nonfinite_steps=2", "max_steps=6"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("2 non-finite steps in a row") >= 2, proc.stderr[-3000:]  # raised on both ranks
+    run(tmp_path / "one", max_steps=1, per_device_train_batch_size=4)
+    assert _max_diff(_weights(tmp_path / "one"), load_file(str(tmp_path / "two" / "checkpoint-3" /
+                                                                "model.safetensors"))) < 1e-5
+
+
+def test_a_failed_save_with_save_total_limit_1_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """I3 (OpenRLHF's save_ckpt evicts before writing, so a crash with max_num 1 leaves no checkpoint): old
+    checkpoints are removed only after the new one is committed."""
+    import errno
+
+    import preflab.checkpoint as ck
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ck.save_checkpoint(tmp_path, 1, model, opt, None, {}, save_total_limit=1)
+    real = ck.commit_checkpoint
+
+    def full_disk(tmp, final, step):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "commit_checkpoint", full_disk)
+    with pytest.raises(preflab.PreflabError, match="Earlier checkpoints are kept"):
+        ck.save_checkpoint(tmp_path, 2, model, opt, None, {}, save_total_limit=1)
+    assert ck.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
+    monkeypatch.setattr(ck, "commit_checkpoint", real)
+    ck.save_checkpoint(tmp_path, 3, model, opt, None, {}, save_total_limit=1)
+    assert ck.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-3"]
