@@ -224,3 +224,28 @@ def test_every_module_of_the_library_imports():
         except Exception as err:  # noqa: BLE001 - collected and shown together
             failed[module.name] = f"{type(err).__name__}: {err}"
     assert failed == {}
+
+
+@pytest.mark.parametrize("layout", ["padded", "prefix_shared", "packed", "prefix_packed"])
+def test_the_trained_positions_are_exactly_each_halfs_response_tokens(layout):
+    """B4 (OpenRLHF#294: the rejected half's prompt tokens were counted in its log-prob): in every layout, the
+    targets are exactly the chosen response (first B sequences) and the rejected response (next B), each token read
+    at the position of the token before it in its own sequence. No prompt or pad token is a target."""
+    from types import SimpleNamespace
+
+    from preflab.loops.batches import collate_pairs
+
+    pairs = [SimpleNamespace(row_id=10 + i, extras={}, prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected)
+             for i, (prompt, chosen, rejected) in enumerate([([1, 5, 6, 7], [8, 9, 2], [11, 2]),
+                                                               ([1, 5], [12, 13, 14, 15, 2], [16, 2]),
+                                                               ([1, 20, 21, 22, 23, 24], [25, 2], [26, 27, 28, 2])])]
+    batch = collate_pairs(pairs, pad_id=0, layout=layout)
+    flat = batch.input_ids.reshape(-1)
+    expected = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    assert batch.row_ids == [10, 11, 12]
+    for n, (prompt, response) in enumerate(expected):
+        mask = batch.response_mask[n]
+        assert batch.target_ids[n][mask].tolist() == response
+        # read at the last prompt token, then at each earlier response token (prefix layouts: the rejected half
+        # reads the shared prompt's last position, not the token after it, which is the chosen half's)
+        assert flat[batch.pred_index[n][mask]].tolist() == [prompt[-1], *response[:-1]]
