@@ -249,3 +249,39 @@ def test_the_trained_positions_are_exactly_each_halfs_response_tokens(layout):
         # read at the last prompt token, then at each earlier response token (prefix layouts: the rejected half
         # reads the shared prompt's last position, not the token after it, which is the chosen half's)
         assert flat[batch.pred_index[n][mask]].tolist() == [prompt[-1], *response[:-1]]
+
+
+def test_dropout_is_off_by_default_so_the_first_dpo_loss_is_exactly_log_2(tmp_path):
+    """G4 + C7 (trl PR #639, trl#2042): the tiny GPT-2 has dropout 0.1; with policy == reference the first DPO loss is
+    ln 2 only when the log-prob passes run without dropout, the default. disable_dropout: false moves it."""
+    import json
+    import math
+
+    def first_loss(out, **kw):
+        run(out, tiny_arch="gpt2", max_steps=1, **kw)
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    assert first_loss(tmp_path / "default") == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(first_loss(tmp_path / "dropout", disable_dropout=False) - math.log(2)) > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_disable_dropout_also_zeroes_the_attention_rates_read_without_a_module(arch):
+    """Llama-family attention reads `self.attention_dropout` (a float, no nn.Dropout) at forward time; the old
+    disable_dropout set only nn.Dropout modules, so that dropout stayed on in training mode."""
+    from preflab.models.load import disable_dropout
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tiny_causal_lm(tiny_tokenizer(), arch=arch, seed=0)
+    model.config.attention_dropout = 0.5
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    model.train()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    torch.manual_seed(0)
+    if arch == "llama":  # the test has teeth: the rate is live before
+        assert not torch.equal(model(ids).logits, model(ids).logits)
+    disable_dropout(model)
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    assert model.config.attention_dropout == 0.0
