@@ -66,3 +66,24 @@ def test_a_full_disk_while_writing_the_online_state_keeps_the_earlier_checkpoint
         tiny_run(tiny_cfg(out, save_steps=2)).train()
     assert calls["n"] > 0 and (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
     assert sorted(p.name for p in (out / "online-state").iterdir()) == ["step-2"]
+
+
+def test_a_policy_given_from_python_trains_without_dropout_by_default(tmp_path):
+    """disable_dropout (default true) applied only to models preflab loaded itself; a policy passed to OnlineRun
+    kept its dropout (the tiny GPT-2 has 0.1 everywhere)."""
+    import torch
+
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+    from test_online_run import PROMPTS, e_judge
+
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, arch="gpt2", hidden_size=32, seed=1)
+    assert any(m.p > 0 for m in policy.modules() if isinstance(m, torch.nn.Dropout))
+    OnlineRun(tiny_cfg(tmp_path / "run"), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge]))
+    assert all(m.p == 0 for m in policy.modules() if isinstance(m, torch.nn.Dropout))
+    kept = tiny_causal_lm(tok, arch="gpt2", hidden_size=32, seed=1)
+    OnlineRun(tiny_cfg(tmp_path / "kept", disable_dropout=False), policy=kept, tokenizer=tok,
+              task=Task(PROMPTS, [e_judge]))
+    assert any(m.p > 0 for m in kept.modules() if isinstance(m, torch.nn.Dropout))

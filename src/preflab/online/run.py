@@ -131,6 +131,12 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
+        if cfg.disable_dropout:  # models given from Python or by the task too (load_models does it for loaded ones)
+            from preflab.models.load import disable_dropout
+
+            for model in (policy, ref):
+                if model is not None:
+                    disable_dropout(model)
         if "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level reference quantities at every step; "
                               "online runs precompute reference log-probs per round. Choose another loss_type.")
