@@ -59,7 +59,7 @@ def test_same_seed_gives_the_same_run_bit_for_bit_and_another_seed_another_run(t
     """G1 + G2: the data order is a function of the seed (the tiny policy's init is fixed by tiny_run)."""
     first, _ = run(tmp_path / "a", max_steps=4, seed=0)
     again, _ = run(tmp_path / "b", max_steps=4, seed=0)
-    other, _ = run(tmp_path / "c", max_steps=4, seed=1)
+    run(tmp_path / "c", max_steps=4, seed=1)
     assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0.0
     assert first["final_metrics"]["loss"] == again["final_metrics"]["loss"]
     assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "c")) > 1e-6

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from array import array
 import json
+from array import array
 from pathlib import PurePath
 from types import SimpleNamespace
 
