@@ -358,7 +358,11 @@ def resume_checkpoint(output_dir: str | Path, warn=print, verify=verify_checkpoi
     verify: the check of one checkpoint (PreflabError when damaged); a distributed resume passes one whose verdict
     every rank shares (preflab.resume_verify), so that all ranks pick the same checkpoint."""
     problems = []
-    for path in reversed(list_checkpoints(output_dir, read_timeline(output_dir))):
+    found = list_checkpoints(output_dir, read_timeline(output_dir))
+    for path in unsealed_checkpoints(output_dir, checkpoint_step(found[-1]) if found else -1):
+        warn(f"preflab: warning: {path} is not a complete checkpoint ({path / MARKER} is missing: deleted, or the "
+             "folder was not written by preflab); it is skipped. Falling back to an earlier checkpoint.")
+    for path in reversed(found):
         try:
             verify(path)
         except PreflabError as err:
@@ -369,6 +373,15 @@ def resume_checkpoint(output_dir: str | Path, warn=print, verify=verify_checkpoi
     if problems:
         raise PreflabError(f"no intact checkpoint in {output_dir}: " + " ".join(problems))
     return None
+
+
+def unsealed_checkpoints(output_dir: str | Path, above: int) -> list[Path]:
+    """checkpoint-<step> folders of output_dir with a step above `above` and no COMPLETE marker (a save never
+    leaves one: it writes under a temporary name), lowest step first."""
+    output_dir = Path(output_dir)
+    found = [(checkpoint_step(p), p) for p in output_dir.glob("checkpoint-*") if output_dir.is_dir()]
+    return [p for step, p in sorted(found) if step is not None and step > above and p.is_dir()
+            and not (p / MARKER).is_file()]
 
 
 def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from preflab.errors import PreflabError
 
@@ -76,15 +78,54 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    restore_sigterm = _stop_on_sigterm()
     try:
         return int(_handler(args)(args) or 0)
     except PreflabError as err:
         print(f"preflab: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through torch (the run's lock is already released)
-        print("preflab: interrupted. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
-              "latest one.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
+        # lock is already released)
+        print(interrupted_message(err), file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        restore_sigterm()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, `kill`): raised like Ctrl-C's KeyboardInterrupt, so the run's lock and
+    files are released on the way out and the message says what is kept. A second SIGTERM kills at once."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Install the SIGTERM handler (main thread only); returns a function that puts the earlier one back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def interrupted_message(err: BaseException) -> str:
+    """What an interrupted run keeps: the latest finished checkpoint of its output_dir (TrainingRun.train puts
+    the folder on the exception), or that there is none."""
+    what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+    out = getattr(err, "preflab_output_dir", None)
+    if out is None:
+        return (f"preflab: {what}. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
+                "latest one.")
+    from preflab.checkpoint import checkpoint_step, latest_checkpoint
+
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return (f"preflab: {what}. {out} holds no finished checkpoint of this run (none was due yet, or save_steps "
+                "is 0): its steps are lost and a new start begins again at step 0.")
+    return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); the "
+            "steps after it are lost. Set resume_from_checkpoint: true to continue from it.")
 
 
 def _handler(args):

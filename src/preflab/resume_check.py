@@ -66,3 +66,52 @@ def check_resume_config(saved: dict | None, cfg, checkpoint, note=print) -> None
         note(f"preflab: note: resuming with changed config (allow_config_change: true): {_show(meaning)}.")
     if harmless:
         note(f"preflab: note: resuming with changed option(s): {_show(harmless)}.")
+
+
+# The layout of checkpoint-N this preflab writes (files and trainer_state.json keys); a checkpoint with a higher
+# number was written by a newer preflab, whose files this one may misread: refused.
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_identity() -> dict:
+    """The keys every checkpoint's trainer_state.json gets: the preflab version and CHECKPOINT_FORMAT."""
+    from preflab import __version__
+
+    return {"preflab_version": __version__, "checkpoint_format": CHECKPOINT_FORMAT}
+
+
+def check_checkpoint_version(saved: dict, checkpoint, note=print) -> None:
+    """ConfigError for a checkpoint of a newer checkpoint format; a note when another preflab version wrote it
+    (or an older one that recorded none): the resume is not checked to be exact across versions."""
+    from preflab import __version__
+
+    version, fmt = saved.get("preflab_version"), saved.get("checkpoint_format")
+    if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
+        raise ConfigError(
+            f"resume_from_checkpoint: {checkpoint} was written by preflab {version} in checkpoint format {fmt}; "
+            f"this preflab {__version__} reads format {CHECKPOINT_FORMAT} or older. Resume it with preflab "
+            f"{version} or newer, or start a new run in another output_dir.")
+    if version is None:
+        note(f"preflab: note: {checkpoint} records no preflab version (written by an older preflab); "
+             f"resuming with preflab {__version__}: the continuation may differ from an uninterrupted run.")
+    elif version != __version__:
+        note(f"preflab: note: {checkpoint} was written by preflab {version}; resuming with preflab {__version__}: "
+             "the continuation may differ from an uninterrupted run of either version.")
+
+
+def check_resume_data(saved: dict, current: str | None, cfg, checkpoint, note=print) -> None:
+    """ConfigError when the training examples now differ from those checkpoint was trained on (the
+    "data_fingerprint" saved with it, see preflab.data_fingerprint), unless cfg.allow_config_change."""
+    before = saved.get("data_fingerprint")
+    if before is None or current is None or before == current:
+        return
+    where = (f"the data file(s) ({getattr(cfg, 'dataset_name', None)!r}) or the tokenizer "
+             f"(of {getattr(cfg, 'model_name_or_path', None)!r}) changed "
+             "since it was saved")
+    if not getattr(cfg, "allow_config_change", False):
+        raise ConfigError(
+            f"resume_from_checkpoint: the training examples differ from those {checkpoint} was trained on "
+            f"(fingerprint {before[:19]}... -> {current[:19]}...): {where}. The resumed run would continue its data "
+            "order over other rows. Put the original data and tokenizer back, set allow_config_change: true to "
+            "continue on the new data anyway, or start a new run in another output_dir.")
+    note(f"preflab: note: resuming on changed training examples (allow_config_change: true): {where}.")

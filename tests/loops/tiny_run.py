@@ -2,6 +2,7 @@
 
 python tests/loops/tiny_run.py OUT_DIR [key=value ...]   (also under `accelerate launch --num_processes 2 --cpu`)
 """
+import os
 import random
 import sys
 from types import SimpleNamespace
@@ -33,7 +34,26 @@ def run(out_dir, tiny_arch="llama", n_pairs=32, **overrides):
     policy = tiny_causal_lm(tok, arch=tiny_arch, seed=0)
     ref = frozen_copy(policy)
     trainer = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs(n_pairs))
+    if os.environ.get("TINY_RUN_POISON"):  # "RANK:STEP,STEP": that rank's loss is NaN at those (1-based) steps
+        poison(trainer, os.environ["TINY_RUN_POISON"])
     return trainer.train(), trainer
+
+
+def poison(trainer, spec: str) -> None:
+    """Make the loss of one rank NaN at some steps (one forward per step: no gradient accumulation)."""
+    rank, steps = spec.split(":")
+    if trainer.accelerator.process_index != int(rank):
+        return
+    bad, original, calls = {int(s) for s in steps.split(",")}, trainer.forward, {"n": 0}
+
+    def forward(mb):
+        calls["n"] += 1
+        out = original(mb)
+        if calls["n"] in bad:
+            out.loss, out.losses = out.loss * float("nan"), out.losses * float("nan")
+        return out
+
+    trainer.forward = forward
 
 
 if __name__ == "__main__":

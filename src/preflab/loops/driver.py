@@ -30,7 +30,8 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
-from preflab.resume_check import check_resume_config
+from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
+                                  checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import claim_output_dir, release_output_dir
 from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
@@ -385,6 +386,7 @@ def _check_resume_config_early(cfg, accelerator) -> None:
     except (OSError, ValueError):
         return  # a missing or damaged checkpoint is reported, with its file, at resume
     if isinstance(saved, dict):
+        check_checkpoint_version(saved, path, note=lambda *a, **k: None)
         check_deepspeed_resume(saved, path, sharding_engine(accelerator), deepspeed_stage(accelerator),
                                accelerator.num_processes)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, cfg, launched_world_size()),
@@ -498,6 +500,18 @@ class TrainingRun:
     def restore_data_position(self, saved: dict | None, step: int) -> None:
         """Continue the training data from `saved` (data_position() of the checkpoint at `step`)."""
 
+    def training_examples(self) -> list | None:
+        """The examples the steps draw from (train_data), fingerprinted into every checkpoint and compared at
+        resume (preflab.data_fingerprint); None where the run reads its data as it goes (a stream)."""
+        return getattr(self, "train_data", None)
+
+    def data_fingerprint(self) -> str | None:
+        if not hasattr(self, "_data_fingerprint"):
+            from preflab.data_fingerprint import training_data_fingerprint
+
+            self._data_fingerprint = training_data_fingerprint(self.training_examples())
+        return self._data_fingerprint
+
     def write_card(self, summary: dict) -> None:
         pass
 
@@ -540,9 +554,17 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
-        """Run the loop; output_dir's lock (taken by make_accelerator) is released at the end, error or not."""
+        """Run the loop; output_dir's lock (taken by make_accelerator) is released at the end, error or not. An
+        interrupt (KeyboardInterrupt, the CLI's SIGTERM) leaves with `preflab_output_dir` set on it."""
         try:
             return self._train()
+        except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
+            err.preflab_output_dir = Path(self.cfg.output_dir)
+            raise
+        except OSError as err:  # a full disk or a read-only folder while writing metrics, the model, the summary
+            raise PreflabError(f"{err.filename or self.cfg.output_dir}: {err.strerror or err}. "
+                               f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
+                               "permissions, then run again.") from err
         finally:
             if self.accelerator.is_main_process:
                 release_output_dir(self.cfg.output_dir)
@@ -685,7 +707,8 @@ class TrainingRun:
         if position is not None:
             state = {**state, "data_position": position}
         state = {**state, "config": self.cfg.to_dict(), "timeline": self.timeline,
-                 "world_size": acc.num_processes, "engine": sharding_engine(acc)}
+                 "world_size": acc.num_processes, "engine": sharding_engine(acc),
+                 "data_fingerprint": self.data_fingerprint(), **checkpoint_identity()}
         if is_sharded(acc):
             self._check_sharded_extras()
             if self._deepspeed_engine() is not None:
@@ -754,8 +777,10 @@ class TrainingRun:
                               f"{self.total_steps} (max_steps / num_train_epochs); raise max_steps above {step}.")
         acc = self.accelerator
         check_deepspeed_resume(saved, path, sharding_engine(acc), deepspeed_stage(acc), acc.num_processes)
+        check_checkpoint_version(saved, path, note=say)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, self.cfg, acc.num_processes),
                             self.cfg, path, note=say)
+        check_resume_data(saved, self.data_fingerprint(), self.cfg, path, note=say)
         saved_world = saved.get("world_size", "an unrecorded number of")
         if saved.get("world_size", acc.num_processes) != acc.num_processes:
             say(f"preflab: note: {path} was written on {saved_world} process(es); resuming on "
@@ -784,6 +809,15 @@ class TrainingRun:
         self.resumed_from = path  # runs that keep state beside their checkpoints read it from path's run folder
         say(f"preflab: resumed from {path} at step {step}")
         return step
+
+
+def what_is_kept(output_dir) -> str:
+    """One sentence: the latest finished checkpoint of output_dir's current timeline and how to resume it, or that
+    there is none."""
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        return f"{output_dir} holds no finished checkpoint of this run."
+    return (f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
 
 
 def average_results(results) -> dict:

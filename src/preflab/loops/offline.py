@@ -88,6 +88,12 @@ class Trainer(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
+        if cfg.disable_dropout:  # models given from Python too (load_models does it for loaded ones)
+            from preflab.models.load import disable_dropout
+
+            for model in (policy, ref):
+                if model is not None:
+                    disable_dropout(model)
         self.lora = hasattr(policy, "disable_adapter")
         # LoRA without ref_model_name_or_path: the reference is the policy with its adapters disabled; a given
         # reference model is the reference, LoRA or not (it was loaded and then ignored under use_peft)
@@ -146,6 +152,9 @@ class Trainer(TrainingRun):
     def restore_data_position(self, saved: dict | None, step: int) -> None:
         if self.stream is not None:
             self.streamed.restore(saved, step)
+
+    def training_examples(self) -> list | None:
+        return None if self.stream is not None else self.train_data
 
     def _build_optimizer(self):
         cfg = self.cfg

@@ -54,8 +54,11 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         held = {ids[i] for i in held_out_positions(len(ids), cfg.eval_fraction, cfg.seed)}
         eval_rows = [r for r in rows if r.row_id in held]
         rows = [r for r in rows if r.row_id not in held]
+    from preflab.data.overlap import overlap_notes, overlap_report
+
+    overlap = overlap_report(rows, eval_rows)
     train, tok_report = _tokenize(kind, rows, tokenizer, cfg, row_report.source)
-    report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
+    report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(), "overlap": overlap}
     evals, said = [], []
     if eval_report is not None:
         report["eval_rows"] = eval_report.to_dict()
@@ -72,6 +75,8 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
         if said:
             print(f"preflab: data (eval): {'; '.join(said)}")
+        for note in overlap_notes(overlap, len(eval_rows)):
+            print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
 

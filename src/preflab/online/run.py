@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from preflab.checkpoint import _file_records, _fsync_dir, _fsync_file, check_files
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
 from preflab.loops.judge import Judge
@@ -130,6 +131,12 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
+        if cfg.disable_dropout:  # models given from Python or by the task too (load_models does it for loaded ones)
+            from preflab.models.load import disable_dropout
+
+            for model in (policy, ref):
+                if model is not None:
+                    disable_dropout(model)
         if "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level reference quantities at every step; "
                               "online runs precompute reference log-probs per round. Choose another loss_type.")
@@ -558,6 +565,9 @@ class OnlineRun(TrainingRun):
             metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
         return metrics
 
+    def training_examples(self) -> list | None:
+        return self.rows  # the prompts the rounds draw from (token ids)
+
     def summary_extras(self) -> dict:
         extras = {"train_examples_seen": self.examples_trained,  # a round's size, not plan.global_batch, sets it
                   "trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
@@ -597,20 +607,34 @@ class OnlineRun(TrainingRun):
 
     def _save(self, step: int, state: dict) -> Path | None:
         """The online state (main process), then the driver's checkpoint (every rank takes part: sharded
-        checkpoints are collective); online states without a checkpoint are pruned."""
+        checkpoints are collective); online states without a checkpoint, and those a killed save left half
+        written, are pruned."""
         if self.main:
             self._write_online_state(step)
+            # sealed by the checkpoint: its trainer_state.json (itself in the COMPLETE marker) records each file
+            state = {**state, "online_state": _file_records(self._state_dir(step))}
         path = super()._save(step, state)
         if self.main:
             kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
             for old in (self.out / "online-state").glob("step-*"):
                 if old.name.split("-", 1)[1] not in kept:
                     shutil.rmtree(old, ignore_errors=True)
+            for stale in (self.out / "online-state").glob(".tmp-step-*"):  # left by a save killed while writing
+                shutil.rmtree(stale, ignore_errors=True)
         return path
 
     def _write_online_state(self, step: int) -> None:
         final = self._state_dir(step)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        try:
+            self._write_online_state_to(tmp, final)
+        except OSError as err:  # a full disk, a read-only folder: as a failed checkpoint save says it
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PreflabError(
+                f"could not write the online state {final} of checkpoint-{step}: {err.strerror or err}. Earlier "
+                "checkpoints are kept; free disk space or fix the permissions of output_dir, then resume.") from err
+
+    def _write_online_state_to(self, tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / "round.json").write_text(json.dumps(self.pending.to_json() if self.pending else None))
@@ -622,8 +646,29 @@ class OnlineRun(TrainingRun):
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous().cpu() for k, v in self.ref.state_dict().items()}, str(tmp / "reference.safetensors"))
+        for file in tmp.iterdir():  # on disk before the checkpoint that records their sha256
+            _fsync_file(file)
+        _fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+
+    def _verify_for_resume(self, path: Path) -> None:
+        """The driver's check of the checkpoint's files, then of its online state (online-state/step-N beside it)
+        against the sizes and sha256 its trainer_state.json records: PreflabError naming a missing or changed file
+        (`resume_from_checkpoint: true` then falls back to the previous checkpoint)."""
+        super()._verify_for_resume(path)
+        try:
+            saved = json.loads((Path(path) / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return  # the resume itself reports it
+        records = saved.get("online_state") if isinstance(saved, dict) else None
+        if not isinstance(records, dict):
+            return  # written before online states were sealed: _maybe_resume checks what it needs
+        folder = Path(path).parent / "online-state" / f"step-{saved.get('global_step')}"
+        problems = check_files(folder, sorted(records), records)
+        if problems:
+            raise PreflabError(next(iter(problems.values())).replace(
+                f"checkpoint {folder} is damaged", f"the online state of checkpoint {path} is damaged"))
 
     def _maybe_resume(self) -> int:
         step = super()._maybe_resume()

@@ -63,6 +63,9 @@ class RewardRun(TrainingRun):
         return [self.collate([self.items[i] for i in index])
                 for index in self.plan.indices(step, self.acc.process_index)]
 
+    def training_examples(self) -> list:
+        return self.items
+
     def summary_extras(self) -> dict:
         return {"reward_model": self.reward_info}
 
