@@ -40,18 +40,21 @@ CKPT = ["tests/test_reliability.py", "tests/loops/test_trainer.py", "-k",
 TOKENIZE = ["tests/data/test_data_tokenize.py", "tests/data/test_data_boundary.py"]
 EVAL = ["tests/eval/test_ranking.py", "tests/eval/test_metrics.py", "tests/eval/test_tie_rules.py"]
 TRAIN_FEW = ["tests/loops/test_train_every_objective.py", "-k", "test_train_runs_objective and (sigmoid or ipo)"]
-MAXMIN = ["tests/reward_models/test_pref_maxmin.py", "tests/reward_models/test_maxmin_matches_lab.py"]
+MAXMIN = ["tests/reward_models/test_maxmin_em_step_values.py", "tests/reward_models/test_pref_maxmin.py",
+          "tests/reward_models/test_maxmin_matches_lab.py"]
 MAXMIN_AGG = ["tests/reward_models/test_pref_maxmin_aggregate.py"]
-FSPO = ["tests/reward_models/test_pref_fewshot.py"]
-PRO = ["tests/reward_models/test_pref_orchestrator.py", "tests/online/test_pro_orchestrator_recipe.py", "-k",
+FSPO = ["tests/reward_models/test_pref_fewshot.py", "tests/reward_models/test_fspo_episode_plan_values.py"]
+PRO = ["tests/reward_models/test_pref_orchestrator.py", "tests/reward_models/test_pro_prompt_features.py",
+       "tests/online/test_pro_orchestrator_recipe.py", "-k",
        "not online_run and not resume and not preflab_train"]
-DPA = ["tests/reward_models/test_multi_objective.py", "tests/reward_models/test_attribute_rm_train.py"]
+DPA = ["tests/reward_models/test_dpa_head_metrics.py", "tests/reward_models/test_multi_objective.py",
+       "tests/reward_models/test_attribute_rm_train.py"]
 FLOW = ["tests/diffusion/test_flow_sd3.py", "tests/diffusion/test_flux.py"]
 DIFFUSION_LOSS = ["tests/objectives/test_diffusion_dpo.py", "tests/diffusion/test_flow_sd3.py"]
 KTO = ["tests/objectives/test_kto.py", "tests/objectives/test_trl_parity.py", "-k", "kto"]
 PAIRS = ["tests/online/test_judge.py"]
 GRPO_ADV = ["tests/objectives/test_grpo.py"]
-WINRATE = ["tests/eval/test_winrate.py"]
+WINRATE = ["tests/eval/test_winrate.py", "tests/eval/test_winrate_failed_verdicts.py"]
 
 
 def objective_tests(name: str) -> list[str]:

@@ -63,3 +63,14 @@ def test_weighted_m_step_fit_equals_the_fit_on_repeated_rows():
     torch.testing.assert_close(weighted, repeated, rtol=1e-5, atol=1e-6)
     unweighted = fit(chosen[:2], rejected[:2], torch.ones(2))
     assert (weighted - unweighted).abs().max() > 1e-3
+
+
+def test_an_emptied_cluster_takes_the_worst_fitting_user_of_a_cluster_that_keeps_members():
+    # five users, one pair each; no user prefers group 2, user 4 alone in group 1 fits worst of all
+    pair_ll = torch.tensor([[-0.1, -3.0, -50.0], [-2.0, -3.5, -50.0], [-0.3, -3.0, -50.0], [-1.0, -4.0, -50.0],
+                            [-5.0, -4.0, -50.0]], dtype=torch.float64)
+    start = torch.eye(3, dtype=torch.float64)[[0, 0, 1, 1, 2]]
+    step = em_iteration(start, torch.arange(5), lambda k, w: None, lambda: pair_ll, hard=True)
+    # the E-step alone gives [0, 0, 0, 0, 1]; group 2 gets user 1 (per-pair fit -2.0, the worst outside a singleton)
+    assert step.responsibilities.argmax(1).tolist() == [0, 2, 0, 0, 1] and step.changed is True
+    assert step.responsibilities.sum(0).tolist() == [3.0, 1.0, 1.0]
