@@ -55,6 +55,7 @@ KTO = ["tests/objectives/test_kto.py", "tests/objectives/test_trl_parity.py", "-
 PAIRS = ["tests/online/test_judge.py"]
 GRPO_ADV = ["tests/objectives/test_grpo.py"]
 WINRATE = ["tests/eval/test_winrate.py", "tests/eval/test_winrate_failed_verdicts.py"]
+RANKING_TIES = ["tests/eval/test_ranking_tie_boundaries.py", *EVAL]
 
 
 def objective_tests(name: str) -> list[str]:
@@ -328,6 +329,13 @@ MUTANTS = [
            [("dev = (scores - (scores * v).sum(-1, keepdim=True) / n.clamp_min(1).unsqueeze(-1)) * v",
              "dev = (scores - scores.mean(-1, keepdim=True)) * v")], GRPO_ADV,
            "the group mean includes invalid (unscored) completions"),
+    # eval ranking accuracy (tie rules of the paper, list-wise exact order)
+    Mutant("ranking-tie-tolerance-inclusive", "eval/ranking.py",
+           [("margins.abs() < tie_tolerance, ordered)", "margins.abs() <= tie_tolerance, ordered)")], RANKING_TIES,
+           "a tie pair whose gap equals the tolerance counts as tied"),
+    Mutant("ranking-listwise-model-ties-agree", "eval/ranking.py",
+           [("model_agrees = lp.unsqueeze(-1) > lp.unsqueeze(-2)", "model_agrees = lp.unsqueeze(-1) >= lp.unsqueeze(-2)")],
+           RANKING_TIES, "list-wise accuracy counts a model tie as agreeing with a strict rater preference"),
     # eval win rate
     Mutant("winrate-judge-index-inverted", "eval/winrate.py",
            [("else 1.0 if int(i) == 0 else 0.0 for i in picks]", "else 1.0 if int(i) == 1 else 0.0 for i in picks]")],
