@@ -35,8 +35,9 @@ LAYOUT = ["tests/scoring/test_lm.py", "tests/perf/test_prefix_layout.py"]
 HEAD = ["tests/scoring/test_heads.py", "-k", "granite or gemma2 or vaultgemma or cohere or hyperclovax or refused"]
 STEP = ["tests/test_step_weights_and_fp16.py", "tests/loops/test_trainer.py", "-k",
         "uneven or fp16 or row_ids or accumulation or nonfinite"]
-CKPT = ["tests/test_reliability.py", "tests/loops/test_trainer.py", "-k",
-        "checkpoint or resume or latest or sigkill"]
+CKPT = ["tests/test_checkpoint_safety.py::test_resume_restores_the_rng_that_dropout_draws_from",
+        "tests/test_checkpoint_safety.py::test_resume_and_save_total_limit_order_checkpoints_by_step_not_name",
+        "tests/test_reliability.py", "tests/loops/test_trainer.py", "-k", "checkpoint or resume or latest or sigkill"]
 TOKENIZE = ["tests/data/test_data_tokenize.py", "tests/data/test_data_boundary.py"]
 EVAL = ["tests/eval/test_ranking.py", "tests/eval/test_metrics.py", "tests/eval/test_tie_rules.py"]
 TRAIN_FEW = ["tests/loops/test_train_every_objective.py", "-k", "test_train_runs_objective and (sigmoid or ipo)"]
