@@ -7,7 +7,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 
 from preflab.config import config_from_dict
@@ -16,9 +15,10 @@ from preflab.loops.sft import SFTTrainer
 from preflab.models import attention
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "families"))
-from families import family_tokenizer, tiny_family_model  # noqa: E402
+from families import family_tokenizer, tiny_family_model
 
-WORDS = ["sky", "cat", "dog", "park", "mat", "hello", "world", "five"]
+PAIRS = [("sky", "cat"), ("dog", "park"), ("mat", "hello"), ("world", "five"), ("cat", "dog"), ("park", "mat"),
+         ("hello", "world")]
 
 
 def _run(tmp_path, task: str, **options) -> tuple[list[str], object]:
@@ -26,9 +26,9 @@ def _run(tmp_path, task: str, **options) -> tuple[list[str], object]:
     tok = family_tokenizer("llama3")
     data = tmp_path / f"{task}.jsonl"
     if task == "sft":
-        rows = [{"prompt": f"say {w}", "completion": f" {w} {x}"} for w, x in zip(WORDS, WORDS[1:])]
+        rows = [{"prompt": f"say {w}", "completion": f" {w} {x}"} for w, x in PAIRS]
     else:
-        rows = [{"prompt": f"say {w}", "chosen": f" {w} {x}", "rejected": f" {x}"} for w, x in zip(WORDS, WORDS[1:])]
+        rows = [{"prompt": f"say {w}", "chosen": f" {w} {x}", "rejected": f" {x}"} for w, x in PAIRS]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = config_from_dict({"task": task, "model_name_or_path": "tiny-mistral", "dataset_name": str(data),
                             "output_dir": str(tmp_path / task), "max_steps": 1, "use_cpu": True,
