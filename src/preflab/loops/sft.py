@@ -215,22 +215,22 @@ def prepare_sft(cfg, tokenizer):
         raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
     train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
     report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
-    evals, said = [], ""
-    if cfg.eval_dataset_name:
-        evals, erows, etok = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
-        report.update(eval_rows=erows.to_dict(), eval_tokenize=etok.to_dict())
-        said = f"{erows.summary()}; {etok.summary()}"
-        if not evals:  # else evaluation would silently not run
-            raise DataError(f"the eval set ({cfg.eval_dataset_name}) has no usable examples: {said}. Fix its rows "
-                            "(or max_length), or drop the eval set.")
-    elif cfg.eval_fraction > 0:
-        from preflab.data.holdout import split_eval_fraction
+    from preflab.data.eval_set import train_and_eval
 
-        train, evals = split_eval_fraction(train, cfg.eval_fraction, cfg.seed)
+    def read_eval(name, split):
+        evals, erows, etok = _read(name, split, cfg, tokenizer)
+        return evals, (erows, etok)
+
+    def said(reports) -> str:
+        return f"{reports[0].summary()}; {reports[1].summary()}"
+
+    train, evals, eval_reports = train_and_eval(cfg, train, read_eval, describe=said)
+    if eval_reports is not None:
+        report.update(eval_rows=eval_reports[0].to_dict(), eval_tokenize=eval_reports[1].to_dict())
     if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
-        if said:
-            print(f"preflab: data (eval): {said}")
+        if eval_reports is not None:
+            print(f"preflab: data (eval): {said(eval_reports)}")
     return train, evals, report
 
 
