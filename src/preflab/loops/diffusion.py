@@ -244,6 +244,7 @@ class DiffusionRun(TrainingRun):
 
     # ------------------------------------------------------------------ setup
     def _prepare_data(self):
+        from preflab.data.eval_set import train_and_eval
         from preflab.diffusion.data import load_image_pairs
 
         cfg = self.cfg
@@ -257,13 +258,8 @@ class DiffusionRun(TrainingRun):
                       needs_preference_prob="preference_prob" in getattr(self.objective, "required_extras", ()),
                       score_range=tuple(cfg.score_range) if cfg.score_range else None)
         train, report = load_image_pairs(cfg.dataset_name, split=cfg.dataset_split, **kwargs)
-        evals, eval_report = [], None
-        if cfg.eval_dataset_name:
-            evals, eval_report = load_image_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **kwargs)
-        elif cfg.eval_fraction > 0:
-            from preflab.data.holdout import split_eval_fraction
-
-            train, evals = split_eval_fraction(train, cfg.eval_fraction, cfg.seed)
+        train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
+                                                                                                   **kwargs))
         out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped)}
         if eval_report is not None:
             out["eval_rows"] = eval_report.to_dict()

@@ -81,6 +81,7 @@ def _tokenize_lists(cfg, tokenizer, examples, source: str):
 
 def prepare_lists(cfg, tokenizer):
     """(train TokenizedList list, eval list, report dict) from dataset_name (and eval_dataset_name / eval_fraction)."""
+    from preflab.data.eval_set import train_and_eval
     from preflab.data.rows import load_rows
 
     if cfg.streaming:
@@ -94,14 +95,8 @@ def prepare_lists(cfg, tokenizer):
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
     if not rows:
         raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) holds no rows.")
-    eval_rows = []
-    if cfg.eval_dataset_name:
-        eval_rows, _ = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="prompt",
-                                 on_bad_row=cfg.on_bad_row)
-    elif cfg.eval_fraction > 0:
-        from preflab.data.holdout import split_eval_fraction
-
-        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
+    rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",
+                                                                                 on_bad_row=cfg.on_bad_row))
     train, tok_report = _tokenize_lists(cfg, tokenizer, rows, row_report.source)
     evals = _tokenize_lists(cfg, tokenizer, eval_rows, cfg.eval_dataset_name or row_report.source)[0] \
         if eval_rows else []

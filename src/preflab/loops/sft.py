@@ -28,6 +28,9 @@ so the loss equals the unpacked loss.
 """
 from __future__ import annotations
 
+import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -212,22 +215,22 @@ def prepare_sft(cfg, tokenizer):
         raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
     train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
     report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
-    evals, said = [], ""
-    if cfg.eval_dataset_name:
-        evals, erows, etok = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
-        report.update(eval_rows=erows.to_dict(), eval_tokenize=etok.to_dict())
-        said = f"{erows.summary()}; {etok.summary()}"
-        if not evals:  # else evaluation would silently not run
-            raise DataError(f"the eval set ({cfg.eval_dataset_name}) has no usable examples: {said}. Fix its rows "
-                            "(or max_length), or drop the eval set.")
-    elif cfg.eval_fraction > 0:
-        from preflab.data.holdout import split_eval_fraction
+    from preflab.data.eval_set import train_and_eval
 
-        train, evals = split_eval_fraction(train, cfg.eval_fraction, cfg.seed)
+    def read_eval(name, split):
+        evals, erows, etok = _read(name, split, cfg, tokenizer)
+        return evals, (erows, etok)
+
+    def said(reports) -> str:
+        return f"{reports[0].summary()}; {reports[1].summary()}"
+
+    train, evals, eval_reports = train_and_eval(cfg, train, read_eval, describe=said)
+    if eval_reports is not None:
+        report.update(eval_rows=eval_reports[0].to_dict(), eval_tokenize=eval_reports[1].to_dict())
     if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
-        if said:
-            print(f"preflab: data (eval): {said}")
+        if eval_reports is not None:
+            print(f"preflab: data (eval): {said(eval_reports)}")
     return train, evals, report
 
 
@@ -290,6 +293,22 @@ def _trainer_base():
     return Trainer
 
 
+@contextmanager
+def _layout_check_unsaid(layout: str):
+    """The offline Trainer's check of `layout` (cfg.layout) against the models, without its warning: SFT trains in
+    its own layout (padded, or packed), checked after. A model's reason said here (e.g. a sliding window) is left
+    unsaid, so SFT's own check says it when packing needs the custom mask."""
+    from preflab.models import attention
+
+    said = set(attention._warned)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(f"preflab: layout {layout!r} needs a custom 4-D "))
+        try:
+            yield
+        finally:
+            attention._warned.intersection_update(said)
+
+
 class SFTTrainer(_trainer_base()):
     """The offline Trainer with the SFT batch kind (same loop, checkpoints, resume, report). Layout: `packed`
     when packing is true (rows of at most max_length tokens), else `padded`; cfg.layout is not used."""
@@ -297,7 +316,8 @@ class SFTTrainer(_trainer_base()):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         if cfg.task != "sft":
             raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
-        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
+        with _layout_check_unsaid(cfg.layout):  # the offline Trainer checks cfg.layout, which SFT does not use
+            super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
         from preflab.models.attention import effective_layout
 
         self.layout = effective_layout("packed" if cfg.packing else "padded", self.policy)

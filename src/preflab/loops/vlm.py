@@ -85,6 +85,7 @@ def image_token_id(model, processor) -> int:
 def prepare_vision_data(cfg, processor, policy, objective):
     """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization."""
     from preflab.data import vision_pairs as builders
+    from preflab.data.eval_set import train_and_eval
     from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
 
     if not cfg.dataset_name:
@@ -92,14 +93,9 @@ def prepare_vision_data(cfg, processor, policy, objective):
     builder, params = cfg.vision_pairs, dict(cfg.vision_pair_params)
     read = dict(on_bad_row=cfg.on_bad_row, max_frames=cfg.max_frames, responses_only=builder != "given")
     rows, row_report = read_vision_pairs(cfg.dataset_name, split=cfg.dataset_split, **read)
-    eval_rows, sources = [], {"train": row_report.source, "eval": row_report.source}
-    if cfg.eval_dataset_name:
-        eval_rows, eval_report = read_vision_pairs(cfg.eval_dataset_name, split=cfg.eval_split, **read)
-        sources["eval"] = eval_report.source
-    elif cfg.eval_fraction > 0:
-        from preflab.data.holdout import split_eval_fraction
-
-        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
+    rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: read_vision_pairs(name, split=split,
+                                                                                                   **read))
+    sources = {"train": row_report.source, "eval": (eval_report or row_report).source}
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
 
     def build(examples, split):

@@ -9,6 +9,7 @@ import math
 import numbers
 
 
+from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import tokenize_pairs
@@ -86,14 +87,8 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row)
-    eval_rows, eval_row_report = [], None
-    if cfg.eval_dataset_name:
-        eval_rows, eval_row_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind="pairwise",
-                                 on_bad_row=cfg.on_bad_row)
-    elif cfg.eval_fraction > 0:
-        from preflab.data.holdout import split_eval_fraction
-
-        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
+    rows, eval_rows, eval_row_report = train_and_eval(
+        cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row))
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                     max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)

@@ -266,6 +266,7 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     trained by regression on `dataset_name`'s rated rows (eval: `eval_dataset_name` or `eval_fraction`, logged as
     eval_mse and eval_mse/<attribute>). Options as for the pairwise heads; `reward_head_params` gives the
     attributes (and the response column, default `response`)."""
+    from preflab.data.eval_set import train_and_eval
     from preflab.models.load import cap_max_length, max_positions
 
     attributes, response_field = attribute_head_params(cfg)
@@ -279,13 +280,8 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
                                       cfg.trust_remote_code))
     settings = dict(response_field=response_field, on_bad_row=cfg.on_bad_row)
     rows, row_report = load_rated(cfg.dataset_name, attributes, split=cfg.dataset_split, **settings)
-    eval_rows, eval_report = [], None
-    if cfg.eval_dataset_name:
-        eval_rows, eval_report = load_rated(cfg.eval_dataset_name, attributes, split=cfg.eval_split, **settings)
-    elif cfg.eval_fraction > 0:
-        from preflab.data.holdout import split_eval_fraction
-
-        rows, eval_rows = split_eval_fraction(rows, cfg.eval_fraction, cfg.seed)
+    rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: load_rated(name, attributes,
+                                                                                            split=split, **settings))
     print(f"preflab: data: {row_report.summary()}")
     if eval_report is not None:
         print(f"preflab: eval data: {eval_report.summary()}")

@@ -1,0 +1,52 @@
+"""A run's eval set: `eval_dataset_name` read whole, else a seeded `eval_fraction` hold-out of the training items
+(preflab.data.holdout: the same positions for a given seed in every run kind), else none. One place for the choice
+and for its empty-set checks, so every loader refuses the same cases with the same messages.
+
+    train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_rows(name, split=split))
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from preflab.data.holdout import split_eval_fraction
+from preflab.data.report import RowReport
+from preflab.errors import DataError
+
+T = TypeVar("T")
+
+
+def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tuple[list[T], Any]],
+                   describe: Callable[[Any], str] | None = None) -> tuple[list[T], list[T], Any]:
+    """(training items, eval items, the eval set's report or None).
+
+    cfg.eval_dataset_name set: `read_eval(eval_dataset_name, eval_split)` -> (eval items, report); no eval item is a
+    DataError (evaluation would silently not run) saying `describe(report)` (default: the report's summary()).
+    Else cfg.eval_fraction > 0: `split_eval_fraction(items, eval_fraction, seed)`, order kept on both sides; a
+    hold-out that leaves no training item is a DataError. Else: (items, [], None)."""
+    name = cfg.eval_dataset_name
+    if name:
+        evals, report = read_eval(name, cfg.eval_split)
+        if not evals:
+            said = describe(report) if describe is not None else _summary(report)
+            raise DataError(f"the eval set (eval_dataset_name={name}) has no usable examples: {said}. Fix its rows "
+                            f"(or max_length, or eval_split={cfg.eval_split!r}), or drop eval_dataset_name.")
+        return list(items), list(evals), report
+    if cfg.eval_fraction > 0:
+        train, evals = split_eval_fraction(items, cfg.eval_fraction, cfg.seed)
+        if items and not train:
+            raise DataError(f"eval_fraction={cfg.eval_fraction} holds out all {len(items)} usable training "
+                            f"example(s) of dataset_name={cfg.dataset_name} (at least one is held out), leaving none "
+                            "to train on. Give more rows, set eval_fraction: 0, or give the eval set as "
+                            "eval_dataset_name.")
+        return train, evals, None
+    return list(items), [], None
+
+
+def _summary(report) -> str:
+    """The report's one-line summary(), or its counts (a RowReport: source, rows seen, kept, skipped by reason)."""
+    if callable(getattr(report, "summary", None)):
+        return report.summary()
+    if isinstance(report, RowReport):
+        return f"{report.source or '<rows>'}: {report.total} rows, {report.kept} kept, {report._skip_text()}"
+    return "no rows"

@@ -1,0 +1,136 @@
+"""preflab.data.eval_set.train_and_eval, the one eval-set choice of the six loaders (SFT, listwise, vision, diffusion,
+pairwise and multi-objective reward models): eval_dataset_name, else a seeded eval_fraction hold-out, else none.
+The held-out rows are the ones each loader held out before it was shared (recorded from the old code: 10 rows,
+eval_fraction 0.3, seed 7 -> rows 0, 3, 5), and the empty cases are refused with the same messages everywhere."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from preflab.config import config_from_dict
+from preflab.data.eval_set import train_and_eval
+from preflab.data.report import DataReport
+from preflab.errors import DataError
+from preflab.models.tiny import tiny_tokenizer
+
+N, FRACTION, SEED, HELD = 10, 0.3, 7, [0, 3, 5]  # HELD: split_eval_fraction before this change, recorded
+
+
+def _cfg(**kw):
+    base = dict(eval_dataset_name=None, eval_split="train", eval_fraction=0.0, seed=0, dataset_name="rows.jsonl")
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_the_recorded_rows_are_held_out_in_order_and_the_rest_trained_on():
+    train, evals, report = train_and_eval(_cfg(eval_fraction=FRACTION, seed=SEED), list(range(N)), None)
+    assert evals == HELD and train == [i for i in range(N) if i not in HELD] and report is None
+    train, evals, _ = train_and_eval(_cfg(eval_fraction=0.25, seed=42), list(range(9)), None)
+    assert evals == [4, 6] and train == [0, 1, 2, 3, 5, 7, 8]
+    assert train_and_eval(_cfg(), [1, 2], None) == ([1, 2], [], None)
+
+
+def test_the_eval_dataset_is_read_whole_and_the_training_items_kept():
+    read = lambda name, split: ([f"{name}:{split}:a", "b"], "report")  # noqa: E731
+    cfg = _cfg(eval_dataset_name="e.jsonl", eval_split="test", eval_fraction=0.0)
+    assert train_and_eval(cfg, [1, 2, 3], read) == ([1, 2, 3], ["e.jsonl:test:a", "b"], "report")
+
+
+def test_an_empty_eval_dataset_is_refused_naming_the_option_and_its_counts():
+    report = DataReport(source="e.jsonl", total=3, kept=0, skipped={"missing_field": 3})
+    with pytest.raises(DataError, match=r"the eval set \(eval_dataset_name=e.jsonl\) has no usable examples: "
+                                        r"e.jsonl \(pairwise\): 3 rows, 0 kept, 3 skipped.*eval_split='test'.*drop "
+                                        r"eval_dataset_name"):
+        train_and_eval(_cfg(eval_dataset_name="e.jsonl", eval_split="test"), [1], lambda n, s: ([], report))
+
+
+def test_a_hold_out_that_leaves_nothing_to_train_on_is_refused():
+    with pytest.raises(DataError, match=r"eval_fraction=0.1 holds out all 1 usable training example\(s\) of "
+                                        r"dataset_name=rows.jsonl.*set eval_fraction: 0"):
+        train_and_eval(_cfg(eval_fraction=0.1), ["only"], None)
+    with pytest.raises(DataError, match="holds out all 2"):
+        train_and_eval(_cfg(eval_fraction=0.9), ["a", "b"], None)
+
+
+# ------------------------------------------------------------------ the six callers hold out the recorded rows
+def _write(tmp_path, rows) -> str:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _real_cfg(tmp_path, rows, **kw):
+    return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": _write(tmp_path, rows),
+                             "eval_fraction": FRACTION, "seed": SEED, "max_length": 64,
+                             "output_dir": str(tmp_path / "out"), **kw})
+
+
+def _sft(tmp_path, monkeypatch):
+    from preflab.loops.sft import prepare_sft
+
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(N)]
+    _, evals, _ = prepare_sft(_real_cfg(tmp_path, rows, task="sft"), tiny_tokenizer())
+    return [x.row_id for x in evals]
+
+
+def _listwise(tmp_path, monkeypatch):
+    from preflab.loops.listwise import prepare_lists
+
+    rows = [{"prompt": f"q{i}", "completions": [f"a{i}", "b", "c"], "scores": [1.0, 0.5, 0.0]} for i in range(N)]
+    _, evals, _ = prepare_lists(_real_cfg(tmp_path, rows, loss_type="rrhf"), tiny_tokenizer())
+    return [x.row_id for x in evals]
+
+
+def _reward(tmp_path, monkeypatch):
+    from preflab.reward_models.data import load_reward_pairs
+
+    rows = [{"prompt": f"q{i}", "chosen": f"yes{i}", "rejected": "no"} for i in range(N)]
+    _, evals, _, _ = load_reward_pairs(_real_cfg(tmp_path, rows, task="reward"), tiny_tokenizer())
+    return [x.row_id for x in evals]
+
+
+def _multi_objective(tmp_path, monkeypatch):
+    from preflab.reward_models import multi_objective
+
+    seen = {}
+    monkeypatch.setattr(multi_objective, "train_multi_objective",
+                        lambda cfg, rows, attributes, **kw: seen.update(eval_rows=kw["eval_rows"]) or {})
+    rows = [{"prompt": f"q{i}", "response": f"r{i}", "ratings": {"helpfulness": i}} for i in range(N)]
+    cfg = _real_cfg(tmp_path, rows, task="reward", reward_head="multi_objective",
+                    reward_head_params={"attributes": ["helpfulness"]})
+    multi_objective.train_attribute_reward(cfg, tokenizer=tiny_tokenizer())
+    return [int(r["prompt"][1:]) for r in seen["eval_rows"]]
+
+
+def _vision(tmp_path, monkeypatch):
+    from preflab.data import vision
+    from preflab.loops.vlm import prepare_vision_data
+
+    rows = [SimpleNamespace(row_id=i) for i in range(N)]
+    monkeypatch.setattr(vision, "read_vision_pairs", lambda source, split, **kw: (list(rows), DataReport("rows")))
+    monkeypatch.setattr(vision, "tokenize_vision_pairs", lambda examples, *a: (
+        examples, DataReport("rows"), DataReport("rows")))
+    cfg = _cfg(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED, vision_pairs="given",
+               vision_pair_params={}, on_bad_row="error", max_frames=8, max_length=64, chunk_tokens=None)
+    _, evals, _ = prepare_vision_data(cfg, None, None, None)
+    return [x.row_id for x in evals]
+
+
+def _diffusion(tmp_path, monkeypatch):
+    from preflab.diffusion import data
+    from preflab.diffusion.data import ImageDataReport
+    from preflab.loops.diffusion import DiffusionRun
+
+    rows = [SimpleNamespace(row_id=i) for i in range(N)]
+    monkeypatch.setattr(data, "load_image_pairs", lambda source, split, **kw: (list(rows), ImageDataReport("rows")))
+    cfg = _cfg(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED, score_range=None,
+               resolution=8, image_resize=True, on_bad_row="error", user_column=None)
+    run = SimpleNamespace(cfg=cfg, self_npo=False, ppd=False, objective=None, main=False, dcpo=False,
+                          scores_held_out=False)
+    _, evals, _ = DiffusionRun._prepare_data(run)
+    return [x.row_id for x in evals]
+
+
+@pytest.mark.parametrize("caller", [_sft, _listwise, _reward, _multi_objective, _vision, _diffusion],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_every_loader_holds_out_the_rows_it_held_out_before(tmp_path, monkeypatch, caller):
+    assert caller(tmp_path, monkeypatch) == HELD
