@@ -109,7 +109,7 @@ class Trainer(TrainingRun):
                               "outside the reference's forward, where FSDP2 keeps it sharded; train it with "
                               "examples/accelerate/ddp.yaml.")
         self.ref_logps, self.ref_cache_info = {}, {}
-        self.layout = effective_layout(cfg.layout, policy, ref)
+        self.layout = effective_layout(self.requested_layout(), policy, ref)
         if cfg.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -152,6 +152,10 @@ class Trainer(TrainingRun):
     def restore_data_position(self, saved: dict | None, step: int) -> None:
         if self.stream is not None:
             self.streamed.restore(saved, step)
+
+    def requested_layout(self) -> str:
+        """The layout the run asks for (cfg.layout), checked against the models by `effective_layout`."""
+        return self.cfg.layout
 
     def training_examples(self) -> list | None:
         return None if self.stream is not None else self.train_data

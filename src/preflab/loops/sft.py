@@ -28,9 +28,6 @@ so the loss equals the unpacked loss.
 """
 from __future__ import annotations
 
-import re
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -293,22 +290,6 @@ def _trainer_base():
     return Trainer
 
 
-@contextmanager
-def _layout_check_unsaid(layout: str):
-    """The offline Trainer's check of `layout` (cfg.layout) against the models, without its warning: SFT trains in
-    its own layout (padded, or packed), checked after. A model's reason said here (e.g. a sliding window) is left
-    unsaid, so SFT's own check says it when packing needs the custom mask."""
-    from preflab.models import attention
-
-    said = set(attention._warned)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape(f"preflab: layout {layout!r} needs a custom 4-D "))
-        try:
-            yield
-        finally:
-            attention._warned.intersection_update(said)
-
-
 class SFTTrainer(_trainer_base()):
     """The offline Trainer with the SFT batch kind (same loop, checkpoints, resume, report). Layout: `packed`
     when packing is true (rows of at most max_length tokens), else `padded`; cfg.layout is not used."""
@@ -316,12 +297,12 @@ class SFTTrainer(_trainer_base()):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         if cfg.task != "sft":
             raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
-        with _layout_check_unsaid(cfg.layout):  # the offline Trainer checks cfg.layout, which SFT does not use
-            super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
-        from preflab.models.attention import effective_layout
-
-        self.layout = effective_layout("packed" if cfg.packing else "padded", self.policy)
+        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
         self.kind = type("SFTKindRun", (SFTKind,), {"max_row_tokens": cfg.max_length})
+
+    def requested_layout(self) -> str:
+        """SFT's own layout (the offline Trainer checks it against the model): packed or padded, not cfg.layout."""
+        return "packed" if self.cfg.packing else "padded"
 
     def micro_batches(self, step: int):
         """The loop's micro-batches, each told N / T of the whole step (one all-reduce of two numbers)."""
