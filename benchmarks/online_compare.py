@@ -18,7 +18,8 @@ one generation per step (on-policy: no old-policy pass), one thread, fp32.
 
 Phases (steps 2..N, the first step's one-off work left out; per-step sums of wall time):
   generation  TRL: GRPOTrainer._generate (tokenising the prompts, model.generate, decoding); preflab:
-              OnlineRun._generate (model.generate with the KV cache) and decoding for the judge
+              OnlineRun._generate (model.generate with the KV cache; prompts were tokenised once at the start and
+              decoding is part of scoring: both are milliseconds here)
   scoring     reward function calls, the reference model's token log-probs, advantages and the rest of the
               round's bookkeeping (TRL: the rest of _generate_and_score_completions; preflab: the rest of
               OnlineRun._new_round)
@@ -77,7 +78,10 @@ def parser():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--libraries", default="trl,preflab")
+    ap.add_argument("--libraries", default="trl,preflab",
+                    help="comma-separated: trl, preflab, and preflab_before (needs --before-src)")
+    ap.add_argument("--before-src", help="a src/ folder of another preflab version (e.g. `git archive COMMIT src`), "
+                                         "run as library preflab_before")
     ap.add_argument("--out", help="append every run's JSON line to this file")
     ap.add_argument("--report", help="print the tables of the runs in this JSONL file and exit")
     ap.add_argument("--check", action="store_true", help="forced identical completions: compare loss and grad norm")
@@ -277,6 +281,7 @@ def worker(args) -> None:
 
 # ---------------------------------------------------------------------------------------------------- driver side
 def launch(args, library: str, extra: list[str]) -> dict:
+    label, library = library, "preflab" if library == "preflab_before" else library
     cmd = [sys.executable, __file__, "--worker", library, "--fixture", args.fixture, "--prompts", str(args.prompts),
            "--num-generations", str(args.num_generations), "--max-completion-length", str(args.max_completion_length),
            "--temperature", str(args.temperature), "--lr", str(args.lr), "--beta", str(args.beta), "--loss-type",
@@ -284,6 +289,10 @@ def launch(args, library: str, extra: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1",
            "TRANSFORMERS_VERBOSITY": "error"}
+    if label == "preflab_before":
+        if not args.before_src:
+            raise SystemExit("library preflab_before needs --before-src DIR")
+        env["PYTHONPATH"] = os.path.abspath(args.before_src)
     load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -292,7 +301,8 @@ def launch(args, library: str, extra: list[str]) -> dict:
         raise SystemExit(f"worker {library} failed ({proc.returncode}): {' '.join(cmd)}")
     res = json.loads(lines[-1])
     res["loadavg_before_1m"] = load_before
-    print(f"  {library:8s} {res['generated_tokens_per_s']:7.1f} gen tok/s  {res['steps_per_s']:.3f} steps/s  "
+    res["library"] = label
+    print(f"  {label:14s} {res['generated_tokens_per_s']:7.1f} gen tok/s  {res['steps_per_s']:.3f} steps/s  "
           f"gen {res['generation_s']:6.2f} s  score {res['scoring_s']:5.2f} s  train {res['training_s']:5.2f} s  "
           f"peak {res['peak_rss_mib']:6.0f} MiB  load {load_before:.2f}/{res['loadavg_1m']:.2f}  "
           f"losses {['%.5f' % x for x in res['losses'][:3]]}", flush=True)
@@ -323,22 +333,28 @@ def spread(values) -> str:
 
 
 def report(results: list[dict]) -> None:
-    by = {lib: [r for r in results if r["library"] == lib and not r.get("forced")] for lib in ("trl", "preflab")}
-    keys = [("generated_tokens_per_s", "generated tok/s (wall)"), ("steps_per_s", "optimizer steps/s"),
-            ("generation_s", "generation s"), ("scoring_s", "scoring s"), ("training_s", "training s"),
-            ("peak_rss_mib", "peak RSS MiB")]
-    print("\n| quantity (steps 2..N) | TRL min / median / max | preflab min / median / max | preflab / TRL: ratio of "
-          "medians (per-repeat min / median / max) |")
-    print("|---|---|---|---|")
+    libs = [lib for lib in ("trl", "preflab", "preflab_before") if any(r["library"] == lib for r in results)]
+    by = {lib: [r for r in results if r["library"] == lib and not r.get("forced")] for lib in libs}
+    keys = [("generated_tokens_per_s", "generated tokens / s of wall time"), ("steps_per_s", "optimizer steps / s"),
+            ("generation_tokens_per_s", "generated tokens / s of generation time"),
+            ("generation_s", "generation s / step"), ("scoring_s", "scoring s / step"),
+            ("training_s", "training s / step"), ("peak_rss_mib", "peak RSS MiB")]
+    per_step = {"generation_s", "scoring_s", "training_s"}
+    others = [lib for lib in libs if lib != "trl"]
+    print("\n| quantity (steps 2..N) | " + " | ".join(f"{lib} min / median / max" for lib in libs) + " | " +
+          " | ".join(f"{lib} / trl: ratio of medians (per-repeat min / median / max)" for lib in others) + " |")
+    print("|---|" + "---|" * (len(libs) + len(others)))
     for key, label in keys:
-        t, p = [r[key] for r in by["trl"]], [r[key] for r in by["preflab"]]
-        if not t or not p:
+        cols = {lib: [r[key] / (r["timed_steps"] if key in per_step else 1) for r in by[lib]] for lib in libs}
+        if any(not v for v in cols.values()) or "trl" not in cols:
             continue
-        pairs = [a / b for a, b in zip(p, t)]
-        print(f"| {label} | {spread(t)} | {spread(p)} | {statistics.median(p) / statistics.median(t):.2f}x "
-              f"({spread(pairs)}) |")
+        cells = [spread(cols[lib]) for lib in libs]
+        for lib in others:
+            pairs = [a / b for a, b in zip(cols[lib], cols["trl"])]
+            cells.append(f"{statistics.median(cols[lib]) / statistics.median(cols['trl']):.2f}x ({spread(pairs)})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     loads = [r.get("loadavg_before_1m", r["loadavg_1m"]) for r in results] + [r["loadavg_1m"] for r in results]
-    print(f"\nruns: TRL {len(by['trl'])}, preflab {len(by['preflab'])}; 1-minute load average before/after the runs "
+    print(f"\nruns: {', '.join(f'{lib} {len(by[lib])}' for lib in libs)}; 1-minute load average before/after the runs "
           f"{min(loads):.2f}-{max(loads):.2f}; settings {results[0]['settings']}")
 
 
