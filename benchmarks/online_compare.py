@@ -161,13 +161,12 @@ def load_inputs(args):
 
 
 def run_trl(args, clock: PhaseClock) -> dict:
-    import torch
+    import trl
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    import trl
 
-    path, tok, prompts, model = load_inputs(args)
+    _, tok, prompts, model = load_inputs(args)
     out = tempfile.mkdtemp(prefix="online-cmp-trl-")
     G = args.num_generations
     cfg = GRPOConfig(output_dir=out, per_device_train_batch_size=args.prompts * G, num_generations=G,
@@ -340,18 +339,20 @@ def report(results: list[dict]) -> None:
             ("generation_s", "generation s / step"), ("scoring_s", "scoring s / step"),
             ("training_s", "training s / step"), ("peak_rss_mib", "peak RSS MiB")]
     per_step = {"generation_s", "scoring_s", "training_s"}
-    others = [lib for lib in libs if lib != "trl"]
+    others = [(lib, "trl") for lib in libs if lib != "trl"]
+    if "preflab_before" in libs and "preflab" in libs:
+        others.append(("preflab", "preflab_before"))
     print("\n| quantity (steps 2..N) | " + " | ".join(f"{lib} min / median / max" for lib in libs) + " | " +
-          " | ".join(f"{lib} / trl: ratio of medians (per-repeat min / median / max)" for lib in others) + " |")
+          " | ".join(f"{a} / {b}: ratio of medians (per-repeat min / median / max)" for a, b in others) + " |")
     print("|---|" + "---|" * (len(libs) + len(others)))
     for key, label in keys:
         cols = {lib: [r[key] / (r["timed_steps"] if key in per_step else 1) for r in by[lib]] for lib in libs}
         if any(not v for v in cols.values()) or "trl" not in cols:
             continue
         cells = [spread(cols[lib]) for lib in libs]
-        for lib in others:
-            pairs = [a / b for a, b in zip(cols[lib], cols["trl"])]
-            cells.append(f"{statistics.median(cols[lib]) / statistics.median(cols['trl']):.2f}x ({spread(pairs)})")
+        for a, b in others:
+            pairs = [x / y for x, y in zip(cols[a], cols[b])]
+            cells.append(f"{statistics.median(cols[a]) / statistics.median(cols[b]):.2f}x ({spread(pairs)})")
         print(f"| {label} | " + " | ".join(cells) + " |")
     loads = [r.get("loadavg_before_1m", r["loadavg_1m"]) for r in results] + [r["loadavg_1m"] for r in results]
     print(f"\nruns: {', '.join(f'{lib} {len(by[lib])}' for lib in libs)}; 1-minute load average before/after the runs "

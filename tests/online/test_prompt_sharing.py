@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-from preflab.online.examples import Example, group_layout, shared_pair_layout, shared_prompt_layout, pair_layout
+from preflab.online.examples import Example, group_layout, pair_layout, shared_pair_layout, shared_prompt_layout
 from preflab.scoring.lm import LogProbScorer
 
 from test_online_run import tiny_cfg, tiny_run
