@@ -14,6 +14,11 @@ is scored with weight 0, so the update does not depend on the split); num_iterat
 (TRL GRPO's mu). A round with no examples at all (every group tied) takes zero-gradient steps (Adam's moments
 still move the weights), counted in summary.json `online.empty_steps`.
 
+Layout: with layout prefix_shared (the default) or prefix_packed, the round's reference / old-policy log-probs and
+every step score `[prompt | completion_1 | ... ]` in one row per example (preflab.data.prefix), so a prompt is
+computed once per example, not once per completion (same log-probs to float rounding); layout padded, or a model
+that cannot take a custom 4-D mask, gets one right-padded row per completion.
+
 Reference: pi_0 (a frozen copy, or LoRA adapters off) when refresh_reference_every = 0; the round-start policy
 when refresh_reference_every = 1 (iterative DPO, SPPO, GPO: no copy is kept, its log-probs are computed at the
 round start); a copy refreshed every n rounds otherwise.
