@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from preflab.data.layout import LayoutBatch, padded
+from preflab.data.prefix import Block, block_rows
 from preflab.objectives.base import SequenceLogps
 
 
@@ -66,6 +67,26 @@ def group_layout(examples: list[Example], pad_id: int) -> LayoutBatch:
     """All completions of B groups, group-major (B * G sequences)."""
     seqs = [(e.prompt_ids, c) for e in examples for c in e.completions]
     return padded(seqs, pad_id, row_ids=[e.row_id for e in examples])
+
+
+def shared_prompt_layout(examples: list[Example], pad_id: int, sequences=Example.sequences) -> LayoutBatch:
+    """`[prompt | sequence_1 | ... | sequence_k]` in one row per example (prefix sharing, preflab.data.prefix: each
+    sequence attends to the prompt and itself, positions restart after the prompt), so the prompt is computed once
+    per example instead of once per sequence. Sequences are numbered example-major, the order of group_layout (and
+    of `padded` over the flattened sequences): scores and their response mask have the same [N, L] shape."""
+    blocks, n = [], 0
+    for e in examples:
+        seqs = [list(c) for c in sequences(e)]
+        blocks.append([Block(e.prompt_ids, seqs, list(range(n, n + len(seqs))))])
+        n += len(seqs)
+    return block_rows(blocks, n, pad_id, row_ids=[e.row_id for e in examples])
+
+
+def shared_pair_layout(examples: list[Example], pad_id: int) -> LayoutBatch:
+    """pair_layout's sequences ([chosen_1..B, rejected_1..B]) as `[prompt | chosen | rejected]` rows."""
+    b = len(examples)
+    return block_rows([[Block(e.prompt_ids, [e.completions[0], e.completions[1]], [i, b + i])]
+                       for i, e in enumerate(examples)], 2 * b, pad_id, row_ids=[e.row_id for e in examples])
 
 
 def online_layout(examples: list[Example], pad_id: int) -> LayoutBatch:

@@ -14,6 +14,11 @@ is scored with weight 0, so the update does not depend on the split); num_iterat
 (TRL GRPO's mu). A round with no examples at all (every group tied) takes zero-gradient steps (Adam's moments
 still move the weights), counted in summary.json `online.empty_steps`.
 
+Layout: with layout prefix_shared (the default) or prefix_packed, the round's reference / old-policy log-probs and
+every step score `[prompt | completion_1 | ... ]` in one row per example (preflab.data.prefix), so a prompt is
+computed once per example, not once per completion (same log-probs to float rounding); layout padded, or a model
+that cannot take a custom 4-D mask, gets one right-padded row per completion.
+
 Reference: pi_0 (a frozen copy, or LoRA adapters off) when refresh_reference_every = 0; the round-start policy
 when refresh_reference_every = 1 (iterative DPO, SPPO, GPO: no copy is kept, its log-probs are computed at the
 round start); a copy refreshed every n rounds otherwise.
@@ -52,11 +57,11 @@ from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
-                                     sequence_logps, token_matrix)
+                                     sequence_logps, shared_pair_layout, shared_prompt_layout, token_matrix)
 from preflab.online.generator import make_generator
 from preflab.online.trainers import (RENAMED, TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
-from preflab.scoring.lm import LogProbScorer, Scores, split_pairs
+from preflab.scoring.lm import LogProbScorer, Scores, split_pairs, unwrap
 
 
 # online runs call the policy outside the engine's wrapper (make_accelerator refuses FSDP2 / ZeRO-3)
@@ -103,6 +108,7 @@ class OnlineMicroBatch:
 
 class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
+    prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
 
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None):
         if cfg.task != "online":
@@ -180,6 +186,7 @@ class OnlineRun(TrainingRun):
         policy.to(acc.device)
         if self.ref is not None:
             self.ref.to(acc.device)
+        self.share_prompt = self._shares_prompt()
         self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
         self.params = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
@@ -191,6 +198,21 @@ class OnlineRun(TrainingRun):
         self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
         self.refreshes = 0
         self.before = task.evaluate(policy, tokenizer) if task.evaluate is not None else None
+
+    def _shares_prompt(self) -> bool:
+        """Whether the round's scoring and the steps lay out each example as `[prompt | completion_1 | ...]` (the
+        prompt computed once per example instead of once per completion; same token log-probs as one row per
+        completion, to float rounding): layout prefix_shared (the default) or prefix_packed, and a transformers
+        policy (and reference) that takes a custom 4-D attention mask; else one right-padded row per completion
+        (layout padded, or a model that cannot: said once by effective_layout)."""
+        from preflab.models.attention import effective_layout
+
+        if not self.prompt_sharing or self.cfg.layout not in ("prefix_shared", "prefix_packed"):
+            return False
+        models = [m for m in (self.policy, self.ref) if m is not None]
+        if any(getattr(unwrap(m), "config", None) is None for m in models):  # not a transformers model (game task)
+            return False
+        return effective_layout("prefix_shared", *models) == "prefix_shared"
 
     # ------------------------------------------------------------------ generation rounds
     def _round_seed(self, r: int) -> int:
@@ -222,7 +244,38 @@ class OnlineRun(TrainingRun):
 
     def _group_layout(self, examples: list[Example]):
         """All completions of the examples (groups), group-major."""
+        if self.share_prompt:
+            return shared_prompt_layout(examples, self.pad_id, lambda e: e.completions)
         return group_layout(examples, self.pad_id)
+
+    def _pair_layout(self, examples: list[Example]):
+        """[chosen_1..B, rejected_1..B] of pair examples."""
+        return shared_pair_layout(examples, self.pad_id) if self.share_prompt else pair_layout(examples, self.pad_id)
+
+    @torch.no_grad()
+    def _example_logps(self, model_scores, examples: list[Example]) -> list[list[float]]:
+        """Token log-probs of every sequence of the examples (Example.sequences(), example-major): with prompt
+        sharing one `[prompt | sequence_1 | ...]` row per example, up to per_device_eval_batch_size sequences per
+        forward (at least one example); else _token_logps over one row per sequence."""
+        if not self.share_prompt:
+            seqs = [(e.prompt_ids, c) for e in examples for c in e.sequences()]
+            return self._token_logps(model_scores, seqs, [e.row_id for e in examples for _ in e.sequences()])
+        b = max(1, self.cfg.per_device_eval_batch_size)
+        chunks, current, n = [], [], 0
+        for e in examples:
+            k = len(e.sequences())
+            if current and n + k > b:
+                chunks.append(current)
+                current, n = [], 0
+            current.append(e)
+            n += k
+        chunks.append(current)
+        out = []
+        for chunk in chunks:
+            scores = model_scores(shared_prompt_layout(chunk, self.pad_id).to(self.accelerator.device))
+            for row, m in zip(scores.token_logps, scores.mask):
+                out.append(row[m].float().cpu().tolist())
+        return out
 
     def _empty_layout(self):
         """Two pad-token completions of the first prompt: scored with weight 0 by an empty micro-batch."""
@@ -379,8 +432,6 @@ class OnlineRun(TrainingRun):
         """Reference and round-start policy token log-probs of every sequence the round's steps will score."""
         if not examples:
             return
-        seqs = [(e.prompt_ids, c) for e in examples for c in e.sequences()]
-        row_ids = [e.row_id for e in examples for _ in e.sequences()]
         counts = [len(e.sequences()) for e in examples]
 
         def assign(values, attr):
@@ -391,10 +442,10 @@ class OnlineRun(TrainingRun):
 
         self.policy.eval()
         if self.needs_ref:
-            assign(self._token_logps(self._reference_source(), seqs, row_ids), "ref")
+            assign(self._example_logps(self._reference_source(), examples), "ref")
         moved = self.round_len > 1
         if self.spec.kind == "groups" and moved:
-            assign(self._token_logps(self._policy_scores, seqs, row_ids), "prev")
+            assign(self._example_logps(self._policy_scores, examples), "prev")
         self.policy.train()
 
     # ------------------------------------------------------------------ the driver's hooks
@@ -493,7 +544,7 @@ class OnlineRun(TrainingRun):
 
     def _forward_pairs(self, mb: OnlineMicroBatch):
         exs, device = mb.examples, self.accelerator.device
-        layout = pair_layout(exs, self.pad_id).to(device)
+        layout = self._pair_layout(exs).to(device)
         with self.accelerator.autocast():
             scores = self.scorer(layout, want_hidden=self.want_hidden)
         mask = layout.response_mask

@@ -182,6 +182,7 @@ class VisionOnlineRun(OnlineRun):
     """OnlineRun with image prompts (group recipes; preflab.online.options checks the config)."""
 
     scorer_class = VisionLogProbScorer
+    prompt_sharing = False  # image prompts: one vision_layout row per completion
 
     def __init__(self, cfg, policy=None, ref=None, processor=None, task=None):
         if processor is None:
