@@ -450,6 +450,8 @@ class OnlineRun(TrainingRun):
         out.metrics.update({k: v for k, v in self.pending.metrics.items() if isinstance(v, (int, float))})
         if "clip_ratio/region_mean" in out.metrics:
             out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
+            if "clip_ratio/region_mean" in out.metric_counts:
+                out.metric_counts["clip_ratio"] = out.metric_counts["clip_ratio/region_mean"]
         return out
 
     def progress(self, step: int) -> dict:

@@ -105,7 +105,7 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
     read from cfg records its own."""
     from preflab.reward_models.eval import pair_outputs
-    from preflab.reward_models.heads import sequence_outputs
+    from preflab.reward_models.heads import last_real_token, sequence_outputs
 
     if head is None and cfg.reward_head == "multi_objective":  # DPA: attribute regression on rated rows
         from preflab.reward_models.multi_objective import train_attribute_reward
@@ -137,8 +137,13 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
         return MicroBatch(collate_pairs(pairs, pad_id, "padded"), [p.row_id for p in pairs], [])
 
     def loss_fn(model, mb):
-        layout = mb.layout.to(next(model.parameters()).device)
-        out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+        device = next(model.parameters()).device
+        layout = mb.layout.to(device)
+        if unmasked_rows(model, mb.layout):  # no padding mask: no device reads for it inside the model's forward
+            last = last_real_token(mb.layout.attention_mask).to(device, non_blocking=True)  # from the host's mask
+            out = sequence_outputs(model, layout.input_ids, None, last)
+        else:
+            out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
         n = len(mb.row_ids)
         return head.loss(out[:n], out[n:], layout.extras)
 
@@ -152,6 +157,19 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     run = RewardRun(cfg, model, tokenizer, train_data, collate, loss_fn, evaluate if eval_data else None, info,
                     report)
     return run.train()
+
+
+def unmasked_rows(model, layout) -> bool:
+    """Whether a reward model may score `layout` (as built on the host) without its padding mask: right-padded rows
+    (layout.causal_only) and a causal decoder under the head, checked once per model by a probe
+    (preflab.models.attention.right_padding_needs_no_mask). The scores are those of the masked forward."""
+    from preflab.models.attention import right_padding_needs_no_mask
+    from preflab.reward_models.heads import reward_backbone
+
+    if not getattr(layout, "causal_only", False):
+        return False
+    backbone = reward_backbone(model)
+    return backbone is not None and right_padding_needs_no_mask(backbone)
 
 
 def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=None):
