@@ -162,8 +162,8 @@ class UnpairedBatch:
     policy_kl: SequenceLogps | None = None
     ref_kl: SequenceLogps | None = None
     extras: dict = field(default_factory=dict)
-    # (desirable, undesirable) example counts when known on the host (the training loop's batches): metrics that
-    # exist only for labels present are then decided without reading the device label
+    # (desirable, undesirable) example counts when known on the host (the training loop's batches): the counts of
+    # the per-label metric means (ObjectiveOutput.metric_counts) are then host numbers, not device reads
     label_counts: tuple[int, int] | None = None
 
     @property

@@ -9,7 +9,9 @@ With r = S_theta(y) - S_ref(y) and the reference point z0 from mismatched comple
 Inputs: UnpairedBatch with policy, ref, label and the mismatched sides policy_kl, ref_kl.
 
 Deviation from the paper: none (TRL 1.16's estimator). z0 is this batch's mean; TRL also averages it over ranks,
-which the step layer must do by passing the gathered batch. Metrics follow TRL: kl, rewards/*, logps/*.
+which the step layer must do by passing the gathered batch. Metrics follow TRL: kl, rewards/*, logps/*; the
+per-label means carry their counts (unpaired_metrics), so the logged means are exact over the whole optimizer step
+and logging window.
 """
 from dataclasses import dataclass
 
