@@ -224,3 +224,23 @@ def test_grpo_reward_and_token_ratios_are_exact_over_micro_batches_of_different_
             kls.append(((torch.exp(d) - d - 1)[masks[j] & valid[j][..., None]]).double())
     assert result.metrics["kl"] == pytest.approx(float(torch.cat(kls).mean()), rel=1e-6)
     assert result.metric_counts["reward"] == 5 and result.metric_counts["kl"] == 4 * 3 + 1 * 2
+
+
+def test_the_token_count_of_all_ranks_rides_in_the_steps_all_reduce():
+    """StepResult.num_tokens: the micro-batches' num_tokens summed over the ranks inside the step's one all-reduce
+    (the training loop read it with a reduce + .item() of its own every step before)."""
+    from types import SimpleNamespace
+
+    from preflab.objectives.base import ObjectiveOutput
+    from preflab.step import optimizer_step
+
+    weight = torch.nn.Parameter(torch.ones(2))
+
+    def forward(mb):
+        losses = (weight * mb.num_tokens).sum().expand(len(mb.row_ids))
+        return ObjectiveOutput(losses.mean(), losses, {"scale": weight.detach().sum()})
+
+    mbs = [SimpleNamespace(row_ids=[0, 1], num_tokens=7), SimpleNamespace(row_ids=[2], num_tokens=5)]
+    opt = torch.optim.SGD([weight], lr=0.0)
+    assert optimizer_step(mbs, forward, [weight], opt).num_tokens == 12
+    assert optimizer_step(mbs, forward, [weight], opt, accelerator=_Twins()).num_tokens == 24

@@ -19,7 +19,8 @@ they travel with the weight-guard bound and the gradient norm in one tensor that
 decision needs it: a non-finite loss sum or gradient norm skips the update). A GPU can so run ahead of the host
 through all micro-batches of a step (tests/test_step_syncs.py counts the syncs; benchmarks/op_count.py counts every
 op a step dispatches, tests/perf/test_op_budget.py bounds them). On several processes the window's example count is
-all-reduced too, and the one tensor of sums is all-reduced before that read (a collective, not a host read on NCCL).
+all-reduced too, and the one tensor of sums (with the micro-batches' token counts, StepResult.num_tokens) is
+all-reduced before that read (a collective, not a host read on NCCL).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
@@ -66,6 +67,8 @@ class StepResult:
     metric_counts: dict[str, float] = field(default_factory=dict)
     # {name: (a, b)}: metrics defined as a - b (ObjectiveOutput.metric_differences), recomputed after averaging
     metric_differences: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the micro-batches' num_tokens summed over all ranks (carried in the step's one all-reduce; None without them)
+    num_tokens: int | None = None
 
 
 def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
@@ -145,11 +148,14 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     groups = _one_layout(metric_sums)  # [((entry names...), [k] sums)]: one layout whatever the micro-batches held
     counts_here = {name + COUNT: host_counts[name] for name in sorted(host_counts)}
     host_metrics = dict(sorted(host_metrics.items()))
+    tokens = [getattr(mb, "num_tokens", None) for mb in micro_batches]
+    tokens = float(sum(tokens)) if tokens and all(isinstance(t, (int, float)) for t in tokens) else None
     if world > 1:  # host numbers summed over ranks with the rest (one host -> device copy), and the layout's hash
         layout = [name for key, _ in groups for name in key] + list(host_metrics) + list(counts_here)
         check = float(zlib.crc32("\n".join(layout).encode()) & 0xFFFF) + 1.0
         _check_layout_once(accelerator, layout)
-        host_entries = {LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check, **host_metrics, **counts_here}
+        host_entries = {LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check, **host_metrics, **counts_here,
+                        **({TOKENS: tokens} if tokens is not None else {})}
         groups.append((tuple(host_entries), torch.tensor(list(host_entries.values()), dtype=wide).to(here)))
         host_metrics, counts_here = {}, {}
     flags = torch.cat([torch.stack([bound, grad_norm.detach()]).to(wide), loss_sum.to(here).reshape(1),
@@ -169,6 +175,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             "the step sums every rank's metrics position by position, so each objective and loop must report the "
             "same metric names for every batch (a mean over part of a batch: ObjectiveOutput.metric_counts, with "
             "count 0 where the batch has none).")
+    tokens = totals.get(TOKENS, tokens)
     metrics, metric_counts = {}, {}
     for name in sorted(host_counts):
         count = totals[name + COUNT]
@@ -200,7 +207,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     local_norm = norm_total / world if world > 1 else norm_total
     return StepResult(loss=loss_total / denom, metrics=dict(sorted(metrics.items())), grad_norm=local_norm,
                       skipped=skipped, num_examples=int(denom), row_ids=row_ids, nonfinite_weights=weights_bad,
-                      overflow=overflow, metric_counts=metric_counts, metric_differences=differences)
+                      overflow=overflow, metric_counts=metric_counts, metric_differences=differences,
+                      num_tokens=None if tokens is None else int(round(tokens)))
 
 
 def _wide(device: torch.device) -> torch.dtype:
@@ -210,6 +218,7 @@ def _wide(device: torch.device) -> torch.dtype:
 
 COUNT = "#count"  # suffix of a metric's count among the step's sums (a metric name with this suffix is refused)
 LAYOUT_HASH, LAYOUT_HASH_SQUARED = "#layout", "#layout^2"  # the per-step check of the ranks' layouts
+TOKENS = "#tokens"  # the micro-batches' num_tokens, summed over ranks in the same all-reduce
 
 
 def _add_metrics(sums: dict, host_sums: dict, host_counts: dict, metrics: dict, counts: dict, differences: dict,

@@ -576,9 +576,11 @@ class TrainingRun:
             mbs = self.micro_batches(step)
             result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
-            tokens = sum(mb.num_tokens for mb in mbs)
-            if acc.num_processes > 1:
-                tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
+            tokens = result.num_tokens  # all ranks' tokens, summed in the step's own all-reduce (no read of its own)
+            if tokens is None:
+                tokens = sum(mb.num_tokens for mb in mbs)
+                if acc.num_processes > 1:
+                    tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
             tokens_total += tokens
             bar.update(result, tokens)
             if result.skipped:

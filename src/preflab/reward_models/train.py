@@ -12,6 +12,7 @@ summary.json, and the final model as safetensors in `output_dir`, loadable with
 """
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -166,10 +167,34 @@ def unmasked_rows(model, layout) -> bool:
     from preflab.models.attention import right_padding_needs_no_mask
     from preflab.reward_models.heads import reward_backbone
 
-    if not getattr(layout, "causal_only", False):
+    if not getattr(layout, "causal_only", False) or _sharded(model):
         return False
     backbone = reward_backbone(model)
     return backbone is not None and right_padding_needs_no_mask(backbone)
+
+
+_SHARDED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _sharded(model) -> bool:
+    """Parameters sharded by FSDP2 (fully_shard) or DeepSpeed ZeRO-3: the probe would call the decoder outside the
+    engine's root forward, which gathers them; such runs keep the padding mask. Decided once per model object."""
+    if model not in _SHARDED:
+        _SHARDED[model] = _find_sharding(model)
+    return _SHARDED[model]
+
+
+def _find_sharding(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    inner = model
+    while True:
+        if isinstance(inner, FSDPModule):
+            return True
+        if not isinstance(getattr(inner, "module", None), torch.nn.Module):
+            break
+        inner = inner.module
+    return any(hasattr(p, "ds_tensor") for p in model.parameters())
 
 
 def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=None):
