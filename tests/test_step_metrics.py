@@ -119,7 +119,7 @@ def _kto_steps(accelerator, steps=3):
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(3))
     objective = get_objective("kto")
-    opt = torch.optim.SGD([weight], lr=0.1)
+    opt = torch.optim.AdamW([weight], lr=1e-3, fused=True)  # as training (no rollback copy, no step-count read)
     labels = [[False, False], [True, False, True]]
 
     def forward(mb):
@@ -244,3 +244,39 @@ def test_the_token_count_of_all_ranks_rides_in_the_steps_all_reduce():
     opt = torch.optim.SGD([weight], lr=0.0)
     assert optimizer_step(mbs, forward, [weight], opt).num_tokens == 12
     assert optimizer_step(mbs, forward, [weight], opt, accelerator=_Twins()).num_tokens == 24
+
+
+def test_a_two_process_step_reads_the_device_once(monkeypatch):
+    """On several processes the step reads the device once, as on one: the window's example count is all-reduced
+    and used on the device (before: an `.item()` per step), the names are not gathered after the first step, the
+    token count rides in the same all-reduce. Counted with tests/test_step_syncs.py's op set (first step left out:
+    it gathers the names once)."""
+    import sys
+    from pathlib import Path
+
+    import accelerate.utils
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_step_syncs import is_sync
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda obj: obj * 2)
+    reads = []
+    original_tolist = torch.Tensor.tolist
+
+    def tolist(self):
+        reads.append("tolist")
+        return original_tolist(self)
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if is_sync(func, args, kwargs or {}):
+                reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    accelerator = _Twins()
+    _kto_steps(accelerator, steps=1)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    with Count():
+        _kto_steps(accelerator, steps=2)
+    assert reads == ["tolist", "tolist"], reads

@@ -149,4 +149,5 @@ def test_kto_metrics_with_host_label_counts_equal_the_indexed_means():
     only_desirable = KTO().compute(UnpairedBatch(parts[0], torch.ones(6, dtype=torch.bool), *parts[2:],
                                                  label_counts=(6, 0)))
     assert set(only_desirable.metrics) == set(plain.metrics)
-    assert only_desirable.metric_counts["rewards/rejected"] == 0 and float(only_desirable.metrics["rewards/rejected"]) == 0
+    assert only_desirable.metric_counts["rewards/rejected"] == 0
+    assert float(only_desirable.metrics["rewards/rejected"]) == 0

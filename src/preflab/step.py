@@ -14,13 +14,15 @@ skips the update and lowers its scale (Micikevicius et al., 2018, "Mixed Precisi
 loss scaling), the scheduler does not advance, and the step is reported as `overflow` (StepResult.skipped is then
 False: it does not count toward max_nonfinite_steps).
 
-Host syncs: one per optimizer step. The loss and metric sums of every micro-batch stay on the device; after clipping
-they travel with the weight-guard bound and the gradient norm in one tensor that the host reads once (the skip
-decision needs it: a non-finite loss sum or gradient norm skips the update). A GPU can so run ahead of the host
-through all micro-batches of a step (tests/test_step_syncs.py counts the syncs; benchmarks/op_count.py counts every
-op a step dispatches, tests/perf/test_op_budget.py bounds them). On several processes the window's example count is
-all-reduced too, and the one tensor of sums (with the micro-batches' token counts, StepResult.num_tokens) is
-all-reduced before that read (a collective, not a host read on NCCL).
+Host syncs: one per optimizer step, on one process and on several. The loss and metric sums of every micro-batch
+stay on the device; after clipping they travel with the weight-guard bound and the gradient norm in one tensor that
+the host reads once (the skip decision needs it: a non-finite loss sum or gradient norm skips the update). A GPU can
+so run ahead of the host through all micro-batches of a step (tests/test_step_syncs.py counts the syncs;
+benchmarks/op_count.py counts every op a step dispatches, tests/perf/test_op_budget.py bounds them). On several
+processes the window's example count is all-reduced on the device before the first backward (the loss scale divides
+by it there), and the one tensor of sums (with the example and token counts: StepResult.num_examples, num_tokens) is
+all-reduced before that read (collectives, not host reads on NCCL; tests/test_step_metrics.py counts the reads of
+a 2-process step).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
@@ -91,8 +93,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     local_count = sum(len(mb.row_ids) for mb in micro_batches)
     if world == 1:  # known on the host: no device round trip
         denom = float(local_count)
-    else:
-        denom = float(_reduce_sum(accelerator, torch.tensor([float(local_count)]).to(_device(accelerator))).item())
+    else:  # all-reduced on the device and used there (no host read); the host learns it with the step's one read
+        denom = _reduce_sum(accelerator, torch.tensor([float(local_count)]).to(_device(accelerator))).reshape(())
     # the loss sum and the metric sums stay on the device until the step's one host read below; a non-finite loss
     # shows there as a non-finite sum (float64: a sum of finite float32 losses cannot overflow)
     loss_sum, metric_sums, host_metrics, host_counts, differences = None, {}, {}, {}, {}
@@ -110,7 +112,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             # a non-finite loss still goes through backward so that every rank takes part in the gradient
             # all-reduce; the update is then skipped on all ranks together
             total = out.losses.sum()
-            scaled = total / denom if world == 1 else total * world / denom
+            scaled = total / denom if world == 1 else total * world / denom.to(total.device, total.dtype)
             if accelerator is not None:
                 accelerator.backward(scaled)
             else:
@@ -154,7 +156,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         layout = [name for key, _ in groups for name in key] + list(host_metrics) + list(counts_here)
         check = float(zlib.crc32("\n".join(layout).encode()) & 0xFFFF) + 1.0
         _check_layout_once(accelerator, layout)
-        host_entries = {LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check, **host_metrics, **counts_here,
+        host_entries = {EXAMPLES: float(local_count), LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check,
+                        **host_metrics, **counts_here,
                         **({TOKENS: tokens} if tokens is not None else {})}
         groups.append((tuple(host_entries), torch.tensor(list(host_entries.values()), dtype=wide).to(here)))
         host_metrics, counts_here = {}, {}
@@ -176,6 +179,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             "same metric names for every batch (a mean over part of a batch: ObjectiveOutput.metric_counts, with "
             "count 0 where the batch has none).")
     tokens = totals.get(TOKENS, tokens)
+    if world > 1:
+        denom = totals[EXAMPLES]
     metrics, metric_counts = {}, {}
     for name in sorted(host_counts):
         count = totals[name + COUNT]
@@ -219,6 +224,7 @@ def _wide(device: torch.device) -> torch.dtype:
 COUNT = "#count"  # suffix of a metric's count among the step's sums (a metric name with this suffix is refused)
 LAYOUT_HASH, LAYOUT_HASH_SQUARED = "#layout", "#layout^2"  # the per-step check of the ranks' layouts
 TOKENS = "#tokens"  # the micro-batches' num_tokens, summed over ranks in the same all-reduce
+EXAMPLES = "#examples"  # the window's example count on this rank (the host learns the global one from the read)
 
 
 def _add_metrics(sums: dict, host_sums: dict, host_counts: dict, metrics: dict, counts: dict, differences: dict,
