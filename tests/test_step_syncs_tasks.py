@@ -7,7 +7,9 @@ transformers does inside the model's forward that preflab cannot avoid from outs
   * a right-padded row given without a mask (plain causal attention, the padded layout: SFT, KTO) makes LlamaModel
     look for packed sequences in its position ids, one `.all()` per forward (masking_utils.
     find_packed_sequence_indices; skipped under torch.compile): SFT 1 (policy), KTO 2 (policy + reference);
-  * a 2-D padding mask (the reward model's sequence-classification forward) costs two such reads.
+  * the reward model's right-padded rows go without a mask too (its decoder checked causal once by a probe; the
+    sequence-classification head pools at the rightmost non-pad token, found on the device without a read, or
+    LastTokenRewardModel at the host's last real token): 1 (a 2-D padding mask cost two reads).
 Fixed here: SFT's token accuracy was read per micro-batch (`int(...)` per LM-head chunk) and its step's token count
 through a device tensor (two reads, in micro_batches); KTO's metrics did `rows.any()` and boolean-mask indexing per
 label (6 syncs per micro-batch).
@@ -90,13 +92,38 @@ def count(tmp_path, monkeypatch, task: str):
     return counted_steps(counter, STEPS)
 
 
-@pytest.mark.parametrize("task, model_reads", [("sft", 1), ("kto", 2), ("reward", 2)])
+@pytest.mark.parametrize("task, model_reads", [("sft", 1), ("kto", 2), ("reward", 1)])
 def test_task_step_syncs(tmp_path, monkeypatch, task, model_reads):
     steps = count(tmp_path, monkeypatch, task)
     for step in steps:
         assert dict(step.syncs) == {"Tensor.tolist": 1, "_local_scalar_dense": model_reads}, step.syncs
-    if task == "sft":
-        assert steps[0].sync_count <= 2
+    if task in ("sft", "reward"):
+        assert all(step.sync_count <= 2 for step in steps)
+
+
+@pytest.mark.parametrize("last_token_head", [False, True])
+def test_reward_scores_without_the_mask_equal_the_masked_ones(last_token_head):
+    """The reward step's unmasked forward (right-padded rows of a causal decoder) gives the masked forward's scores:
+    transformers' LlamaForSequenceClassification (pooling at the rightmost non-pad token) and LastTokenRewardModel
+    (pooling at the host's last real token), pairs of different lengths (measured: bit-identical on CPU)."""
+    from preflab.loops.batches import collate_pairs
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.heads import last_real_token, reward_model_from_config, sequence_outputs
+    from preflab.reward_models.train import unmasked_rows
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    config = tiny_causal_lm(tok, seed=0).config
+    model = reward_model_from_config(config, 2, tok.pad_token_id, seed=3, last_token_head=last_token_head)
+    layout = collate_pairs(synthetic_pairs(6), tok.pad_token_id, "padded")
+    lengths = layout.attention_mask.sum(-1)
+    assert lengths.min() < lengths.max() == layout.input_ids.shape[1]  # some rows padded, some not
+    assert unmasked_rows(model, layout)
+    with torch.no_grad():
+        masked = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+        plain = sequence_outputs(model, layout.input_ids, None, last_real_token(layout.attention_mask))
+    assert masked.abs().min() > 0
+    torch.testing.assert_close(plain, masked, rtol=0, atol=1e-6)
 
 
 def test_kto_metrics_with_host_label_counts_equal_the_indexed_means():
@@ -114,6 +141,13 @@ def test_kto_metrics_with_host_label_counts_equal_the_indexed_means():
     assert set(plain.metrics) == set(counted.metrics) and len(plain.metrics) == 6
     for key, value in plain.metrics.items():
         torch.testing.assert_close(counted.metrics[key], value, rtol=0, atol=1e-12)
+    for key, value in plain.metric_counts.items():
+        assert float(value) == counted.metric_counts[key] == (4 if key.endswith("chosen") else 2)
+    r = 0.1 * (parts[0].sum - parts[2].sum)
+    torch.testing.assert_close(plain.metrics["rewards/chosen"], r[label].mean(), rtol=0, atol=1e-12)
+    # a batch without undesirable examples reports the same names, rewards/rejected 0 with count 0
     only_desirable = KTO().compute(UnpairedBatch(parts[0], torch.ones(6, dtype=torch.bool), *parts[2:],
                                                  label_counts=(6, 0)))
-    assert "rewards/rejected" not in only_desirable.metrics and "rewards/margins" not in only_desirable.metrics
+    assert set(only_desirable.metrics) == set(plain.metrics)
+    assert only_desirable.metric_counts["rewards/rejected"] == 0
+    assert float(only_desirable.metrics["rewards/rejected"]) == 0

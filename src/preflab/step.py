@@ -14,22 +14,37 @@ skips the update and lowers its scale (Micikevicius et al., 2018, "Mixed Precisi
 loss scaling), the scheduler does not advance, and the step is reported as `overflow` (StepResult.skipped is then
 False: it does not count toward max_nonfinite_steps).
 
-Host syncs: one per optimizer step. The loss and metric sums of every micro-batch stay on the device; after clipping
-they travel with the weight-guard bound and the gradient norm in one tensor that the host reads once (the skip
-decision needs it: a non-finite loss sum or gradient norm skips the update). A GPU can so run ahead of the host
-through all micro-batches of a step (tests/test_step_syncs.py counts the syncs; benchmarks/op_count.py counts every
-op a step dispatches, tests/perf/test_op_budget.py bounds them). On several processes the window's example count
-and the union of the ranks' metric names are exchanged too (the all-reduce of that one tensor needs the same names on
-every rank).
+Host syncs: one per optimizer step, on one process and on several. The loss and metric sums of every micro-batch
+stay on the device; after clipping they travel with the weight-guard bound and the gradient norm in one tensor that
+the host reads once (the skip decision needs it: a non-finite loss sum or gradient norm skips the update). A GPU can
+so run ahead of the host through all micro-batches of a step (tests/test_step_syncs.py counts the syncs;
+benchmarks/op_count.py counts every op a step dispatches, tests/perf/test_op_budget.py bounds them). On several
+processes the window's example count is all-reduced on the device before the first backward (the loss scale divides
+by it there), and the one tensor of sums (with the example and token counts: StepResult.num_examples, num_tokens) is
+all-reduced before that read (collectives, not host reads on NCCL; tests/test_step_metrics.py counts the reads of
+a 2-process step).
 
 Dividing by the global example count (not by the micro-batch size, not by the accumulation count) makes
 2 processes x batch b equal 1 process x batch 2b, and accumulation of 2 x b equal one batch of 2b. DDP averages
-gradients over ranks, hence the world_size factor. Metrics are averaged with the same example weights.
+gradients over ranks, hence the world_size factor.
+
+Metrics: each is a sum of value x count and a count over the micro-batches and ranks, divided once after the read,
+so a logged value is the exact mean over everything it averages in the step. The count is the micro-batch's example
+count, or the one the objective gives (ObjectiveOutput.metric_counts: KTO's desirable examples, response tokens);
+a metric whose count is 0 in the whole step is left out of StepResult.metrics, and StepResult.metric_counts carries
+the counts on, so a logging window averages exactly too (preflab.loops.driver.average_results). A micro-batch
+without a metric adds a zero sum with a zero count. The set of metric names must be the same on every rank (the
+all-reduce adds the sums position by position): objectives report the same names for every batch. It is checked
+without a per-step exchange of names: the first step of each accelerator gathers the ranks' names once (a clear
+error naming the difference), and every step all-reduces a 16-bit hash h of this rank's layout as h and h^2 in the
+same tensor; the ranks agree iff world x sum(h^2) = sum(h)^2 (Cauchy-Schwarz), else every rank raises the same
+PreflabError.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +64,13 @@ class StepResult:
     row_ids: list[int] = field(default_factory=list)
     nonfinite_weights: bool = False  # skipped because the update would have made a weight inf/NaN
     overflow: bool = False  # fp16: the GradScaler found inf/nan gradients, skipped the update and lowered its scale
+    # what each metric of `metrics` averages in this step, on all ranks (examples, or the objective's own count): a
+    # logging window weights the steps' values by these (preflab.loops.driver.average_results)
+    metric_counts: dict[str, float] = field(default_factory=dict)
+    # {name: (a, b)}: metrics defined as a - b (ObjectiveOutput.metric_differences), recomputed after averaging
+    metric_differences: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the micro-batches' num_tokens summed over all ranks (carried in the step's one all-reduce; None without them)
+    num_tokens: int | None = None
 
 
 def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
@@ -71,11 +93,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     local_count = sum(len(mb.row_ids) for mb in micro_batches)
     if world == 1:  # known on the host: no device round trip
         denom = float(local_count)
-    else:
-        denom = float(_reduce_sum(accelerator, torch.tensor([float(local_count)]).to(_device(accelerator))).item())
+    else:  # all-reduced on the device and used there (no host read); the host learns it with the step's one read
+        denom = _reduce_sum(accelerator, torch.tensor([float(local_count)]).to(_device(accelerator))).reshape(())
     # the loss sum and the metric sums stay on the device until the step's one host read below; a non-finite loss
     # shows there as a non-finite sum (float64: a sum of finite float32 losses cannot overflow)
-    loss_sum, metric_sums, host_metrics = None, {}, {}
+    loss_sum, metric_sums, host_metrics, host_counts, differences = None, {}, {}, {}, {}
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         ctx = accelerator.no_sync(sync_module) if (sync_module is not None and not last and world > 1) else \
@@ -90,7 +112,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             # a non-finite loss still goes through backward so that every rank takes part in the gradient
             # all-reduce; the update is then skipped on all ranks together
             total = out.losses.sum()
-            scaled = total / denom if world == 1 else total * world / denom
+            scaled = total / denom if world == 1 else total * world / denom.to(total.device, total.dtype)
             if accelerator is not None:
                 accelerator.backward(scaled)
             else:
@@ -98,7 +120,9 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         n = out.losses.shape[0]
         piece = total.detach().to(_wide(total.device))
         loss_sum = piece if loss_sum is None else loss_sum + piece
-        _add_metrics(metric_sums, host_metrics, out.metrics, n, piece)
+        differences.update(getattr(out, "metric_differences", None) or {})
+        _add_metrics(metric_sums, host_metrics, host_counts, out.metrics, getattr(out, "metric_counts", None) or {},
+                     differences, n, piece)
     for p in extra_params:
         if world > 1 and p.grad is not None:
             torch.distributed.all_reduce(p.grad)
@@ -123,26 +147,48 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     bound = weight_guard.max_abs_bound(all_params).to(here)
     if loss_sum is None:
         loss_sum = torch.zeros((), device=here, dtype=wide)
-    if world > 1 and host_metrics:  # Python-number metrics: summed over ranks with the rest (one host -> device copy)
-        metric_sums[tuple(host_metrics)] = torch.tensor(list(host_metrics.values()), dtype=wide).to(here)
-        host_metrics = {}
-    if world > 1:  # every rank the same sets of names (a rank without one adds zeros)
-        for key in _metric_groups_of_all_ranks(metric_sums):
-            if key not in metric_sums:
-                metric_sums[key] = torch.zeros(len(key), device=here, dtype=wide)
-    # ((names...), [k] sums) per set of metric names, in the same order on every rank
-    groups = sorted(metric_sums.items(), key=lambda item: item[0])
+    groups = _one_layout(metric_sums)  # [((entry names...), [k] sums)]: one layout whatever the micro-batches held
+    counts_here = {name + COUNT: host_counts[name] for name in sorted(host_counts)}
+    host_metrics = dict(sorted(host_metrics.items()))
+    tokens = [getattr(mb, "num_tokens", None) for mb in micro_batches]
+    tokens = float(sum(tokens)) if tokens and all(isinstance(t, (int, float)) for t in tokens) else None
+    if world > 1:  # host numbers summed over ranks with the rest (one host -> device copy), and the layout's hash
+        layout = [name for key, _ in groups for name in key] + list(host_metrics) + list(counts_here)
+        check = float(zlib.crc32("\n".join(layout).encode()) & 0xFFFF) + 1.0
+        _check_layout_once(accelerator, layout)
+        host_entries = {EXAMPLES: float(local_count), LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check,
+                        **host_metrics, **counts_here,
+                        **({TOKENS: tokens} if tokens is not None else {})}
+        groups.append((tuple(host_entries), torch.tensor(list(host_entries.values()), dtype=wide).to(here)))
+        host_metrics, counts_here = {}, {}
     flags = torch.cat([torch.stack([bound, grad_norm.detach()]).to(wide), loss_sum.to(here).reshape(1),
                        *(sums.to(here) for _, sums in groups)])
     if world > 1:
         flags = _reduce_sum(accelerator, flags.to(_device(accelerator)))
     flags = flags.tolist()
     norm_total, loss_total = flags[1], flags[2]
-    metric_totals, at = dict(host_metrics), 3
+    totals, at = {**host_metrics, **counts_here}, 3
     for keys, _ in groups:
         for key, value in zip(keys, flags[at:at + len(keys)], strict=True):
-            metric_totals[key] = metric_totals[key] + value if key in metric_totals else value
+            totals[key] = totals[key] + value if key in totals else value
         at += len(keys)
+    if world > 1 and world * totals[LAYOUT_HASH_SQUARED] != totals[LAYOUT_HASH] ** 2:
+        raise PreflabError(
+            f"the processes reported different metric names in this optimizer step (this rank: {sorted(host_counts)}); "
+            "the step sums every rank's metrics position by position, so each objective and loop must report the "
+            "same metric names for every batch (a mean over part of a batch: ObjectiveOutput.metric_counts, with "
+            "count 0 where the batch has none).")
+    tokens = totals.get(TOKENS, tokens)
+    if world > 1:
+        denom = totals[EXAMPLES]
+    metrics, metric_counts = {}, {}
+    for name in sorted(host_counts):
+        count = totals[name + COUNT]
+        if count > 0:
+            metrics[name], metric_counts[name] = totals.get(name, 0.0) / count, count
+    for name, (a, b) in differences.items():
+        if a in metrics and b in metrics:
+            metrics[name] = metrics[a] - metrics[b]
     skipped = not math.isfinite(loss_total) or (scaler is None and not math.isfinite(norm_total))
     weights_bad, overflow = False, False
     if skipped:
@@ -164,9 +210,10 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
     # grad_norm: the mean of the ranks' norms (clip_grad_norm_ sees the all-reduced gradients: equal on every rank)
     local_norm = norm_total / world if world > 1 else norm_total
-    return StepResult(loss=loss_total / denom, metrics={k: metric_totals[k] / denom for k in sorted(metric_totals)},
-                      grad_norm=local_norm, skipped=skipped, num_examples=int(denom), row_ids=row_ids,
-                      nonfinite_weights=weights_bad, overflow=overflow)
+    return StepResult(loss=loss_total / denom, metrics=dict(sorted(metrics.items())), grad_norm=local_norm,
+                      skipped=skipped, num_examples=int(denom), row_ids=row_ids, nonfinite_weights=weights_bad,
+                      overflow=overflow, metric_counts=metric_counts, metric_differences=differences,
+                      num_tokens=None if tokens is None else int(round(tokens)))
 
 
 def _wide(device: torch.device) -> torch.dtype:
@@ -174,38 +221,102 @@ def _wide(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _add_metrics(sums: dict, host_sums: dict, metrics: dict, n: int, like: torch.Tensor) -> None:
-    """Add one micro-batch's metrics, weighted by its example count n, to the running sums: the tensors on the
-    loss's device as one [k] vector per set of names (sums[(names...)]: one stack, one cast, one multiply, one add
-    per micro-batch instead of as many per metric); Python numbers on the host (host_sums). Exact: each value is
-    widened before the multiply, as one float64 tensor per metric would be."""
-    names, values = [], []
+COUNT = "#count"  # suffix of a metric's count among the step's sums (a metric name with this suffix is refused)
+LAYOUT_HASH, LAYOUT_HASH_SQUARED = "#layout", "#layout^2"  # the per-step check of the ranks' layouts
+TOKENS = "#tokens"  # the micro-batches' num_tokens, summed over ranks in the same all-reduce
+EXAMPLES = "#examples"  # the window's example count on this rank (the host learns the global one from the read)
+
+
+def _add_metrics(sums: dict, host_sums: dict, host_counts: dict, metrics: dict, counts: dict, differences: dict,
+                 n: int, like: torch.Tensor) -> None:
+    """Add one micro-batch's metrics to the running sums: value x count, and the count.
+
+    The count is n (the micro-batch's examples) unless `counts` (ObjectiveOutput.metric_counts) names one; counts
+    that are Python numbers stay on the host (host_counts), tensor counts join the sums on the device as
+    `<name>#count`. The tensors go on the loss's device as one vector per set of names, sums[(example-weighted
+    names, counted entries)] with each part sorted by name (for example-mean metrics one stack, one cast, one
+    multiply, one add per micro-batch instead of as many per metric); Python-number metrics on the host
+    (host_sums). Exact: each value is widened before the multiply, as one float64 tensor per metric would be. A
+    micro-batch of no examples (n = 0: a weight-0 micro-batch of an online step) adds zero counts. Metrics named in
+    `differences` are not summed: recomputed from their parts."""
+    plain, counted = {}, {}
     with torch.no_grad():  # no detach needed
         for key, value in metrics.items():
+            if key in differences:
+                continue
+            if key.endswith(COUNT) or key.startswith("#"):
+                raise PreflabError(f"metric name {key!r}: names ending in {COUNT!r} or starting with '#' are the "
+                                   "step's own; rename the metric.")
+            count = counts.get(key, n)
             if not isinstance(value, torch.Tensor):
-                host_sums[key] = host_sums.get(key, 0.0) + float(value) * n
+                count = float(count) if n else 0.0
+                host_sums[key] = host_sums.get(key, 0.0) + float(value) * count
+                host_counts[key] = host_counts.get(key, 0.0) + count
                 continue
             value = value.to(like.device)
-            names.append(key)
-            values.append(value if value.dim() == 0 else value.reshape(()))
-        if not names:
+            value = value if value.dim() == 0 else value.reshape(())
+            if key not in counts:  # weighted by the example count (a Python number)
+                plain[key] = value
+                host_counts[key] = host_counts.get(key, 0.0) + n
+            elif isinstance(count, torch.Tensor):  # a count on the device: summed there (its host count stays 0)
+                count = count.detach().to(like.device, like.dtype).reshape(())
+                if not n:
+                    count = count * 0.0
+                counted[key], counted[key + COUNT] = value.to(like.dtype) * count, count
+                host_counts.setdefault(key, 0.0)
+            else:
+                count = float(count) if n else 0.0
+                counted[key] = value.to(like.dtype) * count
+                host_counts[key] = host_counts.get(key, 0.0) + count
+        if not plain and not counted:
             return
-        if len({v.dtype for v in values}) > 1:  # mixed dtypes: widen each (stack could promote to a narrower type)
-            values = [v.to(like.dtype) for v in values]
-        vector = torch.stack(values).to(like.dtype) * n
-    key = tuple(names)
+        pieces = []
+        if plain:
+            values = [plain[k] for k in sorted(plain)]
+            if len({v.dtype for v in values}) > 1:  # mixed dtypes: widen each (stack could promote to a narrower one)
+                values = [v.to(like.dtype) for v in values]
+            pieces.append(torch.stack(values).to(like.dtype) * n)
+        if counted:
+            pieces.append(torch.stack([counted[k] for k in sorted(counted)]))
+        vector = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    key = (tuple(sorted(plain)), tuple(sorted(counted)))
     sums[key] = sums[key] + vector if key in sums else vector
 
 
-def _metric_groups_of_all_ranks(metric_sums: dict) -> list[tuple]:
-    """The union of the ranks' sets of metric names (one small collective). An objective reports some metrics only
-    when its batch holds the rows they average, so ranks can hold different names, and the all-reduce of the step's
-    values needs one layout on every rank: gloo stops on the size mismatch, NCCL would add different metrics
-    together. A rank without a metric adds 0, as a micro-batch without it does on one process (2 processes x b then
-    equal 1 process x b with 2 accumulation micro-batches)."""
+def _one_layout(metric_sums: dict) -> list[tuple]:
+    """The step's sums as one ((entry names...), vector) group, laid out as (example-weighted names, counted entries),
+    each part sorted: the micro-batches' vectors as they are when all held the same names (the usual case: no op),
+    else merged into the sorted unions (a name a micro-batch lacked adds 0 there). The layout so depends only on the
+    names the rank saw in the step, not on which micro-batch held which."""
+    groups = [(plain + counted, vector) for (plain, counted), vector in metric_sums.items()]
+    if len(groups) <= 1:
+        return groups
+    names = (tuple(sorted(set().union(*(plain for plain, _ in metric_sums))))
+             + tuple(sorted(set().union(*(counted for _, counted in metric_sums)))))
+    parts: dict = {name: [] for name in names}
+    for key, vector in groups:
+        for i, name in enumerate(key):
+            parts[name].append(vector[i])
+    return [(names, torch.stack([sum(parts[name][1:], parts[name][0]) for name in names]))]
+
+
+def _check_layout_once(accelerator, layout: list[str]) -> None:
+    """At the first step of each accelerator (every rank alike): the ranks' metric layouts gathered once (a pickle
+    collective, a host sync on NCCL), so that a loop or objective whose names differ between ranks stops with the
+    names that differ. Later steps check the layout's hash inside the step's one all-reduce (module docstring)."""
+    if getattr(accelerator, "_preflab_metric_layout_checked", False):
+        return
     from accelerate.utils import gather_object
 
-    return sorted(set().union(*(map(tuple, keys) for keys in gather_object([sorted(metric_sums)]))))
+    layouts = gather_object([layout])
+    accelerator._preflab_metric_layout_checked = True
+    if any(other != layouts[0] for other in layouts):
+        names = [sorted(x for x in other if not x.startswith("#") and not x.endswith(COUNT)) for other in layouts]
+        raise PreflabError(
+            "the processes report different metric names in the first optimizer step ("
+            + "; ".join(f"rank {r}: {n}" for r, n in enumerate(names)) + "); the step sums every rank's metrics "
+            "position by position, so each objective and loop must report the same metric names for every batch "
+            "(a mean over part of a batch: ObjectiveOutput.metric_counts, with count 0 where the batch has none).")
 
 
 def _update(optimizer, scaler) -> bool:

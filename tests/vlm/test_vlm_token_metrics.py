@@ -125,10 +125,13 @@ def test_kto_logs_the_token_metrics_of_its_completions(tmp_path):
     assert abs(token_mean(stats[1], mask) - float(logged["entropy"])) > 1e-3
 
 
-def test_kto_batch_without_desirable_examples_has_no_chosen_metrics(tmp_path):
+def test_kto_batch_without_desirable_examples_has_chosen_metrics_of_count_zero(tmp_path):
+    """Every micro-batch reports the same names (the step's all-reduce needs one layout on every rank); a side
+    without examples has value 0 and count 0, so it adds nothing to the step's sums."""
     trainer, _ = _kto_trainer(tmp_path, [False, False, False])
     trainer.step = 1
     with torch.no_grad():
-        metrics = trainer.forward(trainer.micro_batches(0)[0]).metrics
-    assert "logits/rejected" in metrics and "entropy" in metrics
-    assert "logits/chosen" not in metrics and "mean_token_accuracy" not in metrics
+        out = trainer.forward(trainer.micro_batches(0)[0])
+    assert float(out.metric_counts["logits/rejected"]) > 0 and float(out.metric_counts["entropy"]) > 0
+    for key in ("logits/chosen", "mean_token_accuracy", "rewards/chosen", "logps/chosen"):
+        assert float(out.metric_counts[key]) == 0 and float(out.metrics[key]) == 0, key

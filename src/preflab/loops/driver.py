@@ -598,9 +598,11 @@ class TrainingRun:
             mbs = self.micro_batches(step)
             result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
-            tokens = sum(mb.num_tokens for mb in mbs)
-            if acc.num_processes > 1:
-                tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
+            tokens = result.num_tokens  # all ranks' tokens, summed in the step's own all-reduce (no read of its own)
+            if tokens is None:
+                tokens = sum(mb.num_tokens for mb in mbs)
+                if acc.num_processes > 1:
+                    tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
             tokens_total += tokens
             bar.update(result, tokens)
             if result.skipped:
@@ -821,15 +823,26 @@ def what_is_kept(output_dir) -> str:
 
 
 def average_results(results) -> dict:
-    """Example-weighted mean of a logging window's step metrics (skipped and fp16-overflow steps left out); a metric
-    only some steps have (TRL's token metrics: computed on logged steps only) is averaged over those steps."""
+    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out), each step weighted by
+    what the metric averages in it (StepResult.metric_counts: its examples, or the objective's own count such as
+    KTO's desirable examples or the response tokens), so the value is the exact mean over the window; a metric only
+    some steps have (TRL's token metrics: computed on logged steps only; KTO's rewards/chosen in a step without
+    desirable examples) is averaged over those steps. A metric defined as a difference (StepResult.
+    metric_differences: KTO's rewards/margins) is the difference of the window's means."""
     kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
     if not kept:
         return {"loss": float("nan")}
     n = sum(r.num_examples for r in kept)
     out = {"loss": sum(r.loss * r.num_examples for r in kept) / n,
            "grad_norm": sum(r.grad_norm for r in kept) / len(kept)}
+    differences = {k: v for r in kept for k, v in getattr(r, "metric_differences", {}).items()}
     for key in dict.fromkeys(k for r in kept for k in r.metrics):
-        having = [r for r in kept if key in r.metrics]
-        out[key] = sum(r.metrics[key] * r.num_examples for r in having) / sum(r.num_examples for r in having)
+        if key in differences:
+            continue
+        having = [(r.metrics[key], getattr(r, "metric_counts", {}).get(key, r.num_examples)) for r in kept
+                  if key in r.metrics]
+        out[key] = sum(value * weight for value, weight in having) / sum(weight for _, weight in having)
+    for key, (a, b) in differences.items():
+        if a in out and b in out:
+            out[key] = out[a] - out[b]
     return out

@@ -24,7 +24,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
-from preflab.scoring.token_metrics import ratios
+from preflab.scoring.token_metrics import counts, ratios
 
 
 def shard_reference(accelerator, ref_scorer):
@@ -264,6 +264,7 @@ class Trainer(TrainingRun):
         finally:
             self.token_stats_now = True
         out.metrics = {**out.metrics, **ratios(self.token_sums)}
+        out.metric_counts = {**out.metric_counts, **counts(self.token_sums)}  # token-weighted over the step
         return out
 
     def collate(self, items):
@@ -313,7 +314,7 @@ class Trainer(TrainingRun):
         from preflab.report.margins import append_pair_margins, margins_histogram_data
 
         self.policy.eval()
-        sums, n, margins, token_sums = {}, 0, [], {}
+        sums, weights, differences, margins, token_sums = {}, {}, {}, [], {}
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
@@ -325,16 +326,23 @@ class Trainer(TrainingRun):
                     token_sums[key] = token_sums[key] + value if key in token_sums else value
                 if isinstance(batch, PairBatch):
                     margins += margins_histogram_data(batch, getattr(self.objective, "beta", self.cfg.beta))
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(chunk)
-                n += len(chunk)
+                differences.update(out.metric_differences)
+                for key, value in values.items():  # weighted by what each averages (ObjectiveOutput.metric_counts)
+                    if key in differences:
+                        continue
+                    weight = float(out.metric_counts.get(key, len(chunk))) if key != "loss" else len(chunk)
+                    sums[key] = sums.get(key, 0.0) + float(value) * weight
+                    weights[key] = weights.get(key, 0.0) + weight
         if self.cfg.generate_during_eval and self.main:
             self._write_eval_samples()
         self.policy.train()
         if margins and self.main:  # per-pair margins for the report's start / end histograms
             append_pair_margins(self.out, self.step, margins)
-        sums = {k: v / n for k, v in sums.items()}
-        sums.update({k: float(v) for k, v in ratios(token_sums).items()})
+        sums = {k: v / weights[k] for k, v in sums.items() if weights[k] > 0}
+        for key, (a, b) in differences.items():
+            if a in sums and b in sums:
+                sums[key] = sums[a] - sums[b]
+        sums.update({k: float(v) for k, v in ratios(token_sums).items() if float(token_sums[k][1]) > 0})
         return {f"eval_{k}": v for k, v in sums.items()}
 
     def _write_eval_samples(self, count: int = 4) -> None:

@@ -203,8 +203,8 @@ def right_padding_needs_no_mask(model) -> bool:
     base.eval()
     try:  # in the weights' own precision (the scorer may call this under bf16 autocast)
         with torch.autocast(param.device.type, enabled=False):
-            masked = base(input_ids=ids, attention_mask=padding, use_cache=False).logits[0, :real].float()
-            plain = base(input_ids=ids, use_cache=False).logits[0, :real].float()
+            masked = _token_outputs(base(input_ids=ids, attention_mask=padding, use_cache=False))[0, :real].float()
+            plain = _token_outputs(base(input_ids=ids, use_cache=False))[0, :real].float()
         tol = 1e-4 if param.dtype == torch.float32 else 5e-2
         verdict = bool((masked - plain).abs().max() <= tol * max(1.0, float(masked.abs().max())))
     except Exception:  # noqa: BLE001  (any failure of the probe means: keep the padding mask)
@@ -213,3 +213,16 @@ def right_padding_needs_no_mask(model) -> bool:
         base.train(was_training)
     _causal[base] = verdict
     return verdict
+
+
+def _token_outputs(out) -> Tensor:
+    """[N, T, ...] per-position outputs of a forward: a causal LM's logits, a bare decoder's last hidden state (the
+    backbone of a reward model); a sequence-classification model's pooled logits [N, D] are refused (KeyError: the
+    probe's verdict is then no)."""
+    logits = getattr(out, "logits", None)
+    if logits is not None and logits.dim() == 3:
+        return logits
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:
+        raise KeyError("no per-position outputs")
+    return hidden

@@ -204,4 +204,5 @@ class WeightedSum:
         for name, o in zip(self.names, outs):
             metrics[f"loss/{name}"] = o.loss.detach()
         return ObjectiveOutput(loss=sum(w * o.loss for w, o in zip(self.weights, outs)), losses=losses,
-                               metrics=metrics)
+                               metrics=metrics, metric_counts=dict(outs[0].metric_counts),
+                               metric_differences=dict(outs[0].metric_differences))

@@ -162,8 +162,8 @@ class UnpairedBatch:
     policy_kl: SequenceLogps | None = None
     ref_kl: SequenceLogps | None = None
     extras: dict = field(default_factory=dict)
-    # (desirable, undesirable) example counts when known on the host (the training loop's batches): metrics that
-    # exist only for labels present are then decided without reading the device label
+    # (desirable, undesirable) example counts when known on the host (the training loop's batches): the counts of
+    # the per-label metric means (ObjectiveOutput.metric_counts) are then host numbers, not device reads
     label_counts: tuple[int, int] | None = None
 
     @property
@@ -222,11 +222,21 @@ class ListBatch:
 
 @dataclass
 class ObjectiveOutput:
-    """loss: differentiable scalar = mean of `losses`; losses: [B] per-example; metrics: detached scalars."""
+    """loss: differentiable scalar = mean of `losses`; losses: [B] per-example; metrics: detached scalars.
+
+    metric_counts: for a metric that is a mean over part of the batch (the desirable examples of a KTO batch, the
+    response tokens), the number of things it averages ({name: int, float or 0-dim tensor}); 0 when the batch has
+    none, and the metric's value is then 0. The step and evaluation sum value x count and count over micro-batches,
+    ranks and logging windows and divide once, so the logged value is the exact mean over all those things. A
+    metric not named here is a mean over the batch's examples (its count is the number of examples).
+    metric_differences: {name: (a, b)}: a metric defined as metric a - metric b (KTO's rewards/margins), computed
+    again from the exact a and b wherever they are averaged."""
 
     loss: Tensor
     losses: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    metric_counts: dict[str, Any] = field(default_factory=dict)
+    metric_differences: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 # The survey of DPO (paper #22) classifies methods along four axes; objectives tag themselves with them.

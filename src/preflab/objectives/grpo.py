@@ -23,7 +23,10 @@ Extras (all optional): "old_logps" [B, G, T] sampling-policy token log-probs (de
 the gradient is the on-policy -A grad lp, TRL's num_iterations = 1); "advantages" [B, G] precomputed (default: from
 scores as above); "tokens_per_prompt" scalar for dapo, the generation batch's completion tokens per prompt, so that
 micro-batches add up to the global token mean (default: this batch's). needs_reference is True iff beta > 0.
-Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean.
+Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean;
+reward is a mean over the valid completions, kl and the clip ratios over completion tokens, each with its count
+(ObjectiveOutput.metric_counts: the step logs the exact mean over all micro-batches and ranks; TRL averages the
+micro-batches' means).
 
 Deviation from the paper: the paper's grpo aggregation is the default of TRL <= 0.14; TRL 1.16 defaults to dapo
 (used here too). beta defaults to TRL 1.16's 0.0 (the paper uses 0.04).
@@ -131,7 +134,12 @@ class GRPO(Objective):
             if self.loss_type == "dr_grpo":
                 per_prompt = completions / B * (self.max_completion_length or lp.shape[-1])
         losses = group_sum / per_prompt
-        return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()})
+        # reward averages the valid completions, kl and the clip ratios the completion tokens: their counts, so that
+        # the step's mean over micro-batches and ranks is the exact one (ObjectiveOutput.metric_counts)
+        valid_tokens = m.sum()
+        counts = {"reward": batch.valid.sum().to(lp.dtype),
+                  **{k: valid_tokens for k in metrics if k == "kl" or k.startswith("clip_ratio/")}}
+        return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts)
 
     @classmethod
     def example_extras(cls, batch) -> dict:

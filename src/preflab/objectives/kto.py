@@ -9,7 +9,9 @@ With r = S_theta(y) - S_ref(y) and the reference point z0 from mismatched comple
 Inputs: UnpairedBatch with policy, ref, label and the mismatched sides policy_kl, ref_kl.
 
 Deviation from the paper: none (TRL 1.16's estimator). z0 is this batch's mean; TRL also averages it over ranks,
-which the step layer must do by passing the gathered batch. Metrics follow TRL: kl, rewards/*, logps/*.
+which the step layer must do by passing the gathered batch. Metrics follow TRL: kl, rewards/*, logps/*; the
+per-label means carry their counts (unpaired_metrics), so the logged means are exact over the whole optimizer step
+and logging window.
 """
 from dataclasses import dataclass
 
@@ -20,25 +22,36 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.objectives.base import Objective, ObjectiveOutput, UnpairedBatch, as_loss_dtype
 
 
-def unpaired_metrics(batch: UnpairedBatch, beta: float, r: Tensor, kl: Tensor) -> dict:
-    """TRL's KTO metrics: means over the desirable (chosen) and undesirable (rejected) examples present.
+def unpaired_metrics(batch: UnpairedBatch, beta: float, r: Tensor, kl: Tensor) -> tuple[dict, dict]:
+    """TRL's KTO metrics and their counts: (metrics, metric_counts) for ObjectiveOutput.
 
-    With batch.label_counts (the training loop's batches) which labels are present is known on the host and the means
-    are masked sums over the counts: no device read, no boolean-mask indexing (equal to the indexed means up to
-    float rounding of the summation order)."""
+    rewards/chosen and logps/chosen are means over the desirable examples, rewards/rejected and logps/rejected over
+    the undesirable ones; each carries its count (ObjectiveOutput.metric_counts), so the step sums value x count over
+    micro-batches, ranks and logging windows and logs the exact mean over all desirable (undesirable) examples, as
+    TRL's gathered sums / counts are within one micro-batch. A side without examples has value 0 and count 0 (every
+    batch reports the same names: the step's all-reduce needs one layout on every rank). rewards/margins is
+    rewards/chosen - rewards/rejected (ObjectiveOutput.metric_differences: recomputed from the exact means).
+
+    With batch.label_counts (the training loop's batches) the counts are host ints; otherwise 0-dim device tensors
+    (label.sum()). No device read, no boolean-mask indexing."""
     r, lp, label = (beta * r).detach(), batch.policy.sum.detach(), batch.label.to(r.device)
-    metrics = {"kl": kl.detach()}
-    counts = batch.label_counts
+    metrics, counts = {"kl": kl.detach()}, {}
+    if batch.label_counts is not None:
+        sides = tuple(batch.label_counts)
+        divisors = tuple(max(c, 1) for c in sides)
+    else:
+        desirable = label.sum().to(r.dtype)
+        sides = (desirable, label.shape[0] - desirable)
+        divisors = tuple(c.clamp_min(1) for c in sides)
     for k, (name, rows) in enumerate((("chosen", label), ("rejected", ~label))):
-        if counts is not None:
-            if counts[k]:
-                metrics[f"rewards/{name}"] = torch.where(rows, r, 0.0).sum() / counts[k]
-                metrics[f"logps/{name}"] = torch.where(rows, lp, 0.0).sum() / counts[k]
-        elif rows.any():
-            metrics[f"rewards/{name}"], metrics[f"logps/{name}"] = r[rows].mean(), lp[rows].mean()
-    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
-        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-    return metrics
+        metrics[f"rewards/{name}"] = torch.where(rows, r, 0.0).sum() / divisors[k]
+        metrics[f"logps/{name}"] = torch.where(rows, lp, 0.0).sum() / divisors[k]
+        counts[f"rewards/{name}"] = counts[f"logps/{name}"] = sides[k]
+    metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics, counts
+
+
+MARGINS = {"rewards/margins": ("rewards/chosen", "rewards/rejected")}
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,8 @@ class KTO(Objective):
         label = batch.label.to(r.device)
         losses = torch.where(label, self.desirable_weight * (1 - torch.sigmoid(self.beta * (r - z0))),
                              self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z0 - r))))
-        return ObjectiveOutput(losses.mean(), losses, unpaired_metrics(batch, self.beta, r, z0))
+        metrics, counts = unpaired_metrics(batch, self.beta, r, z0)
+        return ObjectiveOutput(losses.mean(), losses, metrics, counts, MARGINS)
 
 
 OBJECTIVE = KTO

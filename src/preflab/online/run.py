@@ -505,9 +505,14 @@ class OnlineRun(TrainingRun):
         out = self._forward_groups(mb) if self.spec.kind == "groups" else self._forward_pairs(mb)
         if mb.zero:
             out.losses, out.loss = out.losses[:0], out.loss * 0.0
-        out.metrics.update({k: v for k, v in self.pending.metrics.items() if isinstance(v, (int, float))})
+        round_metrics = {k: v for k, v in self.pending.metrics.items() if isinstance(v, (int, float))}
+        out.metrics.update(round_metrics)
+        for key in round_metrics:  # the round's value replaces the objective's (GRPO's reward): a per-example mean
+            out.metric_counts.pop(key, None)
         if "clip_ratio/region_mean" in out.metrics:
             out.metrics["clip_ratio"] = out.metrics["clip_ratio/region_mean"]
+            if "clip_ratio/region_mean" in out.metric_counts:
+                out.metric_counts["clip_ratio"] = out.metric_counts["clip_ratio/region_mean"]
         return out
 
     def progress(self, step: int) -> dict:

@@ -39,9 +39,11 @@ class LastTokenRewardModel(nn.Module):
         self.config = backbone.config
         self.score = nn.Linear(backbone.config.get_text_config().hidden_size, num_outputs, bias=False)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, last_index: Tensor | None = None) -> Tensor:
+        """attention_mask None (right-padded rows of a causal decoder, see sequence_outputs): last_index [N], each
+        row's last real token, must be given."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, T, H]
-        last = attention_mask.long().cumsum(-1).argmax(-1)  # index of the last 1 in each row
+        last = last_index if attention_mask is None else last_real_token(attention_mask)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.score(pooled.to(self.score.weight.dtype))
 
@@ -67,10 +69,35 @@ class LastTokenRewardModel(nn.Module):
         return model
 
 
-def sequence_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """[N, D] head outputs at each row's last real token (right-padded rows), in float32 or float64."""
+def last_real_token(attention_mask: Tensor) -> Tensor:
+    """[N] index of the last 1 in each row of the padding mask (LastTokenRewardModel's pooling position)."""
+    return attention_mask.long().cumsum(-1).argmax(-1)
+
+
+def reward_backbone(model: nn.Module) -> nn.Module | None:
+    """The decoder under a reward model's head (inside DDP / PEFT wrappers): LastTokenRewardModel's backbone, a
+    transformers sequence-classification model's base model; None when there is none to be found."""
+    from preflab.models.attention import unwrap
+
+    base = unwrap(model)
+    if isinstance(base, LastTokenRewardModel):
+        return base.backbone
+    inner = getattr(base, "base_model", None)
+    return inner if isinstance(inner, nn.Module) and inner is not base else None
+
+
+def sequence_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                     last_index: Tensor | None = None) -> Tensor:
+    """[N, D] head outputs at each row's last real token (right-padded rows), in float32 or float64.
+
+    attention_mask None: the rows are sent without a mask, exact for right-padded rows of a causal decoder (a real
+    token never attends to the later pads; check with right_padding_needs_no_mask(reward_backbone(model))), and
+    transformers builds no padding mask from it (each 2-D mask costs device reads inside the model's forward). A
+    sequence-classification model then pools as with the mask (the rightmost token that is not pad_token_id, found
+    from input_ids on the device); LastTokenRewardModel takes `last_index` [N] (last_real_token of the host's mask).
+    """
     if isinstance(model, LastTokenRewardModel) or isinstance(getattr(model, "module", None), LastTokenRewardModel):
-        out = model(input_ids, attention_mask)
+        out = model(input_ids, attention_mask) if attention_mask is not None else model(input_ids, None, last_index)
     else:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return out if out.dtype == torch.float64 else out.float()

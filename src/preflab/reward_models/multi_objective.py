@@ -60,10 +60,12 @@ class MultiObjectiveHead:
         """outputs, targets [B, d]; observed bool [B, d]. Per-example mean squared error over observed attributes."""
         sq = self.squared_errors(outputs, targets, observed)
         losses = sq.sum(-1) / observed.sum(-1).clamp_min(1)
-        counts = observed.sum(0).clamp_min(1)
+        observed_counts = observed.sum(0)  # mse/<attribute>: a mean over the rows that rate it (its count)
+        counts = observed_counts.clamp_min(1)
         metrics = {"mse": losses.detach().mean()}
         metrics.update({f"mse/{a}": (sq[:, i].detach().sum() / counts[i]) for i, a in enumerate(self.attributes)})
-        return ObjectiveOutput(losses.mean(), losses, metrics)
+        return ObjectiveOutput(losses.mean(), losses, metrics,
+                               {f"mse/{a}": observed_counts[i] for i, a in enumerate(self.attributes)})
 
     def to_config(self) -> dict:
         return {"head": self.kind, "attributes": list(self.attributes)}

@@ -12,6 +12,7 @@ summary.json, and the final model as safetensors in `output_dir`, loadable with
 """
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -108,7 +109,7 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
     read from cfg records its own."""
     from preflab.reward_models.eval import pair_outputs
-    from preflab.reward_models.heads import sequence_outputs
+    from preflab.reward_models.heads import last_real_token, sequence_outputs
 
     if head is None and cfg.reward_head == "multi_objective":  # DPA: attribute regression on rated rows
         from preflab.reward_models.multi_objective import train_attribute_reward
@@ -140,8 +141,13 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
         return MicroBatch(collate_pairs(pairs, pad_id, "padded"), [p.row_id for p in pairs], [])
 
     def loss_fn(model, mb):
-        layout = mb.layout.to(next(model.parameters()).device)
-        out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+        device = next(model.parameters()).device
+        layout = mb.layout.to(device)
+        if unmasked_rows(model, mb.layout):  # no padding mask: no device reads for it inside the model's forward
+            last = last_real_token(mb.layout.attention_mask).to(device, non_blocking=True)  # from the host's mask
+            out = sequence_outputs(model, layout.input_ids, None, last)
+        else:
+            out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
         n = len(mb.row_ids)
         return head.loss(out[:n], out[n:], layout.extras)
 
@@ -155,6 +161,43 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     run = RewardRun(cfg, model, tokenizer, train_data, collate, loss_fn, evaluate if eval_data else None, info,
                     report)
     return run.train()
+
+
+def unmasked_rows(model, layout) -> bool:
+    """Whether a reward model may score `layout` (as built on the host) without its padding mask: right-padded rows
+    (layout.causal_only) and a causal decoder under the head, checked once per model by a probe
+    (preflab.models.attention.right_padding_needs_no_mask). The scores are those of the masked forward."""
+    from preflab.models.attention import right_padding_needs_no_mask
+    from preflab.reward_models.heads import reward_backbone
+
+    if not getattr(layout, "causal_only", False) or _sharded(model):
+        return False
+    backbone = reward_backbone(model)
+    return backbone is not None and right_padding_needs_no_mask(backbone)
+
+
+_SHARDED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _sharded(model) -> bool:
+    """Parameters sharded by FSDP2 (fully_shard) or DeepSpeed ZeRO-3: the probe would call the decoder outside the
+    engine's root forward, which gathers them; such runs keep the padding mask. Decided once per model object."""
+    if model not in _SHARDED:
+        _SHARDED[model] = _find_sharding(model)
+    return _SHARDED[model]
+
+
+def _find_sharding(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    inner = model
+    while True:
+        if isinstance(inner, FSDPModule):
+            return True
+        if not isinstance(getattr(inner, "module", None), torch.nn.Module):
+            break
+        inner = inner.module
+    return any(hasattr(p, "ds_tensor") for p in model.parameters())
 
 
 def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=None):

@@ -9,17 +9,18 @@ DPOTrainer.compute_loss logs them:
     entropy              sum over chosen and rejected tokens of -sum_v p_v log p_v / number of those tokens
     mean_token_accuracy  number of chosen tokens whose argmax_v z_v is the target / number of chosen tokens
 
-TRL gathers the sums across processes before dividing; preflab's step averages a micro-batch's metrics over the
-step's examples on all ranks (preflab.step), which is the same value when the micro-batches hold as many tokens.
+TRL gathers the sums across processes before dividing, per micro-batch. preflab's trainer gives the step each
+metric with its token count (`counts`, ObjectiveOutput.metric_counts), and the step sums value x count and count over
+the micro-batches, ranks and logging window: the logged value is the ratio of the sums over all of the window's
+tokens (TRL averages the micro-batches' ratios, the same value when the micro-batches hold as many tokens).
 Evaluation divides the sums over the whole eval set (pair_token_sums), so its values do not depend on the eval
 batch size. The values stay on the device (no host sync).
 
 KTO (unpaired_token_sums) logs the same four with the same semantics on its layout [completion_1..B,
 mismatched_1..B]: "chosen" are the desirable completions' tokens, "rejected" the undesirable ones', entropy is over
 both; the mismatched completions (KTO's reference point only) are left out. A micro-batch without desirable
-(undesirable) examples has no logits/chosen and mean_token_accuracy (logits/rejected): the key is absent, decided
-from the host's labels. The step averages a micro-batch's metrics over all the step's examples, so under gradient
-accumulation such a key is weighted down by the examples of the micro-batches that lack it (evaluation is exact).
+(undesirable) examples has logits/chosen and mean_token_accuracy (logits/rejected) 0 with a token count of 0, so it
+adds nothing to the step's sums (and every micro-batch reports the same names).
 """
 from __future__ import annotations
 
@@ -59,14 +60,8 @@ def unpaired_token_sums(token_stats: Tensor, mask: Tensor, label: Tensor) -> dic
     tokens = m.sum(1)  # [B]
     desirable = label.to(device=m.device, dtype=torch.float32)  # [B]
     undesirable = 1.0 - desirable
-    out = _sums((per_row * desirable[:, None]).sum(0), (per_row * undesirable[:, None]).sum(0),
-                (tokens * desirable).sum(), (tokens * undesirable).sum())
-    labels = label.tolist()  # a host tensor (the layout as built): no device read
-    if True not in labels:
-        del out["logits/chosen"], out["mean_token_accuracy"]
-    if False not in labels:
-        del out["logits/rejected"]
-    return out
+    return _sums((per_row * desirable[:, None]).sum(0), (per_row * undesirable[:, None]).sum(0),
+                 (tokens * desirable).sum(), (tokens * undesirable).sum())
 
 
 def _sums(chosen: Tensor, rejected: Tensor, n_chosen: Tensor, n_rejected: Tensor) -> dict[str, Tensor]:
@@ -82,3 +77,8 @@ def _sums(chosen: Tensor, rejected: Tensor, n_chosen: Tensor, n_rejected: Tensor
 def ratios(sums: dict[str, Tensor]) -> dict[str, Tensor]:
     """The metrics from pair_token_sums (or their sum over batches)."""
     return {key: _ratio(value[0], value[1]) for key, value in sums.items()}
+
+
+def counts(sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The token count behind each metric of `ratios(sums)` (ObjectiveOutput.metric_counts)."""
+    return {key: value[1] for key, value in sums.items()}
