@@ -69,12 +69,12 @@ def test_checkpoint_of_a_newer_format_is_refused_and_another_version_is_noted(tm
     out = tmp_path / "run"
     run(out, max_steps=2, save_steps=2)
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["checkpoint_format"] == CHECKPOINT_FORMAT and state["preflab_version"]
-    _reseal(out / "checkpoint-2", preflab_version="9.0.0", checkpoint_format=CHECKPOINT_FORMAT + 1)
+    assert state["preflab_checkpoint_format"] == CHECKPOINT_FORMAT and state["preflab_version"]
+    _reseal(out / "checkpoint-2", preflab_version="9.0.0", preflab_checkpoint_format=CHECKPOINT_FORMAT + 1)
     with pytest.raises(ConfigError, match=r"checkpoint-2 was written by preflab 9\.0\.0 in checkpoint format 2; "
                                           r"this preflab .* reads format 1 or older"):
         run(out, max_steps=4, resume_from_checkpoint=True)
-    _reseal(out / "checkpoint-2", preflab_version="0.1.0", checkpoint_format=CHECKPOINT_FORMAT)
+    _reseal(out / "checkpoint-2", preflab_version="0.1.0", preflab_checkpoint_format=CHECKPOINT_FORMAT)
     capsys.readouterr()
     summary, _ = run(out, max_steps=3, resume_from_checkpoint=True)
     assert summary["resumed_from_step"] == 2

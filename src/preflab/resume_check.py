@@ -77,7 +77,7 @@ def checkpoint_identity() -> dict:
     """The keys every checkpoint's trainer_state.json gets: the preflab version and CHECKPOINT_FORMAT."""
     from preflab import __version__
 
-    return {"preflab_version": __version__, "checkpoint_format": CHECKPOINT_FORMAT}
+    return {"preflab_version": __version__, "preflab_checkpoint_format": CHECKPOINT_FORMAT}
 
 
 def check_checkpoint_version(saved: dict, checkpoint, note=print) -> None:
@@ -85,7 +85,7 @@ def check_checkpoint_version(saved: dict, checkpoint, note=print) -> None:
     (or an older one that recorded none): the resume is not checked to be exact across versions."""
     from preflab import __version__
 
-    version, fmt = saved.get("preflab_version"), saved.get("checkpoint_format")
+    version, fmt = saved.get("preflab_version"), saved.get("preflab_checkpoint_format")
     if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
         raise ConfigError(
             f"resume_from_checkpoint: {checkpoint} was written by preflab {version} in checkpoint format {fmt}; "
