@@ -90,3 +90,22 @@ def test_finite_when_a_response_has_probability_one():
     batch = PairBatch(seq(0.0, 3), seq(-1.0, 2))
     out = get_objective("orpo", nll_scope="response")(batch)
     assert math.isfinite(out.loss.item()) and out.metrics["log_odds_chosen"].item() > 10
+
+
+def test_response_scope_still_trains_on_the_lab_population():
+    """The lab's population batches have no prompt tokens, so tests/lab/test_population.py (objectives without
+    token needs) no longer runs orpo; its check here with nll_scope: response: the first gradient step raises the
+    preferred-minus-dispreferred margin M (<grad L, grad M> < 0 at pi_ref)."""
+    from preflab.lab.bandit import dpo_fixture
+    from preflab.lab.population import SoftmaxPolicy, population_loss
+
+    env = dpo_fixture()
+    model = SoftmaxPolicy(env.ref)
+    weights = env.ordered_pair_weights()
+    params = model.init().requires_grad_(True)
+    (grad,) = torch.autograd.grad(population_loss(get_objective("orpo", nll_scope="response"), model, params,
+                                                  weights), params)
+    theta = model.init().requires_grad_(True)
+    logp = torch.log_softmax(theta, -1)
+    (grad_margin,) = torch.autograd.grad((weights * (logp[:, :, None] - logp[:, None, :])).sum(), theta)
+    assert float((grad * grad_margin).sum()) < 0

@@ -59,8 +59,9 @@ class ORPO(Objective):
         self.nll_scope == "prompt_and_response"))
     paper = "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model (arXiv:2403.07691)"
     checked_against = ("reference code: TRL 1.16 ORPOTrainer.get_batch_loss_metrics (concatenated_forward, "
-                       "odds_ratio_loss) on a tiny model, every layout (tests/objectives/test_trl_parity.py, 1e-6); "
-                       "NLL scope read against xfactlab/orpo@208d2d6 src/orpo_trainer.py")
+                       "odds_ratio_loss) on a tiny model, every layout, gradients too "
+                       "(tests/objectives/test_orpo_trl_trainer.py, 1e-6); NLL scope read against "
+                       "xfactlab/orpo@208d2d6 src/orpo_trainer.py")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 
