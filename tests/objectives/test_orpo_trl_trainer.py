@@ -121,3 +121,12 @@ def test_response_scope_and_cpo_take_trls_prompt_masked_nll(trl_run, tmp_path):
     assert loss == pytest.approx(trl_loss - trl_metrics["nll_loss"] + cpo_nll, abs=1e-6)
     _, _, cpo_metrics, _ = _preflab(trl_run, tmp_path, "padded", loss_type="cpo", cpo_alpha=1.0)
     assert cpo_metrics["nll_loss"] == pytest.approx(cpo_nll, abs=1e-6)
+
+
+def test_prompt_scope_beside_a_token_kl_is_refused_naming_the_fix(trl_run, tmp_path):
+    """The reference scores response positions only, so orpo's prompt tokens cannot share a pass with rrpo's
+    token-level KL: refused at start, not mid-run."""
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nll_scope: response"):
+        _preflab(trl_run, tmp_path, "padded", loss_type=["orpo", "rrpo"])

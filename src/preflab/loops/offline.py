@@ -62,9 +62,11 @@ class Trainer(TrainingRun):
         check_gradient_extras(self.objective, self.computed_extras,
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
-        if "prompt_logps" in self.objective.token_needs and not hasattr(self.kind, "prompt_sequences"):
-            raise ConfigError(f"objective {cfg.loss_type!r} needs the prompt tokens' log-probs, which the "
-                              f"{self.kind.name} batches of this trainer do not score.")
+        if "prompt_logps" in self.objective.token_needs and (not hasattr(self.kind, "prompt_sequences") or
+                                                             "token_kl" in self.objective.token_needs):
+            raise ConfigError(f"objective {cfg.loss_type!r} needs the prompt tokens' log-probs, which this trainer "
+                              f"does not score for {self.kind.name} batches or beside a token-level KL (the "
+                              "reference gives response positions only); orpo: set nll_scope: response.")
         if cfg.pad_to_multiple_of and self.scorer_class is not LogProbScorer:
             raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
