@@ -29,7 +29,8 @@ def test_fixture_value():
 def test_gamma_zero_equals_orpo_and_rationale_uses_the_mean():
     b = PairBatch(seq([-1.0, -0.4], [2, 4]), seq([-0.7, -2.0], [3, 1]))
     b.extras["rationale_logps"] = seq([-0.3, -0.9], [5, 2])
-    base = get_objective("orpo", beta=0.2)(b)
+    # RORPO's NLL is the chosen response's (its source masks the prompt): ORPO's nll_scope response
+    base = get_objective("orpo", beta=0.2, nll_scope="response")(b)
     torch.testing.assert_close(get_objective("rationale_orpo", beta=0.2, gamma=0.0)(b).losses, base.losses)
     # gamma adds -gamma * mean rationale log-prob, per pair
     diff = get_objective("rationale_orpo", beta=0.2, gamma=0.5)(b).losses - base.losses

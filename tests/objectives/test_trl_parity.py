@@ -254,6 +254,8 @@ def test_reference_free_loss_equals_trl_1_16_cpo_trainer(name, trl_loss_type, pa
 
 
 def test_orpo_equals_trl_1_16_orpo_trainer():
+    """The odds-ratio term, on these response-only batches with nll_scope: response; TRL's NLL over prompt +
+    response (the default scope) is compared with ORPOTrainer's whole forward in test_orpo_trl_trainer.py."""
     from trl.experimental.orpo.orpo_trainer import ORPOTrainer
 
     for shift in (0, 7):
@@ -262,7 +264,7 @@ def test_orpo_equals_trl_1_16_orpo_trainer():
         # ORPOTrainer casts the mean log-probs to float32 before the odds ratio
         losses, *_ = ORPOTrainer.odds_ratio_loss(trainer, batch.policy_chosen.mean, batch.policy_rejected.mean)
         expected = _batch_token_mean_nll(batch) - losses.mean().double()
-        out = get_objective("orpo", beta=0.1)(batch)
+        out = get_objective("orpo", beta=0.1, nll_scope="response")(batch)
         assert out.loss.item() == pytest.approx(expected.item(), abs=1e-6, rel=1e-6)
 
 

@@ -140,3 +140,16 @@ def test_sft_right_padded_rows_compile_to_one_graph(tmp_path):
                                             "torch_compile_backend": "eager"})).train()
     assert compiled["torch_compile"]["graphs"] == 1
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
+
+
+@pytest.mark.slow  # 2 short runs, one traced by dynamo (eager backend): ~6 s
+def test_orpo_prompt_tokens_keep_the_graphs_of_dpo(tmp_path):
+    """orpo's default NLL scores the chosen prompts' tokens too (the "prompt_logps" need): their positions join the
+    response's in the one chunked head pass, so a run whose head needs several chunks still compiles 3 graphs per
+    grad mode (a second head pass after the chunk loop would be 9) and trains as eager does."""
+    summary, trainer = run(tmp_path / "compiled", max_steps=4, torch_compile_backend="eager", loss_type="orpo",
+                           chunk_tokens=4)
+    _, eager = run(tmp_path / "eager", max_steps=4, loss_type="orpo", chunk_tokens=4)
+    assert trainer.objective.token_needs == ("prompt_logps",)
+    assert summary["torch_compile"]["graphs"] == 3
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)

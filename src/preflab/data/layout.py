@@ -11,6 +11,10 @@ log-softmax in chunks, so every layout gives the same per-token log-probs:
                    (see preflab.data.prefix, added by the performance work)
 
 Sequences of a pair batch are ordered [chosen_1..chosen_B, rejected_1..rejected_B].
+
+Every layout also records where each sequence's prompt sits (`prompt_spans`), so that the prompt tokens' own
+log-probs can be scored when an objective asks for them (the "prompt_logps" token need: TRL's ORPOTrainer takes its
+NLL over prompt + response); their gather plan (`prompt_plan`) is built only then.
 """
 from __future__ import annotations
 
@@ -47,6 +51,44 @@ class GatherPlan(NamedTuple):
         return GatherPlan(*(to_device(t, device) for t in self))
 
 
+class PromptPlan(NamedTuple):
+    """The prompt tokens 1..P-1 of the first `count` sequences, each predicted from the position before it (token 0,
+    e.g. BOS, has no prediction), as flat index lists built on the host like GatherPlan: pred [M'] the predicting
+    positions (row * T + col), target [M'] the prompt tokens, slot [M'] the flat position n * W + k of each in the
+    [count, W] grid, mask [count, W] (True on prompt tokens; W = the longest prompt minus 1, at least 1)."""
+
+    pred: Tensor
+    target: Tensor
+    slot: Tensor
+    mask: Tensor
+
+    @property
+    def count(self) -> int:
+        return self.mask.shape[0]
+
+    @classmethod
+    def of(cls, spans, count: int, input_ids: Tensor) -> "PromptPlan":
+        """From (row, col, length) prompt spans and the layout's input_ids [R, T]: the index lists are made on the
+        host and copied to input_ids' device, the targets read there (no device-to-host sync)."""
+        width = input_ids.shape[1]
+        heads = spans[:count]
+        cols = max(1, max((length - 1 for _, _, length in heads), default=1))
+        mask = torch.zeros(count, cols, dtype=torch.bool)
+        pred, slot = [], []
+        for n, (row, col, length) in enumerate(heads):
+            if length > 1:
+                mask[n, :length - 1] = True
+                pred.extend(range(row * width + col, row * width + col + length - 1))
+                slot.extend(range(n * cols, n * cols + length - 1))
+        device = input_ids.device
+        pred_t = to_device(torch.tensor(pred, dtype=torch.long), device)
+        return cls(pred_t, input_ids.reshape(-1).index_select(0, pred_t + 1),
+                   to_device(torch.tensor(slot, dtype=torch.long), device), to_device(mask, device))
+
+    def to(self, device) -> "PromptPlan":
+        return PromptPlan(*(to_device(t, device) for t in self))
+
+
 @dataclass
 class LayoutBatch:
     """Model inputs and the gather plan.
@@ -62,6 +104,8 @@ class LayoutBatch:
     the sequence's tokens exactly the outputs the padding mask would (a real token never sees a later pad); the
     scorer then passes no mask, which keeps attention on the fused causal kernels and spares the model's checks
     of the mask on the host (`mask.all()`: a device-to-host sync each).
+    prompt_spans: (row, col, length) of each sequence's prompt in input_ids, host ints (None: not recorded);
+    prompt_gather: the PromptPlan that `prompt_plan(count)` built on the host, carried by `to(device)`.
     """
 
     input_ids: Tensor
@@ -74,6 +118,8 @@ class LayoutBatch:
     extras: dict = field(default_factory=dict)
     gather: GatherPlan | None = None
     causal_only: bool = False
+    prompt_spans: list[tuple[int, int, int]] | None = None
+    prompt_gather: PromptPlan | None = None
 
     def __post_init__(self):
         if self.gather is None and self.response_mask.device.type == "cpu":
@@ -84,6 +130,21 @@ class LayoutBatch:
         if self.gather is None:
             self.gather = GatherPlan.of(self.pred_index, self.target_ids, self.response_mask)
         return self.gather
+
+    def prompt_plan(self, count: int) -> PromptPlan:
+        """The PromptPlan of sequences 0..count-1, built once and kept (`to(device)` carries it). The trainers build it
+        on the host layout, as the gather plan is, so that no index list is made inside a compiled scorer."""
+        plan = self.prompt_gather
+        if plan is None or plan.count != count:
+            if self.prompt_spans is None or len(self.prompt_spans) < count:
+                from preflab.errors import PreflabError
+
+                raise PreflabError(
+                    f"this layout records no prompt positions for {count} sequences (prompt_spans: "
+                    f"{'none' if self.prompt_spans is None else len(self.prompt_spans)}), so their prompt tokens "
+                    "cannot be scored; build it with preflab.data.layout.padded or preflab.data.prefix.block_rows.")
+            self.prompt_gather = plan = PromptPlan.of(self.prompt_spans, count, self.input_ids)
+        return plan
 
     @property
     def num_sequences(self) -> int:
@@ -103,7 +164,9 @@ class LayoutBatch:
         return LayoutBatch(move(self.input_ids), move(self.attention_mask), move(self.position_ids),
                            move(self.pred_index), move(self.target_ids), move(self.response_mask), self.row_ids,
                            {k: move(v) for k, v in self.extras.items()},
-                           self.gather.to(device) if self.gather is not None else None, self.causal_only)
+                           self.gather.to(device) if self.gather is not None else None, self.causal_only,
+                           self.prompt_spans,
+                           self.prompt_gather.to(device) if self.prompt_gather is not None else None)
 
 
 def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatch:
@@ -122,7 +185,7 @@ def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatc
     pred = layout.pred_index // width * new + layout.pred_index % width
     return LayoutBatch(torch.nn.functional.pad(layout.input_ids, (0, extra), value=pad_id), mask, positions, pred,
                        layout.target_ids, layout.response_mask, layout.row_ids, layout.extras,
-                       causal_only=layout.causal_only)
+                       causal_only=layout.causal_only, prompt_spans=layout.prompt_spans)
 
 
 def response_plan(starts: list[int], responses: list[list[int]], row_offsets: list[int]):
@@ -157,7 +220,7 @@ def padded(sequences: list[tuple[list[int], list[int]]], pad_id: int, row_ids=No
     pred, target, mask = response_plan([len(p) for p, _ in sequences], [r for _, r in sequences],
                                        [i * width for i in range(len(sequences))])
     return LayoutBatch(ids, attn, None, pred, target, mask, list(row_ids or []), dict(extras or {}),
-                       causal_only=True)
+                       causal_only=True, prompt_spans=[(i, 0, len(p)) for i, (p, _) in enumerate(sequences)])
 
 
 def pair_sequences(pairs) -> list[tuple[list[int], list[int]]]:

@@ -68,6 +68,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     target = torch.zeros_like(pred)
     mask = torch.zeros(pred.shape, dtype=torch.bool)
     seen = set()
+    spans: list = [None] * num_sequences  # (row, col, length) of each sequence's prompt
     next_seg = 0
     for r, row in enumerate(rows):
         col, base = 0, r * width
@@ -82,11 +83,13 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
             seg[r, col:col + p] = prompt_seg
             root[r, col:col + p] = prompt_seg
             last_prompt = base + col + p - 1
+            prompt_at = (r, col, p)
             col += p
             for resp, n in zip(block.responses, block.sequence_ids, strict=True):
                 if n in seen or not 0 <= n < num_sequences:
                     raise DataError(f"sequence index {n} is repeated or outside 0..{num_sequences - 1}.")
                 seen.add(n)
+                spans[n] = prompt_at
                 k = len(resp)
                 ids[r, col:col + k] = torch.tensor(resp, dtype=torch.long)
                 pos[r, col:col + k] = p + torch.arange(k)
@@ -104,7 +107,8 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     seg_q, seg_k = seg.unsqueeze(2), seg.unsqueeze(1)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     attend = causal & ((seg_k == seg_q) | (seg_k == root.unsqueeze(2))) & (seg_q >= 0) & (seg_k >= 0)
-    return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}))
+    return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}),
+                       prompt_spans=spans)
 
 
 def pair_blocks(pairs) -> list[Block]:

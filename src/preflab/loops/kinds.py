@@ -47,6 +47,11 @@ class PairKind:
         return split_pairs(policy, ref, extras)
 
     @staticmethod
+    def prompt_sequences(layout) -> int:
+        """The sequences whose prompt tokens the "prompt_logps" need scores: the chosen half."""
+        return layout.num_sequences // 2
+
+    @staticmethod
     def eval_metrics(batch) -> dict:
         from preflab.loops.eval_metrics import pair_eval_metrics
 

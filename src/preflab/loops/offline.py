@@ -62,6 +62,11 @@ class Trainer(TrainingRun):
         check_gradient_extras(self.objective, self.computed_extras,
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
+        if "prompt_logps" in self.objective.token_needs and (not hasattr(self.kind, "prompt_sequences") or
+                                                             "token_kl" in self.objective.token_needs):
+            raise ConfigError(f"objective {cfg.loss_type!r} needs the prompt tokens' log-probs, which this trainer "
+                              f"does not score for {self.kind.name} batches or beside a token-level KL (the "
+                              "reference gives response positions only); orpo: set nll_scope: response.")
         if cfg.pad_to_multiple_of and self.scorer_class is not LogProbScorer:
             raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
@@ -232,6 +237,10 @@ class Trainer(TrainingRun):
         the pairs' dataset positions, to read cached reference log-probs (split "train" or, train=False, "eval")."""
         host_mask = layout.response_mask  # the layout as built on the host, before it moves to the device
         host_extras = layout.extras
+        needs = self.objective.token_needs
+        prompts = self.kind.prompt_sequences(layout) if "prompt_logps" in needs else 0
+        if prompts:
+            layout.prompt_plan(prompts)  # the prompt tokens' gather plan, built on the host like the response's
         layout = layout.to(self.accelerator.device)
         if self.cfg.torch_compile:
             before_compiled_call(layout, self.accelerator.device, (self.policy, self.ref))
@@ -243,8 +252,9 @@ class Trainer(TrainingRun):
                 ref_head = None
             else:
                 ref, ref_head = self._reference(layout)
-            needs = self.objective.token_needs
             extra = {"want_wpo": True} if "wpo" in needs else {}  # WPO's per-token term
+            if prompts:
+                extra["prompt_sequences"] = prompts
             # TRL's DPO token metrics (self.token_sums); forward turns them off on steps that are not logged
             stats = self.token_stats_now and hasattr(self.kind, "token_sums")
             if stats:

@@ -10,6 +10,11 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
     token_needs       tuple  token-level quantities the scorer computes in its chunked vocabulary pass:
                              "token_kl" -> extras chosen_token_kl / rejected_token_kl [B, T] = KL(pi_ref || pi_theta)
                              "hidden"   -> extras chosen_hidden / rejected_hidden [B, T, H] (policy last hidden state)
+                             "prompt_logps" -> extra chosen_prompt_logps, a SequenceLogps [B, P'] of the chosen
+                                         sequences' prompt tokens 1..P-1, each predicted from the tokens before it
+                                         (the causal-LM labels of the prompt; the scorer's head sees prompt
+                                         positions only for this need)
+                             A need that depends on the objective's parameters is a `NeedsByParams`.
     gradient_extras   tuple  the required extras that are the *policy's* scores and must carry gradient (extra
                              sequences scored with the policy in the training loop); a data column would be a
                              constant, the method's own term would do nothing, so trainers that cannot compute them
@@ -104,6 +109,18 @@ def _sum_state(token_logps: Tensor, mask: Tensor) -> tuple | None:
         return token_logps._version, mask._version, torch.is_grad_enabled()
     except RuntimeError:
         return None
+
+
+class NeedsByParams:
+    """A declaration (e.g. `token_needs`) that depends on an objective's parameters. Read on the class it is every
+    value the objective can declare (what `preflab objectives` lists and class-level filters see); read on an
+    instance it is `rule(instance)`, what that instance needs (what the trainers compute)."""
+
+    def __init__(self, possible: tuple, rule):
+        self.possible, self.rule = tuple(possible), rule
+
+    def __get__(self, instance, owner=None) -> tuple:
+        return self.possible if instance is None else tuple(self.rule(instance))
 
 
 def _extra(extras: dict, name: str, owner: str, gradient: bool = False) -> Any:

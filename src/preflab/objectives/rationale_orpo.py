@@ -7,7 +7,10 @@ loss as coded in reds-lab/preference-learning-with-rationales@16111a1 `trainers.
     L = NLL(y_w) - [beta * log sigmoid(log_odds) + gamma * A_theta(r | x_r)]
 
 A = *mean* token log-prob of the policy (no reference); NLL(y_w) = the batch's token-mean cross-entropy on the
-chosen tokens, -sum_i S(y_w,i) / sum_i |y_w,i|, the same for every pair (as TRL's ORPO).
+chosen response tokens, -sum_i S(y_w,i) / sum_i |y_w,i|, the same for every pair: the source's
+`RationaleOddsPairedPreferenceTrainer.forward` takes it on `concatenated_labels`, whose prompt tokens
+`dataloader.py` sets to -100, so its scope is the response only (ORPO's nll_scope "response"; TRL's ORPOTrainer
+and the ORPO reference code also count the prompt, `orpo`'s default).
 Extras: `rationale_logps` -- SequenceLogps [B, T_r] of the rationale r given the rationale prompt x_r (a [B] tensor
 is read as the per-token means A_theta(r | x_r)).
 

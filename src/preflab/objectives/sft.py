@@ -18,10 +18,13 @@ from preflab.objectives._fdiv import check_fdiv
 from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype
 
 
-def batch_token_nll(side) -> torch.Tensor:
-    """Scalar: -mean of the log-probs over every masked token of the batch (0 when there is none)."""
-    total = as_loss_dtype(side.masked()).sum()
-    return -total / side.mask.sum().clamp_min(1).to(total.dtype)
+def batch_token_nll(*sides) -> torch.Tensor:
+    """Scalar: -mean of the log-probs over every masked token of the batch (0 when there is none); with several
+    SequenceLogps (e.g. a prompt's and its response's), over the masked tokens of all of them together."""
+    total, count = as_loss_dtype(sides[0].masked()).sum(), sides[0].mask.sum()
+    for side in sides[1:]:
+        total, count = total + as_loss_dtype(side.masked()).sum(), count + side.mask.sum()
+    return -total / count.clamp_min(1).to(total.dtype)
 
 
 @dataclass(frozen=True)

@@ -549,9 +549,13 @@ class OnlineRun(TrainingRun):
 
     def _forward_pairs(self, mb: OnlineMicroBatch):
         exs, device = mb.examples, self.accelerator.device
-        layout = self._pair_layout(exs).to(device)
+        layout = self._pair_layout(exs)
+        prompts = {"prompt_sequences": len(exs)} if "prompt_logps" in self.objective.token_needs else {}
+        if prompts:
+            layout.prompt_plan(len(exs))  # the chosen prompts' tokens (orpo's NLL), planned on the host
+        layout = layout.to(device)
         with self.accelerator.autocast():
-            scores = self.scorer(layout, want_hidden=self.want_hidden)
+            scores = self.scorer(layout, want_hidden=self.want_hidden, **prompts)
         mask = layout.response_mask
         ref = None
         if exs[0].ref is not None:

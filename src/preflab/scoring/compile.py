@@ -71,7 +71,8 @@ def _dynamic(tensor, dims) -> None:
 def mark_layout_dynamic(layout) -> None:
     """Mark the per-batch sizes of `layout` (a LayoutBatch, on its device) dynamic for torch.compile: R and T of
     input_ids, attention_mask (2-D [R, T] or 4-D [R, 1, T, T]) and position_ids; N and L of the response grid; M of
-    the gather plan. maybe_mark_dynamic: a size dynamo must specialise stays static instead of raising."""
+    the gather plan (and the prompt plan's sizes, when one was built). maybe_mark_dynamic: a size dynamo must
+    specialise stays static instead of raising."""
     for t in (layout.input_ids, layout.position_ids):
         _dynamic(t, (0, 1))
     _dynamic(layout.attention_mask, (0, 1) if layout.attention_mask.dim() == 2 else (0, 2, 3))
@@ -80,6 +81,9 @@ def mark_layout_dynamic(layout) -> None:
     if layout.gather is not None:
         for t in layout.gather:
             _dynamic(t, (0,))
+    if layout.prompt_gather is not None:  # the "prompt_logps" need: M' prompt tokens, a [count, W] grid
+        for t in layout.prompt_gather:
+            _dynamic(t, tuple(range(t.dim())))
 
 
 def before_compiled_call(layout, device, models=()) -> None:

@@ -19,8 +19,12 @@ soft-capping its forward applies, so token_logps equal log_softmax(model(...).lo
 reproduced is refused with a ConfigError.
 
 Token-level needs (declared by objectives, see preflab.objectives.base):
-    "token_kl"  per-token KL(pi_ref || pi_theta) over the full vocabulary, from the reference hidden states
-    "hidden"    the policy's hidden states at the predicting positions
+    "token_kl"     per-token KL(pi_ref || pi_theta) over the full vocabulary, from the reference hidden states
+    "hidden"       the policy's hidden states at the predicting positions
+    "prompt_logps" (prompt_sequences=k) also the log-probs of the prompt tokens after the first of sequences 0..k-1,
+                   each predicted from the position before it (LayoutBatch.prompt_plan): their positions join the
+                   response's in the one chunked head pass (a compiled scorer keeps its graphs); without this need
+                   the LM head never sees a prompt position
 With want_token_stats, each chunk also gives, without gradient and from the logits it already has (no extra LM-head
 matmul), the per-token statistics behind TRL's DPO metrics (preflab.scoring.token_metrics): the mean logit over the
 vocabulary, the entropy of the softmax and whether the target is the argmax.
@@ -34,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
+from preflab.errors import PreflabError
 from preflab.models.attention import model_mask, right_padding_needs_no_mask, scorer_mask
 from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
@@ -80,6 +85,8 @@ class Scores:
     hidden: Tensor | None = None
     wpo: Tensor | None = None  # [N, L] log p(y_t) - log sum_v p(v)^2 (no gradient), for WPO weighting
     token_stats: Tensor | None = None  # [N, L, 3] (mean logit, entropy, target is argmax), no gradient, zeros off mask
+    prompt_logps: Tensor | None = None  # [k, W] log-probs of the prompt tokens of sequences 0..k-1, zeros off mask
+    prompt_mask: Tensor | None = None   # [k, W] True on those prompt tokens (LayoutBatch.prompt_plan)
 
 
 class LogProbScorer(nn.Module):
@@ -96,10 +103,12 @@ class LogProbScorer(nn.Module):
         return getattr(self.model, "_no_split_modules", None)
 
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
-                ref_head: LMHead | None = None, want_wpo: bool = False, want_token_stats: bool = False) -> Scores:
+                ref_head: LMHead | None = None, want_wpo: bool = False, want_token_stats: bool = False,
+                prompt_sequences: int = 0) -> Scores:
         """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also
         the per-token WPO term log p(y_t) - log sum_v p(v)^2, without gradient (the "wpo" need).
-        want_token_stats: also Scores.token_stats, for TRL's token metrics (preflab.scoring.token_metrics)."""
+        want_token_stats: also Scores.token_stats, for TRL's token metrics (preflab.scoring.token_metrics).
+        prompt_sequences: also Scores.prompt_logps of sequences 0..prompt_sequences-1 (the "prompt_logps" need)."""
         backbone, head = backbone_and_head(self.model)
         if ref_head is not None and not isinstance(ref_head, LMHead):
             raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
@@ -111,14 +120,15 @@ class LogProbScorer(nn.Module):
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
         hidden = backbone(input_ids=layout.input_ids, **kwargs).last_hidden_state  # [R, T, H]
-        h, plan, chunk, ref_h = _head_inputs(hidden, layout, head, self.chunk_tokens, ref, ref_head)
+        h, targets, plan, prompt, chunk, ref_h = _head_inputs(hidden, layout, head, self.chunk_tokens, ref, ref_head,
+                                                             prompt_sequences)
         if torch.compiler.is_compiling() and h.shape[0] > chunk:  # several chunks: their loop outside the graph
-            parts = self._head_outside_graph(h, plan.target, head, ref_h, ref_head, ref_h is not None, want_wpo,
+            parts = self._head_outside_graph(h, targets, head, ref_h, ref_head, ref_h is not None, want_wpo,
                                              chunk, want_token_stats)
         else:
-            parts = _head_pass(h, plan.target, head, ref_h, ref_head, ref_h is not None, want_wpo,
+            parts = _head_pass(h, targets, head, ref_h, ref_head, ref_h is not None, want_wpo,
                                _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
-        return _placed(parts, h, plan, layout.response_mask, want_hidden)
+        return _placed(parts, h, plan, layout.response_mask, want_hidden, prompt)
 
     @torch.compiler.disable
     def _head_outside_graph(self, h, targets, head, ref_h, ref_head, want_kl: bool, want_wpo: bool, chunk: int,
@@ -141,35 +151,54 @@ class LogProbScorer(nn.Module):
 
 def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None,
                        want_hidden: bool = False, ref: Scores | None = None, ref_head: nn.Module | None = None,
-                       want_wpo: bool = False, want_token_stats: bool = False) -> Scores:
+                       want_wpo: bool = False, want_token_stats: bool = False, prompt_sequences: int = 0) -> Scores:
     """Scores from backbone hidden states [R, T, H], as LogProbScorer.forward computes them from its backbone's
     (without its torch.compile chunk loop): the head in chunks (`_head_pass`) at the response-predicting positions
-    (`_head_inputs`), the values placed back by index (`_placed`)."""
-    h, plan, chunk, ref_h = _head_inputs(hidden, layout, head, chunk_tokens, ref, ref_head)
-    parts = _head_pass(h, plan.target, head, ref_h, ref_head, ref_h is not None, want_wpo,
+    (`_head_inputs`; and the prompt tokens' with prompt_sequences), the values placed back by index (`_placed`)."""
+    h, targets, plan, prompt, chunk, ref_h = _head_inputs(hidden, layout, head, chunk_tokens, ref, ref_head,
+                                                         prompt_sequences)
+    parts = _head_pass(h, targets, head, ref_h, ref_head, ref_h is not None, want_wpo,
                        _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
-    return _placed(parts, h, plan, layout.response_mask, want_hidden)
+    return _placed(parts, h, plan, layout.response_mask, want_hidden, prompt)
 
 
 def _head_inputs(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None, ref: Scores | None,
-                 ref_head) -> tuple:
+                 ref_head, prompt_sequences: int = 0) -> tuple:
     """(h [M, H]: the hidden states at the response-predicting positions, gathered by the layout's host-built index
     lists (LayoutBatch.gather_plan: no boolean-mask indexing, whose output size the host would wait for, and no
-    graph break under torch.compile); the plan; the head's chunk size; the reference's hidden states for the token
-    KL, or None when it is not asked for)."""
+    graph break under torch.compile); their targets [M]; the plan; the PromptPlan or None; the head's chunk size;
+    the reference's hidden states for the token KL, or None when it is not asked for). With prompt_sequences, h and
+    the targets go on with the M' prompt positions of LayoutBatch.prompt_plan: [M + M', H], [M + M']."""
     plan = layout.gather_plan()
-    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, plan.pred)  # [M, H]
+    pred, targets, prompt = plan.pred, plan.target, None
     want_kl = ref is not None and ref_head is not None
+    if prompt_sequences:
+        if want_kl:
+            raise PreflabError("the prompt tokens' log-probs (prompt_logps) and the token-level KL to the reference "
+                               "(token_kl) cannot be scored in one pass: the reference gives the response positions "
+                               "only. Use an objective that needs one of them.")
+        prompt = layout.prompt_plan(prompt_sequences)
+        pred, targets = torch.cat([pred, prompt.pred]), torch.cat([targets, prompt.target])
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred)  # [M (+ M'), H]
     chunk = chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
                                              2 if want_kl else 1)
-    return h, plan, chunk, ref.hidden_flat if want_kl else None
+    return h, targets, plan, prompt, chunk, ref.hidden_flat if want_kl else None
 
 
-def _placed(parts: tuple, h: Tensor, plan, mask: Tensor, want_hidden: bool) -> Scores:
+def _placed(parts: tuple, h: Tensor, plan, mask: Tensor, want_hidden: bool, prompt=None) -> Scores:
     """Scores from `_head_pass`'s (logp, kl, wpo, stats) at the M gathered positions, placed back into [N, L] by
-    the plan's slots (a part that was not asked for is None and stays unset)."""
+    the plan's slots (a part that was not asked for is None and stays unset); with a PromptPlan, the M' positions
+    after those are the prompt tokens', placed into its [k, W] grid (their WPO terms and token stats are dropped)."""
     logp, kl, wpo, stats = parts
+    prompt_logp = None
+    if prompt is not None:
+        m = plan.pred.shape[0]
+        prompt_logp, logp, h = logp[m:], logp[:m], h[:m]
+        wpo = wpo[:m] if wpo is not None else None
+        stats = stats[:m] if stats is not None else None
     out = Scores(_scatter(logp, plan.slot, mask.shape), mask, hidden_flat=h)
+    if prompt is not None:
+        out.prompt_logps, out.prompt_mask = _scatter(prompt_logp, prompt.slot, prompt.mask.shape), prompt.mask
     if kl is not None:
         out.token_kl = _scatter(kl, plan.slot, mask.shape)
     if want_hidden:
@@ -267,6 +296,11 @@ def split_pairs(policy: Scores, ref: Scores | None, extras: dict | None = None) 
         extras["chosen_hidden"], extras["rejected_hidden"] = policy.hidden[first], policy.hidden[second]
     if policy.wpo is not None:
         extras["chosen_wpo"], extras["rejected_wpo"] = policy.wpo[first], policy.wpo[second]
+    if policy.prompt_logps is not None:  # scored for the chosen half (prompt_sequences = B)
+        if policy.prompt_logps.shape[0] != b:
+            raise PreflabError(f"split_pairs: prompt log-probs of {policy.prompt_logps.shape[0]} sequences for {b} "
+                               "pairs; score the chosen half's prompts (prompt_sequences = the number of pairs).")
+        extras["chosen_prompt_logps"] = SequenceLogps(policy.prompt_logps, policy.prompt_mask)
     return PairBatch(side(policy, first), side(policy, second),
                      side(ref, first) if ref is not None else None, side(ref, second) if ref is not None else None,
                      extras)

@@ -131,7 +131,8 @@ class VisionLogProbScorer(nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, layout: VisionLayout, want_hidden: bool = False, ref: Scores | None = None,
-                ref_head: nn.Module | None = None, want_wpo: bool = False, want_token_stats: bool = False) -> Scores:
+                ref_head: nn.Module | None = None, want_wpo: bool = False, want_token_stats: bool = False,
+                prompt_sequences: int = 0) -> Scores:
         backbone, head = backbone_and_head(self.model)
         aggregator = getattr(unwrap(self.model), "clue_aggregator", None)  # CAT's add-on: the prompt is the question
         if aggregator is not None:  # each row's prompt: the positions before its first response token
@@ -145,7 +146,7 @@ class VisionLogProbScorer(nn.Module):
             if aggregator is not None:
                 aggregator.prompt_lengths = aggregator.plan = None
         return scores_from_hidden(hidden, layout, head, self.chunk_tokens, want_hidden, ref, ref_head, want_wpo,
-                                  want_token_stats)
+                                  want_token_stats, prompt_sequences)
 
 
 def naive_vision_token_logps(model: nn.Module, layout: VisionLayout) -> Tensor:
