@@ -148,7 +148,8 @@ def test_second_trainer_in_one_process_compiles_once_whatever_the_first_becomes(
     is still alive when the second's scorer is traced, and the garbage collector frees it during the second run
     (here: at step 1, on purpose). Before, right_padding_needs_no_mask kept its verdicts in a module-level dict that
     the compiled scorer read inside its trace, so dynamo guarded on every model ever probed (the dict's length and
-    each key): the first policy's collection failed the guards and recompiled mid-run (2 graphs). The verdict now lives on each model: one graph, and the loss is the eager run's."""
+    each key): the first policy's collection failed the guards and recompiled mid-run (2 graphs), and a collection
+    during the trace itself raised IndexError while dynamo built those guards (list(dict.keys(...))[i]). The verdict now lives on each model: one graph, and the loss is the eager run's."""
     import gc
 
     from preflab.loops.sft import SFTTrainer
