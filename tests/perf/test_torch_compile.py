@@ -142,6 +142,41 @@ def test_sft_right_padded_rows_compile_to_one_graph(tmp_path):
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
 
 
+
+def test_second_trainer_in_one_process_compiles_once_whatever_the_first_becomes(tmp_path):
+    """A notebook trains twice in one process: an eager SFT run, then the same run compiled. The first run's policy
+    is still alive when the second's scorer is traced, and the garbage collector frees it during the second run
+    (here: at step 1, on purpose). Before, right_padding_needs_no_mask kept its verdicts in a module-level dict that
+    the compiled scorer read inside its trace, so dynamo guarded on every model ever probed (the dict's length and
+    each key): the first policy's collection failed the guards and recompiled mid-run (2 graphs), and a collection
+    during the trace itself raised IndexError while dynamo built those guards (list(dict.keys(...))[i]). The verdict now lives on each model: one graph, and the loss is the eager run's."""
+    import gc
+
+    from preflab.loops.sft import SFTTrainer
+
+    torch.set_num_threads(1)
+    common = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "learning_rate": 1e-3,
+              "dataset_name": str(Path(__file__).parents[2] / "examples/data/loud_echo_sft.jsonl"), "max_steps": 3,
+              "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "max_length": 128,
+              "per_device_train_batch_size": 4}
+    first = [SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "first")}))]
+    first[0].train()
+    second = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "second"),
+                                          "torch_compile_backend": "eager"}))
+    batches = second.micro_batches
+
+    def micro_batches(step):
+        if step == 1:  # the first run's trainer and policy freed after the second's scorer was traced
+            first.clear()
+            gc.collect()
+        return batches(step)
+
+    second.micro_batches = micro_batches
+    summary = second.train()
+    assert not first
+    assert summary["torch_compile"]["graphs"] == 1
+    assert losses(tmp_path / "second") == pytest.approx(losses(tmp_path / "first"), abs=1e-6)
+
 @pytest.mark.slow  # 2 short runs, one traced by dynamo (eager backend): ~6 s
 def test_orpo_prompt_tokens_keep_the_graphs_of_dpo(tmp_path):
     """orpo's default NLL scores the chosen prompts' tokens too (the "prompt_logps" need): their positions join the

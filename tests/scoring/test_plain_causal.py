@@ -38,4 +38,4 @@ def test_bidirectional_model_keeps_the_padding_mask():
                                   intermediate_size=32, is_decoder=False)
     model = BertGenerationDecoder(config).eval()
     assert not right_padding_needs_no_mask(model)
-    assert attention._causal[model] is False  # decided once, kept
+    assert getattr(model, attention._CAUSAL_ATTR) is False  # decided once, kept on the model

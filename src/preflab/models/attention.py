@@ -13,7 +13,11 @@ MASK_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 FLEX_BLOCK = 128  # FlexAttention's default block size (query and key)
 _warned: set[str] = set()
 _probed: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, str]]" = weakref.WeakKeyDictionary()
-_causal: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+# right_padding_needs_no_mask's verdict, kept on the model object itself (not in a module-level dict): the compiled
+# scorer reads it inside its trace, and dynamo guards what it reads. A shared dict made every model ever probed in
+# the process part of the graph's guards (its length, each key by index), so another model's collection by the
+# garbage collector recompiled a later run's scorer mid-training (a second Trainer in one process).
+_CAUSAL_ATTR = "_preflab_right_padding_needs_no_mask"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -192,8 +196,9 @@ def right_padding_needs_no_mask(model) -> bool:
     prefix-LM models and for models that read the mask for anything else. Decided once per model object by a probe
     of 6 tokens + 3 pads through model.forward in eval mode (no random numbers drawn); any failure means no."""
     base = unwrap(model)
-    if base in _causal:
-        return _causal[base]
+    known = getattr(base, _CAUSAL_ATTR, None)
+    if known is not None:
+        return known
     param = next(base.parameters())
     vocab = base.get_input_embeddings().weight.shape[0] if hasattr(base, "get_input_embeddings") else 8
     ids = torch.tensor([[1 + (7 * x) % max(vocab - 1, 1) for x in range(9)]], device=param.device)
@@ -211,7 +216,7 @@ def right_padding_needs_no_mask(model) -> bool:
         verdict = False
     finally:
         base.train(was_training)
-    _causal[base] = verdict
+    setattr(base, _CAUSAL_ATTR, verdict)
     return verdict
 
 
