@@ -79,17 +79,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     restore_sigterm = _stop_on_sigterm()
+    had_group = _process_group_open()
     try:
         return int(_handler(args)(args) or 0)
     except PreflabError as err:
         print(f"preflab: error: {err}", file=sys.stderr)
+        _close_process_group(had_group)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
         print(interrupted_message(err), file=sys.stderr)
+        _close_process_group(had_group)
         return 143 if isinstance(err, Terminated) else 130
     finally:
         restore_sigterm()
+
+
+def _process_group_open() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _close_process_group(had_group: bool) -> None:
+    """After a run stopped with an error (it skipped accelerate's end_training), close the process group it opened:
+    a gloo / NCCL group still alive at interpreter exit can abort the process (SIGABRT, "terminate called without
+    an active exception"), turning a clean error exit into a crash under the launcher. A group that was open before
+    main() (the caller's) is left alone."""
+    if not had_group:
+        from preflab.recipe_state import end_processes
+
+        end_processes()
 
 
 class Terminated(KeyboardInterrupt):

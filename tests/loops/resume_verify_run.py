@@ -81,9 +81,13 @@ if __name__ == "__main__":
     if mode == "ddp":
         case("model", lambda: change(ckpt / "model.safetensors"), resume_from_checkpoint=str(ckpt))
         (out / f"rank{rank}.json").write_text(json.dumps(results))
+        if dist.is_initialized():  # the failed resume skipped end_training: a live group can abort at exit
+            dist.destroy_process_group()
         sys.exit(0)
     case("shard", lambda: originals.update(shard=change(ckpt / SHARD)), resume_from_checkpoint=str(ckpt))
     case("shared", lambda: ((ckpt / SHARD).write_bytes(originals["shard"]),
                             change(ckpt / SHARED, b"0.9", b"0.8")), resume_from_checkpoint=str(ckpt))
     case("fallback", lambda: change(ckpt / SHARD), resume_from_checkpoint=True, save_steps=0)
     (out / f"rank{rank}.json").write_text(json.dumps(results))
+    if dist.is_initialized():
+        dist.destroy_process_group()
