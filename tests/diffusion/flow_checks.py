@@ -105,3 +105,18 @@ def assert_example_trains_reloads_and_evaluates(example: str, pipeline_class, tm
                                     num_prompts=2)
     assert result["metrics"]["loss"] == pytest.approx(summary["final_metrics"]["eval_loss"], rel=1e-5)
     assert 0 <= result["metrics"]["win_rate"] <= 1
+
+
+# objectives written for the DDPM parametrisation, and words of the refusal that names why
+DDPM_ONLY_OBJECTIVES = [
+    ("self_npo", "Self-NPO"), ("ppd", "cross-attention processors"), ("diffusion_inpo", "DDIM inversion"),
+    ("smpo_diffusion", "diffusion_noising: {mode: forward}")]
+
+
+def assert_ddpm_objective_is_refused(make_cfg, assets, tmp_path, method, words):
+    """A flow-matching pipeline refuses an objective tied to the DDPM parametrisation, naming why."""
+    from preflab.errors import ConfigError
+    from preflab.loops.diffusion import DiffusionRun
+
+    with pytest.raises(ConfigError, match=words.replace("{", r"\{").replace("}", r"\}")):
+        DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method))

@@ -17,6 +17,7 @@ from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flow_checks import (  # noqa: E402
+    DDPM_ONLY_OBJECTIVES, assert_ddpm_objective_is_refused,
     assert_example_trains_reloads_and_evaluates, assert_gradient_checkpointing_trains_the_same,
     assert_gradient_is_the_closed_form, assert_one_image_twice_gives_no_gradient,
     assert_resume_equals_the_uninterrupted_run, perturb)
@@ -225,12 +226,9 @@ def test_sd3_sampling_equals_the_pipelines_own_euler_sampler():
 
 
 # ---------------------------------------------------------------------------------------------- refusals
-@pytest.mark.parametrize("method, words", [
-    ("self_npo", "Self-NPO"), ("ppd", "cross-attention processors"), ("diffusion_inpo", "DDIM inversion"),
-    ("smpo_diffusion", "diffusion_noising: {mode: forward}")])
+@pytest.mark.parametrize("method, words", DDPM_ONLY_OBJECTIVES)
 def test_objectives_tied_to_the_ddpm_parametrisation_are_refused_on_sd3(assets, tmp_path, method, words):
-    with pytest.raises(ConfigError, match=words.replace("{", r"\{").replace("}", r"\}")):
-        DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method))
+    assert_ddpm_objective_is_refused(make_cfg, assets, tmp_path, method, words)
 
 
 def test_timestep_bounds_and_a_resolution_off_the_patch_grid_are_refused_on_sd3(assets, tmp_path):
