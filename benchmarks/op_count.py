@@ -54,17 +54,20 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
 
-def _sync_rule():
-    """tests/test_step_syncs.py's is_sync: one definition of what a sync is."""
+def _sync_rules():
+    """tests/test_step_syncs.py, whose is_sync is the one definition of what a sync is (and whose _tensors walks a
+    batch's tensors)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("test_step_syncs", HERE.parent / "tests" / "test_step_syncs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.is_sync
+    return module
 
 
-is_sync = _sync_rule()
+_rules = _sync_rules()
+is_sync = _rules.is_sync
+tensors_of = _rules._tensors  # every tensor inside an object (dataclasses, named tuples, lists, tuples, dicts)
 
 # host tensors made from Python data: torch.tensor / torch.as_tensor, and the 0-dim CPU tensor that wraps a Python
 # scalar operand (torch.where(mask, x, 0.0)); a 0-dim host tensor is passed to a GPU kernel as an argument, no copy
@@ -97,21 +100,6 @@ class StepOps:
     def row(self) -> dict:
         return {"ops": self.total, "kernels": self.kernels, "views": self.views, "host_ops": self.host_ops,
                 "syncs": self.sync_count, "h2d": self.h2d, "collate_ops": self.collate_ops}
-
-
-def tensors_of(obj):
-    """Every tensor inside obj (tensors, dataclasses, named tuples, lists, tuples, dicts)."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from tensors_of(getattr(obj, f.name))
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from tensors_of(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from tensors_of(item)
 
 
 def _names_a_device(args, kwargs) -> bool:

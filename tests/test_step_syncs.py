@@ -98,9 +98,10 @@ class SyncCounter(TorchDispatchMode):
 
 
 def _tensors(obj):
+    """Every tensor inside obj (tensors, dataclass instances, named tuples, lists, tuples, dicts)."""
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif dataclasses.is_dataclass(obj):
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
             yield from _tensors(getattr(obj, f.name))
     elif isinstance(obj, (list, tuple)):
