@@ -93,12 +93,9 @@ class Trainer(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
-        if cfg.disable_dropout:  # models given from Python too (load_models does it for loaded ones)
-            from preflab.models.load import disable_dropout
+        from preflab.models.load import disable_dropout_of
 
-            for model in (policy, ref):
-                if model is not None:
-                    disable_dropout(model)
+        disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
         self.lora = hasattr(policy, "disable_adapter")
         # LoRA without ref_model_name_or_path: the reference is the policy with its adapters disabled; a given
         # reference model is the reference, LoRA or not (it was loaded and then ignored under use_peft)

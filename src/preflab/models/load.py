@@ -241,6 +241,15 @@ def disable_dropout(model: nn.Module) -> None:
         _zero_config_dropout(config, depth=0)
 
 
+def disable_dropout_of(cfg, *models) -> None:
+    """`disable_dropout` on each model given (None skipped) when cfg.disable_dropout: for runs whose models may come
+    from Python or a task as well as from load_models."""
+    if cfg.disable_dropout:
+        for model in models:
+            if model is not None:
+                disable_dropout(model)
+
+
 def _zero_config_dropout(config, depth: int) -> None:
     """Float `*dropout*` fields of a transformers config and its sub-configs (text_config, vision_config) to 0."""
     for key, value in list(vars(config).items()):

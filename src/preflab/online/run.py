@@ -137,12 +137,9 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
-        if cfg.disable_dropout:  # models given from Python or by the task too (load_models does it for loaded ones)
-            from preflab.models.load import disable_dropout
+        from preflab.models.load import disable_dropout_of
 
-            for model in (policy, ref):
-                if model is not None:
-                    disable_dropout(model)
+        disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
         if "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level reference quantities at every step; "
                               "online runs precompute reference log-probs per round. Choose another loss_type.")
@@ -505,7 +502,7 @@ class OnlineRun(TrainingRun):
         out = self._forward_groups(mb) if self.spec.kind == "groups" else self._forward_pairs(mb)
         if mb.zero:
             out.losses, out.loss = out.losses[:0], out.loss * 0.0
-        round_metrics = {k: v for k, v in self.pending.metrics.items() if isinstance(v, (int, float))}
+        round_metrics = self._round_metrics()
         out.metrics.update(round_metrics)
         for key in round_metrics:  # the round's value replaces the objective's (GRPO's reward): a per-example mean
             out.metric_counts.pop(key, None)
