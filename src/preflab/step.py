@@ -175,9 +175,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     if world > 1 and world * totals[LAYOUT_HASH_SQUARED] != totals[LAYOUT_HASH] ** 2:
         raise PreflabError(
             f"the processes reported different metric names in this optimizer step (this rank: {sorted(host_counts)}); "
-            "the step sums every rank's metrics position by position, so each objective and loop must report the "
-            "same metric names for every batch (a mean over part of a batch: ObjectiveOutput.metric_counts, with "
-            "count 0 where the batch has none).")
+            + SAME_NAMES_FIX)
     tokens = totals.get(TOKENS, tokens)
     if world > 1:
         denom = totals[EXAMPLES]
@@ -283,6 +281,11 @@ def _add_metrics(sums: dict, host_sums: dict, host_counts: dict, metrics: dict, 
     sums[key] = sums[key] + vector if key in sums else vector
 
 
+SAME_NAMES_FIX = ("the step sums every rank's metrics position by position, so each objective and loop must report "
+                  "the same metric names for every batch (a mean over part of a batch: ObjectiveOutput.metric_counts, "
+                  "with count 0 where the batch has none).")
+
+
 def _one_layout(metric_sums: dict) -> list[tuple]:
     """The step's sums as one ((entry names...), vector) group, laid out as (example-weighted names, counted entries),
     each part sorted: the micro-batches' vectors as they are when all held the same names (the usual case: no op),
@@ -314,9 +317,7 @@ def _check_layout_once(accelerator, layout: list[str]) -> None:
         names = [sorted(x for x in other if not x.startswith("#") and not x.endswith(COUNT)) for other in layouts]
         raise PreflabError(
             "the processes report different metric names in the first optimizer step ("
-            + "; ".join(f"rank {r}: {n}" for r, n in enumerate(names)) + "); the step sums every rank's metrics "
-            "position by position, so each objective and loop must report the same metric names for every batch "
-            "(a mean over part of a batch: ObjectiveOutput.metric_counts, with count 0 where the batch has none).")
+            + "; ".join(f"rank {r}: {n}" for r, n in enumerate(names)) + "); " + SAME_NAMES_FIX)
 
 
 def _update(optimizer, scaler) -> bool:
