@@ -39,7 +39,8 @@ DPO = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], beta=0.5, lear
 
 def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> tuple[float, float, list]:
     """(share of programs isomorphic to the gold, share that parse, examples) under greedy decoding."""
-    ids = [bos_ids(tokenizer) + tokenizer(r["prompt"], add_special_tokens=False).input_ids for r in rows]
+    bos = bos_ids(tokenizer)
+    ids = [bos + tokenizer(r["prompt"], add_special_tokens=False).input_ids for r in rows]
     outs = generate_text(model, tokenizer, ids, max_new_tokens=max_new_tokens)
     correct = valid = 0
     examples = []

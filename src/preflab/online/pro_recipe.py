@@ -96,7 +96,8 @@ def true_reward_by_type(model, tokenizer, prompts: list[str], max_new_tokens: in
     """Greedy answers on `prompts`: mean true reward overall and per prompt type, and a few examples."""
     from preflab.generate import generate_text
 
-    ids = [bos_ids(tokenizer) + tokenizer(p + "\n", add_special_tokens=False).input_ids for p in prompts]
+    bos = bos_ids(tokenizer)
+    ids = [bos + tokenizer(p + "\n", add_special_tokens=False).input_ids for p in prompts]
     answers = generate_text(model, tokenizer, ids, max_new_tokens=max_new_tokens)
     scores = [toy_true_reward(p, a.strip()) for p, a in zip(prompts, answers)]
     by_type = {t: sum(s for p, s in zip(prompts, scores) if p.startswith(t))

@@ -117,13 +117,13 @@ def _demo_sampler(model, tokenizer, seed: int, max_new_tokens: int, temperature:
     from preflab.online.generator import TransformersGenerator
 
     gen = TransformersGenerator(model, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens, temperature)
-    state = {"call": 0}
+    state, bos = {"call": 0}, bos_ids(tokenizer)
 
     def reset():
         state["call"] = 0
 
     def sample(text: str) -> str:
-        ids = bos_ids(tokenizer) + tokenizer(text + "\n", add_special_tokens=False).input_ids
+        ids = bos + tokenizer(text + "\n", add_special_tokens=False).input_ids
         state["call"] += 1
         out = gen.generate([ids], 1, seed * 100003 + state["call"])[0]
         return tokenizer.decode(out, skip_special_tokens=True)

@@ -59,7 +59,8 @@ def first_line(text: str) -> str:
 
 def prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     """BOS + prompt tokens, as the Trainer tokenizes a text prompt."""
-    return [bos_ids(tokenizer) + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    bos = bos_ids(tokenizer)
+    return [bos + tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
 
 
 def sample_candidates(model, tokenizer, tasks: list[CodeTask], n_codes: int, n_tests: int, *, temperature: float,

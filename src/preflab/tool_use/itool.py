@@ -135,10 +135,10 @@ def gold_perplexities(model, tokenizer, rows: list[dict], batch_size: int = 32) 
 
     was_training = model.training
     model.eval()
-    scorer, out = LogProbScorer(model), []
+    scorer, out, bos = LogProbScorer(model), [], bos_ids(tokenizer)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        seqs = [(bos_ids(tokenizer) + _encode(tokenizer, r["prompt"]),
+        seqs = [(bos + _encode(tokenizer, r["prompt"]),
                  _encode(tokenizer, r["gold"]) + [tokenizer.eos_token_id]) for r in chunk]
         scores = scorer(padded(seqs, pad_id=tokenizer.pad_token_id))
         sums, lengths = scores.token_logps.double().sum(-1), scores.mask.sum(-1)
@@ -149,7 +149,8 @@ def gold_perplexities(model, tokenizer, rows: list[dict], batch_size: int = 32) 
 
 def call_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int) -> tuple[dict, list[dict]]:
     """Greedy replies to the rows' prompts, graded (itool_task.grade_outputs); and a few examples."""
-    ids = [bos_ids(tokenizer) + _encode(tokenizer, r["prompt"]) for r in rows]
+    bos = bos_ids(tokenizer)
+    ids = [bos + _encode(tokenizer, r["prompt"]) for r in rows]
     outputs = [o.strip() for o in generate_text(model, tokenizer, ids, max_new_tokens=max_new_tokens)]
     metrics = grade_outputs(outputs, [r["gold"] for r in rows])
     examples = [{"request": r["request"], "gold": r["gold"], "output": o} for r, o in zip(rows, outputs)]
@@ -209,7 +210,8 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
     _write_jsonl(out / "data" / "train.jsonl", train)
     _write_jsonl(out / "data" / "test.jsonl", test)
     tokenizer = tiny_tokenizer("char")
-    prompt_ids = {i: bos_ids(tokenizer) + _encode(tokenizer, r["prompt"]) for i, r in enumerate(pool)}
+    bos = bos_ids(tokenizer)
+    prompt_ids = {i: bos + _encode(tokenizer, r["prompt"]) for i, r in enumerate(pool)}
     common = {"model_name_or_path": "builtin:tiny-llama", "max_length": 160, "seed": seed, "logging_steps": 10,
               "disable_tqdm": quiet, "use_cpu": True}
     search_cfg = SearchConfig(num_actions, mcts_iters, depth, step_limit, max_simulation_steps, exploration_weight,

@@ -86,8 +86,8 @@ def prompt_rows(questions: list[dict]) -> list[dict]:
 def evaluate_tool_use(model, tokenizer, generator: ToolRolloutGenerator, questions: list[dict],
                       examples: int = 6) -> dict:
     """Greedy tool rollouts on `questions`: accuracy, mean executed calls, tool productivity, per kind of question."""
-    prompts = [bos_ids(tokenizer) + tokenizer(prompt_of(q), add_special_tokens=False).input_ids
-               for q in questions]
+    bos = bos_ids(tokenizer)
+    prompts = [bos + tokenizer(prompt_of(q), add_special_tokens=False).input_ids for q in questions]
     ids = generator.generate(prompts, 1, seed=0, do_sample=False)
     texts = [tokenizer.decode(c, skip_special_tokens=True) for c in ids]
     calls = [c["num_tool_calls"] for c in generator.last_columns]
