@@ -1,4 +1,4 @@
-"""The `maxmin:<dir>` (= `maxmin_pointwise:<dir>`, the released code's rule) / `maxmin_group:<dir>` online judges
+"""The `maxmin:<dir>` (= `maxmin_group:<dir>`) / `maxmin_pointwise:<dir>` (the released code's rule) online judges
 over an em_mixture run: the min rules on hand-computed scores, the saved z-scores, and the loop's judge never caching
 the batch-dependent group rule."""
 import json
@@ -56,23 +56,24 @@ def test_maxmin_judges_group_rule_on_z_scores_pointwise_rule_on_raw_rewards(mixt
         resolve_judge(f"maxmin:{mixture_dir / 'em-iter-1'}")
 
 
-def test_maxmin_judge_is_the_released_min_of_raw_component_rewards(mixture_dir):
-    """`maxmin:<dir>` is the released code's reward (josephxu1234/MaxMinRLHF `training/robust_rlhf.py` L351-353):
-    min_k r_k(x, y) per completion of the components' raw rewards, not z-scored, not the worst group's rewards."""
+def test_maxmin_is_the_group_rule_and_maxmin_pointwise_the_released_raw_min(mixture_dir):
+    """`maxmin:<dir>` and `maxmin_group:<dir>` are the z-scored group rule; `maxmin_pointwise:<dir>` is the released
+    code's reward (josephxu1234/MaxMinRLHF `training/robust_rlhf.py` L351-353): min_k r_k(x, y) of the raw rewards."""
     raw = torch.stack([load_judge(str(mixture_dir / f"em-iter-1/component-{k}")).score(PROMPTS, RESPONSES)
                        for k in range(2)])  # [K, N]
-    released = [min(float(raw[0, i]), float(raw[1, i])) for i in range(4)]
-    judge = resolve_judge(f"maxmin:{mixture_dir}")
-    got = judge.score(PROMPTS, RESPONSES).tolist()
-    assert got == pytest.approx(released, abs=1e-6)
-    assert resolve_judge(f"maxmin_pointwise:{mixture_dir}").score(PROMPTS, RESPONSES).tolist() == got  # the alias
-    # the fixture's z-scores (mean 0.05 / -0.1, std 0.5 / 2.0) move every value, so the rule is told apart from both
-    z = torch.stack([(raw[0] - 0.05) / 0.5, (raw[1] + 0.1) / 2.0])
-    assert all(abs(g - float(z[:, i].min())) > 1e-3 for i, g in enumerate(got))
-    group = resolve_judge(f"maxmin_group:{mixture_dir}").score(PROMPTS, RESPONSES)
-    assert all(abs(g - float(group[i])) > 1e-3 for i, g in enumerate(got))
-    assert judge.rule == "pointwise" and judge.standardizer is None and not judge.batch_dependent
-    assert Judge([judge]).cache_enabled  # a per-completion reward: the loop may cache it
+    z = torch.stack([(raw[0] - 0.05) / 0.5, (raw[1] + 0.1) / 2.0])  # the fixture's saved statistics
+    k_min = 0 if float(z[0].mean()) < float(z[1].mean()) else 1
+    default = resolve_judge(f"maxmin:{mixture_dir}")
+    assert default.rule == "group" and default.batch_dependent
+    assert default.score(PROMPTS, RESPONSES).tolist() == pytest.approx(z[k_min].tolist(), abs=1e-6)
+    assert load_maxmin_judge(str(mixture_dir)).score(PROMPTS, RESPONSES).tolist() == pytest.approx(
+        z[k_min].tolist(), abs=1e-6)  # the Python default is the same rule
+    released = resolve_judge(f"maxmin_pointwise:{mixture_dir}")
+    got = released.score(PROMPTS, RESPONSES).tolist()
+    assert got == pytest.approx([min(float(raw[0, i]), float(raw[1, i])) for i in range(4)], abs=1e-6)
+    assert all(abs(g - float(z[k_min, i])) > 1e-3 for i, g in enumerate(got))  # the two rules are told apart
+    assert released.rule == "pointwise" and released.standardizer is None and not released.batch_dependent
+    assert Judge([released]).cache_enabled and not Judge([default]).cache_enabled
 
 
 def test_an_unknown_maxmin_judge_name_is_refused_with_the_names(mixture_dir):

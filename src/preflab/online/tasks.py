@@ -13,10 +13,10 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
     demo_true_reward        the demo task's true reward
     demo_echo_reward        the demo task's words compared case-insensitively (its loudness ignored)
     verifier:<name>         a rule reward of preflab.verifiers (e.g. verifier:vision_r1_format)
-    maxmin:<dir>            MaxMin-RLHF over an em_mixture run's K reward models: min_k r_k(x, y) per completion of
-                            the raw rewards (the released code's rule; maxmin_pointwise:<dir> is the same judge);
-                            maxmin_group:<dir>: every completion of a round gets the z-scored reward of the group
-                            with the lowest mean on the round (reward_models.maxmin_aggregate)
+    maxmin:<dir>            MaxMin-RLHF over an em_mixture run's K reward models: every completion of a round gets
+                            the z-scored reward of the group with the lowest mean on the round (maxmin_group:<dir> is
+                            the same judge); maxmin_pointwise:<dir>: min_k r_k(x, y) per completion of the raw
+                            rewards, the released code's rule (reward_models.maxmin_aggregate)
     package.module:name     an importable reward function f(prompts, completions, **columns) or object
     <directory>             a preflab reward model (BT or GPM head; preflab.reward_models.interface.load_judge) or
                             any transformers AutoModelForSequenceClassification with one label (its logit)
@@ -33,8 +33,8 @@ import torch
 from preflab.errors import ConfigError
 
 DEMO_SFT = "builtin:demo-sft"
-# reward_funcs name -> max-min rule (reward_models.maxmin_aggregate): "maxmin" is the released code's rule
-MAXMIN_JUDGES = {"maxmin": "pointwise", "maxmin_pointwise": "pointwise", "maxmin_group": "group"}
+# reward_funcs name -> max-min rule (reward_models.maxmin_aggregate): "maxmin" is the z-scored group rule
+MAXMIN_JUDGES = {"maxmin": "group", "maxmin_group": "group", "maxmin_pointwise": "pointwise"}
 BUILTIN_ONLINE = {DEMO_SFT: "the demo's tiny char-level Llama after its SFT stage (built once and cached)"}
 
 

@@ -18,10 +18,9 @@ user_column ("user_id"), group_column (optional planted group of each user: clus
 (true), init ("random": a seeded balanced shuffle; "round_robin": z_u = u mod K, the code's), tau (1.0).
 
 Output: mixture.json (component folders, priors, the user -> cluster assignment, responsibilities and the z-score
-statistics of each component on the training responses, used by the `maxmin_group:<dir>` judge; `maxmin:<dir>`
-takes the min of the raw rewards), summary.json (EM log-likelihood per round, per-cluster accuracy, cluster sizes,
-purity), em_state.json (resume: a finished round is skipped, an interrupted one is run again from its start, so
-the result equals an uninterrupted run).
+statistics of each component on the training responses, used by the `maxmin:<dir>` judge), summary.json (EM
+log-likelihood per round, per-cluster accuracy, cluster sizes, purity), em_state.json (resume: a finished round is
+skipped, an interrupted one is run again from its start, so the result equals an uninterrupted run).
 K = 1 is plain BT reward training: the one component's run is the `reward_head: bt` run. With an eval set
 (eval_dataset_name / eval_fraction) each held-out pair is scored by its user's cluster model (eval_routed_accuracy).
 One process only: a multi-process launch is refused (the EM state and E-step are not shared over ranks).
