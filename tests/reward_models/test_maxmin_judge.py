@@ -1,5 +1,6 @@
-"""The `maxmin:<dir>` / `maxmin_pointwise:<dir>` online judges over an em_mixture run: the min rules on
-hand-computed scores, the saved z-scores, and the loop's judge never caching the batch-dependent group rule."""
+"""The `maxmin:<dir>` (= `maxmin_group:<dir>`) / `maxmin_pointwise:<dir>` (the released code's rule) online judges
+over an em_mixture run: the min rules on hand-computed scores, the saved z-scores, and the loop's judge never caching
+the batch-dependent group rule."""
 import json
 
 import pytest
@@ -47,12 +48,38 @@ def test_maxmin_judges_group_rule_on_z_scores_pointwise_rule_on_raw_rewards(mixt
     z_pointwise = load_maxmin_judge(str(mixture_dir), "pointwise", standardize=True)  # the library's opt-in
     assert z_pointwise.score(PROMPTS, RESPONSES).tolist() == pytest.approx(
         [min(float(z[0, i]), float(z[1, i])) for i in range(4)], abs=1e-6)
-    group = resolve_judge(f"maxmin:{mixture_dir}")
+    group = resolve_judge(f"maxmin_group:{mixture_dir}")
     k_min = 0 if float(z[0].mean()) < float(z[1].mean()) else 1
     assert group.score(PROMPTS, RESPONSES).tolist() == pytest.approx(z[k_min].tolist(), abs=1e-6)
     assert group.last_group == k_min and group.batch_dependent and not pointwise.batch_dependent
     with pytest.raises(ConfigError, match="holds no mixture.json"):
         resolve_judge(f"maxmin:{mixture_dir / 'em-iter-1'}")
+
+
+def test_maxmin_is_the_group_rule_and_maxmin_pointwise_the_released_raw_min(mixture_dir):
+    """`maxmin:<dir>` and `maxmin_group:<dir>` are the z-scored group rule; `maxmin_pointwise:<dir>` is the released
+    code's reward (josephxu1234/MaxMinRLHF `training/robust_rlhf.py` L351-353): min_k r_k(x, y) of the raw rewards."""
+    raw = torch.stack([load_judge(str(mixture_dir / f"em-iter-1/component-{k}")).score(PROMPTS, RESPONSES)
+                       for k in range(2)])  # [K, N]
+    z = torch.stack([(raw[0] - 0.05) / 0.5, (raw[1] + 0.1) / 2.0])  # the fixture's saved statistics
+    k_min = 0 if float(z[0].mean()) < float(z[1].mean()) else 1
+    default = resolve_judge(f"maxmin:{mixture_dir}")
+    assert default.rule == "group" and default.batch_dependent
+    assert default.score(PROMPTS, RESPONSES).tolist() == pytest.approx(z[k_min].tolist(), abs=1e-6)
+    assert load_maxmin_judge(str(mixture_dir)).score(PROMPTS, RESPONSES).tolist() == pytest.approx(
+        z[k_min].tolist(), abs=1e-6)  # the Python default is the same rule
+    released = resolve_judge(f"maxmin_pointwise:{mixture_dir}")
+    got = released.score(PROMPTS, RESPONSES).tolist()
+    assert got == pytest.approx([min(float(raw[0, i]), float(raw[1, i])) for i in range(4)], abs=1e-6)
+    assert all(abs(g - float(z[k_min, i])) > 1e-3 for i, g in enumerate(got))  # the two rules are told apart
+    assert released.rule == "pointwise" and released.standardizer is None and not released.batch_dependent
+    assert Judge([released]).cache_enabled and not Judge([default]).cache_enabled
+
+
+def test_an_unknown_maxmin_judge_name_is_refused_with_the_names(mixture_dir):
+    with pytest.raises(ConfigError, match=r"no max-min judge 'maxmin_groups'.*maxmin_group:<dir>.*Did you mean "
+                                          r"'maxmin_group'"):
+        resolve_judge(f"maxmin_groups:{mixture_dir}")
 
 
 class Table:

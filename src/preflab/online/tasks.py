@@ -13,8 +13,10 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
     demo_true_reward        the demo task's true reward
     demo_echo_reward        the demo task's words compared case-insensitively (its loudness ignored)
     verifier:<name>         a rule reward of preflab.verifiers (e.g. verifier:vision_r1_format)
-    maxmin:<dir>            MaxMin-RLHF: the worst group's reward over an em_mixture run's K reward models
-                            (maxmin_pointwise:<dir>: raw min_k r_k per completion; reward_models.maxmin_aggregate)
+    maxmin:<dir>            MaxMin-RLHF over an em_mixture run's K reward models: every completion of a round gets
+                            the z-scored reward of the group with the lowest mean on the round (maxmin_group:<dir> is
+                            the same judge); maxmin_pointwise:<dir>: min_k r_k(x, y) per completion of the raw
+                            rewards, the released code's rule (reward_models.maxmin_aggregate)
     package.module:name     an importable reward function f(prompts, completions, **columns) or object
     <directory>             a preflab reward model (BT or GPM head; preflab.reward_models.interface.load_judge) or
                             any transformers AutoModelForSequenceClassification with one label (its logit)
@@ -31,6 +33,8 @@ import torch
 from preflab.errors import ConfigError
 
 DEMO_SFT = "builtin:demo-sft"
+# reward_funcs name -> max-min rule (reward_models.maxmin_aggregate): "maxmin" is the z-scored group rule
+MAXMIN_JUDGES = {"maxmin": "group", "maxmin_group": "group", "maxmin_pointwise": "pointwise"}
 BUILTIN_ONLINE = {DEMO_SFT: "the demo's tiny char-level Llama after its SFT stage (built once and cached)"}
 
 
@@ -105,11 +109,15 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
         return demo_true_reward
     if spec == "demo_echo_reward":
         return demo_echo_reward
-    if spec.startswith(("maxmin:", "maxmin_pointwise:")):  # MaxMin-RLHF over an em_mixture run's K reward models
+    name, _, path = spec.partition(":")
+    if path and name.startswith("maxmin") and "." not in name and "/" not in name:  # MaxMin-RLHF (em_mixture run)
+        from preflab.errors import nearest
         from preflab.reward_models.maxmin_aggregate import load_maxmin_judge
 
-        rule, path = spec.split(":", 1)
-        return load_maxmin_judge(path, "pointwise" if rule == "maxmin_pointwise" else "group")
+        if name not in MAXMIN_JUDGES:
+            raise ConfigError(f"reward_funcs: {spec!r}: no max-min judge {name!r}; they are "
+                              f"{', '.join(n + ':<dir>' for n in MAXMIN_JUDGES)}.{nearest(name, list(MAXMIN_JUDGES))}")
+        return load_maxmin_judge(path, MAXMIN_JUDGES[name])
     if spec.startswith("verifier:"):
         import preflab.verifiers as verifiers
 
