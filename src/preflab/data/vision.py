@@ -72,6 +72,17 @@ class TokenizedVisionPair:
         return self.prompt_ids, self.vision, self.token_inputs
 
 
+def vision_pairs_fingerprint(pairs) -> str:
+    """sha256 over what a vision pair's reference log-probs depend on besides the weights, in dataset order: per side
+    the token ids, the processor's tensors by content (dtype, shape, bytes: pixel_values, image_grid_thw /
+    video_grid_thw, ...) and per-token inputs (mm_token_type_ids, ...); the reference cache's key
+    (preflab.scoring.ref_cache.cache_key). Two rows with the same text and other images, or the same image through
+    other processor settings (size, normalisation), get other keys."""
+    from preflab.data_fingerprint import training_data_fingerprint
+
+    return training_data_fingerprint([(p.side(False), p.chosen_ids, p.side(True), p.rejected_ids) for p in pairs])
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 def _parts(content, field: str) -> list[dict]:
     if isinstance(content, str):
