@@ -19,7 +19,7 @@ from preflab.scoring.lm import backbone_and_head
 from preflab.scoring.ref_cache import compute_ref_logps, pairs_fingerprint, score_rows
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs, naive_vision_token_logps
 
-from vlm_helpers import pair_row, tiny
+from vlm_helpers import image, pair_row, tiny
 
 COLOURS = [((200, 20, 20), "red"), ((20, 200, 20), "green"), ((20, 20, 200), "blue"), ((200, 200, 20), "yellow")]
 
@@ -99,6 +99,10 @@ def test_same_text_other_images_never_share_cached_values(tmp_path, monkeypatch)
     first, second = _pairs(processor, _rows()), _pairs(processor, _rows(shift=1))
     assert pairs_fingerprint(first) == pairs_fingerprint(second)  # the token ids cannot tell them apart
     assert vision_pairs_fingerprint(first) != vision_pairs_fingerprint(second)
+    negatives = [{**row, "rejected": row["chosen"], "rejected_images": [image((90, 90, 90), seed=7)]} for row in _rows()]
+    other_negatives = [{**row, "rejected_images": [image((10, 10, 10), seed=7)]} for row in negatives]
+    a, b = _pairs(processor, negatives), _pairs(processor, other_negatives)  # input-side negatives: rejected images
+    assert pairs_fingerprint(a) == pairs_fingerprint(b) and vision_pairs_fingerprint(a) != vision_pairs_fingerprint(b)
     ref = frozen_copy(tiny("qwen2_vl")[0])
     values = {}
     for name, pairs in (("first", first), ("second", second)):
