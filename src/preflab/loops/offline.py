@@ -225,9 +225,18 @@ class Trainer(TrainingRun):
             {"train": (self.train_data, self.cfg.per_device_train_batch_size),
              "eval": (self.eval_data, self.cfg.per_device_eval_batch_size)},
             self.collate, self.accelerator,
-            {"dtype": self.cfg.torch_dtype, "device": self.accelerator.device.type})
+            {"dtype": self.cfg.torch_dtype, "device": self.accelerator.device.type},
+            fingerprint=self.ref_inputs_fingerprint)
         self.ref_cache_info = {**info, "seconds": round(time.perf_counter() - started, 3)}
         self.ref, self.ref_scorer = None, None
+
+    @staticmethod
+    def ref_inputs_fingerprint(examples) -> str:
+        """sha256 of everything besides the weights that the reference's log-probs of `examples` depend on: the
+        reference cache's key (token ids here; VisionTrainer adds the pixels)."""
+        from preflab.scoring.ref_cache import pairs_fingerprint
+
+        return pairs_fingerprint(examples)
 
     def score(self, layout, train: bool = True, positions: list[int] | None = None):
         """PairBatch of policy (and reference) log-probs, with the objective's token needs in extras. `positions`:

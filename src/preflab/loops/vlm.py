@@ -169,9 +169,6 @@ class VisionTrainer(Trainer):
         if objective.batch_type is not PairBatch:
             raise ConfigError(f"task: vlm trains pairwise objectives; {cfg.loss_type!r} consumes "
                               f"{objective.batch_type.__name__}.")
-        if cfg.precompute_ref_log_probs:
-            raise ConfigError("precompute_ref_log_probs is not supported with task: vlm (the reference cache is keyed "
-                              "by token ids, which do not identify the images); set it to false.")
         if policy is None:
             from preflab.models.vlm import load_vlm
 
@@ -192,6 +189,21 @@ class VisionTrainer(Trainer):
                          eval_data=eval_data)
         self.data_report = report
         self.layout = vision_layout_choice(cfg.layout, policy, ref)
+        from preflab.models.clue_aggregator import clue_aggregator_of
+
+        if self.precompute and self.ref_is_base and clue_aggregator_of(policy) is not None:
+            raise ConfigError("precompute_ref_log_probs with a clue aggregator under LoRA: the reference is the policy "
+                              "with its adapters off, which keeps the aggregator as it trains, so its log-probs change "
+                              "every step and cannot be computed once; set precompute_ref_log_probs: false, or give "
+                              "ref_model_name_or_path (a reference without the aggregator).")
+
+    @staticmethod
+    def ref_inputs_fingerprint(examples) -> str:
+        """The reference cache's key of vision pairs: token ids and the processor's pixel tensors (images are not in
+        the token ids)."""
+        from preflab.data.vision import vision_pairs_fingerprint
+
+        return vision_pairs_fingerprint(examples)
 
     def collate(self, items):
         """The layout, with CAT's CluePlan built here on the host when the policy has a clue aggregator (its

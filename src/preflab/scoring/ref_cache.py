@@ -1,8 +1,10 @@
 """Reference log-probs computed once per (reference model, tokenized dataset) and cached on disk as safetensors.
 
 DPO's loss needs log pi_ref(y | x) for every chosen and rejected response (Rafailov et al. 2023, arXiv:2305.18290,
-Eq. 7). The reference is frozen, so these values depend only on the reference weights and the token ids; computing
-them once before training removes the reference forward from every step (and the reference weights from memory).
+Eq. 7). The reference is frozen, so these values depend only on the reference weights and the token ids (vision
+pairs: and the processor's pixel tensors, which the key then includes, preflab.data.vision.vision_pairs_fingerprint);
+computing them once before training removes the reference forward from every step (and the reference weights from
+memory).
 
     cache = reference_cache(score_fn, pairs, key=cache_key(ref_model, pairs, settings), cache_dir=..., ...)
     ref_scores = cache.scores(dataset_positions, layout.response_mask)    # Scores in the batch's sequence order
@@ -61,9 +63,11 @@ def pairs_fingerprint(pairs) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_hash: str, pairs, settings: dict) -> str:
-    """The cache key: format, reference weights, token ids and scoring settings (precision, device type)."""
-    blob = repr((CACHE_FORMAT, model_hash, pairs_fingerprint(pairs), sorted(settings.items())))
+def cache_key(model_hash: str, pairs, settings: dict, fingerprint: Callable = pairs_fingerprint) -> str:
+    """The cache key: format, reference weights, the pairs' `fingerprint` (token ids; for vision pairs also the
+    processor's pixel tensors, preflab.data.vision.vision_pairs_fingerprint) and scoring settings (precision,
+    device type)."""
+    blob = repr((CACHE_FORMAT, model_hash, fingerprint(pairs), sorted(settings.items())))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -206,9 +210,11 @@ def reference_cache(score_fn: Callable, pairs, collate: Callable, batch_size: in
 
 def precompute_reference(score_fn: Callable, ref_model: torch.nn.Module, adapters_off: bool, splits: dict,
                          collate: Callable, accelerator, settings: dict,
-                         cache_dir: str | os.PathLike | None = None) -> tuple[dict[str, RefLogps], dict]:
+                         cache_dir: str | os.PathLike | None = None,
+                         fingerprint: Callable = pairs_fingerprint) -> tuple[dict[str, RefLogps], dict]:
     """Cached reference log-probs for each split {name: (pairs, batch_size)} (empty splits skipped), sharded over
-    the accelerator's processes. Returns ({name: RefLogps}, {name: {"file", "hit"}})."""
+    the accelerator's processes; `fingerprint(pairs)` is what identifies the reference's inputs in the key (see
+    cache_key). Returns ({name: RefLogps}, {name: {"file", "hit"}})."""
     from accelerate.utils import gather_object
 
     model_hash = model_fingerprint(ref_model, skip_adapters=adapters_off)
@@ -217,7 +223,7 @@ def precompute_reference(score_fn: Callable, ref_model: torch.nn.Module, adapter
     for name, (pairs, batch_size) in splits.items():
         if not pairs:
             continue
-        key = cache_key(model_hash, pairs, settings)
+        key = cache_key(model_hash, pairs, settings, fingerprint)
         out[name], path, hit = reference_cache(score_fn, pairs, collate, batch_size, key,
                                                cache_dir or default_cache_dir(), rank, world, gather_object,
                                                accelerator.wait_for_everyone,
