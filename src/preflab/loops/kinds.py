@@ -70,6 +70,11 @@ LABEL_COUNTS = "_label_counts"  # layout extra of unpaired batches: (desirable, 
 
 class UnpairedKind:
     name = "unpaired"
+    # why a per-example reference cache cannot serve this kind (offline.Trainer refuses precompute_ref_log_probs)
+    reference_cache_refusal = (
+        "its reference point scores mismatched (prompt, completion) pairs formed inside each micro-batch (example i's "
+        "prompt with example i-1's completion), which change with the batch order, so they cannot be computed once per "
+        "example")
 
     @staticmethod
     def prepare(cfg, tokenizer):

@@ -103,6 +103,9 @@ class Trainer(TrainingRun):
         if self.objective.needs_reference and ref is None and not self.lora:
             raise ConfigError(f"objective {cfg.loss_type!r} needs a reference model; none was given.")
         self.precompute = cfg.precompute_ref_log_probs and self.objective.needs_reference
+        if self.precompute and getattr(self.kind, "reference_cache_refusal", None):
+            raise ConfigError(f"precompute_ref_log_probs with {cfg.loss_type!r}: {self.kind.reference_cache_refusal}; "
+                              "set precompute_ref_log_probs: false (the reference then runs at every step).")
         if self.precompute and "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL to the reference, which needs the "
                               "reference's hidden states at every step; set precompute_ref_log_probs: false.")
