@@ -54,6 +54,7 @@ from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
 from preflab.loops.judge import Judge
 from preflab.loops.reference import is_lora, reference_scores, refresh_reference
 from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+from preflab.models.dropout import original_dropout_config
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
@@ -654,7 +655,8 @@ class OnlineRun(TrainingRun):
 
     def save_model(self) -> None:
         model = self.accelerator.unwrap_model(self.policy)
-        model.save_pretrained(self.out, safe_serialization=True)
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(self.out, safe_serialization=True)
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(self.out)
 

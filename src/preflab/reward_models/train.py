@@ -22,6 +22,7 @@ from preflab.config import TrainConfig, resolve_epoch_eval
 from preflab.errors import ConfigError
 from preflab.loops.batches import MicroBatch, collate_pairs
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, parameter_sharding
+from preflab.models.dropout import original_dropout_config
 
 
 class RewardRun(TrainingRun):
@@ -96,7 +97,8 @@ class RewardRun(TrainingRun):
             # wrapper's, base_layer / lora_A / lora_B keys) would not match the merged model's keys.
             model, gathered = copy.deepcopy(model).merge_and_unload(), {}
         set_reward_config(model, self.reward_info)
-        model.save_pretrained(self.out, safe_serialization=True, **gathered)
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
 
 
