@@ -43,20 +43,19 @@ import json
 import os
 import sys
 import tempfile
-import weakref
 from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes  # noqa: E402
+from torch.utils._python_dispatch import _disable_current_modes  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
 
 def _sync_rules():
-    """tests/test_step_syncs.py, whose is_sync is the one definition of what a sync is (and whose _tensors walks a
-    batch's tensors)."""
+    """tests/test_step_syncs.py, whose is_sync is the one definition of what a sync is and whose HostTracking (the
+    host-tensor tracking) OpCounter builds on."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("test_step_syncs", HERE.parent / "tests" / "test_step_syncs.py")
@@ -67,7 +66,6 @@ def _sync_rules():
 
 _rules = _sync_rules()
 is_sync = _rules.is_sync
-tensors_of = _rules._tensors  # every tensor inside an object (dataclasses, named tuples, lists, tuples, dicts)
 
 # host tensors made from Python data: torch.tensor / torch.as_tensor, and the 0-dim CPU tensor that wraps a Python
 # scalar operand (torch.where(mask, x, 0.0)); a 0-dim host tensor is passed to a GPU kernel as an argument, no copy
@@ -118,36 +116,16 @@ def _call_site(where: tuple[str, ...]) -> str:
     return "?"
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts per optimizer step into `steps[-1]` (a new StepOps at each `next_step`). Host tensors are tracked by
-    identity (weak references): marked ones, tensors from Python data, and outputs of ops on host tensors alone."""
+class OpCounter(_rules.HostTracking):
+    """Counts per optimizer step into `steps[-1]` (a new StepOps at each `next_step`). Host tensors (HostTracking of
+    tests/test_step_syncs.py): marked ones, tensors from Python data, and outputs of ops on host tensors alone."""
 
     def __init__(self, where: tuple[str, ...] = ()):
         super().__init__()
         self.where = where  # path parts: attribute each device op to its innermost calling line in such a file
         self.sites = [Counter()]  # per step: "file:line op" -> calls (only with `where`)
         self.steps = [StepOps()]
-        self.paused = False
-        self._host = {}  # id -> weakref
         self._moved = set()  # ids of host tensors already counted as implicitly copied in this step
-
-    # ------------------------------------------------------------------ host tensors
-    def is_host(self, t) -> bool:
-        ref = self._host.get(id(t))
-        return ref is not None and ref() is t
-
-    def mark_host(self, obj) -> None:
-        self._host.update((id(t), weakref.ref(t)) for t in tensors_of(obj))
-
-    @contextlib.contextmanager
-    def host_region(self):
-        """Ops run inside are host work (the collation): not counted as device ops; outputs are marked host by the
-        caller (mark_host)."""
-        before, self.paused = self.paused, True
-        try:
-            yield
-        finally:
-            self.paused = before
 
     def next_step(self, *args, **kwargs) -> None:
         self.steps.append(StepOps())
@@ -162,9 +140,9 @@ class OpCounter(TorchDispatchMode):
         if self.paused:
             step.collate_ops += 1
             return out
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        tensors = self.tensor_inputs(args, kwargs)
         name = func.overloadpacket.__name__
-        if name in HOST_SOURCES or (tensors and all(self.is_host(t) for t in tensors)):
+        if name in HOST_SOURCES or self.all_host(tensors):
             step.host_ops += 1
             self.mark_host(tree_flatten(out)[0])
             return out

@@ -61,7 +61,7 @@ def _reseal(checkpoint: Path, **changes) -> None:
     state = {k: v for k, v in state.items() if v is not None}
     state_file.write_text(json.dumps(state))
     marker = json.loads((checkpoint / ck.MARKER).read_text())
-    marker["files"] = ck._file_records(checkpoint)
+    marker["files"] = ck.file_records(checkpoint)
     (checkpoint / ck.MARKER).write_text(json.dumps(marker))
 
 

@@ -57,15 +57,49 @@ def _called_from_transformers_models() -> bool:
     return False
 
 
-class SyncCounter(TorchDispatchMode):
-    """Counts syncs into `counts[-1]`. Host tensors (the layouts as built, and what is computed from them alone)
-    are tracked in `host`: a read of those is no sync on a GPU machine, so it is not counted."""
+class HostTracking(TorchDispatchMode):
+    """A dispatch mode that knows the host tensors: those marked (a batch as collated, in host memory on a GPU
+    machine) and the outputs of ops whose tensor inputs are all host tensors. Tracked by identity in `host`
+    (id -> weakref; a WeakSet would compare tensors with ==). `paused` (host_region): work the subclass leaves
+    uncounted. The base of SyncCounter here and of benchmarks/op_count.py's OpCounter."""
 
     def __init__(self):
         super().__init__()
-        self.counts, self.names, self.paused = [0], [[]], False
+        self.host, self.paused = {}, False
+
+    def is_host(self, t) -> bool:
+        ref = self.host.get(id(t))
+        return ref is not None and ref() is t
+
+    def all_host(self, tensors) -> bool:
+        """Are there tensors, all of them host tensors?"""
+        return bool(tensors) and all(self.is_host(t) for t in tensors)
+
+    def mark_host(self, obj) -> None:
+        """Every tensor inside obj (see _tensors) is a host tensor."""
+        self.host.update((id(t), weakref.ref(t)) for t in _tensors(obj))
+
+    @contextlib.contextmanager
+    def host_region(self):
+        """Inside, `paused` is set: host work (the collation) that the subclass does not count."""
+        before, self.paused = self.paused, True
+        try:
+            yield
+        finally:
+            self.paused = before
+
+    @staticmethod
+    def tensor_inputs(args, kwargs) -> list:
+        return [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+
+
+class SyncCounter(HostTracking):
+    """Counts syncs into `counts[-1]`; a read of a host tensor is no sync on a GPU machine, so it is not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts, self.names = [0], [[]]
         self.in_model = [0]  # of counts: syncs made inside transformers' own model code (a VLM's image merge)
-        self.host = {}  # id -> weakref (a WeakSet would compare tensors with ==)
 
     def hit(self, name, tensors=()):
         if self.paused or (tensors and all(self.is_host(t) for t in tensors)):
@@ -74,13 +108,6 @@ class SyncCounter(TorchDispatchMode):
         self.names[-1].append(name)
         self.in_model[-1] += _called_from_transformers_models()
 
-    def is_host(self, t) -> bool:
-        ref = self.host.get(id(t))
-        return ref is not None and ref() is t
-
-    def mark_host(self, tensors) -> None:
-        self.host.update((id(t), weakref.ref(t)) for t in tensors)
-
     def next_step(self, *args, **kwargs):
         self.counts.append(0)
         self.names.append([])
@@ -88,10 +115,10 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        tensors = self.tensor_inputs(args, kwargs)
         out = func(*args, **kwargs)
-        if tensors and all(self.is_host(t) for t in tensors):
-            self.mark_host(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        if self.all_host(tensors):
+            self.mark_host(tree_flatten(out)[0])
         elif is_sync(func, args, kwargs):
             self.hit(str(func))
         return out
@@ -142,12 +169,9 @@ def counting(trainer_cls, monkeypatch):
     original_mb = trainer_cls.micro_batches
 
     def host_micro_batches(self, step):
-        counter.paused = True
-        try:
+        with counter.host_region():
             mbs = original_mb(self, step)
-        finally:
-            counter.paused = False
-        counter.mark_host(_tensors([mb.layout for mb in mbs]))
+        counter.mark_host([mb.layout for mb in mbs])
         return mbs
 
     original_to = LayoutBatch.to

@@ -7,9 +7,10 @@ transformers does inside the model's forward that preflab cannot avoid from outs
   * a right-padded row given without a mask (plain causal attention, the padded layout: SFT, KTO) makes LlamaModel
     look for packed sequences in its position ids, one `.all()` per forward (masking_utils.
     find_packed_sequence_indices; skipped under torch.compile): SFT 1 (policy), KTO 2 (policy + reference);
-  * the reward model's right-padded rows go without a mask too (its decoder checked causal once by a probe; the
-    sequence-classification head pools at the rightmost non-pad token, found on the device without a read, or
-    LastTokenRewardModel at the host's last real token): 1 (a 2-D padding mask cost two reads).
+  * the reward model's right-padded rows (pairs, or DPA's rated rows) go without a mask too (its decoder checked
+    causal once by a probe; the sequence-classification head pools at the rightmost non-pad token, found on the
+    device without a read, or LastTokenRewardModel at the host's last real token): 1 (a 2-D padding mask cost two
+    reads).
 Fixed here: SFT's token accuracy was read per micro-batch (`int(...)` per LM-head chunk) and its step's token count
 through a device tensor (two reads, in micro_batches); KTO's metrics did `rows.any()` and boolean-mask indexing per
 label (6 syncs per micro-batch).
@@ -24,7 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "loops"))
+sys.path.insert(0, str(ROOT / "tests" / "reward_models"))
 from op_count import OpCounter, counted_steps, counting  # noqa: E402
+from reward_synthetic import rated_rows  # noqa: E402
 from tiny_run import synthetic_pairs  # noqa: E402
 
 STEPS = 4
@@ -51,7 +54,7 @@ def sft_items(n=16, seed=0):
 
 
 def count(tmp_path, monkeypatch, task: str):
-    """The StepOps of steps 2..STEPS-1 of a tiny run of `task` (kto, sft, reward)."""
+    """The StepOps of steps 2..STEPS-1 of a tiny run of `task` (kto, sft, reward, attributes: the DPA reward)."""
     from preflab.config import config_from_dict
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
@@ -60,7 +63,7 @@ def count(tmp_path, monkeypatch, task: str):
 
     torch.set_num_threads(1)
     counter = OpCounter()
-    owner = RewardRun if task == "reward" else Trainer
+    owner = RewardRun if task in ("reward", "attributes") else Trainer
     original = owner.micro_batches
 
     def host_micro_batches(self, step):
@@ -84,6 +87,11 @@ def count(tmp_path, monkeypatch, task: str):
 
             SFTTrainer(config_from_dict({**params, "task": "sft"}), policy=tiny_causal_lm(tok, seed=0), tokenizer=tok,
                        train_data=sft_items()).train()
+        elif task == "attributes":
+            from preflab.reward_models.multi_objective import train_multi_objective
+
+            train_multi_objective(config_from_dict({**params, "task": "reward"}), rated_rows(16, seed=0),
+                                  ["helpfulness", "verbosity"], tokenizer=tok)
         else:
             from preflab.reward_models.train import train_reward
 
@@ -92,12 +100,12 @@ def count(tmp_path, monkeypatch, task: str):
     return counted_steps(counter, STEPS)
 
 
-@pytest.mark.parametrize("task, model_reads", [("sft", 1), ("kto", 2), ("reward", 1)])
+@pytest.mark.parametrize("task, model_reads", [("sft", 1), ("kto", 2), ("reward", 1), ("attributes", 1)])
 def test_task_step_syncs(tmp_path, monkeypatch, task, model_reads):
     steps = count(tmp_path, monkeypatch, task)
     for step in steps:
         assert dict(step.syncs) == {"Tensor.tolist": 1, "_local_scalar_dense": model_reads}, step.syncs
-    if task in ("sft", "reward"):
+    if task in ("sft", "reward", "attributes"):
         assert all(step.sync_count <= 2 for step in steps)
 
 
@@ -122,6 +130,29 @@ def test_reward_scores_without_the_mask_equal_the_masked_ones(last_token_head):
     with torch.no_grad():
         masked = sequence_outputs(model, layout.input_ids, layout.attention_mask)
         plain = sequence_outputs(model, layout.input_ids, None, last_real_token(layout.attention_mask))
+    assert masked.abs().min() > 0
+    torch.testing.assert_close(plain, masked, rtol=0, atol=1e-6)
+
+
+def test_attribute_reward_step_without_the_mask_equals_the_masked_one():
+    """The DPA (multi-objective) reward step sends right-padded rated rows without the mask, as the pairwise step
+    does (reward_models.train.step_outputs): its outputs equal the masked forward's on rows of different lengths
+    (measured: bit-identical on CPU), for d = 2 attribute outputs."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.heads import reward_model_from_config, sequence_outputs
+    from preflab.reward_models.multi_objective import collate_rated, tokenize_rated
+    from preflab.reward_models.train import step_outputs, unmasked_rows
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    model = reward_model_from_config(tiny_causal_lm(tok, seed=0).config, 2, tok.pad_token_id, seed=3)
+    batch = collate_rated(tokenize_rated(rated_rows(8, seed=1), tok, ["helpfulness", "verbosity"]), tok.pad_token_id)
+    lengths = batch.attention_mask.sum(-1)
+    assert lengths.min() < lengths.max() == batch.input_ids.shape[1]  # some rows padded, some not
+    assert batch.causal_only and unmasked_rows(model, batch)
+    with torch.no_grad():
+        masked = sequence_outputs(model, batch.input_ids, batch.attention_mask)
+        plain = step_outputs(model, batch, batch.input_ids, batch.attention_mask)
     assert masked.abs().min() > 0
     torch.testing.assert_close(plain, masked, rtol=0, atol=1e-6)
 

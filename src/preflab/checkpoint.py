@@ -39,7 +39,8 @@ MARKER = "COMPLETE"
 TIMELINE_FILE = "timeline.json"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (new, renamed files) to disk; a filesystem that cannot is left as it is."""
     try:
         fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
@@ -89,7 +90,8 @@ def _rng_parts() -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file's contents to disk."""
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
@@ -117,7 +119,7 @@ def hash_threads(n_files: int) -> int:
     return max(1, min(n_files, 8, (os.cpu_count() or 1) // local))
 
 
-def _file_records(folder: Path) -> dict:
+def file_records(folder: Path) -> dict:
     """{path relative to folder: size and sha256} of every file (sharded checkpoints have subfolders)."""
     return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
@@ -186,20 +188,20 @@ def commit_checkpoint(tmp: Path, final: Path, step: int) -> None:
     output_dir = final.parent
     for path in tmp.rglob("*"):
         if path.is_file():
-            _fsync_file(path)
+            fsync_file(path)
     for folder in [p for p in tmp.rglob("*") if p.is_dir()]:
-        _fsync_dir(folder)
-    _write_json(tmp / MARKER, {"step": step, "files": _file_records(tmp)})
-    _fsync_dir(tmp)
+        fsync_dir(folder)
+    _write_json(tmp / MARKER, {"step": step, "files": file_records(tmp)})
+    fsync_dir(tmp)
     if final.exists():  # replacing after a rollback: old aside, new in, then delete the old one
         aside = _aside_name(final)
         os.replace(final, aside)
         os.replace(tmp, final)
-        _fsync_dir(output_dir)
+        fsync_dir(output_dir)
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
-        _fsync_dir(output_dir)
+        fsync_dir(output_dir)
 
 
 def apply_save_total_limit(output_dir: Path, final: Path, timeline, save_total_limit: int | None) -> None:
@@ -250,7 +252,7 @@ def write_timeline(output_dir: str | Path, timeline: list) -> None:
     tmp = path.with_suffix(".json.tmp")
     _write_json(tmp, {"timeline": timeline})
     os.replace(tmp, path)
-    _fsync_dir(Path(output_dir))
+    fsync_dir(Path(output_dir))
 
 
 def list_checkpoints(output_dir: str | Path, timeline: list | None = None) -> list[Path]:

@@ -101,7 +101,7 @@ def check_checkpoint_version(saved: dict, checkpoint, note=print) -> None:
 
 def check_resume_data(saved: dict, current: str | None, cfg, checkpoint, note=print) -> None:
     """ConfigError when the training examples now differ from those checkpoint was trained on (the
-    "data_fingerprint" saved with it, see preflab.data_fingerprint), unless cfg.allow_config_change."""
+    "data_fingerprint" saved with it, see preflab.data.fingerprint), unless cfg.allow_config_change."""
     before = saved.get("data_fingerprint")
     if before is None or current is None or before == current:
         return

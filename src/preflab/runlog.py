@@ -170,7 +170,10 @@ def ensure_output_dir(path: Path) -> Path:
 def finish_run(output_dir: Path, summary: dict, model=None, tokenizer=None) -> None:
     """End of a loop's run: the model as safetensors with its tokenizer (when given), then summary.json."""
     if model is not None:
-        model.save_pretrained(output_dir, safe_serialization=True)
+        from preflab.models.dropout import original_dropout_config
+
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(output_dir, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
     write_summary(output_dir, summary)

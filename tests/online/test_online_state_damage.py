@@ -51,7 +51,7 @@ def test_a_full_disk_while_writing_the_online_state_keeps_the_earlier_checkpoint
 
     import preflab.online.run as online_run
 
-    real = online_run._fsync_file
+    real = online_run.fsync_file
     calls = {"n": 0}
 
     def full_disk_on_the_second_save(path):
@@ -60,7 +60,7 @@ def test_a_full_disk_while_writing_the_online_state_keeps_the_earlier_checkpoint
         calls["n"] += 1
         return real(path)
 
-    monkeypatch.setattr(online_run, "_fsync_file", full_disk_on_the_second_save)
+    monkeypatch.setattr(online_run, "fsync_file", full_disk_on_the_second_save)
     out = tmp_path / "run"
     with pytest.raises(PreflabError, match=r"online state .*step-4 of checkpoint-4: No space left on device\. "
                                            r"Earlier checkpoints are kept"):

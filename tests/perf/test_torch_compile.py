@@ -188,3 +188,36 @@ def test_orpo_prompt_tokens_keep_the_graphs_of_dpo(tmp_path):
     assert trainer.objective.token_needs == ("prompt_logps",)
     assert summary["torch_compile"]["graphs"] == 3
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
+
+
+def test_the_compiled_scorer_does_not_guard_on_the_per_device_chunk_budgets(monkeypatch):
+    """The LM-head chunk budget is read once per device (preflab.scoring.chunking). The compiled scorer looked it up
+    in chunking's module-level dict keyed by device, so dynamo guarded on that dict (that it holds "cpu", and the
+    value): a process whose dict then changed (another device's budget read, the cache emptied) failed the guards
+    and recompiled, the class of bug of right_padding_needs_no_mask's module-level dict. The budget is now kept on
+    each model's LM head, put there eagerly by before_compiled_call: emptying the dict between calls costs no
+    graph, and the log-probs are eager's."""
+    from types import SimpleNamespace
+
+    import preflab.scoring.chunking as chunking
+    from preflab.data.layout import padded
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
+    from preflab.scoring.lm import LogProbScorer
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(chunking, "_budgets", {})
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    eager = LogProbScorer(model)
+    compiled = compile_scorer(LogProbScorer(model), SimpleNamespace(torch_compile_backend="eager",
+                                                                    torch_compile_mode=None))
+    before = graphs_compiled()
+    for n in (3, 5, 4):
+        layout = padded([([1, 9, 8], [10 + i for i in range(n)]), ([1, 7], [50 + i for i in range(n + 1)])],
+                        tok.pad_token_id)
+        before_compiled_call(layout, "cpu", (model,))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(layout).token_logps, eager(layout).token_logps, atol=1e-6, rtol=0)
+        chunking._budgets.clear()  # after the first call: the per-device dict no longer says what the graph read
+    assert graphs_compiled() - before == 1

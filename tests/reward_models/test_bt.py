@@ -141,7 +141,7 @@ def test_preflab_train_reward_learns_marker_and_reloads_in_transformers(tmp_path
             assert hf(input_ids=torch.tensor([ids])).logits[0, 0].item() == pytest.approx(reward.item(), abs=1e-5)
 
 
-def _small_run(tmp_path, name, **overrides):
+def _small_run(tmp_path, name, model=None, **overrides):
     from preflab.config import config_from_dict
     from preflab.models.tiny import tiny_tokenizer
     from preflab.reward_models.heads import build_reward_model
@@ -150,7 +150,7 @@ def _small_run(tmp_path, name, **overrides):
     data = tmp_path / "small.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(32, seed=0)))
     tok = tiny_tokenizer()
-    model = build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
+    model = model or build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
     params = dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name=str(data),
                   output_dir=str(tmp_path / name), learning_rate=1e-2, per_device_train_batch_size=8, max_steps=6,
                   logging_steps=1, max_length=64, disable_tqdm=True, use_cpu=True)
@@ -170,6 +170,22 @@ def test_lora_adapters_are_merged_into_a_plain_transformers_model(tmp_path):
     trained = RewardModel(model, tok).score(prompts, responses)  # the in-memory model, adapters active
     reloaded = RewardModel(AutoModelForSequenceClassification.from_pretrained(tmp_path / "lora"), tok)
     torch.testing.assert_close(reloaded.score(prompts, responses), trained, atol=1e-5, rtol=0)
+
+
+def test_a_merged_lora_reward_model_is_saved_with_the_input_dropout_config(tmp_path):
+    """disable_dropout zeroes attention_dropout for training; the saved (deep-copied, merged) model's config.json
+    keeps the input's 0.5, so training it further elsewhere has the dropout it had."""
+    from transformers import AutoConfig
+
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model
+
+    model = build_reward_model("builtin:tiny-llama", 1, tiny_tokenizer(), seed=0)
+    model.config.attention_dropout = 0.5
+    model, _, _ = _small_run(tmp_path, "lora", model=model, use_peft=True, lora_r=4, lora_alpha=8,
+                             lora_dropout=0.0, max_steps=1)
+    assert model.config.attention_dropout == 0.0  # off while it trained
+    assert AutoConfig.from_pretrained(tmp_path / "lora").attention_dropout == 0.5
 
 
 def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights(tmp_path):

@@ -32,3 +32,20 @@ def test_device_budget_is_read_once_per_device(monkeypatch):
     assert head_chunk_budget(device) == 512 * MIB
     assert head_chunk_budget(device) == 512 * MIB  # same chunk length every step, although free memory changed
     assert head_chunk_budget(torch.device("cpu")) == CHUNK_BYTES
+
+
+def test_an_lm_head_keeps_its_budget_until_it_moves(monkeypatch):
+    """chunk_budget_of: the device's budget, kept on the head (the compiled scorer reads it there, not in the
+    module-level dict); a head moved to another device reads that device's."""
+    from torch import nn
+
+    from preflab.scoring.chunking import chunk_budget_of
+
+    free = iter([16 * GIB, 2 * GIB])
+    monkeypatch.setattr(chunking, "_free_bytes", lambda device: next(free))
+    monkeypatch.setattr(chunking, "_budgets", {})
+    head = nn.Linear(4, 8, device="meta")  # never computed on: only the weight's device is read
+    assert chunk_budget_of(head) == 512 * MIB
+    chunking._budgets.clear()
+    assert chunk_budget_of(head) == 512 * MIB  # kept on the head: the dict was not read again
+    assert chunk_budget_of(head.to_empty(device="cpu")) == CHUNK_BYTES

@@ -502,12 +502,12 @@ class TrainingRun:
 
     def training_examples(self) -> list | None:
         """The examples the steps draw from (train_data), fingerprinted into every checkpoint and compared at
-        resume (preflab.data_fingerprint); None where the run reads its data as it goes (a stream)."""
+        resume (preflab.data.fingerprint); None where the run reads its data as it goes (a stream)."""
         return getattr(self, "train_data", None)
 
     def data_fingerprint(self) -> str | None:
         if not hasattr(self, "_data_fingerprint"):
-            from preflab.data_fingerprint import training_data_fingerprint
+            from preflab.data.fingerprint import training_data_fingerprint
 
             self._data_fingerprint = training_data_fingerprint(self.training_examples())
         return self._data_fingerprint

@@ -16,6 +16,7 @@ import torch
 from preflab.config import TrainConfig
 from preflab.data.layout import bucket
 from preflab.models.attention import effective_layout
+from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
@@ -395,6 +396,7 @@ class Trainer(TrainingRun):
         """Final weights as safetensors (LoRA: the adapter) with the tokenizer and a model card."""
         model = self.accelerator.unwrap_model(self.policy)
         gathered = {"state_dict": self.final_state_dict} if self.final_state_dict else {}  # FSDP / DeepSpeed
-        model.save_pretrained(self.out, safe_serialization=True, **gathered)
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
 

@@ -24,6 +24,7 @@ from preflab.errors import ConfigError
 from preflab.loops.kinds import PairKind
 from preflab.loops.offline import Trainer
 from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE  # a LoRA run's trained clue aggregator (CAT)
+from preflab.models.dropout import original_dropout_config
 from preflab.objectives.base import PairBatch
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs
 
@@ -228,7 +229,8 @@ class VisionTrainer(Trainer):
         clue_aggregator.safetensors) with the processor (tokenizer, image processor, template)."""
         model = self.accelerator.unwrap_model(self.policy)
         gathered = self.final_state_dict  # FSDP2 / ZeRO-3: the policy's own tensors are shards (driver gathers them)
-        model.save_pretrained(self.out, safe_serialization=True, **({"state_dict": gathered} if gathered else {}))
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(self.out, safe_serialization=True, **({"state_dict": gathered} if gathered else {}))
         self.processor.save_pretrained(self.out)
         from preflab.models.clue_aggregator import clue_aggregator_of
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from preflab.errors import ConfigError, UnsafeLoadError, nearest
 from preflab.hub import failure_reason, offline
+from preflab.models.dropout import disable_dropout, disable_dropout_of  # noqa: F401  (public names of this module)
 
 BUILTIN = {"builtin:tiny-llama": "llama", "builtin:tiny-qwen2": "qwen2", "builtin:tiny-gpt2": "gpt2"}
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
@@ -221,42 +222,6 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
             name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Every dropout probability of `model` to 0: dropout modules (LoRA's too), and the float rates attention layers
-    read at forward time without a module (Llama-family `attention_dropout`, ...), on the modules and their configs
-    (a rate left there kept dropout on in training mode: the policy's log-probs were noisy)."""
-    configs = {}
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.p = 0.0
-        rates = [k for k, v in vars(module).items() if "dropout" in k and type(v) is float]
-        for name in rates:
-            setattr(module, name, 0.0)
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "to_dict"):
-            configs[id(config)] = config
-    for config in configs.values():
-        _zero_config_dropout(config, depth=0)
-
-
-def disable_dropout_of(cfg, *models) -> None:
-    """`disable_dropout` on each model given (None skipped) when cfg.disable_dropout: for runs whose models may come
-    from Python or a task as well as from load_models."""
-    if cfg.disable_dropout:
-        for model in models:
-            if model is not None:
-                disable_dropout(model)
-
-
-def _zero_config_dropout(config, depth: int) -> None:
-    """Float `*dropout*` fields of a transformers config and its sub-configs (text_config, vision_config) to 0."""
-    for key, value in list(vars(config).items()):
-        if "dropout" in key and type(value) is float:
-            setattr(config, key, 0.0)
-        elif depth < 2 and hasattr(value, "to_dict") and hasattr(value, "model_type"):
-            _zero_config_dropout(value, depth + 1)
 
 
 def check_lora_targets(model: nn.Module, target_modules) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from preflab.errors import ConfigError
 from preflab.generate import generate_ids
+from preflab.models.dropout import original_dropout_config
 
 
 class Generator(Protocol):
@@ -68,7 +69,8 @@ class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         from vllm import LLM, SamplingParams
 
-        self.model.save_pretrained(self.weights_dir, safe_serialization=True)
+        with original_dropout_config(self.model):  # the model as the user gave it (vLLM samples without dropout)
+            self.model.save_pretrained(self.weights_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(self.weights_dir)
         llm = LLM(self.weights_dir, seed=seed)
         params = SamplingParams(n=num_generations, temperature=self.temperature, top_p=self.top_p, top_k=-1,

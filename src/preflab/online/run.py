@@ -48,12 +48,13 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import _file_records, _fsync_dir, _fsync_file, check_files
+from preflab.checkpoint import check_files, file_records, fsync_dir, fsync_file
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
 from preflab.loops.judge import Judge
 from preflab.loops.reference import is_lora, reference_scores, refresh_reference
 from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+from preflab.models.dropout import original_dropout_config
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
@@ -654,7 +655,8 @@ class OnlineRun(TrainingRun):
 
     def save_model(self) -> None:
         model = self.accelerator.unwrap_model(self.policy)
-        model.save_pretrained(self.out, safe_serialization=True)
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(self.out, safe_serialization=True)
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(self.out)
 
@@ -669,7 +671,7 @@ class OnlineRun(TrainingRun):
         if self.main:
             self._write_online_state(step)
             # sealed by the checkpoint: its trainer_state.json (itself in the COMPLETE marker) records each file
-            state = {**state, "online_state": _file_records(self._state_dir(step))}
+            state = {**state, "online_state": file_records(self._state_dir(step))}
         path = super()._save(step, state)
         if self.main:
             kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
@@ -704,8 +706,8 @@ class OnlineRun(TrainingRun):
 
             save_file({k: v.contiguous().cpu() for k, v in self.ref.state_dict().items()}, str(tmp / "reference.safetensors"))
         for file in tmp.iterdir():  # on disk before the checkpoint that records their sha256
-            _fsync_file(file)
-        _fsync_dir(tmp)
+            fsync_file(file)
+        fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 

@@ -90,6 +90,7 @@ class RatedBatch:
     targets: Tensor
     observed: Tensor
     row_ids: list[int]
+    causal_only: bool = False  # right padding only (LayoutBatch.causal_only): the step may drop the mask
 
     @property
     def num_tokens(self) -> int:
@@ -142,7 +143,7 @@ def collate_rated(items: Sequence[RatedItem], pad_id: int) -> RatedBatch:
 
     layout = padded([(it.prompt_ids, it.response_ids) for it in items], pad_id)
     return RatedBatch(layout.input_ids, layout.attention_mask, torch.tensor([it.ratings for it in items]),
-                      torch.tensor([it.observed for it in items]), [it.row_id for it in items])
+                      torch.tensor([it.observed for it in items]), [it.row_id for it in items], layout.causal_only)
 
 
 def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], model=None, tokenizer=None,
@@ -152,7 +153,7 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
     The model is `cfg.model_name_or_path` with d outputs, in `load_dtype`, with `model_init_kwargs`, LoRA under
     `use_peft` (merged at save), unless `model` is given."""
     from preflab.reward_models.heads import sequence_outputs
-    from preflab.reward_models.train import RewardRun, reward_model_for_run
+    from preflab.reward_models.train import RewardRun, reward_model_for_run, step_outputs
 
     head = MultiObjectiveHead(tuple(attributes))
     if tokenizer is None:
@@ -177,7 +178,7 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
 
     def loss_fn(model, batch: RatedBatch) -> ObjectiveOutput:
         device = next(model.parameters()).device
-        out = sequence_outputs(model, batch.input_ids.to(device), batch.attention_mask.to(device))
+        out = step_outputs(model, batch, batch.input_ids.to(device), batch.attention_mask.to(device))
         return head.loss(out, batch.targets.to(device), batch.observed.to(device))
 
     def evaluate(model) -> dict:

@@ -22,6 +22,7 @@ from preflab.config import TrainConfig, resolve_epoch_eval
 from preflab.errors import ConfigError
 from preflab.loops.batches import MicroBatch, collate_pairs
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, parameter_sharding
+from preflab.models.dropout import original_dropout_config
 
 
 class RewardRun(TrainingRun):
@@ -96,7 +97,8 @@ class RewardRun(TrainingRun):
             # wrapper's, base_layer / lora_A / lora_B keys) would not match the merged model's keys.
             model, gathered = copy.deepcopy(model).merge_and_unload(), {}
         set_reward_config(model, self.reward_info)
-        model.save_pretrained(self.out, safe_serialization=True, **gathered)
+        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
+            model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
 
 
@@ -109,7 +111,6 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
     read from cfg records its own."""
     from preflab.reward_models.eval import pair_outputs
-    from preflab.reward_models.heads import last_real_token, sequence_outputs
 
     if head is None and cfg.reward_head == "multi_objective":  # DPA: attribute regression on rated rows
         from preflab.reward_models.multi_objective import train_attribute_reward
@@ -143,11 +144,7 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     def loss_fn(model, mb):
         device = next(model.parameters()).device
         layout = mb.layout.to(device)
-        if unmasked_rows(model, mb.layout):  # no padding mask: no device reads for it inside the model's forward
-            last = last_real_token(mb.layout.attention_mask).to(device, non_blocking=True)  # from the host's mask
-            out = sequence_outputs(model, layout.input_ids, None, last)
-        else:
-            out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+        out = step_outputs(model, mb.layout, layout.input_ids, layout.attention_mask)
         n = len(mb.row_ids)
         return head.loss(out[:n], out[n:], layout.extras)
 
@@ -161,6 +158,19 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     run = RewardRun(cfg, model, tokenizer, train_data, collate, loss_fn, evaluate if eval_data else None, info,
                     report)
     return run.train()
+
+
+def step_outputs(model, host_rows, input_ids, attention_mask):
+    """[N, D] head outputs of a reward training step's rows (the pairwise and the attribute-regression steps):
+    `input_ids` and `attention_mask` on the model's device, `host_rows` the same rows as built on the host (its
+    attention_mask and causal_only). Rows that unmasked_rows allows go without the mask (no device reads for it
+    inside the model's forward), pooled at the host's last real tokens; the scores are the masked forward's."""
+    from preflab.reward_models.heads import last_real_token, sequence_outputs
+
+    if unmasked_rows(model, host_rows):
+        last = last_real_token(host_rows.attention_mask).to(input_ids.device, non_blocking=True)
+        return sequence_outputs(model, input_ids, None, last)
+    return sequence_outputs(model, input_ids, attention_mask)
 
 
 def unmasked_rows(model, layout) -> bool:

@@ -87,20 +87,22 @@ def mark_layout_dynamic(layout) -> None:
 
 
 def before_compiled_call(layout, device, models=()) -> None:
-    """Before a compiled scorer scores `layout` on `device`: its sizes marked dynamic, and what the scorer decides
-    once and keeps computed eagerly here, outside the graph: the LM-head chunk budget of the device
-    (preflab.scoring.chunking; read inside the graph, the first read would change a guarded global and recompile,
-    and on a GPU it asks the driver for free memory, which dynamo cannot trace) and, for a right-padded layout,
-    whether each of `models` (policy, reference) may drop the mask (models.attention.right_padding_needs_no_mask:
-    a probe forward in eval mode, a graph break and an extra graph inside the trace)."""
+    """Before a compiled scorer scores `layout` with `models` (policy, reference; None skipped): its sizes marked
+    dynamic, and what the scorer decides once per model and keeps on it, computed eagerly here, outside the graph:
+    the chunk budget of each model's LM head (preflab.scoring.chunking.chunk_budget_of: on a GPU it asks the
+    driver for free memory, which dynamo cannot trace) and, for a right-padded layout, whether each model may drop
+    the mask (models.attention.right_padding_needs_no_mask: a probe forward in eval mode, a graph break and an extra
+    graph inside the trace). `device`: the layout's (the models' heads are read where they are)."""
     from preflab.models.attention import right_padding_needs_no_mask
-    from preflab.scoring.chunking import head_chunk_budget
+    from preflab.scoring.chunking import chunk_budget_of
+    from preflab.scoring.head import backbone_and_head
 
-    head_chunk_budget(torch.device(device))
-    if layout.causal_only:
-        for model in models:
-            if model is not None:
-                right_padding_needs_no_mask(model)
+    for model in models:
+        if model is None:
+            continue
+        chunk_budget_of(backbone_and_head(model)[1])
+        if layout.causal_only:
+            right_padding_needs_no_mask(model)
     mark_layout_dynamic(layout)
 
 

@@ -42,7 +42,7 @@ from preflab.errors import PreflabError
 from preflab.models.attention import model_mask, right_padding_needs_no_mask, scorer_mask
 from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
-from preflab.scoring.chunking import CHUNK_BYTES, chunk_for_budget, head_chunk_budget  # noqa: F401
+from preflab.scoring.chunking import CHUNK_BYTES, chunk_budget_of, chunk_for_budget, head_chunk_budget  # noqa: F401
 from preflab.scoring.head import LMHead, backbone_and_head  # noqa: F401  (backbone_and_head: re-exported)
 
 
@@ -180,7 +180,7 @@ def _head_inputs(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | 
         prompt = layout.prompt_plan(prompt_sequences)
         pred, targets = torch.cat([pred, prompt.pred]), torch.cat([targets, prompt.target])
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred)  # [M (+ M'), H]
-    chunk = chunk_tokens or chunk_for_budget(head_chunk_budget(head.weight.device), head.weight.shape[0],
+    chunk = chunk_tokens or chunk_for_budget(chunk_budget_of(head), head.weight.shape[0],
                                              2 if want_kl else 1)
     return h, targets, plan, prompt, chunk, ref.hidden_flat if want_kl else None
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import torch
 
 from preflab.data.tokenize import TokenizedPair
-from preflab.data_fingerprint import training_data_fingerprint as fp
+from preflab.data.fingerprint import training_data_fingerprint as fp
 
 
 def test_equal_content_equal_fingerprint_and_every_change_shows():
