@@ -79,7 +79,7 @@ def vision_pairs_fingerprint(pairs) -> str:
     (input-side negatives); the reference cache's key (preflab.scoring.ref_cache.cache_key). Two rows with the same
     text and other images, or the same image through other processor settings (size, normalisation), get other keys.
     Cost: one pass over the pixel tensors, measured 0.6 GB/s on one core (a 1024-patch Qwen2-VL image is 4.8 MB)."""
-    from preflab.data_fingerprint import training_data_fingerprint
+    from preflab.data.fingerprint import training_data_fingerprint
 
     return training_data_fingerprint([(p.side(False), p.chosen_ids, p.rejected_ids, p.rejected_prompt_ids,
                                        p.rejected_vision, p.rejected_token_inputs) for p in pairs])
