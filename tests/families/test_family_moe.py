@@ -1,7 +1,11 @@
-"""Mixture-of-experts policies: the router's load-balancing loss never enters preflab's loss (the scores are the
-model's own log-probs even when its config asks for router logits), and the difference from TRL 1.16, which adds
-router_aux_loss_coef x that loss by default, is said once at load."""
+"""Mixture-of-experts policies: the routers' load-balancing loss enters preflab's loss as TRL 1.16 adds it
+(router_aux_loss_coef x aux_loss, from the policy's own forward, logged as aux_loss), equal to TRL's DPOTrainer and
+KTOTrainer on the same batch, in every layout; coefficient 0 gives exactly the objective's loss; the online loop,
+which does not add it, says so."""
+import copy
 import sys
+import types
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -9,42 +13,133 @@ import torch
 
 from preflab.config import config_from_dict
 from preflab.data.layout import padded, pair_sequences
-from preflab.models.load import load_models, moe_aux_loss_note
+from preflab.data.tokenize import TokenizedPair
+from preflab.errors import ConfigError
+from preflab.loops.offline import Trainer
+from preflab.models.load import frozen_copy, moe_aux_loss_note
 from preflab.objectives import get_objective
 from preflab.scoring.lm import LogProbScorer, split_pairs
+from preflab.models.moe import router_loss_coef
 
 sys.path.insert(0, str(Path(__file__).parent))
-from families import save_family, tiny_family_model  # noqa: E402
-from test_family_scoring import PAIRS, own_forward_sums  # noqa: E402
+from families import tiny_family_model  # noqa: E402
+from test_family_scoring import PAIRS  # noqa: E402
+
+trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+TOKENIZER = types.SimpleNamespace(pad_token_id=0, eos_token_id=2)  # the trainer reads the pad id only here
+TRL_PAIRS = [TokenizedPair(i, p.prompt_ids, p.chosen_ids, p.rejected_ids) for i, p in enumerate(PAIRS)]
 
 
-@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
-def test_moe_dpo_loss_is_the_objectives_alone_even_with_router_logits_on(family):
-    model = tiny_family_model(family)
-    model.config.output_router_logits = True  # the forward now also returns aux_loss (0.02 x load balancing)
+def _accelerator():
+    return types.SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: x, gather=lambda x: x)
+
+
+def _grads(model) -> dict:
+    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def trl_dpo_run(model, coef):
+    """TRL 1.16's DPOTrainer._compute_loss (unbound, on a stand-in trainer) on TRL_PAIRS collated by its own
+    DataCollatorForPreference, with its fused LM head on copies of `model` (policy) and of a frozen reference:
+    (loss, metrics, gradients of the policy's parameters)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    policy, ref = copy.deepcopy(model), frozen_copy(model)
+    add_fused_lm_head(policy, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    add_fused_lm_head(ref)
+    st = types.SimpleNamespace(
+        model=policy, ref_model=ref, accelerator=_accelerator(), aux_loss_enabled=coef is not None,
+        router_aux_loss_coef=coef, ld_alpha=None, precompute_ref_logps=False, f_divergence_type="reverse_kl",
+        loss_types=["sigmoid"], loss_weights=[1.0], beta=0.1, label_smoothing=0.0, use_weighting=False,
+        args=types.SimpleNamespace(gradient_checkpointing_kwargs=None), _metrics=defaultdict(lambda: defaultdict(list)),
+        _total_train_tokens=0, _tp_size=1)
+    collate = trl_dpo.DataCollatorForPreference(pad_token_id=0)
+    batch = collate([{"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
+                     for p in TRL_PAIRS])
+    loss = trl_dpo.DPOTrainer._compute_loss(st, policy, batch, return_outputs=False)
+    loss.backward()
+    metrics = {k: v[-1] for mode in st._metrics.values() for k, v in mode.items()}
+    return float(loss), metrics, _grads(policy)
+
+
+def preflab_run(model, tmp_path, layout="padded", **options):
+    """preflab's Trainer.forward on the same pairs (one micro-batch): (loss, metrics, gradients, the layout used)."""
+    cfg = config_from_dict(dict(model_name_or_path="unused", dataset_name="synthetic", output_dir=str(tmp_path),
+                                layout=layout, per_device_train_batch_size=len(TRL_PAIRS), max_steps=1,
+                                disable_tqdm=True, use_cpu=True, beta=0.1, **options))
+    policy = copy.deepcopy(model)
+    trainer = Trainer(cfg, policy=policy, ref=frozen_copy(model), tokenizer=TOKENIZER, train_data=TRL_PAIRS)
+    out = trainer.forward(trainer.micro_batches(0)[0])
+    out.loss.backward()
+    return float(out.loss), {k: float(v) for k, v in out.metrics.items()}, _grads(policy), trainer.layout
+
+
+@pytest.fixture(scope="module", params=["mixtral", "qwen2_moe"])
+def moe(request):
+    """(family, model, TRL's loss, metrics and gradients with the model config's coefficient, 0.02)."""
+    torch.set_num_threads(1)
+    model = tiny_family_model(request.param)
+    assert model.config.output_router_logits is False  # TRL adds the loss all the same: the attribute exists
+    return (request.param, model, *trl_dpo_run(model, 0.02))
+
+
+def test_moe_dpo_loss_and_gradients_equal_trls_with_the_router_loss(moe, tmp_path):
+    family, model, trl_loss, trl_metrics, trl_grads = moe
+    loss, metrics, grads, _ = preflab_run(model, tmp_path)
+    assert trl_metrics["aux_loss"] > 1.0  # E * sum f_e P_e >= 1: a real term, 0.02x of it in the loss
+    assert metrics["aux_loss"] == pytest.approx(trl_metrics["aux_loss"], abs=1e-6)
+    assert loss == pytest.approx(trl_loss, abs=1e-6)
+    assert grads.keys() == trl_grads.keys()
+    for name, g in trl_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    router = [n for n in grads if "gate.weight" in n and "shared_expert" not in n and "experts" not in n]
+    assert router and all(float(grads[n].abs().max()) > 0 for n in router)
+
+
+@pytest.mark.parametrize("layout", ["prefix_shared", "packed", "prefix_packed"])
+def test_moe_router_loss_is_trls_in_every_layout(moe, layout, tmp_path):
+    """Prompts shared by k responses count k times (LayoutBatch.token_multiplicity): the padded layout's tokens."""
+    family, model, trl_loss, trl_metrics, _ = moe
+    loss, metrics, _, used = preflab_run(model, tmp_path, layout=layout)
+    assert used == (layout if family == "qwen2_moe" else "padded")  # Mixtral's sliding window: padded, with a reason
+    assert metrics["aux_loss"] == pytest.approx(trl_metrics["aux_loss"], abs=1e-5)
+    assert loss == pytest.approx(trl_loss, abs=1e-5)
+
+
+def test_moe_router_loss_coefficient_from_the_config_and_zero_turns_it_off(moe, tmp_path):
+    family, model, *_ = moe
+    trl_loss, trl_metrics, trl_grads = trl_dpo_run(model, 0.5)
+    loss, metrics, grads, _ = preflab_run(model, tmp_path, router_aux_loss_coef=0.5)
+    assert loss == pytest.approx(trl_loss, abs=1e-6)
+    assert metrics["aux_loss"] == pytest.approx(trl_metrics["aux_loss"], abs=1e-6)
+    off_loss, off_metrics, off_grads, _ = preflab_run(model, tmp_path, router_aux_loss_coef=0)
+    assert "aux_loss" not in off_metrics
+    trl_off, _, _ = trl_dpo_run(model, None)
+    assert off_loss == pytest.approx(trl_off, abs=1e-6)
+    # exactly the objective's loss on the scorer's log-probs (the loss before the router loss existed)
+    policy, ref = copy.deepcopy(model), frozen_copy(model)
+    layout = padded(pair_sequences(TRL_PAIRS), pad_id=0)
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([PAIRS[0].prompt_ids + PAIRS[0].chosen_ids]))
-        assert out.aux_loss is not None and float(out.aux_loss) > 0
-        sums = own_forward_sums(model)  # [c1, c2, r1, r2]
-        batch = split_pairs(LogProbScorer(model)(padded(pair_sequences(PAIRS), pad_id=0)), None)
-    torch.testing.assert_close(batch.policy_chosen.sum, sums[:2], atol=5e-5, rtol=1e-5)
-    torch.testing.assert_close(batch.policy_rejected.sum, sums[2:], atol=5e-5, rtol=1e-5)
-    # policy = reference: DPO's loss is exactly log 2 (an added 0.02 x aux_loss would show)
-    same = batch.__class__(batch.policy_chosen, batch.policy_rejected, batch.policy_chosen, batch.policy_rejected)
-    assert float(get_objective("dpo", beta=0.1)(same).loss) == pytest.approx(float(torch.log(torch.tensor(2.0))),
-                                                                             abs=1e-6)
+        ref_scores = LogProbScorer(ref)(layout)
+    alone = get_objective("dpo", beta=0.1)(split_pairs(LogProbScorer(policy)(layout), ref_scores))
+    assert off_loss == float(alone.loss)
+    assert loss - off_loss == pytest.approx(0.5 * metrics["aux_loss"], abs=1e-6)
 
 
-def test_moe_policy_load_says_trl_would_add_the_router_loss(tmp_path, capsys):
+def test_router_aux_loss_coef_on_a_dense_model_is_refused_and_dense_models_add_nothing(tmp_path):
+    dense = tiny_family_model("llama")
+    assert router_loss_coef(dense) is None and router_loss_coef(dense, 0.0) is None
+    with pytest.raises(ConfigError, match="not a mixture-of-experts model"):
+        preflab_run(dense, tmp_path, router_aux_loss_coef=0.1)
+    _, metrics, _, _ = preflab_run(dense, tmp_path)
+    assert "aux_loss" not in metrics
+
+
+def test_online_note_says_the_online_loop_does_not_add_it():
     assert moe_aux_loss_note(tiny_family_model("llama")) is None
     moe = tiny_family_model("qwen2_moe")
-    assert "router_aux_loss_coef=0.02" in moe_aux_loss_note(moe)
+    assert "router_aux_loss_coef=0.02" in moe_aux_loss_note(moe) and "online loop does not" in moe_aux_loss_note(moe)
     moe.config.router_aux_loss_coef = 0.0  # TRL adds nothing either
     assert moe_aux_loss_note(moe) is None
-    path = save_family(tmp_path, "qwen2_moe")
-    from preflab.models.load import load_tokenizer
-
-    cfg = config_from_dict({"model_name_or_path": str(path), "dataset_name": "unused.jsonl",
-                            "output_dir": str(tmp_path / "run")})
-    load_models(cfg, load_tokenizer(str(path)))
-    assert "qwen2_moe is a mixture-of-experts model; TRL 1.16 adds router_aux_loss_coef=0.02" in capsys.readouterr().out

@@ -334,7 +334,7 @@ class SFTTrainer(_trainer_base()):
         ratio = getattr(mb, "examples_per_token", None)
         if ratio is not None:
             batch.extras["examples_per_token"] = ratio
-        out = self.objective(batch)
+        out = self.objective_output(batch)
         # weighted by n / N in preflab.step: right * (N / T) / n sums to right / T over the step
         right = self._accuracy_count(mb.layout, batch)  # on the device: no host read inside the step
         scale = ratio if ratio is not None else batch.size / max(int(mb.layout.response_mask.sum()), 1)
