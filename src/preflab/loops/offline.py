@@ -138,9 +138,9 @@ class Trainer(TrainingRun):
 
         coef = router_loss_coef(self.policy, self.cfg.router_aux_loss_coef)
         if coef is not None and self.scorer_class is not LogProbScorer:
-            raise ConfigError(f"the policy is a mixture-of-experts model and TRL 1.16 adds router_aux_loss_coef={coef:g} "
-                              f"x its routers' load-balancing loss, which {self.scorer_class.__name__} does not "
-                              "compute; set router_aux_loss_coef: 0 to train on the objective's loss alone.")
+            raise ConfigError(f"the policy is a mixture-of-experts model and TRL 1.16 adds router_aux_loss_coef="
+                              f"{coef:g} x its routers' load-balancing loss, which {self.scorer_class.__name__} does "
+                              "not compute; set router_aux_loss_coef: 0 to train on the objective's loss alone.")
         return coef
 
     def _open_stream(self, policy, tokenizer, rows, eval_data):

@@ -32,7 +32,8 @@ def router_shape(model: nn.Module) -> tuple[int, int]:
     """(number of experts E, experts per token k) from the model's text config, as TRL 1.16 reads them
     (num_experts, num_experts_per_tok); ConfigError naming the missing field otherwise."""
     text = text_config(model)
-    missing = [name for name in ("num_experts", "num_experts_per_tok") if not isinstance(getattr(text, name, None), int)]
+    missing = [name for name in ("num_experts", "num_experts_per_tok")
+               if not isinstance(getattr(text, name, None), int)]
     if missing:
         raise ConfigError(f"{getattr(text, 'model_type', type(unwrap(model)).__name__)}: its config has no integer "
                           f"{' or '.join(missing)}, which the router's load-balancing loss needs (TRL reads the same "
