@@ -185,3 +185,52 @@ def test_moe_kto_loss_equals_trls_kto_trainer_with_the_router_loss(tmp_path):
     assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
     for name, g in trl_grads.items():
         torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_moe_sft_loss_equals_trls_sft_trainer_with_the_router_loss(packing, tmp_path):
+    """task: sft: TRL's SFTTrainer.compute_loss (token-mean NLL + router_aux_loss_coef x aux_loss over every real
+    token of its padded batch); packed rows count the same tokens."""
+    from trl.trainer.sft_trainer import SFTTrainer as TRLSFTTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from preflab.loops.sft import SFTTrainer, TokenizedSFT
+
+    model = tiny_family_model("qwen2_moe")
+    items = [TokenizedSFT(i, p.prompt_ids, p.chosen_ids) for i, p in enumerate(TRL_PAIRS)]
+    items += [TokenizedSFT(2 + i, p.prompt_ids, p.rejected_ids) for i, p in enumerate(TRL_PAIRS)]
+    cfg = config_from_dict({"task": "sft", "model_name_or_path": "unused", "dataset_name": "synthetic",
+                            "output_dir": str(tmp_path), "per_device_train_batch_size": len(items), "max_steps": 1,
+                            "disable_tqdm": True, "use_cpu": True, "packing": packing})
+    policy = copy.deepcopy(model)
+    trainer = SFTTrainer(cfg, policy=policy, tokenizer=TOKENIZER, train_data=items)
+    assert trainer.router_coef == 0.02 and trainer.layout == ("packed" if packing else "padded")
+    mb = trainer.micro_batches(0)[0]
+    assert mb.layout.input_ids.shape[0] == (1 if packing else len(items))
+    out = trainer.forward(mb)
+    out.loss.backward()
+    grads = _grads(policy)
+
+    trl_policy = copy.deepcopy(model).train()
+    add_fused_lm_head(trl_policy, outputs=("log_probs", "entropy", "is_top1"))
+    width = max(len(x.prompt_ids) + len(x.completion_ids) for x in items)
+    ids, attention, labels = (torch.zeros(len(items), width, dtype=torch.long) for _ in range(3))
+    labels.fill_(-100)
+    for i, x in enumerate(items):
+        seq, p = x.prompt_ids + x.completion_ids, len(x.prompt_ids)
+        ids[i, :len(seq)], attention[i, :len(seq)] = torch.tensor(seq), 1
+        labels[i, p:len(seq)] = torch.tensor(x.completion_ids)
+    st = types.SimpleNamespace(
+        model=trl_policy, accelerator=types.SimpleNamespace(parallelism_config=None, **vars(_accelerator())),
+        aux_loss_enabled=True, router_aux_loss_coef=0.02, compute_loss_func=None, label_smoother=None,
+        args=types.SimpleNamespace(loss_type="nll", average_tokens_across_devices=False),
+        _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
+    trl_loss = TRLSFTTrainer.compute_loss(st, trl_policy, {"input_ids": ids, "attention_mask": attention,
+                                                           "labels": labels})
+    trl_loss.backward()
+    trl_grads = _grads(trl_policy)
+    trl_aux = next(v[-1] for mode in st._metrics.values() for k, v in mode.items() if k == "aux_loss")
+    assert float(out.metrics["aux_loss"]) == pytest.approx(trl_aux, abs=1e-6)
+    assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
+    for name, g in trl_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
