@@ -22,7 +22,7 @@ from preflab.scoring.lm import LogProbScorer, split_pairs
 from preflab.models.moe import router_loss_coef
 
 sys.path.insert(0, str(Path(__file__).parent))
-from families import tiny_family_model  # noqa: E402
+from families import family_tokenizer, tiny_family_model  # noqa: E402
 from test_family_scoring import PAIRS  # noqa: E402
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
@@ -234,3 +234,44 @@ def test_moe_sft_loss_equals_trls_sft_trainer_with_the_router_loss(packing, tmp_
     assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
     for name, g in trl_grads.items():
         torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
+
+
+def test_moe_router_loss_adds_no_host_sync_and_reaches_the_logged_metrics(tmp_path, monkeypatch):
+    """Steps 2-4 of a MoE DPO run (default layout, logging every step) make the same device-to-host syncs with the
+    router loss as without it (tests/test_step_syncs.py's counter), and the run logs aux_loss each step."""
+    import json
+
+    import preflab.data.layout as layout_module
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from test_step_syncs import _fresh, counting
+
+    moved = layout_module.to_device
+
+    def to_device(t, device):  # the scorer moves the host-built token counts: new device tensors, as on a GPU
+        with torch.utils._python_dispatch._disable_current_modes():
+            return _fresh(moved(t, device))
+
+    monkeypatch.setattr(layout_module, "to_device", to_device)
+
+    tok = family_tokenizer("chatml")  # pad id 0; saved with the final model
+    assert tok.pad_token_id == 0
+
+    def run(out, **options):
+        cfg = config_from_dict(dict(model_name_or_path="unused", dataset_name="synthetic", output_dir=str(out),
+                                    per_device_train_batch_size=2, max_steps=4, logging_steps=1, learning_rate=1e-3,
+                                    disable_tqdm=True, use_cpu=True, **options))
+        model = tiny_family_model("qwen2_moe")
+        with counting(Trainer, monkeypatch) as counter:
+            trainer = Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tok, train_data=TRL_PAIRS)
+            trainer.train()
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        return counter.counts[1:4], counter.names[1:4], trainer.layout, rows
+
+    with_loss, names, layout, rows = run(tmp_path / "on")
+    without, names_off, _, rows_off = run(tmp_path / "off", router_aux_loss_coef=0)
+    assert layout == "prefix_shared"
+    assert with_loss == without, (names, names_off)
+    logged = [r["aux_loss"] for r in rows if "aux_loss" in r]
+    assert len(logged) == 4 and all(v > 1.0 for v in logged)
+    assert not any("aux_loss" in r for r in rows_off)

@@ -40,10 +40,11 @@ def load_balancing_loss(router_logits, weights: Tensor, num_experts: int, top_k:
     w = weights.reshape(-1).to(device=device, dtype=torch.float32)
     assigned = torch.zeros(num_experts, dtype=torch.float32, device=device)
     prob_sum = torch.zeros(num_experts, dtype=torch.float32, device=device)
+    w_top = w.unsqueeze(-1).expand(-1, top_k).reshape(-1)  # each token's weight for each of its k experts
     for logits in router_logits:
         probs = torch.softmax(logits.reshape(-1, logits.shape[-1]).to(device), dim=-1)  # the router's dtype
         top = torch.topk(probs, top_k, dim=-1).indices
-        assigned = assigned + torch.zeros_like(assigned).scatter_add_(0, top.reshape(-1), w.repeat_interleave(top_k))
+        assigned = assigned + torch.zeros_like(assigned).scatter_add_(0, top.reshape(-1), w_top)
         prob_sum = prob_sum + (probs.float() * w.unsqueeze(-1)).sum(0)
     total = w.sum() * len(router_logits)
     return (assigned / total * (prob_sum / total)).sum() * num_experts
