@@ -275,3 +275,18 @@ def test_moe_router_loss_adds_no_host_sync_and_reaches_the_logged_metrics(tmp_pa
     logged = [r["aux_loss"] for r in rows if "aux_loss" in r]
     assert len(logged) == 4 and all(v > 1.0 for v in logged)
     assert not any("aux_loss" in r for r in rows_off)
+
+
+def test_moe_eval_loss_holds_the_router_loss_as_trls(moe, tmp_path):
+    """Evaluation adds it as training does (TRL's eval loss goes through the same _compute_loss): eval_loss is TRL's
+    loss on the batch and eval_aux_loss its aux_loss."""
+    _, model, trl_loss, trl_metrics, _ = moe
+    cfg = config_from_dict(dict(model_name_or_path="unused", dataset_name="synthetic", output_dir=str(tmp_path),
+                                layout="padded", per_device_train_batch_size=2, per_device_eval_batch_size=2,
+                                max_steps=1, disable_tqdm=True, use_cpu=True, beta=0.1))
+    trainer = Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=TOKENIZER,
+                      train_data=TRL_PAIRS, eval_data=TRL_PAIRS)
+    trainer.step = 0
+    metrics = trainer.evaluate()
+    assert metrics["eval_aux_loss"] == pytest.approx(trl_metrics["aux_loss"], abs=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(trl_loss, abs=1e-6)
