@@ -288,7 +288,7 @@ class Trainer(TrainingRun):
         if self.router_loss is not None:
             from preflab.scoring.router_loss import add_router_loss
 
-            out = add_router_loss(out, self.router_loss, self.router_coef)
+            out, self.router_loss = add_router_loss(out, self.router_loss, self.router_coef), None
         return out
 
     def forward(self, mb):
