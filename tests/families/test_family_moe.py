@@ -290,3 +290,13 @@ def test_moe_eval_loss_holds_the_router_loss_as_trls(moe, tmp_path):
     metrics = trainer.evaluate()
     assert metrics["eval_aux_loss"] == pytest.approx(trl_metrics["aux_loss"], abs=1e-6)
     assert metrics["eval_loss"] == pytest.approx(trl_loss, abs=1e-6)
+
+
+def test_moe_router_loss_under_gradient_checkpointing_is_the_same(moe, tmp_path):
+    """The decoder's layers recomputed in backward record no second set of router logits."""
+    model = moe[1]
+    plain, plain_metrics, plain_grads, _ = preflab_run(model, tmp_path / "plain")
+    loss, metrics, grads, _ = preflab_run(model, tmp_path / "gc", gradient_checkpointing=True)
+    assert (loss, metrics["aux_loss"]) == (plain, plain_metrics["aux_loss"])
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-7, rtol=0, msg=name)
