@@ -96,11 +96,13 @@ def test_moe_dpo_loss_and_gradients_equal_trls_with_the_router_loss(moe, tmp_pat
         torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("layout", ["prefix_shared", "packed", "prefix_packed"])
-def test_moe_router_loss_is_trls_in_every_layout(moe, layout, tmp_path):
-    """Prompts shared by k responses count k times (LayoutBatch.token_multiplicity): the padded layout's tokens."""
+@pytest.mark.parametrize("layout,multiple", [("prefix_shared", None), ("packed", None), ("prefix_packed", None),
+                                             ("prefix_shared", 16)])
+def test_moe_router_loss_is_trls_in_every_layout(moe, layout, multiple, tmp_path):
+    """Prompts shared by k responses count k times (LayoutBatch.token_multiplicity): the padded layout's tokens;
+    rows padded to a multiple (pad_to_multiple_of) add positions that count 0."""
     family, model, trl_loss, trl_metrics, _ = moe
-    loss, metrics, _, used = preflab_run(model, tmp_path, layout=layout)
+    loss, metrics, _, used = preflab_run(model, tmp_path, layout=layout, pad_to_multiple_of=multiple)
     assert used == (layout if family == "qwen2_moe" else "padded")  # Mixtral's sliding window: padded, with a reason
     assert metrics["aux_loss"] == pytest.approx(trl_metrics["aux_loss"], abs=1e-5)
     assert loss == pytest.approx(trl_loss, abs=1e-5)
