@@ -302,3 +302,11 @@ def test_moe_router_loss_under_gradient_checkpointing_is_the_same(moe, tmp_path)
     assert (loss, metrics["aux_loss"]) == (plain, plain_metrics["aux_loss"])
     for name, g in plain_grads.items():
         torch.testing.assert_close(grads[name], g, atol=1e-7, rtol=0, msg=name)
+
+
+def test_moe_config_without_the_router_shape_is_refused_at_start(tmp_path):
+    model = tiny_family_model("qwen2_moe")
+    object.__setattr__(model.config, "num_experts_per_tok", None)  # (past the strict check) the blocks keep theirs
+    with pytest.raises(ConfigError, match="num_experts_per_tok"):
+        preflab_run(model, tmp_path)
+    preflab_run(model, tmp_path, router_aux_loss_coef=0)  # the way out the message names

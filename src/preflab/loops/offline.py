@@ -134,9 +134,11 @@ class Trainer(TrainingRun):
     def _router_coef(self) -> float | None:
         """router_aux_loss_coef as TRL 1.16 resolves it for this policy (preflab.scoring.router_loss), or None when
         no router loss is added; a scorer other than LogProbScorer cannot compute it: ConfigError."""
-        from preflab.models.moe import router_loss_coef
+        from preflab.models.moe import router_loss_coef, router_shape
 
         coef = router_loss_coef(self.policy, self.cfg.router_aux_loss_coef)
+        if coef is not None:
+            router_shape(self.policy)  # the experts' count and top-k are known: a ConfigError now, not at step 1
         if coef is not None and self.scorer_class is not LogProbScorer:
             raise ConfigError(f"the policy is a mixture-of-experts model and TRL 1.16 adds router_aux_loss_coef="
                               f"{coef:g} x its routers' load-balancing loss, which {self.scorer_class.__name__} does "

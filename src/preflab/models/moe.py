@@ -1,5 +1,10 @@
 """Mixture-of-experts facts of a model that TRL 1.16's router loss reads: whether it is added and with which
-coefficient, and the router's shape (preflab.scoring.router_loss computes the loss itself)."""
+coefficient, and the router's shape (preflab.scoring.router_loss computes the loss itself).
+
+TRL's rule (DPOTrainer / KTOTrainer / SFTTrainer / GRPOTrainer __init__): the loss is added when the text config
+has an `output_router_logits` attribute, whatever its value (MoE configs default it to False, and TRL asks for the
+router logits in its forward), and the coefficient is not 0; the coefficient is the trainer option, else the model
+config's `router_aux_loss_coef` (0.0 when it has none)."""
 from __future__ import annotations
 
 from torch import nn
