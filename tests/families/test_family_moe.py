@@ -205,7 +205,7 @@ def test_moe_sft_loss_equals_trls_sft_trainer_with_the_router_loss(packing, tmp_
                             "output_dir": str(tmp_path), "per_device_train_batch_size": len(items), "max_steps": 1,
                             "disable_tqdm": True, "use_cpu": True, "packing": packing})
     policy = copy.deepcopy(model)
-    trainer = SFTTrainer(cfg, policy=policy, tokenizer=TOKENIZER, train_data=items)
+    trainer = SFTTrainer(cfg, policy=policy, tokenizer=TOKENIZER, train_data=items, eval_data=items)
     assert trainer.router_coef == 0.02 and trainer.layout == ("packed" if packing else "padded")
     mb = trainer.micro_batches(0)[0]
     assert mb.layout.input_ids.shape[0] == (1 if packing else len(items))
@@ -236,6 +236,10 @@ def test_moe_sft_loss_equals_trls_sft_trainer_with_the_router_loss(packing, tmp_
     assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
     for name, g in trl_grads.items():
         torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
+    trainer.step = 0  # evaluation: TRL's eval loss is the same compute_loss on the same batch (one eval batch)
+    evaluated = trainer.evaluate()
+    assert evaluated["eval_aux_loss"] == pytest.approx(trl_aux, abs=1e-6)
+    assert evaluated["eval_loss"] == pytest.approx(float(trl_loss), abs=1e-6)
 
 
 def test_moe_router_loss_adds_no_host_sync_and_reaches_the_logged_metrics(tmp_path, monkeypatch):
