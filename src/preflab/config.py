@@ -52,6 +52,7 @@ class TrainConfig:
     reward_head_params: dict = field(default_factory=dict)  # task: reward; the head's own fields (gpm: dim, tau, ...)
     rpo_alpha: float | None = None             # TRL: adds rpo_alpha * token-mean NLL of chosen (loss_type + sft)
     use_weighting: bool = False                # TRL: WPO, each pair's loss times min(1, exp(mean adjusted logps))
+    router_aux_loss_coef: float | None = None  # TRL: MoE router load-balancing loss weight (None: the model config's)
     # optimisation
     learning_rate: float = 1e-6
     lr_scheduler_type: str = "linear"          # linear | cosine | constant

@@ -126,6 +126,9 @@ OPTIONS: dict[str, Option] = {
                                  "errors)"),
     "use_weighting": Option("TRL's use_weighting (WPO): each pair's loss times min(1, exp(mean_t adjusted log p of "
                             "chosen + of rejected)), no gradient through the weight (task: dpo)"),
+    "router_aux_loss_coef": at_least(0, "TRL's router_aux_loss_coef: a mixture-of-experts policy's loss gets this "
+                                        "x its routers' load-balancing loss (aux_loss); null: the model config's "
+                                        "coefficient, 0: none (tasks dpo, sft; preflab.scoring.router_loss)"),
     "rpo_alpha": at_least(0, "TRL's rpo_alpha: adds rpo_alpha * mean token NLL of the chosen responses "
                              "(loss_type + ['sft'])"),
     # optimisation

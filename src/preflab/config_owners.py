@@ -24,6 +24,8 @@ OWNERS = (
      "task: vlm (and online_task: vision_dataset)"),
     (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
+    (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm"),
+     "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

@@ -59,7 +59,6 @@ NO_EFFECT = {
     "label_pad_token_id": (-100, "preflab builds its own masks; there is no label padding"),
     "padding_value": (None, "preflab builds its own masks; padding values never reach the loss"),
     "precompute_ref_batch_size": (None, "precompute uses per_device_train_batch_size / per_device_eval_batch_size"),
-    "router_aux_loss_coef": (None, "no MoE router loss is added in preflab (models.load.moe_aux_loss_note)"),
     "use_liger_loss": (False, "preflab uses its own chunked LM head"),
     "use_liger_kernel": (False, "preflab uses its own chunked LM head"),
     "base_model_attribute_name": ("model", "used only with use_liger_loss; preflab uses its own chunked LM head"),

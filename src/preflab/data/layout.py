@@ -106,6 +106,11 @@ class LayoutBatch:
     of the mask on the host (`mask.all()`: a device-to-host sync each).
     prompt_spans: (row, col, length) of each sequence's prompt in input_ids, host ints (None: not recorded);
     prompt_gather: the PromptPlan that `prompt_plan(count)` built on the host, carried by `to(device)`.
+    token_multiplicity: [R, T] float32, how many of the batch's [prompt | response] sequences hold each position's
+    token (0 on padding; a prompt shared by k responses: k), so that a loss averaged over the tokens of the padded
+    layout (the MoE router's load-balancing loss, preflab.scoring.router_loss) is the same in every layout; a batch
+    kind sets it to 0 on sequences that TRL scores in a forward of its own (KTO's mismatched completions).
+    None: `multiplicity()` derives it from a 2-D attention mask.
     """
 
     input_ids: Tensor
@@ -120,6 +125,7 @@ class LayoutBatch:
     causal_only: bool = False
     prompt_spans: list[tuple[int, int, int]] | None = None
     prompt_gather: PromptPlan | None = None
+    token_multiplicity: Tensor | None = None
 
     def __post_init__(self):
         if self.gather is None and self.response_mask.device.type == "cpu":
@@ -146,6 +152,19 @@ class LayoutBatch:
             self.prompt_gather = plan = PromptPlan.of(self.prompt_spans, count, self.input_ids)
         return plan
 
+    def multiplicity(self) -> Tensor:
+        """token_multiplicity, or the 2-D attention mask (one sequence per row); PreflabError for a 4-D mask without
+        it (a row of several sequences: which prompt tokens stand for how many sequences is not recorded)."""
+        if self.token_multiplicity is not None:
+            return self.token_multiplicity
+        if self.attention_mask.dim() == 2:
+            return self.attention_mask.float()
+        from preflab.errors import PreflabError
+
+        raise PreflabError("this layout has a 4-D attention mask and no token_multiplicity, so the tokens of its rows "
+                           "cannot be counted as the padded layout counts them; build it with "
+                           "preflab.data.prefix.block_rows or preflab.data.layout.padded.")
+
     @property
     def num_sequences(self) -> int:
         return self.pred_index.shape[0]
@@ -166,7 +185,8 @@ class LayoutBatch:
                            {k: move(v) for k, v in self.extras.items()},
                            self.gather.to(device) if self.gather is not None else None, self.causal_only,
                            self.prompt_spans,
-                           self.prompt_gather.to(device) if self.prompt_gather is not None else None)
+                           self.prompt_gather.to(device) if self.prompt_gather is not None else None,
+                           self.token_multiplicity)  # stays on the host: moved only by a scorer that reads it
 
 
 def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatch:
@@ -183,9 +203,11 @@ def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatc
     mask = torch.nn.functional.pad(mask, (0, extra) if mask.dim() == 2 else (0, extra, 0, extra), value=0)
     positions = None if layout.position_ids is None else torch.nn.functional.pad(layout.position_ids, (0, extra))
     pred = layout.pred_index // width * new + layout.pred_index % width
+    counts = None if layout.token_multiplicity is None else \
+        torch.nn.functional.pad(layout.token_multiplicity, (0, extra))
     return LayoutBatch(torch.nn.functional.pad(layout.input_ids, (0, extra), value=pad_id), mask, positions, pred,
                        layout.target_ids, layout.response_mask, layout.row_ids, layout.extras,
-                       causal_only=layout.causal_only, prompt_spans=layout.prompt_spans)
+                       causal_only=layout.causal_only, prompt_spans=layout.prompt_spans, token_multiplicity=counts)
 
 
 def response_plan(starts: list[int], responses: list[list[int]], row_offsets: list[int]):
@@ -220,7 +242,8 @@ def padded(sequences: list[tuple[list[int], list[int]]], pad_id: int, row_ids=No
     pred, target, mask = response_plan([len(p) for p, _ in sequences], [r for _, r in sequences],
                                        [i * width for i in range(len(sequences))])
     return LayoutBatch(ids, attn, None, pred, target, mask, list(row_ids or []), dict(extras or {}),
-                       causal_only=True, prompt_spans=[(i, 0, len(p)) for i, (p, _) in enumerate(sequences)])
+                       causal_only=True, prompt_spans=[(i, 0, len(p)) for i, (p, _) in enumerate(sequences)],
+                       token_multiplicity=attn.float())
 
 
 def pair_sequences(pairs) -> list[tuple[list[int], list[int]]]:

@@ -63,6 +63,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     pos = torch.zeros((n_rows, width), dtype=torch.long)
     seg = torch.full((n_rows, width), -1, dtype=torch.long)
     root = torch.full((n_rows, width), -1, dtype=torch.long)
+    counts = torch.zeros((n_rows, width), dtype=torch.float32)  # LayoutBatch.token_multiplicity
     longest = max((len(r) for row in rows for b in row for r in b.responses), default=1)
     pred = torch.zeros((num_sequences, max(longest, 1)), dtype=torch.long)
     target = torch.zeros_like(pred)
@@ -82,6 +83,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
             pos[r, col:col + p] = torch.arange(p)
             seg[r, col:col + p] = prompt_seg
             root[r, col:col + p] = prompt_seg
+            counts[r, col:col + p] = len(block.responses)  # in every one of its [prompt | response] sequences
             last_prompt = base + col + p - 1
             prompt_at = (r, col, p)
             col += p
@@ -95,6 +97,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
                 pos[r, col:col + k] = p + torch.arange(k)
                 seg[r, col:col + k] = next_seg
                 root[r, col:col + k] = prompt_seg
+                counts[r, col:col + k] = 1
                 next_seg += 1
                 if k:
                     pred[n, 0] = last_prompt
@@ -108,7 +111,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     attend = causal & ((seg_k == seg_q) | (seg_k == root.unsqueeze(2))) & (seg_q >= 0) & (seg_k >= 0)
     return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}),
-                       prompt_spans=spans)
+                       prompt_spans=spans, token_multiplicity=counts)
 
 
 def pair_blocks(pairs) -> list[Block]:

@@ -94,7 +94,11 @@ class UnpairedKind:
         extras["label"] = torch.tensor([bool(x.label) for x in items])
         desirable = sum(bool(x.label) for x in items)
         extras[LABEL_COUNTS] = (desirable, n - desirable)  # Python ints: stay on the host when the layout moves
-        return pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
+        layout = pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
+        # the MoE router loss averages over the completions' rows only: TRL's KTOTrainer scores the mismatched
+        # (KL) completions in a forward of their own and adds no router loss from it (preflab.scoring.router_loss)
+        layout.token_multiplicity[n:] = 0
+        return layout
 
     @staticmethod
     def count_tokens(items) -> int:

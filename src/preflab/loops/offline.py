@@ -94,6 +94,8 @@ class Trainer(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
+        self.router_coef = self._router_coef()  # the MoE router loss's coefficient, or None (none is added)
+        self.router_loss = None  # score() sets it: the policy's router loss on the batch it scored
         from preflab.models.load import disable_dropout_of
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
@@ -132,6 +134,20 @@ class Trainer(TrainingRun):
 
     def batch_kind(self, objective):
         return kind_for(objective)
+
+    def _router_coef(self) -> float | None:
+        """router_aux_loss_coef as TRL 1.16 resolves it for this policy (preflab.scoring.router_loss), or None when
+        no router loss is added; a scorer other than LogProbScorer cannot compute it: ConfigError."""
+        from preflab.models.moe import router_loss_coef, router_shape
+
+        coef = router_loss_coef(self.policy, self.cfg.router_aux_loss_coef)
+        if coef is not None:
+            router_shape(self.policy)  # the experts' count and top-k are known: a ConfigError now, not at step 1
+        if coef is not None and self.scorer_class is not LogProbScorer:
+            raise ConfigError(f"the policy is a mixture-of-experts model and TRL 1.16 adds router_aux_loss_coef="
+                              f"{coef:g} x its routers' load-balancing loss, which {self.scorer_class.__name__} does "
+                              "not compute; set router_aux_loss_coef: 0 to train on the objective's loss alone.")
+        return coef
 
     def _open_stream(self, policy, tokenizer, rows, eval_data):
         """streaming: true: the stream of training examples over dataset_name (or `rows` given from Python:
@@ -269,18 +285,32 @@ class Trainer(TrainingRun):
             stats = self.token_stats_now and hasattr(self.kind, "token_sums")
             if stats:
                 extra["want_token_stats"] = True
+            if self.router_coef is not None:  # the MoE routers' load-balancing loss, from the same forward
+                extra["want_router_loss"] = True
             policy = self.scorer(layout, want_hidden="hidden" in needs,
                                  ref=ref if "token_kl" in needs else None,
                                  ref_head=ref_head if "token_kl" in needs else None, **extra)
         # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
         self.token_sums = self.kind.token_sums(policy.token_stats, policy.mask, host_extras) if stats else {}
+        self.router_loss = policy.router_loss
         return self.kind.split(policy, ref, layout.extras)
+
+    def objective_output(self, batch):
+        """The objective on `batch` (from score()), plus the policy's own loss from that forward: TRL's
+        router_aux_loss_coef x the MoE routers' load-balancing loss, logged as aux_loss (preflab.scoring.router_loss).
+        The objective never sees it."""
+        out = self.objective(batch)
+        if self.router_loss is not None:
+            from preflab.scoring.router_loss import add_router_loss
+
+            out, self.router_loss = add_router_loss(out, self.router_loss, self.router_coef), None
+        return out
 
     def forward(self, mb):
         # the token metrics cost 2-7% of the scorer's time on CPU (vocabulary 8k-128k): only on the logged steps
         self.token_stats_now = self._log_due(getattr(self, "step", 0) + 1)
         try:
-            out = self.objective(self.score(mb.layout, positions=mb.index))
+            out = self.objective_output(self.score(mb.layout, positions=mb.index))
         finally:
             self.token_stats_now = True
         out.metrics = {**out.metrics, **ratios(self.token_sums)}
@@ -340,7 +370,7 @@ class Trainer(TrainingRun):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
                 batch = self.score(self.collate(chunk), train=False,
                                    positions=list(range(i, i + len(chunk))))
-                out = self.objective(batch)
+                out = self.objective_output(batch)
                 values = {"loss": out.loss, **out.metrics, **self.kind.eval_metrics(batch)}
                 for key, value in self.token_sums.items():  # token-weighted over the whole eval set
                     token_sums[key] = token_sums[key] + value if key in token_sums else value

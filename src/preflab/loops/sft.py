@@ -334,7 +334,7 @@ class SFTTrainer(_trainer_base()):
         ratio = getattr(mb, "examples_per_token", None)
         if ratio is not None:
             batch.extras["examples_per_token"] = ratio
-        out = self.objective(batch)
+        out = self.objective_output(batch)
         # weighted by n / N in preflab.step: right * (N / T) / n sums to right / T over the step
         right = self._accuracy_count(mb.layout, batch)  # on the device: no host read inside the step
         scale = ratio if ratio is not None else batch.size / max(int(mb.layout.response_mask.sum()), 1)
@@ -342,11 +342,13 @@ class SFTTrainer(_trainer_base()):
         return out
 
     def evaluate(self) -> dict:
-        """eval_loss (token-mean completion NLL over the whole eval set) and eval_mean_token_accuracy."""
+        """eval_loss (token-mean completion NLL over the whole eval set) and eval_mean_token_accuracy. A MoE policy
+        whose router loss training adds (preflab.scoring.router_loss) also gets eval_aux_loss, the router loss's
+        example-weighted mean over the eval batches, and eval_loss holds router_aux_loss_coef x it, as TRL's does."""
         if not self.eval_data:
             return {}
         self.policy.eval()
-        nll, right, tokens = 0.0, 0, 0
+        nll, right, tokens, aux = 0.0, 0, 0, 0.0
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
@@ -355,5 +357,11 @@ class SFTTrainer(_trainer_base()):
                 nll -= float(batch.policy.masked().double().sum())
                 right += int(self._accuracy_count(layout, batch))
                 tokens += int(layout.response_mask.sum())
+                if self.router_loss is not None:
+                    aux, self.router_loss = aux + float(self.router_loss) * len(chunk), None
         self.policy.train()
-        return {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1)}
+        out = {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1)}
+        if self.router_coef is not None:
+            out["eval_aux_loss"] = aux / len(self.eval_data)
+            out["eval_loss"] += self.router_coef * out["eval_aux_loss"]
+        return out

@@ -304,22 +304,24 @@ def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
 
 
 def moe_aux_loss_note(model) -> str | None:
-    """What preflab does differently from TRL 1.16 with a mixture-of-experts policy, or None for a dense one.
+    """What preflab's online loop (task: online) does differently from TRL 1.16 with a mixture-of-experts policy, or
+    None for a dense one (or a coefficient of 0).
 
     TRL's DPO, KTO, SFT and GRPO trainers add `router_aux_loss_coef * aux_loss` (the router's load-balancing loss,
     Fedus et al. 2022, arXiv:2101.03961, Eq. 4; coefficient from the model config unless set) to the training loss of
-    any model whose config declares `output_router_logits`. preflab scores through the decoder without the LM
-    forward that computes it, so its loss is the objective's alone: never a silent share of both."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if text is None or not hasattr(text, "output_router_logits"):
+    any model whose config declares `output_router_logits`. preflab's offline trainer (tasks dpo, sft) adds it the
+    same way (preflab.scoring.router_loss); the online loop does not: its loss is the objective's alone, never a
+    silent share of both, and this note says so once."""
+    from preflab.models.moe import router_loss_coef, text_config
+
+    coef = router_loss_coef(model)
+    if coef is None:
         return None
-    coef = getattr(text, "router_aux_loss_coef", 0.0) or 0.0
-    if not coef:
-        return None
+    text = text_config(model)
     return (f"{text.model_type} is a mixture-of-experts model; TRL 1.16 adds router_aux_loss_coef={coef:g} (from its "
-            "config) x the router load-balancing loss to the training loss, preflab does not: the loss here is the "
-            "objective's alone and the routers get no load-balancing gradient.")
+            "config) x the router load-balancing loss to the training loss, preflab's online loop does not: the loss "
+            "here is the objective's alone and the routers get no load-balancing gradient (task: dpo and sft add "
+            "it).")
 
 
 def load_models(cfg, tokenizer):
@@ -335,12 +337,6 @@ def load_models(cfg, tokenizer):
                             seed=cfg.seed, init_kwargs=cfg.model_kwargs(), quantization=quantization)
     if cfg.disable_dropout:
         disable_dropout(policy)
-    note = moe_aux_loss_note(policy)
-    if note:
-        from preflab.runlog import is_main_process
-
-        if is_main_process():
-            print(f"preflab: note: {note}")
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False

@@ -138,7 +138,11 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
-        from preflab.models.load import disable_dropout_of
+        from preflab.models.load import disable_dropout_of, moe_aux_loss_note
+
+        note = moe_aux_loss_note(policy)  # TRL's GRPO adds the MoE router loss; this loop does not
+        if note and self.main:
+            print(f"preflab: note: {note}")
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
         if "token_kl" in self.objective.token_needs:

@@ -87,6 +87,7 @@ class Scores:
     token_stats: Tensor | None = None  # [N, L, 3] (mean logit, entropy, target is argmax), no gradient, zeros off mask
     prompt_logps: Tensor | None = None  # [k, W] log-probs of the prompt tokens of sequences 0..k-1, zeros off mask
     prompt_mask: Tensor | None = None   # [k, W] True on those prompt tokens (LayoutBatch.prompt_plan)
+    router_loss: Tensor | None = None   # [] the MoE routers' load-balancing loss (want_router_loss), unscaled
 
 
 class LogProbScorer(nn.Module):
@@ -104,11 +105,13 @@ class LogProbScorer(nn.Module):
 
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
                 ref_head: LMHead | None = None, want_wpo: bool = False, want_token_stats: bool = False,
-                prompt_sequences: int = 0) -> Scores:
+                prompt_sequences: int = 0, want_router_loss: bool = False) -> Scores:
         """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also
         the per-token WPO term log p(y_t) - log sum_v p(v)^2, without gradient (the "wpo" need).
         want_token_stats: also Scores.token_stats, for TRL's token metrics (preflab.scoring.token_metrics).
-        prompt_sequences: also Scores.prompt_logps of sequences 0..prompt_sequences-1 (the "prompt_logps" need)."""
+        prompt_sequences: also Scores.prompt_logps of sequences 0..prompt_sequences-1 (the "prompt_logps" need).
+        want_router_loss: also Scores.router_loss, the load-balancing loss of a mixture-of-experts model's routers
+        over the layout's tokens (preflab.scoring.router_loss), from this same decoder forward."""
         backbone, head = backbone_and_head(self.model)
         if ref_head is not None and not isinstance(ref_head, LMHead):
             raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
@@ -119,7 +122,10 @@ class LogProbScorer(nn.Module):
         kwargs = {"attention_mask": mask, "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
-        hidden = backbone(input_ids=layout.input_ids, **kwargs).last_hidden_state  # [R, T, H]
+        if want_router_loss:
+            kwargs["output_router_logits"] = True
+        decoded = backbone(input_ids=layout.input_ids, **kwargs)
+        hidden = decoded.last_hidden_state  # [R, T, H]
         h, targets, plan, prompt, chunk, ref_h = _head_inputs(hidden, layout, head, self.chunk_tokens, ref, ref_head,
                                                              prompt_sequences)
         if torch.compiler.is_compiling() and h.shape[0] > chunk:  # several chunks: their loop outside the graph
@@ -128,7 +134,10 @@ class LogProbScorer(nn.Module):
         else:
             parts = _head_pass(h, targets, head, ref_h, ref_head, ref_h is not None, want_wpo,
                                _chunk_slices(h.shape[0], chunk), _head_chunk, want_token_stats)
-        return _placed(parts, h, plan, layout.response_mask, want_hidden, prompt)
+        out = _placed(parts, h, plan, layout.response_mask, want_hidden, prompt)
+        if want_router_loss:
+            out.router_loss = _router_loss(self.model, decoded, layout)
+        return out
 
     @torch.compiler.disable
     def _head_outside_graph(self, h, targets, head, ref_h, ref_head, want_kl: bool, want_wpo: bool, chunk: int,
@@ -147,6 +156,22 @@ class LogProbScorer(nn.Module):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         return out
+
+
+def _router_loss(model: nn.Module, decoded, layout: LayoutBatch) -> Tensor:
+    """The routers' load-balancing loss of the decoder output `decoded` (asked with output_router_logits), each
+    position weighted by how many of the layout's sequences hold its token (LayoutBatch.multiplicity)."""
+    from preflab.data.layout import to_device
+    from preflab.models.moe import router_shape
+    from preflab.scoring.router_loss import load_balancing_loss
+
+    logits = getattr(decoded, "router_logits", None)
+    if not logits:
+        raise PreflabError(f"{type(unwrap(model)).__name__}'s decoder returned no router logits with "
+                           "output_router_logits=True, so its load-balancing loss cannot be computed; set "
+                           "router_aux_loss_coef: 0 to train without it.")
+    weights = layout.multiplicity()
+    return load_balancing_loss(tuple(logits), to_device(weights, logits[0].device), *router_shape(model))
 
 
 def scores_from_hidden(hidden: Tensor, layout: LayoutBatch, head, chunk_tokens: int | None,
