@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from preflab.config import config_from_dict
 from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs, vision_pairs_fingerprint
-from preflab.errors import ConfigError
 from preflab.loops.vlm import VisionTrainer
+from preflab.models.clue_aggregator import clue_aggregator_of
 from preflab.models.load import frozen_copy
 from preflab.scoring.lm import backbone_and_head
 from preflab.scoring.ref_cache import compute_ref_logps, pairs_fingerprint, score_rows
@@ -176,13 +176,34 @@ def test_sharded_scoring_gives_each_vision_row_its_own_value(lockstep):
                                atol=1e-6, rtol=0)
 
 
-def test_clue_aggregator_under_lora_cannot_precompute(tmp_path):
+def test_clue_aggregator_under_lora_keeps_the_reference_at_the_start_and_can_be_cached(tmp_path, monkeypatch):
+    """CAT + LoRA without a reference model: the reference is the policy with its adapters off AND its clue
+    aggregator at the weights training started from (the aggregator trains with the adapters; before, the reference
+    used the trained aggregator and drifted). So the reference's log-probs after 3 steps equal those before, and a
+    run with precomputed reference log-probs trains exactly like the live one."""
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     _, processor = tiny("llava")
-    pairs = _pairs(processor, _rows()[:2])
-    cfg = _cfg(tmp_path, model_name_or_path="builtin:tiny-llava", clue_aggregator=True, use_peft=True, lora_r=4,
-               precompute_ref_log_probs=True)
-    with pytest.raises(ConfigError, match="clue aggregator under LoRA.*ref_model_name_or_path"):
-        VisionTrainer(cfg, processor=processor, train_data=pairs)
+    pairs = _pairs(processor, _rows())
+    kw = dict(model_name_or_path="builtin:tiny-llava", clue_aggregator=True, use_peft=True, lora_r=4)
+
+    live = VisionTrainer(_cfg(tmp_path / "live", **kw), processor=processor, train_data=pairs)
+    layout = live.collate(pairs[:2])
+    before = live._reference(layout)[0].token_logps.clone()
+    live.train()
+    aggregator = clue_aggregator_of(live.policy)
+    assert float(aggregator.out.weight.detach().abs().sum()) > 0  # the aggregator did train (it starts at zero)
+    after = live._reference(live.collate(pairs[:2]))[0].token_logps
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+    with aggregator.as_initial():  # the frozen start differs from the trained weights
+        assert float(aggregator._stand_in[0].out.weight.abs().sum()) == 0
+
+    cached = VisionTrainer(_cfg(tmp_path / "cached", precompute_ref_log_probs=True, **kw), processor=processor,
+                           train_data=pairs)
+    cached.train()
+    a, b = _metrics(tmp_path / "live"), _metrics(tmp_path / "cached")
+    assert len(a) == len(b) == 3
+    for key in ("loss", "rewards/chosen", "rewards/rejected"):
+        assert [m[key] for m in b] == pytest.approx([m[key] for m in a], abs=1e-6), key
 
 
 @pytest.mark.slow

@@ -223,9 +223,13 @@ class Trainer(TrainingRun):
                 # under FSDP2 through the sharded root (its forward gathers the parameters outside the layers)
                 base = self.scorer if getattr(self.accelerator, "is_fsdp2", False) else \
                     self.scorer_class(self.policy, self.cfg.chunk_tokens)
-                with self.policy.disable_adapter():
+                with self.base_model():
                     return base(layout), backbone_and_head(self.policy)[1]
             return self.ref_scorer(layout), backbone_and_head(self.ref)[1]
+
+    def base_model(self):
+        """Context in which the (LoRA) policy is the model training started from: the reference when ref_is_base."""
+        return self.policy.disable_adapter()
 
     def _precompute_reference(self) -> None:
         """Reference log-probs of every train and eval pair, from the on-disk cache or computed once; the reference
@@ -411,7 +415,7 @@ class Trainer(TrainingRun):
         texts = generate_text(policy, self.tokenizer, prompts, max_new_tokens=new_tokens)
         refs = [None] * len(prompts)
         if self.objective.needs_reference and self.ref_is_base:
-            with policy.disable_adapter():
+            with self.base_model():
                 refs = generate_text(policy, self.tokenizer, prompts, max_new_tokens=new_tokens)
         elif self.ref is not None:
             refs = generate_text(self.ref, self.tokenizer, prompts, max_new_tokens=new_tokens)

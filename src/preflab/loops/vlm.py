@@ -192,11 +192,24 @@ class VisionTrainer(Trainer):
         self.layout = vision_layout_choice(cfg.layout, policy, ref)
         from preflab.models.clue_aggregator import clue_aggregator_of
 
-        if self.precompute and self.ref_is_base and clue_aggregator_of(policy) is not None:
-            raise ConfigError("precompute_ref_log_probs with a clue aggregator under LoRA: the reference is the policy "
-                              "with its adapters off, which keeps the aggregator as it trains, so its log-probs change "
-                              "every step and cannot be computed once; set precompute_ref_log_probs: false, or give "
-                              "ref_model_name_or_path (a reference without the aggregator).")
+        aggregator = clue_aggregator_of(policy)
+        if self.ref_is_base and aggregator is not None:
+            # the reference is the policy with its adapters off; the aggregator trains with the adapters, so the
+            # reference uses a frozen copy of the weights training starts from (before a resume loads any)
+            aggregator.keep_initial()
+
+    def base_model(self):
+        """The LoRA policy as training started from: adapters off and CAT's clue aggregator at its initial weights."""
+        from contextlib import ExitStack
+
+        from preflab.models.clue_aggregator import clue_aggregator_of
+
+        stack = ExitStack()
+        stack.enter_context(self.policy.disable_adapter())
+        aggregator = clue_aggregator_of(self.policy)
+        if aggregator is not None:
+            stack.enter_context(aggregator.as_initial())
+        return stack
 
     @staticmethod
     def ref_inputs_fingerprint(examples) -> str:

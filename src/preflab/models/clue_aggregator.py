@@ -30,6 +30,7 @@ a layout built elsewhere) one is built from a host copy of the ids: a sync per f
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -106,6 +107,26 @@ class ClueAggregator(nn.Module):
         self.image_token_id: int | None = None
         self.prompt_lengths: Tensor | None = None  # [R] set by the scorer for one forward
         self.plan: CluePlan | None = None  # set by the scorer for one forward (the layout's, built on the host)
+        self._stand_in: list[ClueAggregator] = []  # weights used instead of these (as_initial), not a submodule
+        self._initial: list[ClueAggregator] = []  # a frozen copy of the weights training started from (keep_initial)
+
+    def keep_initial(self) -> None:
+        """Keep a frozen copy of the current weights: the reference of a LoRA run (the policy with its adapters
+        off) is the model training started from, aggregator included, and these weights train with the adapters."""
+        import copy
+
+        frozen = copy.deepcopy(self).requires_grad_(False).eval()
+        frozen._stand_in, frozen._initial = [], []
+        self._initial = [frozen]
+
+    @contextmanager
+    def as_initial(self):
+        """Inside: rewrite() uses the weights kept by keep_initial() (without them, this aggregator's own)."""
+        self._stand_in = list(self._initial)
+        try:
+            yield
+        finally:
+            self._stand_in = []
 
     def aggregate(self, visual: Tensor, question: Tensor) -> Tensor:
         """visual [Nv, D], question [Nq, D] -> V' [Nv, D]."""
@@ -124,15 +145,18 @@ class ClueAggregator(nn.Module):
                              self.image_token_id).to(embeds.device)
         if plan.slot.numel() == 0:
             return embeds
-        dim, dtype = embeds.shape[-1], self.out.weight.dtype
+        weights = self._stand_in[0] if self._stand_in else self
+        if weights is not self and weights.out.weight.device != embeds.device:
+            weights.to(embeds.device)
+        dim, dtype = embeds.shape[-1], weights.out.weight.dtype
         flat = embeds.reshape(-1, dim)
         visual = flat.index_select(0, plan.visual.reshape(-1)).view(*plan.visual.shape, dim).to(dtype)
         question = flat.index_select(0, plan.question.reshape(-1)).view(*plan.question.shape, dim).to(dtype)
-        clues = torch.tanh(self.clues(question, visual, visual, key_padding_mask=plan.visual_pad,
-                                      need_weights=False)[0])
-        back = torch.tanh(self.reinject(visual, clues, clues, key_padding_mask=plan.question_pad,
-                                        need_weights=False)[0])
-        new = (visual + self.out(back)).reshape(-1, dim).index_select(0, plan.slot).to(embeds.dtype)
+        clues = torch.tanh(weights.clues(question, visual, visual, key_padding_mask=plan.visual_pad,
+                                         need_weights=False)[0])
+        back = torch.tanh(weights.reinject(visual, clues, clues, key_padding_mask=plan.question_pad,
+                                           need_weights=False)[0])
+        new = (visual + weights.out(back)).reshape(-1, dim).index_select(0, plan.slot).to(embeds.dtype)
         return flat.index_copy(0, plan.target, new).view_as(embeds)
 
 
