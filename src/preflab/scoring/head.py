@@ -48,8 +48,8 @@ PLAIN_HEAD = frozenset({
     "gpt_oss", "helium", "hrm_text", "hunyuan_v1_dense", "hunyuan_v1_moe", "internlm3", "iquestcoder", "jais2",
     "jetmoe", "lfm2", "lfm3", "llama", "mamba", "minimax", "minimax_m3_vl_text", "ministral", "ministral3", "mistral",
     "mixtral", "moshi", "mpt", "nemotron", "olmo", "olmo2", "olmo3", "olmo_hybrid", "olmoe", "openai-gpt", "opt",
-    "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen3", "rwkv", "seed_oss", "smollm3", "stablelm", "starcoder2",
-    "xglm", "xlnet",
+    "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "rwkv", "seed_oss", "smollm3",
+    "stablelm", "starcoder2", "xglm", "xlnet",
 })
 _ENCODER_HEAD = ("its LM head is a prediction-head transform (dense + activation + norm) before the output "
                  "embeddings, which the scorer would skip")
