@@ -44,7 +44,7 @@ def make(out, train, precompute, calls=None, eval_data=None, **overrides):
 
 
 def logged(out):
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: r[k] for k in LOGGED} for r in rows if "loss" in r and "eval_loss" not in r]
 
 
@@ -130,7 +130,8 @@ def test_fixed_pairing_equals_trls_on_pairs_split_in_two():
     for x in ours:
         assert x.mismatched_completion_ids == expected[(tuple(x.prompt_ids), tuple(x.completion_ids), x.label)]
     own_chosen = {x.row_id: x.completion_ids for x in items if x.label}
-    matched = lambda xs: sum(x.mismatched_completion_ids == own_chosen[x.row_id] for x in xs if not x.label)  # noqa
+    matched = lambda xs: sum(x.mismatched_completion_ids == own_chosen[x.row_id]  # noqa: E731
+                             for x in xs if not x.label)
     assert matched(ours) == 1  # as in TRL: the last map batch holds one row, whose two examples form a chunk
     naive = fix_mismatched(items, 4)  # rotation in preflab's own order: the pitfall trl_unpaired_order avoids
     assert matched(naive) == 7  # every rejected example paired with its own prompt's chosen completion
@@ -171,3 +172,30 @@ def test_mixed_fixed_and_unfixed_examples_are_refused():
 
     with pytest.raises(DataError, match="row 2: this micro-batch mixes"):
         UnpairedKind.collate([fixed[0], fixed[1], items[2]], pad_id=0, layout="padded")
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_pairwise_file_trains_with_the_cache(tmp_path, monkeypatch, loss_type):
+    """From a pairwise JSONL file (each row split into a desirable and an undesirable example): the prepared examples
+    are paired in TRL's order (no example with its own row's other completion: fewer than 1000 rows, chunks of 4),
+    the run reads the reference from the cache and its eval loss equals the default run's (same eval pairing);
+    apo_zero_unpaired (no reference point) runs with the cache too."""
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    words = ["red", "blue", "green", "small", "large", "quick", "slow", "bright", "dark", "warm"]
+    rows = [{"prompt": f"The {w} thing is", "chosen": f" {w} and good.", "rejected": f" not {w} at all."}
+            for w in words]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for name, precompute in (("cached", True), ("default", False)):
+        runs[name] = make(tmp_path / name, None, precompute, eval_data=[], dataset_name=str(data), eval_fraction=0.2,
+                          loss_type=loss_type, max_steps=2)
+    cached = runs["cached"]
+    assert len(cached.train_data) == 16 and [x.label for x in cached.train_data[:2]] == [True, False]
+    by_completion = {tuple(x.completion_ids): x.row_id for x in cached.train_data}
+    assert all(by_completion[tuple(x.mismatched_completion_ids)] != x.row_id for x in cached.train_data)
+    assert all(x.mismatched_completion_ids is None for x in runs["default"].train_data)
+    summaries = {name: run.train() for name, run in runs.items()}
+    assert summaries["cached"]["reference_cache"]["train"]["hit"] is False and cached.ref is None
+    assert summaries["cached"]["final_metrics"]["eval_loss"] == pytest.approx(
+        summaries["default"]["final_metrics"]["eval_loss"], abs=1e-6)

@@ -18,7 +18,7 @@ completion, a matched pair; `trl_unpaired_order` gives the positions in TRL's or
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import hashlib
 
 from preflab.errors import DataError
@@ -51,7 +51,7 @@ def fix_mismatched(examples, chunk: int, order: list[int] | None = None) -> list
     `chunk` positions of `order` (default: the examples' own order), each example takes the completion of the one
     before it, the first the chunk's last (a chunk of one keeps its own completion, as in TRL). Examples that all
     carry a pairing already (given from Python) are returned as they are."""
-    given = [x.mismatched_completion_ids is not None for x in examples]
+    given = [getattr(x, "mismatched_completion_ids", None) is not None for x in examples]
     if all(given):
         return list(examples)
     if any(given):
@@ -68,8 +68,8 @@ def fix_mismatched(examples, chunk: int, order: list[int] | None = None) -> list
         part = order[start:start + chunk]
         for k, position in enumerate(part):
             source = examples[part[k - 1]]  # k = 0: the chunk's last
-            out[position] = dataclasses.replace(examples[position],
-                                                mismatched_completion_ids=list(source.completion_ids))
+            out[position] = copy.copy(examples[position])  # a shallow copy: the given examples stay as they were
+            out[position].mismatched_completion_ids = list(source.completion_ids)
     return out
 
 
@@ -78,5 +78,5 @@ def unpaired_fingerprint(examples) -> str:
     reference cache's key of unpaired examples (the reference scores both pairs of each example)."""
     h = hashlib.sha256(b"unpaired")
     for x in examples:
-        h.update(repr((x.prompt_ids, x.completion_ids, x.mismatched_completion_ids)).encode())
+        h.update(repr((x.prompt_ids, x.completion_ids, getattr(x, "mismatched_completion_ids", None))).encode())
     return h.hexdigest()

@@ -108,7 +108,7 @@ class UnpairedKind:
         batch's completions, only paired with other prompts (TRL's comment on its estimator: the best estimate of the
         KL term); a fixed pairing cannot, since the batches are drawn in shuffled order, but it is what a per-example
         reference cache needs."""
-        fixed = [x.mismatched_completion_ids for x in items]
+        fixed = [getattr(x, "mismatched_completion_ids", None) for x in items]  # items built from Python may lack it
         if all(m is not None for m in fixed):
             return fixed
         if any(m is not None for m in fixed):
