@@ -53,13 +53,17 @@ class TokenizedPair:
 
 @dataclass
 class TokenizedUnpaired:
-    """Token ids of one unpaired example: prompt_ids [P], completion_ids [C], and its desirable `label`."""
+    """Token ids of one unpaired example: prompt_ids [P], completion_ids [C], and its desirable `label`.
+    mismatched_completion_ids: the completion of another example that KTO's reference point pairs with this prompt,
+    when it is fixed per example (TRL's KL_completion_ids; preflab.data.mismatched, precompute_ref_log_probs); None:
+    formed inside each micro-batch (preflab.loops.kinds.UnpairedKind.collate)."""
 
     row_id: int
     prompt_ids: list[int]
     completion_ids: list[int]
     label: bool
     extras: dict = field(default_factory=dict)
+    mismatched_completion_ids: list[int] | None = None
 
 
 @dataclass

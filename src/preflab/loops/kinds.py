@@ -9,13 +9,16 @@ The trainer asks `kind_for(objective)` and never names an objective or a batch t
               example, as TRL does) -> TokenizedUnpaired -> [completion_1..B, mismatched_1..B] -> UnpairedBatch
 
 KTO's reference point uses mismatched completions: example i's prompt with example i-1's completion (rotation by
-one inside the micro-batch, TRL's choice); they are scored in the same forward as the completions.
+one inside the micro-batch); they are scored in the same forward as the completions. With precompute_ref_log_probs
+the pairing is fixed per example instead, as TRL fixes it (preflab.data.mismatched), so the reference log-probs of
+both pairs are cached per example.
 """
 from __future__ import annotations
 
 import torch
 
 from preflab.data.layout import LayoutBatch, padded
+from preflab.errors import DataError
 from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch
 
 
@@ -70,11 +73,6 @@ LABEL_COUNTS = "_label_counts"  # layout extra of unpaired batches: (desirable, 
 
 class UnpairedKind:
     name = "unpaired"
-    # why a per-example reference cache cannot serve this kind (offline.Trainer refuses precompute_ref_log_probs)
-    reference_cache_refusal = (
-        "its reference point scores mismatched (prompt, completion) pairs formed inside each micro-batch (example i's "
-        "prompt with example i-1's completion), which change with the batch order, so they cannot be computed once per "
-        "example")
 
     @staticmethod
     def prepare(cfg, tokenizer):
@@ -83,13 +81,51 @@ class UnpairedKind:
         return prepare_unpaired(cfg, tokenizer)
 
     @staticmethod
+    def fix_reference_inputs(train, evals, cfg) -> tuple[list, list]:
+        """precompute_ref_log_probs: (train, eval) examples with their mismatched completion fixed (preflab.data.
+        mismatched), so each example's reference log-probs (completion and mismatched pair) are a property of the
+        example and can be cached. Train: TRL's pairing, rotation inside consecutive chunks of
+        per_device_train_batch_size examples in TRL's unpaired order. Eval: rotation inside chunks of
+        per_device_eval_batch_size in dataset order, which is the pairing evaluate()'s batches form without the
+        cache (TRL rotates eval sets in chunks of the train batch size), so eval metrics do not depend on the cache."""
+        from preflab.data.mismatched import fix_mismatched, trl_unpaired_order
+
+        return (fix_mismatched(train, cfg.per_device_train_batch_size, trl_unpaired_order(train)),
+                fix_mismatched(evals, cfg.per_device_eval_batch_size))
+
+    @staticmethod
+    def reference_fingerprint(examples) -> str:
+        """The reference cache's key of unpaired examples: prompt, completion and fixed mismatched completion ids."""
+        from preflab.data.mismatched import unpaired_fingerprint
+
+        return unpaired_fingerprint(examples)
+
+    @staticmethod
+    def mismatched(items) -> list[list[int]]:
+        """The mismatched completion of each item: its fixed one (x.mismatched_completion_ids, all items or none),
+        else the previous item's completion, rotating inside the micro-batch (the first takes the last's). Rotation
+        inside the micro-batch is the default because it keeps the mismatched completions the same set as the
+        batch's completions, only paired with other prompts (TRL's comment on its estimator: the best estimate of the
+        KL term); a fixed pairing cannot, since the batches are drawn in shuffled order, but it is what a per-example
+        reference cache needs."""
+        fixed = [getattr(x, "mismatched_completion_ids", None) for x in items]  # items built from Python may lack it
+        if all(m is not None for m in fixed):
+            return fixed
+        if any(m is not None for m in fixed):
+            row = items[[m is None for m in fixed].index(True)].row_id
+            raise DataError(f"row {row}: this micro-batch mixes examples with a fixed mismatched_completion_ids and "
+                            "examples without (this one); give it for every example or for none.")
+        n = len(items)
+        return [items[(i - 1) % n].completion_ids for i in range(n)]
+
+    @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:
         """[completion_1..B, mismatched_1..B]; always the padded layout (no shared prompt between the two)."""
         from preflab.loops.batches import pad_token_extras, stack_extras
 
         n = len(items)
         seqs = [(x.prompt_ids, x.completion_ids) for x in items]
-        seqs += [(items[i].prompt_ids, items[(i - 1) % n].completion_ids) for i in range(n)]
+        seqs += [(x.prompt_ids, m) for x, m in zip(items, UnpairedKind.mismatched(items))]
         extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
         extras["label"] = torch.tensor([bool(x.label) for x in items])
         desirable = sum(bool(x.label) for x in items)
@@ -103,9 +139,8 @@ class UnpairedKind:
     @staticmethod
     def count_tokens(items) -> int:
         """(prompt + completion) + (prompt + mismatched completion) per example."""
-        n = len(items)
-        return sum(2 * len(x.prompt_ids) + len(x.completion_ids) + len(items[(i - 1) % n].completion_ids)
-                   for i, x in enumerate(items))
+        return sum(2 * len(x.prompt_ids) + len(x.completion_ids) + len(m)
+                   for x, m in zip(items, UnpairedKind.mismatched(items)))
 
     @staticmethod
     def split(policy, ref, extras) -> UnpairedBatch:

@@ -106,9 +106,8 @@ class Trainer(TrainingRun):
         if self.objective.needs_reference and ref is None and not self.lora:
             raise ConfigError(f"objective {cfg.loss_type!r} needs a reference model; none was given.")
         self.precompute = cfg.precompute_ref_log_probs and self.objective.needs_reference
-        if self.precompute and getattr(self.kind, "reference_cache_refusal", None):
-            raise ConfigError(f"precompute_ref_log_probs with {cfg.loss_type!r}: {self.kind.reference_cache_refusal}; "
-                              "set precompute_ref_log_probs: false (the reference then runs at every step).")
+        if self.precompute and hasattr(self.kind, "fix_reference_inputs"):  # unpaired: KTO's mismatched pairs
+            self.train_data, self.eval_data = self.kind.fix_reference_inputs(self.train_data, self.eval_data, cfg)
         if self.precompute and "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL to the reference, which needs the "
                               "reference's hidden states at every step; set precompute_ref_log_probs: false.")
@@ -254,13 +253,13 @@ class Trainer(TrainingRun):
         self.ref_cache_info = {**info, "seconds": round(time.perf_counter() - started, 3)}
         self.ref, self.ref_scorer = None, None
 
-    @staticmethod
-    def ref_inputs_fingerprint(examples) -> str:
+    def ref_inputs_fingerprint(self, examples) -> str:
         """sha256 of everything besides the weights that the reference's log-probs of `examples` depend on: the
-        reference cache's key (token ids here; VisionTrainer adds the pixels)."""
+        reference cache's key (token ids here, with KTO's fixed mismatched completions for unpaired examples: the
+        batch kind's reference_fingerprint; VisionTrainer adds the pixels)."""
         from preflab.scoring.ref_cache import pairs_fingerprint
 
-        return pairs_fingerprint(examples)
+        return getattr(self.kind, "reference_fingerprint", pairs_fingerprint)(examples)
 
     def score(self, layout, train: bool = True, positions: list[int] | None = None):
         """PairBatch of policy (and reference) log-probs, with the objective's token needs in extras. `positions`:

@@ -10,7 +10,8 @@ memory).
     ref_scores = cache.scores(dataset_positions, layout.response_mask)    # Scores in the batch's sequence order
 
 The file `ref-logps-<key>.safetensors` holds, for chosen and rejected separately, the per-token log-probs of all
-responses concatenated in dataset order plus offsets; the metadata repeats the full key, so a mismatched or damaged
+responses concatenated in dataset order plus offsets (unpaired KTO examples: "chosen" is the completion, "rejected"
+the example's fixed mismatched completion, the two halves of their layout, preflab.data.mismatched); the metadata repeats the full key, so a mismatched or damaged
 file is a miss (and is rewritten atomically). Values are looked up by dataset position, never by batch position, so
 shuffling, resuming and several processes all read each row's own values. Under several processes each rank scores
 the positions `rank::world`, the results are gathered, and the main process writes the file.
