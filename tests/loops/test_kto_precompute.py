@@ -199,3 +199,22 @@ def test_pairwise_file_trains_with_the_cache(tmp_path, monkeypatch, loss_type):
     assert summaries["cached"]["reference_cache"]["train"]["hit"] is False and cached.ref is None
     assert summaries["cached"]["final_metrics"]["eval_loss"] == pytest.approx(
         summaries["default"]["final_metrics"]["eval_loss"], abs=1e-6)
+
+
+def test_default_rotation_never_pairs_a_split_pair_with_its_own_prompt():
+    """Pairs split in two and batched in row order ([chosen_0, rejected_0, chosen_1, rejected_1, ...], as
+    evaluate() batches an eval set) are rotated in TRL's unpaired order (desirable first): every mismatched pair
+    has another row's completion. Before, each rejected example took its own prompt's chosen completion (a matched
+    pair in KTO's reference point); and the precomputed eval pairing equals the default one chunk by chunk."""
+    from preflab.data.mismatched import rotation_order
+    from preflab.loops.kinds import UnpairedKind
+
+    rows = [TokenizedUnpaired(r, [1, 10 + r], [50 + 2 * r + side, 2], side == 0) for r in range(6) for side in (0, 1)]
+    owner = {tuple(x.completion_ids): x.row_id for x in rows}
+    for start in range(0, len(rows), 4):  # eval chunks of 4: two whole rows each
+        chunk = rows[start:start + 4]
+        mismatched = UnpairedKind.mismatched(chunk)
+        assert all(owner[tuple(m)] != x.row_id for x, m in zip(chunk, mismatched))
+    fixed = fix_mismatched(rows, 4, rotation_order(rows, 4))
+    assert [x.mismatched_completion_ids for x in fixed] == \
+        [m for start in range(0, 12, 4) for m in UnpairedKind.mismatched(rows[start:start + 4])]

@@ -46,6 +46,15 @@ def trl_unpaired_order(examples, rows_per_batch: int = TRL_UNPAIR_ROWS) -> list[
     return order
 
 
+def rotation_order(examples, chunk: int) -> list[int]:
+    """Positions of `examples` in the order the default rotation uses inside each consecutive chunk of `chunk`
+    examples (the batches evaluate() forms): TRL's unpaired order within each chunk (trl_unpaired_order), so a pair
+    split in two is not rotated onto its own prompt. fix_mismatched(examples, chunk, rotation_order(examples, chunk))
+    is then the pairing the default collate forms on those chunks."""
+    return [start + p for start in range(0, len(examples), chunk)
+            for p in trl_unpaired_order(examples[start:start + chunk])]
+
+
 def fix_mismatched(examples, chunk: int, order: list[int] | None = None) -> list:
     """Copies of `examples` (TokenizedUnpaired) with `mismatched_completion_ids` set: in each consecutive chunk of
     `chunk` positions of `order` (default: the examples' own order), each example takes the completion of the one

@@ -88,10 +88,11 @@ class UnpairedKind:
         per_device_train_batch_size examples in TRL's unpaired order. Eval: rotation inside chunks of
         per_device_eval_batch_size in dataset order, which is the pairing evaluate()'s batches form without the
         cache (TRL rotates eval sets in chunks of the train batch size), so eval metrics do not depend on the cache."""
-        from preflab.data.mismatched import fix_mismatched, trl_unpaired_order
+        from preflab.data.mismatched import fix_mismatched, rotation_order, trl_unpaired_order
 
+        eval_chunk = cfg.per_device_eval_batch_size
         return (fix_mismatched(train, cfg.per_device_train_batch_size, trl_unpaired_order(train)),
-                fix_mismatched(evals, cfg.per_device_eval_batch_size))
+                fix_mismatched(evals, eval_chunk, rotation_order(evals, eval_chunk)))
 
     @staticmethod
     def reference_fingerprint(examples) -> str:
@@ -103,7 +104,9 @@ class UnpairedKind:
     @staticmethod
     def mismatched(items) -> list[list[int]]:
         """The mismatched completion of each item: its fixed one (x.mismatched_completion_ids, all items or none),
-        else the previous item's completion, rotating inside the micro-batch (the first takes the last's). Rotation
+        else the previous item's completion in TRL's unpaired order of the micro-batch (preflab.data.mismatched.
+        trl_unpaired_order: a pair's two halves next to each other are reordered desirable-first), rotating inside
+        the micro-batch (the first takes the last's). Rotation
         inside the micro-batch is the default because it keeps the mismatched completions the same set as the
         batch's completions, only paired with other prompts (TRL's comment on its estimator: the best estimate of the
         KL term); a fixed pairing cannot, since the batches are drawn in shuffled order, but it is what a per-example
@@ -115,8 +118,15 @@ class UnpairedKind:
             row = items[[m is None for m in fixed].index(True)].row_id
             raise DataError(f"row {row}: this micro-batch mixes examples with a fixed mismatched_completion_ids and "
                             "examples without (this one); give it for every example or for none.")
-        n = len(items)
-        return [items[(i - 1) % n].completion_ids for i in range(n)]
+        from preflab.data.mismatched import trl_unpaired_order
+
+        # rotation in TRL's unpaired order: a pair split in two and batched in row order ([chosen_0, rejected_0,
+        # ...], evaluation) would otherwise give each rejected example its own prompt's chosen completion
+        order = trl_unpaired_order(items)
+        out: list = [None] * len(items)
+        for k, position in enumerate(order):
+            out[position] = items[order[k - 1]].completion_ids
+        return out
 
     @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:
