@@ -33,9 +33,17 @@ def _say_once(why: str) -> None:
         print(f"preflab: note: generation prefills each prompt once per completion (as before): {why}")
 
 
+def _forward_params(model) -> dict:
+    """The parameters of the forward that runs under `model` (a PEFT wrapper passes its keyword arguments on)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(inner.forward).parameters
+
+
 def _why_not_before(model) -> str | None:
     """Why this model's cache cannot be prefilled once and shared, as far as the model tells before running it."""
     name = type(model).__name__
+    if "cache" not in _forward_params(model):
+        return f"{name}'s forward takes no `cache` argument"
     if getattr(model.generation_config, "cache_implementation", None) is not None:
         return f"{name}'s generation config sets cache_implementation={model.generation_config.cache_implementation!r}"
     if hasattr(model, "_supports_default_dynamic_cache") and not model._supports_default_dynamic_cache():
@@ -88,8 +96,8 @@ def generate_groups(model, prompts: list[list[int]], k: int, *, eos_id: int, pad
         cache = DynamicCache(config=model.config)
         head = dict(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions[:, :-1], cache=cache,
                     use_cache=True)
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            head["logits_to_keep"] = 1  # the prefill's logits are not used
+        if "logits_to_keep" in _forward_params(model):
+            head["logits_to_keep"] = 1  # the prefill's logits are not used: [P, 1, vocab], not [P, W - 1, vocab]
         model(**head)
         if (why := _why_not_after(model, cache, width)) is not None:
             _say_once(why)

@@ -142,3 +142,18 @@ def test_a_cache_that_cannot_be_repeated_falls_back_and_says_why_once(monkeypatc
     assert generate_groups(llama, PROMPTS, 2, eos_id=EOS, pad_id=PAD, **kw) == old_path(llama, PROMPTS, 2, **kw)
     assert rows[0] == 6                                                  # the repeated batch: no shared prefill
     assert "cache_implementation='static'" in capsys.readouterr().out
+
+
+def test_a_lora_wrapped_policy_shares_the_prefill_and_keeps_only_the_last_logits():
+    """A PEFT model (LoRA online runs): the wrapper passes `cache` and `logits_to_keep` on, so the shared prefill
+    makes [P, 1, vocab] logits, not [P, W - 1, vocab], and the samples are the old path's."""
+    peft = pytest.importorskip("peft")
+    base = tiny_causal_lm(arch="llama", vocab_size=200, hidden_size=32, seed=0)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights=False))
+    shapes = []
+    base.lm_head.register_forward_hook(lambda m, i, out: shapes.append(tuple(out.shape)))
+    kw = dict(max_new_tokens=8, do_sample=True, seed=4)
+    new = generate_groups(model, PROMPTS, 3, eos_id=EOS, pad_id=PAD, **kw)
+    assert shapes[:2] == [(3, 1, 200), (9, 1, 200)]
+    assert new == old_path(model, PROMPTS, 3, **kw)
