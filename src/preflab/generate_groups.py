@@ -61,7 +61,8 @@ def _why_not_after(model, cache, width: int) -> str | None:
     kinds = {type(layer) for layer in cache.layers}
     if not kinds <= {DynamicLayer, DynamicSlidingWindowLayer}:
         others = sorted(k.__name__ for k in kinds - {DynamicLayer, DynamicSlidingWindowLayer})
-        return f"{name}'s cache has {', '.join(others)} layers (only full-attention and sliding-window KV layers repeat)"
+        return f"{name}'s cache has {', '.join(others)} layers (only full-attention and sliding-window KV layers " \
+               "repeat)"
     if cache.get_seq_length() != width - 1:
         return f"{name} did not fill the cache it was given ({cache.get_seq_length()} of {width - 1} positions)"
     return None
