@@ -105,6 +105,8 @@ def test_a_left_padded_prompt_completes_as_when_alone(arch):
     alone = generate_groups(model, [PROMPTS[1], PROMPTS[1][1:]], 2, **kw)   # padded by 1 only: its prefill runs
     assert together[2:] == alone[:2]
     assert together[0] != together[2]
+    one = [PROMPTS[1][0]]                         # a one-token prompt: its row of the shared prefill is all padding
+    assert generate_groups(model, [PROMPTS[0], one], 2, **kw)[2:] == generate_ids(model, [one], **kw) * 2
 
 
 @pytest.mark.parametrize("family", ["mistral", "gemma2"])
