@@ -9,7 +9,9 @@ generation_batch_size prompts and chunk c is sampled after torch.manual_seed(see
 (seed, prompts, weights) only, not on which process draws the chunk: with several processes, rank r draws the
 chunks c = r, r + world, ... and all ranks gather every chunk (the same completions as one process).
 
-TransformersGenerator (default): `model.generate` with its KV cache on left-padded prompt batches.
+TransformersGenerator (default): `model.generate` with its KV cache on left-padded prompt batches; each distinct
+prompt is prefilled once and its cache shared by its K completions (generate_groups.py; the same draws as
+prefilling the K copies, up to float rounding; caches that cannot be shared fall back to that, said once).
 VLLMGenerator: used with generation_backend: vllm when the optional `vllm` package imports (pip install
 preflab[vllm]); it loads the policy's saved weights into a vLLM engine each round (weights_dir) and is not
 bit-identical to the transformers path. Never imported unless asked for.
@@ -19,7 +21,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from preflab.errors import ConfigError
-from preflab.generate import generate_ids
+from preflab.generate_groups import generate_groups
 from preflab.models.dropout import original_dropout_config
 
 
@@ -37,11 +39,10 @@ class TransformersGenerator:
     def _chunk(self, prompts: list[list[int]], k: int, seed: int) -> list[list[int]]:
         from preflab.loops.rollout import full_distribution
 
-        repeated = [p for p in prompts for _ in range(k)]
         with full_distribution(self.model):
-            return generate_ids(self.model, repeated, eos_id=self.eos_id, pad_id=self.pad_id,
-                                max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature,
-                                top_p=self.top_p, batch_size=len(repeated), seed=seed)
+            return generate_groups(self.model, prompts, k, eos_id=self.eos_id, pad_id=self.pad_id,
+                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                   top_p=self.top_p, seed=seed)
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         acc = self.accelerator
