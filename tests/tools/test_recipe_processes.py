@@ -1,6 +1,7 @@
 """The tool / program recipes under a multi-process launch (`accelerate launch --num_processes N`): a recipe that
 cannot run on several processes is refused before anything runs, naming why and what to do; `task: themis` runs its
-two reward-model trainings data parallel and equals the one-process recipe."""
+two reward-model trainings data parallel and equals the one-process recipe, and so does `task: dstc` (its sandbox
+matrix and pairs on the main process, its SFT and DPO stages data parallel)."""
 import json
 import os
 import socket
@@ -15,9 +16,10 @@ from preflab import recipe_state, recipes
 from preflab.config import load_config
 from preflab.errors import ConfigError
 from preflab.reward_models import themis_toy
+from preflab.tool_use import dstc
 
 ROOT = Path(__file__).resolve().parents[2]
-REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch", "dstc": "sandbox again",
+REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch",
            "itool": "MCTS searches again", "fspo": "written by every rank", "pro_orchestrator": "run on every rank"}
 
 
@@ -110,4 +112,72 @@ def test_themis_on_two_processes_equals_one_process(tmp_path):
     assert {k: v for k, v in s2.items() if k != "runtime_s"} == {k: v for k, v in s1.items() if k != "runtime_s"}
     assert json.loads((two / "themis_state.json").read_text()) == json.loads((one / "themis_state.json").read_text())
     assert json.loads((two / "tool_cache.json").read_text()) == json.loads((one / "tool_cache.json").read_text())
+    assert not list(two.glob("*.tmp"))
+
+
+def test_dstc_is_not_refused_its_batch_must_split_and_kto_is_refused(tmp_path, monkeypatch):
+    recipes.check_processes("dstc", 2)
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 3)
+    with pytest.raises(ConfigError, match="batch of 16 rows does not split over 3 processes"):
+        dstc.run_dstc(str(tmp_path / "out"))
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 2)
+    monkeypatch.setattr(dstc, "start_processes", lambda: 2)
+    with pytest.raises(ConfigError, match="KTO's reference point z0 is a micro-batch mean"):
+        dstc.run_dstc(str(tmp_path / "out"), loss="kto")
+    assert not (tmp_path / "out").exists()
+    # an iteration's DPO batch: min(batch_size, rows) rows a step, as one process trains, split over the processes
+    assert dstc.dpo_batch_per_process(40, 16, 2, 1) == 8 and dstc.dpo_batch_per_process(6, 16, 2, 1) == 3
+    assert dstc.dpo_batch_per_process(5, 16, 1, 1) == 5
+    with pytest.raises(ConfigError, match="iteration 2 built 5 training rows .* does not split over 2 processes. "
+                                          "Resume it as one process"):
+        dstc.dpo_batch_per_process(5, 16, 2, 2)
+
+
+def _drop(record: dict, keys: tuple) -> dict:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
+def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch):
+    """2 processes x 2 rows = the recipe's batch_size 4 on one process, in the warm-up SFT, the DPO iteration and the
+    control SFT: the same losses and final weights to 1e-6, the same pairs, state and summary (but the sandbox's
+    seconds); the sampling and the sandbox matrix (a program that never ends included) ran once, on the main
+    process (the same sandbox run count as one process); the result printed once."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests/tools"))
+    from dstc_launch import planted_sampler
+
+    params = {"n_sft_tasks": 12, "n_dstc_tasks": 4, "n_test": 4, "sft_per_task": 1, "sft_steps": 4, "n_codes": 2,
+              "n_tests": 1, "iterations": 1, "dpo_steps": 2, "batch_size": 4, "hidden_size": 32,
+              "timeout_s": 0.5, "control": True}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), str(ROOT / "tests/tools/dstc_launch.py"), "train", str(ROOT / "examples/tools/dstc.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    monkeypatch.setattr(dstc, "sample_candidates", planted_sampler())
+    dstc.run_dstc(str(one), seed=0, quiet=True, **params)
+    for stage, steps in (("sft", 4), ("dstc_1/dpo", 2), ("control", 2)):
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] == steps * 4
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+    for stage in ("sft", "dstc_1", "control"):
+        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+    assert (two / "dstc_1/pairs.jsonl").read_text() == (one / "dstc_1/pairs.jsonl").read_text()
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    timing = ("runtime_s", "sandbox_seconds", "seconds_per_run")
+    assert _drop(s2, timing) == _drop(s1, timing)
+    assert s1["pairs_per_iteration"] == [4] and s1["run_statuses"]["timeout"] == 2 and s1["sandbox_runs"] > 0
+    t2, t1 = (json.loads((d / dstc.STATE_FILE).read_text()) for d in (two, one))
+    assert _drop(t2["sandbox"], ("seconds",)) == _drop(t1["sandbox"], ("seconds",))
+    assert _drop(t2, ("sandbox",)) == _drop(t1, ("sandbox",))
     assert not list(two.glob("*.tmp"))
