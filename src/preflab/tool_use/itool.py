@@ -328,12 +328,11 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         weights = None
         if pairs:
             batch = min(simpo_batch_size, len(pairs))
-            trainer = Trainer(config_from_dict({
+            summary = Trainer(config_from_dict({  # not kept: its DDP wrapper goes before the process group
                 **common, **simpo_options(simpo_beta, simpo_gamma, simpo_learning_rate,
                                           batch_per_process(batch, processes, stage), simpo_epochs),
                 "dataset_name": str(out / stage / "pairs.jsonl"), "output_dir": str(out / stage / "simpo")}),
-                policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids))
-            summary = trainer.train()
+                policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids)).train()
             record.update(simpo_steps=summary["global_step"], simpo_batch_size=batch,
                           simpo_final={k: v for k, v in summary["final_metrics"].items() if k != "tokens_per_second"}, simpo_seconds=round(summary["runtime_s"], 1))
             weights = f"{stage}/simpo"
