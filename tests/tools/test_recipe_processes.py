@@ -257,3 +257,16 @@ def test_itool_on_two_processes_equals_one_process(tmp_path):
     _assert_same_numbers(s2, s1)
     assert all(s1["iterations"][t]["simpo_steps"] > 0 for t in ("iter_1", "iter_2"))
     assert not list(two.glob("*.tmp"))
+
+
+def test_whether_a_stage_folder_is_an_interrupted_one_is_the_main_process_s_verdict(tmp_path, monkeypatch):
+    """A process that looks after the main process's stage has made its folder must not take it for an interrupted
+    stage (it removed nothing but waited in a barrier while the main process trained: themis hung at times)."""
+    state = recipe_state.RecipeState(tmp_path, "x_state.json", {}, resume=False)
+    made = tmp_path / "stage_1" / "metrics.jsonl"
+    made.parent.mkdir()
+    made.write_text("the main process's run\n")
+    monkeypatch.setattr(recipe_state, "main_result", lambda compute: False)  # the main process saw no folder
+    monkeypatch.setattr(recipe_state, "main_writes", lambda write: pytest.fail("a barrier the main process skips"))
+    assert state.stage("stage_1", lambda folder: {"ran": folder.name}, lambda folder: None) == {"ran": "stage_1"}
+    assert made.exists()
