@@ -43,8 +43,14 @@ from preflab.data.tokenize import TokenizedPair, bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-from preflab.recipe_state import (RecipeStateFile, end_processes, load_safetensors_into, main_result, main_writes,
-                                  start_processes)
+from preflab.recipe_state import (
+    RecipeStateFile,
+    end_processes,
+    load_safetensors_into,
+    main_result,
+    main_writes,
+    start_processes,
+)
 from preflab.runlog import is_main_process, write_summary
 from preflab.tool_use.itool_search import (
     Sample,
@@ -269,7 +275,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         if state.done(stage):
             continue
         rows = warmup_rows[name]
-        main_writes(lambda: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
+        main_writes(lambda stage=stage, rows=rows: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
         say(f"itool: warm-up {stage}: SFT on {len(rows)} rows (buckets up to {name})")
         from preflab.loops.sft import SFTTrainer
 
@@ -324,7 +330,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         if state.done(stage):
             continue
         model = fresh_model(state.data["weights"]["itool"])  # the previous stage's saved weights, exactly
-        pairs, record = main_result(lambda: search_pairs(model, t, stage))
+        pairs, record = main_result(lambda model=model, t=t, stage=stage: search_pairs(model, t, stage))
         weights = None
         if pairs:
             batch = min(simpo_batch_size, len(pairs))
@@ -354,7 +360,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
             new_weights = None
             if it["simpo_steps"]:
                 rows = [{"prompt": pool[i]["prompt"], "completion": pool[i]["gold"]} for i in it["selected_items"]]
-                main_writes(lambda: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
+                main_writes(lambda stage=stage, rows=rows: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
                 from preflab.loops.sft import SFTTrainer
 
                 SFTTrainer(config_from_dict({
