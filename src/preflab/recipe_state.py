@@ -78,7 +78,9 @@ class RecipeState:
         if name in self.state["stages"]:
             load(folder)
             return self.state["stages"][name]
-        if folder.exists():  # interrupted: run the stage again from its start
+        # interrupted: run the stage again from its start. Decided by the main process for all: a process that looked
+        # later would see the folder the main process's run just made, and wait while the others train
+        if main_result(folder.exists):
             main_writes(lambda: shutil.rmtree(folder))
         record = json.loads(json.dumps(run(folder)))  # the same record whether run now or loaded on resume
         self.state["stages"][name] = record
@@ -149,10 +151,15 @@ def main_result(compute: Callable[[], object]) -> object:
 
 
 def end_processes() -> None:
-    """The end of a recipe that called start_processes: its process group is closed (its stages leave it open)."""
+    """The end of a recipe that called start_processes: its process group is closed (its stages leave it open). The
+    stages' DDP wrappers still waiting for the garbage collector are freed first: a DDP reducer freed after its gloo
+    group was destroyed can hang in the group's destructor."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         from accelerate import PartialState
 
         PartialState().destroy_process_group()

@@ -37,11 +37,6 @@ ONE_PROCESS = {
     "raft_ladder": "its SFT term (the offline Trainer's loss_type sft, TRL's token mean of each micro-batch) is "
                    "not additive over examples, so splitting its batch of 16 over the processes changes the "
                    "objective; every process would also write the same data files, state and summary",
-    "dstc": f"{_RERUN}: every rank would run the program x test matrix in the sandbox again (a timeout on one rank "
-            "and not on the other gives the ranks different pairs), and batch_size is per process (the global batch "
-            "would double)",
-    "itool": f"{_RERUN}: every rank would run the MCTS searches again and write the same stage folders, and the "
-             "warm-up and SimPO batches are per process (the global batch would double)",
     "fspo": "its episode files, held-out scoring and summary are written by every rank, its two runs' batches are per "
             "process (the global batch would double), and it was not checked on several processes",
     "pro_orchestrator": "its adapter fit, data files and summary run on every rank, its runs' batches are per "

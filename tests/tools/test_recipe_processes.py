@@ -1,6 +1,7 @@
 """The tool / program recipes under a multi-process launch (`accelerate launch --num_processes N`): a recipe that
 cannot run on several processes is refused before anything runs, naming why and what to do; `task: themis` runs its
-two reward-model trainings data parallel and equals the one-process recipe."""
+two reward-model trainings data parallel and equals the one-process recipe, and so does `task: dstc` (its sandbox
+matrix and pairs on the main process, its SFT and DPO stages data parallel)."""
 import json
 import os
 import socket
@@ -15,10 +16,11 @@ from preflab import recipe_state, recipes
 from preflab.config import load_config
 from preflab.errors import ConfigError
 from preflab.reward_models import themis_toy
+from preflab.tool_use import dstc, itool
 
 ROOT = Path(__file__).resolve().parents[2]
-REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch", "dstc": "sandbox again",
-           "itool": "MCTS searches again", "fspo": "written by every rank", "pro_orchestrator": "run on every rank"}
+REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch",
+           "fspo": "written by every rank", "pro_orchestrator": "run on every rank"}
 
 
 @pytest.mark.parametrize("task", sorted(REASONS))
@@ -53,12 +55,17 @@ def test_themis_is_not_refused_and_its_batch_must_split_over_the_processes(tmp_p
 
 @pytest.mark.parametrize("engine", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_themis_on_several_processes_under_fsdp_or_deepspeed_is_refused(engine, tmp_path, monkeypatch):
-    """Its evaluation runs the reward models on the main process, outside the engine: data parallel only."""
+    """Its evaluation runs the reward models on the main process, outside the engine: data parallel only (and so do
+    dstc's and itool's sampling, searches and evaluations)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv(engine, "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
     with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
         themis_toy.run_themis_arithmetic(str(tmp_path / "out"), steps=1, n_train=16, n_test=1)
+    with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
+        dstc.run_dstc(str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
+        itool.run_itool(str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -111,3 +118,155 @@ def test_themis_on_two_processes_equals_one_process(tmp_path):
     assert json.loads((two / "themis_state.json").read_text()) == json.loads((one / "themis_state.json").read_text())
     assert json.loads((two / "tool_cache.json").read_text()) == json.loads((one / "tool_cache.json").read_text())
     assert not list(two.glob("*.tmp"))
+
+
+def test_dstc_is_not_refused_its_batch_must_split_and_kto_is_refused(tmp_path, monkeypatch):
+    recipes.check_processes("dstc", 2)
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 3)
+    with pytest.raises(ConfigError, match="batch of 16 rows does not split over 3 processes"):
+        dstc.run_dstc(str(tmp_path / "out"))
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 2)
+    monkeypatch.setattr(dstc, "start_processes", lambda: 2)
+    with pytest.raises(ConfigError, match="KTO's reference point z0 is a micro-batch mean"):
+        dstc.run_dstc(str(tmp_path / "out"), loss="kto")
+    assert not (tmp_path / "out").exists()
+    # an iteration's DPO batch: min(batch_size, rows) rows a step, as one process trains, split over the processes
+    assert dstc.dpo_batch_per_process(40, 16, 2, 1) == 8 and dstc.dpo_batch_per_process(6, 16, 2, 1) == 3
+    assert dstc.dpo_batch_per_process(5, 16, 1, 1) == 5
+    with pytest.raises(ConfigError, match="iteration 2 built 5 training rows .* does not split over 2 processes. "
+                                          "Resume it as one process"):
+        dstc.dpo_batch_per_process(5, 16, 2, 2)
+
+
+def _drop(record: dict, keys: tuple) -> dict:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
+def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch):
+    """2 processes x 2 rows = the recipe's batch_size 4 on one process, in the warm-up SFT, the DPO iteration and the
+    control SFT: the same losses and final weights to 1e-6, the same pairs, state and summary (but the sandbox's
+    seconds); the sampling and the sandbox matrix (a program that never ends included) ran once, on the main
+    process (the same sandbox run count as one process); the result printed once."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests/tools"))
+    from dstc_launch import planted_sampler
+
+    params = {"n_sft_tasks": 12, "n_dstc_tasks": 4, "n_test": 4, "sft_per_task": 1, "sft_steps": 4, "n_codes": 2,
+              "n_tests": 1, "iterations": 1, "dpo_steps": 2, "batch_size": 4, "hidden_size": 32,
+              "timeout_s": 0.5, "control": True}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), str(ROOT / "tests/tools/dstc_launch.py"), "train", str(ROOT / "examples/tools/dstc.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    monkeypatch.setattr(dstc, "sample_candidates", planted_sampler())
+    dstc.run_dstc(str(one), seed=0, quiet=True, **params)
+    for stage, steps in (("sft", 4), ("dstc_1/dpo", 2), ("control", 2)):
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] == steps * 4
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+    for stage in ("sft", "dstc_1", "control"):
+        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+    assert (two / "dstc_1/pairs.jsonl").read_text() == (one / "dstc_1/pairs.jsonl").read_text()
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    timing = ("runtime_s", "sandbox_seconds", "seconds_per_run")
+    assert _drop(s2, timing) == _drop(s1, timing)
+    assert s1["pairs_per_iteration"] == [4] and s1["run_statuses"]["timeout"] == 2 and s1["sandbox_runs"] > 0
+    t2, t1 = (json.loads((d / dstc.STATE_FILE).read_text()) for d in (two, one))
+    assert _drop(t2["sandbox"], ("seconds",)) == _drop(t1["sandbox"], ("seconds",))
+    assert _drop(t2, ("sandbox",)) == _drop(t1, ("sandbox",))
+    assert not list(two.glob("*.tmp"))
+
+
+def _leaves(record, path: str = "") -> dict:
+    """A state or summary as {path: value}, without its clock readings (runtime_s, search_seconds, ...)."""
+    if isinstance(record, dict):
+        return {p: v for k, x in record.items() if not (k == "runtime_s" or k.endswith("_seconds"))
+                for p, v in _leaves(x, f"{path}/{k}").items()}
+    if isinstance(record, list):
+        return {p: v for i, x in enumerate(record) for p, v in _leaves(x, f"{path}/{i}").items()}
+    return {path: record}
+
+
+def _assert_same_numbers(got: dict, want: dict) -> None:
+    """The same keys and values; floats (means of losses, log-probs, perplexities) to 1e-6 relative."""
+    got, want = _leaves(got), _leaves(want)
+    assert got.keys() == want.keys()
+    exact = [k for k, v in want.items() if not isinstance(v, float)]
+    assert {k: got[k] for k in exact} == {k: want[k] for k in exact}
+    floats = [k for k in want if k not in exact]
+    assert [got[k] for k in floats] == pytest.approx([want[k] for k in floats], rel=1e-6, abs=1e-6)
+
+
+def test_itool_is_not_refused_and_its_batches_must_split(tmp_path, monkeypatch):
+    recipes.check_processes("itool", 2)
+    monkeypatch.setattr(itool, "start_processes", lambda: 4)  # the easy warm-up of 40 rows has 6 rows: 6 / 4
+    with pytest.raises(ConfigError, match="stage sft_1_easy trains on 6 rows a step, which do not split over 4 "
+                                          "processes"):
+        itool.run_itool(str(tmp_path / "out"), n_train=40, pool_size=14)
+    assert not (tmp_path / "out").exists()
+    assert itool.batch_per_process(8, 2, "iter_1") == 4
+    with pytest.raises(ConfigError, match="stage iter_2 trains on 5 rows .* resume it as one process"):
+        itool.batch_per_process(5, 2, "iter_2")
+
+
+@pytest.mark.slow
+def test_itool_on_two_processes_equals_one_process(tmp_path):
+    """2 processes x half of each stage's batch = the one-process recipe (warm-up SFT 6/16/16 rows a step, SimPO and
+    the control SFT): the same losses and final weights of every stage to 1e-6, the same pairs, selections and
+    accuracies, the state's and summary's other numbers to 1e-6 relative (but the clock readings); the searches ran once, on the main process; the result printed once."""
+    params = {"n_train": 40, "n_test": 6, "pool_size": 14, "sft_steps": 3, "iterations": 2, "mcts_iters": 2,
+              "num_actions": 2, "hidden_size": 32, "max_new_tokens": 24, "accept_value": -10.0}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/tools/itool.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    itool.run_itool(str(one), seed=0, quiet=True, **params)
+    t2, t1 = (json.loads((d / itool.STATE_FILE).read_text()) for d in (two, one))
+    _assert_same_numbers(t2, t1)
+    assert t1["weights"] == {"itool": "iter_2/simpo", "control": "control_2"}
+    for stage in ("sft_1_easy", "sft_2_medium", "sft_3_hard", "iter_1/simpo", "iter_2/simpo", "control_1",
+                  "control_2"):
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] > 0
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+    for t in (1, 2):
+        assert (two / f"iter_{t}/pairs.jsonl").read_text() == (one / f"iter_{t}/pairs.jsonl").read_text()
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    _assert_same_numbers(s2, s1)
+    assert all(s1["iterations"][t]["simpo_steps"] > 0 for t in ("iter_1", "iter_2"))
+    assert not list(two.glob("*.tmp"))
+
+
+def test_whether_a_stage_folder_is_an_interrupted_one_is_the_main_process_s_verdict(tmp_path, monkeypatch):
+    """A process that looks after the main process's stage has made its folder must not take it for an interrupted
+    stage (it removed nothing but waited in a barrier while the main process trained: themis hung at times)."""
+    state = recipe_state.RecipeState(tmp_path, "x_state.json", {}, resume=False)
+    made = tmp_path / "stage_1" / "metrics.jsonl"
+    made.parent.mkdir()
+    made.write_text("the main process's run\n")
+    monkeypatch.setattr(recipe_state, "main_result", lambda compute: False)  # the main process saw no folder
+    monkeypatch.setattr(recipe_state, "main_writes", lambda write: pytest.fail("a barrier the main process skips"))
+    assert state.stage("stage_1", lambda folder: {"ran": folder.name}, lambda folder: None) == {"ran": "stage_1"}
+    assert made.exists()

@@ -25,6 +25,13 @@ session (its verdict is cached), and a program that does not parse (`ast`, on th
 The state (finished stages and their numbers) is saved to `dstc_state.json` after each stage; with
 `resume_from_checkpoint: true` finished stages are skipped (their saved weights are loaded) and an interrupted
 stage is run again from its start, so the result equals an uninterrupted run.
+
+On several processes (`accelerate launch --num_processes N`, data parallel only) the SFT and DPO stages train with the
+recipe's global batch split over the processes (batch_size / N each; N must divide it; the SFT loss is the token mean
+of the global batch and DPO's a per-pair mean, so the result equals the one-process recipe). The sampling, the sandbox
+matrix, the minimax pairs, the held-out pass rates and every file of the recipe (data, pairs, state, summary) are the
+main process's: the sandbox runs once, and the other processes wait and receive its pairs and numbers. `loss: kto` is
+refused there (its reference point z0 is a micro-batch mean: N x b/N rows are another estimator than 1 x b).
 """
 from __future__ import annotations
 
@@ -42,8 +49,9 @@ from preflab.config import config_from_dict
 from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
-from preflab.recipe_state import RecipeState, load_safetensors_into
-from preflab.runlog import write_summary
+from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+                                  per_process_batch, start_processes)
+from preflab.runlog import is_main_process, write_summary
 from preflab.sandbox import run_tests
 from preflab.tool_use.dstc_task import (CodeTask, code_prompt, hidden_test, sft_rows, split_tasks, is_correct_test,
                                         unit_test_prompt)
@@ -151,6 +159,18 @@ def subtract_first_split(tasks: list[CodeTask], examples: list[dict]) -> dict:
     return {k: (sum(v) / len(v) if v else None) for k, v in groups.items()}
 
 
+def dpo_batch_per_process(rows: int, batch_size: int, processes: int, iteration: int) -> int:
+    """The DPO stage's batch per process: the one-process recipe trains on min(batch_size, rows) rows a step, split
+    over the processes; a count that does not split is refused (another global batch would be another objective)."""
+    global_batch = min(batch_size, rows)
+    if global_batch % processes:
+        raise ConfigError(f"task dstc: iteration {iteration} built {rows} training rows (fewer than batch_size="
+                          f"{batch_size}), and a global batch of {global_batch} does not split over {processes} "
+                          "processes. Resume it as one process (`preflab train CONFIG.yaml resume_from_checkpoint=true`:"
+                          " the finished stages are kept), or rerun with more n_dstc_tasks.")
+    return global_batch // processes
+
+
 def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_sft_tasks: int = 150,
              n_dstc_tasks: int = 48, n_test: int = 64, sft_per_task: int = 3, sft_noise: float = 0.1,
              sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 6, n_tests: int = 6,
@@ -178,8 +198,14 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     if not timeout_s > 0 or max_workers < 1:  # the sandbox's limits, refused before the warm-up SFT runs
         raise ConfigError(f"dstc recipe_params: need timeout_s > 0 (seconds per sandbox run) and max_workers >= 1 "
                           f"(sandbox runs at once); got timeout_s={timeout_s}, max_workers={max_workers}.")
-    out.mkdir(parents=True, exist_ok=True)
-    say = (lambda *a: None) if quiet else print
+    processes = start_processes()  # a launch's process group, formed before anything is written
+    if processes > 1 and loss == "kto":
+        raise ConfigError(f"dstc recipe_params.loss='kto' on {processes} processes: KTO's reference point z0 is a "
+                          "micro-batch mean, so splitting the batch over the processes changes the objective. Use "
+                          "loss: dpo, or run it as one process (`preflab train CONFIG.yaml`).")
+    per_process = per_process_batch(batch_size, "dstc")
+    main_writes(lambda: out.mkdir(parents=True, exist_ok=True))
+    say = print if not quiet and is_main_process() else (lambda *a: None)
 
     sft_tasks, test_tasks = split_tasks(n_sft_tasks, n_test, seed)
     dstc_tasks = sft_tasks[:n_dstc_tasks]
@@ -188,19 +214,26 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     runner = SandboxRunner(timeout_s, max_workers)
     runner.restore(state.get("sandbox"))  # a resumed run reports the runs of all its sessions
     common = dict(model_name_or_path="builtin:tiny-llama", max_length=128, seed=seed, logging_steps=10,
-                  disable_tqdm=quiet, use_cpu=True, save_steps=0, per_device_train_batch_size=batch_size)
+                  disable_tqdm=quiet, use_cpu=True, save_steps=0, per_device_train_batch_size=per_process)
     data = out / "data"
-    data.mkdir(exist_ok=True)
     sft_file = data / "sft.jsonl"
     warmup_rows = sft_rows(sft_tasks, sft_per_task, sft_noise, sft_bug_rate, seed)
-    sft_file.write_text("".join(json.dumps(r) + "\n" for r in warmup_rows))
+
+    def write_sft_file() -> None:
+        data.mkdir(exist_ok=True)
+        sft_file.write_text("".join(json.dumps(r) + "\n" for r in warmup_rows))
+
+    main_writes(write_sft_file)
+
+    def heldout(model) -> tuple[float, list[dict]]:  # generation and sandbox on the main process, sent to all
+        return main_result(lambda: heldout_pass_rate(model, tokenizer, test_tasks, runner))
 
     def stage(name: str, run) -> dict:
         """Run a stage (or, when the state has it, load its weights); the state is saved after it with the sandbox's
         counters so far (a resumed run reports the runs of all its sessions)."""
         def counted(folder: Path) -> dict:
             record = run(folder)
-            state["sandbox"] = runner.counters()
+            state["sandbox"] = main_result(runner.counters)
             return record
 
         if name in state["stages"]:
@@ -212,19 +245,21 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                      "warmup_steps": warmup_steps, "lr_scheduler_type": "cosine",
                                      "dataset_name": str(sft_file), "output_dir": str(folder)}),
                    policy=model, tokenizer=tokenizer).train()
-        rate, examples = heldout_pass_rate(model, tokenizer, test_tasks, runner)
+        rate, examples = heldout(model)
         return {"heldout_pass_rate": rate, "by_first_step": subtract_first_split(test_tasks, examples),
                 "steps": steps, "examples": examples[:6]}
 
     def run_warmup(folder: Path) -> dict:
-        untrained, _ = heldout_pass_rate(model, tokenizer, test_tasks, runner)
+        untrained, _ = heldout(model)
         return {**run_sft(folder, sft_steps, 3e-3, 10), "untrained_heldout_pass_rate": untrained}
 
     say(f"dstc: stage sft: warm-up SFT on {len(sft_tasks)} instructions, {sft_steps} steps")
     sft = stage("sft", run_warmup)
     say(f"dstc: held-out pass rate after warm-up SFT {sft['heldout_pass_rate']:.3f}")
 
-    def run_iteration(folder: Path, it: int) -> dict:
+    def build_pairs(folder: Path, it: int) -> tuple[dict, Path, int]:
+        """Sample, run the matrix in the sandbox, pick the minimax pairs and write them (the main process's job):
+        (the iteration's record so far, the training file, its row count)."""
         samples = sample_candidates(model, tokenizer, dstc_tasks, n_codes, n_tests, temperature=temperature,
                                     seed=seed * 1000 + it * 10)
         pairs, chosen_right, rejected_right, correct_codes, correct_tests, n_sampled = [], 0, 0, 0, 0, [0, 0]
@@ -240,7 +275,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                 chosen_right += runner.passes(first_line(pair["chosen"]), gold)[0]
                 rejected_right += runner.passes(first_line(pair["rejected"]), gold)[0]
             pairs.extend(row)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True)  # build_pairs runs on the main process only (main_result)
         pair_file = folder / "pairs.jsonl"
         pair_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
         train_file, train_rows = pair_file, pairs
@@ -256,20 +291,26 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                   "chosen_code_correct_rate": chosen_right / len(pairs) if pairs else None,
                   "rejected_code_correct_rate": rejected_right / len(pairs) if pairs else None,
                   "dpo_steps": 0}
-        if pairs:
+        return record, train_file, len(train_rows)
+
+    def run_iteration(folder: Path, it: int) -> dict:
+        record, train_file, n_rows = main_result(lambda: build_pairs(folder, it))
+        if n_rows:
             Trainer(config_from_dict({**common, "loss_type": "sigmoid" if loss == "dpo" else "kto", "beta": beta,
                                       "learning_rate": dpo_learning_rate, "max_steps": dpo_steps, "warmup_steps": 2,
                                       "lr_scheduler_type": "cosine", "dataset_name": str(train_file),
-                                      "per_device_train_batch_size": min(batch_size, len(train_rows)),
+                                      "per_device_train_batch_size": dpo_batch_per_process(
+                                          n_rows, batch_size, processes, it),
                                       "output_dir": str(folder / "dpo")}),
                     policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             record["dpo_steps"] = dpo_steps
-            _copy_final_weights(folder / "dpo", folder)
+            main_writes(lambda: _copy_final_weights(folder / "dpo", folder))
         else:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-        record["heldout_pass_rate"], examples = heldout_pass_rate(model, tokenizer, test_tasks, runner)
+            main_writes(lambda: save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                          str(folder / "model.safetensors")))
+        record["heldout_pass_rate"], examples = heldout(model)
         record["by_first_step"] = subtract_first_split(test_tasks, examples)
         record["examples"] = examples[:6]
         return record
@@ -302,8 +343,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                        control_baseline="the warm-up model trained with as many more SFT steps as all DSTC "
                                         "iterations took (same warm-up data, batch size, learning rate and schedule "
                                         "as the DPO steps)")
-    summary.update(seed=seed, **runner.stats(), runtime_s=time.perf_counter() - started)
-    write_summary(out, summary)
+    summary.update(seed=seed, **main_result(runner.stats), runtime_s=time.perf_counter() - started)
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
     return summary
 
 

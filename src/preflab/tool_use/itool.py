@@ -21,6 +21,12 @@ last finished stage's weights (safetensors) and ends with the same result as an 
 iteration run in lockstep, itool_search.run_searches: each round is one batched generate call seeded by the keys
 (seed, iteration, prompt, call) of its requests). Model output is only ever parsed (itool_task.parse_calls), never
 run.
+
+On several processes (`accelerate launch --num_processes N`, data parallel only) the warm-up SFT, SimPO and control
+stages train with the recipe's global batch split over the processes (each stage's batch / N; N must divide it: the SFT
+loss is the token mean of the global batch, SimPO's a per-pair mean, so the result equals the one-process recipe).
+The evaluations, the perplexities, the MCTS searches and their pairs, and every file (data, pairs, state, summary) are
+the main process's: the searches run once, and the other processes wait and receive the pairs and numbers.
 """
 from __future__ import annotations
 
@@ -37,8 +43,15 @@ from preflab.data.tokenize import TokenizedPair, bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-from preflab.recipe_state import RecipeStateFile, load_safetensors_into
-from preflab.runlog import write_summary
+from preflab.recipe_state import (
+    RecipeStateFile,
+    end_processes,
+    load_safetensors_into,
+    main_result,
+    main_writes,
+    start_processes,
+)
+from preflab.runlog import is_main_process, write_summary
 from preflab.tool_use.itool_search import (
     Sample,
     SampleRequest,
@@ -182,6 +195,17 @@ class _State:
         self.file.save()
 
 
+def batch_per_process(global_batch: int, processes: int, stage: str) -> int:
+    """A stage's batch per process: the one-process recipe's batch (`global_batch` rows a step) split over the
+    processes; one that does not split is refused (another global batch would be another objective)."""
+    if global_batch % processes:
+        raise ConfigError(f"task itool: stage {stage} trains on {global_batch} rows a step, which do not split over "
+                          f"{processes} processes. Run it with a number of processes that divides {global_batch}, or "
+                          "resume it as one process (`preflab train CONFIG.yaml resume_from_checkpoint=true`: the "
+                          "finished stages are kept).")
+    return global_batch // processes
+
+
 def _pairs_data(pairs: list[dict], prompt_ids: dict[int, list[int]]) -> list[TokenizedPair]:
     return [TokenizedPair(i, prompt_ids[p["item"]] + p["prefix_ids"], p["chosen_ids"], p["rejected_ids"])
             for i, p in enumerate(pairs)]
@@ -201,14 +225,20 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         raise ConfigError("recipe_params: need 0 < ratio <= 1, pool_size <= n_train, iterations >= 0, "
                           "num_actions >= 2 (pairs need two children) and sft_steps >= 1.")
     out, started = Path(output_dir), time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    state = _State(out / STATE_FILE, params, resume)
-    say = (lambda *a: None) if quiet else print
+    processes = start_processes()  # a launch's process group, formed before anything is written
     train = make_itool_rows(n_train, seed=seed)
+    warmup_rows = {name: [{"prompt": r["prompt"], "completion": r["gold"]} for r in train
+                          if BUCKETS.index(bucket(r["difficulty"])) <= k] for k, name in enumerate(BUCKETS)}
+    for k, name in enumerate(BUCKETS):  # the warm-up batches split over the processes, checked before anything runs
+        batch_per_process(min(SFT["per_device_train_batch_size"], len(warmup_rows[name])), processes,
+                          f"sft_{k + 1}_{name}")
+    main_writes(lambda: out.mkdir(parents=True, exist_ok=True))
+    state = _State(out / STATE_FILE, params, resume)
+    say = print if not quiet and is_main_process() else (lambda *a: None)
     test = make_itool_rows(n_test, seed=seed + 10_000, exclude={r["request"] for r in train})
     pool = train[:pool_size]
-    _write_jsonl(out / "data" / "train.jsonl", train)
-    _write_jsonl(out / "data" / "test.jsonl", test)
+    main_writes(lambda: (_write_jsonl(out / "data" / "train.jsonl", train),
+                         _write_jsonl(out / "data" / "test.jsonl", test)))
     tokenizer = tiny_tokenizer("char")
     bos = bos_ids(tokenizer)
     prompt_ids = {i: bos + _encode(tokenizer, r["prompt"]) for i, r in enumerate(pool)}
@@ -224,11 +254,16 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
             load_safetensors_into(model, out / weights / "model.safetensors")
         return model
 
-    def evaluate(model) -> tuple[dict, list[dict]]:
-        return call_accuracy(model, tokenizer, test, max_new_tokens)
+    def evaluate(model) -> tuple[dict, list[dict]]:  # greedy generation on the main process, sent to all
+        return main_result(lambda: call_accuracy(model, tokenizer, test, max_new_tokens))
 
     def stop(stage: str) -> bool:
         return stop_after_stage == stage
+
+    def finish(stopped: str | None = None) -> dict:  # the summary's examples and file: the main process's
+        summary = main_result(lambda: _summary(out, state, test, started, stopped=stopped))
+        end_processes()
+        return summary
 
     # ---------------------------------------------------------------- warm-up SFT, easy to hard
     model = fresh_model(state.data["weights"]["itool"])
@@ -239,32 +274,27 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         stage = f"sft_{k + 1}_{name}"
         if state.done(stage):
             continue
-        rows = [{"prompt": r["prompt"], "completion": r["gold"]} for r in train
-                if BUCKETS.index(bucket(r["difficulty"])) <= k]
-        _write_jsonl(out / "data" / f"{stage}.jsonl", rows)
+        rows = warmup_rows[name]
+        main_writes(lambda stage=stage, rows=rows: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
         say(f"itool: warm-up {stage}: SFT on {len(rows)} rows (buckets up to {name})")
         from preflab.loops.sft import SFTTrainer
 
         SFTTrainer(config_from_dict({**common, **SFT, "max_steps": sft_steps,
-                                     "per_device_train_batch_size": min(SFT["per_device_train_batch_size"], len(rows)),
+                                     "per_device_train_batch_size": batch_per_process(
+                                         min(SFT["per_device_train_batch_size"], len(rows)), processes, stage),
                                      "dataset_name": str(out / "data" / f"{stage}.jsonl"),
                                      "output_dir": str(out / stage)}), policy=model, tokenizer=tokenizer).train()
         metrics, _ = evaluate(model)
         say(f"itool: after {stage}: call accuracy {metrics['call_accuracy']:.3f}")
         state.finish(stage, {"rows": len(rows), "eval": metrics}, "itool", stage)
         if stop(stage):
-            return _summary(out, state, test, started, stopped=stage)
+            return finish(stage)
     warm = state.data["stages"]["sft_3_hard"]["eval"]
     say(f"itool: after warm-up: call accuracy {warm['call_accuracy']:.3f}")
 
-    # ---------------------------------------------------------------- iterations
-    from preflab.loops.offline import Trainer
-
-    for t in range(1, iterations + 1):
-        stage = f"iter_{t}"
-        if state.done(stage):
-            continue
-        model = fresh_model(state.data["weights"]["itool"])  # the previous stage's saved weights, exactly
+    def search_pairs(model, t: int, stage: str) -> tuple[list[dict], dict]:
+        """Perplexities, selection, the MCTS searches and their step pairs, pairs.jsonl written (the main process's
+        job): (the pairs, the iteration's record so far)."""
         search_started = time.perf_counter()
         ppl = gold_perplexities(model, tokenizer, pool)
         selected = select_deficient(pool, ppl, ratio)
@@ -290,14 +320,25 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
                   "search_seconds": round(time.perf_counter() - search_started, 1)}
         say(f"itool: {stage}: {len(selected)} prompts selected ({n_tool} tool calls), pairs kept "
             f"{counts.get('kept', 0)} of {counts.get('candidates', 0)}")
+        return pairs, record
+
+    # ---------------------------------------------------------------- iterations
+    from preflab.loops.offline import Trainer
+
+    for t in range(1, iterations + 1):
+        stage = f"iter_{t}"
+        if state.done(stage):
+            continue
+        model = fresh_model(state.data["weights"]["itool"])  # the previous stage's saved weights, exactly
+        pairs, record = main_result(lambda model=model, t=t, stage=stage: search_pairs(model, t, stage))
         weights = None
         if pairs:
             batch = min(simpo_batch_size, len(pairs))
-            trainer = Trainer(config_from_dict({
-                **common, **simpo_options(simpo_beta, simpo_gamma, simpo_learning_rate, batch, simpo_epochs),
+            summary = Trainer(config_from_dict({  # not kept: its DDP wrapper goes before the process group
+                **common, **simpo_options(simpo_beta, simpo_gamma, simpo_learning_rate,
+                                          batch_per_process(batch, processes, stage), simpo_epochs),
                 "dataset_name": str(out / stage / "pairs.jsonl"), "output_dir": str(out / stage / "simpo")}),
-                policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids))
-            summary = trainer.train()
+                policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids)).train()
             record.update(simpo_steps=summary["global_step"], simpo_batch_size=batch,
                           simpo_final={k: v for k, v in summary["final_metrics"].items() if k != "tokens_per_second"}, simpo_seconds=round(summary["runtime_s"], 1))
             weights = f"{stage}/simpo"
@@ -305,7 +346,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         say(f"itool: after {stage}: call accuracy {record['eval']['call_accuracy']:.3f}")
         state.finish(stage, record, "itool", weights)
         if stop(stage):
-            return _summary(out, state, test, started, stopped=stage)
+            return finish(stage)
 
     # ---------------------------------------------------------------- control: the same steps as SFT on the gold
     if control:
@@ -319,12 +360,13 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
             new_weights = None
             if it["simpo_steps"]:
                 rows = [{"prompt": pool[i]["prompt"], "completion": pool[i]["gold"]} for i in it["selected_items"]]
-                _write_jsonl(out / "data" / f"{stage}.jsonl", rows)
+                main_writes(lambda stage=stage, rows=rows: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
                 from preflab.loops.sft import SFTTrainer
 
                 SFTTrainer(config_from_dict({
                     **common, "task": "sft", "learning_rate": simpo_learning_rate,
-                    "per_device_train_batch_size": min(it["simpo_batch_size"], len(rows)),
+                    "per_device_train_batch_size": batch_per_process(
+                        min(it["simpo_batch_size"], len(rows)), processes, stage),
                     "max_steps": it["simpo_steps"], "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
                     "dataset_name": str(out / "data" / f"{stage}.jsonl"), "output_dir": str(out / stage)}),
                     policy=model, tokenizer=tokenizer).train()
@@ -332,8 +374,8 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
             metrics, _ = evaluate(model)
             state.finish(stage, {"steps": it["simpo_steps"], "eval": metrics}, "control", new_weights or weights)
             if stop(stage):
-                return _summary(out, state, test, started, stopped=stage)
-    return _summary(out, state, test, started)
+                return finish(stage)
+    return finish()
 
 
 def _summary(out: Path, state: _State, test: list[dict], started: float, stopped: str | None = None) -> dict:
