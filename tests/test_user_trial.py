@@ -369,3 +369,15 @@ def test_precompute_with_a_reference_free_objective_says_it_does_nothing(capsys)
     assert capsys.readouterr().err.count("precompute_ref_log_probs: loss_type simpo uses no reference model") == 1
     config_from_dict({**base, "loss_type": "sigmoid"})
     assert "precompute_ref_log_probs" not in capsys.readouterr().err
+
+
+def test_a_reference_model_with_a_reference_free_objective_is_said_not_loaded(capsys):
+    """ref_model_name_or_path with loss_type simpo (no reference) was accepted without a word and never loaded."""
+    from preflab.config import config_from_dict
+
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="x.jsonl", ref_model_name_or_path="outputs/sft")
+    config_from_dict({**base, "loss_type": "simpo"})
+    assert capsys.readouterr().err.count("ref_model_name_or_path: loss_type simpo uses no reference model, so "
+                                         "'outputs/sft' is not loaded") == 1
+    config_from_dict({**base, "loss_type": "sigmoid"})
+    assert "ref_model_name_or_path" not in capsys.readouterr().err

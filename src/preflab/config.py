@@ -521,6 +521,10 @@ def config_from_dict(raw: dict) -> TrainConfig:
     if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
         notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
                      "nothing to precompute (no reference is loaded).")
+    if cfg.ref_model_name_or_path and cfg.task in ("dpo", "vlm") and not objective.needs_reference:
+        notes.append(f"ref_model_name_or_path: loss_type {cfg.loss_type} uses no reference model, so "
+                     f"{cfg.ref_model_name_or_path!r} is not loaded; remove it, or choose a loss_type with a "
+                     "reference (sigmoid, ipo, ...).")
     _say(notes)
     return cfg
 
