@@ -34,7 +34,8 @@ from preflab.resume_check import (check_checkpoint_version, check_resume_config,
                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import claim_output_dir, release_output_dir
-from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
+from preflab.runlog import (MetricsLog, Progress, distributed_environment, environment, is_main_process,
+                            write_summary)
 from preflab.sharded_checkpoint import (check_sharded_storage, is_sharded_checkpoint, load_sharded_checkpoint,
                                         save_sharded_checkpoint, sharded_reads)
 from preflab.step import optimizer_step
@@ -466,6 +467,11 @@ def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
             f"{num_rows} training rows are fewer than one global batch ({plan.global_batch} = "
             "per_device_train_batch_size x processes x gradient_accumulation_steps); lower the batch size.")
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * plan.steps_per_epoch)
+    if plan.unused_rows_per_epoch and total >= plan.steps_per_epoch and is_main_process():
+        print(f"preflab: note: data: {num_rows} training examples make {plan.steps_per_epoch} steps of "
+              f"{plan.global_batch} per epoch; the {plan.unused_rows_per_epoch} left over in each epoch's shuffled "
+              "order are not trained on in that epoch (every step takes a full global batch; TRL trains a smaller "
+              "last one). Counted as unused_rows_per_epoch in summary.json.")
     return plan, total
 
 
