@@ -339,3 +339,12 @@ def test_refused_trl_values_and_unknown_keys_come_in_one_message():
     lines = str(err.value).splitlines()
     assert lines[0].startswith("deepspeed is not supported: give DeepSpeed settings to `accelerate launch")
     assert "unknown config key 'wandb_project'." in lines and any("'learning_rat'. Did you mean" in x for x in lines)
+
+
+@pytest.mark.parametrize("value,scale", [(True, "group"), (False, "none"), ("batch", "batch")])
+def test_grpo_scale_rewards_true_or_false_are_trls_group_and_none(value, scale):
+    """GRPOConfig's scale_rewards takes a bool (true = "group", false = "none"); preflab answered `scale_rewards must
+    be str, got False (bool)`."""
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": "grpo", "reward_funcs": "demo_true_reward",
+                            "max_steps": 2, "scale_rewards": value})
+    assert cfg.scale_rewards == scale
