@@ -104,8 +104,9 @@ def test_bad_row_names_file_row_and_forms(tmp_path, model_and_tok):
 
 
 @pytest.mark.parametrize("row,said", [
-    ({"prompt": "q", "chosen": " a", "rejected": " b"}, "field 'completion': missing: the row is a preference pair "
-                                                        r"\(chosen, rejected\), not an SFT row\. Train pairs with task: dpo"),
+    ({"prompt": "q", "chosen": " a", "rejected": " b"},
+     r"field 'completion': missing: the row is a preference pair \(chosen, rejected\), not an SFT row\. Train pairs "
+     "with task: dpo"),
     ({"prompt": "q"}, "field 'completion': missing: the row has a prompt but no completion"),
 ])
 def test_a_preference_or_prompt_only_row_says_what_sft_needs(tmp_path, model_and_tok, row, said):
