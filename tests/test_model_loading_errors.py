@@ -125,3 +125,17 @@ def test_a_lora_adapter_folder_as_the_policy_is_refused_with_how_to_merge_it(tmp
                                 dataset_name="x.jsonl"))
     policy, ref = load_models(cfg, tok)  # as the frozen reference it loads (the base with the adapter on)
     assert sum(p.requires_grad for p in policy.parameters()) > 0 and ref is not None
+
+
+def test_a_runs_checkpoint_as_the_model_says_how_to_resume_it(tmp_path):
+    """model_name_or_path=RUN/checkpoint-N failed with AutoTokenizer's "Couldn't instantiate the backend tokenizer
+    ... You need to have sentencepiece or tiktoken installed", which says nothing of checkpoints."""
+    from preflab.models.load import load_tokenizer
+
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"is a checkpoint of the preflab run '.*run' .* To continue that run, set "
+                                          r"resume_from_checkpoint: .*checkpoint-4"):
+        load_tokenizer(str(checkpoint))

@@ -170,6 +170,13 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
 
         return tiny_tokenizer("bytelevel")
     check_model_name(name, option)
+    folder = Path(name).expanduser()
+    if (folder / "trainer_state.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise ConfigError(  # AutoTokenizer's own error here talks of sentencepiece and slow tokenizers
+            f"{option}={name!r} is a checkpoint of the preflab run {str(folder.parent)!r} (trainer_state.json, the "
+            "trained weights only, no tokenizer or model config), not a model folder. To continue that run, set "
+            f"resume_from_checkpoint: {name}; to start from a finished run, give its output_dir; `preflab eval "
+            f"{name}` evaluates the checkpoint.")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
