@@ -278,3 +278,17 @@ def test_a_row_of_another_trl_form_in_pairwise_data_names_its_form_and_the_train
     assert fix in str(e.value)
     with pytest.raises(DataError, match=r"field 'rejected': missing\. A pairwise row needs"):
         load_rows([{"prompt": "q", "chosen": "a", "completion": "b"}], kind="pairwise")  # a pair with a gap
+
+
+def test_rows_mixing_text_and_conversational_forms_get_a_note():
+    """A file with text rows and message-list rows trained both, the text rows without the chat template, and said
+    it only as `forms: conversational 1, standard 2` in the data line."""
+    conv = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    text = {"prompt": "q", "chosen": " a", "rejected": " b"}
+    _, report = load_rows([text, conv, {"chosen": "q a", "rejected": "q b"}], kind="pairwise")
+    assert report.mixed_forms_note().startswith("<rows> mixes 2 text row(s) and 1 conversational row(s): only the "
+                                                "conversational ones get the chat template")
+    assert load_rows([text, text], kind="pairwise")[1].mixed_forms_note() is None
+    assert load_rows([conv, {"chosen": conv["prompt"] + conv["chosen"], "rejected": conv["prompt"] + conv["rejected"]}],
+                     kind="pairwise")[1].mixed_forms_note() is None
