@@ -394,3 +394,22 @@ def test_precompute_with_an_unpaired_objective_is_refused_before_training(loss_t
                                           "the reference cache holds pairs"):
         config_from_dict({**base, "precompute_ref_log_probs": True})
     assert config_from_dict(base).precompute_ref_log_probs is False
+
+
+def test_unpaired_data_with_one_label_only_is_said(tmp_path, capsys):
+    """A KTO file whose rows are all label true (or all false) trained with no word: the data line counts rows,
+    not labels, and KTO then has no undesirable (desirable) term."""
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_unpaired
+    from preflab.models.tiny import tiny_tokenizer
+
+    data = tmp_path / "kto.jsonl"
+    rows = [{"prompt": f"q{i}", "completion": f" a{i}", "label": True} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(data), loss_type="kto"))
+    prepare_unpaired(cfg, tiny_tokenizer("bytelevel"))
+    assert "every one of the 4 training examples of" in capsys.readouterr().out
+    rows[0]["label"] = False
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare_unpaired(cfg, tiny_tokenizer("bytelevel"))
+    assert "every one of" not in capsys.readouterr().out

@@ -82,8 +82,23 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
             print(f"preflab: note: data: {note}")
         for note in overlap_notes(overlap, len(eval_rows)):
             print(f"preflab: note: data: {note}")
+        if kind == "unpaired":
+            note = one_label_note(train, row_report.source)
+            if note:
+                print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
+
+
+def one_label_note(examples, source: str) -> str | None:
+    """A note when every unpaired training example has the same label: KTO's loss then has no term for the other
+    side (TRL's KTO data holds both desirable and undesirable examples)."""
+    desirable = sum(bool(x.label) for x in examples)
+    if examples and desirable in (0, len(examples)):
+        which = "desirable (label true)" if desirable else "undesirable (label false)"
+        return (f"every one of the {len(examples)} training examples of {source} is {which}: the objective gets no "
+                f"{'undesirable' if desirable else 'desirable'} term. Check the label column (true / false, 1 / 0).")
+    return None
 
 
 def prepare_pairs(cfg, tokenizer):
