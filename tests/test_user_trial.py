@@ -413,3 +413,13 @@ def test_unpaired_data_with_one_label_only_is_said(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     prepare_unpaired(cfg, tiny_tokenizer("bytelevel"))
     assert "every one of" not in capsys.readouterr().out
+
+
+def test_trl_style_dashed_options_say_to_write_key_value(capsys):
+    """`preflab train ... --beta 0.1` (TRL's CLI style) answered only `unrecognized arguments: --beta 0.1`."""
+    from preflab.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "model_name_or_path=builtin:tiny-llama", "--beta", "0.1"])
+    assert stop.value.code == 2
+    assert "write beta=VALUE instead of --beta VALUE" in capsys.readouterr().err
