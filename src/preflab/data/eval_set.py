@@ -11,17 +11,19 @@ from typing import Any, TypeVar
 
 from preflab.data.holdout import split_eval_fraction
 from preflab.data.report import RowReport
-from preflab.errors import ConfigError, DataError
+from preflab.errors import DataError
+from preflab.runlog import is_main_process
 
 T = TypeVar("T")
 
 
 def check_eval_set_given(cfg) -> None:
-    """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction no evaluation would run
-    (silently, before): a ConfigError, as for eval_strategy: steps. Called where a run reads its data from cfg."""
-    if getattr(cfg, "eval_steps", 0) and not (cfg.eval_dataset_name or cfg.eval_fraction > 0):
-        raise ConfigError(f"eval_steps={cfg.eval_steps} asks for an evaluation every {cfg.eval_steps} steps, but "
-                          "there is no eval set: set eval_dataset_name or eval_fraction, or eval_steps: 0.")
+    """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
+    a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
+    reads its data from cfg."""
+    if getattr(cfg, "eval_steps", 0) and not (cfg.eval_dataset_name or cfg.eval_fraction > 0) and is_main_process():
+        print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
+              "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0.")
 
 
 def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tuple[list[T], Any]],
@@ -31,8 +33,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     cfg.eval_dataset_name set: `read_eval(eval_dataset_name, eval_split)` -> (eval items, report); no eval item is a
     DataError (evaluation would silently not run) saying `describe(report)` (default: the report's summary()).
     Else cfg.eval_fraction > 0: `split_eval_fraction(items, eval_fraction, seed)`, order kept on both sides; a
-    hold-out that leaves no training item is a DataError. Else: (items, [], None); with eval_steps > 0 a
-    ConfigError (check_eval_set_given)."""
+    hold-out that leaves no training item is a DataError. Else: (items, [], None), with a note when eval_steps > 0
+    (check_eval_set_given)."""
     check_eval_set_given(cfg)
     name = cfg.eval_dataset_name
     if name:
