@@ -505,8 +505,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
     if errors:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))
-    from preflab.config_trl import trl_online_defaults
+    from preflab.config_trl import trl_online_defaults, trl_task_learning_rate
 
+    trl_task_learning_rate(known, notes)  # SFTConfig / RewardConfig's learning_rate where none is given
     trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
     cfg = TrainConfig(**known)
     from preflab.online.options import check_explicit_loss_type

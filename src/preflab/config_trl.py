@@ -244,6 +244,19 @@ TRL_ONLINE_DEFAULTS = {
 }
 
 
+TRL_TASK_LEARNING_RATES = {"sft": 2e-5, "reward": 1e-4}  # SFTConfig's and RewardConfig's learning_rate defaults
+
+
+def trl_task_learning_rate(known: dict, notes: list) -> None:
+    """task: sft / reward without learning_rate: TRL's SFTConfig (2e-5) / RewardConfig (1e-4) default, not the
+    DPO default 1e-6 (100x too small for a reward model: it learned nothing, silently)."""
+    rate = TRL_TASK_LEARNING_RATES.get(known.get("task"))
+    if rate is not None and "learning_rate" not in known:
+        known["learning_rate"] = rate
+        notes.append(f"task: {known['task']} without learning_rate -> learning_rate: {rate:g} (TRL's "
+                     f"{'SFTConfig' if known['task'] == 'sft' else 'RewardConfig'} default).")
+
+
 def trl_online_defaults(known: dict) -> None:
     """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
     text: left alone)."""
