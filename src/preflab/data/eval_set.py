@@ -17,7 +17,7 @@ from preflab.runlog import is_main_process
 T = TypeVar("T")
 
 
-def check_eval_set_given(cfg) -> None:
+def note_eval_steps_without_eval_set(cfg) -> None:
     """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
     a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
     reads its data from cfg."""
@@ -34,8 +34,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     DataError (evaluation would silently not run) saying `describe(report)` (default: the report's summary()).
     Else cfg.eval_fraction > 0: `split_eval_fraction(items, eval_fraction, seed)`, order kept on both sides; a
     hold-out that leaves no training item is a DataError. Else: (items, [], None), with a note when eval_steps > 0
-    (check_eval_set_given)."""
-    check_eval_set_given(cfg)
+    (note_eval_steps_without_eval_set)."""
+    note_eval_steps_without_eval_set(cfg)
     name = cfg.eval_dataset_name
     if name:
         evals, report = read_eval(name, cfg.eval_split)

@@ -32,9 +32,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
 
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
-    from preflab.data.eval_set import check_eval_set_given
+    from preflab.data.eval_set import note_eval_steps_without_eval_set
 
-    check_eval_set_given(cfg)
+    note_eval_steps_without_eval_set(cfg)
     row_kind = _ROW_KIND[kind]
     extras = {k: v for k, v in cfg.objective().row_extras().items() if k not in computed}  # checked with the rows
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
