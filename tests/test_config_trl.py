@@ -361,3 +361,10 @@ def test_sft_and_reward_without_a_learning_rate_take_trls_defaults(capsys):
     assert config_from_dict({**BASE, "task": "reward", "learning_rate": 1e-6}).learning_rate == 1e-6
     assert config_from_dict(BASE).learning_rate == 1e-6  # DPOConfig's
     assert "learning_rate" not in capsys.readouterr().err
+
+
+def test_report_to_none_in_a_list_means_no_tracker():
+    """report_to: [none] (transformers' spelling, written by TrainingArguments.to_dict) passed validation and then
+    crashed in accelerate: `ValueError: Unsupported logging capability: none`."""
+    assert config_from_dict({**BASE, "report_to": ["none"]}).report_to == "none"
+    assert config_from_dict({**BASE, "report_to": []}).report_to == []

@@ -302,6 +302,8 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
         raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
         notes.append("train_sampling_strategy: sequential (KTOConfig's default) -> the seeded random order; preflab's "
                      "KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order.")
+    if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
+        raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
     if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"
         raw["scale_rewards"] = "group" if raw["scale_rewards"] else "none"
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
