@@ -152,3 +152,5 @@ def test_eval_steps_without_an_eval_set_is_said_by_every_loader(capsys):
     train_and_eval(_cfg(eval_steps=0), [1, 2], None)
     assert train_and_eval(_cfg(eval_steps=5, eval_fraction=0.5, seed=0), [1, 2], None)[1] != []
     assert "eval_steps" not in capsys.readouterr().out
+    train_and_eval(_cfg(eval_steps=0, generate_during_eval=True), [1, 2], None)
+    assert "generate_during_eval: there is no eval set" in capsys.readouterr().out

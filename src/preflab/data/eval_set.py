@@ -21,9 +21,14 @@ def note_eval_steps_without_eval_set(cfg) -> None:
     """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
     a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
     reads its data from cfg."""
-    if getattr(cfg, "eval_steps", 0) and not (cfg.eval_dataset_name or cfg.eval_fraction > 0) and is_main_process():
+    if cfg.eval_dataset_name or cfg.eval_fraction > 0 or not is_main_process():
+        return
+    if getattr(cfg, "eval_steps", 0):
         print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
               "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0.")
+    elif getattr(cfg, "generate_during_eval", False):
+        print("preflab: note: generate_during_eval: there is no eval set (no eval_dataset_name, eval_fraction 0), so "
+              "no evaluation runs and no eval_samples.jsonl is written.")
 
 
 def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tuple[list[T], Any]],
