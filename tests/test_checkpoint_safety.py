@@ -428,3 +428,18 @@ def test_without_flock_the_pid_decides_and_another_hosts_lock_is_kept(tmp_path, 
     lock.write_text(json.dumps({"pid": dead.pid, "host": "another-host", "started": "t0"}))
     with pytest.raises(PreflabError, match="another host.*delete"):
         rundir.acquire_lock(tmp_path)
+
+
+def test_a_checkpoint_path_that_does_not_exist_says_so_and_lists_the_runs_checkpoints(tmp_path):
+    """resume_from_checkpoint=RUN/checkpoint-99 (a mistyped step) said "is not a complete preflab checkpoint (no
+    COMPLETE marker)", as if the folder were damaged."""
+    from preflab.checkpoint import read_marker
+    from preflab.errors import PreflabError
+
+    for step in (10, 2):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    with pytest.raises(PreflabError, match=r"checkpoint .*checkpoint-99 does not exist; .* holds checkpoint-2, "
+                                           r"checkpoint-10\.$"):
+        read_marker(tmp_path / "checkpoint-99")
+    with pytest.raises(PreflabError, match="is not a complete preflab checkpoint"):
+        read_marker(tmp_path / "checkpoint-2")  # there, but without its marker

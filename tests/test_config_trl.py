@@ -339,3 +339,32 @@ def test_refused_trl_values_and_unknown_keys_come_in_one_message():
     lines = str(err.value).splitlines()
     assert lines[0].startswith("deepspeed is not supported: give DeepSpeed settings to `accelerate launch")
     assert "unknown config key 'wandb_project'." in lines and any("'learning_rat'. Did you mean" in x for x in lines)
+
+
+@pytest.mark.parametrize("value,scale", [(True, "group"), (False, "none"), ("batch", "batch")])
+def test_grpo_scale_rewards_true_or_false_are_trls_group_and_none(value, scale):
+    """GRPOConfig's scale_rewards takes a bool (true = "group", false = "none"); preflab answered `scale_rewards must
+    be str, got False (bool)`."""
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": "grpo", "reward_funcs": "demo_true_reward",
+                            "max_steps": 2, "scale_rewards": value})
+    assert cfg.scale_rewards == scale
+
+
+def test_sft_and_reward_without_a_learning_rate_take_trls_defaults(capsys):
+    """task: sft / reward without learning_rate trained at the DPO default 1e-6 (TRL: SFTConfig 2e-5, RewardConfig
+    1e-4; a reward model learned nothing at 1e-6), without a word."""
+    assert config_from_dict({**BASE, "task": "sft"}).learning_rate == 2e-5
+    assert config_from_dict({**BASE, "task": "reward"}).learning_rate == 1e-4
+    err = capsys.readouterr().err
+    assert "task: sft without learning_rate -> learning_rate: 2e-05 (TRL's SFTConfig default)" in err
+    assert "task: reward without learning_rate -> learning_rate: 0.0001 (TRL's RewardConfig default)" in err
+    assert config_from_dict({**BASE, "task": "reward", "learning_rate": 1e-6}).learning_rate == 1e-6
+    assert config_from_dict(BASE).learning_rate == 1e-6  # DPOConfig's
+    assert "learning_rate" not in capsys.readouterr().err
+
+
+def test_report_to_none_in_a_list_means_no_tracker():
+    """report_to: [none] (transformers' spelling, written by TrainingArguments.to_dict) passed validation and then
+    crashed in accelerate: `ValueError: Unsupported logging capability: none`."""
+    assert config_from_dict({**BASE, "report_to": ["none"]}).report_to == "none"
+    assert config_from_dict({**BASE, "report_to": []}).report_to == []

@@ -95,3 +95,47 @@ def test_rows_longer_than_the_model_positions_train_with_max_length_capped(tmp_p
     assert "max_length=1024 is above the 512 positions of builtin:tiny-gpt2; using max_length=512" in captured.out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["train_tokenize"]["response_truncated"] == 1
+
+
+@pytest.mark.parametrize("use_peft", [False, True])
+def test_a_lora_adapter_folder_as_the_policy_is_refused_with_how_to_merge_it(tmp_path, use_peft):
+    """A LoRA run's output_dir as model_name_or_path: transformers loads the base with the adapter on and every weight
+    frozen, so use_peft: false died in an `optimizer got an empty parameter list` traceback, and use_peft: true
+    trained new adapters on top and saved them over the bare base (another model than the one trained)."""
+    from peft import LoraConfig, get_peft_model
+
+    from preflab.config import config_from_dict
+    from preflab.models.load import load_models
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    base = tmp_path / "base"
+    tiny_causal_lm(tok, hidden_size=16, num_layers=1).save_pretrained(base)
+    tok.save_pretrained(base)
+    peft_model = get_peft_model(tiny_causal_lm(tok, hidden_size=16, num_layers=1),
+                                LoraConfig(r=2, target_modules=["q_proj"]))
+    peft_model.peft_config["default"].base_model_name_or_path = str(base)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    cfg = config_from_dict(dict(model_name_or_path=str(tmp_path / "adapter"), dataset_name="x.jsonl",
+                                use_peft=use_peft))
+    with pytest.raises(ConfigError, match=r"is a LoRA adapter folder \(adapter_config.json over the base '.*base'\), "
+                                          r"not a full model.*merge_and_unload\(\)"):
+        load_models(cfg, tok)
+    cfg = config_from_dict(dict(model_name_or_path=str(base), ref_model_name_or_path=str(tmp_path / "adapter"),
+                                dataset_name="x.jsonl"))
+    policy, ref = load_models(cfg, tok)  # as the frozen reference it loads (the base with the adapter on)
+    assert sum(p.requires_grad for p in policy.parameters()) > 0 and ref is not None
+
+
+def test_a_runs_checkpoint_as_the_model_says_how_to_resume_it(tmp_path):
+    """model_name_or_path=RUN/checkpoint-N failed with AutoTokenizer's "Couldn't instantiate the backend tokenizer
+    ... You need to have sentencepiece or tiktoken installed", which says nothing of checkpoints."""
+    from preflab.models.load import load_tokenizer
+
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (checkpoint / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"is a checkpoint of the preflab run '.*run' .* To continue that run, set "
+                                          r"resume_from_checkpoint: .*checkpoint-4"):
+        load_tokenizer(str(checkpoint))

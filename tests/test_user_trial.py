@@ -369,3 +369,57 @@ def test_precompute_with_a_reference_free_objective_says_it_does_nothing(capsys)
     assert capsys.readouterr().err.count("precompute_ref_log_probs: loss_type simpo uses no reference model") == 1
     config_from_dict({**base, "loss_type": "sigmoid"})
     assert "precompute_ref_log_probs" not in capsys.readouterr().err
+
+
+def test_a_reference_model_with_a_reference_free_objective_is_said_not_loaded(capsys):
+    """ref_model_name_or_path with loss_type simpo (no reference) was accepted without a word and never loaded."""
+    from preflab.config import config_from_dict
+
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="x.jsonl", ref_model_name_or_path="outputs/sft")
+    config_from_dict({**base, "loss_type": "simpo"})
+    assert capsys.readouterr().err.count("ref_model_name_or_path: loss_type simpo uses no reference model, so "
+                                         "'outputs/sft' is not loaded") == 1
+    config_from_dict({**base, "loss_type": "sigmoid"})
+    assert "ref_model_name_or_path" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_precompute_with_an_unpaired_objective_is_refused_before_training(loss_type):
+    """precompute_ref_log_probs with loss_type kto ended in an AttributeError traceback ('TokenizedUnpaired' object
+    has no attribute 'chosen_ids') after the models were loaded; now a ConfigError from the config."""
+    from preflab.config import config_from_dict
+
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="x.jsonl", loss_type=loss_type)
+    with pytest.raises(ConfigError, match=f"precompute_ref_log_probs is not supported with loss_type {loss_type}: "
+                                          "the reference cache holds pairs"):
+        config_from_dict({**base, "precompute_ref_log_probs": True})
+    assert config_from_dict(base).precompute_ref_log_probs is False
+
+
+def test_unpaired_data_with_one_label_only_is_said(tmp_path, capsys):
+    """A KTO file whose rows are all label true (or all false) trained with no word: the data line counts rows,
+    not labels, and KTO then has no undesirable (desirable) term."""
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_unpaired
+    from preflab.models.tiny import tiny_tokenizer
+
+    data = tmp_path / "kto.jsonl"
+    rows = [{"prompt": f"q{i}", "completion": f" a{i}", "label": True} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(data), loss_type="kto"))
+    prepare_unpaired(cfg, tiny_tokenizer("bytelevel"))
+    assert "every one of the 4 training examples of" in capsys.readouterr().out
+    rows[0]["label"] = False
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare_unpaired(cfg, tiny_tokenizer("bytelevel"))
+    assert "every one of" not in capsys.readouterr().out
+
+
+def test_trl_style_dashed_options_say_to_write_key_value(capsys):
+    """`preflab train ... --beta 0.1` (TRL's CLI style) answered only `unrecognized arguments: --beta 0.1`."""
+    from preflab.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "model_name_or_path=builtin:tiny-llama", "--beta", "0.1"])
+    assert stop.value.code == 2
+    assert "write beta=VALUE instead of --beta VALUE" in capsys.readouterr().err

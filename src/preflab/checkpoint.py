@@ -287,6 +287,11 @@ def read_marker(path: str | Path) -> dict | None:
     try:
         marker = json.loads((path / MARKER).read_text() or "{}")
     except FileNotFoundError:
+        if not path.is_dir():  # a mistyped step: say so, and which checkpoints the run has
+            near = sorted((p.name for p in path.parent.glob("checkpoint-*") if p.is_dir()),
+                          key=lambda n: int(n[11:]) if n[11:].isdigit() else -1) if path.parent.is_dir() else []
+            raise PreflabError(f"checkpoint {path} does not exist"
+                               + (f"; {path.parent} holds {', '.join(near)}." if near else ".")) from None
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).") from None
     except (OSError, ValueError) as err:
         raise PreflabError(f"checkpoint {path}: its {MARKER} marker is unreadable ({err}).") from err

@@ -62,7 +62,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = args.overrides + extra
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            dashed = [e for e in extra if e.startswith("--")] if hasattr(args, "overrides") else []
+            hint = ""
+            if dashed:  # TRL's CLI style (`trl dpo --beta 0.1`)
+                name = dashed[0][2:].split("=", 1)[0]
+                hint = (f"; training options are key=value overrides, not --options: write {name}=VALUE instead of "
+                        f"{dashed[0].split('=', 1)[0]} VALUE")
+            parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
 
 

@@ -506,8 +506,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
     if errors:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))
-    from preflab.config_trl import trl_online_defaults
+    from preflab.config_trl import trl_online_defaults, trl_task_learning_rate
 
+    trl_task_learning_rate(known, notes)  # SFTConfig / RewardConfig's learning_rate where none is given
     trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
     cfg = TrainConfig(**known)
     from preflab.online.options import check_explicit_loss_type
@@ -522,6 +523,19 @@ def config_from_dict(raw: dict) -> TrainConfig:
     if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
         notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
                      "nothing to precompute (no reference is loaded).")
+    if cfg.precompute_ref_log_probs and cfg.task == "dpo" and objective.needs_reference:
+        from preflab.objectives import UnpairedBatch
+
+        if objective.batch_type is UnpairedBatch:
+            raise ConfigError(f"precompute_ref_log_probs is not supported with loss_type {cfg.loss_type}: the "
+                              "reference cache holds pairs (chosen, rejected), and this objective trains unpaired "
+                              "examples (KTO's reference point also scores each prompt with another example's "
+                              "completion from the same batch, which changes with the batch order). Set "
+                              "precompute_ref_log_probs: false.")
+    if cfg.ref_model_name_or_path and cfg.task in ("dpo", "vlm") and not objective.needs_reference:
+        notes.append(f"ref_model_name_or_path: loss_type {cfg.loss_type} uses no reference model, so "
+                     f"{cfg.ref_model_name_or_path!r} is not loaded; remove it, or choose a loss_type with a "
+                     "reference (sigmoid, ipo, ...).")
     _say(notes)
     return cfg
 

@@ -132,7 +132,7 @@ OPTIONS: dict[str, Option] = {
     "rpo_alpha": at_least(0, "TRL's rpo_alpha: adds rpo_alpha * mean token NLL of the chosen responses "
                              "(loss_type + ['sft'])"),
     # optimisation
-    "learning_rate": above(0, "peak AdamW learning rate"),
+    "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
     "lr_scheduler_type": one_of(("linear", "cosine", "constant", "constant_with_warmup"),
                                 "schedule after warmup (constant and constant_with_warmup both warm up)"),
     "warmup_steps": at_least(0, "linear warmup steps (overrides warmup_ratio when > 0)"),

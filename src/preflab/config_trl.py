@@ -243,6 +243,19 @@ TRL_ONLINE_DEFAULTS = {
 }
 
 
+TRL_TASK_LEARNING_RATES = {"sft": 2e-5, "reward": 1e-4}  # SFTConfig's and RewardConfig's learning_rate defaults
+
+
+def trl_task_learning_rate(known: dict, notes: list) -> None:
+    """task: sft / reward without learning_rate: TRL's SFTConfig (2e-5) / RewardConfig (1e-4) default, not the
+    DPO default 1e-6 (100x too small for a reward model: it learned nothing, silently)."""
+    rate = TRL_TASK_LEARNING_RATES.get(known.get("task"))
+    if rate is not None and "learning_rate" not in known:
+        known["learning_rate"] = rate
+        notes.append(f"task: {known['task']} without learning_rate -> learning_rate: {rate:g} (TRL's "
+                     f"{'SFTConfig' if known['task'] == 'sft' else 'RewardConfig'} default).")
+
+
 def trl_online_defaults(known: dict) -> None:
     """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
     text: left alone)."""
@@ -288,6 +301,10 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
         raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
         notes.append("train_sampling_strategy: sequential (KTOConfig's default) -> the seeded random order; preflab's "
                      "KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order.")
+    if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
+        raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
+    if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"
+        raw["scale_rewards"] = "group" if raw["scale_rewards"] else "none"
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
             raw[key] = "no"

@@ -1,5 +1,6 @@
 """load_rows: every row kind and form, implicit prompts, column maps, and each bad-row case in both modes."""
 import json
+import re
 
 import pytest
 
@@ -261,3 +262,33 @@ def test_required_extras_ranges_and_csv_numbers(tmp_path):
     class BoundedSemDPO(SemDPO):                                       # an objective that declares a range
         extra_ranges = {"similarity": (-1.0, 1.0)}
     assert BoundedSemDPO.row_extras() == {"similarity": (-1.0, 1.0)}
+
+
+@pytest.mark.parametrize("row,form,fix", [
+    ({"prompt": "q", "completion": " a", "label": True}, "unpaired preference form (prompt, completion, label)",
+     "loss_type: kto (or apo_zero_unpaired)"),
+    ({"prompt": "q", "completion": " a"}, "prompt-completion form (prompt, completion)", "task: sft"),
+    ({"messages": [{"role": "user", "content": "q"}]}, "language-modeling form (text or messages)", "task: sft"),
+])
+def test_a_row_of_another_trl_form_in_pairwise_data_names_its_form_and_the_trainer(row, form, fix):
+    """An unpaired (KTO) or SFT file given to DPO / a reward model said only "field 'chosen': missing ... Fix the row
+    or set on_bad_row: skip" (which skips every row); now it names the row's TRL form and what trains it."""
+    with pytest.raises(DataError, match=r"row 0, field 'chosen': missing: the row is TRL's " + re.escape(form)) as e:
+        load_rows([row], kind="pairwise")
+    assert fix in str(e.value)
+    with pytest.raises(DataError, match=r"field 'rejected': missing\. A pairwise row needs"):
+        load_rows([{"prompt": "q", "chosen": "a", "completion": "b"}], kind="pairwise")  # a pair with a gap
+
+
+def test_rows_mixing_text_and_conversational_forms_get_a_note():
+    """A file with text rows and message-list rows trained both, the text rows without the chat template, and said
+    it only as `forms: conversational 1, standard 2` in the data line."""
+    conv = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    text = {"prompt": "q", "chosen": " a", "rejected": " b"}
+    _, report = load_rows([text, conv, {"chosen": "q a", "rejected": "q b"}], kind="pairwise")
+    assert report.mixed_forms_note().startswith("<rows> mixes 2 text row(s) and 1 conversational row(s): only the "
+                                                "conversational ones get the chat template")
+    assert load_rows([text, text], kind="pairwise")[1].mixed_forms_note() is None
+    assert load_rows([conv, {"chosen": conv["prompt"] + conv["chosen"], "rejected": conv["prompt"] + conv["rejected"]}],
+                     kind="pairwise")[1].mixed_forms_note() is None

@@ -107,6 +107,23 @@ def test_directory_of_files_by_split_and_row_ids_across_files(tmp_path):
         load_rows(empty)
 
 
+def test_a_directory_without_files_of_the_requested_split_refuses_to_mix_the_others(tmp_path):
+    """dataset_split: validation on a folder of train.jsonl + test.jsonl read both files (the test set trained on),
+    and an eval_split the folder lacks evaluated on its training file; a folder of unnamed files is still read
+    whole."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]))
+    (tmp_path / "data" / "test.jsonl").write_text(json.dumps(ROWS[3]) + "\n")
+    with pytest.raises(DataError, match=r"holds files of the split\(s\) \['test', 'train'\] and none of split "
+                                        r"'validation'"):
+        load_rows(tmp_path / "data", split="validation")
+    (tmp_path / "data" / "test.jsonl").unlink()
+    with pytest.raises(DataError, match=r"split\(s\) \['train'\] and none of split 'test'"):
+        load_rows(tmp_path / "data", split="test")
+    (tmp_path / "data" / "train.jsonl").rename(tmp_path / "data" / "pairs.jsonl")
+    assert len(load_rows(tmp_path / "data", split="validation")[0]) == 2
+
+
 def test_in_memory_dataset_and_list_and_limit():
     assert load_rows(datasets.Dataset.from_list(ROWS))[0] == EXPECTED
     assert load_rows(datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}))[0] == EXPECTED

@@ -134,3 +134,23 @@ def _diffusion(tmp_path, monkeypatch):
                          ids=lambda f: f.__name__.strip("_"))
 def test_every_loader_holds_out_the_rows_it_held_out_before(tmp_path, monkeypatch, caller):
     assert caller(tmp_path, monkeypatch) == HELD
+
+
+def test_eval_steps_without_an_eval_set_is_said_by_every_loader(capsys):
+    """eval_steps > 0 with no eval_dataset_name / eval_fraction ran no evaluation at all, without a word (preflab
+    refused eval_strategy: steps without an eval set, but not eval_steps alone)."""
+    from preflab.loops.prepare import prepare_examples
+
+    said = "preflab: note: eval_steps=5, but there is no eval set (no eval_dataset_name, eval_fraction 0), so no " \
+           "evaluation runs"
+    assert train_and_eval(_cfg(eval_steps=5), [1, 2], None) == ([1, 2], [], None)
+    assert said in capsys.readouterr().out
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="rows.jsonl", eval_steps=5))
+    with pytest.raises(DataError, match="rows.jsonl"):
+        prepare_examples(cfg, tiny_tokenizer())  # said before the (missing) file is read
+    assert said in capsys.readouterr().out
+    train_and_eval(_cfg(eval_steps=0), [1, 2], None)
+    assert train_and_eval(_cfg(eval_steps=5, eval_fraction=0.5, seed=0), [1, 2], None)[1] != []
+    assert "eval_steps" not in capsys.readouterr().out
+    train_and_eval(_cfg(eval_steps=0, generate_during_eval=True), [1, 2], None)
+    assert "generate_during_eval: there is no eval set" in capsys.readouterr().out

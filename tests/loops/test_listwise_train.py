@@ -94,3 +94,23 @@ def test_shipped_example_reads_as_a_listwise_run():
     assert cfg.loss_type == "rrhf" and kind_for(cfg.objective()) is ListKind
     rows = [json.loads(x) for x in (root / "examples" / "data" / "loud_echo_lists.jsonl").read_text().splitlines()]
     assert len(rows) == 256 and {len(r["completions"]) for r in rows} == {4}
+
+
+def test_skipped_lists_are_said_on_the_console_and_an_eval_set_left_empty_is_refused(tmp_path, capsys):
+    """The listwise loader printed no `preflab: data:` line (rows skipped with on_bad_row: skip were in summary.json
+    only) and dropped the eval set's report; an eval set whose every list was skipped ran no evaluation, silently."""
+    from preflab.config import load_config
+    from preflab.errors import DataError
+    from preflab.loops.listwise import prepare_lists
+    from preflab.models.load import load_tokenizer
+
+    bad = [*ROWS, {**ROWS[0], "scores": [1.0]}]
+    tok = load_tokenizer("builtin:tiny-llama", False)
+    train, _, report = prepare_lists(load_config(_config(tmp_path, bad, on_bad_row="skip"), []), tok)
+    out = capsys.readouterr().out
+    assert len(train) == 4 and "tokenized 5, 4 kept, 1 skipped (bad_scores: 1)" in out and "preflab: data:" in out
+    (tmp_path / "eval.jsonl").write_text(json.dumps(bad[-1]) + "\n")
+    cfg = load_config(_config(tmp_path, ROWS, on_bad_row="skip", eval_dataset_name=str(tmp_path / "eval.jsonl")), [])
+    with pytest.raises(DataError, match=r"the eval set \(eval_dataset_name=.*eval.jsonl\) has no usable lists: "
+                                        r".*1 skipped \(bad_scores: 1\)"):
+        prepare_lists(cfg, tok)

@@ -103,6 +103,23 @@ def test_bad_row_names_file_row_and_forms(tmp_path, model_and_tok):
     assert len(train) == 1 and report["skipped"] == {"missing_field": 1}
 
 
+@pytest.mark.parametrize("row,said", [
+    ({"prompt": "q", "chosen": " a", "rejected": " b"},
+     r"field 'completion': missing: the row is a preference pair \(chosen, rejected\), not an SFT row\. Train pairs "
+     "with task: dpo"),
+    ({"prompt": "q"}, "field 'completion': missing: the row has a prompt but no completion"),
+])
+def test_a_preference_or_prompt_only_row_says_what_sft_needs(tmp_path, model_and_tok, row, said):
+    """Both said "the row holds ['prompt'], which is not one SFT form", hiding chosen/rejected and the missing
+    completion."""
+    from preflab.loops.sft import prepare_sft
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl row 0 \(line 1\), " + said):
+        prepare_sft(_cfg(dataset_name=str(data)), model_and_tok[1])
+
+
 def test_sft_options_refuse_preference_settings():
     with pytest.raises(ConfigError, match="task: sft.*loss_type"):
         _cfg(loss_type="ipo")

@@ -12,8 +12,23 @@ from typing import Any, TypeVar
 from preflab.data.holdout import split_eval_fraction
 from preflab.data.report import RowReport
 from preflab.errors import DataError
+from preflab.runlog import is_main_process
 
 T = TypeVar("T")
+
+
+def note_eval_steps_without_eval_set(cfg) -> None:
+    """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
+    a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
+    reads its data from cfg."""
+    if cfg.eval_dataset_name or cfg.eval_fraction > 0 or not is_main_process():
+        return
+    if getattr(cfg, "eval_steps", 0):
+        print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
+              "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0.")
+    elif getattr(cfg, "generate_during_eval", False):
+        print("preflab: note: generate_during_eval: there is no eval set (no eval_dataset_name, eval_fraction 0), so "
+              "no evaluation runs and no eval_samples.jsonl is written.")
 
 
 def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tuple[list[T], Any]],
@@ -23,7 +38,9 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     cfg.eval_dataset_name set: `read_eval(eval_dataset_name, eval_split)` -> (eval items, report); no eval item is a
     DataError (evaluation would silently not run) saying `describe(report)` (default: the report's summary()).
     Else cfg.eval_fraction > 0: `split_eval_fraction(items, eval_fraction, seed)`, order kept on both sides; a
-    hold-out that leaves no training item is a DataError. Else: (items, [], None)."""
+    hold-out that leaves no training item is a DataError. Else: (items, [], None), with a note when eval_steps > 0
+    (note_eval_steps_without_eval_set)."""
+    note_eval_steps_without_eval_set(cfg)
     name = cfg.eval_dataset_name
     if name:
         evals, report = read_eval(name, cfg.eval_split)

@@ -156,6 +156,17 @@ class DataReport(RowReport):
             line += f"; {self.examples} examples"
         return line
 
+    def mixed_forms_note(self) -> str | None:
+        """A note when the rows mix text and conversational forms (each row is valid, but only the conversational
+        ones go through the chat template, so the model sees two formats); None otherwise."""
+        conversational = sum(v for k, v in self.forms.items() if "conversational" in k)
+        text = sum(v for k, v in self.forms.items() if "standard" in k)
+        if not (conversational and text):
+            return None
+        return (f"{self.source or '<rows>'} mixes {text} text row(s) and {conversational} conversational row(s): "
+                "only the conversational ones get the chat template, so the model is trained on two formats. "
+                "Give every row in one form unless that is meant.")
+
 
 @dataclass
 class TokenizeReport(RowReport):

@@ -118,6 +118,10 @@ def _extras(row: dict, used: tuple[str, ...]) -> dict:
 def _pair_parts(row: dict) -> tuple[object, object, object, str]:
     """(prompt, chosen, rejected, form) for a pairwise row, validated."""
     prompt, chosen, rejected = (row.get(k) for k in PAIR_FIELDS)
+    other = _other_form(row) if chosen is None and rejected is None else None
+    if other is not None:
+        raise RowProblem("missing_field", "chosen", f"missing: the row is {other[0]}, not a preference pair",
+                         f"Pairwise objectives and reward models need 'chosen' and 'rejected'. {other[1]}")
     if chosen is None:
         raise RowProblem("missing_field", "chosen", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
     if rejected is None:
@@ -143,6 +147,19 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
     check_different(chosen, rejected)
     prompt, chosen_text, rejected_text = split_implicit_text(chosen, rejected)
     return prompt, chosen_text, rejected_text, form + "_implicit"
+
+
+def _other_form(row: dict) -> tuple[str, str] | None:
+    """(name, what to do) of the TRL row form of a row without a pair (unpaired, prompt-completion, language
+    modeling), or None."""
+    if "completion" in row and "label" in row:
+        return ("TRL's unpaired preference form (prompt, completion, label)", "Train unpaired rows with loss_type: "
+                "kto (or apo_zero_unpaired), or write each prompt's pair as one row.")
+    if "completion" in row:
+        return "TRL's prompt-completion form (prompt, completion)", "Train completions with task: sft."
+    if "text" in row or "messages" in row:
+        return "TRL's language-modeling form (text or messages)", "Train it with task: sft."
+    return None
 
 
 def _build_pairwise(row_id: int, row: dict) -> tuple[list[PairExample], str]:

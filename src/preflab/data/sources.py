@@ -186,7 +186,16 @@ def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
         raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
                         "datasets.save_to_disk. Point to a file or a dataset directory.")
     named = [p for p in files if _names_split(p.relative_to(path), split)]
+    if not named:  # no file for this split: every file, unless the files are named after other splits
+        others = sorted({s for p in files for s in SPLIT_NAMES if _names_split(p.relative_to(path), s)})
+        if others:
+            raise DataError(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
+                            f"(reading them all would mix splits). Set the split (dataset_split / eval_split) to "
+                            "one of them, or point to a file.")
     return [_file_part(p, streaming) for p in (named or files)]
+
+
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split
 
 
 def _names_split(rel: Path, split: str) -> bool:

@@ -16,6 +16,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.quiet:  # transformers' own bars too ("Loading weights", "Writing model shards")
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     if args.which == "vlm":
         from preflab.demo.vlm import run_vlm_demo
 

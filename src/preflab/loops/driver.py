@@ -34,7 +34,8 @@ from preflab.resume_check import (check_checkpoint_version, check_resume_config,
                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import claim_output_dir, release_output_dir
-from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
+from preflab.runlog import (MetricsLog, Progress, distributed_environment, environment, is_main_process,
+                            write_summary)
 from preflab.sharded_checkpoint import (check_sharded_storage, is_sharded_checkpoint, load_sharded_checkpoint,
                                         save_sharded_checkpoint, sharded_reads)
 from preflab.step import optimizer_step
@@ -466,6 +467,11 @@ def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
             f"{num_rows} training rows are fewer than one global batch ({plan.global_batch} = "
             "per_device_train_batch_size x processes x gradient_accumulation_steps); lower the batch size.")
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * plan.steps_per_epoch)
+    if plan.unused_rows_per_epoch and total >= plan.steps_per_epoch and is_main_process():
+        print(f"preflab: note: data: {num_rows} training examples make {plan.steps_per_epoch} steps of "
+              f"{plan.global_batch} per epoch; the {plan.unused_rows_per_epoch} left over in each epoch's shuffled "
+              "order are not trained on in that epoch (every step takes a full global batch; TRL trains a smaller "
+              "last one). Counted as unused_rows_per_epoch in summary.json.")
     return plan, total
 
 
@@ -590,7 +596,10 @@ class TrainingRun:
         self.checkpoint_module.train()
         self.step = start_step
         self.emit("on_train_begin")
-        bad_in_row, nonfinite, window, last, tokens_total = 0, [], [], {}, 0
+        # num_tokens (TRL: cumulative over the run) and the non-finite steps continue from a resumed checkpoint's
+        bad_in_row, window, last = 0, [], {}
+        tokens_total, nonfinite = self.resumed_totals["num_tokens"], list(self.resumed_totals["nonfinite"])
+        tokens_this_run = 0  # tokens_per_second: of this process's run only
         overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         started = time.perf_counter()
@@ -604,6 +613,7 @@ class TrainingRun:
                 if acc.num_processes > 1:
                     tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
             tokens_total += tokens
+            tokens_this_run += tokens
             bar.update(result, tokens)
             if result.skipped:
                 bad_in_row += 1
@@ -611,7 +621,7 @@ class TrainingRun:
                 nonfinite.append({"step": step + 1, "row_ids": result.row_ids, "nonfinite": what})
                 log.write({"step": step + 1, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
                 if bad_in_row >= cfg.max_nonfinite_steps:
-                    path = self._save(step + 1, {"nonfinite": nonfinite})
+                    path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
                     cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
                              f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
                              "the loss or gradient norm was inf/NaN")
@@ -628,7 +638,7 @@ class TrainingRun:
             if self._log_due(step + 1):
                 last = {"step": step + 1, "learning_rate": self.scheduler.get_last_lr()[0],
                         "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
-                        "tokens_per_second": tokens_total / max(time.perf_counter() - started, 1e-9)}
+                        "tokens_per_second": tokens_this_run / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
@@ -639,7 +649,7 @@ class TrainingRun:
                     log.write({"step": step + 1, **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
-                path = self._save(step + 1, {"nonfinite": nonfinite})
+                path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
                 self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
         bar.close()
@@ -759,6 +769,7 @@ class TrainingRun:
         timeline, see preflab.checkpoint) and set this run's timeline; returns the step to start from."""
         run_id = uuid.uuid4().hex[:12]
         self.timeline = [[run_id, 0]]
+        self.resumed_totals = {"num_tokens": 0, "nonfinite": []}
         if not resume_requested(self.cfg):
             return 0
         spec = self.cfg.resume_from_checkpoint
@@ -806,6 +817,8 @@ class TrainingRun:
             state = load_checkpoint(path, acc.unwrap_model(self.checkpoint_module), self.optimizer,
                                     self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
         self.restore_data_position(state.get("data_position"), step)
+        self.resumed_totals = {"num_tokens": int(state.get("num_tokens") or 0),
+                               "nonfinite": [r for r in state.get("nonfinite") or [] if r.get("step", 0) <= step]}
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]
         self.timeline = [*parent, [run_id, step]]
         self.resumed_from = path  # runs that keep state beside their checkpoints read it from path's run folder

@@ -25,6 +25,7 @@ import torch
 
 from preflab.data.report import RowProblem
 from preflab.errors import ConfigError, DataError
+from preflab.runlog import is_main_process
 
 
 @dataclass
@@ -98,12 +99,24 @@ def prepare_lists(cfg, tokenizer):
     rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",
                                                                                  on_bad_row=cfg.on_bad_row))
     train, tok_report = _tokenize_lists(cfg, tokenizer, rows, row_report.source)
-    evals = _tokenize_lists(cfg, tokenizer, eval_rows, cfg.eval_dataset_name or row_report.source)[0] \
-        if eval_rows else []
+    report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
+    evals, eval_said = [], ""
+    if eval_rows:
+        evals, eval_report = _tokenize_lists(cfg, tokenizer, eval_rows, cfg.eval_dataset_name or row_report.source)
+        report["eval_tokenize"], eval_said = eval_report.to_dict(), eval_report.summary()
+        if not evals:  # else evaluation would silently not run
+            which = (f"eval_dataset_name={cfg.eval_dataset_name}" if cfg.eval_dataset_name else
+                     f"eval_fraction={cfg.eval_fraction}")
+            raise DataError(f"the eval set ({which}) has no usable lists: {eval_said}. Fix its rows (or "
+                            "max_length), or drop the eval set.")
     if evals and train and len(evals[0].completions) != len(train[0].completions):
         raise DataError(f"the eval rows hold {len(evals[0].completions)} completions each, the training rows "
                         f"{len(train[0].completions)}; use the same k.")
-    return train, evals, {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
+    if is_main_process():  # the rows skipped or cut, as every other loader says them
+        print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
+        if eval_said:
+            print(f"preflab: data (eval): {eval_said}")
+    return train, evals, report
 
 
 class ListKind:

@@ -32,6 +32,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
 
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
+    from preflab.data.eval_set import note_eval_steps_without_eval_set
+
+    note_eval_steps_without_eval_set(cfg)
     row_kind = _ROW_KIND[kind]
     extras = {k: v for k, v in cfg.objective().row_extras().items() if k not in computed}  # checked with the rows
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
@@ -75,10 +78,27 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
         if said:
             print(f"preflab: data (eval): {'; '.join(said)}")
+        for note in filter(None, (row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note())):
+            print(f"preflab: note: data: {note}")
         for note in overlap_notes(overlap, len(eval_rows)):
             print(f"preflab: note: data: {note}")
+        if kind == "unpaired":
+            note = one_label_note(train, row_report.source)
+            if note:
+                print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
+
+
+def one_label_note(examples, source: str) -> str | None:
+    """A note when every unpaired training example has the same label: KTO's loss then has no term for the other
+    side (TRL's KTO data holds both desirable and undesirable examples)."""
+    desirable = sum(bool(x.label) for x in examples)
+    if examples and desirable in (0, len(examples)):
+        which = "desirable (label true)" if desirable else "undesirable (label false)"
+        return (f"every one of the {len(examples)} training examples of {source} is {which}: the objective gets no "
+                f"{'undesirable' if desirable else 'desirable'} term. Check the label column (true / false, 1 / 0).")
+    return None
 
 
 def prepare_pairs(cfg, tokenizer):

@@ -96,6 +96,14 @@ def _row_form(row: dict) -> str:
         return "messages"
     if "prompt" in row and "completion" in row and len(has) == 2:
         return "prompt_completion"
+    if "chosen" in row and "completion" not in row and set(has) <= {"prompt"}:
+        raise RowProblem("missing_field", "completion", "missing: the row is a preference pair (chosen, rejected), "
+                         "not an SFT row", "Train pairs with task: dpo; to fine-tune on the chosen responses, rename "
+                         "'chosen' to 'completion' (beside 'prompt'), or to 'messages' / 'text' (a row without "
+                         "'prompt'), and drop 'rejected' (TRL's SFT forms: text, messages, prompt + completion).")
+    if has == ["prompt"]:
+        raise RowProblem("missing_field", "completion", "missing: the row has a prompt but no completion",
+                         "Give each row a 'completion' (or use `text` / `messages`).")
     if not has:
         raise RowProblem("missing_field", None, f"no SFT field among the columns {sorted(row)[:8]}",
                          "Give each row `text`, `messages`, or `prompt` and `completion` (TRL's SFT forms).")

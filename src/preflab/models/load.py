@@ -171,6 +171,13 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
 
         return tiny_tokenizer("bytelevel")
     check_model_name(name, option)
+    folder = Path(name).expanduser()
+    if (folder / "trainer_state.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise ConfigError(  # AutoTokenizer's own error here talks of sentencepiece and slow tokenizers
+            f"{option}={name!r} is a checkpoint of the preflab run {str(folder.parent)!r} (trainer_state.json, the "
+            "trained weights only, no tokenizer or model config), not a model folder. To continue that run, set "
+            f"resume_from_checkpoint: {name}; to start from a finished run, give its output_dir; `preflab eval "
+            f"{name}` evaluates the checkpoint.")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -324,6 +331,27 @@ def moe_aux_loss_note(model) -> str | None:
             "it).")
 
 
+def check_policy_not_adapter(name: str) -> None:
+    """A LoRA adapter folder (adapter_config.json, no config.json) as the policy is refused: transformers loads it as
+    its base with the adapter applied and every weight frozen, so use_peft: false trained nothing (an empty optimizer
+    traceback) and use_peft: true stacked new adapters whose saved adapter_config names the bare base, not the
+    model that was trained. As a reference (frozen) such a folder loads correctly."""
+    folder = Path(name)
+    if not ((folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()):
+        return
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        base = None
+    raise ConfigError(
+        f"model_name_or_path={name!r} is a LoRA adapter folder (adapter_config.json over the base {base!r}), not a "
+        "full model: training it would train nothing (use_peft: false) or save new adapters over the bare base. "
+        "Merge it into its base first, e.g. python -c \"from peft import AutoPeftModelForCausalLM as M; "
+        f"from transformers import AutoTokenizer as T; M.from_pretrained('{name}').merge_and_unload()"
+        f".save_pretrained('{name}-merged'); T.from_pretrained('{name}').save_pretrained('{name}-merged')\", and "
+        f"give model_name_or_path={name}-merged.")
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
     from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
@@ -333,6 +361,7 @@ def load_models(cfg, tokenizer):
     if quantization is not None:
         check_quantization_machine(cfg)
         dtype = compute_dtype(cfg)
+    check_policy_not_adapter(cfg.model_name_or_path)
     policy = load_causal_lm(cfg.model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
                             seed=cfg.seed, init_kwargs=cfg.model_kwargs(), quantization=quantization)
     if cfg.disable_dropout:
