@@ -383,19 +383,6 @@ def test_a_reference_model_with_a_reference_free_objective_is_said_not_loaded(ca
     assert "ref_model_name_or_path" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
-def test_precompute_with_an_unpaired_objective_is_refused_before_training(loss_type):
-    """precompute_ref_log_probs with loss_type kto ended in an AttributeError traceback ('TokenizedUnpaired' object
-    has no attribute 'chosen_ids') after the models were loaded; now a ConfigError from the config."""
-    from preflab.config import config_from_dict
-
-    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="x.jsonl", loss_type=loss_type)
-    with pytest.raises(ConfigError, match=f"precompute_ref_log_probs is not supported with loss_type {loss_type}: "
-                                          "the reference cache holds pairs"):
-        config_from_dict({**base, "precompute_ref_log_probs": True})
-    assert config_from_dict(base).precompute_ref_log_probs is False
-
-
 def test_unpaired_data_with_one_label_only_is_said(tmp_path, capsys):
     """A KTO file whose rows are all label true (or all false) trained with no word: the data line counts rows,
     not labels, and KTO then has no undesirable (desirable) term."""

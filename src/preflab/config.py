@@ -523,15 +523,6 @@ def config_from_dict(raw: dict) -> TrainConfig:
     if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
         notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
                      "nothing to precompute (no reference is loaded).")
-    if cfg.precompute_ref_log_probs and cfg.task == "dpo" and objective.needs_reference:
-        from preflab.objectives import UnpairedBatch
-
-        if objective.batch_type is UnpairedBatch:
-            raise ConfigError(f"precompute_ref_log_probs is not supported with loss_type {cfg.loss_type}: the "
-                              "reference cache holds pairs (chosen, rejected), and this objective trains unpaired "
-                              "examples (KTO's reference point also scores each prompt with another example's "
-                              "completion from the same batch, which changes with the batch order). Set "
-                              "precompute_ref_log_probs: false.")
     if cfg.ref_model_name_or_path and cfg.task in ("dpo", "vlm") and not objective.needs_reference:
         notes.append(f"ref_model_name_or_path: loss_type {cfg.loss_type} uses no reference model, so "
                      f"{cfg.ref_model_name_or_path!r} is not loaded; remove it, or choose a loss_type with a "
