@@ -99,3 +99,22 @@ def test_overrides_after_the_options_are_read_in_order(capsys):
     assert capsys.readouterr().out != contiguous  # use_peft changes the plan, so the equality above means something
     with pytest.raises(SystemExit):
         main(head + ["--sharding", "zero3", "--no-such-flag"])
+
+
+def test_plan_uses_the_max_length_training_will_use(tmp_path, capsys):
+    """max_length above the model's positions is capped at them by `preflab train` (with a note); the plan counted
+    activations for the uncapped length (1024 tokens for a 256-position model: 4x the activations)."""
+    from preflab.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": I,
+        "num_hidden_layers": L, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": V,
+        "tie_word_embeddings": False, "max_position_embeddings": 256}))
+    head = ["plan", f"model_name_or_path={tmp_path}", "dataset_name=x.jsonl"]
+    assert main(head + ["max_length=1024"]) == 0
+    capped = capsys.readouterr()
+    assert "max_length=1024 is above the 256 positions" in capped.out + capped.err
+    assert main(head + ["max_length=256"]) == 0
+    assert capsys.readouterr().out.split("per rank")[1] == capped.out.split("per rank")[1]
+    assert main(head + ["max_length=128"]) == 0
+    assert capsys.readouterr().out.split("per rank")[1] != capped.out.split("per rank")[1]

@@ -209,6 +209,10 @@ def run(args) -> int:
         sharding = sharding_from_accelerate(args.accelerate_config, args.world_size)
     else:
         sharding = Sharding(args.sharding or "ddp", args.world_size or 1)
+    from preflab.models.load import cap_max_length, max_positions
+
+    # the max_length training will use: capped at the model's positions, with the same note as `preflab train`
+    cap_max_length(cfg, max_positions(cfg.model_name_or_path, cfg.trust_remote_code))
     plan = memory_plan(cfg, model_config_of(cfg.model_name_or_path, cfg.trust_remote_code), sharding)
     print(format_plan(plan, sharding, cfg))
     return 0
