@@ -43,18 +43,20 @@ def recording_logits(model) -> list[torch.Tensor]:
 
 
 def encoder_images(model, arch) -> list[int]:
-    """How many images each forward of the image encoder encodes (Qwen2-VL: rows of grid_thw; LLaVA: of pixels)."""
+    """How many images each forward of the image encoder encodes (Qwen2-VL: rows of grid_thw; LLaVA: of pixels;
+    Idefics3: of pixels, after the model drops the padding images of its per-sample image batches)."""
     seen = []
     if arch == "qwen2_vl":
         model.model.visual.register_forward_pre_hook(lambda m, args, kw: seen.append(
             (kw.get("grid_thw") if "grid_thw" in kw else args[1]).shape[0]), with_kwargs=True)
     else:
-        model.model.vision_tower.register_forward_pre_hook(lambda m, args, kw: seen.append(
+        tower = model.model.vision_tower if arch == "llava" else model.model.vision_model
+        tower.register_forward_pre_hook(lambda m, args, kw: seen.append(
             (args[0] if args else kw["pixel_values"]).shape[0]), with_kwargs=True)
     return seen
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "llava", "idefics3"])
 def test_greedy_completions_equal_the_repeated_prompt_path_and_images_are_encoded_once(arch):
     model, processor = tiny(arch)
     rows = prompt_rows(processor)
@@ -73,7 +75,7 @@ def test_greedy_completions_equal_the_repeated_prompt_path_and_images_are_encode
     assert len(new) == 3 * G and len({tuple(c) for c in new}) > 1
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "llava", "idefics3"])
 def test_sampled_completions_and_log_probs_equal_the_repeated_prompt_path(arch):
     """Chunks of 2 prompts seeded seed + c, temperature 0.8, top_p 0.9: the same ids, per-token log-probs within
     1e-5 (the last prompt position runs in a one-token step instead of inside the full prefill)."""
@@ -93,17 +95,18 @@ def test_sampled_completions_and_log_probs_equal_the_repeated_prompt_path(arch):
 
 
 def test_a_model_type_not_checked_for_sharing_takes_the_old_path_and_says_why_once(monkeypatch, capsys):
-    """Idefics3 (images batched per sample, not checked for a shared prefill): G copies of each prompt as before,
-    said once for all chunks."""
+    """A model type outside SHARED_PREFILL_MODEL_TYPES (LLaVA taken off it): G copies of each prompt through the
+    processor and generate() as before, the images encoded G times, said once for all chunks."""
     monkeypatch.setattr(groups, "_SAID", set())
-    model, processor = tiny("idefics3")
+    model, processor = tiny("llava")
     rows = prompt_rows(processor)
     kw = dict(max_new_tokens=6, temperature=1.0, top_p=1.0, batch_size=2, device="cpu")
-    rows_seen = []
-    model.register_forward_pre_hook(lambda m, args, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
-    new = VisionGenerator(model, processor, **kw).generate(rows, G, seed=5)
-    assert rows_seen[0] == 2 * G                      # the first chunk's prefill ran on the repeated prompts
+    old = old_generator(model, processor, **kw).generate(rows, G, seed=5)
+    capsys.readouterr()
+    monkeypatch.setattr("preflab.online.vision.SHARED_PREFILL_MODEL_TYPES", ("qwen2_vl", "idefics3"))
+    encoded = encoder_images(model, "llava")
+    assert VisionGenerator(model, processor, **kw).generate(rows, G, seed=5) == old
+    assert encoded == [3 * G, 1 * G]                  # chunks of prompts with 1 + 2 and 1 images, repeated G times
     said = capsys.readouterr().out
     assert said.count("preflab: note:") == 1
-    assert "image-text model type 'idefics3' is not checked for a shared prompt prefill" in said
-    assert new == old_generator(model, processor, **kw).generate(rows, G, seed=5)
+    assert "image-text model type 'llava' is not checked for a shared prompt prefill" in said
