@@ -10,6 +10,8 @@ repeated [P * K, W] batch (it runs only the uncached last prompt position, then 
 settings, the same seed set before the first draw, and the same position ids (attention-mask cumsum, 0 on the
 padding), so the random draws and what they draw from are the old path's. The logits differ from the old path's by
 float rounding only (the last prompt position is computed in a one-token step instead of inside the full prefill).
+The prefill-once step itself is prefilled_generate (on a padded batch, with optional processor tensors), which the
+image-text generator (online/vision.py) uses too.
 
 Only a transformers DynamicCache made of full-attention or sliding-window layers is repeated; any other cache
 (linear-attention / recurrent states, KV sharing, indexed attention, a cache_implementation on the generation
