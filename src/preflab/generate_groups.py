@@ -10,6 +10,8 @@ repeated [P * K, W] batch (it runs only the uncached last prompt position, then 
 settings, the same seed set before the first draw, and the same position ids (attention-mask cumsum, 0 on the
 padding), so the random draws and what they draw from are the old path's. The logits differ from the old path's by
 float rounding only (the last prompt position is computed in a one-token step instead of inside the full prefill).
+The prefill-once step itself is prefilled_generate (on a padded batch, with optional processor tensors), which the
+image-text generator (online/vision.py) uses too.
 
 Only a transformers DynamicCache made of full-attention or sliding-window layers is repeated; any other cache
 (linear-attention / recurrent states, KV sharing, indexed attention, a cache_implementation on the generation
@@ -82,34 +84,57 @@ def generate_groups(model, prompts: list[list[int]], k: int, *, eos_id: int, pad
     width = max(len(p) for p in prompts)
     if k == 1 or width == 1:  # nothing to share
         return old_path()
-    if (why := _why_not_before(model)) is not None:
-        _say_once(why)
-        return old_path()
-    from transformers import DynamicCache
-
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
         ids, attn = left_padded(prompts, pad_id)
-        ids, attn = ids.to(device), attn.to(device)
-        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)  # as model.generate numbers them
-        cache = DynamicCache(config=model.config)
-        head = dict(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions[:, :-1], cache=cache,
-                    use_cache=True)
-        if "logits_to_keep" in _forward_params(model):
-            head["logits_to_keep"] = 1  # the prefill's logits are not used: [P, 1, vocab], not [P, W - 1, vocab]
-        model(**head)
-        if (why := _why_not_after(model, cache, width)) is not None:
-            _say_once(why)
-            return old_path()
-        cache.batch_repeat_interleave(k)  # group-major: row i is prompt i // k
-        if seed is not None:
-            torch.manual_seed(seed)
         kwargs = dict(temperature=temperature, top_p=top_p) if do_sample else {}
-        gen = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=attn.repeat_interleave(k, 0),
-                             cache=cache, do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=eos_id,
-                             pad_token_id=pad_id, **kwargs)
+        gen = prefilled_generate(model, ids.to(device), attn.to(device), k, seed=seed, do_sample=do_sample,
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, **kwargs)
+        if gen is None:
+            return old_path()
         return cut_after_eos(gen[:, width:], eos_id)
     finally:
         model.train(was_training)
+
+
+def prefilled_generate(model, ids: torch.Tensor, attn: torch.Tensor, k: int, *, seed: int | None,
+                       inputs: dict | None = None, **generate_kwargs) -> torch.Tensor | None:
+    """`model.generate(**generate_kwargs)` on the left-padded [P, W] batch `ids` / `attn` with every row repeated k
+    times (group-major), each row prefilled once: [P * k, W + new] ids, or None (said once) when the cache cannot be
+    shared (the caller then generates on the repeated batch). The model is in eval mode.
+
+    `inputs` are the processor's other tensors for the P rows (image-text models: pixel_values, image_grid_thw, ...):
+    they reach the prefill only (the image encoder runs once per prompt); per-token ones (*token_type_ids) are cut
+    to its W - 1 positions. The prefill's position ids are the model's own for generation
+    (`_prepare_position_ids_for_generation`: attention-mask cumsum, or Qwen2-VL-style 3-D rope positions); a
+    per-row `rope_deltas` the model keeps for decoding (Qwen2-VL) is repeated k times like the cache."""
+    from transformers import DynamicCache
+
+    if (why := _why_not_before(model)) is not None:
+        _say_once(why)
+        return None
+    inputs = dict(inputs or {})
+    rows, width = ids.shape
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    positions = inner._prepare_position_ids_for_generation(ids, {"attention_mask": attn, **inputs})
+    cache = DynamicCache(config=model.config)
+    head = {key: v[:, :-1] if key.endswith("token_type_ids") else v for key, v in inputs.items()}
+    head.update(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions[..., :-1], cache=cache,
+                use_cache=True)
+    if "logits_to_keep" in _forward_params(model):
+        head["logits_to_keep"] = 1  # the prefill's logits are not used: [P, 1, vocab], not [P, W - 1, vocab]
+    model(**head)
+    if (why := _why_not_after(model, cache, width)) is not None:
+        _say_once(why)
+        return None
+    cache.batch_repeat_interleave(k)  # group-major: row i is prompt i // k
+    for module in inner.modules():  # Qwen2-VL's rope_deltas [P, 1], set from the positions above, used when decoding
+        deltas = getattr(module, "rope_deltas", None)
+        if isinstance(deltas, torch.Tensor) and deltas.shape[0] == rows:
+            module.rope_deltas = deltas.repeat_interleave(k, 0)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=attn.repeat_interleave(k, 0),
+                          cache=cache, **generate_kwargs)

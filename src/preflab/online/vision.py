@@ -109,9 +109,18 @@ def placeholder_ids(model) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int))
 
 
+# model types whose shared prefill is checked against the repeated-prompt path (tests/vlm/test_vision_kv.py)
+SHARED_PREFILL_MODEL_TYPES = ("qwen2_vl", "llava", "idefics3")
+
+
 class VisionGenerator:
     """G sampled completions per image prompt: the VLM's generate() on the processor's left-padded batch, chunk c
-    of generation_batch_size prompts after torch.manual_seed(seed + c); placeholder tokens banned."""
+    of generation_batch_size prompts after torch.manual_seed(seed + c); placeholder tokens banned.
+
+    Each distinct prompt is processed and prefilled once (its images encoded once) and its KV cache shared by its G
+    completions (preflab.generate_groups.prefilled_generate): the same draws as generating on the G copies of each
+    prompt (the path before), up to float rounding. Model types not checked for that (SHARED_PREFILL_MODEL_TYPES)
+    and caches that cannot be shared take that path, said once."""
 
     def __init__(self, model, processor, max_new_tokens: int, temperature: float, top_p: float, batch_size: int,
                  device):
@@ -120,33 +129,56 @@ class VisionGenerator:
             batch_size
         self.banned = [[i] for i in placeholder_ids(model)]
 
-    @torch.no_grad()
-    def _chunk(self, rows: list[VisionPromptRow], k: int, seed: int) -> list[list[int]]:
-        from preflab.loops.rollout import full_distribution, pad_id_of
-
+    def _encode(self, texts: list[str], images: list) -> dict:
         tok = self.processor.tokenizer
-        texts = [row.prompt_text for row in rows for _ in range(k)]
-        images = [im for row in rows for _ in range(k) for im in row.images]
         side = tok.padding_side
         tok.padding_side = "left"
         try:
             enc = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
         finally:
             tok.padding_side = side
-        enc = {key: v.to(self.device) if isinstance(v, torch.Tensor) else v for key, v in enc.items()}
+        return {key: v.to(self.device) if isinstance(v, torch.Tensor) else v for key, v in enc.items()}
+
+    def _why_not_shared(self, model, k: int) -> str | None:
+        model_type = getattr(model.config, "model_type", None)
+        if k > 1 and model_type not in SHARED_PREFILL_MODEL_TYPES:
+            return f"image-text model type {model_type!r} is not checked for a shared prompt prefill (checked: " \
+                   f"{', '.join(SHARED_PREFILL_MODEL_TYPES)})"
+        return None
+
+    @torch.no_grad()
+    def _chunk(self, rows: list[VisionPromptRow], k: int, seed: int) -> list[list[int]]:
+        from preflab.generate_groups import _say_once, prefilled_generate
+        from preflab.loops.rollout import full_distribution, pad_id_of
+
+        tok = self.processor.tokenizer
         model = unwrap(self.model)
+        settings = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p,
+                        max_new_tokens=self.max_new_tokens, pad_token_id=pad_id_of(tok),
+                        eos_token_id=tok.eos_token_id, bad_words_ids=self.banned or None)
         was_training = model.training
         model.eval()
         try:
             with full_distribution(model):
-                torch.manual_seed(seed)
-                out = model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.top_p,
-                                     max_new_tokens=self.max_new_tokens, pad_token_id=pad_id_of(tok),
-                                     eos_token_id=tok.eos_token_id, bad_words_ids=self.banned or None)
+                out = None
+                if k > 1:
+                    if (why := self._why_not_shared(model, k)) is not None:
+                        _say_once(why)
+                    else:
+                        enc = self._encode([row.prompt_text for row in rows], [im for row in rows for im in row.images])
+                        ids, attn = enc.pop("input_ids"), enc.pop("attention_mask")
+                        out = prefilled_generate(model, ids, attn, k, seed=seed, inputs=enc, **settings)
+                        width = ids.shape[1]
+                if out is None:  # k copies of each prompt (k = 1, or the prefill cannot be shared)
+                    enc = self._encode([row.prompt_text for row in rows for _ in range(k)],
+                                       [im for row in rows for _ in range(k) for im in row.images])
+                    torch.manual_seed(seed)
+                    out = model.generate(**enc, **settings)
+                    width = enc["input_ids"].shape[1]
         finally:
             model.train(was_training)
         eos, ids = tok.eos_token_id, []
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for row in out[:, width:].tolist():
             ids.append(row[:row.index(eos) + 1] if eos in row else row)
         return ids
 
