@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 from preflab import recipe_state, recipes
 from preflab.config import load_config
 from preflab.errors import ConfigError
-from preflab.reward_models import themis_toy
+from preflab.reward_models import fspo, themis_toy
 from preflab.tool_use import dstc, itool
 
 ROOT = Path(__file__).resolve().parents[2]
 REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch",
-           "fspo": "written by every rank", "pro_orchestrator": "run on every rank"}
+           "pro_orchestrator": "run on every rank"}
 
 
 @pytest.mark.parametrize("task", sorted(REASONS))
@@ -270,3 +270,75 @@ def test_whether_a_stage_folder_is_an_interrupted_one_is_the_main_process_s_verd
     monkeypatch.setattr(recipe_state, "main_writes", lambda write: pytest.fail("a barrier the main process skips"))
     assert state.stage("stage_1", lambda folder: {"ran": folder.name}, lambda folder: None) == {"ran": "stage_1"}
     assert made.exists()
+
+
+def test_fspo_is_not_refused_its_batch_must_split_and_a_batch_coupled_loss_is_refused(tmp_path, monkeypatch):
+    recipes.check_processes("fspo", 2)
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 3)
+    with pytest.raises(ConfigError, match="task fspo: its batch of 16 rows does not split over 3 processes"):
+        fspo.run_fspo(str(tmp_path / "out"))
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 2)
+    with pytest.raises(ConfigError, match="loss_type='aot' on 2 processes: only a per-pair mean loss"):
+        fspo.run_fspo(str(tmp_path / "out"), loss_type="aot")
+    with pytest.raises(ConfigError, match="loss_type='sft' on 2 processes"):
+        fspo.run_fspo(str(tmp_path / "out"), loss_type="sft")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 1)  # one process: every loss_type, as before
+    with pytest.raises(ConfigError, match="steps and batch_size must be >= 1"):
+        fspo.run_fspo(str(tmp_path / "out"), loss_type="aot", steps=0)
+
+
+def _assert_close(got, want, where="") -> None:
+    """The same JSON record: the same keys, lists and strings; floats to 1e-5."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for k in want:
+            _assert_close(got[k], want[k], f"{where}/{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_close(g, w, f"{where}/{i}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-5), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.slow
+def test_fspo_on_two_processes_equals_one_process(tmp_path):
+    """2 processes x 2 episodes = batch_size 4 on one process, in the fspo stage and the pooled baseline: the same
+    losses and final weights to 1e-6 (measured: losses 6.4e-7, weights 4.3e-7), the same held-out accuracies, state
+    and summary (their scores to 1e-5; runtime_s aside); the episode files, state and summary written once, by the main process, the result printed once. Before, the recipe was
+    refused under a launcher (each rank would have trained batch_size 4, a global batch of 8)."""
+    params = {"users_per_group": 3, "rows_per_user": 4, "heldout_fraction": 0.34, "hidden_size": 32,
+              "num_layers": 1, "steps": 3, "batch_size": 4, "instruction": "Answer.", "loss_type": "ipo",
+              "learning_rate": 3e-4}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/fspo.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    fspo.run_fspo(str(one), seed=0, quiet=True, **params)
+    for stage in fspo.STAGES:
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] == 3 * 4
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+    for name in ("episodes.jsonl", "pooled.jsonl"):
+        assert (two / "data" / name).read_text() == (one / "data" / name).read_text()
+    # the held-out scores of weights 1e-7 apart: the same accuracies, the same record, numbers to 1e-5
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    _assert_close(_drop(s2, ("runtime_s",)), _drop(s1, ("runtime_s",)))
+    assert s2["by_group_after"]["quiet"]["accuracy"] == s1["by_group_after"]["quiet"]["accuracy"] == 0.75
+    t2, t1 = (json.loads((d / fspo.STATE_FILE).read_text()) for d in (two, one))
+    _assert_close(t2, t1)
+    assert not list(two.glob("*.tmp")) and not list((two / "data").glob("*.tmp"))
