@@ -129,7 +129,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
     from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
-                                      per_process_batch, start_processes)
+                                      per_process_batch)
     from preflab.runlog import is_main_process, write_summary
 
     if stop_after_stage not in (None, *STAGES):
