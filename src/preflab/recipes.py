@@ -37,10 +37,6 @@ ONE_PROCESS = {
     "raft_ladder": "its SFT term (the offline Trainer's loss_type sft, TRL's token mean of each micro-batch) is "
                    "not additive over examples, so splitting its batch of 16 over the processes changes the "
                    "objective; every process would also write the same data files, state and summary",
-    "fspo": "its episode files, held-out scoring and summary are written by every rank, its two runs' batches are per "
-            "process (the global batch would double), and it was not checked on several processes",
-    "pro_orchestrator": "its adapter fit, data files and summary run on every rank, its runs' batches are per "
-                        "process (the global batch would double), and it was not checked on several processes",
 }
 
 

@@ -1,7 +1,9 @@
 """The tool / program recipes under a multi-process launch (`accelerate launch --num_processes N`): a recipe that
 cannot run on several processes is refused before anything runs, naming why and what to do; `task: themis` runs its
-two reward-model trainings data parallel and equals the one-process recipe, and so does `task: dstc` (its sandbox
-matrix and pairs on the main process, its SFT and DPO stages data parallel)."""
+two reward-model trainings data parallel and equals the one-process recipe, and so do `task: dstc` (its sandbox
+matrix and pairs on the main process, its SFT and DPO stages data parallel), `task: itool`, `task: fspo` (held-out
+scoring on the main process, both DPO stages data parallel) and `task: pro_orchestrator` (adapter fit and evaluations
+on the main process, SFT and GRPO data parallel)."""
 import json
 import os
 import socket
@@ -10,17 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from preflab import recipe_state, recipes
 from preflab.config import load_config
 from preflab.errors import ConfigError
-from preflab.reward_models import themis_toy
+from preflab.online import pro_recipe
+from preflab.reward_models import fspo, themis_toy
 from preflab.tool_use import dstc, itool
 
 ROOT = Path(__file__).resolve().parents[2]
-REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch",
-           "fspo": "written by every rank", "pro_orchestrator": "run on every rank"}
+REASONS = {"icpl": "trains no model", "raft_ladder": "token mean of each micro-batch"}
 
 
 @pytest.mark.parametrize("task", sorted(REASONS))
@@ -34,7 +37,6 @@ def test_a_one_process_recipe_under_a_launch_of_two_is_refused_before_it_starts(
     monkeypatch.setattr(recipes, "recipe_function", must_not_run)
     out = tmp_path / "out"
     yaml_file = ROOT / "examples/tools" / f"{task}.yaml"
-    yaml_file = yaml_file if yaml_file.exists() else ROOT / "examples" / f"{task}.yaml"  # fspo, pro_orchestrator
     cfg = load_config(str(yaml_file), [f"output_dir={out}"])
     with pytest.raises(ConfigError, match=rf"task '{task}' runs as one process, not 2 \(WORLD_SIZE=2\): .*"
                                           rf"{REASONS[task]}.*without a launcher: `preflab train CONFIG.yaml`"):
@@ -56,7 +58,7 @@ def test_themis_is_not_refused_and_its_batch_must_split_over_the_processes(tmp_p
 @pytest.mark.parametrize("engine", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_themis_on_several_processes_under_fsdp_or_deepspeed_is_refused(engine, tmp_path, monkeypatch):
     """Its evaluation runs the reward models on the main process, outside the engine: data parallel only (and so do
-    dstc's and itool's sampling, searches and evaluations)."""
+    dstc's, itool's, fspo's and pro_orchestrator's sampling, searches and evaluations)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv(engine, "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
@@ -66,6 +68,10 @@ def test_themis_on_several_processes_under_fsdp_or_deepspeed_is_refused(engine, 
         dstc.run_dstc(str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
         itool.run_itool(str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
+        fspo.run_fspo(str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="runs data parallel only: .*examples/accelerate/ddp.yaml"):
+        pro_recipe.run_pro(str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -270,3 +276,131 @@ def test_whether_a_stage_folder_is_an_interrupted_one_is_the_main_process_s_verd
     monkeypatch.setattr(recipe_state, "main_writes", lambda write: pytest.fail("a barrier the main process skips"))
     assert state.stage("stage_1", lambda folder: {"ran": folder.name}, lambda folder: None) == {"ran": "stage_1"}
     assert made.exists()
+
+
+def test_fspo_is_not_refused_its_batch_must_split_and_a_batch_coupled_loss_is_refused(tmp_path, monkeypatch):
+    recipes.check_processes("fspo", 2)
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 3)
+    with pytest.raises(ConfigError, match="task fspo: its batch of 16 rows does not split over 3 processes"):
+        fspo.run_fspo(str(tmp_path / "out"))
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 2)
+    with pytest.raises(ConfigError, match="loss_type='aot' on 2 processes: only a per-pair mean loss"):
+        fspo.run_fspo(str(tmp_path / "out"), loss_type="aot")
+    with pytest.raises(ConfigError, match="loss_type='sft' on 2 processes"):
+        fspo.run_fspo(str(tmp_path / "out"), loss_type="sft")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 1)  # one process: every loss_type, as before
+    with pytest.raises(ConfigError, match="steps and batch_size must be >= 1"):
+        fspo.run_fspo(str(tmp_path / "out"), loss_type="aot", steps=0)
+
+
+def _assert_close(got, want, where="") -> None:
+    """The same JSON record: the same keys, lists and strings; floats to 1e-5."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for k in want:
+            _assert_close(got[k], want[k], f"{where}/{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_close(g, w, f"{where}/{i}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-5), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.slow
+def test_fspo_on_two_processes_equals_one_process(tmp_path):
+    """2 processes x 2 episodes = batch_size 4 on one process, in the fspo stage and the pooled baseline: the same
+    losses and final weights to 1e-6 (measured: losses 6.4e-7, weights 4.3e-7), the same held-out accuracies, state
+    and summary (their scores to 1e-5; runtime_s aside); the episode files, state and summary written once, by the main process, the result printed once. Before, the recipe was
+    refused under a launcher (each rank would have trained batch_size 4, a global batch of 8)."""
+    params = {"users_per_group": 3, "rows_per_user": 4, "heldout_fraction": 0.34, "hidden_size": 32,
+              "num_layers": 1, "steps": 3, "batch_size": 4, "instruction": "Answer.", "loss_type": "ipo",
+              "learning_rate": 3e-4}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/fspo.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    fspo.run_fspo(str(one), seed=0, quiet=True, **params)
+    for stage in fspo.STAGES:
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] == 3 * 4
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+    for name in ("episodes.jsonl", "pooled.jsonl"):
+        assert (two / "data" / name).read_text() == (one / "data" / name).read_text()
+    # the held-out scores of weights 1e-7 apart: the same accuracies, the same record, numbers to 1e-5
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    _assert_close(_drop(s2, ("runtime_s",)), _drop(s1, ("runtime_s",)))
+    assert s2["by_group_after"]["quiet"]["accuracy"] == s1["by_group_after"]["quiet"]["accuracy"] == 0.75
+    t2, t1 = (json.loads((d / fspo.STATE_FILE).read_text()) for d in (two, one))
+    _assert_close(t2, t1)
+    assert not list(two.glob("*.tmp")) and not list((two / "data").glob("*.tmp"))
+
+
+def test_pro_orchestrator_is_not_refused_and_its_sft_batch_must_split(tmp_path, monkeypatch):
+    recipes.check_processes("pro_orchestrator", 2)
+    monkeypatch.setattr(recipe_state, "start_processes", lambda: 3)
+    with pytest.raises(ConfigError, match="task pro_orchestrator: its batch of 16 rows does not split over 3"):
+        pro_recipe.run_pro(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_pro_orchestrator_on_two_processes_equals_one_process(tmp_path, monkeypatch):
+    """2 processes x 8 rows = the SFT batch of 16 on one process, and the GRPO rounds (4 prompts x 2 completions, all
+    processes together) split over the processes: the same losses, gradient norms and final weights to 1e-6 (measured:
+    weights 1.0e-7 after SFT, 4.1e-7 after GRPO, 1.8e-7 after the control), the same adapter, held-out rewards, state and summary (runtime_s aside); the
+    adapter fitted, the data files, state and summary written once, by the main process; the result printed once."""
+    params = {"n_train": 24, "n_heldout": 4, "hidden_size": 32, "sft_steps": 3, "adapter_steps": 20,
+              "grpo_steps": 2, "prompts_per_generation": 4, "num_generations": 2, "max_completion_length": 6}
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), str(ROOT / "tests/tools/pro_launch.py"), "train",
+           str(ROOT / "examples/pro_orchestrator.yaml"),
+           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    monkeypatch.syspath_prepend(str(ROOT / "tests/tools"))
+    from pro_launch import dense_echo
+
+    monkeypatch.setattr(pro_recipe, "_echo", dense_echo)  # GRPO groups with different rewards: a gradient
+    pro_recipe.run_pro(str(one), seed=0, quiet=True, **params)
+    for stage, examples in (("sft", 3 * 16), ("grpo", None), ("control", None)):
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"] == (examples or got["train_examples_seen"])
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+        assert w2.keys() == w1.keys()
+        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+        norms = [[json.loads(x)["grad_norm"] for x in (d / stage / "metrics.jsonl").read_text().splitlines()]
+                 for d in (two, one)]
+        assert norms[0] == pytest.approx(norms[1], rel=1e-5) and min(norms[1]) > 0.1, stage
+    s, g = (load_file(str(one / stage / "model.safetensors")) for stage in ("sft", "grpo"))
+    assert max(float((s[k] - g[k]).abs().max()) for k in s) > 1e-4  # GRPO trained (its loss value is 0 at beta 0)
+    w2, w1 = (load_file(str(d / "adapter/adapter.safetensors")) for d in (two, one))
+    assert all(torch.equal(w2[k], w1[k]) for k in w1)
+    for name in ("adapter_rows.jsonl", "sft.jsonl"):
+        assert (two / "data" / name).read_text() == (one / "data" / name).read_text()
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    _assert_close(_drop(s2, ("runtime_s",)), _drop(s1, ("runtime_s",)))
+    _assert_close(*(json.loads((d / pro_recipe.STATE_FILE).read_text()) for d in (two, one)))
+    assert not list(two.glob("*.tmp")) and not list((two / "data").glob("*.tmp"))

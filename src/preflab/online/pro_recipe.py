@@ -24,6 +24,14 @@ the same style best for both types, so the control cannot serve both (spec #12, 
 
 State: pro_state.json after each stage; `resume_from_checkpoint: true` loads the finished stages and reruns an
 interrupted one from its start (preflab.recipe_state), so the result equals an uninterrupted run's.
+
+On several processes (`accelerate launch --num_processes N`, data parallel only) the SFT stage trains with its batch
+of 16 split over the processes (16 / N each; N must divide 16; TRL's SFT loss is the token mean of the global batch,
+additive over examples), and the GRPO stages are ordinary online runs: a round of prompts_per_generation prompts (all
+processes together) is split over the processes, and trainer grpo's step loss is normalised over all the step's
+examples (preflab.online.run), so the split does not change the update. The adapter fit and the held-out evaluations (greedy answers) run on the
+main process and every process receives their results; the data files, the adapter, the state and the summary are
+written once, by the main process. The result equals the one-process recipe.
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ STAGES = ("adapter", "sft", "grpo", "control")
 TOY_WORDS = ["sun", "cat", "map", "dog", "red", "box", "pen", "cup", "hat", "log", "net", "owl", "jam", "kit", "fig",
              "bus", "car", "toy", "bee", "ant", "ice", "oak", "elf", "gem"]
 TOY_TYPES = {"shout": "loud_echo", "whisper": "quiet_echo"}
+SFT_BATCH = 16  # the SFT stage's global batch (split over the processes of a launch)
 
 
 # the toy: two prompt types, two reward functions
@@ -119,33 +128,39 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
-    from preflab.recipe_state import RecipeState, load_safetensors_into
-    from preflab.runlog import write_summary
+    from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+                                      per_process_batch)
+    from preflab.runlog import is_main_process, write_summary
 
     if stop_after_stage not in (None, *STAGES):
         raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
     if min(n_train, n_heldout, sft_steps, grpo_steps, adapter_steps) < 1:
         raise ConfigError("task pro_orchestrator: n_train, n_heldout, sft_steps, grpo_steps and adapter_steps must "
                           "be >= 1.")
+    sft_per_process = per_process_batch(SFT_BATCH, "pro_orchestrator")  # forms a launch's process group first
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
-    say = (lambda *a: None) if quiet else print
+    say = print if not quiet and is_main_process() else (lambda *a: None)
     reward_names = ["loud_echo", "quiet_echo"]
     train = toy_prompts(n_train, seed)
     heldout = toy_prompts(n_heldout, seed + 1, exclude=set(train))
     adapter_rows = read_adapter_rows(adapter_data, len(reward_names)) if adapter_data else toy_adapter_rows(train)
     state = RecipeState(out, STATE_FILE, params, resume)
     if not adapter_data:
-        (out / "data").mkdir(parents=True, exist_ok=True)
-        (out / "data" / "adapter_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in adapter_rows))
+        def write_adapter_rows() -> None:
+            (out / "data").mkdir(parents=True, exist_ok=True)
+            (out / "data" / "adapter_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in adapter_rows))
+
+        main_writes(write_adapter_rows)
     tokenizer = tiny_tokenizer("char")
     new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size, num_layers=2,  # noqa: E731
                                        num_heads=4, seed=seed)
-    evaluate = lambda m: true_reward_by_type(m, tokenizer, heldout, max_completion_length)  # noqa: E731
+    evaluate = lambda m: main_result(  # noqa: E731  (greedy answers on the main process, sent to all)
+        lambda: true_reward_by_type(m, tokenizer, heldout, max_completion_length))
     common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps)
     model = new_model()
 
-    def run_adapter(folder: Path) -> dict:
+    def fit_adapter(folder: Path) -> dict:
         weights = fit_orchestrator(adapter_rows, reward_names, hidden=adapter_hidden, loss=adapter_loss,
                                    temperature=adapter_temperature, steps=adapter_steps, lr=adapter_lr, seed=seed)
         save_orchestrator(folder, weights, adapter_hidden)
@@ -153,10 +168,14 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         return {"heldout_weights_by_type": {t: w[[i for i, p in enumerate(heldout) if p.startswith(t)]].mean(0).tolist()
                                             for t in TOY_TYPES}}
 
+    def run_adapter(folder: Path) -> dict:  # fitted and saved by the main process, loaded by all below
+        return main_result(lambda: fit_adapter(folder))
+
     say(f"pro_orchestrator: stage 1, fit the prompt -> weight adapter (loss {adapter_loss})")
     adapter_record = state.stage("adapter", run_adapter, lambda folder: None)
     aggregator = load_orchestrator(out / "adapter")
     if stop_after_stage == "adapter":
+        end_processes()
         return state.state
 
     def load(folder: Path) -> None:
@@ -167,11 +186,15 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         rows = [{"prompt": p + "\n", "completion": " ".join(w.upper() if loud else w for w in p.split(":")[1].split())}
                 for p in train for loud in [rng.random() < 0.5]]
         data = out / "data" / "sft.jsonl"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+        def write_sft_rows() -> None:
+            data.parent.mkdir(parents=True, exist_ok=True)
+            data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+        main_writes(write_sft_rows)
         cfg = config_from_dict({**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
                                 "dataset_name": str(data), "max_length": 64, "learning_rate": 3e-3,
-                                "per_device_train_batch_size": 16, "max_steps": sft_steps, "warmup_steps": 10,
+                                "per_device_train_batch_size": sft_per_process, "max_steps": sft_steps, "warmup_steps": 10,
                                 "lr_scheduler_type": "cosine", "output_dir": str(folder)})
         SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
         return evaluate(model)
@@ -180,6 +203,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     before = state.stage("sft", run_sft, load)
     sft_weights = {k: v.clone() for k, v in model.state_dict().items()}
     if stop_after_stage == "sft":
+        end_processes()
         return state.state
 
     def grpo_stage(name: str, weights) -> dict:
@@ -205,6 +229,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     say("pro_orchestrator: stage 3, GRPO with the prompt-aware weights")
     after = grpo_stage("grpo", aggregator)
     if stop_after_stage == "grpo":
+        end_processes()
         return state.state
     ctl = None
     if control:
@@ -225,5 +250,6 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         summary.update({"control_true_reward_after": ctl["true_reward"], "control_by_type_after": ctl["by_type"],
                         "examples_control_after": ctl["examples"]})
     summary["runtime_s"] = time.perf_counter() - started
-    write_summary(out, summary)
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
     return summary

@@ -29,6 +29,14 @@ toy it cannot serve both.
 State: fspo_state.json (the finished stages' records) is saved after each stage; `resume_from_checkpoint: true`
 loads the finished stages' weights and reruns an interrupted stage from its start (preflab.recipe_state), so the
 result equals an uninterrupted run's. Without resume an existing state is refused.
+
+On several processes (`accelerate launch --num_processes N`, data parallel only) both stages train with the recipe's
+global batch split over the processes (batch_size / N each; N must divide it), so the result equals the one-process
+recipe: the loss_type must be a per-pair mean (PER_PAIR_LOSSES; one that couples the batch's pairs, such as aot's
+sorted matching or sft's token mean of each micro-batch, is refused there). The held-out scoring (before and after
+each stage) runs on the main process and every process receives its numbers; the episode files, state and summary
+are written once, by the main process. The users' rows and episodes are built on every process (seeded, the same on
+each, and a bad row is refused by every process alike).
 """
 from __future__ import annotations
 
@@ -48,6 +56,10 @@ from preflab.reward_models.fewshot_episodes import (DEFAULT_INSTRUCTION, build_e
 
 STATE_FILE = "fspo_state.json"
 STAGES = ("fspo", "pooled")
+# loss_types whose loss is the mean of a per-pair loss (each pair's term depends on that pair only): additive over the
+# pairs, so N processes x batch_size / N pairs train the one-process objective of batch_size pairs
+PER_PAIR_LOSSES = ("sigmoid", "dpo", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "sppo_hard", "apo_zero",
+                   "apo_down", "discopop", "bco_pair")
 TOY_WORDS = ["sun", "cat", "map", "dog", "red", "box", "pen", "cup", "hat", "log", "net", "owl", "jam", "kit", "fig",
              "bus", "car", "toy", "bee", "ant", "ice", "oak", "elf", "gem"]
 
@@ -198,13 +210,20 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-    from preflab.recipe_state import RecipeState, load_safetensors_into
-    from preflab.runlog import write_summary
+    from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+                                      per_process_batch, start_processes)
+    from preflab.runlog import is_main_process, write_summary
 
     if stop_after_stage not in (None, *STAGES):
         raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
     if steps < 1 or batch_size < 1:
         raise ConfigError("task fspo: steps and batch_size must be >= 1.")
+    processes = start_processes()  # a launch's process group, formed before anything is written
+    if processes > 1 and loss_type not in PER_PAIR_LOSSES:
+        raise ConfigError(f"task fspo: loss_type={loss_type!r} on {processes} processes: only a per-pair mean loss "
+                          f"{list(PER_PAIR_LOSSES)} splits its batch over the processes without changing the "
+                          "objective. Use one of those, or run it as one process (`preflab train CONFIG.yaml`).")
+    per_process = per_process_batch(batch_size, "fspo")
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     rows = read_user_rows(data_file) if data_file else toy_user_rows(users_per_group, rows_per_user, seed)
@@ -220,16 +239,15 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                         f"shots={shots}; each user needs more than `shots` rows with distinct prompts (skipped users: "
                         f"{train_counts['skipped_users'] or held_counts['skipped_users']}).")
     data = out / "data"
-    _write_pairs(data / "episodes.jsonl", episodes)
-    _write_pairs(data / "pooled.jsonl", pooled)
+    main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled)))
     tokenizer = tiny_tokenizer("char")
     new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size,  # noqa: E731
                                        num_layers=num_layers, num_heads=4, seed=seed)
     longest = max(len(r["prompt"]) + len(r["chosen"]) for r in episodes + eval_fspo) + 2
-    say = (lambda *a: None) if quiet else print
+    say = print if not quiet and is_main_process() else (lambda *a: None)
     initial = new_model()
-    before = {"fspo": preference_accuracy(initial, tokenizer, eval_fspo),
-              "pooled": preference_accuracy(initial, tokenizer, eval_pooled)}
+    before = main_result(lambda: {"fspo": preference_accuracy(initial, tokenizer, eval_fspo),
+                                  "pooled": preference_accuracy(initial, tokenizer, eval_pooled)})
 
     def stage(name: str, file: Path, eval_rows: list[dict]) -> dict:
         model = new_model()
@@ -237,12 +255,12 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         def run(folder: Path) -> dict:
             cfg = config_from_dict({"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
                                     "dataset_name": str(file), "output_dir": str(folder), "loss_type": loss_type,
-                                    "beta": beta, "max_steps": steps, "per_device_train_batch_size": batch_size,
+                                    "beta": beta, "max_steps": steps, "per_device_train_batch_size": per_process,
                                     "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
                                     "seed": seed, "logging_steps": 10, "save_steps": save_steps,
                                     "disable_tqdm": quiet, "use_cpu": True})
             Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
-            return preference_accuracy(model, tokenizer, eval_rows)
+            return main_result(lambda: preference_accuracy(model, tokenizer, eval_rows))
 
         def load(folder: Path) -> None:
             load_safetensors_into(model, folder / "model.safetensors")
@@ -253,6 +271,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     say(f"fspo: stage 1, {loss_type} on {len(episodes)} episodes ({shots} shots) of {train_counts['users']} users")
     after = stage("fspo", data / "episodes.jsonl", eval_fspo)
     if stop_after_stage == "fspo":
+        end_processes()
         return state.state
     pooled_after = None
     if baseline:
@@ -280,5 +299,6 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                         "pooled_by_group_after": pooled_after["by_group"],
                         "pooled_pair_choice_reward_after": pooled_after["pair_choice_reward"]})
     summary["runtime_s"] = time.perf_counter() - started
-    write_summary(out, summary)
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
     return summary
