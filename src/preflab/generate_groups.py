@@ -118,7 +118,15 @@ def prefilled_generate(model, ids: torch.Tensor, attn: torch.Tensor, k: int, *, 
     inputs = dict(inputs or {})
     rows, width = ids.shape
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    positions = inner._prepare_position_ids_for_generation(ids, {"attention_mask": attn, **inputs})
+    prepare = getattr(inner, "_prepare_position_ids_for_generation", None)  # transformers' own (private) rule
+    if prepare is not None:
+        positions = prepare(ids, {"attention_mask": attn, **inputs})
+    elif not inputs:  # a text model: generate numbers the positions by the attention mask
+        positions = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 0)
+    else:
+        _say_once(f"this transformers version has no _prepare_position_ids_for_generation on "
+                  f"{type(inner).__name__}, whose image-text positions the shared prefill would need")
+        return None
     cache = DynamicCache(config=model.config)
     head = {key: v[:, :-1] if key.endswith("token_type_ids") else v for key, v in inputs.items()}
     head.update(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=positions[..., :-1], cache=cache,
