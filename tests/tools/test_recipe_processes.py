@@ -91,6 +91,29 @@ def _losses(folder: Path) -> list:
 
 
 @pytest.mark.slow
+def _launch_two(entry: str, config: str, out: Path, params: dict) -> None:
+    """`accelerate launch` of 2 gloo processes (examples/accelerate/ddp.yaml) of `entry` (a script under ROOT, or
+    "module" for `-m preflab.cli`) with `train CONFIG output_dir=OUT recipe_params=...`: it succeeds and prints
+    its result once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    target = ["--module", "preflab.cli"] if entry == "module" else [str(ROOT / entry)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
+           str(_free_port()), *target, "train", str(ROOT / config), f"output_dir={out}", "disable_tqdm=true",
+           "recipe_params=" + json.dumps(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+
+
+def _assert_same_weights(two: Path, one: Path, stage: str, atol: float = 1e-6) -> None:
+    w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
+    assert w2.keys() == w1.keys()
+    assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < atol, stage
+
+
 def test_themis_on_two_processes_equals_one_process(tmp_path):
     """2 processes x 8 pairs = the recipe's batch of 16 on one process: the same losses and final weights of both
     reward models to 1e-6 / 2e-6, the same state and summary numbers; summary.json, the state and the tool cache
@@ -98,17 +121,7 @@ def test_themis_on_two_processes_equals_one_process(tmp_path):
     batch of 32) and the second training crashed (the first one's end destroyed the process group)."""
     params = {"steps": 3, "n_train": 16, "n_test": 2}
     two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/tools/themis.yaml"),
-           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    _launch_two("module", "examples/tools/themis.yaml", two, params)
     themis_toy.run_themis_arithmetic(str(one), seed=0, quiet=True, **params)
     for stage in ("with_traces", "without_traces"):
         got, want = json.loads((two / stage / "summary.json").read_text()), \
@@ -162,16 +175,7 @@ def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch):
               "n_tests": 1, "iterations": 1, "dpo_steps": 2, "batch_size": 4, "hidden_size": 32,
               "timeout_s": 0.5, "control": True}
     two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), str(ROOT / "tests/tools/dstc_launch.py"), "train", str(ROOT / "examples/tools/dstc.yaml"),
-           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    _launch_two("tests/tools/dstc_launch.py", "examples/tools/dstc.yaml", two, params)
     monkeypatch.setattr(dstc, "sample_candidates", planted_sampler())
     dstc.run_dstc(str(one), seed=0, quiet=True, **params)
     for stage, steps in (("sft", 4), ("dstc_1/dpo", 2), ("control", 2)):
@@ -180,9 +184,7 @@ def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch):
         assert got["train_examples_seen"] == want["train_examples_seen"] == steps * 4
         assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
     for stage in ("sft", "dstc_1", "control"):
-        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
-        assert w2.keys() == w1.keys()
-        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+        _assert_same_weights(two, one, stage)
     assert (two / "dstc_1/pairs.jsonl").read_text() == (one / "dstc_1/pairs.jsonl").read_text()
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     timing = ("runtime_s", "sandbox_seconds", "seconds_per_run")
@@ -234,16 +236,7 @@ def test_itool_on_two_processes_equals_one_process(tmp_path):
     params = {"n_train": 40, "n_test": 6, "pool_size": 14, "sft_steps": 3, "iterations": 2, "mcts_iters": 2,
               "num_actions": 2, "hidden_size": 32, "max_new_tokens": 24, "accept_value": -10.0}
     two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/tools/itool.yaml"),
-           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    _launch_two("module", "examples/tools/itool.yaml", two, params)
     itool.run_itool(str(one), seed=0, quiet=True, **params)
     t2, t1 = (json.loads((d / itool.STATE_FILE).read_text()) for d in (two, one))
     _assert_same_numbers(t2, t1)
@@ -254,9 +247,7 @@ def test_itool_on_two_processes_equals_one_process(tmp_path):
         assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
         assert got["train_examples_seen"] == want["train_examples_seen"] > 0
         assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
-        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
-        assert w2.keys() == w1.keys()
-        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+        _assert_same_weights(two, one, stage)
     for t in (1, 2):
         assert (two / f"iter_{t}/pairs.jsonl").read_text() == (one / f"iter_{t}/pairs.jsonl").read_text()
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
@@ -320,25 +311,14 @@ def test_fspo_on_two_processes_equals_one_process(tmp_path):
               "num_layers": 1, "steps": 3, "batch_size": 4, "instruction": "Answer.", "loss_type": "ipo",
               "learning_rate": 3e-4}
     two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), "--module", "preflab.cli", "train", str(ROOT / "examples/fspo.yaml"),
-           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    _launch_two("module", "examples/fspo.yaml", two, params)
     fspo.run_fspo(str(one), seed=0, quiet=True, **params)
     for stage in fspo.STAGES:
         got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
         assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
         assert got["train_examples_seen"] == want["train_examples_seen"] == 3 * 4
         assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
-        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
-        assert w2.keys() == w1.keys()
-        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+        _assert_same_weights(two, one, stage)
     for name in ("episodes.jsonl", "pooled.jsonl"):
         assert (two / "data" / name).read_text() == (one / "data" / name).read_text()
     # the held-out scores of weights 1e-7 apart: the same accuracies, the same record, numbers to 1e-5
@@ -367,17 +347,7 @@ def test_pro_orchestrator_on_two_processes_equals_one_process(tmp_path, monkeypa
     params = {"n_train": 24, "n_heldout": 4, "hidden_size": 32, "sft_steps": 3, "adapter_steps": 20,
               "grpo_steps": 2, "prompts_per_generation": 4, "num_generations": 2, "max_completion_length": 6}
     two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), str(ROOT / "tests/tools/pro_launch.py"), "train",
-           str(ROOT / "examples/pro_orchestrator.yaml"),
-           f"output_dir={two}", "disable_tqdm=true", "recipe_params=" + json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+    _launch_two("tests/tools/pro_launch.py", "examples/pro_orchestrator.yaml", two, params)
     monkeypatch.syspath_prepend(str(ROOT / "tests/tools"))
     from pro_launch import dense_echo
 
@@ -388,9 +358,7 @@ def test_pro_orchestrator_on_two_processes_equals_one_process(tmp_path, monkeypa
         assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
         assert got["train_examples_seen"] == want["train_examples_seen"] == (examples or got["train_examples_seen"])
         assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
-        w2, w1 = (load_file(str(d / stage / "model.safetensors")) for d in (two, one))
-        assert w2.keys() == w1.keys()
-        assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6, stage
+        _assert_same_weights(two, one, stage)
         norms = [[json.loads(x)["grad_norm"] for x in (d / stage / "metrics.jsonl").read_text().splitlines()]
                  for d in (two, one)]
         assert norms[0] == pytest.approx(norms[1], rel=1e-5) and min(norms[1]) > 0.1, stage
