@@ -40,6 +40,19 @@ def _grads(model) -> dict:
     return out
 
 
+def _assert_equals_trl(out, grads: dict, st, trl_policy, trl_loss) -> float:
+    """preflab's objective output `out` and policy gradients `grads` against a TRL trainer's loss (backward here),
+    its logged aux_loss (on the stand-in trainer `st`) and its policy's gradients, each to 1e-6; TRL's aux_loss."""
+    trl_loss.backward()
+    trl_grads = _grads(trl_policy)
+    trl_aux = next(v[-1] for mode in st._metrics.values() for k, v in mode.items() if k == "aux_loss")
+    assert float(out.metrics["aux_loss"]) == pytest.approx(trl_aux, abs=1e-6)
+    assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
+    for name, g in trl_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
+    return trl_aux
+
+
 def trl_dpo_run(model, coef):
     """TRL 1.16's DPOTrainer._compute_loss (unbound, on a stand-in trainer) on TRL_PAIRS collated by its own
     DataCollatorForPreference, with its fused LM head on copies of `model` (policy) and of a frozen reference:
@@ -180,13 +193,7 @@ def test_moe_kto_loss_equals_trls_kto_trainer_with_the_router_loss(tmp_path):
     st._compute_kl_logps = types.MethodType(KTOTrainer._compute_kl_logps, st)
     trl_loss = KTOTrainer._compute_loss(st, trl_policy, DataCollatorForUnpairedPreference(pad_token_id=0)(examples),
                                         return_outputs=False)
-    trl_loss.backward()
-    trl_grads = _grads(trl_policy)
-    trl_aux = next(v[-1] for mode in st._metrics.values() for k, v in mode.items() if k == "aux_loss")
-    assert float(out.metrics["aux_loss"]) == pytest.approx(trl_aux, abs=1e-6)
-    assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
-    for name, g in trl_grads.items():
-        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
+    _assert_equals_trl(out, grads, st, trl_policy, trl_loss)
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -229,13 +236,7 @@ def test_moe_sft_loss_equals_trls_sft_trainer_with_the_router_loss(packing, tmp_
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
     trl_loss = TRLSFTTrainer.compute_loss(st, trl_policy, {"input_ids": ids, "attention_mask": attention,
                                                            "labels": labels})
-    trl_loss.backward()
-    trl_grads = _grads(trl_policy)
-    trl_aux = next(v[-1] for mode in st._metrics.values() for k, v in mode.items() if k == "aux_loss")
-    assert float(out.metrics["aux_loss"]) == pytest.approx(trl_aux, abs=1e-6)
-    assert float(out.loss) == pytest.approx(float(trl_loss), abs=1e-6)
-    for name, g in trl_grads.items():
-        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=0, msg=name)
+    trl_aux = _assert_equals_trl(out, grads, st, trl_policy, trl_loss)
     trainer.step = 0  # evaluation: TRL's eval loss is the same compute_loss on the same batch (one eval batch)
     evaluated = trainer.evaluate()
     assert evaluated["eval_aux_loss"] == pytest.approx(trl_aux, abs=1e-6)
