@@ -148,6 +148,7 @@ class VisionGenerator:
 
     @torch.no_grad()
     def _chunk(self, rows: list[VisionPromptRow], k: int, seed: int) -> list[list[int]]:
+        from preflab.generate import cut_after_eos
         from preflab.generate_groups import _say_once, prefilled_generate
         from preflab.loops.rollout import full_distribution, pad_id_of
 
@@ -177,10 +178,7 @@ class VisionGenerator:
                     width = enc["input_ids"].shape[1]
         finally:
             model.train(was_training)
-        eos, ids = tok.eos_token_id, []
-        for row in out[:, width:].tolist():
-            ids.append(row[:row.index(eos) + 1] if eos in row else row)
-        return ids
+        return cut_after_eos(out[:, width:], tok.eos_token_id)
 
     def generate(self, rows: list[VisionPromptRow], num_generations: int, seed: int) -> list[list[int]]:
         return [ids for c, start in enumerate(range(0, len(rows), self.batch_size))
