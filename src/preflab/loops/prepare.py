@@ -78,14 +78,12 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
         if said:
             print(f"preflab: data (eval): {'; '.join(said)}")
-        for note in filter(None, (row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note())):
-            print(f"preflab: note: data: {note}")
-        for note in overlap_notes(overlap, len(eval_rows)):
-            print(f"preflab: note: data: {note}")
+        notes = [row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note(),
+                 *overlap_notes(overlap, len(eval_rows))]
         if kind == "unpaired":
-            note = one_label_note(train, row_report.source)
-            if note:
-                print(f"preflab: note: data: {note}")
+            notes.append(one_label_note(train, row_report.source))
+        for note in filter(None, notes):
+            print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
 
