@@ -118,3 +118,11 @@ def test_plan_uses_the_max_length_training_will_use(tmp_path, capsys):
     assert capsys.readouterr().out.split("per rank")[1] == capped.out.split("per rank")[1]
     assert main(head + ["max_length=128"]) == 0
     assert capsys.readouterr().out.split("per rank")[1] != capped.out.split("per rank")[1]
+
+
+def test_unpaired_activations_count_the_sequences_each_loss_scores(model_dir):
+    """KTO scores a completion and a mismatched completion per example, apo_zero_unpaired the completion only."""
+    kto = memory_plan(_cfg(model_dir, loss_type="kto"), model_config_of(model_dir), Sharding())
+    apo = memory_plan(_cfg(model_dir, loss_type="apo_zero_unpaired"), model_config_of(model_dir), Sharding())
+    assert kto["activations"] == L * 16 * 2 * 2 * H * 34 * 4 / 2  # fp32 compute, 2 sequences per example
+    assert apo["activations"] == kto["activations"] / 2

@@ -124,9 +124,14 @@ def model_config_of(name: str, trust_remote_code: bool = False):
 
 
 def sequences_per_example(cfg) -> int:
-    """Sequences the policy scores per example: 1 for sft; 2 otherwise (chosen + rejected, or KTO's completion +
-    mismatched completion)."""
-    return 1 if cfg.task == "sft" else 2
+    """Sequences the policy scores per example: 1 for sft and for unpaired objectives without KTO's reference point
+    (apo_zero_unpaired: the completion only); 2 otherwise (chosen + rejected, or KTO's completion + mismatched
+    completion)."""
+    if cfg.task == "sft":
+        return 1
+    if cfg.task not in ("reward",) and not getattr(cfg.objective(), "uses_mismatched_completions", True):
+        return 1
+    return 2
 
 
 def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:

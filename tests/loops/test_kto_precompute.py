@@ -179,7 +179,7 @@ def test_pairwise_file_trains_with_the_cache(tmp_path, monkeypatch, loss_type):
     """From a pairwise JSONL file (each row split into a desirable and an undesirable example): the prepared examples
     are paired in TRL's order (no example with its own row's other completion: fewer than 1000 rows, chunks of 4),
     the run reads the reference from the cache and its eval loss equals the default run's (same eval pairing);
-    apo_zero_unpaired (no reference point) runs with the cache too."""
+    apo_zero_unpaired (no reference point) runs with the cache too, its completions only."""
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     words = ["red", "blue", "green", "small", "large", "quick", "slow", "bright", "dark", "warm"]
     rows = [{"prompt": f"The {w} thing is", "chosen": f" {w} and good.", "rejected": f" not {w} at all."}
@@ -192,8 +192,11 @@ def test_pairwise_file_trains_with_the_cache(tmp_path, monkeypatch, loss_type):
                           loss_type=loss_type, max_steps=2)
     cached = runs["cached"]
     assert len(cached.train_data) == 16 and [x.label for x in cached.train_data[:2]] == [True, False]
-    by_completion = {tuple(x.completion_ids): x.row_id for x in cached.train_data}
-    assert all(by_completion[tuple(x.mismatched_completion_ids)] != x.row_id for x in cached.train_data)
+    if loss_type == "kto":
+        by_completion = {tuple(x.completion_ids): x.row_id for x in cached.train_data}
+        assert all(by_completion[tuple(x.mismatched_completion_ids)] != x.row_id for x in cached.train_data)
+    else:  # no reference point: no mismatched completion is paired, scored or cached
+        assert all(x.mismatched_completion_ids is None for x in cached.train_data)
     assert all(x.mismatched_completion_ids is None for x in runs["default"].train_data)
     summaries = {name: run.train() for name, run in runs.items()}
     assert summaries["cached"]["reference_cache"]["train"]["hit"] is False and cached.ref is None

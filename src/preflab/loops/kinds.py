@@ -9,7 +9,8 @@ The trainer asks `kind_for(objective)` and never names an objective or a batch t
               example, as TRL does) -> TokenizedUnpaired -> [completion_1..B, mismatched_1..B] -> UnpairedBatch
 
 KTO's reference point uses mismatched completions: example i's prompt with example i-1's completion (rotation by
-one inside the micro-batch); they are scored in the same forward as the completions. With precompute_ref_log_probs
+one inside the micro-batch); they are scored in the same forward as the completions. Unpaired objectives without
+that reference point (apo_zero_unpaired) score the completions only (UnpairedCompletionsKind). With precompute_ref_log_probs
 the pairing is fixed per example instead, as TRL fixes it (preflab.data.mismatched), so the reference log-probs of
 both pairs are cached per example.
 """
@@ -148,9 +149,9 @@ class UnpairedKind:
 
     @staticmethod
     def count_tokens(items) -> int:
-        """(prompt + completion) + (prompt + mismatched completion) per example."""
-        return sum(2 * len(x.prompt_ids) + len(x.completion_ids) + len(m)
-                   for x, m in zip(items, UnpairedKind.mismatched(items)))
+        """prompt + completion per example: TRL 1.16's num_tokens counts the attention mask of the completions'
+        batch, not the mismatched (KL) sequences it scores in a forward of their own."""
+        return sum(len(x.prompt_ids) + len(x.completion_ids) for x in items)
 
     @staticmethod
     def split(policy, ref, extras) -> UnpairedBatch:
@@ -175,10 +176,42 @@ class UnpairedKind:
         return unpaired_token_sums(token_stats, mask, host_extras["label"])
 
 
+class UnpairedCompletionsKind(UnpairedKind):
+    """Unpaired objectives without KTO's reference point (apo_zero_unpaired: z0 = 0): the completions only,
+    [completion_1..B] -> UnpairedBatch with policy_kl = ref_kl = None. TRL 1.16 sets calculate_KL = False for them
+    and scores no mismatched sequence; scoring them anyway doubled the forward for a term the loss never reads."""
+
+    @staticmethod
+    def fix_reference_inputs(train, evals, cfg) -> tuple[list, list]:
+        """Nothing to fix: the reference log-probs of an example are those of its own completion."""
+        return train, evals
+
+    @staticmethod
+    def collate(items, pad_id: int, layout: str) -> LayoutBatch:
+        """[completion_1..B]; the padded layout, as KTO's."""
+        from preflab.loops.batches import pad_token_extras, stack_extras
+
+        extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
+        extras["label"] = torch.tensor([bool(x.label) for x in items])
+        desirable = sum(bool(x.label) for x in items)
+        extras[LABEL_COUNTS] = (desirable, len(items) - desirable)
+        seqs = [(x.prompt_ids, x.completion_ids) for x in items]
+        return pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
+
+    @staticmethod
+    def split(policy, ref, extras) -> UnpairedBatch:
+        extras = dict(extras)
+        label = extras.pop("label")
+        counts = extras.pop(LABEL_COUNTS, None)
+        ref = None if ref is None else SequenceLogps(ref.token_logps, ref.mask)
+        return UnpairedBatch(SequenceLogps(policy.token_logps, policy.mask), label.to(policy.token_logps.device),
+                             ref, None, None, extras, label_counts=counts)
+
+
 def kind_for(objective):
     """The batch kind an objective consumes (WeightedSum exposes its parts' common batch_type)."""
     if objective.batch_type is UnpairedBatch:
-        return UnpairedKind
+        return UnpairedKind if getattr(objective, "uses_mismatched_completions", True) else UnpairedCompletionsKind
     if objective.batch_type is PairBatch:
         return PairKind
     if objective.batch_type is ListBatch and not objective.required_extras:  # ranked lists from the data (rrhf)

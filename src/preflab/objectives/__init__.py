@@ -178,6 +178,10 @@ class WeightedSum:
         return self.parts[0].modality
 
     @property
+    def uses_mismatched_completions(self) -> bool:
+        return any(getattr(p, "uses_mismatched_completions", False) for p in self.parts)
+
+    @property
     def required_extras(self) -> tuple:
         return tuple(dict.fromkeys(k for p in self.parts for k in p.required_extras))
 

@@ -5,11 +5,13 @@ the unpaired form of Eq. 7. With r = S_theta(y) - S_ref(y):
 
     L = lambda_D (1 - sigmoid(beta r))  if desirable,   lambda_U sigmoid(beta r)  otherwise
 
-It is KTO with the reference point z0 fixed at 0, so it needs no mismatched completions.
+It is KTO with the reference point z0 fixed at 0, so it needs no mismatched completions: the batch kind scores
+the completions only (TRL's `calculate_KL = False` for this loss type), half of KTO's forward.
 
 Deviation from the paper: none (TRL 1.16's form); kl is logged as 0 as TRL does.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -24,6 +26,7 @@ class APOZeroUnpaired(KTO):
                        "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
+    uses_mismatched_completions: ClassVar[bool] = False
 
     def reference_point(self, batch: UnpairedBatch) -> torch.Tensor:
         return as_loss_dtype(batch.policy.token_logps.new_zeros(()))

@@ -14,6 +14,7 @@ per-label means carry their counts (unpaired_metrics), so the logged means are e
 and logging window.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -61,6 +62,8 @@ class KTO(Objective):
     undesirable_weight: float = 1.0  # lambda_U
 
     batch_type = UnpairedBatch
+    # the batch kind scores mismatched completions (x_i, y_{i-1}) for the reference point only when this is True
+    uses_mismatched_completions: ClassVar[bool] = True
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization (arXiv:2402.01306)"
     checked_against = "reference code: TRL 1.16 KTOTrainer loss_type='kto' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}

@@ -11,7 +11,8 @@ memory).
 
 The file `ref-logps-<key>.safetensors` holds, for chosen and rejected separately, the per-token log-probs of all
 responses concatenated in dataset order plus offsets (unpaired KTO examples: "chosen" is the completion, "rejected"
-the example's fixed mismatched completion, the two halves of their layout, preflab.data.mismatched); the metadata repeats the full key, so a mismatched or damaged
+the example's fixed mismatched completion, the two halves of their layout, preflab.data.mismatched; objectives
+without KTO's reference point lay out the completions only and "rejected" stays empty); the metadata repeats the full key, so a mismatched or damaged
 file is a miss (and is rewritten atomically). Values are looked up by dataset position, never by batch position, so
 shuffling, resuming and several processes all read each row's own values. Under several processes each rank scores
 the positions `rank::world`, the results are gathered, and the main process writes the file.
@@ -81,11 +82,13 @@ class RefLogps:
 
     def scores(self, positions: list[int], mask: Tensor, device=None, device_mask: Tensor | None = None) -> Scores:
         """Scores of the sequences [chosen_i.., rejected_i..] for dataset `positions`, laid out in `mask` [2B, L]
-        (the batch's response mask: sequence n's tokens in its first columns). Pass the host layout's mask and the
+        ([B, L] and chosen only for a layout of one sequence per position) (the batch's response mask: sequence n's tokens in its first columns). Pass the host layout's mask and the
         training `device`: the lengths are checked and the grid is built on the host, then moved (no device read;
         one host -> device copy). device_mask: the same mask already on `device` (the moved layout's), used as the
         Scores' mask instead of a second copy."""
-        values = [self.chosen[i] for i in positions] + [self.rejected[i] for i in positions]
+        values = [self.chosen[i] for i in positions]
+        if mask.shape[0] != len(positions):  # two sequences per position (one: unpaired completions only)
+            values += [self.rejected[i] for i in positions]
         lengths = mask.sum(-1).tolist()
         if [v.numel() for v in values] != lengths:
             raise ValueError("cached reference log-probs do not match the batch's response lengths; the cache "
@@ -121,8 +124,9 @@ def score_rows(score_fn: Callable, pairs, collate: Callable, batch_size: int, ra
             scores = score_fn(collate([pairs[i] for i in index]))
             lp, mask = scores.token_logps.float().cpu(), scores.mask.cpu()
             b = len(index)
+            one_sequence = lp.shape[0] == b  # unpaired examples without a mismatched completion: no second half
             for k, i in enumerate(index):
-                rows.append((i, lp[k][mask[k]].tolist(), lp[b + k][mask[b + k]].tolist()))
+                rows.append((i, lp[k][mask[k]].tolist(), [] if one_sequence else lp[b + k][mask[b + k]].tolist()))
     return rows
 
 

@@ -51,10 +51,11 @@ def pair_token_sums(token_stats: Tensor, mask: Tensor) -> dict[str, Tensor]:
 
 
 def unpaired_token_sums(token_stats: Tensor, mask: Tensor, label: Tensor) -> dict[str, Tensor]:
-    """pair_token_sums for KTO's layout: token_stats [2B, L, 3] and mask [2B, L] of [completion_1..B,
-    mismatched_1..B], label [B] on the host (True: desirable, "chosen"). Only the B completions count; a key whose
+    """pair_token_sums for the unpaired layouts: token_stats [R, L, 3] and mask [R, L] whose first B rows are the
+    completions ([completion_1..B, mismatched_1..B] for KTO, R = 2B; the completions only, R = B, for
+    apo_zero_unpaired), label [B] on the host (True: desirable, "chosen"). Only the B completions count; a key whose
     side has no example in the batch is left out (module docstring)."""
-    b = mask.shape[0] // 2
+    b = label.shape[0]
     m = mask[:b].to(torch.float32)
     per_row = (token_stats[:b].detach().to(torch.float32) * m.unsqueeze(-1)).sum(1)  # [B, 3]
     tokens = m.sum(1)  # [B]
