@@ -280,3 +280,16 @@ def test_truncation_keeps_the_mask_aligned():
     assert cut.prompt_ids + cut.completion_ids == theirs["input_ids"]
     assert _loss_positions(cut) == [i for i, x in enumerate(theirs["labels"]) if x != -100 and i > 0]
     assert cut.loss_mask == full.loss_mask[:6]
+
+
+@pytest.mark.parametrize("assistant_only", [False, True])
+def test_a_messages_rows_chat_template_kwargs_reach_the_template_as_in_trl(assistant_only):
+    """TRL passes a conversational row's chat_template_kwargs (and tools) to the template; preflab ignored them for
+    'messages' rows before, so the trained tokens differed from TRL's."""
+    tok = _marked_tokenizer("{% if house_style is defined %}{{ house_style }}\n{% endif %}" + MARKED)
+    rows = [{"messages": CHATS[1], "chat_template_kwargs": {"house_style": "answer briefly"}}]
+    theirs = _trl_prepared(rows, tok, assistant_only_loss=assistant_only)[0]
+    (ours,) = _items(rows, tok, _cfg(assistant_only_loss=assistant_only))
+    assert ours.prompt_ids + ours.completion_ids == theirs["input_ids"]
+    assert tok.decode(theirs["input_ids"][:4]).startswith("answer")
+    assert _loss_positions(ours) == [i for i, x in enumerate(theirs["labels"]) if x != -100 and i > 0]
