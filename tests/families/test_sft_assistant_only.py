@@ -129,7 +129,8 @@ def _preflab_trainer(model, tok, rows, tmp_path, **options):
                             "lr_scheduler_type": "constant", "disable_tqdm": True, "use_cpu": True,
                             "logging_steps": 1, "save_steps": 0, "assistant_only_loss": True, "max_length": 256,
                             **options})
-    return SFTTrainer(cfg, policy=model, tokenizer=tok, train_data=_items(rows, tok, cfg))
+    items = _items(rows, tok, cfg)
+    return SFTTrainer(cfg, policy=model, tokenizer=tok, train_data=items, eval_data=items)
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -169,7 +170,7 @@ def test_two_steps_equal_trls_sft_trainer(packing, tmp_path):
 
 def test_gradients_equal_trls_compute_loss(tmp_path):
     """One batch of all 4 conversations: TRL's compute_loss on its own prepared dataset and collator, and preflab's
-    forward: the same loss and per-parameter gradients to 1e-6."""
+    forward: the same loss, mean_token_accuracy and per-parameter gradients to 1e-6; preflab's eval_loss too."""
     torch.set_num_threads(1)
     tok = _marked_tokenizer()
     model = tiny_causal_lm(tok, seed=0)
@@ -189,6 +190,8 @@ def test_gradients_equal_trls_compute_loss(tmp_path):
     assert trl_grads
     for name, p in ours.named_parameters():
         torch.testing.assert_close(p.grad, trl_grads[name], atol=1e-6, rtol=0, msg=name)
+    run.step = 0  # evaluation: the same token mean over the assistant tokens (TRL's eval loss is compute_loss's)
+    assert run.evaluate()["eval_loss"] == pytest.approx(float(trl_loss), abs=1e-6)
 
 
 def test_a_wrong_mask_gives_another_loss():
