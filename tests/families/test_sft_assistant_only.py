@@ -296,3 +296,15 @@ def test_a_messages_rows_chat_template_kwargs_reach_the_template_as_in_trl(assis
     assert ours.prompt_ids + ours.completion_ids == theirs["input_ids"]
     assert tok.decode(theirs["input_ids"][:4]).startswith("answer")
     assert _loss_positions(ours) == [i for i, x in enumerate(theirs["labels"]) if x != -100 and i > 0]
+
+
+def test_a_slow_tokenizer_is_refused_before_any_row():
+    """The mask comes from character offsets, which a slow (Python) tokenizer does not give: transformers fails
+    inside apply_chat_template on every row; preflab says why once, at the start."""
+    import types
+
+    from preflab.data.assistant_mask import check_assistant_template
+
+    slow = types.SimpleNamespace(is_fast=False, chat_template=MARKED, name_or_path="/models/slow")
+    with pytest.raises(ConfigError, match="only a fast .*tokenizer gives, and the tokenizer of /models/slow"):
+        check_assistant_template(slow)

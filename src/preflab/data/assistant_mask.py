@@ -43,7 +43,7 @@ def _trl_training_template(tokenizer) -> str | None:
     try:
         import trl
         from trl.chat_template_utils import get_training_chat_template
-    except Exception:  # not installed (or another TRL): the message then describes TRL's rule in words
+    except ImportError:  # not installed (or another TRL): the message then describes TRL's rule in words
         return None
     try:
         patched = get_training_chat_template(tokenizer)
@@ -82,6 +82,11 @@ def check_assistant_template(tokenizer) -> str | None:
                           f"its end-of-turn token) in {{% generation %}} ... {{% endgeneration %}}, and the chat "
                           f"template of {where} has no such markers. {swap} Or remove assistant_only_loss to train "
                           "on the whole conversation.")
+    if getattr(tokenizer, "is_fast", True) is False:
+        raise ConfigError(f"assistant_only_loss: true maps the template's {{% generation %}} spans to tokens by their "
+                          f"character offsets, which only a fast (tokenizers-backed) tokenizer gives, and {where} is "
+                          f"a {type(tokenizer).__name__}. Save the tokenizer as a fast one (tokenizer.json), or remove "
+                          "assistant_only_loss.")
     return _stop_token_note(tokenizer, where)
 
 
