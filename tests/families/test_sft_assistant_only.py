@@ -309,3 +309,15 @@ def test_a_slow_tokenizer_is_refused_before_any_row():
     slow = types.SimpleNamespace(is_fast=False, chat_template=MARKED, name_or_path="/models/slow")
     with pytest.raises(ConfigError, match="only a fast .*tokenizer gives, and the tokenizer of /models/slow"):
         check_assistant_template(slow)
+
+
+def test_prompt_completion_rows_are_counted_once_in_the_tokenize_report():
+    """Before, a prompt-completion row's tokens were counted twice (by the shared tokenizer and again by SFT)."""
+    tok = _marked_tokenizer()
+    cases = [({"prompt": "the cat", "completion": " sat"}, False), (PROMPT_COMPLETION[0], False),
+             (PROMPT_COMPLETION[0], True)]
+    for row, assistant_only in cases:
+        report = TokenizeReport()
+        item, _ = tokenize_sft_row(0, row, tok, _cfg(assistant_only_loss=assistant_only), report)
+        assert (report.prompt_tokens, report.response_tokens) == (len(item.prompt_ids), len(item.completion_ids))
+        assert report.max_prompt_tokens == len(item.prompt_ids)

@@ -160,6 +160,9 @@ def _not_conversational(form: str) -> RowProblem:
                       "assistant_only_loss.")
 
 
+_TOKEN_COUNTS = ("prompt_tokens", "response_tokens", "max_prompt_tokens", "max_response_tokens")
+
+
 def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeReport) -> tuple[TokenizedSFT, str]:
     """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row. A conversational row's `tools` and
     `chat_template_kwargs` columns reach the chat template, as in TRL 1.16."""
@@ -192,7 +195,10 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
         settings = _check_settings(None, None, "keep_end")
         settings.specials, settings.eos_text = special_token_pattern(tokenizer), tokenizer.eos_token
         settings.bos = text_bos(tokenizer)
+        counted = [getattr(report, k) for k in _TOKEN_COUNTS]  # counted once below, after the SFT truncation
         prompt, (completion,) = _tokenize_one(tokenizer, p, [c], ["completion"], extras, settings, report)
+        for key, value in zip(_TOKEN_COUNTS, counted):
+            setattr(report, key, value)
         if assistant_only:
             ids, mask = assistant_tokens(tokenizer, p + c, extras, "completion")
             if ids != prompt + completion:
