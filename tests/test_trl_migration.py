@@ -155,8 +155,8 @@ def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
     raw.pop("eos_token")
     cfg = config_from_dict({**BASE, "task": "sft", **raw})
     assert cfg.completion_only_loss is True and cfg.max_length == 1024 and cfg.packing is False
-    with pytest.raises(ConfigError, match="assistant_only_loss is not supported: .*prompt / completion rows"):
-        config_from_dict({**BASE, "task": "sft", "assistant_only_loss": True})
+    assert cfg.assistant_only_loss is False  # SFTConfig's default, now a preflab option (was refused before)
+    assert config_from_dict({**BASE, "task": "sft", **raw, "assistant_only_loss": True}).assistant_only_loss is True
     with pytest.raises(ConfigError, match="dataset_text_field is not supported: .*rename the column"):
         config_from_dict({**BASE, "task": "sft", "dataset_text_field": "content"})
 

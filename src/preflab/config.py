@@ -152,6 +152,7 @@ class TrainConfig:
     flux_guidance: float = 3.5                 # diffusion, Flux-dev: the guidance embedding's value (training and sampling)
     # supervised fine-tuning (task: sft)
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
+    assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
@@ -288,9 +289,11 @@ class TrainConfig:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "
                            f"{'applies' if len(used) == 1 else 'apply'} to preference tasks. Remove "
                            f"{'it' if len(used) == 1 else 'them'} (or set task: dpo).")
-        elif self.packing or not self.completion_only_loss:
-            which = "packing" if self.packing else "completion_only_loss"
-            out.append(f"{which} applies to task: sft (preference tasks choose their layout with `layout`).")
+        elif self.packing or not self.completion_only_loss or self.assistant_only_loss:
+            which = "packing" if self.packing else "completion_only_loss" if not self.completion_only_loss else \
+                "assistant_only_loss"
+            out.append(f"{which} applies to task: sft " + ("(preference tasks choose their layout with `layout`)."
+                                                            if which == "packing" else "only; remove it."))
         return out
 
     @property

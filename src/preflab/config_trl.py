@@ -221,8 +221,6 @@ REFUSED = {
     "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
     "eval_packing": (None, "evaluation uses the training packing; remove it"),
-    "assistant_only_loss": (False, "'messages' rows train on the whole rendered chat; for a loss on the assistant "
-                                   "turn only give prompt / completion rows (lists of messages)"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
     "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (

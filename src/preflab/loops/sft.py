@@ -11,6 +11,12 @@ Each row becomes `TokenizedSFT(prompt_ids, completion_ids)`; only completion tok
 first). Text rows get BOS (when the tokenizer has one) and EOS like preference rows; chat rows end with the
 template's own end of turn. Rows longer than `max_length` keep their start (TRL's SFT truncation).
 
+`assistant_only_loss: true` (TRL's name; conversational rows only) keeps the loss on the tokens the chat template
+marks with `{% generation %}` (preflab.data.assistant_mask): the completion then starts at the first marked token
+and `TokenizedSFT.loss_mask` says which of its tokens carry loss (the user turns between assistant turns do not).
+As in TRL 1.16's labels, a prompt-completion row with completion_only_loss (the default) trains on the tokens that
+are both marked and in the completion; with `completion_only_loss: false`, on every marked token.
+
 The loss of an optimizer step is TRL's token mean of the completion NLL over the whole global batch (all
 micro-batches of all ranks; TRL's `num_items_in_batch` normalisation):
 
@@ -28,7 +34,7 @@ so the loss equals the unpacked loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -44,12 +50,14 @@ SFT_FORMS = ("text", "messages", "prompt_completion")
 
 @dataclass
 class TokenizedSFT:
-    """One SFT sequence: prompt_ids (>= 1 token, no loss) then completion_ids (the loss tokens)."""
+    """One SFT sequence: prompt_ids (>= 1 token, no loss) then completion_ids (the loss tokens). loss_mask (one bool
+    per completion token; None: all True) leaves the tokens it marks False out of the loss (assistant_only_loss)."""
 
     row_id: int
     prompt_ids: list[int]
     completion_ids: list[int]
     extras: dict = field(default_factory=dict)
+    loss_mask: list[bool] | None = None
 
 
 @dataclass
@@ -132,27 +140,75 @@ def _whole_sequence(tokenizer, ids: list[int], add_bos_eos: bool) -> tuple[list[
     return ids[:1], ids[1:]
 
 
+def _split_at_loss(ids: list[int], mask: list[int], field_name: str) -> tuple[list[int], list[int], list | None]:
+    """(prompt, completion, loss_mask) of a sequence whose tokens carry loss where mask is 1: the completion starts
+    at the first such token after token 0 (which nothing predicts); loss_mask is None when all of it carries loss."""
+    first = next((i for i in range(1, len(ids)) if mask[i]), None)
+    if first is None:
+        raise RowProblem("no_assistant_tokens", field_name, "with assistant_only_loss: true no token of this row is "
+                         "both the assistant's and in the completion, so it has nothing to train on",
+                         "Give the row an assistant answer in its completion, or remove assistant_only_loss.")
+    loss = [bool(m) for m in mask[first:]]
+    return ids[:first], ids[first:], None if all(loss) else loss
+
+
+def _not_conversational(form: str) -> RowProblem:
+    field_name = "text" if form == "text" else "prompt"
+    return RowProblem("not_conversational", field_name, "assistant_only_loss: true needs conversational rows, and "
+                      f"this row's {field_name} is text (TRL 1.16 raises for a dataset that is not conversational)",
+                      "Give the rows as 'messages' (or prompt / completion as lists of messages), or remove "
+                      "assistant_only_loss.")
+
+
+_TOKEN_COUNTS = ("prompt_tokens", "response_tokens", "max_prompt_tokens", "max_response_tokens")
+
+
 def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeReport) -> tuple[TokenizedSFT, str]:
-    """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row."""
+    """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row. A conversational row's `tools` and
+    `chat_template_kwargs` columns reach the chat template, as in TRL 1.16."""
+    from preflab.data.assistant_mask import assistant_tokens
     from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern, text_bos
     from preflab.data.validate import check_messages, check_same_form, check_text, check_text_or_messages
 
     form = _row_form(row)
+    assistant_only = getattr(cfg, "assistant_only_loss", False)
+    extras = {k: row[k] for k in ("tools", "chat_template_kwargs") if row.get(k) is not None}
+    loss_mask = None
     if form == "text":
+        if assistant_only:
+            raise _not_conversational(form)
         prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, check_text(row["text"], "text")), True)
     elif form == "messages":
         messages = check_messages(row["messages"], "messages")
-        rendered = _render(tokenizer, messages, {}, "messages", generation=False)
-        prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, rendered), False)
+        if assistant_only:
+            prompt, completion, loss_mask = _split_at_loss(*assistant_tokens(tokenizer, messages, extras,
+                                                                             "messages"), "messages")
+        else:
+            rendered = _render(tokenizer, messages, extras, "messages", generation=False)
+            prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, rendered), False)
     else:
         p = check_text_or_messages(row["prompt"], "prompt")
         c = check_text_or_messages(row["completion"], "completion", response=True)
         check_same_form({"prompt": p, "completion": c})
+        if assistant_only and not isinstance(p, list):
+            raise _not_conversational(form)
         settings = _check_settings(None, None, "keep_end")
         settings.specials, settings.eos_text = special_token_pattern(tokenizer), tokenizer.eos_token
         settings.bos = text_bos(tokenizer)
-        prompt, (completion,) = _tokenize_one(tokenizer, p, [c], ["completion"], {}, settings, report)
-        if not cfg.completion_only_loss:
+        counted = [getattr(report, k) for k in _TOKEN_COUNTS]  # counted once below, after the SFT truncation
+        prompt, (completion,) = _tokenize_one(tokenizer, p, [c], ["completion"], extras, settings, report)
+        for key, value in zip(_TOKEN_COUNTS, counted):
+            setattr(report, key, value)
+        if assistant_only:
+            ids, mask = assistant_tokens(tokenizer, p + c, extras, "completion")
+            if ids != prompt + completion:
+                raise RowProblem("template_mask_mismatch", "completion", "the chat template's tokens with the "
+                                 "assistant mask differ from the tokens of prompt + completion", "Report this row "
+                                 "to preflab with the chat template; meanwhile remove assistant_only_loss.")
+            if cfg.completion_only_loss:  # TRL: labels where completion_mask and assistant_masks are both 1
+                mask = [0] * len(prompt) + mask[len(prompt):]
+            prompt, completion, loss_mask = _split_at_loss(ids, mask, "completion")
+        elif not cfg.completion_only_loss:
             prompt, completion = prompt[:1], prompt[1:] + completion
     limit = cfg.max_length
     if limit is not None and len(prompt) + len(completion) > limit:
@@ -162,17 +218,30 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
                              f"leaves no room for the completion within max_length={limit}",
                              "Shorten the prompt or raise max_length.")
         completion = completion[:room]
+        if loss_mask is not None:
+            loss_mask = loss_mask[:room]
         report.response_truncated += 1
     report.prompt_tokens += len(prompt)
     report.response_tokens += len(completion)
     report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt))
     report.max_response_tokens = max(report.max_response_tokens, len(completion))
-    return TokenizedSFT(row_id, prompt, completion), form
+    return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask), form
+
+
+_NOTED: set = set()  # assistant_only_loss notes already printed (one per tokenizer template and process)
 
 
 def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
     """build(raw_row) -> [TokenizedSFT] ([] for a row on_bad_row says to skip), counting the row in `rows` and
-    `tokens`. One row at a time: the whole-dataset read and streaming (preflab.loops.streaming) use it."""
+    `tokens`. One row at a time: the whole-dataset read and streaming (preflab.loops.streaming) use it.
+    assistant_only_loss: the chat template is checked first (ConfigError without {% generation %} markers)."""
+    if getattr(cfg, "assistant_only_loss", False):
+        from preflab.data.assistant_mask import check_assistant_template, template_text
+
+        note = check_assistant_template(tokenizer)
+        if note and template_text(tokenizer) not in _NOTED and is_main_process():
+            _NOTED.add(template_text(tokenizer))
+            print(f"preflab: note: {note}")
     policy = BadRowPolicy(cfg.on_bad_row, rows)
 
     def build(raw) -> list[TokenizedSFT]:
@@ -245,13 +314,28 @@ def collate_sft(items, pad_id: int, packing: bool, max_row_tokens: int | None = 
     per-sequence positions and block-diagonal causal masks. Sequence i is items[i] in both layouts."""
     row_ids = [x.row_id for x in items]
     if not packing:
-        return padded([(x.prompt_ids, x.completion_ids) for x in items], pad_id=pad_id, row_ids=row_ids)
+        return _keep_loss_tokens(padded([(x.prompt_ids, x.completion_ids) for x in items], pad_id=pad_id,
+                                        row_ids=row_ids), items)
     from preflab.data.packing import first_fit_decreasing
     from preflab.data.prefix import Block, block_rows
 
     blocks = [Block(x.prompt_ids, [x.completion_ids], [i]) for i, x in enumerate(items)]
     groups = first_fit_decreasing([b.length for b in blocks], max_row_tokens)
-    return block_rows([[blocks[i] for i in g] for g in groups], len(items), pad_id, row_ids)
+    return _keep_loss_tokens(block_rows([[blocks[i] for i in g] for g in groups], len(items), pad_id, row_ids), items)
+
+
+def _keep_loss_tokens(layout: LayoutBatch, items) -> LayoutBatch:
+    """The layout with response_mask False on the completion tokens whose loss_mask is False (assistant_only_loss):
+    they stay in the sequence (attended to, counted in num_tokens) but carry no loss and no accuracy. Response
+    token l of sequence n is completion_ids[l] of items[n] in both layouts; a new LayoutBatch re-derives the gather
+    plan."""
+    if all(x.loss_mask is None for x in items):
+        return layout
+    keep = torch.ones_like(layout.response_mask)
+    for n, x in enumerate(items):
+        if x.loss_mask is not None:
+            keep[n, :len(x.loss_mask)] = torch.tensor(x.loss_mask, dtype=torch.bool)
+    return replace(layout, response_mask=layout.response_mask & keep, gather=None)
 
 
 class SFTKind:
