@@ -14,6 +14,7 @@ import torch
 
 from preflab.data.extras import TokenExtra, pad_token_extras, stack_extras  # noqa: F401  (re-exported)
 from preflab.data.layout import LayoutBatch, pair_sequences, padded
+from preflab.data.tokenize import rejected_prompt_of
 
 
 @dataclass
@@ -32,7 +33,8 @@ def sequence_tokens(pairs) -> int:
     """Tokens of the sequences scored, (prompt + chosen) + (prompt + rejected) per pair, as TRL counts them: a
     property of the data, the same for every layout (prefix sharing computes the prompt once but reports it twice;
     padding is never counted), so tokens/s compare across layouts and libraries."""
-    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return sum(len(p.prompt_ids) + len(rejected_prompt_of(p)) + len(p.chosen_ids) + len(p.rejected_ids)
+               for p in pairs)
 
 
 @dataclass
