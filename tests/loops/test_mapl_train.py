@@ -72,11 +72,9 @@ def train_dpo(data, out, **over):
     return first_row(out)
 
 
-def test_rc_dpo_step_zero_loss_equals_dpo_on_separately_scored_sides(tmp_path):
-    """Original pairs + intra rows in one file (L_orig + L_intra): the logged loss of the first step (all 12 rows)
-    equals DPO computed by hand from S(y | x_w), S(y | x_l) scored one sequence at a time, response tokens only."""
-    data, rows = mapl_file(tmp_path)
-    assert len(rows) == 12 and sum("prompt_chosen" in r for r in rows) == 6
+def hand_scores(rows):
+    """S(y | x) of each row's chosen and rejected side under the policy and the reference (seeds 0, 1), each
+    sequence scored alone after ordinary tokenization, response tokens only; and the chosen sides with every token."""
     tok = tiny_tokenizer()
     policy, ref = tiny_causal_lm(tok, seed=0), tiny_causal_lm(tok, seed=1)
     scores = {"pc": [], "pr": [], "rc": [], "rr": [], "pc_leaky": []}
@@ -86,7 +84,15 @@ def test_rc_dpo_step_zero_loss_equals_dpo_on_separately_scored_sides(tmp_path):
                                    ("rr", ref, (xl, yl))):
             scores[key].append(logp_sum(model, *ordinary_ids(tok, x, y)))
         scores["pc_leaky"].append(logp_sum(policy, *ordinary_ids(tok, xw, yw), response_only=False))
-    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items()}
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items()}
+
+
+def test_rc_dpo_step_zero_loss_equals_dpo_on_separately_scored_sides(tmp_path):
+    """Original pairs + intra rows in one file (L_orig + L_intra): the logged loss of the first step (all 12 rows)
+    equals DPO computed by hand from S(y | x_w), S(y | x_l) scored one sequence at a time, response tokens only."""
+    data, rows = mapl_file(tmp_path)
+    assert len(rows) == 12 and sum("prompt_chosen" in r for r in rows) == 6
+    t = hand_scores(rows)
     by_hand = -F.logsigmoid(0.5 * ((t["pc"] - t["rc"]) - (t["pr"] - t["rr"]))).mean()
     same = get_objective("dpo", beta=0.5)(PairBatch.from_sums(t["pc"], t["pr"], t["rc"], t["rr"])).loss
     assert float(same) == pytest.approx(float(by_hand), abs=1e-12)
@@ -97,6 +103,25 @@ def test_rc_dpo_step_zero_loss_equals_dpo_on_separately_scored_sides(tmp_path):
     assert logged["logps/rejected"] == pytest.approx(float(t["pr"].mean()), abs=1e-4)
     # the check can fail: prompt tokens in the sum would move logps/chosen by far more than the tolerance
     assert abs(float(t["pc_leaky"].mean()) - float(t["pc"].mean())) > 10
+
+
+def test_rc_dpo_level_weights_in_one_run(tmp_path):
+    """L_orig + lambda_intra L_intra + lambda_inter L_inter: each row's DPO loss weighted by its level."""
+    rows, report = build_mapl_rows(BASE, seed=0, keep_original=True, levels=("intra", "inter"))
+    levels = [r["mapl_level"] for r in rows]
+    assert {lv: levels.count(lv) for lv in set(levels)} == {"original": 6, "intra": 6, "inter": 6}
+    data = write_rows(tmp_path / "levels.jsonl", rows)
+    t = hand_scores(rows)
+    per_row = -F.logsigmoid(0.5 * ((t["pc"] - t["rc"]) - (t["pr"] - t["rr"])))
+    weight = torch.tensor([{"original": 1.0, "intra": 0.25, "inter": 3.0}[lv] for lv in levels], dtype=torch.float64)
+    logged = train_dpo(data, tmp_path / "run", per_device_train_batch_size=18,
+                       objective_params={"intra_weight": 0.25, "inter_weight": 3.0})
+    assert logged["loss"] == pytest.approx(float((weight * per_row).mean()), abs=1e-6)
+    assert abs(float((weight * per_row).mean()) - float(per_row.mean())) > 1e-3  # the weights change the value
+    rows_without = [{k: v for k, v in r.items() if k != "mapl_inter"} for r in rows]
+    with pytest.raises(DataError, match="inter_weight=3.0 needs the numeric column 'mapl_inter'"):
+        train_dpo(write_rows(tmp_path / "plain.jsonl", rows_without), tmp_path / "run2",
+                  per_device_train_batch_size=18, objective_params={"inter_weight": 3.0})
 
 
 @pytest.mark.parametrize("layout", ["prefix_shared", "packed", "prefix_packed"])

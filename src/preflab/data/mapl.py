@@ -31,9 +31,10 @@ come from y, so no template token tells x_l from x_w without reading y.
 Inter-sample rows [memory, unverified: the spec marks L_inter unverified; built only with levels including
 "inter"]: x' = x + k instructions all satisfied by y_w, at least one of them violated by y_l, so y_w satisfies more
 instructions than y_l; rows {prompt: x', chosen: y_w, rejected: y_l, parent_id, mapl_level: "inter"} are ordinary
-pairs (plain DPO / BT on them is L_inter). With --keep-original the base pairs are written too (mapl_level:
-"original"), so one file trains L_orig + L_intra (+ L_inter) in one run: every row's loss has weight 1, i.e. lambda
-= (rows of that level) / (original rows) up to a common factor; weight the levels by how many rows you write.
+pairs (plain DPO / BT on them is L_inter); with levels including "inter" every row carries the numeric column
+`mapl_inter` (1 on inter rows, else 0). With --keep-original the base pairs are written too (mapl_level:
+"original"), so one file trains L_orig + lambda_intra L_intra (+ lambda_inter L_inter) in one run with loss_type:
+rc_dpo and objective_params {intra_weight, inter_weight} (per-row weights, see preflab.objectives.rc_dpo).
 
 Skips are counted, never silent: a base response for which no satisfied or no violated instruction can be built
 (or, for inter rows, no instruction that y_w satisfies and y_l violates) gives no row; `MaplReport.skipped` counts
@@ -358,9 +359,10 @@ def build_mapl_rows(rows, *, seed: int = 0, levels: Iterable[str] = ("intra",), 
     vocab = Vocabulary.of(y for ex in examples for y in (ex.chosen, ex.rejected))
     report, out = MaplReport(base_rows=len(examples)), []
     for ex in examples:
+        marks = {"mapl_inter": 0} if "inter" in levels else {}  # numeric: rc_dpo's inter_weight reads it
         if keep_original:
             out.append({"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, "parent_id": ex.row_id,
-                        "mapl_level": "original"})
+                        "mapl_level": "original", **marks})
             report.written["original"] += 1
         if "intra" in levels:
             for side in responses:
@@ -372,7 +374,7 @@ def build_mapl_rows(rows, *, seed: int = 0, levels: Iterable[str] = ("intra",), 
                     continue
                 x_w, x_l, good, worse = made
                 out.append({"prompt_chosen": x_w, "prompt_rejected": x_l, "completion": y, "parent_id": ex.row_id,
-                            "mapl_level": "intra", "response_side": side,
+                            "mapl_level": "intra", "response_side": side, **marks,
                             "instructions_chosen": [i.to_dict() for i in good],
                             "instructions_rejected": [i.to_dict() for i in worse]})
                 report.written["intra"] += 1
@@ -385,7 +387,8 @@ def build_mapl_rows(rows, *, seed: int = 0, levels: Iterable[str] = ("intra",), 
                 continue
             x, instructions = made
             out.append({"prompt": x, "chosen": ex.chosen, "rejected": ex.rejected, "parent_id": ex.row_id,
-                        "mapl_level": "inter", "instructions": [i.to_dict() for i in instructions]})
+                        "mapl_level": "inter", "mapl_inter": 1,
+                        "instructions": [i.to_dict() for i in instructions]})
             report.written["inter"] += 1
     return out, report
 

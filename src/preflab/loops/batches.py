@@ -66,11 +66,17 @@ class BatchPlan:
         return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
 
 
+INTRA_ROW = "intra_row"  # batch extra: bool [B], True for a MAPL intra row (two prompts); set when the batch has one
+
+
 def collate_pairs(pairs, pad_id: int, layout: str = "padded") -> LayoutBatch:
     """Tokenized pairs -> a LayoutBatch of [chosen_1..B, rejected_1..B] sequences with stacked extras."""
     row_ids = [p.row_id for p in pairs]
     extras = stack_extras(pairs, responses={"chosen": [p.chosen_ids for p in pairs],
                                             "rejected": [p.rejected_ids for p in pairs]})
+    intra = [getattr(p, "rejected_prompt_ids", None) is not None for p in pairs]
+    if any(intra):  # MAPL intra rows in the batch: which examples they are (rc_dpo's intra_weight reads it)
+        extras[INTRA_ROW] = torch.tensor(intra)
     if layout == "prefix_shared":
         from preflab.data.prefix import prefix_shared
 
