@@ -240,3 +240,12 @@ def test_toy_rc_bt_learns_to_prefer_the_satisfied_prompt_on_held_out_rows():
     assert len(test_rows) == 40
     assert bool(((tw @ theta) > (tl @ theta)).all())
     assert float(rc_bt(PairBatch.from_sums(fw @ theta, fl @ theta)).loss.detach()) < 0.1
+
+
+def test_streaming_reads_intra_rows_like_the_ordinary_run(tmp_path):
+    data, _ = mapl_file(tmp_path)
+    ordinary = train_dpo(data, tmp_path / "plain")
+    streamed = train_dpo(data, tmp_path / "stream", streaming=True)
+    assert streamed["loss"] == pytest.approx(ordinary["loss"], abs=1e-6)  # one step over all 12 rows
+    with pytest.raises(DataError, match=r"row 1: fields prompt_chosen / prompt_rejected.*loss_type='ipo'"):
+        train_dpo(data, tmp_path / "stream2", streaming=True, loss_type="ipo")
