@@ -135,3 +135,20 @@ def test_cli_writes_rows_and_report(tmp_path, capsys):
     assert rows == expected
     assert [r["mapl_level"] for r in rows].count("original") == 5
     assert json.loads(capsys.readouterr().out)["written"] == {"original": 5, "intra": 5}
+
+
+def test_shipped_example_file_is_the_builders_output():
+    """examples/data/mapl_loud_echo.jsonl (read by examples/mapl_rc_dpo.yaml) is what the builder writes for the
+    first 64 loud-echo pairs, so the example stays in step with the builder."""
+    from pathlib import Path
+
+    from preflab.config import load_config
+    from preflab.loops.prepare import accepts_intra_rows
+
+    root = Path(__file__).resolve().parents[2]
+    pairs = [json.loads(x) for x in (root / "examples/data/loud_echo_pairs.jsonl").read_text().splitlines()[:64]]
+    expected, report = build_mapl_rows(pairs, seed=0, responses=("chosen", "rejected"), keep_original=True)
+    shipped = [json.loads(x) for x in (root / "examples/data/mapl_loud_echo.jsonl").read_text().splitlines()]
+    assert shipped == expected and dict(report.written) == {"original": 64, "intra": 128}
+    cfg = load_config(root / "examples" / "mapl_rc_dpo.yaml", [])
+    assert cfg.dataset_name == "examples/data/mapl_loud_echo.jsonl" and accepts_intra_rows(cfg.objective())

@@ -249,3 +249,10 @@ def test_streaming_reads_intra_rows_like_the_ordinary_run(tmp_path):
     assert streamed["loss"] == pytest.approx(ordinary["loss"], abs=1e-6)  # one step over all 12 rows
     with pytest.raises(DataError, match=r"row 1: fields prompt_chosen / prompt_rejected.*loss_type='ipo'"):
         train_dpo(data, tmp_path / "stream2", streaming=True, loss_type="ipo")
+
+
+def test_loss_type_rc_bt_under_task_reward_points_to_the_bt_head(tmp_path):
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Rc-BT loss is reward_head: bt on intra rows"):
+        reward_cfg("x.jsonl", tmp_path, loss_type="rc_bt")
