@@ -125,11 +125,14 @@ def test_rc_dpo_level_weights_in_one_run(tmp_path):
                   per_device_train_batch_size=18, objective_params={"inter_weight": 3.0})
 
 
-@pytest.mark.parametrize("layout", ["prefix_shared", "packed", "prefix_packed"])
-def test_every_layout_scores_intra_rows_as_the_padded_layout(tmp_path, layout):
+@pytest.mark.parametrize("layout", ["prefix_shared", "packed", "prefix_packed", "cached_reference"])
+def test_every_layout_scores_intra_rows_as_the_padded_layout(tmp_path, layout, monkeypatch):
+    """Each layout (and the reference log-probs precomputed and cached per row) gives the padded layout's numbers."""
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     data, _ = mapl_file(tmp_path)
     padded = train_dpo(data, tmp_path / "padded", layout="padded", max_steps=2)
-    other = train_dpo(data, tmp_path / layout, layout=layout, max_steps=2)
+    options = {"precompute_ref_log_probs": True} if layout == "cached_reference" else {"layout": layout}
+    other = train_dpo(data, tmp_path / layout, max_steps=2, **options)
     for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):
         assert other[key] == pytest.approx(padded[key], abs=1e-5), key
 
