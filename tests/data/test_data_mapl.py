@@ -4,7 +4,15 @@ import random
 
 import pytest
 
-from preflab.data.mapl import (GENERATORS, Instruction, Vocabulary, build_mapl_rows, check, generate, main)
+from preflab.data.mapl import (
+    GENERATORS,
+    Instruction,
+    Vocabulary,
+    build_mapl_rows,
+    check,
+    generate,
+    main,
+)
 from preflab.errors import ConfigError, DataError
 
 RESPONSES = ["An apple, clearly.", "no idea", "- red\n- blue", "Red and blue, I think.",
@@ -152,3 +160,23 @@ def test_shipped_example_file_is_the_builders_output():
     assert shipped == expected and dict(report.written) == {"original": 64, "intra": 128}
     cfg = load_config(root / "examples" / "mapl_rc_dpo.yaml", [])
     assert cfg.dataset_name == "examples/data/mapl_loud_echo.jsonl" and accepts_intra_rows(cfg.objective())
+
+
+def test_intra_row_tokenizes_each_side_after_its_own_prompt_and_counts_a_cut_once():
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    row = {"prompt_chosen": "Q\n\nUse no commas.", "prompt_rejected": "Q\n\nUse at least 2 commas.",
+           "completion": "a long answer without any commas at all", "parent_id": 0}
+    (ex,), report = load_rows([row], kind="pairwise")
+    assert report.forms == {"intra_standard": 1} and ex.extras == {"parent_id": 0}
+    (whole,), _ = tokenize_pairs([ex], tok, max_length=None)
+    (cut,), cut_report = tokenize_pairs([ex], tok, max_length=30)
+    (plain,), _ = tokenize_pairs(load_rows([{"prompt": row["prompt_rejected"], "chosen": row["completion"],
+                                             "rejected": "other"}], kind="pairwise")[0], tok, max_length=None)
+    assert whole.rejected_prompt_ids == plain.prompt_ids and whole.rejected_ids == plain.chosen_ids
+    assert whole.prompt_ids != whole.rejected_prompt_ids
+    assert len(cut.prompt_ids) + len(cut.chosen_ids) == 30 and len(cut.rejected_prompt_ids) + len(cut.rejected_ids) == 30
+    assert cut_report.response_truncated == 1  # both sides were cut; one row

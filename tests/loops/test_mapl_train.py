@@ -108,7 +108,7 @@ def test_rc_dpo_step_zero_loss_equals_dpo_on_separately_scored_sides(tmp_path):
 
 def test_rc_dpo_level_weights_in_one_run(tmp_path):
     """L_orig + lambda_intra L_intra + lambda_inter L_inter: each row's DPO loss weighted by its level."""
-    rows, report = build_mapl_rows(BASE, seed=0, keep_original=True, levels=("intra", "inter"))
+    rows, _ = build_mapl_rows(BASE, seed=0, keep_original=True, levels=("intra", "inter"))
     levels = [r["mapl_level"] for r in rows]
     assert {lv: levels.count(lv) for lv in set(levels)} == {"original": 6, "intra": 6, "inter": 6}
     data = write_rows(tmp_path / "levels.jsonl", rows)
@@ -211,7 +211,7 @@ def test_toy_rc_bt_learns_to_prefer_the_satisfied_prompt_on_held_out_rows():
 
     def base(i):
         rng = random.Random(i)
-        pick = lambda: " ".join(rng.choices(words, k=rng.randint(1, 5)))  # noqa: E731
+        pick = lambda: " ".join(rng.choices(words, k=rng.randint(1, 5)))
         return {"prompt": f"Task {i}.", "chosen": pick() + ", done", "rejected": pick().upper()}
 
     train_rows, _ = build_mapl_rows([base(i) for i in range(40)], seed=0, responses=("chosen", "rejected"))

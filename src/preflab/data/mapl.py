@@ -73,7 +73,7 @@ class Instruction:
                 "text": self.text}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Instruction":
+    def from_dict(cls, data: dict) -> Instruction:
         arg = data["arg"]
         return cls(data["kind"], tuple(arg) if isinstance(arg, list) else arg, data["text"])
 
@@ -148,7 +148,7 @@ class Vocabulary:
     phrases: tuple[str, ...]
 
     @classmethod
-    def of(cls, responses: Iterable[str]) -> "Vocabulary":
+    def of(cls, responses: Iterable[str]) -> Vocabulary:
         ws, ps = set(), set()
         for y in responses:
             ws.update(w.lower() for w in words(y) if len(w) >= 3)
@@ -203,7 +203,7 @@ def _end_with(y, satisfied, rng, vocab):
 def _bullet_count(y, satisfied, rng, vocab):
     k = bullet_count(y)
     if not satisfied:
-        k = rng.choice([j for j in range(0, k + 4) if j != k])
+        k = rng.choice([j for j in range(k + 4) if j != k])
     return Instruction("bullet_count", k, f'Use exactly {_count(k, "bullet point")} (lines starting with "- ").')
 
 
@@ -424,8 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preflab: error: {err}", file=sys.stderr)
         return 2
     with open(args.output, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     print(json.dumps({"output": args.output, **report.to_dict()}))
     return 0
 

@@ -332,6 +332,9 @@ def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: To
         raise RowProblem("identical_after_tokenization", "prompt_rejected", "the prompt_chosen and prompt_rejected "
                          "token ids are identical (after truncation)", "Raise max_prompt_length (the instructions "
                          "sit at the end of the prompt: keep_start truncation cuts them) or drop the row.")
+    for name in ("prompt_truncated", "response_truncated", "boundary_merged", "boundary_shifted",
+                 "eos_already_present"):  # `report` holds this row's counts: a row counts once, as a pair does
+        setattr(report, name, min(getattr(report, name), 1))
     return TokenizedPair(ex.row_id, chosen_prompt, chosen, rejected, dict(ex.extras), rejected_prompt)
 
 
