@@ -54,6 +54,13 @@ def test_every_intra_row_satisfies_x_w_not_x_l_with_base_prefix_and_no_repeats()
         assert r["prompt_chosen"].endswith("\n".join(i.text for i in good))
         assert r["prompt_rejected"].endswith("\n".join(i.text for i in worse))
         assert y == base[r["response_side"]]
+    # each kind appears as often in x_w as in x_l; the report counts every wording on both sides
+    kinds = [[i["kind"] for r in intra for i in r[key]] for key in ("instructions_chosen", "instructions_rejected")]
+    assert sorted(kinds[0]) == sorted(kinds[1])
+    counts = report.to_dict()["templates_chosen_rejected"]
+    assert sum(c for c, _ in counts.values()) == sum(len(r["instructions_chosen"]) for r in intra)
+    assert sum(c for _, c in counts.values()) == sum(len(r["instructions_rejected"]) for r in intra)
+    assert counts["Include the word #."][0] == counts["Include the word #."][1] > 0
 
 
 def test_inter_rows_chosen_satisfies_more_instructions_than_rejected():
@@ -142,7 +149,8 @@ def test_cli_writes_rows_and_report(tmp_path, capsys):
     expected, _ = build_mapl_rows(str(src), seed=2, keep_original=True)
     assert rows == expected
     assert [r["mapl_level"] for r in rows].count("original") == 5
-    assert json.loads(capsys.readouterr().out)["written"] == {"original": 5, "intra": 5}
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["written"] == {"original": 5, "intra": 5} and printed["templates_chosen_rejected"]
 
 
 def test_shipped_example_file_is_the_builders_output():

@@ -26,7 +26,10 @@ replaced by a violated instruction of the same kind (the others are x_w's, word 
 Template tells (spec gotcha): x_w and x_l use the same kinds, in the same order, with the same sentence templates
 (each kind's templates are drawn independently of whether the instruction holds, e.g. "fewer than" / "at least" for
 word limits); words and end phrases of violated instructions come from the other base responses, as satisfied ones
-come from y, so no template token tells x_l from x_w without reading y.
+come from y, so no template token tells x_l from x_w without reading y. What remains is content: a number or word
+set against y (and the corpus' priors, e.g. few upper-case responses make "uppercase" instructions mostly violated);
+`MaplReport.templates` counts each wording (numbers and quoted words masked) on the x_w and the x_l side, printed by
+the command, so such priors are visible.
 
 Inter-sample rows [memory, unverified: the spec marks L_inter unverified; built only with levels including
 "inter"]: x' = x + k instructions all satisfied by y_w, at least one of them violated by y_l, so y_w satisfies more
@@ -255,6 +258,12 @@ class MaplReport:
     written: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     skipped_rows: list = field(default_factory=list)
+    templates: dict = field(default_factory=dict)  # template -> [count in x_w, count in x_l] over the intra rows
+
+    def count_templates(self, good: list[Instruction], worse: list[Instruction]) -> None:
+        for side, instructions in ((0, good), (1, worse)):
+            for instr in instructions:
+                self.templates.setdefault(template_of(instr.text), [0, 0])[side] += 1
 
     def skip(self, row_id: int, side: str, reason: str) -> None:
         self.skipped[reason] += 1
@@ -262,7 +271,13 @@ class MaplReport:
 
     def to_dict(self) -> dict:
         return {"base_rows": self.base_rows, "written": dict(self.written), "skipped": dict(self.skipped),
-                "skipped_rows": [list(r) for r in self.skipped_rows[:20]]}
+                "skipped_rows": [list(r) for r in self.skipped_rows[:20]],
+                "templates_chosen_rejected": dict(sorted(self.templates.items()))}
+
+
+def template_of(text: str) -> str:
+    """An instruction's wording with its numbers and quoted words replaced by '#': what a template tell would key on."""
+    return re.sub(r'\d+|"[^"]*"', "#", text)
 
 
 def _check_instruction_count(low: int, high: int) -> None:
@@ -373,6 +388,7 @@ def build_mapl_rows(rows, *, seed: int = 0, levels: Iterable[str] = ("intra",), 
                     report.skip(ex.row_id, side, made)
                     continue
                 x_w, x_l, good, worse = made
+                report.count_templates(good, worse)
                 out.append({"prompt_chosen": x_w, "prompt_rejected": x_l, "completion": y, "parent_id": ex.row_id,
                             "mapl_level": "intra", "response_side": side, **marks,
                             "instructions_chosen": [i.to_dict() for i in good],
