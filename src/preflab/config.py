@@ -264,7 +264,10 @@ class TrainConfig:
             if used:
                 out.append(f"task: reward trains a reward model (reward_head: {self.reward_head}); {', '.join(used)} "
                            f"only {'applies' if len(used) == 1 else 'apply'} to task: dpo. Remove "
-                           f"{'it' if len(used) == 1 else 'them'} (or set task: dpo).")
+                           f"{'it' if len(used) == 1 else 'them'} (or set task: dpo)."
+                           + (" MAPL's Rc-BT loss is reward_head: bt on intra rows {prompt_chosen, prompt_rejected, "
+                              "completion} (preflab.data.mapl); its tau is reward_head_params.tau."
+                              if self.loss_type == "rc_bt" else ""))
             if self.layout in ("packed", "prefix_packed"):  # RewardRun batches padded rows
                 out.append(f"layout={self.layout!r} (or TRL's padding_free: true) is not read by task: reward, which "
                            "batches padded rows; remove it.")

@@ -26,3 +26,15 @@ def test_identity_with_dpo_values_and_gradients():
     torch.testing.assert_close(outs[0].losses, outs[1].losses, rtol=0, atol=0)
     torch.testing.assert_close(leaves[0][0].grad, leaves[1][0].grad, rtol=0, atol=0)
     assert outs[0].metrics["rewards/margins"] == outs[1].metrics["rewards/margins"]
+
+
+def test_level_weights_scale_each_rows_loss():
+    """intra_weight on rows flagged intra_row, inter_weight on rows with mapl_inter = 1, 1 on the others."""
+    b = PairBatch.from_sums(torch.tensor([-10.0, -9.0, -8.0]), torch.tensor([-12.0, -9.5, -7.0]),
+                            torch.tensor([-11.0, -9.2, -8.1]), torch.tensor([-11.5, -9.1, -7.3]),
+                            extras={"intra_row": torch.tensor([True, False, False]),
+                                    "mapl_inter": torch.tensor([0.0, 0.0, 1.0])})
+    plain = get_objective("dpo", beta=0.1)(b).losses
+    out = get_objective("rc_dpo", beta=0.1, intra_weight=0.5, inter_weight=2.0)(b)
+    torch.testing.assert_close(out.losses, plain * torch.tensor([0.5, 1.0, 2.0]), rtol=0, atol=1e-7)
+    assert out.loss.item() == pytest.approx(out.losses.mean().item(), abs=1e-7)

@@ -59,8 +59,9 @@ def examples_fingerprint(examples) -> str:
 
 
 def _row(item) -> list:
-    if isinstance(item, TokenizedPair):
-        return [item.prompt_ids, item.chosen_ids, item.rejected_ids]
+    if isinstance(item, TokenizedPair):  # a MAPL intra row adds its rejected prompt
+        own = [] if item.rejected_prompt_ids is None else [item.rejected_prompt_ids]
+        return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *own]
     if isinstance(item, TokenizedUnpaired):
         return [item.prompt_ids, item.completion_ids]
     return [item.prompt_ids]
@@ -68,7 +69,7 @@ def _row(item) -> list:
 
 def _rebuild(kind: str, ex, ids: list):
     if kind == "pairs":
-        return TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras))
+        return TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
     if kind == "unpaired":
         return TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
     return TokenizedPrompt(ex.row_id, ids[0], dict(ex.extras))

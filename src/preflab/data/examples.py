@@ -21,13 +21,19 @@ def is_conversational(value: Text) -> bool:
 
 @dataclass
 class PairExample:
-    """One preference pair: `prompt`, the preferred `chosen` and the dispreferred `rejected` response."""
+    """One preference pair: `prompt`, the preferred `chosen` and the dispreferred `rejected` response.
+
+    `rejected_prompt`: None for an ordinary pair (both responses answer `prompt`). A MAPL intra-sample row
+    {prompt_chosen, prompt_rejected, completion} (preflab.data.mapl) has two prompts and one response: `prompt` is
+    x_w, `rejected_prompt` is x_l, and `chosen` == `rejected` == y, so the "chosen" side scores y | x_w and the
+    "rejected" side y | x_l."""
 
     row_id: int
     prompt: Text
     chosen: Text
     rejected: Text
     extras: dict = field(default_factory=dict)
+    rejected_prompt: Text | None = None
 
 
 @dataclass

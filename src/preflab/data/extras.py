@@ -37,7 +37,7 @@ def stack_extras(examples, keys=None, responses: dict | None = None) -> dict:
             continue
         try:
             out[key] = torch.tensor(values, dtype=torch.float32 if _is_float(values) else torch.long)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: torch cannot infer a dtype (lists of objects)
             if _numeric_lists(values):
                 lengths = sorted({len(v) for v in values})
                 raise DataError(

@@ -247,5 +247,8 @@ def padded(sequences: list[tuple[list[int], list[int]]], pad_id: int, row_ids=No
 
 
 def pair_sequences(pairs) -> list[tuple[list[int], list[int]]]:
-    """[chosen_1..chosen_B, rejected_1..rejected_B] from objects with prompt_ids, chosen_ids, rejected_ids."""
-    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    """[chosen_1..chosen_B, rejected_1..rejected_B] from objects with prompt_ids, chosen_ids, rejected_ids; the
+    rejected side of a MAPL intra row follows its own prompt (x_l: `tokenize.rejected_prompt_of`)."""
+    from preflab.data.tokenize import rejected_prompt_of
+
+    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(rejected_prompt_of(p), p.rejected_ids) for p in pairs]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from preflab.data.layout import LayoutBatch
 from preflab.data.prefix import Block, block_rows, pair_blocks
+from preflab.data.tokenize import rejected_prompt_of
 
 
 def first_fit_decreasing(lengths: list[int], max_row_tokens: int | None) -> list[list[int]]:
@@ -40,7 +41,7 @@ def sequence_blocks(pairs) -> list[Block]:
     """Without prefix sharing: one block per sequence, [chosen_1..B, rejected_1..B] (the padded layout's order)."""
     b = len(pairs)
     chosen = [Block(p.prompt_ids, [p.chosen_ids], [i]) for i, p in enumerate(pairs)]
-    rejected = [Block(p.prompt_ids, [p.rejected_ids], [b + i]) for i, p in enumerate(pairs)]
+    rejected = [Block(rejected_prompt_of(p), [p.rejected_ids], [b + i]) for i, p in enumerate(pairs)]
     return chosen + rejected
 
 

@@ -114,14 +114,28 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
                        prompt_spans=spans, token_multiplicity=counts)
 
 
-def pair_blocks(pairs) -> list[Block]:
-    """One block per pair, responses [chosen_i, rejected_i] at sequence indices [i, B + i]."""
+def pair_units(pairs) -> list[list[Block]]:
+    """The blocks of each pair, responses [chosen_i, rejected_i] at sequence indices [i, B + i]: one block
+    `[prompt | chosen | rejected]`, or for a MAPL intra row (two prompts, no shared prefix) two blocks
+    `[x_w | y]` `[x_l | y]`, which share nothing and sit side by side in the row (block-diagonal mask, as packing)."""
     b = len(pairs)
-    return [Block(p.prompt_ids, [p.chosen_ids, p.rejected_ids], [i, b + i]) for i, p in enumerate(pairs)]
+    units = []
+    for i, p in enumerate(pairs):
+        own = getattr(p, "rejected_prompt_ids", None)
+        if own is None:
+            units.append([Block(p.prompt_ids, [p.chosen_ids, p.rejected_ids], [i, b + i])])
+        else:
+            units.append([Block(p.prompt_ids, [p.chosen_ids], [i]), Block(own, [p.rejected_ids], [b + i])])
+    return units
+
+
+def pair_blocks(pairs) -> list[Block]:
+    """`pair_units` flattened: the blocks of all pairs in order."""
+    return [blk for unit in pair_units(pairs) for blk in unit]
 
 
 def prefix_shared(pairs, pad_id: int, row_ids=None, extras=None, pad_to_multiple_of: int = 1) -> LayoutBatch:
-    """One row `[prompt | chosen | rejected]` per pair; sequences ordered [chosen_1..B, rejected_1..B] as in
-    `layout.padded`, so the scorer and `split_pairs` work unchanged."""
-    return block_rows([[blk] for blk in pair_blocks(pairs)], 2 * len(pairs), pad_id, row_ids, extras,
-                      pad_to_multiple_of)
+    """One row `[prompt | chosen | rejected]` per pair (a MAPL intra row: `[x_w | y][x_l | y]`, see `pair_units`);
+    sequences ordered [chosen_1..B, rejected_1..B] as in `layout.padded`, so the scorer and `split_pairs` work
+    unchanged."""
+    return block_rows(pair_units(pairs), 2 * len(pairs), pad_id, row_ids, extras, pad_to_multiple_of)

@@ -5,7 +5,10 @@
 Kinds and the row forms each accepts (TRL's dataset conventions, ANCHORS.md §3.2):
 - "pairwise" -> `PairExample`: standard {"prompt", "chosen", "rejected"} strings; conversational (lists of
   messages, `chosen`/`rejected` are the assistant turn(s)); implicit prompt (no `prompt`: the shared start of
-  `chosen` and `rejected` becomes the prompt, see `validate.split_implicit_*`).
+  `chosen` and `rejected` becomes the prompt, see `validate.split_implicit_*`); MAPL intra-sample rows
+  {"prompt_chosen", "prompt_rejected", "completion"} (one response y, the prompt x_w it fits better and the prompt
+  x_l it fits worse; preflab.data.mapl builds them) -> a PairExample with `rejected_prompt` (form "intra_*"), which
+  only objectives that compare prompts accept (`accepts_intra_rows`: rc_dpo, rc_bt).
 - "unpaired" -> `UnpairedExample`: KTO rows {"prompt", "completion", "label": bool}; a pairwise row becomes one
   desirable (chosen) and one undesirable (rejected) example with the same `row_id`, as TRL's KTO does.
 - "prompt" -> `PromptExample`: {"prompt"} for online loops; a pairwise row without `prompt` gives its implicit
@@ -29,6 +32,9 @@ from preflab.errors import ConfigError, nearest
 KINDS = ("pairwise", "unpaired", "prompt")
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 UNPAIRED_FIELDS = ("prompt", "completion", "label")
+INTRA_FIELDS = ("prompt_chosen", "prompt_rejected", "completion")  # MAPL intra-sample rows (preflab.data.mapl)
+INTRA_FIX = ("A MAPL intra row is {\"prompt_chosen\": x_w, \"prompt_rejected\": x_l, \"completion\": y} (y fits x_w "
+             "better than x_l); build them with `python -m preflab.data.mapl`.")
 
 __all__ = ["load_rows", "PairExample", "UnpairedExample", "PromptExample", "DataReport", "KINDS"]
 
@@ -162,12 +168,49 @@ def _other_form(row: dict) -> tuple[str, str] | None:
     return None
 
 
+def is_intra_row(row: dict) -> bool:
+    """A MAPL intra-sample row: it has `prompt_chosen` or `prompt_rejected`."""
+    return "prompt_chosen" in row or "prompt_rejected" in row
+
+
+def _intra_parts(row: dict) -> tuple[object, object, object, str]:
+    """(x_w, x_l, y, form) of a MAPL intra row, validated."""
+    clash = [k for k in PAIR_FIELDS if k in row]
+    if clash:
+        raise RowProblem("mixed_row_forms", clash[0], "present beside prompt_chosen / prompt_rejected: the row is "
+                         "both an ordinary pair and a MAPL intra row", "Write one form per row. " + INTRA_FIX)
+    for name in INTRA_FIELDS:
+        if row.get(name) is None:
+            raise RowProblem("missing_field", name, "missing", INTRA_FIX)
+    x_w, x_l, y = (row[k] for k in INTRA_FIELDS)
+    check_same_form({"prompt_chosen": x_w, "prompt_rejected": x_l, "completion": y})
+    x_w = check_text_or_messages(x_w, "prompt_chosen")
+    x_l = check_text_or_messages(x_l, "prompt_rejected")
+    y = check_text_or_messages(y, "completion", response=True)
+    if x_w == x_l:
+        raise RowProblem("identical", "prompt_rejected", "identical to 'prompt_chosen'",
+                         "An intra row needs two different prompts; drop or fix the row.")
+    return x_w, x_l, y, "intra_" + ("conversational" if isinstance(y, list) else "standard")
+
+
 def _build_pairwise(row_id: int, row: dict) -> tuple[list[PairExample], str]:
+    if is_intra_row(row):
+        x_w, x_l, y, form = _intra_parts(row)
+        return [PairExample(row_id, x_w, y, y, _extras(row, INTRA_FIELDS), rejected_prompt=x_l)], form
     prompt, chosen, rejected, form = _pair_parts(row)
     return [PairExample(row_id, prompt, chosen, rejected, _extras(row, PAIR_FIELDS))], form
 
 
+def _refuse_intra(row: dict, kind: str) -> None:
+    if is_intra_row(row):
+        field = "prompt_chosen" if "prompt_chosen" in row else "prompt_rejected"
+        raise RowProblem("intra_row_not_supported", field, f"a MAPL intra row (two prompts, one completion) cannot be "
+                         f"read as a {kind} row", "Train intra rows with task: dpo and loss_type: rc_dpo, or with "
+                         "task: reward (reward_head: bt, the Rc-BT loss).")
+
+
 def _build_unpaired(row_id: int, row: dict) -> tuple[list[UnpairedExample], str]:
+    _refuse_intra(row, "unpaired (KTO)")
     if "completion" not in row and "label" not in row and ("chosen" in row or "rejected" in row):
         prompt, chosen, rejected, form = _pair_parts(row)
         extras = _extras(row, PAIR_FIELDS)
@@ -189,6 +232,7 @@ def _build_unpaired(row_id: int, row: dict) -> tuple[list[UnpairedExample], str]
 
 
 def _build_prompt(row_id: int, row: dict) -> tuple[list[PromptExample], str]:
+    _refuse_intra(row, "prompt (online)")
     if "prompt" not in row and "chosen" in row and "rejected" in row:
         prompt, _, _, form = _pair_parts(row)
         return [PromptExample(row_id, prompt, _extras(row, PAIR_FIELDS))], form

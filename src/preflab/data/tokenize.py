@@ -42,13 +42,22 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 @dataclass
 class TokenizedPair:
     """Token ids of one pair: prompt_ids [P], chosen_ids [C], rejected_ids [R] (responses end in eos or the
-    template's end-of-turn unless truncated)."""
+    template's end-of-turn unless truncated). rejected_prompt_ids: None for an ordinary pair; for a MAPL intra row
+    (PairExample.rejected_prompt) the ids of x_l, which the rejected side is scored after (`rejected_prompt_of`)."""
 
     row_id: int
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
     extras: dict = field(default_factory=dict)
+    rejected_prompt_ids: list[int] | None = None
+
+
+def rejected_prompt_of(pair) -> list[int]:
+    """The prompt ids the rejected response of `pair` is scored after: its own (MAPL intra rows) or the shared one.
+    Any object with prompt_ids works (vision and online pairs have no rejected_prompt_ids)."""
+    own = getattr(pair, "rejected_prompt_ids", None)
+    return pair.prompt_ids if own is None else own
 
 
 @dataclass
@@ -192,7 +201,8 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
                          f"{exc}"[:500], "Fix the messages so the template accepts them.") from exc
 
 
-def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict):
+def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
+           prompt_field: str = "prompt"):
     """(prompt text, response texts, is_chat) ready for `split_exact`."""
     for response, name in zip(responses, fields):
         kinds = {type(prompt), type(response)}
@@ -201,7 +211,7 @@ def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], ex
                              "messages", "Build examples with load_rows, which checks this.")
     if not isinstance(prompt, list):
         return prompt, list(responses), False
-    prompt_text = _render(tokenizer, prompt, extras, "prompt", generation=True)
+    prompt_text = _render(tokenizer, prompt, extras, prompt_field, generation=True)
     texts = []
     for response, name in zip(responses, fields):
         full = _render(tokenizer, prompt + response, extras, name, generation=False)
@@ -249,7 +259,7 @@ def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, repor
 
 
 def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
-              report: TokenizeReport, fields: list[str]):
+              report: TokenizeReport, fields: list[str], prompt_field: str = "prompt"):
     """Apply max_prompt_length, max_completion_length (each response keeps its start, as TRL 0.x did), then
     max_length; count truncations (a row counts once in response_truncated); a prompt with no room left is bad."""
     limit = settings.max_prompt_length
@@ -269,7 +279,7 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
     if settings.max_length is not None:
         room = settings.max_length - len(prompt_ids)
         if room < 1:
-            raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt is {len(prompt_ids)} tokens, which "
+            raise RowProblem("prompt_fills_max_length", prompt_field, f"the prompt is {len(prompt_ids)} tokens, which "
                              f"leaves no room for a response within max_length={settings.max_length}",
                              "Shorten the prompt, raise max_length, or set max_prompt_length.")
         if any(len(ids) > room for ids in responses):
@@ -283,14 +293,15 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
 
 
 def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
-                  settings: _Settings, report: TokenizeReport):
-    _check_no_special(settings, prompt, "prompt", response=False)
+                  settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt"):
+    _check_no_special(settings, prompt, prompt_field, response=False)
     for response, name in zip(responses, fields):
         _check_no_special(settings, response, name, response=True)
-    prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras)
+    prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras, prompt_field)
     split = split_exact(tokenizer, prompt_text, texts, fields)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
-    prompt_ids, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields)
+    prompt_ids, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
+                                prompt_field)
     report.prompt_tokens += len(prompt_ids)
     report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt_ids))
     for one in ids:
@@ -300,12 +311,31 @@ def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[s
 
 
 def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
+    if ex.rejected_prompt is not None:
+        return _make_intra_pair(ex, tokenizer, settings, report)
     prompt_ids, (chosen, rejected) = _tokenize_one(tokenizer, ex.prompt, [ex.chosen, ex.rejected],
                                                    ["chosen", "rejected"], ex.extras, settings, report)
     if chosen == rejected:
         raise RowProblem("identical_after_tokenization", "rejected", "the chosen and rejected token ids are "
                          "identical (after truncation)", "Raise max_length or drop the row.")
     return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras))
+
+
+def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
+    """A MAPL intra row: (x_w, y) and (x_l, y) tokenized as two sequences, each with its own boundary and truncation
+    (so y's ids may differ at the boundary); the two prompts must stay different after truncation."""
+    chosen_prompt, (chosen,) = _tokenize_one(tokenizer, ex.prompt, [ex.chosen], ["completion"], ex.extras, settings,
+                                             report, "prompt_chosen")
+    rejected_prompt, (rejected,) = _tokenize_one(tokenizer, ex.rejected_prompt, [ex.rejected], ["completion"],
+                                                 ex.extras, settings, report, "prompt_rejected")
+    if chosen_prompt == rejected_prompt:
+        raise RowProblem("identical_after_tokenization", "prompt_rejected", "the prompt_chosen and prompt_rejected "
+                         "token ids are identical (after truncation)", "Raise max_prompt_length (the instructions "
+                         "sit at the end of the prompt: keep_start truncation cuts them) or drop the row.")
+    for name in ("prompt_truncated", "response_truncated", "boundary_merged", "boundary_shifted",
+                 "eos_already_present"):  # `report` holds this row's counts: a row counts once, as a pair does
+        setattr(report, name, min(getattr(report, name), 1))
+    return TokenizedPair(ex.row_id, chosen_prompt, chosen, rejected, dict(ex.extras), rejected_prompt)
 
 
 def _make_unpaired(ex: UnpairedExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedUnpaired:

@@ -14,6 +14,7 @@ import torch
 
 from preflab.data.extras import TokenExtra, pad_token_extras, stack_extras  # noqa: F401  (re-exported)
 from preflab.data.layout import LayoutBatch, pair_sequences, padded
+from preflab.data.tokenize import rejected_prompt_of
 
 
 @dataclass
@@ -32,7 +33,8 @@ def sequence_tokens(pairs) -> int:
     """Tokens of the sequences scored, (prompt + chosen) + (prompt + rejected) per pair, as TRL counts them: a
     property of the data, the same for every layout (prefix sharing computes the prompt once but reports it twice;
     padding is never counted), so tokens/s compare across layouts and libraries."""
-    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return sum(len(p.prompt_ids) + len(rejected_prompt_of(p)) + len(p.chosen_ids) + len(p.rejected_ids)
+               for p in pairs)
 
 
 @dataclass
@@ -64,11 +66,17 @@ class BatchPlan:
         return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
 
 
+INTRA_ROW = "intra_row"  # batch extra: bool [B], True for a MAPL intra row (two prompts); set when the batch has one
+
+
 def collate_pairs(pairs, pad_id: int, layout: str = "padded") -> LayoutBatch:
     """Tokenized pairs -> a LayoutBatch of [chosen_1..B, rejected_1..B] sequences with stacked extras."""
     row_ids = [p.row_id for p in pairs]
     extras = stack_extras(pairs, responses={"chosen": [p.chosen_ids for p in pairs],
                                             "rejected": [p.rejected_ids for p in pairs]})
+    intra = [getattr(p, "rejected_prompt_ids", None) is not None for p in pairs]
+    if any(intra):  # MAPL intra rows in the batch: which examples they are (rc_dpo's intra_weight reads it)
+        extras[INTRA_ROW] = torch.tensor(intra)
     if layout == "prefix_shared":
         from preflab.data.prefix import prefix_shared
 

@@ -39,6 +39,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     extras = {k: v for k, v in cfg.objective().row_extras().items() if k not in computed}  # checked with the rows
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                                  required_extras=extras)
+    check_intra_rows(cfg.objective(), rows, row_report.source, cfg.loss_type)
     if row_report.total == 0:
         raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) is empty: it holds no rows"
                         + (f" ({row_report.blank_lines} blank lines)" if row_report.blank_lines else "") + ".")
@@ -46,6 +47,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     if cfg.eval_dataset_name:
         eval_rows, eval_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind,
                                            on_bad_row=cfg.on_bad_row, required_extras=extras)
+        check_intra_rows(cfg.objective(), eval_rows, eval_report.source, cfg.loss_type)
         if eval_report.total == 0:
             raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({eval_report.source}) is empty: it "
                             "holds no rows.")
@@ -86,6 +88,25 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
             print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))
     return train, evals, report
+
+
+def accepts_intra_rows(objective) -> bool:
+    """Whether `objective` compares one response under two prompts (tag data: prompt-side; rc_dpo, rc_bt), so it may
+    read MAPL intra rows (PairExample.rejected_prompt): every part of a weighted sum must."""
+    parts = getattr(objective, "parts", None) or (objective,)
+    return all("prompt-side" in (getattr(p, "tags", None) or {}).get("data", ()) for p in parts)
+
+
+def check_intra_rows(objective, examples, source: str, loss_type) -> int:
+    """The number of MAPL intra rows in `examples`; DataError (naming the first such row) when there are some and
+    `objective` does not compare prompts: any other loss would read y | x_w against y | x_l as two responses."""
+    intra = [x for x in examples if getattr(x, "rejected_prompt", None) is not None]
+    if intra and not accepts_intra_rows(objective):
+        raise DataError(f"{source}: row {intra[0].row_id}: fields prompt_chosen / prompt_rejected: {len(intra)} "
+                        f"MAPL intra rows (one completion under two prompts), which loss_type={loss_type!r} does not "
+                        "read. Train them with loss_type: rc_dpo (task: dpo) or task: reward (reward_head: bt, the "
+                        "Rc-BT loss), or drop those rows.")
+    return len(intra)
 
 
 def one_label_note(examples, source: str) -> str | None:

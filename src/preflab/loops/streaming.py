@@ -151,6 +151,7 @@ def preference_pipeline(cfg, tokenizer, kind_name: str, source: str):
     settings of the ordinary run (preflab.loops.prepare)."""
     from preflab.data.rows import row_builder
     from preflab.data.tokenize import ExampleTokenizer
+    from preflab.loops.prepare import check_intra_rows
 
     row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind_name]
     rows = DataReport(source=source, kind=row_kind)
@@ -160,8 +161,11 @@ def preference_pipeline(cfg, tokenizer, kind_name: str, source: str):
                                 max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                                 on_bad_row=cfg.on_bad_row, source=source, **extra)
 
+    objective = cfg.objective()
+
     def build(raw) -> list:
         examples = build_rows(raw)
+        check_intra_rows(objective, examples, source, cfg.loss_type)  # MAPL intra rows: only losses that read them
         rows.examples += len(examples)
         return [item for item in map(tokenize, examples) if item is not None]
 

@@ -7,7 +7,13 @@ Spec: methods/models-and-loops.md #14 (3rd-party review + memory -- unverified).
     L_intra = -log sigmoid((r(x_w, y) - r(x_l, y)) / tau)
 
 Rewards travel as length-1 sequence "log-probs": PairBatch.from_sums(r(x_w, y), r(x_l, y)); no reference.
-It is `rc_dpo` with beta = 1/tau and zero reference log-probs. The builder is `mapl`.
+It is `rc_dpo` with beta = 1/tau and zero reference log-probs. The builder is `preflab.data.mapl`.
+
+Training a reward model with it: `preflab train` with task: reward and reward_head: bt on the builder's intra rows
+{prompt_chosen: x_w, prompt_rejected: x_l, completion: y}: the BT head's loss on those rows is this formula (tau:
+reward_head_params.tau), with r(x_w, y) and r(x_l, y) scored as two sequences (tests/loops/test_mapl_train.py asserts
+the equality). Under task: dpo, loss_type: rc_bt reads the policy's summed log-probs S(y | x) as r(x, y): a
+reference-free Rc-DPO.
 
 Deviation from the paper: not checked against the paper's equations (no code released); no margin term; tau is
 GPM-style temperature (1 = plain Bradley-Terry).

@@ -47,7 +47,9 @@ def render_context(prompt: Text, context: str | None, template: str = CONTEXT_TE
 def with_context(examples: list[PairExample], template: str = CONTEXT_TEMPLATE,
                  field: str = CONTEXT_FIELD) -> list[PairExample]:
     """Examples whose prompts hold their `extras[field]` context (examples without one are unchanged)."""
-    return [dataclasses.replace(ex, prompt=render_context(ex.prompt, ex.extras.get(field), template))
+    return [dataclasses.replace(ex, prompt=render_context(ex.prompt, ex.extras.get(field), template),
+                                rejected_prompt=None if ex.rejected_prompt is None else  # MAPL intra rows: both
+                                render_context(ex.rejected_prompt, ex.extras.get(field), template))
             for ex in examples]
 
 

@@ -13,7 +13,7 @@ from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import tokenize_pairs
-from preflab.errors import PreflabError
+from preflab.errors import DataError, PreflabError
 from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
 
@@ -38,6 +38,16 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
         for pair in pairs:
             pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
     return pairs, report
+
+
+def _check_intra_head(cfg, examples, source: str) -> None:
+    """MAPL intra rows (one completion under two prompts) train the Rc-BT loss with the Bradley-Terry head,
+    -log sigmoid((r(x_w, y) - r(x_l, y)) / tau); other heads compare two responses of one prompt and refuse them."""
+    intra = [x for x in examples if x.rejected_prompt is not None]
+    if intra and cfg.reward_head != "bt":
+        raise DataError(f"{source}: row {intra[0].row_id}: fields prompt_chosen / prompt_rejected: {len(intra)} MAPL "
+                        f"intra rows, which reward_head={cfg.reward_head!r} does not read. Use reward_head: bt (on "
+                        "these rows it is the Rc-BT loss) or drop those rows.")
 
 
 def _check_contexts_kept(examples, pairs: list, report, tokenizer, max_prompt_length: int, on_bad_row: str) -> list:
@@ -89,6 +99,7 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
                                  on_bad_row=cfg.on_bad_row)
     rows, eval_rows, eval_row_report = train_and_eval(
         cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row))
+    _check_intra_head(cfg, rows + eval_rows, row_report.source)
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                     max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)

@@ -58,10 +58,13 @@ def model_fingerprint(model: torch.nn.Module, skip_adapters: bool = False) -> st
 
 
 def pairs_fingerprint(pairs) -> str:
-    """sha256 over (prompt_ids, chosen_ids, rejected_ids) of every pair, in dataset order."""
+    """sha256 over (prompt_ids, chosen_ids, rejected_ids) of every pair, in dataset order; a MAPL intra row (its own
+    rejected_prompt_ids) adds those."""
     h = hashlib.sha256()
     for p in pairs:
-        h.update(repr((p.prompt_ids, p.chosen_ids, p.rejected_ids)).encode())
+        own = getattr(p, "rejected_prompt_ids", None)
+        key = (p.prompt_ids, p.chosen_ids, p.rejected_ids) + (() if own is None else (own,))
+        h.update(repr(key).encode())
     return h.hexdigest()
 
 
