@@ -34,9 +34,6 @@ _RERUN = "every process would run the whole recipe"
 ONE_PROCESS = {
     "icpl": f"it trains no model to shard: {_RERUN} (its sandboxed reward programs and bandit trainings) and write "
             "the same icpl_state.json",
-    "raft_ladder": "its SFT term (the offline Trainer's loss_type sft, TRL's token mean of each micro-batch) is "
-                   "not additive over examples, so splitting its batch of 16 over the processes changes the "
-                   "objective; every process would also write the same data files, state and summary",
 }
 
 
