@@ -487,7 +487,10 @@ class OnlineRun(TrainingRun):
         another trainer (TRL's OnlineDPOTrainer adds no router loss; moe_aux_loss_note says so). The policy's
         training forward of each micro-batch then adds coef x the routers' load-balancing loss over its
         [prompt | completion] tokens (every prompt once per completion, as TRL's padded rows), logged as aux_loss
-        (preflab.scoring.router_loss); the old-policy and reference forwards ask for none (nor does TRL's)."""
+        (preflab.scoring.router_loss); the old-policy and reference forwards ask for none (nor does TRL's). The step
+        averages the micro-batches' router losses weighted by their prompts (TRL: the plain mean over its micro-batches
+        and processes, of equal size, where the two agree). preflab has no RLOO trainer (TRL's RLOOTrainer adds it the
+        same way)."""
         if self.cfg.trainer not in ROUTER_LOSS_TRAINERS:
             return None
         from preflab.models.moe import router_loss_coef, router_shape
