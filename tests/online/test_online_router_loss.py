@@ -75,8 +75,8 @@ def _trl_grpo(model, example, pad_id: int, coef: float):
     completion_mask = torch.zeros(G, C, dtype=torch.long)
     for i, c in enumerate(example.completions):
         completion_ids[i, :len(c)], completion_mask[i, :len(c)] = torch.tensor(c), 1
-    inputs = {"prompt_ids": torch.tensor([example.prompt_ids] * G), "prompt_mask": torch.ones(G, len(example.prompt_ids),
-                                                                                             dtype=torch.long),
+    prompt_ids = torch.tensor([example.prompt_ids] * G)  # one prompt: no left padding
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
               "completion_ids": completion_ids, "completion_mask": completion_mask,
               "advantages": torch.tensor(example.extras["advantages"], dtype=torch.float32),
               "num_items_in_batch": completion_mask.sum().float()}

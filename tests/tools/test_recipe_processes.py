@@ -428,9 +428,10 @@ def test_raft_ladder_is_not_refused_and_its_batch_must_split(tmp_path, monkeypat
 def test_raft_ladder_on_two_processes_equals_one_process(tmp_path):
     """2 processes x 8 rows = the recipe's batch of 16 on one process, in the SFT stage (loss_type sft) and the DPO
     stage (sigmoid + sft): the sft terms' token mean over the whole step's chosen tokens (token_mean "step"), so the
-    same losses to 1e-6 and final weights to 2e-6 (float32 rounding through Adam), the same data files, program accuracies, examples, state and summary
-    (runtime_s aside); the evaluations ran once, on the main process; the result printed once. Before, the recipe was
-    refused under a launcher (each process's token mean of 8 rows is another objective than that of 16)."""
+    same losses to 1e-6 and final weights to 2e-6 (float32 rounding through Adam), the same data files, program
+    accuracies, examples, state and summary (runtime_s aside); the evaluations ran once, on the main process; the
+    result printed once. Before, the recipe was refused under a launcher (each process's token mean of 8 rows is
+    another objective than that of 16)."""
     params = {"n_train": 24, "n_test": 3, "sft_steps": 3, "dpo_steps": 2}
     two, one = tmp_path / "two", tmp_path / "one"
     _launch_two("module", "examples/tools/raft_ladder.yaml", two, params)
