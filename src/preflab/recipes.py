@@ -110,7 +110,9 @@ def run_recipe(cfg) -> dict:
     check_processes(cfg.task, processes)
     check_recipe_params(cfg.task, cfg.recipe_params)
     if processes > 1 and cfg.task in MAIN_PROCESS_ONLY:
-        if not is_main_process():
+        import os
+
+        if os.environ.get("RANK", "0") != "0":  # the launcher's rank: no process group is formed for this recipe
             return {}  # the launcher waits for the main process; the summary is the main process's to print
         print(f"preflab: task {cfg.task!r} runs on the main process only; the other {processes - 1} process(es) of "
               f"this launch have ended: {MAIN_PROCESS_ONLY[cfg.task]}. The result equals `preflab train "
