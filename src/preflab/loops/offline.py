@@ -354,7 +354,8 @@ class Trainer(TrainingRun):
         chosen = [len(x.chosen_ids) for items, _ in groups for x in items if hasattr(x, "chosen_ids")]
         if len(chosen) != sum(len(items) for items, _ in groups):
             raise ConfigError(f"sft token_mean 'step' counts the chosen responses' tokens of pairs; the "
-                              f"{self.kind.name} batches of this run have none. Set objective_params.token_mean: micro_batch.")
+                              f"{self.kind.name} batches of this run have none. Set objective_params.token_mean: "
+                              "micro_batch.")
         local = [float(len(chosen)), float(sum(chosen))]
         acc = self.accelerator
         if acc.num_processes > 1:
