@@ -14,6 +14,12 @@ _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encoding
               "sample_steps", "guidance_scale", "flux_guidance")
 
 
+def _router_loss_trainers() -> tuple:
+    from preflab.online.trainers import ROUTER_LOSS_TRAINERS
+
+    return ROUTER_LOSS_TRAINERS
+
+
 def _losses(cfg) -> list[str]:
     return [str(n) for n in (cfg.loss_type if isinstance(cfg.loss_type, (list, tuple)) else [cfg.loss_type])]
 
@@ -24,8 +30,10 @@ OWNERS = (
      "task: vlm (and online_task: vision_dataset)"),
     (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
-    (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm"),
-     "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0)"),
+    (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm") or (
+        cfg.task == "online" and cfg.trainer in _router_loss_trainers()),
+     "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0) and task: online with trainer grpo, "
+     "bnpo, dapo, dr_grpo or gspo (TRL's GRPOTrainer)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

@@ -11,7 +11,9 @@ recipe's own options under `recipe_params`.
     task: pro_orchestrator  preflab.online.pro_recipe.run_pro               (PRO prompt-aware reward weights, seed #12)
 
 Each writes summary.json with `metric_name`, `metric_before`, `metric_after` (and the baseline it names).
-Under a multi-process launch (WORLD_SIZE > 1) the recipes of ONE_PROCESS are refused before anything runs.
+Under a multi-process launch (WORLD_SIZE > 1) the recipes of ONE_PROCESS are refused before anything runs, and those
+of MAIN_PROCESS_ONLY run once, on the main process, while the other processes end at once (the result is the
+one-process run's; a note says so).
 """
 from __future__ import annotations
 
@@ -29,14 +31,13 @@ RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "fspo": "preflab.reward_models.fspo:run_fspo",
            "pro_orchestrator": "preflab.online.pro_recipe:run_pro"}
 _COMMON = ("output_dir", "seed", "quiet", "resume")
-_RERUN = "every process would run the whole recipe"
-# recipes that cannot run on several processes (`accelerate launch --num_processes N`), and why
-ONE_PROCESS = {
-    "icpl": f"it trains no model to shard: {_RERUN} (its sandboxed reward programs and bandit trainings) and write "
-            "the same icpl_state.json",
-    "raft_ladder": "its SFT term (the offline Trainer's loss_type sft, TRL's token mean of each micro-batch) is "
-                   "not additive over examples, so splitting its batch of 16 over the processes changes the "
-                   "objective; every process would also write the same data files, state and summary",
+# recipes that cannot run on several processes (`accelerate launch --num_processes N`), and why (none today)
+ONE_PROCESS: dict[str, str] = {}
+# recipes with nothing to run data parallel: under a launch of several processes the main process runs them (as a
+# plain run would) and the others end at once, rather than each rerunning the recipe into the same files; and why
+MAIN_PROCESS_ONLY = {
+    "icpl": "it trains no model: each iteration is the code model's samples, a handful of sandboxed reward programs "
+            "on a bandit and one rating (a person's, with rater: human), none of which splits over processes",
 }
 
 
@@ -103,9 +104,19 @@ def check_processes(task: str, processes: int) -> None:
 
 def run_recipe(cfg) -> dict:
     from preflab.loops.driver import launched_world_size
+    from preflab.runlog import is_main_process
 
-    check_processes(cfg.task, launched_world_size())
+    processes = launched_world_size()
+    check_processes(cfg.task, processes)
     check_recipe_params(cfg.task, cfg.recipe_params)
+    if processes > 1 and cfg.task in MAIN_PROCESS_ONLY:
+        import os
+
+        if os.environ.get("RANK", "0") != "0":  # the launcher's rank: no process group is formed for this recipe
+            return {}  # the launcher waits for the main process; the summary is the main process's to print
+        print(f"preflab: task {cfg.task!r} runs on the main process only; the other {processes - 1} process(es) of "
+              f"this launch have ended: {MAIN_PROCESS_ONLY[cfg.task]}. The result equals `preflab train "
+              "CONFIG.yaml` without a launcher.")
     fn = recipe_function(cfg.task)
     accepted = inspect.signature(fn).parameters
     common = {"output_dir": cfg.output_dir, "seed": cfg.seed, "quiet": cfg.disable_tqdm,
@@ -115,8 +126,6 @@ def run_recipe(cfg) -> dict:
                           "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")
     summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
     from pathlib import Path
-
-    from preflab.runlog import is_main_process
 
     # the resolved config beside summary.json, as every run (`preflab report`), written once
     if is_main_process() and Path(cfg.output_dir).is_dir():

@@ -1,7 +1,7 @@
 """Mixture-of-experts policies: the routers' load-balancing loss enters preflab's loss as TRL 1.16 adds it
 (router_aux_loss_coef x aux_loss, from the policy's own forward, logged as aux_loss), equal to TRL's DPOTrainer and
-KTOTrainer on the same batch, in every layout; coefficient 0 gives exactly the objective's loss; the online loop,
-which does not add it, says so."""
+KTOTrainer on the same batch, in every layout; coefficient 0 gives exactly the objective's loss; the online trainers
+that do not add it (as TRL's OnlineDPOTrainer) say so."""
 import copy
 import sys
 import types
@@ -150,10 +150,12 @@ def test_router_aux_loss_coef_on_a_dense_model_is_refused_and_dense_models_add_n
     assert "aux_loss" not in metrics
 
 
-def test_online_note_says_the_online_loop_does_not_add_it():
+def test_online_note_says_which_online_trainers_do_not_add_it():
+    """The online trainers other than TRL's GRPOTrainer's (tests/online/test_online_router_loss.py) add none."""
     assert moe_aux_loss_note(tiny_family_model("llama")) is None
     moe = tiny_family_model("qwen2_moe")
-    assert "router_aux_loss_coef=0.02" in moe_aux_loss_note(moe) and "online loop does not" in moe_aux_loss_note(moe)
+    note = moe_aux_loss_note(moe, "online_dpo")
+    assert "router_aux_loss_coef=0.02" in note and "trainer online_dpo adds no router load-balancing loss" in note
     moe.config.router_aux_loss_coef = 0.0  # TRL adds nothing either
     assert moe_aux_loss_note(moe) is None
 

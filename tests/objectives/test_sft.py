@@ -36,3 +36,37 @@ def test_sigmoid_plus_sft_is_the_weighted_sum():
     batch = PairBatch(chosen, rejected, seqs([[-2.2] * 5]), seqs([[-11.5 / 8] * 8], T=8))
     combo = get_objective(["sigmoid", "sft"], loss_weights=[1.0, 0.5], beta=0.1)(batch)
     assert combo.loss.item() == pytest.approx(0.6209570478 + 0.5 * 2.0, abs=1e-9)
+
+
+def test_token_mean_step_spreads_the_step_token_mean_over_the_pairs():
+    """token_mean "step" with examples_per_token = N / T: pair i's loss is its NLL sum x N / T, so two halves of a
+    batch (each told the whole batch's ratio) give, weighted by their share of the pairs, the whole batch's token
+    mean and gradient; without the extra it is the batch's own token mean (an evaluation batch)."""
+    rows = [[-1.0, -3.0], [-1.0, -1.0, -1.0, -1.0], [-0.5]]
+    whole = seqs(rows, grad=True)
+    want = get_objective("sft")(PairBatch(whole, seqs([[-9.0]] * 3)))
+    want.loss.backward()
+    step = get_objective("sft", token_mean="step")
+    assert step(PairBatch(seqs(rows), seqs([[-9.0]] * 3))).loss.item() == pytest.approx(want.loss.item(), abs=1e-12)
+    halves, total = [seqs(rows[:2], grad=True), seqs(rows[2:], grad=True)], 0.0
+    for part in halves:
+        batch = PairBatch(part, seqs([[-9.0]] * part.mask.shape[0]), extras={"examples_per_token": 3 / 7})
+        out = step(batch)
+        assert out.loss.item() == pytest.approx(out.losses.mean().item(), abs=1e-12)
+        assert out.metrics["nll_loss"].item() == pytest.approx(out.loss.item(), abs=1e-12)
+        contribution = out.losses.sum() / 3  # preflab.step: the sum of the losses over the step's N pairs
+        contribution.backward()
+        total += contribution.item()
+    assert total == pytest.approx(8.5 / 7, abs=1e-12) == pytest.approx(want.loss.item(), abs=1e-12)
+    grads = torch.cat([halves[0].token_logps.grad, halves[1].token_logps.grad])
+    torch.testing.assert_close(grads, whole.token_logps.grad)
+    # the default ignores the extra: TRL's mean of each micro-batch's own token mean
+    first = get_objective("sft")(PairBatch(seqs(rows[:2]), seqs([[-9.0]] * 2), extras={"examples_per_token": 3 / 7}))
+    assert first.loss.item() == pytest.approx(8.0 / 6.0, abs=1e-12)
+
+
+def test_token_mean_must_be_micro_batch_or_step():
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"token_mean must be one of \['micro_batch', 'step'\], got 'tokens'"):
+        get_objective("sft", token_mean="tokens")

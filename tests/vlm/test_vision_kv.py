@@ -43,10 +43,10 @@ def recording_logits(model) -> list[torch.Tensor]:
 
 
 def encoder_images(model, arch) -> list[int]:
-    """How many images each forward of the image encoder encodes (Qwen2-VL: rows of grid_thw; LLaVA: of pixels;
-    Idefics3: of pixels, after the model drops the padding images of its per-sample image batches)."""
+    """How many images each forward of the image encoder encodes (Qwen2-VL, 2.5-VL, 3-VL: rows of grid_thw; LLaVA:
+    of pixels; Idefics3: of pixels, after the model drops the padding images of its per-sample image batches)."""
     seen = []
-    if arch == "qwen2_vl":
+    if arch in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         model.model.visual.register_forward_pre_hook(lambda m, args, kw: seen.append(
             (kw.get("grid_thw") if "grid_thw" in kw else args[1]).shape[0]), with_kwargs=True)
     else:
@@ -56,7 +56,7 @@ def encoder_images(model, arch) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "llava", "idefics3"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3"])
 def test_greedy_completions_equal_the_repeated_prompt_path_and_images_are_encoded_once(arch):
     model, processor = tiny(arch)
     rows = prompt_rows(processor)
@@ -75,7 +75,7 @@ def test_greedy_completions_equal_the_repeated_prompt_path_and_images_are_encode
     assert len(new) == 3 * G and len({tuple(c) for c in new}) > 1
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "llava", "idefics3"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3"])
 def test_sampled_completions_and_log_probs_equal_the_repeated_prompt_path(arch):
     """Chunks of 2 prompts seeded seed + c, temperature 0.8, top_p 0.9: the same ids, per-token log-probs within
     1e-5 (the last prompt position runs in a one-token step instead of inside the full prefill)."""

@@ -6,6 +6,11 @@ offline Trainer (loss_type sft, then sigmoid) in `output_dir/sft` and `output_di
 reports are the usual ones. The state is saved to `raft_ladder_state.json` after each stage; with
 `resume_from_checkpoint: true` a finished stage is skipped (its weights are loaded) and an interrupted one is run
 again from its start, so the result equals an uninterrupted run (preflab.recipe_state).
+
+On several processes (`accelerate launch --num_processes N`, data parallel only) both stages train with the batch of
+16 split over the processes (16 / N each; N must divide 16), their sft terms averaged over every chosen token of the
+step (objectives.sft token_mean "step"), so the result equals the one-process recipe; the data files, the
+program-accuracy evaluations, the state and the summary are made once, by the main process.
 """
 from __future__ import annotations
 
@@ -24,8 +29,9 @@ from preflab.ladder.synthetic import make_ladder_rows
 from preflab.loops.offline import Trainer
 from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-from preflab.recipe_state import RecipeState, load_safetensors_into
-from preflab.runlog import write_summary
+from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+                                  per_process_batch, start_processes)
+from preflab.runlog import is_main_process, write_summary
 
 STATE_FILE = "raft_ladder_state.json"
 
@@ -63,6 +69,8 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                     resume: bool = False) -> dict:
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
+    processes = start_processes()  # a launch's process group, formed before anything is written
+    per_process = per_process_batch(SFT["per_device_train_batch_size"], "raft_ladder")
     state = RecipeState(out, STATE_FILE, {"seed": seed, "n_train": n_train, "n_test": n_test,
                                           "retrieve_k": retrieve_k, "sft_steps": sft_steps, "dpo_steps": dpo_steps},
                         resume)
@@ -73,33 +81,42 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     sft_pairs, sft_counts = dpo_rows(train_aug, seed=seed)  # chosen = gold; the sft loss reads the chosen side
     dpo_pairs, dpo_counts = dpo_rows(train_aug, seed=seed + 1)
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    for name, payload in (("sft.jsonl", sft_pairs), ("dpo.jsonl", dpo_pairs)):
-        (data / name).write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
-                                         for r in payload))
+
+    def write_data() -> None:
+        data.mkdir(parents=True, exist_ok=True)
+        for name, payload in (("sft.jsonl", sft_pairs), ("dpo.jsonl", dpo_pairs)):
+            (data / name).write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
+                                             for r in payload))
+
+    main_writes(write_data)
     tokenizer = tiny_tokenizer("char")
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=96, num_layers=2, num_heads=4, seed=seed)
     common = dict(model_name_or_path="builtin:tiny-llama", max_length=192, seed=seed, logging_steps=10,
-                  disable_tqdm=quiet, use_cpu=True)
-    say = (lambda *a: None) if quiet else print
+                  disable_tqdm=quiet, use_cpu=True, per_device_train_batch_size=per_process)
+    if processes > 1:  # the sft terms' token mean over the global batch of 16, as one process has it
+        common["objective_params"] = {"token_mean": "step"}
+    say = print if not quiet and is_main_process() else (lambda *a: None)
+
+    def accuracy() -> tuple[float, float, list]:  # greedy decoding on the main process, sent to all
+        return main_result(lambda: program_accuracy(model, tokenizer, test_aug))
 
     def load(folder: Path) -> None:
         load_safetensors_into(model, folder / "model.safetensors")
         say(f"raft_ladder: {folder.name} finished earlier, weights loaded from {folder}")
 
     def run_sft(folder: Path) -> dict:
-        base_acc, _, _ = program_accuracy(model, tokenizer, test_aug)
-        Trainer(config_from_dict({**common, **SFT, **({"max_steps": sft_steps} if sft_steps else {}),
+        base_acc, _, _ = accuracy()
+        Trainer(config_from_dict({**SFT, **common, **({"max_steps": sft_steps} if sft_steps else {}),
                                   "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)}),
                 policy=model, ref=None, tokenizer=tokenizer).train()
-        acc, valid, examples = program_accuracy(model, tokenizer, test_aug)
+        acc, valid, examples = accuracy()
         return {"untrained_accuracy": base_acc, "accuracy": acc, "valid": valid, "examples": examples[:6]}
 
     def run_dpo(folder: Path) -> dict:
-        Trainer(config_from_dict({**common, **DPO, **({"max_steps": dpo_steps} if dpo_steps else {}),
+        Trainer(config_from_dict({**DPO, **common, **({"max_steps": dpo_steps} if dpo_steps else {}),
                                   "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(folder)}),
                 policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
-        acc, valid, examples = program_accuracy(model, tokenizer, test_aug)
+        acc, valid, examples = accuracy()
         return {"accuracy": acc, "valid": valid, "examples": examples[:6]}
 
     say("raft_ladder: stage 1/2, SFT on retrieval-augmented prompts")
@@ -116,5 +133,6 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                "retrieve_k": retrieve_k, "negatives": dpo_counts, "seed": seed,
                "examples_before": sft["examples"], "examples_after": dpo["examples"],
                "runtime_s": time.perf_counter() - started}
-    write_summary(out, summary)
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
     return summary

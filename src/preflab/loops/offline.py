@@ -313,7 +313,11 @@ class Trainer(TrainingRun):
         # the token metrics cost 2-7% of the scorer's time on CPU (vocabulary 8k-128k): only on the logged steps
         self.token_stats_now = self._log_due(getattr(self, "step", 0) + 1)
         try:
-            out = self.objective_output(self.score(mb.layout, positions=mb.index))
+            batch = self.score(mb.layout, positions=mb.index)
+            ratio = getattr(mb, "examples_per_token", None)
+            if ratio is not None:  # the sft term's token mean over the whole step (objectives.sft token_mean)
+                batch.extras["examples_per_token"] = ratio
+            out = self.objective_output(batch)
         finally:
             self.token_stats_now = True
         out.metrics = {**out.metrics, **ratios(self.token_sums)}
@@ -338,7 +342,26 @@ class Trainer(TrainingRun):
         for items, index in groups:
             out.append(MicroBatch(self.collate(items), [x.row_id for x in items],
                                   index, self.kind.count_tokens(items)))
+        from preflab.objectives.sft import wants_step_token_mean
+
+        if wants_step_token_mean(self.objective):
+            self._tell_step_token_mean(out, groups)
         return out
+
+    def _tell_step_token_mean(self, mbs: list[MicroBatch], groups) -> None:
+        """Each micro-batch told N / T of the whole step (N pairs, T chosen-response tokens, all micro-batches of
+        all processes; one all-reduce of two numbers), for an sft term with token_mean "step"."""
+        chosen = [len(x.chosen_ids) for items, _ in groups for x in items if hasattr(x, "chosen_ids")]
+        if len(chosen) != sum(len(items) for items, _ in groups):
+            raise ConfigError(f"sft token_mean 'step' counts the chosen responses' tokens of pairs; the "
+                              f"{self.kind.name} batches of this run have none. Set objective_params.token_mean: "
+                              "micro_batch.")
+        local = [float(len(chosen)), float(sum(chosen))]
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            local = acc.reduce(torch.tensor(local, device=acc.device), reduction="sum").tolist()
+        for mb in mbs:
+            mb.examples_per_token = local[0] / max(local[1], 1.0)
 
     def before_train(self) -> None:
         self._precompute_reference()

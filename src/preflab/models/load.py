@@ -310,25 +310,29 @@ def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
                           "a reference with the policy's tokenizer.")
 
 
-def moe_aux_loss_note(model) -> str | None:
-    """What preflab's online loop (task: online) does differently from TRL 1.16 with a mixture-of-experts policy, or
-    None for a dense one (or a coefficient of 0).
+def moe_aux_loss_note(model, trainer: str | None = None) -> str | None:
+    """What preflab's online loop (task: online) says about a mixture-of-experts policy under `trainer`, one that adds
+    no router loss, or None for a dense one (or a coefficient of 0).
 
-    TRL's DPO, KTO, SFT and GRPO trainers add `router_aux_loss_coef * aux_loss` (the router's load-balancing loss,
-    Fedus et al. 2022, arXiv:2101.03961, Eq. 4; coefficient from the model config unless set) to the training loss of
-    any model whose config declares `output_router_logits`. preflab's offline trainer (tasks dpo, sft) adds it the
-    same way (preflab.scoring.router_loss); the online loop does not: its loss is the objective's alone, never a
-    silent share of both, and this note says so once."""
+    TRL 1.16's DPO, KTO, SFT, GRPO and RLOO trainers add `router_aux_loss_coef * aux_loss` (the router's
+    load-balancing loss, Fedus et al. 2022, arXiv:2101.03961, Eq. 4; coefficient from the model config unless set) to
+    the training loss of any model whose config declares `output_router_logits`; its OnlineDPOTrainer adds none.
+    preflab adds it where TRL does: the offline trainer (tasks dpo, sft) and the online trainers TRL runs as its
+    GRPOTrainer (preflab.online.trainers.ROUTER_LOSS_TRAINERS). The other online trainers add none, as TRL's
+    OnlineDPOTrainer, and this note says so once."""
     from preflab.models.moe import router_loss_coef, text_config
+    from preflab.online.trainers import ROUTER_LOSS_TRAINERS
 
     coef = router_loss_coef(model)
     if coef is None:
         return None
     text = text_config(model)
-    return (f"{text.model_type} is a mixture-of-experts model; TRL 1.16 adds router_aux_loss_coef={coef:g} (from its "
-            "config) x the router load-balancing loss to the training loss, preflab's online loop does not: the loss "
-            "here is the objective's alone and the routers get no load-balancing gradient (task: dpo and sft add "
-            "it).")
+    like = ("as TRL 1.16's OnlineDPOTrainer adds none" if trainer == "online_dpo" else
+            "TRL 1.16 has no trainer of that name and its OnlineDPOTrainer adds none")
+    return (f"{text.model_type} is a mixture-of-experts model (its config: router_aux_loss_coef={coef:g}); trainer "
+            f"{trainer or 'online_dpo'} adds no router load-balancing loss, {like}: the loss here is the objective's "
+            f"alone and the routers get no load-balancing gradient. The trainers {', '.join(ROUTER_LOSS_TRAINERS)} "
+            "(TRL's GRPOTrainer) and task: dpo and sft add it, as TRL does.")
 
 
 def check_policy_not_adapter(name: str) -> None:

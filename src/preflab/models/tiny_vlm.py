@@ -4,10 +4,12 @@
     model = tiny_vlm(processor, "qwen2_vl", seed=0)     # Qwen2VLForConditionalGeneration, float32, eval mode
 
 Architectures: "qwen2_vl" (Qwen2-VL: patch merger, 3-D rotary positions, a variable number of image tokens per
-image), "llava" (LLaVA: CLIP vision tower + projector, a fixed number of image tokens per image) and "idefics3"
-(Idefics3 / SmolVLM-style: SigLIP-like tower, pixel-shuffle connector, images batched per sample). All load back
-with `AutoModelForImageTextToText.from_pretrained`. Images are resized by the processor (qwen2_vl: to a multiple
-of 8 pixels, 16-32 px a side; llava and idefics3: 16 x 16).
+image), "qwen2_5_vl" (Qwen2.5-VL: the same processor and positions, a windowed-attention vision tower),
+"qwen3_vl" (Qwen3-VL: the same, interleaved 3-D rotary sections, DeepStack features of the vision layer), "llava"
+(LLaVA: CLIP vision tower + projector, a fixed number of image tokens per image) and "idefics3" (Idefics3 /
+SmolVLM-style: SigLIP-like tower, pixel-shuffle connector, images batched per sample). All load back with
+`AutoModelForImageTextToText.from_pretrained`. Images are resized by the processor (qwen2_vl, qwen2_5_vl: to a
+multiple of 8 pixels, 16-32 px a side (also qwen3_vl); llava and idefics3: 16 x 16).
 
 The processors use transformers' PIL image processors (torchvision is not needed). transformers 5.25 cannot build
 a Qwen2-VL processor without its video processor, which needs torchvision; `_NoVideoProcessor` skips that check so
@@ -19,11 +21,13 @@ import torch
 
 from preflab.errors import ConfigError
 
-ARCHS = ("qwen2_vl", "llava", "idefics3")
+ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3")
+_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # one processor (Qwen2-VL's image processor), 3-D rope positions
 BUILTIN_VLM = {"builtin:tiny-qwen2-vl": "qwen2_vl", "builtin:tiny-llava": "llava", "builtin:tiny-idefics3": "idefics3"}
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<image>",
                  "<fake_token_around_image>", "<global-img>"]
-_IMAGE_PART = {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image>", "idefics3": "<image>"}
+_IMAGE_PART = {**{arch: "<|vision_start|><|image_pad|><|vision_end|>" for arch in _QWEN}, "llava": "<image>",
+               "idefics3": "<image>"}
 
 
 def vlm_chat_template(image_part: str) -> str:
@@ -34,10 +38,13 @@ def vlm_chat_template(image_part: str) -> str:
             "</s>\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
-def _no_video_processor_class():
+def _no_video_processor_class(arch: str = "qwen2_vl"):
     import transformers as tf
 
-    class NoVideoQwen2VLProcessor(tf.Qwen2VLProcessor):
+    base = {"qwen2_vl": tf.Qwen2VLProcessor, "qwen2_5_vl": tf.Qwen2_5_VLProcessor,
+            "qwen3_vl": tf.Qwen3VLProcessor}[arch]
+
+    class NoVideoQwen2VLProcessor(base):
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument is None:
                 return None
@@ -63,10 +70,10 @@ def tiny_vlm_processor(arch: str = "qwen2_vl", tokenizer_kind: str = "bytelevel"
     tok.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
     template = vlm_chat_template(_IMAGE_PART[arch])
     tok.chat_template = template
-    if arch == "qwen2_vl":
+    if arch in _QWEN:
         images = tf.Qwen2VLImageProcessorPil(min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, merge_size=2,
                                              temporal_patch_size=2)
-        return _no_video_processor_class()(image_processor=images, tokenizer=tok, chat_template=template)
+        return _no_video_processor_class(arch)(image_processor=images, tokenizer=tok, chat_template=template)
     if arch == "idefics3":
         try:
             images = tf.Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 16},
@@ -93,18 +100,29 @@ def tiny_vlm(processor, arch: str = "qwen2_vl", hidden_size: int = 32, num_layer
     text = dict(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                 num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    if arch == "qwen2_vl":
+    if arch in _QWEN:
         half = hidden_size // 4 // 2  # rotary frequencies per head (4 heads), split over (time, height, width)
         section = [half - 2 * (half // 4), half // 4, half // 4]
-        config = tf.Qwen2VLConfig(
-            text_config={**text, "rope_parameters": {"rope_type": "default", "mrope_section": section,
-                                                     "rope_theta": 10000.0}},
-            vision_config=dict(depth=1, embed_dim=16, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
-                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
+        rope = {"rope_type": "default", "mrope_section": section, "rope_theta": 10000.0}
+        tower = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=hidden_size,
+                     patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+        if arch == "qwen2_vl":
+            vision = dict(depth=1, embed_dim=16, hidden_size=hidden_size, num_heads=2, mlp_ratio=2, patch_size=4,
+                          spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+        elif arch == "qwen2_5_vl":  # windows of 16 px (2 x 2 merged patches); the one block attends fully
+            vision = {**tower, "window_size": 16, "fullatt_block_indexes": [0]}
+        else:  # learned positions on an 8 x 8 grid (interpolated), DeepStack features of the one block
+            vision = {**tower, "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}
+            text = {**text, "head_dim": hidden_size // 4}
+            rope = {**rope, "mrope_interleaved": True}
+        config = {"qwen2_vl": tf.Qwen2VLConfig, "qwen2_5_vl": tf.Qwen2_5_VLConfig, "qwen3_vl": tf.Qwen3VLConfig}[arch](
+            text_config={**text, "rope_parameters": rope},
+            vision_config=vision,
             image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        cls = tf.Qwen2VLForConditionalGeneration
+        cls = {"qwen2_vl": tf.Qwen2VLForConditionalGeneration, "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
+               "qwen3_vl": tf.Qwen3VLForConditionalGeneration}[arch]
     elif arch == "llava":
         config = tf.LlavaConfig(
             text_config=tf.LlamaConfig(**text),

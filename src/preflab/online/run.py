@@ -60,8 +60,8 @@ from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
                                      sequence_logps, shared_pair_layout, shared_prompt_layout, token_matrix)
 from preflab.online.generator import make_generator
-from preflab.online.trainers import (RENAMED, TRAINERS, build_examples, preference_log_odds, preference_matrix,
-                                     reward_log_odds)
+from preflab.online.trainers import (RENAMED, ROUTER_LOSS_TRAINERS, TRAINERS, build_examples, preference_log_odds,
+                                     preference_matrix, reward_log_odds)
 from preflab.scoring.lm import LogProbScorer, Scores, split_pairs, unwrap
 
 
@@ -140,7 +140,8 @@ class OnlineRun(TrainingRun):
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
         from preflab.models.load import disable_dropout_of, moe_aux_loss_note
 
-        note = moe_aux_loss_note(policy)  # TRL's GRPO adds the MoE router loss; this loop does not
+        self.router_coef = self._router_coef(policy)  # TRL's GRPOTrainer adds the MoE router loss: grpo trainers too
+        note = None if self.router_coef is not None else moe_aux_loss_note(policy, cfg.trainer)
         if note and self.main:
             print(f"preflab: note: {note}")
 
@@ -480,6 +481,30 @@ class OnlineRun(TrainingRun):
             out.append(OnlineMicroBatch(exs, [e.row_id for e in exs], tokens, tokens_per_prompt))
         return out
 
+    def _router_coef(self, policy) -> float | None:
+        """router_aux_loss_coef as TRL 1.16's GRPOTrainer resolves it for a mixture-of-experts policy, for the
+        trainers TRL runs as its GRPOTrainer (ROUTER_LOSS_TRAINERS); None for a dense policy, a coefficient of 0 or
+        another trainer (TRL's OnlineDPOTrainer adds no router loss; moe_aux_loss_note says so). The policy's
+        training forward of each micro-batch then adds coef x the routers' load-balancing loss over its
+        [prompt | completion] tokens (every prompt once per completion, as TRL's padded rows), logged as aux_loss
+        (preflab.scoring.router_loss); the old-policy and reference forwards ask for none (nor does TRL's). The step
+        averages the micro-batches' router losses weighted by their prompts (TRL: the plain mean over its micro-batches
+        and processes, of equal size, where the two agree). preflab has no RLOO trainer (TRL's RLOOTrainer adds it the
+        same way)."""
+        if self.cfg.trainer not in ROUTER_LOSS_TRAINERS:
+            return None
+        from preflab.models.moe import router_loss_coef, router_shape
+
+        coef = router_loss_coef(policy, self.cfg.router_aux_loss_coef)
+        if coef is not None:
+            router_shape(policy)  # the experts' count and top-k are known: a ConfigError now, not at step 1
+        if coef is not None and self.scorer_class is not LogProbScorer:
+            raise ConfigError(f"the policy is a mixture-of-experts model and TRL 1.16's GRPOTrainer adds "
+                              f"router_aux_loss_coef={coef:g} x its routers' load-balancing loss, which "
+                              f"{self.scorer_class.__name__} does not compute; set router_aux_loss_coef: 0 to train "
+                              "on the objective's loss alone.")
+        return coef
+
     def _micro_batches_per_step(self, n: int) -> int:
         """Micro-batches per process for a step of n examples: gradient_accumulation_steps, or more when a process's
         share would exceed per_device_train_batch_size (a round's size is set by prompts_per_generation and the
@@ -588,8 +613,9 @@ class OnlineRun(TrainingRun):
         exs, device = mb.examples, self.accelerator.device
         G = len(exs[0].completions)
         layout = self._group_layout(exs).to(device)
+        router = {"want_router_loss": True} if self.router_coef is not None else {}
         with self.accelerator.autocast():
-            scores = self.scorer(layout, want_hidden=self.want_hidden)
+            scores = self.scorer(layout, want_hidden=self.want_hidden, **router)
         shape = (len(exs), G, scores.token_logps.shape[-1])
         mask = scores.mask.view(shape)
         if exs[0].loss_mask is not None:  # tool observations: conditioned on, not trained on
@@ -613,7 +639,12 @@ class OnlineRun(TrainingRun):
             extras["hidden"] = scores.hidden.view(*shape, -1)
         rewards = torch.tensor([e.extras["rewards"] for e in exs], device=device, dtype=torch.float32)
         valid = torch.tensor([e.extras["valid"] for e in exs], device=device)
-        return self.objective(ListBatch(policy, rewards, ref, valid, extras))
+        out = self.objective(ListBatch(policy, rewards, ref, valid, extras))
+        if self.router_coef is not None:  # TRL's GRPOTrainer: + coef x aux_loss of each micro-batch's forward
+            from preflab.scoring.router_loss import add_router_loss
+
+            out = add_router_loss(out, scores.router_loss, self.router_coef)
+        return out
 
     def evaluate(self) -> dict:
         if self.task.evaluate is None:

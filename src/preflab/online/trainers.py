@@ -115,6 +115,11 @@ TRAINERS: dict[str, TrainerSpec] = {
                                                             "importance_sampling_level": "sequence"}),
 }
 
+# the trainers TRL 1.16 runs as its GRPOTrainer, which adds a mixture-of-experts policy's router load-balancing loss
+# (router_aux_loss_coef x aux_loss of each training forward; OnlineRun._router_coef); the others add none, as TRL's
+# OnlineDPOTrainer adds none (preflab.models.load.moe_aux_loss_note says so)
+ROUTER_LOSS_TRAINERS = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo")
+
 
 def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
     """[k, k] P(y_i > y_j) from rewards [k] (see the module docstring)."""

@@ -110,7 +110,7 @@ def placeholder_ids(model) -> list[int]:
 
 
 # model types whose shared prefill is checked against the repeated-prompt path (tests/vlm/test_vision_kv.py)
-SHARED_PREFILL_MODEL_TYPES = ("qwen2_vl", "llava", "idefics3")
+SHARED_PREFILL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3")
 
 
 class VisionGenerator:
