@@ -15,7 +15,7 @@ _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encoding
 
 
 def _router_loss_trainers() -> tuple:
-    from preflab.online.trainers import ROUTER_LOSS_TRAINERS
+    from preflab.models.moe import ROUTER_LOSS_TRAINERS
 
     return ROUTER_LOSS_TRAINERS
 

@@ -320,8 +320,7 @@ def moe_aux_loss_note(model, trainer: str | None = None) -> str | None:
     preflab adds it where TRL does: the offline trainer (tasks dpo, sft) and the online trainers TRL runs as its
     GRPOTrainer (preflab.online.trainers.ROUTER_LOSS_TRAINERS). The other online trainers add none, as TRL's
     OnlineDPOTrainer, and this note says so once."""
-    from preflab.models.moe import router_loss_coef, text_config
-    from preflab.online.trainers import ROUTER_LOSS_TRAINERS
+    from preflab.models.moe import ROUTER_LOSS_TRAINERS, router_loss_coef, text_config
 
     coef = router_loss_coef(model)
     if coef is None:

@@ -12,6 +12,11 @@ from torch import nn
 from preflab.errors import ConfigError
 from preflab.models.attention import unwrap
 
+# the online trainers TRL 1.16 runs as its GRPOTrainer, which adds a mixture-of-experts policy's router
+# load-balancing loss (router_aux_loss_coef x aux_loss of each training forward; preflab.online.run
+# OnlineRun._router_coef); the others add none, as TRL's OnlineDPOTrainer adds none (models.load.moe_aux_loss_note)
+ROUTER_LOSS_TRAINERS = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo")
+
 
 def text_config(model: nn.Module):
     """The config of the model's language part (a VLM's text config), through DDP / PEFT wrappers; None without."""

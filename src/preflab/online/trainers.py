@@ -57,6 +57,8 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.loops.pair_builders import build_pairs
+# the trainers that add a mixture-of-experts policy's router loss, as TRL's GRPOTrainer
+from preflab.models.moe import ROUTER_LOSS_TRAINERS  # noqa: F401  (re-exported)
 from preflab.online.examples import Example
 
 
@@ -115,10 +117,6 @@ TRAINERS: dict[str, TrainerSpec] = {
                                                             "importance_sampling_level": "sequence"}),
 }
 
-# the trainers TRL 1.16 runs as its GRPOTrainer, which adds a mixture-of-experts policy's router load-balancing loss
-# (router_aux_loss_coef x aux_loss of each training forward; OnlineRun._router_coef); the others add none, as TRL's
-# OnlineDPOTrainer adds none (preflab.models.load.moe_aux_loss_note says so)
-ROUTER_LOSS_TRAINERS = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo")
 
 
 def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
