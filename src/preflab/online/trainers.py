@@ -118,7 +118,6 @@ TRAINERS: dict[str, TrainerSpec] = {
 }
 
 
-
 def preference_matrix(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
     """[k, k] P(y_i > y_j) from rewards [k] (see the module docstring)."""
     diff = rewards.unsqueeze(1) - rewards.unsqueeze(0)
