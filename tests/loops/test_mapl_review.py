@@ -1,0 +1,33 @@
+"""Review of MAPL intra rows: the paths beside `preflab train`'s own (streaming eval set, reward-model eval of a split
+or a limited set) read intra rows as the training path does, or refuse them."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from preflab.config import config_from_dict
+from preflab.data.mapl import build_mapl_rows
+from preflab.errors import DataError
+from preflab.models.tiny import tiny_tokenizer
+
+BASE = [{"prompt": f"Q{i}: describe item {i}.", "chosen": c, "rejected": r} for i, (c, r) in enumerate([
+    ("it is red, small", "blue"), ("- one\n- two", "one two"), ("A LOUD ANSWER", "a quiet one"),
+    ("short", "a much longer answer here")])]
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_streaming_eval_set_refuses_intra_rows_for_a_loss_that_compares_responses(tmp_path):
+    """The eval set of a streaming run is read whole (loops.streaming.eval_examples); intra rows there must be refused
+    for loss_type: sigmoid as in the ordinary run, not scored as y | x_w against y | x_l."""
+    from preflab.loops.streaming import eval_examples
+
+    intra, _ = build_mapl_rows(BASE, seed=0)
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": write_rows(
+        tmp_path / "train.jsonl", BASE), "eval_dataset_name": write_rows(tmp_path / "eval.jsonl", intra),
+        "output_dir": str(tmp_path / "out"), "streaming": True, "max_steps": 1, "use_cpu": True})
+    with pytest.raises(DataError, match=r"eval\.jsonl: row 0: fields prompt_chosen / prompt_rejected.*'sigmoid'"):
+        eval_examples(cfg, tiny_tokenizer(), SimpleNamespace(name="pairs"))
