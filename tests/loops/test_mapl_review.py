@@ -31,3 +31,30 @@ def test_streaming_eval_set_refuses_intra_rows_for_a_loss_that_compares_response
         "output_dir": str(tmp_path / "out"), "streaming": True, "max_steps": 1, "use_cpu": True})
     with pytest.raises(DataError, match=r"eval\.jsonl: row 0: fields prompt_chosen / prompt_rejected.*'sigmoid'"):
         eval_examples(cfg, tiny_tokenizer(), SimpleNamespace(name="pairs"))
+
+
+def test_reward_eval_of_a_limited_set_reads_intra_rows_as_the_whole_file(tmp_path):
+    """`preflab eval --task reward --limit N` hands the rows over as dicts: intra rows must stay intra rows (they were
+    rebuilt as {prompt, chosen: y, rejected: y} and skipped as identical), so --limit covering every row gives the
+    numbers of the whole file."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from preflab.cli import main
+    from preflab.reward_models.eval import evaluate_reward_model
+
+    rows, _ = build_mapl_rows(BASE, seed=0, keep_original=True)
+    data = write_rows(tmp_path / "mapl.jsonl", rows)
+    tok = tiny_tokenizer("bytelevel")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "rm")
+    direct = evaluate_reward_model(str(tmp_path / "rm"), data, on_bad_row="skip")
+    assert direct["num_pairs"] == len(rows) == 8
+    assert main(["eval", str(tmp_path / "rm"), "--data", data, "--task", "reward", "--limit", str(len(rows))]) == 0
+    result = json.loads((tmp_path / "rm" / "eval.json").read_text())
+    assert result["num_pairs"] == 8
+    assert result["metrics"]["reward_model/accuracy"] == direct["accuracy"]
+    assert result["metrics"]["reward_model/mean_logit"] == pytest.approx(direct["mean_logit"], abs=1e-6)
