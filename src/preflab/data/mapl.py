@@ -155,9 +155,7 @@ class Vocabulary:
         ws, ps = set(), set()
         for y in responses:
             ws.update(w.lower() for w in words(y) if len(w) >= 3)
-            p = _end_phrase(y, 2)
-            if p:
-                ps.add(p)
+            ps.update(p for p in (_end_phrase(y, 1), _end_phrase(y, 2)) if p)  # both lengths satisfied ones take
         return cls(tuple(sorted(ws)) or FALLBACK_WORDS, tuple(sorted(ps)) or FALLBACK_PHRASES)
 
 
@@ -192,11 +190,13 @@ def _include_word(y, satisfied, rng, vocab):
 
 
 def _end_with(y, satisfied, rng, vocab):
+    k = rng.randint(1, 2)  # words in the phrase, drawn alike on both sides: its length tells nothing
     if satisfied:
-        phrase = _end_phrase(y, rng.randint(1, 2))
+        phrase = _end_phrase(y, k)
         pool = [phrase] if phrase else []
     else:
         pool = [p for p in vocab.phrases if not _check_end_with(p, y)]
+        pool = [p for p in pool if len(p.split()) == k] or pool
     if not pool:
         return None
     p = rng.choice(pool)

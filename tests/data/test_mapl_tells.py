@@ -1,0 +1,42 @@
+"""Review of the MAPL builder: no instruction tells x_w from x_l by its form alone, and words are whole words."""
+import random
+from collections import Counter
+
+from preflab.data.mapl import Instruction, Vocabulary, build_mapl_rows, check, generate, words
+
+LONG = ["The river bends twice before it reaches the old mill by the bridge.",
+        "Bread rises when the yeast has time, warmth and a little sugar to feed on.",
+        "Most maps of the city still show the tram line that closed years ago.",
+        "A good lamp on the desk makes long evenings of reading much easier.",
+        "The committee met on Tuesday and postponed the vote until next month.",
+        "Sea water freezes at a lower temperature than fresh water does, usually."]
+
+
+def test_end_phrase_length_is_drawn_alike_for_satisfied_and_violated_instructions():
+    """Satisfied end phrases are y's last 1 or 2 words; violated ones came only from 2-word phrases, so a one-word
+    end phrase marked x_w without reading y. Both sides now draw the length the same way."""
+    vocab = Vocabulary.of(LONG)
+    lengths = Counter()
+    for i, y in enumerate(LONG * 20):
+        rng = random.Random(i)
+        for satisfied in (True, False):
+            made = generate("end_with", y, satisfied, rng, vocab)
+            assert check(made, y) == satisfied
+            lengths[satisfied, len(made.arg.split())] += 1
+    for satisfied in (True, False):
+        share = lengths[satisfied, 1] / (lengths[satisfied, 1] + lengths[satisfied, 2])
+        assert 0.35 < share < 0.65, (satisfied, lengths)
+
+
+def test_built_rows_carry_no_end_phrase_length_tell():
+    """Where x_w and x_l differ by an end phrase, a one-word phrase occurs on both sides (it was x_w's only)."""
+    rows = [{"prompt": f"Q{i}: tell me something.", "chosen": LONG[i % 6], "rejected": LONG[(i + 1) % 6]}
+            for i in range(60)]
+    out, _ = build_mapl_rows(rows, seed=0, kinds=("end_with",))
+    one_word = Counter()
+    for row in out:
+        (good,), (worse,) = row["instructions_chosen"], row["instructions_rejected"]
+        assert good != worse and not check(Instruction.from_dict(worse), row["completion"])
+        one_word["x_w"] += len(good["arg"].split()) == 1
+        one_word["x_l"] += len(worse["arg"].split()) == 1
+    assert len(out) == 60 and min(one_word.values()) > 10, one_word
