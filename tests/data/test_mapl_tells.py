@@ -40,3 +40,17 @@ def test_built_rows_carry_no_end_phrase_length_tell():
         one_word["x_w"] += len(good["arg"].split()) == 1
         one_word["x_l"] += len(worse["arg"].split()) == 1
     assert len(out) == 60 and min(one_word.values()) > 10, one_word
+
+
+def test_no_word_limit_is_decided_without_reading_the_response():
+    """'fewer than 1 word' fails and 'at least 1 word' holds for every non-empty response: such an instruction tells
+    x_l (or x_w) apart without reading y. Every limit is >= 2, and each instruction still holds as generated."""
+    vocab = Vocabulary.of(LONG)
+    for n in range(1, 9):
+        y = " ".join(["word"] * n)
+        for seed in range(40):
+            rng = random.Random(seed)
+            for satisfied in (True, False):
+                made = generate("word_limit", y, satisfied, rng, vocab)
+                assert check(made, y) == satisfied
+                assert made.arg[1] >= 2, (n, satisfied, made.text)

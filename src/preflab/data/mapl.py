@@ -172,11 +172,13 @@ def _word_limit(y, satisfied, rng, vocab):
     n = word_count(y)
     if n < 1:
         return None
-    op = rng.choice(("<", ">="))
+    # N >= 2: "fewer than 1 word" fails and "at least 1 word" holds for any answer (decided without reading y);
+    # a one-word y can then only satisfy "fewer than" and violate "at least"
+    op = rng.choice(("<", ">=")) if n >= 2 else "<" if satisfied else ">="
     if op == "<":  # holds iff n < N
-        limit = n + rng.randint(1, 5) if satisfied else rng.randint(max(1, n - 5), n)
+        limit = n + rng.randint(1, 5) if satisfied else rng.randint(max(2, n - 5), n)
         return Instruction("word_limit", ("<", limit), f"Answer in fewer than {_count(limit, 'word')}.")
-    limit = rng.randint(max(1, n - 5), n) if satisfied else n + rng.randint(1, 5)  # holds iff n >= N
+    limit = rng.randint(max(2, n - 5), n) if satisfied else n + rng.randint(1, 5)  # holds iff n >= N
     return Instruction("word_limit", (">=", limit), f"Answer in at least {_count(limit, 'word')}.")
 
 
