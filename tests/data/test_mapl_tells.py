@@ -54,3 +54,14 @@ def test_no_word_limit_is_decided_without_reading_the_response():
                 made = generate("word_limit", y, satisfied, rng, vocab)
                 assert check(made, y) == satisfied
                 assert made.arg[1] >= 2, (n, satisfied, made.text)
+
+
+def test_bullet_instruction_names_every_marker_its_checker_counts():
+    """The checker counts lines starting with "- " or "* "; an instruction naming only "- " called '* a\\n* b' a
+    violation of 'exactly 0 bullet points (lines starting with "- ")', which it literally follows."""
+    y = "* one\n* two"
+    for seed in range(20):
+        for satisfied in (True, False):
+            made = generate("bullet_count", y, satisfied, random.Random(seed), Vocabulary.of(LONG))
+            assert check(made, y) == satisfied
+            assert '"- "' in made.text and '"* "' in made.text, made.text

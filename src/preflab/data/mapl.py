@@ -9,7 +9,7 @@ arXiv:2505.12845); spec methods/models-and-loops.md #14 (abstract + a 3rd-party 
 Instructions (IFEval-style, each with a deterministic checker `check(instruction, y) -> bool`): `word_limit`
 ("Answer in fewer than N words." / "Answer in at least N words.", N set relative to y's word count), `include_word`
 ('Include the word "W".'), `end_with` ('End your answer with the phrase "P".'), `bullet_count` ('Use exactly k bullet
-points (lines starting with "- ").'), `letter_case` ("Write your whole answer in lowercase / uppercase letters."),
+points (lines starting with "- " or "* ").'), `letter_case` ("Write your whole answer in lowercase / uppercase letters."),
 `commas` ("Do not use any commas." / "Use at least n commas."). A generator g(y, satisfied, rng) returns an
 instruction that y satisfies (True) or violates (False), or None when it cannot (e.g. no case instruction holds
 for mixed-case text).
@@ -209,7 +209,7 @@ def _bullet_count(y, satisfied, rng, vocab):
     k = bullet_count(y)
     if not satisfied:
         k = rng.choice([j for j in range(k + 4) if j != k])
-    return Instruction("bullet_count", k, f'Use exactly {_count(k, "bullet point")} (lines starting with "- ").')
+    return Instruction("bullet_count", k, f'Use exactly {_count(k, "bullet point")} (lines starting with "- " or "* ").')
 
 
 def _letter_case(y, satisfied, rng, vocab):
