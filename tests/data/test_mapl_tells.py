@@ -2,7 +2,13 @@
 import random
 from collections import Counter
 
-from preflab.data.mapl import Instruction, Vocabulary, build_mapl_rows, check, generate, words
+from preflab.data.mapl import (
+    Instruction,
+    Vocabulary,
+    build_mapl_rows,
+    check,
+    generate,
+)
 
 LONG = ["The river bends twice before it reaches the old mill by the bridge.",
         "Bread rises when the yeast has time, warmth and a little sugar to feed on.",
