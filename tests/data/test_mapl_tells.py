@@ -8,6 +8,7 @@ from preflab.data.mapl import (
     build_mapl_rows,
     check,
     generate,
+    words,
 )
 
 LONG = ["The river bends twice before it reaches the old mill by the bridge.",
@@ -71,3 +72,14 @@ def test_bullet_instruction_names_every_marker_its_checker_counts():
             made = generate("bullet_count", y, satisfied, random.Random(seed), Vocabulary.of(LONG))
             assert check(made, y) == satisfied
             assert '"- "' in made.text and '"* "' in made.text, made.text
+
+
+def test_include_word_takes_whole_words_of_non_ascii_text():
+    """Words are runs of letters of any script: 'Müller' is one word, not 'M' + 'ller' (an instruction to include
+    the word "ller" that the checker called satisfied)."""
+    assert words("Grüße aus München, sagt Herr Müller's Hund.") == ["Grüße", "aus", "München", "sagt", "Herr",
+                                                                   "Müller's", "Hund"]
+    y = "Grüße aus München"
+    for seed in range(20):
+        made = generate("include_word", y, True, random.Random(seed), Vocabulary.of([y, "something else"]))
+        assert made.arg in {"grüße", "aus", "münchen"}

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from preflab.errors import ConfigError, DataError
 
 LEVELS = ("intra", "inter")
-_WORD = re.compile(r"[A-Za-z][A-Za-z']*")
+_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|')*")  # a letter of any script, then letters and apostrophes
 FALLBACK_WORDS = ("banana", "harbor", "violet", "engine", "meadow", "pencil", "thunder", "lantern", "orbit", "copper")
 FALLBACK_PHRASES = ("That is all.", "Hope this helps.", "Thank you.", "In short, yes.", "End of answer.")
 
@@ -82,7 +82,7 @@ class Instruction:
 
 
 def words(y: str) -> list[str]:
-    """The alphabetic words of y (letters and apostrophes)."""
+    """The alphabetic words of y (letters of any script and apostrophes: "Müller" is one word)."""
     return _WORD.findall(y)
 
 
