@@ -83,3 +83,10 @@ def test_include_word_takes_whole_words_of_non_ascii_text():
     for seed in range(20):
         made = generate("include_word", y, True, random.Random(seed), Vocabulary.of([y, "something else"]))
         assert made.arg in {"grüße", "aus", "münchen"}
+
+
+def test_letter_case_needs_cased_letters():
+    """Text without cased letters (CJK) is neither 'all lowercase' nor 'all uppercase': the checker called it both."""
+    for arg in ("lower", "upper"):
+        assert not check(Instruction("letter_case", arg, ""), "你好，世界")
+    assert check(Instruction("letter_case", "lower", ""), "grüße 你好") and check(Instruction("letter_case", "upper", ""), "ÉTÉ")

@@ -97,7 +97,8 @@ def bullet_count(y: str) -> int:
 
 
 def _has_letters(y: str) -> bool:
-    return any(c.isalpha() for c in y)
+    """Whether y has a cased letter (one with a lower and an upper form; CJK has none, so no case instruction)."""
+    return any(c.lower() != c.upper() for c in y)
 
 
 # ---- checkers: (arg, y) -> bool, deterministic -------------------------------------------------------------------
