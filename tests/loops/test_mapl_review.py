@@ -37,19 +37,14 @@ def test_reward_eval_of_a_limited_set_reads_intra_rows_as_the_whole_file(tmp_pat
     """`preflab eval --task reward --limit N` hands the rows over as dicts: intra rows must stay intra rows (they were
     rebuilt as {prompt, chosen: y, rejected: y} and skipped as identical), so --limit covering every row gives the
     numbers of the whole file."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
     from preflab.cli import main
     from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.heads import build_reward_model
 
     rows, _ = build_mapl_rows(BASE, seed=0, keep_original=True)
     data = write_rows(tmp_path / "mapl.jsonl", rows)
     tok = tiny_tokenizer("bytelevel")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
-    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm", safe_serialization=True)
+    build_reward_model("builtin:tiny-llama", 1, tok, seed=0).save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
     direct = evaluate_reward_model(str(tmp_path / "rm"), data, on_bad_row="skip")
     assert direct["num_pairs"] == len(rows) == 8
