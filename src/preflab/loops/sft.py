@@ -214,9 +214,11 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     if limit is not None and len(prompt) + len(completion) > limit:
         room = limit - len(prompt)
         if room < 1:
-            raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt is {len(prompt)} tokens, which "
-                             f"leaves no room for the completion within max_length={limit}",
-                             "Shorten the prompt or raise max_length.")
+            what = (f"the {len(prompt)} tokens before the first assistant token leave" if assistant_only else
+                    f"the prompt is {len(prompt)} tokens, which leaves")
+            raise RowProblem("prompt_fills_max_length", "messages" if form == "messages" else "prompt",
+                             f"{what} no room for the completion within max_length={limit}",
+                             "Shorten the prompt (the turns before the first assistant answer) or raise max_length.")
         completion = completion[:room]
         if loss_mask is not None:
             loss_mask = loss_mask[:room]
