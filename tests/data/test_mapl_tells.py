@@ -90,3 +90,24 @@ def test_letter_case_needs_cased_letters():
     for arg in ("lower", "upper"):
         assert not check(Instruction("letter_case", arg, ""), "你好，世界")
     assert check(Instruction("letter_case", "lower", ""), "grüße 你好") and check(Instruction("letter_case", "upper", ""), "ÉTÉ")
+
+
+def test_max_length_keeps_the_same_tokens_of_y_on_both_sides():
+    """An intra row compares S(y | x_w) with S(y | x_l) for the same y: when max_length cuts y, both sides keep the
+    same tokens of it (the shorter side's count), not as many as each prompt leaves room for; a longer x_l gave
+    fewer (negative) log-prob terms on the rejected side."""
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    row = {"prompt_chosen": "Q\n\nUse no commas.",
+           "prompt_rejected": "Q\n\nUse at least 2 commas, and write them all out in a much longer instruction.",
+           "completion": "a long answer without any commas at all and then some more words here"}
+    (ex,), _ = load_rows([row], kind="pairwise")
+    tok = tiny_tokenizer()
+    (whole,), _ = tokenize_pairs([ex], tok, max_length=None)
+    assert whole.chosen_ids == whole.rejected_ids
+    limit = len(whole.rejected_prompt_ids) + 8
+    (cut,), report = tokenize_pairs([ex], tok, max_length=limit)
+    assert cut.chosen_ids == cut.rejected_ids == whole.chosen_ids[:8]
+    assert report.response_truncated == 1
