@@ -53,3 +53,20 @@ def test_reward_eval_of_a_limited_set_reads_intra_rows_as_the_whole_file(tmp_pat
     assert result["num_pairs"] == 8
     assert result["metrics"]["reward_model/accuracy"] == direct["accuracy"]
     assert result["metrics"]["reward_model/mean_logit"] == pytest.approx(direct["mean_logit"], abs=1e-6)
+
+
+def test_a_table_mixing_pairs_and_intra_rows_reads_as_the_jsonl_file(tmp_path):
+    """A parquet (or hub / save_to_disk) table of the builder's output has every column in every row, null where a
+    row has no value: the null columns of the other form must not make a row 'both forms' (every row was refused)."""
+    import datasets
+
+    from preflab.data.rows import load_rows
+
+    rows, _ = build_mapl_rows(BASE, seed=0, keep_original=True)
+    jsonl = write_rows(tmp_path / "mapl.jsonl", rows)
+    datasets.load_dataset("json", data_files=jsonl, split="train").to_parquet(str(tmp_path / "mapl.parquet"))
+    plain, plain_report = load_rows(jsonl, kind="pairwise")
+    table, table_report = load_rows(str(tmp_path / "mapl.parquet"), kind="pairwise")
+    assert table_report.forms == plain_report.forms == {"standard": 4, "intra_standard": 4}
+    assert [(x.prompt, x.chosen, x.rejected, x.rejected_prompt) for x in table] == \
+        [(x.prompt, x.chosen, x.rejected, x.rejected_prompt) for x in plain]
