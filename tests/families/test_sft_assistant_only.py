@@ -336,3 +336,15 @@ def test_a_conversation_whose_assistant_turns_max_length_cuts_away_names_the_mes
     assert len(first.prompt_ids) >= short  # row 1's first assistant token lies beyond max_length
     with pytest.raises(DataError, match=r"row 1 .*field 'messages'.*assistant"):
         prepare_sft(_cfg(dataset_name=str(data), max_length=short), tok)
+
+
+def test_the_untrained_end_of_turn_note_is_printed_by_every_run(tmp_path, capsys):
+    """The note is said once per run (not once per train / eval read or streaming pass), and a second run in the same
+    process says it too (a process-wide 'already said' set kept it from every later run)."""
+    from preflab.loops.sft import prepare_sft
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in MESSAGES))
+    for _ in range(2):
+        prepare_sft(_cfg(dataset_name=str(data), eval_dataset_name=str(data)), _marked_tokenizer(STOP_OUTSIDE))
+        assert capsys.readouterr().out.count("model is not trained to stop") == 1

@@ -214,6 +214,9 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
     if kind.name == "sft":
         if tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+        from preflab.loops.sft import note_assistant_template
+
+        note_assistant_template(cfg, tokenizer)  # once per run, not per pass
         make = lambda: sft_pipeline(cfg, tokenizer, name)  # noqa: E731
     else:
         make = lambda: preference_pipeline(cfg, tokenizer, kind.name, name)  # noqa: E731
