@@ -70,3 +70,23 @@ def test_a_table_mixing_pairs_and_intra_rows_reads_as_the_jsonl_file(tmp_path):
     assert table_report.forms == plain_report.forms == {"standard": 4, "intra_standard": 4}
     assert [(x.prompt, x.chosen, x.rejected, x.rejected_prompt) for x in table] == \
         [(x.prompt, x.chosen, x.rejected, x.rejected_prompt) for x in plain]
+
+
+def test_reward_context_cut_from_the_rejected_prompt_of_an_intra_row_is_a_bad_row():
+    """A context sits at the start of both prompts of an intra row; max_prompt_length (keep_end) cutting it from x_l
+    only (x_l longer than x_w) is a bad row as for x_w, not a row trained with x_l's context cut away."""
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs
+    from preflab.reward_models.context import CONTEXT_TEMPLATE, with_context
+    from preflab.reward_models.data import tokenize_reward_pairs
+
+    row = {"prompt_chosen": "Q\n\nUse no commas.", "completion": "a plain answer", "context": "the user is a chemist",
+           "prompt_rejected": "Q\n\nUse at least two commas, and spell every number out in words as well."}
+    examples, _ = load_rows([row], kind="pairwise")
+    tok = tiny_tokenizer()
+    (full,), _ = tokenize_pairs(with_context(examples, CONTEXT_TEMPLATE), tok, max_length=None)
+    limit = len(full.prompt_ids) + 1
+    assert len(full.prompt_ids) <= limit < len(rejected_prompt_of(full))  # x_w fits, x_l would lose its start
+    with pytest.raises(DataError, match="context.*max_prompt_length"):
+        tokenize_reward_pairs(examples, tok, max_length=None, max_prompt_length=limit,
+                              context_template=CONTEXT_TEMPLATE)
