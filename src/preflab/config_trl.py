@@ -297,8 +297,10 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             notes.append("shuffle_dataset: batches follow the seeded random order (each epoch).")
     if raw.get("train_sampling_strategy") == "sequential" and raw.get("loss_type") in ("kto", "apo_zero_unpaired"):
         raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
-        notes.append("train_sampling_strategy: sequential (KTOConfig's default) -> the seeded random order; preflab's "
-                     "KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order.")
+        notes.append("train_sampling_strategy: sequential (KTOConfig's default) -> the seeded random order; " + (
+            "preflab's KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order."
+            if raw.get("loss_type") == "kto" else
+            "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
         raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
     if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"

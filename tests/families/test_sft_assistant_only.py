@@ -321,3 +321,30 @@ def test_prompt_completion_rows_are_counted_once_in_the_tokenize_report():
         item, _ = tokenize_sft_row(0, row, tok, _cfg(assistant_only_loss=assistant_only), report)
         assert (report.prompt_tokens, report.response_tokens) == (len(item.prompt_ids), len(item.completion_ids))
         assert report.max_prompt_tokens == len(item.prompt_ids)
+
+
+def test_a_conversation_whose_assistant_turns_max_length_cuts_away_names_the_messages_field(tmp_path):
+    """The tokens before the first assistant token fill max_length: a bad row naming the row's own field ('messages',
+    not 'prompt', which a messages row does not have) and saying what was cut."""
+    from preflab.loops.sft import prepare_sft
+
+    tok = _marked_tokenizer()
+    first = _items(MESSAGES[:1], tok, _cfg())[0]
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(MESSAGES[1]) + "\n" + json.dumps(MESSAGES[0]) + "\n")
+    short = len(_items(MESSAGES[1:2], tok, _cfg())[0].prompt_ids) + 1
+    assert len(first.prompt_ids) >= short  # row 1's first assistant token lies beyond max_length
+    with pytest.raises(DataError, match=r"row 1 .*field 'messages'.*assistant"):
+        prepare_sft(_cfg(dataset_name=str(data), max_length=short), tok)
+
+
+def test_the_untrained_end_of_turn_note_is_printed_by_every_run(tmp_path, capsys):
+    """The note is said once per run (not once per train / eval read or streaming pass), and a second run in the same
+    process says it too (a process-wide 'already said' set kept it from every later run)."""
+    from preflab.loops.sft import prepare_sft
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in MESSAGES))
+    for _ in range(2):
+        prepare_sft(_cfg(dataset_name=str(data), eval_dataset_name=str(data)), _marked_tokenizer(STOP_OUTSIDE))
+        assert capsys.readouterr().out.count("model is not trained to stop") == 1

@@ -190,7 +190,8 @@ def test_reward_task_on_intra_rows_is_rc_bt_on_separately_scored_rewards(tmp_pat
     assert float(rc_bt) == pytest.approx(by_hand, abs=1e-12)
     assert abs(by_hand - math.log(2)) > 0.05  # the two prompts are scored apart
     train_reward(reward_cfg(data, tmp_path / "rm"), model=model, tokenizer=tok)
-    assert first_row(tmp_path / "rm")["loss"] == pytest.approx(by_hand, abs=1e-5)
+    # float32 rewards from a head of std 30: the padded batch and the one-sequence forwards agree to a relative 1e-5
+    assert first_row(tmp_path / "rm")["loss"] == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_reward_task_refuses_intra_rows_for_a_gpm_head(tmp_path):

@@ -9,7 +9,7 @@ arXiv:2505.12845); spec methods/models-and-loops.md #14 (abstract + a 3rd-party 
 Instructions (IFEval-style, each with a deterministic checker `check(instruction, y) -> bool`): `word_limit`
 ("Answer in fewer than N words." / "Answer in at least N words.", N set relative to y's word count), `include_word`
 ('Include the word "W".'), `end_with` ('End your answer with the phrase "P".'), `bullet_count` ('Use exactly k bullet
-points (lines starting with "- ").'), `letter_case` ("Write your whole answer in lowercase / uppercase letters."),
+points (lines starting with "- " or "* ").'), `letter_case` ("Write your whole answer in lowercase / uppercase letters."),
 `commas` ("Do not use any commas." / "Use at least n commas."). A generator g(y, satisfied, rng) returns an
 instruction that y satisfies (True) or violates (False), or None when it cannot (e.g. no case instruction holds
 for mixed-case text).
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from preflab.errors import ConfigError, DataError
 
 LEVELS = ("intra", "inter")
-_WORD = re.compile(r"[A-Za-z][A-Za-z']*")
+_WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|')*")  # a letter of any script, then letters and apostrophes
 FALLBACK_WORDS = ("banana", "harbor", "violet", "engine", "meadow", "pencil", "thunder", "lantern", "orbit", "copper")
 FALLBACK_PHRASES = ("That is all.", "Hope this helps.", "Thank you.", "In short, yes.", "End of answer.")
 
@@ -82,7 +82,7 @@ class Instruction:
 
 
 def words(y: str) -> list[str]:
-    """The alphabetic words of y (letters and apostrophes)."""
+    """The alphabetic words of y (letters of any script and apostrophes: "Müller" is one word)."""
     return _WORD.findall(y)
 
 
@@ -97,7 +97,8 @@ def bullet_count(y: str) -> int:
 
 
 def _has_letters(y: str) -> bool:
-    return any(c.isalpha() for c in y)
+    """Whether y has a cased letter (one with a lower and an upper form; CJK has none, so no case instruction)."""
+    return any(c.lower() != c.upper() for c in y)
 
 
 # ---- checkers: (arg, y) -> bool, deterministic -------------------------------------------------------------------
@@ -155,9 +156,7 @@ class Vocabulary:
         ws, ps = set(), set()
         for y in responses:
             ws.update(w.lower() for w in words(y) if len(w) >= 3)
-            p = _end_phrase(y, 2)
-            if p:
-                ps.add(p)
+            ps.update(p for p in (_end_phrase(y, 1), _end_phrase(y, 2)) if p)  # both lengths satisfied ones take
         return cls(tuple(sorted(ws)) or FALLBACK_WORDS, tuple(sorted(ps)) or FALLBACK_PHRASES)
 
 
@@ -174,11 +173,13 @@ def _word_limit(y, satisfied, rng, vocab):
     n = word_count(y)
     if n < 1:
         return None
-    op = rng.choice(("<", ">="))
+    # N >= 2: "fewer than 1 word" fails and "at least 1 word" holds for any answer (decided without reading y);
+    # a one-word y can then only satisfy "fewer than" and violate "at least"
+    op = rng.choice(("<", ">=")) if n >= 2 else "<" if satisfied else ">="
     if op == "<":  # holds iff n < N
-        limit = n + rng.randint(1, 5) if satisfied else rng.randint(max(1, n - 5), n)
+        limit = n + rng.randint(1, 5) if satisfied else rng.randint(max(2, n - 5), n)
         return Instruction("word_limit", ("<", limit), f"Answer in fewer than {_count(limit, 'word')}.")
-    limit = rng.randint(max(1, n - 5), n) if satisfied else n + rng.randint(1, 5)  # holds iff n >= N
+    limit = rng.randint(max(2, n - 5), n) if satisfied else n + rng.randint(1, 5)  # holds iff n >= N
     return Instruction("word_limit", (">=", limit), f"Answer in at least {_count(limit, 'word')}.")
 
 
@@ -192,11 +193,13 @@ def _include_word(y, satisfied, rng, vocab):
 
 
 def _end_with(y, satisfied, rng, vocab):
+    k = rng.randint(1, 2)  # words in the phrase, drawn alike on both sides: its length tells nothing
     if satisfied:
-        phrase = _end_phrase(y, rng.randint(1, 2))
+        phrase = _end_phrase(y, k)
         pool = [phrase] if phrase else []
     else:
         pool = [p for p in vocab.phrases if not _check_end_with(p, y)]
+        pool = [p for p in pool if len(p.split()) == k] or pool
     if not pool:
         return None
     p = rng.choice(pool)
@@ -207,7 +210,7 @@ def _bullet_count(y, satisfied, rng, vocab):
     k = bullet_count(y)
     if not satisfied:
         k = rng.choice([j for j in range(k + 4) if j != k])
-    return Instruction("bullet_count", k, f'Use exactly {_count(k, "bullet point")} (lines starting with "- ").')
+    return Instruction("bullet_count", k, f'Use exactly {_count(k, "bullet point")} (lines starting with "- " or "* ").')
 
 
 def _letter_case(y, satisfied, rng, vocab):

@@ -169,13 +169,17 @@ def _other_form(row: dict) -> tuple[str, str] | None:
 
 
 def is_intra_row(row: dict) -> bool:
-    """A MAPL intra-sample row: it has `prompt_chosen` or `prompt_rejected`."""
-    return "prompt_chosen" in row or "prompt_rejected" in row
+    """A MAPL intra-sample row: `prompt_chosen` or `prompt_rejected` has a value (or is present in a row without
+    prompt / chosen / rejected values). A null column does not count: a table mixing ordinary pairs and intra rows
+    (parquet, a hub dataset) has every column in every row."""
+    if any(row.get(k) is not None for k in ("prompt_chosen", "prompt_rejected")):
+        return True
+    return ("prompt_chosen" in row or "prompt_rejected" in row) and all(row.get(k) is None for k in PAIR_FIELDS)
 
 
 def _intra_parts(row: dict) -> tuple[object, object, object, str]:
     """(x_w, x_l, y, form) of a MAPL intra row, validated."""
-    clash = [k for k in PAIR_FIELDS if k in row]
+    clash = [k for k in PAIR_FIELDS if row.get(k) is not None]
     if clash:
         raise RowProblem("mixed_row_forms", clash[0], "present beside prompt_chosen / prompt_rejected: the row is "
                          "both an ordinary pair and a MAPL intra row", "Write one form per row. " + INTRA_FIX)
@@ -196,7 +200,7 @@ def _intra_parts(row: dict) -> tuple[object, object, object, str]:
 def _build_pairwise(row_id: int, row: dict) -> tuple[list[PairExample], str]:
     if is_intra_row(row):
         x_w, x_l, y, form = _intra_parts(row)
-        return [PairExample(row_id, x_w, y, y, _extras(row, INTRA_FIELDS), rejected_prompt=x_l)], form
+        return [PairExample(row_id, x_w, y, y, _extras(row, INTRA_FIELDS + PAIR_FIELDS), rejected_prompt=x_l)], form
     prompt, chosen, rejected, form = _pair_parts(row)
     return [PairExample(row_id, prompt, chosen, rejected, _extras(row, PAIR_FIELDS))], form
 

@@ -323,7 +323,8 @@ def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: Tokenize
 
 def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
     """A MAPL intra row: (x_w, y) and (x_l, y) tokenized as two sequences, each with its own boundary and truncation
-    (so y's ids may differ at the boundary); the two prompts must stay different after truncation."""
+    (so y's ids may differ at the boundary); when a limit cuts y, both sides keep the shorter side's count of its
+    tokens (the two sums cover the same y); the two prompts must stay different after truncation."""
     chosen_prompt, (chosen,) = _tokenize_one(tokenizer, ex.prompt, [ex.chosen], ["completion"], ex.extras, settings,
                                              report, "prompt_chosen")
     rejected_prompt, (rejected,) = _tokenize_one(tokenizer, ex.rejected_prompt, [ex.rejected], ["completion"],
@@ -332,6 +333,9 @@ def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: To
         raise RowProblem("identical_after_tokenization", "prompt_rejected", "the prompt_chosen and prompt_rejected "
                          "token ids are identical (after truncation)", "Raise max_prompt_length (the instructions "
                          "sit at the end of the prompt: keep_start truncation cuts them) or drop the row.")
+    if report.response_truncated and len(chosen) != len(rejected):  # the same tokens of y on both sides: S(y | x_w)
+        keep = min(len(chosen), len(rejected))                      # and S(y | x_l) must sum over the same y
+        chosen, rejected = chosen[:keep], rejected[:keep]
     for name in ("prompt_truncated", "response_truncated", "boundary_merged", "boundary_shifted",
                  "eos_already_present"):  # `report` holds this row's counts: a row counts once, as a pair does
         setattr(report, name, min(getattr(report, name), 1))

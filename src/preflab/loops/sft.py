@@ -214,9 +214,11 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     if limit is not None and len(prompt) + len(completion) > limit:
         room = limit - len(prompt)
         if room < 1:
-            raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt is {len(prompt)} tokens, which "
-                             f"leaves no room for the completion within max_length={limit}",
-                             "Shorten the prompt or raise max_length.")
+            what = (f"the {len(prompt)} tokens before the first assistant token leave" if assistant_only else
+                    f"the prompt is {len(prompt)} tokens, which leaves")
+            raise RowProblem("prompt_fills_max_length", "messages" if form == "messages" else "prompt",
+                             f"{what} no room for the completion within max_length={limit}",
+                             "Shorten the prompt (the turns before the first assistant answer) or raise max_length.")
         completion = completion[:room]
         if loss_mask is not None:
             loss_mask = loss_mask[:room]
@@ -228,20 +230,27 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask), form
 
 
-_NOTED: set = set()  # assistant_only_loss notes already printed (one per tokenizer template and process)
+def note_assistant_template(cfg, tokenizer) -> None:
+    """assistant_only_loss: check the chat template (ConfigError without {% generation %} markers) and print its note
+    (the end-of-turn token left out of the loss) on the main process; once per run: the training read
+    (`prepare_sft`) or the stream's opening (preflab.loops.streaming.open_stream) calls it."""
+    if getattr(cfg, "assistant_only_loss", False):
+        from preflab.data.assistant_mask import check_assistant_template
+
+        note = check_assistant_template(tokenizer)
+        if note and is_main_process():
+            print(f"preflab: note: {note}")
 
 
 def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
     """build(raw_row) -> [TokenizedSFT] ([] for a row on_bad_row says to skip), counting the row in `rows` and
     `tokens`. One row at a time: the whole-dataset read and streaming (preflab.loops.streaming) use it.
-    assistant_only_loss: the chat template is checked first (ConfigError without {% generation %} markers)."""
+    assistant_only_loss: the chat template is checked first (ConfigError without {% generation %} markers; its note
+    is `note_assistant_template`'s)."""
     if getattr(cfg, "assistant_only_loss", False):
-        from preflab.data.assistant_mask import check_assistant_template, template_text
+        from preflab.data.assistant_mask import check_assistant_template
 
-        note = check_assistant_template(tokenizer)
-        if note and template_text(tokenizer) not in _NOTED and is_main_process():
-            _NOTED.add(template_text(tokenizer))
-            print(f"preflab: note: {note}")
+        check_assistant_template(tokenizer)
     policy = BadRowPolicy(cfg.on_bad_row, rows)
 
     def build(raw) -> list[TokenizedSFT]:
@@ -287,6 +296,7 @@ def prepare_sft(cfg, tokenizer):
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+    note_assistant_template(cfg, tokenizer)
     train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
     report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
     from preflab.data.eval_set import train_and_eval

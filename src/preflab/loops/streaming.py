@@ -214,6 +214,9 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
     if kind.name == "sft":
         if tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+        from preflab.loops.sft import note_assistant_template
+
+        note_assistant_template(cfg, tokenizer)  # once per run, not per pass
         make = lambda: sft_pipeline(cfg, tokenizer, name)  # noqa: E731
     else:
         make = lambda: preference_pipeline(cfg, tokenizer, kind.name, name)  # noqa: E731
@@ -242,11 +245,12 @@ def eval_examples(cfg, tokenizer, kind) -> tuple[list, dict]:
         items, rows, tokens = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
         return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}
     from preflab.data.rows import load_rows
-    from preflab.loops.prepare import _tokenize
+    from preflab.loops.prepare import _tokenize, check_intra_rows
 
     row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind.name]
     rows, report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                              required_extras=cfg.objective().row_extras())
+    check_intra_rows(cfg.objective(), rows, report.source, cfg.loss_type)  # as the ordinary run's eval set
     if report.total == 0:
         raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({report.source}) is empty: it holds no rows.")
     items, tok = _tokenize(kind.name, rows, tokenizer, cfg, report.source)

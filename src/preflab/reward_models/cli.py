@@ -24,6 +24,15 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
 
 
+def pair_row(ex) -> dict:
+    """The row dict of a PairExample, read back by load_rows as the same example: a MAPL intra row keeps its form
+    {prompt_chosen, prompt_rejected, completion}."""
+    if ex.rejected_prompt is not None:
+        return {"prompt_chosen": ex.prompt, "prompt_rejected": ex.rejected_prompt, "completion": ex.chosen,
+                **ex.extras}
+    return {"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras}
+
+
 def run_reward_eval(args) -> int:
     from preflab.data.rows import load_rows
     from preflab.reward_models.eval import evaluate_reward_model
@@ -31,7 +40,7 @@ def run_reward_eval(args) -> int:
     data = args.data
     if getattr(args, "split", "train") != "train":  # pass rows of the chosen split through as a list
         examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row=args.on_bad_row)
-        data = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras} for ex in examples]
+        data = [pair_row(ex) for ex in examples]
     result = evaluate_reward_model(args.model, data, batch_size=args.batch_size, max_length=args.max_length,
                                    on_bad_row=args.on_bad_row)
     text = json.dumps(result, indent=1)
@@ -61,7 +70,7 @@ def eval_task(args) -> int:
     data, skipped_first = args.data, {}
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
         examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
-        data = [{"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras} for ex in examples]
+        data = [pair_row(ex) for ex in examples]
         skipped_first = dict(report.skipped)
     result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
                                    on_bad_row="skip")

@@ -12,7 +12,7 @@ import numbers
 from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
-from preflab.data.tokenize import tokenize_pairs
+from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs
 from preflab.errors import DataError, PreflabError
 from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
@@ -57,7 +57,7 @@ def _check_contexts_kept(examples, pairs: list, report, tokenizer, max_prompt_le
     with_ctx = {ex.row_id for ex in examples if ex.extras.get(CONTEXT_FIELD)}
     full, _ = tokenize_pairs([ex for ex in examples if ex.row_id in with_ctx], tokenizer, max_length=None,
                              on_bad_row="skip")  # the uncut prompt lengths
-    full_length = {pair.row_id: len(pair.prompt_ids) for pair in full}
+    full_length = {pair.row_id: max(len(pair.prompt_ids), len(rejected_prompt_of(pair))) for pair in full}  # intra: x_l
     policy, kept = BadRowPolicy(on_bad_row, report), []
     for pair in pairs:
         length = full_length.get(pair.row_id, 0) if pair.row_id in with_ctx else 0
