@@ -2,6 +2,7 @@
 
     positions = held_out_positions(len(rows), 0.1, seed)      # max(1, round(0.1 n)) positions of a seeded permutation
     train, evals = split_eval_fraction(rows, 0.1, seed)        # the rows at those positions, order kept on both sides
+    group, by_parent = holdout_groups(rows)                    # the unit held out: the source row, or its parent_id
 """
 from __future__ import annotations
 
@@ -19,6 +20,32 @@ def held_out_positions(n: int, fraction: float, seed: int) -> set[int]:
 
 
 def split_eval_fraction(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """(kept, held out) of `items` by `held_out_positions`, each in the items' order."""
-    held = held_out_positions(len(items), fraction, seed)
-    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+    """(kept, held out) of `items` by `held_out_positions`, each in the items' order; when every item has a numeric
+    parent_id (parent_ids), whole parent_id groups are held out instead of single items."""
+    parents = parent_ids(items)
+    if parents is None:
+        held = held_out_positions(len(items), fraction, seed)
+        return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+    ids = sorted(set(parents))
+    held = {ids[i] for i in held_out_positions(len(ids), fraction, seed)}
+    return [x for x, p in zip(items, parents) if p not in held], [x for x, p in zip(items, parents) if p in held]
+
+
+
+def parent_ids(items) -> list | None:
+    """Each item's numeric `parent_id` column (extras), or None unless every item has one: rows derived from one
+    base row (preflab.data.mapl writes the original pair, its intra rows and its inter rows with the base row's
+    parent_id) are held out together, so no eval row shares its response with a training row."""
+    parents = [getattr(x, "extras", {}).get("parent_id") for x in items]
+    if items and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parents):
+        return parents
+    return None
+
+
+def holdout_groups(rows) -> tuple[dict, bool]:
+    """({row_id: the unit eval_fraction holds out}, whether that unit is parent_id): the source row (row_id: a pair
+    split into two unpaired examples stays on one side), or its parent when every row has one (parent_ids)."""
+    parents = parent_ids(rows)
+    if parents is None:
+        return {r.row_id: r.row_id for r in rows}, False
+    return {r.row_id: p for r, p in zip(rows, parents)}, True
