@@ -605,6 +605,8 @@ class TrainingRun:
         started = time.perf_counter()
         for step in range(start_step, self.total_steps):
             mbs = self.micro_batches(step)
+            # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler advances)
+            learning_rate = self.scheduler.get_last_lr()[0]
             result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
             tokens = result.num_tokens  # all ranks' tokens, summed in the step's own all-reduce (no read of its own)
@@ -636,7 +638,7 @@ class TrainingRun:
             self.step = step + 1
             self.emit("on_step_end")
             if self._log_due(step + 1):
-                last = {"step": step + 1, "learning_rate": self.scheduler.get_last_lr()[0],
+                last = {"step": step + 1, "learning_rate": learning_rate,
                         "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
                         "tokens_per_second": tokens_this_run / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
