@@ -838,7 +838,8 @@ def what_is_kept(output_dir) -> str:
 
 
 def average_results(results) -> dict:
-    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out), each step weighted by
+    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out; grad_norm is the last
+    kept step's, as in transformers), each step weighted by
     what the metric averages in it (StepResult.metric_counts: its examples, or the objective's own count such as
     KTO's desirable examples or the response tokens), so the value is the exact mean over the window; a metric only
     some steps have (TRL's token metrics: computed on logged steps only; KTO's rewards/chosen in a step without
@@ -848,8 +849,8 @@ def average_results(results) -> dict:
     if not kept:
         return {"loss": float("nan")}
     n = sum(r.num_examples for r in kept)
-    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n,
-           "grad_norm": sum(r.grad_norm for r in kept) / len(kept)}
+    # grad_norm: the last step's, as transformers' Trainer logs it (a snapshot, not a window mean)
+    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n, "grad_norm": kept[-1].grad_norm}
     differences = {k: v for r in kept for k, v in getattr(r, "metric_differences", {}).items()}
     for key in dict.fromkeys(k for r in kept for k in r.metrics):
         if key in differences:

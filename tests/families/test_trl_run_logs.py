@@ -1,0 +1,147 @@
+"""The logged history of a whole run equals TRL 1.16's: TRL's own trainer.train() and preflab's run on the same tiny
+model, rows in the same order (TRL's sequential sampler over the rows in preflab's seeded order), the same optimizer
+and schedule, 4 optimizer steps of 2 micro-batches x 2 rows, a row every 2 steps (a logging window of 4
+micro-batches). Every key both log is equal (1e-5 relative), and the keys only one of them logs are listed.
+
+What differs, by design (README, "What a run writes"), is asserted as its documented relation instead:
+- token means (`entropy`, `logits/*`, `mean_token_accuracy`): TRL averages each micro-batch's token mean, then the
+  micro-batches of the window; preflab takes the token mean over everything it averages (independent of how a step
+  is cut into micro-batches, equal to 2 processes x b), and the DPO family computes them on logged steps only. The
+  test rebuilds preflab's value from TRL's per-micro-batch values, weighted by their token counts.
+"""
+import copy
+import json
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.loops.batches import BatchPlan
+from preflab.models.load import frozen_copy
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+BATCH, ACCUM, STEPS, LOGGING = 2, 2, 4, 2
+ROWS = BATCH * ACCUM * STEPS  # one epoch
+COMMON = {"per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM, "max_steps": STEPS,
+          "logging_steps": LOGGING, "learning_rate": 1e-2, "lr_scheduler_type": "linear", "seed": 0}
+TRL_ARGS = {"report_to": [], "use_cpu": True, "bf16": False, "optim": "adamw_torch", "gradient_checkpointing": False,
+            "save_strategy": "no", "disable_tqdm": True, "max_length": None, "train_sampling_strategy": "sequential",
+            **COMMON}
+PREFLAB_ARGS = {"model_name_or_path": "unused", "dataset_name": "synthetic", "disable_tqdm": True, "use_cpu": True,
+                "save_steps": 0, **COMMON}
+ONLY_PREFLAB = {"tokens_per_second"}  # preflab's throughput; TRL logs none per row
+
+WORDS = "kit cat hat jam log bus bee pen car red ant oak net toy dog owl".split()
+
+
+def _pairs() -> list[dict]:
+    """Loud-echo pairs: chosen in capitals; the rejected answer of every third row is another echo."""
+    rows = []
+    for i in range(ROWS):
+        words = [WORDS[(i * 3 + k) % len(WORDS)] for k in range(2 + i % 3)]
+        echo = " ".join(words)
+        wrong = " ".join(words[:-1] + ["fox"]).upper() if i % 3 == 0 else echo
+        rows.append({"prompt": f"echo: {echo}\n", "chosen": echo.upper(), "rejected": wrong})
+    return rows
+
+
+def _order(n: int) -> list[int]:
+    """preflab's row order over the run (preflab.loops.batches.BatchPlan, seed 0): steps, then micro-batches."""
+    plan = BatchPlan(n, BATCH, 1, ACCUM, COMMON["seed"])
+    return [i for step in range(STEPS) for mb in plan.indices(step, 0) for i in mb]
+
+
+def _recording(cls):
+    """A TRL trainer class that keeps each logging window's per-micro-batch metric lists (TRL's `_metrics`, which
+    its log() averages and clears)."""
+    class Recording(cls):
+        def log(self, logs, start_time=None):
+            if "loss" in logs:
+                self.windows = getattr(self, "windows", []) + [
+                    {k: list(v) for k, v in self._metrics["train"].items()}]
+            return super().log(logs, start_time)
+
+    return Recording
+
+
+def _trl_history(trainer) -> list[dict]:
+    trainer.train()
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def _preflab_history(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+def _compare(theirs, ours, *, differ=(), only_trl=(), only_preflab=ONLY_PREFLAB) -> None:
+    """Every key both log is equal at every logged step, except those in `differ` (asserted by the caller); the
+    keys only one logs are exactly `only_trl` / `only_preflab`."""
+    assert [h["step"] for h in theirs] == [r["step"] for r in ours] == list(range(LOGGING, STEPS + 1, LOGGING))
+    for a, b in zip(theirs, ours):
+        assert set(a) - set(b) == set(only_trl), a["step"]
+        assert set(b) - set(a) == set(only_preflab), a["step"]
+        for key in (set(a) & set(b)) - set(differ):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert theirs[0]["loss"] != pytest.approx(theirs[1]["loss"], rel=1e-3)  # the weights moved between the rows
+
+
+def _token_weighted(windows, counts, key, theirs, ours) -> None:
+    """preflab's `key` at each logged step equals the token-weighted mean of TRL's per-micro-batch values of that
+    step's micro-batches (`counts[m]`: the tokens micro-batch m averages over), and TRL's own logged value is the
+    plain mean of its window's values (which differs here)."""
+    for w, (window, a, b) in enumerate(zip(windows, theirs, ours)):
+        values = window[key]
+        assert len(values) == LOGGING * ACCUM
+        assert a[key] == pytest.approx(sum(values) / len(values), rel=1e-9)
+        first = (w + 1) * LOGGING * ACCUM - ACCUM  # the micro-batches of the logged step
+        weights = counts[first:first + ACCUM]
+        step_values = values[-ACCUM:]
+        want = sum(v * n for v, n in zip(step_values, weights)) / sum(weights)
+        assert b[key] == pytest.approx(want, rel=1e-5, abs=1e-6), (key, a["step"])
+
+
+# ---------------------------------------------------------------------------------------------------------- DPO
+def _dpo_run(tmp_path, loss_type: str):
+    from trl import DPOConfig, DPOTrainer
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.loops.offline import Trainer
+
+    torch.set_num_threads(1)
+    rows = _pairs()
+    order = _order(len(rows))
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    trainer = _recording(DPOTrainer)(
+        model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
+        args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=[loss_type], beta=0.1, **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+    theirs = _trl_history(trainer)
+    examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
+    pairs, _ = tokenize_pairs(examples, tok, max_length=None)
+    cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": loss_type,
+                            "beta": 0.1})
+    Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=pairs).train()
+    ours = _preflab_history(tmp_path / "preflab")
+    per_mb = lambda size: [sum(size(pairs[i]) for i in order[m * BATCH:(m + 1) * BATCH])  # noqa: E731
+                           for m in range(STEPS * ACCUM)]
+    counts = {"logits/chosen": per_mb(lambda p: len(p.chosen_ids)),
+              "mean_token_accuracy": per_mb(lambda p: len(p.chosen_ids)),
+              "logits/rejected": per_mb(lambda p: len(p.rejected_ids)),
+              "entropy": per_mb(lambda p: len(p.chosen_ids) + len(p.rejected_ids))}
+    return trainer, theirs, ours, counts
+
+
+def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):
+    """DPO (sigmoid): loss, rewards/*, logps/*, num_tokens (cumulative), learning_rate (the rate the logged step
+    used), grad_norm (the logged step's), epoch and step equal TRL's DPOTrainer; the token means relate as
+    documented."""
+    trainer, theirs, ours, counts = _dpo_run(tmp_path, "sigmoid")
+    _compare(theirs, ours, differ=counts)
+    for key in counts:
+        _token_weighted(trainer.windows, counts[key], key, theirs, ours)
