@@ -81,12 +81,21 @@ def _compare(theirs, ours, *, differ=(), only_trl=(), only_preflab=ONLY_PREFLAB)
     """Every key both log is equal at every logged step, except those in `differ` (asserted by the caller); the
     keys only one logs are exactly `only_trl` / `only_preflab`."""
     assert [h["step"] for h in theirs] == [r["step"] for r in ours] == list(range(LOGGING, STEPS + 1, LOGGING))
+    print(_table(theirs, ours))
     for a, b in zip(theirs, ours):
         assert set(a) - set(b) == set(only_trl), a["step"]
         assert set(b) - set(a) == set(only_preflab), a["step"]
         for key in (set(a) & set(b)) - set(differ):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
     assert theirs[0]["loss"] != pytest.approx(theirs[1]["loss"], rel=1e-3)  # the weights moved between the rows
+
+
+def _table(theirs, ours) -> str:
+    lines = []
+    for a, b in zip(theirs, ours):
+        for key in sorted(set(a) | set(b)):
+            lines.append(f"step {a['step']} {key:24s} trl={a.get(key)!s:24s} preflab={b.get(key)!s}")
+    return "\n".join(lines)
 
 
 def _token_weighted(windows, counts, key, theirs, ours) -> None:
@@ -145,3 +154,118 @@ def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):
     _compare(theirs, ours, differ=counts)
     for key in counts:
         _token_weighted(trainer.windows, counts[key], key, theirs, ours)
+
+
+# ---------------------------------------------------------------------------------------------------------- SFT
+def _sft_run(tmp_path):
+    from trl import SFTConfig, SFTTrainer as TRLSFTTrainer
+
+    from preflab.data.report import TokenizeReport
+    from preflab.loops.sft import SFTTrainer, tokenize_sft_row
+
+    torch.set_num_threads(1)
+    rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in _pairs()]
+    order = _order(len(rows))
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    trainer = _recording(TRLSFTTrainer)(
+        model=copy.deepcopy(model), processing_class=tok,
+        args=SFTConfig(output_dir=str(tmp_path / "trl"), **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+    theirs = _trl_history(trainer)
+    cfg = config_from_dict({**PREFLAB_ARGS, "task": "sft", "output_dir": str(tmp_path / "preflab"),
+                            "max_length": 256})
+    items = [tokenize_sft_row(i, row, tok, cfg, TokenizeReport())[0] for i, row in enumerate(rows)]
+    SFTTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, train_data=items).train()
+    ours = _preflab_history(tmp_path / "preflab")
+    tokens = [sum(len(items[i].completion_ids) for i in order[m * BATCH:(m + 1) * BATCH])
+              for m in range(STEPS * ACCUM)]
+    return trainer, theirs, ours, tokens
+
+
+def _step_token_means(windows, counts, key, theirs, ours) -> None:
+    """preflab's `key` (SFT: computed every step) is the mean over the window's steps of each step's token mean of
+    TRL's per-micro-batch values (`counts[m]`: micro-batch m's loss tokens), as the loss is the mean of the steps'
+    token-mean losses in both; TRL logs the plain mean of the micro-batches' values."""
+    per_step = [counts[s * ACCUM:(s + 1) * ACCUM] for s in range(STEPS)]
+    for w, (window, a, b) in enumerate(zip(windows, theirs, ours)):
+        values = window[key]
+        assert a[key] == pytest.approx(sum(values) / len(values), rel=1e-9)
+        means = [sum(v * n for v, n in zip(values[i * ACCUM:(i + 1) * ACCUM], per_step[w * LOGGING + i]))
+                 / sum(per_step[w * LOGGING + i]) for i in range(LOGGING)]
+        assert b[key] == pytest.approx(sum(means) / LOGGING, rel=1e-5, abs=1e-6), (key, a["step"])
+
+
+def test_sft_run_logs_equal_trls(tmp_path):
+    """SFT: loss (the steps' token means), grad_norm, learning_rate, num_tokens, epoch equal TRL's SFTTrainer;
+    entropy (logged since this test) and mean_token_accuracy relate as documented."""
+    trainer, theirs, ours, tokens = _sft_run(tmp_path)
+    _compare(theirs, ours, differ=("mean_token_accuracy", "entropy"))
+    for key in ("mean_token_accuracy", "entropy"):
+        _step_token_means(trainer.windows, tokens, key, theirs, ours)
+    assert abs(theirs[1]["mean_token_accuracy"] - ours[1]["mean_token_accuracy"]) > 1e-3  # the relation matters
+
+
+# ---------------------------------------------------------------------------------------------------------- KTO
+def _kto_run(tmp_path):
+    from trl import KTOConfig, KTOTrainer
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_unpaired
+    from preflab.loops.offline import Trainer
+
+    torch.set_num_threads(1)
+    rows = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 3 else p["rejected"], "label": i % 3 != 0}
+            for i, p in enumerate(_pairs())]
+    order = _order(len(rows))
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    trainer = _recording(KTOTrainer)(
+        model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
+        args=KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+    theirs = _trl_history(trainer)
+    examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="unpaired")
+    items, _ = tokenize_unpaired(examples, tok, max_length=None)
+    cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": "kto",
+                            "beta": 0.1})
+    Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=items).train()
+    ours = _preflab_history(tmp_path / "preflab")
+    return trainer, theirs, ours, items, order
+
+
+def test_kto_run_logs_equal_trls(tmp_path):
+    trainer, theirs, ours, items, order = _kto_run(tmp_path)
+    _compare(theirs, ours)
+
+
+# ---------------------------------------------------------------------------------------------------------- reward
+def _reward_run(tmp_path):
+    from trl import RewardConfig, RewardTrainer
+
+    from preflab.data.rows import load_rows
+    from preflab.reward_models.data import tokenize_reward_pairs
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.train import train_reward
+
+    torch.set_num_threads(1)
+    rows = _pairs()
+    order = _order(len(rows))
+    tok = tiny_tokenizer()
+    model = build_reward_model("builtin:tiny-llama", 1, tok)
+    trainer = _recording(RewardTrainer)(
+        model=copy.deepcopy(model), processing_class=tok,
+        args=RewardConfig(output_dir=str(tmp_path / "trl"), **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+    theirs = _trl_history(trainer)
+    examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
+    pairs, _ = tokenize_reward_pairs(examples, tok, max_length=None)
+    cfg = config_from_dict({**PREFLAB_ARGS, "task": "reward", "output_dir": str(tmp_path / "preflab")})
+    train_reward(cfg, model=copy.deepcopy(model), tokenizer=tok, train_data=pairs)
+    ours = _preflab_history(tmp_path / "preflab")
+    return trainer, theirs, ours
+
+
+def test_reward_run_logs_equal_trls(tmp_path):
+    trainer, theirs, ours = _reward_run(tmp_path)
+    _compare(theirs, ours)
