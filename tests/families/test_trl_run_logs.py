@@ -134,7 +134,8 @@ def _dpo_run(tmp_path, loss_type: str):
     model = tiny_causal_lm(tok, seed=0)
     trainer = _recording(DPOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
-        args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=[loss_type], beta=0.1, **TRL_ARGS),
+        args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
+                       beta=0.1, **TRL_ARGS),
         train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
@@ -150,6 +151,17 @@ def _dpo_run(tmp_path, loss_type: str):
               "logits/rejected": per_mb(lambda p: len(p.rejected_ids)),
               "entropy": per_mb(lambda p: len(p.chosen_ids) + len(p.rejected_ids))}
     return trainer, theirs, ours, counts
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "bco_pair", ["sigmoid", "sft"]])
+def test_dpo_other_run_logs_equal_trls(tmp_path, loss_type):
+    """Other DPO losses log TRL's keys with TRL's values too; a list of losses (TRL's MPO / RPO) also logs each
+    term as loss/<name> (preflab only; they add up to loss with TRL's default weights of 1)."""
+    trainer, theirs, ours, counts = _dpo_run(tmp_path, loss_type)
+    terms = {f"loss/{name}" for name in loss_type} if isinstance(loss_type, list) else set()
+    _compare(theirs, ours, differ=counts, only_preflab=ONLY_PREFLAB | terms)
+    for b in ours:
+        assert sum(b[t] for t in terms) == (pytest.approx(b["loss"], rel=1e-6) if terms else 0)
 
 
 def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):
