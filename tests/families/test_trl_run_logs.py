@@ -10,6 +10,7 @@ What differs, by design (README, "What a run writes"), is asserted as its docume
   test rebuilds preflab's value from TRL's per-micro-batch values, weighted by their token counts.
 """
 import copy
+import hashlib
 import json
 
 import pytest
@@ -58,6 +59,13 @@ def _recording(cls):
     """A TRL trainer class that keeps each logging window's per-micro-batch metric lists (TRL's `_metrics`, which
     its log() averages and clears)."""
     class Recording(cls):
+        tokens: list = []  # each training micro-batch's completion tokens (GRPO's inputs carry completion_mask)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training and "completion_mask" in inputs:
+                self.tokens = self.tokens + [int(inputs["completion_mask"].sum())]
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
         def log(self, logs, start_time=None):
             if "loss" in logs:
                 self.windows = getattr(self, "windows", []) + [
@@ -322,3 +330,87 @@ def test_reward_run_logs_equal_trls(tmp_path):
              loose={"grad_norm": 1e-4}, abs_tol=1e-5)
     for b in ours:
         assert b["mean_reward"] == pytest.approx((b["rewards/chosen"] + b["rewards/rejected"]) / 2, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------- GRPO
+def reward_vowels(prompts, completions, **kwargs):
+    """The share of vowels among a completion's letters (0 without letters), TRL's reward-function signature."""
+    out = []
+    for text in completions:
+        letters = [ch for ch in text.lower() if ch.isalpha()]
+        out.append(sum(ch in "aeiou" for ch in letters) / len(letters) if letters else 0.0)
+    return out
+
+
+def _forced(prompt_ids, k: int, round_index: int, vocab: int, eos: int, length: int) -> list[list[int]]:
+    """k completions of 1..length random ids seeded by the prompt and the round, eos-ended when shorter than
+    `length` (both libraries get these through their generation hook: sampling is not what is compared)."""
+    seed = int(hashlib.sha256(json.dumps([*map(int, prompt_ids), round_index]).encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        n = int(torch.randint(1, length + 1, (1,), generator=g))
+        ids = torch.randint(3, vocab, (n,), generator=g).tolist()
+        out.append(ids + [eos] if n < length else ids)
+    return out
+
+
+def _grpo_run(tmp_path):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    prompts = ["echo: kit cat", "echo: jam log bus", "echo: bee", "echo: oak net toy"]
+    G, length = 4, 6
+    run_args = {k: v for k, v in COMMON.items() if k not in ("per_device_train_batch_size",)}
+    # a round: the 4 prompts x 4 completions, one optimizer step of 2 micro-batches (TRL: 8 completions each)
+    trainer = _recording(GRPOTrainer)(
+        model=copy.deepcopy(model), reward_funcs=reward_vowels, processing_class=tok,
+        args=GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(prompts) * G // ACCUM,
+                        num_generations=G, max_completion_length=length, top_k=0, beta=0.0, shuffle_dataset=False,
+                        log_completions=False, **{k: v for k, v in TRL_ARGS.items() if k not in (
+                            "max_length", "train_sampling_strategy", "per_device_train_batch_size")}),
+        train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]))
+    rounds = {"trl": 0, "preflab": 0}
+
+    def trl_generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        rounds["trl"] += 1
+        return [c for p in prompt_ids[::num_generations]
+                for c in _forced(p, num_generations, rounds["trl"], len(tok), tok.eos_token_id, length)], None
+
+    trainer._generate_single_turn = trl_generate
+    theirs = _trl_history(trainer)
+    cfg = config_from_dict({**PREFLAB_ARGS, **run_args, "task": "online", "online_task": "dataset",
+                            "dataset_name": "(in memory)", "output_dir": str(tmp_path / "preflab"), "trainer": "dapo",
+                            "num_generations": G, "prompts_per_generation": len(prompts), "steps_per_generation": 1,
+                            "per_device_train_batch_size": len(prompts) // ACCUM, "max_completion_length": length,
+                            "beta": 0.0})
+    run = OnlineRun(cfg, policy=copy.deepcopy(model), tokenizer=tok, task=Task(list(prompts), [reward_vowels]))
+
+    def preflab_generate(rows, k, seed):
+        rounds["preflab"] += 1
+        return [c for r in rows for c in _forced(r.prompt_ids, k, rounds["preflab"], len(tok), tok.eos_token_id,
+                                                 length)]
+
+    run._generate = preflab_generate
+    run.train()
+    return trainer, theirs, _preflab_history(tmp_path / "preflab")
+
+
+def test_grpo_run_logs_equal_trls(tmp_path):
+    """task: online, trainer: dapo (GRPOConfig's default loss) on forced completions (new ones each round): loss,
+    grad_norm, learning_rate, num_tokens, epoch, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean
+    and /std, completions/* (lengths, terminated lengths, clipped_ratio) and clip_ratio/*_mean equal TRL's
+    GRPOTrainer; entropy relates as documented (the logged step's token mean). TRL alone logs step_time and
+    clip_ratio/low_min / high_max (the min / max over a micro-batch's sequences, averaged over micro-batches);
+    preflab alone its round bookkeeping."""
+    trainer, theirs, ours = _grpo_run(tmp_path)
+    _compare(theirs, ours, differ=["entropy"], only_trl={"step_time", "clip_ratio/low_min", "clip_ratio/high_max"},
+             only_preflab={*ONLY_PREFLAB, "clip_ratio", "completions/empty", "examples/count", "judge/dropped",
+                           "pairs/ties_dropped", "round"})
+    _weighted(trainer.windows, trainer.tokens, "entropy", theirs, ours)
+    assert theirs[0]["reward"] != pytest.approx(theirs[1]["reward"], rel=1e-3)  # each round its own completions
