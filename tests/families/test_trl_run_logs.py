@@ -33,7 +33,8 @@ TRL_ARGS = {"report_to": [], "use_cpu": True, "bf16": False, "optim": "adamw_tor
             **COMMON}
 PREFLAB_ARGS = {"model_name_or_path": "unused", "dataset_name": "synthetic", "disable_tqdm": True, "use_cpu": True,
                 "save_steps": 0, **COMMON}
-ONLY_PREFLAB = {"tokens_per_second"}  # preflab's throughput; TRL logs none per row
+ONLY_PREFLAB = {"tokens_per_second"}
+EVAL_ROWS = 4  # preflab's throughput; TRL logs none per row
 
 WORDS = "kit cat hat jam log bus bee pen car red ant oak net toy dog owl".split()
 
@@ -196,14 +197,21 @@ def _sft_run(tmp_path):
     model = tiny_causal_lm(tok, seed=0)
     trainer = _recording(TRLSFTTrainer)(
         model=copy.deepcopy(model), processing_class=tok,
-        args=SFTConfig(output_dir=str(tmp_path / "trl"), **TRL_ARGS),
-        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+        args=SFTConfig(output_dir=str(tmp_path / "trl"), per_device_eval_batch_size=EVAL_ROWS, **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
+        eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]))
     theirs = _trl_history(trainer)
+    theirs_eval = trainer.evaluate()
     cfg = config_from_dict({**PREFLAB_ARGS, "task": "sft", "output_dir": str(tmp_path / "preflab"),
-                            "max_length": 256})
+                            "max_length": 256, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS})
     items = [tokenize_sft_row(i, row, tok, cfg, TokenizeReport())[0] for i, row in enumerate(rows)]
-    SFTTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, train_data=items).train()
+    SFTTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, train_data=items, eval_data=items[:EVAL_ROWS]).train()
     ours = _preflab_history(tmp_path / "preflab")
+    rows_written = [json.loads(line) for line in (tmp_path / "preflab" / "metrics.jsonl").read_text().splitlines()]
+    ours_eval = [r for r in rows_written if "eval_loss" in r][-1]
+    # one eval batch: TRL's micro-batch mean is the token mean, so every eval key is equal
+    for key in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy"):
+        assert ours_eval[key] == pytest.approx(theirs_eval[key], rel=1e-5, abs=1e-6), key
     tokens = [sum(len(items[i].completion_ids) for i in order[m * BATCH:(m + 1) * BATCH])
               for m in range(STEPS * ACCUM)]
     return trainer, theirs, ours, tokens
@@ -224,7 +232,8 @@ def _step_token_means(windows, counts, key, theirs, ours) -> None:
 
 def test_sft_run_logs_equal_trls(tmp_path):
     """SFT: loss (the steps' token means), grad_norm, learning_rate, num_tokens, epoch equal TRL's SFTTrainer;
-    entropy (logged since this test) and mean_token_accuracy relate as documented."""
+    entropy (logged since this test) and mean_token_accuracy relate as documented; eval_loss,
+    eval_mean_token_accuracy and eval_entropy after the run equal TRL's evaluate() (one eval batch)."""
     trainer, theirs, ours, tokens = _sft_run(tmp_path)
     _compare(theirs, ours, differ=("mean_token_accuracy", "entropy"))
     for key in ("mean_token_accuracy", "entropy"):
