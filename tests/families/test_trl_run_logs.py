@@ -86,6 +86,11 @@ def _preflab_history(out) -> list[dict]:
     return [r for r in rows if "loss" in r]
 
 
+def _eval_row(out) -> dict:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if any(k.startswith("eval_") for k in r)][-1]
+
+
 def _compare(theirs, ours, *, differ=(), only_trl=(), only_preflab=ONLY_PREFLAB, only_trl_at=None,
              loose=None, abs_tol=1e-6) -> None:
     """Every key both log is equal at every logged step, except those in `differ` (asserted by the caller); the
@@ -129,7 +134,7 @@ def _weighted(windows, counts, key, theirs, ours, *, logged_step_only=True) -> N
 
 
 # ---------------------------------------------------------------------------------------------------------- DPO
-def _dpo_run(tmp_path, loss_type: str):
+def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False):
     from trl import DPOConfig, DPOTrainer
 
     from preflab.data.rows import load_rows
@@ -144,15 +149,19 @@ def _dpo_run(tmp_path, loss_type: str):
     trainer = _recording(DPOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
         args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
-                       beta=0.1, **TRL_ARGS),
-        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
+        eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]) if evaluate else None)
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
     pairs, _ = tokenize_pairs(examples, tok, max_length=None)
     cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": loss_type,
-                            "beta": 0.1})
-    Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=pairs).train()
+                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS})
+    Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=pairs,
+            eval_data=pairs[:EVAL_ROWS] if evaluate else None).train()
     ours = _preflab_history(tmp_path / "preflab")
+    if evaluate:  # the eval row after the run (one eval batch: TRL's micro-batch means are the batch's)
+        trainer.eval_rows = ({**trainer.evaluate(), "step": STEPS}, _eval_row(tmp_path / "preflab"))
     per_mb = lambda size: [sum(size(pairs[i]) for i in order[m * BATCH:(m + 1) * BATCH])  # noqa: E731
                            for m in range(STEPS * ACCUM)]
     counts = {"logits/chosen": per_mb(lambda p: len(p.chosen_ids)),
@@ -176,11 +185,21 @@ def test_dpo_other_run_logs_equal_trls(tmp_path, loss_type):
 def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):
     """DPO (sigmoid): loss, rewards/*, logps/*, num_tokens (cumulative), learning_rate (the rate the logged step
     used), grad_norm (the logged step's), epoch and step equal TRL's DPOTrainer; the token means relate as
-    documented."""
-    trainer, theirs, ours, counts = _dpo_run(tmp_path, "sigmoid")
+    documented. The eval row after the run: every eval_ key TRL's evaluate() gives, epoch (since this test) and
+    step equal; TRL alone logs transformers' timings and eval_num_tokens (the train token count under an eval
+    name); preflab alone its ranking accuracies and log-prob drift."""
+    trainer, theirs, ours, counts = _dpo_run(tmp_path, "sigmoid", evaluate=True)
     _compare(theirs, ours, differ=counts)
     for key in counts:
         _weighted(trainer.windows, counts[key], key, theirs, ours)
+    trl_eval, ours_eval = trainer.eval_rows
+    assert set(trl_eval) - set(ours_eval) == {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+                                              "eval_num_tokens"}
+    assert set(ours_eval) - set(trl_eval) == {
+        "eval_ranking_accuracy", "eval_ranking_accuracy_norm", "eval_reference_ranking_accuracy",
+        "eval_logps_drift/chosen", "eval_logps_drift/rejected", "eval_logps_drift/suppression_rate"}
+    for key in set(trl_eval) & set(ours_eval):
+        assert ours_eval[key] == pytest.approx(trl_eval[key], rel=1e-5, abs=1e-6), key
 
 
 # ---------------------------------------------------------------------------------------------------------- SFT
@@ -207,9 +226,9 @@ def _sft_run(tmp_path):
     items = [tokenize_sft_row(i, row, tok, cfg, TokenizeReport())[0] for i, row in enumerate(rows)]
     SFTTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, train_data=items, eval_data=items[:EVAL_ROWS]).train()
     ours = _preflab_history(tmp_path / "preflab")
-    rows_written = [json.loads(line) for line in (tmp_path / "preflab" / "metrics.jsonl").read_text().splitlines()]
-    ours_eval = [r for r in rows_written if "eval_loss" in r][-1]
+    ours_eval = _eval_row(tmp_path / "preflab")
     # one eval batch: TRL's micro-batch mean is the token mean, so every eval key is equal
+    assert ours_eval["epoch"] == theirs_eval["epoch"] == 1.0
     for key in ("eval_loss", "eval_mean_token_accuracy", "eval_entropy"):
         assert ours_eval[key] == pytest.approx(theirs_eval[key], rel=1e-5, abs=1e-6), key
     tokens = [sum(len(items[i].completion_ids) for i in order[m * BATCH:(m + 1) * BATCH])

@@ -647,8 +647,8 @@ class TrainingRun:
             if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
-                if metrics:
-                    log.write({"step": step + 1, **metrics})
+                if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
+                    log.write({"step": step + 1, **self.progress(step + 1), **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
@@ -661,7 +661,7 @@ class TrainingRun:
         else:
             final_eval = self.evaluate()
             if final_eval:
-                log.write({"step": self.total_steps, **final_eval})
+                log.write({"step": self.total_steps, **self.progress(self.total_steps), **final_eval})
                 self.emit("on_evaluate", metrics=dict(final_eval))
         summary = {"global_step": self.total_steps,
                    "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
