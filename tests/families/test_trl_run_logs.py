@@ -68,6 +68,8 @@ def _recording(cls):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def log(self, logs, start_time=None):
+            if any(k.startswith("eval_") for k in logs):
+                self.eval_window = {k: list(v) for k, v in self._metrics["eval"].items()}
             if "loss" in logs:
                 self.windows = getattr(self, "windows", []) + [
                     {k: list(v) for k, v in self._metrics["train"].items()}]
@@ -274,17 +276,22 @@ def _kto_run(tmp_path):
     order = _order(len(rows))
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok, seed=0)
+    # eval: rows[:4] in batches of 2 (TRL pairs each eval completion with a mismatched one inside chunks of
+    # per_device_train_batch_size rows, preflab inside the eval batch: the same pairs when the two sizes are equal)
     trainer = _recording(KTOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
-        args=KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, **TRL_ARGS),
-        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+        args=KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, per_device_eval_batch_size=BATCH, **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
+        eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]))
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="unpaired")
     items, _ = tokenize_unpaired(examples, tok, max_length=None)
     cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": "kto",
-                            "beta": 0.1})
-    Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=items).train()
+                            "beta": 0.1, "per_device_eval_batch_size": BATCH, "eval_steps": STEPS})
+    Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=items,
+            eval_data=items[:EVAL_ROWS]).train()
     ours = _preflab_history(tmp_path / "preflab")
+    trainer.eval_rows = ({**trainer.evaluate(), "step": STEPS}, _eval_row(tmp_path / "preflab"))
     return trainer, theirs, ours, items, order
 
 
@@ -317,6 +324,24 @@ def test_kto_run_logs_equal_trls(tmp_path):
     for b in ours:
         assert b["rewards/margins"] == pytest.approx(b["rewards/chosen"] - b["rewards/rejected"], rel=1e-9)
     assert any(abs(a[k] - b[k]) > 1e-3 for a, b in zip(theirs, ours) for k in examples)  # the relation matters
+    # the eval row: its 2 batches hold one desirable and one undesirable row each, so TRL's batch means average to
+    # the exact means; the token means relate as in training (over the eval set's tokens)
+    trl_eval, ours_eval = trainer.eval_rows
+    assert [x.label for x in items[:EVAL_ROWS]] == [False, True, True, False]
+    assert set(trl_eval) - set(ours_eval) == {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+                                              "eval_num_tokens"}
+    assert set(ours_eval) - set(trl_eval) == {"eval_mean_token_accuracy"}
+    eval_tokens = {"logits/chosen": lambda x: len(x.completion_ids) * x.label,
+                   "logits/rejected": lambda x: len(x.completion_ids) * (not x.label),
+                   "entropy": lambda x: len(x.completion_ids)}
+    for key in set(trl_eval) & set(ours_eval) - {f"eval_{k}" for k in eval_tokens}:
+        assert ours_eval[key] == pytest.approx(trl_eval[key], rel=1e-5, abs=1e-6), key
+    for key, size in eval_tokens.items():
+        counts = [sum(size(x) for x in items[b:b + BATCH]) for b in range(0, EVAL_ROWS, BATCH)]
+        values = trainer.eval_window[key]
+        assert trl_eval[f"eval_{key}"] == pytest.approx(sum(values) / len(values), rel=1e-9)
+        want = sum(v * n for v, n in zip(values, counts)) / sum(counts)
+        assert ours_eval[f"eval_{key}"] == pytest.approx(want, rel=1e-5, abs=1e-6), key
 
 
 # ---------------------------------------------------------------------------------------------------------- reward
@@ -335,14 +360,17 @@ def _reward_run(tmp_path):
     model = build_reward_model("builtin:tiny-llama", 1, tok)
     trainer = _recording(RewardTrainer)(
         model=copy.deepcopy(model), processing_class=tok,
-        args=RewardConfig(output_dir=str(tmp_path / "trl"), **TRL_ARGS),
-        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]))
+        args=RewardConfig(output_dir=str(tmp_path / "trl"), per_device_eval_batch_size=EVAL_ROWS, **TRL_ARGS),
+        train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
+        eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]))
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
     pairs, _ = tokenize_reward_pairs(examples, tok, max_length=None)
-    cfg = config_from_dict({**PREFLAB_ARGS, "task": "reward", "output_dir": str(tmp_path / "preflab")})
-    train_reward(cfg, model=copy.deepcopy(model), tokenizer=tok, train_data=pairs)
+    cfg = config_from_dict({**PREFLAB_ARGS, "task": "reward", "output_dir": str(tmp_path / "preflab"),
+                            "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS})
+    train_reward(cfg, model=copy.deepcopy(model), tokenizer=tok, train_data=pairs, eval_data=pairs[:EVAL_ROWS])
     ours = _preflab_history(tmp_path / "preflab")
+    trainer.eval_rows = ({**trainer.evaluate(), "step": STEPS}, _eval_row(tmp_path / "preflab"))
     return trainer, theirs, ours
 
 
@@ -358,6 +386,12 @@ def test_reward_run_logs_equal_trls(tmp_path):
              loose={"grad_norm": 1e-4}, abs_tol=1e-5)
     for b in ours:
         assert b["mean_reward"] == pytest.approx((b["rewards/chosen"] + b["rewards/rejected"]) / 2, rel=1e-6)
+    trl_eval, ours_eval = trainer.eval_rows  # one eval batch: every eval key TRL's evaluate() gives is equal
+    assert set(trl_eval) - set(ours_eval) == {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
+                                              "eval_num_tokens"}
+    assert set(ours_eval) - set(trl_eval) == {"eval_rewards/chosen", "eval_rewards/rejected"}
+    for key in set(trl_eval) & set(ours_eval):
+        assert ours_eval[key] == pytest.approx(trl_eval[key], rel=1e-5, abs=1e-5), key
 
 
 # ---------------------------------------------------------------------------------------------------------- GRPO
