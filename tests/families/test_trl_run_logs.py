@@ -1,13 +1,17 @@
-"""The logged history of a whole run equals TRL 1.16's: TRL's own trainer.train() and preflab's run on the same tiny
-model, rows in the same order (TRL's sequential sampler over the rows in preflab's seeded order), the same optimizer
-and schedule, 4 optimizer steps of 2 micro-batches x 2 rows, a row every 2 steps (a logging window of 4
-micro-batches). Every key both log is equal (1e-5 relative), and the keys only one of them logs are listed.
+"""The logged history of a whole run equals TRL 1.16's: TRL's own trainer.train() (DPOTrainer, KTOTrainer,
+SFTTrainer, RewardTrainer, GRPOTrainer) and preflab's run on the same tiny model, rows in the same order (TRL's
+sequential sampler over the rows in preflab's seeded order; GRPO: the same forced completions), the same optimizer
+and linear schedule, 4 optimizer steps of 2 micro-batches x 2 rows, a row every 2 steps (a logging window of 4
+micro-batches), and the eval row after the run. Every key both log is equal (1e-5 relative), and the keys only one
+of them logs are listed.
 
-What differs, by design (README, "What a run writes"), is asserted as its documented relation instead:
-- token means (`entropy`, `logits/*`, `mean_token_accuracy`): TRL averages each micro-batch's token mean, then the
-  micro-batches of the window; preflab takes the token mean over everything it averages (independent of how a step
-  is cut into micro-batches, equal to 2 processes x b), and the DPO family computes them on logged steps only. The
-  test rebuilds preflab's value from TRL's per-micro-batch values, weighted by their token counts.
+What differs, by design (README, "What a run writes"), is asserted as its documented relation instead: TRL averages
+each micro-batch's own mean, then the window's micro-batches; preflab keeps the exact mean over what the metric
+averages (independent of how a step is cut into micro-batches, equal to 2 processes x b):
+- token means (`entropy`, `logits/*`, `mean_token_accuracy`): the token mean over the step (SFT: every step, then
+  the mean of the window's steps as for the loss; DPO family, KTO, GRPO: the logged step only);
+- KTO's means over the desirable / undesirable examples: exact means over the window's examples.
+The test rebuilds preflab's value from TRL's recorded per-micro-batch values, weighted by their counts.
 """
 import copy
 import hashlib
@@ -33,8 +37,8 @@ TRL_ARGS = {"report_to": [], "use_cpu": True, "bf16": False, "optim": "adamw_tor
             **COMMON}
 PREFLAB_ARGS = {"model_name_or_path": "unused", "dataset_name": "synthetic", "disable_tqdm": True, "use_cpu": True,
                 "save_steps": 0, **COMMON}
-ONLY_PREFLAB = {"tokens_per_second"}
-EVAL_ROWS = 4  # preflab's throughput; TRL logs none per row
+ONLY_PREFLAB = {"tokens_per_second"}  # preflab's throughput; TRL logs none per row
+EVAL_ROWS = 4  # the eval set of the eval rows after a run (the first rows)
 
 WORDS = "kit cat hat jam log bus bee pen car red ant oak net toy dog owl".split()
 
@@ -173,7 +177,7 @@ def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False):
     return trainer, theirs, ours, counts
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "bco_pair", ["sigmoid", "sft"]])
+@pytest.mark.parametrize("loss_type", ["ipo", "bco_pair", ["sigmoid", "sft"]], ids=["ipo", "bco_pair", "sigmoid+sft"])
 def test_dpo_other_run_logs_equal_trls(tmp_path, loss_type):
     """Other DPO losses log TRL's keys with TRL's values too; a list of losses (TRL's MPO / RPO) also logs each
     term as loss/<name> (preflab only; they add up to loss with TRL's default weights of 1)."""
