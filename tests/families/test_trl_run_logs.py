@@ -480,3 +480,47 @@ def test_grpo_run_logs_equal_trls(tmp_path):
                            "pairs/ties_dropped", "round"})
     _weighted(trainer.windows, trainer.tokens, "entropy", theirs, ours)
     assert theirs[0]["reward"] != pytest.approx(theirs[1]["reward"], rel=1e-3)  # each round its own completions
+
+
+def test_grpo_entropy_adds_no_host_sync_to_the_step(tmp_path):
+    """The online step's entropy (logged steps) stays on the device: a run logging every step makes the same
+    device -> host reads per step as one that never logs (benchmarks/op_count.py's counter, tests/test_step_syncs.py's
+    rules); the logged rows hold it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from op_count import OpCounter, counted_steps, counting
+
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    prompts = ["echo: kit cat", "echo: jam log bus", "echo: bee", "echo: oak net toy"]
+    syncs = {}
+    for logging in (1, 1000):
+        counter = OpCounter()
+        cfg = config_from_dict({**PREFLAB_ARGS, "max_steps": 4, "logging_steps": logging, "task": "online",
+                                "online_task": "dataset", "dataset_name": "(in memory)", "trainer": "dapo",
+                                "output_dir": str(tmp_path / str(logging)), "num_generations": 4,
+                                "prompts_per_generation": 4, "steps_per_generation": 1,
+                                "per_device_train_batch_size": 2, "max_completion_length": 6, "beta": 0.0})
+        run = OnlineRun(cfg, policy=tiny_causal_lm(tok, seed=0), tokenizer=tok,
+                        task=Task(list(prompts), [reward_vowels]))
+        made = iter(range(1, 100))
+        run._generate = lambda rows, k, seed: [c for r, i in zip(rows, [next(made)] * len(rows))  # noqa: E731
+                                               for c in _forced(r.prompt_ids, k, i, len(tok), tok.eos_token_id, 6)]
+        batches = run.micro_batches
+
+        def host_micro_batches(step, batches=batches, counter=counter):  # generation and judging: host work
+            with counter.host_region():
+                return batches(step)
+
+        run.micro_batches = host_micro_batches
+        with counting(counter):
+            run.train()
+        syncs[logging] = [dict(step.syncs) for step in counted_steps(counter, 4)]  # steps 2 and 3
+    assert syncs[1] == syncs[1000] and len(syncs[1]) == 2
+    assert [("entropy" in r) for r in _preflab_history(tmp_path / "1")] == [True] * 4
+    assert [r["step"] for r in _preflab_history(tmp_path / "1000")] == [4]  # the last step only: 2 and 3 had none
