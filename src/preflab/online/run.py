@@ -620,8 +620,8 @@ class OnlineRun(TrainingRun):
         out = self.objective(ListBatch(policy, rewards, ref, valid, extras))
         if scores.token_stats is not None:  # on the device, token-weighted over the step: no host read
             tokens = mask.reshape(scores.mask.shape)
-            count = tokens.sum().to(torch.float64)
-            entropy = (scores.token_stats[..., 1].to(torch.float64) * tokens).sum()
+            count = tokens.sum().to(torch.float32)  # float32 (not 64: MPS); the step widens the sums it adds
+            entropy = (scores.token_stats[..., 1].float() * tokens).sum()
             out.metrics["entropy"] = entropy / count.clamp_min(1.0)
             out.metric_counts["entropy"] = count
         return out
