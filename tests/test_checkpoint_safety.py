@@ -402,8 +402,9 @@ def test_scheduler_does_not_advance_on_a_skipped_step(tmp_path, monkeypatch):
     run(tmp_path, max_steps=4, learning_rate=1e-3, lr_scheduler_type="linear")
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     lrs = [r["learning_rate"] for r in rows if "learning_rate" in r]
-    # linear decay over 4 steps; the skipped step 2 leaves the schedule where step 1 left it
-    assert lrs == pytest.approx([1e-3 * 0.75, 1e-3 * 0.75, 1e-3 * 0.5, 1e-3 * 0.25], rel=1e-9)
+    # linear decay over 4 steps; each row logs the rate its step used (as transformers does); the skipped step 2
+    # leaves the schedule where step 1 left it, so step 3 uses step 2's rate
+    assert lrs == pytest.approx([1e-3, 1e-3 * 0.75, 1e-3 * 0.75, 1e-3 * 0.5], rel=1e-9)
 
 
 def test_without_flock_the_pid_decides_and_another_hosts_lock_is_kept(tmp_path, monkeypatch):

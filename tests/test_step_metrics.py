@@ -72,7 +72,7 @@ def test_kto_logged_means_are_over_the_steps_examples_when_a_micro_batch_has_no_
 def test_a_logging_window_averages_by_the_metrics_counts():
     """Two steps with 3 and 1 desirable examples: the window's rewards/chosen is (3 a + b) / 4, not (a + b) / 2;
     a step without undesirable examples has no rewards/rejected and adds nothing to it; rewards/margins is the
-    difference of the window's means."""
+    difference of the window's means; grad_norm is the last step's (transformers logs that step's norm)."""
     from preflab.loops.driver import average_results
     from preflab.step import StepResult
 
@@ -84,7 +84,7 @@ def test_a_logging_window_averages_by_the_metrics_counts():
     second = StepResult(loss=3.0, metrics={"kl": 1.5, "rewards/chosen": 6.0}, grad_norm=3.0, skipped=False,
                         num_examples=4, metric_counts={"kl": 4, "rewards/chosen": 4}, metric_differences=margins)
     got = average_results([first, second])
-    assert got == {"loss": 2.0, "grad_norm": 2.0, "kl": 1.0, "rewards/chosen": (3 * 2.0 + 4 * 6.0) / 7,
+    assert got == {"loss": 2.0, "grad_norm": 3.0, "kl": 1.0, "rewards/chosen": (3 * 2.0 + 4 * 6.0) / 7,
                    "rewards/rejected": -1.0, "rewards/margins": (3 * 2.0 + 4 * 6.0) / 7 + 1.0}
 
 

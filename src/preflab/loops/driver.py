@@ -605,6 +605,8 @@ class TrainingRun:
         started = time.perf_counter()
         for step in range(start_step, self.total_steps):
             mbs = self.micro_batches(step)
+            # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler advances)
+            learning_rate = self.scheduler.get_last_lr()[0]
             result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
             tokens = result.num_tokens  # all ranks' tokens, summed in the step's own all-reduce (no read of its own)
@@ -636,7 +638,7 @@ class TrainingRun:
             self.step = step + 1
             self.emit("on_step_end")
             if self._log_due(step + 1):
-                last = {"step": step + 1, "learning_rate": self.scheduler.get_last_lr()[0],
+                last = {"step": step + 1, "learning_rate": learning_rate,
                         "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
                         "tokens_per_second": tokens_this_run / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
@@ -645,8 +647,8 @@ class TrainingRun:
             if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
-                if metrics:
-                    log.write({"step": step + 1, **metrics})
+                if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
+                    log.write({"step": step + 1, **self.progress(step + 1), **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
             if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
@@ -659,7 +661,7 @@ class TrainingRun:
         else:
             final_eval = self.evaluate()
             if final_eval:
-                log.write({"step": self.total_steps, **final_eval})
+                log.write({"step": self.total_steps, **self.progress(self.total_steps), **final_eval})
                 self.emit("on_evaluate", metrics=dict(final_eval))
         summary = {"global_step": self.total_steps,
                    "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
@@ -836,7 +838,8 @@ def what_is_kept(output_dir) -> str:
 
 
 def average_results(results) -> dict:
-    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out), each step weighted by
+    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out; grad_norm is the last
+    kept step's, as in transformers), each step weighted by
     what the metric averages in it (StepResult.metric_counts: its examples, or the objective's own count such as
     KTO's desirable examples or the response tokens), so the value is the exact mean over the window; a metric only
     some steps have (TRL's token metrics: computed on logged steps only; KTO's rewards/chosen in a step without
@@ -846,8 +849,8 @@ def average_results(results) -> dict:
     if not kept:
         return {"loss": float("nan")}
     n = sum(r.num_examples for r in kept)
-    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n,
-           "grad_norm": sum(r.grad_norm for r in kept) / len(kept)}
+    # grad_norm: the last step's, as transformers' Trainer logs it (a snapshot, not a window mean)
+    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n, "grad_norm": kept[-1].grad_norm}
     differences = {k: v for r in kept for k, v in getattr(r, "metric_differences", {}).items()}
     for key in dict.fromkeys(k for r in kept for k in r.metrics):
         if key in differences:

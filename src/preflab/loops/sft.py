@@ -26,7 +26,8 @@ preflab.step divides the sum of per-example losses by the global example count N
 token-summed NLL times N / T (T = global completion tokens, counted before the step's forwards). Hence
 2 processes x batch b, 1 process x batch 2b and accumulation 2 x b give the same loss and gradient. Metrics use
 TRL's names: `loss`, `mean_token_accuracy` (share of completion tokens whose argmax prediction is the target,
-token-weighted the same way), `num_tokens` (logged by the loop).
+token-weighted the same way), `entropy` (the mean predictive entropy over the same tokens, as TRL's SFTTrainer),
+`num_tokens` (logged by the loop).
 
 `packing: true` (TRL's name) places several sequences in one row of at most max_length tokens, with per-sequence
 position ids and a block-diagonal causal mask (preflab.data.prefix.block_rows; Krell et al. 2021, arXiv:2107.02027),
@@ -386,6 +387,21 @@ def correct_tokens(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk
     return right
 
 
+def correct_and_entropy(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> torch.Tensor:
+    """[2] float64 on the device, no gradient: (how many positions have argmax over head(hidden) equal to the
+    target, the sum over positions of the predictive entropy -sum_v p_v log p_v), from one head pass per chunk
+    (preflab.scoring.lm._token_stats, TRL 1.16's fused-head `is_top1` and `entropy`); summed on the device, no read."""
+    from preflab.scoring.lm import _token_stats
+
+    sums = hidden_flat.new_zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, hidden_flat.shape[0], chunk):
+            logits = head(hidden_flat[s:s + chunk])
+            stats = _token_stats(logits, torch.logsumexp(logits, dim=-1), targets[s:s + chunk])
+            sums = sums + stats[:, [2, 1]].double().sum(0)
+    return sums
+
+
 def _trainer_base():
     from preflab.loops.offline import Trainer
 
@@ -420,7 +436,8 @@ class SFTTrainer(_trainer_base()):
         return mbs
 
     def _accuracy_count(self, layout, batch: SFTBatch) -> torch.Tensor:
-        """Correct argmax predictions of the completion tokens of `layout` (as built on the host), on the device."""
+        """[2]: correct argmax predictions and summed entropy over the completion tokens of `layout` (as built on the
+        host), on the device (correct_and_entropy)."""
         from preflab.scoring.lm import backbone_and_head
 
         hidden = batch.extras["_hidden"].detach()
@@ -429,7 +446,7 @@ class SFTTrainer(_trainer_base()):
             from preflab.data.layout import to_device
 
             targets = to_device(targets, hidden.device)
-        return correct_tokens(hidden, targets, backbone_and_head(self.policy)[1])
+        return correct_and_entropy(hidden, targets, backbone_and_head(self.policy)[1])
 
     def forward(self, mb):
         batch = self.score(mb.layout, positions=mb.index)
@@ -438,9 +455,10 @@ class SFTTrainer(_trainer_base()):
             batch.extras["examples_per_token"] = ratio
         out = self.objective_output(batch)
         # weighted by n / N in preflab.step: right * (N / T) / n sums to right / T over the step
-        right = self._accuracy_count(mb.layout, batch)  # on the device: no host read inside the step
+        # on the device: no host read inside the step; entropy as TRL's SFTTrainer (token mean over the loss tokens)
         scale = ratio if ratio is not None else batch.size / max(int(mb.layout.response_mask.sum()), 1)
-        out.metrics["mean_token_accuracy"] = (right.double() * scale / batch.size).float()
+        right, entropy = (self._accuracy_count(mb.layout, batch) * (scale / batch.size)).float()
+        out.metrics["mean_token_accuracy"], out.metrics["entropy"] = right, entropy
         return out
 
     def evaluate(self) -> dict:
@@ -450,19 +468,21 @@ class SFTTrainer(_trainer_base()):
         if not self.eval_data:
             return {}
         self.policy.eval()
-        nll, right, tokens, aux = 0.0, 0, 0, 0.0
+        nll, right, entropy, tokens, aux = 0.0, 0, 0.0, 0, 0.0
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
                 layout = self.kind.collate(chunk, self.pad_id, self.layout)
                 batch = self.score(layout, train=False)
                 nll -= float(batch.policy.masked().double().sum())
-                right += int(self._accuracy_count(layout, batch))
+                counts = self._accuracy_count(layout, batch).tolist()
+                right, entropy = right + int(counts[0]), entropy + counts[1]
                 tokens += int(layout.response_mask.sum())
                 if self.router_loss is not None:
                     aux, self.router_loss = aux + float(self.router_loss) * len(chunk), None
         self.policy.train()
-        out = {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1)}
+        out = {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1),
+               "eval_entropy": entropy / max(tokens, 1)}
         if self.router_coef is not None:
             out["eval_aux_loss"] = aux / len(self.eval_data)
             out["eval_loss"] += self.router_coef * out["eval_aux_loss"]

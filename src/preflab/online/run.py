@@ -405,7 +405,7 @@ class OnlineRun(TrainingRun):
         lengths = torch.tensor([len(c) for c in ids], dtype=torch.float64)
         metrics = {"reward": float(valid_scores.mean()) if len(valid_scores) else math.nan,
                    "reward_std": float(valid_scores.std()) if len(valid_scores) > 1 else 0.0,
-                   "completions/mean_length": float(lengths.mean()),
+                   **length_metrics(lengths, has_eos),
                    "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
                    "completions/empty": float(empty), "judge/dropped": float(dropped),
                    "examples/count": float(len(examples)), "round": float(r + 1), **counts,
@@ -413,6 +413,7 @@ class OnlineRun(TrainingRun):
         for k, name in enumerate(self.judge.names):
             values = per_fn[:, k][~per_fn[:, k].isnan()]
             metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
+            metrics[f"rewards/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0  # as reward_std
         self.counts["rounds"] += 1
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
@@ -614,6 +615,10 @@ class OnlineRun(TrainingRun):
         G = len(exs[0].completions)
         layout = self._group_layout(exs).to(device)
         router = {"want_router_loss": True} if self.router_coef is not None else {}
+        # TRL's GRPO entropy (the policy's token-mean entropy over the completions), on logged steps only as the
+        # DPO family's token metrics (preflab.loops.offline.Trainer.forward)
+        if self._log_due(getattr(self, "step", 0) + 1):
+            router["want_token_stats"] = True
         with self.accelerator.autocast():
             scores = self.scorer(layout, want_hidden=self.want_hidden, **router)
         shape = (len(exs), G, scores.token_logps.shape[-1])
@@ -644,6 +649,12 @@ class OnlineRun(TrainingRun):
             from preflab.scoring.router_loss import add_router_loss
 
             out = add_router_loss(out, scores.router_loss, self.router_coef)
+        if scores.token_stats is not None:  # on the device, token-weighted over the step: no host read
+            tokens = mask.reshape(scores.mask.shape)
+            count = tokens.sum().to(torch.float32)  # float32 (not 64: MPS); the step widens the sums it adds
+            entropy = (scores.token_stats[..., 1].float() * tokens).sum()
+            out.metrics["entropy"] = entropy / count.clamp_min(1.0)
+            out.metric_counts["entropy"] = count
         return out
 
     def evaluate(self) -> dict:
@@ -799,3 +810,16 @@ def win_rate(after: list[float], before: list[float]) -> float:
     """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2."""
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)]
     return sum(wins) / len(wins)
+
+
+def length_metrics(lengths: torch.Tensor, has_eos: list[bool]) -> dict[str, float]:
+    """TRL 1.16 GRPOTrainer's completion-length statistics of a round (lengths count the eos token): mean / min /
+    max over all completions, and over the completions that ended with eos (`terminated`; 0 when none did, as TRL)."""
+    terminated = lengths[torch.tensor(has_eos, dtype=torch.bool)]
+    if not len(terminated):
+        terminated = lengths.new_zeros(1)
+    return {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/mean_terminated_length": float(terminated.mean()),
+            "completions/min_terminated_length": float(terminated.min()),
+            "completions/max_terminated_length": float(terminated.max())}
