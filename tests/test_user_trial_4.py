@@ -1,0 +1,53 @@
+"""Regressions from a fourth new-user trial (a TRL 1.16 user's Python API, callbacks, options, data edge cases;
+changes/user-trial2.md): each failed on the code before."""
+import json
+
+import pytest
+
+from preflab.errors import ConfigError, PreflabError
+
+
+def _rows(n: int = 16) -> list[dict]:
+    words = ["cat", "dog", "owl", "bee", "ant", "oak", "jam", "log"]
+    return [{"prompt": f"echo: {words[i % 8]} {words[(i * 3) % 8]}\n",
+             "chosen": f"{words[i % 8].upper()} {words[(i * 3) % 8].upper()}",
+             "rejected": f"{words[i % 8]} {words[(i * 3) % 8]}"} for i in range(n)]
+
+
+def _cfg(tmp_path, name: str, **over):
+    from preflab.config import config_from_dict
+
+    return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows",
+                             "output_dir": str(tmp_path / name), "max_steps": 2, "per_device_train_batch_size": 4,
+                             "max_length": 64, "learning_rate": 1e-3, "logging_steps": 1, "disable_tqdm": True,
+                             **over})
+
+
+def _losses(run_dir) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.slow
+def test_a_datasets_dataset_or_row_dicts_train_as_the_same_rows_in_a_file(tmp_path):
+    """Trainer(cfg, train_data=datasets.Dataset) (TRL's train_dataset) crashed at the first step with
+    AttributeError: 'dict' object has no attribute 'row_id' (train_data took tokenized examples only). Now rows given
+    from Python are checked and tokenized like a file's rows and train exactly as that file does."""
+    from datasets import Dataset
+
+    from preflab.loops.offline import Trainer
+
+    rows = _rows()
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    Trainer(_cfg(tmp_path, "file", dataset_name=str(data))).train()
+    Trainer(_cfg(tmp_path, "dataset"), train_data=Dataset.from_list(rows)).train()
+    Trainer(_cfg(tmp_path, "dicts"), train_data=rows, eval_data=rows[:4]).train()
+    assert _losses(tmp_path / "dataset") == _losses(tmp_path / "file") == _losses(tmp_path / "dicts")
+    evals = [r for r in map(json.loads, (tmp_path / "dicts" / "metrics.jsonl").read_text().splitlines())
+             if "eval_loss" in r]
+    assert evals and evals[-1]["step"] == 2
+    # a bad row given from Python is named like a file's row
+    with pytest.raises(PreflabError, match=r"row 1.*'rejected'"):
+        Trainer(_cfg(tmp_path, "bad"), train_data=[rows[0], {"prompt": "p", "chosen": "c"}])
+    with pytest.raises(ConfigError, match="eval_fraction"):
+        Trainer(_cfg(tmp_path, "both", eval_fraction=0.25), train_data=rows, eval_data=rows[:4])
