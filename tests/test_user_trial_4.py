@@ -51,3 +51,41 @@ def test_a_datasets_dataset_or_row_dicts_train_as_the_same_rows_in_a_file(tmp_pa
         Trainer(_cfg(tmp_path, "bad"), train_data=[rows[0], {"prompt": "p", "chosen": "c"}])
     with pytest.raises(ConfigError, match="eval_fraction"):
         Trainer(_cfg(tmp_path, "both", eval_fraction=0.25), train_data=rows, eval_data=rows[:4])
+
+
+def test_a_callback_that_sets_should_training_stop_stops_the_run(tmp_path):
+    """A transformers TrainerCallback setting control.should_training_stop (TRL users' early stopping) was ignored:
+    the run trained every max_steps step. Now the run stops after that step as transformers' Trainer does (the final
+    model, summary and metrics end there), and control.should_save / should_evaluate ask for a checkpoint / an
+    evaluation at that step."""
+    from transformers import TrainerCallback
+
+    from preflab.loops.offline import Trainer
+
+    class StopAtTwo(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_save = state.global_step == 1
+            control.should_evaluate = state.global_step == 1
+            control.should_training_stop = state.global_step == 2
+
+    cfg = _cfg(tmp_path, "stop", max_steps=5)
+    summary = Trainer(cfg, train_data=_rows(), eval_data=_rows(4), callbacks=[StopAtTwo()]).train()
+    assert summary["global_step"] == 2 and summary["stopped_early"]["step"] == 2
+    rows = [json.loads(r) for r in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [1, 2]  # asked at step 1, the final one at step 2
+    assert (tmp_path / "stop" / "checkpoint-1" / "COMPLETE").exists()
+    assert not (tmp_path / "stop" / "checkpoint-2").exists()
+
+
+def test_a_callback_reading_a_trainingarguments_field_preflab_lacks_is_named(tmp_path):
+    """transformers' EarlyStoppingCallback died with a raw `AttributeError: 'TrainConfig' object has no attribute
+    'load_best_model_at_end'` traceback; now a preflab error names the callback and the field and says what works."""
+    from transformers import EarlyStoppingCallback
+
+    from preflab.loops.offline import Trainer
+
+    trainer = Trainer(_cfg(tmp_path, "es"), train_data=_rows(), callbacks=[EarlyStoppingCallback(2)])
+    with pytest.raises(PreflabError, match=r"EarlyStoppingCallback.*on_train_begin.*args\.load_best_model_at_end.*"
+                                           r"should_training_stop"):
+        trainer.train()
