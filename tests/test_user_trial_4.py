@@ -89,3 +89,39 @@ def test_a_callback_reading_a_trainingarguments_field_preflab_lacks_is_named(tmp
     with pytest.raises(PreflabError, match=r"EarlyStoppingCallback.*on_train_begin.*args\.load_best_model_at_end.*"
                                            r"should_training_stop"):
         trainer.train()
+
+
+def test_message_lists_saved_as_json_strings_in_a_csv_are_refused_not_trained_as_text(tmp_path):
+    """A CSV (or any string column) holding conversational rows as JSON text (`[{"role": "user", ...}]`, what
+    pandas.to_csv writes for a list column) was read as the standard form: the model trained on the JSON syntax as
+    the prompt and responses, without a word. Now the row is refused naming the field and what to write instead."""
+    import csv
+
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+
+    path = tmp_path / "conv.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["prompt", "chosen", "rejected"])
+        writer.writeheader()
+        for r in _rows(3):
+            writer.writerow({k: json.dumps([{"role": "assistant" if k != "prompt" else "user", "content": v}])
+                             for k, v in r.items()})
+    with pytest.raises(DataError, match=r"conv.csv row 0.*'prompt'.*JSON text of a list of messages.*parquet"):
+        load_rows(path)
+    # text that merely starts with a bracket is still text
+    rows, _ = load_rows([{"prompt": "[1, 2] + [3]?", "chosen": "[1, 2, 3]", "rejected": "[{}]"}])
+    assert rows[0].chosen == "[1, 2, 3]"
+
+
+def test_sharegpt_from_value_messages_are_named_with_the_conversion(tmp_path):
+    """ShareGPT messages ({"from": "human", "value": ...}) were refused with only "missing 'role'"; the error now
+    says they are ShareGPT messages and how to write them (TRL converts them with maybe_convert_to_chatml)."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+
+    row = {"prompt": [{"from": "human", "value": "hi"}], "chosen": [{"from": "gpt", "value": "HI"}],
+           "rejected": [{"from": "gpt", "value": "hi"}]}
+    with pytest.raises(DataError, match=r"'prompt\[0\]'.*ShareGPT.*human -> user, gpt -> assistant.*"
+                                        r"maybe_convert_to_chatml"):
+        load_rows([row])
