@@ -125,3 +125,15 @@ def test_sharegpt_from_value_messages_are_named_with_the_conversion(tmp_path):
     with pytest.raises(DataError, match=r"'prompt\[0\]'.*ShareGPT.*human -> user, gpt -> assistant.*"
                                         r"maybe_convert_to_chatml"):
         load_rows([row])
+
+
+def test_lora_options_without_use_peft_are_refused_not_a_silent_full_fine_tune():
+    """lora_r / lora_alpha / lora_target_modules without use_peft: true (TRL's ModelConfig needs it too) trained the
+    whole model at a LoRA learning rate, without a word. Now the config is refused, naming use_peft."""
+    from preflab.config import config_from_dict
+
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "output_dir": "o"}
+    with pytest.raises(ConfigError, match=r"lora_r, lora_alpha only apply to use_peft: true .*remove them"):
+        config_from_dict({**base, "lora_r": 8, "lora_alpha": 16})
+    assert config_from_dict({**base, "use_peft": True, "lora_r": 8}).lora_r == 8
+    assert not config_from_dict({**base, "lora_r": 16}).use_peft  # TRL's default values are not a request

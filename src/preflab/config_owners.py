@@ -26,6 +26,8 @@ OWNERS = (
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
     (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm"),
      "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0)"),
+    (("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), lambda cfg: cfg.use_peft,
+     "use_peft: true (LoRA adapters: set it to train them; without it the whole model trains)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )
