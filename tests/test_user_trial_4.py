@@ -137,3 +137,16 @@ def test_lora_options_without_use_peft_are_refused_not_a_silent_full_fine_tune()
         config_from_dict({**base, "lora_r": 8, "lora_alpha": 16})
     assert config_from_dict({**base, "use_peft": True, "lora_r": 8}).lora_r == 8
     assert not config_from_dict({**base, "lora_r": 16}).use_peft  # TRL's default values are not a request
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("load_best_model_at_end", True, "load_best_model_at_end is not supported: the saved model is the last step's"),
+    ("lora_modules_to_save", ["lm_head"], "lora_modules_to_save is not supported: remove lora_modules_to_save."),
+])
+def test_a_refused_trl_option_says_not_supported_once(key, value, said):
+    """Refused TRL options read `load_best_model_at_end is not supported: not supported: the saved model ...`."""
+    from preflab.config import config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", key: value})
+    assert said in str(err.value) and str(err.value).count("not supported") == 1
