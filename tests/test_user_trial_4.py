@@ -150,3 +150,23 @@ def test_a_refused_trl_option_says_not_supported_once(key, value, said):
     with pytest.raises(ConfigError) as err:
         config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", key: value})
     assert said in str(err.value) and str(err.value).count("not supported") == 1
+
+
+def test_a_local_copy_of_a_hub_dataset_reads_only_the_split_asked_for(tmp_path):
+    """A local copy of a hub dataset with splits train_prefs / train_sft / train_gen (HuggingFaceH4's
+    ultrafeedback_binarized layout: data/{split}-00000-of-00001.parquet) read all three as split `train`: three
+    splits mixed into the training data, 3x the rows, without a word. Now a shard name gives its split exactly, as
+    datasets reads it, and split `train` (absent) is refused, listing the splits there."""
+    import pandas as pd
+
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+
+    (tmp_path / "data").mkdir()
+    for i, split in enumerate(("train_prefs", "train_sft", "train_gen", "test_prefs")):
+        pd.DataFrame(_rows(4 + i)).to_parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    rows, _ = load_rows(tmp_path, split="train_sft")
+    assert len(rows) == 5
+    with pytest.raises(DataError, match=r"split\(s\) \['test_prefs', 'train_gen', 'train_prefs', 'train_sft'\] "
+                                        r"and none of split 'train'"):
+        load_rows(tmp_path, split="train")
