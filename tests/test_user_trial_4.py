@@ -170,3 +170,25 @@ def test_a_local_copy_of_a_hub_dataset_reads_only_the_split_asked_for(tmp_path):
     with pytest.raises(DataError, match=r"split\(s\) \['test_prefs', 'train_gen', 'train_prefs', 'train_sft'\] "
                                         r"and none of split 'train'"):
         load_rows(tmp_path, split="train")
+
+
+def test_a_round_whose_judge_raises_names_the_exception(tmp_path):
+    """A reward function that raised on every completion (here: text methods on TRL's conversational completions,
+    which are message lists) stopped the run with "the judge failed ... for 8 of 8 completions" and no word of what
+    it raised; the error now names the function and its exception."""
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    def loud(prompts, completions, **kw):
+        return [sum(ch.isupper() for ch in c[0]["content"]) for c in completions]  # expects messages, gets text
+
+    cfg = _cfg(tmp_path, "judge", task="online", trainer="online_dpo", online_task="dataset", reward_funcs="x",
+               num_generations=2, prompts_per_generation=4, max_completion_length=3, use_cpu=True)
+    tok = tiny_tokenizer("char")
+    run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok,
+                    task=Task(["say a\n", "say b\n", "say c\n", "say d\n"], [loud]))
+    with pytest.raises(PreflabError, match=r"for 8 of 8 completions.*loud raised TypeError: string indices must be "
+                                           r"integers"):
+        run.train()
