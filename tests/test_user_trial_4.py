@@ -192,3 +192,16 @@ def test_a_round_whose_judge_raises_names_the_exception(tmp_path):
     with pytest.raises(PreflabError, match=r"for 8 of 8 completions.*loud raised TypeError: string indices must be "
                                            r"integers"):
         run.train()
+
+
+def test_trl_style_train_resume_argument_says_where_it_goes(tmp_path):
+    """trainer.train(resume_from_checkpoint=True) (TRL's call) was a raw TypeError traceback ('unexpected keyword
+    argument'); now it is a preflab error saying to set it in the config (the same value there is accepted)."""
+    from preflab.loops.offline import Trainer
+
+    trainer = Trainer(_cfg(tmp_path, "resume", max_steps=1), train_data=_rows())
+    with pytest.raises(ConfigError, match=r"train\(resume_from_checkpoint=True\).*config .*None.*resume_from_check"
+                                          r"point: true"):
+        trainer.train(resume_from_checkpoint=True)
+    assert Trainer(_cfg(tmp_path, "resume", max_steps=1), train_data=_rows()).train(
+        resume_from_checkpoint=None)["global_step"] == 1  # the lock of the refused run was released

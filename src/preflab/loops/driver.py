@@ -586,10 +586,18 @@ class TrainingRun:
         return {f"extra_params.{i}": p for i, p in enumerate(self.extra_params)}
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> dict:
+    def train(self, resume_from_checkpoint=None) -> dict:
         """Run the loop; output_dir's lock (taken by make_accelerator) is released at the end, error or not. An
-        interrupt (KeyboardInterrupt, the CLI's SIGTERM) leaves with `preflab_output_dir` set on it."""
+        interrupt (KeyboardInterrupt, the CLI's SIGTERM) leaves with `preflab_output_dir` set on it.
+        resume_from_checkpoint (TRL's trainer.train argument) must be the config's: the run was set up for it (the
+        output folder's note, the checks of sharded engines) when it was built."""
         try:
+            if resume_from_checkpoint is not None and resume_from_checkpoint != self.cfg.resume_from_checkpoint:
+                raise ConfigError(
+                    f"train(resume_from_checkpoint={resume_from_checkpoint!r}): preflab reads resume_from_checkpoint "
+                    f"from the config (this one has {self.cfg.resume_from_checkpoint!r}), which sets the run up for "
+                    "it. Set it there (resume_from_checkpoint: true, or a checkpoint-N path), build the trainer "
+                    "again and call train().")
             return self._train()
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
             err.preflab_output_dir = Path(self.cfg.output_dir)
