@@ -205,3 +205,20 @@ def test_trl_style_train_resume_argument_says_where_it_goes(tmp_path):
         trainer.train(resume_from_checkpoint=True)
     assert Trainer(_cfg(tmp_path, "resume", max_steps=1), train_data=_rows()).train(
         resume_from_checkpoint=None)["global_step"] == 1  # the lock of the refused run was released
+
+
+def test_the_max_length_cap_note_is_printed_by_the_main_process_only(monkeypatch, capsys):
+    """Under `accelerate launch --num_processes 2` the note "max_length=1024 is above the 512 positions ..." was
+    printed once per process; now only the main process prints it (every process still caps)."""
+    from types import SimpleNamespace
+
+    import preflab.models.load as load
+
+    cfg = SimpleNamespace(max_length=1024, model_name_or_path="builtin:tiny-llama")
+    monkeypatch.setattr(load, "is_main_process", lambda: False)
+    load.cap_max_length(cfg, 512)
+    assert cfg.max_length == 512 and capsys.readouterr().out == ""
+    monkeypatch.setattr(load, "is_main_process", lambda: True)
+    cfg.max_length = 1024
+    load.cap_max_length(cfg, 512)
+    assert "max_length=1024 is above the 512 positions" in capsys.readouterr().out
