@@ -222,3 +222,42 @@ def test_the_max_length_cap_note_is_printed_by_the_main_process_only(monkeypatch
     cfg.max_length = 1024
     load.cap_max_length(cfg, 512)
     assert "max_length=1024 is above the 512 positions" in capsys.readouterr().out
+
+
+def test_vision_rows_given_to_a_text_task_are_refused_not_trained_as_text(tmp_path):
+    """TRL vision rows (an `images` column, a string prompt) under task: dpo (the default) trained the text model on
+    the text alone, the images dropped into unused extras, without a word (TRL's DPOTrainer would have used them);
+    task: sft likewise. Now such a row is refused naming the column and task: vlm."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+    from preflab.loops.sft import prepare_sft
+    from preflab.models.tiny import tiny_tokenizer
+
+    rows = [dict(r, images=["red_square.png"]) for r in _rows(2)]
+    with pytest.raises(DataError, match=r"row 0, field 'images': holds images or videos.*task: vlm"):
+        load_rows(rows)
+    for kind, row in (("unpaired", {"prompt": "p", "completion": "c", "label": True, "image": "x.png"}),):
+        with pytest.raises(DataError, match="field 'image'.*task: vlm"):
+            load_rows([row], kind=kind)
+    assert len(load_rows([dict(r, images=[]) for r in _rows(2)])[0]) == 2  # an empty column is no image
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "What colour?", "completion": "Red.", "images": ["red.png"]}))
+    with pytest.raises(DataError, match="field 'images'.*task: vlm"):
+        prepare_sft(_cfg(tmp_path, "sft", task="sft", dataset_name=str(data)), tiny_tokenizer())
+
+
+def test_trls_single_image_column_is_read_as_the_rows_image():
+    """TRL's vision rows may carry one `image` instead of an `images` list; task: vlm said "the prompt has 1 image
+    placeholder(s) but the row gives 0 image(s)". Now `image` is that one image (both columns: refused)."""
+    from PIL import Image
+
+    from preflab.data.report import RowProblem
+    from preflab.data.vision import vision_prompt
+
+    red = Image.new("RGB", (8, 8), (255, 0, 0))
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    _, images = vision_prompt({"prompt": prompt, "image": red})
+    _, listed = vision_prompt({"prompt": prompt, "images": [red]})
+    assert len(images) == 1 and images[0].tobytes() == listed[0].tobytes()
+    with pytest.raises(RowProblem, match="both 'image' and 'images'"):
+        vision_prompt({"prompt": prompt, "image": red, "images": [red]})

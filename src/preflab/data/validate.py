@@ -2,7 +2,7 @@
 `RowProblem(reason, field, detail, fix)`.
 
 Reasons: missing_field, wrong_type, empty_field, invalid_unicode, invalid_message, mixed_forms, identical,
-no_common_prompt, invalid_label, invalid_extra.
+no_common_prompt, invalid_label, invalid_extra, media_not_read.
 """
 from __future__ import annotations
 
@@ -114,6 +114,20 @@ def check_text_or_messages(value, field: str, *, response: bool = False):
     if isinstance(value, list):
         return check_messages(value, field, response=response)
     return check_text(value, field)
+
+
+MEDIA_COLUMNS = ("images", "image", "videos", "video")  # TRL's vision columns
+
+
+def check_no_media(row: dict) -> None:
+    """A text task's row must not carry images or videos (TRL's vision columns): text training reads the text alone,
+    so the pair would silently train without what it shows."""
+    for name in MEDIA_COLUMNS:
+        if row.get(name) not in (None, [], ""):
+            raise RowProblem("media_not_read", name, "holds images or videos, which this text task does not read "
+                             "(the model would train on the text alone)",
+                             "Train image-text models with task: vlm (an image-text model_name_or_path), or drop "
+                             "the column.")
 
 
 def check_same_form(values: dict[str, object]) -> None:

@@ -135,8 +135,10 @@ def _whole_sequence(tokenizer, ids: list[int], add_bos_eos: bool) -> tuple[list[
 def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeReport) -> tuple[TokenizedSFT, str]:
     """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row."""
     from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern, text_bos
-    from preflab.data.validate import check_messages, check_same_form, check_text, check_text_or_messages
+    from preflab.data.validate import (check_messages, check_no_media, check_same_form, check_text,
+                                       check_text_or_messages)
 
+    check_no_media(row)
     form = _row_form(row)
     if form == "text":
         prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, check_text(row["text"], "text")), True)
