@@ -261,3 +261,18 @@ def test_trls_single_image_column_is_read_as_the_rows_image():
     assert len(images) == 1 and images[0].tobytes() == listed[0].tobytes()
     with pytest.raises(RowProblem, match="both 'image' and 'images'"):
         vision_prompt({"prompt": prompt, "image": red, "images": [red]})
+
+
+def test_kto_with_one_example_per_micro_batch_is_refused(tmp_path):
+    """loss_type kto with per_device_train_batch_size=1 trained without a word, though its KL reference point pairs
+    example i's prompt with example i-1's completion inside the micro-batch: alone in it, each example was paired
+    with its own completion, so the "KL" was the implied reward (TRL's KTOTrainer refuses batch size 1). Now a
+    config error; apo_zero_unpaired (no reference point) still trains with it."""
+    from preflab.loops.offline import Trainer
+
+    with pytest.raises(ConfigError, match=r"per_device_train_batch_size=1 every example is paired with its own "
+                                          r"completion.*apo_zero_unpaired"):
+        Trainer(_cfg(tmp_path, "kto", loss_type="kto", per_device_train_batch_size=1), train_data=_rows(4))
+    trainer = Trainer(_cfg(tmp_path, "apo", loss_type="apo_zero_unpaired", per_device_train_batch_size=1),
+                      train_data=_rows(4))
+    assert trainer.train()["global_step"] == 2

@@ -25,6 +25,8 @@ class APOZeroUnpaired(KTO):
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 
+    mismatched_in_batch = False  # z0 = 0: no mismatched completions are read
+
     def reference_point(self, batch: UnpairedBatch) -> torch.Tensor:
         return as_loss_dtype(batch.policy.token_logps.new_zeros(()))
 

@@ -61,6 +61,9 @@ class KTO(Objective):
     undesirable_weight: float = 1.0  # lambda_U
 
     batch_type = UnpairedBatch
+    # z0 comes from mismatched completions formed inside each micro-batch (example i's prompt, example i-1's
+    # completion): a micro-batch of one example pairs it with its own completion (TRL refuses batch size 1 too)
+    mismatched_in_batch = True
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization (arXiv:2402.01306)"
     checked_against = "reference code: TRL 1.16 KTOTrainer loss_type='kto' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
