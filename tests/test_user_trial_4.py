@@ -273,6 +273,8 @@ def test_kto_with_one_example_per_micro_batch_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"per_device_train_batch_size=1 every example is paired with its own "
                                           r"completion.*apo_zero_unpaired"):
         Trainer(_cfg(tmp_path, "kto", loss_type="kto", per_device_train_batch_size=1), train_data=_rows(4))
+    with pytest.raises(ConfigError, match=r"per_device_eval_batch_size=1 every example"):  # evaluation's batches
+        Trainer(_cfg(tmp_path, "kto", loss_type="kto", per_device_eval_batch_size=1), train_data=_rows(4))
     trainer = Trainer(_cfg(tmp_path, "apo", loss_type="apo_zero_unpaired", per_device_train_batch_size=1),
                       train_data=_rows(4))
     assert trainer.train()["global_step"] == 2

@@ -66,13 +66,14 @@ class Trainer(TrainingRun):
         check_gradient_extras(self.objective, self.computed_extras,
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
-        if getattr(self.objective, "mismatched_in_batch", False) and cfg.per_device_train_batch_size < 2:
+        ones = [k for k in ("per_device_train_batch_size", "per_device_eval_batch_size") if getattr(cfg, k) < 2]
+        if getattr(self.objective, "mismatched_in_batch", False) and ones:
             raise ConfigError(
                 f"loss_type {cfg.loss_type!r} estimates its reference point (the KL term) from mismatched completions "
                 "inside each micro-batch (example i's prompt with example i-1's completion); with "
-                "per_device_train_batch_size=1 every example is paired with its own completion, so the KL term "
-                "equals the implied reward (TRL's KTOTrainer refuses this too). Set per_device_train_batch_size >= 2 "
-                "(gradient_accumulation_steps keeps the step's size), or use loss_type: apo_zero_unpaired.")
+                f"{ones[0]}=1 every example is paired with its own completion, so the KL term equals the implied "
+                f"reward (TRL's KTOTrainer refuses this too). Set {ones[0]} >= 2 (gradient_accumulation_steps keeps "
+                "a step's size), or use loss_type: apo_zero_unpaired.")
         if "prompt_logps" in self.objective.token_needs and (not hasattr(self.kind, "prompt_sequences") or
                                                              "token_kl" in self.objective.token_needs):
             raise ConfigError(f"objective {cfg.loss_type!r} needs the prompt tokens' log-probs, which this trainer "
