@@ -278,3 +278,18 @@ def test_kto_with_one_example_per_micro_batch_is_refused(tmp_path):
     trainer = Trainer(_cfg(tmp_path, "apo", loss_type="apo_zero_unpaired", per_device_train_batch_size=1),
                       train_data=_rows(4))
     assert trainer.train()["global_step"] == 2
+
+
+def test_sft_says_how_many_examples_eval_fraction_holds_out(tmp_path, capsys):
+    """task: sft with eval_fraction printed only "tokenized 48, 48 kept": nothing said that 5 of them were the eval
+    set (DPO prints a `data (eval)` line); now a line gives the hold-out's size."""
+    from preflab.loops.sft import prepare_sft
+    from preflab.models.tiny import tiny_tokenizer
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) for i in range(20)))
+    train, evals, _ = prepare_sft(_cfg(tmp_path, "sft", task="sft", dataset_name=str(data), eval_fraction=0.25),
+                                  tiny_tokenizer())
+    assert (len(train), len(evals)) == (15, 5)
+    assert "preflab: data (eval): eval_fraction=0.25 holds out 5 of the 20 tokenized examples (seed 42); 15 train." \
+        in capsys.readouterr().out

@@ -238,6 +238,9 @@ def prepare_sft(cfg, tokenizer):
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
         if eval_reports is not None:
             print(f"preflab: data (eval): {said(eval_reports)}")
+        elif evals:  # eval_fraction: the hold-out's size (the line above counts train and eval together)
+            print(f"preflab: data (eval): eval_fraction={cfg.eval_fraction} holds out {len(evals)} of the "
+                  f"{len(train) + len(evals)} tokenized examples (seed {cfg.seed}); {len(train)} train.")
     return train, evals, report
 
 
