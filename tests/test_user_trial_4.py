@@ -176,7 +176,6 @@ def test_a_round_whose_judge_raises_names_the_exception(tmp_path):
     """A reward function that raised on every completion (here: text methods on TRL's conversational completions,
     which are message lists) stopped the run with "the judge failed ... for 8 of 8 completions" and no word of what
     it raised; the error now names the function and its exception."""
-    from preflab.config import config_from_dict
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
@@ -212,7 +211,7 @@ def test_the_max_length_cap_note_is_printed_by_the_main_process_only(monkeypatch
     printed once per process; now only the main process prints it (every process still caps)."""
     from types import SimpleNamespace
 
-    import preflab.models.load as load
+    from preflab.models import load
 
     cfg = SimpleNamespace(max_length=1024, model_name_or_path="builtin:tiny-llama")
     monkeypatch.setattr(load, "is_main_process", lambda: False)
