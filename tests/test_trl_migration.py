@@ -184,7 +184,7 @@ def test_grpo_loss_type_outside_online_and_missing_losses():
     ("label_smoothing_factor", 0.1, "does not apply to preference losses"),
     ("accelerator_config", {"split_batches": True}, "accelerate launch --config_file"),
     ("auto_find_batch_size", True, "per_device_train_batch_size"),
-    ("full_determinism", True, "not supported"),
+    ("full_determinism", True, "preflab seeds torch, Python and NumPy from seed"),
     ("debug", "underflow_overflow", "debug modes are not supported"),
     ("ddp_backend", "nccl", "accelerate picks the backend"),
 ])

@@ -34,6 +34,8 @@ OWNERS = (
         cfg.task == "online" and cfg.trainer in _router_loss_trainers()),
      "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0) and task: online with trainer grpo, "
      "bnpo, dapo, dr_grpo or gspo (TRL's GRPOTrainer)"),
+    (("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), lambda cfg: cfg.use_peft,
+     "use_peft: true (LoRA adapters: set it to train them; without it the whole model trains)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

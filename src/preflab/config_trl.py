@@ -339,7 +339,8 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
                          "mode).")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
-            errors.append(f"{key} is not supported: {why}.")
+            reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
+            errors.append(f"{key} is not supported" + (f": {reason}." if reason else "."))
     if raw.get("task") == "online" and "remove_unused_columns" in raw:  # GRPOConfig's default false
         if raw.pop("remove_unused_columns") is True:
             notes.append("remove_unused_columns: in task: online the prompt row's other columns always reach the "

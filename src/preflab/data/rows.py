@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Mapping
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
-from preflab.data.validate import (check_different, check_label, check_messages, check_numeric_extra,
-                                   check_response_turns, check_same_form, check_text, check_text_or_messages,
-                                   split_implicit_messages, split_implicit_text)
+from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
+                                   check_numeric_extra, check_response_turns, check_same_form, check_text,
+                                   check_text_or_messages, split_implicit_messages, split_implicit_text)
 from preflab.errors import ConfigError, nearest
 
 KINDS = ("pairwise", "unpaired", "prompt")
@@ -85,7 +85,10 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
         name: (None, None) for name in required_extras}
 
     def made(raw):
-        made, form = make(raw.row_id, _rename(raw.data, column_map))
+        row = _rename(raw.data, column_map)
+        if kind != "prompt":  # scored rows (a prompt row's other columns may feed an online judge)
+            check_no_media(row)
+        made, form = make(raw.row_id, row)
         _check_extras(made, extra_bounds)
         return made, form
 

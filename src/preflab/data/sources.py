@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -187,7 +188,8 @@ def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
                         "datasets.save_to_disk. Point to a file or a dataset directory.")
     named = [p for p in files if _names_split(p.relative_to(path), split)]
     if not named:  # no file for this split: every file, unless the files are named after other splits
-        others = sorted({s for p in files for s in SPLIT_NAMES if _names_split(p.relative_to(path), s)})
+        others = sorted({s for p in files for s in SPLIT_NAMES if _names_split(p.relative_to(path), s)} |
+                        {m.group(1) for p in files if (m := _SHARD.match(p.name.split(".", 1)[0]))})
         if others:
             raise DataError(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
                             f"(reading them all would mix splits). Set the split (dataset_split / eval_split) to "
@@ -198,11 +200,19 @@ def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split
 
 
+_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}$")  # the hub's shard names: {split}-00000-of-00001.parquet
+
+
 def _names_split(rel: Path, split: str) -> bool:
-    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json'."""
+    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json'. A hub
+    shard name gives its split exactly, as datasets reads it: 'train_prefs-00000-of-00001.parquet' is split
+    train_prefs, not train."""
     if split in rel.parts[:-1]:
         return True
     stem = rel.name.split(".", 1)[0]
+    shard = _SHARD.match(stem)
+    if shard:
+        return shard.group(1) == split
     return stem == split or stem.startswith((split + "-", split + "_"))
 
 

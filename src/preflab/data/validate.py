@@ -2,10 +2,11 @@
 `RowProblem(reason, field, detail, fix)`.
 
 Reasons: missing_field, wrong_type, empty_field, invalid_unicode, invalid_message, mixed_forms, identical,
-no_common_prompt, invalid_label, invalid_extra.
+no_common_prompt, invalid_label, invalid_extra, media_not_read.
 """
 from __future__ import annotations
 
+import json
 import math
 
 from preflab.data.report import RowProblem
@@ -34,7 +35,24 @@ def check_text(value, field: str) -> str:
                          "Re-encode the text as valid UTF-8.")
     if not value.strip():
         raise RowProblem("empty_field", field, "empty string" if not value else "only whitespace")
+    if _encoded_messages(value):
+        raise RowProblem("wrong_type", field, "is the JSON text of a list of messages (a CSV cell, or a list column "
+                         "written as a string), which would train as plain text, brackets and all",
+                         "Store conversations as lists: a .jsonl / .json / .parquet file with list columns, or "
+                         "json.loads the column before training.")
     return value
+
+
+def _encoded_messages(text: str) -> bool:
+    """True when `text` is a JSON list of message objects ({"role"/"from", ...}), i.e. a conversation saved as text."""
+    if not text.lstrip().startswith("[{"):
+        return False
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and ("role" in m or "from" in m) for m in value)
 
 
 def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
@@ -54,6 +72,10 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
                              'A message looks like {"role": "user", "content": "..."}.')
         msg = {k: v for k, v in msg.items() if v is not None}
         role = msg.get("role")
+        if role is None and "from" in msg and "value" in msg:
+            raise RowProblem("invalid_message", at, "a ShareGPT message ({'from', 'value'}), not {'role', 'content'}",
+                             "Convert it: role = from (human -> user, gpt -> assistant, system -> system), content = "
+                             "value, as TRL's maybe_convert_to_chatml does.")
         if not isinstance(role, str) or role not in ROLES:
             detail = "missing 'role'" if role is None else f"role {role!r} is not one of {', '.join(ROLES)}"
             raise RowProblem("invalid_message", f"{at}.role", detail, "Use system, user, assistant or tool.")
@@ -92,6 +114,20 @@ def check_text_or_messages(value, field: str, *, response: bool = False):
     if isinstance(value, list):
         return check_messages(value, field, response=response)
     return check_text(value, field)
+
+
+MEDIA_COLUMNS = ("images", "image", "videos", "video")  # TRL's vision columns
+
+
+def check_no_media(row: dict) -> None:
+    """A text task's row must not carry images or videos (TRL's vision columns): text training reads the text alone,
+    so the pair would silently train without what it shows."""
+    for name in MEDIA_COLUMNS:
+        if row.get(name) not in (None, [], ""):
+            raise RowProblem("media_not_read", name, "holds images or videos, which this text task does not read "
+                             "(the model would train on the text alone)",
+                             "Train image-text models with task: vlm (an image-text model_name_or_path), or drop "
+                             "the column.")
 
 
 def check_same_form(values: dict[str, object]) -> None:

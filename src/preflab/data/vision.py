@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from preflab.data.media import load_images, load_video
+from preflab.data.media import load_image, load_images, load_video
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import RowReader
 
-VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "videos", "rejected_images")
+VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "image", "videos", "rejected_images")
 
 
 @dataclass
@@ -139,7 +139,13 @@ def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -
     their frames' image parts. A RowProblem names the field at fault."""
     if row.get("prompt") is None:
         raise RowProblem("missing_field", "prompt", "missing", "Give each row a prompt.")
-    images = load_images(row.get("images"), "images", base_dir)
+    if row.get("image") is not None and row.get("images") is not None:
+        raise RowProblem("wrong_type", "image", "the row has both 'image' and 'images'",
+                         "Keep one: 'images' (a list) or TRL's single-image 'image'.")
+    if row.get("image") is not None:  # TRL's single-image column: one image
+        images = [load_image(row["image"], "image", base_dir)]
+    else:
+        images = load_images(row.get("images"), "images", base_dir)
     videos = row.get("videos") or []
     if not isinstance(videos, list):
         videos = [videos]

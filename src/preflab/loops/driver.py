@@ -529,8 +529,9 @@ class TrainingRun:
         that has it, on every rank, as transformers' Trainer does: `(args, state, control, **kwargs)` with args the
         TrainConfig, state a transformers TrainerState (global_step, max_steps, epoch, is_world_process_zero,
         log_history) and control a TrainerControl; on_log gets `logs=`, on_evaluate `metrics=`, on_save
-        `checkpoint=` (the directory). Control flags a callback sets are not acted on (the run's length is the
-        config's)."""
+        `checkpoint=` (the directory). The control flags a callback sets are acted on after the step as
+        transformers does (control_flags): should_training_stop ends the run there, should_log / should_evaluate /
+        should_save add a metrics row / an evaluation / a checkpoint at that step."""
         if not self.callbacks:
             return
         if getattr(self, "_cb_state", None) is None:
@@ -547,7 +548,33 @@ class TrainingRun:
         for callback in self.callbacks:
             hook = getattr(callback, event, None)
             if hook is not None:
-                hook(self.cfg, state, self._cb_control, **kwargs)
+                try:
+                    hook(self.cfg, state, self._cb_control, **kwargs)
+                except AttributeError as err:  # a transformers TrainingArguments field the config does not have
+                    if getattr(err, "obj", None) is not self.cfg:
+                        raise
+                    raise PreflabError(
+                        f"callback {type(callback).__name__}.{event} reads args.{err.name}, a transformers "
+                        "TrainingArguments field preflab's config does not have (args is the preflab TrainConfig; "
+                        "preflab keeps the last model, with no best-metric tracking). To stop early, set "
+                        "control.should_training_stop = True in your callback's on_evaluate (acted on after the "
+                        "step); preflab's metrics come as `metrics=`.") from err
+
+    def control_flags(self) -> dict:
+        """The flags the callbacks set during this step (should_log, should_evaluate, should_save,
+        should_training_stop), the same on every rank (any rank's flag counts: evaluation and saving are collective),
+        then cleared except should_training_stop; all False without callbacks (no synchronisation then)."""
+        names = ("should_log", "should_evaluate", "should_save", "should_training_stop")
+        control = getattr(self, "_cb_control", None)
+        if not self.callbacks or control is None:
+            return dict.fromkeys(names, False)
+        flags = [bool(getattr(control, n)) for n in names]
+        acc = self.accelerator
+        if acc.num_processes > 1:
+            flags = [bool(v) for v in acc.reduce(torch.tensor(flags, dtype=torch.long, device=acc.device),
+                                                 reduction="sum").tolist()]
+        control.should_log = control.should_evaluate = control.should_save = False  # transformers' _new_step
+        return dict(zip(names, flags))
 
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
@@ -559,10 +586,18 @@ class TrainingRun:
         return {f"extra_params.{i}": p for i, p in enumerate(self.extra_params)}
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> dict:
+    def train(self, resume_from_checkpoint=None) -> dict:
         """Run the loop; output_dir's lock (taken by make_accelerator) is released at the end, error or not. An
-        interrupt (KeyboardInterrupt, the CLI's SIGTERM) leaves with `preflab_output_dir` set on it."""
+        interrupt (KeyboardInterrupt, the CLI's SIGTERM) leaves with `preflab_output_dir` set on it.
+        resume_from_checkpoint (TRL's trainer.train argument) must be the config's: the run was set up for it (the
+        output folder's note, the checks of sharded engines) when it was built."""
         try:
+            if resume_from_checkpoint is not None and resume_from_checkpoint != self.cfg.resume_from_checkpoint:
+                raise ConfigError(
+                    f"train(resume_from_checkpoint={resume_from_checkpoint!r}): preflab reads resume_from_checkpoint "
+                    f"from the config (this one has {self.cfg.resume_from_checkpoint!r}), which sets the run up for "
+                    "it. Set it there (resume_from_checkpoint: true, or a checkpoint-N path), build the trainer "
+                    "again and call train().")
             return self._train()
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
             err.preflab_output_dir = Path(self.cfg.output_dir)
@@ -602,6 +637,7 @@ class TrainingRun:
         tokens_this_run = 0  # tokens_per_second: of this process's run only
         overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
+        stopped_early = None  # {"step", "max_steps"} when a callback's control.should_training_stop ended the run
         started = time.perf_counter()
         for step in range(start_step, self.total_steps):
             mbs = self.micro_batches(step)
@@ -637,34 +673,41 @@ class TrainingRun:
             window.append(result)
             self.step = step + 1
             self.emit("on_step_end")
-            if self._log_due(step + 1):
+            asked = self.control_flags()
+            if self._log_due(step + 1) or asked["should_log"]:
                 last = {"step": step + 1, "learning_rate": learning_rate,
                         "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
                         "tokens_per_second": tokens_this_run / max(time.perf_counter() - started, 1e-9)}
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
-            if cfg.eval_steps and (step + 1) % cfg.eval_steps == 0:
+            if (cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]:
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
                 if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
                     log.write({"step": step + 1, **self.progress(step + 1), **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
-            if cfg.save_steps and (step + 1) % cfg.save_steps == 0:
+            if (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]:
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
                 self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
+            if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
+                stopped_early = {"step": step + 1, "max_steps": self.total_steps}
+                if self.main:
+                    print(f"preflab: note: a callback set control.should_training_stop at step {step + 1} of "
+                          f"{self.total_steps}: training stops there (the final model is step {step + 1}'s).")
+                break
         bar.close()
-        self.step = self.total_steps
-        if evaluated[0] == self.total_steps:  # the last step was just evaluated: do not run it twice
+        end = self.step  # total_steps, or the step a callback stopped the run at
+        if evaluated[0] == end:  # the last step was just evaluated: do not run it twice
             final_eval = evaluated[1]
         else:
             final_eval = self.evaluate()
             if final_eval:
-                log.write({"step": self.total_steps, **self.progress(self.total_steps), **final_eval})
+                log.write({"step": end, **self.progress(end), **final_eval})
                 self.emit("on_evaluate", metrics=dict(final_eval))
-        summary = {"global_step": self.total_steps,
-                   "train_examples_seen": (self.total_steps - start_step) * self.plan.global_batch,
+        summary = {"global_step": end, **({"stopped_early": stopped_early} if stopped_early else {}),
+                   "train_examples_seen": (end - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
                    "nonfinite_steps": nonfinite, "fp16_overflow_steps": overflow_steps,
                    "unused_rows_per_epoch": self.plan.unused_rows_per_epoch,

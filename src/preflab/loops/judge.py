@@ -124,6 +124,7 @@ class Judge:
         self.calls = 0
         self.cache_hits = 0
         self.failed = 0  # completions whose judge call raised (scored NaN, never cached)
+        self.last_failure = ""  # "name raised Type: message" of the latest such call, for the run's error
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
@@ -212,10 +213,11 @@ class Judge:
                     ok.append(True)
                 except ConfigError:
                     raise
-                except Exception:  # noqa: BLE001
+                except Exception as err:  # noqa: BLE001
                     values.append(math.nan)
                     ok.append(False)
                     self.failed += 1
+                    self.last_failure = f"{_name(judge)} raised {type(err).__name__}: {err}"[:300]
             return values, ok
 
     def _judgeable(self, judge, prompt, completions, idx: list[int]) -> list[int]:
@@ -228,8 +230,9 @@ class Judge:
                 kept.append(i)
             except ConfigError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001
                 self.failed += 1
+                self.last_failure = f"{_name(judge)} raised {type(err).__name__}: {err}"[:300]
         return kept
 
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None) -> list[float]:

@@ -42,7 +42,9 @@ def shard_reference(accelerator, ref_scorer):
 
 
 class Trainer(TrainingRun):
-    """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo)."""
+    """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo).
+    train_data / eval_data: rows (a datasets.Dataset or a list of dicts, as TRL's train_dataset / eval_dataset),
+    checked and tokenized as a data file's rows, or examples already prepared by the batch kind."""
 
     # Extras that must carry gradient (Objective.gradient_extras) which this trainer computes itself: none, it
     # scores only each pair's chosen and rejected responses. A subclass that scores more sequences names them.
@@ -53,6 +55,7 @@ class Trainer(TrainingRun):
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
                  callbacks=None):
         from preflab.config import preflight, resolve_epoch_eval
+        from preflab.loops.prepare import config_reading_rows
         from preflab.models.load import cap_max_length, max_positions, reference_positions
 
         preflight(cfg, check_models=policy is None)
@@ -63,6 +66,16 @@ class Trainer(TrainingRun):
         check_gradient_extras(self.objective, self.computed_extras,
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
+        sizes = ("per_device_train_batch_size",) + (
+            ("per_device_eval_batch_size",) if cfg.eval_dataset_name or cfg.eval_fraction > 0 or eval_data else ())
+        ones = [k for k in sizes if getattr(cfg, k) < 2]
+        if getattr(self.objective, "uses_mismatched_completions", False) and ones:
+            raise ConfigError(
+                f"loss_type {cfg.loss_type!r} estimates its reference point (the KL term) from mismatched completions "
+                "inside each micro-batch (example i's prompt with example i-1's completion); with "
+                f"{ones[0]}=1 every example is paired with its own completion, so the KL term equals the implied "
+                f"reward (TRL's KTOTrainer refuses this too). Set {ones[0]} >= 2 (gradient_accumulation_steps keeps "
+                "a step's size), or use loss_type: apo_zero_unpaired.")
         if "prompt_logps" in self.objective.token_needs and (not hasattr(self.kind, "prompt_sequences") or
                                                              "token_kl" in self.objective.token_needs):
             raise ConfigError(f"objective {cfg.loss_type!r} needs the prompt tokens' log-probs, which this trainer "
@@ -81,13 +94,17 @@ class Trainer(TrainingRun):
         self.tokenizer = tokenizer
         self.data_report = {}
         self.stream = None  # streaming: true: the training examples are read as the steps need them
+        # rows given from Python (a datasets.Dataset or a list of dicts, TRL's train_dataset) are read like a file's
+        rows_cfg = None if cfg.streaming else config_reading_rows(cfg, train_data, eval_data)
         if cfg.streaming:
             train_data, eval_data = self._open_stream(policy, tokenizer, train_data, eval_data)
-        elif train_data is None:
+        elif train_data is None or rows_cfg is not None:
             cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
                                               cfg.trust_remote_code))
             cap_max_length(cfg, reference_positions(cfg, ref), cfg.ref_model_name_or_path)
-            train_data, eval_data, self.data_report = self.kind.prepare(cfg, tokenizer)
+            if rows_cfg is not None:
+                rows_cfg.max_length = cfg.max_length
+            train_data, eval_data, self.data_report = self.kind.prepare(rows_cfg or cfg, tokenizer)
         self.train_data, self.eval_data = train_data, eval_data or []
         if policy is None:
             from preflab.models.load import load_models

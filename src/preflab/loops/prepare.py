@@ -6,7 +6,11 @@
 from __future__ import annotations
 
 
-from preflab.errors import DataError, PreflabError
+import copy
+import sys
+from collections.abc import Mapping
+
+from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.runlog import is_main_process
 
 _ROW_KIND = {"pairs": "pairwise", "unpaired": "unpaired"}
@@ -23,6 +27,39 @@ def _tokenize(kind: str, rows, tokenizer, cfg, source):
     return tokenize_cached(rows, tokenizer, cache_dir=default_cache_dir() / "tokenized", max_length=cfg.max_length,
                            max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                            on_bad_row=cfg.on_bad_row, source=source, **extra)
+
+
+def is_row_source(data) -> bool:
+    """True for rows still to be read (a datasets.Dataset, DatasetDict or IterableDataset, or a list of dicts: TRL's
+    train_dataset / eval_dataset), False for examples a batch kind's prepare() already made (or None)."""
+    datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported
+    if datasets is not None and isinstance(data, (datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset)):
+        return True
+    return isinstance(data, (list, tuple)) and bool(data) and isinstance(data[0], Mapping)
+
+
+def config_reading_rows(cfg, train_data, eval_data):
+    """A copy of cfg whose dataset_name / eval_dataset_name are the rows given to a trainer from Python, so that
+    prepare() reads, checks and tokenizes them exactly as a file's rows (cfg's own dataset_name then only names the
+    run's data); None when neither is rows. Rows mixed with ready examples, or eval rows beside cfg's own eval set,
+    are a ConfigError."""
+    train_rows, eval_rows = is_row_source(train_data), is_row_source(eval_data)
+    if not (train_rows or eval_rows):
+        return None
+    if (train_rows and eval_data and not eval_rows) or (eval_rows and train_data is not None and not train_rows):
+        raise ConfigError("train_data and eval_data must both be rows (a datasets.Dataset or a list of dicts) or "
+                          "both examples prepared by preflab; convert the other one.")
+    if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):
+        given = f"eval_fraction={cfg.eval_fraction}" if cfg.eval_fraction else \
+            f"eval_dataset_name={cfg.eval_dataset_name!r}"
+        raise ConfigError(f"eval_data was given and the config has {given}: two eval sets. Keep one (remove "
+                          f"{given.split('=')[0]} from the config, or do not pass eval_data).")
+    reading = copy.copy(cfg)
+    if train_rows:
+        reading.dataset_name = train_data
+    if eval_rows:
+        reading.eval_dataset_name = eval_data
+    return reading
 
 
 def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):

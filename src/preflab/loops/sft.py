@@ -169,8 +169,10 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     `chat_template_kwargs` columns reach the chat template, as in TRL 1.16."""
     from preflab.data.assistant_mask import assistant_tokens
     from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern, text_bos
-    from preflab.data.validate import check_messages, check_same_form, check_text, check_text_or_messages
+    from preflab.data.validate import (check_messages, check_no_media, check_same_form, check_text,
+                                       check_text_or_messages)
 
+    check_no_media(row)
     form = _row_form(row)
     assistant_only = getattr(cfg, "assistant_only_loss", False)
     extras = {k: row[k] for k in ("tools", "chat_template_kwargs") if row.get(k) is not None}
@@ -316,6 +318,9 @@ def prepare_sft(cfg, tokenizer):
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
         if eval_reports is not None:
             print(f"preflab: data (eval): {said(eval_reports)}")
+        elif evals:  # eval_fraction: the hold-out's size (the line above counts train and eval together)
+            print(f"preflab: data (eval): eval_fraction={cfg.eval_fraction} holds out {len(evals)} of the "
+                  f"{len(train) + len(evals)} tokenized examples (seed {cfg.seed}); {len(train)} train.")
     return train, evals, report
 
 

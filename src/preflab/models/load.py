@@ -17,6 +17,7 @@ from torch import nn
 from preflab.errors import ConfigError, UnsafeLoadError, nearest
 from preflab.hub import failure_reason, offline
 from preflab.models.dropout import disable_dropout, disable_dropout_of  # noqa: F401  (public names of this module)
+from preflab.runlog import is_main_process
 
 BUILTIN = {"builtin:tiny-llama": "llama", "builtin:tiny-qwen2": "qwen2", "builtin:tiny-gpt2": "gpt2"}
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
@@ -158,8 +159,9 @@ def cap_max_length(cfg, positions: int | None, name: str | None = None) -> None:
     if positions is None or (cfg.max_length is not None and cfg.max_length <= positions):
         return
     given = "no max_length (no limit)" if cfg.max_length is None else f"max_length={cfg.max_length}"
-    print(f"preflab: note: {given} is above the {positions} positions of {name or cfg.model_name_or_path}; using "
-          f"max_length={positions}.")
+    if is_main_process():  # once, not once per process of `accelerate launch`
+        print(f"preflab: note: {given} is above the {positions} positions of {name or cfg.model_name_or_path}; "
+              f"using max_length={positions}.")
     cfg.max_length = positions
 
 

@@ -26,7 +26,7 @@ class APOZeroUnpaired(KTO):
                        "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
-    uses_mismatched_completions: ClassVar[bool] = False
+    uses_mismatched_completions: ClassVar[bool] = False  # z0 = 0: no mismatched completions are read
 
     def reference_point(self, batch: UnpairedBatch) -> torch.Tensor:
         return as_loss_dtype(batch.policy.token_logps.new_zeros(()))

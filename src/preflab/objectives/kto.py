@@ -62,7 +62,9 @@ class KTO(Objective):
     undesirable_weight: float = 1.0  # lambda_U
 
     batch_type = UnpairedBatch
-    # the batch kind scores mismatched completions (x_i, y_{i-1}) for the reference point only when this is True
+    # the batch kind scores mismatched completions (x_i, y_{i-1}) for the reference point only when this is True;
+    # they are formed inside each micro-batch, so a micro-batch of one example pairs it with its own completion
+    # (TRL refuses batch size 1 too: preflab.loops.offline)
     uses_mismatched_completions: ClassVar[bool] = True
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization (arXiv:2402.01306)"
     checked_against = "reference code: TRL 1.16 KTOTrainer loss_type='kto' (tests/objectives/test_trl_parity.py, 1e-9)"
