@@ -345,15 +345,7 @@ class TrainConfig:
 
 def _params_for(loss_type, params: dict) -> dict:
     """Drop `beta` for objectives without a beta field (e.g. `sft`), keep everything else (unknowns then raise)."""
-    from preflab.objectives import objective_class, resolve_name
-
-    names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
-    fields = set()
-    for name in names:
-        if ":" in str(name):
-            return params
-        fields |= {f.name for f in dataclasses.fields(objective_class(resolve_name(name)))}
-    return {k: v for k, v in params.items() if k != "beta" or "beta" in fields}
+    return {k: v for k, v in params.items() if k != "beta" or "beta" in _objective_fields(loss_type)}
 
 
 def _check_type(name: str, value: Any, hint) -> Any:
@@ -391,13 +383,14 @@ def _default_loss_type(known: dict):
 
 
 def _objective_fields(loss_type) -> set[str]:
-    from preflab.objectives import objective_class, resolve_name
+    """The parameter names of the objective(s) `loss_type` names, a user's objective ('file.py:Class') included."""
+    from preflab.objectives import _class_for
 
     names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
     fields = set()
     for name in names:
-        if isinstance(name, str) and ":" not in name:
-            fields |= {f.name for f in dataclasses.fields(objective_class(resolve_name(name)))}
+        if isinstance(name, str):
+            fields |= {f.name for f in dataclasses.fields(_class_for(name))}
     return fields
 
 
