@@ -85,3 +85,31 @@ def test_user_objective_without_beta_trains(tmp_path):
     assert (type(obj).__name__, obj.tau) == ("NoBeta", 2.0)
     both = _config(loss_type=[f"{losses}:NoBeta", "sft"], loss_weights=[1.0, 0.5]).objective()
     assert [type(p).__name__ for p in both.parts] == ["NoBeta", "SFT"] and both.weights == (1.0, 0.5)
+
+
+def test_user_objective_file_with_future_annotations_and_objectives_listing(tmp_path, capsys):
+    """A plugin file starting with `from __future__ import annotations` (as preflab's own objectives do) was
+    refused with "no 'MarginWeighted'" (its dataclass could not be built outside sys.modules), and
+    `preflab objectives my_losses.py:MarginWeighted` crashed with ModuleNotFoundError: preflab_user_my_losses."""
+    from preflab.cli import main
+    from preflab.objectives import get_objective
+
+    losses = _write(tmp_path, "my_losses.py", "from __future__ import annotations\n" + MY_LOSSES)
+    assert get_objective(f"{losses}:MarginWeighted", gamma=0.25).gamma == 0.25
+    assert main(["objectives", f"{losses}:MarginWeighted"]) == 0
+    out = capsys.readouterr().out
+    assert "gamma = 0.5  # margin scale" in out and "extras: ['margin', 'weight']" in out
+    assert "paper: a researcher, 2026" in out
+
+
+@pytest.mark.parametrize("body, message", [
+    ("import torch\ndef f(:\n    pass\n", r"bad\.py line 2: SyntaxError"),
+    ("x = 1\ny = undefined_name + 1\n", r"raised at .*bad\.py line 2: NameError: name 'undefined_name'"),
+])
+def test_user_objective_file_that_fails_to_run_is_a_config_error_naming_file_and_line(tmp_path, body, message):
+    """A syntax error or an exception while the plugin file ran came out as a raw traceback of preflab's loader."""
+    from preflab.objectives import get_objective
+
+    bad = _write(tmp_path, "bad.py", body)
+    with pytest.raises(ConfigError, match=message):
+        get_objective(f"{bad}:Loss")
