@@ -113,3 +113,53 @@ def test_user_objective_file_that_fails_to_run_is_a_config_error_naming_file_and
     bad = _write(tmp_path, "bad.py", body)
     with pytest.raises(ConfigError, match=message):
         get_objective(f"{bad}:Loss")
+
+
+MISUSE = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, logratios
+
+
+class Undecorated(Objective):
+    beta = 0.1
+
+
+def a_function(batch):
+    return None
+
+
+@dataclass(frozen=True)
+class ReturnsTensor(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        return -F.logsigmoid(self.beta * (h_w - h_l)).mean()
+
+
+@dataclass(frozen=True)
+class ReturnsScalarLosses(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        from preflab.objectives import ObjectiveOutput
+
+        h_w, h_l = logratios(batch)
+        loss = -F.logsigmoid(self.beta * (h_w - h_l)).mean()
+        return ObjectiveOutput(loss, loss, {})
+'''
+
+
+@pytest.mark.parametrize("name, message", [
+    ("Undecorated", "Undecorated is not a dataclass; decorate it with @dataclass"),
+    ("a_function", "is a function, not an objective: write a subclass of preflab.objectives.Objective"),
+])
+def test_user_loss_type_that_is_not_an_objective_dataclass_is_a_config_error(tmp_path, name, message):
+    """A function or an undecorated class as loss_type crashed with "TypeError: must be called with a dataclass
+    type or instance" from deep in get_objective / the config check."""
+    misuse = _write(tmp_path, "misuse.py", MISUSE)
+    with pytest.raises(ConfigError, match=message):
+        _config(loss_type=f"{misuse}:{name}")

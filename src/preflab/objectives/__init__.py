@@ -93,8 +93,22 @@ def _class_for(name: str) -> type[Objective]:
     if ":" in name:  # "package.module:Class" or "path/to/file.py:Class", an objective outside preflab
         from preflab.plugins import import_object
 
-        return import_object(name, "objective (loss_type)")
+        return _checked_user_class(import_object(name, "objective (loss_type)"), name)
     return objective_class(resolve_name(name))
+
+
+def _checked_user_class(cls, spec: str) -> type[Objective]:
+    """A user's objective class, or a ConfigError saying what it must be (a function or a plain class would fail
+    later with a TypeError from dataclasses)."""
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        what = f"the class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError(f"objective (loss_type): {spec!r} is {what}, not an objective: write a subclass of "
+                          "preflab.objectives.Objective decorated with @dataclass(frozen=True) whose compute(batch) "
+                          "returns an ObjectiveOutput.")
+    if not dataclasses.is_dataclass(cls):
+        raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__} is not a dataclass; decorate it with "
+                          "@dataclass(frozen=True) (its fields are its parameters).")
+    return cls
 
 
 def get_objective(name, **params) -> Objective:
