@@ -163,3 +163,19 @@ def test_user_loss_type_that_is_not_an_objective_dataclass_is_a_config_error(tmp
     misuse = _write(tmp_path, "misuse.py", MISUSE)
     with pytest.raises(ConfigError, match=message):
         _config(loss_type=f"{misuse}:{name}")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("ReturnsTensor", r"ReturnsTensor.compute returned Tensor; it must return ObjectiveOutput"),
+    ("ReturnsScalarLosses", r"losses of shape \(\);.*losses of shape \(2,\)"),
+])
+def test_user_objective_returning_the_wrong_output_is_named(tmp_path, name, message):
+    """compute() returning a bare tensor failed mid-training with "AttributeError: 'Tensor' object has no attribute
+    'metrics'"; a scalar `losses` trained (and weighted sums / evaluation read it per example) without a word."""
+    from preflab.errors import PreflabError
+    from preflab.objectives import PairBatch, get_objective
+
+    misuse = _write(tmp_path, "misuse.py", MISUSE)
+    batch = PairBatch.from_sums([-10.0, -3.0], [-12.0, -2.5], [-11.0, -3.2], [-11.5, -2.0])
+    with pytest.raises(PreflabError, match=message):
+        get_objective(f"{misuse}:{name}")(batch)
