@@ -179,3 +179,62 @@ def test_user_objective_returning_the_wrong_output_is_named(tmp_path, name, mess
     batch = PairBatch.from_sums([-10.0, -3.0], [-12.0, -2.5], [-11.0, -3.2], [-11.5, -2.0])
     with pytest.raises(PreflabError, match=message):
         get_objective(f"{misuse}:{name}")(batch)
+
+
+MY_REWARDS = '''
+def wrong_signature(completion):
+    return 1.0
+
+
+def returns_scalar(prompts, completions, **kwargs):
+    return 0.5
+
+
+def returns_strings(prompts, completions, **kwargs):
+    return ["good" for _ in completions]
+
+
+def no_kwargs(prompts, completions):
+    return [float(len(c)) for c in completions]
+'''
+
+
+def test_user_reward_function_with_a_wrong_signature_is_refused_up_front(tmp_path):
+    """reward_funcs: my_rewards.py:f with f(completion) dropped every completion as a judge failure and the run
+    stopped with "the judge failed ... for 64 of 64 completions", the TypeError never shown."""
+    from preflab.loops.judge import Judge
+    from preflab.online.tasks import resolve_judge
+
+    rewards = _write(tmp_path, "my_rewards.py", MY_REWARDS)
+    with pytest.raises(ConfigError, match=r"'wrong_signature' \(.*my_rewards.py\) takes \(completion\) and cannot "
+                                          r"be called with prompts and completions"):
+        Judge(resolve_judge(f"{rewards}:wrong_signature"))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("returns_scalar", r"returned float 0.5; it must return a list with one number \(or None\) per completion"),
+    ("returns_strings", r"returned 'good' \(str\) for a completion; each value must be a number, or None"),
+])
+def test_user_reward_function_returning_non_numbers_is_a_config_error(tmp_path, name, message):
+    """A reward function returning a float, or a list of strings, counted every completion as a judge failure
+    (the cause unseen); its return value is now refused by name."""
+    from preflab.loops.judge import Judge
+    from preflab.online.tasks import resolve_judge
+
+    judge = Judge(resolve_judge(f"{_write(tmp_path, 'my_rewards.py', MY_REWARDS)}:{name}"))
+    with pytest.raises(ConfigError, match=message):
+        judge(["p1", "p2"], ["a", "bb"])
+
+
+def test_judge_failures_name_the_first_exception(tmp_path):
+    """A reward function without **kwargs raises on the completion_ids preflab passes: the run's error said only
+    "judge/failed counts exceptions"; the Judge now keeps the first failure for that message."""
+    from preflab.loops.judge import Judge
+    from preflab.online.tasks import resolve_judge
+
+    judge = Judge(resolve_judge(f"{_write(tmp_path, 'my_rewards.py', MY_REWARDS)}:no_kwargs"))
+    assert judge(["p1", "p2"], ["a", "bb"])[0].tolist() == [1.0, 2.0]  # without completion_ids it works
+    scores, _ = judge(["p3", "p4"], ["c", "dd"], completion_ids=[[1], [2, 3]])
+    assert torch.isnan(scores).all() and judge.failed == 2
+    assert judge.failure_note() == (" The first failure: judge 'no_kwargs' raised TypeError: no_kwargs() got an "
+                                    "unexpected keyword argument 'completion_ids'.")

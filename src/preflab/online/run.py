@@ -348,7 +348,8 @@ class OnlineRun(TrainingRun):
             raise PreflabError(
                 f"round {r + 1}: the judge failed or returned NaN for {dropped} of {len(ids)} completions (more than "
                 f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}); judge/failed counts exceptions "
-                f"({self.judge.failed} so far). Fix the judge or raise max_judge_failure_fraction.")
+                f"({self.judge.failed} so far).{self.judge.failure_note()} Fix the judge or raise "
+                "max_judge_failure_fraction.")
         scores = flat.view(n, K)
         completions = [[ids[p * K + k] for k in range(K)] for p in range(n)]
 
