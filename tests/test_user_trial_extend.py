@@ -238,3 +238,28 @@ def test_judge_failures_name_the_first_exception(tmp_path):
     assert torch.isnan(scores).all() and judge.failed == 2
     assert judge.failure_note() == (" The first failure: judge 'no_kwargs' raised TypeError: no_kwargs() got an "
                                     "unexpected keyword argument 'completion_ids'.")
+
+
+def test_online_dpo_refuses_a_user_objective_whose_extras_online_pairs_lack(tmp_path):
+    """trainer: online_dpo with loss_type my_losses.py:MarginWeighted (extras margin, weight) sampled and judged a
+    whole round, then failed at the first step with MissingExtraError; now refused before any model loads, naming
+    what online pairs do carry (score_chosen / score_rejected), which an objective may read."""
+    from preflab.online.run import OnlineRun
+
+    losses = _write(tmp_path, "my_losses.py", MY_LOSSES + '''
+
+@dataclass(frozen=True)
+class ScoreMargin(MarginWeighted):
+    required_extras = ("score_chosen", "score_rejected")
+''')
+    online = dict(task="online", online_task="demo", trainer="online_dpo", model_name_or_path="builtin:tiny-llama",
+                  max_steps=1, use_cpu=True)
+    cfg = _config(loss_type=f"{losses}:MarginWeighted", **online)
+    with pytest.raises(ConfigError, match=r"needs batch.extras \['margin', 'weight'\], which trainer 'online_dpo' "
+                                          r"does not build.*\['score_chosen', 'score_rejected'\]"):
+        OnlineRun(cfg)
+    from preflab.online.run import check_online_pair_extras
+    from preflab.online.trainers import TRAINERS
+
+    ok = _config(loss_type=f"{losses}:ScoreMargin", **online)
+    check_online_pair_extras(ok.objective(), TRAINERS["online_dpo"], ok)  # extras the pairs carry: accepted
