@@ -263,3 +263,41 @@ class ScoreMargin(MarginWeighted):
 
     ok = _config(loss_type=f"{losses}:ScoreMargin", **online)
     check_online_pair_extras(ok.objective(), TRAINERS["online_dpo"], ok)  # extras the pairs carry: accepted
+
+
+MY_BUILDERS = '''
+import torch
+
+
+def best_vs_median(scores, generator):
+    """The best completion against the median one of each prompt."""
+    pairs = []
+    for p, row in enumerate(scores):
+        valid = torch.nonzero(~row.isnan()).flatten()
+        order = valid[torch.argsort(row[valid], descending=True)]
+        if len(order) >= 2 and row[order[0]] > row[order[len(order) // 2]]:
+            pairs.append((p, int(order[0]), int(order[len(order) // 2])))
+    return pairs
+
+
+def pairs_a_nan(scores, generator):
+    return [(0, 0, 1)]
+'''
+
+
+def test_online_pair_builder_from_a_user_file(tmp_path):
+    """pair_builder took only best_vs_worst | all_pairs | rso: a researcher's own rule (best vs median) needed a
+    fork. It now takes module:function or file.py:function; each triple is checked, and a misspelt name is refused
+    when the config is read, not after the first generation round."""
+    from preflab.loops.pair_builders import build_pairs
+
+    builders = _write(tmp_path, "my_builders.py", MY_BUILDERS)
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [1.0, 1.0, 1.0, 1.0], [0.2, float("nan"), 0.7, 0.4]])
+    plan = build_pairs(scores, f"{builders}:best_vs_median")
+    assert plan.triples == [(0, 1, 3), (2, 2, 3)] and plan.unscorable == 1
+    with pytest.raises(ConfigError, match=r"paired completion 1 of prompt 0, which the judge could not score"):
+        build_pairs(torch.tensor([[0.5, float("nan")]]), f"{builders}:pairs_a_nan")
+    online = dict(task="online", online_task="demo", trainer="online_dpo", max_steps=1)
+    assert _config(pair_builder=f"{builders}:best_vs_median", **online).pair_builder.endswith(":best_vs_median")
+    with pytest.raises(ConfigError, match="Did you mean 'best_vs_median'"):
+        _config(pair_builder=f"{builders}:best_vs_medain", **online)

@@ -170,7 +170,7 @@ class TrainConfig:
     top_p: float = 1.0                         # nucleus sampling (1: the full distribution)
     generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
     generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])
-    pair_builder: str = "best_vs_worst"        # pairs from a judged group: best_vs_worst | all_pairs | rso
+    pair_builder: str = "best_vs_worst"        # best_vs_worst | all_pairs | rso | module:function
     rso_beta: float = 0.5                      # rso pairs: temperature of pi_ref exp(r / rso_beta)
     rso_num_samples: int = 4                   # rso pairs: accepted samples per prompt
     refresh_reference_every: int = 0           # 0: reference pi_0 throughout; n: reference <- policy every n rounds
