@@ -301,3 +301,33 @@ def test_online_pair_builder_from_a_user_file(tmp_path):
     assert _config(pair_builder=f"{builders}:best_vs_median", **online).pair_builder.endswith(":best_vs_median")
     with pytest.raises(ConfigError, match="Did you mean 'best_vs_median'"):
         _config(pair_builder=f"{builders}:best_vs_medain", **online)
+
+
+def test_objectives_listing_of_a_user_subclass_claims_nothing_of_its_parent(tmp_path):
+    """`preflab objectives my.py:HalfDPO` (a subclass of DPO with another compute) printed "(aliases: sigmoid)" and
+    "checked against: reference code: TRL 1.16 ... 1e-9": DPO's alias (which does not name the user's class) and
+    DPO's verification record, for a formula nobody checked."""
+    from preflab.objectives import objective_info
+
+    sub = _write(tmp_path, "my_sub.py", '''
+from dataclasses import dataclass
+
+from preflab.objectives.dpo import DPO
+
+
+@dataclass(frozen=True)
+class HalfDPO(DPO):
+    def compute(self, batch):
+        out = super().compute(batch)
+        out.loss, out.losses = out.loss / 2, out.losses / 2
+        return out
+
+
+@dataclass(frozen=True)
+class CheckedDPO(HalfDPO):
+    checked_against = "paper text: my derivation, section 2"
+''')
+    info = objective_info(f"{sub}:HalfDPO")
+    assert info["aliases"] == [] and info["checked_against"] == "not recorded"
+    assert objective_info(f"{sub}:CheckedDPO")["checked_against"] == "paper text: my derivation, section 2"
+    assert objective_info("dpo")["aliases"] == ["sigmoid"]

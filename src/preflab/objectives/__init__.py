@@ -147,9 +147,12 @@ def get_objective(name, **params) -> Objective:
 def objective_info(name: str) -> dict:
     """What `preflab objectives` prints: parameters with defaults, reference, extras, batch kind, paper."""
     cls = _class_for(name)
+    checked = cls.checked_against
+    if ":" in name:  # a user's class: not registered (no alias names it), and a built-in parent's record is not its own
+        checked = vars(cls).get("checked_against", "")
     return {
         "name": name,
-        "aliases": list(cls.aliases),
+        "aliases": [] if ":" in name else list(cls.aliases),
         "params": cls.params(),
         "needs_reference": cls.needs_reference,
         "required_extras": list(cls.required_extras),
@@ -159,7 +162,7 @@ def objective_info(name: str) -> dict:
         "batch": cls.batch_type.__name__,
         "modality": cls.modality,
         "paper": cls.paper,
-        "checked_against": cls.checked_against or "not recorded",
+        "checked_against": checked or "not recorded",
         "tags": {k: list(v) for k, v in cls.tags.items()},
         "summary": ((importlib.import_module(cls.__module__).__doc__ or "").strip().splitlines() or [""])[0],
     }
