@@ -331,3 +331,14 @@ class CheckedDPO(HalfDPO):
     assert info["aliases"] == [] and info["checked_against"] == "not recorded"
     assert objective_info(f"{sub}:CheckedDPO")["checked_against"] == "paper text: my derivation, section 2"
     assert objective_info("dpo")["aliases"] == ["sigmoid"]
+
+
+def test_missing_relative_plugin_file_names_the_current_directory(tmp_path, monkeypatch):
+    """`preflab train` from another folder than the one holding my_losses.py said only "the file my_losses.py does
+    not exist" (the run's saved config.yaml keeps the relative path); the error now names the folder it looked in."""
+    from preflab.objectives import get_objective
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"my_losses.py does not exist \(a relative path is read from the current "
+                                          rf"directory, {tmp_path}\)"):
+        get_objective("my_losses.py:MarginWeighted")

@@ -27,7 +27,9 @@ def import_object(spec: str, option: str):
         if module.endswith(".py"):
             path = Path(module).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{option}: {spec!r}: the file {module} does not exist.")
+                rel = "" if path.is_absolute() else f" (a relative path is read from the current directory, " \
+                    f"{Path.cwd()})"
+                raise ConfigError(f"{option}: {spec!r}: the file {module} does not exist{rel}.")
             mod = _load_file(path, option, spec)
             where = f" in {path}"
         else:

@@ -80,7 +80,7 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
 
 
 def user_builder(spec: str):
-    """The function a `pair_builder: module:function` (or path/to/file.py:function) names; ConfigError if not callable."""
+    """The function `pair_builder: module:function` (or path/to/file.py:function) names; ConfigError if not callable."""
     from preflab.plugins import import_object
 
     fn = import_object(spec, "pair_builder")
