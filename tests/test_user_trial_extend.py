@@ -342,3 +342,21 @@ def test_missing_relative_plugin_file_names_the_current_directory(tmp_path, monk
     with pytest.raises(ConfigError, match=r"my_losses.py does not exist \(a relative path is read from the current "
                                           rf"directory, {tmp_path}\)"):
         get_objective("my_losses.py:MarginWeighted")
+
+
+def test_get_objective_takes_the_user_class_itself(tmp_path, monkeypatch):
+    """In Python (a notebook), get_objective(MarginWeighted, gamma=0.3) crashed with "TypeError: argument of type
+    'type' is not iterable"; the class itself now works alone and in a weighted list, with the DPO value at
+    gamma = 0 and unit weights."""
+    from preflab.objectives import PairBatch, get_objective
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _write(tmp_path, "my_losses_cls.py", MY_LOSSES)
+    from my_losses_cls import MarginWeighted
+
+    batch = PairBatch.from_sums([-10.0, -3.0], [-12.0, -2.5], [-11.0, -3.2], [-11.5, -2.0],
+                                extras={"margin": torch.zeros(2), "weight": torch.ones(2)})
+    mine = get_objective(MarginWeighted, beta=0.1, gamma=0.0)
+    assert torch.allclose(mine(batch).losses, get_objective("dpo", beta=0.1)(batch).losses, rtol=0, atol=1e-12)
+    both = get_objective([MarginWeighted, "sft"], loss_weights=[1.0, 0.5], gamma=0.3)
+    assert both.names == ("MarginWeighted", "sft") and both.parts[0].gamma == 0.3

@@ -89,7 +89,9 @@ def resolve_name(name: str) -> str:
     raise ConfigError(f"unknown objective {name!r}.{nearest(name, known)} Run `preflab objectives` to list them.")
 
 
-def _class_for(name: str) -> type[Objective]:
+def _class_for(name) -> type[Objective]:
+    if isinstance(name, type):  # the class itself, from Python (e.g. defined in a notebook)
+        return _checked_user_class(name, name.__qualname__)
     if ":" in name:  # "package.module:Class" or "path/to/file.py:Class", an objective outside preflab
         from preflab.plugins import import_object
 
@@ -112,7 +114,8 @@ def _checked_user_class(cls, spec: str) -> type[Objective]:
 
 
 def get_objective(name, **params) -> Objective:
-    """Build an objective by name (or alias, or dotted path) with its hyper-parameters.
+    """Build an objective by name (or alias, or 'module:Class' / 'file.py:Class', or an Objective subclass itself)
+    with its hyper-parameters.
 
     A list of names builds a WeightedSum (TRL's `loss_type=[...]` with `loss_weights`); each parameter goes to
     every component that has a field of that name.
@@ -135,7 +138,8 @@ def get_objective(name, **params) -> Objective:
         unused = set(params) - used
         if unused:
             raise ConfigError(f"no objective in {list(name)} takes parameter(s) {sorted(unused)}.")
-        return WeightedSum(tuple(parts), tuple(float(w) for w in weights), tuple(name))
+        return WeightedSum(tuple(parts), tuple(float(w) for w in weights),
+                           tuple(n if isinstance(n, str) else n.__qualname__ for n in name))
     if params.get("loss_weights") is not None:
         return get_objective([name], **params)
     params.pop("loss_weights", None)
