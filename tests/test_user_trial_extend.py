@@ -360,3 +360,36 @@ def test_get_objective_takes_the_user_class_itself(tmp_path, monkeypatch):
     assert torch.allclose(mine(batch).losses, get_objective("dpo", beta=0.1)(batch).losses, rtol=0, atol=1e-12)
     both = get_objective([MarginWeighted, "sft"], loss_weights=[1.0, 0.5], gamma=0.3)
     assert both.names == ("MarginWeighted", "sft") and both.parts[0].gamma == 0.3
+
+
+def _grad_batch(extras=None):
+    from preflab.objectives import PairBatch
+
+    pc = torch.tensor([-10.0, -3.0, -7.5], dtype=torch.float64, requires_grad=True)
+    pr = torch.tensor([-12.0, -2.5, -9.0], dtype=torch.float64, requires_grad=True)
+    return PairBatch.from_sums(pc, pr, torch.tensor([-11.0, -3.2, -7.0], dtype=torch.float64),
+                               torch.tensor([-11.5, -2.0, -8.0], dtype=torch.float64), extras=extras)
+
+
+def test_check_objective_runs_the_contract_on_a_user_objective(tmp_path):
+    """The contract test (tests/objectives/test_contract.py) runs over registered modules only: an objective in
+    the user's own file had no way to be checked against it. check_objective runs those checks on any objective
+    and a batch the user gives, and names what fails (here a needs_reference = False that reads the reference)."""
+    from preflab.errors import PreflabError
+    from preflab.objectives import check_objective, get_objective
+
+    losses = _write(tmp_path, "my_losses.py", MY_LOSSES + '''
+
+@dataclass(frozen=True)
+class ClaimsNoReference(MarginWeighted):
+    needs_reference = False
+''')
+    extras = {"margin": torch.tensor([0.1, 0.5, 0.0], dtype=torch.float64),
+              "weight": torch.ones(3, dtype=torch.float64)}
+    passed = check_objective(get_objective(f"{losses}:MarginWeighted"), _grad_batch(extras))
+    assert passed[-2:] == ["a missing extra is named (margin, weight)", "needs a reference (declared)"]
+    assert "reference-free (declared): same losses without a reference" in check_objective(
+        get_objective(f"{losses}:NoBeta"), _grad_batch())
+    assert len(check_objective(get_objective("dpo"), _grad_batch())) == 5
+    with pytest.raises(PreflabError, match="declares needs_reference = False but fails without reference log-probs"):
+        check_objective(get_objective(f"{losses}:ClaimsNoReference"), _grad_batch(extras))

@@ -5,7 +5,8 @@
     get_objective(["sigmoid", "sft"], loss_weights=[1, 1]) # TRL's weighted multi-loss
     get_objective("mypkg.losses:MyLoss", tau=1.0)          # an objective outside the package (or my_losses.py:MyLoss)
 
-Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_", `base` and `cli` are not objectives.
+Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_", `base`, `cli` and `contract` (the
+contract's checks, `check_objective`, for any objective) are not objectives.
 """
 from __future__ import annotations
 
@@ -29,15 +30,16 @@ from preflab.objectives.base import (
     check_modality,
     check_params,
 )
+from preflab.objectives.contract import check_objective
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
-    "check_gradient_extras", "WPOWeighted",
+    "check_gradient_extras", "WPOWeighted", "check_objective",
 ]
 
 # Modules of this package that are not objectives (helpers and the `preflab objectives` command).
-NOT_OBJECTIVES = ("base", "cli")
+NOT_OBJECTIVES = ("base", "cli", "contract")
 
 # Names kept for old configs: alias -> (module, warning).
 LEGACY = {"aot_pair": ("aot_unpaired", "loss_type 'aot_pair' was renamed 'aot_unpaired' in TRL 1.x; using aot_unpaired.")}
