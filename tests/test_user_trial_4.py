@@ -188,7 +188,7 @@ def test_a_round_whose_judge_raises_names_the_exception(tmp_path):
     tok = tiny_tokenizer("char")
     run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok,
                     task=Task(["say a\n", "say b\n", "say c\n", "say d\n"], [loud]))
-    with pytest.raises(PreflabError, match=r"for 8 of 8 completions.*loud raised TypeError: string indices must be "
+    with pytest.raises(PreflabError, match=r"for 8 of 8 completions.*'loud' raised TypeError: string indices must be "
                                            r"integers"):
         run.train()
 

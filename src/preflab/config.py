@@ -170,7 +170,7 @@ class TrainConfig:
     top_p: float = 1.0                         # nucleus sampling (1: the full distribution)
     generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
     generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])
-    pair_builder: str = "best_vs_worst"        # pairs from a judged group: best_vs_worst | all_pairs | rso
+    pair_builder: str = "best_vs_worst"        # best_vs_worst | all_pairs | rso | module:function
     rso_beta: float = 0.5                      # rso pairs: temperature of pi_ref exp(r / rso_beta)
     rso_num_samples: int = 4                   # rso pairs: accepted samples per prompt
     refresh_reference_every: int = 0           # 0: reference pi_0 throughout; n: reference <- policy every n rounds
@@ -345,15 +345,7 @@ class TrainConfig:
 
 def _params_for(loss_type, params: dict) -> dict:
     """Drop `beta` for objectives without a beta field (e.g. `sft`), keep everything else (unknowns then raise)."""
-    from preflab.objectives import objective_class, resolve_name
-
-    names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
-    fields = set()
-    for name in names:
-        if ":" in str(name):
-            return params
-        fields |= {f.name for f in dataclasses.fields(objective_class(resolve_name(name)))}
-    return {k: v for k, v in params.items() if k != "beta" or "beta" in fields}
+    return {k: v for k, v in params.items() if k != "beta" or "beta" in _objective_fields(loss_type)}
 
 
 def _check_type(name: str, value: Any, hint) -> Any:
@@ -391,13 +383,14 @@ def _default_loss_type(known: dict):
 
 
 def _objective_fields(loss_type) -> set[str]:
-    from preflab.objectives import objective_class, resolve_name
+    """The parameter names of the objective(s) `loss_type` names, a user's objective ('file.py:Class') included."""
+    from preflab.objectives import _class_for
 
     names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
     fields = set()
     for name in names:
-        if isinstance(name, str) and ":" not in name:
-            fields |= {f.name for f in dataclasses.fields(objective_class(resolve_name(name)))}
+        if isinstance(name, str):
+            fields |= {f.name for f in dataclasses.fields(_class_for(name))}
     return fields
 
 

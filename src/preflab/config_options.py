@@ -279,7 +279,8 @@ OPTIONS: dict[str, Option] = {
                     lambda v: _num(v) and 0 < v <= 1),
     "generation_batch_size": above(0, "task: online; prompts per generate() call"),
     "generation_backend": one_of(("transformers", "vllm"), "task: online; vllm needs pip install preflab[vllm]"),
-    "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso"),
+    "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso | "
+                           "module:function | path/to/file.py:function"),
     "rso_beta": above(0, "task: online, rso pairs: temperature of pi_ref exp(r / rso_beta)"),
     "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt"),
     "refresh_reference_every": Option("task: online; 0: reference pi_0 throughout; n: reference <- policy every n "

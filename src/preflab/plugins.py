@@ -8,6 +8,7 @@ hold it). Every failure is a ConfigError naming the option and the spec, with a 
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
 from pathlib import Path
@@ -26,21 +27,58 @@ def import_object(spec: str, option: str):
         if module.endswith(".py"):
             path = Path(module).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{option}: {spec!r}: the file {module} does not exist.")
-            from importlib import util
-
-            loaded = util.spec_from_file_location(f"preflab_user_{path.stem}", path)
-            mod = util.module_from_spec(loaded)
-            loaded.loader.exec_module(mod)
+                rel = "" if path.is_absolute() else f" (a relative path is read from the current directory, " \
+                    f"{Path.cwd()})"
+                raise ConfigError(f"{option}: {spec!r}: the file {module} does not exist{rel}.")
+            mod = _load_file(path, option, spec)
             where = f" in {path}"
         else:
             if "" not in sys.path and str(Path.cwd()) not in sys.path:
                 sys.path.append(str(Path.cwd()))
             mod = importlib.import_module(module)
-        return getattr(mod, attr)
-    except AttributeError as err:
-        names = [n for n in vars(mod) if not n.startswith("_")] if "mod" in locals() else []
-        raise ConfigError(f"{option}: {spec!r}: no {attr!r}{where}.{nearest(attr, names)}") from err
     except (ImportError, TypeError, ValueError) as err:
         raise ConfigError(f"{option}: cannot import {spec!r} ({err}). Give package.module:name (on PYTHONPATH or "
                           "in the current directory) or path/to/file.py:name.") from err
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's module raised while it ran (a bug in user code)
+        raise ConfigError(f"{option}: {spec!r}: importing {module} raised {_where(err)}{type(err).__name__}: {err}. "
+                          "Fix that module.") from err
+    if not hasattr(mod, attr):
+        names = [n for n in vars(mod) if not n.startswith("_")]
+        raise ConfigError(f"{option}: {spec!r}: no {attr!r}{where}.{nearest(attr, names)}")
+    return getattr(mod, attr)
+
+
+def _load_file(path: Path, option: str, spec: str):
+    """The module of a Python file, run once per file and registered in sys.modules (a dataclass defined in it
+    needs its module there, and `inspect.getsource` reads it); a syntax error is a ConfigError naming file and line."""
+    from importlib import util
+
+    path = path.resolve()
+    name = f"preflab_user_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__preflab_mtime__", None) == path.stat().st_mtime_ns:
+        return loaded
+    found = util.spec_from_file_location(name, path)
+    mod = util.module_from_spec(found)
+    mod.__preflab_mtime__ = path.stat().st_mtime_ns
+    sys.modules[name] = mod
+    try:
+        found.loader.exec_module(mod)
+    except SyntaxError as err:
+        sys.modules.pop(name, None)
+        raise ConfigError(f"{option}: {spec!r}: {path} line {err.lineno}: SyntaxError: {err.msg}. Fix the file.") \
+            from err
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return mod
+
+
+def _where(err: BaseException) -> str:
+    """'at FILE line N: ' for the innermost frame of err's traceback, '' without one."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"at {tb.tb_frame.f_code.co_filename} line {tb.tb_lineno}: " if tb is not None else ""

@@ -74,14 +74,44 @@ def _kind(fn: Any) -> str:
 def _floats(values, n: int, name: str) -> list[float]:
     if isinstance(values, Tensor):
         values = values.detach().float().cpu().reshape(-1).tolist()
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"judge {name!r} returned {type(values).__name__} {values!r:.60}; it must return a list "
+                          f"with one number (or None) per completion ({n} here).")
     values = list(values)
     if len(values) != n:
         raise ConfigError(f"judge {name!r} returned {len(values)} values for {n} completions; it must return one "
                           "per completion.")
-    return [math.nan if v is None else float(v) for v in values]
+    out = []
+    for v in values:
+        try:
+            if isinstance(v, (str, bytes)):
+                raise TypeError
+            out.append(math.nan if v is None else float(v))
+        except (TypeError, ValueError):
+            raise ConfigError(f"judge {name!r} returned {v!r:.60} ({type(v).__name__}) for a completion; each value "
+                              "must be a number, or None where the judge does not apply.") from None
+    return out
 
 
 TRL_ONLY_ARGUMENTS = ("trainer_state", "log_extra", "log_metric")  # TRL 1.16 GRPOTrainer's extra reward kwargs
+
+
+def _check_reward_signature(fn) -> None:
+    """A reward function is called as fn(prompts=[...], completions=[...], completion_ids=[...], **columns): one that
+    cannot take `prompts` and `completions` as keywords would raise TypeError on every call (every completion then
+    dropped as a judge failure); said up front with the signature to write."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    missing = [k for k in ("prompts", "completions") if not _takes_keyword(fn, k)]
+    if missing:
+        where = getattr(getattr(fn, "__code__", None), "co_filename", None)
+        raise ConfigError(f"reward function {_name(fn)!r}{f' ({where})' if where else ''} takes ({', '.join(params)})"
+                          f" and cannot be called with {' and '.join(missing)}=...; preflab calls it as TRL does: "
+                          "def f(prompts, completions, **kwargs) -> list of one float (or None) per completion.")
 
 
 def _check_trl_only_arguments(fn) -> None:
@@ -111,6 +141,7 @@ class Judge:
         self.kinds = [_kind(j) for j in self.judges]
         for judge, kind in zip(self.judges, self.kinds):
             if kind == "function":
+                _check_reward_signature(judge)
                 _check_trl_only_arguments(judge)
         # a callable: prompt-aware weights, prompts -> [N, K] (PRO's adapter, preflab.reward_models.pro_orchestrator)
         self.aggregator = weights if callable(weights) else None
@@ -124,7 +155,7 @@ class Judge:
         self.calls = 0
         self.cache_hits = 0
         self.failed = 0  # completions whose judge call raised (scored NaN, never cached)
-        self.last_failure = ""  # "name raised Type: message" of the latest such call, for the run's error
+        self.first_failure: str | None = None  # "judge 'f': TypeError: ..." of the first call that raised
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
@@ -217,7 +248,7 @@ class Judge:
                     values.append(math.nan)
                     ok.append(False)
                     self.failed += 1
-                    self.last_failure = f"{_name(judge)} raised {type(err).__name__}: {err}"[:300]
+                    self._note_failure(judge, err)
             return values, ok
 
     def _judgeable(self, judge, prompt, completions, idx: list[int]) -> list[int]:
@@ -232,8 +263,16 @@ class Judge:
                 raise
             except Exception as err:  # noqa: BLE001
                 self.failed += 1
-                self.last_failure = f"{_name(judge)} raised {type(err).__name__}: {err}"[:300]
+                self._note_failure(judge, err)
         return kept
+
+    def _note_failure(self, judge, err: Exception) -> None:
+        if self.first_failure is None:
+            self.first_failure = f"judge {_name(judge)!r} raised {type(err).__name__}: {err}"
+
+    def failure_note(self) -> str:
+        """' The first failure: judge ...: TypeError: ...' (what an error about dropped completions shows), or ''."""
+        return f" The first failure: {self.first_failure}." if self.first_failure else ""
 
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None) -> list[float]:
         name = _name(judge)

@@ -10,6 +10,10 @@ Input: scores [P, K], K judged completions per prompt (NaN = not scorable, never
     all_pairs      every (i, j) with s_i > s_j; equal scores are counted as ties
     rso            statistical rejection sampling of `rso_num_samples` completions from
                    pi_ref exp(r / rso_beta) among the K, then a random matching labelled by score (preflab.loops.rso)
+    module:function or path/to/file.py:function   a user's builder f(scores, generator) -> [(prompt, chosen,
+                   rejected), ...] index triples; scores is the float64 [P, K] tensor (NaN: not scorable), generator
+                   the round's seeded torch.Generator (draw from it for a reproducible, resumable run). Every triple is
+                   checked: indices in range, chosen != rejected, both scored.
 """
 from __future__ import annotations
 
@@ -38,10 +42,13 @@ def _pick(candidates: Tensor, generator: torch.Generator) -> int:
 def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch.Generator | None = None,
                 rso_beta: float = 0.5, rso_num_samples: int = 2) -> PairPlan:
     """Pairs from scores [P, K] (see the module docstring)."""
-    if builder not in BUILDERS:
-        raise ConfigError(f"pair_builder must be one of {BUILDERS}, got {builder!r}.")
+    if builder not in BUILDERS and ":" not in builder:
+        raise ConfigError(f"pair_builder must be one of {BUILDERS} or module:function / path/to/file.py:function, "
+                          f"got {builder!r}.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     scores = torch.as_tensor(scores, dtype=torch.float64)
+    if builder not in BUILDERS:
+        return _user_pairs(user_builder(builder), builder, scores, generator)
     triples, ties = [], 0
     for p, row in enumerate(scores):
         valid = torch.nonzero(~row.isnan()).flatten()
@@ -70,3 +77,35 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
             ties += labelled.ties_dropped
             triples.extend((p, c, r) for c, r in labelled.pairs)
     return PairPlan(triples, ties, int(scores.isnan().sum()))
+
+
+def user_builder(spec: str):
+    """The function `pair_builder: module:function` (or path/to/file.py:function) names; ConfigError if not callable."""
+    from preflab.plugins import import_object
+
+    fn = import_object(spec, "pair_builder")
+    if not callable(fn):
+        raise ConfigError(f"pair_builder: {spec!r} is a {type(fn).__name__}, not a function f(scores, generator) -> "
+                          "[(prompt, chosen, rejected), ...].")
+    return fn
+
+
+def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator) -> PairPlan:
+    """The triples of a user's builder, each checked: a wrong index would train on another completion, a NaN-scored
+    one on a completion the judge could not score."""
+    triples = []
+    P, K = scores.shape
+    for triple in fn(scores.clone(), generator):
+        try:
+            p, c, r = (int(v) for v in triple)
+        except (TypeError, ValueError):
+            raise ConfigError(f"pair_builder {spec!r} gave {triple!r}; each pair is a (prompt, chosen, rejected) "
+                              "triple of indices into scores [P, K].") from None
+        if not (0 <= p < P and 0 <= c < K and 0 <= r < K) or c == r:
+            raise ConfigError(f"pair_builder {spec!r} gave {(p, c, r)} for scores of shape {(P, K)}; indices must be "
+                              "in range and chosen != rejected.")
+        if scores[p, c].isnan() or scores[p, r].isnan():
+            raise ConfigError(f"pair_builder {spec!r} paired completion {c if scores[p, c].isnan() else r} of prompt "
+                              f"{p}, which the judge could not score (NaN); pair scored completions only.")
+        triples.append((p, c, r))
+    return PairPlan(triples, 0, int(scores.isnan().sum()))

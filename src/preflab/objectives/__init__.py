@@ -5,7 +5,8 @@
     get_objective(["sigmoid", "sft"], loss_weights=[1, 1]) # TRL's weighted multi-loss
     get_objective("mypkg.losses:MyLoss", tau=1.0)          # an objective outside the package (or my_losses.py:MyLoss)
 
-Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_", `base` and `cli` are not objectives.
+Each module defines `OBJECTIVE = <class>`. Modules whose name starts with "_", `base`, `cli` and `contract` (the
+contract's checks, `check_objective`, for any objective) are not objectives.
 """
 from __future__ import annotations
 
@@ -29,15 +30,16 @@ from preflab.objectives.base import (
     check_modality,
     check_params,
 )
+from preflab.objectives.contract import check_objective
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
-    "check_gradient_extras", "WPOWeighted",
+    "check_gradient_extras", "WPOWeighted", "check_objective",
 ]
 
 # Modules of this package that are not objectives (helpers and the `preflab objectives` command).
-NOT_OBJECTIVES = ("base", "cli")
+NOT_OBJECTIVES = ("base", "cli", "contract")
 
 # Names kept for old configs: alias -> (module, warning).
 LEGACY = {"aot_pair": ("aot_unpaired", "loss_type 'aot_pair' was renamed 'aot_unpaired' in TRL 1.x; using aot_unpaired.")}
@@ -89,16 +91,33 @@ def resolve_name(name: str) -> str:
     raise ConfigError(f"unknown objective {name!r}.{nearest(name, known)} Run `preflab objectives` to list them.")
 
 
-def _class_for(name: str) -> type[Objective]:
+def _class_for(name) -> type[Objective]:
+    if isinstance(name, type):  # the class itself, from Python (e.g. defined in a notebook)
+        return _checked_user_class(name, name.__qualname__)
     if ":" in name:  # "package.module:Class" or "path/to/file.py:Class", an objective outside preflab
         from preflab.plugins import import_object
 
-        return import_object(name, "objective (loss_type)")
+        return _checked_user_class(import_object(name, "objective (loss_type)"), name)
     return objective_class(resolve_name(name))
 
 
+def _checked_user_class(cls, spec: str) -> type[Objective]:
+    """A user's objective class, or a ConfigError saying what it must be (a function or a plain class would fail
+    later with a TypeError from dataclasses)."""
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        what = f"the class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError(f"objective (loss_type): {spec!r} is {what}, not an objective: write a subclass of "
+                          "preflab.objectives.Objective decorated with @dataclass(frozen=True) whose compute(batch) "
+                          "returns an ObjectiveOutput.")
+    if not dataclasses.is_dataclass(cls):
+        raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__} is not a dataclass; decorate it with "
+                          "@dataclass(frozen=True) (its fields are its parameters).")
+    return cls
+
+
 def get_objective(name, **params) -> Objective:
-    """Build an objective by name (or alias, or dotted path) with its hyper-parameters.
+    """Build an objective by name (or alias, or 'module:Class' / 'file.py:Class', or an Objective subclass itself)
+    with its hyper-parameters.
 
     A list of names builds a WeightedSum (TRL's `loss_type=[...]` with `loss_weights`); each parameter goes to
     every component that has a field of that name.
@@ -121,7 +140,8 @@ def get_objective(name, **params) -> Objective:
         unused = set(params) - used
         if unused:
             raise ConfigError(f"no objective in {list(name)} takes parameter(s) {sorted(unused)}.")
-        return WeightedSum(tuple(parts), tuple(float(w) for w in weights), tuple(name))
+        return WeightedSum(tuple(parts), tuple(float(w) for w in weights),
+                           tuple(n if isinstance(n, str) else n.__qualname__ for n in name))
     if params.get("loss_weights") is not None:
         return get_objective([name], **params)
     params.pop("loss_weights", None)
@@ -133,9 +153,12 @@ def get_objective(name, **params) -> Objective:
 def objective_info(name: str) -> dict:
     """What `preflab objectives` prints: parameters with defaults, reference, extras, batch kind, paper."""
     cls = _class_for(name)
+    checked = cls.checked_against
+    if ":" in name:  # a user's class: not registered (no alias names it), and a built-in parent's record is not its own
+        checked = vars(cls).get("checked_against", "")
     return {
         "name": name,
-        "aliases": list(cls.aliases),
+        "aliases": [] if ":" in name else list(cls.aliases),
         "params": cls.params(),
         "needs_reference": cls.needs_reference,
         "required_extras": list(cls.required_extras),
@@ -145,7 +168,7 @@ def objective_info(name: str) -> dict:
         "batch": cls.batch_type.__name__,
         "modality": cls.modality,
         "paper": cls.paper,
-        "checked_against": cls.checked_against or "not recorded",
+        "checked_against": checked or "not recorded",
         "tags": {k: list(v) for k, v in cls.tags.items()},
         "summary": ((importlib.import_module(cls.__module__).__doc__ or "").strip().splitlines() or [""])[0],
     }

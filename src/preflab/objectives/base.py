@@ -309,7 +309,16 @@ class Objective:
             _extra(batch.extras, key, name, gradient=key in self.gradient_extras)
         for key in self.token_extras:
             _check_token_extra(batch, key, name)
-        return self.compute(batch)
+        out = self.compute(batch)
+        size = getattr(batch, "size", None)
+        if not isinstance(out, ObjectiveOutput) or getattr(out.loss, "ndim", None) != 0 or \
+                (size is not None and tuple(getattr(out.losses, "shape", ())) != (size,)):
+            got = type(out).__name__ if not isinstance(out, ObjectiveOutput) else \
+                f"loss of shape {tuple(getattr(out.loss, 'shape', ()))} and losses of shape " \
+                f"{tuple(getattr(out.losses, 'shape', ()))}"
+            raise PreflabError(f"{name}.compute returned {got}; it must return ObjectiveOutput(loss, losses, metrics) "
+                               f"with a scalar loss and one loss per example (losses of shape ({size},)).")
+        return out
 
     @classmethod
     def row_extras(cls) -> dict[str, tuple[float | None, float | None]]:

@@ -234,9 +234,8 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
     run.counts["judge_dropped"] += dropped
     if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
         raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS rollouts "
-                           f"(more than max_judge_failure_fraction = {run.cfg.max_judge_failure_fraction})"
-                           f"{'; the last exception: ' + run.judge.last_failure if run.judge.last_failure else ''}; "
-                           "fix the judge or raise max_judge_failure_fraction.")
+                           f"(more than max_judge_failure_fraction = {run.cfg.max_judge_failure_fraction})."
+                           f"{getattr(run.judge, 'failure_note', str)()} Fix the judge or raise max_judge_failure_fraction.")
     run._precompute(examples)
     order = torch.randperm(len(examples), generator=g).tolist()
     spg = run.cfg.steps_per_generation

@@ -27,7 +27,11 @@ def check_online(cfg) -> None:
                "generation_backend": ("transformers", "vllm"),
                "pair_builder": BUILDERS, "scale_rewards": ("group", "batch", "none")}
     for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
+        if name == "pair_builder" and ":" in str(cfg.pair_builder):
+            from preflab.loops.pair_builders import user_builder
+
+            user_builder(cfg.pair_builder)  # a user's builder: imported now, so a typo stops the run before it starts
+        elif getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}.")
     if cfg.max_steps <= 0:
         raise ConfigError("task: online needs max_steps > 0 (optimizer steps in all; a generation round feeds "

@@ -107,6 +107,24 @@ class OnlineMicroBatch:
         return self.tokens
 
 
+# What the pairs of a recipe that trains the config's loss_type (online_dpo, iterative_dpo) carry in batch.extras.
+ONLINE_PAIR_EXTRAS = ("score_chosen", "score_rejected")
+
+
+def check_online_pair_extras(objective, spec, cfg) -> None:
+    """ConfigError before any model loads when the config's objective needs extras that online pairs do not carry
+    (it used to fail at the first step, after a generation round): online pairs have no data columns."""
+    if spec.loss_type is not None:  # the recipe's own objective gets what its recipe builds
+        return
+    missing = [k for k in objective.required_extras if k not in ONLINE_PAIR_EXTRAS]
+    if missing:
+        raise ConfigError(
+            f"loss_type {cfg.loss_type!r} needs batch.extras {missing}, which trainer {cfg.trainer!r} does not "
+            f"build: its pairs are sampled and judged, with no data columns; they carry {list(ONLINE_PAIR_EXTRAS)} "
+            "(the judge's scores of the chosen and rejected completions). Read those in the objective, or train it "
+            "offline (task: dpo) on data with those columns.")
+
+
 class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
     prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
@@ -117,6 +135,7 @@ class OnlineRun(TrainingRun):
         self.cfg = cfg
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
+        check_online_pair_extras(self.objective, self.spec, cfg)
         self.accelerator = acc = make_accelerator(cfg, whole_weights=WHOLE_WEIGHTS)
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
         if cfg.trainer in RENAMED and self.main:
@@ -348,8 +367,8 @@ class OnlineRun(TrainingRun):
             raise PreflabError(
                 f"round {r + 1}: the judge failed or returned NaN for {dropped} of {len(ids)} completions (more than "
                 f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}); judge/failed counts exceptions "
-                f"({self.judge.failed} so far){'; the last one: ' + self.judge.last_failure if self.judge.failed else ''}"
-                ". Fix the judge or raise max_judge_failure_fraction.")
+                f"({self.judge.failed} so far).{self.judge.failure_note()} Fix the judge or raise "
+                "max_judge_failure_fraction.")
         scores = flat.view(n, K)
         completions = [[ids[p * K + k] for k in range(K)] for p in range(n)]
 

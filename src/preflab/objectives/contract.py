@@ -1,0 +1,96 @@
+"""The objective contract as a check anyone can run on their own objective (DESIGN.md, "The objective contract").
+
+    from preflab.objectives import PairBatch, check_objective, get_objective
+    batch = PairBatch.from_sums(pc, pr, rc, rr, extras={"margin": ..., "weight": ...})   # policy sums requires_grad
+    check_objective(get_objective("my_losses.py:MarginWeighted"), batch)                 # the checks it passed
+
+The checks are those tests/objectives/test_contract.py runs over every registered objective, on a batch the caller
+gives (it knows its extras): a scalar differentiable loss equal to the mean of one loss per example, detached
+metrics, a loss that depends on the policy's log-probs, a MissingExtraError naming each declared extra when it is
+absent, and a truthful `needs_reference` (refused without a reference when declared, unchanged without one when
+not). A failed check is a PreflabError saying which and why.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from preflab.errors import MissingExtraError, PreflabError
+from preflab.objectives.base import PairBatch, UnpairedBatch
+
+
+def _policy_leaves(batch) -> list[torch.Tensor]:
+    sides = [batch.policy_chosen, batch.policy_rejected] if isinstance(batch, PairBatch) else [batch.policy]
+    return [s.token_logps for s in sides]
+
+
+def _without_reference(batch):
+    batch = copy.copy(batch)
+    if isinstance(batch, PairBatch):
+        batch.ref_chosen = batch.ref_rejected = None
+    else:
+        batch.ref = None
+        if isinstance(batch, UnpairedBatch):
+            batch.ref_kl = None
+    return batch
+
+
+def check_objective(objective, batch) -> list[str]:
+    """Run the contract checks of `objective` (an instance) on `batch` (its batch kind, with its extras, reference
+    log-probs and policy log-probs that require grad); returns the names of the checks passed."""
+    name = type(objective).__name__
+    leaves = _policy_leaves(batch)
+    if not all(t.requires_grad for t in leaves):
+        raise PreflabError(f"check_objective({name}): give policy log-probs that require grad (e.g. "
+                           "torch.tensor([...], requires_grad=True)), so the loss's dependence on them can be checked.")
+    out = objective(batch)  # Objective.__call__ checks the output's type and shapes
+    passed = ["returns ObjectiveOutput with a scalar loss and one loss per example"]
+    if not out.loss.requires_grad:
+        raise PreflabError(f"{name}: loss does not require grad; it must be computed from the policy's log-probs.")
+    if not torch.allclose(out.loss.detach(), out.losses.detach().to(out.loss.dtype).mean(), rtol=1e-6, atol=1e-9):
+        raise PreflabError(f"{name}: loss {float(out.loss):.6g} is not the mean of losses "
+                           f"({float(out.losses.mean()):.6g}); the step averages per-example losses over the batch.")
+    passed.append("loss = mean(losses)")
+    attached = [k for k, v in out.metrics.items() if torch.is_tensor(v) and v.requires_grad]
+    if attached:
+        raise PreflabError(f"{name}: metrics {attached} carry gradient; .detach() them.")
+    passed.append("metrics detached")
+    grads = torch.autograd.grad(out.loss, leaves, allow_unused=True)
+    if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
+        raise PreflabError(f"{name}: the loss's gradient with respect to the policy's log-probs is zero on this batch.")
+    passed.append("loss depends on the policy")
+    for key in objective.required_extras:
+        reduced = copy.copy(batch)
+        reduced.extras = {k: v for k, v in batch.extras.items() if k != key}
+        try:
+            objective(reduced)
+        except MissingExtraError as err:
+            if key not in str(err):
+                raise PreflabError(f"{name}: without extra {key!r} the error does not name it: {err}") from err
+        else:
+            raise PreflabError(f"{name}: ran without its declared extra {key!r}; list only the extras it reads.")
+    if objective.required_extras:
+        passed.append(f"a missing extra is named ({', '.join(objective.required_extras)})")
+    bare = _without_reference(batch)
+    if objective.needs_reference:
+        try:
+            objective(bare)
+        except PreflabError as err:
+            if "reference" not in str(err):
+                raise
+        else:
+            raise PreflabError(f"{name}: declares needs_reference = True but ran without reference log-probs.")
+        passed.append("needs a reference (declared)")
+    else:
+        try:
+            again = objective(bare)
+        except (AttributeError, TypeError) as err:
+            raise PreflabError(f"{name}: declares needs_reference = False but fails without reference log-probs "
+                               f"({type(err).__name__}: {err}); set needs_reference = True.") from err
+        if not torch.allclose(again.losses.detach(), out.losses.detach()):
+            raise PreflabError(f"{name}: declares needs_reference = False but its losses change when the reference "
+                               "log-probs are removed; set needs_reference = True.")
+        passed.append("reference-free (declared): same losses without a reference")
+    return passed
+
