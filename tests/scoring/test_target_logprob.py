@@ -1,4 +1,5 @@
-"""TargetLogProb (the LM head's log p(target) with an in-place backward) equals plain autograd bit for bit."""
+"""Per-step savings of the scorer, exact: TargetLogProb (the LM head's log p(target) with an in-place backward)
+equals plain autograd bit for bit; models scoring one layout share its converted attention mask."""
 import pytest
 import torch
 
@@ -48,3 +49,31 @@ def test_scorer_gradients_equal_plain_autograd_bit_for_bit(monkeypatch, chunk_to
     plain_lp, plain = grads()
     assert torch.equal(fused_lp, plain_lp)
     assert all(torch.equal(a, b) for a, b in zip(fused, plain))
+
+
+def test_models_scoring_one_layout_share_its_converted_mask(monkeypatch):
+    """The reference and the policy scoring one prefix-shared micro-batch convert its 4-D bool mask once (per
+    attention implementation and dtype) and score exactly as on a fresh copy of the layout."""
+    from types import SimpleNamespace
+
+    from preflab.data.prefix import prefix_shared
+
+    pairs = [SimpleNamespace(prompt_ids=p, chosen_ids=c, rejected_ids=r)
+             for (p, c), (_, r) in zip(SEQS[:2], SEQS[2:], strict=True)]
+    policy, ref = tiny_causal_lm(vocab_size=64, seed=0), tiny_causal_lm(vocab_size=64, seed=1)
+    eager = tiny_causal_lm(vocab_size=64, seed=2)
+    eager.set_attn_implementation("eager")
+    fresh = {name: LogProbScorer(m)(prefix_shared(pairs, pad_id=0)).token_logps
+             for name, m in (("policy", policy), ("ref", ref), ("eager", eager))}
+    made = []
+    original = lm.scorer_mask
+    monkeypatch.setattr(lm, "scorer_mask", lambda *a: made.append(a[1]) or original(*a))
+    layout = prefix_shared(pairs, pad_id=0)
+    with torch.no_grad():
+        ref_lp = LogProbScorer(ref)(layout).token_logps
+    policy_lp = LogProbScorer(policy)(layout).token_logps
+    assert made == [ref]  # the policy reused the reference's float mask
+    eager_lp = LogProbScorer(eager)(layout).token_logps
+    assert made == [ref, eager]  # another attention implementation: its own form of the mask
+    assert torch.equal(ref_lp, fresh["ref"]) and torch.equal(policy_lp, fresh["policy"])
+    assert torch.equal(eager_lp, fresh["eager"])

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
 from preflab.errors import PreflabError
-from preflab.models.attention import model_mask, right_padding_needs_no_mask, scorer_mask
+from preflab.models.attention import attention_dtype, model_mask, right_padding_needs_no_mask, scorer_mask
 from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
 from preflab.scoring.chunking import CHUNK_BYTES, chunk_budget_of, chunk_for_budget, head_chunk_budget  # noqa: F401
@@ -151,7 +151,7 @@ class LogProbScorer(nn.Module):
                             f"model type's logit post-processing), not a bare {type(ref_head).__name__}")
         # right padding only, causal model: plain causal attention is exact for every real token (causal_only)
         plain = layout.causal_only and right_padding_needs_no_mask(self.model)
-        mask = None if plain else scorer_mask(layout.attention_mask, self.model, head.weight.dtype)
+        mask = None if plain else layout_scorer_mask(layout, self.model, head.weight.dtype)
         kwargs = {"attention_mask": mask, "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
@@ -189,6 +189,22 @@ class LogProbScorer(nn.Module):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         return out
+
+
+def layout_scorer_mask(layout: LayoutBatch, model: nn.Module, dtype: torch.dtype):
+    """scorer_mask of the layout's attention mask for `model`, made once per layout and kept on it
+    (LayoutBatch.scorer_masks, keyed by the model's attention implementation and the dtypes), so that the reference
+    and the policy scoring the same micro-batch share one float mask instead of converting the [R, 1, T, T] bool
+    mask twice (the same values: the same function of the same inputs). Under torch.compile it is made in the graph
+    each time (no Python-side cache inside a trace)."""
+    if torch.compiler.is_compiling():
+        return scorer_mask(layout.attention_mask, model, dtype)
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
+    key = (impl, dtype, attention_dtype(layout.attention_mask.device, dtype))
+    kept = layout.scorer_masks.get(key)
+    if kept is None or kept[0] is not layout.attention_mask:  # the field was replaced: made again
+        kept = layout.scorer_masks[key] = (layout.attention_mask, scorer_mask(layout.attention_mask, model, dtype))
+    return kept[1]
 
 
 def _router_loss(model: nn.Module, decoded, layout: LayoutBatch) -> Tensor:
