@@ -97,6 +97,46 @@ def test_mask_and_positions_have_the_planted_structure():
     assert layout.num_tokens == sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in PAIRS)
 
 
+def segment_formula_mask(rows, width):
+    """The module docstring's allowed(i, j) = j <= i and seg(j) in {seg(i), root(i)}, neither padding, from every
+    query's and key's segment (block_rows built the mask this way before it filled it block by block)."""
+    seg = torch.full((len(rows), width), -1)
+    root = torch.full((len(rows), width), -1)
+    next_seg = 0
+    for r, row in enumerate(rows):
+        col = 0
+        for block in row:
+            p, prompt_seg, next_seg = len(block.prompt_ids), next_seg, next_seg + 1
+            seg[r, col:col + p] = root[r, col:col + p] = prompt_seg
+            col += p
+            for resp in block.responses:
+                seg[r, col:col + len(resp)], root[r, col:col + len(resp)] = next_seg, prompt_seg
+                col, next_seg = col + len(resp), next_seg + 1
+    seg_q, seg_k = seg.unsqueeze(2), seg.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    return (causal & ((seg_k == seg_q) | (seg_k == root.unsqueeze(2))) & (seg_q >= 0) & (seg_k >= 0)).unsqueeze(1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_by_block_mask_equals_the_segment_formula(seed):
+    """Rows of 1-3 blocks, each a prompt of 1-6 tokens and 1-3 responses of 0-5 tokens, rounded up to a multiple
+    of 8: the same bool mask, element for element."""
+    from preflab.data.prefix import Block, block_rows
+
+    gen = torch.Generator().manual_seed(seed)
+    draw = lambda lo, hi: int(torch.randint(lo, hi + 1, (), generator=gen))  # noqa: E731
+    rows, n = [], 0
+    for _ in range(draw(1, 4)):
+        row = []
+        for _ in range(draw(1, 3)):
+            k = draw(1, 3)
+            row.append(Block([1] * draw(1, 6), [[7] * draw(0, 5) for _ in range(k)], list(range(n, n + k))))
+            n += k
+        rows.append(row)
+    layout = block_rows(rows, n, pad_id=0, pad_to_multiple_of=8)
+    assert torch.equal(layout.attention_mask, segment_formula_mask(rows, layout.input_ids.shape[1]))
+
+
 def test_packing_has_no_pad_tokens_and_block_diagonal_mask():
     layout = packed_pairs(PAIRS, pad_id=0, share_prefix=True)
     assert layout.input_ids.shape == (1, 31) and layout.num_tokens == 31

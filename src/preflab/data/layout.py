@@ -126,6 +126,9 @@ class LayoutBatch:
     prompt_spans: list[tuple[int, int, int]] | None = None
     prompt_gather: PromptPlan | None = None
     token_multiplicity: Tensor | None = None
+    # the attention mask as scorers hand it to their models, {key: mask}, made once per layout and shared by every
+    # model that scores it (the policy and the reference of a step: preflab.scoring.lm.layout_scorer_mask)
+    scorer_masks: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if self.gather is None and self.response_mask.device.type == "cpu":

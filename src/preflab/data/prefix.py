@@ -55,14 +55,17 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
 
     attention_mask is [R, 1, T, T] bool (True = may attend); pad positions attend to nothing and nothing attends
     to them (sdpa returns zeros for such rows, eager's additive mask keeps them finite, and they are never read).
+    The mask is filled block by block (a prompt: causal over itself; a response: its prompt, and causal over itself),
+    which is the module docstring's allowed(i, j) without comparing every query's segment with every key's (those
+    [R, T, T] comparisons took about 80% of a collation: 2.8 of 3.4 ms for 4 fixture pairs of 400-570 positions).
     """
     width = max((sum(b.length for b in row) for row in rows), default=1)
     width = -(-max(width, 1) // pad_to_multiple_of) * pad_to_multiple_of
     n_rows = len(rows)
     ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
     pos = torch.zeros((n_rows, width), dtype=torch.long)
-    seg = torch.full((n_rows, width), -1, dtype=torch.long)
-    root = torch.full((n_rows, width), -1, dtype=torch.long)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    attend = torch.zeros((n_rows, width, width), dtype=torch.bool)
     counts = torch.zeros((n_rows, width), dtype=torch.float32)  # LayoutBatch.token_multiplicity
     longest = max((len(r) for row in rows for b in row for r in b.responses), default=1)
     pred = torch.zeros((num_sequences, max(longest, 1)), dtype=torch.long)
@@ -70,7 +73,6 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     mask = torch.zeros(pred.shape, dtype=torch.bool)
     seen = set()
     spans: list = [None] * num_sequences  # (row, col, length) of each sequence's prompt
-    next_seg = 0
     for r, row in enumerate(rows):
         col, base = 0, r * width
         for block in row:
@@ -78,11 +80,10 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
             if p == 0:
                 raise DataError("every prompt needs at least one token (e.g. BOS) before its responses; "
                                 "tokenize with a BOS token or a chat template.")
-            prompt_seg, next_seg = next_seg, next_seg + 1
             ids[r, col:col + p] = torch.tensor(block.prompt_ids, dtype=torch.long)
             pos[r, col:col + p] = torch.arange(p)
-            seg[r, col:col + p] = prompt_seg
-            root[r, col:col + p] = prompt_seg
+            attend[r, col:col + p, col:col + p] = causal[:p, :p]
+            prompt_cols = slice(col, col + p)
             counts[r, col:col + p] = len(block.responses)  # in every one of its [prompt | response] sequences
             last_prompt = base + col + p - 1
             prompt_at = (r, col, p)
@@ -95,10 +96,9 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
                 k = len(resp)
                 ids[r, col:col + k] = torch.tensor(resp, dtype=torch.long)
                 pos[r, col:col + k] = p + torch.arange(k)
-                seg[r, col:col + k] = next_seg
-                root[r, col:col + k] = prompt_seg
+                attend[r, col:col + k, prompt_cols] = True
+                attend[r, col:col + k, col:col + k] = causal[:k, :k]
                 counts[r, col:col + k] = 1
-                next_seg += 1
                 if k:
                     pred[n, 0] = last_prompt
                     pred[n, 1:k] = base + col + torch.arange(k - 1)
@@ -107,9 +107,6 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
                 col += k
     if len(seen) != num_sequences:
         raise DataError(f"the blocks hold {len(seen)} responses but the batch has {num_sequences} sequences.")
-    seg_q, seg_k = seg.unsqueeze(2), seg.unsqueeze(1)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    attend = causal & ((seg_k == seg_q) | (seg_k == root.unsqueeze(2))) & (seg_q >= 0) & (seg_k >= 0)
     return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}),
                        prompt_spans=spans, token_multiplicity=counts)
 

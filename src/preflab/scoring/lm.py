@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from preflab.data.layout import LayoutBatch
 from preflab.errors import PreflabError
-from preflab.models.attention import model_mask, right_padding_needs_no_mask, scorer_mask
+from preflab.models.attention import attention_dtype, model_mask, right_padding_needs_no_mask, scorer_mask
 from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
 from preflab.objectives.base import PairBatch, SequenceLogps
 from preflab.scoring.chunking import CHUNK_BYTES, chunk_budget_of, chunk_for_budget, head_chunk_budget  # noqa: F401
@@ -51,14 +51,47 @@ def _head_chunk(h: Tensor, targets: Tensor, head: LMHead, ref_h, ref_head: LMHea
     """(log-prob of `targets` [C] from hidden states h [C, H], per-token KL(ref || policy) [C] when want_kl (else
     None), token statistics [C, 3] when want_stats (_token_stats, else None))."""
     logits = head(h)
-    logz = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    if want_kl:  # the KL differentiates through log Z as well: plain autograd
+        logz = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    else:
+        logp, logz = TargetLogProb.apply(logits, targets)
     kl = None
     if want_kl:
         ref_logprobs = torch.log_softmax(ref_head(ref_h), dim=-1)
         kl = (ref_logprobs.exp() * (ref_logprobs - (logits - logz.unsqueeze(-1)))).sum(-1)
     # last, after every op that saves tensors for backward: a checkpoint's recompute stops before it (early stop)
     return logp, kl, _token_stats(logits, logz, targets) if want_stats else None
+
+
+class TargetLogProb(torch.autograd.Function):
+    """(log p(target) [C], log Z [C]) of float32 logits [C, V]: log p(t) = z_t - logsumexp(z), with a backward
+    that works in one [C, V] buffer.
+
+    The gradient is autograd's for `logits.gather(-1, t) - torch.logsumexp(logits, -1)`, bit for bit: with g the
+    incoming gradient, d logp / d z_v = g * ([v = t] - softmax(z)_v), softmax as logsumexp's backward computes it,
+    exp(z - log Z), times -g, plus g at the target (the same float operations: a sum of two terms is the same in
+    either order). Autograd builds it from three [C, V] tensors and a zero-filled one (the gather's backward
+    scatters into zeros, then the two gradients are added); here exp, the product and the target's term happen in
+    place in the buffer of z - log Z (1 allocation instead of 4, no fill, no add: fewer ops and passes over C x V
+    memory per chunk, on every device). log Z is returned without gradient (ctx.mark_non_differentiable): callers
+    that differentiate through it (the token KL) use plain autograd."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor):
+        logz = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+        ctx.save_for_backward(logits, logz, targets)
+        ctx.mark_non_differentiable(logz)
+        return logp, logz
+
+    @staticmethod
+    def backward(ctx, grad_logp: Tensor, _grad_logz):
+        logits, logz, targets = ctx.saved_tensors
+        grad = torch.sub(logits, logz.unsqueeze(-1)).exp_()  # softmax (logsumexp's backward: exp(z - log Z))
+        grad.mul_(grad_logp.neg().unsqueeze(-1))
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1).to(grad.dtype))
+        return grad, None
 
 
 @torch.no_grad()
@@ -118,7 +151,7 @@ class LogProbScorer(nn.Module):
                             f"model type's logit post-processing), not a bare {type(ref_head).__name__}")
         # right padding only, causal model: plain causal attention is exact for every real token (causal_only)
         plain = layout.causal_only and right_padding_needs_no_mask(self.model)
-        mask = None if plain else scorer_mask(layout.attention_mask, self.model, head.weight.dtype)
+        mask = None if plain else layout_scorer_mask(layout, self.model, head.weight.dtype)
         kwargs = {"attention_mask": mask, "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
@@ -156,6 +189,22 @@ class LogProbScorer(nn.Module):
             if t is not None:
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         return out
+
+
+def layout_scorer_mask(layout: LayoutBatch, model: nn.Module, dtype: torch.dtype):
+    """scorer_mask of the layout's attention mask for `model`, made once per layout and kept on it
+    (LayoutBatch.scorer_masks, keyed by the model's attention implementation and the dtypes), so that the reference
+    and the policy scoring the same micro-batch share one float mask instead of converting the [R, 1, T, T] bool
+    mask twice (the same values: the same function of the same inputs). Under torch.compile it is made in the graph
+    each time (no Python-side cache inside a trace)."""
+    if torch.compiler.is_compiling():
+        return scorer_mask(layout.attention_mask, model, dtype)
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
+    key = (impl, dtype, attention_dtype(layout.attention_mask.device, dtype))
+    kept = layout.scorer_masks.get(key)
+    if kept is None or kept[0] is not layout.attention_mask:  # the field was replaced: made again
+        kept = layout.scorer_masks[key] = (layout.attention_mask, scorer_mask(layout.attention_mask, model, dtype))
+    return kept[1]
 
 
 def _router_loss(model: nn.Module, decoded, layout: LayoutBatch) -> Tensor:
