@@ -51,7 +51,7 @@ def load_image(value, field: str, base_dir: str | None = None):
         else:
             raise RowProblem("bad_image", field, f"cannot read an image from a {type(value).__name__}",
                              "Give a PIL image, a file path, encoded bytes or {'bytes': ..., 'path': ...}.")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
     if image.width < 1 or image.height < 1:
         raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")

@@ -1,0 +1,51 @@
+"""User trial of the image/video side (diffusion and vision-language preference training): what a user saw that
+broke or misled, each fixed and pinned here."""
+import io
+import json
+import struct
+import zlib
+
+import pytest
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from preflab.errors import ConfigError, DataError  # noqa: E402
+
+
+def huge_png_header(width: int = 20000, height: int = 20000) -> bytes:
+    """A tiny PNG file whose header claims width x height pixels: PIL refuses to open it as a decompression bomb."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def small_png(colour=(255, 0, 0), size=8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_decompression_bomb_image_is_a_bad_row_naming_file_row_and_field(tmp_path):
+    # seen: a 20000 x 20000 image stopped the run with PIL's DecompressionBombError traceback, even with
+    # on_bad_row: skip
+    from preflab.data.media import load_image as load_vlm_image
+    from preflab.data.report import RowProblem
+    from preflab.diffusion.data import load_image_pairs
+
+    (tmp_path / "huge.png").write_bytes(huge_png_header())
+    (tmp_path / "ok.png").write_bytes(small_png())
+    rows = [{"prompt": "a", "chosen_image": "ok.png", "rejected_image": "ok.png"},
+            {"prompt": "b", "chosen_image": "huge.png", "rejected_image": "ok.png"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"pairs.jsonl row 1 .*chosen_image.*400000000 pixels"):
+        load_image_pairs(str(path), resolution=8)
+    examples, report = load_image_pairs(str(path), resolution=8, on_bad_row="skip")
+    assert [x.prompt for x in examples] == ["a"] and report.skipped == {"bad_image": 1}
+    with pytest.raises(RowProblem, match="400000000 pixels") as err:
+        load_vlm_image("huge.png", "images[0]", str(tmp_path))
+    assert err.value.field == "images[0]"
