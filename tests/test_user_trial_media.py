@@ -49,3 +49,26 @@ def test_a_decompression_bomb_image_is_a_bad_row_naming_file_row_and_field(tmp_p
     with pytest.raises(RowProblem, match="400000000 pixels") as err:
         load_vlm_image("huge.png", "images[0]", str(tmp_path))
     assert err.value.field == "images[0]"
+
+
+@pytest.mark.parametrize("key, says", [("beta_dpo=2500", r"beta=2500 convention=diffusers.*beta=5000"),
+                                        ("max_train_steps=10", "'max_steps'"), ("rank=4", "'lora_r'"),
+                                        ("checkpointing_steps=5", "'save_steps'")])
+def test_diffusers_dpo_script_flags_name_preflabs_option(key, says):
+    # seen: `beta_dpo=2500` (diffusers' train_diffusion_dpo.py) gave only "unknown config key 'beta_dpo'", and
+    # beta=2500 would silently be half the strength (salesforce convention)
+    from preflab.config import load_config
+
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, ["task=diffusion", "loss_type=diffusion_dpo", "model_name_or_path=builtin:tiny-sd",
+                           "dataset_name=x.jsonl", key])
+
+
+def test_beta_with_convention_diffusers_equals_twice_beta_in_the_default_convention():
+    # the equivalence the beta_dpo hint states
+    from preflab.config import load_config
+
+    base = ["task=diffusion", "loss_type=diffusion_dpo", "model_name_or_path=builtin:tiny-sd", "dataset_name=x.jsonl"]
+    a = load_config(None, base + ["beta=2500", "convention=diffusers"])
+    b = load_config(None, base + ["beta=5000"])
+    assert a.objective().scale == b.objective().scale == 2500

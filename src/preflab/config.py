@@ -406,9 +406,11 @@ def _suggestion(key: str, options: list[str]) -> str:
     or a really close name (difflib ratio >= 0.8); '' when nothing fits."""
     import difflib
 
-    from preflab.config_trl import SUGGEST
+    from preflab.config_trl import DIFFUSERS_DPO_SCRIPT, SUGGEST
     from preflab.objectives import list_objectives, objective_class
 
+    if key in DIFFUSERS_DPO_SCRIPT:
+        return f" {DIFFUSERS_DPO_SCRIPT[key]}."
     if key in SUGGEST:
         return f" preflab calls it {SUGGEST[key]!r}."
     takers = [n for n in list_objectives() if key in {f.name for f in dataclasses.fields(objective_class(n))}]
