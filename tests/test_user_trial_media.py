@@ -72,3 +72,19 @@ def test_beta_with_convention_diffusers_equals_twice_beta_in_the_default_convent
     a = load_config(None, base + ["beta=2500", "convention=diffusers"])
     b = load_config(None, base + ["beta=5000"])
     assert a.objective().scale == b.objective().scale == 2500
+
+
+@pytest.mark.parametrize("part", ["vae", "scheduler"])
+def test_a_pipeline_directory_missing_a_component_names_it(tmp_path, part):
+    # seen: "could not load the diffusers pipeline 'mymodel': Error no file named config.json found in directory
+    # mymodel.. Check the name (hub access or HF_HUB_OFFLINE)": the vae folder was missing, not the directory's
+    import shutil
+
+    pytest.importorskip("diffusers")
+    from preflab.diffusion.pipeline import load_pipeline, tiny_text_to_image_pipeline
+
+    tiny_text_to_image_pipeline(0).save_pretrained(tmp_path / "model")
+    assert type(load_pipeline(str(tmp_path / "model"))).__name__ == "StableDiffusionPipeline"
+    shutil.rmtree(tmp_path / "model" / part)
+    with pytest.raises(ConfigError, match=rf"incomplete diffusers pipeline.*lists {part} \(.*model/{part} is missing"):
+        load_pipeline(str(tmp_path / "model"))

@@ -232,6 +232,8 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
     if path.exists() and not (path / "model_index.json").is_file():
         raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json); save one with "
                           "pipeline.save_pretrained(dir).")
+    if path.is_dir():
+        _check_component_folders(path)
     try:
         # SD 1.x pipelines list a safety checker (not loaded); others (SDXL, SD3) warn about the keyword
         index = DiffusionPipeline.load_config(name)
@@ -241,6 +243,32 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
     except (OSError, ValueError, EnvironmentError) as err:
         raise ConfigError(f"could not load the diffusers pipeline {name!r}: {err}. Check the name (hub access or "
                           "HF_HUB_OFFLINE) or the directory.") from err
+
+
+def _check_component_folders(path: Path) -> None:
+    """A ConfigError naming every component that model_index.json lists (as [library, class]) whose folder is
+    missing or has no config file, so that the error names the component (diffusers says only 'no file named
+    config.json found in directory DIR'). safety_checker / feature_extractor are skipped (not loaded)."""
+    import json
+
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path / 'model_index.json'} cannot be read ({err}); save the pipeline again with "
+                          "pipeline.save_pretrained(dir).") from err
+    missing = []
+    for name, entry in index.items() if isinstance(index, dict) else ():
+        if name.startswith("_") or name in ("safety_checker", "feature_extractor", "image_encoder"):
+            continue
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] and entry[1]):
+            continue  # null entries are components the pipeline does without
+        folder = path / name
+        if not folder.is_dir() or not any(folder.glob("*.json")):
+            missing.append(f"{name} ({entry[1]}): {folder} {'has no config file' if folder.is_dir() else 'is missing'}")
+    if missing:
+        raise ConfigError(f"{path} is an incomplete diffusers pipeline: model_index.json lists "
+                          + "; ".join(missing) + ". Copy the missing folder(s) from the original pipeline, or save it "
+                          "again with pipeline.save_pretrained(dir).")
 
 
 def _check_flow_parts(pipeline, model: str, needs: str) -> None:
