@@ -88,3 +88,23 @@ def test_a_pipeline_directory_missing_a_component_names_it(tmp_path, part):
     shutil.rmtree(tmp_path / "model" / part)
     with pytest.raises(ConfigError, match=rf"incomplete diffusers pipeline.*lists {part} \(.*model/{part} is missing"):
         load_pipeline(str(tmp_path / "model"))
+
+
+def test_diffusion_eval_from_another_directory_names_the_runs_relative_base_model(tmp_path, monkeypatch):
+    # seen: `preflab eval ../outputs/run --task diffusion` from another folder asked the hub for 'mymodel' (the run's
+    # relative model_name_or_path) five times over ~20 s, then "does not appear to have a file named
+    # model_index.json ... Check the name (hub access or HF_HUB_OFFLINE)"
+    from preflab.loops.diffusion_eval import _run_base_model, evaluate_diffusion_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: diffusion\nloss_type: diffusion_dpo\nmodel_name_or_path: mymodel\n"
+                                     "dataset_name: pairs.jsonl\nresolution: 16\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"model_name_or_path='mymodel'.*not a directory here.*--reference DIR"):
+        evaluate_diffusion_run(str(run), "pairs.jsonl")
+    (tmp_path / "mymodel").mkdir()  # found from this directory: used as it is
+    assert _run_base_model(str(run), "mymodel") == "mymodel"
+    assert _run_base_model(str(run), "stable-diffusion-v1-5/stable-diffusion-v1-5").startswith("stable-diffusion")
+    with pytest.raises(ConfigError, match="outputs/base/final"):
+        _run_base_model(str(run), "outputs/base/final")

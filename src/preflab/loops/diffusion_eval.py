@@ -41,7 +41,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         if type(objective).__name__ in ("PPD", "SelfNPO"):
             raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
                               "supported (ppd: user-conditioned; self_npo: a negative model).")
-        reference_name = reference or cfg.model_name_or_path
+        reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
         run = DiffusionRun(cfg, pipeline=load_pipeline(str(run_dir), cfg.allow_pickle), scores_held_out=True)
         ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
@@ -67,6 +67,22 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
+
+
+def _run_base_model(run_dir: str, name: str) -> str:
+    """The run's model_name_or_path as the reference, or a ConfigError when it was a local path that is not a
+    directory here (a relative path written from another working directory, or a moved model): loading it would
+    ask the hub for it (retrying for about 20 s) and then fail with a hub error."""
+    from preflab.diffusion.pipeline import TINY, TINY_FLUX, TINY_SD3
+
+    if name in (TINY, TINY_SD3, TINY_FLUX) or Path(name).expanduser().is_dir():
+        return name
+    local = name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
+    if local:
+        raise ConfigError(f"{run_dir} was trained from model_name_or_path={name!r} (its config.yaml), which is not "
+                          "a directory here (relative to another working directory, or moved); pass --reference DIR "
+                          "(the pipeline the run started from).")
+    return name
 
 
 def shapes_reward(images: torch.Tensor, prompts: list[str]) -> list[float]:
