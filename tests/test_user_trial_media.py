@@ -108,3 +108,21 @@ def test_diffusion_eval_from_another_directory_names_the_runs_relative_base_mode
     assert _run_base_model(str(run), "stable-diffusion-v1-5/stable-diffusion-v1-5").startswith("stable-diffusion")
     with pytest.raises(ConfigError, match="outputs/base/final"):
         _run_base_model(str(run), "outputs/base/final")
+
+
+@pytest.mark.parametrize("task, final, command", [
+    ("diffusion", "model_index.json", "--task diffusion --data HELDOUT [--reward-fn MODULE:FUNCTION]"),
+    ("vlm", "config.json", "--task vlm --data HELDOUT")])
+def test_report_tells_a_diffusion_or_vlm_run_the_eval_command_that_works_for_it(tmp_path, task, final, command):
+    # seen: the report of a finished diffusion run said "run `preflab eval RUN/checkpoint-4 --data HELDOUT
+    # --reference REF` ... (the run has no final model yet)": it had one (a pipeline), and that command refuses a
+    # diffusion run (it needs --task diffusion); a VLM run was told the same text-policy command
+    from preflab.report.runs import load_run
+
+    run = tmp_path / "run"
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.69}) + "\n")
+    (run / "config.yaml").write_text(f"task: {task}\n")
+    (run / final).write_text("{}")
+    note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
+    assert f"preflab eval {run} {command}" in note and "no final" not in note and "--reference REF" not in note

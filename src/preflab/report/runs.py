@@ -121,6 +121,15 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not run.eval and run.config.get("task") == "reward":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
+    elif not run.eval and run.config.get("task") == "diffusion":
+        final = (path / "model_index.json").is_file()
+        run.missing.append(f"no eval.json: run `preflab eval {path} --task diffusion --data HELDOUT "
+                           "[--reward-fn MODULE:FUNCTION]` for the implicit-reward accuracy on held-out pairs and "
+                           "the win rate of the trained pipeline's samples against the base model's"
+                           + ("" if final else " (once the run has finished: it has no final pipeline yet)"))
+    elif not run.eval and run.config.get("task") == "vlm":
+        run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
+                           "of it) for the held-out preference metrics of the image-text model")
     elif not run.eval:
         target, out = path, ""
         if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
