@@ -126,3 +126,32 @@ def test_report_tells_a_diffusion_or_vlm_run_the_eval_command_that_works_for_it(
     (run / final).write_text("{}")
     note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
     assert f"preflab eval {run} {command}" in note and "no final" not in note and "--reference REF" not in note
+
+
+def pair_file(tmp_path, name, rows):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_diffusion_run_says_what_it_skipped_in_the_eval_set_and_why(tmp_path, capsys):
+    # seen: with on_bad_row: skip and an eval file with an unreadable image, the run printed "6 of 6 rows kept
+    # (0 skipped, 0 ties dropped); 6 train, 5 eval examples": the skipped eval row was not said
+    pytest.importorskip("diffusers")
+    from preflab.config import config_from_dict
+    from preflab.loops.diffusion import DiffusionRun
+
+    (tmp_path / "ok.png").write_bytes(small_png())
+    (tmp_path / "bad.png").write_text("not an image")
+    good = {"prompt": "a red disc", "chosen_image": "ok.png", "rejected_image": "ok.png"}
+    train = pair_file(tmp_path, "train.jsonl", [good] * 2 + [{**good, "rejected_image": "bad.png"}])
+    held = pair_file(tmp_path, "test.jsonl", [good, {**good, "chosen_image": "bad.png"}, {**good, "prompt": ""}])
+    cfg = config_from_dict({"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": train,
+                            "eval_dataset_name": held, "loss_type": "diffusion_dpo", "resolution": 16,
+                            "on_bad_row": "skip", "max_steps": 1, "output_dir": str(tmp_path / "out"),
+                            "use_cpu": True, "disable_tqdm": True, "per_device_train_batch_size": 2})
+    run = DiffusionRun(cfg)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("preflab: data:"))
+    assert "2 of 3 rows kept (1 skipped (bad_image: 1), 0 ties dropped)" in line
+    assert "eval data: 1 of 3 rows kept (2 skipped (bad_image: 1, missing_caption: 1), 0 ties dropped)" in line
+    assert len(run.eval_data) == 1
