@@ -155,3 +155,19 @@ def test_diffusion_run_says_what_it_skipped_in_the_eval_set_and_why(tmp_path, ca
     assert "2 of 3 rows kept (1 skipped (bad_image: 1), 0 ties dropped)" in line
     assert "eval data: 1 of 3 rows kept (2 skipped (bad_image: 1, missing_caption: 1), 0 ties dropped)" in line
     assert len(run.eval_data) == 1
+
+
+def test_a_vision_row_with_an_image_column_instead_of_images_is_refused_not_trained_text_only(tmp_path):
+    # seen: a row {"image": "a.png", "prompt": "What colour?", "chosen": "red", "rejected": "blue"} (the column name
+    # of RLAIF-V and most HF image datasets) was read as a text-only pair: the VLM never saw the image
+    from preflab.data.vision import read_vision_pairs
+
+    (tmp_path / "a.png").write_bytes(small_png())
+    row = {"prompt": "What colour?", "chosen": "red", "rejected": "blue"}
+    path = pair_file(tmp_path, "pairs.jsonl", [{**row, "image": "a.png"}])
+    with pytest.raises(DataError, match=r"row 0 .*field 'images'.*has an 'image' column but no 'images'.*Rename"):
+        read_vision_pairs(path)
+    [example], _ = read_vision_pairs(pair_file(tmp_path, "ok.jsonl", [{**row, "images": ["a.png"]}]))
+    assert len(example.images) == 1 and example.images[0].getpixel((0, 0)) == (255, 0, 0)
+    [text_only], _ = read_vision_pairs(pair_file(tmp_path, "text.jsonl", [row]))  # no image column at all: as before
+    assert text_only.images == []

@@ -139,6 +139,11 @@ def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -
     their frames' image parts. A RowProblem names the field at fault."""
     if row.get("prompt") is None:
         raise RowProblem("missing_field", "prompt", "missing", "Give each row a prompt.")
+    for single, plural in (("image", "images"), ("video", "videos")):
+        if row.get(single) is not None and row.get(plural) is None:  # else read as a row without images
+            raise RowProblem("missing_field", plural, f"the row has an {single!r} column but no {plural!r}: the "
+                             f"{single} would not reach the model", f"Rename the column to {plural!r} (a list, one "
+                             f"entry per {{'type': '{single}'}} part of the prompt), as in TRL's vision rows.")
     images = load_images(row.get("images"), "images", base_dir)
     videos = row.get("videos") or []
     if not isinstance(videos, list):
