@@ -171,3 +171,22 @@ def test_a_vision_row_with_an_image_column_instead_of_images_is_refused_not_trai
     assert len(example.images) == 1 and example.images[0].getpixel((0, 0)) == (255, 0, 0)
     [text_only], _ = read_vision_pairs(pair_file(tmp_path, "text.jsonl", [row]))  # no image column at all: as before
     assert text_only.images == []
+
+
+def test_a_vision_rows_relative_image_is_read_beside_the_data_file_before_the_working_directory(tmp_path,
+                                                                                             monkeypatch):
+    # seen: data/pairs.jsonl naming "imgs/a.png" trained on ./imgs/a.png (another picture of that name in the
+    # working directory) instead of data/imgs/a.png, silently; README: paths are relative to the data file
+    from preflab.data.media import load_image
+    from preflab.data.report import RowProblem
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "data" / "imgs" / "a.png").write_bytes(small_png((255, 0, 0)))
+    (tmp_path / "imgs" / "a.png").write_bytes(small_png((0, 0, 255)))
+    (tmp_path / "imgs" / "only_here.png").write_bytes(small_png((0, 255, 0)))
+    monkeypatch.chdir(tmp_path)
+    assert load_image("imgs/a.png", "images[0]", "data").getpixel((0, 0)) == (255, 0, 0)
+    assert load_image("imgs/only_here.png", "images[0]", "data").getpixel((0, 0)) == (0, 255, 0)  # still found
+    with pytest.raises(RowProblem, match=r"'imgs/none.png' does not exist \(looked for 'data/imgs/none.png'\)"):
+        load_image("imgs/none.png", "images[0]", "data")
