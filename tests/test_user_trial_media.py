@@ -190,3 +190,30 @@ def test_a_vision_rows_relative_image_is_read_beside_the_data_file_before_the_wo
     assert load_image("imgs/only_here.png", "images[0]", "data").getpixel((0, 0)) == (0, 255, 0)  # still found
     with pytest.raises(RowProblem, match=r"'imgs/none.png' does not exist \(looked for 'data/imgs/none.png'\)"):
         load_image("imgs/none.png", "images[0]", "data")
+
+
+def test_pickapic_and_preflab_rows_from_csv_read_their_numbers_and_empty_optional_cells(tmp_path):
+    # seen: a Pick-a-Pic CSV (caption,jpg_0,jpg_1,label_0) stopped at row 0: "field 'label_0': expected a finite
+    # number, got '0'" (every CSV cell is text); an empty optional cell (caption_0) was a missing caption
+    import csv
+
+    from preflab.diffusion.data import load_image_pairs
+
+    (tmp_path / "red.png").write_bytes(small_png((255, 0, 0)))
+    (tmp_path / "blue.png").write_bytes(small_png((0, 0, 255)))
+    with open(tmp_path / "pick.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["caption", "jpg_0", "jpg_1", "label_0", "caption_0", "caption_1", "ps_score_0", "ps_score_1"])
+        w.writerows([["a", "red.png", "blue.png", "1", "", "", "", ""],
+                     ["b", "red.png", "blue.png", "0", "", "", "", ""],     # label 0: blue preferred
+                     ["c", "red.png", "blue.png", "0.5", "", "", "", ""],   # tie: dropped
+                     ["d", "red.png", "blue.png", "1", "r", "b", "0.20", "0.25"]])  # scores order the pair
+    examples, report = load_image_pairs(str(tmp_path / "pick.csv"), resolution=8)
+    assert [x.prompt for x in examples] == ["a", "b", "d"] and report.ties_dropped == 1
+    assert [tuple(x.chosen[:, 0, 0].tolist()) for x in examples] == [(255, 0, 0), (0, 0, 255), (0, 0, 255)]
+    assert examples[0].caption_chosen is None and examples[2].caption_chosen == "b"
+    assert examples[2].preference_prob == pytest.approx(0.574480, abs=1e-6)
+    (tmp_path / "pairs.csv").write_text("prompt,chosen_image,rejected_image,preference_prob\np,red.png,blue.png,0.8\n"
+                                        "q,red.png,blue.png,high\n")
+    [x], report = load_image_pairs(str(tmp_path / "pairs.csv"), resolution=8, on_bad_row="skip")
+    assert x.preference_prob == 0.8 and report.skipped == {"bad_value": 1}
