@@ -126,6 +126,10 @@ def test_report_tells_a_diffusion_or_vlm_run_the_eval_command_that_works_for_it(
     (run / final).write_text("{}")
     note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
     assert f"preflab eval {run} {command}" in note and "no final" not in note and "--reference REF" not in note
+    if task == "diffusion":  # an unfinished run: its newest checkpoint (preflab eval reads diffusion checkpoints)
+        (run / final).unlink()
+        note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
+        assert f"preflab eval {run / 'checkpoint-4'} {command} --out {run / 'eval.json'}" in note
 
 
 def pair_file(tmp_path, name, rows):
@@ -217,3 +221,28 @@ def test_pickapic_and_preflab_rows_from_csv_read_their_numbers_and_empty_optiona
                                         "q,red.png,blue.png,high\n")
     [x], report = load_image_pairs(str(tmp_path / "pairs.csv"), resolution=8, on_bad_row="skip")
     assert x.preference_prob == 0.8 and report.skipped == {"bad_value": 1}
+
+
+@pytest.mark.slow
+def test_diffusion_eval_of_a_lora_checkpoint_equals_the_eval_of_the_final_pipeline_at_that_step(tmp_path):
+    # seen: `preflab eval RUN/checkpoint-4 --task diffusion` said "has no config.yaml": a run stopped before its end
+    # (or an earlier step) could not be evaluated or sampled at all
+    pytest.importorskip("diffusers")
+    from preflab.config import config_from_dict
+    from preflab.diffusion.shapes import write_pair_dataset
+    from preflab.loops.diffusion import DiffusionRun
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run, shapes_reward
+
+    data = str(write_pair_dataset(tmp_path / "data", 4, seed=0))
+    cfg = config_from_dict({"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": data,
+                            "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "max_steps": 2,
+                            "save_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-2,
+                            "use_peft": True, "lora_r": 4, "output_dir": str(tmp_path / "run"), "use_cpu": True,
+                            "disable_tqdm": True, "sample_steps": 2})
+    DiffusionRun(cfg).train()
+    final = evaluate_diffusion_run(str(tmp_path / "run"), data, reward_fn=shapes_reward, num_prompts=2)
+    at_2 = evaluate_diffusion_run(str(tmp_path / "run" / "checkpoint-2"), data, reward_fn=shapes_reward,
+                                  num_prompts=2)
+    assert at_2["metrics"]["loss"] == pytest.approx(final["metrics"]["loss"], abs=1e-5)
+    assert at_2["metrics"]["loss"] != pytest.approx(0.6931, abs=1e-4)  # trained: not the reference's log 2
+    assert at_2["metrics"]["reward/policy"] == pytest.approx(final["metrics"]["reward/policy"], abs=1e-4)

@@ -28,21 +28,31 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
-    config = Path(run_dir) / "config.yaml"
+    from preflab.checkpoint import load_checkpoint_weights
+
+    checkpoint = _is_checkpoint(Path(run_dir))
+    config = (Path(run_dir).parent if checkpoint else Path(run_dir)) / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
-                          "written by `preflab train` with task: diffusion.")
+                          "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
     with tempfile.TemporaryDirectory() as tmp:
+        # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
+        # final directory is a pipeline with the adapters fused
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
-                                   "use_peft=false", f"per_device_eval_batch_size={batch_size}",
-                                   "per_device_train_batch_size=1", "report_to=none", "caption_perturbation=none"])
+                                   f"per_device_eval_batch_size={batch_size}", "per_device_train_batch_size=1",
+                                   "report_to=none", "caption_perturbation=none"] + ([] if checkpoint
+                                                                                      else ["use_peft=false"]))
         objective = cfg.objective()
         if type(objective).__name__ in ("PPD", "SelfNPO"):
             raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
                               "supported (ppd: user-conditioned; self_npo: a negative model).")
         reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
-        run = DiffusionRun(cfg, pipeline=load_pipeline(str(run_dir), cfg.allow_pickle), scores_held_out=True)
+        policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
+        run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
+                           scores_held_out=True)
+        if checkpoint:
+            load_checkpoint_weights(run_dir, run.trainables)
         ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
@@ -67,6 +77,12 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint-N folder of a diffusion run (its trained parameters; the run's config.yaml one level up)."""
+    return (path.name.startswith("checkpoint-") and (path / "model.safetensors").is_file()
+            and not (path / "model_index.json").is_file() and (path.parent / "config.yaml").is_file())
 
 
 def _run_base_model(run_dir: str, name: str) -> str:
