@@ -246,3 +246,19 @@ def test_diffusion_eval_of_a_lora_checkpoint_equals_the_eval_of_the_final_pipeli
     assert at_2["metrics"]["loss"] == pytest.approx(final["metrics"]["loss"], abs=1e-5)
     assert at_2["metrics"]["loss"] != pytest.approx(0.6931, abs=1e-4)  # trained: not the reference's log 2
     assert at_2["metrics"]["reward/policy"] == pytest.approx(final["metrics"]["reward/policy"], abs=1e-4)
+
+
+@pytest.mark.parametrize("over, named", [("ref_model_name_or_path=sft-pipeline", "a frozen copy"),
+                                         ("precompute_ref_log_probs=true", "a frozen copy"),
+                                         ("max_length=77", "text encoder's length"),
+                                         ("layout=padded", "text encoder's length")])
+def test_text_options_a_diffusion_run_does_not_read_are_refused(over, named):
+    # seen: ref_model_name_or_path=sft-pipeline on a Diffusion-DPO run was accepted and the run trained against a
+    # frozen copy of model_name_or_path instead; max_length / layout were accepted and did nothing
+    from preflab.config import load_config
+
+    base = ["task=diffusion", "loss_type=diffusion_dpo", "model_name_or_path=builtin:tiny-sd", "dataset_name=x.jsonl"]
+    with pytest.raises(ConfigError, match=rf"{over.split('=')[0]} only applies to .*{named}.*task: diffusion"):
+        load_config(None, base + [over])
+    load_config(None, base)  # the defaults are fine
+    load_config(None, ["model_name_or_path=builtin:tiny-gpt2", "dataset_name=x.jsonl", over])  # a text run reads it
