@@ -251,6 +251,7 @@ def test_diffusion_eval_of_a_lora_checkpoint_equals_the_eval_of_the_final_pipeli
 @pytest.mark.parametrize("over, named", [("ref_model_name_or_path=sft-pipeline", "a frozen copy"),
                                          ("precompute_ref_log_probs=true", "a frozen copy"),
                                          ("max_length=77", "text encoder's length"),
+                                         ("rpo_alpha=1.0", "NLL"),  # was: "objective SFT scores text models"
                                          ("layout=padded", "text encoder's length")])
 def test_text_options_a_diffusion_run_does_not_read_are_refused(over, named):
     # seen: ref_model_name_or_path=sft-pipeline on a Diffusion-DPO run was accepted and the run trained against a

@@ -41,6 +41,8 @@ OWNERS = (
      lambda cfg: cfg.task != "diffusion", "the text and image-text tasks (a diffusion run's reference is its starting "
      "denoiser: a frozen copy, or the UNet with its LoRA adapters off; to compare against another pipeline, "
      "`preflab eval RUN --task diffusion --reference DIR`)"),
+    (("rpo_alpha",), lambda cfg: cfg.task != "diffusion",
+     "the text and image-text tasks (it adds the chosen response's NLL; a diffusion objective has no such term)"),
     (_TOKEN_LENGTHS, lambda cfg: cfg.task != "diffusion",
      "the text and image-text tasks (a diffusion run's captions are cut at its text encoder's length)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
