@@ -263,3 +263,17 @@ def test_text_options_a_diffusion_run_does_not_read_are_refused(over, named):
         load_config(None, base + [over])
     load_config(None, base)  # the defaults are fine
     load_config(None, ["model_name_or_path=builtin:tiny-gpt2", "dataset_name=x.jsonl", over])  # a text run reads it
+
+
+@pytest.mark.parametrize("loss, beta", [("diffusion_dpo", 5000.0), ("diffusion_inpo", 2000.0), ("dcpo", 500.0)])
+def test_a_diffusion_run_without_beta_gets_its_objectives_default_not_the_text_default(loss, beta, capsys):
+    # seen: a Diffusion-DPO config without `beta` trained with TrainConfig's beta=0.1 (scale 0.05 on MSE
+    # differences of ~1e-3: a gradient 5e4 times smaller than the paper's beta=5000), silently
+    from preflab.config import load_config
+
+    base = ["task=diffusion", "model_name_or_path=builtin:tiny-sd", "dataset_name=x.jsonl", f"loss_type={loss}"]
+    cfg = load_config(None, base)
+    assert cfg.beta == beta and cfg.objective().beta == beta
+    assert f"{loss}'s own default beta={beta:g}" in capsys.readouterr().err
+    assert load_config(None, base + ["beta=0.1"]).objective().beta == 0.1  # a written beta stays
+    assert load_config(None, ["model_name_or_path=builtin:tiny-gpt2", "dataset_name=x.jsonl"]).beta == 0.1

@@ -476,6 +476,24 @@ def _say(notes: list[str]) -> None:
             print(f"preflab: note: {note}", file=sys.stderr)
 
 
+def _diffusion_beta_default(known: dict, extra: dict, notes: list[str]) -> None:
+    """A diffusion run that leaves `beta` out gets its objective's own default (Diffusion-DPO: 5000 on per-pixel MSE
+    differences), not TrainConfig's 0.1 for log-prob differences, with which the run would barely move."""
+    import dataclasses
+
+    from preflab.objectives import list_objectives, objective_class
+
+    loss = known.get("loss_type")
+    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra or not isinstance(loss, str) \
+            or loss not in list_objectives():
+        return
+    default = next((f.default for f in dataclasses.fields(objective_class(loss)) if f.name == "beta"), None)
+    if isinstance(default, (int, float)) and default != known.get("beta", 0.1):
+        known["beta"] = float(default)
+        notes.append(f"beta is not set: {loss}'s own default beta={default:g} is used (salesforce convention), "
+                     "not the text objectives' 0.1; set beta to choose.")
+
+
 def config_from_dict(raw: dict) -> TrainConfig:
     """A TrainConfig from a flat dict (preflab or TRL names). Unknown keys go to the objective if it has them; all
     other unknown keys and all type errors are reported together in one ConfigError. Notes on translated TRL keys
@@ -518,6 +536,7 @@ def config_from_dict(raw: dict) -> TrainConfig:
 
     trl_task_learning_rate(known, notes)  # SFTConfig / RewardConfig's learning_rate where none is given
     trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
+    _diffusion_beta_default(known, extra, notes)
     cfg = TrainConfig(**known)
     from preflab.online.options import check_explicit_loss_type
 
