@@ -277,3 +277,19 @@ def test_a_diffusion_run_without_beta_gets_its_objectives_default_not_the_text_d
     assert f"{loss}'s own default beta={beta:g}" in capsys.readouterr().err
     assert load_config(None, base + ["beta=0.1"]).objective().beta == 0.1  # a written beta stays
     assert load_config(None, ["model_name_or_path=builtin:tiny-gpt2", "dataset_name=x.jsonl"]).beta == 0.1
+
+
+def test_a_vlm_directory_without_its_processor_files_is_a_config_error_naming_the_fix(tmp_path):
+    # seen: a saved image-text model without preprocessor_config.json stopped `preflab train` with transformers'
+    # OSError traceback ("Can't load image processor for 'vlmodel3' ... huggingface.co")
+    from types import SimpleNamespace
+
+    from preflab.models.tiny_vlm import tiny_vlm, tiny_vlm_processor
+    from preflab.models.vlm import load_vlm_processor
+
+    processor = tiny_vlm_processor("qwen2_vl")
+    tiny_vlm(processor, "qwen2_vl").save_pretrained(tmp_path / "model")
+    cfg = SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(tmp_path / "model"),
+                          trust_remote_code=False)
+    with pytest.raises(ConfigError, match=r"directory .*model has no processor files.*processor_name_or_path"):
+        load_vlm_processor(cfg)
