@@ -293,3 +293,16 @@ def test_a_vlm_directory_without_its_processor_files_is_a_config_error_naming_th
                           trust_remote_code=False)
     with pytest.raises(ConfigError, match=r"directory .*model has no processor files.*processor_name_or_path"):
         load_vlm_processor(cfg)
+
+
+@pytest.mark.parametrize("task, what", [
+    (["task=diffusion", "loss_type=diffusion_dpo", "model_name_or_path=builtin:tiny-sd"], "task: diffusion"),
+    (["task=vlm", "model_name_or_path=builtin:tiny-qwen2-vl"], "task: vlm")])
+def test_plan_says_it_does_not_plan_diffusion_or_vlm_runs(task, what, capsys):
+    # seen: `preflab plan examples/diffusion/diffusion_dpo.yaml` said "no model config could be read (Repo id must
+    # use alphanumeric chars ...: 'builtin:tiny-sd'); give ... builtin:tiny-llama"
+    from preflab.cli import main
+
+    assert main(["plan", *task, "dataset_name=x.jsonl"]) != 0
+    err = capsys.readouterr().err
+    assert f"a {what} run" in err and "is not planned" in err and "builtin:tiny-llama" not in err
