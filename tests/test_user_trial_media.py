@@ -246,6 +246,7 @@ def test_diffusion_eval_of_a_lora_checkpoint_equals_the_eval_of_the_final_pipeli
     assert at_2["metrics"]["loss"] == pytest.approx(final["metrics"]["loss"], abs=1e-5)
     assert at_2["metrics"]["loss"] != pytest.approx(0.6931, abs=1e-4)  # trained: not the reference's log 2
     assert at_2["metrics"]["reward/policy"] == pytest.approx(final["metrics"]["reward/policy"], abs=1e-4)
+    assert final["beta"] == at_2["beta"] == 200.0  # the report's beta row
 
 
 @pytest.mark.parametrize("over, named", [("ref_model_name_or_path=sft-pipeline", "a frozen copy"),
@@ -306,3 +307,25 @@ def test_plan_says_it_does_not_plan_diffusion_or_vlm_runs(task, what, capsys):
     assert main(["plan", *task, "dataset_name=x.jsonl"]) != 0
     err = capsys.readouterr().err
     assert f"a {what} run" in err and "is not planned" in err and "builtin:tiny-llama" not in err
+
+
+def test_report_explains_a_diffusion_eval_in_image_terms(tmp_path):
+    # seen: the report of `preflab eval --task diffusion` explained logps/chosen as "mean summed log-prob of the
+    # chosen responses under the policy" and win_rate as "the policy's answer", beta "–" (not in eval.json), and
+    # without eval.json told to run the text command `preflab eval RUN_DIR --data HELDOUT --reference REF`
+    import html
+
+    from preflab.report.html import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.69}) + "\n")
+    (run / "config.yaml").write_text("task: diffusion\n")
+    page = html.unescape(write_report([run], tmp_path / "a.html").read_text())
+    assert "run `preflab eval RUN_DIR --task diffusion --data HELDOUT" in page
+    (run / "eval.json").write_text(json.dumps({"task": "diffusion", "beta": 5000.0, "num_pairs": 6, "metrics": {
+        "logps/chosen": -1.1, "win_rate": 0.75, "implicit_accuracy": 0.5}}))
+    page = html.unescape(write_report([run], tmp_path / "b.html").read_text())
+    assert "minus the policy's mean denoising error (MSE) on the chosen images" in page
+    assert "--reward-fn scores the trained pipeline's sample above the base model's" in page
+    assert "mean summed log-prob" not in page and "5000" in page

@@ -59,7 +59,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         run.eval_data = run.train_data
         metrics = run.evaluate()
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
-               "loss_type": cfg.loss_type, "num_pairs": len(run.eval_data),
+               "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}}}
         if reward_fn is not None:
