@@ -329,3 +329,16 @@ def test_report_explains_a_diffusion_eval_in_image_terms(tmp_path):
     assert "minus the policy's mean denoising error (MSE) on the chosen images" in page
     assert "--reward-fn scores the trained pipeline's sample above the base model's" in page
     assert "mean summed log-prob" not in page and "5000" in page
+
+
+def test_no_usable_diffusion_rows_says_why_they_were_skipped(tmp_path):
+    # seen: with on_bad_row: skip and a caption column named `text`, the run said only "no usable rows (6 read,
+    # 6 skipped, 0 ties dropped). Check the columns and images."
+    from preflab.diffusion.data import load_image_pairs
+
+    (tmp_path / "a.png").write_bytes(small_png())
+    path = pair_file(tmp_path, "pick.jsonl", [{"text": "a", "jpg_0": "a.png", "jpg_1": "a.png", "label_0": 1}] * 3)
+    with pytest.raises(DataError, match=r"no usable rows \(3 read, 3 skipped \(missing_field: 3\), 0 ties dropped\)\. "
+                                        r"First skipped: row 0: the row has columns \['jpg_0', 'jpg_1', 'label_0', "
+                                        r"'text'\]; expected prompt"):
+        load_image_pairs(path, resolution=8, on_bad_row="skip")

@@ -229,6 +229,9 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
         out.append(example)
     report.check()
     if not out:
-        raise DataError(f"{reader.name}: no usable rows ({report.total} read, {report.n_skipped} skipped, "
-                        f"{report.ties_dropped} ties dropped). Check the columns and images.")
+        first = report.skipped_examples[0] if report.skipped_examples else None
+        example = (f" First skipped: row {first['row_id']}" + (f", field {first['field']!r}" if first["field"] else "")
+                   + f": {first['detail']}." if first else "")
+        raise DataError(f"{reader.name}: no usable rows ({report.total} read, {report._skip_text()}, "
+                        f"{report.ties_dropped} ties dropped).{example} Check the columns and images.")
     return out, report
