@@ -342,3 +342,22 @@ def test_no_usable_diffusion_rows_says_why_they_were_skipped(tmp_path):
                                         r"First skipped: row 0: the row has columns \['jpg_0', 'jpg_1', 'label_0', "
                                         r"'text'\]; expected prompt"):
         load_image_pairs(path, resolution=8, on_bad_row="skip")
+
+
+def test_a_pipeline_with_pickle_only_component_weights_names_them_and_allow_pickle(tmp_path):
+    # seen: a pipeline whose vae/ held diffusion_pytorch_model.bin only failed with "no file named
+    # diffusion_pytorch_model.safetensors found in directory mybin/vae ... Check the name (hub access ...)"
+    import torch
+    from safetensors.torch import load_file
+
+    pytest.importorskip("diffusers")
+    from preflab.diffusion.pipeline import load_pipeline, tiny_text_to_image_pipeline
+    from preflab.errors import UnsafeLoadError
+
+    tiny_text_to_image_pipeline(0).save_pretrained(tmp_path / "model")
+    vae = tmp_path / "model" / "vae"
+    torch.save(load_file(str(vae / "diffusion_pytorch_model.safetensors")), vae / "diffusion_pytorch_model.bin")
+    (vae / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(UnsafeLoadError, match=r"vae/diffusion_pytorch_model.bin.*allow_pickle=true"):
+        load_pipeline(str(tmp_path / "model"))
+    assert type(load_pipeline(str(tmp_path / "model"), allow_pickle=True).vae).__name__ == "AutoencoderKL"
