@@ -361,3 +361,29 @@ def test_a_pipeline_with_pickle_only_component_weights_names_them_and_allow_pick
     with pytest.raises(UnsafeLoadError, match=r"vae/diffusion_pytorch_model.bin.*allow_pickle=true"):
         load_pipeline(str(tmp_path / "model"))
     assert type(load_pipeline(str(tmp_path / "model"), allow_pickle=True).vae).__name__ == "AutoencoderKL"
+
+
+def test_diffusion_eval_says_the_reference_came_from_the_runs_config_when_it_does_not_load(tmp_path, monkeypatch):
+    # seen: for a run trained from `outputs/base` (a relative path, from another folder) eval said only "could not
+    # load the diffusers pipeline 'outputs/base': ... Check the name (hub access or HF_HUB_OFFLINE)"
+    pytest.importorskip("diffusers")
+    import preflab.diffusion.pipeline as pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    pipeline.tiny_text_to_image_pipeline(0).save_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text("task: diffusion\nloss_type: diffusion_dpo\nbeta: 200\n"
+                                                  "model_name_or_path: outputs/base\ndataset_name: x.jsonl\n"
+                                                  "resolution: 16\nuse_cpu: true\nsample_steps: 0\n")
+    data = str(write_pair_dataset(tmp_path / "data", 2, seed=0))
+    real = pipeline.load_pipeline
+
+    def offline(name, *args, **kwargs):
+        if name == "outputs/base":
+            raise ConfigError("could not load the diffusers pipeline 'outputs/base': not on the hub.")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_pipeline", offline)
+    with pytest.raises(ConfigError, match=r"not on the hub\. \(the reference is .*run's model_name_or_path from its "
+                                          r"config.yaml.*--reference DIR\)"):
+        evaluate_diffusion_run(str(tmp_path / "run"), data)

@@ -53,7 +53,14 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                            scores_held_out=True)
         if checkpoint:
             load_checkpoint_weights(run_dir, run.trainables)
-        ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
+        try:
+            ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
+        except ConfigError as err:
+            if reference:
+                raise
+            raise ConfigError(f"{err} (the reference is {run_dir}'s model_name_or_path from its config.yaml; if it "
+                              "was a local directory relative to another working directory, pass --reference "
+                              "DIR)") from err
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
         run.eval_data = run.train_data
