@@ -22,13 +22,13 @@ from preflab.errors import ConfigError
 def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
                            num_prompts: int = 32, confidence: float = 0.95, batch_size: int = 8,
                            split: str = "train") -> dict:
-    """The metrics of the module docstring as a dict (see eval.json)."""
+    """The metrics of the module docstring as a dict (see eval.json). run_dir: a run's final directory (a pipeline)
+    or one of its checkpoint-N folders (its trained parameters, LoRA adapters included, on the run's base model)."""
+    from preflab.checkpoint import load_checkpoint_weights
     from preflab.config import load_config
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
-
-    from preflab.checkpoint import load_checkpoint_weights
 
     checkpoint = _is_checkpoint(Path(run_dir))
     config = (Path(run_dir).parent if checkpoint else Path(run_dir)) / "config.yaml"
