@@ -412,6 +412,36 @@ def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
         warn(f"preflab: note: removed {len(stale)} unfinished checkpoint folder(s) left by an interrupted save.")
 
 
+def _checked_weights(path: Path, model) -> tuple[dict, dict]:
+    """(the checkpoint's model.safetensors, model's parameters by name); a PreflabError when a trainable parameter
+    of model is not in the file."""
+    weights = load_file(str(path / "model.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise PreflabError(f"checkpoint {path} lacks {len(missing)} trainable parameters, e.g. {missing[0]}.")
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise PreflabError(f"checkpoint {path} holds {len(unknown)} tensor(s) the model does not have, e.g. "
+                           f"{unknown[0]} (another model, or other LoRA settings?).")
+    return weights, params
+
+
+def load_checkpoint_weights(path: str | Path, model) -> dict:
+    """Copy a checkpoint's trained parameters into `model` in place (no optimizer, scheduler or RNG state: for
+    evaluating a checkpoint); returns trainer_state.json. `model` must be built as the run built its checkpointed
+    module (same base weights, LoRA settings)."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).")
+    verify_checkpoint(path)
+    weights, params = _checked_weights(path, model)
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    return json.loads((path / "trainer_state.json").read_text())
+
+
 def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors: dict | None = None,
                     verify: bool = True) -> dict:
     """Restore model, optimizer, scheduler, RNG state and `extra_tensors` (name -> tensor, copied into in place)
@@ -421,11 +451,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).")
     if verify:
         verify_checkpoint(path)
-    weights = load_file(str(path / "model.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing:
-        raise PreflabError(f"checkpoint {path} lacks {len(missing)} trainable parameters, e.g. {missing[0]}.")
+    weights, params = _checked_weights(path, model)
     extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
     lacking = sorted(set(extra_tensors or {}) - set(extra))
     if lacking:

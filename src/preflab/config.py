@@ -399,9 +399,11 @@ def _suggestion(key: str, options: list[str]) -> str:
     or a really close name (difflib ratio >= 0.8); '' when nothing fits."""
     import difflib
 
-    from preflab.config_trl import SUGGEST
+    from preflab.config_trl import DIFFUSERS_DPO_SCRIPT, SUGGEST
     from preflab.objectives import list_objectives, objective_class
 
+    if key in DIFFUSERS_DPO_SCRIPT:
+        return f" {DIFFUSERS_DPO_SCRIPT[key]}."
     if key in SUGGEST:
         return f" preflab calls it {SUGGEST[key]!r}."
     takers = [n for n in list_objectives() if key in {f.name for f in dataclasses.fields(objective_class(n))}]
@@ -467,6 +469,24 @@ def _say(notes: list[str]) -> None:
             print(f"preflab: note: {note}", file=sys.stderr)
 
 
+def _diffusion_beta_default(known: dict, extra: dict, notes: list[str]) -> None:
+    """A diffusion run that leaves `beta` out gets its objective's own default (Diffusion-DPO: 5000 on per-pixel MSE
+    differences), not TrainConfig's 0.1 for log-prob differences, with which the run would barely move."""
+    import dataclasses
+
+    from preflab.objectives import list_objectives, objective_class
+
+    loss = known.get("loss_type")
+    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra or not isinstance(loss, str) \
+            or loss not in list_objectives():
+        return
+    default = next((f.default for f in dataclasses.fields(objective_class(loss)) if f.name == "beta"), None)
+    if isinstance(default, (int, float)) and default != known.get("beta", 0.1):
+        known["beta"] = float(default)
+        notes.append(f"beta is not set: {loss}'s own default beta={default:g} is used (salesforce convention), "
+                     "not the text objectives' 0.1; set beta to choose.")
+
+
 def config_from_dict(raw: dict) -> TrainConfig:
     """A TrainConfig from a flat dict (preflab or TRL names). Unknown keys go to the objective if it has them; all
     other unknown keys and all type errors are reported together in one ConfigError. Notes on translated TRL keys
@@ -509,6 +529,7 @@ def config_from_dict(raw: dict) -> TrainConfig:
 
     trl_task_learning_rate(known, notes)  # SFTConfig / RewardConfig's learning_rate where none is given
     trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
+    _diffusion_beta_default(known, extra, notes)
     cfg = TrainConfig(**known)
     from preflab.online.options import check_explicit_loss_type
 
@@ -582,6 +603,16 @@ def parse_override(item: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key.strip(), value
+
+
+def lora_off_overrides() -> list[str]:
+    """load_config overrides that turn LoRA off for a run's saved config (evaluating its merged model): use_peft false
+    and the LoRA options at their defaults, which are refused beside use_peft: false (config_owners)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return ["use_peft=false"] + [f"{k}={defaults[k]}" for k in ("lora_r", "lora_alpha", "lora_dropout",
+                                                                   "lora_target_modules")]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -13,6 +13,9 @@ _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encoding
               "self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance",
               "sample_steps", "guidance_scale", "flux_guidance")
 
+_TOKEN_LENGTHS = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode", "layout",
+                  "chunk_tokens", "pad_to_multiple_of", "generate_during_eval")
+
 
 def _router_loss_trainers() -> tuple:
     from preflab.models.moe import ROUTER_LOSS_TRAINERS
@@ -36,6 +39,14 @@ OWNERS = (
      "bnpo, dapo, dr_grpo or gspo (TRL's GRPOTrainer)"),
     (("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), lambda cfg: cfg.use_peft,
      "use_peft: true (LoRA adapters: set it to train them; without it the whole model trains)"),
+    (("ref_model_name_or_path", "ref_model_init_kwargs", "precompute_ref_log_probs"),
+     lambda cfg: cfg.task != "diffusion", "the text and image-text tasks (a diffusion run's reference is its starting "
+     "denoiser: a frozen copy, or the UNet with its LoRA adapters off; to compare against another pipeline, "
+     "`preflab eval RUN --task diffusion --reference DIR`)"),
+    (("rpo_alpha",), lambda cfg: cfg.task != "diffusion",
+     "the text and image-text tasks (it adds the chosen response's NLL; a diffusion objective has no such term)"),
+    (_TOKEN_LENGTHS, lambda cfg: cfg.task != "diffusion",
+     "the text and image-text tasks (a diffusion run's captions are cut at its text encoder's length)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

@@ -43,6 +43,19 @@ SUGGEST = {
     "mixed_precision": "dtype", "nll_loss_coef": "rpo_alpha", "pref_ftx": "rpo_alpha",
 }
 
+# diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py flags -> what preflab calls them
+DIFFUSERS_DPO_SCRIPT = {
+    "beta_dpo": "diffusers' train_diffusion_dpo.py --beta_dpo is preflab's beta with convention: diffusers "
+                "(beta_dpo=2500 -> beta=2500 convention=diffusers, the same loss as beta=5000 in the default "
+                "salesforce convention; loss_type diffusion_dpo)",
+    "max_train_steps": "preflab calls it 'max_steps'", "checkpointing_steps": "preflab calls it 'save_steps'",
+    "rank": "preflab calls it 'lora_r' (with use_peft: true)", "lr_scheduler": "preflab calls it 'lr_scheduler_type'",
+    "pretrained_model_name_or_path": "preflab calls it 'model_name_or_path'",
+    "dataset_split_name": "preflab calls it 'dataset_split'", "adam_weight_decay": "preflab calls it 'weight_decay'",
+    "no_hflip": "preflab never flips (each image is centre-cropped once, so its latent can be cached)",
+    "random_crop": "preflab always centre-crops (each image once, so its latent can be cached)",
+}
+
 # TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead)
 NO_EFFECT = {
     "use_logits_to_keep": (False, "preflab already runs the LM head on response positions only"),

@@ -206,6 +206,11 @@ def run(args) -> int:
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
     cfg = load_config(config, overrides)
+    if cfg.task in ("diffusion", "vlm") or (cfg.task == "online" and cfg.online_task == "vision_dataset"):
+        raise ConfigError(f"preflab plan estimates text language-model runs from the model's config.json; a "
+                          f"{'task: ' + cfg.task if cfg.task != 'online' else 'vision online'} run (its "
+                          f"{'pipeline' if cfg.task == 'diffusion' else 'image-text model'} "
+                          f"{cfg.model_name_or_path!r}) is not planned. Try a short run instead (max_steps=2).")
     if args.accelerate_config and args.sharding:
         raise ConfigError("give --accelerate-config or --sharding, not both.")
     if args.world_size is not None and args.world_size < 1:

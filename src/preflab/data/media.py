@@ -32,11 +32,10 @@ def load_image(value, field: str, base_dir: str | None = None):
             image = Image.open(io.BytesIO(bytes(value)))
             image.load()
         elif isinstance(value, (str, os.PathLike)):
-            path = Path(value)
-            if not path.is_absolute() and base_dir and not path.exists():
-                path = Path(base_dir) / path
+            path = _local_path(value, base_dir)
             if not path.exists():
-                raise RowProblem("bad_image", field, f"image file {str(value)!r} does not exist",
+                raise RowProblem("bad_image", field, f"image file {str(value)!r} does not exist"
+                                 + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""),
                                  "Give an absolute path, or one relative to the data file's folder.")
             image = Image.open(path)
             image.load()
@@ -51,11 +50,21 @@ def load_image(value, field: str, base_dir: str | None = None):
         else:
             raise RowProblem("bad_image", field, f"cannot read an image from a {type(value).__name__}",
                              "Give a PIL image, a file path, encoded bytes or {'bytes': ..., 'path': ...}.")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
     if image.width < 1 or image.height < 1:
         raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")
     return image.convert("RGB")
+
+
+def _local_path(value, base_dir: str | None) -> Path:
+    """A relative path is read from the data file's folder (base_dir) first, then from the working directory: a file
+    of the same name in the working directory must not replace the row's own image."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or not base_dir:
+        return path
+    beside = Path(base_dir) / path
+    return beside if beside.exists() or not path.exists() else path
 
 
 def load_images(values, field: str, base_dir: str | None = None) -> list:
@@ -84,11 +93,10 @@ def load_video(value, field: str, base_dir: str | None = None, max_frames: int =
 
 
 def _decode_video_file(value, field: str, base_dir: str | None) -> list:
-    path = Path(value)
-    if not path.is_absolute() and base_dir and not path.exists():
-        path = Path(base_dir) / path
+    path = _local_path(value, base_dir)
     if not path.exists():
-        raise RowProblem("bad_video", field, f"video file {str(value)!r} does not exist")
+        raise RowProblem("bad_video", field, f"video file {str(value)!r} does not exist"
+                         + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""))
     try:
         import av
     except ImportError as err:

@@ -142,6 +142,10 @@ def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -
     if row.get("image") is not None and row.get("images") is not None:
         raise RowProblem("wrong_type", "image", "the row has both 'image' and 'images'",
                          "Keep one: 'images' (a list) or TRL's single-image 'image'.")
+    if row.get("video") is not None and row.get("videos") is None:  # else read as a row without videos
+        raise RowProblem("missing_field", "videos", "the row has a 'video' column but no 'videos': the video would "
+                         "not reach the model", "Rename the column to 'videos' (a list, one entry per "
+                         "{'type': 'video'} part of the prompt), as in TRL's vision rows.")
     if row.get("image") is not None:  # TRL's single-image column: one image
         images = [load_image(row["image"], "image", base_dir)]
     else:

@@ -98,7 +98,7 @@ class ImageDataReport(RowReport):
 
 def _text(row: dict, name: str, required: bool = True) -> str | None:
     value = row.get(name)
-    if value is None and not required:
+    if not required and (value is None or value == ""):  # an empty CSV cell of an optional column
         return None
     if not isinstance(value, str) or not value.strip():
         raise RowProblem("missing_caption", name, f"expected a non-empty string, got {value!r}",
@@ -108,6 +108,14 @@ def _text(row: dict, name: str, required: bool = True) -> str | None:
 
 def _number(row: dict, name: str) -> float | None:
     value = row.get(name)
+    if isinstance(value, str):  # CSV cells are text: '1', '0.5', '' (empty: the column is absent for this row)
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise RowProblem("bad_value", name, f"expected a finite number, got {row.get(name)!r}", "") from None
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -221,6 +229,9 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
         out.append(example)
     report.check()
     if not out:
-        raise DataError(f"{reader.name}: no usable rows ({report.total} read, {report.n_skipped} skipped, "
-                        f"{report.ties_dropped} ties dropped). Check the columns and images.")
+        first = report.skipped_examples[0] if report.skipped_examples else None
+        example = (f" First skipped: row {first['row_id']}" + (f", field {first['field']!r}" if first["field"] else "")
+                   + f": {first['detail']}." if first else "")
+        raise DataError(f"{reader.name}: no usable rows ({report.total} read, {report._skip_text()}, "
+                        f"{report.ties_dropped} ties dropped).{example} Check the columns and images.")
     return out, report

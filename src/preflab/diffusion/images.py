@@ -46,7 +46,7 @@ def _open(value, field: str, base_dir: Path | None):
             raise RowProblem("bad_image", field, f"expected an image path, bytes or a PIL image, got "
                                                  f"{type(value).__name__}", "")
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise RowProblem("bad_image", field, f"the image cannot be read ({type(err).__name__}: {err})",
                          "Replace the file or drop the row.") from err
     return image

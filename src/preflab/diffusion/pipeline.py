@@ -232,6 +232,8 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
     if path.exists() and not (path / "model_index.json").is_file():
         raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json); save one with "
                           "pipeline.save_pretrained(dir).")
+    if path.is_dir():
+        _check_component_folders(path, allow_pickle)
     try:
         # SD 1.x pipelines list a safety checker (not loaded); others (SDXL, SD3) warn about the keyword
         index = DiffusionPipeline.load_config(name)
@@ -241,6 +243,46 @@ def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool
     except (OSError, ValueError, EnvironmentError) as err:
         raise ConfigError(f"could not load the diffusers pipeline {name!r}: {err}. Check the name (hub access or "
                           "HF_HUB_OFFLINE) or the directory.") from err
+
+
+def _check_component_folders(path: Path, allow_pickle: bool = False) -> None:
+    """A ConfigError naming every component that model_index.json lists (as [library, class]) whose folder is
+    missing or has no config file, so that the error names the component (diffusers says only 'no file named
+    config.json found in directory DIR'). safety_checker / feature_extractor are skipped (not loaded). A component
+    whose weights are pickle files only (diffusion_pytorch_model.bin, no .safetensors) is an UnsafeLoadError unless
+    allow_pickle (diffusers would say only that the .safetensors file is missing)."""
+    import json
+
+    from preflab.errors import UnsafeLoadError
+    from preflab.models.load import PICKLE_SUFFIXES
+
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path / 'model_index.json'} cannot be read ({err}); save the pipeline again with "
+                          "pipeline.save_pretrained(dir).") from err
+    missing, unused = [], ("safety_checker", "feature_extractor", "image_encoder")  # not loaded by preflab
+    for name, entry in index.items() if isinstance(index, dict) else ():
+        if name.startswith("_") or name in unused:
+            continue
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] and entry[1]):
+            continue  # null entries are components the pipeline does without
+        folder = path / name
+        if not folder.is_dir() or not any(folder.glob("*.json")):
+            missing.append(f"{name} ({entry[1]}): {folder} {'has no config file' if folder.is_dir() else 'is missing'}")
+    pickles = [str(f) for name, entry in (index.items() if isinstance(index, dict) else ())
+               if not name.startswith("_") and name not in unused and isinstance(entry, (list, tuple))
+               and (path / name).is_dir()
+               and not any((path / name).glob("*.safetensors"))
+               for f in sorted((path / name).iterdir()) if f.suffix in PICKLE_SUFFIXES]
+    if pickles and not allow_pickle:
+        raise UnsafeLoadError(f"{path} would load pickle weights ({', '.join(pickles[:3])}); loading them can run "
+                              "arbitrary code. Convert them to safetensors (pipeline.save_pretrained(dir) writes "
+                              "safetensors), or set allow_pickle=true if you trust the files.")
+    if missing:
+        raise ConfigError(f"{path} is an incomplete diffusers pipeline: model_index.json lists "
+                          + "; ".join(missing) + ". Copy the missing folder(s) from the original pipeline, or save it "
+                          "again with pipeline.save_pretrained(dir).")
 
 
 def _check_flow_parts(pipeline, model: str, needs: str) -> None:

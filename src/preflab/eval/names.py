@@ -61,3 +61,26 @@ METRIC_DOCS: dict[str, str] = {
     "win_rate/ci_low": "lower end of Wilson's confidence interval of the win rate",
     "win_rate/ci_high": "upper end of Wilson's confidence interval of the win rate",
 }
+
+# `preflab eval --task diffusion` (preflab.loops.diffusion_eval): the same keys mean other things on images, where a
+# "log-prob" is minus the denoising error (Diffusion-DPO's score) and the win rate compares sampled images
+DIFFUSION_METRIC_DOCS: dict[str, str] = {
+    "implicit_accuracy": "fraction of pairs where the policy lowers the chosen image's denoising error relative to "
+                         "the rejected one's more than the reference does (ties 1/2; Diffusion-DPO's implicit_acc)",
+    "implicit_acc": "the same as implicit_accuracy",
+    "rewards/accuracies": "fraction of pairs with implicit reward chosen > rejected",
+    "rewards/chosen": "mean implicit reward b (MSE_ref - MSE_policy) of the chosen images (b: beta in the run's "
+                      "convention)",
+    "rewards/rejected": "mean implicit reward of the rejected images",
+    "rewards/margins": "mean implicit reward margin chosen - rejected",
+    "logps/chosen": "minus the policy's mean denoising error (MSE) on the chosen images: the score in place of a "
+                    "log-prob",
+    "logps/rejected": "minus the policy's mean denoising error on the rejected images",
+    "mse/chosen": "the policy's mean denoising error on the chosen images (fixed timestep and noise per pair)",
+    "mse/rejected": "the policy's mean denoising error on the rejected images",
+    "loss": "the run's objective on the held-out pairs",
+    "win_rate": "fraction of prompts where --reward-fn scores the trained pipeline's sample above the base "
+                "model's (same prompt and seed; ties count 1/2)",
+    "reward/policy": "mean --reward-fn score of the trained pipeline's samples",
+    "reward/reference": "mean --reward-fn score of the reference pipeline's samples",
+}

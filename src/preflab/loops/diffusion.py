@@ -42,6 +42,11 @@ SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "att
                     "attn.add_v_proj", "attn.to_add_out"]
 
 
+def _rows_text(report) -> str:
+    """'6 of 7 rows kept (1 skipped (bad_image: 1), 0 ties dropped)' for the data line of a run."""
+    return f"{report.kept} of {report.total} rows kept ({report._skip_text()}, {report.ties_dropped} ties dropped)"
+
+
 def is_diffusion_objective(objective) -> bool:
     """True for the diffusion objectives (their `modality`, or the "diffusion" data tag)."""
     if getattr(objective, "modality", "text") == "diffusion":
@@ -266,8 +271,8 @@ class DiffusionRun(TrainingRun):
         if self.main:
             counts = (f"{len(train)} held-out pairs to score" if self.scores_held_out
                       else f"{len(train)} train, {len(evals)} eval examples")
-            print(f"preflab: data: {report.kept} of {report.total} rows kept ({report.n_skipped} skipped, "
-                  f"{report.ties_dropped} ties dropped); {counts}")
+            print(f"preflab: data: {_rows_text(report)}; {counts}"
+                  + (f"; eval data: {_rows_text(eval_report)}" if eval_report is not None else ""))
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
         if self.dcpo:

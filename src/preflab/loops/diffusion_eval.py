@@ -22,34 +22,51 @@ from preflab.errors import ConfigError
 def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
                            num_prompts: int = 32, confidence: float = 0.95, batch_size: int = 8,
                            split: str = "train") -> dict:
-    """The metrics of the module docstring as a dict (see eval.json)."""
-    from preflab.config import load_config
+    """The metrics of the module docstring as a dict (see eval.json). run_dir: a run's final directory (a pipeline)
+    or one of its checkpoint-N folders (its trained parameters, LoRA adapters included, on the run's base model)."""
+    from preflab.checkpoint import load_checkpoint_weights
+    from preflab.config import load_config, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
-    config = Path(run_dir) / "config.yaml"
+    checkpoint = _is_checkpoint(Path(run_dir))
+    config = (Path(run_dir).parent if checkpoint else Path(run_dir)) / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
-                          "written by `preflab train` with task: diffusion.")
+                          "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
     with tempfile.TemporaryDirectory() as tmp:
+        # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
+        # final directory is a pipeline with the adapters fused
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
-                                   "use_peft=false", f"per_device_eval_batch_size={batch_size}",
-                                   "per_device_train_batch_size=1", "report_to=none", "caption_perturbation=none"])
+                                   f"per_device_eval_batch_size={batch_size}", "per_device_train_batch_size=1",
+                                   "report_to=none", "caption_perturbation=none"] + ([] if checkpoint
+                                                                                      else lora_off_overrides()))
         objective = cfg.objective()
         if type(objective).__name__ in ("PPD", "SelfNPO"):
             raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
                               "supported (ppd: user-conditioned; self_npo: a negative model).")
-        reference_name = reference or cfg.model_name_or_path
-        run = DiffusionRun(cfg, pipeline=load_pipeline(str(run_dir), cfg.allow_pickle), scores_held_out=True)
-        ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
+        reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
+        policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
+        run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
+                           scores_held_out=True)
+        if checkpoint:
+            load_checkpoint_weights(run_dir, run.trainables)
+        try:
+            ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
+        except ConfigError as err:
+            if reference:
+                raise
+            raise ConfigError(f"{err} (the reference is {run_dir}'s model_name_or_path from its config.yaml; if it "
+                              "was a local directory relative to another working directory, pass --reference "
+                              "DIR)") from err
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
         run.eval_data = run.train_data
         metrics = run.evaluate()
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
-               "loss_type": cfg.loss_type, "num_pairs": len(run.eval_data),
+               "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}}}
         if reward_fn is not None:
@@ -67,6 +84,28 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint-N folder of a diffusion run (its trained parameters; the run's config.yaml one level up)."""
+    return (path.name.startswith("checkpoint-") and (path / "model.safetensors").is_file()
+            and not (path / "model_index.json").is_file() and (path.parent / "config.yaml").is_file())
+
+
+def _run_base_model(run_dir: str, name: str) -> str:
+    """The run's model_name_or_path as the reference, or a ConfigError when it was a local path that is not a
+    directory here (a relative path written from another working directory, or a moved model): loading it would
+    ask the hub for it (retrying for about 20 s) and then fail with a hub error."""
+    from preflab.diffusion.pipeline import TINY, TINY_FLUX, TINY_SD3
+
+    if name in (TINY, TINY_SD3, TINY_FLUX) or Path(name).expanduser().is_dir():
+        return name
+    local = name.startswith((".", "/", "~")) or "\\" in name or name.count("/") != 1
+    if local:
+        raise ConfigError(f"{run_dir} was trained from model_name_or_path={name!r} (its config.yaml), which is not "
+                          "a directory here (relative to another working directory, or moved); pass --reference DIR "
+                          "(the pipeline the run started from).")
+    return name
 
 
 def shapes_reward(images: torch.Tensor, prompts: list[str]) -> list[float]:

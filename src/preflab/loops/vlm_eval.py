@@ -18,7 +18,7 @@ from preflab.errors import ConfigError
 def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, no_reference: bool = False,
                      batch_size: int = 8, split: str = "train") -> dict:
     """The metrics of the module docstring as a dict (see eval.json)."""
-    from preflab.config import load_config
+    from preflab.config import load_config, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
     from preflab.models.vlm import load_vlm_model
     from preflab.models.vlm_run import load_vlm_run
@@ -31,8 +31,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
-                                   "use_peft=false", "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
-                                   f"per_device_eval_batch_size={batch_size}", "report_to=none"])
+                                   "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
+                                   f"per_device_eval_batch_size={batch_size}", "report_to=none",
+                                   *lora_off_overrides()])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
         saved = load_config(config)

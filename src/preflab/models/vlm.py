@@ -17,6 +17,7 @@ then train (the projector too stays as loaded).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from torch import nn
 
@@ -64,7 +65,15 @@ def load_vlm_processor(cfg):
         return tiny_vlm_processor(BUILTIN_VLM[name])
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    try:
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        where = (f"the directory {name} has no processor files (preprocessor_config.json and the tokenizer's) beside "
+                 "its weights" if Path(name).is_dir() else f"{name!r} gives no processor")
+        raise ConfigError(f"cannot load the image-text processor: {where} ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:300]}). Save the processor with the model "
+                          "(processor.save_pretrained(dir)), or set processor_name_or_path to the base model's "
+                          "name or directory.") from err
     tok = getattr(processor, "tokenizer", None)
     if tok is not None and tok.pad_token is None:
         tok.pad_token = tok.eos_token

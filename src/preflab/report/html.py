@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from preflab.errors import PreflabError
-from preflab.eval.names import METRIC_DOCS
+from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
 from preflab.report.runs import RunData, collect_runs, load_run, unique_names
 
@@ -103,15 +103,20 @@ def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
     if not have:
-        how = ("`preflab eval RUN_DIR --task reward --data HELDOUT`"
-               if runs and all(r.config.get("task") == "reward" for r in runs)
-               else "`preflab eval RUN_DIR --data HELDOUT --reference REF`")
+        tasks = {r.config.get("task") for r in runs}
+        how = {"reward": "`preflab eval RUN_DIR --task reward --data HELDOUT`",
+               "diffusion": "`preflab eval RUN_DIR --task diffusion --data HELDOUT [--reward-fn MODULE:FUNCTION]`",
+               "vlm": "`preflab eval RUN_DIR --task vlm --data HELDOUT`"}.get(
+            next(iter(tasks)) if len(tasks) == 1 else None, "`preflab eval RUN_DIR --data HELDOUT --reference REF`")
         return out + _notes([f"no eval.json in any run: run {how} and re-run `preflab report`."])
     metrics = {r.name: _dict(r.eval.get("metrics")) for r in have}
-    keys = [k for k in METRIC_DOCS if any(k in m for m in metrics.values())]
+    docs = METRIC_DOCS
+    if all(r.eval.get("task") == "diffusion" for r in have):  # the same keys, scored on images
+        docs = {**METRIC_DOCS, **DIFFUSION_METRIC_DOCS}
+    keys = [k for k in docs if any(k in m for m in metrics.values())]
     keys += sorted({str(k) for m in metrics.values() for k in m} - set(keys))
     rows = [[f"<td>{_e(k)}</td>", *[_num_cell(metrics[r.name].get(k)) for r in have],
-             f'<td class="doc">{_e(METRIC_DOCS.get(k, ""))}</td>'] for k in keys]
+             f'<td class="doc">{_e(docs.get(k, ""))}</td>'] for k in keys]
     rows.insert(0, ["<td>pairs</td>", *[_num_cell(r.eval.get("num_pairs")) for r in have], "<td></td>"])
     rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
                     '<td class="doc">beta of the implicit reward and of R*</td>'])

@@ -121,6 +121,19 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not run.eval and run.config.get("task") == "reward":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
+    elif not run.eval and run.config.get("task") == "diffusion":
+        target, out = path, ""
+        if not (path / "model_index.json").is_file():  # no final pipeline yet: its newest checkpoint
+            done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
+                          key=lambda p: int(p.name[11:]))
+            target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
+        run.missing.append(f"no eval.json: run `preflab eval {target} --task diffusion --data HELDOUT "
+                           f"[--reward-fn MODULE:FUNCTION]{out}` for the implicit-reward accuracy on held-out pairs "
+                           "and the win rate of the trained pipeline's samples against the base model's"
+                           + (" (the run has no final pipeline yet: its newest checkpoint)" if out else ""))
+    elif not run.eval and run.config.get("task") == "vlm":
+        run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
+                           "of it) for the held-out preference metrics of the image-text model")
     elif not run.eval:
         target, out = path, ""
         if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
