@@ -183,3 +183,38 @@ def test_a_metric_missing_from_the_eval_metrics_names_the_available_ones(tmp_pat
     with pytest.raises(ConfigError, match=r"'eval_lossy', which is not found in the evaluation metrics \(step 1\)"
                                           r".*'eval_loss'.*'eval_rewards/accuracies'"):
         _train(_cfg(tmp_path, "bad", metric_for_best_model="lossy", max_steps=2))
+
+
+@pytest.mark.slow
+def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path):
+    """2 processes x batch 8 train as 1 process x batch 16; every rank takes the same best-model decisions (the
+    metric is the main process's on every rank), so both runs name the same best step and save its weights."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from preflab.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    common = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
+              "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
+              "warmup_steps=0"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", shutil.which("preflab"),
+           "train", str(root / "examples/quickstart.yaml"), f"output_dir={two}", *common]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={one}",
+                 "per_device_train_batch_size=16", *common]) == 0
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert got["environment"]["world_size"] == 2
+    step = _best(_evals(two))[0]
+    assert 1 < step < 6 and got["best_global_step"] == want["best_global_step"] == step
+    assert _checkpoints(two) == _checkpoints(one) == [step]  # save_total_limit 1: only the best is left
+    assert _same_weights(load_file(str(two / "model.safetensors")),
+                         load_file(str(two / f"checkpoint-{step}" / "model.safetensors")))
