@@ -218,3 +218,35 @@ def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path):
     assert _checkpoints(two) == _checkpoints(one) == [step]  # save_total_limit 1: only the best is left
     assert _same_weights(load_file(str(two / "model.safetensors")),
                          load_file(str(two / f"checkpoint-{step}" / "model.safetensors")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [
+    ["task=sft", "dataset_name=examples/data/loud_echo_sft.jsonl", "learning_rate=0.05"],
+    ["task=reward", "learning_rate=3"],
+    ["loss_type=kto", "learning_rate=0.1"],
+    ["use_peft=true", "learning_rate=5"],  # LoRA: the final adapters are the best checkpoint's
+], ids=["sft", "reward", "kto", "lora-dpo"])
+def test_every_offline_run_kind_saves_the_best_checkpoints_weights(tmp_path, kind):
+    """greater_is_better: true on eval_loss picks the worst evaluation: a step before the last on each of these runs
+    (their eval_loss falls overall), so the final model must differ from the last step's."""
+    from pathlib import Path
+
+    from preflab.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={out}", "eval_fraction=0.25",
+                 "eval_steps=1", "save_steps=1", "logging_steps=1", "disable_tqdm=true", "max_steps=6",
+                 "warmup_steps=0", "per_device_train_batch_size=16", "load_best_model_at_end=true",
+                 "greater_is_better=true", *kind]) == 0
+    step = _best(_evals(out), greater=True)[0]
+    assert step < 6 and json.loads((out / "summary.json").read_text())["best_global_step"] == step
+    lora = "use_peft=true" in kind
+    final = load_file(str(out / ("adapter_model.safetensors" if lora else "model.safetensors")))
+
+    def saved(at: int) -> dict:
+        tensors = load_file(str(out / f"checkpoint-{at}" / "model.safetensors"))
+        return {k.replace(".default.", "."): v for k, v in tensors.items()} if lora else tensors
+
+    assert _same_weights(final, saved(step)) and not _same_weights(final, saved(6))
