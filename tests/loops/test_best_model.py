@@ -250,3 +250,22 @@ def test_every_offline_run_kind_saves_the_best_checkpoints_weights(tmp_path, kin
         return {k.replace(".default.", "."): v for k, v in tensors.items()} if lora else tensors
 
     assert _same_weights(final, saved(step)) and not _same_weights(final, saved(6))
+
+
+@pytest.mark.slow
+def test_an_online_run_ranks_its_checkpoints_by_eval_true_reward(tmp_path):
+    """task: online evaluates the demo's true reward (eval_true_reward, greater is better by its name); an equal
+    value does not replace the best (transformers' strict comparison), so a run whose reward stays flat keeps
+    step 1's weights."""
+    from preflab.cli import main
+
+    out = tmp_path / "online"
+    assert main(["train", "task=online", "online_task=demo", "model_name_or_path=builtin:demo-sft", "max_steps=4",
+                 "eval_steps=1", "save_steps=1", "logging_steps=1", "disable_tqdm=true", "learning_rate=0.05",
+                 "load_best_model_at_end=true", "metric_for_best_model=true_reward", f"output_dir={out}"]) == 0
+    evals = _evals(out, "eval_true_reward")
+    step, value = _best(evals, greater=True)
+    assert step < 4 and json.loads((out / "summary.json").read_text())["best_global_step"] == step
+    final = load_file(str(out / "model.safetensors"))
+    assert _same_weights(final, load_file(str(out / f"checkpoint-{step}" / "model.safetensors")))
+    assert not _same_weights(final, load_file(str(out / "checkpoint-4" / "model.safetensors")))
