@@ -269,3 +269,15 @@ def test_an_online_run_ranks_its_checkpoints_by_eval_true_reward(tmp_path):
     final = load_file(str(out / "model.safetensors"))
     assert _same_weights(final, load_file(str(out / f"checkpoint-{step}" / "model.safetensors")))
     assert not _same_weights(final, load_file(str(out / "checkpoint-4" / "model.safetensors")))
+
+
+def test_load_best_model_at_end_under_a_sharding_engine_is_refused_before_training(tmp_path, monkeypatch):
+    from preflab.loops import driver
+    from preflab.loops.offline import Trainer
+
+    trainer = Trainer(_cfg(tmp_path, "fsdp", max_steps=2), train_data=_rows(16), eval_data=_eval_rows())
+    monkeypatch.setattr(driver, "is_sharded", lambda acc: True)
+    monkeypatch.setattr(driver, "sharding_engine", lambda acc: "FSDP2")
+    with pytest.raises(ConfigError, match=r"load_best_model_at_end is not supported under FSDP2.*ddp.yaml"):
+        trainer.train()
+    assert not (tmp_path / "fsdp" / "metrics.jsonl").exists()
