@@ -207,7 +207,7 @@ def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", shutil.which("preflab"),
            "train", str(root / "examples/quickstart.yaml"), f"output_dir={two}", *common]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=root)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=root, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={one}",
                  "per_device_train_batch_size=16", *common]) == 0
@@ -263,8 +263,7 @@ def test_an_online_run_ranks_its_checkpoints_by_eval_true_reward(tmp_path):
     assert main(["train", "task=online", "online_task=demo", "model_name_or_path=builtin:demo-sft", "max_steps=4",
                  "eval_steps=1", "save_steps=1", "logging_steps=1", "disable_tqdm=true", "learning_rate=0.05",
                  "load_best_model_at_end=true", "metric_for_best_model=true_reward", f"output_dir={out}"]) == 0
-    evals = _evals(out, "eval_true_reward")
-    step, value = _best(evals, greater=True)
+    step = _best(_evals(out, "eval_true_reward"), greater=True)[0]
     assert step < 4 and json.loads((out / "summary.json").read_text())["best_global_step"] == step
     final = load_file(str(out / "model.safetensors"))
     assert _same_weights(final, load_file(str(out / f"checkpoint-{step}" / "model.safetensors")))

@@ -38,14 +38,14 @@ def best_model_option_errors(cfg) -> list[str]:
     eval_strategy = cfg.eval_strategy or ("steps" if cfg.eval_steps else "no")
     save_strategy = "steps" if cfg.save_steps else "no"
     if eval_strategy != save_strategy:
-        return [f"load_best_model_at_end requires the save and eval strategy to match, but found evaluation "
-                f"strategy {eval_strategy!r} (eval_steps={cfg.eval_steps}) and save strategy {save_strategy!r} "
-                f"(save_steps={cfg.save_steps}). Set eval_strategy: steps with eval_steps, save_steps a multiple of "
-                "eval_steps, and an eval set (eval_dataset_name or eval_fraction); or remove load_best_model_at_end."]
+        return [(f"load_best_model_at_end requires the save and eval strategy to match, but found evaluation "
+                 f"strategy {eval_strategy!r} (eval_steps={cfg.eval_steps}) and save strategy {save_strategy!r} "
+                 f"(save_steps={cfg.save_steps}). Set eval_strategy: steps with eval_steps, save_steps a multiple of "
+                 "eval_steps, and an eval set (eval_dataset_name or eval_fraction); or remove load_best_model_at_end.")]
     if cfg.eval_steps and cfg.save_steps % cfg.eval_steps:
-        return [f"load_best_model_at_end requires the saving steps to be a round multiple of the evaluation steps, "
-                f"but found save_steps={cfg.save_steps}, which is not a round multiple of eval_steps="
-                f"{cfg.eval_steps}."]
+        return [(f"load_best_model_at_end requires the saving steps to be a round multiple of the evaluation steps, "
+                 f"but found save_steps={cfg.save_steps}, which is not a round multiple of eval_steps="
+                 f"{cfg.eval_steps}.")]
     return []
 
 
