@@ -79,15 +79,21 @@ def test_a_callback_that_sets_should_training_stop_stops_the_run(tmp_path):
 
 
 def test_a_callback_reading_a_trainingarguments_field_preflab_lacks_is_named(tmp_path):
-    """transformers' EarlyStoppingCallback died with a raw `AttributeError: 'TrainConfig' object has no attribute
-    'load_best_model_at_end'` traceback; now a preflab error names the callback and the field and says what works."""
-    from transformers import EarlyStoppingCallback
+    """A callback reading a transformers TrainingArguments field the config lacks died with a raw `AttributeError:
+    'TrainConfig' object has no attribute ...` traceback; now a preflab error names the callback and the field and
+    says what works. (transformers' EarlyStoppingCallback, the first one found, now works: tests/loops/
+    test_best_model.py.)"""
+    from transformers import TrainerCallback
 
     from preflab.loops.offline import Trainer
 
-    trainer = Trainer(_cfg(tmp_path, "es"), train_data=_rows(), callbacks=[EarlyStoppingCallback(2)])
-    with pytest.raises(PreflabError, match=r"EarlyStoppingCallback.*on_train_begin.*args\.load_best_model_at_end.*"
-                                           r"should_training_stop"):
+    class ReadsHubModelId(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            return args.hub_model_id
+
+    trainer = Trainer(_cfg(tmp_path, "es"), train_data=_rows(), callbacks=[ReadsHubModelId()])
+    with pytest.raises(PreflabError, match=r"ReadsHubModelId.*on_train_begin.*args\.hub_model_id.*"
+                                           r"EarlyStoppingCallback works.*should_training_stop"):
         trainer.train()
 
 
@@ -140,11 +146,12 @@ def test_lora_options_without_use_peft_are_refused_not_a_silent_full_fine_tune()
 
 
 @pytest.mark.parametrize("key, value, said", [
-    ("load_best_model_at_end", True, "load_best_model_at_end is not supported: the saved model is the last step's"),
+    ("activation_offloading", True, "activation_offloading is not supported: use gradient_checkpointing: true."),
     ("lora_modules_to_save", ["lm_head"], "lora_modules_to_save is not supported: remove lora_modules_to_save."),
 ])
 def test_a_refused_trl_option_says_not_supported_once(key, value, said):
-    """Refused TRL options read `load_best_model_at_end is not supported: not supported: the saved model ...`."""
+    """Refused TRL options read `load_best_model_at_end is not supported: not supported: the saved model ...` (the
+    TRL option the trial found; it is accepted now, tests/loops/test_best_model.py)."""
     from preflab.config import config_from_dict
 
     with pytest.raises(ConfigError) as err:

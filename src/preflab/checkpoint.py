@@ -170,7 +170,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             f"could not write checkpoint {final}: {err.strerror or err}. Earlier checkpoints are kept; free disk "
             "space or fix the permissions of output_dir, then resume."
         ) from err
-    apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit)
+    apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
+                           state.get("best_model_checkpoint"))
     return final
 
 
@@ -204,12 +205,23 @@ def commit_checkpoint(tmp: Path, final: Path, step: int) -> None:
         fsync_dir(output_dir)
 
 
-def apply_save_total_limit(output_dir: Path, final: Path, timeline, save_total_limit: int | None) -> None:
-    """Keep the newest (by step) save_total_limit checkpoints of `timeline` (never `final`, just written)."""
-    if save_total_limit:
-        for old in list_checkpoints(output_dir, timeline)[:-save_total_limit]:
-            if old != final:
-                _remove_atomically(old)
+def apply_save_total_limit(output_dir: Path, final: Path, timeline, save_total_limit: int | None,
+                           best: str | None = None) -> None:
+    """Keep save_total_limit checkpoints of `timeline`, deleting the oldest (by step) first, but never `final` (just
+    written) nor `best` (the best_model_checkpoint): transformers' rotate_checkpoints, which keeps
+    max(save_total_limit, protected ones)."""
+    if not save_total_limit:
+        return
+    checkpoints = list_checkpoints(output_dir, timeline)
+    protected = {Path(final).resolve()} | ({Path(best).resolve()} if best else set())
+    keep = max(save_total_limit, len([p for p in checkpoints if p.resolve() in protected]))
+    remaining = len(checkpoints)
+    for old in checkpoints:
+        if remaining <= keep:
+            break
+        if old.resolve() not in protected:
+            _remove_atomically(old)
+            remaining -= 1
 
 
 def checkpoint_step(path: Path) -> int | None:

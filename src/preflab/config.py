@@ -110,6 +110,9 @@ class TrainConfig:
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_total_limit: int | None = None
+    load_best_model_at_end: bool = False       # TRL: the final model is the best checkpoint's (preflab.loops.best_model)
+    metric_for_best_model: str | None = None   # TRL: eval metric that ranks checkpoints (None: "loss" with load_best_model_at_end)
+    greater_is_better: bool | None = None      # TRL: None: False when metric_for_best_model ends in "loss", else True
     resume_from_checkpoint: Any = None         # true (latest in output_dir) or a checkpoint path
     allow_config_change: bool = False          # resume even when options that change the run's meaning differ
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
@@ -207,6 +210,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
+        from preflab.loops.best_model import resolve_best_model_options
+
+        resolve_best_model_options(self)  # transformers' defaults of metric_for_best_model / greater_is_better
         self.check()
 
     def check(self) -> None:
@@ -229,13 +235,14 @@ class TrainConfig:
 
     def _conflicts(self) -> list[str]:
         from preflab.config_owners import unread_task_options
+        from preflab.loops.best_model import best_model_option_errors
         from preflab.loops.streaming import streaming_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online.options import unread_online_options
         from preflab.scoring.compile import compile_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
-        out += unread_online_options(self) + unread_task_options(self)
+        out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")

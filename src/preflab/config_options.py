@@ -201,7 +201,14 @@ OPTIONS: dict[str, Option] = {
                                  "a resumed run past step 1 does not write it again"),
     "eval_steps": at_least(0, "evaluate every this many steps (0: only at the end, when there is an eval set)"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
-    "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all)"),
+    "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all; the best checkpoint is always "
+                                 "kept under metric_for_best_model)"),
+    "load_best_model_at_end": Option("TRL: the final model (output_dir) is the best checkpoint's weights by "
+                                     "metric_for_best_model; needs save_steps a multiple of eval_steps"),
+    "metric_for_best_model": Option("TRL: the eval metric that ranks checkpoints (eval_ is added when missing; "
+                                    "null: loss with load_best_model_at_end); also read by EarlyStoppingCallback"),
+    "greater_is_better": Option("TRL: a higher metric_for_best_model is better (null: false when the name ends in "
+                                "loss, else true)"),
     "resume_from_checkpoint": Option("true: the latest checkpoint in output_dir; or a checkpoint path",
                                      "true, false, null or a non-empty path", _resume_ok),
     "report_to": Option("trackers that also receive every metrics row",

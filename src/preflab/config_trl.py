@@ -82,8 +82,6 @@ NO_EFFECT = {
     "logging_nan_inf_filter": (True, "non-finite steps are skipped, logged with their rows, and stop the run after "
                                      "max_nonfinite_steps"),
     "save_only_model": (False, "checkpoints always hold the optimizer state, for exact resume"),
-    "metric_for_best_model": (None, "preflab keeps the last model (no best-model selection)"),
-    "greater_is_better": (None, "preflab keeps the last model (no best-model selection)"),
     "data_seed": (None, "the data order follows seed"),
     "dataloader_drop_last": (False, "the incomplete last batch of an epoch is always left out (counted in "
                                     "unused_rows_per_epoch)"),
@@ -165,7 +163,6 @@ REFUSED = {
                              "directory in dataset_name"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
-    "load_best_model_at_end": (False, "not supported: the saved model is the last step's; remove it"),
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),

@@ -151,7 +151,8 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
             "fix the permissions of output_dir (every rank writes into it: it must be one shared folder), then "
             "resume.") from err
     if is_main:
-        apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit)
+        apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
+                               state.get("best_model_checkpoint"))
     return final
 
 

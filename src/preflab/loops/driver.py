@@ -30,6 +30,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
+from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -542,6 +543,10 @@ class TrainingRun:
             self._cb_control = TrainerControl()
         state = self._cb_state
         state.global_step = self.step
+        best = getattr(self, "best", None)
+        if best is not None:  # transformers' TrainerState fields (EarlyStoppingCallback reads best_metric)
+            state.best_metric, state.best_global_step = best.best_metric, best.best_global_step
+            state.best_model_checkpoint = best.best_model_checkpoint
         state.epoch = self.progress(self.step)["epoch"]
         if event in ("on_log", "on_evaluate"):
             state.log_history.append(dict(kwargs.get("logs") or kwargs.get("metrics") or {}, step=self.step))
@@ -556,9 +561,10 @@ class TrainingRun:
                     raise PreflabError(
                         f"callback {type(callback).__name__}.{event} reads args.{err.name}, a transformers "
                         "TrainingArguments field preflab's config does not have (args is the preflab TrainConfig; "
-                        "preflab keeps the last model, with no best-metric tracking). To stop early, set "
-                        "control.should_training_stop = True in your callback's on_evaluate (acted on after the "
-                        "step); preflab's metrics come as `metrics=`.") from err
+                        "it has load_best_model_at_end, metric_for_best_model, greater_is_better and eval_strategy, "
+                        "so transformers' EarlyStoppingCallback works). To stop early from your own callback, set "
+                        "control.should_training_stop = True in its on_evaluate (acted on after the step); "
+                        "preflab's metrics come as `metrics=`.") from err
 
     def control_flags(self) -> dict:
         """The flags the callbacks set during this step (should_log, should_evaluate, should_save,
@@ -575,6 +581,17 @@ class TrainingRun:
                                                  reduction="sum").tolist()]
         control.should_log = control.should_evaluate = control.should_save = False  # transformers' _new_step
         return dict(zip(names, flags))
+
+    def _same_on_every_rank(self, metrics: dict) -> dict:
+        """`metrics` with metric_for_best_model's value the main process's on every rank, so every rank takes the
+        same best-model (and early-stopping) decisions."""
+        key, acc = self.best.key, self.accelerator
+        if key is None or key not in metrics or acc.num_processes == 1:
+            return metrics
+        from accelerate.utils import broadcast
+
+        value = broadcast(torch.tensor([float(metrics[key])], dtype=torch.float64, device=acc.device), from_process=0)
+        return {**metrics, key: float(value.item())}
 
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
@@ -613,6 +630,11 @@ class TrainingRun:
     def _train(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        if cfg.load_best_model_at_end and is_sharded(acc):
+            raise ConfigError(f"load_best_model_at_end is not supported under {sharding_engine(acc)} (preflab loads "
+                              "the best checkpoint's full weights only without sharding); train with "
+                              "examples/accelerate/ddp.yaml or one process, or remove load_best_model_at_end.")
+        self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         if is_sharded(acc) and (cfg.save_steps or resume_requested(cfg)):
             self._check_sharded_extras()  # before the first step, not at the first save
             if self._deepspeed_engine() is not None:
@@ -687,7 +709,9 @@ class TrainingRun:
                 if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
                     log.write({"step": step + 1, **self.progress(step + 1), **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
+                    self.best.update(self._same_on_every_rank(metrics), step + 1)  # after on_evaluate (transformers)
             if (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]:
+                self.best.note_checkpoint(self.out, step + 1)
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
                 self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
@@ -706,7 +730,16 @@ class TrainingRun:
             if final_eval:
                 log.write({"step": end, **self.progress(end), **final_eval})
                 self.emit("on_evaluate", metrics=dict(final_eval))
-        summary = {"global_step": end, **({"stopped_early": stopped_early} if stopped_early else {}),
+        if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
+            acc.wait_for_everyone()  # the best checkpoint is written
+            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module))
+            if self.main:
+                print(f"preflab: loaded the best model from {self.best.best_model_checkpoint} "
+                      f"({self.best.key} {self.best.best_metric:.6g}); the final model is its weights.")
+                if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
+                    remove_all_but_best(self.out, self.timeline, self.best.best_model_checkpoint)
+        best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}
+        summary = {"global_step": end, **({"stopped_early": stopped_early} if stopped_early else {}), **best,
                    "train_examples_seen": (end - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
                    "nonfinite_steps": nonfinite, "fp16_overflow_steps": overflow_steps,
@@ -763,7 +796,7 @@ class TrainingRun:
         position = self.data_position()  # streaming: where the data stream stands
         if position is not None:
             state = {**state, "data_position": position}
-        state = {**state, "config": self.cfg.to_dict(), "timeline": self.timeline,
+        state = {**state, **self.best.state_dict(), "config": self.cfg.to_dict(), "timeline": self.timeline,
                  "world_size": acc.num_processes, "engine": sharding_engine(acc),
                  "data_fingerprint": self.data_fingerprint(), **checkpoint_identity()}
         if is_sharded(acc):
@@ -862,6 +895,7 @@ class TrainingRun:
             state = load_checkpoint(path, acc.unwrap_model(self.checkpoint_module), self.optimizer,
                                     self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
         self.restore_data_position(state.get("data_position"), step)
+        self.best.load_state_dict(state)  # best_metric / best_global_step / best_model_checkpoint continue
         self.resumed_totals = {"num_tokens": int(state.get("num_tokens") or 0),
                                "nonfinite": [r for r in state.get("nonfinite") or [] if r.get("step", 0) <= step]}
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]

@@ -1,0 +1,140 @@
+"""Best-model bookkeeping, as transformers 5.25's Trainer keeps it (TrainingArguments load_best_model_at_end,
+metric_for_best_model, greater_is_better; Trainer._determine_best_metric, _save_checkpoint, _load_best_model).
+
+- The options: metric_for_best_model defaults to "loss" when load_best_model_at_end is set; greater_is_better
+  defaults to `not metric.endswith("loss")`; load_best_model_at_end needs evaluation and checkpoints on the same
+  steps schedule (save_steps a multiple of eval_steps) -> best_model_option_errors / resolve_best_model_options.
+- At each evaluation of the loop (not the extra one at the end, which transformers does not run) the metric
+  (`eval_` prefixed when the name lacks it) is compared with the best so far: strictly greater (greater_is_better) or
+  strictly less replaces it and records the step (BestModel.update). A name missing from the metrics is a
+  ConfigError naming the available keys (transformers raises KeyError there).
+- At each checkpoint, checkpoint-<best_global_step> becomes best_model_checkpoint once it exists; save_total_limit
+  never deletes it (preflab.checkpoint.apply_save_total_limit).
+- The state (best_metric, best_global_step, best_model_checkpoint) goes into each checkpoint's trainer_state.json
+  and comes back on resume, so a resumed run continues it exactly.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from preflab.errors import ConfigError
+
+
+def resolve_best_model_options(cfg) -> None:
+    """transformers' TrainingArguments.__post_init__ defaults: metric_for_best_model "loss" under
+    load_best_model_at_end; greater_is_better from the metric's name (False when it ends in "loss")."""
+    if cfg.load_best_model_at_end and cfg.metric_for_best_model is None:
+        cfg.metric_for_best_model = "loss"
+    if cfg.greater_is_better is None and cfg.metric_for_best_model is not None:
+        cfg.greater_is_better = not cfg.metric_for_best_model.endswith("loss")
+
+
+def best_model_option_errors(cfg) -> list[str]:
+    """transformers' rules for load_best_model_at_end, in preflab's terms (save_strategy steps is save_steps > 0;
+    eval_strategy steps is eval_steps > 0; save_strategy epoch is not supported)."""
+    if not cfg.load_best_model_at_end:
+        return []
+    eval_strategy = cfg.eval_strategy or ("steps" if cfg.eval_steps else "no")
+    save_strategy = "steps" if cfg.save_steps else "no"
+    if eval_strategy != save_strategy:
+        return [(f"load_best_model_at_end requires the save and eval strategy to match, but found evaluation "
+                 f"strategy {eval_strategy!r} (eval_steps={cfg.eval_steps}) and save strategy {save_strategy!r} "
+                 f"(save_steps={cfg.save_steps}). Set eval_strategy: steps with eval_steps, save_steps a multiple of "
+                 "eval_steps, and an eval set (eval_dataset_name or eval_fraction); or remove load_best_model_at_end.")]
+    if cfg.eval_steps and cfg.save_steps % cfg.eval_steps:
+        return [(f"load_best_model_at_end requires the saving steps to be a round multiple of the evaluation steps, "
+                 f"but found save_steps={cfg.save_steps}, which is not a round multiple of eval_steps="
+                 f"{cfg.eval_steps}.")]
+    return []
+
+
+class BestModel:
+    """The best evaluation so far: best_metric, best_global_step, best_model_checkpoint (transformers' TrainerState
+    fields of the same names). Idle (update does nothing) when metric_for_best_model is not set."""
+
+    def __init__(self, metric_for_best_model: str | None, greater_is_better: bool | None):
+        self.metric = metric_for_best_model
+        self.greater = bool(greater_is_better)
+        self.best_metric: float | None = None
+        self.best_global_step: int | None = None
+        self.best_model_checkpoint: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        """The eval metric's name as it appears in the eval metrics (transformers adds `eval_` when missing)."""
+        if self.metric is None:
+            return None
+        return self.metric if self.metric.startswith("eval_") else f"eval_{self.metric}"
+
+    def update(self, metrics: dict, step: int) -> bool:
+        """transformers' _determine_best_metric: True when `metrics` at `step` is a new best."""
+        if self.metric is None or not metrics:
+            return False
+        if self.key not in metrics:
+            raise ConfigError(f"metric_for_best_model is set to {self.key!r}, which is not found in the evaluation "
+                              f"metrics (step {step}). The available evaluation metrics are: {sorted(metrics)}. "
+                              "Set metric_for_best_model to one of them.")
+        value = float(metrics[self.key])
+        best = self.best_metric
+        if best is None:
+            best = -math.inf if self.greater else math.inf
+        if (value > best) if self.greater else (value < best):
+            self.best_metric, self.best_global_step = value, step
+            return True
+        return False
+
+    def note_checkpoint(self, output_dir: Path, step: int) -> None:
+        """At the save of checkpoint-<step>: checkpoint-<best_global_step> becomes best_model_checkpoint when it is
+        that one or already exists (transformers' _save_checkpoint)."""
+        if self.best_global_step is None:
+            return
+        path = Path(output_dir) / f"checkpoint-{self.best_global_step}"
+        if self.best_global_step == step or path.is_dir():
+            self.best_model_checkpoint = str(path)
+
+    def state_dict(self) -> dict:
+        return {"best_metric": self.best_metric, "best_global_step": self.best_global_step,
+                "best_model_checkpoint": self.best_model_checkpoint}
+
+    def load_state_dict(self, state: dict) -> None:
+        """From a resumed checkpoint's trainer_state; a recorded best checkpoint that no longer exists is dropped
+        (as transformers does)."""
+        self.best_metric = state.get("best_metric")
+        self.best_global_step = state.get("best_global_step")
+        path = state.get("best_model_checkpoint")
+        self.best_model_checkpoint = path if path and Path(path).is_dir() else None
+
+
+def load_best_weights(checkpoint: str | Path, model) -> None:
+    """transformers' _load_best_model: copy the best checkpoint's saved weights (its model.safetensors: every
+    trainable parameter; with LoRA the adapters) into `model`, in place."""
+    import torch
+    from safetensors.torch import load_file
+
+    from preflab.errors import PreflabError
+
+    path = Path(checkpoint) / "model.safetensors"
+    if not path.is_file():
+        raise PreflabError(f"load_best_model_at_end: the best checkpoint {checkpoint} has no model.safetensors; "
+                           "the final model would not be the best one. Was the checkpoint removed during the run?")
+    weights = load_file(str(path))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise PreflabError(f"load_best_model_at_end: {path} holds {len(unknown)} tensor(s) this model lacks, e.g. "
+                           f"{unknown[0]!r}.")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def remove_all_but_best(output_dir: str | Path, timeline, best_model_checkpoint: str) -> None:
+    """transformers at the end of a load_best_model_at_end run with save_total_limit 1: every checkpoint but the best
+    one is deleted."""
+    from preflab.checkpoint import _remove_atomically, list_checkpoints
+
+    best = Path(best_model_checkpoint).resolve()
+    for path in list_checkpoints(output_dir, timeline):
+        if path.resolve() != best:
+            _remove_atomically(path)

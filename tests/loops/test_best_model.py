@@ -1,0 +1,282 @@
+"""load_best_model_at_end / metric_for_best_model / greater_is_better / save_total_limit and transformers'
+EarlyStoppingCallback in preflab's training loop, with transformers 5.25's rules (preflab.loops.best_model).
+
+The runs: a tiny model trained with a high learning rate, evaluated and checkpointed every step, on eval pairs half
+of which have chosen and rejected swapped, so that eval_loss falls first and then rises (the best step is found from
+the logged metrics in each test, never assumed)."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.errors import ConfigError
+
+STEPS = 8
+
+
+def _rows(n: int) -> list[dict]:
+    words = ["cat", "dog", "owl", "bee", "ant", "oak", "jam", "log"]
+    return [{"prompt": f"echo: {words[i % 8]} {words[(i * 3) % 8]}\n",
+             "chosen": f"{words[i % 8].upper()} {words[(i * 3) % 8].upper()}",
+             "rejected": f"{words[i % 8]} {words[(i * 3) % 8]}"} for i in range(n)]
+
+
+def _eval_rows() -> list[dict]:
+    return [dict(r, chosen=r["rejected"], rejected=r["chosen"]) if i % 2 else r for i, r in enumerate(_rows(8))]
+
+
+def _cfg(tmp_path, name: str, **over):
+    from preflab.config import config_from_dict
+
+    return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows",
+                             "output_dir": str(tmp_path / name), "max_steps": STEPS,
+                             "per_device_train_batch_size": 4, "max_length": 64, "learning_rate": 0.05,
+                             "logging_steps": 1, "disable_tqdm": True, "eval_steps": 1, "save_steps": 1,
+                             "load_best_model_at_end": True, **over})
+
+
+def _train(cfg, callbacks=()):
+    from preflab.loops.offline import Trainer
+
+    return Trainer(cfg, train_data=_rows(16), eval_data=_eval_rows(), callbacks=list(callbacks)).train()
+
+
+def _evals(run_dir, key: str = "eval_loss") -> list[tuple[int, float]]:
+    rows = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r[key]) for r in rows if key in r]
+
+
+def _best(evals, greater: bool = False) -> tuple[int, float]:
+    """transformers' _determine_best_metric over the evaluations in order: a strictly better value replaces."""
+    best = None
+    for step, value in evals:
+        if best is None or (value > best[1] if greater else value < best[1]):
+            best = (step, value)
+    return best
+
+
+def _same_weights(final: dict, checkpoint: dict) -> bool:
+    shared = set(final) & set(checkpoint)
+    assert len(shared) >= len(checkpoint) - 1  # every trained tensor (a tied lm_head is saved once)
+    return all(torch.equal(final[k], checkpoint[k]) for k in shared)
+
+
+def _checkpoints(run_dir) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_the_final_model_is_the_best_checkpoint_and_the_summary_names_it(tmp_path):
+    summary = _train(_cfg(tmp_path, "run"))
+    run = tmp_path / "run"
+    evals = _evals(run)
+    step, value = _best(evals)
+    assert [s for s, _ in evals] == list(range(1, STEPS + 1)) and 1 < step < STEPS  # eval_loss rose after the best
+    assert summary["best_global_step"] == step and summary["best_metric"] == pytest.approx(value, abs=0)
+    assert summary["best_model_checkpoint"] == str(run / f"checkpoint-{step}")
+    assert summary["metric_for_best_model"] == "eval_loss"
+    final = load_file(str(run / "model.safetensors"))
+    assert _same_weights(final, load_file(str(run / f"checkpoint-{step}" / "model.safetensors")))
+    assert not _same_weights(final, load_file(str(run / f"checkpoint-{STEPS}" / "model.safetensors")))
+    saved = json.loads((run / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
+    assert (saved["best_global_step"], saved["best_metric"]) == (step, summary["best_metric"])
+
+
+@pytest.mark.slow
+def test_save_total_limit_one_keeps_the_best_and_the_last_checkpoint_then_only_the_best(tmp_path):
+    """transformers' rotate_checkpoints protects the newest and the best checkpoint; at the end of a
+    load_best_model_at_end run with save_total_limit 1 only the best is left."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Listing(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            seen[state.global_step] = _checkpoints(tmp_path / "lim")
+
+    _train(_cfg(tmp_path, "lim", save_total_limit=1), [Listing()])
+    evals = _evals(tmp_path / "lim")
+    expected = {k: sorted({_best(evals[:k])[0], k}) for k in range(1, STEPS + 1)}
+    assert seen == expected and any(len(v) == 2 for v in seen.values())
+    assert _checkpoints(tmp_path / "lim") == [_best(evals)[0]]
+
+
+@pytest.mark.slow
+def test_transformers_early_stopping_callback_stops_where_its_rule_says(tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    summary = _train(_cfg(tmp_path, "es"), [EarlyStoppingCallback(early_stopping_patience=2,
+                                                                  early_stopping_threshold=0.0)])
+    evals = _evals(tmp_path / "es")
+    best, counter, expected = None, 0, None  # EarlyStoppingCallback.check_metric_value, then _determine_best_metric
+    for step, value in evals:
+        counter = 0 if best is None or (value < best and abs(value - best) > 0.0) else counter + 1
+        best = value if best is None or value < best else best
+        if counter >= 2:
+            expected = step
+            break
+    assert expected is not None and expected < STEPS
+    assert summary["global_step"] == expected == evals[-1][0] and summary["stopped_early"]["step"] == expected
+    step = _best(evals)[0]
+    assert summary["best_global_step"] == step
+    assert _same_weights(load_file(str(tmp_path / "es" / "model.safetensors")),
+                         load_file(str(tmp_path / "es" / f"checkpoint-{step}" / "model.safetensors")))
+
+
+@pytest.mark.slow
+def test_greater_is_better_follows_an_accuracy_metric(tmp_path):
+    cfg = _cfg(tmp_path, "acc", metric_for_best_model="rewards/accuracies", learning_rate=0.02)
+    assert cfg.greater_is_better is True  # transformers' default: the name does not end in "loss"
+    summary = _train(cfg)
+    evals = _evals(tmp_path / "acc", "eval_rewards/accuracies")
+    step, value = _best(evals, greater=True)
+    assert _best(evals, greater=False)[0] != step  # the direction matters on this run
+    assert (summary["best_global_step"], summary["best_metric"]) == (step, value)
+    assert summary["metric_for_best_model"] == "eval_rewards/accuracies"
+    assert _same_weights(load_file(str(tmp_path / "acc" / "model.safetensors")),
+                         load_file(str(tmp_path / "acc" / f"checkpoint-{step}" / "model.safetensors")))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_best_metric_and_ends_with_the_straight_runs_model(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAtFive(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 5
+
+    straight = _train(_cfg(tmp_path, "straight"))
+    _train(_cfg(tmp_path, "resumed"), [StopAtFive()])
+    assert _checkpoints(tmp_path / "resumed")[-1] == 5
+    resumed = _train(_cfg(tmp_path, "resumed", resume_from_checkpoint=True))
+    assert resumed["resumed_from_step"] == 5
+    assert straight["best_global_step"] < 5  # the best came before the resume: kept from the checkpoint
+    for key in ("best_metric", "best_global_step"):
+        assert resumed[key] == straight[key]
+    assert resumed["best_model_checkpoint"] == str(tmp_path / "resumed" / f"checkpoint-{straight['best_global_step']}")
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_model_options_are_checked_as_transformers_checks_them(tmp_path):
+    from preflab.config import config_from_dict
+
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows", "eval_fraction": 0.25,
+            "output_dir": str(tmp_path / "c"), "load_best_model_at_end": True}
+    cfg = config_from_dict({**base, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "steps",
+                            "save_steps": 4})  # TRL's spelling is accepted
+    assert (cfg.metric_for_best_model, cfg.greater_is_better) == ("loss", False)
+    with pytest.raises(ConfigError, match=r"load_best_model_at_end requires the save and eval strategy to match.*"
+                                          r"'steps'.*'no'"):
+        config_from_dict({**base, "eval_strategy": "steps", "eval_steps": 2, "save_strategy": "no"})
+    with pytest.raises(ConfigError, match=r"load_best_model_at_end requires the saving steps to be a round multiple"
+                                          r".*save_steps=3.*eval_steps=2"):
+        config_from_dict({**base, "eval_steps": 2, "save_steps": 3})
+    no_best = config_from_dict({**base, "load_best_model_at_end": False, "metric_for_best_model": "eval_margin"})
+    assert no_best.greater_is_better is True
+
+
+@pytest.mark.slow
+def test_a_metric_missing_from_the_eval_metrics_names_the_available_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"'eval_lossy', which is not found in the evaluation metrics \(step 1\)"
+                                          r".*'eval_loss'.*'eval_rewards/accuracies'"):
+        _train(_cfg(tmp_path, "bad", metric_for_best_model="lossy", max_steps=2))
+
+
+@pytest.mark.slow
+def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path):
+    """2 processes x batch 8 train as 1 process x batch 16; every rank takes the same best-model decisions (the
+    metric is the main process's on every rank), so both runs name the same best step and save its weights."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from preflab.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    common = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
+              "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
+              "warmup_steps=0"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", shutil.which("preflab"),
+           "train", str(root / "examples/quickstart.yaml"), f"output_dir={two}", *common]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={one}",
+                 "per_device_train_batch_size=16", *common]) == 0
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert got["environment"]["world_size"] == 2
+    step = _best(_evals(two))[0]
+    assert 1 < step < 6 and got["best_global_step"] == want["best_global_step"] == step
+    assert _checkpoints(two) == _checkpoints(one) == [step]  # save_total_limit 1: only the best is left
+    assert _same_weights(load_file(str(two / "model.safetensors")),
+                         load_file(str(two / f"checkpoint-{step}" / "model.safetensors")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [
+    ["task=sft", "dataset_name=examples/data/loud_echo_sft.jsonl", "learning_rate=0.05"],
+    ["task=reward", "learning_rate=3"],
+    ["loss_type=kto", "learning_rate=0.1"],
+    ["use_peft=true", "learning_rate=5"],  # LoRA: the final adapters are the best checkpoint's
+], ids=["sft", "reward", "kto", "lora-dpo"])
+def test_every_offline_run_kind_saves_the_best_checkpoints_weights(tmp_path, kind):
+    """greater_is_better: true on eval_loss picks the worst evaluation: a step before the last on each of these runs
+    (their eval_loss falls overall), so the final model must differ from the last step's."""
+    from pathlib import Path
+
+    from preflab.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={out}", "eval_fraction=0.25",
+                 "eval_steps=1", "save_steps=1", "logging_steps=1", "disable_tqdm=true", "max_steps=6",
+                 "warmup_steps=0", "per_device_train_batch_size=16", "load_best_model_at_end=true",
+                 "greater_is_better=true", *kind]) == 0
+    step = _best(_evals(out), greater=True)[0]
+    assert step < 6 and json.loads((out / "summary.json").read_text())["best_global_step"] == step
+    lora = "use_peft=true" in kind
+    final = load_file(str(out / ("adapter_model.safetensors" if lora else "model.safetensors")))
+
+    def saved(at: int) -> dict:
+        tensors = load_file(str(out / f"checkpoint-{at}" / "model.safetensors"))
+        return {k.replace(".default.", "."): v for k, v in tensors.items()} if lora else tensors
+
+    assert _same_weights(final, saved(step)) and not _same_weights(final, saved(6))
+
+
+@pytest.mark.slow
+def test_an_online_run_ranks_its_checkpoints_by_eval_true_reward(tmp_path):
+    """task: online evaluates the demo's true reward (eval_true_reward, greater is better by its name); an equal
+    value does not replace the best (transformers' strict comparison), so a run whose reward stays flat keeps
+    step 1's weights."""
+    from preflab.cli import main
+
+    out = tmp_path / "online"
+    assert main(["train", "task=online", "online_task=demo", "model_name_or_path=builtin:demo-sft", "max_steps=4",
+                 "eval_steps=1", "save_steps=1", "logging_steps=1", "disable_tqdm=true", "learning_rate=0.05",
+                 "load_best_model_at_end=true", "metric_for_best_model=true_reward", f"output_dir={out}"]) == 0
+    step = _best(_evals(out, "eval_true_reward"), greater=True)[0]
+    assert step < 4 and json.loads((out / "summary.json").read_text())["best_global_step"] == step
+    final = load_file(str(out / "model.safetensors"))
+    assert _same_weights(final, load_file(str(out / f"checkpoint-{step}" / "model.safetensors")))
+    assert not _same_weights(final, load_file(str(out / "checkpoint-4" / "model.safetensors")))
+
+
+def test_load_best_model_at_end_under_a_sharding_engine_is_refused_before_training(tmp_path, monkeypatch):
+    from preflab.loops import driver
+    from preflab.loops.offline import Trainer
+
+    trainer = Trainer(_cfg(tmp_path, "fsdp", max_steps=2), train_data=_rows(16), eval_data=_eval_rows())
+    monkeypatch.setattr(driver, "is_sharded", lambda acc: True)
+    monkeypatch.setattr(driver, "sharding_engine", lambda acc: "FSDP2")
+    with pytest.raises(ConfigError, match=r"load_best_model_at_end is not supported under FSDP2.*ddp.yaml"):
+        trainer.train()
+    assert not (tmp_path / "fsdp" / "metrics.jsonl").exists()
