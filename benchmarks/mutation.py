@@ -12,7 +12,7 @@ the tests fail (or time out, reported apart) and *survives* when they pass. Befo
 selection runs once on the unmodified copy: it must pass, or the run stops (a failing baseline catches everything).
 An edit whose text is not found exactly once is reported as *stale* (the source changed: update the mutant).
 
-Run by hand (not in CI); it takes a few minutes per mutant on 2 CPU cores. README's testing section gives the last
+Run by hand (not in CI); it takes a few minutes per mutant on 2 CPU cores. docs/testing.md gives the last
 kill rate. Mutants that survive are either missing tests (add one) or equivalent edits (then drop them here).
 """
 from __future__ import annotations

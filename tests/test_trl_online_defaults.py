@@ -39,7 +39,7 @@ def test_recipes_without_a_trl_config_keep_preflabs_defaults():
 
 
 def test_example_recipes_set_every_key_whose_default_is_trls():
-    """The README's online table was measured with these values; a recipe that left one out would now run with
+    """The online table (docs/online.md) was measured with these values; a recipe that left one out would now run with
     TRL's (e.g. 512 new tokens instead of 16) and its row would no longer hold."""
     checked = 0
     for path in sorted(EXAMPLES.glob("**/*.yaml")):

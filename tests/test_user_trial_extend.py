@@ -68,7 +68,7 @@ def _config(**over):
 
 def test_user_objective_takes_its_parameters_as_top_level_config_keys(tmp_path):
     """`gamma: 0.3` beside `loss_type: my_losses.py:MarginWeighted` was refused as an unknown key ("a parameter of
-    dpo_gamma, ..., not of the chosen loss_type"); the README says any objective parameter is a top-level key."""
+    dpo_gamma, ..., not of the chosen loss_type"); docs/extending.md says any objective parameter is a top-level key."""
     losses = _write(tmp_path, "my_losses.py", MY_LOSSES)
     cfg = _config(loss_type=f"{losses}:MarginWeighted", gamma=0.3, beta=0.2)
     obj = cfg.objective()

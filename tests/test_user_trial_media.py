@@ -183,7 +183,7 @@ def test_a_vision_row_with_an_image_or_video_column_is_not_trained_text_only(tmp
 def test_a_vision_rows_relative_image_is_read_beside_the_data_file_before_the_working_directory(tmp_path,
                                                                                              monkeypatch):
     # seen: data/pairs.jsonl naming "imgs/a.png" trained on ./imgs/a.png (another picture of that name in the
-    # working directory) instead of data/imgs/a.png, silently; README: paths are relative to the data file
+    # working directory) instead of data/imgs/a.png, silently; docs/vision.md: paths are relative to the data file
     from preflab.data.media import load_image
     from preflab.data.report import RowProblem
 

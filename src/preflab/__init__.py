@@ -49,5 +49,6 @@ def __getattr__(name: str):
             "TRL config (`args.to_dict()`) loads, each TRL key kept, noted or refused with the reason. From Python: "
             "cfg = preflab.config.config_from_dict({**args.to_dict(), ...}), then preflab.loops.offline.Trainer(cfg)"
             ".train() (task: sft: preflab.loops.sft.SFTTrainer; task: reward: preflab.reward_models.train."
-            "train_reward(cfg); task: online: preflab.online.run.OnlineRun(cfg).train()). README: 'Coming from TRL'.")
+            "train_reward(cfg); task: online: preflab.online.run.OnlineRun(cfg).train()). "
+            "docs/configuration.md: 'Coming from TRL'.")
     raise AttributeError(f"module 'preflab' has no attribute {name!r}")

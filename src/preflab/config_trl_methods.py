@@ -65,7 +65,7 @@ def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
     per_device_train_batch_size x processes x steps_per_generation); preflab's option of that name is the prompts
     per generate() call, and its round is prompts_per_generation prompts x num_generations. A dump's value becomes
     prompts_per_generation = generation_batch_size / num_generations (TRL's round), generate() calls keep preflab's
-    size. A hand-written config keeps preflab's meaning (README, "Coming from TRL")."""
+    size. A hand-written config keeps preflab's meaning (docs/configuration.md, "Coming from TRL")."""
     if (raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or "prompts_per_generation" in raw
             or not isinstance(raw.get("generation_batch_size"), int) or not all(k in raw for k in DUMP_MARKERS)):
         return

@@ -1,4 +1,4 @@
-"""The guarantee matrix of README "Scaling out" (run kind x engine), for the cells no other test covers: each run
+"""The guarantee matrix of docs/scaling.md (run kind x engine), for the cells no other test covers: each run
 kind launched on 2 CPU processes (gloo) through the shipped examples/accelerate configs against one process with the
 same global batch, and a stop + resume on 2 processes against the straight run. Several runs share one launch
 (tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_fsdp2,

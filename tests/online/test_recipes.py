@@ -27,6 +27,6 @@ def test_every_recipe_is_a_valid_config(name, tmp_path):
 def test_recipe_lifts_true_reward(name, sft_policy, tmp_path):
     cfg = recipe(name, tmp_path)
     summary = OnlineRun(cfg, policy=sft_policy.model(), tokenizer=sft_policy.tokenizer).train()
-    # measured (README table): 0.20 -> 0.96 (sppo), 0.98 (gpo), 0.95 (hypo), 0.95 (gspo), 0.98 (dpa_rsf), 0.95 (tpo),
-    # 0.97 (upo), 0.88 (mcts_dpo)
+    # measured (docs/online.md table): 0.20 -> 0.96 (sppo), 0.98 (gpo), 0.95 (hypo), 0.95 (gspo), 0.98 (dpa_rsf),
+    # 0.95 (tpo), 0.97 (upo), 0.88 (mcts_dpo)
     assert summary["true_reward_after"] >= summary["true_reward_before"] + 0.4, summary["true_reward_after"]

@@ -352,7 +352,7 @@ def components_of(pipeline) -> DiffusionComponents:
     if getattr(pipeline, "text_encoder_3", None) is not None or (
             sdxl and getattr(getattr(unet, "config", None), "addition_embed_type", None) != "text_time"):
         raise ConfigError(f"{kind}'s text encoders are not SD 1.x/2.x's one or SDXL's two (with a text_time UNet); "
-                          "preflab's diffusion run does not support this layout yet (README 'Diffusion models').")
+                          "preflab's diffusion run does not support this layout yet (docs/diffusion.md).")
     if unet is None:
         raise ConfigError(f"{kind} has no UNet (a transformer denoiser such as SD3/Flux); preflab's diffusion run "
                           "supports UNet2DConditionModel pipelines so far.")

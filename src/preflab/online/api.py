@@ -7,7 +7,7 @@ Online and iterative DPO from Python: a thin wrapper over the online run (prefla
     summary = online_dpo(policy, tokenizer, prompts, judge=true_reward_fn, num_iterations=3, num_generations=4,
                          loss_type="sigmoid", beta=0.1, refresh_reference_every=1, output_dir="runs/odpo")
 
-The same run as `preflab train` with task: online (README, "Online, self-play and Nash runs"): checkpoints, exact
+The same run as `preflab train` with task: online (docs/online.md): checkpoints, exact
 resume, metrics.jsonl with TRL's names, summary.json. Options (the former OnlineConfig names) map to TrainConfig:
 num_iterations -> generation rounds; prompts_per_iteration -> prompts_per_generation (default: every prompt);
 epochs_per_iteration -> num_iterations (passes over a round); max_new_tokens -> max_completion_length; a round takes

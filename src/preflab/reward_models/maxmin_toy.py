@@ -8,7 +8,7 @@
 `toy_rows` writes user-labelled pairs {prompt, chosen, rejected, user_id, group} over the demo's training prompts:
 each user compares two responses (loud, quiet, word-by-word mixed case, or one with a wrong word) and prefers the one
 its group's reward ranks higher (ties dropped). `group_true_rewards` scores a policy's greedy answers on held-out
-prompts under both rewards. examples/online/maxmin.yaml and the README give the commands; the numbers are there.
+prompts under both rewards. examples/online/maxmin.yaml and docs/online.md give the commands; the numbers are there.
 """
 from __future__ import annotations
 
