@@ -108,25 +108,11 @@ class BestModel:
 
 def load_best_weights(checkpoint: str | Path, model) -> None:
     """transformers' _load_best_model: copy the best checkpoint's saved weights (its model.safetensors: every
-    trainable parameter; with LoRA the adapters) into `model`, in place."""
-    import torch
-    from safetensors.torch import load_file
+    trainable parameter; with LoRA the adapters) into `model`, in place, after checking the checkpoint's files
+    (preflab.checkpoint.load_checkpoint_weights: a missing, incomplete or damaged checkpoint is a PreflabError)."""
+    from preflab.checkpoint import load_checkpoint_weights
 
-    from preflab.errors import PreflabError
-
-    path = Path(checkpoint) / "model.safetensors"
-    if not path.is_file():
-        raise PreflabError(f"load_best_model_at_end: the best checkpoint {checkpoint} has no model.safetensors; "
-                           "the final model would not be the best one. Was the checkpoint removed during the run?")
-    weights = load_file(str(path))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise PreflabError(f"load_best_model_at_end: {path} holds {len(unknown)} tensor(s) this model lacks, e.g. "
-                           f"{unknown[0]!r}.")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+    load_checkpoint_weights(checkpoint, model)
 
 
 def remove_all_but_best(output_dir: str | Path, timeline, best_model_checkpoint: str) -> None:
