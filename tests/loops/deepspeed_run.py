@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fsdp_run import keep_process_group  # noqa: E402
+from fsdp_run import close_process_group, keep_process_group  # noqa: E402
 from tiny_run import run  # noqa: E402
 
 from preflab.errors import ConfigError  # noqa: E402
@@ -42,3 +42,4 @@ if __name__ == "__main__":
     (base / "refusals.json").write_text(json.dumps(messages))
     if equal_into:
         run(equal_into, **{**extra, "save_steps": 0, "tiny_arch": "llama"})
+    close_process_group()

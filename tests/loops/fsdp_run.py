@@ -40,6 +40,15 @@ def keep_process_group() -> None:
     Accelerator.end_training = lambda self: [tracker.finish() for tracker in self.trackers]
 
 
+def close_process_group() -> None:
+    """The end of a script that kept its process group open for several runs (keep_process_group): a gloo group still
+    alive at interpreter exit can abort the process (SIGABRT, "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in sys.argv[2:])}
@@ -57,3 +66,4 @@ if __name__ == "__main__":
     if precompute_into:  # 33 pairs: rank 0 scores 17 (3 batches of 8), rank 1 16 (2): the sharded reference in lockstep
         run(precompute_into, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0,
             precompute_ref_log_probs=True)
+    close_process_group()

@@ -17,7 +17,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "online"))
-from fsdp_run import keep_process_group  # noqa: E402
+from fsdp_run import close_process_group, keep_process_group  # noqa: E402
 
 
 def run(mode: str, out: str, args: list[str]) -> None:
@@ -52,3 +52,4 @@ if __name__ == "__main__":
         keep_process_group()
     for mode, out, *args in runs:
         run(mode, out, args)
+    close_process_group()
