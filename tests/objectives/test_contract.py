@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from preflab.errors import ConfigError, MissingExtraError, PreflabError
+from preflab.objectives.contract import without_reference
 from preflab.objectives import (
     ListBatch, PairBatch, SequenceLogps, UnpairedBatch, _aliases, get_objective, list_objectives, objective_class,
     objective_info,
@@ -128,13 +129,7 @@ def test_some_objectives_read_extras():  # the parametrisation above is not empt
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_declared_truthfully(name):
     cls = objective_class(name)
-    batch = make_batch(cls)
-    if isinstance(batch, PairBatch):
-        batch.ref_chosen = batch.ref_rejected = None
-    else:
-        batch.ref = None
-        if isinstance(batch, UnpairedBatch):
-            batch.ref_kl = None
+    batch = without_reference(make_batch(cls))
     if cls.needs_reference:
         with pytest.raises(PreflabError, match="reference"):
             get_objective(name)(batch)

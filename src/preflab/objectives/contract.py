@@ -25,7 +25,8 @@ def _policy_leaves(batch) -> list[torch.Tensor]:
     return [s.token_logps for s in sides]
 
 
-def _without_reference(batch):
+def without_reference(batch):
+    """A shallow copy of `batch` with its reference log-probs removed (what a reference-free run passes)."""
     batch = copy.copy(batch)
     if isinstance(batch, PairBatch):
         batch.ref_chosen = batch.ref_rejected = None
@@ -72,7 +73,7 @@ def check_objective(objective, batch) -> list[str]:
             raise PreflabError(f"{name}: ran without its declared extra {key!r}; list only the extras it reads.")
     if objective.required_extras:
         passed.append(f"a missing extra is named ({', '.join(objective.required_extras)})")
-    bare = _without_reference(batch)
+    bare = without_reference(batch)
     if objective.needs_reference:
         try:
             objective(bare)
