@@ -72,6 +72,18 @@ class PairKind:
 LABEL_COUNTS = "_label_counts"  # layout extra of unpaired batches: (desirable, undesirable) counts, host ints
 
 
+def unpaired_extras(items) -> dict:
+    """The batch extras of unpaired examples: their stacked data columns, `label` [B] and LABEL_COUNTS (desirable,
+    undesirable) as Python ints, which stay on the host when the layout moves."""
+    from preflab.loops.batches import stack_extras
+
+    extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
+    extras["label"] = torch.tensor([bool(x.label) for x in items])
+    desirable = sum(bool(x.label) for x in items)
+    extras[LABEL_COUNTS] = (desirable, len(items) - desirable)
+    return extras
+
+
 class UnpairedKind:
     name = "unpaired"
 
@@ -132,16 +144,13 @@ class UnpairedKind:
     @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:
         """[completion_1..B, mismatched_1..B]; always the padded layout (no shared prompt between the two)."""
-        from preflab.loops.batches import pad_token_extras, stack_extras
+        from preflab.loops.batches import pad_token_extras
 
         n = len(items)
         seqs = [(x.prompt_ids, x.completion_ids) for x in items]
         seqs += [(x.prompt_ids, m) for x, m in zip(items, UnpairedKind.mismatched(items))]
-        extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
-        extras["label"] = torch.tensor([bool(x.label) for x in items])
-        desirable = sum(bool(x.label) for x in items)
-        extras[LABEL_COUNTS] = (desirable, n - desirable)  # Python ints: stay on the host when the layout moves
-        layout = pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
+        layout = pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items],
+                                         extras=unpaired_extras(items)))
         # the MoE router loss averages over the completions' rows only: TRL's KTOTrainer scores the mismatched
         # (KL) completions in a forward of their own and adds no router loss from it (preflab.scoring.router_loss)
         layout.token_multiplicity[n:] = 0
@@ -189,14 +198,11 @@ class UnpairedCompletionsKind(UnpairedKind):
     @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:
         """[completion_1..B]; the padded layout, as KTO's."""
-        from preflab.loops.batches import pad_token_extras, stack_extras
+        from preflab.loops.batches import pad_token_extras
 
-        extras = stack_extras(items, responses={"completion": [x.completion_ids for x in items]})
-        extras["label"] = torch.tensor([bool(x.label) for x in items])
-        desirable = sum(bool(x.label) for x in items)
-        extras[LABEL_COUNTS] = (desirable, len(items) - desirable)
         seqs = [(x.prompt_ids, x.completion_ids) for x in items]
-        return pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items], extras=extras))
+        return pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items],
+                                       extras=unpaired_extras(items)))
 
     @staticmethod
     def split(policy, ref, extras) -> UnpairedBatch:
