@@ -2,9 +2,15 @@
 preflab.generate_groups.prefilled_generate): the same completions as generating on the G copies of each prompt (the
 path before: the processor and model.generate on the repeated texts and images), the image encoder run on each
 prompt's images once, and model types not checked for it taking the old path with a note said once."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from vlm_helpers import image, tiny
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "online"))
+from test_generate_groups import recording_logits  # noqa: E402  (the text tests' recorder of generate's logits)
 
 import preflab.generate_groups as groups
 from preflab.online.vision import VisionGenerator, vision_prompt_rows
@@ -29,17 +35,6 @@ def old_generator(model, processor, **kw):
     gen = VisionGenerator(model, processor, **kw)
     gen._why_not_shared = lambda model, k: "old path (test)"
     return gen
-
-
-def recording_logits(model) -> list[torch.Tensor]:
-    seen, generate = [], model.generate
-
-    def recorded(*args, **kw):
-        out = generate(*args, **kw, output_logits=True, return_dict_in_generate=True)
-        seen.append(torch.stack(out.logits, 1))
-        return out.sequences
-    model.generate = recorded
-    return seen
 
 
 def encoder_images(model, arch) -> list[int]:
