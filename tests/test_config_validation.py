@@ -149,3 +149,21 @@ def test_cli_hides_third_party_warnings_but_not_preflab_ones():
         warnings.warn_explicit("preflab: layout falls back", UserWarning, "prefix.py", 1, module="preflab.data.prefix")
     assert [str(w.message) for w in seen] == ["preflab: layout falls back"]
     assert warnings.filters == before  # the filters were the CLI run's only; library users keep theirs
+
+
+def test_a_split_a_single_data_file_cannot_hold_is_refused_naming_the_option(tmp_path):
+    """dataset_split: test on one .jsonl file was ignored (training on the whole file); TRL's dataset_test_split with
+    eval_strategy made the training file the eval set too. Both are refused before a model loads; eval_dataset_name
+    as a file without eval_split is read whole."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    base = {**BASE, "dataset_name": str(rows)}
+    with pytest.raises(ConfigError, match=r"dataset_split='test': dataset_name: .*rows.jsonl holds the split "
+                                          r"\['train'\] and no split 'test'.*Remove dataset_split \(or set it to "
+                                          r"'train'\)"):
+        preflight(config_from_dict({**base, "dataset_split": "test"}))
+    with pytest.raises(ConfigError, match=r"eval_split='test': eval_dataset_name: .*rows.jsonl"):
+        preflight(config_from_dict({**base, "dataset_test_split": "test", "eval_strategy": "steps",
+                                    "eval_steps": 1}))
+    preflight(config_from_dict({**base, "eval_dataset_name": str(rows)}))  # no eval_split: the file is the eval set
+    preflight(config_from_dict({**base, "eval_dataset_name": str(rows), "eval_split": "train"}))

@@ -107,7 +107,8 @@ OPTIONS: dict[str, Option] = {
                             _nonempty),
     "eval_dataset_name": Option("evaluation data (same forms as dataset_name); excludes eval_fraction",
                                 "a non-empty name or null", _nonempty),
-    "eval_split": Option("split of the eval data (TRL script: dataset_test_split)", "a non-empty name", _nonempty),
+    "eval_split": Option("split of the eval data (TRL script: dataset_test_split); default: 'test' of a source "
+                         "with splits, a single data file read whole", "a non-empty name or null", _nonempty),
     "eval_fraction": within(0, 1, "fraction of training rows held out for evaluation (0: none)", high_open=True),
     "loss_type": Option("objective name or TRL loss_type alias, or a list (weighted by loss_weights); "
                         "see `preflab objectives`", "a name or a non-empty list of names", _loss_type_ok),

@@ -47,7 +47,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
         if not evals:
             said = describe(report) if describe is not None else _summary(report)
             raise DataError(f"the eval set (eval_dataset_name={name}) has no usable examples: {said}. Fix its rows "
-                            f"(or max_length, or eval_split={cfg.eval_split!r}), or drop eval_dataset_name.")
+                            f"(or max_length" + (f", or eval_split={cfg.eval_split!r}" if cfg.eval_split else "") +
+                            "), or drop eval_dataset_name.")
         return list(items), list(evals), report
     if cfg.eval_fraction > 0:
         train, evals = split_eval_fraction(items, cfg.eval_fraction, cfg.seed)
