@@ -491,6 +491,9 @@ class TrainingRun:
     final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
     data_report: dict = {}
     step: int = 0  # the global step just finished (evaluate() reads it)
+    # what a micro-batch's num_tokens counts: the throughput metrics are num_<unit> and <unit>_per_second (TRL's
+    # num_tokens / tokens_per_second for text; a diffusion run counts images)
+    throughput_unit: str = "tokens"
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
     def before_train(self) -> None:
@@ -649,7 +652,7 @@ class TrainingRun:
             cfg.save(self.out / "config.yaml")
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
                          tracker=self._start_trackers() if self.main else None)
-        bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
+        bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm, self.throughput_unit)
         self.checkpoint_module.train()
         self.step = start_step
         self.emit("on_train_begin")
@@ -698,8 +701,10 @@ class TrainingRun:
             asked = self.control_flags()
             if self._log_due(step + 1) or asked["should_log"]:
                 last = {"step": step + 1, "learning_rate": learning_rate,
-                        "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
-                        "tokens_per_second": tokens_this_run / max(time.perf_counter() - started, 1e-9)}
+                        f"num_{self.throughput_unit}": tokens_total, **average_results(window),
+                        **self.progress(step + 1),
+                        f"{self.throughput_unit}_per_second": tokens_this_run / max(time.perf_counter() - started,
+                                                                                    1e-9)}
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
