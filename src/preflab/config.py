@@ -109,6 +109,7 @@ class TrainConfig:
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
+    save_strategy: str | None = None           # TRL: best: a checkpoint at each evaluation that improves metric_for_best_model
     save_total_limit: int | None = None
     load_best_model_at_end: bool = False       # TRL: the final model is the best checkpoint's (preflab.loops.best_model)
     metric_for_best_model: str | None = None   # TRL: eval metric that ranks checkpoints (None: "loss" with load_best_model_at_end)

@@ -202,6 +202,9 @@ OPTIONS: dict[str, Option] = {
                                  "a resumed run past step 1 does not write it again"),
     "eval_steps": at_least(0, "evaluate every this many steps (0: only at the end, when there is an eval set)"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
+    "save_strategy": one_of(("best",), "TRL's save_strategy best: a checkpoint at each evaluation that improves "
+                                       "metric_for_best_model (save_steps unused); null: save_steps decides (TRL's "
+                                       "steps / no set save_steps)"),
     "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all; the best checkpoint is always "
                                  "kept under metric_for_best_model)"),
     "load_best_model_at_end": Option("TRL: the final model (output_dir) is the best checkpoint's weights by "

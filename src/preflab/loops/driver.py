@@ -30,7 +30,9 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
-from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
+from preflab.data.eval_set import no_eval_set_for_best
+from preflab.loops.best_model import (BestModel, load_best_weights, remove_all_but_best, saves_best,
+                                      writes_checkpoints)
 from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -417,8 +419,8 @@ def check_sharded_checkpoints(cfg, engine: str) -> None:
     checkpointing) and DeepSpeed ZeRO (preflab.deepspeed_checkpoint, each rank's partition); under FSDP version 1
     intermediate checkpoints and resume are refused rather than written wrong (each rank would hold only its
     shards). The final model is gathered to one save_pretrained directory under every engine (gather_full_state)."""
-    used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint", resume_requested(cfg)))
-            if bad]
+    used = [k for k, bad in (("save_steps", cfg.save_steps), ("save_strategy: best", saves_best(cfg)),
+                             ("resume_from_checkpoint", resume_requested(cfg))) if bad]
     if engine == "FSDP" and used:
         raise ConfigError(
             f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 and DeepSpeed, "
@@ -638,7 +640,7 @@ class TrainingRun:
                               "the best checkpoint's full weights only without sharding); train with "
                               "examples/accelerate/ddp.yaml or one process, or remove load_best_model_at_end.")
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
-        if is_sharded(acc) and (cfg.save_steps or resume_requested(cfg)):
+        if is_sharded(acc) and (writes_checkpoints(cfg) or resume_requested(cfg)):
             self._check_sharded_extras()  # before the first step, not at the first save
             if self._deepspeed_engine() is not None:
                 check_checkpointable(self._deepspeed_engine())
@@ -708,14 +710,22 @@ class TrainingRun:
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
-            if (cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]:
+            save = (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]
+            if ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]
+                    or (saves_best(cfg) and step + 1 == self.total_steps)):  # transformers evaluates the last step
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
+                new_best = False
                 if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
                     log.write({"step": step + 1, **self.progress(step + 1), **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
-                    self.best.update(self._same_on_every_rank(metrics), step + 1)  # after on_evaluate (transformers)
-            if (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]:
+                    # after on_evaluate (transformers)
+                    new_best = self.best.update(self._same_on_every_rank(metrics), step + 1)
+                if saves_best(cfg):  # transformers: should_save = is_new_best_metric at an evaluation
+                    if not metrics:
+                        raise no_eval_set_for_best(f"the evaluation at step {step + 1} gave no metrics (no eval set)")
+                    save = new_best
+            if save:
                 self.best.note_checkpoint(self.out, step + 1)
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
                 self.emit("on_save", checkpoint=path)
