@@ -30,12 +30,12 @@ from preflab.objectives.base import (
     check_modality,
     check_params,
 )
-from preflab.objectives.contract import check_objective
+from preflab.objectives.contract import check_objective, example_batch
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
-    "check_gradient_extras", "WPOWeighted", "check_objective",
+    "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch",
 ]
 
 # Modules of this package that are not objectives (helpers and the `preflab objectives` command).
