@@ -25,12 +25,12 @@ import torch
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
                                 save_checkpoint, write_timeline)
+from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
-from preflab.data.eval_set import no_eval_set_for_best
 from preflab.loops.best_model import (BestModel, load_best_weights, remove_all_but_best, saves_best,
                                       writes_checkpoints)
 from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
