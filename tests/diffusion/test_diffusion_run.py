@@ -308,7 +308,7 @@ def test_a_diffusion_run_logs_the_images_it_trained_on_not_tokens(assets, tmp_pa
     run = DiffusionRun(make_cfg(assets, tmp_path / "count", max_steps=2, per_device_train_batch_size=2,
                                 gradient_accumulation_steps=2))
     summary = run.train()
-    rows = [json.loads(line) for line in open(tmp_path / "count" / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "count" / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if "loss" in r and "num_images" in r]
     assert [r["num_images"] for r in trained] == [8, 16]
     assert all(r["images_per_second"] > 0 for r in trained)

@@ -48,16 +48,16 @@ def writes_checkpoints(cfg) -> bool:
 
 def _save_best_errors(cfg) -> list[str]:
     if cfg.metric_for_best_model is None:
-        return ["metric_for_best_model must be provided when using save_strategy: best (as transformers requires); "
-                "set it, e.g. metric_for_best_model: loss."]
+        return [("metric_for_best_model must be provided when using save_strategy: best (as transformers requires); "
+                 "set it, e.g. metric_for_best_model: loss.")]
     if not (cfg.eval_steps or cfg.eval_strategy in ("steps", "epoch")):  # the eval set: data.eval_set
-        return [f"save_strategy: best saves a checkpoint at each evaluation that improves {cfg.metric_for_best_model}, "
-                "but this run has no evaluation during training (it would save nothing). Set eval_strategy: steps "
-                "with eval_steps and an eval set (eval_dataset_name or eval_fraction), or use save_strategy: steps "
-                "with save_steps."]
+        return [(f"save_strategy: best saves a checkpoint at each evaluation that improves "
+                 f"{cfg.metric_for_best_model}, but this run has no evaluation during training (it would save "
+                 "nothing). Set eval_strategy: steps with eval_steps and an eval set (eval_dataset_name or "
+                 "eval_fraction), or use save_strategy: steps with save_steps.")]
     if cfg.save_steps:
-        return [f"save_steps={cfg.save_steps} is not used with save_strategy: best (a checkpoint at each new best "
-                "evaluation); remove it."]
+        return [(f"save_steps={cfg.save_steps} is not used with save_strategy: best (a checkpoint at each new best "
+                 "evaluation); remove it.")]
     return []
 
 
