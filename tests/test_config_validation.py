@@ -137,15 +137,38 @@ def test_objectives_name_prints_parameters_with_meaning(capsys):
 def test_cli_hides_third_party_warnings_but_not_preflab_ones():
     import warnings
 
+    from transformers.utils import logging as transformers_logging
+
     from preflab.loops.cli import quiet_third_party_warnings
+    from preflab.quiet import kept_as_found
 
     before = list(warnings.filters)
-    with warnings.catch_warnings(record=True) as seen:
+    with kept_as_found(), warnings.catch_warnings(record=True) as seen:  # kept_as_found: as preflab.cli.main runs it
         warnings.simplefilter("always")
         quiet_third_party_warnings()
+        assert not transformers_logging.is_progress_bar_enabled()
         warnings.warn_explicit("`x` is deprecated", FutureWarning, "modeling_utils.py", 1,
                                module="transformers.modeling_utils")
         warnings.warn_explicit("a user warning", UserWarning, "tuners.py", 1, module="peft.tuners")
         warnings.warn_explicit("preflab: layout falls back", UserWarning, "prefix.py", 1, module="preflab.data.prefix")
     assert [str(w.message) for w in seen] == ["preflab: layout falls back"]
     assert warnings.filters == before  # the filters were the CLI run's only; library users keep theirs
+    assert transformers_logging.is_progress_bar_enabled()  # left off, it silenced a later demo's bars
+
+
+def test_a_split_a_single_data_file_cannot_hold_is_refused_naming_the_option(tmp_path):
+    """dataset_split: test on one .jsonl file was ignored (training on the whole file); TRL's dataset_test_split with
+    eval_strategy made the training file the eval set too. Both are refused before a model loads; eval_dataset_name
+    as a file without eval_split is read whole."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    base = {**BASE, "dataset_name": str(rows)}
+    with pytest.raises(ConfigError, match=r"dataset_split='test': dataset_name: .*rows.jsonl holds the split "
+                                          r"\['train'\] and no split 'test'.*Remove dataset_split \(or set it to "
+                                          r"'train'\)"):
+        preflight(config_from_dict({**base, "dataset_split": "test"}))
+    with pytest.raises(ConfigError, match=r"eval_split='test': eval_dataset_name: .*rows.jsonl"):
+        preflight(config_from_dict({**base, "dataset_test_split": "test", "eval_strategy": "steps",
+                                    "eval_steps": 1}))
+    preflight(config_from_dict({**base, "eval_dataset_name": str(rows)}))  # no eval_split: the file is the eval set
+    preflight(config_from_dict({**base, "eval_dataset_name": str(rows), "eval_split": "train"}))

@@ -11,6 +11,7 @@ import sys
 import threading
 
 from preflab.errors import PreflabError
+from preflab.quiet import kept_as_found
 
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
 SUBCOMMANDS = {
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     restore_sigterm = _stop_on_sigterm()
     had_group = _process_group_open()
     try:
-        return int(_handler(args)(args) or 0)
+        with kept_as_found():  # warning filters, transformers' verbosity and progress bars: as found after the command
+            return int(_handler(args)(args) or 0)
     except PreflabError as err:
         print(f"preflab: error: {err}", file=sys.stderr)
         _close_process_group(had_group)

@@ -41,7 +41,7 @@ class TrainConfig:
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
     dataset_split: str = "train"
     eval_dataset_name: str | None = None       # default: hold out eval_fraction of the training rows
-    eval_split: str = "test"
+    eval_split: str | None = None              # None: "test" of a source with splits; a single data file read whole
     eval_fraction: float = 0.0
     loss_type: Any = "sigmoid"                 # objective name or TRL alias, or a list (weighted by loss_weights)
     loss_weights: list | None = None
@@ -109,6 +109,7 @@ class TrainConfig:
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
+    save_strategy: str | None = None           # TRL: best: a checkpoint at each evaluation that improves metric_for_best_model
     save_total_limit: int | None = None
     load_best_model_at_end: bool = False       # TRL: the final model is the best checkpoint's (preflab.loops.best_model)
     metric_for_best_model: str | None = None   # TRL: eval metric that ranks checkpoints (None: "loss" with load_best_model_at_end)
@@ -681,6 +682,7 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
         where = "PREFLAB_CACHE_DIR" if os.environ.get("PREFLAB_CACHE_DIR") else "the cache directory"
         raise ConfigError(f"{where} {cache} is not writable ({err.strerror or err}); point PREFLAB_CACHE_DIR at a "
                           "writable directory.") from err
+    _check_file_splits(cfg)
     if check_models and cfg.task not in RECIPE_TASKS:
         from preflab.models.load import check_model_name
         from preflab.models.quantize import check_quantization_machine
@@ -690,6 +692,22 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
         check_model_name(cfg.model_name_or_path, "model_name_or_path")
         if cfg.ref_model_name_or_path:
             check_model_name(cfg.ref_model_name_or_path, "ref_model_name_or_path")
+
+
+def _check_file_splits(cfg: TrainConfig) -> None:
+    """A split that a single local data file cannot hold is refused here, naming the option, rather than ignored
+    (preflab.data.sources.file_split_missing: a single file is the split "train", as datasets loads it)."""
+    from preflab.data.sources import file_split_missing
+
+    for data, split in (("dataset_name", "dataset_split"), ("eval_dataset_name", "eval_split")):
+        source = getattr(cfg, data)
+        if not isinstance(source, (str, os.PathLike)) or not Path(source).expanduser().is_file():
+            continue
+        missing = file_split_missing(Path(source).expanduser(), getattr(cfg, split))
+        if missing:
+            raise ConfigError(f"{split}={getattr(cfg, split)!r}: {data}: {missing} Remove {split} (or set it to "
+                              f"'train') to read the file, or set {data} to a directory holding one file per split "
+                              "(train.jsonl, test.jsonl, ...).")
 
 
 def describe_options() -> str:

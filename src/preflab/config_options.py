@@ -107,7 +107,8 @@ OPTIONS: dict[str, Option] = {
                             _nonempty),
     "eval_dataset_name": Option("evaluation data (same forms as dataset_name); excludes eval_fraction",
                                 "a non-empty name or null", _nonempty),
-    "eval_split": Option("split of the eval data (TRL script: dataset_test_split)", "a non-empty name", _nonempty),
+    "eval_split": Option("split of the eval data (TRL script: dataset_test_split); default: 'test' of a source "
+                         "with splits, a single data file read whole", "a non-empty name or null", _nonempty),
     "eval_fraction": within(0, 1, "fraction of training rows held out for evaluation (0: none)", high_open=True),
     "loss_type": Option("objective name or TRL loss_type alias, or a list (weighted by loss_weights); "
                         "see `preflab objectives`", "a name or a non-empty list of names", _loss_type_ok),
@@ -201,6 +202,9 @@ OPTIONS: dict[str, Option] = {
                                  "a resumed run past step 1 does not write it again"),
     "eval_steps": at_least(0, "evaluate every this many steps (0: only at the end, when there is an eval set)"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
+    "save_strategy": one_of(("best",), "TRL's save_strategy best: a checkpoint at each evaluation that improves "
+                                       "metric_for_best_model (save_steps unused); null: save_steps decides (TRL's "
+                                       "steps / no set save_steps)"),
     "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all; the best checkpoint is always "
                                  "kept under metric_for_best_model)"),
     "load_best_model_at_end": Option("TRL: the final model (output_dir) is the best checkpoint's weights by "

@@ -424,7 +424,15 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
                           "use logging_strategy: steps.")
     if "save_strategy" in raw:
         value = raw.pop("save_strategy")
-        if value == "no":
+        if value is None:  # preflab's own field left unset (a saved preflab config writes it)
+            pass
+        elif value == "best":  # transformers: save_steps is not read; a checkpoint at each new best evaluation
+            raw["save_strategy"] = "best"
+            if raw.get("save_steps"):
+                notes.append(f"save_strategy: best -> save_steps {raw['save_steps']} is not used (a checkpoint at each "
+                             "evaluation that improves metric_for_best_model).")
+            raw["save_steps"] = 0
+        elif value == "no":
             if raw.get("save_steps"):
                 notes.append(f"save_strategy: no -> save_steps {raw['save_steps']} is not used (no checkpoints).")
             raw["save_steps"] = 0
@@ -434,7 +442,7 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
                 notes.append("save_strategy: steps without save_steps -> save_steps: 500 (transformers' default).")
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
-                          "or no.")
+                          "best, or no.")
 
 
 def _ratios(raw: dict, notes: list, errors: list) -> None:

@@ -64,12 +64,13 @@ class MetricsLog:
 
 class Progress:
     """A tqdm bar with loss, margin, accuracy (online runs: the sampled reward; the game: TV to the equilibrium),
-    tokens/s; ETA comes from tqdm."""
+    tokens/s (`unit`: what the counts passed to update() are, e.g. images for a diffusion run); ETA comes from tqdm."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, unit: str = "tokens"):
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True)
         self.start = time.perf_counter()
         self.tokens = 0
+        self.rate_name = {"tokens": "tok/s", "images": "img/s"}.get(unit, f"{unit}/s")
 
     def update(self, result, tokens: int) -> None:
         self.tokens += tokens
@@ -83,7 +84,7 @@ class Progress:
             post["reward"] = f"{result.metrics['reward']:.3f}"
         if "tv_to_equilibrium" in result.metrics:  # the preference game: distance to the equilibrium
             post["tv"] = f"{result.metrics['tv_to_equilibrium']:.3g}"
-        post["tok/s"] = f"{self.tokens / elapsed:.0f}"
+        post[self.rate_name] = f"{self.tokens / elapsed:.0f}"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 

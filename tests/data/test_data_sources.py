@@ -217,3 +217,31 @@ def test_json_object_of_splits_takes_the_requested_split(tmp_path):
     assert [(e.prompt, e.row_id) for e in test_rows] == [("q3", 0)]
     with pytest.raises(DataError, match=r"holds the splits \['test', 'train'\] and no split 'validation'"):
         load_rows(path, split="validation")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_a_single_data_file_is_the_train_split_and_refuses_any_other(tmp_path, suffix):
+    """A single file is the split 'train' (datasets' load_dataset(data_files=file)): split 'test' was ignored and the
+    training rows were read as the test set. split None (an eval set without eval_split) reads the file whole."""
+    path = tmp_path / f"rows{suffix}"
+    datasets.Dataset.from_list(ROWS).to_pandas().pipe(
+        {".jsonl": lambda df: df.to_json(path, orient="records", lines=True),
+         ".json": lambda df: df.to_json(path, orient="records"),
+         ".csv": lambda df: df.to_csv(path, index=False),
+         ".parquet": lambda df: df.to_parquet(path)}[suffix])
+    assert len(load_rows(path, split="train")[0]) == len(load_rows(path, split=None)[0]) == 4
+    with pytest.raises(DataError, match=rf"rows{suffix} holds the split \['train'\] and no split 'test' .*Set the "
+                                        r"split \(dataset_split / eval_split\) to 'train' or leave it out"):
+        load_rows(path, split="test")
+
+
+def test_a_json_object_of_arrays_holds_its_arrays_as_splits(tmp_path):
+    """{"data": [...]} is the split 'train' (or 'data'); {"train", "test"} read without a split gives 'test'."""
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": ROWS}))
+    assert load_rows(wrapped, split="data")[0] == load_rows(wrapped)[0] == EXPECTED
+    with pytest.raises(DataError, match=r"holds the splits \['data', 'train'\] and no split 'test'"):
+        load_rows(wrapped, split="test")
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"train": ROWS[:3], "test": ROWS[3:]}))
+    assert [e.prompt for e in load_rows(both, split=None)[0]] == ["q3"]

@@ -1,19 +1,36 @@
 """`preflab demo --quiet` ("no progress bars") also silences transformers' own bars: the demo printed
-"Loading weights" and "Writing model shards" bars with --quiet."""
+"Loading weights" and "Writing model shards" bars with --quiet. A command's quieting lasts as long as the command:
+main() called in-process (a notebook, a test session) left transformers' bars off, its logs at error level and the
+warning filters changed, and a later demo without --quiet then ran without bars."""
+import warnings
+
 from transformers.utils import logging as transformers_logging
 
 from preflab.cli import main
 
 
-def test_quiet_turns_off_transformers_progress_bars(tmp_path, monkeypatch):
+def test_quiet_turns_off_transformers_progress_bars_for_the_command_only(tmp_path, monkeypatch):
     import preflab.demo.run as demo_run
 
-    monkeypatch.setattr(demo_run, "run_demo", lambda out, seed, quiet: {"true_reward_before": 0.0,
-                                                                         "true_reward_after": 1.0})
-    try:
-        assert main(["demo", "--output-dir", str(tmp_path)]) == 0
-        assert transformers_logging.is_progress_bar_enabled()
-        assert main(["demo", "--quiet", "--output-dir", str(tmp_path)]) == 0
-        assert not transformers_logging.is_progress_bar_enabled()
-    finally:
-        transformers_logging.enable_progress_bar()
+    seen = []
+
+    def fake_demo(out, seed, quiet):
+        seen.append(transformers_logging.is_progress_bar_enabled())
+        return {"true_reward_before": 0.0, "true_reward_after": 1.0}
+
+    monkeypatch.setattr(demo_run, "run_demo", fake_demo)
+    assert main(["demo", "--output-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--quiet", "--output-dir", str(tmp_path)]) == 0
+    assert seen == [True, False]
+    assert transformers_logging.is_progress_bar_enabled()
+
+
+def test_a_train_command_leaves_warning_filters_logs_and_bars_as_it_found_them(capsys):
+    """preflab train quiets other libraries (quiet_third_party_warnings) even when it stops at a bad option."""
+    filters, level = list(warnings.filters), transformers_logging.get_verbosity()
+    assert transformers_logging.is_progress_bar_enabled()
+    assert main(["train", "model_name_or_path=builtin:tiny-llama", "dataset_name=missing.jsonl",
+                 "max_grad_norm=-1"]) == 2
+    assert "max_grad_norm=-1" in capsys.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.get_verbosity() == level and warnings.filters == filters

@@ -300,6 +300,22 @@ def test_gradient_checkpointing_gives_the_same_training(assets, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+def test_a_diffusion_run_logs_the_images_it_trained_on_not_tokens(assets, tmp_path):
+    """num_tokens / tokens_per_second counted images; a step of 4 pairs is 8 images, and a metric named tokens is
+    never written."""
+    import json
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "count", max_steps=2, per_device_train_batch_size=2,
+                                gradient_accumulation_steps=2))
+    summary = run.train()
+    rows = [json.loads(line) for line in (tmp_path / "count" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "loss" in r and "num_images" in r]
+    assert [r["num_images"] for r in trained] == [8, 16]
+    assert all(r["images_per_second"] > 0 for r in trained)
+    assert not any("tokens" in key for r in rows for key in r)
+    assert summary["final_metrics"]["num_images"] == 16
+
+
 def test_self_npo_from_prompts_alone_uses_the_models_own_samples(assets, tmp_path):
     import json
 

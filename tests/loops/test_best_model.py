@@ -280,3 +280,50 @@ def test_load_best_model_at_end_under_a_sharding_engine_is_refused_before_traini
     with pytest.raises(ConfigError, match=r"load_best_model_at_end is not supported under FSDP2.*ddp.yaml"):
         trainer.train()
     assert not (tmp_path / "fsdp" / "metrics.jsonl").exists()
+
+
+def _new_bests(evals, greater: bool = False) -> list[int]:
+    """The steps at which transformers' _determine_best_metric finds a new best (save_strategy best saves there)."""
+    return [step for k, (step, _) in enumerate(evals) if _best(evals[:k + 1], greater)[0] == step]
+
+
+def test_save_strategy_best_saves_at_each_new_best_evaluation_and_the_last_step_is_evaluated(tmp_path, capsys):
+    """transformers' save_strategy "best" was refused: a checkpoint exactly at the evaluations that improve
+    metric_for_best_model (save_steps not read; the last step evaluated, as transformers' DefaultFlowCallback does when
+    it is not an eval step); with load_best_model_at_end the strategies need not match, and the final model is the
+    best checkpoint's. eval_loss (the default metric under load_best_model_at_end) falls, then rises: the evaluations
+    at steps 4 and 5 (the last step) save nothing."""
+    summary = _train(_cfg(tmp_path, "best", save_strategy="best", eval_steps=2, max_steps=5))
+    assert "save_strategy: best -> save_steps 1 is not used" in capsys.readouterr().err
+    run = tmp_path / "best"
+    evals = _evals(run)
+    assert [s for s, _ in evals] == [2, 4, 5]
+    assert _checkpoints(run) == _new_bests(evals) and 0 < len(_checkpoints(run)) < len(evals)
+    step, value = _best(evals)
+    assert summary["best_model_checkpoint"] == str(run / f"checkpoint-{step}")
+    assert summary["best_metric"] == pytest.approx(value, abs=0)
+    final = load_file(str(run / "model.safetensors"))
+    assert _same_weights(final, load_file(str(run / f"checkpoint-{step}" / "model.safetensors")))
+
+
+def test_save_strategy_best_options_are_checked(tmp_path):
+    """metric_for_best_model is required (transformers' ValueError); with no evaluation (or no eval set) it would
+    save nothing, which is refused; save_steps given beside it is not read."""
+    from preflab.config import TrainConfig, config_from_dict
+
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows", "eval_fraction": 0.25,
+            "output_dir": str(tmp_path / "c"), "save_strategy": "best"}
+    with pytest.raises(ConfigError, match="metric_for_best_model must be provided when using save_strategy: best"):
+        config_from_dict({**base, "eval_steps": 2})
+    with pytest.raises(ConfigError, match="has no evaluation during training"):
+        config_from_dict({**base, "metric_for_best_model": "loss"})
+    from preflab.loops.offline import Trainer
+
+    no_eval_set = _cfg(tmp_path, "none", save_strategy="best", eval_steps=2)
+    with pytest.raises(ConfigError, match=r"save_strategy: best .* but there is no eval set"):
+        Trainer(no_eval_set, train_data=_rows(16)).train()
+    assert not (tmp_path / "none" / "metrics.jsonl").exists()
+    cfg = config_from_dict({**base, "eval_strategy": "steps", "eval_steps": 2, "load_best_model_at_end": True})
+    assert (cfg.save_strategy, cfg.save_steps, cfg.metric_for_best_model) == ("best", 0, "loss")
+    with pytest.raises(ConfigError, match="save_steps=4 is not used with save_strategy: best"):
+        TrainConfig(**{**base, "metric_for_best_model": "loss", "eval_steps": 2, "save_steps": 4})

@@ -11,17 +11,28 @@ from typing import Any, TypeVar
 
 from preflab.data.holdout import split_eval_fraction
 from preflab.data.report import RowReport
-from preflab.errors import DataError
+from preflab.errors import ConfigError, DataError
 from preflab.runlog import is_main_process
 
 T = TypeVar("T")
 
 
+def no_eval_set_for_best(where: str) -> ConfigError:
+    """save_strategy best in a run without an eval set (`where`: how that showed)."""
+    return ConfigError(f"save_strategy: best saves a checkpoint at each evaluation that improves metric_for_best_model, "
+                       f"but {where}, so it would save nothing. Set eval_dataset_name or eval_fraction (an eval set), "
+                       "or use save_strategy: steps with save_steps.")
+
+
 def note_eval_steps_without_eval_set(cfg) -> None:
     """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
     a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
-    reads its data from cfg."""
-    if cfg.eval_dataset_name or cfg.eval_fraction > 0 or not is_main_process():
+    reads its data from cfg. save_strategy best without an eval set would save nothing: a ConfigError."""
+    if cfg.eval_dataset_name or cfg.eval_fraction > 0:
+        return
+    if getattr(cfg, "save_strategy", None) == "best":
+        raise no_eval_set_for_best("there is no eval set (no eval_dataset_name, eval_fraction 0)")
+    if not is_main_process():
         return
     if getattr(cfg, "eval_steps", 0):
         print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
@@ -47,7 +58,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
         if not evals:
             said = describe(report) if describe is not None else _summary(report)
             raise DataError(f"the eval set (eval_dataset_name={name}) has no usable examples: {said}. Fix its rows "
-                            f"(or max_length, or eval_split={cfg.eval_split!r}), or drop eval_dataset_name.")
+                            f"(or max_length" + (f", or eval_split={cfg.eval_split!r}" if cfg.eval_split else "") +
+                            "), or drop eval_dataset_name.")
         return list(items), list(evals), report
     if cfg.eval_fraction > 0:
         train, evals = split_eval_fraction(items, cfg.eval_fraction, cfg.seed)

@@ -69,7 +69,7 @@ class RawRow:
 class RowReader:
     """Iterates `RawRow`s of a source; `name` is what reports call it, `blank_lines` counts skipped blank lines."""
 
-    def __init__(self, source, *, split: str = "train", limit: int | None = None,
+    def __init__(self, source, *, split: str | None = "train", limit: int | None = None,
                  max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES, streaming: bool = False):
         self.source, self.split, self.limit, self.max_row_bytes = source, split, limit, max_row_bytes
         self.blank_lines = 0
@@ -99,20 +99,27 @@ class RowReader:
         return problem or self.too_large(estimate if size is None else size)
 
 
-def _resolve(source, split: str, streaming: bool = False):
+def _resolve(source, split: str | None, streaming: bool = False):
     """(display name, list of part readers) for any supported source. streaming: a hub name is read through
     `datasets.load_dataset(..., streaming=True)` (files, directories and in-memory sources are read row by row
-    either way; a save_to_disk directory is memory-mapped)."""
+    either way; a save_to_disk directory is memory-mapped). split None: `DEFAULT_EVAL_SPLIT` where the source has
+    splits, a single data file read whole."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
+            missing = file_split_missing(path, split)
+            if missing:
+                raise DataError(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
+                                "or point to a directory with one file per split (train.jsonl, test.jsonl).")
             return str(source), [_file_part(path, streaming)]
+        split = split or DEFAULT_EVAL_SPLIT
         if path.is_dir():
             return str(source), _dir_parts(path, split, streaming)
         text = str(source)
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
         return f"hub:{text}[{split}]", [_dataset_part(_load_hub(text, split, streaming), f"hub:{text}[{split}]")]
+    split = split or DEFAULT_EVAL_SPLIT
     datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported; skip a slow import
     if datasets is not None and isinstance(source, datasets.DatasetDict):
         return f"<DatasetDict>[{split}]", [_dataset_part(_pick_split(source, split, "<DatasetDict>"), "<Dataset>")]
@@ -122,6 +129,39 @@ def _resolve(source, split: str, streaming: bool = False):
         return "<rows>", [_dataset_part(source, "<rows>")]
     raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv), "
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
+
+
+DEFAULT_EVAL_SPLIT = "test"  # the split an eval set is read from when eval_split is not given (TRL's scripts' default)
+
+
+def file_splits(path: Path) -> tuple[str, ...]:
+    """The splits one local data file holds. datasets loads a single file as the split "train"; a JSON object of
+    arrays ({"train": [...], "test": [...]}) holds one split per array, and its only array, if it has one, also
+    reads as "train" ({"data": [...]})."""
+    if path.suffix.lower() == ".json":
+        with open(path, "rb") as handle:
+            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        if head == b"{":
+            try:
+                obj = _loads(path.read_bytes().decode("utf-8"))
+            except (ValueError, RecursionError):  # JSON lines in a .json file; _json_rows reports bad lines
+                return ("train",)
+            if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
+                return tuple(obj) if len(obj) > 1 else tuple(dict.fromkeys(("train", *obj)))
+    return ("train",)
+
+
+def file_split_missing(path: Path, split: str | None) -> str | None:
+    """None when the local data file `path` holds `split` (None: the file's own rows, any file); else a sentence
+    saying which splits it holds instead. A split the file cannot have is refused, never ignored: datasets raises
+    for it too (load_dataset("json", data_files=path, split="test"): Unknown split "test")."""
+    if split is None or split == "train":  # a JSON object of arrays without "train": _json_split says so
+        return None
+    splits = file_splits(path)
+    if split in splits:
+        return None
+    return (f"{path} holds the split{'s' if len(splits) > 1 else ''} {sorted(splits)} and no split {split!r} "
+            "(datasets loads a single data file as the split 'train').")
 
 
 def _check_hub_dataset(name: str) -> None:
@@ -320,7 +360,7 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
         if not arrays:
             raise DataError(f"{path}: expected a JSON array of row objects, an object with one such array, or "
                             "one JSON object per line. Convert the file to JSONL.")
-        rows = _json_split(obj, rr.split, path)
+        rows = _json_split(obj, rr.split or DEFAULT_EVAL_SPLIT, path)
     else:
         try:
             rows = _loads(blob.decode("utf-8-sig"))  # a byte-order mark may precede the '['

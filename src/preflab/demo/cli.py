@@ -16,10 +16,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.quiet:  # transformers' own bars too ("Loading weights", "Writing model shards")
-        from transformers.utils import logging as transformers_logging
+    if args.quiet:  # transformers' own bars too ("Loading weights", "Writing model shards"); main() turns them back on
+        from preflab.quiet import quiet_transformers
 
-        transformers_logging.disable_progress_bar()
+        quiet_transformers(verbosity_error=False, progress_bars=False)
     if args.which == "vlm":
         from preflab.demo.vlm import run_vlm_demo
 

@@ -1,5 +1,6 @@
 """`preflab lab list` and `preflab lab run NAME [--out DIR] [--quick]`: run a named lab experiment and write
-NAME.png (one line per method against iteration) and NAME.json (the numbers) into DIR."""
+NAME.png (one line per method against iteration) and NAME.json (the numbers) into DIR. `preflab lab check
+FILE.py:Class`: the checks preflab runs on a user's objective (preflab.lab.check), with a verdict and exit status."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("lab", help="exact tabular experiments compared with the answer theory gives")
-    lab = p.add_subparsers(dest="lab_command", metavar="{list,run}")
+    lab = p.add_subparsers(dest="lab_command", metavar="{list,run,check}")
     lst = lab.add_parser("list", help="list the named experiments")
     lst.set_defaults(func=cmd_list)
     run = lab.add_parser("run", help="run one experiment; writes NAME.png and NAME.json")
@@ -16,6 +17,17 @@ def register(sub) -> None:
     run.add_argument("--out", default="lab_results", help="output directory (default: ./lab_results)")
     run.add_argument("--quick", action="store_true", help="fewer iterations (what the tests run)")
     run.set_defaults(func=cmd_run)
+    check = lab.add_parser("check", help="check your objective (FILE.py:Class): the objective contract, and on "
+                                         "request a reduction and DPO's closed-form optimum; exit 0 if all pass, "
+                                         "1 if not")
+    check.add_argument("objective", help="path/to/file.py:Class, package.module:Class, or a built-in name")
+    check.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="a parameter of the objective (repeat for several), e.g. --param beta=0.5")
+    check.add_argument("--reduces-to", metavar="NAME", help="also check that its per-example losses equal objective "
+                       "NAME's (same shared parameters, e.g. beta) on the example batch, e.g. dpo")
+    check.add_argument("--kl-optimum", action="store_true", help="also check that its population minimiser on the "
+                       "bandit B4 is pi_ref exp(r / beta) / Z, DPO's optimum")
+    check.set_defaults(func=cmd_check)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
 
@@ -49,3 +61,21 @@ def cmd_run(args) -> int:
     result.write_json(js)
     print(f"{result.title}\n  theory: {result.theory}\n  wrote {png} and {js} ({time.perf_counter() - start:.1f}s)")
     return 0
+
+
+def cmd_check(args) -> int:
+    from preflab.config import parse_override
+    from preflab.lab.check import check_user_objective
+
+    params = dict(parse_override(item) for item in args.param)
+    passed, failure = check_user_objective(args.objective, params, args.reduces_to, args.kl_optimum)
+    print(f"preflab lab check {args.objective}" + (f" ({', '.join(args.param)})" if args.param else ""))
+    for line in passed:
+        print(f"  ok    {line}")
+    if failure is not None:
+        print(f"  FAIL  {failure}")
+        print("verdict: FAILED")
+        return 1
+    print(f"verdict: passed ({len(passed)} checks)")
+    return 0
+

@@ -12,6 +12,12 @@ metric_for_best_model, greater_is_better; Trainer._determine_best_metric, _save_
   never deletes it (preflab.checkpoint.apply_save_total_limit).
 - The state (best_metric, best_global_step, best_model_checkpoint) goes into each checkpoint's trainer_state.json
   and comes back on resume, so a resumed run continues it exactly.
+- save_strategy "best" (Trainer._maybe_log_save_evaluate): at each evaluation the checkpoint is saved exactly when
+  the metric is a new best (a callback's should_save at that step is replaced by that answer); save_steps is not
+  read; the evaluation transformers adds at the last step (eval_strategy steps, the last step not an eval step) is
+  one of them. It needs metric_for_best_model (transformers' ValueError) and, beyond transformers (which would save
+  nothing without a word), an evaluation schedule and an eval set; load_best_model_at_end then needs no matching
+  strategies -> `saves_best`, best_model_option_errors.
 """
 from __future__ import annotations
 
@@ -30,9 +36,36 @@ def resolve_best_model_options(cfg) -> None:
         cfg.greater_is_better = not cfg.metric_for_best_model.endswith("loss")
 
 
+def saves_best(cfg) -> bool:
+    """save_strategy "best": a checkpoint at each evaluation that improves metric_for_best_model."""
+    return getattr(cfg, "save_strategy", None) == "best"
+
+
+def writes_checkpoints(cfg) -> bool:
+    """The run writes intermediate checkpoints (save_steps > 0, or save_strategy best)."""
+    return bool(cfg.save_steps) or saves_best(cfg)
+
+
+def _save_best_errors(cfg) -> list[str]:
+    if cfg.metric_for_best_model is None:
+        return [("metric_for_best_model must be provided when using save_strategy: best (as transformers requires); "
+                 "set it, e.g. metric_for_best_model: loss.")]
+    if not (cfg.eval_steps or cfg.eval_strategy in ("steps", "epoch")):  # the eval set: data.eval_set
+        return [(f"save_strategy: best saves a checkpoint at each evaluation that improves "
+                 f"{cfg.metric_for_best_model}, but this run has no evaluation during training (it would save "
+                 "nothing). Set eval_strategy: steps with eval_steps and an eval set (eval_dataset_name or "
+                 "eval_fraction), or use save_strategy: steps with save_steps.")]
+    if cfg.save_steps:
+        return [(f"save_steps={cfg.save_steps} is not used with save_strategy: best (a checkpoint at each new best "
+                 "evaluation); remove it.")]
+    return []
+
+
 def best_model_option_errors(cfg) -> list[str]:
-    """transformers' rules for load_best_model_at_end, in preflab's terms (save_strategy steps is save_steps > 0;
-    eval_strategy steps is eval_steps > 0; save_strategy epoch is not supported)."""
+    """transformers' rules for load_best_model_at_end and save_strategy best, in preflab's terms (save_strategy steps
+    is save_steps > 0; eval_strategy steps is eval_steps > 0; save_strategy epoch is not supported)."""
+    if saves_best(cfg):
+        return _save_best_errors(cfg)  # load_best_model_at_end: no strategy to match (transformers)
     if not cfg.load_best_model_at_end:
         return []
     eval_strategy = cfg.eval_strategy or ("steps" if cfg.eval_steps else "no")

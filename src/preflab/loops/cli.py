@@ -40,20 +40,11 @@ def route_of(cfg) -> str:
 
 def quiet_third_party_warnings() -> None:
     """Hide other libraries' FutureWarning / DeprecationWarning / UserWarning in a CLI run (preflab's own warnings
-    still show). Only the `preflab` command calls this; importing preflab changes no warning filter."""
-    import warnings
+    still show), transformers' info logs and progress bars. Only the `preflab` command calls this; importing preflab
+    changes no warning filter, and preflab.cli.main puts all of it back after the command (preflab.quiet)."""
+    from preflab.quiet import quiet_third_party
 
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-        warnings.filterwarnings("default", category=category, module=r"preflab(\.|$)")
-        warnings.filterwarnings("default", category=category, message="preflab")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_third_party()
 
 
 def config_from_args(args):

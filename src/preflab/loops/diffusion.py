@@ -182,11 +182,13 @@ class DiffusionMicroBatch:
     index: list[int]      # dataset positions
     row_ids: list[int]    # source rows (the step's example count)
     step: int
-    num_tokens: int       # images in the micro-batch (the loop's throughput counter)
+    num_tokens: int       # images in the micro-batch: the step's throughput count (logged as num_images)
 
 
 class DiffusionRun(TrainingRun):
     """A preference run on a diffusers text-to-image pipeline (see the module docstring)."""
+
+    throughput_unit = "images"  # num_images / images_per_second: a micro-batch counts its images, not tokens
 
     def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None, scores_held_out: bool = False):
         """scores_held_out: the run only scores dataset_name as held-out pairs (`preflab eval --task diffusion`);

@@ -25,12 +25,14 @@ import torch
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
                                 save_checkpoint, write_timeline)
+from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan
-from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
+from preflab.loops.best_model import (BestModel, load_best_weights, remove_all_but_best, saves_best,
+                                      writes_checkpoints)
 from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -417,8 +419,8 @@ def check_sharded_checkpoints(cfg, engine: str) -> None:
     checkpointing) and DeepSpeed ZeRO (preflab.deepspeed_checkpoint, each rank's partition); under FSDP version 1
     intermediate checkpoints and resume are refused rather than written wrong (each rank would hold only its
     shards). The final model is gathered to one save_pretrained directory under every engine (gather_full_state)."""
-    used = [k for k, bad in (("save_steps", cfg.save_steps), ("resume_from_checkpoint", resume_requested(cfg)))
-            if bad]
+    used = [k for k, bad in (("save_steps", cfg.save_steps), ("save_strategy: best", saves_best(cfg)),
+                             ("resume_from_checkpoint", resume_requested(cfg))) if bad]
     if engine == "FSDP" and used:
         raise ConfigError(
             f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 and DeepSpeed, "
@@ -491,6 +493,9 @@ class TrainingRun:
     final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
     data_report: dict = {}
     step: int = 0  # the global step just finished (evaluate() reads it)
+    # what a micro-batch's num_tokens counts: the throughput metrics are num_<unit> and <unit>_per_second (TRL's
+    # num_tokens / tokens_per_second for text; a diffusion run counts images)
+    throughput_unit: str = "tokens"
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
     def before_train(self) -> None:
@@ -635,7 +640,7 @@ class TrainingRun:
                               "the best checkpoint's full weights only without sharding); train with "
                               "examples/accelerate/ddp.yaml or one process, or remove load_best_model_at_end.")
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
-        if is_sharded(acc) and (cfg.save_steps or resume_requested(cfg)):
+        if is_sharded(acc) and (writes_checkpoints(cfg) or resume_requested(cfg)):
             self._check_sharded_extras()  # before the first step, not at the first save
             if self._deepspeed_engine() is not None:
                 check_checkpointable(self._deepspeed_engine())
@@ -649,7 +654,7 @@ class TrainingRun:
             cfg.save(self.out / "config.yaml")
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
                          tracker=self._start_trackers() if self.main else None)
-        bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm)
+        bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm, self.throughput_unit)
         self.checkpoint_module.train()
         self.step = start_step
         self.emit("on_train_begin")
@@ -698,19 +703,29 @@ class TrainingRun:
             asked = self.control_flags()
             if self._log_due(step + 1) or asked["should_log"]:
                 last = {"step": step + 1, "learning_rate": learning_rate,
-                        "num_tokens": tokens_total, **average_results(window), **self.progress(step + 1),
-                        "tokens_per_second": tokens_this_run / max(time.perf_counter() - started, 1e-9)}
+                        f"num_{self.throughput_unit}": tokens_total, **average_results(window),
+                        **self.progress(step + 1),
+                        f"{self.throughput_unit}_per_second": tokens_this_run / max(time.perf_counter() - started,
+                                                                                    1e-9)}
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
-            if (cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]:
+            save = (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]
+            if ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]
+                    or (saves_best(cfg) and step + 1 == self.total_steps)):  # transformers evaluates the last step
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
+                new_best = False
                 if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
                     log.write({"step": step + 1, **self.progress(step + 1), **metrics})
                     self.emit("on_evaluate", metrics=dict(metrics))
-                    self.best.update(self._same_on_every_rank(metrics), step + 1)  # after on_evaluate (transformers)
-            if (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]:
+                    # after on_evaluate (transformers)
+                    new_best = self.best.update(self._same_on_every_rank(metrics), step + 1)
+                if saves_best(cfg):  # transformers: should_save = is_new_best_metric at an evaluation
+                    if not metrics:
+                        raise no_eval_set_for_best(f"the evaluation at step {step + 1} gave no metrics (no eval set)")
+                    save = new_best
+            if save:
                 self.best.note_checkpoint(self.out, step + 1)
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
                 self.emit("on_save", checkpoint=path)

@@ -30,12 +30,12 @@ from preflab.objectives.base import (
     check_modality,
     check_params,
 )
-from preflab.objectives.contract import check_objective
+from preflab.objectives.contract import check_objective, example_batch
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
-    "check_gradient_extras", "WPOWeighted", "check_objective",
+    "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch",
 ]
 
 # Modules of this package that are not objectives (helpers and the `preflab objectives` command).
@@ -101,6 +101,18 @@ def _class_for(name) -> type[Objective]:
     return objective_class(resolve_name(name))
 
 
+def part_names(loss_types) -> tuple[str, ...]:
+    """The name of each part of a loss_type list, as its `loss/<name>` metric says it: a built-in objective as given
+    (name or alias), a user's class ('file.py:Class', 'module:Class' or the class itself) by its class name, not
+    its path. Two parts with one name are a ConfigError (one metric would overwrite the other)."""
+    names = tuple(n.rpartition(":")[2] if isinstance(n, str) else n.__qualname__ for n in loss_types)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"loss_type {[str(n) for n in loss_types]}: more than one part is named {twice[0]!r} (each "
+                          f"part logs loss/<name>); give each part once, or rename one of the classes.")
+    return names
+
+
 def _checked_user_class(cls, spec: str) -> type[Objective]:
     """A user's objective class, or a ConfigError saying what it must be (a function or a plain class would fail
     later with a TypeError from dataclasses)."""
@@ -140,8 +152,7 @@ def get_objective(name, **params) -> Objective:
         unused = set(params) - used
         if unused:
             raise ConfigError(f"no objective in {list(name)} takes parameter(s) {sorted(unused)}.")
-        return WeightedSum(tuple(parts), tuple(float(w) for w in weights),
-                           tuple(n if isinstance(n, str) else n.__qualname__ for n in name))
+        return WeightedSum(tuple(parts), tuple(float(w) for w in weights), part_names(name))
     if params.get("loss_weights") is not None:
         return get_objective([name], **params)
     params.pop("loss_weights", None)

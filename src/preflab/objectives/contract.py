@@ -17,7 +17,7 @@ import copy
 import torch
 
 from preflab.errors import MissingExtraError, PreflabError
-from preflab.objectives.base import PairBatch, UnpairedBatch
+from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch
 
 
 def _policy_leaves(batch) -> list[torch.Tensor]:
@@ -34,6 +34,46 @@ def without_reference(batch):
         batch.ref = None
         if isinstance(batch, UnpairedBatch):
             batch.ref_kl = None
+    return batch
+
+
+def _spread(sums, lengths, requires_grad: bool = False) -> SequenceLogps:
+    """Sequences whose log-probs sum to `sums` ([B] or [B, K]), spread evenly over `lengths` tokens, padded to 6."""
+    sums, lengths = torch.as_tensor(sums, dtype=torch.float64), torch.as_tensor(lengths)
+    mask = torch.arange(6) < lengths.unsqueeze(-1)
+    tokens = (sums / lengths.clamp_min(1)).unsqueeze(-1).expand(*sums.shape, 6) * mask
+    return SequenceLogps(tokens.clone().requires_grad_(requires_grad), mask)
+
+
+def example_batch(objective):
+    """A small batch of `objective`'s kind for `check_objective` (4 examples of different lengths, reference log-probs,
+    policy log-probs that require grad, float64), with the extras its class's `example_extras(batch)` gives; a
+    required extra it does not give is a PreflabError saying to write that classmethod."""
+    cls = type(objective)
+    if cls.batch_type is PairBatch:
+        chosen, rejected = [3, 5, 2, 4], [4, 2, 5, 1]  # lengths
+        batch = PairBatch(_spread([-10.0, -3.0, -7.5, -2.0], chosen, True),
+                          _spread([-12.0, -2.5, -9.0, -4.0], rejected, True),
+                          _spread([-11.0, -3.2, -7.0, -2.5], chosen), _spread([-11.5, -2.0, -8.0, -3.0], rejected))
+    elif cls.batch_type is UnpairedBatch:
+        lengths = [3, 5, 2, 4]
+        labels = torch.tensor([True, False, True, False])
+        batch = UnpairedBatch(_spread([-10.0, -3.0, -7.5, -2.0], lengths, True), labels,
+                              _spread([-11.0, -3.2, -7.0, -2.5], lengths), _spread([-9.0, -4.0, -6.0, -3.0], lengths),
+                              _spread([-9.5, -4.5, -6.5, -2.0], lengths))
+    elif cls.batch_type is ListBatch:
+        lengths = torch.tensor([[3, 4, 2]] * 4)
+        batch = ListBatch(_spread([[-4.0, -6.0, -5.0]] * 4, lengths, True), torch.tensor([[1.0, 0.0, 0.5]] * 4),
+                          _spread([[-4.5, -5.5, -5.0]] * 4, lengths))
+    else:
+        raise PreflabError(f"{cls.__name__}: batch_type {cls.batch_type.__name__} has no example batch; call "
+                           "check_objective(objective, batch) with a batch of your own.")
+    batch.extras.update(cls.example_extras(batch))
+    missing = [k for k in cls.required_extras if k not in batch.extras]
+    if missing:
+        raise PreflabError(f"{cls.__name__} reads the extras {missing}, which its example_extras(batch) does not give: "
+                           "write the classmethod example_extras(cls, batch) returning a plausible tensor for each, "
+                           "or call check_objective(objective, batch) with a batch of your own.")
     return batch
 
 

@@ -32,8 +32,9 @@ result equals an uninterrupted run's. Without resume an existing state is refuse
 
 On several processes (`accelerate launch --num_processes N`, data parallel only) both stages train with the recipe's
 global batch split over the processes (batch_size / N each; N must divide it), so the result equals the one-process
-recipe: the loss_type must be a per-pair mean (PER_PAIR_LOSSES; one that couples the batch's pairs, such as aot's
-sorted matching or sft's token mean of each micro-batch, is refused there). The held-out scoring (before and after
+recipe: the loss_type must be a per-pair mean (PER_PAIR_LOSSES) or `sft`, whose token mean then runs over the whole
+optimizer step's chosen tokens (objectives.sft token_mean "step", as raft_ladder's sft terms); one that couples the
+batch's pairs otherwise, such as aot's sorted matching, is refused there. The held-out scoring (before and after
 each stage) runs on the main process and every process receives its numbers; the episode files, state and summary
 are written once, by the main process. The users' rows and episodes are built on every process (seeded, the same on
 each, and a bad row is refused by every process alike).
@@ -60,6 +61,7 @@ STAGES = ("fspo", "pooled")
 # pairs, so N processes x batch_size / N pairs train the one-process objective of batch_size pairs
 PER_PAIR_LOSSES = ("sigmoid", "dpo", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "sppo_hard", "apo_zero",
                    "apo_down", "discopop", "bco_pair")
+STEP_TOKEN_MEAN_LOSSES = ("sft",)  # a token mean over the batch: on several processes, over the whole step's tokens
 TOY_WORDS = ["sun", "cat", "map", "dog", "red", "box", "pen", "cup", "hat", "log", "net", "owl", "jam", "kit", "fig",
              "bus", "car", "toy", "bee", "ant", "ice", "oak", "elf", "gem"]
 
@@ -219,10 +221,13 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     if steps < 1 or batch_size < 1:
         raise ConfigError("task fspo: steps and batch_size must be >= 1.")
     processes = start_processes()  # a launch's process group, formed before anything is written
-    if processes > 1 and loss_type not in PER_PAIR_LOSSES:
+    if processes > 1 and loss_type not in PER_PAIR_LOSSES + STEP_TOKEN_MEAN_LOSSES:
         raise ConfigError(f"task fspo: loss_type={loss_type!r} on {processes} processes: only a per-pair mean loss "
-                          f"{list(PER_PAIR_LOSSES)} splits its batch over the processes without changing the "
-                          "objective. Use one of those, or run it as one process (`preflab train CONFIG.yaml`).")
+                          f"{list(PER_PAIR_LOSSES)} or {list(STEP_TOKEN_MEAN_LOSSES)} (its token mean over the whole "
+                          "step) splits its batch over the processes without changing the objective. Use one of "
+                          "those, or run it as one process (`preflab train CONFIG.yaml`).")
+    # sft's token mean over the global batch's chosen tokens, as one process has it (not each process's own mean)
+    objective_params = {"token_mean": "step"} if processes > 1 and loss_type in STEP_TOKEN_MEAN_LOSSES else {}
     per_process = per_process_batch(batch_size, "fspo")
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
@@ -258,7 +263,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                     "beta": beta, "max_steps": steps, "per_device_train_batch_size": per_process,
                                     "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
                                     "seed": seed, "logging_steps": 10, "save_steps": save_steps,
-                                    "disable_tqdm": quiet, "use_cpu": True})
+                                    "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params})
             Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             return main_result(lambda: preference_accuracy(model, tokenizer, eval_rows))
 

@@ -1,0 +1,59 @@
+"""Quieting other libraries for one `preflab` command, and putting them back after it.
+
+A command hides other libraries' warnings, transformers' info logs and its progress bars (`preflab train`:
+`quiet_third_party()`; `preflab demo --quiet`: `quiet_transformers(progress_bars=False)`). preflab.cli.main runs each
+command inside `kept_as_found()`, so a caller that runs main() in its own process (a notebook, a test session) finds
+the warning filters, transformers' verbosity and its (and huggingface_hub's) progress bars as they were: a library
+must not leave global state changed after a run. Outside `kept_as_found()` the changes stay, as before.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+
+_undo: list[Callable[[], None]] = []  # how to put back each change made inside kept_as_found()
+_depth = 0                             # kept_as_found() blocks open (main() inside a command, e.g. a recipe)
+
+
+@contextlib.contextmanager
+def kept_as_found() -> Iterator[None]:
+    """Warning filters and the changes made by quiet_transformers() inside the block are undone at its end."""
+    global _depth
+    mark = len(_undo)
+    _depth += 1
+    try:
+        with warnings.catch_warnings():  # saves warnings.filters and restores them on exit
+            yield
+    finally:
+        _depth -= 1
+        while len(_undo) > mark:
+            _undo.pop()()
+
+
+def quiet_transformers(verbosity_error: bool = True, progress_bars: bool = True) -> None:
+    """transformers' logs at error level only (verbosity_error) and / or its progress bars off (progress_bars=False;
+    transformers' switch turns huggingface_hub's bars off too)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    if verbosity_error:
+        hf_logging.set_verbosity_error()
+        if _depth:
+            _undo.append(lambda: hf_logging.set_verbosity(level))
+    if not progress_bars:
+        hf_logging.disable_progress_bar()
+        if _depth and bars:
+            _undo.append(hf_logging.enable_progress_bar)
+
+
+def quiet_third_party() -> None:
+    """Hide other libraries' FutureWarning / DeprecationWarning / UserWarning (preflab's own warnings still show),
+    transformers' info logs and its progress bars (preflab draws its own)."""
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=r"preflab(\.|$)")
+        warnings.filterwarnings("default", category=category, message="preflab")
+    quiet_transformers(verbosity_error=True, progress_bars=False)
