@@ -327,3 +327,17 @@ def test_save_strategy_best_options_are_checked(tmp_path):
     assert (cfg.save_strategy, cfg.save_steps, cfg.metric_for_best_model) == ("best", 0, "loss")
     with pytest.raises(ConfigError, match="save_steps=4 is not used with save_strategy: best"):
         TrainConfig(**{**base, "metric_for_best_model": "loss", "eval_steps": 2, "save_steps": 4})
+
+
+def test_the_last_step_off_the_schedule_is_evaluated_checkpointed_and_competes_for_the_best(tmp_path):
+    """transformers' DefaultFlowCallback evaluates the last step under eval_strategy steps and saves it under
+    save_strategy steps even when it is off the schedule, so its evaluation takes part in the best model: 5 steps with
+    eval_steps = save_steps = 2 evaluate and checkpoint steps 2, 4 and 5 (before: the last step was evaluated after
+    the loop, without a checkpoint, and could not be the best)."""
+    summary = _train(_cfg(tmp_path, "end", eval_steps=2, save_steps=2, max_steps=5, learning_rate=0.01))
+    run = tmp_path / "end"
+    evals = _evals(run)
+    assert [s for s, _ in evals] == [2, 4, 5] and _checkpoints(run) == [2, 4, 5]
+    step, value = _best(evals)
+    assert (summary["best_global_step"], summary["best_metric"]) == (step, value)
+    assert summary["best_model_checkpoint"] == str(run / f"checkpoint-{step}")

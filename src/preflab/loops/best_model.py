@@ -4,7 +4,9 @@ metric_for_best_model, greater_is_better; Trainer._determine_best_metric, _save_
 - The options: metric_for_best_model defaults to "loss" when load_best_model_at_end is set; greater_is_better
   defaults to `not metric.endswith("loss")`; load_best_model_at_end needs evaluation and checkpoints on the same
   steps schedule (save_steps a multiple of eval_steps) -> best_model_option_errors / resolve_best_model_options.
-- At each evaluation of the loop (not the extra one at the end, which transformers does not run) the metric
+- At each evaluation of the loop (the last step's included: transformers' DefaultFlowCallback evaluates it under
+  eval_strategy steps and saves it under save_strategy steps, so with load_best_model_at_end the driver evaluates and
+  checkpoints the last step too, and it competes for the best) the metric
   (`eval_` prefixed when the name lacks it) is compared with the best so far: strictly greater (greater_is_better) or
   strictly less replaces it and records the step (BestModel.update). A name missing from the metrics is a
   ConfigError naming the available keys (transformers raises KeyError there).

@@ -710,9 +710,13 @@ class TrainingRun:
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
-            save = (cfg.save_steps and (step + 1) % cfg.save_steps == 0) or asked["should_save"]
+            # transformers' DefaultFlowCallback at the last step: evaluate (eval_strategy steps) and save (save_strategy
+            # steps); here where the best model depends on it, so the last step's evaluation competes for the best
+            best_at_end = step + 1 == self.total_steps and (saves_best(cfg) or cfg.load_best_model_at_end)
+            save = ((cfg.save_steps and ((step + 1) % cfg.save_steps == 0 or best_at_end))
+                    or asked["should_save"])
             if ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]
-                    or (saves_best(cfg) and step + 1 == self.total_steps)):  # transformers evaluates the last step
+                    or (best_at_end and (cfg.eval_steps or saves_best(cfg)))):
                 metrics = self.evaluate()
                 evaluated = (step + 1, metrics)
                 new_best = False
