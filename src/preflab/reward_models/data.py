@@ -21,8 +21,11 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
                           max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
                           on_bad_row: str = "error", source: str = "", context_template: str | None = None,
                           max_completion_length: int | None = None):
-    """(tokenized pairs, report). Contexts are rendered when `context_template` is given; when any row has a
-    `margin`, every pair gets a float margin (0 where absent or null), so no batch silently drops the column.
+    """(tokenized pairs, report). Each side's ids are those of prompt + response tokenized as one text (TRL
+    RewardTrainer's `tokenizer(prompt + response + eos)`, what a plain `tokenizer(...)` gives at inference), the
+    prompt/response boundary placed at their common prefix. Contexts are rendered when `context_template` is
+    given; when any row has a `margin`, every pair gets a float margin (0 where absent or null), so no batch
+    silently drops the column.
     A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
     the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
     has_contexts = bool(context_template) and has_context(examples)
@@ -30,7 +33,7 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
         examples = with_context(examples, context_template)
     pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                                    truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
-                                   max_completion_length=max_completion_length)
+                                   max_completion_length=max_completion_length, joint_only=True)
     if has_contexts and max_prompt_length is not None and truncation_mode == "keep_end":
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
@@ -56,7 +59,7 @@ def _check_contexts_kept(examples, pairs: list, report, tokenizer, max_prompt_le
     `context_truncated` with on_bad_row: skip)."""
     with_ctx = {ex.row_id for ex in examples if ex.extras.get(CONTEXT_FIELD)}
     full, _ = tokenize_pairs([ex for ex in examples if ex.row_id in with_ctx], tokenizer, max_length=None,
-                             on_bad_row="skip")  # the uncut prompt lengths
+                             on_bad_row="skip", joint_only=True)  # the uncut prompt lengths
     full_length = {pair.row_id: max(len(pair.prompt_ids), len(rejected_prompt_of(pair))) for pair in full}  # intra: x_l
     policy, kept = BadRowPolicy(on_bad_row, report), []
     for pair in pairs:

@@ -9,7 +9,8 @@ Every PreferenceModel here satisfies P(a > b) + P(b > a) = 1 and P(a > a) = 1/2:
 construction (skew-symmetric logits), an order-sensitive judge g through the symmetrisation
 P_sym(a > b) = (g(a, b) + 1 - g(b, a)) / 2 (library choice, models-and-loops.md B0.2). BT and GPM need K forward
 passes for a K x K matrix; a pairwise judge needs K(K - 1).
-Texts are tokenized exactly as in training (`tokenize_unpaired`: bos + prompt, response + eos); a model trained
+Texts are tokenized exactly as in training (`tokenize_unpaired` with joint_only: bos + the ids of prompt + response
+as one text + eos, TRL RewardTrainer's); a model trained
 with contexts takes `contexts=` (rendered with the template stored in its config).
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ class RewardModel:
             template = self.info.get("context_template", CONTEXT_TEMPLATE)
             prompts = [render_context(p, c, template) for p, c in zip(prompts, contexts)]
         examples = [UnpairedExample(i, p, r, True) for i, (p, r) in enumerate(zip(prompts, responses))]
-        items, _ = tokenize_unpaired(examples, self.tokenizer, max_length=self.max_length)
+        items, _ = tokenize_unpaired(examples, self.tokenizer, max_length=self.max_length, joint_only=True)
         device = next(self.model.parameters()).device
         chunks = []
         with torch.no_grad():

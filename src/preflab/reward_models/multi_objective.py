@@ -132,7 +132,8 @@ def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[
                         "Fix the attribute names or the rows.")
     items, report = tokenize_unpaired(examples, tokenizer, max_length=max_length,
                                       max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-                                      max_completion_length=max_completion_length, source=source)
+                                      max_completion_length=max_completion_length, source=source,
+                                      joint_only=True)
     return [RatedItem(it.row_id, it.prompt_ids, it.completion_ids,
                       [float(v) if v is not None else 0.0 for v in targets[it.row_id]],
                       [v is not None for v in targets[it.row_id]]) for it in items], report
