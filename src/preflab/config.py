@@ -280,6 +280,9 @@ class TrainConfig:
                            "batches padded rows; remove it.")
             if self.generate_during_eval:
                 out.append("generate_during_eval: a reward model generates nothing (task: reward); remove it.")
+            if self.chunk_tokens is not None:
+                out.append("chunk_tokens sizes the LM-head chunks of a policy's log-probs; a reward model (task: "
+                           "reward) has no LM head; remove it.")
         elif self.center_rewards_coefficient is not None:
             out.append("center_rewards_coefficient only applies to task: reward.")
         if self.task != "reward" and (self.reward_head != "bt" or self.reward_head_params):

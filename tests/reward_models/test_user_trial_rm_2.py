@@ -49,3 +49,71 @@ def test_a_reward_judge_scores_the_ids_a_plain_transformers_user_scores(tok, tmp
         expected = [plain(torch.tensor([tok(p + r + tok.eos_token)["input_ids"]])).logits[0, 0].item()
                     for p, r in zip(prompts, responses)]
     torch.testing.assert_close(judged, torch.tensor(expected), rtol=0, atol=1e-6)
+
+
+def _reward_cfg(tmp_path, data, **kw):
+    from preflab.config import config_from_dict
+
+    return config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                             "per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-3,
+                             "logging_steps": 1, "use_cpu": True, "seed": 0, "output_dir": str(tmp_path), **kw})
+
+
+def _pairs_file(tmp_path, n=8):
+    from reward_synthetic import marker_rows
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(n, seed=0)))
+    return path
+
+
+def test_reward_runs_pad_rows_to_pad_to_multiple_of_with_the_same_loss(tmp_path, monkeypatch):
+    """RewardConfig's pad_to_multiple_of was accepted by task: reward and ignored (rows kept their own width)."""
+    from preflab.reward_models.train import RewardRun, train_reward
+
+    data, widths = _pairs_file(tmp_path), []
+    forward = RewardRun.forward
+
+    def recording(self, mb):
+        widths.append(mb.layout.input_ids.shape[1])
+        return forward(self, mb)
+
+    plain = train_reward(_reward_cfg(tmp_path / "plain", data))
+    monkeypatch.setattr(RewardRun, "forward", recording)
+    rounded = train_reward(_reward_cfg(tmp_path / "rounded", data, pad_to_multiple_of=64))
+    assert widths and all(w % 64 == 0 for w in widths)
+    for key in ("loss", "accuracy", "margin"):
+        assert rounded["final_metrics"][key] == pytest.approx(plain["final_metrics"][key], abs=1e-6)
+
+
+def test_reward_task_refuses_chunk_tokens_and_says_lora_task_type_seq_cls_is_what_it_does(capsys):
+    """chunk_tokens (the LM-head chunk) was accepted by task: reward and ignored; TRL's reward-model LoRA recipe
+    `lora_task_type: SEQ_CLS` got the note "adapters are always built for CAUSAL_LM", false for a reward model."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+    with pytest.raises(ConfigError, match="chunk_tokens .* no LM head"):
+        config_from_dict({**base, "chunk_tokens": 64})
+    config_from_dict({**base, "use_peft": True, "lora_task_type": "SEQ_CLS"})
+    assert "CAUSAL_LM" not in capsys.readouterr().err
+    config_from_dict({**base, "use_peft": True, "lora_task_type": "CAUSAL_LM"})
+    assert "builds its adapters for SEQ_CLS" in capsys.readouterr().err
+
+
+def test_attribute_reward_model_names_its_outputs_in_id2label(tmp_path):
+    """A DPA (multi_objective) model loaded with AutoModelForSequenceClassification showed LABEL_0, LABEL_1 for its
+    outputs; the attribute names were only in preflab's own config entry."""
+    from transformers import AutoConfig
+
+    from reward_synthetic import rated_rows
+
+    from preflab.reward_models.train import train_reward
+
+    data = tmp_path / "rated.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rated_rows(8, seed=0)))
+    train_reward(_reward_cfg(tmp_path / "run", data, max_steps=1, reward_head="multi_objective",
+                             reward_head_params={"attributes": ["helpfulness", "verbosity"]}))
+    config = AutoConfig.from_pretrained(tmp_path / "run")
+    assert config.id2label == {0: "helpfulness", 1: "verbosity"}
+    assert config.label2id == {"helpfulness": 0, "verbosity": 1}

@@ -139,7 +139,10 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     info = {**head.to_config(), **({"context_template": template} if template else {})}
 
     def collate(pairs) -> MicroBatch:
-        return MicroBatch(collate_pairs(pairs, pad_id, "padded"), [p.row_id for p in pairs], [])
+        from preflab.data.layout import bucket
+
+        layout = bucket(collate_pairs(pairs, pad_id, "padded"), cfg.pad_to_multiple_of, pad_id)  # TRL's option
+        return MicroBatch(layout, [p.row_id for p in pairs], [])
 
     def loss_fn(model, mb):
         device = next(model.parameters()).device
