@@ -117,3 +117,20 @@ def test_attribute_reward_model_names_its_outputs_in_id2label(tmp_path):
     config = AutoConfig.from_pretrained(tmp_path / "run")
     assert config.id2label == {0: "helpfulness", 1: "verbosity"}
     assert config.label2id == {"helpfulness": 0, "verbosity": 1}
+
+
+def test_reward_data_says_that_max_length_cuts_responses_where_trl_drops_the_pair(tmp_path, tok, capsys):
+    """TRL's RewardTrainer filters out pairs longer than max_length; preflab cuts their responses (rewards read
+    mid-text, without eos) and said so only as a count in the data line."""
+    from preflab.reward_models.data import load_reward_pairs
+
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "the cat", "chosen": " sat on the mat " * 6, "rejected": " ran"}) + "\n"
+                    + json.dumps({"prompt": "a", "chosen": " good", "rejected": " bad"}) + "\n")
+    cfg = _reward_cfg(tmp_path, data, max_length=16)
+    train, _, _, _ = load_reward_pairs(cfg, tok)
+    assert len(train) == 2
+    out = capsys.readouterr().out
+    assert "max_length=16 cut the responses of 1 pairs" in out and "TRL's RewardTrainer drops" in out
+    load_reward_pairs(_reward_cfg(tmp_path, data, max_length=None), tok)
+    assert "cut the responses" not in capsys.readouterr().out

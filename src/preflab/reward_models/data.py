@@ -105,7 +105,8 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     _check_intra_head(cfg, rows + eval_rows, row_report.source)
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                    max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)
+                    max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode,
+                    on_bad_row=cfg.on_bad_row, context_template=template)
     train, tok_report = tokenize_reward_pairs(rows, tokenizer, source=cfg.dataset_name, **settings)
     report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(),
               "skipped": dict(row_report.to_dict().get("skipped", {}))}
@@ -120,4 +121,11 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
             report["eval_rows"] = eval_row_report.to_dict()
         print(f"preflab: eval data: {eval_row_report.summary() + '; ' if eval_row_report else ''}"
               f"{eval_tok.summary()}")
+    cut = tok_report.response_truncated + (eval_tok.response_truncated if eval_rows else 0)
+    if cut:  # TRL's RewardTrainer filters such pairs out; a cut response is scored without its end
+        limits = " / ".join(f"{k}={getattr(cfg, k)}" for k in ("max_length", "max_completion_length")
+                            if getattr(cfg, k) is not None)
+        print(f"preflab: note: {limits} cut the responses of {cut} pairs (training and eval sets): a cut response "
+              "has no eos and its reward is read at the cut. TRL's RewardTrainer drops pairs longer than max_length "
+              "instead; raise max_length (or set it to null) to score whole responses.")
     return train, evals, report, template
