@@ -134,3 +134,21 @@ def test_reward_data_says_that_max_length_cuts_responses_where_trl_drops_the_pai
     assert "max_length=16 cut the responses of 1 pairs" in out and "TRL's RewardTrainer drops" in out
     load_reward_pairs(_reward_cfg(tmp_path, data, max_length=None), tok)
     assert "cut the responses" not in capsys.readouterr().out
+
+
+def test_an_rpr_row_is_named_with_the_expansion_to_context_rows(tmp_path):
+    """microsoft/rpr rows {prompt, response_a, response_b, criteria_x, criteria_y} were refused as a pair 'missing'
+    chosen, with no word of preflab's own expand_rpr_rows; the expansion itself gives two opposite context rows."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+    from preflab.reward_models.context import expand_rpr_rows
+
+    row = {"prompt": "p", "response_a": "short", "response_b": "long answer", "criteria_x": "brief",
+           "criteria_y": "detailed"}
+    data = tmp_path / "rpr.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match="RPR context row.*expand_rpr_rows"):
+        load_rows(str(data), kind="pairwise")
+    examples, _ = load_rows(expand_rpr_rows([row]), kind="pairwise")
+    assert [(ex.extras["context"], ex.chosen, ex.rejected) for ex in examples] == [
+        ("brief", "short", "long answer"), ("detailed", "long answer", "short")]
