@@ -152,3 +152,40 @@ def test_an_rpr_row_is_named_with_the_expansion_to_context_rows(tmp_path):
     examples, _ = load_rows(expand_rpr_rows([row]), kind="pairwise")
     assert [(ex.extras["context"], ex.chosen, ex.rejected) for ex in examples] == [
         ("brief", "short", "long answer"), ("detailed", "long answer", "short")]
+
+
+def test_a_trl_trained_reward_model_judges_on_the_ids_trl_trained_it_on(tok, tmp_path):
+    """A sequence-classification reward model from TRL's RewardTrainer (no preflab config) as `reward_funcs: DIR`
+    was scored on tokenizer(prompt + response) without the eos TRL appends, and chat prompts on their message
+    contents glued together without the chat template TRL trains with."""
+    from transformers import AutoModelForSequenceClassification
+
+    from preflab.online.tasks import resolve_judge
+    from preflab.reward_models.heads import build_reward_model
+
+    build_reward_model("builtin:tiny-llama", 1, tok, seed=0).save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    judge = resolve_judge(str(tmp_path))
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    prompts, responses = ["the cat ", "say"], ["sat", " hello"]
+    chat_prompt, chat_response = [{"role": "user", "content": "hi"}], [{"role": "assistant", "content": "hello"}]
+    trl_ids = [tok(p + r + tok.eos_token)["input_ids"] for p, r in zip(prompts, responses)]
+    trl_ids.append(tok.apply_chat_template(chat_prompt + chat_response, tokenize=True, return_dict=True)["input_ids"])
+    with torch.no_grad():
+        expected = torch.tensor([plain(torch.tensor([ids])).logits[0, 0].item() for ids in trl_ids])
+    got = torch.cat([judge.score(prompts, responses), judge.score([chat_prompt], [chat_response])])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_an_em_mixture_run_is_named_instead_of_a_transformers_traceback(tmp_path):
+    """`preflab eval RUN --task reward` (and load_judge, reward_funcs: RUN) on a MaxMin em_mixture run ended in
+    transformers' `ValueError: Unrecognized model ... model_type`; a folder without a model likewise."""
+    from preflab.errors import ConfigError
+    from preflab.reward_models.heads import load_reward_model
+
+    (tmp_path / "mixture.json").write_text(json.dumps({"components": ["em-iter-2/component-0"]}))
+    with pytest.raises(ConfigError, match="em_mixture run.*component-0.*maxmin:"):
+        load_reward_model(str(tmp_path))
+    (tmp_path / "mixture.json").unlink()
+    with pytest.raises(ConfigError, match="holds no model"):
+        load_reward_model(str(tmp_path))

@@ -185,6 +185,7 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
         return load_reward_checkpoint(path, trust_remote_code).eval()
     if Path(path, FALLBACK_FILE).is_file():
         return LastTokenRewardModel.from_pretrained(path).eval()
+    _check_holds_a_model(path)
     from transformers import AutoModelForSequenceClassification
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -197,6 +198,23 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
                           f"{kinds} checkpoint), so its scores would come from a random head. Give a reward model "
                           "directory: a `task: reward` run's output_dir, or a sequence-classification checkpoint.")
     return model.eval()
+
+
+def _check_holds_a_model(path) -> None:
+    """A local directory without config.json is not a model: an em_mixture run (K component models), or another
+    folder; a ConfigError saying what to give (transformers would end in a ValueError traceback)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "config.json").is_file():
+        return
+    if (path / "mixture.json").is_file():
+        components = json.loads((path / "mixture.json").read_text()).get("components") or []
+        where = f" (e.g. {path / components[0]})" if components else ""
+        raise ConfigError(f"{path} is a MaxMin em_mixture run: K reward models, one per user cluster, not one model. "
+                          f"Give one component folder{where}; as an online judge use `maxmin:{path}` (or "
+                          f"`maxmin_pointwise:{path}`); in Python preflab.reward_models.maxmin_train."
+                          "load_reward_mixture.")
+    raise ConfigError(f"{path} holds no model (no config.json); give a reward model directory: a `task: reward` "
+                      "run's output_dir, its checkpoint-<step>, or a sequence-classification checkpoint.")
 
 
 def is_training_checkpoint(path) -> bool:
