@@ -189,3 +189,22 @@ def test_an_em_mixture_run_is_named_instead_of_a_transformers_traceback(tmp_path
     (tmp_path / "mixture.json").unlink()
     with pytest.raises(ConfigError, match="holds no model"):
         load_reward_model(str(tmp_path))
+
+
+def test_reward_eval_and_judge_cap_max_length_to_the_models_positions(tok, capsys):
+    """`preflab eval --task reward` (default --max-length 1024) and a RewardModel judge on a GPT-2-style model with
+    512 learned positions ended in `IndexError: index out of range in self` on a long pair; training caps it."""
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.interface import RewardModel
+
+    model = build_reward_model("builtin:tiny-gpt2", 1, tok, seed=0)
+    positions = model.config.n_positions
+    long_text = " kit cat" * positions  # more tokens than positions
+    rows = [{"prompt": "echo:", "chosen": long_text, "rejected": " short"},
+            {"prompt": "a", "chosen": " good", "rejected": " bad"}]
+    result = evaluate_reward_model(model, rows, tokenizer=tok)
+    assert result["num_pairs"] == 2 and result["truncated"]["response"] == 1
+    assert f"scoring with max_length={positions}" in capsys.readouterr().out
+    scores = RewardModel(model, tok).score(["echo:"], [long_text])
+    assert scores.shape == (1,) and RewardModel(model, tok).max_length == positions

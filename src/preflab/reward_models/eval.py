@@ -38,6 +38,20 @@ def pair_outputs(model: nn.Module, pairs: list, pad_id: int, batch_size: int = 8
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def capped_max_length(model: nn.Module, max_length: int | None) -> int | None:
+    """`max_length` capped to the model's positions, with a note: a longer sequence would index past a learned
+    position table (GPT-2's 512 / 1024) and end in an IndexError inside the model's forward."""
+    from preflab.models.load import max_positions
+
+    positions = max_positions(model)
+    if positions is None or (max_length is not None and max_length <= positions):
+        return max_length
+    given = "no max_length (no limit)" if max_length is None else f"max_length={max_length}"
+    print(f"preflab: note: {given} is above the model's {positions} positions; scoring with max_length={positions} "
+          "(longer pairs are cut and counted).")
+    return positions
+
+
 def _groups(examples, correct: Tensor, field: str) -> dict:
     index: dict = defaultdict(list)
     for i, ex in enumerate(examples):
@@ -85,6 +99,7 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
         from preflab.errors import ConfigError
 
         raise ConfigError("evaluate_reward_model got an in-memory model without a tokenizer; pass tokenizer=.")
+    max_length = capped_max_length(model, max_length)
     info = reward_config(model)
     head = head or head_from_config(info)
     template = info.get("context_template") if context_template == AUTO else context_template

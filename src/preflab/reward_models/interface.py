@@ -42,10 +42,11 @@ class RewardModel:
 
     def __init__(self, model: nn.Module, tokenizer, batch_size: int = 8, max_length: int | None = 1024,
                  direction: Sequence[float] | None = None):
+        from preflab.reward_models.eval import capped_max_length
         from preflab.reward_models.heads import reward_config
 
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length = batch_size, capped_max_length(model, max_length)
         self.info = reward_config(model)
         self.direction = None if direction is None else torch.as_tensor(direction, dtype=torch.float32)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
