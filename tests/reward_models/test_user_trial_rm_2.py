@@ -191,7 +191,7 @@ def test_an_em_mixture_run_is_named_instead_of_a_transformers_traceback(tmp_path
         load_reward_model(str(tmp_path))
 
 
-def test_reward_eval_and_judge_cap_max_length_to_the_models_positions(tok, capsys):
+def test_reward_eval_and_judge_cap_max_length_to_the_models_positions(tok):
     """`preflab eval --task reward` (default --max-length 1024) and a RewardModel judge on a GPT-2-style model with
     512 learned positions ended in `IndexError: index out of range in self` on a long pair; training caps it."""
     from preflab.reward_models.eval import evaluate_reward_model
@@ -204,7 +204,22 @@ def test_reward_eval_and_judge_cap_max_length_to_the_models_positions(tok, capsy
     rows = [{"prompt": "echo:", "chosen": long_text, "rejected": " short"},
             {"prompt": "a", "chosen": " good", "rejected": " bad"}]
     result = evaluate_reward_model(model, rows, tokenizer=tok)
-    assert result["num_pairs"] == 2 and result["truncated"]["response"] == 1
-    assert f"scoring with max_length={positions}" in capsys.readouterr().out
+    assert result["num_pairs"] == 2 and result["truncated"]["response"] == 1 and result["max_length"] == positions
     scores = RewardModel(model, tok).score(["echo:"], [long_text])
     assert scores.shape == (1,) and RewardModel(model, tok).max_length == positions
+
+
+def test_a_direction_of_the_wrong_length_is_a_config_error_naming_the_attributes(tok):
+    """RewardModel(..., direction=v) on a DPA model with len(v) != its number of attributes ended in
+    `RuntimeError: size mismatch` at the first score."""
+    from preflab.errors import ConfigError
+    from preflab.reward_models.heads import build_reward_model, set_reward_config
+    from preflab.reward_models.interface import RewardModel
+
+    model = build_reward_model("builtin:tiny-llama", 2, tok, seed=0)
+    set_reward_config(model, {"head": "multi_objective", "attributes": ["helpfulness", "verbosity"]})
+    with pytest.raises(ConfigError, match=r"one weight per output.*helpfulness.*give 2 numbers"):
+        RewardModel(model, tok, direction=[1.0, 0.0, 0.0])
+    out = RewardModel(model, tok).outputs(["a"], [" b"])
+    torch.testing.assert_close(RewardModel(model, tok, direction=[0.6, 0.8]).score(["a"], [" b"]),
+                               out @ torch.tensor([0.6, 0.8]))

@@ -39,16 +39,14 @@ def pair_outputs(model: nn.Module, pairs: list, pad_id: int, batch_size: int = 8
 
 
 def capped_max_length(model: nn.Module, max_length: int | None) -> int | None:
-    """`max_length` capped to the model's positions, with a note: a longer sequence would index past a learned
-    position table (GPT-2's 512 / 1024) and end in an IndexError inside the model's forward."""
+    """`max_length` capped to the model's positions: a longer sequence would index past a learned position table
+    (GPT-2's 512 / 1024) and end in an IndexError inside the model's forward. The pairs it cuts are counted (the
+    eval's `truncated`, said with the `max_length` it returns)."""
     from preflab.models.load import max_positions
 
     positions = max_positions(model)
     if positions is None or (max_length is not None and max_length <= positions):
         return max_length
-    given = "no max_length (no limit)" if max_length is None else f"max_length={max_length}"
-    print(f"preflab: note: {given} is above the model's {positions} positions; scoring with max_length={positions} "
-          "(longer pairs are cut and counted).")
     return positions
 
 
@@ -74,7 +72,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
     Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
     "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
-    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end),
+    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end), "max_length"
+    (the one used: capped to the model's positions),
     "context_not_shown" (rows whose `context` the model did not see: no template stored, none given)}.
     Raises DataError when no pair is left to score.
     """
@@ -137,6 +136,7 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
     result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
+    result["max_length"] = max_length  # capped to the model's positions
     if not template:  # rows with a context the model does not see (it was trained without contexts)
         unseen = sum(1 for ex in kept if ex.extras.get("context"))
         if unseen:

@@ -49,6 +49,11 @@ class RewardModel:
         self.batch_size, self.max_length = batch_size, capped_max_length(model, max_length)
         self.info = reward_config(model)
         self.direction = None if direction is None else torch.as_tensor(direction, dtype=torch.float32)
+        width = _head_width(model)
+        if self.direction is not None and (self.direction.dim() != 1 or len(self.direction) != width):
+            names = self.info.get("attributes") or f"{width} outputs"
+            raise ConfigError(f"direction={list(map(float, self.direction.reshape(-1)))} must have one weight per "
+                              f"output of the model ({names}); give {width} numbers.")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @classmethod
@@ -173,6 +178,13 @@ class MatrixPreference:
         return self.matrix[idx][:, idx]
 
 
+def _head_width(model: nn.Module) -> int:
+    """The number of head outputs: the `score` layer's (preflab's models and most transformers classifiers), else the
+    config's num_labels."""
+    score = getattr(model, "score", None)
+    return score.out_features if isinstance(score, nn.Linear) else int(getattr(model.config, "num_labels", 1))
+
+
 def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
     """The judge saved in `path`: a GPMPreference for a GPM head, else a RewardModel (use BTPreference(judge) for
     probabilities)."""
@@ -183,8 +195,7 @@ def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
     info = reward_config(model)
     if info.get("head") == "gpm":
         return GPMPreference(model, tokenizer, **kwargs)
-    score = getattr(model, "score", None)  # the head of preflab's models (and of most transformers classifiers)
-    width = score.out_features if isinstance(score, nn.Linear) else int(getattr(model.config, "num_labels", 1))
+    width = _head_width(model)
     if kwargs.get("direction") is None and (info.get("head") == "multi_objective" or width != 1):
         names = info.get("attributes") or f"{width} outputs"
         raise ConfigError(f"{path} is a multi-output reward model ({names}), not a one-score judge; score it along "
