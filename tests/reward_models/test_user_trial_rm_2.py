@@ -223,3 +223,19 @@ def test_a_direction_of_the_wrong_length_is_a_config_error_naming_the_attributes
     out = RewardModel(model, tok).outputs(["a"], [" b"])
     torch.testing.assert_close(RewardModel(model, tok, direction=[0.6, 0.8]).score(["a"], [" b"]),
                                out @ torch.tensor([0.6, 0.8]))
+
+
+def test_preflab_eval_reward_reports_the_runs_eval_loss_and_margin(tmp_path):
+    """`preflab eval --task reward` gave accuracy and mean_logit only: no TRL `loss` / `margin` / min-mean-max reward
+    to set beside the training run's eval_* metrics. Now the same numbers as the run's final evaluation."""
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.train import train_reward
+
+    data = _pairs_file(tmp_path)
+    rows = [dict(json.loads(line), margin=0.5 * i) for i, line in enumerate(data.read_text().splitlines())]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = train_reward(_reward_cfg(tmp_path / "run", data, eval_dataset_name=str(data), max_steps=1))
+    final = summary["final_metrics"]
+    result = evaluate_reward_model(str(tmp_path / "run"), str(data))
+    for key in ("loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"):
+        assert result[key] == pytest.approx(final[f"eval_{key}"], abs=1e-5), key

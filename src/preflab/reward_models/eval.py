@@ -70,7 +70,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     data: a data file, directory, hub dataset name, `datasets.Dataset` or list of row dicts.
     head: the pairwise head (default: from the model config; a plain classifier is a BT model).
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
-    Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
+    Returns {"accuracy", "num_pairs", "mean_logit", the head's training metrics on the pairs ("loss" with the rows'
+    margins, and for BT TRL RewardTrainer's "margin", "min_reward", "mean_reward", "max_reward"; for GPM "margin"
+    (mean s) and "prob"), "per_<field>": {value: {"accuracy", "num_pairs"}},
     "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
     prompt / a response was cut to max_length: such a response is scored at its cut, not at its end), "max_length"
     (the one used: capped to the model's positions),
@@ -124,6 +126,11 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     correct = logit > 0
     result = {"accuracy": float(correct.float().mean()) if len(pairs) else float("nan"), "num_pairs": len(pairs),
               "mean_logit": float(logit.mean()) if len(pairs) else float("nan")}
+    from preflab.loops.batches import stack_extras
+
+    trained = head.loss(out_c, out_r, stack_extras(pairs))  # the training run's eval_loss, eval_margin, ... (TRL's)
+    result["loss"] = float(trained.loss)
+    result.update({k: float(v) for k, v in trained.metrics.items() if k != "accuracy"})
     for field in group_fields:
         groups = _groups(kept, correct, field)
         if groups:
