@@ -239,3 +239,20 @@ def test_preflab_eval_reward_reports_the_runs_eval_loss_and_margin(tmp_path):
     result = evaluate_reward_model(str(tmp_path / "run"), str(data))
     for key in ("loss", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"):
         assert result[key] == pytest.approx(final[f"eval_{key}"], abs=1e-5), key
+
+
+def test_a_reward_head_on_a_causal_lm_starts_from_the_seed(tok, tmp_path):
+    """The usual start of a reward model, an SFT (causal LM) directory, got its fresh score head from whatever the
+    global RNG held: two runs with the same seed trained different models (TRL calls set_seed first)."""
+    from preflab.models.tiny import tiny_causal_lm
+    from preflab.reward_models.heads import build_reward_model
+
+    tiny_causal_lm(tok).save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    heads = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # whatever ran before in the process
+        heads.append(build_reward_model(str(tmp_path), 1, tok, seed=7).score.weight.detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
+    other = build_reward_model(str(tmp_path), 1, tok, seed=8).score.weight
+    assert not torch.equal(heads[0], other)

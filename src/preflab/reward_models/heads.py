@@ -162,12 +162,15 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
         _say_fresh_head(name, config.num_labels, num_outputs)
         kwargs["ignore_mismatched_sizes"] = True
     config.num_labels, config.pad_token_id = num_outputs, pad
+    torch.manual_seed(seed)  # a head the checkpoint lacks (a causal LM's) starts from `seed`, as TRL's set_seed
     try:
         return AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):
             raise
-    return LastTokenRewardModel(AutoModel.from_pretrained(name, **kwargs), num_outputs)
+    backbone = AutoModel.from_pretrained(name, **kwargs)
+    torch.manual_seed(seed)
+    return LastTokenRewardModel(backbone, num_outputs)
 
 
 def _say_fresh_head(name: str, saved: int, wanted: int) -> None:
