@@ -117,6 +117,11 @@ def test_attribute_reward_model_names_its_outputs_in_id2label(tmp_path):
     config = AutoConfig.from_pretrained(tmp_path / "run")
     assert config.id2label == {0: "helpfulness", 1: "verbosity"}
     assert config.label2id == {"helpfulness": 0, "verbosity": 1}
+    from preflab.errors import ConfigError
+    from preflab.reward_models.eval import evaluate_reward_model
+
+    with pytest.raises(ConfigError, match=r"attribute \(DPA\).*eval_mse.*direction="):  # was: "use ...multi_objective"
+        evaluate_reward_model(str(tmp_path / "run"), [{"prompt": "a", "chosen": " b", "rejected": " c"}])
 
 
 def test_reward_data_says_that_max_length_cuts_responses_where_trl_drops_the_pair(tmp_path, tok, capsys):

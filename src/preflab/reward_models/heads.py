@@ -306,6 +306,11 @@ def head_from_config(info: dict):
                                                                                                         True)))
     if kind == "bt":
         return BTHead(tau=float(info.get("tau", 1.0)))
+    if kind == "multi_objective":
+        raise ConfigError(f"the model is an attribute (DPA) reward model ({info.get('attributes')}), which has no "
+                          "pairwise score: its held-out error is eval_mse / eval_mse/<attribute> of a training run "
+                          "with eval_dataset_name or eval_fraction; to rank responses score them along a direction, "
+                          "preflab.reward_models.interface.RewardModel.from_pretrained(DIR, direction=[...]).")
     raise ConfigError(f"the model's config names reward head {kind!r}, which has no pairwise score; "
                       "use preflab.reward_models.multi_objective for attribute heads.")
 
