@@ -261,3 +261,43 @@ def test_a_reward_head_on_a_causal_lm_starts_from_the_seed(tok, tmp_path):
     torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
     other = build_reward_model(str(tmp_path), 1, tok, seed=8).score.weight
     assert not torch.equal(heads[0], other)
+
+
+def test_bt_loss_and_metrics_equal_trl_compute_loss_with_margins_centering_and_a_merged_boundary(tok):
+    """TRL 1.16 RewardTrainer.compute_loss on TRL's own ids and collator equals preflab's BT loss and metrics on
+    preflab's tokenization, with a margin column, center_rewards_coefficient and a prompt ending in a space (whose
+    ids differed from TRL's before joint tokenization)."""
+    import types
+    from collections import defaultdict
+
+    trl_reward = pytest.importorskip("trl.trainer.reward_trainer")
+    from trl.data_utils import _tokenize
+
+    from preflab.data.rows import load_rows
+    from preflab.loops.batches import collate_pairs
+    from preflab.reward_models.bt import BTHead
+    from preflab.reward_models.data import tokenize_reward_pairs
+    from preflab.reward_models.heads import build_reward_model, sequence_outputs
+    from reward_synthetic import marker_rows
+
+    model = build_reward_model("builtin:tiny-llama", 1, tok, seed=0).eval()
+    rows = [dict(r, margin=0.5 * i) for i, r in enumerate(marker_rows(6, seed=1))]
+    rows[0].update(prompt="pick: ", chosen="apple", rejected="banana")  # "pick: apple" has the token "Ġa"
+    features = [{"chosen_ids": _tokenize(tok, r["prompt"] + r["chosen"] + tok.eos_token)["input_ids"],
+                 "rejected_ids": _tokenize(tok, r["prompt"] + r["rejected"] + tok.eos_token)["input_ids"],
+                 "margin": r["margin"]} for r in rows]
+    batch = trl_reward.DataCollatorForPreference(pad_token_id=tok.pad_token_id)(features)
+    same = lambda x: x  # noqa: E731  (one process)
+    trainer = types.SimpleNamespace(model=model, args=types.SimpleNamespace(center_rewards_coefficient=0.01),
+                                    accelerator=types.SimpleNamespace(gather_for_metrics=same, gather=same),
+                                    _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+                                    _total_train_tokens=0, _tp_size=1)
+    pairs, _ = tokenize_reward_pairs(load_rows(rows)[0], tok)
+    with torch.no_grad():
+        theirs = trl_reward.RewardTrainer.compute_loss(trainer, model, dict(batch))
+        layout = collate_pairs(pairs, tok.pad_token_id, "padded")
+        out = sequence_outputs(model, layout.input_ids, layout.attention_mask)
+        ours = BTHead(center_rewards_coefficient=0.01).loss(out[:6], out[6:], layout.extras)
+    assert ours.loss.item() == pytest.approx(theirs.item(), abs=1e-6)
+    for key in ("accuracy", "margin", "min_reward", "mean_reward", "max_reward"):
+        assert ours.metrics[key].item() == pytest.approx(trainer._metrics["eval"][key][-1], abs=1e-6), key
