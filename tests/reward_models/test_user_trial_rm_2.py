@@ -301,3 +301,22 @@ def test_bt_loss_and_metrics_equal_trl_compute_loss_with_margins_centering_and_a
     assert ours.loss.item() == pytest.approx(theirs.item(), abs=1e-6)
     for key in ("accuracy", "margin", "min_reward", "mean_reward", "max_reward"):
         assert ours.metrics[key].item() == pytest.approx(trainer._metrics["eval"][key][-1], abs=1e-6), key
+
+
+def test_a_lora_reward_runs_checkpoint_evaluates_as_its_merged_final_model(tmp_path):
+    """`preflab eval RUN/checkpoint-N --task reward` (docs/reward-models.md) refused every checkpoint of a use_peft
+    run ("adapters only"). Now the adapters and head are loaded over the base and merged: the last checkpoint scores
+    exactly as the run's final (merged) model."""
+    from preflab.reward_models.heads import load_reward_model
+    from preflab.reward_models.interface import RewardModel
+    from preflab.reward_models.train import train_reward
+
+    data = _pairs_file(tmp_path)
+    train_reward(_reward_cfg(tmp_path / "run", data, use_peft=True, lora_r=4, save_steps=2, learning_rate=1e-2))
+    final, checkpoint = (load_reward_model(str(tmp_path / "run" / d)) for d in ("", "checkpoint-2"))
+    from preflab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    prompts, responses = ["the cat", "a dog"], [" sat good", " ran"]
+    torch.testing.assert_close(RewardModel(checkpoint, tok).score(prompts, responses),
+                               RewardModel(final, tok).score(prompts, responses), rtol=0, atol=1e-5)

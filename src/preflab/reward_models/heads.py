@@ -241,10 +241,9 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     if cfg.get("task") != "reward" or not base:
         raise ConfigError(f"{path} is a training checkpoint without a saved task: reward config naming its base "
                           "model; evaluate the final run directory.")
-    if cfg.get("use_peft"):
-        raise ConfigError(f"{path} is a LoRA training checkpoint (adapters only); evaluate the final run directory, "
-                          "where the adapters are merged.")
     weights = load_file(str(path / "model.safetensors"))
+    if cfg.get("use_peft"):
+        weights = {k.replace(".modules_to_save.default.", "."): v for k, v in weights.items()}  # PEFT's head copy
     head = [v for k, v in weights.items() if k.split(".")[-2:] == ["score", "weight"]]
     if len(head) != 1:
         raise ConfigError(f"{path}/model.safetensors has no single score.weight (the reward head); evaluate the final "
@@ -259,6 +258,8 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
                                trust_remote_code=trust_remote_code, seed=int(cfg.get("seed") or 0),
                                init_kwargs=cfg.get("model_init_kwargs"))
+    if cfg.get("use_peft"):  # the checkpoint holds the adapters and the head: merged over the base, as at save
+        return _merged_lora_checkpoint(path, model, weights, cfg, info)
     params = dict(model.named_parameters())
     if set(weights) != set(params):
         extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
@@ -270,6 +271,30 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
             params[key].copy_(value)
     set_reward_config(model, info or {"head": "bt", "tau": 1.0})
     return model
+
+
+def _merged_lora_checkpoint(path: Path, model: nn.Module, weights: dict, cfg: dict, info: dict | None) -> nn.Module:
+    """A LoRA reward run's checkpoint (adapter and head parameters of the PEFT model, as RewardRun trains it:
+    preflab.reward_models.train.reward_model_for_run) loaded over its base model, then merged, as the run saves its
+    final model."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(
+        r=int(cfg.get("lora_r", 16)), lora_alpha=cfg.get("lora_alpha", 32), lora_dropout=cfg.get("lora_dropout", 0.05),
+        task_type="SEQ_CLS", target_modules=cfg.get("lora_target_modules", "all-linear")))
+    params = {k.replace(".modules_to_save.default.", "."): p for k, p in peft_model.named_parameters()
+              if p.requires_grad}
+    if set(weights) != set(params):
+        extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+        raise ConfigError(f"{path}/model.safetensors does not match the LoRA adapters of the run's config (only in "
+                          f"the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); was the run trained with "
+                          "other lora_* options? Evaluate the final run directory.")
+    with torch.no_grad():
+        for key, value in weights.items():
+            params[key].copy_(value)
+    merged = peft_model.merge_and_unload()
+    set_reward_config(merged, info or {"head": "bt", "tau": 1.0})
+    return merged
 
 
 def reward_tokenizer(path, trust_remote_code: bool = False):
