@@ -59,7 +59,10 @@ class RewardRun(TrainingRun):
 
     def forward(self, mb):
         with self.acc.autocast():
-            return self.loss_fn(self.model, mb)
+            out = self.loss_fn(self.model, mb)
+        if self.acc.num_processes > 1:
+            global_extrema(out.metrics, self.acc.gather)
+        return out
 
     def micro_batches(self, step: int) -> list:
         return [self.collate([self.items[i] for i in index])
@@ -100,6 +103,19 @@ class RewardRun(TrainingRun):
         with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
             model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
+
+
+EXTREMA = {"min_reward": torch.amin, "max_reward": torch.amax}  # TRL's min over all ranks' rewards (gathered)
+
+
+def global_extrema(metrics: dict, gather: Callable) -> None:
+    """min_reward / max_reward of this micro-batch over every rank's rewards, in place (TRL RewardTrainer gathers the
+    logits, then takes the min and max). The step averages metrics over ranks, which would give the mean of the
+    ranks' minima: 2 processes x b would log another min_reward than 1 process x 2b. Every rank runs the same number
+    of micro-batches per step, so the gathers pair up."""
+    for name, pick in EXTREMA.items():
+        if name in metrics:
+            metrics[name] = pick(gather(metrics[name].detach().reshape(1)))
 
 
 def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, eval_data=None, head=None,
