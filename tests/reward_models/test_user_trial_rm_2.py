@@ -194,6 +194,10 @@ def test_an_em_mixture_run_is_named_instead_of_a_transformers_traceback(tmp_path
     (tmp_path / "mixture.json").unlink()
     with pytest.raises(ConfigError, match="holds no model"):
         load_reward_model(str(tmp_path))
+    (tmp_path / "with_traces").mkdir()  # a recipe's run (Themis): its models sit in subfolders
+    (tmp_path / "with_traces" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds no model.*these folders in it do.*with_traces"):
+        load_reward_model(str(tmp_path))
 
 
 def test_reward_eval_and_judge_cap_max_length_to_the_models_positions(tok):

@@ -216,8 +216,10 @@ def _check_holds_a_model(path) -> None:
                           f"Give one component folder{where}; as an online judge use `maxmin:{path}` (or "
                           f"`maxmin_pointwise:{path}`); in Python preflab.reward_models.maxmin_train."
                           "load_reward_mixture.")
-    raise ConfigError(f"{path} holds no model (no config.json); give a reward model directory: a `task: reward` "
-                      "run's output_dir, its checkpoint-<step>, or a sequence-classification checkpoint.")
+    inside = sorted(str(p) for p in path.iterdir() if (p / "config.json").is_file())
+    raise ConfigError(f"{path} holds no model (no config.json)" + (f"; these folders in it do: {inside[:4]}"
+                      if inside else "") + "; give a reward model directory: a `task: reward` run's output_dir, "
+                      "its checkpoint-<step>, or a sequence-classification checkpoint.")
 
 
 def is_training_checkpoint(path) -> bool:
