@@ -141,7 +141,7 @@ def test_reward_data_says_that_max_length_cuts_responses_where_trl_drops_the_pai
     assert "cut the responses" not in capsys.readouterr().out
 
 
-def test_an_rpr_row_is_named_with_the_expansion_to_context_rows(tmp_path):
+def test_an_rpr_row_and_a_pre_tokenized_row_are_named_with_what_to_do(tmp_path):
     """microsoft/rpr rows {prompt, response_a, response_b, criteria_x, criteria_y} were refused as a pair 'missing'
     chosen, with no word of preflab's own expand_rpr_rows; the expansion itself gives two opposite context rows."""
     from preflab.data.rows import load_rows
@@ -154,6 +154,8 @@ def test_an_rpr_row_is_named_with_the_expansion_to_context_rows(tmp_path):
     data.write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError, match="RPR context row.*expand_rpr_rows"):
         load_rows(str(data), kind="pairwise")
+    with pytest.raises(DataError, match="pre-tokenized row.*chosen_ids, rejected_ids.*text columns"):  # TRL's form
+        load_rows([{"chosen_ids": [1, 5, 2], "rejected_ids": [1, 6, 2]}], kind="pairwise")
     examples, _ = load_rows(expand_rpr_rows([row]), kind="pairwise")
     assert [(ex.extras["context"], ex.chosen, ex.rejected) for ex in examples] == [
         ("brief", "short", "long answer"), ("detailed", "long answer", "short")]
