@@ -355,3 +355,25 @@ def test_min_and_max_reward_are_over_every_ranks_rewards():
     run.acc.num_processes = 1
     one = run.forward(None).metrics
     assert (one["min_reward"].item(), one["max_reward"].item()) == (0.0, 2.0)
+
+
+def test_reward_data_tokenizes_with_dataset_num_proc_to_the_same_pairs(tmp_path, tok, monkeypatch):
+    """TRL's dataset_num_proc was accepted by task: reward and ignored (one process tokenized everything)."""
+    import concurrent.futures
+
+    from preflab.reward_models.data import load_reward_pairs
+
+    pools, pool_class = [], concurrent.futures.ProcessPoolExecutor
+
+    def recording_pool(workers, *args, **kwargs):
+        pools.append(workers)
+        return pool_class(workers, *args, **kwargs)
+
+    data = _pairs_file(tmp_path, n=12)
+    one, _, report_one, _ = load_reward_pairs(_reward_cfg(tmp_path, data), tok)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", recording_pool)
+    two, _, report_two, _ = load_reward_pairs(_reward_cfg(tmp_path, data, dataset_num_proc=2), tok)
+    assert pools == [2]
+    assert [(p.row_id, p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in two] == \
+        [(p.row_id, p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in one]
+    assert report_two["train_tokenize"] == report_one["train_tokenize"]

@@ -12,7 +12,7 @@ import numbers
 from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
-from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs
+from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
 from preflab.errors import DataError, PreflabError
 from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
@@ -20,20 +20,21 @@ from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_c
 def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
                           max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
                           on_bad_row: str = "error", source: str = "", context_template: str | None = None,
-                          max_completion_length: int | None = None):
+                          max_completion_length: int | None = None, num_proc: int | None = None):
     """(tokenized pairs, report). Each side's ids are those of prompt + response tokenized as one text (TRL
     RewardTrainer's `tokenizer(prompt + response + eos)`, what a plain `tokenizer(...)` gives at inference), the
     prompt/response boundary placed at their common prefix. Contexts are rendered when `context_template` is
     given; when any row has a `margin`, every pair gets a float margin (0 where absent or null), so no batch
-    silently drops the column.
+    silently drops the column. num_proc: tokenizing processes (TRL's dataset_num_proc; the same pairs and report).
     A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
     the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
     has_contexts = bool(context_template) and has_context(examples)
     if context_template:
         examples = with_context(examples, context_template)
-    pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                                   truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
-                                   max_completion_length=max_completion_length, joint_only=True)
+    pairs, report, _ = tokenize_parallel("pairs", examples, tokenizer, num_proc=num_proc or 1, max_length=max_length,
+                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+                                         on_bad_row=on_bad_row, source=source,
+                                         max_completion_length=max_completion_length, joint_only=True)
     if has_contexts and max_prompt_length is not None and truncation_mode == "keep_end":
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
@@ -106,7 +107,7 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                     max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode,
-                    on_bad_row=cfg.on_bad_row, context_template=template)
+                    on_bad_row=cfg.on_bad_row, context_template=template, num_proc=cfg.dataset_num_proc)
     train, tok_report = tokenize_reward_pairs(rows, tokenizer, source=cfg.dataset_name, **settings)
     report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(),
               "skipped": dict(row_report.to_dict().get("skipped", {}))}
