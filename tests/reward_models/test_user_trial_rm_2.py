@@ -159,6 +159,11 @@ def test_an_rpr_row_and_a_pre_tokenized_row_are_named_with_what_to_do(tmp_path):
     examples, _ = load_rows(expand_rpr_rows([row]), kind="pairwise")
     assert [(ex.extras["context"], ex.chosen, ex.rejected) for ex in examples] == [
         ("brief", "short", "long answer"), ("detailed", "long answer", "short")]
+    from preflab.data.holdout import split_eval_fraction  # eval_fraction keeps an RPR row's two pairs together
+
+    many, _ = load_rows(expand_rpr_rows([dict(row, prompt=f"p{i}") for i in range(10)]), kind="pairwise")
+    train, held = split_eval_fraction(many, 0.3, seed=0)
+    assert held and {ex.prompt for ex in held}.isdisjoint({ex.prompt for ex in train})
 
 
 def test_a_trl_trained_reward_model_judges_on_the_ids_trl_trained_it_on(tok, tmp_path):
