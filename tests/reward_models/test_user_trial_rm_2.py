@@ -382,3 +382,15 @@ def test_reward_data_tokenizes_with_dataset_num_proc_to_the_same_pairs(tmp_path,
     assert [(p.row_id, p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in two] == \
         [(p.row_id, p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in one]
     assert report_two["train_tokenize"] == report_one["train_tokenize"]
+
+
+def test_the_model_card_says_what_the_logits_of_a_gpm_are(tmp_path):
+    """The README.md written beside a GPM said "the reward is .logits" and `.score(prompts, responses)`: a GPM's
+    logits are a preference embedding and its judge has no score."""
+    from preflab.reward_models.train import train_reward
+
+    train_reward(_reward_cfg(tmp_path / "gpm", _pairs_file(tmp_path), max_steps=1, reward_head="gpm",
+                             reward_head_params={"dim": 4}))
+    card = (tmp_path / "gpm" / "README.md").read_text()
+    assert "the reward is .logits" not in card and ".score(" not in card
+    assert ".logits are the 4-dim preference embedding" in card and ".prefer(prompts, a, b)" in card

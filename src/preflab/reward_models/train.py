@@ -286,6 +286,28 @@ def _write_card(output_dir: Path, cfg: TrainConfig, summary: dict) -> None:
     lines += ["", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
               f"model = AutoModelForSequenceClassification.from_pretrained({str(output_dir)!r})",
               f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})",
-              "# input ids as preflab builds them: [bos] + ids(prompt + response) + [eos]; the reward is .logits",
-              "```", "", "Or `preflab.reward_models.interface.load_judge(dir).score(prompts, responses)`.", ""]
+              "# input ids as preflab builds them: [bos] + ids(prompt + response) + [eos]; " + _logits_meaning(info),
+              "```", "", "Or `preflab.reward_models.interface.load_judge(dir)` (" + _judge_use(info) + ").", ""]
     (Path(output_dir) / "README.md").write_text("\n".join(lines))
+
+
+def _logits_meaning(info: dict) -> str:
+    """What `.logits` of the saved model are, for the model card: the reward, GPM embeddings or attribute ratings."""
+    head = info.get("head", "bt")
+    if head == "gpm":
+        return (f".logits are the {info.get('dim')}-dim preference embedding v (unit-normalised: "
+                f"{info.get('normalize')}); P(a > b) = sigmoid(s(v_a, v_b) / {info.get('tau')}), "
+                "s = preflab.reward_models.gpm.skew_score")
+    if head == "multi_objective":
+        return f".logits are the ratings of {info.get('attributes')} (config.id2label names them)"
+    return ".logits[:, 0] is the reward" + (f" (P(a > b) = sigmoid((r_a - r_b) / {info['tau']}))"
+                                            if info.get("tau", 1.0) != 1.0 else "")
+
+
+def _judge_use(info: dict) -> str:
+    head = info.get("head", "bt")
+    if head == "gpm":
+        return ".prefer(prompts, a, b), .win_rate_matrix(prompt, responses)"
+    if head == "multi_objective":
+        return "direction=[...] over the attributes, then .score(prompts, responses)"
+    return ".score(prompts, responses)"
