@@ -394,3 +394,20 @@ def test_the_model_card_says_what_the_logits_of_a_gpm_are(tmp_path):
     card = (tmp_path / "gpm" / "README.md").read_text()
     assert "the reward is .logits" not in card and ".score(" not in card
     assert ".logits are the 4-dim preference embedding" in card and ".prefer(prompts, a, b)" in card
+
+
+def test_an_em_mixture_takes_center_rewards_coefficient_for_its_bt_components():
+    """MaxMin's M-step trains K BT components with center_rewards_coefficient (WeightedBTHead reads it), but the
+    config refused it: "a em_mixture head has no pairwise scalar reward to centre"."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.reward_models.maxmin_train import WeightedBTHead
+
+    base = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+            "center_rewards_coefficient": 0.01}
+    assert config_from_dict({**base, "reward_head": "em_mixture"}).center_rewards_coefficient == 0.01
+    with pytest.raises(ConfigError, match="applies to reward_head: bt and em_mixture"):
+        config_from_dict({**base, "reward_head": "gpm"})
+    head = WeightedBTHead(center_rewards_coefficient=0.01)
+    out = head.loss(torch.tensor([[1.2]]), torch.tensor([[0.4]]), {"em_weight": torch.tensor([0.5])})
+    assert out.loss.item() == pytest.approx(0.5 * (0.371101 + 0.01 * 1.6 ** 2), abs=1e-6)
