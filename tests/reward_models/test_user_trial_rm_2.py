@@ -411,3 +411,22 @@ def test_an_em_mixture_takes_center_rewards_coefficient_for_its_bt_components():
     head = WeightedBTHead(center_rewards_coefficient=0.01)
     out = head.loss(torch.tensor([[1.2]]), torch.tensor([[0.4]]), {"em_weight": torch.tensor([0.5])})
     assert out.loss.item() == pytest.approx(0.5 * (0.371101 + 0.01 * 1.6 ** 2), abs=1e-6)
+
+
+def test_eval_fraction_holds_a_context_pair_out_under_all_its_contexts(tmp_path, tok):
+    """Context rows (the same pair under "prefer loud" and "prefer quiet", opposite labels) were split row by row:
+    a pair could be trained under one context and evaluated under the other (models-and-loops.md #39)."""
+    from preflab.reward_models.data import load_reward_pairs
+
+    rows = []
+    for i in range(12):
+        loud, quiet = f"WORD{i} UP", f"word{i} up"
+        rows += [{"prompt": f"echo {i}", "chosen": loud, "rejected": quiet, "context": "prefer loud"},
+                 {"prompt": f"echo {i}", "chosen": quiet, "rejected": loud, "context": "prefer quiet"}]
+    data = tmp_path / "ctx.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, evals, _, template = load_reward_pairs(_reward_cfg(tmp_path, data, eval_fraction=0.25), tok)
+    assert template and evals and len(train) + len(evals) == 24
+    held = {p.row_id // 2 for p in evals}  # rows 2i and 2i + 1 are pair i under its two contexts
+    assert not held & {p.row_id // 2 for p in train}
+    assert all("parent_id" not in p.extras for p in train + evals)

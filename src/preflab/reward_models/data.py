@@ -93,6 +93,20 @@ def _check_margins(pairs: list, report, on_bad_row: str) -> list:
     return kept
 
 
+def _group_context_rows(rows) -> bool:
+    """Context rows without parent_id: give each row the id of its (prompt, response pair), so that eval_fraction
+    holds a pair out under all its contexts together (a pair must not be trained on under one context and
+    evaluated under another, models-and-loops.md #39; preflab.data.holdout holds parent_id groups out whole).
+    Returns whether ids were set (the caller removes them after the split)."""
+    if not has_context(rows) or any("parent_id" in ex.extras for ex in rows):
+        return False
+    ids: dict = {}
+    for ex in rows:
+        key = (repr(ex.prompt), frozenset((repr(ex.chosen), repr(ex.rejected))))
+        ex.extras["parent_id"] = ids.setdefault(key, len(ids))
+    return True
+
+
 def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     """(train pairs, eval pairs, report, context template or None) for `cfg.dataset_name` (+ eval set/fraction).
 
@@ -101,8 +115,12 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row)
+    grouped = _group_context_rows(rows) if cfg.eval_fraction and not cfg.eval_dataset_name else False
     rows, eval_rows, eval_row_report = train_and_eval(
         cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row))
+    if grouped:
+        for ex in rows + eval_rows:
+            ex.extras.pop("parent_id")
     _check_intra_head(cfg, rows + eval_rows, row_report.source)
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
