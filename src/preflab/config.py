@@ -281,13 +281,17 @@ class TrainConfig:
                            "batches padded rows; remove it.")
             if self.generate_during_eval:
                 out.append("generate_during_eval: a reward model generates nothing (task: reward); remove it.")
+            if self.chunk_tokens is not None:
+                out.append("chunk_tokens sizes the LM-head chunks of a policy's log-probs; a reward model (task: "
+                           "reward) has no LM head; remove it.")
         elif self.center_rewards_coefficient is not None:
             out.append("center_rewards_coefficient only applies to task: reward.")
         if self.task != "reward" and (self.reward_head != "bt" or self.reward_head_params):
             out.append("reward_head / reward_head_params only apply to task: reward.")
-        if self.task == "reward" and self.reward_head != "bt" and self.center_rewards_coefficient is not None:
-            out.append(f"center_rewards_coefficient applies to reward_head: bt (a {self.reward_head} head has no "
-                       "pairwise scalar reward to centre); remove it.")
+        if (self.task == "reward" and self.reward_head not in ("bt", "em_mixture")
+                and self.center_rewards_coefficient is not None):  # em_mixture: K BT components, each centred
+            out.append(f"center_rewards_coefficient applies to reward_head: bt and em_mixture (a {self.reward_head} "
+                       "head has no pairwise scalar reward to centre); remove it.")
         if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")

@@ -355,6 +355,10 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
         if raw.pop("remove_unused_columns") is True:
             notes.append("remove_unused_columns: in task: online the prompt row's other columns always reach the "
                          "reward functions.")
+    if raw.get("task") == "reward" and "lora_task_type" in raw:  # TRL's reward-model docs pass SEQ_CLS
+        if raw.pop("lora_task_type") != "SEQ_CLS":
+            notes.append("lora_task_type: task: reward builds its adapters for SEQ_CLS (the score head trains "
+                         "whole, as TRL's RewardTrainer with lora_task_type SEQ_CLS).")
     for key, (default, why) in NO_EFFECT.items():
         if key in raw:
             value = raw.pop(key)

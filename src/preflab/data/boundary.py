@@ -80,11 +80,15 @@ def _separate(tokenizer, prompt_ids: list[int], response: str, joint_text: str) 
     return None
 
 
-def split_exact(tokenizer, prompt_text: str, responses: list[str], fields: list[str] | None = None) -> Split:
+def split_exact(tokenizer, prompt_text: str, responses: list[str], fields: list[str] | None = None,
+                joint_only: bool = False) -> Split:
     """Token ids for `prompt_text` and each of `responses`, with an exact boundary (see the module doc).
 
     prompt_text, responses[i]: text as it will be concatenated (no special tokens are added here).
     fields: the row fields of the responses, for the error when no boundary exists.
+    joint_only: skip step 2 ("merged"), so prompt ids + response ids are always the joint tokenization of
+    prompt + response (TRL RewardTrainer's `tokenizer(prompt + response)`): a reward model sees one sequence, and
+    a plain `tokenizer(prompt + response)` at inference must give the ids it was trained on.
     Returns a `Split`; raises `RowProblem("boundary_unrepresentable", ...)` when none exists.
     """
     prompt_ids = encode(tokenizer, prompt_text)
@@ -98,7 +102,7 @@ def split_exact(tokenizer, prompt_text: str, responses: list[str], fields: list[
         if joint[:n] == prompt_ids:
             out.append(joint[n:])
             continue
-        ids = _separate(tokenizer, prompt_ids, response, decode(tokenizer, joint))
+        ids = None if joint_only else _separate(tokenizer, prompt_ids, response, decode(tokenizer, joint))
         out.append(ids)
         how = "merged" if ids is not None else "shifted"
     if all(ids is not None for ids in out):

@@ -161,6 +161,16 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
 def _other_form(row: dict) -> tuple[str, str] | None:
     """(name, what to do) of the TRL row form of a row without a pair (unpaired, prompt-completion, language
     modeling), or None."""
+    tokenized = [k for k in ("chosen_ids", "rejected_ids", "chosen_input_ids", "rejected_input_ids",
+                             "prompt_input_ids", "prompt_ids") if k in row]
+    if tokenized:
+        return (f"a pre-tokenized row ({', '.join(tokenized)}: TRL's processed form)", "preflab tokenizes the "
+                "text itself (and checks the prompt/response boundary, bos and eos): give the text columns prompt, "
+                "chosen and rejected, e.g. tokenizer.decode of the ids.")
+    if "response_a" in row and "criteria_x" in row:
+        return ("an RPR context row (prompt, response_a, response_b, criteria_x, criteria_y)", "Expand each into two "
+                "context rows (criteria_x: a > b, criteria_y: b > a) with preflab.reward_models.context."
+                "expand_rpr_rows and train those with task: reward (the `context` column conditions the reward).")
     if "completion" in row and "label" in row:
         return ("TRL's unpaired preference form (prompt, completion, label)", "Train unpaired rows with loss_type: "
                 "kto (or apo_zero_unpaired), or write each prompt's pair as one row.")

@@ -93,6 +93,7 @@ class _Settings:
     specials: re.Pattern | None = None  # the tokenizer's special tokens as text (see `special_token_pattern`)
     eos_text: str | None = None
     bos: int | None = None  # the bos id text prompts start with (`text_bos`), None: none
+    joint_only: bool = False  # reward models: prompt + response ids = the joint tokenization (split_exact)
 
 
 def text_bos(tokenizer) -> int | None:
@@ -298,7 +299,7 @@ def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[s
     for response, name in zip(responses, fields):
         _check_no_special(settings, response, name, response=True)
     prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras, prompt_field)
-    split = split_exact(tokenizer, prompt_text, texts, fields)
+    split = split_exact(tokenizer, prompt_text, texts, fields, joint_only=settings.joint_only)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
     prompt_ids, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
                                 prompt_field)
@@ -379,12 +380,13 @@ MAKERS = {"pairs": _make_pair, "unpaired": _make_unpaired, "prompts": _make_prom
 def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None = None,
                      max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
                      on_bad_row: str = "error", source: str = "",
-                     max_completion_length: int | None = None) -> tuple[list, TokenizeReport, list[int]]:
+                     max_completion_length: int | None = None,
+                     joint_only: bool = False) -> tuple[list, TokenizeReport, list[int]]:
     """The loop behind every `tokenize_*`: (items, report, index in `examples` of each item). kind is one of
     `MAKERS` ("pairs", "unpaired", "prompts")."""
     one = ExampleTokenizer(kind, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                            truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
-                           max_completion_length=max_completion_length)
+                           max_completion_length=max_completion_length, joint_only=joint_only)
     items, indices = [], []
     for index, example in enumerate(examples):
         item = one(example)
@@ -401,8 +403,9 @@ class ExampleTokenizer:
 
     def __init__(self, kind: str, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None,
                  truncation_mode: str = "keep_end", on_bad_row: str = "error", source: str = "",
-                 max_completion_length: int | None = None):
+                 max_completion_length: int | None = None, joint_only: bool = False):
         self.settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
+        self.settings.joint_only = joint_only
         self.settings.specials = special_token_pattern(tokenizer)
         self.settings.eos_text = getattr(tokenizer, "eos_token", None)
         self.settings.bos = text_bos(tokenizer)
@@ -473,25 +476,29 @@ def tokenize_parallel(kind: str, examples, tokenizer, num_proc: int = 1, **setti
 def tokenize_pairs(examples: list[PairExample], tokenizer, *, max_length: int | None = 1024,
                    max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
                    on_bad_row: str = "error", source: str = "",
-                   max_completion_length: int | None = None) -> tuple[list[TokenizedPair], TokenizeReport]:
+                   max_completion_length: int | None = None,
+                   joint_only: bool = False) -> tuple[list[TokenizedPair], TokenizeReport]:
     """Tokenize pairs: prompt_ids [P], chosen_ids [C], rejected_ids [R] with P + C <= max_length and
-    P + R <= max_length (None: no limit). `source` names the file in messages (pass `DataReport.source`)."""
+    P + R <= max_length (None: no limit). `source` names the file in messages (pass `DataReport.source`).
+    joint_only: prompt + response ids are the joint tokenization of the text (reward models; `split_exact`)."""
     items, report, _ = tokenize_indexed("pairs", examples, tokenizer, max_length=max_length,
                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                         on_bad_row=on_bad_row, source=source,
-                                        max_completion_length=max_completion_length)
+                                        max_completion_length=max_completion_length, joint_only=joint_only)
     return items, report
 
 
 def tokenize_unpaired(examples: list[UnpairedExample], tokenizer, *, max_length: int | None = 1024,
                       max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
                       on_bad_row: str = "error", source: str = "",
-                      max_completion_length: int | None = None) -> tuple[list[TokenizedUnpaired], TokenizeReport]:
-    """Tokenize unpaired (KTO) examples: prompt_ids [P], completion_ids [C] with P + C <= max_length."""
+                      max_completion_length: int | None = None,
+                      joint_only: bool = False) -> tuple[list[TokenizedUnpaired], TokenizeReport]:
+    """Tokenize unpaired (KTO) examples: prompt_ids [P], completion_ids [C] with P + C <= max_length.
+    joint_only: as in `tokenize_pairs` (reward models)."""
     items, report, _ = tokenize_indexed("unpaired", examples, tokenizer, max_length=max_length,
                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                         on_bad_row=on_bad_row, source=source,
-                                        max_completion_length=max_completion_length)
+                                        max_completion_length=max_completion_length, joint_only=joint_only)
     return items, report
 
 

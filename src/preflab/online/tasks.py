@@ -73,11 +73,15 @@ def demo_echo_reward(prompts, completions, **kwargs):
 
 
 class SequenceClassifierJudge:
-    """Any AutoModelForSequenceClassification with one label as a reward model: score = the logit of
-    tokenizer(prompt + response)."""
+    """Any AutoModelForSequenceClassification with one label as a reward model (e.g. one trained by TRL's
+    RewardTrainer): score = its logit on the ids TRL's RewardTrainer trains on, bos + tokenizer(prompt + response)
+    + eos for text, the chat template of prompt + response for messages (`preflab.reward_models.interface.
+    RewardModel`)."""
 
     def __init__(self, path: str, trust_remote_code: bool = False, batch_size: int = 8):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from preflab.reward_models.interface import RewardModel
 
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, trust_remote_code=trust_remote_code, use_safetensors=True).eval()
@@ -88,17 +92,12 @@ class SequenceClassifierJudge:
         if self.model.config.num_labels != 1:
             raise ConfigError(f"{path}: a reward model needs one output label, it has {self.model.config.num_labels}.")
         self.batch_size = batch_size
+        self.reward = RewardModel(self.model, self.tokenizer, batch_size=batch_size)
         self.__name__ = Path(path).name
 
     @torch.no_grad()
     def score(self, prompts, responses) -> torch.Tensor:
-        text = lambda x: x if isinstance(x, str) else "".join(m["content"] for m in x)  # noqa: E731
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            batch = [text(p) + text(r) for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True)
-            out.append(self.model(**enc).logits[:, 0].float())
-        return torch.cat(out)
+        return self.reward.score(list(prompts), list(responses)).float()
 
 
 def resolve_judge(spec: Any, trust_remote_code: bool = False):

@@ -77,7 +77,7 @@ def eval_task(args) -> int:
     for reason, count in skipped_first.items():               # rows the first read skipped count too
         result["skipped"][reason] = result["skipped"].get(reason, 0) + count
     metrics = {f"reward_model/{k}": v for k, v in result.items()
-               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown")}
+               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
@@ -99,7 +99,9 @@ def reward_eval_notes(result: dict, max_length) -> list[str]:
                      f"over the {result.get('num_pairs')} pairs left")
     cut = result.get("truncated", {})
     if cut.get("prompt") or cut.get("response"):
-        notes.append(f"max_length={max_length} cut {cut.get('prompt', 0)} prompts and {cut.get('response', 0)} "
+        used = result.get("max_length", max_length)
+        capped = f" (--max-length {max_length} capped to the model's positions)" if used != max_length else ""
+        notes.append(f"max_length={used}{capped} cut {cut.get('prompt', 0)} prompts and {cut.get('response', 0)} "
                      "pairs' responses (a cut response is scored at its cut, not its end); raise --max-length")
     if result.get("context_not_shown"):
         notes.append(f"{result['context_not_shown']} rows carry a `context` this model was not trained with (no "

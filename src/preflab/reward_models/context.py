@@ -59,10 +59,13 @@ def has_context(examples, field: str = CONTEXT_FIELD) -> bool:
 
 def expand_rpr_rows(rows: list[dict]) -> list[dict]:
     """RPR rows {prompt, response_a, response_b, criteria_x, criteria_y} -> 2 pairwise rows each:
-    (criteria_x: a > b) and (criteria_y: b > a). Other columns are copied."""
+    (criteria_x: a > b) and (criteria_y: b > a). Other columns are copied; both rows get the RPR row's `parent_id`
+    (its index unless it has one), so `eval_fraction` holds out the two together: the same pair under the other
+    context must not sit in training (models-and-loops.md #39)."""
     out = []
-    for row in rows:
+    for index, row in enumerate(rows):
         rest = {k: v for k, v in row.items() if k not in ("response_a", "response_b", "criteria_x", "criteria_y")}
+        rest.setdefault("parent_id", index)
         out.append({**rest, "context": row["criteria_x"], "chosen": row["response_a"], "rejected": row["response_b"]})
         out.append({**rest, "context": row["criteria_y"], "chosen": row["response_b"], "rejected": row["response_a"]})
     return out

@@ -12,7 +12,7 @@ import numbers
 from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
-from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs
+from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
 from preflab.errors import DataError, PreflabError
 from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
@@ -20,17 +20,21 @@ from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_c
 def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
                           max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
                           on_bad_row: str = "error", source: str = "", context_template: str | None = None,
-                          max_completion_length: int | None = None):
-    """(tokenized pairs, report). Contexts are rendered when `context_template` is given; when any row has a
-    `margin`, every pair gets a float margin (0 where absent or null), so no batch silently drops the column.
+                          max_completion_length: int | None = None, num_proc: int | None = None):
+    """(tokenized pairs, report). Each side's ids are those of prompt + response tokenized as one text (TRL
+    RewardTrainer's `tokenizer(prompt + response + eos)`, what a plain `tokenizer(...)` gives at inference), the
+    prompt/response boundary placed at their common prefix. Contexts are rendered when `context_template` is
+    given; when any row has a `margin`, every pair gets a float margin (0 where absent or null), so no batch
+    silently drops the column. num_proc: tokenizing processes (TRL's dataset_num_proc; the same pairs and report).
     A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
     the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
     has_contexts = bool(context_template) and has_context(examples)
     if context_template:
         examples = with_context(examples, context_template)
-    pairs, report = tokenize_pairs(examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                                   truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
-                                   max_completion_length=max_completion_length)
+    pairs, report, _ = tokenize_parallel("pairs", examples, tokenizer, num_proc=num_proc or 1, max_length=max_length,
+                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+                                         on_bad_row=on_bad_row, source=source,
+                                         max_completion_length=max_completion_length, joint_only=True)
     if has_contexts and max_prompt_length is not None and truncation_mode == "keep_end":
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
@@ -56,7 +60,7 @@ def _check_contexts_kept(examples, pairs: list, report, tokenizer, max_prompt_le
     `context_truncated` with on_bad_row: skip)."""
     with_ctx = {ex.row_id for ex in examples if ex.extras.get(CONTEXT_FIELD)}
     full, _ = tokenize_pairs([ex for ex in examples if ex.row_id in with_ctx], tokenizer, max_length=None,
-                             on_bad_row="skip")  # the uncut prompt lengths
+                             on_bad_row="skip", joint_only=True)  # the uncut prompt lengths
     full_length = {pair.row_id: max(len(pair.prompt_ids), len(rejected_prompt_of(pair))) for pair in full}  # intra: x_l
     policy, kept = BadRowPolicy(on_bad_row, report), []
     for pair in pairs:
@@ -89,6 +93,20 @@ def _check_margins(pairs: list, report, on_bad_row: str) -> list:
     return kept
 
 
+def _group_context_rows(rows) -> bool:
+    """Context rows without parent_id: give each row the id of its (prompt, response pair), so that eval_fraction
+    holds a pair out under all its contexts together (a pair must not be trained on under one context and
+    evaluated under another, models-and-loops.md #39; preflab.data.holdout holds parent_id groups out whole).
+    Returns whether ids were set (the caller removes them after the split)."""
+    if not has_context(rows) or any("parent_id" in ex.extras for ex in rows):
+        return False
+    ids: dict = {}
+    for ex in rows:
+        key = (repr(ex.prompt), frozenset((repr(ex.chosen), repr(ex.rejected))))
+        ex.extras["parent_id"] = ids.setdefault(key, len(ids))
+    return True
+
+
 def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     """(train pairs, eval pairs, report, context template or None) for `cfg.dataset_name` (+ eval set/fraction).
 
@@ -97,12 +115,17 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row)
+    grouped = _group_context_rows(rows) if cfg.eval_fraction and not cfg.eval_dataset_name else False
     rows, eval_rows, eval_row_report = train_and_eval(
         cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row))
+    if grouped:
+        for ex in rows + eval_rows:
+            ex.extras.pop("parent_id")
     _check_intra_head(cfg, rows + eval_rows, row_report.source)
     template = CONTEXT_TEMPLATE if has_context(rows) else None
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                    max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, context_template=template)
+                    max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode,
+                    on_bad_row=cfg.on_bad_row, context_template=template, num_proc=cfg.dataset_num_proc)
     train, tok_report = tokenize_reward_pairs(rows, tokenizer, source=cfg.dataset_name, **settings)
     report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(),
               "skipped": dict(row_report.to_dict().get("skipped", {}))}
@@ -117,4 +140,11 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
             report["eval_rows"] = eval_row_report.to_dict()
         print(f"preflab: eval data: {eval_row_report.summary() + '; ' if eval_row_report else ''}"
               f"{eval_tok.summary()}")
+    cut = tok_report.response_truncated + (eval_tok.response_truncated if eval_rows else 0)
+    if cut:  # TRL's RewardTrainer filters such pairs out; a cut response is scored without its end
+        limits = " / ".join(f"{k}={getattr(cfg, k)}" for k in ("max_length", "max_completion_length")
+                            if getattr(cfg, k) is not None)
+        print(f"preflab: note: {limits} cut the responses of {cut} pairs (training and eval sets): a cut response "
+              "has no eos and its reward is read at the cut. TRL's RewardTrainer drops pairs longer than max_length "
+              "instead; raise max_length (or set it to null) to score whole responses.")
     return train, evals, report, template

@@ -38,6 +38,18 @@ def pair_outputs(model: nn.Module, pairs: list, pad_id: int, batch_size: int = 8
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def capped_max_length(model: nn.Module, max_length: int | None) -> int | None:
+    """`max_length` capped to the model's positions: a longer sequence would index past a learned position table
+    (GPT-2's 512 / 1024) and end in an IndexError inside the model's forward. The pairs it cuts are counted (the
+    eval's `truncated`, said with the `max_length` it returns)."""
+    from preflab.models.load import max_positions
+
+    positions = max_positions(model)
+    if positions is None or (max_length is not None and max_length <= positions):
+        return max_length
+    return positions
+
+
 def _groups(examples, correct: Tensor, field: str) -> dict:
     index: dict = defaultdict(list)
     for i, ex in enumerate(examples):
@@ -58,9 +70,12 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     data: a data file, directory, hub dataset name, `datasets.Dataset` or list of row dicts.
     head: the pairwise head (default: from the model config; a plain classifier is a BT model).
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
-    Returns {"accuracy", "num_pairs", "mean_logit", "per_<field>": {value: {"accuracy", "num_pairs"}},
+    Returns {"accuracy", "num_pairs", "mean_logit", the head's training metrics on the pairs ("loss" with the rows'
+    margins, and for BT TRL RewardTrainer's "margin", "min_reward", "mean_reward", "max_reward"; for GPM "margin"
+    (mean s) and "prob"), "per_<field>": {value: {"accuracy", "num_pairs"}},
     "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
-    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end),
+    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end), "max_length"
+    (the one used: capped to the model's positions),
     "context_not_shown" (rows whose `context` the model did not see: no template stored, none given)}.
     Raises DataError when no pair is left to score.
     """
@@ -85,6 +100,7 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
         from preflab.errors import ConfigError
 
         raise ConfigError("evaluate_reward_model got an in-memory model without a tokenizer; pass tokenizer=.")
+    max_length = capped_max_length(model, max_length)
     info = reward_config(model)
     head = head or head_from_config(info)
     template = info.get("context_template") if context_template == AUTO else context_template
@@ -110,6 +126,11 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     correct = logit > 0
     result = {"accuracy": float(correct.float().mean()) if len(pairs) else float("nan"), "num_pairs": len(pairs),
               "mean_logit": float(logit.mean()) if len(pairs) else float("nan")}
+    from preflab.loops.batches import stack_extras
+
+    trained = head.loss(out_c, out_r, stack_extras(pairs))  # the training run's eval_loss, eval_margin, ... (TRL's)
+    result["loss"] = float(trained.loss)
+    result.update({k: float(v) for k, v in trained.metrics.items() if k != "accuracy"})
     for field in group_fields:
         groups = _groups(kept, correct, field)
         if groups:
@@ -122,6 +143,7 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
     result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
+    result["max_length"] = max_length  # capped to the model's positions
     if not template:  # rows with a context the model does not see (it was trained without contexts)
         unseen = sum(1 for ex in kept if ex.extras.get("context"))
         if unseen:

@@ -162,12 +162,15 @@ def build_reward_model(name: str, num_outputs: int, tokenizer, *, dtype: str = "
         _say_fresh_head(name, config.num_labels, num_outputs)
         kwargs["ignore_mismatched_sizes"] = True
     config.num_labels, config.pad_token_id = num_outputs, pad
+    torch.manual_seed(seed)  # a head the checkpoint lacks (a causal LM's) starts from `seed`, as TRL's set_seed
     try:
         return AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):
             raise
-    return LastTokenRewardModel(AutoModel.from_pretrained(name, **kwargs), num_outputs)
+    backbone = AutoModel.from_pretrained(name, **kwargs)
+    torch.manual_seed(seed)
+    return LastTokenRewardModel(backbone, num_outputs)
 
 
 def _say_fresh_head(name: str, saved: int, wanted: int) -> None:
@@ -185,6 +188,7 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
         return load_reward_checkpoint(path, trust_remote_code).eval()
     if Path(path, FALLBACK_FILE).is_file():
         return LastTokenRewardModel.from_pretrained(path).eval()
+    _check_holds_a_model(path)
     from transformers import AutoModelForSequenceClassification
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -197,6 +201,25 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
                           f"{kinds} checkpoint), so its scores would come from a random head. Give a reward model "
                           "directory: a `task: reward` run's output_dir, or a sequence-classification checkpoint.")
     return model.eval()
+
+
+def _check_holds_a_model(path) -> None:
+    """A local directory without config.json is not a model: an em_mixture run (K component models), or another
+    folder; a ConfigError saying what to give (transformers would end in a ValueError traceback)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "config.json").is_file():
+        return
+    if (path / "mixture.json").is_file():
+        components = json.loads((path / "mixture.json").read_text()).get("components") or []
+        where = f" (e.g. {path / components[0]})" if components else ""
+        raise ConfigError(f"{path} is a MaxMin em_mixture run: K reward models, one per user cluster, not one model. "
+                          f"Give one component folder{where}; as an online judge use `maxmin:{path}` (or "
+                          f"`maxmin_pointwise:{path}`); in Python preflab.reward_models.maxmin_train."
+                          "load_reward_mixture.")
+    inside = sorted(str(p) for p in path.iterdir() if (p / "config.json").is_file())
+    raise ConfigError(f"{path} holds no model (no config.json)" + (f"; these folders in it do: {inside[:4]}"
+                      if inside else "") + "; give a reward model directory: a `task: reward` run's output_dir, "
+                      "its checkpoint-<step>, or a sequence-classification checkpoint.")
 
 
 def is_training_checkpoint(path) -> bool:
@@ -220,10 +243,9 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     if cfg.get("task") != "reward" or not base:
         raise ConfigError(f"{path} is a training checkpoint without a saved task: reward config naming its base "
                           "model; evaluate the final run directory.")
-    if cfg.get("use_peft"):
-        raise ConfigError(f"{path} is a LoRA training checkpoint (adapters only); evaluate the final run directory, "
-                          "where the adapters are merged.")
     weights = load_file(str(path / "model.safetensors"))
+    if cfg.get("use_peft"):
+        weights = {k.replace(".modules_to_save.default.", "."): v for k, v in weights.items()}  # PEFT's head copy
     head = [v for k, v in weights.items() if k.split(".")[-2:] == ["score", "weight"]]
     if len(head) != 1:
         raise ConfigError(f"{path}/model.safetensors has no single score.weight (the reward head); evaluate the final "
@@ -238,6 +260,8 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
                                trust_remote_code=trust_remote_code, seed=int(cfg.get("seed") or 0),
                                init_kwargs=cfg.get("model_init_kwargs"))
+    if cfg.get("use_peft"):  # the checkpoint holds the adapters and the head: merged over the base, as at save
+        return _merged_lora_checkpoint(path, model, weights, cfg, info)
     params = dict(model.named_parameters())
     if set(weights) != set(params):
         extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
@@ -249,6 +273,30 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
             params[key].copy_(value)
     set_reward_config(model, info or {"head": "bt", "tau": 1.0})
     return model
+
+
+def _merged_lora_checkpoint(path: Path, model: nn.Module, weights: dict, cfg: dict, info: dict | None) -> nn.Module:
+    """A LoRA reward run's checkpoint (adapter and head parameters of the PEFT model, as RewardRun trains it:
+    preflab.reward_models.train.reward_model_for_run) loaded over its base model, then merged, as the run saves its
+    final model."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(
+        r=int(cfg.get("lora_r", 16)), lora_alpha=cfg.get("lora_alpha", 32), lora_dropout=cfg.get("lora_dropout", 0.05),
+        task_type="SEQ_CLS", target_modules=cfg.get("lora_target_modules", "all-linear")))
+    params = {k.replace(".modules_to_save.default.", "."): p for k, p in peft_model.named_parameters()
+              if p.requires_grad}
+    if set(weights) != set(params):
+        extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+        raise ConfigError(f"{path}/model.safetensors does not match the LoRA adapters of the run's config (only in "
+                          f"the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); was the run trained with "
+                          "other lora_* options? Evaluate the final run directory.")
+    with torch.no_grad():
+        for key, value in weights.items():
+            params[key].copy_(value)
+    merged = peft_model.merge_and_unload()
+    set_reward_config(merged, info or {"head": "bt", "tau": 1.0})
+    return merged
 
 
 def reward_tokenizer(path, trust_remote_code: bool = False):
@@ -285,6 +333,11 @@ def head_from_config(info: dict):
                                                                                                         True)))
     if kind == "bt":
         return BTHead(tau=float(info.get("tau", 1.0)))
+    if kind == "multi_objective":
+        raise ConfigError(f"the model is an attribute (DPA) reward model ({info.get('attributes')}), which has no "
+                          "pairwise score: its held-out error is eval_mse / eval_mse/<attribute> of a training run "
+                          "with eval_dataset_name or eval_fraction; to rank responses score them along a direction, "
+                          "preflab.reward_models.interface.RewardModel.from_pretrained(DIR, direction=[...]).")
     raise ConfigError(f"the model's config names reward head {kind!r}, which has no pairwise score; "
                       "use preflab.reward_models.multi_objective for attribute heads.")
 

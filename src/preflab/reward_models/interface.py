@@ -9,7 +9,8 @@ Every PreferenceModel here satisfies P(a > b) + P(b > a) = 1 and P(a > a) = 1/2:
 construction (skew-symmetric logits), an order-sensitive judge g through the symmetrisation
 P_sym(a > b) = (g(a, b) + 1 - g(b, a)) / 2 (library choice, models-and-loops.md B0.2). BT and GPM need K forward
 passes for a K x K matrix; a pairwise judge needs K(K - 1).
-Texts are tokenized exactly as in training (`tokenize_unpaired`: bos + prompt, response + eos); a model trained
+Texts are tokenized exactly as in training (`tokenize_unpaired` with joint_only: bos + the ids of prompt + response
+as one text + eos, TRL RewardTrainer's); a model trained
 with contexts takes `contexts=` (rendered with the template stored in its config).
 """
 from __future__ import annotations
@@ -41,12 +42,18 @@ class RewardModel:
 
     def __init__(self, model: nn.Module, tokenizer, batch_size: int = 8, max_length: int | None = 1024,
                  direction: Sequence[float] | None = None):
+        from preflab.reward_models.eval import capped_max_length
         from preflab.reward_models.heads import reward_config
 
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length = batch_size, capped_max_length(model, max_length)
         self.info = reward_config(model)
         self.direction = None if direction is None else torch.as_tensor(direction, dtype=torch.float32)
+        width = _head_width(model)
+        if self.direction is not None and (self.direction.dim() != 1 or len(self.direction) != width):
+            names = self.info.get("attributes") or f"{width} outputs"
+            raise ConfigError(f"direction={list(map(float, self.direction.reshape(-1)))} must have one weight per "
+                              f"output of the model ({names}); give {width} numbers.")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @classmethod
@@ -69,7 +76,7 @@ class RewardModel:
             template = self.info.get("context_template", CONTEXT_TEMPLATE)
             prompts = [render_context(p, c, template) for p, c in zip(prompts, contexts)]
         examples = [UnpairedExample(i, p, r, True) for i, (p, r) in enumerate(zip(prompts, responses))]
-        items, _ = tokenize_unpaired(examples, self.tokenizer, max_length=self.max_length)
+        items, _ = tokenize_unpaired(examples, self.tokenizer, max_length=self.max_length, joint_only=True)
         device = next(self.model.parameters()).device
         chunks = []
         with torch.no_grad():
@@ -171,6 +178,13 @@ class MatrixPreference:
         return self.matrix[idx][:, idx]
 
 
+def _head_width(model: nn.Module) -> int:
+    """The number of head outputs: the `score` layer's (preflab's models and most transformers classifiers), else the
+    config's num_labels."""
+    score = getattr(model, "score", None)
+    return score.out_features if isinstance(score, nn.Linear) else int(getattr(model.config, "num_labels", 1))
+
+
 def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
     """The judge saved in `path`: a GPMPreference for a GPM head, else a RewardModel (use BTPreference(judge) for
     probabilities)."""
@@ -181,8 +195,7 @@ def load_judge(path: str, **kwargs) -> RewardModel | GPMPreference:
     info = reward_config(model)
     if info.get("head") == "gpm":
         return GPMPreference(model, tokenizer, **kwargs)
-    score = getattr(model, "score", None)  # the head of preflab's models (and of most transformers classifiers)
-    width = score.out_features if isinstance(score, nn.Linear) else int(getattr(model.config, "num_labels", 1))
+    width = _head_width(model)
     if kwargs.get("direction") is None and (info.get("head") == "multi_objective" or width != 1):
         names = info.get("attributes") or f"{width} outputs"
         raise ConfigError(f"{path} is a multi-output reward model ({names}), not a one-score judge; score it along "

@@ -132,16 +132,18 @@ def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[
                         "Fix the attribute names or the rows.")
     items, report = tokenize_unpaired(examples, tokenizer, max_length=max_length,
                                       max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-                                      max_completion_length=max_completion_length, source=source)
+                                      max_completion_length=max_completion_length, source=source,
+                                      joint_only=True)
     return [RatedItem(it.row_id, it.prompt_ids, it.completion_ids,
                       [float(v) if v is not None else 0.0 for v in targets[it.row_id]],
                       [v is not None for v in targets[it.row_id]]) for it in items], report
 
 
-def collate_rated(items: Sequence[RatedItem], pad_id: int) -> RatedBatch:
+def collate_rated(items: Sequence[RatedItem], pad_id: int, pad_to_multiple_of: int | None = None) -> RatedBatch:
     from preflab.data.layout import padded
 
-    layout = padded([(it.prompt_ids, it.response_ids) for it in items], pad_id)
+    layout = padded([(it.prompt_ids, it.response_ids) for it in items], pad_id,
+                    pad_to_multiple_of=pad_to_multiple_of or 1)
     return RatedBatch(layout.input_ids, layout.attention_mask, torch.tensor([it.ratings for it in items]),
                       torch.tensor([it.observed for it in items]), [it.row_id for it in items], layout.causal_only)
 
@@ -162,6 +164,8 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
         tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     model = reward_model_for_run(cfg, head.num_outputs, tokenizer, model)
     model.config.problem_type = "regression"
+    model.config.id2label = dict(enumerate(attributes))  # AutoModelForSequenceClassification users see the names
+    model.config.label2id = {a: i for i, a in enumerate(attributes)}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                     max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode,
@@ -198,7 +202,8 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
         metrics.update({f"mse/{a}": float(per_attribute[i]) for i, a in enumerate(attributes)})
         return metrics
 
-    run = RewardRun(cfg, model, tokenizer, items, lambda chunk: collate_rated(chunk, pad_id), loss_fn,
+    run = RewardRun(cfg, model, tokenizer, items, lambda chunk: collate_rated(chunk, pad_id, cfg.pad_to_multiple_of),
+                    loss_fn,
                     evaluate if evals else None, head.to_config(), data_report)
     return run.train()
 

@@ -59,7 +59,10 @@ class RewardRun(TrainingRun):
 
     def forward(self, mb):
         with self.acc.autocast():
-            return self.loss_fn(self.model, mb)
+            out = self.loss_fn(self.model, mb)
+        if self.acc.num_processes > 1:
+            global_extrema(out.metrics, self.acc.gather)
+        return out
 
     def micro_batches(self, step: int) -> list:
         return [self.collate([self.items[i] for i in index])
@@ -102,6 +105,19 @@ class RewardRun(TrainingRun):
         self.tokenizer.save_pretrained(self.out)
 
 
+EXTREMA = {"min_reward": torch.amin, "max_reward": torch.amax}  # TRL's min over all ranks' rewards (gathered)
+
+
+def global_extrema(metrics: dict, gather: Callable) -> None:
+    """min_reward / max_reward of this micro-batch over every rank's rewards, in place (TRL RewardTrainer gathers the
+    logits, then takes the min and max). The step averages metrics over ranks, which would give the mean of the
+    ranks' minima: 2 processes x b would log another min_reward than 1 process x 2b. Every rank runs the same number
+    of micro-batches per step, so the gathers pair up."""
+    for name, pick in EXTREMA.items():
+        if name in metrics:
+            metrics[name] = pick(gather(metrics[name].detach().reshape(1)))
+
+
 def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, eval_data=None, head=None,
                  context_template: str | None = None) -> dict:
     """Train a pairwise reward model (BT by default, or `head=GPMHead(...)`); returns the summary dict.
@@ -139,7 +155,10 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     info = {**head.to_config(), **({"context_template": template} if template else {})}
 
     def collate(pairs) -> MicroBatch:
-        return MicroBatch(collate_pairs(pairs, pad_id, "padded"), [p.row_id for p in pairs], [])
+        from preflab.data.layout import bucket
+
+        layout = bucket(collate_pairs(pairs, pad_id, "padded"), cfg.pad_to_multiple_of, pad_id)  # TRL's option
+        return MicroBatch(layout, [p.row_id for p in pairs], [])
 
     def loss_fn(model, mb):
         device = next(model.parameters()).device
@@ -267,6 +286,28 @@ def _write_card(output_dir: Path, cfg: TrainConfig, summary: dict) -> None:
     lines += ["", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
               f"model = AutoModelForSequenceClassification.from_pretrained({str(output_dir)!r})",
               f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})",
-              "# input ids as preflab builds them: [bos] + ids(prompt + response) + [eos]; the reward is .logits",
-              "```", "", "Or `preflab.reward_models.interface.load_judge(dir).score(prompts, responses)`.", ""]
+              "# input ids as preflab builds them: [bos] + ids(prompt + response) + [eos]; " + _logits_meaning(info),
+              "```", "", "Or `preflab.reward_models.interface.load_judge(dir)` (" + _judge_use(info) + ").", ""]
     (Path(output_dir) / "README.md").write_text("\n".join(lines))
+
+
+def _logits_meaning(info: dict) -> str:
+    """What `.logits` of the saved model are, for the model card: the reward, GPM embeddings or attribute ratings."""
+    head = info.get("head", "bt")
+    if head == "gpm":
+        return (f".logits are the {info.get('dim')}-dim preference embedding v (unit-normalised: "
+                f"{info.get('normalize')}); P(a > b) = sigmoid(s(v_a, v_b) / {info.get('tau')}), "
+                "s = preflab.reward_models.gpm.skew_score")
+    if head == "multi_objective":
+        return f".logits are the ratings of {info.get('attributes')} (config.id2label names them)"
+    return ".logits[:, 0] is the reward" + (f" (P(a > b) = sigmoid((r_a - r_b) / {info['tau']}))"
+                                            if info.get("tau", 1.0) != 1.0 else "")
+
+
+def _judge_use(info: dict) -> str:
+    head = info.get("head", "bt")
+    if head == "gpm":
+        return ".prefer(prompts, a, b), .win_rate_matrix(prompt, responses)"
+    if head == "multi_objective":
+        return "direction=[...] over the attributes, then .score(prompts, responses)"
+    return ".score(prompts, responses)"
