@@ -30,6 +30,7 @@ from preflab.data.layout import LayoutBatch
 from preflab.errors import DataError
 # model-side mask helpers, importable from here as before 0.2
 from preflab.models.attention import effective_layout, model_mask, supports_custom_mask  # noqa: F401
+from preflab.models.segment_attention import SegmentPlan
 
 # attention implementations that apply a custom 4-D mask as given (transformers 5.x: create_causal_mask returns a
 # 4-D tensor unchanged; sdpa takes it as a bool mask, eager adds it as a float mask, flex_attention a BlockMask made
@@ -73,6 +74,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     mask = torch.zeros(pred.shape, dtype=torch.bool)
     seen = set()
     spans: list = [None] * num_sequences  # (row, col, length) of each sequence's prompt
+    prompt_segments, response_segments = [], []  # SegmentPlan.of's (flat start, length[, block])
     for r, row in enumerate(rows):
         col, base = 0, r * width
         for block in row:
@@ -87,6 +89,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
             counts[r, col:col + p] = len(block.responses)  # in every one of its [prompt | response] sequences
             last_prompt = base + col + p - 1
             prompt_at = (r, col, p)
+            prompt_segments.append((base + col, p))
             col += p
             for resp, n in zip(block.responses, block.sequence_ids, strict=True):
                 if n in seen or not 0 <= n < num_sequences:
@@ -94,6 +97,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
                 seen.add(n)
                 spans[n] = prompt_at
                 k = len(resp)
+                response_segments.append((base + col, k, len(prompt_segments) - 1))
                 ids[r, col:col + k] = torch.tensor(resp, dtype=torch.long)
                 pos[r, col:col + k] = p + torch.arange(k)
                 attend[r, col:col + k, prompt_cols] = True
@@ -108,7 +112,8 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     if len(seen) != num_sequences:
         raise DataError(f"the blocks hold {len(seen)} responses but the batch has {num_sequences} sequences.")
     return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}),
-                       prompt_spans=spans, token_multiplicity=counts)
+                       prompt_spans=spans, token_multiplicity=counts,
+                       segments=SegmentPlan.of(prompt_segments, response_segments, n_rows, width))
 
 
 def pair_units(pairs) -> list[list[Block]]:
