@@ -159,11 +159,12 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
     return outputs.index_select(0, segments.output_index).view(rows, width, heads, dim), None
 
 
-def _register(function=segment_attention_forward) -> None:
-    """`function` as transformers attention implementation SEGMENT_ATTENTION (imported on first use, not at import)."""
+def _register(function=None) -> None:
+    """`function` (default: segment_attention_forward) as transformers attention implementation SEGMENT_ATTENTION
+    (transformers is imported on first use, not when this module is)."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(SEGMENT_ATTENTION, function)
+    AttentionInterface.register(SEGMENT_ATTENTION, function or segment_attention_forward)
 
 
 def _text_config(model: nn.Module):
