@@ -141,19 +141,19 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
     blocks, pmax = segments.prompt_index.shape
     responses, lmax = segments.response_index.shape
 
-    def gather(x: Tensor, index: Tensor, repeat: int) -> Tensor:  # [n, l] -> [n, heads, l, D]
-        out = x.index_select(0, index.reshape(-1)).view(*index.shape, x.shape[1], dim).transpose(1, 2)
-        return out.repeat_interleave(repeat, dim=1) if repeat > 1 else out
+    def gather(x: Tensor, index: Tensor) -> Tensor:  # [n, l] -> [n, heads, l, D]
+        return x.index_select(0, index.reshape(-1)).view(*index.shape, x.shape[1], dim).transpose(1, 2)
 
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    prompt_out = sdpa(gather(q, segments.prompt_index, 1), gather(k, segments.prompt_index, groups),
-                      gather(v, segments.prompt_index, groups), dropout_p=dropout, is_causal=True, scale=scaling)
+    gqa = {"enable_gqa": True} if groups > 1 else {}  # key/value heads shared by `groups` query heads each
+    prompt_out = sdpa(gather(q, segments.prompt_index), gather(k, segments.prompt_index),
+                      gather(v, segments.prompt_index), dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
     parts = [prompt_out.transpose(1, 2).reshape(blocks * pmax, heads, dim)]
     if responses:
         mask = segments.additive_mask(query.dtype, query.device)
-        response_out = sdpa(gather(q, segments.response_index, 1), gather(k, segments.response_keys, groups),
-                            gather(v, segments.response_keys, groups), attn_mask=mask, dropout_p=dropout,
-                            scale=scaling)
+        response_out = sdpa(gather(q, segments.response_index), gather(k, segments.response_keys),
+                            gather(v, segments.response_keys), attn_mask=mask, dropout_p=dropout, scale=scaling,
+                            **gqa)
         parts.append(response_out.transpose(1, 2).reshape(responses * lmax, heads, dim))
     outputs = torch.cat(parts) if len(parts) > 1 else parts[0]
     return outputs.index_select(0, segments.output_index).view(rows, width, heads, dim), None
