@@ -62,7 +62,8 @@ class SegmentPlan:
     response_keys [N, P + L]: the keys response n attends over, [its block's prompt_index | response_index];
     response_allowed [N, 1, L, P + L] bool: M[n] of the module docstring (True = may attend);
     output_index [R * width]: for each position, its slot in the concatenated outputs [B * P + N * L]
-    (prompt slots first, then response slots; a padding position takes slot 0: its output is never read)."""
+    (prompt slots first, then response slots; a padding position takes slot 0: its output is never read);
+    query_index, key_index: the gathers of the attention function (made from the above)."""
 
     width: int
     rows: int
@@ -72,6 +73,12 @@ class SegmentPlan:
     response_allowed: Tensor
     output_index: Tensor
     masks: dict = field(default_factory=dict, repr=False, compare=False)  # {(dtype, device): additive mask}
+
+    def __post_init__(self):
+        # the gathers of the attention function: queries [prompts | responses], keys and values [prompts | the
+        # responses' prompt keys and own keys], one index list each
+        self.query_index = torch.cat([self.prompt_index.reshape(-1), self.response_index.reshape(-1)])
+        self.key_index = torch.cat([self.prompt_index.reshape(-1), self.response_keys.reshape(-1)])
 
     @classmethod
     def of(cls, prompts: list[tuple[int, int]], responses: list[tuple[int, int, int]], rows: int,
@@ -134,28 +141,29 @@ def segment_attention_forward(module: nn.Module, query: Tensor, key: Tensor, val
                            "it is meant for preflab's scorer only (preflab.models.segment_attention).")
     rows, heads, width, dim = query.shape
     kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    q = query.transpose(1, 2).reshape(rows * width, heads, dim)
-    k = key.transpose(1, 2).reshape(rows * width, kv_heads, dim)
-    v = value.transpose(1, 2).reshape(rows * width, kv_heads, dim)
     blocks, pmax = segments.prompt_index.shape
     responses, lmax = segments.response_index.shape
+    split = blocks * pmax  # the prompts' slots come first in the gathered tensors, then the responses'
 
-    def gather(x: Tensor, index: Tensor) -> Tensor:  # [n, l] -> [n, heads, l, D]
-        return x.index_select(0, index.reshape(-1)).view(*index.shape, x.shape[1], dim).transpose(1, 2)
+    def gather(x: Tensor, index: Tensor) -> Tensor:  # [R, h, T, D] -> [len(index), h, D], one gather
+        return x.transpose(1, 2).reshape(rows * width, x.shape[1], dim).index_select(0, index)
 
+    def heads_first(x: Tensor, n: int) -> Tensor:  # [n * l, h, D] -> [n, h, l, D]
+        return x.view(n, -1, x.shape[1], dim).transpose(1, 2)
+
+    # split, not sliced: the backward of a split is one cat, that of each slice a zero fill and a copy
+    (qp, qr), (kp, kr), (vp, vr) = (gather(x, index).split([split, index.shape[0] - split]) for x, index in (
+        (query, segments.query_index), (key, segments.key_index), (value, segments.key_index)))
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    gqa = {"enable_gqa": True} if groups > 1 else {}  # key/value heads shared by `groups` query heads each
-    prompt_out = sdpa(gather(q, segments.prompt_index), gather(k, segments.prompt_index),
-                      gather(v, segments.prompt_index), dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
-    parts = [prompt_out.transpose(1, 2).reshape(blocks * pmax, heads, dim)]
+    gqa = {"enable_gqa": True} if heads != kv_heads else {}  # key/value heads shared by groups of query heads
+    prompt_out = sdpa(heads_first(qp, blocks), heads_first(kp, blocks), heads_first(vp, blocks),
+                      dropout_p=dropout, is_causal=True, scale=scaling, **gqa)
+    outputs = prompt_out.transpose(1, 2).reshape(split, heads, dim)
     if responses:
         mask = segments.additive_mask(query.dtype, query.device)
-        response_out = sdpa(gather(q, segments.response_index), gather(k, segments.response_keys),
-                            gather(v, segments.response_keys), attn_mask=mask, dropout_p=dropout, scale=scaling,
-                            **gqa)
-        parts.append(response_out.transpose(1, 2).reshape(responses * lmax, heads, dim))
-    outputs = torch.cat(parts) if len(parts) > 1 else parts[0]
+        response_out = sdpa(heads_first(qr, responses), heads_first(kr, responses), heads_first(vr, responses),
+                            attn_mask=mask, dropout_p=dropout, scale=scaling, **gqa)
+        outputs = torch.cat([outputs, response_out.transpose(1, 2).reshape(responses * lmax, heads, dim)])
     return outputs.index_select(0, segments.output_index).view(rows, width, heads, dim), None
 
 
@@ -188,7 +196,8 @@ def segment_attention(model: nn.Module):
 
 def set_attention_mode(mode: str, *models) -> None:
     """Attention of the prefix-shared / packed layouts for these models: "auto" (segment attention where
-    supported, else the dense mask), "segments" (ConfigError when a model cannot), "dense" (always the mask)."""
+    supported, else the dense mask), "segments" (ConfigError when a model cannot), "dense" (always the mask).
+    Kept on each model object; a model never given a mode uses DEFAULT_ATTENTION."""
     if mode not in ATTENTION_MODES:
         raise ConfigError(f"attention: {mode!r} is not one of {', '.join(ATTENTION_MODES)}.")
     from preflab.models.attention import unwrap
@@ -196,9 +205,9 @@ def set_attention_mode(mode: str, *models) -> None:
     for model in models:
         if model is None:
             continue
-        if mode == "segments":
+        if mode != "dense":  # probed now, before training (the probe runs the model's forward)
             ok, why = segment_attention_supported(model)
-            if not ok:
+            if mode == "segments" and not ok:
                 raise ConfigError(f"attention: segments cannot be used: {why}. Use attention: auto (the dense mask "
                                   "for such models) or dense.")
         setattr(unwrap(model), _MODE_ATTR, mode)
