@@ -13,12 +13,20 @@ but they must match) and for absolute position embeddings (GPT-2: they enter dir
 response is predicted from the last prompt position, which all responses of the block share.
 
 The same builder does packing (preflab.data.packing): several blocks per row, each with its own segments and
-positions from 0, which makes the mask block-diagonal. Deviation from the paper: the paper builds a FlexAttention
-block mask; transformers' sdpa and eager attention take a dense 4-D mask (bool here, converted per attention
-implementation by `model_mask`), so attention cost stays quadratic in the row length, as in the padded layout. A
-model loaded with attn_implementation="flex_attention" (opt-in; GPU: FlexAttention has no backward on CPU) gets
-the paper's form: the same mask as a BlockMask (models.attention.flex_block_mask), whose all-masked blocks are
-skipped.
+positions from 0, which makes the mask block-diagonal.
+
+Attention cost. Besides the dense 4-D mask, block_rows records where every segment sits (LayoutBatch.segments, a
+preflab.models.segment_attention.SegmentPlan), and for the model families that support it (Llama, Mistral, Qwen2,
+Qwen3, GPT-2 with sdpa or eager attention; option `attention: auto`, the default) the scorer attends segment by
+segment: each prompt causally over itself (sdpa's fused causal kernel), each response over its prompt's keys and
+causally over its own, batched over the micro-batch's blocks and responses. That computes only the allowed
+(query, key) pairs, up to the padding of the batched calls (sum_b P_b^2 + N L (P + L) scores for B blocks, N
+responses, P and L the longest prompt and response, instead of R T^2), and never the other response, other blocks
+or padding. Elsewhere (`attention: dense`, other families, gradient checkpointing, torch.compile) the dense mask is
+handed to transformers' sdpa or eager attention (bool here, converted per attention implementation by
+`model_mask`), and attention cost stays quadratic in the row length, as in the padded layout. A model loaded with
+attn_implementation="flex_attention" (opt-in; GPU: FlexAttention has no backward on CPU) gets the paper's form: the
+same mask as a BlockMask (models.attention.flex_block_mask), whose all-masked blocks are skipped.
 """
 from __future__ import annotations
 

@@ -106,9 +106,11 @@ class SegmentPlan:
         return cls(width, rows, prompt_index, response_index, keys, allowed, out)
 
     def to(self, device) -> "SegmentPlan":
-        from preflab.data.layout import to_device
+        """The plan on `device` (host -> accelerator copies asynchronous, as preflab.data.layout.to_device's)."""
+        def to_device(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=t.device.type == "cpu" and torch.device(device).type != "cpu")
 
-        return SegmentPlan(self.width, self.rows, *(to_device(t, device) for t in (
+        return SegmentPlan(self.width, self.rows, *(to_device(t) for t in (
             self.prompt_index, self.response_index, self.response_keys, self.response_allowed, self.output_index)))
 
     def widened(self, width: int) -> "SegmentPlan":
