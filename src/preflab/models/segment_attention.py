@@ -72,13 +72,17 @@ class SegmentPlan:
     response_keys: Tensor
     response_allowed: Tensor
     output_index: Tensor
+    query_index: Tensor | None = None
+    key_index: Tensor | None = None
     masks: dict = field(default_factory=dict, repr=False, compare=False)  # {(dtype, device): additive mask}
 
     def __post_init__(self):
         # the gathers of the attention function: queries [prompts | responses], keys and values [prompts | the
         # responses' prompt keys and own keys], one index list each
-        self.query_index = torch.cat([self.prompt_index.reshape(-1), self.response_index.reshape(-1)])
-        self.key_index = torch.cat([self.prompt_index.reshape(-1), self.response_keys.reshape(-1)])
+        if self.query_index is None:
+            self.query_index = torch.cat([self.prompt_index.reshape(-1), self.response_index.reshape(-1)])
+        if self.key_index is None:
+            self.key_index = torch.cat([self.prompt_index.reshape(-1), self.response_keys.reshape(-1)])
 
     @classmethod
     def of(cls, prompts: list[tuple[int, int]], responses: list[tuple[int, int, int]], rows: int,
@@ -106,12 +110,15 @@ class SegmentPlan:
         return cls(width, rows, prompt_index, response_index, keys, allowed, out)
 
     def to(self, device) -> "SegmentPlan":
-        """The plan on `device` (host -> accelerator copies asynchronous, as preflab.data.layout.to_device's)."""
+        """The plan with what the attention function reads on `device` (the response mask and the three index
+        lists; host -> accelerator copies asynchronous, as preflab.data.layout.to_device's); prompt_index,
+        response_index and response_keys stay where they are (the attention function reads their shapes only)."""
         def to_device(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=t.device.type == "cpu" and torch.device(device).type != "cpu")
 
-        return SegmentPlan(self.width, self.rows, *(to_device(t) for t in (
-            self.prompt_index, self.response_index, self.response_keys, self.response_allowed, self.output_index)))
+        return SegmentPlan(self.width, self.rows, self.prompt_index, self.response_index, self.response_keys,
+                           *(to_device(t) for t in (self.response_allowed, self.output_index, self.query_index,
+                                                    self.key_index)))
 
     def widened(self, width: int) -> "SegmentPlan":
         """The plan for the same rows right-padded to `width` positions (preflab.data.layout.bucket)."""
@@ -121,7 +128,8 @@ class SegmentPlan:
         out = torch.zeros(self.rows * width, dtype=torch.long, device=self.output_index.device)
         out[move(torch.arange(self.rows * self.width, device=out.device))] = self.output_index
         return SegmentPlan(width, self.rows, move(self.prompt_index), move(self.response_index),
-                           move(self.response_keys), self.response_allowed, out)
+                           move(self.response_keys), self.response_allowed, out, move(self.query_index),
+                           move(self.key_index))
 
     def additive_mask(self, dtype: torch.dtype, device) -> Tensor:
         """response_allowed as sdpa's float mask (0 / -inf) in `dtype`, made once per dtype and device."""
