@@ -1,8 +1,8 @@
 """Segment attention (preflab.models.segment_attention) equals the dense-mask path: log-probs and gradients of
 prefix-shared and packed layouts (a prompt shared by 1, 2 and 3 responses, responses of different lengths, rows of
-different widths, bucketed rows) for Llama (GQA), Qwen2 (GQA), Mistral and GPT-2, in float32 and float64, and a
-Trainer's 2 steps; unsupported models and gradient checkpointing keep the dense mask (counted calls of the
-attention function tell which path ran)."""
+different widths, bucketed rows) for Llama (GQA), Qwen2 (GQA), Mistral and GPT-2 in float32, Llama, Qwen2 and Qwen3 in
+float64, and a Trainer's 2 steps; unsupported models and gradient checkpointing keep the dense mask (counted calls of
+the attention function tell which path ran)."""
 import json
 import sys
 from pathlib import Path
@@ -47,8 +47,20 @@ def tiny_mistral():
     return tf.MistralForCausalLM(config).float().eval()
 
 
+def tiny_qwen3():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                            pad_token_id=0)
+    return tf.Qwen3ForCausalLM(config).float().eval()
+
+
 def model_of(arch: str):
-    return tiny_mistral() if arch == "mistral" else tiny_causal_lm(vocab_size=64, arch=arch)
+    if arch in ("mistral", "qwen3"):
+        return tiny_mistral() if arch == "mistral" else tiny_qwen3()
+    return tiny_causal_lm(vocab_size=64, arch=arch)
 
 
 @pytest.fixture
@@ -93,7 +105,7 @@ def test_segment_attention_equals_dense_mask(arch, layout_name, calls):
     assert_segments_equal_dense(model, LAYOUTS[layout_name](), calls, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_segment_attention_equals_dense_mask_in_float64(arch, calls):
     model = model_of(arch).double()
     seg.segment_attention_supported(model)
