@@ -254,17 +254,18 @@ def _checkpointed(base: nn.Module) -> bool:
 
 def segment_attention_supported(model: nn.Module) -> tuple[bool, str]:
     """(True, "") when `model` can score prefix-shared rows with segment attention; else (False, why). Decided once
-    per model object (kept on it): the family (SUPPORTED_FAMILIES), no soft-capping or sinks, sdpa or eager, every
-    layer full attention (models.attention.supports_custom_mask), and a probe pair scored this way."""
+    per model object and attention implementation (kept on the model): the family (SUPPORTED_FAMILIES), no
+    soft-capping or sinks, sdpa or eager, every layer full attention (models.attention.supports_custom_mask), and a
+    probe pair scored this way."""
     from preflab.models.attention import supports_custom_mask, unwrap
 
     base = unwrap(model)
-    known = getattr(base, _VERDICT_ATTR, None)
-    if known is not None:
-        return known
     config = getattr(base, "config", None)
     family = getattr(config, "model_type", type(base).__name__)
     impl = getattr(config, "_attn_implementation", None) or "eager"
+    known = getattr(base, _VERDICT_ATTR, None)
+    if known is not None and known[0] == impl:  # decided for this attention implementation
+        return known[1]
     if family not in SUPPORTED_FAMILIES:
         verdict = (False, f"model type {family!r} is not among {', '.join(SUPPORTED_FAMILIES)}")
     elif impl not in ("sdpa", "eager"):
@@ -274,7 +275,7 @@ def segment_attention_supported(model: nn.Module) -> tuple[bool, str]:
     else:
         ok, why = supports_custom_mask(base)
         verdict = _probe(base) if ok else (False, why)
-    setattr(base, _VERDICT_ATTR, verdict)
+    setattr(base, _VERDICT_ATTR, (impl, verdict))
     return verdict
 
 
