@@ -11,7 +11,7 @@ step 808 ops (475 kernels, the rest views), precomputed reference log-probs 624 
 9 resp. 10 host -> device copies per step. The budget adds 2%: update it (down, or up with a reason) when the step
 changes on purpose. Since the LM head's log-prob backward works in place (preflab.scoring.lm.TargetLogProb) and the policy
 reuses the reference's converted mask (layout_scorer_mask): 804 and 622 ops. Segment attention for the prefix-shared
-layout (preflab.models.segment_attention, branch prefix-attn; CPU step 0.94x the dense mask's on the benchmark
+layout (preflab.models.segment_attention, branch prefix-attn; CPU step 0.95x the dense mask's on the benchmark
 fixture) adds per attention call 3 gathers, a cat, an output gather and their views and backward: 956 and 730 ops
 (of them kernels, on the fixture model with benchmarks/op_count.py: 1124 -> 1203 per step), the budget +2%.
 """
