@@ -92,6 +92,7 @@ class TrainConfig:
     dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
     chunk_tokens: int | None = None            # LM-head chunk (positions); default sized by the device
     pad_to_multiple_of: int | None = None      # TRL: row lengths rounded up to a multiple (shapes repeat: GPU plans)
+    attention: str = "auto"                    # auto | segments | dense: prefix-shared rows attended per segment
     # models
     use_peft: bool = False
     lora_r: int = 16

@@ -177,6 +177,9 @@ OPTIONS: dict[str, Option] = {
     "on_bad_row": one_of(("error", "skip"), "a bad data row stops the run, or is skipped and counted"),
     "layout": one_of(("padded", "prefix_shared", "packed", "prefix_packed"),
                      "batch layout (preflab.data.prefix); TRL padding_free: true -> prefix_packed"),
+    "attention": one_of(("auto", "segments", "dense"), "attention of prefix-shared and packed rows: per segment, "
+                        "only the allowed pairs (preflab.models.segment_attention; auto: where the model supports it), "
+                        "or the dense 4-D mask"),
     "precompute_ref_log_probs": Option("score the reference once before training and release it"),
     "dataset_num_proc": above(0, "processes that tokenize the data on a cache miss (TRL; null: one)"),
     "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, sized by the device's memory)"),

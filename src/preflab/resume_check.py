@@ -15,7 +15,7 @@ HARMLESS = frozenset({
     "output_dir", "report_to", "logging_first_step",
     "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",
     "torch_compile_backend", "torch_compile_mode",
-    "gradient_checkpointing", "chunk_tokens", "pad_to_multiple_of",
+    "gradient_checkpointing", "chunk_tokens", "pad_to_multiple_of", "attention",
 })
 
 

@@ -57,12 +57,14 @@ def test_models_scoring_one_layout_share_its_converted_mask(monkeypatch):
     from types import SimpleNamespace
 
     from preflab.data.prefix import prefix_shared
+    from preflab.models.segment_attention import set_attention_mode
 
     pairs = [SimpleNamespace(prompt_ids=p, chosen_ids=c, rejected_ids=r)
              for (p, c), (_, r) in zip(SEQS[:2], SEQS[2:], strict=True)]
     policy, ref = tiny_causal_lm(vocab_size=64, seed=0), tiny_causal_lm(vocab_size=64, seed=1)
     eager = tiny_causal_lm(vocab_size=64, seed=2)
     eager.set_attn_implementation("eager")
+    set_attention_mode("dense", policy, ref, eager)  # the mask path (segment attention converts no mask)
     fresh = {name: LogProbScorer(m)(prefix_shared(pairs, pad_id=0)).token_logps
              for name, m in (("policy", policy), ("ref", ref), ("eager", eager))}
     made = []

@@ -126,6 +126,9 @@ class LayoutBatch:
     prompt_spans: list[tuple[int, int, int]] | None = None
     prompt_gather: PromptPlan | None = None
     token_multiplicity: Tensor | None = None
+    # where each prompt and response sits (preflab.models.segment_attention.SegmentPlan), for attention over the
+    # allowed (query, key) pairs only; set by preflab.data.prefix.block_rows (None: the scorer uses the mask)
+    segments: object | None = None
     # the attention mask as scorers hand it to their models, {key: mask}, made once per layout and shared by every
     # model that scores it (the policy and the reference of a step: preflab.scoring.lm.layout_scorer_mask)
     scorer_masks: dict = field(default_factory=dict, repr=False, compare=False)
@@ -189,7 +192,8 @@ class LayoutBatch:
                            self.gather.to(device) if self.gather is not None else None, self.causal_only,
                            self.prompt_spans,
                            self.prompt_gather.to(device) if self.prompt_gather is not None else None,
-                           self.token_multiplicity)  # stays on the host: moved only by a scorer that reads it
+                           self.token_multiplicity,  # stays on the host: moved only by a scorer that reads it
+                           segments=self.segments.to(device) if self.segments is not None else None)
 
 
 def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatch:
@@ -210,7 +214,8 @@ def bucket(layout: LayoutBatch, multiple: int | None, pad_id: int) -> LayoutBatc
         torch.nn.functional.pad(layout.token_multiplicity, (0, extra))
     return LayoutBatch(torch.nn.functional.pad(layout.input_ids, (0, extra), value=pad_id), mask, positions, pred,
                        layout.target_ids, layout.response_mask, layout.row_ids, layout.extras,
-                       causal_only=layout.causal_only, prompt_spans=layout.prompt_spans, token_multiplicity=counts)
+                       causal_only=layout.causal_only, prompt_spans=layout.prompt_spans, token_multiplicity=counts,
+                       segments=layout.segments.widened(new) if layout.segments is not None else None)
 
 
 def response_plan(starts: list[int], responses: list[list[int]], row_offsets: list[int]):

@@ -13,12 +13,20 @@ but they must match) and for absolute position embeddings (GPT-2: they enter dir
 response is predicted from the last prompt position, which all responses of the block share.
 
 The same builder does packing (preflab.data.packing): several blocks per row, each with its own segments and
-positions from 0, which makes the mask block-diagonal. Deviation from the paper: the paper builds a FlexAttention
-block mask; transformers' sdpa and eager attention take a dense 4-D mask (bool here, converted per attention
-implementation by `model_mask`), so attention cost stays quadratic in the row length, as in the padded layout. A
-model loaded with attn_implementation="flex_attention" (opt-in; GPU: FlexAttention has no backward on CPU) gets
-the paper's form: the same mask as a BlockMask (models.attention.flex_block_mask), whose all-masked blocks are
-skipped.
+positions from 0, which makes the mask block-diagonal.
+
+Attention cost. Besides the dense 4-D mask, block_rows records where every segment sits (LayoutBatch.segments, a
+preflab.models.segment_attention.SegmentPlan), and for the model families that support it (Llama, Mistral, Qwen2,
+Qwen3, GPT-2 with sdpa or eager attention; option `attention: auto`, the default) the scorer attends segment by
+segment: each prompt causally over itself (sdpa's fused causal kernel), each response over its prompt's keys and
+causally over its own, batched over the micro-batch's blocks and responses. That computes only the allowed
+(query, key) pairs, up to the padding of the batched calls (sum_b P_b^2 + N L (P + L) scores for B blocks, N
+responses, P and L the longest prompt and response, instead of R T^2), and never the other response, other blocks
+or padding. Elsewhere (`attention: dense`, other families, gradient checkpointing, torch.compile) the dense mask is
+handed to transformers' sdpa or eager attention (bool here, converted per attention implementation by
+`model_mask`), and attention cost stays quadratic in the row length, as in the padded layout. A model loaded with
+attn_implementation="flex_attention" (opt-in; GPU: FlexAttention has no backward on CPU) gets the paper's form: the
+same mask as a BlockMask (models.attention.flex_block_mask), whose all-masked blocks are skipped.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from preflab.data.layout import LayoutBatch
 from preflab.errors import DataError
 # model-side mask helpers, importable from here as before 0.2
 from preflab.models.attention import effective_layout, model_mask, supports_custom_mask  # noqa: F401
+from preflab.models.segment_attention import SegmentPlan
 
 # attention implementations that apply a custom 4-D mask as given (transformers 5.x: create_causal_mask returns a
 # 4-D tensor unchanged; sdpa takes it as a bool mask, eager adds it as a float mask, flex_attention a BlockMask made
@@ -73,6 +82,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     mask = torch.zeros(pred.shape, dtype=torch.bool)
     seen = set()
     spans: list = [None] * num_sequences  # (row, col, length) of each sequence's prompt
+    prompt_segments, response_segments = [], []  # SegmentPlan.of's (flat start, length[, block])
     for r, row in enumerate(rows):
         col, base = 0, r * width
         for block in row:
@@ -87,6 +97,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
             counts[r, col:col + p] = len(block.responses)  # in every one of its [prompt | response] sequences
             last_prompt = base + col + p - 1
             prompt_at = (r, col, p)
+            prompt_segments.append((base + col, p))
             col += p
             for resp, n in zip(block.responses, block.sequence_ids, strict=True):
                 if n in seen or not 0 <= n < num_sequences:
@@ -94,6 +105,7 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
                 seen.add(n)
                 spans[n] = prompt_at
                 k = len(resp)
+                response_segments.append((base + col, k, len(prompt_segments) - 1))
                 ids[r, col:col + k] = torch.tensor(resp, dtype=torch.long)
                 pos[r, col:col + k] = p + torch.arange(k)
                 attend[r, col:col + k, prompt_cols] = True
@@ -108,7 +120,8 @@ def block_rows(rows: list[list[Block]], num_sequences: int, pad_id: int, row_ids
     if len(seen) != num_sequences:
         raise DataError(f"the blocks hold {len(seen)} responses but the batch has {num_sequences} sequences.")
     return LayoutBatch(ids, attend.unsqueeze(1), pos, pred, target, mask, list(row_ids or []), dict(extras or {}),
-                       prompt_spans=spans, token_multiplicity=counts)
+                       prompt_spans=spans, token_multiplicity=counts,
+                       segments=SegmentPlan.of(prompt_segments, response_segments, n_rows, width))
 
 
 def pair_units(pairs) -> list[list[Block]]:

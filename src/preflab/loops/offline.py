@@ -24,6 +24,7 @@ from preflab.loops.kinds import kind_for
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
+from preflab.models.segment_attention import set_attention_mode
 from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
 from preflab.scoring.token_metrics import counts, ratios
 
@@ -134,6 +135,7 @@ class Trainer(TrainingRun):
                               "examples/accelerate/ddp.yaml.")
         self.ref_logps, self.ref_cache_info = {}, {}
         self.layout = effective_layout(self.requested_layout(), policy, ref)
+        set_attention_mode(cfg.attention, policy, ref)
         if cfg.gradient_checkpointing:
             unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -165,6 +165,10 @@ class OnlineRun(TrainingRun):
             print(f"preflab: note: {note}")
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
+        if all(getattr(unwrap(m), "config", None) is not None for m in (policy, ref) if m is not None):
+            from preflab.models.segment_attention import set_attention_mode
+
+            set_attention_mode(cfg.attention, policy, ref)
         if "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level reference quantities at every step; "
                               "online runs precompute reference log-probs per round. Choose another loss_type.")

@@ -6,7 +6,9 @@ token-level needs run in chunks of `chunk_tokens` positions (default: sized by t
 preflab.scoring.chunking). Under autograd, when there is more than one chunk, each chunk is checkpointed
 (recomputed in backward), so peak memory for the head is about one chunk's [C, V] logits whatever the sequence
 length or vocabulary size; a single chunk keeps its logits instead of recomputing them.
-A 4-D bool layout mask (prefix-shared, packed) is handed to the model in its attention implementation's form (for
+A prefix-shared or packed layout is attended segment by segment (each prompt causally, each response over its prompt
+and itself: preflab.models.segment_attention, for the model families it supports, unless `attention: dense`); else
+its 4-D bool layout mask is handed to the model in its attention implementation's form (for
 sdpa: the float mask sdpa would make of it at every layer, made once: models.attention.scorer_mask); a
 right-padded layout (LayoutBatch.causal_only) gets no mask at all (plain causal attention) when the model is a
 causal decoder (models.attention.right_padding_needs_no_mask). The response positions
@@ -41,6 +43,7 @@ from preflab.data.layout import LayoutBatch
 from preflab.errors import PreflabError
 from preflab.models.attention import attention_dtype, model_mask, right_padding_needs_no_mask, scorer_mask
 from preflab.models.attention import unwrap  # noqa: F401  (re-exported)
+from preflab.models.segment_attention import segment_attention, uses_segments
 from preflab.objectives.base import PairBatch, SequenceLogps
 from preflab.scoring.chunking import CHUNK_BYTES, chunk_budget_of, chunk_for_budget, head_chunk_budget  # noqa: F401
 from preflab.scoring.head import LMHead, backbone_and_head  # noqa: F401  (backbone_and_head: re-exported)
@@ -151,13 +154,19 @@ class LogProbScorer(nn.Module):
                             f"model type's logit post-processing), not a bare {type(ref_head).__name__}")
         # right padding only, causal model: plain causal attention is exact for every real token (causal_only)
         plain = layout.causal_only and right_padding_needs_no_mask(self.model)
-        mask = None if plain else layout_scorer_mask(layout, self.model, head.weight.dtype)
+        segments = not plain and uses_segments(layout, self.model)
+        mask = None if plain or segments else layout_scorer_mask(layout, self.model, head.weight.dtype)
         kwargs = {"attention_mask": mask, "use_cache": False}
         if layout.position_ids is not None:
             kwargs["position_ids"] = layout.position_ids
         if want_router_loss:
             kwargs["output_router_logits"] = True
-        decoded = backbone(input_ids=layout.input_ids, **kwargs)
+        if segments:  # attention over each prompt and response only (preflab.models.segment_attention); the
+            kwargs["attention_mask"] = layout.attention_mask  # bool mask goes through unread (no padding warning)
+            with segment_attention(self.model):
+                decoded = backbone(input_ids=layout.input_ids, segments=layout.segments, **kwargs)
+        else:
+            decoded = backbone(input_ids=layout.input_ids, **kwargs)
         hidden = decoded.last_hidden_state  # [R, T, H]
         h, targets, plan, prompt, chunk, ref_h = _head_inputs(hidden, layout, head, self.chunk_tokens, ref, ref_head,
                                                              prompt_sequences)
