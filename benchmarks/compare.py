@@ -111,6 +111,8 @@ def group_lines(lines) -> dict:
         model = "fixture" if r.get("model") in (None, "fixture") else Path(r["model"]).name
         ref = "precomputed" if r["precompute_ref"] else "reference"
         label = f"{model} b{r['batch_size']} {ref}" + (" ckpt" if r["grad_ckpt"] else "")
+        if r.get("attention", "auto") != "auto":  # gpu_compare.sh's segment / dense attention runs: their own rows
+            label += f" attention {r['attention']}"
         groups.setdefault(label, {"trl": [], "preflab": []})[r["library"]].append(r)
     return groups
 

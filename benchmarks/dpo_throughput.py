@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--attn-implementation", default=None, choices=["sdpa", "eager", "flex_attention"],
                     help="the model's attention (default: transformers' choice, sdpa)")
     ap.add_argument("--chunk-tokens", type=int, default=None, help="LM-head chunk (default: sized by the device)")
+    ap.add_argument("--attention", default="auto", choices=["auto", "segments", "dense"],
+                    help="prefix-shared / packed rows: segment attention or the dense 4-D mask (config `attention`)")
     args = ap.parse_args()
     common.setup_env(args.threads)
     if args.wait_idle:
@@ -156,7 +158,8 @@ def main():
         max_length=args.max_length, precompute_ref_log_probs=args.precompute_ref,
         gradient_checkpointing=args.grad_ckpt, torch_compile=args.torch_compile, layout=args.layout,
         seed=args.seed, use_cpu=not cuda, bf16=args.bf16, logging_steps=args.steps, disable_tqdm=True,
-        report_to="none", pad_to_multiple_of=args.pad_to_multiple_of, chunk_tokens=args.chunk_tokens))
+        report_to="none", pad_to_multiple_of=args.pad_to_multiple_of, chunk_tokens=args.chunk_tokens,
+        attention=args.attention))
     if args.max_length is not None:
         raise SystemExit("--max-length: truncate as TRL does before comparing; this runner feeds whole pairs")
     policy = load_causal_lm(model_dir, dtype="float32")
@@ -186,6 +189,7 @@ def main():
         transformers_version=transformers.__version__,
         attn_implementation=policy.config._attn_implementation,
         layout=trainer.layout,
+        attention=args.attention,
         token_ids_replaced=differ,
         preflab_num_tokens=summary["final_metrics"].get("num_tokens"),
         reference_cache=summary.get("reference_cache"),

@@ -14,7 +14,7 @@
 # Under a 10-minute limit per command run one shape per call (MODELS=qwen2-0.5b, then MODELS=llama-1b with the
 # same OUT: the results accumulate in one file), and PROFILE=0 on the second call.
 # Environment: PY (python with preflab), TRL_PY (python with trl 1.16), PREFBENCH_DIR (the shared bench folder),
-# FIX (fixture folder; built with --rows 512 when missing), OUT, MODELS, BATCHES, STEPS, WARMUP,
+# FIX (fixture folder; built with --rows 512 when missing), OUT, MODELS, BATCHES, STEPS, WARMUP, ATTENTION_AB,
 # PREFLAB_ARGS (preflab-only runner options; default: rows rounded up to a multiple of 64), PROFILE (0: no profiles).
 # torch.compile is not one of the configurations here (its compile adds a minute or more per run): measure it with
 #   python benchmarks/compile_compare.py --repeats 2 -- --device cuda --bf16 --model $OUT/models/qwen2-0.5b \
@@ -73,6 +73,15 @@ for model in $MODELS; do
     done
   done
 done
+
+# segment attention (the default, `attention: auto`) against the dense 4-D mask, reference every step: decides the
+# GPU default (ATTENTION_AB=0 skips these runs)
+if [ "${ATTENTION_AB:-1}" != 0 ]; then
+  for model in $MODELS; do
+    batch=${BATCHES%% *}
+    run preflab "$model" "$batch" --attention dense; run preflab "$model" "$batch" --attention segments
+  done
+fi
 
 if [ "${PROFILE:-1}" != 0 ]; then
   first=${MODELS%% *}
