@@ -21,6 +21,7 @@ of the current timeline, so after a rollback to checkpoint-4 the abandoned run's
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,12 +32,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from preflab.errors import PreflabError
 
 MARKER = "COMPLETE"
 TIMELINE_FILE = "timeline.json"
+
+
+def write_failure(err: Exception, path: str | Path | None = None) -> OSError | None:
+    """A failed write as an OSError (errno, strerror, file), or None when `err` is not one. safetensors reports a
+    full disk or a read-only folder as its own SafetensorError ("I/O error: No space left on device (os error
+    28)"), not as an OSError; its errno is read from that text (EIO when it names none)."""
+    if isinstance(err, OSError):
+        return err
+    if not isinstance(err, SafetensorError) or "I/O error" not in str(err):
+        return None
+    found = re.search(r"os error (\d+)", str(err))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), None if path is None else str(path))
 
 
 def fsync_dir(path: Path) -> None:
@@ -164,11 +179,14 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         _write_json(tmp / "optimizer.json", opt_meta)
         write_training_state(tmp, step, scheduler, state)
         commit_checkpoint(tmp, final, step)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
+        failure = write_failure(err)
+        if failure is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(
-            f"could not write checkpoint {final}: {err.strerror or err}. Earlier checkpoints are kept; free disk "
-            "space or fix the permissions of output_dir, then resume."
+            f"could not write checkpoint {final}: {failure.strerror or failure}. Earlier checkpoints are kept; free "
+            "disk space or fix the permissions of output_dir, then resume."
         ) from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))

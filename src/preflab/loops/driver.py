@@ -22,9 +22,10 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
-                                save_checkpoint, write_timeline)
+                                save_checkpoint, write_failure, write_timeline)
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
@@ -619,8 +620,11 @@ class TrainingRun:
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
             err.preflab_output_dir = Path(self.cfg.output_dir)
             raise
-        except OSError as err:  # a full disk or a read-only folder while writing metrics, the model, the summary
-            raise PreflabError(f"{err.filename or self.cfg.output_dir}: {err.strerror or err}. "
+        except (OSError, SafetensorError) as err:  # a full disk or a read-only folder while writing metrics, the
+            failure = write_failure(err)          # model (safetensors' own error type), the summary
+            if failure is None:
+                raise
+            raise PreflabError(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
                                f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
                                "permissions, then run again.") from err
         finally:

@@ -1,0 +1,46 @@
+"""Findings of a production user's trial (long runs on shared machines): full disks, trackers without network,
+resumes that change the run's length, early refusal of unsafe model folders, TRL option meanings."""
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import SafetensorError
+
+import preflab.checkpoint as ck
+from preflab.errors import PreflabError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAFETENSORS_ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _linear_and_optimizer():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, opt
+
+
+def test_safetensors_full_disk_in_a_checkpoint_is_the_documented_error(tmp_path, monkeypatch):
+    """safetensors reports ENOSPC as its own SafetensorError, not OSError: the save was a traceback that left a
+    .tmp-checkpoint folder behind instead of naming the checkpoint and saying what is kept."""
+    model, opt = _linear_and_optimizer()
+    ck.save_checkpoint(tmp_path, 1, model, opt, None, {})
+    real = ck.save_file
+
+    def full_disk(tensors, path, *a, **k):
+        if "optimizer" in str(path):
+            raise SafetensorError(SAFETENSORS_ENOSPC)
+        return real(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(PreflabError, match=r"checkpoint-2: No space left on device\. Earlier checkpoints are kept"):
+        ck.save_checkpoint(tmp_path, 2, model, opt, None, {})
+    assert ck.list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_write_failure_reads_the_errno_of_a_safetensors_error():
+    failure = ck.write_failure(SafetensorError(SAFETENSORS_ENOSPC), "out/model.safetensors")
+    assert (failure.errno, failure.strerror, failure.filename) == (28, "No space left on device",
+                                                                    "out/model.safetensors")
+    assert ck.write_failure(SafetensorError("Error while deserializing header: HeaderTooLarge")) is None
+    assert ck.write_failure(ValueError("x")) is None
