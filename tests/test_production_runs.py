@@ -44,3 +44,52 @@ def test_write_failure_reads_the_errno_of_a_safetensors_error():
                                                                     "out/model.safetensors")
     assert ck.write_failure(SafetensorError("Error while deserializing header: HeaderTooLarge")) is None
     assert ck.write_failure(ValueError("x")) is None
+
+
+def _tiny_run():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "loops"))
+    from tiny_run import run
+
+    return run
+
+
+FAKE_WANDB = '''
+calls = []
+
+
+class UsageError(Exception):
+    pass
+
+
+def init(**kwargs):
+    calls.append(kwargs)
+    raise UsageError("No API key configured. Use `wandb login` to log in.")
+'''
+
+
+def test_wandb_that_cannot_start_is_an_error_saying_what_to_do(tmp_path, monkeypatch):
+    """report_to: wandb without a login (or, after a 90 s wait, without network) was a wandb traceback after the
+    models were loaded; wandb's files also went to ./wandb in the working directory, not under output_dir."""
+    import sys
+
+    package = tmp_path / "site" / "wandb"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_WANDB)
+    info = tmp_path / "site" / "wandb-0.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wandb\nVersion: 0.0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    from preflab.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"report_to: wandb could not start \(UsageError: No API key.*"
+                                          r"WANDB_MODE=offline.*report_to: none"):
+        _tiny_run()(out, max_steps=1, report_to="wandb")
+    import wandb
+
+    assert wandb.calls[0]["dir"] == str(out)
+    assert not (out / ".preflab.lock").exists()

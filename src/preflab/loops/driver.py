@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +57,17 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def tracker_start_error(names: list[str], err: Exception) -> str:
+    """report_to's trackers did not start (wandb without a login or without network, ...): what failed and what
+    to do, in one message."""
+    text = " ".join(str(err).split())[:400]
+    what = f"report_to: {', '.join(names) or 'the trackers'} could not start ({type(err).__name__}: {text})."
+    if "wandb" in names:
+        what += (" For wandb without network or login, set WANDB_MODE=offline (the run is logged under output_dir/"
+                 "wandb; `wandb sync` uploads it later), or run `wandb login`.")
+    return what + " Or remove it from report_to (report_to: none); metrics.jsonl holds every logged row either way."
 
 
 def launched_world_size() -> int:
@@ -783,7 +795,14 @@ class TrainingRun:
         if self.cfg.report_to in ("none", None, [], ""):
             return None
         flat = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        self.accelerator.init_trackers("preflab", config=flat)
+        names = [str(getattr(kind, "value", kind)) for kind in (self.accelerator.log_with or [])]
+        init_kwargs = {}
+        if "wandb" in names and not os.environ.get("WANDB_DIR"):  # wandb writes ./wandb in the working directory
+            init_kwargs["wandb"] = {"dir": str(self.out)}       # by default; the run's files belong under output_dir
+        try:
+            self.accelerator.init_trackers("preflab", config=flat, init_kwargs=init_kwargs)
+        except Exception as err:  # noqa: BLE001 - every tracker's own error types (login, network, ...)
+            raise ConfigError(tracker_start_error(names, err)) from err
 
         def track(row: dict) -> None:
             values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
