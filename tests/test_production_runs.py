@@ -93,3 +93,20 @@ def test_wandb_that_cannot_start_is_an_error_saying_what_to_do(tmp_path, monkeyp
 
     assert wandb.calls[0]["dir"] == str(out)
     assert not (out / ".preflab.lock").exists()
+
+
+def test_resume_with_a_shorter_max_steps_trains_on_the_new_schedule_from_its_first_step(tmp_path):
+    """Lowering max_steps at resume is allowed (with a note); the linear schedule then follows the new length, but
+    the first resumed step trained at the rate the checkpoint's optimizer state held (the old schedule's)."""
+    import json
+
+    run = _tiny_run()
+    out = tmp_path / "run"
+    run(out, max_steps=8, save_steps=4, lr_scheduler_type="linear", learning_rate=1e-3)
+    run(out, max_steps=5, save_steps=4, lr_scheduler_type="linear", learning_rate=1e-3,
+        resume_from_checkpoint=str(out / "checkpoint-4"))
+    rates = {row["step"]: row["learning_rate"] for row in map(json.loads, (out / "metrics.jsonl").open())
+             if "learning_rate" in row}
+    # linear decay over 5 steps, no warmup: step s (1-based) trains at lr x (1 - (s - 1) / 5)
+    assert rates[5] == pytest.approx(1e-3 * (1 - 4 / 5), rel=1e-9)  # the old code: 1e-3 x (1 - 4 / 8)
+    assert rates[4] == pytest.approx(1e-3 * (1 - 3 / 8), rel=1e-9)  # before the resume: the first run's schedule

@@ -59,6 +59,23 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def follow_schedule(scheduler) -> tuple[float, float] | None:
+    """Set every param group's learning rate to the schedule's value at the scheduler's step (LambdaLR: base_lr x
+    factor(last_epoch), the value its own step() sets). After a resume this is the rate the checkpoint holds, unless
+    the schedule's length changed (max_steps / num_train_epochs): the optimizer state then holds the old schedule's
+    rate, which the first resumed step would use. Returns (old, new) rate of the first group when they differ."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps the LambdaLR
+    factors = getattr(inner, "lr_lambdas", None)
+    if not factors:
+        return None
+    groups = inner.optimizer.param_groups
+    old = groups[0]["lr"]
+    for group, base_lr, factor in zip(groups, inner.base_lrs, factors):
+        group["lr"] = base_lr * factor(inner.last_epoch)
+    inner._last_lr = [group["lr"] for group in groups]
+    return None if groups[0]["lr"] == old else (old, groups[0]["lr"])
+
+
 def tracker_start_error(names: list[str], err: Exception) -> str:
     """report_to's trackers did not start (wandb without a login or without network, ...): what failed and what
     to do, in one message."""
@@ -917,6 +934,10 @@ class TrainingRun:
         else:
             state = load_checkpoint(path, acc.unwrap_model(self.checkpoint_module), self.optimizer,
                                     self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
+        moved = follow_schedule(self.scheduler)
+        if moved is not None:  # max_steps / num_train_epochs changed: the checkpoint's rate was another schedule's
+            say(f"preflab: note: the learning-rate schedule follows this run's length ({self.total_steps} steps): "
+                f"step {step + 1} trains at {moved[1]:.4g}, not at the checkpoint's {moved[0]:.4g}.")
         self.restore_data_position(state.get("data_position"), step)
         self.best.load_state_dict(state)  # best_metric / best_global_step / best_model_checkpoint continue
         self.resumed_totals = {"num_tokens": int(state.get("num_tokens") or 0),
