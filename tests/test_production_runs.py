@@ -110,3 +110,49 @@ def test_resume_with_a_shorter_max_steps_trains_on_the_new_schedule_from_its_fir
     # linear decay over 5 steps, no warmup: step s (1-based) trains at lr x (1 - (s - 1) / 5)
     assert rates[5] == pytest.approx(1e-3 * (1 - 4 / 5), rel=1e-9)  # the old code: 1e-3 x (1 - 4 / 8)
     assert rates[4] == pytest.approx(1e-3 * (1 - 3 / 8), rel=1e-9)  # before the resume: the first run's schedule
+
+
+def _saved_tiny_model(folder: Path) -> None:
+    from preflab.models.tiny import tiny_causal_lm
+
+    tiny_causal_lm(vocab_size=64).save_pretrained(folder)
+
+
+def test_unsafe_model_folders_are_refused_before_the_data_is_read(tmp_path):
+    """A .bin-only folder and a folder whose model needs its shipped code were refused only when the model loaded,
+    after the whole dataset had been read and tokenized (minutes on a real dataset)."""
+    import json
+
+    import torch as t
+
+    from preflab.config import config_from_dict, preflight
+    from preflab.errors import ConfigError, UnsafeLoadError
+    from preflab.models.tiny import tiny_causal_lm
+
+    pickled = tmp_path / "bin-only"
+    model = tiny_causal_lm(vocab_size=64)
+    model.config.save_pretrained(pickled)
+    t.save(model.state_dict(), pickled / "pytorch_model.bin")
+    custom = tmp_path / "custom"
+    _saved_tiny_model(custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="my_llama", auto_map={"AutoConfig": "configuration_my.MyConfig",
+                                                   "AutoModelForCausalLM": "modeling_my.MyLM"})
+    (custom / "config.json").write_text(json.dumps(config))
+    known = tmp_path / "known-type-with-auto-map"  # transformers' own class loads it: not refused
+    _saved_tiny_model(known)
+    config = json.loads((known / "config.json").read_text())
+    (known / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "x.Y"}}))
+
+    def cfg(**kw):
+        return config_from_dict({"model_name_or_path": str(known), "dataset_name": "data.jsonl",
+                                 "output_dir": str(tmp_path / "out"), **kw})
+
+    with pytest.raises(UnsafeLoadError, match="pytorch_model.bin.*allow_pickle"):
+        preflight(cfg(model_name_or_path=str(pickled)))
+    with pytest.raises(ConfigError, match=r"ref_model_name_or_path=.*configuration_my\.py, modeling_my\.py.*"
+                                          r"trust_remote_code: true"):
+        preflight(cfg(ref_model_name_or_path=str(custom)))
+    preflight(cfg(model_name_or_path=str(pickled), allow_pickle=True, ref_model_name_or_path=str(custom),
+                  trust_remote_code=True))
+    preflight(cfg())
