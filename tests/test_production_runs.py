@@ -156,3 +156,26 @@ def test_unsafe_model_folders_are_refused_before_the_data_is_read(tmp_path):
     preflight(cfg(model_name_or_path=str(pickled), allow_pickle=True, ref_model_name_or_path=str(custom),
                   trust_remote_code=True))
     preflight(cfg())
+
+
+def test_trl_keep_end_without_max_prompt_length_is_said_to_change_nothing(capsys):
+    """TRL 1.16's truncation_mode: keep_end keeps the end of prompt + response; preflab's cuts prompts longer than
+    max_prompt_length only, so without it the option was accepted and silently did nothing."""
+    from preflab.config import config_from_dict
+    from preflab.data.examples import PairExample
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl", "max_length": 16}
+    config_from_dict({**base, "truncation_mode": "keep_end"})
+    assert "changes nothing" in capsys.readouterr().err
+    config_from_dict({**base, "truncation_mode": "keep_end", "max_prompt_length": 8})
+    config_from_dict({**base, "truncation_mode": "keep_start"})
+    assert "truncation_mode" not in capsys.readouterr().err
+    # what the note says: without max_prompt_length the two modes tokenize an over-long row alike
+    tok = tiny_tokenizer("char")
+    row = [PairExample(row_id=0, prompt="the cat sat on", chosen=" the mat and ran", rejected=" a dog")]
+    end, report = tokenize_pairs(row, tok, max_length=20, truncation_mode="keep_end")
+    start, _ = tokenize_pairs(row, tok, max_length=20, truncation_mode="keep_start")
+    assert report.response_truncated == 1 and report.prompt_truncated == 0
+    assert (end[0].prompt_ids, end[0].chosen_ids) == (start[0].prompt_ids, start[0].chosen_ids)
