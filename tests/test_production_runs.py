@@ -179,3 +179,42 @@ def test_trl_keep_end_without_max_prompt_length_is_said_to_change_nothing(capsys
     start, _ = tokenize_pairs(row, tok, max_length=20, truncation_mode="keep_start")
     assert report.response_truncated == 1 and report.prompt_truncated == 0
     assert (end[0].prompt_ids, end[0].chosen_ids) == (start[0].prompt_ids, start[0].chosen_ids)
+
+
+def test_model_card_and_summary_count_rows_skipped_at_tokenization(tmp_path):
+    """With on_bad_row: skip, rows dropped at tokenization (a prompt that fills max_length) were missing from the
+    model card ("skipped rows: {}") and from summary.json's data.skipped, though half the data was left out."""
+    import json
+    from types import SimpleNamespace
+
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_pairs
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.runlog import write_model_card
+
+    rows = [{"prompt": f"echo: {'cat ' * (60 if i % 2 else 1)}\n", "chosen": "CAT HAT", "rejected": "cat hat"}
+            for i in range(12)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                            "max_length": 32, "on_bad_row": "skip"})
+    train, _, report = prepare_pairs(cfg, tiny_tokenizer())
+    assert len(train) == 6 and report["skipped"] == {"prompt_fills_max_length": 6}
+    card_cfg = SimpleNamespace(loss_type="sigmoid", model_name_or_path="m", output_dir=str(tmp_path),
+                               dataset_name=str(data), beta=0.1)
+    write_model_card(tmp_path, card_cfg, {"global_step": 1, "train_examples_seen": 2, "data": report})
+    assert "- training rows skipped: 6 (prompt_fills_max_length: 6)" in (tmp_path / "README.md").read_text()
+
+
+def test_model_card_of_a_resumed_run_says_which_examples_it_counts(tmp_path):
+    from types import SimpleNamespace
+
+    from preflab.runlog import write_model_card
+
+    cfg = SimpleNamespace(loss_type="sigmoid", model_name_or_path="m", output_dir=str(tmp_path), dataset_name="d",
+                          beta=0.1)
+    write_model_card(tmp_path, cfg, {"global_step": 125, "resumed_from_step": 115, "train_examples_seen": 80,
+                                     "data": {"train_tokenize": {"skipped": {}, "response_truncated": 3}}})
+    card = (tmp_path / "README.md").read_text()
+    assert "- steps: 125, resumed from step 115 (80 examples trained after the resume)" in card  # was "seen: 80"
+    assert "- training rows skipped: none; truncated: response 3" in card

@@ -131,6 +131,25 @@ def write_summary(output_dir: Path, summary: dict) -> Path:
     return path
 
 
+def training_data_line(data: dict) -> str:
+    """The training rows a run left out, by reason, over reading and tokenizing (data report parts train_*), and
+    its truncations: `20 (prompt_fills_max_length: 20); truncated: response 4`, or `none`."""
+    skipped, truncated = {}, {}
+    for key, part in data.items():
+        if not key.startswith("train_") or not isinstance(part, dict):
+            continue
+        for reason, count in (part.get("skipped") or {}).items():
+            skipped[reason] = skipped.get(reason, 0) + int(count)
+        for side in ("prompt", "response"):
+            if part.get(f"{side}_truncated"):
+                truncated[side] = truncated.get(side, 0) + int(part[f"{side}_truncated"])
+    line = (f"{sum(skipped.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})"
+            if skipped else "none")
+    if truncated:
+        line += "; truncated: " + ", ".join(f"{side} {count}" for side, count in truncated.items())
+    return line
+
+
 def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
     """README.md beside the weights: base model, data, objective, final metrics, how to load."""
     final = summary.get("final_metrics", {})
@@ -141,8 +160,11 @@ def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
         f"# {Path(cfg.output_dir).name}", "",
         f"Trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}` "
         f"with objective `{cfg.loss_type}` (beta={cfg.beta}).", "",
-        f"- steps: {summary.get('global_step')}, examples seen: {summary.get('train_examples_seen')}",
-        f"- skipped rows: {summary.get('data', {}).get('skipped', {})}",
+        f"- steps: {summary.get('global_step')}, " + (
+            f"resumed from step {summary['resumed_from_step']} ({summary.get('train_examples_seen')} examples "
+            "trained after the resume)" if summary.get("resumed_from_step") else
+            f"examples seen: {summary.get('train_examples_seen')}"),
+        f"- training rows skipped: {training_data_line(summary.get('data') or {})}",
     ]
     lines += [f"- {k}: {v:.4g}" for k, v in final.items() if isinstance(v, (int, float))]
     lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
