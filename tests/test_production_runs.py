@@ -218,3 +218,27 @@ def test_model_card_of_a_resumed_run_says_which_examples_it_counts(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "- steps: 125, resumed from step 115 (80 examples trained after the resume)" in card  # was "seen: 80"
     assert "- training rows skipped: none; truncated: response 3" in card
+
+
+def test_dashed_flags_that_are_no_option_are_not_told_to_become_overrides(capsys):
+    """`preflab train CONFIG --dry-run` was told to write `dry-run=VALUE` (an unknown key in turn)."""
+    from preflab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", str(ROOT / "examples" / "quickstart.yaml"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert "--dry-run is not an option" in err and "preflab plan CONFIG" in err and "dry-run=VALUE" not in err
+    with pytest.raises(SystemExit):
+        main(["train", str(ROOT / "examples" / "quickstart.yaml"), "--torch_dtype", "bfloat16"])  # TRL's name
+    assert "write torch_dtype=VALUE instead of --torch_dtype VALUE" in capsys.readouterr().err
+
+
+def test_restore_callback_states_is_refused_for_what_preflab_does(capsys):
+    """The refusal said "preflab has no transformers callbacks", but Trainer(callbacks=[...]) takes them."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                          "restore_callback_states_from_checkpoint": True})
+    assert "resumed run starts them afresh" in str(err.value) and "no transformers callbacks" not in str(err.value)

@@ -192,7 +192,10 @@ REFUSED = {
                                  "can read"),
     "enable_jit_checkpoint": (False, "checkpoints are written every save_steps; remove it"),
     "ignore_data_skip": (False, "resume always replays the data order to the exact step; remove it"),
-    "restore_callback_states_from_checkpoint": (False, "preflab has no transformers callbacks; remove it"),
+    "restore_callback_states_from_checkpoint": (False, "checkpoints do not hold the state of the callbacks passed "
+                                                "to Trainer(callbacks=...), so a resumed run starts them afresh "
+                                                "(EarlyStoppingCallback's patience too, as transformers does by "
+                                                "default); remove it"),
     "full_determinism": (False, "not supported; preflab seeds torch, Python and NumPy from seed"),
     "accelerator_config": ({"split_batches": False, "dispatch_batches": None, "even_batches": True,
                             "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None},
