@@ -242,3 +242,23 @@ def test_restore_callback_states_is_refused_for_what_preflab_does(capsys):
         config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
                           "restore_callback_states_from_checkpoint": True})
     assert "resumed run starts them afresh" in str(err.value) and "no transformers callbacks" not in str(err.value)
+
+
+def test_accelerate_launch_num_processes_without_multi_gpu_is_refused_not_run_on_one_process(tmp_path,
+                                                                                             monkeypatch):
+    """`accelerate launch --num_processes 2 preflab train ...` (no --multi_gpu, no config file) on a CPU machine
+    runs accelerate's simple launcher: one process (MASTER_ADDR set, no WORLD_SIZE), which trained on one process
+    with half the global batch and only summary.json's world_size 1 to tell."""
+    from preflab.errors import ConfigError
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # what accelerate's simple launcher sets
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(ConfigError, match=r"accelerate launch started one process.*--multi_gpu --num_processes N"):
+        _tiny_run()(tmp_path / "run", max_steps=1)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # mpirun (accelerate's multi-CPU launch) sets its own sizes
+    from preflab.loops.driver import check_launch_started_processes
+
+    check_launch_started_processes()

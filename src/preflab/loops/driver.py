@@ -97,6 +97,28 @@ def launched_world_size() -> int:
         return 1
 
 
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun's ranks (accelerate CPU)
+
+
+def check_launch_started_processes() -> None:
+    """`accelerate launch --num_processes N` (N > 1) without --multi_gpu, a config file or mpirun runs accelerate's
+    simple launcher: ONE process, with MASTER_ADDR set for the N asked for but no WORLD_SIZE (on a CPU machine,
+    where accelerate does not switch to multi-GPU itself). That run would train one process with 1/N of the global
+    batch, so it is refused, saying how to launch N."""
+    import os
+
+    env = os.environ
+    if ("ACCELERATE_USE_CPU" not in env or "MASTER_ADDR" not in env or "WORLD_SIZE" in env
+            or any(name in env for name in MPI_SIZE_VARIABLES)):
+        return
+    raise ConfigError(
+        "accelerate launch started one process: with --num_processes above 1 and neither --multi_gpu nor a config "
+        "file (examples/accelerate/ddp.yaml), accelerate runs its single-process launcher, so this run would train "
+        "on one process with 1/N of the global batch. Launch N processes with `accelerate launch --multi_gpu "
+        "--num_processes N` (a gloo process group on CPU) or `--config_file examples/accelerate/ddp.yaml`; for one "
+        "process, drop --num_processes (or unset MASTER_ADDR).")
+
+
 def _has_accelerator_device() -> bool:
     """A device with a distributed backend (cuda, xpu, ...), as accelerate decides it; False on a CPU machine."""
     try:
@@ -210,6 +232,7 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     from accelerate.utils import set_seed
 
     launched = launched_world_size()
+    check_launch_started_processes()
     use_cpu = cfg.use_cpu or _flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
     cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
     _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
