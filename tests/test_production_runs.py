@@ -262,3 +262,23 @@ def test_accelerate_launch_num_processes_without_multi_gpu_is_refused_not_run_on
     from preflab.loops.driver import check_launch_started_processes
 
     check_launch_started_processes()
+
+
+def test_fresh_start_over_an_unfinished_run_with_checkpoints_is_refused(tmp_path):
+    """A killed job restarted without resume_from_checkpoint started afresh with only a note claiming the old
+    checkpoints "stay": each was replaced once the new run saved the same step (checkpoint-2 below)."""
+    import json
+
+    from preflab.errors import ConfigError
+
+    run = _tiny_run()
+    out = tmp_path / "run"
+    run(out, max_steps=4, save_steps=2)
+    (out / "summary.json").unlink()  # as a kill leaves it: checkpoints, no summary
+    before = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["timeline"]
+    with pytest.raises(ConfigError, match=r"did not finish, with checkpoints up to checkpoint-4.*"
+                                          r"resume_from_checkpoint: true.*overwrite_output_dir: true"):
+        run(out, max_steps=2, save_steps=2)
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["timeline"] == before
+    run(out, max_steps=2, save_steps=2, overwrite_output_dir=True)  # asked for: starts afresh
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["timeline"] != before

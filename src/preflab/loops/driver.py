@@ -411,7 +411,9 @@ def resume_requested(cfg) -> bool:
 
 def note_earlier_run(cfg) -> None:
     """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
-    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word)."""
+    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word). A run
+    that did not finish and has checkpoints (a killed or preempted job restarted without resume_from_checkpoint)
+    is refused unless overwrite_output_dir: its checkpoints would be replaced one by one."""
     if resume_requested(cfg):
         return
     out = Path(cfg.output_dir)
@@ -421,11 +423,18 @@ def note_earlier_run(cfg) -> None:
         step = json.loads((out / "summary.json").read_text()).get("global_step")
     except (OSError, ValueError, AttributeError):
         step = None
+    latest = latest_checkpoint(out)
+    if not isinstance(step, int) and latest is not None and not getattr(cfg, "overwrite_output_dir", False):
+        raise ConfigError(
+            f"output_dir {cfg.output_dir} holds a run that did not finish, with checkpoints up to {latest.name}; a "
+            "fresh start would replace its metrics.jsonl, and each of its checkpoints once this run saves the same "
+            "step. Set resume_from_checkpoint: true to continue it, overwrite_output_dir: true to start afresh "
+            "anyway, or choose another output_dir.")
     ended = f"it ended at step {step}" if isinstance(step, int) else "it did not finish"
     print(f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
-          "replaces its model, metrics.jsonl and summary.json (its checkpoint-* folders stay on the old timeline). "
-          "To continue it instead, set resume_from_checkpoint: true; to keep it, choose another output_dir.",
-          flush=True)
+          "replaces its model, metrics.jsonl and summary.json; its checkpoint-* folders stay on the old timeline "
+          "until this run saves a checkpoint of the same step, which replaces it. To continue it instead, set "
+          "resume_from_checkpoint: true; to keep it, choose another output_dir.", flush=True)
 
 
 def _check_resume_config_early(cfg, accelerator) -> None:
