@@ -282,3 +282,23 @@ def test_fresh_start_over_an_unfinished_run_with_checkpoints_is_refused(tmp_path
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["timeline"] == before
     run(out, max_steps=2, save_steps=2, overwrite_output_dir=True)  # asked for: starts afresh
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["timeline"] != before
+
+
+def test_tokenizer_without_eos_is_named_with_how_to_fix_it(tmp_path):
+    """A local tokenizer with no eos token stopped with "set tokenizer.eos_token before tokenizing", naming neither
+    the folder nor how to set it for `preflab train`."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from preflab.data.examples import PairExample
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.errors import ConfigError
+    from preflab.models.load import load_tokenizer
+    from preflab.models.tiny import tiny_tokenizer
+
+    folder = tmp_path / "my-tokenizer"
+    backend = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(folder)
+    tok = load_tokenizer(str(folder))
+    with pytest.raises(ConfigError, match=rf"tokenizer of '{folder}' has no eos token.*tokenizer_config\.json"):
+        tokenize_pairs([PairExample(0, "a", " b", " c")], tok)
