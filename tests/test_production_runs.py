@@ -302,3 +302,25 @@ def test_tokenizer_without_eos_is_named_with_how_to_fix_it(tmp_path):
     tok = load_tokenizer(str(folder))
     with pytest.raises(ConfigError, match=rf"tokenizer of '{folder}' has no eos token.*tokenizer_config\.json"):
         tokenize_pairs([PairExample(0, "a", " b", " c")], tok)
+
+
+def test_resume_on_another_number_of_processes_must_keep_the_global_batch(tmp_path):
+    """A 2-process checkpoint (8 x 2 = 16 a step) resumed by the same YAML on one process (8 a step) went on with
+    only a note that the process count changed: the config comparison saw per_device_train_batch_size 8 == 8."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.loops.driver import check_global_batch
+
+    def cfg(**kw):
+        return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                                 "output_dir": str(tmp_path), "per_device_train_batch_size": 8, **kw})
+
+    saved, state = cfg().to_dict(), {"world_size": 2}
+    with pytest.raises(ConfigError, match=r"global batch of 16 \(per_device_train_batch_size 8 x 2 processes\); "
+                                          r"this run has 8 \(8 x 1\).*per_device_train_batch_size: 16"):
+        check_global_batch(saved, state, cfg(), 1, "checkpoint-4")
+    check_global_batch(saved, state, cfg(per_device_train_batch_size=16), 1, "checkpoint-4")  # the same run
+    check_global_batch(saved, state, cfg(per_device_train_batch_size=4), 4, "checkpoint-4")
+    notes = []
+    check_global_batch(saved, state, cfg(allow_config_change=True), 1, "checkpoint-4", note=notes.append)
+    assert "global batch of 16" in notes[0] and "allow_config_change" in notes[0]

@@ -455,6 +455,7 @@ def _check_resume_config_early(cfg, accelerator) -> None:
                                accelerator.num_processes)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, cfg, launched_world_size()),
                             cfg, path, note=lambda *a, **k: None)
+        check_global_batch(saved.get("config"), saved, cfg, launched_world_size(), path)
 
 
 def deepspeed_stage(accelerator) -> int | None:
@@ -503,6 +504,31 @@ def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int
     if isinstance(batch, int) and batch * saved_world == cfg.per_device_train_batch_size * world:
         return {**saved, "per_device_train_batch_size": cfg.per_device_train_batch_size}
     return saved
+
+
+def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, note=None) -> None:
+    """A checkpoint resumed on another number of processes must keep its global batch (per_device_train_batch_size
+    x processes): the same YAML launched on 1 process instead of 2 halves every step's batch and moves the data
+    order, a change of what the run computes that the config comparison cannot see (its per-device value is the
+    same). Refused unless allow_config_change (then said in a note)."""
+    saved_world = trainer_state.get("world_size")
+    batch = saved.get("per_device_train_batch_size") if isinstance(saved, dict) else None
+    if not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int):
+        return
+    before, now = batch * saved_world, cfg.per_device_train_batch_size * world
+    if before == now:
+        return
+    what = (f"resume_from_checkpoint: {path} was trained with a global batch of {before} (per_device_train_batch_size "
+            f"{batch} x {saved_world} processes); this run has {now} ({cfg.per_device_train_batch_size} x {world}), "
+            "so every step's batch and the data order from here on would differ.")
+    if getattr(cfg, "allow_config_change", False):
+        if note is not None:
+            note(f"preflab: note: {what} Continuing (allow_config_change: true).")
+        return
+    keep = (f"per_device_train_batch_size: {before // world}" if before % world == 0 else
+            f"a per_device_train_batch_size x processes of {before}")
+    raise ConfigError(f"{what} Keep the run with {keep}, launch {saved_world} processes, or set "
+                      "allow_config_change: true to continue with the new batch anyway.")
 
 
 def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | None:
@@ -943,6 +969,7 @@ class TrainingRun:
         check_checkpoint_version(saved, path, note=say)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, self.cfg, acc.num_processes),
                             self.cfg, path, note=say)
+        check_global_batch(saved.get("config"), saved, self.cfg, acc.num_processes, path, note=say)
         check_resume_data(saved, self.data_fingerprint(), self.cfg, path, note=say)
         saved_world = saved.get("world_size", "an unrecorded number of")
         if saved.get("world_size", acc.num_processes) != acc.num_processes:
