@@ -324,3 +324,20 @@ def test_resume_on_another_number_of_processes_must_keep_the_global_batch(tmp_pa
     notes = []
     check_global_batch(saved, state, cfg(allow_config_change=True), 1, "checkpoint-4", note=notes.append)
     assert "global batch of 16" in notes[0] and "allow_config_change" in notes[0]
+
+
+def test_an_interrupted_multi_process_run_says_what_is_kept_once(monkeypatch, capsys):
+    """torchrun forwards SIGTERM to every rank: each printed the same "terminated (SIGTERM) ..." message."""
+    from accelerate.state import PartialState
+
+    import preflab.cli as cli
+
+    def terminated(args):
+        raise cli.Terminated()
+
+    monkeypatch.setattr(cli, "_handler", lambda args: terminated)
+    monkeypatch.setattr(PartialState, "_shared_state", {})  # before accelerate is set up: RANK decides
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert cli.main(["train", "model_name_or_path=builtin:tiny-llama"]) == 143
+        assert ("terminated (SIGTERM)" in capsys.readouterr().err) is printed

@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
-        print(interrupted_message(err), file=sys.stderr)
+        from preflab.runlog import is_main_process
+
+        if is_main_process():  # once, not once per rank of a launcher that forwarded the signal to every rank
+            print(interrupted_message(err), file=sys.stderr)
         _close_process_group(had_group)
         return 143 if isinstance(err, Terminated) else 130
     finally:
