@@ -341,3 +341,38 @@ def test_an_interrupted_multi_process_run_says_what_is_kept_once(monkeypatch, ca
         monkeypatch.setenv("RANK", rank)
         assert cli.main(["train", "model_name_or_path=builtin:tiny-llama"]) == 143
         assert ("terminated (SIGTERM)" in capsys.readouterr().err) is printed
+
+
+def test_model_card_of_lora_adapters_shows_how_to_merge_them(tmp_path):
+    """A LoRA run's card showed AutoModelForCausalLM.from_pretrained(output_dir) only (no way to the merged model;
+    on a built-in base a hub lookup error). The card's snippet now runs and merges."""
+    import re
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.runlog import write_model_card
+
+    from preflab.models.tiny import tiny_causal_lm
+
+    base, out = tmp_path / "base", tmp_path / "run"
+    tiny_causal_lm(tiny_tokenizer()).save_pretrained(base)  # vocabulary = the tokenizer's (peft resizes otherwise)
+    tiny_tokenizer().save_pretrained(base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    model.save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
+    cfg = SimpleNamespace(loss_type="sigmoid", model_name_or_path=str(base), output_dir=str(out),
+                          dataset_name="d", beta=0.1)
+    write_model_card(out, cfg, {"global_step": 1})
+    code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    names = {}
+    exec(code, names)  # noqa: S102 - the card's own snippet
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        assert torch.allclose(names["merged"](ids).logits, model(ids).logits, atol=1e-5)
+    write_model_card(out, SimpleNamespace(**{**vars(cfg), "model_name_or_path": "builtin:tiny-llama"}),
+                     {"global_step": 1})
+    assert f"preflab eval {out}" in (out / "README.md").read_text()

@@ -167,10 +167,28 @@ def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
         f"- training rows skipped: {training_data_line(summary.get('data') or {})}",
     ]
     lines += [f"- {k}: {v:.4g}" for k, v in final.items() if isinstance(v, (int, float))]
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f"model = AutoModelForCausalLM.from_pretrained({str(output_dir)!r})",
-              f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})", "```", ""]
+    lines += loading_snippet(Path(output_dir), cfg.model_name_or_path)
     (Path(output_dir) / "README.md").write_text("\n".join(lines))
+
+
+def loading_snippet(output_dir: Path, base: str) -> list[str]:
+    """The card's "how to load" lines: transformers for a full model; for LoRA adapters (adapter_config.json), peft's
+    AutoPeftModelForCausalLM and merge_and_unload, which gives the plain merged model to save; a built-in base has no
+    folder to load, so `preflab eval` (which rebuilds and merges it) is named instead."""
+    out = str(output_dir)
+    if not (output_dir / "adapter_config.json").is_file():
+        return ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                f"model = AutoModelForCausalLM.from_pretrained({out!r})",
+                f"tokenizer = AutoTokenizer.from_pretrained({out!r})", "```", ""]
+    if str(base).startswith("builtin:"):
+        return ["", f"LoRA adapters on preflab's built-in `{base}` (no model folder to load them on): "
+                f"`preflab eval {out} --data ...` rebuilds the base and merges them.", ""]
+    return ["", f"LoRA adapters on `{base}`; merge them into a plain transformers model:", "", "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            f"model = AutoPeftModelForCausalLM.from_pretrained({out!r})  # the base with these adapters",
+            "merged = model.merge_and_unload()  # merged.save_pretrained(folder) saves the merged model",
+            f"tokenizer = AutoTokenizer.from_pretrained({out!r})", "```", ""]
 
 
 def ensure_output_dir(path: Path) -> Path:
