@@ -376,3 +376,16 @@ def test_model_card_of_lora_adapters_shows_how_to_merge_them(tmp_path):
     write_model_card(out, SimpleNamespace(**{**vars(cfg), "model_name_or_path": "builtin:tiny-llama"}),
                      {"global_step": 1})
     assert f"preflab eval {out}" in (out / "README.md").read_text()
+
+
+def test_nothing_to_resume_is_said_before_the_data_is_read(tmp_path, capsys):
+    """resume_from_checkpoint: true over a folder without checkpoints, or a mistyped checkpoint path, was refused
+    only after the dataset had been read and tokenized (here: the data file is not even there)."""
+    from preflab.cli import main
+
+    base = ["train", "model_name_or_path=builtin:tiny-llama", f"dataset_name={tmp_path / 'pairs.jsonl'}",
+            f"output_dir={tmp_path / 'run'}", "max_steps=2", "disable_tqdm=true"]
+    assert main(base + ["resume_from_checkpoint=true"]) == 2
+    assert "holds no complete checkpoint of its current run" in capsys.readouterr().err
+    assert main(base + [f"resume_from_checkpoint={tmp_path / 'run' / 'checkpoint-99'}"]) == 2
+    assert "checkpoint-99 does not exist" in capsys.readouterr().err

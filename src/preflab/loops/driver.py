@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
-                                save_checkpoint, write_failure, write_timeline)
+from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_marker,
+                                resume_checkpoint, save_checkpoint, write_failure, write_timeline)
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
@@ -437,6 +437,12 @@ def note_earlier_run(cfg) -> None:
           "resume_from_checkpoint: true; to keep it, choose another output_dir.", flush=True)
 
 
+def no_checkpoint_to_resume(output_dir) -> str:
+    return (f"resume_from_checkpoint is true but {output_dir} holds no complete checkpoint of its current run "
+            "(checkpoints of a run that was later rolled back or restarted are not resumed by `true`; give the "
+            "checkpoint's path to resume one of them).")
+
+
 def _check_resume_config_early(cfg, accelerator) -> None:
     """Refuse a resume whose config changes the run's meaning, or that DeepSpeed's partition layout cannot give
     exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume). Read-only
@@ -445,6 +451,12 @@ def _check_resume_config_early(cfg, accelerator) -> None:
         return
     spec = cfg.resume_from_checkpoint
     path = latest_checkpoint(cfg.output_dir) if spec in (True, "true", "latest") else Path(spec)
+    # nothing to resume: said now, not after the data is read and tokenized (a save killed between its renames
+    # is put back at the start, so a folder holding one is left to the resume itself)
+    if path is None and not any(Path(cfg.output_dir).glob(".old-checkpoint-*")):
+        raise PreflabError(no_checkpoint_to_resume(cfg.output_dir))
+    if path is not None and not path.exists():
+        read_marker(path)  # raises: the folder does not exist, and which checkpoints its run folder holds
     try:
         saved = json.loads((path / "trainer_state.json").read_text()) if path is not None else None
     except (OSError, ValueError):
@@ -953,9 +965,7 @@ class TrainingRun:
         if spec in (True, "true", "latest"):
             path = resume_checkpoint(self.out, warn=say, verify=self._verify_for_resume)
             if path is None:
-                raise PreflabError(f"resume_from_checkpoint is true but {self.out} holds no complete checkpoint of "
-                                   "its current run (checkpoints of a run that was later rolled back or restarted "
-                                   "are not resumed by `true`; give the checkpoint's path to resume one of them).")
+                raise PreflabError(no_checkpoint_to_resume(self.out))
         else:
             path = Path(spec)
             self._verify_for_resume(path)
