@@ -389,3 +389,29 @@ def test_nothing_to_resume_is_said_before_the_data_is_read(tmp_path, capsys):
     assert "holds no complete checkpoint of its current run" in capsys.readouterr().err
     assert main(base + [f"resume_from_checkpoint={tmp_path / 'run' / 'checkpoint-99'}"]) == 2
     assert "checkpoint-99 does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_and_model_files_are_readable_as_the_umask_says(tmp_path):
+    """safetensors writes its files 0600: on a shared machine the team could read config.yaml and metrics.jsonl
+    but not the checkpoints or the final model."""
+    import os
+
+    from preflab.checkpoint import share_run_files
+
+    model, opt = _linear_and_optimizer()
+    mask = os.umask(0o022)
+    try:
+        path = ck.save_checkpoint(tmp_path, 1, model, opt, None, {})
+        final = tmp_path / "final"
+        final.mkdir()
+        ck.save_file({"w": torch.zeros(2)}, str(final / "model.safetensors"))
+        (final / "private.key").write_text("x")
+        os.chmod(final / "private.key", 0o400)
+        share_run_files(final)
+    finally:
+        os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert modes["model.safetensors"] == modes["optimizer.safetensors"] == modes["rng.safetensors"] == 0o644
+    assert (final / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (final / "private.key").stat().st_mode & 0o777 == 0o400  # a mode someone chose is left alone
+    ck.verify_checkpoint(path)  # the marker's checksums still hold

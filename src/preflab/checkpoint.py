@@ -54,6 +54,26 @@ def write_failure(err: Exception, path: str | Path | None = None) -> OSError | N
     return OSError(code, os.strerror(code), None if path is None else str(path))
 
 
+def share_as_umask(path: Path) -> None:
+    """Give a file safetensors wrote owner-only (it writes 0600, as a temporary file) the permissions the umask
+    gives every other file of the run (0644 under umask 022), so the team of a shared machine can read the
+    checkpoints and the model as they read config.yaml. Other modes are left as they are."""
+    try:
+        if path.stat().st_mode & 0o777 == 0o600:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(path, 0o666 & ~mask)
+    except OSError:
+        pass  # a filesystem without permissions (some network mounts) keeps what it has
+
+
+def share_run_files(folder: Path) -> None:
+    """share_as_umask for the files directly in `folder` (the final model, adapters, tokenizer)."""
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            share_as_umask(path)
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a directory's entries (new, renamed files) to disk; a filesystem that cannot is left as it is."""
     try:
@@ -207,6 +227,7 @@ def commit_checkpoint(tmp: Path, final: Path, step: int) -> None:
     output_dir = final.parent
     for path in tmp.rglob("*"):
         if path.is_file():
+            share_as_umask(path)
             fsync_file(path)
     for folder in [p for p in tmp.rglob("*") if p.is_dir()]:
         fsync_dir(folder)

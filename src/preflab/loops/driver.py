@@ -26,7 +26,8 @@ import torch
 from safetensors import SafetensorError
 
 from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_marker,
-                                resume_checkpoint, save_checkpoint, write_failure, write_timeline)
+                                resume_checkpoint, save_checkpoint, share_run_files, write_failure,
+                                write_timeline)
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
@@ -855,6 +856,7 @@ class TrainingRun:
                                  if is_sharded(acc) else None)
         if self.main:
             self.save_model()
+            share_run_files(self.out)  # safetensors writes 0600; the model is read like the run's other files
             write_summary(self.out, summary)
             self.write_card(summary)
         self.emit("on_train_end")
