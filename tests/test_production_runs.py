@@ -86,12 +86,15 @@ def test_wandb_that_cannot_start_is_an_error_saying_what_to_do(tmp_path, monkeyp
     from preflab.errors import ConfigError
 
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match=r"report_to: wandb could not start \(UsageError: No API key.*"
-                                          r"WANDB_MODE=offline.*report_to: none"):
-        _tiny_run()(out, max_steps=1, report_to="wandb")
-    import wandb
+    try:
+        with pytest.raises(ConfigError, match=r"report_to: wandb could not start \(UsageError: No API key.*"
+                                              r"WANDB_MODE=offline.*report_to: none"):
+            _tiny_run()(out, max_steps=1, report_to="wandb")
+        import wandb
 
-    assert wandb.calls[0]["dir"] == str(out)
+        assert wandb.calls[0]["dir"] == str(out)
+    finally:
+        sys.modules.pop("wandb", None)  # the fake must not look installed to later tests
     assert not (out / ".preflab.lock").exists()
 
 
