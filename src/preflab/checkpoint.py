@@ -21,6 +21,7 @@ of the current timeline, so after a rollback to checkpoint-4 the abandoned run's
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,12 +32,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from preflab.errors import PreflabError
 
 MARKER = "COMPLETE"
 TIMELINE_FILE = "timeline.json"
+
+
+def write_failure(err: Exception, path: str | Path | None = None) -> OSError | None:
+    """A failed write as an OSError (errno, strerror, file), or None when `err` is not one. safetensors reports a
+    full disk or a read-only folder as its own SafetensorError ("I/O error: No space left on device (os error
+    28)"), not as an OSError; its errno is read from that text (EIO when it names none)."""
+    if isinstance(err, OSError):
+        return err
+    if not isinstance(err, SafetensorError) or "I/O error" not in str(err):
+        return None
+    found = re.search(r"os error (\d+)", str(err))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), None if path is None else str(path))
+
+
+def share_as_umask(path: Path) -> None:
+    """Give a file safetensors wrote owner-only (it writes 0600, as a temporary file) the permissions the umask
+    gives every other file of the run (0644 under umask 022), so the team of a shared machine can read the
+    checkpoints and the model as they read config.yaml. Other modes are left as they are."""
+    try:
+        if path.stat().st_mode & 0o777 == 0o600:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(path, 0o666 & ~mask)
+    except OSError:
+        pass  # a filesystem without permissions (some network mounts) keeps what it has
+
+
+def share_run_files(folder: Path) -> None:
+    """share_as_umask for the files directly in `folder` (the final model, adapters, tokenizer)."""
+    for path in Path(folder).iterdir():
+        if path.is_file():
+            share_as_umask(path)
 
 
 def fsync_dir(path: Path) -> None:
@@ -164,11 +199,14 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         _write_json(tmp / "optimizer.json", opt_meta)
         write_training_state(tmp, step, scheduler, state)
         commit_checkpoint(tmp, final, step)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
+        failure = write_failure(err)
+        if failure is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(
-            f"could not write checkpoint {final}: {err.strerror or err}. Earlier checkpoints are kept; free disk "
-            "space or fix the permissions of output_dir, then resume."
+            f"could not write checkpoint {final}: {failure.strerror or failure}. Earlier checkpoints are kept; free "
+            "disk space or fix the permissions of output_dir, then resume."
         ) from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))
@@ -189,6 +227,7 @@ def commit_checkpoint(tmp: Path, final: Path, step: int) -> None:
     output_dir = final.parent
     for path in tmp.rglob("*"):
         if path.is_file():
+            share_as_umask(path)
             fsync_file(path)
     for folder in [p for p in tmp.rglob("*") if p.is_dir()]:
         fsync_dir(folder)

@@ -66,11 +66,24 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
             dashed = [e for e in extra if e.startswith("--")] if hasattr(args, "overrides") else []
             hint = ""
             if dashed:  # TRL's CLI style (`trl dpo --beta 0.1`)
-                name = dashed[0][2:].split("=", 1)[0]
-                hint = (f"; training options are key=value overrides, not --options: write {name}=VALUE instead of "
-                        f"{dashed[0].split('=', 1)[0]} VALUE")
+                hint = _dashed_option_hint(dashed[0])
             parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _dashed_option_hint(flag: str) -> str:
+    """What to write instead of `--name VALUE`: `name=VALUE` for an option a config takes (preflab's or TRL's name);
+    for anything else (`--dry-run`), that it is no option, and where the options and a plan of the run are."""
+    from preflab.config_options import OPTIONS
+    from preflab.config_trl import NO_EFFECT, REFUSED, RENAMED
+
+    name = flag[2:].split("=", 1)[0]
+    if name in OPTIONS or name in RENAMED or name in NO_EFFECT or name in REFUSED:
+        return (f"; training options are key=value overrides, not --options: write {name}=VALUE instead of "
+                f"{flag.split('=', 1)[0]} VALUE")
+    return (f"; {flag.split('=', 1)[0]} is not an option (`preflab train --help` lists them, as key=value "
+            "overrides). Without training: `preflab plan CONFIG` checks the config and estimates the memory per "
+            "process from the model's config; the data is read and checked at the start of `preflab train`.")
 
 
 def _version() -> str:
@@ -96,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
-        print(interrupted_message(err), file=sys.stderr)
+        from preflab.runlog import is_main_process
+
+        if is_main_process():  # once, not once per rank of a launcher that forwarded the signal to every rank
+            print(interrupted_message(err), file=sys.stderr)
         _close_process_group(had_group)
         return 143 if isinstance(err, Terminated) else 130
     finally:

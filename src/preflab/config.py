@@ -689,14 +689,19 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
                           "writable directory.") from err
     _check_file_splits(cfg)
     if check_models and cfg.task not in RECIPE_TASKS:
-        from preflab.models.load import check_model_name
+        from preflab.models.load import check_model_name, check_remote_code, check_weights_safe
         from preflab.models.quantize import check_quantization_machine
 
         check_quantization_machine(cfg)
 
-        check_model_name(cfg.model_name_or_path, "model_name_or_path")
+        names = [("model_name_or_path", cfg.model_name_or_path)]
         if cfg.ref_model_name_or_path:
-            check_model_name(cfg.ref_model_name_or_path, "ref_model_name_or_path")
+            names.append(("ref_model_name_or_path", cfg.ref_model_name_or_path))
+        for option, name in names:
+            check_model_name(name, option)
+            # what the model load would refuse, before the data is read and tokenized
+            check_weights_safe(name, cfg.allow_pickle)
+            check_remote_code(name, cfg.trust_remote_code, option)
 
 
 def _check_file_splits(cfg: TrainConfig) -> None:

@@ -132,6 +132,25 @@ def write_summary(output_dir: Path, summary: dict) -> Path:
     return path
 
 
+def training_data_line(data: dict) -> str:
+    """The training rows a run left out, by reason, over reading and tokenizing (data report parts train_*), and
+    its truncations: `20 (prompt_fills_max_length: 20); truncated: response 4`, or `none`."""
+    skipped, truncated = {}, {}
+    for key, part in data.items():
+        if not key.startswith("train_") or not isinstance(part, dict):
+            continue
+        for reason, count in (part.get("skipped") or {}).items():
+            skipped[reason] = skipped.get(reason, 0) + int(count)
+        for side in ("prompt", "response"):
+            if part.get(f"{side}_truncated"):
+                truncated[side] = truncated.get(side, 0) + int(part[f"{side}_truncated"])
+    line = (f"{sum(skipped.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})"
+            if skipped else "none")
+    if truncated:
+        line += "; truncated: " + ", ".join(f"{side} {count}" for side, count in truncated.items())
+    return line
+
+
 def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
     """README.md beside the weights: base model, data, objective, final metrics, how to load."""
     final = summary.get("final_metrics", {})
@@ -142,14 +161,35 @@ def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
         f"# {Path(cfg.output_dir).name}", "",
         f"Trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}` "
         f"with objective `{cfg.loss_type}` (beta={cfg.beta}).", "",
-        f"- steps: {summary.get('global_step')}, examples seen: {summary.get('train_examples_seen')}",
-        f"- skipped rows: {summary.get('data', {}).get('skipped', {})}",
+        f"- steps: {summary.get('global_step')}, " + (
+            f"resumed from step {summary['resumed_from_step']} ({summary.get('train_examples_seen')} examples "
+            "trained after the resume)" if summary.get("resumed_from_step") else
+            f"examples seen: {summary.get('train_examples_seen')}"),
+        f"- training rows skipped: {training_data_line(summary.get('data') or {})}",
     ]
     lines += [f"- {k}: {v:.4g}" for k, v in final.items() if isinstance(v, (int, float))]
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f"model = AutoModelForCausalLM.from_pretrained({str(output_dir)!r})",
-              f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir)!r})", "```", ""]
+    lines += loading_snippet(Path(output_dir), cfg.model_name_or_path)
     (Path(output_dir) / "README.md").write_text("\n".join(lines))
+
+
+def loading_snippet(output_dir: Path, base: str) -> list[str]:
+    """The card's "how to load" lines: transformers for a full model; for LoRA adapters (adapter_config.json), peft's
+    AutoPeftModelForCausalLM and merge_and_unload, which gives the plain merged model to save; a built-in base has no
+    folder to load, so `preflab eval` (which rebuilds and merges it) is named instead."""
+    out = str(output_dir)
+    if not (output_dir / "adapter_config.json").is_file():
+        return ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                f"model = AutoModelForCausalLM.from_pretrained({out!r})",
+                f"tokenizer = AutoTokenizer.from_pretrained({out!r})", "```", ""]
+    if str(base).startswith("builtin:"):
+        return ["", f"LoRA adapters on preflab's built-in `{base}` (no model folder to load them on): "
+                f"`preflab eval {out} --data ...` rebuilds the base and merges them.", ""]
+    return ["", f"LoRA adapters on `{base}`; merge them into a plain transformers model:", "", "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            f"model = AutoPeftModelForCausalLM.from_pretrained({out!r})  # the base with these adapters",
+            "merged = model.merge_and_unload()  # merged.save_pretrained(folder) saves the merged model",
+            f"tokenizer = AutoTokenizer.from_pretrained({out!r})", "```", ""]
 
 
 def ensure_output_dir(path: Path) -> Path:

@@ -259,6 +259,15 @@ def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, repor
     return prompt_ids, responses
 
 
+def no_eos_message(tokenizer) -> str:
+    """The tokenizer has no eos token, which ends every response: name its folder and how to give it one."""
+    source = getattr(tokenizer, "name_or_path", "") or ""
+    where = f"the tokenizer of {source!r}" if source else "the tokenizer"
+    return (f"{where} has no eos token, and preflab ends every response with it (TRL does too). Give it one: add "
+            "\"eos_token\" to its tokenizer_config.json, or tok.eos_token = '<the end token>'; "
+            "tok.save_pretrained(folder), with the token the model was trained to stop on.")
+
+
 def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
               report: TokenizeReport, fields: list[str], prompt_field: str = "prompt"):
     """Apply max_prompt_length, max_completion_length (each response keeps its start, as TRL 0.x did), then
@@ -410,7 +419,7 @@ class ExampleTokenizer:
         self.settings.eos_text = getattr(tokenizer, "eos_token", None)
         self.settings.bos = text_bos(tokenizer)
         if _special_id(tokenizer, "eos") is None:
-            raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+            raise ConfigError(no_eos_message(tokenizer))
         self.make, self.tokenizer = MAKERS[kind], tokenizer
         self.report = TokenizeReport(source=source)
         self.policy = BadRowPolicy(on_bad_row, self.report)

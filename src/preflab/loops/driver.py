@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, resume_checkpoint,
-                                save_checkpoint, write_timeline)
+from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_marker,
+                                resume_checkpoint, save_checkpoint, share_run_files, write_failure,
+                                write_timeline)
 from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
@@ -59,6 +62,34 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def follow_schedule(scheduler) -> tuple[float, float] | None:
+    """Set every param group's learning rate to the schedule's value at the scheduler's step (LambdaLR: base_lr x
+    factor(last_epoch), the value its own step() sets). After a resume this is the rate the checkpoint holds, unless
+    the schedule's length changed (max_steps / num_train_epochs): the optimizer state then holds the old schedule's
+    rate, which the first resumed step would use. Returns (old, new) rate of the first group when they differ."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps the LambdaLR
+    factors = getattr(inner, "lr_lambdas", None)
+    if not factors:
+        return None
+    groups = inner.optimizer.param_groups
+    old = groups[0]["lr"]
+    for group, base_lr, factor in zip(groups, inner.base_lrs, factors):
+        group["lr"] = base_lr * factor(inner.last_epoch)
+    inner._last_lr = [group["lr"] for group in groups]
+    return None if groups[0]["lr"] == old else (old, groups[0]["lr"])
+
+
+def tracker_start_error(names: list[str], err: Exception) -> str:
+    """report_to's trackers did not start (wandb without a login or without network, ...): what failed and what
+    to do, in one message."""
+    text = " ".join(str(err).split())[:400]
+    what = f"report_to: {', '.join(names) or 'the trackers'} could not start ({type(err).__name__}: {text})."
+    if "wandb" in names:
+        what += (" For wandb without network or login, set WANDB_MODE=offline (the run is logged under output_dir/"
+                 "wandb; `wandb sync` uploads it later), or run `wandb login`.")
+    return what + " Or remove it from report_to (report_to: none); metrics.jsonl holds every logged row either way."
+
+
 def launched_world_size() -> int:
     """Processes the launcher started (accelerate launch / torchrun set WORLD_SIZE), 1 for a plain run."""
     import os
@@ -67,6 +98,28 @@ def launched_world_size() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 1
+
+
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun's ranks (accelerate CPU)
+
+
+def check_launch_started_processes() -> None:
+    """`accelerate launch --num_processes N` (N > 1) without --multi_gpu, a config file or mpirun runs accelerate's
+    simple launcher: ONE process, with MASTER_ADDR set for the N asked for but no WORLD_SIZE (on a CPU machine,
+    where accelerate does not switch to multi-GPU itself). That run would train one process with 1/N of the global
+    batch, so it is refused, saying how to launch N."""
+    import os
+
+    env = os.environ
+    if ("ACCELERATE_USE_CPU" not in env or "MASTER_ADDR" not in env or "WORLD_SIZE" in env
+            or any(name in env for name in MPI_SIZE_VARIABLES)):
+        return
+    raise ConfigError(
+        "accelerate launch started one process: with --num_processes above 1 and neither --multi_gpu nor a config "
+        "file (examples/accelerate/ddp.yaml), accelerate runs its single-process launcher, so this run would train "
+        "on one process with 1/N of the global batch. Launch N processes with `accelerate launch --multi_gpu "
+        "--num_processes N` (a gloo process group on CPU) or `--config_file examples/accelerate/ddp.yaml`; for one "
+        "process, drop --num_processes (or unset MASTER_ADDR).")
 
 
 def _has_accelerator_device() -> bool:
@@ -182,6 +235,7 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     from accelerate.utils import set_seed
 
     launched = launched_world_size()
+    check_launch_started_processes()
     use_cpu = cfg.use_cpu or _flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
     cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
     _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
@@ -360,7 +414,9 @@ def resume_requested(cfg) -> bool:
 
 def note_earlier_run(cfg) -> None:
     """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
-    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word)."""
+    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word). A run
+    that did not finish and has checkpoints (a killed or preempted job restarted without resume_from_checkpoint)
+    is refused unless overwrite_output_dir: its checkpoints would be replaced one by one."""
     if resume_requested(cfg):
         return
     out = Path(cfg.output_dir)
@@ -370,11 +426,24 @@ def note_earlier_run(cfg) -> None:
         step = json.loads((out / "summary.json").read_text()).get("global_step")
     except (OSError, ValueError, AttributeError):
         step = None
+    latest = latest_checkpoint(out)
+    if not isinstance(step, int) and latest is not None and not getattr(cfg, "overwrite_output_dir", False):
+        raise ConfigError(
+            f"output_dir {cfg.output_dir} holds a run that did not finish, with checkpoints up to {latest.name}; a "
+            "fresh start would replace its metrics.jsonl, and each of its checkpoints once this run saves the same "
+            "step. Set resume_from_checkpoint: true to continue it, overwrite_output_dir: true to start afresh "
+            "anyway, or choose another output_dir.")
     ended = f"it ended at step {step}" if isinstance(step, int) else "it did not finish"
     print(f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
-          "replaces its model, metrics.jsonl and summary.json (its checkpoint-* folders stay on the old timeline). "
-          "To continue it instead, set resume_from_checkpoint: true; to keep it, choose another output_dir.",
-          flush=True)
+          "replaces its model, metrics.jsonl and summary.json; its checkpoint-* folders stay on the old timeline "
+          "until this run saves a checkpoint of the same step, which replaces it. To continue it instead, set "
+          "resume_from_checkpoint: true; to keep it, choose another output_dir.", flush=True)
+
+
+def no_checkpoint_to_resume(output_dir) -> str:
+    return (f"resume_from_checkpoint is true but {output_dir} holds no complete checkpoint of its current run "
+            "(checkpoints of a run that was later rolled back or restarted are not resumed by `true`; give the "
+            "checkpoint's path to resume one of them).")
 
 
 def _check_resume_config_early(cfg, accelerator) -> None:
@@ -385,6 +454,12 @@ def _check_resume_config_early(cfg, accelerator) -> None:
         return
     spec = cfg.resume_from_checkpoint
     path = latest_checkpoint(cfg.output_dir) if spec in (True, "true", "latest") else Path(spec)
+    # nothing to resume: said now, not after the data is read and tokenized (a save killed between its renames
+    # is put back at the start, so a folder holding one is left to the resume itself)
+    if path is None and not any(Path(cfg.output_dir).glob(".old-checkpoint-*")):
+        raise PreflabError(no_checkpoint_to_resume(cfg.output_dir))
+    if path is not None and not path.exists():
+        read_marker(path)  # raises: the folder does not exist, and which checkpoints its run folder holds
     try:
         saved = json.loads((path / "trainer_state.json").read_text()) if path is not None else None
     except (OSError, ValueError):
@@ -395,6 +470,7 @@ def _check_resume_config_early(cfg, accelerator) -> None:
                                accelerator.num_processes)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, cfg, launched_world_size()),
                             cfg, path, note=lambda *a, **k: None)
+        check_global_batch(saved.get("config"), saved, cfg, launched_world_size(), path)
 
 
 def deepspeed_stage(accelerator) -> int | None:
@@ -443,6 +519,31 @@ def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int
     if isinstance(batch, int) and batch * saved_world == cfg.per_device_train_batch_size * world:
         return {**saved, "per_device_train_batch_size": cfg.per_device_train_batch_size}
     return saved
+
+
+def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, note=None) -> None:
+    """A checkpoint resumed on another number of processes must keep its global batch (per_device_train_batch_size
+    x processes): the same YAML launched on 1 process instead of 2 halves every step's batch and moves the data
+    order, a change of what the run computes that the config comparison cannot see (its per-device value is the
+    same). Refused unless allow_config_change (then said in a note)."""
+    saved_world = trainer_state.get("world_size")
+    batch = saved.get("per_device_train_batch_size") if isinstance(saved, dict) else None
+    if not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int):
+        return
+    before, now = batch * saved_world, cfg.per_device_train_batch_size * world
+    if before == now:
+        return
+    what = (f"resume_from_checkpoint: {path} was trained with a global batch of {before} (per_device_train_batch_size "
+            f"{batch} x {saved_world} processes); this run has {now} ({cfg.per_device_train_batch_size} x {world}), "
+            "so every step's batch and the data order from here on would differ.")
+    if getattr(cfg, "allow_config_change", False):
+        if note is not None:
+            note(f"preflab: note: {what} Continuing (allow_config_change: true).")
+        return
+    keep = (f"per_device_train_batch_size: {before // world}" if before % world == 0 else
+            f"a per_device_train_batch_size x processes of {before}")
+    raise ConfigError(f"{what} Keep the run with {keep}, launch {saved_world} processes, or set "
+                      "allow_config_change: true to continue with the new batch anyway.")
 
 
 def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | None:
@@ -624,8 +725,11 @@ class TrainingRun:
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
             err.preflab_output_dir = Path(self.cfg.output_dir)
             raise
-        except OSError as err:  # a full disk or a read-only folder while writing metrics, the model, the summary
-            raise PreflabError(f"{err.filename or self.cfg.output_dir}: {err.strerror or err}. "
+        except (OSError, SafetensorError) as err:  # a full disk or a read-only folder while writing metrics, the
+            failure = write_failure(err)          # model (safetensors' own error type), the summary
+            if failure is None:
+                raise
+            raise PreflabError(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
                                f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
                                "permissions, then run again.") from err
         finally:
@@ -771,6 +875,7 @@ class TrainingRun:
                                  if is_sharded(acc) else None)
         if self.main:
             self.save_model()
+            share_run_files(self.out)  # safetensors writes 0600; the model is read like the run's other files
             write_summary(self.out, summary)
             self.write_card(summary)
         self.emit("on_train_end")
@@ -798,7 +903,14 @@ class TrainingRun:
         if self.cfg.report_to in ("none", None, [], ""):
             return None
         flat = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        self.accelerator.init_trackers("preflab", config=flat)
+        names = [str(getattr(kind, "value", kind)) for kind in (self.accelerator.log_with or [])]
+        init_kwargs = {}
+        if "wandb" in names and not os.environ.get("WANDB_DIR"):  # wandb writes ./wandb in the working directory
+            init_kwargs["wandb"] = {"dir": str(self.out)}       # by default; the run's files belong under output_dir
+        try:
+            self.accelerator.init_trackers("preflab", config=flat, init_kwargs=init_kwargs)
+        except Exception as err:  # noqa: BLE001 - every tracker's own error types (login, network, ...)
+            raise ConfigError(tracker_start_error(names, err)) from err
 
         def track(row: dict) -> None:
             values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
@@ -874,9 +986,7 @@ class TrainingRun:
         if spec in (True, "true", "latest"):
             path = resume_checkpoint(self.out, warn=say, verify=self._verify_for_resume)
             if path is None:
-                raise PreflabError(f"resume_from_checkpoint is true but {self.out} holds no complete checkpoint of "
-                                   "its current run (checkpoints of a run that was later rolled back or restarted "
-                                   "are not resumed by `true`; give the checkpoint's path to resume one of them).")
+                raise PreflabError(no_checkpoint_to_resume(self.out))
         else:
             path = Path(spec)
             self._verify_for_resume(path)
@@ -890,6 +1000,7 @@ class TrainingRun:
         check_checkpoint_version(saved, path, note=say)
         check_resume_config(saved_config_on_this_world(saved.get("config"), saved, self.cfg, acc.num_processes),
                             self.cfg, path, note=say)
+        check_global_batch(saved.get("config"), saved, self.cfg, acc.num_processes, path, note=say)
         check_resume_data(saved, self.data_fingerprint(), self.cfg, path, note=say)
         saved_world = saved.get("world_size", "an unrecorded number of")
         if saved.get("world_size", acc.num_processes) != acc.num_processes:
@@ -913,6 +1024,10 @@ class TrainingRun:
         else:
             state = load_checkpoint(path, acc.unwrap_model(self.checkpoint_module), self.optimizer,
                                     self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
+        moved = follow_schedule(self.scheduler)
+        if moved is not None:  # max_steps / num_train_epochs changed: the checkpoint's rate was another schedule's
+            say(f"preflab: note: the learning-rate schedule follows this run's length ({self.total_steps} steps): "
+                f"step {step + 1} trains at {moved[1]:.4g}, not at the checkpoint's {moved[0]:.4g}.")
         self.restore_data_position(state.get("data_position"), step)
         self.best.load_state_dict(state)  # best_metric / best_global_step / best_model_checkpoint continue
         self.resumed_totals = {"num_tokens": int(state.get("num_tokens") or 0),

@@ -298,7 +298,9 @@ def prepare_sft(cfg, tokenizer):
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     if tokenizer.eos_token_id is None:
-        raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+        from preflab.data.tokenize import no_eos_message
+
+        raise ConfigError(no_eos_message(tokenizer))
     note_assistant_template(cfg, tokenizer)
     train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
     report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}

@@ -213,7 +213,9 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
     open_rows, name = _row_source(cfg, rows)
     if kind.name == "sft":
         if tokenizer.eos_token_id is None:
-            raise ConfigError("the tokenizer has no eos token; set tokenizer.eos_token before tokenizing.")
+            from preflab.data.tokenize import no_eos_message
+
+            raise ConfigError(no_eos_message(tokenizer))
         from preflab.loops.sft import note_assistant_template
 
         note_assistant_template(cfg, tokenizer)  # once per run, not per pass

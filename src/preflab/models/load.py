@@ -39,6 +39,32 @@ def check_weights_safe(name: str, allow_pickle: bool) -> None:
         )
 
 
+def check_remote_code(name: str, trust_remote_code: bool, option: str = "model_name_or_path") -> None:
+    """A local model folder whose config.json maps its classes to code shipped in the folder (auto_map) and whose
+    model_type transformers does not know can only load by running that code: refused, naming the files, unless
+    trust_remote_code (transformers' own refusal comes only when the model loads, after the data is read)."""
+    config = Path(name).expanduser() / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return  # transformers says what is wrong with the file when it loads it
+    auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+    if not isinstance(auto_map, dict) or not auto_map:
+        return
+    from transformers import CONFIG_MAPPING
+
+    if raw.get("model_type") in CONFIG_MAPPING:
+        return  # transformers' own classes load it; the shipped code is not run
+    modules = sorted({str(ref).split("--")[-1].split(".")[0] + ".py" for ref in auto_map.values()
+                      if isinstance(ref, str)})
+    raise ConfigError(
+        f"{option}={name!r} needs the model code shipped in the folder ({', '.join(modules) or 'auto_map'}, named by "
+        f"auto_map in {config}; model_type {raw.get('model_type')!r} is not one transformers knows). preflab runs "
+        "such code only with trust_remote_code: true; read those files first, and set it only if you trust them.")
+
+
 def pickle_weights_to_load(folder: Path, _seen: frozenset = frozenset()) -> list[str]:
     """The pickle files that loading `folder` would read, checked where they are loaded from (its top level):
     - adapter weights: with adapter_config.json, adapter_model.bin & co. unless adapter_model.safetensors exists;
