@@ -10,7 +10,8 @@
 #   bash benchmarks/gpu_compare.sh --smoke      # CPU dry run of every step with the tiny shape (a few minutes)
 #
 # Time (estimated, not yet measured on an H200): 16 runs of 20-45 s (process start, model load, two 3-s matmul
-# calibrations of common.py, 25 steps), models and fixture about 1 minute, profiles about 1 minute: 8-11 minutes.
+# calibrations of common.py, 25 steps) + 2 per shape for the attention A/B (ATTENTION_AB=0: none), models and
+# fixture about 1 minute, profiles about 1 minute: 9-13 minutes.
 # Under a 10-minute limit per command run one shape per call (MODELS=qwen2-0.5b, then MODELS=llama-1b with the
 # same OUT: the results accumulate in one file), and PROFILE=0 on the second call.
 # Environment: PY (python with preflab), TRL_PY (python with trl 1.16), PREFBENCH_DIR (the shared bench folder),
