@@ -220,7 +220,6 @@ REFUSED = {
     "mask_truncated_completions": (False, "not supported; missing_eos_penalty penalises completions without EOS"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
     "off_policy_mask_threshold": (None, "not supported; remove it"),
-    "use_bias_correction_kl": (True, "not supported; remove it"),
     "top_entropy_quantile": (1.0, "entropy masking is not supported; remove it"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
@@ -276,7 +275,8 @@ def trl_online_defaults(known: dict) -> None:
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
-                 "importance_sampling_level": "token", "f_divergence": "reverse_kl", "f_alpha": 0.5}
+                 "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
+                 "f_alpha": 0.5}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}

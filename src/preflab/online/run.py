@@ -362,13 +362,20 @@ class OnlineRun(TrainingRun):
         else:
             ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
-        dropped = int(flat.isnan().sum())
+        dropped, raised = int(flat.isnan().sum()), self.judge.last_raised
         if dropped > cfg.max_judge_failure_fraction * len(ids):
             raise PreflabError(
-                f"round {r + 1}: the judge failed or returned NaN for {dropped} of {len(ids)} completions (more than "
-                f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}); judge/failed counts exceptions "
-                f"({self.judge.failed} so far).{self.judge.failure_note()} Fix the judge or raise "
-                "max_judge_failure_fraction.")
+                f"round {r + 1}: {dropped} of {len(ids)} completions could not be scored (more than "
+                f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}): {raised} because a judge raised, "
+                f"{dropped - raised} because every judge returned None or NaN (not applicable) for them; judge/failed "
+                f"counts exceptions ({self.judge.failed} so far).{self.judge.failure_note()} Fix the judge (a reward "
+                "function returns one number per completion), or raise max_judge_failure_fraction to train on the "
+                "scored ones.")
+        if raised and self.main and not getattr(self, "_said_judge_raised", False):
+            self._said_judge_raised = True  # once per run; every one is counted in judge/failed and judge/dropped
+            print(f"preflab: note: round {r + 1}: a judge raised on {raised} of {len(ids)} completions; each is dropped "
+                  "(not scored by the other judges alone), counted in judge/failed and judge/dropped."
+                  f"{self.judge.failure_note()}", flush=True)
         scores = flat.view(n, K)
         completions = [[ids[p * K + k] for k in range(K)] for p in range(n)]
 
