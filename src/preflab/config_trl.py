@@ -395,6 +395,8 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
     if not isinstance(loss, str) or loss not in GRPO_LOSS_TYPES:
         return
     raw.pop("loss_type")
+    if loss in GRPO_RECIPE_LOSS_TYPES and raw.get("task") == "online" and raw.get("trainer") == loss:
+        return  # the recipe already named (a saved GRPOConfig carries its loss_type; it was refused as a mismatch)
     if loss in GRPO_RECIPE_LOSS_TYPES:
         task = "" if raw.get("task") == "online" else "task: online, "
         errors.append(grpo_loss_type_error(loss, raw.get("trainer", "online_dpo"), task))

@@ -68,3 +68,17 @@ def test_grpo_delta_and_kl_bias_correction_reach_the_objective():
     assert config_from_dict({**ONLINE, "trainer": "dapo", "beta": 0.04}).objective().use_bias_correction_kl is True
     with pytest.raises(ConfigError, match="delta"):
         config_from_dict({**ONLINE, "trainer": "grpo", "delta": 0.0})
+
+
+def test_saved_grpoconfig_loss_type_agreeing_with_the_trainer_loads():
+    """A saved GRPOConfig carries loss_type (default dapo); with trainer: dapo it was refused with "(got trainer
+    'dapo'). Set trainer: dapo and leave loss_type out", so no GRPOConfig dump loaded without editing it."""
+    trl = pytest.importorskip("trl")
+    raw = trl.GRPOConfig(output_dir="out", bf16=False, epsilon_high=0.28, beta=0.04).to_dict()
+    assert raw["loss_type"] == "dapo"
+    cfg = config_from_dict({**ONLINE, **raw, "trainer": "dapo", "max_steps": 2})
+    objective = cfg.objective()
+    assert (cfg.trainer, objective.loss_type, objective.epsilon_high, objective.beta) == ("dapo", "dapo", 0.28, 0.04)
+    assert objective.use_bias_correction_kl is True  # the dump's (TRL's default) value, now applied
+    with pytest.raises(ConfigError, match=r"`trainer: dapo` \(got trainer 'grpo'\)"):
+        config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})  # a real disagreement is still refused
