@@ -82,3 +82,42 @@ def test_saved_grpoconfig_loss_type_agreeing_with_the_trainer_loads():
     assert objective.use_bias_correction_kl is True  # the dump's (TRL's default) value, now applied
     with pytest.raises(ConfigError, match=r"`trainer: dapo` \(got trainer 'grpo'\)"):
         config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})  # a real disagreement is still refused
+
+
+def test_online_dataset_eval_set_is_answered_and_judged(tmp_path):
+    """online_task: dataset accepted eval_dataset_name and eval_steps and read neither: no eval row, no reward
+    before / after, nothing to tell whether the run aligned anything. Now the held-out prompts are answered
+    greedily and judged: eval_reward, eval_win_rate_vs_reference, summary.json eval_reward_before / after."""
+    import copy
+    import json
+
+    from preflab.generate import generate_ids
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}\n"}) + "\n"
+                                                  for w in ("ab", "cd", "ef", "gh")))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}\n"}) + "\n" for w in ("ij", "kl")))
+    (tmp_path / "rewards.py").write_text("def length(prompts, completions, **kw):\n"
+                                         "    return [float(len(c)) for c in completions]\n")
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset",
+                                dataset_name=str(tmp_path / "train.jsonl"),
+                                eval_dataset_name=str(tmp_path / "eval.jsonl"),
+                                reward_funcs=f"{tmp_path / 'rewards.py'}:length", model_name_or_path="builtin:tiny-llama",
+                                learning_rate=1e-12, max_steps=2, eval_steps=1, num_generations=2,
+                                prompts_per_generation=2, per_device_train_batch_size=2, max_completion_length=5,
+                                logging_steps=1, disable_tqdm=True, use_cpu=True, output_dir=str(tmp_path / "out")))
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1)
+    start = copy.deepcopy(policy)
+    summary = OnlineRun(cfg, policy=policy, tokenizer=tok).train()
+    ids = generate_ids(start, [tok(f"say {w}\n").input_ids for w in ("ij", "kl")], eos_id=tok.eos_token_id,
+                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                       max_new_tokens=5)
+    expected = sum(len(tok.decode(c, skip_special_tokens=True)) for c in ids) / 2
+    assert expected > 0
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == expected  # learning_rate ~0: the same answers
+    assert summary["win_rate_vs_reference"] == 0.5
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["eval_reward"], r["eval_win_rate_vs_reference"]) for r in rows if "eval_reward" in r]
+    assert evals == [(1, expected, 0.5), (2, expected, 0.5)]

@@ -689,6 +689,11 @@ class OnlineRun(TrainingRun):
             return {}
         after = self.task.evaluate(self.policy, self.tokenizer)
         self.after = after
+        if "reward" in after:  # online_task: dataset: the judges' reward of greedy answers to held-out prompts
+            metrics = {"eval_reward": after["reward"]}
+            if self.before and "per_prompt" in self.before:
+                metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+            return metrics
         if "true_reward" not in after:
             return {f"eval_{k}": after[k] for k in ("tv_to_equilibrium", "duality_gap") if k in after}
         metrics = {"eval_true_reward": after["true_reward"]}
@@ -713,6 +718,9 @@ class OnlineRun(TrainingRun):
             if "true_reward" in after:
                 extras.update({"true_reward_before": self.before["true_reward"],
                                "true_reward_after": after["true_reward"], "examples_after": after.get("examples", [])})
+            if "reward" in after:  # online_task: dataset with an eval set (the judges' reward, not a true one)
+                extras.update({"eval_reward_before": self.before["reward"], "eval_reward_after": after["reward"],
+                               "examples_after": after.get("examples", [])})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
@@ -834,9 +842,11 @@ def flat_masks(examples: list[Example]) -> list[list[int]]:
 
 
 def win_rate(after: list[float], before: list[float]) -> float:
-    """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2."""
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)]
-    return sum(wins) / len(wins)
+    """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2; a prompt either
+    answer of which the judge could not score (NaN) is left out (NaN when none is left)."""
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)
+            if not (math.isnan(a) or math.isnan(b))]
+    return sum(wins) / len(wins) if wins else math.nan
 
 
 def length_metrics(lengths: torch.Tensor, has_eos: list[bool]) -> dict[str, float]:
