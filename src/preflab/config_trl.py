@@ -313,6 +313,15 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
         raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
+    if isinstance(raw.get("beta"), list):  # OnlineDPOConfig: one beta per epoch, the last for the rest
+        betas = raw["beta"]
+        if len(betas) == 1:
+            raw["beta"] = betas[0]
+        else:
+            raw.pop("beta")
+            errors.append(f"beta={betas} is OnlineDPOConfig's per-epoch beta schedule, which preflab does not have: "
+                          "beta is one number for the whole run. Give one value (e.g. the first, "
+                          f"beta: {betas[0]}).")
     if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"
         raw["scale_rewards"] = "group" if raw["scale_rewards"] else "none"
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):

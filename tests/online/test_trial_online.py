@@ -1,6 +1,7 @@
 """Findings of the RL / online-training user trial (a TRL GRPOTrainer / OnlineDPOTrainer user moving to preflab):
 each test fails on the code before its fix."""
 import asyncio
+import json
 import math
 
 import pytest
@@ -121,3 +122,57 @@ def test_online_dataset_eval_set_is_answered_and_judged(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["eval_reward"], r["eval_win_rate_vs_reference"]) for r in rows if "eval_reward" in r]
     assert evals == [(1, expected, 0.5), (2, expected, 0.5)]
+
+
+def test_onlinedpoconfig_beta_schedule_is_refused_and_one_beta_unwrapped():
+    """OnlineDPOConfig's beta is a per-epoch list; [0.5, 0.1] was refused as `beta must be float, got [0.5, 0.1]
+    (list)`, which does not say what the list meant or what to do."""
+    base = {**ONLINE, "trainer": "online_dpo"}
+    assert config_from_dict({**base, "beta": [0.3]}).beta == 0.3
+    with pytest.raises(ConfigError, match=r"beta=\[0.5, 0.1\] is OnlineDPOConfig's per-epoch beta schedule.*"
+                                          r"beta: 0.5"):
+        config_from_dict({**base, "beta": [0.5, 0.1]})
+
+
+def test_demo_sft_model_loads_for_your_own_prompts(tmp_path, monkeypatch):
+    """model_name_or_path: builtin:demo-sft (the docs' starting policy) with online_task: dataset failed with
+    transformers' OSError 'Repo id must use alphanumeric chars ... builtin:demo-sft'."""
+    import json
+
+    from preflab.online import tasks
+
+    monkeypatch.setattr(tasks, "_demo_sft_model", lambda cfg, tokenizer: ("demo-sft", cfg.seed))
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "echo: cat dog"}) + "\n")
+    cfg = config_from_dict({**ONLINE, "trainer": "grpo", "model_name_or_path": "builtin:demo-sft",
+                            "dataset_name": str(tmp_path / "p.jsonl"), "reward_funcs": "demo_true_reward",
+                            "seed": 3})
+    task, tokenizer, policy = tasks.load_task(cfg)
+    assert policy == ("demo-sft", 3) and tokenizer.decode(tokenizer("echo").input_ids, skip_special_tokens=True) \
+        == "echo"
+    assert [p["prompt"] for p in task.prompts] == ["echo: cat dog"]
+
+
+def test_truncated_completions_are_said_and_counted(tmp_path, capsys):
+    """A round whose completions all hit max_completion_length was judged on cut-off text with no word (only the
+    completions/clipped_ratio metric); now a note says so once and summary.json counts them."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset", dataset_name="unused",
+                                reward_funcs="x", model_name_or_path="builtin:tiny-llama", max_steps=2,
+                                num_generations=2, prompts_per_generation=3, per_device_train_batch_size=3,
+                                max_completion_length=2, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                                output_dir=str(tmp_path)))
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1)
+    summary = OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(["say a\n", "say b\n", "say c\n"],
+                                                                     [_loud])).train()
+    rounds = [json.loads(line) for r in (1, 2) for line in (tmp_path / "rounds" / f"{r}.jsonl").read_text()
+              .splitlines()]
+    assert len(rounds) == 6
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    clipped = sum(round(r["completions/clipped_ratio"] * 6) for r in rows)
+    assert summary["online"]["truncated_completions"] == clipped >= 6
+    out = capsys.readouterr().out
+    assert out.count("completions reached max_completion_length=2 without EOS") == 1

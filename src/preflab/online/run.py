@@ -441,6 +441,14 @@ class OnlineRun(TrainingRun):
             values = per_fn[:, k][~per_fn[:, k].isnan()]
             metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
             metrics[f"rewards/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0  # as reward_std
+        truncated = len(ids) - sum(has_eos)
+        self.counts["truncated_completions"] = self.counts.get("truncated_completions", 0) + truncated
+        if truncated * 2 >= len(ids) and self.main and not getattr(self, "_said_truncated", False):
+            self._said_truncated = True  # once per run; completions/clipped_ratio logs every round's share
+            print(f"preflab: note: round {r + 1}: {truncated} of {len(ids)} completions reached max_completion_length="
+                  f"{cfg.max_completion_length} without EOS, so the judges scored cut-off text "
+                  "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
+                  ", or set missing_eos_penalty to score them lower.", flush=True)
         self.counts["rounds"] += 1
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped

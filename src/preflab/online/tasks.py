@@ -201,16 +201,18 @@ def demo_evaluate(heldout: list[str]):
 
 
 def load_task(cfg, tokenizer=None, policy=None):
-    """(Task, tokenizer, policy or None): policy is built here only for builtin:demo-sft."""
-    if cfg.online_task == "demo":
-        from preflab.demo.task import make_splits
+    """(Task, tokenizer, policy or None): policy is built here only for builtin:demo-sft (with every prompt source:
+    the demo's model on your own prompts was an OSError, 'Repo id must use alphanumeric chars')."""
+    if cfg.model_name_or_path == DEMO_SFT and tokenizer is None:
         from preflab.models.tiny import tiny_tokenizer
 
+        tokenizer = tiny_tokenizer("char")
+    if cfg.model_name_or_path == DEMO_SFT and policy is None:
+        policy = _demo_sft_model(cfg, tokenizer)
+    if cfg.online_task == "demo":
+        from preflab.demo.task import make_splits
+
         _, pair_rows, heldout = make_splits(0)
-        if cfg.model_name_or_path == DEMO_SFT and tokenizer is None:
-            tokenizer = tiny_tokenizer("char")
-        if cfg.model_name_or_path == DEMO_SFT and policy is None:
-            policy = _demo_sft_model(cfg, tokenizer)
         judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or "demo_true_reward")]
         held = heldout[:cfg.heldout_prompts]
         prompts = [r["prompt"] for r in pair_rows]
