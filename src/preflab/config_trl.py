@@ -313,6 +313,16 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
         raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
+    if raw.get("task") == "online" and "max_length" in raw:  # read by no online run (it was accepted, unread)
+        length = raw.pop("max_length")
+        if length not in (None, 512, 1024):  # OnlineDPOConfig's default 512, DPOConfig's (and preflab's) 1024
+            completion = raw.get("max_completion_length", raw.get("max_new_tokens"))
+            hint = f" (here max_prompt_length: {length - completion})" if isinstance(length, int) and \
+                isinstance(completion, int) and length > completion else ""
+            errors.append(f"max_length={length} is not read by task: online: a completion has at most "
+                          "max_completion_length new tokens and a prompt is cut to max_prompt_length tokens (TRL's "
+                          "OnlineDPOConfig cut prompt + completion to max_length from the left). Remove max_length, "
+                          f"or set max_prompt_length to max_length - max_completion_length{hint}.")
     if isinstance(raw.get("beta"), list):  # OnlineDPOConfig: one beta per epoch, the last for the rest
         betas = raw["beta"]
         if len(betas) == 1:

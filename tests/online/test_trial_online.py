@@ -176,3 +176,12 @@ def test_truncated_completions_are_said_and_counted(tmp_path, capsys):
     assert summary["online"]["truncated_completions"] == clipped >= 6
     out = capsys.readouterr().out
     assert out.count("completions reached max_completion_length=2 without EOS") == 1
+
+
+def test_max_length_in_an_online_run_is_refused_not_ignored():
+    """max_length (OnlineDPOConfig: prompt + completion cut to it) was accepted by task: online and read by
+    nothing; OnlineDPOConfig's and DPOConfig's defaults stay accepted (every saved config carries one)."""
+    assert config_from_dict({**ONLINE, "trainer": "online_dpo", "max_length": 512}).max_completion_length == 64
+    with pytest.raises(ConfigError, match=r"max_length=96 is not read by task: online.*\(here max_prompt_length: "
+                                          r"80\)"):
+        config_from_dict({**ONLINE, "trainer": "online_dpo", "max_length": 96, "max_completion_length": 16})
