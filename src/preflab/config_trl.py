@@ -217,7 +217,6 @@ REFUSED = {
                                   "'chat_template_kwargs' column); remove it"),
     "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
                                                           "normalized (TRL's default); remove it"),
-    "mask_truncated_completions": (False, "not supported; missing_eos_penalty penalises completions without EOS"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
     "off_policy_mask_threshold": (None, "not supported; remove it"),
     "top_entropy_quantile": (1.0, "entropy masking is not supported; remove it"),

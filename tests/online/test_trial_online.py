@@ -185,3 +185,39 @@ def test_max_length_in_an_online_run_is_refused_not_ignored():
     with pytest.raises(ConfigError, match=r"max_length=96 is not read by task: online.*\(here max_prompt_length: "
                                           r"80\)"):
         config_from_dict({**ONLINE, "trainer": "online_dpo", "max_length": 96, "max_completion_length": 16})
+
+
+def test_mask_truncated_completions_leaves_them_out_of_the_loss(tmp_path):
+    """TRL GRPOConfig's mask_truncated_completions (DAPO's overlong filtering) was refused. Now a completion without
+    EOS keeps its reward in the group's advantages but none of its tokens in the loss or in dapo's token count;
+    a step whose completions are all truncated therefore moves nothing (loss 0, grad_norm 0, as TRL)."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    def run(mask, length):
+        cfg = config_from_dict(dict(task="online", trainer="dapo", online_task="dataset", dataset_name="unused",
+                                    reward_funcs="x", model_name_or_path="builtin:tiny-llama", max_steps=1,
+                                    num_generations=4, prompts_per_generation=3, per_device_train_batch_size=3,
+                                    max_completion_length=length, mask_truncated_completions=mask, logging_steps=1,
+                                    disable_tqdm=True, use_cpu=True, output_dir=str(tmp_path / f"{mask}{length}")))
+        tok = tiny_tokenizer("char")
+        policy = tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1)
+        return OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(["say a\n", "say b\n", "say c\n"],
+                                                                      [_loud, lambda prompts, completions, **kw:
+                                                                       [float(len(c)) for c in completions]]))
+
+    r = run(True, 3)
+    eos = r.tokenizer.eos_token_id
+    examples = r._new_round(0).examples
+    flags = [(c[-1] == eos, m) for e in examples for c, m in zip(e.completions, e.loss_mask)]
+    assert all(m == ([1] * len(m) if ended else [0] * len(m)) for ended, m in flags)
+    assert any(not ended for ended, _ in flags)
+    unmasked = run(False, 3)._new_round(0).examples  # the same seed: the same completions and advantages
+    assert [e.extras["advantages"] for e in unmasked] == [e.extras["advantages"] for e in examples]
+    for mask in (True, False):
+        summary = run(mask, 1).train()  # one new token: a completion without EOS everywhere but an [eos] one
+        metrics = summary["final_metrics"]
+        assert (metrics["grad_norm"] == 0.0) is mask and metrics["completions/clipped_ratio"] > 0.5
+    with pytest.raises(ConfigError, match="mask_truncated_completions is read by the GRPO family"):
+        config_from_dict({**ONLINE, "trainer": "online_dpo", "mask_truncated_completions": True})

@@ -139,7 +139,10 @@ class GRPO(Objective):
             group_sum = per_token.sum((-1, -2))
             per_prompt = tokens / B                                        # completion tokens per prompt
             if self.loss_type == "dapo" and "tokens_per_prompt" in batch.extras:
-                per_prompt = torch.as_tensor(batch.extras["tokens_per_prompt"], dtype=lp.dtype, device=lp.device)
+                # clamped as TRL clamps num_items_in_batch: a batch with no trained token (all masked) gives 0, not
+                # 0 / 0 (a NaN loss, and a step skipped as non-finite)
+                per_prompt = torch.as_tensor(batch.extras["tokens_per_prompt"], dtype=lp.dtype,
+                                             device=lp.device).clamp_min(1e-6)
             if self.loss_type == "dr_grpo":
                 per_prompt = completions / B * (self.max_completion_length or lp.shape[-1])
         losses = group_sum / per_prompt

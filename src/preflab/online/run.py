@@ -405,6 +405,8 @@ class OnlineRun(TrainingRun):
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]
+        if cfg.mask_truncated_completions and self.spec.kind == "groups":
+            mask_truncated(examples, self.tokenizer.eos_token_id)
         if trees is not None:
             from preflab.online.tpo_tree_round import mark_tree
 
@@ -843,6 +845,15 @@ class OnlineRun(TrainingRun):
 
             self.ref.load_state_dict(load_file(str(folder / "reference.safetensors")))
         return step
+
+
+def mask_truncated(examples: list[Example], eos: int) -> None:
+    """TRL GRPOConfig's mask_truncated_completions (DAPO's overlong filtering, Yu et al. 2025, arXiv:2503.14476):
+    a completion that does not end with eos keeps its reward in its group's advantages but none of its tokens in
+    the loss (nor in dapo's token count): its loss_mask is all 0."""
+    for e in examples:
+        masks = e.loss_mask or [[1] * len(c) for c in e.completions]
+        e.loss_mask = [m if c and c[-1] == eos else [0] * len(c) for m, c in zip(masks, e.completions)]
 
 
 def flat_masks(examples: list[Example]) -> list[list[int]]:
