@@ -293,6 +293,9 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     from preflab.config_trl_methods import grpo_round_from_trl, method_from_trl_fields, refuse_rlooconfig
 
     raw, notes, errors = dict(raw), [], []
+    # TRL reads its vllm_* options only with use_vllm (OnlineDPOConfig's defaults differ from GRPOConfig's: every
+    # saved OnlineDPOConfig printed a note about vllm_gpu_memory_utilization, a run without vLLM)
+    vllm = raw.get("use_vllm") is True or raw.get("generation_backend") == "vllm"
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     refuse_rlooconfig(raw, errors)
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
@@ -348,9 +351,11 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             if ours in raw and raw[ours] is None:  # preflab's name left unset (a saved config carries both)
                 raw.pop(ours)
                 raw[ours] = raw.pop(trl)
-            elif ours in raw and raw[ours] == raw[trl]:
-                raw.pop(trl)  # the same value under both spellings (TrainingArguments.to_dict writes both)
+            elif ours in raw and (raw[ours] == raw[trl] or raw[trl] is None):
+                raw.pop(trl)  # the same value under both spellings (TrainingArguments.to_dict writes both), or
+                # TRL's spelling left unset (a saved OnlineDPOConfig's reward_model_path: null beside reward_funcs)
             elif ours in raw:
+                raw.pop(trl)  # said once here (it was also reported as an unknown key, "did you mean" itself)
                 errors.append(f"{trl} and {ours} are the same option (TRL and preflab spelling); keep one.")
             else:
                 raw[ours] = raw.pop(trl)
@@ -376,6 +381,8 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in NO_EFFECT.items():
         if key in raw:
             value = raw.pop(key)
+            if key.startswith("vllm_") and not vllm:
+                continue
             if not _same(value, default) or (value is False and default is None):  # false asks for something
                 notes.append(f"{key}: {why}.")
     if raw.get("task") == "sft" and raw.get("loss_type") in ("nll", "dft"):  # SFTConfig.loss_type (default nll)

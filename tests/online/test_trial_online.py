@@ -104,7 +104,8 @@ def test_online_dataset_eval_set_is_answered_and_judged(tmp_path):
     cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset",
                                 dataset_name=str(tmp_path / "train.jsonl"),
                                 eval_dataset_name=str(tmp_path / "eval.jsonl"),
-                                reward_funcs=f"{tmp_path / 'rewards.py'}:length", model_name_or_path="builtin:tiny-llama",
+                                reward_funcs=f"{tmp_path / 'rewards.py'}:length",
+                                model_name_or_path="builtin:tiny-llama",
                                 learning_rate=1e-12, max_steps=2, eval_steps=1, num_generations=2,
                                 prompts_per_generation=2, per_device_train_batch_size=2, max_completion_length=5,
                                 logging_steps=1, disable_tqdm=True, use_cpu=True, output_dir=str(tmp_path / "out")))
@@ -117,7 +118,7 @@ def test_online_dataset_eval_set_is_answered_and_judged(tmp_path):
                        max_new_tokens=5)
     expected = sum(len(tok.decode(c, skip_special_tokens=True)) for c in ids) / 2
     assert expected > 0
-    assert summary["eval_reward_before"] == summary["eval_reward_after"] == expected  # learning_rate ~0: the same answers
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == expected  # lr ~0: the same answers
     assert summary["win_rate_vs_reference"] == 0.5
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["eval_reward"], r["eval_win_rate_vs_reference"]) for r in rows if "eval_reward" in r]
@@ -221,3 +222,24 @@ def test_mask_truncated_completions_leaves_them_out_of_the_loss(tmp_path):
         assert (metrics["grad_norm"] == 0.0) is mask and metrics["completions/clipped_ratio"] > 0.5
     with pytest.raises(ConfigError, match="mask_truncated_completions is read by the GRPO family"):
         config_from_dict({**ONLINE, "trainer": "online_dpo", "mask_truncated_completions": True})
+
+
+def test_saved_onlinedpoconfig_without_vllm_prints_no_vllm_note(capsys):
+    """Every saved OnlineDPOConfig printed 'vllm_gpu_memory_utilization: TRL's vLLM options are not read' (its
+    default 0.55 is not GRPOConfig's 0.3), for a run that never asked for vLLM. And its reward_model_path: null
+    beside reward_funcs was refused as 'reward_model_path and reward_funcs are the same option', then again as
+    "unknown config key 'reward_model_path'. Did you mean 'reward_model_path'?"."""
+    trl = pytest.importorskip("trl")
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    raw = OnlineDPOConfig(output_dir="out", bf16=False).to_dict()
+    cfg = config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2})
+    assert (cfg.beta, cfg.max_completion_length, cfg.temperature) == (0.1, 64, 0.9)
+    assert "vllm" not in capsys.readouterr().err
+    config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2, "generation_backend": "vllm",
+                      "vllm_gpu_memory_utilization": 0.9})
+    assert "vllm_gpu_memory_utilization: TRL's vLLM options are not read" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**ONLINE, "reward_model_path": "rm_dir"})  # two different judges: one error, said once
+    assert str(err.value) == ("reward_model_path and reward_funcs are the same option (TRL and preflab spelling); "
+                              "keep one.")

@@ -373,8 +373,8 @@ class OnlineRun(TrainingRun):
                 "scored ones.")
         if raised and self.main and not getattr(self, "_said_judge_raised", False):
             self._said_judge_raised = True  # once per run; every one is counted in judge/failed and judge/dropped
-            print(f"preflab: note: round {r + 1}: a judge raised on {raised} of {len(ids)} completions; each is dropped "
-                  "(not scored by the other judges alone), counted in judge/failed and judge/dropped."
+            print(f"preflab: note: round {r + 1}: a judge raised on {raised} of {len(ids)} completions; each is "
+                  "dropped (not scored by the other judges alone), counted in judge/failed and judge/dropped."
                   f"{self.judge.failure_note()}", flush=True)
         scores = flat.view(n, K)
         completions = [[ids[p * K + k] for k in range(K)] for p in range(n)]
