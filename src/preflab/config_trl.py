@@ -145,6 +145,10 @@ NO_EFFECT = {
         ("vllm_importance_sampling_cap", None))},
 }
 
+# another TRL config's default of a NO_EFFECT key (NO_EFFECT holds GRPOConfig's): no note for it either (every saved
+# OnlineDPOConfig printed a vllm_gpu_memory_utilization note, in a run that never asked for vLLM)
+OTHER_TRL_DEFAULTS = {"vllm_gpu_memory_utilization": (0.55,)}  # OnlineDPOConfig's
+
 GEN = "preflab samples with temperature and top_p only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
@@ -293,9 +297,6 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     from preflab.config_trl_methods import grpo_round_from_trl, method_from_trl_fields, refuse_rlooconfig
 
     raw, notes, errors = dict(raw), [], []
-    # TRL reads its vllm_* options only with use_vllm (OnlineDPOConfig's defaults differ from GRPOConfig's: every
-    # saved OnlineDPOConfig printed a note about vllm_gpu_memory_utilization, a run without vLLM)
-    vllm = raw.get("use_vllm") is True or raw.get("generation_backend") == "vllm"
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     refuse_rlooconfig(raw, errors)
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
@@ -381,7 +382,7 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in NO_EFFECT.items():
         if key in raw:
             value = raw.pop(key)
-            if key.startswith("vllm_") and not vllm:
+            if value in OTHER_TRL_DEFAULTS.get(key, ()):
                 continue
             if not _same(value, default) or (value is False and default is None):  # false asks for something
                 notes.append(f"{key}: {why}.")

@@ -236,8 +236,7 @@ def test_saved_onlinedpoconfig_without_vllm_prints_no_vllm_note(capsys):
     cfg = config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2})
     assert (cfg.beta, cfg.max_completion_length, cfg.temperature) == (0.1, 64, 0.9)
     assert "vllm" not in capsys.readouterr().err
-    config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2, "generation_backend": "vllm",
-                      "vllm_gpu_memory_utilization": 0.9})
+    config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2, "vllm_gpu_memory_utilization": 0.9})
     assert "vllm_gpu_memory_utilization: TRL's vLLM options are not read" in capsys.readouterr().err
     with pytest.raises(ConfigError) as err:
         config_from_dict({**ONLINE, "reward_model_path": "rm_dir"})  # two different judges: one error, said once
