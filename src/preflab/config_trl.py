@@ -249,7 +249,9 @@ REFUSED = {
 TRL_ONLINE_DEFAULTS = {
     **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
        for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")},
-    "online_dpo": {"max_completion_length": 64, "temperature": 0.9},  # max_new_tokens 64; beta 0.1 is TrainConfig's
+    # max_new_tokens 64; beta 0.1 is TrainConfig's; OnlineDPOTrainer samples 2 completions per prompt (fixed in its
+    # __init__, no config field): preflab's 4 paired best against worst of 4, not TRL's pair
+    "online_dpo": {"max_completion_length": 64, "temperature": 0.9, "num_generations": 2},
 }
 
 

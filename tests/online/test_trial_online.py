@@ -235,6 +235,10 @@ def test_saved_onlinedpoconfig_without_vllm_prints_no_vllm_note(capsys):
     raw = OnlineDPOConfig(output_dir="out", bf16=False).to_dict()
     cfg = config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2})
     assert (cfg.beta, cfg.max_completion_length, cfg.temperature) == (0.1, 64, 0.9)
+    # OnlineDPOTrainer samples 2 completions per prompt (its __init__, no config field); preflab sampled 4 and
+    # paired the best with the worst of them, another algorithm, under TRL's trainer name
+    assert cfg.num_generations == 2
+    assert config_from_dict({**ONLINE, "trainer": "online_dpo", "num_generations": 4}).num_generations == 4
     assert "vllm" not in capsys.readouterr().err
     config_from_dict({**ONLINE, **raw, "trainer": "online_dpo", "max_steps": 2, "vllm_gpu_memory_utilization": 0.9})
     assert "vllm_gpu_memory_utilization: TRL's vLLM options are not read" in capsys.readouterr().err
