@@ -246,3 +246,24 @@ def test_saved_onlinedpoconfig_without_vllm_prints_no_vllm_note(capsys):
         config_from_dict({**ONLINE, "reward_model_path": "rm_dir"})  # two different judges: one error, said once
     assert str(err.value) == ("reward_model_path and reward_funcs are the same option (TRL and preflab spelling); "
                               "keep one.")
+
+
+def test_saved_grpoconfig_with_accumulation_takes_trls_optimizer_steps_per_round():
+    """GRPOConfig's steps_per_generation counts micro-batches (default: gradient_accumulation_steps, one optimizer
+    step per round); preflab's counts optimizer steps. A dump with gradient_accumulation_steps 4 took 4 optimizer
+    steps per round, each on a quarter of it, where TRL takes one on the whole round."""
+    trl = pytest.importorskip("trl")
+    raw = trl.GRPOConfig(output_dir="out", bf16=False, per_device_train_batch_size=8, num_generations=4,
+                         gradient_accumulation_steps=4).to_dict()
+    raw.pop("loss_type")
+    assert (raw["steps_per_generation"], raw["generation_batch_size"]) == (4, 32)
+    cfg = config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
+    assert (cfg.steps_per_generation, cfg.prompts_per_generation, cfg.num_generations) == (1, 8, 4)
+    raw = trl.GRPOConfig(output_dir="out", bf16=False, per_device_train_batch_size=8, num_generations=4,
+                         gradient_accumulation_steps=2, steps_per_generation=8).to_dict()
+    raw.pop("loss_type")
+    cfg = config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
+    assert (cfg.steps_per_generation, cfg.prompts_per_generation) == (4, 16)  # 64 completions, 4 optimizer steps
+    raw["steps_per_generation"] = 3
+    with pytest.raises(ConfigError, match="steps_per_generation=3 .* not a multiple of gradient_accumulation_steps=2"):
+        config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
