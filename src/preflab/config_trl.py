@@ -296,12 +296,14 @@ def _same(value, default) -> bool:
 
 def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
-    from preflab.config_trl_methods import grpo_round_from_trl, method_from_trl_fields, refuse_rlooconfig
+    from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, method_from_trl_fields,
+                                            refuse_rlooconfig)
 
     raw, notes, errors = dict(raw), [], []
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     refuse_rlooconfig(raw, errors)
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
+    grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
         raw.pop(key)  # hub_token: masked by to_dict() and without effect in preflab anyway
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:

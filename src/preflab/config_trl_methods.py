@@ -82,6 +82,32 @@ def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
                  f"{size // k} (x num_generations {k}); each generate() call takes preflab's generation_batch_size.")
 
 
+def grpo_batch_note(raw: dict, notes: list) -> None:
+    """A hand-written GRPO config that sets TRL's batch keys but not prompts_per_generation: in TRL,
+    per_device_train_batch_size counts *completions* and one optimizer step consumes one generation round of
+    per_device_train_batch_size x gradient_accumulation_steps x processes of them; here it counts prompt groups
+    (G completions each) per micro-batch, and a round is prompts_per_generation (default 32) prompts. Said once with
+    the prompts_per_generation that gives TRL's round (one process), since the batch is otherwise silently larger."""
+    if (raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or "prompts_per_generation" in raw
+            or all(k in raw for k in DUMP_MARKERS) or "per_device_train_batch_size" not in raw):
+        return
+    b, gas = raw["per_device_train_batch_size"], raw.get("gradient_accumulation_steps", 1)
+    k, spg = raw.get("num_generations", 8), raw.get("steps_per_generation", 1)
+    if not all(isinstance(v, int) and v > 0 for v in (b, gas, k, spg)):
+        return  # the type checks say what is wrong
+    trl = b * gas  # TRL: completions per optimizer step on one process (its default steps_per_generation)
+    ours = 32 * k // spg
+    if trl == ours:
+        return
+    fix = f"prompts_per_generation: {trl * spg // k}" if (trl * spg) % k == 0 else \
+        f"prompts_per_generation x num_generations = {trl * spg} completions per round"
+    notes.append(f"per_device_train_batch_size: {b} counts prompts here (each with num_generations {k} completions, "
+                 f"a micro-batch of {b * k} completions), and a round is prompts_per_generation 32 prompts "
+                 f"({32 * k} completions) over steps_per_generation {spg} optimizer step(s): {ours} completions per "
+                 f"step. TRL's GRPOConfig with these values takes {trl} per optimizer step (per process); for that, "
+                 f"set {fix}.")
+
+
 def _grpo_steps_from_trl(raw: dict, notes: list, errors: list) -> None:
     """A saved GRPOConfig's steps_per_generation counts micro-batches per generation round (GRPOTrainer regenerates
     every steps_per_generation x num_iterations training_step calls; its default is gradient_accumulation_steps: one

@@ -267,3 +267,15 @@ def test_saved_grpoconfig_with_accumulation_takes_trls_optimizer_steps_per_round
     raw["steps_per_generation"] = 3
     with pytest.raises(ConfigError, match="steps_per_generation=3 .* not a multiple of gradient_accumulation_steps=2"):
         config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
+
+
+def test_hand_written_grpo_batch_says_what_trls_would_be(capsys):
+    """TRL's per_device_train_batch_size counts completions (8 x accumulation 4 = 32 per optimizer step); here it
+    counts prompt groups, and a round is 32 prompts: 256 completions per step from the same keys, without a word."""
+    config_from_dict({**ONLINE, "trainer": "grpo", "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4,
+                      "num_generations": 8})
+    err = capsys.readouterr().err
+    assert "256 completions per step. TRL's GRPOConfig with these values takes 32 per optimizer step" in err
+    assert "set prompts_per_generation: 4." in err
+    config_from_dict({**ONLINE, "trainer": "grpo", "per_device_train_batch_size": 8, "prompts_per_generation": 4})
+    assert "per_device_train_batch_size" not in capsys.readouterr().err  # the round is given: nothing to say
