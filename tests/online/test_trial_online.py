@@ -279,3 +279,36 @@ def test_hand_written_grpo_batch_says_what_trls_would_be(capsys):
     assert "set prompts_per_generation: 4." in err
     config_from_dict({**ONLINE, "trainer": "grpo", "per_device_train_batch_size": 8, "prompts_per_generation": 4})
     assert "per_device_train_batch_size" not in capsys.readouterr().err  # the round is given: nothing to say
+
+
+def test_online_dpo_logs_trls_objective_keys(tmp_path):
+    """TRL's OnlineDPOTrainer logs objective/kl, objective/scores, objective/scores_margin, objective/rlhf_reward,
+    objective/non_score_reward, objective/entropy, val/contain_eos_token and beta; a dashboard built on them found
+    none of them in a preflab online_dpo run."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    cfg = config_from_dict(dict(task="online", trainer="online_dpo", online_task="dataset", dataset_name="unused",
+                                reward_funcs="x", model_name_or_path="builtin:tiny-llama", max_steps=2, beta=0.2,
+                                learning_rate=1e-2,
+                                prompts_per_generation=4, per_device_train_batch_size=4, max_completion_length=6,
+                                logging_steps=1, disable_tqdm=True, use_cpu=True, seed=2, output_dir=str(tmp_path)))
+    assert cfg.num_generations == 2  # TRL's pair
+    tok = tiny_tokenizer("char")
+    length = lambda prompts, completions, **kw: [float(len(c)) for c in completions]  # noqa: E731
+    OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok,
+              task=Task(["say a\n", "say b\n", "say c\n", "say d\n"], [length])).train()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])  # step 2: the policy has moved
+    assert row["step"] == 2 and abs(row["kl"]) > 1e-4
+    pairs = [sorted(r["scores"]) for r in map(json.loads, (tmp_path / "rounds" / "2.jsonl").read_text().splitlines())]
+    pairs = [p for p in pairs if p[0] != p[1]]  # ties give no pair
+    assert pairs and row["examples/count"] == len(pairs)
+    assert row["objective/scores_margin"] == pytest.approx(sum(b - a for a, b in pairs) / len(pairs))
+    assert row["objective/scores"] == pytest.approx(sum(a + b for a, b in pairs) / (2 * len(pairs)))
+    assert row["objective/kl"] == pytest.approx(row["kl"])
+    assert row["objective/non_score_reward"] == pytest.approx(-0.2 * row["kl"])
+    assert row["objective/rlhf_reward"] == pytest.approx(row["objective/scores"] - 0.2 * row["kl"])
+    assert row["beta"] == pytest.approx(0.2)
+    assert row["val/contain_eos_token"] == pytest.approx(1 - row["completions/clipped_ratio"])
+    assert row["objective/entropy"] > 0

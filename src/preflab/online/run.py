@@ -438,6 +438,7 @@ class OnlineRun(TrainingRun):
                    "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
                    "completions/empty": float(empty), "judge/dropped": float(dropped),
                    "examples/count": float(len(examples)), "round": float(r + 1), **counts,
+                   **({"val/contain_eos_token": sum(has_eos) / len(ids)} if cfg.trainer in TRL_ONLINE_DPO else {}),
                    **getattr(self.generator, "last_metrics", {})}
         for k, name in enumerate(self.judge.names):
             values = per_fn[:, k][~per_fn[:, k].isnan()]
@@ -641,6 +642,8 @@ class OnlineRun(TrainingRun):
             pol = torch.cat([batch.policy_chosen.sum, batch.policy_rejected.sum]).detach().double()
             refs = torch.cat([batch.ref_chosen.sum, batch.ref_rejected.sum]).double()
             out.metrics["kl"] = (pol - refs).mean()
+            if self.cfg.trainer in TRL_ONLINE_DPO and "score_chosen" in extras:
+                out.metrics.update(online_dpo_metrics(pol, refs, extras, self.cfg.beta))
         weights = torch.tensor([e.weight for e in exs], dtype=out.losses.dtype, device=out.losses.device)
         if bool((weights != 1).any()):
             out.losses = out.losses * weights
@@ -845,6 +848,24 @@ class OnlineRun(TrainingRun):
 
             self.ref.load_state_dict(load_file(str(folder / "reference.safetensors")))
         return step
+
+
+TRL_ONLINE_DPO = ("online_dpo", "iterative_dpo")  # the recipes TRL's OnlineDPOTrainer runs (its metric names too)
+
+
+def online_dpo_metrics(pol: torch.Tensor, refs: torch.Tensor, extras: dict, beta: float) -> dict:
+    """TRL OnlineDPOTrainer's `objective/*` keys (trl/experimental/online_dpo/online_dpo_trainer.py) over the 2B
+    trained completions [chosen; rejected]: pol / refs their summed policy / reference log-probs, extras'
+    score_chosen / score_rejected the judge's scores. kl = S - S_ref per completion; non_score_reward = -beta kl;
+    rlhf_reward = score + non_score_reward; entropy = -S (TRL's estimate); scores_margin = score_chosen -
+    score_rejected per pair; each a mean (beta as logged by TRL)."""
+    kl = pol - refs
+    scores = torch.cat([extras["score_chosen"], extras["score_rejected"]]).to(kl)
+    non_score = -beta * kl
+    return {"objective/kl": kl.mean(), "objective/entropy": -pol.mean(), "objective/non_score_reward": non_score.mean(),
+            "objective/rlhf_reward": (scores + non_score).mean(), "objective/scores": scores.mean(),
+            "objective/scores_margin": (extras["score_chosen"] - extras["score_rejected"]).mean().to(kl),
+            "beta": torch.tensor(float(beta), dtype=kl.dtype, device=kl.device)}
 
 
 def mask_truncated(examples: list[Example], eos: int) -> None:
