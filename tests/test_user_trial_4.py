@@ -191,12 +191,13 @@ def test_a_round_whose_judge_raises_names_the_exception(tmp_path):
         return [sum(ch.isupper() for ch in c[0]["content"]) for c in completions]  # expects messages, gets text
 
     cfg = _cfg(tmp_path, "judge", task="online", trainer="online_dpo", online_task="dataset", reward_funcs="x",
-               num_generations=2, prompts_per_generation=4, max_completion_length=3, use_cpu=True)
+               num_generations=2, prompts_per_generation=4, max_completion_length=3, use_cpu=True,
+               max_length=None)  # task: online reads no max_length (refused since the online trial)
     tok = tiny_tokenizer("char")
     run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok,
                     task=Task(["say a\n", "say b\n", "say c\n", "say d\n"], [loud]))
-    with pytest.raises(PreflabError, match=r"for 8 of 8 completions.*'loud' raised TypeError: string indices must be "
-                                           r"integers"):
+    with pytest.raises(PreflabError, match=r"8 of 8 completions could not be scored.*'loud' raised TypeError: string "
+                                           r"indices must be integers"):
         run.train()
 
 

@@ -145,6 +145,10 @@ NO_EFFECT = {
         ("vllm_importance_sampling_cap", None))},
 }
 
+# another TRL config's default of a NO_EFFECT key (NO_EFFECT holds GRPOConfig's): no note for it either (every saved
+# OnlineDPOConfig printed a vllm_gpu_memory_utilization note, in a run that never asked for vLLM)
+OTHER_TRL_DEFAULTS = {"vllm_gpu_memory_utilization": (0.55,)}  # OnlineDPOConfig's
+
 GEN = "preflab samples with temperature and top_p only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
@@ -220,10 +224,8 @@ REFUSED = {
                                   "'chat_template_kwargs' column); remove it"),
     "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
                                                           "normalized (TRL's default); remove it"),
-    "mask_truncated_completions": (False, "not supported; missing_eos_penalty penalises completions without EOS"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
     "off_policy_mask_threshold": (None, "not supported; remove it"),
-    "use_bias_correction_kl": (True, "not supported; remove it"),
     "top_entropy_quantile": (1.0, "entropy masking is not supported; remove it"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
@@ -250,7 +252,9 @@ REFUSED = {
 TRL_ONLINE_DEFAULTS = {
     **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
        for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")},
-    "online_dpo": {"max_completion_length": 64, "temperature": 0.9},  # max_new_tokens 64; beta 0.1 is TrainConfig's
+    # max_new_tokens 64; beta 0.1 is TrainConfig's; OnlineDPOTrainer samples 2 completions per prompt (fixed in its
+    # __init__, no config field): preflab's 4 paired best against worst of 4, not TRL's pair
+    "online_dpo": {"max_completion_length": 64, "temperature": 0.9, "num_generations": 2},
 }
 
 
@@ -279,7 +283,8 @@ def trl_online_defaults(known: dict) -> None:
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
-                 "importance_sampling_level": "token", "f_divergence": "reverse_kl", "f_alpha": 0.5}
+                 "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
+                 "f_alpha": 0.5}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
@@ -294,12 +299,14 @@ def _same(value, default) -> bool:
 
 def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
-    from preflab.config_trl_methods import grpo_round_from_trl, method_from_trl_fields, refuse_rlooconfig
+    from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, method_from_trl_fields,
+                                            refuse_rlooconfig)
 
     raw, notes, errors = dict(raw), [], []
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     refuse_rlooconfig(raw, errors)
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
+    grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
         raw.pop(key)  # hub_token: masked by to_dict() and without effect in preflab anyway
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
@@ -316,6 +323,25 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
         raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
+    if raw.get("task") == "online" and "max_length" in raw:  # read by no online run (it was accepted, unread)
+        length = raw.pop("max_length")
+        if length not in (None, 512, 1024):  # OnlineDPOConfig's default 512, DPOConfig's (and preflab's) 1024
+            completion = raw.get("max_completion_length", raw.get("max_new_tokens"))
+            hint = f" (here max_prompt_length: {length - completion})" if isinstance(length, int) and \
+                isinstance(completion, int) and length > completion else ""
+            errors.append(f"max_length={length} is not read by task: online: a completion has at most "
+                          "max_completion_length new tokens and a prompt is cut to max_prompt_length tokens (TRL's "
+                          "OnlineDPOConfig cut prompt + completion to max_length from the left). Remove max_length, "
+                          f"or set max_prompt_length to max_length - max_completion_length{hint}.")
+    if isinstance(raw.get("beta"), list):  # OnlineDPOConfig: one beta per epoch, the last for the rest
+        betas = raw["beta"]
+        if len(betas) == 1:
+            raw["beta"] = betas[0]
+        else:
+            raw.pop("beta")
+            errors.append(f"beta={betas} is OnlineDPOConfig's per-epoch beta schedule, which preflab does not have: "
+                          "beta is one number for the whole run. Give one value (e.g. the first, "
+                          f"beta: {betas[0]}).")
     if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"
         raw["scale_rewards"] = "group" if raw["scale_rewards"] else "none"
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
@@ -333,9 +359,11 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             if ours in raw and raw[ours] is None:  # preflab's name left unset (a saved config carries both)
                 raw.pop(ours)
                 raw[ours] = raw.pop(trl)
-            elif ours in raw and raw[ours] == raw[trl]:
-                raw.pop(trl)  # the same value under both spellings (TrainingArguments.to_dict writes both)
+            elif ours in raw and (raw[ours] == raw[trl] or raw[trl] is None):
+                raw.pop(trl)  # the same value under both spellings (TrainingArguments.to_dict writes both), or
+                # TRL's spelling left unset (a saved OnlineDPOConfig's reward_model_path: null beside reward_funcs)
             elif ours in raw:
+                raw.pop(trl)  # said once here (it was also reported as an unknown key, "did you mean" itself)
                 errors.append(f"{trl} and {ours} are the same option (TRL and preflab spelling); keep one.")
             else:
                 raw[ours] = raw.pop(trl)
@@ -365,6 +393,8 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in NO_EFFECT.items():
         if key in raw:
             value = raw.pop(key)
+            if value in OTHER_TRL_DEFAULTS.get(key, ()):
+                continue
             if not _same(value, default) or (value is False and default is None):  # false asks for something
                 notes.append(f"{key}: {why}.")
     if raw.get("task") == "sft" and raw.get("loss_type") in ("nll", "dft"):  # SFTConfig.loss_type (default nll)
@@ -416,6 +446,8 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
     if not isinstance(loss, str) or loss not in GRPO_LOSS_TYPES:
         return
     raw.pop("loss_type")
+    if loss in GRPO_RECIPE_LOSS_TYPES and raw.get("task") == "online" and raw.get("trainer") == loss:
+        return  # the recipe already named (a saved GRPOConfig carries its loss_type; it was refused as a mismatch)
     if loss in GRPO_RECIPE_LOSS_TYPES:
         task = "" if raw.get("task") == "online" else "task: online, "
         errors.append(grpo_loss_type_error(loss, raw.get("trainer", "online_dpo"), task))

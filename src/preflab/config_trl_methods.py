@@ -66,8 +66,11 @@ def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
     per generate() call, and its round is prompts_per_generation prompts x num_generations. A dump's value becomes
     prompts_per_generation = generation_batch_size / num_generations (TRL's round), generate() calls keep preflab's
     size. A hand-written config keeps preflab's meaning (docs/configuration.md, "Coming from TRL")."""
-    if (raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or "prompts_per_generation" in raw
-            or not isinstance(raw.get("generation_batch_size"), int) or not all(k in raw for k in DUMP_MARKERS)):
+    if raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or not all(k in raw for k in
+                                                                                        DUMP_MARKERS):
+        return
+    _grpo_steps_from_trl(raw, notes, errors)
+    if "prompts_per_generation" in raw or not isinstance(raw.get("generation_batch_size"), int):
         return
     size, k = raw.pop("generation_batch_size"), raw.get("num_generations", 8)
     if not isinstance(k, int) or k < 1 or size % k:
@@ -77,6 +80,51 @@ def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:
     raw["prompts_per_generation"] = size // k
     notes.append(f"generation_batch_size: {size} (TRL: completions per round) -> prompts_per_generation: "
                  f"{size // k} (x num_generations {k}); each generate() call takes preflab's generation_batch_size.")
+
+
+def grpo_batch_note(raw: dict, notes: list) -> None:
+    """A hand-written GRPO config that sets TRL's batch keys but not prompts_per_generation: in TRL,
+    per_device_train_batch_size counts *completions* and one optimizer step consumes one generation round of
+    per_device_train_batch_size x gradient_accumulation_steps x processes of them; here it counts prompt groups
+    (G completions each) per micro-batch, and a round is prompts_per_generation (default 32) prompts. Said once with
+    the prompts_per_generation that gives TRL's round (one process), since the batch is otherwise silently larger."""
+    if (raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or "prompts_per_generation" in raw
+            or all(k in raw for k in DUMP_MARKERS) or "per_device_train_batch_size" not in raw):
+        return
+    b, gas = raw["per_device_train_batch_size"], raw.get("gradient_accumulation_steps", 1)
+    k, spg = raw.get("num_generations", 8), raw.get("steps_per_generation", 1)
+    if not all(isinstance(v, int) and v > 0 for v in (b, gas, k, spg)):
+        return  # the type checks say what is wrong
+    trl = b * gas  # TRL: completions per optimizer step on one process (its default steps_per_generation)
+    ours = 32 * k // spg
+    if trl == ours:
+        return
+    fix = f"prompts_per_generation: {trl * spg // k}" if (trl * spg) % k == 0 else \
+        f"prompts_per_generation x num_generations = {trl * spg} completions per round"
+    notes.append(f"per_device_train_batch_size: {b} counts prompts here (each with num_generations {k} completions, "
+                 f"a micro-batch of {b * k} completions), and a round is prompts_per_generation 32 prompts "
+                 f"({32 * k} completions) over steps_per_generation {spg} optimizer step(s): {ours} completions per "
+                 f"step. TRL's GRPOConfig with these values takes {trl} per optimizer step (per process); for that, "
+                 f"set {fix}.")
+
+
+def _grpo_steps_from_trl(raw: dict, notes: list, errors: list) -> None:
+    """A saved GRPOConfig's steps_per_generation counts micro-batches per generation round (GRPOTrainer regenerates
+    every steps_per_generation x num_iterations training_step calls; its default is gradient_accumulation_steps: one
+    optimizer step per round); preflab's counts optimizer steps. A dump with gradient_accumulation_steps G > 1 ran
+    G optimizer steps per round here, each on 1/G of it, where TRL takes one: steps_per_generation / G."""
+    spg, gas = raw.get("steps_per_generation"), raw.get("gradient_accumulation_steps", 1)
+    if not isinstance(spg, int) or not isinstance(gas, int) or gas <= 1:
+        return
+    if spg % gas:
+        errors.append(f"steps_per_generation={spg} (a saved GRPOConfig: micro-batches per generation round) is not a "
+                      f"multiple of gradient_accumulation_steps={gas}, so TRL's rounds end inside an optimizer step, "
+                      "which preflab does not do; set steps_per_generation (optimizer steps per round) yourself.")
+        raw.pop("steps_per_generation")
+        return
+    raw["steps_per_generation"] = spg // gas
+    notes.append(f"steps_per_generation: {spg} (TRL: micro-batches per round, gradient_accumulation_steps {gas}) -> "
+                 f"steps_per_generation: {spg // gas} (optimizer steps per round).")
 
 
 def _cpo(raw: dict, loss: str, notes: list, errors: list) -> None:

@@ -285,7 +285,8 @@ def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
 
 # ----- GRPOTrainer (grpo): the clipped surrogate + k3 KL and the four aggregations, given the advantages -----
 
-def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len):
+def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len,
+                   use_bias_correction_kl=True, delta=None):
     """TRL 1.16 GRPOTrainer._compute_loss on flattened [B*G, T] completions; the model's per-token log-probs come
     in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
@@ -301,7 +302,7 @@ def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, eps
         importance_sampling_level=level, beta=beta, loss_type=loss_type, epsilon_low=epsilon,
         epsilon_high=epsilon_high, use_vllm=False, vllm_importance_sampling_correction=False,
         current_gradient_accumulation_steps=1, max_completion_length=max_len, _entropy_bonus_enabled=False,
-        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        args=types.SimpleNamespace(use_bias_correction_kl=use_bias_correction_kl, delta=delta, steps_per_generation=1),
         _metrics={"train": defaultdict(list)})
     n, T = lp.shape
     inputs = {"prompt_ids": torch.ones(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
@@ -326,9 +327,43 @@ def test_grpo_loss_equals_trl_1_16_grpo_trainer(loss_type, beta, level):
     adv = torch.randn(B, G, generator=g, dtype=torch.float64)
     flat = lambda x: x.reshape(B * G, *x.shape[2:])  # noqa: E731
     expected = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv.reshape(-1), loss_type, beta, 0.2, 0.28,
-                              level, T)
+                              level, T, use_bias_correction_kl=False)
     batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64), SequenceLogps(ref, mask),
                       extras={"advantages": adv, "old_logps": old})
     out = get_objective("grpo", loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28,
-                        importance_sampling_level=level, max_completion_length=T)(batch)
+                        importance_sampling_level=level, max_completion_length=T, use_bias_correction_kl=False)(batch)
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+@pytest.mark.parametrize("on_policy", [True, False], ids=["on_policy", "off_policy"])
+@pytest.mark.parametrize("bias_correction,delta", [(True, None), (False, None), (True, 1.1)])
+def test_grpo_kl_bias_correction_and_delta_equal_trl_1_16(bias_correction, delta, on_policy):
+    """TRL 1.16's GRPOConfig defaults to use_bias_correction_kl=True (the KL term times the differentiable ratio:
+    another gradient even on-policy, where the ratio's value is 1); preflab's KL term had no ratio, accepted that
+    default without a word and refused `false`, its own behaviour. `delta` (two-sided clipping) was refused as
+    "a parameter of the objective(s) slic". Loss and gradient against TRL's _compute_loss."""
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 3, 5
+    g = torch.Generator().manual_seed(3)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4], [2, 5, 1]]).unsqueeze(-1)
+    base = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = base if on_policy else (base + 0.4 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    ref = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+    grads = []
+    for side in ("trl", "preflab"):
+        lp = base.clone().requires_grad_(True)
+        if side == "trl":
+            flat = lambda x: x.reshape(B * G, T)  # noqa: E731
+            loss = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv.reshape(-1), "dapo", 0.04, 0.2,
+                                  0.28, "token", T, use_bias_correction_kl=bias_correction, delta=delta)
+        else:
+            batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64),
+                              SequenceLogps(ref, mask), extras={"advantages": adv, "old_logps": old})
+            params = {} if bias_correction else {"use_bias_correction_kl": False}  # true is the default, as TRL's
+            loss = get_objective("grpo", beta=0.04, epsilon=0.2, epsilon_high=0.28, delta=delta, **params)(batch).loss
+        loss.backward()
+        grads.append((loss.item(), lp.grad.clone()))
+    assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-9, rel=1e-9)
+    assert torch.allclose(grads[1][1], grads[0][1], atol=1e-9, rtol=1e-9)

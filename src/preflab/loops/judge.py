@@ -15,6 +15,10 @@ A judge is any of these, or a list of them combined with `weights` (TRL's `rewar
 
 Combination as in TRL (Shao et al., 2024, arXiv:2402.03300 use one reward; TRL sums several):
     r_i = nansum_k w_k r_i^(k), a None from a reward function is NaN (TRL's "not applicable").
+A judge that *raises* on a completion is not "not applicable": that completion's combined score is NaN (dropped and
+counted by the loops), whatever the other judges returned (it used to get the other judges' sum alone, a different
+reward scale from its group's, without a word). TRL stops the run on any exception.
+Async reward functions (`async def f(prompts, completions, **kwargs)`, as TRL 1.16 accepts) are awaited.
 Pointwise judges (reward functions and reward models) are cached per function by a SHA-256 of (prompt, completion,
 row columns, and the prompt's `cache_context` where given: e.g. a digest of an image prompt's pixels, which the
 prompt's messages do not hold), so the same (prompt, completion) is scored once per run; `calls` counts the
@@ -54,6 +58,28 @@ def _takes_keyword(fn: Any, name: str) -> bool:
     p = params.get(name)
     return (p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)) or \
         any(q.kind == q.VAR_KEYWORD for q in params.values())
+
+
+def _awaited(value):
+    """The result of an async reward function's coroutine (TRL 1.16 awaits `async def` reward functions), run to
+    completion here; any other value as is."""
+    import inspect
+
+    if not inspect.isawaitable(value):
+        return value
+    import asyncio
+
+    async def wait():
+        return await value
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    import concurrent.futures  # called from inside an event loop (a notebook): run it on a fresh loop elsewhere
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def _name(fn: Any) -> str:
@@ -156,6 +182,8 @@ class Judge:
         self.cache_hits = 0
         self.failed = 0  # completions whose judge call raised (scored NaN, never cached)
         self.first_failure: str | None = None  # "judge 'f': TypeError: ..." of the first call that raised
+        self._raised = torch.zeros(0, dtype=torch.bool)  # per completion of the current call: some judge raised
+        self.last_raised = 0  # completions of the last call dropped because a judge raised on them
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
@@ -180,6 +208,7 @@ class Judge:
         columns = list(columns) if columns is not None else [{} for _ in range(n)]
         groups = list(groups) if groups is not None else list(range(n))
         per_function = torch.empty(n, len(self.judges), dtype=torch.float64)
+        self._raised = torch.zeros(n, dtype=torch.bool)  # completions some judge raised on (filled by the calls)
         for k, (judge, kind) in enumerate(zip(self.judges, self.kinds)):
             if kind == "preference":
                 per_function[:, k] = self._group_win_rates(judge, prompts, completions, groups)
@@ -189,7 +218,8 @@ class Judge:
         weights = torch.tensor(self.weights, dtype=torch.float64) if self.aggregator is None else \
             self._prompt_weights(prompts)
         scores = (per_function * weights).nansum(-1)
-        scores[per_function.isnan().all(-1)] = math.nan
+        scores[per_function.isnan().all(-1) | self._raised] = math.nan
+        self.last_raised = int(self._raised.sum())
         return scores, per_function
 
     def _prompt_weights(self, prompts) -> Tensor:
@@ -220,6 +250,9 @@ class Judge:
             fresh = dict(zip(todo, values))
             if self.cache_enabled:
                 cache.update({key: v for (key, v), good in zip(fresh.items(), ok) if good})
+            failed = {key for key, good in zip(fresh, ok) if not good}
+            if failed:
+                self._raised |= torch.tensor([key in failed for key in keys])
         else:
             fresh = {}
         lookup = cache if self.cache_enabled else {}
@@ -264,6 +297,7 @@ class Judge:
             except Exception as err:  # noqa: BLE001
                 self.failed += 1
                 self._note_failure(judge, err)
+                self._raised[i] = True
         return kept
 
     def _note_failure(self, judge, err: Exception) -> None:
@@ -287,7 +321,8 @@ class Judge:
             kwargs["completion_ids"] = list(completion_ids)
         if images is not None and _takes_keyword(judge, "images"):  # TRL's `images` column: PIL images per completion
             kwargs["images"] = list(images)
-        return _floats(judge(prompts=list(prompts), completions=list(completions), **kwargs), len(prompts), name)
+        return _floats(_awaited(judge(prompts=list(prompts), completions=list(completions), **kwargs)), len(prompts),
+                       name)
 
     def _group_win_rates(self, judge, prompts, completions, groups) -> Tensor:
         out = torch.full((len(completions),), math.nan, dtype=torch.float64)

@@ -7,8 +7,12 @@ rewards r = batch.scores [B, G], token log-probs lp (policy), lp_old (sampling p
     A_bi   = (r_bi - mean_i r_bi) / (std_i r_bi + 1e-4)     scale_rewards="group" (std with Bessel's correction,
              as TRL's torch.std); "batch": std over all the batch's rewards; "none": no division
     rho    = exp(lp - lp_old)                                per token
-    l_t    = -min(rho A, clip(rho, 1 - epsilon, 1 + epsilon_high) A) + beta KL3_t
+    l_t    = -min(min(rho, delta) A, clip(rho, 1 - epsilon, 1 + epsilon_high) A) + beta rho KL3_t
     KL3_t  = exp(lp_ref - lp) - (lp_ref - lp) - 1            (Schulman's k3; computed only when beta > 0)
+    delta: TRL's two-sided clipping (INTELLECT-2, arXiv:2505.07291): None (the default) leaves the unclipped term
+    alone. The factor rho on the KL term is TRL 1.16's use_bias_correction_kl (default true; DeepSeek-V3.2,
+    arXiv:2512.02556): rho's value is 1 on-policy, but its gradient adds KL3_t grad lp (the unbiased reverse-KL
+    gradient); use_bias_correction_kl: false drops the factor (TRL <= 1.15's KL term).
 
 Aggregation (loss_type, TRL 1.16 names), m = completion-token mask:
     grpo     mean over completions of sum_t m l_t / |y|                      (Shao et al.)
@@ -66,12 +70,15 @@ class GRPO(Objective):
     scale_rewards: str = "group"         # group | batch | none
     max_completion_length: int | None = None  # dr_grpo normaliser (None: the batch's padded width)
     importance_sampling_level: str = "token"  # token | sequence (GSPO: one ratio per completion, TRL's name)
+    delta: float | None = None           # two-sided clipping: upper bound of the unclipped ratio (TRL delta)
+    use_bias_correction_kl: bool = True  # KL term times the importance ratio (TRL 1.16's default)
 
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
-                       "IS, beta 0 / 0.04, given advantages (tests/objectives/test_trl_parity.py, 1e-9)")
+                       "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient "
+                       "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
 
     def __post_init__(self):
@@ -82,6 +89,8 @@ class GRPO(Objective):
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "
                               f"{self.epsilon_high}.")
+        if self.delta is not None and self.delta <= 0:
+            raise ConfigError(f"GRPO: delta (two-sided clipping bound) must be > 0 or null, got {self.delta}.")
         if self.importance_sampling_level not in ("token", "sequence"):
             raise ConfigError(f"GRPO: importance_sampling_level must be 'token' or 'sequence', got "
                               f"{self.importance_sampling_level!r}.")
@@ -105,7 +114,8 @@ class GRPO(Objective):
         ratio = torch.exp(log_ratio)
         a = adv.unsqueeze(-1)
         high = self.epsilon if self.epsilon_high is None else self.epsilon_high
-        per_token = -torch.minimum(ratio * a, ratio.clamp(1 - self.epsilon, 1 + high) * a)
+        unclipped = ratio if self.delta is None else ratio.clamp(max=self.delta)
+        per_token = -torch.minimum(unclipped * a, ratio.clamp(1 - self.epsilon, 1 + high) * a)
         m = mask.to(lp.dtype)
         tokens = m.sum().clamp_min(1)
         metrics = {"reward": (scores * batch.valid).sum() / batch.valid.sum().clamp_min(1), "reward_std": std.mean(),
@@ -115,9 +125,9 @@ class GRPO(Objective):
             kl3 = torch.exp(d) - d - 1
             metrics["kl"] = (kl3 * m).sum() / tokens
             if self.beta > 0:
-                per_token = per_token + self.beta * kl3
-        low_clip = (ratio < 1 - self.epsilon) & (a < 0)
-        high_clip = (ratio > 1 + high) & (a > 0)
+                per_token = per_token + self.beta * (kl3 * ratio if self.use_bias_correction_kl else kl3)
+        low_clip = (unclipped < 1 - self.epsilon) & (a < 0)   # TRL: the ratio after the delta bound
+        high_clip = (unclipped > 1 + high) & (a > 0)
         for name, flag in (("low", low_clip), ("high", high_clip), ("region", low_clip | high_clip)):
             metrics[f"clip_ratio/{name}_mean"] = (flag.to(lp.dtype) * m).sum() / tokens
         per_token = per_token * m
@@ -130,7 +140,10 @@ class GRPO(Objective):
             group_sum = per_token.sum((-1, -2))
             per_prompt = tokens / B                                        # completion tokens per prompt
             if self.loss_type == "dapo" and "tokens_per_prompt" in batch.extras:
-                per_prompt = torch.as_tensor(batch.extras["tokens_per_prompt"], dtype=lp.dtype, device=lp.device)
+                # clamped as TRL clamps num_items_in_batch: a batch with no trained token (all masked) gives 0, not
+                # 0 / 0 (a NaN loss, and a step skipped as non-finite)
+                per_prompt = torch.as_tensor(batch.extras["tokens_per_prompt"], dtype=lp.dtype,
+                                             device=lp.device).clamp_min(1e-6)
             if self.loss_type == "dr_grpo":
                 per_prompt = completions / B * (self.max_completion_length or lp.shape[-1])
         losses = group_sum / per_prompt

@@ -100,7 +100,8 @@ def _check_objective_fits(cfg, spec) -> None:
 
 # the options of one recipe or prompt source: (options, test on (cfg, spec) that the run reads them, who reads them)
 _READERS = (
-    (("epsilon", "epsilon_high", "scale_rewards"), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
+    (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
+     lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
      "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, and spo in the game)"),
     (("pair_builder",), lambda cfg, spec: spec.kind == "pairs" and spec.builder is None and spec.scores == "reward"
      and cfg.online_task != "game", "trainers online_dpo, iterative_dpo and hypo_online_pairs"),

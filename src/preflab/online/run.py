@@ -366,13 +366,20 @@ class OnlineRun(TrainingRun):
         else:
             ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
-        dropped = int(flat.isnan().sum())
+        dropped, raised = int(flat.isnan().sum()), self.judge.last_raised
         if dropped > cfg.max_judge_failure_fraction * len(ids):
             raise PreflabError(
-                f"round {r + 1}: the judge failed or returned NaN for {dropped} of {len(ids)} completions (more than "
-                f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}); judge/failed counts exceptions "
-                f"({self.judge.failed} so far).{self.judge.failure_note()} Fix the judge or raise "
-                "max_judge_failure_fraction.")
+                f"round {r + 1}: {dropped} of {len(ids)} completions could not be scored (more than "
+                f"max_judge_failure_fraction = {cfg.max_judge_failure_fraction}): {raised} because a judge raised, "
+                f"{dropped - raised} because every judge returned None or NaN (not applicable) for them; judge/failed "
+                f"counts exceptions ({self.judge.failed} so far).{self.judge.failure_note()} Fix the judge (a reward "
+                "function returns one number per completion), or raise max_judge_failure_fraction to train on the "
+                "scored ones.")
+        if raised and self.main and not getattr(self, "_said_judge_raised", False):
+            self._said_judge_raised = True  # once per run; every one is counted in judge/failed and judge/dropped
+            print(f"preflab: note: round {r + 1}: a judge raised on {raised} of {len(ids)} completions; each is "
+                  "dropped (not scored by the other judges alone), counted in judge/failed and judge/dropped."
+                  f"{self.judge.failure_note()}", flush=True)
         scores = flat.view(n, K)
         completions = [[ids[p * K + k] for k in range(K)] for p in range(n)]
 
@@ -402,6 +409,8 @@ class OnlineRun(TrainingRun):
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]
+        if cfg.mask_truncated_completions and self.spec.kind == "groups":
+            mask_truncated(examples, self.tokenizer.eos_token_id)
         if trees is not None:
             from preflab.online.tpo_tree_round import mark_tree
 
@@ -433,11 +442,20 @@ class OnlineRun(TrainingRun):
                    "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
                    "completions/empty": float(empty), "judge/dropped": float(dropped),
                    "examples/count": float(len(examples)), "round": float(r + 1), **counts,
+                   **({"val/contain_eos_token": sum(has_eos) / len(ids)} if cfg.trainer in TRL_ONLINE_DPO else {}),
                    **getattr(self.generator, "last_metrics", {})}
         for k, name in enumerate(self.judge.names):
             values = per_fn[:, k][~per_fn[:, k].isnan()]
             metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
             metrics[f"rewards/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0  # as reward_std
+        truncated = len(ids) - sum(has_eos)
+        self.counts["truncated_completions"] = self.counts.get("truncated_completions", 0) + truncated
+        if truncated * 2 >= len(ids) and self.main and not getattr(self, "_said_truncated", False):
+            self._said_truncated = True  # once per run; completions/clipped_ratio logs every round's share
+            print(f"preflab: note: round {r + 1}: {truncated} of {len(ids)} completions reached max_completion_length="
+                  f"{cfg.max_completion_length} without EOS, so the judges scored cut-off text "
+                  "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
+                  ", or set missing_eos_penalty to score them lower.", flush=True)
         self.counts["rounds"] += 1
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
@@ -628,6 +646,8 @@ class OnlineRun(TrainingRun):
             pol = torch.cat([batch.policy_chosen.sum, batch.policy_rejected.sum]).detach().double()
             refs = torch.cat([batch.ref_chosen.sum, batch.ref_rejected.sum]).double()
             out.metrics["kl"] = (pol - refs).mean()
+            if self.cfg.trainer in TRL_ONLINE_DPO and "score_chosen" in extras:
+                out.metrics.update(online_dpo_metrics(pol, refs, extras, self.cfg.beta))
         weights = torch.tensor([e.weight for e in exs], dtype=out.losses.dtype, device=out.losses.device)
         if bool((weights != 1).any()):
             out.losses = out.losses * weights
@@ -686,6 +706,11 @@ class OnlineRun(TrainingRun):
             return {}
         after = self.task.evaluate(self.policy, self.tokenizer)
         self.after = after
+        if "reward" in after:  # online_task: dataset: the judges' reward of greedy answers to held-out prompts
+            metrics = {"eval_reward": after["reward"]}
+            if self.before and "per_prompt" in self.before:
+                metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+            return metrics
         if "true_reward" not in after:
             return {f"eval_{k}": after[k] for k in ("tv_to_equilibrium", "duality_gap") if k in after}
         metrics = {"eval_true_reward": after["true_reward"]}
@@ -710,6 +735,9 @@ class OnlineRun(TrainingRun):
             if "true_reward" in after:
                 extras.update({"true_reward_before": self.before["true_reward"],
                                "true_reward_after": after["true_reward"], "examples_after": after.get("examples", [])})
+            if "reward" in after:  # online_task: dataset with an eval set (the judges' reward, not a true one)
+                extras.update({"eval_reward_before": self.before["reward"], "eval_reward_after": after["reward"],
+                               "examples_after": after.get("examples", [])})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
@@ -826,14 +854,43 @@ class OnlineRun(TrainingRun):
         return step
 
 
+TRL_ONLINE_DPO = ("online_dpo", "iterative_dpo")  # the recipes TRL's OnlineDPOTrainer runs (its metric names too)
+
+
+def online_dpo_metrics(pol: torch.Tensor, refs: torch.Tensor, extras: dict, beta: float) -> dict:
+    """TRL OnlineDPOTrainer's `objective/*` keys (trl/experimental/online_dpo/online_dpo_trainer.py) over the 2B
+    trained completions [chosen; rejected]: pol / refs their summed policy / reference log-probs, extras'
+    score_chosen / score_rejected the judge's scores. kl = S - S_ref per completion; non_score_reward = -beta kl;
+    rlhf_reward = score + non_score_reward; entropy = -S (TRL's estimate); scores_margin = score_chosen -
+    score_rejected per pair; each a mean (beta as logged by TRL)."""
+    kl = pol - refs
+    scores = torch.cat([extras["score_chosen"], extras["score_rejected"]]).to(kl)
+    non_score = -beta * kl
+    return {"objective/kl": kl.mean(), "objective/entropy": -pol.mean(), "objective/non_score_reward": non_score.mean(),
+            "objective/rlhf_reward": (scores + non_score).mean(), "objective/scores": scores.mean(),
+            "objective/scores_margin": (extras["score_chosen"] - extras["score_rejected"]).mean().to(kl),
+            "beta": torch.tensor(float(beta), dtype=kl.dtype, device=kl.device)}
+
+
+def mask_truncated(examples: list[Example], eos: int) -> None:
+    """TRL GRPOConfig's mask_truncated_completions (DAPO's overlong filtering, Yu et al. 2025, arXiv:2503.14476):
+    a completion that does not end with eos keeps its reward in its group's advantages but none of its tokens in
+    the loss (nor in dapo's token count): its loss_mask is all 0."""
+    for e in examples:
+        masks = e.loss_mask or [[1] * len(c) for c in e.completions]
+        e.loss_mask = [m if c and c[-1] == eos else [0] * len(c) for m, c in zip(masks, e.completions)]
+
+
 def flat_masks(examples: list[Example]) -> list[list[int]]:
     return [m for e in examples for m in e.loss_mask]
 
 
 def win_rate(after: list[float], before: list[float]) -> float:
-    """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2."""
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)]
-    return sum(wins) / len(wins)
+    """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2; a prompt either
+    answer of which the judge could not score (NaN) is left out (NaN when none is left)."""
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)
+            if not (math.isnan(a) or math.isnan(b))]
+    return sum(wins) / len(wins) if wins else math.nan
 
 
 def length_metrics(lengths: torch.Tensor, has_eos: list[bool]) -> dict[str, float]:

@@ -200,16 +200,18 @@ def demo_evaluate(heldout: list[str]):
 
 
 def load_task(cfg, tokenizer=None, policy=None):
-    """(Task, tokenizer, policy or None): policy is built here only for builtin:demo-sft."""
-    if cfg.online_task == "demo":
-        from preflab.demo.task import make_splits
+    """(Task, tokenizer, policy or None): policy is built here only for builtin:demo-sft (with every prompt source:
+    the demo's model on your own prompts was an OSError, 'Repo id must use alphanumeric chars')."""
+    if cfg.model_name_or_path == DEMO_SFT and tokenizer is None:
         from preflab.models.tiny import tiny_tokenizer
 
+        tokenizer = tiny_tokenizer("char")
+    if cfg.model_name_or_path == DEMO_SFT and policy is None:
+        policy = _demo_sft_model(cfg, tokenizer)
+    if cfg.online_task == "demo":
+        from preflab.demo.task import make_splits
+
         _, pair_rows, heldout = make_splits(0)
-        if cfg.model_name_or_path == DEMO_SFT and tokenizer is None:
-            tokenizer = tiny_tokenizer("char")
-        if cfg.model_name_or_path == DEMO_SFT and policy is None:
-            policy = _demo_sft_model(cfg, tokenizer)
         judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or "demo_true_reward")]
         held = heldout[:cfg.heldout_prompts]
         prompts = [r["prompt"] for r in pair_rows]
@@ -228,12 +230,49 @@ def load_task(cfg, tokenizer=None, policy=None):
     judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
     from preflab.runlog import is_main_process
 
+    from preflab.data.eval_set import train_and_eval
+
     rows, report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
     if is_main_process():  # skipped prompt rows are said, as for preference data
         print(f"preflab: data: {report.summary()}")
+    # eval_dataset_name / eval_fraction: held-out prompts answered greedily and judged (they were read by nothing)
+    rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",
+                                                                                 on_bad_row=cfg.on_bad_row))
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
-    return Task(prompts, judges, data_report={"prompt_rows": report.to_dict()},
-                reward_aggregator=_aggregator(cfg, judges)), tokenizer, policy
+    held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+    aggregator = _aggregator(cfg, judges)
+    evaluate = dataset_evaluate(cfg, held, judges, aggregator) if held else None
+    return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict()},
+                reward_aggregator=aggregator), tokenizer, policy
+
+
+def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
+    """evaluate(model, tokenizer) for online_task: dataset: greedy answers (max_completion_length new tokens) to the
+    held-out prompt rows, scored by the run's judges with reward_weights (not cached: the judges' own call).
+    Returns {"reward": mean over the scored answers, "per_prompt": each answer's reward (NaN: not scored),
+    "examples": the first 4}; the run logs eval_reward and eval_win_rate_vs_reference (per prompt against the
+    starting policy's answer, ties 1/2, unscored prompts left out)."""
+    def evaluate(model, tokenizer) -> dict:
+        import math
+
+        from preflab.generate import generate_ids
+        from preflab.loops.judge import Judge
+        from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+
+        rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length)
+        ids = generate_ids(model, [r.prompt_ids for r in rows], eos_id=tokenizer.eos_token_id,
+                           pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
+                           batch_size=max(1, cfg.per_device_eval_batch_size))
+        texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
+        judge = Judge(judges, weights=aggregator or cfg.reward_weights, cache=False)
+        scores, _ = judge([r.prompt for r in rows], texts, list(range(len(rows))), [r.columns for r in rows], ids)
+        per_prompt = scores.tolist()
+        scored = [v for v in per_prompt if not math.isnan(v)]
+        return {"reward": sum(scored) / len(scored) if scored else math.nan, "per_prompt": per_prompt,
+                "examples": [{"prompt": r.prompt, "response": t, "reward": v}
+                             for r, t, v in list(zip(rows, texts, per_prompt))[:4]]}
+
+    return evaluate
 
 
 def _aggregator(cfg, judges):

@@ -67,6 +67,7 @@ REWARD_MODEL_ONLY, NOT_REWARD_MODEL = {"Reward scores"}, {"Implicit rewards"}
 ONLINE_PANELS = (
     ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
                                  ("eval_true_reward", "true reward, greedy (eval)", PURPLE),
+                                 ("eval_reward", "judges' reward, greedy (eval)", BLUE),
                                  ("eval_win_rate_vs_reference", "win rate vs reference (eval)", ORANGE)]),
     ("KL to the reference (online)", "S_theta - S_ref", [("kl", "train", GRAY)]),
     ("Policy distribution (game)", "probability", [(f"policy/p{i}", f"answer {i}", c)
