@@ -83,6 +83,13 @@ def test_wandb_that_cannot_start_is_an_error_saying_what_to_do(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, "wandb", raising=False)
     monkeypatch.delenv("WANDB_DIR", raising=False)
+    import accelerate.tracking
+    from accelerate.utils import LoggerType
+
+    # accelerate lists the installed trackers once, when accelerate.tracking is first imported (earlier tests did)
+    if LoggerType.WANDB not in accelerate.tracking._available_trackers:
+        monkeypatch.setattr(accelerate.tracking, "_available_trackers",
+                            [*accelerate.tracking._available_trackers, LoggerType.WANDB])
     from preflab.errors import ConfigError
 
     out = tmp_path / "run"
