@@ -69,6 +69,17 @@ def test_every_pair_longer_than_max_length_is_a_data_error_naming_file_limit_and
     assert f"the longest is {max(map(pair_length, full))} tokens" in str(err.value)
 
 
+def test_a_reward_max_length_that_is_not_a_positive_integer_is_refused(tok):
+    """max_length is no longer handed to the tokenizer (which checked it); a bad value must still be refused."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import ConfigError
+    from preflab.reward_models.data import tokenize_reward_pairs
+
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ConfigError, match="max_length=.* must be a positive integer or None"):
+            tokenize_reward_pairs(load_rows([_short(0)])[0], tok, max_length=bad)
+
+
 def test_the_eval_set_drops_pairs_longer_than_max_length_too(tmp_path, tok, capsys):
     from preflab.reward_models.data import load_reward_pairs
 
@@ -93,3 +104,17 @@ def test_a_reward_data_line_has_no_boundary_shifted_note(tmp_path, tok, capsys):
     _, _, report, _ = load_reward_pairs(_cfg(tmp_path, data, max_length=None), tok)
     assert report["train_tokenize"]["boundary_shifted"] == 1
     assert "boundary shifted" not in capsys.readouterr().out
+
+
+def test_a_mapl_intra_row_is_measured_with_its_own_rejected_prompt(tok):
+    """An intra row scores y after x_w and after x_l: a long x_l makes the rejected sequence over-long (dropped)."""
+    from preflab.data.examples import PairExample
+    from preflab.reward_models.data import pair_length, tokenize_reward_pairs
+
+    rows = [PairExample(0, "short:", " yes", " yes", rejected_prompt="a much longer prompt" * 4),
+            PairExample(1, "short:", " yes", " yes", rejected_prompt="other:")]
+    full, _ = tokenize_reward_pairs(rows, tok, max_length=None)
+    assert pair_length(full[0]) == len(full[0].rejected_prompt_ids) + len(full[0].rejected_ids) > 16
+    assert pair_length(full[1]) <= 16
+    kept, report = tokenize_reward_pairs(rows, tok, max_length=16)
+    assert [p.row_id for p in kept] == [1] and report.skipped == {"longer_than_max_length": 1}

@@ -13,7 +13,7 @@ from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
-from preflab.errors import DataError, PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
 
@@ -31,6 +31,8 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
     response would be scored at its cut); a DataError when it drops every pair.
     A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
     the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+        raise ConfigError(f"max_length={max_length!r} must be a positive integer or None.")  # not passed on below
     has_contexts = bool(context_template) and has_context(examples)
     if context_template:
         examples = with_context(examples, context_template)
