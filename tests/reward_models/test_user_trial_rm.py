@@ -54,9 +54,9 @@ def test_eval_reward_says_how_many_rows_it_skipped_and_refuses_when_none_is_left
         evaluate_reward_model(str(tiny_rm_dir), str(ties), on_bad_row="skip")
 
 
-def test_eval_reward_reports_pairs_cut_to_max_length(tiny_rm_dir, tmp_path, capsys):
-    """A response cut to --max-length is scored at its cut (the reward head reads the last kept token); the
-    eval said nothing about it."""
+def test_eval_reward_drops_and_reports_pairs_longer_than_max_length(tiny_rm_dir, tmp_path, capsys):
+    """A pair longer than --max-length is dropped, as TRL's RewardTrainer filters it (it was cut and scored at its
+    cut, and before that not said at all); the count and what to do are said, and it is in `skipped`."""
     from preflab.cli import main
 
     data = tmp_path / "long.jsonl"
@@ -64,8 +64,11 @@ def test_eval_reward_reports_pairs_cut_to_max_length(tiny_rm_dir, tmp_path, caps
                     + json.dumps({"prompt": "a", "chosen": " good", "rejected": " bad"}) + "\n")
     assert main(["eval", str(tiny_rm_dir), "--task", "reward", "--data", str(data), "--max-length", "16",
                  "--out", str(tmp_path / "e.json")]) == 0
-    assert "cut 0 prompts and 1 pairs' responses" in capsys.readouterr().out
-    assert json.loads((tmp_path / "e.json").read_text())["reward_eval"]["truncated"] == {"prompt": 0, "response": 1}
+    out = capsys.readouterr().out
+    assert "1 pairs are longer than max_length=16 tokens and were dropped" in out and "raise --max-length" in out
+    result = json.loads((tmp_path / "e.json").read_text())["reward_eval"]
+    assert result["skipped"] == {"longer_than_max_length": 1} and result["num_pairs"] == 1
+    assert result["truncated"] == {"prompt": 0, "response": 0}
 
 
 @pytest.mark.parametrize("option, match", [({"layout": "prefix_packed"}, "batches padded rows"),

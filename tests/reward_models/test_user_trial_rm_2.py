@@ -124,21 +124,23 @@ def test_attribute_reward_model_names_its_outputs_in_id2label(tmp_path):
         evaluate_reward_model(str(tmp_path / "run"), [{"prompt": "a", "chosen": " b", "rejected": " c"}])
 
 
-def test_reward_data_says_that_max_length_cuts_responses_where_trl_drops_the_pair(tmp_path, tok, capsys):
-    """TRL's RewardTrainer filters out pairs longer than max_length; preflab cuts their responses (rewards read
-    mid-text, without eos) and said so only as a count in the data line."""
+def test_reward_data_drops_pairs_longer_than_max_length_as_trl_and_says_so(tmp_path, tok, capsys):
+    """TRL's RewardTrainer filters out pairs longer than max_length; preflab cut their responses (rewards read
+    mid-text, without eos). Now dropped as TRL does, counted in the data report, and said with what to do."""
     from preflab.reward_models.data import load_reward_pairs
 
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"prompt": "the cat", "chosen": " sat on the mat " * 6, "rejected": " ran"}) + "\n"
                     + json.dumps({"prompt": "a", "chosen": " good", "rejected": " bad"}) + "\n")
     cfg = _reward_cfg(tmp_path, data, max_length=16)
-    train, _, _, _ = load_reward_pairs(cfg, tok)
-    assert len(train) == 2
+    train, _, report, _ = load_reward_pairs(cfg, tok)
+    assert [p.row_id for p in train] == [1]
+    assert report["train_tokenize"]["skipped"] == {"longer_than_max_length": 1}
     out = capsys.readouterr().out
-    assert "max_length=16 cut the responses of 1 pairs" in out and "TRL's RewardTrainer drops" in out
-    load_reward_pairs(_reward_cfg(tmp_path, data, max_length=None), tok)
-    assert "cut the responses" not in capsys.readouterr().out
+    assert "1 skipped (longer_than_max_length: 1)" in out
+    assert "1 pairs are longer than max_length=16 tokens and were dropped" in out and "raise max_length" in out
+    train, _, _, _ = load_reward_pairs(_reward_cfg(tmp_path, data, max_length=None), tok)
+    assert len(train) == 2 and "were dropped" not in capsys.readouterr().out
 
 
 def test_an_rpr_row_and_a_pre_tokenized_row_are_named_with_what_to_do(tmp_path):
@@ -220,7 +222,8 @@ def test_reward_eval_and_judge_cap_max_length_to_the_models_positions(tok):
     rows = [{"prompt": "echo:", "chosen": long_text, "rejected": " short"},
             {"prompt": "a", "chosen": " good", "rejected": " bad"}]
     result = evaluate_reward_model(model, rows, tokenizer=tok)
-    assert result["num_pairs"] == 2 and result["truncated"]["response"] == 1 and result["max_length"] == positions
+    assert result["num_pairs"] == 1 and result["skipped"] == {"longer_than_max_length": 1}  # dropped, as TRL does
+    assert result["max_length"] == positions
     scores = RewardModel(model, tok).score(["echo:"], [long_text])
     assert scores.shape == (1,) and RewardModel(model, tok).max_length == positions
 

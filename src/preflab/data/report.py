@@ -185,15 +185,16 @@ class TokenizeReport(RowReport):
     max_response_tokens: int = 0
     from_cache: bool = False
 
-    def summary(self) -> str:
-        """One line with the kept/skipped counts, truncations and boundary fallbacks."""
+    def summary(self, shifted_note: bool = True) -> str:
+        """One line with the kept/skipped counts, truncations and boundary fallbacks. shifted_note=False leaves
+        'boundary shifted' out (reward models: their ids are the joint tokenization, the boundary is not used)."""
         parts = [f"{self.source or '<examples>'}: tokenized {self.total}, {self.kept} kept, {self._skip_text()}",
                  f"prompt truncated {self.prompt_truncated}", f"response truncated {self.response_truncated}"]
         if self.boundary_merged:  # data.boundary: where and why this differs from TRL
             parts.append(f"boundary merged {self.boundary_merged} (a token spans the prompt/response boundary: the "
                          "prompt keeps its own ids and the response is tokenized on its own; TRL 1.16 instead moves "
                          "the prompt's last tokens into the response)")
-        if self.boundary_shifted:
+        if self.boundary_shifted and shifted_note:
             parts.append(f"boundary shifted {self.boundary_shifted} (the prompt's last tokens are scored as part of "
                          "the response, as TRL 1.16 does)")
         if self.eos_already_present:

@@ -91,16 +91,23 @@ def eval_task(args) -> int:
 
 
 def reward_eval_notes(result: dict, max_length) -> list[str]:
-    """Terminal notes for what the accuracy does not cover: rows skipped (by reason), pairs cut to max_length."""
+    """Terminal notes for what the accuracy does not cover: rows skipped (by reason), pairs longer than max_length
+    (dropped), pairs cut."""
+    from preflab.reward_models.data import LONGER_THAN_MAX_LENGTH, dropped_note
+
     notes = []
     if result.get("skipped"):
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(result["skipped"].items()))
         notes.append(f"{sum(result['skipped'].values())} rows skipped and not scored ({reasons}); the accuracy is "
                      f"over the {result.get('num_pairs')} pairs left")
+    used = result.get("max_length", max_length)
+    capped = f" (--max-length {max_length} capped to the model's positions)" if used != max_length else ""
+    dropped = dropped_note(result.get("skipped", {}).get(LONGER_THAN_MAX_LENGTH, 0), f"{used}{capped}",
+                           option="--max-length")
+    if dropped:
+        notes.append(dropped.rstrip("."))
     cut = result.get("truncated", {})
     if cut.get("prompt") or cut.get("response"):
-        used = result.get("max_length", max_length)
-        capped = f" (--max-length {max_length} capped to the model's positions)" if used != max_length else ""
         notes.append(f"max_length={used}{capped} cut {cut.get('prompt', 0)} prompts and {cut.get('response', 0)} "
                      "pairs' responses (a cut response is scored at its cut, not its end); raise --max-length")
     if result.get("context_not_shown"):

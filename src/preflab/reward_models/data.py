@@ -13,7 +13,7 @@ from preflab.data.eval_set import train_and_eval
 from preflab.data.report import BadRowPolicy, RowProblem
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
-from preflab.errors import DataError, PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_context, with_context
 
 
@@ -26,22 +26,71 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
     prompt/response boundary placed at their common prefix. Contexts are rendered when `context_template` is
     given; when any row has a `margin`, every pair gets a float margin (0 where absent or null), so no batch
     silently drops the column. num_proc: tokenizing processes (TRL's dataset_num_proc; the same pairs and report).
+    max_length: a pair whose chosen or rejected sequence (prompt + response) is longer is dropped, as TRL's
+    RewardTrainer filters it out, and counted under `longer_than_max_length` in the report (never cut: a cut
+    response would be scored at its cut); a DataError when it drops every pair.
     A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
     the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+        raise ConfigError(f"max_length={max_length!r} must be a positive integer or None.")  # not passed on below
     has_contexts = bool(context_template) and has_context(examples)
     if context_template:
         examples = with_context(examples, context_template)
-    pairs, report, _ = tokenize_parallel("pairs", examples, tokenizer, num_proc=num_proc or 1, max_length=max_length,
+    pairs, report, _ = tokenize_parallel("pairs", examples, tokenizer, num_proc=num_proc or 1, max_length=None,
                                          max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                          on_bad_row=on_bad_row, source=source,
                                          max_completion_length=max_completion_length, joint_only=True)
     if has_contexts and max_prompt_length is not None and truncation_mode == "keep_end":
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
+    pairs = _drop_longer_than(pairs, report, max_length, source)
     if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (TRL)
         for pair in pairs:
             pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
     return pairs, report
+
+
+LONGER_THAN_MAX_LENGTH = "longer_than_max_length"
+
+
+def pair_length(pair) -> int:
+    """The longer of the pair's two sequences: prompt + chosen, (own) prompt + rejected (what TRL's filter reads)."""
+    return max(len(pair.prompt_ids) + len(pair.chosen_ids), len(rejected_prompt_of(pair)) + len(pair.rejected_ids))
+
+
+def _drop_longer_than(pairs: list, report, max_length: int | None, source: str) -> list:
+    """The pairs whose both sequences fit `max_length` (TRL RewardTrainer's filter, `len(chosen_ids) <= max_length
+    and len(rejected_ids) <= max_length`); the others are counted under `longer_than_max_length` in `report`
+    (whatever on_bad_row says: TRL drops them and the rows are valid). DataError when none fits."""
+    if max_length is None or not pairs:
+        return pairs
+    kept = [pair for pair in pairs if pair_length(pair) <= max_length]
+    if not kept:
+        longest, shortest = max(map(pair_length, pairs)), min(map(pair_length, pairs))
+        raise DataError(f"{source or 'the reward pairs'}: every pair is longer than max_length={max_length} tokens "
+                        f"(prompt + response; the longest is {longest} tokens, the shortest {shortest}), so none "
+                        f"is left to use (TRL's RewardTrainer drops such pairs). Raise max_length to at least "
+                        f"{shortest} (or set it to null), or use shorter rows.")
+    for pair in pairs:
+        length = pair_length(pair)
+        if length > max_length:
+            report.record_skip(RowProblem(LONGER_THAN_MAX_LENGTH, None, f"the pair is {length} tokens (prompt + "
+                                          f"response), longer than max_length={max_length}"), pair.row_id)
+            report.kept -= 1
+            report.prompt_tokens -= len(pair.prompt_ids) + (len(pair.rejected_prompt_ids)
+                                                            if pair.rejected_prompt_ids is not None else 0)
+            report.response_tokens -= len(pair.chosen_ids) + len(pair.rejected_ids)
+    report.max_prompt_tokens = max(max(len(p.prompt_ids), len(rejected_prompt_of(p))) for p in kept)
+    report.max_response_tokens = max(max(len(p.chosen_ids), len(p.rejected_ids)) for p in kept)
+    return kept
+
+
+def dropped_note(dropped: int, max_length, sets: str = "", option: str = "max_length") -> str | None:
+    """The note for pairs dropped as longer than max_length (None when none was); `option`: how the user sets it."""
+    if not dropped:
+        return None
+    return (f"{dropped} pairs{sets} are longer than max_length={max_length} tokens and were dropped "
+            f"({LONGER_THAN_MAX_LENGTH}), as TRL's RewardTrainer does; raise {option} (or unset it) to use them.")
 
 
 def _check_intra_head(cfg, examples, source: str) -> None:
@@ -134,17 +183,20 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         evals, eval_tok = tokenize_reward_pairs(eval_rows, tokenizer,
                                                 source=cfg.eval_dataset_name or cfg.dataset_name, **settings)
         report["eval_tokenize"] = eval_tok.to_dict()
-    print(f"preflab: data: {row_report.summary()}; {tok_report.summary()}")
+    print(f"preflab: data: {row_report.summary()}; {tok_report.summary(shifted_note=False)}")
     if eval_rows:  # the eval set's own skips and cuts, said like the training set's
         if eval_row_report is not None:
             report["eval_rows"] = eval_row_report.to_dict()
         print(f"preflab: eval data: {eval_row_report.summary() + '; ' if eval_row_report else ''}"
-              f"{eval_tok.summary()}")
+              f"{eval_tok.summary(shifted_note=False)}")
+    dropped = tok_report.skipped.get(LONGER_THAN_MAX_LENGTH, 0) + (
+        eval_tok.skipped.get(LONGER_THAN_MAX_LENGTH, 0) if eval_rows else 0)
+    note = dropped_note(dropped, cfg.max_length, " (training and eval sets)" if eval_rows else "")
+    if note:
+        print(f"preflab: note: {note}")
     cut = tok_report.response_truncated + (eval_tok.response_truncated if eval_rows else 0)
-    if cut:  # TRL's RewardTrainer filters such pairs out; a cut response is scored without its end
-        limits = " / ".join(f"{k}={getattr(cfg, k)}" for k in ("max_length", "max_completion_length")
-                            if getattr(cfg, k) is not None)
-        print(f"preflab: note: {limits} cut the responses of {cut} pairs (training and eval sets): a cut response "
-              "has no eos and its reward is read at the cut. TRL's RewardTrainer drops pairs longer than max_length "
-              "instead; raise max_length (or set it to null) to score whole responses.")
+    if cut and cfg.max_completion_length is not None:  # preflab's option (TRL's RewardConfig has none): it cuts
+        print(f"preflab: note: max_completion_length={cfg.max_completion_length} cut the responses of {cut} pairs "
+              "(training and eval sets): a cut response has no eos and its reward is read at the cut; raise it (or "
+              "set it to null) to score whole responses.")
     return train, evals, report, template

@@ -73,9 +73,10 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     Returns {"accuracy", "num_pairs", "mean_logit", the head's training metrics on the pairs ("loss" with the rows'
     margins, and for BT TRL RewardTrainer's "margin", "min_reward", "mean_reward", "max_reward"; for GPM "margin"
     (mean s) and "prob"), "per_<field>": {value: {"accuracy", "num_pairs"}},
-    "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason), "truncated" (pairs whose
-    prompt / a response was cut to max_length: such a response is scored at its cut, not at its end), "max_length"
-    (the one used: capped to the model's positions),
+    "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason; a pair longer than
+    max_length is dropped, as TRL's RewardTrainer does, under `longer_than_max_length`), "truncated" (pairs whose
+    prompt / a response was cut: 0 here, since max_length drops rather than cuts), "max_length" (the one used:
+    capped to the model's positions),
     "context_not_shown" (rows whose `context` the model did not see: no template stored, none given)}.
     Raises DataError when no pair is left to score.
     """
