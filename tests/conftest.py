@@ -1,4 +1,7 @@
 import os
+import signal
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -38,3 +41,41 @@ def stop_at_step():
             run.micro_batches = original
 
     return stop
+
+
+@pytest.fixture
+def kill_when():
+    """`with kill_when(proc, path, within_s): ...`: a thread SIGKILLs the subprocess `proc` as soon as `path` exists,
+    while the block runs in this process (the uninterrupted reference run of a kill test: the two runs share the
+    machine's cores instead of taking turns). After the block it waits for the kill, and fails if `proc` ended before
+    `path` appeared or `path` did not appear within `within_s` seconds of entering."""
+
+    @contextmanager
+    def kill(proc, path, within_s: float):
+        failure = []
+
+        def watch():
+            deadline = time.time() + within_s
+            while not path.exists():
+                if proc.poll() is not None:
+                    failure.append("the run ended before it could be killed")
+                    return
+                if time.time() >= deadline:
+                    failure.append(f"{path} did not appear within {within_s} s")
+                    break
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            yield
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            watcher.join()
+        assert not failure, failure[0]
+
+    return kill

@@ -27,15 +27,68 @@ REWARD = ["task=reward", "model_name_or_path=builtin:tiny-llama",
           f"dataset_name={ROOT / 'examples/data/loud_echo_pairs.jsonl'}", "max_length=128", "max_steps=4", *COMMON]
 
 
-def _launch(config: str, *runs: list) -> None:
+def _launch(config: str, *runs: list) -> subprocess.CompletedProcess:
     """One `accelerate launch --num_processes 2` of scale_matrix_run.py running `runs` in order."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
     args = [a for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + [str(x) for x in run]]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
            "--num_processes", "2", str(HERE / "scale_matrix_run.py"), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=250 * (1 + len(runs)), cwd=ROOT)
+
+
+GRPO = ["trainer=grpo", "beta=0.04", "generation_batch_size=2", "gradient_accumulation_steps=1",
+        "lr_scheduler_type=constant", "learning_rate=1e-3", "per_device_train_batch_size=2"]
+VLM = [str(ROOT / "examples/vlm/dpo.yaml"), "max_steps=2", "disable_tqdm=true", "save_steps=0"]
+KTO = [str(ROOT / "examples/quickstart.yaml"), "loss_type=kto", "max_steps=3", "save_steps=0", *COMMON]
+DIFFUSION = [str(ROOT / "examples/diffusion/diffusion_dpo.yaml"), "eval_dataset_name=null", "max_steps=4",
+             "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0"]
+LORA_REWARD = [*REWARD, "use_peft=true", "lora_r=4", "lora_alpha=8", "learning_rate=1e-2", "save_steps=0",
+               "max_steps=2"]
+# The 2-process runs of each test below: (launch, its runs, given the test's folder). The runs of the selected tests
+# with the same launch share it (the launched fixture): a launch costs a launcher and two ranks' imports, more than
+# a tiny run. A launch is an accelerate config, and after a ":" a name that keeps runs apart: DeepSpeed's
+# train_batch_size, set by a launch's first run, stays in accelerate's state for the runs after it.
+LAUNCHED = {
+    "test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit": ("fsdp2", lambda d: [
+        ["cli", d / "full", *REWARD, "save_steps=2", "per_device_train_batch_size=4"],
+        ["cli", d / "resumed", *REWARD, "save_steps=0", "per_device_train_batch_size=4",
+         f"resume_from_checkpoint={d / 'full' / 'checkpoint-2'}"]]),
+    "test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model": ("fsdp2", lambda d: [
+        ["cli", d / "two", *VLM, "per_device_train_batch_size=2"]]),
+    "test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_for_bit": ("zero2", lambda d: [
+        ["online", d / "full", *GRPO, "max_steps=4"],
+        ["online", d / "cut", *GRPO, "max_steps=3", "save_steps=3"],
+        ["online", d / "cut", *GRPO, "max_steps=4", "save_steps=3", "resume_from_checkpoint=true"]]),
+    "test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit": ("zero2", lambda d: [
+        ["cli", d / "full", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=2"],
+        ["cli", d / "resumed", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=0",
+         f"resume_from_checkpoint={d / 'full' / 'checkpoint-2'}"]]),
+    "test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process": ("zero2:batch4", lambda d: [
+        ["cli", d / "two", *LORA_REWARD, "per_device_train_batch_size=4"]]),
+    "test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches": ("ddp", lambda d: [
+        ["cli", d / "two", *KTO, "per_device_train_batch_size=4"]]),
+}
+
+
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory):
+    """`launched(test_name)`: the folder holding that test's 2-process runs (LAUNCHED), after checking that their
+    launch succeeded. The first use launches the runs of every selected test of this module, one launch per config."""
+    names = [n for n in LAUNCHED if any(item.name == n and item.module is request.module
+                                        for item in request.session.items)] or [request.node.name]
+    root = tmp_path_factory.mktemp("scale-matrix")
+    results = {}
+    for config in dict.fromkeys(LAUNCHED[n][0] for n in names):  # "zero2", "zero2:batch4", ...
+        same = [n for n in names if LAUNCHED[n][0] == config]
+        proc = _launch(config.split(":")[0], *[run for n in same for run in LAUNCHED[n][1](root / n)])
+        results.update(dict.fromkeys(same, proc))
+
+    def folder(name: str) -> Path:
+        assert results[name].returncode == 0, results[name].stderr[-4000:]
+        return root / name
+
+    return folder
 
 
 def _steps(out: Path) -> dict:
@@ -66,18 +119,16 @@ def _assert_resumed_bit_for_bit(resumed: Path, straight: Path, steps) -> None:
 
 
 @pytest.mark.slow
-def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp_path):
+def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp_path, launched):
     """task: reward (Bradley-Terry head on tiny llama), examples/accelerate/fsdp2.yaml, 2 processes x batch 4 against
     1 process x batch 8: losses to 1e-6 and the gathered final weights (one save_pretrained folder) to 2e-6
     (measured 6e-8 / 4e-9); stopped at the sharded step-2 checkpoint and resumed on 2 processes: the straight run's
     losses, grad norms and weights bit for bit. (By hand: DDP and ZeRO-2 give the same numbers as FSDP2.)"""
     from preflab.cli import main
 
-    one, full, resumed = tmp_path / "one", tmp_path / "full", tmp_path / "resumed"
+    base = launched("test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit")
+    one, full, resumed = tmp_path / "one", base / "full", base / "resumed"
     assert main(["train", *REWARD, "save_steps=0", "per_device_train_batch_size=8", f"output_dir={one}"]) == 0
-    _launch("fsdp2", ["cli", full, *REWARD, "save_steps=2", "per_device_train_batch_size=4"],
-            ["cli", resumed, *REWARD, "save_steps=0", "per_device_train_batch_size=4",
-             f"resume_from_checkpoint={full / 'checkpoint-2'}"])
     assert _environment(full) == (2, "FSDP")
     assert json.loads((full / "checkpoint-2/trainer_state.json").read_text())["checkpoint_format"] == "sharded"
     _assert_close(full, one, 1e-6, 2e-6)
@@ -91,7 +142,7 @@ def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp
 
 
 @pytest.mark.slow
-def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_for_bit(tmp_path):
+def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_for_bit(tmp_path, launched):
     """task: online, trainer grpo (tests/online's tiny run: 6 prompts x 3 samples, 2 steps per round),
     examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: each rank samples its
     generation chunks, both gather them, each trains on its half of a step's groups under DeepSpeed. Losses to 1e-6,
@@ -103,12 +154,8 @@ def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_fo
     sys.path.insert(0, str(ROOT / "tests/online"))
     from test_online_run import tiny_cfg, tiny_run
 
-    grpo = ["trainer=grpo", "beta=0.04", "generation_batch_size=2", "gradient_accumulation_steps=1",
-            "lr_scheduler_type=constant", "learning_rate=1e-3", "per_device_train_batch_size=2"]
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    _launch("zero2", ["online", full, *grpo, "max_steps=4"],
-            ["online", cut, *grpo, "max_steps=3", "save_steps=3"],
-            ["online", cut, *grpo, "max_steps=4", "save_steps=3", "resume_from_checkpoint=true"])
+    base = launched("test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_for_bit")
+    full, cut = base / "full", base / "cut"  # GRPO's runs (LAUNCHED)
     one = tmp_path / "one"
     tiny_run(tiny_cfg(one, trainer="grpo", beta=0.04, generation_batch_size=2, gradient_accumulation_steps=1,
                       lr_scheduler_type="constant", learning_rate=1e-3, per_device_train_batch_size=4,
@@ -121,23 +168,23 @@ def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_fo
 
 
 @pytest.mark.slow
-def test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model(tmp_path):
+def test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model(tmp_path, launched):
     """task: vlm (examples/vlm/dpo.yaml, tiny Qwen2-VL, vision tower frozen), examples/accelerate/fsdp2.yaml, 2
     processes x batch 2 against 1 process x batch 4: losses to 1e-6, weights to 1e-5 (measured 3e-8 / 5e-6, as
     2-process DDP and ZeRO-2). Before, the run trained and then failed writing the final model from the policy's
     sharded tensors (it now saves the weights the driver gathers)."""
     from preflab.cli import main
 
-    vlm = [str(ROOT / "examples/vlm/dpo.yaml"), "max_steps=2", "disable_tqdm=true", "save_steps=0"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    _launch("fsdp2", ["cli", two, *vlm, "per_device_train_batch_size=2"])
+    vlm = VLM
+    base = launched("test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model")
+    one, two = tmp_path / "one", base / "two"
     assert main(["train", *vlm, "per_device_train_batch_size=4", f"output_dir={one}"]) == 0
     assert _environment(two) == (2, "FSDP")
     _assert_close(two, one, 1e-6, 1e-5)
 
 
 @pytest.mark.slow
-def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches(tmp_path):
+def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches(tmp_path, launched):
     """loss_type kto on 2 DDP processes x batch 4 against 1 process x batch 4 x gradient_accumulation_steps 2 (the
     same micro-batches: KTO's reference point z0 is each micro-batch's mean over its mismatched completions, so
     1 process x batch 8 is another estimator). Before, the 2-process run crashed in the step's all-reduce: a rank
@@ -146,9 +193,9 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
     weights to 2e-6."""
     from preflab.cli import main
 
-    kto = [str(ROOT / "examples/quickstart.yaml"), "loss_type=kto", "max_steps=3", "save_steps=0", *COMMON]
-    one, two = tmp_path / "one", tmp_path / "two"
-    _launch("ddp", ["cli", two, *kto, "per_device_train_batch_size=4"])
+    kto = KTO
+    base = launched("test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches")
+    one, two = tmp_path / "one", base / "two"
     assert main(["train", *kto, "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
                  f"output_dir={one}"]) == 0
     assert _environment(two) == (2, "MULTI_CPU")
@@ -160,7 +207,7 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
 
 
 @pytest.mark.slow
-def test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path):
+def test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, launched):
     """task: diffusion (examples/diffusion/diffusion_dpo.yaml, tiny SD UNet, beta 200, learning rate 1e-3),
     examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: losses to 5e-5 and UNet weights
     to 5e-4 (measured 1.5e-5 / 1.8e-4, as 2-process DDP: AdamW's first steps move each weight by about the learning
@@ -170,12 +217,9 @@ def test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_p
     losses, grad norms and pipeline weights bit for bit."""
     from preflab.cli import main
 
-    run = [str(ROOT / "examples/diffusion/diffusion_dpo.yaml"), "eval_dataset_name=null", "max_steps=4",
-           "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0"]
-    one, full, resumed = tmp_path / "one", tmp_path / "full", tmp_path / "resumed"
-    _launch("zero2", ["cli", full, *run, "per_device_train_batch_size=2", "save_steps=2"],
-            ["cli", resumed, *run, "per_device_train_batch_size=2", "save_steps=0",
-             f"resume_from_checkpoint={full / 'checkpoint-2'}"])
+    run = DIFFUSION
+    base = launched("test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit")
+    one, full, resumed = tmp_path / "one", base / "full", base / "resumed"
     assert main(["train", *run, "per_device_train_batch_size=4", "save_steps=0", f"output_dir={one}"]) == 0
     assert _environment(full) == (2, "DEEPSPEED")
     assert (full / "checkpoint-2/zero/rank1.safetensors").is_file()
@@ -242,7 +286,7 @@ def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anyt
 
 
 @pytest.mark.slow
-def test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process(tmp_path):
+def test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process(tmp_path, launched):
     """task: reward with use_peft under examples/accelerate/zero2.yaml (parameters replicated), 2 processes x batch 4
     against 1 process x batch 8: the saved model is the merged one (the base model's keys, no lora_ / base_layer
     keys, the adapters folded in: weights moved from the base) and equals the one-process run's. Was refused as
@@ -252,10 +296,10 @@ def test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process(tmp
     from preflab.models.load import load_tokenizer
     from preflab.reward_models.heads import build_reward_model
 
-    lora = [*REWARD, "use_peft=true", "lora_r=4", "lora_alpha=8", "learning_rate=1e-2", "save_steps=0", "max_steps=2"]
-    one, two = tmp_path / "one", tmp_path / "two"
+    lora = LORA_REWARD
+    base = launched("test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process")
+    one, two = tmp_path / "one", base / "two"
     assert main(["train", *lora, "per_device_train_batch_size=8", f"output_dir={one}"]) == 0
-    _launch("zero2", ["cli", two, *lora, "per_device_train_batch_size=4"])
     assert _environment(two) == (2, "DEEPSPEED")
     base = build_reward_model("builtin:tiny-llama", 1, load_tokenizer("builtin:tiny-llama"), seed=42).state_dict()
     saved = load_file(two / "model.safetensors")

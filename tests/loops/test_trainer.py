@@ -1,10 +1,8 @@
 """The trainer's exactness guarantees: accumulation, processes, resume after SIGKILL, the non-finite guard."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -69,20 +67,14 @@ def test_two_processes_equal_one_process_double_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path, kill_when):
     steps = dict(max_steps=240, save_steps=20)
-    run(tmp_path / "full", **steps)
     out = tmp_path / "killed"
     args = [f"{k}={v}" for k, v in steps.items()]
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "checkpoint-60" / "COMPLETE").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with kill_when(proc, out / "checkpoint-60" / "COMPLETE", within_s=120):
+        run(tmp_path / "full", **steps)  # meanwhile, the uninterrupted run in this process
     assert not (out / "model.safetensors").exists(), "killed too late to test resume"
     summary, _ = run(out, resume_from_checkpoint=True, **steps)
     assert summary["resumed_from_step"] >= 60

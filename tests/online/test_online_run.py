@@ -239,9 +239,7 @@ def test_two_processes_equal_one_process(tmp_path):
     script = Path(__file__).parent / "online_tiny_run.py"
     common = ["generation_batch_size=2", "max_steps=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "per_device_train_batch_size=4",
-                          *common], env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    tiny_run(tiny_cfg(tmp_path / "one", per_device_train_batch_size=4, generation_batch_size=2, max_steps=4)).train()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(script), str(tmp_path / "two"), "per_device_train_batch_size=2", *common]
@@ -255,33 +253,24 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path, kill_when):
     """SIGKILL an online run (a subprocess) once a mid-round checkpoint exists; resuming it ends with the
     uninterrupted run's weights (<= 1e-6)."""
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     script = Path(__file__).parent / "online_tiny_run.py"
     args = ["max_steps=60", "save_steps=5", "learning_rate=1e-3"]
-    subprocess.run([sys.executable, str(script), str(tmp_path / "full"), *args], check=True, capture_output=True,
-                   timeout=300)
+    steps = dict(max_steps=60, save_steps=5, learning_rate=1e-3)  # `args`, for the runs in this process
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(out), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-15" / "COMPLETE").exists():       # step 15: mid-round (2 steps per round)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # step 15: mid-round (2 steps per round)
+    with kill_when(proc, out / "checkpoint-15" / "COMPLETE", within_s=240):
+        tiny_run(tiny_cfg(tmp_path / "full", **steps)).train()  # meanwhile, the uninterrupted run in this process
     assert not (out / "model.safetensors").exists(), "killed too late to test resume"
-    resumed = subprocess.run([sys.executable, str(script), str(out), *args, "resume_from_checkpoint=true"],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    tiny_run(tiny_cfg(out, **steps, resume_from_checkpoint=True)).train()  # the resume: in this process
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] >= 15
     a, b = _weights(tmp_path / "full"), _weights(out)

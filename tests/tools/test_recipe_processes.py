@@ -74,12 +74,11 @@ def test_a_recipe_of_one_process_under_a_launch_of_two_is_refused_before_it_star
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
-def test_icpl_on_two_processes_equals_one_process(tmp_path):
+def test_icpl_on_two_processes_equals_one_process(tmp_path, two_process_runs):
     """`accelerate launch --num_processes 2` of task icpl: the same programs, outcomes, ratings, state and summary as
     the one-process run (runtime_s aside), the result printed once. Before, it was refused under a launcher."""
-    params = {"iterations": 2, "samples": 3, "arms": 4, "dims": 2}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("module", "examples/tools/icpl.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_icpl_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_icpl_on_two_processes_equals_one_process"), tmp_path / "one"
     recipes.recipe_function("icpl")(str(one), seed=0, quiet=True, **params)
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     assert _drop(s2, ("runtime_s",)) == _drop(s1, ("runtime_s",)) and s1["trainer_calls"] == 6
@@ -132,22 +131,67 @@ def _losses(folder: Path) -> list:
     return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
-def _launch_two(entry: str, config: str, out: Path, params: dict) -> None:
-    """`accelerate launch` of 2 gloo processes (examples/accelerate/ddp.yaml) of `entry` (a script under ROOT, or
-    "module" for `-m preflab.cli`) with `train CONFIG output_dir=OUT recipe_params=...`: it succeeds and prints
-    its result once."""
+# The 2-process run of each test below: (entry, config, recipe_params). The runs of the tests selected in a session
+# share one `accelerate launch` (the two_process_runs fixture); icpl last (it ends the other process's part at once).
+TWO_PROCESS_RUNS = {
+    "test_themis_on_two_processes_equals_one_process": (
+        "module", "examples/tools/themis.yaml", {"steps": 3, "n_train": 16, "n_test": 2}),
+    "test_dstc_on_two_processes_equals_one_process": (
+        "dstc", "examples/tools/dstc.yaml",
+        {"n_sft_tasks": 12, "n_dstc_tasks": 4, "n_test": 4, "sft_per_task": 1, "sft_steps": 4, "n_codes": 2,
+         "n_tests": 1, "iterations": 1, "dpo_steps": 2, "batch_size": 4, "hidden_size": 32, "timeout_s": 0.5,
+         "control": True}),
+    "test_itool_on_two_processes_equals_one_process": (
+        "module", "examples/tools/itool.yaml",
+        {"n_train": 40, "n_test": 6, "pool_size": 14, "sft_steps": 3, "iterations": 2, "mcts_iters": 2,
+         "num_actions": 2, "hidden_size": 32, "max_new_tokens": 24, "accept_value": -10.0}),
+    "test_fspo_on_two_processes_equals_one_process": (
+        "module", "examples/fspo.yaml",
+        {"users_per_group": 3, "rows_per_user": 4, "heldout_fraction": 0.34, "hidden_size": 32, "num_layers": 1,
+         "steps": 3, "batch_size": 4, "instruction": "Answer.", "loss_type": "ipo", "learning_rate": 3e-4}),
+    "test_pro_orchestrator_on_two_processes_equals_one_process": (
+        "pro", "examples/pro_orchestrator.yaml",
+        {"n_train": 24, "n_heldout": 4, "hidden_size": 32, "sft_steps": 3, "adapter_steps": 20, "grpo_steps": 2,
+         "prompts_per_generation": 4, "num_generations": 2, "max_completion_length": 6}),
+    "test_raft_ladder_on_two_processes_equals_one_process": (
+        "module", "examples/tools/raft_ladder.yaml", {"n_train": 24, "n_test": 3, "sft_steps": 3, "dpo_steps": 2}),
+    "test_icpl_on_two_processes_equals_one_process": (
+        "module", "examples/tools/icpl.yaml", {"iterations": 2, "samples": 3, "arms": 4, "dims": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(request, tmp_path_factory):
+    """`accelerate launch` of 2 gloo processes (examples/accelerate/ddp.yaml) of tests/tools/recipes_launch.py, which
+    runs `preflab train CONFIG output_dir=OUT disable_tqdm=true recipe_params=...` for each selected test of
+    TWO_PROCESS_RUNS in turn, in the same processes. `two_process_runs(test_name)`: that run's OUT, after checking
+    that the launch succeeded and that each run printed its result once."""
+    skipped = lambda item: any(m.args and m.args[0] is True for m in item.iter_markers("skipif"))  # noqa: E731
+    names = [n for n in TWO_PROCESS_RUNS if any(item.name == n and item.module is request.module and not skipped(item)
+                                                for item in request.session.items)]
+    if not names:  # a test requested it outside a session's collection: its own run only
+        names = [request.node.name]
+    root = tmp_path_factory.mktemp("two-process-runs")
+    outs = {name: root / name for name in names}
+    args = [a for i, name in enumerate(names) for a in ([] if i == 0 else ["--"]) + [
+        TWO_PROCESS_RUNS[name][0], str(ROOT / TWO_PROCESS_RUNS[name][1]), str(outs[name]),
+        json.dumps(TWO_PROCESS_RUNS[name][2])]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
-    target = ["--module", "preflab.cli"] if entry == "module" else [str(ROOT / entry)]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), *target, "train", str(ROOT / config), f"output_dir={out}", "disable_tqdm=true",
-           "recipe_params=" + json.dumps(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count('"metric_name"') == 1, proc.stdout
+           str(_free_port()), str(ROOT / "tests/tools/recipes_launch.py"), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300 * len(names), cwd=ROOT,
+                          check=False)
+
+    def launched(name: str) -> Path:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count('"metric_name"') == len(names), proc.stdout
+        assert proc.stdout.count(f'"output_dir": {json.dumps(str(outs[name]))}') == 1, proc.stdout
+        return outs[name]
+
+    return launched
 
 
 def _assert_same_weights(two: Path, one: Path, stage: str, atol: float = 1e-6) -> None:
@@ -156,14 +200,13 @@ def _assert_same_weights(two: Path, one: Path, stage: str, atol: float = 1e-6) -
     assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < atol, stage
 
 
-def test_themis_on_two_processes_equals_one_process(tmp_path):
+def test_themis_on_two_processes_equals_one_process(tmp_path, two_process_runs):
     """2 processes x 8 pairs = the recipe's batch of 16 on one process: the same losses and final weights of both
     reward models to 1e-6 / 2e-6, the same state and summary numbers; summary.json, the state and the tool cache
     written once (by the main process), the result printed once. Before, each rank trained with batch 16 (a global
     batch of 32) and the second training crashed (the first one's end destroyed the process group)."""
-    params = {"steps": 3, "n_train": 16, "n_test": 2}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("module", "examples/tools/themis.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_themis_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_themis_on_two_processes_equals_one_process"), tmp_path / "one"
     themis_toy.run_themis_arithmetic(str(one), seed=0, quiet=True, **params)
     for stage in ("with_traces", "without_traces"):
         got, want = json.loads((two / stage / "summary.json").read_text()), \
@@ -205,7 +248,7 @@ def _drop(record: dict, keys: tuple) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
-def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch):
+def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch, two_process_runs):
     """2 processes x 2 rows = the recipe's batch_size 4 on one process, in the warm-up SFT, the DPO iteration and the
     control SFT: the same losses and final weights to 1e-6, the same pairs, state and summary (but the sandbox's
     seconds); the sampling and the sandbox matrix (a program that never ends included) ran once, on the main
@@ -213,11 +256,8 @@ def test_dstc_on_two_processes_equals_one_process(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tests/tools"))
     from dstc_launch import planted_sampler
 
-    params = {"n_sft_tasks": 12, "n_dstc_tasks": 4, "n_test": 4, "sft_per_task": 1, "sft_steps": 4, "n_codes": 2,
-              "n_tests": 1, "iterations": 1, "dpo_steps": 2, "batch_size": 4, "hidden_size": 32,
-              "timeout_s": 0.5, "control": True}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("tests/tools/dstc_launch.py", "examples/tools/dstc.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_dstc_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_dstc_on_two_processes_equals_one_process"), tmp_path / "one"
     monkeypatch.setattr(dstc, "sample_candidates", planted_sampler())
     dstc.run_dstc(str(one), seed=0, quiet=True, **params)
     for stage, steps in (("sft", 4), ("dstc_1/dpo", 2), ("control", 2)):
@@ -271,14 +311,12 @@ def test_itool_is_not_refused_and_its_batches_must_split(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_itool_on_two_processes_equals_one_process(tmp_path):
+def test_itool_on_two_processes_equals_one_process(tmp_path, two_process_runs):
     """2 processes x half of each stage's batch = the one-process recipe (warm-up SFT 6/16/16 rows a step, SimPO and
     the control SFT): the same losses and final weights of every stage to 1e-6, the same pairs, selections and
     accuracies, the state's and summary's other numbers to 1e-6 relative (but the clock readings); the searches ran once, on the main process; the result printed once."""
-    params = {"n_train": 40, "n_test": 6, "pool_size": 14, "sft_steps": 3, "iterations": 2, "mcts_iters": 2,
-              "num_actions": 2, "hidden_size": 32, "max_new_tokens": 24, "accept_value": -10.0}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("module", "examples/tools/itool.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_itool_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_itool_on_two_processes_equals_one_process"), tmp_path / "one"
     itool.run_itool(str(one), seed=0, quiet=True, **params)
     t2, t1 = (json.loads((d / itool.STATE_FILE).read_text()) for d in (two, one))
     _assert_same_numbers(t2, t1)
@@ -343,16 +381,13 @@ def _assert_close(got, want, where="") -> None:
 
 
 @pytest.mark.slow
-def test_fspo_on_two_processes_equals_one_process(tmp_path):
+def test_fspo_on_two_processes_equals_one_process(tmp_path, two_process_runs):
     """2 processes x 2 episodes = batch_size 4 on one process, in the fspo stage and the pooled baseline: the same
     losses and final weights to 1e-6 (measured: losses 6.4e-7, weights 4.3e-7), the same held-out accuracies, state
     and summary (their scores to 1e-5; runtime_s aside); the episode files, state and summary written once, by the main process, the result printed once. Before, the recipe was
     refused under a launcher (each rank would have trained batch_size 4, a global batch of 8)."""
-    params = {"users_per_group": 3, "rows_per_user": 4, "heldout_fraction": 0.34, "hidden_size": 32,
-              "num_layers": 1, "steps": 3, "batch_size": 4, "instruction": "Answer.", "loss_type": "ipo",
-              "learning_rate": 3e-4}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("module", "examples/fspo.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_fspo_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_fspo_on_two_processes_equals_one_process"), tmp_path / "one"
     fspo.run_fspo(str(one), seed=0, quiet=True, **params)
     for stage in fspo.STAGES:
         got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
@@ -410,15 +445,13 @@ def test_pro_orchestrator_is_not_refused_and_its_sft_batch_must_split(tmp_path, 
 
 
 @pytest.mark.slow
-def test_pro_orchestrator_on_two_processes_equals_one_process(tmp_path, monkeypatch):
+def test_pro_orchestrator_on_two_processes_equals_one_process(tmp_path, monkeypatch, two_process_runs):
     """2 processes x 8 rows = the SFT batch of 16 on one process, and the GRPO rounds (4 prompts x 2 completions, all
     processes together) split over the processes: the same losses, gradient norms and final weights to 1e-6 (measured:
     weights 1.0e-7 after SFT, 4.1e-7 after GRPO, 1.8e-7 after the control), the same adapter, held-out rewards, state and summary (runtime_s aside); the
     adapter fitted, the data files, state and summary written once, by the main process; the result printed once."""
-    params = {"n_train": 24, "n_heldout": 4, "hidden_size": 32, "sft_steps": 3, "adapter_steps": 20,
-              "grpo_steps": 2, "prompts_per_generation": 4, "num_generations": 2, "max_completion_length": 6}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("tests/tools/pro_launch.py", "examples/pro_orchestrator.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_pro_orchestrator_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_pro_orchestrator_on_two_processes_equals_one_process"), tmp_path / "one"
     monkeypatch.syspath_prepend(str(ROOT / "tests/tools"))
     from pro_launch import dense_echo
 
@@ -454,16 +487,15 @@ def test_raft_ladder_is_not_refused_and_its_batch_must_split(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_raft_ladder_on_two_processes_equals_one_process(tmp_path):
+def test_raft_ladder_on_two_processes_equals_one_process(tmp_path, two_process_runs):
     """2 processes x 8 rows = the recipe's batch of 16 on one process, in the SFT stage (loss_type sft) and the DPO
     stage (sigmoid + sft): the sft terms' token mean over the whole step's chosen tokens (token_mean "step"), so the
     same losses to 1e-6 and final weights to 2e-6 (float32 rounding through Adam), the same data files, program
     accuracies, examples, state and summary (runtime_s aside); the evaluations ran once, on the main process; the
     result printed once. Before, the recipe was refused under a launcher (each process's token mean of 8 rows is
     another objective than that of 16)."""
-    params = {"n_train": 24, "n_test": 3, "sft_steps": 3, "dpo_steps": 2}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("module", "examples/tools/raft_ladder.yaml", two, params)
+    params = TWO_PROCESS_RUNS["test_raft_ladder_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_raft_ladder_on_two_processes_equals_one_process"), tmp_path / "one"
     ladder_recipe.run_raft_ladder(str(one), seed=0, quiet=True, **params)
     for stage, steps in (("sft", 3), ("dpo", 2)):
         got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
