@@ -131,7 +131,7 @@ def _launch(config, base, *refuse):
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "1",
            str(HERE / "deepspeed_run.py"), str(base), "2", *map(str, refuse), "--", *RUN]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

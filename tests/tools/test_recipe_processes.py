@@ -149,6 +149,8 @@ TWO_PROCESS_RUNS = {
         "module", "examples/fspo.yaml",
         {"users_per_group": 3, "rows_per_user": 4, "heldout_fraction": 0.34, "hidden_size": 32, "num_layers": 1,
          "steps": 3, "batch_size": 4, "instruction": "Answer.", "loss_type": "ipo", "learning_rate": 3e-4}),
+    "test_fspo_with_the_sft_loss_on_two_processes_equals_one_process": (
+        "module", "examples/fspo.yaml", lambda root: _fspo_sft_params(root)),
     "test_pro_orchestrator_on_two_processes_equals_one_process": (
         "pro", "examples/pro_orchestrator.yaml",
         {"n_train": 24, "n_heldout": 4, "hidden_size": 32, "sft_steps": 3, "adapter_steps": 20, "grpo_steps": 2,
@@ -173,9 +175,11 @@ def two_process_runs(request, tmp_path_factory):
         names = [request.node.name]
     root = tmp_path_factory.mktemp("two-process-runs")
     outs = {name: root / name for name in names}
+    params = {name: spec[2](root) if callable(spec[2]) else spec[2] for name, spec in TWO_PROCESS_RUNS.items()
+              if name in names}  # a callable writes its run's data into the launch's folder and gives the params
     args = [a for i, name in enumerate(names) for a in ([] if i == 0 else ["--"]) + [
         TWO_PROCESS_RUNS[name][0], str(ROOT / TWO_PROCESS_RUNS[name][1]), str(outs[name]),
-        json.dumps(TWO_PROCESS_RUNS[name][2])]]
+        json.dumps(params[name])]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
@@ -407,23 +411,27 @@ def test_fspo_on_two_processes_equals_one_process(tmp_path, two_process_runs):
 
 
 @pytest.mark.slow
-def test_fspo_with_the_sft_loss_on_two_processes_equals_one_process(tmp_path):
+def _fspo_sft_params(root: Path) -> dict:
+    """The fspo sft run's recipe params, its data file written into `root`: the toy's users with chosen answers of
+    1 to 3 echoes (different lengths)."""
+    rows = fspo.toy_user_rows(2, 4, seed=0)
+    for i, row in enumerate(rows):
+        row["chosen"] = " ".join([row["chosen"]] * (1 + i % 3))
+    data = root / "fspo_sft_users.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return {"data_file": str(data), "heldout_fraction": 0.25, "hidden_size": 32, "num_layers": 1, "steps": 2,
+            "batch_size": 4, "instruction": "Answer.", "loss_type": "sft", "learning_rate": 3e-3, "baseline": False}
+
+
+def test_fspo_with_the_sft_loss_on_two_processes_equals_one_process(tmp_path, two_process_runs):
     """loss_type sft was refused on several processes (each process's token mean of its own pairs is another
     objective than the token mean of the whole batch): it now runs data parallel with the sft token mean over the
     step's chosen tokens (token_mean "step", as raft_ladder's sft terms), so 2 processes x 2 episodes = batch_size 4
     on one process: the same losses and final weights to 1e-6, the same held-out accuracies. The chosen answers
     differ in length (1 to 3 echoes), so each process's own token mean is not the step's (the toy's are all 7
     characters, where the two agree)."""
-    rows = fspo.toy_user_rows(2, 4, seed=0)
-    for i, row in enumerate(rows):
-        row["chosen"] = " ".join([row["chosen"]] * (1 + i % 3))
-    data = tmp_path / "users.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    params = {"data_file": str(data), "heldout_fraction": 0.25, "hidden_size": 32, "num_layers": 1, "steps": 2,
-              "batch_size": 4, "instruction": "Answer.", "loss_type": "sft", "learning_rate": 3e-3,
-              "baseline": False}
-    two, one = tmp_path / "two", tmp_path / "one"
-    _launch_two("module", "examples/fspo.yaml", two, params)
+    two = two_process_runs("test_fspo_with_the_sft_loss_on_two_processes_equals_one_process")
+    params, one = _fspo_sft_params(two.parent), tmp_path / "one"
     fspo.run_fspo(str(one), seed=0, quiet=True, **params)
     got, want = (json.loads((d / "fspo" / "summary.json").read_text()) for d in (two, one))
     assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
