@@ -397,7 +397,7 @@ def test_fspo_on_two_processes_equals_one_process(tmp_path, two_process_runs):
         got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
         assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
         assert got["train_examples_seen"] == want["train_examples_seen"] == 3 * 4
-        assert _losses(two / stage) == pytest.approx(_losses(one / stage), abs=1e-6)
+        assert _losses(two / stage) == pytest.approx(_losses(one / stage), rel=1e-7, abs=1e-6)  # fp32 sums: 5e-8 rel. measured
         _assert_same_weights(two, one, stage)
     for name in ("episodes.jsonl", "pooled.jsonl"):
         assert (two / "data" / name).read_text() == (one / "data" / name).read_text()
@@ -441,7 +441,7 @@ def test_fspo_with_the_sft_loss_on_two_processes_equals_one_process(tmp_path, tw
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     assert (s2["metric_before"], s2["metric_after"]) == (s1["metric_before"], s1["metric_after"])
     for group, record in s1["by_group_after"].items():
-        assert s2["by_group_after"][group] == pytest.approx(record, rel=1e-5), group
+        assert s2["by_group_after"][group] == pytest.approx(record, rel=1e-5, abs=2e-6), group  # fp32 rounding of a 0.08 reward
 
 
 def test_pro_orchestrator_is_not_refused_and_its_sft_batch_must_split(tmp_path, monkeypatch):
