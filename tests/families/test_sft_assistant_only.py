@@ -162,9 +162,10 @@ def test_two_steps_equal_trls_sft_trainer(packing, tmp_path):
     start = {n: p.detach() for n, p in model.named_parameters()}
     moved = 0.0
     for name, p in ours.named_parameters():
-        # 2e-6: Adam's first steps move a weight by about lr x sign(gradient) however small the gradient, so float
-        # rounding of a near-zero gradient (summed in another order) shows up at 1e-6 x lr / 1e-3
-        torch.testing.assert_close(p.detach(), trained[name].detach(), atol=2e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+        # 5e-6: Adam's first steps move a weight by about lr x sign(gradient) however small the gradient, so float
+        # rounding of a near-zero gradient (summed in another order; packed rows: segment attention's sums, 3e-6
+        # measured on one of 9600 lm_head weights) shows up at 1e-6 x lr / 1e-3
+        torch.testing.assert_close(p.detach(), trained[name].detach(), atol=5e-6, rtol=0, msg=lambda m: f"{name}: {m}")
         moved = max(moved, float((p.detach() - start[name]).abs().max()))
     assert moved > 1e-3  # the steps really changed the weights
 
