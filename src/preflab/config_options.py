@@ -307,6 +307,9 @@ OPTIONS: dict[str, Option] = {
     "epsilon": above(0, "task: online, GRPO family: clip range (TRL)"),
     "epsilon_high": above(0, "task: online, GRPO family: upper clip range (DAPO clip-higher); null: epsilon"),
     "scale_rewards": one_of(("group", "batch", "none"), "task: online, GRPO family: advantage scale (TRL)"),
+    "mask_truncated_completions": Option("task: online, GRPO family: a completion without eos (cut at "
+                                         "max_completion_length) is left out of the loss (TRL; DAPO's overlong "
+                                         "filtering)"),
     "game_preferences": Option("task: online, game: K x K P[i][j] = P(answer i beats j), P + P^T = 1"),
     "game_eta": Option("task: online, game: inpo / nash_md step, eta * beta", "in (0, 1]",
                        lambda v: _num(v) and 0 < v <= 1),
