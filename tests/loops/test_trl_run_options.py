@@ -74,3 +74,9 @@ def test_save_only_model_checkpoints_lack_the_optimizer_and_refuse_a_resume(tmp_
     for spec in (str(checkpoint), True):
         with pytest.raises(ConfigError, match="save_only_model: true and holds the model weights only"):
             run(tmp_path, resume_from_checkpoint=spec, **kw)
+
+
+def test_data_seed_is_refused_where_no_batch_plan_reads_it():
+    with pytest.raises(ConfigError, match="data_seed only applies to the tasks whose batch order is preflab's"):
+        config_from_dict({"task": "online", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                          "data_seed": 3})
