@@ -15,8 +15,12 @@ BAD_CONFIG = ["train", "model_name_or_path=builtin:tiny-llama", "dataset_name=mi
 def launcher_rank(monkeypatch):
     monkeypatch.setattr(PartialState, "_shared_state", {})  # no accelerate state: the rank comes from RANK
 
-    def set_rank(rank: int) -> None:
+    def set_rank(rank: int, local_rank: int | None = None) -> None:
         monkeypatch.setenv("RANK", str(rank))
+        if local_rank is None:  # a run that sets up accelerate: no LOCAL_RANK, or it would join a process group
+            monkeypatch.delenv("LOCAL_RANK", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_RANK", str(local_rank))
 
     return set_rank
 
@@ -25,9 +29,12 @@ def test_config_error_is_printed_by_the_main_process_only(launcher_rank, capsys)
     launcher_rank(0)
     assert main(BAD_CONFIG) == 2
     assert capsys.readouterr().err.startswith("preflab: error: max_grad_norm=-1.0 is not allowed")
-    launcher_rank(1)
+    launcher_rank(1, local_rank=1)
     assert main(BAD_CONFIG) == 2  # same exit code as rank 0, nothing printed: rank 0 prints the same line
     assert capsys.readouterr().err == ""
+    launcher_rank(9, local_rank=1)  # another machine (its files may differ from rank 0's): printed
+    assert main(BAD_CONFIG) == 2
+    assert capsys.readouterr().err.startswith("[rank 9] preflab: error: max_grad_norm=-1.0 is not allowed")
 
 
 def test_rank_only_errors_are_printed_with_the_rank(launcher_rank, capsys, tmp_path, monkeypatch):
@@ -44,6 +51,9 @@ def test_rank_only_errors_are_printed_with_the_rank(launcher_rank, capsys, tmp_p
     # a config error raised once the processes were joined (a resume check, a rank's own device) is printed too
     assert error_message(ConfigError("x"), group_open=True) == "[rank 3] preflab: error: x"
     assert error_message(DataError("row 7"), group_open=False) == "[rank 3] preflab: error: row 7"
+    launcher_rank(3, local_rank=3)  # rank 0's machine
     assert error_message(ConfigError("x"), group_open=False) is None
+    launcher_rank(3, local_rank=0)  # the first rank of another machine
+    assert error_message(ConfigError("x"), group_open=False) == "[rank 3] preflab: error: x"
     monkeypatch.setattr(preflab.runlog, "is_main_process", lambda: True)
     assert error_message(ConfigError("x"), group_open=False) == "preflab: error: x"

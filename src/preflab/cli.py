@@ -129,18 +129,25 @@ def error_message(err: PreflabError, *, group_open: bool) -> str | None:
     The rule never hides a failure that only some ranks have:
     - the main process (accelerate's, else RANK 0) always prints `preflab: error: ...`;
     - another rank stays quiet only for a ConfigError raised before the processes were joined (no process group
-      open yet): such an error depends on nothing but the command line, the config file and the environment the
-      launcher gives every rank alike, so rank 0 raises and prints the same one;
-    - every other error on another rank (data, a model file, a step, a ConfigError raised once the run had
-      started) may be that rank's alone, so it is printed, prefixed `[rank N]`.
+      open yet) on rank 0's machine (LOCAL_RANK == RANK: the launchers number a machine's ranks contiguously, the
+      first machine's from 0): such an error depends on nothing but the command line, the config file and the files
+      and environment every rank of that machine shares, so rank 0 raises and prints the same one;
+    - every other error on another rank (data, a step, a ConfigError raised once the run had started, or on
+      another machine, whose files, a local model folder say, may differ) may be that rank's alone, so it is
+      printed, prefixed `[rank N]`.
     """
     from preflab.runlog import is_main_process
 
     if is_main_process():
         return f"preflab: error: {err}"
-    if isinstance(err, ConfigError) and not group_open:
+    if isinstance(err, ConfigError) and not group_open and _on_rank_zeros_machine():
         return None
     return f"[rank {_rank()}] preflab: error: {err}"
+
+
+def _on_rank_zeros_machine() -> bool:
+    rank, local_rank = os.environ.get("RANK"), os.environ.get("LOCAL_RANK")
+    return rank is not None and rank == local_rank
 
 
 def _rank() -> str:
