@@ -532,6 +532,18 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     return trainer_state
 
 
+def is_model_only(path: str | Path) -> bool:
+    """True for a checkpoint written with save_only_model (no optimizer, scheduler or RNG state: not resumable)."""
+    try:
+        return bool(json.loads((Path(path) / "trainer_state.json").read_text()).get("save_only_model"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+MODEL_ONLY_KEPT = ("it holds the model weights only (save_only_model: true), so training cannot resume from it; "
+                   "a new start begins again at step 0.")
+
+
 def refuse_model_only(path: str | Path, trainer_state: dict) -> None:
     """ConfigError when checkpoint `path` was written with save_only_model: it has no optimizer, scheduler or RNG
     state to resume (transformers refuses such a resume too)."""

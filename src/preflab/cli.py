@@ -204,12 +204,15 @@ def interrupted_message(err: BaseException) -> str:
     if out is None:
         return (f"preflab: {what}. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
                 "latest one.")
-    from preflab.checkpoint import checkpoint_step, latest_checkpoint
+    from preflab.checkpoint import MODEL_ONLY_KEPT, checkpoint_step, is_model_only, latest_checkpoint
 
     latest = latest_checkpoint(out)
     if latest is None:
         return (f"preflab: {what}. {out} holds no finished checkpoint of this run (none was due yet, or save_steps "
                 "is 0): its steps are lost and a new start begins again at step 0.")
+    if is_model_only(latest):
+        return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); "
+                f"{MODEL_ONLY_KEPT}")
     return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); the "
             "steps after it are lost. Set resume_from_checkpoint: true to continue from it.")
 

@@ -80,3 +80,15 @@ def test_data_seed_is_refused_where_no_batch_plan_reads_it():
     with pytest.raises(ConfigError, match="data_seed only applies to the tasks whose batch order is preflab's"):
         config_from_dict({"task": "online", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
                           "data_seed": 3})
+
+
+def test_an_interrupted_save_only_model_run_says_its_checkpoint_cannot_be_resumed(tmp_path):
+    from preflab.cli import interrupted_message
+    from preflab.loops.driver import what_is_kept
+
+    run(tmp_path, max_steps=2, save_steps=2, save_only_model=True)
+    err = KeyboardInterrupt()
+    err.preflab_output_dir = tmp_path
+    for said in (interrupted_message(err), what_is_kept(tmp_path)):
+        assert "checkpoint-2" in said and "save_only_model: true), so training cannot resume" in said
+        assert "resume_from_checkpoint: true" not in said

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_marker,
-                                refuse_model_only, resume_checkpoint, save_checkpoint, share_run_files,
-                                write_failure, write_timeline)
+from preflab.checkpoint import (MODEL_ONLY_KEPT, clean_interrupted_saves, is_model_only, latest_checkpoint,
+                                load_checkpoint, read_marker, refuse_model_only, resume_checkpoint, save_checkpoint,
+                                share_run_files, write_failure, write_timeline)
 from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
@@ -1057,6 +1057,8 @@ def what_is_kept(output_dir) -> str:
     latest = latest_checkpoint(output_dir)
     if latest is None:
         return f"{output_dir} holds no finished checkpoint of this run."
+    if is_model_only(latest):
+        return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}"
     return (f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
 
 
