@@ -92,3 +92,18 @@ def test_an_interrupted_save_only_model_run_says_its_checkpoint_cannot_be_resume
     for said in (interrupted_message(err), what_is_kept(tmp_path)):
         assert "checkpoint-2" in said and "save_only_model: true), so training cannot resume" in said
         assert "resume_from_checkpoint: true" not in said
+
+
+def test_save_only_model_is_refused_under_a_sharding_engine():
+    """FSDP2 / DeepSpeed checkpoints (preflab.sharded_checkpoint, preflab.deepspeed_checkpoint) always hold the
+    optimizer state: the combination is refused before the first step (TrainingRun._train), not ignored."""
+    from types import SimpleNamespace
+
+    from preflab.loops.driver import TrainingRun
+
+    fsdp2 = SimpleNamespace(distributed_type="DistributedType.FSDP", is_fsdp2=True)
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "save_only_model": True}
+    stub = SimpleNamespace(cfg=config_from_dict({**base, "save_steps": 2}), accelerator=fsdp2)
+    with pytest.raises(ConfigError, match="save_only_model: true is not supported under FSDP2"):
+        TrainingRun._check_sharded_model_only(stub)
+    TrainingRun._check_sharded_model_only(SimpleNamespace(cfg=config_from_dict(base), accelerator=fsdp2))  # no saves
