@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from preflab.errors import PreflabError
+from preflab.errors import ConfigError, PreflabError
 
 MARKER = "COMPLETE"
 TIMELINE_FILE = "timeline.json"
@@ -175,10 +175,13 @@ def _remove_atomically(folder: Path) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict,
-                    save_total_limit: int | None = None, extra_tensors: dict | None = None) -> Path:
+                    save_total_limit: int | None = None, extra_tensors: dict | None = None,
+                    model_only: bool = False) -> Path:
     """Write checkpoint-<step> atomically; returns its path. A failure leaves earlier checkpoints untouched.
 
     extra_tensors: name -> tensor updated by the step outside `model` (saved to extra.safetensors).
+    model_only: transformers' save_only_model: no optimizer, scheduler or RNG state (model.safetensors, extra
+    tensors and trainer_state.json, which records "save_only_model": true so that a resume is refused).
     save_total_limit: keep the newest (by step) that many checkpoints of this checkpoint's timeline.
     Cost: every file is read back once for its sha256 (about 1 s per GB on one core) and fsynced.
     """
@@ -194,10 +197,14 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         if extra_tensors:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()},
                       str(tmp / "extra.safetensors"))
-        opt_tensors, opt_meta = _optimizer_parts(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "optimizer.json", opt_meta)
-        write_training_state(tmp, step, scheduler, state)
+        if model_only:
+            _write_json(tmp / "trainer_state.json", {**state, "global_step": step, "scheduler": None,
+                                                     "save_only_model": True})
+        else:
+            opt_tensors, opt_meta = _optimizer_parts(optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            _write_json(tmp / "optimizer.json", opt_meta)
+            write_training_state(tmp, step, scheduler, state)
         commit_checkpoint(tmp, final, step)
     except (OSError, SafetensorError) as err:
         failure = write_failure(err)
@@ -500,6 +507,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     path = Path(path)
     if not (path / MARKER).is_file():
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).")
+    refuse_model_only(path, json.loads((path / "trainer_state.json").read_text()))
     if verify:
         verify_checkpoint(path)
     weights, params = _checked_weights(path, model)
@@ -522,6 +530,28 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
         scheduler.load_state_dict(trainer_state["scheduler"])
     restore_rng(path)
     return trainer_state
+
+
+def is_model_only(path: str | Path) -> bool:
+    """True for a checkpoint written with save_only_model (no optimizer, scheduler or RNG state: not resumable)."""
+    try:
+        return bool(json.loads((Path(path) / "trainer_state.json").read_text()).get("save_only_model"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+MODEL_ONLY_KEPT = ("it holds the model weights only (save_only_model: true), so training cannot resume from it; "
+                   "a new start begins again at step 0.")
+
+
+def refuse_model_only(path: str | Path, trainer_state: dict) -> None:
+    """ConfigError when checkpoint `path` was written with save_only_model: it has no optimizer, scheduler or RNG
+    state to resume (transformers refuses such a resume too)."""
+    if trainer_state.get("save_only_model"):
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} was written with save_only_model: true and holds the model weights "
+            "only (no optimizer, scheduler or RNG state), so training cannot continue from it. Start the run again without "
+            "resume_from_checkpoint, and keep save_only_model: false in runs you mean to resume.")
 
 
 def join_optimizer_state(tensors: dict, meta: dict) -> dict:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
 
-from preflab.errors import PreflabError
+from preflab.errors import ConfigError, PreflabError
 from preflab.quiet import kept_as_found
 
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         with kept_as_found():  # warning filters, transformers' verbosity and progress bars: as found after the command
             return int(_handler(args)(args) or 0)
     except PreflabError as err:
-        print(f"preflab: error: {err}", file=sys.stderr)
+        message = error_message(err, group_open=_process_group_open())
+        if message:
+            print(message, file=sys.stderr)
         _close_process_group(had_group)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
@@ -117,6 +120,45 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(err, Terminated) else 130
     finally:
         restore_sigterm()
+
+
+def error_message(err: PreflabError, *, group_open: bool) -> str | None:
+    """The `preflab: error:` line this process prints, or None for a process that stays quiet (it still exits 2).
+
+    Under a launcher every rank runs the command, so an error common to all ranks would be printed once per rank.
+    The rule never hides a failure that only some ranks have:
+    - the main process (accelerate's, else RANK 0) always prints `preflab: error: ...`;
+    - another rank stays quiet only for a ConfigError raised before the processes were joined (no process group
+      open yet) on rank 0's machine (LOCAL_RANK == RANK: the launchers number a machine's ranks contiguously, the
+      first machine's from 0): such an error depends on nothing but the command line, the config file and the files
+      and environment every rank of that machine shares, so rank 0 raises and prints the same one;
+    - every other error on another rank (data, a step, a ConfigError raised once the run had started, or on
+      another machine, whose files, a local model folder say, may differ) may be that rank's alone, so it is
+      printed, prefixed `[rank N]`.
+    """
+    from preflab.runlog import is_main_process
+
+    if is_main_process():
+        return f"preflab: error: {err}"
+    if isinstance(err, ConfigError) and not group_open and _on_rank_zeros_machine():
+        return None
+    return f"[rank {_rank()}] preflab: error: {err}"
+
+
+def _on_rank_zeros_machine() -> bool:
+    rank, local_rank = os.environ.get("RANK"), os.environ.get("LOCAL_RANK")
+    return rank is not None and rank == local_rank
+
+
+def _rank() -> str:
+    try:
+        from accelerate.state import PartialState
+
+        if PartialState._shared_state:
+            return str(PartialState().process_index)
+    except ImportError:  # pragma: no cover - accelerate is a core dependency
+        pass
+    return os.environ.get("RANK", "?")
 
 
 def _process_group_open() -> bool:
@@ -162,12 +204,15 @@ def interrupted_message(err: BaseException) -> str:
     if out is None:
         return (f"preflab: {what}. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
                 "latest one.")
-    from preflab.checkpoint import checkpoint_step, latest_checkpoint
+    from preflab.checkpoint import MODEL_ONLY_KEPT, checkpoint_step, is_model_only, latest_checkpoint
 
     latest = latest_checkpoint(out)
     if latest is None:
         return (f"preflab: {what}. {out} holds no finished checkpoint of this run (none was due yet, or save_steps "
                 "is 0): its steps are lost and a new start begins again at step 0.")
+    if is_model_only(latest):
+        return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); "
+                f"{MODEL_ONLY_KEPT}")
     return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); the "
             "steps after it are lost. Set resume_from_checkpoint: true to continue from it.")
 

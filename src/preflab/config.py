@@ -69,6 +69,7 @@ class TrainConfig:
     max_steps: int = -1                        # > 0 overrides num_train_epochs
     num_train_epochs: float = 1.0
     seed: int = 42
+    data_seed: int | None = None               # TRL: seed of the data order alone (None: seed)
     dtype: str = "float32"                     # float32 | bfloat16 | float16 (autocast where the device allows)
     bf16: bool = False                         # TRL spelling of dtype: bfloat16
     fp16: bool = False
@@ -112,6 +113,7 @@ class TrainConfig:
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_strategy: str | None = None           # TRL: best: a checkpoint at each evaluation that improves metric_for_best_model
     save_total_limit: int | None = None
+    save_only_model: bool = False              # TRL: checkpoints without optimizer, scheduler and RNG state (no resume)
     load_best_model_at_end: bool = False       # TRL: the final model is the best checkpoint's (preflab.loops.best_model)
     metric_for_best_model: str | None = None   # TRL: eval metric that ranks checkpoints (None: "loss" with load_best_model_at_end)
     greater_is_better: bool | None = None      # TRL: None: False when metric_for_best_model ends in "loss", else True

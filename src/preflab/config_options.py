@@ -152,6 +152,9 @@ OPTIONS: dict[str, Option] = {
     "num_train_epochs": above(0, "epochs over the training rows (when max_steps is -1)"),
     "seed": Option("seed of data order, initialisation and sampling", f"integer in [0, {SEED_MAX}]",
                    lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX),
+    "data_seed": Option("TRL: seed of the data order alone (null: seed); initialisation, dropout and sampling "
+                        "keep seed", f"null or integer in [0, {SEED_MAX}]",
+                        lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX),
     "dtype": one_of(("float32", "bfloat16", "float16"), "compute precision (autocast; master weights stay float32)"),
     "bf16": Option("TRL spelling of dtype: bfloat16"),
     "fp16": Option("TRL spelling of dtype: float16"),
@@ -210,6 +213,8 @@ OPTIONS: dict[str, Option] = {
                                        "steps / no set save_steps)"),
     "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all; the best checkpoint is always "
                                  "kept under metric_for_best_model)"),
+    "save_only_model": Option("TRL: checkpoints hold the model only (no optimizer, scheduler or RNG state): "
+                              "smaller, but a run cannot resume from them; load_best_model_at_end still works"),
     "load_best_model_at_end": Option("TRL: the final model (output_dir) is the best checkpoint's weights by "
                                      "metric_for_best_model; needs save_steps a multiple of eval_steps"),
     "metric_for_best_model": Option("TRL: the eval metric that ranks checkpoints (eval_ is added when missing; "

@@ -47,6 +47,9 @@ OWNERS = (
      "the text and image-text tasks (it adds the chosen response's NLL; a diffusion objective has no such term)"),
     (_TOKEN_LENGTHS, lambda cfg: cfg.task != "diffusion",
      "the text and image-text tasks (a diffusion run's captions are cut at its text encoder's length)"),
+    (("data_seed",), lambda cfg: cfg.task in ("dpo", "reward", "sft", "vlm", "diffusion"),
+     "the tasks whose batch order is preflab's BatchPlan (dpo, reward, sft, vlm, diffusion; task: online draws each "
+     "round's prompts with seed, a recipe with its own seed)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

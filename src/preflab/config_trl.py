@@ -81,8 +81,6 @@ NO_EFFECT = {
     "log_level": ("passive", "preflab prints its own lines"),
     "logging_nan_inf_filter": (True, "non-finite steps are skipped, logged with their rows, and stop the run after "
                                      "max_nonfinite_steps"),
-    "save_only_model": (False, "checkpoints always hold the optimizer state, for exact resume"),
-    "data_seed": (None, "the data order follows seed"),
     "dataloader_drop_last": (False, "the incomplete last batch of an epoch is always left out (counted in "
                                     "unused_rows_per_epoch)"),
     "eval_accumulation_steps": (None, "evaluation sums its metrics batch by batch"),

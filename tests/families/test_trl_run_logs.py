@@ -280,8 +280,8 @@ def _kto_run(tmp_path):
     order = _order(len(rows))
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok, seed=0)
-    # eval: rows[:4] in batches of 2 (TRL pairs each eval completion with a mismatched one inside chunks of
-    # per_device_train_batch_size rows, preflab inside the eval batch: the same pairs when the two sizes are equal)
+    # eval: rows[:4] in batches of 2 (each eval completion paired with a mismatched one inside chunks of
+    # per_device_train_batch_size rows, by TRL and by preflab: preflab.loops.kinds.UnpairedKind.fix_eval_pairing)
     trainer = _recording(KTOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
         args=KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, per_device_eval_batch_size=BATCH, **TRL_ARGS),

@@ -341,3 +341,16 @@ def test_the_last_step_off_the_schedule_is_evaluated_checkpointed_and_competes_f
     step, value = _best(evals)
     assert (summary["best_global_step"], summary["best_metric"]) == (step, value)
     assert summary["best_model_checkpoint"] == str(run / f"checkpoint-{step}")
+
+
+def test_save_only_model_checkpoints_hold_the_weights_only_and_still_give_the_best_model(tmp_path):
+    """transformers' save_only_model: checkpoints without optimizer, scheduler and RNG state; load_best_model_at_end
+    needs only the weights, so the final model is still the best checkpoint's."""
+    summary = _train(_cfg(tmp_path, "run", save_only_model=True))
+    run = tmp_path / "run"
+    step, _ = _best(_evals(run))
+    best = run / f"checkpoint-{step}"
+    assert summary["best_model_checkpoint"] == str(best)
+    assert sorted(p.name for p in best.iterdir()) == ["COMPLETE", "model.safetensors", "trainer_state.json"]
+    assert json.loads((best / "trainer_state.json").read_text())["save_only_model"] is True
+    assert _same_weights(load_file(str(run / "model.safetensors")), load_file(str(best / "model.safetensors")))

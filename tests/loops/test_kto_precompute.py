@@ -59,7 +59,8 @@ def test_cached_run_equals_a_live_reference_on_the_same_fixed_pairs(tmp_path, mo
     assert "ref" in calls and "ref" not in calls[calls.index("policy"):], "the reference runs before training only"
     assert cached.ref is None and summary["reference_cache"]["train"]["hit"] is False
     fixed_train = fix_mismatched(unpaired(), 4, trl_unpaired_order(unpaired()))
-    live = make(tmp_path / "live", fixed_train, False, eval_data=fix_mismatched(unpaired(6, seed=9), 3))
+    fixed_eval = fix_mismatched(unpaired(6, seed=9), 4)  # TRL's eval pairing: chunks of the train batch size
+    live = make(tmp_path / "live", fixed_train, False, eval_data=fixed_eval)
     live_summary = live.train()
     a, b = logged(tmp_path / "cached"), logged(tmp_path / "live")
     assert len(a) == 3
@@ -77,8 +78,8 @@ def test_cached_run_equals_a_live_reference_on_the_same_fixed_pairs(tmp_path, mo
 
 
 def test_eval_pairing_is_the_one_evaluate_forms_without_the_cache(tmp_path, monkeypatch):
-    """Eval examples are rotated in chunks of per_device_eval_batch_size in order, the batches evaluate() scores:
-    the eval loss with the cache equals the default run's."""
+    """Eval examples are paired as TRL pairs them (chunks of per_device_train_batch_size) with the cache or
+    without: the eval loss with the cache equals the default run's."""
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     runs = {name: make(tmp_path / name, unpaired(), precompute, max_steps=1)
             for name, precompute in (("cached", True), ("default", False))}
@@ -148,7 +149,7 @@ def test_changed_batch_size_misses_the_cache_and_resume_reads_it(tmp_path, monke
     other = make(tmp_path / "b2", unpaired(), True, per_device_train_batch_size=2, max_steps=1).train()
     assert other["reference_cache"]["train"]["hit"] is False
     assert other["reference_cache"]["train"]["file"] != full["reference_cache"]["train"]["file"]
-    assert other["reference_cache"]["eval"]["hit"] is True  # the eval pairing did not change
+    assert other["reference_cache"]["eval"]["hit"] is False  # TRL pairs the eval set in train-batch chunks too
     calls = []
     resumed = make(tmp_path / "full", unpaired(), True, calls=calls, max_steps=4, save_steps=2,
                    overwrite_output_dir=True, resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
@@ -221,3 +222,28 @@ def test_default_rotation_never_pairs_a_split_pair_with_its_own_prompt():
     fixed = fix_mismatched(rows, 4, rotation_order(rows, 4))
     assert [x.mismatched_completion_ids for x in fixed] == \
         [m for start in range(0, 12, 4) for m in UnpairedKind.mismatched(rows[start:start + 4])]
+
+
+def test_eval_pairing_is_trls_in_chunks_of_the_train_batch_size(tmp_path):
+    """TRL 1.16's KTOTrainer fixes its eval dataset's KL_completion_ids with the same map as the train set's (chunks
+    of per_device_train_batch_size, not per_device_eval_batch_size), cache or not; preflab's eval examples get the
+    same pairing (train batch 4, eval batch 3 here), and evaluate() scores it: the eval loss equals that of eval
+    examples given with TRL's KL completions. Before, the pairs were formed inside each eval batch of 3."""
+    datasets = pytest.importorskip("datasets")
+    import copy
+
+    evals = unpaired(11, seed=9)
+    trl = _trl_add_kl(datasets.Dataset.from_dict({"prompt_ids": [x.prompt_ids for x in evals],
+                                                  "completion_ids": [x.completion_ids for x in evals],
+                                                  "label": [x.label for x in evals]}), 4)
+    trainer = make(tmp_path / "a", unpaired(), False, eval_data=evals, max_steps=1)
+    assert [x.mismatched_completion_ids for x in trainer.eval_data] == trl["KL_completion_ids"]
+    given = [copy.copy(x) for x in evals]
+    for x, kl in zip(given, trl["KL_completion_ids"]):
+        x.mismatched_completion_ids = kl
+    reference = make(tmp_path / "b", unpaired(), False, eval_data=given, max_steps=1)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(reference.evaluate()["eval_loss"], abs=1e-7)
+    pairs = [TokenizedUnpaired(r, [1, 10 + r], [50 + 2 * r + side, 2], side == 0) for r in range(5) for side in (0, 1)]
+    owner = {tuple(x.completion_ids): x.row_id for x in pairs}  # a pair split in two: never its own prompt's pair
+    split = make(tmp_path / "c", unpaired(), False, eval_data=pairs, max_steps=1).eval_data
+    assert all(owner[tuple(x.mismatched_completion_ids)] != x.row_id for x in split[:8])  # whole chunks of 4

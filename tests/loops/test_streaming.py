@@ -296,3 +296,20 @@ def test_examples_streaming_yaml_trains_offline_over_two_passes(tmp_path, capsys
                  "disable_tqdm=true"]) == 0
     data = json.loads((tmp_path / "summary.json").read_text())["data"]
     assert data["streaming"]["passes_started"] == 2 and data["train_rows"]["total"] == 256
+
+
+def test_data_seed_alone_sets_the_streaming_shuffle(tmp_path):
+    """data_seed (transformers' sampler seed) seeds the shuffle buffer's order; seed then changes only the rest."""
+    def order(name, **seeds):
+        params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="python", output_dir=str(tmp_path / name),
+                      per_device_train_batch_size=4, max_steps=3, max_length=64, disable_tqdm=True, use_cpu=True,
+                      streaming=True, streaming_shuffle_buffer=6, **seeds)
+        run = Trainer(config_from_dict(params), train_data=lambda: iter(PAIRS[:16]))
+        seen, forward = [], run.forward
+        run.forward = lambda mb: seen.append(list(mb.row_ids)) or forward(mb)
+        run.train()
+        return seen
+
+    first = order("a", seed=3, data_seed=9)
+    assert order("b", seed=4, data_seed=9) == first
+    assert order("c", seed=3) != first

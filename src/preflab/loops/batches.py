@@ -5,6 +5,8 @@ perm[i*G:(i+1)*G] (G = per_device_batch * world_size * grad_accum, i = s mod ste
 rank r holds its slice [(m*world + r)*b, (m*world + r + 1)*b). The order depends only on (seed, step), so a resumed
 run reads exactly the rows the uninterrupted run would, and 2 ranks x b read the same global batch as 1 rank x 2b.
 Rows of a last incomplete global batch are not used in that epoch; their count is reported.
+The seed of the order is data_seed when the config sets it, else seed (transformers' data_seed: the sampler's seed
+alone; initialisation, dropout and sampling keep seed), see order_seed.
 """
 from __future__ import annotations
 
@@ -35,6 +37,13 @@ def sequence_tokens(pairs) -> int:
     padding is never counted), so tokens/s compare across layouts and libraries."""
     return sum(len(p.prompt_ids) + len(rejected_prompt_of(p)) + len(p.chosen_ids) + len(p.rejected_ids)
                for p in pairs)
+
+
+def order_seed(cfg) -> int:
+    """The seed of the training data's order: data_seed when set (transformers' TrainingArguments.data_seed), else
+    seed."""
+    data_seed = getattr(cfg, "data_seed", None)
+    return cfg.seed if data_seed is None else int(data_seed)
 
 
 @dataclass

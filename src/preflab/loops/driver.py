@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from preflab.checkpoint import (clean_interrupted_saves, latest_checkpoint, load_checkpoint, read_marker,
-                                resume_checkpoint, save_checkpoint, share_run_files, write_failure,
-                                write_timeline)
+from preflab.checkpoint import (MODEL_ONLY_KEPT, clean_interrupted_saves, is_model_only, latest_checkpoint,
+                                load_checkpoint, read_marker, refuse_model_only, resume_checkpoint, save_checkpoint,
+                                share_run_files, write_failure, write_timeline)
 from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
-from preflab.loops.batches import BatchPlan
+from preflab.loops.batches import BatchPlan, order_seed
 from preflab.loops.best_model import (BestModel, load_best_weights, remove_all_but_best, saves_best,
                                       writes_checkpoints)
 from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
@@ -565,7 +565,8 @@ def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
         raise DataError(f"no training rows are left in {cfg.dataset_name}: every row was skipped (see the "
                         "`preflab: data:` line and summary.json data); fix the rows, max_length / max_prompt_length, "
                         "or the columns.")
-    plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps, cfg.seed)
+    plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps,
+                     order_seed(cfg))
     if plan.steps_per_epoch == 0:
         raise PreflabError(
             f"{num_rows} training rows are fewer than one global batch ({plan.global_batch} = "
@@ -746,6 +747,7 @@ class TrainingRun:
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         if is_sharded(acc) and (writes_checkpoints(cfg) or resume_requested(cfg)):
             self._check_sharded_extras()  # before the first step, not at the first save
+            self._check_sharded_model_only()
             if self._deepspeed_engine() is not None:
                 check_checkpointable(self._deepspeed_engine())
         start_step = self._maybe_resume()
@@ -932,6 +934,7 @@ class TrainingRun:
                  "data_fingerprint": self.data_fingerprint(), **checkpoint_identity()}
         if is_sharded(acc):
             self._check_sharded_extras()
+            self._check_sharded_model_only()
             if self._deepspeed_engine() is not None:
                 return save_deepspeed_checkpoint(self.out, step, self._deepspeed_engine(), self.scheduler, state,
                                                  self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
@@ -941,7 +944,8 @@ class TrainingRun:
             return None
         return save_checkpoint(self.out, step, acc.unwrap_model(self.checkpoint_module),
                                self.optimizer, self.scheduler, state,
-                               self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras())
+                               self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras(),
+                               model_only=bool(self.cfg.save_only_model))
 
     def _deepspeed_engine(self):
         """The DeepSpeedEngine accelerate prepared, None without DeepSpeed."""
@@ -956,6 +960,13 @@ class TrainingRun:
                 "preflab's sharded checkpoints (FSDP2, DeepSpeed) hold the model and its optimizer state only. Set "
                 f"save_steps: 0 and no resume_from_checkpoint under {engine}, or train with "
                 "examples/accelerate/ddp.yaml.")
+
+    def _check_sharded_model_only(self) -> None:
+        if self.cfg.save_only_model and writes_checkpoints(self.cfg):
+            raise ConfigError(
+                f"save_only_model: true is not supported under {sharding_engine(self.accelerator)}: preflab's "
+                "sharded checkpoints (FSDP2, DeepSpeed) always hold the optimizer state. Set save_only_model: "
+                "false, or train with examples/accelerate/ddp.yaml or one process.")
 
     def _verify_for_resume(self, path: Path) -> None:
         """Check the files of checkpoint `path` this rank will read against its COMPLETE marker, each file hashed
@@ -991,6 +1002,7 @@ class TrainingRun:
             path = Path(spec)
             self._verify_for_resume(path)
         saved = json.loads((path / "trainer_state.json").read_text())
+        refuse_model_only(path, saved)
         step = int(saved["global_step"])
         if step > self.total_steps:
             raise ConfigError(f"resume_from_checkpoint: {path} is at step {step}, beyond this run's last step "
@@ -1045,6 +1057,8 @@ def what_is_kept(output_dir) -> str:
     latest = latest_checkpoint(output_dir)
     if latest is None:
         return f"{output_dir} holds no finished checkpoint of this run."
+    if is_model_only(latest):
+        return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}"
     return (f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
 
 

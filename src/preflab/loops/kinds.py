@@ -97,15 +97,24 @@ class UnpairedKind:
     def fix_reference_inputs(train, evals, cfg) -> tuple[list, list]:
         """precompute_ref_log_probs: (train, eval) examples with their mismatched completion fixed (preflab.data.
         mismatched), so each example's reference log-probs (completion and mismatched pair) are a property of the
-        example and can be cached. Train: TRL's pairing, rotation inside consecutive chunks of
-        per_device_train_batch_size examples in TRL's unpaired order. Eval: rotation inside chunks of
-        per_device_eval_batch_size in dataset order, which is the pairing evaluate()'s batches form without the
-        cache (TRL rotates eval sets in chunks of the train batch size), so eval metrics do not depend on the cache."""
-        from preflab.data.mismatched import fix_mismatched, rotation_order, trl_unpaired_order
+        example and can be cached. Train and eval: TRL's pairing, rotation inside consecutive chunks of
+        per_device_train_batch_size examples in TRL's unpaired order (the eval set's pairing is fixed with or
+        without the cache, see fix_eval_pairing, so eval metrics do not depend on the cache)."""
+        from preflab.data.mismatched import fix_mismatched, trl_unpaired_order
 
-        eval_chunk = cfg.per_device_eval_batch_size
         return (fix_mismatched(train, cfg.per_device_train_batch_size, trl_unpaired_order(train)),
-                fix_mismatched(evals, eval_chunk, rotation_order(evals, eval_chunk)))
+                UnpairedKind.fix_eval_pairing(evals, cfg))
+
+    @staticmethod
+    def fix_eval_pairing(evals, cfg) -> list:
+        """The eval examples with their mismatched completion fixed as TRL 1.16's KTOTrainer fixes its eval
+        dataset's KL_completion_ids: _prepare_dataset runs the same add_kl_completion_ids map on the eval set as on
+        the train set, rotating completions by one inside consecutive chunks of per_device_train_batch_size (not
+        per_device_eval_batch_size) examples in TRL's unpaired order. The pairing is then a property of each
+        example, the same whatever per_device_eval_batch_size and the number of processes."""
+        from preflab.data.mismatched import fix_mismatched, trl_unpaired_order
+
+        return fix_mismatched(evals, cfg.per_device_train_batch_size, trl_unpaired_order(evals)) if evals else evals
 
     @staticmethod
     def reference_fingerprint(examples) -> str:
@@ -194,6 +203,11 @@ class UnpairedCompletionsKind(UnpairedKind):
     def fix_reference_inputs(train, evals, cfg) -> tuple[list, list]:
         """Nothing to fix: the reference log-probs of an example are those of its own completion."""
         return train, evals
+
+    @staticmethod
+    def fix_eval_pairing(evals, cfg) -> list:
+        """Nothing to pair: no mismatched completion is scored."""
+        return evals
 
     @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:

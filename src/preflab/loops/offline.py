@@ -124,6 +124,8 @@ class Trainer(TrainingRun):
         if self.objective.needs_reference and ref is None and not self.lora:
             raise ConfigError(f"objective {cfg.loss_type!r} needs a reference model; none was given.")
         self.precompute = cfg.precompute_ref_log_probs and self.objective.needs_reference
+        if hasattr(self.kind, "fix_eval_pairing"):  # unpaired: KTO's eval mismatched pairs, TRL's chunks
+            self.eval_data = self.kind.fix_eval_pairing(self.eval_data, cfg)
         if self.precompute and hasattr(self.kind, "fix_reference_inputs"):  # unpaired: KTO's mismatched pairs
             self.train_data, self.eval_data = self.kind.fix_reference_inputs(self.train_data, self.eval_data, cfg)
         if self.precompute and "token_kl" in self.objective.token_needs:

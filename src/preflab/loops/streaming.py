@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from preflab.data.report import DataReport, RowReport, TokenizeReport
 from preflab.data.stream import ExampleStream
 from preflab.errors import ConfigError, DataError
+from preflab.loops.batches import order_seed
 
 STREAMING_TASKS = ("dpo", "sft")
 
@@ -222,7 +223,7 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
         make = lambda: sft_pipeline(cfg, tokenizer, name)  # noqa: E731
     else:
         make = lambda: preference_pipeline(cfg, tokenizer, kind.name, name)  # noqa: E731
-    stream = ExampleStream(open_rows, make, seed=cfg.seed, shuffle_buffer=cfg.streaming_shuffle_buffer or 0,
+    stream = ExampleStream(open_rows, make, seed=order_seed(cfg), shuffle_buffer=cfg.streaming_shuffle_buffer or 0,
                            name=name)
     return stream, stream_report(stream)
 
