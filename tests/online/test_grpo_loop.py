@@ -46,11 +46,13 @@ def test_grpo_old_policy_and_reference(sft_policy, tmp_path):
     assert rows[0]["reward"] == rows[1]["reward"]          # the same generation round, reused
 
 
-@pytest.mark.parametrize("trainer", ["dapo", "gspo"])
+@pytest.mark.parametrize("trainer", ["dapo", "gspo", "vespo", "sapo", "cispo", "luspo"])
 def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path, trainer):
     """The run's first-step loss (uneven micro-batches, dapo normalised by the step's tokens) equals the grpo
     objective evaluated once on the whole step with log-probs from full logits; the second step (gspo: one
-    sequence-level ratio per completion) equals the objective with the stored old log-probs."""
+    sequence-level ratio per completion) equals the objective with the stored old log-probs. vespo (dapo's
+    normaliser, the gamma weight phi(w) of the second step's off-policy ratios) and sapo (grpo's per-completion
+    mean, the soft gate), cispo and luspo are TRL 1.16's loss types run as the recipes of those names."""
     from preflab.config import config_from_dict
     from preflab.data.layout import padded
     from preflab.objectives import ListBatch, SequenceLogps, get_objective
