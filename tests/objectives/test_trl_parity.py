@@ -470,3 +470,51 @@ def test_grpo_new_loss_type_options_refused(params, match):
 
     with pytest.raises(ConfigError, match=match):
         get_objective("grpo", **params)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "vespo"])
+def test_grpo_unscorable_completions_equal_trl_1_16(loss_type):
+    """A completion no reward function scored (every one returned None: NaN) is, in TRL 1.16's
+    _generate_and_score_completions, left out of its group's nanmean / nanstd and given advantage 0, but it stays in
+    _compute_loss: its tokens count in the normaliser and its KL term trains. Before, preflab dropped it from the loss
+    (valid false). TRL's advantage lines (sum_then_normalize, scale_rewards group) with its own nanstd, then its
+    _compute_loss; preflab's objective computes the advantages itself from the scores and `scored`."""
+    from trl.trainer.utils import nanstd
+
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 4, 5
+    g = torch.Generator().manual_seed(2)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4, 2], [2, 5, 1, 4]]).unsqueeze(-1)
+    base = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    ref = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    scores = torch.rand(B, G, generator=g, dtype=torch.float64)
+    scores[0, 1] = scores[1, 3] = float("nan")                     # unscorable
+    rewards = scores.reshape(-1).clone()                           # TRL: rewards[unscorable_mask] = nan
+    mean = torch.nanmean(rewards.view(-1, G), dim=1).repeat_interleave(G)
+    std = nanstd(rewards.view(-1, G), dim=1).repeat_interleave(G)
+    adv = torch.nan_to_num((rewards - mean) / (std + 1e-4), nan=0.0)
+    results = []
+    for side in ("trl", "preflab"):
+        lp = base.clone().requires_grad_(True)
+        if side == "trl":
+            flat = lambda x: x.reshape(B * G, T)  # noqa: E731
+            loss = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv, loss_type, 0.04, 0.2, 0.28,
+                                  "token", T, extra_args={"vespo_k_pos": 2.0, "vespo_lambda_pos": 3.0,
+                                                          "vespo_k_neg": 3.0, "vespo_lambda_neg": 2.0})
+            reward = torch.nanmean(rewards).item()
+        else:
+            batch = ListBatch(SequenceLogps(lp, mask), scores, SequenceLogps(ref, mask),
+                              torch.ones(B, G, dtype=torch.bool),
+                              extras={"old_logps": old, "scored": ~scores.isnan()})
+            out = get_objective("grpo", loss_type=loss_type, beta=0.04, epsilon=0.2, epsilon_high=0.28,
+                                max_completion_length=T)(batch)
+            loss, reward = out.loss, out.metrics["reward"].item()
+        loss.backward()
+        results.append((loss.item(), lp.grad.clone(), reward))
+    (trl_value, trl_grad, trl_reward), (value, grad, ours) = results
+    assert value == pytest.approx(trl_value, abs=1e-9, rel=1e-9)
+    assert torch.allclose(grad, trl_grad, atol=1e-9, rtol=1e-9)
+    assert ours == pytest.approx(trl_reward, abs=1e-12)
+    assert grad[0, 1].abs().sum() > 0                              # the unscored completion's KL term trains

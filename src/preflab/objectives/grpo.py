@@ -30,7 +30,10 @@ completion i uses the sequence ratio s_i = exp((1/|y_i|) sum_t (lp_t - lp_old_t)
 Extras (all optional): "old_logps" [B, G, T] sampling-policy token log-probs (default: lp detached, so rho = 1 and
 the gradient is the on-policy -A grad lp, TRL's num_iterations = 1); "advantages" [B, G] precomputed (default: from
 scores as above); "tokens_per_prompt" scalar for dapo, the generation batch's completion tokens per prompt, so that
-micro-batches add up to the global token mean (default: this batch's). needs_reference is True iff beta > 0.
+micro-batches add up to the global token mean (default: this batch's); "scored" [B, G] bool, the completions a
+reward function scored (default: valid): an unscored one (every reward function returned None, TRL 1.16's
+"unscorable") stays in the loss with advantage 0, its tokens in the normaliser and its KL term trained, but is left
+out of the group baseline, the std and the reward metrics, as TRL's GRPOTrainer. needs_reference is True iff beta > 0.
 Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean
 (clipped-surrogate losses), cispo_clip_ratio (cispo: rho > epsilon_high with A > 0), vespo/phi_seq_mean (vespo);
 reward is a mean over the valid completions, kl and the ratios over completion tokens (at importance_sampling_level
@@ -140,8 +143,11 @@ class GRPO(Objective):
     def compute(self, batch: ListBatch) -> ObjectiveOutput:
         lp = as_loss_dtype(batch.policy.masked())                                  # [B, G, T]
         mask = batch.policy.mask & batch.valid.unsqueeze(-1)
-        scores = torch.where(batch.valid, batch.scores.to(lp.dtype), 0.0)            # NaN-free off `valid`
-        adv, std = group_advantages(scores, batch.valid, self.scale_rewards)
+        # "scored" [B, G]: the completions a reward function scored (default: valid); an unscored one stays in the
+        # loss with advantage 0 but out of the baseline and the reward metrics (TRL 1.16's unscorable completions)
+        scored = batch.valid & torch.as_tensor(batch.extras.get("scored", batch.valid), device=lp.device).bool()
+        scores = torch.where(scored, batch.scores.to(lp.dtype), 0.0)                 # NaN-free off `scored`
+        adv, std = group_advantages(scores, scored, self.scale_rewards)
         if "advantages" in batch.extras:
             adv = torch.as_tensor(batch.extras["advantages"], dtype=lp.dtype, device=lp.device)
         old = batch.extras.get("old_logps")
@@ -168,7 +174,7 @@ class GRPO(Objective):
             per_token = -phi * a * lp
         tokens = m.sum().clamp_min(1)
         completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
-        metrics = {"reward": (scores * batch.valid).sum() / batch.valid.sum().clamp_min(1), "reward_std": std.mean(),
+        metrics = {"reward": (scores * scored).sum() / scored.sum().clamp_min(1), "reward_std": std.mean(),
                    "frac_reward_zero_std": (std < 1e-8).to(lp.dtype).mean()}
         if self.beta > 0 or batch.ref is not None:
             d = torch.where(mask, as_loss_dtype(batch.ref.masked()), 0.0) - lp
@@ -215,7 +221,7 @@ class GRPO(Objective):
         # the step's mean over micro-batches and ranks is the exact one (ObjectiveOutput.metric_counts)
         valid_tokens, n_valid = m.sum(), batch.valid.sum().to(lp.dtype)
         ratio_count = n_valid if sequence_level else valid_tokens
-        counts = {"reward": n_valid, "kl": valid_tokens, "vespo/phi_seq_mean": n_valid,
+        counts = {"reward": scored.sum().to(lp.dtype), "kl": valid_tokens, "vespo/phi_seq_mean": n_valid,
                   **{k: ratio_count for k in metrics if k.startswith("clip_ratio/") or k == "cispo_clip_ratio"}}
         counts = {k: v for k, v in counts.items() if k in metrics}
         return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts)

@@ -173,9 +173,13 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
     examples, counts = [], {"pairs/ties_dropped": 0}
     if spec.kind == "groups":
         for p, row in enumerate(rows):
-            valid = ~scores[p].isnan()
-            examples.append(Example(row.row_id, row.prompt_ids, completions[p],
-                                    {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": valid.tolist()}))
+            scored = ~scores[p].isnan()
+            extras = {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": scored.tolist()}
+            if spec.loss_type == "grpo":
+                # TRL 1.16's GRPOTrainer: a completion no reward function scored stays in the loss with advantage 0
+                # (its tokens in the normaliser, its KL term trained), out of the baseline and the reward means
+                extras.update(valid=[True] * len(completions[p]), scored=scored.tolist())
+            examples.append(Example(row.row_id, row.prompt_ids, completions[p], extras))
         return examples, counts
     if spec.scores == "upo":
         from preflab.online.upo import upo_examples
