@@ -96,7 +96,8 @@ class GRPO(Objective):
     needs_reference = False              # per instance: True when beta > 0
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
-                       "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient "
+                       "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient; cispo, "
+                       "sapo, luspo, vespo in loss, gradient and metrics; unscorable completions "
                        "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
 
