@@ -173,10 +173,32 @@ def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():
 
 
 def test_grpo_loss_type_outside_online_and_missing_losses():
+    """Before: cispo, sapo, luspo and vespo were refused as TRL loss types preflab does not have."""
     with pytest.raises(ConfigError, match="Set task: online, trainer: bnpo"):
         config_from_dict({**BASE, "loss_type": "bnpo"})
-    with pytest.raises(ConfigError, match="'cispo' is a TRL GRPOConfig loss_type that preflab does not have"):
+    with pytest.raises(ConfigError, match="the group recipe `trainer: cispo` .*Set trainer: cispo"):
         config_from_dict({**ONLINE, "loss_type": "cispo"})
+
+
+@pytest.mark.parametrize("loss", ["cispo", "sapo", "luspo", "vespo"])
+def test_saved_grpoconfig_with_trl_1_16_loss_types_loads(loss):
+    """A saved GRPOConfig (every field, TRL's defaults) with loss_type cispo / sapo / luspo / vespo runs as the
+    recipe of that name with TRL's options; luspo needs TRL's recommended sequence ratios written out."""
+    raw = {**_trl_dump("GRPOConfig"), "loss_type": loss, "epsilon_high": 5.0 if loss == "cispo" else None}
+    if loss == "sapo":
+        raw.update(sapo_temperature_pos=0.7, sapo_temperature_neg=1.3)
+    if loss == "luspo":
+        with pytest.raises(ConfigError, match="luspo .*needs importance_sampling_level: sequence"):
+            config_from_dict({**BASE, "task": "online", "trainer": loss, **raw, "max_steps": 2})
+        raw["importance_sampling_level"] = "sequence"
+    cfg = config_from_dict({**BASE, "task": "online", "trainer": loss, **raw, "max_steps": 2})
+    obj = cfg.objective()
+    assert (obj.loss_type, obj.beta, obj.epsilon) == (loss, 0.0, 0.2)
+    assert obj.epsilon_high == (5.0 if loss == "cispo" else None)
+    assert (obj.sapo_temperature_pos, obj.sapo_temperature_neg) == ((0.7, 1.3) if loss == "sapo" else (1.0, 1.05))
+    assert obj.importance_sampling_level == ("sequence" if loss == "luspo" else "token")
+    # the recipe written by hand: luspo's sequence ratios are the recipe's default
+    assert config_from_dict({**ONLINE, "trainer": loss}).objective().loss_type == loss
 
 
 @pytest.mark.parametrize("key,value,why", [
@@ -197,7 +219,6 @@ def test_trainingarguments_values_preflab_does_not_do_are_refused(key, value, wh
 @pytest.mark.parametrize("key,value,why", [
     ("top_k", 50, "temperature and top_p only"), ("repetition_penalty", 1.1, "temperature and top_p only"),
     ("entropy_coef", 0.01, "entropy regularisation"),  # mask_truncated_completions: supported (test_trial_online)
-    ("sapo_temperature_neg", 2.0, "sapo and vespo"),
 ])
 def test_grpo_generation_options_refused_with_reason(key, value, why):
     with pytest.raises(ConfigError, match=f"{key} is not supported: .*{why}"):
@@ -398,3 +419,12 @@ def test_pair_token_ids_equal_trls_on_its_dataset_forms():
         examples, _ = load_rows(Dataset.from_list([row]), kind="pairwise")
         pair = tokenize_pairs(examples, tok, max_length=None)[0][0]
         assert (list(pair.prompt_ids), list(pair.chosen_ids), list(pair.rejected_ids)) == _trl_pair_ids(tok, row), row
+
+
+def test_sapo_and_vespo_options_refused_for_another_loss_type():
+    """Before: sapo_* / vespo_* were refused as losses preflab does not have; now read by their loss type only."""
+    with pytest.raises(ConfigError, match="sapo_temperature_neg is read by loss_type sapo only, not grpo"):
+        config_from_dict({**ONLINE, "sapo_temperature_neg": 2.0})
+    with pytest.raises(ConfigError, match="vespo_k_pos is read by loss_type vespo only, not sapo"):
+        config_from_dict({**ONLINE, "trainer": "sapo", "vespo_k_pos": 1.0})
+    assert config_from_dict({**ONLINE, "trainer": "vespo", "vespo_k_pos": 1.0}).objective().vespo_k_pos == 1.0

@@ -17,7 +17,7 @@ _TRL_CLASSES = {
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
     "OnlineDPOConfig": "task: online, trainer: online_dpo",
 }
-_GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo or gspo"
+_GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or vespo"
 # TRL trainers (1.16, experimental, or removed by 1.16) that preflab does not have -> what to use instead
 _TRL_ABSENT = {
     "RLOO": f"RLOO is not a preflab recipe (the group recipes are {_GROUP_RECIPES}).",

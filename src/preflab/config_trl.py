@@ -239,9 +239,6 @@ REFUSED = {
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
         ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
         ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
-    **{key: (default, "TRL's sapo and vespo GRPO losses are not in preflab; remove it") for key, default in (
-        ("sapo_temperature_neg", 1.05), ("sapo_temperature_pos", 1.0), ("vespo_k_pos", 2.0),
-        ("vespo_lambda_pos", 3.0), ("vespo_k_neg", 3.0), ("vespo_lambda_neg", 2.0))},
 }
 
 # TRL's defaults for the online recipes that are a TRL config (GRPOConfig: the GRPO family; OnlineDPOConfig), where
@@ -249,7 +246,7 @@ REFUSED = {
 # TRL does not; 16 new tokens would cut every completion). Other recipes (no TRL config) keep TrainConfig's.
 TRL_ONLINE_DEFAULTS = {
     **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
-       for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")},
+       for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")},
     # max_new_tokens 64; beta 0.1 is TrainConfig's; OnlineDPOTrainer samples 2 completions per prompt (fixed in its
     # __init__, no config field): preflab's 4 paired best against worst of 4, not TRL's pair
     "online_dpo": {"max_completion_length": 64, "temperature": 0.9, "num_generations": 2},
@@ -451,7 +448,8 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
         errors.append(grpo_loss_type_error(loss, raw.get("trainer", "online_dpo"), task))
     else:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
-                      "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo or gspo.")
+                      "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "
+                      "vespo.")
 
 
 def _strategies(raw: dict, notes: list, errors: list) -> None:

@@ -45,7 +45,7 @@ def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:
                           "loss_type: orpo (an ORPOConfig) or loss_type: sigmoid (a DPOConfig).")
 
 
-GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo")
+GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")
 RLOO_FIELDS = ("normalize_advantages", "reward_clip_range")  # RLOOConfig's own (a saved one carries both)
 
 

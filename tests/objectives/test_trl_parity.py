@@ -286,7 +286,7 @@ def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
 # ----- GRPOTrainer (grpo): the clipped surrogate + k3 KL and the four aggregations, given the advantages -----
 
 def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len,
-                   use_bias_correction_kl=True, delta=None):
+                   use_bias_correction_kl=True, delta=None, extra_args=None, metrics=None):
     """TRL 1.16 GRPOTrainer._compute_loss on flattened [B*G, T] completions; the model's per-token log-probs come
     in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
@@ -302,14 +302,18 @@ def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, eps
         importance_sampling_level=level, beta=beta, loss_type=loss_type, epsilon_low=epsilon,
         epsilon_high=epsilon_high, use_vllm=False, vllm_importance_sampling_correction=False,
         current_gradient_accumulation_steps=1, max_completion_length=max_len, _entropy_bonus_enabled=False,
-        args=types.SimpleNamespace(use_bias_correction_kl=use_bias_correction_kl, delta=delta, steps_per_generation=1),
-        _metrics={"train": defaultdict(list)})
+        args=types.SimpleNamespace(use_bias_correction_kl=use_bias_correction_kl, delta=delta, steps_per_generation=1,
+                                   **(extra_args or {})),
+        _metrics={"train": defaultdict(list)}, get_gamma_weights=GRPOTrainer.get_gamma_weights)
     n, T = lp.shape
     inputs = {"prompt_ids": torch.ones(n, 1, dtype=torch.long), "prompt_mask": torch.ones(n, 1, dtype=torch.long),
               "completion_ids": torch.ones(n, T, dtype=torch.long), "completion_mask": mask.long(),
               "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
               "num_items_in_batch": mask.sum().to(lp.dtype)}
-    return GRPOTrainer._compute_loss(trainer, None, inputs)
+    loss = GRPOTrainer._compute_loss(trainer, None, inputs)
+    if metrics is not None:
+        metrics.update({k: v[-1] for k, v in trainer._metrics["train"].items()})
+    return loss
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
@@ -367,3 +371,150 @@ def test_grpo_kl_bias_correction_and_delta_equal_trl_1_16(bias_correction, delta
         grads.append((loss.item(), lp.grad.clone()))
     assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-9, rel=1e-9)
     assert torch.allclose(grads[1][1], grads[0][1], atol=1e-9, rtol=1e-9)
+
+
+# ----- GRPOTrainer's cispo, sapo, luspo and vespo loss types: loss, gradient and logged metrics -----
+
+_NEW_GRPO_CASES = [  # (loss_type, level, options): each level TRL 1.16 runs without its warning
+    ("cispo", "token", {"epsilon_high": 1.1}), ("cispo", "sequence", {"epsilon_high": 1.05}),
+    ("cispo", "token", {}),                                      # epsilon_high unset: TRL caps at epsilon (0.2)
+    ("sapo", "token", {}), ("sapo", "sequence", {}),
+    ("sapo", "token", {"sapo_temperature_pos": 0.5, "sapo_temperature_neg": 2.0}),
+    ("luspo", "sequence", {"epsilon_high": 0.05}), ("luspo", "sequence", {"delta": 1.1, "epsilon_high": 0.05}),
+    ("vespo", "token", {}),
+    ("vespo", "token", {"vespo_k_pos": 1.5, "vespo_lambda_pos": 2.0, "vespo_k_neg": 2.5, "vespo_lambda_neg": 1.0}),
+]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("loss_type,level,options", _NEW_GRPO_CASES)
+def test_grpo_new_loss_types_equal_trl_1_16(loss_type, level, options, beta):
+    """Loss, gradient and logged metrics (clip ratios, cispo_clip_ratio, vespo/phi_seq_mean, kl) against TRL's
+    _compute_loss, off-policy (old log-probs far enough from the policy's to clip) with masked tokens."""
+    from preflab.objectives import ListBatch
+    from preflab.objectives.grpo import SAPO_DEFAULTS, VESPO_DEFAULTS
+
+    B, G, T = 2, 3, 5
+    g = torch.Generator().manual_seed(11)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4], [2, 5, 1]]).unsqueeze(-1)
+    base = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (base + 0.4 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    ref = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+    epsilon_high = options.get("epsilon_high")
+    results = []
+    for side in ("trl", "preflab"):
+        lp = base.clone().requires_grad_(True)
+        metrics = {}
+        if side == "trl":
+            flat = lambda x: x.reshape(B * G, T)  # noqa: E731
+            extra = {**SAPO_DEFAULTS, **VESPO_DEFAULTS, **{k: v for k, v in options.items() if k in
+                                                           {**SAPO_DEFAULTS, **VESPO_DEFAULTS}}}
+            loss = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv.reshape(-1), loss_type, beta, 0.2,
+                                  0.2 if epsilon_high is None else epsilon_high, level, T,
+                                  delta=options.get("delta"), extra_args=extra, metrics=metrics)
+        else:
+            batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64),
+                              SequenceLogps(ref, mask), extras={"advantages": adv, "old_logps": old})
+            out = get_objective("grpo", loss_type=loss_type, beta=beta, epsilon=0.2, importance_sampling_level=level,
+                                max_completion_length=T, **options)(batch)
+            loss, metrics = out.loss, {k: v.item() for k, v in out.metrics.items()}
+        loss.backward()
+        results.append((loss.item(), lp.grad.clone(), metrics))
+    (trl_value, trl_grad, trl_metrics), (value, grad, ours) = results
+    assert value == pytest.approx(trl_value, abs=1e-9, rel=1e-9)
+    assert torch.allclose(grad, trl_grad, atol=1e-9, rtol=1e-9)
+    logged = [k for k in trl_metrics if k.endswith("_mean") or k in ("kl", "cispo_clip_ratio")]
+    # TRL's ratios are .float() (float32) means
+    assert (logged or (loss_type == "sapo" and not beta)) and all(ours[k] == pytest.approx(trl_metrics[k], abs=1e-7) for k in logged), (trl_metrics, ours)
+    if loss_type == "cispo" or loss_type == "luspo":  # the clipping branches are exercised, not only the identity
+        assert max(v for k, v in ours.items() if "clip_ratio" in k) > 0
+
+
+def test_grpo_new_loss_types_reduce_on_policy():
+    """On-policy (rho = 1, phi(1) = 1, the gradient of sapo's gate 4/tau sigmoid(tau (rho - 1)) at rho = 1 is 1):
+    cispo (cap above 1) and vespo have dapo's gradient, sapo grpo's; luspo's is dapo's times tokens / completions."""
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 3, 5
+    g = torch.Generator().manual_seed(5)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4], [2, 5, 1]]).unsqueeze(-1)
+    base = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+
+    def grad(loss_type, **params):
+        lp = base.clone().requires_grad_(True)
+        batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64),
+                          extras={"advantages": adv, "old_logps": base})
+        get_objective("grpo", loss_type=loss_type, **params)(batch).loss.backward()
+        return lp.grad
+    assert torch.allclose(grad("cispo", epsilon_high=5.0), grad("dapo"), atol=1e-12)
+    assert torch.allclose(grad("vespo"), grad("dapo"), atol=1e-12)
+    assert torch.allclose(grad("sapo"), grad("grpo"), atol=1e-12)
+    # luspo: sum over each completion's tokens, mean over completions = dapo's token sum / completions
+    luspo = grad("luspo", importance_sampling_level="sequence")
+    assert torch.allclose(luspo, grad("dapo", importance_sampling_level="sequence") * mask.sum() / (B * G), atol=1e-12)
+    assert luspo.abs().sum() > 0
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"loss_type": "luspo"}, "luspo .* needs importance_sampling_level: sequence"),
+    ({"loss_type": "vespo", "importance_sampling_level": "sequence"}, "vespo .* must be token"),
+    ({"loss_type": "sapo", "delta": 1.5}, "loss_type sapo does not read it"),
+    ({"loss_type": "dapo", "sapo_temperature_neg": 2.0}, "read by loss_type sapo only"),
+    ({"loss_type": "cispo", "vespo_k_pos": 1.0}, "read by loss_type vespo only"),
+    ({"loss_type": "sapo", "sapo_temperature_pos": 0.0}, "must be > 0"),
+])
+def test_grpo_new_loss_type_options_refused(params, match):
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        get_objective("grpo", **params)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "vespo"])
+def test_grpo_unscorable_completions_equal_trl_1_16(loss_type):
+    """A completion no reward function scored (every one returned None: NaN) is, in TRL 1.16's
+    _generate_and_score_completions, left out of its group's nanmean / nanstd and given advantage 0, but it stays in
+    _compute_loss: its tokens count in the normaliser and its KL term trains. Before, preflab dropped it from the loss
+    (valid false). TRL's advantage lines (sum_then_normalize, scale_rewards group) with its own nanstd, then its
+    _compute_loss; preflab's objective computes the advantages itself from the scores and `scored`."""
+    from trl.trainer.utils import nanstd
+
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 4, 5
+    g = torch.Generator().manual_seed(2)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4, 2], [2, 5, 1, 4]]).unsqueeze(-1)
+    base = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    ref = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    scores = torch.rand(B, G, generator=g, dtype=torch.float64)
+    scores[0, 1] = scores[1, 3] = float("nan")                     # unscorable
+    rewards = scores.reshape(-1).clone()                           # TRL: rewards[unscorable_mask] = nan
+    mean = torch.nanmean(rewards.view(-1, G), dim=1).repeat_interleave(G)
+    std = nanstd(rewards.view(-1, G), dim=1).repeat_interleave(G)
+    adv = torch.nan_to_num((rewards - mean) / (std + 1e-4), nan=0.0)
+    results = []
+    for side in ("trl", "preflab"):
+        lp = base.clone().requires_grad_(True)
+        if side == "trl":
+            flat = lambda x: x.reshape(B * G, T)  # noqa: E731
+            loss = _grpo_trl_loss(flat(lp), flat(old), flat(ref), flat(mask), adv, loss_type, 0.04, 0.2, 0.28,
+                                  "token", T, extra_args={"vespo_k_pos": 2.0, "vespo_lambda_pos": 3.0,
+                                                          "vespo_k_neg": 3.0, "vespo_lambda_neg": 2.0})
+            reward = torch.nanmean(rewards).item()
+        else:
+            batch = ListBatch(SequenceLogps(lp, mask), scores, SequenceLogps(ref, mask),
+                              torch.ones(B, G, dtype=torch.bool),
+                              extras={"old_logps": old, "scored": ~scores.isnan()})
+            out = get_objective("grpo", loss_type=loss_type, beta=0.04, epsilon=0.2, epsilon_high=0.28,
+                                max_completion_length=T)(batch)
+            loss, reward = out.loss, out.metrics["reward"].item()
+        loss.backward()
+        results.append((loss.item(), lp.grad.clone(), reward))
+    (trl_value, trl_grad, trl_reward), (value, grad, ours) = results
+    assert value == pytest.approx(trl_value, abs=1e-9, rel=1e-9)
+    assert torch.allclose(grad, trl_grad, atol=1e-9, rtol=1e-9)
+    assert ours == pytest.approx(trl_reward, abs=1e-12)
+    assert grad[0, 1].abs().sum() > 0                              # the unscored completion's KL term trains

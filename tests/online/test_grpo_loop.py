@@ -46,11 +46,23 @@ def test_grpo_old_policy_and_reference(sft_policy, tmp_path):
     assert rows[0]["reward"] == rows[1]["reward"]          # the same generation round, reused
 
 
-@pytest.mark.parametrize("trainer", ["dapo", "gspo"])
-def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path, trainer):
+def _unscorable_judge(judge):
+    """The demo judge, returning None (not applicable) for every fourth completion it is given."""
+    def reward(prompts, completions, **kwargs):
+        return [None if i % 4 == 3 else r for i, r in enumerate(judge(prompts, completions, **kwargs))]
+    return reward
+
+
+@pytest.mark.parametrize("trainer,unscored", [("dapo", False), ("gspo", False), ("vespo", False), ("sapo", False),
+                                              ("cispo", False), ("luspo", False), ("dapo", True)])
+def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path, trainer, unscored):
     """The run's first-step loss (uneven micro-batches, dapo normalised by the step's tokens) equals the grpo
     objective evaluated once on the whole step with log-probs from full logits; the second step (gspo: one
-    sequence-level ratio per completion) equals the objective with the stored old log-probs."""
+    sequence-level ratio per completion) equals the objective with the stored old log-probs. vespo (dapo's
+    normaliser, the gamma weight phi(w) of the second step's off-policy ratios) and sapo (grpo's per-completion
+    mean, the soft gate), cispo and luspo are TRL 1.16's loss types run as the recipes of those names.
+    unscored: a judge returning None for some completions (TRL's unscorable): they stay in the loss with advantage 0
+    (their tokens in dapo's normaliser), out of the baseline; before, they left the loss."""
     from preflab.config import config_from_dict
     from preflab.data.layout import padded
     from preflab.objectives import ListBatch, SequenceLogps, get_objective
@@ -64,10 +76,12 @@ def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path
                                 steps_per_generation=2, num_generations=8, prompts_per_generation=10,
                                 per_device_train_batch_size=2, gradient_accumulation_steps=3, learning_rate=1e-3,
                                 max_completion_length=16, beta=0.0, use_cpu=True, disable_tqdm=True,
+                                max_judge_failure_fraction=1.0,
                                 logging_steps=1, output_dir=str(tmp_path), seed=0))
-    run = OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(sft_policy.train_prompts[:10], [sft_policy.judge]))
+    judge = _unscorable_judge(sft_policy.judge) if unscored else sft_policy.judge
+    run = OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(sft_policy.train_prompts[:10], [judge]))
     objective = get_objective("grpo", **cfg.objective_params)
-    expected = []
+    expected, without_unscored = [], []
 
     def check(step, mbs):
         exs = [e for mb in mbs for e in mb.examples]
@@ -79,11 +93,17 @@ def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path
         old = torch.zeros(shape)
         for n, (e, i) in enumerate((e, i) for e in exs for i in range(8)):
             old.view(-1, shape[-1])[n, :len(e.prev[i])] = torch.tensor(e.prev[i])
-        out = objective(ListBatch(SequenceLogps(lp.view(shape), mask), torch.tensor([e.extras["rewards"] for e in exs]),
-                                  None, torch.tensor([e.extras["valid"] for e in exs]),
-                                  {"advantages": torch.tensor([e.extras["advantages"] for e in exs]),
-                                   "old_logps": old}))
-        expected.append(out.loss.item())
+        scored = torch.tensor([e.extras["scored"] for e in exs])
+        rewards = torch.tensor([e.extras["rewards"] for e in exs]).masked_fill(~scored, float("nan"))
+        out = objective(ListBatch(SequenceLogps(lp.view(shape), mask), rewards, None,
+                                  torch.tensor([e.extras["valid"] for e in exs]), {"old_logps": old, "scored": scored}))
+        expected.append(out.loss.item())   # advantages from the scores: equal to the run's (nan-aware baseline)
+        assert torch.allclose(out.metrics["reward"].double(), rewards[scored].mean().double())
+        if unscored:
+            assert bool(torch.tensor([e.extras["valid"] for e in exs]).all()) and not bool(scored.all())
+            assert all(a == 0 for e in exs for a, ok in zip(e.extras["advantages"], e.extras["scored"]) if not ok)
+            without_unscored.append(objective(ListBatch(SequenceLogps(lp.view(shape), mask), rewards, None, scored,
+                                                        {"old_logps": old})).loss.item())
 
     original = run.micro_batches
 
@@ -99,3 +119,5 @@ def test_grpo_step_loss_equals_the_objective_on_full_logits(sft_policy, tmp_path
     assert len(expected) == 2 and abs(expected[1]) > 1e-5, expected
     for row, value in zip(rows, expected):
         assert abs(row["loss"] - value) <= 1e-3 * abs(value) + 1e-7, (row["loss"], value)
+    if unscored:  # the old behaviour (unscored completions out of the loss) gives another loss
+        assert all(abs(a - b) > 1e-3 * abs(b) for a, b in zip(without_unscored, expected)), (without_unscored, expected)

@@ -19,6 +19,10 @@ Aggregation (loss_type, TRL 1.16 names), m = completion-token mask:
     bnpo     sum of m l_t / number of completion tokens in the batch
     dapo     sum of m l_t / completion tokens of the whole generation batch   (Yu et al., 2025, arXiv:2503.14476)
     dr_grpo  sum of m l_t / (completions x max_completion_length)            (Liu et al., 2025, arXiv:2503.20783)
+    cispo, sapo, luspo, vespo: TRL 1.16's other loss types, each with its own per-token loss and aggregation
+             (preflab.objectives._grpo_losses: formulas and papers). luspo needs importance_sampling_level sequence
+             and vespo token (TRL warns, preflab refuses); delta applies to the clipped surrogate only (grpo, bnpo,
+             dapo, dr_grpo, luspo), sapo_* and vespo_* to their loss type only: another is refused.
 losses[b] is prompt b's share, so that loss = losses.mean() is the aggregate above.
 importance_sampling_level="sequence" (GSPO, Zheng et al., 2025, arXiv:2507.18071, Eq. 7; TRL's option): every token of
 completion i uses the sequence ratio s_i = exp((1/|y_i|) sum_t (lp_t - lp_old_t)) in place of rho_t.
@@ -26,9 +30,14 @@ completion i uses the sequence ratio s_i = exp((1/|y_i|) sum_t (lp_t - lp_old_t)
 Extras (all optional): "old_logps" [B, G, T] sampling-policy token log-probs (default: lp detached, so rho = 1 and
 the gradient is the on-policy -A grad lp, TRL's num_iterations = 1); "advantages" [B, G] precomputed (default: from
 scores as above); "tokens_per_prompt" scalar for dapo, the generation batch's completion tokens per prompt, so that
-micro-batches add up to the global token mean (default: this batch's). needs_reference is True iff beta > 0.
-Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean;
-reward is a mean over the valid completions, kl and the clip ratios over completion tokens, each with its count
+micro-batches add up to the global token mean (default: this batch's); "scored" [B, G] bool, the completions a
+reward function scored (default: valid): an unscored one (every reward function returned None, TRL 1.16's
+"unscorable") stays in the loss with advantage 0, its tokens in the normaliser and its KL term trained, but is left
+out of the group baseline, the std and the reward metrics, as TRL's GRPOTrainer. needs_reference is True iff beta > 0.
+Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean
+(clipped-surrogate losses), cispo_clip_ratio (cispo: rho > epsilon_high with A > 0), vespo/phi_seq_mean (vespo);
+reward is a mean over the valid completions, kl and the ratios over completion tokens (at importance_sampling_level
+sequence the ratios, and vespo/phi_seq_mean always, over completions, as TRL), each with its count
 (ObjectiveOutput.metric_counts: the step logs the exact mean over all micro-batches and ranks; TRL averages the
 micro-batches' means).
 
@@ -41,8 +50,12 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.objectives.base import ListBatch, Objective, ObjectiveOutput, as_loss_dtype
+from preflab.objectives._grpo_losses import cispo_per_token, sapo_per_token, vespo_weights
 
-LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
+CLIPPED = ("grpo", "bnpo", "dapo", "dr_grpo", "luspo")          # the loss types of the clipped surrogate
+SAPO_DEFAULTS = {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}   # TRL 1.16 GRPOConfig
+VESPO_DEFAULTS = {"vespo_k_pos": 2.0, "vespo_lambda_pos": 3.0, "vespo_k_neg": 3.0, "vespo_lambda_neg": 2.0}
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -66,18 +79,25 @@ class GRPO(Objective):
     beta: float = 0.0                    # KL coefficient (TRL 1.16 default; 0 = no reference model)
     epsilon: float = 0.2                 # clip range, lower side (and upper when epsilon_high is None)
     epsilon_high: float | None = None    # DAPO's clip-higher upper range (TRL epsilon_high)
-    loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
+    loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo | cispo | sapo | luspo | vespo
     scale_rewards: str = "group"         # group | batch | none
     max_completion_length: int | None = None  # dr_grpo normaliser (None: the batch's padded width)
     importance_sampling_level: str = "token"  # token | sequence (GSPO: one ratio per completion, TRL's name)
     delta: float | None = None           # two-sided clipping: upper bound of the unclipped ratio (TRL delta)
     use_bias_correction_kl: bool = True  # KL term times the importance ratio (TRL 1.16's default)
+    sapo_temperature_pos: float = 1.0    # sapo's gate temperature where A > 0 (TRL's option and default)
+    sapo_temperature_neg: float = 1.05   # ... where A <= 0
+    vespo_k_pos: float = 2.0             # vespo's gamma weight phi(w) = e^lambda w^k e^(-lambda w): k where A >= 0
+    vespo_lambda_pos: float = 3.0        # lambda where A >= 0
+    vespo_k_neg: float = 3.0             # k where A < 0
+    vespo_lambda_neg: float = 2.0        # lambda where A < 0
 
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
-                       "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient "
+                       "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient; cispo, "
+                       "sapo, luspo, vespo in loss, gradient and metrics; unscorable completions "
                        "(tests/objectives/test_trl_parity.py, 1e-9)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
 
@@ -97,49 +117,100 @@ class GRPO(Objective):
         if self.loss_type not in LOSS_TYPES or self.scale_rewards not in SCALE_REWARDS:
             raise ConfigError(f"GRPO: loss_type must be one of {LOSS_TYPES} and scale_rewards one of "
                               f"{SCALE_REWARDS}, got {self.loss_type!r}, {self.scale_rewards!r}.")
+        self._validate_loss_type_options()
+
+    def _validate_loss_type_options(self):
+        """TRL 1.16 warns (GRPOTrainer.__init__) where luspo runs without sequence ratios and vespo with them;
+        preflab refuses both, and an option the chosen loss type does not read."""
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            raise ConfigError("GRPO: loss_type luspo (Length-Unbiased Sequence Policy Optimization) scales the "
+                              "sequence-level (GSPO) loss by the completion's length and needs "
+                              "importance_sampling_level: sequence (TRL 1.16 warns and runs token ratios); set it.")
+        if self.loss_type == "vespo" and self.importance_sampling_level != "token":
+            raise ConfigError("GRPO: loss_type vespo computes its own sequence-level weight from the token ratios; "
+                              "importance_sampling_level must be token (the default; TRL 1.16 warns otherwise).")
+        if self.delta is not None and self.loss_type not in CLIPPED:
+            raise ConfigError(f"GRPO: delta bounds the clipped surrogate's ratio (loss_type {', '.join(CLIPPED)}); "
+                              f"loss_type {self.loss_type} does not read it. Remove delta.")
+        for names, owner in ((SAPO_DEFAULTS, "sapo"), (VESPO_DEFAULTS, "vespo")):
+            changed = [n for n, d in names.items() if getattr(self, n) != d]
+            if changed and self.loss_type != owner:
+                raise ConfigError(f"GRPO: {', '.join(changed)} {'is' if len(changed) == 1 else 'are'} read by "
+                                  f"loss_type {owner} only, not {self.loss_type}; remove it or set loss_type {owner}.")
+        if self.loss_type == "sapo" and min(self.sapo_temperature_pos, self.sapo_temperature_neg) <= 0:
+            raise ConfigError(f"GRPO: sapo_temperature_pos and sapo_temperature_neg must be > 0, got "
+                              f"{self.sapo_temperature_pos}, {self.sapo_temperature_neg}.")
 
     def compute(self, batch: ListBatch) -> ObjectiveOutput:
         lp = as_loss_dtype(batch.policy.masked())                                  # [B, G, T]
         mask = batch.policy.mask & batch.valid.unsqueeze(-1)
-        scores = torch.where(batch.valid, batch.scores.to(lp.dtype), 0.0)            # NaN-free off `valid`
-        adv, std = group_advantages(scores, batch.valid, self.scale_rewards)
+        # "scored" [B, G]: the completions a reward function scored (default: valid); an unscored one stays in the
+        # loss with advantage 0 but out of the baseline and the reward metrics (TRL 1.16's unscorable completions)
+        scored = batch.valid & torch.as_tensor(batch.extras.get("scored", batch.valid), device=lp.device).bool()
+        scores = torch.where(scored, batch.scores.to(lp.dtype), 0.0)                 # NaN-free off `scored`
+        adv, std = group_advantages(scores, scored, self.scale_rewards)
         if "advantages" in batch.extras:
             adv = torch.as_tensor(batch.extras["advantages"], dtype=lp.dtype, device=lp.device)
         old = batch.extras.get("old_logps")
         old = lp.detach() if old is None else torch.where(mask, torch.as_tensor(old).to(lp), 0.0)
-        log_ratio = lp - old
-        if self.importance_sampling_level == "sequence":  # GSPO: s_i = exp(mean_t (lp - lp_old)) for every token
+        log_ratio = token_log_ratio = lp - old
+        sequence_level = self.importance_sampling_level == "sequence"
+        if sequence_level:  # GSPO: s_i = exp(mean_t (lp - lp_old)) for every token
             mf = mask.to(lp.dtype)
             log_ratio = ((log_ratio * mf).sum(-1) / mf.sum(-1).clamp_min(1)).unsqueeze(-1).expand_as(lp)
         ratio = torch.exp(log_ratio)
         a = adv.unsqueeze(-1)
         high = self.epsilon if self.epsilon_high is None else self.epsilon_high
         unclipped = ratio if self.delta is None else ratio.clamp(max=self.delta)
-        per_token = -torch.minimum(unclipped * a, ratio.clamp(1 - self.epsilon, 1 + high) * a)
         m = mask.to(lp.dtype)
+        if self.loss_type in CLIPPED:
+            per_token = -torch.minimum(unclipped * a, ratio.clamp(1 - self.epsilon, 1 + high) * a)
+        elif self.loss_type == "cispo":
+            per_token = cispo_per_token(ratio, lp, a, high)
+        elif self.loss_type == "sapo":
+            per_token = sapo_per_token(ratio, a, self.sapo_temperature_pos, self.sapo_temperature_neg)
+        else:  # vespo
+            phi = vespo_weights(token_log_ratio, m, a, self.vespo_k_pos, self.vespo_lambda_pos, self.vespo_k_neg,
+                                self.vespo_lambda_neg)
+            per_token = -phi * a * lp
         tokens = m.sum().clamp_min(1)
-        metrics = {"reward": (scores * batch.valid).sum() / batch.valid.sum().clamp_min(1), "reward_std": std.mean(),
+        completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
+        metrics = {"reward": (scores * scored).sum() / scored.sum().clamp_min(1), "reward_std": std.mean(),
                    "frac_reward_zero_std": (std < 1e-8).to(lp.dtype).mean()}
         if self.beta > 0 or batch.ref is not None:
             d = torch.where(mask, as_loss_dtype(batch.ref.masked()), 0.0) - lp
             kl3 = torch.exp(d) - d - 1
-            metrics["kl"] = (kl3 * m).sum() / tokens
+            kl_term = kl3 * ratio if self.beta > 0 and self.use_bias_correction_kl else kl3
+            metrics["kl"] = (kl_term * m).sum() / tokens         # TRL logs the KL term (times the ratio)
             if self.beta > 0:
-                per_token = per_token + self.beta * (kl3 * ratio if self.use_bias_correction_kl else kl3)
-        low_clip = (unclipped < 1 - self.epsilon) & (a < 0)   # TRL: the ratio after the delta bound
-        high_clip = (unclipped > 1 + high) & (a > 0)
-        for name, flag in (("low", low_clip), ("high", high_clip), ("region", low_clip | high_clip)):
-            metrics[f"clip_ratio/{name}_mean"] = (flag.to(lp.dtype) * m).sum() / tokens
+                per_token = per_token + self.beta * kl_term
+
+        def ratio_mean(flag):  # TRL's global_masked_mean: over tokens, or over completions for sequence ratios
+            if sequence_level:
+                return (flag[..., 0].to(lp.dtype) * batch.valid).sum() / completions
+            return (flag.to(lp.dtype) * m).sum() / tokens
+
+        if self.loss_type in CLIPPED:
+            low_clip = (unclipped < 1 - self.epsilon) & (a < 0)   # TRL: the ratio after the delta bound
+            high_clip = (unclipped > 1 + high) & (a > 0)
+            for name, flag in (("low", low_clip), ("high", high_clip), ("region", low_clip | high_clip)):
+                metrics[f"clip_ratio/{name}_mean"] = ratio_mean(flag)
+        elif self.loss_type == "cispo":
+            metrics["cispo_clip_ratio"] = ratio_mean((ratio > high) & (a > 0))
+        elif self.loss_type == "vespo":
+            metrics["vespo/phi_seq_mean"] = (phi[..., 0] * batch.valid).sum() / completions
         per_token = per_token * m
         B = lp.shape[0]
-        completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
-        if self.loss_type == "grpo":
+        if self.loss_type in ("grpo", "sapo"):
             group_sum = (per_token.sum(-1) / m.sum(-1).clamp_min(1)).sum(-1)
             per_prompt = completions / B                                   # completions per prompt
+        elif self.loss_type == "luspo":
+            group_sum = per_token.sum((-1, -2))                            # sum over tokens, mean over completions
+            per_prompt = completions / B
         else:
             group_sum = per_token.sum((-1, -2))
             per_prompt = tokens / B                                        # completion tokens per prompt
-            if self.loss_type == "dapo" and "tokens_per_prompt" in batch.extras:
+            if self.loss_type in ("dapo", "cispo", "vespo") and "tokens_per_prompt" in batch.extras:
                 # clamped as TRL clamps num_items_in_batch: a batch with no trained token (all masked) gives 0, not
                 # 0 / 0 (a NaN loss, and a step skipped as non-finite)
                 per_prompt = torch.as_tensor(batch.extras["tokens_per_prompt"], dtype=lp.dtype,
@@ -149,9 +220,11 @@ class GRPO(Objective):
         losses = group_sum / per_prompt
         # reward averages the valid completions, kl and the clip ratios the completion tokens: their counts, so that
         # the step's mean over micro-batches and ranks is the exact one (ObjectiveOutput.metric_counts)
-        valid_tokens = m.sum()
-        counts = {"reward": batch.valid.sum().to(lp.dtype),
-                  **{k: valid_tokens for k in metrics if k == "kl" or k.startswith("clip_ratio/")}}
+        valid_tokens, n_valid = m.sum(), batch.valid.sum().to(lp.dtype)
+        ratio_count = n_valid if sequence_level else valid_tokens
+        counts = {"reward": scored.sum().to(lp.dtype), "kl": valid_tokens, "vespo/phi_seq_mean": n_valid,
+                  **{k: ratio_count for k in metrics if k.startswith("clip_ratio/") or k == "cispo_clip_ratio"}}
+        counts = {k: v for k, v in counts.items() if k in metrics}
         return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts)
 
     @classmethod

@@ -4,7 +4,8 @@ from __future__ import annotations
 from preflab.errors import ConfigError, nearest
 
 
-GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo")  # TRL GRPOConfig loss types that are preflab group recipes
+GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
+# that are preflab group recipes
 
 
 def grpo_loss_type_error(loss: str, trainer: str, task: str = "") -> str:
@@ -58,7 +59,7 @@ def check_online(cfg) -> None:
             raise ConfigError(f"trainer {cfg.trainer!r} trains on sampled text; the game task takes one of "
                               f"{sorted(n for n, s in TRAINERS.items() if s.game)}.")
     elif cfg.online_task == "vision_dataset" and (spec.kind != "groups" or cfg.generation_backend != "transformers"):
-        raise ConfigError(f"online_task: vision_dataset trains group recipes (grpo, dr_grpo, dapo, bnpo, gspo, tpo) "
+        raise ConfigError(f"online_task: vision_dataset trains group recipes (the GRPO family, gspo, tpo) "
                           f"with generation_backend: transformers; got trainer {cfg.trainer!r}, "
                           f"generation_backend {cfg.generation_backend!r}.")
     elif spec.game_only:
@@ -102,7 +103,7 @@ def _check_objective_fits(cfg, spec) -> None:
 _READERS = (
     (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
      lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
-     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, and spo in the game)"),
+     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game)"),
     (("pair_builder",), lambda cfg, spec: spec.kind == "pairs" and spec.builder is None and spec.scores == "reward"
      and cfg.online_task != "game", "trainers online_dpo, iterative_dpo and hypo_online_pairs"),
     (("rso_beta", "rso_num_samples"), lambda cfg, spec: spec.kind == "pairs" and spec.scores == "reward" and

@@ -417,7 +417,7 @@ class OnlineRun(TrainingRun):
             mark_tree(examples, trees)
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
-            valid = torch.tensor([e.extras["valid"] for e in examples])
+            valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])
             adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]
             for e, a in zip(examples, adv):
                 e.extras["advantages"] = a.tolist()
@@ -676,6 +676,8 @@ class OnlineRun(TrainingRun):
             ref = SequenceLogps(token_matrix(flat("ref"), scores.mask).view(shape), mask)
         extras = {"advantages": torch.tensor([e.extras["advantages"] for e in exs], device=device),
                   "tokens_per_prompt": torch.tensor(mb.tokens_per_prompt, device=device)}
+        if "scored" in exs[0].extras:  # the GRPO family: unscored completions are in the loss with advantage 0
+            extras["scored"] = torch.tensor([e.extras["scored"] for e in exs], device=device)
         if exs[0].prev is not None:
             extras["old_logps"] = token_matrix(flat("prev"), scores.mask).view(shape)
         if "step_index" in self.objective.required_extras and "steps" in exs[0].extras:  # tpo: a multi-level tree

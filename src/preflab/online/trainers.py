@@ -14,6 +14,8 @@
     grpo bnpo dapo dr_grpo   groups of G completions          grpo(loss_type=name)  pi_0 (beta > 0)  Shao et al. 2024
     gspo           groups, sequence-level importance ratios   grpo(importance_sampling_level=sequence, loss_type=grpo)
                                                                               Zheng et al. 2025 (2507.18071)
+    cispo sapo luspo vespo   groups of G completions          grpo(loss_type=name; luspo with sequence ratios)
+                   TRL 1.16's other GRPO loss types (papers: preflab.objectives._grpo_losses)
 dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
 is not direction-conditioned); a prompt whose K scores all tie gives no example.
     tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
@@ -102,7 +104,10 @@ TRAINERS: dict[str, TrainerSpec] = {
     "hypo": TrainerSpec("pairs", loss_type="hypo", online_kl=True),   # former name of hypo_online_pairs
     "dpa_rsf": TrainerSpec("pairs", loss_type="sft", builder="best_vs_worst"),
     **{name: TrainerSpec("groups", loss_type="grpo", params={"loss_type": name})
-       for name in ("grpo", "bnpo", "dapo", "dr_grpo")},
+       for name in ("grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "vespo")},
+    # LUSPO is GSPO's sequence-level loss scaled by length: it needs sequence ratios (objectives.grpo refuses token)
+    "luspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "luspo",
+                                                             "importance_sampling_level": "sequence"}),
     # the preference game only (preflab.online.game)
     "online_ipo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
     "egpo": TrainerSpec("pairs", loss_type="online_ipo", game=True, game_only=True),
@@ -168,9 +173,13 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
     examples, counts = [], {"pairs/ties_dropped": 0}
     if spec.kind == "groups":
         for p, row in enumerate(rows):
-            valid = ~scores[p].isnan()
-            examples.append(Example(row.row_id, row.prompt_ids, completions[p],
-                                    {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": valid.tolist()}))
+            scored = ~scores[p].isnan()
+            extras = {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": scored.tolist()}
+            if spec.loss_type == "grpo":
+                # TRL 1.16's GRPOTrainer: a completion no reward function scored stays in the loss with advantage 0
+                # (its tokens in the normaliser, its KL term trained), out of the baseline and the reward means
+                extras.update(valid=[True] * len(completions[p]), scored=scored.tolist())
+            examples.append(Example(row.row_id, row.prompt_ids, completions[p], extras))
         return examples, counts
     if spec.scores == "upo":
         from preflab.online.upo import upo_examples
