@@ -129,7 +129,8 @@ def test_dapo_micro_batches_add_up_to_the_global_token_mean():
 
 def test_kl_term_and_reference_declaration():
     """lp = -1, lp_ref = -2, equal rewards (A = 0): loss = beta * KL3 = beta * (e^-1 - (-1) - 1) = beta / e;
-    d loss / d lp = beta * (1 - e^(lp_ref - lp))."""
+    d loss / d lp = beta * (1 - e^(lp_ref - lp)) without TRL 1.16's use_bias_correction_kl, and with it (the default:
+    KL3 times rho = exp(lp - sg(lp)), value 1) beta * (1 - e^(lp_ref - lp) + KL3) = beta here."""
     assert get_objective("grpo").needs_reference is False
     obj = get_objective("grpo", beta=0.04, loss_type="grpo")
     assert obj.needs_reference is True
@@ -139,8 +140,13 @@ def test_kl_term_and_reference_declaration():
     assert math.isclose(out.loss.item(), 0.04 * math.exp(-1), rel_tol=1e-12)
     assert math.isclose(out.metrics["kl"].item(), math.exp(-1), rel_tol=1e-12)
     out.loss.backward()
-    expected = 0.04 * (1 - math.exp(-1)) / 2                     # grpo: mean over the 2 completions
+    expected = 0.04 * (1 - math.exp(-1) + math.exp(-1)) / 2      # grpo: mean over the 2 completions
     torch.testing.assert_close(policy.token_logps.grad[0, :, 0], torch.full((2,), expected, dtype=torch.float64))
+    plain = seqs([[[-1.0], [-1.0]]], requires_grad=True)
+    uncorrected = get_objective("grpo", beta=0.04, loss_type="grpo", use_bias_correction_kl=False)
+    uncorrected(ListBatch(plain, torch.ones(1, 2, dtype=torch.float64), ref=ref)).loss.backward()
+    expected = 0.04 * (1 - math.exp(-1)) / 2
+    torch.testing.assert_close(plain.token_logps.grad[0, :, 0], torch.full((2,), expected, dtype=torch.float64))
     with pytest.raises(PreflabError, match="reference"):
         obj(ListBatch(policy, torch.ones(1, 2)))
 
