@@ -262,17 +262,23 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
                                init_kwargs=cfg.get("model_init_kwargs"))
     if cfg.get("use_peft"):  # the checkpoint holds the adapters and the head: merged over the base, as at save
         return _merged_lora_checkpoint(path, model, weights, cfg, info)
-    params = dict(model.named_parameters())
+    _copy_weights(weights, dict(model.named_parameters()),
+                  f"{path}/model.safetensors does not match the base model {base!r} with a {num_outputs}-output head",
+                  "was the run trained from another model?")
+    set_reward_config(model, info or {"head": "bt", "tau": 1.0})
+    return model
+
+
+def _copy_weights(weights: dict, params: dict, mismatch: str, hint: str) -> None:
+    """A checkpoint's tensors copied into the model's parameters of the same names, in place; a ConfigError
+    (`mismatch`, the names only one side has, then `hint`) when the two sets of names differ."""
     if set(weights) != set(params):
         extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
-        raise ConfigError(f"{path}/model.safetensors does not match the base model {base!r} with a {num_outputs}-"
-                          f"output head (only in the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); was "
-                          "the run trained from another model?")
+        raise ConfigError(f"{mismatch} (only in the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); "
+                          f"{hint}")
     with torch.no_grad():
         for key, value in weights.items():
             params[key].copy_(value)
-    set_reward_config(model, info or {"head": "bt", "tau": 1.0})
-    return model
 
 
 def _merged_lora_checkpoint(path: Path, model: nn.Module, weights: dict, cfg: dict, info: dict | None) -> nn.Module:
@@ -286,14 +292,8 @@ def _merged_lora_checkpoint(path: Path, model: nn.Module, weights: dict, cfg: di
         task_type="SEQ_CLS", target_modules=cfg.get("lora_target_modules", "all-linear")))
     params = {k.replace(".modules_to_save.default.", "."): p for k, p in peft_model.named_parameters()
               if p.requires_grad}
-    if set(weights) != set(params):
-        extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
-        raise ConfigError(f"{path}/model.safetensors does not match the LoRA adapters of the run's config (only in "
-                          f"the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); was the run trained with "
-                          "other lora_* options? Evaluate the final run directory.")
-    with torch.no_grad():
-        for key, value in weights.items():
-            params[key].copy_(value)
+    _copy_weights(weights, params, f"{path}/model.safetensors does not match the LoRA adapters of the run's config",
+                  "was the run trained with other lora_* options? Evaluate the final run directory.")
     merged = peft_model.merge_and_unload()
     set_reward_config(merged, info or {"head": "bt", "tau": 1.0})
     return merged
