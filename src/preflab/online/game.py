@@ -96,9 +96,12 @@ class GameTask:
         self.evaluate = self._evaluate
 
     def _evaluate(self, model, tokenizer=None) -> dict:
+        return self.evaluate_distribution(distribution(model))
+
+    def evaluate_distribution(self, pi: np.ndarray) -> dict:
+        """evaluate's metrics of the policy whose answer probabilities are pi (distribution(model))."""
         from preflab.lab.games import dual_gap
 
-        pi = distribution(model)
         return {"policy_distribution": pi.tolist(), "reference_distribution": self.ref_probs.tolist(),
                 "equilibrium": self.equilibrium.tolist(),
                 "tv_to_equilibrium": float(0.5 * np.abs(pi - self.equilibrium).sum()),
@@ -145,9 +148,15 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     if getattr(run, "_half", None) is None:
         half = copy.deepcopy(run.policy)
         params = [p for p in half.parameters() if p.requires_grad]
-        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half))
-    half, params, optimizer, scorer = run._half
-    half.load_state_dict(run.policy.state_dict())
+        # the copy's tensors and the policy's, matched by name once (load_state_dict's own matching every step
+        # took a tenth of the step)
+        own = dict(run.policy.named_parameters()) | dict(run.policy.named_buffers())
+        pairs = [(t, own[n]) for n, t in [*half.named_parameters(), *half.named_buffers()]]
+        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half), pairs)
+    half, params, optimizer, scorer, pairs = run._half
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            mine.copy_(theirs)
     optimizer.load_state_dict(run.optimizer.state_dict())
     for group in optimizer.param_groups:
         group["lr"] = run.scheduler.get_last_lr()[0]
@@ -177,6 +186,7 @@ def game_round(run, r: int):
     cfg, task = run.cfg, run.task
     P, K, ref = task.P, task.P.shape[0], task.ref_probs
     pi_t = distribution(run.policy)
+    after = task.evaluate_distribution(pi_t)  # the round-start policy's metrics (the policy is not stepped here)
     eta = cfg.game_eta / cfg.beta
     name = cfg.trainer
     log_pi = np.log(np.maximum(pi_t, 1e-300))
@@ -235,7 +245,6 @@ def game_round(run, r: int):
     spg = run.round_len
     slices = [order] * spg if name != "spo" else [order[len(order) * i // spg:len(order) * (i + 1) // spg]
                                                    for i in range(spg)]
-    after = task.evaluate(run.policy)
     metrics = {"round": float(r + 1), "tv_to_equilibrium": after["tv_to_equilibrium"],
                "duality_gap": after["duality_gap"],
                **{f"policy/p{i}": float(p) for i, p in enumerate(after["policy_distribution"])}}
