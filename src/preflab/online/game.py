@@ -157,7 +157,7 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         for mine, theirs in pairs:
             mine.copy_(theirs)
-    optimizer.load_state_dict(run.optimizer.state_dict())
+    _copy_optimizer_state(optimizer, run.optimizer)
     for group in optimizer.param_groups:
         group["lr"] = run.scheduler.get_last_lr()[0]
     examples = _ipo_examples(run, pi_t, run.task.ref_probs)
@@ -169,6 +169,33 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     finally:
         run.scorer = original
     return distribution(half)
+
+
+def _copy_optimizer_state(dst, src) -> None:
+    """dst (the copy's optimizer) set to src's state and hyperparameters, as dst.load_state_dict(src.state_dict())
+    leaves them, by copying into dst's tensors (parameters matched by their place in the param groups) instead of
+    load_state_dict's deep copy and re-keying every step."""
+    src = getattr(src, "optimizer", src)  # accelerate's AcceleratedOptimizer wraps the torch optimizer
+    if len(dst.param_groups) != len(src.param_groups):
+        dst.load_state_dict(src.state_dict())
+        return
+    with torch.no_grad():
+        for mine, theirs in zip(dst.param_groups, src.param_groups, strict=True):
+            mine.update({k: v for k, v in theirs.items() if k != "params"})
+            for p, q in zip(mine["params"], theirs["params"], strict=True):
+                state = src.state.get(q)
+                if not state:
+                    dst.state.pop(p, None)
+                    continue
+                own = dst.state.setdefault(p, {})
+                for k, v in state.items():
+                    if torch.is_tensor(v) and torch.is_tensor(own.get(k)) and own[k].shape == v.shape \
+                            and own[k].dtype == v.dtype:
+                        own[k].copy_(v)
+                    else:
+                        own[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                for k in [k for k in own if k not in state]:
+                    del own[k]
 
 
 def _ipo_examples(run, opponent: np.ndarray, anchor: np.ndarray) -> list[Example]:
