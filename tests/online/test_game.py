@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from preflab.config import load_config
 from preflab.lab.games import dual_gap, g3, reg_nash
@@ -50,3 +51,24 @@ def test_online_ipo_cycles_at_small_beta_where_egpo_converges(tmp_path):
         spans[trainer] = (max(p0) - min(p0), summary["tv_to_equilibrium"])
     assert spans["online_ipo"][0] > 0.5 and spans["egpo"][0] < 0.15, spans
     assert spans["egpo"][1] < 0.03
+
+
+def test_egpo_half_step_leaves_the_policys_optimizer_state_alone(tmp_path):
+    """EGPO's half step runs on a copy of the policy and of its optimizer state: after it, the policy's Adam moments
+    and step count are bitwise what they were (the copy once shared them through load_state_dict, which keeps the
+    source's tensors when dtype and device agree, so the half step also advanced the policy's second moment and
+    step count), and the copy moved away from pi_t."""
+    from preflab.online.game import _policy_step_copy, distribution
+
+    cfg = load_config(RECIPE, [f"output_dir={tmp_path}", "disable_tqdm=true", "trainer=egpo", "max_steps=3",
+                               "lr_scheduler_type=constant"])  # linear would end at lr 0: a half step that stays
+    run = OnlineRun(cfg)
+    run.train()
+    state = run.optimizer.optimizer.state
+    before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in state.items()}
+    params = [p.detach().clone() for p in run.policy.parameters()]
+    pi_t = distribution(run.policy)
+    pi_half = _policy_step_copy(run, pi_t)
+    assert before and all(torch.equal(state[p][k], v) for p in state for k, v in before[id(p)].items())
+    assert all(torch.equal(a, b) for a, b in zip(params, run.policy.parameters()))
+    assert np.array_equal(distribution(run.policy), pi_t) and np.abs(pi_half - pi_t).max() > 1e-4

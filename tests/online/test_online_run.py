@@ -326,3 +326,24 @@ def test_grpo_with_a_preference_judge_notes_once_that_the_mean_reward_is_one_hal
     assert out.count("judge Table is a preference model") == 1 and "mean reward is 1/2 by construction" in out
     tiny_run(tiny_cfg(tmp_path / "fn", trainer="grpo", beta=0.0))
     assert "preference model" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_pair_layout_reused_only_for_the_same_tokens(share_prompt):
+    """OnlineRun._pair_layout keeps recent host layouts: examples holding the same tokens (new objects) get the kept
+    layout, equal to a fresh collation; other tokens get their own layout, and the first one is still kept."""
+    from types import SimpleNamespace
+
+    from preflab.online.examples import Example, pair_layout, shared_pair_layout
+
+    run = SimpleNamespace(share_prompt=share_prompt, pad_id=0)
+    make = lambda c, r: [Example(0, [1, 2], [[3, 4], [5]]), Example(1, [1], [c, r])]  # noqa: E731
+    build = shared_pair_layout if share_prompt else pair_layout
+    first = OnlineRun._pair_layout(run, make([6], [7, 8]))
+    again = OnlineRun._pair_layout(run, make([6], [7, 8]))
+    other = OnlineRun._pair_layout(run, make([6], [7, 9]))
+    fresh = build(make([6], [7, 9]), 0)
+    assert again is first and other is not first
+    assert torch.equal(other.input_ids, fresh.input_ids) and torch.equal(other.target_ids, fresh.target_ids)
+    assert not torch.equal(other.target_ids, first.target_ids)
+    assert OnlineRun._pair_layout(run, make([6], [7, 8])) is first

@@ -47,6 +47,11 @@ class Example:
 def token_matrix(values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
     """[N, L] tensor with values[n] written at the response positions of row n (mask [N, L])."""
     out = torch.zeros(mask.shape, dtype=torch.float32)
+    width = out.shape[-1] if out.dim() == 2 else -1
+    if values and len(values) <= out.shape[0] and all(isinstance(r, list) and len(r) <= width for r in values):
+        # one host tensor for all rows (zero-padded to the width) instead of one per row
+        out[:len(values)] = torch.tensor([r + [0.0] * (width - len(r)) for r in values], dtype=torch.float32)
+        return out.to(mask.device)
     for n, row in enumerate(values):
         out[n, :len(row)] = torch.tensor(row, dtype=torch.float32)
     return out.to(mask.device)

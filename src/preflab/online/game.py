@@ -96,9 +96,12 @@ class GameTask:
         self.evaluate = self._evaluate
 
     def _evaluate(self, model, tokenizer=None) -> dict:
+        return self.evaluate_distribution(distribution(model))
+
+    def evaluate_distribution(self, pi: np.ndarray) -> dict:
+        """evaluate's metrics of the policy whose answer probabilities are pi (distribution(model))."""
         from preflab.lab.games import dual_gap
 
-        pi = distribution(model)
         return {"policy_distribution": pi.tolist(), "reference_distribution": self.ref_probs.tolist(),
                 "equilibrium": self.equilibrium.tolist(),
                 "tv_to_equilibrium": float(0.5 * np.abs(pi - self.equilibrium).sum()),
@@ -145,10 +148,16 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     if getattr(run, "_half", None) is None:
         half = copy.deepcopy(run.policy)
         params = [p for p in half.parameters() if p.requires_grad]
-        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half))
-    half, params, optimizer, scorer = run._half
-    half.load_state_dict(run.policy.state_dict())
-    optimizer.load_state_dict(run.optimizer.state_dict())
+        # the copy's tensors and the policy's, matched by name once (load_state_dict's own matching every step
+        # took a tenth of the step)
+        own = dict(run.policy.named_parameters()) | dict(run.policy.named_buffers())
+        pairs = [(t, own[n]) for n, t in [*half.named_parameters(), *half.named_buffers()]]
+        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half), pairs)
+    half, params, optimizer, scorer, pairs = run._half
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            mine.copy_(theirs)
+    _copy_optimizer_state(optimizer, run.optimizer)
     for group in optimizer.param_groups:
         group["lr"] = run.scheduler.get_last_lr()[0]
     examples = _ipo_examples(run, pi_t, run.task.ref_probs)
@@ -160,6 +169,33 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     finally:
         run.scorer = original
     return distribution(half)
+
+
+def _copy_optimizer_state(dst, src) -> None:
+    """dst (the copy's optimizer) set to src's state and hyperparameters, as dst.load_state_dict(src.state_dict())
+    leaves them, by copying into dst's tensors (parameters matched by their place in the param groups) instead of
+    load_state_dict's deep copy and re-keying every step."""
+    src = getattr(src, "optimizer", src)  # accelerate's AcceleratedOptimizer wraps the torch optimizer
+    if len(dst.param_groups) != len(src.param_groups):
+        dst.load_state_dict(src.state_dict())
+        return
+    with torch.no_grad():
+        for mine, theirs in zip(dst.param_groups, src.param_groups, strict=True):
+            mine.update({k: v for k, v in theirs.items() if k != "params"})
+            for p, q in zip(mine["params"], theirs["params"], strict=True):
+                state = src.state.get(q)
+                if not state:
+                    dst.state.pop(p, None)
+                    continue
+                own = dst.state.setdefault(p, {})
+                for k, v in state.items():
+                    if torch.is_tensor(v) and torch.is_tensor(own.get(k)) and own[k].shape == v.shape \
+                            and own[k].dtype == v.dtype:
+                        own[k].copy_(v)
+                    else:
+                        own[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                for k in [k for k in own if k not in state]:
+                    del own[k]
 
 
 def _ipo_examples(run, opponent: np.ndarray, anchor: np.ndarray) -> list[Example]:
@@ -177,6 +213,7 @@ def game_round(run, r: int):
     cfg, task = run.cfg, run.task
     P, K, ref = task.P, task.P.shape[0], task.ref_probs
     pi_t = distribution(run.policy)
+    after = task.evaluate_distribution(pi_t)  # the round-start policy's metrics (the policy is not stepped here)
     eta = cfg.game_eta / cfg.beta
     name = cfg.trainer
     log_pi = np.log(np.maximum(pi_t, 1e-300))
@@ -235,7 +272,6 @@ def game_round(run, r: int):
     spg = run.round_len
     slices = [order] * spg if name != "spo" else [order[len(order) * i // spg:len(order) * (i + 1) // spg]
                                                    for i in range(spg)]
-    after = task.evaluate(run.policy)
     metrics = {"round": float(r + 1), "tv_to_equilibrium": after["tv_to_equilibrium"],
                "duality_gap": after["duality_gap"],
                **{f"policy/p{i}": float(p) for i, p in enumerate(after["policy_distribution"])}}

@@ -109,6 +109,8 @@ class OnlineMicroBatch:
 
 # What the pairs of a recipe that trains the config's loss_type (online_dpo, iterative_dpo) carry in batch.extras.
 ONLINE_PAIR_EXTRAS = ("score_chosen", "score_rejected")
+LAYOUT_CACHE = 8  # host pair layouts kept for reuse by OnlineRun._pair_layout (the last micro-batches')
+LAYOUT_CACHE_MASK = 1 << 22  # attention-mask elements above which a layout is not kept (4 MiB of bool)
 
 
 def check_online_pair_extras(objective, spec, cfg) -> None:
@@ -275,8 +277,24 @@ class OnlineRun(TrainingRun):
         return group_layout(examples, self.pad_id)
 
     def _pair_layout(self, examples: list[Example]):
-        """[chosen_1..B, rejected_1..B] of pair examples."""
-        return shared_pair_layout(examples, self.pad_id) if self.share_prompt else pair_layout(examples, self.pad_id)
+        """[chosen_1..B, rejected_1..B] of pair examples. The host layouts of the last few micro-batches are kept
+        (LAYOUT_CACHE entries, keyed by their examples' tokens) and reused for examples holding the same tokens: a
+        round's later steps over the same examples, EGPO's half and full step, the game's rounds (always the same
+        answer pairs), instead of collating them again every step. Layouts whose attention mask exceeds
+        LAYOUT_CACHE_MASK elements are not kept (their forward dwarfs the collation; the cache stays a few MB)."""
+        key = (self.share_prompt, tuple((e.row_id, tuple(e.prompt_ids), tuple(e.completions[0]),
+                                         tuple(e.completions[1])) for e in examples))
+        cache = self.__dict__.setdefault("_pair_layouts", {})
+        layout = cache.pop(key, None)
+        if layout is None:
+            layout = (shared_pair_layout(examples, self.pad_id) if self.share_prompt
+                      else pair_layout(examples, self.pad_id))
+            if layout.attention_mask is not None and layout.attention_mask.numel() > LAYOUT_CACHE_MASK:
+                return layout
+        cache[key] = layout  # the most recently used last
+        while len(cache) > LAYOUT_CACHE:
+            cache.pop(next(iter(cache)))
+        return layout
 
     @torch.no_grad()
     def _example_logps(self, model_scores, examples: list[Example]) -> list[list[float]]:
