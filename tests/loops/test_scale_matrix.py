@@ -146,7 +146,8 @@ def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_fo
     """task: online, trainer grpo (tests/online's tiny run: 6 prompts x 3 samples, 2 steps per round),
     examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: each rank samples its
     generation chunks, both gather them, each trains on its half of a step's groups under DeepSpeed. Losses to 1e-6,
-    final weights to 2e-6 (measured 2e-8 / 4.9e-7 at learning rate 1e-3; at 1e-2 4.9e-6, as 2-process DDP: AdamW's
+    final weights to 5e-6 (measured 2e-8 / 4.9e-7 at learning rate 1e-3; 2.9e-6 on one of 3264 weights with TRL
+    1.16's KL bias correction, whose gradient adds KL3 grad lp; at 1e-2 4.9e-6, as 2-process DDP: AdamW's
     division by sqrt(v) enlarges float32 reduction order where a gradient is near zero; a wrong split or a missing
     average moves weights by about the learning rate). A run cut at the step-3 checkpoint
     (mid-round: the pending round and judge cache in online-state/, each rank's ZeRO partition) and resumed on 2
@@ -161,7 +162,7 @@ def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_fo
                       lr_scheduler_type="constant", learning_rate=1e-3, per_device_train_batch_size=4,
                       max_steps=4)).train()
     assert _environment(full) == (2, "DEEPSPEED")
-    _assert_close(full, one, 1e-6, 2e-6)
+    _assert_close(full, one, 1e-6, 5e-6)
     assert (cut / "checkpoint-3/zero/rank1.safetensors").is_file() and (cut / "online-state/step-3").is_dir()
     assert json.loads((cut / "summary.json").read_text())["resumed_from_step"] == 3
     _assert_resumed_bit_for_bit(cut, full, (4,))
