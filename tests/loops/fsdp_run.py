@@ -40,6 +40,18 @@ def keep_process_group() -> None:
     Accelerator.end_training = lambda self: [tracker.finish() for tracker in self.trackers]
 
 
+def split_runs(argv: list[str]) -> list[list[str]]:
+    """A multi-run launch script's arguments: the runs separated by `--` (empty runs dropped)."""
+    runs, current = [], []
+    for item in argv + ["--"]:
+        if item == "--":
+            runs.append(current)
+            current = []
+        else:
+            current.append(item)
+    return [r for r in runs if r]
+
+
 def close_process_group() -> None:
     """The end of a script that kept its process group open for several runs (keep_process_group): a gloo group still
     alive at interpreter exit can abort the process (SIGABRT, "terminate called without an active exception")."""

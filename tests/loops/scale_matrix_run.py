@@ -17,7 +17,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "online"))
-from fsdp_run import close_process_group, keep_process_group  # noqa: E402
+from fsdp_run import close_process_group, keep_process_group, split_runs  # noqa: E402
 
 
 def run(mode: str, out: str, args: list[str]) -> None:
@@ -40,14 +40,7 @@ def run(mode: str, out: str, args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    runs, current = [], []
-    for item in sys.argv[1:] + ["--"]:
-        if item == "--":
-            runs.append(current)
-            current = []
-        else:
-            current.append(item)
-    runs = [r for r in runs if r]
+    runs = split_runs(sys.argv[1:])
     if len(runs) > 1:
         keep_process_group()
     for mode, out, *args in runs:

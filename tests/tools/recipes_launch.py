@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "loops"))
-from fsdp_run import close_process_group, keep_process_group  # noqa: E402
+from fsdp_run import close_process_group, keep_process_group, split_runs  # noqa: E402
 
 
 def run(entry: str, config: str, out: str, params: str) -> None:
@@ -49,14 +49,7 @@ def run(entry: str, config: str, out: str, params: str) -> None:
 
 
 if __name__ == "__main__":
-    runs, current = [], []
-    for item in sys.argv[1:] + ["--"]:
-        if item == "--":
-            runs.append(current)
-            current = []
-        else:
-            current.append(item)
-    runs = [r for r in runs if r]
+    runs = split_runs(sys.argv[1:])
     if len(runs) > 1:
         from accelerate import PartialState
 
