@@ -87,9 +87,7 @@ def _probe_custom_mask(base: nn.Module) -> tuple[bool, str]:
     prompt, chosen, rejected = ids[:3], ids[3:6], ids[6:]
     p, c, r = len(prompt), len(chosen), len(rejected)
 
-    def logprobs(tokens, **kwargs):
-        out = base(input_ids=torch.tensor([tokens], device=param.device), use_cache=False, **kwargs)
-        return torch.log_softmax(out.logits[0].float(), -1)
+    logprobs = lambda tokens, **kwargs: probe_logprobs(base, tokens, **kwargs)  # noqa: E731
 
     was_training = base.training
     base.eval()
@@ -114,6 +112,14 @@ def _probe_custom_mask(base: nn.Module) -> tuple[bool, str]:
         base.train(was_training)
     _probed[base] = verdict
     return verdict
+
+
+def probe_logprobs(base: nn.Module, tokens: list[int], **kwargs) -> Tensor:
+    """[T, V] float32 log-softmax of `base`'s logits for one row of `tokens` (no cache): what the layout probes
+    (here and preflab.models.segment_attention) compare between a plain and a shared scoring."""
+    device = next(base.parameters()).device
+    out = base(input_ids=torch.tensor([tokens], device=device), use_cache=False, **kwargs)
+    return torch.log_softmax(out.logits[0].float(), -1)
 
 
 def effective_layout(layout: str, *models) -> str:

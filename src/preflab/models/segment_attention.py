@@ -297,9 +297,9 @@ def _probe(base: nn.Module) -> tuple[bool, str]:
         calls.append(1)
         return segment_attention_forward(*args, **kwargs)
 
-    def logprobs(tokens, **kwargs):
-        out = base(input_ids=torch.tensor([tokens], device=param.device), use_cache=False, **kwargs)
-        return torch.log_softmax(out.logits[0].float(), -1)
+    from preflab.models.attention import probe_logprobs
+
+    logprobs = lambda tokens, **kwargs: probe_logprobs(base, tokens, **kwargs)  # noqa: E731
 
     was_training = base.training
     base.eval()
