@@ -101,3 +101,17 @@ def test_recipe_modules_build_every_stage_config_through_stage_config():
                     "config_from_dict", "TrainConfig", "load_config"):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_otc_top_level_attention_and_chunk_reach_its_sft_and_grpo_stages(tmp_path):
+    from preflab.tool_use.otc import run_otc
+
+    tiny = {"n_train": 40, "n_heldout": 2, "hidden_size": 32, "sft_steps": 1, "sft_batch_size": 4, "grpo_steps": 1,
+            "prompts_per_generation": 2, "num_generations": 2, "max_completion_length": 8, "save_steps": 0,
+            "control": False}
+    cfg = config_from_dict({"task": "otc", "recipe_params": tiny, "attention": "dense", "chunk_tokens": 64})
+    run_otc(str(tmp_path / "otc"), quiet=True, stage_options=stage_options(cfg), **tiny)
+    for stage in ("sft", "grpo"):
+        saved = _stage_config(tmp_path / "otc" / stage)
+        assert (saved["task"], saved["attention"], saved["chunk_tokens"]) == (
+            {"sft": "sft", "grpo": "online"}[stage], "dense", 64)
