@@ -36,13 +36,13 @@ def test_raft_ladder_top_level_attention_dense_reaches_both_stages(tmp_path):
     assert json.loads((out / "raft_ladder_state.json").read_text())["params"].get("stage_options") is None  # harmless
 
 
-def test_raft_ladder_resume_with_other_precision_is_refused(tmp_path, capsys):
+def test_raft_ladder_resume_with_another_disable_dropout_is_refused(tmp_path, capsys):
     out = tmp_path / "ladder"
     base = ["train", "examples/tools/raft_ladder.yaml", f"output_dir={out}", f"recipe_params={TINY_LADDER}",
             "disable_tqdm=true"]
     assert main(base + ["disable_dropout=false"]) == 0
     assert _stage_config(out / "dpo")["disable_dropout"] is False
-    assert main(base + ["resume_from_checkpoint=true"]) == 2  # its stages trained with dropout kept
+    assert main(base + ["resume_from_checkpoint=true"]) == 2  # its finished stages trained with dropout kept
     assert "top-level options {} differ from the interrupted run's ({'disable_dropout': False}" in \
         capsys.readouterr().err
     assert main(base + ["resume_from_checkpoint=true", "disable_dropout=false", "attention=dense"]) == 0
