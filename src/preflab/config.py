@@ -248,6 +248,11 @@ class TrainConfig:
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
+        if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
+            from preflab.config_owners import unread_option_names
+            from preflab.recipe_options import recipe_option_errors
+
+            out += recipe_option_errors(self, unread_option_names(self))
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
