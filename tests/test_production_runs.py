@@ -241,15 +241,16 @@ def test_dashed_flags_that_are_no_option_are_not_told_to_become_overrides(capsys
     assert "write torch_dtype=VALUE instead of --torch_dtype VALUE" in capsys.readouterr().err
 
 
-def test_restore_callback_states_is_refused_for_what_preflab_does(capsys):
-    """The refusal said "preflab has no transformers callbacks", but Trainer(callbacks=[...]) takes them."""
+def test_restore_callback_states_is_what_preflab_does_and_false_is_said(capsys):
+    """The option used to be refused (checkpoints held no callback state); preflab now saves and restores it
+    (tests/loops/test_best_model.py::test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step)."""
     from preflab.config import config_from_dict
-    from preflab.errors import ConfigError
 
-    with pytest.raises(ConfigError) as err:
-        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
-                          "restore_callback_states_from_checkpoint": True})
-    assert "resumed run starts them afresh" in str(err.value) and "no transformers callbacks" not in str(err.value)
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl"}
+    config_from_dict({**base, "restore_callback_states_from_checkpoint": True})
+    assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err
+    config_from_dict({**base, "restore_callback_states_from_checkpoint": False})
+    assert "preflab always restores the state of the callbacks" in capsys.readouterr().err
 
 
 def test_accelerate_launch_num_processes_without_multi_gpu_is_refused_not_run_on_one_process(tmp_path,

@@ -58,6 +58,10 @@ DIFFUSERS_DPO_SCRIPT = {
 
 # TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead)
 NO_EFFECT = {
+    "restore_callback_states_from_checkpoint": (True, "preflab always restores the state of the callbacks passed "
+                                                "to Trainer(callbacks=...) on resume (EarlyStoppingCallback's "
+                                                "patience counter continues, so a resumed run stops where the "
+                                                "uninterrupted one would; transformers' false starts them afresh)"),
     "use_logits_to_keep": (False, "preflab already runs the LM head on response positions only"),
     "remove_unused_columns": (True, "preflab keeps only the columns it uses (an objective's extra columns "
                                     "travel with the rows)"),
@@ -194,10 +198,6 @@ REFUSED = {
                                  "can read"),
     "enable_jit_checkpoint": (False, "checkpoints are written every save_steps; remove it"),
     "ignore_data_skip": (False, "resume always replays the data order to the exact step; remove it"),
-    "restore_callback_states_from_checkpoint": (False, "checkpoints do not hold the state of the callbacks passed "
-                                                "to Trainer(callbacks=...), so a resumed run starts them afresh "
-                                                "(EarlyStoppingCallback's patience too, as transformers does by "
-                                                "default); remove it"),
     "full_determinism": (False, "not supported; preflab seeds torch, Python and NumPy from seed"),
     "accelerator_config": ({"split_batches": False, "dispatch_batches": None, "even_batches": True,
                             "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None},
