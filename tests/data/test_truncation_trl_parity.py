@@ -152,7 +152,7 @@ def test_keep_end_pairs_cut_apart_score_alike_in_every_layout():
     layout, as one plain forward of each TRL sequence: the sum of log p over its scored tokens."""
     import torch
 
-    from preflab.loops.batches import collate_pairs
+    from preflab.loops.batches import INTRA_ROW, collate_pairs
     from preflab.models.tiny import tiny_causal_lm
     from preflab.scoring.lm import LogProbScorer
 
@@ -170,7 +170,9 @@ def test_keep_end_pairs_cut_apart_score_alike_in_every_layout():
                 logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
                 want.append(sum(logp[j - 1, ids[j]] for j in scored))
         for layout in ("padded", "prefix_shared", "packed", "prefix_packed"):
-            scores = LogProbScorer(model)(collate_pairs(pairs, CHAR.pad_token_id, layout))
+            batch = collate_pairs(pairs, CHAR.pad_token_id, layout)
+            assert INTRA_ROW not in batch.extras  # not MAPL intra rows: rc_dpo gives them no intra_weight
+            scores = LogProbScorer(model)(batch)
             got = scores.token_logps.sum(-1)
             torch.testing.assert_close(got, torch.stack(want), rtol=0, atol=2e-5, msg=layout)
 
