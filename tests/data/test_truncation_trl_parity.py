@@ -195,3 +195,45 @@ def test_keep_end_is_refused_where_one_prompt_serves_every_cut():
                           max_completion_length=None)
     with pytest.raises(ConfigError, match="the k completions of a listwise row share one prompt"):
         _tokenize_lists(cfg, CHAR, [], "rows.jsonl")
+
+
+def test_cut_apart_mark_survives_the_cache_and_leaves_the_data_fingerprint_of_earlier_versions():
+    """The keep_end mark is no dataclass field: a new field changed the fingerprint of every pair, so the checkpoints
+    of earlier versions were refused at resume ("the training examples differ"). The hash is the one the version
+    before this change gives for these two pairs. A cut-apart pair read back from the tokenization cache keeps its
+    mark (a MAPL intra row's own prompt stays intra)."""
+    from preflab.data.cache import tokenize_cached
+    from preflab.data.fingerprint import training_data_fingerprint
+    from preflab.data.tokenize import TokenizedPair
+
+    pairs = [TokenizedPair(0, [1, 2], [3], [4], {"margin": 1.0}), TokenizedPair(1, [5], [6], [7], {}, [8, 9])]
+    assert training_data_fingerprint(pairs) == (
+        "sha256:2db27e2a9895a4953d9a89347783247e3061027eb7360cfebdda183cf2029dff")
+    examples, _ = load_rows(datasets.Dataset.from_list(TEXT_ROWS), kind="pairwise")
+    fresh, _ = tokenize_pairs(examples, CHAR, max_length=30, truncation_mode="keep_end")
+    assert [p.cut_apart for p in fresh] == [p.rejected_prompt_ids is not None for p in fresh] and any(
+        p.cut_apart for p in fresh)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in range(2):  # a miss, then a hit
+            items, report = tokenize_cached(examples, CHAR, cache_dir=cache, max_length=30, truncation_mode="keep_end")
+            assert items == fresh and [p.cut_apart for p in items] == [p.cut_apart for p in fresh]
+        assert report.from_cache
+
+
+def test_checkpoint_of_the_old_keep_end_default_resumes_with_truncation_mode_unset():
+    """preflab before this change wrote its default truncation_mode: keep_end into each checkpoint's config; that
+    keep_end cut sequences as an unset truncation_mode does now, so resuming such a checkpoint with the option unset
+    is no config change that refuses the resume (a note says it; the data fingerprint still compares the tokens).
+    keep_start -> unset still changes the meaning."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.resume_check import check_resume_config
+
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl"})
+    notes = []
+    check_resume_config({**cfg.to_dict(), "truncation_mode": "keep_end"}, cfg, "checkpoint-4", note=notes.append)
+    assert len(notes) == 1 and "truncation_mode ('keep_end' -> None)" in notes[0]
+    with pytest.raises(ConfigError, match="truncation_mode"):
+        check_resume_config({**cfg.to_dict(), "truncation_mode": "keep_start"}, cfg, "checkpoint-4", note=print)

@@ -70,9 +70,8 @@ def _row(item) -> list:
 
 def _rebuild(kind: str, ex, ids: list):
     if kind == "pairs":
-        own = ids[3] if len(ids) > 3 else None
-        return TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), own,
-                             cut_apart=own is not None and ex.rejected_prompt is None)
+        pair = TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
+        return pair.marked_cut_apart() if len(ids) > 3 and ex.rejected_prompt is None else pair
     if kind == "unpaired":
         return TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
     return TokenizedPrompt(ex.row_id, ids[0], dict(ex.extras))

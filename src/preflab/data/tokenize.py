@@ -57,8 +57,15 @@ class TokenizedPair:
     rejected_ids: list[int]
     extras: dict = field(default_factory=dict)
     rejected_prompt_ids: list[int] | None = None
-    cut_apart: bool = False  # rejected_prompt_ids is the end of the same prompt that keep_end truncation cut
-    # differently before each response (`_keep_end`), not a MAPL intra row's second prompt (see `is_intra_row`)
+    # True: rejected_prompt_ids is the end of the same prompt that keep_end truncation cut differently before each
+    # response (`_keep_end`), not a MAPL intra row's second prompt (`is_intra_row`). A class attribute set on the
+    # instance, not a field: the fields are what data.fingerprint hashes, and a new field would change the
+    # fingerprint of every pair, so checkpoints of earlier versions could not be resumed
+    cut_apart = False
+
+    def marked_cut_apart(self) -> "TokenizedPair":
+        self.cut_apart = True
+        return self
 
 
 def is_intra_row(pair) -> bool:
@@ -396,7 +403,7 @@ def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: Tokenize
                          "identical (after truncation)", "Raise max_length or drop the row.")
     if rejected_prompt == prompt_ids:
         return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras))
-    return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras), rejected_prompt, cut_apart=True)
+    return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras), rejected_prompt).marked_cut_apart()
 
 
 def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
