@@ -324,8 +324,9 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
     did), then max_length on each sequence prompt + response as TRL 1.16's DataCollatorForPreference: keep_start (or
     unset) keeps its start (the prompt whole, each response cut to the room left; a prompt with no room is a bad
     row, which TRL drops), keep_end keeps its end (`_keep_end`: the prompt's start is cut, per sequence, so the
-    responses of one row may follow different parts of the prompt). Returns (prompt ids of each response, responses);
-    truncations are counted (a row counts once in prompt_truncated and in response_truncated)."""
+    responses of one row may follow different parts of the prompt). Returns (the prompt after max_prompt_length,
+    the prompt ids before each response, the responses); truncations are counted (a row counts once in
+    prompt_truncated and in response_truncated)."""
     uncut = len(prompt_ids)
     prompt_ids = _cut_prompt(prompt_ids, settings, bos, report)
     cut = False
