@@ -86,7 +86,8 @@ class TrainConfig:
     max_length: int | None = 1024
     max_prompt_length: int | None = None
     max_completion_length: int | None = None   # responses keep their first max_completion_length tokens
-    truncation_mode: str = "keep_end"          # how an over-long prompt is cut: keep_end | keep_start
+    truncation_mode: str | None = None         # keep_start | keep_end: the end an over-long sequence / prompt keeps
+    # (None: TRL 1.16's keep_start for sequences; a prompt cut to max_prompt_length keeps its end)
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
@@ -258,6 +259,10 @@ class TrainConfig:
                        f"task: {self.task}.")
         if self.bf16 and self.fp16:
             out.append("bf16 and fp16 are both set; choose one.")
+        if self.task == "vlm" and self.truncation_mode == "keep_end" and self.max_length is not None:
+            out.append(f"truncation_mode: keep_end with max_length={self.max_length} is not supported for task: vlm "
+                       "(as in TRL 1.16): it cuts the start of prompt + response, where the image tokens are. Use "
+                       "truncation_mode: keep_start (or unset it) or max_length: null.")
         for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
             if getattr(self, flag) and self.dtype not in ("float32", precision):
                 out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them ({flag} means dtype: "

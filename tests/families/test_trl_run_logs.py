@@ -140,7 +140,8 @@ def _weighted(windows, counts, key, theirs, ours, *, logged_step_only=True) -> N
 
 
 # ---------------------------------------------------------------------------------------------------------- DPO
-def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False):
+def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False, cut: dict | None = None):
+    """cut: {"max_length", "truncation_mode"} for both libraries (default: no truncation)."""
     from trl import DPOConfig, DPOTrainer
 
     from preflab.data.rows import load_rows
@@ -155,14 +156,14 @@ def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False):
     trainer = _recording(DPOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
         args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
-                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **TRL_ARGS),
+                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **{**TRL_ARGS, **(cut or {})}),
         train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
         eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]) if evaluate else None)
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
-    pairs, _ = tokenize_pairs(examples, tok, max_length=None)
+    pairs, _ = tokenize_pairs(examples, tok, **(cut or {"max_length": None}))
     cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": loss_type,
-                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS})
+                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS, **(cut or {})})
     Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=pairs,
             eval_data=pairs[:EVAL_ROWS] if evaluate else None).train()
     ours = _preflab_history(tmp_path / "preflab")
@@ -206,6 +207,18 @@ def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):
         "eval_logps_drift/chosen", "eval_logps_drift/rejected", "eval_logps_drift/suppression_rate"}
     for key in set(trl_eval) & set(ours_eval):
         assert ours_eval[key] == pytest.approx(trl_eval[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("mode,max_length", [("keep_end", 20), ("keep_start", 21)])
+def test_dpo_truncated_run_logs_equal_trls(tmp_path, mode, max_length):
+    """truncation_mode with a max_length that cuts most sequences (prompts of 11-20 tokens, responses of 8-16):
+    TRL's DPOTrainer and preflab log the same loss, rewards/*, logps/*, num_tokens; keep_end cuts the prompt's
+    start per sequence (chosen and rejected keep different parts of it), keep_start the responses' ends."""
+    cut = {"max_length": max_length, "truncation_mode": mode}
+    trainer, theirs, ours, counts = _dpo_run(tmp_path, "sigmoid", cut=cut)
+    _compare(theirs, ours, differ=counts)
+    for key in counts:
+        _weighted(trainer.windows, counts[key], key, theirs, ours)
 
 
 # ---------------------------------------------------------------------------------------------------------- SFT

@@ -24,8 +24,9 @@ from preflab.data.tokenize import (TokenizedPair, TokenizedPrompt, TokenizedUnpa
                                    tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired)
 from preflab.errors import ConfigError
 
-CACHE_FORMAT = 3  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
-# bos only where the tokenizer adds one (data.tokenize.text_bos)
+CACHE_FORMAT = 4  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
+# bos only where the tokenizer adds one (data.tokenize.text_bos); 4: truncation_mode keep_end cuts each sequence's
+# start (TRL 1.16), storing the rejected side's own prompt when the two cuts differ
 _KINDS = {PairExample: ("pairs", tokenize_pairs), UnpairedExample: ("unpaired", tokenize_unpaired),
           PromptExample: ("prompts", tokenize_prompts)}  # each function's keyword defaults apply
 
@@ -59,7 +60,7 @@ def examples_fingerprint(examples) -> str:
 
 
 def _row(item) -> list:
-    if isinstance(item, TokenizedPair):  # a MAPL intra row adds its rejected prompt
+    if isinstance(item, TokenizedPair):  # a MAPL intra row (or a keep_end cut apart) adds its rejected prompt
         own = [] if item.rejected_prompt_ids is None else [item.rejected_prompt_ids]
         return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *own]
     if isinstance(item, TokenizedUnpaired):
@@ -69,7 +70,8 @@ def _row(item) -> list:
 
 def _rebuild(kind: str, ex, ids: list):
     if kind == "pairs":
-        return TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
+        pair = TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
+        return pair.marked_cut_apart() if len(ids) > 3 and ex.rejected_prompt is None else pair
     if kind == "unpaired":
         return TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
     return TokenizedPrompt(ex.row_id, ids[0], dict(ex.extras))
