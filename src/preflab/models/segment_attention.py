@@ -27,8 +27,8 @@ preflab.data.prefix.block_rows), and the outputs are scattered back into [R, T, 
 three gathers and one scatter per layer whatever the number of calls. Nothing is computed over the other
 responses, other blocks of a packed row, or padding beyond the pieces'. The pieces' masks are small and made once
 per layout and dtype. On the benchmark fixture (prompts 64-128, responses 64-256 tokens, batch 4) the calls cover
-0.41x the dense mask's scores with 4 pieces (0.70x with one call for all responses; 0.25x are allowed; batches
-in file order).
+0.44x the dense mask's scores with 3 pieces (0.70x with one call for all responses, 0.41x with 4 pieces, which
+measured no faster than 3 on CPU; 0.25x are allowed; batches in file order).
 
 How it reaches the model: the function is registered as transformers attention implementation SEGMENT_ATTENTION
 (AttentionInterface), the model's implementation is switched to it for the scorer's forward only
@@ -64,7 +64,7 @@ _VERDICT_ATTR = "_preflab_segment_attention"
 
 
 PIECE_TOKENS = 64  # a response piece holds at least this many queries (fewer calls for short responses)
-MAX_PIECES = 4     # and a response is cut into at most this many pieces (one attention call each per layer)
+MAX_PIECES = 3     # and a response is cut into at most this many pieces (one attention call each per layer)
 
 
 @dataclass
