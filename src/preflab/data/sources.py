@@ -112,9 +112,9 @@ def _resolve(source, split: str | None, streaming: bool = False):
                 raise DataError(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
                                 "or point to a directory with one file per split (train.jsonl, test.jsonl).")
             return str(source), [_file_part(path, streaming)]
-        split = split or DEFAULT_EVAL_SPLIT
+        explicit, split = split is not None, split or DEFAULT_EVAL_SPLIT
         if path.is_dir():
-            return str(source), _dir_parts(path, split, streaming)
+            return str(source), _dir_parts(path, split, streaming, explicit)
         text = str(source)
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
@@ -209,7 +209,11 @@ def _pick_split(dataset_dict, split: str, name: str):
     return dataset_dict[split]
 
 
-def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
+def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool = True) -> list:
+    """The part readers of a directory's `split`. A directory without splits (a save_to_disk Dataset, data files
+    not named after a split) is the split 'train' (and, for a Dataset, the split it was saved from), as datasets
+    loads it; another split given explicitly (`explicit`) is refused, as for a single file, never read as the whole
+    directory: an eval_split 'test' of it would evaluate on the training rows. split not given: read it whole."""
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets
 
@@ -220,6 +224,12 @@ def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
                             "Check the directory is complete.") from exc
         if isinstance(loaded, datasets.DatasetDict):
             loaded = _pick_split(loaded, split, str(path))
+        else:
+            own = str(loaded.split) if getattr(loaded, "split", None) else "train"
+            if explicit and split not in ("train", own):
+                raise DataError(f"{path} is one dataset saved with save_to_disk (the split {own!r}, no DatasetDict), "
+                                f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
+                                f"{own!r} or leave it out, or save a DatasetDict with that split.")
         return [_dataset_part(loaded, str(path))]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
@@ -234,6 +244,11 @@ def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
             raise DataError(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
                             f"(reading them all would mix splits). Set the split (dataset_split / eval_split) to "
                             "one of them, or point to a file.")
+        if explicit and split != "train":
+            raise DataError(f"directory {path} holds data files none of which is named after a split, so it is the "
+                            f"split 'train' (as datasets loads it) and has no split {split!r}. Set the split "
+                            "(dataset_split / eval_split) to 'train' or leave it out, or name the files after their "
+                            "splits (train.jsonl, test.jsonl).")
     return [_file_part(p, streaming) for p in (named or files)]
 
 
