@@ -264,3 +264,18 @@ def test_a_json_object_of_arrays_holds_its_arrays_as_splits(tmp_path):
     both = tmp_path / "both.json"
     both.write_text(json.dumps({"train": ROWS[:3], "test": ROWS[3:]}))
     assert [e.prompt for e in load_rows(both, split=None)[0]] == ["q3"]
+
+
+def test_a_hub_dataset_folder_with_several_configs_is_refused_not_mixed(tmp_path):
+    """A local copy of a hub dataset whose card declares configurations (en/, fr/) was read whole, training on every
+    configuration at once (datasets.load_dataset refuses it: "Config name is missing"); one config's folder reads."""
+    for name, rows in (("en", ROWS[:2]), ("fr", ROWS[2:])):
+        (tmp_path / "ds" / name).mkdir(parents=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "ds" / name / "train-00000-of-00001.parquet"))
+    (tmp_path / "ds" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  - split: train\n    path: en/train-*\n"
+        "- config_name: fr\n  data_files: fr/*.parquet\n---\n# card\n")
+    with pytest.raises(DataError, match=r"declares 2 configurations \('en' \(default\): en/train-\*; 'fr': "
+                                        r"fr/\*.parquet\); reading the whole folder would mix them"):
+        load_rows(tmp_path / "ds")
+    assert load_rows(tmp_path / "ds" / "en")[0] == EXPECTED[:2]
