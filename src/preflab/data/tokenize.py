@@ -149,7 +149,11 @@ def _check_no_special(settings: _Settings, value: Text, field_name: str, respons
             raise RowProblem("special_token_in_text", name, f"the text contains {found.group()!r}, one of the "
                              "tokenizer's special tokens, which would be read as a control token",
                              "Remove it or write it differently (e.g. with a space inside); preflab and the chat "
-                             "template add bos, eos and turn markers themselves.")
+                             "template add bos, eos and turn markers themselves."
+                             + ("" if isinstance(value, list) else " A text already rendered with a chat template "
+                                "(turn markers written out, as some TRL datasets hold them)? Give the conversation as "
+                                "messages instead (prompt, chosen and rejected as lists of {\"role\", \"content\"}), "
+                                "so that the template is applied once."))
 
 
 def _check_tool_calls_rendered(tokenizer, prompt: list, response: list, extras: dict, field_name: str,
