@@ -182,7 +182,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
     metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}
-    alpha = _alphas(pairs, opts.alpha_column, notes, row_report.source)
+    # without a reference there is no R*: the alpha notes (R* an upper bound) would speak of a metric not computed
+    alpha = _alphas(pairs, opts.alpha_column, notes if ref is not None else [], row_report.source)
     if bool((alpha == 0.5).any()):
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)
