@@ -43,3 +43,42 @@ def test_eval_split_without_eval_dataset_name_says_how_to_evaluate_that_split(tm
     note_eval_steps_without_eval_set(cfg)
     assert ("eval_split='test' names a split of eval_dataset_name, not of dataset_name: to evaluate on data/prefs's "
             "'test' split, set eval_dataset_name: data/prefs.") in capsys.readouterr().out
+
+
+H4_ROW = {"prompt": "What color is the sky?", "prompt_id": "p1",
+          "chosen": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What color is the sky?"},
+                     {"role": "assistant", "content": "Blue."}],
+          "rejected": [{"role": "system", "content": "Be brief."},
+                       {"role": "user", "content": "What color is the sky?"},
+                       {"role": "assistant", "content": "Green."}],
+          "messages": [{"role": "user", "content": "What color is the sky?"}], "score_chosen": 8.0,
+          "score_rejected": 3.0}
+
+
+def test_text_prompt_beside_whole_conversations_reads_as_trl(tmp_path):
+    """HuggingFaceH4/ultrafeedback_binarized's rows (a text prompt, chosen / rejected holding the whole
+    conversation) were refused as mixed forms; TRL 1.16 takes the conversations' shared turns as the prompt
+    (maybe_extract_prompt). The same split now, checked against TRL's own function; a text prompt that is not the
+    conversations' last shared user turn is still refused, naming both."""
+    from trl.data_utils import maybe_extract_prompt
+
+    for suffix in (".jsonl", ".parquet"):
+        path = tmp_path / f"h4{suffix}"
+        if suffix == ".jsonl":
+            path.write_text(json.dumps(H4_ROW) + "\n")
+        else:
+            import datasets
+            datasets.Dataset.from_list([H4_ROW]).to_parquet(str(path))
+        (ex,), report = load_rows(str(path))
+        trl = maybe_extract_prompt(dict(H4_ROW))
+        assert (ex.prompt, ex.chosen, ex.rejected) == (trl["prompt"], trl["chosen"], trl["rejected"])
+        assert report.forms == {"conversational_implicit_text_prompt": 1}
+        assert ex.extras["score_chosen"] == 8.0
+    other = dict(H4_ROW, prompt="What color is grass?")
+    with pytest.raises(DataError, match=r"field 'prompt': is text \('What color is grass\?'\) but 'chosen' and "
+                                        r"'rejected' are whole conversations whose last shared user turn is 'What "
+                                        r"color is the sky\?'"):
+        load_rows([other])
+    tok = family_tokenizer("chatml")
+    (pair,), _ = tokenize_pairs(load_rows([H4_ROW])[0], tok)
+    assert tok.decode(pair.chosen_ids) == "Blue.<|im_end|>\n"
