@@ -82,3 +82,27 @@ def test_text_prompt_beside_whole_conversations_reads_as_trl(tmp_path):
     tok = family_tokenizer("chatml")
     (pair,), _ = tokenize_pairs(load_rows([H4_ROW])[0], tok)
     assert tok.decode(pair.chosen_ids) == "Blue.<|im_end|>\n"
+
+
+def test_a_json_table_stored_by_columns_is_named_as_such(tmp_path):
+    """{"prompt": [...], "chosen": [...], "rejected": [...]} was refused as "the file holds the splits ['chosen',
+    'prompt', 'rejected']", and pandas' default to_json ({"prompt": {"0": ...}}) as one row whose fields are dicts;
+    both now say the table is stored by columns and how to write rows. A one-row file of conversations (lists of
+    message objects) still reads as that row."""
+    by_lists = tmp_path / "cols.json"
+    by_lists.write_text(json.dumps({"prompt": ["a", "b"], "chosen": ["A", "B"], "rejected": ["x", "y"]}))
+    by_index = tmp_path / "pandas.json"
+    by_index.write_text(json.dumps({"prompt": {"0": "a"}, "chosen": {"0": "A"}, "rejected": {"0": "x"}}))
+    for path in (by_lists, by_index):
+        with pytest.raises(DataError, match=r"one array \(or index->value object\) per column \(chosen, prompt, "
+                                            r"rejected\): a table stored by columns, not rows"):
+            load_rows(str(path))
+    conv = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "HI"}],
+            "rejected": [{"role": "assistant", "content": "hi"}]}
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(conv))
+    (ex,), _ = load_rows(str(one))
+    assert ex.chosen == conv["chosen"]
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"train": [{"prompt": "p", "chosen": "a", "rejected": "b"}], "test": []}))
+    assert len(load_rows(str(splits), split="train")[0]) == 1

@@ -372,6 +372,10 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
             yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))  # JSON lines in a .json file
             return
         arrays = isinstance(obj, dict) and bool(obj) and all(isinstance(v, list) for v in obj.values())
+        _refuse_columns(obj, path)
+        if arrays and len(set(obj) & set(ROW_FIELDS)) >= 2 and all(isinstance(x, dict) for v in obj.values()
+                                                                   for x in v):
+            arrays = False  # one conversational row ({"prompt": [messages], "chosen": [messages], ...}), not splits
         if not arrays and isinstance(obj, dict):  # a single object: JSON lines with one line
             yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))
             return
@@ -478,6 +482,27 @@ def _json_array_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 return
             if sep != ",":
                 raise bad(f"expected ',' or ']', found {sep!r}" if sep else "the array is not closed")
+
+
+ROW_FIELDS = ("prompt", "chosen", "rejected", "completion", "label", "messages")
+
+
+def _refuse_columns(obj, path: Path) -> None:
+    """A DataError for a JSON object of columns ({"prompt": [...], "chosen": [...], ...} or pandas' default
+    to_json, {"prompt": {"0": ...}, ...}): its arrays would be read as splits, its dicts as one row of dicts."""
+    def column(v) -> bool:  # a column of values, not one conversational row's messages
+        if isinstance(v, list):
+            return bool(v) and not all(isinstance(x, dict) for x in v)
+        return isinstance(v, dict) and bool(v) and all(str(k).isdigit() for k in v)
+
+    if not isinstance(obj, dict) or not all(column(v) for v in obj.values()):
+        return
+    named = sorted(set(obj) & set(ROW_FIELDS))
+    if len(named) >= 2:
+        raise DataError(f"{path}: the top-level object holds one array (or index->value object) per column "
+                        f"({', '.join(named)}): a table stored by columns, not rows. Write one object per row: JSON "
+                        "lines ({\"prompt\": ..., \"chosen\": ..., \"rejected\": ...} per line) or a JSON array of "
+                        "row objects (pandas: df.to_json(path, orient='records', lines=True)).")
 
 
 def _json_split(obj: dict, split: str, path: Path) -> list:
