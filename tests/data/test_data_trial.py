@@ -106,3 +106,23 @@ def test_a_json_table_stored_by_columns_is_named_as_such(tmp_path):
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"train": [{"prompt": "p", "chosen": "a", "rejected": "b"}], "test": []}))
     assert len(load_rows(str(splits), split="train")[0]) == 1
+
+
+def test_hub_shards_with_a_fingerprint_keep_their_split(tmp_path):
+    """Hub shards written by datasets 2.x push_to_hub carry a fingerprint (train_prefs-00000-of-00001-<hash>.parquet,
+    HuggingFaceH4/ultrafeedback_binarized's layout). They were not recognised as shards, so split 'train' matched
+    train_prefs and train_sft by prefix and read both, mixing the SFT split into the preference data (datasets
+    refuses split 'train' there); the shard name now gives its split exactly."""
+    import datasets
+
+    rows = [{"prompt": f"q{i}", "chosen": f"A{i}", "rejected": f"b{i}"} for i in range(8)]
+    (tmp_path / "data").mkdir()
+    for j, name in enumerate(("train_prefs", "train_sft", "test_prefs", "test_sft")):
+        datasets.Dataset.from_list(rows[2 * j:2 * j + 2]).to_parquet(
+            str(tmp_path / "data" / f"{name}-00000-of-00001-{j}a09b74b3ef9c3b5.parquet"))
+    assert [e.prompt for e in load_rows(str(tmp_path), split="train_prefs")[0]] == ["q0", "q1"]
+    assert [e.prompt for e in load_rows(str(tmp_path), split="test_sft")[0]] == ["q6", "q7"]
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=rf"split\(s\) \['test_prefs', 'test_sft', 'train_prefs', 'train_sft'\] "
+                                            rf"and none of split '{split}'"):
+            load_rows(str(tmp_path), split=split)

@@ -258,7 +258,9 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split
 
 
-_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}$")  # the hub's shard names: {split}-00000-of-00001.parquet
+# the hub's shard names, as datasets matches them ({split}-[0-9]{5}-of-[0-9]{5}*): train-00000-of-00001.parquet, and
+# with the fingerprint datasets 2.x push_to_hub added: train_prefs-00000-of-00001-a09b74b3ef9c3b56.parquet
+_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
 
 
 def _names_split(rel: Path, split: str) -> bool:
