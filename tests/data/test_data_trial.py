@@ -126,3 +126,18 @@ def test_hub_shards_with_a_fingerprint_keep_their_split(tmp_path):
         with pytest.raises(DataError, match=rf"split\(s\) \['test_prefs', 'test_sft', 'train_prefs', 'train_sft'\] "
                                             rf"and none of split '{split}'"):
             load_rows(str(tmp_path), split=split)
+
+
+def test_split_named_folders_are_never_read_as_another_split(tmp_path):
+    """The hub's parquet conversion layout (default/train_prefs/0000.parquet, default/test_prefs/0000.parquet) has no
+    file named after a split, so split 'train' read both folders: the test split trained on. Folders named after a
+    split now count as that split."""
+    import datasets
+
+    rows = [{"prompt": f"q{i}", "chosen": f"A{i}", "rejected": f"b{i}"} for i in range(4)]
+    for j, name in enumerate(("train_prefs", "test_prefs")):
+        (tmp_path / "default" / name).mkdir(parents=True)
+        datasets.Dataset.from_list(rows[2 * j:2 * j + 2]).to_parquet(str(tmp_path / "default" / name / "0000.parquet"))
+    with pytest.raises(DataError, match=r"split\(s\) \['test_prefs', 'train_prefs'\] and none of split 'train'"):
+        load_rows(str(tmp_path), split="train")
+    assert [e.prompt for e in load_rows(str(tmp_path), split="test_prefs")[0]] == ["q2", "q3"]

@@ -242,7 +242,8 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
     named = [p for p in files if _names_split(p.relative_to(path), split)]
     if not named:  # no file for this split: every file, unless the files are named after other splits
         others = sorted({s for p in files for s in SPLIT_NAMES if _names_split(p.relative_to(path), s)} |
-                        {m.group(1) for p in files if (m := _SHARD.match(p.name.split(".", 1)[0]))})
+                        {m.group(1) for p in files if (m := _SHARD.match(p.name.split(".", 1)[0]))} |
+                        {d for p in files for d in p.relative_to(path).parts[:-1] if _split_like(d)})
         if others:
             raise DataError(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
                             f"(reading them all would mix splits). Set the split (dataset_split / eval_split) to "
@@ -261,6 +262,12 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # 
 # the hub's shard names, as datasets matches them ({split}-[0-9]{5}-of-[0-9]{5}*): train-00000-of-00001.parquet, and
 # with the fingerprint datasets 2.x push_to_hub added: train_prefs-00000-of-00001-a09b74b3ef9c3b56.parquet
 _SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
+
+
+def _split_like(folder: str) -> bool:
+    """A folder named after a split ('train', 'test_prefs', 'validation-2'; the hub's parquet conversion writes
+    default/train_prefs/0000.parquet): its files belong to that split, never to another one."""
+    return any(folder == s or folder.startswith((s + "-", s + "_")) for s in SPLIT_NAMES)
 
 
 def _names_split(rel: Path, split: str) -> bool:
