@@ -141,3 +141,18 @@ def test_split_named_folders_are_never_read_as_another_split(tmp_path):
     with pytest.raises(DataError, match=r"split\(s\) \['test_prefs', 'train_prefs'\] and none of split 'train'"):
         load_rows(str(tmp_path), split="train")
     assert [e.prompt for e in load_rows(str(tmp_path), split="test_prefs")[0]] == ["q2", "q3"]
+
+
+def test_a_folder_with_compressed_data_files_is_refused_not_read_in_part(tmp_path):
+    """Anthropic/hh-rlhf's layout (helpful-base/train.jsonl.gz, ...): compressed files are not read, and beside an
+    uncompressed file they were dropped without a word (only the .jsonl trained); now the folder is refused, naming
+    them."""
+    import gzip
+
+    row = json.dumps({"prompt": "q", "chosen": "A", "rejected": "b"}) + "\n"
+    (tmp_path / "helpful-base").mkdir()
+    with gzip.open(tmp_path / "helpful-base" / "train.jsonl.gz", "wt") as fh:
+        fh.write(row * 3)
+    (tmp_path / "extra.jsonl").write_text(row)
+    with pytest.raises(DataError, match=r"compressed data files preflab does not read \(helpful-base/train.jsonl.gz\)"):
+        load_rows(str(tmp_path))

@@ -30,6 +30,7 @@ from preflab.hub import failure_reason, offline
 from preflab.data.report import RowProblem, row_error
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")  # train.jsonl.gz (Anthropic/hh-rlhf)
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
 MAX_NESTING_DEPTH = 64  # levels of objects/lists in one row; chat rows with tool calls use fewer than 10
 
@@ -236,6 +237,13 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
     refuse_mixed_configs(path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    packed = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and len(p.suffixes) > 1
+                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if packed:  # reading the other files alone would drop these rows without a word
+        raise DataError(f"directory {path} holds compressed data files preflab does not read ({', '.join(packed[:4])}"
+                        f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}). Decompress them (gunzip, "
+                        "zstd -d, ...) or point dataset_name at uncompressed files.")
     if not files:
         raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
                         "datasets.save_to_disk. Point to a file or a dataset directory.")
