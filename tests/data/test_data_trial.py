@@ -156,3 +156,19 @@ def test_a_folder_with_compressed_data_files_is_refused_not_read_in_part(tmp_pat
     (tmp_path / "extra.jsonl").write_text(row)
     with pytest.raises(DataError, match=r"compressed data files preflab does not read \(helpful-base/train.jsonl.gz\)"):
         load_rows(str(tmp_path))
+
+
+def test_chat_template_kwargs_as_json_text_reach_the_template(tmp_path):
+    """A chat_template_kwargs column read from CSV is JSON text; it failed as "the chat template failed: ValueError:
+    dictionary update sequence ..." (tools as text were already parsed). It is now parsed the same way, and a value
+    that is no object is a bad row naming the column."""
+    tok = family_tokenizer("qwen3")
+    conv = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "HI"}],
+            "rejected": [{"role": "assistant", "content": "hi"}]}
+    (as_text,), _ = tokenize_pairs(load_rows([dict(conv, chat_template_kwargs='{"enable_thinking": false}')])[0], tok)
+    (as_dict,), _ = tokenize_pairs(load_rows([dict(conv, chat_template_kwargs={"enable_thinking": False})])[0], tok)
+    (plain,), _ = tokenize_pairs(load_rows([conv])[0], tok)
+    assert as_text.prompt_ids == as_dict.prompt_ids != plain.prompt_ids  # the kwarg reached the template
+    with pytest.raises(DataError, match=r"field 'chat_template_kwargs': expected an object of chat template "
+                                        r"arguments"):
+        tokenize_pairs(load_rows([dict(conv, chat_template_kwargs="[1, 2]")])[0], tok)

@@ -195,6 +195,15 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
                           "chat_template in tokenizer_config.json or chat_template.jinja). Save one with the tokenizer "
                           "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
     kwargs = extras.get("chat_template_kwargs") or {}
+    if isinstance(kwargs, str):  # a CSV cell, or a column written as JSON text, as `tools` may be
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            kwargs = None
+    if not isinstance(kwargs, dict):
+        raise RowProblem("wrong_type", "chat_template_kwargs", "expected an object of chat template arguments (e.g. "
+                         f"{{\"enable_thinking\": false}}), got {str(extras.get('chat_template_kwargs'))[:60]!r}",
+                         "Write the column as a JSON object (or its JSON text).")
     tools = extras.get("tools")
     try:
         if isinstance(tools, str):
