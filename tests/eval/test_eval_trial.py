@@ -66,3 +66,24 @@ def test_eval_cuts_pairs_as_the_run_did(tmp_path, capsys):
     wide = json.loads((tmp_path / "e40.json").read_text())
     assert wide["per_pair"]["policy_chosen"] == pytest.approx(
         sums(max_length=40, max_prompt_length=12, truncation_mode="keep_start", max_completion_length=8), abs=1e-4)
+
+
+def test_conversational_extra_responses_as_text_measure_dispersion():
+    """With conversational pairs, extra_responses written as strings (as chosen / rejected replies usually are) were
+    all skipped as wrong_type, and eval.json then said the data has no extra_responses column; a string is now the
+    assistant's reply, scored exactly as the same reply written as a message list."""
+    tok = tiny_tokenizer("bytelevel")
+    policy, ref = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=2)
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in ROWS]
+    as_text = [dict(r, extra_responses=["the dog", "five"]) for r in rows]
+    as_messages = [dict(r, extra_responses=[[{"role": "assistant", "content": t}] for t in ("the dog", "five")])
+                   for r in rows]
+    text = evaluate_models(policy, tok, as_text, ref=ref)["metrics"]
+    messages = evaluate_models(policy, tok, as_messages, ref=ref)["metrics"]
+    assert text["dispersion/num_unseen_responses"] == 4.0
+    for key in ("dispersion/unseen_logps_drift", "dispersion/unseen_log_mass_drift"):
+        assert text[key] == messages[key]
+    empty = evaluate_models(policy, tok, [dict(r, extra_responses=[" "]) for r in rows], ref=ref)
+    assert empty["missing"]["dispersion"] == "no 'extra_responses' response could be scored (see the notes)"

@@ -95,7 +95,10 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
             if not response or (isinstance(response, str) and not response.strip()):
                 empty += 1  # an empty response is no response (the pairs refuse it too)
                 continue
-            items.append(UnpairedExample(pair.row_id, examples[i].prompt, response, True, {}))
+            prompt = examples[i].prompt
+            if isinstance(prompt, list) and isinstance(response, str):  # a conversation's reply, as TRL's completions
+                response = [{"role": "assistant", "content": response}]
+            items.append(UnpairedExample(pair.row_id, prompt, response, True, {}))
             owner.append(k)
     if empty:
         notes.append(f"dispersion: {empty} empty '{column}' responses were left out")
@@ -231,8 +234,11 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id, notes,
                                    row_report.source))
         if not any(k.startswith("dispersion/") for k in metrics):
-            missing["dispersion"] = (f"the data has no '{opts.extra_responses_column}' column (a list of further "
-                                     "responses per prompt), so mass on unseen responses was not measured")
+            column = opts.extra_responses_column
+            present = any(p.extras.get(column) is not None for p in pairs)
+            missing["dispersion"] = (f"no '{column}' response could be scored (see the notes)" if present else
+                                     f"the data has no '{column}' column (a list of further responses per prompt), "
+                                     "so mass on unseen responses was not measured")
     else:
         missing["reference"] = ("no --reference: implicit-reward accuracy, idealized ranking accuracy, Thm 4.1 "
                                 "difficulty, log-prob drift and dispersion need the reference model")
