@@ -170,7 +170,11 @@ def _check_no_special(settings: _Settings, value: Text, field_name: str, respons
             raise RowProblem("special_token_in_text", name, f"the text contains {found.group()!r}, one of the "
                              "tokenizer's special tokens, which would be read as a control token",
                              "Remove it or write it differently (e.g. with a space inside); preflab and the chat "
-                             "template add bos, eos and turn markers themselves.")
+                             "template add bos, eos and turn markers themselves."
+                             + ("" if isinstance(value, list) else " A text already rendered with a chat template "
+                                "(turn markers written out, as some TRL datasets hold them)? Give the conversation as "
+                                "messages instead (prompt, chosen and rejected as lists of {\"role\", \"content\"}), "
+                                "so that the template is applied once."))
 
 
 def _check_tool_calls_rendered(tokenizer, prompt: list, response: list, extras: dict, field_name: str,
@@ -213,6 +217,15 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
                           "chat_template in tokenizer_config.json or chat_template.jinja). Save one with the tokenizer "
                           "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
     kwargs = extras.get("chat_template_kwargs") or {}
+    if isinstance(kwargs, str):  # a CSV cell, or a column written as JSON text, as `tools` may be
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            kwargs = None
+    if not isinstance(kwargs, dict):
+        raise RowProblem("wrong_type", "chat_template_kwargs", "expected an object of chat template arguments (e.g. "
+                         f"{{\"enable_thinking\": false}}), got {str(extras.get('chat_template_kwargs'))[:60]!r}",
+                         "Write the column as a JSON object (or its JSON text).")
     tools = extras.get("tools")
     try:
         if isinstance(tools, str):
