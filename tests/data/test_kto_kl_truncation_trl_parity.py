@@ -118,3 +118,19 @@ def test_kto_kl_cut_survives_the_cache_and_keys_the_reference_cache(tmp_path):
     longer, _ = tokenize_unpaired([e for e in examples if e.row_id == 5], CHAR, max_length=60)
     assert [(x.prompt_ids, x.completion_ids) for x in cut] == [(x.prompt_ids, x.completion_ids) for x in longer]
     assert unpaired_fingerprint(cut) != unpaired_fingerprint(longer)
+
+
+def test_kto_kl_sequences_keep_their_end_under_keep_end():
+    """truncation_mode: keep_end (preflab's; TRL's KTOTrainer has no truncation_mode) cuts a KL sequence as it cuts
+    an example's own: (prompt + the other's completion, both uncut)[-max_length:], the completion's tokens scored."""
+    from preflab.data.tokenize import uncut_completion
+
+    examples, _ = load_rows(datasets.Dataset.from_list(ROWS), kind="unpaired")
+    full, _ = tokenize_unpaired(examples, CHAR, max_length=None)
+    for max_length in (8, 20, 30):
+        items, _ = tokenize_unpaired(examples, CHAR, max_length=max_length, truncation_mode="keep_end")
+        for x, y, fx, fy in zip(items, items[1:] + items[:1], full, full[1:] + full[:1]):
+            prompt, completion = kl_sequence(x, uncut_completion(y))
+            assert prompt + completion == (fx.prompt_ids + fy.completion_ids)[-max_length:]
+            assert completion == fy.completion_ids[-len(completion):] and 0 < len(completion)
+            assert len(completion) == min(len(fy.completion_ids), max_length - 1)
