@@ -263,6 +263,13 @@ class TrainConfig:
             out.append(f"truncation_mode: keep_end with max_length={self.max_length} is not supported for task: vlm "
                        "(as in TRL 1.16): it cuts the start of prompt + response, where the image tokens are. Use "
                        "truncation_mode: keep_start (or unset it) or max_length: null.")
+        if self.task == "online" and self.truncation_mode == "keep_start":  # was accepted and ignored
+            out.append("truncation_mode: keep_start is not supported for task: online: a prompt longer than "
+                       "max_prompt_length keeps its end, as TRL's online trainers cut it (TRL 0.x's GRPOTrainer and "
+                       "its OnlineDPOTrainer cut from the left; TRL 1.16's GRPOTrainer cuts no prompt), since the "
+                       "end holds the question and the generation prompt the completion follows. Unset "
+                       "truncation_mode (or keep_end), and raise max_prompt_length (or null: no limit) to keep a "
+                       "prompt's start.")
         for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
             if getattr(self, flag) and self.dtype not in ("float32", precision):
                 out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them ({flag} means dtype: "

@@ -179,7 +179,7 @@ OPTIONS: dict[str, Option] = {
     "truncation_mode": one_of(("keep_end", "keep_start"), "which end of a sequence longer than max_length is kept "
                               "(TRL 1.16; keep_end cuts the prompt's start, per sequence) and of a prompt longer than "
                               "max_prompt_length (null: sequences keep their start, as TRL's default, a prompt its "
-                              "end)"),
+                              "end; task: online: prompts keep their end, keep_start is refused)"),
     "on_bad_row": one_of(("error", "skip"), "a bad data row stops the run, or is skipped and counted"),
     "layout": one_of(("padded", "prefix_shared", "packed", "prefix_packed"),
                      "batch layout (preflab.data.prefix); TRL padding_free: true -> prefix_packed"),

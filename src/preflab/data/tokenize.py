@@ -27,13 +27,16 @@ prompt's start is cut (bos included), per sequence: the chosen and rejected sequ
 parts of the prompt (the rejected one's is then `rejected_prompt_ids`, with `cut_apart`). Under keep_start a prompt
 that leaves no room for one response token is a bad row (`prompt_fills_max_length`; TRL drops it unsaid); pairs
 whose two sequences are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
-`TokenizeReport`.
+`TokenizeReport`. Unpaired (KTO) examples keep their ids before the max_length cut (`KLCut`): KTO's mismatched (KL)
+sequences pair a prompt with another example's uncut completion and are cut like any sequence (`kl_sequence`), as
+TRL 1.16's KTOTrainer cuts them.
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from preflab.data.boundary import Split, encode, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
@@ -94,6 +97,43 @@ class TokenizedUnpaired:
     label: bool
     extras: dict = field(default_factory=dict)
     mismatched_completion_ids: list[int] | None = None
+    # `KLCut`: how max_length cuts the mismatched (KL) sequences this example takes part in, set on the instance
+    # when max_length is set; None: not cut. A class attribute, not a field (data.fingerprint hashes the fields)
+    kl_cut = None
+
+
+class KLCut(NamedTuple):
+    """What cuts KTO's mismatched (KL) sequences to max_length as TRL 1.16 cuts them: its KTOTrainer pairs each
+    prompt with another example's completion as tokenized (KL_completion_ids, before any cut) and its collator cuts
+    prompt + that completion to max_length like every sequence (`kl_sequence`). prompt_ids / completion_ids: this
+    example's before the max_length cut (after max_prompt_length / max_completion_length)."""
+
+    max_length: int
+    truncation_mode: str | None
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+def uncut_completion(item) -> list[int]:
+    """The completion ids of an unpaired example before the max_length cut: what TRL 1.16's KTOTrainer pairs with
+    other prompts (KL_completion_ids, cut only with the sequence it joins: `kl_sequence`)."""
+    cut = getattr(item, "kl_cut", None)
+    return item.completion_ids if cut is None else cut.completion_ids
+
+
+def kl_sequence(item, other: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt, completion) of the mismatched (KL) sequence of `item`'s prompt with another example's completion
+    `other` (its `uncut_completion`, or a fixed mismatched_completion_ids), cut to max_length by `item.kl_cut` as
+    `_truncate` cuts an example's own sequence: keep_start (or unset: TRL 1.16's KTOTrainer, which has no
+    truncation_mode, cuts (prompt + KL completion)[:max_length] in its collator) keeps the prompt whole and the
+    completion's start, keep_end (`_keep_end`) the sequence's end. Examples without kl_cut (no max_length, or built
+    from Python) are not cut."""
+    cut = getattr(item, "kl_cut", None)
+    if cut is None:
+        return item.prompt_ids, other
+    if cut.truncation_mode == "keep_end":
+        return _keep_end(cut.prompt_ids, other, cut.max_length)
+    return cut.prompt_ids, other[:cut.max_length - len(cut.prompt_ids)]
 
 
 @dataclass
@@ -332,14 +372,15 @@ def _keep_end(prompt_ids: list[int], response: list[int], max_length: int) -> tu
 
 
 def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
-              report: TokenizeReport, fields: list[str], prompt_field: str = "prompt"):
+              report: TokenizeReport, fields: list[str], prompt_field: str = "prompt", before: list | None = None):
     """Apply max_prompt_length (`_cut_prompt`), max_completion_length (each response keeps its start, as TRL 0.x
     did), then max_length on each sequence prompt + response as TRL 1.16's DataCollatorForPreference: keep_start (or
     unset) keeps its start (the prompt whole, each response cut to the room left; a prompt with no room is a bad
     row, which TRL drops), keep_end keeps its end (`_keep_end`: the prompt's start is cut, per sequence, so the
     responses of one row may follow different parts of the prompt). Returns (the prompt after max_prompt_length,
     the prompt ids before each response, the responses); truncations are counted (a row counts once in
-    prompt_truncated and in response_truncated)."""
+    prompt_truncated and in response_truncated). `before`, when given, receives (prompt, responses) as they are
+    before the max_length cut (KTO cuts its mismatched sequences from them: `KLCut`)."""
     uncut = len(prompt_ids)
     prompt_ids = _cut_prompt(prompt_ids, settings, bos, report)
     cut = False
@@ -347,6 +388,8 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
                                                           for ids in responses):
         responses = [ids[:settings.max_completion_length] for ids in responses]
         cut = True
+    if before is not None:
+        before[:] = [prompt_ids, responses]
     prompts = [prompt_ids] * len(responses)
     if settings.max_length is not None and settings.truncation_mode == "keep_end" and responses:
         sides = [_keep_end(prompt_ids, ids, settings.max_length) for ids in responses]
@@ -373,7 +416,8 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
 
 
 def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
-                    settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt"):
+                    settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
+                    before: list | None = None):
     """(prompt ids of each response, response ids): truncation_mode keep_end may cut the prompt differently before
     each response (`_truncate`); otherwise every response follows the same prompt."""
     _check_no_special(settings, prompt, prompt_field, response=False)
@@ -383,7 +427,7 @@ def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list
     split = split_exact(tokenizer, prompt_text, texts, fields, joint_only=settings.joint_only)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
     _, prompts, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
-                                prompt_field)
+                                prompt_field, before)
     for one in {tuple(p): p for p in prompts}.values():  # a prompt stored once is counted once
         report.prompt_tokens += len(one)
         report.max_prompt_tokens = max(report.max_prompt_tokens, len(one))
@@ -394,11 +438,13 @@ def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list
 
 
 def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
-                  settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt"):
+                  settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
+                  before: list | None = None):
     """(prompt ids, response ids) for rows whose responses share one prompt (unpaired, MAPL intra sides, listwise
     and SFT rows). Several responses under keep_end with max_length would each keep a different part of the prompt,
     which one shared prompt cannot hold: refused (callers with several responses refuse that mode up front)."""
-    prompts, ids = _tokenize_sides(tokenizer, prompt, responses, fields, extras, settings, report, prompt_field)
+    prompts, ids = _tokenize_sides(tokenizer, prompt, responses, fields, extras, settings, report, prompt_field,
+                                   before)
     if any(p != prompts[0] for p in prompts[1:]):
         raise ConfigError(f"truncation_mode=keep_end with max_length={settings.max_length} cuts the prompt before "
                           f"each of {len(prompts)} responses differently (TRL 1.16 cuts each sequence's start), and "
@@ -442,9 +488,13 @@ def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: To
 
 
 def _make_unpaired(ex: UnpairedExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedUnpaired:
+    before: list = []
     prompt_ids, (completion,) = _tokenize_one(tokenizer, ex.prompt, [ex.completion], ["completion"], ex.extras,
-                                              settings, report)
-    return TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, dict(ex.extras))
+                                              settings, report, before=before)
+    item = TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, dict(ex.extras))
+    if settings.max_length is not None:
+        item.kl_cut = KLCut(settings.max_length, settings.truncation_mode, before[0], before[1][0])
+    return item
 
 
 def _make_prompt(ex: PromptExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPrompt:
