@@ -14,7 +14,7 @@ _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encoding
               "sample_steps", "guidance_scale", "flux_guidance")
 
 _TOKEN_LENGTHS = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode", "layout",
-                  "chunk_tokens", "pad_to_multiple_of", "generate_during_eval")
+                  "chunk_tokens", "generate_during_eval")
 
 
 def _router_loss_trainers() -> tuple:
@@ -47,6 +47,10 @@ OWNERS = (
      "the text and image-text tasks (it adds the chosen response's NLL; a diffusion objective has no such term)"),
     (_TOKEN_LENGTHS, lambda cfg: cfg.task != "diffusion",
      "the text and image-text tasks (a diffusion run's captions are cut at its text encoder's length)"),
+    (("pad_to_multiple_of",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not (
+        cfg.task == "online" and cfg.online_task == "vision_dataset"),
+     "the text tasks (dpo, sft, reward, online on text prompts: rows of token ids; an image-text row's vision "
+     "inputs have their own shapes, and a diffusion run's captions are cut at its text encoder's length)"),
     (("data_seed",), lambda cfg: cfg.task in ("dpo", "reward", "sft", "vlm", "diffusion"),
      "the tasks whose batch order is preflab's BatchPlan (dpo, reward, sft, vlm, diffusion; task: online draws each "
      "round's prompts with seed, a recipe with its own seed)"),

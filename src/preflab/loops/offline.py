@@ -139,7 +139,9 @@ class Trainer(TrainingRun):
         self.layout = effective_layout(self.requested_layout(), policy, ref)
         set_attention_mode(cfg.attention, policy, ref)
         if cfg.gradient_checkpointing:
-            unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            from preflab.models.load import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.stream is not None:
             from preflab.loops.streaming import StreamedBatches, StreamPlan
