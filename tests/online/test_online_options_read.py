@@ -87,3 +87,15 @@ def test_online_api_save_model_false_writes_no_final_weights(tmp_path, api):
     assert dropped["final_model_saved"] is False and (tmp_path / "dropped" / "summary.json").is_file()
     with pytest.raises(ConfigError, match="save_model must be true or false, got 'no'"):
         call(tmp_path / "bad", save_model="no")
+
+
+def test_online_truncation_mode_keep_start_keeps_the_prompts_start(tmp_path):
+    """truncation_mode was accepted by task: online and ignored: prompts over max_prompt_length kept their end."""
+    rows = {}
+    for mode in ("keep_end", "keep_start"):
+        rows[mode] = tiny_run(tiny_cfg(tmp_path / mode, max_prompt_length=4, truncation_mode=mode)).rows
+    whole = tiny_run(tiny_cfg(tmp_path / "whole")).rows
+    assert all(len(r.prompt_ids) > 4 for r in whole)
+    # keep_end keeps the bos token and the last 3; keep_start the first 4
+    assert [r.prompt_ids for r in rows["keep_end"]] == [r.prompt_ids[:1] + r.prompt_ids[-3:] for r in whole]
+    assert [r.prompt_ids for r in rows["keep_start"]] == [r.prompt_ids[:4] for r in whole]

@@ -203,11 +203,14 @@ class OnlineRun(TrainingRun):
         self.pad_id = pad_id_of(tokenizer)
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
-                                                                   report_to=self.data_report)
+                                                                   report_to=self.data_report,
+                                                                   truncation_mode=cfg.truncation_mode)
         cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
         if cut and self.main:
+            dropped = "start" if cfg.truncation_mode == "keep_end" else "end"
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
-                  f"{cfg.max_prompt_length} (truncation_mode keep_end: their start is dropped).", flush=True)
+                  f"{cfg.max_prompt_length} (truncation_mode {cfg.truncation_mode}: their {dropped} is dropped).",
+                  flush=True)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
