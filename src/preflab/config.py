@@ -273,9 +273,11 @@ class TrainConfig:
                        "eval_fraction (or eval_strategy: no).")
         if self.eval_strategy == "no" and self.eval_steps:
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
-        if self.eval_split is not None and not self.eval_dataset_name:
-            out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set (an "
-                       "eval_fraction is held out of dataset_split); set eval_dataset_name or remove eval_split.")
+        if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:
+            # (eval_split alone, e.g. TRL's dataset_test_split, evaluates nothing: as in TRL with eval_strategy no)
+            out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set: "
+                       f"eval_fraction={self.eval_fraction} holds the eval set out of dataset_split instead; set "
+                       "eval_dataset_name or remove eval_split.")
         if self.ref_model_init_kwargs and not self.ref_model_name_or_path:
             out.append("ref_model_init_kwargs only apply to ref_model_name_or_path, which is not set (the reference "
                        "is a copy of the policy, loaded with model_init_kwargs).")

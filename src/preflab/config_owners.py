@@ -12,7 +12,6 @@ _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encoding
               "score_range", "sample_steps", "guidance_scale", "flux_guidance")
 _SELF_NPO = ("self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance")
 _PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings")
-_MODEL_LOADING = ("use_peft", "model_init_kwargs")
 
 _TOKEN_LENGTHS = ("max_length", "chunk_tokens", "generate_during_eval")
 
@@ -59,10 +58,14 @@ OWNERS = (
      "`preflab eval RUN --task diffusion --reference DIR`)"),
     (("precompute_ref_log_probs",), lambda cfg: cfg.task not in ("diffusion", "online"),
      "the offline text and image-text tasks (task: online computes the reference's log-probs once per generation "
-     "round anyway; a diffusion run's reference is its starting denoiser)"),
-    (_MODEL_LOADING, lambda cfg: not _builds_its_model(cfg),
-     "the runs that load model_name_or_path (online_task: game and model builtin:demo-sft build their tiny "
-     "policy in code and train all of its weights)"),
+     "round anyway; a diffusion run's reference is its starting denoiser: a frozen copy, or the UNet with its LoRA "
+     "adapters off)"),
+    (("use_peft",), lambda cfg: not _builds_its_model(cfg),
+     "the runs that load model_name_or_path (online_task: game and model builtin:demo-sft build their tiny policy "
+     "in code and train all of its weights)"),
+    (("model_init_kwargs", "load_dtype"), lambda cfg: not _builds_its_model(cfg) and cfg.task != "diffusion",
+     "the runs that load model_name_or_path with transformers (online_task: game and model builtin:demo-sft build "
+     "their tiny policy in code; a diffusion pipeline loads in float32 with diffusers)"),
     (("eval_dataset_name", "eval_fraction", "eval_split"),
      lambda cfg: not (cfg.task == "online" and cfg.online_task != "dataset"),
      "the offline tasks and online_task: dataset (online_task demo, game and vision_dataset evaluate with their "
@@ -76,16 +79,20 @@ OWNERS = (
      "the text and image-text tasks (a diffusion run's captions are cut at its text encoder's length)"),
     (("max_prompt_length",), lambda cfg: cfg.task not in ("diffusion", "sft") and not _game(cfg),
      "the tasks with prompts (dpo, reward, vlm, online on text; task: sft cuts whole rows at max_length, the game "
-     "has no prompt text)"),
+     "has no prompt text, a diffusion run's captions are cut at its text encoder's length)"),
     (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft", "vlm"),
      "the text tasks with prompts (dpo, reward, online; task: sft cuts whole rows at max_length, task: vlm cuts "
-     "responses at max_length)"),
-    (("truncation_mode",), lambda cfg: cfg.task not in ("diffusion", "sft", "vlm") and not _game(cfg) and not (
+     "responses at max_length, a diffusion run's captions are cut at its text encoder's length)"),
+    # task: sft keeps a long row's start (TRL SFTConfig's default truncation_mode, keep_start, which its saved
+    # configs carry), whatever truncation_mode says: not refused there, see changes/unread-opts.md
+    (("truncation_mode",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not _game(cfg) and not (
         cfg.task == "online" and cfg.online_task == "vision_dataset"),
-     "the text tasks that cut prompts (dpo, reward, online on text; task: sft cuts whole rows at max_length, an "
-     "image-text prompt over max_prompt_length is a bad row)"),
+     "the text tasks that cut prompts (dpo, reward, online on text; an image-text prompt over max_prompt_length "
+     "is a bad row, task: vlm cuts responses at max_length, a diffusion run's captions are cut at its text "
+     "encoder's length)"),
     (("layout",), lambda cfg: cfg.task not in ("diffusion", "sft"),
-     "the preference tasks (task: sft lays its rows out by packing: true packs them, false pads them)"),
+     "the preference tasks (TRL's padding_free: true is layout: packed; task: sft lays its rows out by packing: "
+     "true packs them, false pads them; a diffusion run's captions are cut at its text encoder's length)"),
     (("attention",), lambda cfg: cfg.task not in ("diffusion", "reward"),
      "the tasks that score prefix-shared rows with a policy (task: reward batches padded rows, a diffusion run has "
      "no token rows)"),

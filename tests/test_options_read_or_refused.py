@@ -1,26 +1,25 @@
-"""Audit: which TrainConfig fields a task's run never reads, and whether the config check refuses them.
+"""Every TrainConfig option, set away from its default, is either read by the task's run or refused by the config
+check ("refuse rather than degrade"): an option accepted and never read was silently ignored.
 
-python benchmarks/audit_unread_options.py [name ...]
-
-For each task (an example config cut to one step), TrainConfig attribute reads are recorded during the whole run
-(config checks, dataclasses.asdict / saving and resume fingerprints left out); for every field never read, the same
-config with the field set away from its default is built: accepted -> a candidate silent drop (printed).
+For each task (an example config cut to one step on the CPU), TrainConfig attribute reads are recorded during the
+whole run (the config checks, dataclasses.asdict / saving and resume fingerprints left out); every field the run
+never read is then set to a non-default value in the same config: the config check must refuse it, or the field is
+in READ_LATER (read only in a branch a one-step run does not take) or ALSO_FINE (its reason given).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
+from preflab.config import TrainConfig, config_from_dict, load_yaml
+from preflab.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from preflab.config import TrainConfig, config_from_dict, load_yaml  # noqa: E402
-from preflab.errors import ConfigError  # noqa: E402
-
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # readers that only validate, copy or save a config: a read there is not the run acting on the option
 SKIP_FILES = ("dataclasses.py", "config_owners.py", "config_options.py", "recipe_options.py", "resume_check.py",
@@ -82,8 +81,8 @@ def _other_value(name: str, default):
                "ref_model_name_or_path": "builtin:tiny-llama", "eval_dataset_name": "x.jsonl",
                "eval_split": "test", "user_embeddings": "x.safetensors", "reward_aggregator": "x",
                "reward_funcs": "x", "reward_weights": [1.0], "loss_weights": [1.0], "lora_target_modules": ["q_proj"],
-               "game_preferences": [[0.5, 0.5], [0.5, 0.5]], "model_init_kwargs": {"dtype": "float32"},
-               "ref_model_init_kwargs": {"dtype": "float32"}, "objective_params": {}, "diffusion_noising":
+               "game_preferences": [[0.5, 0.5], [0.5, 0.5]], "model_init_kwargs": {"attn_implementation": "eager"},
+               "ref_model_init_kwargs": {"dtype": "float32"}, "objective_params": {"label_smoothing": 0.1}, "diffusion_noising":
                {"mode": "forward"}, "vision_pair_params": {"x": 1}, "recipe_params": {"x": 1},
                "reward_head_params": {"x": 1}, "resume_from_checkpoint": True, "mcts_step_delimiter": " ",
                "tpo_step_delimiter": " ", "user_column": "u", "greater_is_better": True, "data_seed": 7,
@@ -104,55 +103,66 @@ def _other_value(name: str, default):
     return None
 
 
-def audit(name: str) -> dict:
+def audit(name: str, tmp_path: Path) -> tuple[int, list[str]]:
+    """(the one-step run's exit code, the fields it never read that the config check accepts away from their
+    default)."""
     from preflab.cli import main
 
     READS.clear()
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = _raw(name, str(Path(tmp) / "run"))
-        cfg_path = Path(tmp) / "cfg.json"
-        cfg_path.write_text(json.dumps(raw))
-        TrainConfig.__getattribute__ = _recording_getattribute
-        try:
-            rc = main(["train", str(cfg_path)])
-        finally:
-            del TrainConfig.__getattribute__
-        reads = dict(READS)
-        base = config_from_dict(dict(raw))
-    unread = sorted(n for n in FIELDS if n not in reads)
-    accepted, refused, untried = [], [], []
-    for field in unread:
+    raw = _raw(name, str(tmp_path / "run"))
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(raw))
+    TrainConfig.__getattribute__ = _recording_getattribute
+    try:
+        rc = main(["train", str(cfg_path)])
+    finally:
+        del TrainConfig.__getattribute__
+    base = config_from_dict(dict(raw))
+    accepted = []
+    for field in sorted(n for n in FIELDS if n not in READS):
         f = FIELDS[field]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         value = _other_value(field, getattr(base, field) if default is None else default)
-        if value is None or value == getattr(base, field):
-            untried.append(field)
-            continue
+        assert value is not None and value != getattr(base, field), f"no other value to try for {field}"
         try:
             config_from_dict({**raw, field: value})
-            accepted.append(f"{field}={value!r}")
-        except ConfigError as err:
-            refused.append(f"{field}: {str(err).splitlines()[-1][:110]}")
-        except Exception as err:  # noqa: BLE001 - an audit lists everything
-            refused.append(f"{field}: ({type(err).__name__}) {str(err)[:100]}")
-    return {"rc": rc, "accepted_unread": accepted, "refused_unread": refused, "untried": untried}
+            accepted.append(field)
+        except ConfigError:
+            pass
+    return rc, accepted
 
 
-if __name__ == "__main__":
-    import io
-    import contextlib
+# accepted and not read by a one-step run: read only in a branch such a run does not take
+READ_LATER = {
+    "allow_config_change": "read when resuming (resume_from_checkpoint)",
+    "logging_first_step": "read after the first step of a run with logging_steps > 1",
+    "max_nonfinite_steps": "read when a step's loss or gradient is not finite",
+    "save_only_model": "read when a checkpoint is saved (save_steps, save_strategy)",
+    "save_total_limit": "read when a checkpoint is saved",
+    "torch_compile_backend": "read when the scorer is compiled (setting it turns torch_compile on)",
+    "torch_compile_mode": "read when the scorer is compiled (setting it turns torch_compile on)",
+    "per_device_eval_batch_size": "task: online: the batch of the reference / round-start scoring (grpo with beta 0 "
+                                  "and the game score none); offline: of the evaluation",
+}
+# accepted and not read, for a reason given
+ALSO_FINE = {
+    "num_train_epochs": "max_steps > 0 overrides it (TRL's and transformers' rule, documented in its table row)",
+    "eval_strategy": "'no' is applied to the raw options before the config is built (config._resolve_eval)",
+    "layout": "task: reward: 'padded' is the layout it uses (packed layouts are refused)",
+    "model_init_kwargs": "task: vlm: the builtin tiny model of the example is built in code; a model loaded from a "
+                         "directory or the hub gets them (tests/vlm/test_vlm_load_options.py)",
+    "truncation_mode": "task: sft keeps a long row's start (TRL SFTConfig's keep_start, which its saved configs "
+                       "carry); keep_end is not implemented there (changes/unread-opts.md)",
+    "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no); beside "
+                  "eval_fraction it is refused",
+}
+ALLOWED = {**READ_LATER, **ALSO_FINE}
 
-    names = sys.argv[1:] or list(TASKS)
-    report = {}
-    for name in names:
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            try:
-                report[name] = audit(name)
-            except BaseException as err:  # noqa: BLE001
-                report[name] = {"error": f"{type(err).__name__}: {err}", "log": buf.getvalue()[-2000:]}
-        if report[name].get("rc"):
-            report[name]["log"] = buf.getvalue()[-1500:]
-        shown = {k: v for k, v in report[name].items() if k != "refused_unread"}
-        print(name, json.dumps(shown, indent=1), f"({len(report[name].get('refused_unread', []))} refused)",
-              flush=True)
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_option_is_read_by_the_tasks_run_or_refused(name, tmp_path, capsys):
+    rc, accepted = audit(name, tmp_path)
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    unexplained = [f for f in accepted if f not in ALLOWED]
+    assert not unexplained, (f"task {name}: {unexplained} are accepted away from their default and never read by "
+                             "the run: read them, or refuse them (preflab.config_owners.OWNERS)")
