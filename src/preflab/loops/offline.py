@@ -25,7 +25,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.models.segment_attention import set_attention_mode
-from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
+from preflab.scoring.lm import LogProbScorer, backbone_and_head
 from preflab.scoring.token_metrics import counts, ratios
 
 
