@@ -82,8 +82,8 @@ def _other_value(name: str, default):
                "eval_split": "test", "user_embeddings": "x.safetensors", "reward_aggregator": "x",
                "reward_funcs": "x", "reward_weights": [1.0], "loss_weights": [1.0], "lora_target_modules": ["q_proj"],
                "game_preferences": [[0.5, 0.5], [0.5, 0.5]], "model_init_kwargs": {"attn_implementation": "eager"},
-               "ref_model_init_kwargs": {"dtype": "float32"}, "objective_params": {"label_smoothing": 0.1}, "diffusion_noising":
-               {"mode": "forward"}, "vision_pair_params": {"x": 1}, "recipe_params": {"x": 1},
+               "ref_model_init_kwargs": {"dtype": "float32"}, "objective_params": {"label_smoothing": 0.1},
+               "diffusion_noising": {"mode": "forward"}, "vision_pair_params": {"x": 1}, "recipe_params": {"x": 1},
                "reward_head_params": {"x": 1}, "resume_from_checkpoint": True, "mcts_step_delimiter": " ",
                "tpo_step_delimiter": " ", "user_column": "u", "greater_is_better": True, "data_seed": 7,
                "max_prompt_length": 64, "max_completion_length": 64, "chunk_tokens": 64, "pad_to_multiple_of": 8,
@@ -127,8 +127,8 @@ def audit(name: str, tmp_path: Path) -> tuple[int, list[str]]:
         try:
             config_from_dict({**raw, field: value})
             accepted.append(field)
-        except ConfigError:
-            pass
+        except ConfigError as err:  # the refusal names the option (not another problem of the value tried)
+            assert field in str(err), f"{field}={value!r} was refused for another reason: {err}"
     return rc, accepted
 
 
