@@ -33,6 +33,8 @@ def make_cfg(assets, out, **overrides):
            "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
            "self_npo_rollout_steps": 2}
     raw.update(overrides)
+    if raw["loss_type"] != "self_npo":  # self_npo's option: refused under the other objectives (config_owners)
+        raw.pop("self_npo_rollout_steps")
     return config_from_dict(raw)
 
 
@@ -200,7 +202,8 @@ def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(a
 
 
 @pytest.mark.parametrize("bad", [{"resolution": 0}, {"caption_perturbation": "loud"},
-                                 {"diffusion_noising": {"num_inversion_step": 5}}, {"self_npo_ema_decay": 2.0}])
+                                 {"diffusion_noising": {"num_inversion_step": 5}},
+                                 {"self_npo_ema_decay": 2.0, "loss_type": "self_npo"}])
 def test_impossible_diffusion_options_are_refused_before_any_model_loads(assets, tmp_path, bad):
     with pytest.raises(ConfigError):
         DiffusionRun(make_cfg(assets, tmp_path / "x", model_name_or_path="/no/such/pipeline", **bad))
@@ -447,3 +450,15 @@ def test_preflab_eval_banner_counts_the_held_out_pairs_it_scores(assets, tmp_pat
     out = capsys.readouterr().out
     assert "4 held-out pairs to score" in out and "train," not in out
     assert result["num_pairs"] == 4 and result["metrics"]["implicit_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_diffusion_disable_dropout_reaches_the_denoiser(assets, tmp_path, disable):
+    """disable_dropout (on by default) was never read by task: diffusion: a denoiser's dropout stayed active."""
+    from preflab.diffusion.pipeline import load_pipeline
+
+    pipeline = load_pipeline(assets["model"])
+    pipeline.unet.down_blocks[0].resnets[0].dropout = torch.nn.Dropout(0.25)
+    run = DiffusionRun(make_cfg(assets, tmp_path / "run", disable_dropout=disable), pipeline=pipeline)
+    rates = [m.p for m in run.module.unet.modules() if isinstance(m, torch.nn.Dropout)]
+    assert max(rates) == (0.0 if disable else 0.25)

@@ -80,7 +80,10 @@ def load_vlm_processor(cfg):
     return processor
 
 
-def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
+def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Module:
+    """The image-text model `name`: a builtin tiny one, a task: vlm run, or transformers' from_pretrained in
+    load_dtype with model_init_kwargs (ref: ref_load_dtype, else load_dtype, with ref_model_init_kwargs), as the text
+    tasks load theirs (both were accepted and ignored: float32 and no kwargs)."""
     from preflab.models.load import DTYPES, check_weights_safe
     from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm
 
@@ -95,9 +98,11 @@ def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
     from transformers import AutoModelForImageTextToText
 
     check_weights_safe(name, cfg.allow_pickle)
+    dtype = (getattr(cfg, "ref_load_dtype", None) if ref else None) or getattr(cfg, "load_dtype", None) or "float32"
+    kwargs = dict(getattr(cfg, "ref_model_init_kwargs" if ref else "model_init_kwargs", None) or {})
     return AutoModelForImageTextToText.from_pretrained(
-        name, dtype=DTYPES["float32"], trust_remote_code=cfg.trust_remote_code,
-        use_safetensors=None if cfg.allow_pickle else True)
+        name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,
+                 "use_safetensors": None if cfg.allow_pickle else True, **kwargs})
 
 
 def load_vlm(cfg, processor=None):
@@ -111,7 +116,7 @@ def load_vlm(cfg, processor=None):
     needs_reference = cfg.objective().needs_reference
     ref = None
     if needs_reference and cfg.ref_model_name_or_path:
-        ref = load_vlm_model(cfg.ref_model_name_or_path, cfg, processor).requires_grad_(False).eval()
+        ref = load_vlm_model(cfg.ref_model_name_or_path, cfg, processor, ref=True).requires_grad_(False).eval()
     elif needs_reference and not cfg.use_peft:
         ref = frozen_copy(policy)
     freeze_vision(policy, cfg.freeze_vision_tower, cfg.freeze_multi_modal_projector)
