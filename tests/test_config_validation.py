@@ -216,5 +216,5 @@ def test_the_readers_of_the_newly_refused_options_still_take_them():
     config_from_dict({**BASE, "eval_dataset_name": "e.jsonl", "eval_split": "test"})
     config_from_dict({**BASE, "task": "diffusion", "loss_type": "self_npo", "self_npo_rollout_steps": 2})
     config_from_dict({**BASE, "task": "online", "reward_funcs": "x:y", "eval_fraction": 0.1, "max_steps": 2,
-                      "truncation_mode": "keep_start", "pad_to_multiple_of": 8, "max_prompt_length": 16})
+                      "pad_to_multiple_of": 8, "max_prompt_length": 16})
     config_from_dict({**GAME, "trainer": "apo", "apo_alpha": 0.5})
