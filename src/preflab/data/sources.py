@@ -232,9 +232,12 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
                                 f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
                                 f"{own!r} or leave it out, or save a DatasetDict with that split.")
         return [_dataset_part(loaded, str(path))]
-    from preflab.data.card_configs import refuse_mixed_configs
+    from preflab.data.card_configs import card_split_files, refuse_mixed_configs
 
     refuse_mixed_configs(path)
+    carded = card_split_files(path, split, explicit)
+    if carded is not None:  # the card's one configuration lists its files per split: read those, as datasets does
+        return [_file_part(p, streaming) for p in carded]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     packed = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and len(p.suffixes) > 1
