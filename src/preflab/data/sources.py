@@ -135,6 +135,18 @@ def _resolve(source, split: str | None, streaming: bool = False):
 DEFAULT_EVAL_SPLIT = "test"  # the split an eval set is read from when eval_split is not given (TRL's scripts' default)
 
 
+def eval_default_split(source) -> str:
+    """The split `preflab eval` reads when --split is not given: 'test' where the source has one (a run's
+    eval_split defaults to it, as TRL's scripts' dataset_test_split), else 'train' (a single file, a folder without
+    a test split: its own rows). A source that cannot be read as 'test' for any reason is read as 'train', which
+    reports that reason if it is not about the split."""
+    try:
+        RowReader(source, split="test")
+    except DataError:
+        return "train"
+    return "test"
+
+
 def file_splits(path: Path) -> tuple[str, ...]:
     """The splits one local data file holds. datasets loads a single file as the split "train"; a JSON object of
     arrays ({"train": [...], "test": [...]}) holds one split per array, and its only array, if it has one, also
