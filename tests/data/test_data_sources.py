@@ -306,3 +306,24 @@ def test_a_hub_dataset_card_with_one_config_reads_only_its_data_files(tmp_path):
     card.write_text("---\nconfigs:\n- config_name: default\n  data_files: {train: gone/*.jsonl}\n---\n")
     with pytest.raises(DataError, match=r"data_files pattern 'gone/\*.jsonl' \(split 'train'\) matches no file"):
         load_rows(tmp_path / "ds")
+
+
+def test_a_single_arrow_file_reads_as_datasets_reads_it(tmp_path):
+    """A .arrow file (a datasets cache or save_to_disk shard) was refused as an unsupported file type; it now reads
+    row by row, the same rows as datasets.Dataset.from_file, and so does an Arrow IPC file (feather v2)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    shard = next((tmp_path / "saved").glob("*.arrow"))
+    shutil.copy(shard, tmp_path / "train.arrow")
+    assert load_rows(tmp_path / "train.arrow")[0] == EXPECTED
+    assert datasets.Dataset.from_file(str(tmp_path / "train.arrow")).to_list() == ROWS
+    feather.write_feather(pa.Table.from_pylist(ROWS), str(tmp_path / "ipc.arrow"), compression="uncompressed")
+    examples, report = load_rows(tmp_path / "ipc.arrow")
+    assert examples == EXPECTED and report.source == str(tmp_path / "ipc.arrow")
+    (tmp_path / "broken.arrow").write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"broken.arrow: cannot read this Arrow file"):
+        load_rows(tmp_path / "broken.arrow")
