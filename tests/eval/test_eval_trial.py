@@ -115,3 +115,28 @@ def test_eval_reads_the_test_split_of_a_folder_with_splits_and_says_which(tmp_pa
     only = evaluate_models(policy, tok, str(folder))
     assert only["split"] == "train" and any("it has no split 'test'" in n for n in only["notes"])
     assert not any("split" in n for n in evaluate_models(policy, tok, str(folder / "train.jsonl"))["notes"])
+
+
+def test_eval_of_a_run_without_truncation_mode_cuts_as_the_run(tmp_path):
+    """A run with truncation_mode unset cuts an over-long pair keeping its start (the prompt whole); preflab eval
+    took such a run's truncation_mode as keep_end, so its over-long pairs lost the prompt's start instead: numbers
+    unlike the run's eval_* metrics, without a word. The unset mode now reaches the tokenizer as the run's."""
+    import yaml
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.eval.run import EvalOptions, run_truncation
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "beta": 0.1, "max_length": 16}))
+    cuts, _ = run_truncation(str(tmp_path / "run"))
+    assert cuts["max_length"] == 16 and cuts["truncation_mode"] is None and EvalOptions().truncation_mode is None
+    tok = tiny_tokenizer("bytelevel")
+    rows = [{"prompt": "the cat sat on", "chosen": " the mat and the dog ran to the park today ." * 2,
+             "rejected": " no"}]
+    examples, _ = load_rows(rows)
+    run_pairs, _ = tokenize_pairs(examples, tok, max_length=16)  # what the run (truncation_mode unset) trained on
+    eval_pairs, _ = tokenize_pairs(examples, tok, **cuts)
+    whole, _ = tokenize_pairs(examples, tok, max_length=None)
+    assert eval_pairs == run_pairs and eval_pairs[0].prompt_ids == whole[0].prompt_ids  # the prompt kept whole
+    assert len(eval_pairs[0].chosen_ids) < len(whole[0].chosen_ids)  # the pair reached max_length

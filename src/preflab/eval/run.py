@@ -36,7 +36,8 @@ class EvalOptions:
     batch_size: int = 8                    # pairs per forward
     max_length: int | None = 1024
     max_prompt_length: int | None = None
-    truncation_mode: str = "keep_end"      # of a prompt longer than max_prompt_length (the training option's)
+    truncation_mode: str | None = None     # the training option's: None keeps a sequence's start (a prompt cut
+                                           # to max_prompt_length its end), as a run with it unset
     max_completion_length: int | None = None
     split: str | None = None               # split of a hub dataset / DatasetDict / directory; None: 'test' where
                                            # the data has one (as a run's eval_split), else 'train' (said in a note)
@@ -155,7 +156,7 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     if cfg.get("task", "dpo") != "dpo":
         cfg = {}
     out = {"max_length": cfg.get("max_length", 1024), "max_prompt_length": cfg.get("max_prompt_length"),
-           "truncation_mode": cfg.get("truncation_mode") or "keep_end",
+           "truncation_mode": cfg.get("truncation_mode"),  # unset: as the run cut (not keep_end)
            "max_completion_length": cfg.get("max_completion_length")}
     if max_length is not None:
         out["max_length"] = max_length
@@ -163,8 +164,7 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
         out["max_prompt_length"] = max_prompt_length
     from_run = [k for k in TRUNCATION_KEYS if cfg.get(k) is not None
                 and not (k == "max_length" and max_length is not None)
-                and not (k == "max_prompt_length" and max_prompt_length is not None)
-                and not (k == "truncation_mode" and cfg.get(k) == "keep_end")]
+                and not (k == "max_prompt_length" and max_prompt_length is not None)]
     note = (f"pairs are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
             "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
     return out, note
