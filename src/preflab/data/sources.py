@@ -128,7 +128,7 @@ def _resolve(source, split: str | None, streaming: bool = False):
         return "<Dataset>", [_dataset_part(source, "<Dataset>")]
     if isinstance(source, Iterable) and not isinstance(source, (str, bytes, Mapping)):
         return "<rows>", [_dataset_part(source, "<rows>")]
-    raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv), "
+    raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv, .arrow), "
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
 
 

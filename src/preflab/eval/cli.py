@@ -25,7 +25,7 @@ def register(sub) -> None:
                     "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
     )
     p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
-    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv, a directory or hub name")
+    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv/.arrow, a directory or hub name")
     reference = p.add_mutually_exclusive_group()
     reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
                                                "(default: the run's ref_model_name_or_path, else its "
