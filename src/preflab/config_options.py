@@ -101,7 +101,7 @@ OPTIONS: dict[str, Option] = {
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
                                      "a non-empty name or null", _nonempty),
-    "dataset_name": Option("training data: hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file",
+    "dataset_name": Option("training data: hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv/.arrow file",
                            "a non-empty name", _nonempty),
     "dataset_split": Option("split of dataset_name to train on (TRL script: dataset_train_split)", "a non-empty name",
                             _nonempty),

@@ -279,3 +279,51 @@ def test_a_hub_dataset_folder_with_several_configs_is_refused_not_mixed(tmp_path
                                         r"fr/\*.parquet\); reading the whole folder would mix them"):
         load_rows(tmp_path / "ds")
     assert load_rows(tmp_path / "ds" / "en")[0] == EXPECTED[:2]
+
+
+def test_a_hub_dataset_card_with_one_config_reads_only_its_data_files(tmp_path):
+    """A card with one configuration whose data_files name a subset of the folder: the whole folder was read (extra
+    rows trained, silently); now each split reads the files the card names, as datasets.load_dataset does."""
+    def write(rel, rows):
+        (tmp_path / "ds" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ds" / rel).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    write("clean/a.jsonl", ROWS[:2])
+    write("raw/b.jsonl", ROWS[2:3])
+    write("heldout/c.jsonl", ROWS[3:])
+    card = tmp_path / "ds" / "README.md"
+    card.write_text("---\nconfigs:\n- config_name: default\n  data_files: clean/*.jsonl\n---\n# card\n")
+    assert load_rows(tmp_path / "ds")[0] == EXPECTED[:2]
+    assert datasets.load_dataset(str(tmp_path / "ds"), split="train").num_rows == 2  # datasets reads the same
+    with pytest.raises(DataError, match=r"names the split\(s\) \['train'\] in data_files and no split 'test'"):
+        load_rows(tmp_path / "ds", split="test")
+    card.write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: clean/*.jsonl\n"
+                    "  - split: test\n    path: heldout/*\n---\n")
+    assert load_rows(tmp_path / "ds", split="test")[0] == [PairExample(0, "q3", " yes 3", " no 3", {"margin": 3.0})]
+    assert [e.prompt for e in load_rows(tmp_path / "ds")[0]] == ["q0", "q1"]
+    with pytest.raises(DataError, match=r"\['test', 'train'\] in data_files and no split 'validation'"):
+        load_rows(tmp_path / "ds", split="validation")
+    card.write_text("---\nconfigs:\n- config_name: default\n  data_files: {train: gone/*.jsonl}\n---\n")
+    with pytest.raises(DataError, match=r"data_files pattern 'gone/\*.jsonl' \(split 'train'\) matches no file"):
+        load_rows(tmp_path / "ds")
+
+
+def test_a_single_arrow_file_reads_as_datasets_reads_it(tmp_path):
+    """A .arrow file (a datasets cache or save_to_disk shard) was refused as an unsupported file type; it now reads
+    row by row, the same rows as datasets.Dataset.from_file, and so does an Arrow IPC file (feather v2)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    shard = next((tmp_path / "saved").glob("*.arrow"))
+    shutil.copy(shard, tmp_path / "train.arrow")
+    assert load_rows(tmp_path / "train.arrow")[0] == EXPECTED
+    assert datasets.Dataset.from_file(str(tmp_path / "train.arrow")).to_list() == ROWS
+    feather.write_feather(pa.Table.from_pylist(ROWS), str(tmp_path / "ipc.arrow"), compression="uncompressed")
+    examples, report = load_rows(tmp_path / "ipc.arrow")
+    assert examples == EXPECTED and report.source == str(tmp_path / "ipc.arrow")
+    (tmp_path / "broken.arrow").write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"broken.arrow: cannot read this Arrow file"):
+        load_rows(tmp_path / "broken.arrow")

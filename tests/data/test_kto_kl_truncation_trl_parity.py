@@ -134,3 +134,26 @@ def test_kto_kl_sequences_keep_their_end_under_keep_end():
             assert prompt + completion == (fx.prompt_ids + fy.completion_ids)[-max_length:]
             assert completion == fy.completion_ids[-len(completion):] and 0 < len(completion)
             assert len(completion) == min(len(fy.completion_ids), max_length - 1)
+
+
+def test_kto_kl_truncations_are_counted_in_the_tokenize_report():
+    """KL sequences cut to max_length (kl_sequence) were counted nowhere: the report now holds how many examples'
+    KL sequences are cut with every partner (kl_truncated_always) and with some partner (kl_truncated), checked
+    here against kl_sequence over every possible partner, and its summary (the data log line) says so."""
+    from preflab.data.tokenize import uncut_completion
+
+    examples, _ = load_rows(datasets.Dataset.from_list(ROWS), kind="unpaired")
+    seen = set()
+    for mode in (None, "keep_end"):
+        for max_length in (8, 12, 20, 30, 60, 1000):
+            items, report = tokenize_unpaired(examples, CHAR, max_length=max_length, truncation_mode=mode,
+                                              on_bad_row="skip")
+            cut = [[kl_sequence(x, uncut_completion(y)) != (x.kl_cut.prompt_ids, uncut_completion(y))
+                    for y in items] for x in items]
+            assert (report.kl_truncated, report.kl_truncated_always) == (sum(map(any, cut)), sum(map(all, cut)))
+            assert report.to_dict()["kl_truncated"] == report.kl_truncated
+            if report.kl_truncated:
+                assert (f"KL sequences truncated {report.kl_truncated_always} to {report.kl_truncated}"
+                        in report.summary())
+            seen.add((report.kl_truncated > 0, report.kl_truncated_always > 0))
+    assert {(True, True), (True, False), (False, False)} <= seen  # the counts are exercised, not all zero

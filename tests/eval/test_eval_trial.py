@@ -87,3 +87,56 @@ def test_conversational_extra_responses_as_text_measure_dispersion():
         assert text[key] == messages[key]
     empty = evaluate_models(policy, tok, [dict(r, extra_responses=[" "]) for r in rows], ref=ref)
     assert empty["missing"]["dispersion"] == "no 'extra_responses' response could be scored (see the notes)"
+
+
+def test_eval_reads_the_test_split_of_a_folder_with_splits_and_says_which(tmp_path):
+    """--split defaulted to 'train' while a run's eval_split defaults to 'test': --data a folder with train/test
+    files evaluated its train split, silently. With no split given eval now reads 'test' where the data has one
+    (else 'train'), says which split in a note and records it in eval.json."""
+    import json
+
+    tok = tiny_tokenizer("bytelevel")
+    policy = tiny_causal_lm(tok, seed=1)
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for name, row in (("train", ROWS[0]), ("test", ROWS[1])):
+        (folder / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    result = evaluate_models(policy, tok, str(folder))
+    alone = evaluate_models(policy, tok, [ROWS[1]])
+    assert result["split"] == "test" and result["num_pairs"] == 1
+    assert result["per_pair"]["policy_chosen"] == alone["per_pair"]["policy_chosen"]
+    assert any(n.startswith(f"read split 'test' of {folder}: no --split was given and it has a split 'test'")
+               for n in result["notes"]), result["notes"]
+    from preflab.eval.run import EvalOptions
+
+    train = evaluate_models(policy, tok, str(folder), options=EvalOptions(split="train"))
+    assert train["split"] == "train" and f"read split 'train' of {folder} (--split)" in train["notes"]
+    (folder / "test.jsonl").unlink()
+    only = evaluate_models(policy, tok, str(folder))
+    assert only["split"] == "train" and any("it has no split 'test'" in n for n in only["notes"])
+    assert not any("split" in n for n in evaluate_models(policy, tok, str(folder / "train.jsonl"))["notes"])
+
+
+def test_eval_of_a_run_without_truncation_mode_cuts_as_the_run(tmp_path):
+    """A run with truncation_mode unset cuts an over-long pair keeping its start (the prompt whole); preflab eval
+    took such a run's truncation_mode as keep_end, so its over-long pairs lost the prompt's start instead: numbers
+    unlike the run's eval_* metrics, without a word. The unset mode now reaches the tokenizer as the run's."""
+    import yaml
+
+    from preflab.data.rows import load_rows
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.eval.run import EvalOptions, run_truncation
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "beta": 0.1, "max_length": 16}))
+    cuts, _ = run_truncation(str(tmp_path / "run"))
+    assert cuts["max_length"] == 16 and cuts["truncation_mode"] is None and EvalOptions().truncation_mode is None
+    tok = tiny_tokenizer("bytelevel")
+    rows = [{"prompt": "the cat sat on", "chosen": " the mat and the dog ran to the park today ." * 2,
+             "rejected": " no"}]
+    examples, _ = load_rows(rows)
+    run_pairs, _ = tokenize_pairs(examples, tok, max_length=16)  # what the run (truncation_mode unset) trained on
+    eval_pairs, _ = tokenize_pairs(examples, tok, **cuts)
+    whole, _ = tokenize_pairs(examples, tok, max_length=None)
+    assert eval_pairs == run_pairs and eval_pairs[0].prompt_ids == whole[0].prompt_ids  # the prompt kept whole
+    assert len(eval_pairs[0].chosen_ids) < len(whole[0].chosen_ids)  # the pair reached max_length

@@ -313,3 +313,35 @@ def test_data_seed_alone_sets_the_streaming_shuffle(tmp_path):
     first = order("a", seed=3, data_seed=9)
     assert order("b", seed=4, data_seed=9) == first
     assert order("c", seed=3) != first
+
+
+def test_stream_counts_say_the_first_pass_and_every_row_read():
+    """The data report of a stream covers its first pass; a run past it gave no rows per pass and no total of rows
+    read: state() and the report now hold rows_per_pass (once the first pass ended, kept across a resume) and
+    rows_read_total over every pass."""
+    from preflab.loops.streaming import stream_report
+
+    class Pipe:
+        def __call__(self, raw):
+            return [raw]
+
+        def reports(self):
+            from preflab.data.report import DataReport, TokenizeReport
+            return {"rows": DataReport(), "tokenize": TokenizeReport()}
+
+        def load_reports(self, saved):
+            pass
+
+    stream = ExampleStream(lambda: range(5), Pipe)
+    stream.next_batch(2)
+    assert (stream.rows_per_pass, stream.rows_read_total()) == (None, 2)
+    for _ in range(3):  # [0, 1] [2, 3] (4 unused) [0, 1] [2, 3]
+        stream.next_batch(2)
+    info = stream_report(stream)["streaming"]
+    assert (info["first_pass_complete"], info["rows_per_pass"], info["rows_read_total"]) == (True, 5, 9)
+    state = stream.state()
+    other = ExampleStream(lambda: range(5), Pipe)
+    other.restore(state)
+    assert (other.rows_per_pass, other.rows_read_total()) == (5, 9)
+    assert other.next_batch(2) == stream.next_batch(2) == [0, 1]
+    assert other.rows_read_total() == stream.rows_read_total() == 12

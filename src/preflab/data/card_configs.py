@@ -11,6 +11,9 @@ A hub dataset with several configurations (languages, subsets) lists each one's 
 
 `datasets.load_dataset(folder)` refuses such a folder without a config name ("Config name is missing"); preflab has
 no `dataset_config` option, so it refuses too and names each configuration's files, to be given as dataset_name.
+
+A card with ONE configuration is honoured as `datasets` honours it: its `data_files` say which files of the folder
+each split reads (`card_split_files`), so files it does not name are never read.
 """
 from __future__ import annotations
 
@@ -70,3 +73,50 @@ def refuse_mixed_configs(folder: Path) -> None:
                     f"({shown}{more}); reading the whole folder would mix them (datasets.load_dataset asks for a "
                     "config name here). Set dataset_name (or eval_dataset_name, --data) to one configuration's "
                     "folder or file; preflab has no dataset_config option.")
+
+
+def card_split_patterns(folder: Path) -> tuple[dict[str, list[str]], bool] | None:
+    """({split: path patterns}, named) of the one configuration folder's card declares, or None when the card
+    declares no configuration (or several, refused by `refuse_mixed_configs`) or gives it no data_files. named:
+    the card names the splits ({split, path} entries or a {split: path} mapping); a bare pattern or list of
+    patterns is the split 'train', as datasets reads it."""
+    configs = card_configs(folder)
+    if len(configs) != 1 or not configs[0].get("data_files"):
+        return None
+    data_files = configs[0]["data_files"]
+    if isinstance(data_files, dict):
+        return {str(k): _paths(v) for k, v in data_files.items()}, True
+    if isinstance(data_files, list) and any(isinstance(item, dict) for item in data_files):
+        out: dict[str, list[str]] = {}
+        for item in data_files:
+            if isinstance(item, dict):
+                out.setdefault(str(item.get("split", "train")), []).extend(_paths(item.get("path")))
+        return out, True
+    return {"train": _paths(data_files)}, False
+
+
+def card_split_files(folder: Path, split: str, explicit: bool) -> list[Path] | None:
+    """The files the card's one configuration reads for `split` (None: the card says nothing, read the folder as
+    usual). A split the card does not name is a DataError naming the card's splits (a card whose data_files name
+    no split is the split 'train'; with `explicit` False it is read whatever the split); a pattern that matches
+    no file is a DataError too (datasets raises FileNotFoundError)."""
+    found = card_split_patterns(folder)
+    if found is None:
+        return None
+    patterns, named = found
+    if split not in patterns:
+        if not named and not explicit:
+            split = "train"
+        else:
+            raise DataError(f"directory {folder}: its README.md configuration names the split(s) {sorted(patterns)} "
+                            f"in data_files and no split {split!r}. Set the split (dataset_split / eval_split, "
+                            "--split) to one of them.")
+    files: list[Path] = []
+    for pattern in patterns[split]:
+        matched = sorted(p for p in Path(folder).glob(pattern.lstrip("/")) if p.is_file()
+                         and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        if not matched:
+            raise DataError(f"directory {folder}: README.md's data_files pattern {pattern!r} (split {split!r}) "
+                            "matches no file. Fix the card or the folder.")
+        files += [p for p in matched if p not in files]
+    return files

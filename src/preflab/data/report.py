@@ -179,6 +179,11 @@ class TokenizeReport(RowReport):
     boundary_merged: int = 0
     boundary_shifted: int = 0
     eos_already_present: int = 0
+    # KTO: kept examples whose mismatched (KL) sequence, prompt + another example's uncut completion, max_length
+    # cuts with any partner (kl_truncated_always) / with the longest completion (kl_truncated: at most this many;
+    # the partner is drawn per micro-batch), see preflab.data.tokenize.count_kl_truncated
+    kl_truncated: int = 0
+    kl_truncated_always: int = 0
     prompt_tokens: int = 0
     response_tokens: int = 0
     max_prompt_tokens: int = 0
@@ -197,6 +202,10 @@ class TokenizeReport(RowReport):
         if self.boundary_shifted and shifted_note:
             parts.append(f"boundary shifted {self.boundary_shifted} (the prompt's last tokens are scored as part of "
                          "the response, as TRL 1.16 does)")
+        if self.kl_truncated:
+            parts.append(f"KL sequences truncated {self.kl_truncated_always} to {self.kl_truncated} (KTO: a prompt + "
+                         "another example's completion over max_length, cut as TRL 1.16 cuts them; how many depends "
+                         "on the completion each prompt is paired with)")
         if self.eos_already_present:
             parts.append(f"eos already present {self.eos_already_present}")
         return "; ".join(parts) + (" (from cache)" if self.from_cache else "")

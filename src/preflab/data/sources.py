@@ -1,6 +1,6 @@
 """Read raw rows (dicts) from a data source, one at a time, without validating their fields.
 
-Sources: a JSONL / JSON / Parquet / CSV file; a directory saved by `datasets.save_to_disk` (a `DatasetDict`
+Sources: a JSONL / JSON / Parquet / CSV / Arrow file; a directory saved by `datasets.save_to_disk` (a `DatasetDict`
 gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
 `datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name (`datasets.load_dataset`,
 which in datasets >= 4 never runs dataset scripts).
@@ -29,7 +29,7 @@ from preflab.errors import DataError
 from preflab.hub import failure_reason, offline
 from preflab.data.report import RowProblem, row_error
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")  # train.jsonl.gz (Anthropic/hh-rlhf)
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
 MAX_NESTING_DEPTH = 64  # levels of objects/lists in one row; chat rows with tool calls use fewer than 10
@@ -128,11 +128,23 @@ def _resolve(source, split: str | None, streaming: bool = False):
         return "<Dataset>", [_dataset_part(source, "<Dataset>")]
     if isinstance(source, Iterable) and not isinstance(source, (str, bytes, Mapping)):
         return "<rows>", [_dataset_part(source, "<rows>")]
-    raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv), "
+    raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv, .arrow), "
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
 
 
 DEFAULT_EVAL_SPLIT = "test"  # the split an eval set is read from when eval_split is not given (TRL's scripts' default)
+
+
+def eval_default_split(source) -> str:
+    """The split `preflab eval` reads when --split is not given: 'test' where the source has one (a run's
+    eval_split defaults to it, as TRL's scripts' dataset_test_split), else 'train' (a single file, a folder without
+    a test split: its own rows). A source that cannot be read as 'test' for any reason is read as 'train', which
+    reports that reason if it is not about the split."""
+    try:
+        RowReader(source, split="test")
+    except DataError:
+        return "train"
+    return "test"
 
 
 def file_splits(path: Path) -> tuple[str, ...]:
@@ -232,9 +244,12 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
                                 f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
                                 f"{own!r} or leave it out, or save a DatasetDict with that split.")
         return [_dataset_part(loaded, str(path))]
-    from preflab.data.card_configs import refuse_mixed_configs
+    from preflab.data.card_configs import card_split_files, refuse_mixed_configs
 
     refuse_mixed_configs(path)
+    carded = card_split_files(path, split, explicit)
+    if carded is not None:  # the card's one configuration lists its files per split: read those, as datasets does
+        return [_file_part(p, streaming) for p in carded]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     packed = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and len(p.suffixes) > 1
@@ -294,7 +309,8 @@ def _names_split(rel: Path, split: str) -> bool:
 def _file_part(path: Path, streaming: bool = False):
     suffix = path.suffix.lower()
     json_rows = _json_array_or_whole if streaming else _json_rows
-    reader = {".jsonl": _jsonl_rows, ".json": json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows}.get(suffix)
+    reader = {".jsonl": _jsonl_rows, ".json": json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows,
+              ".arrow": _arrow_rows}.get(suffix)
     if reader is None:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
     return lambda rr: reader(rr, path)
@@ -546,6 +562,27 @@ def _parquet_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 yield RawRow(rr.new_id(), str(path), data=item, problem=rr.row_problem(item))
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"{path}: cannot read this Parquet file: {exc}. Check that it is complete.") from exc
+
+
+def _arrow_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
+    """An Arrow file: a datasets cache / save_to_disk shard (the IPC stream format, as Dataset.from_file reads it)
+    or an Arrow IPC file (feather v2, pyarrow.ipc.new_file), read batch by batch."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                source.seek(0)
+                opened = pa.ipc.open_file(source)
+                reader = (opened.get_batch(i) for i in range(opened.num_record_batches))
+            for batch in reader:
+                for item in batch.to_pylist():
+                    yield RawRow(rr.new_id(), str(path), data=item, problem=rr.row_problem(item))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read this Arrow file: {exc}. Check that it is complete (an Arrow IPC stream "
+                        "as datasets writes, or an IPC file).") from exc
 
 
 def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:

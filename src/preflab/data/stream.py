@@ -21,6 +21,11 @@ The position is (pass, raw rows consumed in that pass, examples of the last row 
 re-reads the pass from its start, skips the consumed rows without checking or tokenizing them, and rebuilds the
 last row's remaining examples; the data report counts of the first pass are restored from the saved state, so a
 resumed run reports the same counts as an uninterrupted one.
+
+The data report (row, bad-row and tokenize counts) covers the first pass: the rows read so far while it is under
+way, the whole source once it has ended (`rows_per_pass`); later passes read the same rows again and are not
+counted again (`rows_read_total` counts every row read). Repeated rows are not looked for while streaming (the
+whole-data run's `duplicate_train_examples` note): holding every row's content is what streaming avoids.
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ class ExampleStream:
         self.seed, self.shuffle_buffer, self.name = seed, shuffle_buffer, name
         self.pipeline = make_pipeline()  # the first pass's: its reports are the run's data report
         self.unused_examples = 0
+        self.rows_per_pass: int | None = None  # rows of one pass, known once the first pass has ended
         self._start_pass(0)
 
     # ------------------------------------------------------------------ reading
@@ -107,17 +113,26 @@ class ExampleStream:
                                 f"({n} = per_device_train_batch_size x processes x gradient_accumulation_steps); "
                                 "lower the batch size or add rows.")
             self.unused_examples += len(batch)
+            if self.pass_index == 0:
+                self.rows_per_pass = self.rows_read
             self._start_pass(self.pass_index + 1)
             batch = []
         self.batches_in_pass += 1
         return batch
 
     # ------------------------------------------------------------------ position
+    def rows_read_total(self) -> int | None:
+        """Raw rows read over every pass so far (each pass reads the source's rows again); None when a pass after
+        the first is under way and the rows per pass are unknown (a resume from an older checkpoint)."""
+        if self.pass_index == 0:
+            return self.rows_read
+        return None if self.rows_per_pass is None else self.pass_index * self.rows_per_pass + self.rows_read
+
     def state(self) -> dict:
         """The position after the examples given out so far, and the data report (JSON-ready)."""
         return {"pass": self.pass_index, "rows_read": self.rows_read, "used_of_row": self.used_of_row,
                 "batches_in_pass": self.batches_in_pass, "unused_examples": self.unused_examples,
-                "reports": {k: r.to_dict() for k, r in self.pipeline.reports().items()}}
+                "rows_per_pass": self.rows_per_pass, "reports": {k: r.to_dict() for k, r in self.pipeline.reports().items()}}
 
     def restore(self, state: dict) -> None:
         """Continue from a position `state()` gave: re-read its pass up to it (rows skipped, not re-checked)."""
@@ -145,3 +160,4 @@ class ExampleStream:
         if index == 0:
             self._note_blank_lines()
         self.batches_in_pass, self.unused_examples = batches, unused
+        self.rows_per_pass = state.get("rows_per_pass")  # absent in checkpoints of older preflab: unknown

@@ -136,6 +136,20 @@ def kl_sequence(item, other: list[int]) -> tuple[list[int], list[int]]:
     return cut.prompt_ids, other[:cut.max_length - len(cut.prompt_ids)]
 
 
+def count_kl_truncated(items, report) -> None:
+    """Set report.kl_truncated / kl_truncated_always: of the unpaired `items`, how many have a mismatched (KL)
+    sequence that `kl_sequence` cuts (prompt + partner completion over max_length, either truncation_mode) with the
+    longest / the shortest uncut completion among them. The partner is another example's completion, drawn per
+    micro-batch (or fixed by preflab.data.mismatched), so the KL sequences cut lie between the two counts."""
+    cuts = [x.kl_cut for x in items if getattr(x, "kl_cut", None) is not None]
+    if not cuts:
+        return
+    lengths = [len(c.completion_ids) for c in cuts]
+    longest, shortest = max(lengths), min(lengths)
+    report.kl_truncated = sum(len(c.prompt_ids) + longest > c.max_length for c in cuts)
+    report.kl_truncated_always = sum(len(c.prompt_ids) + shortest > c.max_length for c in cuts)
+
+
 @dataclass
 class TokenizedPrompt:
     """Token ids of one prompt [P], ready for generation (chat rows end with the generation prompt)."""
@@ -541,6 +555,8 @@ def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None =
         if item is not None:
             items.append(item)
             indices.append(index)
+    if kind == "unpaired":
+        count_kl_truncated(items, one.report)
     one.report.check()
     return items, one.report, indices
 
@@ -617,6 +633,8 @@ def tokenize_parallel(kind: str, examples, tokenizer, num_proc: int = 1, **setti
             report.skipped[reason] = report.skipped.get(reason, 0) + count
         report.skipped_examples = (report.skipped_examples + chunk_report.skipped_examples)[:MAX_SKIPPED_EXAMPLES]
         _add_counts(report, chunk_report)
+    if kind == "unpaired":  # over every chunk's completions: a partner may come from another chunk
+        count_kl_truncated(items, report)
     report.check()
     return items, report, indices
 

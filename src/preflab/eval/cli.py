@@ -25,7 +25,7 @@ def register(sub) -> None:
                     "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
     )
     p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
-    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv, a directory or hub name")
+    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv/.arrow, a directory or hub name")
     reference = p.add_mutually_exclusive_group()
     reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
                                                "(default: the run's ref_model_name_or_path, else its "
@@ -38,7 +38,8 @@ def register(sub) -> None:
                         "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts)); "
                         "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
-    p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
+    p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
+                                   "data has one, as a run's eval_split; else 'train'; eval.json's notes say which)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
     p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
@@ -124,7 +125,8 @@ TASK_READS = {
 
 def refuse_unread_options(args, task: str) -> None:
     """`preflab eval --task reward|diffusion` reads only TASK_READS[task]: an option set to anything but its
-    default that the task does not read is refused, naming it (never accepted and ignored)."""
+    default that the task does not read is refused, naming it (never accepted and ignored). --split not given is
+    'train' for these tasks (the policy eval's default, 'test' where the data has one, is not theirs)."""
     defaults = getattr(args, "option_defaults", {})
     always = {"checkpoint", "data", "task", "out"}
     unread = [dest for dest, default in defaults.items()
@@ -134,6 +136,8 @@ def refuse_unread_options(args, task: str) -> None:
         reads = ", ".join("--" + dest.replace("_", "-") for dest in sorted(TASK_READS[task]))
         raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --out); remove "
                           f"{'it' if len(unread) == 1 else 'them'}.")
+    if getattr(args, "split", "train") is None:  # the routed tasks keep their default split, 'train'
+        args.split = "train"
 
 
 def default_reference(args) -> tuple[str | None, str | None]:

@@ -36,9 +36,11 @@ class EvalOptions:
     batch_size: int = 8                    # pairs per forward
     max_length: int | None = 1024
     max_prompt_length: int | None = None
-    truncation_mode: str = "keep_end"      # of a prompt longer than max_prompt_length (the training option's)
+    truncation_mode: str | None = None     # the training option's: None keeps a sequence's start (a prompt cut
+                                           # to max_prompt_length its end), as a run with it unset
     max_completion_length: int | None = None
-    split: str = "train"                   # split of a hub dataset / DatasetDict / directory
+    split: str | None = None               # split of a hub dataset / DatasetDict / directory; None: 'test' where
+                                           # the data has one (as a run's eval_split), else 'train' (said in a note)
     limit: int | None = None               # evaluate at most this many rows
     alpha_column: str = "alpha"
     extra_responses_column: str = "extra_responses"
@@ -154,7 +156,7 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     if cfg.get("task", "dpo") != "dpo":
         cfg = {}
     out = {"max_length": cfg.get("max_length", 1024), "max_prompt_length": cfg.get("max_prompt_length"),
-           "truncation_mode": cfg.get("truncation_mode") or "keep_end",
+           "truncation_mode": cfg.get("truncation_mode"),  # unset: as the run cut (not keep_end)
            "max_completion_length": cfg.get("max_completion_length")}
     if max_length is not None:
         out["max_length"] = max_length
@@ -162,8 +164,7 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
         out["max_prompt_length"] = max_prompt_length
     from_run = [k for k in TRUNCATION_KEYS if cfg.get(k) is not None
                 and not (k == "max_length" and max_length is not None)
-                and not (k == "max_prompt_length" and max_prompt_length is not None)
-                and not (k == "truncation_mode" and cfg.get(k) == "keep_end")]
+                and not (k == "max_prompt_length" and max_prompt_length is not None)]
     note = (f"pairs are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
             "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
     return out, note
@@ -185,6 +186,28 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
+def _resolve_split(opts: EvalOptions, data) -> tuple[EvalOptions, str | None]:
+    """(opts with the split to read, a note saying which split of `data` that is). No split given: 'test' where
+    the data has one, as a run's eval_split defaults to (TRL's dataset_test_split), else 'train'. Rows in memory
+    (a list, a Dataset) and a plain data file have no split to name: no note."""
+    from dataclasses import replace
+
+    from preflab.data.sources import eval_default_split, file_splits
+
+    named = isinstance(data, (str, os.PathLike)) or type(data).__name__ == "DatasetDict"
+    if named and isinstance(data, (str, os.PathLike)) and Path(data).is_file() and len(file_splits(Path(data))) < 2:
+        named = False  # a plain data file: its rows, no split to name
+    if opts.split is not None:
+        return opts, (f"read split {opts.split!r} of {data} (--split)" if named else None)
+    split = eval_default_split(data)
+    if not named:
+        return replace(opts, split=split), None
+    why = ("it has a split 'test', read by default as a run's eval_split is" if split == "test" else
+           "it has no split 'test' (a single file or a folder without one reads as 'train')")
+    return replace(opts, split=split), f"read split {split!r} of {data}: no --split was given and {why}; pass --split " \
+                                       "to read another"
+
+
 def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
                     beta: float | None = None, reward_fn=None, judge=None) -> dict:
     """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict.
@@ -201,6 +224,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     notes: list[str] = []
     missing: dict[str, str] = {}
     opts, capped = _within_positions(opts, policy, ref)
+    opts, said = _resolve_split(opts, data)
+    notes += [said] if said else []
     examples, row_report = load_rows(data, split=opts.split, kind="pairwise", on_bad_row="skip", limit=opts.limit)
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",
                                                   source=row_report.source, **_cuts(opts))
@@ -226,7 +251,7 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     if bool((alpha == 0.5).any()):
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)
-    out: dict = {"num_pairs": scores.size, "beta": beta, "truncation": _cuts(opts)}
+    out: dict = {"num_pairs": scores.size, "beta": beta, "truncation": _cuts(opts), "split": opts.split}
     if ref is not None:
         metrics.update(ranking_report(scores.ref_chosen, scores.ref_rejected, scores.chosen_length,
                                       scores.rejected_length, alpha, beta, scores.policy_chosen,
@@ -306,7 +331,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
     result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
-    trained_on = training_data_note(data, cfg, opts.split)
+    trained_on = training_data_note(data, cfg, result.get("split") or "train")
     result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
               "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),

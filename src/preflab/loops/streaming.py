@@ -229,12 +229,14 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
 
 
 def stream_report(stream: ExampleStream) -> dict:
-    """The data report of a streaming run: the first pass's row and tokenize reports (rows read so far) and the
-    stream's position."""
+    """The data report of a streaming run: the first pass's row and tokenize reports (rows read so far; the whole
+    source once first_pass_complete) and the stream's position (rows_per_pass, rows_read_total: every pass)."""
     reports = stream.pipeline.reports()
     return {"train_rows": reports["rows"].to_dict(), "train_tokenize": reports["tokenize"].to_dict(),
             "skipped": dict(reports["rows"].skipped),
-            "streaming": {"passes_started": stream.pass_index + 1, "rows_read_in_pass": stream.rows_read,
+            "streaming": {"passes_started": stream.pass_index + 1, "first_pass_complete": stream.pass_index > 0,
+                          "rows_per_pass": stream.rows_per_pass, "rows_read_total": stream.rows_read_total(),
+                          "rows_read_in_pass": stream.rows_read,
                           "unused_examples": stream.unused_examples, "shuffle_buffer": stream.shuffle_buffer}}
 
 
