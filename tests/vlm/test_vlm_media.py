@@ -33,3 +33,24 @@ def test_phrase_spans_align_the_differing_words():
     c, r = phrase_spans("The cat is red and small.", "The dog is red and very small.")
     assert [("The cat is red and small."[s:e], k) for s, e, k in c] == [("cat", 1)]
     assert [("The dog is red and very small."[s:e], k) for s, e, k in r] == [("dog", 1), ("very", 2)]
+
+
+def test_transparent_vision_images_are_composited_onto_white_as_transformers_does(tmp_path):
+    """A transparent PNG reaches the model as transformers' image processors (do_convert_rgb, what TRL's DPOTrainer
+    relies on) would see it: transparency composited onto white. Dropping the alpha band turned it black."""
+    from PIL import Image
+    from transformers.image_transforms import convert_to_rgb
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = (255, 0, 0, 255)
+    rgba[0, 0] = (0, 0, 255, 128)  # half-transparent blue
+    la = np.zeros((8, 8, 2), np.uint8)
+    la[2:6, 2:6] = (90, 255)
+    palette = Image.fromarray(rgba[..., :3]).convert("P")
+    palette.info["transparency"] = palette.getpixel((7, 7))
+    for form in (Image.fromarray(rgba, "RGBA"), Image.fromarray(la, "LA"), palette):
+        form.save(tmp_path / "t.png")
+        got = np.asarray(load_image("t.png", "images[0]", base_dir=str(tmp_path)))
+        want = np.asarray(convert_to_rgb(Image.open(tmp_path / "t.png"), return_numpy=True))
+        assert np.array_equal(got, want), form.mode
+        assert tuple(got[7, 7]) == (255, 255, 255)

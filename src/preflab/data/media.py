@@ -2,7 +2,10 @@
 
 Images (TRL's `images` column, one entry per {"type": "image"} part of the prompt): a PIL image, a file path
 (absolute, or relative to the data file's folder), raw encoded bytes, a `datasets` Image dict
-({"bytes": ..., "path": ...}) or an H x W x 3 uint8 array / nested list. Every image is converted to RGB.
+({"bytes": ..., "path": ...}) or an H x W x 3 uint8 array / nested list. Every image is converted to RGB, transparency
+(RGBA, LA, a palette's transparent colour) composited onto white as transformers' `convert_to_rgb` does (the image
+processors' `do_convert_rgb`, so the pixels equal those TRL's DPOTrainer hands the model; dropping the alpha channel
+would turn a transparent background black).
 
 Videos (`videos` column): a list of frames (each frame any image form above), or a video file decoded with PyAV
 (`pip install av`) when it is installed; a video file without PyAV is a RowProblem that says what to install.
@@ -54,6 +57,17 @@ def load_image(value, field: str, base_dir: str | None = None):
         raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
     if image.width < 1 or image.height < 1:
         raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")
+    return rgb_on_white(image)
+
+
+def rgb_on_white(image):
+    """A PIL image -> RGB; an image with transparency (an alpha band, or a palette / L / RGB image whose `transparency`
+    names a colour) is composited onto white first, as transformers.image_transforms.convert_to_rgb."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        from PIL import Image
+
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
 
 

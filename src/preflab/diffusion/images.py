@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from preflab.data.media import rgb_on_white
 from preflab.data.report import RowProblem
 
 CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P")
@@ -56,13 +57,7 @@ def _to_rgb(image, field: str):
     if image.mode not in CONVERTIBLE_MODES:
         raise RowProblem("bad_image_mode", field, f"image mode {image.mode!r} is not one of {CONVERTIBLE_MODES}",
                          "Convert the image to 8-bit RGB.")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        from PIL import Image
-
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    return rgb_on_white(image)
 
 
 def load_image(value, field: str, resolution: int, resize: bool = True, base_dir: Path | None = None) -> torch.Tensor:
