@@ -8,10 +8,12 @@ import dataclasses
 
 _VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_modal_projector", "max_frames")
 _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
-_DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "user_column",
-              "user_embedding_tokens", "user_embedding_dim", "user_embeddings", "caption_perturbation", "score_range",
-              "self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance",
+_DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "caption_perturbation",
               "sample_steps", "guidance_scale", "flux_guidance")
+# diffusion options that one diffusion objective reads (under another they were accepted and dropped)
+_DIFFUSION_PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings")
+_DIFFUSION_SELF_NPO = ("self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps",
+                       "self_npo_teacher_guidance")
 
 _TOKEN_LENGTHS = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode", "layout",
                   "chunk_tokens", "pad_to_multiple_of", "generate_during_eval")
@@ -33,6 +35,12 @@ OWNERS = (
      "task: vlm (and online_task: vision_dataset)"),
     (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
+    (_DIFFUSION_PPD, lambda cfg: cfg.task == "diffusion" and "ppd" in _losses(cfg),
+     "task: diffusion with loss_type: ppd (its user branch)"),
+    (("score_range",), lambda cfg: cfg.task == "diffusion" and "smpo_diffusion" in _losses(cfg),
+     "task: diffusion with loss_type: smpo_diffusion (it normalises the scores into preference_prob)"),
+    (_DIFFUSION_SELF_NPO, lambda cfg: cfg.task == "diffusion" and "self_npo" in _losses(cfg),
+     "task: diffusion with loss_type: self_npo"),
     (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm") or (
         cfg.task == "online" and cfg.trainer in _router_loss_trainers()),
      "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0) and task: online with trainer grpo, "
@@ -77,7 +85,7 @@ def unread_task_options(cfg) -> list[str]:
     for names, reads, who in owners:
         used = changed_options(cfg, names)
         if used and not reads(cfg):
-            run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task == "dpo" else "")
+            run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task in ("dpo", "diffusion") else "")
             out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
                        f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
     return out

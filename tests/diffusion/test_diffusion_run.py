@@ -30,9 +30,12 @@ def make_cfg(assets, out, **overrides):
     raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
            "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
            "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
-           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
-           "self_npo_rollout_steps": 2}
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True}
     raw.update(overrides)
+    if raw["loss_type"] == "smpo_diffusion":  # score_range is refused under the other objectives
+        raw.setdefault("score_range", [-1.6, 1.6])
+    if raw["loss_type"] == "self_npo":  # the self_npo_* options are refused under the other objectives
+        raw.setdefault("self_npo_rollout_steps", 2)
     return config_from_dict(raw)
 
 
@@ -200,7 +203,8 @@ def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(a
 
 
 @pytest.mark.parametrize("bad", [{"resolution": 0}, {"caption_perturbation": "loud"},
-                                 {"diffusion_noising": {"num_inversion_step": 5}}, {"self_npo_ema_decay": 2.0}])
+                                 {"diffusion_noising": {"num_inversion_step": 5}},
+                                 {"loss_type": "self_npo", "self_npo_ema_decay": 2.0}])
 def test_impossible_diffusion_options_are_refused_before_any_model_loads(assets, tmp_path, bad):
     with pytest.raises(ConfigError):
         DiffusionRun(make_cfg(assets, tmp_path / "x", model_name_or_path="/no/such/pipeline", **bad))

@@ -39,9 +39,11 @@ def make_cfg(assets, out, **overrides):
     raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
            "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
            "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
-           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True,
            "sample_steps": 0}
     raw.update(overrides)
+    if raw["loss_type"] == "smpo_diffusion":  # score_range is refused under the other objectives
+        raw.setdefault("score_range", [-1.6, 1.6])
     return config_from_dict(raw)
 
 

@@ -1,0 +1,126 @@
+"""Findings of the multimodal user trial (VLM and diffusion runs as a TRL / Diffusion-DPO user drives them)."""
+import pytest
+
+from preflab.errors import ConfigError
+
+
+@pytest.mark.parametrize("loss, over, reader", [
+    ("diffusion_dpo", {"score_range": [-1.0, 1.0]}, "loss_type: smpo_diffusion"),
+    ("dcpo", {"user_embedding_dim": 8}, "loss_type: ppd"),
+    ("diffusion_dpo", {"user_embeddings": "users.safetensors"}, "loss_type: ppd"),
+    ("smpo_diffusion", {"self_npo_rollout_steps": 3}, "loss_type: self_npo"),
+    ("ppd", {"self_npo_ema_decay": 0.9}, "loss_type: self_npo"),
+])
+def test_a_diffusion_option_of_another_diffusion_objective_is_refused(loss, over, reader):
+    """score_range (SmPO), the user-branch options (PPD) and the self_npo_* options were accepted under every diffusion
+    objective and dropped without a word (e.g. score_range with diffusion_dpo trained plain Diffusion-DPO)."""
+    from preflab.config import config_from_dict
+
+    base = {"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": "x.jsonl"}
+    with pytest.raises(ConfigError, match=f"only applies to task: diffusion with {reader}"):
+        config_from_dict({**base, "loss_type": loss, **over})
+    owner = reader.split(": ")[1]
+    config_from_dict({**base, "loss_type": owner, **over})  # the objective that reads it takes it
+
+
+@pytest.mark.parametrize("ref", ["builtin:tiny-llava", "builtin:tiny-llama", "saved-llava"])
+def test_a_vlm_reference_of_another_architecture_is_refused_naming_it(tmp_path, ref):
+    """ref_model_name_or_path of another architecture than the policy's crashed: a built-in LLaVA next to a Qwen2-VL
+    policy inside its constructor, a saved LLaVA mid-run ('not enough values to unpack' on Qwen2-VL's pixels), a text
+    model's name with the hub's HFValidationError."""
+    from preflab.config import config_from_dict
+    from preflab.models.vlm import load_vlm
+    from preflab.models.tiny_vlm import tiny_vlm, tiny_vlm_processor
+
+    if ref == "saved-llava":
+        processor = tiny_vlm_processor("llava")
+        tiny_vlm(processor, "llava").save_pretrained(tmp_path / "llava")
+        processor.save_pretrained(tmp_path / "llava")
+        ref = str(tmp_path / "llava")
+    base = {"task": "vlm", "model_name_or_path": "builtin:tiny-qwen2-vl", "dataset_name": "x.jsonl"}
+    with pytest.raises(ConfigError, match=r"ref_model_name_or_path=.*policy's architecture \(qwen2_vl\)"):
+        load_vlm(config_from_dict({**base, "ref_model_name_or_path": ref}))
+    policy, same, _ = load_vlm(config_from_dict({**base, "ref_model_name_or_path": "builtin:tiny-qwen2-vl"}))
+    assert same.config.model_type == policy.config.model_type == "qwen2_vl"
+
+
+def test_diffusion_lora_targets_that_match_no_module_are_a_config_error(tmp_path):
+    """use_peft with lora_target_modules naming no module of the UNet ended in peft's NoMatchingPeftModuleError
+    traceback; now the ConfigError lists the UNet's linear modules by the names LoRA takes (to_out.0, not 0)."""
+    pytest.importorskip("diffusers")
+    from preflab.config import load_config
+    from preflab.loops.diffusion import DiffusionRun
+
+    cfg = load_config("examples/diffusion/diffusion_dpo.yaml", [
+        "use_peft=true", "lora_target_modules=[to_qq]", "eval_dataset_name=null", f"output_dir={tmp_path}",
+        "sample_steps=0", "max_steps=1"])
+    with pytest.raises(ConfigError, match=r"lora_target_modules \['to_qq'\] match no module.*'to_out\.0'.*'to_q'"):
+        DiffusionRun(cfg)
+
+
+def test_preflab_eval_of_a_dcpo_run_scores_held_out_pairs_without_captions_as_diffusion_dpo(tmp_path, capsys):
+    """`preflab eval --task diffusion` on a dcpo run (examples/diffusion/dcpo.yaml: caption_perturbation medium) and
+    held-out pairs without caption_chosen / caption_rejected failed with the training refusal 'none of the 8 training
+    pairs has two different captions'. Now the pairs are scored with the prompt for both images, said in a note: the
+    same numbers as the same weights evaluated as diffusion_dpo (DCPO with c_w = c_l is Diffusion-DPO). --data that is
+    the run's training file now gets the 'not held-out' note, as a text eval does."""
+    pytest.importorskip("diffusers")
+    import shutil
+
+    import yaml
+
+    from preflab.config import load_config
+    from preflab.loops.diffusion import DiffusionRun
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    run_dir = tmp_path / "dcpo"
+    DiffusionRun(load_config("examples/diffusion/dcpo.yaml", [
+        "eval_dataset_name=null", f"output_dir={run_dir}", "sample_steps=0", "max_steps=1",
+        "learning_rate=1e-2"])).train()
+    held_out = "examples/diffusion/data/test.jsonl"
+    got = evaluate_diffusion_run(str(run_dir), held_out)
+    assert "8 of 8 held-out pairs have no caption_chosen" in capsys.readouterr().out
+    as_dpo = tmp_path / "as_dpo"
+    shutil.copytree(run_dir, as_dpo)
+    config = yaml.safe_load((as_dpo / "config.yaml").read_text())
+    config.update(loss_type="diffusion_dpo", caption_perturbation="none")
+    (as_dpo / "config.yaml").write_text(yaml.safe_dump(config))
+    want = evaluate_diffusion_run(str(as_dpo), held_out)
+    assert got["num_pairs"] == want["num_pairs"] == 8
+    assert got["metrics"] == want["metrics"] and got["notes"] == []
+    trained = evaluate_diffusion_run(str(run_dir), "examples/diffusion/data/train.jsonl")
+    assert len(trained["notes"]) == 1 and "is the run's training data" in trained["notes"][0]
+
+
+def test_vlm_and_diffusion_configs_get_no_truncation_mode_note(capsys):
+    """Every run's config.yaml holds truncation_mode: keep_end, so reloading a VLM or diffusion run's config (preflab
+    eval, resume) printed the text note 'truncation_mode: keep_end ... comes closest with max_prompt_length', advice
+    that task: vlm refuses and task: diffusion cannot read."""
+    from preflab.config import config_from_dict
+
+    base = {"dataset_name": "x.jsonl", "truncation_mode": "keep_end"}
+    for over in ({"task": "vlm", "model_name_or_path": "builtin:tiny-qwen2-vl"},
+                 {"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "loss_type": "diffusion_dpo"}):
+        config_from_dict({**base, **over})
+        assert "truncation_mode" not in capsys.readouterr().err, over["task"]
+    config_from_dict({**base, "model_name_or_path": "builtin:tiny-llama"})  # a text run keeps its note
+    assert "truncation_mode: keep_end cuts a prompt" in capsys.readouterr().err
+
+
+def test_inversion_options_under_forward_noising_are_refused():
+    """diffusion_noising: {num_inversion_steps: 20} (or inversion_eta, renoise_iters, grid_snap, steps_offset) on
+    diffusion_dpo / dcpo, or on smpo_diffusion with mode: forward, was accepted and dropped: forward noising reads
+    none of them. The objectives' own declared inversion settings under a user's mode: forward stay accepted."""
+    from preflab.diffusion.schedule import NoiseSchedule
+    from preflab.objectives import get_objective
+    from preflab.scoring.diffusion import noiser_for
+
+    schedule = NoiseSchedule.scaled_linear()
+    for name, over in (("diffusion_dpo", {"num_inversion_steps": 20}), ("dcpo", {"inversion_eta": 0.1}),
+                       ("smpo_diffusion", {"mode": "forward", "renoise_iters": 2})):
+        with pytest.raises(ConfigError, match=r"configure DDIM inversion \(mode: ddim_invert\)"):
+            noiser_for(get_objective(name), schedule, **over)
+    assert noiser_for(get_objective("smpo_diffusion"), schedule, mode="forward").mode == "forward"
+    inverted = noiser_for(get_objective("diffusion_dpo"), schedule, mode="ddim_invert", num_inversion_steps=4)
+    assert (inverted.mode, inverted.num_inversion_steps) == ("ddim_invert", 4)
+    assert noiser_for(get_objective("diffusion_inpo"), schedule, num_inversion_steps=3).num_inversion_steps == 3
