@@ -283,8 +283,16 @@ class DiffusionRun(TrainingRun):
 
     def _check_dual_captions(self, train) -> None:
         """DCPO's point is a caption per image; a pair whose two captions are the same text is a Diffusion-DPO pair.
-        All such: refused (the run would be diffusion_dpo under another name); some: said with their count."""
+        All such: refused (the run would be diffusion_dpo under another name); some: said with their count. Held-out
+        pairs (`preflab eval --task diffusion`, which applies no caption_perturbation) are scored as they are: their
+        count is said, never refused."""
         same = sum(1 for x in train if x.cond_chosen == x.cond_rejected)
+        if same and self.scores_held_out:
+            if self.main:
+                print(f"preflab: note: dcpo: {same} of {len(train)} held-out pairs have no caption_chosen / "
+                      "caption_rejected: they are scored with the prompt for both images (eval applies no "
+                      "caption_perturbation).", flush=True)
+            return
         if same == len(train):
             raise ConfigError(
                 f"loss_type dcpo: none of the {len(train)} training pairs has two different captions (no "
@@ -331,8 +339,12 @@ class DiffusionRun(TrainingRun):
         elif cfg.use_peft:
             from peft import LoraConfig
 
+            from preflab.models.load import check_lora_targets
+
             default = SD3_LORA_TARGETS if comps.is_flow else LORA_TARGETS
             targets = default if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
+            if targets is not default:  # the user's names: each must match (peft raised only when none did)
+                check_lora_targets(unet, targets)
             unet.requires_grad_(False)
             unet.add_adapter(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                         init_lora_weights="gaussian", target_modules=targets))
