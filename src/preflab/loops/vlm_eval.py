@@ -20,7 +20,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     """The metrics of the module docstring as a dict (see eval.json)."""
     from preflab.config import load_config, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
-    from preflab.models.vlm import load_vlm_model
+    from preflab.eval.loading import run_config
+    from preflab.eval.run import training_data_note
+    from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
     path = Path(checkpoint)
@@ -45,13 +47,15 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         reference = reference or saved.ref_model_name_or_path or saved.model_name_or_path
         ref = None
         if needs_reference:
-            ref = load_vlm_model(reference, cfg, processor).requires_grad_(False).eval()
+            ref = load_vlm_reference(reference, cfg, processor, policy, "--reference").requires_grad_(False).eval()
         run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
+    trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out
     return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
-            "data": str(data), "loss_type": cfg.loss_type, "num_pairs": len(run.eval_data),
-            "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")}}
+            "data": str(data), "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
+            "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")},
+            "notes": [trained_on] if trained_on else []}
 
 
 def eval_task(args) -> int:
