@@ -419,8 +419,12 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
 def _truncation_mode(raw: dict, notes: list) -> None:
     """TRL 1.16's truncation_mode cuts prompt + response together (keep_end keeps the sequence's end, cutting the
     prompt's start); preflab's cuts a prompt longer than max_prompt_length (TRL 0.x's meaning). Without
-    max_prompt_length, keep_end asked for explicitly has no effect here: say so and what comes close."""
-    if raw.get("truncation_mode") != "keep_end" or raw.get("max_prompt_length") is not None:
+    max_prompt_length, keep_end asked for explicitly has no effect here: say so and what comes close. Not said for
+    task: vlm (it never cuts prompts and refuses max_prompt_length, so the advice cannot apply; responses keep their
+    start, TRL 1.16's keep_start) nor task: diffusion (no token lengths): every run's config.yaml holds
+    truncation_mode, so the note came with every `preflab eval` / resume of such a run."""
+    if raw.get("truncation_mode") != "keep_end" or raw.get("max_prompt_length") is not None \
+            or raw.get("task") in ("vlm", "diffusion"):
         return
     notes.append("truncation_mode: keep_end cuts a prompt longer than max_prompt_length (keeping its end; TRL 0.x's "
                  "meaning), and no max_prompt_length is set, so it changes nothing: a row longer than max_length "
