@@ -124,3 +124,21 @@ def test_inversion_options_under_forward_noising_are_refused():
     inverted = noiser_for(get_objective("diffusion_dpo"), schedule, mode="ddim_invert", num_inversion_steps=4)
     assert (inverted.mode, inverted.num_inversion_steps) == ("ddim_invert", 4)
     assert noiser_for(get_objective("diffusion_inpo"), schedule, num_inversion_steps=3).num_inversion_steps == 3
+
+
+def test_vlm_max_completion_length_cuts_responses_and_counts_them(tmp_path):
+    """max_completion_length (preflab's text DPO option: responses keep their first N tokens) was accepted by task: vlm
+    and never read: the responses trained whole. Now they are cut as in text runs and counted in the data report."""
+    from preflab.config import load_config
+    from preflab.loops.vlm import VisionTrainer
+
+    def trainer(*over):
+        return VisionTrainer(load_config("examples/vlm/dpo.yaml", [f"output_dir={tmp_path}", *over]))
+
+    whole, cut = trainer(), trainer("max_completion_length=12")
+    assert [len(p.chosen_ids) for p in whole.train_data] != [12] * 8
+    for a, b in zip(whole.train_data, cut.train_data):
+        assert a.prompt_ids == b.prompt_ids and a.chosen_ids[:12] == b.chosen_ids and a.rejected_ids[:12] == \
+            b.rejected_ids
+    want = sum((len(p.chosen_ids) > 12) + (len(p.rejected_ids) > 12) for p in whole.train_data)
+    assert cut.data_report["train_tokenize"]["truncated_responses"] == want == 16

@@ -17,8 +17,8 @@ Tokenization goes through the model's processor: the prompt text is the chat tem
 the response text is what the template of prompt + response adds after it; the processor expands the image
 placeholders into the model's image tokens and returns the pixel tensors. Images whose count does not match the
 placeholders, unreadable images and processor refusals are RowProblems naming the row and the field (`images`,
-`videos`, `rejected_images`). Responses are cut to `max_length` (counted); a prompt (with its image tokens) that
-fills `max_length` is a bad row: image tokens are never cut.
+`videos`, `rejected_images`). Responses are cut to `max_completion_length` and to `max_length` (counted); a prompt
+(with its image tokens) that fills `max_length` is a bad row: image tokens are never cut.
 """
 from __future__ import annotations
 
@@ -282,8 +282,11 @@ class VisionTokenizeReport:
 
 
 def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | None = None,
-                         phrase_ids: bool = False, report: VisionTokenizeReport | None = None) -> TokenizedVisionPair:
-    """One example -> TokenizedVisionPair; phrase_ids=True adds RRPO's per-token chosen/rejected_phrase_ids."""
+                         phrase_ids: bool = False, report: VisionTokenizeReport | None = None,
+                         max_completion_length: int | None = None) -> TokenizedVisionPair:
+    """One example -> TokenizedVisionPair; phrase_ids=True adds RRPO's per-token chosen/rejected_phrase_ids. Each
+    response keeps its first max_completion_length tokens, then its first max_length - prompt tokens (each cut
+    counted once in report.truncated_responses)."""
     from preflab.data.phrases import encode_with_offsets, phrase_spans, token_ids_for_spans
 
     tok = getattr(processor, "tokenizer", processor)
@@ -307,12 +310,16 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
     if ex.rejected_images is not None:
         rejected = _encode_prompt(processor, prompt_text, ex.rejected_images, "rejected_images")
     longest_prompt = max(len(prompt_ids), len(rejected[0] or []))
+    room = None
     if max_length is not None:
         room = max_length - longest_prompt
         if room < 1:
             raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt with its image tokens is "
                              f"{longest_prompt} tokens, max_length is {max_length}",
                              "Raise max_length, or use smaller images (fewer image tokens).")
+    if max_completion_length is not None:
+        room = max_completion_length if room is None else min(room, max_completion_length)
+    if room is not None:
         for side in ids:
             if len(ids[side]) > room:
                 ids[side] = ids[side][:room]
@@ -333,7 +340,7 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
 
 
 def tokenize_vision_pairs(examples, processor, max_length: int | None = None, phrase_ids: bool = False,
-                          on_bad_row: str = "error", source: str = "<rows>"):
+                          on_bad_row: str = "error", source: str = "<rows>", max_completion_length: int | None = None):
     """(TokenizedVisionPair list, (VisionTokenizeReport, DataReport of rows dropped here))."""
     report, dropped = VisionTokenizeReport(), DataReport(source=source, kind="pairwise")
     policy = BadRowPolicy(on_bad_row, dropped)
@@ -341,7 +348,7 @@ def tokenize_vision_pairs(examples, processor, max_length: int | None = None, ph
     for ex in examples:
         dropped.total += 1
         try:
-            out.append(tokenize_vision_pair(ex, processor, max_length, phrase_ids, report))
+            out.append(tokenize_vision_pair(ex, processor, max_length, phrase_ids, report, max_completion_length))
             dropped.kept += 1
         except RowProblem as problem:
             policy.handle(problem, ex.row_id)
