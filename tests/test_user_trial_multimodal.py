@@ -142,3 +142,15 @@ def test_vlm_max_completion_length_cuts_responses_and_counts_them(tmp_path):
             b.rejected_ids
     want = sum((len(p.chosen_ids) > 12) + (len(p.rejected_ids) > 12) for p in whole.train_data)
     assert cut.data_report["train_tokenize"]["truncated_responses"] == want == 16
+
+
+def test_beta_on_self_npo_is_refused_and_a_saved_self_npo_config_still_loads():
+    """Self-NPO has no beta (its loss is a distance to the EMA teacher's prediction): beta: 100 was accepted and
+    dropped. A run's saved config.yaml (beta at TrainConfig's 0.1) still loads for resume / eval."""
+    from preflab.config import config_from_dict
+
+    base = {"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": "x.jsonl"}
+    with pytest.raises(ConfigError, match="beta only applies to the diffusion objectives with a beta"):
+        config_from_dict({**base, "loss_type": "self_npo", "beta": 100.0})
+    assert config_from_dict({**base, "loss_type": "self_npo", "beta": 0.1}).loss_type == "self_npo"
+    assert config_from_dict({**base, "loss_type": "ppd", "beta": 100.0}).objective().beta == 100.0

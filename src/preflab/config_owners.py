@@ -25,6 +25,17 @@ def _router_loss_trainers() -> tuple:
     return ROUTER_LOSS_TRAINERS
 
 
+def _diffusion_objective_has_beta(cfg) -> bool:
+    import dataclasses
+
+    from preflab.objectives import list_objectives, objective_class
+
+    names = _losses(cfg)
+    if len(names) != 1 or names[0] not in list_objectives():
+        return True  # a mixture or a custom objective: its own parameters decide
+    return any(f.name == "beta" for f in dataclasses.fields(objective_class(names[0])))
+
+
 def _losses(cfg) -> list[str]:
     return [str(n) for n in (cfg.loss_type if isinstance(cfg.loss_type, (list, tuple)) else [cfg.loss_type])]
 
@@ -41,6 +52,9 @@ OWNERS = (
      "task: diffusion with loss_type: smpo_diffusion (it normalises the scores into preference_prob)"),
     (_DIFFUSION_SELF_NPO, lambda cfg: cfg.task == "diffusion" and "self_npo" in _losses(cfg),
      "task: diffusion with loss_type: self_npo"),
+    (("beta",), lambda cfg: cfg.task != "diffusion" or _diffusion_objective_has_beta(cfg),
+     "the diffusion objectives with a beta (self_npo has none: its loss is a distance to the EMA teacher's "
+     "x0-prediction)"),
     (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm") or (
         cfg.task == "online" and cfg.trainer in _router_loss_trainers()),
      "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0) and task: online with trainer grpo, "

@@ -2,15 +2,19 @@
 through the trainer equals the objective on independently computed scores, modality refusal."""
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 
-from preflab.config import config_from_dict  # noqa: E402
 from preflab.errors import ConfigError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_checks import diffusion_cfg  # noqa: E402
 
 METHODS = ("diffusion_dpo", "smpo_diffusion", "diffusion_inpo", "dcpo", "ppd", "self_npo")
 
@@ -31,12 +35,7 @@ def make_cfg(assets, out, **overrides):
            "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
            "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
            "output_dir": str(out), "use_cpu": True, "disable_tqdm": True}
-    raw.update(overrides)
-    if raw["loss_type"] == "smpo_diffusion":  # score_range is refused under the other objectives
-        raw.setdefault("score_range", [-1.6, 1.6])
-    if raw["loss_type"] == "self_npo":  # the self_npo_* options are refused under the other objectives
-        raw.setdefault("self_npo_rollout_steps", 2)
-    return config_from_dict(raw)
+    return diffusion_cfg(raw, **overrides)
 
 
 def unet_state(unet):

@@ -54,3 +54,19 @@ def test_transparent_vision_images_are_composited_onto_white_as_transformers_doe
         want = np.asarray(convert_to_rgb(Image.open(tmp_path / "t.png"), return_numpy=True))
         assert np.array_equal(got, want), form.mode
         assert tuple(got[7, 7]) == (255, 255, 255)
+
+
+def test_sixteen_bit_and_float_vision_images_are_refused_not_clipped(tmp_path):
+    """A 16-bit PNG (mode I;16) or a float image reached the model through PIL's convert("RGB"), which clips: the
+    16-bit gradient below became 99.6% white, a float image in [0, 1] all black. Now a RowProblem names the mode."""
+    import pytest
+    from PIL import Image
+
+    from preflab.data.report import RowProblem
+
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(tmp_path / "g16.png")
+    for value in (str(tmp_path / "g16.png"), Image.fromarray(np.full((4, 4), 0.5, np.float32))):
+        with pytest.raises(RowProblem, match="clips its values") as err:
+            load_image(value, "images[0]")
+        assert err.value.reason == "bad_image_mode"
+    assert load_image(Image.fromarray(np.full((4, 4), 77, np.uint8), "L"), "images[0]").getpixel((0, 0)) == (77,) * 3

@@ -5,7 +5,8 @@ Images (TRL's `images` column, one entry per {"type": "image"} part of the promp
 ({"bytes": ..., "path": ...}) or an H x W x 3 uint8 array / nested list. Every image is converted to RGB, transparency
 (RGBA, LA, a palette's transparent colour) composited onto white as transformers' `convert_to_rgb` does (the image
 processors' `do_convert_rgb`, so the pixels equal those TRL's DPOTrainer hands the model; dropping the alpha channel
-would turn a transparent background black).
+would turn a transparent background black). 16/32-bit and float images (modes I, I;16, F) are refused: PIL's
+conversion clips them to 0..255 rather than rescaling.
 
 Videos (`videos` column): a list of frames (each frame any image form above), or a video file decoded with PyAV
 (`pip install av`) when it is installed; a video file without PyAV is a RowProblem that says what to install.
@@ -57,6 +58,11 @@ def load_image(value, field: str, base_dir: str | None = None):
         raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
     if image.width < 1 or image.height < 1:
         raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")
+    if image.mode.startswith(("I", "F")):  # 32-bit int, 16-bit (I;16*) and float images
+        raise RowProblem("bad_image_mode", field, f"image mode {image.mode!r} (16/32-bit or float): PIL's conversion "
+                         "to 8-bit RGB clips its values instead of rescaling them (a 16-bit PNG turns almost all "
+                         "white, a float image in [0, 1] black)",
+                         "Convert the image to 8-bit (e.g. scale its values to 0..255) before training.")
     return rgb_on_white(image)
 
 
