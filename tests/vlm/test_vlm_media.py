@@ -70,3 +70,24 @@ def test_sixteen_bit_and_float_vision_images_are_refused_not_clipped(tmp_path):
             load_image(value, "images[0]")
         assert err.value.reason == "bad_image_mode"
     assert load_image(Image.fromarray(np.full((4, 4), 77, np.uint8), "L"), "images[0]").getpixel((0, 0)) == (77,) * 3
+
+
+def test_an_image_placeholder_in_a_vision_prompts_text_is_refused():
+    """LLaVA-style rows ("<image>\\nWhat colour?" with `images`): preflab gives the images their own image parts, so
+    the placeholder in the text was a second image token (LLaVA: a processor count error saying to check the image
+    parts) or, on Qwen2-VL, literal text trained on silently. Now the row is refused naming the placeholder."""
+    import pytest
+
+    from preflab.data.report import RowProblem
+    from preflab.data.vision import vision_example
+
+    img = image((200, 20, 20))
+    part = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "<image>\nWhat colour?"}]}
+    for prompt in ("<image>\nWhat colour?", [part]):
+        with pytest.raises(RowProblem, match="holds the image placeholder '<image>'") as err:
+            vision_example({"images": [img], "prompt": prompt, "chosen": "Red.", "rejected": "Blue."}, 0)
+        assert err.value.reason == "placeholder_in_text"
+    ok = vision_example({"images": [img], "prompt": "What colour?", "chosen": "Red.", "rejected": "Blue."}, 0)
+    assert [p["type"] for p in ok.prompt[0]["content"]] == ["image", "text"]
+    text_only = vision_example({"prompt": "What does <image> mean in HTML?", "chosen": "a", "rejected": "b"}, 0)
+    assert text_only.images == []  # no images: the text is just text

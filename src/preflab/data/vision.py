@@ -32,6 +32,8 @@ from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import RowReader
 
 VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "image", "videos", "rejected_images")
+# image placeholders of LLaVA-style text prompts and of the processors (a text prompt must not carry them)
+IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<fake_token_around_image>")
 
 
 @dataclass
@@ -134,6 +136,23 @@ def _expand_videos(messages: list[dict], frame_counts: list[int]) -> list[dict]:
     return out
 
 
+def _refuse_text_placeholders(prompt: list[dict], text_prompt: bool) -> None:
+    """A LLaVA-style "<image>\nQuestion" in the text of a row with images: the images go in by their image parts (a
+    text prompt gets one per image, placed before the text), so the placeholder would be a second image token (LLaVA:
+    the processor refuses the count) or literal text (Qwen2-VL trains on it silently)."""
+    for m in prompt:
+        for p in m["content"]:
+            marks = [k for k in IMAGE_PLACEHOLDERS if p["type"] == "text" and k in p["text"]]
+            if marks:
+                where = ("a text prompt gets its images placed before the text" if text_prompt
+                         else "the images go where the {'type': 'image'} parts are")
+                raise RowProblem("placeholder_in_text", "prompt", f"the prompt's text holds the image placeholder "
+                                 f"{marks[0]!r}; {where}, so it would be a second image token (LLaVA: the processor "
+                                 "refuses the count) or literal text (Qwen2-VL)",
+                                 "Remove the placeholder from the text; put one {'type': 'image'} part where each "
+                                 "image goes (a conversational prompt).")
+
+
 def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -> tuple[list[dict], list]:
     """(prompt messages with one image part per image, RGB images in placeholder order) of a row; video parts become
     their frames' image parts. A RowProblem names the field at fault."""
@@ -159,6 +178,8 @@ def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -
         prompt = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "video"}] * len(frames)
                    + [{"type": "text", "text": prompt}]}]
     prompt = _messages(prompt, "prompt", "user")
+    if images or frames:
+        _refuse_text_placeholders(prompt, isinstance(row["prompt"], str))
     if _count(prompt, "video") != len(frames):
         raise RowProblem("video_count_mismatch", "videos", f"the prompt has {_count(prompt, 'video')} video "
                          f"placeholder(s) but the row gives {len(frames)} video(s)",
