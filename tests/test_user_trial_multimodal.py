@@ -154,3 +154,29 @@ def test_beta_on_self_npo_is_refused_and_a_saved_self_npo_config_still_loads():
         config_from_dict({**base, "loss_type": "self_npo", "beta": 100.0})
     assert config_from_dict({**base, "loss_type": "self_npo", "beta": 0.1}).loss_type == "self_npo"
     assert config_from_dict({**base, "loss_type": "ppd", "beta": 100.0}).objective().beta == 100.0
+
+
+def test_diffusion_image_paths_relative_to_the_working_directory_load_as_vlm_rows_do(tmp_path, monkeypatch):
+    """A data file in data/ whose rows name images as data/imgs/x.png (relative to where the run starts) loaded for
+    task: vlm (beside the data file, else the working directory) but was a missing_image row for task: diffusion.
+    A file beside the data file still wins."""
+    pytest.importorskip("diffusers")
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from preflab.diffusion.data import load_image_pairs
+
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    for name, colour in (("red", (255, 0, 0)), ("green", (0, 255, 0))):
+        Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(tmp_path / "data" / "imgs" / f"{name}.png")
+    row = {"prompt": "a shape", "chosen_image": "data/imgs/red.png", "rejected_image": "data/imgs/green.png"}
+    (tmp_path / "data" / "pairs.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.chdir(tmp_path)
+    [x], _ = load_image_pairs("data/pairs.jsonl", resolution=8)
+    assert x.chosen[:, 0, 0].tolist() == [255, 0, 0] and x.rejected[:, 0, 0].tolist() == [0, 255, 0]
+    (tmp_path / "data" / "data" / "imgs").mkdir(parents=True)  # the same name beside the data file wins
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(tmp_path / "data" / "data" / "imgs" / "red.png")
+    [x], _ = load_image_pairs("data/pairs.jsonl", resolution=8)
+    assert x.chosen[:, 0, 0].tolist() == [9, 9, 9]

@@ -36,7 +36,7 @@ def load_image(value, field: str, base_dir: str | None = None):
             image = Image.open(io.BytesIO(bytes(value)))
             image.load()
         elif isinstance(value, (str, os.PathLike)):
-            path = _local_path(value, base_dir)
+            path = local_path(value, base_dir)
             if not path.exists():
                 raise RowProblem("bad_image", field, f"image file {str(value)!r} does not exist"
                                  + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""),
@@ -77,7 +77,7 @@ def rgb_on_white(image):
     return image.convert("RGB")
 
 
-def _local_path(value, base_dir: str | None) -> Path:
+def local_path(value, base_dir: str | None) -> Path:
     """A relative path is read from the data file's folder (base_dir) first, then from the working directory: a file
     of the same name in the working directory must not replace the row's own image."""
     path = Path(value).expanduser()
@@ -113,7 +113,7 @@ def load_video(value, field: str, base_dir: str | None = None, max_frames: int =
 
 
 def _decode_video_file(value, field: str, base_dir: str | None) -> list:
-    path = _local_path(value, base_dir)
+    path = local_path(value, base_dir)
     if not path.exists():
         raise RowProblem("bad_video", field, f"video file {str(value)!r} does not exist"
                          + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""))

@@ -1,4 +1,5 @@
-"""Reading one image of a data row: a path (relative to the data file's folder), raw bytes, a datasets Image
+"""Reading one image of a data row: a path (relative to the data file's folder, else to the working directory, as
+for VLM rows: preflab.data.media), raw bytes, a datasets Image
 dict ({"bytes": ..., "path": ...}) or a PIL image -> uint8 tensor [3, S, S] at the run's square resolution.
 
 Resizing (when allowed) is Diffusion-DPO's preprocessing: shorter side to S (bicubic), then a centre crop
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from preflab.data.media import rgb_on_white
+from preflab.data.media import local_path, rgb_on_white
 from preflab.data.report import RowProblem
 
 CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P")
@@ -36,12 +37,11 @@ def _open(value, field: str, base_dir: Path | None):
         if isinstance(value, (bytes, bytearray, memoryview)):
             image = Image.open(io.BytesIO(bytes(value)))
         elif isinstance(value, str) and value:
-            path = Path(value).expanduser()
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
+            path = local_path(value, None if base_dir is None else str(base_dir))
             if not path.is_file():
                 raise RowProblem("missing_image", field, f"image file {str(path)!r} does not exist",
-                                 "Check the path (relative paths are read from the data file's folder).")
+                                 "Check the path (relative paths are read from the data file's folder, else from "
+                                 "the working directory).")
             image = Image.open(path)
         else:
             raise RowProblem("bad_image", field, f"expected an image path, bytes or a PIL image, got "
