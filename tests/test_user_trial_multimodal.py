@@ -180,3 +180,32 @@ def test_diffusion_image_paths_relative_to_the_working_directory_load_as_vlm_row
     Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(tmp_path / "data" / "data" / "imgs" / "red.png")
     [x], _ = load_image_pairs("data/pairs.jsonl", resolution=8)
     assert x.chosen[:, 0, 0].tolist() == [9, 9, 9]
+
+
+def test_the_diffusion_data_line_counts_dropped_ties_outside_the_kept_rows(tmp_path):
+    """Pick-a-Pic rows with a tie (label_0 = 0.5): the data line said '17 of 17 rows kept (0 skipped, 1 ties dropped);
+    16 train' -- the tie counted as kept. Now '16 of 17 rows kept (0 skipped, 1 tie dropped)'."""
+    pytest.importorskip("diffusers")
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from preflab.diffusion.data import load_image_pairs
+    from preflab.loops.diffusion import _rows_text
+
+    def png(v):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), v, np.uint8)).save(buf, format="PNG")
+        return list(buf.getvalue())
+
+    rows = [{"caption": f"c{i}", "jpg_0": f"{i}a.png", "jpg_1": f"{i}b.png", "label_0": label}
+            for i, label in enumerate((1, 0, 0.5))]
+    for i in range(3):
+        for side, v in (("a", 10 * i), ("b", 10 * i + 5)):
+            (tmp_path / f"{i}{side}.png").write_bytes(bytes(png(v)))
+    (tmp_path / "pick.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs, report = load_image_pairs(str(tmp_path / "pick.jsonl"), resolution=8)
+    assert len(pairs) == 2 and pairs[1].chosen[0, 0, 0] == 15  # label_0 = 0: the second image is the chosen one
+    assert _rows_text(report) == "2 of 3 rows kept (0 skipped, 1 tie dropped)"

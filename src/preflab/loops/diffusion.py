@@ -43,8 +43,11 @@ SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "att
 
 
 def _rows_text(report) -> str:
-    """'6 of 7 rows kept (1 skipped (bad_image: 1), 0 ties dropped)' for the data line of a run."""
-    return f"{report.kept} of {report.total} rows kept ({report._skip_text()}, {report.ties_dropped} ties dropped)"
+    """'5 of 7 rows kept (1 skipped (bad_image: 1), 1 tie dropped)' for the data line of a run: the kept rows are those
+    that became pairs (report.kept counts the read ties too, which said '7 of 7 rows kept' beside '1 ties dropped')."""
+    ties = report.ties_dropped
+    return (f"{report.kept - ties} of {report.total} rows kept ({report._skip_text()}, {ties} "
+            f"{'tie' if ties == 1 else 'ties'} dropped)")
 
 
 def is_diffusion_objective(objective) -> bool:

@@ -129,7 +129,7 @@ def prepare_vision_data(cfg, processor, policy, objective):
                                                            cfg.on_bad_row, row_report.source, cfg.max_completion_length)
         report[f"{split}_tokenize"] = {**tok_report.to_dict(), "skipped": dict(dropped.skipped)}
         out.append(pairs)
-    cut = sum(report[f"{split}_tokenize"]["truncated_responses"] for split in ("train", "eval")
+    cut = sum(report[f"{split}_tokenize"].get("truncated_responses", 0) for split in ("train", "eval")
               if f"{split}_tokenize" in report)
     print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs"
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
