@@ -38,7 +38,8 @@ STEP = ["tests/test_step_weights_and_fp16.py", "tests/loops/test_trainer.py", "-
 CKPT = ["tests/test_checkpoint_safety.py::test_resume_restores_the_rng_that_dropout_draws_from",
         "tests/test_checkpoint_safety.py::test_resume_and_save_total_limit_order_checkpoints_by_step_not_name",
         "tests/test_reliability.py", "tests/loops/test_trainer.py", "-k", "checkpoint or resume or latest or sigkill"]
-TOKENIZE = ["tests/data/test_data_tokenize.py", "tests/data/test_data_boundary.py"]
+TOKENIZE = ["tests/data/test_data_tokenize.py", "tests/data/test_data_boundary.py",
+            "tests/data/test_truncation_trl_parity.py"]
 EVAL = ["tests/eval/test_ranking.py", "tests/eval/test_metrics.py", "tests/eval/test_tie_rules.py"]
 TRAIN_FEW = ["tests/loops/test_train_every_objective.py", "-k", "test_train_runs_objective and (sigmoid or ipo)"]
 MAXMIN = ["tests/reward_models/test_maxmin_em_step_values.py", "tests/reward_models/test_pref_maxmin.py",
@@ -93,15 +94,18 @@ MUTANTS = [
            [("pred[n, 0] = last_prompt", "pred[n, 0] = last_prompt - 1")],
            LAYOUT, "the first response token predicted from the second-to-last prompt position"),
     Mutant("tokenize-keep-end-drops-one-more", "data/tokenize.py",
-           [("prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 1):]",
-             "prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 2):]")],
+           [("return prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 1):]",
+             "return prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 2):]")],
            TOKENIZE, "keep_end truncation with a leading bos keeps limit - 1 tokens"),
     Mutant("tokenize-room-off-by-one", "data/tokenize.py",
            [("room = settings.max_length - len(prompt_ids)", "room = settings.max_length - len(prompt_ids) + 1")],
            TOKENIZE, "prompt + response may exceed max_length by one token"),
     Mutant("tokenize-keep-start-short", "data/tokenize.py",
-           [("prompt_ids = prompt_ids[:limit]", "prompt_ids = prompt_ids[:limit - 1]")],
+           [("return prompt_ids[:limit]", "return prompt_ids[:limit - 1]")],
            TOKENIZE, "keep_start truncation keeps one token too few"),
+    Mutant("tokenize-keep-end-sequence-short", "data/tokenize.py",
+           [("return prompt_ids[cut:], response", "return prompt_ids[cut + 1:], response")],
+           TOKENIZE, "keep_end cuts one prompt token more than TRL 1.16's sequence[-max_length:]"),
     # scoring
     Mutant("lm-no-normaliser-gradient", "scoring/lm.py",
            [("logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz",

@@ -105,13 +105,28 @@ def _names_a_device(args, kwargs) -> bool:
     return any(isinstance(a, (str, torch.device, torch.Tensor)) for a in (*args, kwargs.get("device")))
 
 
+def _short(path: str) -> str:
+    return path.split('site-packages/')[-1].split('/src/')[-1]
+
+
 def _call_site(where: tuple[str, ...]) -> str:
-    """file:line of the innermost Python frame whose path contains one of `where` (e.g. "preflab/")."""
+    """file:line of the innermost Python frame whose path contains one of `where` (e.g. "preflab/"). An op of the
+    backward pass (run by the autograd engine) is attributed to the forward line that recorded its autograd node,
+    marked "(backward)", when that node kept its traceback (anomaly mode, see --backward-origin)."""
+    node = torch._C._current_autograd_node()
+    stack = node.metadata.get("traceback_") if node is not None else None
+    if stack:
+        for entry in reversed(stack):  # traceback.format_stack() lines: '  File "path", line N, in f\n    code\n'
+            head = entry.strip().split("\n")[0]
+            if head.startswith('File "') and any(w in head.split('"')[1] for w in where):
+                path, line = head.split('"')[1], head.split(", line ")[1].split(",")[0]
+                return f"{_short(path)}:{line} (backward)"
+        return "? (backward)"
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
         if any(w in path for w in where):
-            return f"{path.split('site-packages/')[-1].split('/src/')[-1]}:{frame.f_lineno}"
+            return f"{_short(path)}:{frame.f_lineno}"
         frame = frame.f_back
     return "?"
 
@@ -149,7 +164,7 @@ class OpCounter(_rules.HostTracking):
         step.ops[name] += 1
         step.views += bool(func.is_view)
         if self.where:
-            self.sites[-1][f"{_call_site(self.where)} {name}"] += 1
+            self.sites[-1][f"{_call_site(self.where)} {name}{' (view)' if func.is_view else ''}"] += 1
         for t in tensors:
             if t.dim() > 0 and self.is_host(t) and id(t) not in self._moved:
                 self._moved.add(id(t))
@@ -374,6 +389,10 @@ def main():
     ap.add_argument("--where", nargs="*", default=None, metavar="PATH_PART",
                     help="also list the call sites of the ops (innermost frame in a file whose path contains one of "
                          "these, default: preflab/ trl/ torch/optim/ transformers/)")
+    ap.add_argument("--backward-origin", action="store_true",
+                    help="with --where: attribute each backward op to the forward line whose autograd node runs it "
+                         "(autograd anomaly mode records the forward tracebacks; check_nan off, the counts unchanged)")
+    ap.add_argument("--by-file", action="store_true", help="with --where: also sum the call sites per file")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.steps < 3:
@@ -391,15 +410,27 @@ def main():
             where = tuple(args.where or ("preflab/", "trl/", "torch/optim/", "transformers/")) \
                 if args.where is not None else ()
             counter = OpCounter(where)
-            if lib == "preflab":
-                run_preflab(args, pairs, tokenizer, counter, setting == "precomputed")
-            else:
-                run_trl(args, rows, counter, setting == "precomputed")
+            origin = torch.autograd.set_detect_anomaly(True, check_nan=False) if where and args.backward_origin \
+                else contextlib.nullcontext()
+            with origin:
+                if lib == "preflab":
+                    run_preflab(args, pairs, tokenizer, counter, setting == "precomputed")
+                else:
+                    run_trl(args, rows, counter, setting == "precomputed")
             results[(lib, setting)] = summarize(counted_steps(counter, args.steps))
             if where:
                 print(f"\n# {lib} {setting}: call sites of the ops of step 2")
                 for site, n in counter.sites[1].most_common():
                     print(f"{n:6d}  {site}")
+                if args.by_file:
+                    files, launches = Counter(), Counter()
+                    for site, n in counter.sites[1].items():
+                        name = site.split(":")[0] + (" (backward)" if "(backward)" in site else "")
+                        files[name] += n
+                        launches[name] += 0 if site.endswith("(view)") else n
+                    print(f"\n# {lib} {setting}: ops and kernels of step 2 per file")
+                    for name, n in files.most_common():
+                        print(f"{n:6d} {launches[name]:6d}  {name}")
             print(f"{lib} {setting}: {json.dumps({k: v for k, v in results[(lib, setting)].items() if k not in ('ops_by_name', 'syncs_by_name')})}",  # noqa: E501
                   file=sys.stderr)
     print(f"# op_count.py: {args.steps - 2} counted steps (2..{args.steps - 1}), batch {args.batch_size}, "

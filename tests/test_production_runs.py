@@ -168,27 +168,25 @@ def test_unsafe_model_folders_are_refused_before_the_data_is_read(tmp_path):
     preflight(cfg())
 
 
-def test_trl_keep_end_without_max_prompt_length_is_said_to_change_nothing(capsys):
-    """TRL 1.16's truncation_mode: keep_end keeps the end of prompt + response; preflab's cuts prompts longer than
-    max_prompt_length only, so without it the option was accepted and silently did nothing."""
+def test_trl_keep_end_keeps_the_sequences_end_without_a_note(capsys):
+    """TRL 1.16's truncation_mode: keep_end keeps the end of prompt + response. preflab's used to cut prompts longer
+    than max_prompt_length only (a note said keep_end without it changed nothing); it now cuts as TRL does."""
     from preflab.config import config_from_dict
     from preflab.data.examples import PairExample
     from preflab.data.tokenize import tokenize_pairs
     from preflab.models.tiny import tiny_tokenizer
 
     base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl", "max_length": 16}
-    config_from_dict({**base, "truncation_mode": "keep_end"})
-    assert "changes nothing" in capsys.readouterr().err
-    config_from_dict({**base, "truncation_mode": "keep_end", "max_prompt_length": 8})
-    config_from_dict({**base, "truncation_mode": "keep_start"})
+    assert config_from_dict({**base, "truncation_mode": "keep_end"}).truncation_mode == "keep_end"
+    assert config_from_dict(base).truncation_mode is None  # TRL's default keep_start for sequences
     assert "truncation_mode" not in capsys.readouterr().err
-    # what the note says: without max_prompt_length the two modes tokenize an over-long row alike
     tok = tiny_tokenizer("char")
     row = [PairExample(row_id=0, prompt="the cat sat on", chosen=" the mat and ran", rejected=" a dog")]
     end, report = tokenize_pairs(row, tok, max_length=20, truncation_mode="keep_end")
     start, _ = tokenize_pairs(row, tok, max_length=20, truncation_mode="keep_start")
-    assert report.response_truncated == 1 and report.prompt_truncated == 0
-    assert (end[0].prompt_ids, end[0].chosen_ids) == (start[0].prompt_ids, start[0].chosen_ids)
+    assert (report.response_truncated, report.prompt_truncated) == (0, 1)
+    assert tok.decode(end[0].prompt_ids + end[0].chosen_ids) == " on the mat and ran</s>"  # the last 20 tokens
+    assert tok.decode(start[0].prompt_ids + start[0].chosen_ids) == "<s>the cat sat on the "
 
 
 def test_model_card_and_summary_count_rows_skipped_at_tokenization(tmp_path):
@@ -243,15 +241,16 @@ def test_dashed_flags_that_are_no_option_are_not_told_to_become_overrides(capsys
     assert "write torch_dtype=VALUE instead of --torch_dtype VALUE" in capsys.readouterr().err
 
 
-def test_restore_callback_states_is_refused_for_what_preflab_does(capsys):
-    """The refusal said "preflab has no transformers callbacks", but Trainer(callbacks=[...]) takes them."""
+def test_restore_callback_states_is_what_preflab_does_and_false_is_said(capsys):
+    """The option used to be refused (checkpoints held no callback state); preflab now saves and restores it
+    (tests/loops/test_best_model.py::test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step)."""
     from preflab.config import config_from_dict
-    from preflab.errors import ConfigError
 
-    with pytest.raises(ConfigError) as err:
-        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
-                          "restore_callback_states_from_checkpoint": True})
-    assert "resumed run starts them afresh" in str(err.value) and "no transformers callbacks" not in str(err.value)
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl"}
+    config_from_dict({**base, "restore_callback_states_from_checkpoint": True})
+    assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err
+    config_from_dict({**base, "restore_callback_states_from_checkpoint": False})
+    assert "preflab always restores the state of the callbacks" in capsys.readouterr().err
 
 
 def test_accelerate_launch_num_processes_without_multi_gpu_is_refused_not_run_on_one_process(tmp_path,

@@ -92,21 +92,6 @@ def test_preflab_eval_of_a_dcpo_run_scores_held_out_pairs_without_captions_as_di
     assert len(trained["notes"]) == 1 and "is the run's training data" in trained["notes"][0]
 
 
-def test_vlm_and_diffusion_configs_get_no_truncation_mode_note(capsys):
-    """Every run's config.yaml holds truncation_mode: keep_end, so reloading a VLM or diffusion run's config (preflab
-    eval, resume) printed the text note 'truncation_mode: keep_end ... comes closest with max_prompt_length', advice
-    that task: vlm refuses and task: diffusion cannot read."""
-    from preflab.config import config_from_dict
-
-    base = {"dataset_name": "x.jsonl", "truncation_mode": "keep_end"}
-    for over in ({"task": "vlm", "model_name_or_path": "builtin:tiny-qwen2-vl"},
-                 {"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "loss_type": "diffusion_dpo"}):
-        config_from_dict({**base, **over})
-        assert "truncation_mode" not in capsys.readouterr().err, over["task"]
-    config_from_dict({**base, "model_name_or_path": "builtin:tiny-llama"})  # a text run keeps its note
-    assert "truncation_mode: keep_end cuts a prompt" in capsys.readouterr().err
-
-
 def test_inversion_options_under_forward_noising_are_refused():
     """diffusion_noising: {num_inversion_steps: 20} (or inversion_eta, renoise_iters, grid_snap, steps_offset) on
     diffusion_dpo / dcpo, or on smpo_diffusion with mode: forward, was accepted and dropped: forward noising reads

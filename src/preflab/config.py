@@ -86,7 +86,8 @@ class TrainConfig:
     max_length: int | None = 1024
     max_prompt_length: int | None = None
     max_completion_length: int | None = None   # responses keep their first max_completion_length tokens
-    truncation_mode: str = "keep_end"          # how an over-long prompt is cut: keep_end | keep_start
+    truncation_mode: str | None = None         # keep_start | keep_end: the end an over-long sequence / prompt keeps
+    # (None: TRL 1.16's keep_start for sequences; a prompt cut to max_prompt_length keeps its end)
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
@@ -248,11 +249,27 @@ class TrainConfig:
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
+        if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
+            from preflab.config_owners import unread_option_names
+            from preflab.recipe_options import recipe_option_errors
+
+            out += recipe_option_errors(self, unread_option_names(self))
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
         if self.bf16 and self.fp16:
             out.append("bf16 and fp16 are both set; choose one.")
+        if self.task == "vlm" and self.truncation_mode == "keep_end" and self.max_length is not None:
+            out.append(f"truncation_mode: keep_end with max_length={self.max_length} is not supported for task: vlm "
+                       "(as in TRL 1.16): it cuts the start of prompt + response, where the image tokens are. Use "
+                       "truncation_mode: keep_start (or unset it) or max_length: null.")
+        if self.task == "online" and self.truncation_mode == "keep_start":  # was accepted and ignored
+            out.append("truncation_mode: keep_start is not supported for task: online: a prompt longer than "
+                       "max_prompt_length keeps its end, as TRL's online trainers cut it (TRL 0.x's GRPOTrainer and "
+                       "its OnlineDPOTrainer cut from the left; TRL 1.16's GRPOTrainer cuts no prompt), since the "
+                       "end holds the question and the generation prompt the completion follows. Unset "
+                       "truncation_mode (or keep_end), and raise max_prompt_length (or null: no limit) to keep a "
+                       "prompt's start.")
         for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
             if getattr(self, flag) and self.dtype not in ("float32", precision):
                 out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them ({flag} means dtype: "

@@ -173,10 +173,13 @@ OPTIONS: dict[str, Option] = {
                                         "torch_compile"),
     # data
     "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
-    "max_prompt_length": above(0, "max prompt tokens, cut per truncation_mode (null: no limit)"),
+    "max_prompt_length": above(0, "max prompt tokens (TRL 0.x), the prompt's end kept unless truncation_mode: keep_start (null: no limit)"),
     "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; counted in the "
                                       "data report); task: online: max new tokens per completion (default 16)"),
-    "truncation_mode": one_of(("keep_end", "keep_start"), "how an over-long prompt is cut"),
+    "truncation_mode": one_of(("keep_end", "keep_start"), "which end of a sequence longer than max_length is kept "
+                              "(TRL 1.16; keep_end cuts the prompt's start, per sequence) and of a prompt longer than "
+                              "max_prompt_length (null: sequences keep their start, as TRL's default, a prompt its "
+                              "end; task: online: prompts keep their end, keep_start is refused)"),
     "on_bad_row": one_of(("error", "skip"), "a bad data row stops the run, or is skipped and counted"),
     "layout": one_of(("padded", "prefix_shared", "packed", "prefix_packed"),
                      "batch layout (preflab.data.prefix); TRL padding_free: true -> prefix_packed"),

@@ -88,18 +88,27 @@ def changed_options(cfg, names) -> list[str]:
     return [n for n in names if getattr(cfg, n) != default(n)]
 
 
-def unread_task_options(cfg) -> list[str]:
-    """One line per group of options set away from their default that this config's task does not read."""
+def _unread_groups(cfg) -> list[tuple[list[str], str]]:
+    """(options set away from their default, who reads them) per group this config's task does not read."""
     from preflab.online.options import ONLINE_OPTIONS
     from preflab.recipes import RECIPES
 
-    out = []
     owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPES, f"the recipe tasks ({', '.join(RECIPES)})"),
                        (ONLINE_OPTIONS, lambda c: c.task == "online", "task: online"))
-    for names, reads, who in owners:
-        used = changed_options(cfg, names)
-        if used and not reads(cfg):
-            run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task in ("dpo", "diffusion") else "")
-            out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
-                       f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
+    return [(used, who) for names, reads, who in owners for used in [changed_options(cfg, names)]
+            if used and not reads(cfg)]
+
+
+def unread_option_names(cfg) -> set[str]:
+    """The options unread_task_options reports (other checks leave them to it)."""
+    return {name for used, _ in _unread_groups(cfg) for name in used}
+
+
+def unread_task_options(cfg) -> list[str]:
+    """One line per group of options set away from their default that this config's task does not read."""
+    out = []
+    for used, who in _unread_groups(cfg):
+        run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task in ("dpo", "diffusion") else "")
+        out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
+                   f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
     return out

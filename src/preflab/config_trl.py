@@ -58,6 +58,10 @@ DIFFUSERS_DPO_SCRIPT = {
 
 # TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead)
 NO_EFFECT = {
+    "restore_callback_states_from_checkpoint": (True, "preflab always restores the state of the callbacks passed "
+                                                "to Trainer(callbacks=...) on resume (EarlyStoppingCallback's "
+                                                "patience counter continues, so a resumed run stops where the "
+                                                "uninterrupted one would; transformers' false starts them afresh)"),
     "use_logits_to_keep": (False, "preflab already runs the LM head on response positions only"),
     "remove_unused_columns": (True, "preflab keeps only the columns it uses (an objective's extra columns "
                                     "travel with the rows)"),
@@ -194,10 +198,6 @@ REFUSED = {
                                  "can read"),
     "enable_jit_checkpoint": (False, "checkpoints are written every save_steps; remove it"),
     "ignore_data_skip": (False, "resume always replays the data order to the exact step; remove it"),
-    "restore_callback_states_from_checkpoint": (False, "checkpoints do not hold the state of the callbacks passed "
-                                                "to Trainer(callbacks=...), so a resumed run starts them afresh "
-                                                "(EarlyStoppingCallback's patience too, as transformers does by "
-                                                "default); remove it"),
     "full_determinism": (False, "not supported; preflab seeds torch, Python and NumPy from seed"),
     "accelerator_config": ({"split_batches": False, "dispatch_batches": None, "even_batches": True,
                             "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None},
@@ -412,25 +412,7 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
                 raw["layout"] = "prefix_packed"
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
-    _truncation_mode(raw, notes)
     return raw, notes, errors
-
-
-def _truncation_mode(raw: dict, notes: list) -> None:
-    """TRL 1.16's truncation_mode cuts prompt + response together (keep_end keeps the sequence's end, cutting the
-    prompt's start); preflab's cuts a prompt longer than max_prompt_length (TRL 0.x's meaning). Without
-    max_prompt_length, keep_end asked for explicitly has no effect here: say so and what comes close. Not said for
-    task: vlm (it never cuts prompts and refuses max_prompt_length, so the advice cannot apply; responses keep their
-    start, TRL 1.16's keep_start) nor task: diffusion (no token lengths): every run's config.yaml holds
-    truncation_mode, so the note came with every `preflab eval` / resume of such a run."""
-    if raw.get("truncation_mode") != "keep_end" or raw.get("max_prompt_length") is not None \
-            or raw.get("task") in ("vlm", "diffusion"):
-        return
-    notes.append("truncation_mode: keep_end cuts a prompt longer than max_prompt_length (keeping its end; TRL 0.x's "
-                 "meaning), and no max_prompt_length is set, so it changes nothing: a row longer than max_length "
-                 "keeps its prompt and the start of its responses (TRL 1.16's keep_start). TRL 1.16's keep_end "
-                 "(the end of prompt + response, cutting the prompt's start) comes closest with max_prompt_length: "
-                 "max_length minus your longest response.")
 
 
 GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig; grpo is ours too

@@ -31,7 +31,7 @@ class RecipeStateFile:
     def __init__(self, path: str | Path, params: dict, resume: bool, initial: dict | None = None,
                  may_change: tuple = ()):
         self.path = Path(path)
-        params = json.loads(json.dumps(params))  # tuples become lists, as they come back from the file
+        params = json.loads(json.dumps(_compared(params)))  # tuples become lists, as they come back from the file
         if self.path.exists() and not resume:
             raise ConfigError(f"{self.path} exists: set resume_from_checkpoint=true to continue that run, or use a "
                               "new output_dir.")
@@ -47,6 +47,10 @@ class RecipeStateFile:
             raise ConfigError(f"resume: {self.path} holds no recipe_params (not written by this version of "
                               "preflab); use a new output_dir.")
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
+        if changed == ["stage_options"]:  # the top-level options of preflab.recipe_options, not recipe_params
+            raise ConfigError(f"resume: the top-level options {params.get('stage_options') or {}} differ from the "
+                              f"interrupted run's ({saved.get('stage_options') or {}}, {self.path}); its finished "
+                              "stages trained with those: resume with them, or use a new output_dir.")
         if changed:
             allowed = f" (only {list(may_change)} may change)" if may_change else ""
             raise ConfigError(f"resume: recipe_params {changed} differ from the interrupted run's ({self.path}); "
@@ -63,6 +67,18 @@ class RecipeStateFile:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         tmp.replace(self.path)
+
+
+def _compared(params: dict) -> dict:
+    """`params` with its `stage_options` (the top-level options that reach the stages, preflab.recipe_options) cut to
+    those that change what a stage computes (dtype, disable_dropout, precompute_ref_log_probs, ...): a resume may
+    change attention, chunk_tokens, logging and the like, as a plain run's may (preflab.resume_check.HARMLESS).
+    Without such options the key is left out, so a state written before stage_options existed still matches."""
+    from preflab.resume_check import HARMLESS
+
+    params = dict(params)
+    meaning = {k: v for k, v in (params.pop("stage_options", None) or {}).items() if k not in HARMLESS}
+    return {**params, "stage_options": meaning} if meaning else params
 
 
 class RecipeState:

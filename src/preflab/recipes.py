@@ -30,7 +30,7 @@ RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "dstc": "preflab.tool_use.dstc:run_dstc",
            "fspo": "preflab.reward_models.fspo:run_fspo",
            "pro_orchestrator": "preflab.online.pro_recipe:run_pro"}
-_COMMON = ("output_dir", "seed", "quiet", "resume")
+_COMMON = ("output_dir", "seed", "quiet", "resume", "stage_options")  # stage_options: preflab.recipe_options
 # recipes that cannot run on several processes (`accelerate launch --num_processes N`), and why (none today)
 ONE_PROCESS: dict[str, str] = {}
 # recipes with nothing to run data parallel: under a launch of several processes the main process runs them (as a
@@ -119,8 +119,14 @@ def run_recipe(cfg) -> dict:
               "CONFIG.yaml` without a launcher.")
     fn = recipe_function(cfg.task)
     accepted = inspect.signature(fn).parameters
+    from preflab.recipe_options import stage_options
+
     common = {"output_dir": cfg.output_dir, "seed": cfg.seed, "quiet": cfg.disable_tqdm,
-              "resume": cfg.resume_from_checkpoint not in (None, False, "", "false")}
+              "resume": cfg.resume_from_checkpoint not in (None, False, "", "false"),
+              "stage_options": stage_options(cfg)}  # checked by TrainConfig: each reaches every stage
+    if common["stage_options"] and "stage_options" not in accepted:  # RECIPE_STAGES lists stages it does not have
+        raise ConfigError(f"internal: task {cfg.task!r} takes no stage_options, but preflab.recipe_options accepts "
+                          f"{sorted(common['stage_options'])} for it.")
     if common["resume"] and "resume" not in accepted:  # never silently rerun a recipe from scratch
         raise ConfigError(f"task {cfg.task!r} cannot resume (its recipe has no resume): drop "
                           "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")

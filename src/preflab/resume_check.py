@@ -23,6 +23,11 @@ HARMLESS = frozenset({
 # options that steer this start of the run itself, never compared
 _NOT_COMPARED = frozenset({"resume_from_checkpoint", "allow_config_change", "overwrite_output_dir"})
 
+# (key, saved value, current value) that tokenize alike: preflab before truncation_mode followed TRL 1.16 wrote its
+# default keep_end out, which cut sequences as an unset truncation_mode does now. Harmless as a config change; the
+# training data's fingerprint (check_resume_data) still refuses the resume if any row's tokens differ.
+_SAME_MEANING = frozenset({("truncation_mode", "keep_end", None)})
+
 
 def compare_configs(saved: dict, current: dict, defaults: dict | None = None) -> tuple[dict, dict]:
     """defaults: the current option defaults; a key the saved config lacks (an option added since) that is at its
@@ -35,7 +40,7 @@ def compare_configs(saved: dict, current: dict, defaults: dict | None = None) ->
         if before == after or (key not in saved and defaults is not None and key in defaults
                                and defaults[key] == after):
             continue
-        (harmless if key in HARMLESS else meaning)[key] = (before, after)
+        (harmless if key in HARMLESS or (key, before, after) in _SAME_MEANING else meaning)[key] = (before, after)
     return harmless, meaning
 
 
@@ -106,9 +111,10 @@ def check_resume_data(saved: dict, current: str | None, cfg, checkpoint, note=pr
     before = saved.get("data_fingerprint")
     if before is None or current is None or before == current:
         return
-    where = (f"the data file(s) ({getattr(cfg, 'dataset_name', None)!r}) or the tokenizer "
-             f"(of {getattr(cfg, 'model_name_or_path', None)!r}) changed "
-             "since it was saved")
+    where = (f"the data file(s) ({getattr(cfg, 'dataset_name', None)!r}), the tokenizer "
+             f"(of {getattr(cfg, 'model_name_or_path', None)!r}) or how the rows are tokenized (max_length, "
+             "truncation_mode: keep_end cuts each sequence's start as TRL 1.16 since preflab followed it, where it "
+             "used to keep the whole prompt) changed since it was saved")
     if not getattr(cfg, "allow_config_change", False):
         raise ConfigError(
             f"resume_from_checkpoint: the training examples differ from those {checkpoint} was trained on "

@@ -121,7 +121,26 @@ def test_a_directory_without_files_of_the_requested_split_refuses_to_mix_the_oth
     with pytest.raises(DataError, match=r"split\(s\) \['train'\] and none of split 'test'"):
         load_rows(tmp_path / "data", split="test")
     (tmp_path / "data" / "train.jsonl").rename(tmp_path / "data" / "pairs.jsonl")
-    assert len(load_rows(tmp_path / "data", split="validation")[0]) == 2
+    assert len(load_rows(tmp_path / "data", split="train")[0]) == len(load_rows(tmp_path / "data", split=None)[0]) == 2
+
+
+def test_a_source_without_splits_refuses_an_explicit_other_split(tmp_path):
+    """A save_to_disk Dataset (no DatasetDict) and a folder of unnamed data files are the split 'train', as a
+    single file is: split 'test' read them whole, so `eval_split: test` (or TRL's dataset_test_split) evaluated on
+    the training rows. split None (an eval set without eval_split) still reads them whole."""
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DataError, match=r"one dataset saved with save_to_disk \(the split 'train', no DatasetDict\), "
+                                        r"so it has no split 'test'"):
+        load_rows(tmp_path / "ds", split="test")
+    assert load_rows(tmp_path / "ds", split="train")[0] == load_rows(tmp_path / "ds", split=None)[0] == EXPECTED
+    saved_test = datasets.Dataset.from_list(ROWS, split="test")  # load_dataset(..., split="test").save_to_disk
+    saved_test.save_to_disk(str(tmp_path / "ds_test"))
+    assert load_rows(tmp_path / "ds_test", split="test")[0] == EXPECTED
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with pytest.raises(DataError, match=r"none of which is named after a split, so it is the split 'train' .*no "
+                                        r"split 'validation'"):
+        load_rows(tmp_path / "files", split="validation")
 
 
 def test_in_memory_dataset_and_list_and_limit():
@@ -245,3 +264,18 @@ def test_a_json_object_of_arrays_holds_its_arrays_as_splits(tmp_path):
     both = tmp_path / "both.json"
     both.write_text(json.dumps({"train": ROWS[:3], "test": ROWS[3:]}))
     assert [e.prompt for e in load_rows(both, split=None)[0]] == ["q3"]
+
+
+def test_a_hub_dataset_folder_with_several_configs_is_refused_not_mixed(tmp_path):
+    """A local copy of a hub dataset whose card declares configurations (en/, fr/) was read whole, training on every
+    configuration at once (datasets.load_dataset refuses it: "Config name is missing"); one config's folder reads."""
+    for name, rows in (("en", ROWS[:2]), ("fr", ROWS[2:])):
+        (tmp_path / "ds" / name).mkdir(parents=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "ds" / name / "train-00000-of-00001.parquet"))
+    (tmp_path / "ds" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  - split: train\n    path: en/train-*\n"
+        "- config_name: fr\n  data_files: fr/*.parquet\n---\n# card\n")
+    with pytest.raises(DataError, match=r"declares 2 configurations \('en' \(default\): en/train-\*; 'fr': "
+                                        r"fr/\*.parquet\); reading the whole folder would mix them"):
+        load_rows(tmp_path / "ds")
+    assert load_rows(tmp_path / "ds" / "en")[0] == EXPECTED[:2]

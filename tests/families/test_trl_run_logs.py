@@ -140,7 +140,8 @@ def _weighted(windows, counts, key, theirs, ours, *, logged_step_only=True) -> N
 
 
 # ---------------------------------------------------------------------------------------------------------- DPO
-def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False):
+def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False, cut: dict | None = None):
+    """cut: {"max_length", "truncation_mode"} for both libraries (default: no truncation)."""
     from trl import DPOConfig, DPOTrainer
 
     from preflab.data.rows import load_rows
@@ -155,14 +156,14 @@ def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False):
     trainer = _recording(DPOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
         args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
-                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **TRL_ARGS),
+                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **{**TRL_ARGS, **(cut or {})}),
         train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
         eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]) if evaluate else None)
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
-    pairs, _ = tokenize_pairs(examples, tok, max_length=None)
+    pairs, _ = tokenize_pairs(examples, tok, **(cut or {"max_length": None}))
     cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": loss_type,
-                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS})
+                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS, **(cut or {})})
     Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=pairs,
             eval_data=pairs[:EVAL_ROWS] if evaluate else None).train()
     ours = _preflab_history(tmp_path / "preflab")
@@ -206,6 +207,18 @@ def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):
         "eval_logps_drift/chosen", "eval_logps_drift/rejected", "eval_logps_drift/suppression_rate"}
     for key in set(trl_eval) & set(ours_eval):
         assert ours_eval[key] == pytest.approx(trl_eval[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("mode,max_length", [("keep_end", 20), ("keep_start", 21)])
+def test_dpo_truncated_run_logs_equal_trls(tmp_path, mode, max_length):
+    """truncation_mode with a max_length that cuts most sequences (prompts of 11-20 tokens, responses of 8-16):
+    TRL's DPOTrainer and preflab log the same loss, rewards/*, logps/*, num_tokens; keep_end cuts the prompt's
+    start per sequence (chosen and rejected keep different parts of it), keep_start the responses' ends."""
+    cut = {"max_length": max_length, "truncation_mode": mode}
+    trainer, theirs, ours, counts = _dpo_run(tmp_path, "sigmoid", cut=cut)
+    _compare(theirs, ours, differ=counts)
+    for key in counts:
+        _weighted(trainer.windows, counts[key], key, theirs, ours)
 
 
 # ---------------------------------------------------------------------------------------------------------- SFT
@@ -267,7 +280,8 @@ def test_sft_run_logs_equal_trls(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------- KTO
-def _kto_run(tmp_path):
+def _kto_run(tmp_path, max_length=None):
+    """max_length: for both libraries (default: no truncation)."""
     from trl import KTOConfig, KTOTrainer
 
     from preflab.data.rows import load_rows
@@ -284,14 +298,16 @@ def _kto_run(tmp_path):
     # per_device_train_batch_size rows, by TRL and by preflab: preflab.loops.kinds.UnpairedKind.fix_eval_pairing)
     trainer = _recording(KTOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
-        args=KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, per_device_eval_batch_size=BATCH, **TRL_ARGS),
+        args=KTOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, per_device_eval_batch_size=BATCH,
+                       **{**TRL_ARGS, "max_length": max_length}),
         train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
         eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]))
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="unpaired")
-    items, _ = tokenize_unpaired(examples, tok, max_length=None)
+    items, _ = tokenize_unpaired(examples, tok, max_length=max_length)
     cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": "kto",
-                            "beta": 0.1, "per_device_eval_batch_size": BATCH, "eval_steps": STEPS})
+                            "beta": 0.1, "per_device_eval_batch_size": BATCH, "eval_steps": STEPS,
+                            "max_length": max_length})
     Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=items,
             eval_data=items[:EVAL_ROWS]).train()
     ours = _preflab_history(tmp_path / "preflab")
@@ -306,7 +322,19 @@ def test_kto_run_logs_equal_trls(tmp_path):
     rewards/margins their difference (TRL: the mean over the micro-batches that have both kinds of the
     micro-batch's difference); the token means are the logged step's (DPO's rule). preflab also logs
     mean_token_accuracy (on the desirable completions), which TRL's KTOTrainer does not."""
-    trainer, theirs, ours, items, order = _kto_run(tmp_path)
+    _check_kto_run(*_kto_run(tmp_path))
+
+
+def test_kto_truncated_run_logs_equal_trls(tmp_path):
+    """The same with a max_length that cuts most sequences (prompts of 11-20 tokens, completions of 8-16): the
+    mismatched (KL) sequences are cut as TRL's KTOTrainer cuts them (prompt + the other row's uncut completion, its
+    start kept), so kl and the loss stay TRL's (they were not cut before)."""
+    trainer, theirs, ours, items, order = _kto_run(tmp_path, max_length=21)
+    assert any(x.kl_cut.completion_ids != x.completion_ids for x in items)  # the cut bites
+    _check_kto_run(trainer, theirs, ours, items, order)
+
+
+def _check_kto_run(trainer, theirs, ours, items, order) -> None:
     per_mb = lambda size: [sum(size(items[i]) for i in order[m * BATCH:(m + 1) * BATCH])  # noqa: E731
                            for m in range(STEPS * ACCUM)]
     desirable, undesirable = per_mb(lambda x: x.label), per_mb(lambda x: not x.label)

@@ -354,3 +354,34 @@ def test_save_only_model_checkpoints_hold_the_weights_only_and_still_give_the_be
     assert sorted(p.name for p in best.iterdir()) == ["COMPLETE", "model.safetensors", "trainer_state.json"]
     assert json.loads((best / "trainer_state.json").read_text())["save_only_model"] is True
     assert _same_weights(load_file(str(run / "model.safetensors")), load_file(str(best / "model.safetensors")))
+
+
+@pytest.mark.slow
+def test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step(tmp_path):
+    """EarlyStoppingCallback's patience counter is saved in each checkpoint (trainer_state.json stateful_callbacks,
+    transformers' layout) and restored on resume: a run interrupted when the counter is 1 and resumed stops at the
+    uninterrupted run's step (it restarted from 0 and stopped a step later, or never)."""
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    def stopper():
+        return EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=0.0)
+
+    whole = _train(_cfg(tmp_path, "whole"), [stopper()])
+    stop = whole["global_step"]
+    assert whole["stopped_early"]["step"] == stop < STEPS
+
+    class Interrupt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == stop - 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(_cfg(tmp_path, "cut"), [stopper(), Interrupt()])
+    again = stopper()
+    resumed = _train(_cfg(tmp_path, "cut", resume_from_checkpoint=True), [again])
+    assert resumed["global_step"] == stop and resumed["stopped_early"]["step"] == stop
+    assert again.early_stopping_patience_counter == 2
+    assert _evals(tmp_path / "cut")[-2:] == _evals(tmp_path / "whole")[-2:]  # the same run after the resume
+    saved = json.loads((tmp_path / "whole" / f"checkpoint-{stop - 1}" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"] == {
+        "early_stopping_patience_counter": 1}

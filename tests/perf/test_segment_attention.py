@@ -96,17 +96,21 @@ def assert_segments_equal_dense(model, layout, calls, atol):
         torch.testing.assert_close(grads[name], dense_grads[name], atol=atol, rtol=atol, msg=name)
 
 
+@pytest.mark.parametrize("piece_tokens", [64, 2])  # each response in one piece; in up to 3 pieces
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))
-def test_segment_attention_equals_dense_mask(arch, layout_name, calls):
+def test_segment_attention_equals_dense_mask(arch, layout_name, piece_tokens, calls, monkeypatch):
+    monkeypatch.setattr(seg, "PIECE_TOKENS", piece_tokens)
     model = model_of(arch)
     assert seg.segment_attention_supported(model) == (True, "")
     calls["n"] = 0  # the support probe ran it too
     assert_segments_equal_dense(model, LAYOUTS[layout_name](), calls, atol=1e-5)
 
 
+@pytest.mark.parametrize("piece_tokens", [64, 2])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_segment_attention_equals_dense_mask_in_float64(arch, calls):
+def test_segment_attention_equals_dense_mask_in_float64(arch, piece_tokens, calls, monkeypatch):
+    monkeypatch.setattr(seg, "PIECE_TOKENS", piece_tokens)
     model = model_of(arch).double()
     seg.segment_attention_supported(model)
     calls["n"] = 0
@@ -134,20 +138,26 @@ def test_segment_attention_equals_padded_layout_scores(calls):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_plan_indexes_the_segments_of_the_rows():
-    """Row 0 of BLOCKS: [1 4 9 | 20 21 2 | 40 2 | 41 42 43 44 2 | 1 | 5 6], row 1: [1..6 | 7 2 | pad ...]."""
+def test_plan_indexes_the_segments_of_the_rows(monkeypatch):
+    """Row 0 of BLOCKS: [1 4 9 | 20 21 2 | 40 2 | 41 42 43 44 2 | 1 | 5 6], row 1: [1..6 | 7 2 | pad ...]; responses
+    cut into pieces of 2 queries (PIECE_TOKENS 2: 3 pieces for the longest, 5 tokens)."""
+    monkeypatch.setattr(seg, "PIECE_TOKENS", 2)
     layout = block_rows(BLOCKS, 6, pad_id=0)
     plan, width = layout.segments, layout.input_ids.shape[1]
-    assert width == 16 and plan.prompt_index.tolist() == [[0, 1, 2, 0, 0, 0], [13, 13, 13, 13, 13, 13],
-                                                         [16, 17, 18, 19, 20, 21]]
-    assert plan.response_index[:2].tolist() == [[3, 4, 5, 0, 0], [6, 7, 0, 0, 0]]
-    assert plan.response_index[5].tolist() == [16] * 5  # the empty response: all slots padding
-    allowed = plan.response_allowed[1, 0]  # response [40 2]: the 3 prompt keys, then causal over itself
-    assert allowed[1].tolist() == [True, True, True, False, False, False, True, True, False, False, False]
+    # the prompts; the 5 non-empty responses' positions 0-1; the 2 longer than 2 tokens' 2-3; the 5-token one's 4
+    assert width == 16 and plan.calls == ((3, 6, 6), (5, 2, 6 + 2), (2, 2, 3 + 4), (1, 1, 3 + 5))
+    queries, keys, slots = plan.parts()
+    assert queries[:18].tolist() == [0, 1, 2, 0, 0, 0, 13, 13, 13, 13, 13, 13, 16, 17, 18, 19, 20, 21]
+    assert queries[18:28].tolist() == [3, 4, 6, 7, 8, 9, 14, 15, 22, 23]  # piece 0 of each non-empty response
+    assert queries[28:].tolist() == [5, 0, 10, 11, 12]  # [20 21 2]'s third token and a padding slot; [41 .. 2]
+    # piece 1 of [20 21 2]: its prompt's keys, then its own 3 positions and a padding slot (block's first position)
+    assert keys[18 + 5 * 8:18 + 5 * 8 + 7].tolist() == [0, 1, 2, 3, 4, 5, 0]
+    mask = plan.additive_masks(torch.float32, "cpu")[1][0, 0] == 0
+    assert mask.tolist() == [[True] * 6 + [False], [True] * 7]  # its positions 2 (real) and 3 (padding)
     flat = layout.input_ids.reshape(-1)
-    outputs = torch.cat([flat[plan.prompt_index].reshape(-1), flat[plan.response_index].reshape(-1)])
     real = layout.attention_mask[:, 0].any(-1).reshape(-1)
-    assert torch.equal(outputs[plan.output_index][real], flat[real])  # every real position reads its own slot
+    assert torch.equal(flat[queries][slots][real], flat[real])  # every real position reads its own slot
+    assert plan.widened(20).calls == plan.calls
 
 
 def test_unsupported_family_keeps_the_dense_mask(calls):
@@ -222,3 +232,50 @@ def test_trainer_steps_equal_with_segment_and_dense_attention(tmp_path, calls):
     for name, w in weights.items():
         # float32 rounding of the gradients (~1e-7 relative) through 2 Adam steps of lr 1e-3: measured 1.3e-6 at most
         torch.testing.assert_close(w, dense_weights[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_checkpointing_decision_is_kept_and_follows_later_changes(calls):
+    """uses_segments walks the model's modules once (not on every training forward) and still sees gradient
+    checkpointing switched on later: by transformers' flags (read on every call) or by layers wrapped in torch's
+    CheckpointWrapper (a registered submodule: walked again); with it on, the step takes the dense mask."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    model = model_of("llama").train()
+    layout = prefix_shared(PAIRS, pad_id=0)
+    walked = lambda: model.__dict__.get(seg._CHECKPOINT_ATTR)  # noqa: E731  (a new object after each walk)
+    assert uses_segments(layout, model)
+    first = walked()
+    assert first is not None and all(uses_segments(layout, model) for _ in range(3))
+    logps_and_grads(model, layout, "auto")  # a training forward and backward (it slices its ModuleList of layers)
+    assert walked() is first
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not uses_segments(layout, model)
+    calls["n"] = 0
+    lp, grads = logps_and_grads(model, layout, "auto")  # checkpointed: the dense mask
+    assert calls["n"] == 0
+    model.gradient_checkpointing_disable()
+    assert uses_segments(layout, model) and walked() is first
+    seg_lp, seg_grads = logps_and_grads(model, layout, "auto")
+    assert calls["n"] == model.config.num_hidden_layers
+    torch.testing.assert_close(seg_lp, lp, atol=1e-5, rtol=0)
+    for name in grads:
+        torch.testing.assert_close(seg_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    decoder_layer = type(model.model.layers[0])
+    apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, decoder_layer))
+    assert not uses_segments(layout, model) and walked() is not first
+
+
+def test_a_copied_model_walks_its_own_modules():
+    """The kept walk travels with copy.deepcopy (frozen_copy); the copy walks its own modules, so wrapping the copy's
+    layers later is seen."""
+    import copy
+
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    model = model_of("llama").train()
+    layout = prefix_shared(PAIRS, pad_id=0)
+    assert uses_segments(layout, model)
+    twin = copy.deepcopy(model)
+    assert uses_segments(layout, twin)
+    apply_activation_checkpointing(twin, check_fn=lambda m: isinstance(m, type(twin.model.layers[0])))
+    assert not uses_segments(layout, twin) and uses_segments(layout, model)

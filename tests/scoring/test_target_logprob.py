@@ -32,6 +32,27 @@ def test_values_and_gradient_equal_autograd_bit_for_bit(rows, vocab):
     assert not logz.requires_grad  # log Z carries no gradient (the token KL keeps plain autograd)
 
 
+def test_target_logprob_backward_fills_no_zero_gradient_for_log_z():
+    """log Z has no gradient: its backward input stays None (set_materialize_grads(False)) instead of a zero-filled
+    [C] tensor that the backward ignored (one launch per chunk); the backward's ops are its five own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    logp, _ = TargetLogProb.apply(logits, torch.arange(6))
+    upstream = torch.randn(6)
+    with Ops() as ops:
+        torch.autograd.grad(logp, logits, upstream)
+    kernels = [n for n in ops.names if n not in ("unsqueeze", "detach", "alias")]
+    assert kernels == ["sub", "exp_", "neg", "mul_", "scatter_add_"], ops.names
+
+
 @pytest.mark.parametrize("chunk_tokens", [None, 2])  # one chunk (logits kept) / checkpointed chunks (recomputed)
 def test_scorer_gradients_equal_plain_autograd_bit_for_bit(monkeypatch, chunk_tokens):
     model = tiny_causal_lm(vocab_size=64, seed=3)

@@ -20,12 +20,14 @@ from pathlib import Path
 
 from preflab.data.examples import PairExample, PromptExample, UnpairedExample
 from preflab.data.report import TokenizeReport
-from preflab.data.tokenize import (TokenizedPair, TokenizedPrompt, TokenizedUnpaired, tokenize_indexed,
+from preflab.data.tokenize import (KLCut, TokenizedPair, TokenizedPrompt, TokenizedUnpaired, tokenize_indexed,
                                    tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired)
 from preflab.errors import ConfigError
 
-CACHE_FORMAT = 3  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
-# bos only where the tokenizer adds one (data.tokenize.text_bos)
+CACHE_FORMAT = 5  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
+# bos only where the tokenizer adds one (data.tokenize.text_bos); 4: truncation_mode keep_end cuts each sequence's
+# start (TRL 1.16), storing the rejected side's own prompt when the two cuts differ; 5: unpaired items keep their
+# KLCut (KTO's mismatched sequences cut to max_length as TRL 1.16 cuts them)
 _KINDS = {PairExample: ("pairs", tokenize_pairs), UnpairedExample: ("unpaired", tokenize_unpaired),
           PromptExample: ("prompts", tokenize_prompts)}  # each function's keyword defaults apply
 
@@ -59,19 +61,31 @@ def examples_fingerprint(examples) -> str:
 
 
 def _row(item) -> list:
-    if isinstance(item, TokenizedPair):  # a MAPL intra row adds its rejected prompt
+    if isinstance(item, TokenizedPair):  # a MAPL intra row (or a keep_end cut apart) adds its rejected prompt
         own = [] if item.rejected_prompt_ids is None else [item.rejected_prompt_ids]
         return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *own]
-    if isinstance(item, TokenizedUnpaired):
-        return [item.prompt_ids, item.completion_ids]
+    if isinstance(item, TokenizedUnpaired):  # with max_length: its KLCut, ids equal to the item's stored as null
+        cut = item.kl_cut
+        if cut is None:
+            return [item.prompt_ids, item.completion_ids]
+        same = lambda before, after: None if before == after else before  # noqa: E731
+        return [item.prompt_ids, item.completion_ids, [cut.max_length, cut.truncation_mode,
+                                                       same(cut.prompt_ids, item.prompt_ids),
+                                                       same(cut.completion_ids, item.completion_ids)]]
     return [item.prompt_ids]
 
 
 def _rebuild(kind: str, ex, ids: list):
     if kind == "pairs":
-        return TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
+        pair = TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
+        return pair.marked_cut_apart() if len(ids) > 3 and ex.rejected_prompt is None else pair
     if kind == "unpaired":
-        return TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
+        item = TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
+        if len(ids) > 2:
+            length, mode, prompt, completion = ids[2]
+            item.kl_cut = KLCut(length, mode, ids[0] if prompt is None else prompt,
+                                ids[1] if completion is None else completion)
+        return item
     return TokenizedPrompt(ex.row_id, ids[0], dict(ex.extras))
 
 

@@ -35,8 +35,12 @@ def note_eval_steps_without_eval_set(cfg) -> None:
     if not is_main_process():
         return
     if getattr(cfg, "eval_steps", 0):
+        split = getattr(cfg, "eval_split", None)
+        named = (f" eval_split={split!r} names a split of eval_dataset_name, not of dataset_name: to evaluate on "
+                 f"{cfg.dataset_name}'s {split!r} split, set eval_dataset_name: {cfg.dataset_name}."
+                 if split and isinstance(cfg.dataset_name, str) else "")
         print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
-              "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0.")
+              "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0." + named)
     elif getattr(cfg, "generate_during_eval", False):
         print("preflab: note: generate_during_eval: there is no eval set (no eval_dataset_name, eval_fraction 0), so "
               "no evaluation runs and no eval_samples.jsonl is written.")

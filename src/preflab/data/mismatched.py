@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 
+from preflab.data.tokenize import uncut_completion
 from preflab.errors import DataError
 
 TRL_UNPAIR_ROWS = 1000  # rows per batch of TRL's unpair_preference_dataset (datasets.Dataset.map's default)
@@ -78,14 +79,17 @@ def fix_mismatched(examples, chunk: int, order: list[int] | None = None) -> list
         for k, position in enumerate(part):
             source = examples[part[k - 1]]  # k = 0: the chunk's last
             out[position] = copy.copy(examples[position])  # a shallow copy: the given examples stay as they were
-            out[position].mismatched_completion_ids = list(source.completion_ids)
+            out[position].mismatched_completion_ids = list(uncut_completion(source))  # TRL: cut at collate
     return out
 
 
 def unpaired_fingerprint(examples) -> str:
-    """sha256 over (prompt_ids, completion_ids, mismatched_completion_ids) of every example, in dataset order: the
-    reference cache's key of unpaired examples (the reference scores both pairs of each example)."""
+    """sha256 over (prompt_ids, completion_ids, mismatched_completion_ids, kl_cut when set) of every example, in
+    dataset order: the reference cache's key of unpaired examples (the reference scores both pairs of each
+    example)."""
     h = hashlib.sha256(b"unpaired")
     for x in examples:
-        h.update(repr((x.prompt_ids, x.completion_ids, getattr(x, "mismatched_completion_ids", None))).encode())
+        cut = getattr(x, "kl_cut", None)  # how the mismatched sequence is cut (max_length, truncation_mode)
+        h.update(repr((x.prompt_ids, x.completion_ids, getattr(x, "mismatched_completion_ids", None),
+                       *([] if cut is None else [tuple(cut)]))).encode())
     return h.hexdigest()

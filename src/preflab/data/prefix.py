@@ -19,10 +19,10 @@ Attention cost. Besides the dense 4-D mask, block_rows records where every segme
 preflab.models.segment_attention.SegmentPlan), and for the model families that support it (Llama, Mistral, Qwen2,
 Qwen3, GPT-2 with sdpa or eager attention; option `attention: auto`, the default) the scorer attends segment by
 segment: each prompt causally over itself (sdpa's fused causal kernel), each response over its prompt's keys and
-causally over its own, batched over the micro-batch's blocks and responses. That computes only the allowed
-(query, key) pairs, up to the padding of the batched calls (sum_b P_b^2 + N L (P + L) scores for B blocks, N
-responses, P and L the longest prompt and response, instead of R T^2), and never the other response, other blocks
-or padding. Elsewhere (`attention: dense`, other families, gradient checkpointing, torch.compile) the dense mask is
+causally over its own, batched over the micro-batch's blocks and responses (responses cut into up to 3 query
+pieces, each piece over its prompt's keys and its own keys so far). That computes the allowed (query, key) pairs up
+to the padding of the batched calls and a staircase under each response's causal triangle (instead of R T^2), and
+never the other response, other blocks or padding. Elsewhere (`attention: dense`, other families, gradient checkpointing, torch.compile) the dense mask is
 handed to transformers' sdpa or eager attention (bool here, converted per attention implementation by
 `model_mask`), and attention cost stays quadratic in the row length, as in the padded layout. A model loaded with
 attn_implementation="flex_attention" (opt-in; GPU: FlexAttention has no backward on CPU) gets the paper's form: the

@@ -135,6 +135,8 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
         raise RowProblem("missing_field", "chosen", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
     if rejected is None:
         raise RowProblem("missing_field", "rejected", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
+    if _text_prompt_over_conversations(prompt, chosen, rejected):
+        return _conversations_with_text_prompt(prompt, chosen, rejected)
     check_same_form({"chosen": chosen, "rejected": rejected, "prompt": prompt})
     conversational = isinstance(chosen, list)
     form = "conversational" if conversational else "standard"
@@ -156,6 +158,34 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
     check_different(chosen, rejected)
     prompt, chosen_text, rejected_text = split_implicit_text(chosen, rejected)
     return prompt, chosen_text, rejected_text, form + "_implicit"
+
+
+def _text_prompt_over_conversations(prompt, chosen, rejected) -> bool:
+    """A text `prompt` beside `chosen` / `rejected` conversations that hold the prompt turns themselves (they open
+    with a non-assistant message): HuggingFaceH4/ultrafeedback_binarized's rows. TRL's maybe_extract_prompt ignores
+    such a prompt and takes the conversations' shared turns (extract_prompt)."""
+    return (isinstance(prompt, str) and isinstance(chosen, list) and isinstance(rejected, list)
+            and all(v and isinstance(v[0], dict) and v[0].get("role") not in ("assistant", None)
+                    for v in (chosen, rejected)))
+
+
+def _conversations_with_text_prompt(prompt: str, chosen: list, rejected: list) -> tuple[object, object, object, str]:
+    """(prompt turns, chosen turns, rejected turns, form) of a text prompt over full conversations, as TRL: the
+    shared turns are the prompt. The text prompt must be the last user turn of those turns (else the row says which
+    it is), so that a prompt column that disagrees with the conversations is never dropped silently."""
+    chosen, rejected = check_messages(chosen, "chosen"), check_messages(rejected, "rejected")
+    check_different(chosen, rejected)
+    turns, chosen_turns, rejected_turns = split_implicit_messages(chosen, rejected)
+    check_response_turns(chosen_turns, "chosen", len(turns))
+    check_response_turns(rejected_turns, "rejected", len(turns))
+    users = [m.get("content") for m in turns if m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str) or users[-1].strip() != prompt.strip():
+        raise RowProblem("mixed_forms", "prompt", f"is text ({prompt[:60]!r}) but 'chosen' and 'rejected' are whole "
+                         "conversations whose last shared user turn is " + (repr(users[-1][:60]) if users and
+                                                                             isinstance(users[-1], str) else "absent"),
+                         "Give the prompt as the conversations' shared turns (a list of messages), or drop the "
+                         "'prompt' column to take the shared turns as the prompt.")
+    return turns, chosen_turns, rejected_turns, "conversational_implicit_text_prompt"
 
 
 def _other_form(row: dict) -> tuple[str, str] | None:

@@ -30,6 +30,7 @@ from preflab.hub import failure_reason, offline
 from preflab.data.report import RowProblem, row_error
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")  # train.jsonl.gz (Anthropic/hh-rlhf)
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
 MAX_NESTING_DEPTH = 64  # levels of objects/lists in one row; chat rows with tool calls use fewer than 10
 
@@ -112,9 +113,9 @@ def _resolve(source, split: str | None, streaming: bool = False):
                 raise DataError(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
                                 "or point to a directory with one file per split (train.jsonl, test.jsonl).")
             return str(source), [_file_part(path, streaming)]
-        split = split or DEFAULT_EVAL_SPLIT
+        explicit, split = split is not None, split or DEFAULT_EVAL_SPLIT
         if path.is_dir():
-            return str(source), _dir_parts(path, split, streaming)
+            return str(source), _dir_parts(path, split, streaming, explicit)
         text = str(source)
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
@@ -209,7 +210,11 @@ def _pick_split(dataset_dict, split: str, name: str):
     return dataset_dict[split]
 
 
-def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
+def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool = True) -> list:
+    """The part readers of a directory's `split`. A directory without splits (a save_to_disk Dataset, data files
+    not named after a split) is the split 'train' (and, for a Dataset, the split it was saved from), as datasets
+    loads it; another split given explicitly (`explicit`) is refused, as for a single file, never read as the whole
+    directory: an eval_split 'test' of it would evaluate on the training rows. split not given: read it whole."""
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets
 
@@ -220,27 +225,57 @@ def _dir_parts(path: Path, split: str, streaming: bool = False) -> list:
                             "Check the directory is complete.") from exc
         if isinstance(loaded, datasets.DatasetDict):
             loaded = _pick_split(loaded, split, str(path))
+        else:
+            own = str(loaded.split) if getattr(loaded, "split", None) else "train"
+            if explicit and split not in ("train", own):
+                raise DataError(f"{path} is one dataset saved with save_to_disk (the split {own!r}, no DatasetDict), "
+                                f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
+                                f"{own!r} or leave it out, or save a DatasetDict with that split.")
         return [_dataset_part(loaded, str(path))]
+    from preflab.data.card_configs import refuse_mixed_configs
+
+    refuse_mixed_configs(path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    packed = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and len(p.suffixes) > 1
+                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if packed:  # reading the other files alone would drop these rows without a word
+        raise DataError(f"directory {path} holds compressed data files preflab does not read ({', '.join(packed[:4])}"
+                        f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}). Decompress them (gunzip, "
+                        "zstd -d, ...) or point dataset_name at uncompressed files.")
     if not files:
         raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
                         "datasets.save_to_disk. Point to a file or a dataset directory.")
     named = [p for p in files if _names_split(p.relative_to(path), split)]
     if not named:  # no file for this split: every file, unless the files are named after other splits
         others = sorted({s for p in files for s in SPLIT_NAMES if _names_split(p.relative_to(path), s)} |
-                        {m.group(1) for p in files if (m := _SHARD.match(p.name.split(".", 1)[0]))})
+                        {m.group(1) for p in files if (m := _SHARD.match(p.name.split(".", 1)[0]))} |
+                        {d for p in files for d in p.relative_to(path).parts[:-1] if _split_like(d)})
         if others:
             raise DataError(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
                             f"(reading them all would mix splits). Set the split (dataset_split / eval_split) to "
                             "one of them, or point to a file.")
+        if explicit and split != "train":
+            raise DataError(f"directory {path} holds data files none of which is named after a split, so it is the "
+                            f"split 'train' (as datasets loads it) and has no split {split!r}. Set the split "
+                            "(dataset_split / eval_split) to 'train' or leave it out, or name the files after their "
+                            "splits (train.jsonl, test.jsonl).")
     return [_file_part(p, streaming) for p in (named or files)]
 
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split
 
 
-_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}$")  # the hub's shard names: {split}-00000-of-00001.parquet
+# the hub's shard names, as datasets matches them ({split}-[0-9]{5}-of-[0-9]{5}*): train-00000-of-00001.parquet, and
+# with the fingerprint datasets 2.x push_to_hub added: train_prefs-00000-of-00001-a09b74b3ef9c3b56.parquet
+_SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
+
+
+def _split_like(folder: str) -> bool:
+    """A folder named after a split ('train', 'test_prefs', 'validation-2'; the hub's parquet conversion writes
+    default/train_prefs/0000.parquet): its files belong to that split, never to another one."""
+    return any(folder == s or folder.startswith((s + "-", s + "_")) for s in SPLIT_NAMES)
 
 
 def _names_split(rel: Path, split: str) -> bool:
@@ -354,6 +389,10 @@ def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
             yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))  # JSON lines in a .json file
             return
         arrays = isinstance(obj, dict) and bool(obj) and all(isinstance(v, list) for v in obj.values())
+        _refuse_columns(obj, path)
+        if arrays and len(set(obj) & set(ROW_FIELDS)) >= 2 and all(isinstance(x, dict) for v in obj.values()
+                                                                   for x in v):
+            arrays = False  # one conversational row ({"prompt": [messages], "chosen": [messages], ...}), not splits
         if not arrays and isinstance(obj, dict):  # a single object: JSON lines with one line
             yield from _jsonl_lines(rr, path, blob.splitlines(keepends=True))
             return
@@ -460,6 +499,27 @@ def _json_array_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 return
             if sep != ",":
                 raise bad(f"expected ',' or ']', found {sep!r}" if sep else "the array is not closed")
+
+
+ROW_FIELDS = ("prompt", "chosen", "rejected", "completion", "label", "messages")
+
+
+def _refuse_columns(obj, path: Path) -> None:
+    """A DataError for a JSON object of columns ({"prompt": [...], "chosen": [...], ...} or pandas' default
+    to_json, {"prompt": {"0": ...}, ...}): its arrays would be read as splits, its dicts as one row of dicts."""
+    def column(v) -> bool:  # a column of values, not one conversational row's messages
+        if isinstance(v, list):
+            return bool(v) and not all(isinstance(x, dict) for x in v)
+        return isinstance(v, dict) and bool(v) and all(str(k).isdigit() for k in v)
+
+    if not isinstance(obj, dict) or not all(column(v) for v in obj.values()):
+        return
+    named = sorted(set(obj) & set(ROW_FIELDS))
+    if len(named) >= 2:
+        raise DataError(f"{path}: the top-level object holds one array (or index->value object) per column "
+                        f"({', '.join(named)}): a table stored by columns, not rows. Write one object per row: JSON "
+                        "lines ({\"prompt\": ..., \"chosen\": ..., \"rejected\": ...} per line) or a JSON array of "
+                        "row objects (pandas: df.to_json(path, orient='records', lines=True)).")
 
 
 def _json_split(obj: dict, split: str, path: Path) -> list:

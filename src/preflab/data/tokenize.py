@@ -19,17 +19,24 @@ chat template place control tokens; a row cannot fake a turn boundary. One eos a
 stays allowed (counted as `eos_already_present`). An assistant turn with `tool_calls` must be rendered by the chat
 template (`tool_calls_not_rendered` otherwise), so a template that ignores tool calls never trains an empty turn.
 
-Truncation: a prompt longer than `max_prompt_length` keeps its end ("keep_end", a leading bos is kept) or its
-start ("keep_start"); then each response keeps its start so that prompt + response <= `max_length`. A prompt
-that leaves no room for one response token is a bad row (`prompt_fills_max_length`); pairs whose chosen and
-rejected ids are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
-`TokenizeReport`.
+Truncation: a prompt longer than `max_prompt_length` (TRL 0.x's option; TRL 1.16 has none) keeps its start
+(truncation_mode "keep_start") or its end ("keep_end" or unset; a leading bos is kept). Then each sequence prompt +
+response longer than `max_length` is cut as TRL 1.16's DataCollatorForPreference cuts it: keep_start (or unset, TRL's
+default) keeps its start, so the prompt stays whole and each response keeps its start; keep_end keeps its end, so the
+prompt's start is cut (bos included), per sequence: the chosen and rejected sequences of one row may keep different
+parts of the prompt (the rejected one's is then `rejected_prompt_ids`, with `cut_apart`). Under keep_start a prompt
+that leaves no room for one response token is a bad row (`prompt_fills_max_length`; TRL drops it unsaid); pairs
+whose two sequences are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
+`TokenizeReport`. Unpaired (KTO) examples keep their ids before the max_length cut (`KLCut`): KTO's mismatched (KL)
+sequences pair a prompt with another example's uncut completion and are cut like any sequence (`kl_sequence`), as
+TRL 1.16's KTOTrainer cuts them.
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from preflab.data.boundary import Split, encode, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
@@ -43,7 +50,9 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 class TokenizedPair:
     """Token ids of one pair: prompt_ids [P], chosen_ids [C], rejected_ids [R] (responses end in eos or the
     template's end-of-turn unless truncated). rejected_prompt_ids: None for an ordinary pair; for a MAPL intra row
-    (PairExample.rejected_prompt) the ids of x_l, which the rejected side is scored after (`rejected_prompt_of`)."""
+    (PairExample.rejected_prompt) the ids of x_l, which the rejected side is scored after (`rejected_prompt_of`);
+    with truncation_mode keep_end, the part of the prompt the rejected sequence kept when it differs from the chosen
+    sequence's (cut_apart: True)."""
 
     row_id: int
     prompt_ids: list[int]
@@ -51,6 +60,21 @@ class TokenizedPair:
     rejected_ids: list[int]
     extras: dict = field(default_factory=dict)
     rejected_prompt_ids: list[int] | None = None
+    # True: rejected_prompt_ids is the end of the same prompt that keep_end truncation cut differently before each
+    # response (`_keep_end`), not a MAPL intra row's second prompt (`is_intra_row`). A class attribute set on the
+    # instance, not a field: the fields are what data.fingerprint hashes, and a new field would change the
+    # fingerprint of every pair, so checkpoints of earlier versions could not be resumed
+    cut_apart = False
+
+    def marked_cut_apart(self) -> "TokenizedPair":
+        self.cut_apart = True
+        return self
+
+
+def is_intra_row(pair) -> bool:
+    """A MAPL intra row (PairExample.rejected_prompt: one response under two prompts): its own rejected prompt, not
+    set by keep_end truncation (TokenizedPair.cut_apart)."""
+    return getattr(pair, "rejected_prompt_ids", None) is not None and not getattr(pair, "cut_apart", False)
 
 
 def rejected_prompt_of(pair) -> list[int]:
@@ -73,6 +97,43 @@ class TokenizedUnpaired:
     label: bool
     extras: dict = field(default_factory=dict)
     mismatched_completion_ids: list[int] | None = None
+    # `KLCut`: how max_length cuts the mismatched (KL) sequences this example takes part in, set on the instance
+    # when max_length is set; None: not cut. A class attribute, not a field (data.fingerprint hashes the fields)
+    kl_cut = None
+
+
+class KLCut(NamedTuple):
+    """What cuts KTO's mismatched (KL) sequences to max_length as TRL 1.16 cuts them: its KTOTrainer pairs each
+    prompt with another example's completion as tokenized (KL_completion_ids, before any cut) and its collator cuts
+    prompt + that completion to max_length like every sequence (`kl_sequence`). prompt_ids / completion_ids: this
+    example's before the max_length cut (after max_prompt_length / max_completion_length)."""
+
+    max_length: int
+    truncation_mode: str | None
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+def uncut_completion(item) -> list[int]:
+    """The completion ids of an unpaired example before the max_length cut: what TRL 1.16's KTOTrainer pairs with
+    other prompts (KL_completion_ids, cut only with the sequence it joins: `kl_sequence`)."""
+    cut = getattr(item, "kl_cut", None)
+    return item.completion_ids if cut is None else cut.completion_ids
+
+
+def kl_sequence(item, other: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt, completion) of the mismatched (KL) sequence of `item`'s prompt with another example's completion
+    `other` (its `uncut_completion`, or a fixed mismatched_completion_ids), cut to max_length by `item.kl_cut` as
+    `_truncate` cuts an example's own sequence: keep_start (or unset: TRL 1.16's KTOTrainer, which has no
+    truncation_mode, cuts (prompt + KL completion)[:max_length] in its collator) keeps the prompt whole and the
+    completion's start, keep_end (`_keep_end`) the sequence's end. Examples without kl_cut (no max_length, or built
+    from Python) are not cut."""
+    cut = getattr(item, "kl_cut", None)
+    if cut is None:
+        return item.prompt_ids, other
+    if cut.truncation_mode == "keep_end":
+        return _keep_end(cut.prompt_ids, other, cut.max_length)
+    return cut.prompt_ids, other[:cut.max_length - len(cut.prompt_ids)]
 
 
 @dataclass
@@ -88,7 +149,7 @@ class TokenizedPrompt:
 class _Settings:
     max_length: int | None
     max_prompt_length: int | None
-    truncation_mode: str
+    truncation_mode: str | None
     max_completion_length: int | None = None
     specials: re.Pattern | None = None  # the tokenizer's special tokens as text (see `special_token_pattern`)
     eos_text: str | None = None
@@ -149,7 +210,11 @@ def _check_no_special(settings: _Settings, value: Text, field_name: str, respons
             raise RowProblem("special_token_in_text", name, f"the text contains {found.group()!r}, one of the "
                              "tokenizer's special tokens, which would be read as a control token",
                              "Remove it or write it differently (e.g. with a space inside); preflab and the chat "
-                             "template add bos, eos and turn markers themselves.")
+                             "template add bos, eos and turn markers themselves."
+                             + ("" if isinstance(value, list) else " A text already rendered with a chat template "
+                                "(turn markers written out, as some TRL datasets hold them)? Give the conversation as "
+                                "messages instead (prompt, chosen and rejected as lists of {\"role\", \"content\"}), "
+                                "so that the template is applied once."))
 
 
 def _check_tool_calls_rendered(tokenizer, prompt: list, response: list, extras: dict, field_name: str,
@@ -173,8 +238,9 @@ def _check_settings(max_length, max_prompt_length, truncation_mode, max_completi
                         ("max_completion_length", max_completion_length)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{name}={value!r} must be a positive integer or None.")
-    if truncation_mode not in TRUNCATION_MODES:
-        raise ConfigError(f"truncation_mode={truncation_mode!r} is not one of {TRUNCATION_MODES}.")
+    if truncation_mode is not None and truncation_mode not in TRUNCATION_MODES:
+        raise ConfigError(f"truncation_mode={truncation_mode!r} is not one of {TRUNCATION_MODES} (or None: "
+                          "sequences keep their start, a prompt cut to max_prompt_length its end).")
     return _Settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
 
 
@@ -191,6 +257,15 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
                           "chat_template in tokenizer_config.json or chat_template.jinja). Save one with the tokenizer "
                           "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
     kwargs = extras.get("chat_template_kwargs") or {}
+    if isinstance(kwargs, str):  # a CSV cell, or a column written as JSON text, as `tools` may be
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            kwargs = None
+    if not isinstance(kwargs, dict):
+        raise RowProblem("wrong_type", "chat_template_kwargs", "expected an object of chat template arguments (e.g. "
+                         f"{{\"enable_thinking\": false}}), got {str(extras.get('chat_template_kwargs'))[:60]!r}",
+                         "Write the column as a JSON object (or its JSON text).")
     tools = extras.get("tools")
     try:
         if isinstance(tools, str):
@@ -268,30 +343,68 @@ def no_eos_message(tokenizer) -> str:
             "tok.save_pretrained(folder), with the token the model was trained to stop on.")
 
 
-def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
-              report: TokenizeReport, fields: list[str], prompt_field: str = "prompt"):
-    """Apply max_prompt_length, max_completion_length (each response keeps its start, as TRL 0.x did), then
-    max_length; count truncations (a row counts once in response_truncated); a prompt with no room left is bad."""
+def _cut_prompt(prompt_ids: list[int], settings: _Settings, bos: int | None, report: TokenizeReport) -> list[int]:
+    """A prompt longer than max_prompt_length keeps its start (truncation_mode keep_start) or its end (keep_end or
+    unset; a leading bos is kept), counted in prompt_truncated. TRL 1.16 has no max_prompt_length (TRL 0.x's)."""
     limit = settings.max_prompt_length
-    if limit is not None and len(prompt_ids) > limit:
-        if settings.truncation_mode == "keep_start":
-            prompt_ids = prompt_ids[:limit]
-        elif bos is not None and prompt_ids[:1] == [bos] and limit >= 2:
-            prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 1):]
-        else:
-            prompt_ids = prompt_ids[len(prompt_ids) - limit:]
-        report.prompt_truncated += 1
+    if limit is None or len(prompt_ids) <= limit:
+        return prompt_ids
+    report.prompt_truncated += 1
+    if settings.truncation_mode == "keep_start":
+        return prompt_ids[:limit]
+    if bos is not None and prompt_ids[:1] == [bos] and limit >= 2:
+        return prompt_ids[:1] + prompt_ids[len(prompt_ids) - (limit - 1):]
+    return prompt_ids[len(prompt_ids) - limit:]
+
+
+def _keep_end(prompt_ids: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """TRL 1.16's keep_end on one sequence: (prompt_ids + response)[-max_length:] (DataCollatorForPreference), split
+    back into (prompt, response). When the response alone is longer, the sequence is the end of the response and its
+    first token becomes the prompt: TRL scores no token at position 0 (labels are input_ids[1:]), so the same tokens
+    are scored."""
+    cut = len(prompt_ids) + len(response) - max_length
+    if cut <= 0:
+        return prompt_ids, response
+    if cut < len(prompt_ids):
+        return prompt_ids[cut:], response
+    tail = response[cut - len(prompt_ids):]
+    return tail[:1], tail[1:]
+
+
+def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
+              report: TokenizeReport, fields: list[str], prompt_field: str = "prompt", before: list | None = None):
+    """Apply max_prompt_length (`_cut_prompt`), max_completion_length (each response keeps its start, as TRL 0.x
+    did), then max_length on each sequence prompt + response as TRL 1.16's DataCollatorForPreference: keep_start (or
+    unset) keeps its start (the prompt whole, each response cut to the room left; a prompt with no room is a bad
+    row, which TRL drops), keep_end keeps its end (`_keep_end`: the prompt's start is cut, per sequence, so the
+    responses of one row may follow different parts of the prompt). Returns (the prompt after max_prompt_length,
+    the prompt ids before each response, the responses); truncations are counted (a row counts once in
+    prompt_truncated and in response_truncated). `before`, when given, receives (prompt, responses) as they are
+    before the max_length cut (KTO cuts its mismatched sequences from them: `KLCut`)."""
+    uncut = len(prompt_ids)
+    prompt_ids = _cut_prompt(prompt_ids, settings, bos, report)
     cut = False
     if settings.max_completion_length is not None and any(len(ids) > settings.max_completion_length
                                                           for ids in responses):
         responses = [ids[:settings.max_completion_length] for ids in responses]
         cut = True
-    if settings.max_length is not None:
+    if before is not None:
+        before[:] = [prompt_ids, responses]
+    prompts = [prompt_ids] * len(responses)
+    if settings.max_length is not None and settings.truncation_mode == "keep_end" and responses:
+        sides = [_keep_end(prompt_ids, ids, settings.max_length) for ids in responses]
+        prompts = [p for p, _ in sides]
+        if len(prompt_ids) == uncut and any(len(p) < len(prompt_ids) for p in prompts):
+            report.prompt_truncated += 1
+        cut = cut or any(len(r) < len(ids) for (_, r), ids in zip(sides, responses))
+        responses = [r for _, r in sides]
+    elif settings.max_length is not None:
         room = settings.max_length - len(prompt_ids)
         if room < 1:
             raise RowProblem("prompt_fills_max_length", prompt_field, f"the prompt is {len(prompt_ids)} tokens, which "
                              f"leaves no room for a response within max_length={settings.max_length}",
-                             "Shorten the prompt, raise max_length, or set max_prompt_length.")
+                             "Shorten the prompt, raise max_length, set max_prompt_length, or use "
+                             "truncation_mode: keep_end (which cuts the prompt's start).")
         if any(len(ids) > room for ids in responses):
             cut = True
             responses = [ids[:room] for ids in responses]
@@ -299,36 +412,58 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
     for ids, name in zip(responses, fields):
         if not ids:
             raise RowProblem("empty_response_tokens", name, "the response has no tokens", "Fix the response.")
-    return prompt_ids, responses
+    return prompt_ids, prompts, responses
 
 
-def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
-                  settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt"):
+def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
+                    settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
+                    before: list | None = None):
+    """(prompt ids of each response, response ids): truncation_mode keep_end may cut the prompt differently before
+    each response (`_truncate`); otherwise every response follows the same prompt."""
     _check_no_special(settings, prompt, prompt_field, response=False)
     for response, name in zip(responses, fields):
         _check_no_special(settings, response, name, response=True)
     prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras, prompt_field)
     split = split_exact(tokenizer, prompt_text, texts, fields, joint_only=settings.joint_only)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
-    prompt_ids, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
-                                prompt_field)
-    report.prompt_tokens += len(prompt_ids)
-    report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt_ids))
+    _, prompts, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
+                                prompt_field, before)
+    for one in {tuple(p): p for p in prompts}.values():  # a prompt stored once is counted once
+        report.prompt_tokens += len(one)
+        report.max_prompt_tokens = max(report.max_prompt_tokens, len(one))
     for one in ids:
         report.response_tokens += len(one)
         report.max_response_tokens = max(report.max_response_tokens, len(one))
-    return prompt_ids, ids
+    return prompts, ids
+
+
+def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
+                  settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
+                  before: list | None = None):
+    """(prompt ids, response ids) for rows whose responses share one prompt (unpaired, MAPL intra sides, listwise
+    and SFT rows). Several responses under keep_end with max_length would each keep a different part of the prompt,
+    which one shared prompt cannot hold: refused (callers with several responses refuse that mode up front)."""
+    prompts, ids = _tokenize_sides(tokenizer, prompt, responses, fields, extras, settings, report, prompt_field,
+                                   before)
+    if any(p != prompts[0] for p in prompts[1:]):
+        raise ConfigError(f"truncation_mode=keep_end with max_length={settings.max_length} cuts the prompt before "
+                          f"each of {len(prompts)} responses differently (TRL 1.16 cuts each sequence's start), and "
+                          "these responses share one prompt. Use truncation_mode: keep_start, or max_prompt_length "
+                          "with max_length large enough for every response.")
+    return (prompts[0] if prompts else []), ids
 
 
 def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
     if ex.rejected_prompt is not None:
         return _make_intra_pair(ex, tokenizer, settings, report)
-    prompt_ids, (chosen, rejected) = _tokenize_one(tokenizer, ex.prompt, [ex.chosen, ex.rejected],
-                                                   ["chosen", "rejected"], ex.extras, settings, report)
-    if chosen == rejected:
+    (prompt_ids, rejected_prompt), (chosen, rejected) = _tokenize_sides(
+        tokenizer, ex.prompt, [ex.chosen, ex.rejected], ["chosen", "rejected"], ex.extras, settings, report)
+    if (prompt_ids, chosen) == (rejected_prompt, rejected):
         raise RowProblem("identical_after_tokenization", "rejected", "the chosen and rejected token ids are "
                          "identical (after truncation)", "Raise max_length or drop the row.")
-    return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras))
+    if rejected_prompt == prompt_ids:
+        return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras))
+    return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras), rejected_prompt).marked_cut_apart()
 
 
 def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
@@ -353,9 +488,13 @@ def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: To
 
 
 def _make_unpaired(ex: UnpairedExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedUnpaired:
+    before: list = []
     prompt_ids, (completion,) = _tokenize_one(tokenizer, ex.prompt, [ex.completion], ["completion"], ex.extras,
-                                              settings, report)
-    return TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, dict(ex.extras))
+                                              settings, report, before=before)
+    item = TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, dict(ex.extras))
+    if settings.max_length is not None:
+        item.kl_cut = KLCut(settings.max_length, settings.truncation_mode, before[0], before[1][0])
+    return item
 
 
 def _make_prompt(ex: PromptExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPrompt:
@@ -369,7 +508,7 @@ def _make_prompt(ex: PromptExample, tokenizer, settings: _Settings, report: Toke
             ids.insert(0, settings.bos)
     if not ids:
         raise RowProblem("empty_prompt_tokens", "prompt", "the prompt has no tokens", "Fix the prompt.")
-    ids, _ = _truncate(ids, [], settings, bos, report, [])
+    ids, _, _ = _truncate(ids, [], settings, bos, report, [])
     report.prompt_tokens += len(ids)
     report.max_prompt_tokens = max(report.max_prompt_tokens, len(ids))
     return TokenizedPrompt(ex.row_id, ids, dict(ex.extras))
@@ -387,7 +526,7 @@ MAKERS = {"pairs": _make_pair, "unpaired": _make_unpaired, "prompts": _make_prom
 
 
 def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None = None,
-                     max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                     max_prompt_length: int | None = None, truncation_mode: str | None = None,
                      on_bad_row: str = "error", source: str = "",
                      max_completion_length: int | None = None,
                      joint_only: bool = False) -> tuple[list, TokenizeReport, list[int]]:
@@ -411,7 +550,7 @@ class ExampleTokenizer:
     example that on_bad_row says to skip (counted). Used by tokenize_indexed and by streaming."""
 
     def __init__(self, kind: str, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None,
-                 truncation_mode: str = "keep_end", on_bad_row: str = "error", source: str = "",
+                 truncation_mode: str | None = None, on_bad_row: str = "error", source: str = "",
                  max_completion_length: int | None = None, joint_only: bool = False):
         self.settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
         self.settings.joint_only = joint_only
@@ -483,7 +622,7 @@ def tokenize_parallel(kind: str, examples, tokenizer, num_proc: int = 1, **setti
 
 
 def tokenize_pairs(examples: list[PairExample], tokenizer, *, max_length: int | None = 1024,
-                   max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                   max_prompt_length: int | None = None, truncation_mode: str | None = None,
                    on_bad_row: str = "error", source: str = "",
                    max_completion_length: int | None = None,
                    joint_only: bool = False) -> tuple[list[TokenizedPair], TokenizeReport]:
@@ -498,7 +637,7 @@ def tokenize_pairs(examples: list[PairExample], tokenizer, *, max_length: int | 
 
 
 def tokenize_unpaired(examples: list[UnpairedExample], tokenizer, *, max_length: int | None = 1024,
-                      max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                      max_prompt_length: int | None = None, truncation_mode: str | None = None,
                       on_bad_row: str = "error", source: str = "",
                       max_completion_length: int | None = None,
                       joint_only: bool = False) -> tuple[list[TokenizedUnpaired], TokenizeReport]:
@@ -512,7 +651,7 @@ def tokenize_unpaired(examples: list[UnpairedExample], tokenizer, *, max_length:
 
 
 def tokenize_prompts(examples: list[PromptExample], tokenizer, *, max_prompt_length: int | None = None,
-                     truncation_mode: str = "keep_end", on_bad_row: str = "error",
+                     truncation_mode: str | None = None, on_bad_row: str = "error",
                      source: str = "") -> tuple[list[TokenizedPrompt], TokenizeReport]:
     """Tokenize prompts for generation: prompt_ids [P <= max_prompt_length]; chat rows end with the
     generation prompt, text rows start with bos."""

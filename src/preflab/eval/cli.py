@@ -41,8 +41,11 @@ def register(sub) -> None:
     p.add_argument("--split", default="train", help="split of a hub dataset or DatasetDict (default: train)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
-    p.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (default: 1024)")
-    p.add_argument("--max-prompt-length", type=int, help="prompt tokens kept (default: no limit)")
+    p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
+                                                   "eval_* metrics were computed; else 1024)")
+    p.add_argument("--max-prompt-length", type=int, help="prompt tokens kept (default: the run's max_prompt_length, "
+                                                          "with its truncation_mode and max_completion_length; else "
+                                                          "no limit)")
     p.add_argument("--alpha-column", default="alpha", help="column with rater proportions (default: alpha)")
     p.add_argument("--extra-responses-column", default="extra_responses",
                    help="column with a list of unseen responses per prompt (default: extra_responses)")
@@ -72,7 +75,9 @@ def run(args) -> int:
                            "command).")
     if args.task == "vlm":
         raise PreflabError("--task vlm is run by preflab.loops.vlm_eval.eval_task (through the preflab command).")
-    from preflab.eval.run import EvalOptions, evaluate_checkpoint
+    import sys
+
+    from preflab.eval.run import EvalOptions, evaluate_checkpoint, run_truncation
     from preflab.eval.winrate import load_callable, reward_model_fn
 
     if not 0 < args.confidence < 1:
@@ -92,8 +97,10 @@ def run(args) -> int:
     reward_fn = load_callable(args.reward_fn) if args.reward_fn else None
     if args.reward_model:
         reward_fn = reward_model_fn(args.reward_model, allow_pickle=args.allow_pickle)
-    opts = EvalOptions(beta=args.beta, batch_size=args.batch_size, max_length=args.max_length,
-                       max_prompt_length=args.max_prompt_length, split=args.split, limit=args.limit,
+    truncation, said = run_truncation(args.checkpoint, args.max_length, args.max_prompt_length)
+    if said:
+        print(f"preflab: note: {said}", file=sys.stderr)
+    opts = EvalOptions(beta=args.beta, batch_size=args.batch_size, **truncation, split=args.split, limit=args.limit,
                        alpha_column=args.alpha_column, extra_responses_column=args.extra_responses_column,
                        hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
                        max_new_tokens=args.max_new_tokens, confidence=args.confidence,

@@ -36,6 +36,8 @@ class EvalOptions:
     batch_size: int = 8                    # pairs per forward
     max_length: int | None = 1024
     max_prompt_length: int | None = None
+    truncation_mode: str = "keep_end"      # of a prompt longer than max_prompt_length (the training option's)
+    max_completion_length: int | None = None
     split: str = "train"                   # split of a hub dataset / DatasetDict / directory
     limit: int | None = None               # evaluate at most this many rows
     alpha_column: str = "alpha"
@@ -93,14 +95,16 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
             if not response or (isinstance(response, str) and not response.strip()):
                 empty += 1  # an empty response is no response (the pairs refuse it too)
                 continue
-            items.append(UnpairedExample(pair.row_id, examples[i].prompt, response, True, {}))
+            prompt = examples[i].prompt
+            if isinstance(prompt, list) and isinstance(response, str):  # a conversation's reply, as TRL's completions
+                response = [{"role": "assistant", "content": response}]
+            items.append(UnpairedExample(pair.row_id, prompt, response, True, {}))
             owner.append(k)
     if empty:
         notes.append(f"dispersion: {empty} empty '{column}' responses were left out")
     if not items:
         return {}
-    tokenized, report, kept = tokenize_indexed("unpaired", items, tokenizer, max_length=opts.max_length,
-                                               max_prompt_length=opts.max_prompt_length, on_bad_row="skip")
+    tokenized, report, kept = tokenize_indexed("unpaired", items, tokenizer, on_bad_row="skip", **_cuts(opts))
     if len(tokenized) < len(items):
         notes.append(f"dispersion: {len(items) - len(tokenized)} of {len(items)} '{column}' responses could not be "
                      f"scored and were left out ({report.summary()})")
@@ -127,6 +131,42 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
             "dispersion/unseen_log_mass_drift": float(mass.mean()),
             "dispersion/unseen_mass_increased_fraction": float((mass > 0).double().mean()),
             "dispersion/num_unseen_responses": float(len(seqs))}
+
+
+def _cuts(opts: EvalOptions) -> dict:
+    """The truncation settings of `opts`, as tokenize_indexed takes them."""
+    return {"max_length": opts.max_length, "max_prompt_length": opts.max_prompt_length,
+            "truncation_mode": opts.truncation_mode, "max_completion_length": opts.max_completion_length}
+
+
+TRUNCATION_KEYS = ("max_length", "max_prompt_length", "truncation_mode", "max_completion_length")
+
+
+def run_truncation(checkpoint: str, max_length: int | None = None,
+                   max_prompt_length: int | None = None) -> tuple[dict, str | None]:
+    """(EvalOptions truncation fields, a note or None) for `preflab eval CHECKPOINT`: the run's own max_length,
+    max_prompt_length, truncation_mode and max_completion_length (config.yaml), so that its pairs are cut as the
+    run's eval_* metrics cut them; --max-length / --max-prompt-length override. Without a run config: 1024 and
+    no prompt limit."""
+    from preflab.eval.loading import run_config
+
+    cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
+    if cfg.get("task", "dpo") != "dpo":
+        cfg = {}
+    out = {"max_length": cfg.get("max_length", 1024), "max_prompt_length": cfg.get("max_prompt_length"),
+           "truncation_mode": cfg.get("truncation_mode") or "keep_end",
+           "max_completion_length": cfg.get("max_completion_length")}
+    if max_length is not None:
+        out["max_length"] = max_length
+    if max_prompt_length is not None:
+        out["max_prompt_length"] = max_prompt_length
+    from_run = [k for k in TRUNCATION_KEYS if cfg.get(k) is not None
+                and not (k == "max_length" and max_length is not None)
+                and not (k == "max_prompt_length" and max_prompt_length is not None)
+                and not (k == "truncation_mode" and cfg.get(k) == "keep_end")]
+    note = (f"pairs are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
+            "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
+    return out, note
 
 
 def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str | None]:
@@ -162,9 +202,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     missing: dict[str, str] = {}
     opts, capped = _within_positions(opts, policy, ref)
     examples, row_report = load_rows(data, split=opts.split, kind="pairwise", on_bad_row="skip", limit=opts.limit)
-    pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, max_length=opts.max_length,
-                                                  max_prompt_length=opts.max_prompt_length, on_bad_row="skip",
-                                                  source=row_report.source)
+    pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",
+                                                  source=row_report.source, **_cuts(opts))
     if not pairs:
         first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
         at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
@@ -182,11 +221,12 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
     metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}
-    alpha = _alphas(pairs, opts.alpha_column, notes, row_report.source)
+    # without a reference there is no R*: the alpha notes (R* an upper bound) would speak of a metric not computed
+    alpha = _alphas(pairs, opts.alpha_column, notes if ref is not None else [], row_report.source)
     if bool((alpha == 0.5).any()):
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)
-    out: dict = {"num_pairs": scores.size, "beta": beta}
+    out: dict = {"num_pairs": scores.size, "beta": beta, "truncation": _cuts(opts)}
     if ref is not None:
         metrics.update(ranking_report(scores.ref_chosen, scores.ref_rejected, scores.chosen_length,
                                       scores.rejected_length, alpha, beta, scores.policy_chosen,
@@ -194,8 +234,11 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         metrics.update(_dispersion(policy, ref, tokenizer, examples, pairs, indices, opts, pad_id, notes,
                                    row_report.source))
         if not any(k.startswith("dispersion/") for k in metrics):
-            missing["dispersion"] = (f"the data has no '{opts.extra_responses_column}' column (a list of further "
-                                     "responses per prompt), so mass on unseen responses was not measured")
+            column = opts.extra_responses_column
+            present = any(p.extras.get(column) is not None for p in pairs)
+            missing["dispersion"] = (f"no '{column}' response could be scored (see the notes)" if present else
+                                     f"the data has no '{column}' column (a list of further responses per prompt), "
+                                     "so mass on unseen responses was not measured")
     else:
         missing["reference"] = ("no --reference: implicit-reward accuracy, idealized ranking accuracy, Thm 4.1 "
                                 "difficulty, log-prob drift and dispersion need the reference model")

@@ -12,7 +12,8 @@ A failed verdict (TRL's -1 from a judge, None or NaN from a judge or reward func
 left out of n and counted as `failed` (never as a tie or a loss); a judge failing on every prompt is an error.
 
 Interfaces (TRL's, so existing functions plug in):
-    reward function  f(prompts=[...], completions=[...]) -> list[float]        (TRL GRPO reward_funcs)
+    reward function  f(prompts=[...], completions=[...]) -> list[float]        (TRL GRPO reward_funcs; with
+                     conversational prompts each completion is [{"role": "assistant", "content": text}], as TRL)
     judge            an object with .judge(prompts, [[a, b], ...]) -> [0 | 1]   (TRL BasePairwiseJudge: index of
                      the better answer) or a callable (prompts, policy_answers, reference_answers) -> [p in 0..1]
     reward model     a local sequence-classification model (safetensors), `reward_model_fn(path)`
@@ -138,6 +139,13 @@ def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16,
     return interface.reward_function(path, allow_pickle=allow_pickle, batch_size=batch_size, max_length=max_length)
 
 
+def as_completions(prompts: list, answers: list[str]) -> list:
+    """The answers as TRL passes completions to a reward function: a conversational prompt (a list of messages)
+    gets its answer as [{"role": "assistant", "content": text}], a text prompt the text (as the online runs pass
+    them, preflab.loops.rollout.decode), so one reward function serves training and evaluation."""
+    return [[{"role": "assistant", "content": a}] if isinstance(p, list) else a for p, a in zip(prompts, answers)]
+
+
 def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]], prompts: list, *,
                         reward_fn=None, judge=None, max_new_tokens: int = 64, batch_size: int = 16,
                         confidence: float = 0.95, examples: int = 5) -> dict:
@@ -157,8 +165,8 @@ def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]
         result = win_rate_from_outcomes(judge_outcomes(judge, prompts, ans_p, ans_r), confidence)
         scores = None
     else:
-        r_p = [_finite(v) for v in reward_fn(prompts=prompts, completions=ans_p)]
-        r_r = [_finite(v) for v in reward_fn(prompts=prompts, completions=ans_r)]
+        r_p = [_finite(v) for v in reward_fn(prompts=prompts, completions=as_completions(prompts, ans_p))]
+        r_r = [_finite(v) for v in reward_fn(prompts=prompts, completions=as_completions(prompts, ans_r))]
         if len(r_p) != len(prompts) or len(r_r) != len(prompts):
             raise ConfigError(f"the reward function returned {len(r_p)} and {len(r_r)} rewards for {len(prompts)} "
                               "prompts' policy and reference answers; it must return one per completion (None where "

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from preflab.config import config_from_dict
 from preflab.data.tokenize import bos_ids
 from preflab.generate import generate_text
 from preflab.ladder.builders import dpo_rows, raft_rows
@@ -29,6 +28,7 @@ from preflab.ladder.synthetic import make_ladder_rows
 from preflab.loops.offline import Trainer
 from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.recipe_options import stage_config
 from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
 from preflab.runlog import is_main_process, write_summary
@@ -66,13 +66,14 @@ def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 4
 
 def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: int = 64, retrieve_k: int = 1,
                     sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False,
-                    resume: bool = False) -> dict:
+                    resume: bool = False, stage_options: dict | None = None) -> dict:
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     processes = start_processes()  # a launch's process group, formed before anything is written
     per_process = per_process_batch(SFT["per_device_train_batch_size"], "raft_ladder")
     state = RecipeState(out, STATE_FILE, {"seed": seed, "n_train": n_train, "n_test": n_test,
-                                          "retrieve_k": retrieve_k, "sft_steps": sft_steps, "dpo_steps": dpo_steps},
+                                          "retrieve_k": retrieve_k, "sft_steps": sft_steps, "dpo_steps": dpo_steps,
+                                          "stage_options": stage_options},
                         resume)
     rows = make_ladder_rows(n_train + n_test, seed=seed)
     train, test = rows[:n_train], rows[n_train:]
@@ -106,15 +107,17 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
 
     def run_sft(folder: Path) -> dict:
         base_acc, _, _ = accuracy()
-        Trainer(config_from_dict({**SFT, **common, **({"max_steps": sft_steps} if sft_steps else {}),
-                                  "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)}),
+        Trainer(stage_config("raft_ladder", {**SFT, **common, **({"max_steps": sft_steps} if sft_steps else {}),
+                                             "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)},
+                             stage_options),
                 policy=model, ref=None, tokenizer=tokenizer).train()
         acc, valid, examples = accuracy()
         return {"untrained_accuracy": base_acc, "accuracy": acc, "valid": valid, "examples": examples[:6]}
 
     def run_dpo(folder: Path) -> dict:
-        Trainer(config_from_dict({**DPO, **common, **({"max_steps": dpo_steps} if dpo_steps else {}),
-                                  "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(folder)}),
+        Trainer(stage_config("raft_ladder", {**DPO, **common, **({"max_steps": dpo_steps} if dpo_steps else {}),
+                                             "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(folder)},
+                             stage_options),
                 policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
         acc, valid, examples = accuracy()
         return {"accuracy": acc, "valid": valid, "examples": examples[:6]}

@@ -16,7 +16,7 @@ import torch
 
 from preflab.data.extras import TokenExtra, pad_token_extras, stack_extras  # noqa: F401  (re-exported)
 from preflab.data.layout import LayoutBatch, pair_sequences, padded
-from preflab.data.tokenize import rejected_prompt_of
+from preflab.data.tokenize import is_intra_row, rejected_prompt_of
 
 
 @dataclass
@@ -83,7 +83,7 @@ def collate_pairs(pairs, pad_id: int, layout: str = "padded") -> LayoutBatch:
     row_ids = [p.row_id for p in pairs]
     extras = stack_extras(pairs, responses={"chosen": [p.chosen_ids for p in pairs],
                                             "rejected": [p.rejected_ids for p in pairs]})
-    intra = [getattr(p, "rejected_prompt_ids", None) is not None for p in pairs]
+    intra = [is_intra_row(p) for p in pairs]
     if any(intra):  # MAPL intra rows in the batch: which examples they are (rc_dpo's intra_weight reads it)
         extras[INTRA_ROW] = torch.tensor(intra)
     if layout == "prefix_shared":

@@ -36,6 +36,7 @@ from preflab.errors import ConfigError, DataError, NonFiniteError, PreflabError
 from preflab.loops.batches import BatchPlan, order_seed
 from preflab.loops.best_model import (BestModel, load_best_weights, remove_all_but_best, saves_best,
                                       writes_checkpoints)
+from preflab.loops.callback_state import callback_states, restore_callback_states
 from preflab.resume_check import (check_checkpoint_version, check_resume_config, check_resume_data,
                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -929,6 +930,7 @@ class TrainingRun:
         position = self.data_position()  # streaming: where the data stream stands
         if position is not None:
             state = {**state, "data_position": position}
+        state = {**state, "stateful_callbacks": callback_states(self.callbacks)}  # EarlyStopping's patience counter
         state = {**state, **self.best.state_dict(), "config": self.cfg.to_dict(), "timeline": self.timeline,
                  "world_size": acc.num_processes, "engine": sharding_engine(acc),
                  "data_fingerprint": self.data_fingerprint(), **checkpoint_identity()}
@@ -1042,6 +1044,7 @@ class TrainingRun:
                 f"step {step + 1} trains at {moved[1]:.4g}, not at the checkpoint's {moved[0]:.4g}.")
         self.restore_data_position(state.get("data_position"), step)
         self.best.load_state_dict(state)  # best_metric / best_global_step / best_model_checkpoint continue
+        restore_callback_states(self.callbacks, state.get("stateful_callbacks"), note=say)
         self.resumed_totals = {"num_tokens": int(state.get("num_tokens") or 0),
                                "nonfinite": [r for r in state.get("nonfinite") or [] if r.get("step", 0) <= step]}
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]

@@ -141,23 +141,27 @@ class UnpairedKind:
             raise DataError(f"row {row}: this micro-batch mixes examples with a fixed mismatched_completion_ids and "
                             "examples without (this one); give it for every example or for none.")
         from preflab.data.mismatched import trl_unpaired_order
+        from preflab.data.tokenize import uncut_completion
 
         # rotation in TRL's unpaired order: a pair split in two and batched in row order ([chosen_0, rejected_0,
         # ...], evaluation) would otherwise give each rejected example its own prompt's chosen completion
         order = trl_unpaired_order(items)
         out: list = [None] * len(items)
         for k, position in enumerate(order):
-            out[position] = items[order[k - 1]].completion_ids
+            out[position] = uncut_completion(items[order[k - 1]])
         return out
 
     @staticmethod
     def collate(items, pad_id: int, layout: str) -> LayoutBatch:
-        """[completion_1..B, mismatched_1..B]; always the padded layout (no shared prompt between the two)."""
+        """[completion_1..B, mismatched_1..B]; always the padded layout (no shared prompt between the two). Each
+        mismatched sequence is cut to max_length as TRL 1.16 cuts its KL sequences (preflab.data.tokenize.
+        kl_sequence)."""
+        from preflab.data.tokenize import kl_sequence
         from preflab.loops.batches import pad_token_extras
 
         n = len(items)
         seqs = [(x.prompt_ids, x.completion_ids) for x in items]
-        seqs += [(x.prompt_ids, m) for x, m in zip(items, UnpairedKind.mismatched(items))]
+        seqs += [kl_sequence(x, m) for x, m in zip(items, UnpairedKind.mismatched(items))]
         layout = pad_token_extras(padded(seqs, pad_id=pad_id, row_ids=[x.row_id for x in items],
                                          extras=unpaired_extras(items)))
         # the MoE router loss averages over the completions' rows only: TRL's KTOTrainer scores the mismatched

@@ -65,6 +65,13 @@ def make_list(example, tokenizer, settings, report) -> TokenizedList:
 def _tokenize_lists(cfg, tokenizer, examples, source: str):
     from preflab.data.tokenize import ExampleTokenizer
 
+    if cfg.truncation_mode == "keep_end" and cfg.max_length is not None:
+        raise ConfigError(f"truncation_mode: keep_end with max_length={cfg.max_length} keeps the end of each sequence "
+                          "prompt + completion (TRL 1.16), cutting the prompt differently before completions of "
+                          "different lengths, but the k completions of a listwise row share one prompt. Use "
+                          "truncation_mode: keep_start (or unset it), or max_prompt_length with a max_length that "
+                          "fits every completion.")
+
     tok = ExampleTokenizer("prompts", tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                            truncation_mode=cfg.truncation_mode, on_bad_row=cfg.on_bad_row, source=source,
                            max_completion_length=cfg.max_completion_length)

@@ -121,13 +121,14 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             sft_steps: int = 300, adapter_hidden: int = 0, adapter_loss: str = "kl", adapter_temperature: float = 1.0,
             adapter_steps: int = 300, adapter_lr: float = 0.1, grpo_steps: int = 20, prompts_per_generation: int = 16,
             num_generations: int = 8, learning_rate: float = 3e-4, max_completion_length: int = 12,
-            control: bool = True, save_steps: int = 0, stop_after_stage: str | None = None) -> dict:
+            control: bool = True, save_steps: int = 0, stop_after_stage: str | None = None,
+            stage_options: dict | None = None) -> dict:
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
-    from preflab.config import config_from_dict
     from preflab.loops.sft import SFTTrainer
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
+    from preflab.recipe_options import stage_config
     from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                       per_process_batch)
     from preflab.runlog import is_main_process, write_summary
@@ -192,10 +193,11 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             data.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
         main_writes(write_sft_rows)
-        cfg = config_from_dict({**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
-                                "dataset_name": str(data), "max_length": 64, "learning_rate": 3e-3,
-                                "per_device_train_batch_size": sft_per_process, "max_steps": sft_steps, "warmup_steps": 10,
-                                "lr_scheduler_type": "cosine", "output_dir": str(folder)})
+        cfg = stage_config("pro_orchestrator", {
+            **common, "task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+            "max_length": 64, "learning_rate": 3e-3, "per_device_train_batch_size": sft_per_process,
+            "max_steps": sft_steps, "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(folder)},
+            stage_options)
         SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
         return evaluate(model)
 
@@ -211,16 +213,14 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             model.load_state_dict(sft_weights)
             task = Task([p + "\n" for p in train], [loud_echo, quiet_echo],
                         reward_aggregator=weights if callable(weights) else None)
-            cfg = config_from_dict({**common, "task": "online", "trainer": "grpo", "online_task": "dataset",
-                                    "model_name_or_path": "(in memory)", "dataset_name": "(in memory)",
-                                    "max_steps": grpo_steps, "steps_per_generation": 1,
-                                    "num_generations": num_generations,
-                                    "prompts_per_generation": prompts_per_generation,
-                                    "per_device_train_batch_size": prompts_per_generation,
-                                    "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0,
-                                    "lr_scheduler_type": "constant", "max_completion_length": max_completion_length,
-                                    "output_dir": str(folder),
-                                    **({} if callable(weights) else {"reward_weights": list(weights)})})
+            cfg = stage_config("pro_orchestrator", {
+                **common, "task": "online", "trainer": "grpo", "online_task": "dataset",
+                "model_name_or_path": "(in memory)", "dataset_name": "(in memory)", "max_steps": grpo_steps,
+                "steps_per_generation": 1, "num_generations": num_generations,
+                "prompts_per_generation": prompts_per_generation, "per_device_train_batch_size": prompts_per_generation,
+                "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0, "lr_scheduler_type": "constant",
+                "max_completion_length": max_completion_length, "output_dir": str(folder),
+                **({} if callable(weights) else {"reward_weights": list(weights)})}, stage_options)
             OnlineRun(cfg, policy=model, tokenizer=tokenizer, task=task).train()
             return evaluate(model)
 

@@ -201,7 +201,7 @@ class OnlineRun(TrainingRun):
         cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
         if cut and self.main:
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
-                  f"{cfg.max_prompt_length} (truncation_mode keep_end: their start is dropped).", flush=True)
+                  f"{cfg.max_prompt_length} (their start is dropped, as TRL 0.x did).", flush=True)
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed

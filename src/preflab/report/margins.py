@@ -45,14 +45,23 @@ def append_pair_margins(run_dir: str | Path, step: int, margins: list[float]) ->
 
 def read_pair_margins(run_dir: str | Path) -> dict[int, list[float]]:
     """{step: finite margins} from run_dir/pair_margins.jsonl ({} when absent); the last row of a step wins."""
+    return read_pair_margins_counted(run_dir)[0]
+
+
+def read_pair_margins_counted(run_dir: str | Path) -> tuple[dict[int, list[float]], dict[int, int]]:
+    """({step: finite margins}, {step: margins left out as non-finite (null, NaN, inf)}) from
+    run_dir/pair_margins.jsonl; the report says the second, so a histogram of fewer pairs is never silent."""
     path = Path(run_dir) / MARGINS_FILE
     out: dict[int, list[float]] = {}
+    dropped: dict[int, int] = {}
     if not path.is_file():
-        return out
+        return out, dropped
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
-            out[int(row["step"])] = [float(m) for m in row["margins"] if m is not None]
+            step, values = int(row["step"]), [None if m is None else float(m) for m in row["margins"]]
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line after a kill: skip it
-    return out
+        out[step] = [m for m in values if m is not None and math.isfinite(m)]
+        dropped[step] = len(values) - len(out[step])
+    return out, {k: v for k, v in dropped.items() if v}

@@ -15,7 +15,7 @@ import math
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from preflab.report.runs import RunData
+from preflab.report.runs import RunData, finite_eval_pairs
 
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 SERIES_STYLES = ("-", "--", ":", "-.")
@@ -163,15 +163,9 @@ def margin_histograms(runs: list[RunData]) -> str | None:
 
 
 def _per_pair(run: RunData):
-    pp = run.eval.get("per_pair") or {}
-    keys = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
-    if not isinstance(pp, dict) or not all(isinstance(pp.get(k), list) and pp.get(k) for k in keys):
-        return None
-    try:
-        cols = [[float(v) for v in pp[k]] for k in keys]
-    except (TypeError, ValueError):
-        return None
-    return cols if len({len(c) for c in cols}) == 1 and all(map(math.isfinite, sum(cols, []))) else None
+    """The finite pairs of eval.json's per_pair (the pairs left out are said at the top of the report), or None."""
+    found = finite_eval_pairs(run.eval)
+    return found[0] if found and found[0][0] else None
 
 
 def difficulty_scatter(run: RunData) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from preflab.errors import PreflabError
-from preflab.report.margins import read_pair_margins
+from preflab.report.margins import read_pair_margins_counted
 
 
 @dataclass
@@ -143,12 +143,44 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append(f"no eval.json: run `preflab eval {target} --data HELDOUT --reference REF{out}` for "
                            "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate"
                            + (" (the run has no final model yet: its newest checkpoint)" if out else ""))
-    run.margins = read_pair_margins(path)
+    run.margins, dropped = read_pair_margins_counted(path)
+    if dropped:
+        run.missing.append("pair_margins.jsonl: non-finite per-pair margins left out of the margin histograms ("
+                           + ", ".join(f"{n} at step {s}" for s, n in sorted(dropped.items())) + ")")
+    bad_pairs = nonfinite_eval_pairs(run.eval)
+    if bad_pairs:
+        run.missing.append(f"eval.json: {bad_pairs} pair(s) with non-finite per-pair log-probs (per_pair) left out "
+                           "of the final-margin histogram and the difficulty plot")
     if not run.margins and run.pairwise:
         run.missing.append("no per-pair margins (pair_margins.jsonl): a preference run writes them at each eval "
                            "step; set eval_steps and an eval set (eval_fraction or eval_dataset_name) for the "
                            "margin histograms")
     return run
+
+
+PER_PAIR_KEYS = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
+
+
+def finite_eval_pairs(eval_json: dict) -> tuple[list[list[float]], int] | None:
+    """(the columns PER_PAIR_KEYS of eval.json's per_pair, restricted to pairs whose four values are finite; the
+    number of pairs left out) or None when per_pair lacks a column, holds a non-number or has uneven columns."""
+    pp = eval_json.get("per_pair") if isinstance(eval_json, dict) else None
+    if not isinstance(pp, dict) or not all(isinstance(pp.get(k), list) and pp.get(k) for k in PER_PAIR_KEYS):
+        return None
+    try:
+        cols = [[math.nan if v is None else float(v) for v in pp[k]] for k in PER_PAIR_KEYS]
+    except (TypeError, ValueError):
+        return None
+    if len({len(c) for c in cols}) != 1:
+        return None
+    keep = [i for i in range(len(cols[0])) if all(math.isfinite(c[i]) for c in cols)]
+    return [[c[i] for i in keep] for c in cols], len(cols[0]) - len(keep)
+
+
+def nonfinite_eval_pairs(eval_json: dict) -> int:
+    """How many eval.json per_pair pairs the report's plots leave out as non-finite (0 without per_pair)."""
+    found = finite_eval_pairs(eval_json)
+    return found[1] if found else 0
 
 
 def _steps_text(steps: list[float]) -> str:

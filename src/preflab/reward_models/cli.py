@@ -67,6 +67,7 @@ def eval_task(args) -> int:
     from preflab.reward_models.eval import evaluate_reward_model
 
     refuse_unread_options(args, "reward")
+    args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
     data, skipped_first = args.data, {}
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
         examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)

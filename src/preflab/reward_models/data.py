@@ -18,7 +18,7 @@ from preflab.reward_models.context import CONTEXT_FIELD, CONTEXT_TEMPLATE, has_c
 
 
 def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
-                          max_prompt_length: int | None = None, truncation_mode: str = "keep_end",
+                          max_prompt_length: int | None = None, truncation_mode: str | None = None,
                           on_bad_row: str = "error", source: str = "", context_template: str | None = None,
                           max_completion_length: int | None = None, num_proc: int | None = None):
     """(tokenized pairs, report). Each side's ids are those of prompt + response tokenized as one text (TRL
@@ -29,8 +29,8 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
     max_length: a pair whose chosen or rejected sequence (prompt + response) is longer is dropped, as TRL's
     RewardTrainer filters it out, and counted under `longer_than_max_length` in the report (never cut: a cut
     response would be scored at its cut); a DataError when it drops every pair.
-    A row whose context `max_prompt_length` would cut (keep_end cuts the prompt's start, where the template puts
-    the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
+    A row whose context `max_prompt_length` would cut (keep_end or unset truncation_mode keeps the prompt's end, cutting
+    its start, where the template puts the context) is a bad row (`context_truncated`): the model would be trained on it without its context."""
     if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
         raise ConfigError(f"max_length={max_length!r} must be a positive integer or None.")  # not passed on below
     has_contexts = bool(context_template) and has_context(examples)
@@ -40,7 +40,7 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
                                          max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                          on_bad_row=on_bad_row, source=source,
                                          max_completion_length=max_completion_length, joint_only=True)
-    if has_contexts and max_prompt_length is not None and truncation_mode == "keep_end":
+    if has_contexts and max_prompt_length is not None and truncation_mode != "keep_start":
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
     pairs = _drop_longer_than(pairs, report, max_length, source)
@@ -119,7 +119,8 @@ def _check_contexts_kept(examples, pairs: list, report, tokenizer, max_prompt_le
             continue
         policy.handle(RowProblem(
             "context_truncated", "context", f"the prompt with its context is {length} tokens; max_prompt_length="
-            f"{max_prompt_length} with truncation_mode=keep_end cuts its start, which holds the context",
+            f"{max_prompt_length} (truncation_mode keep_end or unset: the prompt's end is kept) cuts its start, which "
+            "holds the context",
             "Raise or unset max_prompt_length, set truncation_mode=keep_start, or shorten the prompt or context."),
             pair.row_id)
         report.kept -= 1

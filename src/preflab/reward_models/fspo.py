@@ -206,12 +206,13 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              users_per_group: int = 6, rows_per_user: int = 12, shots: int = 1, passes: int = 2,
              instruction: str = DEFAULT_INSTRUCTION, loss_type: str = "sigmoid", beta: float = 0.1, steps: int = 300,
              batch_size: int = 16, learning_rate: float = 3e-3, hidden_size: int = 64, num_layers: int = 2,
-             baseline: bool = True, save_steps: int = 0, stop_after_stage: str | None = None) -> dict:
+             baseline: bool = True, save_steps: int = 0, stop_after_stage: str | None = None,
+             stage_options: dict | None = None) -> dict:
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
-    from preflab.config import config_from_dict
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.recipe_options import stage_config
     from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                       per_process_batch, start_processes)
     from preflab.runlog import is_main_process, write_summary
@@ -258,12 +259,13 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         model = new_model()
 
         def run(folder: Path) -> dict:
-            cfg = config_from_dict({"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
-                                    "dataset_name": str(file), "output_dir": str(folder), "loss_type": loss_type,
-                                    "beta": beta, "max_steps": steps, "per_device_train_batch_size": per_process,
-                                    "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
-                                    "seed": seed, "logging_steps": 10, "save_steps": save_steps,
-                                    "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params})
+            cfg = stage_config("fspo", {"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
+                                        "dataset_name": str(file), "output_dir": str(folder), "loss_type": loss_type,
+                                        "beta": beta, "max_steps": steps, "per_device_train_batch_size": per_process,
+                                        "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
+                                        "seed": seed, "logging_steps": 10, "save_steps": save_steps,
+                                        "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params},
+                               stage_options)
             Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             return main_result(lambda: preference_accuracy(model, tokenizer, eval_rows))
 

@@ -107,7 +107,7 @@ def tokenize_rated(rows: Sequence[dict], tokenizer, attributes: Sequence[str], m
 def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[str], *,
                           max_length: int | None = 1024, response_field: str = "response",
                           max_prompt_length: int | None = None, max_completion_length: int | None = None,
-                          truncation_mode: str = "keep_end", source: str = ""):
+                          truncation_mode: str | None = None, source: str = ""):
     """`tokenize_rated` and its TokenizeReport (prompts / responses cut to the length limits, counted)."""
     from preflab.data.tokenize import tokenize_unpaired
 

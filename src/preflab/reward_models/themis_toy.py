@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from preflab.config import config_from_dict
 from preflab.errors import ConfigError
 from preflab.objectives.base import ObjectiveOutput
+from preflab.recipe_options import stage_config
 from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                   per_process_batch)
 from preflab.reward_models.themis import (SPECIAL_TOKENS, TaraAnswer, TaraRow, ThemisModel, ToolStep, encode,
@@ -120,13 +120,14 @@ def load_themis(tokenizer, folder: Path, seed: int = 0) -> ThemisModel:
 
 
 def train_themis(rows, tokenizer, with_trace: bool, output_dir: Path, steps: int, seed: int = 0,
-                 quiet: bool = True) -> ThemisModel:
+                 quiet: bool = True, stage_options: dict | None = None) -> ThemisModel:
+    """stage_options: the run's top-level options that reach the recipe's stages (preflab.recipe_options)."""
     model = new_themis_model(tokenizer, seed)
-    cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name="(in memory)",
-                                learning_rate=2e-3, per_device_train_batch_size=per_process_batch(16, "themis"),
-                                max_steps=steps, warmup_steps=10,
-                                lr_scheduler_type="cosine", logging_steps=20, seed=seed, disable_tqdm=quiet,
-                                use_cpu=True, output_dir=str(output_dir)))
+    cfg = stage_config("themis", dict(task="reward", model_name_or_path="builtin:tiny-llama",
+                                      dataset_name="(in memory)", learning_rate=2e-3,
+                                      per_device_train_batch_size=per_process_batch(16, "themis"), max_steps=steps,
+                                      warmup_steps=10, lr_scheduler_type="cosine", logging_steps=20, seed=seed,
+                                      disable_tqdm=quiet, use_cpu=True, output_dir=str(output_dir)), stage_options)
     run = RewardRun(cfg, model, tokenizer, list(enumerate(rows)), make_collate(tokenizer, with_trace),
                     themis_loss_fn, reward_info={"head": "themis", "with_trace": with_trace})
     run.train()
@@ -154,7 +155,7 @@ def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) ->
 
 def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800, n_test: int = 64, seed: int = 0,
                           quiet: bool = True, train_operands: tuple = (0, 49), test_operands: tuple = (50, 99),
-                          resume: bool = False) -> dict:
+                          resume: bool = False, stage_options: dict | None = None) -> dict:
     if steps < 1 or n_train < 2 or n_test < 1:  # each reward model trains; both sets hold pairs to score
         raise ConfigError(f"themis recipe_params: need steps >= 1, n_train >= 2 and n_test >= 1; got steps={steps}, "
                           f"n_train={n_train}, n_test={n_test}.")
@@ -162,7 +163,8 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
     per_process_batch(16, "themis")  # a launch's process group, formed before anything is written
     out, started = Path(output_dir), time.perf_counter()
     state = RecipeState(out, STATE_FILE, {"steps": steps, "n_train": n_train, "n_test": n_test, "seed": seed,
-                                          "train_operands": train_operands, "test_operands": test_operands}, resume)
+                                          "train_operands": train_operands, "test_operands": test_operands,
+                                          "stage_options": stage_options}, resume)
     train = arithmetic_rows(n_train, *train_operands, seed)
     test = arithmetic_rows(n_test, *test_operands, seed + 1)  # held-out magnitudes (same digit counts)
     tokenizer = themis_tokenizer()
@@ -170,7 +172,7 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
 
     def stage(name: str, with_trace: bool) -> ThemisModel:
         def run(folder: Path) -> dict:
-            models[name] = train_themis(train, tokenizer, with_trace, folder, steps, seed, quiet)
+            models[name] = train_themis(train, tokenizer, with_trace, folder, steps, seed, quiet, stage_options)
             return {"with_trace": with_trace, "steps": steps}
 
         def load(folder: Path) -> None:

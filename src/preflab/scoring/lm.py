@@ -86,10 +86,13 @@ class TargetLogProb(torch.autograd.Function):
         logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
         ctx.save_for_backward(logits, logz, targets)
         ctx.mark_non_differentiable(logz)
+        ctx.set_materialize_grads(False)  # log Z's gradient stays None: no zero-filled [C] tensor (one launch)
         return logp, logz
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, _grad_logz):
+    def backward(ctx, grad_logp: Tensor | None, _grad_logz):
+        if grad_logp is None:  # log p received no gradient (not materialized): none for the logits either
+            return None, None
         logits, logz, targets = ctx.saved_tensors
         grad = torch.sub(logits, logz.unsqueeze(-1)).exp_()  # softmax (logsumexp's backward: exp(z - log Z))
         grad.mul_(grad_logp.neg().unsqueeze(-1))

@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from preflab.config import config_from_dict
 from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
+from preflab.recipe_options import stage_config
 from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
 from preflab.runlog import is_main_process, write_summary
@@ -176,7 +176,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 6, n_tests: int = 6,
              temperature: float = 1.0, iterations: int = 2, dpo_steps: int = 8, beta: float = 0.1,
              dpo_learning_rate: float = 3e-4, batch_size: int = 16, control: bool = True, timeout_s: float = 2.0,
-             max_workers: int = 2, hidden_size: int = 96, loss: str = "dpo") -> dict:
+             max_workers: int = 2, hidden_size: int = 96, loss: str = "dpo",
+             stage_options: dict | None = None) -> dict:
     torch.set_num_threads(1)
     from preflab.loops.offline import Trainer
     from preflab.loops.sft import SFTTrainer
@@ -241,9 +242,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         return recipe.stage(name, counted, lambda folder: load_safetensors_into(model, folder / "model.safetensors"))
 
     def run_sft(folder: Path, steps: int, learning_rate: float, warmup_steps: int) -> dict:
-        SFTTrainer(config_from_dict({**common, "task": "sft", "learning_rate": learning_rate, "max_steps": steps,
-                                     "warmup_steps": warmup_steps, "lr_scheduler_type": "cosine",
-                                     "dataset_name": str(sft_file), "output_dir": str(folder)}),
+        SFTTrainer(stage_config("dstc", {**common, "task": "sft", "learning_rate": learning_rate, "max_steps": steps,
+                                         "warmup_steps": warmup_steps, "lr_scheduler_type": "cosine",
+                                         "dataset_name": str(sft_file), "output_dir": str(folder)}, stage_options),
                    policy=model, tokenizer=tokenizer).train()
         rate, examples = heldout(model)
         return {"heldout_pass_rate": rate, "by_first_step": subtract_first_split(test_tasks, examples),
@@ -296,12 +297,12 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     def run_iteration(folder: Path, it: int) -> dict:
         record, train_file, n_rows = main_result(lambda: build_pairs(folder, it))
         if n_rows:
-            Trainer(config_from_dict({**common, "loss_type": "sigmoid" if loss == "dpo" else "kto", "beta": beta,
-                                      "learning_rate": dpo_learning_rate, "max_steps": dpo_steps, "warmup_steps": 2,
-                                      "lr_scheduler_type": "cosine", "dataset_name": str(train_file),
-                                      "per_device_train_batch_size": dpo_batch_per_process(
-                                          n_rows, batch_size, processes, it),
-                                      "output_dir": str(folder / "dpo")}),
+            Trainer(stage_config("dstc", {**common, "loss_type": "sigmoid" if loss == "dpo" else "kto", "beta": beta,
+                                          "learning_rate": dpo_learning_rate, "max_steps": dpo_steps, "warmup_steps": 2,
+                                          "lr_scheduler_type": "cosine", "dataset_name": str(train_file),
+                                          "per_device_train_batch_size": dpo_batch_per_process(
+                                              n_rows, batch_size, processes, it),
+                                          "output_dir": str(folder / "dpo")}, stage_options),
                     policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             record["dpo_steps"] = dpo_steps
             main_writes(lambda: _copy_final_weights(folder / "dpo", folder))

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-from preflab.config import config_from_dict
 from preflab.data.tokenize import TokenizedPair, bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.recipe_options import stage_config
 from preflab.recipe_state import (
     RecipeStateFile,
     end_processes,
@@ -218,7 +218,8 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
               exploration_weight: float = 1.0, value_threshold: float = 0.1, overlap_limit: float = 0.95,
               accept_value: float = -0.3, simpo_beta: float = 2.5, simpo_gamma: float = 0.5,
               simpo_learning_rate: float = 1e-4, simpo_epochs: float = 2.0, simpo_batch_size: int = 8,
-              max_new_tokens: int = 60, control: bool = True, stop_after_stage: str | None = None) -> dict:
+              max_new_tokens: int = 60, control: bool = True, stop_after_stage: str | None = None,
+              stage_options: dict | None = None) -> dict:
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet")}
     torch.set_num_threads(1)
     if not 0 < ratio <= 1 or pool_size > n_train or iterations < 0 or num_actions < 2 or sft_steps < 1:
@@ -279,11 +280,12 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         say(f"itool: warm-up {stage}: SFT on {len(rows)} rows (buckets up to {name})")
         from preflab.loops.sft import SFTTrainer
 
-        SFTTrainer(config_from_dict({**common, **SFT, "max_steps": sft_steps,
-                                     "per_device_train_batch_size": batch_per_process(
-                                         min(SFT["per_device_train_batch_size"], len(rows)), processes, stage),
-                                     "dataset_name": str(out / "data" / f"{stage}.jsonl"),
-                                     "output_dir": str(out / stage)}), policy=model, tokenizer=tokenizer).train()
+        SFTTrainer(stage_config("itool", {**common, **SFT, "max_steps": sft_steps,
+                                          "per_device_train_batch_size": batch_per_process(
+                                              min(SFT["per_device_train_batch_size"], len(rows)), processes, stage),
+                                          "dataset_name": str(out / "data" / f"{stage}.jsonl"),
+                                          "output_dir": str(out / stage)}, stage_options),
+                   policy=model, tokenizer=tokenizer).train()
         metrics, _ = evaluate(model)
         say(f"itool: after {stage}: call accuracy {metrics['call_accuracy']:.3f}")
         state.finish(stage, {"rows": len(rows), "eval": metrics}, "itool", stage)
@@ -334,10 +336,11 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         weights = None
         if pairs:
             batch = min(simpo_batch_size, len(pairs))
-            summary = Trainer(config_from_dict({  # not kept: its DDP wrapper goes before the process group
+            summary = Trainer(stage_config("itool", {  # not kept: its DDP wrapper goes before the process group
                 **common, **simpo_options(simpo_beta, simpo_gamma, simpo_learning_rate,
                                           batch_per_process(batch, processes, stage), simpo_epochs),
-                "dataset_name": str(out / stage / "pairs.jsonl"), "output_dir": str(out / stage / "simpo")}),
+                "dataset_name": str(out / stage / "pairs.jsonl"), "output_dir": str(out / stage / "simpo")},
+                stage_options),
                 policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids)).train()
             record.update(simpo_steps=summary["global_step"], simpo_batch_size=batch,
                           simpo_final={k: v for k, v in summary["final_metrics"].items() if k != "tokens_per_second"}, simpo_seconds=round(summary["runtime_s"], 1))
@@ -363,12 +366,13 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
                 main_writes(lambda stage=stage, rows=rows: _write_jsonl(out / "data" / f"{stage}.jsonl", rows))
                 from preflab.loops.sft import SFTTrainer
 
-                SFTTrainer(config_from_dict({
+                SFTTrainer(stage_config("itool", {
                     **common, "task": "sft", "learning_rate": simpo_learning_rate,
                     "per_device_train_batch_size": batch_per_process(
                         min(it["simpo_batch_size"], len(rows)), processes, stage),
                     "max_steps": it["simpo_steps"], "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
-                    "dataset_name": str(out / "data" / f"{stage}.jsonl"), "output_dir": str(out / stage)}),
+                    "dataset_name": str(out / "data" / f"{stage}.jsonl"), "output_dir": str(out / stage)},
+                    stage_options),
                     policy=model, tokenizer=tokenizer).train()
                 new_weights = stage
             metrics, _ = evaluate(model)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from preflab.config import config_from_dict
 from preflab.errors import ConfigError
+from preflab.recipe_options import stage_config
 from preflab.recipe_state import RecipeStateFile, load_safetensors_into
 from preflab.runlog import write_summary
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
@@ -73,7 +73,8 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             sft_batch_size: int = 32, grpo_steps: int = 30, prompts_per_generation: int = 16,
             num_generations: int = 8, learning_rate: float = 3e-4, max_tool_calls: int = 4,
             otc_c: float | None = None, max_completion_length: int = 72, save_steps: int = 10,
-            control: bool = True, stop_after_stage: str | None = None) -> dict:
+            control: bool = True, stop_after_stage: str | None = None,
+            stage_options: dict | None = None) -> dict:
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet")}
     from preflab.loops.sft import SFTTrainer
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
@@ -119,11 +120,12 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         data.write_text("".join(json.dumps(r) + "\n" for r in sft_traces(train, seed)))
         again = resume and _resume_or_clean(out / "sft")
         model = new_model()
-        cfg = config_from_dict({**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
-                                "dataset_name": str(data), "max_length": 128, "learning_rate": 3e-3,
-                                "per_device_train_batch_size": sft_batch_size, "max_steps": sft_steps,
-                                "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(out / "sft"),
-                                "resume_from_checkpoint": again, "save_steps": max(save_steps, sft_steps // 4)})
+        cfg = stage_config("otc", {**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
+                                   "dataset_name": str(data), "max_length": 128, "learning_rate": 3e-3,
+                                   "per_device_train_batch_size": sft_batch_size, "max_steps": sft_steps,
+                                   "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(out / "sft"),
+                                   "resume_from_checkpoint": again, "save_steps": max(save_steps, sft_steps // 4)},
+                           stage_options)
         SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
         if stage_done("sft", evaluate(model), time.perf_counter() - t0):
             return state
@@ -134,14 +136,14 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         model = new_model()
         load_safetensors_into(model, out / "sft" / "model.safetensors")
         task = Task(prompt_rows(train), [judge], generator=make_generator, judge_cache=False, state=tracker)
-        cfg = config_from_dict({**common, "task": "online", "trainer": "grpo", "online_task": "dataset",
-                                "model_name_or_path": "(in memory)", "dataset_name": "(in memory)",
-                                "max_steps": grpo_steps, "steps_per_generation": 1,
-                                "num_generations": num_generations, "prompts_per_generation": prompts_per_generation,
-                                "per_device_train_batch_size": prompts_per_generation,
-                                "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0,
-                                "max_completion_length": max_completion_length, "output_dir": str(out / name),
-                                "resume_from_checkpoint": again})
+        cfg = stage_config("otc", {**common, "task": "online", "trainer": "grpo", "online_task": "dataset",
+                                   "model_name_or_path": "(in memory)", "dataset_name": "(in memory)",
+                                   "max_steps": grpo_steps, "steps_per_generation": 1,
+                                   "num_generations": num_generations, "prompts_per_generation": prompts_per_generation,
+                                   "per_device_train_batch_size": prompts_per_generation,
+                                   "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0,
+                                   "max_completion_length": max_completion_length, "output_dir": str(out / name),
+                                   "resume_from_checkpoint": again}, stage_options)
         run = OnlineRun(cfg, policy=model, tokenizer=tokenizer, task=task)
         run.train()
         extra = {"tracked_questions": len(tracker.best)} if tracker is not None else {}
