@@ -194,3 +194,22 @@ def test_the_diffusion_data_line_counts_dropped_ties_outside_the_kept_rows(tmp_p
     pairs, report = load_image_pairs(str(tmp_path / "pick.jsonl"), resolution=8)
     assert len(pairs) == 2 and pairs[1].chosen[0, 0, 0] == 15  # label_0 = 0: the second image is the chosen one
     assert _rows_text(report) == "2 of 3 rows kept (0 skipped, 1 tie dropped)"
+
+
+def test_preflab_eval_of_a_plain_lora_vlm_run_and_its_checkpoint(tmp_path):
+    """`preflab eval --task vlm` on a LoRA run without a clue aggregator (examples/vlm/dpo.yaml use_peft=true) failed
+    with torch's 'optimizer got an empty parameter list': the reloaded model has every weight frozen. The final
+    (merged) directory and the last checkpoint (base + adapters) now evaluate to the same numbers."""
+    from preflab.config import load_config
+    from preflab.loops.vlm import VisionTrainer
+    from preflab.loops.vlm_eval import evaluate_vlm_run
+
+    run = tmp_path / "lora"
+    VisionTrainer(load_config("examples/vlm/dpo.yaml", [f"output_dir={run}", "use_peft=true", "lora_r=4",
+                                                        "lora_alpha=8", "max_steps=2", "save_steps=2"])).train()
+    final = evaluate_vlm_run(str(run), "examples/vlm/data/pairs.jsonl")
+    checkpoint = evaluate_vlm_run(str(run / "checkpoint-2"), "examples/vlm/data/pairs.jsonl")
+    assert final["num_pairs"] == checkpoint["num_pairs"] == 8
+    for key in ("loss", "rewards/margins", "logps/chosen"):
+        assert abs(final["metrics"][key] - checkpoint["metrics"][key]) < 1e-4, key
+    assert final["metrics"]["rewards/margins"] != 0.0  # the adapters moved the policy away from the reference

@@ -40,6 +40,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
         saved = load_config(config)
         policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        # a LoRA run reloads merged (or as a checkpoint's adapters) with every weight frozen; the trainer evaluates
+        # without a step but builds its optimizer over the trainable weights ("empty parameter list" otherwise)
+        policy.requires_grad_(True)
         needs_reference = cfg.objective().needs_reference
         if no_reference and needs_reference:
             raise ConfigError(f"--no-reference: the run's objective {cfg.loss_type!r} needs a reference model; give "
