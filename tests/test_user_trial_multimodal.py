@@ -213,3 +213,15 @@ def test_preflab_eval_of_a_plain_lora_vlm_run_and_its_checkpoint(tmp_path):
     for key in ("loss", "rewards/margins", "logps/chosen"):
         assert abs(final["metrics"][key] - checkpoint["metrics"][key]) < 1e-4, key
     assert final["metrics"]["rewards/margins"] != 0.0  # the adapters moved the policy away from the reference
+
+
+def test_flux_guidance_on_a_pipeline_that_is_not_flux_is_refused(tmp_path):
+    """flux_guidance (Flux-dev's guidance embedding) on an SD pipeline was accepted and dropped."""
+    pytest.importorskip("diffusers")
+    from preflab.config import load_config
+    from preflab.loops.diffusion import DiffusionRun
+
+    cfg = load_config("examples/diffusion/diffusion_dpo.yaml", [
+        "flux_guidance=2.0", "eval_dataset_name=null", f"output_dir={tmp_path}", "sample_steps=0", "max_steps=1"])
+    with pytest.raises(ConfigError, match="builtin:tiny-sd is not a Flux pipeline"):
+        DiffusionRun(cfg)

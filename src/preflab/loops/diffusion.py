@@ -227,6 +227,10 @@ class DiffusionRun(TrainingRun):
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
         check_resolution(cfg.resolution, self.components)
+        if cfg.flux_guidance != 3.5 and not self.components.is_flux:  # was accepted and dropped
+            raise ConfigError(f"flux_guidance={cfg.flux_guidance} sets a Flux transformer's guidance embedding; "
+                              f"{cfg.model_name_or_path} is not a Flux pipeline. Remove it (guidance_scale sets "
+                              "classifier-free guidance when sampling).")
         self.components.flux_guidance, self.components.resolution = cfg.flux_guidance, cfg.resolution
         if self.components.is_flux:
             from preflab.diffusion.flow import FlowMatchSchedule
