@@ -196,7 +196,7 @@ def test_the_diffusion_data_line_counts_dropped_ties_outside_the_kept_rows(tmp_p
     assert _rows_text(report) == "2 of 3 rows kept (0 skipped, 1 tie dropped)"
 
 
-def test_preflab_eval_of_a_plain_lora_vlm_run_and_its_checkpoint(tmp_path):
+def test_preflab_eval_of_a_plain_lora_vlm_run_its_checkpoint_and_an_older_runs_config(tmp_path):
     """`preflab eval --task vlm` on a LoRA run without a clue aggregator (examples/vlm/dpo.yaml use_peft=true) failed
     with torch's 'optimizer got an empty parameter list': the reloaded model has every weight frozen. The final
     (merged) directory and the last checkpoint (base + adapters) now evaluate to the same numbers."""
@@ -213,6 +213,13 @@ def test_preflab_eval_of_a_plain_lora_vlm_run_and_its_checkpoint(tmp_path):
     for key in ("loss", "rewards/margins", "logps/chosen"):
         assert abs(final["metrics"][key] - checkpoint["metrics"][key]) < 1e-4, key
     assert final["metrics"]["rewards/margins"] != 0.0  # the adapters moved the policy away from the reference
+    # a run written before truncation_mode followed TRL 1.16 saved the old default keep_end beside max_length, which
+    # task: vlm now refuses: its eval was refused; it means what unset means now (VLM prompts were never cut)
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "truncation_mode": "keep_end"}))
+    assert evaluate_vlm_run(str(run), "examples/vlm/data/pairs.jsonl")["metrics"] == final["metrics"]
 
 
 def test_flux_guidance_on_a_pipeline_that_is_not_flux_is_refused(tmp_path):

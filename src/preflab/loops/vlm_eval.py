@@ -30,15 +30,18 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     if config is None:
         raise ConfigError(f"{checkpoint} has no config.yaml (nor its parent); point preflab eval --task vlm at a run "
                           "directory written by `preflab train` with task: vlm, or one of its checkpoint-N.")
+    # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
+    # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
+    old = ["truncation_mode=null"] if run_config(checkpoint).get("truncation_mode") == "keep_end" else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
                                    "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
                                    f"per_device_eval_batch_size={batch_size}", "report_to=none",
-                                   *lora_off_overrides()])
+                                   *lora_off_overrides(), *old])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
-        saved = load_config(config)
+        saved = load_config(config, old)
         policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
         # a LoRA run reloads merged (or as a checkpoint's adapters) with every weight frozen; the trainer evaluates
         # without a step but builds its optimizer over the trainable weights ("empty parameter list" otherwise)
