@@ -172,3 +172,49 @@ def test_a_split_a_single_data_file_cannot_hold_is_refused_naming_the_option(tmp
                                     "eval_steps": 1}))
     preflight(config_from_dict({**base, "eval_dataset_name": str(rows)}))  # no eval_split: the file is the eval set
     preflight(config_from_dict({**base, "eval_dataset_name": str(rows), "eval_split": "train"}))
+
+
+ONLINE_DEMO = {"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft", "max_steps": 2}
+GAME = {"task": "online", "online_task": "game", "trainer": "inpo", "model_name_or_path": "builtin:tiny-llama",
+        "game_preferences": [[0.5, 0.7], [0.3, 0.5]], "max_steps": 2}
+
+
+@pytest.mark.parametrize("raw,words", [
+    # found by benchmarks/audit_unread_options.py: accepted, and never read by the run
+    ({**BASE, "warmup_steps": 2, "warmup_ratio": 0.1}, "both set the warmup (warmup_steps would win"),
+    ({**BASE, "eval_fraction": 0.1, "eval_split": "test"}, "eval_split='test' names the split of eval_dataset_name"),
+    ({**BASE, "task": "sft", "max_prompt_length": 64}, "max_prompt_length only applies to the tasks with prompts"),
+    ({**BASE, "task": "vlm", "truncation_mode": "keep_start"}, "truncation_mode only applies to the text tasks that"),
+    ({**BASE, "task": "sft", "layout": "packed"},
+     "layout only applies to the preference tasks (TRL's padding_free: true is"),
+    ({**BASE, "task": "sft", "dataset_num_proc": 2}, "dataset_num_proc only applies to task: dpo and task: reward"),
+    ({**BASE, "task": "vlm", "max_completion_length": 64}, "max_completion_length only applies to the text tasks"),
+    ({**BASE, "task": "reward", "attention": "dense"}, "attention only applies to the tasks that score prefix-shared"),
+    ({**BASE, "task": "diffusion", "loss_type": "diffusion_dpo", "self_npo_rollout_steps": 2},
+     "self_npo_rollout_steps only applies to task: diffusion with loss_type: self_npo"),
+    ({**BASE, "task": "diffusion", "loss_type": "diffusion_dpo", "user_column": "u"},
+     "user_column only applies to task: diffusion with loss_type: ppd"),
+    ({**BASE, "task": "vlm", "pad_to_multiple_of": 8}, "pad_to_multiple_of only applies to the text tasks"),
+    ({**ONLINE_DEMO, "precompute_ref_log_probs": True}, "precompute_ref_log_probs only applies to the offline"),
+    ({**ONLINE_DEMO, "use_peft": True}, "use_peft only applies to the runs that load model_name_or_path"),
+    ({**BASE, "task": "diffusion", "loss_type": "diffusion_dpo", "load_dtype": "bfloat16"},
+     "load_dtype only applies to the runs that load model_name_or_path with transformers"),
+    ({**ONLINE_DEMO, "eval_fraction": 0.1}, "eval_fraction only applies to the offline tasks and online_task: dataset"),
+    ({**ONLINE_DEMO, "dataset_name": "x.jsonl"}, "dataset_name only applies to the tasks that read a dataset"),
+    ({**GAME, "reward_funcs": "x:y"}, "reward_funcs is read by the online tasks that judge sampled text"),
+    ({**GAME, "apo_alpha": 0.5}, "apo_alpha is read by trainer apo in online_task: game"),
+])
+def test_an_option_this_task_never_reads_is_refused(raw, words):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert words in str(err.value)
+
+
+def test_the_readers_of_the_newly_refused_options_still_take_them():
+    config_from_dict({**BASE, "warmup_ratio": 0.1, "max_prompt_length": 64, "truncation_mode": "keep_start",
+                      "dataset_num_proc": 2, "attention": "dense", "layout": "padded", "pad_to_multiple_of": 8})
+    config_from_dict({**BASE, "eval_dataset_name": "e.jsonl", "eval_split": "test"})
+    config_from_dict({**BASE, "task": "diffusion", "loss_type": "self_npo", "self_npo_rollout_steps": 2})
+    config_from_dict({**BASE, "task": "online", "reward_funcs": "x:y", "eval_fraction": 0.1, "max_steps": 2,
+                      "pad_to_multiple_of": 8, "max_prompt_length": 16})
+    config_from_dict({**GAME, "trainer": "apo", "apo_alpha": 0.5})

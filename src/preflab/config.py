@@ -257,6 +257,9 @@ class TrainConfig:
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
+        if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
+            out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
+                       "(warmup_steps would win and warmup_ratio be ignored); keep one.")
         if self.bf16 and self.fp16:
             out.append("bf16 and fp16 are both set; choose one.")
         if self.task == "vlm" and self.truncation_mode == "keep_end" and self.max_length is not None:
@@ -282,6 +285,11 @@ class TrainConfig:
                        "eval_fraction (or eval_strategy: no).")
         if self.eval_strategy == "no" and self.eval_steps:
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
+        if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:
+            # (eval_split alone, e.g. TRL's dataset_test_split, evaluates nothing: as in TRL with eval_strategy no)
+            out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set: "
+                       f"eval_fraction={self.eval_fraction} holds the eval set out of dataset_split instead; set "
+                       "eval_dataset_name or remove eval_split.")
         if self.ref_model_init_kwargs and not self.ref_model_name_or_path:
             out.append("ref_model_init_kwargs only apply to ref_model_name_or_path, which is not set (the reference "
                        "is a copy of the policy, loaded with model_init_kwargs).")

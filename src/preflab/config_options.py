@@ -136,7 +136,7 @@ OPTIONS: dict[str, Option] = {
     "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
     "lr_scheduler_type": one_of(("linear", "cosine", "constant", "constant_with_warmup"),
                                 "schedule after warmup (constant and constant_with_warmup both warm up)"),
-    "warmup_steps": at_least(0, "linear warmup steps (overrides warmup_ratio when > 0)"),
+    "warmup_steps": at_least(0, "linear warmup steps (give warmup_steps or warmup_ratio, not both)"),
     "warmup_ratio": within(0, 1, "warmup as a fraction of the total steps"),
     "weight_decay": at_least(0, "AdamW decoupled weight decay"),
     "adam_beta1": within(0, 1, "AdamW beta1", high_open=True),

@@ -10,13 +10,10 @@ _VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_mod
 _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
 _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "caption_perturbation",
               "sample_steps", "guidance_scale", "flux_guidance")
-# diffusion options that one diffusion objective reads (under another they were accepted and dropped)
-_DIFFUSION_PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings")
-_DIFFUSION_SELF_NPO = ("self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps",
-                       "self_npo_teacher_guidance")
+_SELF_NPO = ("self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance")
+_PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings")
 
-_TOKEN_LENGTHS = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode", "layout",
-                  "chunk_tokens", "pad_to_multiple_of", "generate_during_eval")
+_TOKEN_LENGTHS = ("max_length", "chunk_tokens", "generate_during_eval")
 
 
 def _router_loss_trainers() -> tuple:
@@ -26,8 +23,6 @@ def _router_loss_trainers() -> tuple:
 
 
 def _diffusion_objective_has_beta(cfg) -> bool:
-    import dataclasses
-
     from preflab.objectives import list_objectives, objective_class
 
     names = _losses(cfg)
@@ -40,18 +35,25 @@ def _losses(cfg) -> list[str]:
     return [str(n) for n in (cfg.loss_type if isinstance(cfg.loss_type, (list, tuple)) else [cfg.loss_type])]
 
 
+def _game(cfg) -> bool:
+    return cfg.task == "online" and cfg.online_task == "game"
+
+
+def _builds_its_model(cfg) -> bool:
+    """An online run whose policy is built in code: the game's K-answer model, the demo's SFT model."""
+    from preflab.online.tasks import DEMO_SFT
+
+    return cfg.task == "online" and (cfg.online_task == "game" or cfg.model_name_or_path == DEMO_SFT)
+
+
 # (options, does this config's run read them, who reads them)
 OWNERS = (
     (_VLM_MODEL, lambda cfg: cfg.task == "vlm" or (cfg.task == "online" and cfg.online_task == "vision_dataset"),
      "task: vlm (and online_task: vision_dataset)"),
     (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
-    (_DIFFUSION_PPD, lambda cfg: cfg.task == "diffusion" and "ppd" in _losses(cfg),
-     "task: diffusion with loss_type: ppd (its user branch)"),
     (("score_range",), lambda cfg: cfg.task == "diffusion" and "smpo_diffusion" in _losses(cfg),
      "task: diffusion with loss_type: smpo_diffusion (it normalises the scores into preference_prob)"),
-    (_DIFFUSION_SELF_NPO, lambda cfg: cfg.task == "diffusion" and "self_npo" in _losses(cfg),
-     "task: diffusion with loss_type: self_npo"),
     (("beta",), lambda cfg: cfg.task != "diffusion" or _diffusion_objective_has_beta(cfg),
      "the diffusion objectives with a beta (self_npo has none: its loss is a distance to the EMA teacher's "
      "x0-prediction)"),
@@ -61,14 +63,59 @@ OWNERS = (
      "bnpo, dapo, dr_grpo, gspo, cispo, sapo, luspo or vespo (TRL's GRPOTrainer)"),
     (("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"), lambda cfg: cfg.use_peft,
      "use_peft: true (LoRA adapters: set it to train them; without it the whole model trains)"),
-    (("ref_model_name_or_path", "ref_model_init_kwargs", "precompute_ref_log_probs"),
+    (_SELF_NPO, lambda cfg: cfg.task == "diffusion" and "self_npo" in _losses(cfg),
+     "task: diffusion with loss_type: self_npo"),
+    (_PPD, lambda cfg: cfg.task == "diffusion" and "ppd" in _losses(cfg), "task: diffusion with loss_type: ppd"),
+    (("ref_model_name_or_path", "ref_model_init_kwargs"),
      lambda cfg: cfg.task != "diffusion", "the text and image-text tasks (a diffusion run's reference is its starting "
      "denoiser: a frozen copy, or the UNet with its LoRA adapters off; to compare against another pipeline, "
      "`preflab eval RUN --task diffusion --reference DIR`)"),
+    (("precompute_ref_log_probs",), lambda cfg: cfg.task not in ("diffusion", "online"),
+     "the offline text and image-text tasks (task: online computes the reference's log-probs once per generation "
+     "round anyway; a diffusion run's reference is its starting denoiser: a frozen copy, or the UNet with its LoRA "
+     "adapters off)"),
+    (("use_peft",), lambda cfg: not _builds_its_model(cfg),
+     "the runs that load model_name_or_path (online_task: game and model builtin:demo-sft build their tiny policy "
+     "in code and train all of its weights)"),
+    (("model_init_kwargs", "load_dtype"), lambda cfg: not _builds_its_model(cfg) and cfg.task != "diffusion",
+     "the runs that load model_name_or_path with transformers (online_task: game and model builtin:demo-sft build "
+     "their tiny policy in code; a diffusion pipeline loads in float32 with diffusers)"),
+    (("eval_dataset_name", "eval_fraction", "eval_split"),
+     lambda cfg: not (cfg.task == "online" and cfg.online_task != "dataset"),
+     "the offline tasks and online_task: dataset (online_task demo, game and vision_dataset evaluate with their "
+     "task: the demo's held-out prompts, the game's equilibrium; eval_steps sets when)"),
+    (("dataset_name", "dataset_split", "on_bad_row"),
+     lambda cfg: not (cfg.task == "online" and cfg.online_task in ("demo", "game")),
+     "the tasks that read a dataset (online_task demo and game make their own prompts)"),
     (("rpo_alpha",), lambda cfg: cfg.task != "diffusion",
      "the text and image-text tasks (it adds the chosen response's NLL; a diffusion objective has no such term)"),
     (_TOKEN_LENGTHS, lambda cfg: cfg.task != "diffusion",
      "the text and image-text tasks (a diffusion run's captions are cut at its text encoder's length)"),
+    (("max_prompt_length",), lambda cfg: cfg.task not in ("diffusion", "sft") and not _game(cfg),
+     "the tasks with prompts (dpo, reward, vlm, online on text; task: sft cuts whole rows at max_length, the game "
+     "has no prompt text, a diffusion run's captions are cut at its text encoder's length)"),
+    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft"),
+     "the tasks with prompts and responses (dpo, reward, vlm, online; task: sft cuts whole rows at max_length, a "
+     "diffusion run's captions are cut at its text encoder's length)"),
+    # task: sft keeps a long row's start (TRL SFTConfig's default truncation_mode, keep_start, which its saved
+    # configs carry), whatever truncation_mode says: not refused there, see changes/unread-opts.md
+    (("truncation_mode",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not _game(cfg) and not (
+        cfg.task == "online" and cfg.online_task == "vision_dataset"),
+     "the text tasks that cut prompts (dpo, reward, online on text; an image-text prompt over max_prompt_length "
+     "is a bad row, task: vlm cuts responses at max_length, a diffusion run's captions are cut at its text "
+     "encoder's length)"),
+    (("layout",), lambda cfg: cfg.task not in ("diffusion", "sft"),
+     "the preference tasks (TRL's padding_free: true is layout: packed; task: sft lays its rows out by packing: "
+     "true packs them, false pads them; a diffusion run's captions are cut at its text encoder's length)"),
+    (("attention",), lambda cfg: cfg.task not in ("diffusion", "reward"),
+     "the tasks that score prefix-shared rows with a policy (task: reward batches padded rows, a diffusion run has "
+     "no token rows)"),
+    (("dataset_num_proc",), lambda cfg: cfg.task in ("dpo", "reward"),
+     "task: dpo and task: reward (their data is tokenized by forked processes; the other tasks tokenize in one)"),
+    (("pad_to_multiple_of",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not (
+        cfg.task == "online" and cfg.online_task == "vision_dataset"),
+     "the text tasks (dpo, sft, reward, online on text prompts: rows of token ids; an image-text row's vision "
+     "inputs have their own shapes, and a diffusion run's captions are cut at its text encoder's length)"),
     (("data_seed",), lambda cfg: cfg.task in ("dpo", "reward", "sft", "vlm", "diffusion"),
      "the tasks whose batch order is preflab's BatchPlan (dpo, reward, sft, vlm, diffusion; task: online draws each "
      "round's prompts with seed, a recipe with its own seed)"),

@@ -25,7 +25,7 @@ _OFFLINE = ("pad_to_multiple_of", "gradient_checkpointing", "torch_compile", "to
 STAGE_READS = {
     "dpo": _EVERY_RUN + _SCORER + _OFFLINE + ("precompute_ref_log_probs",),
     "sft": _EVERY_RUN + _SCORER + _OFFLINE,  # no reference (task: sft refuses precompute_ref_log_probs)
-    "online": _EVERY_RUN + _SCORER,  # OnlineRun: no pad_to_multiple_of, gradient checkpointing or torch_compile
+    "online": _EVERY_RUN + _SCORER + ("pad_to_multiple_of", "gradient_checkpointing"),  # OnlineRun: no torch_compile
     "reward": _EVERY_RUN + ("gradient_checkpointing",),  # themis: its own padded collate, no LM-head scorer
 }
 STAGE_OPTIONS = tuple(dict.fromkeys(o for names in STAGE_READS.values() for o in names))

@@ -450,3 +450,15 @@ def test_preflab_eval_banner_counts_the_held_out_pairs_it_scores(assets, tmp_pat
     out = capsys.readouterr().out
     assert "4 held-out pairs to score" in out and "train," not in out
     assert result["num_pairs"] == 4 and result["metrics"]["implicit_accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_diffusion_disable_dropout_reaches_the_denoiser(assets, tmp_path, disable):
+    """disable_dropout (on by default) was never read by task: diffusion: a denoiser's dropout stayed active."""
+    from preflab.diffusion.pipeline import load_pipeline
+
+    pipeline = load_pipeline(assets["model"])
+    pipeline.unet.down_blocks[0].resnets[0].dropout = torch.nn.Dropout(0.25)
+    run = DiffusionRun(make_cfg(assets, tmp_path / "run", disable_dropout=disable), pipeline=pipeline)
+    rates = [m.p for m in run.module.unet.modules() if isinstance(m, torch.nn.Dropout)]
+    assert max(rates) == (0.0 if disable else 0.25)

@@ -336,7 +336,7 @@ def test_pair_layout_reused_only_for_the_same_tokens(share_prompt):
 
     from preflab.online.examples import Example, pair_layout, shared_pair_layout
 
-    run = SimpleNamespace(share_prompt=share_prompt, pad_id=0)
+    run = SimpleNamespace(share_prompt=share_prompt, pad_id=0, _rounded=lambda layout: layout)
     make = lambda c, r: [Example(0, [1, 2], [[3, 4], [5]]), Example(1, [1], [c, r])]  # noqa: E731
     build = shared_pair_layout if share_prompt else pair_layout
     first = OnlineRun._pair_layout(run, make([6], [7, 8]))

@@ -62,10 +62,10 @@ def test_recipe_refuses_top_level_options_its_stages_do_not_read(over, words):
 
 
 def test_recipe_refuses_a_stage_option_one_of_its_stages_does_not_read():
-    # otc's GRPO stages (task: online) neither checkpoint activations nor compile: refused, not half applied
-    with pytest.raises(ConfigError, match="gradient_checkpointing is not passed to the stages of task otc: its "
-                                          "online stage's trainer does not read gradient_checkpointing"):
-        config_from_dict({"task": "otc", "gradient_checkpointing": True})
+    # otc's GRPO stages (task: online) do not compile: refused, not half applied
+    with pytest.raises(ConfigError, match="torch_compile is not passed to the stages of task otc: its "
+                                          "online stage's trainer does not read torch_compile"):
+        config_from_dict({"task": "otc", "torch_compile": True})
     with pytest.raises(ConfigError, match="it trains no preflab model"):
         config_from_dict({"task": "icpl", "attention": "dense"})
     cfg = config_from_dict({"task": "otc", "attention": "dense", "bf16": True, "use_cpu": True, "seed": 3})

@@ -324,6 +324,10 @@ class DiffusionRun(TrainingRun):
         for frozen in (comps.vae, *comps.text_encoders):
             frozen.requires_grad_(False).eval().to(device)
         unet = comps.denoiser.float().to(device)
+        if cfg.disable_dropout:  # as the text tasks (TRL's disable_dropout): every dropout rate of the denoiser to 0
+            from preflab.models.dropout import disable_dropout
+
+            disable_dropout(unet)
         self.lora = False
         branch = users = None
         self.reference = None

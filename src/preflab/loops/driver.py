@@ -599,6 +599,9 @@ class TrainingRun:
     # what a micro-batch's num_tokens counts: the throughput metrics are num_<unit> and <unit>_per_second (TRL's
     # num_tokens / tokens_per_second for text; a diffusion run counts images)
     throughput_unit: str = "tokens"
+    # False (the Python API's save_model=False, preflab.online.api): the final weights are not written; summary.json,
+    # metrics and checkpoints are. summary.json's final_model_saved says which.
+    save_final_model: bool = True
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
     def before_train(self) -> None:
@@ -876,8 +879,11 @@ class TrainingRun:
         # sharded engines: every rank takes part in gathering the full weights; save_model may read them
         self.final_state_dict = (gather_full_state(acc, self.sync_module, self.checkpoint_module)
                                  if is_sharded(acc) else None)
+        if not self.save_final_model:
+            summary["final_model_saved"] = False
         if self.main:
-            self.save_model()
+            if self.save_final_model:
+                self.save_model()
             share_run_files(self.out)  # safetensors writes 0600; the model is read like the run's other files
             write_summary(self.out, summary)
             self.write_card(summary)

@@ -25,7 +25,7 @@ from preflab.objectives.base import PairBatch, check_gradient_extras, check_moda
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.models.segment_attention import set_attention_mode
-from preflab.scoring.lm import LogProbScorer, backbone_and_head, unwrap
+from preflab.scoring.lm import LogProbScorer, backbone_and_head
 from preflab.scoring.token_metrics import counts, ratios
 
 
@@ -139,7 +139,9 @@ class Trainer(TrainingRun):
         self.layout = effective_layout(self.requested_layout(), policy, ref)
         set_attention_mode(cfg.attention, policy, ref)
         if cfg.gradient_checkpointing:
-            unwrap(policy).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            from preflab.models.load import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.stream is not None:
             from preflab.loops.streaming import StreamedBatches, StreamPlan

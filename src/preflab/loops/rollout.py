@@ -58,10 +58,10 @@ class Rollout:
 
 
 def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | None = None,
-                    report_to: dict | None = None) -> list[PromptRow]:
+                    report_to: dict | None = None, truncation_mode: str = "keep_end") -> list[PromptRow]:
     """Prompt rows from strings, message lists, or dicts with a "prompt" key (other keys become columns).
     `report_to` (a run's data report) receives the tokenization counts as "prompt_tokenize" (prompts cut to
-    max_prompt_length are counted there)."""
+    max_prompt_length, keeping their end or their start as truncation_mode says, are counted there)."""
     examples = []
     for i, item in enumerate(prompts):
         if isinstance(item, dict):
@@ -73,7 +73,8 @@ def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | 
             examples.append(PromptExample(i, item, {}))
     if not examples:
         raise ConfigError("online loops need at least one prompt.")
-    items, report = tokenize_prompts(examples, tokenizer, max_prompt_length=max_prompt_length)
+    items, report = tokenize_prompts(examples, tokenizer, max_prompt_length=max_prompt_length,
+                                     truncation_mode=truncation_mode)
     if report_to is not None:
         report_to["prompt_tokenize"] = report.to_dict()
     return [PromptRow(it.row_id, ex.prompt, it.prompt_ids, dict(ex.extras)) for it, ex in zip(items, examples)]

@@ -390,6 +390,20 @@ def check_policy_not_adapter(name: str) -> None:
         f"give model_name_or_path={name}-merged.")
 
 
+def enable_gradient_checkpointing(policy) -> None:
+    """transformers' gradient checkpointing on `policy` (under a PEFT or engine wrapper: its model), non-reentrant
+    as TRL sets it, for a model given from Python as for a loaded one; a model without it is refused (it would
+    train without)."""
+    from preflab.models.attention import unwrap
+
+    base = unwrap(policy)
+    if not callable(getattr(base, "gradient_checkpointing_enable", None)):
+        raise ConfigError(f"gradient_checkpointing: the policy ({type(base).__name__}) has no "
+                          "gradient_checkpointing_enable (not a transformers model), so it cannot recompute its "
+                          "activations; remove gradient_checkpointing.")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
     from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config

@@ -80,7 +80,10 @@ def load_vlm_processor(cfg):
     return processor
 
 
-def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
+def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Module:
+    """The image-text model `name`: a builtin tiny one, a task: vlm run, or transformers' from_pretrained in
+    load_dtype with model_init_kwargs (ref: ref_load_dtype, else load_dtype, with ref_model_init_kwargs), as the text
+    tasks load theirs (both were accepted and ignored: float32 and no kwargs)."""
     from preflab.models.load import DTYPES, check_weights_safe
     from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm
 
@@ -95,9 +98,11 @@ def load_vlm_model(name: str, cfg, processor=None) -> nn.Module:
     from transformers import AutoModelForImageTextToText
 
     check_weights_safe(name, cfg.allow_pickle)
+    dtype = (getattr(cfg, "ref_load_dtype", None) if ref else None) or getattr(cfg, "load_dtype", None) or "float32"
+    kwargs = dict(getattr(cfg, "ref_model_init_kwargs" if ref else "model_init_kwargs", None) or {})
     return AutoModelForImageTextToText.from_pretrained(
-        name, dtype=DTYPES["float32"], trust_remote_code=cfg.trust_remote_code,
-        use_safetensors=None if cfg.allow_pickle else True)
+        name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,
+                 "use_safetensors": None if cfg.allow_pickle else True, **kwargs})
 
 
 def load_vlm(cfg, processor=None):
@@ -137,7 +142,7 @@ def load_vlm_reference(name: str, cfg, processor, policy, option: str = "ref_mod
     if name.startswith("builtin:") and BUILTIN_VLM.get(name) != kind:
         raise ConfigError(f"{option}={name!r} is not a built-in {kind} model; {why}.")
     try:
-        ref = load_vlm_model(name, cfg, processor)
+        ref = load_vlm_model(name, cfg, processor, ref=True)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"{option}={name!r} does not load as an image-text model "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); {why}.") from err

@@ -13,7 +13,9 @@ num_iterations -> generation rounds; prompts_per_iteration -> prompts_per_genera
 epochs_per_iteration -> num_iterations (passes over a round); max_new_tokens -> max_completion_length; a round takes
 steps_per_generation = ceil(prompts / (per_device_train_batch_size x gradient_accumulation_steps)) steps (one pair
 per prompt at most with best_vs_worst). trainer: iterative_dpo when refresh_reference_every > 0, rso when
-pair_builder is rso and no loss_type is given (with a loss_type: that loss on RSO pairs), else online_dpo. Any other key is a TrainConfig option.
+pair_builder is rso and no loss_type is given (with a loss_type: that loss on RSO pairs), else online_dpo;
+save_model=False writes no final weights (summary.json says final_model_saved: false). Any other key is a
+TrainConfig option.
 """
 from __future__ import annotations
 
@@ -53,14 +55,27 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict) -> di
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
 
-    raw.pop("save_model", None)
+    save = save_model_option(raw)
     raw.setdefault("model_name_or_path", "(in memory)")  # the policy and prompts are passed in
     raw.setdefault("dataset_name", "(in memory)")
     cfg = config_from_dict(raw)
     if weights is not None:
         cfg.reward_weights = list(weights)
     judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
-    return OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges)).train()
+    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges))
+    run.save_final_model = save
+    return run.train()
+
+
+def save_model_option(raw: dict) -> bool:
+    """The former OnlineConfig's save_model (popped from `raw`: it is no TrainConfig option): False writes no final
+    weights to output_dir (the run's summary.json, metrics and checkpoints are written)."""
+    from preflab.errors import ConfigError
+
+    save = raw.pop("save_model", True)
+    if not isinstance(save, bool):
+        raise ConfigError(f"save_model must be true or false, got {save!r}.")
+    return save
 
 
 def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
@@ -113,7 +128,7 @@ def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref
     raw = grpo_options({"loss_type": "grpo", "beta": 0.04, **options})
     raw.update(online_task="vision_dataset", model_name_or_path=raw.get("model_name_or_path", "(in memory)"),
                dataset_name=raw.get("dataset_name", "(in memory)"))
-    raw.pop("save_model", None)
+    save = save_model_option(raw)
     cfg = config_from_dict(raw)
     if reward_weights is not None:
         cfg.reward_weights = list(reward_weights)
@@ -122,4 +137,6 @@ def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref
     judges = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     task = Task([r.prompt for r in prompt_rows], judges)
     task.rows = prompt_rows
-    return VisionOnlineRun(cfg, policy=policy, ref=ref, processor=processor, task=task).train()
+    run = VisionOnlineRun(cfg, policy=policy, ref=ref, processor=processor, task=task)
+    run.save_final_model = save
+    return run.train()

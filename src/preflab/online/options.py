@@ -110,7 +110,12 @@ _READERS = (
      (spec.builder or cfg.pair_builder) == "rso" and cfg.online_task != "game", "trainer rso (or pair_builder: rso)"),
     (("preference_temperature",), lambda cfg, spec: spec.scores in ("win_rate", "centred") and
      cfg.online_task != "game", "trainers sppo and gpo on sampled text"),
-    (("game_preferences", "game_eta", "apo_alpha"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
+    (("game_preferences", "game_eta"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
+    (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
+     "trainer apo in online_task: game"),
+    (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction"),
+     lambda cfg, spec: cfg.online_task != "game", "the online tasks that judge sampled text (dataset, "
+     "vision_dataset, demo; the game's preferences are game_preferences)"),
     (("heldout_prompts",), lambda cfg, spec: cfg.online_task == "demo", "online_task: demo"),
     (("reward_aggregator",), lambda cfg, spec: cfg.online_task in ("dataset", "demo"), "online_task: dataset | demo"),
     (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max", "upo_uncertainty"),

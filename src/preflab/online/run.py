@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 from preflab.checkpoint import check_files, file_records, fsync_dir, fsync_file
+from preflab.data.layout import bucket
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
 from preflab.loops.judge import Judge
@@ -138,6 +139,9 @@ class OnlineRun(TrainingRun):
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
         check_online_pair_extras(self.objective, self.spec, cfg)
+        if cfg.pad_to_multiple_of and self.scorer_class is not LogProbScorer:  # as the offline Trainer
+            raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
+                              f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
         self.accelerator = acc = make_accelerator(cfg, whole_weights=WHOLE_WEIGHTS)
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
         if cfg.trainer in RENAMED and self.main:
@@ -159,7 +163,7 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
-        from preflab.models.load import disable_dropout_of, moe_aux_loss_note
+        from preflab.models.load import disable_dropout_of, enable_gradient_checkpointing, moe_aux_loss_note
 
         self.router_coef = self._router_coef(policy)  # TRL's GRPOTrainer adds the MoE router loss: grpo trainers too
         note = None if self.router_coef is not None else moe_aux_loss_note(policy, cfg.trainer)
@@ -167,6 +171,8 @@ class OnlineRun(TrainingRun):
             print(f"preflab: note: {note}")
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
+        if cfg.gradient_checkpointing:  # a model given from Python (or a task's) too, as the offline Trainer does
+            enable_gradient_checkpointing(policy)
         if all(getattr(unwrap(m), "config", None) is not None for m in (policy, ref) if m is not None):
             from preflab.models.segment_attention import set_attention_mode
 
@@ -197,7 +203,8 @@ class OnlineRun(TrainingRun):
         self.pad_id = pad_id_of(tokenizer)
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
-                                                                   report_to=self.data_report)
+                                                                   report_to=self.data_report,
+                                                                   truncation_mode=cfg.truncation_mode)
         cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
         if cut and self.main:
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
@@ -264,17 +271,22 @@ class OnlineRun(TrainingRun):
         """k completions per prompt row, group-major."""
         return self.generator.generate([row.prompt_ids for row in rows], k, seed)
 
+    def _rounded(self, layout):
+        """`layout` with its rows right-padded to a multiple of pad_to_multiple_of positions (TRL's option; exact:
+        preflab.data.layout.bucket), as the offline step's collate does: a round's scoring and steps repeat shapes."""
+        return bucket(layout, self.cfg.pad_to_multiple_of, self.pad_id)
+
     def _layout(self, sequences: list[tuple[list[int], list[int]]], row_ids: list[int]):
         """A padded layout of (prompt_ids, completion_ids) sequences, row_ids[i]: the prompt row of sequence i."""
         from preflab.data.layout import padded
 
-        return padded(sequences, self.pad_id)
+        return self._rounded(padded(sequences, self.pad_id))
 
     def _group_layout(self, examples: list[Example]):
         """All completions of the examples (groups), group-major."""
         if self.share_prompt:
-            return shared_prompt_layout(examples, self.pad_id, lambda e: e.completions)
-        return group_layout(examples, self.pad_id)
+            return self._rounded(shared_prompt_layout(examples, self.pad_id, lambda e: e.completions))
+        return self._rounded(group_layout(examples, self.pad_id))
 
     def _pair_layout(self, examples: list[Example]):
         """[chosen_1..B, rejected_1..B] of pair examples. The host layouts of the last few micro-batches are kept
@@ -287,8 +299,8 @@ class OnlineRun(TrainingRun):
         cache = self.__dict__.setdefault("_pair_layouts", {})
         layout = cache.pop(key, None)
         if layout is None:
-            layout = (shared_pair_layout(examples, self.pad_id) if self.share_prompt
-                      else pair_layout(examples, self.pad_id))
+            layout = self._rounded(shared_pair_layout(examples, self.pad_id) if self.share_prompt
+                                   else pair_layout(examples, self.pad_id))
             if layout.attention_mask is not None and layout.attention_mask.numel() > LAYOUT_CACHE_MASK:
                 return layout
         cache[key] = layout  # the most recently used last
@@ -316,14 +328,15 @@ class OnlineRun(TrainingRun):
         chunks.append(current)
         out = []
         for chunk in chunks:
-            scores = model_scores(shared_prompt_layout(chunk, self.pad_id).to(self.accelerator.device))
+            scores = model_scores(self._rounded(shared_prompt_layout(chunk, self.pad_id)).to(self.accelerator.device))
             for row, m in zip(scores.token_logps, scores.mask):
                 out.append(row[m].float().cpu().tolist())
         return out
 
     def _empty_layout(self):
         """Two pad-token completions of the first prompt: scored with weight 0 by an empty micro-batch."""
-        return pair_layout([Example(-1, self.rows[0].prompt_ids, [[self.pad_id], [self.pad_id]])], self.pad_id)
+        return self._rounded(pair_layout([Example(-1, self.rows[0].prompt_ids, [[self.pad_id], [self.pad_id]])],
+                                         self.pad_id))
 
     def _policy_scores(self, layout):
         return self.scorer_class(self.policy, self.cfg.chunk_tokens)(layout)
@@ -651,7 +664,7 @@ class OnlineRun(TrainingRun):
         extras = {k: torch.tensor([e.extras[k] for e in exs], dtype=torch.float64, device=device)
                   for k in exs[0].extras}
         if self.spec.online_kl:
-            ol = online_layout(exs, self.pad_id).to(device)
+            ol = self._rounded(online_layout(exs, self.pad_id)).to(device)
             with self.accelerator.autocast():
                 online = self.scorer(ol)
             k = len(exs[0].online)

@@ -259,7 +259,7 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
         from preflab.loops.judge import Judge
         from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
 
-        rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length)
+        rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode)
         ids = generate_ids(model, [r.prompt_ids for r in rows], eos_id=tokenizer.eos_token_id,
                            pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
                            batch_size=max(1, cfg.per_device_eval_batch_size))
