@@ -188,7 +188,6 @@ GAME = {"task": "online", "online_task": "game", "trainer": "inpo", "model_name_
     ({**BASE, "task": "sft", "layout": "packed"},
      "layout only applies to the preference tasks (TRL's padding_free: true is"),
     ({**BASE, "task": "sft", "dataset_num_proc": 2}, "dataset_num_proc only applies to task: dpo and task: reward"),
-    ({**BASE, "task": "vlm", "max_completion_length": 64}, "max_completion_length only applies to the text tasks"),
     ({**BASE, "task": "reward", "attention": "dense"}, "attention only applies to the tasks that score prefix-shared"),
     ({**BASE, "task": "diffusion", "loss_type": "diffusion_dpo", "self_npo_rollout_steps": 2},
      "self_npo_rollout_steps only applies to task: diffusion with loss_type: self_npo"),

@@ -9,7 +9,7 @@ import dataclasses
 _VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_modal_projector", "max_frames")
 _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
 _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "caption_perturbation",
-              "score_range", "sample_steps", "guidance_scale", "flux_guidance")
+              "sample_steps", "guidance_scale", "flux_guidance")
 _SELF_NPO = ("self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance")
 _PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings")
 
@@ -20,6 +20,15 @@ def _router_loss_trainers() -> tuple:
     from preflab.models.moe import ROUTER_LOSS_TRAINERS
 
     return ROUTER_LOSS_TRAINERS
+
+
+def _diffusion_objective_has_beta(cfg) -> bool:
+    from preflab.objectives import list_objectives, objective_class
+
+    names = _losses(cfg)
+    if len(names) != 1 or names[0] not in list_objectives():
+        return True  # a mixture or a custom objective: its own parameters decide
+    return any(f.name == "beta" for f in dataclasses.fields(objective_class(names[0])))
 
 
 def _losses(cfg) -> list[str]:
@@ -43,6 +52,11 @@ OWNERS = (
      "task: vlm (and online_task: vision_dataset)"),
     (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
+    (("score_range",), lambda cfg: cfg.task == "diffusion" and "smpo_diffusion" in _losses(cfg),
+     "task: diffusion with loss_type: smpo_diffusion (it normalises the scores into preference_prob)"),
+    (("beta",), lambda cfg: cfg.task != "diffusion" or _diffusion_objective_has_beta(cfg),
+     "the diffusion objectives with a beta (self_npo has none: its loss is a distance to the EMA teacher's "
+     "x0-prediction)"),
     (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm") or (
         cfg.task == "online" and cfg.trainer in _router_loss_trainers()),
      "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0) and task: online with trainer grpo, "
@@ -80,9 +94,9 @@ OWNERS = (
     (("max_prompt_length",), lambda cfg: cfg.task not in ("diffusion", "sft") and not _game(cfg),
      "the tasks with prompts (dpo, reward, vlm, online on text; task: sft cuts whole rows at max_length, the game "
      "has no prompt text, a diffusion run's captions are cut at its text encoder's length)"),
-    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft", "vlm"),
-     "the text tasks with prompts (dpo, reward, online; task: sft cuts whole rows at max_length, task: vlm cuts "
-     "responses at max_length, a diffusion run's captions are cut at its text encoder's length)"),
+    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft"),
+     "the tasks with prompts and responses (dpo, reward, vlm, online; task: sft cuts whole rows at max_length, a "
+     "diffusion run's captions are cut at its text encoder's length)"),
     # task: sft keeps a long row's start (TRL SFTConfig's default truncation_mode, keep_start, which its saved
     # configs carry), whatever truncation_mode says: not refused there, see changes/unread-opts.md
     (("truncation_mode",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not _game(cfg) and not (
@@ -141,7 +155,7 @@ def unread_task_options(cfg) -> list[str]:
     """One line per group of options set away from their default that this config's task does not read."""
     out = []
     for used, who in _unread_groups(cfg):
-        run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task == "dpo" else "")
+        run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task in ("dpo", "diffusion") else "")
         out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
                    f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
     return out

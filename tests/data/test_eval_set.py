@@ -110,7 +110,8 @@ def _vision(tmp_path, monkeypatch):
     monkeypatch.setattr(vision, "tokenize_vision_pairs", lambda examples, *a: (
         examples, DataReport("rows"), DataReport("rows")))
     cfg = _cfg(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED, vision_pairs="given",
-               vision_pair_params={}, on_bad_row="error", max_frames=8, max_length=64, chunk_tokens=None)
+               vision_pair_params={}, on_bad_row="error", max_frames=8, max_length=64, chunk_tokens=None,
+               max_completion_length=None)
     _, evals, _ = prepare_vision_data(cfg, None, None, None)
     return [x.row_id for x in evals]
 

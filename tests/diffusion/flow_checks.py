@@ -7,6 +7,21 @@ import pytest
 import torch
 
 
+def diffusion_cfg(raw: dict, **overrides):
+    """The tests' config dict with `overrides`, keeping only the objective-specific options the objective reads
+    (score_range: smpo_diffusion; self_npo_rollout_steps: self_npo, which has no beta; the rest are refused)."""
+    from preflab.config import config_from_dict
+
+    raw = {**raw, **overrides}
+    if raw["loss_type"] == "smpo_diffusion":
+        raw.setdefault("score_range", [-1.6, 1.6])
+    if raw["loss_type"] == "self_npo":
+        raw.setdefault("self_npo_rollout_steps", 2)
+        if "beta" not in overrides:
+            raw.pop("beta", None)
+    return config_from_dict(raw)
+
+
 def perturb(module, scale=0.05, seed=3):
     """Move every trainable parameter by scale * N(0, 1) (seeded), so the policy differs from the reference."""
     with torch.no_grad():

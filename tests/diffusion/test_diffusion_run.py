@@ -2,15 +2,19 @@
 through the trainer equals the objective on independently computed scores, modality refusal."""
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 
-from preflab.config import config_from_dict  # noqa: E402
 from preflab.errors import ConfigError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_checks import diffusion_cfg  # noqa: E402
 
 METHODS = ("diffusion_dpo", "smpo_diffusion", "diffusion_inpo", "dcpo", "ppd", "self_npo")
 
@@ -30,12 +34,8 @@ def make_cfg(assets, out, **overrides):
     raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
            "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
            "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
-           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
-           "self_npo_rollout_steps": 2}
-    raw.update(overrides)
-    if raw["loss_type"] != "self_npo":  # self_npo's option: refused under the other objectives (config_owners)
-        raw.pop("self_npo_rollout_steps")
-    return config_from_dict(raw)
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True}
+    return diffusion_cfg(raw, **overrides)
 
 
 def unet_state(unet):
@@ -203,7 +203,7 @@ def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(a
 
 @pytest.mark.parametrize("bad", [{"resolution": 0}, {"caption_perturbation": "loud"},
                                  {"diffusion_noising": {"num_inversion_step": 5}},
-                                 {"self_npo_ema_decay": 2.0, "loss_type": "self_npo"}])
+                                 {"loss_type": "self_npo", "self_npo_ema_decay": 2.0}])
 def test_impossible_diffusion_options_are_refused_before_any_model_loads(assets, tmp_path, bad):
     with pytest.raises(ConfigError):
         DiffusionRun(make_cfg(assets, tmp_path / "x", model_name_or_path="/no/such/pipeline", **bad))

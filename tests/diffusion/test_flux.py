@@ -11,13 +11,12 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
-from preflab.config import config_from_dict  # noqa: E402
 from preflab.errors import ConfigError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flow_checks import (  # noqa: E402
-    DDPM_ONLY_OBJECTIVES, assert_ddpm_objective_is_refused,
+    DDPM_ONLY_OBJECTIVES, assert_ddpm_objective_is_refused, diffusion_cfg,
     assert_example_trains_reloads_and_evaluates, assert_gradient_checkpointing_trains_the_same,
     assert_gradient_is_the_closed_form, assert_one_image_twice_gives_no_gradient,
     assert_resume_equals_the_uninterrupted_run, perturb, state)
@@ -39,10 +38,9 @@ def make_cfg(assets, out, **overrides):
     raw = {"task": "diffusion", "model_name_or_path": assets["model"], "dataset_name": assets["train"],
            "loss_type": "diffusion_dpo", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4,
            "max_steps": 2, "learning_rate": 1e-3, "lr_scheduler_type": "constant", "logging_steps": 1,
-           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True, "score_range": [-1.6, 1.6],
+           "output_dir": str(out), "use_cpu": True, "disable_tqdm": True,
            "sample_steps": 0}
-    raw.update(overrides)
-    return config_from_dict(raw)
+    return diffusion_cfg(raw, **overrides)
 
 
 

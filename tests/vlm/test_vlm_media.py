@@ -33,3 +33,61 @@ def test_phrase_spans_align_the_differing_words():
     c, r = phrase_spans("The cat is red and small.", "The dog is red and very small.")
     assert [("The cat is red and small."[s:e], k) for s, e, k in c] == [("cat", 1)]
     assert [("The dog is red and very small."[s:e], k) for s, e, k in r] == [("dog", 1), ("very", 2)]
+
+
+def test_transparent_vision_images_are_composited_onto_white_as_transformers_does(tmp_path):
+    """A transparent PNG reaches the model as transformers' image processors (do_convert_rgb, what TRL's DPOTrainer
+    relies on) would see it: transparency composited onto white. Dropping the alpha band turned it black."""
+    from PIL import Image
+    from transformers.image_transforms import convert_to_rgb
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = (255, 0, 0, 255)
+    rgba[0, 0] = (0, 0, 255, 128)  # half-transparent blue
+    la = np.zeros((8, 8, 2), np.uint8)
+    la[2:6, 2:6] = (90, 255)
+    palette = Image.fromarray(rgba[..., :3]).convert("P")
+    palette.info["transparency"] = palette.getpixel((7, 7))
+    for form in (Image.fromarray(rgba, "RGBA"), Image.fromarray(la, "LA"), palette):
+        form.save(tmp_path / "t.png")
+        got = np.asarray(load_image("t.png", "images[0]", base_dir=str(tmp_path)))
+        want = np.asarray(convert_to_rgb(Image.open(tmp_path / "t.png"), return_numpy=True))
+        assert np.array_equal(got, want), form.mode
+        assert tuple(got[7, 7]) == (255, 255, 255)
+
+
+def test_sixteen_bit_and_float_vision_images_are_refused_not_clipped(tmp_path):
+    """A 16-bit PNG (mode I;16) or a float image reached the model through PIL's convert("RGB"), which clips: the
+    16-bit gradient below became 99.6% white, a float image in [0, 1] all black. Now a RowProblem names the mode."""
+    import pytest
+    from PIL import Image
+
+    from preflab.data.report import RowProblem
+
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(tmp_path / "g16.png")
+    for value in (str(tmp_path / "g16.png"), Image.fromarray(np.full((4, 4), 0.5, np.float32))):
+        with pytest.raises(RowProblem, match="clips its values") as err:
+            load_image(value, "images[0]")
+        assert err.value.reason == "bad_image_mode"
+    assert load_image(Image.fromarray(np.full((4, 4), 77, np.uint8), "L"), "images[0]").getpixel((0, 0)) == (77,) * 3
+
+
+def test_an_image_placeholder_in_a_vision_prompts_text_is_refused():
+    """LLaVA-style rows ("<image>\\nWhat colour?" with `images`): preflab gives the images their own image parts, so
+    the placeholder in the text was a second image token (LLaVA: a processor count error saying to check the image
+    parts) or, on Qwen2-VL, literal text trained on silently. Now the row is refused naming the placeholder."""
+    import pytest
+
+    from preflab.data.report import RowProblem
+    from preflab.data.vision import vision_example
+
+    img = image((200, 20, 20))
+    part = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "<image>\nWhat colour?"}]}
+    for prompt in ("<image>\nWhat colour?", [part]):
+        with pytest.raises(RowProblem, match="holds the image placeholder '<image>'") as err:
+            vision_example({"images": [img], "prompt": prompt, "chosen": "Red.", "rejected": "Blue."}, 0)
+        assert err.value.reason == "placeholder_in_text"
+    ok = vision_example({"images": [img], "prompt": "What colour?", "chosen": "Red.", "rejected": "Blue."}, 0)
+    assert [p["type"] for p in ok.prompt[0]["content"]] == ["image", "text"]
+    text_only = vision_example({"prompt": "What does <image> mean in HTML?", "chosen": "a", "rejected": "b"}, 0)
+    assert text_only.images == []  # no images: the text is just text

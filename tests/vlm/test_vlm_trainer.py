@@ -186,8 +186,14 @@ def test_image_token_mismatch_is_a_data_error(arch):
 
     _, processor = tiny(arch)
     token = processor.image_token
-    examples, _ = read_vision_pairs([pair_row(f"what is {token} this?")])  # a literal placeholder in the text
-    with pytest.raises(DataError, match=r"row 0, field 'images'.*2 .*tokens"):
+    # a literal placeholder in the prompt's text: refused when the row is read, naming it (the processor's count
+    # error came later and pointed at the image parts)
+    with pytest.raises(DataError, match=r"row 0, field 'prompt'.*image placeholder"):
+        read_vision_pairs([pair_row(f"what is {token} this?")])
+    examples, _ = read_vision_pairs([pair_row(n=2)])  # one image part too few for the processor
+    examples[0].prompt[0]["content"] = [p for p in examples[0].prompt[0]["content"] if p["type"] != "image"][:1] + \
+        [{"type": "image"}]
+    with pytest.raises(DataError, match=r"row 0, field 'images'.*2 image\(s\) for 1 image tokens"):
         tokenize_vision_pairs(examples, processor)
     examples, _ = read_vision_pairs([pair_row(chosen=f"it is {token}")])
     with pytest.raises(DataError, match=r"row 0, field 'chosen'.*placeholder"):

@@ -2,7 +2,11 @@
 
 Images (TRL's `images` column, one entry per {"type": "image"} part of the prompt): a PIL image, a file path
 (absolute, or relative to the data file's folder), raw encoded bytes, a `datasets` Image dict
-({"bytes": ..., "path": ...}) or an H x W x 3 uint8 array / nested list. Every image is converted to RGB.
+({"bytes": ..., "path": ...}) or an H x W x 3 uint8 array / nested list. Every image is converted to RGB, transparency
+(RGBA, LA, a palette's transparent colour) composited onto white as transformers' `convert_to_rgb` does (the image
+processors' `do_convert_rgb`, so the pixels equal those TRL's DPOTrainer hands the model; dropping the alpha channel
+would turn a transparent background black). 16/32-bit and float images (modes I, I;16, F) are refused: PIL's
+conversion clips them to 0..255 rather than rescaling.
 
 Videos (`videos` column): a list of frames (each frame any image form above), or a video file decoded with PyAV
 (`pip install av`) when it is installed; a video file without PyAV is a RowProblem that says what to install.
@@ -32,7 +36,7 @@ def load_image(value, field: str, base_dir: str | None = None):
             image = Image.open(io.BytesIO(bytes(value)))
             image.load()
         elif isinstance(value, (str, os.PathLike)):
-            path = _local_path(value, base_dir)
+            path = local_path(value, base_dir)
             if not path.exists():
                 raise RowProblem("bad_image", field, f"image file {str(value)!r} does not exist"
                                  + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""),
@@ -54,10 +58,26 @@ def load_image(value, field: str, base_dir: str | None = None):
         raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
     if image.width < 1 or image.height < 1:
         raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")
+    if image.mode.startswith(("I", "F")):  # 32-bit int, 16-bit (I;16*) and float images
+        raise RowProblem("bad_image_mode", field, f"image mode {image.mode!r} (16/32-bit or float): PIL's conversion "
+                         "to 8-bit RGB clips its values instead of rescaling them (a 16-bit PNG turns almost all "
+                         "white, a float image in [0, 1] black)",
+                         "Convert the image to 8-bit (e.g. scale its values to 0..255) before training.")
+    return rgb_on_white(image)
+
+
+def rgb_on_white(image):
+    """A PIL image -> RGB; an image with transparency (an alpha band, or a palette / L / RGB image whose `transparency`
+    names a colour) is composited onto white first, as transformers.image_transforms.convert_to_rgb."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        from PIL import Image
+
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def _local_path(value, base_dir: str | None) -> Path:
+def local_path(value, base_dir: str | None) -> Path:
     """A relative path is read from the data file's folder (base_dir) first, then from the working directory: a file
     of the same name in the working directory must not replace the row's own image."""
     path = Path(value).expanduser()
@@ -93,7 +113,7 @@ def load_video(value, field: str, base_dir: str | None = None, max_frames: int =
 
 
 def _decode_video_file(value, field: str, base_dir: str | None) -> list:
-    path = _local_path(value, base_dir)
+    path = local_path(value, base_dir)
     if not path.exists():
         raise RowProblem("bad_video", field, f"video file {str(value)!r} does not exist"
                          + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""))

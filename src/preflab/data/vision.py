@@ -17,8 +17,8 @@ Tokenization goes through the model's processor: the prompt text is the chat tem
 the response text is what the template of prompt + response adds after it; the processor expands the image
 placeholders into the model's image tokens and returns the pixel tensors. Images whose count does not match the
 placeholders, unreadable images and processor refusals are RowProblems naming the row and the field (`images`,
-`videos`, `rejected_images`). Responses are cut to `max_length` (counted); a prompt (with its image tokens) that
-fills `max_length` is a bad row: image tokens are never cut.
+`videos`, `rejected_images`). Responses are cut to `max_completion_length` and to `max_length` (counted); a prompt
+(with its image tokens) that fills `max_length` is a bad row: image tokens are never cut.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import RowReader
 
 VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "image", "videos", "rejected_images")
+# image placeholders of LLaVA-style text prompts and of the processors (a text prompt must not carry them)
+IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<fake_token_around_image>")
 
 
 @dataclass
@@ -134,6 +136,23 @@ def _expand_videos(messages: list[dict], frame_counts: list[int]) -> list[dict]:
     return out
 
 
+def _refuse_text_placeholders(prompt: list[dict], text_prompt: bool) -> None:
+    """A LLaVA-style "<image>\nQuestion" in the text of a row with images: the images go in by their image parts (a
+    text prompt gets one per image, placed before the text), so the placeholder would be a second image token (LLaVA:
+    the processor refuses the count) or literal text (Qwen2-VL trains on it silently)."""
+    for m in prompt:
+        for p in m["content"]:
+            marks = [k for k in IMAGE_PLACEHOLDERS if p["type"] == "text" and k in p["text"]]
+            if marks:
+                where = ("a text prompt gets its images placed before the text" if text_prompt
+                         else "the images go where the {'type': 'image'} parts are")
+                raise RowProblem("placeholder_in_text", "prompt", f"the prompt's text holds the image placeholder "
+                                 f"{marks[0]!r}; {where}, so it would be a second image token (LLaVA: the processor "
+                                 "refuses the count) or literal text (Qwen2-VL)",
+                                 "Remove the placeholder from the text; put one {'type': 'image'} part where each "
+                                 "image goes (a conversational prompt).")
+
+
 def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -> tuple[list[dict], list]:
     """(prompt messages with one image part per image, RGB images in placeholder order) of a row; video parts become
     their frames' image parts. A RowProblem names the field at fault."""
@@ -159,6 +178,8 @@ def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -
         prompt = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "video"}] * len(frames)
                    + [{"type": "text", "text": prompt}]}]
     prompt = _messages(prompt, "prompt", "user")
+    if images or frames:
+        _refuse_text_placeholders(prompt, isinstance(row["prompt"], str))
     if _count(prompt, "video") != len(frames):
         raise RowProblem("video_count_mismatch", "videos", f"the prompt has {_count(prompt, 'video')} video "
                          f"placeholder(s) but the row gives {len(frames)} video(s)",
@@ -282,8 +303,11 @@ class VisionTokenizeReport:
 
 
 def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | None = None,
-                         phrase_ids: bool = False, report: VisionTokenizeReport | None = None) -> TokenizedVisionPair:
-    """One example -> TokenizedVisionPair; phrase_ids=True adds RRPO's per-token chosen/rejected_phrase_ids."""
+                         phrase_ids: bool = False, report: VisionTokenizeReport | None = None,
+                         max_completion_length: int | None = None) -> TokenizedVisionPair:
+    """One example -> TokenizedVisionPair; phrase_ids=True adds RRPO's per-token chosen/rejected_phrase_ids. Each
+    response keeps its first max_completion_length tokens, then its first max_length - prompt tokens (each cut
+    counted once in report.truncated_responses)."""
     from preflab.data.phrases import encode_with_offsets, phrase_spans, token_ids_for_spans
 
     tok = getattr(processor, "tokenizer", processor)
@@ -307,12 +331,16 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
     if ex.rejected_images is not None:
         rejected = _encode_prompt(processor, prompt_text, ex.rejected_images, "rejected_images")
     longest_prompt = max(len(prompt_ids), len(rejected[0] or []))
+    room = None
     if max_length is not None:
         room = max_length - longest_prompt
         if room < 1:
             raise RowProblem("prompt_fills_max_length", "prompt", f"the prompt with its image tokens is "
                              f"{longest_prompt} tokens, max_length is {max_length}",
                              "Raise max_length, or use smaller images (fewer image tokens).")
+    if max_completion_length is not None:
+        room = max_completion_length if room is None else min(room, max_completion_length)
+    if room is not None:
         for side in ids:
             if len(ids[side]) > room:
                 ids[side] = ids[side][:room]
@@ -333,7 +361,7 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
 
 
 def tokenize_vision_pairs(examples, processor, max_length: int | None = None, phrase_ids: bool = False,
-                          on_bad_row: str = "error", source: str = "<rows>"):
+                          on_bad_row: str = "error", source: str = "<rows>", max_completion_length: int | None = None):
     """(TokenizedVisionPair list, (VisionTokenizeReport, DataReport of rows dropped here))."""
     report, dropped = VisionTokenizeReport(), DataReport(source=source, kind="pairwise")
     policy = BadRowPolicy(on_bad_row, dropped)
@@ -341,7 +369,7 @@ def tokenize_vision_pairs(examples, processor, max_length: int | None = None, ph
     for ex in examples:
         dropped.total += 1
         try:
-            out.append(tokenize_vision_pair(ex, processor, max_length, phrase_ids, report))
+            out.append(tokenize_vision_pair(ex, processor, max_length, phrase_ids, report, max_completion_length))
             dropped.kept += 1
         except RowProblem as problem:
             policy.handle(problem, ex.row_id)

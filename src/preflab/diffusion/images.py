@@ -1,4 +1,5 @@
-"""Reading one image of a data row: a path (relative to the data file's folder), raw bytes, a datasets Image
+"""Reading one image of a data row: a path (relative to the data file's folder, else to the working directory, as
+for VLM rows: preflab.data.media), raw bytes, a datasets Image
 dict ({"bytes": ..., "path": ...}) or a PIL image -> uint8 tensor [3, S, S] at the run's square resolution.
 
 Resizing (when allowed) is Diffusion-DPO's preprocessing: shorter side to S (bicubic), then a centre crop
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from preflab.data.media import local_path, rgb_on_white
 from preflab.data.report import RowProblem
 
 CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P")
@@ -35,12 +37,11 @@ def _open(value, field: str, base_dir: Path | None):
         if isinstance(value, (bytes, bytearray, memoryview)):
             image = Image.open(io.BytesIO(bytes(value)))
         elif isinstance(value, str) and value:
-            path = Path(value).expanduser()
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
+            path = local_path(value, None if base_dir is None else str(base_dir))
             if not path.is_file():
                 raise RowProblem("missing_image", field, f"image file {str(path)!r} does not exist",
-                                 "Check the path (relative paths are read from the data file's folder).")
+                                 "Check the path (relative paths are read from the data file's folder, else from "
+                                 "the working directory).")
             image = Image.open(path)
         else:
             raise RowProblem("bad_image", field, f"expected an image path, bytes or a PIL image, got "
@@ -56,13 +57,7 @@ def _to_rgb(image, field: str):
     if image.mode not in CONVERTIBLE_MODES:
         raise RowProblem("bad_image_mode", field, f"image mode {image.mode!r} is not one of {CONVERTIBLE_MODES}",
                          "Convert the image to 8-bit RGB.")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        from PIL import Image
-
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    return rgb_on_white(image)
 
 
 def load_image(value, field: str, resolution: int, resize: bool = True, base_dir: Path | None = None) -> torch.Tensor:

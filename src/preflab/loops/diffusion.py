@@ -43,8 +43,11 @@ SD3_LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "att
 
 
 def _rows_text(report) -> str:
-    """'6 of 7 rows kept (1 skipped (bad_image: 1), 0 ties dropped)' for the data line of a run."""
-    return f"{report.kept} of {report.total} rows kept ({report._skip_text()}, {report.ties_dropped} ties dropped)"
+    """'5 of 7 rows kept (1 skipped (bad_image: 1), 1 tie dropped)' for the data line of a run: the kept rows are those
+    that became pairs (report.kept counts the read ties too, which said '7 of 7 rows kept' beside '1 ties dropped')."""
+    ties = report.ties_dropped
+    return (f"{report.kept - ties} of {report.total} rows kept ({report._skip_text()}, {ties} "
+            f"{'tie' if ties == 1 else 'ties'} dropped)")
 
 
 def is_diffusion_objective(objective) -> bool:
@@ -224,6 +227,10 @@ class DiffusionRun(TrainingRun):
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
         check_resolution(cfg.resolution, self.components)
+        if cfg.flux_guidance != 3.5 and not self.components.is_flux:  # was accepted and dropped
+            raise ConfigError(f"flux_guidance={cfg.flux_guidance} sets a Flux transformer's guidance embedding; "
+                              f"{cfg.model_name_or_path} is not a Flux pipeline. Remove it (guidance_scale sets "
+                              "classifier-free guidance when sampling).")
         self.components.flux_guidance, self.components.resolution = cfg.flux_guidance, cfg.resolution
         if self.components.is_flux:
             from preflab.diffusion.flow import FlowMatchSchedule
@@ -283,8 +290,16 @@ class DiffusionRun(TrainingRun):
 
     def _check_dual_captions(self, train) -> None:
         """DCPO's point is a caption per image; a pair whose two captions are the same text is a Diffusion-DPO pair.
-        All such: refused (the run would be diffusion_dpo under another name); some: said with their count."""
+        All such: refused (the run would be diffusion_dpo under another name); some: said with their count. Held-out
+        pairs (`preflab eval --task diffusion`, which applies no caption_perturbation) are scored as they are: their
+        count is said, never refused."""
         same = sum(1 for x in train if x.cond_chosen == x.cond_rejected)
+        if same and self.scores_held_out:
+            if self.main:
+                print(f"preflab: note: dcpo: {same} of {len(train)} held-out pairs have no caption_chosen / "
+                      "caption_rejected: they are scored with the prompt for both images (eval applies no "
+                      "caption_perturbation).", flush=True)
+            return
         if same == len(train):
             raise ConfigError(
                 f"loss_type dcpo: none of the {len(train)} training pairs has two different captions (no "
@@ -335,8 +350,12 @@ class DiffusionRun(TrainingRun):
         elif cfg.use_peft:
             from peft import LoraConfig
 
+            from preflab.models.load import check_lora_targets
+
             default = SD3_LORA_TARGETS if comps.is_flow else LORA_TARGETS
             targets = default if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
+            if targets is not default:  # the user's names: each must match (peft raised only when none did)
+                check_lora_targets(unet, targets)
             unet.requires_grad_(False)
             unet.add_adapter(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                         init_lora_weights="gaussian", target_modules=targets))

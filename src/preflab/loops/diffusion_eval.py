@@ -27,6 +27,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.checkpoint import load_checkpoint_weights
     from preflab.config import load_config, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
+    from preflab.eval.loading import run_config
+    from preflab.eval.run import training_data_note
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
@@ -65,10 +67,12 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
         run.eval_data = run.train_data
         metrics = run.evaluate()
+        trained_on = training_data_note(data, run_config(run_dir), split)  # the metrics are then not held-out
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
                "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
-                           **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}}}
+                           **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
+               "notes": [trained_on] if trained_on else []}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
             seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]

@@ -43,7 +43,8 @@ class VisionPairKind(PairKind):
                    for p in items)
 
 
-def answer_scorer(policy, processor, max_length, chunk_tokens=None, with_features: bool = False):
+def answer_scorer(policy, processor, max_length, chunk_tokens=None, with_features: bool = False,
+                  max_completion_length: int | None = None):
     """score(example, images) -> S(y | images, x): the summed log-prob of the example's chosen answer, no grad.
     with_features: -> (S, E) where E [D] is the mean of the LM-input embeddings at the image tokens (the model's own
     pooled visual features, PaMi-VDPO's "close" test)."""
@@ -57,7 +58,7 @@ def answer_scorer(policy, processor, max_length, chunk_tokens=None, with_feature
     @torch.no_grad()
     def score(ex, images):
         item = tokenize_vision_pair(dataclasses.replace(ex, images=list(images), rejected_images=list(images)),
-                                    processor, max_length)
+                                    processor, max_length, max_completion_length=max_completion_length)
         was_training = policy.training
         policy.eval()
         layout = collate_vision_pairs([item], pad)
@@ -102,7 +103,8 @@ def prepare_vision_data(cfg, processor, policy, objective):
     def build(examples, split):
         if builder == "pami_vdpo":
             tau = params.get("tau_sim")
-            score = answer_scorer(policy, processor, cfg.max_length, cfg.chunk_tokens, with_features=tau is not None)
+            score = answer_scorer(policy, processor, cfg.max_length, cfg.chunk_tokens, with_features=tau is not None,
+                                  max_completion_length=cfg.max_completion_length)
             examples, info = builders.build_pami_pairs(
                 examples, score, int(params.get("num_candidates", 4)),
                 tuple(params.get("augmentations", builders.SPATIAL + builders.TEMPORAL)),
@@ -124,10 +126,14 @@ def prepare_vision_data(cfg, processor, policy, objective):
             continue
         examples = build(examples, split)
         pairs, tok_report, dropped = tokenize_vision_pairs(examples, processor, cfg.max_length, phrase_ids,
-                                                           cfg.on_bad_row, row_report.source)
+                                                           cfg.on_bad_row, row_report.source, cfg.max_completion_length)
         report[f"{split}_tokenize"] = {**tok_report.to_dict(), "skipped": dict(dropped.skipped)}
         out.append(pairs)
-    print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs")
+    cut = sum(report[f"{split}_tokenize"].get("truncated_responses", 0) for split in ("train", "eval")
+              if f"{split}_tokenize" in report)
+    print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs"
+          + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
+             f"{cfg.max_completion_length})" if cut else ""))
     return out[0], out[1], report
 
 

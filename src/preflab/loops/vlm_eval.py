@@ -20,7 +20,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     """The metrics of the module docstring as a dict (see eval.json)."""
     from preflab.config import load_config, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
-    from preflab.models.vlm import load_vlm_model
+    from preflab.eval.loading import run_config
+    from preflab.eval.run import training_data_note
+    from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
     path = Path(checkpoint)
@@ -28,16 +30,22 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     if config is None:
         raise ConfigError(f"{checkpoint} has no config.yaml (nor its parent); point preflab eval --task vlm at a run "
                           "directory written by `preflab train` with task: vlm, or one of its checkpoint-N.")
+    # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
+    # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
+    old = ["truncation_mode=null"] if run_config(checkpoint).get("truncation_mode") == "keep_end" else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
                                    "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
                                    f"per_device_eval_batch_size={batch_size}", "report_to=none",
-                                   *lora_off_overrides()])
+                                   *lora_off_overrides(), *old])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
-        saved = load_config(config)
+        saved = load_config(config, old)
         policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        # a LoRA run reloads merged (or as a checkpoint's adapters) with every weight frozen; the trainer evaluates
+        # without a step but builds its optimizer over the trainable weights ("empty parameter list" otherwise)
+        policy.requires_grad_(True)
         needs_reference = cfg.objective().needs_reference
         if no_reference and needs_reference:
             raise ConfigError(f"--no-reference: the run's objective {cfg.loss_type!r} needs a reference model; give "
@@ -45,13 +53,15 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         reference = reference or saved.ref_model_name_or_path or saved.model_name_or_path
         ref = None
         if needs_reference:
-            ref = load_vlm_model(reference, cfg, processor).requires_grad_(False).eval()
+            ref = load_vlm_reference(reference, cfg, processor, policy, "--reference").requires_grad_(False).eval()
         run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
+    trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out
     return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
-            "data": str(data), "loss_type": cfg.loss_type, "num_pairs": len(run.eval_data),
-            "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")}}
+            "data": str(data), "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
+            "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")},
+            "notes": [trained_on] if trained_on else []}
 
 
 def eval_task(args) -> int:

@@ -272,10 +272,17 @@ def check_lora_targets(model: nn.Module, target_modules) -> None:
     else:
         missing = [t for t in target_modules if not any(p == t or p.endswith("." + t) for p in paths)]
     if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+        linear = sorted({_module_suffix(name) for name, m in model.named_modules()
                          if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
         raise ConfigError(f"lora_target_modules {missing} match no module of the model; its linear modules are "
                           f"{linear} (or use all-linear).")
+
+
+def _module_suffix(path: str) -> str:
+    """A module path's last name, with its parent's when the last is a list index ('attn1.to_out.0' -> 'to_out.0',
+    a name lora_target_modules can take; '0' alone names every first element of every list)."""
+    parts = path.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules) -> nn.Module:

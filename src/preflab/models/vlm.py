@@ -116,13 +116,40 @@ def load_vlm(cfg, processor=None):
     needs_reference = cfg.objective().needs_reference
     ref = None
     if needs_reference and cfg.ref_model_name_or_path:
-        ref = load_vlm_model(cfg.ref_model_name_or_path, cfg, processor, ref=True).requires_grad_(False).eval()
+        ref = load_vlm_reference(cfg.ref_model_name_or_path, cfg, processor, policy).requires_grad_(False).eval()
     elif needs_reference and not cfg.use_peft:
         ref = frozen_copy(policy)
     freeze_vision(policy, cfg.freeze_vision_tower, cfg.freeze_multi_modal_projector)
     if cfg.use_peft:
         policy = add_vlm_lora(policy, cfg)
     return policy, ref, processor
+
+
+def load_vlm_reference(name: str, cfg, processor, policy, option: str = "ref_model_name_or_path") -> nn.Module:
+    """The model `name` (given as `option`) as the reference: it scores the policy's processor outputs (token ids with
+    the image tokens expanded, pixel tensors, image grids), so it must be an image-text model of the policy's
+    architecture with the policy's tokenizer (preflab.models.load.check_reference_tokens). Anything else is a
+    ConfigError naming it: a built-in of another architecture crashed while being built for the policy's processor,
+    another saved architecture mid-run, and a text model's name raised the hub's validation error."""
+    from preflab.models.attention import unwrap
+    from preflab.models.load import check_reference_tokens
+    from preflab.models.tiny_vlm import BUILTIN_VLM
+
+    kind = unwrap(policy).config.model_type
+    why = (f"a task: vlm reference scores the policy's processor outputs (token ids, pixels, image grids), so it must "
+           f"be an image-text model of the policy's architecture ({kind}) with its tokenizer, e.g. the model the policy "
+           f"was trained from; or leave {option} out (the run's own reference)")
+    if name.startswith("builtin:") and BUILTIN_VLM.get(name) != kind:
+        raise ConfigError(f"{option}={name!r} is not a built-in {kind} model; {why}.")
+    try:
+        ref = load_vlm_model(name, cfg, processor, ref=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{option}={name!r} does not load as an image-text model "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); {why}.") from err
+    if ref.config.model_type != kind:
+        raise ConfigError(f"{option}={name!r} is a {ref.config.model_type} model; {why}.")
+    check_reference_tokens(name, ref, policy, getattr(processor, "tokenizer", processor))
+    return ref
 
 
 def add_vlm_lora(policy: nn.Module, cfg) -> nn.Module:

@@ -58,7 +58,16 @@ def noiser_for(objective: Any, schedule: NoiseSchedule, **overrides) -> PairNois
             f"{type(objective).__name__} takes a {batch_type.__name__}, not scored diffusion pairs; build its batch "
             "with the helper its docstring names (self_npo: preflab.diffusion.self_npo.self_npo_batch).")
     declared = dict(getattr(objective, "diffusion_noising", {}) or {})
+    mode = {**declared, **overrides}.get("mode", "forward")
+    unread = [k for k in overrides if k in INVERSION_OPTIONS]
+    if mode == "forward" and unread:  # forward noising never reads them: they were accepted and dropped
+        raise ConfigError(f"diffusion_noising {unread} configure DDIM inversion (mode: ddim_invert); "
+                          f"{type(objective).__name__} here noises its pairs forward (mode: forward), which does not "
+                          "read them. Remove them, or set diffusion_noising mode: ddim_invert.")
     return PairNoiser(schedule, **{**declared, **overrides})
+
+
+INVERSION_OPTIONS = ("num_inversion_steps", "inversion_eta", "renoise_iters", "grid_snap", "steps_offset")
 
 
 def denoising_errors(denoiser: Denoiser, noised: NoisedPair, cond_chosen: Any,
