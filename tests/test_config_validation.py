@@ -184,7 +184,7 @@ GAME = {"task": "online", "online_task": "game", "trainer": "inpo", "model_name_
     ({**BASE, "warmup_steps": 2, "warmup_ratio": 0.1}, "both set the warmup (warmup_steps would win"),
     ({**BASE, "eval_fraction": 0.1, "eval_split": "test"}, "eval_split='test' names the split of eval_dataset_name"),
     ({**BASE, "task": "sft", "max_prompt_length": 64}, "max_prompt_length only applies to the tasks with prompts"),
-    ({**BASE, "task": "vlm", "truncation_mode": "keep_start"}, "truncation_mode only applies to the text tasks that"),
+    ({**BASE, "task": "diffusion", "truncation_mode": "keep_start"}, "truncation_mode only applies to the tasks that cut"),
     ({**BASE, "task": "sft", "layout": "packed"},
      "layout only applies to the preference tasks (TRL's padding_free: true is"),
     ({**BASE, "task": "sft", "dataset_num_proc": 2}, "dataset_num_proc only applies to task: dpo and task: reward"),
@@ -217,3 +217,12 @@ def test_the_readers_of_the_newly_refused_options_still_take_them():
     config_from_dict({**BASE, "task": "online", "reward_funcs": "x:y", "eval_fraction": 0.1, "max_steps": 2,
                       "pad_to_multiple_of": 8, "max_prompt_length": 16})
     config_from_dict({**GAME, "trainer": "apo", "apo_alpha": 0.5})
+
+
+def test_sft_and_vlm_take_keep_start_and_refuse_keep_end():
+    """task: sft and task: vlm keep a long row's start: keep_start (TRL's default, in every saved TRL config) is
+    accepted, keep_end is refused with the reason (task: sft accepted it and kept the start)."""
+    for task in ("sft", "vlm"):
+        config_from_dict({**BASE, "task": task, "truncation_mode": "keep_start"})
+        with pytest.raises(ConfigError, match=f"keep_end .*not supported for task: {task}"):
+            config_from_dict({**BASE, "task": task, "truncation_mode": "keep_end"})

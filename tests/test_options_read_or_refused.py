@@ -151,8 +151,8 @@ ALSO_FINE = {
     "layout": "task: reward: 'padded' is the layout it uses (packed layouts are refused)",
     "model_init_kwargs": "task: vlm: the builtin tiny model of the example is built in code; a model loaded from a "
                          "directory or the hub gets them (tests/vlm/test_vlm_load_options.py)",
-    "truncation_mode": "task: sft keeps a long row's start (TRL SFTConfig's keep_start, which its saved configs "
-                       "carry); keep_end is not implemented there (changes/unread-opts.md)",
+    "truncation_mode": "task: sft and task: vlm keep a long row's start: keep_start (TRL's default, which its saved "
+                       "configs carry) is what they do, keep_end is refused there",
     "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no); beside "
                   "eval_fraction it is refused",
 }

@@ -266,6 +266,10 @@ class TrainConfig:
             out.append(f"truncation_mode: keep_end with max_length={self.max_length} is not supported for task: vlm "
                        "(as in TRL 1.16): it cuts the start of prompt + response, where the image tokens are. Use "
                        "truncation_mode: keep_start (or unset it) or max_length: null.")
+        if self.task == "sft" and self.truncation_mode == "keep_end":  # was accepted and ignored
+            out.append("truncation_mode: keep_end is not supported for task: sft: a row longer than max_length keeps "
+                       "its start (TRL SFTConfig's default keep_start). Unset truncation_mode (or keep_start), or "
+                       "raise max_length.")
         if self.task == "online" and self.truncation_mode == "keep_start":  # was accepted and ignored
             out.append("truncation_mode: keep_start is not supported for task: online: a prompt longer than "
                        "max_prompt_length keeps its end, as TRL's online trainers cut it (TRL 0.x's GRPOTrainer and "

@@ -97,13 +97,12 @@ OWNERS = (
     (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft"),
      "the tasks with prompts and responses (dpo, reward, vlm, online; task: sft cuts whole rows at max_length, a "
      "diffusion run's captions are cut at its text encoder's length)"),
-    # task: sft keeps a long row's start (TRL SFTConfig's default truncation_mode, keep_start, which its saved
-    # configs carry), whatever truncation_mode says: not refused there, see changes/unread-opts.md
-    (("truncation_mode",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not _game(cfg) and not (
+    # task: sft and task: vlm keep a long row's start (keep_start, TRL's default, which TRL's saved configs carry):
+    # keep_end is refused there (TrainConfig._conflicts), keep_start is what they do
+    (("truncation_mode",), lambda cfg: cfg.task != "diffusion" and not _game(cfg) and not (
         cfg.task == "online" and cfg.online_task == "vision_dataset"),
-     "the text tasks that cut prompts (dpo, reward, online on text; an image-text prompt over max_prompt_length "
-     "is a bad row, task: vlm cuts responses at max_length, a diffusion run's captions are cut at its text "
-     "encoder's length)"),
+     "the tasks that cut text (dpo, reward, sft, vlm, online on text; an image-text prompt over max_prompt_length "
+     "is a bad row, a diffusion run's captions are cut at its text encoder's length)"),
     (("layout",), lambda cfg: cfg.task not in ("diffusion", "sft"),
      "the preference tasks (TRL's padding_free: true is layout: packed; task: sft lays its rows out by packing: "
      "true packs them, false pads them; a diffusion run's captions are cut at its text encoder's length)"),
