@@ -250,11 +250,11 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
     carded = card_split_files(path, split, explicit)
     if carded is not None:  # the card's one configuration lists its files per split: read those, as datasets does
         return [_file_part(p, streaming) for p in carded]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    packed = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and len(p.suffixes) > 1
-                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    visible = sorted(p for p in path.rglob("*") if p.is_file()  # one walk; hidden files and folders left out
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = [p for p in visible if p.suffix.lower() in FILE_SUFFIXES]
+    packed = sorted(str(p.relative_to(path)) for p in visible if len(p.suffixes) > 1
+                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES)
     if packed:  # reading the other files alone would drop these rows without a word
         raise DataError(f"directory {path} holds compressed data files preflab does not read ({', '.join(packed[:4])}"
                         f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}). Decompress them (gunzip, "

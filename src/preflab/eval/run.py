@@ -135,13 +135,12 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
             "dispersion/num_unseen_responses": float(len(seqs))}
 
 
-def _cuts(opts: EvalOptions) -> dict:
-    """The truncation settings of `opts`, as tokenize_indexed takes them."""
-    return {"max_length": opts.max_length, "max_prompt_length": opts.max_prompt_length,
-            "truncation_mode": opts.truncation_mode, "max_completion_length": opts.max_completion_length}
-
-
 TRUNCATION_KEYS = ("max_length", "max_prompt_length", "truncation_mode", "max_completion_length")
+
+
+def _cuts(opts: EvalOptions) -> dict:
+    """The truncation settings of `opts` (TRUNCATION_KEYS), as tokenize_indexed takes them."""
+    return {k: getattr(opts, k) for k in TRUNCATION_KEYS}
 
 
 def run_truncation(checkpoint: str, max_length: int | None = None,
