@@ -39,6 +39,10 @@ def _game(cfg) -> bool:
     return cfg.task == "online" and cfg.online_task == "game"
 
 
+def _vision_online(cfg) -> bool:
+    return cfg.task == "online" and cfg.online_task == "vision_dataset"
+
+
 def _builds_its_model(cfg) -> bool:
     """An online run whose policy is built in code: the game's K-answer model, the demo's SFT model."""
     from preflab.online.tasks import DEMO_SFT
@@ -48,7 +52,7 @@ def _builds_its_model(cfg) -> bool:
 
 # (options, does this config's run read them, who reads them)
 OWNERS = (
-    (_VLM_MODEL, lambda cfg: cfg.task == "vlm" or (cfg.task == "online" and cfg.online_task == "vision_dataset"),
+    (_VLM_MODEL, lambda cfg: cfg.task == "vlm" or _vision_online(cfg),
      "task: vlm (and online_task: vision_dataset)"),
     (_VLM_PAIRS, lambda cfg: cfg.task == "vlm", "task: vlm"),
     (_DIFFUSION, lambda cfg: cfg.task == "diffusion", "task: diffusion"),
@@ -99,8 +103,7 @@ OWNERS = (
      "diffusion run's captions are cut at its text encoder's length)"),
     # task: sft and task: vlm keep a long row's start (keep_start, TRL's default, which TRL's saved configs carry):
     # keep_end is refused there (TrainConfig._conflicts), keep_start is what they do
-    (("truncation_mode",), lambda cfg: cfg.task != "diffusion" and not _game(cfg) and not (
-        cfg.task == "online" and cfg.online_task == "vision_dataset"),
+    (("truncation_mode",), lambda cfg: cfg.task != "diffusion" and not _game(cfg) and not _vision_online(cfg),
      "the tasks that cut text (dpo, reward, sft, vlm, online on text; an image-text prompt over max_prompt_length "
      "is a bad row, a diffusion run's captions are cut at its text encoder's length)"),
     (("layout",), lambda cfg: cfg.task not in ("diffusion", "sft"),
@@ -111,8 +114,7 @@ OWNERS = (
      "no token rows)"),
     (("dataset_num_proc",), lambda cfg: cfg.task in ("dpo", "reward"),
      "task: dpo and task: reward (their data is tokenized by forked processes; the other tasks tokenize in one)"),
-    (("pad_to_multiple_of",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not (
-        cfg.task == "online" and cfg.online_task == "vision_dataset"),
+    (("pad_to_multiple_of",), lambda cfg: cfg.task not in ("diffusion", "vlm") and not _vision_online(cfg),
      "the text tasks (dpo, sft, reward, online on text prompts: rows of token ids; an image-text row's vision "
      "inputs have their own shapes, and a diffusion run's captions are cut at its text encoder's length)"),
     (("data_seed",), lambda cfg: cfg.task in ("dpo", "reward", "sft", "vlm", "diffusion"),
