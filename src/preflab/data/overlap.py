@@ -8,8 +8,8 @@ examples whose prompt is also the prompt of a train example (normal for data wit
 then the eval measures prompts the policy was trained on).
 
 A streaming run (preflab.data.stream) counts the same two numbers over its first pass with `StreamOverlap`: it holds
-a 16-byte BLAKE2b digest of each train example's content and of each train prompt (not the rows: about 100 bytes a
-row in a Python set, against the tokens the in-memory run holds), and drops them when the first pass ends; later
+a 16-byte BLAKE2b digest of each train example's content and of each train prompt (not the rows: about 180 bytes a
+row in two Python sets, against the tokens the in-memory run holds), and drops them when the first pass ends; later
 passes read the same rows again and are not counted again.
 """
 from __future__ import annotations

@@ -78,6 +78,8 @@ class ExampleStream:
             rows = shuffled(rows, self.shuffle_buffer, random.Random(f"{self.seed}:{index}"))
         self._rows = rows
         self._pass_pipeline = pipeline or (self.pipeline if index == 0 else self.make_pipeline())
+        if self._pass_pipeline is not self.pipeline:  # a later pass counts nothing: it holds no first-pass digests
+            getattr(self._pass_pipeline, "end_first_pass", lambda: None)()
 
     def _next_example(self):
         """The next example of this pass, or None at its end."""
