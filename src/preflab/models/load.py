@@ -224,8 +224,10 @@ def _first_line(err: Exception) -> str:
 def check_given_policy(cfg, policy: nn.Module) -> None:
     """ConfigError when a policy passed from Python (Trainer(cfg, policy=...), OnlineRun) lacks what the loading
     options say preflab would have done to a model it loads: LoRA adapters (use_peft), quantized weights
-    (load_in_4bit / load_in_8bit), weights in load_dtype. They were accepted and not applied (a use_peft run
-    trained every weight). model_init_kwargs cannot be checked on a built model; they are from_pretrained's."""
+    (load_in_4bit / load_in_8bit). They were accepted and not applied (a use_peft run
+    trained every weight). Not checked: model_init_kwargs (from_pretrained's, not visible on a built model) and
+    load_dtype (the policy trains in the dtype it has: `preflab eval --task vlm` reloads a run in float32 under the
+    run's own config, whose load_dtype may be bfloat16)."""
     given = "the policy passed from Python"
     if cfg.use_peft and not hasattr(policy, "disable_adapter"):
         raise ConfigError(f"use_peft: true, but {given} has no LoRA adapters: preflab adds them only to a model it "
@@ -236,12 +238,6 @@ def check_given_policy(cfg, policy: nn.Module) -> None:
     if bits and getattr(getattr(policy, "config", None), "quantization_config", None) is None:
         raise ConfigError(f"{bits}: true, but {given} is not quantized: preflab quantizes only a model it loads. "
                           "Load it quantized (transformers' BitsAndBytesConfig), or remove the option.")
-    want = DTYPES.get(cfg.load_dtype) if cfg.load_dtype else None
-    have = {p.dtype for p in policy.parameters() if p.is_floating_point()}
-    if want is not None and have and want not in have:
-        raise ConfigError(f"load_dtype={cfg.load_dtype!r}, but {given} holds {sorted(str(d) for d in have)} "
-                          f"weights: preflab casts only a model it loads. Cast it (policy.to({want})), or remove "
-                          "load_dtype.")
 
 
 def builtin_init_kwargs_conflicts(cfg) -> list[str]:
