@@ -405,7 +405,8 @@ class Trainer(TrainingRun):
 
             extras["data"] = {**self.data_report, **stream_report(self.stream)}
             if self.main:
-                for line in stream_notes(self.stream, len(self.eval_data or [])):
+                n_eval = (self.data_report.get("eval_rows") or {}).get("examples", len(self.eval_data or []))
+                for line in stream_notes(self.stream, n_eval):  # n_eval: examples read, as the ordinary run says
                     print(f"preflab: {line}")
         return extras
 
