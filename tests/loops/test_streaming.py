@@ -370,6 +370,10 @@ def test_stream_counts_repeated_rows_and_eval_prompts_as_the_ordinary_run(tmp_pa
     assert len(ordinary_notes) == 2 and _note_lines(out) == ordinary_notes
     assert ("preflab: data: streaming, counts of one pass (first pass, whole source; later passes read the same rows "
             "and are not counted again): ") in out
+    part, _ = train(tmp_path / "part", data, streaming=True, max_steps=2)  # rows 1-8: no repeat read yet
+    out = capsys.readouterr().out
+    assert "counts of one pass (the first 8 rows read; the first pass did not end): " in out
+    assert part["data"]["overlap"]["duplicate_train_examples"] == 0 and _note_lines(out) == []
 
 
 def test_stream_resumed_in_its_first_pass_still_counts_repeats_of_rows_before_the_position(tmp_path):
