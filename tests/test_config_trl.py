@@ -105,7 +105,8 @@ def test_transformers5_fractions_and_yaml_no(tmp_path):
 
 
 def test_renamed_and_translated_keys():
-    cfg = config_from_dict({**BASE, "ref_model": "builtin:tiny-llama", "dataset_train_split": "train_prefs",
+    cfg = config_from_dict({**BASE, "model_name_or_path": "Qwen/Qwen2.5-0.5B", "ref_model": "builtin:tiny-llama",
+                            "dataset_train_split": "train_prefs",
                             "dataset_test_split": "test_prefs", "f_divergence_type": "js_divergence",
                             "model_init_kwargs": {"torch_dtype": "bfloat16", "attn_implementation": "eager"},
                             "save_strategy": "steps", "optim": "adamw_torch_fused", "max_completion_length": 64})

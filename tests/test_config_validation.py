@@ -226,3 +226,20 @@ def test_sft_and_vlm_take_keep_start_and_refuse_keep_end():
         config_from_dict({**BASE, "task": task, "truncation_mode": "keep_start"})
         with pytest.raises(ConfigError, match=f"keep_end .*not supported for task: {task}"):
             config_from_dict({**BASE, "task": task, "truncation_mode": "keep_end"})
+
+
+def test_builtin_models_refuse_from_pretrained_kwargs_they_would_drop():
+    """A builtin model is built in code: model_init_kwargs other than a dtype (TRL's torch_dtype becomes load_dtype)
+    were accepted and dropped. The policy's and a builtin reference's are refused, each naming its option and keys;
+    a saved model's name takes them."""
+    with pytest.raises(ConfigError, match=r"model_init_kwargs \['attn_implementation', 'revision'\] would not "
+                                          r"reach model_name_or_path='builtin:tiny-llama'"):
+        config_from_dict({**BASE, "model_init_kwargs": {"revision": "v1", "attn_implementation": "eager"}})
+    with pytest.raises(ConfigError, match=r"ref_model_init_kwargs \['revision'\] would not reach "
+                                          r"ref_model_name_or_path='builtin:tiny-qwen2'"):
+        config_from_dict({**BASE, "ref_model_name_or_path": "builtin:tiny-qwen2",
+                          "ref_model_init_kwargs": {"revision": "v1"}})
+    cfg = config_from_dict({**BASE, "model_init_kwargs": {"torch_dtype": "bfloat16"}})
+    assert cfg.load_dtype == "bfloat16"
+    assert config_from_dict({**BASE, "model_name_or_path": "Qwen/Qwen2.5-0.5B",
+                             "model_init_kwargs": {"revision": "v1"}}).model_init_kwargs == {"revision": "v1"}

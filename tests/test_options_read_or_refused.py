@@ -149,8 +149,6 @@ ALSO_FINE = {
     "num_train_epochs": "max_steps > 0 overrides it (TRL's and transformers' rule, documented in its table row)",
     "eval_strategy": "'no' is applied to the raw options before the config is built (config._resolve_eval)",
     "layout": "task: reward: 'padded' is the layout it uses (packed layouts are refused)",
-    "model_init_kwargs": "task: vlm: the builtin tiny model of the example is built in code; a model loaded from a "
-                         "directory or the hub gets them (tests/vlm/test_vlm_load_options.py)",
     "truncation_mode": "task: sft and task: vlm keep a long row's start: keep_start (TRL's default, which its saved "
                        "configs carry) is what they do, keep_end is refused there",
     "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no); beside "

@@ -247,7 +247,10 @@ class TrainConfig:
         from preflab.online.options import unread_online_options
         from preflab.scoring.compile import compile_conflicts
 
+        from preflab.models.load import builtin_init_kwargs_conflicts
+
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
+        out += builtin_init_kwargs_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
         if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
             from preflab.config_owners import unread_option_names

@@ -160,7 +160,8 @@ OPTIONS: dict[str, Option] = {
     "fp16": Option("TRL spelling of dtype: float16"),
     "load_dtype": one_of(WEIGHT_DTYPES, "dtype the weights are loaded and trained in (TRL: torch_dtype / "
                                         "model_init_kwargs.dtype); null: float32"),
-    "model_init_kwargs": Option("TRL: from_pretrained arguments of the policy", "a mapping with keys among "
+    "model_init_kwargs": Option("TRL: from_pretrained arguments of the policy (a builtin: model takes only a dtype; "
+                                "the others are refused there)", "a mapping with keys among "
                                 + ", ".join(INIT_KWARGS), _init_kwargs_ok),
     "ref_model_init_kwargs": Option("TRL: from_pretrained arguments of ref_model_name_or_path",
                                     "a mapping with keys among " + ", ".join(INIT_KWARGS), _init_kwargs_ok),
@@ -196,7 +197,7 @@ OPTIONS: dict[str, Option] = {
     "generate_during_eval": Option("at each evaluation, write greedy generations of the policy (and reference) "
                                    "for the first 4 eval prompts to eval_samples.jsonl (TRL)"),
     # models
-    "use_peft": Option("train LoRA adapters instead of all weights"),
+    "use_peft": Option("train LoRA adapters instead of all weights (a policy passed from Python must carry them)"),
     "lora_r": above(0, "LoRA rank"),
     "lora_alpha": above(0, "LoRA scaling numerator (scale = lora_alpha / lora_r)"),
     "lora_dropout": within(0, 1, "dropout on the LoRA input", high_open=True),

@@ -300,6 +300,27 @@ def test_a_messages_rows_chat_template_kwargs_reach_the_template_as_in_trl(assis
     assert _loss_positions(ours) == [i for i, x in enumerate(theirs["labels"]) if x != -100 and i > 0]
 
 
+@pytest.mark.parametrize("assistant_only", [False, True])
+def test_sft_chat_template_kwargs_as_json_text_read_as_the_preference_path_reads_them(assistant_only):
+    """One parser (preflab.data.tokenize.chat_template_options) for both paths: JSON text (a CSV cell) gives the
+    tokens of the object; text that is no JSON object is the preference path's wrong_type problem naming the field.
+    With assistant_only_loss the text reached the template as `**dict(text)` and failed as a template error."""
+    from preflab.data.report import RowProblem
+
+    tok = _marked_tokenizer("{% if house_style is defined %}{{ house_style }}\n{% endif %}" + MARKED)
+    cfg = _cfg(assistant_only_loss=assistant_only)
+    (as_object,) = _items([{"messages": CHATS[1], "chat_template_kwargs": {"house_style": "answer briefly"}}], tok,
+                          cfg)
+    (as_text,) = _items([{"messages": CHATS[1], "chat_template_kwargs": '{"house_style": "answer briefly"}'}], tok,
+                        cfg)
+    assert (as_text.prompt_ids, as_text.completion_ids, as_text.loss_mask) == (
+        as_object.prompt_ids, as_object.completion_ids, as_object.loss_mask)
+    assert tok.decode((as_text.prompt_ids + as_text.completion_ids)[:4]).startswith("answer")
+    with pytest.raises(RowProblem) as bad:
+        _items([{"messages": CHATS[1], "chat_template_kwargs": "house_style=brief"}], tok, cfg)
+    assert (bad.value.reason, bad.value.field) == ("wrong_type", "chat_template_kwargs")
+
+
 def test_a_slow_tokenizer_is_refused_before_any_row():
     """The mask comes from character offsets, which a slow (Python) tokenizer does not give: transformers fails
     inside apply_chat_template on every row; preflab says why once, at the start."""

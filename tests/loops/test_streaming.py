@@ -345,3 +345,69 @@ def test_stream_counts_say_the_first_pass_and_every_row_read():
     assert (other.rows_per_pass, other.rows_read_total()) == (5, 9)
     assert other.next_batch(2) == stream.next_batch(2) == [0, 1]
     assert other.rows_read_total() == stream.rows_read_total() == 12
+
+
+def _note_lines(out: str) -> list[str]:
+    return sorted(line for line in out.splitlines() if line.startswith("preflab: note: data:"))
+
+
+def test_stream_counts_repeated_rows_and_eval_prompts_as_the_ordinary_run(tmp_path, capsys):
+    """20 rows, 4 of them repeats, and an eval set of 4 pairs whose first 2 prompts are train prompts: the streaming
+    run (over its first pass) gives the ordinary run's overlap report and prints its notes word for word (it printed
+    none and counted no repeats)."""
+    good = PAIRS[:16]
+    data = write_jsonl(tmp_path / "rows.jsonl", good[:12] + good[:4] + good[12:])
+    evals = write_jsonl(tmp_path / "eval.jsonl", good[:2] + PAIRS[40:42])
+    common = dict(eval_dataset_name=str(evals), eval_steps=100, max_steps=6)
+    capsys.readouterr()
+    ordinary, _ = train(tmp_path / "ordinary", data, **common)
+    ordinary_notes = _note_lines(capsys.readouterr().out)
+    streamed, _ = train(tmp_path / "stream", data, streaming=True, **common)
+    out = capsys.readouterr().out
+    assert ordinary["data"]["overlap"] == {"duplicate_train_examples": 4, "eval_prompts_in_train": 2}
+    assert streamed["data"]["overlap"] == ordinary["data"]["overlap"]
+    assert streamed["data"]["streaming"]["first_pass_complete"]
+    assert len(ordinary_notes) == 2 and _note_lines(out) == ordinary_notes
+    assert ("preflab: data: streaming, counts of one pass (first pass, whole source; later passes read the same rows "
+            "and are not counted again): ") in out
+    part, _ = train(tmp_path / "part", data, streaming=True, max_steps=2)  # rows 1-8: no repeat read yet
+    out = capsys.readouterr().out
+    assert "counts of one pass (the first 8 rows read; the first pass did not end): " in out
+    assert part["data"]["overlap"]["duplicate_train_examples"] == 0 and _note_lines(out) == []
+
+
+def test_stream_resumed_in_its_first_pass_still_counts_repeats_of_rows_before_the_position(tmp_path):
+    """Rows 9-12 repeat rows 1-4; a resume after step 2 (row 8 of pass 0) skips rows 1-8 unparsed, yet counts
+    the 4 repeats as the uninterrupted run does (the skipped rows' digests are noted again, not counted)."""
+    good = PAIRS[:12]
+    data = write_jsonl(tmp_path / "rows.jsonl", good[:8] + good[:4] + good[8:])
+    common = dict(streaming=True, max_steps=5)
+    full, _ = train(tmp_path / "full", data, save_steps=1, **common)
+    resumed, _ = train(tmp_path / "resumed", data, resume_from_checkpoint=str(tmp_path / "full/checkpoint-2"),
+                       **common)
+    assert full["data"]["overlap"]["duplicate_train_examples"] == 4
+    assert resumed["data"]["overlap"] == full["data"]["overlap"]
+    assert resumed["data"]["train_rows"] == full["data"]["train_rows"]
+
+
+def test_stream_overlap_state_round_trips_and_stops_holding_digests_after_the_first_pass():
+    """StreamOverlap's counts equal overlap_report's on the same examples; load(to_dict()) keeps them; after the
+    first pass it holds no digests and counts nothing more."""
+    from preflab.data.overlap import StreamOverlap, overlap_report, prompt_digests
+    from preflab.data.rows import load_rows
+
+    rows, _ = load_rows(PAIRS[:6] + PAIRS[:3], kind="pairwise")
+    evals, _ = load_rows(PAIRS[4:5] + PAIRS[50:52], kind="pairwise")
+    counter = StreamOverlap(eval_prompts=prompt_digests(evals))
+    counter.see(rows)
+    assert counter.report() == overlap_report(rows, evals) == {"duplicate_train_examples": 3,
+                                                                "eval_prompts_in_train": 1}
+    again = StreamOverlap(eval_prompts=counter.eval_prompts)
+    again.load(counter.to_dict())
+    again.see(rows[:6], count=False)  # a resume re-notes the rows before its position
+    again.see(rows[:1])
+    assert again.report()["duplicate_train_examples"] == 4
+    again.end_first_pass()
+    again.see(rows)
+    assert again.report() == {"duplicate_train_examples": 4, "eval_prompts_in_train": 1}
+    assert again._contents is None and again._prompts == set()

@@ -207,3 +207,33 @@ def test_prompt_truncation_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="max_prompt_length"):
         VisionTrainer(_cfg(tmp_path, max_prompt_length=16))
+
+
+def test_qwen2_vl_padded_fallback_is_one_preflab_note_not_a_user_warning(tmp_path, capsys):
+    """Qwen2-VL's 3-D rotary positions rule out the prefix-shared layout (the default): the trainer says so once,
+    as a preflab line on stdout, and raises no Python warning (it did, with a source line, on every run)."""
+    import warnings
+
+    model, processor = tiny("qwen2_vl")
+    examples, _ = read_vision_pairs(_rows())
+    pairs, _, _ = tokenize_vision_pairs(examples, processor)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = VisionTrainer(_cfg(tmp_path), policy=model, ref=frozen_copy(model), processor=processor,
+                                train_data=pairs)
+    assert trainer.layout == "padded"
+    assert [str(w.message) for w in caught if "rotary" in str(w.message)] == []
+    lines = [line for line in capsys.readouterr().out.splitlines() if "rotary" in line]
+    assert lines == ["preflab: layout: prefix_shared needs 1-D positions, but qwen2_vl computes its own "
+                     "multi-dimensional rotary positions; scoring with the padded layout (the prompt computed once "
+                     "per side, same log-probs)."]
+
+
+def test_vision_data_line_names_text_prompts_standard_and_message_prompts_conversational():
+    """A string prompt is the standard form (its images go before the text), a message list the conversational one;
+    the data line said vision_conversational for both."""
+    rows = _rows()
+    rows[0] = {**rows[0], "prompt": "what colour is the image?"}
+    _, report = read_vision_pairs(rows)
+    assert report.forms == {"vision_standard": 1, "vision_conversational": 3}
+    assert "forms: vision_conversational 3, vision_standard 1" in report.summary()

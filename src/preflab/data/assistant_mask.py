@@ -16,7 +16,6 @@ tokens of the whole batch. This module asks the template for that mask, as TRL d
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -116,13 +115,12 @@ def assistant_tokens(tokenizer, messages: list[dict], extras: dict, field_name: 
     """(input_ids, assistant mask) of the rendered conversation, as TRL 1.16 tokenizes a conversational SFT row:
     apply_chat_template(tokenize=True, return_assistant_tokens_mask=True) with the row's tools and
     chat_template_kwargs. RowProblem when the template fails or marks no token of this conversation."""
-    tools = extras.get("tools")
+    from preflab.data.tokenize import chat_template_options
+
+    tools, kwargs = chat_template_options(extras)
     try:
-        if isinstance(tools, str):
-            tools = json.loads(tools)
-        out = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True,
-                                            **dict(extras.get("chat_template_kwargs") or {}))
+        out = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True, **kwargs)
     except Exception as exc:  # a template may raise on purpose (e.g. "roles must alternate")
         raise RowProblem("chat_template_error", field_name, f"the chat template failed: {type(exc).__name__}: "
                          f"{exc}"[:500], "Fix the messages so the template accepts them.") from exc

@@ -6,11 +6,18 @@ duplicate_train_examples: train examples whose content (prompt, responses, label
 an earlier train example exactly: the run trains on them more than once per epoch. eval_prompts_in_train: eval
 examples whose prompt is also the prompt of a train example (normal for data with several pairs per prompt, but
 then the eval measures prompts the policy was trained on).
+
+A streaming run (preflab.data.stream) counts the same two numbers over its first pass with `StreamOverlap`: it holds
+a 16-byte BLAKE2b digest of each train example's content and of each train prompt (not the rows: about 180 bytes a
+row in two Python sets, against the tokens the in-memory run holds), and drops them when the first pass ends; later
+passes read the same rows again and are not counted again.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+from dataclasses import dataclass
 
 
 def _key(value) -> str:
@@ -21,6 +28,74 @@ def _content(example) -> str:
     fields = {f.name: getattr(example, f.name) for f in dataclasses.fields(example)
               if f.name not in ("row_id", "extras")}
     return _key(fields)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def prompt_digests(examples) -> list[bytes]:
+    """The digest of each example's prompt (StreamOverlap.eval_prompts)."""
+    return [_digest(_key(example.prompt)) for example in examples]
+
+
+@dataclass
+class StreamOverlap:
+    """overlap_report's counts over a stream's first pass, one example at a time (see the module docstring).
+    eval_prompts: the eval set's prompt digests (prompt_digests), shared by reference so it can be filled after the
+    stream is opened. The counts are JSON state (to_dict / load, restored with the stream's position); the
+    digest sets are not: a resume in the first pass re-notes the rows before its position (`see(..., count=False)`)."""
+
+    duplicate_train_examples: int = 0
+    eval_prompts_in_train: int = 0
+    desirable: int = 0  # unpaired examples by label (one_label_note)
+    undesirable: int = 0
+    eval_prompts: list = dataclasses.field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        self._contents: set[bytes] | None = set()
+        self._prompts: set[bytes] = set()
+
+    def see(self, examples, count: bool = True) -> None:
+        """Note train `examples` (counted unless `count` is False: rows a resume skips were counted before)."""
+        if self._contents is None:  # the first pass has ended
+            return
+        for example in examples:
+            content = _digest(_content(example))
+            if count:
+                self.duplicate_train_examples += content in self._contents
+            self._contents.add(content)
+            self._prompts.add(_digest(_key(example.prompt)))
+
+    def count_labels(self, items) -> None:
+        """Count the labels of tokenized unpaired `items` (one_label_note reads the tokenized examples)."""
+        if self._contents is not None:
+            for item in items:
+                self.desirable += bool(item.label)
+                self.undesirable += not item.label
+
+    def end_first_pass(self) -> None:
+        """The first pass is read: count the eval prompts seen in training, and drop the digests."""
+        if self._contents is not None:
+            self.eval_prompts_in_train = sum(d in self._prompts for d in self.eval_prompts)
+            self._contents, self._prompts = None, set()
+
+    def to_dict(self) -> dict:
+        return {"duplicate_train_examples": self.duplicate_train_examples,
+                "eval_prompts_in_train": self.eval_prompts_in_train, "desirable": self.desirable,
+                "undesirable": self.undesirable, "first_pass_complete": self._contents is None}
+
+    def load(self, saved: dict) -> None:
+        """Take the counts of `to_dict` (a resume); eval_prompts stays the shared list."""
+        for name in ("duplicate_train_examples", "eval_prompts_in_train", "desirable", "undesirable"):
+            setattr(self, name, int(saved.get(name, 0)))
+        self._contents, self._prompts = (None if saved.get("first_pass_complete") else set()), set()
+
+    def report(self) -> dict:
+        """overlap_report's dict of the rows read so far (all of the first pass once it has ended)."""
+        in_train = (self.eval_prompts_in_train if self._contents is None
+                    else sum(d in self._prompts for d in self.eval_prompts))
+        return {"duplicate_train_examples": self.duplicate_train_examples, "eval_prompts_in_train": in_train}
 
 
 def overlap_report(train, evals) -> dict:

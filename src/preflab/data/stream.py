@@ -24,8 +24,10 @@ resumed run reports the same counts as an uninterrupted one.
 
 The data report (row, bad-row and tokenize counts) covers the first pass: the rows read so far while it is under
 way, the whole source once it has ended (`rows_per_pass`); later passes read the same rows again and are not
-counted again (`rows_read_total` counts every row read). Repeated rows are not looked for while streaming (the
-whole-data run's `duplicate_train_examples` note): holding every row's content is what streaming avoids.
+counted again (`rows_read_total` counts every row read). A pipeline may also have `end_first_pass()` (called when
+the first pass ends) and `recall(raw)` (a row a resume in the first pass skips: noted, not counted again), which
+the preference pipeline uses to count repeated rows over the first pass as the whole-data run does
+(preflab.data.overlap.StreamOverlap: a digest per example, not the rows, held during the first pass only).
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class ExampleStream:
             rows = shuffled(rows, self.shuffle_buffer, random.Random(f"{self.seed}:{index}"))
         self._rows = rows
         self._pass_pipeline = pipeline or (self.pipeline if index == 0 else self.make_pipeline())
+        if self._pass_pipeline is not self.pipeline:  # a later pass counts nothing: it holds no first-pass digests
+            getattr(self._pass_pipeline, "end_first_pass", lambda: None)()
 
     def _next_example(self):
         """The next example of this pass, or None at its end."""
@@ -115,6 +119,7 @@ class ExampleStream:
             self.unused_examples += len(batch)
             if self.pass_index == 0:
                 self.rows_per_pass = self.rows_read
+                getattr(self.pipeline, "end_first_pass", lambda: None)()
             self._start_pass(self.pass_index + 1)
             batch = []
         self.batches_in_pass += 1
@@ -145,15 +150,21 @@ class ExampleStream:
         self.pipeline = self.make_pipeline()
         self.pipeline.load_reports(reports)
         self._start_pass(index)
+        recall = getattr(self.pipeline, "recall", None) if index == 0 else None
         for _ in range(max(rows - 1, 0)):
-            if next(self._rows, None) is None:
+            raw = next(self._rows, None)
+            if raw is None:
                 raise DataError(f"{self.name}: the saved position is row {rows} of pass {index}, but the source "
                                 f"now ends after {_} rows; resume with the data the run was trained on.")
+            if recall is not None:
+                recall(raw)
         if rows:
             raw = next(self._rows, None)
             if raw is None:
                 raise DataError(f"{self.name}: the saved position is row {rows} of pass {index}, but the source "
                                 f"now ends after {rows - 1} rows; resume with the data the run was trained on.")
+            if recall is not None:
+                recall(raw)
             # the last row was counted in the saved report: rebuild its examples with a throwaway pipeline
             self._pending = list(self.make_pipeline()(raw))[used:]
             self.rows_read, self.used_of_row = rows, used

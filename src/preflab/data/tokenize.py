@@ -262,16 +262,12 @@ def _special_id(tokenizer, name: str) -> int | None:
     return getattr(tokenizer, f"{name}_token_id", None)
 
 
-def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, generation: bool) -> str:
-    """The chat template of `messages` as text, with the row's `tools` / `chat_template_kwargs` if present."""
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "")
-        where = f"the tokenizer of {name}" if name else "the tokenizer"
-        raise ConfigError(f"conversational rows need a chat template, and {where} has none (no "
-                          "chat_template in tokenizer_config.json or chat_template.jinja). Save one with the tokenizer "
-                          "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
+def chat_template_options(extras: dict) -> tuple[list | None, dict]:
+    """(tools, chat_template_kwargs) of a row's extras for apply_chat_template, each given as an object or as its
+    JSON text (a CSV cell, a column written as JSON text). The one parser of both columns: preference rows
+    (`_render`) and SFT rows with assistant_only_loss (preflab.data.assistant_mask) read them alike."""
     kwargs = extras.get("chat_template_kwargs") or {}
-    if isinstance(kwargs, str):  # a CSV cell, or a column written as JSON text, as `tools` may be
+    if isinstance(kwargs, str):
         try:
             kwargs = json.loads(kwargs)
         except ValueError:
@@ -281,11 +277,27 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
                          f"{{\"enable_thinking\": false}}), got {str(extras.get('chat_template_kwargs'))[:60]!r}",
                          "Write the column as a JSON object (or its JSON text).")
     tools = extras.get("tools")
-    try:
-        if isinstance(tools, str):
+    if isinstance(tools, str):
+        try:
             tools = json.loads(tools)
-        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
-                                             add_generation_prompt=generation, **dict(kwargs))
+        except ValueError as err:
+            raise RowProblem("wrong_type", "tools", f"is text that is not JSON ({err}): {tools[:60]!r}",
+                             "Write the column as a list of tool schemas (or its JSON text).") from err
+    return tools or None, dict(kwargs)
+
+
+def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, generation: bool) -> str:
+    """The chat template of `messages` as text, with the row's `tools` / `chat_template_kwargs` if present."""
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "")
+        where = f"the tokenizer of {name}" if name else "the tokenizer"
+        raise ConfigError(f"conversational rows need a chat template, and {where} has none (no "
+                          "chat_template in tokenizer_config.json or chat_template.jinja). Save one with the tokenizer "
+                          "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
+    tools, kwargs = chat_template_options(extras)
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation, **kwargs)
     except Exception as exc:  # a template may raise on purpose (e.g. "roles must alternate")
         raise RowProblem("chat_template_error", field_name, f"the chat template failed: {type(exc).__name__}: "
                          f"{exc}"[:500], "Fix the messages so the template accepts them.") from exc

@@ -234,6 +234,13 @@ def row_dir(raw) -> str | None:
     return str(Path(raw.file).parent) if raw.file and Path(raw.file).exists() else None
 
 
+def vision_row_form(row: dict) -> str:
+    """The data line's form of an accepted vision row: 'vision_standard' for a text prompt (vision_prompt puts its
+    images before the text in one user message), 'vision_conversational' for a message-list prompt (TRL's
+    is_conversational looks at the prompt the same way)."""
+    return "vision_standard" if isinstance(row.get("prompt"), str) else "vision_conversational"
+
+
 def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", max_frames: int = 8,
                       limit: int | None = None, responses_only: bool = False
                       ) -> tuple[list[VisionPairExample], DataReport]:
@@ -242,10 +249,11 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
     report = DataReport(source=reader.name, kind="pairwise")
     policy = BadRowPolicy(on_bad_row, report)
     out = []
-    for _, example in policy.accepted(reader, lambda raw: vision_example(raw.data, raw.row_id, row_dir(raw),
-                                                                         max_frames, responses_only)):
+    for raw, example in policy.accepted(reader, lambda raw: vision_example(raw.data, raw.row_id, row_dir(raw),
+                                                                           max_frames, responses_only)):
         out.append(example)
-        report.forms["vision_conversational"] = report.forms.get("vision_conversational", 0) + 1
+        form = vision_row_form(raw.data)
+        report.forms[form] = report.forms.get(form, 0) + 1
     report.examples = len(out)
     report.check()
     return out, report

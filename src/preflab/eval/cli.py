@@ -11,6 +11,8 @@ HEADLINE = ("ranking_accuracy", "ranking_accuracy_norm", "reference_ranking_accu
             "difficulty/hard_fraction", "logps_drift/chosen", "logps_drift/rejected",
             "logps_drift/suppression_rate", "dispersion/unseen_log_mass_drift", "win_rate", "win_rate/ci_low",
             "win_rate/ci_high")
+UNPAIRED_HEADLINE = ("unpaired/auroc", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+                     "logps/rejected")  # preflab.eval.unpaired
 
 
 def register(sub) -> None:
@@ -170,9 +172,12 @@ def default_reference(args) -> tuple[str | None, str | None]:
 def format_summary(result: dict) -> str:
     """A few lines for the terminal: the headline metrics, what was skipped, and where eval.json is."""
     metrics = result.get("metrics", {})
-    lines = [f"preflab eval: {result.get('num_pairs')} pairs"
-             + (f", beta={result['beta']}" if result.get("beta") is not None else "")]
-    for key in HEADLINE + tuple(k for k in metrics if k.startswith("reward_model/")):
+    unpaired = "num_completions" in result
+    count = (f"{result['num_completions']} unpaired completions ({result.get('num_desirable')} desirable)" if unpaired
+             else f"{result.get('num_pairs')} pairs")
+    lines = [f"preflab eval: {count}" + (f", beta={result['beta']}" if result.get("beta") is not None else "")]
+    headline = UNPAIRED_HEADLINE if unpaired else HEADLINE
+    for key in headline + tuple(k for k in metrics if k.startswith("reward_model/")):
         value = metrics.get(key)
         if isinstance(value, (int, float)):
             lines.append(f"  {key:38s} {value:.4f}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 METRIC_DOCS: dict[str, str] = {
     "ranking_accuracy": "R: fraction of pairs with log pi(chosen) >= log pi(rejected), summed log-probs "
                         "(Chen et al. 2024)",
+    "unpaired/auroc": "unpaired data (completion + label): P(r_desirable > r_undesirable) + 1/2 P(tie) over every "
+                      "(desirable, undesirable) pair of completions, r = beta (log pi - log pi_ref); 0.5: no "
+                      "separation (preflab.eval.unpaired)",
     "ranking_accuracy_norm": "R~: the same with per-token mean log-probs (length-normalized)",
     "ranking_accuracy_with_ties": "R with alpha = 0.5 pairs counted right when |S_1 - S_2| < 0.01 (log space)",
     "reference_ranking_accuracy": "R of the reference model (where DPO starts)",

@@ -8,6 +8,9 @@ eval.json holds: "metrics" (flat {name: value}; names in preflab.eval.METRIC_DOC
 sums and lengths the report draws histograms from), "notes" (assumptions made, e.g. alpha = 1), "missing"
 ({metric group: why it was not computed}), and the data report (rows read, kept, skipped by reason).
 
+Unpaired rows (prompt, completion, label: TRL's KTO form) get the implicit reward's separation of the labels
+instead (preflab.eval.unpaired: rewards/*, logps/*, unpaired/auroc; per_completion instead of per_pair).
+
 Columns read from the data besides prompt/chosen/rejected (both optional):
     alpha            rater proportion P(y_w > y_l) for the idealized ranking accuracy; absent: 1 (-> 1 - 1e-3)
     extra_responses  a list of further responses to the same prompt, never used in training: the dispersion
@@ -229,6 +232,17 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",
                                                   source=row_report.source, **_cuts(opts))
     if not pairs:
+        unpaired = _unpaired_rows(data, opts)
+        if unpaired is not None:  # TRL's KTO form: the implicit reward's separation of the labels
+            from preflab.eval.unpaired import evaluate_unpaired
+
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            out = evaluate_unpaired(policy, tokenizer, *unpaired, ref, beta, _cuts(opts), opts.batch_size, pad_id,
+                                    opts.keep_per_pair)
+            out["notes"] = notes + ([capped] if capped else []) + out["notes"]
+            if reward_fn is not None or judge is not None:
+                out["missing"]["win_rate"] = "a win rate needs pairs' prompts and a reference; the data is unpaired"
+            return {**out, "split": opts.split}
         first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
         at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
         where = (f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
@@ -236,8 +250,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
                            f"{tok_report.summary()}.{where} preflab eval needs preference pairs: prompt, chosen, "
                            "rejected (text or messages), or chosen and rejected conversations sharing their first "
-                           "turns (implicit prompt); a 'messages' (SFT) or 'completion'/'label' (unpaired) file has "
-                           "no pairs. Check the columns and --max-length.")
+                           "turns (implicit prompt), or unpaired rows: prompt, completion, label (TRL's KTO form); "
+                           "a 'messages' (SFT) file has neither. Check the columns and --max-length.")
     if row_report.skipped or tok_report.skipped or tok_report.prompt_truncated or tok_report.response_truncated:
         notes += [capped] if capped else []  # the cap matters only where a row reached it
         notes.append(f"data: {row_report.summary()}; {tok_report.summary()} (the rows are listed under data_report "
@@ -284,6 +298,17 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     if opts.keep_per_pair:
         out["per_pair"] = {**scores.to_lists(), "alpha": alpha.tolist(), "row_id": [p.row_id for p in pairs]}
     return out
+
+
+def _unpaired_rows(data, opts: EvalOptions):
+    """(UnpairedExamples, their DataReport) when `data` holds unpaired rows (prompt, completion, label) and no pair
+    row, else None (the pairs' error then stands)."""
+    from preflab.data.rows import load_rows
+
+    examples, report = load_rows(data, split=opts.split, kind="unpaired", on_bad_row="skip", limit=opts.limit)
+    if not examples or any(form.startswith("pairwise") for form in report.forms):
+        return None
+    return examples, report
 
 
 def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics) -> dict:

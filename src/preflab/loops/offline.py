@@ -111,6 +111,10 @@ class Trainer(TrainingRun):
             from preflab.models.load import load_models
 
             policy, ref = load_models(cfg, tokenizer)
+        else:  # from Python, or loaded by a subclass (VisionTrainer) or a recipe stage with these options
+            from preflab.models.load import check_given_policy
+
+            check_given_policy(cfg, policy)
         self.policy, self.ref = policy, ref
         self.router_coef = self._router_coef()  # the MoE router loss's coefficient, or None (none is added)
         self.router_loss = None  # score() sets it: the policy's router loss on the batch it scored
@@ -183,11 +187,12 @@ class Trainer(TrainingRun):
         cap_max_length(cfg, reference_positions(cfg, None), cfg.ref_model_name_or_path)
         self.stream, self.data_report = open_stream(cfg, tokenizer, self.kind, rows=rows)
         if eval_data is None:
-            eval_data, eval_report = eval_examples(cfg, tokenizer, self.kind)
+            eval_data, eval_report = eval_examples(cfg, tokenizer, self.kind, self.stream)
             self.data_report.update(eval_report)
         if self.main:
             print(f"preflab: data: streaming {self.stream.name} (rows are read, checked and tokenized as the steps "
-                  f"need them; shuffle buffer {cfg.streaming_shuffle_buffer or 'off'}; counts in summary.json)")
+                  f"need them; shuffle buffer {cfg.streaming_shuffle_buffer or 'off'}; counts and notes at the end and in "
+                  "summary.json)")
         return [], eval_data
 
     def data_position(self) -> dict | None:
@@ -395,10 +400,14 @@ class Trainer(TrainingRun):
             extras["torch_compile"] = {"graphs": graphs_compiled() - self.compile_graphs_before,
                                        "backend": self.cfg.torch_compile_backend or "inductor",
                                        "mode": self.cfg.torch_compile_mode or "default"}
-        if self.stream is not None:  # the counts of the rows read so far
-            from preflab.loops.streaming import stream_report
+        if self.stream is not None:  # the counts of the rows read so far, said as the ordinary run says them
+            from preflab.loops.streaming import stream_notes, stream_report
 
             extras["data"] = {**self.data_report, **stream_report(self.stream)}
+            if self.main:
+                n_eval = (self.data_report.get("eval_rows") or {}).get("examples", len(self.eval_data or []))
+                for line in stream_notes(self.stream, n_eval):  # n_eval: examples read, as the ordinary run says
+                    print(f"preflab: {line}")
         return extras
 
     def write_card(self, summary: dict) -> None:

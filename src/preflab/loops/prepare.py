@@ -126,7 +126,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         notes = [row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note(),
                  *overlap_notes(overlap, len(eval_rows))]
         if kind == "unpaired":
-            notes.append(one_label_note(train, row_report.source))
+            notes.append(one_label_note(sum(bool(x.label) for x in train), len(train), row_report.source))
         for note in filter(None, notes):
             print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))  # training rows left out: read + tokenized
@@ -154,13 +154,13 @@ def check_intra_rows(objective, examples, source: str, loss_type) -> int:
     return len(intra)
 
 
-def one_label_note(examples, source: str) -> str | None:
-    """A note when every unpaired training example has the same label: KTO's loss then has no term for the other
-    side (TRL's KTO data holds both desirable and undesirable examples)."""
-    desirable = sum(bool(x.label) for x in examples)
-    if examples and desirable in (0, len(examples)):
+def one_label_note(desirable: int, total: int, source: str) -> str | None:
+    """A note when every one of the `total` unpaired training examples has the same label (`desirable` of them
+    true): KTO's loss then has no term for the other side (TRL's KTO data holds both desirable and undesirable
+    examples)."""
+    if total and desirable in (0, total):
         which = "desirable (label true)" if desirable else "undesirable (label false)"
-        return (f"every one of the {len(examples)} training examples of {source} is {which}: the objective gets no "
+        return (f"every one of the {total} training examples of {source} is {which}: the objective gets no "
                 f"{'undesirable' if desirable else 'desirable'} term. Check the label column (true / false, 1 / 0).")
     return None
 

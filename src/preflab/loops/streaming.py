@@ -132,24 +132,38 @@ class StreamedBatches:
 class _Pipeline:
     """raw row -> tokenized examples, counted in named reports (see ExampleStream)."""
 
-    def __init__(self, build, reports: dict[str, RowReport]):
-        self._build, self._reports = build, reports
+    def __init__(self, build, reports: dict[str, RowReport], overlap=None, recall=None):
+        self._build, self._reports, self.overlap, self._recall = build, reports, overlap, recall
 
     def __call__(self, raw) -> list:
         return self._build(raw)
 
-    def reports(self) -> dict[str, RowReport]:
-        return self._reports
+    def reports(self) -> dict:
+        return {**self._reports, **({"overlap": self.overlap} if self.overlap is not None else {})}
 
     def load_reports(self, saved: dict) -> None:
         for name, report in self._reports.items():
             loaded = type(report).from_dict(saved.get(name, {}))
             report.__dict__.update(loaded.__dict__)
+        if self.overlap is not None:
+            self.overlap.load(saved.get("overlap", {}))
+
+    def end_first_pass(self) -> None:
+        if self.overlap is not None:
+            self.overlap.end_first_pass()
+
+    def recall(self, raw) -> None:
+        """A first-pass row a resume skips: its examples' digests are noted again (not counted: the saved report
+        counted them)."""
+        if self._recall is not None:
+            self._recall(raw)
 
 
-def preference_pipeline(cfg, tokenizer, kind_name: str, source: str):
+def preference_pipeline(cfg, tokenizer, kind_name: str, source: str, eval_prompts: list | None = None):
     """Rows -> PairExample / UnpairedExample (preflab.data.rows) -> TokenizedPair / TokenizedUnpaired, with the
-    settings of the ordinary run (preflab.loops.prepare)."""
+    settings of the ordinary run (preflab.loops.prepare); repeated examples, eval prompts seen in training and
+    labels counted over the first pass (StreamOverlap; eval_prompts: the eval set's prompt digests, shared)."""
+    from preflab.data.overlap import StreamOverlap
     from preflab.data.rows import row_builder
     from preflab.data.tokenize import ExampleTokenizer
     from preflab.loops.prepare import check_intra_rows
@@ -163,14 +177,22 @@ def preference_pipeline(cfg, tokenizer, kind_name: str, source: str):
                                 on_bad_row=cfg.on_bad_row, source=source, **extra)
 
     objective = cfg.objective()
+    overlap = StreamOverlap(eval_prompts=eval_prompts if eval_prompts is not None else [])
+    rebuild = row_builder(row_kind, DataReport(source=source, kind=row_kind), "skip",
+                          required_extras=cfg.objective().row_extras())  # recall: rows that were read before
 
     def build(raw) -> list:
         examples = build_rows(raw)
         check_intra_rows(objective, examples, source, cfg.loss_type)  # MAPL intra rows: only losses that read them
         rows.examples += len(examples)
-        return [item for item in map(tokenize, examples) if item is not None]
+        overlap.see(examples)
+        items = [item for item in map(tokenize, examples) if item is not None]
+        if kind_name == "unpaired":
+            overlap.count_labels(items)
+        return items
 
-    return _Pipeline(build, {"rows": rows, "tokenize": tokenize.report})
+    return _Pipeline(build, {"rows": rows, "tokenize": tokenize.report}, overlap,
+                     lambda raw: overlap.see(rebuild(raw), count=False))
 
 
 def sft_pipeline(cfg, tokenizer, source: str):
@@ -222,7 +244,8 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
         note_assistant_template(cfg, tokenizer)  # once per run, not per pass
         make = lambda: sft_pipeline(cfg, tokenizer, name)  # noqa: E731
     else:
-        make = lambda: preference_pipeline(cfg, tokenizer, kind.name, name)  # noqa: E731
+        eval_prompts: list = []  # one list for every pass's pipeline (eval_examples fills it)
+        make = lambda: preference_pipeline(cfg, tokenizer, kind.name, name, eval_prompts)  # noqa: E731
     stream = ExampleStream(open_rows, make, seed=order_seed(cfg), shuffle_buffer=cfg.streaming_shuffle_buffer or 0,
                            name=name)
     return stream, stream_report(stream)
@@ -232,16 +255,39 @@ def stream_report(stream: ExampleStream) -> dict:
     """The data report of a streaming run: the first pass's row and tokenize reports (rows read so far; the whole
     source once first_pass_complete) and the stream's position (rows_per_pass, rows_read_total: every pass)."""
     reports = stream.pipeline.reports()
+    overlap = {"overlap": reports["overlap"].report()} if "overlap" in reports else {}
     return {"train_rows": reports["rows"].to_dict(), "train_tokenize": reports["tokenize"].to_dict(),
-            "skipped": dict(reports["rows"].skipped),
+            "skipped": dict(reports["rows"].skipped), **overlap,
             "streaming": {"passes_started": stream.pass_index + 1, "first_pass_complete": stream.pass_index > 0,
                           "rows_per_pass": stream.rows_per_pass, "rows_read_total": stream.rows_read_total(),
                           "rows_read_in_pass": stream.rows_read,
                           "unused_examples": stream.unused_examples, "shuffle_buffer": stream.shuffle_buffer}}
 
 
-def eval_examples(cfg, tokenizer, kind) -> tuple[list, dict]:
-    """The eval set of a streaming run (eval_dataset_name, read whole as in the ordinary run) and its report."""
+def stream_notes(stream: ExampleStream, n_eval: int) -> list[str]:
+    """The data lines of a streaming run at its end, as the ordinary run prints them at its start (preflab.loops.
+    prepare): the first pass's row and tokenize counts (the rows read so far while it is under way) and its notes:
+    mixed forms, repeated examples, eval prompts seen in training, one label only (unpaired)."""
+    from preflab.data.overlap import overlap_notes
+    from preflab.loops.prepare import one_label_note
+
+    reports = stream.pipeline.reports()
+    rows = reports["rows"]
+    scope = ("first pass, whole source; later passes read the same rows and are not counted again"
+             if stream.pass_index > 0 else f"the first {stream.rows_read} rows read; the first pass did not end")
+    lines = [f"data: streaming, counts of one pass ({scope}): {rows.summary()}; {reports['tokenize'].summary()}"]
+    notes = [rows.mixed_forms_note()]
+    overlap = reports.get("overlap")
+    if overlap is not None:
+        notes += overlap_notes(overlap.report(), n_eval)
+        if rows.kind == "unpaired":
+            notes.append(one_label_note(overlap.desirable, overlap.desirable + overlap.undesirable, rows.source))
+    return lines + [f"note: data: {note}" for note in notes if note]
+
+
+def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> tuple[list, dict]:
+    """The eval set of a streaming run (eval_dataset_name, read whole as in the ordinary run) and its report; its
+    prompts go to `stream`'s first-pass overlap count (eval prompts seen in training)."""
     if not cfg.eval_dataset_name:
         return [], {}
     if kind.name == "sft":
@@ -258,5 +304,10 @@ def eval_examples(cfg, tokenizer, kind) -> tuple[list, dict]:
     check_intra_rows(cfg.objective(), rows, report.source, cfg.loss_type)  # as the ordinary run's eval set
     if report.total == 0:
         raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({report.source}) is empty: it holds no rows.")
+    overlap = getattr(stream.pipeline, "overlap", None) if stream is not None else None
+    if overlap is not None:
+        from preflab.data.overlap import prompt_digests
+
+        overlap.eval_prompts.extend(prompt_digests(rows))
     items, tok = _tokenize(kind.name, rows, tokenizer, cfg, report.source)
     return items, {"eval_rows": report.to_dict(), "eval_tokenize": tok.to_dict()}

@@ -138,10 +138,12 @@ def prepare_vision_data(cfg, processor, policy, objective):
 
 
 def vision_layout_choice(layout: str, *models) -> str:
-    """prefix_shared when asked for and every model allows it (1-D positions, custom 4-D masks), else padded (said
-    once per reason)."""
-    import warnings
+    """prefix_shared when asked for and every model allows it (1-D positions, custom 4-D masks), else padded.
 
+    The fallback is right, not a fault: Qwen2-VL / Qwen2.5-VL compute 3-D rotary positions from the image grid
+    inside transformers (get_rope_index), which a shared prompt's rejected half would restart. As `layout`'s
+    default is prefix_shared, every run of such a model takes it, so it is one preflab note line per run (the
+    trainer, eval included, calls this once), not a Python UserWarning with a source line."""
     from preflab.models.vlm import shared_prompt_support
 
     if layout not in ("prefix_shared", "prefix_packed"):
@@ -151,8 +153,8 @@ def vision_layout_choice(layout: str, *models) -> str:
             continue
         ok, why = shared_prompt_support(model)
         if not ok:
-            warnings.warn(f"preflab: {why}; the prompt is computed once per side (padded layout, same log-probs).",
-                          stacklevel=2)
+            print(f"preflab: layout: {layout} needs 1-D positions, but {why}; scoring with the padded layout "
+                  "(the prompt computed once per side, same log-probs).")
             return "padded"
     return "prefix_shared"
 

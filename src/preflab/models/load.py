@@ -221,6 +221,42 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:500]}" if text else type(err).__name__
 
 
+def check_given_policy(cfg, policy: nn.Module) -> None:
+    """ConfigError when a policy passed from Python (Trainer(cfg, policy=...), OnlineRun) lacks what the loading
+    options say preflab would have done to a model it loads: LoRA adapters (use_peft), quantized weights
+    (load_in_4bit / load_in_8bit). They were accepted and not applied (a use_peft run
+    trained every weight). Not checked: model_init_kwargs (from_pretrained's, not visible on a built model) and
+    load_dtype (the policy trains in the dtype it has: `preflab eval --task vlm` reloads a run in float32 under the
+    run's own config, whose load_dtype may be bfloat16)."""
+    given = "the policy passed from Python"
+    if cfg.use_peft and not hasattr(policy, "disable_adapter"):
+        raise ConfigError(f"use_peft: true, but {given} has no LoRA adapters: preflab adds them only to a model it "
+                          "loads (model_name_or_path), so every weight would train. Wrap it first "
+                          "(preflab.models.load.add_lora or peft.get_peft_model), or set use_peft: false.")
+    bits = "load_in_4bit" if getattr(cfg, "load_in_4bit", False) else "load_in_8bit" if getattr(
+        cfg, "load_in_8bit", False) else None
+    if bits and getattr(getattr(policy, "config", None), "quantization_config", None) is None:
+        raise ConfigError(f"{bits}: true, but {given} is not quantized: preflab quantizes only a model it loads. "
+                          "Load it quantized (transformers' BitsAndBytesConfig), or remove the option.")
+
+
+def builtin_init_kwargs_conflicts(cfg) -> list[str]:
+    """One line per builtin model given from_pretrained arguments it would not get: a `builtin:` model is built in
+    code from a config (preflab.models.tiny, tiny_vlm), so of TRL's model_init_kwargs only the dtype applies
+    (load_causal_lm casts to it); attn_implementation, revision, quantization_config, ... were accepted and
+    dropped."""
+    out = []
+    for name_option, kwargs_option in (("model_name_or_path", "model_init_kwargs"),
+                                       ("ref_model_name_or_path", "ref_model_init_kwargs")):
+        name, kwargs = getattr(cfg, name_option, None), getattr(cfg, kwargs_option, None) or {}
+        dropped = sorted(k for k in kwargs if k not in ("dtype", "torch_dtype"))
+        if isinstance(name, str) and name.startswith("builtin:") and dropped:
+            out.append(f"{kwargs_option} {dropped} would not reach {name_option}={name!r}: a builtin model is built "
+                       "in code from a config, not loaded with from_pretrained, and takes only a dtype (load_dtype). "
+                       f"Remove them, or give {name_option} a saved model (a directory or a hub name).")
+    return out
+
+
 def _init_kwargs(kwargs: dict | None, dtype: str) -> dict:
     """from_pretrained arguments: TRL's model_init_kwargs with torch_dtype spelt dtype, as a torch dtype."""
     out = dict(kwargs or {})

@@ -89,8 +89,10 @@ def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Modu
 
     if not name:
         raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-qwen2-vl.")
-    if name in BUILTIN_VLM:
-        return tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
+    dtype = (getattr(cfg, "ref_load_dtype", None) if ref else None) or getattr(cfg, "load_dtype", None) or "float32"
+    if name in BUILTIN_VLM:  # built in code: the dtype is cast to, as a builtin text model's (load_causal_lm)
+        model = tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
+        return model if dtype in ("float32", "auto") else model.to(DTYPES[dtype])
     from preflab.models.vlm_run import is_vlm_run, load_vlm_run
 
     if is_vlm_run(name):  # a task: vlm run (final or checkpoint-N), with CAT's clue aggregator when it has one
@@ -98,7 +100,6 @@ def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Modu
     from transformers import AutoModelForImageTextToText
 
     check_weights_safe(name, cfg.allow_pickle)
-    dtype = (getattr(cfg, "ref_load_dtype", None) if ref else None) or getattr(cfg, "load_dtype", None) or "float32"
     kwargs = dict(getattr(cfg, "ref_model_init_kwargs" if ref else "model_init_kwargs", None) or {})
     return AutoModelForImageTextToText.from_pretrained(
         name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,

@@ -162,6 +162,10 @@ class OnlineRun(TrainingRun):
             from preflab.models.load import load_models
 
             policy, ref = load_models(cfg, tokenizer)
+        else:  # from Python, or built by the task (the game's, the demo's: their loading options are refused)
+            from preflab.models.load import check_given_policy
+
+            check_given_policy(cfg, policy)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
         from preflab.models.load import disable_dropout_of, enable_gradient_checkpointing, moe_aux_loss_note
 
