@@ -312,3 +312,26 @@ def test_online_dpo_logs_trls_objective_keys(tmp_path):
     assert row["beta"] == pytest.approx(0.2)
     assert row["val/contain_eos_token"] == pytest.approx(1 - row["completions/clipped_ratio"])
     assert row["objective/entropy"] > 0
+
+
+def test_a_judge_column_missing_in_some_prompt_rows_is_counted_and_said(tmp_path, capsys):
+    """A prompt row without the `answer` column its neighbours carry (or with answer: null) reached the reward
+    functions as None, so a rule reward scored the row against nothing, with no word. Now the gap is counted per
+    column (summary.json data.prompt_rows.column_gaps) and said with the first row."""
+    from preflab.online import tasks
+
+    rows = [{"prompt": f"echo: w{i}\n", "answer": f"W{i}"} for i in range(5)]
+    rows[2] = {"prompt": "echo: w2\n"}
+    rows[4]["answer"] = None
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({**ONLINE, "trainer": "grpo", "dataset_name": str(tmp_path / "p.jsonl"),
+                            "reward_funcs": "demo_true_reward"})
+    task, _, _ = tasks.load_task(cfg)
+    assert task.data_report["prompt_rows"]["column_gaps"] == {"answer": {"rows": 2, "first_row": 2}}
+    out = capsys.readouterr().out
+    assert "p.jsonl: column(s) absent or null in some prompt rows: 'answer' in 2 of 5 (first: row 2). The reward " \
+           "functions get None for those rows" in out
+    rows[2]["answer"] = rows[4]["answer"] = "W"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task, _, _ = tasks.load_task(cfg)
+    assert task.data_report["prompt_rows"]["column_gaps"] == {} and "absent or null" not in capsys.readouterr().out

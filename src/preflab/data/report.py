@@ -145,6 +145,7 @@ class DataReport(RowReport):
     examples: int = 0
     forms: dict[str, int] = field(default_factory=dict)
     blank_lines: int = 0
+    column_gaps: dict[str, dict] = field(default_factory=dict)  # online prompt rows: preflab.online.tasks
 
     def summary(self) -> str:
         """One line, e.g. 'train.jsonl (pairwise): 100 rows, 97 kept, 3 skipped (empty_field: 2, identical: 1)'."""
