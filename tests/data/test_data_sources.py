@@ -75,6 +75,29 @@ def test_csv_unpaired_labels_and_bad_cells(tmp_path):
     assert report.skipped == {"invalid_unicode": 1, "invalid_csv": 1}
 
 
+def test_a_csv_row_spanning_lines_is_named_by_the_line_it_starts_on(tmp_path):
+    """A quoted cell over two lines made every error name the row's last line: row 0 of a file whose first row is on
+    line 2 was '(line 3)'."""
+    path = tmp_path / "train.csv"
+    path.write_text('prompt,chosen\n"echo: a\n",A\n"echo: b\n",B\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^\S*train.csv row 0 \(line 2\), field 'rejected': missing"):
+        load_rows(path)
+    _, report = load_rows(path, on_bad_row="skip")
+    assert [(e["row_id"], e["line"]) for e in report.skipped_examples] == [(0, 2), (1, 4)]
+
+
+def test_a_messages_column_of_json_text_is_named_as_such(tmp_path):
+    """A CSV `messages` cell (JSON text) was 'expected a list of messages, got str', without saying why or what to do;
+    a text field of the same JSON text already said it."""
+    from preflab.data.report import RowProblem
+    from preflab.data.validate import check_messages
+
+    cell = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    with pytest.raises(RowProblem, match=r"is the JSON text of a list of messages \(a CSV cell, or a list column "
+                                         r"written as a string\), not a list") as err:
+        check_messages(cell, "messages")
+    assert err.value.field == "messages" and "json.loads the column" in err.value.fix
+
 def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
     assert load_rows(tmp_path / "ds")[0] == EXPECTED
