@@ -22,6 +22,15 @@ def test_jsonl_with_bom_and_blank_lines(tmp_path):
     assert examples == EXPECTED and report.source == str(path) and report.blank_lines == 2
 
 
+def test_blank_lines_are_said_in_the_data_line(tmp_path):
+    """Blank lines were counted in summary.json only; the console's data line said nothing of them (a blank line in
+    the middle of a file may be a row lost in an edit)."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n")
+    assert load_rows(path)[1].summary() == f"{path} (pairwise): 2 rows, 2 kept, 0 skipped; forms: standard 2; " \
+                                           "1 blank line(s) ignored"
+
+
 @pytest.mark.parametrize("layout", ["array", "wrapped", "lines"])
 def test_json_files(tmp_path, layout):
     path = tmp_path / "train.json"

@@ -155,6 +155,8 @@ class DataReport(RowReport):
             line += f"; forms: {forms}"
         if self.examples != self.kept:
             line += f"; {self.examples} examples"
+        if self.blank_lines:  # not rows, but a blank line in the middle of a file may be a row lost in an edit
+            line += f"; {self.blank_lines} blank line(s) ignored"
         return line
 
     def mixed_forms_note(self) -> str | None:
