@@ -129,3 +129,23 @@ def test_a_vision_response_turn_of_another_role_is_named(tmp_path):
                                                                                {"type": "text", "text": "Hue?"}]}]})
     assert "pairs.jsonl row 1 (line 2), field 'prompt[0].role': role 'human' is not one of system, user, assistant, " \
            "tool" in err, err
+
+
+def test_an_image_dict_with_text_bytes_is_named_as_such():
+    """{"bytes": "<base64>"} (a JSON export of a datasets Image column) was read as a file path: 'image file
+    'iVBORw0KGgo...' does not exist'. Both image readers (vision rows, diffusion rows) now say what it is."""
+    import base64
+
+    import pytest
+
+    from preflab.data.media import load_image as load_vlm_image
+    from preflab.data.report import RowProblem
+    from preflab.diffusion.images import load_image as load_diffusion_image
+
+    buf = io.BytesIO()
+    image((1, 2, 3)).save(buf, format="PNG")
+    value = {"bytes": base64.b64encode(buf.getvalue()).decode(), "path": None}
+    for load in (lambda: load_vlm_image(value, "images[0]"), lambda: load_diffusion_image(value, "images[0]", 8)):
+        with pytest.raises(RowProblem, match=r"the image dict's 'bytes' holds text \('iVBORw0KGgo") as err:
+            load()
+        assert err.value.field == "images[0]" and "base64.b64decode" in err.value.fix
