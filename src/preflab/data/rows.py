@@ -95,10 +95,31 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
     def build(raw) -> list[Example]:
         for _, (made_examples, form) in policy.accepted((raw,), made):
             report.forms[form] = report.forms.get(form, 0) + 1
+            if repeats_prompt(made_examples):
+                report.prompt_repeated += 1
+                if report.prompt_repeated_first is None:
+                    report.prompt_repeated_first = raw.row_id
             return made_examples
         return []
 
     return build
+
+
+REPEATED_PROMPT_MIN_CHARS = 16  # a shorter prompt ("Hi") may open a response by chance
+
+
+def repeats_prompt(examples: list[Example]) -> bool:
+    """True when a row's text responses all begin with its whole text prompt (at least REPEATED_PROMPT_MIN_CHARS
+    characters, whitespace aside): an implicit-prompt dataset (Anthropic/hh-rlhf's full transcripts) given a
+    `prompt` column as well. Each response would then hold the prompt a second time, and the model learn to repeat
+    it; TRL trains such rows as they are, so they are counted and said, not refused."""
+    responses = [r for ex in examples for r in (getattr(ex, "chosen", None), getattr(ex, "rejected", None),
+                                                getattr(ex, "completion", None)) if r is not None]
+    prompt = examples[0].prompt if examples else None
+    if not isinstance(prompt, str) or len(prompt.strip()) < REPEATED_PROMPT_MIN_CHARS or not responses or any(
+            ex.prompt != prompt for ex in examples):
+        return False
+    return all(isinstance(r, str) and r.lstrip().startswith(prompt.strip()) for r in responses)
 
 
 def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:
