@@ -240,7 +240,7 @@ def load_task(cfg, tokenizer=None, policy=None):
                                                                                  on_bad_row=cfg.on_bad_row))
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
     held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
-    gaps = column_gaps(rows)
+    gaps = column_gaps([(ex.row_id, ex.extras) for ex in rows])
     if gaps:
         report.column_gaps = gaps
         if is_main_process():
@@ -251,18 +251,19 @@ def load_task(cfg, tokenizer=None, policy=None):
                 reward_aggregator=aggregator), tokenizer, policy
 
 
-def column_gaps(rows) -> dict[str, dict]:
-    """{column: {"rows": n, "first_row": row id}} for each extra column that holds a value in some prompt rows and is
-    absent or null in n others. The reward functions get None for those rows (TRL passes a dataset's nulls the same
-    way), so a judge that compares with an `answer` column scores them against nothing: counted and said."""
+def column_gaps(rows: list[tuple[int, dict]]) -> dict[str, dict]:
+    """{column: {"rows": n, "first_row": row id}} for each column that holds a value in some prompt rows ((source row
+    id, the row's other columns) each) and is absent or null in n others. The reward functions get None for those
+    rows (TRL passes a dataset's nulls the same way), so a judge that compares with an `answer` or `solution` column
+    scores them against nothing: counted and said."""
     have: dict[str, int] = {}
-    for ex in rows:
-        for key, value in ex.extras.items():
+    for _, columns in rows:
+        for key, value in columns.items():
             if value is not None:
                 have[key] = have.get(key, 0) + 1
     gaps = {}
     for key in sorted(have):
-        missing = [ex.row_id for ex in rows if ex.extras.get(key) is None]
+        missing = [row_id for row_id, columns in rows if columns.get(key) is None]
         if missing:
             gaps[key] = {"rows": len(missing), "first_row": missing[0]}
     return gaps
