@@ -314,3 +314,22 @@ def test_responses_that_repeat_the_whole_prompt_are_counted_and_said(tmp_path, c
                  "save_steps=0"]) == 0
     assert f"preflab: note: data: {path}: in 3 of 6 row(s) (first: row 1) every response begins with the whole " \
            "prompt, so the prompt is trained a second time" in capsys.readouterr().out
+
+
+def test_a_prompt_column_under_another_name_is_not_left_unread_by_the_implicit_prompt(tmp_path):
+    """{"question", "chosen": "The answer is 4", "rejected": "The answer is 5"} trained "The answer is" -> " 4" with
+    the question never read (TRL's implicit prompt does the same, silently). Refused naming the column; a column the
+    implicit prompt already holds (a full transcript beside it) is fine."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"question": "2 + 2?", "chosen": "The answer is 4", "rejected": "The answer is 5"}) + "\n")
+    with pytest.raises(DataError, match=r"pairs.jsonl row 0 \(line 1\), field 'question': looks like the prompt, but "
+                                        r"the row has no 'prompt' column, so the shared start of 'chosen' and "
+                                        r"'rejected' \('The answer is'\) would be the prompt and 'question' never read"):
+        load_rows(path)
+    conv = {"Instruction": "2 + 2?", "chosen": [{"role": "user", "content": "Sum: 2 + 2?"},
+                                                {"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "user", "content": "Sum: 2 + 2?"}, {"role": "assistant", "content": "5"}]}
+    examples, _ = load_rows([conv, {"question": "2 + 2?", "chosen": "Q: 2 + 2? A: 4", "rejected": "Q: 2 + 2? A: 5"}])
+    assert [e.prompt for e in examples] == [[{"role": "user", "content": "Sum: 2 + 2?"}], "Q: 2 + 2? A:"]
+    with pytest.raises(DataError, match=r"field 'Instruction': looks like the prompt"):
+        load_rows([dict(conv, Instruction="3 + 3?")])
