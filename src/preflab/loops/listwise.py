@@ -64,8 +64,8 @@ def make_list(example, tokenizer, settings, report) -> TokenizedList:
 
 
 def _checked_completions(prompt, completions: list, fields: list[str], scores: list) -> list:
-    """Each completion checked as a pair's response is (validate.check_text_or_messages: a non-empty string, or
-    assistant turns) and in the prompt's form; two equal completions with different scores are refused: the list
+    """The completions, each checked as a pair's response is (validate.check_text_or_messages: a non-empty string, or
+    assistant turns) and in the prompt's form. Two equal completions with different scores are refused: the list
     would rank a response above itself (a pair's chosen == rejected)."""
     from preflab.data.validate import check_text_or_messages
 
