@@ -335,3 +335,22 @@ def test_a_judge_column_missing_in_some_prompt_rows_is_counted_and_said(tmp_path
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     task, _, _ = tasks.load_task(cfg)
     assert task.data_report["prompt_rows"]["column_gaps"] == {} and "absent or null" not in capsys.readouterr().out
+
+
+def test_a_prompt_past_the_policys_positions_is_refused_before_generation(tmp_path, capsys):
+    """An 800-token prompt to builtin:tiny-gpt2 (512 learned positions) stopped the first round with torch.embedding's
+    'IndexError: index out of range in self' traceback; it is now refused up front with the max_prompt_length that
+    fits, and that setting trains."""
+    from preflab.cli import main
+
+    rows = [{"prompt": "echo: ab\n"}, {"prompt": "echo: " + "ab " * 400}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "task=online", "trainer=grpo", "beta=0", "online_task=dataset", f"dataset_name={tmp_path / 'p.jsonl'}",
+            "reward_funcs=preflab.online.tasks:demo_true_reward", "model_name_or_path=builtin:tiny-gpt2", "max_steps=1",
+            "num_generations=2", "prompts_per_generation=2", "per_device_train_batch_size=4",
+            "max_completion_length=4", "use_cpu=true", "disable_tqdm=true", f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'p.jsonl'}: 1 of 2 prompt(s) need more positions than the policy's 512: the first " \
+           "('echo: ab ab" in err and "Set max_prompt_length to at most 508" in err, err
+    assert main(args + ["max_prompt_length=508"]) == 0
