@@ -1,4 +1,5 @@
 """YAML configs: safe loading, bounded aliases, duplicate keys refused (issue 18.12, 18.16)."""
+import re
 import time
 
 import pytest
@@ -68,3 +69,28 @@ def test_tags_still_refused_in_file_and_override(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
     assert parse_override("beta=!!python/object/apply:os.getcwd []")[1] == "!!python/object/apply:os.getcwd []"
+
+
+@pytest.mark.parametrize("override, shown", [("learning_rate=inf", "learning_rate=inf"),
+                                             ("beta=nan", "beta=nan"), ("beta=1e400", "beta=inf"),
+                                             ("beta=-.inf", "beta=-inf"), ("max_grad_norm=nan", "max_grad_norm=nan")])
+def test_a_value_that_is_not_finite_is_refused(override, shown):
+    """learning_rate=inf passed `> 0` and trained; beta=1e400 became inf without a word."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(shown)} is not allowed: {override.split('=')[0]} must be "
+                                          r"finite \(nan, \.inf and literals too large"):
+        load_config("examples/quickstart.yaml", [override])
+
+
+def test_max_grad_norm_inf_still_means_measure_without_clipping():
+    assert load_config("examples/quickstart.yaml", ["max_grad_norm=inf"]).max_grad_norm == float("inf")
+
+
+def test_the_same_override_twice_with_two_values_is_said(capsys):
+    """beta=0.2 beta=0.3 trained with 0.3 and no word. The last one still wins (argparse's rule, which TRL's
+    HfArgumentParser follows, and scripts that append to a common set of overrides rely on), and it is said; the
+    same value twice says nothing."""
+    assert load_config("examples/quickstart.yaml", ["beta=0.2", "max_steps=3", "beta=0.3"]).beta == 0.3
+    assert "preflab: note: overrides 'beta=0.2' and 'beta=0.3' set beta twice; the last one wins." in \
+        capsys.readouterr().out
+    assert load_config("examples/quickstart.yaml", ["beta=0.2", "beta=0.2"]).beta == 0.2
+    assert "twice" not in capsys.readouterr().out

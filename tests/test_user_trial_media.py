@@ -38,7 +38,8 @@ def test_a_decompression_bomb_image_is_a_bad_row_naming_file_row_and_field(tmp_p
 
     (tmp_path / "huge.png").write_bytes(huge_png_header())
     (tmp_path / "ok.png").write_bytes(small_png())
-    rows = [{"prompt": "a", "chosen_image": "ok.png", "rejected_image": "ok.png"},
+    (tmp_path / "ok2.png").write_bytes(small_png((0, 0, 255)))  # a pair of one image is refused (identical)
+    rows = [{"prompt": "a", "chosen_image": "ok.png", "rejected_image": "ok2.png"},
             {"prompt": "b", "chosen_image": "huge.png", "rejected_image": "ok.png"}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -146,8 +147,9 @@ def test_diffusion_run_says_what_it_skipped_in_the_eval_set_and_why(tmp_path, ca
     from preflab.loops.diffusion import DiffusionRun
 
     (tmp_path / "ok.png").write_bytes(small_png())
+    (tmp_path / "ok2.png").write_bytes(small_png((0, 0, 255)))
     (tmp_path / "bad.png").write_text("not an image")
-    good = {"prompt": "a red disc", "chosen_image": "ok.png", "rejected_image": "ok.png"}
+    good = {"prompt": "a red disc", "chosen_image": "ok.png", "rejected_image": "ok2.png"}
     train = pair_file(tmp_path, "train.jsonl", [good] * 2 + [{**good, "rejected_image": "bad.png"}])
     held = pair_file(tmp_path, "test.jsonl", [good, {**good, "chosen_image": "bad.png"}, {**good, "prompt": ""}])
     cfg = config_from_dict({"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": train,

@@ -684,8 +684,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                               "dataset_name.")
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
+    given: dict[str, tuple[str, Any]] = {}
     for item in overrides:
         key, value = parse_override(item)
+        if key in given and given[key][1] != value:  # the last wins, as argparse (TRL's HfArgumentParser), said
+            from preflab.runlog import is_main_process
+
+            if is_main_process():
+                print(f"preflab: note: overrides {given[key][0]!r} and {item!r} set {key} twice; the last one "
+                      "wins.", flush=True)
+        given[key] = (item, value)
         head, dot, sub = key.partition(".")
         if dot and head in NESTED_OPTIONS:  # recipe_params.iterations=3 sets one key of a dict option
             nested = raw.get(head)

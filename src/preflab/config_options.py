@@ -12,6 +12,7 @@ fields to TrainConfig adds their rows here.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -366,10 +367,30 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+INFINITE_ALLOWED = ("max_grad_norm",)  # inf: torch's clip_grad_norm_ measures the norm and clips nothing
+
+
+def _not_finite(value) -> bool:
+    """A float that is nan or +-inf (YAML .inf / .nan, `nan`, a literal too large for a float such as 1e400), alone or
+    inside a list or mapping value."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_not_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_not_finite(v) for v in value.values())
+    return False
+
+
 def range_errors(values: dict) -> list[str]:
-    """One message per option whose (non-None) value is outside the range its table row allows."""
+    """One message per option whose (non-None) value is outside the range its table row allows. A value that is not
+    finite is refused first, whatever the row allows (a `> 0` check passes inf: learning_rate=inf trained)."""
     errors = []
     for name, value in values.items():
+        if _not_finite(value) and not (name in INFINITE_ALLOWED and value == math.inf):
+            errors.append(f"{name}={value!r} is not allowed: {name} must be finite (nan, .inf and literals too large "
+                          "for a float, such as 1e400, are refused).")
+            continue
         option = OPTIONS.get(name)
         if option is None or option.ok is None or value is None:
             continue

@@ -292,3 +292,44 @@ def test_rows_mixing_text_and_conversational_forms_get_a_note():
     assert load_rows([text, text], kind="pairwise")[1].mixed_forms_note() is None
     assert load_rows([conv, {"chosen": conv["prompt"] + conv["chosen"], "rejected": conv["prompt"] + conv["rejected"]}],
                      kind="pairwise")[1].mixed_forms_note() is None
+
+
+def test_responses_that_repeat_the_whole_prompt_are_counted_and_said(tmp_path, capsys):
+    """Full transcripts (hh-rlhf's chosen/rejected) with a `prompt` column as well trained the prompt a second time
+    inside each response, without a word (TRL does the same). Now such rows are counted and the run says so; a short
+    prompt that opens a response by chance, and implicit-prompt rows, are not counted."""
+    from preflab.cli import main
+
+    rows = [{"prompt": f"Human: echo w{i}\n\nAssistant:", "chosen": f"Human: echo w{i}\n\nAssistant: W{i}",
+             "rejected": f"Human: echo w{i}\n\nAssistant: w{i}"} for i in range(3)]
+    rows += [{"prompt": "Hi", "chosen": "Hi there", "rejected": "Hi, who?"},
+             {"chosen": "Human: echo w9\n\nAssistant: W9", "rejected": "Human: echo w9\n\nAssistant: w9"},
+             {"prompt": "Human: echo w4\n\nAssistant:", "chosen": " W4", "rejected": " w4"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [rows[3], *rows[:3], *rows[4:]]))
+    _, report = load_rows(path)
+    assert (report.prompt_repeated, report.prompt_repeated_first) == (3, 1)
+    assert main(["train", "examples/quickstart.yaml", f"dataset_name={path}", "eval_fraction=0", "max_steps=1",
+                 "per_device_train_batch_size=2", f"output_dir={tmp_path / 'out'}", "eval_steps=0",
+                 "save_steps=0"]) == 0
+    assert f"preflab: note: data: {path}: in 3 of 6 row(s) (first: row 1) every response begins with the whole " \
+           "prompt, so the prompt is trained a second time" in capsys.readouterr().out
+
+
+def test_a_prompt_column_under_another_name_is_not_left_unread_by_the_implicit_prompt(tmp_path):
+    """{"question", "chosen": "The answer is 4", "rejected": "The answer is 5"} trained "The answer is" -> " 4" with
+    the question never read (TRL's implicit prompt does the same, silently). Refused naming the column; a column the
+    implicit prompt already holds (a full transcript beside it) is fine."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"question": "2 + 2?", "chosen": "The answer is 4", "rejected": "The answer is 5"}) + "\n")
+    with pytest.raises(DataError, match=r"pairs.jsonl row 0 \(line 1\), field 'question': looks like the prompt, but "
+                                        r"the row has no 'prompt' column, so the shared start of 'chosen' and "
+                                        r"'rejected' \('The answer is'\) would be the prompt and 'question' never read"):
+        load_rows(path)
+    conv = {"Instruction": "2 + 2?", "chosen": [{"role": "user", "content": "Sum: 2 + 2?"},
+                                                {"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "user", "content": "Sum: 2 + 2?"}, {"role": "assistant", "content": "5"}]}
+    examples, _ = load_rows([conv, {"question": "2 + 2?", "chosen": "Q: 2 + 2? A: 4", "rejected": "Q: 2 + 2? A: 5"}])
+    assert [e.prompt for e in examples] == [[{"role": "user", "content": "Sum: 2 + 2?"}], "Q: 2 + 2? A:"]
+    with pytest.raises(DataError, match=r"field 'Instruction': looks like the prompt"):
+        load_rows([dict(conv, Instruction="3 + 3?")])

@@ -22,6 +22,15 @@ def test_jsonl_with_bom_and_blank_lines(tmp_path):
     assert examples == EXPECTED and report.source == str(path) and report.blank_lines == 2
 
 
+def test_blank_lines_are_said_in_the_data_line(tmp_path):
+    """Blank lines were counted in summary.json only; the console's data line said nothing of them (a blank line in
+    the middle of a file may be a row lost in an edit)."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(ROWS[1]) + "\n")
+    assert load_rows(path)[1].summary() == f"{path} (pairwise): 2 rows, 2 kept, 0 skipped; forms: standard 2; " \
+                                           "1 blank line(s) ignored"
+
+
 @pytest.mark.parametrize("layout", ["array", "wrapped", "lines"])
 def test_json_files(tmp_path, layout):
     path = tmp_path / "train.json"
@@ -74,6 +83,29 @@ def test_csv_unpaired_labels_and_bad_cells(tmp_path):
     assert examples == [UnpairedExample(0, "p", "c", True, {}), UnpairedExample(3, "p", "d", False, {})]
     assert report.skipped == {"invalid_unicode": 1, "invalid_csv": 1}
 
+
+def test_a_csv_row_spanning_lines_is_named_by_the_line_it_starts_on(tmp_path):
+    """A quoted cell over two lines made every error name the row's last line: row 0 of a file whose first row is on
+    line 2 was '(line 3)'."""
+    path = tmp_path / "train.csv"
+    path.write_text('prompt,chosen\n"echo: a\n",A\n"echo: b\n",B\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^\S*train.csv row 0 \(line 2\), field 'rejected': missing"):
+        load_rows(path)
+    _, report = load_rows(path, on_bad_row="skip")
+    assert [(e["row_id"], e["line"]) for e in report.skipped_examples] == [(0, 2), (1, 4)]
+
+
+def test_a_messages_column_of_json_text_is_named_as_such(tmp_path):
+    """A CSV `messages` cell (JSON text) was 'expected a list of messages, got str', without saying why or what to do;
+    a text field of the same JSON text already said it."""
+    from preflab.data.report import RowProblem
+    from preflab.data.validate import check_messages
+
+    cell = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    with pytest.raises(RowProblem, match=r"is the JSON text of a list of messages \(a CSV cell, or a list column "
+                                         r"written as a string\), not a list") as err:
+        check_messages(cell, "messages")
+    assert err.value.field == "messages" and "json.loads the column" in err.value.fix
 
 def test_save_to_disk_dataset_and_dataset_dict(tmp_path):
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))

@@ -109,6 +109,7 @@ def _vision(tmp_path, monkeypatch):
     monkeypatch.setattr(vision, "read_vision_pairs", lambda source, split, **kw: (list(rows), DataReport("rows")))
     monkeypatch.setattr(vision, "tokenize_vision_pairs", lambda examples, *a: (
         examples, DataReport("rows"), DataReport("rows")))
+    monkeypatch.setattr(vision, "vision_pairs_fingerprint", lambda pairs: str(pairs[0].row_id))  # the stubs' content
     cfg = _cfg(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED, vision_pairs="given",
                vision_pair_params={}, on_bad_row="error", max_frames=8, max_length=64, chunk_tokens=None,
                max_completion_length=None)

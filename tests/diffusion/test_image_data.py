@@ -68,8 +68,9 @@ def test_preflab_rows_read_paths_relative_to_the_file_and_resize(tmp_path):
     ("rejected_image", png(70000, mode="I;16"), "bad_image_mode"),
 ])
 def test_bad_rows_name_file_row_and_field_or_are_skipped(tmp_path, field, value, reason):
-    good = {"prompt": "p", "chosen_image": "ok.png", "rejected_image": "ok.png"}
+    good = {"prompt": "p", "chosen_image": "ok.png", "rejected_image": "ok2.png"}
     Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "ok.png")
+    Image.new("RGB", (8, 8), (90, 9, 9)).save(tmp_path / "ok2.png")
     if isinstance(value, bytes) and value.startswith(b"\x89PNG") or value == b"not a png":
         (tmp_path / "bad.png").write_bytes(value)
         value = "bad.png"
@@ -82,6 +83,25 @@ def test_bad_rows_name_file_row_and_field_or_are_skipped(tmp_path, field, value,
     assert str(path) in str(err.value) and field in str(err.value)
     examples, report = load_image_pairs(str(path), resolution=8, resize=False, on_bad_row="skip")
     assert [x.row_id for x in examples] == [0, 2] and report.skipped == {reason: 1}
+
+
+def test_a_pair_of_the_same_image_under_the_same_caption_is_refused(tmp_path):
+    """chosen_image and rejected_image naming one file (or two copies) trained silently: the Diffusion-DPO term of
+    such a pair is constant. Under different captions (DCPO's caption_chosen / caption_rejected) it is a pair."""
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "a.png")
+    (tmp_path / "copy.png").write_bytes((tmp_path / "a.png").read_bytes())
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen_image": "a.png", "rejected_image": "copy.png"}) + "\n")
+    with pytest.raises(DataError) as err:
+        load_image_pairs(str(path), resolution=8)
+    assert str(err.value).startswith(f"{path} row 0 (line 1), field 'rejected_image': the same pixels as "
+                                     "'chosen_image' (under the same caption). A pair needs two different images")
+    assert err.value.reason == "identical"
+    with pytest.raises(DataError, match="field 'jpg_1': the same pixels as 'jpg_0'"):
+        load_image_pairs([{"caption": "a", "jpg_0": RED, "jpg_1": RED, "label_0": 1}], resolution=8)
+    dcpo = {"prompt": "p", "chosen_image": RED, "rejected_image": RED, "caption_chosen": "a red square",
+            "caption_rejected": "a blue square"}
+    assert len(load_image_pairs([dcpo], resolution=8)[0]) == 1
 
 
 def test_a_label_outside_zero_half_one_is_a_bad_row():

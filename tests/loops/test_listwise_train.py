@@ -84,6 +84,38 @@ def test_ragged_lists_and_bad_scores_are_refused(tmp_path, capsys):
     assert "row 0, field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
 
 
+@pytest.mark.parametrize("completions, scores, expected", [
+    (["OWL", 3, "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': expected text like the prompt, got int"),
+    (["OWL", None, "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': expected text like the prompt, got NoneType"),
+    (["OWL", "", "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': empty string"),
+    (["OWL", "OWL", "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': identical to 'completions[0]', with a "
+                                          "different score (0 vs 1)"),
+    (["OWL", [{"role": "assistant", "content": "owl"}], "Owl"], [1, 0, 0.5],
+     "row 1, field 'completions[1]': is a list of messages but 'prompt' is text"),
+])
+def test_a_bad_completion_in_a_ranked_list_is_refused_naming_its_index(tmp_path, capsys, completions, scores,
+                                                                        expected):
+    """Each completion is checked as a pair's response: a number or null was a traceback in the tokenizer, an empty
+    string or a copy ranked against itself trained silently, a message list beside a text prompt an unclear error."""
+    rows = ROWS[:1] + [{"prompt": "echo: owl\n", "completions": completions, "scores": scores}] + ROWS[2:]
+    err = _refused(tmp_path, rows, capsys)
+    assert "lists.jsonl " + expected in err, err
+
+
+def test_a_response_turn_of_another_role_in_a_ranked_list_is_named(tmp_path, capsys):
+    conv = [{"prompt": [{"role": "user", "content": "echo: owl"}],
+             "completions": [[{"role": "assistant", "content": "OWL"}], [{"role": "user", "content": "owl"}]],
+             "scores": [1, 0]}]
+    assert "lists.jsonl row 0, field 'completions[1][0].role': a response turn has role 'user'" in \
+        _refused(tmp_path, conv, capsys)
+
+
+def test_equal_completions_with_equal_scores_are_kept():
+    from preflab.loops.listwise import _checked_completions
+
+    assert _checked_completions("p", ["a", "a", "b"], ["c0", "c1", "c2"], [1, 1, 0]) == ["a", "a", "b"]
+
+
 def test_shipped_example_reads_as_a_listwise_run():
     from preflab.config import load_config
     from preflab.loops.kinds import kind_for

@@ -120,6 +120,22 @@ def test_a_preference_or_prompt_only_row_says_what_sft_needs(tmp_path, model_and
         prepare_sft(_cfg(dataset_name=str(data)), model_and_tok[1])
 
 
+
+@pytest.mark.parametrize("label", [False, True, "false"])
+def test_an_unpaired_preference_row_is_refused_not_fine_tuned_on(tmp_path, model_and_tok, label):
+    """{prompt, completion, label: false} (a KTO row) trained its undesirable completion as an SFT target, silently;
+    a `label` that is not a preference label (a category) is still an extra column."""
+    from preflab.loops.sft import prepare_sft
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "completion": " a"}) + "\n" +
+                    json.dumps({"prompt": "q", "completion": " b", "label": label}) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl row 1 \(line 2\), field 'label': is " + repr(label) + ": the row "
+                                        r"is TRL's unpaired preference form \(prompt, completion, label\)"):
+        prepare_sft(_cfg(dataset_name=str(data)), model_and_tok[1])
+    data.write_text(json.dumps({"prompt": "q", "completion": " b", "label": "sports"}) + "\n")
+    assert len(prepare_sft(_cfg(dataset_name=str(data)), model_and_tok[1])[0]) == 1
+
 def test_sft_options_refuse_preference_settings():
     with pytest.raises(ConfigError, match="task: sft.*loss_type"):
         _cfg(loss_type="ipo")

@@ -118,6 +118,8 @@ def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     for row, match in ((dict(good, chosen_rewards=[1.0]), r"field 'chosen_rewards': 1 values; expected 2"),
                        ({"chosen_rewards": [1, 0]}, r"field 'prompt': missing"),
                        (dict(good, chosen_rewards=["high", 0]), r"field 'chosen_rewards': expected a list"),
+                       (dict(good, chosen_rewards=[float("nan"), 0]), r"field 'chosen_rewards': expected a list of "
+                                                                      r"numbers .*got \[nan, 0\]"),
                        ([1, 2], r"the row is a list, not an object with fields. Each row must be an object "
                                 r"\{prompt, chosen_rewards")):
         data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")

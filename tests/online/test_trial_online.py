@@ -312,3 +312,45 @@ def test_online_dpo_logs_trls_objective_keys(tmp_path):
     assert row["beta"] == pytest.approx(0.2)
     assert row["val/contain_eos_token"] == pytest.approx(1 - row["completions/clipped_ratio"])
     assert row["objective/entropy"] > 0
+
+
+def test_a_judge_column_missing_in_some_prompt_rows_is_counted_and_said(tmp_path, capsys):
+    """A prompt row without the `answer` column its neighbours carry (or with answer: null) reached the reward
+    functions as None, so a rule reward scored the row against nothing, with no word. Now the gap is counted per
+    column (summary.json data.prompt_rows.column_gaps) and said with the first row."""
+    from preflab.online import tasks
+
+    rows = [{"prompt": f"echo: w{i}\n", "answer": f"W{i}"} for i in range(5)]
+    rows[2] = {"prompt": "echo: w2\n"}
+    rows[4]["answer"] = None
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({**ONLINE, "trainer": "grpo", "dataset_name": str(tmp_path / "p.jsonl"),
+                            "reward_funcs": "demo_true_reward"})
+    task, _, _ = tasks.load_task(cfg)
+    assert task.data_report["prompt_rows"]["column_gaps"] == {"answer": {"rows": 2, "first_row": 2}}
+    out = capsys.readouterr().out
+    assert "p.jsonl: column(s) absent or null in some prompt rows: 'answer' in 2 of 5 (first: row 2). The reward " \
+           "functions get None for those rows" in out
+    rows[2]["answer"] = rows[4]["answer"] = "W"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task, _, _ = tasks.load_task(cfg)
+    assert task.data_report["prompt_rows"]["column_gaps"] == {} and "absent or null" not in capsys.readouterr().out
+
+
+def test_a_prompt_past_the_policys_positions_is_refused_before_generation(tmp_path, capsys):
+    """An 800-token prompt to builtin:tiny-gpt2 (512 learned positions) stopped the first round with torch.embedding's
+    'IndexError: index out of range in self' traceback; it is now refused up front with the max_prompt_length that
+    fits, and that setting trains."""
+    from preflab.cli import main
+
+    rows = [{"prompt": "echo: ab\n"}, {"prompt": "echo: " + "ab " * 400}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "task=online", "trainer=grpo", "beta=0", "online_task=dataset", f"dataset_name={tmp_path / 'p.jsonl'}",
+            "reward_funcs=preflab.online.tasks:demo_true_reward", "model_name_or_path=builtin:tiny-gpt2", "max_steps=1",
+            "num_generations=2", "prompts_per_generation=2", "per_device_train_batch_size=4",
+            "max_completion_length=4", "use_cpu=true", "disable_tqdm=true", f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'p.jsonl'}: 1 of 2 prompt(s) need more positions than the policy's 512: the first " \
+           "('echo: ab ab" in err and "Set max_prompt_length to at most 508" in err, err
+    assert main(args + ["max_prompt_length=508"]) == 0

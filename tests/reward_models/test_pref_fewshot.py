@@ -99,6 +99,11 @@ def test_token_budget_drops_shots_never_the_query():
     assert tiny == [] and report.dropped_episodes["too_long"] == 8
 
 
+def test_a_bool_label_of_an_xy_row_is_refused_not_read_as_one():
+    """label: true passed `label in (0, 1)` and made response_y the chosen one, silently (which side is "true"?)."""
+    with pytest.raises(DataError, match=r"^row 0, field 'label': must be 0 \(response_x preferred\) or 1, got True"):
+        user_pairs([{"user_id": 1, "prompt": "q", "response_x": "a", "response_y": "b", "label": True}])
+
 def test_row_forms_validation_and_consistency_report():
     pairs = user_pairs([{"user_id": 1, "prompt": "q", "response_x": "a", "response_y": "b", "label": 1}])
     assert (pairs[0].chosen, pairs[0].rejected) == ("b", "a")

@@ -287,3 +287,21 @@ def test_judge_passes_images_only_to_functions_that_take_them():
     assert scores.tolist() == [201.0, 2.0]
     with pytest.raises(ConfigError, match="cache_context"):  # images unhashed: the cache needs their digest
         judge(["p"], ["a"], columns=[{"label": 1}], images=[[red]])
+
+
+def test_a_solution_missing_in_some_vision_prompt_rows_is_counted():
+    """A grounding row without `solution` reached vision_r1_precision / recall as None and scored 0 against nothing,
+    silently; online_task: vision_dataset now counts the gap per column as online_task: dataset does."""
+    from PIL import Image
+
+    from preflab.online.vision import vision_prompt_rows
+    from vlm_helpers import tiny
+
+    _, processor = tiny("qwen2_vl")
+    red = Image.new("RGB", (16, 16), (200, 0, 0))
+    rows = [{"images": [red], "prompt": "Locate it.", "solution": '[["square", [0, 0, 8, 8]]]'},
+            {"images": [red], "prompt": "Locate it."},
+            {"images": [red], "prompt": "Locate it.", "solution": None}]
+    report: dict = {}
+    vision_prompt_rows(rows, processor, report_to=report)
+    assert report["prompt_rows"]["column_gaps"] == {"solution": {"rows": 2, "first_row": 1}}

@@ -91,3 +91,61 @@ def test_an_image_placeholder_in_a_vision_prompts_text_is_refused():
     assert [p["type"] for p in ok.prompt[0]["content"]] == ["image", "text"]
     text_only = vision_example({"prompt": "What does <image> mean in HTML?", "chosen": "a", "rejected": "b"}, 0)
     assert text_only.images == []  # no images: the text is just text
+
+
+def _vision_refusal(tmp_path, bad_side: dict) -> str:
+    import json
+
+    import pytest
+
+    from preflab.data.vision import read_vision_pairs
+    from preflab.errors import DataError
+
+    image((200, 20, 20)).save(tmp_path / "red.png")
+    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    ok = {"images": ["red.png"], "prompt": user, "chosen": [{"role": "assistant", "content": [
+        {"type": "text", "text": "Red."}]}], "rejected": [{"role": "assistant", "content": [
+            {"type": "text", "text": "Blue."}]}]}
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(ok) + "\n" + json.dumps({**ok, **bad_side}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_vision_pairs(str(tmp_path / "pairs.jsonl"))
+    return str(err.value)
+
+
+def test_an_empty_vision_response_is_refused_naming_row_and_message(tmp_path):
+    """An assistant message whose only text part was "" (or blank) trained as an empty answer, silently."""
+    for text in ("", "  "):
+        err = _vision_refusal(tmp_path, {"chosen": [{"role": "assistant", "content": [{"type": "text", "text": text}]}]})
+        assert "pairs.jsonl row 1 (line 2), field 'chosen[0].content': empty content (no image, video or non-blank " \
+               "text part)" in err, err
+
+
+def test_a_vision_response_turn_of_another_role_is_named(tmp_path):
+    """chosen: [{"role": "user", ...}] was refused as 'the chat template of prompt + response does not start with
+    the templated prompt'; a role outside system/user/assistant/tool passed."""
+    err = _vision_refusal(tmp_path, {"chosen": [{"role": "user", "content": [{"type": "text", "text": "Red."}]}]})
+    assert "pairs.jsonl row 1 (line 2), field 'chosen[0].role': a response turn has role 'user'" in err, err
+    err = _vision_refusal(tmp_path, {"prompt": [{"role": "human", "content": [{"type": "image"},
+                                                                               {"type": "text", "text": "Hue?"}]}]})
+    assert "pairs.jsonl row 1 (line 2), field 'prompt[0].role': role 'human' is not one of system, user, assistant, " \
+           "tool" in err, err
+
+
+def test_an_image_dict_with_text_bytes_is_named_as_such():
+    """{"bytes": "<base64>"} (a JSON export of a datasets Image column) was read as a file path: 'image file
+    'iVBORw0KGgo...' does not exist'. Both image readers (vision rows, diffusion rows) now say what it is."""
+    import base64
+
+    import pytest
+
+    from preflab.data.media import load_image as load_vlm_image
+    from preflab.data.report import RowProblem
+    from preflab.diffusion.images import load_image as load_diffusion_image
+
+    buf = io.BytesIO()
+    image((1, 2, 3)).save(buf, format="PNG")
+    value = {"bytes": base64.b64encode(buf.getvalue()).decode(), "path": None}
+    for load in (lambda: load_vlm_image(value, "images[0]"), lambda: load_diffusion_image(value, "images[0]", 8)):
+        with pytest.raises(RowProblem, match=r"the image dict's 'bytes' holds text \('iVBORw0KGgo") as err:
+            load()
+        assert err.value.field == "images[0]" and "base64.b64decode" in err.value.fix

@@ -205,3 +205,14 @@ def test_pami_close_filter_excludes_far_candidates():
     best = max(range(4), key=sims.__getitem__)
     assert strict[0].extras["pami_gap"] == pytest.approx(score(examples[0], examples[0].images)[0]
                                                          - score(examples[0], cands[best])[0], abs=1e-4)
+
+
+def test_repeated_vision_pairs_are_counted_by_tokens_and_pixels():
+    """Text rows got a 'repeat an earlier one exactly' note, vision rows none: a copied row (same images) trained
+    twice per epoch without a word. The same text with other pixels is not a repeat."""
+    from preflab.loops.vlm import repeated_vision_pairs
+
+    _, processor = tiny("qwen2_vl")
+    rows = [pair_row(seed=0), pair_row(seed=0), pair_row(seed=5), pair_row(seed=0)]
+    pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
+    assert repeated_vision_pairs(pairs) == 2 and repeated_vision_pairs(pairs[1:3]) == 0

@@ -23,10 +23,21 @@ from preflab.data.report import RowProblem
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 
 
+def refuse_text_bytes(value, field: str) -> None:
+    """A {"bytes": ...} image dict whose bytes are text (a JSON export of a datasets Image column holds them as a
+    base64 or escaped string) would be read as a file path and reported missing under a name made of the image's
+    bytes: said for what it is."""
+    if isinstance(value, dict) and isinstance(value.get("bytes"), str) and value["bytes"]:
+        raise RowProblem("bad_image", field, f"the image dict's 'bytes' holds text ({value['bytes'][:24]!r}...), not "
+                         "bytes", "JSON cannot hold bytes: decode the text to bytes before training (base64."
+                         "b64decode for base64), store the rows as Parquet / a datasets folder, or give image paths.")
+
+
 def load_image(value, field: str, base_dir: str | None = None):
     """One image in any accepted form -> an RGB PIL image."""
     from PIL import Image, UnidentifiedImageError
 
+    refuse_text_bytes(value, field)
     try:
         if isinstance(value, Image.Image):
             image = value

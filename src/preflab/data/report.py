@@ -145,6 +145,9 @@ class DataReport(RowReport):
     examples: int = 0
     forms: dict[str, int] = field(default_factory=dict)
     blank_lines: int = 0
+    column_gaps: dict[str, dict] = field(default_factory=dict)  # online prompt rows: preflab.online.tasks
+    prompt_repeated: int = 0  # rows whose responses all begin with the whole prompt (preflab.data.rows.repeats_prompt)
+    prompt_repeated_first: int | None = None
 
     def summary(self) -> str:
         """One line, e.g. 'train.jsonl (pairwise): 100 rows, 97 kept, 3 skipped (empty_field: 2, identical: 1)'."""
@@ -154,7 +157,19 @@ class DataReport(RowReport):
             line += f"; forms: {forms}"
         if self.examples != self.kept:
             line += f"; {self.examples} examples"
+        if self.blank_lines:  # not rows, but a blank line in the middle of a file may be a row lost in an edit
+            line += f"; {self.blank_lines} blank line(s) ignored"
         return line
+
+    def repeated_prompt_note(self) -> str | None:
+        """A note when some rows' responses all begin with their whole prompt (counted by load_rows); None if none."""
+        if not self.prompt_repeated:
+            return None
+        return (f"{self.source or '<rows>'}: in {self.prompt_repeated} of {self.kept} row(s) (first: row "
+                f"{self.prompt_repeated_first}) every response begins with the whole prompt, so the prompt is trained "
+                "a second time as part of each response (full transcripts with a 'prompt' column too?). Drop the "
+                "'prompt' column to take the responses' shared start as the prompt, or cut the prompt from the "
+                "responses.")
 
     def mixed_forms_note(self) -> str | None:
         """A note when the rows mix text and conversational forms (each row is valid, but only the conversational

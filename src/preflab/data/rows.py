@@ -95,10 +95,31 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
     def build(raw) -> list[Example]:
         for _, (made_examples, form) in policy.accepted((raw,), made):
             report.forms[form] = report.forms.get(form, 0) + 1
+            if repeats_prompt(made_examples):
+                report.prompt_repeated += 1
+                if report.prompt_repeated_first is None:
+                    report.prompt_repeated_first = raw.row_id
             return made_examples
         return []
 
     return build
+
+
+REPEATED_PROMPT_MIN_CHARS = 16  # a shorter prompt ("Hi") may open a response by chance
+
+
+def repeats_prompt(examples: list[Example]) -> bool:
+    """True when a row's text responses all begin with its whole text prompt (at least REPEATED_PROMPT_MIN_CHARS
+    characters, whitespace aside): an implicit-prompt dataset (Anthropic/hh-rlhf's full transcripts) given a
+    `prompt` column as well. Each response would then hold the prompt a second time, and the model learn to repeat
+    it; TRL trains such rows as they are, so they are counted and said, not refused."""
+    responses = [r for ex in examples for r in (getattr(ex, "chosen", None), getattr(ex, "rejected", None),
+                                                getattr(ex, "completion", None)) if r is not None]
+    prompt = examples[0].prompt if examples else None
+    if not isinstance(prompt, str) or len(prompt.strip()) < REPEATED_PROMPT_MIN_CHARS or not responses or any(
+            ex.prompt != prompt for ex in examples):
+        return False
+    return all(isinstance(r, str) and r.lstrip().startswith(prompt.strip()) for r in responses)
 
 
 def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:
@@ -153,11 +174,30 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
         offset = len(prompt)
         check_response_turns(chosen_turns, "chosen", offset)
         check_response_turns(rejected_turns, "rejected", offset)
+        _refuse_unread_prompt_column(row, " ".join(str(m.get("content")) for m in prompt))
         return prompt, chosen_turns, rejected_turns, form + "_implicit"
     chosen, rejected = check_text(chosen, "chosen"), check_text(rejected, "rejected")
     check_different(chosen, rejected)
     prompt, chosen_text, rejected_text = split_implicit_text(chosen, rejected)
+    _refuse_unread_prompt_column(row, prompt)
     return prompt, chosen_text, rejected_text, form + "_implicit"
+
+
+PROMPT_LIKE_COLUMNS = ("prompt", "question", "query", "instruction", "input")  # compared lower-case
+
+
+def _refuse_unread_prompt_column(row: dict, implicit_prompt: str) -> None:
+    """A row without `prompt` takes the shared start of chosen and rejected as its prompt (TRL's implicit form). A
+    text column that names a prompt another way ('question', 'Prompt', 'instruction', ...) and is not part of that
+    start would never be read: the pair would train without its question ("The answer is" -> " 4"), as TRL does
+    silently. Refused; a column whose text the implicit prompt holds (full transcripts beside it) is fine."""
+    for key, value in row.items():
+        if key != "prompt" and key.lower() in PROMPT_LIKE_COLUMNS and isinstance(value, str) and value.strip() \
+                and value.strip() not in implicit_prompt:
+            raise RowProblem("unread_prompt_column", key, f"looks like the prompt, but the row has no 'prompt' column, "
+                             f"so the shared start of 'chosen' and 'rejected' ({implicit_prompt[:40]!r}) would be the "
+                             f"prompt and {key!r} never read", f"Rename {key!r} to 'prompt', or drop the column if "
+                             "chosen and rejected hold the prompt themselves.")
 
 
 def _text_prompt_over_conversations(prompt, chosen, rejected) -> bool:

@@ -604,18 +604,19 @@ def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
                 raise DataError(f"{path}: the CSV header names the column(s) {repeated} more than once; a row "
                                 "would keep only the last cell. Rename or drop the repeated columns.")
             while True:
+                line = reader.line_num + 1  # where the row starts: a quoted cell may span lines (line_num: its end)
                 try:
                     cells = next(reader)
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    yield RawRow(rr.new_id(), str(path), reader.line_num, problem=RowProblem(
+                    yield RawRow(rr.new_id(), str(path), line, problem=RowProblem(
                         "invalid_csv", None, f"malformed CSV ({exc})", "Fix the quoting of this row."))
                     continue
                 if not cells:
                     rr.blank_lines += 1
                     continue
-                row_id, line = rr.new_id(), reader.line_num
+                row_id = rr.new_id()
                 if len(cells) != len(header):
                     yield RawRow(row_id, str(path), line, problem=RowProblem(
                         "invalid_csv", None, f"the row has {len(cells)} cells but the header has {len(header)}",

@@ -60,6 +60,10 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
     the turns must start and end with an assistant message and contain only assistant/tool turns. An assistant
     message with `tool_calls` may have empty content. Keys whose value is None (Arrow fills absent struct
     fields with None) are dropped from the returned copies."""
+    if isinstance(value, str) and _encoded_messages(value):
+        raise RowProblem("wrong_type", field, "is the JSON text of a list of messages (a CSV cell, or a list column "
+                         "written as a string), not a list", "Store conversations as lists: a .jsonl / .json / "
+                         ".parquet file with list columns, or json.loads the column before training.")
     if not isinstance(value, list):
         raise RowProblem("wrong_type", field, f"expected a list of messages, got {type(value).__name__}")
     if not value:

@@ -30,6 +30,7 @@ import torch
 from preflab.data.media import load_image, load_images, load_video
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.data.sources import RowReader
+from preflab.data.validate import ROLES, check_response_turns
 
 VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "image", "videos", "rejected_images")
 # image placeholders of LLaVA-style text prompts and of the processors (a text prompt must not carry them)
@@ -106,9 +107,12 @@ def _parts(content, field: str) -> list[dict]:
 
 
 def _messages(value, field: str, role: str) -> list[dict]:
+    """Text (one message of `role`) or a list of {"role", "content"} messages, with roles among validate.ROLES and
+    some content in each (an image or video part, or text that is not blank), as the text rows' check_messages asks;
+    a response (role "assistant") holds assistant/tool turns only (validate.check_response_turns)."""
     if isinstance(value, str):
-        if not value:
-            raise RowProblem("empty_field", field, "empty text")
+        if not value.strip():
+            raise RowProblem("empty_field", field, "empty string" if not value else "only whitespace")
         return [{"role": role, "content": [{"type": "text", "text": value}]}]
     if not isinstance(value, list) or not value:
         raise RowProblem("wrong_type", field, f"expected text or a non-empty list of messages, got {value!r:.60}")
@@ -116,7 +120,16 @@ def _messages(value, field: str, role: str) -> list[dict]:
     for i, msg in enumerate(value):
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or msg.get("content") is None:
             raise RowProblem("invalid_message", f"{field}[{i}]", 'a message is {"role": ..., "content": ...}')
-        out.append({"role": msg["role"], "content": _parts(msg["content"], f"{field}[{i}].content")})
+        if msg["role"] not in ROLES:
+            raise RowProblem("invalid_message", f"{field}[{i}].role", f"role {msg['role']!r} is not one of "
+                             f"{', '.join(ROLES)}", "Use system, user, assistant or tool.")
+        parts = _parts(msg["content"], f"{field}[{i}].content")
+        if not any(p["type"] != "text" or p["text"].strip() for p in parts):
+            raise RowProblem("empty_field", f"{field}[{i}].content", "empty content (no image, video or non-blank "
+                             "text part)", "Give the message its text, or drop the row.")
+        out.append({"role": msg["role"], "content": parts})
+    if role == "assistant":
+        check_response_turns(out, field)
     return out
 
 

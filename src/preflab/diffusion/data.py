@@ -146,8 +146,10 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
     from preflab.diffusion.smoothing import PICKSCORE_MAX, PICKSCORE_MIN, smoothed_preference
 
     form = _form(row, image_only)
+    pixels: dict[str, torch.Tensor] = {}
+
     def image(name: str) -> ImageRef:  # read once now, so that a bad image is a bad row here
-        load_image(row.get(name), name, resolution, resize, base_dir)
+        pixels[name] = load_image(row.get(name), name, resolution, resize, base_dir)
         value = row.get(name)
         if isinstance(value, (bytearray, memoryview)):
             value = bytes(value)
@@ -176,6 +178,7 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
             return None
         c0, c1 = _text(row, "caption_0", False), _text(row, "caption_1", False)
         img0, img1 = image("jpg_0"), image("jpg_1")
+        _refuse_identical(pixels, ("jpg_0", "jpg_1"), (c0 or prompt, c1 or prompt))
         if not first_wins:
             img0, img1, c0, c1, s0, s1 = img1, img0, c1, c0, s1, s0
         prob = float(smoothed_preference(torch.tensor([s0]), torch.tensor([s1]), s_min, s_max)) \
@@ -188,8 +191,20 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
     sw, sl = _number(row, "chosen_score"), _number(row, "rejected_score")
     if prob is None and sw is not None and sl is not None:
         prob = float(smoothed_preference(torch.tensor([sw]), torch.tensor([sl]), s_min, s_max))
-    return ImagePairExample(row_id, prompt, image("chosen_image"), image("rejected_image"),
-                            _text(row, "caption_chosen", False), _text(row, "caption_rejected", False), user, prob)
+    chosen, rejected = image("chosen_image"), image("rejected_image")
+    c_chosen, c_rejected = _text(row, "caption_chosen", False), _text(row, "caption_rejected", False)
+    _refuse_identical(pixels, ("chosen_image", "rejected_image"), (c_chosen or prompt, c_rejected or prompt))
+    return ImagePairExample(row_id, prompt, chosen, rejected, c_chosen, c_rejected, user, prob)
+
+
+def _refuse_identical(pixels: dict[str, torch.Tensor], names: tuple[str, str], captions: tuple[str, str]) -> None:
+    """A pair whose two images decode to the same pixels under the same caption (the same file named twice, a copy)
+    prefers an image to itself: the Diffusion-DPO term is constant, so the row trains nothing (a text pair's chosen ==
+    rejected). Different captions (DCPO's per-image captions) make it a real pair."""
+    a, b = (pixels[n] for n in names)
+    if captions[0] == captions[1] and a.shape == b.shape and torch.equal(a, b):
+        raise RowProblem("identical", names[1], f"the same pixels as {names[0]!r} (under the same caption)",
+                         "A pair needs two different images; drop or fix the row.")
 
 
 def load_image_pairs(source, *, split: str = "train", resolution: int, resize: bool = True,

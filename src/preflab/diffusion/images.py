@@ -26,6 +26,9 @@ def _open(value, field: str, base_dir: Path | None):
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, dict):
+        from preflab.data.media import refuse_text_bytes
+
+        refuse_text_bytes(value, field)
         if value.get("bytes"):
             value = value["bytes"]
         elif value.get("path"):

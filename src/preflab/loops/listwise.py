@@ -58,8 +58,34 @@ def make_list(example, tokenizer, settings, report) -> TokenizedList:
         raise RowProblem("bad_scores", "scores", f"scores must be a list of {len(completions)} finite numbers (one "
                          f"per completion), got {scores!r}", "Fix the scores column.")
     fields = [f"completions[{i}]" for i in range(len(completions))]
+    completions = _checked_completions(example.prompt, completions, fields, scores)
     prompt_ids, ids = _tokenize_one(tokenizer, example.prompt, completions, fields, extras, settings, report)
     return TokenizedList(example.row_id, prompt_ids, ids, [float(s) for s in scores], extras)
+
+
+def _checked_completions(prompt, completions: list, fields: list[str], scores: list) -> list:
+    """The completions, each checked as a pair's response is (validate.check_text_or_messages: a non-empty string, or
+    assistant turns) and in the prompt's form. Two equal completions with different scores are refused: the list
+    would rank a response above itself (a pair's chosen == rejected)."""
+    from preflab.data.validate import check_text_or_messages
+
+    form = "a list of messages" if isinstance(prompt, list) else "text"
+    checked = []
+    for name, value in zip(fields, completions):
+        if not isinstance(value, (str, list)):
+            raise RowProblem("wrong_type", name, f"expected {form} like the prompt, got {type(value).__name__}",
+                             "Give every completion in the prompt's form: all strings, or all lists of messages.")
+        if isinstance(value, list) != isinstance(prompt, list):
+            raise RowProblem("mixed_forms", name, f"is {'a list of messages' if isinstance(value, list) else 'text'} "
+                             f"but 'prompt' is {form}", "Use one form per row: all strings, or all lists of messages.")
+        checked.append(check_text_or_messages(value, name, response=True))
+    for j, value in enumerate(checked):
+        for i in range(j):
+            if checked[i] == value and scores[i] != scores[j]:
+                raise RowProblem("identical", fields[j], f"identical to {fields[i]!r}, with a different score "
+                                 f"({scores[j]!r} vs {scores[i]!r})", "Each response is one item of the ranking: "
+                                 "drop the copy or give both the same score.")
+    return checked
 
 
 def _tokenize_lists(cfg, tokenizer, examples, source: str):

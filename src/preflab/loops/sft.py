@@ -104,6 +104,12 @@ def _row_form(row: dict) -> str:
     if "messages" in row and len(has) == 1:
         return "messages"
     if "prompt" in row and "completion" in row and len(has) == 2:
+        if _preference_label(row.get("label")):
+            raise RowProblem("unpaired_preference_row", "label", f"is {row['label']!r}: the row is TRL's unpaired "
+                             "preference form (prompt, completion, label), whose label false marks an undesirable "
+                             "completion that SFT would train the model to write",
+                             "Train unpaired rows with task: dpo and loss_type: kto; to fine-tune on the desirable "
+                             "completions, keep the rows with label true and drop the 'label' column.")
         return "prompt_completion"
     if "chosen" in row and "completion" not in row and set(has) <= {"prompt"}:
         raise RowProblem("missing_field", "completion", "missing: the row is a preference pair (chosen, rejected), "
@@ -118,6 +124,12 @@ def _row_form(row: dict) -> str:
                          "Give each row `text`, `messages`, or `prompt` and `completion` (TRL's SFT forms).")
     raise RowProblem("mixed_forms", has[0], f"the row holds {has}, which is not one SFT form",
                      "Use exactly one of: text | messages | prompt + completion.")
+
+
+def _preference_label(value) -> bool:
+    """A KTO-style desirable/undesirable label (a bool, or its CSV text 'true' / 'false'), as validate.check_label
+    reads one; other `label` columns (a category, a score) are left alone."""
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
 
 
 def _encode(tokenizer, text: str) -> list[int]:

@@ -134,7 +134,24 @@ def prepare_vision_data(cfg, processor, policy, objective):
     print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs"
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
              f"{cfg.max_completion_length})" if cut else ""))
+    report["duplicate_train_pairs"] = repeated = repeated_vision_pairs(out[0])
+    if repeated:  # as the text rows' overlap note (preflab.data.overlap)
+        print(f"preflab: note: data: {repeated} train pair(s) repeat an earlier one exactly (same tokens and image "
+              "pixels): each copy is trained on.")
     return out[0], out[1], report
+
+
+def repeated_vision_pairs(pairs) -> int:
+    """How many tokenized vision pairs repeat an earlier one: the same token ids and processor tensors by content
+    (vision_pairs_fingerprint of the pair alone), so a row copied with its images counts, another image does not."""
+    from preflab.data.vision import vision_pairs_fingerprint
+
+    seen, repeated = set(), 0
+    for pair in pairs:
+        key = vision_pairs_fingerprint([pair])
+        repeated += key in seen
+        seen.add(key)
+    return repeated
 
 
 def vision_layout_choice(layout: str, *models) -> str:

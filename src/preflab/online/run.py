@@ -50,7 +50,7 @@ import torch
 
 from preflab.checkpoint import check_files, file_records, fsync_dir, fsync_file
 from preflab.data.layout import bucket
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
 from preflab.loops.judge import Judge
 from preflab.loops.reference import is_lora, reference_scores, refresh_reference
@@ -127,6 +127,29 @@ def check_online_pair_extras(objective, spec, cfg) -> None:
             "(the judge's scores of the chosen and rejected completions). Read those in the objective, or train it "
             "offline (task: dpo) on data with those columns.")
 
+
+def refuse_past_positions(rows, policy, max_new_tokens: int | None, source: str) -> None:
+    """A prompt whose tokens plus max_completion_length new ones need more positions than the policy has would
+    index past its position table mid-generation (torch.embedding's IndexError, a traceback in the first round):
+    refused before training, naming the first such prompt, as the offline tasks cap max_length at the model's
+    positions (models.load.cap_max_length)."""
+    from preflab.models.load import max_positions
+
+    limit = max_positions(policy)
+    if limit is None or not max_new_tokens:
+        return
+    over = [r for r in rows if len(r.prompt_ids) + max_new_tokens > limit]
+    if not over:
+        return
+    first = over[0]
+    text = first.prompt if isinstance(first.prompt, str) else json.dumps(first.prompt, ensure_ascii=False)
+    fix = (f"Set max_prompt_length to at most {limit - max_new_tokens} (a longer prompt keeps its end), shorten "
+           "those prompts, or lower max_completion_length." if max_new_tokens < limit else
+           f"Lower max_completion_length below {limit}.")
+    raise DataError(f"{source}: {len(over)} of {len(rows)} prompt(s) need more positions than the policy's {limit}: "
+                    f"the first ({text[:60]!r}...) is {len(first.prompt_ids)} tokens, and max_completion_length="
+                    f"{max_new_tokens} new tokens after it would index past the position table mid-generation. "
+                    + fix)
 
 class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
@@ -209,6 +232,8 @@ class OnlineRun(TrainingRun):
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode)
+        refuse_past_positions(self.rows, policy, cfg.max_completion_length,
+                              (self.data_report.get("prompt_rows") or {}).get("source") or "the prompts")
         cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
         if cut and self.main:
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="

@@ -240,10 +240,40 @@ def load_task(cfg, tokenizer=None, policy=None):
                                                                                  on_bad_row=cfg.on_bad_row))
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
     held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+    gaps = column_gaps([(ex.row_id, ex.extras) for ex in rows])
+    if gaps:
+        report.column_gaps = gaps
+        if is_main_process():
+            print(f"preflab: note: data: {column_gaps_note(gaps, len(rows), report.source)}")
     aggregator = _aggregator(cfg, judges)
     evaluate = dataset_evaluate(cfg, held, judges, aggregator) if held else None
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict()},
                 reward_aggregator=aggregator), tokenizer, policy
+
+
+def column_gaps(rows: list[tuple[int, dict]]) -> dict[str, dict]:
+    """{column: {"rows": n, "first_row": row id}} for each column that holds a value in some prompt rows ((source row
+    id, the row's other columns) each) and is absent or null in n others. The reward functions get None for those
+    rows (TRL passes a dataset's nulls the same way), so a judge that compares with an `answer` or `solution` column
+    scores them against nothing: counted and said."""
+    have: dict[str, int] = {}
+    for _, columns in rows:
+        for key, value in columns.items():
+            if value is not None:
+                have[key] = have.get(key, 0) + 1
+    gaps = {}
+    for key in sorted(have):
+        missing = [row_id for row_id, columns in rows if columns.get(key) is None]
+        if missing:
+            gaps[key] = {"rows": len(missing), "first_row": missing[0]}
+    return gaps
+
+
+def column_gaps_note(gaps: dict[str, dict], n_rows: int, source: str) -> str:
+    parts = ", ".join(f"{key!r} in {g['rows']} of {n_rows} (first: row {g['first_row']})" for key, g in gaps.items())
+    return (f"{source}: column(s) absent or null in some prompt rows: {parts}. The reward functions get None for "
+            "those rows (as TRL passes a dataset's nulls); fill the column or drop those rows if the judge needs it "
+            "(summary.json data.prompt_rows.column_gaps).")
 
 
 def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):

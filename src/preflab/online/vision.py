@@ -75,12 +75,16 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
         column = load_images(raw.data.get("images"), "images", row_dir(raw)) if raw.data.get("videos") else images
         return prompt, text, ids, images, vision, token_inputs, column
 
-    rows = []
+    from preflab.online.tasks import column_gaps
+
+    rows, source_ids = [], []
     for raw, (prompt, text, ids, images, vision, token_inputs, column) in policy.accepted(reader, encoded):
         columns = {k: v for k, v in raw.data.items() if k not in ("prompt", "images", "videos")}
         rows.append(VisionPromptRow(len(rows), prompt, text, ids, images, vision, token_inputs, columns,
                                     image_digest(images), column))
+        source_ids.append(raw.row_id)
     policy.report.examples = len(rows)
+    policy.report.column_gaps = column_gaps([(i, r.columns) for i, r in zip(source_ids, rows)])
     if report_to is not None:
         report_to["prompt_rows"] = policy.report.to_dict()
     if not rows:
@@ -201,7 +205,12 @@ def load_vision_task(cfg, processor) -> Task:
     if is_main_process():  # skipped prompt rows are said, as for text prompts (online.tasks.load_task)
         from preflab.data.report import DataReport
 
-        print(f"preflab: data: {DataReport(**report['prompt_rows']).summary()}")
+        rows_report = DataReport(**report["prompt_rows"])
+        print(f"preflab: data: {rows_report.summary()}")
+        if rows_report.column_gaps:
+            from preflab.online.tasks import column_gaps_note
+
+            print(f"preflab: note: data: {column_gaps_note(rows_report.column_gaps, len(rows), rows_report.source)}")
     task = Task([r.prompt for r in rows], [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)],
                 data_report=report)
     task.rows = rows

@@ -96,7 +96,7 @@ def user_pair(row: dict, row_id: int) -> UserPair:
     elif "label" in row:
         x, y = _field(row, "response_x", str), _field(row, "response_y", str)
         label = row["label"]
-        if label not in (0, 1) or isinstance(label, float):
+        if label not in (0, 1) or isinstance(label, (bool, float)):  # true would pass as 1: which side is "true"?
             raise RowProblem("bad_label", "label", f"must be 0 (response_x preferred) or 1, got {label!r}",
                              "Give 0 or 1.")
         chosen, rejected = (x, y) if label == 0 else (y, x)

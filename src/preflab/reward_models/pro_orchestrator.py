@@ -16,6 +16,8 @@ preflab.online.pro_recipe.
 """
 from __future__ import annotations
 
+import math
+
 import json
 import re
 from collections.abc import Sequence
@@ -85,7 +87,7 @@ def read_adapter_rows(path: str | Path, num_rewards: int | None = None) -> list[
                              "Give the prompt as text or chat messages.")
         r = row.get("chosen_rewards")
         if not isinstance(r, list) or not r or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      for v in r):
+                                                      and math.isfinite(v) for v in r):  # nan: every z-score nan
             raise RowProblem("bad_field", "chosen_rewards", f"expected a list of numbers (the reward functions' "
                              f"scores of the preferred response), got {r!r}")
         expected[0] = len(r) if expected[0] is None else expected[0]
