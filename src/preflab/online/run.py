@@ -151,6 +151,7 @@ def refuse_past_positions(rows, policy, max_new_tokens: int | None, source: str)
                     f"{max_new_tokens} new tokens after it would index past the position table mid-generation. "
                     + fix)
 
+
 class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
     prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
