@@ -60,6 +60,10 @@ class Trainer(TrainingRun):
         from preflab.models.load import cap_max_length, max_positions, reference_positions
 
         preflight(cfg, check_models=policy is None)
+        if policy is not None:  # loading options beside a model given from Python: applied or refused
+            from preflab.models.given import check_given_models
+
+            check_given_models(cfg, policy, ref, tokenizer)
         self.cfg = cfg
         self.callbacks = list(callbacks or [])  # see TrainingRun.emit (transformers TrainerCallback objects work)
         self.objective = cfg.objective()

@@ -238,6 +238,8 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
     dtype is TRL's torch_dtype, weights loaded and trained in it). Errors name `option` and what was tried.
     quantization: a transformers BitsAndBytesConfig (preflab.models.quantize); the whole model is then placed on
     this process's GPU (TRL's get_kbit_device_map)."""
+    from preflab.models.given import mark_loaded
+
     check_model_name(name, option)
     kwargs = _init_kwargs(init_kwargs, dtype)
     if quantization is not None:
@@ -248,13 +250,13 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
         from preflab.models.tiny import tiny_causal_lm
 
         model = tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed)
-        return model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"])
+        return mark_loaded(model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"]))
     from transformers import AutoModelForCausalLM
 
     check_weights_safe(name, allow_pickle)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs)
+        return mark_loaded(AutoModelForCausalLM.from_pretrained(
+            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs))
     except (OSError, ValueError) as err:
         raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
 

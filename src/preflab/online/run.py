@@ -135,6 +135,10 @@ class OnlineRun(TrainingRun):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None):
         if cfg.task != "online":
             raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
+        if policy is not None:  # loading options beside a model given from Python: applied or refused
+            from preflab.models.given import check_given_models
+
+            check_given_models(cfg, policy, ref)  # (no tokenizer: trust_remote_code also loads judges' models)
         self.cfg = cfg
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
