@@ -30,7 +30,9 @@ REFUSED = [
     ({"load_in_4bit": True, **LORA, "model_name_or_path": "someone/a-model"},
      "load_in_4bit: preflab loads no model when the policy is given from Python"),
     ({"use_peft": True}, "use_peft: preflab loads no model when the policy is given from Python"),
-    ({"ref_model_name_or_path": "builtin:tiny-llama"}, "ref_model_name_or_path: preflab loads no model"),
+    ({"ref_model_name_or_path": "builtin:tiny-llama", "no_ref": True}, "ref_model_name_or_path: preflab loads no"),
+    ({"ref_model_name_or_path": "builtin:tiny-llama", "ref_model_init_kwargs": {"revision": "main"}},
+     "ref_model_init_kwargs: {'revision': 'main'} are from_pretrained arguments"),
     ({"ref_load_dtype": "bfloat16"}, "ref_load_dtype: bfloat16: the reference given from Python has float32"),
     ({"allow_pickle": True}, "allow_pickle: preflab loads no model when the policy is given from Python"),
     ({"trust_remote_code": True}, "trust_remote_code: preflab loads no model when the policy is given from Python"),
@@ -42,14 +44,16 @@ def _trainer(tmp_path, policy, ref, **options):
     return Trainer(cfg, policy=policy, ref=ref, tokenizer=tiny_tokenizer(), train_data=synthetic_pairs(8))
 
 
-@pytest.mark.parametrize("options,refusal", REFUSED, ids=[next(iter(o)) for o, _ in REFUSED])
+@pytest.mark.parametrize("options,refusal", REFUSED, ids=[r.split(":")[0] for _, r in REFUSED])
 def test_a_loading_option_beside_a_given_policy_is_refused(tmp_path, options, refusal):
+    options = dict(options)
     tok = tiny_tokenizer()
     policy = tiny_causal_lm(tok, seed=0)
     if "lora_r" in options:  # load_in_4bit needs use_peft: a policy with the adapters it describes
         policy = add_lora(policy, 4, 8, 0.05, ["q_proj", "v_proj"])
+    ref = None if options.pop("no_ref", False) else frozen_copy(tiny_causal_lm(tok, seed=1))
     with pytest.raises(ConfigError, match="options that apply only to a model preflab loads") as err:
-        _trainer(tmp_path, policy, frozen_copy(tiny_causal_lm(tok, seed=1)), **options)
+        _trainer(tmp_path, policy, ref, **options)
     assert f"\n  {refusal}" in str(err.value), str(err.value)
     assert str(err.value).count("\n  ") == 1  # only that option
 
@@ -64,6 +68,8 @@ def test_given_models_already_in_the_load_dtype_and_with_the_lora_adapters_are_a
     assert trainer.policy is policy
     lora_policy = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, ["q_proj", "v_proj"])
     assert _trainer(tmp_path, lora_policy, None, **LORA).ref_is_base
+    # ref_model_name_or_path beside a given reference records where it comes from (the VLM demo's eval reads it)
+    assert _trainer(tmp_path, policy, ref, ref_model_name_or_path="builtin:tiny-llama").ref is ref
     with pytest.raises(ConfigError, match=r"\n  lora_r: preflab loads no model .* the given policy's own adapters "
                                           r"differ"):
         _trainer(tmp_path, add_lora(tiny_causal_lm(tok, seed=0), 8, 8, 0.0, ["q_proj", "v_proj"]), None, **LORA)

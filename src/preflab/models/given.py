@@ -11,7 +11,9 @@ for, and refused otherwise, naming the option and saying to load the model with 
     use_peft and lora_*          preflab adds LoRA adapters to a model it loads: use_peft on a given model without
                                  adapters is refused; a given PEFT model trains its own adapters, and lora_* set
                                  beside it are accepted where its adapters were made with them, else refused
-    ref_model_name_or_path       (and its ref_model_init_kwargs) not loaded beside a given policy: refused
+    ref_model_name_or_path       not loaded beside a given policy: refused without a given reference (beside one
+                                 it records where that reference comes from, as the VLM demo does for eval)
+    ref_model_init_kwargs        from_pretrained arguments of the reference: refused
     allow_pickle                 no weights are loaded: refused
     trust_remote_code            refused when the tokenizer is given too (else it loads the tokenizer), in the
                                  offline trainers (an online run's judges may load a model by name with it)
@@ -97,9 +99,12 @@ def given_model_errors(cfg, policy, ref=None, tokenizer=None) -> list[str]:
         out.append(f"{', '.join(lora)}: {drop}, and the LoRA options shape the adapters it adds to a model it loads; "
                    "the given policy's own adapters differ. Give the policy with those adapters, or drop "
                    f"{'it' if len(lora) == 1 else 'them'}.")
-    if cfg.ref_model_name_or_path:
+    if cfg.ref_model_name_or_path and ref is None:  # beside a given ref it records where that one comes from
         out.append(f"ref_model_name_or_path: {drop}, the reference neither. Pass ref=<the model> with the policy, or "
-                   "drop ref_model_name_or_path (and ref_model_init_kwargs).")
+                   "drop ref_model_name_or_path.")
+    if cfg.ref_model_init_kwargs:
+        out.append(f"ref_model_init_kwargs: {cfg.ref_model_init_kwargs} are from_pretrained arguments and {drop}, the "
+                   "reference neither. Load the reference with them, or drop ref_model_init_kwargs.")
     if cfg.ref_load_dtype and ref is None:
         out.append(f"ref_load_dtype: {cfg.ref_load_dtype}: {drop}, the reference neither, and none was given. Pass "
                    "ref=<the model> in that dtype, or drop ref_load_dtype.")
