@@ -243,3 +243,39 @@ def test_builtin_models_refuse_from_pretrained_kwargs_they_would_drop():
     assert cfg.load_dtype == "bfloat16"
     assert config_from_dict({**BASE, "model_name_or_path": "Qwen/Qwen2.5-0.5B",
                              "model_init_kwargs": {"revision": "v1"}}).model_init_kwargs == {"revision": "v1"}
+
+
+EXTRA = {"online": {"reward_funcs": "x:y", "max_steps": 2, "max_length": None}}
+
+
+def test_each_refused_value_row_is_refused_with_its_whole_message(monkeypatch):
+    """config_owners.REFUSED_VALUES drives TrainConfig._conflicts: every row refuses its value under its task with
+    the message spelled out (the sentence the three truncation_mode refusals gave when they were if-blocks), and a
+    row added to the table is refused without code (a new refusal is a row)."""
+    import re
+
+    import preflab.config_owners as owners
+
+    expected = {
+        "vlm": "truncation_mode: keep_end with max_length=64 is not supported for task: vlm (as in TRL 1.16): it cuts "
+               "the start of prompt + response, where the image tokens are. Use truncation_mode: keep_start (or unset "
+               "it) or max_length: null.",
+        "sft": "truncation_mode: keep_end is not supported for task: sft: a row longer than max_length keeps its start "
+               "(TRL SFTConfig's default keep_start). Unset truncation_mode (or keep_start), or raise max_length.",
+        "online": "truncation_mode: keep_start is not supported for task: online: a prompt longer than "
+                  "max_prompt_length keeps its end, as TRL's online trainers cut it (TRL 0.x's GRPOTrainer and its "
+                  "OnlineDPOTrainer cut from the left; TRL 1.16's GRPOTrainer cuts no prompt), since the end holds "
+                  "the question and the generation prompt the completion follows. Unset truncation_mode (or "
+                  "keep_end), and raise max_prompt_length (or null: no limit) to keep a prompt's start.",
+    }
+    assert sorted(row[0] for row in owners.REFUSED_VALUES) == sorted(expected)
+    for task, option, value, *_ in owners.REFUSED_VALUES:
+        with pytest.raises(ConfigError, match=re.escape(expected[task])):
+            config_from_dict({**BASE, "max_length": 64, **EXTRA.get(task, {}), "task": task, option: value})
+    config_from_dict({**BASE, "task": "vlm", "truncation_mode": "keep_end", "max_length": None})  # its condition
+    monkeypatch.setattr(owners, "REFUSED_VALUES", owners.REFUSED_VALUES + (
+        ("dpo", "layout", "packed", lambda cfg: cfg.beta > 0.5, " with beta={cfg.beta}", ": a test row."),))
+    config_from_dict({**BASE, "layout": "packed"})
+    with pytest.raises(ConfigError, match=re.escape("layout: packed with beta=0.7 is not supported for task: dpo: "
+                                                    "a test row.")):
+        config_from_dict({**BASE, "layout": "packed", "beta": 0.7})

@@ -240,7 +240,7 @@ class TrainConfig:
                               f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))
 
     def _conflicts(self) -> list[str]:
-        from preflab.config_owners import unread_task_options
+        from preflab.config_owners import refused_values, unread_task_options
         from preflab.loops.best_model import best_model_option_errors
         from preflab.loops.streaming import streaming_conflicts
         from preflab.models.quantize import quantization_conflicts
@@ -265,21 +265,7 @@ class TrainConfig:
                        "(warmup_steps would win and warmup_ratio be ignored); keep one.")
         if self.bf16 and self.fp16:
             out.append("bf16 and fp16 are both set; choose one.")
-        if self.task == "vlm" and self.truncation_mode == "keep_end" and self.max_length is not None:
-            out.append(f"truncation_mode: keep_end with max_length={self.max_length} is not supported for task: vlm "
-                       "(as in TRL 1.16): it cuts the start of prompt + response, where the image tokens are. Use "
-                       "truncation_mode: keep_start (or unset it) or max_length: null.")
-        if self.task == "sft" and self.truncation_mode == "keep_end":  # was accepted and ignored
-            out.append("truncation_mode: keep_end is not supported for task: sft: a row longer than max_length keeps "
-                       "its start (TRL SFTConfig's default keep_start). Unset truncation_mode (or keep_start), or "
-                       "raise max_length.")
-        if self.task == "online" and self.truncation_mode == "keep_start":  # was accepted and ignored
-            out.append("truncation_mode: keep_start is not supported for task: online: a prompt longer than "
-                       "max_prompt_length keeps its end, as TRL's online trainers cut it (TRL 0.x's GRPOTrainer and "
-                       "its OnlineDPOTrainer cut from the left; TRL 1.16's GRPOTrainer cuts no prompt), since the "
-                       "end holds the question and the generation prompt the completion follows. Unset "
-                       "truncation_mode (or keep_end), and raise max_prompt_length (or null: no limit) to keep a "
-                       "prompt's start.")
+        out += refused_values(self)  # config_owners.REFUSED_VALUES: e.g. truncation_mode keep_end for task: sft
         for flag, precision in (("bf16", "bfloat16"), ("fp16", "float16")):
             if getattr(self, flag) and self.dtype not in ("float32", precision):
                 out.append(f"{flag}: true conflicts with dtype={self.dtype!r}; set one of them ({flag} means dtype: "

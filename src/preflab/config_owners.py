@@ -102,7 +102,7 @@ OWNERS = (
      "the tasks with prompts and responses (dpo, reward, vlm, online; task: sft cuts whole rows at max_length, a "
      "diffusion run's captions are cut at its text encoder's length)"),
     # task: sft and task: vlm keep a long row's start (keep_start, TRL's default, which TRL's saved configs carry):
-    # keep_end is refused there (TrainConfig._conflicts), keep_start is what they do
+    # keep_end is refused there (REFUSED_VALUES), keep_start is what they do
     (("truncation_mode",), lambda cfg: cfg.task != "diffusion" and not _game(cfg) and not _vision_online(cfg),
      "the tasks that cut text (dpo, reward, sft, vlm, online on text; an image-text prompt over max_prompt_length "
      "is a bad row, a diffusion run's captions are cut at its text encoder's length)"),
@@ -160,3 +160,27 @@ def unread_task_options(cfg) -> list[str]:
         out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
                    f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
     return out
+
+
+# Values of an option that a task reads but cannot do: (task, option, value, when (None: always), what the condition
+# adds after the value, why and what to do). refused_values turns each row that applies into one line.
+REFUSED_VALUES = (
+    ("vlm", "truncation_mode", "keep_end", lambda cfg: cfg.max_length is not None, " with max_length={cfg.max_length}",
+     " (as in TRL 1.16): it cuts the start of prompt + response, where the image tokens are. Use truncation_mode: "
+     "keep_start (or unset it) or max_length: null."),
+    ("sft", "truncation_mode", "keep_end", None, "",  # was accepted and ignored
+     ": a row longer than max_length keeps its start (TRL SFTConfig's default keep_start). Unset truncation_mode (or "
+     "keep_start), or raise max_length."),
+    ("online", "truncation_mode", "keep_start", None, "",  # was accepted and ignored
+     ": a prompt longer than max_prompt_length keeps its end, as TRL's online trainers cut it (TRL 0.x's GRPOTrainer "
+     "and its OnlineDPOTrainer cut from the left; TRL 1.16's GRPOTrainer cuts no prompt), since the end holds the "
+     "question and the generation prompt the completion follows. Unset truncation_mode (or keep_end), and raise "
+     "max_prompt_length (or null: no limit) to keep a prompt's start."),
+)
+
+
+def refused_values(cfg) -> list[str]:
+    """One line per REFUSED_VALUES row that this config sets: its task, the option at the value, the condition."""
+    return [f"{option}: {value}{added.format(cfg=cfg)} is not supported for task: {task}{why}"
+            for task, option, value, when, added, why in REFUSED_VALUES
+            if cfg.task == task and getattr(cfg, option) == value and (when is None or when(cfg))]

@@ -13,6 +13,10 @@ class DataError(PreflabError):
     """A data file or row is invalid; the message names the file, the row index and the field."""
 
 
+class SplitMissing(DataError):
+    """The source has no such split (a RowReader given `otherwise` reads that split instead)."""
+
+
 class MissingExtraError(PreflabError):
     """An objective needs a per-example input in `batch.extras` that the batch does not carry."""
 

@@ -117,6 +117,65 @@ def test_eval_reads_the_test_split_of_a_folder_with_splits_and_says_which(tmp_pa
     assert not any("split" in n for n in evaluate_models(policy, tok, str(folder / "train.jsonl"))["notes"])
 
 
+@pytest.mark.parametrize("splits", [("train", "test"), ("train",)])
+def test_eval_without_split_loads_the_source_once(tmp_path, monkeypatch, splits):
+    """preflab eval without --split probed the source for a split 'test' with one RowReader, then read it with
+    another: a save_to_disk DatasetDict loaded twice, a folder of train/test files listed twice (a hub name: two
+    dataset loads). The reader that finds the split is now the one read: one load, and the split chosen as before."""
+    import json
+
+    import datasets
+
+    import preflab.data.sources as sources
+
+    tok = tiny_tokenizer("bytelevel")
+    policy = tiny_causal_lm(tok, seed=1)
+    loads = []
+    load_from_disk, dir_parts = datasets.load_from_disk, sources._dir_parts
+    monkeypatch.setattr(datasets, "load_from_disk", lambda *a, **k: loads.append("disk") or load_from_disk(*a, **k))
+    monkeypatch.setattr(sources, "_dir_parts", lambda *a, **k: loads.append("listing") or dir_parts(*a, **k))
+    datasets.DatasetDict({name: datasets.Dataset.from_list([row]) for name, row in zip(splits, ROWS)}).save_to_disk(
+        str(tmp_path / "saved"))
+    result = evaluate_models(policy, tok, str(tmp_path / "saved"))
+    assert loads.count("disk") == 1 and result["split"] == splits[-1]
+    assert result["per_pair"]["policy_chosen"] == evaluate_models(policy, tok, [ROWS[len(splits) - 1]])[
+        "per_pair"]["policy_chosen"]
+    if len(splits) == 1:  # a folder of files without 'test' is listed again for 'train' (its listing, no rows read)
+        return
+    (tmp_path / "files").mkdir()
+    for name, row in zip(splits, ROWS):
+        (tmp_path / "files" / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    loads.clear()
+    assert evaluate_models(policy, tok, str(tmp_path / "files"))["split"] == "test" and loads == ["listing"]
+
+
+@pytest.mark.parametrize("splits", [("train", "test"), ("train",)])
+def test_eval_default_split_of_a_hub_name_loads_it_once(monkeypatch, splits):
+    """A hub name without --split: one datasets.load_dataset (every split), then 'test' or 'train' from it."""
+    import datasets
+
+    import preflab.data.sources as sources
+
+    tok = tiny_tokenizer("bytelevel")
+    policy = tiny_causal_lm(tok, seed=1)
+    calls = []
+
+    def load_dataset(name, split=None, **kwargs):
+        calls.append(split)
+        loaded = datasets.DatasetDict({s: datasets.Dataset.from_list([row]) for s, row in zip(splits, ROWS)})
+        if split is None:
+            return loaded
+        if split not in loaded:
+            raise ValueError(f'Unknown split "{split}"')
+        return loaded[split]
+
+    monkeypatch.setattr(sources, "_check_hub_dataset", lambda name: None)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    result = evaluate_models(policy, tok, "someone/prefs")
+    assert calls == [None] and result["split"] == splits[-1]
+    assert any(n.startswith(f"read split {splits[-1]!r} of someone/prefs: no --split") for n in result["notes"])
+
+
 def test_eval_of_a_run_without_truncation_mode_cuts_as_the_run(tmp_path):
     """A run with truncation_mode unset cuts an over-long pair keeping its start (the prompt whole); preflab eval
     took such a run's truncation_mode as keep_end, so its over-long pairs lost the prompt's start instead: numbers

@@ -234,27 +234,23 @@ def test_trainer_steps_equal_with_segment_and_dense_attention(tmp_path, calls):
         torch.testing.assert_close(w, dense_weights[name], atol=1e-5, rtol=0, msg=name)
 
 
-def test_checkpointing_decision_is_kept_and_follows_later_changes(calls):
-    """uses_segments walks the model's modules once (not on every training forward) and still sees gradient
-    checkpointing switched on later: by transformers' flags (read on every call) or by layers wrapped in torch's
-    CheckpointWrapper (a registered submodule: walked again); with it on, the step takes the dense mask."""
+def test_checkpointing_decision_follows_later_changes(calls):
+    """uses_segments decides on every call: gradient checkpointing switched on, off and on again (transformers'
+    flags, then layers wrapped in torch's CheckpointWrapper) after training forwards is seen; with it on, the step
+    takes the dense mask and gives the segment path's log-probs and gradients."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
     model = model_of("llama").train()
     layout = prefix_shared(PAIRS, pad_id=0)
-    walked = lambda: model.__dict__.get(seg._CHECKPOINT_ATTR)  # noqa: E731  (a new object after each walk)
-    assert uses_segments(layout, model)
-    first = walked()
-    assert first is not None and all(uses_segments(layout, model) for _ in range(3))
+    assert all(uses_segments(layout, model) for _ in range(3))
     logps_and_grads(model, layout, "auto")  # a training forward and backward (it slices its ModuleList of layers)
-    assert walked() is first
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert not uses_segments(layout, model)
     calls["n"] = 0
     lp, grads = logps_and_grads(model, layout, "auto")  # checkpointed: the dense mask
     assert calls["n"] == 0
     model.gradient_checkpointing_disable()
-    assert uses_segments(layout, model) and walked() is first
+    assert uses_segments(layout, model)
     seg_lp, seg_grads = logps_and_grads(model, layout, "auto")
     assert calls["n"] == model.config.num_hidden_layers
     torch.testing.assert_close(seg_lp, lp, atol=1e-5, rtol=0)
@@ -262,12 +258,77 @@ def test_checkpointing_decision_is_kept_and_follows_later_changes(calls):
         torch.testing.assert_close(seg_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
     decoder_layer = type(model.model.layers[0])
     apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, decoder_layer))
-    assert not uses_segments(layout, model) and walked() is not first
+    assert not uses_segments(layout, model)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_checkpointing_turned_on_after_the_first_forward_is_seen(arch, calls):
+    """A model that ran a training forward with segment attention, then gets transformers' gradient checkpointing
+    (every layer, or every 2nd layer: only layer 0 flagged of 2), takes the dense mask on its next forward."""
+    for every_n_layers in (1, 2):
+        model = model_of(arch).train()
+        layout = prefix_shared(PAIRS, pad_id=0)
+        set_attention_mode("auto", model)  # probes the model (one call per layer)
+        calls["n"] = 0
+        logps_and_grads(model, layout, "auto")
+        assert calls["n"] == model.config.num_hidden_layers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False},
+                                            every_n_layers=every_n_layers)
+        calls["n"] = 0
+        assert not uses_segments(layout, model)
+        logps_and_grads(model, layout, "auto")
+        assert calls["n"] == 0
+
+
+@pytest.mark.parametrize("wrapped", ["layers", "attention", "offloaded_layers", "decoder"])
+def test_checkpoint_wrapper_installed_after_the_first_forward_is_seen(wrapped, calls):
+    """Modules replaced by torch's CheckpointWrapper after a training forward with segment attention (FSDP's
+    activation checkpointing: apply_activation_checkpointing; the decoder layers, their attention modules, the layers
+    inside accelerate's OffloadWrapper, or the whole decoder) make the next forward take the dense mask; one around
+    the MLPs recomputes no attention call and keeps the segments, with the dense path's log-probs."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing,
+                                                                             checkpoint_wrapper, offload_wrapper)
+
+    model = model_of("llama").train()
+    layout = prefix_shared(PAIRS, pad_id=0)
+    set_attention_mode("auto", model)  # probes the model (one call per layer)
+    calls["n"] = 0
+    logps_and_grads(model, layout, "auto")
+    assert calls["n"] == model.config.num_hidden_layers
+    kinds = {"layers": type(model.model.layers[0]), "attention": type(model.model.layers[0].self_attn),
+             "offloaded_layers": type(model.model.layers[0]), "decoder": type(model.model)}
+    wrap = (lambda m: offload_wrapper(checkpoint_wrapper(m))) if wrapped == "offloaded_layers" else checkpoint_wrapper
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrap, check_fn=lambda m: isinstance(m, kinds[wrapped]))
+    calls["n"] = 0
+    assert not uses_segments(layout, model)
+    logps_and_grads(model, layout, "auto")
+    assert calls["n"] == 0
+
+
+def test_checkpoint_wrapper_around_the_mlps_keeps_the_segments(calls):
+    """CheckpointWrapper around each layer's MLP only: its recompute runs no attention, so the segments are used, with
+    the dense path's log-probs and gradients."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    model = model_of("llama").train()
+    layout = prefix_shared(PAIRS, pad_id=0)
+    dense_lp, dense_grads = logps_and_grads(model, layout, "dense")
+    apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, type(model.model.layers[0].mlp)))
+    set_attention_mode("auto", model)  # probes the model (one call per layer)
+    calls["n"] = 0
+    assert uses_segments(layout, model)
+    lp, grads = logps_and_grads(model, layout, "auto")
+    assert calls["n"] == model.config.num_hidden_layers
+    torch.testing.assert_close(lp, dense_lp, atol=1e-5, rtol=0)
+    grads = {name.replace("_checkpoint_wrapped_module.", ""): g for name, g in grads.items()}
+    assert grads.keys() == dense_grads.keys()
+    for name in dense_grads:
+        torch.testing.assert_close(grads[name], dense_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_a_copied_model_walks_its_own_modules():
-    """The kept walk travels with copy.deepcopy (frozen_copy); the copy walks its own modules, so wrapping the copy's
-    layers later is seen."""
+    """A copy (copy.deepcopy, as frozen_copy makes) is decided on its own modules: wrapping the copy's layers later
+    is seen on the copy, not on the model."""
     import copy
 
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing

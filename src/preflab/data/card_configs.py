@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from preflab.errors import DataError
+from preflab.errors import DataError, SplitMissing
 
 
 def card_configs(folder: Path) -> list[dict]:
@@ -108,9 +108,9 @@ def card_split_files(folder: Path, split: str, explicit: bool) -> list[Path] | N
         if not named and not explicit:
             split = "train"
         else:
-            raise DataError(f"directory {folder}: its README.md configuration names the split(s) {sorted(patterns)} "
-                            f"in data_files and no split {split!r}. Set the split (dataset_split / eval_split, "
-                            "--split) to one of them.")
+            raise SplitMissing(f"directory {folder}: its README.md configuration names the split(s) "
+                               f"{sorted(patterns)} in data_files and no split {split!r}. Set the split "
+                               "(dataset_split / eval_split, --split) to one of them.")
     files: list[Path] = []
     for pattern in patterns[split]:
         matched = sorted(p for p in Path(folder).glob(pattern.lstrip("/")) if p.is_file()

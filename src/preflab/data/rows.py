@@ -46,7 +46,8 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     """Read `source` and validate every row as `kind`.
 
     source: a .jsonl/.json/.parquet/.csv file, a directory (save_to_disk output or data files), a hub dataset
-        name, a `datasets.Dataset`/`DatasetDict` or a list of dicts.
+        name, a `datasets.Dataset`/`DatasetDict` or a list of dicts; or a RowReader already opened on one (read as
+        it was opened: split, limit and max_row_bytes are its own).
     split: the split of a DatasetDict, hub dataset or directory of split-named files.
     kind: "pairwise" | "unpaired" | "prompt".
     on_bad_row: "error" (raise `DataError` on the first bad row) | "skip" (count it in the report).
@@ -61,7 +62,8 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
         raise ConfigError(f"kind={kind!r} is not one of {KINDS}.{nearest(str(kind), KINDS)}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"limit={limit!r} must be a non-negative integer or None.")
-    reader = RowReader(source, split=split, limit=limit, max_row_bytes=max_row_bytes)
+    reader = source if isinstance(source, RowReader) else RowReader(source, split=split, limit=limit,
+                                                                    max_row_bytes=max_row_bytes)
     report = DataReport(source=reader.name, kind=kind)
     build = row_builder(kind, report, on_bad_row, column_map, required_extras)
     examples: list[Example] = []

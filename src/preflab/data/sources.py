@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from preflab.errors import DataError
+from preflab.errors import DataError, SplitMissing
 from preflab.hub import failure_reason, offline
 from preflab.data.report import RowProblem, row_error
 
@@ -68,14 +68,24 @@ class RawRow:
 
 
 class RowReader:
-    """Iterates `RawRow`s of a source; `name` is what reports call it, `blank_lines` counts skipped blank lines."""
+    """Iterates `RawRow`s of a source; `name` is what reports call it, `blank_lines` counts skipped blank lines.
+
+    otherwise: the split read where the source has no split `split` (only then: any other error is raised); the
+    source is resolved once, a loaded DatasetDict (save_to_disk folder, hub name) picks from what it loaded.
+    `split` is the split read."""
 
     def __init__(self, source, *, split: str | None = "train", limit: int | None = None,
-                 max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES, streaming: bool = False):
-        self.source, self.split, self.limit, self.max_row_bytes = source, split, limit, max_row_bytes
+                 max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES, streaming: bool = False,
+                 otherwise: str | None = None):
+        self.source, self.limit, self.max_row_bytes = source, limit, max_row_bytes
         self.blank_lines = 0
         self._next_id = 0
-        self.name, self._parts = _resolve(source, split, streaming)
+        try:
+            self.name, self._parts, self.split = _resolve(source, split, streaming, otherwise)
+        except SplitMissing:  # a file or a folder of files (their listing, no rows read): resolved again
+            if otherwise is None:
+                raise
+            self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
 
     def __iter__(self) -> Iterator[RawRow]:
         for part in self._parts:
@@ -100,34 +110,41 @@ class RowReader:
         return problem or self.too_large(estimate if size is None else size)
 
 
-def _resolve(source, split: str | None, streaming: bool = False):
-    """(display name, list of part readers) for any supported source. streaming: a hub name is read through
-    `datasets.load_dataset(..., streaming=True)` (files, directories and in-memory sources are read row by row
-    either way; a save_to_disk directory is memory-mapped). split None: `DEFAULT_EVAL_SPLIT` where the source has
-    splits, a single data file read whole."""
+def _resolve(source, split: str | None, streaming: bool = False, otherwise: str | None = None):
+    """(display name, list of part readers, the split read) for any supported source. streaming: a hub name is read
+    through `datasets.load_dataset(..., streaming=True)` (files, directories and in-memory sources are read row by
+    row either way; a save_to_disk directory is memory-mapped). split None: `DEFAULT_EVAL_SPLIT` where the source has
+    splits, a single data file read whole. otherwise: what a loaded DatasetDict without `split` gives instead (a
+    file or a folder of files raises SplitMissing: RowReader resolves it again)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
             missing = file_split_missing(path, split)
             if missing:
-                raise DataError(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
-                                "or point to a directory with one file per split (train.jsonl, test.jsonl).")
-            return str(source), [_file_part(path, streaming)]
+                raise SplitMissing(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
+                                   "or point to a directory with one file per split (train.jsonl, test.jsonl).")
+            return str(source), [_file_part(path, streaming)], split
         explicit, split = split is not None, split or DEFAULT_EVAL_SPLIT
         if path.is_dir():
-            return str(source), _dir_parts(path, split, streaming, explicit)
+            parts, split = _dir_parts(path, split, streaming, explicit, otherwise)
+            return str(source), parts, split
         text = str(source)
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
-        return f"hub:{text}[{split}]", [_dataset_part(_load_hub(text, split, streaming), f"hub:{text}[{split}]")]
+        if otherwise is None:
+            loaded = _load_hub(text, split, streaming)
+        else:  # every split at once (datasets prepares them all for one split too), then the one there is
+            loaded, split = _pick_split(_load_hub(text, None, streaming), split, f"hub:{text}", otherwise)
+        return f"hub:{text}[{split}]", [_dataset_part(loaded, f"hub:{text}[{split}]")], split
     split = split or DEFAULT_EVAL_SPLIT
     datasets = sys.modules.get("datasets")  # a datasets object implies datasets is imported; skip a slow import
     if datasets is not None and isinstance(source, datasets.DatasetDict):
-        return f"<DatasetDict>[{split}]", [_dataset_part(_pick_split(source, split, "<DatasetDict>"), "<Dataset>")]
+        picked, split = _pick_split(source, split, "<DatasetDict>", otherwise)
+        return f"<DatasetDict>[{split}]", [_dataset_part(picked, "<Dataset>")], split
     if datasets is not None and isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
-        return "<Dataset>", [_dataset_part(source, "<Dataset>")]
+        return "<Dataset>", [_dataset_part(source, "<Dataset>")], split
     if isinstance(source, Iterable) and not isinstance(source, (str, bytes, Mapping)):
-        return "<rows>", [_dataset_part(source, "<rows>")]
+        return "<rows>", [_dataset_part(source, "<rows>")], split
     raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv, .arrow), "
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
 
@@ -135,16 +152,12 @@ def _resolve(source, split: str | None, streaming: bool = False):
 DEFAULT_EVAL_SPLIT = "test"  # the split an eval set is read from when eval_split is not given (TRL's scripts' default)
 
 
-def eval_default_split(source) -> str:
-    """The split `preflab eval` reads when --split is not given: 'test' where the source has one (a run's
+def eval_default_reader(source, **kwargs) -> RowReader:
+    """The reader `preflab eval` reads when --split is not given: split 'test' where the source has one (a run's
     eval_split defaults to it, as TRL's scripts' dataset_test_split), else 'train' (a single file, a folder without
-    a test split: its own rows). A source that cannot be read as 'test' for any reason is read as 'train', which
-    reports that reason if it is not about the split."""
-    try:
-        RowReader(source, split="test")
-    except DataError:
-        return "train"
-    return "test"
+    a test split: its own rows); `.split` says which. The source is resolved and loaded once (the reader that finds
+    the split is the one read); an error other than a missing split 'test' is raised as reading 'test' gives it."""
+    return RowReader(source, split=DEFAULT_EVAL_SPLIT, otherwise="train", **kwargs)
 
 
 def file_splits(path: Path) -> tuple[str, ...]:
@@ -203,27 +216,33 @@ def _check_hub_dataset(name: str) -> None:
                         "or directory.") from err
 
 
-def _load_hub(name: str, split: str, streaming: bool = False):
-    """datasets.load_dataset(name, split=split); streaming: an IterableDataset that reads as it is iterated."""
+def _load_hub(name: str, split: str | None, streaming: bool = False):
+    """datasets.load_dataset(name, split=split) (split None: every split, a DatasetDict); streaming: an
+    IterableDataset that reads as it is iterated."""
     import datasets
 
     _check_hub_dataset(name)
     try:
         return datasets.load_dataset(name, split=split, **({"streaming": True} if streaming else {}))
     except Exception as exc:  # any loading failure becomes one clear message
-        raise DataError(f"could not load hub dataset {name!r} split {split!r}: {type(exc).__name__}: {exc}. "
-                        "Check the name and split and your network (or HF_HUB_OFFLINE), or pass a local "
-                        "file or directory.") from exc
+        raise DataError(f"could not load hub dataset {name!r}{f' split {split!r}' if split else ''}: "
+                        f"{type(exc).__name__}: {exc}. Check the name and split and your network (or HF_HUB_OFFLINE), "
+                        "or pass a local file or directory.") from exc
 
 
-def _pick_split(dataset_dict, split: str, name: str):
+def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = None):
+    """(dataset_dict[split], split), or its split `otherwise` where it has no `split`."""
+    if split not in dataset_dict and otherwise is not None:
+        split = otherwise
     if split not in dataset_dict:
-        raise DataError(f"{name} has no split {split!r}; it has {sorted(dataset_dict)}. Set split to one of them.")
-    return dataset_dict[split]
+        raise SplitMissing(f"{name} has no split {split!r}; it has {sorted(dataset_dict)}. Set split to one of them.")
+    return dataset_dict[split], split
 
 
-def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool = True) -> list:
-    """The part readers of a directory's `split`. A directory without splits (a save_to_disk Dataset, data files
+def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool = True,
+               otherwise: str | None = None) -> tuple[list, str]:
+    """(The part readers of a directory's `split`, the split read: a save_to_disk DatasetDict without `split` gives
+    its split `otherwise`). A directory without splits (a save_to_disk Dataset, data files
     not named after a split) is the split 'train' (and, for a Dataset, the split it was saved from), as datasets
     loads it; another split given explicitly (`explicit`) is refused, as for a single file, never read as the whole
     directory: an eval_split 'test' of it would evaluate on the training rows. split not given: read it whole."""
@@ -236,20 +255,22 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
             raise DataError(f"{path}: could not load a dataset saved with save_to_disk: {exc}. "
                             "Check the directory is complete.") from exc
         if isinstance(loaded, datasets.DatasetDict):
-            loaded = _pick_split(loaded, split, str(path))
+            loaded, split = _pick_split(loaded, split, str(path), otherwise)
         else:
             own = str(loaded.split) if getattr(loaded, "split", None) else "train"
-            if explicit and split not in ("train", own):
-                raise DataError(f"{path} is one dataset saved with save_to_disk (the split {own!r}, no DatasetDict), "
+            if explicit and split not in ("train", own) and otherwise in ("train", own):
+                split = otherwise
+            elif explicit and split not in ("train", own):
+                raise SplitMissing(f"{path} is one dataset saved with save_to_disk (the split {own!r}, no DatasetDict), "
                                 f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
                                 f"{own!r} or leave it out, or save a DatasetDict with that split.")
-        return [_dataset_part(loaded, str(path))]
+        return [_dataset_part(loaded, str(path))], split
     from preflab.data.card_configs import card_split_files, refuse_mixed_configs
 
     refuse_mixed_configs(path)
     carded = card_split_files(path, split, explicit)
     if carded is not None:  # the card's one configuration lists its files per split: read those, as datasets does
-        return [_file_part(p, streaming) for p in carded]
+        return [_file_part(p, streaming) for p in carded], split
     visible = sorted(p for p in path.rglob("*") if p.is_file()  # one walk; hidden files and folders left out
                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
     files = [p for p in visible if p.suffix.lower() in FILE_SUFFIXES]
@@ -268,15 +289,15 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
                         {m.group(1) for p in files if (m := _SHARD.match(p.name.split(".", 1)[0]))} |
                         {d for p in files for d in p.relative_to(path).parts[:-1] if _split_like(d)})
         if others:
-            raise DataError(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
+            raise SplitMissing(f"directory {path} holds files of the split(s) {others} and none of split {split!r} "
                             f"(reading them all would mix splits). Set the split (dataset_split / eval_split) to "
                             "one of them, or point to a file.")
         if explicit and split != "train":
-            raise DataError(f"directory {path} holds data files none of which is named after a split, so it is the "
+            raise SplitMissing(f"directory {path} holds data files none of which is named after a split, so it is the "
                             f"split 'train' (as datasets loads it) and has no split {split!r}. Set the split "
                             "(dataset_split / eval_split) to 'train' or leave it out, or name the files after their "
                             "splits (train.jsonl, test.jsonl).")
-    return [_file_part(p, streaming) for p in (named or files)]
+    return [_file_part(p, streaming) for p in (named or files)], split
 
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split

@@ -188,26 +188,29 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
-def _resolve_split(opts: EvalOptions, data) -> tuple[EvalOptions, str | None]:
-    """(opts with the split to read, a note saying which split of `data` that is). No split given: 'test' where
-    the data has one, as a run's eval_split defaults to (TRL's dataset_test_split), else 'train'. Rows in memory
-    (a list, a Dataset) and a plain data file have no split to name: no note."""
+def _open_split(opts: EvalOptions, data):
+    """(opts with the split read, a note saying which split of `data` that is, the RowReader of it). No split
+    given: 'test' where the data has one, as a run's eval_split defaults to (TRL's dataset_test_split), else
+    'train', found by the reader that reads it (data.sources.eval_default_reader: the source is loaded once). Rows
+    in memory (a list, a Dataset) and a plain data file have no split to name: no note."""
     from dataclasses import replace
 
-    from preflab.data.sources import eval_default_split, file_splits
+    from preflab.data.sources import RowReader, eval_default_reader, file_splits
 
     named = isinstance(data, (str, os.PathLike)) or type(data).__name__ == "DatasetDict"
     if named and isinstance(data, (str, os.PathLike)) and Path(data).is_file() and len(file_splits(Path(data))) < 2:
         named = False  # a plain data file: its rows, no split to name
     if opts.split is not None:
-        return opts, (f"read split {opts.split!r} of {data} (--split)" if named else None)
-    split = eval_default_split(data)
+        return opts, (f"read split {opts.split!r} of {data} (--split)" if named else None), \
+            RowReader(data, split=opts.split, limit=opts.limit)
+    reader = eval_default_reader(data, limit=opts.limit)
+    split = reader.split
     if not named:
-        return replace(opts, split=split), None
+        return replace(opts, split=split), None, reader
     why = ("it has a split 'test', read by default as a run's eval_split is" if split == "test" else
            "it has no split 'test' (a single file or a folder without one reads as 'train')")
-    return replace(opts, split=split), f"read split {split!r} of {data}: no --split was given and {why}; pass --split " \
-                                       "to read another"
+    return replace(opts, split=split), f"read split {split!r} of {data}: no --split was given and {why}; pass " \
+                                       "--split to read another", reader
 
 
 def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
@@ -226,9 +229,9 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     notes: list[str] = []
     missing: dict[str, str] = {}
     opts, capped = _within_positions(opts, policy, ref)
-    opts, said = _resolve_split(opts, data)
+    opts, said, reader = _open_split(opts, data)
     notes += [said] if said else []
-    examples, row_report = load_rows(data, split=opts.split, kind="pairwise", on_bad_row="skip", limit=opts.limit)
+    examples, row_report = load_rows(reader, kind="pairwise", on_bad_row="skip")
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",
                                                   source=row_report.source, **_cuts(opts))
     if not pairs:

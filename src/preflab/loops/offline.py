@@ -60,6 +60,10 @@ class Trainer(TrainingRun):
         from preflab.models.load import cap_max_length, max_positions, reference_positions
 
         preflight(cfg, check_models=policy is None)
+        if policy is not None:  # loading options beside a model given from Python: applied or refused
+            from preflab.models.given import check_given_models
+
+            check_given_models(cfg, policy, ref, tokenizer)
         self.cfg = cfg
         self.callbacks = list(callbacks or [])  # see TrainingRun.emit (transformers TrainerCallback objects work)
         self.objective = cfg.objective()
@@ -111,10 +115,6 @@ class Trainer(TrainingRun):
             from preflab.models.load import load_models
 
             policy, ref = load_models(cfg, tokenizer)
-        else:  # from Python, or loaded by a subclass (VisionTrainer) or a recipe stage with these options
-            from preflab.models.load import check_given_policy
-
-            check_given_policy(cfg, policy)
         self.policy, self.ref = policy, ref
         self.router_coef = self._router_coef()  # the MoE router loss's coefficient, or None (none is added)
         self.router_loss = None  # score() sets it: the policy's router loss on the batch it scored

@@ -221,25 +221,6 @@ def _first_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:500]}" if text else type(err).__name__
 
 
-def check_given_policy(cfg, policy: nn.Module) -> None:
-    """ConfigError when a policy passed from Python (Trainer(cfg, policy=...), OnlineRun) lacks what the loading
-    options say preflab would have done to a model it loads: LoRA adapters (use_peft), quantized weights
-    (load_in_4bit / load_in_8bit). They were accepted and not applied (a use_peft run
-    trained every weight). Not checked: model_init_kwargs (from_pretrained's, not visible on a built model) and
-    load_dtype (the policy trains in the dtype it has: `preflab eval --task vlm` reloads a run in float32 under the
-    run's own config, whose load_dtype may be bfloat16)."""
-    given = "the policy passed from Python"
-    if cfg.use_peft and not hasattr(policy, "disable_adapter"):
-        raise ConfigError(f"use_peft: true, but {given} has no LoRA adapters: preflab adds them only to a model it "
-                          "loads (model_name_or_path), so every weight would train. Wrap it first "
-                          "(preflab.models.load.add_lora or peft.get_peft_model), or set use_peft: false.")
-    bits = "load_in_4bit" if getattr(cfg, "load_in_4bit", False) else "load_in_8bit" if getattr(
-        cfg, "load_in_8bit", False) else None
-    if bits and getattr(getattr(policy, "config", None), "quantization_config", None) is None:
-        raise ConfigError(f"{bits}: true, but {given} is not quantized: preflab quantizes only a model it loads. "
-                          "Load it quantized (transformers' BitsAndBytesConfig), or remove the option.")
-
-
 def builtin_init_kwargs_conflicts(cfg) -> list[str]:
     """One line per builtin model given from_pretrained arguments it would not get: a `builtin:` model is built in
     code from a config (preflab.models.tiny, tiny_vlm), so of TRL's model_init_kwargs only the dtype applies
@@ -274,6 +255,8 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
     dtype is TRL's torch_dtype, weights loaded and trained in it). Errors name `option` and what was tried.
     quantization: a transformers BitsAndBytesConfig (preflab.models.quantize); the whole model is then placed on
     this process's GPU (TRL's get_kbit_device_map)."""
+    from preflab.models.given import mark_loaded
+
     check_model_name(name, option)
     kwargs = _init_kwargs(init_kwargs, dtype)
     if quantization is not None:
@@ -284,13 +267,13 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
         from preflab.models.tiny import tiny_causal_lm
 
         model = tiny_causal_lm(tokenizer, arch=BUILTIN[name], seed=seed)
-        return model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"])
+        return mark_loaded(model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"]))
     from transformers import AutoModelForCausalLM
 
     check_weights_safe(name, allow_pickle)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs)
+        return mark_loaded(AutoModelForCausalLM.from_pretrained(
+            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs))
     except (OSError, ValueError) as err:
         raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
 

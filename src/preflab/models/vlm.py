@@ -110,8 +110,10 @@ def load_vlm(cfg, processor=None):
     """(policy, reference or None, processor). The reference is None for LoRA (adapters off) or when unneeded."""
     from preflab.models.load import disable_dropout, frozen_copy
 
+    from preflab.models.given import mark_loaded
+
     processor = processor or load_vlm_processor(cfg)
-    policy = load_vlm_model(cfg.model_name_or_path, cfg, processor)
+    policy = mark_loaded(load_vlm_model(cfg.model_name_or_path, cfg, processor))
     if cfg.disable_dropout:
         disable_dropout(policy)
     needs_reference = cfg.objective().needs_reference

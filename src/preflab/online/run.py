@@ -159,6 +159,10 @@ class OnlineRun(TrainingRun):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None):
         if cfg.task != "online":
             raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
+        if policy is not None:  # loading options beside a model given from Python: applied or refused
+            from preflab.models.given import check_given_models
+
+            check_given_models(cfg, policy, ref)  # (no tokenizer: trust_remote_code also loads judges' models)
         self.cfg = cfg
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
@@ -186,10 +190,6 @@ class OnlineRun(TrainingRun):
             from preflab.models.load import load_models
 
             policy, ref = load_models(cfg, tokenizer)
-        else:  # from Python, or built by the task (the game's, the demo's: their loading options are refused)
-            from preflab.models.load import check_given_policy
-
-            check_given_policy(cfg, policy)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
         from preflab.models.load import disable_dropout_of, enable_gradient_checkpointing, moe_aux_loss_note
 

@@ -1,0 +1,125 @@
+"""The loading options of a model given from Python (`Trainer(cfg, policy=..., ref=...)`, `OnlineRun(cfg,
+policy=...)`, `online_dpo(policy, ...)`): preflab loads no model then, so the options that act only while it loads
+one were accepted and silently ignored. Each is now applied where the given object already is what the option asks
+for, and refused otherwise, naming the option and saying to load the model with it or drop it:
+
+    load_dtype / ref_load_dtype  accepted when the given model's floating weights are in that dtype (casting a given
+                                 model is not loading it in the dtype: a bfloat16 model cast to float32 keeps its
+                                 rounding), else refused; ref_load_dtype without a given reference is refused
+    model_init_kwargs            from_pretrained arguments: refused
+    load_in_4bit / load_in_8bit  a quantized base is loaded quantized: refused
+    use_peft and lora_*          preflab adds LoRA adapters to a model it loads: use_peft on a given model without
+                                 adapters is refused; a given PEFT model trains its own adapters, and lora_* set
+                                 beside it are accepted where its adapters were made with them, else refused
+    ref_model_name_or_path       not loaded beside a given policy: refused without a given reference (beside one
+                                 it records where that reference comes from, as the VLM demo does for eval)
+    ref_model_init_kwargs        from_pretrained arguments of the reference: refused
+    allow_pickle                 no weights are loaded: refused
+    trust_remote_code            refused when the tokenizer is given too (else it loads the tokenizer), in the
+                                 offline trainers (an online run's judges may load a model by name with it)
+
+Models preflab loaded itself (load_causal_lm, load_vlm: a recipe's stages pass them on) carry LOADED_ATTR and are
+not checked: their options were applied when they were loaded."""
+from __future__ import annotations
+
+from torch import nn
+
+from preflab.errors import ConfigError
+
+LOADED_ATTR = "_preflab_loaded"
+_LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def mark_loaded(model: nn.Module) -> nn.Module:
+    """Tag a model preflab loaded (frozen_copy and LoRA wrapping keep it: a copy of __dict__, unwrap reaches it)."""
+    setattr(model, LOADED_ATTR, True)
+    return model
+
+
+def _given(model) -> bool:
+    from preflab.models.attention import unwrap
+
+    return model is not None and not getattr(unwrap(model), LOADED_ATTR, False)
+
+
+def _dtypes(model) -> list[str]:
+    return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()})
+
+
+def _dtype_error(option: str, value: str, model, what: str) -> str | None:
+    found = _dtypes(model)
+    if found == [value]:
+        return None  # already what the option asks for: nothing to do
+    return (f"{option}: {value}: the {what} given from Python has {'/'.join(found) or 'no floating'} weights, and "
+            f"preflab applies {option} only to a model it loads (casting a given model is not loading it in {value}). "
+            f"Load the {what} with dtype={value} (from_pretrained), or drop {option}.")
+
+
+_PEFT_NAMES = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+               "lora_target_modules": "target_modules"}
+
+
+def _adapters_have(policy, option: str, value) -> bool:
+    """Whether the given PEFT policy's active adapter was made with `option` = `value` (peft's LoraConfig)."""
+    configs = getattr(policy, "peft_config", None) or {}
+    config = configs.get(getattr(policy, "active_adapter", "default"))
+    have = getattr(config, _PEFT_NAMES[option], None)
+    if isinstance(value, (list, tuple, set)) and isinstance(have, (list, tuple, set)):
+        return set(value) == set(have)
+    return have == value
+
+
+def given_model_errors(cfg, policy, ref=None, tokenizer=None) -> list[str]:
+    """One line per loading option `cfg` sets that a `policy` (and `ref`) given from Python does not carry out.
+    tokenizer: the one given beside them (None: preflab loads one, or other models, with trust_remote_code)."""
+    from preflab.config_owners import changed_options
+
+    if not _given(policy):
+        return []
+    out = []
+    drop = "preflab loads no model when the policy is given from Python"
+    if cfg.load_dtype:
+        out.append(_dtype_error("load_dtype", cfg.load_dtype, policy, "policy"))
+    if cfg.model_init_kwargs:
+        out.append(f"model_init_kwargs: {cfg.model_init_kwargs} are from_pretrained arguments and {drop}. Load the "
+                   "policy with them, or drop model_init_kwargs.")
+    for bits in ("4", "8"):
+        if getattr(cfg, f"load_in_{bits}bit"):
+            out.append(f"load_in_{bits}bit: {drop}, so it does not quantize it. Load the policy with transformers' "
+                       f"BitsAndBytesConfig(load_in_{bits}bit=True) and add its LoRA adapters, or drop "
+                       f"load_in_{bits}bit.")
+    adapters = hasattr(policy, "disable_adapter")
+    if cfg.use_peft and not adapters:
+        out.append(f"use_peft: {drop}, and it adds LoRA adapters only to a model it loads: the given policy has none "
+                   "and would train all of its weights. Add the adapters (preflab.models.load.add_lora or "
+                   "peft.get_peft_model) before passing it, or drop use_peft.")
+    lora = [n for n in changed_options(cfg, _LORA) if not _adapters_have(policy, n, getattr(cfg, n))] \
+        if adapters else []
+    if lora:
+        out.append(f"{', '.join(lora)}: {drop}, and the LoRA options shape the adapters it adds to a model it loads; "
+                   "the given policy's own adapters differ. Give the policy with those adapters, or drop "
+                   f"{'it' if len(lora) == 1 else 'them'}.")
+    if cfg.ref_model_name_or_path and ref is None:  # beside a given ref it records where that one comes from
+        out.append(f"ref_model_name_or_path: {drop}, the reference neither. Pass ref=<the model> with the policy, or "
+                   "drop ref_model_name_or_path.")
+    if cfg.ref_model_init_kwargs:
+        out.append(f"ref_model_init_kwargs: {cfg.ref_model_init_kwargs} are from_pretrained arguments and {drop}, the "
+                   "reference neither. Load the reference with them, or drop ref_model_init_kwargs.")
+    if cfg.ref_load_dtype and ref is None:
+        out.append(f"ref_load_dtype: {cfg.ref_load_dtype}: {drop}, the reference neither, and none was given. Pass "
+                   "ref=<the model> in that dtype, or drop ref_load_dtype.")
+    elif cfg.ref_load_dtype and _given(ref):
+        out.append(_dtype_error("ref_load_dtype", cfg.ref_load_dtype, ref, "reference"))
+    if cfg.allow_pickle:
+        out.append(f"allow_pickle: {drop}, so no weights are read. Drop allow_pickle.")
+    if cfg.trust_remote_code and tokenizer is not None:
+        out.append(f"trust_remote_code: {drop} and the tokenizer was given too, so no code is loaded. Drop "
+                   "trust_remote_code.")
+    return [line for line in out if line]
+
+
+def check_given_models(cfg, policy, ref=None, tokenizer=None) -> None:
+    """ConfigError listing given_model_errors, if any."""
+    errors = given_model_errors(cfg, policy, ref, tokenizer)
+    if errors:
+        raise ConfigError("options that apply only to a model preflab loads:\n  " + "\n  ".join(errors))
