@@ -404,3 +404,28 @@ def test_a_context_aware_reward_model_judges_with_the_rows_context():
     plain = RewardModel(model, tok)
     scores, _ = Judge(plain, cache=False)(prompts, completions, [0, 1], columns)
     torch.testing.assert_close(scores, plain.score(prompts, completions).double(), atol=1e-6, rtol=0)
+
+
+def test_reward_eval_says_its_training_data_is_not_held_out(tiny_rm_dir, tmp_path, capsys):
+    """`preflab eval --task reward` on the run's own training file said nothing, where the policy, VLM and
+    diffusion evals note that the metrics are not held-out (README: preflab eval)."""
+    import shutil
+
+    from preflab.cli import main
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(8, seed=0)))
+    other = tmp_path / "heldout.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(8, seed=1)))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_rm_dir, run)
+    (run / "config.yaml").write_text(f"task: reward\nmodel_name_or_path: builtin:tiny-llama\ndataset_name: {data}\n"
+                                     "eval_fraction: 0.25\nseed: 3\n")
+    assert main(["eval", str(run), "--task", "reward", "--data", str(data)]) == 0
+    note = (f"--data {data} (split train) is the run's training data (dataset_name): only the eval_fraction=0.25 of "
+            "its rows the run held out (seed 3) were not trained on, so these metrics are not held-out; evaluate a "
+            "held-out file for generalization")
+    assert json.loads((run / "eval.json").read_text())["notes"] == [note]
+    assert note in capsys.readouterr().out
+    assert main(["eval", str(run), "--task", "reward", "--data", str(other)]) == 0
+    assert json.loads((run / "eval.json").read_text())["notes"] == []

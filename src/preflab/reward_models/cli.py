@@ -63,7 +63,8 @@ def eval_task(args) -> int:
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.data.rows import load_rows
     from preflab.eval.cli import format_summary, refuse_unread_options
-    from preflab.eval.run import eval_json_path, write_json
+    from preflab.eval.loading import run_config
+    from preflab.eval.run import eval_json_path, training_data_note, write_json
     from preflab.reward_models.eval import evaluate_reward_model
 
     refuse_unread_options(args, "reward")
@@ -82,10 +83,13 @@ def eval_task(args) -> int:
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
+    notes = reward_eval_notes(result, args.max_length)
+    trained_on = training_data_note(args.data, run_config(args.checkpoint), args.split or "train")
+    if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
+        notes.append(trained_on)
     out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
            "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
-           "notes": reward_eval_notes(result, args.max_length),
-           "missing": {}}
+           "notes": notes, "missing": {}}
     path = write_json(eval_json_path(args.checkpoint, args.out), out)
     print(format_summary({**out, "path": str(path)}))
     return 0
