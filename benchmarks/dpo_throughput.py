@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 BENCH = Path(os.environ.get("PREFBENCH_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "bench")
+if not (BENCH / "common.py").is_file():
+    sys.exit(f"dpo_throughput.py: the shared bench folder (common.py, make_fixture.py) is not at {BENCH}: set "
+             "PREFBENCH_DIR to it (it is shared/bench beside this repository's checkout).")
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 
