@@ -164,8 +164,10 @@ def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     from preflab.loops.sft import SFTTrainer
     from preflab.online import tasks
 
-    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(SFTTrainer, "train", lambda self: None)  # the SFT stage itself is not what is checked here
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "first"))
+    tasks.demo_sft(5)  # imports every module on the way before save_file is replaced (none may keep the fake)
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "demo-sft-5" / "model.safetensors"
     save_file = safetensors.torch.save_file
 
