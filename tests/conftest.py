@@ -1,5 +1,7 @@
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -12,6 +14,33 @@ torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def _free_port() -> int:
+    """A TCP port that no process listens on now: the OS picks it (bind to port 0), so it differs between calls."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """`free_port()`: a port for one process group that a test starts by hand (MASTER_PORT). A fixed port (or
+    accelerate's default 29500) is shared by every test that launches at the same time: two pytest-xdist workers, or
+    two suites on one machine; the second process group then fails with "address already in use"."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def accelerate_launch():
+    """`accelerate_launch(*args)`: the command line `python -m accelerate.commands.launch --main_process_port P
+    *args` with a free port P of its own (see `free_port`; accelerate falls back from a busy 29500 to a port of its
+    choosing only when 29500 is already listening, which two launches starting together both miss)."""
+
+    def command(*args) -> list[str]:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port()), *args]
+
+    return command
 
 
 class StopRun(Exception):

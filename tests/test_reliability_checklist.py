@@ -166,7 +166,7 @@ def test_a_checkpoint_whose_complete_marker_was_deleted_is_skipped_with_a_warnin
 
 
 @pytest.mark.slow
-def test_a_nan_on_one_rank_stops_both_ranks_with_the_same_error_and_no_hang(tmp_path):
+def test_a_nan_on_one_rank_stops_both_ranks_with_the_same_error_and_no_hang(tmp_path, accelerate_launch):
     """H3: rank 1 alone sees a NaN loss at steps 2 and 3. Both ranks skip both updates (the verdict is shared) and
     stop together after max_nonfinite_steps, with the checkpoint holding the weights after step 1; a rank that
     decided alone would hang the other in the next collective (here: the 300 s timeout)."""
@@ -175,9 +175,9 @@ def test_a_nan_on_one_rank_stops_both_ranks_with_the_same_error_and_no_hang(tmp_
 
     script = ROOT / "tests" / "loops" / "tiny_run.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TINY_RUN_POISON": "1:2,3"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           str(tmp_path / "two"), "per_device_train_batch_size=2", "max_nonfinite_steps=2", "max_steps=6"]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(script), str(tmp_path / "two"),
+                            "per_device_train_batch_size=2", "max_nonfinite_steps=2", "max_steps=6")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.count("2 non-finite steps in a row") >= 2, proc.stderr[-3000:]  # raised on both ranks

@@ -226,11 +226,10 @@ def test_eval_reports_implicit_accuracy_of_the_policy(assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_double_batch(assets, tmp_path):
+def test_two_gloo_processes_equal_one_process_with_double_batch(assets, tmp_path, accelerate_launch):
     import json
     import os
     import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -242,10 +241,10 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(assets, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the one-process run in this process (the CLI in a subprocess is the 2-process launch below)
     assert preflab.cli.main(["train", *common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=4"]) == 0
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          preflab.cli.__file__, "train", *common, f"output_dir={tmp_path / 'two'}",
-                          "per_device_train_batch_size=2"], env=env, capture_output=True, text=True, timeout=300)
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", preflab.cli.__file__, "train", *common,
+                            f"output_dir={tmp_path / 'two'}", "per_device_train_batch_size=2")
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     losses = lambda d: [json.loads(x)["loss"] for x in open(d / "metrics.jsonl") if '"loss"' in x]  # noqa: E731
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)

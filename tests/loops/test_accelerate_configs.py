@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +52,7 @@ def _rows(out):
 
 
 @pytest.mark.slow
-def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, accelerate_launch):
     """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 vs 1 process x batch 8, task: sft with
     packing: same losses to 1e-5 and the same final weights to 1e-5 (float32 all-reduce order); the final model
     reloads in plain transformers."""
@@ -64,9 +63,9 @@ def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(t
     two, one = tmp_path / "two", tmp_path / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
-           "--num_processes", "2", preflab, "train", str(ROOT / "examples/sft.yaml"), f"output_dir={two}",
-           "per_device_train_batch_size=4", "packing=true", *COMMON]
+    cmd = accelerate_launch("--config_file", str(CONFIGS / "ddp.yaml"), "--num_processes", "2", preflab, "train",
+                            str(ROOT / "examples/sft.yaml"), f"output_dir={two}", "per_device_train_batch_size=4",
+                            "packing=true", *COMMON)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2

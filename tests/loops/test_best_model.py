@@ -186,13 +186,12 @@ def test_a_metric_missing_from_the_eval_metrics_names_the_available_ones(tmp_pat
 
 
 @pytest.mark.slow
-def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path):
+def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path, accelerate_launch):
     """2 processes x batch 8 train as 1 process x batch 16; every rank takes the same best-model decisions (the
     metric is the main process's on every rank), so both runs name the same best step and save its weights."""
     import os
     import shutil
     import subprocess
-    import sys
     from pathlib import Path
 
     from preflab.cli import main
@@ -204,9 +203,9 @@ def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", shutil.which("preflab"),
-           "train", str(root / "examples/quickstart.yaml"), f"output_dir={two}", *common]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", shutil.which("preflab"), "train",
+                            str(root / "examples/quickstart.yaml"), f"output_dir={two}", *common)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=root, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={one}",

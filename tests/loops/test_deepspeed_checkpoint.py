@@ -126,11 +126,11 @@ def test_deepspeed_settings_whose_state_a_checkpoint_cannot_hold_are_refused():
             check_checkpointable(engine)
 
 
-def _launch(config, base, *refuse):
+def _launch(launch, config, base, *refuse):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "1",
-           str(HERE / "deepspeed_run.py"), str(base), "2", *map(str, refuse), "--", *RUN]
+    cmd = launch("--config_file", str(config), "--num_processes", "1", str(HERE / "deepspeed_run.py"), str(base), "2",
+                 *map(str, refuse), "--", *RUN)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -153,7 +153,7 @@ def _assert_straight_saved_and_resumed_equal(base):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install preflab[deepspeed]")
-def test_zero3_with_the_optimizer_offloaded_to_cpu_resumes_bit_for_bit(tmp_path):
+def test_zero3_with_the_optimizer_offloaded_to_cpu_resumes_bit_for_bit(tmp_path, accelerate_launch):
     """offload_optimizer_device: cpu (accelerate swaps in DeepSpeedCPUAdam, built on the param groups preflab's
     scheduler steps): the resumed run equals the straight one bit for bit. Fails without keeping those param-group
     dicts at load (the schedule stops reaching the optimizer: the final weights differ) and without replaying the
@@ -162,7 +162,7 @@ def test_zero3_with_the_optimizer_offloaded_to_cpu_resumes_bit_for_bit(tmp_path)
     text = (ROOT / "examples/accelerate/zero3.yaml").read_text()
     config.write_text(text.replace("offload_optimizer_device: none", "offload_optimizer_device: cpu"))
     assert config.read_text() != text
-    _launch(config, tmp_path / "offload")
+    _launch(accelerate_launch, config, tmp_path / "offload")
     _assert_straight_saved_and_resumed_equal(tmp_path / "offload")
     partition = json.loads((tmp_path / "offload/saved/checkpoint-2/zero/rank0.json").read_text())
     assert partition["zero"]["optimizer_state_dict"]["optimizer_state"]["state"]["0"]["step"] == 2  # CPUAdam's int
@@ -170,7 +170,7 @@ def test_zero3_with_the_optimizer_offloaded_to_cpu_resumes_bit_for_bit(tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install preflab[deepspeed]")
-def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_path):
+def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_path, accelerate_launch):
     """Tiny GPT-2 DPO (dropout on), 4 steps, cosine schedule with warmup, one CPU process, per stage: the run that
     writes checkpoint-2, and the run resumed from it (a fresh engine), give the straight run's losses, grad norms and
     final weights bit for bit. The checkpoint is safetensors + JSON only, sealed by COMPLETE; a damaged partition is
@@ -189,8 +189,9 @@ def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_
 
     n = sum(p.numel() for p in tiny_causal_lm(tiny_tokenizer(), arch="gpt2").parameters())  # lm_head tied: once
     z2, z3 = tmp_path / "z2", tmp_path / "z3"
-    _launch(ROOT / "examples/accelerate/zero2.yaml", z2, plain / "checkpoint-2")
-    _launch(ROOT / "examples/accelerate/zero3.yaml", z3, plain / "checkpoint-2", z2 / "saved/checkpoint-2")
+    _launch(accelerate_launch, ROOT / "examples/accelerate/zero2.yaml", z2, plain / "checkpoint-2")
+    _launch(accelerate_launch, ROOT / "examples/accelerate/zero3.yaml", z3, plain / "checkpoint-2",
+            z2 / "saved/checkpoint-2")
     for stage, base in ((2, z2), (3, z3)):
         _assert_straight_saved_and_resumed_equal(base)
 

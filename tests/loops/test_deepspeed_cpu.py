@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ COMMON = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install preflab[deepspeed]")
-def test_zero3_on_one_cpu_process_equals_the_plain_run_and_saves_a_transformers_model(tmp_path):
+def test_zero3_on_one_cpu_process_equals_the_plain_run_and_saves_a_transformers_model(tmp_path, accelerate_launch):
     """ZeRO-3 (DeepSpeed steps inside accelerator.backward, clipping at the config's gradient_clipping 1.0 =
     max_grad_norm) against preflab's own step, quickstart DPO, 4 steps, float32: losses and DeepSpeed's grad norms
     equal to 1e-6, final weights (gathered by DeepSpeed's 16-bit/consolidated save path) to 1e-6 (measured: 6e-8),
@@ -31,9 +30,9 @@ def test_zero3_on_one_cpu_process_equals_the_plain_run_and_saves_a_transformers_
     zero, plain = tmp_path / "zero3", tmp_path / "plain"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/zero3.yaml"), "--num_processes", "1", shutil.which("preflab"), "train",
-           str(ROOT / "examples/quickstart.yaml"), f"output_dir={zero}", *COMMON]
+    cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/zero3.yaml"), "--num_processes", "1",
+                            shutil.which("preflab"), "train", str(ROOT / "examples/quickstart.yaml"),
+                            f"output_dir={zero}", *COMMON)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads((zero / "summary.json").read_text())["environment"]["distributed_type"] == "DEEPSPEED"

@@ -19,11 +19,10 @@ SCHEDULE = {"max_steps": 4, "lr_scheduler_type": "cosine", "warmup_steps": 1}
 RUN = [f"{k}={v}" for k, v in SCHEDULE.items()] + ["tiny_arch=gpt2"]  # gpt2: dropout draws each rank's RNG
 
 
-def _launch(config, processes, script, *args):
+def _launch(launch, config, processes, script, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
-           str(processes), str(HERE / script), *map(str, args)]
+    cmd = launch("--config_file", str(config), "--num_processes", str(processes), str(HERE / script), *map(str, args))
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=ROOT, check=False)
 
 
@@ -34,7 +33,7 @@ def _steps(out):
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install preflab[deepspeed]")
-def test_zero2_and_zero3_on_two_cpu_processes_equal_one_process_and_resume_bit_for_bit(tmp_path):
+def test_zero2_and_zero3_on_two_cpu_processes_equal_one_process_and_resume_bit_for_bit(tmp_path, accelerate_launch):
     """Tiny DPO, 4 steps, cosine schedule with warmup, float32; ZeRO-2 launched with use_cpu: true, ZeRO-3 without
     (2 processes on a machine without a device take the same CPU path):
     - both run as DeepSpeed on 2 gloo ranks, each rank holding half of the fp32 master weights and Adam moments;
@@ -56,8 +55,8 @@ def test_zero2_and_zero3_on_two_cpu_processes_equal_one_process_and_resume_bit_f
 
     z2, z3 = tmp_path / "z2", tmp_path / "z3"
     for config, base, how in (("zero2.yaml", z2, "use_cpu=true"), ("zero3.yaml", z3, "use_cpu=false")):
-        proc = _launch(ROOT / "examples/accelerate" / config, 2, "deepspeed_run.py", base, 2, "--", *RUN, how,
-                       f"equal_into={base / 'llama'}")
+        proc = _launch(accelerate_launch, ROOT / "examples/accelerate" / config, 2, "deepspeed_run.py", base, 2, "--",
+                       *RUN, how, f"equal_into={base / 'llama'}")
         assert proc.returncode == 0, proc.stderr[-4000:]
     one = tmp_path / "one"
     run(one, per_device_train_batch_size=8, **SCHEDULE)
@@ -91,7 +90,7 @@ def test_zero2_and_zero3_on_two_cpu_processes_equal_one_process_and_resume_bit_f
         assert (ckpt / "rng-rank1.safetensors").is_file()
 
     refused = tmp_path / "refused"
-    proc = _launch(ROOT / "examples/accelerate/zero3.yaml", 1, "tiny_run.py", refused, *RUN,
+    proc = _launch(accelerate_launch, ROOT / "examples/accelerate/zero3.yaml", 1, "tiny_run.py", refused, *RUN,
                    f"resume_from_checkpoint={z3 / 'saved/checkpoint-2'}")
     assert proc.returncode != 0
     assert (f"resume_from_checkpoint: {z3 / 'saved/checkpoint-2'} was written under DeepSpeed ZeRO-3 on 2 "

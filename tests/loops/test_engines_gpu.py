@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,11 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (DeepSpeed / FSDP on GPU)")]
 
 
-def _launch(config: str, processes: int, *args: str) -> list[str]:
+def _launch(launch, config: str, processes: int, *args: str) -> list[str]:
     """accelerate launch with `config` over `processes` processes of `python -m preflab.cli *args`: the GPU machine
     runs preflab from src/ on PYTHONPATH, with no `preflab` console script (shutil.which("preflab") is None there)."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / f"examples/accelerate/{config}.yaml"), "--num_processes", str(processes), "--module",
-            "preflab.cli", *args]
+    return launch("--config_file", str(ROOT / f"examples/accelerate/{config}.yaml"), "--num_processes", str(processes),
+                  "--module", "preflab.cli", *args)
 
 
 def _losses(out):
@@ -36,7 +34,7 @@ def _losses(out):
 
 
 @pytest.mark.parametrize("config", ["zero2", "zero3", "fsdp2"])
-def test_sharded_engine_on_gpus_equals_one_gpu_process(tmp_path, config):
+def test_sharded_engine_on_gpus_equals_one_gpu_process(tmp_path, config, accelerate_launch):
     """2 GPUs (1 when only one is present) x batch 8/n against 1 plain GPU process x batch 8, float32: losses and
     final weights equal to 1e-4 (GPU reductions in another order); the final model is one save_pretrained folder."""
     if config.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
@@ -48,8 +46,8 @@ def test_sharded_engine_on_gpus_equals_one_gpu_process(tmp_path, config):
     sharded, plain = tmp_path / "sharded", tmp_path / "plain"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     env.pop("WORLD_SIZE", None)
-    cmd = _launch(config, n, "train", str(ROOT / "examples/quickstart.yaml"), f"output_dir={sharded}",
-                  f"per_device_train_batch_size={8 // n}", *COMMON)
+    cmd = _launch(accelerate_launch, config, n, "train", str(ROOT / "examples/quickstart.yaml"),
+                  f"output_dir={sharded}", f"per_device_train_batch_size={8 // n}", *COMMON)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     from preflab.cli import main

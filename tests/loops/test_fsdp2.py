@@ -23,11 +23,11 @@ FSDP2 = ROOT / "examples/accelerate/fsdp2.yaml"
 RUN = ["max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1"]
 
 
-def _launch(out, *args, cache=None):
+def _launch(launch, out, *args, cache=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "PREFLAB_CACHE_DIR": str(cache)}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2), "--num_processes", "2",
-           str(HERE / "fsdp_run.py"), str(out), "per_device_train_batch_size=4", *RUN, *args]
+    cmd = launch("--config_file", str(FSDP2), "--num_processes", "2", str(HERE / "fsdp_run.py"), str(out),
+                 "per_device_train_batch_size=4", *RUN, *args)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -44,7 +44,8 @@ def _weights(out):
 
 
 @pytest.mark.slow
-def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch):
+def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch,
+                                                                                          accelerate_launch):
     """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
     4 steps, cosine schedule):
     - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);
@@ -65,8 +66,9 @@ def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transform
 
     full, resumed, one, one_resumed = (tmp_path / n for n in ("full", "resumed", "one", "one_resumed"))
     pre_two, pre_one = tmp_path / "pre_two", tmp_path / "pre_one"
-    _launch(full, "save_steps=2", f"resume_into={resumed}", "resume_step=2", f"precompute_into={pre_two}",
-            cache=tmp_path / "cache_two")  # the resumed and the precomputing runs follow in the same processes
+    # the resumed and the precomputing runs follow in the same processes
+    _launch(accelerate_launch, full, "save_steps=2", f"resume_into={resumed}", "resume_step=2",
+            f"precompute_into={pre_two}", cache=tmp_path / "cache_two")
     summary = json.loads((full / "summary.json").read_text())["environment"]
     assert (summary["world_size"], summary["distributed_type"], summary["backend"]) == (2, "FSDP", "gloo")
     facts = json.loads((full / "facts.json").read_text())

@@ -24,7 +24,7 @@ def rows(out):
 
 
 @pytest.mark.slow
-def test_readme_multi_process_command_on_cpu_trains_one_run_with_two_ranks(tmp_path):
+def test_readme_multi_process_command_on_cpu_trains_one_run_with_two_ranks(tmp_path, accelerate_launch):
     """2 processes x batch 8 equal 1 process x batch 16 (the trainer's exactness guarantee), each metrics row once,
     world_size 2 in summary.json, the data line and the final metrics printed once."""
     assert "accelerate launch --multi_gpu --num_processes 2 $(which preflab) train" in README
@@ -33,9 +33,9 @@ def test_readme_multi_process_command_on_cpu_trains_one_run_with_two_ranks(tmp_p
     two, one = tmp_path / "two", tmp_path / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", preflab, "train",
-           str(ROOT / "examples/quickstart.yaml"), f"output_dir={two}", *COMMON]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", preflab, "train", str(ROOT / "examples/quickstart.yaml"),
+                            f"output_dir={two}", *COMMON)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("preflab: data:") == 1 and proc.stdout.count('"output_dir"') == 1, proc.stdout
@@ -71,16 +71,8 @@ def test_a_launch_that_forms_no_process_group_is_an_error(tmp_path, monkeypatch)
         driver.make_accelerator(cfg)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_a_refused_resume_stops_every_rank_with_the_same_error(tmp_path):
+def test_a_refused_resume_stops_every_rank_with_the_same_error(tmp_path, free_port):
     """Resuming with a changed meaning-changing option (beta) on 2 processes: every rank runs the early resume check
     and stops with the ConfigError. Before, only the main rank checked; rank 1 went on to load the model and wait for
     rank 0 in a collective (relying on a launcher to kill it). The ranks are started by hand (not through a launcher,
@@ -90,7 +82,7 @@ def test_a_refused_resume_stops_every_rank_with_the_same_error(tmp_path):
 
     out = tmp_path / "out"
     run(out, max_steps=2, save_steps=2)  # checkpoint-2, written on one process with batch 4
-    port = _free_port()
+    port = free_port()
     script = Path(__file__).parent / "tiny_run.py"
     procs = []
     for rank in range(2):

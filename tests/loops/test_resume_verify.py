@@ -153,23 +153,23 @@ def test_a_one_process_resume_still_hashes_every_file_it_loads(tmp_path, monkeyp
         run(tmp_path / "resumed_again", max_steps=2, resume_from_checkpoint=str(ckpt))
 
 
-def _launch(config: str, out: Path, *args) -> list[dict]:
+def _launch(launch, config: str, out: Path, *args) -> list[dict]:
     """tests/loops/resume_verify_run.py on 2 gloo processes; what each rank wrote."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config),
-           "--num_processes", "2", str(HERE / "resume_verify_run.py"), str(out), *args]
+    cmd = launch("--config_file", str(ROOT / config), "--num_processes", "2", str(HERE / "resume_verify_run.py"),
+                 str(out), *args)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)  # a hang: timeout
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint(tmp_path):
+def test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint(tmp_path, accelerate_launch):
     """DDP (examples/accelerate/ddp.yaml, 2 gloo processes): both ranks load every file; each file is hashed by one
     of them (together: every file of COMPLETE), and a changed model.safetensors stops both with the same error."""
     out = tmp_path / "run"
-    ranks = [r["model"] for r in _launch("examples/accelerate/ddp.yaml", out, "ddp")]
+    ranks = [r["model"] for r in _launch(accelerate_launch, "examples/accelerate/ddp.yaml", out, "ddp")]
     ckpt = out / "checkpoint-2"
     assert ranks[0]["error"] == ranks[1]["error"]
     assert f"the sha256 of {ckpt / 'model.safetensors'} differs" in ranks[0]["error"]
@@ -179,7 +179,7 @@ def test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage(tmp_path):
+def test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage(tmp_path, accelerate_launch):
     """examples/accelerate/fsdp2.yaml on 2 gloo processes (tests/loops/resume_verify_run.py, one launch):
     - rank 1's model shard changed: both ranks stop with the error naming it, found by rank 1; rank 0 never hashed it;
     - optimizer.json (both ranks read it) changed: both stop naming it, and it was hashed by one rank only;
@@ -187,7 +187,7 @@ def test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage(tmp_
       the two ranks' hashed files are disjoint and cover every file DCP read on either rank, and no rank hashed
       files nobody reads (the main rank's rng.*, written for another world size)."""
     out = tmp_path / "run"
-    ranks = _launch("examples/accelerate/fsdp2.yaml", out)
+    ranks = _launch(accelerate_launch, "examples/accelerate/fsdp2.yaml", out)
     ckpt = out / "checkpoint-2"
 
     shard = [r["shard"] for r in ranks]

@@ -27,13 +27,13 @@ REWARD = ["task=reward", "model_name_or_path=builtin:tiny-llama",
           f"dataset_name={ROOT / 'examples/data/loud_echo_pairs.jsonl'}", "max_length=128", "max_steps=4", *COMMON]
 
 
-def _launch(config: str, *runs: list) -> subprocess.CompletedProcess:
+def _launch(launch, config: str, *runs: list) -> subprocess.CompletedProcess:
     """One `accelerate launch --num_processes 2` of scale_matrix_run.py running `runs` in order."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
     args = [a for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + [str(x) for x in run]]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-           "--num_processes", "2", str(HERE / "scale_matrix_run.py"), *args]
+    cmd = launch("--config_file", str(CONFIGS / f"{config}.yaml"), "--num_processes", "2",
+                 str(HERE / "scale_matrix_run.py"), *args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=250 * (1 + len(runs)), cwd=ROOT)
 
 
@@ -72,7 +72,7 @@ LAUNCHED = {
 
 
 @pytest.fixture(scope="module")
-def launched(request, tmp_path_factory):
+def launched(request, tmp_path_factory, accelerate_launch):
     """`launched(test_name)`: the folder holding that test's 2-process runs (LAUNCHED), after checking that their
     launch succeeded. The first use launches the runs of every selected test of this module, one launch per config."""
     names = [n for n in LAUNCHED if any(item.name == n and item.module is request.module
@@ -81,7 +81,8 @@ def launched(request, tmp_path_factory):
     results = {}
     for config in dict.fromkeys(LAUNCHED[n][0] for n in names):  # "zero2", "zero2:batch4", ...
         same = [n for n in names if LAUNCHED[n][0] == config]
-        proc = _launch(config.split(":")[0], *[run for n in same for run in LAUNCHED[n][1](root / n)])
+        proc = _launch(accelerate_launch, config.split(":")[0],
+                       *[run for n in same for run in LAUNCHED[n][1](root / n)])
         results.update(dict.fromkeys(same, proc))
 
     def folder(name: str) -> Path:

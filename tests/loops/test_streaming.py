@@ -214,13 +214,12 @@ def test_trl_dataset_streaming_is_streaming():
 
 
 @pytest.mark.slow
-def test_two_processes_streaming_equal_one_process_with_double_batch(tmp_path):
+def test_two_processes_streaming_equal_one_process_with_double_batch(tmp_path, accelerate_launch):
     """`accelerate launch --num_processes 2` with streaming: every rank reads the stream and takes its slices of each
     global batch (with a shuffle buffer, over 2 passes of 40 rows); 2 x 4 equals 1 x 8 in losses and weights."""
     import os
     import shutil
     import subprocess
-    import sys
 
     data = write_jsonl(tmp_path / "rows.jsonl", PAIRS[:40])
     preflab = shutil.which("preflab")
@@ -229,9 +228,9 @@ def test_two_processes_streaming_equal_one_process_with_double_batch(tmp_path):
               "learning_rate=1e-3", "seed=3", "use_cpu=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", preflab, "train",
-           f"output_dir={tmp_path / 'two'}", "per_device_train_batch_size=4", *common]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", preflab, "train", f"output_dir={tmp_path / 'two'}",
+                            "per_device_train_batch_size=4", *common)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train(tmp_path / "one", data, per_device_train_batch_size=8, streaming=True, streaming_shuffle_buffer=6,

@@ -54,12 +54,12 @@ def test_logging_first_step_logs_step_one_then_every_logging_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_double_batch(tmp_path):
+def test_two_processes_equal_one_process_double_batch(tmp_path, accelerate_launch):
     run(tmp_path / "one", per_device_train_batch_size=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(SCRIPT), str(tmp_path / "two"), "per_device_train_batch_size=2"]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                            str(SCRIPT), str(tmp_path / "two"), "per_device_train_batch_size=2")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)

@@ -227,22 +227,21 @@ def _weights(path):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
+def test_two_processes_equal_one_process(tmp_path, accelerate_launch):
     """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
     gathered, each rank trains on its half of every step's examples; the result equals one process with the same
     global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order)."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).parent / "online_tiny_run.py"
     common = ["generation_batch_size=2", "max_steps=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     tiny_run(tiny_cfg(tmp_path / "one", per_device_train_batch_size=4, generation_batch_size=2, max_steps=4)).train()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(script), str(tmp_path / "two"), "per_device_train_batch_size=2", *common]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                            str(script), str(tmp_path / "two"), "per_device_train_batch_size=2", *common)
     two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")

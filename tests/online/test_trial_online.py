@@ -3,6 +3,7 @@ each test fails on the code before its fix."""
 import asyncio
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +152,38 @@ def test_demo_sft_model_loads_for_your_own_prompts(tmp_path, monkeypatch):
     assert policy == ("demo-sft", 3) and tokenizer.decode(tokenizer("echo").input_ids, skip_special_tokens=True) \
         == "echo"
     assert [p["prompt"] for p in task.prompts] == ["echo: cat dog"]
+
+
+def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """builtin:demo-sft's cache ($PREFLAB_CACHE_DIR/demo-sft-<seed>/model.safetensors) was written in place: a run
+    killed while writing it (or a second run, e.g. another test worker, reading it meanwhile) left a torn file that
+    every later run failed to load. Now it is written beside it and renamed into place: a write that dies leaves no
+    cache file, and the next call builds and loads the model."""
+    import safetensors.torch
+
+    from preflab.loops.sft import SFTTrainer
+    from preflab.online import tasks
+
+    monkeypatch.setattr(SFTTrainer, "train", lambda self: None)  # the SFT stage itself is not what is checked here
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "first"))
+    tasks.demo_sft(5)  # imports every module on the way before save_file is replaced (none may keep the fake)
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "demo-sft-5" / "model.safetensors"
+    save_file = safetensors.torch.save_file
+
+    def killed_while_writing(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # the first bytes, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        tasks.demo_sft(5)
+    assert not cache.exists()
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    built, _ = tasks.demo_sft(5)
+    loaded, _ = tasks.demo_sft(5)  # from the cache file now
+    assert cache.is_file()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
 
 
 def test_truncated_completions_are_said_and_counted(tmp_path, capsys):

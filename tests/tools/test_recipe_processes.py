@@ -7,7 +7,6 @@ on the main process, SFT and GRPO data parallel)."""
 import inspect
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,12 +115,6 @@ def test_themis_on_several_processes_under_fsdp_or_deepspeed_is_refused(engine, 
     assert not (tmp_path / "out").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _weights(folder: Path) -> dict:
     return {f"{name}/{k}": v for name in ("model.safetensors", "value_head.safetensors")
             for k, v in load_file(str(folder / name)).items()}
@@ -163,7 +156,7 @@ TWO_PROCESS_RUNS = {
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(request, tmp_path_factory):
+def two_process_runs(request, tmp_path_factory, accelerate_launch):
     """`accelerate launch` of 2 gloo processes (examples/accelerate/ddp.yaml) of tests/tools/recipes_launch.py, which
     runs `preflab train CONFIG output_dir=OUT disable_tqdm=true recipe_params=...` for each selected test of
     TWO_PROCESS_RUNS in turn, in the same processes. `two_process_runs(test_name)`: that run's OUT, after checking
@@ -183,9 +176,8 @@ def two_process_runs(request, tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), str(ROOT / "tests/tools/recipes_launch.py"), *args]
+    cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
+                            str(ROOT / "tests/tools/recipes_launch.py"), *args)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300 * len(names), cwd=ROOT,
                           check=False)
 

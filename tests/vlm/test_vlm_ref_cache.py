@@ -207,13 +207,12 @@ def test_clue_aggregator_under_lora_keeps_the_reference_at_the_start_and_can_be_
 
 
 @pytest.mark.slow
-def test_two_fsdp2_processes_with_cache_equal_one_process_without(tmp_path):
+def test_two_fsdp2_processes_with_cache_equal_one_process_without(tmp_path, accelerate_launch):
     """examples/vlm/dpo.yaml (tiny Qwen2-VL) on 2 processes (examples/accelerate/fsdp2.yaml: sharded reference,
     lockstep precompute) x batch 2 with precompute_ref_log_probs against 1 process x batch 4 with a reference
     forward every step: losses to 1e-6, weights to 1e-5 (measured 3e-8 / 5e-6, as without the cache)."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -225,10 +224,10 @@ def test_two_fsdp2_processes_with_cache_equal_one_process_without(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src"),
            "PREFLAB_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(root / "examples/accelerate/fsdp2.yaml"), "--num_processes", "2",
-           str(root / "tests/loops/scale_matrix_run.py"), "cli", str(tmp_path / "two"), *vlm,
-           "per_device_train_batch_size=2", "precompute_ref_log_probs=true"]
+    cmd = accelerate_launch("--config_file",
+                            str(root / "examples/accelerate/fsdp2.yaml"), "--num_processes", "2",
+                            str(root / "tests/loops/scale_matrix_run.py"), "cli", str(tmp_path / "two"), *vlm,
+                            "per_device_train_batch_size=2", "precompute_ref_log_probs=true")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert main(["train", *vlm, "per_device_train_batch_size=4", f"output_dir={tmp_path / 'one'}"]) == 0

@@ -24,6 +24,7 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -184,8 +185,12 @@ def _demo_sft_model(cfg, tokenizer):
                                 "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
                                 "dataset_name": str(data), "output_dir": str(Path(tmp) / "sft")})
         SFTTrainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
+    # written whole, then renamed into place: two runs (or two test workers) building it at once, or one killed
+    # while writing, never leave a half-written file that the next run loads
     cache.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache))
+    part = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(part))
+    os.replace(part, cache)
     return model
 
 
