@@ -94,7 +94,8 @@ def test_overrides_after_the_options_are_read_in_order(capsys):
     assert main(head + ["use_peft=true", "lora_r=4", "--sharding", "zero3", "--world-size", "2"]) == 0
     contiguous = capsys.readouterr().out
     assert main(head + ["use_peft=false", "--sharding", "zero3", "use_peft=true", "--world-size", "2", "lora_r=4"]) == 0
-    assert capsys.readouterr().out == contiguous  # the later use_peft=true wins, as on a contiguous line
+    assert capsys.readouterr().out == ("preflab: note: overrides 'use_peft=false' and 'use_peft=true' set use_peft "
+                                       "twice; the last one wins.\n" + contiguous)  # the later one wins, said
     assert main(head + ["--sharding", "zero3", "--world-size", "2"]) == 0
     assert capsys.readouterr().out != contiguous  # use_peft changes the plan, so the equality above means something
     with pytest.raises(SystemExit):
