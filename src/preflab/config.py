@@ -243,11 +243,10 @@ class TrainConfig:
         from preflab.config_owners import refused_values, unread_task_options
         from preflab.loops.best_model import best_model_option_errors
         from preflab.loops.streaming import streaming_conflicts
+        from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online.options import unread_online_options
         from preflab.scoring.compile import compile_conflicts
-
-        from preflab.models.load import builtin_init_kwargs_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += builtin_init_kwargs_conflicts(self)
