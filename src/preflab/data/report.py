@@ -37,6 +37,23 @@ def where(source: str, row_id: int, line: int | None = None) -> str:
     return place + (f" (line {line})" if line is not None else "")
 
 
+PLACE_ATTR = "source_place"
+
+
+def keep_place(item, raw):
+    """`item` (an example built from the RawRow `raw`) remembering the file and line of its row, so that a problem
+    found later (at tokenization) names them as a row-level error does. Kept as a plain attribute, not a dataclass
+    field: equality, fingerprints, the tokenization cache key and duplicate checks ignore where a row came from.
+    Returns `item`."""
+    setattr(item, PLACE_ATTR, (raw.file, raw.line))
+    return item
+
+
+def place_of(item) -> tuple[str | None, int | None]:
+    """(file, line) that `keep_place` gave `item`; (None, None) for an item built without its row's place."""
+    return getattr(item, PLACE_ATTR, (None, None))
+
+
 def row_error(problem: RowProblem, source: str, row_id: int, line: int | None = None,
               field_name: str | None = None, skippable: bool = True) -> DataError:
     """The `DataError` for one bad row; it also carries `.source`, `.row_id`, `.field` and `.reason`.
@@ -118,6 +135,12 @@ class BadRowPolicy:
         if self.mode == "error":
             raise row_error(problem, self.report.source if source is None else source, row_id, line, shown)
         self.report.record_skip(problem, row_id, line, shown)
+
+    def handle_item(self, problem: RowProblem, item) -> None:
+        """`handle` for a problem found after reading (at tokenization): names the item's row, and its file and line
+        where the reader gave them (`keep_place`)."""
+        file, line = place_of(item)
+        self.handle(problem, item.row_id, line, source=file)
 
     def accepted(self, reader, build):
         """(raw row, build(raw)) for every row of `reader` that reads and builds; a row whose reading or `build`
