@@ -194,6 +194,21 @@ class DataReport(RowReport):
                 "'prompt' column to take the responses' shared start as the prompt, or cut the prompt from the "
                 "responses.")
 
+    def split_pairs_note(self) -> str | None:
+        """A note when an unpaired (KTO) read mixes unpaired rows with pairwise rows: each pair is split into a
+        desirable (chosen) and an undesirable (rejected) example, which is what TRL does to a paired dataset as a
+        whole (KTOTrainer's unpair_preference_dataset), but TRL reads a dataset in one form only: with both forms in
+        one table it unpairs every row or none, by the first row's columns. None when the rows are of one form."""
+        pairs = sum(v for k, v in self.forms.items() if k.startswith("pairwise_"))
+        unpaired = sum(v for k, v in self.forms.items() if not k.startswith("pairwise_"))
+        if self.kind != "unpaired" or not (pairs and unpaired):
+            return None
+        return (f"{self.source or '<rows>'} mixes {unpaired} unpaired row(s) (prompt, completion, label) with "
+                f"{pairs} pairwise row(s) (chosen, rejected): each pair was split into a desirable (chosen) and an "
+                f"undesirable (rejected) example ({2 * pairs} examples). TRL's KTOTrainer reads one form per dataset "
+                "(a paired one is unpaired as a whole with unpair_preference_dataset); give one form unless the mix "
+                "is meant.")
+
     def mixed_forms_note(self) -> str | None:
         """A note when the rows mix text and conversational forms (each row is valid, but only the conversational
         ones go through the chat template, so the model sees two formats); None otherwise."""
