@@ -79,7 +79,8 @@ def test_pairs_only_data_is_refused_naming_the_row_and_field(tmp_path, capsys):
 
 def test_ragged_lists_and_bad_scores_are_refused(tmp_path, capsys):
     ragged = ROWS[:1] + [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, 0]}]
-    assert "row 1: completions holds 2 responses, row 0 3; every row" in _refused(tmp_path, ragged, capsys)
+    assert "lists.jsonl row 1 (line 2): completions holds 2 responses, row 0 3; every row" in \
+        _refused(tmp_path, ragged, capsys)
     bad = [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, "x"]}]
     assert "row 0 (line 1), field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
 

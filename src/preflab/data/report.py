@@ -49,6 +49,13 @@ def keep_place(item, raw):
     return item
 
 
+def carry_place(item, source_item):
+    """`item` (made from `source_item`, e.g. a tokenized example) with `source_item`'s place; returns `item`."""
+    if hasattr(source_item, PLACE_ATTR):
+        setattr(item, PLACE_ATTR, place_of(source_item))
+    return item
+
+
 def place_of(item) -> tuple[str | None, int | None]:
     """(file, line) that `keep_place` gave `item`; (None, None) for an item built without its row's place."""
     return getattr(item, PLACE_ATTR, (None, None))
