@@ -94,3 +94,19 @@ def test_the_same_override_twice_with_two_values_is_said(capsys):
         capsys.readouterr().out
     assert load_config("examples/quickstart.yaml", ["beta=0.2", "beta=0.2"]).beta == 0.2
     assert "twice" not in capsys.readouterr().out
+
+
+def test_quoted_numbers_in_yaml_are_read_as_trls_parser_reads_them(tmp_path):
+    """`beta: "0.2"` was read as 0.2 but `max_steps: "2"` refused. TRL's TrlParser makes a YAML config's values
+    argparse defaults, which argparse converts with the option's type when they are text: "0.2" -> 0.2, "2" -> 2,
+    "2.5" for an int refused (int('2.5') fails)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + 'beta: "0.2"\nmax_steps: "2"\nseed: " 7"\nlearning_rate: "1e-6"\n')
+    cfg = load_config(path)
+    assert (cfg.beta, cfg.max_steps, cfg.seed, cfg.learning_rate) == (0.2, 2, 7, 1e-6)
+    assert type(cfg.max_steps) is int and type(cfg.beta) is float
+    for bad in ('"2.5"', '"ten"', '""'):
+        path.write_text(HEAD + f"max_steps: {bad}\n")
+        with pytest.raises(ConfigError, match=r"max_steps must be int, got '"):
+            load_config(path)
+    assert load_config("examples/quickstart.yaml", ["max_steps=3"]).max_steps == 3

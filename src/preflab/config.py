@@ -382,7 +382,13 @@ def _params_for(loss_type, params: dict) -> dict:
 
 
 def _check_type(name: str, value: Any, hint) -> Any:
-    """Coerce ints to floats where a float is expected; anything else of the wrong type is a ConfigError."""
+    """Coerce ints to floats where a float is expected, and number text to the number where a float or an int is
+    expected (an option that takes text too keeps it); anything else of the wrong type is a ConfigError.
+
+    Number text is read as TRL's TrlParser reads a YAML config's values: they become argparse defaults, and argparse
+    converts a text default with the option's type, so `beta: "0.2"` is 0.2 and `max_steps: "2"` is 2 there, while
+    `max_steps: "2.5"` is refused (int("2.5") fails). Before, "2" for an int option was refused here while "0.2" for a
+    float option was read."""
     if value is None:
         if type(None) in typing.get_args(hint) or hint is Any:
             return value
@@ -396,6 +402,11 @@ def _check_type(name: str, value: Any, hint) -> Any:
     if float in origins and isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
         try:
             return float(value)
+        except ValueError:
+            pass
+    if int in origins and str not in origins and isinstance(value, str):  # as argparse's type=int on text
+        try:
+            return int(value)
         except ValueError:
             pass
     if any(isinstance(value, o) and not (o is int and isinstance(value, bool)) for o in origins):

@@ -333,3 +333,30 @@ def test_a_prompt_column_under_another_name_is_not_left_unread_by_the_implicit_p
     assert [e.prompt for e in examples] == [[{"role": "user", "content": "Sum: 2 + 2?"}], "Q: 2 + 2? A:"]
     with pytest.raises(DataError, match=r"field 'Instruction': looks like the prompt"):
         load_rows([dict(conv, Instruction="3 + 3?")])
+
+
+def test_unpaired_rows_mixed_with_pairs_get_a_note_naming_the_split(tmp_path, capsys):
+    """A KTO file mixing {prompt, completion, label} rows with {prompt, chosen, rejected} rows split each pair into
+    two examples, said only as forms in the data line. TRL's KTOTrainer reads one form per dataset."""
+    import yaml
+
+    from preflab.cli import main
+
+    rows = [{"prompt": "p", "completion": " good", "label": True}, {"prompt": "q", "completion": " bad", "label": False},
+            {"prompt": "r", "chosen": " c", "rejected": " x"}, {"prompt": "s", "chosen": " d", "rejected": " y"},
+            {"prompt": "t", "completion": " ok", "label": True}]
+    want = ("<rows> mixes 3 unpaired row(s) (prompt, completion, label) with 2 pairwise row(s) (chosen, rejected): "
+            "each pair was split into a desirable (chosen) and an undesirable (rejected) example (4 examples). TRL's "
+            "KTOTrainer reads one form per dataset")
+    assert load_rows(rows, kind="unpaired")[1].split_pairs_note().startswith(want)
+    assert load_rows(rows[:2], kind="unpaired")[1].split_pairs_note() is None      # one form: no note
+    assert load_rows(rows[2:4], kind="unpaired")[1].split_pairs_note() is None
+    assert load_rows(rows[2:4], kind="pairwise")[1].split_pairs_note() is None
+    data = tmp_path / "kto.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"model_name_or_path": "builtin:tiny-gpt2", "dataset_name": str(data), "loss_type": "kto", "max_steps": 1,
+           "per_device_train_batch_size": 4, "use_cpu": True, "disable_tqdm": True, "eval_fraction": 0,
+           "save_steps": 0, "output_dir": str(tmp_path / "out")}
+    (tmp_path / "kto.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "kto.yaml")]) == 0
+    assert f"preflab: note: data: {data} mixes 3 unpaired row(s)" in capsys.readouterr().out

@@ -191,3 +191,17 @@ def test_tool_call_turn_must_be_rendered_by_the_template():
         "CALL {{ c['function']['name'] }}{% endfor %}")
     (pair,), _ = tokenize_pairs([ex], tok)
     assert dec(pair.chosen_ids, tok) == "CALL lookup</s>\n"          # the prompt holds "<|assistant|>\n"
+
+
+def test_an_error_at_tokenization_names_the_rows_file_line(tmp_path):
+    """A problem found at tokenization (here the prompt filling max_length) named the row only; with a blank line
+    before it the row's line is not row + 1, so the message now says the line the reader read it from."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": " ok", "rejected": " fine"}) + "\n\n"
+                    + json.dumps({"prompt": "x" * 30, "chosen": " a", "rejected": " b"}) + "\n")
+    examples, _ = load_rows(str(path))
+    with pytest.raises(DataError, match=r"pairs\.jsonl row 1 \(line 3\), field 'prompt': the prompt is 31 tokens"):
+        tokenize_pairs(examples, CHAR, max_length=10, source="pairs.jsonl")
+    _, report = tokenize_pairs(examples, CHAR, max_length=10, on_bad_row="skip")
+    assert report.skipped_examples[0]["line"] == 3
+    assert examples[1] == PairExample(1, "x" * 30, " a", " b", {})  # where a row came from is not its content

@@ -21,7 +21,7 @@ def test_pretemplated_text_rows_are_told_to_use_messages(tmp_path):
     row = {"prompt": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "chosen": "HELLO", "rejected": "hi"}
     path = tmp_path / "templated.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    with pytest.raises(DataError, match=r"row 0, field 'prompt': the text contains '<\|im_start\|>'.*Give the "
+    with pytest.raises(DataError, match=r"row 0 \(line 1\), field 'prompt': the text contains '<\|im_start\|>'.*Give the "
                                         r"conversation as messages instead"):
         tokenize_pairs(load_rows(str(path))[0], tok, source=str(path))
     conv = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "HELLO"}],

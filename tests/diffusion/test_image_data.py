@@ -116,3 +116,31 @@ def test_caption_perturbation_replaces_the_stated_share_of_words_deterministical
     assert out == perturb_caption(caption, "medium", vocab, seed=3)
     changed = sum(a != b for a, b in zip(caption.split(), out.split()))
     assert len(out.split()) == 10 and changed == round(STRENGTHS["medium"] * 10)
+
+
+def test_repeated_image_pairs_are_counted_and_said_as_text_and_vision_rows_are(tmp_path, capsys):
+    """Text and vision rows got a 'repeat an earlier one exactly' note, image pairs none: a copied row (or its images
+    saved again under other names) trained twice per epoch without a word. Another caption, or the two images in the
+    other order, is not a repeat."""
+    from preflab.cli import main
+    from preflab.diffusion.data import repeated_image_pairs
+
+    for name, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200)), ("c", (0, 200, 0))):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{name}.png")
+    (tmp_path / "a2.png").write_bytes((tmp_path / "a.png").read_bytes())
+    pair = {"prompt": "a red square", "chosen_image": "a.png", "rejected_image": "b.png"}
+    rows = [pair, dict(pair), {**pair, "chosen_image": "a2.png"},           # the same pair three times
+            {**pair, "prompt": "a square"},                                   # another caption
+            {**pair, "chosen_image": "b.png", "rejected_image": "a.png"},     # the other order
+            {**pair, "rejected_image": "c.png"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, _ = load_image_pairs(str(path), resolution=16)
+    assert repeated_image_pairs(examples) == 2 and repeated_image_pairs(examples[2:]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "task=diffusion", "loss_type=diffusion_dpo", "model_name_or_path=builtin:tiny-sd",
+                 f"dataset_name={path}", "resolution=16", "max_steps=1", "per_device_train_batch_size=2",
+                 "use_cpu=true", "disable_tqdm=true", "eval_fraction=0", f"output_dir={out}"]) == 0
+    assert ("preflab: note: data: 2 train pair(s) repeat an earlier one exactly (same caption and image pixels): "
+            "each copy is trained on.") in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["data"]["duplicate_train_pairs"] == 2

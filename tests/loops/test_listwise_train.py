@@ -73,25 +73,27 @@ def _refused(tmp_path, rows, capsys) -> str:
 def test_pairs_only_data_is_refused_naming_the_row_and_field(tmp_path, capsys):
     pairs = [{"prompt": "echo: sun\n", "chosen": "SUN", "rejected": "sun"}]
     err = _refused(tmp_path, pairs, capsys)
-    assert "lists.jsonl row 0, field 'completions': the row has no 'completions' list (it is a chosen/rejected " \
+    assert "lists.jsonl row 0 (line 1), field 'completions': the row has no 'completions' list (it is a chosen/rejected " \
            "pair)" in err and "choose a pairwise loss_type" in err
 
 
 def test_ragged_lists_and_bad_scores_are_refused(tmp_path, capsys):
     ragged = ROWS[:1] + [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, 0]}]
-    assert "row 1: completions holds 2 responses, row 0 3; every row" in _refused(tmp_path, ragged, capsys)
+    assert "lists.jsonl row 1 (line 2): completions holds 2 responses, row 0 3; every row" in \
+        _refused(tmp_path, ragged, capsys)
     bad = [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, "x"]}]
-    assert "row 0, field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
+    assert "row 0 (line 1), field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
 
 
 @pytest.mark.parametrize("completions, scores, expected", [
-    (["OWL", 3, "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': expected text like the prompt, got int"),
-    (["OWL", None, "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': expected text like the prompt, got NoneType"),
-    (["OWL", "", "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': empty string"),
-    (["OWL", "OWL", "Owl"], [1, 0, 0.5], "row 1, field 'completions[1]': identical to 'completions[0]', with a "
+    (["OWL", 3, "Owl"], [1, 0, 0.5], "row 1 (line 2), field 'completions[1]': expected text like the prompt, got int"),
+    (["OWL", None, "Owl"], [1, 0, 0.5],
+     "row 1 (line 2), field 'completions[1]': expected text like the prompt, got NoneType"),
+    (["OWL", "", "Owl"], [1, 0, 0.5], "row 1 (line 2), field 'completions[1]': empty string"),
+    (["OWL", "OWL", "Owl"], [1, 0, 0.5], "row 1 (line 2), field 'completions[1]': identical to 'completions[0]', with a "
                                           "different score (0 vs 1)"),
     (["OWL", [{"role": "assistant", "content": "owl"}], "Owl"], [1, 0, 0.5],
-     "row 1, field 'completions[1]': is a list of messages but 'prompt' is text"),
+     "row 1 (line 2), field 'completions[1]': is a list of messages but 'prompt' is text"),
 ])
 def test_a_bad_completion_in_a_ranked_list_is_refused_naming_its_index(tmp_path, capsys, completions, scores,
                                                                         expected):
@@ -106,8 +108,18 @@ def test_a_response_turn_of_another_role_in_a_ranked_list_is_named(tmp_path, cap
     conv = [{"prompt": [{"role": "user", "content": "echo: owl"}],
              "completions": [[{"role": "assistant", "content": "OWL"}], [{"role": "user", "content": "owl"}]],
              "scores": [1, 0]}]
-    assert "lists.jsonl row 0, field 'completions[1][0].role': a response turn has role 'user'" in \
+    assert "lists.jsonl row 0 (line 1), field 'completions[1][0].role': a response turn has role 'user'" in \
         _refused(tmp_path, conv, capsys)
+
+
+def test_a_ranked_list_error_names_the_line_after_a_blank_one(tmp_path, capsys):
+    """Completions are checked at tokenization, where examples carried the row only; after a blank line the line
+    is not row + 1."""
+    path = _config(tmp_path, ROWS)
+    bad = {"prompt": "echo: owl\n", "completions": ["OWL", "", "Owl"], "scores": [1, 0, 0.5]}
+    (tmp_path / "lists.jsonl").write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps(bad) + "\n")
+    assert main(["train", str(path)]) != 0
+    assert "lists.jsonl row 1 (line 3), field 'completions[1]': empty string" in capsys.readouterr().err
 
 
 def test_equal_completions_with_equal_scores_are_kept():

@@ -216,3 +216,22 @@ def test_repeated_vision_pairs_are_counted_by_tokens_and_pixels():
     rows = [pair_row(seed=0), pair_row(seed=0), pair_row(seed=5), pair_row(seed=0)]
     pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
     assert repeated_vision_pairs(pairs) == 2 and repeated_vision_pairs(pairs[1:3]) == 0
+
+
+def test_a_vision_tokenization_error_names_the_rows_line(tmp_path):
+    """The same-tokens check runs at tokenization, where examples carried the row only: after a blank line the
+    message names the line the row was read from."""
+    import json
+
+    from preflab.errors import DataError
+
+    _, processor = tiny("qwen2_vl")
+    image((200, 20, 20)).save(tmp_path / "red.png")
+    rows = [pair_row(), pair_row(chosen="red red red", rejected="red red blue")]
+    for row in rows:
+        row["images"] = ["red.png"]
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")
+    examples, _ = read_vision_pairs(str(tmp_path / "pairs.jsonl"))
+    with pytest.raises(DataError, match=r"pairs\.jsonl row 1 \(line 3\), field 'rejected': chosen and rejected "
+                                        r"have the same tokens"):
+        tokenize_vision_pairs(examples, processor, max_completion_length=2)

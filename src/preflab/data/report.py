@@ -37,6 +37,30 @@ def where(source: str, row_id: int, line: int | None = None) -> str:
     return place + (f" (line {line})" if line is not None else "")
 
 
+PLACE_ATTR = "source_place"
+
+
+def keep_place(item, raw):
+    """`item` (an example built from the RawRow `raw`) remembering the file and line of its row, so that a problem
+    found later (at tokenization) names them as a row-level error does. Kept as a plain attribute, not a dataclass
+    field: equality, fingerprints, the tokenization cache key and duplicate checks ignore where a row came from.
+    Returns `item`."""
+    setattr(item, PLACE_ATTR, (raw.file, raw.line))
+    return item
+
+
+def carry_place(item, source_item):
+    """`item` (made from `source_item`, e.g. a tokenized example) with `source_item`'s place; returns `item`."""
+    if hasattr(source_item, PLACE_ATTR):
+        setattr(item, PLACE_ATTR, place_of(source_item))
+    return item
+
+
+def place_of(item) -> tuple[str | None, int | None]:
+    """(file, line) that `keep_place` gave `item`; (None, None) for an item built without its row's place."""
+    return getattr(item, PLACE_ATTR, (None, None))
+
+
 def row_error(problem: RowProblem, source: str, row_id: int, line: int | None = None,
               field_name: str | None = None, skippable: bool = True) -> DataError:
     """The `DataError` for one bad row; it also carries `.source`, `.row_id`, `.field` and `.reason`.
@@ -119,6 +143,12 @@ class BadRowPolicy:
             raise row_error(problem, self.report.source if source is None else source, row_id, line, shown)
         self.report.record_skip(problem, row_id, line, shown)
 
+    def handle_item(self, problem: RowProblem, item) -> None:
+        """`handle` for a problem found after reading (at tokenization): names the item's row, and its file and line
+        where the reader gave them (`keep_place`)."""
+        file, line = place_of(item)
+        self.handle(problem, item.row_id, line, source=file)
+
     def accepted(self, reader, build):
         """(raw row, build(raw)) for every row of `reader` that reads and builds; a row whose reading or `build`
         raises a RowProblem is handled here (DataError, or skipped and counted). Counts total and kept rows."""
@@ -170,6 +200,21 @@ class DataReport(RowReport):
                 "a second time as part of each response (full transcripts with a 'prompt' column too?). Drop the "
                 "'prompt' column to take the responses' shared start as the prompt, or cut the prompt from the "
                 "responses.")
+
+    def split_pairs_note(self) -> str | None:
+        """A note when an unpaired (KTO) read mixes unpaired rows with pairwise rows: each pair is split into a
+        desirable (chosen) and an undesirable (rejected) example, which is what TRL does to a paired dataset as a
+        whole (KTOTrainer's unpair_preference_dataset), but TRL reads a dataset in one form only: with both forms in
+        one table it unpairs every row or none, by the first row's columns. None when the rows are of one form."""
+        pairs = sum(v for k, v in self.forms.items() if k.startswith("pairwise_"))
+        unpaired = sum(v for k, v in self.forms.items() if not k.startswith("pairwise_"))
+        if self.kind != "unpaired" or not (pairs and unpaired):
+            return None
+        return (f"{self.source or '<rows>'} mixes {unpaired} unpaired row(s) (prompt, completion, label) with "
+                f"{pairs} pairwise row(s) (chosen, rejected): each pair was split into a desirable (chosen) and an "
+                f"undesirable (rejected) example ({2 * pairs} examples). TRL's KTOTrainer reads one form per dataset "
+                "(a paired one is unpaired as a whole with unpair_preference_dataset); give one form unless the mix "
+                "is meant.")
 
     def mixed_forms_note(self) -> str | None:
         """A note when the rows mix text and conversational forms (each row is valid, but only the conversational

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
-from preflab.data.report import BadRowPolicy, DataReport, RowProblem
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
 from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
                                    check_numeric_extra, check_response_turns, check_same_form, check_text,
@@ -101,7 +101,7 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
                 report.prompt_repeated += 1
                 if report.prompt_repeated_first is None:
                     report.prompt_repeated_first = raw.row_id
-            return made_examples
+            return [keep_place(example, raw) for example in made_examples]
         return []
 
     return build

@@ -597,7 +597,7 @@ class ExampleTokenizer:
         try:
             item = self.make(example, self.tokenizer, self.settings, row_counts)
         except RowProblem as problem:
-            self.policy.handle(problem, example.row_id)
+            self.policy.handle_item(problem, example)
             return None
         self.report.kept += 1
         _add_counts(self.report, row_counts)

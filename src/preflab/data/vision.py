@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from preflab.data.media import load_image, load_images, load_video
-from preflab.data.report import BadRowPolicy, DataReport, RowProblem
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
 from preflab.data.sources import RowReader
 from preflab.data.validate import ROLES, check_response_turns
 
@@ -264,7 +264,7 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
     out = []
     for raw, example in policy.accepted(reader, lambda raw: vision_example(raw.data, raw.row_id, row_dir(raw),
                                                                            max_frames, responses_only)):
-        out.append(example)
+        out.append(keep_place(example, raw))
         form = vision_row_form(raw.data)
         report.forms[form] = report.forms.get(form, 0) + 1
     report.examples = len(out)
@@ -393,5 +393,5 @@ def tokenize_vision_pairs(examples, processor, max_length: int | None = None, ph
             out.append(tokenize_vision_pair(ex, processor, max_length, phrase_ids, report, max_completion_length))
             dropped.kept += 1
         except RowProblem as problem:
-            policy.handle(problem, ex.row_id)
+            policy.handle_item(problem, ex)
     return out, report, dropped

@@ -67,6 +67,7 @@ class ImagePairExample:
     user: str | None = None
     preference_prob: float | None = None
     source: str = ""
+    pixel_digest: bytes | None = field(default=None, compare=False, repr=False)  # see pair_pixel_digest
 
     @property
     def chosen(self) -> torch.Tensor | None:
@@ -183,7 +184,7 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
             img0, img1, c0, c1, s0, s1 = img1, img0, c1, c0, s1, s0
         prob = float(smoothed_preference(torch.tensor([s0]), torch.tensor([s1]), s_min, s_max)) \
             if s0 is not None else None
-        return ImagePairExample(row_id, prompt, img0, img1, c0, c1, user, prob)
+        return _with_digest(ImagePairExample(row_id, prompt, img0, img1, c0, c1, user, prob), pixels)
     prompt = _text(row, "prompt")
     prob = _number(row, "preference_prob")
     if prob is not None and not 0 <= prob <= 1:
@@ -194,7 +195,36 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
     chosen, rejected = image("chosen_image"), image("rejected_image")
     c_chosen, c_rejected = _text(row, "caption_chosen", False), _text(row, "caption_rejected", False)
     _refuse_identical(pixels, ("chosen_image", "rejected_image"), (c_chosen or prompt, c_rejected or prompt))
-    return ImagePairExample(row_id, prompt, chosen, rejected, c_chosen, c_rejected, user, prob)
+    return _with_digest(ImagePairExample(row_id, prompt, chosen, rejected, c_chosen, c_rejected, user, prob), pixels)
+
+
+def _with_digest(example: ImagePairExample, pixels: dict[str, torch.Tensor]) -> ImagePairExample:
+    """`example` with the digest of its two images' pixels, preferred first, taken while they are decoded (a later
+    count of repeated pairs then decodes nothing)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for ref in (example.chosen_ref, example.rejected_ref):
+        image = pixels[ref.field]
+        h.update(repr(tuple(image.shape)).encode())
+        h.update(image.contiguous().numpy().tobytes())
+    example.pixel_digest = h.digest()
+    return example
+
+
+def repeated_image_pairs(examples: list[ImagePairExample]) -> int:
+    """How many pairs repeat an earlier one: the same caption(s) and the same two images by pixels, in the same
+    order (a row copied, or its images saved again under other names), as the text rows' repeats
+    (preflab.data.overlap) and the vision rows' (loops.vlm.repeated_vision_pairs). Rows without a pair (self_npo's
+    image-only and prompt-only rows) are not counted."""
+    seen, repeated = set(), 0
+    for x in examples:
+        if getattr(x, "pixel_digest", None) is None:
+            continue
+        key = (x.prompt, x.cond_chosen, x.cond_rejected, x.pixel_digest)
+        repeated += key in seen
+        seen.add(key)
+    return repeated
 
 
 def _refuse_identical(pixels: dict[str, torch.Tensor], names: tuple[str, str], captions: tuple[str, str]) -> None:

@@ -259,7 +259,7 @@ class DiffusionRun(TrainingRun):
     # ------------------------------------------------------------------ setup
     def _prepare_data(self):
         from preflab.data.eval_set import train_and_eval
-        from preflab.diffusion.data import load_image_pairs
+        from preflab.diffusion.data import load_image_pairs, repeated_image_pairs
 
         cfg = self.cfg
         if not cfg.dataset_name:
@@ -274,7 +274,8 @@ class DiffusionRun(TrainingRun):
         train, report = load_image_pairs(cfg.dataset_name, split=cfg.dataset_split, **kwargs)
         train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
                                                                                                    **kwargs))
-        out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped)}
+        out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped),
+               "duplicate_train_pairs": repeated_image_pairs(train)}
         if eval_report is not None:
             out["eval_rows"] = eval_report.to_dict()
         if self.main:
@@ -282,6 +283,9 @@ class DiffusionRun(TrainingRun):
                       else f"{len(train)} train, {len(evals)} eval examples")
             print(f"preflab: data: {_rows_text(report)}; {counts}"
                   + (f"; eval data: {_rows_text(eval_report)}" if eval_report is not None else ""))
+            if out["duplicate_train_pairs"] and not self.scores_held_out:  # as the text and vision rows' note
+                print(f"preflab: note: data: {out['duplicate_train_pairs']} train pair(s) repeat an earlier one "
+                      "exactly (same caption and image pixels): each copy is trained on.")
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
         if self.dcpo:

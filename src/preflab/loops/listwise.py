@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from preflab.data.report import RowProblem
+from preflab.data.report import RowProblem, carry_place, place_of, where
 from preflab.errors import ConfigError, DataError
 from preflab.runlog import is_main_process
 
@@ -60,7 +60,7 @@ def make_list(example, tokenizer, settings, report) -> TokenizedList:
     fields = [f"completions[{i}]" for i in range(len(completions))]
     completions = _checked_completions(example.prompt, completions, fields, scores)
     prompt_ids, ids = _tokenize_one(tokenizer, example.prompt, completions, fields, extras, settings, report)
-    return TokenizedList(example.row_id, prompt_ids, ids, [float(s) for s in scores], extras)
+    return carry_place(TokenizedList(example.row_id, prompt_ids, ids, [float(s) for s in scores], extras), example)
 
 
 def _checked_completions(prompt, completions: list, fields: list[str], scores: list) -> list:
@@ -108,7 +108,8 @@ def _tokenize_lists(cfg, tokenizer, examples, source: str):
     if len(k) > 1:
         first = len(items[0].completions)
         bad = next(x for x in items if len(x.completions) != first)
-        raise DataError(f"{source} row {bad.row_id}: completions holds {len(bad.completions)} responses, row "
+        file, line = place_of(bad)
+        raise DataError(f"{where(file or source, bad.row_id, line)}: completions holds {len(bad.completions)} responses, row "
                         f"{items[0].row_id} {first}; every row of a listwise dataset needs the same k.")
     return items, tok.report
 

@@ -276,7 +276,7 @@ def stream_notes(stream: ExampleStream, n_eval: int) -> list[str]:
     scope = ("first pass, whole source; later passes read the same rows and are not counted again"
              if stream.pass_index > 0 else f"the first {stream.rows_read} rows read; the first pass did not end")
     lines = [f"data: streaming, counts of one pass ({scope}): {rows.summary()}; {reports['tokenize'].summary()}"]
-    notes = [rows.mixed_forms_note()]
+    notes = [rows.mixed_forms_note(), rows.split_pairs_note()]
     overlap = reports.get("overlap")
     if overlap is not None:
         notes += overlap_notes(overlap.report(), n_eval)
