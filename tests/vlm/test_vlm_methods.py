@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from preflab.config import config_from_dict
 from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
 from preflab.data.vision_pairs import build_cat_pairs, build_pami_pairs, judge_ambiguity
-from preflab.loops.vlm import VisionTrainer, answer_scorer, prepare_vision_data
+from preflab.loops.vlm import VisionTrainer, answer_scorer
 from preflab.models.clue_aggregator import attach_clue_aggregator
 from preflab.models.load import frozen_copy
 from preflab.scoring.vlm import VisionLogProbScorer, collate_vision_pairs, naive_vision_token_logps
