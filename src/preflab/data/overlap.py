@@ -98,12 +98,20 @@ class StreamOverlap:
         return {"duplicate_train_examples": self.duplicate_train_examples, "eval_prompts_in_train": in_train}
 
 
+def count_repeats(keys) -> int:
+    """How many of `keys` (hashable, in order) equal an earlier one: the repeated-row count of text, vision
+    (loops.vlm.repeated_vision_pairs) and diffusion (diffusion.data.repeated_image_pairs) rows. None keys (rows
+    without a content key) are not counted."""
+    seen, repeated = set(), 0
+    for key in keys:
+        if key is not None:
+            repeated += key in seen
+            seen.add(key)
+    return repeated
+
+
 def overlap_report(train, evals) -> dict:
-    seen, duplicates = set(), 0
-    for example in train:
-        content = _content(example)
-        duplicates += content in seen
-        seen.add(content)
+    duplicates = count_repeats(_content(example) for example in train)
     train_prompts = {_key(example.prompt) for example in train}
     in_train = sum(_key(example.prompt) in train_prompts for example in evals)
     return {"duplicate_train_examples": duplicates, "eval_prompts_in_train": in_train}

@@ -217,14 +217,10 @@ def repeated_image_pairs(examples: list[ImagePairExample]) -> int:
     order (a row copied, or its images saved again under other names), as the text rows' repeats
     (preflab.data.overlap) and the vision rows' (loops.vlm.repeated_vision_pairs). Rows without a pair (self_npo's
     image-only and prompt-only rows) are not counted."""
-    seen, repeated = set(), 0
-    for x in examples:
-        if getattr(x, "pixel_digest", None) is None:
-            continue
-        key = (x.prompt, x.cond_chosen, x.cond_rejected, x.pixel_digest)
-        repeated += key in seen
-        seen.add(key)
-    return repeated
+    from preflab.data.overlap import count_repeats
+
+    return count_repeats(None if getattr(x, "pixel_digest", None) is None else
+                         (x.prompt, x.cond_chosen, x.cond_rejected, x.pixel_digest) for x in examples)
 
 
 def _refuse_identical(pixels: dict[str, torch.Tensor], names: tuple[str, str], captions: tuple[str, str]) -> None:

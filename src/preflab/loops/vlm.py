@@ -144,14 +144,10 @@ def prepare_vision_data(cfg, processor, policy, objective):
 def repeated_vision_pairs(pairs) -> int:
     """How many tokenized vision pairs repeat an earlier one: the same token ids and processor tensors by content
     (vision_pairs_fingerprint of the pair alone), so a row copied with its images counts, another image does not."""
+    from preflab.data.overlap import count_repeats
     from preflab.data.vision import vision_pairs_fingerprint
 
-    seen, repeated = set(), 0
-    for pair in pairs:
-        key = vision_pairs_fingerprint([pair])
-        repeated += key in seen
-        seen.add(key)
-    return repeated
+    return count_repeats(vision_pairs_fingerprint([pair]) for pair in pairs)
 
 
 def vision_layout_choice(layout: str, *models) -> str:
