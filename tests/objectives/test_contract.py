@@ -173,7 +173,7 @@ def test_padding_junk_changes_nothing(name):
     torch.testing.assert_close(get_objective(name)(batch).losses, before, rtol=0, atol=0)
 
 
-SURVEY_REFERENCE_FREE = {"orpo", "simpo", "cpo", "asft"}  # objectives.md §C #22: reference-free = {ORPO, SimPO, CPO, ASFT}
+SURVEY_REFERENCE_FREE = {"orpo", "simpo", "cpo", "asft"}  # objectives.md §C #22's reference-free set
 
 
 def test_reference_free_tag_agrees_with_needs_reference():
