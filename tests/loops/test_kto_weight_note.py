@@ -53,3 +53,24 @@ def test_unpaired_run_prints_the_balance_note(tmp_path, capsys):
     assert "desirable_weight in [3.0, 3.99] OR undesirable_weight in [0.25, 0.33]" in out
     prepare_unpaired(config_from_dict({**base, "desirable_weight": 3.0}), tiny_tokenizer("bytelevel"))
     assert "undesirable training examples" not in capsys.readouterr().out
+
+
+def test_streaming_run_prints_the_balance_note_at_its_end(tmp_path, capsys):
+    """A streaming run says its data notes from the rows it read (loops.streaming.stream_notes): the balance note
+    among them, from the run's own objective."""
+    import torch
+
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+
+    torch.set_num_threads(1)
+    data = tmp_path / "kto.jsonl"
+    rows = [{"prompt": f"echo: q{i}\n", "completion": f" a{i}", "label": i < 2} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(data), loss_type="kto",
+                                output_dir=str(tmp_path / "out"), streaming=True, per_device_train_batch_size=4,
+                                max_steps=2, max_length=64, disable_tqdm=True, use_cpu=True, seed=3))
+    Trainer(cfg).train()
+    out = capsys.readouterr().out
+    assert "2 desirable and 6 undesirable" in out
+    assert "desirable_weight in [3.0, 3.99] OR undesirable_weight in [0.25, 0.33]" in out
