@@ -2,6 +2,7 @@
 import numpy as np
 
 from preflab.lab.closed_forms import kl_optimum
+from preflab.lab.simplex import kl
 from preflab.lab.onpolicy import (bump_reward, cauchy_reference, compare_methods, forward_kl_grad, offline_ceiling,
                                   reverse_kl_grad)
 
@@ -25,6 +26,7 @@ def test_forward_and_reverse_kl_gradients():
     pi, p = np.array([0.5, 0.3, 0.2]), np.array([0.8, 0.19, 0.01])
     np.testing.assert_allclose(forward_kl_grad(pi, p), [-0.3, 0.11, 0.19], atol=1e-12)
     np.testing.assert_allclose(reverse_kl_grad(pi, p), [-0.4856, -0.0133, 0.4989], atol=1e-4)
+    assert abs(kl(pi, p) - 0.5012) < 1e-4  # KL(pi || p) of the spec, the constant inside the reverse gradient
     assert reverse_kl_grad(pi, p)[2] / forward_kl_grad(pi, p)[2] > 2.6   # empties the near-zero bin faster
 
 

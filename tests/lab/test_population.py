@@ -26,6 +26,26 @@ def test_dpo_on_b4_and_on_several_prompts():
     np.testing.assert_allclose(traj.final, env.optimum(0.1).numpy(), atol=1e-6)
 
 
+def test_dpo_with_hard_labels_has_no_finite_minimizer():
+    """objectives.md §A1, models-and-loops.md B0.3: with hard labels (the fixture's BT preferences rounded) the DPO
+    population loss has no finite minimizer: the best-minus-worst log-ratio gap keeps growing and the loss falls
+    toward 0, while with soft BT labels gradient descent stops at pi_ref exp(r / beta) / Z, gap (0.3 - 0) / 0.1 = 3."""
+    obj = get_objective("dpo", beta=0.1)
+
+    def gap_and_loss(env, steps):
+        traj = population_train(obj, env, optimizer="gd", lr=50.0, steps=steps, record_every=steps)
+        h = np.log(traj.final[0]) - np.log(env.ref[0].numpy())
+        return h[2] - h[0], traj.losses[-1]
+
+    hard = dpo_fixture().with_hard_labels()
+    assert hard.pref[0].tolist() == [[0.5, 0.0, 0.0], [1.0, 0.5, 0.0], [1.0, 1.0, 0.5]]
+    (gap_short, loss_short), (gap_long, loss_long) = gap_and_loss(hard, 300), gap_and_loss(hard, 3000)
+    assert gap_long > gap_short + 30 and gap_short > 3 * 10
+    assert loss_long < loss_short / 5
+    gap_soft, _ = gap_and_loss(dpo_fixture(), 3000)
+    assert gap_soft == pytest.approx(3.0, abs=1e-9)
+
+
 def test_pair_weights_sum_to_one_and_respect_coverage():
     env = b4().with_coverage([(0, 1), (2, 3)])
     w = env.ordered_pair_weights()

@@ -153,6 +153,47 @@ def test_finite_for_extreme_logps(name, dtype):
         assert torch.isfinite(out.losses).all()
 
 
+def _junk_padding(side, value):
+    """`side` with every padded (mask False) position overwritten by `value`."""
+    return SequenceLogps(torch.where(side.mask, side.token_logps, torch.full_like(side.token_logps, value)), side.mask)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_junk_changes_nothing(name):
+    """methods/objectives.md §D: padding invariance. Junk in the padded positions of every log-prob side (the
+    contract batch pads each response to 6 tokens) leaves every per-example loss unchanged, bit for bit."""
+    cls = objective_class(name)
+    batch = make_batch(cls)
+    before = get_objective(name)(batch).losses
+    sides = [a for a in ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "policy", "ref",
+                         "policy_kl", "ref_kl") if isinstance(getattr(batch, a, None), SequenceLogps)]
+    assert any((~getattr(batch, a).mask).any() for a in sides), f"{name}: the contract batch has no padding to test"
+    for a in sides:
+        setattr(batch, a, _junk_padding(getattr(batch, a), -37.0))
+    torch.testing.assert_close(get_objective(name)(batch).losses, before, rtol=0, atol=0)
+
+
+SURVEY_REFERENCE_FREE = {"orpo", "simpo", "cpo", "asft"}  # objectives.md §C #22's reference-free set
+
+
+def test_reference_free_tag_agrees_with_needs_reference():
+    """methods/objectives.md §C #22: every objective has a tag on each of the survey's axes (data, framework,
+    constraint), the survey's reference-free set is tagged so, and the tag tells the truth: an objective tagged
+    reference-free never needs a reference, one tagged reference needs it (grpo: only when beta > 0)."""
+    tagged_free = set()
+    for name in NAMES:
+        cls = objective_class(name)
+        for axis in ("data", "framework", "constraint"):
+            assert cls.tags.get(axis), f"{name} has no {axis!r} tag"
+        if "reference-free" in cls.tags["constraint"]:
+            tagged_free.add(name)
+            assert not get_objective(name).needs_reference, name
+        else:
+            obj = get_objective(name, beta=0.04) if name == "grpo" else get_objective(name)
+            assert obj.needs_reference, f"{name} is tagged {cls.tags['constraint']} but needs no reference"
+    assert SURVEY_REFERENCE_FREE <= tagged_free
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_gradcheck_float64(name):
     cls = objective_class(name)

@@ -92,3 +92,13 @@ def test_alpha_divergence_at_one_is_reverse_kl():
     batch = fixture()[0]
     assert get_objective("dpo", f_divergence="alpha_divergence", f_alpha=1.0)(batch).loss.item() == pytest.approx(
         0.6209570478, abs=1e-9)
+
+
+@pytest.mark.parametrize("delta", [-40.0, -1.5, 0.0, 1.5, 25.0])
+def test_swapping_chosen_and_rejected_adds_beta_delta(delta):
+    """objectives.md §0 identity l(-z) = l(z) + z and §D's swap property: swapping y_w and y_l maps Delta to -Delta,
+    so the swapped DPO loss is the loss plus beta * Delta."""
+    pair = PairBatch.from_sums(*(torch.tensor([v], dtype=torch.float64) for v in (delta - 3.0, -3.0, -1.0, -1.0)))
+    swapped = PairBatch.from_sums(*(torch.tensor([v], dtype=torch.float64) for v in (-3.0, delta - 3.0, -1.0, -1.0)))
+    dpo = get_objective("dpo", beta=0.1)
+    assert dpo(swapped).loss.item() == pytest.approx(dpo(pair).loss.item() + 0.1 * delta, abs=1e-12)

@@ -41,6 +41,11 @@ def test_group_advantages_by_hand():
     adv3, _ = group_advantages(r3, torch.ones_like(r3, dtype=torch.bool), "batch")
     torch.testing.assert_close(adv3, torch.tensor([[0.5, -0.5], [0.0, 0.0]], dtype=torch.float64) /
                                (r3.flatten().std() + 1e-4))
+    # reasoning-multimodal-diffusion.md §18: R = [2.3, 1.5, 3.0, 0.0] -> A = [0.4657, -0.1552, 1.0089, -1.3194]
+    r4 = torch.tensor([[2.3, 1.5, 3.0, 0.0]], dtype=torch.float64)
+    adv4, _ = group_advantages(r4, torch.ones_like(r4, dtype=torch.bool))
+    torch.testing.assert_close(adv4, torch.tensor([[0.4657, -0.1552, 1.0089, -1.3194]], dtype=torch.float64),
+                               rtol=0, atol=5e-5)
 
 
 def test_on_policy_gradient_is_minus_advantage_over_length():

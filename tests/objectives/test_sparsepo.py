@@ -102,3 +102,14 @@ def test_training_the_masks_lowers_the_loss():
 def test_hidden_size_mismatch_is_a_config_error():
     with pytest.raises(ConfigError, match="hidden_size"):
         get_objective("sparsepo", hidden_size=5)(toy())
+
+
+def test_logged_rewards_are_beta_times_masked_reward_plus_masked_kl_term():
+    """objectives.md §C #2 gotcha: SparsePO logs rewards beta (U + Dseq) per side, not DPO's beta h. Spec toy, common
+    mask: U_w = .2 + .5 * .5 = .45, Dseq_w = -(.01 + .5 * .05) = -.035; U_l = -.06 + .1 - .12 = -.08,
+    Dseq_l = -(.2 * .03 + .3 * .02) = -.012."""
+    out = with_given_masks(get_objective("sparsepo", beta=0.1))(toy(hidden=given_hidden()))
+    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.1 * (0.45 - 0.035), abs=1e-12)
+    assert out.metrics["rewards/rejected"].item() == pytest.approx(0.1 * (-0.08 - 0.012), abs=1e-12)
+    assert out.metrics["kl/chosen"].item() == pytest.approx(0.035, abs=1e-12)
+    assert out.metrics["rewards/margins"].item() == pytest.approx(0.1 * (0.53 - 0.023), abs=1e-12)

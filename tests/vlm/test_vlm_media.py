@@ -149,3 +149,25 @@ def test_an_image_dict_with_text_bytes_is_named_as_such():
         with pytest.raises(RowProblem, match=r"the image dict's 'bytes' holds text \('iVBORw0KGgo") as err:
             load()
         assert err.value.field == "images[0]" and "base64.b64decode" in err.value.fix
+
+
+def test_a_pair_differing_only_in_spacing_has_no_phrase_and_is_a_bad_row_for_rrpo():
+    """methods/objectives.md §C #17: RRPO's builder drops a pair with no differing phrase. Before, responses that
+    differ only in spacing ("it is red" / "it is  red") tokenized differently, got phrase ids 0 everywhere and
+    trained with u = 0 (only the KL term) without a word; now the row is a bad row (error, or skipped and counted),
+    and only when phrase ids are asked for."""
+    import pytest
+
+    from preflab.errors import DataError
+    from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
+    from vlm_helpers import pair_row, tiny
+
+    processor = tiny("llava")[1]
+    rows = [pair_row(chosen="it is red.", rejected="it is blue."), pair_row(chosen="it is red", rejected="it is  red")]
+    examples = read_vision_pairs(rows)[0]
+    kept, _, dropped = tokenize_vision_pairs(examples, processor, phrase_ids=True, on_bad_row="skip")
+    assert len(kept) == 1 and dropped.skipped == {"no_differing_phrase": 1}
+    assert any(kept[0].extras["chosen_phrase_ids"]) and any(kept[0].extras["rejected_phrase_ids"])
+    with pytest.raises(DataError, match="rejected.*differ in no word"):
+        tokenize_vision_pairs(examples, processor, phrase_ids=True)
+    assert len(tokenize_vision_pairs(examples, processor)[0]) == 2  # plain DPO still trains both

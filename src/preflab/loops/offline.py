@@ -406,7 +406,8 @@ class Trainer(TrainingRun):
             extras["data"] = {**self.data_report, **stream_report(self.stream)}
             if self.main:
                 n_eval = (self.data_report.get("eval_rows") or {}).get("examples", len(self.eval_data or []))
-                for line in stream_notes(self.stream, n_eval):  # n_eval: examples read, as the ordinary run says
+                # n_eval: examples read, as the ordinary run says
+                for line in stream_notes(self.stream, n_eval, self.objective):
                     print(f"preflab: {line}")
         return extras
 

@@ -128,7 +128,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
         if kind == "unpaired":
-            notes.append(one_label_note(sum(bool(x.label) for x in train), len(train), row_report.source))
+            desirable = sum(bool(x.label) for x in train)
+            notes.append(one_label_note(desirable, len(train), row_report.source))
+            notes.append(kto_weight_note(cfg.objective(), desirable, len(train), row_report.source))
         for note in filter(None, notes):
             print(f"preflab: note: data: {note}")
     report["skipped"] = dict(row_report.to_dict().get("skipped", {}))  # training rows left out: read + tokenized
@@ -164,6 +166,32 @@ def one_label_note(desirable: int, total: int, source: str) -> str | None:
         which = "desirable (label true)" if desirable else "undesirable (label false)"
         return (f"every one of the {total} training examples of {source} is {which}: the objective gets no "
                 f"{'undesirable' if desirable else 'desirable'} term. Check the label column (true / false, 1 / 0).")
+    return None
+
+
+def kto_weight_note(objective, desirable: int, total: int, source: str) -> str | None:
+    """TRL 1.16 KTOTrainer's balance check (Ethayarajh et al. 2024, KTO, Eq. 8; methods/objectives.md §A5): with
+    unequal label counts the weighted ratio lambda_D n_D / (lambda_U n_U) should lie in [1, 4/3]. As TRL (bound
+    1.33, ranges rounded to 2 places): a note when neither desirable_weight lies in
+    [n_U lambda_U / n_D, 1.33 n_U lambda_U / n_D] nor undesirable_weight in [n_D lambda_D / (1.33 n_U),
+    n_D lambda_D / n_U], naming both ranges. None for equal counts, one label only (one_label_note says that) or an
+    objective without the two weights (every part of a weighted sum that has them is checked)."""
+    parts = getattr(objective, "parts", None) or (objective,)
+    n_d, n_u = desirable, total - desirable
+    if n_d == n_u or 0 in (n_d, n_u):
+        return None
+    for part in parts:
+        w_d, w_u = getattr(part, "desirable_weight", None), getattr(part, "undesirable_weight", None)
+        if w_d is None or w_u is None:
+            continue
+        d_lo, d_hi = round(n_u * w_u / n_d, 2), round(n_u * w_u / n_d * 1.33, 2)
+        u_lo, u_hi = round(n_d * w_d / n_u / 1.33, 2), round(n_d * w_d / n_u, 2)
+        if not (d_lo <= w_d <= d_hi or u_lo <= w_u <= u_hi):
+            return (f"{source} holds {desirable} desirable and {total - desirable} undesirable training examples; "
+                    f"with desirable_weight={w_d} and undesirable_weight={w_u} the weighted ratio "
+                    f"{w_d * n_d / (w_u * n_u):.3g} is outside KTO's recommended [1, 4/3] (TRL's KTOTrainer warns "
+                    f"too). Set EITHER desirable_weight in [{d_lo}, {d_hi}] OR undesirable_weight in "
+                    f"[{u_lo}, {u_hi}] (not both).")
     return None
 
 

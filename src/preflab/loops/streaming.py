@@ -264,12 +264,13 @@ def stream_report(stream: ExampleStream) -> dict:
                           "unused_examples": stream.unused_examples, "shuffle_buffer": stream.shuffle_buffer}}
 
 
-def stream_notes(stream: ExampleStream, n_eval: int) -> list[str]:
+def stream_notes(stream: ExampleStream, n_eval: int, objective=None) -> list[str]:
     """The data lines of a streaming run at its end, as the ordinary run prints them at its start (preflab.loops.
     prepare): the first pass's row and tokenize counts (the rows read so far while it is under way) and its notes:
-    mixed forms, repeated examples, eval prompts seen in training, one label only (unpaired)."""
+    mixed forms, repeated examples, eval prompts seen in training, one label only and KTO's label weights out of
+    balance (unpaired; `objective`: the run's objective)."""
     from preflab.data.overlap import overlap_notes
-    from preflab.loops.prepare import one_label_note
+    from preflab.loops.prepare import kto_weight_note, one_label_note
 
     reports = stream.pipeline.reports()
     rows = reports["rows"]
@@ -282,6 +283,8 @@ def stream_notes(stream: ExampleStream, n_eval: int) -> list[str]:
         notes += overlap_notes(overlap.report(), n_eval)
         if rows.kind == "unpaired":
             notes.append(one_label_note(overlap.desirable, overlap.desirable + overlap.undesirable, rows.source))
+            notes.append(kto_weight_note(objective, overlap.desirable,
+                                         overlap.desirable + overlap.undesirable, rows.source))
     return lines + [f"note: data: {note}" for note in notes if note]
 
 
