@@ -221,6 +221,10 @@ class DiffusionRun(TrainingRun):
         self.main = self.accelerator.is_main_process
         self.scores_held_out = scores_held_out
         self.data_report = {}
+        if pipeline is not None:  # loading options beside a pipeline given from Python: refused (models.given)
+            from preflab.models.given import DIFFUSION_OPTIONS, check_given_models
+
+            check_given_models(cfg, pipeline, tokenizer=pipeline, what="pipeline", options=DIFFUSION_OPTIONS)
         if train_data is None:
             train_data, eval_data, self.data_report = self._prepare_data()
         self.train_data, self.eval_data = train_data, eval_data or []
