@@ -288,8 +288,10 @@ class DiffusionRun(TrainingRun):
             print(f"preflab: data: {_rows_text(report)}; {counts}"
                   + (f"; eval data: {_rows_text(eval_report)}" if eval_report is not None else ""))
             if out["duplicate_train_pairs"] and not self.scores_held_out:  # as the text and vision rows' note
-                print(f"preflab: note: data: {out['duplicate_train_pairs']} train pair(s) repeat an earlier one "
-                      "exactly (same caption and image pixels): each copy is trained on.")
+                from preflab.data.overlap import repeats_note
+
+                print("preflab: note: data: " + repeats_note(out["duplicate_train_pairs"], "pair(s)",
+                                                             "caption and image pixels"))
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
         if self.dcpo:
