@@ -224,6 +224,7 @@ class DiffusionRun(TrainingRun):
         if pipeline is not None:  # loading options beside a pipeline given from Python: refused (models.given)
             from preflab.models.given import DIFFUSION_OPTIONS, check_given_models
 
+            # tokenizer: the pipeline carries its own tokenizers, so trust_remote_code loads nothing either
             check_given_models(cfg, pipeline, tokenizer=pipeline, what="pipeline", options=DIFFUSION_OPTIONS)
         if train_data is None:
             train_data, eval_data, self.data_report = self._prepare_data()
