@@ -25,7 +25,7 @@ def test_objective_parameters_pass_through_and_are_validated():
 
 
 @pytest.mark.parametrize("key,value", [("per_device_train_batch_size", "four"), ("learning_rate", [1]),
-                                       ("use_peft", "yes"), ("max_steps", 1.5)])
+                                       ("use_peft", "maybe"), ("max_steps", 1.5)])
 def test_wrong_types_rejected(key, value):
     with pytest.raises(ConfigError, match=key):
         config_from_dict({**BASE, key: value})

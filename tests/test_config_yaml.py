@@ -110,3 +110,24 @@ def test_quoted_numbers_in_yaml_are_read_as_trls_parser_reads_them(tmp_path):
         with pytest.raises(ConfigError, match=r"max_steps must be int, got '"):
             load_config(path)
     assert load_config("examples/quickstart.yaml", ["max_steps=3"]).max_steps == 3
+
+
+def test_quoted_booleans_in_yaml_are_read_as_trls_parser_reads_them(tmp_path):
+    """`use_cpu: "true"` and `bf16: "false"` were refused ("must be bool"). TRL's parser (HfArgumentParser) gives a
+    bool option the type string_to_bool, which reads yes/true/t/y/1 and no/false/f/n/0 in any case: each spelling is
+    read to the value transformers' string_to_bool gives; other text is refused naming the option and the value."""
+    from transformers.hf_argparser import string_to_bool
+
+    path = tmp_path / "c.yaml"
+    for text in ("true", "TRUE", "yes", "Y", "t", "1", "false", "False", "no", "N", "f", "0"):
+        path.write_text(HEAD + f'use_cpu: "{text}"\ndisable_tqdm: "{text}"\n')
+        cfg = load_config(path)
+        assert cfg.use_cpu is string_to_bool(text) and cfg.disable_tqdm is string_to_bool(text), text
+    for bad in ('"maybe"', '"on"', '""', '" true"'):
+        path.write_text(HEAD + f"use_cpu: {bad}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value).startswith(f"use_cpu must be bool, got {bad.replace(chr(34), chr(39))} (str); as "
+                                         "text, TRL's parser reads true/false, yes/no, t/f, y/n and 1/0 (any case)."), \
+            str(err.value)
+    assert load_config("examples/quickstart.yaml", ["use_cpu=yes"]).use_cpu is True

@@ -381,6 +381,10 @@ def _params_for(loss_type, params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "beta" or "beta" in _objective_fields(loss_type)}
 
 
+_BOOL_TEXT = {**dict.fromkeys(("yes", "true", "t", "y", "1"), True),
+              **dict.fromkeys(("no", "false", "f", "n", "0"), False)}  # transformers.hf_argparser.string_to_bool
+
+
 def _check_type(name: str, value: Any, hint) -> Any:
     """Coerce ints to floats where a float is expected, and number text to the number where a float or an int is
     expected (an option that takes text too keeps it); anything else of the wrong type is a ConfigError.
@@ -388,7 +392,9 @@ def _check_type(name: str, value: Any, hint) -> Any:
     Number text is read as TRL's TrlParser reads a YAML config's values: they become argparse defaults, and argparse
     converts a text default with the option's type, so `beta: "0.2"` is 0.2 and `max_steps: "2"` is 2 there, while
     `max_steps: "2.5"` is refused (int("2.5") fails). Before, "2" for an int option was refused here while "0.2" for a
-    float option was read."""
+    float option was read. Boolean text likewise: TRL's parser (transformers' HfArgumentParser) gives a bool option
+    the type string_to_bool, which reads yes/true/t/y/1 and no/false/f/n/0 in any case, so `bf16: "false"` is False
+    there; other text is refused."""
     if value is None:
         if type(None) in typing.get_args(hint) or hint is Any:
             return value
@@ -409,6 +415,11 @@ def _check_type(name: str, value: Any, hint) -> Any:
             return int(value)
         except ValueError:
             pass
+    if bool in origins and str not in origins and isinstance(value, str):  # as HfArgumentParser's string_to_bool
+        if value.lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.lower()]
+        raise ConfigError(f"{name} must be bool, got {value!r} (str); as text, TRL's parser reads true/false, "
+                          "yes/no, t/f, y/n and 1/0 (any case).")
     if any(isinstance(value, o) and not (o is int and isinstance(value, bool)) for o in origins):
         return value
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in origins)

@@ -32,5 +32,18 @@ def test_prepare_puts_the_counts_in_the_report_and_says_them(tmp_path, capsys):
     _, _, report = prepare_pairs(cfg, tiny_tokenizer())
     assert report["overlap"] == {"duplicate_train_examples": 3, "eval_prompts_in_train": 1}
     out = capsys.readouterr().out
-    assert "preflab: note: data: 3 train example(s) repeat an earlier one exactly" in out
+    assert ("preflab: note: data: 3 train example(s) repeat an earlier one exactly (same prompt and responses): each "
+            "copy is trained on.\n") in out
     assert "1 of 1 eval example(s) have a prompt that is also a train prompt" in out
+
+
+def test_the_repeated_row_note_is_worded_once_for_text_vision_and_diffusion_rows():
+    """The text, vision and diffusion runs printed the same note from three f-strings; data.overlap.repeats_note
+    words it (the texts as each printed them before)."""
+    from preflab.data.overlap import repeats_note
+
+    assert repeats_note(0, "pair(s)", "tokens and image pixels") is None
+    assert repeats_note(2, "pair(s)", "tokens and image pixels") == (
+        "2 train pair(s) repeat an earlier one exactly (same tokens and image pixels): each copy is trained on.")
+    assert repeats_note(1, "pair(s)", "caption and image pixels") == (
+        "1 train pair(s) repeat an earlier one exactly (same caption and image pixels): each copy is trained on.")

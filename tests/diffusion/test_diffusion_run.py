@@ -271,6 +271,31 @@ def test_preflab_eval_reproduces_the_runs_final_eval_and_ties_against_itself(ass
     assert itself["win_rate"]["ties"] == 2
 
 
+def test_preflab_eval_task_diffusion_prints_its_note_after_the_metric_block(assets, tmp_path, capsys):
+    """`preflab eval RUN --task diffusion` printed implicit_accuracy and loss after format_summary's notes (the note
+    that --data is the run's training data sat between the metrics); now header, metrics, notes, `wrote`."""
+    import json
+    import re
+
+    from preflab.cli import main
+
+    out = tmp_path / "run"
+    DiffusionRun(make_cfg(assets, out, max_steps=1)).train()
+    capsys.readouterr()
+    assert main(["eval", str(out), "--task", "diffusion", "--data", assets["train"], "--out",
+                 str(tmp_path / "e.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("preflab eval: ")):]
+    metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    shown = [re.fullmatch(r"  (\S+) +(-?\d+\.\d{4})", line) for line in lines[1:-2]]
+    assert all(shown) and [m.group(1) for m in shown] == ["rewards/accuracies", "implicit_accuracy", "loss"], lines
+    assert [float(m.group(2)) for m in shown] == [round(metrics[m.group(1)], 4) for m in shown]
+    assert lines[-2] == (f"  note: --data {assets['train']} (split train) is the run's training data (dataset_name): "
+                         "every row was trained on, so these metrics are not held-out; evaluate a held-out file for "
+                         "generalization")
+    assert lines[-1] == f"  wrote {tmp_path / 'e.json'}"
+
+
 def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypatch):
     import preflab.diffusion.pipeline as pipeline
 

@@ -1,4 +1,6 @@
 """Evaluation findings of the data and evaluation user trial (changes/trial-data.md)."""
+from pathlib import Path
+
 import pytest
 
 from preflab.eval.run import evaluate_models
@@ -121,7 +123,9 @@ def test_eval_reads_the_test_split_of_a_folder_with_splits_and_says_which(tmp_pa
 def test_eval_without_split_loads_the_source_once(tmp_path, monkeypatch, splits):
     """preflab eval without --split probed the source for a split 'test' with one RowReader, then read it with
     another: a save_to_disk DatasetDict loaded twice, a folder of train/test files listed twice (a hub name: two
-    dataset loads). The reader that finds the split is now the one read: one load, and the split chosen as before."""
+    dataset loads). The reader that finds the split is now the one read: one load, and the split chosen as before.
+    A folder of files without a 'test' file was still walked twice (for 'test', then again for 'train'); now
+    once."""
     import json
 
     import datasets
@@ -140,13 +144,21 @@ def test_eval_without_split_loads_the_source_once(tmp_path, monkeypatch, splits)
     assert loads.count("disk") == 1 and result["split"] == splits[-1]
     assert result["per_pair"]["policy_chosen"] == evaluate_models(policy, tok, [ROWS[len(splits) - 1]])[
         "per_pair"]["policy_chosen"]
-    if len(splits) == 1:  # a folder of files without 'test' is listed again for 'train' (its listing, no rows read)
-        return
-    (tmp_path / "files").mkdir()
+    # a folder of files: walked once, also without a file of split 'test' (it was walked again for 'train'), and
+    # the note says which split was read
+    folder = tmp_path / "files"
+    folder.mkdir()
     for name, row in zip(splits, ROWS):
-        (tmp_path / "files" / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+        (folder / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
     loads.clear()
-    assert evaluate_models(policy, tok, str(tmp_path / "files"))["split"] == "test" and loads == ["listing"]
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: loads.append(f"walk {self}") or rglob(self, pattern))
+    result = evaluate_models(policy, tok, str(folder))
+    assert result["split"] == splits[-1] and loads == ["listing", f"walk {folder}"], loads
+    why = ("it has a split 'test', read by default as a run's eval_split is" if len(splits) == 2 else
+           "it has no split 'test' (a single file or a folder without one reads as 'train')")
+    assert result["notes"] == [f"read split {splits[-1]!r} of {folder}: no --split was given and {why}; pass --split "
+                               "to read another"]
 
 
 @pytest.mark.parametrize("splits", [("train", "test"), ("train",)])

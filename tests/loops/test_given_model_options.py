@@ -99,3 +99,115 @@ def test_a_loading_option_beside_a_policy_given_to_an_online_run_is_refused(tmp_
     with pytest.raises(ConfigError, match=r"\n  model_init_kwargs: \{'revision': 'main'\} are from_pretrained"):
         OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok,
                   task=Task(["say a\n", "say b\n"], [lambda prompts, completions, **kw: [1.0] * len(completions)]))
+
+
+# the reward trainer and the diffusion trainer run the same check (preflab.models.given) over the options that
+# apply to them: they add LoRA adapters to a given model under use_peft, and have no reference model
+RM = dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name="/no/such/data.jsonl",
+          max_steps=1, disable_tqdm=True, use_cpu=True, save_strategy="no")
+REWARD_REFUSED = [
+    ({"load_dtype": "bfloat16"}, "load_dtype: bfloat16: the reward model given from Python has float32 weights"),
+    ({"model_init_kwargs": {"revision": "main"}, "model_name_or_path": "someone/a-model"},
+     "model_init_kwargs: {'revision': 'main'} are from_pretrained arguments and preflab loads no model when the "
+     "reward model is given from Python. Load the reward model with them, or drop model_init_kwargs."),
+    ({"allow_pickle": True}, "allow_pickle: preflab loads no model when the reward model is given from Python, so no "
+                             "weights are read. Drop allow_pickle."),
+    ({"trust_remote_code": True}, "trust_remote_code: preflab loads no model when the reward model is given from "
+                                  "Python and the tokenizer was given too"),
+    ({"allow_pickle": True, "reward_head": "multi_objective", "reward_head_params": {"attributes": ["a", "b"]}},
+     "allow_pickle: preflab loads no model when the reward model is given from Python"),
+]
+
+
+@pytest.mark.parametrize("options,refusal", REWARD_REFUSED, ids=["load_dtype", "model_init_kwargs", "allow_pickle",
+                                                                 "trust_remote_code", "multi_objective"])
+def test_a_loading_option_beside_a_reward_model_given_from_python_is_refused(tmp_path, options, refusal):
+    """train_reward(cfg, model=...) read no data yet: the refusal comes first (the data path does not exist)."""
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.train import train_reward
+
+    tok = tiny_tokenizer()
+    cfg = config_from_dict({**RM, "output_dir": str(tmp_path), **options})
+    with pytest.raises(ConfigError, match="options that apply only to a model preflab loads") as err:
+        train_reward(cfg, model=build_reward_model("builtin:tiny-llama", 1, tok, seed=0), tokenizer=tok)
+    assert f"\n  {refusal}" in str(err.value), str(err.value)
+    assert str(err.value).count("\n  ") == 1
+
+
+def test_use_peft_adds_adapters_to_a_given_reward_model_and_a_given_peft_one_keeps_its_own(tmp_path):
+    """use_peft beside a given reward model without adapters is carried out (LoRA added, as to a loaded one); a given
+    PEFT reward model trains its own adapters (not wrapped twice) when lora_* describe them, and is refused when
+    they differ."""
+    from peft import LoraConfig, get_peft_model
+
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.train import check_given_reward_model, reward_model_for_run
+
+    tok = tiny_tokenizer()
+    cfg = config_from_dict({**RM, "output_dir": str(tmp_path), **LORA})
+    plain = build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
+    check_given_reward_model(cfg, plain, tok)
+    wrapped = reward_model_for_run(cfg, 1, tok, plain)
+    assert wrapped.peft_config["default"].r == 4 and wrapped.get_base_model() is plain
+    peft_model = get_peft_model(build_reward_model("builtin:tiny-llama", 1, tok, seed=0),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS"))
+    check_given_reward_model(cfg, peft_model, tok)
+    assert reward_model_for_run(cfg, 1, tok, peft_model) is peft_model
+    with pytest.raises(ConfigError, match=r"\n  lora_r, lora_alpha: preflab loads no model when the reward model is "
+                                          r"given from Python, .* the given reward model's own adapters differ"):
+        check_given_reward_model(config_from_dict({**RM, "output_dir": str(tmp_path), **LORA, "lora_r": 8,
+                                                   "lora_alpha": 16}), peft_model, tok)
+
+
+def test_a_loading_option_beside_a_diffusion_pipeline_given_from_python_is_refused(tmp_path):
+    """DiffusionRun(cfg, pipeline=...): allow_pickle and trust_remote_code act only in load_pipeline, so beside a
+    given pipeline they are refused; a pipeline load_pipeline made (preflab eval --task diffusion hands one on) is
+    not checked."""
+    from preflab.diffusion.pipeline import load_pipeline, tiny_text_to_image_pipeline
+    from preflab.loops.diffusion import DiffusionRun
+
+    raw = dict(task="diffusion", model_name_or_path="builtin:tiny-sd", dataset_name=str(tmp_path / "no-such-data"),
+               loss_type="diffusion_dpo", resolution=16, max_steps=1, use_cpu=True, disable_tqdm=True,
+               output_dir=str(tmp_path / "run"), allow_pickle=True, trust_remote_code=True)
+    with pytest.raises(ConfigError, match="options that apply only to a model preflab loads") as err:
+        DiffusionRun(config_from_dict(raw), pipeline=tiny_text_to_image_pipeline(0))
+    assert str(err.value).split("\n  ")[1:] == [
+        "allow_pickle: preflab loads no model when the pipeline is given from Python, so no weights are read. Drop "
+        "allow_pickle.",
+        "trust_remote_code: preflab loads no model when the pipeline is given from Python and the tokenizer was given "
+        "too, so no code is loaded. Drop trust_remote_code."]
+    with pytest.raises(Exception) as err:  # past the check: the missing data is what stops it
+        DiffusionRun(config_from_dict(raw), pipeline=load_pipeline("builtin:tiny-sd"))
+    assert "no-such-data" in str(err.value) and "options that apply only" not in str(err.value)
+
+
+def test_lora_target_modules_all_linear_or_a_reordered_list_matches_a_given_peft_policy(tmp_path):
+    """peft stores target_modules as a set, and "all-linear" resolved to the module paths it picked (not the string):
+    a list naming the modules "all-linear" picked, in any order, describes adapters made with "all-linear" (it was
+    refused as "differs": the names were compared with peft's stored paths); a list naming fewer modules does not
+    (refused). lora_target_modules at its default ("all-linear") is not compared (only options set are)."""
+    from peft import LoraConfig, get_peft_model
+
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.train import check_given_reward_model
+
+    tok = tiny_tokenizer()
+    all_linear = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, "all-linear")
+    assert isinstance(all_linear.peft_config["default"].target_modules, set)  # what peft stores: resolved paths
+    lora = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    assert _trainer(tmp_path, all_linear, None, **lora, lora_target_modules="all-linear").policy is all_linear
+    every = ["up_proj", "down_proj", "gate_proj", "o_proj", "v_proj", "k_proj", "q_proj"]
+    assert _trainer(tmp_path, all_linear, None, **lora, lora_target_modules=every).policy is all_linear
+    two = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, ["v_proj", "q_proj"])
+    assert _trainer(tmp_path, two, None, **lora, lora_target_modules=["q_proj", "v_proj"]).policy is two
+    with pytest.raises(ConfigError, match=r"\n  lora_target_modules: preflab loads no model .* own adapters differ"):
+        _trainer(tmp_path, all_linear, None, **lora, lora_target_modules=["q_proj", "v_proj"])
+    # a reward model's adapters made with "all-linear" leave out the score head (peft's modules_to_save): the list
+    # of the seven projections names the same modules
+    rm = get_peft_model(build_reward_model("builtin:tiny-llama", 1, tok, seed=0),
+                        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS"))
+    check_given_reward_model(config_from_dict({**RM, "output_dir": str(tmp_path), **lora,
+                                               "lora_target_modules": every}), rm, tok)
+    with pytest.raises(ConfigError, match=r"\n  lora_target_modules: preflab loads no model .* own adapters differ"):
+        check_given_reward_model(config_from_dict({**RM, "output_dir": str(tmp_path), **lora,
+                                                   "lora_target_modules": every[:-1]}), rm, tok)

@@ -130,6 +130,44 @@ def test_preflab_eval_task_vlm_scores_the_reloaded_run(trained, tmp_path):
         assert "logits/chosen" in result["metrics"]
 
 
+def test_preflab_eval_task_vlm_prints_its_note_after_the_metric_block(trained, tmp_path, capsys):
+    """The note that --data is the run's training data was printed between the headline metrics and `loss` (the
+    VLM eval printed its own metric after format_summary's notes); every eval task now prints header, metrics,
+    notes, `wrote`, in that order."""
+    import json
+    import re
+
+    import yaml
+
+    from preflab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    data = tmp_path / "pairs.jsonl"
+    with data.open("w") as f:
+        for i, row in enumerate(ROWS):
+            row["images"][0].save(tmp_path / f"{i}.png")
+            f.write(json.dumps({**row, "images": [f"{i}.png"]}) + "\n")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "dataset_name": str(data)}))  # trained on --data
+    capsys.readouterr()
+    assert main(["eval", str(run), "--task", "vlm", "--data", str(data), "--out", str(tmp_path / "e.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    lines = lines[lines.index("preflab eval: 4 pairs, beta=0.1"):]  # the summary, after the data lines
+    metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    shown = [re.fullmatch(r"  (\S+) +(-?\d+\.\d{4})", line) for line in lines[1:-2]]
+    assert all(shown), lines
+    from preflab.eval.cli import HEADLINE
+
+    assert [m.group(1) for m in shown] == [k for k in HEADLINE + ("loss",) if isinstance(metrics.get(k), float)]
+    assert "loss" in metrics and "loss" not in HEADLINE
+    assert [float(m.group(2)) for m in shown] == [round(metrics[m.group(1)], 4) for m in shown]
+    assert lines[-2] == (f"  note: --data {data} (split train) is the run's training data (dataset_name): every row "
+                         "was trained on, so these metrics are not held-out; evaluate a held-out file for "
+                         "generalization")
+    assert lines[-1] == f"  wrote {tmp_path / 'e.json'}"
+
+
 def test_a_cat_lora_run_resumes_exactly_with_its_aggregator(tmp_path):
     """Stopped after its step-2 checkpoint and resumed from it, a LoRA + clue aggregator run ends with the
     uninterrupted run's aggregator and adapters."""

@@ -218,6 +218,26 @@ def test_repeated_vision_pairs_are_counted_by_tokens_and_pixels():
     assert repeated_vision_pairs(pairs) == 2 and repeated_vision_pairs(pairs[1:3]) == 0
 
 
+def test_a_vision_run_prints_the_repeated_pairs_note_in_the_words_of_the_text_runs(tmp_path, capsys):
+    """prepare_vision_data says how many train pairs repeat an earlier one, in data.overlap.repeats_note's words."""
+    import json
+
+    from preflab.loops.vlm import prepare_vision_data
+
+    _, processor = tiny("qwen2_vl")
+    with (tmp_path / "p.jsonl").open("w") as f:
+        for i, seed in enumerate([0, 0, 5, 0]):
+            row = pair_row(seed=seed)
+            row["images"][0].save(tmp_path / f"{i}.png")
+            f.write(json.dumps({**row, "images": [f"{i}.png"]}) + "\n")
+    cfg = config_from_dict(dict(task="vlm", model_name_or_path="builtin:tiny-qwen2-vl",
+                                dataset_name=str(tmp_path / "p.jsonl"), output_dir=str(tmp_path / "out")))
+    capsys.readouterr()
+    prepare_vision_data(cfg, processor, None, cfg.objective())
+    assert ("\npreflab: note: data: 2 train pair(s) repeat an earlier one exactly (same tokens and image pixels): each "
+            "copy is trained on.\n") in capsys.readouterr().out
+
+
 def test_a_vision_tokenization_error_names_the_rows_line(tmp_path):
     """The same-tokens check runs at tokenization, where examples carried the row only: after a blank line the
     message names the line the row was read from."""

@@ -110,6 +110,15 @@ def count_repeats(keys) -> int:
     return repeated
 
 
+def repeats_note(count: int, rows: str, same: str) -> str | None:
+    """The note for `count` train rows that repeat an earlier one (count_repeats), worded once for the text
+    (overlap_notes), vision (loops.vlm) and diffusion (loops.diffusion) runs; rows: what a row is ("example(s)",
+    "pair(s)"), same: what makes two equal. None for none."""
+    if not count:
+        return None
+    return f"{count} train {rows} repeat an earlier one exactly (same {same}): each copy is trained on."
+
+
 def overlap_report(train, evals) -> dict:
     duplicates = count_repeats(_content(example) for example in train)
     train_prompts = {_key(example.prompt) for example in train}
@@ -119,10 +128,8 @@ def overlap_report(train, evals) -> dict:
 
 def overlap_notes(report: dict, n_eval: int) -> list[str]:
     """The lines to print for a non-zero overlap report."""
-    notes = []
-    if report["duplicate_train_examples"]:
-        notes.append(f"{report['duplicate_train_examples']} train example(s) repeat an earlier one exactly (same "
-                     "prompt and responses): each copy is trained on.")
+    notes = [repeats_note(report["duplicate_train_examples"], "example(s)", "prompt and responses")] \
+        if report["duplicate_train_examples"] else []
     if report["eval_prompts_in_train"]:
         notes.append(f"{report['eval_prompts_in_train']} of {n_eval} eval example(s) have a prompt that is also a "
                      "train prompt: the eval then measures prompts the policy was trained on.")

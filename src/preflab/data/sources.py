@@ -82,7 +82,7 @@ class RowReader:
         self._next_id = 0
         try:
             self.name, self._parts, self.split = _resolve(source, split, streaming, otherwise)
-        except SplitMissing:  # a file or a folder of files (their listing, no rows read): resolved again
+        except SplitMissing:  # a single file (no rows read): resolved again; a folder falls back in _dir_parts
             if otherwise is None:
                 raise
             self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
@@ -114,8 +114,9 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
     """(display name, list of part readers, the split read) for any supported source. streaming: a hub name is read
     through `datasets.load_dataset(..., streaming=True)` (files, directories and in-memory sources are read row by
     row either way; a save_to_disk directory is memory-mapped). split None: `DEFAULT_EVAL_SPLIT` where the source has
-    splits, a single data file read whole. otherwise: what a loaded DatasetDict without `split` gives instead (a
-    file or a folder of files raises SplitMissing: RowReader resolves it again)."""
+    splits, a single data file read whole. otherwise: what a loaded DatasetDict or a folder without `split` gives
+    instead (a folder of files from its one listing; a single file raises SplitMissing: RowReader resolves it
+    again)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
@@ -241,8 +242,8 @@ def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = Non
 
 def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool = True,
                otherwise: str | None = None) -> tuple[list, str]:
-    """(The part readers of a directory's `split`, the split read: a save_to_disk DatasetDict without `split` gives
-    its split `otherwise`). A directory without splits (a save_to_disk Dataset, data files
+    """(The part readers of a directory's `split`, the split read: a save_to_disk DatasetDict or a folder of files
+    without `split` gives its split `otherwise`, the folder listed once). A directory without splits (a save_to_disk Dataset, data files
     not named after a split) is the split 'train' (and, for a Dataset, the split it was saved from), as datasets
     loads it; another split given explicitly (`explicit`) is refused, as for a single file, never read as the whole
     directory: an eval_split 'test' of it would evaluate on the training rows. split not given: read it whole."""
@@ -265,24 +266,30 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
                                 f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
                                 f"{own!r} or leave it out, or save a DatasetDict with that split.")
         return [_dataset_part(loaded, str(path))], split
-    from preflab.data.card_configs import card_split_files, refuse_mixed_configs
+    from preflab.data.card_configs import refuse_mixed_configs
 
     refuse_mixed_configs(path)
+    listing = []  # the folder's data files, walked once: a split 'test' that is missing falls back without a re-walk
+    try:
+        return _files_parts(path, split, streaming, explicit, listing), split
+    except SplitMissing:
+        if otherwise is None or otherwise == split:
+            raise
+    return _files_parts(path, otherwise, streaming, True, listing), otherwise
+
+
+def _files_parts(path: Path, split: str, streaming: bool, explicit: bool, listing: list) -> list:
+    """The part readers of a folder of data files' `split` (see _dir_parts): the files its dataset card's one
+    configuration lists for it, else the files named after it, else every file where none is named after a split.
+    listing: the folder's data files, filled on the first call (empty: walk the folder) and reused after."""
+    from preflab.data.card_configs import card_split_files
+
     carded = card_split_files(path, split, explicit)
     if carded is not None:  # the card's one configuration lists its files per split: read those, as datasets does
-        return [_file_part(p, streaming) for p in carded], split
-    visible = sorted(p for p in path.rglob("*") if p.is_file()  # one walk; hidden files and folders left out
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    files = [p for p in visible if p.suffix.lower() in FILE_SUFFIXES]
-    packed = sorted(str(p.relative_to(path)) for p in visible if len(p.suffixes) > 1
-                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES)
-    if packed:  # reading the other files alone would drop these rows without a word
-        raise DataError(f"directory {path} holds compressed data files preflab does not read ({', '.join(packed[:4])}"
-                        f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}). Decompress them (gunzip, "
-                        "zstd -d, ...) or point dataset_name at uncompressed files.")
-    if not files:
-        raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
-                        "datasets.save_to_disk. Point to a file or a dataset directory.")
+        return [_file_part(p, streaming) for p in carded]
+    if not listing:
+        listing.append(_data_files(path))
+    files = listing[0]
     named = [p for p in files if _names_split(p.relative_to(path), split)]
     if not named:  # no file for this split: every file, unless the files are named after other splits
         others = sorted({s for p in files for s in SPLIT_NAMES if _names_split(p.relative_to(path), s)} |
@@ -297,7 +304,25 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
                             f"split 'train' (as datasets loads it) and has no split {split!r}. Set the split "
                             "(dataset_split / eval_split) to 'train' or leave it out, or name the files after their "
                             "splits (train.jsonl, test.jsonl).")
-    return [_file_part(p, streaming) for p in (named or files)], split
+    return [_file_part(p, streaming) for p in (named or files)]
+
+
+def _data_files(path: Path) -> list[Path]:
+    """The data files under folder `path` (one walk; hidden files and folders left out); compressed data files, or
+    none at all, are a DataError."""
+    visible = sorted(p for p in path.rglob("*") if p.is_file()
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = [p for p in visible if p.suffix.lower() in FILE_SUFFIXES]
+    packed = sorted(str(p.relative_to(path)) for p in visible if len(p.suffixes) > 1
+                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES)
+    if packed:  # reading the other files alone would drop these rows without a word
+        raise DataError(f"directory {path} holds compressed data files preflab does not read ({', '.join(packed[:4])}"
+                        f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}). Decompress them (gunzip, "
+                        "zstd -d, ...) or point dataset_name at uncompressed files.")
+    if not files:
+        raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
+                        "datasets.save_to_disk. Point to a file or a dataset directory.")
+    return files
 
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split

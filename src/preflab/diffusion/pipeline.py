@@ -211,7 +211,13 @@ def tiny_flux_pipeline(seed: int = 0, resolution: int = 16, guidance_embeds: boo
 
 def load_pipeline(name: str, allow_pickle: bool = False, trust_remote_code: bool = False, seed: int = 0):
     """The diffusers pipeline `name` (local directory, hub name, builtin:tiny-sd or builtin:tiny-sd3), in float32, on
-    the CPU."""
+    the CPU; tagged as loaded by preflab (preflab.models.given: its loading options were applied)."""
+    from preflab.models.given import mark_loaded
+
+    return mark_loaded(_load_pipeline(name, allow_pickle, trust_remote_code, seed))
+
+
+def _load_pipeline(name: str, allow_pickle: bool, trust_remote_code: bool, seed: int):
     if not name:
         raise ConfigError("model_name_or_path is empty; give a diffusers pipeline directory, a hub name "
                           f"(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or {TINY}.")

@@ -169,15 +169,18 @@ def default_reference(args) -> tuple[str | None, str | None]:
     return name, f"run config ({key})"
 
 
-def format_summary(result: dict) -> str:
-    """A few lines for the terminal: the headline metrics, what was skipped, and where eval.json is."""
+def format_summary(result: dict, extra: tuple = ()) -> str:
+    """A few lines for the terminal: the headline metrics (then `extra`, a task's own metric keys the headline
+    lacks: `--task vlm` and `--task diffusion`), then the notes, what was skipped, and where eval.json is (`path`).
+    Every eval task prints through here, so its notes come after the whole metric block."""
     metrics = result.get("metrics", {})
     unpaired = "num_completions" in result
     count = (f"{result['num_completions']} unpaired completions ({result.get('num_desirable')} desirable)" if unpaired
              else f"{result.get('num_pairs')} pairs")
     lines = [f"preflab eval: {count}" + (f", beta={result['beta']}" if result.get("beta") is not None else "")]
     headline = UNPAIRED_HEADLINE if unpaired else HEADLINE
-    for key in headline + tuple(k for k in metrics if k.startswith("reward_model/")):
+    own = tuple(k for k in extra if k not in headline)
+    for key in headline + own + tuple(k for k in metrics if k.startswith("reward_model/")):
         value = metrics.get(key)
         if isinstance(value, (int, float)):
             lines.append(f"  {key:38s} {value:.4f}")

@@ -221,6 +221,11 @@ class DiffusionRun(TrainingRun):
         self.main = self.accelerator.is_main_process
         self.scores_held_out = scores_held_out
         self.data_report = {}
+        if pipeline is not None:  # loading options beside a pipeline given from Python: refused (models.given)
+            from preflab.models.given import DIFFUSION_OPTIONS, check_given_models
+
+            # tokenizer: the pipeline carries its own tokenizers, so trust_remote_code loads nothing either
+            check_given_models(cfg, pipeline, tokenizer=pipeline, what="pipeline", options=DIFFUSION_OPTIONS)
         if train_data is None:
             train_data, eval_data, self.data_report = self._prepare_data()
         self.train_data, self.eval_data = train_data, eval_data or []
@@ -284,8 +289,10 @@ class DiffusionRun(TrainingRun):
             print(f"preflab: data: {_rows_text(report)}; {counts}"
                   + (f"; eval data: {_rows_text(eval_report)}" if eval_report is not None else ""))
             if out["duplicate_train_pairs"] and not self.scores_held_out:  # as the text and vision rows' note
-                print(f"preflab: note: data: {out['duplicate_train_pairs']} train pair(s) repeat an earlier one "
-                      "exactly (same caption and image pixels): each copy is trained on.")
+                from preflab.data.overlap import repeats_note
+
+                print("preflab: note: data: " + repeats_note(out["duplicate_train_pairs"], "pair(s)",
+                                                             "caption and image pixels"))
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
         if self.dcpo:

@@ -139,9 +139,5 @@ def eval_task(args) -> int:
                                     num_prompts=args.win_rate_prompts, confidence=args.confidence,
                                     batch_size=args.batch_size, split=args.split)
     path = write_json(eval_json_path(args.checkpoint, args.out), result)
-    print(format_summary(result))
-    for key in ("implicit_accuracy", "loss"):
-        if isinstance(result["metrics"].get(key), (int, float)):
-            print(f"  {key:38s} {result['metrics'][key]:.4f}")
-    print(f"  wrote {path}")
+    print(format_summary({**result, "path": str(path)}, extra=("implicit_accuracy", "loss")))
     return 0

@@ -135,9 +135,10 @@ def prepare_vision_data(cfg, processor, policy, objective):
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
              f"{cfg.max_completion_length})" if cut else ""))
     report["duplicate_train_pairs"] = repeated = repeated_vision_pairs(out[0])
-    if repeated:  # as the text rows' overlap note (preflab.data.overlap)
-        print(f"preflab: note: data: {repeated} train pair(s) repeat an earlier one exactly (same tokens and image "
-              "pixels): each copy is trained on.")
+    if repeated:  # as the text rows' overlap note
+        from preflab.data.overlap import repeats_note
+
+        print(f"preflab: note: data: {repeats_note(repeated, 'pair(s)', 'tokens and image pixels')}")
     return out[0], out[1], report
 
 

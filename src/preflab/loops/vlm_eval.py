@@ -66,16 +66,12 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
 
 def eval_task(args) -> int:
     """`preflab eval RUN --task vlm` (routed here by preflab.cli): written to eval.json like a policy eval."""
-    from preflab.eval.cli import HEADLINE, format_summary, refuse_unread_options
+    from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.eval.run import eval_json_path, write_json
 
     refuse_unread_options(args, "vlm")
     result = evaluate_vlm_run(args.checkpoint, args.data, reference=args.reference, no_reference=args.no_reference,
                               batch_size=args.batch_size, split=args.split)
     path = write_json(eval_json_path(args.checkpoint, args.out), result)
-    print(format_summary(result))
-    for key in ("loss", "rewards/accuracies", "ranking_accuracy"):  # those the headline does not already show
-        if key not in HEADLINE and isinstance(result["metrics"].get(key), (int, float)):
-            print(f"  {key:38s} {result['metrics'][key]:.4f}")
-    print(f"  wrote {path}")
+    print(format_summary({**result, "path": str(path)}, extra=("loss", "rewards/accuracies", "ranking_accuracy")))
     return 0

@@ -18,8 +18,13 @@ for, and refused otherwise, naming the option and saying to load the model with 
     trust_remote_code            refused when the tokenizer is given too (else it loads the tokenizer), in the
                                  offline trainers (an online run's judges may load a model by name with it)
 
-Models preflab loaded itself (load_causal_lm, load_vlm: a recipe's stages pass them on) carry LOADED_ATTR and are
-not checked: their options were applied when they were loaded."""
+Models preflab loaded itself (load_causal_lm, load_vlm, load_pipeline: a recipe's stages pass them on) carry
+LOADED_ATTR and are not checked: their options were applied when they were loaded.
+
+The reward-model trainer (`train_reward(cfg, model=...)`) and the diffusion trainer (`DiffusionRun(cfg,
+pipeline=...)`) run the same check over the options that apply to them (REWARD_OPTIONS, DIFFUSION_OPTIONS): both add
+LoRA adapters to a given model under use_peft (so use_peft is carried out there, not refused), neither has a
+reference model, and a diffusion pipeline carries its own tokenizers."""
 from __future__ import annotations
 
 from torch import nn
@@ -28,6 +33,14 @@ from preflab.errors import ConfigError
 
 LOADED_ATTR = "_preflab_loaded"
 _LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+# the options each trainer checks; "use_peft": refused on a given model without adapters (the offline and online
+# trainers add adapters only to a model they load), "lora": lora_* compared with a given PEFT model's adapters
+TEXT_OPTIONS = frozenset({"load_dtype", "model_init_kwargs", "load_in_bits", "use_peft", "lora", "reference",
+                          "allow_pickle", "trust_remote_code"})
+REWARD_OPTIONS = frozenset({"load_dtype", "model_init_kwargs", "load_in_bits", "lora", "allow_pickle",
+                            "trust_remote_code"})
+DIFFUSION_OPTIONS = frozenset({"allow_pickle", "trust_remote_code"})  # load_dtype, model_init_kwargs, quantization
+#                                                and the reference options are refused for task: diffusion anyway
 
 
 def mark_loaded(model: nn.Module) -> nn.Module:
@@ -60,45 +73,96 @@ _PEFT_NAMES = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_
 
 
 def _adapters_have(policy, option: str, value) -> bool:
-    """Whether the given PEFT policy's active adapter was made with `option` = `value` (peft's LoraConfig)."""
+    """Whether the given PEFT policy's active adapter was made with `option` = `value` (peft's LoraConfig).
+    lora_target_modules compares the modules targeted, not the spelling: peft stores the target_modules it was given
+    as a set, and resolves "all-linear" to the set of module paths it picked, so "all-linear" and a list of names
+    are each resolved on the given model (as peft resolves them) and compared with the modules its adapters sit on."""
     configs = getattr(policy, "peft_config", None) or {}
-    config = configs.get(getattr(policy, "active_adapter", "default"))
+    adapter = getattr(policy, "active_adapter", "default")
+    config = configs.get(adapter)
+    if option == "lora_target_modules" and config is not None and hasattr(policy, "get_base_model"):
+        return _targeted(policy.get_base_model(), value, config) == _adapted(policy.get_base_model(), adapter)
     have = getattr(config, _PEFT_NAMES[option], None)
     if isinstance(value, (list, tuple, set)) and isinstance(have, (list, tuple, set)):
         return set(value) == set(have)
     return have == value
 
 
-def given_model_errors(cfg, policy, ref=None, tokenizer=None) -> list[str]:
+def _candidates(model) -> dict:
+    """Module path -> module for the modules an adapter could sit on: not the root, not inside an adapter layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    inside = set()
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            inside |= {f"{name}.{sub}" for sub, _ in module.named_modules() if sub}
+    return {name: module for name, module in model.named_modules() if name and name not in inside}
+
+
+def _adapted(model, adapter: str) -> set[str]:
+    """The module paths the given model's adapter `adapter` sits on (its LoRA layers holding that adapter)."""
+    return {name for name, module in _candidates(model).items() if adapter in (getattr(module, "lora_A", None) or {})}
+
+
+def _targeted(model, value, config) -> set[str]:
+    """The module paths peft's LoraConfig(target_modules=value) would put adapters on in `model` ("all-linear"
+    resolved by peft's own rule, names matched by peft's own suffix / regex matching; the given adapters'
+    modules_to_save, e.g. a reward model's score head, are never targeted)."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+
+    spec = list(value) if isinstance(value, (list, tuple, set)) else value
+    wanted = _maybe_include_all_linear_layers(LoraConfig(target_modules=spec, task_type=config.task_type,
+                                                         modules_to_save=config.modules_to_save), model)
+    return {name for name in _candidates(model) if bool(check_target_module_exists(wanted, name))}
+
+
+def given_model_errors(cfg, policy, ref=None, tokenizer=None, what: str = "policy",
+                       options: frozenset = TEXT_OPTIONS) -> list[str]:
     """One line per loading option `cfg` sets that a `policy` (and `ref`) given from Python does not carry out.
-    tokenizer: the one given beside them (None: preflab loads one, or other models, with trust_remote_code)."""
+    tokenizer: the one given beside them (None: preflab loads one, or other models, with trust_remote_code).
+    what: the given model's name in the lines ("policy", "reward model", "pipeline"); options: the checks the
+    trainer runs (TEXT_OPTIONS, REWARD_OPTIONS, DIFFUSION_OPTIONS)."""
     from preflab.config_owners import changed_options
 
     if not _given(policy):
         return []
     out = []
-    drop = "preflab loads no model when the policy is given from Python"
-    if cfg.load_dtype:
-        out.append(_dtype_error("load_dtype", cfg.load_dtype, policy, "policy"))
-    if cfg.model_init_kwargs:
+    drop = f"preflab loads no model when the {what} is given from Python"
+    if cfg.load_dtype and "load_dtype" in options:
+        out.append(_dtype_error("load_dtype", cfg.load_dtype, policy, what))
+    if cfg.model_init_kwargs and "model_init_kwargs" in options:
         out.append(f"model_init_kwargs: {cfg.model_init_kwargs} are from_pretrained arguments and {drop}. Load the "
-                   "policy with them, or drop model_init_kwargs.")
-    for bits in ("4", "8"):
+                   f"{what} with them, or drop model_init_kwargs.")
+    for bits in ("4", "8") if "load_in_bits" in options else ():
         if getattr(cfg, f"load_in_{bits}bit"):
-            out.append(f"load_in_{bits}bit: {drop}, so it does not quantize it. Load the policy with transformers' "
+            out.append(f"load_in_{bits}bit: {drop}, so it does not quantize it. Load the {what} with transformers' "
                        f"BitsAndBytesConfig(load_in_{bits}bit=True) and add its LoRA adapters, or drop "
                        f"load_in_{bits}bit.")
     adapters = hasattr(policy, "disable_adapter")
-    if cfg.use_peft and not adapters:
-        out.append(f"use_peft: {drop}, and it adds LoRA adapters only to a model it loads: the given policy has none "
+    if cfg.use_peft and not adapters and "use_peft" in options:
+        out.append(f"use_peft: {drop}, and it adds LoRA adapters only to a model it loads: the given {what} has none "
                    "and would train all of its weights. Add the adapters (preflab.models.load.add_lora or "
                    "peft.get_peft_model) before passing it, or drop use_peft.")
     lora = [n for n in changed_options(cfg, _LORA) if not _adapters_have(policy, n, getattr(cfg, n))] \
-        if adapters else []
+        if adapters and "lora" in options else []
     if lora:
         out.append(f"{', '.join(lora)}: {drop}, and the LoRA options shape the adapters it adds to a model it loads; "
-                   "the given policy's own adapters differ. Give the policy with those adapters, or drop "
+                   f"the given {what}'s own adapters differ. Give the {what} with those adapters, or drop "
                    f"{'it' if len(lora) == 1 else 'them'}.")
+    if "reference" in options:
+        out += _reference_errors(cfg, ref, drop)
+    if cfg.allow_pickle and "allow_pickle" in options:
+        out.append(f"allow_pickle: {drop}, so no weights are read. Drop allow_pickle.")
+    if cfg.trust_remote_code and tokenizer is not None and "trust_remote_code" in options:
+        out.append(f"trust_remote_code: {drop} and the tokenizer was given too, so no code is loaded. Drop "
+                   "trust_remote_code.")
+    return [line for line in out if line]
+
+
+def _reference_errors(cfg, ref, drop: str) -> list[str]:
+    """The reference's loading options beside a given policy (the offline and online trainers)."""
+    out = []
     if cfg.ref_model_name_or_path and ref is None:  # beside a given ref it records where that one comes from
         out.append(f"ref_model_name_or_path: {drop}, the reference neither. Pass ref=<the model> with the policy, or "
                    "drop ref_model_name_or_path.")
@@ -110,16 +174,12 @@ def given_model_errors(cfg, policy, ref=None, tokenizer=None) -> list[str]:
                    "ref=<the model> in that dtype, or drop ref_load_dtype.")
     elif cfg.ref_load_dtype and _given(ref):
         out.append(_dtype_error("ref_load_dtype", cfg.ref_load_dtype, ref, "reference"))
-    if cfg.allow_pickle:
-        out.append(f"allow_pickle: {drop}, so no weights are read. Drop allow_pickle.")
-    if cfg.trust_remote_code and tokenizer is not None:
-        out.append(f"trust_remote_code: {drop} and the tokenizer was given too, so no code is loaded. Drop "
-                   "trust_remote_code.")
-    return [line for line in out if line]
+    return out
 
 
-def check_given_models(cfg, policy, ref=None, tokenizer=None) -> None:
+def check_given_models(cfg, policy, ref=None, tokenizer=None, what: str = "policy",
+                       options: frozenset = TEXT_OPTIONS) -> None:
     """ConfigError listing given_model_errors, if any."""
-    errors = given_model_errors(cfg, policy, ref, tokenizer)
+    errors = given_model_errors(cfg, policy, ref, tokenizer, what, options)
     if errors:
         raise ConfigError("options that apply only to a model preflab loads:\n  " + "\n  ".join(errors))

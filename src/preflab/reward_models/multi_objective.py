@@ -155,9 +155,10 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
     The model is `cfg.model_name_or_path` with d outputs, in `load_dtype`, with `model_init_kwargs`, LoRA under
     `use_peft` (merged at save), unless `model` is given."""
     from preflab.reward_models.heads import sequence_outputs
-    from preflab.reward_models.train import RewardRun, reward_model_for_run, step_outputs
+    from preflab.reward_models.train import RewardRun, check_given_reward_model, reward_model_for_run, step_outputs
 
     head = MultiObjectiveHead(tuple(attributes))
+    check_given_reward_model(cfg, model, tokenizer)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
 
@@ -280,10 +281,6 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     attributes, response_field = attribute_head_params(cfg)
     if not cfg.dataset_name:
         raise ConfigError("dataset_name is empty; give the rated rows' file, directory or hub name.")
-    if tokenizer is None:
-        from preflab.models.load import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
     cap_max_length(cfg, max_positions(model if model is not None else cfg.model_name_or_path,
                                       cfg.trust_remote_code))
     settings = dict(response_field=response_field, on_bad_row=cfg.on_bad_row)

@@ -128,14 +128,15 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     read from cfg records its own."""
     from preflab.reward_models.eval import pair_outputs
 
+    if head is None and cfg.reward_head == "em_mixture":  # MaxMin-RLHF: K BT runs driven by EM (refuses a model)
+        from preflab.reward_models.maxmin_train import train_mixture
+
+        return train_mixture(cfg, tokenizer=tokenizer, train_data=train_data, eval_data=eval_data, model=model)
+    check_given_reward_model(cfg, model, tokenizer)  # before any data is read
     if head is None and cfg.reward_head == "multi_objective":  # DPA: attribute regression on rated rows
         from preflab.reward_models.multi_objective import train_attribute_reward
 
         return train_attribute_reward(cfg, model=model, tokenizer=tokenizer)
-    if head is None and cfg.reward_head == "em_mixture":  # MaxMin-RLHF: K BT runs driven by EM
-        from preflab.reward_models.maxmin_train import train_mixture
-
-        return train_mixture(cfg, tokenizer=tokenizer, train_data=train_data, eval_data=eval_data, model=model)
     head = head or head_from_cfg(cfg)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
@@ -229,16 +230,29 @@ def _find_sharding(model) -> bool:
     return any(hasattr(p, "ds_tensor") for p in model.parameters())
 
 
+def check_given_reward_model(cfg: TrainConfig, model, tokenizer) -> None:
+    """A reward model given from Python (`train_reward(cfg, model=...)`, `train_multi_objective`): the loading
+    options that act only while preflab loads one (load_dtype, model_init_kwargs, allow_pickle, trust_remote_code
+    beside a given tokenizer, LoRA options unlike a given PEFT model's adapters) are refused or checked for agreement,
+    as the offline trainer's (preflab.models.given); use_peft is carried out (reward_model_for_run adds the adapters).
+    `tokenizer`: the one given (None: preflab loads it)."""
+    if model is not None:
+        from preflab.models.given import REWARD_OPTIONS, check_given_models
+
+        check_given_models(cfg, model, tokenizer=tokenizer, what="reward model", options=REWARD_OPTIONS)
+
+
 def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=None):
     """The model a reward run trains: `model` if given, else `cfg.model_name_or_path` with a head of
-    `num_outputs` (in `load_dtype`, with `model_init_kwargs`); wrapped in LoRA adapters under `use_peft`."""
+    `num_outputs` (in `load_dtype`, with `model_init_kwargs`); wrapped in LoRA adapters under `use_peft` (a given
+    PEFT model trains its own adapters: check_given_reward_model compared the lora_* options with them)."""
     from preflab.reward_models.heads import build_reward_model
 
     if model is None:
         model = build_reward_model(cfg.model_name_or_path, num_outputs, tokenizer,
                                    dtype=cfg.load_dtype or "float32", trust_remote_code=cfg.trust_remote_code,
                                    allow_pickle=cfg.allow_pickle, seed=cfg.seed, init_kwargs=cfg.model_kwargs())
-    if cfg.use_peft:
+    if cfg.use_peft and not hasattr(model, "peft_config"):
         from peft import LoraConfig, get_peft_model
 
         from preflab.models.load import check_lora_targets
