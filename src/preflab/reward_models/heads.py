@@ -253,6 +253,8 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     num_outputs = head[0].shape[0]
     finished = path.parent / "config.json"
     info = json.loads(finished.read_text()).get(REWARD_CONFIG_KEY) if finished.is_file() else None
+    if info is None and num_outputs == 1 and cfg.get("reward_head", "bt") == "bt":  # a run killed before its end
+        info = _bt_info_of_run(cfg)
     if info is None and num_outputs != 1:
         raise ConfigError(f"{path} has a {num_outputs}-output head and the run has no config.json saying what it "
                           "is (GPM, attributes); evaluate the final run directory.")
@@ -267,6 +269,15 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
                   "was the run trained from another model?")
     set_reward_config(model, info or {"head": "bt", "tau": 1.0})
     return model
+
+
+def _bt_info_of_run(cfg: dict) -> dict:
+    """The BT head description a run's saved config gives (its tau and center_rewards_coefficient), for the
+    checkpoints of a run that has no config.json yet (killed or still running)."""
+    from preflab.reward_models.bt import BTHead
+
+    tau = (cfg.get("reward_head_params") or {}).get("tau", 1.0)
+    return BTHead(tau=float(tau), center_rewards_coefficient=cfg.get("center_rewards_coefficient")).to_config()
 
 
 def _copy_weights(weights: dict, params: dict, mismatch: str, hint: str) -> None:
@@ -332,7 +343,7 @@ def head_from_config(info: dict):
         return GPMHead(dim=int(info["dim"]), tau=float(info.get("tau", 0.1)), normalize=bool(info.get("normalize",
                                                                                                         True)))
     if kind == "bt":
-        return BTHead(tau=float(info.get("tau", 1.0)))
+        return BTHead(tau=float(info.get("tau", 1.0)), center_rewards_coefficient=info.get("center_rewards_coefficient"))
     if kind == "multi_objective":
         raise ConfigError(f"the model is an attribute (DPA) reward model ({info.get('attributes')}), which has no "
                           "pairwise score: its held-out error is eval_mse / eval_mse/<attribute> of a training run "
