@@ -49,3 +49,30 @@ def test_reward_eval_loss_keeps_the_runs_center_rewards_coefficient_and_tau(tmp_
                                        tokenizer=tiny_tokenizer())
     assert checkpoint["loss"] == pytest.approx(final["eval_loss"], abs=1e-5)
     assert checkpoint["mean_logit"] == pytest.approx(result["mean_logit"], abs=1e-5)
+
+
+def test_rows_without_a_margin_beside_rows_with_one_are_counted_and_said(tmp_path, capsys):
+    """A `margin` column with gaps (null in some rows, absent in others) trained those rows with margin 0 and said
+    nothing (TRL's collator fails on a null margin, so such a gap is likely a data mistake). Now counted in the
+    run's data report and eval.json, with a note in both."""
+    from preflab.reward_models.cli import reward_eval_notes
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.train import train_reward
+
+    path = _pairs_file(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        if i % 3 == 0:
+            row["margin"] = None
+        elif i % 3 == 1:
+            row["margin"] = 1.5  # rows 2 and 5 (i % 3 == 2) have no margin key at all
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = train_reward(_reward_cfg(tmp_path / "run", path, max_steps=1))
+    assert summary["data"]["margin_missing"] == 5  # rows 0, 3, 6 (null) and 2, 5 (absent)
+    assert f"{path}: 5 rows have no margin (null or absent) beside rows that have one" in capsys.readouterr().out
+    result = evaluate_reward_model(str(tmp_path / "run"), str(path))
+    assert result["margin_missing"] == 5
+    assert any(n.startswith("--data: 5 rows have no margin") for n in reward_eval_notes(result, 1024))
+    # a file where no row has a margin is the ordinary case: nothing to say
+    plain = _pairs_file(tmp_path, name="plain.jsonl")
+    assert evaluate_reward_model(str(tmp_path / "run"), str(plain))["margin_missing"] == 0

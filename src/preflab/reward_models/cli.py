@@ -115,6 +115,11 @@ def reward_eval_notes(result: dict, max_length) -> list[str]:
     if cut.get("prompt") or cut.get("response"):
         notes.append(f"max_length={used}{capped} cut {cut.get('prompt', 0)} prompts and {cut.get('response', 0)} "
                      "pairs' responses (a cut response is scored at its cut, not its end); raise --max-length")
+    from preflab.reward_models.data import missing_margins_note
+
+    missing = missing_margins_note(result.get("margin_missing", 0), "--data")
+    if missing:
+        notes.append(missing.rstrip("."))
     if result.get("context_not_shown"):
         notes.append(f"{result['context_not_shown']} rows carry a `context` this model was not trained with (no "
                      "context template in its config): it scored the prompt alone, so per_context and "

@@ -143,6 +143,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     for reason, count in tok_report.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
+    from preflab.reward_models.data import missing_margins
+
+    result["margin_missing"] = missing_margins(examples)
     result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
     result["max_length"] = max_length  # capped to the model's positions
     if not template:  # rows with a context the model does not see (it was trained without contexts)
