@@ -76,3 +76,22 @@ def test_rows_without_a_margin_beside_rows_with_one_are_counted_and_said(tmp_pat
     # a file where no row has a margin is the ordinary case: nothing to say
     plain = _pairs_file(tmp_path, name="plain.jsonl")
     assert evaluate_reward_model(str(tmp_path / "run"), str(plain))["margin_missing"] == 0
+
+
+def test_eval_split_with_eval_strategy_evaluates_on_that_split_of_dataset_name(capsys):
+    """TRL's `dataset_test_split: test` with `eval_strategy: steps` evaluated on dataset_name's test split, but
+    preflab's own name for it (`eval_split`, documented as "TRL script: dataset_test_split") was refused ("needs
+    an eval set"). Both spellings now give the same config; the refusal without either names eval_split."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name="data/dd",
+                eval_strategy="steps", eval_steps=3)
+    ours = config_from_dict(dict(base, eval_split="test"))
+    trl = config_from_dict(dict(base, dataset_test_split="test"))
+    assert (ours.eval_dataset_name, ours.eval_split) == (trl.eval_dataset_name, trl.eval_split) == ("data/dd", "test")
+    assert "eval_split: test with eval_strategy: steps -> eval_dataset_name: data/dd (its 'test' split)" in \
+        capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"needs an eval set: set eval_dataset_name or eval_fraction, or eval_split "
+                                          r"\(TRL's dataset_test_split, e.g. test\) for a split of dataset_name"):
+        config_from_dict(base)

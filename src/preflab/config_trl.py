@@ -342,12 +342,13 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
             raw[key] = "no"
-    if ("dataset_test_split" in raw and raw.get("dataset_name") and raw.get("eval_strategy") in ("steps", "epoch")
+    split_key = next((k for k in ("dataset_test_split", "eval_split") if raw.get(k)), None)  # TRL's, preflab's name
+    if (split_key and raw.get("dataset_name") and raw.get("eval_strategy") in ("steps", "epoch")
             and not raw.get("eval_dataset_name") and not raw.get("eval_fraction")):
         # TRL's scripts evaluate on dataset_name's dataset_test_split whenever eval_strategy is not "no"
         raw["eval_dataset_name"] = raw["dataset_name"]
-        notes.append(f"dataset_test_split: {raw['dataset_test_split']} with eval_strategy: {raw['eval_strategy']} -> "
-                     f"eval_dataset_name: {raw['dataset_name']} (its {raw['dataset_test_split']!r} split), as TRL's "
+        notes.append(f"{split_key}: {raw[split_key]} with eval_strategy: {raw['eval_strategy']} -> "
+                     f"eval_dataset_name: {raw['dataset_name']} (its {raw[split_key]!r} split), as TRL's "
                      "scripts do.")
     for trl, ours in RENAMED.items():
         if trl in raw:
