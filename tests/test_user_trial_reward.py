@@ -95,3 +95,26 @@ def test_eval_split_with_eval_strategy_evaluates_on_that_split_of_dataset_name(c
     with pytest.raises(ConfigError, match=r"needs an eval set: set eval_dataset_name or eval_fraction, or eval_split "
                                           r"\(TRL's dataset_test_split, e.g. test\) for a split of dataset_name"):
         config_from_dict(base)
+
+
+def test_report_of_a_reward_run_says_which_pairs_the_data_report_left_out(tmp_path):
+    """A reward run dropped the pairs longer than max_length (TRL's filter) and said so on the terminal once; its
+    `preflab report` showed the curves and metrics as of a run on the whole file. Now the report's notes carry
+    summary.json's data report: what each set left out, by reason and of how many."""
+    from preflab.report.runs import load_run
+    from preflab.reward_models.train import train_reward
+
+    path = _pairs_file(tmp_path, n=12)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[3]["chosen"] += " and a very long tail that no short max_length can hold" * 3
+    rows[7]["rejected"] += " and a very long tail that no short max_length can hold" * 3
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    summary = train_reward(_reward_cfg(out, path, max_length=64, max_steps=1))
+    assert summary["data"]["train_tokenize"]["skipped"] == {"longer_than_max_length": 2}
+    notes = load_run(out).missing
+    assert f"data: training examples (tokenized) of {path}: 2 of 12 left out (longer_than_max_length 2)" in notes
+    assert "data: 2 training examples per epoch are not trained on in that epoch (every step takes a full global " \
+           "batch; unused_rows_per_epoch)" in notes  # 10 pairs in steps of 4
+    assert "no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or eval_dataset_name) to " \
+           "log the reward model's held-out accuracy, margin and loss (eval_accuracy, eval_margin, eval_loss)" in notes
