@@ -118,3 +118,38 @@ def test_report_of_a_reward_run_says_which_pairs_the_data_report_left_out(tmp_pa
            "batch; unused_rows_per_epoch)" in notes  # 10 pairs in steps of 4
     assert "no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or eval_dataset_name) to " \
            "log the reward model's held-out accuracy, margin and loss (eval_accuracy, eval_margin, eval_loss)" in notes
+
+
+def test_reward_eval_reports_calibration_ece_and_brier_by_hand():
+    """`preflab eval --task reward` gave accuracy but nothing on whether P(chosen > rejected) = sigmoid(logit) is
+    calibrated (a TRL user checks it before using the model's probabilities). ece (Guo et al. 2017, 10 confidence
+    bins over [0.5, 1]) and brier, checked by hand on five probabilities."""
+    import torch
+
+    from preflab.reward_models.calibration import calibration
+
+    p = torch.tensor([0.92, 0.92, 0.08, 0.5, 0.77], dtype=torch.float64)
+    out = calibration(torch.log(p / (1 - p)))
+    # bins: [0.9, 0.95): three pairs at confidence 0.92, two right; [0.5, 0.55): the tie (wrong) at 0.5;
+    # [0.75, 0.8): one right at 0.77
+    assert [(b["low"], b["count"]) for b in out["calibration_bins"]] == [(0.5, 1), (0.75, 1), (0.9, 3)]
+    assert out["ece"] == pytest.approx(3 / 5 * abs(2 / 3 - 0.92) + 1 / 5 * 0.5 + 1 / 5 * 0.23, abs=1e-12)
+    assert out["brier"] == pytest.approx((0.08 ** 2 * 2 + 0.92 ** 2 + 0.25 + 0.23 ** 2) / 5, abs=1e-12)
+
+
+def test_preflab_eval_reward_prints_ece_and_brier(tmp_path, capsys):
+    from preflab.cli import main
+    from preflab.reward_models.calibration import calibration
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.train import train_reward
+
+    data = _pairs_file(tmp_path)
+    train_reward(_reward_cfg(tmp_path / "run", data))
+    assert main(["eval", str(tmp_path / "run"), "--task", "reward", "--data", str(data)]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())["metrics"]
+    result = evaluate_reward_model(str(tmp_path / "run"), str(data))
+    assert metrics["reward_model/ece"] == pytest.approx(result["ece"], abs=1e-9)
+    assert metrics["reward_model/brier"] == pytest.approx(result["brier"], abs=1e-9)
+    assert "reward_model/margin_missing" not in metrics
+    assert "reward_model/ece" in capsys.readouterr().out
+    assert sum(b["count"] for b in result["calibration_bins"]) == result["num_pairs"] == 8

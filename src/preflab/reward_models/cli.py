@@ -79,7 +79,7 @@ def eval_task(args) -> int:
     for reason, count in skipped_first.items():               # rows the first read skipped count too
         result["skipped"][reason] = result["skipped"].get(reason, 0) + count
     metrics = {f"reward_model/{k}": v for k, v in result.items()
-               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length")}
+               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length", "margin_missing")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
