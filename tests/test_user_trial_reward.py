@@ -177,3 +177,29 @@ def test_reward_eval_on_the_training_folder_names_the_split_the_run_evaluated_on
     out = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert out["num_pairs"] == 4 and not any("training data" in n for n in out["notes"])
     assert out["metrics"]["reward_model/loss"] == pytest.approx(summary["final_metrics"]["eval_loss"], abs=1e-5)
+
+
+def test_load_best_model_note_does_not_give_the_loaded_checkpoint_an_unsaved_steps_metric(tmp_path):
+    """A reward run with eval_steps 5, save_steps 10 and load_best_model_at_end (eval_loss): the best eval was at
+    step 25, which has no checkpoint, so (as transformers) checkpoint-10 is loaded, the last best step that was
+    saved. The run said "loaded the best model from .../checkpoint-10 (eval_loss 9.80031)": step 25's loss, not
+    checkpoint-10's (10.40). The note now says which step holds the best loss and that it was not saved."""
+    from preflab.loops.best_model import BestModel
+
+    best = BestModel("eval_loss", greater_is_better=False)
+    losses = {5: 12.2, 10: 10.4, 15: 9.92, 20: 9.94, 25: 9.80031, 30: 9.8003273}  # the trial run's eval_loss
+    for step, loss in losses.items():
+        best.update({"eval_loss": loss}, step)
+        if step % 10 == 0:
+            (tmp_path / f"checkpoint-{step}").mkdir()
+            best.note_checkpoint(tmp_path, step)
+    assert (best.best_global_step, best.best_model_checkpoint) == (25, str(tmp_path / "checkpoint-10"))
+    assert best.loaded_note() == (
+        f"loaded the best saved model from {tmp_path / 'checkpoint-10'} (step 10); the best eval_loss, 9.80031, was "
+        "at step 25, which has no checkpoint (as transformers, the last best step that was saved is loaded; "
+        "save_steps equal to eval_steps saves every candidate). The final model is its weights.")
+    best.update({"eval_loss": 9.0}, 40)
+    (tmp_path / "checkpoint-40").mkdir()
+    best.note_checkpoint(tmp_path, 40)
+    assert best.loaded_note() == (f"loaded the best model from {tmp_path / 'checkpoint-40'} (eval_loss 9); the "
+                                  "final model is its weights.")
