@@ -138,8 +138,8 @@ def test_reward_eval_reports_calibration_ece_and_brier_by_hand():
 
 
 def test_preflab_eval_reward_prints_ece_and_brier(tmp_path, capsys):
+    """The command prints and writes what evaluate_reward_model computes; the bins hold every pair."""
     from preflab.cli import main
-    from preflab.reward_models.calibration import calibration
     from preflab.reward_models.eval import evaluate_reward_model
     from preflab.reward_models.train import train_reward
 
@@ -203,3 +203,35 @@ def test_load_best_model_note_does_not_give_the_loaded_checkpoint_an_unsaved_ste
     best.note_checkpoint(tmp_path, 40)
     assert best.loaded_note() == (f"loaded the best model from {tmp_path / 'checkpoint-40'} (eval_loss 9); the "
                                   "final model is its weights.")
+
+
+def test_reward_rows_without_a_shared_prompt_train_on_the_whole_texts_as_trl(tmp_path):
+    """TRL's RewardTrainer tokenizes `chosen` and `rejected` whole when a row has no prompt; preflab refused every
+    implicit row whose two texts share no start ("no_common_prompt"), and an explicit empty prompt ("empty
+    string"), so such a dataset could not train a reward model. A reward model scores the whole text, so these rows
+    now read with the prompt "" (form standard_no_prompt); the ids are TRL's, tokenizer(text + eos). Offline DPO,
+    which needs a prompt, still refuses them."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import tokenize_reward_pairs
+    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.train import train_reward
+
+    rows = [{"chosen": "Paris is the capital.", "rejected": "London is the capital."},
+            {"chosen": "Yes, gladly.", "rejected": "No."}, {"prompt": "", "chosen": "A fine answer", "rejected": "Meh"},
+            {"chosen": "Sure thing", "rejected": "Nope"}]
+    path = tmp_path / "whole.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = train_reward(_reward_cfg(tmp_path / "run", path, max_steps=1))
+    assert summary["data"]["train_rows"]["forms"] == {"standard_no_prompt": 4}
+    assert evaluate_reward_model(str(tmp_path / "run"), str(path))["num_pairs"] == 4
+    tok = tiny_tokenizer()
+    examples, report = load_rows(str(path), prompt_optional=True)
+    assert report.forms == {"standard_no_prompt": 4}
+    pairs, _ = tokenize_reward_pairs(examples, tok)
+    for row, pair in zip(rows, pairs):
+        assert pair.prompt_ids + pair.chosen_ids == tok(row["chosen"] + tok.eos_token)["input_ids"]
+        assert pair.prompt_ids + pair.rejected_ids == tok(row["rejected"] + tok.eos_token)["input_ids"]
+    with pytest.raises(DataError, match="share no prefix that ends at a word boundary"):
+        load_rows(str(path))  # the default (DPO and the other offline tasks): a prompt is needed

@@ -39,7 +39,8 @@ def run_reward_eval(args) -> int:
 
     data = args.data
     if getattr(args, "split", "train") != "train":  # pass rows of the chosen split through as a list
-        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row=args.on_bad_row)
+        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row=args.on_bad_row,
+                                 prompt_optional=True)
         data = [pair_row(ex) for ex in examples]
     result = evaluate_reward_model(args.model, data, batch_size=args.batch_size, max_length=args.max_length,
                                    on_bad_row=args.on_bad_row)
@@ -71,7 +72,8 @@ def eval_task(args) -> int:
     args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
     data, skipped_first = args.data, {}
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
-        examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
+        examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit,
+                                     prompt_optional=True)
         data = [pair_row(ex) for ex in examples]
         skipped_first = dict(report.skipped)
     result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,

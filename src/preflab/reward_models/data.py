@@ -181,10 +181,11 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
-                                 on_bad_row=cfg.on_bad_row)
+                                 on_bad_row=cfg.on_bad_row, prompt_optional=True)
     grouped = _group_context_rows(rows) if cfg.eval_fraction and not cfg.eval_dataset_name else False
     rows, eval_rows, eval_row_report = train_and_eval(
-        cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row))
+        cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row,
+                                                prompt_optional=True))
     if grouped:
         for ex in rows + eval_rows:
             ex.extras.pop("parent_id")
