@@ -374,6 +374,10 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             raw["generation_backend"] = "vllm"
             notes.append("use_vllm: true -> generation_backend: vllm (in the training process, as TRL's colocate "
                          "mode).")
+    if raw.get("task") == "reward" and raw.get("lora_modules_to_save") in (["score"], ("score",), "score"):
+        raw.pop("lora_modules_to_save")  # TRL's reward docs: PEFT SEQ_CLS keeps the score head whole, as preflab does
+        notes.append("lora_modules_to_save: [score]: task: reward trains the score head whole beside the adapters "
+                     "(PEFT's SEQ_CLS modules_to_save), so it is what runs anyway.")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
