@@ -253,3 +253,21 @@ def test_lora_modules_to_save_score_is_what_a_lora_reward_run_does(capsys):
         config_from_dict({**base, "lora_modules_to_save": ["lm_head"]})
     with pytest.raises(ConfigError, match="lora_modules_to_save is not supported"):
         config_from_dict({**base, "task": "dpo", "lora_task_type": "CAUSAL_LM", "lora_modules_to_save": ["score"]})
+
+
+def test_a_themis_model_as_a_judge_or_in_reward_eval_is_named_not_called_headless(tmp_path):
+    """`preflab eval RUN/with_traces --task reward` (or the folder as `reward_funcs`) of a Themis run said the model
+    "has no trained reward head ... its scores would come from a random head", though its value head is trained:
+    a Themis model scores by generating tool calls, which neither path runs. Now named, with what scores it."""
+    from preflab.errors import ConfigError
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.heads import load_reward_model, set_reward_config
+    from preflab.reward_models.themis import ThemisModel
+
+    model = ThemisModel(tiny_causal_lm(tiny_tokenizer()))
+    set_reward_config(model, {"head": "themis", "with_trace": True})  # as the Themis run's RewardRun saves it
+    model.save_pretrained(tmp_path / "with_traces")
+    with pytest.raises(ConfigError, match=r"with_traces is a Themis tool-augmented reward model .*"
+                                          r"ThemisModel.from_pretrained and score with score_with_tools"):
+        load_reward_model(str(tmp_path / "with_traces"))
+    assert ThemisModel.from_pretrained(str(tmp_path / "with_traces")).value_head.weight.shape[0] == 1

@@ -189,6 +189,7 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
     if Path(path, FALLBACK_FILE).is_file():
         return LastTokenRewardModel.from_pretrained(path).eval()
     _check_holds_a_model(path)
+    _refuse_tool_reward_model(path)
     from transformers import AutoModelForSequenceClassification
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -220,6 +221,20 @@ def _check_holds_a_model(path) -> None:
     raise ConfigError(f"{path} holds no model (no config.json)" + (f"; these folders in it do: {inside[:4]}"
                       if inside else "") + "; give a reward model directory: a `task: reward` run's output_dir, "
                       "its checkpoint-<step>, or a sequence-classification checkpoint.")
+
+
+def _refuse_tool_reward_model(path) -> None:
+    """A Themis run's model (a causal LM and value_head.safetensors, config `preflab_reward: {head: themis}`) scores
+    through its tool-calling inference loop, not as a sequence classifier: loaded as one it read as "no trained
+    reward head ... a random head", though its value head is trained. A ConfigError naming what scores it."""
+    config = Path(path) / "config.json"
+    info = json.loads(config.read_text()).get(REWARD_CONFIG_KEY) if config.is_file() else None
+    if isinstance(info, dict) and info.get("head") == "themis":
+        raise ConfigError(f"{path} is a Themis tool-augmented reward model (a causal LM with a value head, "
+                          "value_head.safetensors): it scores by generating its tool calls and rationale, which "
+                          "pairwise eval and online judges do not run. Load it with preflab.reward_models.themis."
+                          "ThemisModel.from_pretrained and score with score_with_tools (the Themis run's summary.json, "
+                          "beside with_traces/ and without_traces/, holds their held-out pairwise accuracy).")
 
 
 def is_training_checkpoint(path) -> bool:
