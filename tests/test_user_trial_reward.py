@@ -271,3 +271,17 @@ def test_a_themis_model_as_a_judge_or_in_reward_eval_is_named_not_called_headles
                                           r"ThemisModel.from_pretrained and score with score_with_tools"):
         load_reward_model(str(tmp_path / "with_traces"))
     assert ThemisModel.from_pretrained(str(tmp_path / "with_traces")).value_head.weight.shape[0] == 1
+
+
+def test_eval_on_start_refusal_does_not_promise_a_reward_run_a_dpo_metric():
+    """A reward run's `eval_on_start: true` was refused with "its eval_reference_ranking_accuracy measures the
+    starting model", a DPO metric a reward run never logs. The reason now says which task has it."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval_on_start is not supported: evaluation runs every eval_steps and at "
+                                          r"the end \(task: dpo logs the starting model's ranking as "
+                                          r"eval_reference_ranking_accuracy; other tasks do not evaluate the starting "
+                                          r"model\); remove it"):
+        config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                          "eval_on_start": True})
