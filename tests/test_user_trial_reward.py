@@ -285,3 +285,30 @@ def test_eval_on_start_refusal_does_not_promise_a_reward_run_a_dpo_metric():
                                           r"model\); remove it"):
         config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
                           "eval_on_start": True})
+
+
+def test_a_gpm_run_says_when_margins_are_beyond_what_its_score_can_reach(tmp_path, capsys):
+    """A TRL-scale margin column (1, 2, ...) under reward_head: gpm trained silently, but a normalised GPM score has
+    |s| <= 1, so -log sigma((s - m) / tau) stays >= log(1 + e^((m - 1) / tau)) for m >= 1 (trial: eval_loss 9.8 on
+    margins 0 / 1 / 2.5). Now a note counts those pairs; a BT run on the same rows says nothing."""
+    import math
+
+    import torch
+
+    from preflab.reward_models.gpm import GPMHead
+    from preflab.reward_models.train import train_reward
+
+    path = _pairs_file(tmp_path)
+    rows = [dict(json.loads(line), margin=[0.0, 0.5, 1.0, 2.5][i % 4])
+            for i, line in enumerate(path.read_text().splitlines())]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_reward(_reward_cfg(tmp_path / "gpm", path, reward_head="gpm", reward_head_params={"dim": 2},
+                             learning_rate=1e-3, max_steps=1))
+    assert ("4 of 8 training pairs have a margin >= 1 (largest 2.5), which a normalised GPM score s (|s| <= 1) can "
+            "never exceed") in capsys.readouterr().out
+    train_reward(_reward_cfg(tmp_path / "bt", path, max_steps=1))
+    assert "margin >= 1" not in capsys.readouterr().out
+    # the bound the note states: at the best possible s = 1 the loss of margin 2.5 is log(1 + e^15)
+    head, v = GPMHead(dim=2), torch.tensor([[1.0, 0.0]])
+    out = head.loss(v, torch.tensor([[0.0, 1.0]]), {"margin": torch.tensor([2.5])})  # s = 1
+    assert float(out.loss) == pytest.approx(math.log1p(math.exp(15.0)), rel=1e-6)
