@@ -274,7 +274,8 @@ class TrainConfig:
                        "give an eval set; keep one.")
         if self.eval_strategy in ("steps", "epoch") and not (self.eval_fraction or self.eval_dataset_name):
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
-                       "eval_fraction (or eval_strategy: no).")
+                       "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
+                       "(or eval_strategy: no).")
         if self.eval_strategy == "no" and self.eval_steps:
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
         if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:

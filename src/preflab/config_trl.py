@@ -175,8 +175,9 @@ REFUSED = {
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
-    "eval_on_start": (False, "evaluation runs every eval_steps and at the end (its "
-                             "eval_reference_ranking_accuracy measures the starting model); remove it"),
+    "eval_on_start": (False, "evaluation runs every eval_steps and at the end (task: dpo logs the starting "
+                             "model's ranking as eval_reference_ranking_accuracy; other tasks do not evaluate the "
+                             "starting model); remove it"),
     "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
                                "prefix_packed already drops the padding); remove it"),
     "lr_scheduler_kwargs": (None, "scheduler options are not supported; use lr_scheduler_type linear, cosine, "
@@ -342,12 +343,13 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):
         if raw.get(key) is False:  # YAML 1.1 reads a bare `no` as false
             raw[key] = "no"
-    if ("dataset_test_split" in raw and raw.get("dataset_name") and raw.get("eval_strategy") in ("steps", "epoch")
+    split_key = next((k for k in ("dataset_test_split", "eval_split") if raw.get(k)), None)  # TRL's, preflab's name
+    if (split_key and raw.get("dataset_name") and raw.get("eval_strategy") in ("steps", "epoch")
             and not raw.get("eval_dataset_name") and not raw.get("eval_fraction")):
         # TRL's scripts evaluate on dataset_name's dataset_test_split whenever eval_strategy is not "no"
         raw["eval_dataset_name"] = raw["dataset_name"]
-        notes.append(f"dataset_test_split: {raw['dataset_test_split']} with eval_strategy: {raw['eval_strategy']} -> "
-                     f"eval_dataset_name: {raw['dataset_name']} (its {raw['dataset_test_split']!r} split), as TRL's "
+        notes.append(f"{split_key}: {raw[split_key]} with eval_strategy: {raw['eval_strategy']} -> "
+                     f"eval_dataset_name: {raw['dataset_name']} (its {raw[split_key]!r} split), as TRL's "
                      "scripts do.")
     for trl, ours in RENAMED.items():
         if trl in raw:
@@ -373,6 +375,10 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
             raw["generation_backend"] = "vllm"
             notes.append("use_vllm: true -> generation_backend: vllm (in the training process, as TRL's colocate "
                          "mode).")
+    if raw.get("task") == "reward" and raw.get("lora_modules_to_save") in (["score"], ("score",), "score"):
+        raw.pop("lora_modules_to_save")  # TRL's reward docs: PEFT SEQ_CLS keeps the score head whole, as preflab does
+        notes.append("lora_modules_to_save: [score]: task: reward trains the score head whole beside the adapters "
+                     "(PEFT's SEQ_CLS modules_to_save), so it is what runs anyway.")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"

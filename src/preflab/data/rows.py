@@ -20,6 +20,7 @@ the field, or with `on_bad_row="skip"` is counted by reason in the report; `kept
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
@@ -42,7 +43,8 @@ __all__ = ["load_rows", "PairExample", "UnpairedExample", "PromptExample", "Data
 def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_row: str = "error",
               column_map: dict[str, str] | None = None, limit: int | None = None,
               max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES,
-              required_extras: Mapping[str, tuple] | Iterable[str] = ()) -> tuple[list[Example], DataReport]:
+              required_extras: Mapping[str, tuple] | Iterable[str] = (),
+              prompt_optional: bool = False) -> tuple[list[Example], DataReport]:
     """Read `source` and validate every row as `kind`.
 
     source: a .jsonl/.json/.parquet/.csv file, a directory (save_to_disk output or data files), a hub dataset
@@ -56,6 +58,9 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     max_row_bytes: a row larger than this is bad (`row_too_large`) and is not parsed further.
     required_extras: extra columns every row must hold as numbers ({name: (low, high)} or names), e.g.
         `get_objective("sem_dpo").row_extras()`; numeric CSV text becomes floats.
+    prompt_optional: pairwise rows may have no prompt (reward models, which score whole texts as TRL's
+        RewardTrainer does): an empty `prompt`, or text `chosen` / `rejected` without a shared start, read with the
+        prompt "" (form `standard_no_prompt`) instead of being bad rows.
     Returns (examples, report); examples keep source order, each with its 0-based source `row_id`.
     """
     if kind not in KINDS:
@@ -65,7 +70,7 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     reader = source if isinstance(source, RowReader) else RowReader(source, split=split, limit=limit,
                                                                     max_row_bytes=max_row_bytes)
     report = DataReport(source=reader.name, kind=kind)
-    build = row_builder(kind, report, on_bad_row, column_map, required_extras)
+    build = row_builder(kind, report, on_bad_row, column_map, required_extras, prompt_optional)
     examples: list[Example] = []
     for raw in reader:
         examples.extend(build(raw))
@@ -76,13 +81,13 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
 
 
 def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column_map: dict[str, str] | None = None,
-                required_extras: Mapping[str, tuple] | Iterable[str] = ()) -> Callable:
+                required_extras: Mapping[str, tuple] | Iterable[str] = (), prompt_optional: bool = False) -> Callable:
     """build(raw_row) -> the row's examples ([] for a bad row that on_bad_row says to skip), counting the row in
     `report` (total, kept or skipped by reason, its form). One row at a time: load_rows and streaming
     (preflab.data.stream) read rows through it."""
     column_map = dict(column_map or {})
     policy = BadRowPolicy(on_bad_row, report, field_names={v: k for k, v in column_map.items()})
-    make = _BUILDERS[kind]
+    make = partial(_build_pairwise, prompt_optional=True) if prompt_optional and kind == "pairwise" else _BUILDERS[kind]
     extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
         name: (None, None) for name in required_extras}
 
@@ -147,8 +152,8 @@ def _extras(row: dict, used: tuple[str, ...]) -> dict:
     return {k: v for k, v in row.items() if k not in used}
 
 
-def _pair_parts(row: dict) -> tuple[object, object, object, str]:
-    """(prompt, chosen, rejected, form) for a pairwise row, validated."""
+def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, object, object, str]:
+    """(prompt, chosen, rejected, form) for a pairwise row, validated; prompt_optional: see load_rows."""
     prompt, chosen, rejected = (row.get(k) for k in PAIR_FIELDS)
     other = _other_form(row) if chosen is None and rejected is None else None
     if other is not None:
@@ -163,6 +168,10 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
     check_same_form({"chosen": chosen, "rejected": rejected, "prompt": prompt})
     conversational = isinstance(chosen, list)
     form = "conversational" if conversational else "standard"
+    if "prompt" in row and prompt == "" and prompt_optional and not conversational:
+        chosen, rejected = check_text(chosen, "chosen"), check_text(rejected, "rejected")
+        check_different(chosen, rejected)
+        return "", chosen, rejected, "standard_no_prompt"
     if "prompt" in row:  # present (a null prompt is a missing field, not an implicit prompt)
         prompt = check_text_or_messages(prompt, "prompt")
         chosen = check_text_or_messages(chosen, "chosen", response=True)
@@ -180,7 +189,13 @@ def _pair_parts(row: dict) -> tuple[object, object, object, str]:
         return prompt, chosen_turns, rejected_turns, form + "_implicit"
     chosen, rejected = check_text(chosen, "chosen"), check_text(rejected, "rejected")
     check_different(chosen, rejected)
-    prompt, chosen_text, rejected_text = split_implicit_text(chosen, rejected)
+    try:
+        prompt, chosen_text, rejected_text = split_implicit_text(chosen, rejected)
+    except RowProblem as problem:
+        if not prompt_optional or problem.reason != "no_common_prompt":
+            raise
+        _refuse_unread_prompt_column(row, "")
+        return "", chosen, rejected, "standard_no_prompt"  # the whole texts are scored, as TRL's RewardTrainer does
     _refuse_unread_prompt_column(row, prompt)
     return prompt, chosen_text, rejected_text, form + "_implicit"
 
@@ -282,11 +297,11 @@ def _intra_parts(row: dict) -> tuple[object, object, object, str]:
     return x_w, x_l, y, "intra_" + ("conversational" if isinstance(y, list) else "standard")
 
 
-def _build_pairwise(row_id: int, row: dict) -> tuple[list[PairExample], str]:
+def _build_pairwise(row_id: int, row: dict, prompt_optional: bool = False) -> tuple[list[PairExample], str]:
     if is_intra_row(row):
         x_w, x_l, y, form = _intra_parts(row)
         return [PairExample(row_id, x_w, y, y, _extras(row, INTRA_FIELDS + PAIR_FIELDS), rejected_prompt=x_l)], form
-    prompt, chosen, rejected, form = _pair_parts(row)
+    prompt, chosen, rejected, form = _pair_parts(row, prompt_optional)
     return [PairExample(row_id, prompt, chosen, rejected, _extras(row, PAIR_FIELDS))], form
 
 

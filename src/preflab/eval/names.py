@@ -59,6 +59,9 @@ METRIC_DOCS: dict[str, str] = {
     "reward/reference_generation": "mean reward of the reference model's generations",
     "reward_model/accuracy": "reward model: fraction of pairs scored chosen over rejected (--task reward)",
     "reward_model/mean_logit": "reward model: mean log-odds of P(chosen > rejected)",
+    "reward_model/ece": "reward model: expected calibration error of P(chosen > rejected), 10 confidence bins "
+                        "(eval.json reward_eval.calibration_bins)",
+    "reward_model/brier": "reward model: Brier score, mean (1 - P(chosen > rejected))^2",
     "reward_model/reversal_accuracy": "reward model: accuracy on context-reversal groups",
     "win_rate": "fraction of prompts where the policy's answer beats the reference's (ties count 1/2)",
     "win_rate/ci_low": "lower end of Wilson's confidence interval of the win rate",

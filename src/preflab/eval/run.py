@@ -409,15 +409,23 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
     name = cfg.get("dataset_name")
     if not name or not isinstance(data, (str, Path)) or split != cfg.get("dataset_split", "train"):
         return None
-    given, trained = Path(str(data)), Path(str(name))
-    same = (given.resolve() == trained.resolve()) if given.exists() and trained.exists() else str(data) == str(name)
-    if not same:
+    if not _same_data(data, name):
         return None
     fraction = cfg.get("eval_fraction") or 0
     held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {cfg.get('seed')}) were not "
             "trained on" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
+    held_split = cfg.get("eval_split") if cfg.get("eval_dataset_name") and _same_data(data, cfg["eval_dataset_name"]) \
+        else None  # the run's eval set is another split of this data (TRL's dataset_test_split)
+    instead = (f"give --split {held_split}, the split the run evaluated on" if held_split and held_split != split
+               else "evaluate a held-out file for generalization")
     return (f"--data {data} (split {split}) is the run's training data (dataset_name): {held}, so these metrics "
-            "are not held-out; evaluate a held-out file for generalization")
+            f"are not held-out; {instead}")
+
+
+def _same_data(data, name) -> bool:
+    """Whether --data names the same data as a run's dataset_name / eval_dataset_name (paths resolved)."""
+    given, trained = Path(str(data)), Path(str(name))
+    return (given.resolve() == trained.resolve()) if given.exists() and trained.exists() else str(data) == str(name)
 
 
 def write_json(path: Path, data: dict) -> Path:

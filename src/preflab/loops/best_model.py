@@ -128,6 +128,20 @@ class BestModel:
         if self.best_global_step == step or path.is_dir():
             self.best_model_checkpoint = str(path)
 
+    def loaded_note(self) -> str:
+        """What load_best_model_at_end loaded. best_metric is the best evaluation's, and that step may have no
+        checkpoint (eval_steps finer than save_steps): transformers then keeps the last best step that was saved,
+        whose metric is another; the note says so instead of giving it the unsaved step's number."""
+        path = Path(self.best_model_checkpoint)
+        step = path.name.rpartition("-")[2]
+        if step == str(self.best_global_step):
+            return (f"loaded the best model from {path} ({self.key} {self.best_metric:.6g}); the final model is its "
+                    "weights.")
+        return (f"loaded the best saved model from {path} (step {step}); the best {self.key}, "
+                f"{self.best_metric:.6g}, was at step {self.best_global_step}, which has no checkpoint (as transformers, "
+                f"the last best step that was saved is loaded; save_steps equal to eval_steps saves every candidate). "
+                "The final model is its weights.")
+
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_global_step": self.best_global_step,
                 "best_model_checkpoint": self.best_model_checkpoint}

@@ -863,8 +863,7 @@ class TrainingRun:
             acc.wait_for_everyone()  # the best checkpoint is written
             load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module))
             if self.main:
-                print(f"preflab: loaded the best model from {self.best.best_model_checkpoint} "
-                      f"({self.best.key} {self.best.best_metric:.6g}); the final model is its weights.")
+                print(f"preflab: {self.best.loaded_note()}")
                 if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
                     remove_all_but_best(self.out, self.timeline, self.best.best_model_checkpoint)
         best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from preflab.errors import PreflabError
+from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
 
 
@@ -102,12 +103,10 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     else:
         run.missing.append("no metrics.jsonl: this is not a finished or running `preflab train` output_dir")
     _note_nonfinite(run)
-    if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
-        run.missing.append("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
-                           "eval_dataset_name) to log held-out ranking accuracy and log-prob drift")
     run.summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
     if not run.summary:
         run.missing.append("no summary.json: the run has not finished (final metrics and environment unknown)")
+    run.missing += data_notes(run.summary)
     if (path / "config.yaml").is_file():
         run.config_text = (path / "config.yaml").read_text()
         try:
@@ -117,6 +116,11 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
             run.missing.append("config.yaml could not be parsed; shown as text")
     else:
         run.missing.append("no config.yaml")
+    if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
+        what = ("the reward model's held-out accuracy, margin and loss (eval_accuracy, eval_margin, eval_loss)"
+                if run.reward_model else "held-out ranking accuracy and log-prob drift")
+        run.missing.append("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
+                           f"eval_dataset_name) to log {what}")
     run.eval = _read_json(path / "eval.json") if (path / "eval.json").is_file() else {}
     if not run.eval and run.config.get("task") == "reward":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "

@@ -77,4 +77,9 @@ class BTHead:
         return (out_a[:, 0] - out_b[:, 0]) / self.tau
 
     def to_config(self) -> dict:
-        return {"head": self.kind, "tau": self.tau}
+        """Saved in config.json; the centering coefficient too (when set), so that `preflab eval --task reward`
+        recomputes the loss the run logged as eval_loss (TRL's compute_loss adds the term in evaluation too)."""
+        config = {"head": self.kind, "tau": self.tau}
+        if self.center_rewards_coefficient:
+            config["center_rewards_coefficient"] = self.center_rewards_coefficient
+        return config

@@ -39,7 +39,8 @@ def run_reward_eval(args) -> int:
 
     data = args.data
     if getattr(args, "split", "train") != "train":  # pass rows of the chosen split through as a list
-        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row=args.on_bad_row)
+        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row=args.on_bad_row,
+                                 prompt_optional=True)
         data = [pair_row(ex) for ex in examples]
     result = evaluate_reward_model(args.model, data, batch_size=args.batch_size, max_length=args.max_length,
                                    on_bad_row=args.on_bad_row)
@@ -71,7 +72,8 @@ def eval_task(args) -> int:
     args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
     data, skipped_first = args.data, {}
     if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
-        examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit)
+        examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit,
+                                     prompt_optional=True)
         data = [pair_row(ex) for ex in examples]
         skipped_first = dict(report.skipped)
     result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
@@ -79,7 +81,7 @@ def eval_task(args) -> int:
     for reason, count in skipped_first.items():               # rows the first read skipped count too
         result["skipped"][reason] = result["skipped"].get(reason, 0) + count
     metrics = {f"reward_model/{k}": v for k, v in result.items()
-               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length")}
+               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length", "margin_missing")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
@@ -115,6 +117,11 @@ def reward_eval_notes(result: dict, max_length) -> list[str]:
     if cut.get("prompt") or cut.get("response"):
         notes.append(f"max_length={used}{capped} cut {cut.get('prompt', 0)} prompts and {cut.get('response', 0)} "
                      "pairs' responses (a cut response is scored at its cut, not its end); raise --max-length")
+    from preflab.reward_models.data import missing_margins_note
+
+    missing = missing_margins_note(result.get("margin_missing", 0), "--data")
+    if missing:
+        notes.append(missing.rstrip("."))
     if result.get("context_not_shown"):
         notes.append(f"{result['context_not_shown']} rows carry a `context` this model was not trained with (no "
                      "context template in its config): it scored the prompt alone, so per_context and "

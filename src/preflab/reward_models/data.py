@@ -44,7 +44,8 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
     pairs = _drop_longer_than(pairs, report, max_length, source)
-    if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (TRL)
+    if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (counted and said:
+        # missing_margins; TRL's collator fails on a null margin)
         for pair in pairs:
             pair.extras["margin"] = float(pair.extras.get("margin") or 0.0)
     return pairs, report
@@ -91,6 +92,22 @@ def dropped_note(dropped: int, max_length, sets: str = "", option: str = "max_le
         return None
     return (f"{dropped} pairs{sets} are longer than max_length={max_length} tokens and were dropped "
             f"({LONGER_THAN_MAX_LENGTH}), as TRL's RewardTrainer does; raise {option} (or unset it) to use them.")
+
+
+def missing_margins(examples) -> int:
+    """Rows without a margin (absent or null) among rows of which some have one: they train (and are scored) with
+    margin 0. Said, not silent: TRL's RewardTrainer cannot collate a null margin (torch.tensor of None fails), so
+    a gap in the column is more likely a data mistake than meant as 0."""
+    margins = [ex.extras.get("margin") for ex in examples]
+    return sum(m is None for m in margins) if any(m is not None for m in margins) else 0
+
+
+def missing_margins_note(missing: int, source: str) -> str | None:
+    """The note for `missing_margins` (None when every row has a margin, or none has)."""
+    if not missing:
+        return None
+    return (f"{source}: {missing} rows have no margin (null or absent) beside rows that have one; they "
+            "are trained and scored with margin 0. Give every row a margin if 0 is not meant.")
 
 
 def _check_intra_head(cfg, examples, source: str) -> None:
@@ -164,10 +181,11 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
-                                 on_bad_row=cfg.on_bad_row)
+                                 on_bad_row=cfg.on_bad_row, prompt_optional=True)
     grouped = _group_context_rows(rows) if cfg.eval_fraction and not cfg.eval_dataset_name else False
     rows, eval_rows, eval_row_report = train_and_eval(
-        cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row))
+        cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row,
+                                                prompt_optional=True))
     if grouped:
         for ex in rows + eval_rows:
             ex.extras.pop("parent_id")
@@ -193,6 +211,10 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     dropped = tok_report.skipped.get(LONGER_THAN_MAX_LENGTH, 0) + (
         eval_tok.skipped.get(LONGER_THAN_MAX_LENGTH, 0) if eval_rows else 0)
     note = dropped_note(dropped, cfg.max_length, " (training and eval sets)" if eval_rows else "")
+    if note:
+        print(f"preflab: note: {note}")
+    report["margin_missing"] = missing_margins(rows + eval_rows)
+    note = missing_margins_note(report["margin_missing"], row_report.source)
     if note:
         print(f"preflab: note: {note}")
     cut = tok_report.response_truncated + (eval_tok.response_truncated if eval_rows else 0)

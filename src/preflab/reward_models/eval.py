@@ -72,7 +72,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
     Returns {"accuracy", "num_pairs", "mean_logit", the head's training metrics on the pairs ("loss" with the rows'
     margins, and for BT TRL RewardTrainer's "margin", "min_reward", "mean_reward", "max_reward"; for GPM "margin"
-    (mean s) and "prob"), "per_<field>": {value: {"accuracy", "num_pairs"}},
+    (mean s) and "prob"), "ece", "brier" and "calibration_bins" of P(chosen > rejected) = sigmoid(logit)
+    (`preflab.reward_models.calibration`), "per_<field>": {value: {"accuracy", "num_pairs"}},
     "reversal_accuracy" (when the data has reversal groups), "skipped" (rows by reason; a pair longer than
     max_length is dropped, as TRL's RewardTrainer does, under `longer_than_max_length`), "truncated" (pairs whose
     prompt / a response was cut: 0 here, since max_length drops rather than cuts), "max_length" (the one used:
@@ -105,7 +106,7 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     info = reward_config(model)
     head = head or head_from_config(info)
     template = info.get("context_template") if context_template == AUTO else context_template
-    examples, row_report = load_rows(data, kind="pairwise", on_bad_row=on_bad_row)
+    examples, row_report = load_rows(data, kind="pairwise", on_bad_row=on_bad_row, prompt_optional=True)
     pairs, tok_report = tokenize_reward_pairs(examples, tokenizer, max_length=max_length, on_bad_row=on_bad_row,
                                               source=row_report.source, context_template=template)
     if not pairs:
@@ -129,6 +130,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
               "mean_logit": float(logit.mean()) if len(pairs) else float("nan")}
     from preflab.loops.batches import stack_extras
 
+    from preflab.reward_models.calibration import calibration
+
+    result.update(calibration(logit))  # ece, brier and the reliability bins of P(chosen > rejected)
     trained = head.loss(out_c, out_r, stack_extras(pairs))  # the training run's eval_loss, eval_margin, ... (TRL's)
     result["loss"] = float(trained.loss)
     result.update({k: float(v) for k, v in trained.metrics.items() if k != "accuracy"})
@@ -143,6 +147,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     for reason, count in tok_report.skipped.items():
         skipped[reason] = skipped.get(reason, 0) + count
     result["skipped"] = skipped
+    from preflab.reward_models.data import missing_margins
+
+    result["margin_missing"] = missing_margins(examples)
     result["truncated"] = {"prompt": tok_report.prompt_truncated, "response": tok_report.response_truncated}
     result["max_length"] = max_length  # capped to the model's positions
     if not template:  # rows with a context the model does not see (it was trained without contexts)

@@ -89,3 +89,20 @@ class GPMHead:
     def to_config(self) -> dict:
         return {"head": self.kind, "dim": self.dim, "tau": self.tau, "normalize": self.normalize}
 
+    def unreachable_margins_note(self, pairs) -> str | None:
+        """A note when rows' `margin` is one a normalised GPM cannot reach: with unit embeddings and lambda = 1,
+        |s| <= 1 (R is orthogonal), so a pair with margin m >= 1 keeps a loss of at least log(1 + e^((m - 1) / tau))
+        (0.69 at m = 1, 10 at m = 2 with tau 0.1) and pulls s to its bound whatever the data says. The margin is
+        subtracted from s as the GPM code's PairWiseLoss does; margins on a BT logit scale (TRL's, e.g. rating
+        differences) belong to reward_head: bt, or scaled below 1. None when no margin reaches 1."""
+        if not self.normalize:
+            return None
+        big = [float(p.extras["margin"]) for p in pairs if p.extras.get("margin") is not None
+               and float(p.extras["margin"]) >= 1]
+        if not big:
+            return None
+        return (f"{len(big)} of {len(pairs)} training pairs have a margin >= 1 (largest {max(big):g}), which a "
+                "normalised GPM score s (|s| <= 1) can never exceed: their loss stays at least "
+                f"log(1 + e^((m - 1) / {self.tau:g})) and drives s to its bound. The margin is in units of s, not of "
+                "a BT logit: scale it below 1, or use reward_head: bt.")
+

@@ -189,6 +189,7 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
     if Path(path, FALLBACK_FILE).is_file():
         return LastTokenRewardModel.from_pretrained(path).eval()
     _check_holds_a_model(path)
+    _refuse_tool_reward_model(path)
     from transformers import AutoModelForSequenceClassification
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -222,6 +223,20 @@ def _check_holds_a_model(path) -> None:
                       "its checkpoint-<step>, or a sequence-classification checkpoint.")
 
 
+def _refuse_tool_reward_model(path) -> None:
+    """A Themis run's model (a causal LM and value_head.safetensors, config `preflab_reward: {head: themis}`) scores
+    through its tool-calling inference loop, not as a sequence classifier: loaded as one it read as "no trained
+    reward head ... a random head", though its value head is trained. A ConfigError naming what scores it."""
+    config = Path(path) / "config.json"
+    info = json.loads(config.read_text()).get(REWARD_CONFIG_KEY) if config.is_file() else None
+    if isinstance(info, dict) and info.get("head") == "themis":
+        raise ConfigError(f"{path} is a Themis tool-augmented reward model (a causal LM with a value head, "
+                          "value_head.safetensors): it scores by generating its tool calls and rationale, which "
+                          "pairwise eval and online judges do not run. Load it with preflab.reward_models.themis."
+                          "ThemisModel.from_pretrained and score with score_with_tools (the Themis run's summary.json, "
+                          "beside with_traces/ and without_traces/, holds their held-out pairwise accuracy).")
+
+
 def is_training_checkpoint(path) -> bool:
     """A `checkpoint-<step>` folder: the trained parameters + trainer_state.json, no config.json."""
     path = Path(path)
@@ -253,6 +268,8 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     num_outputs = head[0].shape[0]
     finished = path.parent / "config.json"
     info = json.loads(finished.read_text()).get(REWARD_CONFIG_KEY) if finished.is_file() else None
+    if info is None and num_outputs == 1 and cfg.get("reward_head", "bt") == "bt":  # a run killed before its end
+        info = _bt_info_of_run(cfg)
     if info is None and num_outputs != 1:
         raise ConfigError(f"{path} has a {num_outputs}-output head and the run has no config.json saying what it "
                           "is (GPM, attributes); evaluate the final run directory.")
@@ -267,6 +284,15 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
                   "was the run trained from another model?")
     set_reward_config(model, info or {"head": "bt", "tau": 1.0})
     return model
+
+
+def _bt_info_of_run(cfg: dict) -> dict:
+    """The BT head description a run's saved config gives (its tau and center_rewards_coefficient), for the
+    checkpoints of a run that has no config.json yet (killed or still running)."""
+    from preflab.reward_models.bt import BTHead
+
+    tau = (cfg.get("reward_head_params") or {}).get("tau", 1.0)
+    return BTHead(tau=float(tau), center_rewards_coefficient=cfg.get("center_rewards_coefficient")).to_config()
 
 
 def _copy_weights(weights: dict, params: dict, mismatch: str, hint: str) -> None:
@@ -332,7 +358,7 @@ def head_from_config(info: dict):
         return GPMHead(dim=int(info["dim"]), tau=float(info.get("tau", 0.1)), normalize=bool(info.get("normalize",
                                                                                                         True)))
     if kind == "bt":
-        return BTHead(tau=float(info.get("tau", 1.0)))
+        return BTHead(tau=float(info.get("tau", 1.0)), center_rewards_coefficient=info.get("center_rewards_coefficient"))
     if kind == "multi_objective":
         raise ConfigError(f"the model is an attribute (DPA) reward model ({info.get('attributes')}), which has no "
                           "pairwise score: its held-out error is eval_mse / eval_mse/<attribute> of a training run "

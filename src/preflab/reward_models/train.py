@@ -151,6 +151,9 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
                                           cfg.trust_remote_code))
 
         train_data, eval_data, report, template = load_reward_pairs(cfg, tokenizer)
+    note = head.unreachable_margins_note(train_data) if hasattr(head, "unreachable_margins_note") else None
+    if note:  # GPM: a margin its bounded score cannot reach
+        print(f"preflab: note: {note}")
     model = reward_model_for_run(cfg, head.num_outputs, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     info = {**head.to_config(), **({"context_template": template} if template else {})}
