@@ -246,3 +246,22 @@ def test_an_online_demo_runs_reference_is_builtin_demo_sft(tmp_path):
 
     (tmp_path / "config.yaml").write_text(f"task: online\nmodel_name_or_path: {DEMO_SFT}\nseed: 2\n")
     assert run_reference(str(tmp_path)) == (DEMO_SFT, "model_name_or_path")
+
+
+def test_eval_token_rewards_from_the_command_line_sum_to_each_pairs_reward(saved, tmp_path, capsys):
+    """--token-rewards N: eval.json's token_rewards holds the first N pairs' per-token implicit rewards (methods
+    §C #10), each side summing to beta (S_theta - S_ref) of the independent full-logits sums; below 0 is refused."""
+    root, data, tok, models = saved
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--out", str(out),
+                 "--token-rewards", "3", "--device", "cpu"]) == 0
+    entries = json.loads(out.read_text())["token_rewards"]
+    assert [e["row_id"] for e in entries] == [0, 1, 2]
+    pc, pr = independent_sums(models["run"], tok, data)
+    rc, rr = independent_sums(models["ref"], tok, data)
+    for k, e in enumerate(entries):
+        assert sum(e["chosen"]["rewards"]) == pytest.approx(0.2 * float(pc[k] - rc[k]), abs=1e-4)  # run beta 0.2
+        assert sum(e["rejected"]["rewards"]) == pytest.approx(0.2 * float(pr[k] - rr[k]), abs=1e-4)
+    capsys.readouterr()
+    assert main(["eval", str(root / "run"), "--data", str(data), "--token-rewards", "-1"]) == 2
+    assert "--token-rewards is a number of pairs" in capsys.readouterr().err

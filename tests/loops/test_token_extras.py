@@ -106,3 +106,24 @@ def test_unpaired_per_token_column_is_aligned_with_the_completion_and_the_shape_
     batch = UnpairedBatch(short, torch.tensor([True, True]), extras={"completion_weights": weights})
     with pytest.raises(PreflabError, match="one value per completion response token"):
         _check_token_extra(batch, "completion_weights", "test")
+
+
+def test_text_rrpo_row_with_no_differing_phrase_is_a_bad_row_counted_in_the_report(tmp_path):
+    """A text RRPO row whose phrase ids are all 0 has reward term u = 0 and trained only the KL term, silently; it
+    is now the bad row `no_differing_phrase`, as a vision pair without a differing phrase (data.vision)."""
+    rows = [{"prompt": "p", "chosen": "a b", "rejected": "a c", "chosen_phrase_ids": [0, 1],
+             "rejected_phrase_ids": [0, 1]},
+            {"prompt": "q", "chosen": "x y", "rejected": "x z", "chosen_phrase_ids": [0, 0],
+             "rejected_phrase_ids": [0, 0]},
+            {"prompt": "r", "chosen": "u", "rejected": "v", "chosen_phrase_ids": [1], "rejected_phrase_ids": [0]}]
+    path = tmp_path / "rrpo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    extras = get_objective("rrpo").row_extras()
+    kept, report = load_rows(path, kind="pairwise", on_bad_row="skip", required_extras=extras)
+    assert [ex.row_id for ex in kept] == [0, 2]
+    assert report.skipped == {"no_differing_phrase": 1}
+    with pytest.raises(DataError, match=r"row 1.*'rejected'.*every chosen_phrase_ids and rejected_phrase_ids "
+                                        r"value is 0"):
+        load_rows(path, kind="pairwise", on_bad_row="error", required_extras=extras)
+    # without RRPO (no phrase ids required) the same rows are plain pairs
+    assert len(load_rows(path, kind="pairwise")[0]) == 3

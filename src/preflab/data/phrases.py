@@ -16,6 +16,10 @@ from __future__ import annotations
 import difflib
 import re
 
+from preflab.data.report import RowProblem
+
+PHRASE_COLUMNS = ("chosen_phrase_ids", "rejected_phrase_ids")
+
 
 def _words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]+", text)]
@@ -62,3 +66,16 @@ def aligned_phrase_ids(chosen: str, rejected: str, tokenizer) -> tuple[list[int]
     _, c_off = encode_with_offsets(chosen, tokenizer)
     _, r_off = encode_with_offsets(rejected, tokenizer)
     return token_ids_for_spans(c_off, c_spans), token_ids_for_spans(r_off, r_spans)
+
+
+def check_differing_phrase(chosen_ids, rejected_ids, detail: str | None = None, fix: str | None = None) -> None:
+    """A pair whose per-token phrase ids are all 0 on both sides is a bad row, `no_differing_phrase`: RRPO sums
+    log-ratios over differing phrases only (methods/objectives.md §C #17: the builder drops a pair with no phrase),
+    so with none its reward term u is 0 and the pair would train only the KL term (Sarkar & Etemad 2025). detail /
+    fix: the message's words (default: ids read from a text row's data columns)."""
+    if any(chosen_ids) or any(rejected_ids):
+        return
+    raise RowProblem("no_differing_phrase", "rejected", detail or "every chosen_phrase_ids and rejected_phrase_ids "
+                     "value is 0: chosen and rejected differ in no phrase, so RRPO's reward term is 0 for this pair",
+                     fix or "Give the differing tokens phrase ids k >= 1 (phrase k aligned across the pair), or "
+                     "drop the row.")

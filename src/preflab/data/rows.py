@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
+from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
 from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
@@ -133,6 +134,21 @@ def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:
     for name, (low, high) in bounds.items():
         for ex in examples:
             ex.extras[name] = check_numeric_extra(ex.extras.get(name), name, low, high)
+    if all(name in bounds for name in PHRASE_COLUMNS):  # RRPO: a pair with no differing phrase is a bad row
+        for ex in examples:
+            check_differing_phrase(*(_flat(ex.extras[name]) for name in PHRASE_COLUMNS))
+
+
+def _flat(value) -> list:
+    """The numbers of a (nested) list extra, or [value] for one number."""
+    out, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        else:
+            out.append(item)
+    return out
 
 
 def _rename(row: dict, column_map: dict[str, str]) -> dict:

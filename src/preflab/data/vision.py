@@ -330,7 +330,8 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
     with no differing phrase in the tokens kept is a bad row, `no_differing_phrase`). Each
     response keeps its first max_completion_length tokens, then its first max_length - prompt tokens (each cut
     counted once in report.truncated_responses)."""
-    from preflab.data.phrases import encode_with_offsets, phrase_spans, token_ids_for_spans
+    from preflab.data.phrases import (check_differing_phrase, encode_with_offsets, phrase_spans,
+                                      token_ids_for_spans)
 
     tok = getattr(processor, "tokenizer", processor)
     prompt_text = processor.apply_chat_template(ex.prompt, add_generation_prompt=True, tokenize=False)
@@ -373,13 +374,12 @@ def tokenize_vision_pair(ex: VisionPairExample, processor, max_length: int | Non
     if ids["chosen"] == ids["rejected"] and ex.rejected_images is None:
         raise RowProblem("identical_after_tokenization", "rejected", "chosen and rejected have the same tokens "
                          "and the same images")
-    if phrase_ids and not any(extras["chosen_phrase_ids"]) and not any(extras["rejected_phrase_ids"]):
-        # RRPO sums log-ratios over differing phrases only (methods/objectives.md §C #17: the builder drops a pair
-        # with no phrase); with none kept, u = 0 and the pair would train only the KL term (Sarkar & Etemad 2025)
-        raise RowProblem("no_differing_phrase", "rejected", "chosen and rejected differ in no word in the tokens "
-                         "kept (only in spacing, or the differing words were cut by max_length), so RRPO's reward "
-                         "term is 0 for this pair", "Make the responses differ in words, raise max_length / "
-                         "max_completion_length, or drop the row.")
+    if phrase_ids:  # RRPO: a pair with no differing phrase kept trains only the KL term (data.phrases)
+        check_differing_phrase(extras["chosen_phrase_ids"], extras["rejected_phrase_ids"],
+                               "chosen and rejected differ in no word in the tokens kept (only in spacing, or the "
+                               "differing words were cut by max_length), so RRPO's reward term is 0 for this pair",
+                               "Make the responses differ in words, raise max_length / max_completion_length, or "
+                               "drop the row.")
     if report is not None:
         report.pairs += 1
         image_token = getattr(processor, "image_token_id", None)

@@ -63,6 +63,10 @@ def register(sub) -> None:
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.add_argument("--no-per-pair", action="store_true", help="leave per-pair log-probs out of eval.json")
+    p.add_argument("--token-rewards", type=int, default=0, metavar="N",
+                   help="write the per-token implicit rewards beta (log pi - log pi_ref) of the first N pairs' "
+                        "responses into eval.json (\"token_rewards\"; they sum to each response's reward; needs a "
+                        "reference; default 0: none)")
     p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (runs pickle; trusted only)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
     p.set_defaults(func=run, option_defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
@@ -94,6 +98,8 @@ def run(args) -> int:
         value = getattr(args, option)
         if value is not None and value < 1:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
+    if args.token_rewards < 0:
+        raise ConfigError(f"--token-rewards is a number of pairs (0: none), got {args.token_rewards}.")
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
@@ -107,7 +113,7 @@ def run(args) -> int:
                        alpha_column=args.alpha_column, extra_responses_column=args.extra_responses_column,
                        hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
                        max_new_tokens=args.max_new_tokens, confidence=args.confidence,
-                       keep_per_pair=not args.no_per_pair, device=args.device)
+                       keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards)
     result = evaluate_checkpoint(args.checkpoint, args.data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,

@@ -5,7 +5,9 @@
 
 eval.json holds: "metrics" (flat {name: value}; names in preflab.eval.METRIC_DOCS), "win_rate" and
 "generation_examples" when a reward function / reward model / judge was given, "per_pair" (the per-pair log-prob
-sums and lengths the report draws histograms from), "notes" (assumptions made, e.g. alpha = 1), "missing"
+sums and lengths the report draws histograms from), "token_rewards" with --token-rewards N (the first N pairs'
+per-token implicit rewards beta (log pi - log pi_ref) of each response token, which sum to the pair's sequence
+reward; Wang et al. 2025, methods/objectives.md §C #10), "notes" (assumptions made, e.g. alpha = 1), "missing"
 ({metric group: why it was not computed}), and the data report (rows read, kept, skipped by reason).
 
 Unpaired rows (prompt, completion, label: TRL's KTO form) get the implicit reward's separation of the labels
@@ -52,6 +54,8 @@ class EvalOptions:
     max_new_tokens: int = 64
     confidence: float = 0.95
     keep_per_pair: bool = True             # store per-pair sums in eval.json (the report's histograms)
+    token_rewards: int = 0                 # per-token implicit rewards of the first N pairs -> eval.json
+                                           # "token_rewards" (needs a reference; 0: none)
     device: str | None = None              # None: cuda when available, else cpu
 
 
@@ -245,6 +249,9 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
             out["notes"] = notes + ([capped] if capped else []) + out["notes"]
             if reward_fn is not None or judge is not None:
                 out["missing"]["win_rate"] = "a win rate needs pairs' prompts and a reference; the data is unpaired"
+            if opts.token_rewards:
+                out["missing"]["token_rewards"] = "--token-rewards writes the tokens of preference pairs (chosen and " \
+                                                  "rejected); the data is unpaired"
             return {**out, "split": opts.split}
         first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
         at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
@@ -295,12 +302,31 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                              f"its interval cover the other {win['n']}")
     else:
         missing["win_rate"] = "no --reward-fn, --reward-model or --judge given"
+    if opts.token_rewards and ref is None:
+        missing["token_rewards"] = "per-token implicit rewards beta (log pi - log pi_ref) need the reference model"
+    elif opts.token_rewards:
+        out["token_rewards"] = _token_rewards(policy, ref, tokenizer, pairs, scores, opts, pad_id, beta)
     out["metrics"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     out.update(notes=notes, missing=missing,
                data_report={"rows": row_report.to_dict(), "tokenize": tok_report.to_dict()})
     if opts.keep_per_pair:
         out["per_pair"] = {**scores.to_lists(), "alpha": alpha.tolist(), "row_id": [p.row_id for p in pairs]}
     return out
+
+
+def _token_rewards(policy, ref, tokenizer, pairs, scores, opts: EvalOptions, pad_id: int, beta: float) -> list:
+    """eval.json's "token_rewards": the first opts.token_rewards pairs' per-token implicit rewards
+    (score.score_token_rewards), each side with its tokens as text and its sequence reward beta h(y) from the pair
+    scores (the metrics' path; the per-token rewards sum to it)."""
+    from preflab.eval.score import score_token_rewards
+
+    entries = score_token_rewards(policy, ref, pairs[:opts.token_rewards], pad_id, beta, opts.batch_size)
+    for k, entry in enumerate(entries):
+        for side in ("chosen", "rejected"):
+            h = getattr(scores, f"policy_{side}")[k] - getattr(scores, f"ref_{side}")[k]
+            entry[side] = {"tokens": tokenizer.convert_ids_to_tokens(entry[side]["token_ids"]), **entry[side],
+                           "sequence_reward": float(beta * h)}
+    return entries
 
 
 def _unpaired_rows(data, opts: EvalOptions):
