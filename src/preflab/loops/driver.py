@@ -12,11 +12,14 @@ A subclass says what a step is made of and what to save; the loop itself is writ
     (the DDP-wrapped module), checkpoint_module (whose trainable parameters a checkpoint holds), data_report.
 
 Used by preflab.loops.offline.Trainer (policies) and preflab.reward_models.train.RewardRun (reward models).
+A trainer builds what it sets with make_accelerator (preflab.loops.launch: processes, engine, output_dir), make_plan
+(preflab.loops.batches) and make_optimizer (preflab.loops.optimizer). What a resume may change is checked in
+preflab.loops.resume and preflab.resume_check; transformers callbacks (`callbacks`) are called through
+preflab.loops.callback_state.CallbackEvents.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -32,31 +35,21 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best, saves_best, writes_checkpoints
-from preflab.loops.callback_state import callback_states, restore_callback_states
+from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_state, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
 from preflab.resume_check import check_checkpoint_version, check_resume_data, check_saved_config, checkpoint_identity
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import release_output_dir
-from preflab.runlog import MetricsLog, Progress, distributed_environment, environment, write_summary
+from preflab.runlog import (MetricsLog, Progress, average_results, distributed_environment, environment,
+                            start_trackers, write_summary)
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
                                         sharded_reads)
 from preflab.step import optimizer_step
 
 
-def tracker_start_error(names: list[str], err: Exception) -> str:
-    """report_to's trackers did not start (wandb without a login or without network, ...): what failed and what
-    to do, in one message."""
-    text = " ".join(str(err).split())[:400]
-    what = f"report_to: {', '.join(names) or 'the trackers'} could not start ({type(err).__name__}: {text})."
-    if "wandb" in names:
-        what += (" For wandb without network or login, set WANDB_MODE=offline (the run is logged under output_dir/"
-                 "wandb; `wandb sync` uploads it later), or run `wandb login`.")
-    return what + " Or remove it from report_to (report_to: none); metrics.jsonl holds every logged row either way."
-
-
-class TrainingRun:
+class TrainingRun(CallbackEvents):
     extra_params: list = []
     final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
     data_report: dict = {}
@@ -98,77 +91,6 @@ class TrainingRun:
     def write_card(self, summary: dict) -> None:
         pass
 
-    # ------------------------------------------------------------------ callbacks
-    callbacks: list = []
-
-    def emit(self, event: str, **kwargs) -> None:
-        """Call `event` (on_train_begin, on_step_end, on_log, on_evaluate, on_save, on_train_end) on every callback
-        that has it, on every rank, as transformers' Trainer does: `(args, state, control, **kwargs)` with args the
-        TrainConfig, state a transformers TrainerState (global_step, max_steps, epoch, is_world_process_zero,
-        log_history) and control a TrainerControl; on_log gets `logs=`, on_evaluate `metrics=`, on_save
-        `checkpoint=` (the directory). The control flags a callback sets are acted on after the step as
-        transformers does (control_flags): should_training_stop ends the run there, should_log / should_evaluate /
-        should_save add a metrics row / an evaluation / a checkpoint at that step."""
-        if not self.callbacks:
-            return
-        if getattr(self, "_cb_state", None) is None:
-            from transformers import TrainerControl, TrainerState
-
-            self._cb_state = TrainerState(max_steps=self.total_steps,
-                                          is_world_process_zero=self.accelerator.is_main_process)
-            self._cb_control = TrainerControl()
-        state = self._cb_state
-        state.global_step = self.step
-        best = getattr(self, "best", None)
-        if best is not None:  # transformers' TrainerState fields (EarlyStoppingCallback reads best_metric)
-            state.best_metric, state.best_global_step = best.best_metric, best.best_global_step
-            state.best_model_checkpoint = best.best_model_checkpoint
-        state.epoch = self.progress(self.step)["epoch"]
-        if event in ("on_log", "on_evaluate"):
-            state.log_history.append(dict(kwargs.get("logs") or kwargs.get("metrics") or {}, step=self.step))
-        for callback in self.callbacks:
-            hook = getattr(callback, event, None)
-            if hook is not None:
-                try:
-                    hook(self.cfg, state, self._cb_control, **kwargs)
-                except AttributeError as err:  # a transformers TrainingArguments field the config does not have
-                    if getattr(err, "obj", None) is not self.cfg:
-                        raise
-                    raise PreflabError(
-                        f"callback {type(callback).__name__}.{event} reads args.{err.name}, a transformers "
-                        "TrainingArguments field preflab's config does not have (args is the preflab TrainConfig; "
-                        "it has load_best_model_at_end, metric_for_best_model, greater_is_better and eval_strategy, "
-                        "so transformers' EarlyStoppingCallback works). To stop early from your own callback, set "
-                        "control.should_training_stop = True in its on_evaluate (acted on after the step); "
-                        "preflab's metrics come as `metrics=`.") from err
-
-    def control_flags(self) -> dict:
-        """The flags the callbacks set during this step (should_log, should_evaluate, should_save,
-        should_training_stop), the same on every rank (any rank's flag counts: evaluation and saving are collective),
-        then cleared except should_training_stop; all False without callbacks (no synchronisation then)."""
-        names = ("should_log", "should_evaluate", "should_save", "should_training_stop")
-        control = getattr(self, "_cb_control", None)
-        if not self.callbacks or control is None:
-            return dict.fromkeys(names, False)
-        flags = [bool(getattr(control, n)) for n in names]
-        acc = self.accelerator
-        if acc.num_processes > 1:
-            flags = [bool(v) for v in acc.reduce(torch.tensor(flags, dtype=torch.long, device=acc.device),
-                                                 reduction="sum").tolist()]
-        control.should_log = control.should_evaluate = control.should_save = False  # transformers' _new_step
-        return dict(zip(names, flags))
-
-    def _same_on_every_rank(self, metrics: dict) -> dict:
-        """`metrics` with metric_for_best_model's value the main process's on every rank, so every rank takes the
-        same best-model (and early-stopping) decisions."""
-        key, acc = self.best.key, self.accelerator
-        if key is None or key not in metrics or acc.num_processes == 1:
-            return metrics
-        from accelerate.utils import broadcast
-
-        value = broadcast(torch.tensor([float(metrics[key])], dtype=torch.float64, device=acc.device), from_process=0)
-        return {**metrics, key: float(value.item())}
-
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
         buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
@@ -207,28 +129,16 @@ class TrainingRun:
                 release_output_dir(self.cfg.output_dir)
 
     def _train(self) -> dict:
+        """The outline: refuse what the engine cannot save, resume or start, then every optimizer step (its metrics
+        row, evaluation and checkpoint when due, a callback's stop), then the final evaluation, the best model and
+        summary.json with the weights."""
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
-        if cfg.load_best_model_at_end and is_sharded(acc):
-            raise ConfigError(f"load_best_model_at_end is not supported under {sharding_engine(acc)} (preflab loads "
-                              "the best checkpoint's full weights only without sharding); train with "
-                              "examples/accelerate/ddp.yaml or one process, or remove load_best_model_at_end.")
+        self._check_engine_can_save()
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
-        if is_sharded(acc) and (writes_checkpoints(cfg) or resume_requested(cfg)):
-            self._check_sharded_extras()  # before the first step, not at the first save
-            self._check_sharded_model_only()
-            if self._deepspeed_engine() is not None:
-                check_checkpointable(self._deepspeed_engine())
-        start_step = self._maybe_resume()
-        acc.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_timeline(self.out, self.timeline)
-        self.before_train()
-        if self.main:
-            cfg.save(self.out / "config.yaml")
+        start_step = self._begin()
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
-                         tracker=self._start_trackers() if self.main else None)
+                         tracker=start_trackers(acc, cfg, self.out) if self.main else None)
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm, self.throughput_unit)
         self.checkpoint_module.train()
         self.step = start_step
@@ -247,28 +157,13 @@ class TrainingRun:
             learning_rate = self.scheduler.get_last_lr()[0]
             result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
-            tokens = result.num_tokens  # all ranks' tokens, summed in the step's own all-reduce (no read of its own)
-            if tokens is None:
-                tokens = sum(mb.num_tokens for mb in mbs)
-                if acc.num_processes > 1:
-                    tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
+            tokens = self._step_tokens(result, mbs)
             tokens_total += tokens
             tokens_this_run += tokens
             bar.update(result, tokens)
             if result.skipped:
                 bad_in_row += 1
-                what = "weights" if result.nonfinite_weights else "loss_or_grad"
-                nonfinite.append({"step": step + 1, "row_ids": result.row_ids, "nonfinite": what})
-                log.write({"step": step + 1, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
-                if bad_in_row >= cfg.max_nonfinite_steps:
-                    path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
-                    cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
-                             f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
-                             "the loss or gradient norm was inf/NaN")
-                    raise NonFiniteError(
-                        f"{bad_in_row} non-finite steps in a row (last: {cause}; rows {result.row_ids}); the weights "
-                        f"are those from before the first bad step, saved in {path}. Lower the learning rate or "
-                        "check the data.")
+                self._record_nonfinite(step + 1, result, bad_in_row, nonfinite, tokens_total, log)
             else:
                 bad_in_row = 0
                 overflow_steps += result.overflow
@@ -285,25 +180,9 @@ class TrainingRun:
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 window = []
-            # transformers' DefaultFlowCallback at the last step: evaluate (eval_strategy steps) and save (save_strategy
-            # steps); here where the best model depends on it, so the last step's evaluation competes for the best
-            best_at_end = step + 1 == self.total_steps and (saves_best(cfg) or cfg.load_best_model_at_end)
-            save = ((cfg.save_steps and ((step + 1) % cfg.save_steps == 0 or best_at_end))
-                    or asked["should_save"])
-            if ((cfg.eval_steps and (step + 1) % cfg.eval_steps == 0) or asked["should_evaluate"]
-                    or (best_at_end and (cfg.eval_steps or saves_best(cfg)))):
-                metrics = self.evaluate()
-                evaluated = (step + 1, metrics)
-                new_best = False
-                if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
-                    log.write({"step": step + 1, **self.progress(step + 1), **metrics})
-                    self.emit("on_evaluate", metrics=dict(metrics))
-                    # after on_evaluate (transformers)
-                    new_best = self.best.update(self._same_on_every_rank(metrics), step + 1)
-                if saves_best(cfg):  # transformers: should_save = is_new_best_metric at an evaluation
-                    if not metrics:
-                        raise no_eval_set_for_best(f"the evaluation at step {step + 1} gave no metrics (no eval set)")
-                    save = new_best
+            evaluation, save = self._evaluate_if_due(step + 1, asked, log)
+            if evaluation is not None:
+                evaluated = evaluation
             if save:
                 self.best.note_checkpoint(self.out, step + 1)
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
@@ -317,21 +196,8 @@ class TrainingRun:
                 break
         bar.close()
         end = self.step  # total_steps, or the step a callback stopped the run at
-        if evaluated[0] == end:  # the last step was just evaluated: do not run it twice
-            final_eval = evaluated[1]
-        else:
-            final_eval = self.evaluate()
-            if final_eval:
-                log.write({"step": end, **self.progress(end), **final_eval})
-                self.emit("on_evaluate", metrics=dict(final_eval))
-        if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
-            acc.wait_for_everyone()  # the best checkpoint is written
-            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module))
-            if self.main:
-                print(f"preflab: loaded the best model from {self.best.best_model_checkpoint} "
-                      f"({self.best.key} {self.best.best_metric:.6g}); the final model is its weights.")
-                if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
-                    remove_all_but_best(self.out, self.timeline, self.best.best_model_checkpoint)
+        final_eval = evaluated[1] if evaluated[0] == end else self._evaluate_at_end(log)  # not run twice
+        self._load_best_at_end()
         best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}
         summary = {"global_step": end, **({"stopped_early": stopped_early} if stopped_early else {}), **best,
                    "train_examples_seen": (end - start_step) * self.plan.global_batch,
@@ -341,6 +207,128 @@ class TrainingRun:
                    "data": self.data_report, **self.summary_extras(),
                    "runtime_s": time.perf_counter() - started,
                    "environment": {**environment(), **distributed_environment(acc)}}
+        self._finish(summary)
+        return summary
+
+    # ------------------------------------------------------------------ the loop's phases
+    def _check_engine_can_save(self) -> None:
+        """Under a sharding engine (FSDP, DeepSpeed): refuse load_best_model_at_end, and what its checkpoints cannot
+        hold when the run writes or resumes them (before the first step, not at the first save)."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.load_best_model_at_end and is_sharded(acc):
+            raise ConfigError(f"load_best_model_at_end is not supported under {sharding_engine(acc)} (preflab loads "
+                              "the best checkpoint's full weights only without sharding); train with "
+                              "examples/accelerate/ddp.yaml or one process, or remove load_best_model_at_end.")
+        if is_sharded(acc) and (writes_checkpoints(cfg) or resume_requested(cfg)):
+            self._check_sharded_extras()
+            self._check_sharded_model_only()
+            if self._deepspeed_engine() is not None:
+                check_checkpointable(self._deepspeed_engine())
+
+    def _begin(self) -> int:
+        """Resume (or start afresh), put this run on output_dir's timeline.json, run before_train and write
+        config.yaml; returns the step the loop starts from."""
+        start_step = self._maybe_resume()
+        self.accelerator.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_timeline(self.out, self.timeline)
+        self.before_train()
+        if self.main:
+            self.cfg.save(self.out / "config.yaml")
+        return start_step
+
+    def _step_tokens(self, result, mbs) -> int:
+        """All ranks' tokens of the step: summed in the step's own all-reduce (no read of its own), else here."""
+        tokens = result.num_tokens
+        if tokens is None:
+            tokens = sum(mb.num_tokens for mb in mbs)
+            acc = self.accelerator
+            if acc.num_processes > 1:
+                tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum").item())
+        return tokens
+
+    def _record_nonfinite(self, step: int, result, bad_in_row: int, nonfinite: list, tokens_total: int, log) -> None:
+        """Optimizer step `step` (1-based) was skipped as non-finite: added to `nonfinite` and metrics.jsonl; the
+        max_nonfinite_steps-th in a row saves a checkpoint (the weights from before the first bad step) and raises
+        NonFiniteError."""
+        cfg = self.cfg
+        what = "weights" if result.nonfinite_weights else "loss_or_grad"
+        nonfinite.append({"step": step, "row_ids": result.row_ids, "nonfinite": what})
+        log.write({"step": step, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
+        if bad_in_row >= cfg.max_nonfinite_steps:
+            path = self._save(step, {"nonfinite": nonfinite, "num_tokens": tokens_total})
+            cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
+                     f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
+                     "the loss or gradient norm was inf/NaN")
+            raise NonFiniteError(
+                f"{bad_in_row} non-finite steps in a row (last: {cause}; rows {result.row_ids}); the weights "
+                f"are those from before the first bad step, saved in {path}. Lower the learning rate or "
+                "check the data.")
+
+    def _evaluate_if_due(self, step: int, asked: dict, log) -> tuple[tuple | None, bool]:
+        """After optimizer step `step` (1-based): evaluate when due (eval_steps, a callback's should_evaluate, the
+        last step where the best model depends on it), and whether to save a checkpoint (save_steps, should_save;
+        with save_strategy: best, a new best). Returns ((step, metrics), None when not evaluated; save)."""
+        cfg = self.cfg
+        # transformers' DefaultFlowCallback at the last step: evaluate (eval_strategy steps) and save (save_strategy
+        # steps); here where the best model depends on it, so the last step's evaluation competes for the best
+        best_at_end = step == self.total_steps and (saves_best(cfg) or cfg.load_best_model_at_end)
+        save = ((cfg.save_steps and (step % cfg.save_steps == 0 or best_at_end))
+                or asked["should_save"])
+        if not ((cfg.eval_steps and step % cfg.eval_steps == 0) or asked["should_evaluate"]
+                or (best_at_end and (cfg.eval_steps or saves_best(cfg)))):
+            return None, save
+        metrics = self.evaluate()
+        new_best = False
+        if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
+            log.write({"step": step, **self.progress(step), **metrics})
+            self.emit("on_evaluate", metrics=dict(metrics))
+            # after on_evaluate (transformers)
+            new_best = self.best.update(self._same_on_every_rank(metrics), step)
+        if saves_best(cfg):  # transformers: should_save = is_new_best_metric at an evaluation
+            if not metrics:
+                raise no_eval_set_for_best(f"the evaluation at step {step} gave no metrics (no eval set)")
+            save = new_best
+        return (step, metrics), save
+
+    def _same_on_every_rank(self, metrics: dict) -> dict:
+        """`metrics` with metric_for_best_model's value the main process's on every rank, so every rank takes the
+        same best-model (and early-stopping) decisions."""
+        key, acc = self.best.key, self.accelerator
+        if key is None or key not in metrics or acc.num_processes == 1:
+            return metrics
+        from accelerate.utils import broadcast
+
+        value = broadcast(torch.tensor([float(metrics[key])], dtype=torch.float64, device=acc.device), from_process=0)
+        return {**metrics, key: float(value.item())}
+
+    def _evaluate_at_end(self, log) -> dict:
+        """The final evaluation, after the last step (self.step), when that step was not just evaluated."""
+        final_eval = self.evaluate()
+        if final_eval:
+            log.write({"step": self.step, **self.progress(self.step), **final_eval})
+            self.emit("on_evaluate", metrics=dict(final_eval))
+        return final_eval
+
+    def _load_best_at_end(self) -> None:
+        """load_best_model_at_end: the best checkpoint's weights become the final model (with save_total_limit 1,
+        only that checkpoint is kept, as transformers)."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
+            acc.wait_for_everyone()  # the best checkpoint is written
+            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module))
+            if self.main:
+                print(f"preflab: loaded the best model from {self.best.best_model_checkpoint} "
+                      f"({self.best.key} {self.best.best_metric:.6g}); the final model is its weights.")
+                if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
+                    remove_all_but_best(self.out, self.timeline, self.best.best_model_checkpoint)
+
+    def _finish(self, summary: dict) -> None:
+        """Gather the weights under a sharding engine, write the model, summary.json and the card (main process),
+        on_train_end, and end accelerate's training (its trackers only, when a recipe's next stage keeps the
+        process group)."""
+        acc = self.accelerator
         # sharded engines: every rank takes part in gathering the full weights; save_model may read them
         self.final_state_dict = (gather_full_state(acc, self.sync_module, self.checkpoint_module)
                                  if is_sharded(acc) else None)
@@ -358,8 +346,6 @@ class TrainingRun:
                 tracker.finish()
         else:
             acc.end_training()
-        return summary
-
     def progress(self, step: int) -> dict:
         """Where the run is after `step` optimizer steps, in each metrics row: TRL's `epoch` (passes over the data)."""
         return {"epoch": step / self.plan.steps_per_epoch}
@@ -371,26 +357,6 @@ class TrainingRun:
         cfg = self.cfg
         return (step % cfg.logging_steps == 0 or step == self.total_steps
                 or (step == 1 and cfg.logging_first_step))
-
-    def _start_trackers(self):
-        """accelerate trackers (report_to: tensorboard, wandb, ...): every metrics.jsonl row also goes there."""
-        if self.cfg.report_to in ("none", None, [], ""):
-            return None
-        flat = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        names = [str(getattr(kind, "value", kind)) for kind in (self.accelerator.log_with or [])]
-        init_kwargs = {}
-        if "wandb" in names and not os.environ.get("WANDB_DIR"):  # wandb writes ./wandb in the working directory
-            init_kwargs["wandb"] = {"dir": str(self.out)}       # by default; the run's files belong under output_dir
-        try:
-            self.accelerator.init_trackers("preflab", config=flat, init_kwargs=init_kwargs)
-        except Exception as err:  # noqa: BLE001 - every tracker's own error types (login, network, ...)
-            raise ConfigError(tracker_start_error(names, err)) from err
-
-        def track(row: dict) -> None:
-            values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
-            self.accelerator.log(values, step=int(row.get("step", 0)))
-
-        return track
 
     # ------------------------------------------------------------------ persistence
     def _save(self, step: int, state: dict) -> Path | None:
@@ -521,30 +487,3 @@ class TrainingRun:
         self.resumed_from = path  # runs that keep state beside their checkpoints read it from path's run folder
         say(f"preflab: resumed from {path} at step {step}")
         return step
-
-
-def average_results(results) -> dict:
-    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out; grad_norm is the last
-    kept step's, as in transformers), each step weighted by
-    what the metric averages in it (StepResult.metric_counts: its examples, or the objective's own count such as
-    KTO's desirable examples or the response tokens), so the value is the exact mean over the window; a metric only
-    some steps have (TRL's token metrics: computed on logged steps only; KTO's rewards/chosen in a step without
-    desirable examples) is averaged over those steps. A metric defined as a difference (StepResult.
-    metric_differences: KTO's rewards/margins) is the difference of the window's means."""
-    kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
-    if not kept:
-        return {"loss": float("nan")}
-    n = sum(r.num_examples for r in kept)
-    # grad_norm: the last step's, as transformers' Trainer logs it (a snapshot, not a window mean)
-    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n, "grad_norm": kept[-1].grad_norm}
-    differences = {k: v for r in kept for k, v in getattr(r, "metric_differences", {}).items()}
-    for key in dict.fromkeys(k for r in kept for k in r.metrics):
-        if key in differences:
-            continue
-        having = [(r.metrics[key], getattr(r, "metric_counts", {}).get(key, r.num_examples)) for r in kept
-                  if key in r.metrics]
-        out[key] = sum(value * weight for value, weight in having) / sum(weight for _, weight in having)
-    for key, (a, b) in differences.items():
-        if a in out and b in out:
-            out[key] = out[a] - out[b]
-    return out
