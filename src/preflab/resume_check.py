@@ -5,6 +5,9 @@ A key in HARMLESS only changes how long the run goes on, what it logs or saves, 
 (the objective and its parameters, beta, data, model, batch sizes, seed, gradient_accumulation_steps, layout,
 optimizer settings, ...) changes what the resumed run computes, so check_resume_config refuses it unless
 `allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
+On another number of processes the global batch (per_device_train_batch_size x processes) must stay
+(check_global_batch), and the saved per-device batch is read as this world's (saved_config_on_this_world);
+check_saved_config runs both config checks of a checkpoint.
 """
 from __future__ import annotations
 
