@@ -4,7 +4,9 @@ What the launcher started (WORLD_SIZE, accelerate's simple launcher, mpirun), th
 for (DDP, FSDP version 1 or 2, DeepSpeed ZeRO) and whether it can run here (an accelerator device or CPU with gloo,
 bf16 support, DeepSpeed's settings), the switch of accelerate to FSDP2 / DeepSpeed on a CPU process group, and the
 questions the loop asks of the engine afterwards (sharding_engine, deepspeed_stage, is_sharded, parameter_sharding,
-gather_full_state). Everything an engine cannot do is refused here, before any model is loaded.
+gather_full_state). What an engine cannot do for this run is refused here, before any model is loaded (what
+needs the built run, such as an objective's own parameters under a sharding engine, is refused by
+TrainingRun._check_engine_can_save before the first step).
 """
 from __future__ import annotations
 
