@@ -268,7 +268,7 @@ def test_accelerate_launch_num_processes_without_multi_gpu_is_refused_not_run_on
     with pytest.raises(ConfigError, match=r"accelerate launch started one process.*--multi_gpu --num_processes N"):
         _tiny_run()(tmp_path / "run", max_steps=1)
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # mpirun (accelerate's multi-CPU launch) sets its own sizes
-    from preflab.loops.driver import check_launch_started_processes
+    from preflab.loops.launch import check_launch_started_processes
 
     check_launch_started_processes()
 
@@ -318,7 +318,7 @@ def test_resume_on_another_number_of_processes_must_keep_the_global_batch(tmp_pa
     only a note that the process count changed: the config comparison saw per_device_train_batch_size 8 == 8."""
     from preflab.config import config_from_dict
     from preflab.errors import ConfigError
-    from preflab.loops.driver import check_global_batch
+    from preflab.resume_check import check_global_batch
 
     def cfg(**kw):
         return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",

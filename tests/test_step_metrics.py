@@ -73,7 +73,7 @@ def test_a_logging_window_averages_by_the_metrics_counts():
     """Two steps with 3 and 1 desirable examples: the window's rewards/chosen is (3 a + b) / 4, not (a + b) / 2;
     a step without undesirable examples has no rewards/rejected and adds nothing to it; rewards/margins is the
     difference of the window's means; grad_norm is the last step's (transformers logs that step's norm)."""
-    from preflab.loops.driver import average_results
+    from preflab.runlog import average_results
     from preflab.step import StepResult
 
     margins = {"rewards/margins": ("rewards/chosen", "rewards/rejected")}

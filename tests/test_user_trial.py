@@ -73,7 +73,7 @@ def test_a_fresh_run_in_a_finished_runs_folder_says_it_replaces_it(tmp_path, cap
     and summary.json; now a note names the earlier run and how to resume or keep it (not when resuming)."""
     from types import SimpleNamespace
 
-    from preflab.loops.driver import note_earlier_run
+    from preflab.loops.resume import note_earlier_run
 
     (tmp_path / "summary.json").write_text(json.dumps({"global_step": 4}))
     note_earlier_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=None))
@@ -303,7 +303,7 @@ def test_no_rows_left_after_skipping_says_so_instead_of_lower_the_batch_size():
     from types import SimpleNamespace
 
     from preflab.errors import DataError
-    from preflab.loops.driver import make_plan
+    from preflab.loops.batches import make_plan
 
     cfg = SimpleNamespace(dataset_name="bad.jsonl", per_device_train_batch_size=8, gradient_accumulation_steps=1,
                           seed=0, max_steps=2, num_train_epochs=1)
@@ -333,7 +333,7 @@ def test_warmup_ratio_rounds_up_like_transformers(ratio, total, warmup):
 
     import torch
 
-    from preflab.loops.driver import make_optimizer, make_scheduler
+    from preflab.loops.optimizer import make_optimizer, make_scheduler
 
     cfg = SimpleNamespace(learning_rate=1.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.0,
                           warmup_steps=0, warmup_ratio=ratio, lr_scheduler_type="linear")

@@ -127,7 +127,7 @@ def start_processes() -> int:
     while the others wait (main_writes). FSDP and DeepSpeed are refused (data parallel only)."""
     import os
 
-    from preflab.loops.driver import fsdp_version_asked, launched_world_size
+    from preflab.loops.launch import fsdp_version_asked, launched_world_size
 
     if launched_world_size() == 1:
         return 1

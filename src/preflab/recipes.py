@@ -103,7 +103,7 @@ def check_processes(task: str, processes: int) -> None:
 
 
 def run_recipe(cfg) -> dict:
-    from preflab.loops.driver import launched_world_size
+    from preflab.loops.launch import launched_world_size
     from preflab.runlog import is_main_process
 
     processes = launched_world_size()

@@ -5,6 +5,9 @@ A key in HARMLESS only changes how long the run goes on, what it logs or saves, 
 (the objective and its parameters, beta, data, model, batch sizes, seed, gradient_accumulation_steps, layout,
 optimizer settings, ...) changes what the resumed run computes, so check_resume_config refuses it unless
 `allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
+On another number of processes the global batch (per_device_train_batch_size x processes) must stay
+(check_global_batch), and the saved per-device batch is read as this world's (saved_config_on_this_world);
+check_saved_config runs both config checks of a checkpoint.
 """
 from __future__ import annotations
 
@@ -122,3 +125,51 @@ def check_resume_data(saved: dict, current: str | None, cfg, checkpoint, note=pr
             "order over other rows. Put the original data and tokenizer back, set allow_config_change: true to "
             "continue on the new data anyway, or start a new run in another output_dir.")
     note(f"preflab: note: resuming on changed training examples (allow_config_change: true): {where}.")
+
+
+def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int) -> dict:
+    """The checkpoint's saved config as this run would spell it: a checkpoint written on another number of
+    processes with the same global batch (per_device_train_batch_size x processes) had another
+    per_device_train_batch_size for the same run (BatchPlan reads the same rows in the same order), so that key
+    is taken as this run's. Other keys are left for check_resume_config to compare."""
+    saved_world = trainer_state.get("world_size")
+    if not isinstance(saved, dict) or not isinstance(saved_world, int) or saved_world == world:
+        return saved
+    batch = saved.get("per_device_train_batch_size")
+    if isinstance(batch, int) and batch * saved_world == cfg.per_device_train_batch_size * world:
+        return {**saved, "per_device_train_batch_size": cfg.per_device_train_batch_size}
+    return saved
+
+
+def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, note=None) -> None:
+    """A checkpoint resumed on another number of processes must keep its global batch (per_device_train_batch_size
+    x processes): the same YAML launched on 1 process instead of 2 halves every step's batch and moves the data
+    order, a change of what the run computes that the config comparison cannot see (its per-device value is the
+    same). Refused unless allow_config_change (then said in a note)."""
+    saved_world = trainer_state.get("world_size")
+    batch = saved.get("per_device_train_batch_size") if isinstance(saved, dict) else None
+    if not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int):
+        return
+    before, now = batch * saved_world, cfg.per_device_train_batch_size * world
+    if before == now:
+        return
+    what = (f"resume_from_checkpoint: {path} was trained with a global batch of {before} (per_device_train_batch_size "
+            f"{batch} x {saved_world} processes); this run has {now} ({cfg.per_device_train_batch_size} x {world}), "
+            "so every step's batch and the data order from here on would differ.")
+    if getattr(cfg, "allow_config_change", False):
+        if note is not None:
+            note(f"preflab: note: {what} Continuing (allow_config_change: true).")
+        return
+    keep = (f"per_device_train_batch_size: {before // world}" if before % world == 0 else
+            f"a per_device_train_batch_size x processes of {before}")
+    raise ConfigError(f"{what} Keep the run with {keep}, launch {saved_world} processes, or set "
+                      "allow_config_change: true to continue with the new batch anyway.")
+
+
+def check_saved_config(trainer_state: dict, cfg, checkpoint, world: int, note=print) -> None:
+    """The checkpoint's saved config (trainer_state["config"]) against this run's on `world` processes:
+    check_resume_config on the saved config as this world would spell it (saved_config_on_this_world), then
+    check_global_batch."""
+    saved = trainer_state.get("config")
+    check_resume_config(saved_config_on_this_world(saved, trainer_state, cfg, world), cfg, checkpoint, note=note)
+    check_global_batch(saved, trainer_state, cfg, world, checkpoint, note=note)

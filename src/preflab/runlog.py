@@ -1,4 +1,5 @@
-"""What a run writes besides weights: metrics.jsonl, the progress bar, summary.json and the model card."""
+"""What a run writes besides weights: metrics.jsonl (a logging window's row: average_results; report_to's trackers:
+start_trackers), the progress bar, summary.json and the model card."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from preflab.errors import ConfigError
 
 
 # every per-step file a run appends to: truncated to the resume step on resume, removed on a fresh start
@@ -60,6 +63,66 @@ class MetricsLog:
             fh.write(json.dumps(clean) + "\n")
         if self.tracker is not None:
             self.tracker(clean)
+
+
+def average_results(results) -> dict:
+    """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out; grad_norm is the last
+    kept step's, as in transformers), each step weighted by
+    what the metric averages in it (StepResult.metric_counts: its examples, or the objective's own count such as
+    KTO's desirable examples or the response tokens), so the value is the exact mean over the window; a metric only
+    some steps have (TRL's token metrics: computed on logged steps only; KTO's rewards/chosen in a step without
+    desirable examples) is averaged over those steps. A metric defined as a difference (StepResult.
+    metric_differences: KTO's rewards/margins) is the difference of the window's means."""
+    kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
+    if not kept:
+        return {"loss": float("nan")}
+    n = sum(r.num_examples for r in kept)
+    # grad_norm: the last step's, as transformers' Trainer logs it (a snapshot, not a window mean)
+    out = {"loss": sum(r.loss * r.num_examples for r in kept) / n, "grad_norm": kept[-1].grad_norm}
+    differences = {k: v for r in kept for k, v in getattr(r, "metric_differences", {}).items()}
+    for key in dict.fromkeys(k for r in kept for k in r.metrics):
+        if key in differences:
+            continue
+        having = [(r.metrics[key], getattr(r, "metric_counts", {}).get(key, r.num_examples)) for r in kept
+                  if key in r.metrics]
+        out[key] = sum(value * weight for value, weight in having) / sum(weight for _, weight in having)
+    for key, (a, b) in differences.items():
+        if a in out and b in out:
+            out[key] = out[a] - out[b]
+    return out
+
+
+def tracker_start_error(names: list[str], err: Exception) -> str:
+    """report_to's trackers did not start (wandb without a login or without network, ...): what failed and what
+    to do, in one message."""
+    text = " ".join(str(err).split())[:400]
+    what = f"report_to: {', '.join(names) or 'the trackers'} could not start ({type(err).__name__}: {text})."
+    if "wandb" in names:
+        what += (" For wandb without network or login, set WANDB_MODE=offline (the run is logged under output_dir/"
+                 "wandb; `wandb sync` uploads it later), or run `wandb login`.")
+    return what + " Or remove it from report_to (report_to: none); metrics.jsonl holds every logged row either way."
+
+
+def start_trackers(accelerator, cfg, output_dir: Path):
+    """accelerate trackers (report_to: tensorboard, wandb, ...): every metrics.jsonl row also goes there (the
+    callable MetricsLog's tracker takes); None without report_to."""
+    if cfg.report_to in ("none", None, [], ""):
+        return None
+    flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    names = [str(getattr(kind, "value", kind)) for kind in (accelerator.log_with or [])]
+    init_kwargs = {}
+    if "wandb" in names and not os.environ.get("WANDB_DIR"):  # wandb writes ./wandb in the working directory
+        init_kwargs["wandb"] = {"dir": str(output_dir)}      # by default; the run's files belong under output_dir
+    try:
+        accelerator.init_trackers("preflab", config=flat, init_kwargs=init_kwargs)
+    except Exception as err:  # noqa: BLE001 - every tracker's own error types (login, network, ...)
+        raise ConfigError(tracker_start_error(names, err)) from err
+
+    def track(row: dict) -> None:
+        values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        accelerator.log(values, step=int(row.get("step", 0)))
+
+    return track
 
 
 class Progress:

@@ -32,7 +32,7 @@ Metrics: each is a sum of value x count and a count over the micro-batches and r
 so a logged value is the exact mean over everything it averages in the step. The count is the micro-batch's example
 count, or the one the objective gives (ObjectiveOutput.metric_counts: KTO's desirable examples, response tokens);
 a metric whose count is 0 in the whole step is left out of StepResult.metrics, and StepResult.metric_counts carries
-the counts on, so a logging window averages exactly too (preflab.loops.driver.average_results). A micro-batch
+the counts on, so a logging window averages exactly too (preflab.runlog.average_results). A micro-batch
 without a metric adds a zero sum with a zero count. The set of metric names must be the same on every rank (the
 all-reduce adds the sums position by position): objectives report the same names for every batch. It is checked
 without a per-step exchange of names: the first step of each accelerator gathers the ranks' names once (a clear
@@ -65,7 +65,7 @@ class StepResult:
     nonfinite_weights: bool = False  # skipped because the update would have made a weight inf/NaN
     overflow: bool = False  # fp16: the GradScaler found inf/nan gradients, skipped the update and lowered its scale
     # what each metric of `metrics` averages in this step, on all ranks (examples, or the objective's own count): a
-    # logging window weights the steps' values by these (preflab.loops.driver.average_results)
+    # logging window weights the steps' values by these (preflab.runlog.average_results)
     metric_counts: dict[str, float] = field(default_factory=dict)
     # {name: (a, b)}: metrics defined as a - b (ObjectiveOutput.metric_differences), recomputed after averaging
     metric_differences: dict[str, tuple[str, str]] = field(default_factory=dict)

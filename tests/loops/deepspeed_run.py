@@ -4,7 +4,7 @@ BASE/saved/checkpoint-STEP), then one resume per CHECKPOINT_TO_REFUSE, whose Con
 BASE/refusals.json ({checkpoint: message, or null when it was not refused}). Run as
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 1 tests/loops/deepspeed_run.py \
         BASE STEP [CHECKPOINT_TO_REFUSE ...] -- k=v ...
-(--num_processes 2: the gloo group preflab forms on CPU, see driver.enable_deepspeed_on_cpu). With
+(--num_processes 2: the gloo group preflab forms on CPU, see launch.enable_deepspeed_on_cpu). With
 equal_into=DIR among the k=v: last, a straight run with tiny_arch=llama (no dropout) into DIR, to compare with one
 plain process.
 """

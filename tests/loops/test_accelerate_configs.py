@@ -12,7 +12,7 @@ import torch
 
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
-from preflab.loops import driver
+from preflab.loops import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "examples/accelerate"
@@ -44,7 +44,7 @@ def test_deepspeed_without_the_package_names_the_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match=r"distributed_type: DEEPSPEED.*pip install deepspeed"):
-        driver.make_accelerator(_cfg(tmp_path))
+        launch.make_accelerator(_cfg(tmp_path))
 
 
 def _rows(out):
@@ -100,7 +100,7 @@ def test_gathered_state_saves_the_same_directory_as_the_model_itself(tmp_path, l
         model = add_lora(model, 4, 8, 0.0, "all-linear")
     acc = Accelerator(cpu=True)
     scorer = acc.prepare(LogProbScorer(model))
-    state = driver.gather_full_state(acc, scorer, model)
+    state = launch.gather_full_state(acc, scorer, model)
     model.save_pretrained(tmp_path / "plain", safe_serialization=True)
     model.save_pretrained(tmp_path / "gathered", safe_serialization=True, state_dict=state)
     name = "adapter_model.safetensors" if lora else "model.safetensors"

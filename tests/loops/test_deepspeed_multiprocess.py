@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU processes (gloo), through examples/accelerate/zero2.yaml / zero3.yaml:
 accelerate 1.16 forms no DeepSpeed run there by itself, so preflab switches its state to DeepSpeed after the gloo group
-forms (driver.enable_deepspeed_on_cpu) and the rest is accelerate's and DeepSpeed's code. The runs:
+forms (launch.enable_deepspeed_on_cpu) and the rest is accelerate's and DeepSpeed's code. The runs:
 tests/loops/deepspeed_run.py (several runs per launch). Needs the `deepspeed` extra."""
 import importlib.util
 import json

@@ -15,7 +15,8 @@ import torch
 
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
-from preflab.loops import driver
+from preflab.loops import launch
+from preflab.resume_check import saved_config_on_this_world
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -137,7 +138,7 @@ def test_fsdp_version_1_on_cpu_names_the_setting_before_anything_loads(tmp_path,
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match=r"FSDP version 1 .*fsdp_version: 1.*on CPU.*fsdp_version: 2"):
-        driver.make_accelerator(_cfg(tmp_path))
+        launch.make_accelerator(_cfg(tmp_path))
     assert not any(tmp_path.iterdir())  # stopped before claiming the output_dir or loading anything
 
 
@@ -149,22 +150,22 @@ def test_deepspeed_on_cpu_outside_a_launcher_or_on_another_deepspeed_accelerator
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else
                         real(name, *a))
-    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: False)
+    monkeypatch.setattr(launch, "_has_accelerator_device", lambda: False)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(ConfigError, match=r"on CPU \(use_cpu: true.*but this process was not started by a launcher"):
-        driver.make_accelerator(_cfg(tmp_path / "a"))
+        launch.make_accelerator(_cfg(tmp_path / "a"))
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # accelerate's --cpu counts as use_cpu
     with pytest.raises(ConfigError, match=r"not started by a launcher"):
-        driver.make_accelerator(_cfg(tmp_path / "a", use_cpu=False))
+        launch.make_accelerator(_cfg(tmp_path / "a", use_cpu=False))
     monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
     monkeypatch.setenv("WORLD_SIZE", "2")  # several processes without a device take the CPU path without use_cpu
     with pytest.raises(ConfigError, match=r"not started by a launcher \(no LOCAL_RANK\)"):
-        driver.make_accelerator(_cfg(tmp_path / "b", use_cpu=False))
+        launch.make_accelerator(_cfg(tmp_path / "b", use_cpu=False))
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
     with pytest.raises(ConfigError, match=r"DS_ACCELERATOR=cuda but this DeepSpeed run is on CPU"):
-        driver.make_accelerator(_cfg(tmp_path / "c"))
+        launch.make_accelerator(_cfg(tmp_path / "c"))
     if real("deepspeed") is not None:
         import deepspeed.accelerator
 
@@ -172,19 +173,19 @@ def test_deepspeed_on_cpu_outside_a_launcher_or_on_another_deepspeed_accelerator
         monkeypatch.setattr(deepspeed.accelerator, "get_accelerator",
                             lambda: SimpleNamespace(device_name=lambda: "cuda"))
         with pytest.raises(ConfigError, match=r"DeepSpeed already chose its cuda accelerator"):
-            driver.make_accelerator(_cfg(tmp_path / "d"))
+            launch.make_accelerator(_cfg(tmp_path / "d"))
     assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 def test_bf16_on_a_gpu_without_bf16_names_the_setting(tmp_path, monkeypatch):
-    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: True)
+    monkeypatch.setattr(launch, "_has_accelerator_device", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
     with pytest.raises(ConfigError, match=r"bf16: true: this GPU \(Tesla V100\) does not support bfloat16"):
-        driver.make_accelerator(_cfg(tmp_path / "a", bf16=True, use_cpu=False))
+        launch.make_accelerator(_cfg(tmp_path / "a", bf16=True, use_cpu=False))
     with pytest.raises(ConfigError, match=r"dtype: bfloat16.*does not support bfloat16"):
-        driver.make_accelerator(_cfg(tmp_path / "b", dtype="bfloat16", use_cpu=False))
+        launch.make_accelerator(_cfg(tmp_path / "b", dtype="bfloat16", use_cpu=False))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -192,12 +193,12 @@ def test_fsdp_version_1_refuses_save_steps_and_resume_fsdp2_and_deepspeed_checkp
     """FSDP version 1: checkpoints and resume refused (the final model is still gathered); FSDP2 and DeepSpeed write
     them (DeepSpeed's: tests/loops/test_deepspeed_checkpoint.py)."""
     for engine in ("FSDP2", "DEEPSPEED", "MULTI_GPU"):
-        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5, resume_from_checkpoint=True), engine)
-    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), "FSDP")  # no checkpoints asked: fine
+        launch.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5, resume_from_checkpoint=True), engine)
+    launch.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), "FSDP")  # no checkpoints asked: fine
     with pytest.raises(ConfigError, match=r"save_steps.*FSDP version 2 and DeepSpeed, not under FSDP version 1"):
-        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "FSDP")
+        launch.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "FSDP")
     with pytest.raises(ConfigError, match=r"resume_from_checkpoint.*not under FSDP version 1"):
-        driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), "FSDP")
+        launch.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0, resume_from_checkpoint=True), "FSDP")
 
 
 @pytest.mark.parametrize("torch_version", ["2.8", "2.7"])
@@ -216,9 +217,9 @@ def test_fsdp2_checkpoints_are_refused_on_a_torch_without_distributed_hf_storage
         monkeypatch.delattr(dcp, "HuggingFaceStorageWriter")
     for asked in ({"save_steps": 5}, {"save_steps": 0, "resume_from_checkpoint": True}):
         with pytest.raises(ConfigError, match=r"sharded checkpoints under FSDP2 .*need torch>=2\.9.*save_steps: 0"):
-            driver.check_sharded_checkpoints(_cfg(tmp_path, **asked), "FSDP2")
-    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), "FSDP2")
-    driver.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "DEEPSPEED")  # DeepSpeed writes its own
+            launch.check_sharded_checkpoints(_cfg(tmp_path, **asked), "FSDP2")
+    launch.check_sharded_checkpoints(_cfg(tmp_path, save_steps=0), "FSDP2")
+    launch.check_sharded_checkpoints(_cfg(tmp_path, save_steps=5), "DEEPSPEED")  # DeepSpeed writes its own
 
 
 def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):
@@ -226,9 +227,9 @@ def test_a_checkpoint_from_another_world_size_keeps_its_global_batch(tmp_path):
     change. Another global batch is left to the config check (a meaning change)."""
     cfg = _cfg(tmp_path, per_device_train_batch_size=8)
     saved = {**cfg.to_dict(), "per_device_train_batch_size": 4}
-    assert driver.saved_config_on_this_world(saved, {"world_size": 2}, cfg, 1) == cfg.to_dict()
-    assert driver.saved_config_on_this_world(saved, {"world_size": 4}, cfg, 1) == saved
-    assert driver.saved_config_on_this_world(saved, {}, cfg, 1) == saved
+    assert saved_config_on_this_world(saved, {"world_size": 2}, cfg, 1) == cfg.to_dict()
+    assert saved_config_on_this_world(saved, {"world_size": 4}, cfg, 1) == saved
+    assert saved_config_on_this_world(saved, {}, cfg, 1) == saved
 
 
 def test_deepspeed_settings_preflab_cannot_honour_are_refused_before_loading(tmp_path, monkeypatch):
@@ -236,15 +237,15 @@ def test_deepspeed_settings_preflab_cannot_honour_are_refused_before_loading(tmp
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", "1.0")
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
-    driver.check_deepspeed_settings(_cfg(tmp_path))  # the shipped zero2/zero3 values with the defaults: fine
+    launch.check_deepspeed_settings(_cfg(tmp_path))  # the shipped zero2/zero3 values with the defaults: fine
     with pytest.raises(ConfigError, match=r"gradient_accumulation_steps=4 under DeepSpeed.*gradient_accumulation_st"
                                           r"eps: 1"):
-        driver.check_deepspeed_settings(_cfg(tmp_path, gradient_accumulation_steps=4))
+        launch.check_deepspeed_settings(_cfg(tmp_path, gradient_accumulation_steps=4))
     with pytest.raises(ConfigError, match=r"gradient_clipping is 1.0 but max_grad_norm is 0.5"):
-        driver.check_deepspeed_settings(_cfg(tmp_path, max_grad_norm=0.5))
+        launch.check_deepspeed_settings(_cfg(tmp_path, max_grad_norm=0.5))
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "8")
     with pytest.raises(ConfigError, match=r"deepspeed_config.gradient_accumulation_steps is 8"):
-        driver.check_deepspeed_settings(_cfg(tmp_path))
+        launch.check_deepspeed_settings(_cfg(tmp_path))
 
 
 def test_plan_counts_the_reference_sharded_under_fsdp2_only(tmp_path):
@@ -393,9 +394,9 @@ def test_reference_scoring_in_lockstep_runs_as_many_forwards_on_every_rank():
 def test_generate_during_eval_under_a_sharded_engine_is_refused_before_loading(tmp_path, monkeypatch):
     """Eval samples are generated on the main process alone from the unwrapped policy: with sharded weights that
     would hang or fail mid-run, so the setting is refused at the start."""
-    monkeypatch.setattr(driver, "is_sharded", lambda accelerator: True)
+    monkeypatch.setattr(launch, "is_sharded", lambda accelerator: True)
     with pytest.raises(ConfigError, match=r"generate_during_eval: .*sharded"):
-        driver.make_accelerator(_cfg(tmp_path, generate_during_eval=True, eval_fraction=0.1))
+        launch.make_accelerator(_cfg(tmp_path, generate_during_eval=True, eval_fraction=0.1))
     assert not any(tmp_path.iterdir())
 
 

@@ -12,7 +12,7 @@ import pytest
 from preflab.cli import main
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
-from preflab.loops import driver
+from preflab.loops import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -56,7 +56,7 @@ def test_fsdp_on_cpu_is_a_clear_error_pointing_to_ddp(tmp_path, monkeypatch):
     cfg = config_from_dict({"output_dir": str(tmp_path), "use_cpu": True, "model_name_or_path": "builtin:tiny-llama",
                             "dataset_name": "examples/data/loud_echo_pairs.jsonl"})
     with pytest.raises(ConfigError, match="asks for FSDP.*fsdp_version: 1.*on CPU.*ddp.yaml"):
-        driver.make_accelerator(cfg)
+        launch.make_accelerator(cfg)
 
 
 def test_a_launch_that_forms_no_process_group_is_an_error(tmp_path, monkeypatch):
@@ -64,11 +64,11 @@ def test_a_launch_that_forms_no_process_group_is_an_error(tmp_path, monkeypatch)
     choose gloo, and no LOCAL_RANK is set): refused instead of training alone."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setattr(driver, "_has_accelerator_device", lambda: True)
+    monkeypatch.setattr(launch, "_has_accelerator_device", lambda: True)
     cfg = config_from_dict({"output_dir": str(tmp_path), "model_name_or_path": "builtin:tiny-llama",
                             "dataset_name": "examples/data/loud_echo_pairs.jsonl"})
     with pytest.raises(ConfigError, match="started 2 processes .* formed no process group"):
-        driver.make_accelerator(cfg)
+        launch.make_accelerator(cfg)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from preflab.errors import ConfigError
-from preflab.loops import driver
+from preflab.loops import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -245,11 +245,11 @@ def _accelerator(engine: str, stage: int | None = None, fsdp2: bool = False):
 
 
 def test_parameter_sharding_names_fsdp_and_zero3_only():
-    assert driver.parameter_sharding(_accelerator("FSDP", fsdp2=True)) == "FSDP2"
-    assert driver.parameter_sharding(_accelerator("DEEPSPEED", 3)) == "DeepSpeed ZeRO-3"
-    assert driver.parameter_sharding(_accelerator("DEEPSPEED", 2)) is None
-    assert driver.parameter_sharding(_accelerator("DEEPSPEED", 1)) is None
-    assert driver.parameter_sharding(_accelerator("MULTI_CPU")) is None
+    assert launch.parameter_sharding(_accelerator("FSDP", fsdp2=True)) == "FSDP2"
+    assert launch.parameter_sharding(_accelerator("DEEPSPEED", 3)) == "DeepSpeed ZeRO-3"
+    assert launch.parameter_sharding(_accelerator("DEEPSPEED", 2)) is None
+    assert launch.parameter_sharding(_accelerator("DEEPSPEED", 1)) is None
+    assert launch.parameter_sharding(_accelerator("MULTI_CPU")) is None
 
 
 def _online_run(out):
@@ -280,7 +280,7 @@ def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anyt
     processes under FSDP2 the online run crashed on every rank in the first generation (`aten.embedding.default got
     mixed torch.Tensor and DTensor`), the diffusion run trained and then crashed writing the pipeline. Refused in
     make_accelerator, naming the engine and the launches that work, before the output_dir is claimed."""
-    monkeypatch.setattr(driver, "parameter_sharding", lambda accelerator: engine)
+    monkeypatch.setattr(launch, "parameter_sharding", lambda accelerator: engine)
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=why.format(engine) + r".*ddp\.yaml or zero2\.yaml"):
         kind(out)

@@ -2,7 +2,7 @@
 summary.json's unused_rows_per_epoch: a TRL user expects every row trained (transformers trains a smaller last
 batch), and with one epoch those rows are never seen."""
 from preflab.config import config_from_dict
-from preflab.loops.driver import make_plan
+from preflab.loops.batches import make_plan
 
 
 def _cfg(**kw):

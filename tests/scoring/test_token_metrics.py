@@ -168,7 +168,7 @@ def test_training_logs_the_four_metrics_as_trl_computes_them_on_the_step_batch(t
 
 
 def test_token_metrics_only_on_logged_steps_and_averaged_over_the_steps_that_have_them(tmp_path):
-    from preflab.loops.driver import average_results
+    from preflab.runlog import average_results
     from preflab.step import StepResult
 
     cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic",

@@ -10,6 +10,7 @@ alone; initialisation, dropout and sampling keep seed), see order_seed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ import torch
 from preflab.data.extras import TokenExtra, pad_token_extras, stack_extras  # noqa: F401  (re-exported)
 from preflab.data.layout import LayoutBatch, pair_sequences, padded
 from preflab.data.tokenize import is_intra_row, rejected_prompt_of
+from preflab.errors import DataError, PreflabError
+from preflab.runlog import is_main_process
 
 
 @dataclass
@@ -105,3 +108,24 @@ def micro_batches(dataset, plan: BatchPlan, step: int, rank: int, pad_id: int, l
         out.append(MicroBatch(collate_pairs(pairs, pad_id, layout), [p.row_id for p in pairs], index,
                               sequence_tokens(pairs)))
     return out
+
+
+def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
+    """(the deterministic batch order, the number of optimizer steps)."""
+    if num_rows == 0:  # every row was skipped or too long: a smaller batch would not help
+        raise DataError(f"no training rows are left in {cfg.dataset_name}: every row was skipped (see the "
+                        "`preflab: data:` line and summary.json data); fix the rows, max_length / max_prompt_length, "
+                        "or the columns.")
+    plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps,
+                     order_seed(cfg))
+    if plan.steps_per_epoch == 0:
+        raise PreflabError(
+            f"{num_rows} training rows are fewer than one global batch ({plan.global_batch} = "
+            "per_device_train_batch_size x processes x gradient_accumulation_steps); lower the batch size.")
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * plan.steps_per_epoch)
+    if plan.unused_rows_per_epoch and total >= plan.steps_per_epoch and is_main_process():
+        print(f"preflab: note: data: {num_rows} training examples make {plan.steps_per_epoch} steps of "
+              f"{plan.global_batch} per epoch; the {plan.unused_rows_per_epoch} left over in each epoch's shuffled "
+              "order are not trained on in that epoch (every step takes a full global batch; TRL trains a smaller "
+              "last one). Counted as unused_rows_per_epoch in summary.json.")
+    return plan, total

@@ -30,7 +30,10 @@ import torch
 from torch import nn
 
 from preflab.errors import ConfigError, nearest
-from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan
+from preflab.loops.batches import make_plan
+from preflab.loops.driver import TrainingRun
+from preflab.loops.launch import make_accelerator
+from preflab.loops.optimizer import make_optimizer
 from preflab.objectives.base import UnpairedBatch
 
 if TYPE_CHECKING:

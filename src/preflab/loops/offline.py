@@ -18,9 +18,11 @@ from preflab.data.layout import bucket
 from preflab.models.attention import effective_layout
 from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
-from preflab.loops.batches import MicroBatch
-from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
+from preflab.loops.batches import MicroBatch, make_plan
+from preflab.loops.driver import TrainingRun
 from preflab.loops.kinds import kind_for
+from preflab.loops.launch import make_accelerator
+from preflab.loops.optimizer import make_optimizer
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled

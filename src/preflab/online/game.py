@@ -140,7 +140,7 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     """EGPO's half step on a second parameter set: a copy of the policy and of the optimizer state (refreshed from
     the policy's before every step) takes one optimizer step on the online-IPO loss at opponent pi_t; returns that
     copy's distribution pi_half. The policy itself then steps from theta_t (the lab's egpo_step, equivalently)."""
-    from preflab.loops.driver import make_optimizer
+    from preflab.loops.optimizer import make_optimizer
     from preflab.online.run import OnlineMicroBatch
     from preflab.scoring.lm import LogProbScorer
     from preflab.step import optimizer_step

@@ -51,8 +51,10 @@ import torch
 from preflab.checkpoint import check_files, file_records, fsync_dir, fsync_file
 from preflab.data.layout import bucket
 from preflab.errors import ConfigError, DataError, PreflabError
-from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer
+from preflab.loops.driver import TrainingRun
 from preflab.loops.judge import Judge
+from preflab.loops.launch import make_accelerator
+from preflab.loops.optimizer import make_optimizer
 from preflab.loops.reference import is_lora, reference_scores, refresh_reference
 from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
 from preflab.models.dropout import original_dropout_config

@@ -20,8 +20,10 @@ import torch
 
 from preflab.config import TrainConfig, resolve_epoch_eval
 from preflab.errors import ConfigError
-from preflab.loops.batches import MicroBatch, collate_pairs
-from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, parameter_sharding
+from preflab.loops.batches import MicroBatch, collate_pairs, make_plan
+from preflab.loops.driver import TrainingRun
+from preflab.loops.launch import make_accelerator, parameter_sharding
+from preflab.loops.optimizer import make_optimizer
 from preflab.models.dropout import original_dropout_config
 
 

@@ -1,0 +1,94 @@
+"""Resume or fresh start: what resume_from_checkpoint asks for, and what is said or refused about output_dir
+before anything loads.
+
+resume_requested reads the option; check_resume_early refuses a resume the checkpoint cannot give (a newer format,
+another DeepSpeed layout, a config or global batch that changes the run's meaning: preflab.resume_check) on every
+rank before any model is loaded; note_earlier_run says (or refuses) what a fresh start replaces of an earlier run in
+the same folder; what_is_kept is the sentence an interrupted or failed run ends with. The checkpoint itself is
+restored by TrainingRun._maybe_resume (preflab.loops.driver), which runs the same checks again with their notes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from preflab.checkpoint import MODEL_ONLY_KEPT, is_model_only, latest_checkpoint, read_marker
+from preflab.deepspeed_checkpoint import check_deepspeed_resume
+from preflab.errors import ConfigError, PreflabError
+from preflab.resume_check import check_checkpoint_version, check_saved_config
+
+
+def resume_requested(cfg) -> bool:
+    """resume_from_checkpoint asks for a resume (true / latest / a path); unset, false or "" does not."""
+    return cfg.resume_from_checkpoint not in (None, False, "", "false")
+
+
+def note_earlier_run(cfg) -> None:
+    """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
+    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word). A run
+    that did not finish and has checkpoints (a killed or preempted job restarted without resume_from_checkpoint)
+    is refused unless overwrite_output_dir: its checkpoints would be replaced one by one."""
+    if resume_requested(cfg):
+        return
+    out = Path(cfg.output_dir)
+    if not ((out / "metrics.jsonl").is_file() or (out / "summary.json").is_file()):
+        return
+    try:
+        step = json.loads((out / "summary.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    latest = latest_checkpoint(out)
+    if not isinstance(step, int) and latest is not None and not getattr(cfg, "overwrite_output_dir", False):
+        raise ConfigError(
+            f"output_dir {cfg.output_dir} holds a run that did not finish, with checkpoints up to {latest.name}; a "
+            "fresh start would replace its metrics.jsonl, and each of its checkpoints once this run saves the same "
+            "step. Set resume_from_checkpoint: true to continue it, overwrite_output_dir: true to start afresh "
+            "anyway, or choose another output_dir.")
+    ended = f"it ended at step {step}" if isinstance(step, int) else "it did not finish"
+    print(f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
+          "replaces its model, metrics.jsonl and summary.json; its checkpoint-* folders stay on the old timeline "
+          "until this run saves a checkpoint of the same step, which replaces it. To continue it instead, set "
+          "resume_from_checkpoint: true; to keep it, choose another output_dir.", flush=True)
+
+
+def no_checkpoint_to_resume(output_dir) -> str:
+    return (f"resume_from_checkpoint is true but {output_dir} holds no complete checkpoint of its current run "
+            "(checkpoints of a run that was later rolled back or restarted are not resumed by `true`; give the "
+            "checkpoint's path to resume one of them).")
+
+
+def check_resume_early(cfg, engine: str, stage: int | None, processes: int, launched: int) -> None:
+    """Refuse a resume whose config changes the run's meaning, or that DeepSpeed's partition layout cannot give
+    exactly, before any model is loaded (the full check, with notes and checksums, runs again at resume). Read-only
+    and run on every rank: each reads the same checkpoint files and raises the same ConfigError. engine, stage,
+    processes: the accelerator's (preflab.loops.launch.sharding_engine, deepspeed_stage, num_processes); launched:
+    the processes the launcher started (launched_world_size)."""
+    if not resume_requested(cfg):
+        return
+    spec = cfg.resume_from_checkpoint
+    path = latest_checkpoint(cfg.output_dir) if spec in (True, "true", "latest") else Path(spec)
+    # nothing to resume: said now, not after the data is read and tokenized (a save killed between its renames
+    # is put back at the start, so a folder holding one is left to the resume itself)
+    if path is None and not any(Path(cfg.output_dir).glob(".old-checkpoint-*")):
+        raise PreflabError(no_checkpoint_to_resume(cfg.output_dir))
+    if path is not None and not path.exists():
+        read_marker(path)  # raises: the folder does not exist, and which checkpoints its run folder holds
+    try:
+        saved = json.loads((path / "trainer_state.json").read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return  # a missing or damaged checkpoint is reported, with its file, at resume
+    if isinstance(saved, dict):
+        check_checkpoint_version(saved, path, note=lambda *a, **k: None)
+        check_deepspeed_resume(saved, path, engine, stage, processes)
+        check_saved_config(saved, cfg, path, launched, note=lambda *a, **k: None)
+
+
+def what_is_kept(output_dir) -> str:
+    """One sentence: the latest finished checkpoint of output_dir's current timeline and how to resume it, or that
+    there is none."""
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        return f"{output_dir} holds no finished checkpoint of this run."
+    if is_model_only(latest):
+        return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}"
+    return (f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
