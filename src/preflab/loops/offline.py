@@ -19,6 +19,7 @@ from preflab.models.attention import effective_layout
 from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
+from preflab.loops.extras_producer import make_producer, produced_extras
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
 from preflab.loops.kinds import kind_for
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
@@ -68,7 +69,9 @@ class Trainer(TrainingRun):
         self.callbacks = list(callbacks or [])  # see TrainingRun.emit (transformers TrainerCallback objects work)
         self.objective = cfg.objective()
         check_modality(self.objective, cfg.task)
-        check_gradient_extras(self.objective, self.computed_extras,
+        # extras the objective's own producer computes at every step (preflab.loops.extras_producer)
+        self.producer = make_producer(self.objective, cfg)
+        check_gradient_extras(self.objective, self.computed_extras + produced_extras(self.objective),
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
         sizes = ("per_device_train_batch_size",) + (
@@ -147,6 +150,8 @@ class Trainer(TrainingRun):
 
             enable_gradient_checkpointing(policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.producer is not None:  # data and models ready: e.g. build variants, size a head
+            self.data_report.update(self.producer.prepare(self))
         if self.stream is not None:
             from preflab.loops.streaming import StreamedBatches, StreamPlan
 
@@ -223,6 +228,8 @@ class Trainer(TrainingRun):
                 with torch.no_grad():
                     self.objective(self.score(first.layout))
             self.extra_params = list(self.objective.parameters())
+        if self.producer is not None:  # trained with the policy, saved in checkpoints (checkpoint_extras)
+            self.extra_params += self.producer.parameters()
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params + self.extra_params, self.total_steps)
         if cfg.torch_compile:  # preflab.scoring.compile: what is compiled, and how shapes stay dynamic
@@ -324,7 +331,10 @@ class Trainer(TrainingRun):
         # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
         self.token_sums = self.kind.token_sums(policy.token_stats, policy.mask, host_extras) if stats else {}
         self.router_loss = policy.router_loss
-        return self.kind.split(policy, ref, layout.extras)
+        batch = self.kind.split(policy, ref, layout.extras)
+        if self.producer is not None:
+            batch.extras.update(self.producer.extras(self, positions, train))
+        return batch
 
     def objective_output(self, batch):
         """The objective on `batch` (from score()), plus the policy's own loss from that forward: TRL's
@@ -411,6 +421,15 @@ class Trainer(TrainingRun):
                     print(f"preflab: {line}")
         return extras
 
+    def checkpoint_extras(self) -> dict:
+        """The driver's (the objective's own tensors) plus the extras producer's parameters, by name."""
+        out = super().checkpoint_extras()
+        if getattr(self, "producer", None) is None:
+            return out
+        own = {id(p) for p in self.producer.parameters()}
+        out = {k: v for k, v in out.items() if id(v) not in own}
+        return {**out, **{f"producer.{i}": p for i, p in enumerate(self.producer.parameters())}}
+
     def write_card(self, summary: dict) -> None:
         write_model_card(self.out, self.cfg, summary)
 
@@ -488,4 +507,6 @@ class Trainer(TrainingRun):
         with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
             model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
+        if self.producer is not None:
+            self.producer.save(self.out)
 
