@@ -46,6 +46,20 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
 
 
+def variant_sequences(examples, variants, classes: int) -> tuple[list, list[int], torch.Tensor]:
+    """(sequences (prompt ids, variant response ids), flat slot b*2*(J+1) + side*(J+1) + j of each, labels
+    [B, 2, J+1] with -100 where a variant is missing). The prompt is each example's own, untouched."""
+    seqs, slots = [], []
+    labels = torch.full((len(examples), 2, classes), -100, dtype=torch.long)
+    for b, (ex, per) in enumerate(zip(examples, variants)):
+        for s, side in enumerate(("chosen", "rejected")):
+            for j, ids in per[side]:
+                seqs.append((list(ex.prompt_ids), ids))
+                slots.append((b * 2 + s) * classes + j)
+                labels[b, s, j] = j
+    return seqs, slots, labels
+
+
 class DegreeExtras(ExtrasProducer):
     """degree_logits and degree_labels of spo_degree (see the module docstring)."""
 
@@ -70,6 +84,14 @@ class DegreeExtras(ExtrasProducer):
             raise ConfigError(f"loss_type spo_degree scores text response variants of preference pairs; "
                               f"{type(trainer).__name__} ({trainer.kind.name} batches, {trainer.scorer_class.__name__}) "
                               "does not. Run it with task: dpo.")
+        for split, examples in (("train", trainer.train_data), ("eval", trainer.eval_data)):
+            for ex in examples:
+                clash = [k for k in self.objective.produced_extras if k in getattr(ex, "extras", {})]
+                if clash:
+                    raise ConfigError(
+                        f"dataset {self.cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what "
+                        "loss_type spo_degree computes at every step with its degree head (with gradient); a data "
+                        "column would be a constant. Remove the column from the data.")
         report = {}
         for split, examples in (("train", trainer.train_data), ("eval", trainer.eval_data)):
             self.variants[split], report[split] = build_degree_variants(
@@ -96,14 +118,8 @@ class DegreeExtras(ExtrasProducer):
         split = "train" if train else "eval"
         data = trainer.train_data if train else trainer.eval_data
         J1 = self.classes
-        seqs, slots = [], []
-        labels = torch.full((len(positions), 2, J1), -100, dtype=torch.long)
-        for b, i in enumerate(positions):
-            for s, side in enumerate(("chosen", "rejected")):
-                for j, ids in self.variants[split][i][side]:
-                    seqs.append((list(data[i].prompt_ids), ids))
-                    slots.append((b * 2 + s) * J1 + j)
-                    labels[b, s, j] = j
+        seqs, slots, labels = variant_sequences([data[i] for i in positions],
+                                                [self.variants[split][i] for i in positions], J1)
         device = trainer.accelerator.device
         layout = padded(seqs, trainer.pad_id).to(device)
         with trainer.accelerator.autocast():
