@@ -58,3 +58,13 @@ def test_spo_degree_extras_are_computed_not_read_from_rows():
     cls = type(get_objective("spo_degree"))
     assert cls.row_extras() == {}
     assert cls.gradient_extras == ("degree_logits",)
+
+
+def test_preflab_objectives_says_spo_degree_extras_are_computed(capsys):
+    from preflab.cli import main
+
+    assert main(["objectives", "spo_degree"]) == 0
+    out = capsys.readouterr().out
+    assert ("computed at every step by preflab.scoring.degree_head:DegreeExtras in `preflab train` (not data "
+            "columns): ['degree_logits', 'degree_labels']") in out
+    assert "degrees = 3  # J: variants j = 0..J key units deleted" in out
