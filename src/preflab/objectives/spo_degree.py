@@ -10,11 +10,11 @@ provisional design of methods/objectives.md §C #9, written from memory. Unverif
 Extras: degree_logits [B, ..., J+1], logits of a classification head on the policy's hidden states for variants of
 each response with j = 0..J key content units deleted (gradient flows into the head and the policy through them);
 degree_labels [B, ...] int in 0..J (the number deleted; -100 = no variant). The CE is averaged per example over its
-variants. This module is the loss only; the variant builder (key-unit extraction and deletion) and the head are
-computed by `preflab train` (task: dpo): preflab.data.spo_variants builds the variants (degrees = J, unit_extractor),
-preflab.scoring.degree_head scores them with the policy and a zero-initialised linear head at every step (the
-objective's extras producer); they are never data columns. For a base loss other than DPO, combine WeightedSum(["<base>", "spo_degree"])
-with align_weight=0 here.
+variants. This module is the loss only; its extras are computed by `preflab train` (task: dpo):
+preflab.data.spo_variants builds the variants (degrees = J, unit_extractor), preflab.scoring.degree_head scores
+them with the policy and a zero-initialised linear head at every step (the objective's extras producer); they are
+never data columns. For a base loss other than DPO, combine
+WeightedSum(["<base>", "spo_degree"]) with align_weight=0 here.
 
 Deviation from the paper: unverified (see above); the alignment loss is fixed to DPO (sigmoid).
 """

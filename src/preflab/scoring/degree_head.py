@@ -82,8 +82,8 @@ class DegreeExtras(ExtrasProducer):
 
         if trainer.kind is not PairKind or trainer.scorer_class is not LogProbScorer:
             raise ConfigError(f"loss_type spo_degree scores text response variants of preference pairs; "
-                              f"{type(trainer).__name__} ({trainer.kind.name} batches, {trainer.scorer_class.__name__}) "
-                              "does not. Run it with task: dpo.")
+                              f"{type(trainer).__name__} ({trainer.kind.name} batches, "
+                              f"{trainer.scorer_class.__name__}) does not. Run it with task: dpo.")
         for split, examples in (("train", trainer.train_data), ("eval", trainer.eval_data)):
             for ex in examples:
                 clash = [k for k in self.objective.produced_extras if k in getattr(ex, "extras", {})]
