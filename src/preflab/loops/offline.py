@@ -226,7 +226,7 @@ class Trainer(TrainingRun):
             if not list(self.objective.parameters()):  # lazily built: materialise on one batch first
                 first = self.micro_batches(0)[0]
                 with torch.no_grad():
-                    self.objective(self.score(first.layout))
+                    self.objective(self.score(first.layout, positions=first.index))
             self.extra_params = list(self.objective.parameters())
         if self.producer is not None:  # trained with the policy, saved in checkpoints (checkpoint_extras)
             self.extra_params += self.producer.parameters()
