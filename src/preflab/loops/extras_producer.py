@@ -13,7 +13,8 @@ objective:
     producer.extras(trainer, positions, train) -> {name: tensor}   # in Trainer.score(), added to the batch extras
     producer.save(out_dir)                    # beside the final model
 
-At most one producer per run (a weighted sum may hold one part with a producer).
+At most one producer per run (a weighted sum may hold one part with a producer). A data row that carries a
+produced extra is refused before `prepare` (`refuse_produced_columns`): the column would be silently replaced.
 """
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ def produced_extras(objective) -> tuple:
     """The extras the objective's producer computes (every part of a weighted sum)."""
     parts = getattr(objective, "parts", None) or (objective,)
     return tuple(k for p in parts for k in getattr(p, "produced_extras", ()))
+
+
+def refuse_produced_columns(objective, cfg, splits) -> None:
+    """ConfigError naming the dataset, split, row and column when an example carries an extra the producer computes."""
+    produced = produced_extras(objective)
+    for split, examples in splits:
+        for ex in examples:
+            clash = [k for k in produced if k in getattr(ex, "extras", {})]
+            if clash:
+                raise ConfigError(
+                    f"dataset {cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what loss_type "
+                    f"{cfg.loss_type} computes at every step (its extras producer, with gradient); a data column "
+                    "would be a constant. Remove the column from the data.")
 
 
 def make_producer(objective, cfg) -> ExtrasProducer | None:

@@ -19,7 +19,7 @@ from preflab.models.attention import effective_layout
 from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch
-from preflab.loops.extras_producer import make_producer, produced_extras
+from preflab.loops.extras_producer import make_producer, produced_extras, refuse_produced_columns
 from preflab.loops.driver import TrainingRun, make_accelerator, make_optimizer, make_plan, make_scheduler  # noqa: F401
 from preflab.loops.kinds import kind_for
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
@@ -151,6 +151,7 @@ class Trainer(TrainingRun):
             enable_gradient_checkpointing(policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.producer is not None:  # data and models ready: e.g. build variants, size a head
+            refuse_produced_columns(self.objective, cfg, (("train", self.train_data), ("eval", self.eval_data)))
             self.data_report.update(self.producer.prepare(self))
         if self.stream is not None:
             from preflab.loops.streaming import StreamedBatches, StreamPlan

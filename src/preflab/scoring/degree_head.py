@@ -84,14 +84,6 @@ class DegreeExtras(ExtrasProducer):
             raise ConfigError(f"loss_type spo_degree scores text response variants of preference pairs; "
                               f"{type(trainer).__name__} ({trainer.kind.name} batches, "
                               f"{trainer.scorer_class.__name__}) does not. Run it with task: dpo.")
-        for split, examples in (("train", trainer.train_data), ("eval", trainer.eval_data)):
-            for ex in examples:
-                clash = [k for k in self.objective.produced_extras if k in getattr(ex, "extras", {})]
-                if clash:
-                    raise ConfigError(
-                        f"dataset {self.cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what "
-                        "loss_type spo_degree computes at every step with its degree head (with gradient); a data "
-                        "column would be a constant. Remove the column from the data.")
         report = {}
         for split, examples in (("train", trainer.train_data), ("eval", trainer.eval_data)):
             self.variants[split], report[split] = build_degree_variants(
