@@ -107,6 +107,19 @@ def test_spo_degree_train_run_learns_degrees_and_resumes(tmp_path):
     assert resumed["final_metrics"]["eval_degree/accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
+def test_spo_degree_head_saved_with_the_best_model(tmp_path):
+    """load_best_model_at_end: degree_head.safetensors is the best checkpoint's head, as model.safetensors is its
+    model (greater_is_better on eval_loss picks the first checkpoint, not the last step)."""
+    summary = make(tmp_path, max_steps=6, save_steps=2, eval_steps=2, eval_fraction=0.1, learning_rate=1e-3,
+                   load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True).train()
+    best = Path(summary["best_model_checkpoint"])
+    assert best.name == "checkpoint-2"
+    saved = load_file(str(best / "extra.safetensors"))
+    head = load_file(str(tmp_path / "degree_head.safetensors"))
+    assert torch.equal(head["linear.weight"], saved["producer.0"]) and torch.equal(head["linear.bias"],
+                                                                                   saved["producer.1"])
+
+
 def test_spo_degree_refuses_its_extras_as_data_columns(tmp_path):
     data = tmp_path / "pairs.jsonl"
     row = {"prompt": "echo: a b c\n", "chosen": "A B C", "rejected": "a b c", "degree_logits": 0.5}
