@@ -57,8 +57,8 @@ def refuse_produced_columns(objective, cfg, splits) -> None:
             if clash:
                 raise ConfigError(
                     f"dataset {cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what loss_type "
-                    f"{cfg.loss_type} computes at every step (its extras producer, with gradient); a data column "
-                    "would be a constant. Remove the column from the data.")
+                    f"{cfg.loss_type} computes at every step (its extras producer, with gradient); data columns "
+                    "would be constants. Remove the column from the data.")
 
 
 def make_producer(objective, cfg) -> ExtrasProducer | None:
