@@ -28,6 +28,8 @@ def _data(tmp_path, **columns):
     ("hypo", ["max_completion_length=16"], {"online_policy_logps": [-5.0, -6.0], "online_ref_logps": [-5.5, -6.5]},
      "Remove the column"),
     ("vpo", ["calibration=extra"], {"calibration_logps": -4.0}, "calibration=chosen"),
+    # computed by its degree head (preflab.loops.degree_head), the objective's extras producer
+    ("spo_degree", ["degrees=2"], {"degree_logits": [0.0, 0.0, 0.0], "degree_labels": 1}, "Remove the column"),
 ])
 def test_train_refuses_constant_columns_for_gradient_extras(tmp_path, capsys, name, params, columns, fix):
     code = main(["train", str(ROOT / "examples/quickstart.yaml"), f"loss_type={name}", *params,
@@ -50,7 +52,7 @@ def test_declared_gradient_extras():
     declared = {n: objective_class(n).gradient_extras for n in list_objectives()
                 if isinstance(objective_class(n).gradient_extras, tuple) and objective_class(n).gradient_extras}
     assert declared == {"rationale_dpo": ("rationale_logps",), "rationale_orpo": ("rationale_logps",),
-                        "hypo": ("online_policy_logps",)}
+                        "hypo": ("online_policy_logps",), "spo_degree": ("degree_logits",)}
 
 
 def test_missing_gradient_extra_says_the_loop_must_score_it_not_add_a_column():

@@ -30,7 +30,7 @@ def test_zero_head_gives_log_classes():
 
 def test_hand_cross_entropy_with_ignored_variant():
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], **F64)
-    out = get_objective("spo_degree", degree_weight=1.0)(fixture(logits, torch.tensor([[0, -100]])))
+    out = get_objective("spo_degree", degree_weight=1.0, degrees=2)(fixture(logits, torch.tensor([[0, -100]])))
     ce = -(2.0 - math.log(math.exp(2.0) + 2))  # only the first variant counts
     assert out.metrics["loss/degree"].item() == pytest.approx(ce, abs=1e-12)
 
@@ -38,9 +38,33 @@ def test_hand_cross_entropy_with_ignored_variant():
 def test_logit_gradient_closed_form_and_alignment_gives_none():
     logits = torch.tensor([[[0.3, -0.2, 1.0], [0.0, 0.5, -0.5]]], **F64, requires_grad=True)
     labels = torch.tensor([[2, 0]])
-    get_objective("spo_degree", degree_weight=0.4)(fixture(logits, labels)).loss.backward()
+    get_objective("spo_degree", degree_weight=0.4, degrees=2)(fixture(logits, labels)).loss.backward()
     expected = 0.4 / 2 * (torch.softmax(logits.detach(), -1) - torch.nn.functional.one_hot(labels, 3))
     torch.testing.assert_close(logits.grad, expected.to(torch.float64), rtol=0, atol=1e-12)
     logits.grad = None
-    get_objective("spo_degree", degree_weight=0.0)(fixture(logits, labels)).loss.backward()
+    get_objective("spo_degree", degree_weight=0.0, degrees=2)(fixture(logits, labels)).loss.backward()
     assert logits.grad is None or logits.grad.abs().sum() == 0
+
+
+def test_degree_logits_with_another_class_count_than_degrees_are_refused():
+    from preflab.errors import PreflabError
+
+    with pytest.raises(PreflabError, match="degree_logits has 4 classes; degrees=2 needs 3"):
+        get_objective("spo_degree", degrees=2)(fixture(torch.zeros(1, 2, 4, **F64), torch.tensor([[0, 1]])))
+
+
+def test_spo_degree_extras_are_computed_not_read_from_rows():
+    """Its extras are the degree head's outputs on the policy (with gradient): never data columns."""
+    cls = type(get_objective("spo_degree"))
+    assert cls.row_extras() == {}
+    assert cls.gradient_extras == ("degree_logits",)
+
+
+def test_preflab_objectives_says_spo_degree_extras_are_computed(capsys):
+    from preflab.cli import main
+
+    assert main(["objectives", "spo_degree"]) == 0
+    out = capsys.readouterr().out
+    assert ("computed at every step by preflab.loops.degree_head:DegreeExtras in `preflab train` (not data "
+            "columns): ['degree_logits', 'degree_labels']") in out
+    assert "degrees = 3  # J: variants j = 0..J key units deleted" in out

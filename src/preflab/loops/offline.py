@@ -20,6 +20,7 @@ from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
 from preflab.loops.driver import TrainingRun
+from preflab.loops.extras_producer import make_producer, produced_extras, refuse_produced_columns
 from preflab.loops.kinds import kind_for
 from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
@@ -70,7 +71,9 @@ class Trainer(TrainingRun):
         self.callbacks = list(callbacks or [])  # see TrainingRun.emit (transformers TrainerCallback objects work)
         self.objective = cfg.objective()
         check_modality(self.objective, cfg.task)
-        check_gradient_extras(self.objective, self.computed_extras,
+        # extras the objective's own producer computes at every step (preflab.loops.extras_producer)
+        self.producer = make_producer(self.objective, cfg)
+        check_gradient_extras(self.objective, self.computed_extras + produced_extras(self.objective),
                               " (offline training scores only each pair's chosen and rejected responses)")
         self.kind = self.batch_kind(self.objective)
         sizes = ("per_device_train_batch_size",) + (
@@ -149,6 +152,9 @@ class Trainer(TrainingRun):
 
             enable_gradient_checkpointing(policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.producer is not None:  # data and models ready: e.g. build variants, size a head
+            refuse_produced_columns(self.objective, cfg, (("train", self.train_data), ("eval", self.eval_data)))
+            self.data_report.update(self.producer.prepare(self))
         if self.stream is not None:
             from preflab.loops.streaming import StreamedBatches, StreamPlan
 
@@ -223,8 +229,10 @@ class Trainer(TrainingRun):
             if not list(self.objective.parameters()):  # lazily built: materialise on one batch first
                 first = self.micro_batches(0)[0]
                 with torch.no_grad():
-                    self.objective(self.score(first.layout))
+                    self.objective(self.score(first.layout, positions=first.index))
             self.extra_params = list(self.objective.parameters())
+        if self.producer is not None:  # trained with the policy, saved in checkpoints (checkpoint_extras)
+            self.extra_params += self.producer.parameters()
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params + self.extra_params, self.total_steps)
         if cfg.torch_compile:  # preflab.scoring.compile: what is compiled, and how shapes stay dynamic
@@ -326,7 +334,10 @@ class Trainer(TrainingRun):
         # read by forward and evaluate, beside the objective's metrics (on the device: no host sync)
         self.token_sums = self.kind.token_sums(policy.token_stats, policy.mask, host_extras) if stats else {}
         self.router_loss = policy.router_loss
-        return self.kind.split(policy, ref, layout.extras)
+        batch = self.kind.split(policy, ref, layout.extras)
+        if self.producer is not None:
+            batch.extras.update(self.producer.extras(self, positions, train))
+        return batch
 
     def objective_output(self, batch):
         """The objective on `batch` (from score()), plus the policy's own loss from that forward: TRL's
@@ -413,6 +424,15 @@ class Trainer(TrainingRun):
                     print(f"preflab: {line}")
         return extras
 
+    def checkpoint_extras(self) -> dict:
+        """The driver's (the objective's own tensors) plus the extras producer's parameters, by name."""
+        out = super().checkpoint_extras()
+        if getattr(self, "producer", None) is None:
+            return out
+        own = {id(p) for p in self.producer.parameters()}
+        out = {k: v for k, v in out.items() if id(v) not in own}
+        return {**out, **{f"producer.{i}": p for i, p in enumerate(self.producer.parameters())}}
+
     def write_card(self, summary: dict) -> None:
         write_model_card(self.out, self.cfg, summary)
 
@@ -490,4 +510,22 @@ class Trainer(TrainingRun):
         with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
             model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
+        if self.producer is not None:
+            self._best_producer_state()
+            self.producer.save(self.out)
+
+    def _best_producer_state(self) -> None:
+        """load_best_model_at_end: the driver loaded the best checkpoint's model weights; the producer's parameters
+        (e.g. spo_degree's head) are loaded from the same checkpoint's extra.safetensors, so the saved head belongs
+        to the saved model."""
+        best = getattr(getattr(self, "best", None), "best_model_checkpoint", None)
+        if not self.cfg.load_best_model_at_end or best is None:
+            return
+        from safetensors.torch import load_file
+
+        saved = load_file(str(Path(best) / "extra.safetensors"))
+        with torch.no_grad():
+            for name, tensor in self.checkpoint_extras().items():
+                if name.startswith("producer."):
+                    tensor.copy_(saved[name].to(tensor.device, tensor.dtype))
 

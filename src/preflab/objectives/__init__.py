@@ -175,6 +175,8 @@ def objective_info(name: str) -> dict:
         "required_extras": list(cls.required_extras),
         "gradient_extras": (list(cls.gradient_extras) if isinstance(cls.gradient_extras, tuple)
                             else "depends on its parameters"),
+        "produced_extras": list(getattr(cls, "produced_extras", ())),
+        "extras_producer": getattr(cls, "extras_producer", ""),
         "token_needs": list(cls.token_needs),
         "batch": cls.batch_type.__name__,
         "modality": cls.modality,

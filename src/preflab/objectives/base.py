@@ -19,6 +19,10 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
                              sequences scored with the policy in the training loop); a data column would be a
                              constant, the method's own term would do nothing, so trainers that cannot compute them
                              refuse the objective (`check_gradient_extras`)
+    extras_producer   str    "module:Class" of an ExtrasProducer (preflab.loops.extras_producer) that the offline
+                             trainer builds to compute `produced_extras` at every step (e.g. spo_degree's degree
+                             head on scored response variants); its parameters train with the policy and are saved
+    produced_extras   tuple  the required extras that producer computes: not data columns (refused in rows)
     token_extras      tuple  the required extras with one value per response token, named `<side>_<name>`
                              (chosen_/rejected_ on pairs, completion_ on unpaired): [B, T] like that side's
                              log-probs, checked on every call; in data, list columns padded to the response mask
@@ -273,6 +277,8 @@ class Objective:
     extra_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
     gradient_extras: ClassVar[tuple[str, ...]] = ()
     gradient_extras_hint: ClassVar[str] = ""  # what to use instead, shown when a trainer refuses gradient_extras
+    extras_producer: ClassVar[str] = ""
+    produced_extras: ClassVar[tuple[str, ...]] = ()
     token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
@@ -324,7 +330,8 @@ class Objective:
     def row_extras(cls) -> dict[str, tuple[float | None, float | None]]:
         """{required extra: (low, high)}: what every data row must carry for offline training (see
         `preflab.data.validate.check_numeric_extra`)."""
-        return {name: tuple(cls.extra_ranges.get(name, (None, None))) for name in cls.required_extras}
+        return {name: tuple(cls.extra_ranges.get(name, (None, None))) for name in cls.required_extras
+                if name not in cls.produced_extras}
 
     @classmethod
     def example_extras(cls, batch) -> dict:

@@ -58,7 +58,10 @@ def run(args) -> int:
             print(f"    params: {params or '-'}")
         if info["required_extras"] or info["token_needs"]:
             print(f"    extras: {info['required_extras'] + info['token_needs']}")
-        if info["gradient_extras"]:
+        if info["produced_extras"]:  # the objective's extras producer (preflab.loops.extras_producer)
+            print(f"    computed at every step by {info['extras_producer']} in `preflab train` (not data columns): "
+                  f"{info['produced_extras']}")
+        elif info["gradient_extras"]:
             print(f"    policy log-probs with gradient, computed by the loop (not data columns): "
                   f"{info['gradient_extras']}")
         print(f"    paper: {info['paper']}")

@@ -10,9 +10,11 @@ provisional design of methods/objectives.md §C #9, written from memory. Unverif
 Extras: degree_logits [B, ..., J+1], logits of a classification head on the policy's hidden states for variants of
 each response with j = 0..J key content units deleted (gradient flows into the head and the policy through them);
 degree_labels [B, ...] int in 0..J (the number deleted; -100 = no variant). The CE is averaged per example over its
-variants. This module is the loss only; the variant builder (key-unit extraction and deletion) and the head are
-separate (data builder / model side). For a base loss other than DPO, combine WeightedSum(["<base>", "spo_degree"])
-with align_weight=0 here.
+variants. This module is the loss only; its extras are computed by `preflab train` (task: dpo):
+preflab.data.spo_variants builds the variants (degrees = J, unit_extractor), preflab.loops.degree_head scores
+them with the policy and a zero-initialised linear head at every step (the objective's extras producer); they are
+never data columns. For a base loss other than DPO, combine
+WeightedSum(["<base>", "spo_degree"]) with align_weight=0 here.
 
 Deviation from the paper: unverified (see above); the alignment loss is fixed to DPO (sigmoid).
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype, logratios, reward_metrics
 
 
@@ -30,8 +32,15 @@ class SPODegree(Objective):
     beta: float = 0.1           # DPO inverse temperature
     degree_weight: float = 0.1  # lambda_deg of the degree loss (unverified default); 0 gives DPO
     align_weight: float = 1.0   # weight of the DPO term (0 to use this as the auxiliary term only)
+    degrees: int = 3            # J: variants j = 0..J key units deleted, J+1 classes (unverified default)
+    unit_extractor: str = "longest_words"  # preflab.data.spo_variants extractor name, or "module:function"
 
     required_extras = ("degree_logits", "degree_labels")
+    gradient_extras = ("degree_logits",)
+    gradient_extras_hint = ("Train it with `preflab train` (task: dpo), which computes them with a degree head on "
+                            "the policy (preflab.loops.degree_head).")
+    produced_extras = ("degree_logits", "degree_labels")
+    extras_producer = "preflab.loops.degree_head:DegreeExtras"
     paper = "Li et al. 2024, Self-supervised Preference Optimization (arXiv:2409.17791)"
     checked_against = ("unverified: from memory; the official repo lijian16/SPO@1fb96f8 (re-fetched 2026-12) still "
                        "holds only a LICENSE; no other implementation found")
@@ -41,12 +50,18 @@ class SPODegree(Objective):
         super().validate()
         if self.degree_weight < 0 or self.align_weight < 0:
             raise ConfigError("SPODegree: degree_weight and align_weight must be >= 0.")
+        if not isinstance(self.degrees, int) or self.degrees < 1:
+            raise ConfigError(f"SPODegree: degrees (J, the most key units deleted) must be an integer >= 1, got "
+                              f"{self.degrees!r}.")
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:
         h_w, h_l = logratios(batch)
         logits = as_loss_dtype(torch.as_tensor(batch.extra("degree_logits", "SPODegree")))
         labels = torch.as_tensor(batch.extra("degree_labels", "SPODegree"), device=logits.device).long()
         B, J1 = logits.shape[0], logits.shape[-1]
+        if J1 != self.degrees + 1:
+            raise PreflabError(f"SPODegree: degree_logits has {J1} classes; degrees={self.degrees} needs "
+                               f"{self.degrees + 1} (j = 0..J).")
         ce = F.cross_entropy(logits.reshape(-1, J1), labels.reshape(-1), ignore_index=-100, reduction="none")
         valid = (labels.reshape(B, -1) != -100).to(ce.dtype)
         degree = (ce.reshape(B, -1) * valid).sum(-1) / valid.sum(-1).clamp_min(1)

@@ -1,0 +1,73 @@
+"""Extras that an objective declares and the offline trainer computes at every step with modules of their own.
+
+An objective names a producer class (`Objective.extras_producer = "module:Class"`) and the extras it computes
+(`produced_extras`: not data columns). preflab.loops.offline.Trainer builds it and calls, without naming any
+objective:
+
+    producer = ExtrasProducer(objective_part, cfg)  # in Trainer.__init__ (refuse what it cannot do: ConfigError)
+    producer.prepare(trainer) -> {report}     # data and models ready, before the optimizer (e.g. build variants,
+                                              # size a head on the policy's hidden size); the report goes to
+                                              # summary.json's data section
+    producer.parameters() -> [tensors]        # trained with the policy: in the optimizer, clipped with it, saved
+                                              # with every checkpoint (extra.safetensors) and restored on resume
+    producer.extras(trainer, positions, train) -> {name: tensor}   # in Trainer.score(), added to the batch extras
+    producer.save(out_dir)                    # beside the final model
+
+At most one producer per run (a weighted sum may hold one part with a producer). A data row that carries a
+produced extra is refused before `prepare` (`refuse_produced_columns`): the column would be silently replaced.
+"""
+from __future__ import annotations
+
+import importlib
+
+from preflab.errors import ConfigError
+
+
+class ExtrasProducer:
+    """Base class (documents the hooks; every hook but extras has a do-nothing default)."""
+
+    def __init__(self, objective, cfg):
+        self.objective, self.cfg = objective, cfg
+
+    def prepare(self, trainer) -> dict:
+        return {}
+
+    def parameters(self) -> list:
+        return []
+
+    def extras(self, trainer, positions: list[int] | None, train: bool) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def save(self, out_dir) -> None:
+        return None
+
+
+def produced_extras(objective) -> tuple:
+    """The extras the objective's producer computes (every part of a weighted sum)."""
+    parts = getattr(objective, "parts", None) or (objective,)
+    return tuple(k for p in parts for k in getattr(p, "produced_extras", ()))
+
+
+def refuse_produced_columns(objective, cfg, splits) -> None:
+    """ConfigError naming the dataset, split, row and column when an example carries an extra the producer computes."""
+    produced = produced_extras(objective)
+    for split, examples in splits:
+        for ex in examples:
+            clash = [k for k in produced if k in getattr(ex, "extras", {})]
+            if clash:
+                raise ConfigError(
+                    f"dataset {cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what loss_type "
+                    f"{cfg.loss_type} computes at every step (its extras producer, with gradient); data columns "
+                    "would be constants. Remove the column from the data.")
+
+
+def make_producer(objective, cfg) -> ExtrasProducer | None:
+    """The producer the objective (or one part of a weighted sum) declares, built; None when none does."""
+    parts = [p for p in (getattr(objective, "parts", None) or (objective,)) if getattr(p, "extras_producer", "")]
+    if not parts:
+        return None
+    if len(parts) > 1:
+        raise ConfigError(f"objectives {[type(p).__name__ for p in parts]} each compute extras with a producer of "
+                          "their own; preflab runs one per training run. Combine at most one of them.")
+    module, name = parts[0].extras_producer.split(":", 1)
+    return getattr(importlib.import_module(module), name)(parts[0], cfg)

@@ -1,0 +1,152 @@
+"""spo_degree in a real `preflab train` run (methods/objectives.md §C #9): the degree head as the objective's extras
+producer (preflab.loops.degree_head) on the built-in tiny Llama and the loud-echo pairs. The spec's checks in the
+training step: degree_weight 0 is the DPO step (loss and policy gradient), a zero-initialised head gives
+L_deg = log(J+1), the head gets no gradient from the DPO term; the head learns (degree accuracy above chance), is
+saved, and a resumed run ends where the uninterrupted run ends."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops.offline import Trainer
+from preflab.models.load import frozen_copy
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from preflab.objectives import get_objective
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "examples" / "data" / "loud_echo_pairs.jsonl"
+J = 2  # the loud-echo responses have three words: degrees 0, 1, 2 (chance 1/3)
+
+
+def make(out, **overrides):
+    torch.set_num_threads(1)
+    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(DATA), output_dir=str(out),
+                  learning_rate=5e-4, per_device_train_batch_size=8, max_steps=4, logging_steps=1, max_length=128,
+                  disable_tqdm=True, use_cpu=True, seed=0, loss_type="spo_degree",
+                  objective_params={"degrees": J, "degree_weight": 1.0})
+    params.update(overrides)
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    return Trainer(config_from_dict(params), policy=policy, ref=frozen_copy(policy), tokenizer=tok)
+
+
+def step_grads(trainer):
+    mb = trainer.micro_batches(0)[0]
+    out = trainer.forward(mb)
+    out.loss.backward()
+    return mb, out, {n: p.grad.detach().clone() for n, p in trainer.policy.named_parameters()}
+
+
+def test_spo_degree_weight_zero_step_is_the_dpo_step(tmp_path):
+    spo = make(tmp_path / "spo", objective_params={"degrees": J, "degree_weight": 0.0})
+    dpo = make(tmp_path / "dpo", loss_type="sigmoid", objective_params={})
+    mb_s, out_s, g_s = step_grads(spo)
+    mb_d, out_d, g_d = step_grads(dpo)
+    assert mb_s.row_ids == mb_d.row_ids
+    torch.testing.assert_close(out_s.losses, out_d.losses, rtol=0, atol=1e-7)
+    assert max((g_s[k] - g_d[k]).abs().max().item() for k in g_d) <= 1e-8
+    assert any(g.abs().sum() > 0 for g in g_d.values())
+    assert out_s.metrics["loss/degree"].item() > 0  # the degree term was computed, with weight 0
+
+
+def test_spo_degree_zero_head_gives_log_classes_in_the_run_step(tmp_path):
+    trainer = make(tmp_path)
+    head = trainer.producer.parameters()
+    assert all(p.abs().sum().item() == 0 for p in head) and len(head) == 2
+    assert any(p is head[0] for p in trainer.extra_params)  # trained with the policy
+    out = trainer.forward(trainer.micro_batches(0)[0])
+    assert out.metrics["loss/degree"].item() == pytest.approx(math.log(J + 1), abs=1e-6)
+    assert out.metrics["degree/accuracy"].item() == pytest.approx(1 / (J + 1), abs=1e-6)  # argmax of ties: class 0
+
+
+def test_spo_degree_head_gets_no_gradient_from_the_dpo_term(tmp_path):
+    trainer = make(tmp_path)
+    mb = trainer.micro_batches(0)[0]
+    batch = trainer.score(mb.layout, positions=mb.index)
+    head = trainer.producer.parameters()
+    full = get_objective("spo_degree", degrees=J, degree_weight=1.0, align_weight=1.0)(batch).loss
+    degree_only = get_objective("spo_degree", degrees=J, degree_weight=1.0, align_weight=0.0)(batch).loss
+    align_only = get_objective("spo_degree", degrees=J, degree_weight=0.0, align_weight=1.0)(batch).loss
+    g_full = torch.autograd.grad(full, head, retain_graph=True)
+    g_degree = torch.autograd.grad(degree_only, head, retain_graph=True)
+    for a, b in zip(g_full, g_degree):  # adding the DPO term changes nothing in the head's gradient
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert g_degree[0].abs().sum() > 0  # the head does learn from the degree loss
+    g_align = torch.autograd.grad(align_only, head + [trainer.policy.get_input_embeddings().weight],
+                                  retain_graph=True, allow_unused=True)
+    assert g_align[2].abs().sum() > 0  # the DPO term moves the policy ...
+    assert all(g is None or g.abs().sum() == 0 for g in g_align[:2])  # ... and not the head
+
+
+def test_spo_degree_train_run_learns_degrees_and_resumes(tmp_path):
+    steps = dict(max_steps=24, save_steps=12, eval_fraction=0.1, eval_steps=24, learning_rate=1e-3)
+    summary = make(tmp_path / "full", **steps).train()
+    accuracy = summary["final_metrics"]["eval_degree/accuracy"]
+    assert accuracy > 0.45, accuracy  # chance is 1/3 (J = 2)
+    first = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl") if '"loss/degree"' in line][0]
+    assert first["loss/degree"] == pytest.approx(math.log(J + 1), abs=1e-6)  # step 1: the zero head
+    assert summary["data"]["spo_degree_variants"]["train"]["variants_missing"] == 0
+    saved = load_file(str(tmp_path / "full" / "checkpoint-12" / "extra.safetensors"))
+    assert sorted(saved) == ["producer.0", "producer.1"]
+    resumed = make(tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-12"),
+                   **steps).train()
+    assert resumed["resumed_from_step"] == 12
+    for name in ("model.safetensors", "degree_head.safetensors"):
+        a, b = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "resumed" / name))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
+    head = load_file(str(tmp_path / "full" / "degree_head.safetensors"))
+    assert head["linear.weight"].shape == (J + 1, 32) and head["linear.weight"].abs().sum() > 0
+    assert resumed["final_metrics"]["eval_degree/accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_spo_degree_head_saved_with_the_best_model(tmp_path):
+    """load_best_model_at_end: degree_head.safetensors is the best checkpoint's head, as model.safetensors is its
+    model (greater_is_better on eval_loss picks the first checkpoint, not the last step)."""
+    summary = make(tmp_path, max_steps=6, save_steps=2, eval_steps=2, eval_fraction=0.1, learning_rate=1e-3,
+                   load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True).train()
+    best = Path(summary["best_model_checkpoint"])
+    assert best.name == "checkpoint-2"
+    saved = load_file(str(best / "extra.safetensors"))
+    head = load_file(str(tmp_path / "degree_head.safetensors"))
+    assert torch.equal(head["linear.weight"], saved["producer.0"]) and torch.equal(head["linear.bias"],
+                                                                                   saved["producer.1"])
+
+
+def test_spo_degree_refuses_its_extras_as_data_columns(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    row = {"prompt": "echo: a b c\n", "chosen": "A B C", "rejected": "a b c", "degree_logits": 0.5}
+    data.write_text("\n".join(json.dumps(row) for _ in range(4)) + "\n")
+    with pytest.raises(ConfigError, match=r"pairs.jsonl' \(train\), row 0: column 'degree_logits' is what "
+                                          "loss_type spo_degree computes"):
+        make(tmp_path / "out", dataset_name=str(data))
+
+
+@pytest.mark.slow
+def test_spo_degree_two_processes_equal_one_process_double_batch(tmp_path, accelerate_launch):
+    """examples/spo_degree.yaml under DDP (2 CPU processes x 4 pairs) ends where 1 process x 8 pairs ends: the
+    variants' second forward through the DDP-wrapped scorer and the head's all-reduced gradient (extra_params)."""
+    script = tmp_path / "cli.py"
+    script.write_text("import sys\nfrom preflab.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    common = ["train", "examples/spo_degree.yaml", "max_steps=6", "save_steps=0", "eval_fraction=0.1",
+              "eval_steps=6", "use_cpu=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cmd in ([sys.executable, str(script), *common, f"output_dir={tmp_path / 'one'}",
+                 "per_device_train_batch_size=8"],
+                accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                                  "no", "--dynamo_backend", "no", str(script), *common,
+                                  f"output_dir={tmp_path / 'two'}", "per_device_train_batch_size=4")):
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("model.safetensors", "degree_head.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / name)), load_file(str(tmp_path / "two" / name))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5, name
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text())["final_metrics"] for d in ("one", "two"))
+    assert two["eval_degree/accuracy"] == pytest.approx(one["eval_degree/accuracy"], abs=1e-6)
