@@ -1,15 +1,10 @@
-"""The one function that builds a recipe stage's config (stage_config), from the top-level options that reach the
-stages of a recipe (`task: <recipe>`, preflab.recipes).
+"""The one function that builds a recipe stage's config (stage_config) from the top-level options that reach the
+stages of a recipe (`task: <recipe>`, preflab.recipes): every recipe builds its stages' configs here, so an option
+accepted for a recipe reaches each of its stages.
 
-A recipe is a whole program: it builds its own tiny model, its data and the config of each stage (learning rates,
-batch sizes, steps, lengths: its design; its knobs are its recipe_params). The STAGE_OPTIONS say how a stage runs,
-not what it trains: set at the top level, one reaches every training stage of the recipe (stage_config), provided
-every one of those stages' trainers reads it (STAGE_READS over RECIPE_STAGES). Any other top-level option set away
-from its default is refused before anything runs (recipe_option_errors), naming the option, the recipe and why.
-Before, all of them were accepted and dropped: `attention: dense` on raft_ladder trained with segment attention.
-
-The tables and the refusal live in preflab.recipe_stages, below preflab.config (TrainConfig.check runs the refusal);
-stage_config builds a TrainConfig, so it sits above it. The tables' names are importable from here too.
+Which options those are (STAGE_OPTIONS, STAGE_READS over RECIPE_STAGES), and the refusal of the others
+(recipe_option_errors, run by TrainConfig.check), are preflab.recipe_stages': they sit below preflab.config, and
+stage_config, which builds a TrainConfig, above it. Their names are importable from here too.
 """
 from __future__ import annotations
 
