@@ -2,9 +2,9 @@
 tokenizing and truncation, the SFT batch kind (SFTKind) and the token statistics its trainer logs. See
 preflab.loops.sft (the task, its SFTTrainer) for the forms, the loss and packing.
 
-Below the offline Trainer: preflab.loops.kinds and preflab.loops.streaming read SFT rows with these, and
-preflab.loops.offline imports them, so this module imports no trainer (preflab.loops.sft's SFTTrainer subclasses
-the offline Trainer).
+Below the offline Trainer: its batch kinds (preflab.loops.kinds) and its streamed data (preflab.loops.streaming) read
+SFT rows with these, so this module imports no trainer (preflab.loops.sft's SFTTrainer subclasses the offline
+Trainer).
 """
 from __future__ import annotations
 

@@ -124,7 +124,6 @@ def given_model_errors(cfg, policy, ref=None, tokenizer=None, what: str = "polic
     tokenizer: the one given beside them (None: preflab loads one, or other models, with trust_remote_code).
     what: the given model's name in the lines ("policy", "reward model", "pipeline"); options: the checks the
     trainer runs (TEXT_OPTIONS, REWARD_OPTIONS, DIFFUSION_OPTIONS)."""
-
     if not _given(policy):
         return []
     out = []

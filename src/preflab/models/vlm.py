@@ -13,6 +13,10 @@ freeze_vision_tower fixes the tower (requires_grad False), freeze_multi_modal_pr
 and lora_target_modules "all-linear", adapters go on the language model's linear layers only when the tower is
 frozen (the regex LM_LORA_TARGETS), on every linear layer otherwise; as with any peft model, only the adapters
 then train (the projector too stays as loaded).
+
+freeze_vision, add_vlm_lora and load_vlm_processor live in preflab.models.vlm_parts (a reloaded run rebuilds its base
+with them too), load_vlm_model beside load_vlm_run in preflab.models.vlm_run (the two recurse: a run's base may be a
+run); all are importable from here.
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ Data: `load_rows` / `tokenize_pairs` (`preflab.reward_models.data`); order: `Bat
 update: the shared `preflab.step.optimizer_step`; output: metrics.jsonl, checkpoints (`preflab.checkpoint`),
 summary.json, and the final model as safetensors in `output_dir`, loadable with
 `transformers.AutoModelForSequenceClassification.from_pretrained(output_dir)` (LoRA adapters are merged first).
-`RewardRun` (on the shared loop of preflab.loops.driver) takes any collate / loss pair, so attribute
-(multi-objective) heads reuse it.
+`RewardRun` (preflab.reward_models.reward_run, on the shared loop of preflab.loops.driver) takes any collate / loss
+pair, so attribute (multi-objective) heads reuse it. train_reward sends reward_head multi_objective and em_mixture to
+their trainers (which build on reward_run), and the pairwise heads to reward_run.train_pairwise_reward.
 """
 from __future__ import annotations
 
