@@ -1,6 +1,9 @@
 """The rooms of src/preflab (data, scoring, objectives, loops, eval, reward_models, diffusion, ...) import each other
-without cycles (lazy imports inside functions count too): a cycle is how a room starts to depend on everything."""
+without cycles (lazy imports inside functions count too): a cycle is how a room starts to depend on everything.
+And so do its modules, the top-level ones (config.py, recipes.py, plan.py, ...) included: the config layer sits below
+the subsystems it validates, and a subsystem that needs a config check's constant or function imports it from there."""
 import ast
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,3 +44,117 @@ def test_rooms_import_each_other_without_cycles():
     for room in sorted(edges):
         walk(room, room, [room])
     assert not cycles, "\n".join(cycles)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports(root: Path = ROOT) -> dict[str, dict[str, str]]:
+    """module -> {imported preflab module: first file:line that imports it}, for every .py file under `root`.
+    Imports inside functions count; `from preflab.x import y` is an edge to preflab.x.y where that is a module, else
+    to preflab.x; `import preflab.x.y` to the longest module prefix; relative imports are resolved; and
+    importlib.import_module("preflab.x") with a constant string counts as `import preflab.x` (a string does not hide
+    an edge)."""
+    files = {_module_name(p): p for p in root.rglob("*.py")}
+
+    def module_of(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges: dict[str, dict[str, str]] = {m: {} for m in files}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args
+                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                names = [node.args[0].value]
+            else:
+                continue
+            for name in names:
+                target = module_of(name) if name.split(".")[0] == "preflab" else None
+                if target and target != module:
+                    edges[module].setdefault(target, f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    return edges
+
+
+def import_cycles(edges: dict[str, dict[str, str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(edges)))
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _one_cycle(edges, component: list[str]) -> list[str]:
+    """A shortest cycle through the component's first module (breadth-first), as a module list ending where it began."""
+    start, inside = component[0], set(component)
+    came = {start: None}
+    queue = [start]
+    for v in queue:
+        for w in edges[v]:
+            if w == start:
+                path = [v]
+                while came[path[-1]] is not None:
+                    path.append(came[path[-1]])
+                return path[::-1] + [start]  # start, ..., v, start
+            if w in inside and w not in came:
+                came[w] = v
+                queue.append(w)
+    return [start]
+
+
+def describe_cycles(edges) -> str:
+    """One paragraph per import cycle: a shortest cycle with the file:line of each of its edges, then every other
+    edge inside the same strongly connected component."""
+    out = []
+    for component in import_cycles(edges):
+        cycle = _one_cycle(edges, component)
+        steps = [f"  {a} -> {b}  ({edges[a][b]})" for a, b in zip(cycle, cycle[1:])]
+        inside = set(component)
+        rest = [f"  {a} -> {b}  ({where})" for a in component for b, where in sorted(edges[a].items())
+                if b in inside and f"  {a} -> {b}  ({where})" not in steps]
+        out.append(f"{len(component)} modules in a cycle: {', '.join(component)}\n" + "\n".join(steps)
+                   + ("\n  other edges among them:\n" + "\n".join(rest) if rest else ""))
+    return "\n\n".join(out)
+
+
+def test_no_module_of_preflab_is_in_an_import_cycle():
+    """Every module (.py file) of src/preflab, top-level modules and cli.py included, is in no import cycle, lazy
+    imports counted."""
+    edges = module_imports()
+    assert "preflab.online.options" in edges["preflab.config"]  # the walk sees lazy imports inside methods
+    assert "preflab.loops.offline" in edges["preflab.loops.sft"]  # and module-level ones
+    assert "preflab.online.tasks" in edges["preflab.eval.loading"]  # and import_module("preflab....") strings
+    cycles = describe_cycles(edges)
+    assert not cycles, "import cycles among the modules of src/preflab:\n" + cycles

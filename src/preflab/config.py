@@ -242,7 +242,7 @@ class TrainConfig:
     def _conflicts(self) -> list[str]:
         from preflab.config_owners import refused_values, unread_task_options
         from preflab.loops.best_model import best_model_option_errors
-        from preflab.loops.streaming import streaming_conflicts
+        from preflab.loops.streaming_options import streaming_conflicts
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online.options import unread_online_options
@@ -253,7 +253,7 @@ class TrainConfig:
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
         if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
             from preflab.config_owners import unread_option_names
-            from preflab.recipe_options import recipe_option_errors
+            from preflab.recipe_stages import recipe_option_errors
 
             out += recipe_option_errors(self, unread_option_names(self))
         if self.use_weighting and self.task != "dpo":
@@ -346,7 +346,7 @@ class TrainConfig:
         from preflab.objectives import get_objective
 
         if self.task == "sft":
-            from preflab.loops.sft import SFTLoss
+            from preflab.loops.sft_loss import SFTLoss
 
             return SFTLoss()
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from preflab.config_defaults import changed_options
+from preflab.online.options import DEMO_SFT, ONLINE_OPTIONS
+from preflab.recipes import RECIPES
+
 _VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_modal_projector", "max_frames")
 _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
 _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "caption_perturbation",
@@ -45,8 +49,6 @@ def _vision_online(cfg) -> bool:
 
 def _builds_its_model(cfg) -> bool:
     """An online run whose policy is built in code: the game's K-answer model, the demo's SFT model."""
-    from preflab.online.tasks import DEMO_SFT
-
     return cfg.task == "online" and (cfg.online_task == "game" or cfg.model_name_or_path == DEMO_SFT)
 
 
@@ -125,22 +127,8 @@ OWNERS = (
 )
 
 
-def changed_options(cfg, names) -> list[str]:
-    """The options among `names` that the config sets away from their TrainConfig default."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-
-    def default(name):
-        f = fields[name]
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-    return [n for n in names if getattr(cfg, n) != default(n)]
-
-
 def _unread_groups(cfg) -> list[tuple[list[str], str]]:
     """(options set away from their default, who reads them) per group this config's task does not read."""
-    from preflab.online.options import ONLINE_OPTIONS
-    from preflab.recipes import RECIPES
-
     owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPES, f"the recipe tasks ({', '.join(RECIPES)})"),
                        (ONLINE_OPTIONS, lambda c: c.task == "online", "task: online"))
     return [(used, who) for names, reads, who in owners for used in [changed_options(cfg, names)]

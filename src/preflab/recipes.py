@@ -119,7 +119,7 @@ def run_recipe(cfg) -> dict:
               "CONFIG.yaml` without a launcher.")
     fn = recipe_function(cfg.task)
     accepted = inspect.signature(fn).parameters
-    from preflab.recipe_options import stage_options
+    from preflab.recipe_stages import stage_options
 
     common = {"output_dir": cfg.output_dir, "seed": cfg.seed, "quiet": cfg.disable_tqdm,
               "resume": cfg.resume_from_checkpoint not in (None, False, "", "false"),

@@ -344,7 +344,7 @@ def test_a_lora_reward_model_under_a_sharded_engine_is_refused_before_training(t
     start under an engine that shards parameters (FSDP, ZeRO-3), not after training (a full reward model under FSDP2
     saves the gathered weights; ZeRO-2 keeps whole weights and is allowed, tests/loops/test_scale_matrix.py)."""
     from preflab.models.tiny import tiny_tokenizer
-    from preflab.reward_models import train
+    from preflab.reward_models import reward_run, train
     from preflab.reward_models.heads import build_reward_model
 
     sys.path.insert(0, str(ROOT / "tests/reward_models"))
@@ -356,7 +356,7 @@ def test_a_lora_reward_model_under_a_sharded_engine_is_refused_before_training(t
     cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name=str(data),
                                 output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=2,
                                 max_length=64, disable_tqdm=True, use_cpu=True, use_peft=True, lora_r=4))
-    monkeypatch.setattr(train, "parameter_sharding", lambda accelerator: "FSDP2")
+    monkeypatch.setattr(reward_run, "parameter_sharding", lambda accelerator: "FSDP2")  # RewardRun's module
     with pytest.raises(ConfigError, match=r"use_peft: a LoRA reward model is saved merged.*FSDP2 leaves each rank "
                                           r"only a shard.*ddp.yaml or zero2.yaml"):
         train.train_reward(cfg, model=build_reward_model("builtin:tiny-llama", 1, tok, seed=0), tokenizer=tok)

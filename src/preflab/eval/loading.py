@@ -13,12 +13,11 @@ The tokenizer is the one saved beside the weights (or in the run directory above
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
 from preflab.errors import ConfigError, PreflabError
+from preflab.eval.run_files import run_config  # noqa: F401  (a public name of this module)
+from preflab.eval.run_files import tokenizer_near as _tokenizer_near
 from preflab.models.load import BUILTIN, check_weights_safe, load_causal_lm, load_tokenizer
 
 
@@ -31,20 +30,6 @@ def _demo_sft(seed: int):
     import importlib
 
     return importlib.import_module("preflab.online.tasks").demo_sft(int(seed or 0))
-
-
-def run_config(path: str | Path) -> dict:
-    """The training config saved with a run (config.yaml, or trainer_state.json's "config"), or {}."""
-    path = Path(path)
-    for candidate in (path / "config.yaml", path.parent / "config.yaml"):
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text()) or {}
-            if isinstance(data, dict) and "model_name_or_path" in data:
-                return data
-    state = path / "trainer_state.json"
-    if state.is_file():
-        return dict(json.loads(state.read_text()).get("config") or {})
-    return {}
 
 
 def run_reference(checkpoint: str) -> tuple[str, str] | None:
@@ -70,15 +55,6 @@ def run_reference(checkpoint: str) -> tuple[str, str] | None:
             "loads local directories only). Pass --reference DIR (e.g. `hf download NAME --local-dir DIR`), or "
             "--no-reference for the policy-only metrics.")
     return None
-
-
-def _tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):
-    for candidate in (path, path.parent):
-        if (candidate / "tokenizer_config.json").is_file():
-            return load_tokenizer(str(candidate), trust_remote_code)
-    if fallback_name:
-        return load_tokenizer(fallback_name, trust_remote_code)
-    raise PreflabError(f"no tokenizer found in {path} or {path.parent}; save the tokenizer beside the weights.")
 
 
 def check_same_tokenizer(name: str, own, given) -> None:

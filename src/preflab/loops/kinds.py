@@ -243,7 +243,7 @@ def kind_for(objective):
 
         return ListKind
     if objective.batch_type.__name__ == "SFTBatch":  # task: sft (preflab.loops.sft)
-        from preflab.loops.sft import SFTKind
+        from preflab.loops.sft_rows import SFTKind
 
         return SFTKind
     raise NotImplementedError(

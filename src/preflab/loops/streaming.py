@@ -34,34 +34,7 @@ from preflab.data.report import DataReport, RowReport, TokenizeReport
 from preflab.data.stream import ExampleStream
 from preflab.errors import ConfigError, DataError
 from preflab.loops.batches import order_seed
-
-STREAMING_TASKS = ("dpo", "sft")
-
-
-def streaming_conflicts(cfg) -> list[str]:
-    """One line per option that streaming cannot honour (TrainConfig.check)."""
-    if not cfg.streaming:
-        return ["streaming_shuffle_buffer applies with streaming: true."] if cfg.streaming_shuffle_buffer else []
-    out = []
-    if cfg.task not in STREAMING_TASKS:
-        out.append(f"streaming: true applies to task: {' | '.join(STREAMING_TASKS)}, not task: {cfg.task}; read the "
-                   "data whole (streaming: false).")
-    if cfg.max_steps <= 0:
-        out.append("streaming: true needs max_steps (a stream has no length, so num_train_epochs cannot set the run's "
-                   "length); set max_steps.")
-    if cfg.eval_fraction:
-        out.append(f"eval_fraction={cfg.eval_fraction} cannot hold rows out of a stream; give the eval set as "
-                   "eval_dataset_name (read whole), or set eval_fraction: 0.")
-    if cfg.precompute_ref_log_probs:
-        out.append("precompute_ref_log_probs scores the whole training set before training, which streaming: true "
-                   "does not hold; set precompute_ref_log_probs: false.")
-    if cfg.eval_strategy == "epoch":
-        out.append("eval_strategy: epoch needs the epoch length, which a stream does not know; use eval_steps.")
-    if cfg.dataset_num_proc and cfg.dataset_num_proc > 1:
-        out.append(f"dataset_num_proc={cfg.dataset_num_proc} tokenizes data read whole; with streaming: true each "
-                   "process tokenizes rows one at a time as the steps need them; remove dataset_num_proc.")
-    return out
-
+from preflab.loops.streaming_options import STREAMING_TASKS, streaming_conflicts  # noqa: F401  (public names)
 
 @dataclass
 class StreamPlan:
@@ -196,7 +169,7 @@ def preference_pipeline(cfg, tokenizer, kind_name: str, source: str, eval_prompt
 
 
 def sft_pipeline(cfg, tokenizer, source: str):
-    from preflab.loops.sft import sft_row_builder
+    from preflab.loops.sft_rows import sft_row_builder
 
     rows, tokens = DataReport(source=source, kind="sft"), TokenizeReport(source=source)
     return _Pipeline(sft_row_builder(cfg, tokenizer, rows, tokens), {"rows": rows, "tokenize": tokens})
@@ -239,7 +212,7 @@ def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:
             from preflab.data.tokenize import no_eos_message
 
             raise ConfigError(no_eos_message(tokenizer))
-        from preflab.loops.sft import note_assistant_template
+        from preflab.loops.sft_rows import note_assistant_template
 
         note_assistant_template(cfg, tokenizer)  # once per run, not per pass
         make = lambda: sft_pipeline(cfg, tokenizer, name)  # noqa: E731
@@ -294,7 +267,7 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
     if not cfg.eval_dataset_name:
         return [], {}
     if kind.name == "sft":
-        from preflab.loops.sft import _read
+        from preflab.loops.sft_rows import _read
 
         items, rows, tokens = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
         return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}

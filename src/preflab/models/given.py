@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from preflab.config_defaults import changed_options
 from preflab.errors import ConfigError
 
 LOADED_ATTR = "_preflab_loaded"
@@ -123,8 +124,6 @@ def given_model_errors(cfg, policy, ref=None, tokenizer=None, what: str = "polic
     tokenizer: the one given beside them (None: preflab loads one, or other models, with trust_remote_code).
     what: the given model's name in the lines ("policy", "reward model", "pipeline"); options: the checks the
     trainer runs (TEXT_OPTIONS, REWARD_OPTIONS, DIFFUSION_OPTIONS)."""
-    from preflab.config_owners import changed_options
-
     if not _given(policy):
         return []
     out = []

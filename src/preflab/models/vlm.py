@@ -13,98 +13,19 @@ freeze_vision_tower fixes the tower (requires_grad False), freeze_multi_modal_pr
 and lora_target_modules "all-linear", adapters go on the language model's linear layers only when the tower is
 frozen (the regex LM_LORA_TARGETS), on every linear layer otherwise; as with any peft model, only the adapters
 then train (the projector too stays as loaded).
+
+freeze_vision, add_vlm_lora and load_vlm_processor live in preflab.models.vlm_parts (a reloaded run rebuilds its base
+with them too), load_vlm_model beside load_vlm_run in preflab.models.vlm_run (the two recurse: a run's base may be a
+run); all are importable from here.
 """
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 from torch import nn
 
 from preflab.errors import ConfigError
-
-LM_LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-_TOWER = re.compile(r"(^|\.)(visual|vision_tower|vision_model)\.")
-_PROJECTOR = re.compile(r"(^|\.)(visual\.merger|multi_modal_projector|connector)\.")
-
-
-def is_projector(name: str) -> bool:
-    return bool(_PROJECTOR.search(name))
-
-
-def is_vision_tower(name: str) -> bool:
-    return bool(_TOWER.search(name)) and not is_projector(name)
-
-
-def freeze_vision(model: nn.Module, tower: bool = True, projector: bool = False) -> dict:
-    """Fix the vision tower and/or the projector; returns the number of parameters fixed in each."""
-    counts = {"vision_tower": 0, "projector": 0}
-    for name, param in model.named_parameters():
-        if tower and is_vision_tower(name):
-            param.requires_grad_(False)
-            counts["vision_tower"] += param.numel()
-        elif projector and is_projector(name):
-            param.requires_grad_(False)
-            counts["projector"] += param.numel()
-    if tower and counts["vision_tower"] == 0:
-        raise ConfigError(f"freeze_vision_tower is set but no vision-tower parameters were found in "
-                          f"{type(model).__name__} (looked for visual.*, vision_tower.*, vision_model.*); set "
-                          "freeze_vision_tower: false for this model.")
-    return counts
-
-
-def load_vlm_processor(cfg):
-    """The processor of cfg.processor_name_or_path or cfg.model_name_or_path. A task: vlm run directory (or one of
-    its checkpoints) gives the processor saved beside its weights, or, when its runs go back to a builtin model, the
-    builtin one (preflab.models.vlm_run.processor_source)."""
-    from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm_processor
-    from preflab.models.vlm_run import processor_source
-
-    name = processor_source(cfg.processor_name_or_path or cfg.model_name_or_path)
-    if name in BUILTIN_VLM:
-        return tiny_vlm_processor(BUILTIN_VLM[name])
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        where = (f"the directory {name} has no processor files (preprocessor_config.json and the tokenizer's) beside "
-                 "its weights" if Path(name).is_dir() else f"{name!r} gives no processor")
-        raise ConfigError(f"cannot load the image-text processor: {where} ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:300]}). Save the processor with the model "
-                          "(processor.save_pretrained(dir)), or set processor_name_or_path to the base model's "
-                          "name or directory.") from err
-    tok = getattr(processor, "tokenizer", None)
-    if tok is not None and tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return processor
-
-
-def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Module:
-    """The image-text model `name`: a builtin tiny one, a task: vlm run, or transformers' from_pretrained in
-    load_dtype with model_init_kwargs (ref: ref_load_dtype, else load_dtype, with ref_model_init_kwargs), as the text
-    tasks load theirs (both were accepted and ignored: float32 and no kwargs)."""
-    from preflab.models.load import DTYPES, check_weights_safe
-    from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm
-
-    if not name:
-        raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-qwen2-vl.")
-    dtype = (getattr(cfg, "ref_load_dtype", None) if ref else None) or getattr(cfg, "load_dtype", None) or "float32"
-    if name in BUILTIN_VLM:  # built in code: the dtype is cast to, as a builtin text model's (load_causal_lm)
-        model = tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
-        return model if dtype in ("float32", "auto") else model.to(DTYPES[dtype])
-    from preflab.models.vlm_run import is_vlm_run, load_vlm_run
-
-    if is_vlm_run(name):  # a task: vlm run (final or checkpoint-N), with CAT's clue aggregator when it has one
-        return load_vlm_run(name, processor, cfg.allow_pickle, cfg.trust_remote_code)[0]
-    from transformers import AutoModelForImageTextToText
-
-    check_weights_safe(name, cfg.allow_pickle)
-    kwargs = dict(getattr(cfg, "ref_model_init_kwargs" if ref else "model_init_kwargs", None) or {})
-    return AutoModelForImageTextToText.from_pretrained(
-        name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,
-                 "use_safetensors": None if cfg.allow_pickle else True, **kwargs})
-
+from preflab.models.vlm_parts import (LM_LORA_TARGETS, add_vlm_lora, freeze_vision, is_projector,  # noqa: F401
+                                      is_vision_tower, load_vlm_processor)
+from preflab.models.vlm_run import load_vlm_model  # noqa: F401  (a public name of this module)
 
 def load_vlm(cfg, processor=None):
     """(policy, reference or None, processor). The reference is None for LoRA (adapters off) or when unneeded."""
@@ -153,16 +74,6 @@ def load_vlm_reference(name: str, cfg, processor, policy, option: str = "ref_mod
         raise ConfigError(f"{option}={name!r} is a {ref.config.model_type} model; {why}.")
     check_reference_tokens(name, ref, policy, getattr(processor, "tokenizer", processor))
     return ref
-
-
-def add_vlm_lora(policy: nn.Module, cfg) -> nn.Module:
-    """LoRA adapters (cfg.lora_*) on the language model's linear layers while the tower is frozen (module docstring)."""
-    from preflab.models.load import add_lora
-
-    targets = cfg.lora_target_modules
-    if targets == "all-linear" and cfg.freeze_vision_tower:
-        targets = LM_LORA_TARGETS
-    return add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
 
 
 def shared_prompt_support(model) -> tuple[bool, str]:

@@ -2,9 +2,10 @@
 
     model, processor = load_vlm_run("outputs/vlm-cat-adpo")               # or outputs/vlm-cat-adpo/checkpoint-2
 
-preflab.models.vlm.load_vlm_model sends a run directory here, so a run reloads the same way as a policy to train on
-(model_name_or_path), a reference (ref_model_name_or_path) or a judge. Forms (what VisionTrainer.save_model and the
-step checkpoints write):
+load_vlm_model (here, and importable from preflab.models.vlm) sends a run directory to load_vlm_run, and the base
+model a run names back through itself (the base may be a run too), so a run reloads the same way as a policy to
+train on (model_name_or_path), a reference (ref_model_name_or_path) or a judge. Forms (what
+VisionTrainer.save_model and the step checkpoints write):
 
     final, full weights   config.json + model.safetensors; the clue aggregator's weights are the `clue_aggregator.*`
                           keys there (transformers' from_pretrained drops them: they are loaded here)
@@ -32,47 +33,10 @@ from torch import nn
 
 from preflab.errors import ConfigError
 from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE, attach_clue_aggregator
+from preflab.models.vlm_parts import (add_vlm_lora, freeze_vision, load_vlm_processor, processor_source,  # noqa: F401
+                                      run_options)
 
 AGGREGATOR_PREFIX = "clue_aggregator."
-
-
-def run_options(path: str | Path) -> dict:
-    """The training config of the task: vlm run at `path` (its config.yaml, or the one above a checkpoint), or {}."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_dir():
-        return {}
-    checkpoint = (path / "trainer_state.json").is_file()
-    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text()) or {}
-            if isinstance(data, dict) and data.get("task") == "vlm":
-                return data
-    return {}
-
-
-def processor_source(name: str) -> str:
-    """Where the processor of model `name` loads from: `name` itself, except for a task: vlm run directory (or a
-    checkpoint of one), whose runs are followed back through their config.yaml (processor_name_or_path, else
-    model_name_or_path) to a builtin model (its processor is built in code: the one saved beside the weights may
-    need torchvision to load), else the nearest processor saved beside a run's weights, else the last name."""
-    from preflab.models.tiny_vlm import BUILTIN_VLM
-
-    saved_beside, seen = None, set()
-    while name not in BUILTIN_VLM and str(Path(name).resolve()) not in seen:
-        seen.add(str(Path(name).resolve()))
-        cfg = run_options(name)
-        if not cfg:
-            break
-        if saved_beside is None:
-            saved_beside = next((str(d) for d in (Path(name), Path(name).parent)
-                                 if (d / "preprocessor_config.json").is_file()), None)
-        source = cfg.get("processor_name_or_path") or cfg.get("model_name_or_path")
-        if not source:
-            break
-        name = str(source)
-    return name if name in BUILTIN_VLM or saved_beside is None else saved_beside
 
 
 def is_vlm_run(path: str | Path) -> bool:
@@ -158,8 +122,6 @@ def _saved_aggregator(weights: Path, prefix: str) -> tuple[dict, Path]:
 
 def _processor(path: Path, cfg: dict, trust_remote_code: bool):
     """The processor the run trained with (processor_source)."""
-    from preflab.models.vlm import load_vlm_processor
-
     if not cfg:
         path = path if (path / "preprocessor_config.json").is_file() else path.parent
     return load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(path),
@@ -193,8 +155,6 @@ def _full(path: Path, opts) -> nn.Module:
 
 
 def _base(path: Path, cfg: dict, opts, processor) -> nn.Module:
-    from preflab.models.vlm import load_vlm_model
-
     name = cfg.get("model_name_or_path")
     if not name:
         raise ConfigError(f"{path} holds no full model and no config.yaml naming the run's base model "
@@ -216,7 +176,6 @@ def _checkpoint(path: Path, cfg: dict, opts, processor) -> nn.Module:
     import torch
 
     from preflab.config import config_from_dict
-    from preflab.models.vlm import add_vlm_lora, freeze_vision
 
     if not cfg:
         raise ConfigError(f"{path} is a checkpoint without the run's config.yaml above it (task: vlm): its base "
@@ -247,3 +206,26 @@ def _checkpoint(path: Path, cfg: dict, opts, processor) -> nn.Module:
             params[name].copy_(value)
     return model.merge_and_unload() if run.use_peft else model
 
+
+def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Module:
+    """The image-text model `name`: a builtin tiny one, a task: vlm run, or transformers' from_pretrained in
+    load_dtype with model_init_kwargs (ref: ref_load_dtype, else load_dtype, with ref_model_init_kwargs), as the text
+    tasks load theirs (both were accepted and ignored: float32 and no kwargs)."""
+    from preflab.models.load import DTYPES, check_weights_safe
+    from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm
+
+    if not name:
+        raise ConfigError("model_name_or_path is empty; give a hub name, a local directory or builtin:tiny-qwen2-vl.")
+    dtype = (getattr(cfg, "ref_load_dtype", None) if ref else None) or getattr(cfg, "load_dtype", None) or "float32"
+    if name in BUILTIN_VLM:  # built in code: the dtype is cast to, as a builtin text model's (load_causal_lm)
+        model = tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
+        return model if dtype in ("float32", "auto") else model.to(DTYPES[dtype])
+    if is_vlm_run(name):  # a task: vlm run (final or checkpoint-N), with CAT's clue aggregator when it has one
+        return load_vlm_run(name, processor, cfg.allow_pickle, cfg.trust_remote_code)[0]
+    from transformers import AutoModelForImageTextToText
+
+    check_weights_safe(name, cfg.allow_pickle)
+    kwargs = dict(getattr(cfg, "ref_model_init_kwargs" if ref else "model_init_kwargs", None) or {})
+    return AutoModelForImageTextToText.from_pretrained(
+        name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,
+                 "use_safetensors": None if cfg.allow_pickle else True, **kwargs})

@@ -11,13 +11,12 @@ contract's checks, `check_objective`, for any objective) are not objectives.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
-import pkgutil
-import warnings
 from dataclasses import dataclass
 
-from preflab.errors import ConfigError, nearest
+from preflab.errors import ConfigError
+from preflab.objectives._registry import (LEGACY, NOT_OBJECTIVES, _aliases, _module_names,  # noqa: F401
+                                          list_objectives, objective_class, resolve_name)
 from preflab.objectives._wpo import WPOWeighted  # TRL's use_weighting
 from preflab.objectives.base import (
     ListBatch,
@@ -26,6 +25,7 @@ from preflab.objectives.base import (
     PairBatch,
     SequenceLogps,
     UnpairedBatch,
+    _class_for,
     check_gradient_extras,
     check_modality,
     check_params,
@@ -38,68 +38,6 @@ __all__ = [
     "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch",
 ]
 
-# Modules of this package that are not objectives (helpers and the `preflab objectives` command).
-NOT_OBJECTIVES = ("base", "cli", "contract")
-
-# Names kept for old configs: alias -> (module, warning).
-LEGACY = {"aot_pair": ("aot_unpaired", "loss_type 'aot_pair' was renamed 'aot_unpaired' in TRL 1.x; using aot_unpaired.")}
-
-
-def _module_names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__)
-                  if not m.name.startswith("_") and m.name not in NOT_OBJECTIVES)
-
-
-@functools.cache
-def objective_class(module_name: str) -> type[Objective]:
-    """The objective class of `preflab.objectives.<module_name>` (its OBJECTIVE attribute)."""
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    cls = getattr(module, "OBJECTIVE", None)
-    if cls is None:
-        raise ConfigError(f"preflab/objectives/{module_name}.py defines no OBJECTIVE; add `OBJECTIVE = <class>`.")
-    return cls
-
-
-@functools.cache
-def _aliases() -> dict[str, str]:
-    table = {}
-    for name in _module_names():
-        for alias in objective_class(name).aliases:
-            if alias in table or alias in _module_names():
-                raise ConfigError(f"objective alias {alias!r} of {name} clashes with {table.get(alias, alias)}.")
-            table[alias] = name
-    return table
-
-
-def list_objectives() -> list[str]:
-    """Every registered objective's name (its module name), sorted."""
-    return _module_names()
-
-
-def resolve_name(name: str) -> str:
-    """Module name for an objective name or alias, or a ConfigError suggesting the nearest."""
-    if name in LEGACY:
-        target, message = LEGACY[name]
-        warnings.warn(message, stacklevel=3)
-        return target
-    names = _module_names()
-    if name in names:
-        return name
-    if name in _aliases():
-        return _aliases()[name]
-    known = names + list(_aliases())
-    raise ConfigError(f"unknown objective {name!r}.{nearest(name, known)} Run `preflab objectives` to list them.")
-
-
-def _class_for(name) -> type[Objective]:
-    if isinstance(name, type):  # the class itself, from Python (e.g. defined in a notebook)
-        return _checked_user_class(name, name.__qualname__)
-    if ":" in name:  # "package.module:Class" or "path/to/file.py:Class", an objective outside preflab
-        from preflab.plugins import import_object
-
-        return _checked_user_class(import_object(name, "objective (loss_type)"), name)
-    return objective_class(resolve_name(name))
-
 
 def part_names(loss_types) -> tuple[str, ...]:
     """The name of each part of a loss_type list, as its `loss/<name>` metric says it: a built-in objective as given
@@ -111,20 +49,6 @@ def part_names(loss_types) -> tuple[str, ...]:
         raise ConfigError(f"loss_type {[str(n) for n in loss_types]}: more than one part is named {twice[0]!r} (each "
                           f"part logs loss/<name>); give each part once, or rename one of the classes.")
     return names
-
-
-def _checked_user_class(cls, spec: str) -> type[Objective]:
-    """A user's objective class, or a ConfigError saying what it must be (a function or a plain class would fail
-    later with a TypeError from dataclasses)."""
-    if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        what = f"the class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
-        raise ConfigError(f"objective (loss_type): {spec!r} is {what}, not an objective: write a subclass of "
-                          "preflab.objectives.Objective decorated with @dataclass(frozen=True) whose compute(batch) "
-                          "returns an ObjectiveOutput.")
-    if not dataclasses.is_dataclass(cls):
-        raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__} is not a dataclass; decorate it with "
-                          "@dataclass(frozen=True) (its fields are its parameters).")
-    return cls
 
 
 def get_objective(name, **params) -> Objective:

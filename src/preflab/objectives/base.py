@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from preflab.errors import ConfigError, MissingExtraError, PreflabError, nearest
+from preflab.objectives._registry import objective_class, resolve_name
 
 
 @dataclass
@@ -430,8 +431,6 @@ def check_modality(objective, task: str) -> None:
     parts = getattr(objective, "parts", None) or (objective,)
     for part in parts:
         if isinstance(part, str):
-            from preflab.objectives import _class_for
-
             part = _class_for(part)
         have = getattr(part, "modality", "text")
         if have != wanted:
@@ -443,6 +442,32 @@ def check_modality(objective, task: str) -> None:
             else:
                 fix = f"use a {wanted} objective (`preflab objectives` lists each one's modality)"
             raise ConfigError(f"objective {name} scores {have} models but task {task!r} trains {wanted} models; {fix}.")
+
+
+# a loss_type entry -> its objective class: a built-in name or alias (preflab.objectives._registry), 'module:Class' or
+# 'file.py:Class' (preflab.plugins), or the class itself; here, below the package, so check_modality can use it
+def _class_for(name) -> type[Objective]:
+    if isinstance(name, type):  # the class itself, from Python (e.g. defined in a notebook)
+        return _checked_user_class(name, name.__qualname__)
+    if ":" in name:  # "package.module:Class" or "path/to/file.py:Class", an objective outside preflab
+        from preflab.plugins import import_object
+
+        return _checked_user_class(import_object(name, "objective (loss_type)"), name)
+    return objective_class(resolve_name(name))
+
+
+def _checked_user_class(cls, spec: str) -> type[Objective]:
+    """A user's objective class, or a ConfigError saying what it must be (a function or a plain class would fail
+    later with a TypeError from dataclasses)."""
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        what = f"the class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ConfigError(f"objective (loss_type): {spec!r} is {what}, not an objective: write a subclass of "
+                          "preflab.objectives.Objective decorated with @dataclass(frozen=True) whose compute(batch) "
+                          "returns an ObjectiveOutput.")
+    if not dataclasses.is_dataclass(cls):
+        raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__} is not a dataclass; decorate it with "
+                          "@dataclass(frozen=True) (its fields are its parameters).")
+    return cls
 
 
 def check_params(cls: type, params: dict) -> None:

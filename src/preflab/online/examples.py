@@ -101,3 +101,34 @@ def online_layout(examples: list[Example], pad_id: int) -> LayoutBatch:
 
 def sequence_logps(values: list[list[float]], mask: torch.Tensor) -> SequenceLogps:
     return SequenceLogps(token_matrix(values, mask), mask)
+
+
+# a generation round (its examples and each optimizer step's slice of them) and one micro-batch of it: what the
+# online run and its per-recipe rounds (preflab.online.game, preflab.online.mcts) build and checkpoint
+@dataclass
+class Round:
+    index: int
+    examples: list[Example]
+    slices: list[list[int]]
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "examples": [e.to_json() for e in self.examples], "slices": self.slices,
+                "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, row: dict) -> "Round":
+        return cls(row["index"], [Example.from_json(e) for e in row["examples"]], row["slices"], row["metrics"])
+
+
+@dataclass
+class OnlineMicroBatch:
+    examples: list[Example]
+    row_ids: list[int]
+    tokens: int
+    tokens_per_prompt: float = 0.0
+    zero: bool = False  # an empty share of the step: scored, contributes no example and no gradient
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens

@@ -42,36 +42,15 @@ preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
 
 from preflab.errors import ConfigError
 from preflab.online.examples import Example
+from preflab.online.options import check_game_preferences
 
 PROMPT = 1  # the prompt token (not 0: token 0 is the model's padding index, whose embedding is fixed at zero)
-
-
-def check_game_preferences(P) -> np.ndarray:
-    """A K x K list of probabilities with P + P^T = 1; a ConfigError names the first bad entry."""
-    if P is None:
-        raise ConfigError("online_task: game needs game_preferences, a K x K matrix P[i][j] = P(answer i beats j).")
-    if not isinstance(P, (list, tuple)) or not P or any(not isinstance(r, (list, tuple)) or len(r) != len(P)
-                                                        for r in P):
-        raise ConfigError(f"game_preferences must be a square K x K list of lists, got {P!r}.")
-    K = len(P)
-    if K < 2:
-        raise ConfigError("game_preferences needs at least 2 answers.")
-    for i in range(K):
-        for j in range(K):
-            v = P[i][j]
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
-                raise ConfigError(f"game_preferences[{i}][{j}] = {v!r} is not a probability in [0, 1].")
-            if abs(v + P[j][i] - 1) > 1e-6:
-                raise ConfigError(f"game_preferences[{i}][{j}] + game_preferences[{j}][{i}] = {v + P[j][i]:.6g}, "
-                                  "not 1 (P + P^T = 1: P(i beats j) + P(j beats i) = 1, and 1/2 on the diagonal).")
-    return np.asarray(P, dtype=np.float64)
 
 
 class GameTokenizer:
@@ -141,7 +120,7 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
     the policy's before every step) takes one optimizer step on the online-IPO loss at opponent pi_t; returns that
     copy's distribution pi_half. The policy itself then steps from theta_t (the lab's egpo_step, equivalently)."""
     from preflab.loops.optimizer import make_optimizer
-    from preflab.online.run import OnlineMicroBatch
+    from preflab.online.examples import OnlineMicroBatch
     from preflab.scoring.lm import LogProbScorer
     from preflab.step import optimizer_step
 
@@ -208,7 +187,7 @@ def _ipo_examples(run, opponent: np.ndarray, anchor: np.ndarray) -> list[Example
 def game_round(run, r: int):
     """One generation round of the game (see the module docstring); returns a Round."""
     from preflab.lab.simplex import geometric_mixture
-    from preflab.online.run import Round
+    from preflab.online.examples import Round
 
     cfg, task = run.cfg, run.task
     P, K, ref = task.P, task.P.shape[0], task.ref_probs

@@ -216,7 +216,7 @@ class Search:
 
 def mcts_round(run, r: int, rows, g: torch.Generator):
     """One generation round of trainer mcts_dpo: a search per prompt (see the module docstring); returns a Round."""
-    from preflab.online.run import Round
+    from preflab.online.examples import Round
 
     examples, ties, calls, scores, dropped, samples = [], 0, 0, [], 0, 0
     run.policy.eval()

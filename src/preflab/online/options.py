@@ -1,8 +1,15 @@
-"""Checks and per-recipe defaults of the online options of TrainConfig (task: online), run before any model loads."""
+"""Checks and per-recipe defaults of the online options of TrainConfig (task: online), run before any model loads.
+
+Part of the config layer (preflab.config runs these checks): it imports no online run (the game's preference check
+and the demo's model name live here, and preflab.online.game / preflab.online.tasks take them from here)."""
 from __future__ import annotations
 
+import math
+
+from preflab.config_defaults import changed_options
 from preflab.errors import ConfigError, nearest
 
+DEMO_SFT = "builtin:demo-sft"  # the online demo's starting policy (preflab.online.tasks builds and caches it)
 
 GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
 # that are preflab group recipes
@@ -52,8 +59,6 @@ def check_online(cfg) -> None:
     if cfg.preference_temperature < 0:
         raise ConfigError(f"preference_temperature must be >= 0, got {cfg.preference_temperature}.")
     if cfg.online_task == "game":
-        from preflab.online.game import check_game_preferences
-
         check_game_preferences(cfg.game_preferences)
         if not spec.game:
             raise ConfigError(f"trainer {cfg.trainer!r} trains on sampled text; the game task takes one of "
@@ -99,6 +104,30 @@ def _check_objective_fits(cfg, spec) -> None:
                           f"trainer: {' | '.join(other)}, or leave loss_type out (the trainer's own objective).")
 
 
+def check_game_preferences(P):
+    """A K x K list of probabilities with P + P^T = 1 (returned as a float64 numpy array); a ConfigError names the
+    first bad entry."""
+    import numpy as np
+
+    if P is None:
+        raise ConfigError("online_task: game needs game_preferences, a K x K matrix P[i][j] = P(answer i beats j).")
+    if not isinstance(P, (list, tuple)) or not P or any(not isinstance(r, (list, tuple)) or len(r) != len(P)
+                                                        for r in P):
+        raise ConfigError(f"game_preferences must be a square K x K list of lists, got {P!r}.")
+    K = len(P)
+    if K < 2:
+        raise ConfigError("game_preferences needs at least 2 answers.")
+    for i in range(K):
+        for j in range(K):
+            v = P[i][j]
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
+                raise ConfigError(f"game_preferences[{i}][{j}] = {v!r} is not a probability in [0, 1].")
+            if abs(v + P[j][i] - 1) > 1e-6:
+                raise ConfigError(f"game_preferences[{i}][{j}] + game_preferences[{j}][{i}] = {v + P[j][i]:.6g}, "
+                                  "not 1 (P + P^T = 1: P(i beats j) + P(j beats i) = 1, and 1/2 on the diagonal).")
+    return np.asarray(P, dtype=np.float64)
+
+
 # the options of one recipe or prompt source: (options, test on (cfg, spec) that the run reads them, who reads them)
 _READERS = (
     (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
@@ -140,7 +169,6 @@ ONLINE_OPTIONS = tuple(n for names, _, _ in _READERS for n in names) + (
 def unread_online_options(cfg) -> list[str]:
     """One line per option of another recipe or prompt source set to a non-default value in a task: online run
     (accepted and ignored before); online options outside task: online are preflab.config_owners'."""
-    from preflab.config_owners import changed_options
     from preflab.online.trainers import TRAINERS
 
     if cfg.task != "online":

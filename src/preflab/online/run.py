@@ -43,7 +43,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,8 +60,9 @@ from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
 from preflab.models.dropout import original_dropout_config
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
-from preflab.online.examples import (Example, group_layout, online_layout, pair_layout, pair_side_values,
-                                     sequence_logps, shared_pair_layout, shared_prompt_layout, token_matrix)
+from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_layout, online_layout, pair_layout,
+                                     pair_side_values, sequence_logps, shared_pair_layout, shared_prompt_layout,
+                                     token_matrix)
 from preflab.online.generator import make_generator
 from preflab.online.trainers import (RENAMED, ROUTER_LOSS_TRAINERS, TRAINERS, build_examples, preference_log_odds,
                                      preference_matrix, reward_log_odds)
@@ -79,35 +80,6 @@ class RoundPlan:
     steps_per_epoch: int
     global_batch: int
     unused_rows_per_epoch: int = 0
-
-
-@dataclass
-class Round:
-    index: int
-    examples: list[Example]
-    slices: list[list[int]]
-    metrics: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "examples": [e.to_json() for e in self.examples], "slices": self.slices,
-                "metrics": self.metrics}
-
-    @classmethod
-    def from_json(cls, row: dict) -> "Round":
-        return cls(row["index"], [Example.from_json(e) for e in row["examples"]], row["slices"], row["metrics"])
-
-
-@dataclass
-class OnlineMicroBatch:
-    examples: list[Example]
-    row_ids: list[int]
-    tokens: int
-    tokens_per_prompt: float = 0.0
-    zero: bool = False  # an empty share of the step: scored, contributes no example and no gradient
-
-    @property
-    def num_tokens(self) -> int:
-        return self.tokens
 
 
 # What the pairs of a recipe that trains the config's loss_type (online_dpo, iterative_dpo) carry in batch.extras.
@@ -424,6 +396,9 @@ class OnlineRun(TrainingRun):
         if cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1:  # TPO's multi-level preference tree: b^D leaves a prompt
             from preflab.online.tpo_tree_round import tree_round
 
+            if type(self)._generate is not OnlineRun._generate:
+                raise ConfigError(f"tpo_tree_depth > 1 grows trees from token prompts; {type(self).__name__} generates "
+                                  "from other inputs (images). Use tpo_tree_depth: 1.")
             ids, trees = tree_round(self, rows, self._round_seed(r))
             K = len(ids) // n
         else:

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import torch
 
 from preflab.errors import ConfigError
+from preflab.online.options import DEMO_SFT
 
-DEMO_SFT = "builtin:demo-sft"
 # reward_funcs name -> max-min rule (reward_models.maxmin_aggregate): "maxmin" is the z-scored group rule
 MAXMIN_JUDGES = {"maxmin": "group", "maxmin_group": "group", "maxmin_pointwise": "pointwise"}
 BUILTIN_ONLINE = {DEMO_SFT: "the demo's tiny char-level Llama after its SFT stage (built once and cached)"}

@@ -92,13 +92,9 @@ def step_index(steps: list[int], cap: int) -> list[int]:
 
 
 def tree_round(run, rows, seed: int) -> tuple[list[list[int]], list[list[Leaf]]]:
-    """(flat leaf token ids, prompt-major; the trees) of one round of trainer tpo with tpo_tree_depth > 1."""
-    from preflab.online.run import OnlineRun
-
+    """(flat leaf token ids, prompt-major; the trees) of one round of trainer tpo with tpo_tree_depth > 1 (the
+    online run calls it only where it generates from token prompts: OnlineRun._generate, not overridden)."""
     cfg = run.cfg
-    if type(run)._generate is not OnlineRun._generate:
-        raise ConfigError(f"tpo_tree_depth > 1 grows trees from token prompts; {type(run).__name__} generates from "
-                          "other inputs (images). Use tpo_tree_depth: 1.")
     trees = grow_trees(run.generator.generate, [row.prompt_ids for row in rows], cfg.num_generations,
                        cfg.tpo_tree_depth, delimiter_id(run.tokenizer, cfg.tpo_step_delimiter), seed,
                        cfg.max_completion_length)

@@ -250,7 +250,7 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     (config.json beside the checkpoint); without one a 1-output head is BT and a wider one is refused."""
     from safetensors.torch import load_file
 
-    from preflab.eval.loading import _tokenizer_near, run_config
+    from preflab.eval.run_files import run_config, tokenizer_near
 
     path = Path(path)
     cfg = run_config(path)
@@ -273,7 +273,7 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     if info is None and num_outputs != 1:
         raise ConfigError(f"{path} has a {num_outputs}-output head and the run has no config.json saying what it "
                           "is (GPM, attributes); evaluate the final run directory.")
-    tokenizer = _tokenizer_near(path, str(base), trust_remote_code)
+    tokenizer = tokenizer_near(path, str(base), trust_remote_code)
     model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
                                trust_remote_code=trust_remote_code, seed=int(cfg.get("seed") or 0),
                                init_kwargs=cfg.get("model_init_kwargs"))
@@ -327,13 +327,13 @@ def _merged_lora_checkpoint(path: Path, model: nn.Module, weights: dict, cfg: di
 
 def reward_tokenizer(path, trust_remote_code: bool = False):
     """The tokenizer saved with a reward model directory (or, for a checkpoint-<step>, in its run directory)."""
-    from preflab.eval.loading import _tokenizer_near
+    from preflab.eval.run_files import tokenizer_near
 
     path = Path(path)
     if is_training_checkpoint(path):
-        from preflab.eval.loading import run_config
+        from preflab.eval.run_files import run_config
 
-        return _tokenizer_near(path, run_config(path).get("model_name_or_path"), trust_remote_code)
+        return tokenizer_near(path, run_config(path).get("model_name_or_path"), trust_remote_code)
     from preflab.models.load import load_tokenizer
 
     return load_tokenizer(str(path), trust_remote_code)

@@ -8,7 +8,7 @@ spec methods/models-and-loops.md #35. Every pair row names the user who labelled
              hard: z_u = argmax_k (log w_k + l_{u,k});   soft: gamma_{u,k} = softmax_k(log w_k + l_{u,k})
 
 with the EM round of `preflab.reward_models.maxmin.em_iteration` (the Python API's, the same code). Each M-step of
-component k is an ordinary reward-model run (`train_reward` -> RewardRun on the shared TrainingRun loop) in
+component k is an ordinary reward-model run (`train_pairwise_reward` -> RewardRun on the shared TrainingRun loop) in
 `output_dir/em-iter-<t>/component-<k>/`, over the pairs of k's users (hard EM) or all pairs with per-row weights
 gamma rescaled to mean 1 (soft EM; the loss is sum_i w_i l_i / N). Round t starts component k from its round t-1
 model (the reference code keeps training the same model); round 1 from model_name_or_path with seed = seed + k.
@@ -180,7 +180,7 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None, model=No
 
 
 class _ComponentFitter:
-    """The M-step of one component (a `train_reward` run) and the E-step's scores of the fitted components."""
+    """The M-step of one component (a `train_pairwise_reward` run) and the E-step's scores of the fitted components."""
 
     def __init__(self, cfg, params, tokenizer, pairs, out: Path):
         self.cfg, self.params, self.tokenizer, self.pairs, self.out = cfg, params, tokenizer, pairs, out
@@ -188,7 +188,7 @@ class _ComponentFitter:
         self.head = WeightedBTHead(tau=float(params["tau"]), center_rewards_coefficient=cfg.center_rewards_coefficient)
 
     def m_step(self, folder: Path, components: list, k: int, weights: torch.Tensor) -> None:
-        from preflab.reward_models.train import train_reward
+        from preflab.reward_models.reward_run import train_pairwise_reward
 
         keep = (weights > 0).nonzero().flatten().tolist()
         scale = len(keep) / float(weights[keep].sum())  # mean weight 1 over the rows kept (hard EM: all 1)
@@ -199,7 +199,7 @@ class _ComponentFitter:
         sub = dataclasses.replace(self.cfg, output_dir=str(run_dir), model_name_or_path=source,
                                   seed=self.cfg.seed + k, reward_head="bt", reward_head_params={},
                                   resume_from_checkpoint=None, eval_fraction=0.0, eval_dataset_name=None)
-        train_reward(sub, tokenizer=self.tokenizer, train_data=items, head=self.head)
+        train_pairwise_reward(sub, tokenizer=self.tokenizer, train_data=items, head=self.head)
         components[k] = str(run_dir.relative_to(self.out))
 
     def rewards(self, component: str) -> tuple[torch.Tensor, torch.Tensor]:

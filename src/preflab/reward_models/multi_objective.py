@@ -155,7 +155,8 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
     The model is `cfg.model_name_or_path` with d outputs, in `load_dtype`, with `model_init_kwargs`, LoRA under
     `use_peft` (merged at save), unless `model` is given."""
     from preflab.reward_models.heads import sequence_outputs
-    from preflab.reward_models.train import RewardRun, check_given_reward_model, reward_model_for_run, step_outputs
+    from preflab.reward_models.reward_run import (RewardRun, check_given_reward_model, reward_model_for_run,
+                                                  step_outputs)
 
     head = MultiObjectiveHead(tuple(attributes))
     check_given_reward_model(cfg, model, tokenizer)

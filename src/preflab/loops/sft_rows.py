@@ -1,0 +1,359 @@
+"""Rows -> tokens -> batches of task: sft: TRL's SFT data forms (text, messages, prompt-completion), their
+tokenizing and truncation, the SFT batch kind (SFTKind) and the token statistics its trainer logs. See
+preflab.loops.sft (the task, its SFTTrainer) for the forms, the loss and packing.
+
+Below the offline Trainer: its batch kinds (preflab.loops.kinds) and its streamed data (preflab.loops.streaming) read
+SFT rows with these, so this module imports no trainer (preflab.loops.sft's SFTTrainer subclasses the offline
+Trainer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from preflab.data.layout import LayoutBatch, padded
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport
+from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.loops.sft_loss import SFTBatch
+from preflab.objectives.base import SequenceLogps
+from preflab.runlog import is_main_process
+
+SFT_FORMS = ("text", "messages", "prompt_completion")
+
+
+@dataclass
+class TokenizedSFT:
+    """One SFT sequence: prompt_ids (>= 1 token, no loss) then completion_ids (the loss tokens). loss_mask (one bool
+    per completion token; None: all True) leaves the tokens it marks False out of the loss (assistant_only_loss)."""
+
+    row_id: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    extras: dict = field(default_factory=dict)
+    loss_mask: list[bool] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- rows -> tokens
+def _row_form(row: dict) -> str:
+    has = [k for k in ("text", "messages", "prompt", "completion") if k in row]
+    if "text" in row and len(has) == 1:
+        return "text"
+    if "messages" in row and len(has) == 1:
+        return "messages"
+    if "prompt" in row and "completion" in row and len(has) == 2:
+        if _preference_label(row.get("label")):
+            raise RowProblem("unpaired_preference_row", "label", f"is {row['label']!r}: the row is TRL's unpaired "
+                             "preference form (prompt, completion, label), whose label false marks an undesirable "
+                             "completion that SFT would train the model to write",
+                             "Train unpaired rows with task: dpo and loss_type: kto; to fine-tune on the desirable "
+                             "completions, keep the rows with label true and drop the 'label' column.")
+        return "prompt_completion"
+    if "chosen" in row and "completion" not in row and set(has) <= {"prompt"}:
+        raise RowProblem("missing_field", "completion", "missing: the row is a preference pair (chosen, rejected), "
+                         "not an SFT row", "Train pairs with task: dpo; to fine-tune on the chosen responses, rename "
+                         "'chosen' to 'completion' (beside 'prompt'), or to 'messages' / 'text' (a row without "
+                         "'prompt'), and drop 'rejected' (TRL's SFT forms: text, messages, prompt + completion).")
+    if has == ["prompt"]:
+        raise RowProblem("missing_field", "completion", "missing: the row has a prompt but no completion",
+                         "Give each row a 'completion' (or use `text` / `messages`).")
+    if not has:
+        raise RowProblem("missing_field", None, f"no SFT field among the columns {sorted(row)[:8]}",
+                         "Give each row `text`, `messages`, or `prompt` and `completion` (TRL's SFT forms).")
+    raise RowProblem("mixed_forms", has[0], f"the row holds {has}, which is not one SFT form",
+                     "Use exactly one of: text | messages | prompt + completion.")
+
+
+def _preference_label(value) -> bool:
+    """A KTO-style desirable/undesirable label (a bool, or its CSV text 'true' / 'false'), as validate.check_label
+    reads one; other `label` columns (a category, a score) are left alone."""
+    return isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false"))
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _whole_sequence(tokenizer, ids: list[int], add_bos_eos: bool) -> tuple[list[int], list[int]]:
+    """(first token, the rest): every token after the first is predicted and carries loss. add_bos_eos: bos where
+    the tokenizer adds one to text (data.tokenize.text_bos, as TRL's `tokenizer(text)`), eos at the end."""
+    if add_bos_eos:
+        from preflab.data.tokenize import text_bos
+
+        bos, eos = text_bos(tokenizer), tokenizer.eos_token_id
+        if bos is not None and ids[:1] != [bos]:
+            ids = [bos] + ids
+        if ids[-1:] != [eos]:
+            ids = ids + [eos]
+    if len(ids) < 2:
+        raise RowProblem("empty_response_tokens", None, "the sequence has fewer than 2 tokens, so nothing to "
+                         "predict", "Give a longer text.")
+    return ids[:1], ids[1:]
+
+
+def _split_at_loss(ids: list[int], mask: list[int], field_name: str) -> tuple[list[int], list[int], list | None]:
+    """(prompt, completion, loss_mask) of a sequence whose tokens carry loss where mask is 1: the completion starts
+    at the first such token after token 0 (which nothing predicts); loss_mask is None when all of it carries loss."""
+    first = next((i for i in range(1, len(ids)) if mask[i]), None)
+    if first is None:
+        raise RowProblem("no_assistant_tokens", field_name, "with assistant_only_loss: true no token of this row is "
+                         "both the assistant's and in the completion, so it has nothing to train on",
+                         "Give the row an assistant answer in its completion, or remove assistant_only_loss.")
+    loss = [bool(m) for m in mask[first:]]
+    return ids[:first], ids[first:], None if all(loss) else loss
+
+
+def _not_conversational(form: str) -> RowProblem:
+    field_name = "text" if form == "text" else "prompt"
+    return RowProblem("not_conversational", field_name, "assistant_only_loss: true needs conversational rows, and "
+                      f"this row's {field_name} is text (TRL 1.16 raises for a dataset that is not conversational)",
+                      "Give the rows as 'messages' (or prompt / completion as lists of messages), or remove "
+                      "assistant_only_loss.")
+
+
+_TOKEN_COUNTS = ("prompt_tokens", "response_tokens", "max_prompt_tokens", "max_response_tokens")
+
+
+def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeReport) -> tuple[TokenizedSFT, str]:
+    """One raw row -> (TokenizedSFT, its form). RowProblem for a bad row. A conversational row's `tools` and
+    `chat_template_kwargs` columns reach the chat template, as in TRL 1.16."""
+    from preflab.data.assistant_mask import assistant_tokens
+    from preflab.data.tokenize import _check_settings, _render, _tokenize_one, special_token_pattern, text_bos
+    from preflab.data.validate import (check_messages, check_no_media, check_same_form, check_text,
+                                       check_text_or_messages)
+
+    check_no_media(row)
+    form = _row_form(row)
+    assistant_only = getattr(cfg, "assistant_only_loss", False)
+    extras = {k: row[k] for k in ("tools", "chat_template_kwargs") if row.get(k) is not None}
+    loss_mask = None
+    if form == "text":
+        if assistant_only:
+            raise _not_conversational(form)
+        prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, check_text(row["text"], "text")), True)
+    elif form == "messages":
+        messages = check_messages(row["messages"], "messages")
+        if assistant_only:
+            prompt, completion, loss_mask = _split_at_loss(*assistant_tokens(tokenizer, messages, extras,
+                                                                             "messages"), "messages")
+        else:
+            rendered = _render(tokenizer, messages, extras, "messages", generation=False)
+            prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, rendered), False)
+    else:
+        p = check_text_or_messages(row["prompt"], "prompt")
+        c = check_text_or_messages(row["completion"], "completion", response=True)
+        check_same_form({"prompt": p, "completion": c})
+        if assistant_only and not isinstance(p, list):
+            raise _not_conversational(form)
+        settings = _check_settings(None, None, "keep_end")
+        settings.specials, settings.eos_text = special_token_pattern(tokenizer), tokenizer.eos_token
+        settings.bos = text_bos(tokenizer)
+        counted = [getattr(report, k) for k in _TOKEN_COUNTS]  # counted once below, after the SFT truncation
+        prompt, (completion,) = _tokenize_one(tokenizer, p, [c], ["completion"], extras, settings, report)
+        for key, value in zip(_TOKEN_COUNTS, counted):
+            setattr(report, key, value)
+        if assistant_only:
+            ids, mask = assistant_tokens(tokenizer, p + c, extras, "completion")
+            if ids != prompt + completion:
+                raise RowProblem("template_mask_mismatch", "completion", "the chat template's tokens with the "
+                                 "assistant mask differ from the tokens of prompt + completion", "Report this row "
+                                 "to preflab with the chat template; meanwhile remove assistant_only_loss.")
+            if cfg.completion_only_loss:  # TRL: labels where completion_mask and assistant_masks are both 1
+                mask = [0] * len(prompt) + mask[len(prompt):]
+            prompt, completion, loss_mask = _split_at_loss(ids, mask, "completion")
+        elif not cfg.completion_only_loss:
+            prompt, completion = prompt[:1], prompt[1:] + completion
+    limit = cfg.max_length
+    if limit is not None and len(prompt) + len(completion) > limit:
+        room = limit - len(prompt)
+        if room < 1:
+            what = (f"the {len(prompt)} tokens before the first assistant token leave" if assistant_only else
+                    f"the prompt is {len(prompt)} tokens, which leaves")
+            raise RowProblem("prompt_fills_max_length", "messages" if form == "messages" else "prompt",
+                             f"{what} no room for the completion within max_length={limit}",
+                             "Shorten the prompt (the turns before the first assistant answer) or raise max_length.")
+        completion = completion[:room]
+        if loss_mask is not None:
+            loss_mask = loss_mask[:room]
+        report.response_truncated += 1
+    report.prompt_tokens += len(prompt)
+    report.response_tokens += len(completion)
+    report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt))
+    report.max_response_tokens = max(report.max_response_tokens, len(completion))
+    return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask), form
+
+
+def note_assistant_template(cfg, tokenizer) -> None:
+    """assistant_only_loss: check the chat template (ConfigError without {% generation %} markers) and print its note
+    (the end-of-turn token left out of the loss) on the main process; once per run: the training read
+    (`prepare_sft`) or the stream's opening (preflab.loops.streaming.open_stream) calls it."""
+    if getattr(cfg, "assistant_only_loss", False):
+        from preflab.data.assistant_mask import check_assistant_template
+
+        note = check_assistant_template(tokenizer)
+        if note and is_main_process():
+            print(f"preflab: note: {note}")
+
+
+def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
+    """build(raw_row) -> [TokenizedSFT] ([] for a row on_bad_row says to skip), counting the row in `rows` and
+    `tokens`. One row at a time: the whole-dataset read and streaming (preflab.loops.streaming) use it.
+    assistant_only_loss: the chat template is checked first (ConfigError without {% generation %} markers; its note
+    is `note_assistant_template`'s)."""
+    if getattr(cfg, "assistant_only_loss", False):
+        from preflab.data.assistant_mask import check_assistant_template
+
+        check_assistant_template(tokenizer)
+    policy = BadRowPolicy(cfg.on_bad_row, rows)
+
+    def build(raw) -> list[TokenizedSFT]:
+        rows.total += 1
+        tokens.total += 1
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            item, form = tokenize_sft_row(raw.row_id, raw.data, tokenizer, cfg, tokens)
+        except RowProblem as problem:
+            policy.handle(problem, raw.row_id, raw.line, source=raw.file)
+            tokens.record_skip(problem, raw.row_id, raw.line)
+            return []
+        rows.kept += 1
+        tokens.kept += 1
+        rows.forms[form] = rows.forms.get(form, 0) + 1
+        rows.examples += 1
+        return [item]
+
+    return build
+
+
+def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataReport, TokenizeReport]:
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    rows = DataReport(source=reader.name, kind="sft")
+    tokens = TokenizeReport(source=reader.name)
+    build = sft_row_builder(cfg, tokenizer, rows, tokens)
+    out = []
+    for raw in reader:
+        out.extend(build(raw))
+    rows.blank_lines, rows.examples = reader.blank_lines, len(out)
+    rows.check()
+    if rows.total == 0:
+        raise DataError(f"{source!r} ({rows.source}) is empty: it holds no rows.")
+    return out, rows, tokens
+
+
+def prepare_sft(cfg, tokenizer):
+    """(train TokenizedSFT list, eval list, report) from dataset_name / eval_dataset_name / eval_fraction."""
+    if not cfg.dataset_name:
+        raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
+    if tokenizer.eos_token_id is None:
+        from preflab.data.tokenize import no_eos_message
+
+        raise ConfigError(no_eos_message(tokenizer))
+    note_assistant_template(cfg, tokenizer)
+    train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
+    report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
+    from preflab.data.eval_set import train_and_eval
+
+    def read_eval(name, split):
+        evals, erows, etok = _read(name, split, cfg, tokenizer)
+        return evals, (erows, etok)
+
+    def said(reports) -> str:
+        return f"{reports[0].summary()}; {reports[1].summary()}"
+
+    train, evals, eval_reports = train_and_eval(cfg, train, read_eval, describe=said)
+    if eval_reports is not None:
+        report.update(eval_rows=eval_reports[0].to_dict(), eval_tokenize=eval_reports[1].to_dict())
+    if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
+        print(f"preflab: data: {rows.summary()}; {tok.summary()}")
+        if eval_reports is not None:
+            print(f"preflab: data (eval): {said(eval_reports)}")
+        elif evals:  # eval_fraction: the hold-out's size (the line above counts train and eval together)
+            print(f"preflab: data (eval): eval_fraction={cfg.eval_fraction} holds out {len(evals)} of the "
+                  f"{len(train) + len(evals)} tokenized examples (seed {cfg.seed}); {len(train)} train.")
+    return train, evals, report
+
+
+# ---------------------------------------------------------------------------------------------- the batch kind
+def collate_sft(items, pad_id: int, packing: bool, max_row_tokens: int | None = None) -> LayoutBatch:
+    """Padded rows, or (packing) sequences binned first-fit-decreasing into rows of at most max_row_tokens with
+    per-sequence positions and block-diagonal causal masks. Sequence i is items[i] in both layouts."""
+    row_ids = [x.row_id for x in items]
+    if not packing:
+        return _keep_loss_tokens(padded([(x.prompt_ids, x.completion_ids) for x in items], pad_id=pad_id,
+                                        row_ids=row_ids), items)
+    from preflab.data.packing import first_fit_decreasing
+    from preflab.data.prefix import Block, block_rows
+
+    blocks = [Block(x.prompt_ids, [x.completion_ids], [i]) for i, x in enumerate(items)]
+    groups = first_fit_decreasing([b.length for b in blocks], max_row_tokens)
+    return _keep_loss_tokens(block_rows([[blocks[i] for i in g] for g in groups], len(items), pad_id, row_ids), items)
+
+
+def _keep_loss_tokens(layout: LayoutBatch, items) -> LayoutBatch:
+    """The layout with response_mask False on the completion tokens whose loss_mask is False (assistant_only_loss):
+    they stay in the sequence (attended to, counted in num_tokens) but carry no loss and no accuracy. Response
+    token l of sequence n is completion_ids[l] of items[n] in both layouts; a new LayoutBatch re-derives the gather
+    plan."""
+    if all(x.loss_mask is None for x in items):
+        return layout
+    keep = torch.ones_like(layout.response_mask)
+    for n, x in enumerate(items):
+        if x.loss_mask is not None:
+            keep[n, :len(x.loss_mask)] = torch.tensor(x.loss_mask, dtype=torch.bool)
+    return replace(layout, response_mask=layout.response_mask & keep, gather=None)
+
+
+class SFTKind:
+    name = "sft"
+    packing = False
+    max_row_tokens: int | None = None
+
+    @staticmethod
+    def prepare(cfg, tokenizer):
+        return prepare_sft(cfg, tokenizer)
+
+    @classmethod
+    def collate(cls, items, pad_id: int, layout: str) -> LayoutBatch:
+        return collate_sft(items, pad_id, layout in ("packed", "prefix_packed"), cls.max_row_tokens)
+
+    @staticmethod
+    def count_tokens(items) -> int:
+        """Tokens of the sequences (prompt + completion), padding never counted (TRL's num_tokens)."""
+        return sum(len(x.prompt_ids) + len(x.completion_ids) for x in items)
+
+    @staticmethod
+    def split(policy, ref, extras) -> SFTBatch:
+        return SFTBatch(SequenceLogps(policy.token_logps, policy.mask), {**dict(extras), "_hidden": policy.hidden_flat})
+
+    @staticmethod
+    def eval_metrics(batch) -> dict:
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+def correct_tokens(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> torch.Tensor:
+    """How many positions have argmax over head(hidden) equal to the target (no gradient): a 0-dim int64 tensor on
+    the device, summed there (a host read per chunk would stall the step)."""
+    right = hidden_flat.new_zeros((), dtype=torch.long)
+    with torch.no_grad():
+        for s in range(0, hidden_flat.shape[0], chunk):
+            right = right + (head(hidden_flat[s:s + chunk]).argmax(-1) == targets[s:s + chunk]).sum()
+    return right
+
+
+def correct_and_entropy(hidden_flat: torch.Tensor, targets: torch.Tensor, head, chunk: int = 1024) -> torch.Tensor:
+    """[2] float64 on the device, no gradient: (how many positions have argmax over head(hidden) equal to the
+    target, the sum over positions of the predictive entropy -sum_v p_v log p_v), from one head pass per chunk
+    (preflab.scoring.lm._token_stats, TRL 1.16's fused-head `is_top1` and `entropy`); summed on the device, no read."""
+    from preflab.scoring.lm import _token_stats
+
+    sums = hidden_flat.new_zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, hidden_flat.shape[0], chunk):
+            logits = head(hidden_flat[s:s + chunk])
+            stats = _token_stats(logits, torch.logsumexp(logits, dim=-1), targets[s:s + chunk])
+            sums = sums + stats[:, [2, 1]].double().sum(0)
+    return sums
