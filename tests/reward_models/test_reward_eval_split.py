@@ -4,25 +4,8 @@ note; eval.json's `split` says which. It read 'train' by default, so a folder wi
 model's training accuracy as if it were held-out."""
 import json
 
-import pytest
-
 from preflab.cli import main
 from reward_synthetic import marker_rows
-
-
-@pytest.fixture(scope="module")
-def split_rm_dir(tmp_path_factory):
-    """An untrained tiny BT reward model saved as preflab saves one."""
-    from preflab.models.tiny import tiny_tokenizer
-    from preflab.reward_models.heads import build_reward_model, set_reward_config
-
-    path = tmp_path_factory.mktemp("rm")
-    tok = tiny_tokenizer()
-    model = build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
-    set_reward_config(model, {"head": "bt", "tau": 1.0})
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
 
 
 def _jsonl(path, rows):
@@ -44,14 +27,14 @@ def _eval(rm, data, out, *extra):
     return json.loads(out.read_text())
 
 
-def test_reward_eval_reads_the_test_split_by_default_as_the_policy_eval(split_rm_dir, tmp_path, capsys):
+def test_reward_eval_reads_the_test_split_by_default_as_the_policy_eval(tiny_rm_dir, tmp_path, capsys):
     """A folder with train.jsonl (8 pairs) and test.jsonl (3): the reward eval reads test (3 pairs; it read the 8
     training pairs), says so in the policy eval's own note, and eval.json's split is 'test'. A saved DatasetDict
     (save_to_disk) with train and test reads its test split too."""
     from datasets import Dataset, DatasetDict
 
     folder = _folder(tmp_path, test=True)
-    out = _eval(split_rm_dir, folder, tmp_path / "eval.json")
+    out = _eval(tiny_rm_dir, folder, tmp_path / "eval.json")
     note = (f"read split 'test' of {folder}: no --split was given and it has a split 'test', read by default as a "
             "run's eval_split is; pass --split to read another")
     assert (out["num_pairs"], out["reward_eval"]["num_pairs"]) == (3, 3)  # the old code: 8, the training pairs
@@ -63,17 +46,17 @@ def test_reward_eval_reads_the_test_split_by_default_as_the_policy_eval(split_rm
     saved = tmp_path / "saved"
     DatasetDict({"train": Dataset.from_list(marker_rows(8, seed=0)),
                  "test": Dataset.from_list(marker_rows(5, seed=2))}).save_to_disk(str(saved))
-    out = _eval(split_rm_dir, saved, tmp_path / "eval_saved.json")
+    out = _eval(tiny_rm_dir, saved, tmp_path / "eval_saved.json")
     assert out["num_pairs"] == 5 and out["split"] == "test"
     assert out["notes"][0].startswith(f"read split 'test' of {saved}: no --split was given")
-    assert (_eval(split_rm_dir, saved, tmp_path / "eval_limit.json", "--limit", "2")["num_pairs"]) == 2
+    assert (_eval(tiny_rm_dir, saved, tmp_path / "eval_limit.json", "--limit", "2")["num_pairs"]) == 2
 
 
-def test_reward_eval_of_data_without_a_test_split_reads_train_with_the_note(split_rm_dir, tmp_path, capsys):
+def test_reward_eval_of_data_without_a_test_split_reads_train_with_the_note(tiny_rm_dir, tmp_path, capsys):
     """A folder with only train.jsonl: the reward eval reads train (8 pairs) and says that it did and why, in the
     policy eval's words (the old code read it without a word)."""
     folder = _folder(tmp_path, test=False)
-    out = _eval(split_rm_dir, folder, tmp_path / "eval.json")
+    out = _eval(tiny_rm_dir, folder, tmp_path / "eval.json")
     note = (f"read split 'train' of {folder}: no --split was given and it has no split 'test' (a single file or a "
             "folder without one reads as 'train'); pass --split to read another")
     assert out["notes"] == [note]
@@ -81,14 +64,14 @@ def test_reward_eval_of_data_without_a_test_split_reads_train_with_the_note(spli
     assert f"note: {note}" in capsys.readouterr().out
 
 
-def test_reward_eval_split_train_overrides_the_test_default(split_rm_dir, tmp_path):
+def test_reward_eval_split_train_overrides_the_test_default(tiny_rm_dir, tmp_path):
     """--split train on a folder with a test split reads the 8 training pairs, and eval.json says it was --split's
     choice; the accuracy is the one of evaluate_reward_model on the training file itself."""
     from preflab.reward_models.eval import evaluate_reward_model
 
     folder = _folder(tmp_path, test=True)
-    out = _eval(split_rm_dir, folder, tmp_path / "eval.json", "--split", "train")
+    out = _eval(tiny_rm_dir, folder, tmp_path / "eval.json", "--split", "train")
     assert out["notes"] == [f"read split 'train' of {folder} (--split)"]
     assert (out["num_pairs"], out["split"]) == (8, "train")
-    direct = evaluate_reward_model(str(split_rm_dir), str(folder / "train.jsonl"), on_bad_row="skip")
+    direct = evaluate_reward_model(str(tiny_rm_dir), str(folder / "train.jsonl"), on_bad_row="skip")
     assert out["metrics"]["reward_model/accuracy"] == direct["accuracy"]

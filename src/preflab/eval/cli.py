@@ -41,7 +41,8 @@ def register(sub) -> None:
                         "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
-                                   "data has one, as a run's eval_split; else 'train'; eval.json's notes say which)")
+                                   "data has one, as a run's eval_split; else 'train'; eval.json's notes say which; "
+                                   "--task diffusion|vlm: 'train')")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
     p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
