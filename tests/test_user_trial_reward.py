@@ -157,9 +157,9 @@ def test_preflab_eval_reward_prints_ece_and_brier(tmp_path, capsys):
 
 def test_reward_eval_on_the_training_folder_names_the_split_the_run_evaluated_on(tmp_path, capsys):
     """A run trained on folder/train.jsonl and evaluated on folder/test.jsonl (eval_split: test, TRL's
-    dataset_test_split); `preflab eval RUN --task reward --data folder` reads `train` and said "evaluate a held-out
-    file" although the held-out split sits in the same folder. The note now names `--split test`; with it the
-    eval loss is the run's own final eval_loss."""
+    dataset_test_split); `preflab eval RUN --task reward --data folder --split train` said "evaluate a held-out
+    file" although the held-out split sits in the same folder. The note now names `--split test`; with it (and
+    without --split, which reads test as the policy eval) the eval loss is the run's own final eval_loss."""
     from preflab.cli import main
     from preflab.reward_models.train import train_reward
 
@@ -169,14 +169,15 @@ def test_reward_eval_on_the_training_folder_names_the_split_the_run_evaluated_on
     rows = _pairs_file(tmp_path, n=12, name="all.jsonl").read_text().splitlines()[8:]
     (folder / "test.jsonl").write_text("".join(line + "\n" for line in rows))
     summary = train_reward(_reward_cfg(tmp_path / "run", folder, eval_dataset_name=str(folder), eval_split="test"))
-    assert main(["eval", str(tmp_path / "run"), "--task", "reward", "--data", str(folder)]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--task", "reward", "--data", str(folder), "--split", "train"]) == 0
     assert (f"--data {folder} (split train) is the run's training data (dataset_name): every row was trained on, so "
             "these metrics are not held-out; give --split test, the split the run evaluated on") in \
         capsys.readouterr().out
-    assert main(["eval", str(tmp_path / "run"), "--task", "reward", "--data", str(folder), "--split", "test"]) == 0
-    out = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert out["num_pairs"] == 4 and not any("training data" in n for n in out["notes"])
-    assert out["metrics"]["reward_model/loss"] == pytest.approx(summary["final_metrics"]["eval_loss"], abs=1e-5)
+    for split in (["--split", "test"], []):  # no --split reads test too (as the policy eval: open_eval_split)
+        assert main(["eval", str(tmp_path / "run"), "--task", "reward", "--data", str(folder), *split]) == 0
+        out = json.loads((tmp_path / "run" / "eval.json").read_text())
+        assert out["num_pairs"] == 4 and not any("training data" in n for n in out["notes"])
+        assert out["metrics"]["reward_model/loss"] == pytest.approx(summary["final_metrics"]["eval_loss"], abs=1e-5)
 
 
 def test_load_best_model_note_does_not_give_the_loaded_checkpoint_an_unsaved_steps_metric(tmp_path):

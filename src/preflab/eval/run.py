@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -180,8 +180,6 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
     """(opts with max_length capped at the positions of the policy and reference, a note saying so or None): a
     longer sequence would index past a learned position table (an IndexError mid-evaluation), as training caps it
     (models.load.cap_max_length)."""
-    from dataclasses import replace
-
     from preflab.models.load import max_positions
 
     limits = [n for n in (max_positions(policy), max_positions(ref) if ref is not None else None) if n]
@@ -192,29 +190,27 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
-def _open_split(opts: EvalOptions, data):
-    """(opts with the split read, a note saying which split of `data` that is, the RowReader of it). No split
-    given: 'test' where the data has one, as a run's eval_split defaults to (TRL's dataset_test_split), else
-    'train', found by the reader that reads it (data.sources.eval_default_reader: the source is loaded once). Rows
-    in memory (a list, a Dataset) and a plain data file have no split to name: no note."""
-    from dataclasses import replace
-
+def open_eval_split(data, split: str | None, limit: int | None = None):
+    """(the split read, a note saying which split of `data` that is, the RowReader of it), for every `preflab eval`
+    task that reads pairs (the policy eval, `--task reward`). No split given: 'test' where the data has one, as a
+    run's eval_split defaults to (TRL's dataset_test_split), else 'train', found by the reader that reads it
+    (data.sources.eval_default_reader: the source is loaded once). Rows in memory (a list, a Dataset) and a plain
+    data file have no split to name: no note."""
     from preflab.data.sources import RowReader, eval_default_reader, file_splits
 
     named = isinstance(data, (str, os.PathLike)) or type(data).__name__ == "DatasetDict"
     if named and isinstance(data, (str, os.PathLike)) and Path(data).is_file() and len(file_splits(Path(data))) < 2:
         named = False  # a plain data file: its rows, no split to name
-    if opts.split is not None:
-        return opts, (f"read split {opts.split!r} of {data} (--split)" if named else None), \
-            RowReader(data, split=opts.split, limit=opts.limit)
-    reader = eval_default_reader(data, limit=opts.limit)
-    split = reader.split
+    if split is not None:
+        return split, (f"read split {split!r} of {data} (--split)" if named else None), \
+            RowReader(data, split=split, limit=limit)
+    reader = eval_default_reader(data, limit=limit)
     if not named:
-        return replace(opts, split=split), None, reader
-    why = ("it has a split 'test', read by default as a run's eval_split is" if split == "test" else
+        return reader.split, None, reader
+    why = ("it has a split 'test', read by default as a run's eval_split is" if reader.split == "test" else
            "it has no split 'test' (a single file or a folder without one reads as 'train')")
-    return replace(opts, split=split), f"read split {split!r} of {data}: no --split was given and {why}; pass " \
-                                       "--split to read another", reader
+    return reader.split, f"read split {reader.split!r} of {data}: no --split was given and {why}; pass --split " \
+                         "to read another", reader
 
 
 def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
@@ -233,7 +229,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     notes: list[str] = []
     missing: dict[str, str] = {}
     opts, capped = _within_positions(opts, policy, ref)
-    opts, said, reader = _open_split(opts, data)
+    split, said, reader = open_eval_split(data, opts.split, opts.limit)
+    opts = replace(opts, split=split)
     notes += [said] if said else []
     examples, row_report = load_rows(reader, kind="pairwise", on_bad_row="skip")
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",

@@ -62,34 +62,27 @@ def eval_task(args) -> int:
     """`preflab eval CHECKPOINT --data ... --task reward`: pairwise accuracy of a reward model
     (preflab.reward_models.eval), written to eval.json like a policy eval. Routed here by preflab.cli, so that
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
-    from preflab.data.rows import load_rows
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.eval.loading import run_config
-    from preflab.eval.run import eval_json_path, training_data_note, write_json
+    from preflab.eval.run import eval_json_path, open_eval_split, training_data_note, write_json
     from preflab.reward_models.eval import evaluate_reward_model
 
     refuse_unread_options(args, "reward")
     args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
-    data, skipped_first = args.data, {}
-    if args.split != "train" or args.limit is not None:      # hand the chosen split / rows over as a list
-        examples, report = load_rows(data, split=args.split, kind="pairwise", on_bad_row="skip", limit=args.limit,
-                                     prompt_optional=True)
-        data = [pair_row(ex) for ex in examples]
-        skipped_first = dict(report.skipped)
-    result = evaluate_reward_model(args.checkpoint, data, batch_size=args.batch_size, max_length=args.max_length,
+    # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
+    split, said, reader = open_eval_split(args.data, args.split, args.limit)
+    result = evaluate_reward_model(args.checkpoint, reader, batch_size=args.batch_size, max_length=args.max_length,
                                    on_bad_row="skip")
-    for reason, count in skipped_first.items():               # rows the first read skipped count too
-        result["skipped"][reason] = result["skipped"].get(reason, 0) + count
     metrics = {f"reward_model/{k}": v for k, v in result.items()
                if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length", "margin_missing")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
-    notes = reward_eval_notes(result, args.max_length)
-    trained_on = training_data_note(args.data, run_config(args.checkpoint), args.split or "train")
+    notes = ([said] if said else []) + reward_eval_notes(result, args.max_length)
+    trained_on = training_data_note(args.data, run_config(args.checkpoint), split)
     if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
         notes.append(trained_on)
-    out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data),
+    out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data), "split": split,
            "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
            "notes": notes, "missing": {}}
     path = write_json(eval_json_path(args.checkpoint, args.out), out)

@@ -67,7 +67,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
 
     model_dir_or_model: a directory saved by preflab (or any sequence-classification reward model directory), or
         an in-memory model (then pass `tokenizer`).
-    data: a data file, directory, hub dataset name, `datasets.Dataset` or list of row dicts.
+    data: a data file, directory, hub dataset name, `datasets.Dataset`, list of row dicts, or a RowReader opened on
+        one (its split and limit: `preflab eval --task reward` reads the split the policy eval reads).
     head: the pairwise head (default: from the model config; a plain classifier is a BT model).
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
     Returns {"accuracy", "num_pairs", "mean_logit", the head's training metrics on the pairs ("loss" with the rows'
