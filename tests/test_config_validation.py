@@ -279,3 +279,20 @@ def test_each_refused_value_row_is_refused_with_its_whole_message(monkeypatch):
     with pytest.raises(ConfigError, match=re.escape("layout: packed with beta=0.7 is not supported for task: dpo: "
                                                     "a test row.")):
         config_from_dict({**BASE, "layout": "packed", "beta": 0.7})
+
+
+@pytest.mark.parametrize("task", ["reward", "sft", "diffusion"])
+def test_ref_load_dtype_refused_where_no_reference_is_loaded(task):
+    """ref_load_dtype was accepted and read by nothing under these tasks (only a bf16 hardware check saw it)."""
+    with pytest.raises(ConfigError, match=rf"ref_load_dtype only applies to the runs that load a reference model .*"
+                                          rf"not to this run \(task: {task}"):
+        TrainConfig(task=task, model_name_or_path="x", dataset_name="y", ref_load_dtype="bfloat16")
+
+
+def test_ref_load_dtype_beside_a_reference_free_loss_gets_a_note(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: x\ndataset_name: y\nloss_type: simpo\nref_load_dtype: bfloat16\n")
+    cfg = load_config(str(path))
+    assert cfg.ref_load_dtype == "bfloat16"
+    assert ("ref_load_dtype: loss_type simpo uses no reference model, so no reference is loaded in bfloat16; "
+            "remove it.") in capsys.readouterr().err

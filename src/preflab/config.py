@@ -603,6 +603,9 @@ def config_from_dict(raw: dict) -> TrainConfig:
         notes.append(f"ref_model_name_or_path: loss_type {cfg.loss_type} uses no reference model, so "
                      f"{cfg.ref_model_name_or_path!r} is not loaded; remove it, or choose a loss_type with a "
                      "reference (sigmoid, ipo, ...).")
+    if cfg.ref_load_dtype and cfg.task in ("dpo", "vlm") and not objective.needs_reference:
+        notes.append(f"ref_load_dtype: loss_type {cfg.loss_type} uses no reference model, so no reference is loaded "
+                     f"in {cfg.ref_load_dtype}; remove it.")
     _say(notes)
     return cfg
 

@@ -76,6 +76,10 @@ OWNERS = (
      lambda cfg: cfg.task != "diffusion", "the text and image-text tasks (a diffusion run's reference is its starting "
      "denoiser: a frozen copy, or the UNet with its LoRA adapters off; to compare against another pipeline, "
      "`preflab eval RUN --task diffusion --reference DIR`)"),
+    (("ref_load_dtype",), lambda cfg: cfg.task in ("dpo", "vlm") or (cfg.task == "online" and not _builds_its_model(cfg)),
+     "the runs that load a reference model (task: dpo, vlm and online; task: sft and task: reward train without "
+     "one, a diffusion run's reference is its starting denoiser in the policy's dtype, and online_task: game and "
+     "model builtin:demo-sft build their tiny policy and its reference in code)"),
     (("precompute_ref_log_probs",), lambda cfg: cfg.task not in ("diffusion", "online"),
      "the offline text and image-text tasks (task: online computes the reference's log-probs once per generation "
      "round anyway; a diffusion run's reference is its starting denoiser: a frozen copy, or the UNet with its LoRA "
