@@ -20,14 +20,17 @@ from pathlib import Path
 
 from preflab.data.examples import PairExample, PromptExample, UnpairedExample
 from preflab.data.report import TokenizeReport
+from preflab.data.token_columns import cut_token_columns
 from preflab.data.tokenize import (KLCut, TokenizedPair, TokenizedPrompt, TokenizedUnpaired, tokenize_indexed,
-                                   tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired)
+                                   tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired,
+                                   with_token_cuts)
 from preflab.errors import ConfigError
 
-CACHE_FORMAT = 5  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
+CACHE_FORMAT = 6  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
 # bos only where the tokenizer adds one (data.tokenize.text_bos); 4: truncation_mode keep_end cuts each sequence's
 # start (TRL 1.16), storing the rejected side's own prompt when the two cuts differ; 5: unpaired items keep their
-# KLCut (KTO's mismatched sequences cut to max_length as TRL 1.16 cuts them)
+# KLCut (KTO's mismatched sequences cut to max_length as TRL 1.16 cuts them); 6: per-token columns are cut with
+# their response (data.token_columns; an item stores its cut spans)
 _KINDS = {PairExample: ("pairs", tokenize_pairs), UnpairedExample: ("unpaired", tokenize_unpaired),
           PromptExample: ("prompts", tokenize_prompts)}  # each function's keyword defaults apply
 
@@ -61,27 +64,40 @@ def examples_fingerprint(examples) -> str:
 
 
 def _row(item) -> list:
+    """The stored ids of one item; an item whose per-token columns were cut (`with_token_cuts`) adds its
+    {side: [start, end]} last (after a null where the optional slot before it is empty)."""
+    cuts = getattr(item, "token_cuts", None)
     if isinstance(item, TokenizedPair):  # a MAPL intra row (or a keep_end cut apart) adds its rejected prompt
-        own = [] if item.rejected_prompt_ids is None else [item.rejected_prompt_ids]
-        return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *own]
+        own = [] if item.rejected_prompt_ids is None and not cuts else [item.rejected_prompt_ids]
+        return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *own, *([cuts] if cuts else [])]
     if isinstance(item, TokenizedUnpaired):  # with max_length: its KLCut, ids equal to the item's stored as null
         cut = item.kl_cut
         if cut is None:
-            return [item.prompt_ids, item.completion_ids]
+            return [item.prompt_ids, item.completion_ids, *([None, cuts] if cuts else [])]
         same = lambda before, after: None if before == after else before  # noqa: E731
         return [item.prompt_ids, item.completion_ids, [cut.max_length, cut.truncation_mode,
                                                        same(cut.prompt_ids, item.prompt_ids),
-                                                       same(cut.completion_ids, item.completion_ids)]]
+                                                       same(cut.completion_ids, item.completion_ids)],
+                *([cuts] if cuts else [])]
     return [item.prompt_ids]
+
+
+def _cut_extras(ex, ids: list, slot: int) -> tuple[dict, dict | None]:
+    """(the example's extras with its per-token columns cut as stored at ids[slot], the cuts or None)."""
+    cuts = ids[slot] if len(ids) > slot else None
+    return (cut_token_columns(ex.extras, cuts) if cuts else dict(ex.extras)), cuts
 
 
 def _rebuild(kind: str, ex, ids: list):
     if kind == "pairs":
-        pair = TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], dict(ex.extras), ids[3] if len(ids) > 3 else None)
-        return pair.marked_cut_apart() if len(ids) > 3 and ex.rejected_prompt is None else pair
+        extras, cuts = _cut_extras(ex, ids, 4)
+        rejected_prompt = ids[3] if len(ids) > 3 else None
+        pair = with_token_cuts(TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], extras, rejected_prompt), cuts)
+        return pair.marked_cut_apart() if rejected_prompt is not None and ex.rejected_prompt is None else pair
     if kind == "unpaired":
-        item = TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, dict(ex.extras))
-        if len(ids) > 2:
+        extras, cuts = _cut_extras(ex, ids, 3)
+        item = with_token_cuts(TokenizedUnpaired(ex.row_id, ids[0], ids[1], ex.label, extras), cuts)
+        if len(ids) > 2 and ids[2] is not None:
             length, mode, prompt, completion = ids[2]
             item.kl_cut = KLCut(length, mode, ids[0] if prompt is None else prompt,
                                 ids[1] if completion is None else completion)

@@ -27,9 +27,11 @@ prompt's start is cut (bos included), per sequence: the chosen and rejected sequ
 parts of the prompt (the rejected one's is then `rejected_prompt_ids`, with `cut_apart`). Under keep_start a prompt
 that leaves no room for one response token is a bad row (`prompt_fills_max_length`; TRL drops it unsaid); pairs
 whose two sequences are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
-`TokenizeReport`. Unpaired (KTO) examples keep their ids before the max_length cut (`KLCut`): KTO's mismatched (KL)
-sequences pair a prompt with another example's uncut completion and are cut like any sequence (`kl_sequence`), as
-TRL 1.16's KTOTrainer cuts them.
+`TokenizeReport`. With token_extras, per-token columns (`<side>_<name>` lists of numbers, RRPO's phrase ids) are
+cut to the tokens their response keeps (data.token_columns); with phrase_ids (RRPO), a pair whose kept phrase ids
+are all 0 is the bad row `no_differing_phrase`. Unpaired (KTO) examples keep their ids before the max_length cut
+(`KLCut`): KTO's mismatched (KL) sequences pair a prompt with another example's uncut completion and are cut like
+any sequence (`kl_sequence`), as TRL 1.16's KTOTrainer cuts them.
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ from typing import NamedTuple
 
 from preflab.data.boundary import Split, encode, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
-from preflab.data.report import MAX_SKIPPED_EXAMPLES, BadRowPolicy, RowProblem, TokenizeReport
+from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
+from preflab.data.report import MAX_SKIPPED_EXAMPLES, BadRowPolicy, RowProblem, TokenizeReport, place_of, row_error
+from preflab.data.token_columns import ColumnMismatch, check_token_columns, cut_token_columns, kept_span
 from preflab.errors import ConfigError, DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -169,6 +173,8 @@ class _Settings:
     eos_text: str | None = None
     bos: int | None = None  # the bos id text prompts start with (`text_bos`), None: none
     joint_only: bool = False  # reward models: prompt + response ids = the joint tokenization (split_exact)
+    token_extras: bool = False  # per-token columns checked and cut with their response (data.token_columns)
+    phrase_ids: bool = False  # RRPO: a pair whose kept phrase ids are all 0 is a bad row (data.phrases)
 
 
 def text_bos(tokenizer) -> int | None:
@@ -443,15 +449,18 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
 
 def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
                     settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
-                    before: list | None = None):
+                    before: list | None = None, uncut: list | None = None):
     """(prompt ids of each response, response ids): truncation_mode keep_end may cut the prompt differently before
-    each response (`_truncate`); otherwise every response follows the same prompt."""
+    each response (`_truncate`); otherwise every response follows the same prompt. `uncut`, when given, receives
+    each response's token count before any cut (eos included), which per-token columns must match."""
     _check_no_special(settings, prompt, prompt_field, response=False)
     for response, name in zip(responses, fields):
         _check_no_special(settings, response, name, response=True)
     prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras, prompt_field)
     split = split_exact(tokenizer, prompt_text, texts, fields, joint_only=settings.joint_only)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
+    if uncut is not None:
+        uncut[:] = [len(one) for one in ids]
     _, prompts, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
                                 prompt_field, before)
     for one in {tuple(p): p for p in prompts}.values():  # a prompt stored once is counted once
@@ -465,12 +474,12 @@ def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list
 
 def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
                   settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
-                  before: list | None = None):
+                  before: list | None = None, uncut: list | None = None):
     """(prompt ids, response ids) for rows whose responses share one prompt (unpaired, MAPL intra sides, listwise
     and SFT rows). Several responses under keep_end with max_length would each keep a different part of the prompt,
     which one shared prompt cannot hold: refused (callers with several responses refuse that mode up front)."""
     prompts, ids = _tokenize_sides(tokenizer, prompt, responses, fields, extras, settings, report, prompt_field,
-                                   before)
+                                   before, uncut)
     if any(p != prompts[0] for p in prompts[1:]):
         raise ConfigError(f"truncation_mode=keep_end with max_length={settings.max_length} cuts the prompt before "
                           f"each of {len(prompts)} responses differently (TRL 1.16 cuts each sequence's start), and "
@@ -482,24 +491,61 @@ def _tokenize_one(tokenizer, prompt: Text, responses: list[Text], fields: list[s
 def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
     if ex.rejected_prompt is not None:
         return _make_intra_pair(ex, tokenizer, settings, report)
+    uncut: list = []
     (prompt_ids, rejected_prompt), (chosen, rejected) = _tokenize_sides(
-        tokenizer, ex.prompt, [ex.chosen, ex.rejected], ["chosen", "rejected"], ex.extras, settings, report)
+        tokenizer, ex.prompt, [ex.chosen, ex.rejected], ["chosen", "rejected"], ex.extras, settings, report,
+        uncut=uncut)
     if (prompt_ids, chosen) == (rejected_prompt, rejected):
         raise RowProblem("identical_after_tokenization", "rejected", "the chosen and rejected token ids are "
                          "identical (after truncation)", "Raise max_length or drop the row.")
+    spans = {side: kept_span(n, len(ids), settings) for side, n, ids in zip(("chosen", "rejected"), uncut,
+                                                                            (chosen, rejected))}
+    extras, cuts = _token_extras(ex.extras, dict(zip(("chosen", "rejected"), uncut)), spans, settings)
     if rejected_prompt == prompt_ids:
-        return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras))
-    return TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, dict(ex.extras), rejected_prompt).marked_cut_apart()
+        return with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras), cuts)
+    return with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras, rejected_prompt),
+                           cuts).marked_cut_apart()
+
+
+def _token_extras(extras: dict, uncut: dict[str, int], spans: dict[str, tuple[int, int]],
+                  settings: _Settings) -> tuple[dict, dict | None]:
+    """(the row's extras with each per-token column cut to the kept tokens, {side: [start, end]} of the sides cut
+    or None): settings.token_extras checks every per-token column against the uncut response ({side: tokens}) and
+    cuts it to `spans` (data.token_columns); settings.phrase_ids then refuses a pair whose kept RRPO phrase ids are
+    all 0 (`no_differing_phrase`, data.phrases.check_differing_phrase, as the vision path does)."""
+    if not settings.token_extras:
+        return dict(extras), None
+    check_token_columns(extras, uncut)
+    cuts = {side: list(span) for side, span in spans.items() if tuple(span) != (0, uncut[side])}
+    out = cut_token_columns(extras, cuts) if cuts else dict(extras)
+    if settings.phrase_ids and cuts and all(name in out for name in PHRASE_COLUMNS):
+        check_differing_phrase(*(out[name] for name in PHRASE_COLUMNS),
+                               "after truncation every kept chosen_phrase_ids and rejected_phrase_ids value is 0 "
+                               "(max_length / max_completion_length cut the differing tokens), so RRPO's reward "
+                               "term is 0 for this pair",
+                               "Raise max_length / max_completion_length, shorten the prompt, or drop the row.")
+    return out, cuts or None
+
+
+def with_token_cuts(item, cuts: dict | None):
+    """`item` remembering {side: [start, end]} of its per-token columns' cut (data.cache stores it), as a plain
+    attribute: not a dataclass field, so the fingerprint of an uncut item is what it was. Returns `item`."""
+    if cuts:
+        item.token_cuts = cuts
+    return item
 
 
 def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedPair:
     """A MAPL intra row: (x_w, y) and (x_l, y) tokenized as two sequences, each with its own boundary and truncation
     (so y's ids may differ at the boundary); when a limit cuts y, both sides keep the shorter side's count of its
     tokens (the two sums cover the same y); the two prompts must stay different after truncation."""
+    uncut_c, uncut_r = [], []
     chosen_prompt, (chosen,) = _tokenize_one(tokenizer, ex.prompt, [ex.chosen], ["completion"], ex.extras, settings,
-                                             report, "prompt_chosen")
+                                             report, "prompt_chosen", uncut=uncut_c)
     rejected_prompt, (rejected,) = _tokenize_one(tokenizer, ex.rejected_prompt, [ex.rejected], ["completion"],
-                                                 ex.extras, settings, report, "prompt_rejected")
+                                                 ex.extras, settings, report, "prompt_rejected", uncut=uncut_r)
+    spans = {"chosen": kept_span(uncut_c[0], len(chosen), settings),
+             "rejected": kept_span(uncut_r[0], len(rejected), settings)}
     if chosen_prompt == rejected_prompt:
         raise RowProblem("identical_after_tokenization", "prompt_rejected", "the prompt_chosen and prompt_rejected "
                          "token ids are identical (after truncation)", "Raise max_prompt_length (the instructions "
@@ -507,17 +553,21 @@ def _make_intra_pair(ex: PairExample, tokenizer, settings: _Settings, report: To
     if report.response_truncated and len(chosen) != len(rejected):  # the same tokens of y on both sides: S(y | x_w)
         keep = min(len(chosen), len(rejected))                      # and S(y | x_l) must sum over the same y
         chosen, rejected = chosen[:keep], rejected[:keep]
+        spans = {side: (start, start + keep) for side, (start, _) in spans.items()}
     for name in ("prompt_truncated", "response_truncated", "boundary_merged", "boundary_shifted",
                  "eos_already_present"):  # `report` holds this row's counts: a row counts once, as a pair does
         setattr(report, name, min(getattr(report, name), 1))
-    return TokenizedPair(ex.row_id, chosen_prompt, chosen, rejected, dict(ex.extras), rejected_prompt)
+    extras, cuts = _token_extras(ex.extras, {"chosen": uncut_c[0], "rejected": uncut_r[0]}, spans, settings)
+    return with_token_cuts(TokenizedPair(ex.row_id, chosen_prompt, chosen, rejected, extras, rejected_prompt), cuts)
 
 
 def _make_unpaired(ex: UnpairedExample, tokenizer, settings: _Settings, report: TokenizeReport) -> TokenizedUnpaired:
-    before: list = []
+    before, uncut = [], []
     prompt_ids, (completion,) = _tokenize_one(tokenizer, ex.prompt, [ex.completion], ["completion"], ex.extras,
-                                              settings, report, before=before)
-    item = TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, dict(ex.extras))
+                                              settings, report, before=before, uncut=uncut)
+    extras, cuts = _token_extras(ex.extras, {"completion": uncut[0]},
+                                 {"completion": kept_span(uncut[0], len(completion), settings)}, settings)
+    item = with_token_cuts(TokenizedUnpaired(ex.row_id, prompt_ids, completion, ex.label, extras), cuts)
     if settings.max_length is not None:
         item.kl_cut = KLCut(settings.max_length, settings.truncation_mode, before[0], before[1][0])
     return item
@@ -554,13 +604,14 @@ MAKERS = {"pairs": _make_pair, "unpaired": _make_unpaired, "prompts": _make_prom
 def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None = None,
                      max_prompt_length: int | None = None, truncation_mode: str | None = None,
                      on_bad_row: str = "error", source: str = "",
-                     max_completion_length: int | None = None,
-                     joint_only: bool = False) -> tuple[list, TokenizeReport, list[int]]:
+                     max_completion_length: int | None = None, joint_only: bool = False,
+                     token_extras: bool = False, phrase_ids: bool = False) -> tuple[list, TokenizeReport, list[int]]:
     """The loop behind every `tokenize_*`: (items, report, index in `examples` of each item). kind is one of
     `MAKERS` ("pairs", "unpaired", "prompts")."""
     one = ExampleTokenizer(kind, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                            truncation_mode=truncation_mode, on_bad_row=on_bad_row, source=source,
-                           max_completion_length=max_completion_length, joint_only=joint_only)
+                           max_completion_length=max_completion_length, joint_only=joint_only,
+                           token_extras=token_extras, phrase_ids=phrase_ids)
     items, indices = [], []
     for index, example in enumerate(examples):
         item = one(example)
@@ -575,13 +626,18 @@ def tokenize_indexed(kind: str, examples, tokenizer, *, max_length: int | None =
 
 class ExampleTokenizer:
     """Tokenizes examples one at a time into one `report`: `tok(example)` -> the tokenized item, or None for a bad
-    example that on_bad_row says to skip (counted). Used by tokenize_indexed and by streaming."""
+    example that on_bad_row says to skip (counted). Used by tokenize_indexed and by streaming.
+    token_extras: per-token columns (`<side>_<name>` lists of numbers) are checked against the uncut response and cut
+    with it (data.token_columns; a column of the wrong length is an error whatever on_bad_row says); phrase_ids
+    (RRPO): a pair whose kept phrase ids are all 0 is the bad row `no_differing_phrase`."""
 
     def __init__(self, kind: str, tokenizer, *, max_length: int | None = None, max_prompt_length: int | None = None,
                  truncation_mode: str | None = None, on_bad_row: str = "error", source: str = "",
-                 max_completion_length: int | None = None, joint_only: bool = False):
+                 max_completion_length: int | None = None, joint_only: bool = False, token_extras: bool = False,
+                 phrase_ids: bool = False):
         self.settings = _check_settings(max_length, max_prompt_length, truncation_mode, max_completion_length)
         self.settings.joint_only = joint_only
+        self.settings.token_extras, self.settings.phrase_ids = token_extras, phrase_ids
         self.settings.specials = special_token_pattern(tokenizer)
         self.settings.eos_text = getattr(tokenizer, "eos_token", None)
         self.settings.bos = text_bos(tokenizer)
@@ -596,6 +652,9 @@ class ExampleTokenizer:
         row_counts = TokenizeReport()  # truncations etc. of this row, counted only if the row is kept
         try:
             item = self.make(example, self.tokenizer, self.settings, row_counts)
+        except ColumnMismatch as problem:  # not a bad row: the data's tokenizer is not the run's
+            file, line = place_of(example)
+            raise row_error(problem, file or self.report.source, example.row_id, line, skippable=False) from None
         except RowProblem as problem:
             self.policy.handle_item(problem, example)
             return None
@@ -654,29 +713,33 @@ def tokenize_parallel(kind: str, examples, tokenizer, num_proc: int = 1, **setti
 def tokenize_pairs(examples: list[PairExample], tokenizer, *, max_length: int | None = 1024,
                    max_prompt_length: int | None = None, truncation_mode: str | None = None,
                    on_bad_row: str = "error", source: str = "",
-                   max_completion_length: int | None = None,
-                   joint_only: bool = False) -> tuple[list[TokenizedPair], TokenizeReport]:
+                   max_completion_length: int | None = None, joint_only: bool = False,
+                   token_extras: bool = False, phrase_ids: bool = False) -> tuple[list[TokenizedPair], TokenizeReport]:
     """Tokenize pairs: prompt_ids [P], chosen_ids [C], rejected_ids [R] with P + C <= max_length and
     P + R <= max_length (None: no limit). `source` names the file in messages (pass `DataReport.source`).
-    joint_only: prompt + response ids are the joint tokenization of the text (reward models; `split_exact`)."""
+    joint_only: prompt + response ids are the joint tokenization of the text (reward models; `split_exact`).
+    token_extras / phrase_ids: per-token columns cut with their response; RRPO's check (`ExampleTokenizer`)."""
     items, report, _ = tokenize_indexed("pairs", examples, tokenizer, max_length=max_length,
                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                         on_bad_row=on_bad_row, source=source,
-                                        max_completion_length=max_completion_length, joint_only=joint_only)
+                                        max_completion_length=max_completion_length, joint_only=joint_only,
+                                        token_extras=token_extras, phrase_ids=phrase_ids)
     return items, report
 
 
 def tokenize_unpaired(examples: list[UnpairedExample], tokenizer, *, max_length: int | None = 1024,
                       max_prompt_length: int | None = None, truncation_mode: str | None = None,
                       on_bad_row: str = "error", source: str = "",
-                      max_completion_length: int | None = None,
-                      joint_only: bool = False) -> tuple[list[TokenizedUnpaired], TokenizeReport]:
+                      max_completion_length: int | None = None, joint_only: bool = False,
+                      token_extras: bool = False) -> tuple[list[TokenizedUnpaired], TokenizeReport]:
     """Tokenize unpaired (KTO) examples: prompt_ids [P], completion_ids [C] with P + C <= max_length.
-    joint_only: as in `tokenize_pairs` (reward models)."""
+    joint_only: as in `tokenize_pairs` (reward models); token_extras: `completion_<name>` per-token columns are cut
+    with the completion (`ExampleTokenizer`)."""
     items, report, _ = tokenize_indexed("unpaired", examples, tokenizer, max_length=max_length,
                                         max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                         on_bad_row=on_bad_row, source=source,
-                                        max_completion_length=max_completion_length, joint_only=joint_only)
+                                        max_completion_length=max_completion_length, joint_only=joint_only,
+                                        token_extras=token_extras)
     return items, report
 
 

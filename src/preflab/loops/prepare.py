@@ -22,11 +22,24 @@ def _tokenize(kind: str, rows, tokenizer, cfg, source):
     from preflab.scoring.ref_cache import default_cache_dir
 
     extra = {"max_completion_length": cfg.max_completion_length} if cfg.max_completion_length else {}
+    extra.update(token_settings(cfg, kind))
     if cfg.dataset_num_proc and cfg.dataset_num_proc > 1:
         extra["num_proc"] = cfg.dataset_num_proc
     return tokenize_cached(rows, tokenizer, cache_dir=default_cache_dir() / "tokenized", max_length=cfg.max_length,
                            max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                            on_bad_row=cfg.on_bad_row, source=source, **extra)
+
+
+def token_settings(cfg, kind: str) -> dict:
+    """Tokenizer settings for per-token data columns (data.token_columns): every training run's batches read a
+    `<side>_<name>` list column as one value per response token, so it is checked and cut with its response;
+    phrase_ids when the objective reads RRPO's phrase ids (a pair with none left after the cut is a bad row)."""
+    from preflab.data.phrases import PHRASE_COLUMNS
+
+    out = {"token_extras": True}
+    if kind == "pairs" and all(name in cfg.objective().required_extras for name in PHRASE_COLUMNS):
+        out["phrase_ids"] = True
+    return out
 
 
 def is_row_source(data) -> bool:

@@ -139,12 +139,13 @@ def preference_pipeline(cfg, tokenizer, kind_name: str, source: str, eval_prompt
     from preflab.data.overlap import StreamOverlap
     from preflab.data.rows import row_builder
     from preflab.data.tokenize import ExampleTokenizer
-    from preflab.loops.prepare import check_intra_rows
+    from preflab.loops.prepare import check_intra_rows, token_settings
 
     row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind_name]
     rows = DataReport(source=source, kind=row_kind)
     build_rows = row_builder(row_kind, rows, cfg.on_bad_row, required_extras=cfg.objective().row_extras())
     extra = {"max_completion_length": cfg.max_completion_length} if cfg.max_completion_length else {}
+    extra.update(token_settings(cfg, kind_name))
     tokenize = ExampleTokenizer(kind_name, tokenizer, max_length=cfg.max_length,
                                 max_prompt_length=cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                                 on_bad_row=cfg.on_bad_row, source=source, **extra)

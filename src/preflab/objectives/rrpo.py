@@ -11,8 +11,10 @@ Optimization" (arXiv:2504.12083), the RRPO loss. Checked against the official co
 Extras: chosen_phrase_ids / rejected_phrase_ids [B, T] int (0 shared, k >= 1 the k-th differing phrase, aligned
 across the pair; built from <MASK>...</MASK> tags by the data builder); token_needs "token_kl" -> chosen_token_kl.
 In a data file: list columns `chosen_phrase_ids` / `rejected_phrase_ids` with one id per token of the tokenized
-response (`preflab train` pads them to the response mask and refuses a column whose length differs; a row whose
-ids are all 0 is the bad row `no_differing_phrase`, preflab.data.phrases.check_differing_phrase).
+response, eos included (`preflab train` cuts them with the response under max_length / max_completion_length,
+preflab.data.token_columns, pads them to the response mask, and refuses a column whose length differs from the
+uncut response's; a row whose ids, after the cut, are all 0 is the bad row `no_differing_phrase`,
+preflab.data.phrases.check_differing_phrase).
 Logged rewards are beta * (sum of phrase log-ratios) per side, as in the code.
 
 Deviation from the paper: none. (The code skips the smallest id in the batch, assumed 0; here every id >= 1 counts.)
