@@ -102,6 +102,7 @@ def test_diffusion_eval_from_another_directory_names_the_runs_relative_base_mode
     (run / "config.yaml").write_text("task: diffusion\nloss_type: diffusion_dpo\nmodel_name_or_path: mymodel\n"
                                      "dataset_name: pairs.jsonl\nresolution: 16\n")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text("")  # the data exists (its split is decided before the model is loaded)
     with pytest.raises(ConfigError, match=r"model_name_or_path='mymodel'.*not a directory here.*--reference DIR"):
         evaluate_diffusion_run(str(run), "pairs.jsonl")
     (tmp_path / "mymodel").mkdir()  # found from this directory: used as it is

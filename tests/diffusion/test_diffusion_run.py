@@ -296,6 +296,52 @@ def test_preflab_eval_task_diffusion_prints_its_note_after_the_metric_block(asse
     assert lines[-1] == f"  wrote {tmp_path / 'e.json'}"
 
 
+@pytest.fixture(scope="module")
+def split_run(assets):
+    """A one-step run trained on assets' train.jsonl; its data folder holds train.jsonl (8 pairs) and test.jsonl (4)."""
+    out = assets["root"] / "split-run"
+    DiffusionRun(make_cfg(assets, out, max_steps=1)).train()
+    return out
+
+
+def _diffusion_eval_json(run, data, tmp_path, *split):
+    import json
+
+    from preflab.cli import main
+
+    assert main(["eval", str(run), "--task", "diffusion", "--data", str(data), "--out", str(tmp_path / "e.json"),
+                 *split]) == 0
+    return json.loads((tmp_path / "e.json").read_text())
+
+
+def test_preflab_eval_task_diffusion_reads_the_test_split_of_a_data_folder(assets, split_run, tmp_path, capsys):
+    """--task diffusion read the split 'train' (the training pairs) of a folder with train.jsonl and test.jsonl when
+    no --split was given; it now reads 'test' as the policy and reward evals do (open_eval_split), and says so."""
+    folder = Path(assets["train"]).parent
+    result = _diffusion_eval_json(split_run, folder, tmp_path)
+    assert result["num_pairs"] == 4 and result["split"] == "test"  # test.jsonl: 4 pairs; train.jsonl: 8
+    note = (f"read split 'test' of {folder}: no --split was given and it has a split 'test', read by default as a "
+            "run's eval_split is; pass --split to read another")
+    assert result["notes"] == [note] and f"  note: {note}" in capsys.readouterr().out.splitlines()
+
+
+def test_preflab_eval_task_diffusion_reads_train_of_a_folder_without_test(split_run, tmp_path):
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    folder = write_pair_dataset(tmp_path / "only", 3, seed=2).parent
+    result = _diffusion_eval_json(split_run, folder, tmp_path)
+    assert result["num_pairs"] == 3 and result["split"] == "train"
+    assert result["notes"] == [f"read split 'train' of {folder}: no --split was given and it has no split 'test' (a "
+                               "single file or a folder without one reads as 'train'); pass --split to read another"]
+
+
+def test_preflab_eval_task_diffusion_split_train_overrides_the_test_default(assets, split_run, tmp_path):
+    folder = Path(assets["train"]).parent
+    result = _diffusion_eval_json(split_run, folder, tmp_path, "--split", "train")
+    assert result["num_pairs"] == 8 and result["split"] == "train"
+    assert result["notes"] == [f"read split 'train' of {folder} (--split)"]
+
+
 def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypatch):
     import preflab.diffusion.pipeline as pipeline
 

@@ -101,6 +101,78 @@ def test_a_run_continues_training_and_serves_as_reference_with_its_aggregator(tr
     assert processor_source(str(tmp_path / "more")) == "builtin:tiny-llava"  # through the continued run too
 
 
+def _write_pairs(path, rows):
+    """rows as a JSONL file at `path`, each row's image saved beside it as <stem>-<i>.png (a relative path)."""
+    import json
+
+    with path.open("w") as f:
+        for i, row in enumerate(rows):
+            row["images"][0].save(path.parent / f"{path.stem}-{i}.png")
+            f.write(json.dumps({**row, "images": [f"{path.stem}-{i}.png"]}) + "\n")
+    return path
+
+
+def _vlm_eval_json(run, data, tmp_path, *split):
+    import json
+
+    from preflab.cli import main
+
+    assert main(["eval", str(run), "--task", "vlm", "--data", str(data), "--out", str(tmp_path / "e.json"),
+                 *split]) == 0
+    return json.loads((tmp_path / "e.json").read_text())
+
+
+def _train_test_source(tmp_path, form):
+    """A source with the split 'train' (4 pairs: ROWS) and 'test' (2): a folder of train.jsonl and test.jsonl, or
+    a DatasetDict saved with save_to_disk (images as absolute paths)."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    train, test = _write_pairs(folder / "train.jsonl", ROWS), _write_pairs(folder / "test.jsonl", ROWS[:2])
+    if form == "folder":
+        return folder
+    import json
+
+    from datasets import Dataset, DatasetDict
+
+    def rows(path):  # the JSONL rows, their image paths made absolute
+        return [{**row, "images": [str(folder / row["images"][0])]}
+                for row in map(json.loads, path.read_text().splitlines())]
+
+    DatasetDict({"train": Dataset.from_list(rows(train)), "test": Dataset.from_list(rows(test))}).save_to_disk(
+        tmp_path / "saved")
+    return tmp_path / "saved"
+
+
+@pytest.mark.parametrize("form", ["folder", "save_to_disk"])
+def test_preflab_eval_task_vlm_reads_the_test_split_by_default(trained, tmp_path, capsys, form):
+    """--task vlm read the split 'train' of a source with 'train' and 'test' when no --split was given (training
+    pairs reported as held out); it now reads 'test' as the policy and reward evals do (open_eval_split), says so
+    in a note, and writes the split into eval.json."""
+    source = _train_test_source(tmp_path, form)
+    result = _vlm_eval_json(trained[0], source, tmp_path)
+    assert result["num_pairs"] == 2 and result["split"] == "test"  # test: 2 pairs; train: 4
+    note = (f"read split 'test' of {source}: no --split was given and it has a split 'test', read by default as a "
+            "run's eval_split is; pass --split to read another")
+    assert result["notes"] == [note] and f"  note: {note}" in capsys.readouterr().out.splitlines()
+
+
+def test_preflab_eval_task_vlm_reads_train_of_a_folder_without_test(trained, tmp_path):
+    folder = tmp_path / "only"
+    folder.mkdir()
+    _write_pairs(folder / "train.jsonl", ROWS[:3])
+    result = _vlm_eval_json(trained[0], folder, tmp_path)
+    assert result["num_pairs"] == 3 and result["split"] == "train"
+    assert result["notes"] == [f"read split 'train' of {folder}: no --split was given and it has no split 'test' (a "
+                               "single file or a folder without one reads as 'train'); pass --split to read another"]
+
+
+def test_preflab_eval_task_vlm_split_train_overrides_the_test_default(trained, tmp_path):
+    source = _train_test_source(tmp_path, "folder")
+    result = _vlm_eval_json(trained[0], source, tmp_path, "--split", "train")
+    assert result["num_pairs"] == 4 and result["split"] == "train"
+    assert result["notes"] == [f"read split 'train' of {source} (--split)"]
+
+
 def test_preflab_eval_task_vlm_scores_the_reloaded_run(trained, tmp_path):
     """`preflab eval RUN --task vlm --data PAIRS` (final directory and checkpoint-2): eval.json's metrics are the
     run's objective on the trained policy (aggregator included) against the run's starting model."""
@@ -112,11 +184,7 @@ def test_preflab_eval_task_vlm_scores_the_reloaded_run(trained, tmp_path):
     from preflab.models.tiny_vlm import tiny_vlm
 
     out, live, _ = trained
-    data = tmp_path / "pairs.jsonl"
-    with data.open("w") as f:
-        for i, row in enumerate(ROWS):
-            row["images"][0].save(tmp_path / f"{i}.png")
-            f.write(json.dumps({**row, "images": [f"{i}.png"]}) + "\n")
+    data = _write_pairs(tmp_path / "pairs.jsonl", ROWS)
     start = _scores(tiny_vlm(PROCESSOR, "llava", seed=0))
     sums, ref_sums = live.sum(-1), start.sum(-1)
     b = len(PAIRS)
@@ -143,11 +211,7 @@ def test_preflab_eval_task_vlm_prints_its_note_after_the_metric_block(trained, t
 
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
-    data = tmp_path / "pairs.jsonl"
-    with data.open("w") as f:
-        for i, row in enumerate(ROWS):
-            row["images"][0].save(tmp_path / f"{i}.png")
-            f.write(json.dumps({**row, "images": [f"{i}.png"]}) + "\n")
+    data = _write_pairs(tmp_path / "pairs.jsonl", ROWS)
     config = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "dataset_name": str(data)}))  # trained on --data
     capsys.readouterr()

@@ -41,8 +41,8 @@ def register(sub) -> None:
                         "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
-                                   "data has one, as a run's eval_split; else 'train'; eval.json's notes say which; "
-                                   "--task diffusion|vlm: 'train')")
+                                   "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
+                                   "split and notes say which)")
     p.add_argument("--limit", type=int, help="evaluate at most this many rows")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
     p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
@@ -132,15 +132,11 @@ TASK_READS = {
 }
 
 
-# routed tasks whose --split defaults to 'train' (their loaders take a dataset_split, not the eval's default rule)
-KEEP_TRAIN_SPLIT = {"diffusion", "vlm"}
-
-
 def refuse_unread_options(args, task: str) -> None:
     """`preflab eval --task reward|diffusion` reads only TASK_READS[task]: an option set to anything but its
-    default that the task does not read is refused, naming it (never accepted and ignored). --split not given is
-    'train' for the tasks in KEEP_TRAIN_SPLIT; `--task reward` keeps it None and reads the policy eval's default
-    ('test' where the data has one, else 'train', with a note: preflab.eval.run.open_eval_split)."""
+    default that the task does not read is refused, naming it (never accepted and ignored). --split not given stays
+    None: every task reads the policy eval's default ('test' where the data has one, else 'train', with a note:
+    preflab.eval.run.open_eval_split)."""
     defaults = getattr(args, "option_defaults", {})
     always = {"checkpoint", "data", "task", "out"}
     unread = [dest for dest, default in defaults.items()
@@ -150,8 +146,6 @@ def refuse_unread_options(args, task: str) -> None:
         reads = ", ".join("--" + dest.replace("_", "-") for dest in sorted(TASK_READS[task]))
         raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --out); remove "
                           f"{'it' if len(unread) == 1 else 'them'}.")
-    if task in KEEP_TRAIN_SPLIT and getattr(args, "split", "train") is None:
-        args.split = "train"
 
 
 def default_reference(args) -> tuple[str | None, str | None]:

@@ -192,7 +192,9 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
 
 def open_eval_split(data, split: str | None, limit: int | None = None):
     """(the split read, a note saying which split of `data` that is, the RowReader of it), for every `preflab eval`
-    task that reads pairs (the policy eval, `--task reward`). No split given: 'test' where the data has one, as a
+    task that reads pairs (the policy eval, `--task reward`; `--task vlm` and `--task diffusion` take the split it
+    decides into the dataset_split of the run config they build, whose loaders read the same RowReader sources).
+    No split given: 'test' where the data has one, as a
     run's eval_split defaults to (TRL's dataset_test_split), else 'train', found by the reader that reads it
     (data.sources.eval_default_reader: the source is loaded once). Rows in memory (a list, a Dataset) and a plain
     data file have no split to name: no note."""

@@ -7,7 +7,9 @@
 - Win rate (with --reward-fn MODULE:NAME, f(images uint8 [N, 3, S, S], prompts) -> N scores): the policy's and the
   reference's samples for the same prompts and seeds (DDIM, the run's sample_steps / guidance_scale), compared by
   the reward, ties 1/2, with a Wilson interval.
-Written to eval.json in RUN_DIR (or --out). ppd and self_npo runs are refused (no shared implicit reward).
+Written to eval.json in RUN_DIR (or --out). ppd and self_npo runs are refused (no shared implicit reward). The split
+read is the policy eval's (preflab.eval.run.open_eval_split): --split, else 'test' where the data has one, else
+'train', said in a note.
 """
 from __future__ import annotations
 
@@ -21,14 +23,15 @@ from preflab.errors import ConfigError
 
 def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
                            num_prompts: int = 32, confidence: float = 0.95, batch_size: int = 8,
-                           split: str = "train") -> dict:
+                           split: str | None = None) -> dict:
     """The metrics of the module docstring as a dict (see eval.json). run_dir: a run's final directory (a pipeline)
-    or one of its checkpoint-N folders (its trained parameters, LoRA adapters included, on the run's base model)."""
+    or one of its checkpoint-N folders (its trained parameters, LoRA adapters included, on the run's base model).
+    split None: the policy eval's default."""
     from preflab.checkpoint import load_checkpoint_weights
     from preflab.config import load_config, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.eval.loading import run_config
-    from preflab.eval.run import training_data_note
+    from preflab.eval.run import open_eval_split, training_data_note
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
@@ -37,6 +40,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
                           "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
+    split, said, _ = open_eval_split(data, split)  # the split decided; the run's loader reads it (dataset_split)
     with tempfile.TemporaryDirectory() as tmp:
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
@@ -69,10 +73,10 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         metrics = run.evaluate()
         trained_on = training_data_note(data, run_config(run_dir), split)  # the metrics are then not held-out
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
-               "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
+               "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
-               "notes": [trained_on] if trained_on else []}
+               "notes": [n for n in (said, trained_on) if n]}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
             seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]

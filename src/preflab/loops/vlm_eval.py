@@ -5,7 +5,8 @@ aggregator when the run trained one); the reference is --reference, else the run
 model_name_or_path (the starting policy; for LoRA the base); --no-reference for reference-free objectives. The
 pairs are read and built as the run read its training data (its vision_pairs builder and max_length), and the run's
 objective and scorer give the metrics of its eval_* rows (VisionTrainer.evaluate: loss, rewards/*, logps/*, TRL's
-token metrics, ranking accuracy), written to eval.json in RUN (or --out).
+token metrics, ranking accuracy), written to eval.json in RUN (or --out). The split read is the policy eval's
+(preflab.eval.run.open_eval_split): --split, else 'test' where the data has one, else 'train', said in a note.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from preflab.errors import ConfigError
 
 
 def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, no_reference: bool = False,
-                     batch_size: int = 8, split: str = "train") -> dict:
-    """The metrics of the module docstring as a dict (see eval.json)."""
+                     batch_size: int = 8, split: str | None = None) -> dict:
+    """The metrics of the module docstring as a dict (see eval.json). split None: the policy eval's default."""
     from preflab.config import load_config, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
     from preflab.eval.loading import run_config
-    from preflab.eval.run import training_data_note
+    from preflab.eval.run import open_eval_split, training_data_note
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
@@ -33,6 +34,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
     # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
     old = ["truncation_mode=null"] if run_config(checkpoint).get("truncation_mode") == "keep_end" else []
+    split, said, _ = open_eval_split(data, split)  # the split decided; the run's loader reads it (dataset_split)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
@@ -59,9 +61,10 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         metrics = run.evaluate()
     trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out
     return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
-            "data": str(data), "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
+            "data": str(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
+            "num_pairs": len(run.eval_data),
             "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")},
-            "notes": [trained_on] if trained_on else []}
+            "notes": [n for n in (said, trained_on) if n]}
 
 
 def eval_task(args) -> int:
