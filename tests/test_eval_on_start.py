@@ -17,7 +17,7 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _dpo_run(out: Path, **kw) -> dict:
+def _dpo_run(out: Path, callbacks=None, **kw) -> dict:
     from preflab.config import config_from_dict
     from preflab.loops.offline import Trainer
 
@@ -25,19 +25,28 @@ def _dpo_run(out: Path, **kw) -> dict:
                                    "eval_fraction": 0.2, "loss_type": "sigmoid", "beta": 0.1, "max_steps": 2,
                                    "per_device_train_batch_size": 4, "max_length": 128, "logging_steps": 1,
                                    "learning_rate": 1e-3, "use_cpu": True, "disable_tqdm": True, "seed": 0,
-                                   "output_dir": str(out), **kw})).train()
+                                   "output_dir": str(out), **kw}), callbacks=callbacks).train()
 
 
 def test_eval_on_start_dpo_logs_the_untrained_policys_eval_loss_log_2_at_step_0(tmp_path):
     """Before the first step the policy is its reference, so every DPO margin is 0 and the sigmoid loss is
-    -log sigma(0) = log 2 exactly (a closed form); the row comes first, at step 0, before any training row."""
-    _dpo_run(tmp_path / "run", eval_on_start=True)
+    -log sigma(0) = log 2 exactly (a closed form); the row comes first, at step 0, before any training row, and callbacks get it as on_evaluate."""
+    from transformers import TrainerCallback
+
+    class Evaluations(TrainerCallback):
+        seen = []
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self.seen.append((state.global_step, metrics["eval_loss"]))
+
+    _dpo_run(tmp_path / "run", callbacks=[Evaluations()], eval_on_start=True)
     rows = _rows(tmp_path / "run")
     first = rows[0]
     assert first["step"] == 0 and first["epoch"] == 0.0
     assert first["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert [r["step"] for r in rows if "eval_loss" in r] == [0, 2]  # then the end's evaluation, as before
+    assert Evaluations.seen == [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]  # on_evaluate too
 
 
 def test_eval_on_start_adds_only_the_step_0_row_and_the_default_writes_none(tmp_path):
@@ -50,6 +59,21 @@ def test_eval_on_start_adds_only_the_step_0_row_and_the_default_writes_none(tmp_
     assert all(r["step"] >= 1 for r in a)
     assert b[0]["step"] == 0 and "eval_loss" in b[0]
     assert b[1:] == a
+
+
+def test_eval_on_start_on_a_resumed_run_evaluates_at_the_checkpoints_step_as_transformers(tmp_path):
+    """transformers evaluates at state.global_step, the checkpoint's step on a resume: the resumed run's first row is
+    an evaluation at step 2 equal to the first run's own evaluation of the same weights at step 2 (eval_on_start may
+    be turned on for the resume: it changes no training)."""
+    out = tmp_path / "run"
+    _dpo_run(out, eval_steps=2, save_steps=2)
+    before = [r for r in _rows(out) if "eval_loss" in r]
+    assert [r["step"] for r in before] == [2]
+    _dpo_run(out, eval_steps=2, save_steps=2, max_steps=3, resume_from_checkpoint=True, eval_on_start=True)
+    evals = [r for r in _rows(out) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 2, 3]
+    assert evals[1]["eval_loss"] == pytest.approx(before[0]["eval_loss"], abs=1e-6)
+    assert evals[1]["eval_rewards/accuracies"] == before[0]["eval_rewards/accuracies"]
 
 
 def test_eval_on_start_reward_step_0_equals_preflab_eval_of_the_starting_model(tmp_path):
