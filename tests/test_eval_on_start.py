@@ -30,7 +30,8 @@ def _dpo_run(out: Path, callbacks=None, **kw) -> dict:
 
 def test_eval_on_start_dpo_logs_the_untrained_policys_eval_loss_log_2_at_step_0(tmp_path):
     """Before the first step the policy is its reference, so every DPO margin is 0 and the sigmoid loss is
-    -log sigma(0) = log 2 exactly (a closed form); the row comes first, at step 0, before any training row, and callbacks get it as on_evaluate."""
+    -log sigma(0) = log 2 exactly (a closed form); the row comes first, at step 0, before any training row, and
+    callbacks get it as on_evaluate."""
     from transformers import TrainerCallback
 
     class Evaluations(TrainerCallback):
