@@ -77,6 +77,20 @@ def test_eval_on_start_on_a_resumed_run_evaluates_at_the_checkpoints_step_as_tra
     assert evals[1]["eval_rewards/accuracies"] == before[0]["eval_rewards/accuracies"]
 
 
+def test_eval_on_start_is_not_a_best_model_candidate_as_in_transformers(tmp_path):
+    """transformers' start evaluation (Trainer._evaluate) never reaches _determine_best_metric. Ranked by the
+    smallest eval margin, the untrained policy (margin exactly 0) would win over trained steps whose margins are
+    positive; the best stays a trained step's, with its checkpoint."""
+    out = tmp_path / "run"
+    summary = _dpo_run(out, eval_on_start=True, eval_steps=1, save_steps=1, load_best_model_at_end=True,
+                       metric_for_best_model="rewards/margins", greater_is_better=False)
+    evals = {r["step"]: r["eval_rewards/margins"] for r in _rows(out) if "eval_rewards/margins" in r}
+    assert evals[0] == pytest.approx(0.0, abs=1e-6) and min(evals[1], evals[2]) > evals[0]  # it would have won
+    best_step = min((1, 2), key=lambda s: evals[s])
+    assert summary["best_metric"] == pytest.approx(evals[best_step])
+    assert Path(summary["best_model_checkpoint"]).name == f"checkpoint-{best_step}"
+
+
 def test_eval_on_start_reward_step_0_equals_preflab_eval_of_the_starting_model(tmp_path):
     """The reward run's step-0 eval_accuracy / eval_loss are those of `evaluate_reward_model` (preflab eval --task
     reward) on the same rows with the untrained model the run starts from (built with the same seed)."""
