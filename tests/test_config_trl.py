@@ -121,7 +121,7 @@ def test_renamed_and_translated_keys():
     ("sync_ref_model", True, "TR-DPO"), ("optim", "adafactor", "AdamW"),
     ("push_to_hub", True, "does not upload"), ("use_dora", True, "DoRA"),
     # TrainingArguments / TRL keys that were "unknown config key" errors with no reason
-    ("eval_on_start", True, "evaluation runs every eval_steps"), ("group_by_length", True, "seeded order"),
+    ("eval_on_start", True, "no eval set"), ("group_by_length", True, "seeded order"),
     ("lr_scheduler_kwargs", {"min_lr": 0.0}, "scheduler options"), ("tools", [{"type": "function"}], "'tools' column"),
     ("chat_template_path", "t.jinja", "tokenizer.chat_template"),
 ])

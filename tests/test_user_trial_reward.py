@@ -276,16 +276,16 @@ def test_a_themis_model_as_a_judge_or_in_reward_eval_is_named_not_called_headles
 
 def test_eval_on_start_refusal_does_not_promise_a_reward_run_a_dpo_metric():
     """A reward run's `eval_on_start: true` was refused with "its eval_reference_ranking_accuracy measures the
-    starting model", a DPO metric a reward run never logs. The reason now says which task has it."""
+    starting model", a DPO metric a reward run never logs. eval_on_start now runs (tests/test_eval_on_start.py);
+    without an eval set it is refused for that reason alone, naming no task's metric."""
     from preflab.config import config_from_dict
     from preflab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"eval_on_start is not supported: evaluation runs every eval_steps and at "
-                                          r"the end \(task: dpo logs the starting model's ranking as "
-                                          r"eval_reference_ranking_accuracy; other tasks do not evaluate the starting "
-                                          r"model\); remove it"):
+    with pytest.raises(ConfigError, match=r"eval_on_start: true evaluates the starting model before the first step, "
+                                          r"but there is no eval set") as err:
         config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
                           "eval_on_start": True})
+    assert "eval_reference_ranking_accuracy" not in str(err.value)
 
 
 def test_a_gpm_run_says_when_margins_are_beyond_what_its_score_can_reach(tmp_path, capsys):

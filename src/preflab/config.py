@@ -110,6 +110,7 @@ class TrainConfig:
     logging_first_step: bool = False           # TRL: also a metrics row after the first optimizer step
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
+    eval_on_start: bool = False                # TRL: evaluate the starting model before the first step (driver.py)
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_strategy: str | None = None           # TRL: best: a checkpoint at each evaluation that improves metric_for_best_model
@@ -239,6 +240,26 @@ class TrainConfig:
             raise ConfigError(errors[0] if len(errors) == 1 else
                               f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))
 
+    def _eval_on_start_conflicts(self) -> list[str]:
+        """eval_on_start evaluates the starting model through the run's evaluate (loops/driver.py): refused where
+        that evaluates nothing, rather than accepted and silently not run. The online demo and game tasks evaluate
+        with their task (held-out prompts, the equilibrium); online_task: vision_dataset has no evaluation; the
+        others need an eval set (eval_strategy: no drops it). Recipes refuse it with their other unread options."""
+        if not self.eval_on_start or self.task in RECIPES:
+            return []
+        if self.task == "online" and self.online_task in ("demo", "game"):
+            return []
+        if self.task == "online" and self.online_task == "vision_dataset":
+            return ["eval_on_start: online_task: vision_dataset has no evaluation (no eval_* metrics; it reads no "
+                    "eval set), so there is no starting model's evaluation to log; remove eval_on_start."]
+        if self.eval_fraction or self.eval_dataset_name:
+            return []
+        why = ("eval_strategy: no turns evaluation off" if self.eval_strategy == "no" else
+               "there is no eval set (no eval_dataset_name, eval_fraction 0)")
+        return [f"eval_on_start: true evaluates the starting model before the first step, but {why}, so there is "
+                "nothing to evaluate. Set eval_dataset_name or eval_fraction (and no eval_strategy: no), or remove "
+                "eval_on_start."]
+
     def _conflicts(self) -> list[str]:
         from preflab.config_owners import refused_values, unread_task_options
         from preflab.loops.best_model import best_model_option_errors
@@ -276,6 +297,7 @@ class TrainConfig:
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no).")
+        out += self._eval_on_start_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
         if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:

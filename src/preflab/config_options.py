@@ -212,6 +212,9 @@ OPTIONS: dict[str, Option] = {
     "logging_first_step": Option("also write a metrics row after the first optimizer step (TRL / transformers); "
                                  "a resumed run past step 1 does not write it again"),
     "eval_steps": at_least(0, "evaluate every this many steps (0: only at the end, when there is an eval set)"),
+    "eval_on_start": Option("TRL: evaluate the starting model before the first step, logged at step 0 (a resumed "
+                            "run: at its checkpoint's step); not a best-model candidate (transformers); needs an eval "
+                            "set"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
     "save_strategy": one_of(("best",), "TRL's save_strategy best: a checkpoint at each evaluation that improves "
                                        "metric_for_best_model (save_steps unused); null: save_steps decides (TRL's "

@@ -175,9 +175,6 @@ REFUSED = {
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
-    "eval_on_start": (False, "evaluation runs every eval_steps and at the end (task: dpo logs the starting "
-                             "model's ranking as eval_reference_ranking_accuracy; other tasks do not evaluate the "
-                             "starting model); remove it"),
     "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
                                "prefix_packed already drops the padding); remove it"),
     "lr_scheduler_kwargs": (None, "scheduler options are not supported; use lr_scheduler_type linear, cosine, "

@@ -16,7 +16,7 @@ from preflab.errors import ConfigError
 HARMLESS = frozenset({
     "max_steps", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "save_strategy",
     "save_only_model",
-    "output_dir", "report_to", "logging_first_step",
+    "output_dir", "report_to", "logging_first_step", "eval_on_start",
     "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",
     "torch_compile_backend", "torch_compile_mode",
     "gradient_checkpointing", "chunk_tokens", "pad_to_multiple_of", "attention",

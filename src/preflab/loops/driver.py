@@ -143,6 +143,7 @@ class TrainingRun(CallbackEvents):
         self.checkpoint_module.train()
         self.step = start_step
         self.emit("on_train_begin")
+        self._evaluate_on_start(start_step, log)
         # num_tokens (TRL: cumulative over the run) and the non-finite steps continue from a resumed checkpoint's
         bad_in_row, window, last = 0, [], {}
         tokens_total, nonfinite = self.resumed_totals["num_tokens"], list(self.resumed_totals["nonfinite"])
@@ -291,6 +292,23 @@ class TrainingRun(CallbackEvents):
                 raise no_eval_set_for_best(f"the evaluation at step {step} gave no metrics (no eval set)")
             save = new_best
         return (step, metrics), save
+
+    def _evaluate_on_start(self, step: int, log) -> None:
+        """eval_on_start (transformers' TrainingArguments.eval_on_start): one evaluation of the starting weights
+        before the first optimizer step, as Trainer._inner_training_loop runs it right after on_train_begin. Its row
+        is logged at the run's starting step: 0, or on a resumed run the checkpoint's step (transformers evaluates
+        there again, at state.global_step). It emits on_evaluate (Trainer.evaluate does) but does not compete for
+        the best model: transformers' eval_on_start goes through Trainer._evaluate, which does not call
+        _determine_best_metric (only _maybe_log_save_evaluate does), and saves no checkpoint."""
+        if not self.cfg.eval_on_start:
+            return
+        metrics = self.evaluate()
+        if not metrics:  # the config check refuses these configs; a run built in code (the Python API) may get here
+            raise ConfigError("eval_on_start: true, but this run's evaluation gives no metrics (no eval set), so "
+                              "there is no starting model's evaluation to log; give it an eval set or remove "
+                              "eval_on_start.")
+        log.write({"step": step, **self.progress(step), **metrics})
+        self.emit("on_evaluate", metrics=dict(metrics))
 
     def _same_on_every_rank(self, metrics: dict) -> dict:
         """`metrics` with metric_for_best_model's value the main process's on every rank, so every rank takes the
