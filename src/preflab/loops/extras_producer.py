@@ -50,15 +50,21 @@ def produced_extras(objective) -> tuple:
 
 def refuse_produced_columns(objective, cfg, splits) -> None:
     """ConfigError naming the dataset, split, row and column when an example carries an extra the producer computes."""
-    produced = produced_extras(objective)
+    refuse_computed_columns(cfg, splits, produced_extras(objective),
+                            f"loss_type {cfg.loss_type} computes at every step (its extras producer, with gradient)")
+
+
+def refuse_computed_columns(cfg, splits, names, computed_by: str) -> None:
+    """A row (read from the dataset or given from Python) that carries one of the extras `names`, which the run
+    computes with gradient (`computed_by` says how), is refused naming dataset, split, row and column: a data column
+    would be a constant and the method's term would do nothing."""
     for split, examples in splits:
         for ex in examples:
-            clash = [k for k in produced if k in getattr(ex, "extras", {})]
+            clash = [k for k in names if k in getattr(ex, "extras", {})]
             if clash:
                 raise ConfigError(
-                    f"dataset {cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what loss_type "
-                    f"{cfg.loss_type} computes at every step (its extras producer, with gradient); data columns "
-                    "would be constants. Remove the column from the data.")
+                    f"dataset {cfg.dataset_name!r} ({split}), row {ex.row_id}: column {clash[0]!r} is what "
+                    f"{computed_by}; data columns would be constants. Remove the column from the data.")
 
 
 def make_producer(objective, cfg) -> ExtrasProducer | None:

@@ -87,14 +87,10 @@ class HyPOKind(PairKind):
 def refuse_online_kl_columns(cfg, splits) -> None:
     """A row (read from the dataset or given from Python) that carries one of the online-KL extras is refused:
     they are computed at every step from fresh samples of the policy, with gradient; a data column is a constant."""
-    for split, rows in splits:
-        for pair in rows:
-            clash = [k for k in ONLINE_KL_EXTRAS if k in getattr(pair, "extras", {})]
-            if clash:
-                raise ConfigError(
-                    f"dataset {cfg.dataset_name!r} ({split}), row {pair.row_id}: column {clash[0]!r} is what "
-                    "loss_type: hypo computes at every step from fresh samples of the policy (with gradient); "
-                    "data columns would be constants. Remove the column from the data.")
+    from preflab.loops.extras_producer import refuse_computed_columns
+
+    refuse_computed_columns(cfg, splits, ONLINE_KL_EXTRAS,
+                            "loss_type: hypo computes at every step from fresh samples of the policy (with gradient)")
 
 
 def train_task(args) -> int:
