@@ -77,6 +77,30 @@ ONLINE_PANELS = (
 )
 
 
+def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
+    """The panels the runs' objectives declare for their own metrics (`Objective.metric_panels`, e.g. spo_degree's
+    degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), once per title;
+    and a note per loss_type entry whose class cannot be loaded here (its panels are then not drawn)."""
+    from preflab.objectives import _class_for
+
+    panels, titles, notes = [], set(), []
+    for run in runs:
+        loss_type = run.config.get("loss_type")
+        for name in loss_type if isinstance(loss_type, list) else [loss_type] if loss_type else []:
+            try:
+                cls = _class_for(str(name))
+            except Exception as exc:  # a user's objective file not importable from here: say so, draw the rest
+                notes.append(f"{run.name}: objective {name!r} could not be loaded ({exc}); the panels it declares "
+                             "for its own metrics are not drawn")
+                continue
+            for title, ylabel, keys in getattr(cls, "metric_panels", ()):
+                if title not in titles:
+                    titles.add(title)
+                    panels.append((title, ylabel, [s for key in keys for s in ((key, f"{key} (train)", BLUE),
+                                                                                (f"eval_{key}", f"{key} (eval)", BLUE))]))
+    return panels, notes
+
+
 def draws(title: str, run: RunData) -> bool:
     """Whether the panel `title` draws `run`: a REWARD_MODEL_ONLY panel draws only reward-model runs (task: reward),
     a NOT_REWARD_MODEL panel every run but those, any other panel every run."""
