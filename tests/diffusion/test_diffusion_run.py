@@ -335,6 +335,26 @@ def test_preflab_eval_task_diffusion_reads_train_of_a_folder_without_test(split_
                                "single file or a folder without one reads as 'train'); pass --split to read another"]
 
 
+def test_preflab_eval_task_diffusion_ignores_the_runs_gradient_accumulation(split_run, tmp_path):
+    """A run trained with gradient_accumulation_steps 4 and 3 held-out pairs: eval takes no step, so the training
+    batch plan must not refuse them ("3 training rows are fewer than one global batch (4 = ...)"); the metrics are
+    those of the same weights under the run's own config."""
+    import shutil
+
+    import yaml
+
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    folder = write_pair_dataset(tmp_path / "only", 3, seed=2).parent
+    run = tmp_path / "run"
+    shutil.copytree(split_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "gradient_accumulation_steps": 4}))
+    accumulated = _diffusion_eval_json(run, folder, tmp_path)
+    assert accumulated["num_pairs"] == 3
+    assert accumulated["metrics"] == _diffusion_eval_json(split_run, folder, tmp_path)["metrics"]
+
+
 def test_preflab_eval_task_diffusion_split_train_overrides_the_test_default(assets, split_run, tmp_path):
     folder = Path(assets["train"]).parent
     result = _diffusion_eval_json(split_run, folder, tmp_path, "--split", "train")

@@ -230,3 +230,36 @@ def test_aliases_unique_and_resolve():
 def test_unknown_objective_suggests_nearest():
     with pytest.raises(ConfigError, match="Did you mean 'dpo'"):
         get_objective("dpoo")
+
+
+PANEL_NAMES = [n for n in NAMES if getattr(objective_class(n), "metric_panels", ())]
+
+
+def test_metric_panels_are_declared_by_spo_degree():  # the parametrisation below is not empty by accident
+    assert "spo_degree" in PANEL_NAMES
+    keys = [k for _, _, ks in objective_class("spo_degree").metric_panels for k in ks]
+    assert keys == ["loss/degree", "degree/accuracy"]
+
+
+@pytest.mark.parametrize("name", PANEL_NAMES)
+def test_metric_panels_name_metrics_the_objective_returns(name):
+    """`preflab report` draws an objective's metric_panels from metrics.jsonl: each name must be a metric compute()
+    returns (check_objective says so for a user's objective too)."""
+    from preflab.objectives.contract import check_objective
+
+    cls = objective_class(name)
+    out = get_objective(name)(make_batch(cls, requires_grad=True))
+    for _, _, keys in cls.metric_panels:
+        assert set(keys) <= set(out.metrics), (name, keys, sorted(out.metrics))
+    passed = check_objective(get_objective(name), make_batch(cls, requires_grad=True))
+    assert any(p.startswith("the metrics its report panels draw are returned") for p in passed)
+
+
+def test_check_objective_refuses_a_metric_panel_the_objective_never_logs():
+    from preflab.objectives.contract import check_objective
+
+    cls = objective_class("dpo")
+    typo = dataclasses.make_dataclass("TypoPanels", [], bases=(cls,), frozen=True,
+                                      namespace={"metric_panels": (("Mine", "y", ("rewards/margin",)),)})
+    with pytest.raises(PreflabError, match=r"metric_panels names \['rewards/margin'\], which compute\(\) does not"):
+        check_objective(typo(), make_batch(cls, requires_grad=True))

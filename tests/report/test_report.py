@@ -147,3 +147,34 @@ def test_reward_model_scores_get_their_own_panel_not_the_implicit_reward_one(tmp
     series = [("rewards/chosen", "chosen (train)", "#1f77b4")]
     assert curve_panel(runs[:1], "Implicit rewards", "beta h", series) is None
     assert curve_panel(runs[1:], "Reward scores", "mean r(x, y)", series) is None
+
+
+def test_report_draws_the_panels_the_runs_objective_declares(tmp_path):
+    """spo_degree declares its degree-head metrics (Objective.metric_panels): a run of it gets a loss and an accuracy
+    panel for the auxiliary task, train and eval; a DPO run gets neither; an objective that cannot be loaded is said."""
+    run = make_run(tmp_path / "spo", loss_type="spo_degree")
+    rows = [{"step": s, "loss/degree": 1.1 - 0.01 * s, "degree/accuracy": 0.3 + 0.02 * s} for s in range(1, 13)]
+    rows += [{"step": s, "eval_loss/degree": 1.0, "eval_degree/accuracy": 0.5} for s in (4, 8, 12)]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    html = write_report([run], tmp_path / "r.html").read_text()
+    assert 'alt="Degree loss (SPO)"' in html and 'alt="Degree accuracy (SPO)"' in html
+    assert len(images(html)) == len(PANELS) + 2
+    dpo = write_report([make_run(tmp_path / "dpo")], tmp_path / "d.html").read_text()
+    assert "Degree" not in dpo and len(images(dpo)) == len(PANELS)
+    gone = write_report([make_run(tmp_path / "mine", loss_type="gone.py:Mine")], tmp_path / "m.html").read_text()
+    assert ("mine: objective &#x27;gone.py:Mine&#x27; is not a built-in objective; the report does not import code "
+            "a run names") in gone
+    assert len(images(gone)) == len(PANELS)             # the other panels are still drawn
+    alias = write_report([make_run(tmp_path / "sig", loss_type="sigmoid")], tmp_path / "s.html").read_text()
+    assert "not a built-in objective" not in alias       # an alias of a built-in objective is one
+
+
+def test_report_never_imports_the_objective_file_a_run_names(tmp_path):
+    """Reading a run directory (possibly someone else's) must not run the code its config names as loss_type."""
+    marker = tmp_path / "imported"
+    (tmp_path / "mine.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    run = make_run(tmp_path / "run", loss_type=f"{tmp_path / 'mine.py'}:Mine")
+    html = write_report([run], tmp_path / "r.html").read_text()
+    assert not marker.exists()
+    assert "is not a built-in objective" in html

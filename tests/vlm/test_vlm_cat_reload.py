@@ -166,6 +166,19 @@ def test_preflab_eval_task_vlm_reads_train_of_a_folder_without_test(trained, tmp
                                "single file or a folder without one reads as 'train'); pass --split to read another"]
 
 
+def test_preflab_eval_task_vlm_scores_a_test_split_smaller_than_the_training_batch(trained, tmp_path):
+    """A held-out split of 1 pair under a run trained with 2 pairs per batch: eval takes no step, so the training
+    batch plan must not refuse it ("1 training rows are fewer than one global batch ...; lower the batch size")."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    _write_pairs(folder / "train.jsonl", ROWS[:3])
+    _write_pairs(folder / "test.jsonl", ROWS[3:4])
+    result = _vlm_eval_json(trained[0], folder, tmp_path)
+    assert result["num_pairs"] == 1 and result["split"] == "test"
+    whole = _vlm_eval_json(trained[0], _write_pairs(tmp_path / "one.jsonl", ROWS[3:4]), tmp_path)
+    assert whole["metrics"] == result["metrics"]          # the same pair scored as a single file
+
+
 def test_preflab_eval_task_vlm_split_train_overrides_the_test_default(trained, tmp_path):
     source = _train_test_source(tmp_path, "folder")
     result = _vlm_eval_json(trained[0], source, tmp_path, "--split", "train")

@@ -47,6 +47,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
                                    f"per_device_eval_batch_size={batch_size}", "per_device_train_batch_size=1",
+                                   "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse
                                    "report_to=none", "caption_perturbation=none"] + ([] if checkpoint
                                                                                       else lora_off_overrides()))
         objective = cfg.objective()

@@ -40,6 +40,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
                                    "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
                                    f"per_device_eval_batch_size={batch_size}", "report_to=none",
+                                   # no step is taken: the training batch plan must not refuse a small held-out set
+                                   "per_device_train_batch_size=1", "gradient_accumulation_steps=1",
                                    *lora_off_overrides(), *old])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")

@@ -23,6 +23,9 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
                              trainer builds to compute `produced_extras` at every step (e.g. spo_degree's degree
                              head on scored response variants); its parameters train with the policy and are saved
     produced_extras   tuple  the required extras that producer computes: not data columns (refused in rows)
+    metric_panels     tuple  ((title, y label, (metric, ...)), ...): the objective's own logged metrics (beyond
+                             the DPO-style ones every report draws) that `preflab report` draws as curves, train
+                             solid and `eval_<metric>` dashed (e.g. spo_degree's loss/degree, degree/accuracy)
     token_extras      tuple  the required extras with one value per response token, named `<side>_<name>`
                              (chosen_/rejected_ on pairs, completion_ on unpaired): [B, T] like that side's
                              log-probs, checked on every call; in data, list columns padded to the response mask
@@ -280,6 +283,7 @@ class Objective:
     gradient_extras_hint: ClassVar[str] = ""  # what to use instead, shown when a trainer refuses gradient_extras
     extras_producer: ClassVar[str] = ""
     produced_extras: ClassVar[tuple[str, ...]] = ()
+    metric_panels: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = ()
     token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""

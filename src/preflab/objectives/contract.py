@@ -97,6 +97,13 @@ def check_objective(objective, batch) -> list[str]:
     if attached:
         raise PreflabError(f"{name}: metrics {attached} carry gradient; .detach() them.")
     passed.append("metrics detached")
+    drawn = [k for _, _, keys in getattr(objective, "metric_panels", ()) for k in keys]
+    absent = [k for k in drawn if k not in out.metrics]
+    if absent:
+        raise PreflabError(f"{name}: metric_panels names {absent}, which compute() does not return in its metrics "
+                           f"({sorted(out.metrics)}); `preflab report` would draw nothing for them.")
+    if drawn:
+        passed.append(f"the metrics its report panels draw are returned ({', '.join(drawn)})")
     grads = torch.autograd.grad(out.loss, leaves, allow_unused=True)
     if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
         raise PreflabError(f"{name}: the loss's gradient with respect to the policy's log-probs is zero on this batch.")

@@ -41,6 +41,9 @@ class SPODegree(Objective):
                             "the policy (preflab.loops.degree_head).")
     produced_extras = ("degree_logits", "degree_labels")
     extras_producer = "preflab.loops.degree_head:DegreeExtras"
+    # the auxiliary task's own curves in `preflab report` (did the degree head learn? chance accuracy is 1/(J+1))
+    metric_panels = (("Degree loss (SPO)", "degree head cross-entropy", ("loss/degree",)),
+                     ("Degree accuracy (SPO)", "fraction of variants (chance 1/(J+1))", ("degree/accuracy",)))
     paper = "Li et al. 2024, Self-supervised Preference Optimization (arXiv:2409.17791)"
     checked_against = ("unverified: from memory; the official repo lijian16/SPO@1fb96f8 (re-fetched 2026-12) still "
                        "holds only a LICENSE; no other implementation found")

@@ -73,13 +73,14 @@ def _img(uri: str | None, alt: str, cls: str = "") -> str:
 
 
 def _curves(runs: list[RunData]) -> str:
+    own, notes = plots.objective_panels(runs)   # the objectives' own metrics (Objective.metric_panels)
     images = [_img(plots.curve_panel(runs, title, ylabel, series), title)
               for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
-              + plots.ONLINE_PANELS]
+              + plots.ONLINE_PANELS + tuple(own)]
     images = [i for i in images if i]
     if not images:
-        return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"])
-    return "<h2>Training curves</h2><div class=\"grid\">" + "".join(images) + "</div>"
+        return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"] + notes)
+    return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"
 
 
 def _margins(runs: list[RunData]) -> str:

@@ -77,6 +77,35 @@ ONLINE_PANELS = (
 )
 
 
+def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
+    """The panels the runs' built-in objectives declare for their own metrics (`Objective.metric_panels`, e.g.
+    spo_degree's degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), once
+    per title; and a note per loss_type entry that is not a built-in objective. A report never imports a user's
+    objective file (`loss_type: my_losses.py:Class`): reading a run directory, possibly someone else's, must not run
+    the code it names; that objective's own panels are not drawn (its metrics stay in the summary table)."""
+    from preflab.objectives import objective_class, resolve_name
+
+    panels, titles, notes = [], set(), []
+    for run in runs:
+        loss_type = run.config.get("loss_type")
+        for name in loss_type if isinstance(loss_type, list) else [loss_type] if loss_type else []:
+            try:
+                cls = None if ":" in str(name) else objective_class(resolve_name(str(name)))
+            except Exception:  # an objective this preflab does not have (a newer or older version's name)
+                cls = None
+            if cls is None:
+                notes.append(f"{run.name}: objective {name!r} is not a built-in objective; the report does not "
+                             "import code a run names, so the panels it may declare for its own metrics are not "
+                             "drawn (its metrics are in the summary table)")
+                continue
+            for title, ylabel, keys in getattr(cls, "metric_panels", ()):
+                if title not in titles:
+                    titles.add(title)
+                    panels.append((title, ylabel, [s for key in keys for s in ((key, f"{key} (train)", BLUE),
+                                                                                (f"eval_{key}", f"{key} (eval)", BLUE))]))
+    return panels, notes
+
+
 def draws(title: str, run: RunData) -> bool:
     """Whether the panel `title` draws `run`: a REWARD_MODEL_ONLY panel draws only reward-model runs (task: reward),
     a NOT_REWARD_MODEL panel every run but those, any other panel every run."""
