@@ -62,3 +62,36 @@ def test_weighted_sum_rename_that_clashes_again_is_refused():
     assert WeightedSum.logged_names("b", {"x": 0, "loss/a": 0}, {"loss/a"}) == {"x": "x", "loss/a": "loss/a/b"}
     with pytest.raises(PreflabError, match=r"part 'b': its metric 'kl' is logged by an earlier part, and so is 'kl/b'"):
         WeightedSum.logged_names("b", {"kl": 0}, taken)
+
+
+def _one_step(names):
+    """One optimizer_step over 2 micro-batches of a linear 'policy' (the first has no desirable example): the
+    StepResult's metrics, reduced over the micro-batches by the counts the objective gives."""
+    from types import SimpleNamespace
+
+    from preflab.objectives.base import SequenceLogps, UnpairedBatch
+    from preflab.step import optimizer_step
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    objective = get_objective(names)
+
+    def forward(mb):
+        n = len(mb.row_ids)
+        x = torch.randn(n, 3, generator=torch.Generator().manual_seed(mb.seed), dtype=torch.float64)
+        side = lambda s: SequenceLogps((x @ weight * s)[:, None], torch.ones(n, 1, dtype=torch.bool))  # noqa: E731
+        label = torch.tensor(mb.labels)
+        return objective(UnpairedBatch(side(1.0), label, side(0.5), side(0.7), side(0.2),
+                                       label_counts=(sum(mb.labels), n - sum(mb.labels))))
+
+    mbs = [SimpleNamespace(row_ids=list(range(len(lab))), labels=lab, seed=j)
+           for j, lab in enumerate([[False, False], [True, False, True]])]
+    return optimizer_step(mbs, forward, [weight], torch.optim.SGD([weight], lr=1e-3)).metrics
+
+
+def test_weighted_sum_later_part_metrics_reduce_over_a_step_as_that_part_alone():
+    """kto after apo_zero_unpaired: kto's per-label means (counted by desirable/undesirable examples) and its margins
+    (a difference of the exact means) come out of the step equal to a step of kto alone."""
+    alone, summed = _one_step("kto"), _one_step(["apo_zero_unpaired", "kto"])
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "kl"):
+        assert summed[f"{key}/kto"] == pytest.approx(alone[key], rel=1e-12, abs=1e-15), key
