@@ -11,7 +11,8 @@ A subclass says what a step is made of and what to save; the loop itself is writ
     and sets: cfg, accelerator, plan, total_steps, params, extra_params, optimizer, scheduler, sync_module
     (the DDP-wrapped module), checkpoint_module (whose trainable parameters a checkpoint holds), data_report.
 
-Used by preflab.loops.offline.Trainer (policies) and preflab.reward_models.train.RewardRun (reward models).
+Used by preflab.loops.offline.Trainer (policies, and task: sft / vlm through it), preflab.loops.diffusion
+(DiffusionRun), preflab.online.run.OnlineRun and preflab.reward_models.reward_run.RewardRun (reward models).
 A trainer builds what it sets with make_accelerator (preflab.loops.launch: processes, engine, output_dir), make_plan
 (preflab.loops.batches) and make_optimizer (preflab.loops.optimizer). What a resume may change is checked in
 preflab.loops.resume and preflab.resume_check; transformers callbacks (`callbacks`) are called through
