@@ -1,4 +1,5 @@
-"""The training loop every trainer shares (offline, online, reward, diffusion): order, step, log, evaluate, checkpoint, resume, summary.
+"""The loop every trainer shares (offline, online, reward, diffusion): order, step, log, evaluate, checkpoint,
+resume, summary.
 
 A subclass says what a step is made of and what to save; the loop itself is written once:
 
