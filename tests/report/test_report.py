@@ -170,20 +170,6 @@ def test_report_draws_the_panels_the_runs_objective_declares(tmp_path):
     assert "not a built-in objective" not in alias       # an alias of a built-in objective is one
 
 
-def test_report_draws_every_weighted_sum_parts_panels_under_their_logged_names(tmp_path):
-    """loss_type [ipo, spo_degree]: spo_degree's panels are drawn for a later part too; where a later part's metric
-    was logged as <metric>/<part> (its name clashed with an earlier part's, WeightedSum), the panel reads that name."""
-    from preflab.report.plots import objective_panels
-    plain = make_run(tmp_path / "plain", loss_type=["ipo", "spo_degree"])
-    renamed = make_run(tmp_path / "renamed", loss_type=["ipo", "spo_degree"])
-    with open(renamed / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 1, "degree/accuracy": 0.1, "degree/accuracy/spo_degree": 0.4}) + "\n")
-    keys = lambda run: [[k for k, _, _ in series] for _, _, series in objective_panels([load_run(run, "r")])[0]]  # noqa: E731
-    assert keys(plain) == [["loss/degree", "eval_loss/degree"], ["degree/accuracy", "eval_degree/accuracy"]]
-    assert keys(renamed) == [["loss/degree", "eval_loss/degree"],
-                             ["degree/accuracy/spo_degree", "eval_degree/accuracy/spo_degree"]]
-
-
 def test_report_never_imports_the_objective_file_a_run_names(tmp_path):
     """Reading a run directory (possibly someone else's) must not run the code its config names as loss_type."""
     marker = tmp_path / "imported"

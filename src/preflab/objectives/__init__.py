@@ -14,7 +14,7 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError
 from preflab.objectives._registry import (LEGACY, NOT_OBJECTIVES, _aliases, _module_names,  # noqa: F401
                                           list_objectives, objective_class, resolve_name)
 from preflab.objectives._wpo import WPOWeighted  # TRL's use_weighting
@@ -114,15 +114,7 @@ def objective_info(name: str) -> dict:
 @dataclass(frozen=True)
 class WeightedSum:
     """sum_k w_k * objective_k (TRL's `loss_type=[...]`, `loss_weights=[...]`): per-example losses add up with
-    the weights.
-
-    Metrics: `loss/<name>` for each part (<name> as `part_names` gives it), the first part's metrics under their own
-    names, and every later part's metrics too (spo_degree's `degree/accuracy`, kto's `kl`, ...), each under its own
-    name unless an earlier part or a `loss/<name>` already holds that name: then it is logged as `<metric>/<name>`
-    (`[dpo, ipo]`: ipo's rewards/chosen is `rewards/chosen/ipo`). So the first part's metrics and the `loss/<name>`
-    keys are exactly what a single objective logs. A later part's metric keeps its count (metric_counts) and its
-    difference rule (metric_differences) under the name it is logged as, so the step reduces it as it does when that
-    part runs alone (`logged_names` gives the mapping)."""
+    the weights, metrics are those of the first component plus `loss/<name>` for each part."""
 
     parts: tuple
     weights: tuple
@@ -173,29 +165,8 @@ class WeightedSum:
         outs = [p(batch) for p in self.parts]
         losses = sum(w * o.losses for w, o in zip(self.weights, outs))
         metrics = dict(outs[0].metrics)
-        counts, differences = dict(outs[0].metric_counts), dict(outs[0].metric_differences)
-        taken = set(metrics) | {f"loss/{name}" for name in self.names}
-        for name, o in zip(self.names[1:], outs[1:]):
-            rename = self.logged_names(name, o.metrics, taken)
-            taken |= set(rename.values())
-            metrics.update({rename[k]: v for k, v in o.metrics.items()})
-            counts.update({rename[k]: v for k, v in o.metric_counts.items() if k in rename})
-            differences.update({rename[k]: (rename.get(a, a), rename.get(b, b))
-                                for k, (a, b) in o.metric_differences.items() if k in rename})
         for name, o in zip(self.names, outs):
             metrics[f"loss/{name}"] = o.loss.detach()
         return ObjectiveOutput(loss=sum(w * o.loss for w, o in zip(self.weights, outs)), losses=losses,
-                               metrics=metrics, metric_counts=counts, metric_differences=differences)
-
-    @staticmethod
-    def logged_names(name: str, metrics, taken: set) -> dict:
-        """{metric: the name a later part `name` logs it under}: its own name, or `<metric>/<name>` where that is in
-        `taken` (an earlier part's metric or a `loss/<part>` key). A renamed name that is taken too is an error (no
-        metric silently overwrites another)."""
-        rename = {k: (f"{k}/{name}" if k in taken else k) for k in metrics}
-        clash = sorted(k for k, v in rename.items() if k != v and v in taken)
-        if clash:
-            raise PreflabError(f"loss_type part {name!r}: its metric {clash[0]!r} is logged by an earlier part, and so "
-                               f"is {rename[clash[0]]!r}, the name it would be logged as; rename the metric in one of "
-                               "the objectives.")
-        return rename
+                               metrics=metrics, metric_counts=dict(outs[0].metric_counts),
+                               metric_differences=dict(outs[0].metric_differences))

@@ -82,19 +82,13 @@ def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
     spo_degree's degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), once
     per title; and a note per loss_type entry that is not a built-in objective. A report never imports a user's
     objective file (`loss_type: my_losses.py:Class`): reading a run directory, possibly someone else's, must not run
-    the code it names; that objective's own panels are not drawn (its metrics stay in the summary table).
-
-    Every part of a weighted sum (`loss_type: [ipo, spo_degree]`) has its panels drawn, under the names its metrics
-    are logged as (WeightedSum): a later part's metric whose name an earlier part holds is logged as
-    `<metric>/<part>`, and is drawn under that name where the run logged it."""
+    the code it names; that objective's own panels are not drawn (its metrics stay in the summary table)."""
     from preflab.objectives import objective_class, resolve_name
 
     panels, titles, notes = [], set(), []
     for run in runs:
         loss_type = run.config.get("loss_type")
-        logged = {k for row in run.rows for k in row}
-        for position, name in enumerate(loss_type if isinstance(loss_type, list) else [loss_type] if loss_type
-                                        else []):
+        for name in loss_type if isinstance(loss_type, list) else [loss_type] if loss_type else []:
             try:
                 cls = None if ":" in str(name) else objective_class(resolve_name(str(name)))
             except Exception:  # an objective this preflab does not have (a newer or older version's name)
@@ -105,9 +99,6 @@ def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
                              "drawn (its metrics are in the summary table)")
                 continue
             for title, ylabel, keys in getattr(cls, "metric_panels", ()):
-                if position:   # a later part of a weighted sum: a clashing name is logged as <metric>/<part>
-                    keys = tuple(f"{k}/{name}" if f"{k}/{name}" in logged or f"eval_{k}/{name}" in logged else k
-                                 for k in keys)
                 if title not in titles:
                     titles.add(title)
                     panels.append((title, ylabel, [s for key in keys for s in ((key, f"{key} (train)", BLUE),
