@@ -10,7 +10,9 @@ objective:
                                               # summary.json's data section
     producer.parameters() -> [tensors]        # trained with the policy: in the optimizer, clipped with it, saved
                                               # with every checkpoint (extra.safetensors) and restored on resume
-    producer.extras(trainer, positions, train) -> {name: tensor}   # in Trainer.score(), added to the batch extras
+    producer.extras(trainer, positions, train, scored) -> {name: tensor}   # in Trainer.score(), added to the batch
+                                              # extras; scored = (the policy's Scores, the device LayoutBatch) of
+                                              # the micro-batch's own forward (e.g. reuse its hidden states)
     producer.save(out_dir)                    # beside the final model
 
 At most one producer per run (a weighted sum may hold one part with a producer). A data row that carries a
@@ -35,7 +37,7 @@ class ExtrasProducer:
     def parameters(self) -> list:
         return []
 
-    def extras(self, trainer, positions: list[int] | None, train: bool) -> dict:  # pragma: no cover - abstract
+    def extras(self, trainer, positions: list[int] | None, train: bool, scored=None) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def save(self, out_dir) -> None:

@@ -336,7 +336,7 @@ class Trainer(TrainingRun):
         self.router_loss = policy.router_loss
         batch = self.kind.split(policy, ref, layout.extras)
         if self.producer is not None:
-            batch.extras.update(self.producer.extras(self, positions, train))
+            batch.extras.update(self.producer.extras(self, positions, train, scored=(policy, layout)))
         return batch
 
     def objective_output(self, batch):
