@@ -79,3 +79,19 @@ def make_producer(objective, cfg) -> ExtrasProducer | None:
                           "their own; preflab runs one per training run. Combine at most one of them.")
     module, name = parts[0].extras_producer.split(":", 1)
     return getattr(importlib.import_module(module), name)(parts[0], cfg)
+
+
+def refuse_sharded_engine(producer, cfg, accelerator) -> None:
+    """ConfigError naming the engine and loss_type when a producer runs under FSDP / DeepSpeed (before the models
+    load). Its parameters (e.g. spo_degree's degree head) are trained with the policy but are not the model's: under
+    FSDP2 accelerate maps every optimizer parameter to the model's sharded one and fails on them (KeyError in
+    fsdp2_switch_optimizer_parameters; checked on 2 CPU processes), and DeepSpeed builds its ZeRO optimizer around the
+    model's parameters, a case preflab has not verified (so it is refused, not run as something else). DDP and one
+    process train them (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
+    from preflab.loops.launch import is_sharded, sharding_engine
+
+    if producer is not None and is_sharded(accelerator):
+        raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy (its extras "
+                          f"producer {type(producer).__name__}), which preflab does not train under "
+                          f"{sharding_engine(accelerator)}: the sharded optimizer holds the model's parameters only. "
+                          "Train it with examples/accelerate/ddp.yaml or one process.")
