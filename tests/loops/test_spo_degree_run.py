@@ -220,3 +220,33 @@ def test_spo_degree_variant_pass_runs_j_ge_1_only_and_no_lm_head(tmp_path):
     assert variants == B * 2 * (J + 1)
     assert rows == [mb.layout.input_ids.shape[0], B * 2 * J]  # the pair rows, then the j >= 1 variants only
     assert head_rows == [int(mb.layout.response_mask.sum())]  # the pair forward's response tokens, once
+
+
+def test_spo_degree_micro_batch_without_deletable_units_keeps_one_variant_forward(tmp_path):
+    """Responses of stop words only have no key unit: only j = 0 (pooled from the pair forward) has a label. The
+    variant forward still runs, on one pair sequence with weight 0 (every rank of an FSDP / DDP run runs the same
+    forwards), and changes neither the logits nor the loss."""
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"echo {i}:\n", "chosen": "the and", "rejected": "of to"} for i in range(8)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    trainer = make(tmp_path / "out", dataset_name=str(data))
+    with torch.no_grad():
+        for p in trainer.producer.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    mb = trainer.micro_batches(0)[0]
+    trainer.forward(mb)  # the once-per-model probes first
+    rows_seen = []
+    hook = trainer.policy.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_seen.append(a[0].shape[0]))
+    try:
+        extras = trainer.score(mb.layout, positions=mb.index).extras
+    finally:
+        hook.remove()
+    assert rows_seen == [mb.layout.input_ids.shape[0], 1]
+    labels, logits = extras["degree_labels"], extras["degree_logits"]
+    assert (labels[..., 0] == 0).all() and (labels[..., 1:] == -100).all()
+    torch.testing.assert_close(logits[:, :, 0], reference_degree_logits(trainer, mb.index)[:, :, 0], rtol=0,
+                               atol=1e-6)
+    assert (logits[:, :, 1:] == 0).all()
+    out = trainer.forward(mb)
+    ce = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, J + 1), labels[..., 0].reshape(-1))
+    assert out.metrics["loss/degree"].item() == pytest.approx(ce.item(), abs=1e-6)
