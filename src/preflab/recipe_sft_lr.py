@@ -14,6 +14,19 @@ import math
 from preflab.errors import ConfigError
 
 OPTION = "sft_lr_scale"
+TASKS = ("raft_ladder", "dstc", "itool")  # the recipes that take it (a parameter of their functions)
+# why the others do not: their SFT precedes no DPO-family stage (the paper's setting), or they have no SFT stage
+NOT_TAKEN = {"otc": "its SFT stage precedes GRPO, not a DPO-family stage",
+             "pro_orchestrator": "its SFT stage precedes GRPO, not a DPO-family stage",
+             "icpl": "it trains no model", "themis": "it has no SFT stage (two reward models)",
+             "fspo": "it has no SFT stage (DPO / IPO from the start)"}
+
+
+def refusal_hint(task: str) -> str:
+    """The sentence preflab.recipes adds when recipe_params.sft_lr_scale is given to a recipe without it."""
+    why = NOT_TAKEN.get(task, "it has no SFT stage before a DPO-family stage")
+    return (f" sft_lr_scale scales the learning rate of the SFT stage before DPO (Wang et al. 2025) in "
+            f"{', '.join(TASKS)}; task {task} does not take it: {why}.")
 
 
 def check_sft_lr_scale(task: str, scale, sft_learning_rate: float) -> None:

@@ -62,6 +62,10 @@ def check_recipe_params(task: str, params: dict) -> None:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         hints = "".join(nearest(k, accepted) for k in unknown)
+        if "sft_lr_scale" in unknown:  # a knob of the recipes that warm up with SFT before DPO: why not this one
+            from preflab.recipe_sft_lr import refusal_hint
+
+            hints += refusal_hint(task)
         raise ConfigError(f"recipe_params {unknown} are not options of task {task!r}.{hints} Its options: "
                           f"{accepted}.")
     for k, v in params.items():  # YAML reads 3e-4 as a string; the top-level options take it as a number too

@@ -119,8 +119,22 @@ def test_sft_lr_scale_must_be_positive(task, tmp_path, bad):
 def test_sft_lr_scale_is_refused_by_recipes_without_an_sft_stage_before_dpo(task):
     """icpl, themis, fspo (no SFT stage), otc and pro_orchestrator (SFT before GRPO, not a DPO-family stage): the
     option is refused before anything runs, naming the recipe and its options."""
-    with pytest.raises(ConfigError, match=rf"recipe_params \['sft_lr_scale'\] are not options of task '{task}'"):
+    from preflab.recipe_sft_lr import NOT_TAKEN, TASKS
+
+    with pytest.raises(ConfigError, match=rf"recipe_params \['sft_lr_scale'\] are not options of task '{task}'") as err:
         check_recipe_params(task, {"sft_lr_scale": 0.5})
+    assert (f"sft_lr_scale scales the learning rate of the SFT stage before DPO (Wang et al. 2025) in raft_ladder, "
+            f"dstc, itool; task {task} does not take it: {NOT_TAKEN[task]}.") in str(err.value)
+    assert set(TASKS) == set(RECIPE_RUNS) and set(NOT_TAKEN) == set(RECIPES) - set(TASKS)
+
+
+def test_the_recipes_that_take_sft_lr_scale_are_those_whose_function_has_it():
+    import inspect
+
+    from preflab.recipe_sft_lr import TASKS
+    from preflab.recipes import recipe_function
+
+    assert {t for t in RECIPES if "sft_lr_scale" in inspect.signature(recipe_function(t)).parameters} == set(TASKS)
 
 
 def test_sft_lr_scale_is_a_recipe_option_of_dstc_and_itool():
