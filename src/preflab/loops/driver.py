@@ -332,12 +332,15 @@ class TrainingRun(CallbackEvents):
         return final_eval
 
     def _load_best_at_end(self) -> None:
-        """load_best_model_at_end: the best checkpoint's weights become the final model (with save_total_limit 1,
-        only that checkpoint is kept, as transformers)."""
+        """load_best_model_at_end: the best checkpoint's weights become the final model, and its extras (every
+        checkpoint_extras tensor: an objective's own parameters, an extras producer's) replace the last step's on
+        every rank, so what save_model writes beside the model is the same step's (with save_total_limit 1, only
+        that checkpoint is kept, as transformers)."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
             acc.wait_for_everyone()  # the best checkpoint is written
-            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module))
+            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module),
+                              self.checkpoint_extras())
             if self.main:
                 print(f"preflab: {self.best.loaded_note()}")
                 if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
