@@ -449,7 +449,8 @@ spec = json.loads(Path(sys.argv[1]).read_text())
 trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
 trainer.train()
 extras = {k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}
-save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{trainer.accelerator.process_index}.safetensors"))
+rank = trainer.accelerator.process_index
+save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{rank}.safetensors"))
 """
 
 

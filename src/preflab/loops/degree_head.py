@@ -12,8 +12,8 @@ their own prompt (one more forward of the policy, with gradient), and the head r
 
 W and b start at zero, so every class has logit 0 and the degree loss starts at log(J+1) (the spec's check). The
 head is trained with the policy (its parameters join the optimizer; the driver saves them in every checkpoint's
-extra.safetensors and restores them on resume; the final head is written to degree_head.safetensors beside the
-model). It enters the loss only through degree_logits, so the alignment (DPO) term gives it no gradient; the degree
+extra.safetensors and restores them on resume and, with load_best_model_at_end, from the best checkpoint; the final
+head is written to degree_head.safetensors beside the model). It enters the loss only through degree_logits, so the alignment (DPO) term gives it no gradient; the degree
 loss's gradient reaches the policy through the variants' hidden states.
 """
 from __future__ import annotations

@@ -96,7 +96,7 @@ class TrainingRun(CallbackEvents):
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
         buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
-        resume."""
+        resume and, with load_best_model_at_end, from the best checkpoint (_load_best_at_end)."""
         objective = getattr(self, "objective", None)
         if isinstance(objective, torch.nn.Module) and list(objective.state_dict()):
             return {f"objective.{k}": v for k, v in objective.state_dict().items()}
