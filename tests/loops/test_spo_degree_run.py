@@ -120,6 +120,24 @@ def test_spo_degree_head_saved_with_the_best_model(tmp_path):
                                                                                    saved["producer.1"])
 
 
+def test_spo_degree_after_another_base_loss_logs_and_reports_its_degree_metrics(tmp_path):
+    """loss_type [ipo, spo_degree] with align_weight 0 (the docstring's way to use SPO's degree term with another
+    base loss): the run logs spo_degree's declared metrics (they were dropped after the first part) train and eval,
+    step 1's are the zero head's closed forms, and `preflab report` draws their panels."""
+    from preflab.report.html import write_report
+
+    summary = make(tmp_path, loss_type=["ipo", "spo_degree"], max_steps=2, eval_fraction=0.1, eval_steps=2,
+                   objective_params={"degrees": J, "degree_weight": 1.0, "align_weight": 0.0}).train()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    first = next(r for r in rows if r["step"] == 1 and "loss" in r)
+    assert first["loss/degree"] == pytest.approx(math.log(J + 1), abs=1e-6)
+    assert first["degree/accuracy"] == pytest.approx(1 / (J + 1), abs=1e-6)  # argmax of ties: class 0
+    assert first["loss/spo_degree"] == pytest.approx(math.log(J + 1), abs=1e-6)  # align_weight 0: the degree term
+    assert "rewards/margins/spo_degree" not in first and "eval_degree/accuracy" in summary["final_metrics"]
+    html = write_report([tmp_path], tmp_path / "report.html").read_text()
+    assert 'alt="Degree loss (SPO)"' in html and 'alt="Degree accuracy (SPO)"' in html
+
+
 def test_spo_degree_refuses_its_extras_as_data_columns(tmp_path):
     data = tmp_path / "pairs.jsonl"
     row = {"prompt": "echo: a b c\n", "chosen": "A B C", "rejected": "a b c", "degree_logits": 0.5}

@@ -18,11 +18,11 @@ gather of the response-predicting positions, no LM head (the degree loss reads n
 
 W and b start at zero, so every class has logit 0 and the degree loss starts at log(J+1) (the spec's check). The
 head is trained with the policy (its parameters join the optimizer; the driver saves them in every checkpoint's
-extra.safetensors and restores them on resume; the final head is written to degree_head.safetensors beside the
-model, or beside the LoRA adapter). It enters the loss only through degree_logits, so the alignment (DPO) term gives
-it no gradient; the degree loss's gradient reaches the policy through the variants' hidden states. The head has the
-optimizer's learning rate: the paper's code is not public (lijian16/SPO holds only a LICENSE), so no separate rate is
-offered.
+extra.safetensors and restores them on resume and, with load_best_model_at_end, from the best checkpoint; the final
+head is written to degree_head.safetensors beside the model, or beside the LoRA adapter). It enters the loss only
+through degree_logits, so the alignment (DPO) term gives it no gradient; the degree loss's gradient reaches the policy
+through the variants' hidden states. The head has the optimizer's learning rate: the paper's code is not public
+(lijian16/SPO holds only a LICENSE), so no separate rate is offered.
 """
 from __future__ import annotations
 

@@ -512,22 +512,6 @@ class Trainer(TrainingRun):
         with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
             model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
-        if self.producer is not None:
-            self._best_producer_state()
+        if self.producer is not None:  # with load_best_model_at_end the best checkpoint's (the driver restored it)
             self.producer.save(self.out)
-
-    def _best_producer_state(self) -> None:
-        """load_best_model_at_end: the driver loaded the best checkpoint's model weights; the producer's parameters
-        (e.g. spo_degree's head) are loaded from the same checkpoint's extra.safetensors, so the saved head belongs
-        to the saved model."""
-        best = getattr(getattr(self, "best", None), "best_model_checkpoint", None)
-        if not self.cfg.load_best_model_at_end or best is None:
-            return
-        from safetensors.torch import load_file
-
-        saved = load_file(str(Path(best) / "extra.safetensors"))
-        with torch.no_grad():
-            for name, tensor in self.checkpoint_extras().items():
-                if name.startswith("producer."):
-                    tensor.copy_(saved[name].to(tensor.device, tensor.dtype))
 
