@@ -57,3 +57,26 @@ def test_rank_only_errors_are_printed_with_the_rank(launcher_rank, capsys, tmp_p
     assert error_message(ConfigError("x"), group_open=False) == "[rank 3] preflab: error: x"
     monkeypatch.setattr(preflab.runlog, "is_main_process", lambda: True)
     assert error_message(ConfigError("x"), group_open=False) == "preflab: error: x"
+
+
+def test_commands_other_than_train_under_a_launcher_are_refused_once(launcher_rank, capsys, tmp_path, monkeypatch):
+    """`accelerate launch --num_processes 2 $(which preflab) eval RUN --data PAIRS` ran the whole evaluation on both
+    ranks, printed it twice and had both write RUN's eval.json; now every command but train is refused under a
+    launcher, printed by the main process only (the other ranks exit 2 quietly), before anything is read."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "eval-out"
+    command = ["eval", str(tmp_path / "run"), "--data", "examples/data/loud_echo_pairs.jsonl", "--out", str(out)]
+    launcher_rank(0)
+    assert main(command) == 2
+    assert capsys.readouterr().err == (
+        "preflab: error: preflab eval runs in one process: under this launcher (WORLD_SIZE=2) each of the 2 "
+        "processes would run all of it and write the same files. Run `preflab eval ...` without accelerate launch / "
+        "torchrun (only `preflab train` splits its work over processes).\n")
+    launcher_rank(1, local_rank=1)
+    assert main(command) == 2 and capsys.readouterr().err == ""
+    launcher_rank(0)
+    assert main(["objectives"]) == 2
+    assert capsys.readouterr().err.startswith("preflab: error: preflab objectives runs in one process")
+    assert not out.exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a launch of one process: runs
+    assert main(["objectives"]) == 0

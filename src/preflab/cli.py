@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     restore_sigterm = _stop_on_sigterm()
     had_group = _process_group_open()
     try:
+        check_launched_command(args.command)
         with kept_as_found():  # warning filters, transformers' verbosity and progress bars: as found after the command
             return int(_handler(args)(args) or 0)
     except PreflabError as err:
@@ -120,6 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(err, Terminated) else 130
     finally:
         restore_sigterm()
+
+
+def check_launched_command(command: str) -> None:
+    """Only `preflab train` splits its work over the processes of a launcher (accelerate launch, torchrun). Any other
+    command under one would run whole in every process: `preflab eval` computed every pair on each rank and each
+    rank wrote the same eval.json (2 processes: the work twice, the output printed twice, one file written by both);
+    `lab`, `demo` and `report` the same. Refused, saying to run it without the launcher."""
+    if command == "train" or "WORLD_SIZE" not in os.environ:
+        return
+    from preflab.loops.launch import launched_world_size
+
+    processes = launched_world_size()
+    if processes > 1:
+        raise ConfigError(
+            f"preflab {command} runs in one process: under this launcher (WORLD_SIZE={processes}) each of the "
+            f"{processes} processes would run all of it and write the same files. Run `preflab {command} ...` "
+            "without accelerate launch / torchrun (only `preflab train` splits its work over processes).")
 
 
 def error_message(err: PreflabError, *, group_open: bool) -> str | None:

@@ -145,10 +145,14 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
     """A checkpoint resumed on another number of processes must keep its global batch (per_device_train_batch_size
     x processes): the same YAML launched on 1 process instead of 2 halves every step's batch and moves the data
     order, a change of what the run computes that the config comparison cannot see (its per-device value is the
-    same). Refused unless allow_config_change (then said in a note)."""
+    same). Refused unless allow_config_change (then said in a note). Not for task: online, whose step takes the
+    round's examples (prompts_per_generation over steps_per_generation) on any number of processes:
+    per_device_train_batch_size only bounds its micro-batches (docs/online.md), so the same YAML on another number
+    of processes is the same run."""
     saved_world = trainer_state.get("world_size")
     batch = saved.get("per_device_train_batch_size") if isinstance(saved, dict) else None
-    if not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int):
+    if (not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int)
+            or getattr(cfg, "task", None) == "online"):
         return
     before, now = batch * saved_world, cfg.per_device_train_batch_size * world
     if before == now:

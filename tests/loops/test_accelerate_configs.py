@@ -47,6 +47,57 @@ def test_deepspeed_without_the_package_names_the_setting(tmp_path, monkeypatch):
         launch.make_accelerator(_cfg(tmp_path))
 
 
+def _deepspeed_env(monkeypatch, name, **changes):
+    """The variables accelerate launch sets for examples/accelerate/<name>.yaml (accelerate.utils.launch), with
+    `changes` to its deepspeed_config."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ds = {**load_config_from_file(str(CONFIGS / f"{name}.yaml")).deepspeed_config, **changes}
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", str(ds["zero_stage"]))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", str(ds["gradient_accumulation_steps"]))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_CLIPPING", str(ds["gradient_clipping"]).lower())
+    for key, variable in (("zero3_save_16bit_model", "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"),
+                          ("zero3_init_flag", "ACCELERATE_DEEPSPEED_ZERO3_INIT")):
+        if key in ds:
+            monkeypatch.setenv(variable, str(ds[key]).lower())
+        else:
+            monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", raising=False)
+
+
+def test_zero3_without_the_gathered_16bit_save_is_refused_before_training(tmp_path, monkeypatch):
+    """Under ZeRO-3 the final model is gathered by accelerate's get_state_dict, which DeepSpeed allows only with
+    zero3_save_16bit_model (stage3_gather_16bit_weights_on_model_save, false by default: `accelerate config`'s
+    answer "no", or a zero3 config without the line). Before, such a run trained to its end and then stopped with
+    accelerate's ValueError at the final save; now it is refused before anything loads. No DeepSpeed engine starts
+    here (the settings are read through accelerate's DeepSpeedPlugin)."""
+    cfg = _cfg(tmp_path)
+    _deepspeed_env(monkeypatch, "zero3")  # the shipped config: fine
+    launch.check_deepspeed_settings(cfg)
+    _deepspeed_env(monkeypatch, "zero2", zero3_save_16bit_model=False)  # ZeRO-2 holds whole weights: fine
+    launch.check_deepspeed_settings(cfg)
+    refused = r"ZeRO-3 without zero3_save_16bit_model: true .*train to its end and then fail to save the model"
+    _deepspeed_env(monkeypatch, "zero3", zero3_save_16bit_model=False)
+    with pytest.raises(ConfigError, match=refused):
+        launch.check_deepspeed_settings(cfg)
+    _deepspeed_env(monkeypatch, "zero3")
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL")  # the line left out: accelerate's false
+    with pytest.raises(ConfigError, match=refused):
+        launch.check_deepspeed_settings(cfg)
+    ds_json = tmp_path / "ds.json"  # a deepspeed_config_file: its own key, as DeepSpeed spells it
+    for gather, ok in ((False, False), (True, True)):
+        ds_json.write_text(json.dumps({"zero_optimization": {"stage": 3,
+                                                             "stage3_gather_16bit_weights_on_model_save": gather}}))
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds_json))
+        monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+        if ok:
+            launch.check_deepspeed_settings(cfg)
+        else:
+            with pytest.raises(ConfigError, match=refused):
+                launch.check_deepspeed_settings(cfg)
+
+
 def _rows(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 

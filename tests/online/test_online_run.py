@@ -252,6 +252,31 @@ def test_two_processes_equal_one_process(tmp_path, accelerate_launch):
 
 
 @pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_on_one_process_with_the_same_config(tmp_path, accelerate_launch):
+    """An online step takes its round's examples on any number of processes (per_device_train_batch_size only bounds
+    the micro-batches), so the same config resumed on one process from a 2-process checkpoint is the same run. It was
+    refused ("trained with a global batch of 4 (per_device_train_batch_size 2 x 2 processes); this run has 2 ...
+    every step's batch and the data order from here on would differ"), though it ends with the 2-process weights."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    args = ["per_device_train_batch_size=2", "generation_batch_size=2", "max_steps=4", "save_steps=3"]
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(Path(__file__).parent / "online_tiny_run.py"), str(two),
+                            *args)
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = tiny_run(tiny_cfg(one, per_device_train_batch_size=2, generation_batch_size=2, max_steps=4,
+                                save_steps=3, resume_from_checkpoint=str(two / "checkpoint-3")))
+    assert resumed.train()["resumed_from_step"] == 3
+    a, b = _weights(two), _weights(one)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path, kill_when):
     """SIGKILL an online run (a subprocess) once a mid-round checkpoint exists; resuming it ends with the
     uninterrupted run's weights (<= 1e-6)."""

@@ -136,6 +136,29 @@ def check_deepspeed_settings(cfg) -> None:
         raise ConfigError(
             f"the accelerate config's deepspeed_config.gradient_clipping is {clipping} but max_grad_norm is "
             f"{cfg.max_grad_norm}: DeepSpeed clips with its own setting; make them equal.")
+    check_zero3_gathers_the_final_model()
+
+
+def check_zero3_gathers_the_final_model() -> None:
+    """Under ZeRO-3 no rank holds the whole weights; the final model is gathered through accelerate's get_state_dict
+    (gather_full_state), which DeepSpeed allows only with stage3_gather_16bit_weights_on_model_save (accelerate's
+    zero3_save_16bit_model, false by default). Without it the run would train to its end and then stop with
+    accelerate's ValueError at the final save, so it is refused here, before loading. The setting is read as
+    accelerate reads it (its DeepSpeedPlugin, from the launcher's variables or the deepspeed_config_file)."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    try:
+        zero = DeepSpeedPlugin().deepspeed_config.get("zero_optimization") or {}
+    except ValueError:  # a deepspeed_config_file accelerate cannot read: accelerate says why when it forms the state
+        return
+    if str(zero.get("stage")) != "3" or zero.get("stage3_gather_16bit_weights_on_model_save") is True:
+        return
+    raise ConfigError(
+        "DeepSpeed ZeRO-3 without zero3_save_16bit_model: true (DeepSpeed's "
+        "stage3_gather_16bit_weights_on_model_save): preflab gathers the final model through it, so this run would "
+        "train to its end and then fail to save the model. Set zero3_save_16bit_model: true in the accelerate "
+        "config's deepspeed_config (as examples/accelerate/zero3.yaml; the gathered weights keep the training dtype), "
+        "or stage3_gather_16bit_weights_on_model_save: true in the deepspeed_config_file.")
 
 
 def check_bf16(cfg, on_cuda: bool) -> None:
