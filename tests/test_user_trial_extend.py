@@ -552,3 +552,15 @@ def test_objectives_listing_of_a_parameter_without_default_says_to_set_it(tmp_pa
     mistakes = _write(tmp_path, "mistakes.py", MISTAKES)
     assert main(["objectives", f"{mistakes}:NoDefault"]) == 0
     assert "      tau = (no default: set it)\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("my_losses.py", r"unknown objective 'my_losses.py': an objective in a file is named with its class, "
+                     r"'my_losses.py:ClassName'"),
+    ("my_losses.MarginWeighted", r"named 'package.module:ClassName' \(here perhaps 'my_losses:MarginWeighted'\)"),
+])
+def test_user_objective_named_without_its_class_says_how_to_name_it(spec, message):
+    """`loss_type: my_losses.py` or `my_losses.MarginWeighted` said only "unknown objective ... Run `preflab
+    objectives` to list them", which lists the built-in ones."""
+    with pytest.raises(ConfigError, match=message):
+        _config(loss_type=spec)
