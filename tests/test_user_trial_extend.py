@@ -564,3 +564,28 @@ def test_user_objective_named_without_its_class_says_how_to_name_it(spec, messag
     objectives` to list them", which lists the built-in ones."""
     with pytest.raises(ConfigError, match=message):
         _config(loss_type=spec)
+
+
+def test_objective_nonfinite_from_the_first_step_is_not_blamed_on_the_learning_rate(tmp_path):
+    """An objective whose loss is NaN on the starting weights stopped with "... Lower the learning rate or check the
+    data.": no update had been applied, so the learning rate could not be the cause."""
+    from preflab.errors import NonFiniteError
+    from preflab.loops.offline import Trainer
+
+    losses = _write(tmp_path, "my_losses.py", MY_LOSSES + '''
+
+@dataclass(frozen=True)
+class NaNLoss(MarginWeighted):
+    required_extras = ()
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l)) * float("nan")
+        return ObjectiveOutput(losses.mean(), losses, {})
+''')
+    cfg = _config(loss_type=f"{losses}:NaNLoss", output_dir=str(tmp_path / "run"), max_steps=3,
+                  per_device_train_batch_size=2, max_length=64, logging_steps=1)
+    with pytest.raises(NonFiniteError, match=r"saved in .*checkpoint-3\. Every step from the first was non-finite on "
+                                             r"the starting weights \(no update was applied, so the learning rate is "
+                                             r"not the cause\): check the objective \(loss_type .*my_losses\.py:NaNLoss"):
+        Trainer(cfg).train()
