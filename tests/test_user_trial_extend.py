@@ -395,3 +395,197 @@ class ClaimsNoReference(MarginWeighted):
     assert len(check_objective(get_objective("dpo"), _grad_batch())) == 5
     with pytest.raises(PreflabError, match="declares needs_reference = False but fails without reference log-probs"):
         check_objective(get_objective(f"{losses}:ClaimsNoReference"), _grad_batch(extras))
+
+
+MISTAKES = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, ObjectiveOutput, logratios
+
+
+@dataclass(frozen=True)
+class TwoArgs(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch, extra):
+        raise AssertionError("never called")
+
+
+@dataclass(frozen=True)
+class Detached(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l)).detach()
+        return ObjectiveOutput(losses.mean(), losses, {})
+
+
+@dataclass(frozen=True)
+class FloatLoss(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l))
+        return ObjectiveOutput(float(losses.mean()), losses, {})
+
+
+@dataclass(frozen=True)
+class Undeclared(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = batch.extra("weight") * -F.logsigmoid(self.beta * (h_w - h_l))
+        return ObjectiveOutput(losses.mean(), losses, {})
+
+
+@dataclass(frozen=True)
+class SaysReferenceFree(Objective):
+    beta: float = 0.1
+    needs_reference = False
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l))
+        return ObjectiveOutput(losses.mean(), losses, {})
+
+
+@dataclass(frozen=True)
+class NoDefault(Objective):
+    tau: float
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid((h_w - h_l) / self.tau)
+        return ObjectiveOutput(losses.mean(), losses, {})
+'''
+
+
+def test_user_objective_compute_with_another_signature_is_refused_before_training(tmp_path):
+    """`def compute(self, batch, extra)` passed every check at start and crashed at the first step, after the models
+    had loaded, with a raw TypeError traceback from Objective.__call__."""
+    mistakes = _write(tmp_path, "mistakes.py", MISTAKES)
+    with pytest.raises(ConfigError, match=r"TwoArgs \(in .*mistakes\.py\) has compute\(self, batch, extra\); it must "
+                                          r"take the batch alone: def compute\(self, batch\)"):
+        _config(loss_type=f"{mistakes}:TwoArgs")
+
+
+def test_user_objective_losses_without_gradient_are_named_alone_or_in_a_weighted_sum(tmp_path):
+    """Detached per-example losses crashed the step with "RuntimeError: element 0 of tensors does not require grad"
+    (no objective named); as a part of `loss_type: [sigmoid, my.py:Detached]` the part was a constant that trained
+    nothing, silently. Under no_grad (evaluation) the same objective still scores."""
+    from preflab.errors import PreflabError
+    from preflab.objectives import get_objective
+
+    mistakes = _write(tmp_path, "mistakes.py", MISTAKES)
+    message = r"Detached\.compute returned per-example losses that do not depend on the policy.* Detached is defined " \
+              r"in .*mistakes\.py\."
+    with pytest.raises(PreflabError, match=message):
+        get_objective(f"{mistakes}:Detached")(_grad_batch())
+    with pytest.raises(PreflabError, match=message):
+        get_objective(["sigmoid", f"{mistakes}:Detached"], loss_weights=[1.0, 1.0])(_grad_batch())
+    with torch.no_grad():
+        scored = get_objective(f"{mistakes}:Detached")(_grad_batch()).losses
+    assert torch.allclose(scored, get_objective("sigmoid")(_grad_batch()).losses.detach())
+
+
+def test_user_objective_errors_name_the_class_its_file_and_the_fix(tmp_path):
+    """A float loss was "loss of shape ()" (the shape it must have); an extra read without declaring it said "this
+    objective needs ..."; a needs_reference = False objective that reads the reference died with "AttributeError:
+    'NoneType' object has no attribute 'sum'"."""
+    from preflab.errors import MissingExtraError, MissingReferenceError, PreflabError
+    from preflab.objectives import get_objective
+
+    mistakes = _write(tmp_path, "mistakes.py", MISTAKES)
+    with pytest.raises(PreflabError, match=r"FloatLoss\.compute returned loss as a float, not a tensor and losses of "
+                                           r"shape \(3,\).* FloatLoss is defined in .*mistakes\.py\."):
+        get_objective(f"{mistakes}:FloatLoss")(_grad_batch())
+    with pytest.raises(MissingExtraError, match=r"Undeclared \(in .*mistakes\.py\) reads batch\.extra\('weight'\) but "
+                                                r"does not declare it: add 'weight' to its class attribute "
+                                                r"required_extras"):
+        get_objective(f"{mistakes}:Undeclared")(_grad_batch())
+    bare = _grad_batch()
+    bare.ref_chosen = bare.ref_rejected = None
+    with pytest.raises(MissingReferenceError, match=r"SaysReferenceFree \(in .*mistakes\.py\): logratios\(batch\) "
+                                                    r"reads the reference log-probs.*declares needs_reference = False"):
+        get_objective(f"{mistakes}:SaysReferenceFree")(bare)
+
+
+def test_user_objective_parameter_without_default_is_named(tmp_path):
+    """A field without a default (`tau: float`) left unset was "TypeError: NoDefault.__init__() missing 1 required
+    positional argument: 'tau'" with a traceback, alone or in a loss_type list; set, it trains with that value."""
+    mistakes = _write(tmp_path, "mistakes.py", MISTAKES)
+    message = r"NoDefault \(in .*mistakes\.py\) has parameter\(s\) \['tau'\] without a default, and none was given"
+    with pytest.raises(ConfigError, match=message):
+        _config(loss_type=f"{mistakes}:NoDefault").objective()
+    with pytest.raises(ConfigError, match=message):
+        _config(loss_type=[f"{mistakes}:NoDefault", "sft"], loss_weights=[1.0, 0.5]).objective()
+    assert _config(loss_type=f"{mistakes}:NoDefault", tau=2.0).objective().tau == 2.0
+
+
+def test_user_objective_beta_default_overridden_by_the_run_is_said(tmp_path, capsys):
+    """A user class declaring `beta: float = 2.0` trained with beta 0.1 (the run's option, passed to every objective
+    with a beta field) without a word, while `preflab objectives my.py:Class` listed beta = 2.0."""
+    losses = _write(tmp_path, "my_losses.py", MY_LOSSES + '''
+
+@dataclass(frozen=True)
+class BigBeta(MarginWeighted):
+    beta: float = 2.0
+''')
+    capsys.readouterr()
+    assert _config(loss_type=f"{losses}:BigBeta").objective().beta == 0.1
+    assert ("preflab: note: beta is not set: BigBeta trains with the run's beta=0.1 (the beta option's default), not "
+            "its own field default beta=2; set beta to choose (beta=2 for the class's own).") in capsys.readouterr().err
+    assert _config(loss_type=[f"{losses}:BigBeta", "sft"], beta=0.5).objective().parts[0].beta == 0.5
+    _config(loss_type=f"{losses}:MarginWeighted")  # its default is the run's 0.1: nothing to say
+    assert "beta is not set" not in capsys.readouterr().err
+
+
+def test_objectives_listing_of_a_parameter_without_default_says_to_set_it(tmp_path, capsys):
+    """`preflab objectives my.py:NoDefault` printed `tau = <dataclasses._MISSING_TYPE object at 0x...>`."""
+    from preflab.cli import main
+
+    mistakes = _write(tmp_path, "mistakes.py", MISTAKES)
+    assert main(["objectives", f"{mistakes}:NoDefault"]) == 0
+    assert "      tau = (no default: set it)\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("my_losses.py", r"unknown objective 'my_losses.py': an objective in a file is named with its class, "
+                     r"'my_losses.py:ClassName'"),
+    ("my_losses.MarginWeighted", r"named 'package.module:ClassName' \(here perhaps 'my_losses:MarginWeighted'\)"),
+])
+def test_user_objective_named_without_its_class_says_how_to_name_it(spec, message):
+    """`loss_type: my_losses.py` or `my_losses.MarginWeighted` said only "unknown objective ... Run `preflab
+    objectives` to list them", which lists the built-in ones."""
+    with pytest.raises(ConfigError, match=message):
+        _config(loss_type=spec)
+
+
+def test_objective_nonfinite_from_the_first_step_is_not_blamed_on_the_learning_rate(tmp_path):
+    """An objective whose loss is NaN on the starting weights stopped with "... Lower the learning rate or check the
+    data.": no update had been applied, so the learning rate could not be the cause."""
+    from preflab.errors import NonFiniteError
+    from preflab.loops.offline import Trainer
+
+    losses = _write(tmp_path, "my_losses.py", MY_LOSSES + '''
+
+@dataclass(frozen=True)
+class NaNLoss(MarginWeighted):
+    required_extras = ()
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l)) * float("nan")
+        return ObjectiveOutput(losses.mean(), losses, {})
+''')
+    cfg = _config(loss_type=f"{losses}:NaNLoss", output_dir=str(tmp_path / "run"), max_steps=3,
+                  per_device_train_batch_size=2, max_length=64, logging_steps=1)
+    with pytest.raises(NonFiniteError, match=r"saved in .*checkpoint-3\. Every step from the first was non-finite on "
+                                             r"the starting weights \(no update was applied, so the learning rate is "
+                                             r"not the cause\): check the objective \(loss_type .*my_losses\.py:NaNLoss"):
+        Trainer(cfg).train()

@@ -562,6 +562,26 @@ def _diffusion_beta_default(known: dict, extra: dict, notes: list[str]) -> None:
                      "not the text objectives' 0.1; set beta to choose.")
 
 
+def _user_beta_default_notes(objective, beta: float) -> list[str]:
+    """A note per objective of the user's own (a class outside preflab) whose `beta` field has another default than
+    the run's beta, when the config does not set beta: the run passes its `beta` option (0.1, TRL's default) to every
+    objective with a beta field, so the class's own default (what `preflab objectives my.py:Class` and
+    get_objective print and use) is not what trains."""
+    import dataclasses
+
+    notes = []
+    for part in getattr(objective, "parts", None) or (objective,):
+        cls = type(part)
+        if cls.__module__.startswith("preflab."):
+            continue
+        default = next((f.default for f in dataclasses.fields(cls) if f.name == "beta"), None)
+        if isinstance(default, (int, float)) and default != beta:
+            notes.append(f"beta is not set: {cls.__name__} trains with the run's beta={beta:g} (the beta option's "
+                         f"default), not its own field default beta={default:g}; set beta to choose (beta={default:g} "
+                         "for the class's own).")
+    return notes
+
+
 def config_from_dict(raw: dict) -> TrainConfig:
     """A TrainConfig from a flat dict (preflab or TRL names). Unknown keys go to the objective if it has them; all
     other unknown keys and all type errors are reported together in one ConfigError. Notes on translated TRL keys
@@ -615,6 +635,8 @@ def config_from_dict(raw: dict) -> TrainConfig:
 
     objective = cfg.objective()
     check_modality(objective, cfg.task)  # validates the objective and its modality before any model loads
+    if "beta" not in raw:
+        notes += _user_beta_default_notes(objective, cfg.beta)
     if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
         notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
                      "nothing to precompute (no reference is loaded).")

@@ -21,6 +21,10 @@ class MissingExtraError(PreflabError):
     """An objective needs a per-example input in `batch.extras` that the batch does not carry."""
 
 
+class MissingReferenceError(PreflabError):
+    """An objective reads reference log-probs from a batch that has none (it declared needs_reference = False)."""
+
+
 class NonFiniteError(PreflabError):
     """Training hit too many non-finite losses or gradients in a row."""
 

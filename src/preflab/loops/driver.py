@@ -264,10 +264,14 @@ class TrainingRun(CallbackEvents):
             cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
                      f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
                      "the loss or gradient norm was inf/NaN")
+            fix = "Lower the learning rate or check the data."
+            if step == bad_in_row and not result.nonfinite_weights:  # no update ever applied: the starting weights
+                fix = (f"Every step from the first was non-finite on the starting weights (no update was applied, so "
+                       f"the learning rate is not the cause): check the objective (loss_type {cfg.loss_type}; "
+                       "`preflab lab check` runs its contract) and the data.")
             raise NonFiniteError(
                 f"{bad_in_row} non-finite steps in a row (last: {cause}; rows {result.row_ids}); the weights "
-                f"are those from before the first bad step, saved in {path}. Lower the learning rate or "
-                "check the data.")
+                f"are those from before the first bad step, saved in {path}. {fix}")
 
     def _evaluate_if_due(self, step: int, asked: dict, log) -> tuple[tuple | None, bool]:
         """After optimizer step `step` (1-based): evaluate when due (eval_steps, a callback's should_evaluate, the

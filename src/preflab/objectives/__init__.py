@@ -29,6 +29,7 @@ from preflab.objectives.base import (
     check_gradient_extras,
     check_modality,
     check_params,
+    check_unset_params,
 )
 from preflab.objectives.contract import check_objective, example_batch
 
@@ -71,6 +72,7 @@ def get_objective(name, **params) -> Objective:
         for cls in classes:
             fields = {f.name for f in dataclasses.fields(cls)}
             mine = {k: v for k, v in params.items() if k in fields}
+            check_unset_params(cls, mine)
             used |= set(mine)
             parts.append(cls(**mine))
         unused = set(params) - used

@@ -65,4 +65,11 @@ def resolve_name(name: str) -> str:
     if name in _aliases():
         return _aliases()[name]
     known = names + list(_aliases())
+    if name.endswith(".py") or "/" in name:  # a user's file without the class: 'my_losses.py' for 'my_losses.py:Cls'
+        raise ConfigError(f"unknown objective {name!r}: an objective in a file is named with its class, "
+                          f"'{name}:ClassName'.")
+    if "." in name:  # 'my_losses.Cls' for 'my_losses:Cls'
+        module, _, cls = name.rpartition(".")
+        raise ConfigError(f"unknown objective {name!r}: an objective in a module is named 'package.module:ClassName' "
+                          f"(here perhaps '{module}:{cls}'), or 'path/to/file.py:ClassName'.")
     raise ConfigError(f"unknown objective {name!r}.{nearest(name, known)} Run `preflab objectives` to list them.")

@@ -38,6 +38,8 @@ Shapes: B examples, T completion positions (chosen and rejected may differ), K r
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -45,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from preflab.errors import ConfigError, MissingExtraError, PreflabError, nearest
+from preflab.errors import ConfigError, MissingExtraError, MissingReferenceError, PreflabError, nearest
 from preflab.objectives._registry import objective_class, resolve_name
 
 
@@ -136,10 +138,12 @@ def _extra(extras: dict, name: str, owner: str, gradient: bool = False) -> Any:
         fix = (f"{name!r} is the policy's log-probs of extra sequences and must carry gradient: the training loop "
                "has to score those sequences with the policy (a data column would be a constant, and the term would "
                "do nothing)." if gradient else f"Add a {name!r} column to the data or compute it in the loop.")
-        raise MissingExtraError(
+        err = MissingExtraError(
             f"{owner} needs batch.extras[{name!r}], which this batch does not carry (it has "
             f"{sorted(extras) or 'no extras'}). {fix}"
         )
+        err.extra = name  # read by Objective.__call__ (an extra the objective did not declare)
+        raise err
     return extras[name]
 
 
@@ -320,15 +324,30 @@ class Objective:
             _extra(batch.extras, key, name, gradient=key in self.gradient_extras)
         for key in self.token_extras:
             _check_token_extra(batch, key, name)
-        out = self.compute(batch)
+        try:
+            out = self.compute(batch)
+        except MissingExtraError as err:
+            _undeclared_extra(self, err)
+            raise
+        except MissingReferenceError as err:
+            raise MissingReferenceError(f"{name}{_defined_in(type(self))}: {err}") from None
         size = getattr(batch, "size", None)
-        if not isinstance(out, ObjectiveOutput) or getattr(out.loss, "ndim", None) != 0 or \
-                (size is not None and tuple(getattr(out.losses, "shape", ())) != (size,)):
+        if not isinstance(out, ObjectiveOutput) or not torch.is_tensor(out.loss) or out.loss.ndim != 0 or \
+                not torch.is_tensor(out.losses) or (size is not None and tuple(out.losses.shape) != (size,)):
+            shape = lambda x: f"of shape {tuple(x.shape)}" if torch.is_tensor(x) else \
+                f"as a {type(x).__name__}, not a tensor"  # noqa: E731 - float(...) / .item() / .tolist() lose the graph
             got = type(out).__name__ if not isinstance(out, ObjectiveOutput) else \
-                f"loss of shape {tuple(getattr(out.loss, 'shape', ()))} and losses of shape " \
-                f"{tuple(getattr(out.losses, 'shape', ()))}"
-            raise PreflabError(f"{name}.compute returned {got}; it must return ObjectiveOutput(loss, losses, metrics) "
-                               f"with a scalar loss and one loss per example (losses of shape ({size},)).")
+                f"loss {shape(out.loss)} and losses {shape(out.losses)}"
+            raise PreflabError(f"{name}.compute returned {got}; it must return ObjectiveOutput(loss, losses, "
+                               "metrics) with a scalar loss tensor and one loss per example (losses of shape "
+                               f"({size},), a tensor).{_defined_in(type(self), ' ' + name + ' is defined in {}.')}")
+        if torch.is_grad_enabled() and not out.losses.requires_grad and _policy_requires_grad(batch):
+            # the step back-propagates sum(losses): without a graph it fails ("element 0 of tensors does not require
+            # grad"), and inside a weighted sum the part would be a constant that trains nothing
+            raise PreflabError(f"{name}.compute returned per-example losses that do not depend on the policy (no "
+                               "gradient): they were detached (.detach(), .item(), float(), torch.no_grad) or "
+                               "computed from the reference or extras only; compute them from the batch's policy "
+                               f"log-probs.{_defined_in(type(self), ' ' + name + ' is defined in {}.')}")
         return out
 
     @classmethod
@@ -364,6 +383,34 @@ def _check_token_extra(batch, key: str, owner: str) -> None:
             f"column {key!r} with one value per token of the tokenized {side} response).")
 
 
+def _defined_in(cls: type, form: str = " (in {})") -> str:
+    """`form` with the file of a class defined outside preflab (a user's objective); '' for preflab's own."""
+    if cls.__module__.startswith("preflab."):
+        return ""
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return form.format(path) if path else ""
+
+
+def _policy_requires_grad(batch) -> bool:
+    """Whether the batch's policy log-probs carry gradient (a training step; not evaluation or a reference pass)."""
+    sides = [getattr(batch, k, None) for k in ("policy_chosen", "policy_rejected", "policy")]
+    return any(isinstance(s, SequenceLogps) and s.token_logps.requires_grad for s in sides)
+
+
+def _undeclared_extra(objective, err: MissingExtraError) -> None:
+    """Re-raise a missing extra that `objective` reads without declaring it, naming the class and the fix: a
+    declared extra is checked in every data row at load (naming the row), an undeclared one only fails here."""
+    key = getattr(err, "extra", None)
+    declared = set(objective.required_extras) | set(objective.token_extras) | set(objective.produced_extras)
+    if key is None or key in declared:
+        return
+    cls = type(objective)
+    raise MissingExtraError(
+        f"{cls.__name__}{_defined_in(cls)} reads batch.extra({key!r}) but does not declare it: add {key!r} to its "
+        f"class attribute required_extras, so that every data row is checked for a numeric {key!r} column when "
+        f"the data loads. ({err})") from err
+
+
 def as_loss_dtype(x: Tensor) -> Tensor:
     """Loss arithmetic runs in float32 at least (float64 stays float64), even under bf16 training."""
     return x if x.dtype == torch.float64 else x.float()
@@ -371,6 +418,11 @@ def as_loss_dtype(x: Tensor) -> Tensor:
 
 def logratios(batch: PairBatch) -> tuple[Tensor, Tensor]:
     """(h_w, h_l) [B]: h(y) = S_theta(y) - S_ref(y), in the loss dtype."""
+    if batch.ref_chosen is None or batch.ref_rejected is None:  # a run without a reference passes none
+        raise MissingReferenceError(
+            "logratios(batch) reads the reference log-probs, which this batch does not carry: the objective declares "
+            "needs_reference = False, so the run loads no reference model. Remove that declaration (the default, "
+            "True, gives every batch reference log-probs), or compute the loss from the policy's log-probs alone.")
     h_w = as_loss_dtype(batch.policy_chosen.sum) - as_loss_dtype(batch.ref_chosen.sum)
     h_l = as_loss_dtype(batch.policy_rejected.sum) - as_loss_dtype(batch.ref_rejected.sum)
     return h_w, h_l
@@ -471,11 +523,31 @@ def _checked_user_class(cls, spec: str) -> type[Objective]:
     if not dataclasses.is_dataclass(cls):
         raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__} is not a dataclass; decorate it with "
                           "@dataclass(frozen=True) (its fields are its parameters).")
+    try:  # the loops call compute(batch): another signature would fail at the first step, after the models loaded
+        inspect.signature(cls.compute).bind(None, None)
+    except TypeError:
+        raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__}{_defined_in(cls)} has "
+                          f"compute{inspect.signature(cls.compute)}; it must take the batch alone: "
+                          "def compute(self, batch) -> ObjectiveOutput (its parameters are dataclass fields, "
+                          "its inputs batch.extra(name) with the name in required_extras).") from None
     return cls
 
 
+def check_unset_params(cls: type, params: dict) -> None:
+    """ConfigError naming a parameter (a field without a default, which a user's class may have) that `params` does
+    not set: building the class would fail with a TypeError from the dataclass's __init__."""
+    unset = [f.name for f in dataclasses.fields(cls) if f.name not in params and f.default is dataclasses.MISSING
+             and f.default_factory is dataclasses.MISSING]
+    if unset:
+        raise ConfigError(f"{cls.__name__}{_defined_in(cls)} has parameter(s) {unset} without a default, and none "
+                          f"was given: set {unset[0]} (a top-level key of the config, `{unset[0]}=VALUE` on the "
+                          f"command line, or get_objective(..., {unset[0]}=VALUE)), or give the field a default.")
+
+
 def check_params(cls: type, params: dict) -> None:
-    """Unknown parameter names and wrong types are a ConfigError naming the nearest valid name."""
+    """Unknown parameter names, wrong types and a parameter without a default left unset are a ConfigError naming
+    the nearest valid name / the parameter."""
+    check_unset_params(cls, params)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in params.items():
         if key not in fields:

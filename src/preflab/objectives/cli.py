@@ -1,6 +1,7 @@
 """`preflab objectives`: every registered objective with its parameters, reference need, extras and paper."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -52,7 +53,8 @@ def run(args) -> int:
             meanings = param_meanings(_class_for(args.name))
             print("    params:" + ("" if info["params"] else " -"))
             for key, default in info["params"].items():
-                print(f"      {key} = {default!r}" + (f"  # {meanings[key]}" if meanings.get(key) else ""))
+                shown = "(no default: set it)" if default is dataclasses.MISSING else repr(default)
+                print(f"      {key} = {shown}" + (f"  # {meanings[key]}" if meanings.get(key) else ""))
         else:
             params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items())
             print(f"    params: {params or '-'}")

@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from preflab.errors import MissingExtraError, PreflabError
+from preflab.errors import MissingExtraError, MissingReferenceError, PreflabError
 from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch
 
 
@@ -133,7 +133,7 @@ def check_objective(objective, batch) -> list[str]:
     else:
         try:
             again = objective(bare)
-        except (AttributeError, TypeError) as err:
+        except (AttributeError, TypeError, MissingReferenceError) as err:
             raise PreflabError(f"{name}: declares needs_reference = False but fails without reference log-probs "
                                f"({type(err).__name__}: {err}); set needs_reference = True.") from err
         if not torch.allclose(again.losses.detach(), out.losses.detach()):
