@@ -20,7 +20,8 @@ What is isolated (any caller)
   audit hook installed before `main.py` runs; the run's status is then "refused" and `SandboxResult.refused` names
   the calls, even when the program caught the exception and went on (a program that cuts the guard's report pipe
   ends at its next refused call, exit status 126). A guarded run that still has processes of its own alive when
-  it ends got past the guard some other way: it is "refused" too (root callers, or a user namespace, count them). Under that, a seccomp filter denies execve/execveat, so code
+  it ends got past the guard some other way: it is "refused" too (root callers, or a user namespace, count them).
+  Under that, a seccomp filter denies execve/execveat, so code
   that gets around the hook still cannot execute a program. If the guard cannot be installed nothing runs.
 - Time: wall clock (`timeout_s`; the whole process group is killed) and CPU seconds per process (RLIMIT_CPU).
   When a run ends, its leftover processes are SIGKILLed and waited for (pidfds, at most 2 s) before
