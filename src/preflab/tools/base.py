@@ -85,7 +85,8 @@ def _read_cache(path: Path) -> dict[str, dict]:
             bad = f"entry {key[:80]!r} needs a text 'observation' and a true/false 'ok'"
             break
     if bad:
-        raise DataError(f"{path}: not a tool cache written by ToolBox.save ({bad}); delete it to query the tools again.")
+        raise DataError(f"{path}: not a tool cache written by ToolBox.save ({bad}); delete it to query the tools "
+                        "again.")
     return cache
 
 
