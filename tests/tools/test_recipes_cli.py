@@ -51,3 +51,12 @@ def test_resume_of_a_recipe_without_resume_is_refused_not_silently_ignored(monke
     assert calls == []  # refused before anything ran
     cfg = config_from_dict({"task": "themis", "recipe_params": {}, "output_dir": str(tmp_path)})
     assert recipes.run_recipe(cfg) == {} and calls == [str(tmp_path)]  # without resume it runs
+
+
+def test_an_icpl_code_model_that_does_not_exist_is_named_before_anything_runs(tmp_path, capsys):
+    out, missing = tmp_path / "icpl", tmp_path / "no_such_model"
+    args = ["train", "examples/tools/icpl.yaml", f"output_dir={out}", f"recipe_params.code_model={missing}"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"recipe_params.code_model={str(missing)!r}: no such local directory (tried {missing}).")
+    assert not out.exists()                        # no state: the corrected rerun needs no resume
