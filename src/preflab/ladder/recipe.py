@@ -76,6 +76,15 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     if not (isinstance(sft_lr_scale, (int, float)) and 0 < sft_lr_scale < float("inf")):
         raise ConfigError(f"recipe_params.sft_lr_scale must be a number > 0 (it multiplies the SFT stage's learning "
                           f"rate {SFT['learning_rate']}; e.g. 1, 0.5, 0.2, 0.1), got {sft_lr_scale!r}.")
+    steps = {"sft_steps": sft_steps, "dpo_steps": dpo_steps}
+    if (n_train < 2 or n_test < 1 or not 0 <= retrieve_k < n_train
+            or any(v is not None and v < 1 for v in steps.values())):
+        # retrieve_k < 0 sliced the ranking ([:-1]: every training example but one in each prompt); n_test 0 divided
+        # the held-out accuracy by zero after training
+        raise ConfigError(f"raft_ladder recipe_params: need n_train >= 2, n_test >= 1 (held-out instructions), "
+                          f"0 <= retrieve_k < n_train (examples retrieved into each prompt) and sft_steps, dpo_steps "
+                          f">= 1 when set; got n_train={n_train}, n_test={n_test}, retrieve_k={retrieve_k}, "
+                          f"sft_steps={sft_steps}, dpo_steps={dpo_steps}.")
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     processes = start_processes()  # a launch's process group, formed before anything is written
