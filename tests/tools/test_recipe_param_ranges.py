@@ -13,7 +13,7 @@ from preflab.tool_use.otc import run_otc
 from preflab.tool_use.itool import run_itool
 
 OTC = ("task otc: need prompts_per_generation >= 1, num_generations >= 2 (GRPO compares the rollouts of one prompt: a "
-       "group of 1 has no advantage to learn from), max_completion_length, sft_batch_size and save_steps >= 1, "
+       "group of 1 has no advantage to learn from), max_completion_length and sft_batch_size >= 1, save_steps >= 0, "
        "learning_rate > 0 and otc_c > 0 when set; got ")
 DSTC = ("dstc recipe_params: need sft_bug_rate and sft_noise in [0, 1] (probabilities), sft_per_task, sft_steps and "
         "dpo_steps >= 1, and temperature, beta and dpo_learning_rate > 0; got ")
