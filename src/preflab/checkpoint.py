@@ -485,18 +485,35 @@ def _checked_weights(path: Path, model) -> tuple[dict, dict]:
     return weights, params
 
 
-def load_checkpoint_weights(path: str | Path, model) -> dict:
-    """Copy a checkpoint's trained parameters into `model` in place (no optimizer, scheduler or RNG state: for
-    evaluating a checkpoint); returns trainer_state.json. `model` must be built as the run built its checkpointed
-    module (same base weights, LoRA settings)."""
+def _checked_extras(path: Path, extra_tensors: dict | None, consequence: str) -> dict:
+    """extra.safetensors of checkpoint `path` ({} when it has none), after checking that it holds every name of
+    `extra_tensors` (a PreflabError naming one it lacks, then `consequence`)."""
+    extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
+    lacking = sorted(set(extra_tensors or {}) - set(extra))
+    if lacking:
+        raise PreflabError(
+            f"checkpoint {path} lacks {len(lacking)} tensor(s) the training step updates outside the model, e.g. "
+            f"{lacking[0]!r} (an objective's own parameters; written by an older preflab?): {consequence}")
+    return extra
+
+
+def load_checkpoint_weights(path: str | Path, model, extra_tensors: dict | None = None) -> dict:
+    """Copy a checkpoint's trained parameters into `model` in place, and its extra.safetensors into
+    `extra_tensors` (name -> tensor, the run's checkpoint_extras: an objective's or extras producer's own
+    parameters), if given; no optimizer, scheduler or RNG state (for evaluating a checkpoint, or the best model at
+    the end of a run); returns trainer_state.json. `model` must be built as the run built its checkpointed module
+    (same base weights, LoRA settings)."""
     path = Path(path)
     if not (path / MARKER).is_file():
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).")
     verify_checkpoint(path)
     weights, params = _checked_weights(path, model)
+    extra = _checked_extras(path, extra_tensors, "its weights would be loaded without them.")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
+        for name, tensor in (extra_tensors or {}).items():
+            tensor.copy_(extra[name])
     return json.loads((path / "trainer_state.json").read_text())
 
 
@@ -511,13 +528,8 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     if verify:
         verify_checkpoint(path)
     weights, params = _checked_weights(path, model)
-    extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
-    lacking = sorted(set(extra_tensors or {}) - set(extra))
-    if lacking:
-        raise PreflabError(
-            f"checkpoint {path} lacks {len(lacking)} tensor(s) the training step updates outside the model, e.g. "
-            f"{lacking[0]!r} (an objective's own parameters; written by an older preflab?): resuming would not be "
-            "exact. Start the run again without resume_from_checkpoint.")
+    extra = _checked_extras(path, extra_tensors, "resuming would not be exact. Start the run again without "
+                                                 "resume_from_checkpoint.")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)

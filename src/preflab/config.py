@@ -23,13 +23,10 @@ import yaml
 
 from preflab.config_options import help_line, missing_trackers, range_errors
 from preflab.errors import ConfigError
-from preflab.recipes import RECIPES
+from preflab.recipe_names import RECIPE_TASKS
 
 MAX_ALIASES = 100              # YAML aliases per document (an anchor/alias bomb needs many)
 MAX_OPTION_CHARS = 256 * 1024  # an option's value, fully expanded, serialized (about); far above any real option
-
-
-RECIPE_TASKS = tuple(RECIPES)  # preflab.recipes: whole programs with their own models and data
 
 
 @dataclass
@@ -211,7 +208,7 @@ class TrainConfig:
     tpo_step_delimiter: str = "\n"             # trainer tpo, tpo_tree_depth > 1: a step ends with this one-token string
     # HyPO on offline pairs (task: dpo, loss_type: hypo; preflab.online.hypo_offline)
     hypo_online_samples: int = 4               # loss_type hypo: k fresh samples of the policy per pair's prompt per step
-    # recipes that are whole programs (task: one of preflab.recipes.RECIPES)
+    # recipes that are whole programs (task: one of preflab.recipe_names.RECIPE_TASKS)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
 
     def __post_init__(self):
@@ -245,7 +242,7 @@ class TrainConfig:
         that evaluates nothing, rather than accepted and silently not run. The online demo and game tasks evaluate
         with their task (held-out prompts, the equilibrium); online_task: vision_dataset has no evaluation; the
         others need an eval set (eval_strategy: no drops it). Recipes refuse it with their other unread options."""
-        if not self.eval_on_start or self.task in RECIPES:
+        if not self.eval_on_start or self.task in RECIPE_TASKS:
             return []
         if self.task == "online" and self.online_task in ("demo", "game"):
             return []

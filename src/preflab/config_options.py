@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from preflab.recipes import RECIPES
+from preflab.recipe_names import RECIPE_TASKS
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) takes seeds below 2**32
 
@@ -94,10 +94,10 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 OPTIONS: dict[str, Option] = {
     # what to train
-    "task": one_of(("dpo", "reward", "sft", "online", "vlm", "diffusion") + tuple(RECIPES),
+    "task": one_of(("dpo", "reward", "sft", "online", "vlm", "diffusion") + RECIPE_TASKS,
                    "what to train: a policy (any pairwise/unpaired objective), a reward model, supervised "
                    "fine-tuning (sft), an online / self-play / Nash run (online), a vision-language model (vlm), a "
-                   f"diffusion pipeline, or a recipe ({', '.join(RECIPES)}: preflab.recipes)"),
+                   f"diffusion pipeline, or a recipe ({', '.join(RECIPE_TASKS)}: preflab.recipes)"),
     "model_name_or_path": Option("the policy: hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2",
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
@@ -355,7 +355,7 @@ OPTIONS: dict[str, Option] = {
                          "of a rollout (rollout) or the policy's self-evaluation + the outcome at the end (self_eval)"),
     "mcts_self_eval_weight": at_least(0, "task: online, trainer mcts_dpo, mcts_value self_eval: w in v = w conf / "
                                          "max(d - 3, 1) + outcome"),
-    "recipe_params": Option(f"task: {' | '.join(RECIPES)}: the recipe's own options (unknown keys are errors)"),
+    "recipe_params": Option(f"task: {' | '.join(RECIPE_TASKS)}: the recipe's own options (unknown keys are errors)"),
     # run safety (rows for the fields the run-safety work adds)
     "overwrite_output_dir": Option("allow writing into a non-empty directory that is not a preflab run"),
     "allow_config_change": Option("allow resuming with options that change the run's meaning"),

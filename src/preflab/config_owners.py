@@ -8,7 +8,7 @@ import dataclasses
 
 from preflab.config_defaults import changed_options
 from preflab.online.options import DEMO_SFT, ONLINE_OPTIONS
-from preflab.recipes import RECIPES
+from preflab.recipe_names import RECIPE_TASKS
 
 _VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_modal_projector", "max_frames")
 _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
@@ -133,7 +133,8 @@ OWNERS = (
 
 def _unread_groups(cfg) -> list[tuple[list[str], str]]:
     """(options set away from their default, who reads them) per group this config's task does not read."""
-    owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPES, f"the recipe tasks ({', '.join(RECIPES)})"),
+    owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPE_TASKS,
+                        f"the recipe tasks ({', '.join(RECIPE_TASKS)})"),
                        (ONLINE_OPTIONS, lambda c: c.task == "online", "task: online"))
     return [(used, who) for names, reads, who in owners for used in [changed_options(cfg, names)]
             if used and not reads(cfg)]

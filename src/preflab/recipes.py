@@ -21,7 +21,10 @@ import importlib
 import inspect
 
 from preflab.errors import ConfigError, nearest
+from preflab.recipe_names import RECIPE_TASKS
 
+# where each recipe's program lives, imported when it runs (recipe_function); the task names alone are
+# preflab.recipe_names' (the config layer's, below these programs, which build their stages' configs through it)
 RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "raft_ladder": "preflab.ladder.recipe:run_raft_ladder",
            "themis": "preflab.reward_models.themis_toy:run_themis_arithmetic",
@@ -30,6 +33,10 @@ RECIPES = {"icpl": "preflab.reward_design.recipe:run_icpl_recipe",
            "dstc": "preflab.tool_use.dstc:run_dstc",
            "fspo": "preflab.reward_models.fspo:run_fspo",
            "pro_orchestrator": "preflab.online.pro_recipe:run_pro"}
+if tuple(RECIPES) != RECIPE_TASKS:  # a recipe the config layer would refuse, or a task with no program
+    raise ImportError(f"preflab.recipes.RECIPES {tuple(RECIPES)} and preflab.recipe_names.RECIPE_TASKS "
+                      f"{RECIPE_TASKS} must name the same recipes, in the same order.")
+
 _COMMON = ("output_dir", "seed", "quiet", "resume", "stage_options")  # stage_options: preflab.recipe_options
 # recipes that cannot run on several processes (`accelerate launch --num_processes N`), and why (none today)
 ONE_PROCESS: dict[str, str] = {}
@@ -55,6 +62,10 @@ def check_recipe_params(task: str, params: dict) -> None:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         hints = "".join(nearest(k, accepted) for k in unknown)
+        if "sft_lr_scale" in unknown:  # a knob of the recipes that warm up with SFT before DPO: why not this one
+            from preflab.recipe_sft_lr import refusal_hint
+
+            hints += refusal_hint(task)
         raise ConfigError(f"recipe_params {unknown} are not options of task {task!r}.{hints} Its options: "
                           f"{accepted}.")
     for k, v in params.items():  # YAML reads 3e-4 as a string; the top-level options take it as a number too

@@ -65,7 +65,9 @@ def test_variant_sequences_keep_each_prompt_whole_and_place_labels():
     rows = [pair(0, "first prompt words:\n", "apple banana cherry", "pear plum"),
             pair(1, "second:\n", "kiwi lime", "grape melon peach")]
     variants, _ = build_degree_variants(rows, TOK, degrees=2, seed=0)
-    seqs, slots, labels = variant_sequences(rows, variants, 3)
+    seqs, slots, labels, originals = variant_sequences(rows, variants, 3)
+    assert all(slot % 3 > 0 for slot in slots)  # j >= 1 only: j = 0 is the pair forward's own sequence ...
+    assert originals == [(0, 0), (3, 2), (6, 1), (9, 3)]  # ... (its slot, its row: chosen_0, chosen_1, rejected_0..)
     for (prompt, response), slot in zip(seqs, slots):
         b = slot // 6
         assert prompt == rows[b].prompt_ids  # the prompt of every variant is its example's, untouched

@@ -384,3 +384,107 @@ def test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step(tmp_path):
     saved = json.loads((tmp_path / "whole" / f"checkpoint-{stop - 1}" / "trainer_state.json").read_text())
     assert saved["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"] == {
         "early_stopping_patience_counter": 1}
+
+
+# name: (objective_params, greater_is_better on eval_loss: the direction whose best is not the last step on this run)
+EXTRA_OBJECTIVES = {"spo_degree": ({"degrees": 1, "degree_weight": 1.0}, True),  # a degree head (extras producer)
+                    "sparsepo": ({}, False)}                                    # learned token masks (its own)
+
+
+def _best_extras_run(tmp_path, name: str):
+    """A load_best_model_at_end run of `name` whose best checkpoint is not the last (the test checks it);
+    (trainer, summary)."""
+    from preflab.loops.offline import Trainer
+
+    params, greater = EXTRA_OBJECTIVES[name]
+    trainer = Trainer(_cfg(tmp_path, name, loss_type=name, objective_params=params, max_steps=5,
+                           greater_is_better=greater), train_data=_rows(16), eval_data=_eval_rows())
+    return trainer, trainer.train()
+
+
+@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
+def test_load_best_model_at_end_restores_every_checkpoint_extra(tmp_path, name):
+    """The best checkpoint's extra.safetensors (every checkpoint_extras tensor: spo_degree's head, SparsePO's
+    masks) replaces the last step's, byte for byte, as its model.safetensors replaces the weights; spo_degree's
+    degree_head.safetensors beside the final model is that head. (SparsePO's masks were left at the last step's.)"""
+    trainer, summary = _best_extras_run(tmp_path, name)
+    run, step = tmp_path / name, summary["best_global_step"]
+    assert step == _best(_evals(run), greater=EXTRA_OBJECTIVES[name][1])[0] and step < 5
+    best, last = (load_file(str(run / f"checkpoint-{s}" / "extra.safetensors")) for s in (step, 5))
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # the extras trained after the best step
+    final = {k: v.detach().cpu() for k, v in trainer.checkpoint_extras().items()}
+    assert final.keys() == best.keys()
+    assert all(final[k].dtype == best[k].dtype and torch.equal(final[k], best[k]) for k in best)
+    assert _same_weights(load_file(str(run / "model.safetensors")),
+                         load_file(str(run / f"checkpoint-{step}" / "model.safetensors")))
+    if name == "spo_degree":
+        head = load_file(str(run / "degree_head.safetensors"))
+        assert torch.equal(head["linear.weight"], best["producer.0"]) and torch.equal(head["linear.bias"],
+                                                                                       best["producer.1"])
+
+
+def test_a_best_checkpoint_lacking_an_extra_is_refused(tmp_path):
+    """load_best_weights with an extra the checkpoint does not hold: an error naming it, nothing half-loaded."""
+    from preflab.errors import PreflabError
+    from preflab.loops.best_model import load_best_weights
+
+    trainer, summary = _best_extras_run(tmp_path, "sparsepo")
+    before = {k: v.clone() for k, v in trainer.checkpoint_extras().items()}
+    extras = {**trainer.checkpoint_extras(), "objective.nets.x.weight": torch.zeros(2)}
+    with pytest.raises(PreflabError, match=r"checkpoint-\d+ lacks 1 tensor\(s\) the training step updates outside "
+                                           r"the model, e.g. 'objective.nets.x.weight' .*its weights would be loaded "
+                                           "without them"):
+        load_best_weights(summary["best_model_checkpoint"], trainer.policy, extras)
+    assert all(torch.equal(before[k], v) for k, v in trainer.checkpoint_extras().items())
+
+
+TWO_PROCESS_RUN = """\
+import json, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from preflab.config import config_from_dict
+from preflab.loops.offline import Trainer
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
+trainer.train()
+extras = {k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}
+rank = trainer.accelerator.process_index
+save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{rank}.safetensors"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
+def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(tmp_path, name, accelerate_launch):
+    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
+    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    params, greater = EXTRA_OBJECTIVES[name]
+    cfg = _cfg(tmp_path, "two", loss_type=name, objective_params=params, max_steps=5, greater_is_better=greater,
+               per_device_train_batch_size=2, use_cpu=True)
+    spec, script = tmp_path / "spec.json", tmp_path / "run.py"
+    spec.write_text(json.dumps({"config": cfg.to_dict(), "train": _rows(16), "eval": _eval_rows()}))
+    script.write_text(TWO_PROCESS_RUN)
+    import preflab
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1])}  # this preflab
+    env.pop("WORLD_SIZE", None)
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(script), str(spec))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "two"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2
+    step = summary["best_global_step"]
+    assert step == _best(_evals(run), greater=greater)[0] and step < 5
+    best, last = (load_file(str(run / f"checkpoint-{s}" / "extra.safetensors")) for s in (step, 5))
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    for rank in (0, 1):
+        final = load_file(str(run / f"extras-rank{rank}.safetensors"))
+        assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in best), rank

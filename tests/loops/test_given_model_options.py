@@ -211,3 +211,25 @@ def test_lora_target_modules_all_linear_or_a_reordered_list_matches_a_given_peft
     with pytest.raises(ConfigError, match=r"\n  lora_target_modules: preflab loads no model .* own adapters differ"):
         check_given_reward_model(config_from_dict({**RM, "output_dir": str(tmp_path), **lora,
                                                    "lora_target_modules": every[:-1]}), rm, tok)
+
+
+@pytest.mark.parametrize("helper", ["_maybe_include_all_linear_layers", "check_target_module_exists"])
+def test_lora_target_modules_beside_a_given_peft_policy_fails_loudly_without_peft_s_target_rule(tmp_path,
+                                                                                                  monkeypatch, helper):
+    """The comparison resolves lora_target_modules with peft's private _maybe_include_all_linear_layers (peft 0.21
+    has no public equivalent that leaves the model as it is) and its check_target_module_exists. A peft without one
+    of them was an ImportError from inside the check; now it is a PreflabError naming the helper and peft's version,
+    before anything is compared."""
+    import peft
+    import peft.tuners.tuners_utils as tuners_utils
+
+    from preflab.errors import PreflabError
+
+    tok = tiny_tokenizer()
+    policy = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, "all-linear")
+    monkeypatch.delattr(tuners_utils, helper)
+    want = (rf"peft {peft.__version__} has no peft\.tuners\.tuners_utils\.{helper}, which preflab uses to resolve "
+            r"lora_target_modules")
+    with pytest.raises(PreflabError, match=want):
+        _trainer(tmp_path, policy, None, use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                 lora_target_modules=["q_proj", "v_proj"])  # set: compared (the default is not)

@@ -120,6 +120,24 @@ def test_spo_degree_head_saved_with_the_best_model(tmp_path):
                                                                                    saved["producer.1"])
 
 
+def test_spo_degree_after_another_base_loss_logs_and_reports_its_degree_metrics(tmp_path):
+    """loss_type [ipo, spo_degree] with align_weight 0 (the docstring's way to use SPO's degree term with another
+    base loss): the run logs spo_degree's declared metrics (they were dropped after the first part) train and eval,
+    step 1's are the zero head's closed forms, and `preflab report` draws their panels."""
+    from preflab.report.html import write_report
+
+    summary = make(tmp_path, loss_type=["ipo", "spo_degree"], max_steps=2, eval_fraction=0.1, eval_steps=2,
+                   objective_params={"degrees": J, "degree_weight": 1.0, "align_weight": 0.0}).train()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    first = next(r for r in rows if r["step"] == 1 and "loss" in r)
+    assert first["loss/degree"] == pytest.approx(math.log(J + 1), abs=1e-6)
+    assert first["degree/accuracy"] == pytest.approx(1 / (J + 1), abs=1e-6)  # argmax of ties: class 0
+    assert first["loss/spo_degree"] == pytest.approx(math.log(J + 1), abs=1e-6)  # align_weight 0: the degree term
+    assert "rewards/margins/spo_degree" not in first and "eval_degree/accuracy" in summary["final_metrics"]
+    html = write_report([tmp_path], tmp_path / "report.html").read_text()
+    assert 'alt="Degree loss (SPO)"' in html and 'alt="Degree accuracy (SPO)"' in html
+
+
 def test_spo_degree_refuses_its_extras_as_data_columns(tmp_path):
     data = tmp_path / "pairs.jsonl"
     row = {"prompt": "echo: a b c\n", "chosen": "A B C", "rejected": "a b c", "degree_logits": 0.5}
@@ -150,3 +168,103 @@ def test_spo_degree_two_processes_equal_one_process_double_batch(tmp_path, accel
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5, name
     one, two = (json.loads((tmp_path / d / "summary.json").read_text())["final_metrics"] for d in ("one", "two"))
     assert two["eval_degree/accuracy"] == pytest.approx(one["eval_degree/accuracy"], abs=1e-6)
+
+
+def reference_degree_logits(trainer, positions):
+    """degree_logits [B, 2, J+1, J+1] computed the plain way: every variant (j = 0 included) alone through the
+    policy's backbone (one sequence, no padding), its final hidden states averaged over the response-predicting
+    positions (the last prompt token .. the one before the response's last), through the head."""
+    from preflab.scoring.head import backbone_and_head
+
+    backbone = backbone_and_head(trainer.policy)[0]
+    head = trainer.producer.head
+    out = torch.zeros(len(positions), 2, J + 1, J + 1)
+    for b, i in enumerate(positions):
+        prompt = list(trainer.train_data[i].prompt_ids)
+        for s, side in enumerate(("chosen", "rejected")):
+            for j, ids in trainer.producer.variants["train"][i][side]:
+                hidden = backbone(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
+                out[b, s, j] = head(hidden[len(prompt) - 1:len(prompt) + len(ids) - 1].mean(0))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["padded", "prefix_shared"])
+def test_spo_degree_logits_and_gradients_equal_scoring_each_variant_alone(tmp_path, layout):
+    """The producer's degree_logits (j = 0 pooled from the pair forward, j >= 1 from the hidden-only variant
+    forward) equal each variant scored alone, and so do the gradients they give the policy and the head (a random
+    weighting of the logits, so every entry counts). Measured: about 1e-7."""
+    trainer = make(tmp_path, layout=layout)
+    with torch.no_grad():
+        for p in trainer.producer.parameters():  # a head that is not zero, so the policy gets a gradient
+            p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    mb = trainer.micro_batches(0)[0]
+    params = [p for p in trainer.policy.parameters() if p.requires_grad] + trainer.producer.parameters()
+    weights = torch.randn(len(mb.index), 2, J + 1, J + 1, generator=torch.Generator().manual_seed(2))
+    labels = trainer.score(mb.layout, positions=mb.index).extras["degree_labels"]
+    ours = trainer.score(mb.layout, positions=mb.index).extras["degree_logits"]
+    present = (labels != -100).unsqueeze(-1)
+    assert present.all()  # every variant exists (three words, J = 2): each entry compared
+    ref = reference_degree_logits(trainer, mb.index)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    g_ours = torch.autograd.grad((ours * weights).sum(), params, allow_unused=True)
+    g_ref = torch.autograd.grad((ref * weights).sum(), params, allow_unused=True)
+    assert [g is None for g in g_ours] == [g is None for g in g_ref]  # the LM head: in neither
+    for a, b in zip(g_ours, g_ref):  # float32 sums in another order: 1e-6 of the gradient's own size
+        if a is not None:
+            assert (a - b).abs().max().item() <= 1e-6 * b.abs().max().item(), (a - b).abs().max().item()
+    assert all(g.abs().sum() > 0 for g in g_ref[-2:]) and g_ref[0].abs().sum() > 0
+
+
+def test_spo_degree_variant_pass_runs_j_ge_1_only_and_no_lm_head(tmp_path):
+    """One training forward runs the policy's backbone twice: the pair forward (2B sequences) and the variant
+    forward on the J variants j >= 1 of each response only (j = 0 is the pair forward's own sequence, pooled from
+    its hidden states); the LM head sees the pair forward's response positions only (the variant forward reads no
+    log-prob). The old producer ran all J+1 variants through the full scorer, LM head included."""
+    trainer = make(tmp_path)
+    policy = trainer.policy
+    mb = trainer.micro_batches(0)[0]
+    trainer.forward(mb)  # first: the once-per-model probes (right_padding_needs_no_mask) are not counted
+    rows, head_rows = [], []
+    hooks = [policy.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0])),
+             policy.get_output_embeddings().register_forward_hook(lambda m, a, o: head_rows.append(a[0].shape[0]))]
+    try:
+        trainer.forward(mb)
+    finally:
+        for h in hooks:
+            h.remove()
+    B = len(mb.index)
+    variants = sum(len(trainer.producer.variants["train"][i][side]) for i in mb.index
+                   for side in ("chosen", "rejected"))
+    assert variants == B * 2 * (J + 1)
+    assert rows == [mb.layout.input_ids.shape[0], B * 2 * J]  # the pair rows, then the j >= 1 variants only
+    assert head_rows == [int(mb.layout.response_mask.sum())]  # the pair forward's response tokens, once
+
+
+def test_spo_degree_micro_batch_without_deletable_units_keeps_one_variant_forward(tmp_path):
+    """Responses of stop words only have no key unit: only j = 0 (pooled from the pair forward) has a label. The
+    variant forward still runs, on one pair sequence with weight 0 (every rank of an FSDP / DDP run runs the same
+    forwards), and changes neither the logits nor the loss."""
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"echo {i}:\n", "chosen": "the and", "rejected": "of to"} for i in range(8)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    trainer = make(tmp_path / "out", dataset_name=str(data))
+    with torch.no_grad():
+        for p in trainer.producer.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    mb = trainer.micro_batches(0)[0]
+    trainer.forward(mb)  # the once-per-model probes first
+    rows_seen = []
+    hook = trainer.policy.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_seen.append(a[0].shape[0]))
+    try:
+        extras = trainer.score(mb.layout, positions=mb.index).extras
+    finally:
+        hook.remove()
+    assert rows_seen == [mb.layout.input_ids.shape[0], 1]
+    labels, logits = extras["degree_labels"], extras["degree_logits"]
+    assert (labels[..., 0] == 0).all() and (labels[..., 1:] == -100).all()
+    torch.testing.assert_close(logits[:, :, 0], reference_degree_logits(trainer, mb.index)[:, :, 0], rtol=0,
+                               atol=1e-6)
+    assert (logits[:, :, 1:] == 0).all()
+    out = trainer.forward(mb)
+    ce = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, J + 1), labels[..., 0].reshape(-1))
+    assert out.metrics["loss/degree"].item() == pytest.approx(ce.item(), abs=1e-6)

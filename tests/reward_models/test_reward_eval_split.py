@@ -75,3 +75,34 @@ def test_reward_eval_split_train_overrides_the_test_default(tiny_rm_dir, tmp_pat
     assert (out["num_pairs"], out["split"]) == (8, "train")
     direct = evaluate_reward_model(str(tiny_rm_dir), str(folder / "train.jsonl"), on_bad_row="skip")
     assert out["metrics"]["reward_model/accuracy"] == direct["accuracy"]
+
+
+def test_standalone_eval_reward_reads_the_split_preflab_eval_reads(tiny_rm_dir, tmp_path, capsys):
+    """The standalone `eval-reward` subcommand (register_reward_eval) defaulted to --split train: on a folder with
+    train/test files it scored the 8 training pairs while `preflab eval --task reward` scores the 3 test pairs. Now
+    both read the split through the same function: the same pairs, accuracy, split and note, recorded in its JSON
+    (which had no split); --split train still reads the training pairs."""
+    import argparse
+
+    from preflab.reward_models.cli import register_reward_eval
+
+    folder = _folder(tmp_path, test=True)
+    parser = argparse.ArgumentParser()
+    register_reward_eval(parser.add_subparsers())
+
+    def standalone(*extra):
+        args = parser.parse_args(["eval-reward", "--model", str(tiny_rm_dir), "--data", str(folder), *extra])
+        assert args.func(args) == 0
+        return json.loads(capsys.readouterr().out)
+
+    got = standalone()
+    want = _eval(tiny_rm_dir, folder, tmp_path / "eval.json")
+    capsys.readouterr()
+    assert (got["num_pairs"], got["split"]) == (want["num_pairs"], want["split"]) == (3, "test")  # old: 8, no split
+    assert got["accuracy"] == want["reward_eval"]["accuracy"]
+    assert got["notes"] == want["notes"] == [
+        f"read split 'test' of {folder}: no --split was given and it has a split 'test', read by default as a run's "
+        "eval_split is; pass --split to read another"]
+    train = standalone("--split", "train")
+    assert (train["num_pairs"], train["split"], train["notes"]) == (8, "train", [f"read split 'train' of {folder} "
+                                                                                 "(--split)"])

@@ -25,7 +25,7 @@ from functools import partial
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
 from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
-from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, RowReader
+from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, open_reader
 from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
                                    check_numeric_extra, check_response_turns, check_same_form, check_text,
                                    check_text_or_messages, split_implicit_messages, split_implicit_text)
@@ -68,8 +68,7 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
         raise ConfigError(f"kind={kind!r} is not one of {KINDS}.{nearest(str(kind), KINDS)}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"limit={limit!r} must be a non-negative integer or None.")
-    reader = source if isinstance(source, RowReader) else RowReader(source, split=split, limit=limit,
-                                                                    max_row_bytes=max_row_bytes)
+    reader = open_reader(source, split=split, limit=limit, max_row_bytes=max_row_bytes)
     report = DataReport(source=reader.name, kind=kind)
     build = row_builder(kind, report, on_bad_row, column_map, required_extras, prompt_optional)
     examples: list[Example] = []

@@ -150,6 +150,13 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
 
 
+def open_reader(source, **kwargs) -> RowReader:
+    """`source` as a RowReader: one already opened (preflab eval's, on the split it decided: see
+    preflab.eval.run.open_eval_split) is read as it was opened, its split, limit and max_row_bytes its own, so the
+    source is resolved and loaded once; anything else is opened with `kwargs` (RowReader's)."""
+    return source if isinstance(source, RowReader) else RowReader(source, **kwargs)
+
+
 DEFAULT_EVAL_SPLIT = "test"  # the split an eval set is read from when eval_split is not given (TRL's scripts' default)
 
 

@@ -29,7 +29,7 @@ import torch
 
 from preflab.data.media import load_image, load_images, load_video
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
-from preflab.data.sources import RowReader
+from preflab.data.sources import open_reader
 from preflab.data.validate import ROLES, check_response_turns
 
 VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "image", "videos", "rejected_images")
@@ -257,8 +257,9 @@ def vision_row_form(row: dict) -> str:
 def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", max_frames: int = 8,
                       limit: int | None = None, responses_only: bool = False
                       ) -> tuple[list[VisionPairExample], DataReport]:
-    """Read and validate vision preference rows from any row source (file, directory, dataset, list of dicts)."""
-    reader = RowReader(source, split=split, limit=limit)
+    """Read and validate vision preference rows from any row source (file, directory, dataset, list of dicts), or a
+    RowReader already opened on one (read as it was opened: preflab.data.sources.open_reader)."""
+    reader = open_reader(source, split=split, limit=limit)
     report = DataReport(source=reader.name, kind="pairwise")
     policy = BadRowPolicy(on_bad_row, report)
     out = []

@@ -237,10 +237,12 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
                      on_bad_row: str = "error", image_only: bool = False, user_column: str | None = None,
                      needs_preference_prob: bool = False,
                      score_range: tuple[float, float] | None = None) -> tuple[list[ImagePairExample], ImageDataReport]:
-    """(examples in source order, report). Raises DataError on the first bad row unless on_bad_row == "skip"."""
-    from preflab.data.sources import RowReader
+    """(examples in source order, report). Raises DataError on the first bad row unless on_bad_row == "skip".
+    source: any row source, or a RowReader already opened on one (read as it was opened:
+    preflab.data.sources.open_reader)."""
+    from preflab.data.sources import open_reader
 
-    reader = RowReader(source, split=split)
+    reader = open_reader(source, split=split)
     report = ImageDataReport(source=reader.name)
     out = []
     for raw in reader:

@@ -192,8 +192,9 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
 
 def open_eval_split(data, split: str | None, limit: int | None = None):
     """(the split read, a note saying which split of `data` that is, the RowReader of it), for every `preflab eval`
-    task that reads pairs (the policy eval, `--task reward`; `--task vlm` and `--task diffusion` take the split it
-    decides into the dataset_split of the run config they build, whose loaders read the same RowReader sources).
+    task that reads pairs (the policy eval, `--task reward`, `--task vlm` and `--task diffusion`: the last two record
+    the split in the dataset_split of the run config they build and give the run this reader, so the data is opened
+    once).
     No split given: 'test' where the data has one, as a
     run's eval_split defaults to (TRL's dataset_test_split), else 'train', found by the reader that reads it
     (data.sources.eval_default_reader: the source is loaded once). Rows in memory (a list, a Dataset) and a plain

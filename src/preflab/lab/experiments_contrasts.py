@@ -9,7 +9,7 @@ from preflab.lab.dpo_3d import chosen_nll, likelihood_trajectory, sample_pairs
 from preflab.lab.lab_objectives import FlexDPOLoss
 from preflab.lab.onpolicy import bump_reward, cauchy_reference, compare_methods, offline_ceiling
 from preflab.lab.closed_forms import kl_optimum
-from preflab.lab.registry import experiment
+from preflab.lab.registration import experiment
 from preflab.lab.results import ExperimentResult, Panel
 from preflab.lab.token_env import TokenEnv
 

@@ -10,7 +10,7 @@ from preflab.lab.closed_forms import (apo_coefficients, idealized_ranking_accura
                                       rso_accepted_law)
 from preflab.lab.iterative import apo, iterations_to_reach, iterative_dpo, online_dpo, rso_draws
 from preflab.lab.population import population_train
-from preflab.lab.registry import experiment
+from preflab.lab.registration import experiment
 from preflab.lab.results import ExperimentResult, Panel
 from preflab.lab.token_env import TokenEnv
 from preflab.objectives import get_objective

@@ -8,7 +8,7 @@ from preflab.lab.games import g3, nash, reg_nash
 from preflab.lab.maxmin import (bt_fit, em_mixture, maxmin_policy, purity, sample_user_counts)
 from preflab.lab.closed_forms import kl_optimum
 from preflab.lab.nash_loops import inpo, mwu, nash_md, spo_selfplay
-from preflab.lab.registry import experiment
+from preflab.lab.registration import experiment
 from preflab.lab.results import ExperimentResult, Panel
 
 PI0 = np.array([0.6, 0.3, 0.1])

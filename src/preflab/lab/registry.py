@@ -1,34 +1,15 @@
 """Named lab experiments: `preflab lab list` shows them, `preflab lab run NAME` runs one.
 
-An experiment is a function `fn(quick: bool) -> ExperimentResult`; `quick=True` shrinks iteration counts
-(for tests) without changing what is compared.
+An experiment is a function `fn(quick: bool) -> ExperimentResult`, registered with preflab.lab.registration's
+`@experiment`; `quick=True` shrinks iteration counts (for tests) without changing what is compared.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from preflab.errors import ConfigError, nearest
+from preflab.lab.registration import EXPERIMENTS, Experiment, experiment  # noqa: F401  (the table, importable here)
 
-EXPERIMENTS: dict = {}
+# the modules that register experiments (preflab.lab.registration), imported when `preflab lab` needs them
 _MODULES = ("preflab.lab.experiments_dpo", "preflab.lab.experiments_nash", "preflab.lab.experiments_contrasts")
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    summary: str
-    fn: Callable
-
-
-def experiment(name: str, summary: str):
-    """Decorator registering an experiment function under `name`."""
-    def wrap(fn):
-        if name in EXPERIMENTS:
-            raise ConfigError(f"lab experiment {name!r} registered twice.")
-        EXPERIMENTS[name] = Experiment(name, summary, fn)
-        return fn
-    return wrap
 
 
 def _load() -> None:

@@ -12,10 +12,9 @@ On several processes (`accelerate launch --num_processes N`, data parallel only)
 step (objectives.sft token_mean "step"), so the result equals the one-process recipe; the data files, the
 program-accuracy evaluations, the state and the summary are made once, by the main process.
 
-sft_lr_scale multiplies the SFT stage's learning rate (3e-3) and nothing else: the recipe of Wang et al. 2025
-("Implicit Reward as the Bridge", arXiv:2507.00018; methods/objectives.md §C #10) lowers the learning rate of the SFT
-stage that precedes DPO (claimed up to +6 points win rate after DPO; the factor is unverified: sweep
-{1, 0.5, 0.2, 0.1}). 1.0 (the default) is the recipe as before: same stage configs, state file and summary.
+sft_lr_scale multiplies the SFT stage's learning rate (3e-3) and nothing else (preflab.recipe_sft_lr: Wang et al.
+2025 lower the learning rate of the SFT stage that precedes DPO). 1.0 (the default) is the recipe as before: same stage
+configs, state file and summary.
 """
 from __future__ import annotations
 
@@ -35,6 +34,7 @@ from preflab.loops.offline import Trainer
 from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.recipe_options import stage_config
+from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
 from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
 from preflab.runlog import is_main_process, write_summary
@@ -73,9 +73,7 @@ def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 4
 def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: int = 64, retrieve_k: int = 1,
                     sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False,
                     resume: bool = False, stage_options: dict | None = None, sft_lr_scale: float = 1.0) -> dict:
-    if not (isinstance(sft_lr_scale, (int, float)) and 0 < sft_lr_scale < float("inf")):
-        raise ConfigError(f"recipe_params.sft_lr_scale must be a number > 0 (it multiplies the SFT stage's learning "
-                          f"rate {SFT['learning_rate']}; e.g. 1, 0.5, 0.2, 0.1), got {sft_lr_scale!r}.")
+    check_sft_lr_scale("raft_ladder", sft_lr_scale, SFT["learning_rate"])
     steps = {"sft_steps": sft_steps, "dpo_steps": dpo_steps}
     if (n_train < 2 or n_test < 1 or not 0 <= retrieve_k < n_train
             or any(v is not None and v < 1 for v in steps.values())):
@@ -92,8 +90,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     state = RecipeState(out, STATE_FILE, {"seed": seed, "n_train": n_train, "n_test": n_test,
                                           "retrieve_k": retrieve_k, "sft_steps": sft_steps, "dpo_steps": dpo_steps,
                                           "stage_options": stage_options,
-                                          **({"sft_lr_scale": sft_lr_scale} if sft_lr_scale != 1 else {})},
-                        resume)  # a resume must keep sft_lr_scale (the default is left out: states written before)
+                                          **sft_lr_params(sft_lr_scale)}, resume)
     rows = make_ladder_rows(n_train + n_test, seed=seed)
     train, test = rows[:n_train], rows[n_train:]
     train_aug = raft_rows(train, train, retrieve_k, same_split=True)
@@ -126,7 +123,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
 
     def run_sft(folder: Path) -> dict:
         base_acc, _, _ = accuracy()
-        scaled = {"learning_rate": SFT["learning_rate"] * sft_lr_scale}  # x * 1.0 == x: the default is unchanged
+        scaled = {"learning_rate": scaled_sft_lr(SFT["learning_rate"], sft_lr_scale)}
         Trainer(stage_config("raft_ladder", {**SFT, **scaled, **common,
                                              **({"max_steps": sft_steps} if sft_steps else {}),
                                              "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)},
@@ -156,8 +153,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                "baseline": "the same model after the RAFT SFT stage, before DPO", "heldout": len(test),
                "retrieve_k": retrieve_k, "negatives": dpo_counts, "seed": seed,
                "examples_before": sft["examples"], "examples_after": dpo["examples"],
-               **({"sft_lr_scale": sft_lr_scale, "sft_learning_rate": SFT["learning_rate"] * sft_lr_scale}
-                  if sft_lr_scale != 1 else {}),
+               **sft_lr_summary(sft_lr_scale, SFT["learning_rate"]),
                "runtime_s": time.perf_counter() - started}
     main_writes(lambda: write_summary(out, summary))
     end_processes()

@@ -155,13 +155,15 @@ class BestModel:
         self.best_model_checkpoint = path if path and Path(path).is_dir() else None
 
 
-def load_best_weights(checkpoint: str | Path, model) -> None:
+def load_best_weights(checkpoint: str | Path, model, extra_tensors: dict | None = None) -> None:
     """transformers' _load_best_model: copy the best checkpoint's saved weights (its model.safetensors: every
-    trainable parameter; with LoRA the adapters) into `model`, in place, after checking the checkpoint's files
-    (preflab.checkpoint.load_checkpoint_weights: a missing, incomplete or damaged checkpoint is a PreflabError)."""
+    trainable parameter; with LoRA the adapters) into `model`, and its extra.safetensors into `extra_tensors` (the
+    run's checkpoint_extras: an objective's learned masks, an extras producer's head), in place, after checking the
+    checkpoint's files (preflab.checkpoint.load_checkpoint_weights: a missing, incomplete or damaged checkpoint, or
+    one lacking an extra, is a PreflabError). So the final model and everything trained with it are one step's."""
     from preflab.checkpoint import load_checkpoint_weights
 
-    load_checkpoint_weights(checkpoint, model)
+    load_checkpoint_weights(checkpoint, model, extra_tensors)
 
 
 def remove_all_but_best(output_dir: str | Path, timeline, best_model_checkpoint: str) -> None:

@@ -1,8 +1,8 @@
 """SPO's preference-degree head and the producer of its extras (methods/objectives.md §C #9; objective spo_degree).
 
 Each training example's chosen and rejected responses have J+1 degree variants (preflab.data.spo_variants: j key
-content units deleted, label j). At every step the policy scores the variants of the micro-batch's examples after
-their own prompt (one more forward of the policy, with gradient), and the head reads them:
+content units deleted, label j). The head reads the policy's final hidden states of each variant after its own
+prompt:
 
     h(y^(j))     = mean over the response-predicting positions of the policy's final hidden state (the positions
                    from the last prompt token to the one before the response's last token: those the scorer
@@ -10,11 +10,19 @@ their own prompt (one more forward of the policy, with gradient), and the head r
     degree_logits = W h + b   [B, 2, J+1, J+1]  (example, side chosen/rejected, variant j, class)
     degree_labels = j         [B, 2, J+1]      (-100 where the response had fewer than j units)
 
+Variant j = 0 is the unmodified response, which the step's own forward (the pair's chosen and rejected log-probs)
+has already run: its h is pooled from that forward's gathered hidden states (Scores.hidden_flat), not scored again.
+The variants j >= 1 take one more forward of the policy per micro-batch (with gradient), through the run's scorer
+(so DDP / FSDP2 / torch.compile wrap it as they wrap the main forward) with `hidden_only`: the backbone and the
+gather of the response-predicting positions, no LM head (the degree loss reads no log-prob).
+
 W and b start at zero, so every class has logit 0 and the degree loss starts at log(J+1) (the spec's check). The
 head is trained with the policy (its parameters join the optimizer; the driver saves them in every checkpoint's
-extra.safetensors and restores them on resume; the final head is written to degree_head.safetensors beside the
-model). It enters the loss only through degree_logits, so the alignment (DPO) term gives it no gradient; the degree
-loss's gradient reaches the policy through the variants' hidden states.
+extra.safetensors and restores them on resume and, with load_best_model_at_end, from the best checkpoint; the final
+head is written to degree_head.safetensors beside the model, or beside the LoRA adapter). It enters the loss only
+through degree_logits, so the alignment (DPO) term gives it no gradient; the degree loss's gradient reaches the policy
+through the variants' hidden states. The head has the optimizer's learning rate: the paper's code is not public
+(lijian16/SPO holds only a LICENSE), so no separate rate is offered.
 """
 from __future__ import annotations
 
@@ -40,24 +48,34 @@ class DegreeHead(nn.Module):
         return self.linear(pooled.to(self.linear.weight.dtype))
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N, L, H], [N, L] -> [N, H]: the mean over each row's masked positions."""
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+def mean_pool(hidden_flat: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, H] float32: the mean of each sequence's hidden states over its response-predicting positions, from the
+    scorer's gathered hidden states hidden_flat [M, H] (Scores.hidden_flat) at the flat slots n * L + l of the
+    [N, L] response grid `mask` (GatherPlan.slot): sum by row (index_add), divided by the row's count."""
+    rows = torch.div(slot, mask.shape[1], rounding_mode="floor")
+    sums = hidden_flat.new_zeros((mask.shape[0], hidden_flat.shape[-1]), dtype=torch.float32)
+    sums = sums.index_add(0, rows, hidden_flat.float())
+    return sums / mask.sum(1).clamp_min(1).unsqueeze(-1).to(sums.dtype)
 
 
-def variant_sequences(examples, variants, classes: int) -> tuple[list, list[int], torch.Tensor]:
-    """(sequences (prompt ids, variant response ids), flat slot b*2*(J+1) + side*(J+1) + j of each, labels
-    [B, 2, J+1] with -100 where a variant is missing). The prompt is each example's own, untouched."""
-    seqs, slots = [], []
+def variant_sequences(examples, variants, classes: int) -> tuple[list, list[int], torch.Tensor, list]:
+    """(sequences (prompt ids, variant response ids) of the variants j >= 1, the flat slot
+    b*2*(J+1) + side*(J+1) + j of each, labels [B, 2, J+1] with -100 where a variant is missing, originals
+    [(slot of j = 0, its sequence side*B + b in the pair forward's [chosen_1..B, rejected_1..B])]). The prompt is
+    each example's own, untouched; variant j = 0 is the response itself, scored by the pair forward."""
+    seqs, slots, originals = [], [], []
     labels = torch.full((len(examples), 2, classes), -100, dtype=torch.long)
     for b, (ex, per) in enumerate(zip(examples, variants)):
         for s, side in enumerate(("chosen", "rejected")):
             for j, ids in per[side]:
-                seqs.append((list(ex.prompt_ids), ids))
-                slots.append((b * 2 + s) * classes + j)
+                slot = (b * 2 + s) * classes + j
                 labels[b, s, j] = j
-    return seqs, slots, labels
+                if j == 0:
+                    originals.append((slot, s * len(examples) + b))
+                else:
+                    seqs.append((list(ex.prompt_ids), ids))
+                    slots.append(slot)
+    return seqs, slots, labels, originals
 
 
 class DegreeExtras(ExtrasProducer):
@@ -101,25 +119,46 @@ class DegreeExtras(ExtrasProducer):
     def parameters(self) -> list:
         return list(self.head.parameters())
 
-    def extras(self, trainer, positions, train: bool) -> dict:
+    def extras(self, trainer, positions, train: bool, scored=None) -> dict:
+        """degree_logits and degree_labels of the micro-batch at dataset `positions`. scored: (Scores, device
+        LayoutBatch) of the pair forward of the same micro-batch, whose sequences are [chosen_1..B, rejected_1..B]:
+        the j = 0 variants are pooled from its hidden states."""
         from preflab.data.layout import padded
 
-        if positions is None:
+        if positions is None or scored is None:
             raise PreflabError("loss_type spo_degree scores the degree variants of each pair; pass the pairs' dataset "
-                               "positions to Trainer.score().")
+                               "positions to Trainer.score() (it hands the pair forward's scores to the producer).")
         split = "train" if train else "eval"
         data = trainer.train_data if train else trainer.eval_data
-        J1 = self.classes
-        seqs, slots, labels = variant_sequences([data[i] for i in positions],
-                                                [self.variants[split][i] for i in positions], J1)
+        J1, B = self.classes, len(positions)
+        seqs, slots, labels, originals = variant_sequences([data[i] for i in positions],
+                                                           [self.variants[split][i] for i in positions], J1)
         device = trainer.accelerator.device
+        pair_scores, pair_layout = scored
+        pooled = [mean_pool(pair_scores.hidden_flat, pair_layout.gather_plan().slot, pair_scores.mask)]
+        order = [row for _, row in originals]  # j = 0: the pair forward's rows
+        dummy = not seqs
+        if dummy:  # no j >= 1 variant in this micro-batch: still one forward (every rank runs the same forwards:
+            # FSDP2 gathers parameters in each), on the first pair sequence, its logits weighted 0 below
+            ex = data[positions[0]]
+            seqs = [(list(ex.prompt_ids), list(ex.chosen_ids))]
         layout = padded(seqs, trainer.pad_id).to(device)
+        if trainer.cfg.torch_compile:  # as Trainer.score does for the pair layout: sizes dynamic, probes eager
+            from preflab.scoring.compile import before_compiled_call
+
+            before_compiled_call(layout, device, (trainer.policy,))
         with trainer.accelerator.autocast():
-            scores = trainer.scorer(layout, want_hidden=True)
-        logits = self.head(mean_pool(scores.hidden, scores.mask))
-        full = torch.zeros(len(positions) * 2 * J1, J1, dtype=logits.dtype, device=device)
-        full = full.index_copy(0, torch.tensor(slots, device=device), logits)
-        return {"degree_logits": full.view(len(positions), 2, J1, J1), "degree_labels": labels.to(device)}
+            variant = trainer.scorer(layout, hidden_only=True)
+        pooled.append(mean_pool(variant.hidden_flat, layout.gather_plan().slot, variant.mask))
+        # the head reads the variants in slot order (example, side, j), as one forward over all J+1 would give them
+        placed = sorted(zip([slot for slot, _ in originals] + slots, order + list(range(2 * B, 2 * B + len(slots)))))
+        rows = torch.tensor([row for _, row in placed], device=device)
+        logits = self.head(torch.cat(pooled).index_select(0, rows))
+        full = torch.zeros(B * 2 * J1, J1, dtype=logits.dtype, device=device)
+        full = full.index_copy(0, torch.tensor([slot for slot, _ in placed], device=device), logits)
+        if dummy:
+            full = full + 0 * self.head(pooled[1]).sum()
+        return {"degree_logits": full.view(B, 2, J1, J1), "degree_labels": labels.to(device)}
 
     def save(self, out_dir) -> None:
         from safetensors.torch import save_file

@@ -196,9 +196,11 @@ class DiffusionRun(TrainingRun):
 
     throughput_unit = "images"  # num_images / images_per_second: a micro-batch counts its images, not tokens
 
-    def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None, scores_held_out: bool = False):
+    def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None, scores_held_out: bool = False,
+                 reader=None):
         """scores_held_out: the run only scores dataset_name as held-out pairs (`preflab eval --task diffusion`);
-        the data banner says so instead of counting train / eval examples."""
+        the data banner says so instead of counting train / eval examples. reader: a RowReader already opened on
+        dataset_name's split (that eval's), read instead of opening the data again."""
         from preflab.diffusion.pipeline import components_of, load_pipeline
         from preflab.diffusion.schedule import NoiseSchedule
         from preflab.objectives.dcpo import DCPO
@@ -230,7 +232,7 @@ class DiffusionRun(TrainingRun):
             # tokenizer: the pipeline carries its own tokenizers, so trust_remote_code loads nothing either
             check_given_models(cfg, pipeline, tokenizer=pipeline, what="pipeline", options=DIFFUSION_OPTIONS)
         if train_data is None:
-            train_data, eval_data, self.data_report = self._prepare_data()
+            train_data, eval_data, self.data_report = self._prepare_data(reader)
         self.train_data, self.eval_data = train_data, eval_data or []
         self.components = components_of(pipeline if pipeline is not None else load_pipeline(
             cfg.model_name_or_path, cfg.allow_pickle, cfg.trust_remote_code, cfg.seed))
@@ -265,7 +267,7 @@ class DiffusionRun(TrainingRun):
         self._ema_step = None
 
     # ------------------------------------------------------------------ setup
-    def _prepare_data(self):
+    def _prepare_data(self, reader=None):
         from preflab.data.eval_set import train_and_eval
         from preflab.diffusion.data import load_image_pairs, repeated_image_pairs
 
@@ -279,7 +281,8 @@ class DiffusionRun(TrainingRun):
                       image_only=self.self_npo, user_column=cfg.user_column if self.ppd else None,
                       needs_preference_prob="preference_prob" in getattr(self.objective, "required_extras", ()),
                       score_range=tuple(cfg.score_range) if cfg.score_range else None)
-        train, report = load_image_pairs(cfg.dataset_name, split=cfg.dataset_split, **kwargs)
+        train, report = load_image_pairs(cfg.dataset_name if reader is None else reader, split=cfg.dataset_split,
+                                         **kwargs)
         train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
                                                                                                    **kwargs))
         out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped),

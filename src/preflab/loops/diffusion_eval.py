@@ -40,7 +40,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
                           "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
-    split, said, _ = open_eval_split(data, split)  # the split decided; the run's loader reads it (dataset_split)
+    # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
+    split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
@@ -57,7 +58,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
         policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
         run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
-                           scores_held_out=True)
+                           scores_held_out=True, reader=reader)
         if checkpoint:
             load_checkpoint_weights(run_dir, run.trainables)
         try:

@@ -96,7 +96,7 @@ class TrainingRun(CallbackEvents):
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
         buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
-        resume."""
+        resume and, with load_best_model_at_end, from the best checkpoint (_load_best_at_end)."""
         objective = getattr(self, "objective", None)
         if isinstance(objective, torch.nn.Module) and list(objective.state_dict()):
             return {f"objective.{k}": v for k, v in objective.state_dict().items()}
@@ -332,12 +332,15 @@ class TrainingRun(CallbackEvents):
         return final_eval
 
     def _load_best_at_end(self) -> None:
-        """load_best_model_at_end: the best checkpoint's weights become the final model (with save_total_limit 1,
-        only that checkpoint is kept, as transformers)."""
+        """load_best_model_at_end: the best checkpoint's weights become the final model, and its extras (every
+        checkpoint_extras tensor: an objective's own parameters, an extras producer's) replace the last step's on
+        every rank, so what save_model writes beside the model is the same step's (with save_total_limit 1, only
+        that checkpoint is kept, as transformers)."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
             acc.wait_for_everyone()  # the best checkpoint is written
-            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module))
+            load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module),
+                              self.checkpoint_extras())
             if self.main:
                 print(f"preflab: {self.best.loaded_note()}")
                 if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left

@@ -10,7 +10,9 @@ objective:
                                               # summary.json's data section
     producer.parameters() -> [tensors]        # trained with the policy: in the optimizer, clipped with it, saved
                                               # with every checkpoint (extra.safetensors) and restored on resume
-    producer.extras(trainer, positions, train) -> {name: tensor}   # in Trainer.score(), added to the batch extras
+    producer.extras(trainer, positions, train, scored) -> {name: tensor}   # in Trainer.score(), added to the batch
+                                              # extras; scored = (the policy's Scores, the device LayoutBatch) of
+                                              # the micro-batch's own forward (e.g. reuse its hidden states)
     producer.save(out_dir)                    # beside the final model
 
 At most one producer per run (a weighted sum may hold one part with a producer). A data row that carries a
@@ -35,7 +37,7 @@ class ExtrasProducer:
     def parameters(self) -> list:
         return []
 
-    def extras(self, trainer, positions: list[int] | None, train: bool) -> dict:  # pragma: no cover - abstract
+    def extras(self, trainer, positions: list[int] | None, train: bool, scored=None) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def save(self, out_dir) -> None:
@@ -77,3 +79,19 @@ def make_producer(objective, cfg) -> ExtrasProducer | None:
                           "their own; preflab runs one per training run. Combine at most one of them.")
     module, name = parts[0].extras_producer.split(":", 1)
     return getattr(importlib.import_module(module), name)(parts[0], cfg)
+
+
+def refuse_sharded_engine(producer, cfg, accelerator) -> None:
+    """ConfigError naming the engine and loss_type when a producer runs under FSDP / DeepSpeed (before the models
+    load). Its parameters (e.g. spo_degree's degree head) are trained with the policy but are not the model's: under
+    FSDP2 accelerate maps every optimizer parameter to the model's sharded one and fails on them (KeyError in
+    fsdp2_switch_optimizer_parameters; checked on 2 CPU processes), and DeepSpeed builds its ZeRO optimizer around the
+    model's parameters, a case preflab has not verified (so it is refused, not run as something else). DDP and one
+    process train them (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
+    from preflab.loops.launch import is_sharded, sharding_engine
+
+    if producer is not None and is_sharded(accelerator):
+        raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy (its extras "
+                          f"producer {type(producer).__name__}), which preflab does not train under "
+                          f"{sharding_engine(accelerator)}: the sharded optimizer holds the model's parameters only. "
+                          "Train it with examples/accelerate/ddp.yaml or one process.")

@@ -20,7 +20,8 @@ from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
 from preflab.loops.driver import TrainingRun
-from preflab.loops.extras_producer import make_producer, produced_extras, refuse_produced_columns
+from preflab.loops.extras_producer import (make_producer, produced_extras, refuse_produced_columns,
+                                          refuse_sharded_engine)
 from preflab.loops.kinds import kind_for
 from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
@@ -95,6 +96,7 @@ class Trainer(TrainingRun):
             raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
         self.accelerator = make_accelerator(cfg)
+        refuse_sharded_engine(self.producer, cfg, self.accelerator)  # before the models load
         self.out = Path(cfg.output_dir)
         self.main = self.accelerator.is_main_process
         if tokenizer is None:
@@ -336,7 +338,7 @@ class Trainer(TrainingRun):
         self.router_loss = policy.router_loss
         batch = self.kind.split(policy, ref, layout.extras)
         if self.producer is not None:
-            batch.extras.update(self.producer.extras(self, positions, train))
+            batch.extras.update(self.producer.extras(self, positions, train, scored=(policy, layout)))
         return batch
 
     def objective_output(self, batch):
@@ -510,22 +512,6 @@ class Trainer(TrainingRun):
         with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
             model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
-        if self.producer is not None:
-            self._best_producer_state()
+        if self.producer is not None:  # with load_best_model_at_end the best checkpoint's (the driver restored it)
             self.producer.save(self.out)
-
-    def _best_producer_state(self) -> None:
-        """load_best_model_at_end: the driver loaded the best checkpoint's model weights; the producer's parameters
-        (e.g. spo_degree's head) are loaded from the same checkpoint's extra.safetensors, so the saved head belongs
-        to the saved model."""
-        best = getattr(getattr(self, "best", None), "best_model_checkpoint", None)
-        if not self.cfg.load_best_model_at_end or best is None:
-            return
-        from safetensors.torch import load_file
-
-        saved = load_file(str(Path(best) / "extra.safetensors"))
-        with torch.no_grad():
-            for name, tensor in self.checkpoint_extras().items():
-                if name.startswith("producer."):
-                    tensor.copy_(saved[name].to(tensor.device, tensor.dtype))
 

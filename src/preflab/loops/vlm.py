@@ -84,8 +84,10 @@ def image_token_id(model, processor) -> int:
     return processor.image_token_id
 
 
-def prepare_vision_data(cfg, processor, policy, objective):
-    """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization."""
+def prepare_vision_data(cfg, processor, policy, objective, reader=None):
+    """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization.
+    reader: a RowReader already opened on cfg.dataset_name's split (preflab eval --task vlm's), read instead of
+    opening the data again."""
     from preflab.data import vision_pairs as builders
     from preflab.data.eval_set import train_and_eval
     from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
@@ -94,7 +96,8 @@ def prepare_vision_data(cfg, processor, policy, objective):
         raise ConfigError("dataset_name is empty; give a .jsonl/.json/.parquet file, a directory or a hub name.")
     builder, params = cfg.vision_pairs, dict(cfg.vision_pair_params)
     read = dict(on_bad_row=cfg.on_bad_row, max_frames=cfg.max_frames, responses_only=builder != "given")
-    rows, row_report = read_vision_pairs(cfg.dataset_name, split=cfg.dataset_split, **read)
+    rows, row_report = read_vision_pairs(cfg.dataset_name if reader is None else reader, split=cfg.dataset_split,
+                                         **read)
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: read_vision_pairs(name, split=split,
                                                                                                    **read))
     sources = {"train": row_report.source, "eval": (eval_report or row_report).source}
@@ -175,11 +178,11 @@ def vision_layout_choice(layout: str, *models) -> str:
 
 class VisionTrainer(Trainer):
     """Trains an image-text-to-text policy on vision preference pairs (task: vlm). Models, processor and data may
-    be passed in (tests, the demo)."""
+    be passed in (tests, the demo); reader: a RowReader already opened on the training data (prepare_vision_data)."""
 
     scorer_class = VisionLogProbScorer
 
-    def __init__(self, cfg, policy=None, ref=None, processor=None, train_data=None, eval_data=None):
+    def __init__(self, cfg, policy=None, ref=None, processor=None, train_data=None, eval_data=None, reader=None):
         from preflab.data.vision_pairs import check_builder
 
         check_builder(cfg.vision_pairs, cfg.vision_pair_params)
@@ -207,7 +210,7 @@ class VisionTrainer(Trainer):
             attach_clue_aggregator(policy, processor).requires_grad_(True)
         report = {}
         if train_data is None:
-            train_data, eval_data, report = prepare_vision_data(cfg, processor, policy, objective)
+            train_data, eval_data, report = prepare_vision_data(cfg, processor, policy, objective, reader)
         super().__init__(cfg, policy=policy, ref=ref, tokenizer=processor.tokenizer, train_data=train_data,
                          eval_data=eval_data)
         self.data_report = report

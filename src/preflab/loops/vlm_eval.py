@@ -34,7 +34,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
     # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
     old = ["truncation_mode=null"] if run_config(checkpoint).get("truncation_mode") == "keep_end" else []
-    split, said, _ = open_eval_split(data, split)  # the split decided; the run's loader reads it (dataset_split)
+    # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
+    split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
                                    "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
@@ -58,7 +59,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         ref = None
         if needs_reference:
             ref = load_vlm_reference(reference, cfg, processor, policy, "--reference").requires_grad_(False).eval()
-        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor)
+        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
     trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out

@@ -30,7 +30,7 @@ from __future__ import annotations
 from torch import nn
 
 from preflab.config_defaults import changed_options
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 
 LOADED_ATTR = "_preflab_loaded"
 _LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
@@ -105,16 +105,36 @@ def _adapted(model, adapter: str) -> set[str]:
     return {name for name, module in _candidates(model).items() if adapter in (getattr(module, "lora_A", None) or {})}
 
 
+def _peft_target_rule():
+    """(peft's "all-linear" resolution, peft's target-name matching): peft.tuners.tuners_utils'
+    _maybe_include_all_linear_layers and check_target_module_exists. The first is private: peft (0.21) has no public
+    function that resolves target_modules on a model without injecting adapters into it (inject_adapter_in_model,
+    get_peft_model: a copy of the whole model to compare). A peft without them is a PreflabError naming its
+    version, never a comparison made by another rule."""
+    import peft.tuners.tuners_utils as tuners_utils
+
+    missing = [n for n in ("_maybe_include_all_linear_layers", "check_target_module_exists")
+               if not callable(getattr(tuners_utils, n, None))]
+    if missing:
+        import peft
+
+        raise PreflabError(f"peft {peft.__version__} has no peft.tuners.tuners_utils.{' or '.join(missing)}, which "
+                           "preflab uses to resolve lora_target_modules on a PEFT model given from Python as peft "
+                           "does (its adapters are compared with the option). Install the peft preflab is tested "
+                           "with (0.21), or drop lora_target_modules beside the given model.")
+    return tuners_utils._maybe_include_all_linear_layers, tuners_utils.check_target_module_exists
+
+
 def _targeted(model, value, config) -> set[str]:
     """The module paths peft's LoraConfig(target_modules=value) would put adapters on in `model` ("all-linear"
     resolved by peft's own rule, names matched by peft's own suffix / regex matching; the given adapters'
     modules_to_save, e.g. a reward model's score head, are never targeted)."""
     from peft import LoraConfig
-    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
 
+    all_linear, check_target_module_exists = _peft_target_rule()
     spec = list(value) if isinstance(value, (list, tuple, set)) else value
-    wanted = _maybe_include_all_linear_layers(LoraConfig(target_modules=spec, task_type=config.task_type,
-                                                         modules_to_save=config.modules_to_save), model)
+    wanted = all_linear(LoraConfig(target_modules=spec, task_type=config.task_type,
+                                   modules_to_save=config.modules_to_save), model)
     return {name for name in _candidates(model) if bool(check_target_module_exists(wanted, name))}
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives._registry import (LEGACY, NOT_OBJECTIVES, _aliases, _module_names,  # noqa: F401
                                           list_objectives, objective_class, resolve_name)
 from preflab.objectives._wpo import WPOWeighted  # TRL's use_weighting
@@ -114,7 +114,16 @@ def objective_info(name: str) -> dict:
 @dataclass(frozen=True)
 class WeightedSum:
     """sum_k w_k * objective_k (TRL's `loss_type=[...]`, `loss_weights=[...]`): per-example losses add up with
-    the weights, metrics are those of the first component plus `loss/<name>` for each part."""
+    the weights.
+
+    Metrics: the first part's (with their counts and difference rules), `loss/<name>` for each part, and of each
+    later part only the metrics it declares as its own in `Objective.metric_panels` (spo_degree's `loss/degree`,
+    `degree/accuracy`; no TRL loss type declares any, so `[sigmoid, sft]` logs what TRL logs), each with its count
+    (ObjectiveOutput.metric_counts), so the step averages it as when that part runs alone. A later part's other
+    metrics (its rewards/*, logps/*) describe the same batch under another loss and are not logged. A declared
+    difference (metric_differences) is kept when both its terms are declared, else refused. Two parts logging one
+    name is refused (`declared_metrics` at construction, `__call__` against the first part's actual
+    metrics): no metric silently replaces another."""
 
     parts: tuple
     weights: tuple
@@ -124,6 +133,24 @@ class WeightedSum:
         kinds = {p.batch_type for p in self.parts}
         if len(kinds) != 1:
             raise ConfigError(f"cannot combine objectives of different batch kinds: {list(self.names)}.")
+        self.declared_metrics()
+
+    def declared_metrics(self) -> dict:
+        """{later part's name: the metrics it declares (metric_panels) and a weighted sum logs}. ConfigError where
+        one is also another part's declared metric or a `loss/<part>` key."""
+        owner = {f"loss/{name}": f"the weighted sum (part {name!r}'s loss)" for name in self.names}
+        out = {}
+        for name, part in zip(self.names, self.parts):
+            keys = _panel_metrics(part)
+            for key in keys:
+                if key in owner:
+                    raise ConfigError(f"loss_type {list(self.names)}: part {name!r} declares {key!r} (metric_panels), "
+                                      f"which {owner[key]} logs too; one would replace the other. Rename the metric "
+                                      "in one of the objectives (its compute() and metric_panels), or the part.")
+                owner[key] = f"part {name!r}"
+            out[name] = keys
+        del out[self.names[0]]  # the first part logs all its metrics
+        return out
 
     @property
     def batch_type(self):
@@ -165,8 +192,33 @@ class WeightedSum:
         outs = [p(batch) for p in self.parts]
         losses = sum(w * o.losses for w, o in zip(self.weights, outs))
         metrics = dict(outs[0].metrics)
+        counts, differences = dict(outs[0].metric_counts), dict(outs[0].metric_differences)
+        for (name, keys), o in zip(self.declared_metrics().items(), outs[1:]):
+            clash = sorted(set(keys) & set(outs[0].metrics))
+            if clash:
+                raise PreflabError(f"loss_type {list(self.names)}: part {name!r} declares {clash[0]!r} "
+                                   f"(metric_panels), which part {self.names[0]!r} logs too; one would replace the "
+                                   "other. Rename the metric in one of the objectives.")
+            absent = [k for k in keys if k not in o.metrics]
+            if absent:
+                raise PreflabError(f"loss_type {list(self.names)}: part {name!r} declares {absent[0]!r} "
+                                   "(metric_panels) but its compute() does not return it; return it or remove it "
+                                   "from metric_panels (preflab.objectives.check_objective checks this).")
+            rules = {k: ab for k, ab in o.metric_differences.items() if k in keys}
+            lacking = sorted(k for k, ab in rules.items() if not set(ab) <= set(keys))
+            if lacking:  # the step recomputes a - b from the averaged a and b: both must be logged
+                raise PreflabError(f"loss_type {list(self.names)}: part {name!r} declares {lacking[0]!r}, the "
+                                   f"difference {list(rules[lacking[0]])} (metric_differences), but not both of "
+                                   "those metrics; declare them in its metric_panels too.")
+            metrics.update({k: o.metrics[k] for k in keys})
+            counts.update({k: o.metric_counts[k] for k in keys if k in o.metric_counts})
+            differences.update(rules)
         for name, o in zip(self.names, outs):
             metrics[f"loss/{name}"] = o.loss.detach()
         return ObjectiveOutput(loss=sum(w * o.loss for w, o in zip(self.weights, outs)), losses=losses,
-                               metrics=metrics, metric_counts=dict(outs[0].metric_counts),
-                               metric_differences=dict(outs[0].metric_differences))
+                               metrics=metrics, metric_counts=counts, metric_differences=differences)
+
+
+def _panel_metrics(part) -> tuple:
+    """The metric names `part` declares as its own (Objective.metric_panels), in order, once each."""
+    return tuple(dict.fromkeys(k for _, _, keys in getattr(part, "metric_panels", ()) for k in keys))

@@ -14,8 +14,9 @@ variants. This module is the loss only; its extras are computed by `preflab trai
 preflab.data.spo_variants builds the variants (degrees = J, unit_extractor), preflab.loops.degree_head scores
 them with the policy and a zero-initialised linear head at every step (the objective's extras producer); they are
 never data columns. For a base loss other than DPO, combine
-WeightedSum(["<base>", "spo_degree"]) with align_weight=0 here (a weighted sum logs the first part's metrics and
-loss/<part> only, so there loss/spo_degree shows the degree term and degree/accuracy is not logged).
+WeightedSum(["<base>", "spo_degree"]) with align_weight=0 here: the sum logs the base's metrics, loss/spo_degree
+(then the degree term) and this part's declared metrics (metric_panels: loss/degree, degree/accuracy), not its
+rewards/*.
 
 Deviation from the paper: unverified (see above); the alignment loss is fixed to DPO (sigmoid).
 """

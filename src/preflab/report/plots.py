@@ -80,9 +80,11 @@ ONLINE_PANELS = (
 def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
     """The panels the runs' built-in objectives declare for their own metrics (`Objective.metric_panels`, e.g.
     spo_degree's degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), once
-    per title; and a note per loss_type entry that is not a built-in objective. A report never imports a user's
-    objective file (`loss_type: my_losses.py:Class`): reading a run directory, possibly someone else's, must not run
-    the code it names; that objective's own panels are not drawn (its metrics stay in the summary table)."""
+    per title, for every part of a weighted list too (`loss_type: [ipo, spo_degree]`: WeightedSum logs a later
+    part's declared metrics under their own names); and a note per loss_type entry that is not a built-in objective.
+    A report never imports a user's objective file (`loss_type: my_losses.py:Class`): reading a run directory,
+    possibly someone else's, must not run the code it names; that objective's own panels are not drawn (its metrics
+    stay in the summary table)."""
     from preflab.objectives import objective_class, resolve_name
 
     panels, titles, notes = [], set(), []

@@ -4,7 +4,9 @@
     add_reward_eval_arguments(parser)            # --model --data --batch-size --max-length --output
     parser.set_defaults(func=run_reward_eval)    # prints (and optionally writes) the JSON result
 
-`register_reward_eval(subparsers)` adds a standalone `eval-reward` subcommand with the same options.
+`register_reward_eval(subparsers)` adds a standalone `eval-reward` subcommand with the same options. Both read the
+split `preflab eval --task reward` reads (evaluate_reward_split): --split, else 'test' where the data has one, else
+'train', said in a note; the JSON result records `split` and `notes`.
 """
 from __future__ import annotations
 
@@ -17,34 +19,40 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="reward model directory saved by preflab or transformers")
     parser.add_argument("--data", required=True, help="pairwise rows (RewardBench format: prompt, chosen, "
                         "rejected, subset): a file, directory or hub dataset name")
-    parser.add_argument("--split", default="train", help="split of a hub dataset or directory")
+    parser.add_argument("--split", default=None, help="split of a hub dataset, DatasetDict or data folder (default: "
+                        "'test' where the data has one, as `preflab eval --task reward`; else 'train'; the result's "
+                        "split and notes say which)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
     parser.add_argument("--output", default=None, help="also write the JSON result to this file")
 
 
-def pair_row(ex) -> dict:
-    """The row dict of a PairExample, read back by load_rows as the same example: a MAPL intra row keeps its form
-    {prompt_chosen, prompt_rejected, completion}."""
-    if ex.rejected_prompt is not None:
-        return {"prompt_chosen": ex.prompt, "prompt_rejected": ex.rejected_prompt, "completion": ex.chosen,
-                **ex.extras}
-    return {"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected, **ex.extras}
+def evaluate_reward_split(model, data, split: str | None, limit: int | None = None, batch_size: int = 8,
+                          max_length: int | None = 1024, on_bad_row: str = "skip") -> tuple[dict, str, list[str]]:
+    """(evaluate_reward_model's result, the split read, the notes) for every reward-model eval entry point
+    (`preflab eval --task reward`, `eval-reward`): the split is the policy eval's (preflab.eval.run.open_eval_split:
+    `split`, else 'test' where the data has one, else 'train', with its note), opened once; the notes are that one
+    and what the accuracy does not cover (reward_eval_notes)."""
+    from preflab.eval.run import open_eval_split
+    from preflab.reward_models.eval import evaluate_reward_model
+
+    split, said, reader = open_eval_split(data, split, limit)
+    result = evaluate_reward_model(model, reader, batch_size=batch_size, max_length=max_length,
+                                   on_bad_row=on_bad_row)
+    return result, split, ([said] if said else []) + reward_eval_notes(result, max_length)
 
 
 def run_reward_eval(args) -> int:
-    from preflab.data.rows import load_rows
-    from preflab.reward_models.eval import evaluate_reward_model
+    """`eval-reward`: evaluate_reward_model's result with the split read and the notes, printed as JSON (the notes
+    also to stderr) and written to --output."""
+    import sys
 
-    data = args.data
-    if getattr(args, "split", "train") != "train":  # pass rows of the chosen split through as a list
-        examples, _ = load_rows(data, split=args.split, kind="pairwise", on_bad_row=args.on_bad_row,
-                                 prompt_optional=True)
-        data = [pair_row(ex) for ex in examples]
-    result = evaluate_reward_model(args.model, data, batch_size=args.batch_size, max_length=args.max_length,
-                                   on_bad_row=args.on_bad_row)
-    text = json.dumps(result, indent=1)
+    result, split, notes = evaluate_reward_split(args.model, args.data, args.split, batch_size=args.batch_size,
+                                                 max_length=args.max_length, on_bad_row=args.on_bad_row)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    text = json.dumps({**result, "split": split, "notes": notes}, indent=1)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -64,21 +72,18 @@ def eval_task(args) -> int:
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.eval.loading import run_config
-    from preflab.eval.run import eval_json_path, open_eval_split, training_data_note, write_json
-    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.eval.run import eval_json_path, training_data_note, write_json
 
     refuse_unread_options(args, "reward")
     args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
     # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
-    split, said, reader = open_eval_split(args.data, args.split, args.limit)
-    result = evaluate_reward_model(args.checkpoint, reader, batch_size=args.batch_size, max_length=args.max_length,
-                                   on_bad_row="skip")
+    result, split, notes = evaluate_reward_split(args.checkpoint, args.data, args.split, args.limit,
+                                                 batch_size=args.batch_size, max_length=args.max_length)
     metrics = {f"reward_model/{k}": v for k, v in result.items()
                if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length", "margin_missing")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
-    notes = ([said] if said else []) + reward_eval_notes(result, args.max_length)
     trained_on = training_data_note(args.data, run_config(args.checkpoint), split)
     if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
         notes.append(trained_on)

@@ -34,11 +34,11 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 def compile_conflicts(cfg) -> list[str]:
     """The torch_compile options that cannot work together (TrainConfig._conflicts)."""
     out = []
-    from preflab.recipes import RECIPES
+    from preflab.recipe_names import RECIPE_TASKS
 
     # a recipe's stages: preflab.recipe_options passes torch_compile to those that compile (raft_ladder, ...) and
     # refuses it for the others
-    if cfg.torch_compile and cfg.task not in COMPILED_TASKS and cfg.task not in RECIPES:
+    if cfg.torch_compile and cfg.task not in COMPILED_TASKS and cfg.task not in RECIPE_TASKS:
         out.append(f"torch_compile compiles the scorer of tasks {', '.join(COMPILED_TASKS)}; task: {cfg.task} "
                    "runs eagerly. Remove torch_compile (and torch_compile_backend / torch_compile_mode).")
     backend = cfg.torch_compile_backend or "inductor"

@@ -115,9 +115,10 @@ def _token_stats(logits: Tensor, logz: Tensor, targets: Tensor) -> Tensor:
 
 @dataclass
 class Scores:
-    """token_logps [N, L] (zeros off the mask), mask [N, L]; token_kl [N, L] and hidden [N, L, H] when asked."""
+    """token_logps [N, L] (zeros off the mask; None from a hidden_only forward), mask [N, L]; token_kl [N, L] and
+    hidden [N, L, H] when asked."""
 
-    token_logps: Tensor
+    token_logps: Tensor | None
     mask: Tensor
     hidden_flat: Tensor | None = None  # [M, H] hidden states at response-predicting positions
     token_kl: Tensor | None = None
@@ -144,8 +145,10 @@ class LogProbScorer(nn.Module):
 
     def forward(self, layout: LayoutBatch, want_hidden: bool = False, ref: Scores | None = None,
                 ref_head: LMHead | None = None, want_wpo: bool = False, want_token_stats: bool = False,
-                prompt_sequences: int = 0, want_router_loss: bool = False) -> Scores:
-        """ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also
+                prompt_sequences: int = 0, want_router_loss: bool = False, hidden_only: bool = False) -> Scores:
+        """hidden_only: the backbone's final hidden states at the response-predicting positions only
+        (Scores.hidden_flat, and Scores.hidden with want_hidden), without the LM head: token_logps is None (for a
+        head of one's own on the policy, e.g. spo_degree's degree head). ref_head: the reference's LMHead (backbone_and_head(ref)[1]), for the "token_kl" need. want_wpo: also
         the per-token WPO term log p(y_t) - log sum_v p(v)^2, without gradient (the "wpo" need).
         want_token_stats: also Scores.token_stats, for TRL's token metrics (preflab.scoring.token_metrics).
         prompt_sequences: also Scores.prompt_logps of sequences 0..prompt_sequences-1 (the "prompt_logps" need).
@@ -171,6 +174,11 @@ class LogProbScorer(nn.Module):
         else:
             decoded = backbone(input_ids=layout.input_ids, **kwargs)
         hidden = decoded.last_hidden_state  # [R, T, H]
+        if hidden_only:  # the gather of _head_inputs, no LM head
+            plan = layout.gather_plan()
+            h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, plan.pred)
+            return Scores(None, layout.response_mask, hidden_flat=h,
+                          hidden=_scatter(h, plan.slot, layout.response_mask.shape) if want_hidden else None)
         h, targets, plan, prompt, chunk, ref_h = _head_inputs(hidden, layout, head, self.chunk_tokens, ref, ref_head,
                                                              prompt_sequences)
         if torch.compiler.is_compiling() and h.shape[0] > chunk:  # several chunks: their loop outside the graph

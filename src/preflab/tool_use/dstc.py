@@ -3,7 +3,9 @@
 Liu, Zhang, Liu, Liu, Yang, Wang, 2024, "DSTC: Direct Preference Learning with Only Self-Generated Tests and Code
 to Improve Code LMs", arXiv:2411.13611. Stages, each an ordinary preflab run in a subfolder of output_dir:
 
-1. `sft/`: warm-up SFT (SFTTrainer) on code and tests for the training instructions of preflab.tool_use.dstc_task.
+1. `sft/`: warm-up SFT (SFTTrainer) on code and tests for the training instructions of preflab.tool_use.dstc_task
+   (learning rate 3e-3 x `sft_lr_scale`, default 1: Wang et al. 2025's lower SFT learning rate before DPO,
+   preflab.recipe_sft_lr; the control keeps the DPO steps' learning rate).
    The programs carry a systematic bug (a first-step subtraction written `(k-x)` with probability `sft_bug_rate`)
    and random slips, the tests only slips, so sampled programs and tests vary in correctness (a stand-in for a
    pretrained code LM's imperfect samples).
@@ -49,6 +51,7 @@ from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.recipe_options import stage_config
+from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
 from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
 from preflab.runlog import is_main_process, write_summary
@@ -58,6 +61,7 @@ from preflab.tool_use.dstc_task import (CodeTask, code_prompt, hidden_test, sft_
 from preflab.verifiers.dstc import build_dstc_dataset
 
 STATE_FILE = "dstc_state.json"
+SFT_LEARNING_RATE = 3e-3  # the warm-up SFT's (x recipe_params.sft_lr_scale: preflab.recipe_sft_lr)
 
 
 def first_line(text: str) -> str:
@@ -176,7 +180,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              sft_bug_rate: float = 0.8, sft_steps: int = 1000, n_codes: int = 6, n_tests: int = 6,
              temperature: float = 1.0, iterations: int = 2, dpo_steps: int = 8, beta: float = 0.1,
              dpo_learning_rate: float = 3e-4, batch_size: int = 16, control: bool = True, timeout_s: float = 2.0,
-             max_workers: int = 2, hidden_size: int = 96, loss: str = "dpo",
+             max_workers: int = 2, hidden_size: int = 96, loss: str = "dpo", sft_lr_scale: float = 1.0,
              stage_options: dict | None = None) -> dict:
     torch.set_num_threads(1)
     from preflab.loops.offline import Trainer
@@ -187,8 +191,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     out, started = Path(output_dir), time.perf_counter()
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "out", "started",
                                                              "Trainer", "SFTTrainer", "frozen_copy",
-                                                             "tiny_causal_lm", "tiny_tokenizer")}
-    recipe = RecipeState(out, STATE_FILE, params, resume)
+                                                             "tiny_causal_lm", "tiny_tokenizer", "sft_lr_scale")}
+    check_sft_lr_scale("dstc", sft_lr_scale, SFT_LEARNING_RATE)
+    recipe = RecipeState(out, STATE_FILE, {**params, **sft_lr_params(sft_lr_scale)}, resume)
     state = recipe.state
     if loss not in ("dpo", "kto"):
         raise ConfigError(f"dstc recipe_params.loss={loss!r}: use 'dpo' (loss_type sigmoid) or 'kto'.")
@@ -260,7 +265,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
 
     def run_warmup(folder: Path) -> dict:
         untrained, _ = heldout(model)
-        return {**run_sft(folder, sft_steps, 3e-3, 10), "untrained_heldout_pass_rate": untrained}
+        return {**run_sft(folder, sft_steps, scaled_sft_lr(SFT_LEARNING_RATE, sft_lr_scale), 10),
+                "untrained_heldout_pass_rate": untrained}
 
     say(f"dstc: stage sft: warm-up SFT on {len(sft_tasks)} instructions, {sft_steps} steps")
     sft = stage("sft", run_warmup)
@@ -352,7 +358,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                        control_baseline="the warm-up model trained with as many more SFT steps as all DSTC "
                                         "iterations took (same warm-up data, batch size, learning rate and schedule "
                                         "as the DPO steps)")
-    summary.update(seed=seed, **main_result(runner.stats), runtime_s=time.perf_counter() - started)
+    summary.update(seed=seed, **sft_lr_summary(sft_lr_scale, SFT_LEARNING_RATE), **main_result(runner.stats),
+                   runtime_s=time.perf_counter() - started)
     main_writes(lambda: write_summary(out, summary))
     end_processes()
     return summary

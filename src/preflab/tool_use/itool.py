@@ -5,7 +5,8 @@ methods/reasoning-multimodal-diffusion.md; official code zeng-yirong/iTool `mcts
 
 Stages, each an ordinary preflab run in a subfolder of output_dir (checkpoint, metrics, model card as usual):
     sft_1_easy, sft_2_medium, sft_3_hard  easy-to-hard warm-up SFT (SFTTrainer): stage k trains on the buckets up to
-                                          k (bucket = arguments of the gold call, preflab.tool_use.itool_task)
+                                          k (bucket = arguments of the gold call, preflab.tool_use.itool_task); lr
+                                          3e-3 x `sft_lr_scale` (default 1; preflab.recipe_sft_lr)
     iter_<t>                              perplexity of every pool item's gold under the current model -> top
                                           `ratio` per group (tool call / plain) -> one MCTS per selected prompt
                                           (preflab.tool_use.itool_search) -> step pairs -> SimPO (offline Trainer,
@@ -43,6 +44,7 @@ from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.recipe_options import stage_config
+from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
 from preflab.recipe_state import (
     RecipeStateFile,
     end_processes,
@@ -219,8 +221,10 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
               accept_value: float = -0.3, simpo_beta: float = 2.5, simpo_gamma: float = 0.5,
               simpo_learning_rate: float = 1e-4, simpo_epochs: float = 2.0, simpo_batch_size: int = 8,
               max_new_tokens: int = 60, control: bool = True, stop_after_stage: str | None = None,
-              stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet")}
+              sft_lr_scale: float = 1.0, stage_options: dict | None = None) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "sft_lr_scale")}
+    check_sft_lr_scale("itool", sft_lr_scale, SFT["learning_rate"])
+    params.update(sft_lr_params(sft_lr_scale))  # absent at 1.0: the state file as before
     torch.set_num_threads(1)
     if not 0 < ratio <= 1 or pool_size > n_train or iterations < 0 or num_actions < 2 or sft_steps < 1:
         raise ConfigError("recipe_params: need 0 < ratio <= 1, pool_size <= n_train, iterations >= 0, "
@@ -287,6 +291,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         from preflab.loops.sft import SFTTrainer
 
         SFTTrainer(stage_config("itool", {**common, **SFT, "max_steps": sft_steps,
+                                          "learning_rate": scaled_sft_lr(SFT["learning_rate"], sft_lr_scale),
                                           "per_device_train_batch_size": batch_per_process(
                                               min(SFT["per_device_train_batch_size"], len(rows)), processes, stage),
                                           "dataset_name": str(out / "data" / f"{stage}.jsonl"),
@@ -423,7 +428,9 @@ def _summary(out: Path, state: _State, test: list[dict], started: float, stopped
                     f"-log sigmoid(beta*(mean logp_w - mean logp_l) - gamma)), lr {params['simpo_learning_rate']:g}",
         "examples_before": examples("sft_3_hard" if before else None),
         "examples_after": examples(state.data["weights"]["itool"]) if iters else [],
-        "seed": params["seed"], "params": params, "runtime_s": time.perf_counter() - started,
+        "seed": params["seed"], "params": params,
+        **sft_lr_summary(params.get("sft_lr_scale", 1), SFT["learning_rate"]),
+        "runtime_s": time.perf_counter() - started,
     }
     if stopped:
         summary["stopped_after_stage"] = stopped

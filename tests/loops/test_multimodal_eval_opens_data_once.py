@@ -1,0 +1,59 @@
+"""`preflab eval --task vlm` and `--task diffusion` decided the split with one RowReader (preflab.eval.run.
+open_eval_split) and then let the run open the data again from its dataset_name (a hub dataset loaded twice, a .json
+file parsed twice). Now the run reads the reader that decided the split: the data is opened once, and the metrics are
+the run's own end-of-run eval of the same file (another code path: the trainer's eval set, opened by the run)."""
+import pytest
+
+import preflab.data.sources as sources
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """The sources of every RowReader opened while the test runs, in order."""
+    seen = []
+    init = sources.RowReader.__init__
+
+    def counting(self, source, **kwargs):
+        seen.append(str(source))
+        init(self, source, **kwargs)
+
+    monkeypatch.setattr(sources.RowReader, "__init__", counting)
+    return seen
+
+
+def test_vlm_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_path, opened):
+    from preflab.config import load_config
+    from preflab.loops.vlm import VisionTrainer
+    from preflab.loops.vlm_eval import evaluate_vlm_run
+
+    data = "examples/vlm/data/pairs.jsonl"
+    run = tmp_path / "vlm"
+    summary = VisionTrainer(load_config("examples/vlm/dpo.yaml", [f"output_dir={run}", "max_steps=1",
+                                                                  f"eval_dataset_name={data}"])).train()
+    final = {k[len("eval_"):]: v for k, v in summary["final_metrics"].items() if k.startswith("eval_")}
+    opened.clear()
+    result = evaluate_vlm_run(str(run), data)
+    assert opened == [data]  # was [data, data]: open_eval_split's reader, then the run's own
+    assert result["split"] == "train" and result["num_pairs"] == 8
+    assert final and set(result["metrics"]) == set(final)
+    for key, value in final.items():
+        assert result["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_diffusion_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_path, opened):
+    pytest.importorskip("diffusers")
+    from preflab.config import load_config
+    from preflab.loops.diffusion import DiffusionRun
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    data = "examples/diffusion/data/test.jsonl"
+    run = tmp_path / "diffusion"
+    summary = DiffusionRun(load_config("examples/diffusion/diffusion_dpo.yaml", [
+        f"output_dir={run}", "max_steps=1", "sample_steps=0", f"eval_dataset_name={data}"])).train()
+    final = summary["final_metrics"]
+    opened.clear()
+    result = evaluate_diffusion_run(str(run), data)
+    assert opened == [data]  # was [data, data]
+    assert result["split"] == "train" and result["num_pairs"] == 8
+    assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_acc"], abs=1e-9)
+    assert result["metrics"]["loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
