@@ -1,13 +1,14 @@
 """preflab.sandbox refuses every way of starting a process (and ctypes/cffi) loudly: the call raises SandboxRefused,
 the run's status is "refused" and names the call even when the program catches the exception and carries on; under
 that, seccomp denies execve so a program that gets around the Python guard still cannot execute anything."""
+import os
 import sys
 import textwrap
 
 import pytest
 
-from preflab.sandbox import run_python, run_tests
-from preflab.sandbox.runner import _run_python
+from preflab.sandbox import _guard, _host, run_python, run_tests
+from preflab.sandbox.runner import PAST_THE_GUARD, _run_python
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
 LIMITS = dict(timeout_s=10, memory_mb=256)
@@ -43,6 +44,13 @@ CALLS = {
     "subinterpreter": ("import _xxsubinterpreters as s; s.create()", "import _xxsubinterpreters"),
     "subinterpreter (Python 3.13)": ("import _interpreters as s; s.create()", "import _interpreters"),
     "subinterpreter (test C API)": ("import _testcapi; _testcapi.run_in_subinterp('pass')", "import _testcapi"),
+    "a fresh _posixsubprocess (re-import)": ("import sys; del sys.modules['_posixsubprocess']; import _posixsubprocess",
+                                             "import _posixsubprocess"),
+    "a fresh _posixsubprocess (module_from_spec)": (
+        "import importlib.util as u; u.module_from_spec(u.find_spec('_posixsubprocess'))", "import _posixsubprocess"),
+    "a fresh _posixsubprocess (_imp.create_dynamic)": (
+        "import _imp, importlib.machinery as m; _imp.create_dynamic(m.PathFinder.find_spec('_posixsubprocess'))",
+        "import _posixsubprocess"),
     "os.system in a thread": ("import threading; t = threading.Thread(target=os.system, args=('touch made',)); "
                               "t.start(); t.join()", "os.system('touch made')"),
 }
@@ -99,7 +107,18 @@ def test_ordinary_programs_are_untouched():
     assert "guard" not in r.stderr and r.stderr.strip().endswith("ValueError: boom")
 
 
-def test_exec_is_denied_by_seccomp_even_where_the_python_guard_is_bypassed():
+@pytest.fixture
+def guard_with_a_hole(monkeypatch, tmp_path):
+    """The guard without its refusal of a fresh `_posixsubprocess` (as before that refusal): a program can then fork
+    past the guard, which shows what the OS-level limits and the runner do with one that got around it."""
+    source = open(_guard.__file__, encoding="utf-8").read()
+    holed = source.replace('"_cffi_backend", FRESH_FORK_EXEC_MODULE}', '"_cffi_backend"}')
+    assert holed != source
+    (tmp_path / "guard.py").write_text(holed, encoding="utf-8")
+    monkeypatch.setattr(_guard, "__file__", str(tmp_path / "guard.py"))  # `bootstrap` reads its source from there
+
+
+def test_exec_is_denied_by_seccomp_even_where_the_python_guard_is_bypassed(guard_with_a_hole):
     # A fresh copy of _posixsubprocess (not the guard's refusing replacement) reaches fork + execve directly.
     code = textwrap.dedent("""
         import os, sys
@@ -117,6 +136,32 @@ def test_exec_is_denied_by_seccomp_even_where_the_python_guard_is_bypassed():
         pytest.skip("the fork_exec argument list is that of Python 3.11")
     assert run_python(code, **LIMITS).stdout == "b'OSError:1:' False\n"          # execve: EPERM
     assert _run_python(code, python_guard=False, **LIMITS).stdout == "b'' True\n"  # without the guard it runs
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="counting a run's processes by its fresh uid needs root")
+def test_a_process_started_past_the_guard_is_killed_and_the_run_is_refused(guard_with_a_hole):
+    # preexec_fn runs Python in the forked child: it leaves the process group and sleeps (a daemon); the main
+    # program exits 0 at once. The run must not count as "ok" (run_tests would pass it): refused, daemon killed.
+    code = textwrap.dedent("""
+        import os, sys, time
+        sys.modules.pop("_posixsubprocess", None)
+        import _posixsubprocess
+        def daemon():
+            os.setsid()
+            time.sleep(60)
+        err_r, err_w = os.pipe()
+        pid = _posixsubprocess.fork_exec([b"/bin/true"], [b"/bin/true"], True, (err_w,), None, None, -1, -1, -1, -1,
+                                         -1, -1, err_r, err_w, False, False, -1, None, None, None, -1, daemon, False)
+        print(pid > 0)
+    """)
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the fork_exec argument list is that of Python 3.11")
+    r = run_python(code, **LIMITS)
+    assert r.stdout == "True\n" and r.returncode == 0 and r.processes_left == 1
+    assert r.status == "refused" and r.refused == (PAST_THE_GUARD.format(n=1),)
+    assert _host.processes_of(r.sandbox_uid) == []
+    unguarded = _run_python(code, python_guard=False, **LIMITS)   # no guard, nothing to get past: as before
+    assert unguarded.status == "ok" and unguarded.processes_left == 1 and unguarded.refused == ()
 
 
 def test_the_report_cannot_be_silenced_or_turned_into_a_setup_failure():

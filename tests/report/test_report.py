@@ -178,3 +178,24 @@ def test_report_never_imports_the_objective_file_a_run_names(tmp_path):
     html = write_report([run], tmp_path / "r.html").read_text()
     assert not marker.exists()
     assert "is not a built-in objective" in html
+
+
+def test_a_recipe_run_report_points_at_its_summary_and_stages_not_at_train_or_eval(tmp_path):
+    # a recipe's output_dir as `preflab train examples/tools/dstc.yaml` leaves it: config.yaml, summary.json, and
+    # one ordinary run per stage in a subfolder (icpl has none)
+    for task, stages in (("dstc", ["dstc_1", "sft"]), ("icpl", [])):
+        out = tmp_path / task
+        out.mkdir()
+        (out / "config.yaml").write_text(f"task: {task}\n")
+        (out / "summary.json").write_text(json.dumps({"recipe": task, "metric_before": 0.5, "metric_after": 0.7}))
+        for stage in stages:
+            make_run(out / stage)
+        tail = (f"its stages' training logs: `preflab report {out / 'dstc_1'} {out / 'sft'}`" if stages
+                else "it has no training stage")
+        assert load_run(out).missing == [f"a recipe run (task: {task}): its result is summary.json's metric_before"
+                                         f" / metric_after, below; {tail}"]
+    plain = tmp_path / "plain"                          # an ordinary run without logs keeps its notes
+    plain.mkdir()
+    (plain / "config.yaml").write_text("task: dpo\n")
+    assert load_run(plain).missing[0] == ("no metrics.jsonl: this is not a finished or running `preflab train` "
+                                          "output_dir")

@@ -3,7 +3,7 @@ import pytest
 
 from preflab.reward_design import (PREFERENCE_STATEMENT, AutoRater, BanditTask, HumanRater, ScriptedCodeLLM,
                                    build_prompt, run_icpl)
-from preflab.reward_design.icpl import render_linear
+from preflab.reward_design.icpl import render_linear, result_summary
 
 pytestmark = pytest.mark.slow  # about 30 sandboxed runs
 
@@ -39,6 +39,15 @@ def test_best_so_far_is_monotone_and_reaches_the_optimal_arm(result):
     best = result.best_per_iteration
     assert all(b >= a for a, b in zip(best, best[1:]))
     assert best[-1] == pytest.approx(task.optimum)
+
+
+def test_the_summary_gives_each_rounds_mean_beside_the_best_so_far(result):
+    summary = result_summary(result, BanditTask.default())
+    rounds = [[c["metric"] for c in h["candidates"] if c["status"] == "ok"] for h in result.history]
+    assert summary["metric_mean_per_iteration"] == [sum(r) / len(r) for r in rounds]
+    assert summary["metric_before"] == summary["metric_mean_per_iteration"][0]
+    assert summary["metric_first_round_best"] == max(rounds[0])
+    assert summary["metric_per_iteration"] == [max(max(r) for r in rounds[:t + 1]) for t in range(len(rounds))]
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path, result):

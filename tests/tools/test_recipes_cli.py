@@ -51,3 +51,30 @@ def test_resume_of_a_recipe_without_resume_is_refused_not_silently_ignored(monke
     assert calls == []  # refused before anything ran
     cfg = config_from_dict({"task": "themis", "recipe_params": {}, "output_dir": str(tmp_path)})
     assert recipes.run_recipe(cfg) == {} and calls == [str(tmp_path)]  # without resume it runs
+
+
+def test_an_icpl_code_model_that_does_not_exist_is_named_before_anything_runs(tmp_path, capsys):
+    out, missing = tmp_path / "icpl", tmp_path / "no_such_model"
+    args = ["train", "examples/tools/icpl.yaml", f"output_dir={out}", f"recipe_params.code_model={missing}"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"recipe_params.code_model={str(missing)!r}: no such local directory (tried {missing}).")
+    assert not out.exists()                        # no state: the corrected rerun needs no resume
+
+
+def test_a_recipe_prints_its_control_beside_before_and_after(monkeypatch, tmp_path, capsys):
+    import preflab.recipes as recipes
+
+    summary = {"recipe": "dstc", "metric_name": "heldout_pass_rate", "metric_before": 0.5, "metric_after": 0.75,
+               "metric_untrained": 0.0, "control_heldout_pass_rate": 0.765625, "control_sft_steps": 16,
+               "control_baseline": "more SFT", "sandbox_runs": 1052, "control": True, "history": [1, 2]}
+
+    def fake_dstc(output_dir, seed=0, quiet=False, resume=False, stage_options=None):
+        return summary
+
+    monkeypatch.setattr(recipes, "recipe_function", lambda task: fake_dstc)
+    assert main(["train", "examples/tools/dstc.yaml", f"output_dir={tmp_path}", "recipe_params={}"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.rindex("\n{") + 1:] if "\n{" in out else out) == {
+        "output_dir": str(tmp_path), "metric_name": "heldout_pass_rate", "metric_before": 0.5, "metric_after": 0.75,
+        "metric_untrained": 0.0, "control_heldout_pass_rate": 0.765625, "control_sft_steps": 16}

@@ -142,3 +142,21 @@ def test_sft_lr_scale_is_a_recipe_option_of_dstc_and_itool():
         params = {"sft_lr_scale": "5e-1"}  # YAML's text number, as the other float options
         check_recipe_params(task, params)
         assert params == {"sft_lr_scale": 0.5}
+
+
+@pytest.mark.parametrize("bad", [{"retrieve_k": -1}, {"retrieve_k": 16}, {"n_test": 0}, {"n_train": 1},
+                                 {"sft_steps": 0}, {"dpo_steps": -3}])
+def test_raft_ladder_sizes_are_checked_before_anything_is_built(tmp_path, monkeypatch, bad):
+    def built(*args, **kwargs):
+        raise AssertionError("the task was built: the check came too late")
+
+    monkeypatch.setattr(ladder, "make_ladder_rows", built)
+    params = {**RECIPE_RUNS["raft_ladder"][1], **bad}
+    with pytest.raises(ConfigError) as err:
+        ladder.run_raft_ladder(str(tmp_path / "bad"), **params)
+    assert str(err.value) == (
+        "raft_ladder recipe_params: need n_train >= 2, n_test >= 1 (held-out instructions), 0 <= retrieve_k < "
+        "n_train (examples retrieved into each prompt) and sft_steps, dpo_steps >= 1 when set; got "
+        f"n_train={params['n_train']}, n_test={params['n_test']}, retrieve_k={params.get('retrieve_k', 1)}, "
+        f"sft_steps={params['sft_steps']}, dpo_steps={params['dpo_steps']}.")
+    assert not (tmp_path / "bad").exists()

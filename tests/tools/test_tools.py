@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from preflab.errors import DataError
 from preflab.tools import (TOOL_ERROR_OBSERVATION, Calculator, DateCalculator, PythonInterpreter, ToolBox,
                            evaluate_expression, validate_arguments)
 
@@ -57,7 +58,46 @@ def test_errors_become_the_fixed_observation_and_are_counted(tmp_path):
     assert box.call("Nope", {}).observation == TOOL_ERROR_OBSERVATION
     assert box.call("Calculator", {"expression": 5}).observation == TOOL_ERROR_OBSERVATION
     assert box.call("Calculator", {"expression": "1/0"}).observation == TOOL_ERROR_OBSERVATION
-    assert box.stats == {"calls": 5, "cache_hits": 0, "errors": 4, "unknown_tool": 1, "bad_arguments": 1}
+    assert box.stats == {"calls": 5, "cache_hits": 0, "errors": 4, "unknown_tool": 1, "bad_arguments": 1,
+                         "not_text": 0}
+
+
+class Forgetful:
+    """A plug-in whose call() forgets `return` for unknown countries and returns a number for one."""
+    name, description = "Lookup", "capital city of a country"
+    parameters = {"type": "object", "properties": {"country": {"type": "string"}}, "required": ["country"]}
+
+    def call(self, arguments):
+        if arguments["country"] == "France":
+            return "Paris"
+        if arguments["country"] == "Number":
+            return 42
+
+
+def test_a_tool_that_returns_no_text_is_a_counted_failure_not_the_text_none(tmp_path):
+    box = ToolBox([Forgetful()], cache_path=tmp_path / "cache.json")
+    assert box.call("Lookup", {"country": "France"}).observation == "Paris"
+    for country, kind in (("Atlantis", "NoneType"), ("Number", "int")):
+        result = box.call("Lookup", {"country": country})
+        assert (result.observation, result.ok) == (TOOL_ERROR_OBSERVATION, False)
+        assert result.error == f"tool 'Lookup' returned {kind}, not str: call() must return the observation as text"
+    again = box.call("Lookup", {"country": "Atlantis"})           # from the cache: still the failure, counted
+    assert (again.observation, again.ok, again.cached) == (TOOL_ERROR_OBSERVATION, False, True)
+    assert box.stats == {"calls": 4, "cache_hits": 1, "errors": 3, "unknown_tool": 0, "bad_arguments": 0,
+                         "not_text": 2}
+
+
+def test_a_broken_tool_cache_names_the_file(tmp_path):
+    path = tmp_path / "tool_cache.json"
+    for text, why in (("{not json", "the tool cache is not valid JSON"),
+                      ("[1, 2]", "(the file is not a JSON object)"),
+                      ('{"[\\"Lookup\\"]": {"observation": 42, "ok": true}}',
+                       "(entry '[\"Lookup\"]' needs a text 'observation' and a true/false 'ok')")):
+        path.write_text(text)
+        with pytest.raises(DataError) as err:
+            ToolBox([Forgetful()], cache_path=path)
+        assert str(err.value).startswith(f"{path}: ") and why in str(err.value)
+        assert str(err.value).endswith("delete it to query the tools again.")
 
 
 def test_cache_makes_reruns_identical_and_never_requeries(tmp_path):

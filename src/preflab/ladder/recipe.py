@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from preflab.data.tokenize import bos_ids
+from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.ladder.builders import dpo_rows, raft_rows
 from preflab.ladder.program import LadderError, isomorphic, parse_program
@@ -73,6 +74,15 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                     sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False,
                     resume: bool = False, stage_options: dict | None = None, sft_lr_scale: float = 1.0) -> dict:
     check_sft_lr_scale("raft_ladder", sft_lr_scale, SFT["learning_rate"])
+    steps = {"sft_steps": sft_steps, "dpo_steps": dpo_steps}
+    if (n_train < 2 or n_test < 1 or not 0 <= retrieve_k < n_train
+            or any(v is not None and v < 1 for v in steps.values())):
+        # retrieve_k < 0 sliced the ranking ([:-1]: every training example but one in each prompt); n_test 0 divided
+        # the held-out accuracy by zero after training
+        raise ConfigError(f"raft_ladder recipe_params: need n_train >= 2, n_test >= 1 (held-out instructions), "
+                          f"0 <= retrieve_k < n_train (examples retrieved into each prompt) and sft_steps, dpo_steps "
+                          f">= 1 when set; got n_train={n_train}, n_test={n_test}, retrieve_k={retrieve_k}, "
+                          f"sft_steps={sft_steps}, dpo_steps={dpo_steps}.")
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     processes = start_processes()  # a launch's process group, formed before anything is written

@@ -5,6 +5,16 @@ import argparse
 import json
 
 
+def recipe_headline(output_dir: str, summary: dict) -> dict:
+    """What `preflab train` prints at the end of a recipe: metric_name / before / after, and beside them every
+    number the recipe gives for comparison (`metric_*`: untrained, optimum, first round's best; `control*`: the same
+    steps spent another way), so an after that a control beats is never shown alone."""
+    head = {"output_dir": output_dir, **{k: summary.get(k) for k in ("metric_name", "metric_before", "metric_after")}}
+    head.update({k: v for k, v in summary.items() if k not in head and k.startswith(("metric_", "control"))
+                 and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return head
+
+
 def register(sub) -> None:
     from preflab.config import describe_options
 
@@ -77,8 +87,7 @@ def run(args) -> int:
         from preflab.runlog import is_main_process
 
         if is_main_process():  # once, not once per process
-            print(json.dumps({"output_dir": cfg.output_dir, **{k: summary.get(k) for k in (
-                "metric_name", "metric_before", "metric_after")}}, indent=1))
+            print(json.dumps(recipe_headline(cfg.output_dir, summary), indent=1))
         return 0
     if cfg.task in ("reward", "online"):
         raise ConfigError(f"task: {cfg.task} is run through the `preflab train` command (preflab.cli routes it), or "

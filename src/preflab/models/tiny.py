@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from preflab.errors import ConfigError
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
@@ -71,6 +73,11 @@ def tiny_causal_lm(tokenizer=None, arch: str = "llama", vocab_size: int | None =
     """A randomly initialised causal LM of the given architecture, in float32, in eval mode."""
     import transformers as tf
 
+    rotary = arch in ("llama", "qwen2")  # rotary embeddings rotate pairs of a head's dimensions
+    if num_heads < 1 or hidden_size < 1 or hidden_size % (num_heads * (2 if rotary else 1)):
+        raise ConfigError(f"hidden_size={hidden_size} does not fit the tiny {arch} model: it needs a positive multiple "
+                          f"of {num_heads * (2 if rotary else 1)} ({num_heads} attention heads"
+                          + (" of an even size, for rotary embeddings)" if rotary else ")") + ".")
     vocab = vocab_size or (len(tokenizer) if tokenizer is not None else 300)
     common = dict(vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if arch == "llama":

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from preflab.errors import PreflabError
+from preflab.recipes import RECIPES
 from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
 
@@ -86,6 +87,16 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not path.is_dir():
         raise PreflabError(f"{path} is not a directory; give the output_dir of a `preflab train` run.")
     run = RunData(name or path.name, path)
+    if (path / "config.yaml").is_file():
+        run.config_text = (path / "config.yaml").read_text()
+        try:
+            loaded = yaml.safe_load(run.config_text)
+            run.config = loaded if isinstance(loaded, dict) else {}
+        except yaml.YAMLError:
+            run.missing.append("config.yaml could not be parsed; shown as text")
+    else:
+        run.missing.append("no config.yaml")
+    recipe = run.config.get("task") in RECIPES  # a whole program: its stages are runs in subfolders
     metrics = path / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
@@ -100,6 +111,12 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                 run.rows.append(row)
         if run.bad_lines:
             run.missing.append(f"{run.bad_lines} unreadable line(s) in metrics.jsonl were skipped")
+    elif recipe:
+        stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
+        run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
+                           "metric_before / metric_after, below; "
+                           + (f"its stages' training logs: `preflab report {stages}`" if stages
+                              else "it has no training stage"))
     else:
         run.missing.append("no metrics.jsonl: this is not a finished or running `preflab train` output_dir")
     _note_nonfinite(run)
@@ -107,15 +124,6 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not run.summary:
         run.missing.append("no summary.json: the run has not finished (final metrics and environment unknown)")
     run.missing += data_notes(run.summary)
-    if (path / "config.yaml").is_file():
-        run.config_text = (path / "config.yaml").read_text()
-        try:
-            loaded = yaml.safe_load(run.config_text)
-            run.config = loaded if isinstance(loaded, dict) else {}
-        except yaml.YAMLError:
-            run.missing.append("config.yaml could not be parsed; shown as text")
-    else:
-        run.missing.append("no config.yaml")
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
         what = ("the reward model's held-out accuracy, margin and loss (eval_accuracy, eval_margin, eval_loss)"
                 if run.reward_model else "held-out ranking accuracy and log-prob drift")
@@ -138,7 +146,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     elif not run.eval and run.config.get("task") == "vlm":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
                            "of it) for the held-out preference metrics of the image-text model")
-    elif not run.eval:
+    elif not run.eval and not recipe:  # a recipe measures its own held-out metric (summary.json)
         target, out = path, ""
         if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
             done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),

@@ -225,12 +225,18 @@ def run_icpl(code_llm, task, rater, iterations: int = 5, samples: int = 6,
 def result_summary(result: IcplResult, task) -> dict:
     """summary.json fields: before = the mean metric of the first round's programs (what one sample of the code
     model gives without preference feedback), the first round's best, after = the best program so far, the optimum,
-    the best-so-far per iteration, and which rater produced them."""
-    first = [c["metric"] for c in result.history[0]["candidates"] if c["status"] == "ok"]
+    the best-so-far per iteration, the mean over each round's programs that ran (before's counterpart for every round:
+    a best-so-far that stays at the first round's best says the feedback found nothing better than one round of
+    sampling), and which rater produced them."""
+    means = []
+    for h in result.history:
+        ran = [c["metric"] for c in h["candidates"] if c["status"] == "ok"]
+        means.append(sum(ran) / len(ran) if ran else None)
     return {"metric_name": "true_reward_of_chosen_arm",
-            "metric_before": sum(first) / len(first) if first else None,
+            "metric_before": means[0],
             "metric_first_round_best": result.best_per_iteration[0],
             "metric_after": result.best_metric, "metric_optimum": task.optimum,
-            "metric_per_iteration": result.best_per_iteration, "rater": result.rater,
+            "metric_per_iteration": result.best_per_iteration, "metric_mean_per_iteration": means,
+            "rater": result.rater,
             "trainer_calls": result.trainer_calls, "failed_samples": result.failed_samples,
             "best_code": result.best_code, "history": result.history}

@@ -28,6 +28,10 @@ def run_icpl_recipe(output_dir: str, seed: int = 0, resume: bool = False, quiet:
     if arms < 2 or dims < 1 or max_new_tokens < 1:  # the bandit needs arms to choose between, each with features
         raise ConfigError(f"icpl recipe_params: need arms >= 2, dims >= 1 and max_new_tokens >= 1; got arms={arms}, "
                           f"dims={dims}, max_new_tokens={max_new_tokens}.")
+    if code_model != "scripted":  # a path that does not exist is named before anything runs (not a hub traceback)
+        from preflab.models.load import check_model_name
+
+        check_model_name(code_model, "recipe_params.code_model")
     task = BanditTask.default(arms=arms, dims=dims, seed=seed)
     rater_impl = AutoRater() if rater == "auto" else HumanRater()
     # opened (and refused, when it must be) before a code model is loaded
@@ -35,12 +39,12 @@ def run_icpl_recipe(output_dir: str, seed: int = 0, resume: bool = False, quiet:
     if code_model == "scripted":
         llm = ScriptedCodeLLM(dims=dims, seed=seed)
     else:
-        from preflab.models.load import load_tokenizer
+        from preflab.models.load import load_causal_lm, load_tokenizer
         from preflab.reward_design.icpl import CausalLMCodeLLM
-        from transformers import AutoModelForCausalLM
 
-        llm = CausalLMCodeLLM(AutoModelForCausalLM.from_pretrained(code_model, use_safetensors=True),
-                              load_tokenizer(code_model, False), max_new_tokens=max_new_tokens)
+        tokenizer = load_tokenizer(code_model, False, option="recipe_params.code_model")
+        llm = CausalLMCodeLLM(load_causal_lm(code_model, tokenizer=tokenizer, option="recipe_params.code_model"),
+                              tokenizer, max_new_tokens=max_new_tokens)
     say = (lambda *a: None) if quiet else print
 
     def progress(t, candidates, good):

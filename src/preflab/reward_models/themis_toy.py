@@ -159,6 +159,11 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
     if steps < 1 or n_train < 2 or n_test < 1:  # each reward model trains; both sets hold pairs to score
         raise ConfigError(f"themis recipe_params: need steps >= 1, n_train >= 2 and n_test >= 1; got steps={steps}, "
                           f"n_train={n_train}, n_test={n_test}.")
+    for name, span in (("train_operands", train_operands), ("test_operands", test_operands)):
+        if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(type(v) is int for v in span)
+                and 0 <= span[0] <= span[1]):
+            raise ConfigError(f"themis recipe_params.{name} must be [low, high], integers with 0 <= low <= high "
+                              f"(the operands' range), got {span!r}.")
     torch.set_num_threads(1)
     per_process_batch(16, "themis")  # a launch's process group, formed before anything is written
     out, started = Path(output_dir), time.perf_counter()

@@ -15,10 +15,13 @@ Landlock's availability are best effort and reported.
 What is isolated (any caller)
 - Processes and foreign code: starting a process fails loudly. os.system, os.popen, subprocess, os.exec*,
   os.posix_spawn*, os.fork/forkpty (and os.spawn*, pty, multiprocessing built on them), ctypes library loading,
-  symbol lookup and from_address, cffi, and new subinterpreters raise `SandboxRefused` (a PermissionError) from an
+  symbol lookup and from_address, cffi, new subinterpreters and a fresh copy of `_posixsubprocess` (it would hold
+  the unguarded fork_exec) raise `SandboxRefused` (a PermissionError) from an
   audit hook installed before `main.py` runs; the run's status is then "refused" and `SandboxResult.refused` names
   the calls, even when the program caught the exception and went on (a program that cuts the guard's report pipe
-  ends at its next refused call, exit status 126). Under that, a seccomp filter denies execve/execveat, so code
+  ends at its next refused call, exit status 126). A guarded run that still has processes of its own alive when
+  it ends got past the guard some other way: it is "refused" too (root callers, or a user namespace, count them).
+  Under that, a seccomp filter denies execve/execveat, so code
   that gets around the hook still cannot execute a program. If the guard cannot be installed nothing runs.
 - Time: wall clock (`timeout_s`; the whole process group is killed) and CPU seconds per process (RLIMIT_CPU).
   When a run ends, its leftover processes are SIGKILLed and waited for (pidfds, at most 2 s) before

@@ -13,7 +13,8 @@ What it does, in this order:
    errno EPERM) before anything happens: os.system, os.popen and subprocess (event subprocess.Popen), os.exec*,
    os.posix_spawn/posix_spawnp, os.fork, os.forkpty and what builds on them (os.spawn*, pty.fork/spawn,
    multiprocessing's fork start method), `_posixsubprocess.fork_exec` called directly (replaced by a refusing
-   function; multiprocessing's spawn/forkserver methods use it), ctypes library loading, symbol lookup and
+   function; multiprocessing's spawn/forkserver methods use it; a fresh copy of the module, which would hold the
+   original, is refused at its import), ctypes library loading, symbol lookup and
    `from_address` (ctypes.dlopen, ctypes.dlsym, ctypes.cdata), importing cffi, and new subinterpreters (their
    audit hooks would be empty; refused at creation and at the import of the modules that make them). The hook
    uses no global names (everything is bound as a default argument), so monkeypatching builtins or `os` does not
@@ -44,7 +45,11 @@ REFUSED_EVENTS = frozenset({
 # (SIGSEGV after the hook raises in PyInterpreterState_New), and 3.13.0 creates the interpreter without the event
 # reaching a sys.addaudithook hook; _testcapi / _testinternalcapi have run_in_subinterp
 SUBINTERPRETER_MODULES = frozenset({"_xxsubinterpreters", "_interpreters", "_testcapi", "_testinternalcapi"})
-REFUSED_IMPORTS = frozenset({"cffi", "_cffi_backend"}) | SUBINTERPRETER_MODULES
+# a fresh copy of _posixsubprocess (re-imported after `del sys.modules[...]`, importlib.util.module_from_spec,
+# _imp.create_dynamic: each raises the "import" event; a cached import raises none) would hold the original fork_exec,
+# whose preexec_fn runs Python in a forked child: refused (the guard imports it once, before the hook is in place)
+FRESH_FORK_EXEC_MODULE = "_posixsubprocess"
+REFUSED_IMPORTS = frozenset({"cffi", "_cffi_backend", FRESH_FORK_EXEC_MODULE}) | SUBINTERPRETER_MODULES
 REASON = ("refused by preflab.sandbox: sandboxed code may not start processes, execute programs or call C "
           "functions through ctypes/cffi")
 SUMMARY = ("execve/execveat denied (seccomp); os.system, os.popen, subprocess, os.exec*, os.posix_spawn*, "

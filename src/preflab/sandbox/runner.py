@@ -26,6 +26,7 @@ from preflab.sandbox import _guard, _host
 Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "refused"]
 _LAUNCHER = Path(__file__).with_name("_launcher.py")
 _GRACE_S = 0.2  # after the main process exits, how long its children may keep the output pipes open
+PAST_THE_GUARD = "{n} process(es) started past the guard, alive when the run ended (killed)"
 _FORK_FAILED = re.compile(r"BlockingIOError: \[Errno 11\]|can't start new thread|Resource temporarily unavailable")
 
 
@@ -53,7 +54,8 @@ class SandboxResult:
     limit), "memory" (the memory limit: MemoryError), "output_limit" (stdout or stderr passed `max_output_bytes`),
     "killed" (ended by another signal, e.g. SIGSEGV), "refused" (the program tried to start a process, execute a
     program or call C code through ctypes/cffi: the call raised `SandboxRefused` and is listed in `refused`; the run
-    counts as refused whether or not the program caught the exception and went on).
+    counts as refused whether or not the program caught the exception and went on; a guarded run that still had
+    processes of its own alive when it ended got past the guard: refused too, `refused` says how many).
     limits_hit: every limit that was reached, from "wall", "cpu", "memory", "output", "file_size", "processes"
     (a fork failed with EAGAIN, or `max_processes` processes were alive at the end).
     wall_s: seconds from start until the main process ended (or was stopped). cpu_s: CPU seconds of the main
@@ -389,6 +391,8 @@ def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, c
     isolation = dict(ln[2:].split("\t", 1) for ln in lines if ln.startswith("I "))
     if guarded:
         isolation["processes"] = guarded
+        if left:  # the guard refuses every way to start a process: these got past it (all were killed)
+            refused = (*refused[:19], PAST_THE_GUARD.format(n=left))
     cap = config["max_output_bytes"]
     stdout = bytes(io["stdout"][:cap]).decode("utf-8", errors="replace")
     stderr = bytes(io["stderr"][:cap]).decode("utf-8", errors="replace")

@@ -201,6 +201,14 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         raise ConfigError(f"dstc recipe_params: need iterations >= 1, n_codes >= 2, n_tests >= 1, n_test >= 1 and "
                           f"1 <= n_dstc_tasks <= n_sft_tasks (got {iterations}, {n_codes}, {n_tests}, {n_test}, "
                           f"{n_dstc_tasks}, {n_sft_tasks}).")
+    if (not 0 <= sft_bug_rate <= 1 or not 0 <= sft_noise <= 1 or sft_per_task < 1 or sft_steps < 1
+            or dpo_steps < 1 or not temperature > 0 or not beta > 0 or not dpo_learning_rate > 0):
+        raise ConfigError(  # before the warm-up SFT runs (a rate above 1 acted as 1; the others failed later)
+            "dstc recipe_params: need sft_bug_rate and sft_noise in [0, 1] (probabilities), sft_per_task, sft_steps "
+            "and dpo_steps >= 1, and temperature, beta and dpo_learning_rate > 0; got "
+            f"sft_bug_rate={sft_bug_rate}, sft_noise={sft_noise}, sft_per_task={sft_per_task}, "
+            f"sft_steps={sft_steps}, dpo_steps={dpo_steps}, temperature={temperature}, beta={beta}, "
+            f"dpo_learning_rate={dpo_learning_rate}.")
     if not timeout_s > 0 or max_workers < 1:  # the sandbox's limits, refused before the warm-up SFT runs
         raise ConfigError(f"dstc recipe_params: need timeout_s > 0 (seconds per sandbox run) and max_workers >= 1 "
                           f"(sandbox runs at once); got timeout_s={timeout_s}, max_workers={max_workers}.")

@@ -229,6 +229,12 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
     if not 0 < ratio <= 1 or pool_size > n_train or iterations < 0 or num_actions < 2 or sft_steps < 1:
         raise ConfigError("recipe_params: need 0 < ratio <= 1, pool_size <= n_train, iterations >= 0, "
                           "num_actions >= 2 (pairs need two children) and sft_steps >= 1.")
+    if n_test < 1 or mcts_iters < 1 or not temperature > 0 or max_new_tokens < 1 or simpo_batch_size < 1:
+        raise ConfigError(  # before the warm-up SFT runs
+            "itool recipe_params: need n_test >= 1 (held-out prompts), mcts_iters >= 1 (simulations per search), "
+            "temperature > 0 (the expansion samples), max_new_tokens >= 1 and simpo_batch_size >= 1; got "
+            f"n_test={n_test}, mcts_iters={mcts_iters}, temperature={temperature}, max_new_tokens={max_new_tokens}, "
+            f"simpo_batch_size={simpo_batch_size}.")
     out, started = Path(output_dir), time.perf_counter()
     processes = start_processes()  # a launch's process group, formed before anything is written
     train = make_itool_rows(n_train, seed=seed)

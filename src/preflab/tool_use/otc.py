@@ -86,6 +86,15 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
     if n_train < 1 or n_heldout < 1 or sft_steps < 1 or grpo_steps < 1 or max_tool_calls < 1:
         raise ConfigError("task otc: n_train, n_heldout, sft_steps, grpo_steps and max_tool_calls must be >= 1.")
+    if (prompts_per_generation < 1 or num_generations < 2 or max_completion_length < 1 or sft_batch_size < 1
+            or save_steps < 0 or not learning_rate > 0 or (otc_c is not None and not otc_c > 0)):
+        raise ConfigError(  # before the SFT stage runs (these failed, or trained nothing, only at the GRPO stage)
+            "task otc: need prompts_per_generation >= 1, num_generations >= 2 (GRPO compares the rollouts of one "
+            "prompt: a group of 1 has no advantage to learn from), max_completion_length and sft_batch_size >= 1, "
+            "save_steps >= 0, learning_rate > 0 and otc_c > 0 when set; got "
+            f"prompts_per_generation={prompts_per_generation}, num_generations={num_generations}, "
+            f"max_completion_length={max_completion_length}, sft_batch_size={sft_batch_size}, "
+            f"save_steps={save_steps}, learning_rate={learning_rate}, otc_c={otc_c}.")
     c = float(otc_c if otc_c is not None else max_tool_calls)  # the paper's §4.1: c = the max number of tool calls
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()

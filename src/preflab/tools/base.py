@@ -4,7 +4,8 @@ A tool is any object with
     name: str                      how the model calls it ("Calculator")
     description: str               one line for the model's prompt
     parameters: dict               JSON schema of its arguments ({"type": "object", "properties": ..., "required": ...})
-    call(arguments: dict) -> str   the observation (raise on failure)
+    call(arguments: dict) -> str   the observation (raise on failure; a value that is not a str is a failure too,
+                                   counted as `not_text`, never turned into text such as "None")
 
 `ToolBox.call(name, arguments)` checks the arguments against the schema, answers from the cache when the same
 (tool, canonical arguments) was seen before (so a rerun, or a resumed run, is byte-identical and never re-queries a
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, DataError
 
 TOOL_ERROR_OBSERVATION = "An error occurred when calling the tool; no result."
 
@@ -71,6 +72,24 @@ def validate_arguments(schema: dict, arguments: Any) -> str:
     return ""
 
 
+def _read_cache(path: Path) -> dict[str, dict]:
+    """The cache file written by `ToolBox.save`; anything else is an error naming the file (never half-used)."""
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: the tool cache is not valid JSON ({err}); delete it to query the tools again.")
+    bad = None if isinstance(cache, dict) else "the file is not a JSON object"
+    for key, entry in cache.items() if bad is None else ():
+        if not (isinstance(entry, dict) and isinstance(entry.get("observation"), str)
+                and isinstance(entry.get("ok"), bool)):
+            bad = f"entry {key[:80]!r} needs a text 'observation' and a true/false 'ok'"
+            break
+    if bad:
+        raise DataError(f"{path}: not a tool cache written by ToolBox.save ({bad}); delete it to query the tools "
+                        "again.")
+    return cache
+
+
 def cache_key(tool: str, arguments: dict) -> str:
     return json.dumps([tool, arguments], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
@@ -89,8 +108,8 @@ class ToolBox:
         self.cache_path = Path(cache_path) if cache_path else None
         self.cache: dict[str, dict] = {}
         if self.cache_path and self.cache_path.exists():
-            self.cache = json.loads(self.cache_path.read_text())
-        self.stats = {"calls": 0, "cache_hits": 0, "errors": 0, "unknown_tool": 0, "bad_arguments": 0}
+            self.cache = _read_cache(self.cache_path)
+        self.stats = {"calls": 0, "cache_hits": 0, "errors": 0, "unknown_tool": 0, "bad_arguments": 0, "not_text": 0}
 
     def describe(self) -> str:
         """One line per tool for a prompt: name, description, argument schema."""
@@ -118,10 +137,16 @@ class ToolBox:
                 self.stats["errors"] += 1
             return ToolCall(name, arguments, hit["observation"], hit["ok"], True, hit.get("error", ""))
         try:
-            observation, ok, error = str(tool.call(arguments)), True, ""
+            observation, ok, error = tool.call(arguments), True, ""
         except Exception as err:  # a tool failure is an observation, not a crash (counted)
             observation, ok, error = TOOL_ERROR_OBSERVATION, False, f"{type(err).__name__}: {err}"
             self.stats["errors"] += 1
+        if ok and not isinstance(observation, str):  # e.g. None from a call() that forgot `return`: never "None"
+            error = (f"tool {name!r} returned {type(observation).__name__}, not str: call() must return the "
+                     "observation as text")
+            observation, ok = TOOL_ERROR_OBSERVATION, False
+            self.stats["errors"] += 1
+            self.stats["not_text"] += 1
         self.cache[key] = {"observation": observation, "ok": ok, "error": error}
         return ToolCall(name, arguments, observation, ok, False, error)
 
