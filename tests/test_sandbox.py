@@ -93,7 +93,9 @@ def test_infinite_loop_times_out():
 def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
     r = run_python("while True:\n    pass", timeout_s=10, cpu_s=1, memory_mb=128)
     assert r.status == "timeout" and "cpu" in r.limits_hit and "wall" not in r.limits_hit
-    assert 0.9 <= r.cpu_s < 2.5 and r.wall_s < 10
+    # the kernel's RLIMIT_CPU reads the exact runtime, rusage a sampled user + sys split: on a loaded machine the
+    # second reads up to ~0.2 s less at the kill (0.80 s measured at load 7 on 2 cores)
+    assert 0.5 <= r.cpu_s < 2.5 and r.wall_s < 10
 
 
 @pytest.mark.parametrize("bomb", ["x = bytearray(10**9)", "l = []\nwhile True:\n    l.append(' ' * 10**6)"])
