@@ -233,8 +233,10 @@ def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_
 
 
 def test_an_objective_with_its_own_parameters_is_refused_before_the_first_step_when_sharded(tmp_path, monkeypatch):
-    """Sharded checkpoints (FSDP2, DeepSpeed) hold the model and its optimizer state only: sparsepo's token masks
-    are refused when save_steps is set, before any step runs (not at the first save, after training)."""
+    """The driver's own guard (any TrainingRun with checkpoint extras): sharded checkpoints (FSDP2, DeepSpeed) hold the
+    model and its optimizer state only, so extras are refused when save_steps is set, before any step runs. Only the
+    driver's is_sharded is faked here: a real engine refuses sparsepo earlier, before the models load, whether it
+    saves or not (refuse_sharded_engine; real ZeRO-2/3 launches: test_sharded_extras.py)."""
     sys.path.insert(0, str(HERE))
     from tiny_run import run
 

@@ -89,3 +89,12 @@ def test_weighted_sum_refuses_two_parts_declaring_one_metric():
                                            r"part 'ipo' logs too"):
         combo(example_batch(combo.parts[0]))
 
+
+
+@pytest.mark.parametrize("names", [["sigmoid", "sparsepo"], ["sparsepo", "sft"]])
+def test_weighted_sum_refuses_a_part_with_parameters_of_its_own(names):
+    """The offline trainer puts a lone objective's parameters in the optimizer (and checkpoints); a sparsepo part of
+    a weighted sum would keep its masks at their initial values (checked: such a run had no extra parameters)."""
+    with pytest.raises(ConfigError, match=r"'sparsepo' trains parameters of its own .* in a weighted sum they would "
+                                          r"stay at their initial values"):
+        get_objective(names)

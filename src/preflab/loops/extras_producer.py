@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 from preflab.errors import ConfigError
 
 
@@ -81,17 +83,24 @@ def make_producer(objective, cfg) -> ExtrasProducer | None:
     return getattr(importlib.import_module(module), name)(parts[0], cfg)
 
 
-def refuse_sharded_engine(producer, cfg, accelerator) -> None:
-    """ConfigError naming the engine and loss_type when a producer runs under FSDP / DeepSpeed (before the models
-    load). Its parameters (e.g. spo_degree's degree head) are trained with the policy but are not the model's: under
-    FSDP2 accelerate maps every optimizer parameter to the model's sharded one and fails on them (KeyError in
-    fsdp2_switch_optimizer_parameters; checked on 2 CPU processes), and DeepSpeed builds its ZeRO optimizer around the
-    model's parameters, a case preflab has not verified (so it is refused, not run as something else). DDP and one
-    process train them (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
+def refuse_sharded_engine(producer, cfg, accelerator, objective=None) -> None:
+    """ConfigError naming the engine and loss_type when parameters outside the model are trained under FSDP /
+    DeepSpeed (before the models load): an extras producer's (e.g. spo_degree's degree head) or the objective's own
+    when it is an nn.Module (e.g. SparsePO's token masks, built lazily, so the class decides). Both go into the
+    policy's optimizer, and the sharding engines build theirs around the model's parameters only: under FSDP2
+    accelerate maps every optimizer parameter to the model's sharded one and fails on them (KeyError in
+    fsdp2_switch_optimizer_parameters; checked on 2 CPU processes); DeepSpeed fails building its ZeRO optimizer
+    (checked with sparsepo on one CPU process: ZeRO-2 KeyError in Stage1And2ZeroOptimizer._create_param_mapping,
+    whose param_names are the model's; ZeRO-3 AttributeError 'Parameter' object has no attribute 'partition_numel').
+    Refused here, with the reason, instead of a crash inside the engine. DDP and one process train them (their
+    gradients are all-reduced with the step: preflab.step.optimizer_step)."""
     from preflab.loops.launch import is_sharded, sharding_engine
 
-    if producer is not None and is_sharded(accelerator):
-        raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy (its extras "
-                          f"producer {type(producer).__name__}), which preflab does not train under "
+    owners = ([f"its extras producer {type(producer).__name__}"] if producer is not None else []) + (
+        [f"the objective {type(objective).__name__}'s own parameters"] if isinstance(objective, torch.nn.Module)
+        else [])
+    if owners and is_sharded(accelerator):
+        raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy "
+                          f"({' and '.join(owners)}), which preflab does not train under "
                           f"{sharding_engine(accelerator)}: the sharded optimizer holds the model's parameters only. "
                           "Train it with examples/accelerate/ddp.yaml or one process.")

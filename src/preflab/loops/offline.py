@@ -96,7 +96,7 @@ class Trainer(TrainingRun):
             raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
         self.accelerator = make_accelerator(cfg)
-        refuse_sharded_engine(self.producer, cfg, self.accelerator)  # before the models load
+        refuse_sharded_engine(self.producer, cfg, self.accelerator, self.objective)  # before the models load
         self.out = Path(cfg.output_dir)
         self.main = self.accelerator.is_main_process
         if tokenizer is None:

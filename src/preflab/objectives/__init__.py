@@ -14,6 +14,8 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 
+import torch
+
 from preflab.errors import ConfigError, PreflabError
 from preflab.objectives._registry import (LEGACY, NOT_OBJECTIVES, _aliases, _module_names,  # noqa: F401
                                           list_objectives, objective_class, resolve_name)
@@ -135,6 +137,11 @@ class WeightedSum:
         kinds = {p.batch_type for p in self.parts}
         if len(kinds) != 1:
             raise ConfigError(f"cannot combine objectives of different batch kinds: {list(self.names)}.")
+        owning = [n for p, n in zip(self.parts, self.names) if isinstance(p, torch.nn.Module)]
+        if owning:  # the trainer trains (optimizer, clipping, checkpoints) the parameters of a lone objective only
+            raise ConfigError(f"loss_type {list(self.names)}: {owning[0]!r} trains parameters of its own (e.g. "
+                              "SparsePO's token masks), which preflab trains only when it is the run's one loss_type; "
+                              "in a weighted sum they would stay at their initial values. Use it alone.")
         self.declared_metrics()
 
     def declared_metrics(self) -> dict:
