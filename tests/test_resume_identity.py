@@ -142,3 +142,62 @@ def test_a_full_disk_while_writing_metrics_is_an_error_naming_the_file_and_the_c
     monkeypatch.setattr(MetricsLog, "write", real)
     summary, _ = run(out, max_steps=6, save_steps=2, resume_from_checkpoint=True)
     assert summary["resumed_from_step"] == 2
+
+
+USER_LOSS = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, ObjectiveOutput, logratios
+
+
+@dataclass(frozen=True)
+class MyDPO(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l))
+        return ObjectiveOutput(losses.mean(), losses, {})
+'''
+
+
+def test_resume_refuses_user_code_edited_since_the_checkpoint(tmp_path, capsys):
+    """`loss_type: my_losses.py:MyDPO` names the file, not what it holds: an objective edited between the checkpoint
+    and the resume trained the rest of the run with another loss under the same config, without a word (found in the
+    extending trial). The checkpoint records the file's sha256 (trainer_state.json user_code); a changed file is
+    refused unless allow_config_change, then said in a note. The same file resumes exactly."""
+    losses = tmp_path / "my_losses.py"
+    losses.write_text(USER_LOSS)
+    spec = f"{losses}:MyDPO"
+    run(tmp_path / "straight", max_steps=4, loss_type=spec)
+    out = tmp_path / "run"
+    run(out, max_steps=4, save_steps=2, loss_type=spec)
+    ckpt2 = out / "checkpoint-2"
+    saved = json.loads((ckpt2 / "trainer_state.json").read_text())["user_code"]
+    assert saved == {str(losses): {"file": str(losses.resolve()), "sha256": __import__("hashlib").sha256(
+        losses.read_bytes()).hexdigest()}}
+    summary, _ = run(out, max_steps=4, save_steps=2, loss_type=spec, resume_from_checkpoint=str(ckpt2))
+    assert summary["resumed_from_step"] == 2 and _max_diff(tmp_path / "straight", out) <= 1e-6
+    losses.write_text(USER_LOSS.replace("self.beta * (h_w - h_l)", "2 * self.beta * (h_w - h_l)"))
+    with pytest.raises(ConfigError, match=r"user code the run trained with changed since .*checkpoint-2 was saved: "
+                                          r".*my_losses\.py \(.*: edited\).*allow_config_change: true"):
+        run(out, max_steps=4, save_steps=2, loss_type=spec, resume_from_checkpoint=str(ckpt2))
+    capsys.readouterr()
+    summary, _ = run(out, max_steps=4, save_steps=2, loss_type=spec, resume_from_checkpoint=str(ckpt2),
+                     allow_config_change=True)
+    assert summary["resumed_from_step"] == 2
+    assert "resuming with changed code (allow_config_change: true)" in capsys.readouterr().out
+
+
+def test_user_code_records_only_what_the_run_names():
+    """A user file another run of the same process loaded (a notebook, a test session) is not this run's code."""
+    from preflab.plugins import _LOADED, user_code
+
+    _LOADED["elsewhere.py"] = Path(__file__)
+    try:
+        assert "elsewhere.py" not in user_code({"loss_type": "sigmoid", "reward_funcs": ["mine.py:f"]})
+        assert user_code({"reward_funcs": ["elsewhere.py:f"]})["elsewhere.py"]["file"] == str(Path(__file__))
+    finally:
+        del _LOADED["elsewhere.py"]

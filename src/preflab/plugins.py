@@ -5,6 +5,10 @@
 
 The current directory is searched as TRL's scripts do (`preflab` runs as a console script, whose sys.path does not
 hold it). Every failure is a ConfigError naming the option and the spec, with a did-you-mean for a misspelt name.
+
+Each user module loaded here is recorded with its file: user_code() gives {module: {"file", "sha256"}}, which a
+checkpoint saves (trainer_state.json "user_code") so that a resume can tell when the code the run trained with was
+edited since (preflab.resume_check.check_resume_code).
 """
 from __future__ import annotations
 
@@ -47,7 +51,40 @@ def import_object(spec: str, option: str):
     if not hasattr(mod, attr):
         names = [n for n in vars(mod) if not n.startswith("_")]
         raise ConfigError(f"{option}: {spec!r}: no {attr!r}{where}.{nearest(attr, names)}")
+    file = getattr(mod, "__file__", None)
+    if file and not (mod.__name__ == "preflab" or mod.__name__.startswith("preflab.")):
+        _LOADED[module] = Path(file).resolve()
     return getattr(mod, attr)
+
+
+_LOADED: dict[str, Path] = {}  # module part of a spec ('my_losses.py', 'mypkg.rewards') -> its file, this process
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 hex of a file's bytes, None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def user_code(config: dict) -> dict:
+    """{module part of each user spec that `config` (a run's options) names and this process loaded: {"file":
+    absolute path, "sha256": of its bytes now}}. preflab's own modules are not user code; a spec loaded by another
+    run in this process (a notebook, a test session) and not named by `config` is not this run's."""
+    def specs(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from specs(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from specs(item)
+
+    named = {spec.rpartition(":")[0] for value in config.values() for spec in specs(value) if ":" in spec}
+    return {module: {"file": str(path), "sha256": file_sha256(path)}
+            for module, path in sorted(_LOADED.items()) if module in named}
 
 
 def _load_file(path: Path, option: str, spec: str):

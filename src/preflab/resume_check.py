@@ -127,6 +127,31 @@ def check_resume_data(saved: dict, current: str | None, cfg, checkpoint, note=pr
     note(f"preflab: note: resuming on changed training examples (allow_config_change: true): {where}.")
 
 
+def check_resume_code(saved: dict, checkpoint, cfg, note=print) -> None:
+    """ConfigError when user code the checkpoint's run loaded (an objective, reward function or pair builder named
+    as 'file.py:name' or 'module:name': trainer_state.json "user_code", preflab.plugins.user_code) was edited or
+    removed since, unless cfg.allow_config_change (then a note). The config names the same spec, so the config
+    comparison cannot see the change; the resumed run would continue with another objective or reward than the one
+    its first steps trained with. A whitespace or comment edit counts too (the bytes are compared)."""
+    from preflab.plugins import file_sha256
+
+    changed = []
+    for module, entry in sorted((saved.get("user_code") or {}).items()):
+        now = file_sha256(entry.get("file", ""))
+        if now is None:
+            changed.append(f"{module} ({entry.get('file')}: no longer readable)")
+        elif now != entry.get("sha256"):
+            changed.append(f"{module} ({entry.get('file')}: edited)")
+    if not changed:
+        return
+    what = f"user code the run trained with changed since {checkpoint} was saved: {', '.join(changed)}"
+    if not getattr(cfg, "allow_config_change", False):
+        raise ConfigError(f"resume_from_checkpoint: {what}. The resumed run would continue with other code than its "
+                          "first steps. Restore the file, set allow_config_change: true to continue with the new code "
+                          "anyway, or start a new run in another output_dir.")
+    note(f"preflab: note: resuming with changed code (allow_config_change: true): {what}.")
+
+
 def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int) -> dict:
     """The checkpoint's saved config as this run would spell it: a checkpoint written on another number of
     processes with the same global batch (per_device_train_batch_size x processes) had another

@@ -41,7 +41,9 @@ from preflab.loops.callback_state import CallbackEvents, callback_states, restor
 from preflab.loops.launch import deepspeed_stage, gather_full_state, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
-from preflab.resume_check import check_checkpoint_version, check_resume_data, check_saved_config, checkpoint_identity
+from preflab.plugins import user_code
+from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
+                                   checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import release_output_dir
 from preflab.runlog import (MetricsLog, Progress, average_results, distributed_environment, environment,
@@ -396,7 +398,8 @@ class TrainingRun(CallbackEvents):
         state = {**state, "stateful_callbacks": callback_states(self.callbacks)}  # EarlyStopping's patience counter
         state = {**state, **self.best.state_dict(), "config": self.cfg.to_dict(), "timeline": self.timeline,
                  "world_size": acc.num_processes, "engine": sharding_engine(acc),
-                 "data_fingerprint": self.data_fingerprint(), **checkpoint_identity()}
+                 "data_fingerprint": self.data_fingerprint(), "user_code": user_code(self.cfg.to_dict()),
+                 **checkpoint_identity()}
         if is_sharded(acc):
             self._check_sharded_extras()
             self._check_sharded_model_only()
@@ -477,6 +480,7 @@ class TrainingRun(CallbackEvents):
         check_checkpoint_version(saved, path, note=say)
         check_saved_config(saved, self.cfg, path, acc.num_processes, note=say)
         check_resume_data(saved, self.data_fingerprint(), self.cfg, path, note=say)
+        check_resume_code(saved, path, self.cfg, note=say)
         saved_world = saved.get("world_size", "an unrecorded number of")
         if saved.get("world_size", acc.num_processes) != acc.num_processes:
             say(f"preflab: note: {path} was written on {saved_world} process(es); resuming on "
