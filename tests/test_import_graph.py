@@ -62,7 +62,7 @@ def module_imports(root: Path = ROOT, tables: bool = False) -> dict[str, dict[st
     to preflab.x; `import preflab.x.y` to the longest module prefix; relative imports are resolved; and
     importlib.import_module("preflab.x") with a constant string counts as `import preflab.x` (a string does not hide
     an edge). tables: a string constant that is a whole TABLE_ENTRY counts too (the tables whose entries are
-    imported by a variable at run time: preflab.recipes.RECIPES, models.load.BUILTIN_REGISTRIES, cli.py's task
+    imported by a variable at run time: preflab.recipes.RECIPES, cli.py's task
     routes; a `__module__` assignment is not one)."""
     files = {_module_name(p): p for p in root.rglob("*.py")}
 
@@ -175,10 +175,8 @@ def test_no_module_of_preflab_is_in_an_import_cycle():
 
 # the runtime cycles through a table of module names known when the table test was written (a registry whose entries
 # import the module that lists them back): new ones fail the test below
-KNOWN_TABLE_CYCLES = {
-    # builtin_models() lists the built-in names of modules that load models through the config layer
-    ("preflab.models.load", "preflab.online.tasks"), ("preflab.models.load", "preflab.diffusion.pipeline"),
-}
+KNOWN_TABLE_CYCLES: set = set()  # models.load's table of built-in registries was the last: their names now live in
+# preflab.models.builtin_names, which imports nothing
 
 
 def test_no_new_import_cycle_through_a_table_of_module_names():
@@ -186,8 +184,10 @@ def test_no_new_import_cycle_through_a_table_of_module_names():
     the programs build their stages' configs through it: recipes -> ladder.recipe -> recipe_options -> config ->
     recipes at run time, invisible to the import test above. The config layer now imports the recipes' names from
     preflab.recipe_names (names only, no table of modules); likewise the lab experiments register with
-    preflab.lab.registration, below preflab.lab.registry, which imports them by name. Every edge from a table entry
-    that closes a cycle is one of KNOWN_TABLE_CYCLES."""
+    preflab.lab.registration, below preflab.lab.registry, which imports them by name; and preflab.models.load listed
+    the built-in models of preflab.online.tasks and preflab.diffusion.pipeline (which load models through the config
+    layer) through a table of their modules, and now reads their names from preflab.models.builtin_names (plain
+    data). Every edge from a table entry that closes a cycle is one of KNOWN_TABLE_CYCLES (none now)."""
     edges = module_imports(tables=True)
     assert "preflab.ladder.recipe" in edges["preflab.recipes"]  # the walk sees the tables' entries
     assert "preflab.sandbox" not in edges["preflab.sandbox._guard"]  # and not a `__module__` assignment

@@ -406,7 +406,8 @@ def _best_extras_run(tmp_path, name: str):
 def test_load_best_model_at_end_restores_every_checkpoint_extra(tmp_path, name):
     """The best checkpoint's extra.safetensors (every checkpoint_extras tensor: spo_degree's head, SparsePO's
     masks) replaces the last step's, byte for byte, as its model.safetensors replaces the weights; spo_degree's
-    degree_head.safetensors beside the final model is that head. (SparsePO's masks were left at the last step's.)"""
+    degree_head.safetensors beside the final model is that head, SparsePO's sparsepo_masks.safetensors its masks
+    (SparsePO's masks were left at the last step's; then they were not written beside the model at all)."""
     trainer, summary = _best_extras_run(tmp_path, name)
     run, step = tmp_path / name, summary["best_global_step"]
     assert step == _best(_evals(run), greater=EXTRA_OBJECTIVES[name][1])[0] and step < 5
@@ -421,6 +422,13 @@ def test_load_best_model_at_end_restores_every_checkpoint_extra(tmp_path, name):
         head = load_file(str(run / "degree_head.safetensors"))
         assert torch.equal(head["linear.weight"], best["producer.0"]) and torch.equal(head["linear.bias"],
                                                                                        best["producer.1"])
+    else:  # the objective's own tensors (Objective.state_file), by their state_dict names
+        from preflab.objectives.sparsepo import SparsePO
+
+        masks = load_file(str(run / "sparsepo_masks.safetensors"))
+        assert {f"objective.{k}" for k in masks} == best.keys()
+        assert all(torch.equal(masks[k], best[f"objective.{k}"]) for k in masks)
+        SparsePO(hidden_size=trainer.policy.config.hidden_size).load_state_dict(masks)  # reads back, strict
 
 
 def test_a_best_checkpoint_lacking_an_extra_is_refused(tmp_path):

@@ -268,3 +268,24 @@ def test_spo_degree_micro_batch_without_deletable_units_keeps_one_variant_forwar
     out = trainer.forward(mb)
     ce = torch.nn.functional.cross_entropy(logits[:, :, 0].reshape(-1, J + 1), labels[..., 0].reshape(-1))
     assert out.metrics["loss/degree"].item() == pytest.approx(ce.item(), abs=1e-6)
+
+
+def test_spo_degree_eval_metrics_over_batches_equal_one_batch(tmp_path):
+    """Eval over batches of one pair equals one batch of all eval pairs for the degree metrics: with degrees 3 the
+    two- and three-word responses have 3 and 4 variants (j = 0..units), so degree/accuracy is the fraction of all
+    scored variants (ObjectiveOutput.metric_counts), not the mean of the batches' fractions; loss/degree the mean
+    over the pairs of each pair's mean CE, as the loss averages it."""
+    def evaluate(batch):
+        trainer = make(tmp_path / f"b{batch}", objective_params={"degrees": 3, "degree_weight": 1.0},
+                       eval_fraction=0.25, per_device_eval_batch_size=batch)
+        trainer.out, trainer.step, trainer.main = tmp_path / f"b{batch}", 0, False
+        with torch.no_grad():  # a head that is not zero: the predicted degree differs between variants
+            for p in trainer.producer.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+        return trainer.evaluate(), len(trainer.eval_data)
+
+    ones, n = evaluate(1)
+    whole, _ = evaluate(64)
+    assert n > 1 and 0 < whole["eval_degree/accuracy"] < 1
+    for key in ("eval_degree/accuracy", "eval_loss/degree", "eval_loss"):
+        assert ones[key] == pytest.approx(whole[key], abs=1e-6), key

@@ -68,3 +68,41 @@ def test_preflab_objectives_says_spo_degree_extras_are_computed(capsys):
     assert ("computed at every step by preflab.loops.degree_head:DegreeExtras in `preflab train` (not data "
             "columns): ['degree_logits', 'degree_labels']") in out
     assert "degrees = 3  # J: variants j = 0..J key units deleted" in out
+
+
+def test_degree_metrics_over_two_micro_batches_equal_one_micro_batch_of_the_same_examples():
+    """Gradient accumulation over micro-batches with different numbers of scored variants (responses with fewer key
+    units than J have label -100 for the missing j): the step logs degree/accuracy as the fraction of all scored
+    variants and loss/degree as the mean of the examples' per-example CE (as the loss averages it), the same as one
+    micro-batch of the four examples. Here rows 0-1 have 16 variants (5 predicted right), rows 2-3 have 5 (4 right):
+    9/21; before, degree/accuracy was the example-weighted mean of the micro-batches' accuracies, (5/16 + 4/5) / 2."""
+    from types import SimpleNamespace
+
+    from preflab.step import optimizer_step
+
+    full, none = [0, 1, 2, 3], -100
+    labels = torch.tensor([[full, full], [full, full], [[0, 1, none, none], [0, none, none, none]],
+                           [[0, none, none, none], [0, none, none, none]]])
+    logits = torch.zeros(4, 2, 4, 4, **F64)  # [B, side, variant j, class]
+    logits[..., 0] = 5.0  # predicts class 0: right on the j = 0 variants only
+    logits[0, 0, 1, 1] = 9.0  # and on row 0's first j = 1 variant
+    logits += 0.1 * torch.arange(128, **F64).reshape(4, 2, 4, 4).sin()  # CE values that differ per variant
+    head = torch.nn.Parameter(torch.zeros((), **F64))
+    objective = get_objective("spo_degree", degree_weight=0.5, degrees=3)
+
+    def forward(mb):
+        return objective(fixture(logits[mb.row_ids] + head, labels[mb.row_ids]))
+
+    def step(micro):
+        return optimizer_step([SimpleNamespace(row_ids=r) for r in micro], forward, [head],
+                              torch.optim.SGD([head], lr=0.0))
+
+    one, two = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
+    assert one.metrics["degree/accuracy"] == pytest.approx(9 / 21, abs=1e-12)
+    assert two.metrics["degree/accuracy"] == pytest.approx(one.metrics["degree/accuracy"], abs=1e-6)
+    assert two.metrics["loss/degree"] == pytest.approx(one.metrics["loss/degree"], abs=1e-6)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 4), labels.reshape(-1), reduction="none",
+                                           ignore_index=none).reshape(4, -1)
+    per_example = ce.sum(-1) / (labels.reshape(4, -1) != none).sum(-1)
+    assert one.metrics["loss/degree"] == pytest.approx(float(per_example.mean()), abs=1e-12)
+    assert two.metric_counts["degree/accuracy"] == 21 and two.metric_counts["loss/degree"] == 4

@@ -25,15 +25,8 @@ import torch
 from torch import nn
 
 from preflab.errors import ConfigError, PreflabError
+from preflab.models.builtin_names import BUILTIN_PIPELINES, TINY, TINY_FLUX, TINY_SD3  # noqa: F401  (public names)
 
-TINY = "builtin:tiny-sd"
-TINY_SD3 = "builtin:tiny-sd3"
-TINY_FLUX = "builtin:tiny-flux"
-BUILTIN_PIPELINES = {TINY: "a tiny random-init text-to-image pipeline (UNet, VAE, CLIP text encoder)",
-                     TINY_SD3: "a tiny random-init Stable Diffusion 3 pipeline (transformer, 16-channel VAE, CLIP-L, "
-                               "CLIP-G, T5)",
-                     TINY_FLUX: "a tiny random-init Flux pipeline (guidance-embedded transformer, 16-channel VAE, "
-                                "CLIP-L, T5)"}
 T5_MAX_LENGTH = 256  # StableDiffusion3Pipeline.encode_prompt's default max_sequence_length
 
 

@@ -18,15 +18,13 @@ from pathlib import Path
 from preflab.errors import ConfigError, PreflabError
 from preflab.eval.run_files import run_config  # noqa: F401  (a public name of this module)
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
-from preflab.models.load import BUILTIN, check_weights_safe, load_causal_lm, load_tokenizer
-
-
-DEMO_SFT = "builtin:demo-sft"  # the online demo runs' starting policy (preflab.online.tasks), built and cached
+from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (public names of this module)
+from preflab.models.load import check_weights_safe, load_causal_lm, load_tokenizer
 
 
 def _demo_sft(seed: int):
     """(model, tokenizer) of builtin:demo-sft. The online room builds it and imports this room, so it is reached by
-    name, as preflab.models.load reaches its BUILTIN_REGISTRIES."""
+    name (its name is in preflab.models.builtin_names, below both rooms)."""
     import importlib
 
     return importlib.import_module("preflab.online.tasks").demo_sft(int(seed or 0))

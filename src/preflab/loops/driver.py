@@ -104,6 +104,20 @@ class TrainingRun(CallbackEvents):
             return {f"objective.{k}": v for k, v in objective.state_dict().items()}
         return {f"extra_params.{i}": p for i, p in enumerate(self.extra_params)}
 
+    def save_objective_state(self) -> None:
+        """An objective with its own trained tensors (an nn.Module with state: SparsePO's token masks) has them
+        written beside the final model as its `state_file` (safetensors, its state_dict's names, so
+        objective.load_state_dict reads them back): they are part of what the run learned (the SparsePO paper plots
+        the masks), not only resume state. With load_best_model_at_end they are the best checkpoint's
+        (_load_best_at_end restored them first)."""
+        objective = getattr(self, "objective", None)
+        if not isinstance(objective, torch.nn.Module) or not list(objective.state_dict()):
+            return
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()},
+                  str(self.out / objective.state_file))
+
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from_checkpoint=None) -> dict:
         """Run the loop; output_dir's lock (taken by make_accelerator) is released at the end, error or not. An
@@ -365,6 +379,7 @@ class TrainingRun(CallbackEvents):
         if self.main:
             if self.save_final_model:
                 self.save_model()
+                self.save_objective_state()
             share_run_files(self.out)  # safetensors writes 0600; the model is read like the run's other files
             write_summary(self.out, summary)
             self.write_card(summary)

@@ -16,10 +16,10 @@ from torch import nn
 
 from preflab.errors import ConfigError, UnsafeLoadError, nearest
 from preflab.hub import failure_reason, offline
+from preflab.models.builtin_names import BUILTIN, builtin_models  # noqa: F401  (public names of this module)
 from preflab.models.dropout import disable_dropout, disable_dropout_of  # noqa: F401  (public names of this module)
 from preflab.runlog import is_main_process
 
-BUILTIN = {"builtin:tiny-llama": "llama", "builtin:tiny-qwen2": "qwen2", "builtin:tiny-gpt2": "gpt2"}
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")  # never loaded as weights
@@ -103,22 +103,6 @@ def _offline() -> bool:
 def _looks_like_path(name: str) -> bool:
     return (name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1
             or "\\" in name or name.endswith((".safetensors", ".bin", ".json")))
-
-
-# modules that define more built-in (tiny, random-init) models: {name: what it builds}
-BUILTIN_REGISTRIES = ("preflab.models.tiny_vlm:BUILTIN_VLM", "preflab.diffusion.pipeline:BUILTIN_PIPELINES",
-                      "preflab.online.tasks:BUILTIN_ONLINE")
-
-
-def builtin_models() -> list[str]:
-    """Every `builtin:` name preflab can build: causal LMs here, plus the registries (vision-language, ...)."""
-    import importlib
-
-    names = list(BUILTIN)
-    for spec in BUILTIN_REGISTRIES:
-        module, attr = spec.split(":")
-        names += list(getattr(importlib.import_module(module), attr))
-    return names
 
 
 def check_model_name(name: str, option: str = "model_name_or_path") -> None:

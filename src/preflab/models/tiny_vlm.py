@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 
 from preflab.errors import ConfigError
+from preflab.models.builtin_names import BUILTIN_VLM  # noqa: F401  (a public name of this module)
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3")
 _QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # one processor (Qwen2-VL's image processor), 3-D rope positions
-BUILTIN_VLM = {"builtin:tiny-qwen2-vl": "qwen2_vl", "builtin:tiny-llava": "llava", "builtin:tiny-idefics3": "idefics3"}
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<image>",
                  "<fake_token_around_image>", "<global-img>"]
 _IMAGE_PART = {**{arch: "<|vision_start|><|image_pad|><|vision_end|>" for arch in _QWEN}, "llava": "<image>",

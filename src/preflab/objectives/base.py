@@ -23,6 +23,10 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
                              trainer builds to compute `produced_extras` at every step (e.g. spo_degree's degree
                              head on scored response variants); its parameters train with the policy and are saved
     produced_extras   tuple  the required extras that producer computes: not data columns (refused in rows)
+    state_file        str    where an objective with its own trained tensors (an nn.Module with state, e.g.
+                             SparsePO's token masks) has them written beside the final model (its state_dict's
+                             names, safetensors; preflab.loops.driver); the best checkpoint's with
+                             load_best_model_at_end
     metric_panels     tuple  ((title, y label, (metric, ...)), ...): the objective's own logged metrics (beyond
                              the DPO-style ones every report draws) that `preflab report` draws as curves, train
                              solid and `eval_<metric>` dashed (e.g. spo_degree's loss/degree, degree/accuracy)
@@ -288,6 +292,7 @@ class Objective:
     extras_producer: ClassVar[str] = ""
     produced_extras: ClassVar[tuple[str, ...]] = ()
     metric_panels: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = ()
+    state_file: ClassVar[str] = "objective_state.safetensors"
     token_extras: ClassVar[tuple[str, ...]] = ()
     token_needs: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""

@@ -12,7 +12,9 @@ LLMs via Sparse Token Masks" (arXiv:2410.05102), learned-mask objective. Checked
 Extras (token_needs): chosen/rejected_token_kl [B, T] = KL(pi_ref || pi_theta); chosen/rejected_hidden [B, T, H],
 the state at the position predicting token t. Hidden states are detached (the code reads the frozen reference).
 An nn.Module: the trainer adds `objective.parameters()` (the masks, trained jointly with the policy) to its
-optimizer; hence a mutable dataclass. Set `hidden_size`; 0 builds the masks on the first batch.
+optimizer; hence a mutable dataclass. Set `hidden_size`; 0 builds the masks on the first batch. The trained masks
+are saved in every checkpoint (extra.safetensors) and beside the final model as sparsepo_masks.safetensors (state_dict
+names: SparsePO(hidden_size=H, <the run's objective_params>).load_state_dict(load_file(...)) rebuilds them).
 
 Deviation from the paper: masks read the scorer's last policy hidden state instead of every reference layer, so the
 layer mixer is dropped (for one layer it only rescales or kills the mask); init w = 0, b = 1 (all-ones masks, the
@@ -47,6 +49,7 @@ class SparsePO(Objective, nn.Module):
     dropout: float = 0.0          # dropout on the mask (code: 0.01)
 
     token_needs = ("token_kl", "hidden")
+    state_file = "sparsepo_masks.safetensors"  # the learned masks beside the final model (the paper plots them)
     paper = "Christopoulou et al. 2024, SparsePO (arXiv:2410.05102)"
     checked_against = ("official code: huawei-noah/HEBO@04f4ece SparsePO/src/trainers/sparse_trainer.py (loss, token "
                        "KL sign, L1 halving for a common mask), re-read 2026-12")

@@ -10,7 +10,9 @@ provisional design of methods/objectives.md §C #9, written from memory. Unverif
 Extras: degree_logits [B, ..., J+1], logits of a classification head on the policy's hidden states for variants of
 each response with j = 0..J key content units deleted (gradient flows into the head and the policy through them);
 degree_labels [B, ...] int in 0..J (the number deleted; -100 = no variant). The CE is averaged per example over its
-variants. This module is the loss only; its extras are computed by `preflab train` (task: dpo):
+variants. Metrics (ObjectiveOutput.metric_counts, so a step of several micro-batches or processes, and eval over
+several batches, logs the mean over all of them): loss/degree is that per-example CE averaged over the examples (as
+in the loss), degree/accuracy the fraction of all scored variants whose predicted class is j. This module is the loss only; its extras are computed by `preflab train` (task: dpo):
 preflab.data.spo_variants builds the variants (degrees = J, unit_extractor), preflab.loops.degree_head scores
 them with the policy and a zero-initialised linear head at every step (the objective's extras producer); they are
 never data columns. For a base loss other than DPO, combine
@@ -75,8 +77,12 @@ class SPODegree(Objective):
         metrics = reward_metrics(batch, self.beta)
         metrics["loss/degree"] = degree.detach().mean()
         pred = logits.detach().argmax(-1)
-        metrics["degree/accuracy"] = ((pred == labels).to(ce.dtype) * (labels != -100)).sum() / valid.sum().clamp_min(1)
-        return ObjectiveOutput(losses.mean(), losses, metrics)
+        scored = valid.sum()
+        metrics["degree/accuracy"] = ((pred == labels).to(ce.dtype) * (labels != -100)).sum() / scored.clamp_min(1)
+        # what each averages: loss/degree the examples (as the loss does: each example's mean over its variants, the
+        # step weights examples), degree/accuracy the scored variants (a response with fewer units than J has fewer)
+        counts = {"loss/degree": B, "degree/accuracy": scored}
+        return ObjectiveOutput(losses.mean(), losses, metrics, counts)
 
     @classmethod
     def example_extras(cls, batch) -> dict:

@@ -8,8 +8,8 @@ import math
 
 from preflab.config_defaults import changed_options
 from preflab.errors import ConfigError, nearest
+from preflab.models.builtin_names import DEMO_SFT  # noqa: F401  (a public name of this module)
 
-DEMO_SFT = "builtin:demo-sft"  # the online demo's starting policy (preflab.online.tasks builds and caches it)
 
 GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
 # that are preflab group recipes

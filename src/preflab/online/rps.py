@@ -42,6 +42,7 @@ import torch
 
 from preflab.data.tokenize import bos_ids
 from preflab.errors import ConfigError, PreflabError
+from preflab.models.builtin_names import DEMO_SFT
 from preflab.reward_models.directional import (
     GRID_RANGE,
     GRID_STEP,
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     conditioning = None
     if args.generator == "toy":
         prompts, generate, score, reset = ["toy"], toy_generator, toy_score, None
-    elif args.generator == "builtin:demo-sft":
+    elif args.generator == DEMO_SFT:
         torch.set_num_threads(1)
         prompts, generate, score, reset = demo_setup(args.seed, args.prompts)
     elif Path(args.generator).is_dir():

@@ -32,11 +32,10 @@ from typing import Any, Callable
 import torch
 
 from preflab.errors import ConfigError
-from preflab.online.options import DEMO_SFT
+from preflab.models.builtin_names import BUILTIN_ONLINE, DEMO_SFT  # noqa: F401  (public names of this module)
 
 # reward_funcs name -> max-min rule (reward_models.maxmin_aggregate): "maxmin" is the z-scored group rule
 MAXMIN_JUDGES = {"maxmin": "group", "maxmin_group": "group", "maxmin_pointwise": "pointwise"}
-BUILTIN_ONLINE = {DEMO_SFT: "the demo's tiny char-level Llama after its SFT stage (built once and cached)"}
 
 
 @dataclass
