@@ -105,3 +105,14 @@ def test_game_needs_positive_beta(trainer):
     for beta in (0.0, -0.1):
         with pytest.raises(ConfigError, match=rf"online_task: game needs beta > 0 .*got beta={beta}"):
             config_from_dict({**base, "beta": beta})
+
+
+def test_game_preferences_refuses_booleans():
+    """YAML true / false in the preference matrix ran as 1 / 0 (bool is an int in Python); a probability written as
+    a boolean is refused, naming the entry."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2, model_name_or_path="builtin:tiny-llama")
+    with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] = True is not a probability in \[0, 1\]"):
+        config_from_dict({**base, "game_preferences": [[0.5, True], [False, 0.5]]})

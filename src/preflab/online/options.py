@@ -124,7 +124,7 @@ def check_game_preferences(P):
     for i in range(K):
         for j in range(K):
             v = P[i][j]
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
                 raise ConfigError(f"game_preferences[{i}][{j}] = {v!r} is not a probability in [0, 1].")
             if abs(v + P[j][i] - 1) > 1e-6:
                 raise ConfigError(f"game_preferences[{i}][{j}] + game_preferences[{j}][{i}] = {v + P[j][i]:.6g}, "
