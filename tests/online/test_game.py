@@ -72,3 +72,47 @@ def test_egpo_half_step_leaves_the_policys_optimizer_state_alone(tmp_path):
     assert before and all(torch.equal(state[p][k], v) for p in state for k, v in before[id(p)].items())
     assert all(torch.equal(a, b) for a, b in zip(params, run.policy.parameters()))
     assert np.array_equal(distribution(run.policy), pi_t) and np.abs(pi_half - pi_t).max() > 1e-4
+
+
+@pytest.mark.parametrize("extra,named", [(dict(temperature=0.5), "temperature"), (dict(top_p=0.9), "top_p"),
+                                         (dict(generation_batch_size=8), "generation_batch_size"),
+                                         (dict(num_generations=8), "num_generations"),
+                                         (dict(prompts_per_generation=4), "prompts_per_generation")])
+def test_game_refuses_sampling_options_it_never_reads(extra, named):
+    """The game's rounds (all trainers but spo) take the exact expectation over the K answers: a sampling option
+    written for them ran as if absent (before: `trainer=inpo temperature=0.5` trained the same as without it)."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2,
+                model_name_or_path="builtin:tiny-llama", game_preferences=[[0.5, 0.8], [0.2, 0.5]])
+    with pytest.raises(ConfigError, match=rf"^{named} is read by the online tasks that sample text.*"
+                                          r"not by trainer 'inpo' with online_task 'game'"):
+        config_from_dict({**base, **extra})
+    if named in ("num_generations", "prompts_per_generation"):   # spo samples num_generations answers per prompt
+        assert getattr(config_from_dict({**base, **extra, "trainer": "spo"}), named) == extra[named]
+
+
+@pytest.mark.parametrize("trainer", ["inpo", "spo"])
+def test_game_needs_positive_beta(trainer):
+    """beta = 0 in the game crashed with ZeroDivisionError (inpo, spo: eta = game_eta / beta, the equilibrium
+    pi*_beta); it is now a config error naming beta (egpo, sppo: their objectives refused it, in other words)."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = dict(task="online", online_task="game", trainer=trainer, max_steps=2,
+                model_name_or_path="builtin:tiny-llama", game_preferences=[[0.5, 0.8], [0.2, 0.5]])
+    for beta in (0.0, -0.1):
+        with pytest.raises(ConfigError, match=rf"online_task: game needs beta > 0 .*got beta={beta}"):
+            config_from_dict({**base, "beta": beta})
+
+
+def test_game_preferences_refuses_booleans():
+    """YAML true / false in the preference matrix ran as 1 / 0 (bool is an int in Python); a probability written as
+    a boolean is refused, naming the entry."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = dict(task="online", online_task="game", trainer="inpo", max_steps=2, model_name_or_path="builtin:tiny-llama")
+    with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] = True is not a probability in \[0, 1\]"):
+        config_from_dict({**base, "game_preferences": [[0.5, True], [False, 0.5]]})

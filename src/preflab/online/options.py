@@ -60,6 +60,10 @@ def check_online(cfg) -> None:
         raise ConfigError(f"preference_temperature must be >= 0, got {cfg.preference_temperature}.")
     if cfg.online_task == "game":
         check_game_preferences(cfg.game_preferences)
+        if not cfg.beta > 0:  # the run's equilibrium pi*_beta, duality gap and eta = game_eta / beta divide by beta
+            raise ConfigError(f"online_task: game needs beta > 0 (the KL-regularised game's strength: its "
+                              f"equilibrium pi*_beta and duality gap are measured at beta), got beta={cfg.beta}. "
+                              "For a nearly unregularised game give a small beta such as 0.01.")
         if not spec.game:
             raise ConfigError(f"trainer {cfg.trainer!r} trains on sampled text; the game task takes one of "
                               f"{sorted(n for n, s in TRAINERS.items() if s.game)}.")
@@ -120,7 +124,7 @@ def check_game_preferences(P):
     for i in range(K):
         for j in range(K):
             v = P[i][j]
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
                 raise ConfigError(f"game_preferences[{i}][{j}] = {v!r} is not a probability in [0, 1].")
             if abs(v + P[j][i] - 1) > 1e-6:
                 raise ConfigError(f"game_preferences[{i}][{j}] + game_preferences[{j}][{i}] = {v + P[j][i]:.6g}, "
@@ -140,6 +144,14 @@ _READERS = (
     (("preference_temperature",), lambda cfg, spec: spec.scores in ("win_rate", "centred") and
      cfg.online_task != "game", "trainers sppo and gpo on sampled text"),
     (("game_preferences", "game_eta"), lambda cfg, spec: cfg.online_task == "game", "online_task: game"),
+    # the game's rounds take the exact expectation over the K answers (spo samples pi_t itself, at temperature 1):
+    # no text is generated, so the sampling options cannot do what they say there
+    (("temperature", "top_p", "generation_batch_size", "generation_backend"),
+     lambda cfg, spec: cfg.online_task != "game", "the online tasks that sample text (dataset, vision_dataset, demo; "
+     "the game uses the exact answer distribution)"),
+    (("num_generations", "prompts_per_generation"), lambda cfg, spec: cfg.online_task != "game" or
+     cfg.trainer == "spo", "the online tasks that sample text and trainer spo in online_task: game (the other game "
+     "trainers use the exact expectation over the answers)"),
     (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
      "trainer apo in online_task: game"),
     (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction"),
@@ -160,10 +172,10 @@ _READERS = (
      "trainer mcts_dpo with mcts_value: self_eval"),
 )
 # every online option: outside task: online, one set away from its default is refused (preflab.config_owners)
-ONLINE_OPTIONS = tuple(n for names, _, _ in _READERS for n in names) + (
+ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in names] + [
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
     "steps_per_generation", "num_iterations", "temperature", "top_p", "generation_batch_size", "generation_backend",
-    "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction")
+    "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction"]))
 
 
 def unread_online_options(cfg) -> list[str]:
