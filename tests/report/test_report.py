@@ -199,3 +199,15 @@ def test_a_recipe_run_report_points_at_its_summary_and_stages_not_at_train_or_ev
     (plain / "config.yaml").write_text("task: dpo\n")
     assert load_run(plain).missing[0] == ("no metrics.jsonl: this is not a finished or running `preflab train` "
                                           "output_dir")
+
+
+def test_a_game_run_report_does_not_ask_for_preflab_eval(tmp_path):
+    """The preference game (online_task: game) has no text or held-out pairs: `preflab eval RUN --data HELDOUT
+    --reference REF` means nothing for it (found in the Nash user trial), its result is tv_to_equilibrium /
+    duality_gap in summary.json and the game panels. A text online run still gets the suggestion."""
+    for online_task, asked in (("game", False), ("demo", True)):
+        out = tmp_path / online_task
+        make_run(out)
+        (out / "config.yaml").write_text(f"task: online\nonline_task: {online_task}\ntrainer: inpo\n")
+        (out / "summary.json").write_text(json.dumps({"global_step": 4, "tv_to_equilibrium": 0.01}))
+        assert any("no eval.json: run `preflab eval" in m for m in load_run(out).missing) is asked

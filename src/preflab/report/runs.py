@@ -146,7 +146,9 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     elif not run.eval and run.config.get("task") == "vlm":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
                            "of it) for the held-out preference metrics of the image-text model")
-    elif not run.eval and not recipe:  # a recipe measures its own held-out metric (summary.json)
+    elif not run.eval and not recipe and run.config.get("online_task") != "game":
+        # a recipe measures its own held-out metric (summary.json); the preference game has no text or data to
+        # evaluate: its result is the distance to the equilibrium (summary.json, the game panels)
         target, out = path, ""
         if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
             done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
