@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from preflab.errors import PreflabError
-from preflab.recipes import RECIPES
+from preflab.recipe_names import RECIPE_TASKS
 from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
 
@@ -96,7 +96,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
             run.missing.append("config.yaml could not be parsed; shown as text")
     else:
         run.missing.append("no config.yaml")
-    recipe = run.config.get("task") in RECIPES  # a whole program: its stages are runs in subfolders
+    recipe = run.config.get("task") in RECIPE_TASKS  # a whole program: its stages are runs in subfolders
     metrics = path / "metrics.jsonl"
     if metrics.is_file():
         for line in metrics.read_text().splitlines():
