@@ -42,6 +42,7 @@ from preflab.loops.launch import deepspeed_stage, gather_full_state, is_sharded,
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
 from preflab.plugins import user_code
+from preflab.report.panel_data import declared_panels, write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
                                    checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -246,7 +247,9 @@ class TrainingRun(CallbackEvents):
 
     def _begin(self) -> int:
         """Resume (or start afresh), put this run on output_dir's timeline.json, run before_train and write
-        config.yaml; returns the step the loop starts from."""
+        config.yaml and metric_panels.json (the panels the objective declares for its own metrics, as data:
+        `preflab report` imports no code a run names); returns the step the loop starts from."""
+        declared_panels(getattr(self, "objective", None))  # a malformed declaration is refused before any work
         start_step = self._maybe_resume()
         self.accelerator.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
@@ -255,6 +258,7 @@ class TrainingRun(CallbackEvents):
         self.before_train()
         if self.main:
             self.cfg.save(self.out / "config.yaml")
+            write_panel_data(self.out, getattr(self, "objective", None))
         return start_step
 
     def _step_tokens(self, result, mbs) -> int:
