@@ -149,6 +149,14 @@ def test_the_file_decides_the_panels_and_an_old_run_falls_back_to_built_in_names
     new = make_run(tmp_path / "new", loss_type="spo_degree")
     (new / FILE).write_text(json.dumps({"format": 1, "panels": []}))
     assert objective_panels([load_run(new)]) == ([], [])
+    other = make_run(tmp_path / "other", loss_type="my.py:Mine")  # the same title: one panel, both runs' metrics
+    (other / FILE).write_text(json.dumps({"format": 1, "panels": [{"title": "Degree loss (SPO)", "ylabel": "mine",
+                                                                   "metrics": ["loss/degree", "mine/x"]}]}))
+    panels, notes = objective_panels([load_run(old), load_run(other)])
+    assert notes == [] and [(t, y, [k for k, _, _ in s]) for t, y, s in panels] == [
+        ("Degree loss (SPO)", "degree head cross-entropy",
+         ["loss/degree", "eval_loss/degree", "mine/x", "eval_mine/x"]),
+        ("Degree accuracy (SPO)", "fraction of variants (chance 1/(J+1))", ["degree/accuracy", "eval_degree/accuracy"])]
 
 
 def test_declared_panels_of_weighted_sums_and_malformed_declarations(tmp_path):

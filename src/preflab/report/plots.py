@@ -80,8 +80,9 @@ ONLINE_PANELS = (
 
 def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
     """The panels the runs' objectives declare for their own metrics (`Objective.metric_panels`, e.g. spo_degree's
-    degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), once per title;
-    and the notes on what could not be drawn.
+    degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), one panel per
+    title (the first y label; the metrics of every run and part declaring that title); and the notes on what could
+    not be drawn.
 
     A run's panels are the ones its training wrote into metric_panels.json (preflab.report.panel_data), a user's
     objective (`loss_type: my_losses.py:Class`) and every part of a weighted list included; a malformed file is a
@@ -91,7 +92,7 @@ def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
     possibly someone else's, must not run it)."""
     from preflab.report.panel_data import read_panel_data
 
-    panels, titles, notes = [], set(), []
+    panels, notes = {}, []   # title -> (y label, series): a title declared twice is one panel with every series
     for run in runs:
         declared, note = read_panel_data(run.path)
         if note:
@@ -99,11 +100,11 @@ def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
         elif declared is None:
             declared = _builtin_panels(run, notes)
         for title, ylabel, keys in declared or ():
-            if title not in titles:
-                titles.add(title)
-                panels.append((title, ylabel, [s for key in keys for s in ((key, f"{key} (train)", BLUE),
-                                                                            (f"eval_{key}", f"{key} (eval)", BLUE))]))
-    return panels, notes
+            series = panels.setdefault(title, (ylabel, []))[1]
+            for key in keys:
+                series += [s for s in ((key, f"{key} (train)", BLUE), (f"eval_{key}", f"{key} (eval)", BLUE))
+                           if s not in series]
+    return [(title, ylabel, series) for title, (ylabel, series) in panels.items()], notes
 
 
 def _builtin_panels(run: RunData, notes: list[str]) -> list:
