@@ -11,7 +11,8 @@ import pytest
 
 from preflab.errors import ConfigError
 from preflab.report.html import write_report
-from preflab.report.panel_data import FILE, MAX_PANELS, declared_panels, read_panel_data
+from preflab.objectives._panels import MAX_PANELS, declared_panels
+from preflab.report.panel_data import FILE, read_panel_data
 from preflab.report.plots import BLUE, PANELS, objective_panels
 from preflab.report.runs import load_run
 
@@ -179,3 +180,25 @@ def test_declared_panels_of_weighted_sums_and_malformed_declarations(tmp_path):
     flat = type("Flat", (SPODegree,), {"metric_panels": (("t", "y", "degree/accuracy", "x"),)})
     with pytest.raises(ConfigError, match=r"^Flat\.metric_panels, panel 1: it is not a \(title, y label, "):
         declared_panels(flat())
+    loose = type("Loose", (SPODegree,), {"metric_panels": (("t", "y", "degree/accuracy"),)})  # a string, not names
+    with pytest.raises(ConfigError, match=r"^Loose\.metric_panels, panel 1: its metrics are not a list of 1 to 16 "):
+        declared_panels(loose())
+
+
+def test_check_objective_refuses_a_metric_panel_the_report_cannot_draw():
+    """`check_objective` (and `preflab lab check`) refuse a declaration the run would refuse, not only a name that
+    compute() does not return: a title with a newline."""
+    import dataclasses
+
+    from preflab.objectives import objective_class
+    from preflab.objectives.contract import check_objective, example_batch
+
+    cls = objective_class("dpo")
+    lined = dataclasses.make_dataclass("Lined", [], bases=(cls,), frozen=True,
+                                       namespace={"metric_panels": (("two\nlines", "y", ("rewards/margins",)),)})
+    with pytest.raises(ConfigError, match=r"^Lined\.metric_panels, panel 1: its title is not a printable string"):
+        check_objective(lined(), example_batch(lined()))
+    fine = dataclasses.make_dataclass("Fine", [], bases=(cls,), frozen=True,
+                                      namespace={"metric_panels": (("one line", "y", ("rewards/margins",)),)})
+    assert "the metrics its report panels draw are returned (rewards/margins)" in check_objective(
+        fine(), example_batch(fine()))

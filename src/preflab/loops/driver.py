@@ -41,8 +41,9 @@ from preflab.loops.callback_state import CallbackEvents, callback_states, restor
 from preflab.loops.launch import deepspeed_stage, gather_full_state, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
+from preflab.objectives._panels import declared_panels
 from preflab.plugins import user_code
-from preflab.report.panel_data import declared_panels, write_panel_data
+from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
                                    checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads

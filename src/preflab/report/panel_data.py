@@ -1,7 +1,6 @@
 """The panels a run's objective declares for its own metrics (`Objective.metric_panels`), written into the run
 directory by the training run and read back by `preflab report`.
 
-    declared_panels(objective)              [(title, y label, (metric, ...)), ...]; ConfigError when malformed
     write_panel_data(output_dir, objective) RUN_DIR/metric_panels.json (the trainer, with config.yaml)
     read_panel_data(run_dir)                (panels, note): panels None when the file is absent or bad
 
@@ -14,69 +13,21 @@ the first part logs all its metrics and WeightedSum logs a later part's declared
 (WeightedSum.declared_metrics). A run written before this file has none: the report then resolves the run's built-in
 loss_type names instead (preflab.report.plots.objective_panels).
 
-The file is untrusted input to the report: at most MAX_BYTES are read; a panel's title, y label and metric names
-must be printable strings of 1 to MAX_TEXT characters, 1 to MAX_METRICS names a panel, at most MAX_PANELS panels.
-Anything else is one note naming the file and the first bad entry, and none of the file's panels are drawn.
+The file is untrusted input to the report: at most MAX_BYTES are read, and each panel is checked as the training
+run checked the declaration (preflab.objectives._panels: printable strings of bounded length, a bounded number of
+metrics and panels). Anything else is one note naming the file and the first bad entry, and none of the file's
+panels are drawn.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from preflab.errors import ConfigError
+from preflab.objectives._panels import MAX_PANELS, declared_panels, panel_problem
 
 FILE = "metric_panels.json"
 FORMAT = 1
-MAX_PANELS, MAX_METRICS, MAX_TEXT, MAX_BYTES = 32, 16, 200, 64 * 1024
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _text_problem(value) -> str | None:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TEXT or not value.isprintable():
-        return f"is not a printable string of 1 to {MAX_TEXT} characters ({_show(value)})"
-    return None
-
-
-def panel_problem(title, ylabel, metrics) -> str | None:
-    """What is wrong with one declared panel (title, y label, metric names), or None."""
-    for field, value in (("title", title), ("y label", ylabel)):
-        problem = _text_problem(value)
-        if problem:
-            return f"its {field} {problem}"
-    if not isinstance(metrics, (list, tuple)) or not 1 <= len(metrics) <= MAX_METRICS:
-        return f"its metrics are not a list of 1 to {MAX_METRICS} metric names ({_show(metrics)})"
-    for metric in metrics:
-        problem = _text_problem(metric)
-        if problem:
-            return f"its metric name {problem}"
-    return None
-
-
-def declared_panels(objective) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The panels `objective` declares (every part's, in order, for a weighted sum); [] for None (a run without an
-    objective, e.g. a reward model). A malformed declaration is a ConfigError naming the class, before training."""
-    parts = getattr(objective, "parts", None) or ([] if objective is None else [objective])
-    panels = []
-    for part in parts:
-        declared = getattr(part, "metric_panels", ())
-        where = f"{type(part).__name__}.metric_panels"
-        if not isinstance(declared, (list, tuple)):
-            raise ConfigError(f"{where} is {_show(declared)}; give a tuple of (title, y label, (metric, ...)).")
-        for i, panel in enumerate(declared, 1):
-            problem = ("it is not a (title, y label, (metric, ...)) triple"
-                       if not isinstance(panel, (list, tuple)) or len(panel) != 3 else panel_problem(*panel))
-            if problem:
-                raise ConfigError(f"{where}, panel {i}: {problem}. `preflab report` draws these panels; fix the "
-                                  "declaration (docs/extending.md).")
-            panels.append((panel[0], panel[1], tuple(panel[2])))
-    if len(panels) > MAX_PANELS:
-        raise ConfigError(f"the objective declares {len(panels)} metric_panels; at most {MAX_PANELS} are drawn by "
-                          "`preflab report`. Merge some of them.")
-    return panels
+MAX_BYTES = 64 * 1024
 
 
 def write_panel_data(output_dir, objective) -> Path:
