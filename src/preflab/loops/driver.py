@@ -41,7 +41,9 @@ from preflab.loops.callback_state import CallbackEvents, callback_states, restor
 from preflab.loops.launch import deepspeed_stage, gather_full_state, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
+from preflab.objectives._panels import declared_panels
 from preflab.plugins import user_code
+from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
                                    checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
@@ -246,7 +248,9 @@ class TrainingRun(CallbackEvents):
 
     def _begin(self) -> int:
         """Resume (or start afresh), put this run on output_dir's timeline.json, run before_train and write
-        config.yaml; returns the step the loop starts from."""
+        config.yaml and metric_panels.json (the panels the objective declares for its own metrics, as data:
+        `preflab report` imports no code a run names); returns the step the loop starts from."""
+        declared_panels(getattr(self, "objective", None))  # a malformed declaration is refused before any work
         start_step = self._maybe_resume()
         self.accelerator.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
@@ -255,6 +259,7 @@ class TrainingRun(CallbackEvents):
         self.before_train()
         if self.main:
             self.cfg.save(self.out / "config.yaml")
+            write_panel_data(self.out, getattr(self, "objective", None))
         return start_step
 
     def _step_tokens(self, result, mbs) -> int:

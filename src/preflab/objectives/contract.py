@@ -18,6 +18,7 @@ import torch
 
 from preflab.errors import MissingExtraError, MissingReferenceError, PreflabError
 from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch
+from preflab.objectives._panels import declared_panels
 
 
 def _policy_leaves(batch) -> list[torch.Tensor]:
@@ -97,7 +98,7 @@ def check_objective(objective, batch) -> list[str]:
     if attached:
         raise PreflabError(f"{name}: metrics {attached} carry gradient; .detach() them.")
     passed.append("metrics detached")
-    drawn = [k for _, _, keys in getattr(objective, "metric_panels", ()) for k in keys]
+    drawn = [k for _, _, keys in declared_panels(objective) for k in keys]  # a malformed declaration is refused
     absent = [k for k in drawn if k not in out.metrics]
     if absent:
         raise PreflabError(f"{name}: metric_panels names {absent}, which compute() does not return in its metrics "

@@ -14,6 +14,7 @@ import math
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from preflab.report.runs import RunData, finite_eval_pairs
 
@@ -78,34 +79,54 @@ ONLINE_PANELS = (
 
 
 def objective_panels(runs: list[RunData]) -> tuple[list, list[str]]:
-    """The panels the runs' built-in objectives declare for their own metrics (`Objective.metric_panels`, e.g.
-    spo_degree's degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), once
-    per title, for every part of a weighted list too (`loss_type: [ipo, spo_degree]`: WeightedSum logs a later
-    part's declared metrics under their own names); and a note per loss_type entry that is not a built-in objective.
-    A report never imports a user's objective file (`loss_type: my_losses.py:Class`): reading a run directory,
-    possibly someone else's, must not run the code it names; that objective's own panels are not drawn (its metrics
-    stay in the summary table)."""
+    """The panels the runs' objectives declare for their own metrics (`Objective.metric_panels`, e.g. spo_degree's
+    degree-head loss and accuracy), each metric drawn train (solid) and `eval_<metric>` (dashed), one panel per
+    title (the first y label; the metrics of every run and part declaring that title); and the notes on what could
+    not be drawn.
+
+    A run's panels are the ones its training wrote into metric_panels.json (preflab.report.panel_data), a user's
+    objective (`loss_type: my_losses.py:Class`) and every part of a weighted list included; a malformed file is a
+    note naming it. A run written before that file existed gets the panels of its built-in loss_type names (every
+    part of a weighted list: WeightedSum logs a later part's declared metrics under their own names), and a note per
+    name that is not a built-in objective: a report never imports code a run names (reading a run directory,
+    possibly someone else's, must not run it)."""
+    from preflab.report.panel_data import read_panel_data
+
+    panels, notes = {}, []   # title -> (y label, series): a title declared twice is one panel with every series
+    for run in runs:
+        declared, note = read_panel_data(run.path)
+        if note:
+            notes.append(f"{run.name}: {note}")
+        elif declared is None:
+            declared = _builtin_panels(run, notes)
+        for title, ylabel, keys in declared or ():
+            series = panels.setdefault(title, (ylabel, []))[1]
+            for key in keys:
+                series += [s for s in ((key, f"{key} (train)", BLUE), (f"eval_{key}", f"{key} (eval)", BLUE))
+                           if s not in series]
+    return [(title, ylabel, series) for title, (ylabel, series) in panels.items()], notes
+
+
+def _builtin_panels(run: RunData, notes: list[str]) -> list:
+    """A run without metric_panels.json (written before it existed): the metric_panels of its built-in loss_type
+    names, and a note (added to `notes`) per name that is not a built-in objective."""
     from preflab.objectives import objective_class, resolve_name
 
-    panels, titles, notes = [], set(), []
-    for run in runs:
-        loss_type = run.config.get("loss_type")
-        for name in loss_type if isinstance(loss_type, list) else [loss_type] if loss_type else []:
-            try:
-                cls = None if ":" in str(name) else objective_class(resolve_name(str(name)))
-            except Exception:  # an objective this preflab does not have (a newer or older version's name)
-                cls = None
-            if cls is None:
-                notes.append(f"{run.name}: objective {name!r} is not a built-in objective; the report does not "
-                             "import code a run names, so the panels it may declare for its own metrics are not "
-                             "drawn (its metrics are in the summary table)")
-                continue
-            for title, ylabel, keys in getattr(cls, "metric_panels", ()):
-                if title not in titles:
-                    titles.add(title)
-                    panels.append((title, ylabel, [s for key in keys for s in ((key, f"{key} (train)", BLUE),
-                                                                                (f"eval_{key}", f"{key} (eval)", BLUE))]))
-    return panels, notes
+    out = []
+    loss_type = run.config.get("loss_type")
+    for name in loss_type if isinstance(loss_type, list) else [loss_type] if loss_type else []:
+        try:
+            cls = None if ":" in str(name) else objective_class(resolve_name(str(name)))
+        except Exception:  # an objective this preflab does not have (a newer or older version's name)
+            cls = None
+        if cls is None:
+            notes.append(f"{run.name}: objective {name!r} is not a built-in objective; the report does not import "
+                         "code a run names, and this run has no metric_panels.json (written by runs of newer "
+                         "preflab versions), so the panels it may declare for its own metrics are not drawn (its "
+                         "metrics are in the summary table)")
+            continue
+        out += list(getattr(cls, "metric_panels", ()))
+    return out
 
 
 def draws(title: str, run: RunData) -> bool:
@@ -117,8 +138,12 @@ def draws(title: str, run: RunData) -> bool:
 
 
 def to_data_uri(fig: Figure) -> str:
+    """The figure as a PNG data URI. Its text is drawn as written: a run's directory name or the panel titles and
+    metric names a run's metric_panels.json gives are not parsed as mathtext (an unbalanced `$` raised at savefig)."""
     buf = io.BytesIO()
     FigureCanvasAgg(fig)
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     fig.savefig(buf, format="png", dpi=100)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
