@@ -8,7 +8,8 @@ so it is counted by a patch of torch.Tensor.tolist. The optimizer's step post-ho
 
 The batch layout is built on the host from Python lists (preflab.data.layout) before it moves to the device:
 `Trainer.micro_batches` is not counted, nor is `preflab.data.layout.padded` called inside a step (spo_degree's
-variant layout), and reads of their tensors (or of tensors computed from them alone) are not syncs. `LayoutBatch.to` returns new tensors here, as it does on a GPU, so the moved layout counts as device data.
+variant layout), and reads of their tensors (or of tensors computed from them alone) are not syncs.
+`LayoutBatch.to` returns new tensors here, as it does on a GPU, so the moved layout counts as device data.
 """
 import contextlib
 import dataclasses
