@@ -5,7 +5,8 @@
 #   .whl/    wheels of TRL 1.16.0 and the datasets stack it needs (about 2 MB; installed there with --no-index)
 #   .bench/  a copy of the shared bench folder (../shared/bench: make_fixture.py, make_model.py, trl_dpo.py,
 #            common.py, flops_limit.py), which does not travel with the repository
-# Both are git-ignored through .git/info/exclude. Then, on the GPU machine, in the repository root:
+# Both are git-ignored (.gitignore), so a device call names them in `carry`. Then, on the GPU machine, in the
+# repository root:
 #   bash benchmarks/device_run.sh qwen2-0.5b       # GPU-only tests, then one shape of gpu_compare.sh
 #   bash benchmarks/device_run.sh llama-1b --no-tests --no-profile
 # Python 3.12 wheels (the GPU image's python3); datasets 4.7 because it needs pyarrow>=21, not 24.
@@ -13,9 +14,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 BENCH=${PREFBENCH_DIR:-../shared/bench}
 PY=${PY:-python3}
-exclude="$(git rev-parse --git-common-dir)/info/exclude"
-mkdir -p "$(dirname "$exclude")"
-for p in /.whl/ /.bench/; do grep -qxF "$p" "$exclude" 2>/dev/null || echo "$p" >> "$exclude"; done
+{ git check-ignore -q .whl/x && git check-ignore -q .bench/x; } || { echo ".whl/ and .bench/ must be git-ignored (.gitignore)"; exit 2; }
 rm -rf .whl .bench && mkdir -p .whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

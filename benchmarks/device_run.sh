@@ -8,6 +8,9 @@
 #    precomputed, TRL and preflab interleaved), models and fixture under /tmp, results accumulated in
 #    /tmp/gpu-compare across calls on the same (warm) machine;
 # 4. copies the small outputs to $OUT (results.jsonl, report.md, profiles, environment, logs): at most 8 files.
+# It ends itself LIMIT_S seconds after its start (default 540: inside the device tool's 600-s command limit, whose
+# kill would skip step 4): the tests get at most 240 s of it, gpu_compare.sh the rest; a cut run keeps the runs
+# already finished in results.jsonl and report.md is written from them.
 # --smoke: the same on CPU with the tiny shape whatever MODEL names (a real shape on CPU takes minutes per step),
 # results in /tmp/gpu-compare-smoke so they never join a GPU report (PY, TRL_PY: pythons with preflab's and TRL's
 # packages; the wheels are installed only when TRL_PY cannot import trl).
@@ -18,14 +21,17 @@ TESTS=1; PROFILE=1; SMOKE=()
 for a in "$@"; do
   case $a in --no-tests) TESTS=0;; --no-profile) PROFILE=0;; --smoke) SMOKE=(--smoke);; *) echo "unknown option $a"; exit 2;; esac
 done
-RESULTS_DIR=/tmp/gpu-compare
+RESULTS_DIR=${RESULTS_DIR:-/tmp/gpu-compare}
 if [ ${#SMOKE[@]} -gt 0 ]; then
   [ "$MODEL" = tiny ] || echo "device_run.sh --smoke: the tiny shape instead of $MODEL (CPU)"
-  MODEL=tiny; RESULTS_DIR=/tmp/gpu-compare-smoke
+  MODEL=tiny; RESULTS_DIR=${SMOKE_RESULTS_DIR:-/tmp/gpu-compare-smoke}
 fi
 PY=${PY:-python3}
 TRL_PY=${TRL_PY:-$PY}
 export PYTHONUNBUFFERED=1
+START=$(date +%s)
+if [ ${#SMOKE[@]} -gt 0 ]; then LIMIT_S=${LIMIT_S:-3600}; else LIMIT_S=${LIMIT_S:-540}; fi
+left() { local t=$(( LIMIT_S - ($(date +%s) - START) )); echo $(( t > 1 ? t : 1 )); }  # timeout 0 would mean none
 OUT=${OUT:-/tmp/device-out}; mkdir -p "$OUT"
 collect() {
   for f in results.jsonl report.md profile_trl.txt profile_preflab.txt environment.json stderr.log; do
@@ -50,8 +56,17 @@ import torch
 print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 PY
 if [ "$TESTS" = 1 ]; then
-  timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/loops/test_engines_gpu.py tests/perf/test_flex_attention.py \
+  t=$(left); [ "$t" -gt 240 ] && t=240
+  timeout "$t" "$PY" -m pytest -q -p no:cacheprovider -rs tests/loops/test_engines_gpu.py tests/perf/test_flex_attention.py \
     tests/test_qlora.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
+# timeout signals gpu_compare.sh's whole process group (the runner it waits on too)
 OUT=$RESULTS_DIR PY=$PY TRL_PY=$TRL_PY PREFBENCH_DIR=$PWD/.bench MODELS=$MODEL PROFILE=$PROFILE \
-  bash benchmarks/gpu_compare.sh "${SMOKE[@]}"
+  timeout "$(left)" bash benchmarks/gpu_compare.sh "${SMOKE[@]}"
+rc=$?
+if [ "$rc" = 124 ]; then
+  echo "device_run.sh: stopped after LIMIT_S=$LIMIT_S s; report.md from the runs finished so far"
+  [ -s "$RESULTS_DIR/results.jsonl" ] && PREFBENCH_DIR=$PWD/.bench "$PY" benchmarks/compare.py --report \
+    "$RESULTS_DIR/results.jsonl" > "$RESULTS_DIR/report.md"
+fi
+exit "$rc"

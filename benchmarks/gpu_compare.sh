@@ -29,7 +29,6 @@ BENCH=${PREFBENCH_DIR:-$HERE/../../shared/bench}
 export PREFBENCH_DIR=$BENCH
 TMP=$($PY -c "import tempfile; print(tempfile.gettempdir())")
 OUT=${OUT:-$TMP/gpu-compare}
-FIX=${FIX:-$TMP/prefbench-fixture-512}
 PREFLAB_ARGS=${PREFLAB_ARGS:---pad-to-multiple-of 64}
 if [ "${1:-}" = "--smoke" ]; then  # every step of the script on CPU, tiny model, 3 steps
   DEVICE=(--device cpu --threads 1); MODELS=${MODELS:-tiny}; BATCHES=${BATCHES:-2}; STEPS=${STEPS:-3}
@@ -38,6 +37,7 @@ else
   DEVICE=(--device cuda --bf16); MODELS=${MODELS:-qwen2-0.5b llama-1b}; BATCHES=${BATCHES:-8 32}
   STEPS=${STEPS:-25}; WARMUP=${WARMUP:-5}; PROFILE_STEPS=8; ROWS=512
 fi
+FIX=${FIX:-$TMP/prefbench-fixture-$ROWS}  # the smoke's 256-row fixture never stands in for the GPU's 512 rows
 mkdir -p "$OUT/models"
 RESULTS=$OUT/results.jsonl
 started=$(date +%s)

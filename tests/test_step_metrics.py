@@ -280,3 +280,51 @@ def test_a_two_process_step_reads_the_device_once(monkeypatch):
     with Count():
         _kto_steps(accelerator, steps=2)
     assert reads == ["tolist", "tolist"], reads
+
+
+def test_a_two_process_step_copies_its_host_numbers_without_blocking(monkeypatch):
+    """On several processes the step sends two host-built tensors to the device (the example count, used for the
+    loss scale before the first forward, and the host metrics beside the flags): through
+    preflab.data.layout.to_device (non_blocking on an accelerator), never a blocking `.to(device)` or
+    `torch.tensor(..., device=)`, which on a GPU waits for all queued work (the previous step's optimizer kernels).
+    Counted from step.py's own frames over 2 steps: the old step made 2 blocking copies per step (counted 6 here: on
+    CPU its `.to(cpu)` returned the host tensor itself, which the step then moved once more)."""
+    import sys
+
+    import preflab.step as step_module
+
+    def from_step() -> bool:
+        return sys._getframe(2).f_code.co_filename.replace("\\", "/").endswith("preflab/step.py")
+
+    copies = {"blocking": 0, "to_device": 0}
+    host_born = []  # tensors step.py made from Python numbers (in host memory on a GPU machine)
+    original_tensor, original_to = torch.tensor, torch.Tensor.to
+    original_to_device = getattr(step_module, "to_device", None)  # None: the old step (no such helper)
+
+    def tensor(*args, **kwargs):
+        copies["blocking"] += from_step() and kwargs.get("device") is not None
+        out = original_tensor(*args, **kwargs)
+        if from_step():
+            host_born.append(out)
+        return out
+
+    def to(self, *args, **kwargs):  # a host-born tensor sent to a device (a dtype cast copies nothing across)
+        names_device = any(isinstance(a, (str, torch.device)) for a in (*args, kwargs.get("device")))
+        copies["blocking"] += from_step() and names_device and any(self is t for t in host_born) and \
+            not kwargs.get("non_blocking", False)
+        return original_to(self, *args, **kwargs)
+
+    def to_device(t, device):  # a new tensor, as on a GPU (on CPU .to("cpu") would return t itself)
+        copies["to_device"] += from_step()
+        moved = original_to_device(t, device)
+        return moved.clone() if moved is t else moved
+
+    accelerator = _Twins()
+    _kto_steps(accelerator, steps=1)  # the first step gathers the metric names once
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(step_module, "to_device", to_device, raising=False)  # raising: the old step had none
+    results = _kto_steps(accelerator, steps=2)
+    monkeypatch.undo()
+    assert len(results) == 2
+    assert copies == {"blocking": 0, "to_device": 4}, copies

@@ -7,8 +7,9 @@ the same ops run, so a TorchDispatchMode counts them; `.tolist()` reads memory w
 so it is counted by a patch of torch.Tensor.tolist. The optimizer's step post-hook is the step boundary.
 
 The batch layout is built on the host from Python lists (preflab.data.layout) before it moves to the device:
-`Trainer.micro_batches` is not counted, and reads of its tensors (or of tensors computed from them alone) are not
-syncs. `LayoutBatch.to` returns new tensors here, as it does on a GPU, so the moved layout counts as device data.
+`Trainer.micro_batches` is not counted, nor is `preflab.data.layout.padded` called inside a step (spo_degree's
+variant layout), and reads of their tensors (or of tensors computed from them alone) are not syncs.
+`LayoutBatch.to` returns new tensors here, as it does on a GPU, so the moved layout counts as device data.
 """
 import contextlib
 import dataclasses
@@ -16,6 +17,7 @@ import sys
 import weakref
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -174,6 +176,16 @@ def counting(trainer_cls, monkeypatch):
         counter.mark_host([mb.layout for mb in mbs])
         return mbs
 
+    import preflab.data.layout as layout_module
+
+    original_padded = layout_module.padded
+
+    def host_padded(*args, **kwargs):  # from Python lists, in host memory (a step's extra forward: spo_degree)
+        with counter.host_region():
+            layout = original_padded(*args, **kwargs)
+        counter.mark_host(layout)
+        return layout
+
     original_to = LayoutBatch.to
 
     def to_device(self, device):
@@ -191,18 +203,22 @@ def counting(trainer_cls, monkeypatch):
     monkeypatch.setattr(trainer_cls, "micro_batches", host_micro_batches)
     monkeypatch.setattr(trainer_cls, "_build_optimizer", build)
     monkeypatch.setattr(LayoutBatch, "to", to_device)
+    monkeypatch.setattr(layout_module, "padded", host_padded)
     with counter:
         yield counter
 
 
-def run_counted(tmp_path, monkeypatch, steps=5, **overrides):
+def run_counted(tmp_path, monkeypatch, steps=5, data="synthetic", **overrides):
+    """Syncs per optimizer step of a tiny offline run (steps 2..steps). data: "synthetic" (tiny_run's pairs) or the
+    path of a pairs file (read by the trainer from `dataset_name`, tokenized with the tiny tokenizer)."""
     from preflab.config import config_from_dict
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 
     torch.set_num_threads(1)
-    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", output_dir=str(tmp_path),
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "ref-cache"))
+    params = dict(model_name_or_path="builtin:tiny-llama", dataset_name=data, output_dir=str(tmp_path / "run"),
                   learning_rate=1e-3, per_device_train_batch_size=4, max_steps=steps, logging_steps=1000,
                   disable_tqdm=True, use_cpu=True)
     params.update(overrides)
@@ -216,9 +232,11 @@ def run_counted(tmp_path, monkeypatch, steps=5, **overrides):
     else:
         ref = frozen_copy(policy)
     with counting(Trainer, monkeypatch) as counter:
-        summary = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs()).train()
+        train_data = synthetic_pairs() if data == "synthetic" else None
+        summary = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=train_data).train()
     # counts[0]: setup and step 1 (first-call work); counts[k]: from step k's post-hook to step k+1's
     per_step = counter.counts[1:steps]
+    run_counted.in_model = counter.in_model[1:steps]  # of per_step: inside transformers' model code
     return per_step, counter.names[1:steps], summary
 
 
@@ -246,13 +264,42 @@ def test_the_counter_sees_the_syncs_it_must(tmp_path, monkeypatch):
     assert all(c >= 4 for c in per_step), names  # index(bool) + item + tolist + the step's own read
 
 
-def test_accumulation_and_lora_steps_stay_within_two_syncs(tmp_path, monkeypatch):
-    per_step, names, _ = run_counted(tmp_path / "acc", monkeypatch, steps=3, per_device_train_batch_size=2,
-                                     gradient_accumulation_steps=2)
-    assert max(per_step) <= 2, names
-    monkeypatch.undo()
-    per_step, names, _ = run_counted(tmp_path / "lora", monkeypatch, steps=3, use_peft=True)
-    assert max(per_step) <= 2, names
+LOUD_ECHO = str(Path(__file__).resolve().parents[1] / "examples" / "data" / "loud_echo_pairs.jsonl")
+# the configurations users run, each on the default (prefix-shared) layout unless it names another
+USER_CONFIGS = {
+    "precomputed_reference": dict(precompute_ref_log_probs=True),
+    "accumulation": dict(per_device_train_batch_size=2, gradient_accumulation_steps=2),
+    "lora": dict(use_peft=True),
+    "lora_precomputed_reference": dict(use_peft=True, precompute_ref_log_probs=True),
+    "weighted_sum": dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]),
+    "prefix_packed": dict(layout="prefix_packed"),
+    # the degree variants' own forward (hidden_only) and head in every micro-batch: the loud-echo pairs have
+    # three words per response, degrees 0..2
+    "spo_degree": dict(data=LOUD_ECHO, max_length=128, loss_type="spo_degree",
+                       objective_params={"degrees": 2, "degree_weight": 1.0}),
+    "spo_degree_accumulation": dict(data=LOUD_ECHO, max_length=128, loss_type=["ipo", "spo_degree"],
+                                    per_device_train_batch_size=2, gradient_accumulation_steps=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(USER_CONFIGS))
+def test_user_configuration_steps_read_the_device_once(tmp_path, monkeypatch, name):
+    """Every configuration users run keeps the default step's one read per optimizer step (logging off): the
+    reference precomputed, accumulation, LoRA (its reference is the adapter-disabled policy), a weighted sum of
+    losses, the packed prefix-shared layout, spo_degree's variant forward and degree head.
+
+    spo_degree's variants go through one more policy forward per micro-batch, in the padded layout without a mask
+    (plain causal attention); transformers then looks for packed sequences in the position ids with one `.all()`
+    per forward (masking_utils.find_packed_sequence_indices, skipped under torch.compile), as in the padded
+    layout's test below: 1 sync per micro-batch inside the model's code, 0 in preflab's (its variant layout and
+    index lists are built on the host)."""
+    per_step, names, summary = run_counted(tmp_path, monkeypatch, steps=4, **USER_CONFIGS[name])
+    assert summary["global_step"] == 4
+    in_model = run_counted.in_model
+    micro_batches = USER_CONFIGS[name].get("gradient_accumulation_steps", 1)
+    expected_in_model = micro_batches if name.startswith("spo_degree") else 0
+    assert in_model == [expected_in_model] * 3, names
+    assert [total - model for total, model in zip(per_step, in_model)] == [1] * 3, names
 
 
 def test_packed_layout_stays_within_two_syncs(tmp_path, monkeypatch):
@@ -353,3 +400,53 @@ def test_cat_adpo_step_syncs_no_more_than_the_vlm_dpo_step(tmp_path, monkeypatch
     assert outside_model == [2] * 3, names
     assert all(n[-2:] == ["aten.masked_scatter_backward.default", "Tensor.tolist"] for n in names)
     assert in_model == [4] * 3, names
+
+
+def test_spo_degree_head_copies_to_the_device_without_blocking(tmp_path, monkeypatch):
+    """spo_degree's extras (preflab.loops.degree_head) move their host-built index lists and labels with
+    preflab.data.layout.to_device (non_blocking on an accelerator): a blocking host -> GPU copy
+    (`torch.tensor(..., device=cuda)`, `.to(cuda)`) waits for all queued GPU work, once per tensor. Counted per
+    micro-batch: copies the degree head makes itself (blocking) and through to_device. The old code made 3 blocking
+    copies (the head's row and slot index lists, the labels)."""
+    import preflab.data.layout as layout_module
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=LOUD_ECHO, max_length=128,
+                                output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
+                                disable_tqdm=True, use_cpu=True, loss_type="spo_degree",
+                                objective_params={"degrees": 2, "degree_weight": 1.0}))
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    trainer = Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok)
+    mb = trainer.micro_batches(0)[0]
+    copies = {"blocking": 0, "to_device": 0}
+
+    def from_degree_head() -> bool:
+        return sys._getframe(2).f_code.co_filename.replace("\\", "/").endswith("preflab/loops/degree_head.py")
+
+    original_tensor, original_to, original_to_device = torch.tensor, torch.Tensor.to, layout_module.to_device
+
+    def tensor(*args, **kwargs):
+        copies["blocking"] += from_degree_head() and kwargs.get("device") is not None
+        return original_tensor(*args, **kwargs)
+
+    def to(self, *args, **kwargs):  # a call naming a device (a dtype cast copies nothing across)
+        names_device = any(isinstance(a, (str, torch.device)) for a in (*args, kwargs.get("device")))
+        copies["blocking"] += from_degree_head() and names_device and not kwargs.get("non_blocking", False)
+        return original_to(self, *args, **kwargs)
+
+    def to_device(t, device):
+        copies["to_device"] += from_degree_head()
+        return original_to_device(t, device)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(layout_module, "to_device", to_device)
+    out = trainer.forward(mb)
+    monkeypatch.undo()
+    assert out.metrics["loss/degree"].item() > 0  # the degree head ran
+    assert copies == {"blocking": 0, "to_device": 3}

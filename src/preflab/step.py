@@ -51,6 +51,7 @@ from typing import Callable
 import torch
 
 from preflab import weight_guard
+from preflab.data.layout import to_device
 from preflab.errors import PreflabError
 
 
@@ -94,7 +95,10 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     if world == 1:  # known on the host: no device round trip
         denom = float(local_count)
     else:  # all-reduced on the device and used there (no host read); the host learns it with the step's one read
-        denom = _reduce_sum(accelerator, torch.tensor([float(local_count)]).to(_device(accelerator))).reshape(())
+        # copied without blocking (to_device): a blocking host -> GPU copy would wait for the previous step's
+        # optimizer kernels before this step's forward is launched
+        count = to_device(torch.tensor([float(local_count)]), _device(accelerator))
+        denom = _reduce_sum(accelerator, count).reshape(())
     # the loss sum and the metric sums stay on the device until the step's one host read below; a non-finite loss
     # shows there as a non-finite sum (float64: a sum of finite float32 losses cannot overflow)
     loss_sum, metric_sums, host_metrics, host_counts, differences = None, {}, {}, {}, {}
@@ -159,7 +163,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         host_entries = {EXAMPLES: float(local_count), LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check,
                         **host_metrics, **counts_here,
                         **({TOKENS: tokens} if tokens is not None else {})}
-        groups.append((tuple(host_entries), torch.tensor(list(host_entries.values()), dtype=wide).to(here)))
+        groups.append((tuple(host_entries), to_device(torch.tensor(list(host_entries.values()), dtype=wide), here)))
         host_metrics, counts_here = {}, {}
     flags = torch.cat([torch.stack([bound, grad_norm.detach()]).to(wide), loss_sum.to(here).reshape(1),
                        *(sums.to(here) for _, sums in groups)])

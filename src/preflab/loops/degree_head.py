@@ -14,7 +14,10 @@ Variant j = 0 is the unmodified response, which the step's own forward (the pair
 has already run: its h is pooled from that forward's gathered hidden states (Scores.hidden_flat), not scored again.
 The variants j >= 1 take one more forward of the policy per micro-batch (with gradient), through the run's scorer
 (so DDP / FSDP2 / torch.compile wrap it as they wrap the main forward) with `hidden_only`: the backbone and the
-gather of the response-predicting positions, no LM head (the degree loss reads no log-prob).
+gather of the response-predicting positions, no LM head (the degree loss reads no log-prob). Its layout and index
+lists are built on the host and copied without blocking, so it adds no device-to-host read of preflab's to the
+step; transformers reads the device once in that forward (masking_utils.find_packed_sequence_indices, for rows
+given without a mask; skipped under torch.compile): tests/test_step_syncs.py.
 
 W and b start at zero, so every class has logit 0 and the degree loss starts at log(J+1) (the spec's check). The
 head is trained with the policy (its parameters join the optimizer; the driver saves them in every checkpoint's
@@ -123,7 +126,7 @@ class DegreeExtras(ExtrasProducer):
         """degree_logits and degree_labels of the micro-batch at dataset `positions`. scored: (Scores, device
         LayoutBatch) of the pair forward of the same micro-batch, whose sequences are [chosen_1..B, rejected_1..B]:
         the j = 0 variants are pooled from its hidden states."""
-        from preflab.data.layout import padded
+        from preflab.data.layout import padded, to_device
 
         if positions is None or scored is None:
             raise PreflabError("loss_type spo_degree scores the degree variants of each pair; pass the pairs' dataset "
@@ -152,13 +155,15 @@ class DegreeExtras(ExtrasProducer):
         pooled.append(mean_pool(variant.hidden_flat, layout.gather_plan().slot, variant.mask))
         # the head reads the variants in slot order (example, side, j), as one forward over all J+1 would give them
         placed = sorted(zip([slot for slot, _ in originals] + slots, order + list(range(2 * B, 2 * B + len(slots)))))
-        rows = torch.tensor([row for _, row in placed], device=device)
+        # index lists and labels are made on the host and copied without blocking (to_device): a blocking host ->
+        # GPU copy (torch.tensor(..., device=cuda), .to(cuda)) waits for all queued GPU work, once per tensor
+        rows = to_device(torch.tensor([row for _, row in placed]), device)
         logits = self.head(torch.cat(pooled).index_select(0, rows))
         full = torch.zeros(B * 2 * J1, J1, dtype=logits.dtype, device=device)
-        full = full.index_copy(0, torch.tensor([slot for slot, _ in placed], device=device), logits)
+        full = full.index_copy(0, to_device(torch.tensor([slot for slot, _ in placed]), device), logits)
         if dummy:
             full = full + 0 * self.head(pooled[1]).sum()
-        return {"degree_logits": full.view(B, 2, J1, J1), "degree_labels": labels.to(device)}
+        return {"degree_logits": full.view(B, 2, J1, J1), "degree_labels": to_device(labels, device)}
 
     def save(self, out_dir) -> None:
         from safetensors.torch import save_file
