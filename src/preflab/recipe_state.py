@@ -1,12 +1,15 @@
 """The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes) and the
 stage runner of `task: raft_ladder` / `task: themis` (RecipeState): resume an interrupted recipe.
 
-Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. After a
-stage finishes, its record (the numbers the summary needs) is saved to the state file. On
-`resume_from_checkpoint: true` a finished stage is skipped and its saved weights are loaded; an interrupted stage
-(its folder exists, it is not in the state) is removed and run again from its start, so the result equals an
-uninterrupted run. An existing state without resume is refused (never overwritten), and so is a resume with other
-recipe_params than the run that wrote the state.
+Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. The state
+file is written when the recipe opens it, before its first stage runs (with the recipe_params, so that a resume of a
+run interrupted in its first stage is checked too), and after each stage with its record (the numbers the summary
+needs). On `resume_from_checkpoint: true` a finished stage is skipped and its saved weights are loaded; an
+interrupted stage (its folder exists, it is not in the state) continues from its newest complete checkpoint when the
+recipe asks for that (`RecipeState.stage(..., checkpoints=True)`: the stage's own resume, exact as any preflab run's)
+and is otherwise removed and run again from its start, so the result equals an uninterrupted run. An existing state
+without resume is refused (never overwritten), and so is a resume with other recipe_params than the run that wrote
+the state.
 
 Under a multi-process launch (`accelerate launch --num_processes N`) the state file is written by the main process
 only; a recipe that runs on several processes forms the process group first (start_processes) and writes its own
@@ -26,7 +29,11 @@ class RecipeStateFile:
     """A recipe's state file (`<recipe>_state.json`): {"params": the recipe_params, ...the recipe's own records}.
 
     Opening refuses an existing file without resume (never overwritten) and a resume whose params differ from the
-    saved ones in any key but `may_change` (those take the new values); `save()` writes it atomically."""
+    saved ones in any key but `may_change` (those take the new values); `save()` writes it atomically. A new file is
+    written at once: a run interrupted before its first stage ended is then refused without resume, and its resume is
+    checked against these params (before, the file appeared only after the first stage, so a resume under other
+    params went on with the interrupted stage's checkpoints). Under a process group every process has looked for the
+    file before the main process writes it."""
 
     def __init__(self, path: str | Path, params: dict, resume: bool, initial: dict | None = None,
                  may_change: tuple = ()):
@@ -37,6 +44,8 @@ class RecipeStateFile:
                               "new output_dir.")
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
+            all_arrive()  # no process may find the file the main process writes below
+            main_writes(self.save)
             return
         try:
             self.data = json.loads(self.path.read_text())
@@ -87,21 +96,40 @@ class RecipeState:
         self.file = RecipeStateFile(self.out / file_name, params, resume)
         self.state = self.file.data
 
-    def stage(self, name: str, run: Callable[[Path], dict], load: Callable[[Path], None]) -> dict:
+    def stage(self, name: str, run: Callable[..., dict], load: Callable[[Path], None],
+              checkpoints: bool = False) -> dict:
         """Run stage `name` (`run(folder) -> record`) and save the state, or, when it finished earlier,
-        `load(folder)` its weights and return its saved record."""
+        `load(folder)` its weights and return its saved record. checkpoints=True: the stage's run saves checkpoints
+        (save_steps) and resumes from them; it is called as `run(folder, resume)`, resume True when an interrupted
+        run of the stage left a complete checkpoint in `folder` (resume_or_clean), to be passed on as the stage
+        config's resume_from_checkpoint."""
         folder = self.out / name
         if name in self.state["stages"]:
             load(folder)
             return self.state["stages"][name]
-        # interrupted: run the stage again from its start. Decided by the main process for all: a process that looked
-        # later would see the folder the main process's run just made, and wait while the others train
-        if main_result(folder.exists):
-            main_writes(lambda: shutil.rmtree(folder))
-        record = json.loads(json.dumps(run(folder)))  # the same record whether run now or loaded on resume
+        # interrupted: continued from its checkpoint or run again from its start. Decided by the main process for all:
+        # a process that looked later would see the folder the main process's run just made
+        if checkpoints:
+            record = run(folder, main_result(lambda: resume_or_clean(folder)))
+        else:
+            if main_result(folder.exists):
+                main_writes(lambda: shutil.rmtree(folder))
+            record = run(folder)
+        record = json.loads(json.dumps(record))  # the same record whether run now or loaded on resume
         self.state["stages"][name] = record
         self.file.save()
         return record
+
+
+def resume_or_clean(stage_dir: Path) -> bool:
+    """True when an interrupted stage's folder holds a complete checkpoint to resume from (the newest intact one,
+    preflab.checkpoint.resume_checkpoint); otherwise the folder is removed and the stage starts over."""
+    from preflab.checkpoint import resume_checkpoint
+
+    if stage_dir.exists() and resume_checkpoint(stage_dir, warn=lambda *a, **k: None) is not None:
+        return True
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    return False
 
 
 def load_safetensors_into(model, path: str | Path) -> None:
@@ -179,6 +207,14 @@ def end_processes() -> None:
         from accelerate import PartialState
 
         PartialState().destroy_process_group()
+
+
+def all_arrive() -> None:
+    """Every process of the process group waits here for the others (a no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def main_writes(write: Callable[[], object]) -> None:

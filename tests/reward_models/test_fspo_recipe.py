@@ -81,6 +81,41 @@ def test_resume_after_the_fspo_stage_equals_an_uninterrupted_run(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fspo_interrupted_mid_stage_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path,
+                                                                                                 monkeypatch):
+    """save_steps > 0: a run interrupted in the middle of its first stage continues from that stage's newest
+    checkpoint (before, the resume deleted the checkpoints and reran the stage), and its state file, written before
+    the stage, refuses a restart without resume and a resume with other recipe_params (before, no file existed
+    until the stage ended, so both went ahead)."""
+    from preflab.loops.offline import Trainer
+
+    params = {**TINY, "steps": 4, "save_steps": 1, "baseline": False}
+    full = run_fspo(str(tmp_path / "full"), quiet=True, **params)
+    part = tmp_path / "part"
+    original = Trainer.micro_batches
+
+    def stop(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "micro_batches", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_fspo(str(part), quiet=True, **params)
+    monkeypatch.setattr(Trainer, "micro_batches", original)
+    assert (part / "fspo" / "checkpoint-2").is_dir() and not (part / "fspo" / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="exists: set resume_from_checkpoint"):
+        run_fspo(str(part), quiet=True, **params)
+    with pytest.raises(ConfigError, match=r"recipe_params \['beta'\] differ from the interrupted run's"):
+        run_fspo(str(part), quiet=True, resume=True, **{**params, "beta": 0.2})
+    resumed = run_fspo(str(part), quiet=True, resume=True, **params)
+    assert json.loads((part / "fspo" / "summary.json").read_text())["resumed_from_step"] == 2  # not rerun
+    drop = lambda s: {k: v for k, v in s.items() if k != "runtime_s"}  # noqa: E731
+    assert drop(resumed) == drop(full)
+    a, b = (load_file(str(d / "fspo" / "model.safetensors")) for d in (tmp_path / "full", part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
     rows = toy_user_rows(2, 3, seed=1)
     data = tmp_path / "users.jsonl"

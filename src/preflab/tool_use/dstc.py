@@ -193,8 +193,6 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                                              "Trainer", "SFTTrainer", "frozen_copy",
                                                              "tiny_causal_lm", "tiny_tokenizer", "sft_lr_scale")}
     check_sft_lr_scale("dstc", sft_lr_scale, SFT_LEARNING_RATE)
-    recipe = RecipeState(out, STATE_FILE, {**params, **sft_lr_params(sft_lr_scale)}, resume)
-    state = recipe.state
     if loss not in ("dpo", "kto"):
         raise ConfigError(f"dstc recipe_params.loss={loss!r}: use 'dpo' (loss_type sigmoid) or 'kto'.")
     if iterations < 1 or n_codes < 2 or n_tests < 1 or n_test < 1 or not 1 <= n_dstc_tasks <= n_sft_tasks:
@@ -218,6 +216,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                           "micro-batch mean, so splitting the batch over the processes changes the objective. Use "
                           "loss: dpo, or run it as one process (`preflab train CONFIG.yaml`).")
     per_process = per_process_batch(batch_size, "dstc")
+    # written at once (preflab.recipe_state): after the checks above, so that a refused option leaves no state behind
+    recipe = RecipeState(out, STATE_FILE, {**params, **sft_lr_params(sft_lr_scale)}, resume)
+    state = recipe.state
     main_writes(lambda: out.mkdir(parents=True, exist_ok=True))
     say = print if not quiet and is_main_process() else (lambda *a: None)
 

@@ -23,7 +23,6 @@ state is refused.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.recipe_options import stage_config
-from preflab.recipe_state import RecipeStateFile, load_safetensors_into
+from preflab.recipe_state import RecipeStateFile, load_safetensors_into, resume_or_clean
 from preflab.runlog import write_summary
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
                                        prompt_rows, sft_traces)
@@ -56,16 +55,6 @@ def tool_generator_factory(max_tool_calls: int):
     return lambda cfg, policy, tokenizer, accelerator=None: tool_generator(
         policy, tokenizer, max_tool_calls, cfg.max_completion_length, cfg.temperature, cfg.top_p,
         cfg.generation_batch_size)
-
-
-def _resume_or_clean(stage_dir: Path) -> bool:
-    """True when the interrupted stage has a checkpoint to resume from; otherwise its folder is removed."""
-    from preflab.checkpoint import resume_checkpoint
-
-    if stage_dir.exists() and resume_checkpoint(stage_dir, warn=lambda *a, **k: None) is not None:
-        return True
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    return False
 
 
 def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_train: int = 2000,
@@ -127,7 +116,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         data = out / "data" / "sft.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text("".join(json.dumps(r) + "\n" for r in sft_traces(train, seed)))
-        again = resume and _resume_or_clean(out / "sft")
+        again = resume and resume_or_clean(out / "sft")
         model = new_model()
         cfg = stage_config("otc", {**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
                                    "dataset_name": str(data), "max_length": 128, "learning_rate": 3e-3,
@@ -141,7 +130,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
 
     def grpo_stage(name: str, judge, tracker) -> bool:
         t0 = time.perf_counter()
-        again = resume and _resume_or_clean(out / name)
+        again = resume and resume_or_clean(out / name)
         model = new_model()
         load_safetensors_into(model, out / "sft" / "model.safetensors")
         task = Task(prompt_rows(train), [judge], generator=make_generator, judge_cache=False, state=tracker)
