@@ -35,7 +35,7 @@ STAGE_OPTIONS = tuple(dict.fromkeys(o for names in STAGE_READS.values() for o in
 # sampling, reads none of the options). stage_config refuses a stage of a kind not listed here, so this stays true.
 RECIPE_STAGES = {
     "icpl": (),                           # trains no model
-    "raft_ladder": ("dpo",),              # SFT (loss_type sft) then DPO + NLL, both the offline Trainer
+    "raft_ladder": ("dpo",),              # SFT (loss_type sft), DPO + NLL, the SFT control: the offline Trainer
     "themis": ("reward",),                # two reward models
     "otc": ("sft", "online"),             # SFT, then GRPO (and its control)
     "itool": ("sft", "dpo"),              # warm-up SFT, SimPO iterations, SFT controls
