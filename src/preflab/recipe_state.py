@@ -33,10 +33,11 @@ class RecipeStateFile:
     written at once: a run interrupted before its first stage ended is then refused without resume, and its resume is
     checked against these params (before, the file appeared only after the first stage, so a resume under other
     params went on with the interrupted stage's checkpoints). Under a process group every process has looked for the
-    file before the main process writes it."""
+    file before the main process writes it (every_process; False for a recipe that runs on the main process only,
+    whose other processes have ended)."""
 
     def __init__(self, path: str | Path, params: dict, resume: bool, initial: dict | None = None,
-                 may_change: tuple = ()):
+                 may_change: tuple = (), every_process: bool = True):
         self.path = Path(path)
         params = json.loads(json.dumps(_compared(params)))  # tuples become lists, as they come back from the file
         if self.path.exists() and not resume:
@@ -44,8 +45,11 @@ class RecipeStateFile:
                               "new output_dir.")
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
-            all_arrive()  # no process may find the file the main process writes below
-            main_writes(self.save)
+            if every_process:  # every process of a process group opens it: none may find the file written below
+                all_arrive()
+                main_writes(self.save)
+            else:  # this process alone runs the recipe (icpl under a launch: preflab.recipes.MAIN_PROCESS_ONLY)
+                self.save()
             return
         try:
             self.data = json.loads(self.path.read_text())

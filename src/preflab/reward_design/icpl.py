@@ -172,7 +172,7 @@ def open_icpl_state(path: str | Path, task, rater, iterations: int, samples: int
     iterations already finished."""
     compared = {**(params or {}), "iterations": iterations, "samples": samples, "rater": rater.name,
                 "task": task.describe()}
-    store = RecipeStateFile(path, compared, resume, may_change=("iterations",),
+    store = RecipeStateFile(path, compared, resume, may_change=("iterations",), every_process=False,
                             initial={"history": [], "prompts": [], "trainer_calls": 0, "failed_samples": 0})
     done = len(store.data["history"])
     if done > iterations:
