@@ -29,7 +29,9 @@ class RecipeStateFile:
     """A recipe's state file (`<recipe>_state.json`): {"params": the recipe_params, ...the recipe's own records}.
 
     Opening refuses an existing file without resume (never overwritten) and a resume whose params differ from the
-    saved ones in any key but `may_change` (those take the new values); `save()` writes it atomically. A new file is
+    saved ones in any key but `may_change` (those take the new values), unless `allow_change` (the run's
+    allow_config_change, as a plain run's resume in preflab.resume_check: a note names the changes, the finished stages
+    keep what they trained with and the rest run with the new params); `save()` writes it atomically. A new file is
     written at once: a run interrupted before its first stage ended is then refused without resume, and its resume is
     checked against these params (before, the file appeared only after the first stage, so a resume under other
     params went on with the interrupted stage's checkpoints). Under a process group every process has looked for the
@@ -37,7 +39,7 @@ class RecipeStateFile:
     whose other processes have ended)."""
 
     def __init__(self, path: str | Path, params: dict, resume: bool, initial: dict | None = None,
-                 may_change: tuple = (), every_process: bool = True):
+                 may_change: tuple = (), every_process: bool = True, allow_change: bool = False, note=print):
         self.path = Path(path)
         params = json.loads(json.dumps(_compared(params)))  # tuples become lists, as they come back from the file
         if self.path.exists() and not resume:
@@ -59,15 +61,24 @@ class RecipeStateFile:
         if not isinstance(saved, dict):
             raise ConfigError(f"resume: {self.path} holds no recipe_params (not written by this version of "
                               "preflab); use a new output_dir.")
+        from preflab.runlog import is_main_process
+
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
+        if changed and allow_change:  # as a plain run's resume (preflab.resume_check.check_resume_config)
+            if is_main_process():
+                note(f"preflab: note: resuming with changed recipe_params (allow_config_change: true): "
+                     f"{_show(changed, saved, params)}; the finished stages keep what they trained with.")
+            changed = []
         if changed == ["stage_options"]:  # the top-level options of preflab.recipe_options, not recipe_params
             raise ConfigError(f"resume: the top-level options {params.get('stage_options') or {}} differ from the "
                               f"interrupted run's ({saved.get('stage_options') or {}}, {self.path}); its finished "
-                              "stages trained with those: resume with them, or use a new output_dir.")
+                              "stages trained with those: resume with them, set allow_config_change: true to go on "
+                              "with the new ones anyway, or use a new output_dir.")
         if changed:
             allowed = f" (only {list(may_change)} may change)" if may_change else ""
             raise ConfigError(f"resume: recipe_params {changed} differ from the interrupted run's ({self.path}); "
-                              f"resume with the same recipe_params{allowed} or use a new output_dir.")
+                              f"resume with the same recipe_params{allowed}, set allow_config_change: true to go on "
+                              "with the new ones anyway, or use a new output_dir.")
         self.data["params"] = params
 
     def save(self) -> None:
@@ -82,22 +93,27 @@ class RecipeStateFile:
         tmp.replace(self.path)
 
 
+def _show(keys: list, saved: dict, params: dict) -> str:
+    return ", ".join(f"{k} ({saved.get(k)!r} -> {params.get(k)!r})" for k in keys)
+
+
 def _compared(params: dict) -> dict:
     """`params` with its `stage_options` (the top-level options that reach the stages, preflab.recipe_options) cut to
     those that change what a stage computes (dtype, disable_dropout, precompute_ref_log_probs, ...): a resume may
     change attention, chunk_tokens, logging and the like, as a plain run's may (preflab.resume_check.HARMLESS).
     Without such options the key is left out, so a state written before stage_options existed still matches."""
+    params = dict(params)
     from preflab.resume_check import HARMLESS
 
-    params = dict(params)
     meaning = {k: v for k, v in (params.pop("stage_options", None) or {}).items() if k not in HARMLESS}
     return {**params, "stage_options": meaning} if meaning else params
 
 
 class RecipeState:
-    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool):
+    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool,
+                 allow_change: bool = False):
         self.out = Path(output_dir)
-        self.file = RecipeStateFile(self.out / file_name, params, resume)
+        self.file = RecipeStateFile(self.out / file_name, params, resume, allow_change=allow_change)
         self.state = self.file.data
 
     def stage(self, name: str, run: Callable[..., dict], load: Callable[[Path], None],

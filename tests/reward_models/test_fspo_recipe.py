@@ -116,6 +116,38 @@ def test_fspo_interrupted_mid_stage_resumes_from_its_checkpoint_and_equals_an_un
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fspo_resume_with_other_recipe_params_goes_on_only_with_allow_config_change(tmp_path, monkeypatch, capsys):
+    """allow_config_change: true reaches a recipe as it does a plain run's resume: a resume with another beta, of a
+    run interrupted in the middle of its first stage (save_steps 1), goes on with a note naming the change, down to
+    the stage's own checkpoint check; without it the resume is refused. Before, preflab train refused
+    allow_config_change for every recipe."""
+    from preflab.loops.offline import Trainer
+
+    params = {**TINY, "save_steps": 1, "baseline": False}
+    out = tmp_path / "run"
+    original = Trainer.micro_batches
+
+    def stop(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "micro_batches", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_fspo(str(out), quiet=True, **params)
+    monkeypatch.setattr(Trainer, "micro_batches", original)
+    cfg = tmp_path / "fspo.yaml"
+    cfg.write_text(json.dumps({"task": "fspo", "output_dir": str(out), "disable_tqdm": True, "seed": 0,
+                               "recipe_params": {**params, "beta": 0.2}}))
+    assert main(["train", str(cfg), "resume_from_checkpoint=true"]) == 2
+    assert "recipe_params ['beta'] differ from the interrupted run's" in capsys.readouterr().err
+    assert main(["train", str(cfg), "resume_from_checkpoint=true", "allow_config_change=true"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming with changed recipe_params (allow_config_change: true): beta (0.1 -> 0.2)" in printed
+    assert json.loads((out / "fspo" / "summary.json").read_text())["resumed_from_step"] == 2
+    assert json.loads((out / "summary.json").read_text())["params"]["beta"] == 0.2
+
+
 def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
     rows = toy_user_rows(2, 3, seed=1)
     data = tmp_path / "users.jsonl"

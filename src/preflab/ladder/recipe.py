@@ -77,7 +77,7 @@ def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 4
 def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: int = 64, retrieve_k: int = 1,
                     sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False,
                     resume: bool = False, stage_options: dict | None = None, sft_lr_scale: float = 1.0,
-                    control: bool = True) -> dict:
+                    control: bool = True, allow_config_change: bool = False) -> dict:
     check_sft_lr_scale("raft_ladder", sft_lr_scale, SFT["learning_rate"])
     steps = {"sft_steps": sft_steps, "dpo_steps": dpo_steps}
     if (n_train < 2 or n_test < 1 or not 0 <= retrieve_k < n_train
@@ -97,7 +97,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                                           "stage_options": stage_options,
                                           **sft_lr_params(sft_lr_scale),
                                           # only when off: a state written before the control existed still matches
-                                          **({} if control else {"control": False})}, resume)
+                                          **({} if control else {"control": False})}, resume, allow_config_change)
     rows = make_ladder_rows(n_train + n_test, seed=seed)
     train, test = rows[:n_train], rows[n_train:]
     train_aug = raft_rows(train, train, retrieve_k, same_split=True)

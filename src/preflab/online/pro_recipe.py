@@ -124,8 +124,9 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             adapter_steps: int = 300, adapter_lr: float = 0.1, grpo_steps: int = 20, prompts_per_generation: int = 16,
             num_generations: int = 8, learning_rate: float = 3e-4, max_completion_length: int = 12,
             control: bool = True, save_steps: int = 0, stop_after_stage: str | None = None,
-            stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
+            stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage",
+                                                             "allow_config_change")}
     from preflab.loops.sft import SFTTrainer
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
@@ -148,7 +149,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     train = toy_prompts(n_train, seed)
     heldout = toy_prompts(n_heldout, seed + 1, exclude=set(train))
     adapter_rows = read_adapter_rows(adapter_data, len(reward_names)) if adapter_data else toy_adapter_rows(train)
-    state = RecipeState(out, STATE_FILE, params, resume)
+    state = RecipeState(out, STATE_FILE, params, resume, allow_config_change)
     if not adapter_data:
         def write_adapter_rows() -> None:
             (out / "data").mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,8 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
                                        num_heads=4, seed=seed)
     evaluate = lambda m: main_result(  # noqa: E731  (greedy answers on the main process, sent to all)
         lambda: true_reward_by_type(m, tokenizer, heldout, max_completion_length))
-    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps)
+    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps,
+                  allow_config_change=allow_config_change)  # a stage resumed from its checkpoint checks it too
     model = new_model()
 
     def fit_adapter(folder: Path) -> dict:

@@ -208,8 +208,9 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              instruction: str = DEFAULT_INSTRUCTION, loss_type: str = "sigmoid", beta: float = 0.1, steps: int = 300,
              batch_size: int = 16, learning_rate: float = 3e-3, hidden_size: int = 64, num_layers: int = 2,
              baseline: bool = True, save_steps: int = 0, stop_after_stage: str | None = None,
-             stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
+             stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage",
+                                                             "allow_config_change")}
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
@@ -244,7 +245,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         raise DataError(f"task fspo: {len(episodes)} training and {len(eval_fspo)} held-out episodes with "
                         f"shots={shots}; each user needs more than `shots` rows with distinct prompts (skipped users: "
                         f"{train_counts['skipped_users'] or held_counts['skipped_users']}).")
-    state = RecipeState(out, STATE_FILE, params, resume)  # written at once: after the checks of the data above
+    state = RecipeState(out, STATE_FILE, params, resume, allow_config_change)  # written at once: after the checks of the data above
     data = out / "data"
     main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled)))
     tokenizer = tiny_tokenizer("char")
@@ -266,7 +267,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                         "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
                                         "seed": seed, "logging_steps": 10, "save_steps": save_steps,
                                         "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params,
-                                        "resume_from_checkpoint": again},
+                                        "resume_from_checkpoint": again, "allow_config_change": allow_config_change},
                                stage_options)
             Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             return main_result(lambda: preference_accuracy(model, tokenizer, eval_rows))

@@ -63,8 +63,8 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             num_generations: int = 8, learning_rate: float = 3e-4, max_tool_calls: int = 4,
             otc_c: float | None = None, max_completion_length: int = 72, save_steps: int = 10,
             control: bool = True, stop_after_stage: str | None = None,
-            stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet")}
+            stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "allow_config_change")}
     from preflab.loops.sft import SFTTrainer
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
@@ -88,7 +88,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     store = RecipeStateFile(out / "otc_state.json", {k: v for k, v in params.items() if k not in _NOT_COMPARED},
-                            resume, initial={"finished": {}})
+                            resume, initial={"finished": {}}, allow_change=allow_config_change)
     state, save_state = store.data, store.save
     say = (lambda *a: None) if quiet else print
 
@@ -98,7 +98,9 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size, num_layers=2,  # noqa: E731
                                        num_heads=4, seed=seed)
     make_generator = tool_generator_factory(max_tool_calls)
-    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps)
+    # allow_config_change reaches the stages too: a stage resumed from its checkpoint checks its own config
+    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps,
+                  allow_config_change=allow_config_change)
 
     def evaluate(model) -> dict:
         generator = tool_generator(model, tokenizer, max_tool_calls, max_completion_length)
