@@ -113,24 +113,15 @@ def test_resume_after_the_grpo_stage_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_pro_interrupted_mid_grpo_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path,
-                                                                                                monkeypatch):
+                                                                                                stop_runs_at_step):
     """save_steps > 0: a run interrupted in the middle of its GRPO stage continues from that stage's newest
     checkpoint (the pending round and optimizer included), where before the resume deleted the checkpoints and
     reran the stage; the weights and numbers equal an uninterrupted run's."""
     params = {**TINY, "grpo_steps": 3, "save_steps": 1, "control": False}
     full = run_pro(str(tmp_path / "full"), quiet=True, **params)
     part = tmp_path / "part"
-    original = OnlineRun.micro_batches
-
-    def stop(self, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(OnlineRun, "micro_batches", stop)
-    with pytest.raises(KeyboardInterrupt):
+    with stop_runs_at_step(OnlineRun, 2):
         run_pro(str(part), quiet=True, **params)
-    monkeypatch.setattr(OnlineRun, "micro_batches", original)
     assert (part / "grpo" / "checkpoint-2").is_dir() and not (part / "grpo" / "model.safetensors").exists()
     resumed = run_pro(str(part), quiet=True, resume=True, **params)
     assert json.loads((part / "grpo" / "summary.json").read_text())["resumed_from_step"] == 2  # not rerun

@@ -82,7 +82,7 @@ def test_resume_after_the_fspo_stage_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_fspo_interrupted_mid_stage_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path,
-                                                                                                 monkeypatch):
+                                                                                                 stop_runs_at_step):
     """save_steps > 0: a run interrupted in the middle of its first stage continues from that stage's newest
     checkpoint (before, the resume deleted the checkpoints and reran the stage), and its state file, written before
     the stage, refuses a restart without resume and a resume with other recipe_params (before, no file existed
@@ -92,17 +92,8 @@ def test_fspo_interrupted_mid_stage_resumes_from_its_checkpoint_and_equals_an_un
     params = {**TINY, "steps": 4, "save_steps": 1, "baseline": False}
     full = run_fspo(str(tmp_path / "full"), quiet=True, **params)
     part = tmp_path / "part"
-    original = Trainer.micro_batches
-
-    def stop(self, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "micro_batches", stop)
-    with pytest.raises(KeyboardInterrupt):
+    with stop_runs_at_step(Trainer, 2):
         run_fspo(str(part), quiet=True, **params)
-    monkeypatch.setattr(Trainer, "micro_batches", original)
     assert (part / "fspo" / "checkpoint-2").is_dir() and not (part / "fspo" / "model.safetensors").exists()
     with pytest.raises(ConfigError, match="exists: set resume_from_checkpoint"):
         run_fspo(str(part), quiet=True, **params)
@@ -116,7 +107,8 @@ def test_fspo_interrupted_mid_stage_resumes_from_its_checkpoint_and_equals_an_un
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fspo_resume_with_other_recipe_params_goes_on_only_with_allow_config_change(tmp_path, monkeypatch, capsys):
+def test_fspo_resume_with_other_recipe_params_goes_on_only_with_allow_config_change(tmp_path, stop_runs_at_step,
+                                                                                  capsys):
     """allow_config_change: true reaches a recipe as it does a plain run's resume: a resume with another beta, of a
     run interrupted in the middle of its first stage (save_steps 1), goes on with a note naming the change, down to
     the stage's own checkpoint check; without it the resume is refused. Before, preflab train refused
@@ -125,17 +117,8 @@ def test_fspo_resume_with_other_recipe_params_goes_on_only_with_allow_config_cha
 
     params = {**TINY, "save_steps": 1, "baseline": False}
     out = tmp_path / "run"
-    original = Trainer.micro_batches
-
-    def stop(self, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "micro_batches", stop)
-    with pytest.raises(KeyboardInterrupt):
+    with stop_runs_at_step(Trainer, 2):
         run_fspo(str(out), quiet=True, **params)
-    monkeypatch.setattr(Trainer, "micro_batches", original)
     cfg = tmp_path / "fspo.yaml"
     cfg.write_text(json.dumps({"task": "fspo", "output_dir": str(out), "disable_tqdm": True, "seed": 0,
                                "recipe_params": {**params, "beta": 0.2}}))
