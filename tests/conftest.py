@@ -73,6 +73,29 @@ def stop_at_step():
 
 
 @pytest.fixture
+def stop_runs_at_step(monkeypatch):
+    """`with stop_runs_at_step(cls, step): recipe(...)`: every run of class `cls` (e.g. the offline Trainer or OnlineRun
+    a recipe builds inside itself) is interrupted when it asks for the micro-batches of `step`, as stop_at_step does
+    to one run; the block must end with that interruption, and `cls.micro_batches` is restored afterwards."""
+
+    @contextmanager
+    def stop(cls, step: int):
+        original = cls.micro_batches
+
+        def micro_batches(self, s):
+            if s == step:
+                raise StopRun(f"stopped at step {step}")
+            return original(self, s)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, "micro_batches", micro_batches)
+            with pytest.raises(StopRun):
+                yield
+
+    return stop
+
+
+@pytest.fixture
 def kill_when():
     """`with kill_when(proc, path, within_s): ...`: a thread SIGKILLs the subprocess `proc` as soon as `path` exists,
     while the block runs in this process (the uninterrupted reference run of a kill test: the two runs share the

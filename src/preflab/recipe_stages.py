@@ -35,7 +35,7 @@ STAGE_OPTIONS = tuple(dict.fromkeys(o for names in STAGE_READS.values() for o in
 # sampling, reads none of the options). stage_config refuses a stage of a kind not listed here, so this stays true.
 RECIPE_STAGES = {
     "icpl": (),                           # trains no model
-    "raft_ladder": ("dpo",),              # SFT (loss_type sft) then DPO + NLL, both the offline Trainer
+    "raft_ladder": ("dpo",),              # SFT (loss_type sft), DPO + NLL, the SFT control: the offline Trainer
     "themis": ("reward",),                # two reward models
     "otc": ("sft", "online"),             # SFT, then GRPO (and its control)
     "itool": ("sft", "dpo"),              # warm-up SFT, SimPO iterations, SFT controls
@@ -44,9 +44,11 @@ RECIPE_STAGES = {
     "pro_orchestrator": ("sft", "online"),  # SFT, GRPO with the adapter's weights (and its control)
 }
 
-# the top-level options a recipe reads itself (preflab.recipes.run_recipe: output_dir, seed, quiet, resume), and
+# the top-level options a recipe reads itself (preflab.recipes.run_recipe: output_dir, seed, quiet, resume,
+# allow_config_change), and
 # what it builds in code (range-checked away by TrainConfig.check)
-_RECIPE_READS = ("task", "recipe_params", "output_dir", "seed", "disable_tqdm", "resume_from_checkpoint")
+_RECIPE_READS = ("task", "recipe_params", "output_dir", "seed", "disable_tqdm", "resume_from_checkpoint",
+                 "allow_config_change")
 # why the other options cannot reach a recipe's stages: (options, reason); the rest get _DESIGN
 _WHY = (
     (("model_name_or_path", "model_init_kwargs", "trust_remote_code", "allow_pickle", "load_dtype",
@@ -63,9 +65,9 @@ _WHY = (
       "save_strategy", "save_total_limit", "save_only_model", "load_best_model_at_end", "metric_for_best_model",
       "greater_is_better"),
      "the recipe evaluates with its own metric after each stage and keeps each stage's final weights"),
-    (("overwrite_output_dir", "allow_config_change"),
+    (("overwrite_output_dir",),
      "the recipe keeps its own state file: resume_from_checkpoint: true continues it (with the same "
-     "recipe_params), anything else needs a new output_dir"),
+     "recipe_params, or other ones with allow_config_change: true), anything else needs a new output_dir"),
 )
 _DESIGN = ("the recipe sets it per stage as part of its design (learning rates, schedules, batch sizes, steps, "
            "objectives); change the recipe through its recipe_params")
@@ -99,8 +101,8 @@ def recipe_option_errors(cfg, already: set | frozenset = frozenset()) -> list[st
         return []
     if not kinds:
         return [f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} not read by task {cfg.task}: it trains "
-                f"no preflab model, so no top-level option but output_dir, seed, disable_tqdm and "
-                f"resume_from_checkpoint reaches it; remove {'it' if len(unread) == 1 else 'them'} (its options are "
+                f"no preflab model, so no top-level option but output_dir, seed, disable_tqdm, "
+                f"resume_from_checkpoint and allow_config_change reaches it; remove {'it' if len(unread) == 1 else 'them'} (its options are "
                 "its recipe_params)."]
     reach = f"options that reach its stages: {', '.join(sorted(accepted))}"
     groups = [([k for k in unread if k in STAGE_OPTIONS], "; ".join(

@@ -1,12 +1,15 @@
 """The state file of a multi-stage recipe (RecipeStateFile: every recipe of preflab.recipes) and the
 stage runner of `task: raft_ladder` / `task: themis` (RecipeState): resume an interrupted recipe.
 
-Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. After a
-stage finishes, its record (the numbers the summary needs) is saved to the state file. On
-`resume_from_checkpoint: true` a finished stage is skipped and its saved weights are loaded; an interrupted stage
-(its folder exists, it is not in the state) is removed and run again from its start, so the result equals an
-uninterrupted run. An existing state without resume is refused (never overwritten), and so is a resume with other
-recipe_params than the run that wrote the state.
+Each stage is an ordinary preflab run in `output_dir/<stage>/` that ends with its weights as safetensors. The state
+file is written when the recipe opens it, before its first stage runs (with the recipe_params, so that a resume of a
+run interrupted in its first stage is checked too), and after each stage with its record (the numbers the summary
+needs). On `resume_from_checkpoint: true` a finished stage is skipped and its saved weights are loaded; an
+interrupted stage (its folder exists, it is not in the state) continues from its newest complete checkpoint when the
+recipe asks for that (`RecipeState.stage(..., checkpoints=True)`: the stage's own resume, exact as any preflab run's)
+and is otherwise removed and run again from its start, so the result equals an uninterrupted run. An existing state
+without resume is refused (never overwritten), and so is a resume with other recipe_params than the run that wrote
+the state.
 
 Under a multi-process launch (`accelerate launch --num_processes N`) the state file is written by the main process
 only; a recipe that runs on several processes forms the process group first (start_processes) and writes its own
@@ -26,10 +29,17 @@ class RecipeStateFile:
     """A recipe's state file (`<recipe>_state.json`): {"params": the recipe_params, ...the recipe's own records}.
 
     Opening refuses an existing file without resume (never overwritten) and a resume whose params differ from the
-    saved ones in any key but `may_change` (those take the new values); `save()` writes it atomically."""
+    saved ones in any key but `may_change` (those take the new values), unless `allow_change` (the run's
+    allow_config_change, as a plain run's resume in preflab.resume_check: a note names the changes, the finished stages
+    keep what they trained with and the rest run with the new params); `save()` writes it atomically. A new file is
+    written at once: a run interrupted before its first stage ended is then refused without resume, and its resume is
+    checked against these params (before, the file appeared only after the first stage, so a resume under other
+    params went on with the interrupted stage's checkpoints). Under a process group every process has looked for the
+    file before the main process writes it (every_process; False for a recipe that runs on the main process only,
+    whose other processes have ended)."""
 
     def __init__(self, path: str | Path, params: dict, resume: bool, initial: dict | None = None,
-                 may_change: tuple = ()):
+                 may_change: tuple = (), every_process: bool = True, allow_change: bool = False, note=print):
         self.path = Path(path)
         params = json.loads(json.dumps(_compared(params)))  # tuples become lists, as they come back from the file
         if self.path.exists() and not resume:
@@ -37,6 +47,11 @@ class RecipeStateFile:
                               "new output_dir.")
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
+            if every_process:  # every process of a process group opens it: none may find the file written below
+                all_arrive()
+                main_writes(self.save)
+            else:  # this process alone runs the recipe (icpl under a launch: preflab.recipes.MAIN_PROCESS_ONLY)
+                self.save()
             return
         try:
             self.data = json.loads(self.path.read_text())
@@ -46,15 +61,24 @@ class RecipeStateFile:
         if not isinstance(saved, dict):
             raise ConfigError(f"resume: {self.path} holds no recipe_params (not written by this version of "
                               "preflab); use a new output_dir.")
+        from preflab.runlog import is_main_process
+
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
+        if changed and allow_change:  # as a plain run's resume (preflab.resume_check.check_resume_config)
+            if is_main_process():
+                note(f"preflab: note: resuming with changed recipe_params (allow_config_change: true): "
+                     f"{_show(changed, saved, params)}; the finished stages keep what they trained with.")
+            changed = []
         if changed == ["stage_options"]:  # the top-level options of preflab.recipe_options, not recipe_params
             raise ConfigError(f"resume: the top-level options {params.get('stage_options') or {}} differ from the "
                               f"interrupted run's ({saved.get('stage_options') or {}}, {self.path}); its finished "
-                              "stages trained with those: resume with them, or use a new output_dir.")
+                              "stages trained with those: resume with them, set allow_config_change: true to go on "
+                              "with the new ones anyway, or use a new output_dir.")
         if changed:
             allowed = f" (only {list(may_change)} may change)" if may_change else ""
             raise ConfigError(f"resume: recipe_params {changed} differ from the interrupted run's ({self.path}); "
-                              f"resume with the same recipe_params{allowed} or use a new output_dir.")
+                              f"resume with the same recipe_params{allowed}, set allow_config_change: true to go on "
+                              "with the new ones anyway, or use a new output_dir.")
         self.data["params"] = params
 
     def save(self) -> None:
@@ -69,39 +93,63 @@ class RecipeStateFile:
         tmp.replace(self.path)
 
 
+def _show(keys: list, saved: dict, params: dict) -> str:
+    return ", ".join(f"{k} ({saved.get(k)!r} -> {params.get(k)!r})" for k in keys)
+
+
 def _compared(params: dict) -> dict:
     """`params` with its `stage_options` (the top-level options that reach the stages, preflab.recipe_options) cut to
     those that change what a stage computes (dtype, disable_dropout, precompute_ref_log_probs, ...): a resume may
     change attention, chunk_tokens, logging and the like, as a plain run's may (preflab.resume_check.HARMLESS).
     Without such options the key is left out, so a state written before stage_options existed still matches."""
+    params = dict(params)
     from preflab.resume_check import HARMLESS
 
-    params = dict(params)
     meaning = {k: v for k, v in (params.pop("stage_options", None) or {}).items() if k not in HARMLESS}
     return {**params, "stage_options": meaning} if meaning else params
 
 
 class RecipeState:
-    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool):
+    def __init__(self, output_dir: str | Path, file_name: str, params: dict, resume: bool,
+                 allow_change: bool = False):
         self.out = Path(output_dir)
-        self.file = RecipeStateFile(self.out / file_name, params, resume)
+        self.file = RecipeStateFile(self.out / file_name, params, resume, allow_change=allow_change)
         self.state = self.file.data
 
-    def stage(self, name: str, run: Callable[[Path], dict], load: Callable[[Path], None]) -> dict:
+    def stage(self, name: str, run: Callable[..., dict], load: Callable[[Path], None],
+              checkpoints: bool = False) -> dict:
         """Run stage `name` (`run(folder) -> record`) and save the state, or, when it finished earlier,
-        `load(folder)` its weights and return its saved record."""
+        `load(folder)` its weights and return its saved record. checkpoints=True: the stage's run saves checkpoints
+        (save_steps) and resumes from them; it is called as `run(folder, resume)`, resume True when an interrupted
+        run of the stage left a complete checkpoint in `folder` (resume_or_clean), to be passed on as the stage
+        config's resume_from_checkpoint."""
         folder = self.out / name
         if name in self.state["stages"]:
             load(folder)
             return self.state["stages"][name]
-        # interrupted: run the stage again from its start. Decided by the main process for all: a process that looked
-        # later would see the folder the main process's run just made, and wait while the others train
-        if main_result(folder.exists):
-            main_writes(lambda: shutil.rmtree(folder))
-        record = json.loads(json.dumps(run(folder)))  # the same record whether run now or loaded on resume
+        # interrupted: continued from its checkpoint or run again from its start. Decided by the main process for all:
+        # a process that looked later would see the folder the main process's run just made
+        if checkpoints:
+            record = run(folder, main_result(lambda: resume_or_clean(folder)))
+        else:
+            if main_result(folder.exists):
+                main_writes(lambda: shutil.rmtree(folder))
+            record = run(folder)
+        record = json.loads(json.dumps(record))  # the same record whether run now or loaded on resume
         self.state["stages"][name] = record
         self.file.save()
         return record
+
+
+def resume_or_clean(stage_dir: Path) -> bool:
+    """True when an interrupted stage's folder holds a complete checkpoint to resume from (the newest intact one,
+    preflab.checkpoint.resume_checkpoint); otherwise the folder is removed and the stage starts over."""
+    from preflab.checkpoint import resume_checkpoint
+
+    if stage_dir.exists() and resume_checkpoint(stage_dir, warn=lambda *a, **k: None) is not None:
+        return True
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    return False
 
 
 def load_safetensors_into(model, path: str | Path) -> None:
@@ -179,6 +227,14 @@ def end_processes() -> None:
         from accelerate import PartialState
 
         PartialState().destroy_process_group()
+
+
+def all_arrive() -> None:
+    """Every process of the process group waits here for the others (a no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def main_writes(write: Callable[[], object]) -> None:

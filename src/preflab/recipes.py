@@ -37,7 +37,8 @@ if tuple(RECIPES) != RECIPE_TASKS:  # a recipe the config layer would refuse, or
     raise ImportError(f"preflab.recipes.RECIPES {tuple(RECIPES)} and preflab.recipe_names.RECIPE_TASKS "
                       f"{RECIPE_TASKS} must name the same recipes, in the same order.")
 
-_COMMON = ("output_dir", "seed", "quiet", "resume", "stage_options")  # stage_options: preflab.recipe_options
+# stage_options: preflab.recipe_options; allow_config_change: a resume with other recipe_params goes on (with a note)
+_COMMON = ("output_dir", "seed", "quiet", "resume", "stage_options", "allow_config_change")
 # recipes that cannot run on several processes (`accelerate launch --num_processes N`), and why (none today)
 ONE_PROCESS: dict[str, str] = {}
 # recipes with nothing to run data parallel: under a launch of several processes the main process runs them (as a
@@ -134,13 +135,16 @@ def run_recipe(cfg) -> dict:
 
     common = {"output_dir": cfg.output_dir, "seed": cfg.seed, "quiet": cfg.disable_tqdm,
               "resume": cfg.resume_from_checkpoint not in (None, False, "", "false"),
-              "stage_options": stage_options(cfg)}  # checked by TrainConfig: each reaches every stage
+              "stage_options": stage_options(cfg),  # checked by TrainConfig: each reaches every stage
+              "allow_config_change": bool(cfg.allow_config_change)}
     if common["stage_options"] and "stage_options" not in accepted:  # RECIPE_STAGES lists stages it does not have
         raise ConfigError(f"internal: task {cfg.task!r} takes no stage_options, but preflab.recipe_options accepts "
                           f"{sorted(common['stage_options'])} for it.")
     if common["resume"] and "resume" not in accepted:  # never silently rerun a recipe from scratch
         raise ConfigError(f"task {cfg.task!r} cannot resume (its recipe has no resume): drop "
                           "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")
+    if common["allow_config_change"] and "allow_config_change" not in accepted:  # never accepted and dropped
+        raise ConfigError(f"internal: task {cfg.task!r} takes no allow_config_change; remove it.")
     summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
     from pathlib import Path
 

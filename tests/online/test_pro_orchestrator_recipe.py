@@ -112,6 +112,26 @@ def test_resume_after_the_grpo_stage_equals_an_uninterrupted_run(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_pro_interrupted_mid_grpo_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path,
+                                                                                                stop_runs_at_step):
+    """save_steps > 0: a run interrupted in the middle of its GRPO stage continues from that stage's newest
+    checkpoint (the pending round and optimizer included), where before the resume deleted the checkpoints and
+    reran the stage; the weights and numbers equal an uninterrupted run's."""
+    params = {**TINY, "grpo_steps": 3, "save_steps": 1, "control": False}
+    full = run_pro(str(tmp_path / "full"), quiet=True, **params)
+    part = tmp_path / "part"
+    with stop_runs_at_step(OnlineRun, 2):
+        run_pro(str(part), quiet=True, **params)
+    assert (part / "grpo" / "checkpoint-2").is_dir() and not (part / "grpo" / "model.safetensors").exists()
+    resumed = run_pro(str(part), quiet=True, resume=True, **params)
+    assert json.loads((part / "grpo" / "summary.json").read_text())["resumed_from_step"] == 2  # not rerun
+    drop = lambda s: {k: v for k, v in s.items() if k != "runtime_s"}  # noqa: E731
+    assert drop(resumed) == drop(full)
+    for stage in ("sft", "grpo"):
+        a, b = (load_file(str(d / stage / "model.safetensors")) for d in (tmp_path / "full", part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+
+
 def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     data = tmp_path / "rows.jsonl"
     good = {"prompt": "shout: cat sun", "chosen_rewards": [1.0, 0.0]}

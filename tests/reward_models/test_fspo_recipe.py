@@ -81,6 +81,56 @@ def test_resume_after_the_fspo_stage_equals_an_uninterrupted_run(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fspo_interrupted_mid_stage_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path,
+                                                                                                 stop_runs_at_step):
+    """save_steps > 0: a run interrupted in the middle of its first stage continues from that stage's newest
+    checkpoint (before, the resume deleted the checkpoints and reran the stage), and its state file, written before
+    the stage, refuses a restart without resume and a resume with other recipe_params (before, no file existed
+    until the stage ended, so both went ahead)."""
+    from preflab.loops.offline import Trainer
+
+    params = {**TINY, "steps": 4, "save_steps": 1, "baseline": False}
+    full = run_fspo(str(tmp_path / "full"), quiet=True, **params)
+    part = tmp_path / "part"
+    with stop_runs_at_step(Trainer, 2):
+        run_fspo(str(part), quiet=True, **params)
+    assert (part / "fspo" / "checkpoint-2").is_dir() and not (part / "fspo" / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="exists: set resume_from_checkpoint"):
+        run_fspo(str(part), quiet=True, **params)
+    with pytest.raises(ConfigError, match=r"recipe_params \['beta'\] differ from the interrupted run's"):
+        run_fspo(str(part), quiet=True, resume=True, **{**params, "beta": 0.2})
+    resumed = run_fspo(str(part), quiet=True, resume=True, **params)
+    assert json.loads((part / "fspo" / "summary.json").read_text())["resumed_from_step"] == 2  # not rerun
+    drop = lambda s: {k: v for k, v in s.items() if k != "runtime_s"}  # noqa: E731
+    assert drop(resumed) == drop(full)
+    a, b = (load_file(str(d / "fspo" / "model.safetensors")) for d in (tmp_path / "full", part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fspo_resume_with_other_recipe_params_goes_on_only_with_allow_config_change(tmp_path, stop_runs_at_step,
+                                                                                  capsys):
+    """allow_config_change: true reaches a recipe as it does a plain run's resume: a resume with another beta, of a
+    run interrupted in the middle of its first stage (save_steps 1), goes on with a note naming the change, down to
+    the stage's own checkpoint check; without it the resume is refused. Before, preflab train refused
+    allow_config_change for every recipe."""
+    from preflab.loops.offline import Trainer
+
+    params = {**TINY, "save_steps": 1, "baseline": False}
+    out = tmp_path / "run"
+    with stop_runs_at_step(Trainer, 2):
+        run_fspo(str(out), quiet=True, **params)
+    cfg = tmp_path / "fspo.yaml"
+    cfg.write_text(json.dumps({"task": "fspo", "output_dir": str(out), "disable_tqdm": True, "seed": 0,
+                               "recipe_params": {**params, "beta": 0.2}}))
+    assert main(["train", str(cfg), "resume_from_checkpoint=true"]) == 2
+    assert "recipe_params ['beta'] differ from the interrupted run's" in capsys.readouterr().err
+    assert main(["train", str(cfg), "resume_from_checkpoint=true", "allow_config_change=true"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming with changed recipe_params (allow_config_change: true): beta (0.1 -> 0.2)" in printed
+    assert json.loads((out / "fspo" / "summary.json").read_text())["resumed_from_step"] == 2
+    assert json.loads((out / "summary.json").read_text())["params"]["beta"] == 0.2
+
+
 def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
     rows = toy_user_rows(2, 3, seed=1)
     data = tmp_path / "users.jsonl"

@@ -50,10 +50,11 @@ def test_raft_ladder_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path
     monkeypatch.setattr(ladder_recipe, "Trainer", lambda cfg, **kw: calls.append(cfg.loss_type) or
                         original_trainer(cfg, **kw))
     resumed = ladder_recipe.run_raft_ladder(str(out), **LADDER, resume=True)
-    assert len(calls) == 1  # only the DPO stage ran again
+    assert len(calls) == 2 and calls[1] == "sft"  # only the DPO stage ran again, then the control (more SFT)
     assert _metrics(resumed) == _metrics(full)
     _same_weights(out / "dpo" / "model.safetensors", tmp_path / "full" / "dpo" / "model.safetensors")
     _same_weights(out / "sft" / "model.safetensors", tmp_path / "full" / "sft" / "model.safetensors")
+    _same_weights(out / "control" / "model.safetensors", tmp_path / "full" / "control" / "model.safetensors")
 
 
 THEMIS = dict(steps=3, n_train=16, n_test=2, seed=0, quiet=True)

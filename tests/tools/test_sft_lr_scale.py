@@ -18,7 +18,8 @@ from preflab.tool_use.dstc_task import assert_line, program
 # recipe -> (its function, tiny options, state file, the SFT stages' learning rate, {other stage: its learning rate})
 RECIPE_RUNS = {
     "raft_ladder": (ladder.run_raft_ladder, {"n_train": 16, "n_test": 2, "sft_steps": 1, "dpo_steps": 1},
-                    ladder.STATE_FILE, ladder.SFT["learning_rate"], {"dpo": ladder.DPO["learning_rate"]}),
+                    ladder.STATE_FILE, ladder.SFT["learning_rate"],
+                    {"dpo": ladder.DPO["learning_rate"], "control": ladder.DPO["learning_rate"]}),
     "dstc": (dstc.run_dstc, {"n_sft_tasks": 12, "n_dstc_tasks": 3, "n_test": 2, "sft_per_task": 1, "sft_steps": 1,
                              "n_codes": 2, "n_tests": 1, "iterations": 1, "dpo_steps": 1, "batch_size": 4,
                              "hidden_size": 32, "timeout_s": 1.0, "control": True},

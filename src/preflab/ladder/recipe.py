@@ -12,7 +12,11 @@ On several processes (`accelerate launch --num_processes N`, data parallel only)
 step (objectives.sft token_mean "step"), so the result equals the one-process recipe; the data files, the
 program-accuracy evaluations, the state and the summary are made once, by the main process.
 
-sft_lr_scale multiplies the SFT stage's learning rate (3e-3) and nothing else (preflab.recipe_sft_lr: Wang et al.
+Control (`control: true`, the default; `output_dir/control`): the SFT model trained with as many more SFT steps as
+the DPO stage took, on the same SFT data with the DPO stage's batch, learning rate and schedule (as dstc's control):
+what the DPO stage's steps give when spent on more SFT. summary.json records it as control_program_accuracy_after.
+
+sft_lr_scale multiplies the SFT stage's learning rate (3e-3) and nothing else (not the control's) (preflab.recipe_sft_lr: Wang et al.
 2025 lower the learning rate of the SFT stage that precedes DPO). 1.0 (the default) is the recipe as before: same stage
 configs, state file and summary.
 """
@@ -72,7 +76,8 @@ def program_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 4
 
 def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: int = 64, retrieve_k: int = 1,
                     sft_steps: int | None = None, dpo_steps: int | None = None, quiet: bool = False,
-                    resume: bool = False, stage_options: dict | None = None, sft_lr_scale: float = 1.0) -> dict:
+                    resume: bool = False, stage_options: dict | None = None, sft_lr_scale: float = 1.0,
+                    control: bool = True, allow_config_change: bool = False) -> dict:
     check_sft_lr_scale("raft_ladder", sft_lr_scale, SFT["learning_rate"])
     steps = {"sft_steps": sft_steps, "dpo_steps": dpo_steps}
     if (n_train < 2 or n_test < 1 or not 0 <= retrieve_k < n_train
@@ -90,7 +95,9 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     state = RecipeState(out, STATE_FILE, {"seed": seed, "n_train": n_train, "n_test": n_test,
                                           "retrieve_k": retrieve_k, "sft_steps": sft_steps, "dpo_steps": dpo_steps,
                                           "stage_options": stage_options,
-                                          **sft_lr_params(sft_lr_scale)}, resume)
+                                          **sft_lr_params(sft_lr_scale),
+                                          # only when off: a state written before the control existed still matches
+                                          **({} if control else {"control": False})}, resume, allow_config_change)
     rows = make_ladder_rows(n_train + n_test, seed=seed)
     train, test = rows[:n_train], rows[n_train:]
     train_aug = raft_rows(train, train, retrieve_k, same_split=True)
@@ -140,6 +147,17 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
         acc, valid, examples = accuracy()
         return {"accuracy": acc, "valid": valid, "examples": examples[:6]}
 
+    def run_control(folder: Path) -> dict:  # the DPO stage's steps, batch, learning rate and schedule, as SFT
+        load_safetensors_into(model, out / "sft" / "model.safetensors")
+        schedule = {k: DPO[k] for k in ("learning_rate", "max_steps", "warmup_steps", "lr_scheduler_type")}
+        Trainer(stage_config("raft_ladder", {**SFT, **schedule, **common,
+                                             **({"max_steps": dpo_steps} if dpo_steps else {}),
+                                             "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)},
+                             stage_options),
+                policy=model, ref=None, tokenizer=tokenizer).train()
+        acc, valid, examples = accuracy()
+        return {"accuracy": acc, "valid": valid, "examples": examples[:6]}
+
     say("raft_ladder: stage 1/2, SFT on retrieval-augmented prompts")
     sft = state.stage("sft", run_sft, load)
     say(f"raft_ladder: program accuracy after SFT {sft['accuracy']:.3f} (valid {sft['valid']:.3f})")
@@ -153,8 +171,18 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                "baseline": "the same model after the RAFT SFT stage, before DPO", "heldout": len(test),
                "retrieve_k": retrieve_k, "negatives": dpo_counts, "seed": seed,
                "examples_before": sft["examples"], "examples_after": dpo["examples"],
-               **sft_lr_summary(sft_lr_scale, SFT["learning_rate"]),
-               "runtime_s": time.perf_counter() - started}
+               **sft_lr_summary(sft_lr_scale, SFT["learning_rate"])}
+    if control:
+        steps_taken = dpo_steps or DPO["max_steps"]
+        say(f"raft_ladder: control, {steps_taken} more SFT steps from the SFT model instead of DPO")
+        ctl = state.stage("control", run_control, load)
+        say(f"raft_ladder: program accuracy of the control {ctl['accuracy']:.3f} (after DPO {dpo['accuracy']:.3f})")
+        summary.update({"control_program_accuracy_after": ctl["accuracy"], "control_valid_program_rate_after":
+                        ctl["valid"], "control_sft_steps": steps_taken, "examples_control_after": ctl["examples"],
+                        "control_baseline": "the SFT model trained with as many more SFT steps as the DPO stage "
+                                            "took (same SFT data; the DPO stage's batch, learning rate and "
+                                            "schedule)"})
+    summary["runtime_s"] = time.perf_counter() - started
     main_writes(lambda: write_summary(out, summary))
     end_processes()
     return summary

@@ -22,8 +22,10 @@ Toy: "shout: w1 w2" prompts want the words in capitals (loud_echo), "whisper: w1
 (quiet_echo); the true reward of a response is the reward function its prompt type wants. Any fixed weights make
 the same style best for both types, so the control cannot serve both (spec #12, 4. Checks, "theory sanity").
 
-State: pro_state.json after each stage; `resume_from_checkpoint: true` loads the finished stages and reruns an
-interrupted one from its start (preflab.recipe_state), so the result equals an uninterrupted run's.
+State: pro_state.json (the recipe_params) before the first stage, then after each stage; `resume_from_checkpoint:
+true` loads the finished stages and continues an interrupted SFT or GRPO stage from its newest checkpoint when
+`save_steps` > 0 (else reruns it from its start; the adapter fit always reruns; preflab.recipe_state), so the result
+equals an uninterrupted run's.
 
 On several processes (`accelerate launch --num_processes N`, data parallel only) the SFT stage trains with its batch
 of 16 split over the processes (16 / N each; N must divide 16; TRL's SFT loss is the token mean of the global batch,
@@ -122,8 +124,9 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             adapter_steps: int = 300, adapter_lr: float = 0.1, grpo_steps: int = 20, prompts_per_generation: int = 16,
             num_generations: int = 8, learning_rate: float = 3e-4, max_completion_length: int = 12,
             control: bool = True, save_steps: int = 0, stop_after_stage: str | None = None,
-            stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
+            stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage",
+                                                             "allow_config_change")}
     from preflab.loops.sft import SFTTrainer
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
@@ -146,7 +149,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     train = toy_prompts(n_train, seed)
     heldout = toy_prompts(n_heldout, seed + 1, exclude=set(train))
     adapter_rows = read_adapter_rows(adapter_data, len(reward_names)) if adapter_data else toy_adapter_rows(train)
-    state = RecipeState(out, STATE_FILE, params, resume)
+    state = RecipeState(out, STATE_FILE, params, resume, allow_config_change)
     if not adapter_data:
         def write_adapter_rows() -> None:
             (out / "data").mkdir(parents=True, exist_ok=True)
@@ -158,7 +161,8 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
                                        num_heads=4, seed=seed)
     evaluate = lambda m: main_result(  # noqa: E731  (greedy answers on the main process, sent to all)
         lambda: true_reward_by_type(m, tokenizer, heldout, max_completion_length))
-    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps)
+    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps,
+                  allow_config_change=allow_config_change)  # a stage resumed from its checkpoint checks it too
     model = new_model()
 
     def fit_adapter(folder: Path) -> dict:
@@ -182,7 +186,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     def load(folder: Path) -> None:
         load_safetensors_into(model, folder / "model.safetensors")
 
-    def run_sft(folder: Path) -> dict:
+    def run_sft(folder: Path, again: bool = False) -> dict:
         rng = random.Random(seed)
         rows = [{"prompt": p + "\n", "completion": " ".join(w.upper() if loud else w for w in p.split(":")[1].split())}
                 for p in train for loud in [rng.random() < 0.5]]
@@ -196,21 +200,21 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         cfg = stage_config("pro_orchestrator", {
             **common, "task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
             "max_length": 64, "learning_rate": 3e-3, "per_device_train_batch_size": sft_per_process,
-            "max_steps": sft_steps, "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(folder)},
-            stage_options)
+            "max_steps": sft_steps, "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(folder),
+            "resume_from_checkpoint": again}, stage_options)
         SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
         return evaluate(model)
 
     say("pro_orchestrator: stage 2, SFT (echo in either style)")
-    before = state.stage("sft", run_sft, load)
+    before = state.stage("sft", run_sft, load, checkpoints=save_steps > 0)  # from its checkpoint when it has one
     sft_weights = {k: v.clone() for k, v in model.state_dict().items()}
     if stop_after_stage == "sft":
         end_processes()
         return state.state
 
     def grpo_stage(name: str, weights) -> dict:
-        def run(folder: Path) -> dict:
-            model.load_state_dict(sft_weights)
+        def run(folder: Path, again: bool = False) -> dict:
+            model.load_state_dict(sft_weights)  # a resumed stage then loads its checkpoint's weights over these
             task = Task([p + "\n" for p in train], [loud_echo, quiet_echo],
                         reward_aggregator=weights if callable(weights) else None)
             cfg = stage_config("pro_orchestrator", {
@@ -220,11 +224,12 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
                 "prompts_per_generation": prompts_per_generation, "per_device_train_batch_size": prompts_per_generation,
                 "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0, "lr_scheduler_type": "constant",
                 "max_completion_length": max_completion_length, "output_dir": str(folder),
+                "resume_from_checkpoint": again,
                 **({} if callable(weights) else {"reward_weights": list(weights)})}, stage_options)
             OnlineRun(cfg, policy=model, tokenizer=tokenizer, task=task).train()
             return evaluate(model)
 
-        return state.stage(name, run, load)
+        return state.stage(name, run, load, checkpoints=save_steps > 0)
 
     say("pro_orchestrator: stage 3, GRPO with the prompt-aware weights")
     after = grpo_stage("grpo", aggregator)

@@ -165,14 +165,15 @@ class IcplResult:
 
 
 def open_icpl_state(path: str | Path, task, rater, iterations: int, samples: int, resume: bool = True,
-                    params: dict | None = None) -> RecipeStateFile:
+                    params: dict | None = None, allow_change: bool = False) -> RecipeStateFile:
     """ICPL's state file: {"params", "history", "prompts", "trainer_calls", "failed_samples"}. An existing file is
     refused without `resume`, and on resume when `samples`, the rater, the task description or `params` (e.g. the
     recipe's recipe_params) differ from the run that wrote it; only `iterations` may change, and not below the
     iterations already finished."""
     compared = {**(params or {}), "iterations": iterations, "samples": samples, "rater": rater.name,
                 "task": task.describe()}
-    store = RecipeStateFile(path, compared, resume, may_change=("iterations",),
+    store = RecipeStateFile(path, compared, resume, may_change=("iterations",), every_process=False,
+                            allow_change=allow_change,
                             initial={"history": [], "prompts": [], "trainer_calls": 0, "failed_samples": 0})
     done = len(store.data["history"])
     if done > iterations:

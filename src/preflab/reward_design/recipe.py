@@ -20,8 +20,9 @@ from preflab.runlog import write_summary
 
 def run_icpl_recipe(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, iterations: int = 5,
                     samples: int = 6, arms: int = 5, dims: int = 3, rater: str = "auto",
-                    code_model: str = "scripted", max_new_tokens: int = 256) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet")}
+                    code_model: str = "scripted", max_new_tokens: int = 256,
+                    allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "allow_config_change")}
     out, started = Path(output_dir), time.perf_counter()
     if rater not in ("auto", "human"):
         raise ConfigError(f"recipe_params.rater must be 'auto' or 'human', got {rater!r}.")
@@ -35,7 +36,8 @@ def run_icpl_recipe(output_dir: str, seed: int = 0, resume: bool = False, quiet:
     task = BanditTask.default(arms=arms, dims=dims, seed=seed)
     rater_impl = AutoRater() if rater == "auto" else HumanRater()
     # opened (and refused, when it must be) before a code model is loaded
-    state = open_icpl_state(out / "icpl_state.json", task, rater_impl, iterations, samples, resume, params)
+    state = open_icpl_state(out / "icpl_state.json", task, rater_impl, iterations, samples, resume, params,
+                            allow_change=allow_config_change)
     if code_model == "scripted":
         llm = ScriptedCodeLLM(dims=dims, seed=seed)
     else:

@@ -26,8 +26,9 @@ policy earns when it picks one of the two responses by its own probabilities. A 
 answer to both groups on the same prompt (its accuracies for the two groups on a shared prompt sum to 1), so on the
 toy it cannot serve both.
 
-State: fspo_state.json (the finished stages' records) is saved after each stage; `resume_from_checkpoint: true`
-loads the finished stages' weights and reruns an interrupted stage from its start (preflab.recipe_state), so the
+State: fspo_state.json (the recipe_params, then the finished stages' records) is written before the first stage and
+after each stage; `resume_from_checkpoint: true` loads the finished stages' weights and continues an interrupted
+stage from its newest checkpoint when `save_steps` > 0 (else reruns it from its start; preflab.recipe_state), so the
 result equals an uninterrupted run's. Without resume an existing state is refused.
 
 On several processes (`accelerate launch --num_processes N`, data parallel only) both stages train with the recipe's
@@ -207,8 +208,9 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              instruction: str = DEFAULT_INSTRUCTION, loss_type: str = "sigmoid", beta: float = 0.1, steps: int = 300,
              batch_size: int = 16, learning_rate: float = 3e-3, hidden_size: int = 64, num_layers: int = 2,
              baseline: bool = True, save_steps: int = 0, stop_after_stage: str | None = None,
-             stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage")}
+             stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage",
+                                                             "allow_config_change")}
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
@@ -235,7 +237,6 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     rows = read_user_rows(data_file) if data_file else toy_user_rows(users_per_group, rows_per_user, seed)
     train, held, held_ids = split_users(rows, None if heldout_users is None else list(heldout_users),
                                         heldout_fraction)
-    state = RecipeState(out, STATE_FILE, params, resume)
     episodes, train_counts = episode_rows(train, shots=shots, passes=passes, seed=seed, instruction=instruction)
     pooled, _ = episode_rows(train, shots=0, passes=passes, seed=seed, instruction=instruction)
     eval_fspo, held_counts = episode_rows(held, shots=shots, passes=1, seed=seed + 1, instruction=instruction)
@@ -244,6 +245,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         raise DataError(f"task fspo: {len(episodes)} training and {len(eval_fspo)} held-out episodes with "
                         f"shots={shots}; each user needs more than `shots` rows with distinct prompts (skipped users: "
                         f"{train_counts['skipped_users'] or held_counts['skipped_users']}).")
+    state = RecipeState(out, STATE_FILE, params, resume, allow_config_change)  # written at once: after the checks of the data above
     data = out / "data"
     main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled)))
     tokenizer = tiny_tokenizer("char")
@@ -258,13 +260,14 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     def stage(name: str, file: Path, eval_rows: list[dict]) -> dict:
         model = new_model()
 
-        def run(folder: Path) -> dict:
+        def run(folder: Path, again: bool = False) -> dict:
             cfg = stage_config("fspo", {"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
                                         "dataset_name": str(file), "output_dir": str(folder), "loss_type": loss_type,
                                         "beta": beta, "max_steps": steps, "per_device_train_batch_size": per_process,
                                         "learning_rate": learning_rate, "warmup_steps": 0, "max_length": longest,
                                         "seed": seed, "logging_steps": 10, "save_steps": save_steps,
-                                        "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params},
+                                        "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params,
+                                        "resume_from_checkpoint": again, "allow_config_change": allow_config_change},
                                stage_options)
             Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             return main_result(lambda: preference_accuracy(model, tokenizer, eval_rows))
@@ -273,7 +276,9 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
             load_safetensors_into(model, folder / "model.safetensors")
             say(f"fspo: {name} finished earlier, weights loaded from {folder}")
 
-        return state.stage(name, run, load)
+        # save_steps > 0: an interrupted stage continues from its newest checkpoint (ref = the initial weights, as
+        # in an uninterrupted run: the model is new_model() before the checkpoint is loaded)
+        return state.stage(name, run, load, checkpoints=save_steps > 0)
 
     say(f"fspo: stage 1, {loss_type} on {len(episodes)} episodes ({shots} shots) of {train_counts['users']} users")
     after = stage("fspo", data / "episodes.jsonl", eval_fspo)

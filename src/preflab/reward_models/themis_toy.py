@@ -155,7 +155,8 @@ def pairwise_accuracy(model, tokenizer, rows, with_trace: bool, toolbox=None) ->
 
 def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800, n_test: int = 64, seed: int = 0,
                           quiet: bool = True, train_operands: tuple = (0, 49), test_operands: tuple = (50, 99),
-                          resume: bool = False, stage_options: dict | None = None) -> dict:
+                          resume: bool = False, stage_options: dict | None = None,
+                          allow_config_change: bool = False) -> dict:
     if steps < 1 or n_train < 2 or n_test < 1:  # each reward model trains; both sets hold pairs to score
         raise ConfigError(f"themis recipe_params: need steps >= 1, n_train >= 2 and n_test >= 1; got steps={steps}, "
                           f"n_train={n_train}, n_test={n_test}.")
@@ -169,7 +170,7 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
     out, started = Path(output_dir), time.perf_counter()
     state = RecipeState(out, STATE_FILE, {"steps": steps, "n_train": n_train, "n_test": n_test, "seed": seed,
                                           "train_operands": train_operands, "test_operands": test_operands,
-                                          "stage_options": stage_options}, resume)
+                                          "stage_options": stage_options}, resume, allow_config_change)
     train = arithmetic_rows(n_train, *train_operands, seed)
     test = arithmetic_rows(n_test, *test_operands, seed + 1)  # held-out magnitudes (same digit counts)
     tokenizer = themis_tokenizer()

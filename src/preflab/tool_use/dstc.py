@@ -181,7 +181,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              temperature: float = 1.0, iterations: int = 2, dpo_steps: int = 8, beta: float = 0.1,
              dpo_learning_rate: float = 3e-4, batch_size: int = 16, control: bool = True, timeout_s: float = 2.0,
              max_workers: int = 2, hidden_size: int = 96, loss: str = "dpo", sft_lr_scale: float = 1.0,
-             stage_options: dict | None = None) -> dict:
+             stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
     torch.set_num_threads(1)
     from preflab.loops.offline import Trainer
     from preflab.loops.sft import SFTTrainer
@@ -191,10 +191,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     out, started = Path(output_dir), time.perf_counter()
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "out", "started",
                                                              "Trainer", "SFTTrainer", "frozen_copy",
-                                                             "tiny_causal_lm", "tiny_tokenizer", "sft_lr_scale")}
+                                                             "tiny_causal_lm", "tiny_tokenizer", "sft_lr_scale",
+                                                             "allow_config_change")}
     check_sft_lr_scale("dstc", sft_lr_scale, SFT_LEARNING_RATE)
-    recipe = RecipeState(out, STATE_FILE, {**params, **sft_lr_params(sft_lr_scale)}, resume)
-    state = recipe.state
     if loss not in ("dpo", "kto"):
         raise ConfigError(f"dstc recipe_params.loss={loss!r}: use 'dpo' (loss_type sigmoid) or 'kto'.")
     if iterations < 1 or n_codes < 2 or n_tests < 1 or n_test < 1 or not 1 <= n_dstc_tasks <= n_sft_tasks:
@@ -218,6 +217,9 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                           "micro-batch mean, so splitting the batch over the processes changes the objective. Use "
                           "loss: dpo, or run it as one process (`preflab train CONFIG.yaml`).")
     per_process = per_process_batch(batch_size, "dstc")
+    # written at once (preflab.recipe_state): after the checks above, so that a refused option leaves no state behind
+    recipe = RecipeState(out, STATE_FILE, {**params, **sft_lr_params(sft_lr_scale)}, resume, allow_config_change)
+    state = recipe.state
     main_writes(lambda: out.mkdir(parents=True, exist_ok=True))
     say = print if not quiet and is_main_process() else (lambda *a: None)
 

@@ -181,10 +181,10 @@ class _State:
     """itool_state.json: the recipe's options, each finished stage's record, and which weights each chain is at
     (only iterations, and stop_after_stage, may change on resume)."""
 
-    def __init__(self, path: Path, params: dict, resume: bool):
+    def __init__(self, path: Path, params: dict, resume: bool, allow_change: bool = False):
         self.file = RecipeStateFile(path, params, resume, initial={"stages": {}, "weights": {"itool": None,
                                                                                              "control": None}},
-                                    may_change=("iterations", "stop_after_stage"))
+                                    may_change=("iterations", "stop_after_stage"), allow_change=allow_change)
         self.data = self.file.data
 
     def done(self, stage: str) -> bool:
@@ -221,8 +221,10 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
               accept_value: float = -0.3, simpo_beta: float = 2.5, simpo_gamma: float = 0.5,
               simpo_learning_rate: float = 1e-4, simpo_epochs: float = 2.0, simpo_batch_size: int = 8,
               max_new_tokens: int = 60, control: bool = True, stop_after_stage: str | None = None,
-              sft_lr_scale: float = 1.0, stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "sft_lr_scale")}
+              sft_lr_scale: float = 1.0, stage_options: dict | None = None,
+              allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "sft_lr_scale",
+                                                             "allow_config_change")}
     check_sft_lr_scale("itool", sft_lr_scale, SFT["learning_rate"])
     params.update(sft_lr_params(sft_lr_scale))  # absent at 1.0: the state file as before
     torch.set_num_threads(1)
@@ -244,7 +246,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
         batch_per_process(min(SFT["per_device_train_batch_size"], len(warmup_rows[name])), processes,
                           f"sft_{k + 1}_{name}")
     main_writes(lambda: out.mkdir(parents=True, exist_ok=True))
-    state = _State(out / STATE_FILE, params, resume)
+    state = _State(out / STATE_FILE, params, resume, allow_config_change)
     say = print if not quiet and is_main_process() else (lambda *a: None)
     test = make_itool_rows(n_test, seed=seed + 10_000, exclude={r["request"] for r in train})
     pool = train[:pool_size]

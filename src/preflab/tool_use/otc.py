@@ -23,7 +23,6 @@ state is refused.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.recipe_options import stage_config
-from preflab.recipe_state import RecipeStateFile, load_safetensors_into
+from preflab.recipe_state import RecipeStateFile, load_safetensors_into, resume_or_clean
 from preflab.runlog import write_summary
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
                                        prompt_rows, sft_traces)
@@ -58,24 +57,14 @@ def tool_generator_factory(max_tool_calls: int):
         cfg.generation_batch_size)
 
 
-def _resume_or_clean(stage_dir: Path) -> bool:
-    """True when the interrupted stage has a checkpoint to resume from; otherwise its folder is removed."""
-    from preflab.checkpoint import resume_checkpoint
-
-    if stage_dir.exists() and resume_checkpoint(stage_dir, warn=lambda *a, **k: None) is not None:
-        return True
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    return False
-
-
 def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_train: int = 2000,
             n_heldout: int = 64, tool_fraction: float = 0.5, hidden_size: int = 96, sft_steps: int = 400,
             sft_batch_size: int = 32, grpo_steps: int = 30, prompts_per_generation: int = 16,
             num_generations: int = 8, learning_rate: float = 3e-4, max_tool_calls: int = 4,
             otc_c: float | None = None, max_completion_length: int = 72, save_steps: int = 10,
             control: bool = True, stop_after_stage: str | None = None,
-            stage_options: dict | None = None) -> dict:
-    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet")}
+            stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
+    params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "allow_config_change")}
     from preflab.loops.sft import SFTTrainer
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.online.run import OnlineRun
@@ -99,7 +88,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
     store = RecipeStateFile(out / "otc_state.json", {k: v for k, v in params.items() if k not in _NOT_COMPARED},
-                            resume, initial={"finished": {}})
+                            resume, initial={"finished": {}}, allow_change=allow_config_change)
     state, save_state = store.data, store.save
     say = (lambda *a: None) if quiet else print
 
@@ -109,7 +98,9 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size, num_layers=2,  # noqa: E731
                                        num_heads=4, seed=seed)
     make_generator = tool_generator_factory(max_tool_calls)
-    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps)
+    # allow_config_change reaches the stages too: a stage resumed from its checkpoint checks its own config
+    common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps,
+                  allow_config_change=allow_config_change)
 
     def evaluate(model) -> dict:
         generator = tool_generator(model, tokenizer, max_tool_calls, max_completion_length)
@@ -127,7 +118,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         data = out / "data" / "sft.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text("".join(json.dumps(r) + "\n" for r in sft_traces(train, seed)))
-        again = resume and _resume_or_clean(out / "sft")
+        again = resume and resume_or_clean(out / "sft")
         model = new_model()
         cfg = stage_config("otc", {**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
                                    "dataset_name": str(data), "max_length": 128, "learning_rate": 3e-3,
@@ -141,7 +132,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
 
     def grpo_stage(name: str, judge, tracker) -> bool:
         t0 = time.perf_counter()
-        again = resume and _resume_or_clean(out / name)
+        again = resume and resume_or_clean(out / name)
         model = new_model()
         load_safetensors_into(model, out / "sft" / "model.safetensors")
         task = Task(prompt_rows(train), [judge], generator=make_generator, judge_cache=False, state=tracker)
