@@ -114,7 +114,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     elif recipe:
         stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
         run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
-                           "metric_before / metric_after, below; "
+                           "metric_before / metric_after, in the headline above; "
                            + (f"its stages' training logs: `preflab report {stages}`" if stages
                               else "it has no training stage"))
     else:

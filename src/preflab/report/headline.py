@@ -1,0 +1,67 @@
+"""The report's first table: did the run do what it is for, held-out, before vs after, beside the baseline.
+
+The curves answer it too, but only to a reader who knows which of ten panels and which of their dashed lines to
+read; an engineer opening a report wants the answer first. Per run, for the held-out metrics its task is judged by
+(HEADLINE_KEYS), the value at the first and at the last eval step of metrics.jsonl, and the baseline where the run
+measured one: a DPO-family run's eval_reference_ranking_accuracy, the ranking accuracy R of the reference model it
+started from (Chen et al. 2024, arXiv:2405.19534: DPO often leaves R where the reference had it). The first eval
+step is the starting model only with eval_on_start (step 0); the table says the step of each value.
+
+A summary.json "X_before" / "X_after" pair (an online demo task's true reward, a recipe's metric) is a before vs
+after measured by the run itself: those rows come first, before over after.
+"""
+from __future__ import annotations
+
+from preflab.report.runs import RunData
+
+# task -> ((eval key, what it is, baseline key or None), ...), the first row being what the task is judged by
+HEADLINE_KEYS = {
+    "dpo": (("eval_ranking_accuracy", "ranking accuracy R, held-out", "eval_reference_ranking_accuracy"),
+            ("eval_rewards/accuracies", "implicit reward accuracy, held-out", None),
+            ("eval_loss", "loss, held-out", None)),
+    "sft": (("eval_loss", "loss (token NLL), held-out", None),
+            ("eval_mean_token_accuracy", "next-token accuracy, held-out", None)),
+    "reward": (("eval_accuracy", "pairwise accuracy r(chosen) > r(rejected), held-out", None),
+               ("eval_margin", "mean r(chosen) - r(rejected), held-out", None),
+               ("eval_loss", "loss, held-out", None)),
+    "diffusion": (("eval_rewards/accuracies", "implicit reward accuracy, held-out", None),
+                  ("eval_loss", "loss, held-out", None)),
+    "online": (("eval_true_reward", "true reward, greedy, held-out", None),
+               ("eval_win_rate_vs_reference", "win rate vs reference, held-out", None),
+               ("eval_reward", "judges' reward, greedy, held-out", None)),
+}
+HEADLINE_KEYS["vlm"] = HEADLINE_KEYS["dpo"]
+
+
+def _at(run: RunData, key: str, which: int) -> tuple[float, float] | None:
+    """(step, value) of `key` at its first (which=0) or last (which=-1) logged step."""
+    steps, values = run.series(key)
+    return (steps[which], values[which]) if steps else None
+
+
+def summary_pairs(summary: dict) -> list[tuple[str, str]]:
+    """The (X_before, X_after) key pairs of a summary.json whose both values are numbers, in key order."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return [(k, k[:-len("_before")] + "_after") for k in sorted(summary)
+            if k.endswith("_before") and number(summary[k]) and number(summary.get(k[:-len("_before")] + "_after"))]
+
+
+def headline_rows(run: RunData) -> list[dict]:
+    """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
+    as (source, value) or None, and first_step where before is an eval step."""
+    rows = []
+    for before, after in summary_pairs(run.summary):
+        rows.append({"metric": before[:-len("_before")], "meaning": "measured by the run (summary.json)",
+                     "before": ("before training", run.summary[before]),
+                     "after": ("after training", run.summary[after]), "baseline": None})
+    for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
+        first, last = _at(run, key, 0), _at(run, key, -1)
+        if last is None or f"{key[len('eval_'):]}_after" in run.summary:  # said above, measured by the run
+            continue
+        baseline = _at(run, base, -1) if base else None
+        rows.append({"metric": key, "meaning": meaning, "after": (f"step {last[0]:g}", last[1]),
+                     "baseline": ("the reference model", baseline[1]) if baseline else None,
+                     **({"before": (f"step {first[0]:g}", first[1]), "first_step": first[0]}
+                        if first[0] != last[0] else {"before": None})})
+    return rows

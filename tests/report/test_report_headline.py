@@ -1,0 +1,73 @@
+"""Report findings of the run-report user trial (changes/trial-report.md): the headline first, the online counts."""
+import json
+import sys
+from pathlib import Path
+
+from preflab.report.headline import headline_rows
+from preflab.report.html import write_report
+from preflab.report.runs import load_run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report_runs import make_run  # noqa: E402
+
+
+def test_report_opens_with_the_held_out_before_after_and_the_reference_baseline(tmp_path):
+    """The report showed no answer to 'did it work' before ten panels of curves: the held-out numbers were only in
+    the final-metrics table (last value, no before, no baseline). Now a headline table comes first: first vs last
+    eval step, with the reference model's ranking accuracy beside the policy's, and a note that the first eval
+    was after training had started."""
+    path = make_run(tmp_path / "dpo")              # eval rows at steps 4, 8, 12; R 0.4, then 0.45 at the last step
+    with open(path / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 12, "eval_reference_ranking_accuracy": 0.55}) + "\n")
+    rows = {r["metric"]: r for r in headline_rows(load_run(path))}
+    assert list(rows) == ["eval_ranking_accuracy", "eval_rewards/accuracies", "eval_loss"]
+    assert rows["eval_ranking_accuracy"]["before"] == ("step 4", 0.4)
+    assert rows["eval_ranking_accuracy"]["after"] == ("step 12", 0.45)
+    assert rows["eval_ranking_accuracy"]["baseline"] == ("the reference model", 0.55)
+    html = write_report([str(path)], str(tmp_path / "r.html")).read_text()
+    head = html[html.index("<h2>Headline</h2>"):html.index("<h2>Training curves</h2>")]
+    assert ('<td>eval_ranking_accuracy</td><td class="num">0.4 <small>(step 4)</small></td><td class="num">0.45 '
+            '<small>(step 12)</small></td><td class="num">0.55 <small>(the reference model)</small></td>') in head
+    assert "its first eval was at step 4, after training had started, so &#x27;before&#x27; is not the starting " \
+           "model" in head
+
+
+def test_headline_shows_a_runs_own_before_after_first_in_order(tmp_path):
+    """An online demo run's summary.json true_reward_before / _after came after every curve and in alphabetical
+    order (after above before); now it heads the report, before over after, and the eval row of the same number
+    is not repeated."""
+    path = make_run(tmp_path / "online", config_extra={"task": "online"})
+    summary = json.loads((path / "summary.json").read_text())
+    (path / "summary.json").write_text(json.dumps({**summary, "true_reward_before": 0.2, "true_reward_after": 0.9}))
+    with open(path / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 12, "eval_true_reward": 0.9, "eval_win_rate_vs_reference": 0.75}) + "\n")
+    rows = headline_rows(load_run(path))
+    assert [(r["metric"], r["before"], r["after"]) for r in rows] == [
+        ("true_reward", ("before training", 0.2), ("after training", 0.9)),
+        ("eval_win_rate_vs_reference", None, ("step 12", 0.75))]
+    html = write_report([str(path)], str(tmp_path / "r.html")).read_text()
+    assert html.index("<h2>Headline</h2>") < html.index("<h2>Result (summary.json)</h2>") \
+        < html.index("<h2>Training curves</h2>")
+    result = html[html.index("<h2>Result (summary.json)</h2>"):]
+    assert result.index("<td>true_reward_before</td>") < result.index("<td>true_reward_after</td>")
+
+
+def test_report_notes_the_online_completions_cut_empty_or_unscored_and_the_steps_that_trained_nothing(tmp_path):
+    """summary.json's online counts (completions cut at max_completion_length, empty, dropped by the judges; empty
+    steps; rounds without signal) were printed once on the terminal and never reached the report."""
+    path = make_run(tmp_path / "online", config_extra={"task": "online"})
+    summary = json.loads((path / "summary.json").read_text())
+    summary["online"] = {"rounds": 3, "empty_steps": 2, "empty_completions": 0, "judge_dropped": 5,
+                         "completions": 384, "truncated_completions": 4, "no_signal_rounds": 1}
+    (path / "summary.json").write_text(json.dumps(summary))
+    notes = [n for n in load_run(path).missing if n.startswith("generation:")]
+    assert notes == [
+        "generation: of 384 completions, 4 reached max_completion_length without EOS, so the judges scored cut-off "
+        "text (completions/clipped_ratio); 5 got no score from the judges and were left out of training "
+        "(judge/dropped)",
+        "generation: 2 step(s) had no training examples (a round without pairs or groups) and were zero-gradient "
+        "(online.empty_steps)",
+        "generation: 1 of 3 rounds gave every completion of every prompt the same reward, so they trained only the "
+        "KL term (online.no_signal_rounds)"]
+    html = write_report([str(path)], str(tmp_path / "r.html")).read_text()
+    assert "online: generation: of 384 completions, 4 reached max_completion_length" in html
