@@ -71,3 +71,54 @@ def test_report_notes_the_online_completions_cut_empty_or_unscored_and_the_steps
         "KL term (online.no_signal_rounds)"]
     html = write_report([str(path)], str(tmp_path / "r.html")).read_text()
     assert "online: generation: of 384 completions, 4 reached max_completion_length" in html
+
+
+def test_token_accuracy_has_its_own_panel_and_an_sft_run_is_told_what_its_eval_rows_would_log(tmp_path):
+    """An SFT run's mean_token_accuracy was drawn as "token acc. chosen" on an axis labelled "fraction of pairs"
+    (it has neither pairs nor chosen responses), and its note without eval rows promised ranking accuracy and
+    log-prob drift, which an SFT eval never logs."""
+    from preflab.report.plots import PANELS, TOKEN_PANELS, curve_panel
+
+    path = make_run(tmp_path / "sft", config_extra={"task": "sft", "loss_type": None})
+    rows = [{"step": s, "loss": 2.0 - 0.1 * s, "mean_token_accuracy": 0.1 * s} for s in range(1, 5)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = load_run(path)
+    accuracies = next(p for p in PANELS if p[0] == "Accuracies")
+    assert all("token" not in key for key, _, _ in accuracies[2]) and accuracies[1] == "fraction of pairs"
+    assert curve_panel([run], *accuracies) is None
+    tokens = next(p for p in TOKEN_PANELS if p[0] == "Next-token accuracy")
+    assert tokens[1] == "fraction of tokens with argmax = target" and curve_panel([run], *tokens) is not None
+    assert ("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or eval_dataset_name) to "
+            "log the held-out loss and next-token accuracy (eval_loss, eval_mean_token_accuracy)") in run.missing
+
+
+def test_losses_of_different_objectives_get_an_axis_each_and_diffusion_log_probs_are_named(tmp_path):
+    """The demo's report drew the SFT stage's token NLL (4.5 -> 0.1) and the DPO stage's loss (0.65 -> 0.07) on one
+    axis labelled "loss", flattening DPO's, and DPO beside IPO read as comparable values; a diffusion run's
+    logps/* (minus the denoising MSE) were labelled "summed log-prob". Train and eval lines of several runs now
+    differ by marker too (eval carries one), since line styles there are per series."""
+    from preflab.report.plots import PANELS, panel_groups, panel_ylabel
+
+    loss = next(p for p in PANELS if p[0] == "Loss")
+    sft = load_run(make_run(tmp_path / "sft", config_extra={"task": "sft", "loss_type": None}), "sft")
+    dpo = load_run(make_run(tmp_path / "dpo"), "dpo")
+    ipo = load_run(make_run(tmp_path / "ipo", loss_type="ipo"), "ipo")
+    dpo2 = load_run(make_run(tmp_path / "dpo2", slope=0.01), "dpo2")
+    assert panel_groups([sft, dpo], "Loss", loss[2]) == {"sft": [0], "dpo (sigmoid)": [1]}
+    assert panel_groups([dpo, ipo, dpo2], "Loss", loss[2]) == {"dpo (sigmoid)": [0, 2], "dpo (ipo)": [1]}
+    assert panel_groups([dpo, dpo2], "Loss", loss[2]) == {"": [0, 1]}            # one objective: one axis
+    assert panel_groups([sft, dpo], "Gradient norm", [("grad_norm", "train", "")]) == {"": [0, 1]}
+    diffusion = load_run(make_run(tmp_path / "diff", config_extra={"task": "diffusion"}), "diff")
+    assert panel_ylabel("Log-probs", "summed log-prob", [diffusion]) == "minus the denoising MSE (diffusion)"
+    assert panel_ylabel("Log-probs", "summed log-prob", [dpo, diffusion]) == \
+        "summed log-prob; minus the denoising MSE (diffusion)"
+    assert panel_ylabel("Log-probs", "summed log-prob", [dpo]) == "summed log-prob"
+    from matplotlib.figure import Figure
+
+    from preflab.report.plots import _draw_run
+    accuracies = next(p for p in PANELS if p[0] == "Accuracies")
+    ax = Figure().add_subplot()
+    _draw_run(ax, dpo, 0, accuracies[2], many=True)
+    assert {line.get_label(): line.get_marker() for line in ax.lines} == {
+        "dpo: reward acc. (train)": "None", "dpo: reward acc. (eval)": "o", "dpo: ranking acc. R (eval)": "o",
+        "dpo: ranking acc. R~ (eval)": "o", "dpo: non-finite step skipped": "None"}

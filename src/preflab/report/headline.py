@@ -28,7 +28,9 @@ HEADLINE_KEYS = {
                   ("eval_loss", "loss, held-out", None)),
     "online": (("eval_true_reward", "true reward, greedy, held-out", None),
                ("eval_win_rate_vs_reference", "win rate vs reference, held-out", None),
-               ("eval_reward", "judges' reward, greedy, held-out", None)),
+               ("eval_reward", "judges' reward, greedy, held-out", None),
+               ("eval_tv_to_equilibrium", "total variation to the regularised equilibrium (game)", None),
+               ("eval_duality_gap", "duality gap (game)", None)),
 }
 HEADLINE_KEYS["vlm"] = HEADLINE_KEYS["dpo"]
 
