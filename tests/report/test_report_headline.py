@@ -122,3 +122,23 @@ def test_losses_of_different_objectives_get_an_axis_each_and_diffusion_log_probs
     assert {line.get_label(): line.get_marker() for line in ax.lines} == {
         "dpo: reward acc. (train)": "None", "dpo: reward acc. (eval)": "o", "dpo: ranking acc. R (eval)": "o",
         "dpo: ranking acc. R~ (eval)": "o", "dpo: non-finite step skipped": "None"}
+
+
+def test_a_recipe_headline_says_what_its_before_is_and_no_eval_json_is_asked_for(tmp_path):
+    """RAFT's metric_before is the model after its SFT stage (summary.json "baseline" says so); the report must not
+    call it "before training", and names the metric and the untrained model's score. A recipe's report no longer
+    asks for `preflab eval` (docs/tools.md), yet its eval section still did."""
+    out = tmp_path / "raft"
+    out.mkdir()
+    (out / "config.yaml").write_text("task: raft_ladder\n")
+    (out / "summary.json").write_text(json.dumps({
+        "recipe": "raft_ladder", "metric_name": "program_accuracy_isomorphism", "metric_before": 0.484375,
+        "metric_after": 0.59375, "metric_untrained": 0.0,
+        "baseline": "the same model after the RAFT SFT stage, before DPO"}))
+    [row] = headline_rows(load_run(out))
+    assert row == {"metric": "metric (program_accuracy_isomorphism)",
+                   "meaning": "summary.json; before: the same model after the RAFT SFT stage, before DPO",
+                   "before": ("before, see meaning", 0.484375), "after": ("after training", 0.59375),
+                   "baseline": ("the untrained model", 0.0)}
+    html = write_report([str(out)], str(tmp_path / "r.html")).read_text()
+    assert "Held-out evaluation" not in html and "preflab eval" not in html and "before training" not in html

@@ -8,7 +8,9 @@ started from (Chen et al. 2024, arXiv:2405.19534: DPO often leaves R where the r
 step is the starting model only with eval_on_start (step 0); the table says the step of each value.
 
 A summary.json "X_before" / "X_after" pair (an online demo task's true reward, a recipe's metric) is a before vs
-after measured by the run itself: those rows come first, before over after.
+after measured by the run itself: those rows come first, before over after. A recipe's "before" is often not the
+starting model (RAFT's is the model after its SFT stage, Themis's a reward model trained without tool traces): its
+summary.json "baseline" sentence says what it is and is shown with it, and metric_untrained is the baseline.
 """
 from __future__ import annotations
 
@@ -52,11 +54,20 @@ def summary_pairs(summary: dict) -> list[tuple[str, str]]:
 def headline_rows(run: RunData) -> list[dict]:
     """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
     as (source, value) or None, and first_step where before is an eval step."""
-    rows = []
-    for before, after in summary_pairs(run.summary):
-        rows.append({"metric": before[:-len("_before")], "meaning": "measured by the run (summary.json)",
-                     "before": ("before training", run.summary[before]),
-                     "after": ("after training", run.summary[after]), "baseline": None})
+    rows, summary = [], run.summary
+    # a recipe says what its "before" is (summary.json "baseline": often another stage or model, not the start)
+    told = summary.get("baseline") if isinstance(summary.get("baseline"), str) else None
+    untrained = summary.get("metric_untrained")
+    for before, after in summary_pairs(summary):
+        name = before[:-len("_before")]
+        if name == "metric" and isinstance(summary.get("metric_name"), str):
+            name = f"metric ({summary['metric_name']})"
+        rows.append({"metric": name, "meaning": f"summary.json; before: {told}" if told else
+                     "measured by the run (summary.json)",
+                     "before": ("before, see meaning" if told else "before training", summary[before]),
+                     "after": ("after training", summary[after]),
+                     "baseline": ("the untrained model", untrained) if before == "metric_before"
+                     and isinstance(untrained, (int, float)) and not isinstance(untrained, bool) else None})
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
         first, last = _at(run, key, 0), _at(run, key, -1)
         if last is None or f"{key[len('eval_'):]}_after" in run.summary:  # said above, measured by the run

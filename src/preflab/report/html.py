@@ -105,6 +105,8 @@ def _dict(value) -> dict:
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
+    if not have and all(r.config.get("task") in RECIPES for r in runs):
+        return ""  # a recipe measures its own held-out metric (the headline); `preflab eval` has nothing to add
     if not have:
         tasks = {r.config.get("task") for r in runs}
         how = {"reward": "`preflab eval RUN_DIR --task reward --data HELDOUT`",
