@@ -142,3 +142,15 @@ def test_a_recipe_headline_says_what_its_before_is_and_no_eval_json_is_asked_for
                    "baseline": ("the untrained model", 0.0)}
     html = write_report([str(out)], str(tmp_path / "r.html")).read_text()
     assert "Held-out evaluation" not in html and "preflab eval" not in html and "before training" not in html
+
+
+def test_report_says_a_train_point_is_a_logging_window_mean(tmp_path):
+    """A train point is the mean over logging_steps optimizer steps (runlog.average_results): two runs logged every
+    1 and every 10 steps look differently smooth, and nothing in the report said why."""
+    one = make_run(tmp_path / "one", config_extra={"logging_steps": 1})
+    ten = make_run(tmp_path / "ten", config_extra={"logging_steps": 10})
+    html = write_report([str(one), str(ten)], str(tmp_path / "r.html")).read_text()
+    assert ("A train point is the mean over its logging window (one: logging_steps=1, ten: logging_steps=10), not "
+            "smoothed further; an eval point (dashed or marked) is the whole eval set at that step.") in html
+    html = write_report([str(one)], str(tmp_path / "o.html")).read_text()
+    assert "(logging_steps=1 optimizer steps)" in html
