@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from preflab.report.headline import headline_rows
+from preflab.report.headline import comparisons, headline_rows
 from preflab.report.html import write_report
 from preflab.report.runs import load_run
 
@@ -23,7 +23,7 @@ def test_report_opens_with_the_held_out_before_after_and_the_reference_baseline(
     assert list(rows) == ["eval_ranking_accuracy", "eval_rewards/accuracies", "eval_loss"]
     assert rows["eval_ranking_accuracy"]["before"] == ("step 4", 0.4)
     assert rows["eval_ranking_accuracy"]["after"] == ("step 12", 0.45)
-    assert rows["eval_ranking_accuracy"]["baseline"] == ("the reference model", 0.55)
+    assert rows["eval_ranking_accuracy"]["baseline"] == [("the reference model", 0.55)]
     html = write_report([str(path)], str(tmp_path / "r.html")).read_text()
     head = html[html.index("<h2>Headline</h2>"):html.index("<h2>Training curves</h2>")]
     assert ('<td>eval_ranking_accuracy</td><td class="num">0.4 <small>(step 4)</small></td><td class="num">0.45 '
@@ -126,21 +126,24 @@ def test_losses_of_different_objectives_get_an_axis_each_and_diffusion_log_probs
 
 def test_a_recipe_headline_says_what_its_before_is_and_no_eval_json_is_asked_for(tmp_path):
     """RAFT's metric_before is the model after its SFT stage (summary.json "baseline" says so); the report must not
-    call it "before training", and names the metric and the untrained model's score. A recipe's report no longer
+    call it "before training", and names the metric and the numbers it gives to compare with (untrained, control). A recipe's report no longer
     asks for `preflab eval` (docs/tools.md), yet its eval section still did."""
     out = tmp_path / "raft"
     out.mkdir()
     (out / "config.yaml").write_text("task: raft_ladder\n")
     (out / "summary.json").write_text(json.dumps({
         "recipe": "raft_ladder", "metric_name": "program_accuracy_isomorphism", "metric_before": 0.484375,
-        "metric_after": 0.59375, "metric_untrained": 0.0,
+        "metric_after": 0.59375, "metric_untrained": 0.0, "control_after": 0.5,
         "baseline": "the same model after the RAFT SFT stage, before DPO"}))
     [row] = headline_rows(load_run(out))
     assert row == {"metric": "metric (program_accuracy_isomorphism)",
                    "meaning": "summary.json; before: the same model after the RAFT SFT stage, before DPO",
                    "before": ("before, see meaning", 0.484375), "after": ("after training", 0.59375),
-                   "baseline": ("the untrained model", 0.0)}
+                   "baseline": [("untrained", 0.0), ("control", 0.5)]}
+    assert comparisons({"accuracy_before": 0.2, "accuracy_after": 0.6, "control_accuracy_after": 0.7,
+                        "metric_optimum": 1.0}, "accuracy") == [("control", 0.7)]      # OTC's control beats it
     html = write_report([str(out)], str(tmp_path / "r.html")).read_text()
+    assert '0 <small>(untrained)</small>; 0.5 <small>(control)</small>' in html
     assert "Held-out evaluation" not in html and "preflab eval" not in html and "before training" not in html
 
 

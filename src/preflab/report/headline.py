@@ -10,7 +10,9 @@ step is the starting model only with eval_on_start (step 0); the table says the 
 A summary.json "X_before" / "X_after" pair (an online demo task's true reward, a recipe's metric) is a before vs
 after measured by the run itself: those rows come first, before over after. A recipe's "before" is often not the
 starting model (RAFT's is the model after its SFT stage, Themis's a reward model trained without tool traces): its
-summary.json "baseline" sentence says what it is and is shown with it, and metric_untrained is the baseline.
+summary.json "baseline" sentence says what it is and is shown with it; every number it gives to compare with
+(metric_untrained, metric_optimum, control_*_after) is in the baseline column, so a result its control beats is
+never shown alone (docs/tools.md).
 """
 from __future__ import annotations
 
@@ -51,13 +53,29 @@ def summary_pairs(summary: dict) -> list[tuple[str, str]]:
             if k.endswith("_before") and number(summary[k]) and number(summary.get(k[:-len("_before")] + "_after"))]
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def comparisons(summary: dict, name: str) -> list[tuple[str, float]]:
+    """What a recipe gives to compare `name`_after with (docs/tools.md: a result its control beats is never shown
+    alone): for "metric", every other number metric_* (metric_untrained, metric_optimum, metric_first_round_best)
+    and control_after; for any name, control_<name>_after (the same steps spent another way)."""
+    found = []
+    if name == "metric":
+        found += [(k[len("metric_"):].replace("_", " "), summary[k]) for k in sorted(summary)
+                  if k.startswith("metric_") and k not in ("metric_before", "metric_after") and _number(summary[k])]
+        found += [("control", summary["control_after"])] if _number(summary.get("control_after")) else []
+    key = f"control_{name}_after"
+    return found + ([("control", summary[key])] if _number(summary.get(key)) else [])
+
+
 def headline_rows(run: RunData) -> list[dict]:
     """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
-    as (source, value) or None, and first_step where before is an eval step."""
+    as a list of (source, value) or None, and first_step where before is an eval step."""
     rows, summary = [], run.summary
     # a recipe says what its "before" is (summary.json "baseline": often another stage or model, not the start)
     told = summary.get("baseline") if isinstance(summary.get("baseline"), str) else None
-    untrained = summary.get("metric_untrained")
     for before, after in summary_pairs(summary):
         name = before[:-len("_before")]
         if name == "metric" and isinstance(summary.get("metric_name"), str):
@@ -66,15 +84,14 @@ def headline_rows(run: RunData) -> list[dict]:
                      "measured by the run (summary.json)",
                      "before": ("before, see meaning" if told else "before training", summary[before]),
                      "after": ("after training", summary[after]),
-                     "baseline": ("the untrained model", untrained) if before == "metric_before"
-                     and isinstance(untrained, (int, float)) and not isinstance(untrained, bool) else None})
+                     "baseline": comparisons(summary, before[:-len("_before")]) or None})
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
         first, last = _at(run, key, 0), _at(run, key, -1)
         if last is None or f"{key[len('eval_'):]}_after" in run.summary:  # said above, measured by the run
             continue
         baseline = _at(run, base, -1) if base else None
         rows.append({"metric": key, "meaning": meaning, "after": (f"step {last[0]:g}", last[1]),
-                     "baseline": ("the reference model", baseline[1]) if baseline else None,
+                     "baseline": [("the reference model", baseline[1])] if baseline else None,
                      **({"before": (f"step {first[0]:g}", first[1]), "first_step": first[0]}
                         if first[0] != last[0] else {"before": None})})
     return rows

@@ -200,8 +200,11 @@ def _results(runs: list[RunData]) -> str:
 
 def _headline(runs: list[RunData]) -> str:
     """Before vs after with the baseline, first in the report (preflab.report.headline)."""
-    def cell(pair) -> str:
-        return "<td>–</td>" if pair is None else f'<td class="num">{_fmt(pair[1])} <small>({_e(pair[0])})</small></td>'
+    def cell(pairs) -> str:
+        pairs = [pairs] if isinstance(pairs, tuple) else pairs or []
+        if not pairs:
+            return "<td>–</td>"
+        return '<td class="num">' + "; ".join(f"{_fmt(v)} <small>({_e(k)})</small>" for k, v in pairs) + "</td>"
     rows, without, late = [], [], []
     for run in runs:
         found = headline_rows(run)
