@@ -107,6 +107,8 @@ def test_losses_of_different_objectives_get_an_axis_each_and_diffusion_log_probs
     assert panel_groups([sft, dpo], "Loss", loss[2]) == {"sft": [0], "dpo (sigmoid)": [1]}
     assert panel_groups([dpo, ipo, dpo2], "Loss", loss[2]) == {"dpo (sigmoid)": [0, 2], "dpo (ipo)": [1]}
     assert panel_groups([dpo, dpo2], "Loss", loss[2]) == {"": [0, 1]}            # one objective: one axis
+    mixed = load_run(make_run(tmp_path / "mixed", loss_type=["sigmoid", "sft"]), "mixed")
+    assert panel_groups([sft, mixed], "Loss", loss[2]) == {"sft": [0], "dpo (sigmoid + sft)": [1]}
     assert panel_groups([sft, dpo], "Gradient norm", [("grad_norm", "train", "")]) == {"": [0, 1]}
     diffusion = load_run(make_run(tmp_path / "diff", config_extra={"task": "diffusion"}), "diff")
     assert panel_ylabel("Log-probs", "summed log-prob", [diffusion]) == "minus the denoising MSE (diffusion)"
@@ -157,3 +159,16 @@ def test_report_says_a_train_point_is_a_logging_window_mean(tmp_path):
             "smoothed further; an eval point (dashed or marked) is the whole eval set at that step.") in html
     html = write_report([str(one)], str(tmp_path / "o.html")).read_text()
     assert "(logging_steps=1 optimizer steps)" in html
+
+
+def test_headline_carries_the_eval_json_ranking_accuracy_beside_the_reference_and_the_win_rate(tmp_path):
+    """`preflab eval`'s ranking accuracy (with the reference's in the same file) and win rate were only in the
+    evaluation section's long table, below every curve."""
+    path = make_run(tmp_path / "run", eval_json=True)
+    result = json.loads((path / "eval.json").read_text())
+    result["metrics"]["reference_ranking_accuracy"] = 0.25
+    (path / "eval.json").write_text(json.dumps(result))
+    rows = [r for r in headline_rows(load_run(path)) if r["after"][0].startswith("eval.json")]
+    assert [(r["metric"], r["after"], r["baseline"]) for r in rows] == [
+        ("ranking_accuracy", ("eval.json, 3 pairs", 2 / 3), [("the reference model", 0.25)]),
+        ("win_rate", ("eval.json, 4 prompts, interval 0.3 to 0.86", 0.625), None)]

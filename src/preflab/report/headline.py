@@ -94,4 +94,32 @@ def headline_rows(run: RunData) -> list[dict]:
                      "baseline": [("the reference model", baseline[1])] if baseline else None,
                      **({"before": (f"step {first[0]:g}", first[1]), "first_step": first[0]}
                         if first[0] != last[0] else {"before": None})})
+    return rows + eval_json_rows(run)
+
+
+# eval.json metrics (`preflab eval`) -> (what it is, baseline key in the same metrics or None)
+EVAL_JSON_KEYS = (("ranking_accuracy", "ranking accuracy R (preflab eval)", "reference_ranking_accuracy"),
+                  ("reward_model/accuracy", "reward model pairwise accuracy (preflab eval)", None))
+
+
+def eval_json_rows(run: RunData) -> list[dict]:
+    """The eval.json numbers a run is judged by: its ranking accuracy beside the reference's, a reward model's
+    accuracy, and the win rate against the reference (with its interval). The rows say "eval.json, N pairs"; its
+    notes (e.g. that --data was the training data, so not held-out) are in the report's evaluation section."""
+    metrics = run.eval.get("metrics") if isinstance(run.eval, dict) else None
+    if not isinstance(metrics, dict):
+        return []
+    where = f"eval.json, {run.eval.get('num_pairs')} pairs"
+    rows = [{"metric": key, "meaning": meaning + "; see its notes below", "before": None,
+             "after": (where, metrics[key]),
+             "baseline": [("the reference model", metrics[base])] if base and _number(metrics.get(base)) else None}
+            for key, meaning, base in EVAL_JSON_KEYS if _number(metrics.get(key))]
+    win = run.eval.get("win_rate")
+    if isinstance(win, dict) and _number(win.get("win_rate")) and win.get("n"):
+        rows.append({"metric": "win_rate", "before": None, "baseline": None,
+                     "after": (f"eval.json, {win['n']} prompts, interval {win.get('ci_low'):.3g} to "
+                               f"{win.get('ci_high'):.3g}" if _number(win.get("ci_low")) and
+                               _number(win.get("ci_high")) else f"eval.json, {win['n']} prompts", win["win_rate"]),
+                     "meaning": "win rate of the policy's generations against the reference's (preflab eval; 0.5: "
+                                "as good as the reference)"})
     return rows

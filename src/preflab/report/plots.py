@@ -147,6 +147,7 @@ def objective_label(run: RunData) -> str:
     """What a run's loss is: its task, with the objective (loss_type; an online run's trainer) where it has one."""
     task = str(run.config.get("task", "dpo"))
     what = run.config.get("trainer") if task == "online" else run.config.get("loss_type")
+    what = " + ".join(map(str, what)) if isinstance(what, list) else what     # a weighted sum of objectives
     return f"{task} ({what})" if what and task not in ("sft", "reward") else task
 
 
