@@ -172,3 +172,15 @@ def test_headline_carries_the_eval_json_ranking_accuracy_beside_the_reference_an
     assert [(r["metric"], r["after"], r["baseline"]) for r in rows] == [
         ("ranking_accuracy", ("eval.json, 3 pairs", 2 / 3), [("the reference model", 0.25)]),
         ("win_rate", ("eval.json, 4 prompts, interval 0.3 to 0.86", 0.625), None)]
+
+
+def test_step_axis_has_whole_steps_only():
+    """A 4-step run (the VLM and diffusion examples) had x ticks at 1.5, 2.5, 3.5: steps that do not exist."""
+    from matplotlib.figure import Figure
+
+    from preflab.report.plots import step_axis
+    ax = Figure().add_subplot()
+    ax.plot([1, 2, 3, 4], [0.0, 0.25, 0.25, 1.0])
+    step_axis(ax)
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 4]
+    assert ticks == [1.0, 2.0, 3.0, 4.0]

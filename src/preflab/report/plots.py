@@ -171,10 +171,18 @@ def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple
             _draw_run(ax, runs[r], r, series, many)
         ax.set(title=f"{title}: {group}" if len(groups) > 1 else title, xlabel="step",
                ylabel=panel_ylabel(title, ylabel, [runs[r] for r in members]))
+        step_axis(ax)
         entries = len(ax.get_legend_handles_labels()[1])
         ax.legend(fontsize=7, loc="best") if entries <= 6 else \
             ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: not over data
     return to_data_uri(fig)
+
+
+def step_axis(ax) -> None:
+    """Whole steps on the x axis: a run of 4 steps had ticks at 1.5, 2.5, ..., steps that do not exist."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]]:
