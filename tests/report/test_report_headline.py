@@ -184,3 +184,7 @@ def test_step_axis_has_whole_steps_only():
     step_axis(ax)
     ticks = [t for t in ax.get_xticks() if 1 <= t <= 4]
     assert ticks == [1.0, 2.0, 3.0, 4.0]
+    ax = Figure().add_subplot()
+    ax.plot([20, 40, 60, 80], [0.0, 0.25, 0.25, 1.0])
+    step_axis(ax)
+    assert all(t % 10 == 0 for t in ax.get_xticks())                   # round steps, not 24, 32, 40, ...

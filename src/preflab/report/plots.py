@@ -182,7 +182,7 @@ def step_axis(ax) -> None:
     """Whole steps on the x axis: a run of 4 steps had ticks at 1.5, 2.5, ..., steps that do not exist."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))   # 20, 40, ... not 24, 32, ...
 
 
 def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]]:
