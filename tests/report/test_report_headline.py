@@ -172,6 +172,16 @@ def test_headline_carries_the_eval_json_ranking_accuracy_beside_the_reference_an
     assert [(r["metric"], r["after"], r["baseline"]) for r in rows] == [
         ("ranking_accuracy", ("eval.json, 3 pairs", 2 / 3), [("the reference model", 0.25)]),
         ("win_rate", ("eval.json, 4 prompts, interval 0.3 to 0.86", 0.625), None)]
+    diffusion = make_run(tmp_path / "diff", config_extra={"task": "diffusion"})   # as `preflab eval --task diffusion`
+    (diffusion / "eval.json").write_text(json.dumps({
+        "task": "diffusion", "num_pairs": 8, "metrics": {"implicit_accuracy": 0.625, "reward/policy": -1.56,
+                                                         "reward/reference": -1.536, "win_rate": 0.5},
+        "win_rate": {"win_rate": 0.5, "ci_low": 0.2152, "ci_high": 0.7848, "n": 8}}))
+    rows = [r for r in headline_rows(load_run(diffusion)) if r["after"][0].startswith("eval.json")]
+    assert [(r["metric"], r["after"], r["baseline"]) for r in rows] == [
+        ("implicit_accuracy", ("eval.json, 8 pairs", 0.625), None),
+        ("reward/policy", ("eval.json, 8 prompts", -1.56), [("the reference model", -1.536)]),
+        ("win_rate", ("eval.json, 8 prompts, interval 0.215 to 0.785", 0.5), None)]
 
 
 def test_step_axis_has_whole_steps_only():

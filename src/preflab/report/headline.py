@@ -99,22 +99,28 @@ def headline_rows(run: RunData) -> list[dict]:
 
 # eval.json metrics (`preflab eval`) -> (what it is, baseline key in the same metrics or None)
 EVAL_JSON_KEYS = (("ranking_accuracy", "ranking accuracy R (preflab eval)", "reference_ranking_accuracy"),
-                  ("reward_model/accuracy", "reward model pairwise accuracy (preflab eval)", None))
+                  ("reward_model/accuracy", "reward model pairwise accuracy (preflab eval)", None),
+                  ("implicit_accuracy", "implicit reward accuracy of the pipeline (preflab eval --task diffusion)",
+                   None),
+                  ("reward/policy", "mean --reward-fn score of the trained pipeline's samples (preflab eval)",
+                   "reward/reference"))
 
 
 def eval_json_rows(run: RunData) -> list[dict]:
     """The eval.json numbers a run is judged by: its ranking accuracy beside the reference's, a reward model's
-    accuracy, and the win rate against the reference (with its interval). The rows say "eval.json, N pairs"; its
+    accuracy, a diffusion pipeline's implicit accuracy and --reward-fn score beside the reference pipeline's, and
+    the win rate against the reference (with its interval). The rows say "eval.json, N pairs"; its
     notes (e.g. that --data was the training data, so not held-out) are in the report's evaluation section."""
     metrics = run.eval.get("metrics") if isinstance(run.eval, dict) else None
     if not isinstance(metrics, dict):
         return []
+    win = run.eval.get("win_rate")
     where = f"eval.json, {run.eval.get('num_pairs')} pairs"
+    sampled = f"eval.json, {win['n']} prompts" if isinstance(win, dict) and win.get("n") else "eval.json"
     rows = [{"metric": key, "meaning": meaning + "; see its notes below", "before": None,
-             "after": (where, metrics[key]),
+             "after": (sampled if key == "reward/policy" else where, metrics[key]),   # scored samples, not pairs
              "baseline": [("the reference model", metrics[base])] if base and _number(metrics.get(base)) else None}
             for key, meaning, base in EVAL_JSON_KEYS if _number(metrics.get(key))]
-    win = run.eval.get("win_rate")
     if isinstance(win, dict) and _number(win.get("win_rate")) and win.get("n"):
         rows.append({"metric": "win_rate", "before": None, "baseline": None,
                      "after": (f"eval.json, {win['n']} prompts, interval {win.get('ci_low'):.3g} to "
