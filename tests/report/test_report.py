@@ -193,7 +193,7 @@ def test_a_recipe_run_report_points_at_its_summary_and_stages_not_at_train_or_ev
         tail = (f"its stages' training logs: `preflab report {out / 'dstc_1'} {out / 'sft'}`" if stages
                 else "it has no training stage")
         assert load_run(out).missing == [f"a recipe run (task: {task}): its result is summary.json's metric_before"
-                                         f" / metric_after, below; {tail}"]
+                                         f" / metric_after, in the headline above; {tail}"]
     plain = tmp_path / "plain"                          # an ordinary run without logs keeps its notes
     plain.mkdir()
     (plain / "config.yaml").write_text("task: dpo\n")

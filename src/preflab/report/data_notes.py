@@ -4,7 +4,8 @@ The run says it once on the terminal as it starts (`preflab: data: ...`); the re
 someone else, showed none of it: a reward run whose pairs longer than max_length were dropped (TRL's filter) or
 a DPO run whose responses were cut looked like a run on the whole file. One line per set with something left out:
 rows / examples skipped by reason (of how many), prompts and responses cut, and per run the examples each epoch
-does not reach (`unused_rows_per_epoch`) and the reward rows without a margin (`margin_missing`).
+does not reach (`unused_rows_per_epoch`) and the reward rows without a margin (`margin_missing`); for an online
+run, the completions the judges scored cut off, empty or not at all, and the steps that trained nothing.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def data_notes(summary: dict) -> list[str]:
     """One note per data set of `summary["data"]` that skipped or cut something, then the run-wide counts."""
     data = summary.get("data") if isinstance(summary, dict) else None
     if not isinstance(data, dict):
-        return []
+        return online_notes(summary)
     notes = []
     for key, label in SETS:
         part = data.get(key)
@@ -44,4 +45,30 @@ def data_notes(summary: dict) -> list[str]:
     if _count(data.get("margin_missing")):
         notes.append(f"data: {data['margin_missing']} reward rows without a margin beside rows with one were trained "
                      "with margin 0 (margin_missing)")
+    return notes + online_notes(summary)
+
+
+# summary.json "online" counts (preflab.online.run) -> what the report says of them; the run prints each once
+ONLINE_COUNTS = (("truncated_completions", "reached max_completion_length without EOS, so the judges scored cut-off "
+                  "text (completions/clipped_ratio)"),
+                 ("empty_completions", "were empty (completions/empty)"),
+                 ("judge_dropped", "got no score from the judges and were left out of training (judge/dropped)"))
+
+
+def online_notes(summary: dict) -> list[str]:
+    """An online run's completions the judges scored cut off, empty or not at all, and its steps that trained
+    nothing (a round without examples: online.empty_steps; every completion of every prompt rewarded alike:
+    online.no_signal_rounds). A run whose curves look normal may have learned from little of what it generated."""
+    online = summary.get("online") if isinstance(summary, dict) else None
+    if not isinstance(online, dict):
+        return []
+    total = online.get("completions")
+    pieces = [f"{online[key]} {what}" for key, what in ONLINE_COUNTS if _count(online.get(key))]
+    notes = [f"generation: of {total} completions, " + "; ".join(pieces)] if pieces else []
+    if _count(online.get("empty_steps")):
+        notes.append(f"generation: {online['empty_steps']} step(s) had no training examples (a round without pairs or "
+                     "groups) and were zero-gradient (online.empty_steps)")
+    if _count(online.get("no_signal_rounds")):
+        notes.append(f"generation: {online['no_signal_rounds']} of {online.get('rounds')} rounds gave every completion of "
+                     "every prompt the same reward, so they trained only the KL term (online.no_signal_rounds)")
     return notes

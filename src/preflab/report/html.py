@@ -15,8 +15,10 @@ import math
 from pathlib import Path
 
 from preflab.errors import PreflabError
+from preflab.recipes import RECIPES
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
+from preflab.report.headline import headline_rows
 from preflab.report.runs import RunData, collect_runs, load_run, unique_names
 
 CSS = """
@@ -83,6 +85,21 @@ def _curves(runs: list[RunData]) -> str:
     return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"
 
 
+def _curve_reading(runs: list[RunData]) -> str:
+    """How to read the curves: what a train point and an eval point are. A train point is the mean over a logging
+    window (preflab.runlog.average_results), so a run logged every 10 steps looks smoother than one logged every
+    step; nothing else smooths the curves."""
+    windows = {r.name: r.config.get("logging_steps") for r in runs if r.rows}
+    if not windows:
+        return ""
+    sizes = set(windows.values())
+    said = (f"logging_steps={next(iter(sizes))} optimizer steps" if len(sizes) == 1 else
+            ", ".join(f"{name}: logging_steps={n}" for name, n in windows.items()))
+    return ('<p class="meta">Curves: x is the optimizer step. A train point is the mean over its logging window '
+            f"({_e(said)}), not smoothed further; an eval point (dashed or marked) is the whole eval set at that "
+            "step.</p>")
+
+
 def _margins(runs: list[RunData]) -> str:
     out = "<h2>Reward margins per pair</h2>"
     uri = plots.margin_histograms(runs)
@@ -103,6 +120,8 @@ def _dict(value) -> dict:
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
+    if not have and all(r.config.get("task") in RECIPES for r in runs):
+        return ""  # a recipe measures its own held-out metric (the headline); `preflab eval` has nothing to add
     if not have:
         tasks = {r.config.get("task") for r in runs}
         how = {"reward": "`preflab eval RUN_DIR --task reward --data HELDOUT`",
@@ -168,7 +187,8 @@ def _results(runs: list[RunData]) -> str:
     or a recipe is for (true_reward_before / after, win_rate_vs_reference, tv_to_equilibrium, metric_before /
     after, ...)."""
     keys = sorted({k for r in runs for k, v in r.summary.items() if k not in _NOT_RESULTS
-                   and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)},
+                  key=lambda k: (k.removesuffix("_before").removesuffix("_after"), k.endswith("_after")))  # before, after
     names = [r.summary.get("metric_name") for r in runs]
     if not keys:
         return ""
@@ -176,6 +196,33 @@ def _results(runs: list[RunData]) -> str:
     if any(isinstance(n, str) for n in names):
         rows.insert(0, ["<td>metric_name</td>", *[f"<td>{_e(n or '–')}</td>" for n in names]])
     return "<h2>Result (summary.json)</h2>" + _table(["", *[r.name for r in runs]], rows)
+
+
+def _headline(runs: list[RunData]) -> str:
+    """Before vs after with the baseline, first in the report (preflab.report.headline)."""
+    def cell(pairs) -> str:
+        pairs = [pairs] if isinstance(pairs, tuple) else pairs or []
+        if not pairs:
+            return "<td>–</td>"
+        return '<td class="num">' + "; ".join(f"{_fmt(v)} <small>({_e(k)})</small>" for k, v in pairs) + "</td>"
+    rows, without, late = [], [], []
+    for run in runs:
+        found = headline_rows(run)
+        if not found and run.config.get("task") not in RECIPES:   # a recipe's result is its summary table
+            without.append(run.name)
+        first = min((r["first_step"] for r in found if "first_step" in r), default=0.0)
+        if first > 0:
+            late.append(f"{run.name}: its first eval was at step {first:g}, after training had started, so 'before' "
+                        "is not the starting model; eval_on_start: true evaluates it at step 0")
+        rows += [[f"<td>{_e(run.name)}</td>", f"<td>{_e(r['metric'])}</td>", cell(r["before"]), cell(r["after"]),
+                  cell(r["baseline"]), f'<td class="doc">{_e(r["meaning"])}</td>'] for r in found]
+    out = "<h2>Headline</h2>"
+    if rows:
+        out += _table(["run", "metric", "before", "after", "baseline", "meaning"], rows)
+    if without:
+        late.append(f"{', '.join(without)}: no held-out metric to judge the run by (no eval rows in metrics.jsonl); "
+                    "see the notes below")
+    return out + _notes(late) if rows or without else ""
 
 
 def _final_metrics(runs: list[RunData]) -> str:
@@ -264,9 +311,9 @@ def render_report(runs: list[RunData], title: str | None = None, overview: dict 
         f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
         f"<p class=\"meta\">generated by preflab {_e(__version__)} on {now}</p><ul>{listing}</ul>",
-        _overview(overview or {}),
+        _overview(overview or {}), _headline(runs), _results(runs),
         _notes(missing) if missing else "",
-        _curves(runs), _samples(runs), _margins(runs), _eval_section(runs), _results(runs), _final_metrics(runs), _config(runs),
+        _curve_reading(runs), _curves(runs), _samples(runs), _margins(runs), _eval_section(runs), _final_metrics(runs), _config(runs),
         _environment(runs), "</body></html>",
     ]
     return "\n".join(parts)

@@ -19,7 +19,7 @@ from matplotlib.text import Text
 from preflab.report.runs import RunData, finite_eval_pairs
 
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-SERIES_STYLES = ("-", "--", ":", "-.")
+SERIES_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))   # a panel has up to 6 series
 
 BLUE, RED, GREEN, PURPLE, ORANGE, GRAY = "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#555555"
 # (panel title, y label, [(metrics.jsonl key, label, colour for a single run)]): training rows carry TRL's names,
@@ -32,8 +32,8 @@ PANELS = (
                                          ("eval_rewards/accuracies", "reward acc. (eval)", GREEN),
                                          ("eval_ranking_accuracy", "ranking acc. R (eval)", PURPLE),
                                          ("eval_ranking_accuracy_norm", "ranking acc. R~ (eval)", ORANGE),
-                                         ("mean_token_accuracy", "token acc. chosen (train)", BLUE),
-                                         ("eval_mean_token_accuracy", "token acc. chosen (eval)", BLUE)]),
+                                         ("eval_reference_ranking_accuracy", "ranking acc. R of the reference "
+                                          "(eval, baseline)", GRAY)]),
     ("Log-probs", "summed log-prob", [("logps/chosen", "chosen (train)", BLUE),
                                       ("logps/rejected", "rejected (train)", RED),
                                       ("eval_logps/chosen", "chosen (eval)", BLUE),
@@ -41,7 +41,9 @@ PANELS = (
     ("Log-prob drift vs reference (eval)", "log pi - log pi_ref", [("eval_logps_drift/chosen", "chosen", BLUE),
                                                                   ("eval_logps_drift/rejected", "rejected", RED)]),
     ("Implicit rewards", "beta h", [("rewards/chosen", "chosen (train)", BLUE),
-                                    ("rewards/rejected", "rejected (train)", RED)]),
+                                    ("rewards/rejected", "rejected (train)", RED),
+                                    ("eval_rewards/chosen", "chosen (eval)", BLUE),
+                                    ("eval_rewards/rejected", "rejected (eval)", RED)]),
     ("Gradient norm", "pre-clip norm", [("grad_norm", "train", GRAY)]),
     ("Learning rate", "lr", [("learning_rate", "train", GRAY)]),
 )
@@ -52,6 +54,9 @@ TOKEN_PANELS = (
                                                       ("eval_logits/chosen", "chosen (eval)", BLUE),
                                                       ("eval_logits/rejected", "rejected (eval)", RED)]),
     ("Policy entropy", "nats per response token", [("entropy", "train", GRAY), ("eval_entropy", "eval", GRAY)]),
+    # a share of tokens, not of pairs: its own panel (SFT: the completion's tokens; DPO: the chosen response's)
+    ("Next-token accuracy", "fraction of tokens with argmax = target", [("mean_token_accuracy", "train", BLUE),
+                                                                        ("eval_mean_token_accuracy", "eval", BLUE)]),
 )
 # reward-model runs (task: reward; TRL RewardTrainer's names); drawn only when the run logged one of its series
 REWARD_PANELS = (
@@ -59,11 +64,18 @@ REWARD_PANELS = (
                                                                                ("eval_accuracy", "eval", GREEN)]),
     ("Reward model margin", "r(chosen) - r(rejected)", [("margin", "train", BLUE), ("eval_margin", "eval", BLUE)]),
     ("Reward scores", "mean r(x, y)", [("rewards/chosen", "chosen (train)", BLUE),
-                                       ("rewards/rejected", "rejected (train)", RED)]),
+                                       ("rewards/rejected", "rejected (train)", RED),
+                                       ("eval_rewards/chosen", "chosen (eval)", BLUE),
+                                       ("eval_rewards/rejected", "rejected (eval)", RED)]),
 )
 # rewards/chosen and rewards/rejected are beta h for a policy run and the raw scores r(x, y) for a reward-model run:
 # the same keys, two panels, each drawing only its kind of run (draws)
 REWARD_MODEL_ONLY, NOT_REWARD_MODEL = {"Reward scores"}, {"Implicit rewards"}
+# a panel's y label where a task logs the same keys with another meaning: a diffusion run's logps/* are minus the
+# denoising MSE (preflab.eval.names.DIFFUSION_METRIC_DOCS), not summed token log-probs
+TASK_YLABELS = {("Log-probs", "diffusion"): "minus the denoising MSE (diffusion)"}
+# panels whose values mean something else for another objective: several runs get one axis per objective
+SPLIT_BY_OBJECTIVE = {"Loss"}
 # online runs (task: online); a panel is drawn only when the run logged one of its series
 ONLINE_PANELS = (
     ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
@@ -156,44 +168,88 @@ def _new(width: float = 5.4, height: float = 3.4, cols: int = 1):
     return fig, axes
 
 
+def objective_label(run: RunData) -> str:
+    """What a run's loss is: its task, with the objective (loss_type; an online run's trainer) where it has one."""
+    task = str(run.config.get("task", "dpo"))
+    what = run.config.get("trainer") if task == "online" else run.config.get("loss_type")
+    what = " + ".join(map(str, what)) if isinstance(what, list) else what     # a weighted sum of objectives
+    return f"{task} ({what})" if what and task not in ("sft", "reward") else task
+
+
 def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple[str, str, str]]) -> str | None:
     """A line per (run, series) over steps; None when no run logged any of the series. One run: colour by
-    series (chosen blue, rejected red), solid = train, dashed = eval. Several runs: colour by run, style by series."""
-    fig, (ax,) = _new()
-    drawn = 0
+    series (chosen blue, rejected red), solid = train, dashed = eval. Several runs: colour by run, style by series;
+    eval lines always carry markers. The Loss panel of runs whose losses are different quantities (SPLIT_BY_OBJECTIVE:
+    an SFT stage beside a DPO one, DPO beside IPO) gets one axis per objective, each on its own scale, instead of
+    one axis on which the smaller loss is flattened and the values read as comparable."""
     many = len(runs) > 1
-    for r, run in enumerate(runs):   # colours keyed to the position in `runs`, the same on every panel
-        if not draws(title, run):
-            continue
-        for s, (key, label, single_color) in enumerate(series):
-            steps, values = run.series(key)
-            if not steps:
-                continue
-            gaps = [s for s in run.null_steps(key) if s not in steps]   # a non-finite value breaks the line
-            if gaps:
-                merged = sorted(list(zip(steps, values)) + [(s, math.nan) for s in gaps])
-                steps, values = [s for s, _ in merged], [v for _, v in merged]
-            is_eval = key.startswith("eval_")
-            marker = "o" if is_eval and len(steps) < 40 else None
-            if many:
-                color, style = RUN_COLORS[r % len(RUN_COLORS)], SERIES_STYLES[s % len(SERIES_STYLES)]
-            else:
-                color = single_color    # R~ dotted so that it stays visible where it equals R
-                style = ":" if key.endswith("accuracy_norm") else "--" if is_eval else "-"
-            ax.plot(steps, values, style, marker=marker, markersize=3, color=color,
-                    label=f"{run.name}: {label}" if many else label)
-            drawn += 1
-    if not drawn:
+    groups = panel_groups(runs, title, series)
+    if not groups:
         return None
-    for r, run in enumerate(runs):  # steps skipped as non-finite: a thin red line each
-        if not draws(title, run):
-            continue
-        for i, step in enumerate(run.skipped_steps):
-            ax.axvline(step, color="#d62728", alpha=0.35, linewidth=0.8,
-                       label=(f"{run.name}: " if many else "") + "non-finite step skipped" if i == 0 else None)
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
-    ax.legend(fontsize=7, loc="best")
+    fig = Figure(figsize=(5.4, 3.4 if len(groups) == 1 else 2.6 * len(groups)), layout="constrained")
+    first = None
+    for g, (group, members) in enumerate(groups.items()):
+        ax = fig.add_subplot(len(groups), 1, g + 1, sharex=first)   # the same steps on every axis
+        first = first or ax
+        ax.grid(alpha=0.3)
+        for r in members:
+            _draw_run(ax, runs[r], r, series, many)
+        ax.set(title=f"{title}: {group}" if len(groups) > 1 else title, xlabel="step",
+               ylabel=panel_ylabel(title, ylabel, [runs[r] for r in members]))
+        step_axis(ax)
+        entries = len(ax.get_legend_handles_labels()[1])
+        ax.legend(fontsize=7, loc="best") if entries <= 6 else \
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: not over data
     return to_data_uri(fig)
+
+
+def step_axis(ax) -> None:
+    """Whole steps on the x axis: a run of 4 steps had ticks at 1.5, 2.5, ..., steps that do not exist."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))   # 20, 40, ... not 24, 32, ...
+
+
+def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]]:
+    """{axis label: positions in `runs` drawn on that axis} of a panel: the runs that logged one of its series, all
+    on one axis ("") except on a SPLIT_BY_OBJECTIVE panel, where each objective (objective_label) gets its own."""
+    groups: dict[str, list[int]] = {}
+    for r, run in enumerate(runs):   # colours keyed to the position in `runs`, the same on every panel
+        if draws(title, run) and any(run.series(key)[0] for key, _, _ in series):
+            groups.setdefault(objective_label(run) if title in SPLIT_BY_OBJECTIVE else "", []).append(r)
+    if len(groups) == 1:
+        return {"": next(iter(groups.values()))}
+    return groups
+
+
+def _draw_run(ax, run: RunData, r: int, series: list[tuple[str, str, str]], many: bool) -> None:
+    """The lines of one run (position r in the report's runs) on `ax`, and a thin red line per skipped step."""
+    for s, (key, label, single_color) in enumerate(series):
+        steps, values = run.series(key)
+        if not steps:
+            continue
+        gaps = [s for s in run.null_steps(key) if s not in steps]   # a non-finite value breaks the line
+        if gaps:
+            merged = sorted(list(zip(steps, values)) + [(s, math.nan) for s in gaps])
+            steps, values = [s for s, _ in merged], [v for _, v in merged]
+        is_eval = key.startswith("eval_")
+        marker = "o" if is_eval and (many or len(steps) < 40) else None
+        if many:
+            color, style = RUN_COLORS[r % len(RUN_COLORS)], SERIES_STYLES[s % len(SERIES_STYLES)]
+        else:
+            color = single_color    # R~ dotted so that it stays visible where it equals R
+            style = ":" if key.endswith("accuracy_norm") else "--" if is_eval else "-"
+        ax.plot(steps, values, linestyle=style, marker=marker, markersize=3, color=color,
+                markevery=max(1, len(steps) // 40), label=f"{run.name}: {label}" if many else label)
+    for i, step in enumerate(run.skipped_steps):  # steps skipped as non-finite: a thin red line each
+        ax.axvline(step, color="#d62728", alpha=0.35, linewidth=0.8,
+                   label=(f"{run.name}: " if many else "") + "non-finite step skipped" if i == 0 else None)
+
+
+def panel_ylabel(title: str, ylabel: str, runs: list[RunData]) -> str:
+    """`ylabel`, or TASK_YLABELS' label where every run drawn is of that task; both, joined, for a mix."""
+    labels = list(dict.fromkeys(TASK_YLABELS.get((title, str(r.config.get("task", "dpo"))), ylabel) for r in runs))
+    return "; ".join(labels) if labels else ylabel
 
 
 def margin_histograms(runs: list[RunData]) -> str | None:

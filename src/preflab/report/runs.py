@@ -24,6 +24,14 @@ from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
 
 
+# what a task's eval rows hold, for the note on a run without them (default: a preference run's)
+EVAL_ROWS_LOG = {
+    "reward": "the reward model's held-out accuracy, margin and loss (eval_accuracy, eval_margin, eval_loss)",
+    "sft": "the held-out loss and next-token accuracy (eval_loss, eval_mean_token_accuracy)",
+    "diffusion": "the held-out loss and implicit reward accuracy (eval_loss, eval_rewards/accuracies)",
+}
+
+
 @dataclass
 class RunData:
     name: str
@@ -114,7 +122,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     elif recipe:
         stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
         run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
-                           "metric_before / metric_after, below; "
+                           "metric_before / metric_after, in the headline above; "
                            + (f"its stages' training logs: `preflab report {stages}`" if stages
                               else "it has no training stage"))
     else:
@@ -125,8 +133,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append("no summary.json: the run has not finished (final metrics and environment unknown)")
     run.missing += data_notes(run.summary)
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
-        what = ("the reward model's held-out accuracy, margin and loss (eval_accuracy, eval_margin, eval_loss)"
-                if run.reward_model else "held-out ranking accuracy and log-prob drift")
+        what = EVAL_ROWS_LOG.get(str(run.config.get("task")), "held-out ranking accuracy and log-prob drift")
         run.missing.append("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
                            f"eval_dataset_name) to log {what}")
     run.eval = _read_json(path / "eval.json") if (path / "eval.json").is_file() else {}
