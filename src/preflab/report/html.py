@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from preflab.errors import PreflabError
-from preflab.recipes import RECIPES
+from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
 from preflab.report.headline import headline_rows
@@ -120,7 +120,7 @@ def _dict(value) -> dict:
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
-    if not have and all(r.config.get("task") in RECIPES for r in runs):
+    if not have and all(r.config.get("task") in RECIPE_TASKS for r in runs):
         return ""  # a recipe measures its own held-out metric (the headline); `preflab eval` has nothing to add
     if not have:
         tasks = {r.config.get("task") for r in runs}
@@ -208,7 +208,7 @@ def _headline(runs: list[RunData]) -> str:
     rows, without, late = [], [], []
     for run in runs:
         found = headline_rows(run)
-        if not found and run.config.get("task") not in RECIPES:   # a recipe's result is its summary table
+        if not found and run.config.get("task") not in RECIPE_TASKS:   # a recipe's result is its summary table
             without.append(run.name)
         first = min((r["first_step"] for r in found if "first_step" in r), default=0.0)
         if first > 0:
