@@ -116,3 +116,19 @@ def test_game_preferences_refuses_booleans():
     base = dict(task="online", online_task="game", trainer="inpo", max_steps=2, model_name_or_path="builtin:tiny-llama")
     with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] = True is not a probability in \[0, 1\]"):
         config_from_dict({**base, "game_preferences": [[0.5, True], [False, 0.5]]})
+
+
+@pytest.mark.parametrize("trainer,unread", [("egpo", ["game_eta", "steps_per_generation"]), ("inpo", []),
+                                            ("sppo", ["game_eta"])])
+def test_game_notes_options_its_trainer_does_not_read(capsys, trainer, unread):
+    """The shipped yaml's game_eta (read by inpo / apo / nash_md) and steps_per_generation (egpo and online_ipo make
+    every step a round) ran unread and unmentioned under the documented `trainer=egpo`; each is now a note naming
+    the trainers that read it (a note, not an error: one yaml serves every game trainer)."""
+    load_config(RECIPE, [f"trainer={trainer}"])
+    err = capsys.readouterr().err
+    for name in ("game_eta", "steps_per_generation", "num_iterations"):
+        line = [ln for ln in err.splitlines() if ln.startswith(f"preflab: note: {name}=")]
+        assert len(line) == (name in unread), (name, err)
+    if unread:
+        assert "preflab: note: game_eta=0.1 is read by game trainers apo, inpo, nash_md, not by trainer " \
+               f"'{trainer}'; it has no effect on this run." in err
