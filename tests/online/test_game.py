@@ -132,3 +132,26 @@ def test_game_notes_options_its_trainer_does_not_read(capsys, trainer, unread):
     if unread:
         assert "preflab: note: game_eta=0.1 is read by game trainers apo, inpo, nash_md, not by trainer " \
                f"'{trainer}'; it has no effect on this run." in err
+
+
+def test_game_final_metrics_are_the_final_policys(tmp_path):
+    """summary.json's final_metrics (the report's "Final metrics" table) held the last logged row's duality_gap,
+    the policy's at the START of the last round, beside the summary's final-policy duality_gap; its game keys now
+    are the final policy's, recomputed here from the trained policy's exact distribution."""
+    import json
+
+    from preflab.online.game import distribution
+
+    cfg = load_config(RECIPE, [f"output_dir={tmp_path}", "disable_tqdm=true", "trainer=inpo", "max_steps=80"])
+    run = OnlineRun(cfg)
+    summary = run.train()
+    pi, ref = distribution(run.policy), np.array(summary["reference_distribution"])
+    final = summary["final_metrics"]
+    assert final["duality_gap"] == pytest.approx(dual_gap(pi, g3(), 0.1, ref), rel=1e-12)
+    assert final["duality_gap"] == summary["duality_gap"] == final["eval_duality_gap"]
+    assert final["tv_to_equilibrium"] == summary["tv_to_equilibrium"]
+    assert [final[f"policy/p{i}"] for i in range(3)] == pytest.approx(pi.tolist(), rel=1e-12)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "loss" in r][-1]
+    assert last["step"] == 80 and abs(last["duality_gap"] - final["duality_gap"]) > 1e-3  # the round start's
+    assert json.loads((tmp_path / "summary.json").read_text())["final_metrics"]["duality_gap"] == final["duality_gap"]

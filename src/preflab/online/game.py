@@ -38,6 +38,9 @@ last iterate cycles or drifts to a corner (the plain game's Minimax Winner is re
 preflab.lab.nash_loops.mwu), so they are not in the tv_to_equilibrium guarantee.
 Summary (summary.json) and metrics: policy_distribution, reference_distribution, equilibrium (the lab's pi*_beta,
 preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap).
+A metrics.jsonl row's tv_to_equilibrium, duality_gap and policy/p<i> are the round-start policy's (averaged over the
+rounds of its logging window); summary.json's final_metrics carries the final policy's instead (final_row), the
+values of summary.json's own keys, so the two tables of `preflab report` agree.
 """
 from __future__ import annotations
 
@@ -93,6 +96,13 @@ def distribution(model) -> np.ndarray:
     device = next(model.parameters()).device
     logits = model(input_ids=torch.full((1, 1), PROMPT, dtype=torch.long, device=device)).logits[0, -1].double()
     return torch.softmax(logits, -1).cpu().numpy()
+
+
+def final_row(summary: dict) -> dict:
+    """final_metrics' game keys, set to the final policy's values (summary.json's tv_to_equilibrium, duality_gap,
+    policy_distribution): the last logged row holds the round-start policy's, which read as the final policy's."""
+    return {"tv_to_equilibrium": summary["tv_to_equilibrium"], "duality_gap": summary["duality_gap"],
+            **{f"policy/p{i}": float(p) for i, p in enumerate(summary["policy_distribution"])}}
 
 
 def game_setup(cfg, policy=None):

@@ -786,6 +786,13 @@ class OnlineRun(TrainingRun):
                     extras[key] = after[key]
         return extras
 
+    def _finish(self, summary: dict) -> None:
+        if self.cfg.online_task == "game" and "duality_gap" in summary:
+            from preflab.online.game import final_row
+
+            summary["final_metrics"].update(final_row(summary))  # the final policy's, not the last round start's
+        super()._finish(summary)
+
     def write_card(self, summary: dict) -> None:
         from preflab.runlog import write_model_card
 
