@@ -781,7 +781,8 @@ class OnlineRun(TrainingRun):
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
-                        "duality_gap"):
+                        "duality_gap", "policy_distribution_average", "tv_to_equilibrium_average",
+                        "duality_gap_average"):
                 if key in after:
                     extras[key] = after[key]
         return extras
