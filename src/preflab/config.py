@@ -626,9 +626,10 @@ def config_from_dict(raw: dict) -> TrainConfig:
     trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
     _diffusion_beta_default(known, extra, notes)
     cfg = TrainConfig(**known)
-    from preflab.online.options import check_explicit_loss_type
+    from preflab.online.options import check_explicit_loss_type, unread_game_option_notes
 
     check_explicit_loss_type(cfg, known)
+    notes += unread_game_option_notes(cfg)
     for key, value in extra.items():
         cfg.objective_params[key] = value
     from preflab.objectives import check_modality

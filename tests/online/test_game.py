@@ -116,3 +116,74 @@ def test_game_preferences_refuses_booleans():
     base = dict(task="online", online_task="game", trainer="inpo", max_steps=2, model_name_or_path="builtin:tiny-llama")
     with pytest.raises(ConfigError, match=r"game_preferences\[0\]\[1\] = True is not a probability in \[0, 1\]"):
         config_from_dict({**base, "game_preferences": [[0.5, True], [False, 0.5]]})
+
+
+@pytest.mark.parametrize("trainer,unread", [("egpo", ["game_eta", "steps_per_generation"]), ("inpo", []),
+                                            ("sppo", ["game_eta"])])
+def test_game_notes_options_its_trainer_does_not_read(capsys, trainer, unread):
+    """The shipped yaml's game_eta (read by inpo / apo / nash_md) and steps_per_generation (egpo and online_ipo make
+    every step a round) ran unread and unmentioned under the documented `trainer=egpo`; each is now a note naming
+    the trainers that read it (a note, not an error: one yaml serves every game trainer)."""
+    load_config(RECIPE, [f"trainer={trainer}"])
+    err = capsys.readouterr().err
+    for name in ("game_eta", "steps_per_generation", "num_iterations"):
+        line = [ln for ln in err.splitlines() if ln.startswith(f"preflab: note: {name}=")]
+        assert len(line) == (name in unread), (name, err)
+    if unread:
+        assert "preflab: note: game_eta=0.1 is read by game trainers apo, inpo, nash_md, not by trainer " \
+               f"'{trainer}'; it has no effect on this run." in err
+
+
+def test_game_final_metrics_are_the_final_policys(tmp_path):
+    """summary.json's final_metrics (the report's "Final metrics" table) held the last logged row's duality_gap,
+    the policy's at the START of the last round, beside the summary's final-policy duality_gap; its game keys now
+    are the final policy's, recomputed here from the trained policy's exact distribution."""
+    import json
+
+    from preflab.online.game import distribution
+
+    cfg = load_config(RECIPE, [f"output_dir={tmp_path}", "disable_tqdm=true", "trainer=inpo", "max_steps=80"])
+    run = OnlineRun(cfg)
+    summary = run.train()
+    pi, ref = distribution(run.policy), np.array(summary["reference_distribution"])
+    final = summary["final_metrics"]
+    assert final["duality_gap"] == pytest.approx(dual_gap(pi, g3(), 0.1, ref), rel=1e-12)
+    assert final["duality_gap"] == summary["duality_gap"] == final["eval_duality_gap"]
+    assert final["tv_to_equilibrium"] == summary["tv_to_equilibrium"]
+    assert [final[f"policy/p{i}"] for i in range(3)] == pytest.approx(pi.tolist(), rel=1e-12)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "loss" in r][-1]
+    assert last["step"] == 80 and abs(last["duality_gap"] - final["duality_gap"]) > 1e-3  # the round start's
+    assert json.loads((tmp_path / "summary.json").read_text())["final_metrics"]["duality_gap"] == final["duality_gap"]
+
+
+def test_game_average_iterate_is_the_mean_of_the_logged_round_policies(tmp_path):
+    """sppo's guarantee is on the average iterate: summary.json's policy_distribution_average is the mean of the
+    round-start distributions (recomputed here from metrics.jsonl, one row per round), its TV and duality gap those of
+    that mean, on a 2-answer game whose equilibrium is closed-form ((P pi)_0 - (P pi)_1 = p - 1/2 for every pi, so
+    pi*_beta ∝ pi_ref (e^((p - 1/2)/beta), 1)) and the gap DG_beta written out by hand; a run resumed from a
+    mid-round checkpoint keeps the running sum (its average equals the uninterrupted run's)."""
+    import json
+
+    p, beta = 0.6, 0.1
+    P = np.array([[0.5, p], [1 - p, 0.5]])
+    steps = ["trainer=sppo", f"game_preferences={P.tolist()}", "max_steps=120", "steps_per_generation=20",
+             "logging_steps=20"]
+    summary = game_run(tmp_path / "full", *steps)
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rounds = {r["round"]: [r[f"policy/p{i}"] for i in range(2)] for r in rows if "loss" in r}
+    assert sorted(rounds) == [1, 2, 3, 4, 5, 6]
+    avg, ref = np.mean(list(rounds.values()), axis=0), np.array(summary["reference_distribution"])
+    star = ref * np.exp([(p - 0.5) / beta, 0.0])
+    star /= star.sum()
+    assert summary["equilibrium"] == pytest.approx(star.tolist(), abs=1e-9)
+    gap = (beta * np.log(ref @ np.exp(P @ avg / beta)) + beta * np.log(ref @ np.exp(-(P.T @ avg) / beta))
+           + 2 * beta * float(avg @ np.log(avg / ref)))
+    assert summary["policy_distribution_average"] == pytest.approx(avg.tolist(), rel=1e-9)
+    assert summary["tv_to_equilibrium_average"] == pytest.approx(0.5 * np.abs(avg - star).sum(), rel=1e-6)
+    assert summary["duality_gap_average"] == pytest.approx(gap, rel=1e-6)
+    assert abs(summary["duality_gap_average"] - summary["duality_gap"]) > 1e-3   # not the last iterate's
+    game_run(tmp_path / "cut", *steps, "save_steps=50")
+    resumed = game_run(tmp_path / "resumed", *steps, f"resume_from_checkpoint={tmp_path / 'cut' / 'checkpoint-50'}")
+    assert resumed["resumed_from_step"] == 50
+    assert resumed["policy_distribution_average"] == pytest.approx(summary["policy_distribution_average"], abs=1e-9)

@@ -38,6 +38,14 @@ last iterate cycles or drifts to a corner (the plain game's Minimax Winner is re
 preflab.lab.nash_loops.mwu), so they are not in the tv_to_equilibrium guarantee.
 Summary (summary.json) and metrics: policy_distribution, reference_distribution, equilibrium (the lab's pi*_beta,
 preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap).
+A metrics.jsonl row's tv_to_equilibrium, duality_gap and policy/p<i> are the round-start policy's (averaged over the
+rounds of its logging window); summary.json's final_metrics carries the final policy's instead (final_row), the
+values of summary.json's own keys, so the two tables of `preflab report` agree.
+Average iterate: sppo's and spo's guarantee is on the average of the policies played (SPPO, Wu et al. 2024,
+arXiv:2405.00675; SPO, Swamy et al. 2024, arXiv:2401.04056), not on the last iterate, so summary.json
+also holds, for every game trainer, policy_distribution_average = (1/R) sum_r pi_r over the R rounds run (pi_r the
+round-start policy, the one round r plays: each round counts once), and its tv_to_equilibrium_average and
+duality_gap_average. The running sum is the task's state (AverageIterate), checkpointed with the round.
 """
 from __future__ import annotations
 
@@ -63,6 +71,28 @@ class GameTokenizer:
         return " ".join(f"a{i}" for i in ids)
 
 
+class AverageIterate:
+    """The running sum of the round-start distributions pi_r and the number of rounds R; mean() = (1/R) sum_r pi_r.
+    Saved and restored with the online state (OnlineRun writes task.state to task.json beside round.json, so a
+    resumed run neither loses a round nor counts its restored pending round twice)."""
+
+    def __init__(self, K: int):
+        self.total, self.rounds = np.zeros(K), 0
+
+    def add(self, pi: np.ndarray) -> None:
+        self.total = self.total + pi
+        self.rounds += 1
+
+    def mean(self) -> np.ndarray:
+        return self.total / self.rounds
+
+    def state_dict(self) -> dict:
+        return {"total": self.total.tolist(), "rounds": self.rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.rounds = np.asarray(state["total"], dtype=np.float64), int(state["rounds"])
+
+
 class GameTask:
     def __init__(self, P: np.ndarray, beta: float, policy, ref_probs: np.ndarray):
         from preflab.lab.games import reg_nash
@@ -73,9 +103,14 @@ class GameTask:
         self.rows = [PromptRow(0, "game", [PROMPT], {})]
         self.prompts, self.judges, self.heldout = ["game"], [lambda prompts, completions, **kw: [0.0] * len(prompts)], []
         self.evaluate = self._evaluate
+        self.state = AverageIterate(len(ref_probs))
 
     def _evaluate(self, model, tokenizer=None) -> dict:
-        return self.evaluate_distribution(distribution(model))
+        out = self.evaluate_distribution(distribution(model))
+        if self.state.rounds:  # the average iterate (none before the first round)
+            avg = self.evaluate_distribution(self.state.mean())
+            out.update({f"{k}_average": avg[k] for k in ("policy_distribution", "tv_to_equilibrium", "duality_gap")})
+        return out
 
     def evaluate_distribution(self, pi: np.ndarray) -> dict:
         """evaluate's metrics of the policy whose answer probabilities are pi (distribution(model))."""
@@ -93,6 +128,13 @@ def distribution(model) -> np.ndarray:
     device = next(model.parameters()).device
     logits = model(input_ids=torch.full((1, 1), PROMPT, dtype=torch.long, device=device)).logits[0, -1].double()
     return torch.softmax(logits, -1).cpu().numpy()
+
+
+def final_row(summary: dict) -> dict:
+    """final_metrics' game keys, set to the final policy's values (summary.json's tv_to_equilibrium, duality_gap,
+    policy_distribution): the last logged row holds the round-start policy's, which read as the final policy's."""
+    return {"tv_to_equilibrium": summary["tv_to_equilibrium"], "duality_gap": summary["duality_gap"],
+            **{f"policy/p{i}": float(p) for i, p in enumerate(summary["policy_distribution"])}}
 
 
 def game_setup(cfg, policy=None):
@@ -193,6 +235,7 @@ def game_round(run, r: int):
     P, K, ref = task.P, task.P.shape[0], task.ref_probs
     pi_t = distribution(run.policy)
     after = task.evaluate_distribution(pi_t)  # the round-start policy's metrics (the policy is not stepped here)
+    task.state.add(pi_t)  # the average iterate's running sum (before apo replaces pi_t by its extrapolation)
     eta = cfg.game_eta / cfg.beta
     name = cfg.trainer
     log_pi = np.log(np.maximum(pi_t, 1e-300))

@@ -198,6 +198,30 @@ def unread_online_options(cfg) -> list[str]:
     return out
 
 
+# the game options that only some game trainers read (preflab.online.game / online.run / online.trainers):
+# game_eta is eta * beta of inpo / apo / nash_md's step; egpo and online_ipo recompute the opponent every step
+# (OnlineRun.round_len = 1), so the round length steps_per_generation x num_iterations is theirs only to ignore
+_GAME_READERS = (
+    ("game_eta", ("apo", "inpo", "nash_md")),
+    ("steps_per_generation", ("apo", "inpo", "nash_md", "sppo", "spo")),
+    ("num_iterations", ("apo", "inpo", "nash_md", "sppo", "spo")),
+)
+
+
+def unread_game_option_notes(cfg) -> list[str]:
+    """Notes (not errors: one yaml such as examples/online/nash_game.yaml serves every game trainer through
+    `trainer=...`) naming each game option set away from its default that the chosen game trainer does not read."""
+    if cfg.task != "online" or cfg.online_task != "game":
+        return []
+    out = []
+    for name, readers in _GAME_READERS:
+        if cfg.trainer not in readers and changed_options(cfg, (name,)):
+            out.append(f"{name}={getattr(cfg, name)!r} is read by game trainers {', '.join(readers)}, not by "
+                       f"trainer {cfg.trainer!r}" + (" (every step is a round)" if name != "game_eta" else "")
+                       + "; it has no effect on this run.")
+    return out
+
+
 def check_explicit_loss_type(cfg, given: dict) -> None:
     """`loss_type: sigmoid` written in the config of a recipe with its own objective (rso: hinge_norm, sppo, ...) was
     replaced by that objective without a word (sigmoid is also the default, so check_online cannot tell); refused

@@ -781,10 +781,18 @@ class OnlineRun(TrainingRun):
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
-                        "duality_gap"):
+                        "duality_gap", "policy_distribution_average", "tv_to_equilibrium_average",
+                        "duality_gap_average"):
                 if key in after:
                     extras[key] = after[key]
         return extras
+
+    def _finish(self, summary: dict) -> None:
+        if self.cfg.online_task == "game" and "duality_gap" in summary:
+            from preflab.online.game import final_row
+
+            summary["final_metrics"].update(final_row(summary))  # the final policy's, not the last round start's
+        super()._finish(summary)
 
     def write_card(self, summary: dict) -> None:
         from preflab.runlog import write_model_card
