@@ -892,8 +892,11 @@ class OnlineRun(TrainingRun):
         self.counts, self.refreshes = meta["counts"], meta["refreshes"]
         if getattr(self.task, "state", None) is not None:
             if not (folder / "task.json").exists():
-                raise PreflabError(f"resuming at step {step}: {folder / 'task.json'} (the task's state, e.g. the OTC "
-                                   "tracker) is missing; resume from a checkpoint written by a run of this task.")
+                raise PreflabError(f"resuming at step {step}: {folder / 'task.json'} (the task's state: OTC's tracker, "
+                                   "the preference game's average-iterate sum) is missing: the checkpoint was written "
+                                   "by a run of another task, or by a preflab from before this task kept state (game "
+                                   "checkpoints before the average iterate). Resume from a checkpoint written by a "
+                                   "run of this task with this preflab, or start the run again.")
             self.task.state.load_state_dict(json.loads((folder / "task.json").read_text()))
         if (folder / "reference.safetensors").exists():
             from safetensors.torch import load_file
