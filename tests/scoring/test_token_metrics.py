@@ -196,5 +196,5 @@ def test_a_step_that_logs_the_token_metrics_still_reads_the_device_once(tmp_path
 
     per_step, names, summary = run_counted(tmp_path, monkeypatch, logging_steps=1)
     assert per_step == [1] * 4, names
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]  # its output_dir
     assert all("mean_token_accuracy" in r for r in rows if "loss" in r)
