@@ -250,7 +250,8 @@ class TrainingRun(CallbackEvents):
         """Resume (or start afresh), put this run on output_dir's timeline.json, run before_train and write
         config.yaml and metric_panels.json (the panels the objective declares for its own metrics, as data:
         `preflab report` imports no code a run names); returns the step the loop starts from."""
-        declared_panels(getattr(self, "objective", None))  # a malformed declaration is refused before any work
+        objective = getattr(self, "objective", None)
+        panels = declared_panels(objective)  # a malformed declaration is refused before any work
         start_step = self._maybe_resume()
         self.accelerator.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
@@ -259,7 +260,7 @@ class TrainingRun(CallbackEvents):
         self.before_train()
         if self.main:
             self.cfg.save(self.out / "config.yaml")
-            write_panel_data(self.out, getattr(self, "objective", None))
+            write_panel_data(self.out, objective, panels)
         return start_step
 
     def _step_tokens(self, result, mbs) -> int:

@@ -11,6 +11,7 @@ contract's checks, `check_objective`, for any objective) are not objectives.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from dataclasses import dataclass
 
@@ -142,11 +143,13 @@ class WeightedSum:
             raise ConfigError(f"loss_type {list(self.names)}: {owning[0]!r} trains parameters of its own (e.g. "
                               "SparsePO's token masks), which preflab trains only when it is the run's one loss_type; "
                               "in a weighted sum they would stay at their initial values. Use it alone.")
-        self.declared_metrics()
+        self.declared_metrics  # checked here, at construction (the parts are frozen: computed once)
 
+    @functools.cached_property
     def declared_metrics(self) -> dict:
         """{later part's name: the metrics it declares (metric_panels) and a weighted sum logs}. ConfigError where
-        one is also another part's declared metric or a `loss/<part>` key."""
+        one is also another part's declared metric or a `loss/<part>` key. Computed once (cached_property writes the
+        instance's __dict__, which the frozen dataclass allows), not at every micro-batch's __call__."""
         owner = {f"loss/{name}": f"the weighted sum (part {name!r}'s loss)" for name in self.names}
         out = {}
         for name, part in zip(self.names, self.parts):
@@ -202,7 +205,7 @@ class WeightedSum:
         losses = sum(w * o.losses for w, o in zip(self.weights, outs))
         metrics = dict(outs[0].metrics)
         counts, differences = dict(outs[0].metric_counts), dict(outs[0].metric_differences)
-        for (name, keys), o in zip(self.declared_metrics().items(), outs[1:]):
+        for (name, keys), o in zip(self.declared_metrics.items(), outs[1:]):
             clash = sorted(set(keys) & set(outs[0].metrics))
             if clash:
                 raise PreflabError(f"loss_type {list(self.names)}: part {name!r} declares {clash[0]!r} "

@@ -30,11 +30,12 @@ FORMAT = 1
 MAX_BYTES = 64 * 1024
 
 
-def write_panel_data(output_dir, objective) -> Path:
-    """RUN_DIR/metric_panels.json: the panels `preflab report` draws for the objective's own metrics."""
+def write_panel_data(output_dir, objective, panels: list | None = None) -> Path:
+    """RUN_DIR/metric_panels.json: the panels `preflab report` draws for the objective's own metrics (`panels`:
+    declared_panels(objective) when the caller has it already)."""
     path = Path(output_dir) / FILE
-    data = {"format": FORMAT, "panels": [{"title": t, "ylabel": y, "metrics": list(m)}
-                                         for t, y, m in declared_panels(objective)]}
+    panels = declared_panels(objective) if panels is None else panels
+    data = {"format": FORMAT, "panels": [{"title": t, "ylabel": y, "metrics": list(m)} for t, y, m in panels]}
     tmp = path.with_name(FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
