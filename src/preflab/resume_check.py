@@ -140,11 +140,11 @@ def check_resume_code(saved: dict, checkpoint, cfg, note=print) -> None:
     removed since, unless cfg.allow_config_change (then a note). The config names the same spec, so the config
     comparison cannot see the change; the resumed run would continue with another objective or reward than the one
     its first steps trained with. A whitespace or comment edit counts too (the bytes are compared)."""
-    from preflab.plugins import file_sha256
+    from preflab.plugins import user_file_sha256
 
     changed = []
     for module, entry in sorted((saved.get("user_code") or {}).items()):
-        now = file_sha256(entry.get("file", ""))
+        now = user_file_sha256(entry.get("file", ""))
         if now is None:
             changed.append(f"{module} ({entry.get('file')}: no longer readable)")
         elif now != entry.get("sha256"):
