@@ -14,20 +14,11 @@ import torch
 
 from preflab.checkpoint import clean_interrupted_saves
 from preflab.errors import ConfigError, PreflabError
+from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
 from preflab.loops.best_model import saves_best
 from preflab.loops.resume import check_resume_early, note_earlier_run, resume_requested
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage
-
-
-def launched_world_size() -> int:
-    """Processes the launcher started (accelerate launch / torchrun set WORLD_SIZE), 1 for a plain run."""
-    import os
-
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
 
 
 MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun's ranks (accelerate CPU)
@@ -65,24 +56,6 @@ def _has_accelerator_device() -> bool:
     return device_type is not None and get_distributed_backend(device_type) is not None
 
 
-def _flag(name: str) -> bool:
-    import os
-
-    return os.environ.get(name, "false").lower() in ("true", "1")
-
-
-def fsdp_version_asked() -> int | None:
-    """The FSDP version the accelerate config asks for (`distributed_type: FSDP`, fsdp_version), None without."""
-    import os
-
-    if not _flag("ACCELERATE_USE_FSDP"):
-        return None
-    try:
-        return int(os.environ.get("FSDP_VERSION", "1"))
-    except ValueError:
-        return 1
-
-
 def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
     """Refuse a distributed engine the launch asks for but that cannot run here: FSDP version 1 on CPU (torch's
     FSDP1 needs an accelerator device; FSDP2 runs on CPU, see enable_fsdp2_on_cpu), DeepSpeed without its package,
@@ -98,7 +71,7 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
             f"{version}) but this run is on CPU, where FSDP version 1 does not run. Set fsdp_version: 2 (as "
             "examples/accelerate/fsdp2.yaml: torch's fully_shard runs on CPU with gloo), or use "
             "examples/accelerate/ddp.yaml.")
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
+    if env_flag("ACCELERATE_USE_DEEPSPEED"):
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError(
                 "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
@@ -118,7 +91,7 @@ def check_deepspeed_settings(cfg) -> None:
     every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading."""
     import os
 
-    if not _flag("ACCELERATE_USE_DEEPSPEED"):
+    if not env_flag("ACCELERATE_USE_DEEPSPEED"):
         return
     if cfg.gradient_accumulation_steps != 1:
         raise ConfigError(
@@ -189,14 +162,14 @@ def make_accelerator(cfg, whole_weights: str | None = None):
 
     launched = launched_world_size()
     check_launch_started_processes()
-    use_cpu = cfg.use_cpu or _flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
+    use_cpu = cfg.use_cpu or env_flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
     cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
     _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
     check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
     check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
     fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2
-    deepspeed_on_cpu = cpu and _flag("ACCELERATE_USE_DEEPSPEED")
+    deepspeed_on_cpu = cpu and env_flag("ACCELERATE_USE_DEEPSPEED")
     plugin = ds_cpu_plugin = None
     if fsdp_on_cpu:
         from accelerate.utils import FullyShardedDataParallelPlugin
