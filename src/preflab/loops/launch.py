@@ -10,6 +10,8 @@ TrainingRun._check_engine_can_save before the first step).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from preflab.checkpoint import clean_interrupted_saves
@@ -85,12 +87,15 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
                 "preflab) train CONFIG.yaml`, or unset ACCELERATE_USE_DEEPSPEED.")
 
 
-def check_deepspeed_settings(cfg) -> None:
+def check_deepspeed_settings(cfg, note=None) -> None:
     """DeepSpeed takes the optimizer step inside accelerator.backward (accelerate's DeepSpeedEngineWrapper), with
     its own gradient clipping: one micro-batch per optimizer step (preflab's accumulation would make it step after
-    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading."""
-    import os
+    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading.
 
+    The DeepSpeed settings are read as accelerate forms them (its DeepSpeedPlugin): from the accelerate config's
+    deepspeed_config (the launcher's ACCELERATE_* variables) or from a deepspeed_config_file on disk, whose
+    gradient_accumulation_steps and gradient_clipping the launcher's variables do not carry (accelerate refuses them
+    beside a file), so a file's values are checked too. zero3_init_flag: see zero3_init_note."""
     if not env_flag("ACCELERATE_USE_DEEPSPEED"):
         return
     if cfg.gradient_accumulation_steps != 1:
@@ -99,31 +104,66 @@ def check_deepspeed_settings(cfg) -> None:
             "DEEPSPEED`): DeepSpeed steps the optimizer inside every backward through accelerate, so preflab runs it "
             "with one micro-batch per step. Set gradient_accumulation_steps: 1 and raise "
             "per_device_train_batch_size, or use examples/accelerate/fsdp2.yaml.")
-    ds_accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "auto")
-    if ds_accumulation not in ("auto", "1"):
-        raise ConfigError(
-            f"the accelerate config's deepspeed_config.gradient_accumulation_steps is {ds_accumulation}; preflab runs "
-            "DeepSpeed with 1 (set it to 1).")
-    clipping = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "auto")
-    if clipping not in ("auto", "none") and float(clipping) != float(cfg.max_grad_norm or 0.0):
-        raise ConfigError(
-            f"the accelerate config's deepspeed_config.gradient_clipping is {clipping} but max_grad_norm is "
-            f"{cfg.max_grad_norm}: DeepSpeed clips with its own setting; make them equal.")
-    check_zero3_gathers_the_final_model()
-
-
-def check_zero3_gathers_the_final_model() -> None:
-    """Under ZeRO-3 no rank holds the whole weights; the final model is gathered through accelerate's get_state_dict
-    (gather_full_state), which DeepSpeed allows only with stage3_gather_16bit_weights_on_model_save (accelerate's
-    zero3_save_16bit_model, false by default). Without it the run would train to its end and then stop with
-    accelerate's ValueError at the final save, so it is refused here, before loading. The setting is read as
-    accelerate reads it (its DeepSpeedPlugin, from the launcher's variables or the deepspeed_config_file)."""
     from accelerate.utils import DeepSpeedPlugin
 
     try:
-        zero = DeepSpeedPlugin().deepspeed_config.get("zero_optimization") or {}
+        plugin = DeepSpeedPlugin()
     except ValueError:  # a deepspeed_config_file accelerate cannot read: accelerate says why when it forms the state
         return
+    ds = plugin.deepspeed_config
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    where = "the accelerate config's deepspeed_config." if file == "none" else f"the deepspeed_config_file {file}: "
+    ds_accumulation = str(ds.get("gradient_accumulation_steps", "auto"))
+    if ds_accumulation not in ("auto", "1"):
+        raise ConfigError(
+            f"{where}gradient_accumulation_steps is {ds_accumulation}; preflab runs DeepSpeed with 1 (set it to 1).")
+    clipping = ds.get("gradient_clipping", "auto")
+    if clipping not in ("auto", "none", None) and float(clipping) != float(cfg.max_grad_norm or 0.0):
+        raise ConfigError(
+            f"{where}gradient_clipping is {clipping} but max_grad_norm is {cfg.max_grad_norm}: DeepSpeed clips with "
+            "its own setting; make them equal.")
+    zero = ds.get("zero_optimization") or {}
+    check_zero3_gathers_the_final_model(zero)
+    said = zero3_init_note(zero.get("stage"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT"))
+    if said:
+        from preflab.runlog import is_main_process
+
+        if is_main_process():
+            (note or print)(said)
+
+
+def zero3_init_note(stage, asked: str | None) -> str | None:
+    """A note when the accelerate config's zero3_init_flag (ACCELERATE_DEEPSPEED_ZERO3_INIT) asks for what the run
+    will not do. Once accelerate's DeepSpeed plugin is selected (make_accelerator, before any model loads) under
+    ZeRO-3, transformers builds every model loaded with from_pretrained inside DeepSpeed's zero.Init, already
+    partitioned over the processes, whatever the flag says (accelerate 1.x sets transformers' HfDeepSpeedConfig for
+    any stage; the flag only switches accelerate's own GatheredParameters helper); under ZeRO-1/2 accelerate turns
+    a true flag off. Either way the weights trained are the same: only where the model is first built differs
+    (whole on each process, or partitioned), so a note says so rather than a refusal. None when the flag fits the
+    stage or is not set (accelerate then follows the stage)."""
+    if asked is None:
+        return None
+    on, zero3 = asked.lower() in ("true", "1"), str(stage) == "3"
+    if zero3 and not on:
+        return ("preflab: note: zero3_init_flag: false (the accelerate config's deepspeed_config) does not apply: "
+                "under DeepSpeed ZeRO-3 transformers builds every model preflab loads with from_pretrained inside "
+                "DeepSpeed's zero.Init (partitioned over the processes as it is built) whatever the flag says; the "
+                "trained weights are the same. Set zero3_init_flag: true (as examples/accelerate/zero3.yaml) to say "
+                "what happens.")
+    if on and not zero3:
+        return (f"preflab: note: zero3_init_flag: true (the accelerate config's deepspeed_config) applies to "
+                f"DeepSpeed ZeRO-3 only; this run is ZeRO-{stage}, which builds each model whole on every process "
+                "(accelerate turns the flag off). Set zero3_init_flag: false (as examples/accelerate/zero2.yaml).")
+    return None
+
+
+def check_zero3_gathers_the_final_model(zero: dict) -> None:
+    """Under ZeRO-3 no rank holds the whole weights; the final model is gathered through accelerate's get_state_dict
+    (gather_full_state), which DeepSpeed allows only with stage3_gather_16bit_weights_on_model_save (accelerate's
+    zero3_save_16bit_model, false by default). Without it the run would train to its end and then stop with
+    accelerate's ValueError at the final save, so it is refused here, before loading. `zero`: the DeepSpeed
+    config's zero_optimization as accelerate reads it (its DeepSpeedPlugin, from the launcher's variables or the
+    deepspeed_config_file)."""
     if str(zero.get("stage")) != "3" or zero.get("stage3_gather_16bit_weights_on_model_save") is True:
         return
     raise ConfigError(
