@@ -6,8 +6,8 @@ A key in HARMLESS only changes how long the run goes on, what it logs or saves, 
 optimizer settings, ...) changes what the resumed run computes, so check_resume_config refuses it unless
 `allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
 On another number of processes the global batch (per_device_train_batch_size x processes) and
-gradient_accumulation_steps must stay (check_global_batch), and the saved per-device batch is read as this world's (saved_config_on_this_world);
-check_saved_config runs both config checks of a checkpoint.
+gradient_accumulation_steps must stay (check_global_batch), and the saved per-device batch is read as this world's
+(saved_config_on_this_world); check_saved_config runs both config checks of a checkpoint.
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
     if (not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int)
             or getattr(cfg, "task", None) == "online"):
         return
-    accumulation = cfg.gradient_accumulation_steps
+    accumulation = getattr(cfg, "gradient_accumulation_steps", 1)
     saved_accumulation = saved.get("gradient_accumulation_steps", accumulation)
     if not isinstance(saved_accumulation, int):
         saved_accumulation = accumulation
