@@ -325,8 +325,9 @@ def test_resume_on_another_number_of_processes_must_keep_the_global_batch(tmp_pa
                                  "output_dir": str(tmp_path), "per_device_train_batch_size": 8, **kw})
 
     saved, state = cfg().to_dict(), {"world_size": 2}
-    with pytest.raises(ConfigError, match=r"global batch of 16 \(per_device_train_batch_size 8 x 2 processes\); "
-                                          r"this run has 8 \(8 x 1\).*per_device_train_batch_size: 16"):
+    with pytest.raises(ConfigError, match=r"global batch of 16 \(per_device_train_batch_size 8 x 2 processes\) and "
+                                          r"gradient_accumulation_steps 1, 16 examples an optimizer step; this run has "
+                                          r"8 \(8 x 1\) and 1, 8 .*per_device_train_batch_size: 16"):
         check_global_batch(saved, state, cfg(), 1, "checkpoint-4")
     check_global_batch(saved, state, cfg(per_device_train_batch_size=16), 1, "checkpoint-4")  # the same run
     check_global_batch(saved, state, cfg(per_device_train_batch_size=4), 4, "checkpoint-4")

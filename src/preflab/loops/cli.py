@@ -41,9 +41,9 @@ def route_of(cfg) -> str:
     """The task preflab.cli routes a config by: cfg.task, or ONLINE_KL for task: dpo with an objective that reads
     HyPO's on-policy extras (loss_type: hypo, alone or in a weighted sum), which fresh samples of the policy feed."""
     if cfg.task == "dpo":
-        objective = cfg.objective()
-        if any("online_policy_logps" in getattr(p, "gradient_extras", ())
-               for p in getattr(objective, "parts", None) or (objective,)):
+        from preflab.objectives import objective_parts
+
+        if any("online_policy_logps" in getattr(p, "gradient_extras", ()) for p in objective_parts(cfg.objective())):
             return ONLINE_KL
     return cfg.task
 

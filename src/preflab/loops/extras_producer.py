@@ -25,6 +25,7 @@ import importlib
 import torch
 
 from preflab.errors import ConfigError
+from preflab.objectives.base import objective_parts
 
 
 class ExtrasProducer:
@@ -48,8 +49,7 @@ class ExtrasProducer:
 
 def produced_extras(objective) -> tuple:
     """The extras the objective's producer computes (every part of a weighted sum)."""
-    parts = getattr(objective, "parts", None) or (objective,)
-    return tuple(k for p in parts for k in getattr(p, "produced_extras", ()))
+    return tuple(k for p in objective_parts(objective) for k in getattr(p, "produced_extras", ()))
 
 
 def refuse_produced_columns(objective, cfg, splits) -> None:
@@ -73,7 +73,7 @@ def refuse_computed_columns(cfg, splits, names, computed_by: str) -> None:
 
 def make_producer(objective, cfg) -> ExtrasProducer | None:
     """The producer the objective (or one part of a weighted sum) declares, built; None when none does."""
-    parts = [p for p in (getattr(objective, "parts", None) or (objective,)) if getattr(p, "extras_producer", "")]
+    parts = [p for p in objective_parts(objective) if getattr(p, "extras_producer", "")]
     if not parts:
         return None
     if len(parts) > 1:
