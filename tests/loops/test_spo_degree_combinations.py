@@ -1,7 +1,7 @@
 """spo_degree (preflab.loops.degree_head) with the run options that change how the policy is held or run: LoRA
 (the head trains beside the adapters, is saved beside the adapter and restored on resume), bf16 autocast on CPU,
-torch_compile (the hidden-only variant forward through the compiled scorer), and DeepSpeed, which is refused before
-the models load (FSDP2 trains it: tests/loops/test_extras_sharding.py)."""
+torch_compile (the hidden-only variant forward through the compiled scorer), and FSDP version 1, which is refused
+before the models load (FSDP2 and DeepSpeed train it: tests/loops/test_extras_sharding.py)."""
 import json
 import math
 import sys
@@ -127,18 +127,16 @@ def test_spo_degree_torch_compile_trains_like_eager(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
-@pytest.mark.parametrize("engine", ["DEEPSPEED"])
-def test_spo_degree_refused_under_a_sharding_engine(tmp_path, engine):
-    """The check itself, on accelerate's distributed_type (DeepSpeed is not launched in this suite; FSDP2 trains
-    the head: tests/loops/test_extras_sharding.py)."""
+def test_spo_degree_refused_under_fsdp_version_1(tmp_path):
+    """The check itself, on accelerate's distributed_type: FSDP version 1 (not FSDP2) is refused; FSDP2 and DeepSpeed
+    train the head inside the engine's module (tests/loops/test_extras_sharding.py), DDP outside any wrapper."""
     cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(DATA), use_cpu=True,
                                 output_dir=str(tmp_path), loss_type="spo_degree",
                                 objective_params={"degrees": J}))
     producer = DegreeExtras(cfg.objective(), cfg)
-    acc = SimpleNamespace(distributed_type=f"DistributedType.{engine}", is_fsdp2=engine == "FSDP")
-    name = "DEEPSPEED" if engine == "DEEPSPEED" else "FSDP2"
-    with pytest.raises(ConfigError, match=rf"loss_type spo_degree trains parameters outside the model .* under "
-                                          rf"{name}: .* Train it with examples/accelerate/ddp.yaml or one process"):
+    acc = SimpleNamespace(distributed_type="DistributedType.FSDP", is_fsdp2=False)
+    with pytest.raises(ConfigError, match=r"loss_type spo_degree trains parameters outside the model .* under "
+                                          r"FSDP: .* Train it with examples/accelerate/ddp.yaml or one process"):
         refuse_sharded_engine(producer, cfg, acc)
     refuse_sharded_engine(producer, cfg, SimpleNamespace(distributed_type="DistributedType.MULTI_CPU"))  # DDP: runs
     refuse_sharded_engine(None, cfg, acc)  # no producer: nothing to refuse

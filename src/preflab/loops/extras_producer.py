@@ -90,42 +90,41 @@ def make_producer(objective, cfg) -> ExtrasProducer | None:
     return getattr(importlib.import_module(module), name)(parts[0], cfg)
 
 
-# engines under which a producer's module trains inside the engine's module (preflab.loops.engine_extras), proven
-# by tests/loops/test_extras_sharding.py against one process with the doubled batch
-PRODUCER_ENGINES = ("FSDP2",)
+# engines under which parameters outside the model train inside the engine's module (preflab.loops.engine_extras),
+# each proven by a real 2-process run (tests/loops/test_extras_sharding.py): an extras producer's module (spo_degree's
+# degree head) and an objective that is an nn.Module (SparsePO's token masks; under FSDP2 it is refused anyway for
+# its token-level KL through the reference's LM head, so it was not run there)
+PRODUCER_ENGINES = ("FSDP2", "DEEPSPEED")
+OBJECTIVE_ENGINES = ("DEEPSPEED",)
 
 
 def refuse_sharded_engine(producer, cfg, accelerator, objective=None) -> None:
     """ConfigError naming the engine and loss_type when parameters outside the model would be trained under a
     sharding engine preflab has not proven them under (before the models load).
 
-    An extras producer's module (spo_degree's degree head) trains under FSDP2 inside the module the engine wraps
-    (preflab.loops.engine_extras: sharded, reduced, checkpointed with the policy; equal to one process with the
-    doubled batch: tests/loops/test_extras_sharding.py). Still refused: a producer under DeepSpeed, a producer that
-    names no module (ExtrasProducer.module), and an objective that is an nn.Module (SparsePO's token masks, built
-    lazily, so the class decides) under FSDP2 or DeepSpeed. Before the refusal the engines crashed on them: under
-    FSDP2 accelerate maps every optimizer parameter to the model's sharded one (KeyError in
-    fsdp2_switch_optimizer_parameters; 2 CPU processes); DeepSpeed failed building its ZeRO optimizer (sparsepo on one
-    CPU process: ZeRO-2 KeyError in Stage1And2ZeroOptimizer._create_param_mapping, whose param_names are the model's;
-    ZeRO-3 AttributeError 'Parameter' object has no attribute 'partition_numel'). DDP and one process train them
-    (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
+    An extras producer's module trains under PRODUCER_ENGINES, an nn.Module objective's parameters (built lazily, so
+    the class decides) under OBJECTIVE_ENGINES, inside the module the engine wraps (preflab.loops.engine_extras:
+    sharded, reduced, checkpointed with the policy). Refused: those owners under any other sharding engine (FSDP
+    version 1; an nn.Module objective under FSDP2), and a producer that names no module (ExtrasProducer.module).
+    Before the engines owned them they crashed there: FSDP2 in accelerate's fsdp2_switch_optimizer_parameters
+    (KeyError: the optimizer's parameters must be the model's; 2 CPU processes); DeepSpeed building its ZeRO optimizer
+    (sparsepo on one CPU process: ZeRO-2 KeyError in Stage1And2ZeroOptimizer._create_param_mapping, ZeRO-3
+    AttributeError 'Parameter' object has no attribute 'partition_numel'). DDP and one process train them outside
+    any wrapper (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
     from preflab.loops.launch import is_sharded, sharding_engine
 
     if not is_sharded(accelerator):
         return
     engine = sharding_engine(accelerator)
-    producer_runs = producer is not None and engine in PRODUCER_ENGINES and \
-        type(producer).module is not ExtrasProducer.module
-    owners = ([f"its extras producer {type(producer).__name__}"] if producer is not None and not producer_runs
-              else []) + (
-        [f"the objective {type(objective).__name__}'s own parameters"] if isinstance(objective, torch.nn.Module)
-        else [])
+    owners = []
+    if producer is not None and (engine not in PRODUCER_ENGINES or type(producer).module is ExtrasProducer.module):
+        owners.append(f"its extras producer {type(producer).__name__}")
+    if isinstance(objective, torch.nn.Module) and engine not in OBJECTIVE_ENGINES:
+        owners.append(f"the objective {type(objective).__name__}'s own parameters")
     if owners:
-        also = (f" Its extras producer trains under {' and '.join(PRODUCER_ENGINES)} as well "
-                "(examples/accelerate/fsdp2.yaml)." if producer is not None and not producer_runs
-                and type(producer).module is not ExtrasProducer.module and not isinstance(objective, torch.nn.Module)
-                else "")
         raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy "
-                          f"({' and '.join(owners)}), which preflab does not train under "
-                          f"{engine}: the sharded optimizer holds the model's parameters only. "
-                          f"Train it with examples/accelerate/ddp.yaml or one process.{also}")
+                          f"({' and '.join(owners)}), which preflab does not train under {engine}: it trains them "
+                          "inside the engine's module only where a real run proved it (an extras producer's module "
+                          f"under {' and '.join(PRODUCER_ENGINES)}, an objective's own parameters under "
+                          f"{' and '.join(OBJECTIVE_ENGINES)}). Train it with examples/accelerate/ddp.yaml or one "
+                          "process.")
