@@ -81,7 +81,9 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
     - the engine's checkpoint holds the head and its Adam state (no extra.safetensors beside it; under FSDP2 the
       wrapper's names extras.producer.* in the model and optimizer shards);
     - resumed from checkpoint-2 on 2 processes: losses, grad norms, model and head bit for bit (a head restored
-      without its Adam moments, or not at all, moves step 3 by about the learning rate)."""
+      without its Adam moments, or not at all, moves step 3 by about the learning rate);
+    - FSDP2: the checkpoint resumed by one plain process (no engine, the head outside any wrapper) is refused
+      naming the checkpoint and both sides, before any step (it would not restore the head)."""
     config, how = ENGINES[engine]
     cli, one = _cli(tmp_path), spo_degree_one_process
     two, resumed = tmp_path / "two", tmp_path / "resumed"
@@ -121,6 +123,20 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
     for step in (3, 4):
         assert (b[step]["loss"], b[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
     _equal_files(resumed, two, ("model.safetensors", "degree_head.safetensors"))
+
+    if engine == "fsdp2":  # one plain process keeps the head outside any engine: it could not restore it
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        env.pop("WORLD_SIZE", None)
+        proc = subprocess.run([sys.executable, str(cli), *RUN, "use_cpu=true", "save_steps=0",
+                               "per_device_train_batch_size=8", f"output_dir={tmp_path / 'plain'}",
+                               f"resume_from_checkpoint={ckpt}"], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=500)
+        assert proc.returncode != 0
+        assert (f"resume_from_checkpoint: {ckpt} was written under FSDP2, whose checkpoint holds spo_degree's "
+                "parameters outside the model inside the engine's module (preflab.loops.engine_extras); this run "
+                "(no sharding engine, 1 process(es)) keeps them outside it and would not restore them.") in \
+            " ".join(proc.stderr.split()), proc.stderr[-3000:]
+        assert not (tmp_path / "plain" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -522,8 +522,13 @@ class TrainingRun(CallbackEvents):
                 self._check_sharded_extras()
             state = load_deepspeed_checkpoint(path, self._deepspeed_engine(), self.scheduler)
         elif is_sharded_checkpoint(path):  # any world size: DCP reshards
-            if self.checkpoint_extras():
-                self._check_sharded_extras()
+            if self.checkpoint_extras():  # this run keeps them outside any engine's module (one process, DDP)
+                raise ConfigError(
+                    f"resume_from_checkpoint: {path} was written under {saved.get('engine', 'FSDP2')}, whose "
+                    f"checkpoint holds {getattr(self.cfg, 'loss_type', '?')}'s parameters outside the model inside "
+                    "the engine's module (preflab.loops.engine_extras); this run (no sharding engine, "
+                    f"{acc.num_processes} process(es)) keeps them outside it and would not restore them. Resume it under the engine that wrote it (any number of processes), or "
+                    "start this run again without resume_from_checkpoint.")
             state = load_sharded_checkpoint(path, self.sync_module, self.optimizer, self.scheduler)
         elif is_sharded(acc):
             raise ConfigError(
