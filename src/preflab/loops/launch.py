@@ -412,10 +412,20 @@ def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | Non
     """The full state dict of checkpoint_module gathered through accelerate (FSDP2 full state dict / DeepSpeed's
     16-bit gather), keyed as checkpoint_module's own state_dict. Collective: every rank calls it; the main process
     gets the tensors (others may get an empty dict)."""
-    state = accelerator.get_state_dict(sync_module)
-    prefix = ""
-    for name, sub in accelerator.unwrap_model(sync_module).named_modules():
-        if sub is checkpoint_module or sub is accelerator.unwrap_model(checkpoint_module):
-            prefix = f"{name}." if name else ""
-            break
-    return {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+    return gather_full_states(accelerator, sync_module, [checkpoint_module])[0]
+
+
+def gather_full_states(accelerator, sync_module, modules: list) -> list[dict]:
+    """gather_full_state of each of `modules` (submodules of sync_module: the policy, the extra modules of
+    preflab.loops.engine_extras), from one gather."""
+    state = accelerator.get_state_dict(sync_module) or {}
+    unwrapped = accelerator.unwrap_model(sync_module)
+    states = []
+    for module in modules:
+        prefix = ""
+        for name, sub in unwrapped.named_modules():
+            if sub is module or sub is accelerator.unwrap_model(module):
+                prefix = f"{name}." if name else ""
+                break
+        states.append({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return states
