@@ -388,6 +388,15 @@ def test_model_card_of_lora_adapters_shows_how_to_merge_them(tmp_path):
     assert f"preflab eval {out}" in (out / "README.md").read_text()
 
 
+def test_no_checkpoint_message_names_the_timeline_rule_only_where_checkpoints_exist(tmp_path):
+    from preflab.loops.resume import no_checkpoint_to_resume
+
+    assert "holds no checkpoint-* folder" in no_checkpoint_to_resume(tmp_path)
+    (tmp_path / "checkpoint-3").mkdir()  # e.g. a checkpoint of an abandoned timeline, or one without COMPLETE
+    text = no_checkpoint_to_resume(tmp_path)
+    assert "holds no complete checkpoint of its current run" in text and "rolled back or restarted" in text
+
+
 def test_nothing_to_resume_is_said_before_the_data_is_read(tmp_path, capsys):
     """resume_from_checkpoint: true over a folder without checkpoints, or a mistyped checkpoint path, was refused
     only after the dataset had been read and tokenized (here: the data file is not even there)."""
@@ -396,7 +405,9 @@ def test_nothing_to_resume_is_said_before_the_data_is_read(tmp_path, capsys):
     base = ["train", "model_name_or_path=builtin:tiny-llama", f"dataset_name={tmp_path / 'pairs.jsonl'}",
             f"output_dir={tmp_path / 'run'}", "max_steps=2", "disable_tqdm=true"]
     assert main(base + ["resume_from_checkpoint=true"]) == 2
-    assert "holds no complete checkpoint of its current run" in capsys.readouterr().err
+    # a folder with no checkpoint at all is said as such (docs-walk-3: the message spoke of rolled-back timelines)
+    assert (f"{tmp_path / 'run'} holds no checkpoint-* folder (a run saves them every save_steps steps; with "
+            "save_steps 0 it saves none)") in capsys.readouterr().err
     assert main(base + [f"resume_from_checkpoint={tmp_path / 'run' / 'checkpoint-99'}"]) == 2
     assert "checkpoint-99 does not exist" in capsys.readouterr().err
 

@@ -113,9 +113,17 @@ def run(args) -> int:
 
 
 def print_summary(cfg, summary: dict) -> int:
+    """The final metrics as JSON on stdout (for scripts), then one line on stderr saying where the run is and how
+    to look at it (a new user saw only the JSON, and not what to do next)."""
+    import shlex
+    import sys
+
     from preflab.runlog import is_main_process
 
     final = {k: v for k, v in summary.get("final_metrics", {}).items() if isinstance(v, (int, float))}
     if is_main_process():  # once, not once per process
         print(json.dumps({"output_dir": cfg.output_dir, **final}, indent=1))
+        out = shlex.quote(str(cfg.output_dir))
+        print(f"preflab: done: the run is in {cfg.output_dir} (summary.json holds its final metrics); "
+              f"`preflab report {out}` writes report.html with its curves.", file=sys.stderr)
     return 0

@@ -276,13 +276,15 @@ def _example_rows(before: list, after: list) -> list[list[str]]:
 
 
 def _overview(overview: dict) -> str:
-    """The result of a folder of runs (the demo): its summary.json's numbers, example generations before and
-    after, and its own figure."""
+    """The result of a folder of runs (the demo): what it is for (its summary.json's `about`, a paragraph), its
+    numbers, example generations before and after, and its own figure."""
     if not overview:
         return ""
     out = "<h2>Result</h2>"
+    if isinstance(overview.get("about"), str):
+        out += f"<p class=\"about\">{_e(overview['about'])}</p>"
     scalars = {k: v for k, v in overview.items() if not k.startswith("_") and isinstance(v, (int, float, str))
-               and k not in ("title", "plot", "report") and not k.endswith("_dir")}
+               and k not in ("title", "about", "plot", "report") and not k.endswith("_dir")}
     if scalars:
         out += _table(["", "value"], [[f"<td>{_e(k)}</td>", _num_cell(v) if not isinstance(v, str)
                                        else f"<td>{_e(v)}</td>"] for k, v in scalars.items()])
