@@ -100,3 +100,24 @@ def test_no_eval_json_note_names_the_eval_that_fits_each_task(tmp_path):
     assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT --reference REF` for dpo; `preflab "
             "eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION` for online and re-run") \
         in render_report([sft, dpo, online])
+
+
+def test_online_kl_of_pair_recipes_and_of_the_grpo_family_get_their_own_axis_and_label(tmp_path, monkeypatch):
+    """`kl` is the summed log-ratio S_theta - S_ref per completion in a pair recipe (online_dpo) and TRL's per-token
+    k3 estimate (a token mean) in the GRPO family: both were drawn on one axis labelled "S_theta - S_ref"."""
+    grpo = _online_run(tmp_path / "grpo")
+    with open(grpo / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 1, "frac_reward_zero_std": 0.25}) + "\n")
+    dpo = _online_run(tmp_path / "dpo")
+    runs = [load_run(grpo, "grpo"), load_run(dpo, "dpo")]
+    kl = next(p for p in plots.ONLINE_PANELS if p[0] == "KL to the reference (online)")
+    assert plots.panel_groups(runs, kl[0], kl[2]) == {"groups": [0], "pairs": [1]}
+    drawn = _figures(monkeypatch)
+    render_report(runs)
+    labels = {ax.get_title(): ax.get_ylabel() for fig in drawn for ax in fig.axes}
+    assert labels["KL to the reference (online): groups"] == "per-token k3 estimate, token mean (GRPO family)"
+    assert labels["KL to the reference (online): pairs"] == "S_theta - S_ref per completion (pair recipes)"
+    drawn.clear()
+    render_report(runs[:1])                                   # one run: its own label on the one axis
+    assert {ax.get_title(): ax.get_ylabel() for fig in drawn for ax in fig.axes}["KL to the reference (online)"] \
+        == "per-token k3 estimate, token mean (GRPO family)"

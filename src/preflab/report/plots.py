@@ -79,6 +79,13 @@ SPLIT_BY_OBJECTIVE = {"Loss"}
 # panels of the implicit reward beta * (log pi - log pi_ref) (TRL's rewards/*): runs with different beta are on
 # different scales (the same log-ratio reads 5x larger at beta 0.5 than at 0.1), so several betas get one axis each
 SPLIT_BY_BETA = {"Reward margin", "Implicit rewards"}
+# the online `kl` is two quantities under one name: a pair recipe's (online_dpo, rso, ...) is the summed log-ratio
+# S_theta - S_ref of its trained completions, the GRPO family's TRL's per-token k3 estimate (times the ratio with
+# use_bias_correction_kl), a token mean: one axis and y label each (online_kl_kind)
+SPLIT_BY_KL_KIND = {"KL to the reference (online)"}
+KL_YLABELS = {"pairs": "S_theta - S_ref per completion (pair recipes)",
+              "groups": "per-token k3 estimate, token mean (GRPO family)",
+              "offline": "KTO's reference point z_ref, a batch log-ratio (offline)"}
 # panels of a share in [0, 1] (a win rate): their y axis is fixed to [0, 1], never a reward's scale
 UNIT_INTERVAL = {"Win rate vs reference (online eval)"}
 # online runs (task: online); a panel is drawn only when the run logged one of its series
@@ -89,7 +96,7 @@ ONLINE_PANELS = (
     # a share of prompts, not a reward: its own [0, 1] axis (it was drawn on the reward's axis)
     ("Win rate vs reference (online eval)", "fraction of prompts won (ties 1/2)",
      [("eval_win_rate_vs_reference", "greedy answer vs the starting policy's", ORANGE)]),
-    ("KL to the reference (online)", "S_theta - S_ref", [("kl", "train", GRAY)]),
+    ("KL to the reference (online)", KL_YLABELS["pairs"], [("kl", "train", GRAY)]),
     ("Policy distribution (game)", "probability", [(f"policy/p{i}", f"answer {i}", c)
                                                    for i, c in enumerate((BLUE, RED, GREEN, ORANGE))]),
     ("Distance to the regularised equilibrium (game)", "", [("tv_to_equilibrium", "total variation", BLUE),
@@ -227,7 +234,8 @@ def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]
     for r, run in enumerate(runs):   # colours keyed to the position in `runs`, the same on every panel
         if draws(title, run) and any(run.series(key)[0] for key, _, _ in series):
             group = (objective_label(run) if title in SPLIT_BY_OBJECTIVE else
-                     f"beta={beta_label(run)}" if title in SPLIT_BY_BETA else "")
+                     f"beta={beta_label(run)}" if title in SPLIT_BY_BETA else
+                     online_kl_kind(run) if title in SPLIT_BY_KL_KIND else "")
             groups.setdefault(group, []).append(r)
     if len(groups) == 1:
         return {"": next(iter(groups.values()))}
@@ -279,9 +287,20 @@ def beta_note(runs: list[RunData]) -> str | None:
             "beta for the log-ratio); accuracies and log-probs are on one scale")
 
 
+def online_kl_kind(run: RunData) -> str:
+    """"groups" for a run of the GRPO family's objective (it logs frac_reward_zero_std beside its `kl`: the per-token
+    k3 estimate), "pairs" for a pair recipe (its `kl` is the summed log-ratio S_theta - S_ref per completion),
+    "offline" for a run of another task (KTO logs TRL's `kl`, its reference point z_ref)."""
+    if str(run.config.get("task", "dpo")) != "online":
+        return "offline"
+    return "groups" if run.series("frac_reward_zero_std")[0] else "pairs"
+
+
 def panel_ylabel(title: str, ylabel: str, runs: list[RunData]) -> str:
-    """`ylabel`, or TASK_YLABELS' label where every run drawn is of that task; both, joined, for a mix."""
-    labels = list(dict.fromkeys(TASK_YLABELS.get((title, str(r.config.get("task", "dpo"))), ylabel) for r in runs))
+    """`ylabel`, or TASK_YLABELS' label where every run drawn is of that task (KL_YLABELS' by the online kl's kind);
+    both, joined, for a mix."""
+    labels = list(dict.fromkeys(KL_YLABELS[online_kl_kind(r)] if title in SPLIT_BY_KL_KIND else
+                                TASK_YLABELS.get((title, str(r.config.get("task", "dpo"))), ylabel) for r in runs))
     return "; ".join(labels) if labels else ylabel
 
 
