@@ -70,3 +70,18 @@ def test_a_reward_file_without_its_function_or_a_missing_path_is_said_so(tmp_pat
     assert str(err.value) == (f"reward_funcs: '{tmp_path / 'reward_modle'}': no such file or directory (relative "
                               f"paths are read from {Path.cwd()}); give a reward model directory or "
                               "path/to/file.py:FUNCTION.")
+
+
+def test_gpo_with_reward_judges_and_hard_preferences_is_refused_before_any_generation(tmp_path):
+    """trainer gpo with a reward function and preference_temperature 0 (its default) failed only after the first
+    round had been generated and judged: P = 1[r_i > r_j] has infinite log-odds for every pair but ties."""
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        tiny_run(tiny_cfg(tmp_path, trainer="gpo"))
+    assert str(err.value) == (
+        "trainer gpo with reward judges only (e_judge) and preference_temperature 0 gives hard preferences P = "
+        "1[r_i > r_j], whose log-odds GPO regresses on are infinite for every pair that is not a tie. Set "
+        "preference_temperature > 0 (P = sigmoid((r_i - r_j) / t); examples/online/gpo.yaml uses 0.5) or judge with "
+        "a preference model (e.g. a GPM directory).")
+    assert not (tmp_path / "rounds").exists()
