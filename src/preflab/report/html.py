@@ -19,7 +19,7 @@ from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
 from preflab.report.headline import headline_rows
-from preflab.report.runs import RunData, collect_runs, load_run, unique_names
+from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
@@ -80,6 +80,7 @@ def _curves(runs: list[RunData]) -> str:
               for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
               + plots.ONLINE_PANELS + tuple(own)]
     images = [i for i in images if i]
+    notes += [n for n in (plots.beta_note(runs),) if n]
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"] + notes)
     return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"
@@ -120,14 +121,18 @@ def _dict(value) -> dict:
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
-    if not have and all(r.config.get("task") in RECIPE_TASKS for r in runs):
-        return ""  # a recipe measures its own held-out metric (the headline); `preflab eval` has nothing to add
-    if not have:
-        tasks = {r.config.get("task") for r in runs}
-        how = {"reward": "`preflab eval RUN_DIR --task reward --data HELDOUT`",
-               "diffusion": "`preflab eval RUN_DIR --task diffusion --data HELDOUT [--reward-fn MODULE:FUNCTION]`",
-               "vlm": "`preflab eval RUN_DIR --task vlm --data HELDOUT`"}.get(
-            next(iter(tasks)) if len(tasks) == 1 else None, "`preflab eval RUN_DIR --data HELDOUT --reference REF`")
+    if not have:   # the eval that fits each run's task (an SFT run, the game, a recipe: none)
+        commands: dict[str, list[str]] = {}
+        for run in runs:
+            command = eval_command(run.config)
+            if command:
+                commands.setdefault(command, []).append(run.name)
+        if not commands:
+            return ""
+        if len(commands) == 1:
+            how = f"`{next(iter(commands))}`"
+        else:
+            how = "; ".join(f"`{command}` for {', '.join(names)}" for command, names in commands.items())
         return out + _notes([f"no eval.json in any run: run {how} and re-run `preflab report`."])
     metrics = {r.name: _dict(r.eval.get("metrics")) for r in have}
     docs = METRIC_DOCS
