@@ -631,7 +631,8 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     written = written_keys(raw) if written is None else set(written)
     raw, notes, errors = translate_trl(raw)
     _resolve_eval(raw, notes)
-    hints = {f.name: typing.get_type_hints(TrainConfig)[f.name] for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    hints = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}  # (not the written_options InitVar)
     known, extra = {}, {}
     for key, value in raw.items():
         if key in hints:
