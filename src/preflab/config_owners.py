@@ -1,6 +1,7 @@
 """Options that only one task (or objective) reads: set to a non-default value under another, they were accepted
 and silently ignored (e.g. `resolution` under task: vlm, `vision_pairs` under task: dpo, `recipe_params` under a
-training task). TrainConfig._conflicts refuses them with the task that reads them. The online block's own options
+training task). TrainConfig._conflicts refuses them with the task that reads them, written by the user at any value
+(TrainConfig.written_options) or set away from their default (preflab.config_defaults.set_options). The online block's own options
 are checked per recipe by preflab.online.options.unread_online_options (any of them outside task: online here)."""
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ preflab.recipe_options', above preflab.config; this module imports nothing of th
 A recipe is a whole program: it builds its own tiny model, its data and the config of each stage (learning rates,
 batch sizes, steps, lengths: its design; its knobs are its recipe_params). The STAGE_OPTIONS say how a stage runs,
 not what it trains: set at the top level, one reaches every training stage of the recipe (stage_config), provided
-every one of those stages' trainers reads it (STAGE_READS over RECIPE_STAGES). Any other top-level option set away
-from its default is refused before anything runs (recipe_option_errors), naming the option, the recipe and why.
-Before, all of them were accepted and dropped: `attention: dense` on raft_ladder trained with segment attention.
+every one of those stages' trainers reads it (STAGE_READS over RECIPE_STAGES). Any other top-level option written
+by the user or set away from its default is refused before anything runs (recipe_option_errors), naming the option,
+the recipe and why. Before, all of them were accepted and dropped: `attention: dense` on raft_ladder trained with
+segment attention.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def _changed(cfg) -> list[str]:
 
 def stage_options(cfg) -> dict:
     """{option: value} of the STAGE_OPTIONS the user's config writes or sets away from their defaults (checked before:
-    every one is accepted by the recipe), for stage_config (they are the stage config's written options). use_cpu is the recipes' own setting (their stages run on the
-    CPU), so use_cpu: true is met and passes nowhere."""
+    every one is accepted by the recipe), for stage_config (they are the stage config's written options). use_cpu is
+    the recipes' own setting (their stages run on the CPU), so use_cpu: true is met and passes nowhere."""
     return {k: getattr(cfg, k) for k in _changed(cfg) if k in STAGE_OPTIONS}
 
 
