@@ -137,7 +137,10 @@ def test_beta_on_self_npo_is_refused_and_a_saved_self_npo_config_still_loads():
     base = {"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": "x.jsonl"}
     with pytest.raises(ConfigError, match="beta only applies to the diffusion objectives with a beta"):
         config_from_dict({**base, "loss_type": "self_npo", "beta": 100.0})
-    assert config_from_dict({**base, "loss_type": "self_npo", "beta": 0.1}).loss_type == "self_npo"
+    saved = config_from_dict({**base, "loss_type": "self_npo"}).to_dict()  # a run's config.yaml: beta: 0.1 in it
+    assert saved["beta"] == 0.1 and config_from_dict(saved).loss_type == "self_npo"
+    with pytest.raises(ConfigError, match="beta only applies to the diffusion objectives with a beta"):
+        config_from_dict({**base, "loss_type": "self_npo", "beta": 0.1})  # written by the user (at its default)
     assert config_from_dict({**base, "loss_type": "ppd", "beta": 100.0}).objective().beta == 100.0
 
 

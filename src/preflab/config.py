@@ -210,8 +210,25 @@ class TrainConfig:
     hypo_online_samples: int = 4               # loss_type hypo: k fresh samples of the policy per pair's prompt per step
     # recipes that are whole programs (task: one of preflab.recipe_names.RECIPE_TASKS)
     recipe_params: dict = field(default_factory=dict)  # the recipe's own options (its function's keyword arguments)
+    # not an option (no dataclass field: not saved, not in --help): the options the user wrote, recorded once when
+    # the config is built (preflab.config_defaults.set_options). None: the keyword arguments given to TrainConfig(...)
+    written_options: dataclasses.InitVar[frozenset | None] = None
 
-    def __post_init__(self):
+    def __new__(cls, *args, **kwargs):
+        """Records the names given to TrainConfig(...) (the Python API's written options) for __post_init__; copy
+        and pickle call __new__ without arguments and restore written_options from the instance's state."""
+        self = super().__new__(cls)
+        if args or kwargs:
+            self._given = frozenset([f.name for f in dataclasses.fields(cls)][:len(args)]) | frozenset(kwargs)
+        return self
+
+    def __post_init__(self, written_options=None):
+        given = self.__dict__.pop("_given", frozenset())
+        names = {f.name for f in dataclasses.fields(self)}
+        # dataclasses.replace passes the instance's written_options on: the options a program changes with it are not
+        # the user's (a recipe's stage, an evaluation's overrides), unless the user wrote them
+        self.written_options = frozenset(given - {"written_options"} if written_options is None
+                                         else written_options) & names
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
         from preflab.loops.best_model import resolve_best_model_options
@@ -258,6 +275,7 @@ class TrainConfig:
                 "eval_on_start."]
 
     def _conflicts(self) -> list[str]:
+        from preflab.config_defaults import set_options
         from preflab.config_owners import refused_values, unread_task_options
         from preflab.loops.best_model import best_model_option_errors
         from preflab.loops.streaming_options import streaming_conflicts
@@ -306,10 +324,7 @@ class TrainConfig:
             out.append("ref_model_init_kwargs only apply to ref_model_name_or_path, which is not set (the reference "
                        "is a copy of the policy, loaded with model_init_kwargs).")
         if self.task == "reward":  # a reward model has no reference and no objective temperature
-            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
-                                         ("beta", 0.1), ("ref_model_name_or_path", None),
-                                         ("precompute_ref_log_probs", False))
-                    if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
+            used = set_options(self, _PREFERENCE_ONLY)
             if used:
                 out.append(f"task: reward trains a reward model (reward_head: {self.reward_head}); {', '.join(used)} "
                            f"only {'applies' if len(used) == 1 else 'apply'} to task: dpo. Remove "
@@ -325,9 +340,9 @@ class TrainConfig:
             if self.chunk_tokens is not None:
                 out.append("chunk_tokens sizes the LM-head chunks of a policy's log-probs; a reward model (task: "
                            "reward) has no LM head; remove it.")
-        elif self.center_rewards_coefficient is not None:
+        elif set_options(self, ("center_rewards_coefficient",)):
             out.append("center_rewards_coefficient only applies to task: reward.")
-        if self.task != "reward" and (self.reward_head != "bt" or self.reward_head_params):
+        if self.task != "reward" and set_options(self, ("reward_head", "reward_head_params")):
             out.append("reward_head / reward_head_params only apply to task: reward.")
         if (self.task == "reward" and self.reward_head not in ("bt", "em_mixture")
                 and self.center_rewards_coefficient is not None):  # em_mixture: K BT components, each centred
@@ -337,10 +352,7 @@ class TrainConfig:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")
         if self.task == "sft":
-            used = [k for k, default in (("loss_type", "sigmoid"), ("loss_weights", None), ("rpo_alpha", None),
-                                         ("beta", 0.1), ("ref_model_name_or_path", None),
-                                         ("precompute_ref_log_probs", False))
-                    if getattr(self, k) != default] + (["objective_params"] if self.objective_params else [])
+            used = set_options(self, _PREFERENCE_ONLY)
             if used:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "
                            f"{'applies' if len(used) == 1 else 'apply'} to preference tasks. Remove "
@@ -394,6 +406,11 @@ class TrainConfig:
     def model_kwargs(self, ref: bool = False) -> dict:
         """from_pretrained arguments of the policy (ref=False) or of ref_model_name_or_path."""
         return dict((self.ref_model_init_kwargs if ref else self.model_init_kwargs) or {})
+
+
+# the preference objective's options, which task: reward and task: sft do not read (written or set, they are refused)
+_PREFERENCE_ONLY = ("loss_type", "loss_weights", "rpo_alpha", "beta", "ref_model_name_or_path",
+                    "precompute_ref_log_probs", "objective_params")
 
 
 def _params_for(loss_type, params: dict) -> dict:
@@ -584,16 +601,40 @@ def _user_beta_default_notes(objective, beta: float) -> list[str]:
     return notes
 
 
-def config_from_dict(raw: dict) -> TrainConfig:
+SAVED_CONFIG_KEYS = 80  # a mapping of this many options or more is a saved config (is_saved_config)
+
+
+def is_saved_config(raw: dict) -> bool:
+    """Whether `raw` is a saved config that writes out every option (a run's config.yaml: TrainConfig.save writes
+    all 164; TRL's args.to_dict(): 125 to 191 keys) rather than one a person wrote (the examples write at most 28):
+    its keys are not what the user chose, so none of them counts as written (TrainConfig.written_options)."""
+    return len(raw) >= SAVED_CONFIG_KEYS
+
+
+def written_keys(raw: dict) -> set[str]:
+    """The TrainConfig options a mapping of the user's writes: its keys in preflab's names (TRL's renamed keys
+    translated); none for a saved config (is_saved_config)."""
+    from preflab.config_trl import RENAMED
+
+    return set() if is_saved_config(raw) else {RENAMED.get(k, k) for k in raw}
+
+
+def config_from_dict(raw: dict, written=None) -> TrainConfig:
     """A TrainConfig from a flat dict (preflab or TRL names). Unknown keys go to the objective if it has them; all
     other unknown keys and all type errors are reported together in one ConfigError. Notes on translated TRL keys
-    are printed once."""
+    are printed once.
+
+    written: the options the user wrote (TrainConfig.written_options; checked by the unread-option refusals at any
+    value, preflab.config_defaults.set_options). None: every key of `raw` (written_keys: none of a saved config).
+    Code that builds a config from its own keys plus the user's (a recipe stage, an evaluation) passes the user's."""
     from preflab.config_trl import translate_trl
 
     _check_sizes(raw)
+    written = written_keys(raw) if written is None else set(written)
     raw, notes, errors = translate_trl(raw)
     _resolve_eval(raw, notes)
     hints = typing.get_type_hints(TrainConfig)
+    hints = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}  # (not the written_options InitVar)
     known, extra = {}, {}
     for key, value in raw.items():
         if key in hints:
@@ -627,7 +668,8 @@ def config_from_dict(raw: dict) -> TrainConfig:
     trl_task_learning_rate(known, notes)  # SFTConfig / RewardConfig's learning_rate where none is given
     trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
     _diffusion_beta_default(known, extra, notes)
-    cfg = TrainConfig(**known)
+    # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
+    cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))
     from preflab.online.options import check_explicit_loss_type, unread_game_option_notes
 
     check_explicit_loss_type(cfg, known)
@@ -718,8 +760,12 @@ def lora_off_overrides() -> list[str]:
                                                                    "lora_target_modules")]
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (safe loader) and apply key=value overrides (`objective_params.x=1` sets a nested key)."""
+def load_config(path: str | Path | None, overrides: list[str] = (), preflab_overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (safe loader) and apply key=value overrides (`objective_params.x=1` sets a nested key).
+
+    The file's keys (none of a saved config: is_saved_config) and the overrides' are the options the user wrote
+    (TrainConfig.written_options); preflab_overrides are applied after them and are preflab's own settings (an
+    evaluation of a saved run: its data, no LoRA), not written by the user."""
     raw: dict = {}
     if path:
         try:
@@ -739,8 +785,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                               "dataset_name.")
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
+    written = written_keys(raw)
     given: dict[str, tuple[str, Any]] = {}
-    for item in overrides:
+    for item, users in [(o, True) for o in overrides] + [(o, False) for o in preflab_overrides]:
         key, value = parse_override(item)
         if key in given and given[key][1] != value:  # the last wins, as argparse (TRL's HfArgumentParser), said
             from preflab.runlog import is_main_process
@@ -750,6 +797,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                       "wins.", flush=True)
         given[key] = (item, value)
         head, dot, sub = key.partition(".")
+        if users:
+            written |= written_keys({head: None})
         if dot and head in NESTED_OPTIONS:  # recipe_params.iterations=3 sets one key of a dict option
             nested = raw.get(head)
             if nested is None:
@@ -759,7 +808,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             nested[sub] = value
         else:
             raw[key] = value
-    return config_from_dict(raw)
+    return config_from_dict(raw, written)
 
 
 # options that are mappings: `name.key=value` on the command line sets one key of them

@@ -1,6 +1,15 @@
-"""Which options a config sets away from their TrainConfig default (changed_options), the question every
-refusal of an unread option asks. It imports nothing of preflab, so the config layer (preflab.config_owners,
-preflab.recipe_stages, preflab.online.options) and the runs (preflab.models.given) all ask it from below."""
+"""Which options a config sets: away from their TrainConfig default (changed_options), or written by the user at any
+value (set_options, the question every refusal or note of an unread option asks: `apo_alpha: 0.3`, its default,
+written for trainer inpo does nothing, and the user who wrote it believes it does). It imports nothing of preflab,
+so the config layer (preflab.config_owners, preflab.recipe_stages, preflab.online.options) and the runs
+(preflab.models.given) all ask it from below.
+
+The written options are TrainConfig.written_options, recorded once when the config is built: the keys of the YAML
+file and of the key=value overrides (preflab.config.load_config), of the mapping given to config_from_dict, or the
+keyword arguments of TrainConfig(...). A saved config that holds every option (a run's config.yaml, TRL's
+args.to_dict()) records none of its own keys (preflab.config.is_saved_config): there only a value away from its
+default counts, as before. A config made from another with dataclasses.replace keeps the other's written options
+(a recipe stage's or an evaluation's own settings are not the user's)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,3 +24,11 @@ def changed_options(cfg, names) -> list[str]:
         return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
     return [n for n in names if getattr(cfg, n) != default(n)]
+
+
+def set_options(cfg, names) -> list[str]:
+    """The options among `names` that the user wrote (cfg.written_options, at any value) or that the config sets away
+    from their TrainConfig default."""
+    written = getattr(cfg, "written_options", frozenset())
+    changed = set(changed_options(cfg, names))
+    return [n for n in names if n in written or n in changed]

@@ -1,12 +1,13 @@
 """Options that only one task (or objective) reads: set to a non-default value under another, they were accepted
 and silently ignored (e.g. `resolution` under task: vlm, `vision_pairs` under task: dpo, `recipe_params` under a
-training task). TrainConfig._conflicts refuses them with the task that reads them. The online block's own options
+training task). TrainConfig._conflicts refuses them with the task that reads them, written by the user at any value
+(TrainConfig.written_options) or set away from their default (preflab.config_defaults.set_options). The online block's own options
 are checked per recipe by preflab.online.options.unread_online_options (any of them outside task: online here)."""
 from __future__ import annotations
 
 import dataclasses
 
-from preflab.config_defaults import changed_options
+from preflab.config_defaults import set_options
 from preflab.online.options import DEMO_SFT, ONLINE_OPTIONS
 from preflab.recipe_names import RECIPE_TASKS
 
@@ -132,11 +133,12 @@ OWNERS = (
 
 
 def _unread_groups(cfg) -> list[tuple[list[str], str]]:
-    """(options set away from their default, who reads them) per group this config's task does not read."""
+    """(options written by the user or set away from their default, who reads them) per group this config's task does
+    not read."""
     owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPE_TASKS,
                         f"the recipe tasks ({', '.join(RECIPE_TASKS)})"),
                        (ONLINE_OPTIONS, lambda c: c.task == "online", "task: online"))
-    return [(used, who) for names, reads, who in owners for used in [changed_options(cfg, names)]
+    return [(used, who) for names, reads, who in owners for used in [set_options(cfg, names)]
             if used and not reads(cfg)]
 
 
@@ -146,7 +148,8 @@ def unread_option_names(cfg) -> set[str]:
 
 
 def unread_task_options(cfg) -> list[str]:
-    """One line per group of options set away from their default that this config's task does not read."""
+    """One line per group of options written by the user (at any value) or set away from their default that this
+    config's task does not read."""
     out = []
     for used, who in _unread_groups(cfg):
         run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task in ("dpo", "diffusion") else "")

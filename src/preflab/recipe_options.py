@@ -26,4 +26,4 @@ def stage_config(task: str, stage: dict, options: dict | None):
     unknown = sorted(set(options) - set(accepted_options(task)))
     if unknown:
         raise ConfigError(f"task {task}: {unknown} do not reach its stages (preflab.recipe_options); remove them.")
-    return config_from_dict({**stage, **options})
+    return config_from_dict({**stage, **options}, written=options)  # the recipe's own stage options are not the user's

@@ -5,15 +5,16 @@ preflab.recipe_options', above preflab.config; this module imports nothing of th
 A recipe is a whole program: it builds its own tiny model, its data and the config of each stage (learning rates,
 batch sizes, steps, lengths: its design; its knobs are its recipe_params). The STAGE_OPTIONS say how a stage runs,
 not what it trains: set at the top level, one reaches every training stage of the recipe (stage_config), provided
-every one of those stages' trainers reads it (STAGE_READS over RECIPE_STAGES). Any other top-level option set away
-from its default is refused before anything runs (recipe_option_errors), naming the option, the recipe and why.
-Before, all of them were accepted and dropped: `attention: dense` on raft_ladder trained with segment attention.
+every one of those stages' trainers reads it (STAGE_READS over RECIPE_STAGES). Any other top-level option written
+by the user or set away from its default is refused before anything runs (recipe_option_errors), naming the option,
+the recipe and why. Before, all of them were accepted and dropped: `attention: dense` on raft_ladder trained with
+segment attention.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from preflab.config_defaults import changed_options
+from preflab.config_defaults import set_options
 
 # what every trainer reads: precision (autocast), dropout of the given models, logging and the non-finite guard
 _EVERY_RUN = ("dtype", "bf16", "fp16", "disable_dropout", "logging_steps", "logging_first_step", "report_to",
@@ -80,19 +81,20 @@ def accepted_options(task: str) -> tuple[str, ...]:
 
 
 def _changed(cfg) -> list[str]:
-    return changed_options(cfg, [f.name for f in dataclasses.fields(cfg)])
+    return set_options(cfg, [f.name for f in dataclasses.fields(cfg)])
 
 
 def stage_options(cfg) -> dict:
-    """{option: value} of the STAGE_OPTIONS the user's config sets away from their defaults (checked before: every
-    one is accepted by the recipe), for stage_config. use_cpu is the recipes' own setting (their stages run on the
-    CPU), so use_cpu: true is met and passes nowhere."""
+    """{option: value} of the STAGE_OPTIONS the user's config writes or sets away from their defaults (checked before:
+    every one is accepted by the recipe), for stage_config (they are the stage config's written options). use_cpu is
+    the recipes' own setting (their stages run on the CPU), so use_cpu: true is met and passes nowhere."""
     return {k: getattr(cfg, k) for k in _changed(cfg) if k in STAGE_OPTIONS}
 
 
 def recipe_option_errors(cfg, already: set | frozenset = frozenset()) -> list[str]:
-    """One line per group of top-level options that recipe `cfg.task` would not pass to its stages: set away from
-    their default, they are refused rather than dropped (`already`: options reported by another check)."""
+    """One line per group of top-level options that recipe `cfg.task` would not pass to its stages: written by the
+    user or set away from their default, they are refused rather than dropped (`already`: options reported by another
+    check)."""
     accepted = set(accepted_options(cfg.task))
     unread = [k for k in _changed(cfg) if k not in _RECIPE_READS and k not in accepted and k not in already
               and not (k == "use_cpu" and cfg.use_cpu)]

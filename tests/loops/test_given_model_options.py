@@ -185,7 +185,7 @@ def test_lora_target_modules_all_linear_or_a_reordered_list_matches_a_given_peft
     """peft stores target_modules as a set, and "all-linear" resolved to the module paths it picked (not the string):
     a list naming the modules "all-linear" picked, in any order, describes adapters made with "all-linear" (it was
     refused as "differs": the names were compared with peft's stored paths); a list naming fewer modules does not
-    (refused). lora_target_modules at its default ("all-linear") is not compared (only options set are)."""
+    (refused). lora_target_modules at its default ("all-linear") is compared only when written."""
     from peft import LoraConfig, get_peft_model
 
     from preflab.reward_models.heads import build_reward_model
@@ -233,3 +233,16 @@ def test_lora_target_modules_beside_a_given_peft_policy_fails_loudly_without_pef
     with pytest.raises(PreflabError, match=want):
         _trainer(tmp_path, policy, None, use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                  lora_target_modules=["q_proj", "v_proj"])  # set: compared (the default is not)
+
+
+def test_a_lora_option_written_at_its_default_is_compared_with_a_given_policys_adapters(tmp_path):
+    """lora_r: 16 (its default) written beside a given policy whose adapters have r = 8 described adapters the run
+    does not train with, and was accepted unmentioned (only options away from their default were compared); a
+    written option is compared at any value (TrainConfig.written_options)."""
+    tok = tiny_tokenizer()
+    policy = add_lora(tiny_causal_lm(tok, seed=0), 8, 8, 0.0, ["q_proj", "v_proj"])
+    lora = dict(use_peft=True, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
+    assert _trainer(tmp_path, policy, None, **lora).policy is policy
+    with pytest.raises(ConfigError, match=r"\n  lora_r: preflab loads no model when the policy is given from Python, "
+                                          r"and the LoRA options shape .* own adapters differ"):
+        _trainer(tmp_path, policy, None, **lora, lora_r=16)

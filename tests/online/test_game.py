@@ -187,3 +187,51 @@ def test_game_average_iterate_is_the_mean_of_the_logged_round_policies(tmp_path)
     resumed = game_run(tmp_path / "resumed", *steps, f"resume_from_checkpoint={tmp_path / 'cut' / 'checkpoint-50'}")
     assert resumed["resumed_from_step"] == 50
     assert resumed["policy_distribution_average"] == pytest.approx(summary["policy_distribution_average"], abs=1e-9)
+
+
+@pytest.mark.parametrize("value", [0, 2])
+def test_game_refuses_refresh_reference_every(value):
+    """The game's rounds carry their reference log-probs exactly (pi_0, or pi_t in sppo's reference slots): no
+    reference model is copied or refreshed, so refresh_reference_every did nothing there (2 ran as 0), unmentioned;
+    written at any value (its default 0 included) it is refused."""
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^refresh_reference_every is read by the online tasks that sample text "
+                                          r"\(dataset, vision_dataset, demo; the game's reference is pi_0.*not by "
+                                          r"trainer 'sppo' with online_task 'game'; remove it"):
+        load_config(RECIPE, ["trainer=sppo", f"refresh_reference_every={value}"])
+    cfg = load_config(RECIPE, ["trainer=sppo"])  # not set to sppo's 1 by the config (a reloaded config kept it)
+    assert cfg.refresh_reference_every == 0 and cfg.loss_type == "sppo"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["egpo", "spo"])
+def test_game_on_two_processes_equals_one_process(tmp_path, accelerate_launch, trainer):
+    """`accelerate launch --num_processes 2` (gloo on CPU) of the shipped game: every rank builds the same policy and
+    round (spo's answers drawn with the round's seed, egpo's half step on every example on each rank), each trains on
+    its part of the step's examples, the gradients are averaged: the same policy as one process with the same config
+    (an online step takes its round's examples on any number of processes) to float summation order."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    preflab = shutil.which("preflab")
+    assert preflab, "the preflab console script is installed"
+    args = [f"trainer={trainer}", "max_steps=12", "steps_per_generation=4", "logging_steps=4", "disable_tqdm=true",
+            "per_device_train_batch_size=6", *(["num_generations=4", "prompts_per_generation=6"] if trainer == "spo"
+                                               else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", preflab, "train", str(RECIPE), f"output_dir={tmp_path / 'two'}",
+                            *args)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = game_run(tmp_path / "one", *args)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["environment"]["world_size"] == 2 and two["environment"]["backend"] == "gloo"
+    assert one["environment"]["world_size"] == 1
+    for key in ("policy_distribution", "policy_distribution_average"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    assert np.abs(np.array(one["policy_distribution"]) - np.array(one["reference_distribution"])).sum() > 0.01

@@ -39,7 +39,7 @@ def _scores(model):
 @pytest.fixture(scope="module", params=[True, False], ids=["lora", "full"])
 def trained(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("cat") / "run"
-    trainer = VisionTrainer(_cfg(out, use_peft=request.param, lora_r=4 if request.param else 16),
+    trainer = VisionTrainer(_cfg(out, use_peft=request.param, **({"lora_r": 4} if request.param else {})),
                             processor=PROCESSOR, train_data=PAIRS)
     trainer.train()
     assert float(clue_aggregator_of(trainer.policy).out.weight.detach().abs().max()) > 0  # it trained
@@ -87,7 +87,7 @@ def test_a_run_continues_training_and_serves_as_reference_with_its_aggregator(tr
     out, live, lora = trained
     saved = clue_aggregator_of(load_vlm_run(out, PROCESSOR)[0]).state_dict()
     cfg = _cfg(tmp_path / "more", model_name_or_path=str(out), ref_model_name_or_path=str(out), max_steps=1,
-               use_peft=lora, lora_r=4 if lora else 16)
+               use_peft=lora, **({"lora_r": 4} if lora else {}))
     trainer = VisionTrainer(cfg, train_data=PAIRS)  # the processor too comes from the run (its config.yaml's)
     assert trainer.processor.tokenizer.get_vocab() == PROCESSOR.tokenizer.get_vocab()
     assert processor_source(str(out / "checkpoint-2")) == "builtin:tiny-llava"  # followed back to the builtin base

@@ -37,16 +37,15 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(config, [f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null",
-                                   "eval_fraction=0", f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null",
-                                   "ref_model_name_or_path=null", "precompute_ref_log_probs=false",
-                                   f"per_device_eval_batch_size={batch_size}", "report_to=none",
-                                   # no step is taken: the training batch plan must not refuse a small held-out set
-                                   "per_device_train_batch_size=1", "gradient_accumulation_steps=1",
-                                   *lora_off_overrides(), *old])
+        cfg = load_config(config, preflab_overrides=[
+            f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null", "eval_fraction=0",
+            f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", "ref_model_name_or_path=null",
+            "precompute_ref_log_probs=false", f"per_device_eval_batch_size={batch_size}", "report_to=none",
+            # no step is taken: the training batch plan must not refuse a small held-out set
+            "per_device_train_batch_size=1", "gradient_accumulation_steps=1", *lora_off_overrides(), *old])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
-        saved = load_config(config, old)
+        saved = load_config(config, preflab_overrides=old)
         policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
         # a LoRA run reloads merged (or as a checkpoint's adapters) with every weight frozen; the trainer evaluates
         # without a step but builds its optimizer over the trainable weights ("empty parameter list" otherwise)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from preflab.config_defaults import changed_options
+from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, PreflabError
 
 LOADED_ATTR = "_preflab_loaded"
@@ -163,7 +163,7 @@ def given_model_errors(cfg, policy, ref=None, tokenizer=None, what: str = "polic
         out.append(f"use_peft: {drop}, and it adds LoRA adapters only to a model it loads: the given {what} has none "
                    "and would train all of its weights. Add the adapters (preflab.models.load.add_lora or "
                    "peft.get_peft_model) before passing it, or drop use_peft.")
-    lora = [n for n in changed_options(cfg, _LORA) if not _adapters_have(policy, n, getattr(cfg, n))] \
+    lora = [n for n in set_options(cfg, _LORA) if not _adapters_have(policy, n, getattr(cfg, n))] \
         if adapters and "lora" in options else []
     if lora:
         out.append(f"{', '.join(lora)}: {drop}, and the LoRA options shape the adapters it adds to a model it loads; "

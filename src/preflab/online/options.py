@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from preflab.config_defaults import changed_options
+from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, nearest
 from preflab.models.builtin_names import DEMO_SFT  # noqa: F401  (a public name of this module)
 
@@ -93,7 +93,7 @@ def check_online(cfg) -> None:
     _check_objective_fits(cfg, spec)
     for key, value in spec.objective_params(cfg).items():
         cfg.objective_params.setdefault(key, value)
-    if spec.refresh and cfg.refresh_reference_every == 0:
+    if spec.refresh and cfg.refresh_reference_every == 0 and cfg.online_task != "game":  # the game reads it not
         cfg.refresh_reference_every = 1
 
 
@@ -167,6 +167,11 @@ _READERS = (
     (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction"),
      lambda cfg, spec: cfg.online_task != "game", "the online tasks that judge sampled text (dataset, "
      "vision_dataset, demo; the game's preferences are game_preferences)"),
+    # the game's rounds carry their reference log-probs (pi_0's, exact; sppo's slots pi_t's): no reference model is
+    # scored, copied or refreshed there (preflab.online.game)
+    (("refresh_reference_every",), lambda cfg, spec: cfg.online_task != "game",
+     "the online tasks that sample text (dataset, vision_dataset, demo; the game's reference is pi_0, or the round's "
+     "pi_t in sppo's reference slots, computed exactly every round)"),
     (("heldout_prompts",), lambda cfg, spec: cfg.online_task == "demo", "online_task: demo"),
     (("reward_aggregator",), lambda cfg, spec: cfg.online_task in ("dataset", "demo"), "online_task: dataset | demo"),
     (("upo_fraction", "upo_mu", "upo_selection", "upo_temperature", "upo_alpha_max", "upo_uncertainty"),
@@ -189,8 +194,9 @@ ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in nam
 
 
 def unread_online_options(cfg) -> list[str]:
-    """One line per option of another recipe or prompt source set to a non-default value in a task: online run
-    (accepted and ignored before); online options outside task: online are preflab.config_owners'."""
+    """One line per option of another recipe or prompt source written by the user (at any value) or set to a
+    non-default value in a task: online run (accepted and ignored before); online options outside task: online are
+    preflab.config_owners'."""
     from preflab.online.trainers import TRAINERS
 
     if cfg.task != "online":
@@ -200,7 +206,7 @@ def unread_online_options(cfg) -> list[str]:
         return []  # check_online names the unknown trainer
     out = []
     for names, reads, who in _READERS:
-        used = changed_options(cfg, names)
+        used = set_options(cfg, names)
         if used and not reads(cfg, spec):
             out.append(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} read by {who}, not by trainer "
                        f"{cfg.trainer!r} with online_task {cfg.online_task!r}; remove "
@@ -220,12 +226,13 @@ _GAME_READERS = (
 
 def unread_game_option_notes(cfg) -> list[str]:
     """Notes (not errors: one yaml such as examples/online/nash_game.yaml serves every game trainer through
-    `trainer=...`) naming each game option set away from its default that the chosen game trainer does not read."""
+    `trainer=...`) naming each game option written by the user (at any value) or set away from its default that the
+    chosen game trainer does not read."""
     if cfg.task != "online" or cfg.online_task != "game":
         return []
     out = []
     for name, readers in _GAME_READERS:
-        if cfg.trainer not in readers and changed_options(cfg, (name,)):
+        if cfg.trainer not in readers and set_options(cfg, (name,)):
             out.append(f"{name}={getattr(cfg, name)!r} is read by game trainers {', '.join(readers)}, not by "
                        f"trainer {cfg.trainer!r}" + (" (every step is a round)" if name != "game_eta" else "")
                        + "; it has no effect on this run.")

@@ -185,7 +185,8 @@ class OnlineRun(TrainingRun):
         self.want_hidden = "hidden" in self.objective.token_needs
         self.needs_ref = self.objective.needs_reference or self.spec.online_kl
         self.ref = None
-        if self.needs_ref and cfg.refresh_reference_every != 1:
+        # (the game's examples carry their exact reference log-probs: no reference model is scored there)
+        if self.needs_ref and cfg.refresh_reference_every != 1 and cfg.online_task != "game":
             from preflab.loops.reference import make_reference
 
             self.ref = make_reference(policy, True, ref)
