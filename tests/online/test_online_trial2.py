@@ -99,3 +99,24 @@ def test_a_trl_online_trainer_preflab_lacks_is_named_not_matched_to_a_near_name(
     assert ("trainer: rloo: RLOO is not a preflab recipe (the group recipes are task: online with trainer: grpo, "
             "dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or vespo).") in str(err.value)
     assert "rso" not in str(err.value)
+
+
+def test_a_classifier_judge_with_two_labels_says_what_to_give(tmp_path):
+    """A transformers classifier with num_labels 2 given in reward_funcs: refused naming its label count and the two
+    kinds of model that judge (num_labels 1, or a preflab reward-model directory); the old error said only that a
+    reward model needs one output label."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from preflab.errors import ConfigError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.online.tasks import SequenceClassifierJudge
+
+    tok = tiny_tokenizer("bytelevel")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "clf", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "clf")
+    with pytest.raises(ConfigError) as err:
+        SequenceClassifierJudge(str(tmp_path / "clf"))
+    assert "num_labels 2" in str(err.value) and "num_labels 1" in str(err.value)
+    assert "preflab_reward" in str(err.value)
