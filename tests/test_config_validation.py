@@ -35,6 +35,16 @@ def test_out_of_range_values_are_refused_with_option_value_and_range(key, value,
     assert f"{key}={value!r}" in text and allowed in text
 
 
+def test_a_refused_value_says_what_the_option_is_and_temperature_zero_what_to_do():
+    """The range message carries the option's meaning (its --help line), and temperature 0 (a TRL user's greedy
+    decoding) says what to set instead; the old message said only `temperature must be > 0`."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "task": "online", "temperature": 0})
+    text = str(err.value)
+    assert f"temperature must be > 0 ({OPTIONS['temperature'].meaning})." in text
+    assert "Greedy decoding (temperature 0) is not offered" in text and "such as 0.1" in text
+
+
 def test_lora_rank_zero_refused():
     with pytest.raises(ConfigError, match=r"lora_r=0 .* > 0"):
         config_from_dict({**BASE, "use_peft": True, "lora_r": 0})

@@ -385,6 +385,14 @@ def _not_finite(value) -> bool:
     return False
 
 
+# what to do instead, where a refused value is a common wish (a TRL user's temperature 0 for greedy decoding)
+RANGE_HINTS = {
+    "temperature": "Greedy decoding (temperature 0) is not offered: a judged group needs distinct samples and the "
+                   "log-probs are those of the sampling distribution; for near-greedy samples set a small "
+                   "temperature such as 0.1.",
+}
+
+
 def range_errors(values: dict) -> list[str]:
     """One message per option whose (non-None) value is outside the range its table row allows. A value that is not
     finite is refused first, whatever the row allows (a `> 0` check passes inf: learning_rate=inf trained)."""
@@ -398,7 +406,9 @@ def range_errors(values: dict) -> list[str]:
         if option is None or option.ok is None or value is None:
             continue
         if not option.ok(value):
-            errors.append(f"{name}={value!r} is not allowed: {name} must be {option.allowed}.")
+            hint = RANGE_HINTS.get(name, "")
+            errors.append(f"{name}={value!r} is not allowed: {name} must be {option.allowed} ({option.meaning})."
+                          + (f" {hint}" if hint else ""))
     return errors
 
 
