@@ -684,7 +684,8 @@ class DiffusionRun(TrainingRun):
 
     def write_samples(self, count: int = 8) -> Path | None:
         """samples.png in output_dir: the reference's (top row) and the trained model's (bottom row) samples of the
-        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd)."""
+        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd; self_npo:
+        the trained negative model's row alone)."""
         from preflab.diffusion.pipeline import sample_images, save_grid
 
         if self.cfg.sample_steps <= 0 or self.ppd:
@@ -702,7 +703,7 @@ class DiffusionRun(TrainingRun):
                 before = sample(unet)
             finally:
                 unet.enable_adapters()
-        else:  # self_npo: the teacher started as the base model; sample the base from the pipeline on disk
+        else:  # self_npo keeps no frozen base (its EMA teacher moves): one row, the negative model (the report says so)
             before = None
         after = sample(unet)
         rows = [after] if before is None else [before, after]

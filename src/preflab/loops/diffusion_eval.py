@@ -53,8 +53,11 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                                                                       else lora_off_overrides()))
         objective = cfg.objective()
         if type(objective).__name__ in ("PPD", "SelfNPO"):
+            from preflab.eval.names import DIFFUSION_NOT_EVALUATED
+
+            why = "; ".join(f"{k}: {v}" for k, v in DIFFUSION_NOT_EVALUATED.items())
             raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
-                              "supported (ppd: user-conditioned; self_npo: a negative model).")
+                              f"supported ({why}).")
         reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
         policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
         run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),

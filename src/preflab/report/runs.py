@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from preflab.errors import PreflabError
+from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
@@ -140,6 +141,11 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not run.eval and run.config.get("task") == "reward":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
+    elif not run.eval and run.config.get("task") == "diffusion" and \
+            run.config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # `preflab eval` refuses these runs
+        run.missing.append(f"no eval.json: `preflab eval --task diffusion` does not score {run.config['loss_type']} "
+                           f"runs ({DIFFUSION_NOT_EVALUATED[run.config['loss_type']]}); the eval_* rows of "
+                           "metrics.jsonl (an eval_dataset_name) are its held-out numbers")
     elif not run.eval and run.config.get("task") == "diffusion":
         target, out = path, ""
         if not (path / "model_index.json").is_file():  # no final pipeline yet: its newest checkpoint

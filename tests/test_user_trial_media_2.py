@@ -1,0 +1,62 @@
+"""Second user trial of the image/video side (diffusion and vision-language preference training): what a user saw
+that broke or misled, each fixed and pinned here."""
+import html
+import json
+
+import pytest
+
+from preflab.report.html import write_report
+from preflab.report.runs import load_run
+
+
+def diffusion_run_dir(tmp_path, loss_type, samples=False):
+    run = tmp_path / loss_type
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.69}) + "\n"
+                                       + json.dumps({"step": 1, "eval_loss": 0.6}) + "\n")
+    (run / "config.yaml").write_text(f"task: diffusion\nloss_type: {loss_type}\nmodel_name_or_path: builtin:tiny-sd\n"
+                                     "dataset_name: pairs.jsonl\n")
+    (run / "model_index.json").write_text("{}")
+    if samples:
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(run / "samples.png")
+    return run
+
+
+@pytest.mark.parametrize("loss_type", ["ppd", "self_npo"])
+def test_report_of_a_ppd_or_self_npo_run_does_not_ask_for_the_eval_that_refuses_it(tmp_path, loss_type):
+    # seen: the report of a ppd / self_npo run said "no eval.json: run `preflab eval RUN --task diffusion --data
+    # HELDOUT ...` for the implicit-reward accuracy on held-out pairs", and that command refuses both objectives
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    run = diffusion_run_dir(tmp_path, loss_type)
+    note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
+    assert note.startswith(f"no eval.json: `preflab eval --task diffusion` does not score {loss_type} runs (")
+    assert "--data HELDOUT" not in note
+    page = html.unescape(write_report([run], tmp_path / "r.html").read_text())
+    assert "--task diffusion --data HELDOUT" not in page and "Held-out evaluation (eval.json)" not in page
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "resolution: 16\n")
+    (tmp_path / "held.jsonl").write_text(json.dumps({"prompt": "p", "chosen_image": "a.png",
+                                                     "rejected_image": "b.png"}) + "\n")
+    with pytest.raises(Exception, match=f"{loss_type} runs are not supported"):  # the command the note stopped naming
+        evaluate_diffusion_run(str(run), str(tmp_path / "held.jsonl"))
+
+
+def test_report_captions_a_self_npo_sample_grid_as_the_negative_models_single_row(tmp_path):
+    # seen: a self_npo run's samples.png is one row (its negative model; write_samples keeps no base to sample), and
+    # the report captioned it "top row reference, bottom row trained model"
+    npo, dpo = diffusion_run_dir(tmp_path, "self_npo", True), diffusion_run_dir(tmp_path, "diffusion_dpo", True)
+    page = html.unescape(write_report([npo, dpo], tmp_path / "r.html").read_text())
+    assert "self_npo: one row, the trained negative model (Self-NPO" in page
+    assert "diffusion_dpo: top row reference, bottom row trained model" in page
+    assert page.count("top row reference") == 1
+
+
+def test_report_lists_what_each_run_trained_on_what(tmp_path):
+    # seen: the report's run list said only each run's folder name and path; what it trained (task, objective, base
+    # model, data) was only in the config dump at the bottom
+    run = diffusion_run_dir(tmp_path, "diffusion_dpo")
+    page = html.unescape(write_report([run], tmp_path / "r.html").read_text())
+    assert (f"<li><b>diffusion_dpo</b>: {run} (task diffusion, loss_type diffusion_dpo, model_name_or_path "
+            "builtin:tiny-sd, dataset_name pairs.jsonl)</li>") in page
