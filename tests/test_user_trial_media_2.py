@@ -60,3 +60,20 @@ def test_report_lists_what_each_run_trained_on_what(tmp_path):
     page = html.unescape(write_report([run], tmp_path / "r.html").read_text())
     assert (f"<li><b>diffusion_dpo</b>: {run} (task diffusion, loss_type diffusion_dpo, model_name_or_path "
             "builtin:tiny-sd, dataset_name pairs.jsonl)</li>") in page
+
+
+def test_generate_during_eval_is_refused_for_a_vlm_run_whose_samples_would_not_see_the_images(tmp_path):
+    # seen: `preflab train examples/vlm/dpo.yaml generate_during_eval=true eval_fraction=0.25` wrote
+    # eval_samples.jsonl, generated from the prompts' token ids without pixel_values: answers to pictures the model
+    # never saw
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.loops.vlm import VisionTrainer
+
+    cfg = config_from_dict(dict(task="vlm", model_name_or_path="builtin:tiny-qwen2-vl",
+                                dataset_name="examples/vlm/data/pairs.jsonl", eval_fraction=0.25,
+                                generate_during_eval=True, output_dir=str(tmp_path / "run"), max_steps=1,
+                                use_cpu=True, report_to="none"))
+    with pytest.raises(ConfigError, match="generate_during_eval: preflab's eval samples are generated from the "
+                                          "prompts' token ids without their images or videos"):
+        VisionTrainer(cfg)
