@@ -77,3 +77,55 @@ def test_generate_during_eval_is_refused_for_a_vlm_run_whose_samples_would_not_s
     with pytest.raises(ConfigError, match="generate_during_eval: preflab's eval samples are generated from the "
                                           "prompts' token ids without their images or videos"):
         VisionTrainer(cfg)
+
+
+def sft_example(row_id, images):
+    from preflab.data.vision import VisionPairExample
+
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": "Grey."}]}]
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    return VisionPairExample(row_id, prompt, answer, answer, images)
+
+
+def test_pami_leaves_out_a_candidate_with_the_originals_pixels_and_names_a_row_with_no_other(tmp_path):
+    # seen: a colour rotation of a grey image (or a flip of a symmetric one) is the image itself; with a scorer that
+    # ranks it first (d = 0 beats negative gaps) PaMi-VDPO kept it, and the run stopped at tokenizing with "chosen
+    # and rejected have the same tokens and the same images", which names no augmentation
+    from PIL import Image
+
+    from preflab.data.vision_pairs import build_pami_pairs
+
+    grey, red = Image.new("RGB", (8, 8), (90, 90, 90)), Image.new("RGB", (8, 8), (200, 10, 10))
+    score = lambda ex, images: 1.0 if _same(images, ex.images) else 2.0  # noqa: E731  (perturbing helps: d < 0)
+    [pair], info = build_pami_pairs([sft_example(0, [grey])], score, 2, ("colour", "noise"), seed=0)
+    assert not _same(pair.rejected_images, [grey]) and info["unchanged_candidates_left_out"] >= 1
+    with pytest.raises(Exception) as err:
+        build_pami_pairs([sft_example(0, [red]), sft_example(1, [grey])], score, 3, ("colour",), source="sft.jsonl")
+    assert str(err.value).startswith("sft.jsonl row 1, field 'images': none of its 3 perturbed candidates "
+                                     "(augmentations ['colour']) changes a pixel of its images.")
+
+
+def _same(a, b):
+    import numpy as np
+
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("images, augmentations, says", [
+    ([], ("flip",), "row 0, field 'images': the row has no image or video to perturb."),
+    (["frame"], ("reverse", "shuffle"), "row 0, field 'images': the row has 1 image/frame and augmentations "
+                                        "['reverse', 'shuffle'] are all temporal"),
+])
+def test_pami_row_without_images_or_with_one_frame_for_temporal_augmentations_names_file_row_and_field(
+        images, augmentations, says):
+    # seen: "PaMi-VDPO: no augmentation applies (temporal ones need several images or frames)." with no file and no
+    # row, and "row N has no image or video to perturb" without the file, both as ConfigErrors
+    from PIL import Image
+
+    from preflab.data.vision_pairs import build_pami_pairs
+    from preflab.errors import DataError
+
+    images = [Image.new("RGB", (8, 8), (200, 10, 10)) for _ in images]
+    with pytest.raises(DataError) as err:
+        build_pami_pairs([sft_example(0, images)], lambda ex, im: 0.0, 2, augmentations, source="clips.jsonl")
+    assert str(err.value).startswith(f"clips.jsonl {says}") and err.value.field == "images"

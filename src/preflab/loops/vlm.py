@@ -111,7 +111,7 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None):
             examples, info = builders.build_pami_pairs(
                 examples, score, int(params.get("num_candidates", 4)),
                 tuple(params.get("augmentations", builders.SPATIAL + builders.TEMPORAL)),
-                int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau))
+                int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau), source=sources[split])
         elif builder == "cat_adpo":
             examples, info = builders.build_cat_pairs(examples, tuple(params.get("vague_terms", builders.VAGUE_TERMS)),
                                                       source=sources[split])
