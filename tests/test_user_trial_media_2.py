@@ -129,3 +129,24 @@ def test_pami_row_without_images_or_with_one_frame_for_temporal_augmentations_na
     with pytest.raises(DataError) as err:
         build_pami_pairs([sft_example(0, images)], lambda ex, im: 0.0, 2, augmentations, source="clips.jsonl")
     assert str(err.value).startswith(f"clips.jsonl {says}") and err.value.field == "images"
+
+
+@pytest.mark.slow
+def test_preflab_eval_of_a_pami_run_scores_the_pairs_the_run_evaluated(tmp_path):
+    # seen: a pami_vdpo run's last eval on sft.jsonl logged eval_loss 0.6885 (rewards/accuracies 0.75);
+    # `preflab eval RUN --task vlm --data sft.jsonl` said loss 0.6804, accuracy 1.0: it chose each row's perturbed
+    # images with the trained policy (those it tells apart best), the run with its starting policy
+    from pathlib import Path
+
+    from preflab.cli import main
+    from preflab.loops.vlm_eval import evaluate_vlm_run
+
+    root = Path(__file__).resolve().parents[1]
+    data, out = str(root / "examples/vlm/data/sft.jsonl"), tmp_path / "pami"
+    assert main(["train", str(root / "examples/vlm/pami_vdpo.yaml"), f"dataset_name={data}",
+                 f"eval_dataset_name={data}", "eval_steps=4", "learning_rate=1e-2", "disable_tqdm=true",
+                 "vision_pair_params={num_candidates: 6}", f"output_dir={out}"]) == 0
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x][-1]
+    result = evaluate_vlm_run(str(out), data)
+    assert result["metrics"]["loss"] == pytest.approx(logged["eval_loss"], abs=1e-6)
+    assert result["metrics"]["rewards/accuracies"] == logged["eval_rewards/accuracies"]
