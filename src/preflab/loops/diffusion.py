@@ -226,6 +226,7 @@ class DiffusionRun(TrainingRun):
         self.main = self.accelerator.is_main_process
         self.scores_held_out = scores_held_out
         self.data_report = {}
+        self.eval_notes: list[str] = []  # what `preflab eval --task diffusion` records in eval.json's notes
         if pipeline is not None:  # loading options beside a pipeline given from Python: refused (models.given)
             from preflab.models.given import DIFFUSION_OPTIONS, check_given_models
 
@@ -311,11 +312,12 @@ class DiffusionRun(TrainingRun):
         pairs (`preflab eval --task diffusion`, which applies no caption_perturbation) are scored as they are: their
         count is said, never refused."""
         same = sum(1 for x in train if x.cond_chosen == x.cond_rejected)
-        if same and self.scores_held_out:
+        if same and self.scores_held_out:  # printed, and kept for eval.json (its loss differs from the run's)
+            self.eval_notes.append(f"dcpo: {same} of {len(train)} held-out pairs have no caption_chosen / "
+                                   "caption_rejected: they are scored with the prompt for both images (eval applies "
+                                   "no caption_perturbation)")
             if self.main:
-                print(f"preflab: note: dcpo: {same} of {len(train)} held-out pairs have no caption_chosen / "
-                      "caption_rejected: they are scored with the prompt for both images (eval applies no "
-                      "caption_perturbation).", flush=True)
+                print(f"preflab: note: {self.eval_notes[-1]}.", flush=True)
             return
         if same == len(train):
             raise ConfigError(

@@ -81,7 +81,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
-               "notes": [n for n in (said, trained_on) if n]}
+               "notes": [n for n in (said, *run.eval_notes, trained_on) if n]}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
             seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
