@@ -150,3 +150,4 @@ def test_preflab_eval_of_a_pami_run_scores_the_pairs_the_run_evaluated(tmp_path)
     result = evaluate_vlm_run(str(out), data)
     assert result["metrics"]["loss"] == pytest.approx(logged["eval_loss"], abs=1e-6)
     assert result["metrics"]["rewards/accuracies"] == logged["eval_rewards/accuracies"]
+    assert any("is the run's training data" in n for n in result["notes"])  # --data is the training file

@@ -60,7 +60,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         ref = None
         if needs_reference:
             ref = load_vlm_reference(reference, cfg, processor, policy, "--reference").requires_grad_(False).eval()
-        data = {}
+        prepared = {}
         if cfg.vision_pairs == "pami_vdpo":
             # the run chose each row's perturbed images with its starting policy (model_name_or_path): the eval does
             # too, so the pairs are the run's; selected with the trained policy they were the ones it tells apart best
@@ -69,8 +69,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
             start = saved.model_name_or_path
             selector = ref if ref is not None and reference == start else load_vlm_reference(
                 start, cfg, processor, policy, "model_name_or_path").requires_grad_(False).eval()
-            data["train_data"] = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader)[0]
-        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader, **data)
+            prepared["train_data"] = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader)[0]
+        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader, **prepared)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
     trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out
