@@ -11,7 +11,9 @@ fine-tuning), the same UNet with its LoRA adapters disabled (use_peft), or the b
 
 Randomness: the timestep and noise of a pair depend only on (seed, step, the pair's dataset position), never on
 the process count, the micro-batch split or a resume, so a resumed run equals the uninterrupted one and two processes
-equal one. (Inversion jitter and Self-NPO's draws are per micro-batch: seeded by (seed, step, first position).)
+equal one. So does DDIM inversion's jitter (diffusion_inpo, smpo_diffusion): one generator per pair from (seed, step,
+"invert", position), drawn for the winner's inversion, then the loser's. Self-NPO's draws are per micro-batch (seeded
+by (seed, step, "batch", first position)): its two-process runs differ from one process's in those draws.
 
 Flow-matching models (SD3, preflab.diffusion.flow): the same run with x_t = (1 - sigma) x_0 + sigma eps, the velocity
 target eps - x_0 and SD3's logit-normal t per pair; `check_flow_objective` says which objectives are defined there.
@@ -630,6 +632,8 @@ class DiffusionRun(TrainingRun):
                                       teacher_guidance=self.cfg.self_npo_teacher_guidance)
             t, eps = self._draws(index, step, tuple(pairs.chosen.shape[1:]))
             cond_l = pairs.cond if pairs.cond_rejected is None else pairs.cond_rejected
+            if self.scorer.noiser.mode != "forward":  # the inversion jitter per pair, as t and eps
+                generator = [torch.Generator().manual_seed(draw_seed(self.cfg.seed, step, "invert", i)) for i in index]
             noised = self.scorer.noiser(pairs.chosen, pairs.rejected, generator, self._inverting_policy, pairs.cond,
                                         cond_l, timesteps=t, noise=eps.to(pairs.chosen))
             reference = self._reference if self.objective.needs_reference else None
