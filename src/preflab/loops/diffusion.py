@@ -11,9 +11,8 @@ fine-tuning), the same UNet with its LoRA adapters disabled (use_peft), or the b
 
 Randomness: the timestep and noise of a pair depend only on (seed, step, the pair's dataset position), never on
 the process count, the micro-batch split or a resume, so a resumed run equals the uninterrupted one and two processes
-equal one. So does DDIM inversion's jitter (diffusion_inpo, smpo_diffusion): one generator per pair from (seed, step,
-"invert", position), drawn for the winner's inversion, then the loser's. Self-NPO's draws are per micro-batch (seeded
-by (seed, step, "batch", first position)): its two-process runs differ from one process's in those draws.
+equal one. So do DDIM inversion's jitter (diffusion_inpo, smpo_diffusion: one generator per pair from (seed, step,
+"invert", position), drawn for the winner's inversion, then the loser's) and Self-NPO's draws (self_npo_draws).
 
 Flow-matching models (SD3, preflab.diffusion.flow): the same run with x_t = (1 - sigma) x_0 + sigma eps, the velocity
 target eps - x_0 and SD3's logit-normal t per pair; `check_flow_objective` says which objectives are defined there.
@@ -145,6 +144,19 @@ def draw_seed(*parts) -> int:
     """A 63-bit seed from the given parts (stable across processes and Python runs)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def self_npo_draws(seed: int, step, index: list[int], shape: tuple, num_ddim_steps: int):
+    """Self-NPO's draws (start index j, noise, re-noising u, noise2) per sample from a generator seeded by (seed,
+    step, "npo", dataset position), so a sample's draws do not depend on its micro-batch (two processes equal one)."""
+    j, eps, u, eps2 = [], [], [], []
+    for i in index:
+        g = torch.Generator().manual_seed(draw_seed(seed, step, "npo", i))
+        j.append(torch.randint(0, num_ddim_steps, (1,), generator=g))
+        eps.append(torch.randn(shape, generator=g))
+        u.append(torch.rand(1, generator=g, dtype=torch.float64))
+        eps2.append(torch.randn(shape, generator=g))
+    return torch.cat(j), torch.stack(eps), torch.cat(u), torch.stack(eps2)
 
 
 class DenoiserModule(nn.Module):
@@ -618,18 +630,21 @@ class DiffusionRun(TrainingRun):
         """The objective's batch for the examples at `index` (train data unless `data`), with the draws of `step`."""
         data = self.train_data if data is None else data
         pairs = self.pairs(index, data)
-        seed = draw_seed(self.cfg.seed, step, "batch", index[0])
-        generator = torch.Generator().manual_seed(seed)
+        generator = None  # every draw is per pair, from (seed, step, dataset position): below
         policy = policy or self._policy
         with self.accelerator.autocast():
             if self.self_npo:
                 from preflab.diffusion.self_npo import self_npo_batch
 
                 uncond = self._cond([""] * len(index))
-                return self_npo_batch(policy, self._teacher, pairs.chosen, pairs.cond, uncond, self.schedule,
-                                      generator, num_ddim_steps=self.cfg.self_npo_num_ddim_steps,
+                x0 = pairs.chosen
+                j, eps, u, eps2 = self_npo_draws(self.cfg.seed, step, index, tuple(x0.shape[1:]),
+                                                 self.cfg.self_npo_num_ddim_steps)
+                return self_npo_batch(policy, self._teacher, x0, pairs.cond, uncond, self.schedule,
+                                      num_ddim_steps=self.cfg.self_npo_num_ddim_steps,
                                       rollout_steps=self.cfg.self_npo_rollout_steps,
-                                      teacher_guidance=self.cfg.self_npo_teacher_guidance)
+                                      teacher_guidance=self.cfg.self_npo_teacher_guidance, start_index=j,
+                                      noise=eps.to(x0), u=u, noise2=eps2.to(x0))
             t, eps = self._draws(index, step, tuple(pairs.chosen.shape[1:]))
             cond_l = pairs.cond if pairs.cond_rejected is None else pairs.cond_rejected
             if self.scorer.noiser.mode != "forward":  # the inversion jitter per pair, as t and eps
