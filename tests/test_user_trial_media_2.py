@@ -37,10 +37,9 @@ def test_report_of_a_ppd_or_self_npo_run_does_not_ask_for_the_eval_that_refuses_
     page = html.unescape(write_report([run], tmp_path / "r.html").read_text())
     assert "--task diffusion --data HELDOUT" not in page and "Held-out evaluation (eval.json)" not in page
     (run / "config.yaml").write_text((run / "config.yaml").read_text() + "resolution: 16\n")
-    (tmp_path / "held.jsonl").write_text(json.dumps({"prompt": "p", "chosen_image": "a.png",
-                                                     "rejected_image": "b.png"}) + "\n")
-    with pytest.raises(Exception, match=f"{loss_type} runs are not supported"):  # the command the note stopped naming
-        evaluate_diffusion_run(str(run), str(tmp_path / "held.jsonl"))
+    # the command the note stopped naming; refused before it opens --data (a missing file was reported first)
+    with pytest.raises(Exception, match=f"{loss_type} runs are not supported"):
+        evaluate_diffusion_run(str(run), str(tmp_path / "no-such-file.jsonl"))
 
 
 def test_report_captions_a_self_npo_sample_grid_as_the_negative_models_single_row(tmp_path):
