@@ -444,3 +444,20 @@ def test_a_checkpoint_path_that_does_not_exist_says_so_and_lists_the_runs_checkp
         read_marker(tmp_path / "checkpoint-99")
     with pytest.raises(PreflabError, match="is not a complete preflab checkpoint"):
         read_marker(tmp_path / "checkpoint-2")  # there, but without its marker
+
+
+def test_file_sha256_is_the_sha256_of_the_bytes_across_blocks_and_user_files_unreadable_are_none(tmp_path,
+                                                                                                  monkeypatch):
+    """One sha256 of a file serves the checkpoint records and the user code records (preflab.plugins was a second
+    copy that read the whole file at once): read in HASH_BLOCK pieces it is hashlib's of the whole bytes; a user
+    file that cannot be read is None (check_resume_code names it 'no longer readable')."""
+    import hashlib
+
+    from preflab.plugins import user_file_sha256
+
+    data = bytes(range(256)) * 41 + b"tail"
+    (tmp_path / "f.bin").write_bytes(data)
+    monkeypatch.setattr(ck, "HASH_BLOCK", 1000)  # 11 blocks, the last one short
+    assert ck.file_sha256(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+    assert user_file_sha256(str(tmp_path / "f.bin")) == hashlib.sha256(data).hexdigest()
+    assert user_file_sha256(tmp_path / "gone.py") is None and user_file_sha256("") is None

@@ -62,3 +62,20 @@ def test_two_commands_stay_first_in_readme():
     """CI (.ci/run) and tests read the README's first section: it must stay 'Two commands'."""
     readme = (ROOT / "README.md").read_text()
     assert re.findall(r"^## (.+)$", readme, re.M)[:3] == ["Two commands", "Quickstart", "What a run writes"]
+
+
+# paths of other projects' repositories that the docs quote (not files of this one)
+OTHER_PROJECTS = {"examples/dreambooth/train_dreambooth_lora_flux.py"}  # diffusers' script (docs/diffusion.md)
+REPO_PATH = re.compile(r"(?<![\w/.\-])((?:src|tests|benchmarks|examples|docs|\.ci)/[\w./\-]+"
+                       r"\.(?:py|ya?ml|jsonl|json|sh|md|png|csv|jinja))\b")
+
+
+def test_every_repository_path_in_backticks_in_readme_and_docs_exists():
+    """A file named in backticks (`tests/loops/test_step.py`, `examples/rrhf.yaml`) is a file of the repository;
+    docs-walk-3 found docs/testing.md naming a test file that no longer existed."""
+    missing = []
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for code in re.findall(r"`([^`\n]+)`", page.read_text()):
+            missing += [f"{page.relative_to(ROOT)}: {path}" for path in REPO_PATH.findall(code)
+                        if path not in OTHER_PROJECTS and not (ROOT / path).exists()]
+    assert not missing, "\n".join(missing)

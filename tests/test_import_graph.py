@@ -197,3 +197,16 @@ def test_no_new_import_cycle_through_a_table_of_module_names():
     assert not [e for e in closing if e[0] in ("preflab.recipes", "preflab.lab.registry")], describe_cycles(edges)
     assert set(closing) <= KNOWN_TABLE_CYCLES, "new import cycles through a table of module names:\n" + \
         describe_cycles(edges)
+
+
+def test_the_layers_below_the_loops_import_neither_the_loops_nor_the_models():
+    """preflab.recipes and preflab.recipe_state (the recipe layer, below the training loops the recipes' stages run)
+    imported preflab.loops.launch for two reads of the launcher's variables, which now live in preflab.launch_env
+    (plain os.environ reads, imports nothing of preflab); preflab.runlog imported preflab.models.dropout for
+    finish_run, which nothing called (removed). Lazy imports count."""
+    edges = module_imports()
+    above = ("preflab.loops", "preflab.models")
+    for low in ("preflab.recipes", "preflab.recipe_state", "preflab.runlog", "preflab.launch_env"):
+        reached = {m: where for m, where in edges[low].items() if m.startswith(above)}
+        assert not reached, f"{low} imports {reached}"
+    assert not [m for m in edges["preflab.launch_env"] if m.startswith("preflab")]

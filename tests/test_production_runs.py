@@ -325,8 +325,9 @@ def test_resume_on_another_number_of_processes_must_keep_the_global_batch(tmp_pa
                                  "output_dir": str(tmp_path), "per_device_train_batch_size": 8, **kw})
 
     saved, state = cfg().to_dict(), {"world_size": 2}
-    with pytest.raises(ConfigError, match=r"global batch of 16 \(per_device_train_batch_size 8 x 2 processes\); "
-                                          r"this run has 8 \(8 x 1\).*per_device_train_batch_size: 16"):
+    with pytest.raises(ConfigError, match=r"global batch of 16 \(per_device_train_batch_size 8 x 2 processes\) and "
+                                          r"gradient_accumulation_steps 1, 16 examples an optimizer step; this run has "
+                                          r"8 \(8 x 1\) and 1, 8 .*per_device_train_batch_size: 16"):
         check_global_batch(saved, state, cfg(), 1, "checkpoint-4")
     check_global_batch(saved, state, cfg(per_device_train_batch_size=16), 1, "checkpoint-4")  # the same run
     check_global_batch(saved, state, cfg(per_device_train_batch_size=4), 4, "checkpoint-4")
@@ -387,6 +388,15 @@ def test_model_card_of_lora_adapters_shows_how_to_merge_them(tmp_path):
     assert f"preflab eval {out}" in (out / "README.md").read_text()
 
 
+def test_no_checkpoint_message_names_the_timeline_rule_only_where_checkpoints_exist(tmp_path):
+    from preflab.loops.resume import no_checkpoint_to_resume
+
+    assert "holds no checkpoint-* folder" in no_checkpoint_to_resume(tmp_path)
+    (tmp_path / "checkpoint-3").mkdir()  # e.g. a checkpoint of an abandoned timeline, or one without COMPLETE
+    text = no_checkpoint_to_resume(tmp_path)
+    assert "holds no complete checkpoint of its current run" in text and "rolled back or restarted" in text
+
+
 def test_nothing_to_resume_is_said_before_the_data_is_read(tmp_path, capsys):
     """resume_from_checkpoint: true over a folder without checkpoints, or a mistyped checkpoint path, was refused
     only after the dataset had been read and tokenized (here: the data file is not even there)."""
@@ -395,7 +405,9 @@ def test_nothing_to_resume_is_said_before_the_data_is_read(tmp_path, capsys):
     base = ["train", "model_name_or_path=builtin:tiny-llama", f"dataset_name={tmp_path / 'pairs.jsonl'}",
             f"output_dir={tmp_path / 'run'}", "max_steps=2", "disable_tqdm=true"]
     assert main(base + ["resume_from_checkpoint=true"]) == 2
-    assert "holds no complete checkpoint of its current run" in capsys.readouterr().err
+    # a folder with no checkpoint at all is said as such (docs-walk-3: the message spoke of rolled-back timelines)
+    assert (f"{tmp_path / 'run'} holds no checkpoint-* folder (a run saves them every save_steps steps; with "
+            "save_steps 0 it saves none)") in capsys.readouterr().err
     assert main(base + [f"resume_from_checkpoint={tmp_path / 'run' / 'checkpoint-99'}"]) == 2
     assert "checkpoint-99 does not exist" in capsys.readouterr().err
 

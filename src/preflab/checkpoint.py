@@ -134,7 +134,9 @@ def fsync_file(path: Path) -> None:
 HASH_BLOCK = 8 << 20  # bytes per read: one buffer reused (readinto), hashlib releases the GIL on updates this large
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex of a file's bytes, read in HASH_BLOCK pieces into one reused buffer (a checkpoint's shards are GBs:
+    never held whole in memory). OSError when it cannot be read."""
     digest = hashlib.sha256()
     buffer = bytearray(HASH_BLOCK)
     view = memoryview(buffer)
@@ -156,7 +158,7 @@ def hash_threads(n_files: int) -> int:
 
 def file_records(folder: Path) -> dict:
     """{path relative to folder: size and sha256} of every file (sharded checkpoints have subfolders)."""
-    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
 
 
@@ -383,7 +385,7 @@ def check_file(path: Path, name: str, records: dict | None) -> str | None:
         if size != record["size"]:
             return (f"checkpoint {path} is damaged: {file} has {size} bytes, {record['size']} were written "
                     "(truncated or overwritten).")
-        if _sha256(file) != record["sha256"]:
+        if file_sha256(file) != record["sha256"]:
             return (f"checkpoint {path} is damaged: the sha256 of {file} differs from the one written (the file's "
                     "bytes changed after the save).")
     except OSError as err:  # a problem like the others: under several ranks every rank must hear of it

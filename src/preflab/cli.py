@@ -130,7 +130,7 @@ def check_launched_command(command: str) -> None:
     `lab`, `demo` and `report` the same. Refused, saying to run it without the launcher."""
     if command == "train" or "WORLD_SIZE" not in os.environ:
         return
-    from preflab.loops.launch import launched_world_size
+    from preflab.launch_env import launched_world_size
 
     processes = launched_world_size()
     if processes > 1:

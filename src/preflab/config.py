@@ -569,8 +569,10 @@ def _user_beta_default_notes(objective, beta: float) -> list[str]:
     get_objective print and use) is not what trains."""
     import dataclasses
 
+    from preflab.objectives import objective_parts
+
     notes = []
-    for part in getattr(objective, "parts", None) or (objective,):
+    for part in objective_parts(objective):
         cls = type(part)
         if cls.__module__.startswith("preflab."):
             continue

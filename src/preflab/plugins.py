@@ -60,10 +60,12 @@ def import_object(spec: str, option: str):
 _LOADED: dict[str, Path] = {}  # module part of a spec ('my_losses.py', 'mypkg.rewards') -> its file, this process
 
 
-def file_sha256(path: str | Path) -> str | None:
-    """sha256 hex of a file's bytes, None when it cannot be read."""
+def user_file_sha256(path: str | Path) -> str | None:
+    """preflab.checkpoint.file_sha256 of a user code file; None when it cannot be read (moved or deleted since)."""
+    from preflab.checkpoint import file_sha256
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -83,7 +85,7 @@ def user_code(config: dict) -> dict:
                 yield from specs(item)
 
     named = {spec.rpartition(":")[0] for value in config.values() for spec in specs(value) if ":" in spec}
-    return {module: {"file": str(path), "sha256": file_sha256(path)}
+    return {module: {"file": str(path), "sha256": user_file_sha256(path)}
             for module, path in sorted(_LOADED.items()) if module in named}
 
 

@@ -173,14 +173,11 @@ def start_processes() -> int:
     process group is formed here, before the recipe writes anything (gloo on CPU: the recipes' stages run with
     use_cpu, and their Accelerators join this group), so the recipe's own files can be written by the main process
     while the others wait (main_writes). FSDP and DeepSpeed are refused (data parallel only)."""
-    import os
-
-    from preflab.loops.launch import fsdp_version_asked, launched_world_size
+    from preflab.launch_env import deepspeed_asked, fsdp_version_asked, launched_world_size
 
     if launched_world_size() == 1:
         return 1
-    engine = ("FSDP" if fsdp_version_asked() is not None else
-              "DeepSpeed" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("true", "1") else None)
+    engine = "FSDP" if fsdp_version_asked() is not None else "DeepSpeed" if deepspeed_asked() else None
     if engine:  # the recipe evaluates its models on the main process, outside any engine's wrapper
         raise ConfigError(f"a recipe on several processes runs data parallel only: {engine} asked by the accelerate "
                           "config, but the recipe evaluates its models on the main process outside the engine. "

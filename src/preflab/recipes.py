@@ -115,7 +115,7 @@ def check_processes(task: str, processes: int) -> None:
 
 
 def run_recipe(cfg) -> dict:
-    from preflab.loops.launch import launched_world_size
+    from preflab.launch_env import launched_world_size
     from preflab.runlog import is_main_process
 
     processes = launched_world_size()

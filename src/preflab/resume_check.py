@@ -5,9 +5,9 @@ A key in HARMLESS only changes how long the run goes on, what it logs or saves, 
 (the objective and its parameters, beta, data, model, batch sizes, seed, gradient_accumulation_steps, layout,
 optimizer settings, ...) changes what the resumed run computes, so check_resume_config refuses it unless
 `allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
-On another number of processes the global batch (per_device_train_batch_size x processes) must stay
-(check_global_batch), and the saved per-device batch is read as this world's (saved_config_on_this_world);
-check_saved_config runs both config checks of a checkpoint.
+On another number of processes the global batch (per_device_train_batch_size x processes) and
+gradient_accumulation_steps must stay (check_global_batch), and the saved per-device batch is read as this world's
+(saved_config_on_this_world); check_saved_config runs both config checks of a checkpoint.
 """
 from __future__ import annotations
 
@@ -51,6 +51,16 @@ def _show(changes: dict) -> str:
     return ", ".join(f"{k} ({before!r} -> {after!r})" for k, (before, after) in changes.items())
 
 
+def refuse_unless_allowed(cfg, refusal: str, allowed_note: str, note=print) -> None:
+    """The rule of every resume check: a change of what the resumed run computes is a ConfigError (`refusal`, which
+    says what to do) unless cfg.allow_config_change: true, which continues and says `allowed_note` through `note`
+    (None: said nowhere)."""
+    if not getattr(cfg, "allow_config_change", False):
+        raise ConfigError(refusal)
+    if note is not None:
+        note(allowed_note)
+
+
 def check_resume_config(saved: dict | None, cfg, checkpoint, note=print) -> None:
     """ConfigError listing the keys that change the run's meaning (unless cfg.allow_config_change); a note for
     the rest. cfg: the current config (a dataclass)."""
@@ -59,20 +69,18 @@ def check_resume_config(saved: dict | None, cfg, checkpoint, note=print) -> None
     current = dataclasses.asdict(cfg)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(cfg)}
-    allow_change = bool(getattr(cfg, "allow_config_change", False))
     if not isinstance(saved, dict):
         note(f"preflab: note: {checkpoint} holds no saved config (an older preflab); config changes cannot be "
              "checked.")
         return
     harmless, meaning = compare_configs(saved, current, defaults)
-    if meaning and not allow_change:
-        raise ConfigError(
-            f"resume_from_checkpoint: the config differs from the one {checkpoint} was trained with in key(s) that "
-            f"change what the run computes: {_show(meaning)}. Resume with the original values, set "
-            "allow_config_change: true to continue with the new ones anyway, or start a new run in another "
-            "output_dir.")
     if meaning:
-        note(f"preflab: note: resuming with changed config (allow_config_change: true): {_show(meaning)}.")
+        refuse_unless_allowed(
+            cfg, f"resume_from_checkpoint: the config differs from the one {checkpoint} was trained with in key(s) "
+            f"that change what the run computes: {_show(meaning)}. Resume with the original values, set "
+            "allow_config_change: true to continue with the new ones anyway, or start a new run in another "
+            "output_dir.",
+            f"preflab: note: resuming with changed config (allow_config_change: true): {_show(meaning)}.", note)
     if harmless:
         note(f"preflab: note: resuming with changed option(s): {_show(harmless)}.")
 
@@ -118,13 +126,12 @@ def check_resume_data(saved: dict, current: str | None, cfg, checkpoint, note=pr
              f"(of {getattr(cfg, 'model_name_or_path', None)!r}) or how the rows are tokenized (max_length, "
              "truncation_mode: keep_end cuts each sequence's start as TRL 1.16 since preflab followed it, where it "
              "used to keep the whole prompt) changed since it was saved")
-    if not getattr(cfg, "allow_config_change", False):
-        raise ConfigError(
-            f"resume_from_checkpoint: the training examples differ from those {checkpoint} was trained on "
-            f"(fingerprint {before[:19]}... -> {current[:19]}...): {where}. The resumed run would continue its data "
-            "order over other rows. Put the original data and tokenizer back, set allow_config_change: true to "
-            "continue on the new data anyway, or start a new run in another output_dir.")
-    note(f"preflab: note: resuming on changed training examples (allow_config_change: true): {where}.")
+    refuse_unless_allowed(
+        cfg, f"resume_from_checkpoint: the training examples differ from those {checkpoint} was trained on "
+        f"(fingerprint {before[:19]}... -> {current[:19]}...): {where}. The resumed run would continue its data "
+        "order over other rows. Put the original data and tokenizer back, set allow_config_change: true to "
+        "continue on the new data anyway, or start a new run in another output_dir.",
+        f"preflab: note: resuming on changed training examples (allow_config_change: true): {where}.", note)
 
 
 def check_resume_code(saved: dict, checkpoint, cfg, note=print) -> None:
@@ -133,11 +140,11 @@ def check_resume_code(saved: dict, checkpoint, cfg, note=print) -> None:
     removed since, unless cfg.allow_config_change (then a note). The config names the same spec, so the config
     comparison cannot see the change; the resumed run would continue with another objective or reward than the one
     its first steps trained with. A whitespace or comment edit counts too (the bytes are compared)."""
-    from preflab.plugins import file_sha256
+    from preflab.plugins import user_file_sha256
 
     changed = []
     for module, entry in sorted((saved.get("user_code") or {}).items()):
-        now = file_sha256(entry.get("file", ""))
+        now = user_file_sha256(entry.get("file", ""))
         if now is None:
             changed.append(f"{module} ({entry.get('file')}: no longer readable)")
         elif now != entry.get("sha256"):
@@ -145,11 +152,11 @@ def check_resume_code(saved: dict, checkpoint, cfg, note=print) -> None:
     if not changed:
         return
     what = f"user code the run trained with changed since {checkpoint} was saved: {', '.join(changed)}"
-    if not getattr(cfg, "allow_config_change", False):
-        raise ConfigError(f"resume_from_checkpoint: {what}. The resumed run would continue with other code than its "
-                          "first steps. Restore the file, set allow_config_change: true to continue with the new code "
-                          "anyway, or start a new run in another output_dir.")
-    note(f"preflab: note: resuming with changed code (allow_config_change: true): {what}.")
+    refuse_unless_allowed(
+        cfg, f"resume_from_checkpoint: {what}. The resumed run would continue with other code than its first steps. "
+        "Restore the file, set allow_config_change: true to continue with the new code anyway, or start a new run "
+        "in another output_dir.", f"preflab: note: resuming with changed code (allow_config_change: true): {what}.",
+        note)
 
 
 def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int) -> dict:
@@ -167,38 +174,48 @@ def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int
 
 
 def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, note=None) -> None:
-    """A checkpoint resumed on another number of processes must keep its global batch (per_device_train_batch_size
-    x processes): the same YAML launched on 1 process instead of 2 halves every step's batch and moves the data
-    order, a change of what the run computes that the config comparison cannot see (its per-device value is the
-    same). Refused unless allow_config_change (then said in a note). Not for task: online, whose step takes the
-    round's examples (prompts_per_generation over steps_per_generation) on any number of processes:
-    per_device_train_batch_size only bounds its micro-batches (docs/online.md), so the same YAML on another number
-    of processes is the same run."""
+    """A checkpoint resumed on another number of processes must keep its batch layout: the global batch
+    (per_device_train_batch_size x processes) and gradient_accumulation_steps. The same YAML launched on 1 process
+    instead of 2 halves every step's batch and moves the data order, a change of what the run computes that the
+    config comparison cannot see (its per-device value is the same). Refused, naming processes, per-device batch and
+    accumulation old -> new and the values that keep the run on this number of processes, unless
+    allow_config_change (then said in a note). Not for task: online, whose step takes the round's examples
+    (prompts_per_generation over steps_per_generation) on any number of processes: per_device_train_batch_size
+    only bounds its micro-batches (docs/online.md), so the same YAML on another number of processes is the same
+    run."""
     saved_world = trainer_state.get("world_size")
     batch = saved.get("per_device_train_batch_size") if isinstance(saved, dict) else None
     if (not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int)
             or getattr(cfg, "task", None) == "online"):
         return
+    accumulation = getattr(cfg, "gradient_accumulation_steps", 1)
+    saved_accumulation = saved.get("gradient_accumulation_steps", accumulation)
+    if not isinstance(saved_accumulation, int):
+        saved_accumulation = accumulation
     before, now = batch * saved_world, cfg.per_device_train_batch_size * world
-    if before == now:
+    if before == now and saved_accumulation == accumulation:
         return
     what = (f"resume_from_checkpoint: {path} was trained with a global batch of {before} (per_device_train_batch_size "
-            f"{batch} x {saved_world} processes); this run has {now} ({cfg.per_device_train_batch_size} x {world}), "
-            "so every step's batch and the data order from here on would differ.")
-    if getattr(cfg, "allow_config_change", False):
-        if note is not None:
-            note(f"preflab: note: {what} Continuing (allow_config_change: true).")
-        return
+            f"{batch} x {saved_world} processes) and gradient_accumulation_steps {saved_accumulation}, "
+            f"{before * saved_accumulation} examples an optimizer step; this run has {now} "
+            f"({cfg.per_device_train_batch_size} x {world}) and {accumulation}, {now * accumulation} (processes "
+            f"{saved_world} -> {world}, per_device_train_batch_size {batch} -> {cfg.per_device_train_batch_size}, "
+            f"gradient_accumulation_steps {saved_accumulation} -> {accumulation}), so every step's batch and the data "
+            "order from here on would differ.")
     keep = (f"per_device_train_batch_size: {before // world}" if before % world == 0 else
             f"a per_device_train_batch_size x processes of {before}")
-    raise ConfigError(f"{what} Keep the run with {keep}, launch {saved_world} processes, or set "
-                      "allow_config_change: true to continue with the new batch anyway.")
+    refuse_unless_allowed(
+        cfg, f"{what} Keep the run with {keep} and gradient_accumulation_steps: {saved_accumulation} on {world} "
+        f"process{'es' if world > 1 else ''}, launch {saved_world} processes with per_device_train_batch_size: "
+        f"{batch} and gradient_accumulation_steps: {saved_accumulation}, or set allow_config_change: true to "
+        "continue with the new batch anyway.", f"preflab: note: {what} Continuing (allow_config_change: true).", note)
 
 
 def check_saved_config(trainer_state: dict, cfg, checkpoint, world: int, note=print) -> None:
     """The checkpoint's saved config (trainer_state["config"]) against this run's on `world` processes:
-    check_resume_config on the saved config as this world would spell it (saved_config_on_this_world), then
-    check_global_batch."""
+    check_global_batch first (on another number of processes its message names the processes with the per-device
+    batch and accumulation; check_resume_config's would name gradient_accumulation_steps alone), then
+    check_resume_config on the saved config as this world would spell it (saved_config_on_this_world)."""
     saved = trainer_state.get("config")
-    check_resume_config(saved_config_on_this_world(saved, trainer_state, cfg, world), cfg, checkpoint, note=note)
     check_global_batch(saved, trainer_state, cfg, world, checkpoint, note=note)
+    check_resume_config(saved_config_on_this_world(saved, trainer_state, cfg, world), cfg, checkpoint, note=note)

@@ -269,15 +269,3 @@ def ensure_output_dir(path: Path) -> Path:
         raise PreflabError(f"output_dir {path} is not writable ({err.strerror or err}); choose another "
                            "output_dir or fix its permissions.") from err
     return path
-
-
-def finish_run(output_dir: Path, summary: dict, model=None, tokenizer=None) -> None:
-    """End of a loop's run: the model as safetensors with its tokenizer (when given), then summary.json."""
-    if model is not None:
-        from preflab.models.dropout import original_dropout_config
-
-        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
-            model.save_pretrained(output_dir, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(output_dir)
-    write_summary(output_dir, summary)

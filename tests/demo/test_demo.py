@@ -39,8 +39,9 @@ def test_demo_improves_true_reward(tmp_path):
     from preflab.cli import main
 
     first = (tmp_path / "report.html").read_text()
-    for text in ("true_reward_before", f"{summary['true_reward_after']:.4g}", "<b>sft</b>", "<b>dpo</b>",
-                 summary["examples_after"][0]["response"]):
+    assert saved["about"].startswith("What this demo shows")
+    for text in ('<p class="about">What this demo shows', "true_reward_before", f"{summary['true_reward_after']:.4g}",
+                 "<b>sft</b>", "<b>dpo</b>", summary["examples_after"][0]["response"]):
         assert text in first, text
     assert main(["report", str(tmp_path)]) == 0
     again = (tmp_path / "report.html").read_text()

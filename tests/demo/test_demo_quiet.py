@@ -38,3 +38,17 @@ def test_a_train_command_leaves_warning_filters_logs_and_bars_as_it_found_them(c
     assert "max_grad_norm=-1" in capsys.readouterr().err
     assert transformers_logging.is_progress_bar_enabled()
     assert transformers_logging.get_verbosity() == level and warnings.filters == filters
+
+
+def test_demo_help_says_what_the_demo_shows(capsys):
+    """docs-walk-3: `preflab demo --help` listed the options only; it now says what the demo measures."""
+    import pytest
+
+    from preflab.demo.task import LOUD_FRACTION
+
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "held-out prompts are scored with the true reward before and after DPO" in text
+    assert f"only {LOUD_FRACTION:.0%} of the time" in text

@@ -7,7 +7,7 @@
 4. "fallback": the shard changed again, resume_from_checkpoint: true (falls back to checkpoint-1, trains step 2).
 With `ddp` instead of fsdp2 (launched with examples/accelerate/ddp.yaml): full-tensor checkpoints, and one case,
 "model": checkpoint-2's model.safetensors changed, resumed by path.
-Every rank writes OUT/rank<r>.json: per case, the error it got, the checkpoint files it hashed (preflab's _sha256
+Every rank writes OUT/rank<r>.json: per case, the error it got, the checkpoint files it hashed (preflab's file_sha256
 wrapped) and the files DCP read on it (HuggingFaceStorageReader.read_data wrapped).
 """
 import json
@@ -28,7 +28,7 @@ RUN = dict(per_device_train_batch_size=4, max_steps=2, lr_scheduler_type="cosine
 
 
 def spy(record: dict) -> None:
-    sha256, read_data = ck._sha256, HuggingFaceStorageReader.read_data
+    sha256, read_data = ck.file_sha256, HuggingFaceStorageReader.read_data
 
     def hashing(path):
         record["hashed"].append(Path(path).relative_to(record["checkpoint"]).as_posix())
@@ -40,7 +40,7 @@ def spy(record: dict) -> None:
                 record["checkpoint"]).as_posix())
         return read_data(self, plan, planner)
 
-    ck._sha256, HuggingFaceStorageReader.read_data = hashing, reading
+    ck.file_sha256, HuggingFaceStorageReader.read_data = hashing, reading
 
 
 def change(file: Path, old: bytes | None = None, new: bytes | None = None) -> bytes:

@@ -98,6 +98,55 @@ def test_zero3_without_the_gathered_16bit_save_is_refused_before_training(tmp_pa
                 launch.check_deepspeed_settings(cfg)
 
 
+
+def test_a_deepspeed_config_file_s_accumulation_and_clipping_are_checked_and_named(tmp_path, monkeypatch):
+    """With a deepspeed_config_file the launcher sets no ACCELERATE_GRADIENT_ACCUMULATION_STEPS / _CLIPPING (accelerate
+    refuses them beside a file), and preflab read only those variables: a file with gradient_accumulation_steps 4
+    (DeepSpeed then steps once every 4 of preflab's steps) or gradient_clipping 0.5 beside max_grad_norm 1.0 went on
+    unchecked. Now they are read as accelerate reads them and refused naming the file. No DeepSpeed engine starts."""
+    cfg = _cfg(tmp_path)  # max_grad_norm 1.0
+    _deepspeed_env(monkeypatch, "zero2")
+    for variable in ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "ACCELERATE_GRADIENT_CLIPPING",
+                     "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        monkeypatch.delenv(variable, raising=False)
+    ds_json = tmp_path / "ds.json"
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds_json))
+    for settings, refused in (
+            ({"gradient_accumulation_steps": 4}, rf"the deepspeed_config_file {ds_json}: gradient_accumulation_steps "
+                                                 r"is 4; preflab runs DeepSpeed with 1 \(set it to 1\)"),
+            ({"gradient_clipping": 0.5}, rf"the deepspeed_config_file {ds_json}: gradient_clipping is 0.5 but "
+                                         r"max_grad_norm is 1.0"),
+            ({"gradient_accumulation_steps": 1, "gradient_clipping": 1.0}, None),
+            ({"gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}, None)):
+        ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2}, **settings}))
+        if refused is None:
+            launch.check_deepspeed_settings(cfg)
+        else:
+            with pytest.raises(ConfigError, match=refused):
+                launch.check_deepspeed_settings(cfg)
+
+
+def test_zero3_init_flag_that_does_not_fit_the_stage_is_said(tmp_path, monkeypatch):
+    """zero3_init_flag changed nothing preflab loads (transformers builds from_pretrained models inside zero.Init
+    whenever ZeRO-3's plugin is selected, and accelerate turns the flag off below ZeRO-3), silently. A flag that
+    says otherwise is now said in a note naming it and the value that says what happens; the shipped configs get
+    none."""
+    cfg, notes = _cfg(tmp_path), []
+    for name in ("zero2", "zero3"):
+        _deepspeed_env(monkeypatch, name)
+        launch.check_deepspeed_settings(cfg, note=notes.append)
+    assert notes == []
+    _deepspeed_env(monkeypatch, "zero3", zero3_init_flag=False)
+    launch.check_deepspeed_settings(cfg, note=notes.append)
+    _deepspeed_env(monkeypatch, "zero2", zero3_init_flag=True)
+    launch.check_deepspeed_settings(cfg, note=notes.append)
+    assert len(notes) == 2
+    assert notes[0].startswith("preflab: note: zero3_init_flag: false (the accelerate config's deepspeed_config) "
+                               "does not apply: under DeepSpeed ZeRO-3") and "Set zero3_init_flag: true" in notes[0]
+    assert "applies to DeepSpeed ZeRO-3 only; this run is ZeRO-2" in notes[1] and \
+        "Set zero3_init_flag: false" in notes[1]
+
+
 def _rows(out):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 

@@ -16,7 +16,7 @@ from preflab.resume_verify import assign_checks, verify_rank_reads
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SHARD = "model/shard-00002-model-00001-of-00001.safetensors"
-SHA256 = ck._sha256
+SHA256 = ck.file_sha256
 
 
 def test_each_file_goes_to_the_rank_that_reads_most_of_it_and_shared_files_are_spread_by_size():
@@ -60,7 +60,7 @@ def _as_two_ranks(path, reads, monkeypatch, unreadable=None):
             raise PermissionError(13, "Permission denied")
         return SHA256(file)
 
-    monkeypatch.setattr(ck, "_sha256", sha256)
+    monkeypatch.setattr(ck, "file_sha256", sha256)
 
     def gather_for(rank):
         def gather(value):
@@ -140,7 +140,7 @@ def test_a_one_process_resume_still_hashes_every_file_it_loads(tmp_path, monkeyp
     run(out, max_steps=2, save_steps=2)
     ckpt = out / "checkpoint-2"
     hashed = []
-    monkeypatch.setattr(ck, "_sha256", lambda file: hashed.append(Path(file).relative_to(ckpt).as_posix())
+    monkeypatch.setattr(ck, "file_sha256", lambda file: hashed.append(Path(file).relative_to(ckpt).as_posix())
                         or SHA256(file))
     summary, _ = run(tmp_path / "resumed", max_steps=2, resume_from_checkpoint=str(ckpt))
     assert summary["resumed_from_step"] == 2

@@ -1,11 +1,9 @@
 """spo_degree (preflab.loops.degree_head) with the run options that change how the policy is held or run: LoRA
 (the head trains beside the adapters, is saved beside the adapter and restored on resume), bf16 autocast on CPU,
-torch_compile (the hidden-only variant forward through the compiled scorer), and the sharding engines (FSDP2,
-DeepSpeed), which are refused before the models load."""
+torch_compile (the hidden-only variant forward through the compiled scorer), and FSDP version 1, which is refused
+before the models load (FSDP2 and DeepSpeed train it: tests/loops/test_extras_sharding.py)."""
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +19,7 @@ from preflab.loops.extras_producer import refuse_sharded_engine
 from preflab.models.load import add_lora
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_spo_degree_run import DATA, J, REPO, make, reference_degree_logits  # noqa: E402
+from test_spo_degree_run import DATA, J, make, reference_degree_logits  # noqa: E402
 
 LORA = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
 
@@ -129,38 +127,16 @@ def test_spo_degree_torch_compile_trains_like_eager(tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
-@pytest.mark.parametrize("engine", ["DEEPSPEED", "FSDP"])
-def test_spo_degree_refused_under_a_sharding_engine(tmp_path, engine):
-    """The check itself, on accelerate's distributed_type (DeepSpeed is not launched in this suite)."""
+def test_spo_degree_refused_under_fsdp_version_1(tmp_path):
+    """The check itself, on accelerate's distributed_type: FSDP version 1 (not FSDP2) is refused; FSDP2 and DeepSpeed
+    train the head inside the engine's module (tests/loops/test_extras_sharding.py), DDP outside any wrapper."""
     cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(DATA), use_cpu=True,
                                 output_dir=str(tmp_path), loss_type="spo_degree",
                                 objective_params={"degrees": J}))
     producer = DegreeExtras(cfg.objective(), cfg)
-    acc = SimpleNamespace(distributed_type=f"DistributedType.{engine}", is_fsdp2=engine == "FSDP")
-    name = "DEEPSPEED" if engine == "DEEPSPEED" else "FSDP2"
-    with pytest.raises(ConfigError, match=rf"loss_type spo_degree trains parameters outside the model .* under "
-                                          rf"{name}: .* Train it with examples/accelerate/ddp.yaml or one process"):
+    acc = SimpleNamespace(distributed_type="DistributedType.FSDP", is_fsdp2=False)
+    with pytest.raises(ConfigError, match=r"loss_type spo_degree trains parameters outside the model .* under "
+                                          r"FSDP: .* Train it with examples/accelerate/ddp.yaml or one process"):
         refuse_sharded_engine(producer, cfg, acc)
     refuse_sharded_engine(producer, cfg, SimpleNamespace(distributed_type="DistributedType.MULTI_CPU"))  # DDP: runs
     refuse_sharded_engine(None, cfg, acc)  # no producer: nothing to refuse
-
-
-@pytest.mark.slow
-def test_spo_degree_fsdp2_two_processes_refused_before_the_models_load(tmp_path, accelerate_launch):
-    """examples/accelerate/fsdp2.yaml on 2 CPU processes: refused with the reason on every rank, before any model
-    or optimizer is built (the old code crashed inside accelerate's prepare with a KeyError: the head's parameters
-    are not the model's)."""
-    script = tmp_path / "cli.py"
-    script.write_text("import sys\nfrom preflab.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--config_file", str(REPO / "examples/accelerate/fsdp2.yaml"), "--num_processes", "2",
-                            str(script), "train", "examples/spo_degree.yaml", "max_steps=2", "save_steps=0",
-                            "eval_fraction=0", "use_cpu=true", f"output_dir={tmp_path / 'out'}",
-                            "per_device_train_batch_size=4")
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert proc.returncode != 0
-    said = proc.stdout + proc.stderr
-    assert said.count("loss_type spo_degree trains parameters outside the model with the policy (its extras "
-                      "producer DegreeExtras), which preflab does not train under FSDP2") == 2, said[-3000:]
-    assert "KeyError" not in said

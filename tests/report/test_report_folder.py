@@ -54,3 +54,18 @@ def test_run_directories_still_report_themselves(tmp_path):
     run = make_run(tmp_path / "one")
     html = write_report([run], tmp_path / "r.html").read_text()
     assert "<b>one</b>" in html and "<h2>Result</h2>" not in html
+
+
+def test_a_folder_summary_about_is_a_paragraph_at_the_top_of_the_result(tmp_path):
+    """docs-walk-3: the demo's report said what it measured but not what the demo is for; summary.json's `about`
+    (the demo writes preflab.demo.run.ABOUT) is the Result's first paragraph, escaped, and not a table row."""
+    from preflab.demo.run import ABOUT
+
+    folder = demo_like(tmp_path / "demo")
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "about": ABOUT}))
+    html = write_report([folder], folder / "report.html").read_text()
+    escaped = ABOUT.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    assert f'<h2>Result</h2><p class="about">{escaped}</p>' in html
+    assert "<td>about</td>" not in html
+    assert "loud echo" in ABOUT and "40%" in ABOUT and "true_reward_before" in ABOUT

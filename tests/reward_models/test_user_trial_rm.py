@@ -255,7 +255,9 @@ def test_the_eval_sets_skipped_rows_are_said(tmp_path, capsys):
                             "eval_dataset_name": str(held), "eval_split": "train", "on_bad_row": "skip"})
     _, evals, report, _ = load_reward_pairs(cfg, tiny_tokenizer())
     assert len(evals) == 3 and report["eval_rows"]["skipped"] == {"identical": 2}
-    assert "eval data: " + str(held) + " (pairwise): 5 rows, 3 kept, 2 skipped (identical: 2)" in capsys.readouterr().out
+    # the eval set's line reads as the policy tasks' (`preflab: data (eval):`, docs/configuration.md), not `eval data:`
+    out = capsys.readouterr().out
+    assert "preflab: data (eval): " + str(held) + " (pairwise): 5 rows, 3 kept, 2 skipped (identical: 2)" in out
 
 
 @pytest.mark.parametrize("last_token_head", [False, True])

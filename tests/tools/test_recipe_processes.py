@@ -21,7 +21,7 @@ from preflab.errors import ConfigError
 from preflab.ladder import recipe as ladder_recipe
 from preflab.online import pro_recipe
 from preflab.reward_models import fspo, themis_toy
-from preflab.tool_use import dstc, itool
+from preflab.tool_use import dstc, itool, otc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,6 +150,11 @@ TWO_PROCESS_RUNS = {
          "prompts_per_generation": 4, "num_generations": 2, "max_completion_length": 6}),
     "test_raft_ladder_on_two_processes_equals_one_process": (
         "module", "examples/tools/raft_ladder.yaml", {"n_train": 24, "n_test": 3, "sft_steps": 3, "dpo_steps": 2}),
+    "test_otc_on_two_processes_equals_one_process": (
+        "module", "examples/tools/otc.yaml",
+        {"n_train": 24, "n_heldout": 4, "sft_steps": 4, "sft_batch_size": 4, "grpo_steps": 2,
+         "prompts_per_generation": 2, "num_generations": 2, "max_completion_length": 16, "hidden_size": 32,
+         "save_steps": 1, "control": False}),
     "test_icpl_on_two_processes_equals_one_process": (
         "module", "examples/tools/icpl.yaml", {"iterations": 2, "samples": 3, "arms": 4, "dims": 2}),
 }
@@ -508,4 +513,34 @@ def test_raft_ladder_on_two_processes_equals_one_process(tmp_path, two_process_r
     s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     _assert_close(_drop(s2, ("runtime_s",)), _drop(s1, ("runtime_s",)))
     _assert_close(*(json.loads((d / ladder_recipe.STATE_FILE).read_text()) for d in (two, one)))
+    assert not list(two.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_otc_on_two_processes_equals_one_process(tmp_path, two_process_runs):
+    """`task: otc` under a launch of 2: every process opened otc_state.json before any process group formed, so a
+    process that looked after the main process had written it stopped with "otc_state.json exists: set
+    resume_from_checkpoint" (exit 2) and the launch failed; the data file, the stage folders (resume_or_clean) and
+    the summary were written by every process. Now the group forms first and the main process writes: 2 processes x
+    2 rows = the SFT batch of 4 on one process, the GRPO rounds generated and judged whole on each process (one OTC
+    tracker state, checkpointed by the main process): the same SFT and GRPO weights to 1e-6, tracker checkpoints,
+    state and summary (runtime aside) as the one-process recipe."""
+    params = TWO_PROCESS_RUNS["test_otc_on_two_processes_equals_one_process"][2]
+    two, one = two_process_runs("test_otc_on_two_processes_equals_one_process"), tmp_path / "one"
+    otc.run_otc(str(one), seed=0, quiet=True, **params)
+    for stage in ("sft", "grpo"):
+        got, want = (json.loads((d / stage / "summary.json").read_text()) for d in (two, one))
+        assert (got["environment"]["world_size"], want["environment"]["world_size"]) == (2, 1)
+        assert got["train_examples_seen"] == want["train_examples_seen"]
+        _assert_same_weights(two, one, stage)
+    for step in (1, 2):  # the tracker, as the online run checkpoints it beside each checkpoint
+        assert (two / "grpo/online-state" / f"step-{step}/task.json").read_text() == \
+            (one / "grpo/online-state" / f"step-{step}/task.json").read_text()
+    assert (two / "data/sft.jsonl").read_text() == (one / "data/sft.jsonl").read_text()
+    s2, s1 = (json.loads((d / "otc_state.json").read_text()) for d in (two, one))
+    assert s2["params"] == s1["params"]
+    assert {k: _drop(v, ("runtime_s",)) for k, v in s2["finished"].items()} == \
+        {k: _drop(v, ("runtime_s",)) for k, v in s1["finished"].items()}
+    s2, s1 = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert _drop(s2, ("runtime_s", "stage_runtime_s")) == _drop(s1, ("runtime_s", "stage_runtime_s"))
     assert not list(two.glob("*.tmp"))

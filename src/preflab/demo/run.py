@@ -13,7 +13,7 @@ from statistics import mean
 import torch
 
 from preflab.config import config_from_dict
-from preflab.demo.task import make_splits, true_reward
+from preflab.demo.task import LOUD_FRACTION, make_splits, true_reward
 from preflab.generate import generate_text
 from preflab.loops.offline import Trainer
 from preflab.loops.sft import SFTTrainer
@@ -25,6 +25,18 @@ SFT = dict(task="sft", learning_rate=3e-3, per_device_train_batch_size=16, max_s
            lr_scheduler_type="cosine")
 DPO = dict(loss_type="sigmoid", beta=0.5, learning_rate=3e-4, per_device_train_batch_size=16, max_steps=60,
            warmup_steps=5, lr_scheduler_type="cosine", eval_steps=20)
+
+
+# What the demo is for, at the top of its summary.json and report.html (a reader of the report alone sees why the
+# numbers below it matter).
+ABOUT = ("What this demo shows: preference optimization moves a model toward what the preference pairs reward, "
+         "measured by a true reward known in code. The task, loud echo: a prompt lists a few words "
+         "(\"echo: sun cat map\"); the true reward of an answer is the share of those words echoed in capitals "
+         "(\"SUN CAT MAP\" 1, \"sun cat map\" 0). Stage 1 supervised-tunes a tiny model (2-layer Llama, "
+         f"character tokenizer) on echoes written in capitals only {LOUD_FRACTION:.0%} of the time, so it mostly "
+         "answers in lower case. Stage 2 runs DPO on pairs that prefer the capitalised echo, starting from (and "
+         "referenced to) the SFT model. Stage 3 scores greedy answers to held-out prompts, never trained on, "
+         "with the true reward: true_reward_before (after SFT) against true_reward_after (after DPO).")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -54,7 +66,8 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
                   disable_tqdm=quiet, use_cpu=True)
 
     say = (lambda *a: None) if quiet else print
-    say("preflab demo: stage 1/3, supervised tuning on the loud-echo task (capitals only 40% of the time)")
+    say(f"preflab demo: stage 1/3, supervised tuning on the loud-echo task (capitals only {LOUD_FRACTION:.0%} of the "
+        "time)")
     sft_cfg = config_from_dict({**common, **SFT, "dataset_name": str(sft_file), "output_dir": str(out / "sft")})
     SFTTrainer(sft_cfg, policy=model, ref=None, tokenizer=tokenizer).train()
     before, before_examples = heldout_reward(model, tokenizer, heldout)
@@ -68,7 +81,7 @@ def run_demo(output_dir: str = "outputs/demo", seed: int = 0, quiet: bool = Fals
     after, after_examples = heldout_reward(model, tokenizer, heldout)
     say(f"preflab demo: stage 3/3, true reward on held-out prompts after DPO: {after:.3f} (before {before:.3f})")
 
-    summary = {"title": "preflab demo: SFT then DPO on the loud-echo task", "task": "loud-echo",
+    summary = {"title": "preflab demo: SFT then DPO on the loud-echo task", "about": ABOUT, "task": "loud-echo",
                "true_reward_before": before, "true_reward_after": after,
                "improvement": after - before, "heldout_prompts": len(heldout), "seed": seed,
                "runtime_s": time.perf_counter() - started, "sft_dir": str(out / "sft"), "dpo_dir": str(out / "dpo"),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 
+LOUD_FRACTION = 0.4  # share of SFT rows echoed in capitals
+
 WORDS = ["sun", "cat", "map", "dog", "red", "box", "pen", "cup", "hat", "log", "net", "owl", "jam", "kit", "fig",
          "bus", "car", "toy", "bee", "ant", "ice", "oak", "elf", "gem"]
 
@@ -40,7 +42,7 @@ def _wrong_word(words: list[str], rng: random.Random) -> list[str]:
     return out
 
 
-def make_splits(seed: int = 0, n_train: int = 600, n_eval: int = 64, loud_fraction: float = 0.4):
+def make_splits(seed: int = 0, n_train: int = 600, n_eval: int = 64, loud_fraction: float = LOUD_FRACTION):
     """(sft_rows, pair_rows, heldout_prompts): rows in TRL's standard form; held-out prompts are unseen."""
     rng = random.Random(seed)
     seen, prompts = set(), []

@@ -41,9 +41,9 @@ def route_of(cfg) -> str:
     """The task preflab.cli routes a config by: cfg.task, or ONLINE_KL for task: dpo with an objective that reads
     HyPO's on-policy extras (loss_type: hypo, alone or in a weighted sum), which fresh samples of the policy feed."""
     if cfg.task == "dpo":
-        objective = cfg.objective()
-        if any("online_policy_logps" in getattr(p, "gradient_extras", ())
-               for p in getattr(objective, "parts", None) or (objective,)):
+        from preflab.objectives import objective_parts
+
+        if any("online_policy_logps" in getattr(p, "gradient_extras", ()) for p in objective_parts(cfg.objective())):
             return ONLINE_KL
     return cfg.task
 
@@ -113,9 +113,17 @@ def run(args) -> int:
 
 
 def print_summary(cfg, summary: dict) -> int:
+    """The final metrics as JSON on stdout (for scripts), then one line on stderr saying where the run is and how
+    to look at it (a new user saw only the JSON, and not what to do next)."""
+    import shlex
+    import sys
+
     from preflab.runlog import is_main_process
 
     final = {k: v for k, v in summary.get("final_metrics", {}).items() if isinstance(v, (int, float))}
     if is_main_process():  # once, not once per process
         print(json.dumps({"output_dir": cfg.output_dir, **final}, indent=1))
+        out = shlex.quote(str(cfg.output_dir))
+        print(f"preflab: done: the run is in {cfg.output_dir} (summary.json holds its final metrics); "
+              f"`preflab report {out}` writes report.html with its curves.", file=sys.stderr)
     return 0

@@ -122,6 +122,9 @@ class DegreeExtras(ExtrasProducer):
     def parameters(self) -> list:
         return list(self.head.parameters())
 
+    def module(self) -> DegreeHead:
+        return self.head
+
     def extras(self, trainer, positions, train: bool, scored=None) -> dict:
         """degree_logits and degree_labels of the micro-batch at dataset `positions`. scored: (Scores, device
         LayoutBatch) of the pair forward of the same micro-batch, whose sequences are [chosen_1..B, rejected_1..B]:
@@ -165,8 +168,10 @@ class DegreeExtras(ExtrasProducer):
             full = full + 0 * self.head(pooled[1]).sum()
         return {"degree_logits": full.view(B, 2, J1, J1), "degree_labels": to_device(labels, device)}
 
-    def save(self, out_dir) -> None:
+    def save(self, out_dir, state: dict | None = None) -> None:
+        """degree_head.safetensors: the head's state_dict, or `state` (its full tensors gathered from a sharding
+        engine, keyed like the head's state_dict: the driver's final_extra_states)."""
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
+        save_file({k: v.detach().contiguous().cpu() for k, v in (state or self.head.state_dict()).items()},
                   str(out_dir / HEAD_FILE))

@@ -35,7 +35,7 @@ from preflab.loops.batches import make_plan
 from preflab.loops.driver import TrainingRun
 from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
-from preflab.objectives.base import UnpairedBatch
+from preflab.objectives.base import UnpairedBatch, objective_parts
 
 if TYPE_CHECKING:
     from preflab.scoring.diffusion import DiffusionPairs
@@ -58,8 +58,7 @@ def is_diffusion_objective(objective) -> bool:
     """True for the diffusion objectives (their `modality`, or the "diffusion" data tag)."""
     if getattr(objective, "modality", "text") == "diffusion":
         return True
-    parts = getattr(objective, "objectives", None) or [objective]
-    return all("diffusion" in getattr(p, "tags", {}).get("data", ()) for p in parts)
+    return all("diffusion" in getattr(p, "tags", {}).get("data", ()) for p in objective_parts(objective))
 
 
 def check_diffusion_objective(cfg, objective) -> None:

@@ -38,7 +38,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best, saves_best, writes_checkpoints
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
-from preflab.loops.launch import deepspeed_stage, gather_full_state, is_sharded, sharding_engine
+from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
 from preflab.objectives._panels import declared_panels
@@ -58,6 +58,11 @@ from preflab.step import optimizer_step
 class TrainingRun(CallbackEvents):
     extra_params: list = []
     final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
+    # modules trained outside the policy that the sharding engine owns (preflab.loops.engine_extras), by name
+    # ("objective", "producer"): their parameters are in sync_module, so the engine's checkpoint holds them and
+    # checkpoint_extras has none; final_extra_states holds their full state dicts gathered at the end
+    extra_modules: dict = {}
+    final_extra_states: dict = {}
     data_report: dict = {}
     step: int = 0  # the global step just finished (evaluate() reads it)
     # what a micro-batch's num_tokens counts: the throughput metrics are num_<unit> and <unit>_per_second (TRL's
@@ -102,6 +107,8 @@ class TrainingRun(CallbackEvents):
         buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
         resume and, with load_best_model_at_end, from the best checkpoint (_load_best_at_end)."""
         objective = getattr(self, "objective", None)
+        if self.extra_modules:  # inside the engine's module: its checkpoint holds them
+            return {}
         if isinstance(objective, torch.nn.Module) and list(objective.state_dict()):
             return {f"objective.{k}": v for k, v in objective.state_dict().items()}
         return {f"extra_params.{i}": p for i, p in enumerate(self.extra_params)}
@@ -117,8 +124,8 @@ class TrainingRun(CallbackEvents):
             return
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()},
-                  str(self.out / objective.state_file))
+        state = self.final_extra_states.get("objective") or objective.state_dict()  # gathered under an engine
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(self.out / objective.state_file))
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from_checkpoint=None) -> dict:
@@ -378,8 +385,12 @@ class TrainingRun(CallbackEvents):
         process group)."""
         acc = self.accelerator
         # sharded engines: every rank takes part in gathering the full weights; save_model may read them
-        self.final_state_dict = (gather_full_state(acc, self.sync_module, self.checkpoint_module)
-                                 if is_sharded(acc) else None)
+        if is_sharded(acc):
+            self.final_state_dict, *extra = gather_full_states(acc, self.sync_module,
+                                                               [self.checkpoint_module, *self.extra_modules.values()])
+            self.final_extra_states = dict(zip(self.extra_modules, extra))
+        else:
+            self.final_state_dict = None
         if not self.save_final_model:
             summary["final_model_saved"] = False
         if self.main:
@@ -511,8 +522,13 @@ class TrainingRun(CallbackEvents):
                 self._check_sharded_extras()
             state = load_deepspeed_checkpoint(path, self._deepspeed_engine(), self.scheduler)
         elif is_sharded_checkpoint(path):  # any world size: DCP reshards
-            if self.checkpoint_extras():
-                self._check_sharded_extras()
+            if self.checkpoint_extras():  # this run keeps them outside any engine's module (one process, DDP)
+                raise ConfigError(
+                    f"resume_from_checkpoint: {path} was written under {saved.get('engine', 'FSDP2')}, whose "
+                    f"checkpoint holds {getattr(self.cfg, 'loss_type', '?')}'s parameters outside the model inside "
+                    "the engine's module (preflab.loops.engine_extras); this run (no sharding engine, "
+                    f"{acc.num_processes} process(es)) keeps them outside it and would not restore them. Resume it under the engine that wrote it (any number of processes), or "
+                    "start this run again without resume_from_checkpoint.")
             state = load_sharded_checkpoint(path, self.sync_module, self.optimizer, self.scheduler)
         elif is_sharded(acc):
             raise ConfigError(

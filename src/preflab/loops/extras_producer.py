@@ -10,10 +10,13 @@ objective:
                                               # summary.json's data section
     producer.parameters() -> [tensors]        # trained with the policy: in the optimizer, clipped with it, saved
                                               # with every checkpoint (extra.safetensors) and restored on resume
+    producer.module() -> nn.Module | None     # the module holding those parameters: under FSDP2 it goes inside
+                                              # the module the engine wraps (preflab.loops.engine_extras)
     producer.extras(trainer, positions, train, scored) -> {name: tensor}   # in Trainer.score(), added to the batch
                                               # extras; scored = (the policy's Scores, the device LayoutBatch) of
                                               # the micro-batch's own forward (e.g. reuse its hidden states)
-    producer.save(out_dir)                    # beside the final model
+    producer.save(out_dir, state)             # beside the final model (state: module()'s full state_dict when a
+                                              # sharding engine held it, else None)
 
 At most one producer per run (a weighted sum may hold one part with a producer). A data row that carries a
 produced extra is refused before `prepare` (`refuse_produced_columns`): the column would be silently replaced.
@@ -25,6 +28,7 @@ import importlib
 import torch
 
 from preflab.errors import ConfigError
+from preflab.objectives.base import objective_parts
 
 
 class ExtrasProducer:
@@ -39,17 +43,20 @@ class ExtrasProducer:
     def parameters(self) -> list:
         return []
 
+    def module(self):
+        """The nn.Module that holds parameters() (None: the producer cannot be trained under a sharding engine)."""
+        return None
+
     def extras(self, trainer, positions: list[int] | None, train: bool, scored=None) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def save(self, out_dir) -> None:
+    def save(self, out_dir, state: dict | None = None) -> None:
         return None
 
 
 def produced_extras(objective) -> tuple:
     """The extras the objective's producer computes (every part of a weighted sum)."""
-    parts = getattr(objective, "parts", None) or (objective,)
-    return tuple(k for p in parts for k in getattr(p, "produced_extras", ()))
+    return tuple(k for p in objective_parts(objective) for k in getattr(p, "produced_extras", ()))
 
 
 def refuse_produced_columns(objective, cfg, splits) -> None:
@@ -73,7 +80,7 @@ def refuse_computed_columns(cfg, splits, names, computed_by: str) -> None:
 
 def make_producer(objective, cfg) -> ExtrasProducer | None:
     """The producer the objective (or one part of a weighted sum) declares, built; None when none does."""
-    parts = [p for p in (getattr(objective, "parts", None) or (objective,)) if getattr(p, "extras_producer", "")]
+    parts = [p for p in objective_parts(objective) if getattr(p, "extras_producer", "")]
     if not parts:
         return None
     if len(parts) > 1:
@@ -83,24 +90,41 @@ def make_producer(objective, cfg) -> ExtrasProducer | None:
     return getattr(importlib.import_module(module), name)(parts[0], cfg)
 
 
+# engines under which parameters outside the model train inside the engine's module (preflab.loops.engine_extras),
+# each proven by a real 2-process run (tests/loops/test_extras_sharding.py): an extras producer's module (spo_degree's
+# degree head) and an objective that is an nn.Module (SparsePO's token masks; under FSDP2 it is refused anyway for
+# its token-level KL through the reference's LM head, so it was not run there)
+PRODUCER_ENGINES = ("FSDP2", "DEEPSPEED")
+OBJECTIVE_ENGINES = ("DEEPSPEED",)
+
+
 def refuse_sharded_engine(producer, cfg, accelerator, objective=None) -> None:
-    """ConfigError naming the engine and loss_type when parameters outside the model are trained under FSDP /
-    DeepSpeed (before the models load): an extras producer's (e.g. spo_degree's degree head) or the objective's own
-    when it is an nn.Module (e.g. SparsePO's token masks, built lazily, so the class decides). Both go into the
-    policy's optimizer, and the sharding engines build theirs around the model's parameters only: under FSDP2
-    accelerate maps every optimizer parameter to the model's sharded one and fails on them (KeyError in
-    fsdp2_switch_optimizer_parameters; checked on 2 CPU processes); DeepSpeed fails building its ZeRO optimizer
-    (checked with sparsepo on one CPU process: ZeRO-2 KeyError in Stage1And2ZeroOptimizer._create_param_mapping,
-    whose param_names are the model's; ZeRO-3 AttributeError 'Parameter' object has no attribute 'partition_numel').
-    Refused here, with the reason, instead of a crash inside the engine. DDP and one process train them (their
-    gradients are all-reduced with the step: preflab.step.optimizer_step)."""
+    """ConfigError naming the engine and loss_type when parameters outside the model would be trained under a
+    sharding engine preflab has not proven them under (before the models load).
+
+    An extras producer's module trains under PRODUCER_ENGINES, an nn.Module objective's parameters (built lazily, so
+    the class decides) under OBJECTIVE_ENGINES, inside the module the engine wraps (preflab.loops.engine_extras:
+    sharded, reduced, checkpointed with the policy). Refused: those owners under any other sharding engine (FSDP
+    version 1; an nn.Module objective under FSDP2), and a producer that names no module (ExtrasProducer.module).
+    Before the engines owned them they crashed there: FSDP2 in accelerate's fsdp2_switch_optimizer_parameters
+    (KeyError: the optimizer's parameters must be the model's; 2 CPU processes); DeepSpeed building its ZeRO optimizer
+    (sparsepo on one CPU process: ZeRO-2 KeyError in Stage1And2ZeroOptimizer._create_param_mapping, ZeRO-3
+    AttributeError 'Parameter' object has no attribute 'partition_numel'). DDP and one process train them outside
+    any wrapper (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
     from preflab.loops.launch import is_sharded, sharding_engine
 
-    owners = ([f"its extras producer {type(producer).__name__}"] if producer is not None else []) + (
-        [f"the objective {type(objective).__name__}'s own parameters"] if isinstance(objective, torch.nn.Module)
-        else [])
-    if owners and is_sharded(accelerator):
+    if not is_sharded(accelerator):
+        return
+    engine = sharding_engine(accelerator)
+    owners = []
+    if producer is not None and (engine not in PRODUCER_ENGINES or type(producer).module is ExtrasProducer.module):
+        owners.append(f"its extras producer {type(producer).__name__}")
+    if isinstance(objective, torch.nn.Module) and engine not in OBJECTIVE_ENGINES:
+        owners.append(f"the objective {type(objective).__name__}'s own parameters")
+    if owners:
         raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy "
-                          f"({' and '.join(owners)}), which preflab does not train under "
-                          f"{sharding_engine(accelerator)}: the sharded optimizer holds the model's parameters only. "
-                          "Train it with examples/accelerate/ddp.yaml or one process.")
+                          f"({' and '.join(owners)}), which preflab does not train under {engine}: it trains them "
+                          "inside the engine's module only where a real run proved it (an extras producer's module "
+                          f"under {' and '.join(PRODUCER_ENGINES)}, an objective's own parameters under "
+                          f"{' and '.join(OBJECTIVE_ENGINES)}). Train it with examples/accelerate/ddp.yaml or one "
+                          "process.")

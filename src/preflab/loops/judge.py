@@ -97,16 +97,27 @@ def _kind(fn: Any) -> str:
                       "responses), nor a preference model with .win_rate_matrix(prompt, responses).")
 
 
+def _label(fn: Any) -> str:
+    """'name' and, for a reward function, the file it is defined in: what an error about its return value names,
+    so that the user knows which file to open ("judge 'f' (/path/rewards.py)")."""
+    where = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    return f"{_name(fn)!r}" + (f" ({where})" if where else "")
+
+
 def _floats(values, n: int, name: str) -> list[float]:
+    """The judge's values as floats (None -> NaN); `name` is the judge's _label. `n` is the number of completions
+    it was called with: each distinct (prompt, completion) not yet judged, once (the cache answers the rest), which
+    is why it can be fewer than the round's completions."""
     if isinstance(values, Tensor):
         values = values.detach().float().cpu().reshape(-1).tolist()
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
-        raise ConfigError(f"judge {name!r} returned {type(values).__name__} {values!r:.60}; it must return a list "
-                          f"with one number (or None) per completion ({n} here).")
+        raise ConfigError(f"judge {name} returned {type(values).__name__} {values!r:.60}; it must return a list "
+                          f"with one number (or None) per completion it is called with ({n} here).")
     values = list(values)
     if len(values) != n:
-        raise ConfigError(f"judge {name!r} returned {len(values)} values for {n} completions; it must return one "
-                          "per completion.")
+        raise ConfigError(f"judge {name} returned {len(values)} values when called with {n} completions (the "
+                          "round's distinct (prompt, completion) pairs not judged before); it must return one "
+                          "per completion in `completions`, in order (None where it does not apply).")
     out = []
     for v in values:
         try:
@@ -114,7 +125,7 @@ def _floats(values, n: int, name: str) -> list[float]:
                 raise TypeError
             out.append(math.nan if v is None else float(v))
         except (TypeError, ValueError):
-            raise ConfigError(f"judge {name!r} returned {v!r:.60} ({type(v).__name__}) for a completion; each value "
+            raise ConfigError(f"judge {name} returned {v!r:.60} ({type(v).__name__}) for a completion; each value "
                               "must be a number, or None where the judge does not apply.") from None
     return out
 
@@ -309,7 +320,7 @@ class Judge:
         return f" The first failure: {self.first_failure}." if self.first_failure else ""
 
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None) -> list[float]:
-        name = _name(judge)
+        name = _label(judge)
         if kind == "reward_model":
             contexts = [col.get("context") for col in columns]
             if any(contexts) and (getattr(judge, "info", None) or {}).get("context_template"):

@@ -10,24 +10,17 @@ TrainingRun._check_engine_can_save before the first step).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from preflab.checkpoint import clean_interrupted_saves
 from preflab.errors import ConfigError, PreflabError
+from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
 from preflab.loops.best_model import saves_best
 from preflab.loops.resume import check_resume_early, note_earlier_run, resume_requested
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage
-
-
-def launched_world_size() -> int:
-    """Processes the launcher started (accelerate launch / torchrun set WORLD_SIZE), 1 for a plain run."""
-    import os
-
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
 
 
 MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun's ranks (accelerate CPU)
@@ -65,24 +58,6 @@ def _has_accelerator_device() -> bool:
     return device_type is not None and get_distributed_backend(device_type) is not None
 
 
-def _flag(name: str) -> bool:
-    import os
-
-    return os.environ.get(name, "false").lower() in ("true", "1")
-
-
-def fsdp_version_asked() -> int | None:
-    """The FSDP version the accelerate config asks for (`distributed_type: FSDP`, fsdp_version), None without."""
-    import os
-
-    if not _flag("ACCELERATE_USE_FSDP"):
-        return None
-    try:
-        return int(os.environ.get("FSDP_VERSION", "1"))
-    except ValueError:
-        return 1
-
-
 def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
     """Refuse a distributed engine the launch asks for but that cannot run here: FSDP version 1 on CPU (torch's
     FSDP1 needs an accelerator device; FSDP2 runs on CPU, see enable_fsdp2_on_cpu), DeepSpeed without its package,
@@ -98,7 +73,7 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
             f"{version}) but this run is on CPU, where FSDP version 1 does not run. Set fsdp_version: 2 (as "
             "examples/accelerate/fsdp2.yaml: torch's fully_shard runs on CPU with gloo), or use "
             "examples/accelerate/ddp.yaml.")
-    if _flag("ACCELERATE_USE_DEEPSPEED"):
+    if env_flag("ACCELERATE_USE_DEEPSPEED"):
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError(
                 "the accelerate config asks for DeepSpeed (`distributed_type: DEEPSPEED`) but the deepspeed package "
@@ -112,13 +87,16 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
                 "preflab) train CONFIG.yaml`, or unset ACCELERATE_USE_DEEPSPEED.")
 
 
-def check_deepspeed_settings(cfg) -> None:
+def check_deepspeed_settings(cfg, note=None) -> None:
     """DeepSpeed takes the optimizer step inside accelerator.backward (accelerate's DeepSpeedEngineWrapper), with
     its own gradient clipping: one micro-batch per optimizer step (preflab's accumulation would make it step after
-    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading."""
-    import os
+    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading.
 
-    if not _flag("ACCELERATE_USE_DEEPSPEED"):
+    The DeepSpeed settings are read as accelerate forms them (its DeepSpeedPlugin): from the accelerate config's
+    deepspeed_config (the launcher's ACCELERATE_* variables) or from a deepspeed_config_file on disk, whose
+    gradient_accumulation_steps and gradient_clipping the launcher's variables do not carry (accelerate refuses them
+    beside a file), so a file's values are checked too. zero3_init_flag: see zero3_init_note."""
+    if not env_flag("ACCELERATE_USE_DEEPSPEED"):
         return
     if cfg.gradient_accumulation_steps != 1:
         raise ConfigError(
@@ -126,31 +104,66 @@ def check_deepspeed_settings(cfg) -> None:
             "DEEPSPEED`): DeepSpeed steps the optimizer inside every backward through accelerate, so preflab runs it "
             "with one micro-batch per step. Set gradient_accumulation_steps: 1 and raise "
             "per_device_train_batch_size, or use examples/accelerate/fsdp2.yaml.")
-    ds_accumulation = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "auto")
-    if ds_accumulation not in ("auto", "1"):
-        raise ConfigError(
-            f"the accelerate config's deepspeed_config.gradient_accumulation_steps is {ds_accumulation}; preflab runs "
-            "DeepSpeed with 1 (set it to 1).")
-    clipping = os.environ.get("ACCELERATE_GRADIENT_CLIPPING", "auto")
-    if clipping not in ("auto", "none") and float(clipping) != float(cfg.max_grad_norm or 0.0):
-        raise ConfigError(
-            f"the accelerate config's deepspeed_config.gradient_clipping is {clipping} but max_grad_norm is "
-            f"{cfg.max_grad_norm}: DeepSpeed clips with its own setting; make them equal.")
-    check_zero3_gathers_the_final_model()
-
-
-def check_zero3_gathers_the_final_model() -> None:
-    """Under ZeRO-3 no rank holds the whole weights; the final model is gathered through accelerate's get_state_dict
-    (gather_full_state), which DeepSpeed allows only with stage3_gather_16bit_weights_on_model_save (accelerate's
-    zero3_save_16bit_model, false by default). Without it the run would train to its end and then stop with
-    accelerate's ValueError at the final save, so it is refused here, before loading. The setting is read as
-    accelerate reads it (its DeepSpeedPlugin, from the launcher's variables or the deepspeed_config_file)."""
     from accelerate.utils import DeepSpeedPlugin
 
     try:
-        zero = DeepSpeedPlugin().deepspeed_config.get("zero_optimization") or {}
+        plugin = DeepSpeedPlugin()
     except ValueError:  # a deepspeed_config_file accelerate cannot read: accelerate says why when it forms the state
         return
+    ds = plugin.deepspeed_config
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    where = "the accelerate config's deepspeed_config." if file == "none" else f"the deepspeed_config_file {file}: "
+    ds_accumulation = str(ds.get("gradient_accumulation_steps", "auto"))
+    if ds_accumulation not in ("auto", "1"):
+        raise ConfigError(
+            f"{where}gradient_accumulation_steps is {ds_accumulation}; preflab runs DeepSpeed with 1 (set it to 1).")
+    clipping = ds.get("gradient_clipping", "auto")
+    if clipping not in ("auto", "none", None) and float(clipping) != float(cfg.max_grad_norm or 0.0):
+        raise ConfigError(
+            f"{where}gradient_clipping is {clipping} but max_grad_norm is {cfg.max_grad_norm}: DeepSpeed clips with "
+            "its own setting; make them equal.")
+    zero = ds.get("zero_optimization") or {}
+    check_zero3_gathers_the_final_model(zero)
+    said = zero3_init_note(zero.get("stage"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT"))
+    if said:
+        from preflab.runlog import is_main_process
+
+        if is_main_process():
+            (note or print)(said)
+
+
+def zero3_init_note(stage, asked: str | None) -> str | None:
+    """A note when the accelerate config's zero3_init_flag (ACCELERATE_DEEPSPEED_ZERO3_INIT) asks for what the run
+    will not do. Once accelerate's DeepSpeed plugin is selected (make_accelerator, before any model loads) under
+    ZeRO-3, transformers builds every model loaded with from_pretrained inside DeepSpeed's zero.Init, already
+    partitioned over the processes, whatever the flag says (accelerate 1.x sets transformers' HfDeepSpeedConfig for
+    any stage; the flag only switches accelerate's own GatheredParameters helper); under ZeRO-1/2 accelerate turns
+    a true flag off. Either way the weights trained are the same: only where the model is first built differs
+    (whole on each process, or partitioned), so a note says so rather than a refusal. None when the flag fits the
+    stage or is not set (accelerate then follows the stage)."""
+    if asked is None:
+        return None
+    on, zero3 = asked.lower() in ("true", "1"), str(stage) == "3"
+    if zero3 and not on:
+        return ("preflab: note: zero3_init_flag: false (the accelerate config's deepspeed_config) does not apply: "
+                "under DeepSpeed ZeRO-3 transformers builds every model preflab loads with from_pretrained inside "
+                "DeepSpeed's zero.Init (partitioned over the processes as it is built) whatever the flag says; the "
+                "trained weights are the same. Set zero3_init_flag: true (as examples/accelerate/zero3.yaml) to say "
+                "what happens.")
+    if on and not zero3:
+        return (f"preflab: note: zero3_init_flag: true (the accelerate config's deepspeed_config) applies to "
+                f"DeepSpeed ZeRO-3 only; this run is ZeRO-{stage}, which builds each model whole on every process "
+                "(accelerate turns the flag off). Set zero3_init_flag: false (as examples/accelerate/zero2.yaml).")
+    return None
+
+
+def check_zero3_gathers_the_final_model(zero: dict) -> None:
+    """Under ZeRO-3 no rank holds the whole weights; the final model is gathered through accelerate's get_state_dict
+    (gather_full_state), which DeepSpeed allows only with stage3_gather_16bit_weights_on_model_save (accelerate's
+    zero3_save_16bit_model, false by default). Without it the run would train to its end and then stop with
+    accelerate's ValueError at the final save, so it is refused here, before loading. `zero`: the DeepSpeed
+    config's zero_optimization as accelerate reads it (its DeepSpeedPlugin, from the launcher's variables or the
+    deepspeed_config_file)."""
     if str(zero.get("stage")) != "3" or zero.get("stage3_gather_16bit_weights_on_model_save") is True:
         return
     raise ConfigError(
@@ -189,14 +202,14 @@ def make_accelerator(cfg, whole_weights: str | None = None):
 
     launched = launched_world_size()
     check_launch_started_processes()
-    use_cpu = cfg.use_cpu or _flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
+    use_cpu = cfg.use_cpu or env_flag("ACCELERATE_USE_CPU")  # accelerate's --cpu: its state would take the CPU anyway
     cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
     _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
     check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
     check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
     fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2
-    deepspeed_on_cpu = cpu and _flag("ACCELERATE_USE_DEEPSPEED")
+    deepspeed_on_cpu = cpu and env_flag("ACCELERATE_USE_DEEPSPEED")
     plugin = ds_cpu_plugin = None
     if fsdp_on_cpu:
         from accelerate.utils import FullyShardedDataParallelPlugin
@@ -399,10 +412,20 @@ def gather_full_state(accelerator, sync_module, checkpoint_module) -> dict | Non
     """The full state dict of checkpoint_module gathered through accelerate (FSDP2 full state dict / DeepSpeed's
     16-bit gather), keyed as checkpoint_module's own state_dict. Collective: every rank calls it; the main process
     gets the tensors (others may get an empty dict)."""
-    state = accelerator.get_state_dict(sync_module)
-    prefix = ""
-    for name, sub in accelerator.unwrap_model(sync_module).named_modules():
-        if sub is checkpoint_module or sub is accelerator.unwrap_model(checkpoint_module):
-            prefix = f"{name}." if name else ""
-            break
-    return {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+    return gather_full_states(accelerator, sync_module, [checkpoint_module])[0]
+
+
+def gather_full_states(accelerator, sync_module, modules: list) -> list[dict]:
+    """gather_full_state of each of `modules` (submodules of sync_module: the policy, the extra modules of
+    preflab.loops.engine_extras), from one gather."""
+    state = accelerator.get_state_dict(sync_module) or {}
+    unwrapped = accelerator.unwrap_model(sync_module)
+    states = []
+    for module in modules:
+        prefix = ""
+        for name, sub in unwrapped.named_modules():
+            if sub is module or sub is accelerator.unwrap_model(module):
+                prefix = f"{name}." if name else ""
+                break
+        states.append({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return states

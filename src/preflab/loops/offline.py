@@ -20,10 +20,11 @@ from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
 from preflab.loops.driver import TrainingRun
+from preflab.loops.engine_extras import ScorerWithExtras, extra_modules
 from preflab.loops.extras_producer import (make_producer, produced_extras, refuse_produced_columns,
                                           refuse_sharded_engine)
 from preflab.loops.kinds import kind_for
-from preflab.loops.launch import make_accelerator
+from preflab.loops.launch import is_sharded, make_accelerator
 from preflab.loops.optimizer import make_optimizer
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
@@ -242,11 +243,18 @@ class Trainer(TrainingRun):
             self.scorer = compile_scorer(self.scorer, cfg)
             if self.ref_scorer is not None and not getattr(self.accelerator, "is_fsdp2", False):
                 self.ref_scorer = compile_scorer(self.ref_scorer, cfg)
+        extras = extra_modules(self.objective, self.producer) if is_sharded(self.accelerator) else {}
+        if extras:  # the engine owns them (preflab.loops.engine_extras); one process / DDP: the scorer alone
+            self.scorer = ScorerWithExtras(self.scorer, extras)
         self.scorer, self.optimizer = self.accelerator.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
+        self.extra_modules = extras
         # FSDP2 replaces the parameters by sharded DTensor ones (accelerate re-points the optimizer): clip and guard
-        # those
+        # those (the extra modules' too: reduced by the engine, not all-reduced by the step)
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
+        if extras:
+            self.params += [p for m in extras.values() for p in m.parameters()]
+            self.extra_params = []
         if getattr(self.accelerator, "is_fsdp2", False) and self.ref_scorer is not None:
             self.ref_scorer = shard_reference(self.accelerator, self.ref_scorer)
 
@@ -429,7 +437,7 @@ class Trainer(TrainingRun):
     def checkpoint_extras(self) -> dict:
         """The driver's (the objective's own tensors) plus the extras producer's parameters, by name."""
         out = super().checkpoint_extras()
-        if getattr(self, "producer", None) is None:
+        if getattr(self, "producer", None) is None or self.extra_modules:  # engine-owned: in its checkpoint
             return out
         own = {id(p) for p in self.producer.parameters()}
         out = {k: v for k, v in out.items() if id(v) not in own}
@@ -513,5 +521,5 @@ class Trainer(TrainingRun):
             model.save_pretrained(self.out, safe_serialization=True, **gathered)
         self.tokenizer.save_pretrained(self.out)
         if self.producer is not None:  # with load_best_model_at_end the best checkpoint's (the driver restored it)
-            self.producer.save(self.out)
+            self.producer.save(self.out, self.final_extra_states.get("producer"))
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 
 from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.objectives.base import objective_parts
 from preflab.runlog import is_main_process
 
 _ROW_KIND = {"pairs": "pairwise", "unpaired": "unpaired"}
@@ -155,8 +156,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
 def accepts_intra_rows(objective) -> bool:
     """Whether `objective` compares one response under two prompts (tag data: prompt-side; rc_dpo, rc_bt), so it may
     read MAPL intra rows (PairExample.rejected_prompt): every part of a weighted sum must."""
-    parts = getattr(objective, "parts", None) or (objective,)
-    return all("prompt-side" in (getattr(p, "tags", None) or {}).get("data", ()) for p in parts)
+    return all("prompt-side" in (getattr(p, "tags", None) or {}).get("data", ()) for p in objective_parts(objective))
 
 
 def check_intra_rows(objective, examples, source: str, loss_type) -> int:
@@ -189,11 +189,10 @@ def kto_weight_note(objective, desirable: int, total: int, source: str) -> str |
     [n_U lambda_U / n_D, 1.33 n_U lambda_U / n_D] nor undesirable_weight in [n_D lambda_D / (1.33 n_U),
     n_D lambda_D / n_U], naming both ranges. None for equal counts, one label only (one_label_note says that) or an
     objective without the two weights (every part of a weighted sum that has them is checked)."""
-    parts = getattr(objective, "parts", None) or (objective,)
     n_d, n_u = desirable, total - desirable
     if n_d == n_u or 0 in (n_d, n_u):
         return None
-    for part in parts:
+    for part in objective_parts(objective):
         w_d, w_u = getattr(part, "desirable_weight", None), getattr(part, "undesirable_weight", None)
         if w_d is None or w_u is None:
             continue

@@ -52,6 +52,12 @@ def note_earlier_run(cfg) -> None:
 
 
 def no_checkpoint_to_resume(output_dir) -> str:
+    """Why `resume_from_checkpoint: true` found nothing: a folder with no `checkpoint-*` at all (a new folder, or a
+    run with save_steps 0) is said as such; the timeline rule is named only where there are checkpoints to skip."""
+    if not any(p.is_dir() for p in Path(output_dir).glob("checkpoint-*")):
+        return (f"resume_from_checkpoint is true but {output_dir} holds no checkpoint-* folder (a run saves them "
+                "every save_steps steps; with save_steps 0 it saves none): start without resume_from_checkpoint, "
+                "or point output_dir at the run to continue.")
     return (f"resume_from_checkpoint is true but {output_dir} holds no complete checkpoint of its current run "
             "(checkpoints of a run that was later rolled back or restarted are not resumed by `true`; give the "
             "checkpoint's path to resume one of them).")

@@ -33,13 +33,14 @@ from preflab.objectives.base import (
     check_modality,
     check_params,
     check_unset_params,
+    objective_parts,
 )
 from preflab.objectives.contract import check_objective, example_batch
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
-    "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch",
+    "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch", "objective_parts",
 ]
 
 

@@ -13,6 +13,7 @@ an objective's panels are never dropped at report time.
 from __future__ import annotations
 
 from preflab.errors import ConfigError
+from preflab.objectives.base import objective_parts
 
 MAX_PANELS, MAX_METRICS, MAX_TEXT = 32, 16, 200
 
@@ -46,9 +47,8 @@ def panel_problem(title, ylabel, metrics) -> str | None:
 def declared_panels(objective) -> list[tuple[str, str, tuple[str, ...]]]:
     """The panels `objective` declares (every part's, in order, for a weighted sum); [] for None (a run without an
     objective, e.g. a reward model). A malformed declaration is a ConfigError naming the class, before training."""
-    parts = getattr(objective, "parts", None) or ([] if objective is None else [objective])
     panels = []
-    for part in parts:
+    for part in () if objective is None else objective_parts(objective):
         declared = getattr(part, "metric_panels", ())
         where = f"{type(part).__name__}.metric_panels"
         if not isinstance(declared, (list, tuple)):

@@ -464,12 +464,18 @@ def softplus(x: Tensor) -> Tensor:
     return F.softplus(x)
 
 
+def objective_parts(objective) -> tuple:
+    """The parts of a weighted sum (WeightedSum.parts: TRL's loss_type=[...]), else `(objective,)`: every check that
+    asks "does any (or every) part of the run's loss declare X" reads an objective through this one function. An
+    object with no `parts` (an objective, its class, a loss_type name) or an empty one is its own one part."""
+    return getattr(objective, "parts", None) or (objective,)
+
+
 def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:
     """ConfigError when `objective` needs extras that must carry gradient (`gradient_extras`) and the trainer does
     not compute them (`computed`): training on constant columns would silently be the base method (e.g. plain DPO
     for rationale_dpo, hypo, vpo with calibration=extra). `how` names where the objective does run."""
-    parts = getattr(objective, "parts", None) or (objective,)
-    for part in parts:
+    for part in objective_parts(objective):
         missing = [k for k in getattr(part, "gradient_extras", ()) if k not in computed]
         if missing:
             hint = getattr(part, "gradient_extras_hint", "")
@@ -489,8 +495,7 @@ def check_modality(objective, task: str) -> None:
     `task` trains: a diffusion objective on a language model computes a meaningless loss (0, or DPO with
     beta = 2500), a text objective on a diffusion model likewise. Called before any model loads."""
     wanted = TASK_MODALITY.get(task, "text")
-    parts = getattr(objective, "parts", None) or (objective,)
-    for part in parts:
+    for part in objective_parts(objective):
         if isinstance(part, str):
             part = _class_for(part)
         have = getattr(part, "modality", "text")

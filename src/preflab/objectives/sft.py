@@ -24,7 +24,7 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.objectives._fdiv import check_fdiv
-from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype
+from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype, objective_parts
 
 TOKEN_MEANS = ("micro_batch", "step")
 
@@ -78,7 +78,6 @@ def wants_step_token_mean(objective) -> bool:
     inner = getattr(objective, "inner", None)
     if inner is not None:
         return wants_step_token_mean(inner)
-    parts = getattr(objective, "parts", None)
-    if parts is not None:
-        return any(wants_step_token_mean(p) for p in parts)
-    return isinstance(objective, SFT) and objective.token_mean == "step"
+    if isinstance(objective, SFT):
+        return objective.token_mean == "step"
+    return any(wants_step_token_mean(p) for p in objective_parts(objective) if p is not objective)

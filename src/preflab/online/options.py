@@ -22,12 +22,22 @@ def grpo_loss_type_error(loss: str, trainer: str, task: str = "") -> str:
             f"(got trainer {trainer!r}). Set {task}trainer: {loss} and leave loss_type out.")
 
 
+# `trainer:` names of TRL online trainers preflab does not have -> their key in preflab._TRL_ABSENT (what the
+# `from preflab import RLOOTrainer` message says); the nearest-name hint would offer rso for rloo, another method
+TRL_ABSENT_TRAINERS = {"rloo": "RLOO", "ppo": "PPO", "xpo": "XPO"}
+
+
 def check_online(cfg) -> None:
     """Validate the online block; give the recipe's objective (loss_type) when the config leaves the default."""
     from preflab.loops.pair_builders import BUILDERS
     from preflab.online.trainers import TRAINERS
 
     if cfg.trainer not in TRAINERS:
+        absent = TRL_ABSENT_TRAINERS.get(str(cfg.trainer).lower())
+        if absent:   # a TRL trainer preflab does not have: said so ("did you mean 'rso'?" for rloo misled)
+            from preflab import _TRL_ABSENT
+
+            raise ConfigError(f"trainer: {cfg.trainer}: {_TRL_ABSENT[absent]}")
         raise ConfigError(f"trainer must be one of {sorted(TRAINERS)}, got {cfg.trainer!r}."
                           f"{nearest(cfg.trainer, list(TRAINERS))}")
     spec = TRAINERS[cfg.trainer]

@@ -198,6 +198,7 @@ class OnlineRun(TrainingRun):
                            cache=getattr(task, "judge_cache", True))
         if self.main and self.judge.within_group_note():
             print(f"preflab: note: {self.judge.within_group_note()}", flush=True)
+        check_gpo_judges(self.spec, cfg, self.judge)
         if cfg.trainer == "upo" and cfg.upo_uncertainty == "mc_dropout":  # UPO's estimator: refused up front if unfit
             from preflab.online.upo import dropout_estimator
 
@@ -903,6 +904,20 @@ class OnlineRun(TrainingRun):
 
             self.ref.load_state_dict(load_file(str(folder / "reference.safetensors")))
         return step
+
+
+def check_gpo_judges(spec, cfg, judge: Judge) -> None:
+    """gpo regresses on the log-odds log(P / (1 - P)) of a prompt's completion pairs. Without a preference model
+    among the judges P comes from the rewards: 1[r_i > r_j] (1/2 ties) at preference_temperature 0, whose log-odds
+    are infinite for every pair that is not a tie, so the run would stop at the first round with a distinct pair,
+    after that round's generation and judging (trainers.check_log_odds); refused here, before any generation."""
+    if spec.scores != "centred" or cfg.preference_temperature > 0 or "preference" in judge.kinds:
+        return
+    raise ConfigError(f"trainer {cfg.trainer} with reward judges only ({', '.join(judge.names)}) and "
+                      "preference_temperature 0 gives hard preferences P = 1[r_i > r_j], whose log-odds GPO regresses "
+                      "on are infinite for every pair that is not a tie. Set preference_temperature > 0 (P = "
+                      "sigmoid((r_i - r_j) / t); examples/online/gpo.yaml uses 0.5) or judge with a preference model "
+                      "(e.g. a GPM directory).")
 
 
 TRL_ONLINE_DPO = ("online_dpo", "iterative_dpo")  # the recipes TRL's OnlineDPOTrainer runs (its metric names too)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from preflab.errors import PreflabError
 from preflab.recipe_names import RECIPE_TASKS
-from preflab.eval.names import DIFFUSION_METRIC_DOCS, DIFFUSION_NOT_EVALUATED, METRIC_DOCS
+from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
 from preflab.report.headline import headline_rows
-from preflab.report.runs import RunData, collect_runs, load_run, unique_names
+from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
@@ -80,6 +80,7 @@ def _curves(runs: list[RunData]) -> str:
               for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
               + plots.ONLINE_PANELS + tuple(own)]
     images = [i for i in images if i]
+    notes += [n for n in (plots.beta_note(runs),) if n]
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"] + notes)
     return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"
@@ -120,17 +121,18 @@ def _dict(value) -> dict:
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     out = "<h2>Held-out evaluation (eval.json)</h2>"
-    if not have and all(r.config.get("task") in RECIPE_TASKS for r in runs):
-        return ""  # a recipe measures its own held-out metric (the headline); `preflab eval` has nothing to add
-    if not have and all(r.config.get("task") == "diffusion" and r.config.get("loss_type") in DIFFUSION_NOT_EVALUATED
-                        for r in runs):
-        return ""  # `preflab eval` refuses ppd / self_npo runs (the note above says why)
-    if not have:
-        tasks = {r.config.get("task") for r in runs}
-        how = {"reward": "`preflab eval RUN_DIR --task reward --data HELDOUT`",
-               "diffusion": "`preflab eval RUN_DIR --task diffusion --data HELDOUT [--reward-fn MODULE:FUNCTION]`",
-               "vlm": "`preflab eval RUN_DIR --task vlm --data HELDOUT`"}.get(
-            next(iter(tasks)) if len(tasks) == 1 else None, "`preflab eval RUN_DIR --data HELDOUT --reference REF`")
+    if not have:   # the eval that fits each run's task (an SFT run, the game, a recipe: none)
+        commands: dict[str, list[str]] = {}
+        for run in runs:
+            command = eval_command(run.config)
+            if command:
+                commands.setdefault(command, []).append(run.name)
+        if not commands:
+            return ""
+        if len(commands) == 1:
+            how = f"`{next(iter(commands))}`"
+        else:
+            how = "; ".join(f"`{command}` for {', '.join(names)}" for command, names in commands.items())
         return out + _notes([f"no eval.json in any run: run {how} and re-run `preflab report`."])
     metrics = {r.name: _dict(r.eval.get("metrics")) for r in have}
     docs = METRIC_DOCS
@@ -283,13 +285,15 @@ def _example_rows(before: list, after: list) -> list[list[str]]:
 
 
 def _overview(overview: dict) -> str:
-    """The result of a folder of runs (the demo): its summary.json's numbers, example generations before and
-    after, and its own figure."""
+    """The result of a folder of runs (the demo): what it is for (its summary.json's `about`, a paragraph), its
+    numbers, example generations before and after, and its own figure."""
     if not overview:
         return ""
     out = "<h2>Result</h2>"
+    if isinstance(overview.get("about"), str):
+        out += f"<p class=\"about\">{_e(overview['about'])}</p>"
     scalars = {k: v for k, v in overview.items() if not k.startswith("_") and isinstance(v, (int, float, str))
-               and k not in ("title", "plot", "report") and not k.endswith("_dir")}
+               and k not in ("title", "about", "plot", "report") and not k.endswith("_dir")}
     if scalars:
         out += _table(["", "value"], [[f"<td>{_e(k)}</td>", _num_cell(v) if not isinstance(v, str)
                                        else f"<td>{_e(v)}</td>"] for k, v in scalars.items()])

@@ -76,13 +76,27 @@ REWARD_MODEL_ONLY, NOT_REWARD_MODEL = {"Reward scores"}, {"Implicit rewards"}
 TASK_YLABELS = {("Log-probs", "diffusion"): "minus the denoising MSE (diffusion)"}
 # panels whose values mean something else for another objective: several runs get one axis per objective
 SPLIT_BY_OBJECTIVE = {"Loss"}
+# panels of the implicit reward beta * (log pi - log pi_ref) (TRL's rewards/*): runs with different beta are on
+# different scales (the same log-ratio reads 5x larger at beta 0.5 than at 0.1), so several betas get one axis each
+SPLIT_BY_BETA = {"Reward margin", "Implicit rewards"}
+# the online `kl` is two quantities under one name: a pair recipe's (online_dpo, rso, ...) is the summed log-ratio
+# S_theta - S_ref of its trained completions, the GRPO family's TRL's per-token k3 estimate (times the ratio with
+# use_bias_correction_kl), a token mean: one axis and y label each (online_kl_kind)
+SPLIT_BY_KL_KIND = {"KL to the reference (online)"}
+KL_YLABELS = {"pairs": "S_theta - S_ref per completion (pair recipes)",
+              "groups": "per-token k3 estimate, token mean (GRPO family)",
+              "offline": "KTO's reference point z_ref, a batch log-ratio (offline)"}
+# panels of a share in [0, 1] (a win rate): their y axis is fixed to [0, 1], never a reward's scale
+UNIT_INTERVAL = {"Win rate vs reference (online eval)"}
 # online runs (task: online); a panel is drawn only when the run logged one of its series
 ONLINE_PANELS = (
     ("Online reward", "reward", [("reward", "sampled completions (train)", GREEN),
                                  ("eval_true_reward", "true reward, greedy (eval)", PURPLE),
-                                 ("eval_reward", "judges' reward, greedy (eval)", BLUE),
-                                 ("eval_win_rate_vs_reference", "win rate vs reference (eval)", ORANGE)]),
-    ("KL to the reference (online)", "S_theta - S_ref", [("kl", "train", GRAY)]),
+                                 ("eval_reward", "judges' reward, greedy (eval)", BLUE)]),
+    # a share of prompts, not a reward: its own [0, 1] axis (it was drawn on the reward's axis)
+    ("Win rate vs reference (online eval)", "fraction of prompts won (ties 1/2)",
+     [("eval_win_rate_vs_reference", "greedy answer vs the starting policy's", ORANGE)]),
+    ("KL to the reference (online)", KL_YLABELS["pairs"], [("kl", "train", GRAY)]),
     ("Policy distribution (game)", "probability", [(f"policy/p{i}", f"answer {i}", c)
                                                    for i, c in enumerate((BLUE, RED, GREEN, ORANGE))]),
     ("Distance to the regularised equilibrium (game)", "", [("tv_to_equilibrium", "total variation", BLUE),
@@ -196,6 +210,8 @@ def curve_panel(runs: list[RunData], title: str, ylabel: str, series: list[tuple
             _draw_run(ax, runs[r], r, series, many)
         ax.set(title=f"{title}: {group}" if len(groups) > 1 else title, xlabel="step",
                ylabel=panel_ylabel(title, ylabel, [runs[r] for r in members]))
+        if title in UNIT_INTERVAL:
+            ax.set_ylim(-0.02, 1.02)
         step_axis(ax)
         entries = len(ax.get_legend_handles_labels()[1])
         ax.legend(fontsize=7, loc="best") if entries <= 6 else \
@@ -212,11 +228,15 @@ def step_axis(ax) -> None:
 
 def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]]:
     """{axis label: positions in `runs` drawn on that axis} of a panel: the runs that logged one of its series, all
-    on one axis ("") except on a SPLIT_BY_OBJECTIVE panel, where each objective (objective_label) gets its own."""
+    on one axis ("") except on a SPLIT_BY_OBJECTIVE panel, where each objective (objective_label) gets its own, and
+    on a SPLIT_BY_BETA panel, where each beta ("beta=0.1") gets its own."""
     groups: dict[str, list[int]] = {}
     for r, run in enumerate(runs):   # colours keyed to the position in `runs`, the same on every panel
         if draws(title, run) and any(run.series(key)[0] for key, _, _ in series):
-            groups.setdefault(objective_label(run) if title in SPLIT_BY_OBJECTIVE else "", []).append(r)
+            group = (objective_label(run) if title in SPLIT_BY_OBJECTIVE else
+                     f"beta={beta_label(run)}" if title in SPLIT_BY_BETA else
+                     online_kl_kind(run) if title in SPLIT_BY_KL_KIND else "")
+            groups.setdefault(group, []).append(r)
     if len(groups) == 1:
         return {"": next(iter(groups.values()))}
     return groups
@@ -246,9 +266,41 @@ def _draw_run(ax, run: RunData, r: int, series: list[tuple[str, str, str]], many
                    label=(f"{run.name}: " if many else "") + "non-finite step skipped" if i == 0 else None)
 
 
+def beta_label(run: RunData) -> str:
+    """A run's beta as its config.yaml says it (TrainConfig's default 0.1 where the key is absent), for labels."""
+    beta = run.config.get("beta", 0.1)
+    return f"{beta:g}" if isinstance(beta, (int, float)) and not isinstance(beta, bool) else str(beta)
+
+
+def beta_note(runs: list[RunData]) -> str | None:
+    """The report's note when runs that logged implicit rewards (rewards/margins, rewards/chosen, ...) differ in
+    beta: those values are beta * (log pi - log pi_ref), so their panels give each beta its own axis and the
+    numbers of two betas are not comparable; None when they share one beta (or fewer than two such runs)."""
+    keys = [key for title, _, series in PANELS if title in SPLIT_BY_BETA for key, _, _ in series]
+    have = [run for run in runs if not run.reward_model and any(run.series(key)[0] for key in keys)]
+    betas = {run.name: beta_label(run) for run in have}
+    if len(set(betas.values())) < 2:
+        return None
+    said = ", ".join(f"{name} beta={beta}" for name, beta in betas.items())
+    return (f"the runs differ in beta ({said}): the reward-margin and implicit-reward panels plot beta * (log pi - "
+            "log pi_ref), so each beta gets its own axis and their values are not comparable across runs (divide by "
+            "beta for the log-ratio); accuracies and log-probs are on one scale")
+
+
+def online_kl_kind(run: RunData) -> str:
+    """"groups" for a run of the GRPO family's objective (it logs frac_reward_zero_std beside its `kl`: the per-token
+    k3 estimate), "pairs" for a pair recipe (its `kl` is the summed log-ratio S_theta - S_ref per completion),
+    "offline" for a run of another task (KTO logs TRL's `kl`, its reference point z_ref)."""
+    if str(run.config.get("task", "dpo")) != "online":
+        return "offline"
+    return "groups" if run.series("frac_reward_zero_std")[0] else "pairs"
+
+
 def panel_ylabel(title: str, ylabel: str, runs: list[RunData]) -> str:
-    """`ylabel`, or TASK_YLABELS' label where every run drawn is of that task; both, joined, for a mix."""
-    labels = list(dict.fromkeys(TASK_YLABELS.get((title, str(r.config.get("task", "dpo"))), ylabel) for r in runs))
+    """`ylabel`, or TASK_YLABELS' label where every run drawn is of that task (KL_YLABELS' by the online kl's kind);
+    both, joined, for a mix."""
+    labels = list(dict.fromkeys(KL_YLABELS[online_kl_kind(r)] if title in SPLIT_BY_KL_KIND else
+                                TASK_YLABELS.get((title, str(r.config.get("task", "dpo"))), ylabel) for r in runs))
     return "; ".join(labels) if labels else ylabel
 
 
@@ -269,7 +321,8 @@ def margin_histograms(runs: list[RunData]) -> str | None:
             ax.hist(run.margins[last], bins=bins, alpha=0.55, color=RUN_COLORS[runs.index(run) % 8],
                     label=f"step {last}")
         ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set(title=f"{run.name}: reward margins", xlabel="beta (h_w - h_l)", ylabel="pairs")
+        ax.set(title=f"{run.name}: reward margins (beta={beta_label(run)})", xlabel="beta (h_w - h_l)",
+               ylabel="pairs")
         ax.legend(fontsize=7)
     return to_data_uri(fig)
 

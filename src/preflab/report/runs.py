@@ -159,17 +159,8 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     elif not run.eval and run.config.get("task") == "vlm":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
                            "of it) for the held-out preference metrics of the image-text model")
-    elif not run.eval and not recipe and run.config.get("online_task") != "game":
-        # a recipe measures its own held-out metric (summary.json); the preference game has no text or data to
-        # evaluate: its result is the distance to the equilibrium (summary.json, the game panels)
-        target, out = path, ""
-        if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
-            done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
-                          key=lambda p: int(p.name[11:]))
-            target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
-        run.missing.append(f"no eval.json: run `preflab eval {target} --data HELDOUT --reference REF{out}` for "
-                           "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate"
-                           + (" (the run has no final model yet: its newest checkpoint)" if out else ""))
+    elif not run.eval and not recipe and policy_eval_hint(path, run.config):
+        run.missing.append(policy_eval_hint(path, run.config))
     run.margins, dropped = read_pair_margins_counted(path)
     if dropped:
         run.missing.append("pair_margins.jsonl: non-finite per-pair margins left out of the margin histograms ("
@@ -183,6 +174,52 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                            "step; set eval_steps and an eval set (eval_fraction or eval_dataset_name) for the "
                            "margin histograms")
     return run
+
+
+def eval_command(config: dict) -> str | None:
+    """The `preflab eval` command (RUN_DIR for the run) that fits a run of `config`, or None where none fits.
+    A preference run (dpo and the losses under it): the pair diagnostics against a reference. A text online run:
+    the same command with a judge (--reward-fn / --reward-model) for the greedy win rate against its starting
+    policy, which is already the default reference (the run's model_name_or_path), so no --reference. An image-text
+    run (task: vlm, or online_task: vision_dataset): `--task vlm`; reward and diffusion runs: their `--task`. None for
+    an SFT run (its held-out measure is the eval_loss / eval_mean_token_accuracy of its eval rows, said by the "no
+    eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
+    or data: its result is the distance to the equilibrium in summary.json and the game panels) and for a recipe
+    (it measures its own held-out metric); None for a ppd / self_npo diffusion run (the eval refuses them)."""
+    task, online_task = str(config.get("task", "dpo")), config.get("online_task", "dataset")
+    if task == "sft" or task in RECIPE_TASKS or (task == "online" and online_task == "game"):
+        return None
+    if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
+        return None
+    if task in ("reward", "vlm", "diffusion") or (task == "online" and online_task == "vision_dataset"):
+        judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
+        return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
+    if task == "online":
+        return "preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION"
+    return "preflab eval RUN_DIR --data HELDOUT --reference REF"
+
+
+def policy_eval_hint(path: Path, config: dict) -> str | None:
+    """The note of a text policy run (a preference, online or image-prompt online run) without eval.json: the
+    eval_command that fits it, on its final model or, before there is one, its newest checkpoint; None where no
+    `preflab eval` fits (eval_command)."""
+    command = eval_command(config)
+    if command is None:
+        return None
+    target, out = path, ""
+    if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
+        done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda p: int(p.name[11:]))
+        target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
+    late = " (the run has no final model yet: its newest checkpoint)" if out else ""
+    command = f"`{command.replace('RUN_DIR', str(target))}{out}`"
+    if config.get("task") == "online" and config.get("online_task") == "vision_dataset":
+        return f"no eval.json: run {command} for the held-out preference metrics of the image-text policy{late}"
+    if config.get("task") == "online":
+        return (f"no eval.json: run {command} (or --reward-model DIR, e.g. the run's judge) for the greedy win rate "
+                "against the starting policy (the default reference, the run's model_name_or_path) and ranking "
+                f"accuracy on held-out pairs{late}")
+    return (f"no eval.json: run {command} for ranking accuracy, idealized ranking accuracy, 3D metrics and win "
+            f"rate{late}")
 
 
 PER_PAIR_KEYS = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")

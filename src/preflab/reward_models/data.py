@@ -206,7 +206,7 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     if eval_rows:  # the eval set's own skips and cuts, said like the training set's
         if eval_row_report is not None:
             report["eval_rows"] = eval_row_report.to_dict()
-        print(f"preflab: eval data: {eval_row_report.summary() + '; ' if eval_row_report else ''}"
+        print(f"preflab: data (eval): {eval_row_report.summary() + '; ' if eval_row_report else ''}"
               f"{eval_tok.summary(shifted_note=False)}")
     dropped = tok_report.skipped.get(LONGER_THAN_MAX_LENGTH, 0) + (
         eval_tok.skipped.get(LONGER_THAN_MAX_LENGTH, 0) if eval_rows else 0)

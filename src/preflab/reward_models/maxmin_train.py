@@ -110,7 +110,7 @@ def row_users(pairs: list, params: dict, source: str) -> tuple[list, dict]:
 def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None, model=None) -> dict:
     """Fit the EM mixture (see the module docstring); returns the summary dict (also summary.json). The K models
     are built from model_name_or_path (component k with seed + k); an in-memory `model` is refused."""
-    from preflab.loops.launch import launched_world_size
+    from preflab.launch_env import launched_world_size
     from preflab.loops.resume import resume_requested
     from preflab.recipe_state import RecipeState
     from preflab.reward_models.maxmin import cluster_purity, em_iteration, initial_assignment

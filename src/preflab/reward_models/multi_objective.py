@@ -290,7 +290,7 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
                                                                                             split=split, **settings))
     print(f"preflab: data: {row_report.summary()}")
     if eval_report is not None:
-        print(f"preflab: eval data: {eval_report.summary()}")
+        print(f"preflab: data (eval): {eval_report.summary()}")
     report = {"train_rows": row_report.to_dict(), "skipped": dict(row_report.to_dict().get("skipped", {}))}
     if eval_report is not None:
         report["eval_rows"] = eval_report.to_dict()

@@ -19,6 +19,13 @@ State: otc_state.json (the finished stages' metrics) is written after each stage
 skips the finished stages and resumes an interrupted stage from its newest checkpoint (the online run checkpoints
 its pending round and the OTC tracker, so the result equals an uninterrupted run's). Without resume an existing
 state is refused.
+
+Processes: under `accelerate launch --num_processes N` the process group is formed before anything is written
+(preflab.recipe_state.start_processes); the data file, the state, the online state (with the tracker) and the summary
+are written by the main process only, the held-out evaluation runs there and is sent to every process. The SFT batch
+is split over the processes (sft_batch_size is the global batch); each GRPO round is generated and judged whole on
+every process (the same seed and weights), so every process's OTC tracker holds the same minima: one tracker state,
+the main process's, is checkpointed. The result equals the one-process recipe's.
 """
 from __future__ import annotations
 
@@ -30,7 +37,8 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.recipe_options import stage_config
-from preflab.recipe_state import RecipeStateFile, load_safetensors_into, resume_or_clean
+from preflab.recipe_state import (RecipeStateFile, end_processes, load_safetensors_into, main_result, main_writes,
+                                  per_process_batch, resume_or_clean, start_processes)
 from preflab.runlog import write_summary
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
                                        prompt_rows, sft_traces)
@@ -87,10 +95,14 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     c = float(otc_c if otc_c is not None else max_tool_calls)  # the paper's §4.1: c = the max number of tool calls
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()
+    start_processes()  # a launch's process group, formed before anything is written (every process opens the state)
+    sft_per_process = per_process_batch(sft_batch_size, "otc")
     store = RecipeStateFile(out / "otc_state.json", {k: v for k, v in params.items() if k not in _NOT_COMPARED},
                             resume, initial={"finished": {}}, allow_change=allow_config_change)
     state, save_state = store.data, store.save
-    say = (lambda *a: None) if quiet else print
+    from preflab.runlog import is_main_process
+
+    say = print if not quiet and is_main_process() else (lambda *a: None)
 
     train = make_questions(n_train, seed, tool_fraction)
     heldout = make_questions(n_heldout, seed + 1, tool_fraction, exclude={q["question_id"] for q in train})
@@ -102,27 +114,33 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps,
                   allow_config_change=allow_config_change)
 
-    def evaluate(model) -> dict:
+    def evaluate(model) -> dict:  # greedy held-out rollouts on the main process, sent to every process
         generator = tool_generator(model, tokenizer, max_tool_calls, max_completion_length)
-        return evaluate_tool_use(model, tokenizer, generator, heldout)
+        return main_result(lambda: evaluate_tool_use(model, tokenizer, generator, heldout))
 
     def stage_done(name: str, metrics: dict, seconds: float) -> bool:
         state["finished"][name] = {**metrics, "runtime_s": seconds}
         save_state()
-        return stop_after_stage == name
+        if stop_after_stage == name:
+            end_processes()
+            return True
+        return False
+
+    def interrupted(stage_dir: Path) -> bool:  # decided by the main process for all (it may remove the folder)
+        return resume and main_result(lambda: resume_or_clean(stage_dir))
 
     # stage 1: SFT on over-calling traces
     if "sft" not in state["finished"]:
         say("otc: stage 1, SFT on over-calling tool traces")
         t0 = time.perf_counter()
         data = out / "data" / "sft.jsonl"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text("".join(json.dumps(r) + "\n" for r in sft_traces(train, seed)))
-        again = resume and resume_or_clean(out / "sft")
+        traces = "".join(json.dumps(r) + "\n" for r in sft_traces(train, seed))
+        main_writes(lambda: (data.parent.mkdir(parents=True, exist_ok=True), data.write_text(traces)))
+        again = interrupted(out / "sft")
         model = new_model()
         cfg = stage_config("otc", {**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
                                    "dataset_name": str(data), "max_length": 128, "learning_rate": 3e-3,
-                                   "per_device_train_batch_size": sft_batch_size, "max_steps": sft_steps,
+                                   "per_device_train_batch_size": sft_per_process, "max_steps": sft_steps,
                                    "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(out / "sft"),
                                    "resume_from_checkpoint": again, "save_steps": max(save_steps, sft_steps // 4)},
                            stage_options)
@@ -132,7 +150,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
 
     def grpo_stage(name: str, judge, tracker) -> bool:
         t0 = time.perf_counter()
-        again = resume and resume_or_clean(out / name)
+        again = interrupted(out / name)
         model = new_model()
         load_safetensors_into(model, out / "sft" / "model.safetensors")
         task = Task(prompt_rows(train), [judge], generator=make_generator, judge_cache=False, state=tracker)
@@ -184,5 +202,6 @@ def _summary(out: Path, state: dict, seed: int, c: float, started: float) -> dic
                         "control_mean_tool_calls_after": ctl["mean_tool_calls"],
                         "by_kind_control_after": {k: ctl[k] for k in ("needs_tool", "no_tool")},
                         "examples_control_after": ctl["examples"]})
-    write_summary(out, summary)
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
     return summary

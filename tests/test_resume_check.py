@@ -1,0 +1,61 @@
+"""preflab.resume_check: the one refuse-or-note rule of the resume checks, and the batch layout refusal on another
+number of processes (processes, per-device batch and accumulation, old -> new, and what to set)."""
+import re
+
+import pytest
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.resume_check import check_saved_config, refuse_unless_allowed
+
+
+def _cfg(tmp_path, **kw):
+    return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                             "output_dir": str(tmp_path), **kw})
+
+
+def test_refuse_unless_allowed_raises_the_refusal_or_says_the_note(tmp_path):
+    notes = []
+    with pytest.raises(ConfigError) as err:
+        refuse_unless_allowed(_cfg(tmp_path), "refused: do X", "noted", notes.append)
+    assert str(err.value) == "refused: do X" and notes == []
+    refuse_unless_allowed(_cfg(tmp_path, allow_config_change=True), "refused: do X", "noted", notes.append)
+    assert notes == ["noted"]
+    refuse_unless_allowed(_cfg(tmp_path, allow_config_change=True), "refused: do X", "noted", None)  # said nowhere
+    assert notes == ["noted"]
+
+
+def test_resume_on_fewer_processes_and_less_accumulation_names_the_whole_batch_layout(tmp_path):
+    """A checkpoint of 2 processes x per-device 2 x accumulation 2 (8 examples a step) resumed on 1 process with
+    accumulation 1: the refusal said only 'gradient_accumulation_steps (2 -> 1)', not that the process count changed
+    too nor what keeps the run on one process (per-device 4 with accumulation 2)."""
+    saved = _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2).to_dict()
+    state = {"world_size": 2, "config": saved}
+    now = _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    with pytest.raises(ConfigError) as err:
+        check_saved_config(state, now, "checkpoint-4", 1, note=print)
+    message = str(err.value)
+    for part in ("processes 2 -> 1", "per_device_train_batch_size 2 -> 2", "gradient_accumulation_steps 2 -> 1",
+                 "8 examples an optimizer step", "this run has 2 (2 x 1) and 1, 2 (",
+                 "Keep the run with per_device_train_batch_size: 4 and gradient_accumulation_steps: 2 on 1 process,",
+                 "launch 2 processes with per_device_train_batch_size: 2 and gradient_accumulation_steps: 2"):
+        assert part in message, (part, message)
+    # what it says to set is a resume that passes; with allow_config_change the layout change is a note
+    check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2),
+                       "checkpoint-4", 1, note=print)
+    notes = []
+    check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                                   allow_config_change=True), "checkpoint-4", 1, note=notes.append)
+    assert re.search(r"processes 2 -> 1.*Continuing \(allow_config_change: true\)", notes[0])
+    assert "gradient_accumulation_steps (2 -> 1)" in notes[1]  # check_resume_config's note follows
+
+
+def test_resume_with_the_same_global_batch_but_other_accumulation_on_another_world_is_refused(tmp_path):
+    """2 x 2 x accumulation 2 -> 1 x 4 x accumulation 1: the global batch of a micro-step is kept, the optimizer
+    step's is halved; the layout message names the accumulation change with the processes."""
+    saved = _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2).to_dict()
+    with pytest.raises(ConfigError, match=r"processes 2 -> 1, per_device_train_batch_size 2 -> 4, "
+                                          r"gradient_accumulation_steps 2 -> 1\)"):
+        check_saved_config({"world_size": 2, "config": saved},
+                           _cfg(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1),
+                           "checkpoint-4", 1, note=print)
