@@ -345,8 +345,9 @@ def test_no_usable_diffusion_rows_says_why_they_were_skipped(tmp_path):
     (tmp_path / "a.png").write_bytes(small_png())
     path = pair_file(tmp_path, "pick.jsonl", [{"text": "a", "jpg_0": "a.png", "jpg_1": "a.png", "label_0": 1}] * 3)
     with pytest.raises(DataError, match=r"no usable rows \(3 read, 3 skipped \(missing_field: 3\), 0 ties dropped\)\. "
-                                        r"First skipped: row 0: the row has columns \['jpg_0', 'jpg_1', 'label_0', "
-                                        r"'text'\]; expected prompt"):
+                                        r"First skipped: row 0, field 'caption': the row has no 'caption' \(Pick-a-Pic's "
+                                        r"form is caption \+ jpg_0 \+ jpg_1 \+ label_0; the row has \['jpg_0', 'jpg_1', "
+                                        r"'label_0', 'text'\]\)"):
         load_image_pairs(path, resolution=8, on_bad_row="skip")
 
 

@@ -87,9 +87,13 @@ def test_preflab_eval_of_a_dcpo_run_scores_held_out_pairs_without_captions_as_di
     (as_dpo / "config.yaml").write_text(yaml.safe_dump(config))
     want = evaluate_diffusion_run(str(as_dpo), held_out)
     assert got["num_pairs"] == want["num_pairs"] == 8
-    assert got["metrics"] == want["metrics"] and got["notes"] == []
+    # the note is eval.json's too (trial-media-2: only printed, the report showed eval.json's loss beside the run's
+    # eval_loss on perturbed captions without saying why they differ)
+    assert got["metrics"] == want["metrics"] and want["notes"] == []
+    assert got["notes"] == ["dcpo: 8 of 8 held-out pairs have no caption_chosen / caption_rejected: they are scored "
+                            "with the prompt for both images (eval applies no caption_perturbation)"]
     trained = evaluate_diffusion_run(str(run_dir), "examples/diffusion/data/train.jsonl")
-    assert len(trained["notes"]) == 1 and "is the run's training data" in trained["notes"][0]
+    assert len(trained["notes"]) == 2 and "is the run's training data" in trained["notes"][1]
 
 
 def test_inversion_options_under_forward_noising_are_refused():

@@ -144,8 +144,16 @@ def independent_loss(run, index, step):
     generator = torch.Generator().manual_seed(draw_seed(seed, step, "batch", index[0]))
     if run.self_npo:
         uncond = run.text[""]["states"].expand(len(items), -1, -1)
+        j, eps, u, eps2 = [], [], [], []  # per sample from (seed, step, "npo", position): j, eps, u, eps2
+        for i in index:
+            g = torch.Generator().manual_seed(draw_seed(seed, step, "npo", i))
+            j.append(torch.randint(0, 25, (1,), generator=g))
+            eps.append(torch.randn(chosen.shape[1:], generator=g))
+            u.append(torch.rand(1, generator=g, dtype=torch.float64))
+            eps2.append(torch.randn(chosen.shape[1:], generator=g))
         batch = self_npo_batch(as_denoiser(unet), as_denoiser(run.teacher), chosen, cond, uncond, run.schedule,
-                               generator, num_ddim_steps=25, rollout_steps=2, teacher_guidance=-1.0)
+                               num_ddim_steps=25, rollout_steps=2, teacher_guidance=-1.0, start_index=torch.cat(j),
+                               noise=torch.stack(eps), u=torch.cat(u), noise2=torch.stack(eps2))
         return run.objective(batch).loss
     rejected = inputs.rejected
     cond_l = inputs.cond_rejected
@@ -167,6 +175,8 @@ def independent_loss(run, index, step):
         g = torch.Generator().manual_seed(draw_seed(seed, step, i))
         ts.append(run.scorer.noiser.sample_timesteps(1, g))
         noise.append(torch.randn(chosen.shape[1:], generator=g))
+    if run.scorer.noiser.mode != "forward":  # DDIM inversion's jitter: one generator per pair
+        generator = [torch.Generator().manual_seed(draw_seed(seed, step, "invert", i)) for i in index]
     noised = run.scorer.noiser(chosen, rejected, generator, policy, pairs.cond,
                                cond if cond_l is None else cond_l, timesteps=torch.cat(ts), noise=torch.stack(noise))
     return run.objective(run.scorer(policy, pairs, reference, noised=noised)).loss
@@ -552,3 +562,23 @@ def test_diffusion_disable_dropout_reaches_the_denoiser(assets, tmp_path, disabl
     run = DiffusionRun(make_cfg(assets, tmp_path / "run", disable_dropout=disable), pipeline=pipeline)
     rates = [m.p for m in run.module.unet.modules() if isinstance(m, torch.nn.Dropout)]
     assert max(rates) == (0.0 if disable else 0.25)
+
+
+@pytest.mark.parametrize("method", ["diffusion_inpo", "smpo_diffusion", "self_npo"])
+def test_inversion_jitter_of_a_pair_does_not_depend_on_its_micro_batch(assets, tmp_path, method):
+    """DDIM inversion's eta jitter was drawn from one generator per micro-batch (seeded by its first position), so a
+    pair's inverted latents depended on the batch it sat in: two gloo processes (batch 2 each) logged step-2 loss
+    0.6431 where one process (batch 4) logged 0.7559 for examples/diffusion/diffusion_inpo.yaml. Now each pair has its
+    own generator, so scoring [0, 1, 2, 3] at once equals scoring [0, 1] and [2, 3] (to float rounding)."""
+    extra = {} if method == "self_npo" else {"diffusion_noising": {"num_inversion_steps": 3, "inversion_eta": 0.5}}
+    run = DiffusionRun(make_cfg(assets, tmp_path / method, loss_type=method, **extra))
+    with torch.no_grad():
+        whole = run.score([0, 1, 2, 3], 1)
+        halves = [run.score([0, 1], 1), run.score([2, 3], 1)]
+    # self_npo (its start step, noises and re-noising step per micro-batch before; 2 processes logged step-1 loss
+    # 5.07 where one logged 3.50): the student's x0 prediction and the teacher's target
+    for side in ("policy", "ref") if method == "self_npo" else ("policy_chosen", "policy_rejected"):
+        together = getattr(whole, side).token_logps
+        apart = torch.cat([getattr(h, side).token_logps for h in halves])
+        # the same draws; only the UNet's batched float rounding differs (batch 4 vs 2)
+        assert torch.allclose(together, apart, atol=1e-5, rtol=0), (side, (together - apart).abs().max())

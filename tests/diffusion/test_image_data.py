@@ -144,3 +144,21 @@ def test_repeated_image_pairs_are_counted_and_said_as_text_and_vision_rows_are(t
     assert ("preflab: note: data: 2 train pair(s) repeat an earlier one exactly (same caption and image pixels): "
             "each copy is trained on.") in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["data"]["duplicate_train_pairs"] == 2
+
+
+@pytest.mark.parametrize("row,field", [
+    ({"prompt": "p", "chosen_image": RED}, "rejected_image"),
+    ({"caption": "c", "jpg_0": RED, "jpg_1": BLUE}, "label_0"),
+])
+def test_a_row_missing_one_column_of_its_form_names_that_column(tmp_path, row, field):
+    """A row with some of a form's columns names the one it lacks as the error's field (it said only 'the row has
+    columns [...]; expected ...', field None)."""
+    good = {"prompt": "p", "chosen_image": RED, "rejected_image": BLUE} if "prompt" in row else \
+        {"caption": "c", "jpg_0": RED, "jpg_1": BLUE, "label_0": 1}
+    with pytest.raises(DataError) as err:
+        load_image_pairs([good, row], resolution=8)
+    assert err.value.row_id == 1 and err.value.field == field and err.value.reason == "missing_field"
+    assert f"field {field!r}: the row has no {field!r}" in str(err.value)
+    examples, report = load_image_pairs([good, row, good], resolution=8, on_bad_row="skip")
+    assert len(examples) == 2 and report.skipped == {"missing_field": 1}
+    assert report.skipped_examples[0]["field"] == field

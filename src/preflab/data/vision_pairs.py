@@ -112,47 +112,80 @@ def augment_images(images: list, name: str, gen: torch.Generator) -> list:
     raise ConfigError(f"unknown augmentation {name!r}")
 
 
-def pami_candidates(ex: VisionPairExample, num: int, augmentations, gen: torch.Generator) -> list[list]:
+def pami_candidates(ex: VisionPairExample, num: int, augmentations, gen: torch.Generator,
+                    source: str = "<rows>") -> list[list]:
     """K perturbed image lists; temporal augmentations only when the row has several images/frames."""
     pool = [a for a in augmentations if a in SPATIAL or len(ex.images) > 1]
     if not pool:
-        raise ConfigError("PaMi-VDPO: no augmentation applies (temporal ones need several images or frames).")
+        raise _pami_row_error(source, ex, "no_augmentation", f"the row has {len(ex.images)} image/frame and "
+                              f"augmentations {list(augmentations)} are all temporal (they reorder several frames)",
+                              f"Add a spatial augmentation ({', '.join(SPATIAL)}) to vision_pair_params."
+                              "augmentations, or give the row several frames.")
     picks = torch.randint(0, len(pool), (num,), generator=gen).tolist()
     return [augment_images(list(ex.images), pool[i], gen) for i in picks]
 
 
+def _pami_row_error(source: str, ex: VisionPairExample, reason: str, detail: str, fix: str) -> DataError:
+    """A PaMi-VDPO row that cannot become a pair: a DataError naming the file, the row and its `images` field."""
+    from preflab.data.report import RowProblem, row_error
+
+    return row_error(RowProblem(reason, "images", detail, fix), source, ex.row_id, skippable=False)
+
+
+def _same_pixels(a: list, b: list) -> bool:
+    """Two image lists with the same pixels, image by image (a flip of a symmetric picture, a colour rotation of a
+    grey one, a reversal of equal frames)."""
+    import numpy as np
+
+    return len(a) == len(b) and all(x.size == y.size and np.array_equal(np.asarray(x), np.asarray(y))
+                                    for x, y in zip(a, b))
+
+
 @torch.no_grad()
 def build_pami_pairs(examples, score_answer, num_candidates: int = 4, augmentations=SPATIAL + TEMPORAL,
-                     seed: int = 0, tau_sim: float | None = None) -> tuple[list[VisionPairExample], dict]:
+                     seed: int = 0, tau_sim: float | None = None,
+                     source: str = "<rows>") -> tuple[list[VisionPairExample], dict]:
     """SFT examples -> input-side pairs. score_answer(example, images) -> S(y | images, x) (a float, no grad), or,
     with tau_sim, -> (S, E) with E the model's pooled visual features: candidates with cos(E', E) < tau_sim are not
-    "close" and are left out of the argmax (a row with no close candidate keeps its most similar one; counted)."""
+    "close" and are left out of the argmax (a row with no close candidate keeps its most similar one; counted).
+    A candidate with the original's pixels is no perturbation (its pair would be (y | v) vs (y | v), a constant
+    loss): it is left out (counted); a row with no other candidate, with no image, or with only temporal
+    augmentations for one frame is a DataError naming `source`, the row and its images."""
     import torch.nn.functional as F
 
     gen = torch.Generator().manual_seed(seed)
-    out, chosen_d, no_close = [], [], 0
+    out, chosen_d, no_close, unchanged = [], [], 0, 0
     for ex in examples:
         if not ex.images:
-            raise ConfigError(f"PaMi-VDPO: row {ex.row_id} has no image or video to perturb.")
-        candidates = pami_candidates(ex, num_candidates, augmentations, gen)
+            raise _pami_row_error(source, ex, "no_image", "the row has no image or video to perturb",
+                                  "PaMi-VDPO's rejected side is the answer on perturbed images: give the row its "
+                                  "images or videos, or drop it.")
+        candidates = pami_candidates(ex, num_candidates, augmentations, gen, source)
         base = score_answer(ex, ex.images)
         scored = [score_answer(ex, c) for c in candidates]
+        changed = [k for k, c in enumerate(candidates) if not _same_pixels(c, ex.images)]
+        unchanged += len(candidates) - len(changed)
+        if not changed:
+            raise _pami_row_error(source, ex, "no_perturbation", f"none of its {len(candidates)} perturbed candidates "
+                                  f"(augmentations {list(augmentations)}) changes a pixel of its images",
+                                  "Raise vision_pair_params.num_candidates or add augmentations that change these "
+                                  "images (crop, noise, mask), or drop the row.")
         if tau_sim is None:
             d = [base - s for s in scored]
-            keep = list(range(len(d)))
+            keep = changed
         else:
             d = [base[0] - s[0] for s in scored]
             sims = [float(F.cosine_similarity(base[1], s[1], dim=0)) for s in scored]
-            keep = [k for k, sim in enumerate(sims) if sim >= tau_sim]
+            keep = [k for k in changed if sims[k] >= tau_sim]
             if not keep:
                 no_close += 1
-                keep = [max(range(len(sims)), key=sims.__getitem__)]
+                keep = [max(changed, key=sims.__getitem__)]
         k = max(keep, key=d.__getitem__)
         chosen_d.append(d[k])
         out.append(VisionPairExample(ex.row_id, ex.prompt, ex.chosen, ex.chosen, list(ex.images), candidates[k],
                                      {**ex.extras, "pami_gap": float(d[k])}))
     report = {"builder": "pami_vdpo", "pairs": len(out), "num_candidates": num_candidates, "tau_sim": tau_sim,
-              "rows_without_close_candidate": no_close,
+              "rows_without_close_candidate": no_close, "unchanged_candidates_left_out": unchanged,
               "mean_selected_gap": sum(chosen_d) / max(1, len(chosen_d))}
     return out, report
 

@@ -133,6 +133,14 @@ def _form(row: dict, image_only: bool) -> str:
         return "image"
     if image_only and ("prompt" in row or "caption" in row):
         return "prompt"
+    # a row with some of one form's columns lacks the others: name them (the field of the error)
+    forms = (("preflab's", PREFLAB), ("Pick-a-Pic's", PICKAPIC))
+    name, columns = max(forms, key=lambda f: sum(k in row for k in f[1]))  # preflab's first on a tie
+    if any(k in row for k in columns):
+        missing = [k for k in columns if k not in row]
+        raise RowProblem("missing_field", missing[0], f"the row has no {' or '.join(map(repr, missing))} ({name} "
+                         f"form is {' + '.join(columns)}; the row has {sorted(row)})",
+                         "Add the missing column to every row, or rename yours.")
     wanted = "prompt + image, or " if image_only else ""
     raise RowProblem("missing_field", None, f"the row has columns {sorted(row)}; expected {wanted}"
                      f"{' + '.join(PREFLAB)} (optional caption_chosen, caption_rejected, user_id, preference_prob), "

@@ -78,8 +78,10 @@ def _take(cond: Any, index: Tensor) -> Any:
 @torch.no_grad()
 def ddim_invert(denoiser: Denoiser, x0: Tensor, cond: Any, t: Tensor, schedule: NoiseSchedule, num_steps: int,
                 eta: float = 0.0, renoise_iters: int = 0, grid_snap: str = "exact", steps_offset: int = 1,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """(x_t, eps_hat), both [B, ...] and detached: x0 [B, ...] inverted to per-sample timesteps t [B]."""
+                generator: torch.Generator | list[torch.Generator] | None = None) -> tuple[Tensor, Tensor]:
+    """(x_t, eps_hat), both [B, ...] and detached: x0 [B, ...] inverted to per-sample timesteps t [B].
+    generator: one for the whole batch, or one per sample (its jitter then depends on that sample alone, whatever
+    the batch it is in: two processes equal one, preflab.loops.diffusion)."""
     if grid_snap not in GRID_SNAPS:
         raise ConfigError(f"grid_snap must be one of {GRID_SNAPS}, got {grid_snap!r}.")
     if eta < 0 or renoise_iters < 0:
@@ -98,7 +100,11 @@ def ddim_invert(denoiser: Denoiser, x0: Tensor, cond: Any, t: Tensor, schedule: 
         abar_now[index.cpu()] = abar_to
         if eta > 0:
             var = ddim_variance(schedule, target.cpu() + gap, target.cpu())
-            noise = torch.randn(x[index].shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+            if isinstance(generator, (list, tuple)):
+                noise = torch.stack([torch.randn(x.shape[1:], generator=generator[i], dtype=x.dtype)
+                                     for i in index.tolist()]).to(x.device)
+            else:
+                noise = torch.randn(x[index].shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
             x[index] = x[index] + eta * noise * broadcast_coefs(var, x[index])[0]
 
     for tau in grid.tolist():

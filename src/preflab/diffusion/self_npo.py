@@ -92,13 +92,18 @@ def truncated_teacher_target(teacher: Denoiser, x0: Tensor, cond: Any, uncond: A
 
 
 def self_npo_batch(student: Denoiser, teacher: Denoiser, x0: Tensor, cond: Any, uncond: Any,
-                   schedule: NoiseSchedule, generator: torch.Generator | None = None, **rollout) -> UnpairedBatch:
-    """The `self_npo` objective's batch: policy = student x0_theta [B, D] (with grad), ref = teacher target."""
+                   schedule: NoiseSchedule, generator: torch.Generator | None = None, u: Tensor | None = None,
+                   noise2: Tensor | None = None, **rollout) -> UnpairedBatch:
+    """The `self_npo` objective's batch: policy = student x0_theta [B, D] (with grad), ref = teacher target.
+    u [B] (float64 in [0, 1): the re-noising step's draw) and noise2 override the draws, as start_index / noise do
+    (preflab.loops.diffusion draws all four per sample)."""
     tgt = truncated_teacher_target(teacher, x0, cond, uncond, schedule, generator, **rollout)
     T = schedule.num_train_timesteps
-    u = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64).to(x0.device)
+    if u is None:
+        u = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)
+    u = torch.as_tensor(u, dtype=torch.float64).to(x0.device)
     s = (tgt.end + 1 + (u * (T - 1 - tgt.end).double()).floor().long()).clamp(max=T - 1)
-    eps2 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps2 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) if noise2 is None else noise2
     x_s = renoise(tgt.x_end, tgt.end, s, schedule, eps2)
     x0_theta, _ = schedule.split_prediction(student(x_s, s, cond), x_s, s)
     flat = lambda v: v.reshape(v.shape[0], -1)  # noqa: E731

@@ -68,6 +68,12 @@ METRIC_DOCS: dict[str, str] = {
     "win_rate/ci_high": "upper end of Wilson's confidence interval of the win rate",
 }
 
+# the diffusion objectives `preflab eval --task diffusion` does not score, and why (its refusal and the report's note)
+DIFFUSION_NOT_EVALUATED: dict[str, str] = {
+    "ppd": "user-conditioned: its implicit reward needs a user's embedding",
+    "self_npo": "a negative model for classifier-free guidance, trained without pairs",
+}
+
 # `preflab eval --task diffusion` (preflab.loops.diffusion_eval): the same keys mean other things on images, where a
 # "log-prob" is minus the denoising error (Diffusion-DPO's score) and the win rate compares sampled images
 DIFFUSION_METRIC_DOCS: dict[str, str] = {

@@ -11,7 +11,8 @@ fine-tuning), the same UNet with its LoRA adapters disabled (use_peft), or the b
 
 Randomness: the timestep and noise of a pair depend only on (seed, step, the pair's dataset position), never on
 the process count, the micro-batch split or a resume, so a resumed run equals the uninterrupted one and two processes
-equal one. (Inversion jitter and Self-NPO's draws are per micro-batch: seeded by (seed, step, first position).)
+equal one. So do DDIM inversion's jitter (diffusion_inpo, smpo_diffusion: one generator per pair from (seed, step,
+"invert", position), drawn for the winner's inversion, then the loser's) and Self-NPO's draws (self_npo_draws).
 
 Flow-matching models (SD3, preflab.diffusion.flow): the same run with x_t = (1 - sigma) x_0 + sigma eps, the velocity
 target eps - x_0 and SD3's logit-normal t per pair; `check_flow_objective` says which objectives are defined there.
@@ -144,6 +145,19 @@ def draw_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def self_npo_draws(seed: int, step, index: list[int], shape: tuple, num_ddim_steps: int):
+    """Self-NPO's draws (start index j, noise, re-noising u, noise2) per sample from a generator seeded by (seed,
+    step, "npo", dataset position), so a sample's draws do not depend on its micro-batch (two processes equal one)."""
+    j, eps, u, eps2 = [], [], [], []
+    for i in index:
+        g = torch.Generator().manual_seed(draw_seed(seed, step, "npo", i))
+        j.append(torch.randint(0, num_ddim_steps, (1,), generator=g))
+        eps.append(torch.randn(shape, generator=g))
+        u.append(torch.rand(1, generator=g, dtype=torch.float64))
+        eps2.append(torch.randn(shape, generator=g))
+    return torch.cat(j), torch.stack(eps), torch.cat(u), torch.stack(eps2)
+
+
 class DenoiserModule(nn.Module):
     """The trainable module (the one DDP wraps): forward(x_t, t, cond) -> the UNet's prediction.
 
@@ -225,6 +239,7 @@ class DiffusionRun(TrainingRun):
         self.main = self.accelerator.is_main_process
         self.scores_held_out = scores_held_out
         self.data_report = {}
+        self.eval_notes: list[str] = []  # what `preflab eval --task diffusion` records in eval.json's notes
         if pipeline is not None:  # loading options beside a pipeline given from Python: refused (models.given)
             from preflab.models.given import DIFFUSION_OPTIONS, check_given_models
 
@@ -310,11 +325,12 @@ class DiffusionRun(TrainingRun):
         pairs (`preflab eval --task diffusion`, which applies no caption_perturbation) are scored as they are: their
         count is said, never refused."""
         same = sum(1 for x in train if x.cond_chosen == x.cond_rejected)
-        if same and self.scores_held_out:
+        if same and self.scores_held_out:  # printed, and kept for eval.json (its loss differs from the run's)
+            self.eval_notes.append(f"dcpo: {same} of {len(train)} held-out pairs have no caption_chosen / "
+                                   "caption_rejected: they are scored with the prompt for both images (eval applies "
+                                   "no caption_perturbation)")
             if self.main:
-                print(f"preflab: note: dcpo: {same} of {len(train)} held-out pairs have no caption_chosen / "
-                      "caption_rejected: they are scored with the prompt for both images (eval applies no "
-                      "caption_perturbation).", flush=True)
+                print(f"preflab: note: {self.eval_notes[-1]}.", flush=True)
             return
         if same == len(train):
             raise ConfigError(
@@ -613,20 +629,25 @@ class DiffusionRun(TrainingRun):
         """The objective's batch for the examples at `index` (train data unless `data`), with the draws of `step`."""
         data = self.train_data if data is None else data
         pairs = self.pairs(index, data)
-        seed = draw_seed(self.cfg.seed, step, "batch", index[0])
-        generator = torch.Generator().manual_seed(seed)
+        generator = None  # every draw is per pair, from (seed, step, dataset position): below
         policy = policy or self._policy
         with self.accelerator.autocast():
             if self.self_npo:
                 from preflab.diffusion.self_npo import self_npo_batch
 
                 uncond = self._cond([""] * len(index))
-                return self_npo_batch(policy, self._teacher, pairs.chosen, pairs.cond, uncond, self.schedule,
-                                      generator, num_ddim_steps=self.cfg.self_npo_num_ddim_steps,
+                x0 = pairs.chosen
+                j, eps, u, eps2 = self_npo_draws(self.cfg.seed, step, index, tuple(x0.shape[1:]),
+                                                 self.cfg.self_npo_num_ddim_steps)
+                return self_npo_batch(policy, self._teacher, x0, pairs.cond, uncond, self.schedule,
+                                      num_ddim_steps=self.cfg.self_npo_num_ddim_steps,
                                       rollout_steps=self.cfg.self_npo_rollout_steps,
-                                      teacher_guidance=self.cfg.self_npo_teacher_guidance)
+                                      teacher_guidance=self.cfg.self_npo_teacher_guidance, start_index=j,
+                                      noise=eps.to(x0), u=u, noise2=eps2.to(x0))
             t, eps = self._draws(index, step, tuple(pairs.chosen.shape[1:]))
             cond_l = pairs.cond if pairs.cond_rejected is None else pairs.cond_rejected
+            if self.scorer.noiser.mode != "forward":  # the inversion jitter per pair, as t and eps
+                generator = [torch.Generator().manual_seed(draw_seed(self.cfg.seed, step, "invert", i)) for i in index]
             noised = self.scorer.noiser(pairs.chosen, pairs.rejected, generator, self._inverting_policy, pairs.cond,
                                         cond_l, timesteps=t, noise=eps.to(pairs.chosen))
             reference = self._reference if self.objective.needs_reference else None
@@ -683,7 +704,8 @@ class DiffusionRun(TrainingRun):
 
     def write_samples(self, count: int = 8) -> Path | None:
         """samples.png in output_dir: the reference's (top row) and the trained model's (bottom row) samples of the
-        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd)."""
+        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd; self_npo:
+        the trained negative model's row alone)."""
         from preflab.diffusion.pipeline import sample_images, save_grid
 
         if self.cfg.sample_steps <= 0 or self.ppd:
@@ -701,7 +723,7 @@ class DiffusionRun(TrainingRun):
                 before = sample(unet)
             finally:
                 unet.enable_adapters()
-        else:  # self_npo: the teacher started as the base model; sample the base from the pipeline on disk
+        else:  # self_npo keeps no frozen base (its EMA teacher moves): one row, the negative model (the report says so)
             before = None
         after = sample(unet)
         rows = [after] if before is None else [before, after]

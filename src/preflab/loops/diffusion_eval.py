@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from preflab.errors import ConfigError
+from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 
 
 def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
@@ -40,6 +41,11 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if not config.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
                           "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
+    import yaml
+
+    trained = (yaml.safe_load(config.read_text()) or {}).get("loss_type")
+    if trained in DIFFUSION_NOT_EVALUATED:  # refused before --data is opened
+        _refuse_unevaluated(trained)
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,8 +58,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             "report_to=none", "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))
         objective = cfg.objective()
         if type(objective).__name__ in ("PPD", "SelfNPO"):
-            raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {cfg.loss_type} runs are not "
-                              "supported (ppd: user-conditioned; self_npo: a negative model).")
+            _refuse_unevaluated(cfg.loss_type)
         reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
         policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
         run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
@@ -77,7 +82,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
-               "notes": [n for n in (said, trained_on) if n]}
+               "notes": [n for n in (said, *run.eval_notes, trained_on) if n]}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
             seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
@@ -93,6 +98,11 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
+
+
+def _refuse_unevaluated(loss_type: str) -> None:
+    why = "; ".join(f"{k}: {v}" for k, v in DIFFUSION_NOT_EVALUATED.items())
+    raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {loss_type} runs are not supported ({why}).")
 
 
 def _is_checkpoint(path: Path) -> bool:

@@ -111,7 +111,7 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None):
             examples, info = builders.build_pami_pairs(
                 examples, score, int(params.get("num_candidates", 4)),
                 tuple(params.get("augmentations", builders.SPATIAL + builders.TEMPORAL)),
-                int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau))
+                int(params.get("seed", cfg.seed)), tau_sim=None if tau is None else float(tau), source=sources[split])
         elif builder == "cat_adpo":
             examples, info = builders.build_cat_pairs(examples, tuple(params.get("vague_terms", builders.VAGUE_TERMS)),
                                                       source=sources[split])
@@ -191,6 +191,11 @@ class VisionTrainer(Trainer):
         if cfg.max_prompt_length is not None:
             raise ConfigError("task: vlm never cuts prompts (their image tokens must stay whole); unset "
                               "max_prompt_length. max_length cuts responses, and a prompt that fills it is a bad row.")
+        if cfg.generate_during_eval:  # Trainer._write_eval_samples generates from prompt token ids alone
+            raise ConfigError("generate_during_eval: preflab's eval samples are generated from the prompts' token ids "
+                              "without their images or videos, so an image-text model would answer questions about "
+                              "pictures it never sees; set generate_during_eval: false for task: vlm (sample a "
+                              "trained VLM with its processor: AutoModelForImageTextToText.generate).")
         objective = cfg.objective()
         if objective.batch_type is not PairBatch:
             raise ConfigError(f"task: vlm trains pairwise objectives; {cfg.loss_type!r} consumes "

@@ -3,7 +3,8 @@
 The policy is RUN (a final run directory or a checkpoint-N, reloaded by preflab.models.vlm_run with CAT's clue
 aggregator when the run trained one); the reference is --reference, else the run's ref_model_name_or_path, else its
 model_name_or_path (the starting policy; for LoRA the base); --no-reference for reference-free objectives. The
-pairs are read and built as the run read its training data (its vision_pairs builder and max_length), and the run's
+pairs are read and built as the run read its training data (its vision_pairs builder and max_length; pami_vdpo's
+perturbations chosen with the run's starting policy, as in training), and the run's
 objective and scorer give the metrics of its eval_* rows (VisionTrainer.evaluate: loss, rewards/*, logps/*, TRL's
 token metrics, ranking accuracy), written to eval.json in RUN (or --out). The split read is the policy eval's
 (preflab.eval.run.open_eval_split): --split, else 'test' where the data has one, else 'train', said in a note.
@@ -58,7 +59,17 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         ref = None
         if needs_reference:
             ref = load_vlm_reference(reference, cfg, processor, policy, "--reference").requires_grad_(False).eval()
-        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader)
+        prepared = {}
+        if cfg.vision_pairs == "pami_vdpo":
+            # the run chose each row's perturbed images with its starting policy (model_name_or_path): the eval does
+            # too, so the pairs are the run's; selected with the trained policy they were the ones it tells apart best
+            from preflab.loops.vlm import prepare_vision_data
+
+            start = saved.model_name_or_path
+            selector = ref if ref is not None and reference == start else load_vlm_reference(
+                start, cfg, processor, policy, "model_name_or_path").requires_grad_(False).eval()
+            prepared["train_data"] = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader)[0]
+        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader, **prepared)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
     trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out

@@ -169,7 +169,8 @@ def _eval_section(runs: list[RunData]) -> str:
 
 
 def _samples(runs: list[RunData]) -> str:
-    """Diffusion runs: the samples.png grid each run wrote (top row reference, bottom row trained model)."""
+    """Diffusion runs: the samples.png grid each run wrote (top row reference, bottom row trained model; a self_npo
+    run's grid is one row, its negative model: loops.diffusion.DiffusionRun.write_samples)."""
     import base64
 
     out = ""
@@ -177,7 +178,10 @@ def _samples(runs: list[RunData]) -> str:
         grid = Path(run.path) / "samples.png"
         if grid.is_file():
             uri = "data:image/png;base64," + base64.b64encode(grid.read_bytes()).decode()
-            out += f"<p>{_e(run.name)}: top row reference, bottom row trained model (same prompts and seeds)</p>"
+            what = ("one row, the trained negative model (Self-NPO: use it in the negative branch of "
+                    "classifier-free guidance; no reference row)" if run.config.get("loss_type") == "self_npo"
+                    else "top row reference, bottom row trained model (same prompts and seeds)")
+            out += f"<p>{_e(run.name)}: {what}</p>"
             out += _img(uri, f"{run.name} samples", "wide")
     return "<h2>Samples</h2>" + out if out else ""
 
@@ -306,13 +310,24 @@ def _overview(overview: dict) -> str:
     return out
 
 
+# what a run is, from its config.yaml, in the run list at the top (the config section below has every key)
+_PURPOSE_KEYS = ("task", "loss_type", "model_name_or_path", "dataset_name")
+
+
+def _purpose(run: RunData) -> str:
+    """' (task diffusion, loss_type diffusion_dpo, model_name_or_path ..., dataset_name ...)': what the run trained
+    and on what (the list said only the run's name and path)."""
+    parts = [f"{k} {run.config[k]}" for k in _PURPOSE_KEYS if run.config.get(k) not in (None, "")]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def render_report(runs: list[RunData], title: str | None = None, overview: dict | None = None) -> str:
     """The report's HTML for already loaded runs (and the overview of the folder holding them, if any)."""
     from preflab import __version__
 
     title = title or ("preflab run report: " + ", ".join(r.name for r in runs))
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    listing = "".join(f"<li><b>{_e(r.name)}</b>: {_e(r.path)}</li>" for r in runs)
+    listing = "".join(f"<li><b>{_e(r.name)}</b>: {_e(r.path)}{_e(_purpose(r))}</li>" for r in runs)
     missing = [f"{r.name}: {m}" for r in runs for m in r.missing]
     parts = [
         f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from preflab.errors import PreflabError
+from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
@@ -140,6 +141,11 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not run.eval and run.config.get("task") == "reward":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
+    elif not run.eval and run.config.get("task") == "diffusion" and \
+            run.config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # `preflab eval` refuses these runs
+        run.missing.append(f"no eval.json: `preflab eval --task diffusion` does not score {run.config['loss_type']} "
+                           f"runs ({DIFFUSION_NOT_EVALUATED[run.config['loss_type']]}); the eval_* rows of "
+                           "metrics.jsonl (an eval_dataset_name) are its held-out numbers")
     elif not run.eval and run.config.get("task") == "diffusion":
         target, out = path, ""
         if not (path / "model_index.json").is_file():  # no final pipeline yet: its newest checkpoint
@@ -179,9 +185,11 @@ def eval_command(config: dict) -> str | None:
     an SFT run (its held-out measure is the eval_loss / eval_mean_token_accuracy of its eval rows, said by the "no
     eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
     or data: its result is the distance to the equilibrium in summary.json and the game panels) and for a recipe
-    (it measures its own held-out metric)."""
+    (it measures its own held-out metric); None for a ppd / self_npo diffusion run (the eval refuses them)."""
     task, online_task = str(config.get("task", "dpo")), config.get("online_task", "dataset")
     if task == "sft" or task in RECIPE_TASKS or (task == "online" and online_task == "game"):
+        return None
+    if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
         return None
     if task in ("reward", "vlm", "diffusion") or (task == "online" and online_task == "vision_dataset"):
         judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
