@@ -65,6 +65,25 @@ class MetricsLog:
             self.tracker(clean)
 
 
+def zero_gradient_note(results, last_step: int) -> str | None:
+    """The note for a logging window in which every update had a gradient of exactly zero (grad_norm 0.0 at each
+    kept step), None otherwise. Such a run changes no weight and finishes without an error: a loss that does not
+    depend on the policy (a user objective computing from constants), every trained parameter frozen, or a
+    group-reward run whose groups all had equal rewards. Read from the norms the step already brought to the host
+    (StepResult.grad_norm), so it costs no device read. Not for DeepSpeed, whose engine reports no norm (0.0) when
+    it computes none."""
+    kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
+    if not kept or any(r.grad_norm != 0.0 for r in kept):
+        return None
+    first = last_step - len(results) + 1
+    steps = f"step {last_step}" if first == last_step else f"every step from {first} to {last_step}"
+    return (f"preflab: note: the gradient was exactly zero in {steps} (grad_norm 0.0): the loss gave the trained "
+            "parameters no gradient, so those updates changed no weight. Look for a loss that does not depend on "
+            "the policy's log-probs (a user objective computing from constants or detached values), trained "
+            "parameters that are all frozen, or, in a group-reward run, groups whose rewards were all equal (zero "
+            "advantages). Said once per run.")
+
+
 def average_results(results) -> dict:
     """Mean of a logging window's step metrics (skipped and fp16-overflow steps left out; grad_norm is the last
     kept step's, as in transformers), each step weighted by

@@ -49,7 +49,7 @@ from preflab.resume_check import (check_checkpoint_version, check_resume_code, c
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import release_output_dir
 from preflab.runlog import (MetricsLog, Progress, average_results, distributed_environment, environment,
-                            start_trackers, write_summary)
+                            start_trackers, write_summary, zero_gradient_note)
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
                                         sharded_reads)
 from preflab.step import optimizer_step
@@ -175,6 +175,7 @@ class TrainingRun(CallbackEvents):
         bad_in_row, window, last = 0, [], {}
         tokens_total, nonfinite = self.resumed_totals["num_tokens"], list(self.resumed_totals["nonfinite"])
         tokens_this_run = 0  # tokens_per_second: of this process's run only
+        zero_gradient_unsaid = self._deepspeed_engine() is None  # runlog.zero_gradient_note, once per run
         overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         stopped_early = None  # {"step", "max_steps"} when a callback's control.should_training_stop ended the run
@@ -207,6 +208,11 @@ class TrainingRun(CallbackEvents):
                                                                                     1e-9)}
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
+                said = zero_gradient_note(window, step + 1) if zero_gradient_unsaid else None
+                if said:
+                    zero_gradient_unsaid = False
+                    if self.main:
+                        print(said, flush=True)
                 window = []
             evaluation, save = self._evaluate_if_due(step + 1, asked, log)
             if evaluation is not None:
