@@ -67,11 +67,12 @@ class MetricsLog:
 
 def zero_gradient_note(results, last_step: int) -> str | None:
     """The note for a logging window in which every update had a gradient of exactly zero (grad_norm 0.0 at each
-    kept step), None otherwise. Such a run changes no weight and finishes without an error: a loss that does not
-    depend on the policy (a user objective computing from constants), every trained parameter frozen, or a
-    group-reward run whose groups all had equal rewards. Read from the norms the step already brought to the host
-    (StepResult.grad_norm), so it costs no device read. Not for DeepSpeed, whose engine reports no norm (0.0) when
-    it computes none."""
+    kept step), None otherwise. The driver asks it of a fresh run's first window only: a run that starts so changes
+    no weight and finishes without an error (a loss that does not depend on the policy, such as a user objective
+    computing from constants; every trained parameter frozen; a group-reward run whose groups all had equal
+    rewards), while a run that converged may reach an exactly zero gradient later (egpo on the built-in game does).
+    Read from the norms the step already brought to the host (StepResult.grad_norm), so it costs no device read.
+    Not for DeepSpeed, whose engine reports no norm (0.0) when it computes none."""
     kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
     if not kept or any(r.grad_norm != 0.0 for r in kept):
         return None
@@ -81,7 +82,7 @@ def zero_gradient_note(results, last_step: int) -> str | None:
             "parameters no gradient, so those updates changed no weight. Look for a loss that does not depend on "
             "the policy's log-probs (a user objective computing from constants or detached values), trained "
             "parameters that are all frozen, or, in a group-reward run, groups whose rewards were all equal (zero "
-            "advantages). Said once per run.")
+            "advantages). Asked of the run's first logging window only.")
 
 
 def average_results(results) -> dict:

@@ -1,6 +1,7 @@
 """A run whose loss gives the trained parameters no gradient changes no weight and used to finish without a word
-(the loss has a graph, so the 'no graph' refusal does not see it): the first logging window in which every update
-had grad_norm exactly 0.0 is said in a note, once (preflab.runlog.zero_gradient_note)."""
+(the loss has a graph, so the 'no graph' refusal does not see it): a fresh run whose first logging window had
+grad_norm exactly 0.0 at every update says so in a note (preflab.runlog.zero_gradient_note). Later windows are not
+asked: a converged run can reach an exactly zero gradient (egpo on the built-in game does at step 60)."""
 import sys
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def test_a_loss_without_gradient_is_said_once_and_changes_no_weight(tmp_path, ca
     assert summary["final_metrics"]["grad_norm"] == 0.0
     # the same run with DPO has a gradient: nothing said, and its weights moved where the flat run's did not
     run(tmp_path / "dpo", max_steps=4, logging_steps=2)
+    assert "gradient was exactly zero" not in capsys.readouterr().out
+    # a loss whose gradient vanishes from step 3 on (after the first window): not said
+    late = FLAT_LOSS.replace("0.0 * (h_w - h_l)", "(h_w - h_l) * float(CALLS.append(1) or len(CALLS) <= 2)").replace(
+        "class Flat", "class Late").replace("@dataclass(frozen=True)", "CALLS = []\n\n\n@dataclass(frozen=True)")
+    (tmp_path / "late_loss.py").write_text(late)
+    summary, _ = run(tmp_path / "late", loss_type=f"{tmp_path / 'late_loss.py'}:Late", max_steps=4, logging_steps=2)
+    assert summary["final_metrics"]["grad_norm"] == 0.0  # steps 3-4 had no gradient
     assert "gradient was exactly zero" not in capsys.readouterr().out
     flat, dpo = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("flat", "dpo"))
     start = tiny_causal_lm(tiny_tokenizer(), seed=0).state_dict()

@@ -175,7 +175,9 @@ class TrainingRun(CallbackEvents):
         bad_in_row, window, last = 0, [], {}
         tokens_total, nonfinite = self.resumed_totals["num_tokens"], list(self.resumed_totals["nonfinite"])
         tokens_this_run = 0  # tokens_per_second: of this process's run only
-        zero_gradient_unsaid = self._deepspeed_engine() is None  # runlog.zero_gradient_note, once per run
+        # runlog.zero_gradient_note: asked of a fresh run's first logging window only (a run that converged can
+        # reach an exactly zero gradient later: egpo on the built-in game does)
+        zero_gradient_unsaid = self._deepspeed_engine() is None and start_step == 0
         overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         stopped_early = None  # {"step", "max_steps"} when a callback's control.should_training_stop ended the run
@@ -209,10 +211,9 @@ class TrainingRun(CallbackEvents):
                 log.write(last)
                 self.emit("on_log", logs=dict(last))
                 said = zero_gradient_note(window, step + 1) if zero_gradient_unsaid else None
-                if said:
-                    zero_gradient_unsaid = False
-                    if self.main:
-                        print(said, flush=True)
+                zero_gradient_unsaid = False
+                if said and self.main:
+                    print(said, flush=True)
                 window = []
             evaluation, save = self._evaluate_if_due(step + 1, asked, log)
             if evaluation is not None:
