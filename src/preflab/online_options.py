@@ -1,14 +1,15 @@
 """Checks and per-recipe defaults of the online options of TrainConfig (task: online), run before any model loads.
 
-Part of the config layer (preflab.config runs these checks): it imports no online run (the game's preference check
-and the demo's model name live here, and preflab.online.game / preflab.online.tasks take them from here)."""
+Part of the config layer (preflab.config, config_owners and config_trl run these checks and read these tables), so it
+sits beside them, not in preflab/online: it imports no online run (the game's preference check lives here and
+preflab.online.game takes it from here). It reads the recipe table preflab.online.trainers.TRAINERS and
+preflab.loops.pair_builders' names lazily, inside the checks that need them."""
 from __future__ import annotations
 
 import math
 
 from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, nearest
-from preflab.models.builtin_names import DEMO_SFT  # noqa: F401  (a public name of this module)
 
 
 GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
