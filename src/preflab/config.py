@@ -466,7 +466,7 @@ def _check_type(name: str, value: Any, hint) -> Any:
 def _default_loss_type(known: dict):
     """The objective a config without loss_type trains: sigmoid, or for task: online the recipe's own."""
     if known.get("task") == "online":
-        from preflab.online.trainers import TRAINERS
+        from preflab.online_recipes import TRAINERS
 
         spec = TRAINERS.get(known.get("trainer", "online_dpo"))
         if spec is not None and spec.loss_type:
