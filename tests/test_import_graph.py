@@ -166,7 +166,7 @@ def test_no_module_of_preflab_is_in_an_import_cycle():
     """Every module (.py file) of src/preflab, top-level modules and cli.py included, is in no import cycle, lazy
     imports counted."""
     edges = module_imports()
-    assert "preflab.online.options" in edges["preflab.config"]  # the walk sees lazy imports inside methods
+    assert "preflab.online_options" in edges["preflab.config"]  # the walk sees lazy imports inside methods
     assert "preflab.loops.offline" in edges["preflab.loops.sft"]  # and module-level ones
     assert "preflab.online.tasks" in edges["preflab.eval.loading"]  # and import_module("preflab....") strings
     cycles = describe_cycles(edges)
@@ -210,3 +210,24 @@ def test_the_layers_below_the_loops_import_neither_the_loops_nor_the_models():
         reached = {m: where for m, where in edges[low].items() if m.startswith(above)}
         assert not reached, f"{low} imports {reached}"
     assert not [m for m in edges["preflab.launch_env"] if m.startswith("preflab")]
+
+
+# the config layer: TrainConfig and the tables and checks it runs before any model loads
+CONFIG_LAYER = ("preflab.config", "preflab.config_owners", "preflab.config_trl", "preflab.config_trl_methods",
+                "preflab.config_options", "preflab.config_defaults", "preflab.online_options",
+                "preflab.streaming_options", "preflab.best_model_options", "preflab.online_recipes")
+
+
+def test_the_config_layer_imports_no_loop_and_no_online_run():
+    """preflab.config, config_owners and config_trl imported the option tables and checks they run from the rooms
+    above them (preflab.online.options, preflab.loops.best_model, preflab.loops.streaming_options,
+    preflab.loops.sft_loss): 16 imports that ran back up the layers. Those now live at the config layer
+    (preflab.online_options, preflab.best_model_options, preflab.streaming_options, and the online recipes' table
+    preflab.online_recipes, which preflab.online.trainers held beside its example builders) or below it
+    (preflab.objectives._sft_task), and the loops and online runs import them from there. Lazy imports count."""
+    edges = module_imports()
+    upward = {(low, m): where for low in CONFIG_LAYER for m, where in edges.get(low, {}).items()
+              if m.startswith(("preflab.loops", "preflab.online.", "preflab.demo", "preflab.lab", "preflab.eval",
+                               "preflab.reward_models", "preflab.tool_use", "preflab.ladder"))}
+    assert "preflab.config_trl_methods" in edges["preflab.config_trl"]  # the walk sees the lazy imports
+    assert not upward, f"the config layer imports the rooms above it: {upward}"

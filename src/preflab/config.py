@@ -231,7 +231,7 @@ class TrainConfig:
                                          else written_options) & names
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
-        from preflab.loops.best_model import resolve_best_model_options
+        from preflab.best_model_options import resolve_best_model_options
 
         resolve_best_model_options(self)  # transformers' defaults of metric_for_best_model / greater_is_better
         self.check()
@@ -247,7 +247,7 @@ class TrainConfig:
         errors = range_errors(values)
         errors += self._conflicts()
         if self.task == "online" and not errors:
-            from preflab.online.options import check_online
+            from preflab.online_options import check_online
 
             check_online(self)  # the online block's own checks and the recipe's defaults
         if errors:
@@ -275,14 +275,14 @@ class TrainConfig:
                 "eval_on_start."]
 
     def _conflicts(self) -> list[str]:
+        from preflab.best_model_options import best_model_option_errors
         from preflab.config_defaults import set_options
         from preflab.config_owners import refused_values, unread_task_options
-        from preflab.loops.best_model import best_model_option_errors
-        from preflab.loops.streaming_options import streaming_conflicts
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
-        from preflab.online.options import unread_online_options
+        from preflab.online_options import unread_online_options
         from preflab.scoring.compile import compile_conflicts
+        from preflab.streaming_options import streaming_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += builtin_init_kwargs_conflicts(self)
@@ -377,7 +377,7 @@ class TrainConfig:
         from preflab.objectives import get_objective
 
         if self.task == "sft":
-            from preflab.loops.sft_loss import SFTLoss
+            from preflab.objectives._sft_task import SFTLoss
 
             return SFTLoss()
 
@@ -466,7 +466,7 @@ def _check_type(name: str, value: Any, hint) -> Any:
 def _default_loss_type(known: dict):
     """The objective a config without loss_type trains: sigmoid, or for task: online the recipe's own."""
     if known.get("task") == "online":
-        from preflab.online.trainers import TRAINERS
+        from preflab.online_recipes import TRAINERS
 
         spec = TRAINERS.get(known.get("trainer", "online_dpo"))
         if spec is not None and spec.loss_type:
@@ -670,7 +670,7 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     _diffusion_beta_default(known, extra, notes)
     # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
     cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))
-    from preflab.online.options import check_explicit_loss_type, unread_game_option_notes
+    from preflab.online_options import check_explicit_loss_type, unread_game_option_notes
 
     check_explicit_loss_type(cfg, known)
     notes += unread_game_option_notes(cfg)

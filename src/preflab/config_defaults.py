@@ -1,7 +1,7 @@
 """Which options a config sets: away from their TrainConfig default (changed_options), or written by the user at any
 value (set_options, the question every refusal or note of an unread option asks: `apo_alpha: 0.3`, its default,
 written for trainer inpo does nothing, and the user who wrote it believes it does). It imports nothing of preflab,
-so the config layer (preflab.config_owners, preflab.recipe_stages, preflab.online.options) and the runs
+so the config layer (preflab.config_owners, preflab.recipe_stages, preflab.online_options) and the runs
 (preflab.models.given) all ask it from below.
 
 The written options are TrainConfig.written_options, recorded once when the config is built: the keys of the YAML

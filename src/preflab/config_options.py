@@ -287,7 +287,7 @@ OPTIONS: dict[str, Option] = {
     "hypo_online_samples": Option("task: dpo, loss_type: hypo; k fresh samples of the policy per pair's prompt per "
                                   "step for the online KL term (RLOO needs k >= 2)", ">= 2",
                                   lambda v: _num(v) and v >= 2),
-    # online runs (task: online; preflab.online.options checks the block and fills the recipe's defaults)
+    # online runs (task: online; preflab.online_options checks the block and fills the recipe's defaults)
     "trainer": Option("task: online; the recipe (preflab.online.trainers): online_dpo, grpo, sppo, egpo, ..."),
     "online_task": one_of(("dataset", "vision_dataset", "demo", "game"), "task: online; prompts + judge: dataset "
                           "prompts, image prompts for an image-text policy (preflab.online.vision), the demo's "

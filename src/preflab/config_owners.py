@@ -2,13 +2,14 @@
 and silently ignored (e.g. `resolution` under task: vlm, `vision_pairs` under task: dpo, `recipe_params` under a
 training task). TrainConfig._conflicts refuses them with the task that reads them, written by the user at any value
 (TrainConfig.written_options) or set away from their default (preflab.config_defaults.set_options). The online block's own options
-are checked per recipe by preflab.online.options.unread_online_options (any of them outside task: online here)."""
+are checked per recipe by preflab.online_options.unread_online_options (any of them outside task: online here)."""
 from __future__ import annotations
 
 import dataclasses
 
 from preflab.config_defaults import set_options
-from preflab.online.options import DEMO_SFT, ONLINE_OPTIONS
+from preflab.models.builtin_names import DEMO_SFT
+from preflab.online_options import ONLINE_OPTIONS
 from preflab.recipe_names import RECIPE_TASKS
 
 _VLM_MODEL = ("processor_name_or_path", "freeze_vision_tower", "freeze_multi_modal_projector", "max_frames")

@@ -424,7 +424,7 @@ GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 def _grpo_loss_type(raw: dict, errors: list) -> None:
     """TRL's GRPOConfig loss_type (default dapo, so often written out) is a preflab online recipe, not an objective;
     said here, before the objective registry would answer `unknown objective 'dapo'. Did you mean 'dpo'?`."""
-    from preflab.online.options import GRPO_RECIPE_LOSS_TYPES, grpo_loss_type_error
+    from preflab.online_options import GRPO_RECIPE_LOSS_TYPES, grpo_loss_type_error
 
     loss = raw.get("loss_type")
     if not isinstance(loss, str) or loss not in GRPO_LOSS_TYPES:

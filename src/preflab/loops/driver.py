@@ -36,7 +36,8 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
-from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best, saves_best, writes_checkpoints
+from preflab.best_model_options import saves_best, writes_checkpoints
+from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule

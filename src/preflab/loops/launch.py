@@ -17,7 +17,7 @@ import torch
 from preflab.checkpoint import clean_interrupted_saves
 from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
-from preflab.loops.best_model import saves_best
+from preflab.best_model_options import saves_best
 from preflab.loops.resume import check_resume_early, note_earlier_run, resume_requested
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage

@@ -24,8 +24,7 @@ from torch import Tensor
 
 from preflab.errors import ConfigError
 from preflab.loops.rso import rank_pairs, rso_sample
-
-BUILDERS = ("best_vs_worst", "all_pairs", "rso")
+from preflab.online_recipes import BUILDERS, user_builder
 
 
 @dataclass
@@ -77,17 +76,6 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
             ties += labelled.ties_dropped
             triples.extend((p, c, r) for c, r in labelled.pairs)
     return PairPlan(triples, ties, int(scores.isnan().sum()))
-
-
-def user_builder(spec: str):
-    """The function `pair_builder: module:function` (or path/to/file.py:function) names; ConfigError if not callable."""
-    from preflab.plugins import import_object
-
-    fn = import_object(spec, "pair_builder")
-    if not callable(fn):
-        raise ConfigError(f"pair_builder: {spec!r} is a {type(fn).__name__}, not a function f(scores, generator) -> "
-                          "[(prompt, chosen, rejected), ...].")
-    return fn
 
 
 def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator) -> PairPlan:

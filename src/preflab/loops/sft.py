@@ -39,7 +39,7 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.loops.offline import Trainer
-from preflab.loops.sft_loss import SFTBatch, SFTLoss  # noqa: F401  (public names of this module)
+from preflab.objectives._sft_task import SFTBatch, SFTLoss  # noqa: F401  (public names of this module)
 from preflab.loops.sft_rows import (SFT_FORMS, SFTKind, TokenizedSFT, collate_sft, correct_and_entropy,  # noqa: F401
                                     correct_tokens, note_assistant_template, prepare_sft, sft_row_builder,
                                     tokenize_sft_row)

@@ -15,7 +15,7 @@ import torch
 from preflab.data.layout import LayoutBatch, padded
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport
 from preflab.errors import ConfigError, DataError, PreflabError
-from preflab.loops.sft_loss import SFTBatch
+from preflab.objectives._sft_task import SFTBatch
 from preflab.objectives.base import SequenceLogps
 from preflab.runlog import is_main_process
 

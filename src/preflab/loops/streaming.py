@@ -34,7 +34,6 @@ from preflab.data.report import DataReport, RowReport, TokenizeReport
 from preflab.data.stream import ExampleStream
 from preflab.errors import ConfigError, DataError
 from preflab.loops.batches import order_seed
-from preflab.loops.streaming_options import STREAMING_TASKS, streaming_conflicts  # noqa: F401  (public names)
 
 @dataclass
 class StreamPlan:

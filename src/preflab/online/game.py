@@ -56,7 +56,7 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.online.examples import Example
-from preflab.online.options import check_game_preferences
+from preflab.online_options import check_game_preferences
 
 PROMPT = 1  # the prompt token (not 0: token 0 is the model's padding index, whose embedding is fixed at zero)
 

@@ -64,8 +64,9 @@ from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_lay
                                      pair_side_values, sequence_logps, shared_pair_layout, shared_prompt_layout,
                                      token_matrix)
 from preflab.online.generator import make_generator
-from preflab.online.trainers import (RENAMED, ROUTER_LOSS_TRAINERS, TRAINERS, build_examples, preference_log_odds,
-                                     preference_matrix, reward_log_odds)
+from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, preference_log_odds, preference_matrix,
+                                     reward_log_odds)
+from preflab.online_recipes import RENAMED, TRAINERS
 from preflab.scoring.lm import LogProbScorer, Scores, split_pairs, unwrap
 
 

@@ -218,7 +218,7 @@ def load_vision_task(cfg, processor) -> Task:
 
 
 class VisionOnlineRun(OnlineRun):
-    """OnlineRun with image prompts (group recipes; preflab.online.options checks the config)."""
+    """OnlineRun with image prompts (group recipes; preflab.online_options checks the config)."""
 
     scorer_class = VisionLogProbScorer
     prompt_sharing = False  # image prompts: one vision_layout row per completion

@@ -1,7 +1,7 @@
 """The options that streaming: true cannot honour (streaming_conflicts, run by TrainConfig.check), and the tasks
 that stream (see preflab.loops.streaming for how a stream is read, ordered and resumed).
 
-A module of its own, below the config layer: preflab.loops.streaming reads rows with the SFT and preference
+A module of the config layer (beside preflab.config, not in preflab/loops): preflab.loops.streaming reads rows with the SFT and preference
 trainers' row builders, which import the offline Trainer and so preflab.config."""
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The objective of task: sft (SFTLoss: the completion-token NLL) and the batch it scores (SFTBatch); see
 preflab.loops.sft for the data forms and the step's token-mean normalisation.
 
-A module of its own, below the SFT trainer: TrainConfig.objective() builds SFTLoss for task: sft, and the config layer
-imports nothing that trains (preflab.loops.sft imports the offline Trainer, which imports preflab.config)."""
+A module of its own among the objectives (below the config layer and the SFT trainer; the leading _ keeps it out of
+the loss_type registry: task: sft picks it, not a loss_type): TrainConfig.objective() builds SFTLoss for task: sft,
+and the config layer imports nothing that trains (preflab.loops.sft imports the offline Trainer, which imports preflab.config)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,14 +1,15 @@
 """Checks and per-recipe defaults of the online options of TrainConfig (task: online), run before any model loads.
 
-Part of the config layer (preflab.config runs these checks): it imports no online run (the game's preference check
-and the demo's model name live here, and preflab.online.game / preflab.online.tasks take them from here)."""
+Part of the config layer (preflab.config, config_owners and config_trl run these checks and read these tables), so it
+sits beside them, not in preflab/online: it imports no online run (the game's preference check lives here and
+preflab.online.game takes it from here). The recipes' table it checks against is preflab.online_recipes."""
 from __future__ import annotations
 
 import math
 
 from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, nearest
-from preflab.models.builtin_names import DEMO_SFT  # noqa: F401  (a public name of this module)
+from preflab.online_recipes import BUILDERS, TRAINERS, user_builder
 
 
 GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
@@ -29,8 +30,6 @@ TRL_ABSENT_TRAINERS = {"rloo": "RLOO", "ppo": "PPO", "xpo": "XPO"}
 
 def check_online(cfg) -> None:
     """Validate the online block; give the recipe's objective (loss_type) when the config leaves the default."""
-    from preflab.loops.pair_builders import BUILDERS
-    from preflab.online.trainers import TRAINERS
 
     if cfg.trainer not in TRAINERS:
         absent = TRL_ABSENT_TRAINERS.get(str(cfg.trainer).lower())
@@ -46,8 +45,6 @@ def check_online(cfg) -> None:
                "pair_builder": BUILDERS, "scale_rewards": ("group", "batch", "none")}
     for name, allowed in choices.items():
         if name == "pair_builder" and ":" in str(cfg.pair_builder):
-            from preflab.loops.pair_builders import user_builder
-
             user_builder(cfg.pair_builder)  # a user's builder: imported now, so a typo stops the run before it starts
         elif getattr(cfg, name) not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}.")
@@ -110,8 +107,6 @@ def _check_objective_fits(cfg, spec) -> None:
         return  # an unknown name is reported, with its hint, when the objective is built
     wants = "ListBatch" if spec.kind == "groups" else "PairBatch"
     if batch != wants:
-        from preflab.online.trainers import TRAINERS
-
         other = sorted(n for n, s in TRAINERS.items() if s.kind != spec.kind and not s.game_only)
         raise ConfigError(f"loss_type={cfg.loss_type!r} takes a {batch}, but trainer {cfg.trainer!r} builds "
                           f"{'groups of completions' if spec.kind == 'groups' else 'pairs'}; for this loss_type use "
@@ -197,8 +192,6 @@ def unread_online_options(cfg) -> list[str]:
     """One line per option of another recipe or prompt source written by the user (at any value) or set to a
     non-default value in a task: online run (accepted and ignored before); online options outside task: online are
     preflab.config_owners'."""
-    from preflab.online.trainers import TRAINERS
-
     if cfg.task != "online":
         return []
     spec = TRAINERS.get(cfg.trainer)
@@ -243,8 +236,6 @@ def check_explicit_loss_type(cfg, given: dict) -> None:
     """`loss_type: sigmoid` written in the config of a recipe with its own objective (rso: hinge_norm, sppo, ...) was
     replaced by that objective without a word (sigmoid is also the default, so check_online cannot tell); refused
     here, where the written keys are known."""
-    from preflab.online.trainers import TRAINERS
-
     spec = TRAINERS.get(cfg.task == "online" and cfg.trainer)
     if spec is None or given.get("loss_type") != "sigmoid" or spec.loss_type in (None, "sigmoid"):
         return

@@ -1,0 +1,67 @@
+"""The options of the best model (load_best_model_at_end, metric_for_best_model, greater_is_better, save_strategy
+best), as transformers 5.25's TrainingArguments defaults and checks them: the config layer runs these
+(TrainConfig.__post_init__ and _conflicts), the training loop (preflab.loops.best_model, .driver, .launch) reads
+saves_best / writes_checkpoints from here. A module of its own, below the config layer: it imports no loop.
+
+- metric_for_best_model defaults to "loss" when load_best_model_at_end is set; greater_is_better defaults to
+  `not metric.endswith("loss")` -> resolve_best_model_options.
+- load_best_model_at_end needs evaluation and checkpoints on the same steps schedule (save_steps a multiple of
+  eval_steps); save_strategy "best" needs metric_for_best_model, an evaluation schedule and an eval set, and
+  reads no save_steps -> best_model_option_errors.
+"""
+from __future__ import annotations
+
+
+def resolve_best_model_options(cfg) -> None:
+    """transformers' TrainingArguments.__post_init__ defaults: metric_for_best_model "loss" under
+    load_best_model_at_end; greater_is_better from the metric's name (False when it ends in "loss")."""
+    if cfg.load_best_model_at_end and cfg.metric_for_best_model is None:
+        cfg.metric_for_best_model = "loss"
+    if cfg.greater_is_better is None and cfg.metric_for_best_model is not None:
+        cfg.greater_is_better = not cfg.metric_for_best_model.endswith("loss")
+
+
+def saves_best(cfg) -> bool:
+    """save_strategy "best": a checkpoint at each evaluation that improves metric_for_best_model."""
+    return getattr(cfg, "save_strategy", None) == "best"
+
+
+def writes_checkpoints(cfg) -> bool:
+    """The run writes intermediate checkpoints (save_steps > 0, or save_strategy best)."""
+    return bool(cfg.save_steps) or saves_best(cfg)
+
+
+def _save_best_errors(cfg) -> list[str]:
+    if cfg.metric_for_best_model is None:
+        return [("metric_for_best_model must be provided when using save_strategy: best (as transformers requires); "
+                 "set it, e.g. metric_for_best_model: loss.")]
+    if not (cfg.eval_steps or cfg.eval_strategy in ("steps", "epoch")):  # the eval set: data.eval_set
+        return [(f"save_strategy: best saves a checkpoint at each evaluation that improves "
+                 f"{cfg.metric_for_best_model}, but this run has no evaluation during training (it would save "
+                 "nothing). Set eval_strategy: steps with eval_steps and an eval set (eval_dataset_name or "
+                 "eval_fraction), or use save_strategy: steps with save_steps.")]
+    if cfg.save_steps:
+        return [(f"save_steps={cfg.save_steps} is not used with save_strategy: best (a checkpoint at each new best "
+                 "evaluation); remove it.")]
+    return []
+
+
+def best_model_option_errors(cfg) -> list[str]:
+    """transformers' rules for load_best_model_at_end and save_strategy best, in preflab's terms (save_strategy steps
+    is save_steps > 0; eval_strategy steps is eval_steps > 0; save_strategy epoch is not supported)."""
+    if saves_best(cfg):
+        return _save_best_errors(cfg)  # load_best_model_at_end: no strategy to match (transformers)
+    if not cfg.load_best_model_at_end:
+        return []
+    eval_strategy = cfg.eval_strategy or ("steps" if cfg.eval_steps else "no")
+    save_strategy = "steps" if cfg.save_steps else "no"
+    if eval_strategy != save_strategy:
+        return [(f"load_best_model_at_end requires the save and eval strategy to match, but found evaluation "
+                 f"strategy {eval_strategy!r} (eval_steps={cfg.eval_steps}) and save strategy {save_strategy!r} "
+                 f"(save_steps={cfg.save_steps}). Set eval_strategy: steps with eval_steps, save_steps a multiple of "
+                 "eval_steps, and an eval set (eval_dataset_name or eval_fraction); or remove load_best_model_at_end.")]
+    if cfg.eval_steps and cfg.save_steps % cfg.eval_steps:
+        return [(f"load_best_model_at_end requires the saving steps to be a round multiple of the evaluation steps, "
+                 f"but found save_steps={cfg.save_steps}, which is not a round multiple of eval_steps="
+                 f"{cfg.eval_steps}.")]
+    return []
