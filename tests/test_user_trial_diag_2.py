@@ -3,7 +3,9 @@ computations and the messages a researcher gets on a wrong --task, each pinned w
 import math
 
 import pytest
+import yaml
 
+from preflab.cli import main
 from preflab.eval.cli import format_summary
 from preflab.eval.ranking import ranking_report
 from preflab.eval.run import EvalOptions, evaluate_models
@@ -55,3 +57,22 @@ def test_the_terminal_shows_no_tie_lines_without_tied_pairs():
     shown = _printed(format_summary({"num_pairs": 1, "beta": 0.1, "metrics": {"ranking_accuracy": 1.0, **metrics}}))
     assert "ranking_accuracy_with_ties" not in shown and "idealized_ranking_accuracy_with_ties" not in shown
     assert shown["alignment_gap"] == shown["idealized_ranking_accuracy"] - shown["ranking_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("task, command", [("dpo", "--data ...` (no --task)"), ("reward", "--task reward --data"),
+                                           ("vlm", "--task vlm --data")])
+def test_task_diffusion_on_a_run_of_another_task_names_the_task_and_the_command(tmp_path, capsys, task, command):
+    # seen: `preflab eval outputs/quickstart --task diffusion --data pairs.jsonl` said "model_name_or_path=
+    # 'builtin:tiny-llama' ... is not a directory here; pass --reference DIR (the pipeline the run started from)",
+    # and with --reference builtin:tiny-sd "outputs/quickstart is not a diffusers pipeline directory": neither said
+    # that the run is a text policy and --task diffusion was the mistake (--task vlm already said so)
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "model.safetensors").write_bytes(b"")
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": task, "model_name_or_path": "builtin:tiny-llama",
+                                                     "loss_type": "sigmoid"}))
+    for target in (run, run / "checkpoint-2"):
+        assert main(["eval", str(target), "--task", "diffusion", "--data", str(tmp_path / "none.jsonl")]) == 2
+        err = capsys.readouterr().err
+        assert f"{target} is a task: {task} run; --task diffusion evaluates task: diffusion runs" in err
+        assert f"`preflab eval {target} {command}" in err
