@@ -1,5 +1,6 @@
 """User trial of the diagnostics, second pass ("did alignment actually work?"): preflab eval's numbers against hand
 computations and the messages a researcher gets on a wrong --task, each pinned with what the old code printed."""
+import json
 import math
 
 import pytest
@@ -76,3 +77,26 @@ def test_task_diffusion_on_a_run_of_another_task_names_the_task_and_the_command(
         err = capsys.readouterr().err
         assert f"{target} is a task: {task} run; --task diffusion evaluates task: diffusion runs" in err
         assert f"`preflab eval {target} {command}" in err
+
+
+def test_a_judges_probabilities_are_counted_beside_wins_ties_and_losses(tmp_path):
+    # seen: a judge returning probabilities [1, 0.5, 0, 0.8, 0.3] gave eval.json "1 wins, 1 ties, 1 losses of 5" and
+    # the report said so: two verdicts were in the rate and in n but in no count. By hand: p = 2.6 / 5 = 0.52,
+    # Wilson (z = 1.959964): centre (p + z^2/10) / (1 + z^2/5), half z / (1 + z^2/5) sqrt(p(1-p)/5 + z^2/100).
+    from preflab.eval.winrate import win_rate_from_outcomes
+    from preflab.report.html import _eval_section
+    from preflab.report.runs import load_run
+
+    rate = win_rate_from_outcomes([1.0, 0.5, 0.0, 0.8, 0.3, None])
+    z = 1.959963984540054
+    centre, half = (0.52 + z * z / 10) / (1 + z * z / 5), z / (1 + z * z / 5) * math.sqrt(0.52 * 0.48 / 5 + z * z / 100)
+    assert rate.win_rate == pytest.approx(0.52) and rate.n == 5 and rate.failed == 1
+    assert (rate.ci_low, rate.ci_high) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    assert (rate.wins, rate.ties, rate.losses, rate.fractional) == (1, 1, 1, 2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "dpo", "beta": 0.1}))
+    (run / "eval.json").write_text(json.dumps({"num_pairs": 0, "metrics": {}, "win_rate": rate.to_dict()}))
+    page = _eval_section([load_run(run)])
+    assert "1 wins, 1 ties, 1 losses, 2 fractional verdicts (a judge's probabilities) of 5" in page
