@@ -6,8 +6,12 @@ import argparse
 
 from preflab.errors import ConfigError, PreflabError
 
-HEADLINE = ("ranking_accuracy", "ranking_accuracy_norm", "reference_ranking_accuracy", "rewards/accuracies",
-            "idealized_ranking_accuracy", "alignment_gap", "difficulty/ref_incorrect_fraction",
+# With tied pairs (alpha = 0.5) alignment_gap is R* - R under the tie rule (preflab.eval.ranking.ranking_report):
+# the two *_with_ties lines (present only then) are printed beside it, so the gap is the difference of two lines shown
+# (before, R and R* by order were the only ones printed and the gap could not be read off them).
+HEADLINE = ("ranking_accuracy", "ranking_accuracy_norm", "ranking_accuracy_with_ties", "reference_ranking_accuracy",
+            "rewards/accuracies", "idealized_ranking_accuracy", "idealized_ranking_accuracy_with_ties",
+            "alignment_gap", "difficulty/ref_incorrect_fraction",
             "difficulty/hard_fraction", "logps_drift/chosen", "logps_drift/rejected",
             "logps_drift/suppression_rate", "dispersion/unseen_log_mass_drift", "win_rate", "win_rate/ci_low",
             "win_rate/ci_high")

@@ -3,7 +3,8 @@
 For each prompt both models answer (greedy by default) and the pair of answers is scored:
     reward function  r(prompt, policy answer) vs r(prompt, reference answer): 1 win, 1/2 tie, 0 loss
     judge            its probability (or 0/1 verdict) that the policy answer is better
-win rate = mean outcome over n prompts (a tie counts one half, as AlpacaEval does). The confidence interval is
+win rate = mean outcome over n prompts (a tie counts one half, as AlpacaEval does; a judge's probability counts as
+itself and is counted as `fractional` beside wins, ties and losses). The confidence interval is
 Wilson's score interval (Wilson 1927, "Probable inference, the law of succession, and statistical inference",
 JASA 22:209) for that proportion:
     (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n),   z = Phi^-1((1 + confidence)/2).
@@ -40,6 +41,8 @@ class WinRate:
     n: int
     confidence: float
     failed: int = 0        # prompts without a verdict (judge returned -1, None or NaN): not in n
+    fractional: int = 0    # verdicts strictly between 0 and 1 other than 1/2 (a judge's probability): in n, and
+    #                        wins + ties + losses + fractional = n (before, wins + ties + losses fell short silently)
 
 
     def to_dict(self) -> dict:
@@ -71,8 +74,8 @@ def win_rate_from_outcomes(outcomes: Sequence[float | None], confidence: float =
                           "prompts (TRL's -1, None or NaN on every one); check the judge (its API key, its parser).")
     p = sum(values) / n
     lo, hi = wilson_interval(p, n, confidence)
-    return WinRate(p, lo, hi, sum(v == 1.0 for v in values), sum(v == 0.5 for v in values),
-                   sum(v == 0.0 for v in values), n, confidence, failed)
+    wins, ties, losses = (sum(v == x for v in values) for x in (1.0, 0.5, 0.0))
+    return WinRate(p, lo, hi, wins, ties, losses, n, confidence, failed, n - wins - ties - losses)
 
 
 def _finite(value) -> float | None:

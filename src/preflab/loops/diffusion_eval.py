@@ -43,7 +43,9 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                           "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
     import yaml
 
-    trained = (yaml.safe_load(config.read_text()) or {}).get("loss_type")
+    saved = yaml.safe_load(config.read_text()) or {}
+    refuse_other_task(run_dir, saved.get("task"))
+    trained = saved.get("loss_type")
     if trained in DIFFUSION_NOT_EVALUATED:  # refused before --data is opened
         _refuse_unevaluated(trained)
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
@@ -98,6 +100,18 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
+
+
+def refuse_other_task(run_dir, task: str | None) -> None:
+    """A run of another task (a text policy, a reward model, a VLM) is refused by name before --data is opened: it
+    used to reach the pipeline loader and fail on its reference ("not a directory", "no model_index.json"), which
+    did not say that --task diffusion was the mistake. The error names the command that evaluates it. A config.yaml
+    without `task` (not written by `preflab train`, which saves every field) is left to the loader."""
+    if task in (None, "diffusion"):
+        return
+    how = f" --task {task}" if task in ("reward", "vlm") else ""
+    raise ConfigError(f"{run_dir} is a task: {task} run; --task diffusion evaluates task: diffusion runs. Evaluate it "
+                      f"with `preflab eval {run_dir}{how} --data ...`" + ("" if how else " (no --task)") + ".")
 
 
 def _refuse_unevaluated(loss_type: str) -> None:
