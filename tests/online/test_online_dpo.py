@@ -27,7 +27,8 @@ def test_online_dpo_raises_true_reward_on_heldout_prompts(sft_policy, tmp_path, 
         return sft_policy.judge(prompts, completions)
 
     summary = online_dpo(policy, tok, sft_policy.train_prompts[:64], judge, output_dir=str(tmp_path),
-                         pair_builder=builder, loss_type=loss, rso_num_samples=4, **FAST)
+                         pair_builder=builder, loss_type=loss, **({"rso_num_samples": 4} if builder == "rso" else {}),
+                         **FAST)
     after, _ = heldout_reward(policy, tok, sft_policy.heldout)
     # measured: 0.20 -> 0.96 (best_vs_worst + DPO), 0.20 -> 0.94 (RSO + hinge), 3 rounds of 64 prompts x 4
     assert after >= sft_policy.reward_before + 0.5, (sft_policy.reward_before, after)
@@ -66,3 +67,21 @@ def test_iterative_dpo_reference_is_the_previous_iterate(tmp_path):
                 assert r["kl"] == 0.0 and math.isclose(r["loss"], math.log(2), rel_tol=1e-6)
             else:
                 assert r["kl"] != 0.0 and not math.isclose(r["loss"], math.log(2), rel_tol=1e-6)
+
+
+def test_the_python_wrappers_defaults_are_not_written_options():
+    """online_dpo / grpo_train fill in their own defaults (learning_rate, temperature, num_generations, ...): only
+    the options the caller gave count as written (TrainConfig.written_options), so a wrapper default the chosen
+    trainer does not read is never refused as if the user had written it."""
+    from preflab.config import config_from_dict
+    from preflab.online.api import (GRPO_NAMES, ONLINE_DPO_NAMES, grpo_options, online_options,
+                                    written_by_user)
+
+    given = {"max_new_tokens": 16, "epochs_per_iteration": 2, "beta": 0.2, "output_dir": "unused"}
+    raw = online_options(["a", "b"], given, "online_dpo")
+    raw.update(model_name_or_path="builtin:tiny-llama", dataset_name="(in memory)")
+    cfg = config_from_dict(raw, written_by_user(given, raw, ONLINE_DPO_NAMES))
+    assert cfg.written_options == {"max_completion_length", "num_iterations", "beta", "output_dir"}
+    given = {"loss_type": "grpo", "prompts_per_step": 2}
+    raw = grpo_options(given)
+    assert written_by_user(given, raw, GRPO_NAMES) == {"trainer", "per_device_train_batch_size"}

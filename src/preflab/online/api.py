@@ -50,7 +50,19 @@ def online_options(prompts: Sequence[Any], options: dict, trainer: str) -> dict:
             "max_steps": rounds * spg * epochs, "logging_steps": 1, "disable_tqdm": True, **opts}
 
 
-def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict) -> dict:
+def written_by_user(options: dict, raw: dict, names: dict) -> set[str]:
+    """The TrainConfig options among `raw` that the caller gave (`options`, in the wrappers' names: `names` maps
+    them), not the defaults the wrapper fills in: only these count as written (TrainConfig.written_options), so a
+    wrapper's own default for an option the chosen trainer does not read is never refused."""
+    return {names.get(k, k) for k in options} & set(raw)
+
+
+ONLINE_DPO_NAMES = {**RENAMED, "epochs_per_iteration": "num_iterations"}
+GRPO_NAMES = {"loss_type": "trainer", "prompts_per_step": "per_device_train_batch_size",
+              "groups_per_micro_batch": "per_device_train_batch_size"}
+
+
+def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, written: set[str] | None = None) -> dict:
     from preflab.config import config_from_dict
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
@@ -58,7 +70,7 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict) -> di
     save = save_model_option(raw)
     raw.setdefault("model_name_or_path", "(in memory)")  # the policy and prompts are passed in
     raw.setdefault("dataset_name", "(in memory)")
-    cfg = config_from_dict(raw)
+    cfg = config_from_dict(raw, written)
     if weights is not None:
         cfg.reward_weights = list(weights)
     judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
@@ -85,13 +97,17 @@ def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
     trainer = "rso" if rso else "iterative_dpo" if options.get("refresh_reference_every") else "online_dpo"
     if trainer == "rso":
         options = {k: v for k, v in options.items() if k != "pair_builder"}
-    return run_online(policy, tokenizer, prompts, judge, ref, judge_weights, online_options(prompts, options, trainer))
+    raw = online_options(prompts, options, trainer)
+    return run_online(policy, tokenizer, prompts, judge, ref, judge_weights, raw,
+                      written_by_user(options, raw, ONLINE_DPO_NAMES))
 
 
 def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs, ref=None,
                reward_weights: Sequence[float] | None = None, **options) -> dict:
     """Run GRPO-family training as an online run; returns its summary dict."""
-    return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, grpo_options(options))
+    raw = grpo_options(options)
+    return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, raw,
+                      written_by_user(options, raw, GRPO_NAMES))
 
 
 def grpo_options(options: dict) -> dict:
@@ -129,7 +145,7 @@ def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref
     raw.update(online_task="vision_dataset", model_name_or_path=raw.get("model_name_or_path", "(in memory)"),
                dataset_name=raw.get("dataset_name", "(in memory)"))
     save = save_model_option(raw)
-    cfg = config_from_dict(raw)
+    cfg = config_from_dict(raw, written_by_user(options, raw, GRPO_NAMES))
     if reward_weights is not None:
         cfg.reward_weights = list(reward_weights)
     prompt_rows = vision_prompt_rows(list(rows), processor, on_bad_row=cfg.on_bad_row,
