@@ -65,6 +65,11 @@ class MetricsLog:
             self.tracker(clean)
 
 
+def kept_steps(results) -> list:
+    """The steps of a logging window that updated the weights: skipped (non-finite) and fp16-overflow steps left out."""
+    return [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
+
+
 def zero_gradient_note(results, last_step: int) -> str | None:
     """The note for a logging window in which every update had a gradient of exactly zero (grad_norm 0.0 at each
     kept step), None otherwise. The driver asks it of a fresh run's first window only: a run that starts so changes
@@ -73,7 +78,7 @@ def zero_gradient_note(results, last_step: int) -> str | None:
     rewards), while a run that converged may reach an exactly zero gradient later (egpo on the built-in game does).
     Read from the norms the step already brought to the host (StepResult.grad_norm), so it costs no device read.
     Not for DeepSpeed, whose engine reports no norm (0.0) when it computes none."""
-    kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
+    kept = kept_steps(results)
     if not kept or any(r.grad_norm != 0.0 for r in kept):
         return None
     first = last_step - len(results) + 1
@@ -93,7 +98,7 @@ def average_results(results) -> dict:
     some steps have (TRL's token metrics: computed on logged steps only; KTO's rewards/chosen in a step without
     desirable examples) is averaged over those steps. A metric defined as a difference (StepResult.
     metric_differences: KTO's rewards/margins) is the difference of the window's means."""
-    kept = [r for r in results if not r.skipped and not getattr(r, "overflow", False)]
+    kept = kept_steps(results)
     if not kept:
         return {"loss": float("nan")}
     n = sum(r.num_examples for r in kept)

@@ -535,8 +535,9 @@ class TrainingRun(CallbackEvents):
                     f"resume_from_checkpoint: {path} was written under {saved.get('engine', 'FSDP2')}, whose "
                     f"checkpoint holds {getattr(self.cfg, 'loss_type', '?')}'s parameters outside the model inside "
                     "the engine's module (preflab.loops.engine_extras); this run (no sharding engine, "
-                    f"{acc.num_processes} process(es)) keeps them outside it and would not restore them. Resume it under the engine that wrote it (any number of processes), or "
-                    "start this run again without resume_from_checkpoint.")
+                    f"{acc.num_processes} process(es)) keeps them outside it and would not restore them. Resume it "
+                    "under the engine that wrote it (any number of processes), or start this run again without "
+                    "resume_from_checkpoint.")
             state = load_sharded_checkpoint(path, self.sync_module, self.optimizer, self.scheduler)
         elif is_sharded(acc):
             raise ConfigError(

@@ -93,8 +93,8 @@ class SequenceClassifierJudge:
             raise ConfigError(
                 f"{path}: a transformers sequence classifier is judged by its one logit (a scalar reward, as TRL's "
                 f"RewardTrainer trains), and this one has num_labels {self.model.config.num_labels}. Give a model "
-                "with num_labels 1, or a preflab reward-model directory (preflab train with task: reward records its head, "
-                "BT or GPM, in config.json under preflab_reward, which says how it judges).")
+                "with num_labels 1, or a preflab reward-model directory (preflab train with task: reward records its "
+                "head, BT or GPM, in config.json under preflab_reward, which says how it judges).")
         self.batch_size = batch_size
         self.reward = RewardModel(self.model, self.tokenizer, batch_size=batch_size)
         self.__name__ = Path(path).name
