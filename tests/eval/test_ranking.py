@@ -91,6 +91,15 @@ def test_difficulty_summary_on_the_toy_set():
     assert math.isnan(no_wrong_pairs["difficulty/flipped_fraction"])
 
 
+def test_hard_fraction_counts_pairs_strictly_above_the_margin():
+    """'Hard' is beta c > hard_margin: a pair exactly at the margin (beta c = 0.1 * 10 = 1.0 in float64) is not
+    hard, one just above it is; c = S_ref(y_l) - S_ref(y_w)."""
+    ref_w = torch.tensor([-20.0, -20.0, -20.0], dtype=torch.float64)
+    ref_l = torch.tensor([-10.0, -9.5, -25.0], dtype=torch.float64)         # c = 10, 10.5, -5
+    assert 0.1 * 10.0 == 1.0
+    assert difficulty_summary(ref_w, ref_l, 0.1)["difficulty/hard_fraction"] == pytest.approx(1 / 3, abs=1e-15)
+    assert difficulty_summary(ref_w, ref_l, 0.1, hard_margin=0.99)["difficulty/hard_fraction"] == pytest.approx(2 / 3)
+
 def test_ranking_report_gap_and_length_normalization():
     lengths_w = torch.tensor([4.0, 10.0, 3.0, 6.0], dtype=torch.float64)
     lengths_l = torch.tensor([4.0, 5.0, 3.0, 6.0], dtype=torch.float64)

@@ -49,6 +49,23 @@ def test_best_of_n_law():
     np.testing.assert_allclose(tied, [0.375, 0.375, 0.25])
 
 
+def test_best_of_n_law_splits_an_unequal_tie_group_by_pi():
+    """A tie group whose members have different pi: enumerate every ordered n-tuple of draws and pick uniformly among
+    the drawn samples of the highest reward. {0, 1} tie at reward 1 with pi 0.1 and 0.3: the group's best-of-3 mass
+    1 - 0.6^3 = 0.784 splits 1 : 3, not evenly."""
+    import itertools
+
+    pi, reward, n = np.array([0.1, 0.3, 0.6]), np.array([1.0, 1.0, 0.0]), 3
+    law = np.zeros(3)
+    for draws in itertools.product(range(3), repeat=n):
+        top = max(reward[d] for d in draws)
+        best = [d for d in draws if reward[d] == top]
+        for d in best:
+            law[d] += np.prod(pi[list(draws)]) / len(best)
+    np.testing.assert_allclose(law, [0.196, 0.588, 0.216], atol=1e-12)
+    np.testing.assert_allclose(best_of_n_law(pi, reward, n), law, atol=1e-12)
+
+
 def test_rso_acceptance_and_law():
     np.testing.assert_allclose(rso_acceptance([0, 1, 2], 1.0), [0.1353353, 0.3678794, 1.0], atol=1e-7)
     law = rso_accepted_law([0.5, 0.3, 0.2], [0, 0.5, 1], 0.5)

@@ -89,3 +89,11 @@ def test_pair_weights_are_hard_labels(bigram):
     env, pairs = bigram
     W = pair_weights(env, pairs)
     assert float(W.sum()) == pytest.approx(1.0) and int((W > 0).sum()) == len(set(pairs))
+
+
+def test_chosen_nll_reads_the_chosen_responses_of_the_pairs(bigram):
+    """The SFT remedy's term by hand: lam * mean over pairs of -log pi(y_w), on the pairs' chosen indices only."""
+    env, _ = bigram
+    logp = -torch.arange(1.0, env.n_sequences + 1, dtype=torch.float64).unsqueeze(0)  # log pi(y_k) = -(k + 1)
+    pairs = [(0, 3), (2, 1), (5, 0)]
+    assert chosen_nll(env, pairs, 0.5)(logp).item() == pytest.approx(0.5 * (1 + 3 + 6) / 3, abs=1e-12)

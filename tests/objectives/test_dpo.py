@@ -51,6 +51,19 @@ def test_weighted_sum_adds_components():
     assert combo.loss.item() == pytest.approx(2.25 * single.item())
 
 
+def test_weighted_sum_per_example_losses_carry_the_weights():
+    """The step trains on `losses` (it sums them over the examples), not on `loss`: in a weighted sum both carry
+    loss_weights, losses_b = 0.25 * dpo_b + 2 * ipo_b on every row, and loss is their mean."""
+    from preflab.objectives import example_batch
+
+    batch = example_batch(get_objective("ipo"))
+    dpo, ipo = get_objective("dpo", beta=0.1)(batch), get_objective("ipo", beta=0.1)(batch)
+    combo = get_objective(["sigmoid", "ipo"], loss_weights=[0.25, 2.0], beta=0.1)(batch)
+    assert batch.size > 1 and not torch.allclose(dpo.losses, ipo.losses)
+    torch.testing.assert_close(combo.losses, 0.25 * dpo.losses + 2.0 * ipo.losses, rtol=0, atol=1e-12)
+    assert combo.loss.item() == pytest.approx(combo.losses.mean().item(), abs=1e-12)
+
+
 def _tokens(values, dtype=torch.float64, pad=0):
     """One response [1, T] with the given per-token log-probs, then `pad` padding positions holding junk."""
     lp = torch.tensor([list(values) + [-99.0] * pad], dtype=dtype)

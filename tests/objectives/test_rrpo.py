@@ -56,3 +56,18 @@ def test_gradient_closed_form():
                                torch.tensor([[0.0, g, g, 0.0, g]], **F64), rtol=0, atol=1e-12)
     torch.testing.assert_close(batch.policy_rejected.token_logps.grad,
                                torch.tensor([[0.0, -g, 0.0, 0.0, -g, -g]], **F64), rtol=0, atol=1e-12)
+
+
+def test_chosen_kl_at_padded_positions_adds_nothing():
+    """The spec toy with the chosen response padded by two positions holding junk log-probs, KL values and phrase
+    ids: loss and kl/chosen are the unpadded toy's (D sums the KL over the response's own tokens only)."""
+    base = toy()
+    pad = lambda t, v: torch.cat([t, torch.full((1, 2), v, dtype=t.dtype)], -1)  # noqa: E731
+    mw = pad(base.policy_chosen.mask, False)
+    extras = dict(base.extras, chosen_token_kl=pad(base.extras["chosen_token_kl"], 9.0),
+                  chosen_phrase_ids=pad(base.extras["chosen_phrase_ids"], 0))
+    batch = PairBatch(SequenceLogps(pad(base.policy_chosen.token_logps, -99.0), mw), base.policy_rejected,
+                      SequenceLogps(pad(base.ref_chosen.token_logps, -7.0), mw), base.ref_rejected, extras)
+    out = get_objective("rrpo", beta=0.1, alpha=0.01)(batch)
+    assert out.metrics["kl/chosen"].item() == pytest.approx(0.11, abs=1e-12)
+    assert out.loss.item() == pytest.approx(0.6407589186, abs=1e-9)
