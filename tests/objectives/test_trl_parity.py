@@ -286,16 +286,17 @@ def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
 # ----- GRPOTrainer (grpo): the clipped surrogate + k3 KL and the four aggregations, given the advantages -----
 
 def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len,
-                   use_bias_correction_kl=True, delta=None, extra_args=None, metrics=None):
+                   use_bias_correction_kl=True, delta=None, extra_args=None, metrics=None, gather=None):
     """TRL 1.16 GRPOTrainer._compute_loss on flattened [B*G, T] completions; the model's per-token log-probs come
-    in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation)."""
+    in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation; `gather` stands in for
+    accelerator.gather, identity by default)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     model = torch.nn.Linear(1, 1)
     model.train()
     trainer = types.SimpleNamespace(
         model=model, accelerator=types.SimpleNamespace(
-            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=lambda x: x,
+            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=gather or (lambda x: x),
             gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x),
         _get_per_token_logps_and_entropies=lambda *a, **k: (lp, torch.zeros_like(lp), None),
         aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
