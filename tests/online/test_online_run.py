@@ -371,3 +371,32 @@ def test_pair_layout_reused_only_for_the_same_tokens(share_prompt):
     assert torch.equal(other.input_ids, fresh.input_ids) and torch.equal(other.target_ids, fresh.target_ids)
     assert not torch.equal(other.target_ids, first.target_ids)
     assert OnlineRun._pair_layout(run, make([6], [7, 8])) is first
+
+
+def test_grpo_family_logs_trls_step_time_as_the_windows_mean_step_wall_time(tmp_path):
+    """TRL 1.16 GRPOTrainer logs step_time, the wall seconds of each optimizer step averaged over the logging window.
+    Steps 0 and 2 are made 0.25 s slower (their micro-batches wait): each row's step_time lies between the window's
+    mean added wait and the mean gap between the steps' starts; online_dpo (TRL's OnlineDPOTrainer logs none) has
+    no step_time."""
+    import time
+
+    run = tiny_run(tiny_cfg(tmp_path / "dapo", trainer="dapo", beta=0.0, max_steps=4, logging_steps=2))
+    starts, made = [], run.micro_batches
+
+    def slow_micro_batches(step):
+        starts.append(time.perf_counter())
+        if step % 2 == 0:
+            time.sleep(0.25)
+        return made(step)
+
+    run.micro_batches = slow_micro_batches
+    run.train()
+    starts.append(time.perf_counter())
+    rows = [json.loads(x) for x in (tmp_path / "dapo" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in rows] == [2, 4]
+    for row, first in zip(rows, (0, 2)):
+        gaps = (starts[first + 2] - starts[first]) / 2
+        assert 0.125 <= row["step_time"] <= gaps, (row["step_time"], gaps)
+    other = tiny_run(tiny_cfg(tmp_path / "dpo", trainer="online_dpo", max_steps=2))
+    other.train()
+    assert all("step_time" not in json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines())
