@@ -257,8 +257,8 @@ def _extrema_block(rows: list[dict], names: list[str], accelerator, device, dtyp
     collective and one host read. NaN: the micro-batch has no value for the name (none of its sequences counts, an
     empty micro-batch)."""
     nan = torch.full((), math.nan, device=device, dtype=dtype)
-    local = torch.stack([torch.stack([row[k].detach().reshape(()).to(device, dtype) if k in row else nan
-                                      for k in names]) for row in rows])
+    local = torch.stack([torch.stack([torch.as_tensor(row[k]).detach().reshape(()).to(device, dtype) if k in row
+                                      else nan for k in names]) for row in rows])
     world = accelerator.num_processes if accelerator is not None else 1
     if world == 1:
         return local.reshape(-1)

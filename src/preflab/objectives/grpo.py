@@ -36,7 +36,8 @@ reward function scored (default: valid): an unscored one (every reward function 
 out of the group baseline, the std and the reward metrics, as TRL's GRPOTrainer. needs_reference is True iff beta > 0.
 Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean
 and clip_ratio/low_min, clip_ratio/high_max (clipped-surrogate losses; the min / max over the micro-batch's completions
-of each one's clipped-token fraction, then over ranks: ObjectiveOutput.metric_extrema), cispo_clip_ratio (cispo: rho > epsilon_high with A > 0), vespo/phi_seq_mean (vespo);
+of each one's clipped-token fraction, then over ranks: ObjectiveOutput.metric_extrema), cispo_clip_ratio (cispo:
+rho > epsilon_high with A > 0), vespo/phi_seq_mean (vespo);
 reward is a mean over the valid completions, kl and the ratios over completion tokens (at importance_sampling_level
 sequence the ratios, and vespo/phi_seq_mean always, over completions, as TRL), each with its count
 (ObjectiveOutput.metric_counts: the step logs the exact mean over all micro-batches and ranks; TRL averages the
