@@ -39,6 +39,13 @@ without a per-step exchange of names: the first step of each accelerator gathers
 error naming the difference), and every step all-reduces a 16-bit hash h of this rank's layout as h and h^2 in the
 same tensor; the ranks agree iff world x sum(h^2) = sum(h)^2 (Cauchy-Schwarz), else every rank raises the same
 PreflabError.
+
+Min / max metrics (ObjectiveOutput.metric_extrema: GRPO's clip_ratio/low_min and high_max) are not sums: each
+micro-batch's value rides in the same all-reduce in a [world x micro-batches x names] block where each rank fills
+only its own slice (a sum of disjoint slices is an all-gather); after the read the host takes each micro-batch's
+min / max over the ranks and the mean over the micro-batches, as TRL's nanmin(gather(...)) per compute_loss call
+averaged by its log(). Every rank must so run the same number of micro-batches (the online loop pads with empty
+ones), checked with the names.
 """
 from __future__ import annotations
 
@@ -102,6 +109,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     # the loss sum and the metric sums stay on the device until the step's one host read below; a non-finite loss
     # shows there as a non-finite sum (float64: a sum of finite float32 losses cannot overflow)
     loss_sum, metric_sums, host_metrics, host_counts, differences = None, {}, {}, {}, {}
+    extrema, extrema_rows = {}, []  # {name: "min" | "max"}; each micro-batch's {name: value} (ObjectiveOutput)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         ctx = accelerator.no_sync(sync_module) if (sync_module is not None and not last and world > 1) else \
@@ -125,8 +133,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         piece = total.detach().to(_wide(total.device))
         loss_sum = piece if loss_sum is None else loss_sum + piece
         differences.update(getattr(out, "metric_differences", None) or {})
+        kinds = getattr(out, "metric_extrema", None) or {}
+        extrema.update(kinds)
+        extrema_rows.append({k: v for k, v in out.metrics.items() if k in kinds} if n else {})  # n = 0: no value
         _add_metrics(metric_sums, host_metrics, host_counts, out.metrics, getattr(out, "metric_counts", None) or {},
-                     differences, n, piece)
+                     {**differences, **kinds}, n, piece)
     for p in extra_params:
         if world > 1 and p.grad is not None:
             torch.distributed.all_reduce(p.grad)
@@ -156,8 +167,12 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     host_metrics = dict(sorted(host_metrics.items()))
     tokens = [getattr(mb, "num_tokens", None) for mb in micro_batches]
     tokens = float(sum(tokens)) if tokens and all(isinstance(t, (int, float)) for t in tokens) else None
+    extrema_names = sorted(extrema)
+    extrema_block = _extrema_block(extrema_rows, extrema_names, accelerator, here, wide) if extrema_names else None
     if world > 1:  # host numbers summed over ranks with the rest (one host -> device copy), and the layout's hash
         layout = [name for key, _ in groups for name in key] + list(host_metrics) + list(counts_here)
+        if extrema_names:  # the gathered block's shape: its names and micro-batch count
+            layout += [f"{name}#{extrema[name]}" for name in extrema_names] + [f"#micro-batches {len(extrema_rows)}"]
         check = float(zlib.crc32("\n".join(layout).encode()) & 0xFFFF) + 1.0
         _check_layout_once(accelerator, layout)
         host_entries = {EXAMPLES: float(local_count), LAYOUT_HASH: check, LAYOUT_HASH_SQUARED: check * check,
@@ -166,7 +181,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         groups.append((tuple(host_entries), to_device(torch.tensor(list(host_entries.values()), dtype=wide), here)))
         host_metrics, counts_here = {}, {}
     flags = torch.cat([torch.stack([bound, grad_norm.detach()]).to(wide), loss_sum.to(here).reshape(1),
-                       *(sums.to(here) for _, sums in groups)])
+                       *(sums.to(here) for _, sums in groups),
+                       *((extrema_block,) if extrema_block is not None else ())])
     if world > 1:
         flags = _reduce_sum(accelerator, flags.to(_device(accelerator)))
     flags = flags.tolist()
@@ -191,6 +207,11 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     for name, (a, b) in differences.items():
         if a in metrics and b in metrics:
             metrics[name] = metrics[a] - metrics[b]
+    if extrema_names:  # the block is the last part of the read
+        gathered = flags[len(flags) - extrema_block.numel():]
+        for name, (value, count) in _extrema_means(gathered, extrema_names, extrema, len(extrema_rows),
+                                                   world).items():
+            metrics[name], metric_counts[name] = value, count
     skipped = not math.isfinite(loss_total) or (scaler is None and not math.isfinite(norm_total))
     weights_bad, overflow = False, False
     if skipped:
@@ -227,6 +248,41 @@ COUNT = "#count"  # suffix of a metric's count among the step's sums (a metric n
 LAYOUT_HASH, LAYOUT_HASH_SQUARED = "#layout", "#layout^2"  # the per-step check of the ranks' layouts
 TOKENS = "#tokens"  # the micro-batches' num_tokens, summed over ranks in the same all-reduce
 EXAMPLES = "#examples"  # the window's example count on this rank (the host learns the global one from the read)
+
+
+def _extrema_block(rows: list[dict], names: list[str], accelerator, device, dtype) -> torch.Tensor:
+    """The micro-batches' min / max metrics (ObjectiveOutput.metric_extrema) as [world x micro-batches x names] for
+    the step's sum all-reduce: this rank fills its own slice, the others add 0 there, so the sum is an all-gather
+    (TRL gathers the per-sequence values, preflab each rank's extremum: the same min / max) within the step's one
+    collective and one host read. NaN: the micro-batch has no value for the name (none of its sequences counts, an
+    empty micro-batch)."""
+    nan = torch.full((), math.nan, device=device, dtype=dtype)
+    local = torch.stack([torch.stack([torch.as_tensor(row[k]).detach().reshape(()).to(device, dtype) if k in row
+                                      else nan for k in names]) for row in rows])
+    world = accelerator.num_processes if accelerator is not None else 1
+    if world == 1:
+        return local.reshape(-1)
+    block = torch.zeros((world, *local.shape), device=device, dtype=dtype)
+    block[accelerator.process_index] = local
+    return block.reshape(-1)
+
+
+def _extrema_means(gathered: list[float], names: list[str], kinds: dict, micro_batches: int,
+                   world: int) -> dict[str, tuple[float, float]]:
+    """{name: (mean over micro-batches of the min / max over ranks, number of micro-batches with a value)} from the
+    read block (_extrema_block); a name no micro-batch has a value for is left out (TRL's log() drops NaN)."""
+    out = {}
+    for j, name in enumerate(names):
+        pick = min if kinds[name] == "min" else max
+        values = []
+        for i in range(micro_batches):
+            ranks = [gathered[(r * micro_batches + i) * len(names) + j] for r in range(world)]
+            ranks = [v for v in ranks if not math.isnan(v)]
+            if ranks:
+                values.append(pick(ranks))
+        if values:
+            out[name] = (sum(values) / len(values), float(len(values)))
+    return out
 
 
 def _add_metrics(sums: dict, host_sums: dict, host_counts: dict, metrics: dict, counts: dict, differences: dict,

@@ -253,6 +253,39 @@ def test_reference_free_loss_equals_trl_1_16_cpo_trainer(name, trl_loss_type, pa
         assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
 
 
+@pytest.mark.parametrize("name,trl_loss_type,params", [
+    ("cpo", "sigmoid", {"beta": 0.1, "cpo_alpha": 0.0}), ("cpo", "sigmoid", {"beta": 0.1, "cpo_alpha": 1.0}),
+    ("simpo", "simpo", {"beta": 2.0, "simpo_gamma": 0.5, "cpo_alpha": 0.0}),
+    ("simpo", "simpo", {"beta": 2.5, "simpo_gamma": 1.0, "cpo_alpha": 0.5}),
+    ("alphapo", "simpo", {"beta": 2.5, "simpo_gamma": 0.1, "alpha": 0.25, "cpo_alpha": 0.0}),
+])
+def test_reference_free_metrics_equal_trl_1_16_cpo_trainer(name, trl_loss_type, params):
+    """rewards/*, logps/* and nll_loss as TRL 1.16 CPOTrainer.get_batch_loss_metrics logs them (its lines, one
+    process): rewards from cpo_loss (AlphaPO: beta x the shaped reward), logps/* the policy log-probs it was given
+    (simpo, alphapo: the mean per token, not the shaped reward), nll_loss 0.0 when cpo_alpha is 0 (was: AlphaPO's
+    logps/* held the shaped reward; SimPO and AlphaPO left nll_loss out at cpo_alpha 0)."""
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    batch = _policy_pair(3)
+    mean_form = trl_loss_type == "simpo"
+    policy_chosen_logps = batch.policy_chosen.mean if mean_form else batch.policy_chosen.sum
+    policy_rejected_logps = batch.policy_rejected.mean if mean_form else batch.policy_rejected.sum
+    trainer = types.SimpleNamespace(
+        accelerator=_accelerator(), alpha=params.get("alpha", 0.0), loss_type=trl_loss_type, beta=params["beta"],
+        simpo_gamma=params.get("simpo_gamma", 0.5), label_smoothing=0.0)
+    _, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(trainer, policy_chosen_logps, policy_rejected_logps)
+    policy_nll_loss = _batch_token_mean_nll(batch) if params["cpo_alpha"] else torch.tensor(0.0)
+    reward_accuracies = (chosen_rewards > rejected_rewards).float()
+    expected = {"rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+                "rewards/accuracies": reward_accuracies.mean(),
+                "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+                "logps/rejected": policy_rejected_logps.detach().mean(),
+                "logps/chosen": policy_chosen_logps.detach().mean(), "nll_loss": policy_nll_loss.detach().mean()}
+    out = get_objective(name, **params)(batch)
+    for key, value in expected.items():
+        assert out.metrics[key].item() == pytest.approx(value.item(), abs=1e-9, rel=1e-9), key
+
+
 def test_orpo_equals_trl_1_16_orpo_trainer():
     """The odds-ratio term, on these response-only batches with nll_scope: response; TRL's NLL over prompt +
     response (the default scope) is compared with ORPOTrainer's whole forward in test_orpo_trl_trainer.py."""
@@ -286,16 +319,17 @@ def test_cdpo_equals_trl_1_16_aot_on_a_constant_batch():
 # ----- GRPOTrainer (grpo): the clipped surrogate + k3 KL and the four aggregations, given the advantages -----
 
 def _grpo_trl_loss(lp, old, ref, mask, advantages, loss_type, beta, epsilon, epsilon_high, level, max_len,
-                   use_bias_correction_kl=True, delta=None, extra_args=None, metrics=None):
+                   use_bias_correction_kl=True, delta=None, extra_args=None, metrics=None, gather=None):
     """TRL 1.16 GRPOTrainer._compute_loss on flattened [B*G, T] completions; the model's per-token log-probs come
-    in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation)."""
+    in through `_get_per_token_logps_and_entropies` (one process, no gradient accumulation; `gather` stands in for
+    accelerator.gather, identity by default)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     model = torch.nn.Linear(1, 1)
     model.train()
     trainer = types.SimpleNamespace(
         model=model, accelerator=types.SimpleNamespace(
-            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=lambda x: x,
+            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=gather or (lambda x: x),
             gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x),
         _get_per_token_logps_and_entropies=lambda *a, **k: (lp, torch.zeros_like(lp), None),
         aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,

@@ -371,3 +371,59 @@ def test_pair_layout_reused_only_for_the_same_tokens(share_prompt):
     assert torch.equal(other.input_ids, fresh.input_ids) and torch.equal(other.target_ids, fresh.target_ids)
     assert not torch.equal(other.target_ids, first.target_ids)
     assert OnlineRun._pair_layout(run, make([6], [7, 8])) is first
+
+
+def test_grpo_family_logs_trls_step_time_as_the_windows_mean_step_wall_time(tmp_path):
+    """TRL 1.16 GRPOTrainer logs step_time, the wall seconds of each optimizer step averaged over the logging window.
+    Steps 0 and 2 are made 0.25 s slower (their micro-batches wait): each row's step_time lies between the window's
+    mean added wait and the mean gap between the steps' starts; online_dpo (TRL's OnlineDPOTrainer logs none) has
+    no step_time."""
+    import time
+
+    run = tiny_run(tiny_cfg(tmp_path / "dapo", trainer="dapo", beta=0.0, max_steps=4, logging_steps=2))
+    starts, made = [], run.micro_batches
+
+    def slow_micro_batches(step):
+        starts.append(time.perf_counter())
+        if step % 2 == 0:
+            time.sleep(0.25)
+        return made(step)
+
+    run.micro_batches = slow_micro_batches
+    run.train()
+    starts.append(time.perf_counter())
+    rows = [json.loads(x) for x in (tmp_path / "dapo" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in rows] == [2, 4]
+    for row, first in zip(rows, (0, 2)):
+        gaps = (starts[first + 2] - starts[first]) / 2
+        assert 0.125 <= row["step_time"] <= gaps, (row["step_time"], gaps)
+    other = tiny_run(tiny_cfg(tmp_path / "dpo", trainer="online_dpo", max_steps=2))
+    other.train()
+    assert all("step_time" not in json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, accelerate_launch):
+    """dapo, off-policy on a round's second step (epsilon 0.05 clips): one micro-batch per process per step, so the
+    two ranks' micro-batches together hold the one process's micro-batch, and TRL's min / max over the gathered
+    completions is the one process's min / max. Every clip_ratio key of every row is equal (1e-6: float32 sums), and
+    some clip."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    # seed 4: rank 1 holds step 4's high_max (rank 0's own max is 1/3 there, checked by making the step use each
+    # rank's own value: the rows then differ)
+    args = ["trainer=dapo", "beta=0.0", "gradient_accumulation_steps=1", "max_steps=4", "epsilon=0.05", "seed=4"]
+    tiny_run(tiny_cfg(tmp_path / "one", trainer="dapo", beta=0.0, gradient_accumulation_steps=1, max_steps=4,
+                      epsilon=0.05, seed=4, per_device_train_batch_size=6)).train()
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(Path(__file__).parent / "online_tiny_run.py"),
+                            str(tmp_path / "two"), "per_device_train_batch_size=3", *args)
+    two = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
+    one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
+    keys = ["clip_ratio/low_min", "clip_ratio/high_max", "clip_ratio/low_mean", "clip_ratio/high_mean"]
+    assert [r[k] for r in two for k in keys] == pytest.approx([r[k] for r in one for k in keys], abs=1e-6)
+    assert max(r["clip_ratio/high_max"] for r in one) > 0

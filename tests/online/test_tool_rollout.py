@@ -115,6 +115,25 @@ def test_malicious_and_runaway_calls_are_contained(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.parametrize("scripts", [["[calc: 2+3]=5\n[calc: 9**9**9]=" + TOOL_ERROR_OBSERVATION + "\nanswer: 5",
+                                      "[calc: 1+1]=2\nanswer: 2", "answer: 47"],
+                                     ["answer: 1", "answer: 2"]], ids=["calls", "no_calls"])
+def test_tool_metrics_carry_trls_call_and_failure_frequency(scripts):
+    """TRL 1.16 GRPOTrainer logs tools/call_frequency and tools/failure_frequency; the oracle is its two lines
+    (trl/trainer/grpo_trainer.py, _generate_and_score_completions' "if self.tools:" block) on the same counts:
+    calls / completions, failures / calls (0.0 without calls), a failed call counted among the calls."""
+    gen, _, texts, _ = rollout(scripts, max_new_tokens=200)
+    assert texts == scripts
+    tool_call_count = sum(c["num_tool_calls"] for c in gen.last_columns)
+    tool_failure_count = sum(c["tool_errors"] for c in gen.last_columns)
+    agg_prompt_lengths = [0] * len(scripts)  # one per completion
+    call_frequency = tool_call_count / len(agg_prompt_lengths)
+    failure_frequency = tool_failure_count / tool_call_count if tool_call_count > 0 else 0.0
+    assert gen.last_metrics["tools/call_frequency"] == call_frequency
+    assert gen.last_metrics["tools/failure_frequency"] == failure_frequency
+    assert (tool_call_count, tool_failure_count) == ((3, 1) if len(scripts) == 3 else (0, 0))
+
+
 def test_syntax_must_name_a_tool_in_the_box():
     from preflab.errors import ConfigError
 

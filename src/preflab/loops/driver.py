@@ -69,6 +69,10 @@ class TrainingRun(CallbackEvents):
     # what a micro-batch's num_tokens counts: the throughput metrics are num_<unit> and <unit>_per_second (TRL's
     # num_tokens / tokens_per_second for text; a diffusion run counts images)
     throughput_unit: str = "tokens"
+    # True: each step also logs step_time, TRL 1.16 GRPOTrainer's wall seconds of an optimizer step (its
+    # training_step over the accumulation window: generation on a round's first step, forward, backward; here the
+    # update too), averaged over the window's steps (OnlineRun sets it for the trainers TRL runs as GRPOTrainer)
+    logs_step_time: bool = False
     # False (the Python API's save_model=False, preflab.online.api): the final weights are not written; summary.json,
     # metrics and checkpoints are. summary.json's final_model_saved says which.
     save_final_model: bool = True
@@ -184,11 +188,15 @@ class TrainingRun(CallbackEvents):
         stopped_early = None  # {"step", "max_steps"} when a callback's control.should_training_stop ended the run
         started = time.perf_counter()
         for step in range(start_step, self.total_steps):
+            step_started = time.perf_counter()
             mbs = self.micro_batches(step)
             # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler advances)
             learning_rate = self.scheduler.get_last_lr()[0]
             result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
+            if self.logs_step_time:  # a host clock after the step's one device read: no sync of its own
+                result.metrics["step_time"] = time.perf_counter() - step_started
+                result.metric_counts["step_time"] = 1.0  # TRL's log(): the plain mean of the window's steps
             tokens = self._step_tokens(result, mbs)
             tokens_total += tokens
             tokens_this_run += tokens

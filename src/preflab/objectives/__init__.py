@@ -206,6 +206,7 @@ class WeightedSum:
         losses = sum(w * o.losses for w, o in zip(self.weights, outs))
         metrics = dict(outs[0].metrics)
         counts, differences = dict(outs[0].metric_counts), dict(outs[0].metric_differences)
+        extrema = dict(outs[0].metric_extrema)
         for (name, keys), o in zip(self.declared_metrics.items(), outs[1:]):
             clash = sorted(set(keys) & set(outs[0].metrics))
             if clash:
@@ -225,11 +226,13 @@ class WeightedSum:
                                    "those metrics; declare them in its metric_panels too.")
             metrics.update({k: o.metrics[k] for k in keys})
             counts.update({k: o.metric_counts[k] for k in keys if k in o.metric_counts})
+            extrema.update({k: o.metric_extrema[k] for k in keys if k in o.metric_extrema})
             differences.update(rules)
         for name, o in zip(self.names, outs):
             metrics[f"loss/{name}"] = o.loss.detach()
         return ObjectiveOutput(loss=sum(w * o.loss for w, o in zip(self.weights, outs)), losses=losses,
-                               metrics=metrics, metric_counts=counts, metric_differences=differences)
+                               metrics=metrics, metric_counts=counts, metric_differences=differences,
+                               metric_extrema=extrema)
 
 
 def _panel_metrics(part) -> tuple:

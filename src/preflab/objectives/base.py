@@ -263,13 +263,19 @@ class ObjectiveOutput:
     ranks and logging windows and divide once, so the logged value is the exact mean over all those things. A
     metric not named here is a mean over the batch's examples (its count is the number of examples).
     metric_differences: {name: (a, b)}: a metric defined as metric a - metric b (KTO's rewards/margins), computed
-    again from the exact a and b wherever they are averaged."""
+    again from the exact a and b wherever they are averaged.
+    metric_extrema: {name: "min" | "max"}: a metric that is this micro-batch's min (max) over what it ranges over
+    (NaN when it has none: GRPO's clip_ratio/low_min, high_max). The step takes the min (max) of each micro-batch
+    over the ranks, as TRL's nanmin(gather(...)) per compute_loss call, and averages those over the micro-batches
+    (TRL's log(): the mean of the window's values, NaN ones left out); its count is the number of micro-batches
+    with a value (preflab.step)."""
 
     loss: Tensor
     losses: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
     metric_counts: dict[str, Any] = field(default_factory=dict)
     metric_differences: dict[str, tuple[str, str]] = field(default_factory=dict)
+    metric_extrema: dict[str, str] = field(default_factory=dict)
 
 
 # The survey of DPO (paper #22) classifies methods along four axes; objectives tag themselves with them.

@@ -35,7 +35,9 @@ reward function scored (default: valid): an unscored one (every reward function 
 "unscorable") stays in the loss with advantage 0, its tokens in the normaliser and its KL term trained, but is left
 out of the group baseline, the std and the reward metrics, as TRL's GRPOTrainer. needs_reference is True iff beta > 0.
 Metrics (TRL names): reward, reward_std (mean group std), frac_reward_zero_std, kl, clip_ratio/{low,high,region}_mean
-(clipped-surrogate losses), cispo_clip_ratio (cispo: rho > epsilon_high with A > 0), vespo/phi_seq_mean (vespo);
+and clip_ratio/low_min, clip_ratio/high_max (clipped-surrogate losses; the min / max over the micro-batch's completions
+of each one's clipped-token fraction, then over ranks: ObjectiveOutput.metric_extrema), cispo_clip_ratio (cispo:
+rho > epsilon_high with A > 0), vespo/phi_seq_mean (vespo);
 reward is a mean over the valid completions, kl and the ratios over completion tokens (at importance_sampling_level
 sequence the ratios, and vespo/phi_seq_mean always, over completions, as TRL), each with its count
 (ObjectiveOutput.metric_counts: the step logs the exact mean over all micro-batches and ranks; TRL averages the
@@ -57,6 +59,27 @@ CLIPPED = ("grpo", "bnpo", "dapo", "dr_grpo", "luspo")          # the loss types
 SAPO_DEFAULTS = {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05}   # TRL 1.16 GRPOConfig
 VESPO_DEFAULTS = {"vespo_k_pos": 2.0, "vespo_lambda_pos": 3.0, "vespo_k_neg": 3.0, "vespo_lambda_neg": 2.0}
 SCALE_REWARDS = ("group", "batch", "none")
+
+
+def completion_ratios(low: torch.Tensor, high: torch.Tensor, m: torch.Tensor, valid: torch.Tensor,
+                      sequence_level: bool) -> torch.Tensor:
+    """[2, B, G]: each completion's fraction of low- / high-clipped tokens, TRL 1.16 GRPOTrainer._compute_loss's
+    masked_seq_mean (sum over its completion tokens / their number, NaN for a completion without one: 0 / 0, as
+    TRL, which its nanmin / nanmax leave out); at importance_sampling_level sequence the completion's one flag
+    (TRL: every completion, a masked-out one too; preflab's invalid padding completions are NaN)."""
+    flags = torch.stack([low, high]).to(m.dtype)
+    if sequence_level:
+        return torch.where(valid, flags[..., 0], torch.nan)
+    return (flags * m).sum(-1) / m.sum(-1)
+
+
+def nan_extremum(values: torch.Tensor, kind: str) -> torch.Tensor:
+    """min / max of the non-NaN values, NaN when all are NaN (TRL's nanmin / nanmax), on the device (no host
+    read: masked with +-inf instead of indexing)."""
+    fill = torch.inf if kind == "min" else -torch.inf
+    picked = torch.where(values.isnan(), fill, values)
+    picked = picked.amin() if kind == "min" else picked.amax()
+    return torch.where(picked.isinf(), torch.nan, picked)
 
 
 def group_advantages(scores: torch.Tensor, valid: torch.Tensor, scale_rewards: str = "group",
@@ -190,11 +213,16 @@ class GRPO(Objective):
                 return (flag[..., 0].to(lp.dtype) * batch.valid).sum() / completions
             return (flag.to(lp.dtype) * m).sum() / tokens
 
+        extrema = {}
         if self.loss_type in CLIPPED:
             low_clip = (unclipped < 1 - self.epsilon) & (a < 0)   # TRL: the ratio after the delta bound
             high_clip = (unclipped > 1 + high) & (a > 0)
             for name, flag in (("low", low_clip), ("high", high_clip), ("region", low_clip | high_clip)):
                 metrics[f"clip_ratio/{name}_mean"] = ratio_mean(flag)
+            per_completion = completion_ratios(low_clip, high_clip, m, batch.valid, sequence_level)
+            metrics["clip_ratio/low_min"] = nan_extremum(per_completion[0], "min")
+            metrics["clip_ratio/high_max"] = nan_extremum(per_completion[1], "max")
+            extrema = {"clip_ratio/low_min": "min", "clip_ratio/high_max": "max"}
         elif self.loss_type == "cispo":
             metrics["cispo_clip_ratio"] = ratio_mean((ratio > high) & (a > 0))
         elif self.loss_type == "vespo":
@@ -225,7 +253,8 @@ class GRPO(Objective):
         counts = {"reward": scored.sum().to(lp.dtype), "kl": valid_tokens, "vespo/phi_seq_mean": n_valid,
                   **{k: ratio_count for k in metrics if k.startswith("clip_ratio/") or k == "cispo_clip_ratio"}}
         counts = {k: v for k, v in counts.items() if k in metrics}
-        return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts)
+        return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts,
+                               metric_extrema=extrema)
 
     @classmethod
     def example_extras(cls, batch) -> dict:

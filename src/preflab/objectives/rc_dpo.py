@@ -69,7 +69,8 @@ class RcDPO(Objective):
                                 "at 1.")
             weight = torch.where(inter.to(weight.device) > 0, torch.full_like(weight, self.inter_weight), weight)
         losses = out.losses * weight
-        return ObjectiveOutput(losses.mean(), losses, out.metrics, out.metric_counts, out.metric_differences)
+        return ObjectiveOutput(losses.mean(), losses, out.metrics, out.metric_counts, out.metric_differences,
+                               out.metric_extrema)
 
 
 OBJECTIVE = RcDPO

@@ -9,7 +9,8 @@ gamma = `simpo_gamma` (reward units, TRL's name and default 0.5 = the official 2
 `gamma_beta_ratio` (the official code's name) when that is given. NLL = batch token-mean NLL of the chosen responses.
 
 Deviation from the paper: none at the defaults (cpo_alpha = 0, eps = 0, which is pure SimPO; TRL's CPOConfig defaults
-cpo_alpha to 1.0). Metrics follow TRL's CPO trainer: rewards = beta * A, logps/* = A.
+cpo_alpha to 1.0). Metrics follow TRL's CPO trainer: rewards = beta * A (AlphaPO: beta * r), logps/* = A, nll_loss
+(0 when cpo_alpha = 0).
 """
 from dataclasses import dataclass
 
@@ -21,10 +22,13 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 from preflab.objectives.sft import batch_token_nll
 
 
-def policy_metrics(batch: PairBatch, beta: float, x_w: Tensor, x_l: Tensor, nll: Tensor | None = None) -> dict:
-    """TRL CPO/ORPO metrics for reference-free rewards beta * x; logps/* report x itself."""
+def policy_metrics(batch: PairBatch, beta: float, x_w: Tensor, x_l: Tensor, nll: Tensor | None = None,
+                   logps: tuple[Tensor, Tensor] | None = None) -> dict:
+    """TRL CPO/ORPO metrics for reference-free rewards beta * x; logps/* report `logps` (TRL's policy_chosen_logps /
+    policy_rejected_logps), x itself by default."""
     metrics = reward_metrics(batch, beta, beta * x_w, beta * x_l)
-    metrics["logps/chosen"], metrics["logps/rejected"] = x_w.detach().mean(), x_l.detach().mean()
+    lp_w, lp_l = logps if logps is not None else (x_w, x_l)
+    metrics["logps/chosen"], metrics["logps/rejected"] = lp_w.detach().mean(), lp_l.detach().mean()
     if nll is not None:
         metrics["nll_loss"] = nll.detach()
     return metrics
@@ -70,10 +74,13 @@ class SimPO(Objective):
     def compute(self, batch: PairBatch) -> ObjectiveOutput:
         x_w, x_l = self.rewards(batch)
         losses = smoothed(self.beta * (x_w - x_l) - self.gamma, self.label_smoothing)
-        nll = batch_token_nll(batch.policy_chosen) if self.cpo_alpha else None
-        if nll is not None:
+        # TRL's CPOTrainer logs nll_loss 0.0 when cpo_alpha is 0, and logps/* the mean log-probs A (AlphaPO's shaped
+        # reward only in rewards/*)
+        nll = batch_token_nll(batch.policy_chosen) if self.cpo_alpha else x_w.new_zeros(())
+        if self.cpo_alpha:
             losses = losses + self.cpo_alpha * nll
-        return ObjectiveOutput(losses.mean(), losses, policy_metrics(batch, self.beta, x_w, x_l, nll))
+        logps = SimPO.rewards(self, batch)
+        return ObjectiveOutput(losses.mean(), losses, policy_metrics(batch, self.beta, x_w, x_l, nll, logps))
 
 
 OBJECTIVE = SimPO

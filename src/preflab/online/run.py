@@ -169,6 +169,7 @@ class OnlineRun(TrainingRun):
         from preflab.models.load import disable_dropout_of, enable_gradient_checkpointing, moe_aux_loss_note
 
         self.router_coef = self._router_coef(policy)  # TRL's GRPOTrainer adds the MoE router loss: grpo trainers too
+        self.logs_step_time = cfg.trainer in ROUTER_LOSS_TRAINERS  # and logs step_time (TrainingRun.logs_step_time)
         note = None if self.router_coef is not None else moe_aux_loss_note(policy, cfg.trainer)
         if note and self.main:
             print(f"preflab: note: {note}")

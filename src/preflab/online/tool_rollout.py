@@ -106,9 +106,12 @@ class ToolRolloutGenerator:
             refused += out[3]
         self.last_columns, self.last_loss_masks = columns, masks
         n = max(1, len(columns))
-        self.last_metrics = {"tools/calls_mean": sum(c["num_tool_calls"] for c in columns) / n,
-                             "tools/errors": float(sum(c["tool_errors"] for c in columns)),
-                             "tools/calls_refused": float(refused)}
+        calls, errors = sum(c["num_tool_calls"] for c in columns), sum(c["tool_errors"] for c in columns)
+        # TRL 1.16 GRPOTrainer's names too (_generate: tool_call_count / completions, and tool_failure_count /
+        # tool_call_count, 0 without calls; its counts include failed calls, as num_tool_calls does)
+        self.last_metrics = {"tools/calls_mean": calls / n, "tools/errors": float(errors),
+                             "tools/calls_refused": float(refused), "tools/call_frequency": calls / n,
+                             "tools/failure_frequency": errors / calls if calls else 0.0}
         return ids
 
     @torch.no_grad()
