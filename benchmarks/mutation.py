@@ -359,7 +359,13 @@ MUTANTS = [
 # iterative DPO's reference refresh, RSO's sampler and pairing, HyPO's online KL, UPO's uncertainty, GPM, the
 # context-aware RM, Themis, OTC, DSTC, MCTS-DPO, GRPO's loss types, Vision-R1's rewards and the diffusion objectives
 # beyond Diffusion-DPO (Self-NPO, SmPO, InPO, DCPO, PPD)
-GAME = ["tests/online/test_game.py", "-k", "nash_trainers and g3"]
+
+
+def game_tests(trainer: str) -> list[str]:
+    """The end-to-end game test of one trainer on G3 (1200 steps: ~1-2 min on a loaded 2-core machine)."""
+    return ["tests/online/test_game.py", "-k", f"nash_trainers and g3 and {trainer}"]
+
+
 GAME_SPPO = ["tests/online/test_game.py", "-k", "average_iterate"]
 GAME_SPO = ["tests/online/test_game.py", "-k", "spo and not two_processes"]
 NASH_OBJ = ["tests/objectives/test_inpo.py", "tests/objectives/test_sppo.py", "tests/objectives/test_online_ipo.py",
@@ -388,28 +394,30 @@ DCPO = ["tests/objectives/test_dcpo.py", "tests/diffusion/test_image_data.py", "
 MUTANTS += [
     # the preference game's rounds (online/game.py)
     Mutant("game-inpo-weight-transposed", "online/game.py",
-           [("weight=float(pi_t[i] * pi_t[j] * P[i, j])))", "weight=float(pi_t[i] * pi_t[j] * P[j, i])))")], GAME,
+           [("weight=float(pi_t[i] * pi_t[j] * P[i, j])))", "weight=float(pi_t[i] * pi_t[j] * P[j, i])))")],
+           game_tests("inpo"),
            "INPO's ordered pair (i chosen over j) weighted by P(j > i)"),
     Mutant("game-ipo-win-transposed", "online/game.py",
-           [("    win = run.task.P @ opponent\n", "    win = run.task.P.T @ opponent\n")], GAME,
+           [("    win = run.task.P @ opponent\n", "    win = run.task.P.T @ opponent\n")], game_tests("egpo"),
            "online IPO / EGPO / Nash-MD targets from the opponent's win rates against y"),
     Mutant("game-nash-md-mixture-eta", "online/game.py",
            [("mix = geometric_mixture(pi_t, ref, eta * cfg.beta)", "mix = geometric_mixture(pi_t, ref, cfg.beta)")],
-           GAME, "Nash-MD's mixture weight beta instead of eta * beta"),
+           game_tests("nash_md"), "Nash-MD's mixture weight beta instead of eta * beta"),
     Mutant("game-nash-md-anchor-ref", "online/game.py",
-           [("examples = _ipo_examples(run, mix, mix)", "examples = _ipo_examples(run, mix, ref)")], GAME,
+           [("examples = _ipo_examples(run, mix, mix)", "examples = _ipo_examples(run, mix, ref)")],
+           game_tests("nash_md"),
            "Nash-MD anchored at pi_ref instead of the mixture"),
     Mutant("game-egpo-opponent-pi-t", "online/game.py",
            [('opponent = _policy_step_copy(run, pi_t) if name == "egpo" else pi_t',
-             'opponent = pi_t if _policy_step_copy(run, pi_t) is not None else pi_t')], GAME,
+             'opponent = pi_t if _policy_step_copy(run, pi_t) is not None else pi_t')], game_tests("egpo"),
            "EGPO takes its half step but plays against pi_t (plain online IPO)"),
     Mutant("game-apo-interpolates", "online/game.py",
            [("z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))",
-             "z = (1 - a) * log_pi + a * np.log(np.maximum(prev_pi, 1e-300))")], GAME,
+             "z = (1 - a) * log_pi + a * np.log(np.maximum(prev_pi, 1e-300))")], game_tests("apo"),
            "APO's Nesterov extrapolation pi_t^(1+a)/pi_{t-1}^a replaced by an interpolation"),
     Mutant("game-apo-previous-is-current", "online/game.py",
            [('prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t',
-             "prev_pi = pi_t")], GAME, "APO's previous iterate is never read (APO = INPO)"),
+             "prev_pi = pi_t")], game_tests("apo"), "APO's previous iterate is never read (APO = INPO)"),
     Mutant("game-sppo-reference-pi-ref", "online/game.py",
            [("ref=[[float(log_pi[i])], [float(log_pi[j])]]) for i, j in _pairs(K)]",
              "ref=[[float(np.log(ref[i]))], [float(np.log(ref[j]))]]) for i, j in _pairs(K)]")], GAME_SPPO,
@@ -429,7 +437,8 @@ MUTANTS += [
            [("losses = (h_t - self.eta / 2) ** 2", "losses = (h_t - self.eta) ** 2")], NASH_OBJ,
            "INPO's target eta instead of eta/2"),
     Mutant("sppo-rejected-target-sign", "objectives/sppo.py",
-           [("losses = 0.5 * ((h_w - t_w) ** 2 + (h_l - t_l) ** 2)", "losses = 0.5 * ((h_w - t_w) ** 2 + (h_l + t_l) ** 2)")],
+           [("losses = 0.5 * ((h_w - t_w) ** 2 + (h_l - t_l) ** 2)",
+             "losses = 0.5 * ((h_w - t_w) ** 2 + (h_l + t_l) ** 2)")],
            NASH_OBJ, "the rejected response regressed onto minus its centred win rate"),
     Mutant("online-ipo-target-no-beta", "objectives/online_ipo.py",
            [("target = (p_y - p_yp) / self.beta", "target = (p_y - p_yp)")], NASH_OBJ,
@@ -513,14 +522,16 @@ MUTANTS += [
              "self.tracker.observe(key, m, r > self.correct_threshold)")], OTC,
            "an exactly correct rollout (r = 1) never updates the optimum"),
     Mutant("dstc-chosen-test-easiest", "verifiers/dstc.py",
-           [("chosen_test = int(passed[np.argmin(cols[passed])])", "chosen_test = int(passed[np.argmax(cols[passed])])")],
+           [("chosen_test = int(passed[np.argmin(cols[passed])])",
+             "chosen_test = int(passed[np.argmax(cols[passed])])")],
            DSTC, "the chosen test is the most-passed one"),
     Mutant("dstc-rejected-test-hardest", "verifiers/dstc.py",
            [("rejected_test = int(failed[np.argmax(cols[failed])])",
              "rejected_test = int(failed[np.argmin(cols[failed])])")], DSTC,
            "the rejected test is the least-passed one"),
     Mutant("mcts-visits-swapped", "objectives/mcts_step_dpo.py",
-           [("eps = visit_smoothing(n_w, n_l) if self.use_visits", "eps = visit_smoothing(n_l, n_w) if self.use_visits")],
+           [("eps = visit_smoothing(n_w, n_l) if self.use_visits",
+             "eps = visit_smoothing(n_l, n_w) if self.use_visits")],
            MCTS, "label smoothing from the rejected step's visit share"),
     Mutant("mcts-suffix-skips-divergence-token", "objectives/mcts_step_dpo.py",
            [("(torch.arange(seq.mask.shape[-1], device=d.device) >= d.unsqueeze(-1))",
@@ -599,7 +610,8 @@ MUTANTS += [
              "return torch.arange(num_steps, dtype=torch.long) * (num_train_timesteps // num_steps)")], INVERSION,
            "the inverse DDIM grid ignores steps_offset"),
     Mutant("ppd-user-branch-unscaled", "diffusion/user_branch.py",
-           [("return out + self.scale * user / attn.rescale_output_factor", "return out + user / attn.rescale_output_factor")],
+           [("return out + self.scale * user / attn.rescale_output_factor",
+             "return out + user / attn.rescale_output_factor")],
            PPD, "PPD's decoupled user attention ignores its scale"),
     Mutant("ppd-interpolation-reversed", "diffusion/user_branch.py",
            [("return (1 - gamma) * e_a + gamma * e_b", "return gamma * e_a + (1 - gamma) * e_b")], PPD,
