@@ -361,13 +361,17 @@ MUTANTS = [
 # beyond Diffusion-DPO (Self-NPO, SmPO, InPO, DCPO, PPD)
 
 
-def game_tests(trainer: str) -> list[str]:
-    """The end-to-end game test of one trainer on G3 (1200 steps: ~1-2 min on a loaded 2-core machine)."""
-    return ["tests/online/test_game.py", "-k", f"nash_trainers and g3 and {trainer}"]
+def game_tests(trainer: str, round_key: str) -> list[str]:
+    """The end-to-end game test of one trainer on G3 (1200 steps: ~1-2 min on a loaded 2-core machine) and its
+    one-round value test (tests/online/test_game_round_values.py, selected by round_key)."""
+    return ["tests/online/test_game.py", "tests/online/test_game_round_values.py", "-k",
+            f"(nash_trainers and g3 and {trainer}) or (round_values and {round_key})"]
 
 
-GAME_SPPO = ["tests/online/test_game.py", "-k", "average_iterate"]
-GAME_SPO = ["tests/online/test_game.py", "-k", "spo and not two_processes"]
+GAME_SPPO = ["tests/online/test_game.py", "tests/online/test_game_round_values.py", "-k",
+             "average_iterate or (round_values and sppo)"]
+GAME_SPO = ["tests/online/test_game.py", "tests/online/test_game_round_values.py", "-k",
+            "(spo and not two_processes and not round_values) or (round_values and spo_rewards)"]
 NASH_OBJ = ["tests/objectives/test_inpo.py", "tests/objectives/test_sppo.py", "tests/objectives/test_online_ipo.py",
             "tests/objectives/test_gpo.py", "tests/lab/test_nash_loops.py", "tests/objectives/test_contract.py", "-k",
             "inpo or sppo or online_ipo or gpo or egpo"]
@@ -395,29 +399,30 @@ MUTANTS += [
     # the preference game's rounds (online/game.py)
     Mutant("game-inpo-weight-transposed", "online/game.py",
            [("weight=float(pi_t[i] * pi_t[j] * P[i, j])))", "weight=float(pi_t[i] * pi_t[j] * P[j, i])))")],
-           game_tests("inpo"),
+           game_tests("inpo", "inpo"),
            "INPO's ordered pair (i chosen over j) weighted by P(j > i)"),
     Mutant("game-ipo-win-transposed", "online/game.py",
-           [("    win = run.task.P @ opponent\n", "    win = run.task.P.T @ opponent\n")], game_tests("egpo"),
+           [("    win = run.task.P @ opponent\n", "    win = run.task.P.T @ opponent\n")],
+           game_tests("egpo", "online_ipo"),
            "online IPO / EGPO / Nash-MD targets from the opponent's win rates against y"),
     Mutant("game-nash-md-mixture-eta", "online/game.py",
            [("mix = geometric_mixture(pi_t, ref, eta * cfg.beta)", "mix = geometric_mixture(pi_t, ref, cfg.beta)")],
-           game_tests("nash_md"), "Nash-MD's mixture weight beta instead of eta * beta"),
+           game_tests("nash_md", "nash_md"), "Nash-MD's mixture weight beta instead of eta * beta"),
     Mutant("game-nash-md-anchor-ref", "online/game.py",
            [("examples = _ipo_examples(run, mix, mix)", "examples = _ipo_examples(run, mix, ref)")],
-           game_tests("nash_md"),
+           game_tests("nash_md", "nash_md"),
            "Nash-MD anchored at pi_ref instead of the mixture"),
     Mutant("game-egpo-opponent-pi-t", "online/game.py",
            [('opponent = _policy_step_copy(run, pi_t) if name == "egpo" else pi_t',
-             'opponent = pi_t if _policy_step_copy(run, pi_t) is not None else pi_t')], game_tests("egpo"),
+             'opponent = pi_t if _policy_step_copy(run, pi_t) is not None else pi_t')], game_tests("egpo", "egpo"),
            "EGPO takes its half step but plays against pi_t (plain online IPO)"),
     Mutant("game-apo-interpolates", "online/game.py",
            [("z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))",
-             "z = (1 - a) * log_pi + a * np.log(np.maximum(prev_pi, 1e-300))")], game_tests("apo"),
+             "z = (1 - a) * log_pi + a * np.log(np.maximum(prev_pi, 1e-300))")], game_tests("apo", "apo"),
            "APO's Nesterov extrapolation pi_t^(1+a)/pi_{t-1}^a replaced by an interpolation"),
     Mutant("game-apo-previous-is-current", "online/game.py",
            [('prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t',
-             "prev_pi = pi_t")], game_tests("apo"), "APO's previous iterate is never read (APO = INPO)"),
+             "prev_pi = pi_t")], game_tests("apo", "apo"), "APO's previous iterate is never read (APO = INPO)"),
     Mutant("game-sppo-reference-pi-ref", "online/game.py",
            [("ref=[[float(log_pi[i])], [float(log_pi[j])]]) for i, j in _pairs(K)]",
              "ref=[[float(np.log(ref[i]))], [float(np.log(ref[j]))]]) for i, j in _pairs(K)]")], GAME_SPPO,

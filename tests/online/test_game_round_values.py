@@ -1,10 +1,11 @@
 """One round of the preference game (preflab.online.game.game_round), written out from each paper's update: the
-pairs' targets, weights and anchors of online IPO, Nash-MD, INPO, APO, SPPO and SPO on G3, with a round-start
+pairs' targets, weights and anchors of online IPO, EGPO, Nash-MD, INPO, APO, SPPO and SPO on G3, with a round-start
 policy pi_t moved away from pi_ref = pi_0 (so that an anchor at the wrong one of the two shows).
 
 The end-to-end game tests (test_game.py) check that the trainers land on the regularised equilibrium after 1200
 steps; an update that is wrong but still contracts (APO interpolating instead of extrapolating, APO without its
-previous iterate, SPPO anchored at pi_0 on a game whose iterates never test it) passes those. These fail on it."""
+previous iterate, Nash-MD's mixture weight beta where the recipe has game_eta = beta, EGPO playing pi_t where
+online IPO converges too) passes those. These fail on it."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -105,3 +106,21 @@ def test_spo_rewards_are_win_proportions_against_the_other_samples(tmp_path):
         assert e.extras["rewards"] == pytest.approx(want, rel=1e-12)
         r = np.array(want)
         assert e.extras["advantages"] == pytest.approx(((r - r.mean()) / (r.std(ddof=1) + 1e-4)).tolist(), rel=1e-9)
+
+
+def test_egpo_round_plays_against_the_half_step_policy(tmp_path):
+    """EGPO (Zhou et al. 2025, extragradient): the round's online-IPO targets are win rates against pi_half, the
+    distribution of the parameter copy after its half step from theta_t, not against pi_t (plain online IPO)."""
+    cfg = load_config(RECIPE, [f"output_dir={tmp_path}", "disable_tqdm=true", "trainer=egpo", "max_steps=2",
+                               "lr_scheduler_type=constant"])
+    run = OnlineRun(cfg)
+    run.train()
+    pi_t, ref = distribution(run.policy), run.task.ref_probs
+    examples = game_round(run, 2).examples
+    pi_half = distribution(run._half[0])
+    assert np.abs(pi_half - pi_t).max() > 1e-4
+    win = run.task.P @ pi_half
+    for e in examples:
+        (i,), (j,) = e.completions
+        assert (e.extras["pref_y"], e.extras["pref_yp"]) == pytest.approx((win[i], win[j]), rel=1e-12)
+        assert [e.ref[0][0], e.ref[1][0]] == pytest.approx([np.log(ref[i]), np.log(ref[j])], rel=1e-12)
