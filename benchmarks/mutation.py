@@ -376,7 +376,7 @@ NASH_OBJ = ["tests/objectives/test_inpo.py", "tests/objectives/test_sppo.py", "t
             "tests/objectives/test_gpo.py", "tests/lab/test_nash_loops.py", "tests/objectives/test_contract.py", "-k",
             "inpo or sppo or online_ipo or gpo or egpo"]
 ITER_DPO = ["tests/online/test_online_dpo.py", "tests/online/test_online_trial2.py", "-k",
-            "iterative_dpo_reference or stateful"]
+            "iterative_dpo_reference or refresh_reference_every_two or stateful"]
 RSO = ["tests/online/test_rso.py", "tests/lab/test_iterative.py"]
 HYPO = objective_tests("hypo")
 UPO = ["tests/objectives/test_upo.py", "tests/reward_models/test_pref_uncertainty.py", "-k",
