@@ -81,3 +81,33 @@ def test_npo_sampler_reduces_to_cfg_and_differs_with_a_negative_model():
     delta = {"w": torch.tensor([0.5, -0.5])}
     assert negative_model_weights(base, positive, delta)["w"].tolist() == [3.5, 5.5]
     assert negative_model_weights(base, positive, delta, merge_weight=0.5)["w"].tolist() == [2.5, 3.5]
+
+
+def test_renoising_step_is_drawn_strictly_above_the_truncated_step():
+    """Self-NPO's step 3 (Wang et al. 2025, Self-NPO/train.py): the student sees x_s re-noised from x_e at
+    s = t_e + 1 + floor(u (T - 1 - t_e)), u in [0, 1): always s > t_e, u = 0 gives t_e + 1, u -> 1 gives T - 1;
+    x_s = alpha_s (x_e / alpha_{t_e} + sqrt(nu_s^2 - nu_{t_e}^2) eps'), written out here with nu^2 = (1 - abar)/abar."""
+    from preflab.diffusion.self_npo import self_npo_batch
+
+    schedule = sd_schedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64)
+    eps, eps2 = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(4, 2, 4, 4, generator=g,
+                                                                                       dtype=torch.float64)
+    student = ConstantEpsDenoiser(eps)
+    u = torch.tensor([0.0, 0.25, 0.5, 1 - 1e-12], dtype=torch.float64)
+    batch = self_npo_batch(student, ConstantEpsDenoiser(eps), x0, None, None, schedule, u=u, noise2=eps2,
+                           start_index=torch.tensor([0, 5, 10, 24]), noise=eps.expand(4, -1, -1, -1))
+    t_e = batch.extras["truncated_timesteps"]
+    assert t_e.tolist() == [39, 39, 239, 799]       # five DDIM steps down the grid, 39 its floor
+    want = [t + 1 + int(x * (999 - t)) for t, x in zip(t_e.tolist(), u.tolist())]
+    assert batch.extras["timesteps"].tolist() == want == [40, 280, 620, 999]
+    abar = schedule.abar
+    x_e = schedule.add_noise(x0, eps.expand(4, -1, -1, -1), t_e)  # the constant-eps teacher's rollout is exact
+    s = torch.tensor(want)
+    nu2 = lambda t: (1 - abar(t)) / abar(t)  # noqa: E731
+    coef = lambda v: v.reshape(-1, 1, 1, 1).to(x0)  # noqa: E731
+    x_s = coef(abar(s).sqrt()) * (x_e / coef(abar(t_e).sqrt()) + coef((nu2(s) - nu2(t_e)).sqrt()) * eps2)
+    torch.testing.assert_close(student.timesteps[-1], s)
+    x0_theta = (x_s - coef((1 - abar(s)).sqrt()) * eps) / coef(abar(s).sqrt())   # eps-prediction -> x0
+    torch.testing.assert_close(batch.policy.token_logps, x0_theta.reshape(4, -1), atol=1e-9, rtol=1e-9)

@@ -85,3 +85,24 @@ def test_two_users_with_opposite_tastes():
     z = (b.policy_chosen.sum - b.ref_chosen.sum) - (b.policy_rejected.sum - b.ref_rejected.sum)
     for user in (0, 1):  # each user's own preference holds on held-out pairs
         assert (z[who == user] > 0).float().mean().item() >= 0.9
+
+
+def test_user_attention_is_added_with_the_branch_scale():
+    """IP-Adapter's decoupled cross-attention (PPD's user branch): out = base + lambda * Attn(Q, K_u, V_u) W_o, so on
+    one cross-attention block the added term at lambda = 0.5 is exactly half of the term at lambda = 1 (W_V^u
+    initialised non-zero here: at the zero init both terms are 0)."""
+    unet = tiny_unet(cross_attention_dim=8)
+    torch.manual_seed(0)
+    branch = install_user_branch(unet, USER_DIM, scale=1.0, zero_init=False)
+    proc = next(iter(branch.blocks.values()))
+    attn = next(m for m in unet.modules() if getattr(m, "processor", None) is proc)
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 16, attn.to_q.in_features, generator=g)
+    text, user = torch.randn(2, 6, 8, generator=g), torch.randn(2, USER_TOKENS, 8, generator=g)
+    with torch.no_grad():
+        base = proc.base(attn, hidden, encoder_hidden_states=text)
+        full = proc(attn, hidden, encoder_hidden_states=text, user_embeds=user) - base
+        proc.scale = 0.5
+        half = proc(attn, hidden, encoder_hidden_states=text, user_embeds=user) - base
+    assert full.abs().max().item() > 1e-3
+    torch.testing.assert_close(half, 0.5 * full, rtol=1e-6, atol=1e-7)

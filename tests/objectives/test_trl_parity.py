@@ -373,6 +373,28 @@ def test_grpo_loss_equals_trl_1_16_grpo_trainer(loss_type, beta, level):
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
 
 
+def test_dr_grpo_divides_by_max_completion_length_not_the_padded_width():
+    """Dr. GRPO's constant normaliser is completions x max_completion_length (TRL 1.16: self.max_completion_length),
+    the generation cap, which exceeds the batch's padded width whenever every completion stopped early: with
+    max_completion_length 8 on a width-5 batch the loss equals TRL's at max_len 8, i.e. 5/8 of the loss at 5."""
+    from preflab.objectives import ListBatch
+
+    B, G, T = 2, 3, 5
+    g = torch.Generator().manual_seed(11)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4], [2, 5, 1]]).unsqueeze(-1)
+    lp = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (lp + 0.4 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+    flat = lambda x: x.reshape(B * G, *x.shape[2:])  # noqa: E731
+    batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64), None,
+                      extras={"advantages": adv, "old_logps": old})
+    losses = {n: get_objective("grpo", loss_type="dr_grpo", max_completion_length=n)(batch).loss.item() for n in (5, 8)}
+    expected = _grpo_trl_loss(flat(lp), flat(old), flat(lp), flat(mask), adv.reshape(-1), "dr_grpo", 0.0, 0.2, 0.2,
+                              "token", 8)
+    assert losses[8] == pytest.approx(expected.item(), abs=1e-12, rel=1e-9)
+    assert losses[8] == pytest.approx(losses[5] * 5 / 8, rel=1e-12) and abs(losses[5]) > 1e-3
+
+
 @pytest.mark.parametrize("on_policy", [True, False], ids=["on_policy", "off_policy"])
 @pytest.mark.parametrize("bias_correction,delta", [(True, None), (False, None), (True, 1.1)])
 def test_grpo_kl_bias_correction_and_delta_equal_trl_1_16(bias_correction, delta, on_policy):

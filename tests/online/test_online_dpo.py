@@ -85,3 +85,20 @@ def test_the_python_wrappers_defaults_are_not_written_options():
     given = {"loss_type": "grpo", "prompts_per_step": 2}
     raw = grpo_options(given)
     assert written_by_user(given, raw, GRPO_NAMES) == {"trainer", "per_device_train_batch_size"}
+
+
+def test_refresh_reference_every_two_refreshes_at_the_start_of_even_rounds(tmp_path):
+    """refresh_reference_every = n copies the policy into the reference at the start of rounds n, 2n, ... (not
+    round 0, whose reference is pi_0 already): with n = 2 over five rounds the first step of rounds 0, 2 and 4 has
+    policy = reference (kl 0, sigmoid loss log 2), that of rounds 1 and 3 not, and the run counts two refreshes."""
+    from test_online_run import tiny_cfg, tiny_run
+
+    run = tiny_run(tiny_cfg(tmp_path, trainer="online_dpo", refresh_reference_every=2, beta=0.5, max_steps=10,
+                            gradient_accumulation_steps=1, per_device_train_batch_size=3))
+    run.train()
+    firsts = [r for r in rows_of(tmp_path) if "loss" in r and (r["step"] - 1) % 2 == 0]  # steps_per_generation = 2
+    assert [r["step"] for r in firsts] == [1, 3, 5, 7, 9]
+    for n, r in enumerate(firsts):
+        at_reference = abs(r["kl"]) < 1e-6 and math.isclose(r["loss"], math.log(2), rel_tol=1e-5)
+        assert at_reference == (n % 2 == 0), (n, r["kl"], r["loss"])
+    assert run.refreshes == 2

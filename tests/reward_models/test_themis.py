@@ -78,6 +78,12 @@ def test_reward_is_read_at_the_last_real_token_with_either_padding():
         _, r_left = model(left, mask_l)
         _, r_alone = model(torch.tensor([b]), torch.ones(1, len(b), dtype=torch.long))
     assert torch.allclose(r_right, r_left, atol=1e-5) and r_right[1].item() == pytest.approx(r_alone.item(), abs=1e-5)
+    # and it is the last token's value-head output, written out: the consistency checks above hold for any fixed
+    # real position (the first token too: "7" is one token and row 0 is unpadded)
+    with torch.no_grad():
+        hidden = model.lm(input_ids=torch.tensor([a]), output_hidden_states=True).hidden_states[-1][0]
+        last, first = model.value_head(hidden[-1]).item(), model.value_head(hidden[0]).item()
+    assert r_right[0].item() == pytest.approx(last, abs=1e-5) and abs(last - first) > 1e-3
 
 
 class ScriptedLM(torch.nn.Module):
