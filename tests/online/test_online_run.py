@@ -371,3 +371,14 @@ def test_pair_layout_reused_only_for_the_same_tokens(share_prompt):
     assert torch.equal(other.input_ids, fresh.input_ids) and torch.equal(other.target_ids, fresh.target_ids)
     assert not torch.equal(other.target_ids, first.target_ids)
     assert OnlineRun._pair_layout(run, make([6], [7, 8])) is first
+
+
+def test_a_flex_attention_policy_is_refused_on_cpu_before_the_first_round(tmp_path):
+    """torch 2.13 has no FlexAttention backward on CPU: refused when the run is built, naming the setting, not inside
+    the first round's update (tests/perf/test_flex_attention.py has the offline Trainer's)."""
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    policy.set_attn_implementation("flex_attention")
+    with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
+                                          "CPU"):
+        OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge]))

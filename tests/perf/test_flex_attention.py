@@ -181,6 +181,32 @@ def test_flex_training_run_equals_the_sdpa_run_on_cpu(tmp_path, monkeypatch):
         torch.testing.assert_close(flex_weights[name], weight, atol=1e-5, rtol=0, msg=name)
 
 
+def test_a_flex_policy_is_refused_on_cpu_before_the_first_step(tmp_path):
+    """Without the lift, torch refuses the backward inside step 1 (after compiling the forward: 75 s for the
+    benchmark's tiny shape, or a C++ compile error of inductor's CPU kernel): the Trainer refuses at construction,
+    naming the setting; the same model on a GPU, or with sdpa, is not refused."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_tokenizer
+
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", max_steps=1,
+                                per_device_train_batch_size=2,
+                                output_dir=str(tmp_path / "run"), use_cpu=True, disable_tqdm=True))
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    policy.set_attn_implementation("flex_attention")
+    with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
+                                          r"CPU: torch .* has no FlexAttention backward on CPU.*use sdpa"):
+        Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=PAIRS)
+    from preflab.models.attention import refuse_flex_training_on_cpu
+
+    refuse_flex_training_on_cpu(policy, torch.device("cuda", 0))  # never touched: only the device type is read
+    policy.set_attn_implementation("sdpa")
+    refuse_flex_training_on_cpu(policy, "cpu")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's fused kernels (forward, backward) need a GPU")
 def test_flex_training_scores_and_gradients_equal_padded_on_cuda():
     """Compiled FlexAttention with gradients: log-probs and gradients equal the padded sdpa path (float32,
