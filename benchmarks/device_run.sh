@@ -2,8 +2,9 @@
 # On the GPU machine, from the repository root, after benchmarks/device_kit.sh prepared .whl/ and .bench/ here:
 #   bash benchmarks/device_run.sh MODEL [--no-tests] [--no-profile] [--smoke]
 # 1. installs the carried wheels (TRL 1.16, datasets) into /tmp/site, no network;
-# 2. unless --no-tests: the GPU-only tests (tests/loops/test_engines_gpu.py, tests/perf/test_flex_attention.py,
-#    the QLoRA GPU test when bitsandbytes is there), log to $OUT/gpu_tests.log;
+# 2. unless --no-tests: the GPU-only tests (tests/loops/test_engines_gpu.py, the CUDA test of
+#    tests/perf/test_flex_attention.py: its CPU tests run on CPU, not here; the QLoRA GPU test when bitsandbytes is
+#    there), log to $OUT/gpu_tests.log;
 # 3. benchmarks/gpu_compare.sh for MODEL (qwen2-0.5b, llama-1b, ...; batches 8 and 32, reference every step and
 #    precomputed, TRL and preflab interleaved), models and fixture under /tmp, results accumulated in
 #    /tmp/gpu-compare across calls on the same (warm) machine;
@@ -57,7 +58,8 @@ print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None
 PY
 if [ "$TESTS" = 1 ]; then
   t=$(left); [ "$t" -gt 240 ] && t=240
-  timeout "$t" "$PY" -m pytest -q -p no:cacheprovider -rs tests/loops/test_engines_gpu.py tests/perf/test_flex_attention.py \
+  timeout "$t" "$PY" -m pytest -q -p no:cacheprovider -rs tests/loops/test_engines_gpu.py \
+    tests/perf/test_flex_attention.py::test_flex_training_scores_and_gradients_equal_padded_on_cuda \
     tests/test_qlora.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 fi
 # timeout signals gpu_compare.sh's whole process group (the runner it waits on too)

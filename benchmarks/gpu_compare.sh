@@ -30,8 +30,8 @@ export PREFBENCH_DIR=$BENCH
 TMP=$($PY -c "import tempfile; print(tempfile.gettempdir())")
 OUT=${OUT:-$TMP/gpu-compare}
 PREFLAB_ARGS=${PREFLAB_ARGS:---pad-to-multiple-of 64}
-if [ "${1:-}" = "--smoke" ]; then  # every step of the script on CPU, tiny model, 3 steps
-  DEVICE=(--device cpu --threads 1); MODELS=${MODELS:-tiny}; BATCHES=${BATCHES:-2}; STEPS=${STEPS:-3}
+if [ "${1:-}" = "--smoke" ]; then  # every step of the script on CPU, tiny model, 3 steps, bf16 autocast as on the GPU
+  DEVICE=(--device cpu --bf16 --threads 1); MODELS=${MODELS:-tiny}; BATCHES=${BATCHES:-2}; STEPS=${STEPS:-3}
   WARMUP=${WARMUP:-1}; PROFILE_STEPS=2; ROWS=256
 else
   DEVICE=(--device cuda --bf16); MODELS=${MODELS:-qwen2-0.5b llama-1b}; BATCHES=${BATCHES:-8 32}

@@ -9,11 +9,23 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from gpu_fakes import restore_cuda_probes  # tests/, on sys.path beside this conftest
+
 # Tiny models run faster on one thread than two (DESIGN.md, conventions).
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_cuda_fake_left_behind():
+    """A test that faked torch.cuda's probes must leave them as it found them (gpu_fakes.py): checked after its own
+    fixtures (monkeypatch) are torn down; the probes are restored either way, so no later test runs on a fake GPU."""
+    yield
+    left = restore_cuda_probes()
+    assert not left, (f"this test left torch.cuda.{', torch.cuda.'.join(left)} replaced: fake a GPU with "
+                      "monkeypatch.setattr(torch.cuda, ...), which undoes it after the test")
 
 
 def _free_port() -> int:

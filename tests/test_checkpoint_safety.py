@@ -377,6 +377,20 @@ def test_resume_restores_the_rng_that_dropout_draws_from(tmp_path, monkeypatch):
     assert max_diff(w0, weights(tmp_path)) > 1e-5
 
 
+def test_cuda_rng_states_of_eleven_or_more_devices_come_back_to_their_devices(tmp_path, monkeypatch):
+    """On a GPU machine each visible device's RNG state is saved as cuda.<i> and set back in device order: cuda.10
+    belongs to device 10, not after cuda.1 (a name order gave device 2 the state of device 10 on 11+ GPUs).
+    torch.cuda is faked (monkeypatch: undone after the test), no GPU is touched."""
+    states = [torch.full((8,), i, dtype=torch.uint8) for i in range(12)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    ck.write_rng(tmp_path)
+    ck.restore_rng(tmp_path)
+    assert [int(t[0]) for t in restored] == list(range(12))
+
+
 def test_resume_and_save_total_limit_order_checkpoints_by_step_not_name(tmp_path):
     model, opt, sched = _model_and_optimizer()
     for step in (8, 9, 10):

@@ -273,6 +273,11 @@ USER_CONFIGS = {
     "lora_precomputed_reference": dict(use_peft=True, precompute_ref_log_probs=True),
     "weighted_sum": dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]),
     "prefix_packed": dict(layout="prefix_packed"),
+    # the GPU start of docs/performance.md (bf16 autocast, rows bucketed to 64), with and without the reference
+    # precomputed, and an LM head in several checkpointed chunks (a GPU-sized chunk over a 128k-152k vocabulary)
+    "gpu_start": dict(bf16=True, pad_to_multiple_of=64),
+    "gpu_start_precomputed_reference": dict(bf16=True, pad_to_multiple_of=64, precompute_ref_log_probs=True),
+    "several_head_chunks": dict(chunk_tokens=8),
     # the degree variants' own forward (hidden_only) and head in every micro-batch: the loud-echo pairs have
     # three words per response, degrees 0..2
     "spo_degree": dict(data=LOUD_ECHO, max_length=128, loss_type="spo_degree",
@@ -286,14 +291,24 @@ USER_CONFIGS = {
 def test_user_configuration_steps_read_the_device_once(tmp_path, monkeypatch, name):
     """Every configuration users run keeps the default step's one read per optimizer step (logging off): the
     reference precomputed, accumulation, LoRA (its reference is the adapter-disabled policy), a weighted sum of
-    losses, the packed prefix-shared layout, spo_degree's variant forward and degree head.
+    losses, the packed prefix-shared layout, the GPU start (bf16, bucketed rows), an LM head in several chunks,
+    spo_degree's variant forward and degree head.
 
     spo_degree's variants go through one more policy forward per micro-batch, in the padded layout without a mask
     (plain causal attention); transformers then looks for packed sequences in the position ids with one `.all()`
     per forward (masking_utils.find_packed_sequence_indices, skipped under torch.compile), as in the padded
     layout's test below: 1 sync per micro-batch inside the model's code, 0 in preflab's (its variant layout and
     index lists are built on the host)."""
-    per_step, names, summary = run_counted(tmp_path, monkeypatch, steps=4, **USER_CONFIGS[name])
+    from accelerate.state import AcceleratorState
+
+    bf16 = USER_CONFIGS[name].get("bf16", False)
+    if bf16:
+        AcceleratorState._reset_state(True)  # accelerate keeps one precision per process
+    try:
+        per_step, names, summary = run_counted(tmp_path, monkeypatch, steps=4, **USER_CONFIGS[name])
+    finally:
+        if bf16:
+            AcceleratorState._reset_state(True)  # a later test's float32 run would be refused otherwise
     assert summary["global_step"] == 4
     in_model = run_counted.in_model
     micro_batches = USER_CONFIGS[name].get("gradient_accumulation_steps", 1)

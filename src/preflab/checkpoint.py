@@ -592,7 +592,8 @@ def restore_rng(path: Path, name: str = "rng") -> None:
     rng_meta = json.loads((path / f"{name}.json").read_text())
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))])
+        cuda = sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".", 1)[1]))
+        torch.cuda.set_rng_state_all([rng[k] for k in cuda])  # device order (cuda.10 after cuda.9)
     py = rng_meta["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npy = rng_meta["numpy"]

@@ -427,3 +427,14 @@ def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, accelera
     keys = ["clip_ratio/low_min", "clip_ratio/high_max", "clip_ratio/low_mean", "clip_ratio/high_mean"]
     assert [r[k] for r in two for k in keys] == pytest.approx([r[k] for r in one for k in keys], abs=1e-6)
     assert max(r["clip_ratio/high_max"] for r in one) > 0
+
+
+def test_a_flex_attention_policy_is_refused_on_cpu_before_the_first_round(tmp_path):
+    """torch 2.13 has no FlexAttention backward on CPU: refused when the run is built, naming the setting, not inside
+    the first round's update (tests/perf/test_flex_attention.py has the offline Trainer's)."""
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    policy.set_attn_implementation("flex_attention")
+    with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
+                                          "CPU"):
+        OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge]))

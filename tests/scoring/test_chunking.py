@@ -49,3 +49,21 @@ def test_an_lm_head_keeps_its_budget_until_it_moves(monkeypatch):
     chunking._budgets.clear()
     assert chunk_budget_of(head) == 512 * MIB  # kept on the head: the dict was not read again
     assert chunk_budget_of(head.to_empty(device="cpu")) == CHUNK_BYTES
+
+
+def test_free_memory_is_read_from_the_devices_backend(monkeypatch):
+    """_free_bytes: torch.cuda.mem_get_info's free bytes on CUDA (faked: no GPU is touched), another accelerator
+    backend's mem_get_info where it has one, None where it has none; head_chunk_budget sizes the chunk from it."""
+    from types import SimpleNamespace
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or (96 * GIB, 141 * GIB))
+    monkeypatch.setattr(chunking, "_budgets", {})
+    device = torch.device("cuda", 0)
+    assert chunking._free_bytes(device) == 96 * GIB and asked == [device]
+    assert head_chunk_budget(device) == 1 * GIB  # 96 GiB / 32 = 3 GiB, capped
+    monkeypatch.setattr(torch, "xpu", SimpleNamespace(mem_get_info=lambda device: (4 * GIB, 8 * GIB)), raising=False)
+    assert chunking._free_bytes(torch.device("xpu", 0)) == 4 * GIB
+    monkeypatch.setattr(torch, "xpu", SimpleNamespace(), raising=False)
+    assert chunking._free_bytes(torch.device("xpu", 0)) is None
+    assert head_chunk_budget(torch.device("xpu", 1)) == CHUNK_BYTES  # unknown free memory: the CPU budget

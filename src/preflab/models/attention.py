@@ -195,6 +195,38 @@ def flex_block_mask(mask: Tensor):
     return create_block_mask(allowed, rows, None, width, width, device=mask.device, BLOCK_SIZE=FLEX_BLOCK)
 
 
+def refuse_flex_training_on_cpu(model, device) -> None:
+    """A policy with attn_implementation="flex_attention" that would train on the CPU is refused before anything
+    runs: torch 2.13 refuses gradients through FlexAttention on CPU ("FlexAttention does not support backward on
+    CPU"), compiled or not (and its compiled CPU forward failed to build its C++ kernel for the benchmark's tiny
+    Llama shape), so such a run could only fail inside its first step, after minutes of compiling. Decided by asking
+    torch (flex_trains_on_cpu), so a torch that trains it on CPU is let through."""
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
+    if impl != "flex_attention" or torch.device(device).type != "cpu" or flex_trains_on_cpu():
+        return
+    from preflab.errors import ConfigError
+
+    raise ConfigError(
+        f"attn_implementation: flex_attention (the policy's) cannot train on the CPU: torch {torch.__version__} has "
+        "no FlexAttention backward on CPU ('FlexAttention does not support backward on CPU'). On CPU use sdpa (the "
+        "default: the prefix-shared and packed layouts attend segment by segment there), or train on a GPU.")
+
+
+def flex_trains_on_cpu() -> bool:
+    """Whether this torch accepts CPU inputs that require grad in FlexAttention, asked on 16 positions each time (no
+    answer kept: torch's refusal comes from its input checks, before anything is computed or compiled)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q = torch.zeros(1, 1, 16, 8, requires_grad=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flex_attention(q, q, q)
+    except NotImplementedError:
+        return False
+    return True
+
+
 @torch.no_grad()
 def right_padding_needs_no_mask(model) -> bool:
     """Whether `model`, given no attention mask, scores the real tokens of a right-padded row exactly as with the
