@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from preflab.errors import ConfigError
+from preflab.models.load import REWARD_CONFIG_KEY  # noqa: F401  (a public name of this module; the loaders' check)
+from preflab.models.load import REWARD_FALLBACK_FILE as FALLBACK_FILE
 
-REWARD_CONFIG_KEY = "preflab_reward"
 HEAD_FILE = "reward_head.safetensors"
-FALLBACK_FILE = "preflab_reward_model.json"
 
 
 class LastTokenRewardModel(nn.Module):
