@@ -4,6 +4,7 @@
 before the refusal of a random reward head. A reward model saved inside another run's folder without a config.yaml
 of its own (an online run's judge, a recipe stage's reward model) is no output of that run and still evaluates."""
 import json
+import shutil
 
 import pytest
 import yaml
@@ -22,19 +23,6 @@ def _policy_run(path, task="dpo"):
     tok.save_pretrained(path)
     (path / "config.yaml").write_text(yaml.safe_dump({"task": task, "model_name_or_path": "builtin:tiny-llama",
                                                       "loss_type": "sigmoid"}))
-    return path
-
-
-def _reward_model(path):
-    """A tiny BT reward model saved as preflab saves one, without a config.yaml of its own."""
-    from preflab.models.tiny import tiny_tokenizer
-    from preflab.reward_models.heads import build_reward_model, set_reward_config
-
-    tok = tiny_tokenizer()
-    model = build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
-    set_reward_config(model, {"head": "bt", "tau": 1.0})
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
     return path
 
 
@@ -79,12 +67,12 @@ def test_every_eval_task_refuses_a_run_of_another_task_with_the_command_that_fit
             f"`preflab eval {run} {command}.") in capsys.readouterr().err
 
 
-def test_a_reward_model_inside_another_runs_folder_still_evaluates_as_task_reward(tmp_path, capsys):
+def test_a_reward_model_inside_another_runs_folder_still_evaluates_as_task_reward(tiny_rm_dir, tmp_path, capsys):
     # an online run's judge saved into the run's output_dir (no config.yaml of its own: run_config would read the
     # online run's), and a reward run nested in a recipe-like folder with its own config.yaml (task: reward)
     online = _policy_run(tmp_path / "online", task="online")
-    judge = _reward_model(online / "judge")
-    stage = _reward_model(online / "rm")
+    judge = shutil.copytree(tiny_rm_dir, online / "judge")  # a reward model saved as preflab saves one
+    stage = shutil.copytree(tiny_rm_dir, online / "rm")
     (stage / "config.yaml").write_text(yaml.safe_dump({"task": "reward", "model_name_or_path": "builtin:tiny-llama"}))
     data = _pairs(tmp_path, 4)
     for rm in (judge, stage):
