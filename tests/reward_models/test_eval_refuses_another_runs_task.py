@@ -95,3 +95,17 @@ def test_a_policy_run_given_as_a_reward_model_is_refused_by_its_task(tmp_path):
         with pytest.raises(ConfigError) as err:
             load(str(run))
         assert str(err.value) == want
+
+
+def test_an_image_text_online_run_is_left_to_the_loaders(tmp_path):
+    # task: online with online_task: vision_dataset trains a VLM: the policy eval (text) is not the command that fits
+    # it, so no refusal points there; run_task reads the folder's own config only
+    from preflab.eval.run_files import refuse_other_task, run_task
+
+    run = tmp_path / "vision"
+    (run / "checkpoint-3").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "online", "online_task": "vision_dataset"}))
+    for given in ("vlm", "dpo", "reward"):
+        refuse_other_task(run, given)
+    (run / "nested").mkdir()
+    assert (run_task(run), run_task(run / "checkpoint-3"), run_task(run / "nested")) == ("online", "online", None)

@@ -38,23 +38,33 @@ def run_task(path: str | Path) -> str | None:
     where neither is there. Unlike run_config, a folder that is no checkpoint is not given its parent's config: a
     model saved inside another run's folder without a config.yaml of its own (a reward model written by hand into a
     recipe's or an online run's output_dir, say) is no output of that run."""
+    task = _own_config(path).get("task")
+    return None if task is None else str(task)
+
+
+def _own_config(path: str | Path) -> dict:
+    """The config.yaml of the run whose output folder `path` is (run_task), or {}."""
     path = Path(path)
     checkpoint = path.name.startswith("checkpoint-") or (path / "trainer_state.json").is_file()
     for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
         if candidate.is_file():
             data = yaml.safe_load(candidate.read_text()) or {}
-            return str(data["task"]) if isinstance(data, dict) and data.get("task") is not None else None
-    return None
+            return data if isinstance(data, dict) else {}
+    return {}
 
 
 def refuse_other_task(path: str | Path, given: str) -> None:
     """A PreflabError (a ConfigError) before anything is loaded when `path` is the output of a run that `preflab eval
     --task given` does not evaluate (run_task), naming the run's task and the command that evaluates it: a DPO run
     given `--task reward` reached transformers, which printed its missing-key lists before the refusal of a
-    random reward head. A folder of no known run (run_task None, a recipe's own folder) is left to the loader."""
+    random reward head. A folder of no known run (run_task None, a recipe's own folder) is left to the loader, and so
+    is an image-text online run (online_task: vision_dataset), which no `--task` evaluates as it trained."""
     from preflab.errors import ConfigError
 
-    task = run_task(path)
+    saved = _own_config(path)
+    task = None if saved.get("task") is None else str(saved["task"])
+    if task == "online" and saved.get("online_task") == "vision_dataset":
+        return
     fitting = next((t for t, tasks in EVAL_TASKS.items() if task in tasks), None)
     if fitting is None or fitting == given:
         return
