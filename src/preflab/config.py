@@ -836,7 +836,8 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
                           "writable directory.") from err
     _check_file_splits(cfg)
     if check_models and cfg.task not in RECIPE_TASKS:
-        from preflab.models.load import check_model_name, check_remote_code, check_weights_safe
+        from preflab.models.load import (check_model_name, check_not_a_reward_model, check_remote_code,
+                                         check_weights_safe)
         from preflab.models.quantize import check_quantization_machine
 
         check_quantization_machine(cfg)
@@ -849,6 +850,8 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
             # what the model load would refuse, before the data is read and tokenized
             check_weights_safe(name, cfg.allow_pickle)
             check_remote_code(name, cfg.trust_remote_code, option)
+            if cfg.task in ("dpo", "sft", "online"):  # a causal LM loads there (a reward run starts from one too)
+                check_not_a_reward_model(name, option)
 
 
 def _check_file_splits(cfg: TrainConfig) -> None:

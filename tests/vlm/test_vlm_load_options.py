@@ -39,3 +39,26 @@ def test_builtin_vlm_takes_load_dtype_and_refuses_from_pretrained_kwargs():
     with pytest.raises(ConfigError, match=r"model_init_kwargs \['attn_implementation'\] would not reach "
                                           r"model_name_or_path='builtin:tiny-qwen2-vl'"):
         config_from_dict({**base, "model_init_kwargs": {"attn_implementation": "eager"}})
+
+
+def test_a_text_model_as_a_vlm_policy_is_a_config_error_naming_the_option(tmp_path):
+    """A causal LM directory given to task: vlm ended in transformers' ValueError traceback ("Unrecognized
+    configuration class ... LlamaConfig ... AutoModelForImageTextToText. Model type should be one of" ~100 classes)."""
+    import pytest
+
+    from preflab.errors import ConfigError
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    _, processor = tiny("qwen2_vl")
+    tiny_causal_lm(tiny_tokenizer(), hidden_size=16, num_layers=1).save_pretrained(tmp_path / "text")
+    cfg = config_from_dict({"task": "vlm", "model_name_or_path": "builtin:tiny-qwen2-vl", "dataset_name": "x.jsonl"})
+    with pytest.raises(ConfigError) as err:
+        load_vlm_model(str(tmp_path / "text"), cfg, processor)
+    assert str(err.value) == (
+        f"model_name_or_path={str(tmp_path / 'text')!r} is not an image-text model (ValueError: Unrecognized "
+        "configuration class <class 'transformers.models.llama.configuration_llama.LlamaConfig'> for this kind of "
+        "AutoModel: AutoModelForImageTextToText); task: vlm loads an image-text-to-text model: a hub VLM (Qwen2-VL, "
+        "LLaVA, SmolVLM, ...), a task: vlm run or one of builtin:tiny-qwen2-vl, builtin:tiny-llava, "
+        "builtin:tiny-idefics3.")
+    with pytest.raises(ValueError):  # a reference: load_vlm_reference words it, naming the option it came from
+        load_vlm_model(str(tmp_path / "text"), cfg, processor, ref=True)

@@ -90,6 +90,7 @@ def run(args) -> int:
     import sys
 
     from preflab.eval.run import EvalOptions, evaluate_checkpoint, run_truncation
+    from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import load_callable, reward_model_fn
 
     if not 0 < args.confidence < 1:
@@ -105,6 +106,7 @@ def run(args) -> int:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
     if args.token_rewards < 0:
         raise ConfigError(f"--token-rewards is a number of pairs (0: none), got {args.token_rewards}.")
+    refuse_other_task(args.checkpoint, "dpo")  # before a --reward-model, the reference or the policy loads
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")

@@ -1,4 +1,5 @@
-"""What a run directory says about itself: the training config saved with it (run_config) and the tokenizer saved
+"""What a run directory says about itself: the training config saved with it (run_config), the task of the run whose
+output it is (run_task, and refuse_other_task: which `preflab eval --task` evaluates it) and the tokenizer saved
 beside its weights (tokenizer_near). Read by preflab eval (preflab.eval.loading), the reward model loaders
 (preflab.reward_models.heads) and the VLM / diffusion evaluators; it imports no trainer, so each of them can.
 """
@@ -25,6 +26,53 @@ def run_config(path: str | Path) -> dict:
     if state.is_file():
         return dict(json.loads(state.read_text()).get("config") or {})
     return {}
+
+
+# `preflab eval --task X` -> the run tasks it evaluates (the first names the task in the messages)
+EVAL_TASKS = {"dpo": ("dpo", "sft", "online"), "reward": ("reward",), "vlm": ("vlm",), "diffusion": ("diffusion",)}
+
+
+def run_task(path: str | Path) -> str | None:
+    """The `task` of the run whose output folder `path` is: the one of its own config.yaml, or for a checkpoint-<step>
+    folder (a name checkpoint-*, or trainer_state.json in it) the one of its run's config.yaml one level up; None
+    where neither is there. Unlike run_config, a folder that is no checkpoint is not given its parent's config: a
+    model saved inside another run's folder without a config.yaml of its own (a reward model written by hand into a
+    recipe's or an online run's output_dir, say) is no output of that run."""
+    task = _own_config(path).get("task")
+    return None if task is None else str(task)
+
+
+def _own_config(path: str | Path) -> dict:
+    """The config.yaml of the run whose output folder `path` is (run_task), or {}."""
+    path = Path(path)
+    checkpoint = path.name.startswith("checkpoint-") or (path / "trainer_state.json").is_file()
+    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
+        if candidate.is_file():
+            data = yaml.safe_load(candidate.read_text()) or {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def refuse_other_task(path: str | Path, given: str) -> None:
+    """A PreflabError (a ConfigError) before anything is loaded when `path` is the output of a run that `preflab eval
+    --task given` does not evaluate (run_task), naming the run's task and the command that evaluates it: a DPO run
+    given `--task reward` reached transformers, which printed its missing-key lists before the refusal of a
+    random reward head. A folder of no known run (run_task None, a recipe's own folder) is left to the loader, and so
+    is an image-text online run (online_task: vision_dataset), which no `--task` evaluates as it trained."""
+    from preflab.errors import ConfigError
+
+    saved = _own_config(path)
+    task = None if saved.get("task") is None else str(saved["task"])
+    if task == "online" and saved.get("online_task") == "vision_dataset":
+        return
+    fitting = next((t for t, tasks in EVAL_TASKS.items() if task in tasks), None)
+    if fitting is None or fitting == given:
+        return
+    accepted = EVAL_TASKS[given]
+    runs = accepted[0] if len(accepted) == 1 else f"{', '.join(accepted[:-1])} or {accepted[-1]}"
+    how = "--data ...` (no --task)" if fitting == "dpo" else f"--task {fitting} --data ...`"
+    raise ConfigError(f"{path} is a task: {task} run; --task {given} evaluates task: {runs} runs. Evaluate it with "
+                      f"`preflab eval {path} {how}.")
 
 
 def tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):

@@ -33,6 +33,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.eval.loading import run_config
     from preflab.eval.run import open_eval_split, training_data_note
+    from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
@@ -44,7 +45,9 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     import yaml
 
     saved = yaml.safe_load(config.read_text()) or {}
-    refuse_other_task(run_dir, saved.get("task"))
+    refuse_other_task(run_dir, "diffusion")  # a text policy, a reward model, a VLM: named with its command
+    if saved.get("task") not in (None, "diffusion"):  # a recipe's folder: its stages are runs in its subfolders
+        raise ConfigError(f"{run_dir} is a task: {saved['task']} run; --task diffusion evaluates task: diffusion runs.")
     trained = saved.get("loss_type")
     if trained in DIFFUSION_NOT_EVALUATED:  # refused before --data is opened
         _refuse_unevaluated(trained)
@@ -100,18 +103,6 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
-
-
-def refuse_other_task(run_dir, task: str | None) -> None:
-    """A run of another task (a text policy, a reward model, a VLM) is refused by name before --data is opened: it
-    used to reach the pipeline loader and fail on its reference ("not a directory", "no model_index.json"), which
-    did not say that --task diffusion was the mistake. The error names the command that evaluates it. A config.yaml
-    without `task` (not written by `preflab train`, which saves every field) is left to the loader."""
-    if task in (None, "diffusion"):
-        return
-    how = f" --task {task}" if task in ("reward", "vlm") else ""
-    raise ConfigError(f"{run_dir} is a task: {task} run; --task diffusion evaluates task: diffusion runs. Evaluate it "
-                      f"with `preflab eval {run_dir}{how} --data ...`" + ("" if how else " (no --task)") + ".")
 
 
 def _refuse_unevaluated(loss_type: str) -> None:

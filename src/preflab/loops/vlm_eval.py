@@ -27,6 +27,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
+    from preflab.eval.run_files import refuse_other_task
+
+    refuse_other_task(checkpoint, "vlm")  # before the data is opened and the run's config is read as a vlm one
     path = Path(checkpoint)
     config = next((c for c in (path / "config.yaml", path.parent / "config.yaml") if c.is_file()), None)
     if config is None:

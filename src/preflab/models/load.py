@@ -24,6 +24,10 @@ BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")  # never loaded as weights
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# how a saved reward model says what it is (preflab.reward_models.heads writes them): its head's description in
+# config.json, and the file of a backbone without a transformers sequence-classification class
+REWARD_CONFIG_KEY = "preflab_reward"
+REWARD_FALLBACK_FILE = "preflab_reward_model.json"
 
 
 def check_weights_safe(name: str, allow_pickle: bool) -> None:
@@ -175,6 +179,30 @@ def cap_max_length(cfg, positions: int | None, name: str | None = None) -> None:
     cfg.max_length = positions
 
 
+def check_not_a_reward_model(name: str, option: str = "model_name_or_path") -> None:
+    """A local reward model (config.json with only *ForSequenceClassification architectures, or preflab's head
+    description without a causal LM architecture; or a preflab head on a bare backbone) given where a causal LM loads
+    is refused, naming `option`: AutoModelForCausalLM.from_pretrained built its backbone with a fresh random LM head
+    (and dropped the score head), and a DPO or SFT run then trained from noise without a word. A Themis reward model
+    is a causal LM with its trained LM head (and a value head beside it): it loads as one."""
+    folder = Path(name).expanduser()
+    config = folder / "config.json"
+    try:
+        data = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        return  # the loader says what is wrong with the file
+    archs = [str(a) for a in data.get("architectures") or []]
+    causal = any(a.endswith("ForCausalLM") for a in archs)
+    if not ((REWARD_CONFIG_KEY in data and not causal) or (folder / REWARD_FALLBACK_FILE).is_file()
+            or (archs and all(a.endswith("ForSequenceClassification") for a in archs))):
+        return
+    raise ConfigError(f"{option}={name!r} is a reward model ({', '.join(archs) or 'a preflab reward head'}), not a "
+                      "causal language model: loaded as one, its score head is dropped and its LM head starts "
+                      "random. Give a policy (e.g. the model the reward model was trained from, its config.yaml's "
+                      "model_name_or_path); a reward model scores as a judge (reward_funcs, `preflab eval "
+                      "--reward-model`) or is evaluated with `preflab eval DIR --task reward`.")
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "model_name_or_path"):
     from transformers import AutoTokenizer
 
@@ -255,6 +283,7 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
     from transformers import AutoModelForCausalLM
 
     check_weights_safe(name, allow_pickle)
+    check_not_a_reward_model(name, option)
     try:
         return mark_loaded(AutoModelForCausalLM.from_pretrained(
             name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs))

@@ -211,7 +211,7 @@ def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Modu
     """The image-text model `name`: a builtin tiny one, a task: vlm run, or transformers' from_pretrained in
     load_dtype with model_init_kwargs (ref: ref_load_dtype, else load_dtype, with ref_model_init_kwargs), as the text
     tasks load theirs (both were accepted and ignored: float32 and no kwargs)."""
-    from preflab.models.load import DTYPES, check_weights_safe
+    from preflab.models.load import DTYPES, _first_line, check_weights_safe
     from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm
 
     if not name:
@@ -226,6 +226,14 @@ def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Modu
 
     check_weights_safe(name, cfg.allow_pickle)
     kwargs = dict(getattr(cfg, "ref_model_init_kwargs" if ref else "model_init_kwargs", None) or {})
-    return AutoModelForImageTextToText.from_pretrained(
-        name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,
-                 "use_safetensors": None if cfg.allow_pickle else True, **kwargs})
+    try:
+        return AutoModelForImageTextToText.from_pretrained(
+            name, **{"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code,
+                     "use_safetensors": None if cfg.allow_pickle else True, **kwargs})
+    except ValueError as err:  # a text model ("Unrecognized configuration class ..."): transformers' traceback
+        if ref:
+            raise  # preflab.models.vlm.load_vlm_reference says it, naming the option the reference came from
+        said = _first_line(err).split(". ")[0]  # the library's first sentence (then it lists ~100 classes)
+        raise ConfigError(f"model_name_or_path={name!r} is not an image-text model ({said}); task: vlm "
+                          "loads an image-text-to-text model: a hub VLM (Qwen2-VL, LLaVA, SmolVLM, ...), a task: vlm "
+                          f"run or one of {', '.join(BUILTIN_VLM)}.") from err

@@ -35,8 +35,10 @@ def evaluate_reward_split(model, data, split: str | None, limit: int | None = No
     `split`, else 'test' where the data has one, else 'train', with its note), opened once; the notes are that one
     and what the accuracy does not cover (reward_eval_notes)."""
     from preflab.eval.run import open_eval_split
+    from preflab.eval.run_files import refuse_other_task
     from preflab.reward_models.eval import evaluate_reward_model
 
+    refuse_other_task(model, "reward")  # a policy, VLM or diffusion run: named with its command, before any load
     split, said, reader = open_eval_split(data, split, limit)
     result = evaluate_reward_model(model, reader, batch_size=batch_size, max_length=max_length,
                                    on_bad_row=on_bad_row)

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from preflab.errors import ConfigError
+from preflab.models.load import REWARD_CONFIG_KEY  # noqa: F401  (a public name of this module; the loaders' check)
+from preflab.models.load import REWARD_FALLBACK_FILE as FALLBACK_FILE
 
-REWARD_CONFIG_KEY = "preflab_reward"
 HEAD_FILE = "reward_head.safetensors"
-FALLBACK_FILE = "preflab_reward_model.json"
 
 
 class LastTokenRewardModel(nn.Module):
@@ -184,6 +184,7 @@ def load_reward_model(path: str, allow_pickle: bool = False, trust_remote_code: 
     from preflab.models.load import check_weights_safe
 
     check_weights_safe(path, allow_pickle)
+    _refuse_other_run(path)
     if is_training_checkpoint(path):
         return load_reward_checkpoint(path, trust_remote_code).eval()
     if Path(path, FALLBACK_FILE).is_file():
@@ -221,6 +222,20 @@ def _check_holds_a_model(path) -> None:
     raise ConfigError(f"{path} holds no model (no config.json)" + (f"; these folders in it do: {inside[:4]}"
                       if inside else "") + "; give a reward model directory: a `task: reward` run's output_dir, "
                       "its checkpoint-<step>, or a sequence-classification checkpoint.")
+
+
+def _refuse_other_run(path) -> None:
+    """The output of a policy, VLM or diffusion run (its own config.yaml's task, preflab.eval.run_files.run_task) is
+    refused before transformers loads it: as a sequence classifier it printed its missing-key lists (the score head)
+    before the refusal of a random head. A model without a run's config of its own (a reward model saved inside
+    another run's folder, a hub checkpoint) and a recipe's folder are left to the checks that follow."""
+    from preflab.eval.run_files import EVAL_TASKS, run_task
+
+    task = run_task(path)
+    if task is not None and task != "reward" and any(task in tasks for tasks in EVAL_TASKS.values()):
+        raise ConfigError(f"{path} is a task: {task} run, not a reward model; give a reward model directory: a "
+                          "`task: reward` run's output_dir, its checkpoint-<step>, or a sequence-classification "
+                          "checkpoint.")
 
 
 def _refuse_tool_reward_model(path) -> None:
