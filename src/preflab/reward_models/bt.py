@@ -14,7 +14,8 @@ Metrics (TRL RewardTrainer names): accuracy (r_w > r_l strictly, ties count as w
 min_reward / mean_reward / max_reward over both sides, plus rewards/chosen and rewards/rejected. min_reward and
 max_reward are the micro-batch's min / max (ObjectiveOutput.metric_extrema): the step takes each micro-batch's over
 all processes and logs their mean over the micro-batches, as TRL's RewardTrainer (min() of the gathered logits per
-compute_loss call, log() averaging the calls equally, whatever their sizes). Eval: preflab.reward_models.eval.batch_extrema.
+compute_loss call, log() averaging the calls equally, whatever their sizes). Eval:
+preflab.reward_models.eval.batch_extrema.
 Deviation from TRL: none in the loss; tau is an addition (tau = 1 gives TRL's loss exactly).
 """
 from __future__ import annotations
