@@ -122,9 +122,10 @@ def _assert_resumed_bit_for_bit(resumed: Path, straight: Path, steps) -> None:
 @pytest.mark.slow
 def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp_path, launched):
     """task: reward (Bradley-Terry head on tiny llama), examples/accelerate/fsdp2.yaml, 2 processes x batch 4 against
-    1 process x batch 8: losses and min/max_reward to 1e-6 and the gathered final weights (one save_pretrained folder) to 2e-6
-    (measured 6e-8 / 4e-9); stopped at the sharded step-2 checkpoint and resumed on 2 processes: the straight run's
-    losses, grad norms and weights bit for bit. (By hand: DDP and ZeRO-2 give the same numbers as FSDP2.)"""
+    1 process x batch 8: losses and min/max_reward to 1e-6 and the gathered final weights (one save_pretrained
+    folder) to 2e-6 (measured 6e-8 / 4e-9); stopped at the sharded step-2 checkpoint and resumed on 2 processes:
+    the straight run's losses, grad norms and weights bit for bit. (By hand: DDP and ZeRO-2 give the same numbers
+    as FSDP2.)"""
     from preflab.cli import main
 
     base = launched("test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit")
