@@ -408,7 +408,7 @@ def _reward_run(tmp_path):
 
 def test_reward_run_logs_equal_trls(tmp_path):
     """task: reward: loss, accuracy, margin, min/mean/max_reward (TRL: the mean of the micro-batches' minima and
-    maxima; preflab: the same, example-weighted), grad_norm, learning_rate, num_tokens, epoch equal TRL's
+    maxima, each call equally; preflab: the same), grad_norm, learning_rate, num_tokens, epoch equal TRL's
     RewardTrainer. preflab also logs rewards/chosen and rewards/rejected (the mean reward of each side)."""
     trainer, theirs, ours = _reward_run(tmp_path)
     # grad_norm to 1e-4 and rewards to 1e-5 (rewards of about +-0.5): the weights differ by float rounding (preflab

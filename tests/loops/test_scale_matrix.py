@@ -122,9 +122,10 @@ def _assert_resumed_bit_for_bit(resumed: Path, straight: Path, steps) -> None:
 @pytest.mark.slow
 def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp_path, launched):
     """task: reward (Bradley-Terry head on tiny llama), examples/accelerate/fsdp2.yaml, 2 processes x batch 4 against
-    1 process x batch 8: losses to 1e-6 and the gathered final weights (one save_pretrained folder) to 2e-6
-    (measured 6e-8 / 4e-9); stopped at the sharded step-2 checkpoint and resumed on 2 processes: the straight run's
-    losses, grad norms and weights bit for bit. (By hand: DDP and ZeRO-2 give the same numbers as FSDP2.)"""
+    1 process x batch 8: losses and min/max_reward to 1e-6 and the gathered final weights (one save_pretrained
+    folder) to 2e-6 (measured 6e-8 / 4e-9); stopped at the sharded step-2 checkpoint and resumed on 2 processes:
+    the straight run's losses, grad norms and weights bit for bit. (By hand: DDP and ZeRO-2 give the same numbers
+    as FSDP2.)"""
     from preflab.cli import main
 
     base = launched("test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit")
@@ -133,6 +134,10 @@ def test_reward_model_under_fsdp2_equals_one_process_and_resumes_bit_for_bit(tmp
     assert _environment(full) == (2, "FSDP")
     assert json.loads((full / "checkpoint-2/trainer_state.json").read_text())["checkpoint_format"] == "sharded"
     _assert_close(full, one, 1e-6, 2e-6)
+    two_steps, one_steps = _steps(full), _steps(one)  # min / max over both ranks' rewards (the step's all-reduce),
+    for key in ("min_reward", "max_reward"):  # as TRL's gather(logits).min(): 1 process x 8's
+        assert [two_steps[s][key] for s in sorted(two_steps)] == pytest.approx(
+            [one_steps[s][key] for s in sorted(one_steps)], abs=1e-6), key
     assert sorted(_steps(resumed)) == [3, 4]
     _assert_resumed_bit_for_bit(resumed, full, (3, 4))
     from transformers import AutoModelForSequenceClassification

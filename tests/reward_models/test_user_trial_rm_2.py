@@ -336,35 +336,6 @@ def test_a_lora_reward_runs_checkpoint_evaluates_as_its_merged_final_model(tmp_p
                                RewardModel(final, tok).score(prompts, responses), rtol=0, atol=1e-5)
 
 
-def test_min_and_max_reward_are_over_every_ranks_rewards():
-    """Under DDP, min_reward / max_reward were the mean over ranks of each rank's min / max (the step averages
-    metrics), not TRL's min / max over the gathered rewards: 2 processes x 4 logged 0.1249 where 1 process x 8 (and
-    TRL) logged 0.1166. RewardRun.forward now gathers them (here a 2-rank gather whose other rank holds -1 and 5)."""
-    from types import SimpleNamespace
-
-    from preflab.objectives.base import ObjectiveOutput
-    from preflab.reward_models.bt import BTHead
-    from preflab.reward_models.train import RewardRun
-
-    import contextlib
-
-    out = BTHead().loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.5], [0.0]]), {})
-    other_rank = iter([-1.0, 5.0])  # its min_reward, then its max_reward (the order forward gathers them)
-
-    def gather(t):
-        return torch.cat([t, torch.tensor([next(other_rank)])])
-
-    run = object.__new__(RewardRun)
-    run.model, run.loss_fn = None, lambda model, mb: ObjectiveOutput(out.loss, out.losses, dict(out.metrics))
-    run.acc = SimpleNamespace(num_processes=2, gather=gather, autocast=contextlib.nullcontext)
-    two = run.forward(None).metrics
-    assert (two["min_reward"].item(), two["max_reward"].item()) == (-1.0, 5.0)
-    assert two["accuracy"].item() == 1.0 and two["margin"].item() == pytest.approx(1.25)  # means stay local
-    run.acc.num_processes = 1
-    one = run.forward(None).metrics
-    assert (one["min_reward"].item(), one["max_reward"].item()) == (0.0, 2.0)
-
-
 def test_reward_data_tokenizes_with_dataset_num_proc_to_the_same_pairs(tmp_path, tok, monkeypatch):
     """TRL's dataset_num_proc was accepted by task: reward and ignored (one process tokenized everything)."""
     import concurrent.futures

@@ -11,7 +11,11 @@ temperature (1 in TRL, 0.1 in the GPM code's PairWiseLoss); c: `center_rewards_c
 the preference P(y > y' | x) = sigma((r(x, y) - r(x, y')) / tau).
 
 Metrics (TRL RewardTrainer names): accuracy (r_w > r_l strictly, ties count as wrong), margin (mean r_w - r_l),
-min_reward / mean_reward / max_reward over both sides, plus rewards/chosen and rewards/rejected.
+min_reward / mean_reward / max_reward over both sides, plus rewards/chosen and rewards/rejected. min_reward and
+max_reward are the micro-batch's min / max (ObjectiveOutput.metric_extrema): the step takes each micro-batch's over
+all processes and logs their mean over the micro-batches, as TRL's RewardTrainer (min() of the gathered logits per
+compute_loss call, log() averaging the calls equally, whatever their sizes). Eval:
+preflab.reward_models.eval.batch_extrema.
 Deviation from TRL: none in the loss; tau is an addition (tau = 1 gives TRL's loss exactly).
 """
 from __future__ import annotations
@@ -36,6 +40,9 @@ def bt_losses(r_chosen: Tensor, r_rejected: Tensor, margin: Tensor | None = None
     if center_rewards_coefficient:
         losses = losses + center_rewards_coefficient * (r_chosen + r_rejected) ** 2
     return losses
+
+
+EXTREMA = {"min_reward": "min", "max_reward": "max"}  # pair_metrics' per-micro-batch min / max (metric_extrema)
 
 
 def pair_metrics(r_chosen: Tensor, r_rejected: Tensor) -> dict[str, Tensor]:
@@ -70,7 +77,7 @@ class BTHead:
         """out_*: [B, 1] head outputs; extras may hold `margin` [B]."""
         r_c, r_r = out_chosen[:, 0], out_rejected[:, 0]
         losses = bt_losses(r_c, r_r, extras.get("margin"), self.tau, self.center_rewards_coefficient)
-        return ObjectiveOutput(losses.mean(), losses, pair_metrics(r_c, r_r))
+        return ObjectiveOutput(losses.mean(), losses, pair_metrics(r_c, r_r), metric_extrema=dict(EXTREMA))
 
     def logit(self, out_a: Tensor, out_b: Tensor) -> Tensor:
         """[B] log-odds of P(a > b)."""

@@ -38,6 +38,23 @@ def pair_outputs(model: nn.Module, pairs: list, pad_id: int, batch_size: int = 8
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def batch_extrema(metrics: dict, out_c: Tensor, out_r: Tensor, batch_size: int) -> dict:
+    """`metrics` with its min_reward / max_reward (a BT head's, over the whole set) replaced by TRL RewardTrainer's
+    eval values: each eval batch's min / max over both sides' rewards (compute_loss per batch), averaged over the
+    batches equally by log() (trl/trainer/reward_trainer.py). batch_size: the pairs of one eval batch on all
+    processes (per_device_eval_batch_size x processes: TRL gathers the batch's logits). A metric without
+    them (GPM) is returned as is."""
+    from preflab.reward_models.bt import EXTREMA
+
+    if not any(name in metrics for name in EXTREMA):
+        return metrics
+    rewards = [torch.cat([out_c[i:i + batch_size, 0], out_r[i:i + batch_size, 0]])
+               for i in range(0, out_c.shape[0], batch_size)]
+    picks = {"min": torch.amin, "max": torch.amax}
+    return {**metrics, **{name: float(sum(float(picks[kind](r)) for r in rewards) / len(rewards))
+                          for name, kind in EXTREMA.items() if name in metrics}}
+
+
 def capped_max_length(model: nn.Module, max_length: int | None) -> int | None:
     """`max_length` capped to the model's positions: a longer sequence would index past a learned position table
     (GPT-2's 512 / 1024) and end in an IndexError inside the model's forward. The pairs it cuts are counted (the
@@ -136,7 +153,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     result.update(calibration(logit))  # ece, brier and the reliability bins of P(chosen > rejected)
     trained = head.loss(out_c, out_r, stack_extras(pairs))  # the training run's eval_loss, eval_margin, ... (TRL's)
     result["loss"] = float(trained.loss)
-    result.update({k: float(v) for k, v in trained.metrics.items() if k != "accuracy"})
+    result.update({k: float(v) for k, v in batch_extrema(trained.metrics, out_c, out_r, batch_size).items()
+                   if k != "accuracy"})
     for field in group_fields:
         groups = _groups(kept, correct, field)
         if groups:

@@ -55,7 +55,7 @@ class WeightedBTHead(BTHead):
     def loss(self, out_chosen, out_rejected, extras: dict) -> ObjectiveOutput:
         out = super().loss(out_chosen, out_rejected, extras)
         losses = out.losses * extras["em_weight"].to(out.losses.dtype)
-        return ObjectiveOutput(losses.mean(), losses, out.metrics)
+        return ObjectiveOutput(losses.mean(), losses, out.metrics, metric_extrema=out.metric_extrema)
 
 
 def mixture_params(cfg) -> dict:

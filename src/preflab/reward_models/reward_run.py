@@ -57,10 +57,7 @@ class RewardRun(TrainingRun):
 
     def forward(self, mb):
         with self.acc.autocast():
-            out = self.loss_fn(self.model, mb)
-        if self.acc.num_processes > 1:
-            global_extrema(out.metrics, self.acc.gather)
-        return out
+            return self.loss_fn(self.model, mb)
 
     def micro_batches(self, step: int) -> list:
         return [self.collate([self.items[i] for i in index])
@@ -103,25 +100,12 @@ class RewardRun(TrainingRun):
         self.tokenizer.save_pretrained(self.out)
 
 
-EXTREMA = {"min_reward": torch.amin, "max_reward": torch.amax}  # TRL's min over all ranks' rewards (gathered)
-
-
-def global_extrema(metrics: dict, gather: Callable) -> None:
-    """min_reward / max_reward of this micro-batch over every rank's rewards, in place (TRL RewardTrainer gathers the
-    logits, then takes the min and max). The step averages metrics over ranks, which would give the mean of the
-    ranks' minima: 2 processes x b would log another min_reward than 1 process x 2b. Every rank runs the same number
-    of micro-batches per step, so the gathers pair up."""
-    for name, pick in EXTREMA.items():
-        if name in metrics:
-            metrics[name] = pick(gather(metrics[name].detach().reshape(1)))
-
-
 def train_pairwise_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, eval_data=None, head=None,
                           context_template: str | None = None) -> dict:
     """Train a pairwise reward model (BT by default, or `head=GPMHead(...)`); returns the summary dict. The
     arguments are train_reward's (preflab.reward_models.train), which calls this for the pairwise heads after
     check_given_reward_model."""
-    from preflab.reward_models.eval import pair_outputs
+    from preflab.reward_models.eval import batch_extrema, pair_outputs
 
     head = head or head_from_cfg(cfg)
     if tokenizer is None:
@@ -162,7 +146,8 @@ def train_pairwise_reward(cfg: TrainConfig, model=None, tokenizer=None, train_da
 
         out_c, out_r = pair_outputs(model, eval_data, pad_id, cfg.per_device_eval_batch_size)
         result = head.loss(out_c, out_r, stack_extras(eval_data))
-        return {"loss": float(result.loss), **{k: float(v) for k, v in result.metrics.items()}}
+        metrics = batch_extrema(result.metrics, out_c, out_r, cfg.per_device_eval_batch_size * run.acc.num_processes)
+        return {"loss": float(result.loss), **{k: float(v) for k, v in metrics.items()}}
 
     run = RewardRun(cfg, model, tokenizer, train_data, collate, loss_fn, evaluate if eval_data else None, info,
                     report)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from preflab.config import TrainConfig
 from preflab.reward_models.maxmin_train import train_mixture
 from preflab.reward_models.multi_objective import train_attribute_reward
-from preflab.reward_models.reward_run import (EXTREMA, RewardRun, check_given_reward_model,  # noqa: F401
-                                              global_extrema, head_from_cfg, reward_model_for_run, step_outputs,
+from preflab.reward_models.reward_run import (RewardRun, check_given_reward_model,  # noqa: F401
+                                              head_from_cfg, reward_model_for_run, step_outputs,
                                               train_pairwise_reward, unmasked_rows)
 
 
