@@ -3,7 +3,10 @@ whole DPO step: reference forward, policy forward+backward, AdamW) on the bench 
 6 layers, intermediate 1024, random weights), 4 pairs of random tokens, prefix-shared layout, one thread; with and
 without the statistics, interleaved repeats, median time.
 
-    python benchmarks/token_metrics_overhead.py VOCAB REPEATS [step]     # e.g. 8192 9, 131072 3 step
+    python benchmarks/token_metrics_overhead.py VOCAB REPEATS [step|compile]     # e.g. 8192 9, 131072 3 step
+
+"compile": the scorer under torch.compile (inductor, preflab.scoring.compile.compile_scorer), forward+backward, after
+one call of each kind (two graphs): what a compiled run pays for computing the statistics on every step.
 """
 import random
 import statistics
@@ -29,6 +32,9 @@ pairs = [SimpleNamespace(prompt_ids=[1] + draw(rng.randrange(40, 120)), chosen_i
 layout = prefix_shared(pairs, pad_id=0)
 scorer = LogProbScorer(model)
 full = len(sys.argv) > 3 and sys.argv[3] == "step"
+if len(sys.argv) > 3 and sys.argv[3] == "compile":
+    from preflab.scoring.compile import compile_scorer
+    scorer = compile_scorer(scorer, SimpleNamespace(torch_compile_backend=None, torch_compile_mode=None))
 if full:  # a whole DPO step: reference forward (no grad), policy forward+backward, AdamW
     import copy
     ref = LogProbScorer(copy.deepcopy(model).requires_grad_(False))

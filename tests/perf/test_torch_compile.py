@@ -222,3 +222,26 @@ def test_the_compiled_scorer_does_not_guard_on_the_per_device_chunk_budgets(monk
             torch.testing.assert_close(compiled(layout).token_logps, eager(layout).token_logps, atol=1e-6, rtol=0)
         chunking._budgets.clear()  # after the first call: the per-device dict no longer says what the graph read
     assert graphs_compiled() - before == 1
+
+
+@pytest.mark.slow  # 2 short runs, one traced by dynamo (eager backend): ~25 s
+def test_logging_steps_compile_no_graph_of_their_own(tmp_path):
+    """TRL's token metrics are computed on logged steps only (Trainer.forward). want_token_stats is a guard of the
+    compiled scorer's graph: a run logging every 2 steps compiled a third graph at its first logging step (the policy
+    with gradient, with the statistics) and switched between two cached graphs from then on; on a GPU that compile
+    fell inside the benchmark runner's timed window (it logs its last step). A compiled scorer now computes the
+    statistics on every step and the trainer reads them on the logged steps: 2 graphs (the reference without
+    gradient, the policy with it), as many as a run logging every step, and the logged metrics are eager's."""
+    from preflab.scoring.token_metrics import TOKEN_METRICS
+
+    summary, _ = run(tmp_path / "compiled", max_steps=6, logging_steps=2, torch_compile_backend="eager")
+    run(tmp_path / "eager", max_steps=6, logging_steps=2)
+    assert summary["torch_compile"]["graphs"] == 2
+
+    def rows(out):
+        return [json.loads(line) for line in open(Path(out) / "metrics.jsonl") if '"loss"' in line]
+
+    compiled, eager = rows(tmp_path / "compiled"), rows(tmp_path / "eager")
+    assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [2, 4, 6]
+    for name in ("loss", *TOKEN_METRICS):
+        assert [r[name] for r in compiled] == pytest.approx([r[name] for r in eager], abs=1e-6), name

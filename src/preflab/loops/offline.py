@@ -333,9 +333,11 @@ class Trainer(TrainingRun):
             extra = {"want_wpo": True} if "wpo" in needs else {}  # WPO's per-token term
             if prompts:
                 extra["prompt_sequences"] = prompts
-            # TRL's DPO token metrics (self.token_sums); forward turns them off on steps that are not logged
+            # TRL's DPO token metrics (self.token_sums); forward turns them off on steps that are not logged.
+            # A compiled scorer computes them on every step (read on the logged ones only): the flag is a guard of
+            # its graph, and switching it at each logging step would compile (and cache) a graph more per grad mode
             stats = self.token_stats_now and hasattr(self.kind, "token_sums")
-            if stats:
+            if stats or (self.cfg.torch_compile and hasattr(self.kind, "token_sums")):
                 extra["want_token_stats"] = True
             if self.router_coef is not None:  # the MoE routers' load-balancing loss, from the same forward
                 extra["want_router_loss"] = True
@@ -363,6 +365,7 @@ class Trainer(TrainingRun):
 
     def forward(self, mb):
         # the token metrics cost 2-7% of the scorer's time on CPU (vocabulary 8k-128k): only on the logged steps
+        # (an eager scorer computes them there only; a compiled one on every step, see score())
         self.token_stats_now = self._log_due(getattr(self, "step", 0) + 1)
         try:
             batch = self.score(mb.layout, positions=mb.index)
