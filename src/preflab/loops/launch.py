@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from preflab.loops.accelerate_reuse import match_accelerate_state
 from preflab.checkpoint import clean_interrupted_saves
 from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
@@ -210,6 +211,9 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
     fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2
     deepspeed_on_cpu = cpu and env_flag("ACCELERATE_USE_DEEPSPEED")
+    reset = match_accelerate_state(precision, cpu or not _has_accelerator_device())  # an earlier run's settings
+    if reset:
+        print(reset)
     plugin = ds_cpu_plugin = None
     if fsdp_on_cpu:
         from accelerate.utils import FullyShardedDataParallelPlugin
