@@ -459,40 +459,56 @@ from safetensors.torch import save_file
 from preflab.config import config_from_dict
 from preflab.loops.offline import Trainer
 
-spec = json.loads(Path(sys.argv[1]).read_text())
-trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
-trainer.train()
-extras = {k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}
-rank = trainer.accelerator.process_index
-save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{rank}.safetensors"))
+sys.path.insert(0, {loops!r})
+from fsdp_run import close_process_group, keep_process_group
+
+keep_process_group()  # several runs (one spec each) in the same processes
+for spec in map(json.loads, map(Path.read_text, map(Path, sys.argv[1:]))):
+    trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
+    trainer.train()
+    extras = {{k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}}
+    rank = trainer.accelerator.process_index
+    save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{{rank}}.safetensors"))
+close_process_group()
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
-def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(tmp_path, name, accelerate_launch):
-    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
-    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model)."""
+@pytest.fixture(scope="module")
+def extras_on_two_processes(tmp_path_factory, accelerate_launch):
+    """The 2-process DDP runs of every EXTRA_OBJECTIVES entry, one after the other in one launch (a launch costs a
+    launcher and two ranks' imports): `root / name / "two"` holds `name`'s run. Returns root."""
     import os
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    params, greater = EXTRA_OBJECTIVES[name]
-    cfg = _cfg(tmp_path, "two", loss_type=name, objective_params=params, max_steps=5, greater_is_better=greater,
-               per_device_train_batch_size=2, use_cpu=True)
-    spec, script = tmp_path / "spec.json", tmp_path / "run.py"
-    spec.write_text(json.dumps({"config": cfg.to_dict(), "train": _rows(16), "eval": _eval_rows()}))
-    script.write_text(TWO_PROCESS_RUN)
+    here = Path(__file__).resolve().parent
+    root, specs = tmp_path_factory.mktemp("best-extras-two"), []
+    for name, (params, greater) in EXTRA_OBJECTIVES.items():
+        cfg = _cfg(root / name, "two", loss_type=name, objective_params=params, max_steps=5,
+                   greater_is_better=greater, per_device_train_batch_size=2, use_cpu=True)
+        specs.append(root / f"{name}.json")
+        specs[-1].write_text(json.dumps({"config": cfg.to_dict(), "train": _rows(16), "eval": _eval_rows()}))
+    script = root / "run.py"
+    script.write_text(TWO_PROCESS_RUN.format(loops=str(here)))
     import preflab
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1])}  # this preflab
     env.pop("WORLD_SIZE", None)
     cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(script), str(spec))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root, check=False)
+                            "--dynamo_backend", "no", str(script), *map(str, specs))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=here.parents[1],
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "two"
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
+def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(name, extras_on_two_processes):
+    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
+    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model)."""
+    greater = EXTRA_OBJECTIVES[name][1]
+    run = extras_on_two_processes / name / "two"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["environment"]["world_size"] == 2
     step = summary["best_global_step"]
