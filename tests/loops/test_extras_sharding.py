@@ -60,10 +60,15 @@ def _equal_files(a: Path, b: Path, names) -> None:
 
 @pytest.fixture(scope="module")
 def spo_degree_one_process(tmp_path_factory):
-    """examples/spo_degree.yaml, 4 steps, one plain process x 8 pairs."""
+    """examples/spo_degree.yaml, 4 steps, one plain process x 8 pairs: `preflab train` in this process
+    (preflab.cli.main; a subprocess cost an interpreter's imports)."""
+    from preflab.cli import main
+
     tmp = tmp_path_factory.mktemp("spo_degree_one")
-    _run([sys.executable, str(_cli(tmp)), *RUN, "use_cpu=true", "save_steps=0", "per_device_train_batch_size=8",
-          f"output_dir={tmp / 'one'}"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)  # the yaml's dataset path is relative to the repository
+        assert main([*RUN, "use_cpu=true", "save_steps=0", "per_device_train_batch_size=8",
+                     f"output_dir={tmp / 'one'}"]) == 0
     return tmp / "one"
 
 
