@@ -185,31 +185,24 @@ def test_a_metric_missing_from_the_eval_metrics_names_the_available_ones(tmp_pat
         _train(_cfg(tmp_path, "bad", metric_for_best_model="lossy", max_steps=2))
 
 
+BEST_COMMON = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
+               "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
+               "warmup_steps=0"]
+
+
 @pytest.mark.slow
-def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path, accelerate_launch):
+def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path, two_process_runs):
     """2 processes x batch 8 train as 1 process x batch 16; every rank takes the same best-model decisions (the
-    metric is the main process's on every rank), so both runs name the same best step and save its weights."""
-    import os
-    import shutil
-    import subprocess
+    metric is the main process's on every rank), so both runs name the same best step and save its weights.
+    The 2-process run: `preflab train examples/quickstart.yaml *BEST_COMMON` in the shared launch."""
     from pathlib import Path
 
     from preflab.cli import main
 
     root = Path(__file__).resolve().parents[2]
-    common = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
-              "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
-              "warmup_steps=0"]
-    two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", shutil.which("preflab"), "train",
-                            str(root / "examples/quickstart.yaml"), f"output_dir={two}", *common)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=root, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = two_process_runs / "best" / "two", tmp_path / "one"
     assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={one}",
-                 "per_device_train_batch_size=16", *common]) == 0
+                 "per_device_train_batch_size=16", *BEST_COMMON]) == 0
     got, want = (json.loads((d / "summary.json").read_text()) for d in (two, one))
     assert got["environment"]["world_size"] == 2
     step = _best(_evals(two))[0]
@@ -459,40 +452,68 @@ from safetensors.torch import save_file
 from preflab.config import config_from_dict
 from preflab.loops.offline import Trainer
 
-spec = json.loads(Path(sys.argv[1]).read_text())
-trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
-trainer.train()
-extras = {k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}
-rank = trainer.accelerator.process_index
-save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{rank}.safetensors"))
+sys.path.insert(0, {loops!r})
+from fsdp_run import close_process_group, keep_process_group
+
+keep_process_group()  # several runs (one spec each) in the same processes
+for spec in map(json.loads, map(Path.read_text, map(Path, sys.argv[1:]))):
+    if "cli" in spec:  # `preflab train *spec["cli"]`
+        from preflab.cli import main
+
+        code = main(spec["cli"])
+        if code:
+            sys.exit(code)
+        continue
+    trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
+    trainer.train()
+    extras = {{k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}}
+    rank = trainer.accelerator.process_index
+    save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{{rank}}.safetensors"))
+close_process_group()
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
-def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(tmp_path, name, accelerate_launch):
-    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
-    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model)."""
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, accelerate_launch):
+    """The 2-process DDP runs of this module's tests, one after the other in one launch (a launch costs a launcher
+    and two ranks' imports): `root / "best" / "two"` holds `preflab train examples/quickstart.yaml *BEST_COMMON`
+    (per_device_train_batch_size 8 from the yaml), `root / name / "two"` the run of EXTRA_OBJECTIVES entry `name`.
+    Returns root."""
     import os
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    params, greater = EXTRA_OBJECTIVES[name]
-    cfg = _cfg(tmp_path, "two", loss_type=name, objective_params=params, max_steps=5, greater_is_better=greater,
-               per_device_train_batch_size=2, use_cpu=True)
-    spec, script = tmp_path / "spec.json", tmp_path / "run.py"
-    spec.write_text(json.dumps({"config": cfg.to_dict(), "train": _rows(16), "eval": _eval_rows()}))
-    script.write_text(TWO_PROCESS_RUN)
+    here = Path(__file__).resolve().parent
+    root, specs = tmp_path_factory.mktemp("best-two-processes"), []
+    specs.append(root / "best.json")
+    specs[-1].write_text(json.dumps({"cli": ["train", str(here.parents[1] / "examples/quickstart.yaml"),
+                                             f"output_dir={root / 'best' / 'two'}", *BEST_COMMON]}))
+    for name, (params, greater) in EXTRA_OBJECTIVES.items():
+        cfg = _cfg(root / name, "two", loss_type=name, objective_params=params, max_steps=5,
+                   greater_is_better=greater, per_device_train_batch_size=2, use_cpu=True)
+        specs.append(root / f"{name}.json")
+        specs[-1].write_text(json.dumps({"config": cfg.to_dict(), "train": _rows(16), "eval": _eval_rows()}))
+    script = root / "run.py"
+    script.write_text(TWO_PROCESS_RUN.format(loops=str(here)))
     import preflab
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1])}  # this preflab
     env.pop("WORLD_SIZE", None)
     cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(script), str(spec))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=root, check=False)
+                            "--dynamo_backend", "no", str(script), *map(str, specs))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=here.parents[1],
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "two"
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
+def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(name, two_process_runs):
+    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
+    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model)."""
+    greater = EXTRA_OBJECTIVES[name][1]
+    run = two_process_runs / name / "two"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["environment"]["world_size"] == 2
     step = summary["best_global_step"]

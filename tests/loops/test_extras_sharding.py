@@ -60,10 +60,15 @@ def _equal_files(a: Path, b: Path, names) -> None:
 
 @pytest.fixture(scope="module")
 def spo_degree_one_process(tmp_path_factory):
-    """examples/spo_degree.yaml, 4 steps, one plain process x 8 pairs."""
+    """examples/spo_degree.yaml, 4 steps, one plain process x 8 pairs: `preflab train` in this process
+    (preflab.cli.main; a subprocess cost an interpreter's imports)."""
+    from preflab.cli import main
+
     tmp = tmp_path_factory.mktemp("spo_degree_one")
-    _run([sys.executable, str(_cli(tmp)), *RUN, "use_cpu=true", "save_steps=0", "per_device_train_batch_size=8",
-          f"output_dir={tmp / 'one'}"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)  # the yaml's dataset path is relative to the repository
+        assert main([*RUN, "use_cpu=true", "save_steps=0", "per_device_train_batch_size=8",
+                     f"output_dir={tmp / 'one'}"]) == 0
     return tmp / "one"
 
 
@@ -87,10 +92,12 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
     config, how = ENGINES[engine]
     cli, one = _cli(tmp_path), spo_degree_one_process
     two, resumed = tmp_path / "two", tmp_path / "resumed"
-    launch = ["--config_file", str(ROOT / "examples/accelerate" / config), "--num_processes", "2", str(cli)]
-    _run(accelerate_launch(*launch, *RUN, how, "save_steps=2", "per_device_train_batch_size=4", f"output_dir={two}"))
-    _run(accelerate_launch(*launch, *RUN, how, "save_steps=0", "per_device_train_batch_size=4",
-                           f"output_dir={resumed}", f"resume_from_checkpoint={two / 'checkpoint-2'}"))
+    # one launch, two runs in the same processes (scale_matrix_run.py): the straight run, then the resumed one
+    _run(accelerate_launch("--config_file", str(ROOT / "examples/accelerate" / config), "--num_processes", "2",
+                           str(HERE / "scale_matrix_run.py"),
+                           "cli", two, *RUN[1:], how, "save_steps=2", "per_device_train_batch_size=4", "--",
+                           "cli", resumed, *RUN[1:], how, "save_steps=0", "per_device_train_batch_size=4",
+                           f"resume_from_checkpoint={two / 'checkpoint-2'}"))
 
     env = json.loads((two / "summary.json").read_text())["environment"]
     assert (env["world_size"], env["distributed_type"]) == (2, "FSDP" if engine == "fsdp2" else "DEEPSPEED")

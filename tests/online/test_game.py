@@ -204,32 +204,45 @@ def test_game_refuses_refresh_reference_every(value):
     assert cfg.refresh_reference_every == 0 and cfg.loss_type == "sppo"
 
 
+def _two_process_args(trainer: str) -> list[str]:
+    return [f"trainer={trainer}", "max_steps=12", "steps_per_generation=4", "logging_steps=4", "disable_tqdm=true",
+            "per_device_train_batch_size=6", *(["num_generations=4", "prompts_per_generation=6"] if trainer == "spo"
+                                               else [])]
+
+
+@pytest.fixture(scope="module")
+def game_on_two_processes(tmp_path_factory, accelerate_launch):
+    """`accelerate launch --num_processes 2` of the shipped game, `preflab train` (preflab.cli.main) once per trainer
+    of the test below in the same processes (tests/loops/scale_matrix_run.py: one launch, not one per trainer; a
+    launch costs a launcher and two ranks' imports). `root / trainer` holds that trainer's run. Returns root."""
+    import os
+    import subprocess
+
+    root = tmp_path_factory.mktemp("game-two-processes")
+    runs = [a for i, t in enumerate(("egpo", "spo"))
+            for a in [*(["--"] if i else []), "cli", str(root / t), str(RECIPE), *_two_process_args(t)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(Path(__file__).parents[1] / "loops" / "scale_matrix_run.py"),
+                            *runs)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["egpo", "spo"])
-def test_game_on_two_processes_equals_one_process(tmp_path, accelerate_launch, trainer):
+def test_game_on_two_processes_equals_one_process(tmp_path, game_on_two_processes, trainer):
     """`accelerate launch --num_processes 2` (gloo on CPU) of the shipped game: every rank builds the same policy and
     round (spo's answers drawn with the round's seed, egpo's half step on every example on each rank), each trains on
     its part of the step's examples, the gradients are averaged: the same policy as one process with the same config
     (an online step takes its round's examples on any number of processes) to float summation order."""
     import json
-    import os
-    import shutil
-    import subprocess
 
-    preflab = shutil.which("preflab")
-    assert preflab, "the preflab console script is installed"
-    args = [f"trainer={trainer}", "max_steps=12", "steps_per_generation=4", "logging_steps=4", "disable_tqdm=true",
-            "per_device_train_batch_size=6", *(["num_generations=4", "prompts_per_generation=6"] if trainer == "spo"
-                                               else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", preflab, "train", str(RECIPE), f"output_dir={tmp_path / 'two'}",
-                            *args)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = _two_process_args(trainer)
     one = game_run(tmp_path / "one", *args)
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = json.loads((game_on_two_processes / trainer / "summary.json").read_text())
     assert two["environment"]["world_size"] == 2 and two["environment"]["backend"] == "gloo"
     assert one["environment"]["world_size"] == 1
     for key in ("policy_distribution", "policy_distribution_average"):

@@ -226,49 +226,49 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path, accelerate_launch):
-    """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
-    gathered, each rank trains on its half of every step's examples; the result equals one process with the same
-    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order)."""
+TWO_PROCESS = ["per_device_train_batch_size=2", "generation_batch_size=2", "max_steps=4"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, accelerate_launch):
+    """The 2-process runs of the two tests below, in one launch (tests/loops/scale_matrix_run.py's online mode runs
+    online_tiny_run.py's setup several times in the same processes; a launch costs a launcher and two ranks'
+    imports): `two` (TWO_PROCESS) and `two-saved` (the same with save_steps=3). Returns their parent folder."""
     import os
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).parent / "online_tiny_run.py"
-    common = ["generation_batch_size=2", "max_steps=4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    tiny_run(tiny_cfg(tmp_path / "one", per_device_train_batch_size=4, generation_batch_size=2, max_steps=4)).train()
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2",
-                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                            str(script), str(tmp_path / "two"), "per_device_train_batch_size=2", *common)
-    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
-    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
-    assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(tmp_path / "two")],
-                                                                         abs=1e-5)
+    root = tmp_path_factory.mktemp("online-two-processes")
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(Path(__file__).parents[1] / "loops" / "scale_matrix_run.py"),
+                            "online", str(root / "two"), *TWO_PROCESS, "--",
+                            "online", str(root / "two-saved"), *TWO_PROCESS, "save_steps=3")
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
 
 
 @pytest.mark.slow
-def test_a_two_process_checkpoint_resumes_on_one_process_with_the_same_config(tmp_path, accelerate_launch):
+def test_two_processes_equal_one_process(tmp_path, two_processes):
+    """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
+    gathered, each rank trains on its half of every step's examples; the result equals one process with the same
+    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order)."""
+    tiny_run(tiny_cfg(tmp_path / "one", per_device_train_batch_size=4, generation_batch_size=2, max_steps=4)).train()
+    two = two_processes / "two"     # TWO_PROCESS: 2 processes x per_device_train_batch_size 2
+    a, b = _weights(tmp_path / "one"), _weights(two)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
+    assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(two)], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_on_one_process_with_the_same_config(tmp_path, two_processes):
     """An online step takes its round's examples on any number of processes (per_device_train_batch_size only bounds
     the micro-batches), so the same config resumed on one process from a 2-process checkpoint is the same run. It was
     refused ("trained with a global batch of 4 (per_device_train_batch_size 2 x 2 processes); this run has 2 ...
     every step's batch and the data order from here on would differ"), though it ends with the 2-process weights."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    two, one = tmp_path / "two", tmp_path / "one"
-    args = ["per_device_train_batch_size=2", "generation_batch_size=2", "max_steps=4", "save_steps=3"]
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(Path(__file__).parent / "online_tiny_run.py"), str(two),
-                            *args)
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = two_processes / "two-saved", tmp_path / "one"   # TWO_PROCESS with save_steps=3
     resumed = tiny_run(tiny_cfg(one, per_device_train_batch_size=2, generation_batch_size=2, max_steps=4,
                                 save_steps=3, resume_from_checkpoint=str(two / "checkpoint-3")))
     assert resumed.train()["resumed_from_step"] == 3
