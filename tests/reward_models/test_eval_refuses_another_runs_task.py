@@ -104,7 +104,8 @@ def test_an_image_text_online_run_is_left_to_the_loaders(tmp_path):
 
     run = tmp_path / "vision"
     (run / "checkpoint-3").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"task": "online", "online_task": "vision_dataset"}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "online", "online_task": "vision_dataset",
+                                                      "model_name_or_path": "builtin:tiny-qwen2-vl"}))
     for given in ("vlm", "dpo", "reward"):
         refuse_other_task(run, given)
     (run / "nested").mkdir()

@@ -136,6 +136,21 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
                        "adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
 
 
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def lora_options(cfg: dict) -> dict:
+    """The lora_* options a LoRA run's checkpoint was trained with: the run's saved config, a missing (or null) one
+    TrainConfig's default, read from its dataclass fields so that no copy of the defaults here can drift from them
+    (a copy said lora_dropout 0.0 where TrainConfig says 0.05)."""
+    import dataclasses
+
+    from preflab.config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in LORA_OPTIONS}
+    return {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in LORA_OPTIONS}
+
+
 def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool):
     import torch
     from safetensors.torch import load_file
@@ -150,8 +165,9 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did
         from preflab.models.load import add_lora
 
-        model = add_lora(model, int(cfg.get("lora_r", 16)), int(cfg.get("lora_alpha", 32)),
-                         float(cfg.get("lora_dropout", 0.0) or 0.0), cfg.get("lora_target_modules", "all-linear"))
+        lora = lora_options(cfg)
+        model = add_lora(model, int(lora["lora_r"]), int(lora["lora_alpha"]), float(lora["lora_dropout"]),
+                         lora["lora_target_modules"])
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]

@@ -15,9 +15,15 @@ from preflab.models.load import load_tokenizer
 
 
 def run_config(path: str | Path) -> dict:
-    """The training config saved with a run (config.yaml, or trainer_state.json's "config"), or {}."""
+    """The training config saved with the run whose output folder `path` is, or {}: its own config.yaml, or for a
+    checkpoint-<step> folder (a name checkpoint-*, or trainer_state.json in it) its run's config.yaml one level up;
+    else trainer_state.json's "config". A folder that is no checkpoint is not given its parent's config: a model saved
+    inside another run's folder without a config.yaml of its own (a reward model written by hand into a recipe's or an
+    online run's output_dir, a policy saved into a reward run's) is no output of that run, and its task, base model,
+    beta or training data are not that run's."""
     path = Path(path)
-    for candidate in (path / "config.yaml", path.parent / "config.yaml"):
+    checkpoint = path.name.startswith("checkpoint-") or (path / "trainer_state.json").is_file()
+    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
         if candidate.is_file():
             data = yaml.safe_load(candidate.read_text()) or {}
             if isinstance(data, dict) and "model_name_or_path" in data:
@@ -33,24 +39,10 @@ EVAL_TASKS = {"dpo": ("dpo", "sft", "online"), "reward": ("reward",), "vlm": ("v
 
 
 def run_task(path: str | Path) -> str | None:
-    """The `task` of the run whose output folder `path` is: the one of its own config.yaml, or for a checkpoint-<step>
-    folder (a name checkpoint-*, or trainer_state.json in it) the one of its run's config.yaml one level up; None
-    where neither is there. Unlike run_config, a folder that is no checkpoint is not given its parent's config: a
-    model saved inside another run's folder without a config.yaml of its own (a reward model written by hand into a
-    recipe's or an online run's output_dir, say) is no output of that run."""
-    task = _own_config(path).get("task")
+    """The `task` of the run whose output folder `path` is (its run_config: a folder that is no checkpoint is not given
+    its parent's), or None where no config of its own says."""
+    task = run_config(path).get("task")
     return None if task is None else str(task)
-
-
-def _own_config(path: str | Path) -> dict:
-    """The config.yaml of the run whose output folder `path` is (run_task), or {}."""
-    path = Path(path)
-    checkpoint = path.name.startswith("checkpoint-") or (path / "trainer_state.json").is_file()
-    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text()) or {}
-            return data if isinstance(data, dict) else {}
-    return {}
 
 
 def refuse_other_task(path: str | Path, given: str) -> None:
@@ -61,7 +53,7 @@ def refuse_other_task(path: str | Path, given: str) -> None:
     is an image-text online run (online_task: vision_dataset), which no `--task` evaluates as it trained."""
     from preflab.errors import ConfigError
 
-    saved = _own_config(path)
+    saved = run_config(path)
     task = None if saved.get("task") is None else str(saved["task"])
     if task == "online" and saved.get("online_task") == "vision_dataset":
         return

@@ -130,12 +130,14 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
         return getattr(verifiers, name)
     path = Path(spec)
     if path.is_dir():
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-        if "preflab_reward" in config or (path / "preflab_reward.json").exists():
-            from preflab.reward_models.interface import load_judge
+        from preflab.models.load import REWARD_CONFIG_KEY
 
-            return load_judge(str(path))
-        if any(a.endswith("ForSequenceClassification") for a in config.get("architectures", [])):
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+        # a transformers classifier (TRL's RewardTrainer) is judged by its logit; a preflab reward model (its head
+        # described under REWARD_CONFIG_KEY; a head on a bare backbone saves the backbone's *Model architecture)
+        # by load_judge
+        if REWARD_CONFIG_KEY not in config and any(
+                a.endswith("ForSequenceClassification") for a in config.get("architectures", [])):
             return SequenceClassifierJudge(str(path), trust_remote_code)
         from preflab.reward_models.interface import load_judge
 
