@@ -22,3 +22,5 @@ if __name__ == "__main__":
     result = run_step(rank, 4, accelerator, zero_index=2 if rank == 1 else None)
     Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps({"metrics": result.metrics,
                                                                   "counts": result.metric_counts}))
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # a gloo group still live at exit can abort the process (SIGABRT)
