@@ -1,4 +1,4 @@
-"""Which run's config a folder is read with (preflab.eval.run_files.run_config, one rule for preflab eval): its own
+"""Which run's config a folder is read with (preflab.models.run_config.run_config, one rule for preflab eval): its own
 config.yaml, its run's for a checkpoint-<step>, never a parent's for a model saved inside another run's folder; and
 a LoRA checkpoint rebuilt with TrainConfig's own lora_* defaults."""
 import dataclasses
@@ -15,7 +15,8 @@ REWARD_RUN = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "bet
 
 
 def test_run_config_gives_its_parents_config_to_a_checkpoint_only(tmp_path):
-    from preflab.eval.run_files import run_config, run_task
+    from preflab.eval.run_files import run_task
+    from preflab.models.run_config import run_config
 
     run = tmp_path / "rm"
     (run / "checkpoint-3").mkdir(parents=True)

@@ -160,7 +160,8 @@ def default_reference(args) -> tuple[str | None, str | None]:
     none (with a note that the reference metrics are absent) when no saved run config names a model."""
     import sys
 
-    from preflab.eval.loading import run_config, run_reference
+    from preflab.eval.loading import run_reference
+    from preflab.models.run_config import run_config
 
     if args.reference:
         return args.reference, "--reference"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from preflab.errors import ConfigError, PreflabError
-from preflab.eval.run_files import run_config  # noqa: F401  (a public name of this module)
+from preflab.models.run_config import run_config
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
 from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (public names of this module)
 from preflab.models.load import check_weights_safe, load_causal_lm, load_tokenizer

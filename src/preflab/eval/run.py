@@ -156,7 +156,7 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     max_prompt_length, truncation_mode and max_completion_length (config.yaml), so that its pairs are cut as the
     run's eval_* metrics cut them; --max-length / --max-prompt-length override. Without a run config: 1024 and
     no prompt limit."""
-    from preflab.eval.loading import run_config
+    from preflab.models.run_config import run_config
 
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
     if cfg.get("task", "dpo") != "dpo":
@@ -368,7 +368,8 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
     the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)")."""
     from preflab import __version__
-    from preflab.eval.loading import load_for_eval, run_config
+    from preflab.eval.loading import load_for_eval
+    from preflab.models.run_config import run_config
 
     opts = options or EvalOptions()
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}

@@ -1,38 +1,16 @@
-"""What a run directory says about itself: the training config saved with it (run_config), the task of the run whose
-output it is (run_task, and refuse_other_task: which `preflab eval --task` evaluates it) and the tokenizer saved
-beside its weights (tokenizer_near). Read by preflab eval (preflab.eval.loading), the reward model loaders
-(preflab.reward_models.heads) and the VLM / diffusion evaluators; it imports no trainer, so each of them can.
+"""What a run directory says about itself: the task of the run whose output it is (run_task, and refuse_other_task:
+which `preflab eval --task` evaluates it, read from the run's saved config by preflab.models.run_config's one rule)
+and the tokenizer saved beside its weights (tokenizer_near). Read by preflab eval (preflab.eval.loading), the reward
+model loaders (preflab.reward_models.heads) and the VLM / diffusion evaluators; it imports no trainer, so each of them
+can.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import yaml
 
 from preflab.errors import PreflabError
 from preflab.models.load import load_tokenizer
-
-
-def run_config(path: str | Path) -> dict:
-    """The training config saved with the run whose output folder `path` is, or {}: its own config.yaml, or for a
-    checkpoint-<step> folder (a name checkpoint-*, or trainer_state.json in it) its run's config.yaml one level up;
-    else trainer_state.json's "config". A folder that is no checkpoint is not given its parent's config: a model saved
-    inside another run's folder without a config.yaml of its own (a reward model written by hand into a recipe's or an
-    online run's output_dir, a policy saved into a reward run's) is no output of that run, and its task, base model,
-    beta or training data are not that run's."""
-    path = Path(path)
-    checkpoint = path.name.startswith("checkpoint-") or (path / "trainer_state.json").is_file()
-    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text()) or {}
-            if isinstance(data, dict) and "model_name_or_path" in data:
-                return data
-    state = path / "trainer_state.json"
-    if state.is_file():
-        return dict(json.loads(state.read_text()).get("config") or {})
-    return {}
-
+from preflab.models.run_config import run_config
 
 # `preflab eval --task X` -> the run tasks it evaluates (the first names the task in the messages)
 EVAL_TASKS = {"dpo": ("dpo", "sft", "online"), "reward": ("reward",), "vlm": ("vlm",), "diffusion": ("diffusion",)}

@@ -31,20 +31,16 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.checkpoint import load_checkpoint_weights
     from preflab.config import load_config, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
-    from preflab.eval.loading import run_config
+    from preflab.models.run_config import require_run_config_file, run_config
     from preflab.eval.run import open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
     checkpoint = _is_checkpoint(Path(run_dir))
-    config = (Path(run_dir).parent if checkpoint else Path(run_dir)) / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"{run_dir} has no config.yaml; point preflab eval --task diffusion at a run directory "
-                          "written by `preflab train` with task: diffusion (or one of its checkpoint-N folders).")
-    import yaml
-
-    saved = yaml.safe_load(config.read_text()) or {}
+    # a checkpoint's config is its run's, one level up (preflab.models.run_config's rule)
+    config = require_run_config_file(run_dir, "preflab eval --task diffusion")
+    saved = run_config(run_dir)
     refuse_other_task(run_dir, "diffusion")  # a text policy, a reward model, a VLM: named with its command
     if saved.get("task") not in (None, "diffusion"):  # a recipe's folder: its stages are runs in its subfolders
         raise ConfigError(f"{run_dir} is a task: {saved['task']} run; --task diffusion evaluates task: diffusion runs.")
@@ -111,9 +107,12 @@ def _refuse_unevaluated(loss_type: str) -> None:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    """A checkpoint-N folder of a diffusion run (its trained parameters; the run's config.yaml one level up)."""
-    return (path.name.startswith("checkpoint-") and (path / "model.safetensors").is_file()
-            and not (path / "model_index.json").is_file() and (path.parent / "config.yaml").is_file())
+    """A checkpoint-N folder of a diffusion run (preflab.models.run_config.is_checkpoint_folder, holding its trained
+    parameters, not a pipeline): loaded over the run's base model."""
+    from preflab.models.run_config import is_checkpoint_folder
+
+    return (is_checkpoint_folder(path) and (path / "model.safetensors").is_file()
+            and not (path / "model_index.json").is_file())
 
 
 def _run_base_model(run_dir: str, name: str) -> str:

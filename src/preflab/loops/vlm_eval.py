@@ -22,7 +22,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     """The metrics of the module docstring as a dict (see eval.json). split None: the policy eval's default."""
     from preflab.config import load_config, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
-    from preflab.eval.loading import run_config
+    from preflab.models.run_config import require_run_config_file, run_config
     from preflab.eval.run import open_eval_split, training_data_note
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
@@ -31,10 +31,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
 
     refuse_other_task(checkpoint, "vlm")  # before the data is opened and the run's config is read as a vlm one
     path = Path(checkpoint)
-    config = next((c for c in (path / "config.yaml", path.parent / "config.yaml") if c.is_file()), None)
-    if config is None:
-        raise ConfigError(f"{checkpoint} has no config.yaml (nor its parent); point preflab eval --task vlm at a run "
-                          "directory written by `preflab train` with task: vlm, or one of its checkpoint-N.")
+    config = require_run_config_file(path, "preflab eval --task vlm")  # a checkpoint's is its run's, one level up
     # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
     # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
     old = ["truncation_mode=null"] if run_config(checkpoint).get("truncation_mode") == "keep_end" else []

@@ -82,19 +82,12 @@ def add_vlm_lora(policy: nn.Module, cfg) -> nn.Module:
 
 
 def run_options(path: str | Path) -> dict:
-    """The training config of the task: vlm run at `path` (its config.yaml, or the one above a checkpoint), or {}."""
-    import yaml
+    """The training config of the task: vlm run at `path` (preflab.models.run_config's rule: its own config.yaml, or
+    its run's for a checkpoint), or {} where that is no task: vlm run's."""
+    from preflab.models.run_config import run_config
 
-    path = Path(path)
-    if not path.is_dir():
-        return {}
-    checkpoint = (path / "trainer_state.json").is_file()
-    for candidate in (path / "config.yaml", *([path.parent / "config.yaml"] if checkpoint else [])):
-        if candidate.is_file():
-            data = yaml.safe_load(candidate.read_text()) or {}
-            if isinstance(data, dict) and data.get("task") == "vlm":
-                return data
-    return {}
+    cfg = run_config(path)
+    return cfg if cfg.get("task") == "vlm" else {}
 
 
 def processor_source(name: str) -> str:

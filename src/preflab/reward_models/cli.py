@@ -73,7 +73,7 @@ def eval_task(args) -> int:
     (preflab.reward_models.eval), written to eval.json like a policy eval. Routed here by preflab.cli, so that
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.eval.cli import format_summary, refuse_unread_options
-    from preflab.eval.loading import run_config
+    from preflab.models.run_config import run_config
     from preflab.eval.run import eval_json_path, training_data_note, write_json
 
     refuse_unread_options(args, "reward")

@@ -265,7 +265,8 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     (config.json beside the checkpoint); without one a 1-output head is BT and a wider one is refused."""
     from safetensors.torch import load_file
 
-    from preflab.eval.run_files import run_config, tokenizer_near
+    from preflab.eval.run_files import tokenizer_near
+    from preflab.models.run_config import run_config
 
     path = Path(path)
     cfg = run_config(path)
@@ -346,7 +347,7 @@ def reward_tokenizer(path, trust_remote_code: bool = False):
 
     path = Path(path)
     if is_training_checkpoint(path):
-        from preflab.eval.run_files import run_config
+        from preflab.models.run_config import run_config
 
         return tokenizer_near(path, run_config(path).get("model_name_or_path"), trust_remote_code)
     from preflab.models.load import load_tokenizer

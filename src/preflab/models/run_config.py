@@ -1,0 +1,99 @@
+"""Which training config belongs to a model folder: the one rule every reader of a saved run's config uses (preflab
+eval and its --task vlm / diffusion, the reward-model loaders, reloading a task: vlm run, its processor).
+
+    run_config_file(path)  the config.yaml the rule picks, or None
+    run_config(path)       its options as a dict (or a checkpoint's own copy in trainer_state.json), or {}
+    require_run_config_file(path, command)  run_config_file, or a ConfigError saying what to point `command` at
+
+The rule: a folder's own config.yaml; a checkpoint folder (is_checkpoint_folder: named checkpoint-<step> as
+preflab.checkpoint writes them, or holding trainer_state.json, which every checkpoint writer saves) has none of its
+own and reads its run's config.yaml one level up, else the copy of the run's config its trainer_state.json keeps
+("config", for a checkpoint moved out of its run). Any other folder gets nothing from its parent: a model saved
+inside another run's folder without a config.yaml of its own (a reward model written by hand into a recipe's or an
+online run's output_dir, a policy saved into a reward run's) is no output of that run, and its task, base model,
+beta or training data are not that run's. A path that is no directory (a hub name) has no saved config.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from preflab.checkpoint import checkpoint_step
+from preflab.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "trainer_state.json"
+
+
+def is_checkpoint_folder(path: str | Path) -> bool:
+    """A mid-run checkpoint: named checkpoint-<step> (preflab.checkpoint.checkpoint_step, the name its writers give and
+    list_checkpoints reads) or holding trainer_state.json."""
+    path = Path(path)
+    return checkpoint_step(path) is not None or (path / STATE_FILE).is_file()
+
+
+def run_config_file(path: str | Path) -> Path | None:
+    """The config.yaml of the run whose output folder `path` is (module docstring), or None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    candidates = [path / CONFIG_FILE] + ([path.parent / CONFIG_FILE] if is_checkpoint_folder(path) else [])
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def run_config(path: str | Path) -> dict:
+    """The training config saved with the run whose output folder `path` is (module docstring), or {}. A config.yaml
+    that is not YAML, or not a mapping of options, is a ConfigError naming it."""
+    path = Path(path)
+    found = run_config_file(path)
+    if found is not None:
+        return _read_yaml(found)
+    state = path / STATE_FILE
+    if path.is_dir() and state.is_file():
+        try:
+            saved = json.loads(state.read_text()).get("config")
+        except (ValueError, AttributeError) as err:
+            raise ConfigError(f"{state} is not a JSON object of training state ({err}); the checkpoint is damaged: "
+                              "use another checkpoint of the run, or its final directory.") from err
+        return dict(saved) if isinstance(saved, dict) else {}
+    return {}
+
+
+def require_run_config_file(path: str | Path, command: str) -> Path:
+    """run_config_file(path), or a ConfigError saying why there is none and what to point `command` (e.g. `preflab
+    eval --task vlm`) at; a folder inside a run that is no checkpoint of it is told so, with the run's folder."""
+    found = run_config_file(path)
+    if found is not None:
+        return found
+    path = Path(path)
+    if is_checkpoint_folder(path):
+        where = f"{path} is a checkpoint without its run's {CONFIG_FILE} one level up ({path.parent / CONFIG_FILE})"
+    elif (path.parent / CONFIG_FILE).is_file():
+        where = (f"{path} has no {CONFIG_FILE}; its parent {path.parent} is a run, but {path.name} is no checkpoint "
+                 f"of it (not named checkpoint-<step>, no {STATE_FILE}), so the run's {CONFIG_FILE} is not read for "
+                 f"it: give {path.parent} or one of its checkpoint-N, or copy the run's {CONFIG_FILE} into {path} if "
+                 "the model there was trained by that run")
+    else:
+        where = f"{path} has no {CONFIG_FILE} (it is no run directory written by `preflab train`)"
+    raise ConfigError(f"{where}. Point {command} at a run's output_dir (it holds {CONFIG_FILE}) or one of its "
+                      "checkpoint-N folders.")
+
+
+def _read_yaml(file: Path) -> dict:
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{file} is not valid YAML ({at}{getattr(err, 'problem', None) or err}); it is the run's "
+                          "saved training config: fix or restore it (TrainConfig.save writes it at the start of a "
+                          "run).") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} holds a YAML {type(data).__name__}, not a mapping of options; it is the run's "
+                          "saved training config: fix or restore it (TrainConfig.save writes it at the start of a "
+                          "run).")
+    return data
