@@ -299,16 +299,7 @@ def test_user_configuration_steps_read_the_device_once(tmp_path, monkeypatch, na
     per forward (masking_utils.find_packed_sequence_indices, skipped under torch.compile), as in the padded
     layout's test below: 1 sync per micro-batch inside the model's code, 0 in preflab's (its variant layout and
     index lists are built on the host)."""
-    from accelerate.state import AcceleratorState
-
-    bf16 = USER_CONFIGS[name].get("bf16", False)
-    if bf16:
-        AcceleratorState._reset_state(True)  # accelerate keeps one precision per process
-    try:
-        per_step, names, summary = run_counted(tmp_path, monkeypatch, steps=4, **USER_CONFIGS[name])
-    finally:
-        if bf16:
-            AcceleratorState._reset_state(True)  # a later test's float32 run would be refused otherwise
+    per_step, names, summary = run_counted(tmp_path, monkeypatch, steps=4, **USER_CONFIGS[name])
     assert summary["global_step"] == 4
     in_model = run_counted.in_model
     micro_batches = USER_CONFIGS[name].get("gradient_accumulation_steps", 1)

@@ -77,18 +77,7 @@ def test_spo_degree_lora_head_trains_is_saved_beside_the_adapter_and_resumes(tmp
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one AcceleratorState per process, fixed by its first Accelerator (mixed_precision included):
-    reset before and after a test that needs another precision."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def test_spo_degree_bf16_autocast_on_cpu(tmp_path, fresh_accelerate_state):
+def test_spo_degree_bf16_autocast_on_cpu(tmp_path):
     """bf16: true on CPU: the pair and the variant forwards run under bfloat16 autocast; the degree logits equal
     each variant scored alone under the same autocast (to bfloat16's precision, and unlike float32's), and the
     zero head's degree loss is log(J+1) exactly."""

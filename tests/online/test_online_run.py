@@ -430,11 +430,11 @@ def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, accelera
 
 
 def test_a_flex_attention_policy_is_refused_on_cpu_before_the_first_round(tmp_path):
-    """torch 2.13 has no FlexAttention backward on CPU: refused when the run is built, naming the setting, not inside
+    """torch 2.13 has no FlexAttention backward on CPU: refused as train() starts, naming the setting, not inside
     the first round's update (tests/perf/test_flex_attention.py has the offline Trainer's)."""
     tok = tiny_tokenizer("char")
     policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
     policy.set_attn_implementation("flex_attention")
     with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
                                           "CPU"):
-        OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge]))
+        OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge])).train()

@@ -183,8 +183,8 @@ def test_flex_training_run_equals_the_sdpa_run_on_cpu(tmp_path, monkeypatch):
 
 def test_a_flex_policy_is_refused_on_cpu_before_the_first_step(tmp_path):
     """Without the lift, torch refuses the backward inside step 1 (after compiling the forward: 75 s for the
-    benchmark's tiny shape, or a C++ compile error of inductor's CPU kernel): the Trainer refuses at construction,
-    naming the setting; the same model on a GPU, or with sdpa, is not refused."""
+    benchmark's tiny shape, or a C++ compile error of inductor's CPU kernel): the Trainer refuses as train() starts
+    (preflab.loops.driver), naming the setting; the same model on a GPU, or with sdpa, is not refused."""
     from preflab.config import config_from_dict
     from preflab.errors import ConfigError
     from preflab.loops.offline import Trainer
@@ -199,7 +199,7 @@ def test_a_flex_policy_is_refused_on_cpu_before_the_first_step(tmp_path):
     policy.set_attn_implementation("flex_attention")
     with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
                                           r"CPU: torch .* has no FlexAttention backward on CPU.*use sdpa"):
-        Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=PAIRS)
+        Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=PAIRS).train()
     from preflab.models.attention import refuse_flex_training_on_cpu
 
     refuse_flex_training_on_cpu(policy, torch.device("cuda", 0))  # never touched: only the device type is read

@@ -54,22 +54,16 @@ def test_gradient_checkpointing_is_exact(tmp_path):
 
 
 def test_bf16_autocast_is_applied(tmp_path):
-    from accelerate.state import AcceleratorState
-
     from preflab.loops.batches import collate_pairs
 
     layout = collate_pairs(synthetic_pairs()[:4], 0, "prefix_shared")
     _, fp32 = run(tmp_path / "fp32", max_steps=2)
     with torch.no_grad():
         high = fp32.score(layout).policy_chosen.sum
-    AcceleratorState._reset_state(True)  # accelerate keeps one precision per process
-    try:
-        _, bf16 = run(tmp_path / "bf16", max_steps=2, bf16=True)
-        assert bf16.accelerator.mixed_precision == "bf16"
-        with torch.no_grad():
-            low = bf16.score(layout).policy_chosen.sum
-    finally:
-        AcceleratorState._reset_state(True)
+    _, bf16 = run(tmp_path / "bf16", max_steps=2, bf16=True)  # after a float32 run: make_accelerator resets
+    assert bf16.accelerator.mixed_precision == "bf16"
+    with torch.no_grad():
+        low = bf16.score(layout).policy_chosen.sum
     assert low.dtype == torch.float32  # the log-softmax runs in float32 under autocast
     gap = (low - high).abs().max().item()
     assert 0 < gap < 0.05 * high.abs().max().item()  # bf16 matmuls: close to, but not equal to, float32

@@ -245,3 +245,58 @@ def test_logging_steps_compile_no_graph_of_their_own(tmp_path):
     assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [2, 4, 6]
     for name in ("loss", *TOKEN_METRICS):
         assert [r[name] for r in compiled] == pytest.approx([r[name] for r in eager], abs=1e-6), name
+
+
+@pytest.mark.slow  # 2 short runs, one traced by dynamo (eager backend): ~25 s
+def test_compiled_evaluation_equals_eager_in_a_no_grad_graph_of_its_own(tmp_path):
+    """Evaluation scores the policy under no_grad, as the reference is scored: the same computation, yet a graph of
+    its own (3 graphs, not 2): the policy's parameters require grad and the reference's do not, and dynamo's tensor
+    guards check requires_grad even under no_grad (test_no_grad_graphs_differ_by_the_parameters_requires_grad).
+    The compiled evaluation's metrics are eager's."""
+    summary, _ = run(tmp_path / "compiled", max_steps=2, eval_steps=1, n_eval_pairs=8,
+                     torch_compile_backend="eager")
+    run(tmp_path / "eager", max_steps=2, eval_steps=1, n_eval_pairs=8)
+    assert summary["torch_compile"]["graphs"] == 3
+
+    def evals(out):
+        return [json.loads(line) for line in open(Path(out) / "metrics.jsonl") if '"eval_loss"' in line]
+
+    compiled_rows, eager_rows = evals(tmp_path / "compiled"), evals(tmp_path / "eager")
+    assert [r["step"] for r in compiled_rows] == [r["step"] for r in eager_rows] == [1, 2]
+    for name in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen", "eval_entropy", "eval_logits/rejected"):
+        assert [r[name] for r in compiled_rows] == pytest.approx([r[name] for r in eager_rows], abs=1e-6), name
+
+
+def test_no_grad_graphs_differ_by_the_parameters_requires_grad():
+    """Why a compiled run with evaluation compiles a no-grad graph for the reference and another for the evaluated
+    policy (docs/configuration.md, torch.compile): two compiled scorers (the Trainer's scorer and ref_scorer: one
+    code object, one cache of graphs) of two copies of one model, called under no_grad with the same flags and
+    layout, compile one graph while both copies are frozen and a second once one copy's parameters require grad
+    (dynamo's guard: "requires_grad mismatch"). When a torch release stops guarding
+    requires_grad under no_grad, this fails: then the evaluated policy can share the reference's graph (pass both
+    the same want_token_stats, Trainer.score / Trainer._reference)."""
+    from types import SimpleNamespace
+
+    from preflab.data.layout import padded
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
+    from preflab.scoring.lm import LogProbScorer
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0).eval()
+    copies = [frozen_copy(model), frozen_copy(model)]
+    cfg = SimpleNamespace(torch_compile_backend="eager", torch_compile_mode=None)
+    scorers = [compile_scorer(LogProbScorer(copy), cfg) for copy in copies]
+    layout = padded([([1, 9, 8], [10, 11, 12]), ([1, 7], [50, 51])], tok.pad_token_id)
+    before, logps = graphs_compiled(), []
+    for requires_grad in (False, True):
+        copies[1].requires_grad_(requires_grad)
+        for copy, scorer in zip(copies, scorers):
+            before_compiled_call(layout, "cpu", (copy,))
+            with torch.no_grad():
+                logps.append(scorer(layout).token_logps)
+        assert graphs_compiled() - before == (1 if not requires_grad else 2)
+    for other in logps[1:]:
+        torch.testing.assert_close(other, logps[0], atol=0, rtol=0)

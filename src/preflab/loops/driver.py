@@ -42,6 +42,7 @@ from preflab.loops.callback_state import CallbackEvents, callback_states, restor
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
+from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.objectives._panels import declared_panels
 from preflab.plugins import user_code
 from preflab.report.panel_data import write_panel_data
@@ -69,6 +70,8 @@ class TrainingRun(CallbackEvents):
     # what a micro-batch's num_tokens counts: the throughput metrics are num_<unit> and <unit>_per_second (TRL's
     # num_tokens / tokens_per_second for text; a diffusion run counts images)
     throughput_unit: str = "tokens"
+    # what checkpoint_module is, as a refusal names it ("the policy's"); RewardRun: "reward model"
+    trained_model: str = "policy"
     # True: each step also logs step_time, TRL 1.16 GRPOTrainer's wall seconds of an optimizer step (its
     # training_step over the accumulation window: generation on a round's first step, forward, backward; here the
     # update too), averaged over the window's steps (OnlineRun sets it for the trainers TRL runs as GRPOTrainer)
@@ -161,11 +164,16 @@ class TrainingRun(CallbackEvents):
                 release_output_dir(self.cfg.output_dir)
 
     def _train(self) -> dict:
-        """The outline: refuse what the engine cannot save, resume or start, then every optimizer step (its metrics
-        row, evaluation and checkpoint when due, a callback's stop), then the final evaluation, the best model and
-        summary.json with the weights."""
+        """The outline: refuse what the model cannot train on this device and what the engine cannot save, resume or
+        start, then every optimizer step (its metrics row, evaluation and checkpoint when due, a callback's stop),
+        then the final evaluation, the best model and summary.json with the weights."""
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        # every run kind (offline, sft, vlm, online, reward, diffusion) passes here once, before resume, before_train
+        # (the reference precompute) and the first step: a FlexAttention model on the CPU would otherwise fail in
+        # step 1's backward after minutes of compiling. Here, not in each constructor: one place for every run kind,
+        # and a run built only to evaluate (preflab eval --task vlm: VisionTrainer.evaluate) runs no backward.
+        refuse_flex_training_on_cpu(self.checkpoint_module, acc.device, self.trained_model)
         self._check_engine_can_save()
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()

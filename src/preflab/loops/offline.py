@@ -15,7 +15,7 @@ import torch
 
 from preflab.config import TrainConfig
 from preflab.data.layout import bucket
-from preflab.models.attention import effective_layout, refuse_flex_training_on_cpu
+from preflab.models.attention import effective_layout
 from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
@@ -124,7 +124,6 @@ class Trainer(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
-        refuse_flex_training_on_cpu(policy, self.accelerator.device)
         self.router_coef = self._router_coef()  # the MoE router loss's coefficient, or None (none is added)
         self.router_loss = None  # score() sets it: the policy's router loss on the batch it scored
         from preflab.models.load import disable_dropout_of

@@ -195,19 +195,20 @@ def flex_block_mask(mask: Tensor):
     return create_block_mask(allowed, rows, None, width, width, device=mask.device, BLOCK_SIZE=FLEX_BLOCK)
 
 
-def refuse_flex_training_on_cpu(model, device) -> None:
-    """A policy with attn_implementation="flex_attention" that would train on the CPU is refused before anything
-    runs: torch 2.13 refuses gradients through FlexAttention on CPU ("FlexAttention does not support backward on
-    CPU"), compiled or not (and its compiled CPU forward failed to build its C++ kernel for the benchmark's tiny
-    Llama shape), so such a run could only fail inside its first step, after minutes of compiling. Decided by asking
-    torch (flex_trains_on_cpu), so a torch that trains it on CPU is let through."""
+def refuse_flex_training_on_cpu(model, device, what: str = "policy") -> None:
+    """A model (`what`: the policy, the reward model) with attn_implementation="flex_attention" that would train on
+    the CPU is refused before anything runs (preflab.loops.driver.TrainingRun calls it as every run kind starts
+    training): torch 2.13 refuses gradients through FlexAttention on CPU ("FlexAttention does not support backward
+    on CPU"), compiled or not (and its compiled CPU forward failed to build its C++ kernel for the benchmark's tiny
+    Llama shape), so such a run could only fail inside its first step, after minutes of compiling (a tiny reward
+    model: 80 s). Decided by asking torch (flex_trains_on_cpu), so a torch that trains it on CPU is let through."""
     impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
     if impl != "flex_attention" or torch.device(device).type != "cpu" or flex_trains_on_cpu():
         return
     from preflab.errors import ConfigError
 
     raise ConfigError(
-        f"attn_implementation: flex_attention (the policy's) cannot train on the CPU: torch {torch.__version__} has "
+        f"attn_implementation: flex_attention (the {what}'s) cannot train on the CPU: torch {torch.__version__} has "
         "no FlexAttention backward on CPU ('FlexAttention does not support backward on CPU'). On CPU use sdpa (the "
         "default: the prefix-shared and packed layouts attend segment by segment there), or train on a GPU.")
 

@@ -166,9 +166,6 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
-        from preflab.models.attention import refuse_flex_training_on_cpu
-
-        refuse_flex_training_on_cpu(policy, acc.device)
         from preflab.models.load import disable_dropout_of, enable_gradient_checkpointing, moe_aux_loss_note
 
         self.router_coef = self._router_coef(policy)  # TRL's GRPOTrainer adds the MoE router loss: grpo trainers too

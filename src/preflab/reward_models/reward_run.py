@@ -28,6 +28,8 @@ class RewardRun(TrainingRun):
     `layout` or tensors) and `loss_fn(model, micro_batch) -> ObjectiveOutput`; `evaluate(model) -> dict`.
     The loop, logging, checkpoints and resume are the shared `preflab.loops.driver.TrainingRun`."""
 
+    trained_model = "reward model"  # as TrainingRun's refusals name checkpoint_module
+
     def __init__(self, cfg: TrainConfig, model, tokenizer, train_items: list, collate: Callable,
                  loss_fn: Callable, evaluate: Callable | None = None, reward_info: dict | None = None,
                  data_report: dict | None = None):
