@@ -46,10 +46,25 @@ def refuse_other_task(path: str | Path, given: str) -> None:
 
 
 def tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):
-    """The tokenizer saved in `path` or one folder up (a checkpoint's run directory), else `fallback_name`'s."""
-    for candidate in (path, path.parent):
-        if (candidate / "tokenizer_config.json").is_file():
-            return load_tokenizer(str(candidate), trust_remote_code)
+    """The tokenizer saved with the model in `path`: beside its weights, or for a checkpoint folder in its run's folder
+    one level up (preflab.models.run_config.run_file_folder: a model saved inside another run's folder does not take
+    that run's), else `fallback_name`'s (the base model its saved config names), with a warning where the parent's
+    tokenizer was passed over; with neither, a PreflabError saying where it looked."""
+    import warnings
+
+    from preflab.models.run_config import is_checkpoint_folder, parent_file_not_read, run_file_folder
+
+    folder = run_file_folder(path, "tokenizer_config.json")
+    if folder is not None:
+        return load_tokenizer(str(folder), trust_remote_code)
+    passed_over = parent_file_not_read(path, "tokenizer_config.json")
     if fallback_name:
+        if passed_over:
+            warnings.warn(f"preflab: {passed_over}; using the tokenizer of its base model {fallback_name} (its "
+                          "config.yaml's model_name_or_path). If the model was trained with another tokenizer, save "
+                          f"that one in {path} (tokenizer.save_pretrained).", stacklevel=2)
         return load_tokenizer(fallback_name, trust_remote_code)
-    raise PreflabError(f"no tokenizer found in {path} or {path.parent}; save the tokenizer beside the weights.")
+    looked = f"{path} or its run's folder {path.parent}" if is_checkpoint_folder(path) else f"{path}"
+    where = passed_over or f"no tokenizer (tokenizer_config.json) found in {looked}"
+    raise PreflabError(f"{where}; save the tokenizer the model was trained with beside its weights "
+                       f"(tokenizer.save_pretrained({path})).")

@@ -4,6 +4,8 @@ eval and its --task vlm / diffusion, the reward-model loaders, reloading a task:
     run_config_file(path)  the config.yaml the rule picks, or None
     run_config(path)       its options as a dict (or a checkpoint's own copy in trainer_state.json), or {}
     require_run_config_file(path, command)  run_config_file, or a ConfigError saying what to point `command` at
+    run_file_folder(path, name)   the same rule for any file a run saves beside its weights (tokenizer, processor)
+    parent_file_not_read(path, name)  the sentence saying a parent's file was passed over for a folder, or None
 
 The rule: a folder's own config.yaml; a checkpoint folder (is_checkpoint_folder: named checkpoint-<step> as
 preflab.checkpoint writes them, or holding trainer_state.json, which every checkpoint writer saves) has none of its
@@ -12,6 +14,10 @@ own and reads its run's config.yaml one level up, else the copy of the run's con
 inside another run's folder without a config.yaml of its own (a reward model written by hand into a recipe's or an
 online run's output_dir, a policy saved into a reward run's) is no output of that run, and its task, base model,
 beta or training data are not that run's. A path that is no directory (a hub name) has no saved config.
+The tokenizer (preflab.eval.run_files.tokenizer_near) and the image-text processor (preflab.models.vlm_run,
+vlm_parts.processor_source) saved with a model are found by the same rule (run_file_folder): beside the weights, or for
+a checkpoint (whose writers save no tokenizer or processor) in its run's folder one level up; a model saved inside
+another run's folder does not take that run's.
 """
 from __future__ import annotations
 
@@ -34,13 +40,44 @@ def is_checkpoint_folder(path: str | Path) -> bool:
     return checkpoint_step(path) is not None or (path / STATE_FILE).is_file()
 
 
-def run_config_file(path: str | Path) -> Path | None:
-    """The config.yaml of the run whose output folder `path` is (module docstring), or None."""
-    path = Path(path)
+def run_file_folder(path: str | Path, names: str | tuple[str, ...]) -> Path | None:
+    """The folder whose file `names` (config.yaml, tokenizer_config.json; or any of several: an image-text processor
+    saves processor_config.json or preprocessor_config.json) belongs to the model in folder `path`: `path` itself, or
+    for a checkpoint folder its run's one level up (module docstring); None where neither holds one, or `path` is no
+    directory."""
+    path, names = Path(path), _names(names)
     if not path.is_dir():
         return None
-    candidates = [path / CONFIG_FILE] + ([path.parent / CONFIG_FILE] if is_checkpoint_folder(path) else [])
-    return next((c for c in candidates if c.is_file()), None)
+    candidates = [path] + ([path.parent] if is_checkpoint_folder(path) else [])
+    return next((c for c in candidates if any((c / n).is_file() for n in names)), None)
+
+
+def parent_file_not_read(path: str | Path, names: str | tuple[str, ...]) -> str | None:
+    """Where `path` (a directory) has no file `names`, is no checkpoint folder, and its parent has one, the sentence
+    saying that the parent's is not read for it (run_file_folder); else None."""
+    path, names = Path(path), _names(names)
+    if not path.is_dir() or is_checkpoint_folder(path) or any((path / n).is_file() for n in names):
+        return None
+    found = [n for n in names if (path.parent / n).is_file()]
+    if not found:
+        return None
+    return (f"{path} has no {' or '.join(names)}; its parent {path.parent} has {found[0]}, but "
+            f"{_no_checkpoint_of_it(path)}, so the parent's {found[0]} is not read for it (a model saved inside "
+            "another run's folder is no output of that run)")
+
+
+def _names(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _no_checkpoint_of_it(path: Path) -> str:
+    return f"{path.name} is no checkpoint of it (not named checkpoint-<step>, no {STATE_FILE})"
+
+
+def run_config_file(path: str | Path) -> Path | None:
+    """The config.yaml of the run whose output folder `path` is (module docstring), or None."""
+    folder = run_file_folder(path, CONFIG_FILE)
+    return None if folder is None else folder / CONFIG_FILE
 
 
 def run_config(path: str | Path) -> dict:
@@ -71,10 +108,9 @@ def require_run_config_file(path: str | Path, command: str) -> Path:
     if is_checkpoint_folder(path):
         where = f"{path} is a checkpoint without its run's {CONFIG_FILE} one level up ({path.parent / CONFIG_FILE})"
     elif (path.parent / CONFIG_FILE).is_file():
-        where = (f"{path} has no {CONFIG_FILE}; its parent {path.parent} is a run, but {path.name} is no checkpoint "
-                 f"of it (not named checkpoint-<step>, no {STATE_FILE}), so the run's {CONFIG_FILE} is not read for "
-                 f"it: give {path.parent} or one of its checkpoint-N, or copy the run's {CONFIG_FILE} into {path} if "
-                 "the model there was trained by that run")
+        where = (f"{path} has no {CONFIG_FILE}; its parent {path.parent} is a run, but {_no_checkpoint_of_it(path)}, "
+                 f"so the run's {CONFIG_FILE} is not read for it: give {path.parent} or one of its checkpoint-N, or "
+                 f"copy the run's {CONFIG_FILE} into {path} if the model there was trained by that run")
     else:
         where = f"{path} has no {CONFIG_FILE} (it is no run directory written by `preflab train`)"
     raise ConfigError(f"{where}. Point {command} at a run's output_dir (it holds {CONFIG_FILE}) or one of its "

@@ -14,6 +14,9 @@ from torch import nn
 
 from preflab.errors import ConfigError
 
+# what processor.save_pretrained writes beside a model: transformers 5 writes processor_config.json (a llava processor
+# with its image processor inside), an image processor saved on its own preprocessor_config.json (qwen2_vl's)
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 LM_LORA_TARGETS = r".*(language_model|text_model).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 _TOWER = re.compile(r"(^|\.)(visual|vision_tower|vision_model)\.")
 _PROJECTOR = re.compile(r"(^|\.)(visual\.merger|multi_modal_projector|connector)\.")
@@ -94,9 +97,15 @@ def processor_source(name: str) -> str:
     """Where the processor of model `name` loads from: `name` itself, except for a task: vlm run directory (or a
     checkpoint of one), whose runs are followed back through their config.yaml (processor_name_or_path, else
     model_name_or_path) to a builtin model (its processor is built in code: the one saved beside the weights may
-    need torchvision to load), else the nearest processor saved beside a run's weights, else the last name."""
+    need torchvision to load), else the nearest processor saved with a run's weights (beside them, or for a checkpoint
+    in its run's folder: run_config.run_file_folder), else the last name. A run folder inside another folder that holds
+    a processor does not take that one: a warning says which it loads instead."""
+    import warnings
+
+    from preflab.models.run_config import parent_file_not_read, run_file_folder
     from preflab.models.tiny_vlm import BUILTIN_VLM
 
+    asked, passed_over = name, parent_file_not_read(name, PROCESSOR_FILES)
     saved_beside, seen = None, set()
     while name not in BUILTIN_VLM and str(Path(name).resolve()) not in seen:
         seen.add(str(Path(name).resolve()))
@@ -104,10 +113,14 @@ def processor_source(name: str) -> str:
         if not cfg:
             break
         if saved_beside is None:
-            saved_beside = next((str(d) for d in (Path(name), Path(name).parent)
-                                 if (d / "preprocessor_config.json").is_file()), None)
+            folder = run_file_folder(name, PROCESSOR_FILES)
+            saved_beside = None if folder is None else str(folder)
         source = cfg.get("processor_name_or_path") or cfg.get("model_name_or_path")
         if not source:
             break
         name = str(source)
-    return name if name in BUILTIN_VLM or saved_beside is None else saved_beside
+    found = name if name in BUILTIN_VLM or saved_beside is None else saved_beside
+    if passed_over and found not in (asked, *BUILTIN_VLM):
+        warnings.warn(f"preflab: {passed_over}; loading the processor from {found}, which its run's config.yaml "
+                      "leads to (processor_name_or_path, else model_name_or_path).", stacklevel=2)
+    return found

@@ -33,8 +33,9 @@ from torch import nn
 
 from preflab.errors import ConfigError
 from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE, attach_clue_aggregator
-from preflab.models.vlm_parts import (add_vlm_lora, freeze_vision, load_vlm_processor, processor_source,  # noqa: F401
-                                      run_options)
+from preflab.models.run_config import parent_file_not_read, run_file_folder
+from preflab.models.vlm_parts import (PROCESSOR_FILES, add_vlm_lora, freeze_vision, load_vlm_processor,  # noqa: F401
+                                      processor_source, run_options)
 
 AGGREGATOR_PREFIX = "clue_aggregator."
 
@@ -121,9 +122,16 @@ def _saved_aggregator(weights: Path, prefix: str) -> tuple[dict, Path]:
 
 
 def _processor(path: Path, cfg: dict, trust_remote_code: bool):
-    """The processor the run trained with (processor_source)."""
+    """The processor the run trained with (processor_source). Weights of no task: vlm run (a clue aggregator saved
+    without config.yaml) take the processor saved beside them, or for a checkpoint its run's one level up
+    (run_config.run_file_folder); a folder inside another run's folder does not take that run's: a ConfigError."""
     if not cfg:
-        path = path if (path / "preprocessor_config.json").is_file() else path.parent
+        folder = run_file_folder(path, PROCESSOR_FILES)
+        passed_over = parent_file_not_read(path, PROCESSOR_FILES) if folder is None else None
+        if passed_over:
+            raise ConfigError(f"{passed_over}: the processor this model was trained with is unknown. Save it in "
+                              f"{path} (processor.save_pretrained), or give it: load_vlm_run(path, processor=...).")
+        path = folder or path
     return load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(path),
                                               trust_remote_code=trust_remote_code))
 

@@ -20,6 +20,7 @@ import yaml
 
 from preflab.errors import PreflabError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
+from preflab.models.run_config import is_checkpoint_folder
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.report.data_notes import data_notes
 from preflab.report.margins import read_pair_margins_counted
@@ -306,7 +307,7 @@ def collect_runs(paths) -> tuple[list[Path], dict]:
         inner = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)),
                        key=lambda p: (min((p / n).stat().st_mtime for n in RUN_MARKERS if (p / n).is_file()),
                                       p.name))
-        if not inner and path.name.startswith("checkpoint-") and is_run_dir(path.parent):
+        if not inner and is_checkpoint_folder(path) and is_run_dir(path.parent):
             raise PreflabError(f"{path} is a checkpoint of the run {path.parent}; the report reads the run "
                                f"directory: `preflab report {path.parent}` (its curves cover every logged step).")
         if not inner:
