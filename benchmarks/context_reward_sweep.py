@@ -69,11 +69,30 @@ def run(toy: str, lr: float, steps: int, model: str = "builtin:tiny-llama", extr
             "per_context": per_context, "train_seconds": round(time.time() - start, 1)}
 
 
+USAGE = ("usage: python benchmarks/context_reward_sweep.py TOY,LR,STEPS[,MODEL[,KEY=VALUE...]] ...  (TOY: "
+         f"{' | '.join(TOYS)}; e.g. loud_longprompt,1e-3,120)")
+
+
+def parse_spec(spec: str) -> tuple:
+    """`TOY,LR,STEPS[,MODEL[,KEY=VALUE...]]` -> run()'s arguments; a malformed spec is a SystemExit naming it and the
+    form (before: a ValueError traceback from the tuple unpacking, also for `--help`)."""
+    parts = spec.split(",")
+    try:
+        toy, lr, steps, *rest = parts
+        if toy not in TOYS:
+            raise ValueError(f"unknown toy {toy!r}")
+        return toy, float(lr), int(steps), (rest[:1] or ["builtin:tiny-llama"])[0], tuple(rest[1:])
+    except ValueError as err:
+        raise SystemExit(f"context_reward_sweep: {spec!r} is not TOY,LR,STEPS ({err}).\n{USAGE}") from None
+
+
 if __name__ == "__main__":
+    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        raise SystemExit(0 if sys.argv[1:] else 2)
+    specs = [parse_spec(spec) for spec in sys.argv[1:]]  # every spec checked before the first run trains
     import torch
 
     torch.set_num_threads(1)
-    for spec in sys.argv[1:]:
-        toy, lr, steps, *rest = spec.split(",")
-        print(json.dumps(run(toy, float(lr), int(steps), *(rest[:1] or ["builtin:tiny-llama"]), tuple(rest[1:]))),
-              flush=True)
+    for toy, lr, steps, model, extra in specs:
+        print(json.dumps(run(toy, lr, steps, model, extra)), flush=True)

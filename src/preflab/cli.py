@@ -216,9 +216,14 @@ def _stop_on_sigterm():
 
 def interrupted_message(err: BaseException) -> str:
     """What an interrupted run keeps: the latest finished checkpoint of its output_dir (TrainingRun.train puts
-    the folder on the exception), or that there is none."""
+    the folder on the exception), or that there is none. Inside a recipe (preflab.recipes.run_recipe puts
+    `preflab_recipe` on it) the recipe's own resume is what continues the run: its finished stages are kept, and the
+    interrupted stage continues from its checkpoint or starts again (RecipeState.stage puts `preflab_stage_resumes`)."""
     what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
     out = getattr(err, "preflab_output_dir", None)
+    recipe = getattr(err, "preflab_recipe", None)
+    if recipe is not None:
+        return _recipe_interrupted_message(what, recipe, out, getattr(err, "preflab_stage_resumes", None))
     if out is None:
         return (f"preflab: {what}. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
                 "latest one.")
@@ -233,6 +238,24 @@ def interrupted_message(err: BaseException) -> str:
                 f"{MODEL_ONLY_KEPT}")
     return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); the "
             "steps after it are lost. Set resume_from_checkpoint: true to continue from it.")
+
+
+def _recipe_interrupted_message(what: str, recipe: tuple, stage, resumes) -> str:
+    """A recipe interrupted (in one of its stages, `stage`): rerun with resume_from_checkpoint=true; the stage
+    continues from its newest finished checkpoint when the recipe resumes its stages (resumes True), else it starts
+    again (resumes False); None: the recipe decides (its own state file, docs/tools.md)."""
+    task, out = recipe
+    said = (f"preflab: {what}. The recipe (task: {task}) keeps its finished stages in {out}: rerun the same command "
+            "with resume_from_checkpoint=true to continue from them.")
+    if stage is None or resumes is None:
+        return said
+    from preflab.checkpoint import checkpoint_step, latest_checkpoint
+
+    latest = latest_checkpoint(stage) if resumes else None
+    if latest is not None:
+        return f"{said} The interrupted stage {stage} continues from {latest} (step {checkpoint_step(latest)})."
+    why = "no checkpoint of it was finished" if resumes else "this recipe reruns an interrupted stage from its start"
+    return f"{said} The interrupted stage {stage} starts again at step 0 ({why})."
 
 
 def _handler(args):

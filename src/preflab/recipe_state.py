@@ -129,12 +129,16 @@ class RecipeState:
             return self.state["stages"][name]
         # interrupted: continued from its checkpoint or run again from its start. Decided by the main process for all:
         # a process that looked later would see the folder the main process's run just made
-        if checkpoints:
-            record = run(folder, main_result(lambda: resume_or_clean(folder)))
-        else:
-            if main_result(folder.exists):
-                main_writes(lambda: shutil.rmtree(folder))
-            record = run(folder)
+        try:
+            if checkpoints:
+                record = run(folder, main_result(lambda: resume_or_clean(folder)))
+            else:
+                if main_result(folder.exists):
+                    main_writes(lambda: shutil.rmtree(folder))
+                record = run(folder)
+        except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: what a resume does with this stage (cli.interrupted_message)
+            err.preflab_stage_resumes = checkpoints
+            raise
         record = json.loads(json.dumps(record))  # the same record whether run now or loaded on resume
         self.state["stages"][name] = record
         self.file.save()

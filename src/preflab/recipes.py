@@ -145,7 +145,11 @@ def run_recipe(cfg) -> dict:
                           "resume_from_checkpoint, or rerun it from scratch in a new output_dir.")
     if common["allow_config_change"] and "allow_config_change" not in accepted:  # never accepted and dropped
         raise ConfigError(f"internal: task {cfg.task!r} takes no allow_config_change; remove it.")
-    summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
+    try:
+        summary = fn(**{k: v for k, v in common.items() if k in accepted}, **cfg.recipe_params)
+    except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the message names the recipe's resume, not only the stage's
+        err.preflab_recipe = (cfg.task, str(cfg.output_dir))
+        raise
     from pathlib import Path
 
     # the resolved config beside summary.json, as every run (`preflab report`), written once

@@ -30,3 +30,36 @@ def test_load_safetensors_into_is_exact_and_refuses_a_file_that_does_not_fit(tmp
     with pytest.raises(ConfigError, match=r"odd\.safetensors does not fit .*missing \['model\.norm\.weight'\], "
                                           r"unexpected \['extra\.weight'\]"):
         load_safetensors_into(_model(), tmp_path / "odd.safetensors")
+
+
+@pytest.mark.parametrize("checkpoints", [False, True])
+def test_a_recipe_interrupted_in_a_stage_says_to_resume_the_recipe_not_the_stage(tmp_path, monkeypatch, checkpoints):
+    """docs-trial: SIGTERM in raft_ladder's DPO stage printed only the stage's folder, "holds no finished checkpoint
+    of this run ...: its steps are lost and a new start begins again at step 0", as if the whole recipe (its finished
+    400-step SFT stage too) were lost. The message now names the recipe's resume and what it does with the stage."""
+    import preflab.recipes as recipes
+    from preflab.cli import Terminated, interrupted_message
+    from preflab.config import config_from_dict
+    from preflab.recipe_state import RecipeState
+
+    def recipe(output_dir, resume):
+        state = RecipeState(output_dir, "toy_state.json", {}, resume)
+        state.stage("sft", lambda folder: {"done": 1}, load=lambda folder: None)
+
+        def interrupted(folder, resume=False):
+            folder.mkdir(parents=True)
+            err = Terminated()
+            err.preflab_output_dir = folder  # as TrainingRun.train puts it on the interrupt
+            raise err
+
+        state.stage("dpo", interrupted, load=lambda folder: None, checkpoints=checkpoints)
+
+    monkeypatch.setattr(recipes, "recipe_function", lambda task: recipe)
+    out = tmp_path / "run"
+    with pytest.raises(Terminated) as caught:
+        recipes.run_recipe(config_from_dict({"task": "raft_ladder", "output_dir": str(out)}))
+    why = "no checkpoint of it was finished" if checkpoints else "this recipe reruns an interrupted stage from its start"
+    assert interrupted_message(caught.value) == (
+        f"preflab: terminated (SIGTERM). The recipe (task: raft_ladder) keeps its finished stages in {out}: rerun the "
+        f"same command with resume_from_checkpoint=true to continue from them. The interrupted stage {out / 'dpo'} "
+        f"starts again at step 0 ({why}).")
