@@ -227,13 +227,18 @@ def _weights(path):
 
 
 TWO_PROCESS = ["per_device_train_batch_size=2", "generation_batch_size=2", "max_steps=4"]
+# test_two_processes_log_the_one_process_clip_ratio_extrema's run, without the batch size (one process: 6, two: 3).
+# seed 4: rank 1 holds step 4's high_max (rank 0's own max is 1/3 there, checked by making the step use each rank's
+# own value: the rows then differ)
+CLIP_RUN = ["trainer=dapo", "beta=0.0", "gradient_accumulation_steps=1", "max_steps=4", "epsilon=0.05", "seed=4"]
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, accelerate_launch):
-    """The 2-process runs of the two tests below, in one launch (tests/loops/scale_matrix_run.py's online mode runs
+    """The 2-process runs of the tests below, in one launch (tests/loops/scale_matrix_run.py's online mode runs
     online_tiny_run.py's setup several times in the same processes; a launch costs a launcher and two ranks'
-    imports): `two` (TWO_PROCESS) and `two-saved` (the same with save_steps=3). Returns their parent folder."""
+    imports): `two` (TWO_PROCESS), `two-saved` (the same with save_steps=3) and `two-clip` (CLIP_RUN, 3 examples a
+    process). Returns their parent folder."""
     import os
     import subprocess
     from pathlib import Path
@@ -242,7 +247,8 @@ def two_processes(tmp_path_factory, accelerate_launch):
     cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                             "--dynamo_backend", "no", str(Path(__file__).parents[1] / "loops" / "scale_matrix_run.py"),
                             "online", str(root / "two"), *TWO_PROCESS, "--",
-                            "online", str(root / "two-saved"), *TWO_PROCESS, "save_steps=3")
+                            "online", str(root / "two-saved"), *TWO_PROCESS, "save_steps=3", "--",
+                            "online", str(root / "two-clip"), "per_device_train_batch_size=3", *CLIP_RUN)
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -403,27 +409,15 @@ def test_grpo_family_logs_trls_step_time_as_the_windows_mean_step_wall_time(tmp_
 
 
 @pytest.mark.slow
-def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, accelerate_launch):
+def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, two_processes):
     """dapo, off-policy on a round's second step (epsilon 0.05 clips): one micro-batch per process per step, so the
     two ranks' micro-batches together hold the one process's micro-batch, and TRL's min / max over the gathered
     completions is the one process's min / max. Every clip_ratio key of every row is equal (1e-6: float32 sums), and
-    some clip."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    # seed 4: rank 1 holds step 4's high_max (rank 0's own max is 1/3 there, checked by making the step use each
-    # rank's own value: the rows then differ)
-    args = ["trainer=dapo", "beta=0.0", "gradient_accumulation_steps=1", "max_steps=4", "epsilon=0.05", "seed=4"]
+    some clip. The 2-process run (CLIP_RUN, 3 examples a process) is the two_processes launch's `two-clip`."""
     tiny_run(tiny_cfg(tmp_path / "one", trainer="dapo", beta=0.0, gradient_accumulation_steps=1, max_steps=4,
                       epsilon=0.05, seed=4, per_device_train_batch_size=6)).train()
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(Path(__file__).parent / "online_tiny_run.py"),
-                            str(tmp_path / "two"), "per_device_train_batch_size=3", *args)
-    two = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
-    one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
+    one, two = rows(tmp_path / "one"), rows(two_processes / "two-clip")
     keys = ["clip_ratio/low_min", "clip_ratio/high_max", "clip_ratio/low_mean", "clip_ratio/high_mean"]
     assert [r[k] for r in two for k in keys] == pytest.approx([r[k] for r in one for k in keys], abs=1e-6)
     assert max(r["clip_ratio/high_max"] for r in one) > 0
