@@ -87,6 +87,21 @@ def test_bad_judges_are_clear_errors():
         Judge(42)
 
 
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_an_infinite_reward_is_refused_naming_the_judge_and_the_completion(bad):
+    """A reward function returning inf for one completion of a GRPO group made the group's mean inf and its std
+    NaN: the run printed "every prompt's 4 completions got the same reward (mean 1.12e+307)" and trained on zero
+    advantages (chaos trial). Now refused, naming the judge, the completion and what to return instead."""
+    def capped(prompts, completions, **kwargs):
+        return [bad if c == "bad" else 1.0 for c in completions]
+
+    with pytest.raises(ConfigError, match=rf"judge 'capped' \(.*test_judge.py\) returned {bad} for completion 1 of "
+                                          r"the 3 it was called with \(-?inf\); a reward must be finite .* Return a "
+                                          r"finite penalty \(e.g. -1.0\) instead, or None where the judge does not"):
+        Judge(capped)(["p", "p", "p"], ["ok", "bad", "fine"])
+    assert Judge(lambda prompts, completions, **k: [1e300, None])(["p", "p"], ["a", "b"])[0][0].item() == 1e300
+
+
 def test_best_vs_worst_all_pairs_and_ties():
     nan = float("nan")
     scores = torch.tensor([[1.0, 0.0, 0.5], [0.3, 0.3, 0.3], [nan, 1.0, 0.0]])
