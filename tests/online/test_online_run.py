@@ -438,3 +438,14 @@ def test_a_flex_attention_policy_is_refused_on_cpu_before_the_first_round(tmp_pa
     with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
                                           "CPU"):
         OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge]))
+
+
+def test_prompts_per_generation_above_the_prompts_is_said_and_the_round_size_recorded(tmp_path, capsys):
+    """prompts_per_generation=12 over 8 prompts: every round silently took the 8 (min of the two), a smaller round
+    than configured (chaos trial). Now said, and summary.json data.prompts_per_round holds the round's size."""
+    summary = tiny_run(tiny_cfg(tmp_path / "big", prompts_per_generation=12, max_steps=2)).train()
+    assert summary["data"]["prompts_per_round"] == 8 and summary["online"]["completions"] == 8 * 3
+    assert ("preflab: note: prompts_per_generation=12 is more than the 8 prompts of the data, so every round takes "
+            "all 8 once (8 x num_generations=3 completions), not prompts_per_generation.") in capsys.readouterr().out
+    summary = tiny_run(tiny_cfg(tmp_path / "fits", prompts_per_generation=8, max_steps=2)).train()
+    assert "prompts_per_round" not in summary["data"] and "is more than the" not in capsys.readouterr().out
