@@ -63,7 +63,7 @@ def test_weighted_sum_with_none_is_a_nansum_as_in_trl():
     scores, per_fn = Judge([f1, RM()], weights=[1.0, 0.5])(["a", "b", "c"], ["x", "y", "z"])
     assert scores[:2].tolist() == [2.0, 1.5] and math.isnan(scores[2])
     assert math.isnan(per_fn[1, 0])
-    with pytest.raises(ConfigError, match="one weight each"):
+    with pytest.raises(ConfigError, match="give one weight per judge, in the order of reward_funcs"):
         Judge([f1, RM()], weights=[1.0])
 
 
@@ -85,6 +85,18 @@ def test_bad_judges_are_clear_errors():
         Judge(lambda prompts, completions, **k: [1.0])(["a", "b"], ["x", "y"])
     with pytest.raises(ConfigError, match="neither a reward function"):
         Judge(42)
+
+
+def test_a_weight_count_other_than_the_judges_names_reward_weights_and_the_judges():
+    """reward_funcs: [ok] with reward_weights: [1.0, 2.0] said "2 weights for 1 judges", naming neither option
+    (chaos trial)."""
+    def ok(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    with pytest.raises(ConfigError) as err:
+        Judge([ok], weights=[1.0, 2.0])
+    assert str(err.value) == ("reward_weights has 2 weights [1.0, 2.0] for 1 judge(s) ['ok'] (reward_funcs); give one "
+                              "weight per judge, in the order of reward_funcs.")
 
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf])

@@ -190,7 +190,9 @@ class Judge:
         self.aggregator = weights if callable(weights) else None
         self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else [float(w) for w in weights]
         if len(self.weights) != len(self.judges):
-            raise ConfigError(f"{len(self.weights)} weights for {len(self.judges)} judges; give one weight each.")
+            raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
+                              f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
+                              "one weight per judge, in the order of reward_funcs.")
         self.names = [_name(j) for j in self.judges]
         # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
         self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)
