@@ -6,6 +6,8 @@ from preflab.cli import main
 
 KINDS = {
     "reward": ["task=reward", "model_name_or_path=builtin:tiny-gpt2", "max_length=64"],
+    "reward_multi_objective": ["task=reward", "model_name_or_path=builtin:tiny-gpt2", "max_length=64",
+                               "reward_head=multi_objective", "reward_head_params={attributes: [helpfulness]}"],
     "vlm": ["task=vlm", "model_name_or_path=builtin:tiny-qwen2-vl"],
     "online": ["task=online", "online_task=dataset", "trainer=grpo", "model_name_or_path=builtin:tiny-llama",
                "reward_funcs=preflab.online.tasks:demo_true_reward", "beta=0.0"],
