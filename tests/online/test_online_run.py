@@ -449,3 +449,16 @@ def test_prompts_per_generation_above_the_prompts_is_said_and_the_round_size_rec
             "all 8 once (8 x num_generations=3 completions), not prompts_per_generation.") in capsys.readouterr().out
     summary = tiny_run(tiny_cfg(tmp_path / "fits", prompts_per_generation=8, max_steps=2)).train()
     assert "prompts_per_round" not in summary["data"] and "is more than the" not in capsys.readouterr().out
+
+
+def test_a_round_no_completion_of_which_was_scored_says_so_not_that_the_rewards_were_equal(tmp_path, capsys):
+    """A judge returning None for everything with max_judge_failure_fraction: 1.0 trained on zero advantages and said
+    "every prompt's 3 completions got the same reward (mean nan)" (chaos trial); now that nothing was scored."""
+    def not_applicable(prompts, completions, **kwargs):
+        return [None] * len(completions)
+
+    summary = tiny_run(tiny_cfg(tmp_path, trainer="grpo", beta=0.0, max_steps=2, steps_per_generation=1,
+                                max_judge_failure_fraction=1.0), judge=not_applicable).train()
+    assert summary["online"]["no_signal_rounds"] == 2 and summary["online"]["judge_dropped"] == 2 * 6 * 3
+    assert ("preflab: note: round 1: no completion was scored (the judges dropped every one: "
+            "max_judge_failure_fraction = 1 let the round through), so every advantage is 0") in capsys.readouterr().out

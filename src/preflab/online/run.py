@@ -658,12 +658,15 @@ class OnlineRun(TrainingRun):
     def _say_no_reward_signal(self, r: int, reward: float) -> None:
         """Every group of round r got one reward for all its completions: its advantages are 0, so its steps train
         nothing but the KL term; said for the first such round (the run would end looking normal with loss 0) and
-        counted in summary.json online.no_signal_rounds."""
+        counted in summary.json online.no_signal_rounds. reward NaN: no completion was scored at all (every one
+        dropped by the judges, which max_judge_failure_fraction = 1 lets through), said as such."""
         self.counts["no_signal_rounds"] = self.counts.get("no_signal_rounds", 0) + 1
         if self.main and self.counts["no_signal_rounds"] == 1:
-            print(f"preflab: note: round {r + 1}: every prompt's {self.cfg.num_generations} completions got the same "
-                  f"reward (mean {reward:.3g}), so every advantage is 0 and the round's steps train nothing but the "
-                  f"KL term (beta {self.cfg.beta:g}). Rounds like this are counted in summary.json "
+            what = (f"every prompt's {self.cfg.num_generations} completions got the same reward (mean {reward:.3g})"
+                    if not math.isnan(reward) else "no completion was scored (the judges dropped every one: "
+                    f"max_judge_failure_fraction = {self.cfg.max_judge_failure_fraction:g} let the round through)")
+            print(f"preflab: note: round {r + 1}: {what}, so every advantage is 0 and the round's steps train nothing "
+                  f"but the KL term (beta {self.cfg.beta:g}). Rounds like this are counted in summary.json "
                   "online.no_signal_rounds; a judge that cannot tell this policy's completions apart gives no "
                   "signal (try more num_generations, a higher temperature or a denser reward).", flush=True)
 
