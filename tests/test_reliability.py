@@ -68,6 +68,31 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_full_disk_at_the_first_checkpoint_says_no_earlier_one_exists(tmp_path, monkeypatch):
+    """The first save failing said "Earlier checkpoints are kept ... then resume" with none there (chaos trial,
+    diffusion on a 4 MB tmpfs); the message now names the latest checkpoint kept, or says there is none."""
+    import preflab.checkpoint as ck
+
+    model, opt, sched = _model_and_optimizer()
+
+    def full_disk(tensors, path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = ck.save_file
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(PreflabError) as err:
+        save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    assert str(err.value) == (f"could not write checkpoint {tmp_path / 'checkpoint-1'}: No space left on device. No "
+                              "earlier checkpoint of this run exists, so its steps are lost; free disk space or fix "
+                              "the permissions of output_dir, then start it again.")
+    monkeypatch.setattr(ck, "save_file", real)
+    save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    latest = tmp_path / "checkpoint-1"
+    with pytest.raises(PreflabError, match=rf"Earlier checkpoints are kept \(the latest: {latest}\); free disk"):
+        save_checkpoint(tmp_path, 2, model, opt, sched, {})
+
+
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

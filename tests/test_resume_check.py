@@ -59,3 +59,15 @@ def test_resume_with_the_same_global_batch_but_other_accumulation_on_another_wor
         check_saved_config({"world_size": 2, "config": saved},
                            _cfg(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1),
                            "checkpoint-4", 1, note=print)
+
+
+def test_resume_with_a_changed_dict_or_list_option_is_refused_naming_it(tmp_path):
+    """Resuming an online GRPO run with epsilon=0.3 (kept in objective_params, a dict) stopped with "TypeError:
+    unhashable type: 'dict'" from the comparison of the saved config (chaos trial); any dict or list option
+    (objective_params, loss_type lists, reward_funcs, recipe_params) did. Now refused by name like a number."""
+    saved = _cfg(tmp_path, loss_type=["robust", "sft"], objective_params={"label_smoothing": 0.1}).to_dict()
+    now = _cfg(tmp_path, loss_type=["robust", "ipo"], objective_params={"label_smoothing": 0.2})
+    with pytest.raises(ConfigError) as err:
+        check_saved_config({"world_size": 1, "config": saved}, now, "checkpoint-2", 1, note=print)
+    assert ("in key(s) that change what the run computes: loss_type (['robust', 'sft'] -> ['robust', 'ipo']), "
+            "objective_params ({'label_smoothing': 0.1} -> {'label_smoothing': 0.2}). Resume with") in str(err.value)

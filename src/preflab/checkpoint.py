@@ -213,13 +213,22 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         if failure is None:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PreflabError(
-            f"could not write checkpoint {final}: {failure.strerror or failure}. Earlier checkpoints are kept; free "
-            "disk space or fix the permissions of output_dir, then resume."
-        ) from err
+        raise PreflabError(f"could not write checkpoint {final}: {failure.strerror or failure}. "
+                           f"{_what_is_kept(output_dir)}") from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))
     return final
+
+
+def _what_is_kept(output_dir: Path) -> str:
+    """What a failed save leaves to resume from: the latest finished checkpoint, or (a first save failing) none, so
+    that the advice never promises a checkpoint that is not there."""
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        return ("No earlier checkpoint of this run exists, so its steps are lost; free disk space or fix the "
+                "permissions of output_dir, then start it again.")
+    return (f"Earlier checkpoints are kept (the latest: {latest}); free disk space or fix the permissions of "
+            "output_dir, then resume.")
 
 
 def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:

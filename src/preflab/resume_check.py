@@ -32,6 +32,12 @@ _NOT_COMPARED = frozenset({"resume_from_checkpoint", "allow_config_change", "ove
 _SAME_MEANING = frozenset({("truncation_mode", "keep_end", None)})
 
 
+def _same_meaning(key: str, before, after) -> bool:
+    """(key, before, after) is one of _SAME_MEANING, compared by equality: the values may be dicts or lists
+    (objective_params, reward_funcs, ...), which a set lookup cannot hash."""
+    return any(key == k and before == b and after == a for k, b, a in _SAME_MEANING)
+
+
 def compare_configs(saved: dict, current: dict, defaults: dict | None = None) -> tuple[dict, dict]:
     """defaults: the current option defaults; a key the saved config lacks (an option added since) that is at its
     default is no change."""
@@ -43,7 +49,7 @@ def compare_configs(saved: dict, current: dict, defaults: dict | None = None) ->
         if before == after or (key not in saved and defaults is not None and key in defaults
                                and defaults[key] == after):
             continue
-        (harmless if key in HARMLESS or (key, before, after) in _SAME_MEANING else meaning)[key] = (before, after)
+        (harmless if key in HARMLESS or _same_meaning(key, before, after) else meaning)[key] = (before, after)
     return harmless, meaning
 
 

@@ -106,7 +106,8 @@ def _vision(tmp_path, monkeypatch):
     from preflab.loops.vlm import prepare_vision_data
 
     rows = [SimpleNamespace(row_id=i) for i in range(N)]
-    monkeypatch.setattr(vision, "read_vision_pairs", lambda source, split, **kw: (list(rows), DataReport("rows")))
+    monkeypatch.setattr(vision, "read_vision_pairs", lambda source, split, **kw: (list(rows), DataReport(
+        "rows", total=N, kept=N)))  # the rows read (a report of 0 rows is an empty file: refused)
     monkeypatch.setattr(vision, "tokenize_vision_pairs", lambda examples, *a: (
         examples, DataReport("rows"), DataReport("rows")))
     monkeypatch.setattr(vision, "vision_pairs_fingerprint", lambda pairs: str(pairs[0].row_id))  # the stubs' content

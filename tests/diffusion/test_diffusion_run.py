@@ -578,3 +578,22 @@ def test_inversion_jitter_of_a_pair_does_not_depend_on_its_micro_batch(assets, t
         apart = torch.cat([getattr(h, side).token_logps for h in halves])
         # the same draws; only the UNet's batched float rounding differs (batch 4 vs 2)
         assert torch.allclose(together, apart, atol=1e-5, rtol=0), (side, (together - apart).abs().max())
+
+
+def test_captions_longer_than_the_text_tokenizer_are_counted_and_said(assets, tmp_path, capsys):
+    """A caption past CLIP's limit (the tiny pipeline's character tokenizer: 32 tokens, no special tokens) was cut
+    without a word: its end never conditioned the model (chaos trial). Now counted in summary.json's data and said;
+    a caption of exactly 32 tokens is not cut."""
+    import json
+
+    rows = [json.loads(line) for line in Path(assets["train"]).read_text().splitlines()]
+    rows[0]["prompt"], rows[1]["prompt"] = "a" * 33, "b" * 32  # 33 and 32 tokens (one per character)
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({**r, "chosen_image": str(Path(assets["train"]).parent / r["chosen_image"]),
+                                        "rejected_image": str(Path(assets["train"]).parent / r["rejected_image"])})
+                            + "\n" for r in rows))
+    run = DiffusionRun(make_cfg(assets, tmp_path / "out", dataset_name=str(data), max_steps=1))
+    assert run.data_report["captions_truncated"] == {"tokenizer": {"captions": 1, "max_tokens": 32}}
+    distinct = len({r["prompt"] for r in rows})
+    assert (f"preflab: note: data: of the {distinct} distinct captions, some are longer than a text encoder's limit "
+            "and are cut to their first tokens: 1 by tokenizer (max 32 tokens).") in capsys.readouterr().out

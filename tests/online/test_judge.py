@@ -63,7 +63,7 @@ def test_weighted_sum_with_none_is_a_nansum_as_in_trl():
     scores, per_fn = Judge([f1, RM()], weights=[1.0, 0.5])(["a", "b", "c"], ["x", "y", "z"])
     assert scores[:2].tolist() == [2.0, 1.5] and math.isnan(scores[2])
     assert math.isnan(per_fn[1, 0])
-    with pytest.raises(ConfigError, match="one weight each"):
+    with pytest.raises(ConfigError, match="give one weight per judge, in the order of reward_funcs"):
         Judge([f1, RM()], weights=[1.0])
 
 
@@ -85,6 +85,33 @@ def test_bad_judges_are_clear_errors():
         Judge(lambda prompts, completions, **k: [1.0])(["a", "b"], ["x", "y"])
     with pytest.raises(ConfigError, match="neither a reward function"):
         Judge(42)
+
+
+def test_a_weight_count_other_than_the_judges_names_reward_weights_and_the_judges():
+    """reward_funcs: [ok] with reward_weights: [1.0, 2.0] said "2 weights for 1 judges", naming neither option
+    (chaos trial)."""
+    def ok(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    with pytest.raises(ConfigError) as err:
+        Judge([ok], weights=[1.0, 2.0])
+    assert str(err.value) == ("reward_weights has 2 weights [1.0, 2.0] for 1 judge(s) ['ok'] (reward_funcs); give one "
+                              "weight per judge, in the order of reward_funcs.")
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf])
+def test_an_infinite_reward_is_refused_naming_the_judge_and_the_completion(bad):
+    """A reward function returning inf for one completion of a GRPO group made the group's mean inf and its std
+    NaN: the run printed "every prompt's 4 completions got the same reward (mean 1.12e+307)" and trained on zero
+    advantages (chaos trial). Now refused, naming the judge, the completion and what to return instead."""
+    def capped(prompts, completions, **kwargs):
+        return [bad if c == "bad" else 1.0 for c in completions]
+
+    with pytest.raises(ConfigError, match=rf"judge 'capped' \(.*test_judge.py\) returned {bad} for completion 1 of "
+                                          r"the 3 it was called with \(-?inf\); a reward must be finite .* Return a "
+                                          r"finite penalty \(e.g. -1.0\) instead, or None where the judge does not"):
+        Judge(capped)(["p", "p", "p"], ["ok", "bad", "fine"])
+    assert Judge(lambda prompts, completions, **k: [1e300, None])(["p", "p"], ["a", "b"])[0][0].item() == 1e300
 
 
 def test_best_vs_worst_all_pairs_and_ties():

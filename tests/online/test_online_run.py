@@ -432,3 +432,27 @@ def test_a_flex_attention_policy_is_refused_on_cpu_before_the_first_round(tmp_pa
     with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
                                           "CPU"):
         OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge])).train()
+
+
+def test_prompts_per_generation_above_the_prompts_is_said_and_the_round_size_recorded(tmp_path, capsys):
+    """prompts_per_generation=12 over 8 prompts: every round silently took the 8 (min of the two), a smaller round
+    than configured (chaos trial). Now said, and summary.json data.prompts_per_round holds the round's size."""
+    summary = tiny_run(tiny_cfg(tmp_path / "big", prompts_per_generation=12, max_steps=2)).train()
+    assert summary["data"]["prompts_per_round"] == 8 and summary["online"]["completions"] == 8 * 3
+    assert ("preflab: note: prompts_per_generation=12 is more than the 8 prompts of the data, so every round takes "
+            "all 8 once (8 x num_generations=3 completions), not prompts_per_generation.") in capsys.readouterr().out
+    summary = tiny_run(tiny_cfg(tmp_path / "fits", prompts_per_generation=8, max_steps=2)).train()
+    assert "prompts_per_round" not in summary["data"] and "is more than the" not in capsys.readouterr().out
+
+
+def test_a_round_no_completion_of_which_was_scored_says_so_not_that_the_rewards_were_equal(tmp_path, capsys):
+    """A judge returning None for everything with max_judge_failure_fraction: 1.0 trained on zero advantages and said
+    "every prompt's 3 completions got the same reward (mean nan)" (chaos trial); now that nothing was scored."""
+    def not_applicable(prompts, completions, **kwargs):
+        return [None] * len(completions)
+
+    summary = tiny_run(tiny_cfg(tmp_path, trainer="grpo", beta=0.0, max_steps=2, steps_per_generation=1,
+                                max_judge_failure_fraction=1.0), judge=not_applicable).train()
+    assert summary["online"]["no_signal_rounds"] == 2 and summary["online"]["judge_dropped"] == 2 * 6 * 3
+    assert ("preflab: note: round 1: no completion was scored (the judges dropped every one: "
+            "max_judge_failure_fraction = 1 let the round through), so every advantage is 0") in capsys.readouterr().out

@@ -115,6 +115,18 @@ def test_bad_rated_rows_name_file_row_and_field_and_skips_are_counted(tmp_path, 
     assert cut["response_truncated"] + cut["prompt_truncated"] > 0  # max_length 12 cuts and says so
 
 
+def test_an_attribute_no_row_rates_names_the_file_and_the_attributes_the_rows_do_rate(tmp_path, capsys):
+    """Rows rating only helpfulness under attributes [helpfulness, verbosity]: the error said "the rows rate
+    ['helpfulness', 'verbosity']" (load_rated fills every attribute with null) and named no file (chaos trial)."""
+    from preflab.cli import main
+
+    rows = [{**r, "ratings": {"helpfulness": r["ratings"]["helpfulness"]}} for r in _rated(8, seed=0)]
+    data = _write(tmp_path / "rated.jsonl", rows)
+    assert main(_args(data, tmp_path / "a")) == 2
+    assert (f"preflab: error: {data}: no row rates ['verbosity'] (of the attributes ['helpfulness', 'verbosity']); "
+            "the rows rate ['helpfulness']. Fix the attribute names or the rows.") in capsys.readouterr().err
+
+
 def test_multi_objective_options_are_checked_and_the_model_options_read(tmp_path):
     """reward_head_params must name the attributes; center_rewards_coefficient is BT's; load_dtype reaches the
     model (train_multi_objective built it in float32 whatever the config said)."""

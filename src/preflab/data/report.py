@@ -165,6 +165,15 @@ class BadRowPolicy:
             yield raw, built
 
 
+def refuse_empty(report, option: str, name) -> None:
+    """DataError when the source `option`=`name` holds no rows at all (an empty file), said as such: the run's later
+    "no training rows are left ...: every row was skipped" blamed skipping when nothing was read."""
+    if report is not None and report.total == 0:
+        blank = getattr(report, "blank_lines", 0)
+        raise DataError(f"{option}={name!r} ({report.source}) is empty: it holds no rows"
+                        + (f" ({blank} blank lines)" if blank else "") + ".")
+
+
 @dataclass
 class DataReport(RowReport):
     """What `load_rows` read: rows seen / kept / skipped by reason, the forms found (e.g. 'standard',

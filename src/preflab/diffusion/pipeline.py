@@ -373,6 +373,36 @@ def _ids(tok, prompts):
                return_tensors="pt").input_ids
 
 
+def caption_token_limits(components: DiffusionComponents) -> list[tuple[str, Any, int]]:
+    """(tokenizer attribute, tokenizer, tokens it keeps) for each tokenizer encode_text cuts captions with: CLIP's
+    model_max_length (SD; SDXL's two, each its own; SD3's two at the first one's length; Flux's CLIP), SD3's T5 at
+    T5_MAX_LENGTH and Flux's T5 at FLUX_T5_MAX_LENGTH (the pipelines' default max_sequence_length)."""
+    first = components.tokenizer.model_max_length
+    out = [("tokenizer", components.tokenizer, first)]
+    if components.is_flux:
+        from preflab.diffusion.flux import FLUX_T5_MAX_LENGTH
+
+        return out + [("tokenizer_2", components.tokenizer_2, FLUX_T5_MAX_LENGTH)]
+    if components.tokenizer_2 is not None:
+        out.append(("tokenizer_2", components.tokenizer_2,
+                    first if components.is_flow else components.tokenizer_2.model_max_length))
+    if components.is_flow and components.text_encoder_3 is not None:
+        out.append(("tokenizer_3", components.tokenizer_3, T5_MAX_LENGTH))
+    return out
+
+
+def truncated_captions(components: DiffusionComponents, captions: list[str]) -> dict[str, dict[str, int]]:
+    """{tokenizer attribute: {"captions": how many of `captions` it cuts, "max_tokens": its limit}}, for the
+    tokenizers that cut at least one. Such a caption conditions the model on its first max_tokens tokens only (with
+    the special tokens), as in diffusers' pipelines and training scripts, which cut it without a word."""
+    out = {}
+    for name, tok, limit in caption_token_limits(components):
+        cut = sum(len(ids) > limit for ids in tok(list(captions), verbose=False).input_ids)
+        if cut:
+            out[name] = {"captions": cut, "max_tokens": int(limit)}
+    return out
+
+
 @torch.no_grad()
 def encode_sd3_text(components: DiffusionComponents, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
     """SD3's conditioning, as diffusers' StableDiffusion3Pipeline.encode_prompt (clip_skip None, max_sequence_length

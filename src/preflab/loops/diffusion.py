@@ -441,6 +441,7 @@ class DiffusionRun(TrainingRun):
         examples = self.train_data + self.eval_data
         texts = sorted({x.cond_chosen for x in examples} | {x.cond_rejected for x in examples} | {""})
         comps = self.components
+        self._note_truncated_captions(texts)
         if not self.cfg.cache_encodings:  # encoded per micro-batch (_text_of); only the empty prompt is kept
             texts = [""]
 
@@ -482,6 +483,23 @@ class DiffusionRun(TrainingRun):
                                                                      *[(x.prompt, x.row_id) for x in own]],
                                    lambda: {"values": sample()})["values"]
             self.latents.update({(id(x), "chosen"): z for x, z in zip(own, samples)})
+
+    def _note_truncated_captions(self, texts: list[str]) -> None:
+        """Captions longer than a text tokenizer's limit (CLIP: 77 tokens) are cut to it by encode_text, as diffusers
+        does without a word; counted in summary.json data.captions_truncated and said, since the end of such a
+        caption never conditions the model."""
+        from preflab.diffusion.pipeline import truncated_captions
+
+        cut = truncated_captions(self.components, texts)
+        if not cut:
+            return
+        self.data_report["captions_truncated"] = cut
+        if self.main:
+            parts = "; ".join(f"{v['captions']} by {name} (max {v['max_tokens']} tokens)" for name, v in cut.items())
+            print(f"preflab: note: data: of the {len(texts) - 1} distinct captions, some are longer than a text "
+                  f"encoder's limit and are cut to their first tokens: {parts}. The rest of such a caption does not "
+                  "condition the model (diffusers cuts them the same way); shorten the captions to use all of "
+                  "them. Counted in summary.json data.captions_truncated.", flush=True)
 
     def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> dict[str, torch.Tensor]:
         """compute() -> {name: tensor}, read from / written to the on-disk cache under sha256(model weights,

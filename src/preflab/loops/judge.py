@@ -105,9 +105,9 @@ def _label(fn: Any) -> str:
 
 
 def _floats(values, n: int, name: str) -> list[float]:
-    """The judge's values as floats (None -> NaN); `name` is the judge's _label. `n` is the number of completions
-    it was called with: each distinct (prompt, completion) not yet judged, once (the cache answers the rest), which
-    is why it can be fewer than the round's completions."""
+    """The judge's values as floats (None -> NaN; +-inf refused: no group mean or std survives it); `name` is the
+    judge's _label. `n` is the number of completions it was called with: each distinct (prompt, completion) not yet
+    judged, once (the cache answers the rest), which is why it can be fewer than the round's completions."""
     if isinstance(values, Tensor):
         values = values.detach().float().cpu().reshape(-1).tolist()
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
@@ -127,6 +127,12 @@ def _floats(values, n: int, name: str) -> list[float]:
         except (TypeError, ValueError):
             raise ConfigError(f"judge {name} returned {v!r:.60} ({type(v).__name__}) for a completion; each value "
                               "must be a number, or None where the judge does not apply.") from None
+        if math.isinf(out[-1]):  # a group's mean and std would be inf / NaN: every advantage of the group lost
+            raise ConfigError(f"judge {name} returned {out[-1]} for completion {len(out) - 1} of the {n} it was "
+                              f"called with ({values[len(out) - 1]!r:.60}); a reward must be finite (an infinite "
+                              "one makes its group's mean and std infinite or NaN, so no completion of the prompt "
+                              "gets an advantage). Return a finite penalty (e.g. -1.0) instead, or None where the "
+                              "judge does not apply.")
     return out
 
 
@@ -184,7 +190,9 @@ class Judge:
         self.aggregator = weights if callable(weights) else None
         self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else [float(w) for w in weights]
         if len(self.weights) != len(self.judges):
-            raise ConfigError(f"{len(self.weights)} weights for {len(self.judges)} judges; give one weight each.")
+            raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
+                              f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
+                              "one weight per judge, in the order of reward_funcs.")
         self.names = [_name(j) for j in self.judges]
         # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
         self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)

@@ -79,6 +79,7 @@ def config_reading_rows(cfg, train_data, eval_data):
 def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     """(train, eval, report dict). The eval split is the eval dataset, or a seeded eval_fraction of the rows.
     computed: the objective's extras the trainer computes itself (not data columns, e.g. HyPO's online terms)."""
+    from preflab.data.report import refuse_empty
     from preflab.data.rows import load_rows
 
     if not cfg.dataset_name:
@@ -91,17 +92,13 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                                  required_extras=extras)
     check_intra_rows(cfg.objective(), rows, row_report.source, cfg.loss_type)
-    if row_report.total == 0:
-        raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) is empty: it holds no rows"
-                        + (f" ({row_report.blank_lines} blank lines)" if row_report.blank_lines else "") + ".")
+    refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     eval_rows, eval_report = [], None
     if cfg.eval_dataset_name:
         eval_rows, eval_report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind,
                                            on_bad_row=cfg.on_bad_row, required_extras=extras)
         check_intra_rows(cfg.objective(), eval_rows, eval_report.source, cfg.loss_type)
-        if eval_report.total == 0:
-            raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({eval_report.source}) is empty: it "
-                            "holds no rows.")
+        refuse_empty(eval_report, "eval_dataset_name", cfg.eval_dataset_name)
     elif cfg.eval_fraction > 0:
         # hold out whole source rows (a pair split into two KTO examples stays on one side), and whole parent_id
         # groups when every row names its parent (rows derived from one base pair, preflab.data.mapl)

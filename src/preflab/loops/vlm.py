@@ -90,6 +90,7 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None):
     opening the data again."""
     from preflab.data import vision_pairs as builders
     from preflab.data.eval_set import train_and_eval
+    from preflab.data.report import refuse_empty
     from preflab.data.vision import read_vision_pairs, tokenize_vision_pairs
 
     if not cfg.dataset_name:
@@ -98,6 +99,7 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None):
     read = dict(on_bad_row=cfg.on_bad_row, max_frames=cfg.max_frames, responses_only=builder != "given")
     rows, row_report = read_vision_pairs(cfg.dataset_name if reader is None else reader, split=cfg.dataset_split,
                                          **read)
+    refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: read_vision_pairs(name, split=split,
                                                                                                    **read))
     sources = {"train": row_report.source, "eval": (eval_report or row_report).source}

@@ -217,6 +217,7 @@ class OnlineRun(TrainingRun):
         if cut and self.main:
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
                   f"{cfg.max_prompt_length} (their start is dropped, as TRL 0.x did).", flush=True)
+        self._note_fewer_prompts_than_a_round()
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
@@ -637,15 +638,32 @@ class OnlineRun(TrainingRun):
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
 
+    def _note_fewer_prompts_than_a_round(self) -> None:
+        """A round draws min(prompts_per_generation, #prompts) prompts (_new_round): with fewer prompts than
+        prompts_per_generation every round takes all of them, a smaller round than configured (TRL's GRPO would
+        repeat prompts to fill its generation batch). Said, and the round's size kept in summary.json's data."""
+        cfg, n = self.cfg, len(self.rows)
+        if cfg.online_task == "game" or cfg.prompts_per_generation <= n:
+            return
+        self.data_report["prompts_per_round"] = n
+        if self.main:
+            print(f"preflab: note: prompts_per_generation={cfg.prompts_per_generation} is more than the {n} prompts "
+                  f"of the data, so every round takes all {n} once ({n} x num_generations={cfg.num_generations} "
+                  "completions), not prompts_per_generation. Add prompts or lower prompts_per_generation to "
+                  f"{n} to silence this; summary.json data.prompts_per_round.", flush=True)
+
     def _say_no_reward_signal(self, r: int, reward: float) -> None:
         """Every group of round r got one reward for all its completions: its advantages are 0, so its steps train
         nothing but the KL term; said for the first such round (the run would end looking normal with loss 0) and
-        counted in summary.json online.no_signal_rounds."""
+        counted in summary.json online.no_signal_rounds. reward NaN: no completion was scored at all (every one
+        dropped by the judges, which max_judge_failure_fraction = 1 lets through), said as such."""
         self.counts["no_signal_rounds"] = self.counts.get("no_signal_rounds", 0) + 1
         if self.main and self.counts["no_signal_rounds"] == 1:
-            print(f"preflab: note: round {r + 1}: every prompt's {self.cfg.num_generations} completions got the same "
-                  f"reward (mean {reward:.3g}), so every advantage is 0 and the round's steps train nothing but the "
-                  f"KL term (beta {self.cfg.beta:g}). Rounds like this are counted in summary.json "
+            what = (f"every prompt's {self.cfg.num_generations} completions got the same reward (mean {reward:.3g})"
+                    if not math.isnan(reward) else "no completion was scored (the judges dropped every one: "
+                    f"max_judge_failure_fraction = {self.cfg.max_judge_failure_fraction:g} let the round through)")
+            print(f"preflab: note: round {r + 1}: {what}, so every advantage is 0 and the round's steps train nothing "
+                  f"but the KL term (beta {self.cfg.beta:g}). Rounds like this are counted in summary.json "
                   "online.no_signal_rounds; a judge that cannot tell this policy's completions apart gives no "
                   "signal (try more num_generations, a higher temperature or a denser reward).", flush=True)
 

@@ -261,10 +261,12 @@ def load_task(cfg, tokenizer=None, policy=None):
     from preflab.runlog import is_main_process
 
     from preflab.data.eval_set import train_and_eval
+    from preflab.data.report import refuse_empty
 
     rows, report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
     if is_main_process():  # skipped prompt rows are said, as for preference data
         print(f"preflab: data: {report.summary()}")
+    refuse_empty(report, "dataset_name", cfg.dataset_name)
     # eval_dataset_name / eval_fraction: held-out prompts answered greedily and judged (they were read by nothing)
     rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",
                                                                                  on_bad_row=cfg.on_bad_row))

@@ -10,7 +10,7 @@ import numbers
 
 
 from preflab.data.eval_set import train_and_eval
-from preflab.data.report import BadRowPolicy, RowProblem
+from preflab.data.report import BadRowPolicy, RowProblem, refuse_empty
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
 from preflab.errors import ConfigError, DataError, PreflabError
@@ -182,6 +182,7 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
     rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row, prompt_optional=True)
+    refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     grouped = _group_context_rows(rows) if cfg.eval_fraction and not cfg.eval_dataset_name else False
     rows, eval_rows, eval_row_report = train_and_eval(
         cfg, rows, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row=cfg.on_bad_row,

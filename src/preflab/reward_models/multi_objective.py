@@ -127,9 +127,11 @@ def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[
         targets.append(values)
     unrated = [a for j, a in enumerate(attributes) if all(t[j] is None for t in targets)]
     if unrated:  # its head output would be trained on nothing (and report mse 0)
-        seen = sorted({k for row in rows for k in row.get("ratings", row)} - {"prompt", response_field})
-        raise DataError(f"no row rates {unrated} (of the attributes {list(attributes)}); the rows rate {seen}. "
-                        "Fix the attribute names or the rows.")
+        # the columns some row gives a value (load_rated's rows carry every attribute, None where not rated)
+        seen = sorted({k for row in rows for k, v in row.get("ratings", row).items() if v is not None}
+                      - {"prompt", response_field})
+        raise DataError(f"{source + ': ' if source else ''}no row rates {unrated} (of the attributes "
+                        f"{list(attributes)}); the rows rate {seen}. Fix the attribute names or the rows.")
     items, report = tokenize_unpaired(examples, tokenizer, max_length=max_length,
                                       max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
                                       max_completion_length=max_completion_length, source=source,
@@ -277,6 +279,7 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     eval_mse and eval_mse/<attribute>). Options as for the pairwise heads; `reward_head_params` gives the
     attributes (and the response column, default `response`)."""
     from preflab.data.eval_set import train_and_eval
+    from preflab.data.report import refuse_empty
     from preflab.models.load import cap_max_length, max_positions
 
     attributes, response_field = attribute_head_params(cfg)
@@ -286,6 +289,7 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
                                       cfg.trust_remote_code))
     settings = dict(response_field=response_field, on_bad_row=cfg.on_bad_row)
     rows, row_report = load_rated(cfg.dataset_name, attributes, split=cfg.dataset_split, **settings)
+    refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: load_rated(name, attributes,
                                                                                             split=split, **settings))
     print(f"preflab: data: {row_report.summary()}")
