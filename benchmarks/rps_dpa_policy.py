@@ -16,19 +16,19 @@ from types import SimpleNamespace
 import torch
 
 from preflab.config import config_from_dict
+from preflab.demo.sft_model import demo_sft_model
 from preflab.demo.task import make_splits
 from preflab.loops.sft import SFTTrainer
 from preflab.models.tiny import tiny_tokenizer
 from preflab.online.generator import TransformersGenerator
 from preflab.online.rps import demo_score
-from preflab.online.tasks import _demo_sft_model
 from preflab.reward_models.multi_objective import directional_best_of_n
 
 
 def main(out: Path, angles: list[float], n_prompts: int, steps: int) -> None:
     torch.set_num_threads(1)
     tok = tiny_tokenizer("char")
-    model = _demo_sft_model(SimpleNamespace(seed=0), tok).eval()
+    model = demo_sft_model(SimpleNamespace(seed=0), tok).eval()
     prompts = [r["prompt"] for r in make_splits(0)[1]][:n_prompts]
     gen = TransformersGenerator(model, tok.eos_token_id, tok.pad_token_id, 16, 1.0)
     ids = [[tok.bos_token_id] + tok(p + "\n", add_special_tokens=False).input_ids for p in prompts]

@@ -18,11 +18,11 @@ import torch
 
 from preflab.config import config_from_dict
 from preflab.demo.run import _write_jsonl, heldout_reward
+from preflab.demo.sft_model import demo_sft_model
 from preflab.demo.task import make_splits
 from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_tokenizer
 from preflab.online.hypo_offline import HyPOTrainer
-from preflab.online.tasks import _demo_sft_model
 
 
 def main(out: Path, seed: int = 0) -> list[dict]:
@@ -34,7 +34,7 @@ def main(out: Path, seed: int = 0) -> list[dict]:
                   loss_type="hypo", beta=0.5, hypo_online_samples=4, max_completion_length=16, learning_rate=3e-4,
                   per_device_train_batch_size=16, max_steps=60, warmup_steps=5, lr_scheduler_type="cosine",
                   max_length=64, logging_steps=10, disable_tqdm=True, use_cpu=True)
-    start = _demo_sft_model(config_from_dict({**common, "seed": 0, "output_dir": str(out / "sft")}), tokenizer)
+    start = demo_sft_model(config_from_dict({**common, "seed": 0, "output_dir": str(out / "sft")}), tokenizer)
     state = {k: v.clone() for k, v in start.state_dict().items()}
     before, _ = heldout_reward(start, tokenizer, heldout)
     rows = []

@@ -324,7 +324,7 @@ def test_report_refuses_a_run_given_twice(tmp_path):
 def test_reward_model_win_rate_scores_as_the_reward_model_was_trained(tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from preflab.eval.winrate import reward_model_fn
+    from preflab.eval_cli.checkpoint import reward_model_fn
     from preflab.reward_models.interface import RewardModel
 
     tok = tiny_tokenizer("bytelevel")

@@ -234,12 +234,12 @@ def test_eval_loads_builtin_demo_sft_as_reference_and_as_an_online_checkpoints_b
     import torch
     from safetensors.torch import save_file
 
-    from preflab.eval.loading import load_for_eval
+    from preflab.demo import sft_model
+    from preflab.eval_cli.checkpoint import load_policy
     from preflab.models.tiny import tiny_causal_lm
-    from preflab.online import tasks
 
-    monkeypatch.setattr(tasks, "_demo_sft_model", lambda cfg, tok: tiny_causal_lm(tok, hidden_size=32, seed=cfg.seed))
-    ref, tok = load_for_eval("builtin:demo-sft", seed=2)
+    monkeypatch.setattr(sft_model, "demo_sft_model", lambda cfg, tok: tiny_causal_lm(tok, hidden_size=32, seed=cfg.seed))
+    ref, tok = load_policy("builtin:demo-sft", seed=2)
     want = tiny_causal_lm(tok, hidden_size=32, seed=2).state_dict()
     assert all(torch.equal(v, want[k]) for k, v in ref.state_dict().items())
     ckpt = tmp_path / "run" / "checkpoint-3"
@@ -248,7 +248,7 @@ def test_eval_loads_builtin_demo_sft_as_reference_and_as_an_online_checkpoints_b
     (ckpt / "trainer_state.json").write_text("{}")
     moved = {k: v + 1.0 for k, v in want.items() if k.endswith("norm.weight")}
     save_file(moved, str(ckpt / "model.safetensors"))
-    policy, _ = load_for_eval(str(ckpt))
+    policy, _ = load_policy(str(ckpt))
     got = policy.state_dict()
     assert all(torch.equal(got[k], moved[k]) for k in moved) and len(moved) > 0
     assert all(torch.equal(got[k], want[k]) for k in want if k not in moved)

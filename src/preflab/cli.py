@@ -17,7 +17,7 @@ from preflab.quiet import kept_as_found
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
 SUBCOMMANDS = {
     "train": "preflab.loops.cli",
-    "eval": "preflab.eval.cli",
+    "eval": "preflab.eval_cli.cli",
     "report": "preflab.report.cli",
     "lab": "preflab.lab.cli",
     "demo": "preflab.demo.cli",

@@ -84,3 +84,38 @@ def test_builtin_reference_uses_the_run_seed_and_bad_dirs_say_what_to_do(tmp_pat
         load_for_eval(str(tmp_path))
     with pytest.raises(PreflabError, match="not a directory"):
         load_for_eval(str(tmp_path / "absent"))
+
+
+def test_load_for_eval_builds_builtin_demo_sft_with_the_builder_its_caller_passes(tmp_path):
+    """builtin:demo-sft is trained by preflab.demo.sft_model, a room above the loader, which reached it through
+    import_module("preflab.online.tasks"). Now the caller passes the builder (`preflab eval` does, through
+    preflab.eval_cli.checkpoint.load_policy), for the name and for a checkpoint of a run that started from it; a
+    load without it says what to pass (never built some other way)."""
+    import re
+
+    from safetensors.torch import save_file
+
+    tok, calls = tiny_tokenizer("char"), []
+
+    def demo_sft(seed):
+        calls.append(seed)
+        return tiny_causal_lm(tok, hidden_size=32, seed=seed), tok
+
+    model, got = load_for_eval("builtin:demo-sft", seed=4, demo_sft=demo_sft)
+    want = tiny_causal_lm(tok, hidden_size=32, seed=4).state_dict()
+    assert got is tok and calls == [4] and all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    with pytest.raises(PreflabError, match=r"loading builtin:demo-sft needs the online demo's SFT model .*pass "
+                                           r"demo_sft=preflab\.demo\.sft_model\.demo_sft to load_for_eval"):
+        load_for_eval("builtin:demo-sft", seed=4)
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("task: online\nmodel_name_or_path: builtin:demo-sft\nseed: 7\n")
+    (ckpt / "trainer_state.json").write_text("{}")
+    base = tiny_causal_lm(tok, hidden_size=32, seed=7).state_dict()
+    moved = {k: v + 1.0 for k, v in base.items() if k.endswith("norm.weight")}
+    save_file(moved, str(ckpt / "model.safetensors"))
+    with pytest.raises(PreflabError, match=re.escape(f"loading {ckpt} (a checkpoint of a run that started from "
+                                                     "builtin:demo-sft) needs the online demo's SFT model")):
+        load_for_eval(str(ckpt))
+    loaded = load_for_eval(str(ckpt), demo_sft=demo_sft)[0].state_dict()
+    assert calls == [4, 7] and moved and all(torch.equal(loaded[k], moved.get(k, v)) for k, v in base.items())

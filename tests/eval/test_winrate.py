@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from preflab.errors import ConfigError
-from preflab.eval.winrate import (compare_generations, judge_outcomes, load_callable, reward_model_fn,
-                                  wilson_interval, win_rate, win_rate_from_outcomes)
+from preflab.eval.winrate import (compare_generations, judge_outcomes, load_callable, wilson_interval, win_rate,
+                                  win_rate_from_outcomes)
+from preflab.eval_cli.checkpoint import reward_model_fn
 from preflab.generate import generate_text
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 

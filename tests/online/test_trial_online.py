@@ -141,9 +141,10 @@ def test_demo_sft_model_loads_for_your_own_prompts(tmp_path, monkeypatch):
     transformers' OSError 'Repo id must use alphanumeric chars ... builtin:demo-sft'."""
     import json
 
+    from preflab.demo import sft_model
     from preflab.online import tasks
 
-    monkeypatch.setattr(tasks, "_demo_sft_model", lambda cfg, tokenizer: ("demo-sft", cfg.seed))
+    monkeypatch.setattr(sft_model, "demo_sft_model", lambda cfg, tokenizer: ("demo-sft", cfg.seed))
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "echo: cat dog"}) + "\n")
     cfg = config_from_dict({**ONLINE, "trainer": "grpo", "model_name_or_path": "builtin:demo-sft",
                             "dataset_name": str(tmp_path / "p.jsonl"), "reward_funcs": "demo_true_reward",
@@ -161,12 +162,12 @@ def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     cache file, and the next call builds and loads the model."""
     import safetensors.torch
 
+    from preflab.demo.sft_model import demo_sft
     from preflab.loops.sft import SFTTrainer
-    from preflab.online import tasks
 
     monkeypatch.setattr(SFTTrainer, "train", lambda self: None)  # the SFT stage itself is not what is checked here
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "first"))
-    tasks.demo_sft(5)  # imports every module on the way before save_file is replaced (none may keep the fake)
+    demo_sft(5)  # imports every module on the way before save_file is replaced (none may keep the fake)
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "demo-sft-5" / "model.safetensors"
     save_file = safetensors.torch.save_file
@@ -177,11 +178,11 @@ def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", killed_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        tasks.demo_sft(5)
+        demo_sft(5)
     assert not cache.exists()
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
-    built, _ = tasks.demo_sft(5)
-    loaded, _ = tasks.demo_sft(5)  # from the cache file now
+    built, _ = demo_sft(5)
+    loaded, _ = demo_sft(5)  # from the cache file now
     assert cache.is_file()
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
 

@@ -85,7 +85,7 @@ def test_a_reward_model_inside_another_runs_folder_still_evaluates_as_task_rewar
 def test_a_policy_run_given_as_a_reward_model_is_refused_by_its_task(tmp_path):
     # --reward-model / a judge path: load_reward_model read the DPO run through from_pretrained (its missing-key
     # lists printed) before refusing a random head
-    from preflab.eval.winrate import reward_model_fn
+    from preflab.eval_cli.checkpoint import reward_model_fn
     from preflab.reward_models.heads import load_reward_model
 
     run = _policy_run(tmp_path / "dpo")

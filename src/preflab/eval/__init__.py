@@ -8,7 +8,8 @@ Modules (each a set of pure functions except `run`, `score` and `loading`):
     winrate   win rate of policy vs reference generations with Wilson's interval; reward model / judge hooks
     score     sequence log-prob sums through the trainer's scoring path
     loading   run directories, checkpoints and builtin models for evaluation
-    run       evaluate_models / evaluate_checkpoint -> the eval.json dict
+    run       evaluate_models -> the eval.json dict (loading a run and writing eval.json:
+              preflab.eval_cli.checkpoint.evaluate_checkpoint, the `preflab eval` command's, above this room)
     names     METRIC_DOCS: what each metric name means
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ _EXPORTS = {
     "idealized_ranking_accuracy": "ranking", "idealized_ranking_accuracy_range": "ranking",
     "ranking_loss_threshold": "ranking", "difficulty_summary": "ranking", "listwise_ranking_accuracy": "ranking",
     "win_rate": "winrate", "wilson_interval": "winrate", "compare_generations": "winrate",
-    "EvalOptions": "run", "evaluate_models": "run", "evaluate_checkpoint": "run",
+    "EvalOptions": "run", "evaluate_models": "run",
 }
 __all__ = ["METRIC_DOCS", *_EXPORTS]
 

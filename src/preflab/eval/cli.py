@@ -1,10 +1,10 @@
-"""`preflab eval CHECKPOINT --data DATA [--reference REF | --no-reference]`: diagnostics on held-out pairs ->
-eval.json. Without --reference the reference is the one the run trained against (its saved config)."""
+"""What every `preflab eval` task prints and refuses alike: the terminal summary (format_summary, HEADLINE) and the
+refusal of the options a routed task does not read (refuse_unread_options, TASK_READS). The command itself (its
+parser and the policy eval) is preflab.eval_cli.cli; --task reward / vlm / diffusion run in the rooms that own them
+(preflab.reward_models.cli, preflab.loops.vlm_eval, preflab.loops.diffusion_eval), which build on this one."""
 from __future__ import annotations
 
-import argparse
-
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError
 
 # With tied pairs (alpha = 0.5) alignment_gap is R* - R under the tie rule (preflab.eval.ranking.ranking_report):
 # the two *_with_ties lines (present only then) are printed beside it, so the gap is the difference of two lines shown
@@ -17,116 +17,6 @@ HEADLINE = ("ranking_accuracy", "ranking_accuracy_norm", "ranking_accuracy_with_
             "win_rate/ci_high")
 UNPAIRED_HEADLINE = ("unpaired/auroc", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                      "logps/rejected")  # preflab.eval.unpaired
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "eval", help="ranking accuracy, idealized ranking accuracy, 3D metrics and win rate on held-out pairs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate a trained model on held-out preference pairs and write eval.json.\n"
-                    "Example: preflab eval outputs/dpo --data heldout.jsonl --reference outputs/sft\n"
-                    "Without --reference, the reference is the run's ref_model_name_or_path (else its\n"
-                    "model_name_or_path) from CHECKPOINT's saved config.yaml.\n"
-                    "Optional data columns: alpha (rater proportion, for the idealized ranking accuracy) and\n"
-                    "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
-    )
-    p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
-    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv/.arrow, a directory or hub name")
-    reference = p.add_mutually_exclusive_group()
-    reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
-                                               "(default: the run's ref_model_name_or_path, else its "
-                                               "model_name_or_path, from CHECKPOINT's saved config)")
-    reference.add_argument("--no-reference", action="store_true",
-                           help="no reference model: policy-only metrics (ranking accuracy)")
-    p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
-    p.add_argument("--task", choices=("dpo", "reward", "diffusion", "vlm"), default="dpo",
-                   help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
-                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts)); "
-                        "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics)")
-    p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
-    p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
-                                   "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
-                                   "split and notes say which)")
-    p.add_argument("--limit", type=int, help="evaluate at most this many rows")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
-    p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
-                                                   "eval_* metrics were computed; else 1024)")
-    p.add_argument("--max-prompt-length", type=int, help="prompt tokens kept (default: the run's max_prompt_length, "
-                                                          "with its truncation_mode and max_completion_length; else "
-                                                          "no limit)")
-    p.add_argument("--alpha-column", default="alpha", help="column with rater proportions (default: alpha)")
-    p.add_argument("--extra-responses-column", default="extra_responses",
-                   help="column with a list of unseen responses per prompt (default: extra_responses)")
-    p.add_argument("--hard-margin", type=float, default=1.0,
-                   help="a pair is hard to flip when beta * c exceeds this (Thm 4.1; default 1)")
-    judge = p.add_mutually_exclusive_group()
-    judge.add_argument("--reward-fn", help="MODULE:NAME of a TRL-style reward function f(prompts, completions)")
-    judge.add_argument("--reward-model", help="directory of a sequence-classification reward model (safetensors)")
-    judge.add_argument("--judge", help="MODULE:NAME of a pairwise judge (TRL's .judge or f(prompts, a, b))")
-    p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated for the win rate")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="generation length for the win rate")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    p.add_argument("--no-per-pair", action="store_true", help="leave per-pair log-probs out of eval.json")
-    p.add_argument("--token-rewards", type=int, default=0, metavar="N",
-                   help="write the per-token implicit rewards beta (log pi - log pi_ref) of the first N pairs' "
-                        "responses into eval.json (\"token_rewards\"; they sum to each response's reward; needs a "
-                        "reference; default 0: none)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (runs pickle; trusted only)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
-    p.set_defaults(func=run, option_defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
-
-
-def run(args) -> int:
-    """Policy evaluation. `--task reward` is routed to preflab.reward_models.cli.eval_task by preflab.cli."""
-    if args.task == "reward":
-        raise PreflabError("--task reward is run by preflab.reward_models.cli.eval_task (through the preflab "
-                           "command).")
-    if args.task == "diffusion":
-        raise PreflabError("--task diffusion is run by preflab.loops.diffusion_eval.eval_task (through the preflab "
-                           "command).")
-    if args.task == "vlm":
-        raise PreflabError("--task vlm is run by preflab.loops.vlm_eval.eval_task (through the preflab command).")
-    import sys
-
-    from preflab.eval.run import EvalOptions, evaluate_checkpoint, run_truncation
-    from preflab.eval.run_files import refuse_other_task
-    from preflab.eval.winrate import load_callable, reward_model_fn
-
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
-    if args.beta is not None and not args.beta > 0:
-        raise ConfigError(f"--beta must be > 0 (the KL coefficient of the implicit reward), got {args.beta}.")
-    if args.hard_margin < 0:
-        raise ConfigError(f"--hard-margin must be >= 0 (a pair is hard when the reference ranks it wrongly by more "
-                          f"than this, beta c > margin, c > 0), got {args.hard_margin}.")
-    for option in ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
-    if args.token_rewards < 0:
-        raise ConfigError(f"--token-rewards is a number of pairs (0: none), got {args.token_rewards}.")
-    refuse_other_task(args.checkpoint, "dpo")  # before a --reward-model, the reference or the policy loads
-    reference, source = default_reference(args)
-    if (args.reward_fn or args.reward_model or args.judge) and not reference:
-        raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
-    reward_fn = load_callable(args.reward_fn) if args.reward_fn else None
-    if args.reward_model:
-        reward_fn = reward_model_fn(args.reward_model, allow_pickle=args.allow_pickle)
-    truncation, said = run_truncation(args.checkpoint, args.max_length, args.max_prompt_length)
-    if said:
-        print(f"preflab: note: {said}", file=sys.stderr)
-    opts = EvalOptions(beta=args.beta, batch_size=args.batch_size, **truncation, split=args.split, limit=args.limit,
-                       alpha_column=args.alpha_column, extra_responses_column=args.extra_responses_column,
-                       hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
-                       max_new_tokens=args.max_new_tokens, confidence=args.confidence,
-                       keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards)
-    result = evaluate_checkpoint(args.checkpoint, args.data, reference=reference, out=args.out, options=opts,
-                                 reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
-                                 allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                                 reference_source=source)
-    print(format_summary(result))
-    return 0
 
 
 # what each routed task reads besides CHECKPOINT, --data, --task and --out (the rest would be ignored)
@@ -152,34 +42,6 @@ def refuse_unread_options(args, task: str) -> None:
         reads = ", ".join("--" + dest.replace("_", "-") for dest in sorted(TASK_READS[task]))
         raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --out); remove "
                           f"{'it' if len(unread) == 1 else 'them'}.")
-
-
-def default_reference(args) -> tuple[str | None, str | None]:
-    """(reference, where it came from) for `preflab eval`: --reference as given; --no-reference: none; otherwise
-    the reference CHECKPOINT's run trained against (preflab.eval.loading.run_reference), said in one note line;
-    none (with a note that the reference metrics are absent) when no saved run config names a model."""
-    import sys
-
-    from preflab.eval.loading import run_reference
-    from preflab.models.run_config import run_config
-
-    if args.reference:
-        return args.reference, "--reference"
-    if args.no_reference:
-        return None, None
-    found = run_reference(args.checkpoint)
-    if found is None and run_config(args.checkpoint).get("task") in ("reward", "diffusion", "vlm"):
-        return None, None  # not a text policy: loading it says which command evaluates it
-    if found is None:
-        print(f"preflab: note: no --reference, and {args.checkpoint} has no saved run config naming a model: the "
-              "reference metrics (implicit-reward accuracy, idealized ranking accuracy, difficulty, log-prob drift, "
-              "dispersion) are absent (eval.json \"missing\"); pass --reference DIR to compute them.",
-              file=sys.stderr)
-        return None, None
-    name, key = found
-    print(f"preflab: note: no --reference: the reference is the run's {key} {name} (from {args.checkpoint}'s saved "
-          "config); pass --reference DIR for another one, or --no-reference for none.", file=sys.stderr)
-    return name, f"run config ({key})"
 
 
 def format_summary(result: dict, extra: tuple = ()) -> str:

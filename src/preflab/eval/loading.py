@@ -8,7 +8,8 @@ Accepted forms (safetensors only, through preflab.models.load; pickle weights ne
                                 rebuilt from the saved config and the parameters are loaded over it (a LoRA run's
                                 checkpoint: adapters rebuilt from the config's lora_* options, loaded, merged)
     builtin:tiny-llama etc.     a builtin random model (seeded as in training: the run's `seed`)
-    builtin:demo-sft            the online demo runs' starting policy (the demo's SFT model for the run's `seed`)
+    builtin:demo-sft            the online demo runs' starting policy (the demo's SFT model for the run's `seed`,
+                                built by the demo_sft the caller passes: preflab.demo.sft_model.demo_sft)
 The tokenizer is the one saved beside the weights (or in the run directory above a checkpoint).
 """
 from __future__ import annotations
@@ -22,12 +23,14 @@ from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (publi
 from preflab.models.load import check_weights_safe, load_causal_lm, load_tokenizer
 
 
-def _demo_sft(seed: int):
-    """(model, tokenizer) of builtin:demo-sft. The online room builds it and imports this room, so it is reached by
-    name (its name is in preflab.models.builtin_names, below both rooms)."""
-    import importlib
-
-    return importlib.import_module("preflab.online.tasks").demo_sft(int(seed or 0))
+def _demo_sft(demo_sft, seed, what: str):
+    """(model, tokenizer) of builtin:demo-sft from the builder the caller passed (`what`: the load that needs it)."""
+    if demo_sft is None:
+        raise PreflabError(f"loading {what} needs the online demo's SFT model (builtin:demo-sft), which "
+                           "preflab.demo.sft_model trains (a room above this loader): pass demo_sft="
+                           "preflab.demo.sft_model.demo_sft to load_for_eval (as `preflab eval` does: "
+                           "preflab.eval_cli.checkpoint.load_policy).")
+    return demo_sft(int(seed or 0))
 
 
 def run_reference(checkpoint: str) -> tuple[str, str] | None:
@@ -86,15 +89,18 @@ def _base_name(cfg: dict, path: Path) -> str:
 
 
 def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
-                  seed: int = 0):
+                  seed: int = 0, demo_sft=None):
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
-    (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models."""
+    (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models.
+    demo_sft: seed -> (model, tokenizer) of builtin:demo-sft (preflab.demo.sft_model.demo_sft), for that name and
+    for the checkpoints of runs that started from it; the demo room trains it and builds on this one, so the caller
+    passes it in (without it such a name is a PreflabError saying so)."""
     if name in BUILTIN:  # a builtin is built for the tokenizer it is given (its vocabulary sizes the model)
         if tokenizer is None:
             tokenizer = load_tokenizer(name)
         return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
     if name == DEMO_SFT:
-        model, own = _demo_sft(seed)
+        model, own = _demo_sft(demo_sft, seed, name)
         check_same_tokenizer(name, own, tokenizer)
         return model.eval(), tokenizer or own
     path = Path(name)
@@ -124,7 +130,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
 
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
-        return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code)
+        return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code, demo_sft)
     checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
                          key=lambda p: int(p.name[11:]))
     if checkpoints:  # an interrupted run: no final model yet, only its checkpoints
@@ -151,13 +157,13 @@ def lora_options(cfg: dict) -> dict:
     return {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in LORA_OPTIONS}
 
 
-def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool):
+def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool, demo_sft):
     import torch
     from safetensors.torch import load_file
 
     base_name = _base_name(cfg, path)
     if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
-        model, own = _demo_sft(cfg.get("seed", 0))
+        model, own = _demo_sft(demo_sft, cfg.get("seed", 0), f"{path} (a checkpoint of a run that started from {DEMO_SFT})")
         tok = tokenizer or own
     else:
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)

@@ -1,7 +1,10 @@
-"""`preflab eval`: every diagnostic of preflab.eval on held-out pairs, written to eval.json.
+"""`preflab eval`: every diagnostic of preflab.eval on held-out pairs, as the eval.json dict.
 
-    result = evaluate_checkpoint("outputs/run", "heldout.jsonl", reference="outputs/sft")   # also writes eval.json
     result = evaluate_models(policy, tokenizer, rows, ref=reference)                        # in memory
+
+(Loading a run and writing eval.json: preflab.eval_cli.checkpoint.evaluate_checkpoint, above the rooms whose models
+it loads; the pieces every eval task shares stay here: open_eval_split, eval_beta, training_data_note, write_json,
+eval_json_path.)
 
 eval.json holds: "metrics" (flat {name: value}; names in preflab.eval.METRIC_DOCS), "win_rate" and
 "generation_examples" when a reward function / reward model / judge was given, "per_pair" (the per-pair log-prob
@@ -23,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -359,41 +361,6 @@ def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn,
     metrics.update({"win_rate": win["win_rate"], "win_rate/ci_low": win["ci_low"],
                     "win_rate/ci_high": win["ci_high"]})
     return {"win_rate": win, "generation_examples": examples_out}
-
-
-def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
-                        options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
-                        trust_remote_code: bool = False, reference_source: str | None = None) -> dict:
-    """Load `checkpoint` (and `reference`), evaluate on `data`, write eval.json (into the checkpoint directory, or
-    to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
-    the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)")."""
-    from preflab import __version__
-    from preflab.eval.loading import load_for_eval
-    from preflab.models.run_config import run_config
-
-    opts = options or EvalOptions()
-    cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
-    beta, run_notes = eval_beta(opts.beta, cfg)
-    policy, tokenizer = load_for_eval(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                      seed=int(cfg.get("seed", 0) or 0))
-    ref = None
-    if reference:
-        ref, _ = load_for_eval(reference, tokenizer=tokenizer, allow_pickle=allow_pickle,
-                               trust_remote_code=trust_remote_code, seed=int(cfg.get("seed", 0) or 0))
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = policy.to(device)
-    ref = ref.to(device) if ref is not None else None
-    started = time.perf_counter()
-    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
-    trained_on = training_data_note(data, cfg, result.get("split") or "train")
-    result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
-    result = {"checkpoint": str(checkpoint), "reference": reference,
-              "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
-              "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
-                                                                     else "default"),
-              **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
-    result["path"] = str(write_json(eval_json_path(checkpoint, out), result))
-    return result
 
 
 # objectives whose optimum is the KL-regularized one, pi_ref exp(r / beta) / Z, with the run's beta as the KL

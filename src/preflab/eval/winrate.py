@@ -17,14 +17,14 @@ Interfaces (TRL's, so existing functions plug in):
                      conversational prompts each completion is [{"role": "assistant", "content": text}], as TRL)
     judge            an object with .judge(prompts, [[a, b], ...]) -> [0 | 1]   (TRL BasePairwiseJudge: index of
                      the better answer) or a callable (prompts, policy_answers, reference_answers) -> [p in 0..1]
-    reward model     a local sequence-classification model (safetensors), `reward_model_fn(path)`
+    reward model     a local sequence-classification model (safetensors): `preflab eval --reward-model` loads it
+                     as a reward function (preflab.eval_cli.checkpoint.reward_model_fn)
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from statistics import NormalDist
 
 from preflab.errors import ConfigError
@@ -123,23 +123,6 @@ def load_callable(spec: str) -> Callable:
 
     obj = import_object(spec, "--reward-fn / --judge")
     return obj() if isinstance(obj, type) else obj
-
-
-def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16, max_length: int = 1024):
-    """A TRL-style reward function backed by a local reward model in path: a `task: reward` run's output_dir (or
-    checkpoint-<step>) or any sequence-classification checkpoint with a trained head.
-
-    It scores exactly as the reward model is trained and evaluated
-    (`preflab.reward_models.interface.reward_function`: bos + prompt, response + eos, read at the last real token;
-    conversational prompts through the chat template). A directory without a trained reward head (a policy, a base
-    model) is a ConfigError: its head would be random. The reward-model room builds on this one, so it is reached by
-    name (no import edge from eval to reward_models)."""
-    import importlib
-
-    if not Path(path).is_dir():
-        raise ConfigError(f"--reward-model {path!r} is not a directory holding a saved reward model.")
-    interface = importlib.import_module("preflab.reward_models.interface")
-    return interface.reward_function(path, allow_pickle=allow_pickle, batch_size=batch_size, max_length=max_length)
 
 
 def as_completions(prompts: list, answers: list[str]) -> list:

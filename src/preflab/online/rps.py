@@ -143,14 +143,11 @@ def demo_score(prompt: str, responses) -> torch.Tensor:
 
 def demo_setup(seed: int, prompts: int, max_new_tokens: int = 16, temperature: float = 1.0):
     """(prompts, generate, score, reset) on the demo task with its SFT policy (direction ignored, see above)."""
-    from types import SimpleNamespace
-
+    from preflab.demo.sft_model import demo_sft
     from preflab.demo.task import make_splits
-    from preflab.models.tiny import tiny_tokenizer
-    from preflab.online.tasks import _demo_sft_model
 
-    tokenizer = tiny_tokenizer("char")
-    model = _demo_sft_model(SimpleNamespace(seed=seed), tokenizer).eval()
+    model, tokenizer = demo_sft(seed)
+    model.eval()
     heldout = make_splits(0)[2][:prompts]
     sample, reset = _demo_sampler(model, tokenizer, seed, max_new_tokens, temperature)
 

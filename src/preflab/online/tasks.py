@@ -4,7 +4,8 @@
     demo     the loud-echo task of `preflab demo` (preflab.demo.task): its 600 training prompts, judged by the
              task's true reward; summary.json gets true_reward_before / true_reward_after (greedy answers on
              heldout_prompts unseen prompts). model_name_or_path: builtin:demo-sft is the demo's tiny char-level
-             Llama after its SFT stage (built once, ~30 s on a CPU, cached in $PREFLAB_CACHE_DIR/demo-sft-<seed>)
+             Llama after its SFT stage (preflab.demo.sft_model: built once, ~30 s on a CPU, cached in
+             $PREFLAB_CACHE_DIR/demo-sft-<seed>)
     game     the preference game (preflab.online.game)
     vision_dataset  image prompts for an image-text policy: dataset_name's rows ("images" + "prompt"), judge:
              reward_funcs, e.g. Vision-R1's box rewards (preflab.online.vision, VisionOnlineRun)
@@ -24,7 +25,6 @@ Judges (reward_funcs, one name or a list, weighted by reward_weights):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -173,52 +173,6 @@ def _file_functions(path: Path) -> str:
     return f" (its top-level functions: {', '.join(names)})" if names else ""
 
 
-def demo_sft(seed: int = 0):
-    """(model, tokenizer) of builtin:demo-sft for `seed`: the starting policy (and reference) of the online demo
-    runs, e.g. for `preflab eval --reference builtin:demo-sft`."""
-    from types import SimpleNamespace
-
-    from preflab.models.tiny import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer("char")
-    return _demo_sft_model(SimpleNamespace(seed=seed), tokenizer), tokenizer
-
-
-def _demo_sft_model(cfg, tokenizer):
-    """The demo's SFT-stage model (preflab.demo.run, stage 1), built once and cached as safetensors."""
-    from safetensors.torch import load_file, save_file
-
-    from preflab.models.tiny import tiny_causal_lm
-    from preflab.scoring.ref_cache import default_cache_dir
-
-    model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed)
-    cache = default_cache_dir() / f"demo-sft-{cfg.seed}" / "model.safetensors"
-    if cache.exists():
-        model.load_state_dict(load_file(str(cache)))
-        return model
-    import tempfile
-
-    from preflab.config import config_from_dict
-    from preflab.demo.run import SFT, _write_jsonl
-    from preflab.demo.task import make_splits
-    from preflab.loops.sft import SFTTrainer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = _write_jsonl(Path(tmp) / "sft.jsonl",  # as the demo's stage 1: TRL's prompt-completion rows
-                            [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_splits(cfg.seed)[0]])
-        sft = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "max_length": 64, "seed": cfg.seed,
-                                "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
-                                "dataset_name": str(data), "output_dir": str(Path(tmp) / "sft")})
-        SFTTrainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
-    # written whole, then renamed into place: two runs (or two test workers) building it at once, or one killed
-    # while writing, never leave a half-written file that the next run loads
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    part = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(part))
-    os.replace(part, cache)
-    return model
-
-
 def demo_evaluate(heldout: list[str]):
     def evaluate(model, tokenizer) -> dict:
         from preflab.demo.run import heldout_reward
@@ -237,7 +191,9 @@ def load_task(cfg, tokenizer=None, policy=None):
 
         tokenizer = tiny_tokenizer("char")
     if cfg.model_name_or_path == DEMO_SFT and policy is None:
-        policy = _demo_sft_model(cfg, tokenizer)
+        from preflab.demo.sft_model import demo_sft_model
+
+        policy = demo_sft_model(cfg, tokenizer)
     if cfg.online_task == "demo":
         from preflab.demo.task import make_splits
 

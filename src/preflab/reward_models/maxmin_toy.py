@@ -83,11 +83,12 @@ def group_true_rewards(model, tokenizer, prompts: list[str]) -> dict:
 def policy_group_rewards(policy: str, seed: int = 0, prompts: int = 64) -> dict:
     """group_true_rewards of a policy: builtin:demo-sft or an online run's output_dir, on the demo's held-out
     prompts (the online demo's heldout_prompts, 64 by default)."""
+    from preflab.demo.sft_model import demo_sft
     from preflab.eval.loading import load_for_eval  # builtin:demo-sft, run directories and checkpoints
     from preflab.models.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer("char")
-    model, _ = load_for_eval(policy, tokenizer=tokenizer, seed=seed)
+    model, _ = load_for_eval(policy, tokenizer=tokenizer, seed=seed, demo_sft=demo_sft)
     return group_true_rewards(model, tokenizer, make_splits(0)[2][:prompts])
 
 

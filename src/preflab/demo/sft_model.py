@@ -1,0 +1,59 @@
+"""builtin:demo-sft: the online demo runs' starting policy (and reference), the demo's SFT-stage model.
+
+    model, tokenizer = demo_sft(seed)       # e.g. for `preflab eval --reference builtin:demo-sft`
+
+It is trained, not drawn at random: the demo's stage 1 (preflab.demo.run's SFT options on the loud-echo rows of
+preflab.demo.task), on a 2-layer Llama over the char tokenizer, built once per seed and cached as safetensors. It
+lives in the demo room, above the training loops it runs and below the rooms that load it by name: the online runs
+(model_name_or_path: builtin:demo-sft), `preflab eval` and the MaxMin toy (preflab.reward_models.maxmin_toy).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def demo_sft(seed: int = 0):
+    """(model, tokenizer) of builtin:demo-sft for `seed`: the starting policy (and reference) of the online demo
+    runs, e.g. for `preflab eval --reference builtin:demo-sft`."""
+    from types import SimpleNamespace
+
+    from preflab.models.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("char")
+    return demo_sft_model(SimpleNamespace(seed=seed), tokenizer), tokenizer
+
+
+def demo_sft_model(cfg, tokenizer):
+    """The demo's SFT-stage model (preflab.demo.run, stage 1) for cfg.seed, built once and cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from preflab.models.tiny import tiny_causal_lm
+    from preflab.scoring.ref_cache import default_cache_dir
+
+    model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed)
+    cache = default_cache_dir() / f"demo-sft-{cfg.seed}" / "model.safetensors"
+    if cache.exists():
+        model.load_state_dict(load_file(str(cache)))
+        return model
+    import tempfile
+
+    from preflab.config import config_from_dict
+    from preflab.demo.run import SFT, _write_jsonl
+    from preflab.demo.task import make_splits
+    from preflab.loops.sft import SFTTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _write_jsonl(Path(tmp) / "sft.jsonl",  # as the demo's stage 1: TRL's prompt-completion rows
+                            [{"prompt": r["prompt"], "completion": r["chosen"]} for r in make_splits(cfg.seed)[0]])
+        sft = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "max_length": 64, "seed": cfg.seed,
+                                "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
+                                "dataset_name": str(data), "output_dir": str(Path(tmp) / "sft")})
+        SFTTrainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
+    # written whole, then renamed into place: two runs (or two test workers) building it at once, or one killed
+    # while writing, never leave a half-written file that the next run loads
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    part = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(part))
+    os.replace(part, cache)
+    return model

@@ -1,0 +1,78 @@
+"""What `preflab eval` loads and runs for a policy: the run (builtin:demo-sft included) and its reference, a
+--reward-model, and evaluate_checkpoint, which evaluates them on held-out pairs and writes eval.json.
+
+    result = evaluate_checkpoint("outputs/run", "heldout.jsonl", reference="outputs/sft")   # also writes eval.json
+
+The diagnostics are preflab.eval.run.evaluate_models (in memory, on models already loaded); this module adds the
+loading, the run's beta and training data notes, and eval.json.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from preflab.errors import ConfigError
+from preflab.eval.run import EvalOptions, eval_beta, eval_json_path, evaluate_models, training_data_note, write_json
+
+
+def load_policy(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                seed: int = 0):
+    """preflab.eval.loading.load_for_eval with builtin:demo-sft built by the demo (preflab.demo.sft_model): a run
+    directory, a checkpoint (of a run from builtin:demo-sft too) or a builtin name -> (model in eval mode,
+    tokenizer)."""
+    from preflab.demo.sft_model import demo_sft
+    from preflab.eval.loading import load_for_eval
+
+    return load_for_eval(name, tokenizer=tokenizer, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                         seed=seed, demo_sft=demo_sft)
+
+
+def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16, max_length: int = 1024):
+    """A TRL-style reward function backed by a local reward model in path: a `task: reward` run's output_dir (or
+    checkpoint-<step>) or any sequence-classification checkpoint with a trained head.
+
+    It scores exactly as the reward model is trained and evaluated
+    (`preflab.reward_models.interface.reward_function`: bos + prompt, response + eos, read at the last real token;
+    conversational prompts through the chat template). A directory without a trained reward head (a policy, a base
+    model) is a ConfigError: its head would be random."""
+    from preflab.reward_models.interface import reward_function
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"--reward-model {path!r} is not a directory holding a saved reward model.")
+    return reward_function(path, allow_pickle=allow_pickle, batch_size=batch_size, max_length=max_length)
+
+
+def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
+                        options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
+                        trust_remote_code: bool = False, reference_source: str | None = None) -> dict:
+    """Load `checkpoint` (and `reference`), evaluate on `data`, write eval.json (into the checkpoint directory, or
+    to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
+    the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)")."""
+    from preflab import __version__
+    from preflab.models.run_config import run_config
+
+    opts = options or EvalOptions()
+    cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
+    beta, run_notes = eval_beta(opts.beta, cfg)
+    policy, tokenizer = load_policy(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                    seed=int(cfg.get("seed", 0) or 0))
+    ref = None
+    if reference:
+        ref, _ = load_policy(reference, tokenizer=tokenizer, allow_pickle=allow_pickle,
+                             trust_remote_code=trust_remote_code, seed=int(cfg.get("seed", 0) or 0))
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    policy = policy.to(device)
+    ref = ref.to(device) if ref is not None else None
+    started = time.perf_counter()
+    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
+    trained_on = training_data_note(data, cfg, result.get("split") or "train")
+    result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
+    result = {"checkpoint": str(checkpoint), "reference": reference,
+              "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
+              "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
+                                                                     else "default"),
+              **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
+    result["path"] = str(write_json(eval_json_path(checkpoint, out), result))
+    return result
