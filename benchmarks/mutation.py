@@ -898,23 +898,31 @@ MUTANTS += [
 # mutation-core round: data loading, validation and truncation counts, config refusals, checkpoints and resume (RNG,
 # optimizer, scheduler, callbacks, batch order), the step's accumulation and metric reduction, LR schedules, the
 # best model, report numbers and eval metrics
-CORE_OPTIM = ["tests/test_user_trial.py", "tests/test_checkpoint_safety.py", "tests/loops/test_trainer.py", "-k",
-              "warmup_ratio_rounds_up or scheduler_does_not_advance or restores_the_rng_that_dropout "
-              "or accumulation_equals"]
-CORE_BEST = ["tests/loops/test_best_model.py", "-k", "not two_processes and not every_offline and not online_run"]
+CORE_OPTIM = ["tests/loops/test_lr_schedule_values.py", "tests/test_user_trial.py", "tests/test_checkpoint_safety.py",
+              "tests/loops/test_trainer.py", "-k", "warmup_ratio_rounds_up or scheduler_does_not_advance "
+              "or restores_the_rng_that_dropout or accumulation_equals or schedule or make_optimizer"]
+CORE_BEST = ["tests/loops/test_best_model.py", "tests/loops/test_callbacks.py", "-k",
+             "not two_processes and not every_offline and not online_run"]
 CORE_RESUME = ["tests/test_checkpoint_safety.py", "tests/loops/test_trl_run_options.py", "tests/test_reliability.py",
+               "tests/test_production_runs.py::"
+               "test_a_finished_runs_folder_is_noted_not_refused_and_its_last_checkpoint_resumes",
                "-k", "resume or rng or rollback or latest or save_total_limit or half_written or data_seed"]
-CORE_BATCHES = ["tests/loops/test_unused_rows_note.py", "tests/loops/test_trl_run_options.py",
-                "tests/perf/test_perf_options.py", "tests/data/test_truncation_trl_parity.py", "tests/loops/test_trainer.py",
+CORE_BATCHES = ["tests/loops/test_batch_plan.py", "tests/loops/test_unused_rows_note.py",
+                "tests/loops/test_trl_run_options.py",
+                "tests/perf/test_perf_options.py", "tests/data/test_truncation_trl_parity.py",
+                "tests/loops/test_trainer.py",
                 "-k", "not two_processes and not sigkill"]
 CORE_STEP = ["tests/test_step_weights_and_fp16.py", "tests/test_step_metrics.py", "tests/loops/test_trainer.py", "-k",
              "not two_processes and not sigkill"]
 CORE_REPORT = ["tests/report/test_report_headline.py", "tests/report/test_report.py"]
 CORE_EVAL = ["tests/eval/test_metrics.py", "tests/eval/test_tie_rules.py", "tests/eval/test_winrate.py",
              "tests/eval/test_winrate_failed_verdicts.py"]
-CORE_DATA = ["tests/data/test_data_tokenize.py", "tests/data/test_data_rows.py", "tests/data/test_truncation_trl_parity.py",
-             "tests/data/test_data_sources.py", "tests/data/test_holdout_parent_groups.py"]
-CORE_CONFIG = ["tests/test_config_validation.py", "tests/test_options_read_or_refused.py", "tests/test_written_options.py"]
+CORE_DATA = ["tests/data/test_data_tokenize.py", "tests/data/test_data_rows.py",
+             "tests/data/test_truncation_trl_parity.py",
+             "tests/data/test_data_sources.py", "tests/data/test_holdout_parent_groups.py",
+             "tests/test_config_trl.py::test_dataset_num_proc_tokenizes_in_processes_with_the_same_result"]
+CORE_CONFIG = ["tests/test_config_validation.py", "tests/test_options_read_or_refused.py",
+               "tests/test_written_options.py"]
 
 MUTANTS += [
     # LR schedules and the optimizer (loops/optimizer.py)
@@ -940,7 +948,8 @@ MUTANTS += [
     Mutant("core-weight-decay-dropped", "loops/optimizer.py",
            [("weight_decay=cfg.weight_decay,", "weight_decay=0.0,")], CORE_OPTIM, "weight_decay ignored"),
     Mutant("core-follow-schedule-one-ahead", "loops/optimizer.py",
-           [("group[\"lr\"] = base_lr * factor(inner.last_epoch)", "group[\"lr\"] = base_lr * factor(inner.last_epoch + 1)")],
+           [("group[\"lr\"] = base_lr * factor(inner.last_epoch)",
+             "group[\"lr\"] = base_lr * factor(inner.last_epoch + 1)")],
            CORE_OPTIM, "after a resume the rate is the next step's"),
     # the best model (loops/best_model.py)
     Mutant("core-best-ties-replace", "loops/best_model.py",
@@ -978,10 +987,12 @@ MUTANTS += [
            [("return self.num_rows // self.global_batch", "return -(-self.num_rows // self.global_batch)")],
            CORE_BATCHES, "a last incomplete global batch is a step"),
     Mutant("core-batches-unused-note-one-epoch", "loops/batches.py",
-           [("if plan.unused_rows_per_epoch and total >= plan.steps_per_epoch", "if plan.unused_rows_per_epoch and total > plan.steps_per_epoch")],
+           [("if plan.unused_rows_per_epoch and total >= plan.steps_per_epoch",
+             "if plan.unused_rows_per_epoch and total > plan.steps_per_epoch")],
            CORE_BATCHES, "a run of exactly one epoch does not say the rows it left out"),
     Mutant("core-batches-epochs-floor", "loops/batches.py",
-           [("math.ceil(cfg.num_train_epochs * plan.steps_per_epoch)", "int(cfg.num_train_epochs * plan.steps_per_epoch)")],
+           [("math.ceil(cfg.num_train_epochs * plan.steps_per_epoch)",
+             "int(cfg.num_train_epochs * plan.steps_per_epoch)")],
            CORE_BATCHES, "fractional num_train_epochs rounds the steps down (transformers: ceil)"),
     Mutant("core-batches-tokens-prompt-once", "loops/batches.py",
            [("return sum(len(p.prompt_ids) + len(rejected_prompt_of(p)) + len(p.chosen_ids) + len(p.rejected_ids)",
@@ -998,7 +1009,8 @@ MUTANTS += [
            [("scaled = total / denom if world == 1", "scaled = total / (denom * len(micro_batches)) if world == 1")],
            CORE_STEP, "gradients divided by the accumulation steps on top of the example count"),
     Mutant("core-step-loss-per-micro-batch", "step.py",
-           [("return StepResult(loss=loss_total / denom,", "return StepResult(loss=loss_total / denom * len(micro_batches),")],
+           [("return StepResult(loss=loss_total / denom,",
+             "return StepResult(loss=loss_total / denom * len(micro_batches),")],
            CORE_STEP, "the logged loss is the sum over micro-batches of their means"),
     Mutant("core-step-inf-norm-not-skipped", "step.py",
            [("skipped = not math.isfinite(loss_total) or (scaler is None and not math.isfinite(norm_total))",
@@ -1015,7 +1027,8 @@ MUTANTS += [
            "a metric with a host count (metric_counts) summed without its count"),
     # checkpoints (checkpoint.py)
     Mutant("core-ckpt-optimizer-not-restored", "checkpoint.py",
-           [("    optimizer.load_state_dict(join_optimizer_state(opt_tensors, json.loads((path / \"optimizer.json\").read_text())))",
+           [("    optimizer.load_state_dict(join_optimizer_state(opt_tensors, "
+             "json.loads((path / \"optimizer.json\").read_text())))",
              "    pass")], CORE_RESUME, "Adam's moments start afresh on resume"),
     Mutant("core-ckpt-scheduler-not-restored", "checkpoint.py",
            [("        scheduler.load_state_dict(trainer_state[\"scheduler\"])", "        pass")], CORE_RESUME,
@@ -1046,10 +1059,11 @@ MUTANTS += [
              "return cfg.resume_from_checkpoint not in (None, False, \"\")")], CORE_RESUME,
            "resume_from_checkpoint: \"false\" (a CLI override) asks for a resume"),
     Mutant("core-resume-finished-run-refused", "loops/resume.py",
-           [("if not isinstance(step, int) and latest is not None and not getattr(cfg, \"overwrite_output_dir\", False):",
+           [("if not isinstance(step, int) and latest is not None "
+             "and not getattr(cfg, \"overwrite_output_dir\", False):",
              "if latest is not None and not getattr(cfg, \"overwrite_output_dir\", False):")],
            ["tests/test_user_trial.py", "tests/test_production_runs.py", "-k",
-            "finished_runs_folder_says or fresh_start_over_an_unfinished_run"],
+            "finished_runs_folder_says or fresh_start_over_an_unfinished_run or finished_runs_folder_is_noted"],
            "a fresh start over a finished run with checkpoints is refused"),
     Mutant("core-resume-at-last-step-refused", "loops/driver.py",
            [("        if step > self.total_steps:\n", "        if step >= self.total_steps:\n")], CORE_RESUME,
@@ -1062,7 +1076,8 @@ MUTANTS += [
            [("k not in (\"metric_before\", \"metric_after\")", "k != \"metric_after\"")], CORE_REPORT,
            "a recipe's metric_before shown again as a baseline to compare with"),
     Mutant("core-headline-summary-pair-needs-one-number", "report/headline.py",
-           [("if k.endswith(\"_before\") and number(summary[k]) and number(summary.get(k[:-len(\"_before\")] + \"_after\"))",
+           [("if k.endswith(\"_before\") and number(summary[k]) "
+             "and number(summary.get(k[:-len(\"_before\")] + \"_after\"))",
              "if k.endswith(\"_before\") and number(summary[k])")], CORE_REPORT,
            "an X_before without a numeric X_after makes a headline row"),
     Mutant("core-margins-sign", "report/margins.py",
@@ -1086,7 +1101,8 @@ MUTANTS += [
            "the report's count of left-out eval pairs is the kept count"),
     # eval metrics (eval/winrate.py, eval/metrics.py)
     Mutant("core-winrate-ties-count-as-wins", "eval/winrate.py",
-           [("1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]", "1.0 if a >= b else 0.0 for a, b in pairs]")],
+           [("1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]",
+             "1.0 if a >= b else 0.0 for a, b in pairs]")],
            CORE_EVAL, "a tie of rewards counts as a win"),
     Mutant("core-winrate-wilson-not-centred", "eval/winrate.py",
            [("center = (p_hat + z * z / (2 * n)) / denom", "center = p_hat")], CORE_EVAL,
@@ -1096,7 +1112,8 @@ MUTANTS += [
            CORE_EVAL, "a one-sided quantile for a two-sided interval"),
     Mutant("core-winrate-fractional-as-ties", "eval/winrate.py",
            [("wins, ties, losses = (sum(v == x for v in values) for x in (1.0, 0.5, 0.0))",
-             "wins, ties, losses = sum(v == 1.0 for v in values), sum(0.0 < v < 1.0 for v in values), sum(v == 0.0 for v in values)")],
+             "wins, ties, losses = sum(v == 1.0 for v in values), sum(0.0 < v < 1.0 for v in values), "
+              "sum(v == 0.0 for v in values)")],
            CORE_EVAL, "a judge's probability counted as a tie"),
     Mutant("core-metrics-drop-ratio-inverted", "eval/metrics.py",
            [("return drift_rejected.mean().abs() / drift_chosen.mean().abs().clamp_min(eps)",
@@ -1107,10 +1124,12 @@ MUTANTS += [
              "return ((drift_chosen < 0) | (drift_rejected < 0)).double().mean()")], CORE_EVAL,
            "suppression counts pairs where either side fell"),
     Mutant("core-metrics-longer-inclusive", "eval/metrics.py",
-           [("(chosen_length > rejected_length).double().mean()}", "(chosen_length >= rejected_length).double().mean()}")],
+           [("(chosen_length > rejected_length).double().mean()}",
+             "(chosen_length >= rejected_length).double().mean()}")],
            CORE_EVAL, "equal lengths count as chosen longer"),
     Mutant("core-metrics-norm-by-other-length", "eval/metrics.py",
-           [("s.policy_rejected / s.rejected_length.clamp_min(1)),", "s.policy_rejected / s.chosen_length.clamp_min(1)),")],
+           [("s.policy_rejected / s.rejected_length.clamp_min(1)),",
+             "s.policy_rejected / s.chosen_length.clamp_min(1)),")],
            CORE_EVAL, "R~ divides the rejected log-prob by the chosen length"),
     Mutant("core-metrics-margin-unscaled", "eval/metrics.py",
            [("\"rewards/margins\": beta * (h_w - h_l).mean(),", "\"rewards/margins\": (h_w - h_l).mean(),")],
@@ -1134,14 +1153,17 @@ MUTANTS += [
            [("indices += [start + i for i in chunk_indices]", "indices += chunk_indices")], CORE_DATA,
            "dataset_num_proc: each chunk's positions are not offset by the chunk start"),
     Mutant("core-data-parallel-skips-not-merged", "data/tokenize.py",
-           [("            report.skipped[reason] = report.skipped.get(reason, 0) + count\n        report.skipped_examples",
+           [("            report.skipped[reason] = report.skipped.get(reason, 0) + count\n"
+             "        report.skipped_examples",
              "            report.skipped[reason] = count\n        report.skipped_examples")], CORE_DATA,
            "dataset_num_proc: the skipped count of a reason is the last chunk's"),
     Mutant("core-data-skip-examples-one-more", "data/report.py",
-           [("if len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:", "if len(self.skipped_examples) <= MAX_SKIPPED_EXAMPLES:")],
+           [("if len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:",
+             "if len(self.skipped_examples) <= MAX_SKIPPED_EXAMPLES:")],
            CORE_DATA, "one skipped example more than MAX_SKIPPED_EXAMPLES kept"),
     Mutant("core-data-implicit-split-empty-response", "data/validate.py",
-           [("    for i in range(min(n, limit - 1), 0, -1):  # i < len of both", "    for i in range(min(n, limit), 0, -1):  # i < len of both")],
+           [("    for i in range(min(n, limit - 1), 0, -1):  # i < len of both",
+             "    for i in range(min(n, limit), 0, -1):  # i < len of both")],
            CORE_DATA, "an implicit prompt may take a whole response"),
     Mutant("core-data-label-any-int", "data/validate.py",
            [("if isinstance(value, int) and value in (0, 1):", "if isinstance(value, int):")], CORE_DATA,
