@@ -475,3 +475,39 @@ def test_file_sha256_is_the_sha256_of_the_bytes_across_blocks_and_user_files_unr
     assert ck.file_sha256(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
     assert user_file_sha256(str(tmp_path / "f.bin")) == hashlib.sha256(data).hexdigest()
     assert user_file_sha256(tmp_path / "gone.py") is None and user_file_sha256("") is None
+
+
+def test_python_and_numpy_rng_states_come_back_from_a_checkpoint(tmp_path):
+    """rng.json holds python's and numpy's RNG states (a user's collator or reward function may draw from them):
+    restore_rng puts both back, so the draws after a resume are the draws the uninterrupted run made."""
+    import random
+
+    import numpy as np
+
+    random.seed(3)
+    np.random.seed(4)
+    ck.write_rng(tmp_path)
+    expected = ([random.random() for _ in range(3)], np.random.rand(3).tolist())
+    random.seed(99)
+    np.random.seed(99)
+    ck.restore_rng(tmp_path)
+    assert ([random.random() for _ in range(3)], np.random.rand(3).tolist()) == expected
+
+
+def test_a_checkpoint_folder_without_its_complete_marker_is_never_listed_or_latest(tmp_path):
+    """A checkpoint-<step> holding every file but the COMPLETE marker (a copied run folder that lost it, a marker
+    deleted by hand) is not a checkpoint of the run: not listed, not latest (what an interrupted run names), and
+    `resume_from_checkpoint: true` says so and falls back to the sealed one."""
+    import shutil
+
+    model, opt, sched = _model_and_optimizer()
+    save_checkpoint(tmp_path, 3, model, opt, sched, {})
+    shutil.copytree(tmp_path / "checkpoint-3", tmp_path / "checkpoint-9")
+    (tmp_path / "checkpoint-9" / ck.MARKER).unlink()
+    assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-3"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+    warnings = []
+    assert ck.resume_checkpoint(tmp_path, warn=warnings.append) == tmp_path / "checkpoint-3"
+    assert warnings == [f"preflab: warning: {tmp_path / 'checkpoint-9'} is not a complete checkpoint "
+                        f"({tmp_path / 'checkpoint-9' / ck.MARKER} is missing: deleted, or the folder was not written "
+                        "by preflab); it is skipped. Falling back to an earlier checkpoint."]

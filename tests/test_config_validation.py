@@ -306,3 +306,21 @@ def test_ref_load_dtype_beside_a_reference_free_loss_gets_a_note(tmp_path, capsy
     assert cfg.ref_load_dtype == "bfloat16"
     assert ("ref_load_dtype: loss_type simpo uses no reference model, so no reference is loaded in bfloat16; "
             "remove it.") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"bf16": True, "fp16": True}, "bf16 and fp16 are both set; choose one."),
+    ({"eval_strategy": "no", "eval_steps": 5}, "eval_strategy='no' conflicts with eval_steps=5; remove one."),
+    ({"task": "sft", "use_weighting": True}, "use_weighting (WPO) applies to task: dpo (the text scorer computes its "
+     "token terms), not task: sft."),
+])
+def test_conflicts_of_a_config_built_from_keywords_are_errors(extra, words):
+    """TrainConfig(...) with keyword arguments (the Python API) runs the same checks as a YAML file; there eval_steps
+    with eval_strategy: no is not dropped with a note (config_from_dict does that for TRL's saved configs) but
+    refused."""
+    from preflab.config import TrainConfig
+
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**{**BASE, **extra})
+    assert words in str(err.value)
+

@@ -436,3 +436,23 @@ def test_checkpoint_and_model_files_are_readable_as_the_umask_says(tmp_path):
     assert (final / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert (final / "private.key").stat().st_mode & 0o777 == 0o400  # a mode someone chose is left alone
     ck.verify_checkpoint(path)  # the marker's checksums still hold
+
+
+def test_a_finished_runs_folder_is_noted_not_refused_and_its_last_checkpoint_resumes(tmp_path, capsys):
+    """A finished run (summary.json) with checkpoints: a fresh start there gets the note, not the refusal meant for
+    an unfinished run; its last checkpoint (step = max_steps) resumes, with nothing left to train; and
+    resume_from_checkpoint "false" (a string, as a quoted YAML value gives it) asks for no resume."""
+    from types import SimpleNamespace
+
+    from preflab.loops.resume import note_earlier_run, resume_requested
+
+    run = _tiny_run()
+    out = tmp_path / "run"
+    run(out, max_steps=4, save_steps=2)
+    capsys.readouterr()
+    note_earlier_run(SimpleNamespace(output_dir=str(out), resume_from_checkpoint="false"))
+    assert "holds an earlier run (it ended at step 4)" in capsys.readouterr().out
+    assert [resume_requested(SimpleNamespace(resume_from_checkpoint=v)) for v in ("false", "", None, False, True)] \
+        == [False, False, False, False, True]
+    summary, _ = run(out, max_steps=4, save_steps=2, resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert summary["resumed_from_step"] == 4 and summary["global_step"] == 4

@@ -328,3 +328,27 @@ def test_a_two_process_step_copies_its_host_numbers_without_blocking(monkeypatch
     monkeypatch.undo()
     assert len(results) == 2
     assert copies == {"blocking": 0, "to_device": 4}, copies
+
+
+def test_a_difference_metric_is_recomputed_as_a_minus_b_from_the_steps_means():
+    """ObjectiveOutput.metric_differences {d: (a, b)}: the step reports d = mean(a) - mean(b) over its examples
+    (each weighted by its micro-batch's examples), not a mean of the micro-batches' d, nor b - a."""
+    from types import SimpleNamespace
+
+    from preflab.objectives.base import ObjectiveOutput
+    from preflab.step import optimizer_step
+
+    w = torch.nn.Parameter(torch.ones(1))
+    values = {(0, 1, 2): (1.0, 4.0), (3,): (5.0, 0.0)}  # a, b of each micro-batch
+
+    def forward(mb):
+        a, b = values[tuple(mb.row_ids)]
+        losses = (w * 0 + 1).expand(len(mb.row_ids))
+        return ObjectiveOutput(losses.mean(), losses, {"a": torch.tensor(a), "b": torch.tensor(b),
+                                                       "d": torch.tensor(123.0)}, metric_differences={"d": ("a", "b")})
+
+    result = optimizer_step([SimpleNamespace(row_ids=[0, 1, 2]), SimpleNamespace(row_ids=[3])], forward, [w],
+                            torch.optim.SGD([w], lr=0.1))
+    mean_a, mean_b = (3 * 1.0 + 5.0) / 4, (3 * 4.0 + 0.0) / 4
+    assert (result.metrics["a"], result.metrics["b"]) == pytest.approx((mean_a, mean_b))
+    assert result.metrics["d"] == pytest.approx(mean_a - mean_b) == -1.0

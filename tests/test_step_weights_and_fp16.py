@@ -142,3 +142,22 @@ def test_clipping_scales_the_update_to_max_grad_norm():
     assert result.grad_norm == pytest.approx(float(norm), rel=1e-5)
     for p, p0, g in zip(net.parameters(), reference.parameters(), grads):
         torch.testing.assert_close(p, p0 - 0.1 * g * (0.5 / norm), atol=1e-6, rtol=1e-5)
+
+
+def test_a_finite_loss_with_an_infinite_gradient_skips_the_update_and_the_schedule():
+    """Without a GradScaler a non-finite gradient norm skips the step as a non-finite loss does: d sqrt(w) / dw at
+    w = 0 is inf while the loss, sqrt(0) = 0, is finite. The weight and the schedule stay where they were."""
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+
+    def forward(mb):
+        losses = torch.sqrt(w).expand(len(mb.row_ids))
+        return ObjectiveOutput(losses.mean(), losses, {})
+
+    result = optimizer_step([micro_batch([0, 1])], forward, [w], opt, sched, max_grad_norm=1.0)
+    assert result.skipped and result.loss == 0.0 and math.isinf(result.grad_norm)
+    # skipped as a non-finite gradient, before any update: not an update rolled back by the weight guard (which
+    # would blame the learning rate in the run's error)
+    assert not result.nonfinite_weights
+    assert w.item() == 0.0 and sched.last_epoch == 0 and w.grad is None

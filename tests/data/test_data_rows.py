@@ -360,3 +360,23 @@ def test_unpaired_rows_mixed_with_pairs_get_a_note_naming_the_split(tmp_path, ca
     (tmp_path / "kto.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "kto.yaml")]) == 0
     assert f"preflab: note: data: {data} mixes 3 unpaired row(s)" in capsys.readouterr().out
+
+
+def test_validation_boundaries_label_extras_implicit_prompt_and_skipped_examples(tmp_path):
+    """The edges of row validation: a label must be 0/1 (2 is not desirable), a numeric extra may equal its
+    bounds but not be NaN, an implicit prompt never takes a whole response (one response a prefix of the other), and
+    a report keeps the first MAX_SKIPPED_EXAMPLES skipped rows as examples while counting all of them."""
+    from preflab.data.report import MAX_SKIPPED_EXAMPLES, RowProblem
+    from preflab.data.validate import check_label, check_numeric_extra, split_implicit_text
+
+    assert (check_label(1), check_label(0), check_label("1")) == (True, False, True)
+    with pytest.raises(RowProblem, match="expected a boolean, got 2"):
+        check_label(2)
+    assert (check_numeric_extra(0.0, "s", 0.0, 1.0), check_numeric_extra("1", "s", 0.0, 1.0)) == (0.0, 1.0)
+    with pytest.raises(RowProblem, match="the value nan is not finite"):
+        check_numeric_extra(float("nan"), "s")
+    assert split_implicit_text("Hello there", "Hello there friend") == ("Hello", " there", " there friend")
+    rows = [GOOD] + [dict(GOOD, rejected=GOOD["chosen"]) for _ in range(MAX_SKIPPED_EXAMPLES + 5)]
+    _, report = load_rows(write_jsonl(tmp_path / "t.jsonl", rows), on_bad_row="skip")
+    assert report.skipped == {"identical": MAX_SKIPPED_EXAMPLES + 5} and report.kept == 1
+    assert [e["row_id"] for e in report.skipped_examples] == list(range(1, MAX_SKIPPED_EXAMPLES + 1))

@@ -205,3 +205,29 @@ def test_an_error_at_tokenization_names_the_rows_file_line(tmp_path):
     _, report = tokenize_pairs(examples, CHAR, max_length=10, on_bad_row="skip")
     assert report.skipped_examples[0]["line"] == 3
     assert examples[1] == PairExample(1, "x" * 30, " a", " b", {})  # where a row came from is not its content
+
+
+def test_a_row_counts_once_in_prompt_truncated_and_its_prompt_once_in_prompt_tokens():
+    """A prompt cut by max_prompt_length and again by keep_end's max_length cut is one truncated row, not two; a
+    prompt shared by both responses is counted once in prompt_tokens (it is stored once)."""
+    ex = PairExample(0, "0123456789" * 3, " abcdefghij", " xyz", {})
+    (pair,), report = tokenize_pairs([ex], CHAR, max_length=16, max_prompt_length=8, truncation_mode="keep_end")
+    assert (len(pair.prompt_ids), report.prompt_truncated, report.response_truncated) == (4, 1, 0)
+    (pair,), report = tokenize_pairs([PairExample(0, "Question", " yes", " no", {})], CHAR)
+    assert len(pair.prompt_ids) == 9 and (report.prompt_tokens, report.max_prompt_tokens) == (9, 9)
+    assert report.response_tokens == len(pair.chosen_ids) + len(pair.rejected_ids) == 5 + 4
+
+
+def test_dataset_num_proc_adds_up_the_skips_of_every_chunk():
+    """tokenize_parallel merges the chunks' reports: bad rows of one reason in two chunks count twice (and both are
+    examples), as one process counts them."""
+    from preflab.data.tokenize import tokenize_indexed, tokenize_parallel
+
+    ex = [PairExample(i, f"echo: w{i}\n", f"W{i}", f"w{i}", {}) for i in range(12)]
+    for i in (1, 10):  # chunks 1 and 3 of 3
+        ex[i] = PairExample(i, "echo: same\n", "same", "same", {})
+    settings = dict(max_length=32, on_bad_row="skip", source="d.jsonl")
+    one = tokenize_indexed("pairs", ex, TOK, **settings)
+    three = tokenize_parallel("pairs", ex, TOK, 3, **settings)
+    assert sum(one[1].skipped.values()) == 2 and [e["row_id"] for e in one[1].skipped_examples] == [1, 10]
+    assert three[1].to_dict() == one[1].to_dict() and three[2] == one[2]

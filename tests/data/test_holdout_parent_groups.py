@@ -50,3 +50,14 @@ def test_preference_run_holds_out_whole_parent_groups_and_says_so(tmp_path, caps
     assert not {by_id[x.row_id] for x in train} & {by_id[x.row_id] for x in evals}
     assert len(evals) == 4
     assert "holds out whole parent_id groups (2 of 10)" in capsys.readouterr().out
+
+
+def test_eval_fraction_holds_out_the_rounded_count_and_at_least_one_row():
+    """max(1, round(fraction x n)) positions: 0.18 of 10 rows is 2 (not the floor, 1), 0.14 of 10 is 1, and 0.01
+    of 10 still holds out one row; the positions are the first ones of the seeded permutation."""
+    import torch
+
+    counts = [len(held_out_positions(10, fraction, 0)) for fraction in (0.18, 0.14, 0.01)]
+    assert counts == [2, 1, 1]
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    assert held_out_positions(10, 0.18, 3) == set(perm[:2])

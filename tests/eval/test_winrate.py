@@ -96,3 +96,11 @@ def test_load_callable_errors_name_the_spec():
         load_callable("no_colon_here")
     with pytest.raises(ConfigError, match="nosuchmodule"):
         load_callable("nosuchmodule:f")
+
+
+def test_a_judges_probability_is_counted_as_fractional_not_as_a_tie():
+    """Outcomes 1, 1/2, 0 are a win, a tie, a loss; a judge's probability strictly between them (0.7, 0.2) is
+    `fractional`, counted in n and in the mean as itself, never as a tie: wins + ties + losses + fractional = n."""
+    result = win_rate_from_outcomes([1.0, 0.5, 0.7, 0.0, 0.2, None])
+    assert (result.wins, result.ties, result.losses, result.fractional, result.n, result.failed) == (1, 1, 1, 2, 5, 1)
+    assert result.win_rate == pytest.approx((1.0 + 0.5 + 0.7 + 0.0 + 0.2) / 5)

@@ -523,3 +523,35 @@ def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(name, t
     for rank in (0, 1):
         final = load_file(str(run / f"extras-rank{rank}.safetensors"))
         assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in best), rank
+
+
+def test_best_model_keeps_the_earlier_of_equal_evaluations_and_records_the_checkpoint_being_saved(tmp_path):
+    """transformers' _determine_best_metric replaces the best only on a strictly better value (an equal later
+    evaluation keeps the earlier step), and _save_checkpoint records checkpoint-<best step> as
+    best_model_checkpoint at that step's own save, before its folder exists."""
+    from preflab.loops.best_model import BestModel
+
+    best = BestModel("loss", greater_is_better=False)
+    assert best.key == "eval_loss"
+    assert best.update({"eval_loss": 0.5}, 2) is True
+    best.note_checkpoint(tmp_path, 2)  # checkpoint-2 is being written: not on disk yet
+    assert best.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+    assert best.update({"eval_loss": 0.5}, 3) is False  # equal: the earlier step stays the best
+    assert best.update({"eval_loss": 0.7}, 4) is False
+    best.note_checkpoint(tmp_path, 4)
+    assert (best.best_metric, best.best_global_step) == (0.5, 2)
+    assert best.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+    accuracy = BestModel("eval_accuracy", greater_is_better=True)
+    assert [accuracy.update({"eval_accuracy": v}, s) for s, v in ((1, 0.6), (2, 0.6), (3, 0.7))] == [True, False, True]
+    assert accuracy.best_global_step == 3
+
+
+def test_a_resumed_best_model_checkpoint_that_was_deleted_is_dropped(tmp_path):
+    from preflab.loops.best_model import BestModel
+
+    (tmp_path / "checkpoint-4").mkdir()
+    best = BestModel("loss", greater_is_better=False)
+    best.load_state_dict({"best_metric": 0.3, "best_global_step": 4, "best_model_checkpoint": str(tmp_path / "checkpoint-4")})
+    assert (best.best_metric, best.best_global_step, best.best_model_checkpoint) == (0.3, 4, str(tmp_path / "checkpoint-4"))
+    best.load_state_dict({"best_metric": 0.2, "best_global_step": 6, "best_model_checkpoint": str(tmp_path / "checkpoint-6")})
+    assert (best.best_metric, best.best_global_step, best.best_model_checkpoint) == (0.2, 6, None)

@@ -60,3 +60,42 @@ def test_callbacks_get_trainer_events_in_order(tmp_path):
     assert [(e, s) for e, s, _ in recorder.events] == [
         ("train_begin", 0), ("step_end", 1), ("step_end", 2), ("log", 2), ("evaluate", 2), ("save", 2),
         ("step_end", 3), ("log", 3), ("evaluate", 3), ("train_end", 3)]
+
+
+def test_several_stateful_callbacks_of_one_class_are_restored_in_order():
+    """callback_states saves a list for several callbacks of one class (transformers' TrainerState layout);
+    restore_callback_states gives each its own saved attributes, in order, and says which start afresh."""
+    from transformers import EarlyStoppingCallback
+
+    from preflab.loops.callback_state import callback_states, restore_callback_states
+
+    saved_from = [EarlyStoppingCallback(early_stopping_patience=3), EarlyStoppingCallback(early_stopping_patience=5)]
+    saved_from[0].early_stopping_patience_counter, saved_from[1].early_stopping_patience_counter = 1, 2
+    saved = callback_states(saved_from)
+    assert [s["attributes"]["early_stopping_patience_counter"] for s in saved["EarlyStoppingCallback"]] == [1, 2]
+    now = [EarlyStoppingCallback(early_stopping_patience=3), EarlyStoppingCallback(early_stopping_patience=5),
+           EarlyStoppingCallback(early_stopping_patience=7)]
+    notes = []
+    assert restore_callback_states(now, saved, note=notes.append) == 2
+    assert [cb.early_stopping_patience_counter for cb in now] == [1, 2, 0]
+    assert notes == ["preflab: note: callbacks at resume: EarlyStoppingCallback start afresh (the checkpoint holds "
+                     "no state for them)."]
+
+
+def test_control_flags_a_callback_sets_hold_for_its_step_only():
+    """transformers' _new_step: should_log / should_evaluate / should_save are cleared after the step that acted on
+    them; should_training_stop stays."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from preflab.loops.callback_state import CallbackEvents
+
+    run = CallbackEvents()
+    run.callbacks = [object()]
+    run.accelerator = SimpleNamespace(num_processes=1)
+    run._cb_control = TrainerControl(should_save=True, should_evaluate=True, should_training_stop=True)
+    assert run.control_flags() == {"should_log": False, "should_evaluate": True, "should_save": True,
+                                   "should_training_stop": True}
+    assert run.control_flags() == {"should_log": False, "should_evaluate": False, "should_save": False,
+                                   "should_training_stop": True}

@@ -211,3 +211,15 @@ def test_a_game_run_report_does_not_ask_for_preflab_eval(tmp_path):
         (out / "config.yaml").write_text(f"task: online\nonline_task: {online_task}\ntrainer: inpo\n")
         (out / "summary.json").write_text(json.dumps({"global_step": 4, "tv_to_equilibrium": 0.01}))
         assert any("no eval.json: run `preflab eval" in m for m in load_run(out).missing) is asked
+
+
+def test_eval_pairs_with_a_non_finite_log_prob_are_counted_as_left_out():
+    """eval.json's per_pair columns: a pair whose four log-probs are not all finite (null, NaN) is left out of the
+    plots and counted as such; the count is of the pairs left out, not of those kept."""
+    from preflab.report.runs import PER_PAIR_KEYS, finite_eval_pairs, nonfinite_eval_pairs
+
+    columns = {key: [-1.0 - i, -2.0, None if i == 0 else -3.0] for i, key in enumerate(PER_PAIR_KEYS)}
+    columns[PER_PAIR_KEYS[1]][1] = float("nan")
+    kept, left_out = finite_eval_pairs({"per_pair": columns})
+    assert left_out == 2 == nonfinite_eval_pairs({"per_pair": columns})
+    assert kept == [[-1.0 - i] for i in range(len(PER_PAIR_KEYS))]

@@ -198,3 +198,16 @@ def test_step_axis_has_whole_steps_only():
     ax.plot([20, 40, 60, 80], [0.0, 0.25, 0.25, 1.0])
     step_axis(ax)
     assert all(t % 10 == 0 for t in ax.get_xticks())                   # round steps, not 24, 32, 40, ...
+
+
+def test_headline_pairs_only_a_before_and_after_that_are_both_numbers(tmp_path):
+    """summary.json's X_before / X_after make a headline row only when both are numbers: a before without an after
+    (a run stopped before its final measurement wrote null) or with a boolean after is no before-vs-after."""
+    from preflab.report.runs import RunData
+
+    run = RunData("r", tmp_path, summary={"reward_before": 0.1, "reward_after": None, "score_before": 2.0,
+                                          "accuracy_before": 0.4, "accuracy_after": 0.6, "flag_before": 1,
+                                          "flag_after": True}, config={"task": "online"})
+    rows = headline_rows(run)
+    assert [(r["metric"], r["before"][1], r["after"][1]) for r in rows] == [("accuracy", 0.4, 0.6)]
+
