@@ -93,6 +93,37 @@ def test_a_full_disk_at_the_first_checkpoint_says_no_earlier_one_exists(tmp_path
         save_checkpoint(tmp_path, 2, model, opt, sched, {})
 
 
+def test_a_failed_sharded_save_says_what_is_kept_as_the_single_file_save_does(tmp_path, monkeypatch):
+    """The per-rank save (FSDP2, DeepSpeed: save_rank_checkpoint) promised "Earlier checkpoints are kept ... then
+    resume" with none there; it now ends with the same sentence as save_checkpoint: none, or the latest by name.
+    One process stands in for the ranks (barrier: nothing to wait for)."""
+    import preflab.checkpoint as ck
+    from preflab.sharded_checkpoint import save_rank_checkpoint
+
+    model, opt, sched = _model_and_optimizer()
+
+    def full_disk(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save(step, write):
+        return save_rank_checkpoint(tmp_path, step, write, sched, {}, True, lambda: None)
+
+    with pytest.raises(PreflabError) as err:
+        save(1, full_disk)
+    assert str(err.value) == (f"could not write sharded checkpoint {tmp_path / 'checkpoint-1'}: [Errno 28] No space "
+                              "left on device. No earlier checkpoint of this run exists, so its steps are lost; free "
+                              "disk space or fix the permissions of output_dir (every rank writes into it: it must be "
+                              "one shared folder), then start it again.")
+    assert not (tmp_path / ".tmp-checkpoint-1-sharded").exists()
+    save_checkpoint(tmp_path, 1, model, opt, sched, {})
+    with pytest.raises(PreflabError) as err:
+        save(2, full_disk)
+    assert str(err.value).endswith(f"Earlier checkpoints are kept (the latest: {tmp_path / 'checkpoint-1'}); free "
+                                   "disk space or fix the permissions of output_dir (every rank writes into it: it "
+                                   "must be one shared folder), then resume.")
+    assert ck.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
+
+
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

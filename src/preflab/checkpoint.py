@@ -214,21 +214,22 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(f"could not write checkpoint {final}: {failure.strerror or failure}. "
-                           f"{_what_is_kept(output_dir)}") from err
+                           f"{what_is_kept_after_failed_save(output_dir)}") from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))
     return final
 
 
-def _what_is_kept(output_dir: Path) -> str:
+def what_is_kept_after_failed_save(output_dir: Path, where: str = "") -> str:
     """What a failed save leaves to resume from: the latest finished checkpoint, or (a first save failing) none, so
-    that the advice never promises a checkpoint that is not there."""
+    that the advice never promises a checkpoint that is not there. `where`: added to the advice on output_dir (a
+    sharded save: every rank writes into it)."""
     latest = latest_checkpoint(output_dir)
     if latest is None:
         return ("No earlier checkpoint of this run exists, so its steps are lost; free disk space or fix the "
-                "permissions of output_dir, then start it again.")
+                f"permissions of output_dir{where}, then start it again.")
     return (f"Earlier checkpoints are kept (the latest: {latest}); free disk space or fix the permissions of "
-            "output_dir, then resume.")
+            f"output_dir{where}, then resume.")
 
 
 def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:
