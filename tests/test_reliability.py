@@ -182,7 +182,7 @@ def test_random_kills_always_leave_a_loadable_checkpoint_and_exact_resume(tmp_pa
         proc.wait()
         latest = latest_checkpoint(out)
         assert latest is not None
-        model, opt, sched = tiny_causal_lm(tiny_tokenizer()), None, None
+        model = tiny_causal_lm(tiny_tokenizer())
         state = json.loads((latest / "trainer_state.json").read_text())
         weights = load_file(str(latest / "model.safetensors"))
         assert set(weights) == {n for n, _ in model.named_parameters()}

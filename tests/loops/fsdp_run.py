@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from preflab.cli import main
 from preflab.errors import ConfigError, MissingExtraError

@@ -45,7 +45,6 @@ def make_batch(cls, scale=1.0, requires_grad=False, neutral=False):
         batch = UnpairedBatch(s(pv, requires_grad), torch.tensor([True, False, True, False]), s(rv),
                               s([-9.0, -4.0, -6.0, -3.0]), s([-9.5, -4.5, -6.5, -2.0]))
     else:
-        K = 3
         lens = torch.tensor([[3, 4, 2]] * B)
         pv = torch.tensor([[-4.0, -6.0, -5.0]] * B) * scale
         rv = pv if neutral else torch.tensor([[-4.5, -5.5, -5.0]] * B) * scale

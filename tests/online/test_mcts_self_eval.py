@@ -105,7 +105,7 @@ def test_children_get_weighted_self_evaluation_plus_the_outcome_at_the_end(tmp_p
     assert inner
     search._expand(inner[0])                    # its children are at the depth limit: terminal, judged
     children = root.children + inner[0].children
-    terminal = [c for c in children if c.terminal]
+    assert [c for c in children if c.terminal], "the depth limit makes some children terminal"
     for child in children:
         if child.terminal:   # w conf + the judge's score of the finished answer
             text = TOK.decode(child.prefix(), skip_special_tokens=True)

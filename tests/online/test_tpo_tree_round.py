@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from preflab.online.examples import Example
-from preflab.online.tpo_tree_round import Leaf, cut, grow_trees, mark_tree, step_index, tree_step_index
+from preflab.online.tpo_tree_round import cut, grow_trees, mark_tree, step_index, tree_step_index
 
 sys.path.insert(0, str(Path(__file__).parent))
 

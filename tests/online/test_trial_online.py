@@ -263,7 +263,7 @@ def test_saved_onlinedpoconfig_without_vllm_prints_no_vllm_note(capsys):
     default 0.55 is not GRPOConfig's 0.3), for a run that never asked for vLLM. And its reward_model_path: null
     beside reward_funcs was refused as 'reward_model_path and reward_funcs are the same option', then again as
     "unknown config key 'reward_model_path'. Did you mean 'reward_model_path'?"."""
-    trl = pytest.importorskip("trl")
+    pytest.importorskip("trl")
     from trl.experimental.online_dpo import OnlineDPOConfig
 
     raw = OnlineDPOConfig(output_dir="out", bf16=False).to_dict()

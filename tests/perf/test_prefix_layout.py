@@ -82,7 +82,7 @@ def test_mask_and_positions_have_the_planted_structure():
     assert layout.input_ids[0, :9].tolist() == [1, 5, 9, 14, 20, 21, 2, 40, 2]
     assert layout.position_ids[0, :9].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5]
     mask = layout.attention_mask[0, 0]
-    prompt, chosen, rejected = range(0, 4), range(4, 7), range(7, 9)
+    prompt, chosen = range(0, 4), range(4, 7)  # the rejected response: positions 7-8
     for q in range(9):
         allowed = {k for k in range(9) if mask[q, k]}
         if q in prompt or q in chosen:

@@ -136,7 +136,7 @@ def test_sft_right_padded_rows_compile_to_one_graph(tmp_path):
               "dataset_name": str(Path(__file__).parents[2] / "examples/data/loud_echo_sft.jsonl"), "max_steps": 3,
               "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "max_length": 128,
               "per_device_train_batch_size": 4}
-    eager = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "eager")})).train()
+    SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "eager")})).train()
     compiled = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "compiled"),
                                             "torch_compile_backend": "eager"})).train()
     assert compiled["torch_compile"]["graphs"] == 1
