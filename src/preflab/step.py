@@ -50,6 +50,7 @@ ones), checked with the names.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
     all-reduced here.
     """
     world = accelerator.num_processes if accelerator is not None else 1
+    plain = _forwarded_to(optimizer, accelerator)
+    plain_backward = accelerator is None or _backward_is_plain(accelerator)
     local_count = sum(len(mb.row_ids) for mb in micro_batches)
     if world == 1:  # known on the host: no device round trip
         denom = float(local_count)
@@ -125,10 +128,10 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             # all-reduce; the update is then skipped on all ranks together
             total = out.losses.sum()
             scaled = total / denom if world == 1 else total * world / denom.to(total.device, total.dtype)
-            if accelerator is not None:
-                accelerator.backward(scaled)
-            else:
+            if plain_backward:
                 scaled.backward()
+            else:
+                accelerator.backward(scaled)
         n = out.losses.shape[0]
         piece = total.detach().to(_wide(total.device))
         loss_sum = piece if loss_sum is None else loss_sum + piece
@@ -221,7 +224,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
         # DeepSpeed has already updated the weights inside backward: nothing to guard or roll back here
         risky = engine is None and weight_guard.update_could_overflow(optimizer, flags[0], norm_total)
         snapshot = weight_guard.Snapshot(all_params, optimizer) if risky else None
-        overflow = _update(optimizer, scaler)
+        overflow = _update(plain or optimizer, scaler)
         if snapshot is not None and not overflow and _reduce_sum(
                 accelerator, (~weight_guard.all_finite(all_params)).float().reshape(1).to(_device(accelerator))
         ).item() > 0:
@@ -229,7 +232,7 @@ def optimizer_step(micro_batches: list, forward: Callable, params: list[torch.Te
             skipped = weights_bad = True
         elif scheduler is not None and not overflow:
             scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    (plain or optimizer).zero_grad(set_to_none=True)
     row_ids = [r for mb in micro_batches for r in mb.row_ids]
     # grad_norm: the mean of the ranks' norms (clip_grad_norm_ sees the all-reduced gradients: equal on every rank)
     local_norm = norm_total / world if world > 1 else norm_total
@@ -393,6 +396,46 @@ def _update(optimizer, scaler) -> bool:
     scaler.step(optimizer)
     scaler.update()
     return scaler.get_scale() < before
+
+
+def _forwarded_to(optimizer, accelerator):
+    """The torch optimizer inside accelerate's AcceleratedOptimizer when the wrapper's step() and zero_grad() would
+    only call it (no GradScaler, not on XLA, no LOMO optimizer, gradients synced this step), else None.
+
+    Why: the wrapper's step() calls accelerate's is_lomo_available() twice (an importlib find_spec plus a package
+    metadata read: file-system look-ups) and its zero_grad() calls inspect.signature, on every step: 2 x 0.04 ms and
+    0.01 ms of host CPU a step, measured one thread on a loaded machine (a GPU step is host-bound, so this is step time
+    there). Calling the inner optimizer runs the same update: the result is bit for bit the wrapper's
+    (tests/test_step_host_overhead.py)."""
+    if accelerator is None or getattr(accelerator, "scaler", None) is not None \
+            or getattr(accelerator, "has_lomo_optimizer", True):
+        return None
+    _, wrapper, kinds = _accelerate_types()
+    if type(optimizer) is not wrapper or not optimizer.gradient_state.sync_gradients \
+            or optimizer.accelerator_state.distributed_type == kinds.XLA:
+        return None
+    return optimizer.optimizer
+
+
+def _backward_is_plain(accelerator) -> bool:
+    """Whether accelerator.backward(loss) is loss.backward() but for a division by gradient_accumulation_steps = 1
+    (not DeepSpeed or Megatron-LM, no GradScaler): then the step calls loss.backward() itself, one division op and its
+    backward node fewer per micro-batch (x / 1 is exact: the gradients are bit for bit the same)."""
+    accelerator_type, _, kinds = _accelerate_types()
+    return (isinstance(accelerator, accelerator_type) and accelerator.scaler is None
+            and accelerator.gradient_accumulation_steps == 1
+            and accelerator.distributed_type not in (kinds.DEEPSPEED, kinds.MEGATRON_LM))
+
+
+@functools.cache
+def _accelerate_types() -> tuple:
+    """accelerate's Accelerator, AcceleratedOptimizer and DistributedType, imported at the first step that has an
+    accelerator (once: an import statement in the step would cost a lookup every step)."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.utils import DistributedType
+
+    return Accelerator, AcceleratedOptimizer, DistributedType
 
 
 def _device(accelerator):

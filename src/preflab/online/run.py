@@ -708,8 +708,8 @@ class OnlineRun(TrainingRun):
             out.metrics["kl"] = (pol - refs).mean()
             if self.cfg.trainer in TRL_ONLINE_DPO and "score_chosen" in extras:
                 out.metrics.update(online_dpo_metrics(pol, refs, extras, self.cfg.beta))
-        weights = torch.tensor([e.weight for e in exs], dtype=out.losses.dtype, device=out.losses.device)
-        if bool((weights != 1).any()):
+        if any(e.weight != 1 for e in exs):  # read on the host (the game's population weights): no device compare
+            weights = torch.tensor([e.weight for e in exs], dtype=out.losses.dtype, device=out.losses.device)
             out.losses = out.losses * weights
             out.loss = out.losses.mean()
         return out
