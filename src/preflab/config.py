@@ -386,8 +386,11 @@ class TrainConfig:
             names = list(loss_type) if isinstance(loss_type, (list, tuple)) else [loss_type]
             weights = list(weights or [1.0] * len(names)) + [float(self.rpo_alpha)]
             loss_type = names + ["sft"]
-        objective = get_objective(loss_type, **_params_for(loss_type, self.objective_kwargs()),
-                                  **({"loss_weights": weights} if weights else {}))
+        from preflab.objectives._ld import with_ld_alpha
+
+        objective = with_ld_alpha(lambda names, params: get_objective(
+            names, **params, **({"loss_weights": weights} if weights else {})),
+            loss_type, _params_for(loss_type, self.objective_kwargs()))  # TRL's ld_alpha on every DPO loss type
         if self.use_weighting:
             from preflab.objectives import WPOWeighted
 
@@ -478,12 +481,14 @@ def _objective_fields(loss_type) -> set[str]:
     """The parameter names of the objective(s) `loss_type` names, a user's objective ('file.py:Class') included."""
     from preflab.objectives import _class_for
 
+    from preflab.objectives._ld import takes_ld_alpha
+
     names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
     fields = set()
     for name in names:
         if isinstance(name, str):
             fields |= {f.name for f in dataclasses.fields(_class_for(name))}
-    return fields
+    return fields | ({"ld_alpha"} if takes_ld_alpha(loss_type) else set())  # TRL reads it for each DPO loss type
 
 
 def _suggestion(key: str, options: list[str]) -> str:
