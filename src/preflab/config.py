@@ -552,12 +552,16 @@ def _resolve_eval(raw: dict, notes: list[str]) -> None:
 
 
 def resolve_epoch_eval(cfg: TrainConfig, steps_per_epoch: int, main: bool = True) -> None:
-    """TRL's eval_strategy: epoch, once the steps per epoch are known: eval_steps becomes one epoch (unless
-    eval_steps was given)."""
+    """TRL's eval_strategy: epoch and save_strategy: epoch, once the steps per epoch are known: eval_steps (unless
+    eval_steps was given) and save_steps become one epoch."""
     if cfg.eval_strategy == "epoch" and not cfg.eval_steps:
         cfg.eval_steps = max(1, steps_per_epoch)
         if main:
             print(f"preflab: note: eval_strategy: epoch -> eval_steps: {cfg.eval_steps} (one epoch).")
+    if cfg.save_strategy == "epoch" and not cfg.save_steps:
+        cfg.save_steps = max(1, steps_per_epoch)
+        if main:
+            print(f"preflab: note: save_strategy: epoch -> save_steps: {cfg.save_steps} (one epoch).")
 
 
 def _say(notes: list[str]) -> None:

@@ -470,6 +470,12 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
                 notes.append(f"save_strategy: best -> save_steps {raw['save_steps']} is not used (a checkpoint at each "
                              "evaluation that improves metric_for_best_model).")
             raw["save_steps"] = 0
+        elif value == "epoch":  # transformers: a checkpoint at the end of each epoch; save_steps is not read
+            raw["save_strategy"] = "epoch"
+            if raw.get("save_steps") not in (None, 0, 500):  # 500: TrainingArguments' default (a saved config's)
+                notes.append(f"save_strategy: epoch -> save_steps {raw['save_steps']} is not used (a checkpoint at "
+                             "the end of each epoch).")
+            raw["save_steps"] = 0
         elif value == "no":
             if raw.get("save_steps"):
                 notes.append(f"save_strategy: no -> save_steps {raw['save_steps']} is not used (no checkpoints).")
@@ -480,7 +486,7 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
                 notes.append("save_strategy: steps without save_steps -> save_steps: 500 (transformers' default).")
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
-                          "best, or no.")
+                          "epoch, best, or no.")
 
 
 def _ratios(raw: dict, notes: list, errors: list) -> None:
