@@ -371,3 +371,19 @@ def test_report_to_none_in_a_list_means_no_tracker():
     crashed in accelerate: `ValueError: Unsupported logging capability: none`."""
     assert config_from_dict({**BASE, "report_to": ["none"]}).report_to == "none"
     assert config_from_dict({**BASE, "report_to": []}).report_to == []
+
+
+def test_rpo_alpha_beside_an_sft_part_names_the_double_term():
+    """rpo_alpha (TRL 0.x) beside TRL 1.x's 'sft' part asks for the same NLL term twice. Before: the error spoke of
+    a loss_type ['sigmoid', 'sft', 'sft'] the user never wrote."""
+    with pytest.raises(ConfigError, match=r"rpo_alpha=0.5 is TRL 0.x's NLL term, which TRL 1.x writes as 'sft' in the "
+                                          r"loss_type list; loss_type \['sigmoid', 'sft'\] has it already"):
+        config_from_dict({**BASE, "loss_type": ["sigmoid", "sft"], "rpo_alpha": 0.5})
+
+
+def test_ld_alpha_with_kto_names_the_loss_types_that_read_it():
+    """ld_alpha with a loss TRL does not weight: the unknown-key line names TRL's DPO loss types (before: 'a
+    parameter of the objective(s) dpo', though ipo, apo_zero, ... read it too)."""
+    with pytest.raises(ConfigError, match=r"unknown config key 'ld_alpha'. It is TRL's LD-DPO option, read with TRL's "
+                                          r"DPO loss types \(sigmoid, hinge, ipo,"):
+        config_from_dict({**BASE, "loss_type": "kto", "ld_alpha": 0.5})

@@ -384,6 +384,10 @@ class TrainConfig:
         loss_type, weights = self.loss_type, self.loss_weights
         if self.rpo_alpha is not None:  # TRL's RPO term: + rpo_alpha * token-mean NLL of the chosen responses
             names = list(loss_type) if isinstance(loss_type, (list, tuple)) else [loss_type]
+            if "sft" in names:  # TRL 1.x's spelling of the same term, already in the list
+                raise ConfigError(f"rpo_alpha={self.rpo_alpha} is TRL 0.x's NLL term, which TRL 1.x writes as 'sft' in "
+                                  f"the loss_type list; loss_type {names} has it already. Remove rpo_alpha (and give "
+                                  "the sft weight in loss_weights).")
             weights = list(weights or [1.0] * len(names)) + [float(self.rpo_alpha)]
             loss_type = names + ["sft"]
         from preflab.objectives._ld import with_ld_alpha
@@ -481,14 +485,12 @@ def _objective_fields(loss_type) -> set[str]:
     """The parameter names of the objective(s) `loss_type` names, a user's objective ('file.py:Class') included."""
     from preflab.objectives import _class_for
 
-    from preflab.objectives._ld import takes_ld_alpha
-
     names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
     fields = set()
     for name in names:
         if isinstance(name, str):
             fields |= {f.name for f in dataclasses.fields(_class_for(name))}
-    return fields | ({"ld_alpha"} if takes_ld_alpha(loss_type) else set())  # TRL reads it for each DPO loss type
+    return fields
 
 
 def _suggestion(key: str, options: list[str]) -> str:
@@ -503,6 +505,11 @@ def _suggestion(key: str, options: list[str]) -> str:
         return f" {DIFFUSERS_DPO_SCRIPT[key]}."
     if key in SUGGEST:
         return f" preflab calls it {SUGGEST[key]!r}."
+    if key == "ld_alpha":  # preflab.objectives._ld: TRL applies it to each of its DPO loss types
+        from preflab.objectives._ld import TRL_LD_LOSS_TYPES
+
+        return (f" It is TRL's LD-DPO option, read with TRL's DPO loss types ({', '.join(TRL_LD_LOSS_TYPES)}), not "
+                "with the chosen loss_type.")
     takers = [n for n in list_objectives() if key in {f.name for f in dataclasses.fields(objective_class(n))}]
     if takers:
         shown = ", ".join(takers[:5]) + (", ..." if len(takers) > 5 else "")
@@ -660,7 +667,10 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
             errors.append(str(err))
             objective_fields = set()
         from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
+        from preflab.objectives._ld import takes_ld_alpha
 
+        if "ld_alpha" in extra and takes_ld_alpha(known.get("loss_type", _default_loss_type(known))):
+            objective_fields.add("ld_alpha")  # TRL reads it with each of its DPO loss types (objectives._ld)
         options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
         for key in list(extra):
             if key in objective_fields:
