@@ -173,10 +173,6 @@ REFUSED_VALUES = (
      "and its OnlineDPOTrainer cut from the left; TRL 1.16's GRPOTrainer cuts no prompt), since the end holds the "
      "question and the generation prompt the completion follows. Unset truncation_mode (or keep_end), and raise "
      "max_prompt_length (or null: no limit) to keep a prompt's start."),
-    *((task, "save_strategy", "epoch", None, "", f": {why} Use save_strategy: steps with save_steps.")
-      for task, why in (("online", "its steps follow generation rounds, which end at no epoch of the dataset."),
-                        ("diffusion", "the diffusion run does not resolve an epoch's steps (only the text tasks "
-                                      "dpo, sft, vlm and reward do)."))),
 )
 
 
