@@ -387,3 +387,15 @@ def test_ld_alpha_with_kto_names_the_loss_types_that_read_it():
     with pytest.raises(ConfigError, match=r"unknown config key 'ld_alpha'. It is TRL's LD-DPO option, read with TRL's "
                                           r"DPO loss types \(sigmoid, hinge, ipo,"):
         config_from_dict({**BASE, "loss_type": "kto", "ld_alpha": 0.5})
+
+
+def test_objective_parameters_given_as_number_text_are_read_as_trls_parser_reads_them():
+    """`ld_alpha: "0.5"` in a YAML: TRL's parser gives the text to argparse with the field's type (float), as
+    `beta: "0.2"` already was here; an objective parameter's text was refused ('must be None or a number')."""
+    for loss, key in (("ipo", "ld_alpha"), ("sigmoid", "ld_alpha"), ("discopop", "discopop_tau"),
+                      ("robust", "label_smoothing")):
+        as_text = config_from_dict({**BASE, "loss_type": loss, key: "0.25"})
+        assert as_text.objective_params[key] == 0.25 and type(as_text.objective_params[key]) is float
+        assert as_text.objective() == config_from_dict({**BASE, "loss_type": loss, key: 0.25}).objective()
+    with pytest.raises(ConfigError, match="discopop_tau must be float, got 'abc'"):
+        config_from_dict({**BASE, "loss_type": "discopop", "discopop_tau": "abc"})

@@ -493,6 +493,21 @@ def _objective_fields(loss_type) -> set[str]:
     return fields
 
 
+def _objective_hint(loss_type, key: str):
+    """The type of objective parameter `key` (the first part of `loss_type` that has it; ld_alpha, which
+    objectives._ld reads for every TRL loss type, is a float or None)."""
+    from preflab.objectives import _class_for
+
+    for name in loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]:
+        try:
+            hints = typing.get_type_hints(_class_for(name)) if isinstance(name, str) else {}
+        except (NameError, TypeError):  # a user's class whose annotations do not resolve: no conversion
+            hints = {}
+        if key in hints:
+            return hints[key]
+    return float | None if key == "ld_alpha" else Any
+
+
 def _suggestion(key: str, options: list[str]) -> str:
     """A hint for an unknown key: the preflab name of another trainer's option, the objectives that take it,
     or a really close name (difflib ratio >= 0.8); '' when nothing fits."""
@@ -674,6 +689,12 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
         options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
         for key in list(extra):
             if key in objective_fields:
+                if isinstance(extra[key], str):  # number text, as TRL's parser reads it (see _check_type)
+                    try:
+                        extra[key] = _check_type(key, extra[key], _objective_hint(
+                            known.get("loss_type", _default_loss_type(known)), key))
+                    except ConfigError as err:
+                        errors.append(str(err))
                 continue
             if key in LOSS_DEFAULTS and extra[key] == LOSS_DEFAULTS[key]:
                 del extra[key]  # TRL's default of another loss's parameter (a saved DPOConfig carries them all)
