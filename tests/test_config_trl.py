@@ -399,3 +399,18 @@ def test_objective_parameters_given_as_number_text_are_read_as_trls_parser_reads
         assert as_text.objective() == config_from_dict({**BASE, "loss_type": loss, key: 0.25}).objective()
     with pytest.raises(ConfigError, match="discopop_tau must be float, got 'abc'"):
         config_from_dict({**BASE, "loss_type": "discopop", "discopop_tau": "abc"})
+
+
+def test_trl_yaml_env_block_sets_the_environment(tmp_path, monkeypatch, capsys):
+    """TRL's YAML `env:` block (TrlParser sets each variable before parsing): before, 'unknown config key env'."""
+    monkeypatch.setenv("PREFLAB_TRL_ENV_PROBE", "old")  # restored after the test
+    path = tmp_path / "dpo.yaml"
+    path.write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: x.jsonl\nbeta: 0.2\n"
+                    "env:\n  PREFLAB_TRL_ENV_PROBE: 7\n")
+    cfg = load_config(str(path))
+    import os
+
+    assert (os.environ["PREFLAB_TRL_ENV_PROBE"], cfg.beta) == ("7", 0.2)
+    assert "env: set PREFLAB_TRL_ENV_PROBE in the environment before the run" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="env \\(TRL's YAML block of environment variables\\) must be a mapping"):
+        config_from_dict({**BASE, "env": ["A=1"]})

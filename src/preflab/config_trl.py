@@ -285,11 +285,30 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
                  "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
                  "f_alpha": 0.5}
 
-TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets"} | {
+TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
 
 
-MIXTURE_ENTRY_KEYS = ("path", "name", "data_dir", "data_files", "split", "columns", "fraction")  # TRL's DatasetConfig
+def _env_block(raw: dict, notes: list, errors: list) -> None:
+    """TRL's YAML `env:` block (TrlParser): each NAME: value is set in os.environ before the run, as TRL's parser
+    sets it before parsing the rest. Said once, with its limit: a variable read when a library is imported (HF_HOME,
+    ...) must be in the shell before preflab starts, as for TRL."""
+    import os
+
+    if "env" not in raw:
+        return
+    env = raw.pop("env")
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        errors.append(f"env (TRL's YAML block of environment variables) must be a mapping of NAME: value, got "
+                      f"{type(env).__name__}.")
+        return
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+    if env:
+        notes.append(f"env: set {', '.join(sorted(map(str, env)))} in the environment before the run, as TRL's parser "
+                     "does (a variable read when a library is imported, such as HF_HOME, must be set in the shell).")
 
 
 def _dataset_mixture(raw: dict, notes: list, errors: list) -> None:
@@ -337,6 +356,7 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     refuse_rlooconfig(raw, errors)
     _dataset_mixture(raw, notes, errors)  # TRL's DatasetMixtureConfig `datasets`
+    _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
