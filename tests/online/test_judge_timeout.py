@@ -144,3 +144,22 @@ def test_judge_timeout_s_must_be_a_positive_finite_number_of_seconds(tmp_path, v
         tiny_cfg(tmp_path, judge_timeout_s=value)
     with pytest.raises(ConfigError, match="judge_timeout_s must be a finite number of seconds > 0"):
         Judge([e_judge], timeout_s=value)
+
+
+def test_upo_dropout_passes_under_a_limit_equal_the_inline_passes_and_a_slow_one_stops():
+    """trainer upo's MC-dropout passes (upo_uncertainty: mc_dropout) each run under the limit: the worker thread draws
+    the same seeded dropout masks (torch's global RNG is shared by the threads), so the rewards are equal."""
+    from preflab.online.upo import dropout_pass_rewards
+
+    from test_upo_mc_dropout import TEXTS, LengthRewardModel
+
+    rm = LengthRewardModel(p=0.3)
+    inline = dropout_pass_rewards(rm, ["p"] * len(TEXTS), TEXTS, 3, seed=9)
+    limited = Judge([rm], timeout_s=30.0)
+    assert torch.equal(dropout_pass_rewards(rm, ["p"] * len(TEXTS), TEXTS, 3, seed=9, timed=limited.timed), inline)
+    assert not torch.equal(inline[:, 0], inline[:, 1])  # the passes differ (dropout on)
+    score = rm.score
+    rm.score = lambda prompts, responses: time.sleep(SLEEP_S) or score(prompts, responses)
+    with pytest.raises(JudgeTimeoutError, match=r"judge 'length_rm_p0.3' did not return within judge_timeout_s = "
+                                                r"0.25 s \(one call on 8 completion\(s\)\)"):
+        dropout_pass_rewards(rm, ["p"] * len(TEXTS), TEXTS, 3, seed=9, timed=Judge([rm], timeout_s=0.25).timed)
