@@ -183,6 +183,7 @@ class TrainConfig:
     missing_eos_penalty: float | None = None   # subtracted from the score of a completion without eos (TRL)
     preference_temperature: float = 0.0        # reward -> P(a>b): 0 gives 1[r_a>r_b] (1/2 ties), t>0 sigmoid(dr/t)
     max_judge_failure_fraction: float = 0.1    # stop when more of a round's completions than this fail to be judged
+    judge_timeout_s: float | None = None       # stop when one call of a judge's code takes longer (None: no limit)
     epsilon: float = 0.2                       # GRPO family: clip range (TRL)
     epsilon_high: float | None = None          # GRPO family: upper clip range (DAPO clip-higher); None: epsilon
     scale_rewards: str = "group"               # GRPO family: advantage scale group | batch | none (TRL)
