@@ -282,9 +282,21 @@ def apply_save_total_limit(output_dir: Path, final: Path, timeline, save_total_l
             remaining -= 1
 
 
-def checkpoint_step(path: Path) -> int | None:
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a folder named checkpoint-<step> (decimal digits only: checkpoint-007 is step 7; checkpoint-12a,
+    checkpoint- and checkpoint-² are no checkpoint's), else None: the one reading of the name, for every place that
+    looks for checkpoints."""
     match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def numbered_checkpoints(folder: str | Path) -> list[Path]:
+    """The entries of `folder` named checkpoint-<step>, complete or not (COMPLETE marker or none: what a stopped run
+    left), lowest step first (checkpoint-9 before checkpoint-10; equal steps by name). list_checkpoints keeps the
+    complete ones."""
+    folder = Path(folder)
+    found = [(checkpoint_step(p), p) for p in folder.glob("checkpoint-*")] if folder.is_dir() else []
+    return [p for _, p in sorted(f for f in found if f[0] is not None)]
 
 
 def _checkpoint_timeline(path: Path) -> list:
@@ -328,14 +340,8 @@ def write_timeline(output_dir: str | Path, timeline: list) -> None:
 def list_checkpoints(output_dir: str | Path, timeline: list | None = None) -> list[Path]:
     """Complete checkpoints, lowest step first (checkpoint-9 before checkpoint-10); only those of `timeline` when
     given."""
-    output_dir = Path(output_dir)
-    found = []
-    for path in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
-        step = checkpoint_step(path)
-        if step is not None and (path / MARKER).is_file() and (path / "trainer_state.json").is_file() \
-                and on_timeline(path, timeline):
-            found.append((step, path))
-    return [p for _, p in sorted(found)]
+    return [p for p in numbered_checkpoints(output_dir) if (p / MARKER).is_file()
+            and (p / "trainer_state.json").is_file() and on_timeline(p, timeline)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -358,8 +364,9 @@ def read_marker(path: str | Path) -> dict | None:
         marker = json.loads((path / MARKER).read_text() or "{}")
     except FileNotFoundError:
         if not path.is_dir():  # a mistyped step: say so, and which checkpoints the run has
-            near = sorted((p.name for p in path.parent.glob("checkpoint-*") if p.is_dir()),
-                          key=lambda n: int(n[11:]) if n[11:].isdigit() else -1) if path.parent.is_dir() else []
+            step = {p.name: checkpoint_step(p) for p in path.parent.glob("checkpoint-*") if p.is_dir()} \
+                if path.parent.is_dir() else {}
+            near = sorted(step, key=lambda n: -1 if step[n] is None else step[n])
             raise PreflabError(f"checkpoint {path} does not exist"
                                + (f"; {path.parent} holds {', '.join(near)}." if near else ".")) from None
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).") from None
@@ -455,9 +462,7 @@ def resume_checkpoint(output_dir: str | Path, warn=print, verify=verify_checkpoi
 def unsealed_checkpoints(output_dir: str | Path, above: int) -> list[Path]:
     """checkpoint-<step> folders of output_dir with a step above `above` and no COMPLETE marker (a save never
     leaves one: it writes under a temporary name), lowest step first."""
-    output_dir = Path(output_dir)
-    found = [(checkpoint_step(p), p) for p in output_dir.glob("checkpoint-*") if output_dir.is_dir()]
-    return [p for step, p in sorted(found) if step is not None and step > above and p.is_dir()
+    return [p for p in numbered_checkpoints(output_dir) if checkpoint_step(p) > above and p.is_dir()
             and not (p / MARKER).is_file()]
 
 
