@@ -214,22 +214,28 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(f"could not write checkpoint {final}: {failure.strerror or failure}. "
-                           f"{what_is_kept_after_failed_save(output_dir)}") from err
+                           f"{what_is_kept(output_dir, failed_save=True)}") from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))
     return final
 
 
-def what_is_kept_after_failed_save(output_dir: Path, where: str = "") -> str:
-    """What a failed save leaves to resume from: the latest finished checkpoint, or (a first save failing) none, so
-    that the advice never promises a checkpoint that is not there. `where`: added to the advice on output_dir (a
-    sharded save: every rank writes into it)."""
+def what_is_kept(output_dir: str | Path, failed_save: bool = False, where: str = "") -> str:
+    """What output_dir keeps to go on from: the latest finished checkpoint of its current timeline and how to resume
+    it, that it holds the model weights only (save_only_model: no resume), or that there is none, so that the advice
+    never promises a checkpoint that is not there or a resume it cannot give. As a failed run ends with it
+    (preflab.loops.driver adds its own advice), or failed_save: as a failed checkpoint save ends with it, with the
+    advice on output_dir (`where`: added to it; a sharded save: every rank writes into it)."""
     latest = latest_checkpoint(output_dir)
+    fix = f"free disk space or fix the permissions of output_dir{where}"
     if latest is None:
-        return ("No earlier checkpoint of this run exists, so its steps are lost; free disk space or fix the "
-                f"permissions of output_dir{where}, then start it again.")
-    return (f"Earlier checkpoints are kept (the latest: {latest}); free disk space or fix the permissions of "
-            f"output_dir{where}, then resume.")
+        return (f"No earlier checkpoint of this run exists, so its steps are lost; {fix}, then start it again."
+                if failed_save else f"{output_dir} holds no finished checkpoint of this run.")
+    if is_model_only(latest):
+        return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}" + (
+            f" Then {fix}, and start it again." if failed_save else "")
+    return (f"Earlier checkpoints are kept (the latest: {latest}); {fix}, then resume." if failed_save else
+            f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
 
 
 def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:
