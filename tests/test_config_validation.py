@@ -129,12 +129,12 @@ def test_help_lists_every_option_with_meaning_and_allowed_values(capsys):
 
 
 def test_undocumented_field_is_type_checked_and_marked_in_help(monkeypatch):
-    from preflab.config import _check_type
     from preflab.config_options import help_line
+    from preflab.option_types import check_type
 
     assert help_line("brand_new_option", "int", "3") == "  brand_new_option = 3  (int) (undocumented)"
     with pytest.raises(ConfigError, match="must be int"):
-        _check_type("brand_new_option", "three", typing.Optional[int])
+        check_type("brand_new_option", "three", typing.Optional[int])
 
 
 def test_objectives_name_prints_parameters_with_meaning(capsys):

@@ -93,6 +93,32 @@ def test_a_full_disk_at_the_first_checkpoint_says_no_earlier_one_exists(tmp_path
         save_checkpoint(tmp_path, 2, model, opt, sched, {})
 
 
+def test_a_full_disk_after_a_model_only_checkpoint_does_not_promise_a_resume(tmp_path, monkeypatch):
+    """A failed save said "Earlier checkpoints are kept (the latest: checkpoint-1); ..., then resume" where
+    checkpoint-1 was written with save_only_model, from which a resume is refused; the failed save now says what a
+    failed run says of such a checkpoint (preflab.checkpoint.what_is_kept, one sentence for both)."""
+    import preflab.checkpoint as ck
+
+    model, opt, sched = _model_and_optimizer()
+    save_checkpoint(tmp_path, 1, model, opt, sched, {}, model_only=True)
+
+    def full_disk(tensors, path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(PreflabError) as err:
+        save_checkpoint(tmp_path, 2, model, opt, sched, {}, model_only=True)
+    latest = tmp_path / "checkpoint-1"
+    assert str(err.value) == (f"could not write checkpoint {tmp_path / 'checkpoint-2'}: No space left on device. The "
+                              f"latest finished checkpoint is {latest}; it holds the model weights only "
+                              "(save_only_model: true), so training cannot resume from it; a new start begins again "
+                              "at step 0. Then free disk space or fix the permissions of output_dir, and start it "
+                              "again.")
+    assert ck.what_is_kept(tmp_path) == (f"The latest finished checkpoint is {latest}; it holds the model weights "
+                                         "only (save_only_model: true), so training cannot resume from it; a new "
+                                         "start begins again at step 0.")
+
+
 def test_a_failed_sharded_save_says_what_is_kept_as_the_single_file_save_does(tmp_path, monkeypatch):
     """The per-rank save (FSDP2, DeepSpeed: save_rank_checkpoint) promised "Earlier checkpoints are kept ... then
     resume" with none there; it now ends with the same sentence as save_checkpoint: none, or the latest by name.

@@ -93,6 +93,23 @@ def test_run_config_lookup_says_what_to_do_for_a_folder_inside_a_run(tmp_path):
         require_run_config_file(tmp_path / "checkpoint-5", "preflab eval --task diffusion")
 
 
+
+def test_run_config_lookup_requires_the_file_and_reads_it_once(tmp_path, monkeypatch):
+    """require_run_config (the --task vlm / diffusion evals): the file require_run_config_file names and the options
+    run_config gives, the file read once (they read it by path, then again for its dict)."""
+    import preflab.models.run_config as rc
+
+    run = _run(tmp_path, {**RUN, "truncation_mode": "keep_end"})
+    (run / "checkpoint-2").mkdir()
+    reads = []
+    real = rc._read_yaml
+    monkeypatch.setattr(rc, "_read_yaml", lambda file: reads.append(file) or real(file))
+    found, saved = rc.require_run_config(run / "checkpoint-2", "preflab eval --task vlm")
+    assert (found, reads) == (run / "config.yaml", [run / "config.yaml"])
+    assert saved == run_config(run / "checkpoint-2") == {**RUN, "truncation_mode": "keep_end"}
+    with pytest.raises(ConfigError, match=r"checkpoint-5 is a checkpoint without its run's config\.yaml one level up"):
+        rc.require_run_config(tmp_path / "checkpoint-5", "preflab eval --task diffusion")
+
 # --- each former copy asks the one rule ---
 
 def test_run_config_lookup_is_preflab_evals_run_task(tmp_path):

@@ -214,22 +214,28 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise PreflabError(f"could not write checkpoint {final}: {failure.strerror or failure}. "
-                           f"{what_is_kept_after_failed_save(output_dir)}") from err
+                           f"{what_is_kept(output_dir, failed_save=True)}") from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))
     return final
 
 
-def what_is_kept_after_failed_save(output_dir: Path, where: str = "") -> str:
-    """What a failed save leaves to resume from: the latest finished checkpoint, or (a first save failing) none, so
-    that the advice never promises a checkpoint that is not there. `where`: added to the advice on output_dir (a
-    sharded save: every rank writes into it)."""
+def what_is_kept(output_dir: str | Path, failed_save: bool = False, where: str = "") -> str:
+    """What output_dir keeps to go on from: the latest finished checkpoint of its current timeline and how to resume
+    it, that it holds the model weights only (save_only_model: no resume), or that there is none, so that the advice
+    never promises a checkpoint that is not there or a resume it cannot give. As a failed run ends with it
+    (preflab.loops.driver adds its own advice), or failed_save: as a failed checkpoint save ends with it, with the
+    advice on output_dir (`where`: added to it; a sharded save: every rank writes into it)."""
     latest = latest_checkpoint(output_dir)
+    fix = f"free disk space or fix the permissions of output_dir{where}"
     if latest is None:
-        return ("No earlier checkpoint of this run exists, so its steps are lost; free disk space or fix the "
-                f"permissions of output_dir{where}, then start it again.")
-    return (f"Earlier checkpoints are kept (the latest: {latest}); free disk space or fix the permissions of "
-            f"output_dir{where}, then resume.")
+        return (f"No earlier checkpoint of this run exists, so its steps are lost; {fix}, then start it again."
+                if failed_save else f"{output_dir} holds no finished checkpoint of this run.")
+    if is_model_only(latest):
+        return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}" + (
+            f" Then {fix}, and start it again." if failed_save else "")
+    return (f"Earlier checkpoints are kept (the latest: {latest}); {fix}, then resume." if failed_save else
+            f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
 
 
 def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:
@@ -282,9 +288,21 @@ def apply_save_total_limit(output_dir: Path, final: Path, timeline, save_total_l
             remaining -= 1
 
 
-def checkpoint_step(path: Path) -> int | None:
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a folder named checkpoint-<step> (decimal digits only: checkpoint-007 is step 7; checkpoint-12a,
+    checkpoint- and checkpoint-² are no checkpoint's), else None: the one reading of the name, for every place that
+    looks for checkpoints."""
     match = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def numbered_checkpoints(folder: str | Path) -> list[Path]:
+    """The entries of `folder` named checkpoint-<step>, complete or not (COMPLETE marker or none: what a stopped run
+    left), lowest step first (checkpoint-9 before checkpoint-10; equal steps by name). list_checkpoints keeps the
+    complete ones."""
+    folder = Path(folder)
+    found = [(checkpoint_step(p), p) for p in folder.glob("checkpoint-*")] if folder.is_dir() else []
+    return [p for _, p in sorted(f for f in found if f[0] is not None)]
 
 
 def _checkpoint_timeline(path: Path) -> list:
@@ -328,14 +346,8 @@ def write_timeline(output_dir: str | Path, timeline: list) -> None:
 def list_checkpoints(output_dir: str | Path, timeline: list | None = None) -> list[Path]:
     """Complete checkpoints, lowest step first (checkpoint-9 before checkpoint-10); only those of `timeline` when
     given."""
-    output_dir = Path(output_dir)
-    found = []
-    for path in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
-        step = checkpoint_step(path)
-        if step is not None and (path / MARKER).is_file() and (path / "trainer_state.json").is_file() \
-                and on_timeline(path, timeline):
-            found.append((step, path))
-    return [p for _, p in sorted(found)]
+    return [p for p in numbered_checkpoints(output_dir) if (p / MARKER).is_file()
+            and (p / "trainer_state.json").is_file() and on_timeline(p, timeline)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -358,8 +370,9 @@ def read_marker(path: str | Path) -> dict | None:
         marker = json.loads((path / MARKER).read_text() or "{}")
     except FileNotFoundError:
         if not path.is_dir():  # a mistyped step: say so, and which checkpoints the run has
-            near = sorted((p.name for p in path.parent.glob("checkpoint-*") if p.is_dir()),
-                          key=lambda n: int(n[11:]) if n[11:].isdigit() else -1) if path.parent.is_dir() else []
+            step = {p.name: checkpoint_step(p) for p in path.parent.glob("checkpoint-*") if p.is_dir()} \
+                if path.parent.is_dir() else {}
+            near = sorted(step, key=lambda n: -1 if step[n] is None else step[n])
             raise PreflabError(f"checkpoint {path} does not exist"
                                + (f"; {path.parent} holds {', '.join(near)}." if near else ".")) from None
         raise PreflabError(f"{path} is not a complete preflab checkpoint (no {MARKER} marker).") from None
@@ -455,9 +468,7 @@ def resume_checkpoint(output_dir: str | Path, warn=print, verify=verify_checkpoi
 def unsealed_checkpoints(output_dir: str | Path, above: int) -> list[Path]:
     """checkpoint-<step> folders of output_dir with a step above `above` and no COMPLETE marker (a save never
     leaves one: it writes under a temporary name), lowest step first."""
-    output_dir = Path(output_dir)
-    found = [(checkpoint_step(p), p) for p in output_dir.glob("checkpoint-*") if output_dir.is_dir()]
-    return [p for step, p in sorted(found) if step is not None and step > above and p.is_dir()
+    return [p for p in numbered_checkpoints(output_dir) if checkpoint_step(p) > above and p.is_dir()
             and not (p / MARKER).is_file()]
 
 

@@ -23,6 +23,8 @@ import yaml
 
 from preflab.config_options import help_line, missing_trackers, range_errors
 from preflab.errors import ConfigError
+from preflab.model_part_options import ModelPartOptions
+from preflab.option_types import check_type
 from preflab.recipe_names import RECIPE_TASKS
 
 MAX_ALIASES = 100              # YAML aliases per document (an anchor/alias bomb needs many)
@@ -92,12 +94,12 @@ class TrainConfig:
     chunk_tokens: int | None = None            # LM-head chunk (positions); default sized by the device
     pad_to_multiple_of: int | None = None      # TRL: row lengths rounded up to a multiple (shapes repeat: GPU plans)
     attention: str = "auto"                    # auto | segments | dense: prefix-shared rows attended per segment
-    # models
-    use_peft: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: Any = "all-linear"
+    # models (the defaults of LoRA, vision freezing and the clue aggregator: preflab.model_part_options)
+    use_peft: bool = ModelPartOptions.use_peft
+    lora_r: int = ModelPartOptions.lora_r
+    lora_alpha: int = ModelPartOptions.lora_alpha
+    lora_dropout: float = ModelPartOptions.lora_dropout
+    lora_target_modules: Any = ModelPartOptions.lora_target_modules
     trust_remote_code: bool = False
     allow_pickle: bool = False                 # allow .bin/.pt weights (pickle); off: safetensors only
     # output
@@ -132,12 +134,13 @@ class TrainConfig:
     bnb_4bit_compute_dtype: str | None = None  # None: load_dtype, else bfloat16
     # vision-language runs
     processor_name_or_path: str | None = None  # task: vlm; AutoProcessor source (default: model_name_or_path)
-    freeze_vision_tower: bool = True           # task: vlm; vision encoder weights stay fixed (and get no LoRA)
-    freeze_multi_modal_projector: bool = False  # task: vlm; also fix the vision-to-text projector / merger
+    # task: vlm; vision encoder weights stay fixed (and get no LoRA); freeze_multi_modal_projector: also the projector
+    freeze_vision_tower: bool = ModelPartOptions.freeze_vision_tower
+    freeze_multi_modal_projector: bool = ModelPartOptions.freeze_multi_modal_projector
     max_frames: int = 8                        # task: vlm; frames kept per video, evenly spaced
     vision_pairs: str = "given"                # task: vlm; given | pami_vdpo | cat_adpo (preflab.data.vision_pairs)
     vision_pair_params: dict = field(default_factory=dict)  # task: vlm; the pair builder's parameters
-    clue_aggregator: bool = False              # task: vlm; add CAT's question-conditioned clue aggregator
+    clue_aggregator: bool = ModelPartOptions.clue_aggregator  # task: vlm; add CAT's question-conditioned clue aggr.
     # diffusion runs (task: diffusion)
     resolution: int = 512                      # diffusion: images are resized (shorter side) and centre-cropped to this square
     image_resize: bool = True                  # diffusion: false = an image of another size is a bad row
@@ -183,6 +186,7 @@ class TrainConfig:
     missing_eos_penalty: float | None = None   # subtracted from the score of a completion without eos (TRL)
     preference_temperature: float = 0.0        # reward -> P(a>b): 0 gives 1[r_a>r_b] (1/2 ties), t>0 sigmoid(dr/t)
     max_judge_failure_fraction: float = 0.1    # stop when more of a round's completions than this fail to be judged
+    judge_timeout_s: float | None = None       # stop when one call of a judge's code takes longer (None: no limit)
     epsilon: float = 0.2                       # GRPO family: clip range (TRL)
     epsilon_high: float | None = None          # GRPO family: upper clip range (DAPO clip-higher); None: epsilon
     scale_rewards: str = "group"               # GRPO family: advantage scale group | batch | none (TRL)
@@ -425,51 +429,6 @@ def _params_for(loss_type, params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "beta" or "beta" in _objective_fields(loss_type)}
 
 
-_BOOL_TEXT = {**dict.fromkeys(("yes", "true", "t", "y", "1"), True),
-              **dict.fromkeys(("no", "false", "f", "n", "0"), False)}  # transformers.hf_argparser.string_to_bool
-
-
-def _check_type(name: str, value: Any, hint) -> Any:
-    """Coerce ints to floats where a float is expected, and number text to the number where a float or an int is
-    expected (an option that takes text too keeps it); anything else of the wrong type is a ConfigError.
-
-    Number text is read as TRL's TrlParser reads a YAML config's values: they become argparse defaults, and argparse
-    converts a text default with the option's type, so `beta: "0.2"` is 0.2 and `max_steps: "2"` is 2 there, while
-    `max_steps: "2.5"` is refused (int("2.5") fails). Before, "2" for an int option was refused here while "0.2" for a
-    float option was read. Boolean text likewise: TRL's parser (transformers' HfArgumentParser) gives a bool option
-    the type string_to_bool, which reads yes/true/t/y/1 and no/false/f/n/0 in any case, so `bf16: "false"` is False
-    there; other text is refused."""
-    if value is None:
-        if type(None) in typing.get_args(hint) or hint is Any:
-            return value
-        raise ConfigError(f"{name} may not be null.")
-    if hint is Any:
-        return value
-    allowed = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
-    origins = [typing.get_origin(a) or a for a in allowed]
-    if float in origins and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if float in origins and isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if int in origins and str not in origins and isinstance(value, str):  # as argparse's type=int on text
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    if bool in origins and str not in origins and isinstance(value, str):  # as HfArgumentParser's string_to_bool
-        if value.lower() in _BOOL_TEXT:
-            return _BOOL_TEXT[value.lower()]
-        raise ConfigError(f"{name} must be bool, got {value!r} (str); as text, TRL's parser reads true/false, "
-                          "yes/no, t/f, y/n and 1/0 (any case).")
-    if any(isinstance(value, o) and not (o is int and isinstance(value, bool)) for o in origins):
-        return value
-    wanted = " or ".join(getattr(o, "__name__", str(o)) for o in origins)
-    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}).")
-
-
 def _default_loss_type(known: dict):
     """The objective a config without loss_type trains: sigmoid, or for task: online the recipe's own."""
     if known.get("task") == "online":
@@ -670,7 +629,7 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     for key, value in raw.items():
         if key in hints:
             try:
-                known[key] = _check_type(key, value, hints[key])
+                known[key] = check_type(key, value, hints[key])
             except ConfigError as err:
                 errors.append(str(err))
         else:

@@ -318,6 +318,10 @@ OPTIONS: dict[str, Option] = {
                                      ">= 0", lambda v: _num(v) and v >= 0),
     "max_judge_failure_fraction": Option("task: online; stop when more of a round's completions fail to be judged",
                                          "in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+    "judge_timeout_s": Option("task: online; stop the run when one call of a judge (reward function on a batch, "
+                              "reward model, preference model on a group) takes longer than this many seconds; "
+                              "null: no limit (TRL has none)", "> 0 and finite (null: no limit)",
+                              lambda v: _num(v) and 0 < v < math.inf),
     "epsilon": above(0, "task: online, GRPO family: clip range (TRL)"),
     "epsilon_high": above(0, "task: online, GRPO family: upper clip range (DAPO clip-higher); null: epsilon"),
     "scale_rewards": one_of(("group", "batch", "none"), "task: online, GRPO family: advantage scale (TRL)"),

@@ -29,6 +29,11 @@ class NonFiniteError(PreflabError):
     """Training hit too many non-finite losses or gradients in a row."""
 
 
+class JudgeTimeoutError(PreflabError):
+    """A judge (reward function, reward model, preference model) did not return within judge_timeout_s; the run
+    stops (the stuck call is abandoned in a background thread: preflab.loops.time_limit)."""
+
+
 class UnsafeLoadError(PreflabError):
     """Loading would need pickle or remote code, which the user has not allowed."""
 

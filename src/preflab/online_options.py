@@ -159,7 +159,7 @@ _READERS = (
      "trainers use the exact expectation over the answers)"),
     (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
      "trainer apo in online_task: game"),
-    (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction"),
+    (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"),
      lambda cfg, spec: cfg.online_task != "game", "the online tasks that judge sampled text (dataset, "
      "vision_dataset, demo; the game's preferences are game_preferences)"),
     # the game's rounds carry their reference log-probs (pi_0's, exact; sppo's slots pi_t's): no reference model is
@@ -185,7 +185,7 @@ _READERS = (
 ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in names] + [
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
     "steps_per_generation", "num_iterations", "temperature", "top_p", "generation_batch_size", "generation_backend",
-    "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction"]))
+    "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"]))
 
 
 def unread_online_options(cfg) -> list[str]:

@@ -20,6 +20,7 @@ HARMLESS = frozenset({
     "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",
     "torch_compile_backend", "torch_compile_mode",
     "gradient_checkpointing", "chunk_tokens", "pad_to_multiple_of", "attention",
+    "judge_timeout_s",  # a judge call that returns in time computes the same; one that does not stops the run
 })
 
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng,
-                                what_is_kept_after_failed_save,
+from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, what_is_kept,
                                 whole_file_reads, write_rng, write_training_state)
 from preflab.errors import ConfigError, PreflabError
 
@@ -147,8 +146,8 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
     except (OSError, RuntimeError) as err:  # DCP reports a failed write on any rank as a CheckpointException
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise PreflabError(f"could not write sharded checkpoint {final}: {err}. " + what_is_kept_after_failed_save(
-            output_dir, " (every rank writes into it: it must be one shared folder)")) from err
+        raise PreflabError(f"could not write sharded checkpoint {final}: {err}. " + what_is_kept(
+            output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
     if is_main:
         apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                                state.get("best_model_checkpoint"))

@@ -84,7 +84,7 @@ def test_data_seed_is_refused_where_no_batch_plan_reads_it():
 
 def test_an_interrupted_save_only_model_run_says_its_checkpoint_cannot_be_resumed(tmp_path):
     from preflab.cli import interrupted_message
-    from preflab.loops.resume import what_is_kept
+    from preflab.checkpoint import what_is_kept
 
     run(tmp_path, max_steps=2, save_steps=2, save_only_model=True)
     err = KeyboardInterrupt()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from preflab.checkpoint import numbered_checkpoints
 from preflab.errors import ConfigError, PreflabError
 from preflab.models.run_config import run_config
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
@@ -131,8 +132,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
         return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code, demo_sft)
-    checkpoints = sorted((p for p in path.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                         key=lambda p: int(p.name[11:]))
+    checkpoints = [p for p in numbered_checkpoints(path) if p.is_dir()]
     if checkpoints:  # an interrupted run: no final model yet, only its checkpoints
         raise PreflabError(f"{path} holds no final model (the run has not finished, or was interrupted) but has "
                            f"{', '.join(p.name for p in checkpoints)}; evaluate the newest with `preflab eval "

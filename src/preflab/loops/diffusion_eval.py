@@ -31,7 +31,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.checkpoint import load_checkpoint_weights
     from preflab.config import load_config, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
-    from preflab.models.run_config import require_run_config_file, run_config
+    from preflab.models.run_config import require_run_config
     from preflab.eval.run import open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import win_rate
@@ -39,8 +39,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
 
     checkpoint = _is_checkpoint(Path(run_dir))
     # a checkpoint's config is its run's, one level up (preflab.models.run_config's rule)
-    config = require_run_config_file(run_dir, "preflab eval --task diffusion")
-    saved = run_config(run_dir)
+    config, saved = require_run_config(run_dir, "preflab eval --task diffusion")
     refuse_other_task(run_dir, "diffusion")  # a text policy, a reward model, a VLM: named with its command
     if saved.get("task") not in (None, "diffusion"):  # a recipe's folder: its stages are runs in its subfolders
         raise ConfigError(f"{run_dir} is a task: {saved['task']} run; --task diffusion evaluates task: diffusion runs.")
@@ -78,7 +77,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
         run.eval_data = run.train_data
         metrics = run.evaluate()
-        trained_on = training_data_note(data, run_config(run_dir), split)  # the metrics are then not held-out
+        trained_on = training_data_note(data, saved, split)  # the metrics are then not held-out
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
                "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),

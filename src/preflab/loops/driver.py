@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 
 from preflab.checkpoint import (load_checkpoint, refuse_model_only, resume_checkpoint, save_checkpoint,
-                                share_run_files, write_failure, write_timeline)
+                                share_run_files, what_is_kept, write_failure, write_timeline)
 from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
@@ -41,7 +41,7 @@ from preflab.loops.best_model import BestModel, load_best_weights, remove_all_bu
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule
-from preflab.loops.resume import no_checkpoint_to_resume, resume_requested, what_is_kept
+from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
 from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.objectives._panels import declared_panels
 from preflab.plugins import user_code

@@ -25,6 +25,13 @@ prompt's messages do not hold), so the same (prompt, completion) is scored once 
 completions the underlying judges actually saw and `cache_hits` the ones served from the cache. Preference-model
 scores depend on the whole group and are not cached. Use `cache=False` for rewards that change over training (e.g.
 schedules).
+
+Time limit (`timeout_s`, the online option judge_timeout_s): each call of a judge's code (a reward function on a
+batch, a reward model's score, a preference model's win_rate_matrix for one group, each one-completion retry after a
+batch raised) must return within timeout_s seconds, or the run stops with JudgeTimeoutError naming the judge, where
+(`where`, e.g. "round 3 (optimizer step 5)", set by the run), the limit and what to do; never a zero or skipped
+reward. None (the default): no limit, each call runs inline as before (preflab.loops.time_limit). TRL has no limit:
+a reward function that never returns hangs its run.
 """
 from __future__ import annotations
 
@@ -36,7 +43,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, JudgeTimeoutError
+from preflab.loops.time_limit import call_within
+
+# errors of a judge call that stop the run (re-raised, never counted as one completion's failure and retried)
+STOPS = (ConfigError, JudgeTimeoutError)
 
 
 def _key(prompt: Any, completion: Any, columns: dict, context: str | None = None) -> str:
@@ -177,7 +188,8 @@ def _check_trl_only_arguments(fn) -> None:
 class Judge:
     """Scores completions with one or more judges (see the module docstring); callable."""
 
-    def __init__(self, judges: Any | Sequence[Any], weights: Sequence[float] | None = None, cache: bool = True):
+    def __init__(self, judges: Any | Sequence[Any], weights: Sequence[float] | None = None, cache: bool = True,
+                 timeout_s: float | None = None):
         self.judges = list(judges) if isinstance(judges, (list, tuple)) else [judges]
         if not self.judges:
             raise ConfigError("give at least one judge (a reward function, a reward model or a preference model).")
@@ -203,6 +215,23 @@ class Judge:
         self.first_failure: str | None = None  # "judge 'f': TypeError: ..." of the first call that raised
         self._raised = torch.zeros(0, dtype=torch.bool)  # per completion of the current call: some judge raised
         self.last_raised = 0  # completions of the last call dropped because a judge raised on them
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
+            raise ConfigError(f"judge_timeout_s must be a finite number of seconds > 0 (or null: no limit), got "
+                              f"{timeout_s!r}.")
+        self.timeout_s = timeout_s  # seconds each call of a judge may take (None: no limit)
+        self.where = ""  # what the run is doing, for the time limit's error: "round 3 (optimizer step 5)"
+
+    def timed(self, judge: Any, call: Callable[[], Any], n: int) -> Any:
+        """call() (one call of `judge`'s code on n completions) within timeout_s; None: call() inline."""
+        return call_within(call, self.timeout_s, lambda: self._timeout_error(judge, n))
+
+    def _timeout_error(self, judge: Any, n: int) -> JudgeTimeoutError:
+        where = f" in {self.where}" if self.where else ""
+        return JudgeTimeoutError(
+            f"judge {_label(judge)} did not return within judge_timeout_s = {self.timeout_s:g} s{where} (one call on "
+            f"{n} completion(s)); the run stops (the call is abandoned in a background thread: Python cannot stop "
+            "it). Fix the judge so that it returns (a reward function that waits on a server, a lock or a subprocess "
+            "needs its own timeout), or raise judge_timeout_s (null: no limit) if a call this long is expected.")
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], groups: Sequence[int] | None = None,
                  columns: Sequence[dict] | None = None,
@@ -284,7 +313,7 @@ class Judge:
         try:
             return self._call(judge, kind, prompts, completions, columns, completion_ids, images), \
                 [True] * len(prompts)
-        except ConfigError:
+        except STOPS:
             raise
         except Exception:  # noqa: BLE001 - a judge is user code; each failure is counted, never silent
             values, ok = [], []
@@ -294,7 +323,7 @@ class Judge:
                                          None if completion_ids is None else completion_ids[i:i + 1],
                                          None if images is None else images[i:i + 1])
                     ok.append(True)
-                except ConfigError:
+                except STOPS:
                     raise
                 except Exception as err:  # noqa: BLE001
                     values.append(math.nan)
@@ -309,9 +338,9 @@ class Judge:
         kept = []
         for i in idx:
             try:
-                judge.win_rate_matrix(prompt, [completions[i]])
+                self.win_rates(judge, prompt, [completions[i]])
                 kept.append(i)
-            except ConfigError:
+            except STOPS:
                 raise
             except Exception as err:  # noqa: BLE001
                 self.failed += 1
@@ -328,20 +357,21 @@ class Judge:
         return f" The first failure: {self.first_failure}." if self.first_failure else ""
 
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None) -> list[float]:
-        name = _label(judge)
+        name, n = _label(judge), len(prompts)
         if kind == "reward_model":
             contexts = [col.get("context") for col in columns]
             if any(contexts) and (getattr(judge, "info", None) or {}).get("context_template"):
                 # a context-aware reward model (trained with contexts) reads each prompt row's `context` column
-                return _floats(judge.score(list(prompts), list(completions), contexts=contexts), len(prompts), name)
-            return _floats(judge.score(list(prompts), list(completions)), len(prompts), name)
+                return _floats(self.timed(judge, lambda: judge.score(list(prompts), list(completions),
+                                                                     contexts=contexts), n), n, name)
+            return _floats(self.timed(judge, lambda: judge.score(list(prompts), list(completions)), n), n, name)
         kwargs = {key: [col.get(key) for col in columns] for key in {k for col in columns for k in col}}
         if completion_ids is not None:
             kwargs["completion_ids"] = list(completion_ids)
         if images is not None and _takes_keyword(judge, "images"):  # TRL's `images` column: PIL images per completion
             kwargs["images"] = list(images)
-        return _floats(_awaited(judge(prompts=list(prompts), completions=list(completions), **kwargs)), len(prompts),
-                       name)
+        return _floats(self.timed(judge, lambda: _awaited(judge(prompts=list(prompts), completions=list(completions),
+                                                                **kwargs)), n), n, name)
 
     def _group_win_rates(self, judge, prompts, completions, groups) -> Tensor:
         out = torch.full((len(completions),), math.nan, dtype=torch.float64)
@@ -352,19 +382,23 @@ class Judge:
             if len(idx) < 2:
                 continue
             try:
-                matrix = judge.win_rate_matrix(prompts[idx[0]], [completions[i] for i in idx])
-            except ConfigError:
+                matrix = self.win_rates(judge, prompts[idx[0]], [completions[i] for i in idx])
+            except STOPS:
                 raise
             except Exception:  # noqa: BLE001 - as _safe_call: find the completions the judge cannot take
                 idx = self._judgeable(judge, prompts[idx[0]], completions, idx)
                 if len(idx) < 2:
                     continue
-                matrix = judge.win_rate_matrix(prompts[idx[0]], [completions[i] for i in idx])
+                matrix = self.win_rates(judge, prompts[idx[0]], [completions[i] for i in idx])
             matrix = torch.as_tensor(matrix, dtype=torch.float64)
             k = len(idx)
             # mean win rate against the k - 1 others (the diagonal holds P(y > y) = 1/2)
             out[idx] = (matrix.sum(-1) - matrix.diagonal()) / (k - 1)
         return out
+
+    def win_rates(self, judge, prompt, responses, method: str = "win_rate_matrix"):
+        """judge.<method>(prompt, responses) (a preference model's K x K matrix of one group) within timeout_s."""
+        return self.timed(judge, lambda: getattr(judge, method)(prompt, responses), len(responses))
 
     def within_group_note(self) -> str | None:
         """The note an online run prints once when a judge is a preference model (e.g. a GPM, reward_head: gpm):
@@ -392,6 +426,6 @@ class Judge:
 
 
 def as_judge(judge: Judge | Callable | Any | Sequence[Any], weights: Sequence[float] | None = None,
-             cache: bool = True) -> Judge:
+             cache: bool = True, timeout_s: float | None = None) -> Judge:
     """A Judge from a Judge (returned as is), a reward function, a reward model, a preference model or a list."""
-    return judge if isinstance(judge, Judge) else Judge(judge, weights=weights, cache=cache)
+    return judge if isinstance(judge, Judge) else Judge(judge, weights=weights, cache=cache, timeout_s=timeout_s)

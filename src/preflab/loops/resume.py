@@ -4,7 +4,7 @@ before anything loads.
 resume_requested reads the option; check_resume_early refuses a resume the checkpoint cannot give (a newer format,
 another DeepSpeed layout, a config or global batch that changes the run's meaning: preflab.resume_check) on every
 rank before any model is loaded; note_earlier_run says (or refuses) what a fresh start replaces of an earlier run in
-the same folder; what_is_kept is the sentence an interrupted or failed run ends with. The checkpoint itself is
+the same folder (what an interrupted or failed run ends with: preflab.checkpoint.what_is_kept). The checkpoint itself is
 restored by TrainingRun._maybe_resume (preflab.loops.driver), which runs the same checks again with their notes.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from preflab.checkpoint import MODEL_ONLY_KEPT, is_model_only, latest_checkpoint, read_marker
+from preflab.checkpoint import latest_checkpoint, read_marker
 from preflab.deepspeed_checkpoint import check_deepspeed_resume
 from preflab.errors import ConfigError, PreflabError
 from preflab.resume_check import check_checkpoint_version, check_saved_config
@@ -87,14 +87,3 @@ def check_resume_early(cfg, engine: str, stage: int | None, processes: int, laun
         check_checkpoint_version(saved, path, note=lambda *a, **k: None)
         check_deepspeed_resume(saved, path, engine, stage, processes)
         check_saved_config(saved, cfg, path, launched, note=lambda *a, **k: None)
-
-
-def what_is_kept(output_dir) -> str:
-    """One sentence: the latest finished checkpoint of output_dir's current timeline and how to resume it, or that
-    there is none."""
-    latest = latest_checkpoint(output_dir)
-    if latest is None:
-        return f"{output_dir} holds no finished checkpoint of this run."
-    if is_model_only(latest):
-        return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}"
-    return (f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")

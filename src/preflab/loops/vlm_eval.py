@@ -22,7 +22,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     """The metrics of the module docstring as a dict (see eval.json). split None: the policy eval's default."""
     from preflab.config import load_config, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
-    from preflab.models.run_config import require_run_config_file, run_config
+    from preflab.models.run_config import require_run_config
     from preflab.eval.run import open_eval_split, training_data_note
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
@@ -31,10 +31,10 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
 
     refuse_other_task(checkpoint, "vlm")  # before the data is opened and the run's config is read as a vlm one
     path = Path(checkpoint)
-    config = require_run_config_file(path, "preflab eval --task vlm")  # a checkpoint's is its run's, one level up
+    config, raw = require_run_config(path, "preflab eval --task vlm")  # a checkpoint's is its run's, one level up
     # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
     # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
-    old = ["truncation_mode=null"] if run_config(checkpoint).get("truncation_mode") == "keep_end" else []
+    old = ["truncation_mode=null"] if raw.get("truncation_mode") == "keep_end" else []
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +72,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader, **prepared)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
-    trained_on = training_data_note(data, run_config(checkpoint), split)  # the metrics are then not held-out
+    trained_on = training_data_note(data, raw, split)  # the metrics are then not held-out
     return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
             "data": str(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
             "num_pairs": len(run.eval_data),

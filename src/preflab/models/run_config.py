@@ -4,6 +4,7 @@ eval and its --task vlm / diffusion, the reward-model loaders, reloading a task:
     run_config_file(path)  the config.yaml the rule picks, or None
     run_config(path)       its options as a dict (or a checkpoint's own copy in trainer_state.json), or {}
     require_run_config_file(path, command)  run_config_file, or a ConfigError saying what to point `command` at
+    require_run_config(path, command)  that file and its options, read once (the --task vlm / diffusion evals)
     run_file_folder(path, name)   the same rule for any file a run saves beside its weights (tokenizer, processor)
     parent_file_not_read(path, name)  the sentence saying a parent's file was passed over for a folder, or None
 
@@ -115,6 +116,13 @@ def require_run_config_file(path: str | Path, command: str) -> Path:
         where = f"{path} has no {CONFIG_FILE} (it is no run directory written by `preflab train`)"
     raise ConfigError(f"{where}. Point {command} at a run's output_dir (it holds {CONFIG_FILE}) or one of its "
                       "checkpoint-N folders.")
+
+
+def require_run_config(path: str | Path, command: str) -> tuple[Path, dict]:
+    """(require_run_config_file(path, command), the options it holds): the file read once, for the evaluations that
+    load the run's config from the file and read its saved values too."""
+    found = require_run_config_file(path, command)
+    return found, _read_yaml(found)
 
 
 def _read_yaml(file: Path) -> dict:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from preflab.errors import ConfigError
+from preflab.model_part_options import model_part_options
 from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE, attach_clue_aggregator
 from preflab.models.run_config import parent_file_not_read, run_file_folder
 from preflab.models.vlm_parts import (PROCESSOR_FILES, add_vlm_lora, freeze_vision, load_vlm_processor,  # noqa: F401
@@ -183,12 +184,10 @@ def _lora(path: Path, cfg: dict, opts, processor) -> nn.Module:
 def _checkpoint(path: Path, cfg: dict, opts, processor) -> nn.Module:
     import torch
 
-    from preflab.config import config_from_dict
-
     if not cfg:
         raise ConfigError(f"{path} is a checkpoint without the run's config.yaml above it (task: vlm): its base "
                           "model and LoRA options are unknown; keep the checkpoint inside its run directory.")
-    run = config_from_dict({k: v for k, v in cfg.items()})
+    run = model_part_options(cfg, run_file_folder(path, "config.yaml") / "config.yaml")
     model = _base(path, cfg, opts, processor)
     freeze_vision(model, run.freeze_vision_tower, run.freeze_multi_modal_projector)
     if run.use_peft:

@@ -197,8 +197,10 @@ class OnlineRun(TrainingRun):
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         if getattr(task, "reward_aggregator", None) is not None and cfg.reward_weights is not None:
             raise ConfigError("the task's reward_aggregator weighs the judges per prompt; remove reward_weights.")
+        # judge_timeout_s: each call of the judges' code within that many seconds (the game's judge is its matrix)
         self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
-                           cache=getattr(task, "judge_cache", True))
+                           cache=getattr(task, "judge_cache", True),
+                           timeout_s=None if cfg.online_task == "game" else cfg.judge_timeout_s)
         if self.main and self.judge.within_group_note():
             print(f"preflab: note: {self.judge.within_group_note()}", flush=True)
         check_gpo_judges(self.spec, cfg, self.judge)
@@ -390,6 +392,7 @@ class OnlineRun(TrainingRun):
         g = torch.Generator().manual_seed(self._round_seed(r))
         n = min(cfg.prompts_per_generation, len(self.rows))
         rows = [self.rows[i] for i in torch.randperm(len(self.rows), generator=g)[:n].tolist()]
+        self.judge.where = f"round {r + 1} (optimizer step {r * self.round_len + 1})"  # what a judge timeout names
         n_ref = cfg.refresh_reference_every
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
             refresh_reference(self.ref, self.policy)
@@ -430,15 +433,15 @@ class OnlineRun(TrainingRun):
         def matrices(p: int, valid: list[int]) -> torch.Tensor:
             pref = [j for j, kind in zip(self.judge.judges, self.judge.kinds) if kind == "preference"]
             if pref:
-                return torch.as_tensor(pref[0].win_rate_matrix(prompts[p * K], [texts[p * K + k] for k in valid]),
+                return torch.as_tensor(self.judge.win_rates(pref[0], prompts[p * K], [texts[p * K + k] for k in valid]),
                                        dtype=torch.float64)
             return preference_matrix(scores[p, valid], cfg.preference_temperature)
 
         def log_odds(p: int, valid: list[int]) -> torch.Tensor:  # gpo: log(P / (1 - P)) without the sigmoid
             pref = [j for j, kind in zip(self.judge.judges, self.judge.kinds) if kind == "preference"]
             if pref and hasattr(pref[0], "log_odds_matrix"):
-                return torch.as_tensor(pref[0].log_odds_matrix(prompts[p * K], [texts[p * K + k] for k in valid]),
-                                       dtype=torch.float64)
+                return torch.as_tensor(self.judge.win_rates(pref[0], prompts[p * K], [texts[p * K + k] for k in valid],
+                                                            "log_odds_matrix"), dtype=torch.float64)
             if pref:
                 return preference_log_odds(matrices(p, valid), rows[p].row_id)
             return reward_log_odds(scores[p, valid], cfg.preference_temperature, rows[p].row_id)
@@ -448,7 +451,7 @@ class OnlineRun(TrainingRun):
             from preflab.online.upo import dropout_pass_rewards
 
             per_judge = dropout_pass_rewards(self.upo_estimator, prompts, texts, cfg.upo_passes,
-                                             self._round_seed(r) + 1).view(n, K, -1)
+                                             self._round_seed(r) + 1, self.judge.timed).view(n, K, -1)
         examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g, per_judge, log_odds)
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p

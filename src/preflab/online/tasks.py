@@ -282,7 +282,8 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
                            pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
                            batch_size=max(1, cfg.per_device_eval_batch_size))
         texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
-        judge = Judge(judges, weights=aggregator or cfg.reward_weights, cache=False)
+        judge = Judge(judges, weights=aggregator or cfg.reward_weights, cache=False, timeout_s=cfg.judge_timeout_s)
+        judge.where = "the evaluation of the held-out prompts (eval_dataset_name / eval_fraction)"
         scores, _ = judge([r.prompt for r in rows], texts, list(range(len(rows))), [r.columns for r in rows], ids)
         per_prompt = scores.tolist()
         scored = [v for v in per_prompt if not math.isnan(v)]

@@ -66,13 +66,16 @@ def dropout_estimator(judges: list, names: list[str] | None = None):
     return judge
 
 
-def dropout_pass_rewards(model_judge, prompts: list, texts: list, passes: int, seed: int) -> torch.Tensor:
+def dropout_pass_rewards(model_judge, prompts: list, texts: list, passes: int, seed: int,
+                         timed=None) -> torch.Tensor:
     """[N, T] rewards of (prompts[i], texts[i]) from T = `passes` scorings with the judge's dropout on (seed: the
-    passes' dropout masks, so a rerun or resumed round draws the same ones; the global RNG is left untouched)."""
+    passes' dropout masks, so a rerun or resumed round draws the same ones; the global RNG is left untouched).
+    timed(judge, call, n): each scoring under the run's judge_timeout_s (Judge.timed); None: called inline."""
+    timed = timed or (lambda judge, call, n: call())
     with torch.random.fork_rng(devices=[]), dropout_on(model_judge.model):
         torch.manual_seed(seed)
-        out = [torch.as_tensor(model_judge.score(prompts, texts), dtype=torch.float64).reshape(-1).cpu()
-               for _ in range(passes)]
+        out = [torch.as_tensor(timed(model_judge, lambda: model_judge.score(prompts, texts), len(texts)),
+                               dtype=torch.float64).reshape(-1).cpu() for _ in range(passes)]
     return torch.stack(out, -1)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from preflab.checkpoint import numbered_checkpoints
 from preflab.errors import PreflabError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.models.run_config import is_checkpoint_folder
@@ -150,8 +151,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     elif not run.eval and run.config.get("task") == "diffusion":
         target, out = path, ""
         if not (path / "model_index.json").is_file():  # no final pipeline yet: its newest checkpoint
-            done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()),
-                          key=lambda p: int(p.name[11:]))
+            done = numbered_checkpoints(path)
             target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
         run.missing.append(f"no eval.json: run `preflab eval {target} --task diffusion --data HELDOUT "
                            f"[--reward-fn MODULE:FUNCTION]{out}` for the implicit-reward accuracy on held-out pairs "
@@ -209,7 +209,7 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
         return None
     target, out = path, ""
     if not any((path / n).is_file() for n in ("config.json", "adapter_config.json")):  # no final model yet
-        done = sorted((p for p in path.glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda p: int(p.name[11:]))
+        done = numbered_checkpoints(path)
         target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
     late = " (the run has no final model yet: its newest checkpoint)" if out else ""
     command = f"`{command.replace('RUN_DIR', str(target))}{out}`"

@@ -1,0 +1,54 @@
+"""One call of user scoring code (a judge: reward function, reward model, preference model) under a wall-clock limit.
+
+    value = call_within(lambda: judge(prompts=..., completions=...), 30.0, lambda: JudgeTimeoutError("..."))
+
+limit_s None (judge_timeout_s unset, the default): fn() is called here, in the caller's thread, as before the option
+existed: no thread, no copy, nothing else.
+
+limit_s > 0: fn() runs in a fresh daemon thread while the caller waits at most limit_s seconds (Thread.join). Its
+value is returned and its exception re-raised in the caller (the same object, so `except` clauses treat it as if the
+call had run inline). When it has not returned by then, the caller raises make_error() and the run stops. Python
+cannot kill a thread: the stuck call is abandoned, still running in the background (a daemon thread, so it does not
+keep the process alive at exit); its eventual result is discarded. No process is forked: a judge may hold a model
+in memory (and on a GPU) that a child process would copy or could not use.
+
+The worker sees the caller's thread-local torch state that scoring depends on: autograd on or off (a reward model
+called under no_grad stays under no_grad) and, on CUDA, the current device. Everything else (the global RNGs, the
+model's weights, module state) is shared by the threads, and the caller waits until the call ends, so a call that
+returns in time computes exactly what it computes inline.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def call_within(fn: Callable[[], T], limit_s: float | None, make_error: Callable[[], BaseException]) -> T:
+    """fn() (see the module docstring); raises make_error() when it runs longer than limit_s seconds."""
+    if limit_s is None:
+        return fn()
+    grad = torch.is_grad_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            if device is not None:
+                torch.cuda.set_device(device)
+            with torch.set_grad_enabled(grad):
+                outcome["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller, which raises it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=work, name="preflab-judge-call", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    if worker.is_alive():
+        raise make_error()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -1,0 +1,53 @@
+"""The type check of one option's value, as a config file or a run's config.yaml gives it (preflab.config for every
+TrainConfig field, preflab.model_part_options for the options a checkpoint's model is rebuilt with). It imports
+nothing of preflab but its error, so both ask it from below the models."""
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from preflab.errors import ConfigError
+
+_BOOL_TEXT = {**dict.fromkeys(("yes", "true", "t", "y", "1"), True),
+              **dict.fromkeys(("no", "false", "f", "n", "0"), False)}  # transformers.hf_argparser.string_to_bool
+
+
+def check_type(name: str, value: Any, hint) -> Any:
+    """Coerce ints to floats where a float is expected, and number text to the number where a float or an int is
+    expected (an option that takes text too keeps it); anything else of the wrong type is a ConfigError.
+
+    Number text is read as TRL's TrlParser reads a YAML config's values: they become argparse defaults, and argparse
+    converts a text default with the option's type, so `beta: "0.2"` is 0.2 and `max_steps: "2"` is 2 there, while
+    `max_steps: "2.5"` is refused (int("2.5") fails). Before, "2" for an int option was refused here while "0.2" for a
+    float option was read. Boolean text likewise: TRL's parser (transformers' HfArgumentParser) gives a bool option
+    the type string_to_bool, which reads yes/true/t/y/1 and no/false/f/n/0 in any case, so `bf16: "false"` is False
+    there; other text is refused."""
+    if value is None:
+        if type(None) in typing.get_args(hint) or hint is Any:
+            return value
+        raise ConfigError(f"{name} may not be null.")
+    if hint is Any:
+        return value
+    allowed = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
+    origins = [typing.get_origin(a) or a for a in allowed]
+    if float in origins and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if float in origins and isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if int in origins and str not in origins and isinstance(value, str):  # as argparse's type=int on text
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if bool in origins and str not in origins and isinstance(value, str):  # as HfArgumentParser's string_to_bool
+        if value.lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.lower()]
+        raise ConfigError(f"{name} must be bool, got {value!r} (str); as text, TRL's parser reads true/false, "
+                          "yes/no, t/f, y/n and 1/0 (any case).")
+    if any(isinstance(value, o) and not (o is int and isinstance(value, bool)) for o in origins):
+        return value
+    wanted = " or ".join(getattr(o, "__name__", str(o)) for o in origins)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__}).")
