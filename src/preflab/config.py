@@ -648,9 +648,9 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
         options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
         for key in list(extra):
             if key in objective_fields:
-                if isinstance(extra[key], str):  # number text, as TRL's parser reads it (see _check_type)
+                if isinstance(extra[key], str):  # number text, as TRL's parser reads it (see option_types.check_type)
                     try:
-                        extra[key] = _check_type(key, extra[key], _objective_hint(
+                        extra[key] = check_type(key, extra[key], _objective_hint(
                             known.get("loss_type", _default_loss_type(known)), key))
                     except ConfigError as err:
                         errors.append(str(err))

@@ -84,8 +84,8 @@ def test_online_epoch_that_is_no_whole_number_of_steps_is_refused(tmp_path):
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(10)))
     cfg = config_from_dict({**BASE, "dataset_name": str(tmp_path / "prompts.jsonl"), "task": "online",
                             "trainer": "grpo", "reward_funcs": [f"{tmp_path / 'reward.py'}:length"], "max_steps": 2,
-                            "num_generations": 2, "prompts_per_generation": 4, "save_strategy": "epoch", "max_completion_length": 4,
-                            "use_cpu": True, "output_dir": str(tmp_path / "run")})
+                            "num_generations": 2, "prompts_per_generation": 4, "save_strategy": "epoch",
+                            "max_completion_length": 4, "use_cpu": True, "output_dir": str(tmp_path / "run")})
     (tmp_path / "reward.py").write_text("def length(completions, **kw):\n    return [1.0 for c in completions]\n")
     with pytest.raises(ConfigError, match=r"save_strategy: epoch: an epoch of 10 prompts is 10/4 rounds of 4 prompts "
                                           r"\(1 steps each\), not a whole number of steps"):
