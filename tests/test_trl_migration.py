@@ -466,3 +466,11 @@ def test_a_single_dataset_mixture_entry_is_dataset_name_and_a_mixture_is_refused
         config_from_dict({**base, "datasets": [{"path": "a.jsonl"}, {"path": "b.jsonl"}]})
     with pytest.raises(ConfigError, match="its entry sets columns, fraction"):
         config_from_dict({**base, "datasets": [{"path": "a.jsonl", "columns": ["prompt"], "fraction": 0.5}]})
+
+
+def test_trl_cli_accelerate_config_in_the_yaml_names_the_accelerate_launch():
+    """`accelerate_config: zero3` in a TRL YAML (TRL's CLI passes the YAML's leftover keys to accelerate launch).
+    Before: 'unknown config key ... Did you mean accelerator_config?', a different (and refused) option."""
+    with pytest.raises(ConfigError, match=r"accelerate_config is not supported: TRL's CLI hands it to accelerate "
+                                          r"launch; run `accelerate launch --config_file examples/accelerate/zero3.yaml"):
+        config_from_dict({**BASE, "accelerate_config": "zero3"})

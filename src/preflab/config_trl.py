@@ -170,6 +170,9 @@ REFUSED = {
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
+    "accelerate_config": (None, "TRL's CLI hands it to accelerate launch; run `accelerate launch --config_file "
+                                "examples/accelerate/zero3.yaml $(which preflab) train CONFIG.yaml` (ddp.yaml, "
+                                "fsdp2.yaml, zero2.yaml there too; TRL's names: its own accelerate configs)"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
