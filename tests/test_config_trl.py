@@ -371,3 +371,46 @@ def test_report_to_none_in_a_list_means_no_tracker():
     crashed in accelerate: `ValueError: Unsupported logging capability: none`."""
     assert config_from_dict({**BASE, "report_to": ["none"]}).report_to == "none"
     assert config_from_dict({**BASE, "report_to": []}).report_to == []
+
+
+def test_rpo_alpha_beside_an_sft_part_names_the_double_term():
+    """rpo_alpha (TRL 0.x) beside TRL 1.x's 'sft' part asks for the same NLL term twice. Before: the error spoke of
+    a loss_type ['sigmoid', 'sft', 'sft'] the user never wrote."""
+    with pytest.raises(ConfigError, match=r"rpo_alpha=0.5 is TRL 0.x's NLL term, which TRL 1.x writes as 'sft' in the "
+                                          r"loss_type list; loss_type \['sigmoid', 'sft'\] has it already"):
+        config_from_dict({**BASE, "loss_type": ["sigmoid", "sft"], "rpo_alpha": 0.5})
+
+
+def test_ld_alpha_with_kto_names_the_loss_types_that_read_it():
+    """ld_alpha with a loss TRL does not weight: the unknown-key line names TRL's DPO loss types (before: 'a
+    parameter of the objective(s) dpo', though ipo, apo_zero, ... read it too)."""
+    with pytest.raises(ConfigError, match=r"unknown config key 'ld_alpha'. It is TRL's LD-DPO option, read with TRL's "
+                                          r"DPO loss types \(sigmoid, hinge, ipo,"):
+        config_from_dict({**BASE, "loss_type": "kto", "ld_alpha": 0.5})
+
+
+def test_objective_parameters_given_as_number_text_are_read_as_trls_parser_reads_them():
+    """`ld_alpha: "0.5"` in a YAML: TRL's parser gives the text to argparse with the field's type (float), as
+    `beta: "0.2"` already was here; an objective parameter's text was refused ('must be None or a number')."""
+    for loss, key in (("ipo", "ld_alpha"), ("sigmoid", "ld_alpha"), ("discopop", "discopop_tau"),
+                      ("robust", "label_smoothing")):
+        as_text = config_from_dict({**BASE, "loss_type": loss, key: "0.25"})
+        assert as_text.objective_params[key] == 0.25 and type(as_text.objective_params[key]) is float
+        assert as_text.objective() == config_from_dict({**BASE, "loss_type": loss, key: 0.25}).objective()
+    with pytest.raises(ConfigError, match="discopop_tau must be float, got 'abc'"):
+        config_from_dict({**BASE, "loss_type": "discopop", "discopop_tau": "abc"})
+
+
+def test_trl_yaml_env_block_sets_the_environment(tmp_path, monkeypatch, capsys):
+    """TRL's YAML `env:` block (TrlParser sets each variable before parsing): before, 'unknown config key env'."""
+    monkeypatch.setenv("PREFLAB_TRL_ENV_PROBE", "old")  # restored after the test
+    path = tmp_path / "dpo.yaml"
+    path.write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: x.jsonl\nbeta: 0.2\n"
+                    "env:\n  PREFLAB_TRL_ENV_PROBE: 7\n")
+    cfg = load_config(str(path))
+    import os
+
+    assert (os.environ["PREFLAB_TRL_ENV_PROBE"], cfg.beta) == ("7", 0.2)
+    assert "env: set PREFLAB_TRL_ENV_PROBE in the environment before the run" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="env \\(TRL's YAML block of environment variables\\) must be a mapping"):
+        config_from_dict({**BASE, "env": ["A=1"]})

@@ -430,3 +430,47 @@ def test_sapo_and_vespo_options_refused_for_another_loss_type():
     with pytest.raises(ConfigError, match="vespo_k_pos is read by loss_type vespo only, not sapo"):
         config_from_dict({**ONLINE, "trainer": "sapo", "vespo_k_pos": 1.0})
     assert config_from_dict({**ONLINE, "trainer": "vespo", "vespo_k_pos": 1.0}).objective().vespo_k_pos == 1.0
+
+
+def test_trl_script_model_and_mixture_fields_all_have_a_handling():
+    """TRL's scripts parse ScriptArguments, ModelConfig and DatasetMixtureConfig beside the trainer's config; each of
+    their fields is a preflab option or a TRL key with a rule. Before: lora_target_parameters,
+    bnb_4bit_quant_storage, datasets and test_split_size were unknown keys even at TRL's defaults."""
+    trl = pytest.importorskip("trl")
+    from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
+
+    known = set(typing.get_type_hints(TrainConfig)) | TRL_KEYS | set(LOSS_DEFAULTS)
+    for cls in (trl.ScriptArguments, trl.ModelConfig, trl.DatasetMixtureConfig):
+        assert [f.name for f in dataclasses.fields(cls) if f.name not in known] == [], cls.__name__
+    defaults = {**trl.ModelConfig().__dict__, **dataclasses.asdict(trl.DatasetMixtureConfig())}
+    new = ("lora_target_parameters", "bnb_4bit_quant_storage", "datasets", "test_split_size")
+    config_from_dict({**BASE, **{k: defaults[k] for k in new}})  # TRL's defaults load
+    for key, value, match in (("lora_target_parameters", ["experts.gate_up_proj"], "lora_target_parameters is not "
+                               "supported: preflab builds LoRA on modules only"),
+                              ("bnb_4bit_quant_storage", "bfloat16", "bnb_4bit_quant_storage is not supported"),
+                              ("test_split_size", 0.1, "test_split_size is not supported: hold out a fraction of the "
+                               "training rows with eval_fraction")):
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict({**BASE, key: value})
+
+
+def test_a_single_dataset_mixture_entry_is_dataset_name_and_a_mixture_is_refused(capsys):
+    """TRL's `datasets: [{path, split}]` (DatasetMixtureConfig) names the training set; a mixture or an entry with
+    columns / data_files / fraction is refused naming what preflab takes instead."""
+    base = {"model_name_or_path": "builtin:tiny-llama"}
+    cfg = config_from_dict({**base, "datasets": [{"path": "x.jsonl", "split": "test", "name": None}]})
+    assert (cfg.dataset_name, cfg.dataset_split) == ("x.jsonl", "test")
+    assert "datasets: [{path: x.jsonl}] -> dataset_name: x.jsonl, dataset_split: test." in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="datasets \\(TRL's dataset mixture\\) is not supported here: it lists "
+                                          "several datasets. preflab trains on one dataset"):
+        config_from_dict({**base, "datasets": [{"path": "a.jsonl"}, {"path": "b.jsonl"}]})
+    with pytest.raises(ConfigError, match="its entry sets columns, fraction"):
+        config_from_dict({**base, "datasets": [{"path": "a.jsonl", "columns": ["prompt"], "fraction": 0.5}]})
+
+
+def test_trl_cli_accelerate_config_in_the_yaml_names_the_accelerate_launch():
+    """`accelerate_config: zero3` in a TRL YAML (TRL's CLI passes the YAML's leftover keys to accelerate launch).
+    Before: 'unknown config key ... Did you mean accelerator_config?', a different (and refused) option."""
+    with pytest.raises(ConfigError, match=r"accelerate_config is not supported: TRL's CLI hands it to accelerate "
+                                          r"launch; run `accelerate launch --config_file examples/accelerate/zero3.yaml"):
+        config_from_dict({**BASE, "accelerate_config": "zero3"})

@@ -26,9 +26,15 @@ def saves_best(cfg) -> bool:
     return getattr(cfg, "save_strategy", None) == "best"
 
 
+def saves_each_epoch(cfg) -> bool:
+    """save_strategy "epoch": a checkpoint at the end of each epoch (save_steps = one epoch's steps, set when the
+    steps per epoch are known: config.resolve_epoch_eval)."""
+    return getattr(cfg, "save_strategy", None) == "epoch"
+
+
 def writes_checkpoints(cfg) -> bool:
-    """The run writes intermediate checkpoints (save_steps > 0, or save_strategy best)."""
-    return bool(cfg.save_steps) or saves_best(cfg)
+    """The run writes intermediate checkpoints (save_steps > 0, or save_strategy best or epoch)."""
+    return bool(cfg.save_steps) or saves_best(cfg) or saves_each_epoch(cfg)
 
 
 def _save_best_errors(cfg) -> list[str]:
@@ -48,13 +54,13 @@ def _save_best_errors(cfg) -> list[str]:
 
 def best_model_option_errors(cfg) -> list[str]:
     """transformers' rules for load_best_model_at_end and save_strategy best, in preflab's terms (save_strategy steps
-    is save_steps > 0; eval_strategy steps is eval_steps > 0; save_strategy epoch is not supported)."""
+    is save_steps > 0; eval_strategy steps is eval_steps > 0; both epoch: one epoch's steps each, at run time)."""
     if saves_best(cfg):
         return _save_best_errors(cfg)  # load_best_model_at_end: no strategy to match (transformers)
     if not cfg.load_best_model_at_end:
         return []
     eval_strategy = cfg.eval_strategy or ("steps" if cfg.eval_steps else "no")
-    save_strategy = "steps" if cfg.save_steps else "no"
+    save_strategy = "epoch" if saves_each_epoch(cfg) else "steps" if cfg.save_steps else "no"
     if eval_strategy != save_strategy:
         return [(f"load_best_model_at_end requires the save and eval strategy to match, but found evaluation "
                  f"strategy {eval_strategy!r} (eval_steps={cfg.eval_steps}) and save strategy {save_strategy!r} "

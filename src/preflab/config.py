@@ -388,10 +388,17 @@ class TrainConfig:
         loss_type, weights = self.loss_type, self.loss_weights
         if self.rpo_alpha is not None:  # TRL's RPO term: + rpo_alpha * token-mean NLL of the chosen responses
             names = list(loss_type) if isinstance(loss_type, (list, tuple)) else [loss_type]
+            if "sft" in names:  # TRL 1.x's spelling of the same term, already in the list
+                raise ConfigError(f"rpo_alpha={self.rpo_alpha} is TRL 0.x's NLL term, which TRL 1.x writes as 'sft' in "
+                                  f"the loss_type list; loss_type {names} has it already. Remove rpo_alpha (and give "
+                                  "the sft weight in loss_weights).")
             weights = list(weights or [1.0] * len(names)) + [float(self.rpo_alpha)]
             loss_type = names + ["sft"]
-        objective = get_objective(loss_type, **_params_for(loss_type, self.objective_kwargs()),
-                                  **({"loss_weights": weights} if weights else {}))
+        from preflab.objectives._ld import with_ld_alpha
+
+        objective = with_ld_alpha(lambda names, params: get_objective(
+            names, **params, **({"loss_weights": weights} if weights else {})),
+            loss_type, _params_for(loss_type, self.objective_kwargs()))  # TRL's ld_alpha on every DPO loss type
         if self.use_weighting:
             from preflab.objectives import WPOWeighted
 
@@ -445,6 +452,21 @@ def _objective_fields(loss_type) -> set[str]:
     return fields
 
 
+def _objective_hint(loss_type, key: str):
+    """The type of objective parameter `key` (the first part of `loss_type` that has it; ld_alpha, which
+    objectives._ld reads for every TRL loss type, is a float or None)."""
+    from preflab.objectives import _class_for
+
+    for name in loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]:
+        try:
+            hints = typing.get_type_hints(_class_for(name)) if isinstance(name, str) else {}
+        except (NameError, TypeError):  # a user's class whose annotations do not resolve: no conversion
+            hints = {}
+        if key in hints:
+            return hints[key]
+    return float | None if key == "ld_alpha" else Any
+
+
 def _suggestion(key: str, options: list[str]) -> str:
     """A hint for an unknown key: the preflab name of another trainer's option, the objectives that take it,
     or a really close name (difflib ratio >= 0.8); '' when nothing fits."""
@@ -457,6 +479,11 @@ def _suggestion(key: str, options: list[str]) -> str:
         return f" {DIFFUSERS_DPO_SCRIPT[key]}."
     if key in SUGGEST:
         return f" preflab calls it {SUGGEST[key]!r}."
+    if key == "ld_alpha":  # preflab.objectives._ld: TRL applies it to each of its DPO loss types
+        from preflab.objectives._ld import TRL_LD_LOSS_TYPES
+
+        return (f" It is TRL's LD-DPO option, read with TRL's DPO loss types ({', '.join(TRL_LD_LOSS_TYPES)}), not "
+                "with the chosen loss_type.")
     takers = [n for n in list_objectives() if key in {f.name for f in dataclasses.fields(objective_class(n))}]
     if takers:
         shown = ", ".join(takers[:5]) + (", ..." if len(takers) > 5 else "")
@@ -506,12 +533,16 @@ def _resolve_eval(raw: dict, notes: list[str]) -> None:
 
 
 def resolve_epoch_eval(cfg: TrainConfig, steps_per_epoch: int, main: bool = True) -> None:
-    """TRL's eval_strategy: epoch, once the steps per epoch are known: eval_steps becomes one epoch (unless
-    eval_steps was given)."""
+    """TRL's eval_strategy: epoch and save_strategy: epoch, once the steps per epoch are known: eval_steps (unless
+    eval_steps was given) and save_steps become one epoch."""
     if cfg.eval_strategy == "epoch" and not cfg.eval_steps:
         cfg.eval_steps = max(1, steps_per_epoch)
         if main:
             print(f"preflab: note: eval_strategy: epoch -> eval_steps: {cfg.eval_steps} (one epoch).")
+    if cfg.save_strategy == "epoch" and not cfg.save_steps:
+        cfg.save_steps = max(1, steps_per_epoch)
+        if main:
+            print(f"preflab: note: save_strategy: epoch -> save_steps: {cfg.save_steps} (one epoch).")
 
 
 def _say(notes: list[str]) -> None:
@@ -610,10 +641,19 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
             errors.append(str(err))
             objective_fields = set()
         from preflab.config_trl import LOSS_DEFAULTS, TRL_KEYS
+        from preflab.objectives._ld import takes_ld_alpha
 
+        if "ld_alpha" in extra and takes_ld_alpha(known.get("loss_type", _default_loss_type(known))):
+            objective_fields.add("ld_alpha")  # TRL reads it with each of its DPO loss types (objectives._ld)
         options = list(hints) + sorted(objective_fields) + sorted(TRL_KEYS)
         for key in list(extra):
             if key in objective_fields:
+                if isinstance(extra[key], str):  # number text, as TRL's parser reads it (see option_types.check_type)
+                    try:
+                        extra[key] = check_type(key, extra[key], _objective_hint(
+                            known.get("loss_type", _default_loss_type(known)), key))
+                    except ConfigError as err:
+                        errors.append(str(err))
                 continue
             if key in LOSS_DEFAULTS and extra[key] == LOSS_DEFAULTS[key]:
                 del extra[key]  # TRL's default of another loss's parameter (a saved DPOConfig carries them all)

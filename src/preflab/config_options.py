@@ -216,9 +216,10 @@ OPTIONS: dict[str, Option] = {
                             "run: at its checkpoint's step); not a best-model candidate (transformers); needs an eval "
                             "set"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
-    "save_strategy": one_of(("best",), "TRL's save_strategy best: a checkpoint at each evaluation that improves "
-                                       "metric_for_best_model (save_steps unused); null: save_steps decides (TRL's "
-                                       "steps / no set save_steps)"),
+    "save_strategy": one_of(("best", "epoch"), "TRL's save_strategy best: a checkpoint at each evaluation that "
+                                                "improves metric_for_best_model; epoch: one at the end of each epoch "
+                                                "(save_steps unused by both); null: save_steps decides (TRL's steps / "
+                                                "no set save_steps)"),
     "save_total_limit": above(0, "keep at most this many checkpoints (null: keep all; the best checkpoint is always "
                                  "kept under metric_for_best_model)"),
     "save_only_model": Option("TRL: checkpoints hold the model only (no optimizer, scheduler or RNG state): "

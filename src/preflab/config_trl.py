@@ -170,6 +170,9 @@ REFUSED = {
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
+    "accelerate_config": (None, "TRL's CLI hands it to accelerate launch; run `accelerate launch --config_file "
+                                "examples/accelerate/zero3.yaml $(which preflab) train CONFIG.yaml` (ddp.yaml, "
+                                "fsdp2.yaml, zero2.yaml there too; TRL's names: its own accelerate configs)"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
@@ -237,6 +240,12 @@ REFUSED = {
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
         ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
         ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
+    # TRL's ModelConfig and DatasetMixtureConfig (TRL's scripts parse them beside the trainer's config)
+    "lora_target_parameters": (None, "preflab builds LoRA on modules only (PEFT's target_parameters, for MoE "
+                                     "experts, is not built); use lora_target_modules"),
+    "bnb_4bit_quant_storage": (None, "preflab's QLoRA keeps bitsandbytes' default 4-bit storage; remove it"),
+    "test_split_size": (None, "hold out a fraction of the training rows with eval_fraction, or give the eval set as "
+                              "eval_dataset_name"),
 }
 
 # TRL's defaults for the online recipes that are a TRL config (GRPOConfig: the GRPO family; OnlineDPOConfig), where
@@ -279,8 +288,59 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
                  "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
                  "f_alpha": 0.5}
 
-TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {
+TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
+
+
+def _env_block(raw: dict, notes: list, errors: list) -> None:
+    """TRL's YAML `env:` block (TrlParser): each NAME: value is set in os.environ before the run, as TRL's parser
+    sets it before parsing the rest. Said once, with its limit: a variable read when a library is imported (HF_HOME,
+    ...) must be in the shell before preflab starts, as for TRL."""
+    import os
+
+    if "env" not in raw:
+        return
+    env = raw.pop("env")
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        errors.append(f"env (TRL's YAML block of environment variables) must be a mapping of NAME: value, got "
+                      f"{type(env).__name__}.")
+        return
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+    if env:
+        notes.append(f"env: set {', '.join(sorted(map(str, env)))} in the environment before the run, as TRL's parser "
+                     "does (a variable read when a library is imported, such as HF_HOME, must be set in the shell).")
+
+
+def _dataset_mixture(raw: dict, notes: list, errors: list) -> None:
+    """TRL's DatasetMixtureConfig `datasets` (a list of DatasetConfig). One entry that names only a dataset (path,
+    split) is dataset_name / dataset_split; a mixture of several, or an entry with a config name, data files,
+    column selection or fraction, is refused (preflab trains on one dataset as given)."""
+    if "datasets" not in raw:
+        return
+    entries = raw.pop("datasets")
+    if entries in (None, []):  # DatasetMixtureConfig's default
+        return
+    only = entries[0] if isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict) else None
+    extra = sorted(k for k, v in (only or {}).items() if k not in ("path", "split") and v is not None)
+    if only is None or not isinstance(only.get("path"), str) or extra:
+        what = (f"its entry sets {', '.join(extra)}" if extra else "it lists several datasets" if
+                isinstance(entries, list) and len(entries) > 1 else "it is not a list of {path, split} entries")
+        errors.append(f"datasets (TRL's dataset mixture) is not supported here: {what}. preflab trains on one dataset: "
+                      "give it as dataset_name (and dataset_split), with the rows mixed and their columns named "
+                      "prompt / chosen / rejected beforehand (or column_map).")
+        return
+    if raw.get("dataset_name") not in (None, only["path"]):
+        errors.append(f"datasets names {only['path']!r} and dataset_name names {raw['dataset_name']!r}; keep one "
+                      "(TRL uses datasets and warns).")
+        return
+    raw["dataset_name"] = only["path"]
+    if only.get("split", "train") != "train":
+        raw["dataset_split"] = only["split"]
+    notes.append(f"datasets: [{{path: {only['path']}}}] -> dataset_name: {only['path']}" +
+                 (f", dataset_split: {only['split']}" if only.get("split", "train") != "train" else "") + ".")
 
 
 def _same(value, default) -> bool:
@@ -298,6 +358,8 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     raw, notes, errors = dict(raw), [], []
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     refuse_rlooconfig(raw, errors)
+    _dataset_mixture(raw, notes, errors)  # TRL's DatasetMixtureConfig `datasets`
+    _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
@@ -470,6 +532,12 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
                 notes.append(f"save_strategy: best -> save_steps {raw['save_steps']} is not used (a checkpoint at each "
                              "evaluation that improves metric_for_best_model).")
             raw["save_steps"] = 0
+        elif value == "epoch":  # transformers: a checkpoint at the end of each epoch; save_steps is not read
+            raw["save_strategy"] = "epoch"
+            if raw.get("save_steps") not in (None, 0, 500):  # 500: TrainingArguments' default (a saved config's)
+                notes.append(f"save_strategy: epoch -> save_steps {raw['save_steps']} is not used (a checkpoint at "
+                             "the end of each epoch).")
+            raw["save_steps"] = 0
         elif value == "no":
             if raw.get("save_steps"):
                 notes.append(f"save_strategy: no -> save_steps {raw['save_steps']} is not used (no checkpoints).")
@@ -480,7 +548,7 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
                 notes.append("save_strategy: steps without save_steps -> save_steps: 500 (transformers' default).")
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
-                          "best, or no.")
+                          "epoch, best, or no.")
 
 
 def _ratios(raw: dict, notes: list, errors: list) -> None:

@@ -27,6 +27,8 @@ def streaming_conflicts(cfg) -> list[str]:
                    "does not hold; set precompute_ref_log_probs: false.")
     if cfg.eval_strategy == "epoch":
         out.append("eval_strategy: epoch needs the epoch length, which a stream does not know; use eval_steps.")
+    if cfg.save_strategy == "epoch":
+        out.append("save_strategy: epoch needs the epoch length, which a stream does not know; use save_steps.")
     if cfg.dataset_num_proc and cfg.dataset_num_proc > 1:
         out.append(f"dataset_num_proc={cfg.dataset_num_proc} tokenizes data read whole; with streaming: true each "
                    "process tokenizes rows one at a time as the steps need them; remove dataset_num_proc.")

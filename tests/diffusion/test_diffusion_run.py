@@ -597,3 +597,16 @@ def test_captions_longer_than_the_text_tokenizer_are_counted_and_said(assets, tm
     distinct = len({r["prompt"] for r in rows})
     assert (f"preflab: note: data: of the {distinct} distinct captions, some are longer than a text encoder's limit "
             "and are cut to their first tokens: 1 by tokenizer (max 32 tokens).") in capsys.readouterr().out
+
+
+def test_diffusion_epoch_strategies_evaluate_and_save_each_epoch(assets, tmp_path):
+    """TRL's eval_strategy / save_strategy: epoch in a diffusion run: 8 pairs / batch 4 = 2 steps an epoch. Before:
+    eval_strategy epoch evaluated at the end only (the run never resolved an epoch's steps), save_strategy refused."""
+    import json
+
+    run = DiffusionRun(make_cfg(assets, tmp_path / "run", max_steps=4, eval_dataset_name=assets["eval"],
+                                eval_strategy="epoch", save_strategy="epoch"))
+    run.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

@@ -52,17 +52,19 @@ def _accelerator():
 
 
 def trl_loss(loss_type, policy_w, policy_l, ref_w, ref_l, beta=0.1, label_smoothing=0.0,
-             f_divergence_type="reverse_kl", f_alpha=0.5, discopop_tau=0.05, ld_alpha=None):
-    """TRL 1.16's loss and logged metrics for one batch. With ld_alpha the reference runs through a stand-in
-    reference model (TRL weights its tokens itself); otherwise its sums come in as precomputed columns."""
+             f_divergence_type="reverse_kl", f_alpha=0.5, discopop_tau=0.05, ld_alpha=None, loss_weights=None):
+    """TRL 1.16's loss and logged metrics for one batch (loss_type: one name or TRL's list, with loss_weights). With
+    ld_alpha the reference runs through a stand-in reference model (TRL weights its tokens itself); otherwise its
+    sums come in as precomputed columns."""
+    loss_types = list(loss_type) if isinstance(loss_type, list) else [loss_type]
     log_probs = torch.cat([policy_w, policy_l]).requires_grad_(True)
     model = _Model(log_probs)
     model.is_gradient_checkpointing = False
     trainer = types.SimpleNamespace(
         model=model, accelerator=_accelerator(), aux_loss_enabled=False, ld_alpha=ld_alpha,
         precompute_ref_logps=ld_alpha is None, ref_model=_Model(torch.cat([ref_w, ref_l])),
-        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha, loss_types=[loss_type],
-        loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing, use_weighting=False,
+        f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha, loss_types=loss_types,
+        loss_weights=loss_weights or [1.0] * len(loss_types), beta=beta, label_smoothing=label_smoothing, use_weighting=False,
         args=types.SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None),
         _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
     completion_mask = torch.cat([_completion_mask(LENGTHS_W), _completion_mask(LENGTHS_L)])
@@ -140,6 +142,44 @@ def test_ld_alpha_equals_trl_1_16(loss_type, name, ld_alpha):
         expected, _ = trl_loss(loss_type, *sides, ld_alpha=ld_alpha)
         out = preflab_loss(name, *sides, ld_alpha=ld_alpha)
         assert out.loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+# TRL config keys: TRL weights the summed log-probs for every loss type (sft reads them unweighted)
+LD_CONFIGS = [
+    {"loss_type": "ipo"}, {"loss_type": "apo_zero"}, {"loss_type": "sigmoid_norm"}, {"loss_type": "bco_pair"},
+    {"loss_type": ["sigmoid", "apo_zero"]}, {"loss_type": ["sigmoid", "sft"]},
+    {"loss_type": ["hinge", "nca_pair", "sft"], "loss_weights": [0.7, 0.2, 1.0]},
+]
+
+
+@pytest.mark.parametrize("config", LD_CONFIGS, ids=[str(c["loss_type"]) for c in LD_CONFIGS])
+def test_ld_alpha_on_every_trl_loss_type_equals_trl_1_16(config):
+    """A TRL YAML's ld_alpha with any DPO loss_type (or list of them): the loss of preflab's config equals TRL 1.16's.
+    Before: a list weighted only its sigmoid part (['sigmoid', 'apo_zero']: 1.754 against TRL's 1.726) and a lone
+    ipo / apo_zero / sigmoid_norm / bco_pair refused ld_alpha as an unknown key."""
+    from preflab.config import config_from_dict
+
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "beta": 0.2,
+                            "ld_alpha": 0.5, **config})
+    for shift in (0, 10):
+        sides = _sides(shift)
+        expected, _ = trl_loss(config["loss_type"], *sides, beta=0.2, ld_alpha=0.5,
+                               loss_weights=config.get("loss_weights"))
+        mask_w = torch.arange(T - 1) < LENGTHS_W.unsqueeze(1)
+        mask_l = torch.arange(T - 1) < LENGTHS_L.unsqueeze(1)
+        batch = PairBatch(*(SequenceLogps(s, m) for s, m in zip(sides, (mask_w, mask_l, mask_w, mask_l))))
+        assert cfg.objective()(batch).loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
+
+
+def test_ld_alpha_with_a_loss_trl_does_not_weight_is_refused():
+    """ld_alpha beside a part that is not one of TRL's DPO loss types: refused naming it (before: that part ran
+    unweighted while the sigmoid part was weighted)."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ld_alpha .*loss_type part 'simpo' is not one. Remove ld_alpha, or that"):
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                          "loss_type": ["sigmoid", "simpo"], "ld_alpha": 0.5})
 
 
 @pytest.mark.parametrize("loss_type,name,f_div", F_DIVERGENCE_CASES)

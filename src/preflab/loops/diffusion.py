@@ -273,6 +273,9 @@ class DiffusionRun(TrainingRun):
         self._build_models()
         self._encode_all()
         self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
+        from preflab.config import resolve_epoch_eval
+
+        resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)  # eval / save_strategy: epoch (they went unread)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         self.sync_module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)

@@ -401,6 +401,7 @@ def check_sharded_checkpoints(cfg, engine: str) -> None:
     intermediate checkpoints and resume are refused rather than written wrong (each rank would hold only its
     shards). The final model is gathered to one save_pretrained directory under every engine (gather_full_state)."""
     used = [k for k, bad in (("save_steps", cfg.save_steps), ("save_strategy: best", saves_best(cfg)),
+                             ("save_strategy: epoch", cfg.save_strategy == "epoch"),
                              ("resume_from_checkpoint", resume_requested(cfg))) if bad]
     if engine == "FSDP" and used:
         raise ConfigError(

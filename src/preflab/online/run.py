@@ -226,6 +226,7 @@ class OnlineRun(TrainingRun):
         self.total_steps = cfg.max_steps
         world = acc.num_processes
         self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
+        self._resolve_epoch_schedule()
         self.scorer = self.scorer_class(policy, cfg.chunk_tokens)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
@@ -630,6 +631,24 @@ class OnlineRun(TrainingRun):
             if "clip_ratio/region_mean" in out.metric_counts:
                 out.metric_counts["clip_ratio"] = out.metric_counts["clip_ratio/region_mean"]
         return out
+
+    def _resolve_epoch_schedule(self) -> None:
+        """TRL's eval_strategy / save_strategy: epoch: an epoch is one pass over the prompts (progress()'s epoch 1.0),
+        round_len x #prompts / prompts per round steps. Before, eval_strategy epoch left eval_steps unset: the run
+        evaluated at its end only. Refused when an epoch is not a whole number of steps (no step ends it)."""
+        cfg = self.cfg
+        if "epoch" not in (cfg.eval_strategy, cfg.save_strategy):
+            return
+        per_round = min(cfg.prompts_per_generation, len(self.rows))
+        steps, rest = divmod(self.round_len * len(self.rows), per_round)
+        if rest:
+            which = " and ".join(f"{k}: epoch" for k in ("eval_strategy", "save_strategy") if getattr(cfg, k) == "epoch")
+            raise ConfigError(f"{which}: an epoch of {len(self.rows)} prompts is {len(self.rows)}/{per_round} rounds "
+                              f"of {per_round} prompts ({self.round_len} steps each), not a whole number of steps; "
+                              "use eval_steps / save_steps, or a prompts_per_generation that divides the prompts.")
+        from preflab.config import resolve_epoch_eval
+
+        resolve_epoch_eval(cfg, steps, self.main)
 
     def progress(self, step: int) -> dict:
         """`epoch` as TRL logs it, prompts consumed / prompts in the dataset (a round samples
