@@ -171,6 +171,25 @@ def test_ld_alpha_on_every_trl_loss_type_equals_trl_1_16(config):
         assert cfg.objective()(batch).loss.item() == pytest.approx(expected.item(), abs=1e-9, rel=1e-9)
 
 
+def test_ld_weighted_objective_survives_copy_and_pickle():
+    """The LD wrapper forwards unknown attributes to its inner objective; copy.deepcopy and pickle (which look up
+    dunders on an instance whose `inner` is not set yet) must not recurse, and the copy computes the same loss."""
+    import copy
+    import pickle
+
+    from preflab.config import config_from_dict
+
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "beta": 0.2,
+                            "ld_alpha": 0.5, "loss_type": ["ipo", "apo_zero"]})
+    objective = cfg.objective()
+    sides = _sides(10)
+    mask_w = torch.arange(T - 1) < LENGTHS_W.unsqueeze(1)
+    mask_l = torch.arange(T - 1) < LENGTHS_L.unsqueeze(1)
+    batch = PairBatch(*(SequenceLogps(s, m) for s, m in zip(sides, (mask_w, mask_l, mask_w, mask_l))))
+    for clone in (copy.deepcopy(objective), pickle.loads(pickle.dumps(objective))):
+        assert clone(batch).loss.item() == objective(batch).loss.item()
+
+
 def test_ld_alpha_with_a_loss_trl_does_not_weight_is_refused():
     """ld_alpha beside a part that is not one of TRL's DPO loss types: refused naming it (before: that part ran
     unweighted while the sigmoid part was weighted)."""

@@ -59,6 +59,8 @@ class LDWeighted:
     ld_alpha: float
 
     def __getattr__(self, name):  # batch_type, needs_reference, token_needs, extras, ... are the inner objective's
+        if name == "inner" or name.startswith("__"):  # not set yet (copy, pickle): no lookup through `inner`
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def row_extras(self) -> dict:
