@@ -130,6 +130,8 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
             parts, split = _dir_parts(path, split, streaming, explicit, otherwise)
             return str(source), parts, split
         text = str(source)
+        if any(c in text for c in GLOB_CHARS):
+            return text, _glob_parts(text, split if explicit else None, streaming), split if explicit else "train"
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
             raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
         if otherwise is None:
@@ -148,6 +150,26 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
         return "<rows>", [_dataset_part(source, "<rows>")], split
     raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv, .arrow), "
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
+
+
+GLOB_CHARS = "*?["  # a path holding one of them that names no file or folder is a glob (hub names never hold them)
+
+
+def _glob_parts(pattern: str, split: str | None, streaming: bool) -> list:
+    """The part readers of the data files a glob matches ('data/*.jsonl', 'shards/**/*.parquet'), in sorted order:
+    one source, the split 'train', as datasets.load_dataset(data_files=pattern) reads it. A glob matching nothing,
+    or asked for another split, is a DataError (SplitMissing) rather than an empty or a wrong split."""
+    import glob
+
+    if split not in (None, "train"):
+        raise SplitMissing(f"the glob {pattern!r} is read as one split, 'train' (as datasets reads data_files), so it "
+                           f"has no split {split!r}. Set the split (dataset_split / eval_split) to 'train' or leave it "
+                           "out, or give that split's files by their own glob as eval_dataset_name.")
+    files = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file())
+    if not files:
+        raise DataError(f"data path {pattern!r} matches no file (read as a glob, as it holds * ? or [). Check the "
+                        "pattern and the folder it starts from.")
+    return [_file_part(p, streaming) for p in files]
 
 
 def open_reader(source, **kwargs) -> RowReader:

@@ -23,6 +23,9 @@ from preflab.runlog import is_main_process
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")  # never loaded as weights
+# words in the names of the files a saved tokenizer is read from (tokenizer.json, tokenizer_config.json,
+# tokenizer.model, special_tokens_map.json, vocab.json, vocab.txt, merges.txt, spiece.model, qwen.tiktoken, ...)
+TOKEN_WORDS = ("token", "vocab", "spiece", "sentencepiece", "merges")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # how a saved reward model says what it is (preflab.reward_models.heads writes them): its head's description in
 # config.json, and the file of a backbone without a transformers sequence-classification class
@@ -128,21 +131,39 @@ def check_model_name(name: str, option: str = "model_name_or_path") -> None:
                               "weights.")
         return
     if _looks_like_path(name):
-        raise ConfigError(f"{option}={name!r}: no such local directory (tried {path.resolve()}).")
+        raise ConfigError(f"{option}={name!r}: no such local directory (tried {path.resolve()}); it is written as a "
+                          "path, so it was not looked up on the hub.")
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return  # in the local hub cache
+    taken = (f"{option}={name!r} was taken as a hub name: it is no local directory (tried {path.resolve()}) and is "
+             "not in the local hub cache")
     if _offline():
-        raise ConfigError(f"{option}={name!r} is not a local directory and not in the local hub cache, and "
-                          "HF_HUB_OFFLINE is set; download it first or give a local directory.")
+        raise ConfigError(f"{taken}, and HF_HUB_OFFLINE is set, so the hub was not asked. Download it first "
+                          f"(hf download {name}) or give the local directory (a path starting with ./ or / is never "
+                          "taken as a hub name).")
     from huggingface_hub import model_info
 
     try:
         model_info(name, timeout=10)
     except Exception as err:  # noqa: BLE001 - any failure here means the name cannot be loaded
-        raise ConfigError(f"{option}={name!r} is not a local directory, not in the local hub cache, and the hub "
-                          f"lookup failed ({type(err).__name__}: {failure_reason(err)}).") from err
+        raise ConfigError(f"{taken}, and {hub_lookup_failure(err, name)}") from err
+
+
+def hub_lookup_failure(err: BaseException, name: str) -> str:
+    """Why a hub lookup failed, as the end of a sentence: no such repository, another answer of the hub, or no
+    answer at all (no network)."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    reason = f"{type(err).__name__}: {failure_reason(err)}"
+    if isinstance(err, RepositoryNotFoundError):
+        return (f"the hub has no model of that name ({reason}); check the name (or log in with `hf auth login` if "
+                "it is private), or give a local directory.")
+    if isinstance(err, HfHubHTTPError):
+        return f"the hub lookup failed ({reason}); give a local directory, or try again later."
+    return (f"the hub could not be reached ({reason}): no network? Download the model where there is one "
+            f"(hf download {name}) or give a local directory; HF_HUB_OFFLINE=1 skips the lookup.")
 
 
 def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
@@ -218,6 +239,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
             "trained weights only, no tokenizer or model config), not a model folder. To continue that run, set "
             f"resume_from_checkpoint: {name}; to start from a finished run, give its output_dir; `preflab eval "
             f"{name}` evaluates the checkpoint.")
+    if folder.is_dir() and not _has_tokenizer_files(folder):
+        raise ConfigError(  # AutoTokenizer's own error here talks of sentencepiece and slow tokenizers
+            f"{option}={name!r} holds no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, ...); "
+            "model.save_pretrained saves no tokenizer. Save the tokenizer of the model it was made from into the "
+            f"folder too, e.g. AutoTokenizer.from_pretrained(<that model>).save_pretrained({name!r}).")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -225,6 +251,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
     if tok.pad_token is None:  # TRL's convention: a missing pad token becomes EOS
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    """Whether `folder` holds a file a tokenizer could load from (a name with one of TOKEN_WORDS): only a folder
+    with none is refused, so a tokenizer in a form preflab does not list still reaches AutoTokenizer."""
+    return any(p.is_file() and any(w in p.name.lower() for w in TOKEN_WORDS) for p in folder.iterdir())
 
 
 def _first_line(err: Exception) -> str:
