@@ -133,7 +133,8 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
         if any(c in text for c in GLOB_CHARS):
             return text, _glob_parts(text, split if explicit else None, streaming), split if explicit else "train"
         if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
-            raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
+            raise DataError(f"data file or directory {text!r} does not exist (tried {path.resolve()}); it is written as "
+                            "a path, so it was not looked up on the hub. Check the path.")
         if otherwise is None:
             loaded = _load_hub(text, split, streaming)
         else:  # every split at once (datasets prepares them all for one split too), then the one there is
@@ -236,14 +237,19 @@ def _check_hub_dataset(name: str) -> None:
     try:
         dataset_info(name, timeout=10)
     except RepositoryNotFoundError as err:
-        raise DataError(f"hub dataset {name!r} does not exist (or is private); check the name, or pass a local file "
-                        "or directory.") from err
+        raise DataError(f"{_taken_as_hub(name)}, and the hub has no dataset of that name (or it is private); check the "
+                        "name, or pass a local file or directory.") from err
     except HfHubHTTPError:
         return  # gated, rate-limited, ...: datasets reports it
     except Exception as err:  # noqa: BLE001 - no answer from the hub at all
-        raise DataError(f"hub dataset {name!r} is not in the local cache and the hub lookup failed "
-                        f"({type(err).__name__}: {failure_reason(err)}); check your network, or pass a local file "
-                        "or directory.") from err
+        raise DataError(f"{_taken_as_hub(name)} and is not in the local cache, and the hub could not be reached "
+                        f"({type(err).__name__}: {failure_reason(err)}): no network? Download it where there is one, "
+                        "or pass a local file or directory.") from err
+
+
+def _taken_as_hub(name: str) -> str:
+    """The start of every message about a name read as a hub dataset: which local path was tried first."""
+    return f"{name!r} was taken as a hub dataset name (it is no local file or folder: tried {Path(name).resolve()})"
 
 
 def _load_hub(name: str, split: str | None, streaming: bool = False):
@@ -255,9 +261,10 @@ def _load_hub(name: str, split: str | None, streaming: bool = False):
     try:
         return datasets.load_dataset(name, split=split, **({"streaming": True} if streaming else {}))
     except Exception as exc:  # any loading failure becomes one clear message
-        raise DataError(f"could not load hub dataset {name!r}{f' split {split!r}' if split else ''}: "
+        raise DataError(f"{_taken_as_hub(name)}, and it could not be loaded{f' (split {split!r})' if split else ''}: "
                         f"{type(exc).__name__}: {exc}. Check the name and split and your network (or HF_HUB_OFFLINE), "
-                        "or pass a local file or directory.") from exc
+                        "or pass a local file or directory (a path starting with ./ or / is never taken as a hub "
+                        "name).") from exc
 
 
 def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = None):
