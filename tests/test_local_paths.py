@@ -165,3 +165,56 @@ def test_a_diffusion_file_of_blank_lines_is_empty_not_rows_without_usable_column
     with pytest.raises(DataError) as err:
         load_image_pairs(str(path), resolution=8)
     assert str(err.value) == f"{path} is empty: it holds no rows (2 blank lines)."
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+@pytest.mark.parametrize("form", [".jsonl", ".json", ".csv"])
+def test_a_compressed_data_file_reads_the_rows_of_the_plain_file(tmp_path, suffix, form):
+    """train.jsonl.gz (Anthropic/hh-rlhf ships its splits so) was "unsupported file type '.gz'"."""
+    import bz2
+    import csv
+    import gzip
+    import io
+    import lzma
+
+    from preflab.data.sources import RowReader
+
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in _rows(4)]
+    if form == ".csv":
+        text = io.StringIO()
+        writer = csv.DictWriter(text, ["prompt", "chosen", "rejected"], lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        blob = b"\xef\xbb\xbf" + text.getvalue().encode()
+    else:
+        blob = (json.dumps(rows) if form == ".json" else "\n".join(map(json.dumps, rows)) + "\n\n").encode()
+    plain = tmp_path / f"train{form}"
+    plain.write_bytes(blob)
+    packed = tmp_path / f"train{form}{suffix}"
+    packed.write_bytes({".gz": gzip, ".bz2": bz2, ".xz": lzma}[suffix].compress(blob))
+    assert [r.data for r in RowReader(str(packed))] == [r.data for r in RowReader(str(plain))] == rows
+    streamed = RowReader(str(packed), streaming=True)
+    assert [r.data for r in streamed] == rows and streamed.blank_lines == (1 if form == ".jsonl" else 0)
+
+
+def test_a_truncated_compressed_file_names_the_file_and_the_rows_read(tmp_path):
+    import gzip
+
+    from preflab.data.sources import RowReader
+
+    blob = gzip.compress("".join(json.dumps(r) + "\n" for r in _rows(200)).encode())
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(blob[:len(blob) // 2])
+    read = []
+    with pytest.raises(DataError) as err:
+        read.extend(RowReader(str(path)))
+    assert len(read) > 50
+    assert str(err.value).startswith(f"{path}: cannot decompress it after {len(read)} rows (EOFError: ")
+    assert str(err.value).endswith("the file may be truncated or damaged. Download it again, or decompress it to see "
+                                   "where it breaks.")
+    zst = tmp_path / "train.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(DataError) as err:
+        RowReader(str(zst))
+    assert str(err.value) == (f"{zst}: compressed file type '.zst'; preflab reads .jsonl, .json, .parquet, .csv, "
+                              ".arrow, and .jsonl, .json, .csv compressed as .gz, .bz2, .xz. Decompress it first.")
