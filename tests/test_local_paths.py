@@ -218,3 +218,51 @@ def test_a_truncated_compressed_file_names_the_file_and_the_rows_read(tmp_path):
         RowReader(str(zst))
     assert str(err.value) == (f"{zst}: compressed file type '.zst'; preflab reads .jsonl, .json, .parquet, .csv, "
                               ".arrow, and .jsonl, .json, .csv compressed as .gz, .bz2, .xz. Decompress it first.")
+
+
+def _saved_tiny(folder: Path):
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, hidden_size=16, num_layers=1)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
+@pytest.mark.slow  # scores two pairs
+def test_eval_takes_home_paths_of_the_model_the_data_and_the_output(tmp_path, monkeypatch, capsys):
+    """`preflab eval '~/model' --data '~/d.jsonl'`: "~/model is not a directory" (the arguments were not expanded)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    _saved_tiny(tmp_path / "model")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(2)))
+    code = main(["eval", "~/model", "--data", "~/d.jsonl", "--out", "~/scores", "--no-reference", "--limit", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "scores" / "eval.json").read_text())["checkpoint"] == f"{tmp_path}/model"
+
+
+def test_eval_of_a_peft_adapter_folder_loads_the_base_its_adapter_config_names(tmp_path):
+    """An adapter saved by peft (no preflab config.yaml) was "holds no full model and no saved config naming its base
+    model", though adapter_config.json names its base (and training takes such a folder as the reference)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from preflab.eval.loading import load_for_eval
+
+    base, tok = _saved_tiny(tmp_path / "base")
+    adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapted.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    adapted.save_pretrained(tmp_path / "adapter")
+    model, _ = load_for_eval(str(tmp_path / "adapter"), tokenizer=tok)
+    from transformers import AutoModelForCausalLM
+
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                         str(tmp_path / "adapter")).merge_and_unload()
+    ids = torch.tensor([[1, 5, 9, 13]])
+    assert torch.equal(model(ids).logits, expected.eval()(ids).logits)
+    assert not torch.equal(model(ids).logits, AutoModelForCausalLM.from_pretrained(tmp_path / "base")(ids).logits)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(dict(config, base_model_name_or_path="gone")))
+    with pytest.raises(Exception, match=r"adapter_config.json names 'gone', which is not a directory here\)"):
+        load_for_eval(str(tmp_path / "adapter"), tokenizer=tok)
