@@ -266,3 +266,44 @@ def test_eval_of_a_peft_adapter_folder_loads_the_base_its_adapter_config_names(t
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(dict(config, base_model_name_or_path="gone")))
     with pytest.raises(Exception, match=r"adapter_config.json names 'gone', which is not a directory here\)"):
         load_for_eval(str(tmp_path / "adapter"), tokenizer=tok)
+
+
+def test_pickle_weights_are_refused_with_a_conversion_that_works_and_eval_refuses_remote_code_first(tmp_path):
+    """A pytorch_model.bin-only folder is refused saying how to convert it, and that conversion passes the check;
+    `preflab eval` of a folder whose config maps to shipped code (auto_map) was refused only by transformers' own
+    message ("... at https://hf.co//tmp/...: pass trust_remote_code=True"), after loading began."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from preflab.errors import UnsafeLoadError
+    from preflab.eval.loading import load_for_eval
+    from preflab.models.load import check_weights_safe
+
+    folder = tmp_path / "pickled"
+    _saved_tiny(folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(UnsafeLoadError) as err:
+        load_for_eval(str(folder))
+    assert str(err.value) == (
+        f"{folder} would load pickle weights (pytorch_model.bin); loading them can run arbitrary code. Convert them to "
+        "safetensors where you trust them (AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR) writes "
+        "model.safetensors beside them), or set allow_pickle=true (`preflab eval`: --allow-pickle) if you trust the "
+        "files.")
+    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)
+    check_weights_safe(str(folder), allow_pickle=False)  # converted: accepted
+
+    remote = tmp_path / "remote"
+    _saved_tiny(remote)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="mytiny", auto_map={"AutoModelForCausalLM": "modeling_my.MyModel"})
+    (remote / "config.json").write_text(json.dumps(config))
+    (remote / "modeling_my.py").write_text("raise SystemExit('the shipped code ran')\n")
+    with pytest.raises(ConfigError) as err:
+        load_for_eval(str(remote))
+    assert str(err.value) == (
+        f"model='{remote}' needs the model code shipped in the folder (modeling_my.py, named by auto_map in "
+        f"{remote}/config.json; model_type 'mytiny' is not one transformers knows). preflab runs such code only with "
+        "trust_remote_code: true (`preflab eval`: --trust-remote-code); read those files first, and set it only if "
+        "you trust them.")

@@ -20,7 +20,7 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.models.run_config import run_config
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
 from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (public names of this module)
-from preflab.models.load import check_weights_safe, load_causal_lm, load_tokenizer
+from preflab.models.load import check_remote_code, check_weights_safe, load_causal_lm, load_tokenizer
 
 
 def _demo_sft(demo_sft, seed, what: str):
@@ -121,6 +121,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         raise ConfigError(f"{name} is not a directory; give a run directory saved by `preflab train`, a "
                           f"checkpoint-<step> directory, a builtin:tiny-* name or {DEMO_SFT}.")
     check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
+    check_remote_code(str(path), trust_remote_code, "model")  # transformers' own refusal names the hub
     cfg = run_config(path)
     if cfg.get("task") in ("reward", "diffusion"):  # else a reward model's backbone is scored as a policy
         raise ConfigError(f"{name} is a task: {cfg['task']} run, not a language-model policy; evaluate it with "

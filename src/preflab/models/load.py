@@ -35,14 +35,16 @@ REWARD_FALLBACK_FILE = "preflab_reward_model.json"
 
 def check_weights_safe(name: str, allow_pickle: bool) -> None:
     """A local directory must hold .safetensors weights; pickle-only weights need allow_pickle=true."""
-    path = Path(name)
+    path = Path(name).expanduser()
     if not path.is_dir():
         return
     pickles = pickle_weights_to_load(path)
     if pickles and not allow_pickle:
         raise UnsafeLoadError(
             f"{name} would load pickle weights ({', '.join(sorted(pickles)[:3])}); loading them can run arbitrary "
-            "code. Convert them to safetensors, or set allow_pickle=true if you trust the files."
+            "code. Convert them to safetensors where you trust them (AutoModelForCausalLM.from_pretrained(DIR)"
+            ".save_pretrained(DIR) writes model.safetensors beside them), or set allow_pickle=true (`preflab eval`: "
+            "--allow-pickle) if you trust the files."
         )
 
 
@@ -69,7 +71,8 @@ def check_remote_code(name: str, trust_remote_code: bool, option: str = "model_n
     raise ConfigError(
         f"{option}={name!r} needs the model code shipped in the folder ({', '.join(modules) or 'auto_map'}, named by "
         f"auto_map in {config}; model_type {raw.get('model_type')!r} is not one transformers knows). preflab runs "
-        "such code only with trust_remote_code: true; read those files first, and set it only if you trust them.")
+        "such code only with trust_remote_code: true (`preflab eval`: --trust-remote-code); read those files first, and "
+        "set it only if you trust them.")
 
 
 def pickle_weights_to_load(folder: Path, _seen: frozenset = frozenset()) -> list[str]:
