@@ -307,3 +307,19 @@ def test_pickle_weights_are_refused_with_a_conversion_that_works_and_eval_refuse
         f"{remote}/config.json; model_type 'mytiny' is not one transformers knows). preflab runs such code only with "
         "trust_remote_code: true (`preflab eval`: --trust-remote-code); read those files first, and set it only if "
         "you trust them.")
+
+
+def test_a_truncated_safetensors_file_is_one_error_naming_the_model(tmp_path):
+    """A half-copied model.safetensors ended the run in a SafetensorError traceback from the Rust reader."""
+    from preflab.models.load import load_causal_lm
+
+    folder = tmp_path / "model"
+    _, tok = _saved_tiny(folder)
+    blob = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(ConfigError) as err:
+        load_causal_lm(str(folder), tokenizer=tok)
+    assert str(err.value) == (
+        f"model_name_or_path='{folder}' could not be loaded: a weights file is damaged or incomplete (SafetensorError: "
+        "Error while deserializing header: incomplete metadata, file not fully covered); save or download the model "
+        "again.")

@@ -317,11 +317,16 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
         return mark_loaded(model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"]))
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     check_weights_safe(name, allow_pickle)
     check_not_a_reward_model(name, option)
     try:
         return mark_loaded(AutoModelForCausalLM.from_pretrained(
             name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs))
+    except SafetensorError as err:  # a truncated or damaged .safetensors file: a traceback from the Rust reader
+        raise ConfigError(f"{option}={name!r} could not be loaded: a weights file is damaged or incomplete "
+                          f"({_first_line(err)}); save or download the model again.") from err
     except (OSError, ValueError) as err:
         raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
 
