@@ -156,6 +156,19 @@ def test_a_vision_file_of_blank_lines_is_empty_with_its_blank_lines_counted(tmp_
     assert str(err.value) == f"dataset_name='{path}' ({path}) is empty: it holds no rows (3 blank lines)."
 
 
+def test_an_online_vision_prompt_file_of_blank_lines_is_empty_with_its_blank_lines_counted(tmp_path):
+    """It said "online_task vision_dataset needs at least one row with `images` and `prompt`", without the count."""
+    from preflab.online.vision import vision_prompt_rows
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n\n\n\n")
+    report = {}
+    with pytest.raises(DataError) as err:
+        vision_prompt_rows(str(path), processor=None, report_to=report)
+    assert str(err.value) == f"{path} is empty: it holds no rows (4 blank lines)."
+    assert report["prompt_rows"]["blank_lines"] == 4
+
+
 def test_a_diffusion_file_of_blank_lines_is_empty_not_rows_without_usable_columns(tmp_path):
     """It said "no usable rows (0 read, 0 skipped, 0 ties dropped). Check the columns and images."."""
     from preflab.diffusion.data import load_image_pairs
