@@ -336,3 +336,23 @@ def test_a_truncated_safetensors_file_is_one_error_naming_the_model(tmp_path):
         f"model_name_or_path='{folder}' could not be loaded: a weights file is damaged or incomplete (SafetensorError: "
         "Error while deserializing header: incomplete metadata, file not fully covered); save or download the model "
         "again.")
+
+
+def test_a_folder_without_config_json_is_no_model_folder_listing_what_it_holds(tmp_path):
+    """An empty folder got the tokenizer advice; a folder of tokenizer files only got transformers' "Unrecognized
+    model ... Should have a `model_type` key in its config.json" of a config.json that is not there."""
+    from preflab.models.load import load_causal_lm, load_tokenizer
+    from preflab.models.tiny import tiny_tokenizer
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError) as err:
+        load_tokenizer(str(empty))
+    assert str(err.value) == (
+        f"model_name_or_path='{empty}' is no model folder: it has no config.json (it is empty). Give the folder that "
+        "model.save_pretrained and tokenizer.save_pretrained wrote (config.json, *.safetensors, the tokenizer files).")
+    tok = tiny_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ConfigError, match=r"^ref_model_name_or_path='.*/tok' is no model folder: it has no config.json "
+                                          r"\(it holds chat_template.jinja, tokenizer.json, tokenizer_config.json\)\."):
+        load_causal_lm(str(tmp_path / "tok"), tokenizer=tok, option="ref_model_name_or_path")

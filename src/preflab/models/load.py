@@ -243,6 +243,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
             f"resume_from_checkpoint: {name}; to start from a finished run, give its output_dir; `preflab eval "
             f"{name}` evaluates the checkpoint.")
     if folder.is_dir() and not _has_tokenizer_files(folder):
+        _refuse_no_model(folder, name, option)
         raise ConfigError(  # AutoTokenizer's own error here talks of sentencepiece and slow tokenizers
             f"{option}={name!r} holds no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, ...); "
             "model.save_pretrained saves no tokenizer. Save the tokenizer of the model it was made from into the "
@@ -254,6 +255,19 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
     if tok.pad_token is None:  # TRL's convention: a missing pad token becomes EOS
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _refuse_no_model(folder: Path, name: str, option: str) -> None:
+    """A folder without config.json (nor adapter_config.json: an adapter loads over its base) is no transformers model
+    folder: refused listing what it holds, where transformers said "Unrecognized model ... Should have a `model_type`
+    key in its config.json" of a config.json that is not there."""
+    if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        return
+    held = sorted(p.name for p in folder.iterdir())
+    shown = f"it holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}" if held else "it is empty"
+    raise ConfigError(f"{option}={name!r} is no model folder: it has no config.json ({shown}). Give the folder that "
+                      "model.save_pretrained and tokenizer.save_pretrained wrote (config.json, *.safetensors, the "
+                      "tokenizer files).")
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
@@ -319,6 +333,8 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
 
     from safetensors import SafetensorError
 
+    if Path(name).is_dir():
+        _refuse_no_model(Path(name), name, option)
     check_weights_safe(name, allow_pickle)
     check_not_a_reward_model(name, option)
     try:
