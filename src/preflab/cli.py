@@ -96,6 +96,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
+    expand_home_args(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -121,6 +122,23 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(err, Terminated) else 130
     finally:
         restore_sigterm()
+
+
+# the command-line arguments that name a file or folder (positional and --options, by argparse dest)
+HOME_ARGS = ("checkpoint", "config", "path", "output", "run_dirs", "source", "policies", "accelerate_config", "data",
+             "generator", "model", "out", "output_dir", "reference", "reward_model")
+
+
+def expand_home_args(args) -> None:
+    """A leading "~" of a path argument becomes the home folder, as preflab.config.expand_home does for the config's
+    path options: a quoted '~/run' reaches the command unexpanded (`preflab eval '~/run'` said "~/run is not a
+    directory")."""
+    for dest in HOME_ARGS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, dest, os.path.expanduser(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
+            setattr(args, dest, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
 
 
 def check_launched_command(command: str) -> None:

@@ -233,6 +233,7 @@ class TrainConfig:
         # the user's (a recipe's stage, an evaluation's overrides), unless the user wrote them
         self.written_options = frozenset(given - {"written_options"} if written_options is None
                                          else written_options) & names
+        expand_home(self)
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
         from preflab.best_model_options import resolve_best_model_options
@@ -607,6 +608,22 @@ def written_keys(raw: dict) -> set[str]:
     from preflab.config_trl import RENAMED
 
     return set() if is_saved_config(raw) else {RENAMED.get(k, k) for k in raw}
+
+
+# the options that name a local file or folder (or a hub name, which never starts with "~")
+HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
+                     "eval_dataset_name", "output_dir", "resume_from_checkpoint")
+
+
+def expand_home(cfg) -> None:
+    """A leading "~" (or "~user") of a path option becomes the home folder, as a shell would expand it: the value
+    reaches Python unexpanded from a YAML file, a quoted override or TrainConfig(...). Each loader expanding it on its
+    own left gaps: output_dir="~/run" put the run's lock in $HOME/run and its files in ./~/run, and
+    model_name_or_path="~/model" passed the existence check and then reached from_pretrained as a hub name."""
+    for name in HOME_PATH_OPTIONS:
+        value = getattr(cfg, name)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(cfg, name, os.path.expanduser(value))
 
 
 def config_from_dict(raw: dict, written=None) -> TrainConfig:

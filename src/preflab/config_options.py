@@ -102,7 +102,8 @@ OPTIONS: dict[str, Option] = {
                                  "a non-empty name", _nonempty),
     "ref_model_name_or_path": Option("the reference model (TRL: ref_model); default: a frozen copy of the policy",
                                      "a non-empty name or null", _nonempty),
-    "dataset_name": Option("training data: hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv/.arrow file",
+    "dataset_name": Option("training data: hub name, save_to_disk directory, folder of data files, "
+                           ".jsonl/.json/.parquet/.csv/.arrow file (.jsonl/.json/.csv also .gz/.bz2/.xz), or a glob",
                            "a non-empty name", _nonempty),
     "dataset_split": Option("split of dataset_name to train on (TRL script: dataset_train_split)", "a non-empty name",
                             _nonempty),

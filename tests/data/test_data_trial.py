@@ -143,18 +143,23 @@ def test_split_named_folders_are_never_read_as_another_split(tmp_path):
     assert [e.prompt for e in load_rows(str(tmp_path), split="test_prefs")[0]] == ["q2", "q3"]
 
 
-def test_a_folder_with_compressed_data_files_is_refused_not_read_in_part(tmp_path):
-    """Anthropic/hh-rlhf's layout (helpful-base/train.jsonl.gz, ...): compressed files are not read, and beside an
-    uncompressed file they were dropped without a word (only the .jsonl trained); now the folder is refused, naming
-    them."""
+def test_a_folder_of_compressed_data_files_is_read_and_one_it_cannot_read_is_refused(tmp_path):
+    """Anthropic/hh-rlhf's layout (helpful-base/train.jsonl.gz, ...): beside an uncompressed file its compressed files
+    were dropped without a word (only the .jsonl trained); gzip, bz2 and xz files are now read (local-paths trial),
+    and a folder holding a compression preflab does not read (zstd, zip, ...) is refused, naming the files."""
     import gzip
 
     row = json.dumps({"prompt": "q", "chosen": "A", "rejected": "b"}) + "\n"
     (tmp_path / "helpful-base").mkdir()
     with gzip.open(tmp_path / "helpful-base" / "train.jsonl.gz", "wt") as fh:
         fh.write(row * 3)
-    (tmp_path / "extra.jsonl").write_text(row)
-    with pytest.raises(DataError, match=r"compressed data files preflab does not read \(helpful-base/train.jsonl.gz\)"):
+    (tmp_path / "harmless-base").mkdir()
+    (tmp_path / "harmless-base" / "train.jsonl").write_text(row.replace('"q"', '"q2"'))
+    examples, report = load_rows(str(tmp_path))
+    assert [e.prompt for e in examples] == ["q2", "q", "q", "q"] and report.total == 4
+    (tmp_path / "helpful-base" / "test.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(DataError, match=r"compressed data files preflab does not read \(helpful-base/test.jsonl.zst; "
+                                        r"it reads .*\.jsonl, \.json, \.csv compressed as \.gz, \.bz2, \.xz\)"):
         load_rows(str(tmp_path))
 
 

@@ -58,7 +58,8 @@ def test_an_icpl_code_model_that_does_not_exist_is_named_before_anything_runs(tm
     args = ["train", "examples/tools/icpl.yaml", f"output_dir={out}", f"recipe_params.code_model={missing}"]
     assert main(args) == 2
     assert capsys.readouterr().err.strip().endswith(
-        f"recipe_params.code_model={str(missing)!r}: no such local directory (tried {missing}).")
+        f"recipe_params.code_model={str(missing)!r}: no such local directory (tried {missing}); it is written as a "
+        "path, so it was not looked up on the hub.")
     assert not out.exists()                        # no state: the corrected rerun needs no resume
 
 

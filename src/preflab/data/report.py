@@ -151,7 +151,9 @@ class BadRowPolicy:
 
     def accepted(self, reader, build):
         """(raw row, build(raw)) for every row of `reader` that reads and builds; a row whose reading or `build`
-        raises a RowProblem is handled here (DataError, or skipped and counted). Counts total and kept rows."""
+        raises a RowProblem is handled here (DataError, or skipped and counted). Counts total and kept rows, and,
+        once `reader` (a RowReader) is read to its end, the blank lines it skipped (a report with blank_lines), so
+        that every reader's "is empty" error and summary count them (refuse_empty)."""
         for raw in reader:
             self.report.total += 1
             try:
@@ -163,15 +165,18 @@ class BadRowPolicy:
                 continue
             self.report.kept += 1
             yield raw, built
+        if hasattr(reader, "blank_lines") and hasattr(self.report, "blank_lines"):
+            self.report.blank_lines = reader.blank_lines
 
 
-def refuse_empty(report, option: str, name) -> None:
-    """DataError when the source `option`=`name` holds no rows at all (an empty file), said as such: the run's later
-    "no training rows are left ...: every row was skipped" blamed skipping when nothing was read."""
+def refuse_empty(report, option: str | None = None, name=None) -> None:
+    """DataError when the source `option`=`name` (None: the report's source alone) holds no rows at all (an empty
+    file), said as such: the run's later "no training rows are left ...: every row was skipped" blamed skipping when
+    nothing was read. The blank lines the reader skipped are counted in it."""
     if report is not None and report.total == 0:
         blank = getattr(report, "blank_lines", 0)
-        raise DataError(f"{option}={name!r} ({report.source}) is empty: it holds no rows"
-                        + (f" ({blank} blank lines)" if blank else "") + ".")
+        head = f"{option}={name!r} ({report.source})" if option else report.source
+        raise DataError(f"{head} is empty: it holds no rows" + (f" ({blank} blank lines)" if blank else "") + ".")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Read raw rows (dicts) from a data source, one at a time, without validating their fields.
 
-Sources: a JSONL / JSON / Parquet / CSV / Arrow file; a directory saved by `datasets.save_to_disk` (a `DatasetDict`
-gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
+Sources: a JSONL / JSON / Parquet / CSV / Arrow file (JSONL, JSON and CSV also gzip-, bz2- or xz-compressed:
+train.jsonl.gz); a glob of such files (data/*.jsonl: one source, the split 'train'); a directory saved by
+`datasets.save_to_disk` (a `DatasetDict` gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
 `datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name (`datasets.load_dataset`,
 which in datasets >= 4 never runs dataset scripts).
 
@@ -31,6 +32,10 @@ from preflab.data.report import RowProblem, row_error
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")  # train.jsonl.gz (Anthropic/hh-rlhf)
+# compressed text data files read as they are (Python's own gzip, bz2, lzma; the others need packages): the formats
+# read line by line or whole (JSONL, JSON, CSV); Parquet and Arrow compress inside the file
+READ_COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 DEFAULT_MAX_ROW_BYTES = 64 * 2**20
 MAX_NESTING_DEPTH = 64  # levels of objects/lists in one row; chat rows with tool calls use fewer than 10
 
@@ -130,8 +135,11 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
             parts, split = _dir_parts(path, split, streaming, explicit, otherwise)
             return str(source), parts, split
         text = str(source)
-        if text.startswith((".", "/", "~")) or text.lower().endswith(FILE_SUFFIXES) or os.sep in text[:1]:
-            raise DataError(f"data file or directory {text!r} does not exist. Check the path.")
+        if any(c in text for c in GLOB_CHARS):
+            return text, _glob_parts(text, split if explicit else None, streaming), split if explicit else "train"
+        if text.startswith((".", "/", "~")) or data_suffix(Path(text)) in FILE_SUFFIXES or os.sep in text[:1]:
+            raise DataError(f"data file or directory {text!r} does not exist (tried {path.resolve()}); it is written "
+                            "as a path, so it was not looked up on the hub. Check the path.")
         if otherwise is None:
             loaded = _load_hub(text, split, streaming)
         else:  # every split at once (datasets prepares them all for one split too), then the one there is
@@ -148,6 +156,48 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
         return "<rows>", [_dataset_part(source, "<rows>")], split
     raise DataError(f"cannot read data from a {type(source).__name__}; pass a file (.jsonl, .json, .parquet, .csv, .arrow), "
                     "a directory, a hub dataset name, a datasets.Dataset or a list of dicts.")
+
+
+GLOB_CHARS = "*?["  # a path holding one of them that names no file or folder is a glob (hub names never hold them)
+
+
+def _glob_parts(pattern: str, split: str | None, streaming: bool) -> list:
+    """The part readers of the data files a glob matches ('data/*.jsonl', 'shards/**/*.parquet'), in sorted order:
+    one source, the split 'train', as datasets.load_dataset(data_files=pattern) reads it. A glob matching nothing,
+    or asked for another split, is a DataError (SplitMissing) rather than an empty or a wrong split."""
+    import glob
+
+    if split not in (None, "train"):
+        raise SplitMissing(f"the glob {pattern!r} is read as one split, 'train' (as datasets reads data_files), so it "
+                           f"has no split {split!r}. Set the split (dataset_split / eval_split) to 'train' or leave it "
+                           "out, or give that split's files by their own glob as eval_dataset_name.")
+    files = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file())
+    if not files:
+        raise DataError(f"data path {pattern!r} matches no file (read as a glob, as it holds * ? or [). Check the "
+                        "pattern and the folder it starts from.")
+    return [_file_part(p, streaming) for p in files]
+
+
+def data_suffix(path: Path) -> str:
+    """The data format's suffix of `path`: '.jsonl' for train.jsonl and for train.jsonl.gz (bz2, xz) alike."""
+    suffix = path.suffix.lower()
+    if suffix in READ_COMPRESSED and Path(path.stem).suffix.lower() in TEXT_SUFFIXES:
+        return Path(path.stem).suffix.lower()
+    return suffix
+
+
+def open_data(path: Path, mode: str = "rb", **kwargs):
+    """open(path, mode) of a data file, through its decompressor when data_suffix says it is compressed."""
+    if data_suffix(path) != path.suffix.lower():
+        import importlib
+
+        return importlib.import_module(READ_COMPRESSED[path.suffix.lower()]).open(path, mode, **kwargs)
+    return open(path, mode, **kwargs)
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open_data(path) as handle:
+        return handle.read()
 
 
 def open_reader(source, **kwargs) -> RowReader:
@@ -172,12 +222,12 @@ def file_splits(path: Path) -> tuple[str, ...]:
     """The splits one local data file holds. datasets loads a single file as the split "train"; a JSON object of
     arrays ({"train": [...], "test": [...]}) holds one split per array, and its only array, if it has one, also
     reads as "train" ({"data": [...]})."""
-    if path.suffix.lower() == ".json":
-        with open(path, "rb") as handle:
+    if data_suffix(path) == ".json":
+        with open_data(path) as handle:
             head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
         if head == b"{":
             try:
-                obj = _loads(path.read_bytes().decode("utf-8"))
+                obj = _loads(_read_bytes(path).decode("utf-8"))
             except (ValueError, RecursionError):  # JSON lines in a .json file; _json_rows reports bad lines
                 return ("train",)
             if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
@@ -214,14 +264,19 @@ def _check_hub_dataset(name: str) -> None:
     try:
         dataset_info(name, timeout=10)
     except RepositoryNotFoundError as err:
-        raise DataError(f"hub dataset {name!r} does not exist (or is private); check the name, or pass a local file "
-                        "or directory.") from err
+        raise DataError(f"{_taken_as_hub(name)}, and the hub has no dataset of that name (or it is private); check the "
+                        "name, or pass a local file or directory.") from err
     except HfHubHTTPError:
         return  # gated, rate-limited, ...: datasets reports it
     except Exception as err:  # noqa: BLE001 - no answer from the hub at all
-        raise DataError(f"hub dataset {name!r} is not in the local cache and the hub lookup failed "
-                        f"({type(err).__name__}: {failure_reason(err)}); check your network, or pass a local file "
-                        "or directory.") from err
+        raise DataError(f"{_taken_as_hub(name)} and is not in the local cache, and the hub could not be reached "
+                        f"({type(err).__name__}: {failure_reason(err)}): no network? Download it where there is one, "
+                        "or pass a local file or directory.") from err
+
+
+def _taken_as_hub(name: str) -> str:
+    """The start of every message about a name read as a hub dataset: which local path was tried first."""
+    return f"{name!r} was taken as a hub dataset name (it is no local file or folder: tried {Path(name).resolve()})"
 
 
 def _load_hub(name: str, split: str | None, streaming: bool = False):
@@ -233,9 +288,10 @@ def _load_hub(name: str, split: str | None, streaming: bool = False):
     try:
         return datasets.load_dataset(name, split=split, **({"streaming": True} if streaming else {}))
     except Exception as exc:  # any loading failure becomes one clear message
-        raise DataError(f"could not load hub dataset {name!r}{f' split {split!r}' if split else ''}: "
+        raise DataError(f"{_taken_as_hub(name)}, and it could not be loaded{f' (split {split!r})' if split else ''}: "
                         f"{type(exc).__name__}: {exc}. Check the name and split and your network (or HF_HUB_OFFLINE), "
-                        "or pass a local file or directory.") from exc
+                        "or pass a local file or directory (a path starting with ./ or / is never taken as a hub "
+                        "name).") from exc
 
 
 def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = None):
@@ -319,13 +375,14 @@ def _data_files(path: Path) -> list[Path]:
     none at all, are a DataError."""
     visible = sorted(p for p in path.rglob("*") if p.is_file()
                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    files = [p for p in visible if p.suffix.lower() in FILE_SUFFIXES]
+    files = [p for p in visible if data_suffix(p) in FILE_SUFFIXES]
     packed = sorted(str(p.relative_to(path)) for p in visible if len(p.suffixes) > 1
-                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES)
+                    and p.suffixes[-2].lower() in FILE_SUFFIXES and p.suffix.lower() in COMPRESSED_SUFFIXES
+                    and data_suffix(p) not in FILE_SUFFIXES)
     if packed:  # reading the other files alone would drop these rows without a word
         raise DataError(f"directory {path} holds compressed data files preflab does not read ({', '.join(packed[:4])}"
-                        f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}). Decompress them (gunzip, "
-                        "zstd -d, ...) or point dataset_name at uncompressed files.")
+                        f"{f' and {len(packed) - 4} more' if len(packed) > 4 else ''}; it reads {_READABLE}). "
+                        "Decompress them (zstd -d, unzip, ...) or point dataset_name at the files it reads.")
     if not files:
         raise DataError(f"directory {path} holds no data files ({', '.join(FILE_SUFFIXES)}) and was not saved by "
                         "datasets.save_to_disk. Point to a file or a dataset directory.")
@@ -359,14 +416,38 @@ def _names_split(rel: Path, split: str) -> bool:
     return stem == split or stem.startswith((split + "-", split + "_"))
 
 
+_READABLE = (f"{', '.join(FILE_SUFFIXES)}, and {', '.join(TEXT_SUFFIXES)} compressed as "
+             f"{', '.join(READ_COMPRESSED)}")
+
+
 def _file_part(path: Path, streaming: bool = False):
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     json_rows = _json_array_or_whole if streaming else _json_rows
     reader = {".jsonl": _jsonl_rows, ".json": json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows,
               ".arrow": _arrow_rows}.get(suffix)
     if reader is None:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}.")
-    return lambda rr: reader(rr, path)
+        packed = suffix in COMPRESSED_SUFFIXES
+        raise DataError(f"{path}: {'compressed' if packed else 'unsupported'} file type {path.suffix!r}; preflab reads "
+                        f"{_READABLE}." + (" Decompress it first." if packed else ""))
+    if suffix == path.suffix.lower():
+        return lambda rr: reader(rr, path)
+    return lambda rr: _decompressed(reader(rr, path), path)
+
+
+def _decompressed(rows: Iterator[RawRow], path: Path) -> Iterator[RawRow]:
+    """The rows of a compressed file; a decompression failure (a truncated or damaged file) is a DataError naming
+    the file and the rows read before it, never a traceback or a silently shorter file."""
+    import lzma
+    import zlib
+
+    done = 0
+    try:
+        for raw in rows:
+            done += 1
+            yield raw
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot decompress it after {done} rows ({type(exc).__name__}: {exc}); the file may "
+                        "be truncated or damaged. Download it again, or decompress it to see where it breaks.") from exc
 
 
 def _dataset_part(dataset, name: str):
@@ -443,13 +524,13 @@ def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: 
 
 
 def _jsonl_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
-    with open(path, "rb") as handle:
+    with open_data(path) as handle:
         yield from _jsonl_lines(rr, path, handle)
 
 
 def _json_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
     """A JSON array of objects, an object holding one such array (e.g. {"data": [...]}), or JSON lines."""
-    blob = path.read_bytes()
+    blob = _read_bytes(path)
     head = blob.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if head != b"[":
         try:
@@ -498,7 +579,7 @@ JSON_CHUNK = 1 << 20  # bytes read at a time from a JSON array when streaming
 def _json_array_or_whole(rr: RowReader, path: Path) -> Iterator[RawRow]:
     """Streaming: a .json file holding one JSON array is read element by element (`_json_array_rows`), so memory
     holds about one row; any other .json form is read whole (`_json_rows`)."""
-    with open(path, "rb") as handle:
+    with open_data(path) as handle:
         head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     yield from (_json_array_rows if head == b"[" else _json_rows)(rr, path)
 
@@ -538,7 +619,7 @@ def _json_array_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
         return DataError(f"{path}: not valid JSON after row {done} ({what}); a JSON array cannot be read row by row "
                          "past it. Fix the file or convert it to JSONL.")
 
-    with open(path, "rb") as handle:
+    with open_data(path) as handle:
         if skip_space(handle) != "[":
             raise bad("expected '['")
         pos += 1
@@ -644,7 +725,7 @@ def _csv_rows(rr: RowReader, path: Path) -> Iterator[RawRow]:
     old_limit = csv.field_size_limit()
     csv.field_size_limit(max(old_limit, min(rr.max_row_bytes or 2**31 - 1, 2**31 - 1)))
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        with open_data(path, "rt", newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.reader(handle)
             try:
                 header = next(reader)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from preflab.data.report import RowProblem, RowReport, row_error
+from preflab.data.report import RowProblem, RowReport, refuse_empty, row_error
 from preflab.errors import DataError
 
 PICKAPIC = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -89,6 +89,7 @@ class ImagePairExample:
 @dataclass
 class ImageDataReport(RowReport):
     ties_dropped: int = 0
+    blank_lines: int = 0  # blank JSONL / CSV lines the reader skipped (not rows)
     forms: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -279,6 +280,8 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
         report.forms[form] = report.forms.get(form, 0) + 1
         out.append(example)
     report.check()
+    report.blank_lines = getattr(reader, "blank_lines", 0)
+    refuse_empty(report)  # nothing read at all: not "no usable rows ... Check the columns and images"
     if not out:
         first = report.skipped_examples[0] if report.skipped_examples else None
         example = (f" First skipped: row {first['row_id']}" + (f", field {first['field']!r}" if first["field"] else "")

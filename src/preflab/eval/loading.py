@@ -21,7 +21,7 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.models.run_config import run_config
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
 from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (public names of this module)
-from preflab.models.load import check_weights_safe, load_causal_lm, load_tokenizer
+from preflab.models.load import check_remote_code, check_weights_safe, load_causal_lm, load_tokenizer
 
 
 def _demo_sft(demo_sft, seed, what: str):
@@ -82,11 +82,24 @@ def _own_tokenizer(path: Path, fallback_name: str | None, trust_remote_code: boo
 
 
 def _base_name(cfg: dict, path: Path) -> str:
+    """The base model of the LoRA adapter folder `path`: its run's model_name_or_path (config.yaml), else the
+    base_model_name_or_path peft wrote in adapter_config.json when that is a local folder or a builtin name (an
+    adapter saved by peft outside preflab; training takes such a folder as ref_model_name_or_path too)."""
     name = cfg.get("model_name_or_path")
-    if not name:
-        raise PreflabError(f"{path} holds no full model and no saved config naming its base model "
-                           "(config.yaml with model_name_or_path); evaluate the final run directory instead.")
-    return str(name)
+    if name:
+        return str(name)
+    import json
+
+    try:
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    if isinstance(base, str) and base and (base in BUILTIN or Path(base).expanduser().is_dir()):
+        return str(Path(base).expanduser()) if base not in BUILTIN else base
+    named = f" (adapter_config.json names {base!r}, which is not a directory here)" if base else ""
+    raise PreflabError(f"{path} holds no full model and no saved config naming its base model (config.yaml with "
+                       f"model_name_or_path){named}; evaluate the final run directory instead, or set "
+                       "base_model_name_or_path in adapter_config.json to the base model's directory.")
 
 
 def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -109,6 +122,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         raise ConfigError(f"{name} is not a directory; give a run directory saved by `preflab train`, a "
                           f"checkpoint-<step> directory, a builtin:tiny-* name or {DEMO_SFT}.")
     check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
+    check_remote_code(str(path), trust_remote_code, "model")  # transformers' own refusal names the hub
     cfg = run_config(path)
     if cfg.get("task") in ("reward", "diffusion"):  # else a reward model's backbone is scored as a policy
         raise ConfigError(f"{name} is a task: {cfg['task']} run, not a language-model policy; evaluate it with "

@@ -23,6 +23,9 @@ from preflab.runlog import is_main_process
 BUILTIN_POSITIONS = 512  # max_positions of preflab.models.tiny.tiny_causal_lm
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin")  # never loaded as weights
+# words in the names of the files a saved tokenizer is read from (tokenizer.json, tokenizer_config.json,
+# tokenizer.model, special_tokens_map.json, vocab.json, vocab.txt, merges.txt, spiece.model, qwen.tiktoken, ...)
+TOKEN_WORDS = ("token", "vocab", "spiece", "sentencepiece", "merges")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # how a saved reward model says what it is (preflab.reward_models.heads writes them): its head's description in
 # config.json, and the file of a backbone without a transformers sequence-classification class
@@ -32,14 +35,16 @@ REWARD_FALLBACK_FILE = "preflab_reward_model.json"
 
 def check_weights_safe(name: str, allow_pickle: bool) -> None:
     """A local directory must hold .safetensors weights; pickle-only weights need allow_pickle=true."""
-    path = Path(name)
+    path = Path(name).expanduser()
     if not path.is_dir():
         return
     pickles = pickle_weights_to_load(path)
     if pickles and not allow_pickle:
         raise UnsafeLoadError(
             f"{name} would load pickle weights ({', '.join(sorted(pickles)[:3])}); loading them can run arbitrary "
-            "code. Convert them to safetensors, or set allow_pickle=true if you trust the files."
+            "code. Convert them to safetensors where you trust them (AutoModelForCausalLM.from_pretrained(DIR)"
+            ".save_pretrained(DIR) writes model.safetensors beside them), or set allow_pickle=true (`preflab eval`: "
+            "--allow-pickle) if you trust the files."
         )
 
 
@@ -66,7 +71,8 @@ def check_remote_code(name: str, trust_remote_code: bool, option: str = "model_n
     raise ConfigError(
         f"{option}={name!r} needs the model code shipped in the folder ({', '.join(modules) or 'auto_map'}, named by "
         f"auto_map in {config}; model_type {raw.get('model_type')!r} is not one transformers knows). preflab runs "
-        "such code only with trust_remote_code: true; read those files first, and set it only if you trust them.")
+        "such code only with trust_remote_code: true (`preflab eval`: --trust-remote-code); read those files first, and "
+        "set it only if you trust them.")
 
 
 def pickle_weights_to_load(folder: Path, _seen: frozenset = frozenset()) -> list[str]:
@@ -128,21 +134,39 @@ def check_model_name(name: str, option: str = "model_name_or_path") -> None:
                               "weights.")
         return
     if _looks_like_path(name):
-        raise ConfigError(f"{option}={name!r}: no such local directory (tried {path.resolve()}).")
+        raise ConfigError(f"{option}={name!r}: no such local directory (tried {path.resolve()}); it is written as a "
+                          "path, so it was not looked up on the hub.")
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return  # in the local hub cache
+    taken = (f"{option}={name!r} was taken as a hub name: it is no local directory (tried {path.resolve()}) and is "
+             "not in the local hub cache")
     if _offline():
-        raise ConfigError(f"{option}={name!r} is not a local directory and not in the local hub cache, and "
-                          "HF_HUB_OFFLINE is set; download it first or give a local directory.")
+        raise ConfigError(f"{taken}, and HF_HUB_OFFLINE is set, so the hub was not asked. Download it first "
+                          f"(hf download {name}) or give the local directory (a path starting with ./ or / is never "
+                          "taken as a hub name).")
     from huggingface_hub import model_info
 
     try:
         model_info(name, timeout=10)
     except Exception as err:  # noqa: BLE001 - any failure here means the name cannot be loaded
-        raise ConfigError(f"{option}={name!r} is not a local directory, not in the local hub cache, and the hub "
-                          f"lookup failed ({type(err).__name__}: {failure_reason(err)}).") from err
+        raise ConfigError(f"{taken}, and {hub_lookup_failure(err, name)}") from err
+
+
+def hub_lookup_failure(err: BaseException, name: str) -> str:
+    """Why a hub lookup failed, as the end of a sentence: no such repository, another answer of the hub, or no
+    answer at all (no network)."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    reason = f"{type(err).__name__}: {failure_reason(err)}"
+    if isinstance(err, RepositoryNotFoundError):
+        return (f"the hub has no model of that name ({reason}); check the name (or log in with `hf auth login` if "
+                "it is private), or give a local directory.")
+    if isinstance(err, HfHubHTTPError):
+        return f"the hub lookup failed ({reason}); give a local directory, or try again later."
+    return (f"the hub could not be reached ({reason}): no network? Download the model where there is one "
+            f"(hf download {name}) or give a local directory; HF_HUB_OFFLINE=1 skips the lookup.")
 
 
 def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
@@ -218,6 +242,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
             "trained weights only, no tokenizer or model config), not a model folder. To continue that run, set "
             f"resume_from_checkpoint: {name}; to start from a finished run, give its output_dir; `preflab eval "
             f"{name}` evaluates the checkpoint.")
+    if folder.is_dir() and not _has_tokenizer_files(folder):
+        _refuse_no_model(folder, name, option)
+        raise ConfigError(  # AutoTokenizer's own error here talks of sentencepiece and slow tokenizers
+            f"{option}={name!r} holds no tokenizer files (tokenizer.json, tokenizer_config.json, vocab.json, ...); "
+            "model.save_pretrained saves no tokenizer. Save the tokenizer of the model it was made from into the "
+            f"folder too, e.g. AutoTokenizer.from_pretrained(<that model>).save_pretrained({name!r}).")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -225,6 +255,25 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
     if tok.pad_token is None:  # TRL's convention: a missing pad token becomes EOS
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _refuse_no_model(folder: Path, name: str, option: str) -> None:
+    """A folder without config.json (nor adapter_config.json: an adapter loads over its base) is no transformers model
+    folder: refused listing what it holds, where transformers said "Unrecognized model ... Should have a `model_type`
+    key in its config.json" of a config.json that is not there."""
+    if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        return
+    held = sorted(p.name for p in folder.iterdir())
+    shown = f"it holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}" if held else "it is empty"
+    raise ConfigError(f"{option}={name!r} is no model folder: it has no config.json ({shown}). Give the folder that "
+                      "model.save_pretrained and tokenizer.save_pretrained wrote (config.json, *.safetensors, the "
+                      "tokenizer files).")
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    """Whether `folder` holds a file a tokenizer could load from (a name with one of TOKEN_WORDS): only a folder
+    with none is refused, so a tokenizer in a form preflab does not list still reaches AutoTokenizer."""
+    return any(p.is_file() and any(w in p.name.lower() for w in TOKEN_WORDS) for p in folder.iterdir())
 
 
 def _first_line(err: Exception) -> str:
@@ -282,11 +331,18 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
         return mark_loaded(model if kwargs["dtype"] in ("auto", torch.float32) else model.to(kwargs["dtype"]))
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
+    if Path(name).is_dir():
+        _refuse_no_model(Path(name), name, option)
     check_weights_safe(name, allow_pickle)
     check_not_a_reward_model(name, option)
     try:
         return mark_loaded(AutoModelForCausalLM.from_pretrained(
             name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs))
+    except SafetensorError as err:  # a truncated or damaged .safetensors file: a traceback from the Rust reader
+        raise ConfigError(f"{option}={name!r} could not be loaded: a weights file is damaged or incomplete "
+                          f"({_first_line(err)}); save or download the model again.") from err
     except (OSError, ValueError) as err:
         raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
 

@@ -56,7 +56,7 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
     the file, row and field (or skipped with on_bad_row: skip). A prompt over max_prompt_length tokens (image
     tokens included) is a bad row: cutting it would cut image slots. report_to["prompt_rows"] gets the rows read,
     kept and skipped (summary.json "data")."""
-    from preflab.data.report import BadRowPolicy, DataReport, RowProblem
+    from preflab.data.report import BadRowPolicy, DataReport, RowProblem, refuse_empty
     from preflab.data.sources import RowReader
     from preflab.data.vision import _encode_prompt, load_images, row_dir, vision_prompt
 
@@ -87,6 +87,7 @@ def vision_prompt_rows(source, processor, split: str = "train", on_bad_row: str 
     policy.report.column_gaps = column_gaps([(i, r.columns) for i, r in zip(source_ids, rows)])
     if report_to is not None:
         report_to["prompt_rows"] = policy.report.to_dict()
+    refuse_empty(policy.report)  # nothing read at all (blank lines counted), not a rows' problem
     if not rows:
         raise ConfigError(f"{reader.name}: online_task vision_dataset needs at least one row with `images` and "
                           "`prompt`.")

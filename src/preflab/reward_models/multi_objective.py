@@ -269,7 +269,6 @@ def load_rated(source, attributes: Sequence[str], *, split: str = "train", respo
 
     rows = [built for _, built in policy.accepted(reader, build)]
     report.examples = len(rows)
-    report.blank_lines = reader.blank_lines
     return rows, report
 
 
