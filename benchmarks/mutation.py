@@ -902,9 +902,8 @@ MUTANTS += [
 M2_BT = ["tests/reward_models/test_bt.py", "tests/reward_models/test_reward_extrema.py", "tests/reward_models/test_eval.py",
          "-k", "not preflab_train and not lora and not resume and not hard_label and not two_ranks and not cli_helper"]
 M2_GPM = ["tests/reward_models/test_gpm.py", "-k", "not cyclic_triple"]
-M2_CONTEXT = ["tests/reward_models/test_context.py", "-k", "not solves_reversals"]
-M2_UNCERTAINTY = ["tests/reward_models/test_pref_uncertainty.py", "tests/objectives/test_upo.py", "-k",
-                  "not tiny_transformer and not planted_label_noise"]
+M2_CONTEXT = ["tests/reward_models/test_context.py", "-k", "render or rpr or marginal"]
+M2_UNCERTAINTY = ["tests/reward_models/test_pref_uncertainty.py", "-k", "not tiny_transformer and not planted_label_noise"]
 M2_DPA = ["tests/reward_models/test_multi_objective.py", "tests/reward_models/test_pref_directional.py", "-k",
           "not recovers_attributes"]
 M2_MAXMIN = ["tests/reward_models/test_pref_maxmin.py", "tests/reward_models/test_maxmin_em_step_values.py"]
@@ -916,7 +915,7 @@ M2_IMAGE_DATA = ["tests/diffusion/test_image_data.py", "tests/diffusion/test_pai
                  "not repeated_image_pairs"]
 M2_DIFF_EVAL = ["tests/diffusion/test_diffusion_run.py", "-k", "ties_against_itself"]
 M2_VISION_DATA = ["tests/vlm/test_vlm_media.py", "tests/vlm/test_vlm_scoring.py", "tests/vlm/test_vlm_trainer.py", "-k",
-                  "forms_agree or video or placeholder or image_token_mismatch or bad_rows or data_line"]
+                  "forms_agree or video or placeholder or image_token_mismatch or bad_rows or data_line or vision_rows"]
 M2_VISION_LAYOUT = ["tests/vlm/test_vlm_scoring.py", "tests/vlm/test_vlm_methods.py", "-k",
                     "equals or idefics3 or pami_selects or pami_identical"]
 M2_VISION_PAIRS = ["tests/vlm/test_vlm_methods.py", "-k", "pami or cat_builder or cat_rows"]
@@ -1134,17 +1133,13 @@ MUTANTS += [
            M2_VISION_LAYOUT, "an input-side pair (same answer, other images) is refused as identical"),
     Mutant("models2-vision-image-tokens-chosen-side-only", "data/vision.py",
            [("report.image_tokens += prompt_ids.count(image_token) + (rejected[0] or []).count(image_token)",
-             "report.image_tokens += prompt_ids.count(image_token)")], M2_VISION_DATA + M2_VISION_PAIRS[:1],
+             "report.image_tokens += prompt_ids.count(image_token)")], M2_VISION_DATA,
            "the image-token count leaves out the rejected side's own images"),
     # vision layout and the pair builders
     Mutant("models2-vision-rejected-on-chosen-images", "scoring/vlm.py",
            [("sequences += [(*p.side(True)[:1], p.rejected_ids, *p.side(True)[1:]) for p in pairs]",
              "sequences += [(*p.side(False)[:1], p.rejected_ids, *p.side(False)[1:]) for p in pairs]")],
            M2_VISION_LAYOUT, "the rejected response is scored on the chosen side's images"),
-    Mutant("models2-vision-image-stack-padded-in-front", "scoring/vlm.py",
-           [("parts = [torch.cat([p, p.new_zeros(p.shape[0], most - p.shape[1], *p.shape[2:])], 1) for p in parts]",
-             "parts = [torch.cat([p.new_zeros(p.shape[0], most - p.shape[1], *p.shape[2:]), p], 1) for p in parts]")],
-           M2_VISION_LAYOUT, "Idefics3 image stacks padded before the real images"),
     Mutant("models2-vision-pami-near-candidate", "data/vision_pairs.py",
            [("k = max(keep, key=d.__getitem__)", "k = min(keep, key=d.__getitem__)")], M2_VISION_PAIRS,
            "PaMi-VDPO keeps the candidate on which the answer is most likely (the nearest, not the far one)"),

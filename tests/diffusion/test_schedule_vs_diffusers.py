@@ -60,3 +60,21 @@ def test_variance_and_sampler_match_ddim_scheduler():
     for t in ddim.timesteps:
         x = ddim.step(model(x, t.reshape(1).expand(2)), t, x).prev_sample
     torch.testing.assert_close(ddim_sample(model, x_T, schedule, 10), x, atol=1e-5, rtol=1e-5)
+
+
+def test_v_prediction_sampler_matches_ddim_scheduler_landing_on_alpha_one():
+    """With prediction_type v_prediction, (x0_hat, eps_hat) = (alpha x - sigma v, alpha v + sigma x) as diffusers'
+    DDIMScheduler.step; with set_alpha_to_one the last step lands on abar = 1 (t = -1 reads initial_alpha_cumprod,
+    not abar_0). The whole 10-step DDIM run equals diffusers'."""
+    ddim = diffusers.DDIMScheduler(**{**SD, "timestep_spacing": "trailing", "set_alpha_to_one": True,
+                                      "prediction_type": "v_prediction"})
+    schedule = NoiseSchedule.from_scheduler(ddim)
+    assert schedule.abar(torch.tensor([-1, 0])).tolist() == [1.0, float(ddim.alphas_cumprod[0])]
+    ddim.set_timesteps(10)
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(2, 4, 8, 8, generator=g)
+    model = lambda x, t: 0.3 * x + 0.01 * t.reshape(-1, 1, 1, 1).float() / 1000  # noqa: E731
+    x = x_T
+    for t in ddim.timesteps:
+        x = ddim.step(model(x, t.reshape(1).expand(2)), t, x).prev_sample
+    torch.testing.assert_close(ddim_sample(model, x_T, schedule, 10), x, atol=1e-5, rtol=1e-5)
