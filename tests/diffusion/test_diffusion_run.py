@@ -279,6 +279,12 @@ def test_preflab_eval_reproduces_the_runs_final_eval_and_ties_against_itself(ass
                                     num_prompts=2)
     assert itself["metrics"]["implicit_accuracy"] == 0.5 and itself["metrics"]["win_rate"] == 0.5
     assert itself["win_rate"]["ties"] == 2
+    # against the base model, one prompt: the win rate is the policy's, 1 when its sample scores higher, else 0
+    weights = torch.arange(3 * 16 * 16, dtype=torch.float64).reshape(3, 16, 16)
+    weighted = lambda images, prompts: [float((x.double() * weights).sum()) for x in images]  # noqa: E731
+    base = evaluate_diffusion_run(str(out), assets["eval"], reward_fn=weighted, num_prompts=1)["metrics"]
+    assert base["reward/policy"] != base["reward/reference"]
+    assert base["win_rate"] == (1.0 if base["reward/policy"] > base["reward/reference"] else 0.0)
 
 
 def test_preflab_eval_task_diffusion_prints_its_note_after_the_metric_block(assets, tmp_path, capsys):

@@ -162,3 +162,47 @@ def test_a_row_missing_one_column_of_its_form_names_that_column(tmp_path, row, f
     examples, report = load_image_pairs([good, row, good], resolution=8, on_bad_row="skip")
     assert len(examples) == 2 and report.skipped == {"missing_field": 1}
     assert report.skipped_examples[0]["field"] == field
+
+
+def test_equal_pickscores_are_a_tie_dropped_whatever_the_label():
+    """SmPO orders a pair by its PickScores (ps_label_0 = 1[s_0 > s_1]): equal scores name no winner, so the row is
+    a dropped tie even with label_0 = 1, and order_by_score(s, s) is False."""
+    from preflab.diffusion.smoothing import order_by_score
+
+    rows = [{"caption": "a", "jpg_0": RED, "jpg_1": BLUE, "label_0": 1, "ps_score_0": 0.2, "ps_score_1": 0.2},
+            {"caption": "b", "jpg_0": RED, "jpg_1": BLUE, "label_0": 0, "ps_score_0": 0.25, "ps_score_1": 0.2}]
+    examples, report = load_image_pairs(rows, resolution=8, needs_preference_prob=True)
+    assert [x.prompt for x in examples] == ["b"] and report.ties_dropped == 1
+    assert pixel(examples[0].chosen) == (255, 0, 0)  # the scores' order, not label_0
+    order = order_by_score(torch.tensor([0.2, 0.25, 0.1]), torch.tensor([0.2, 0.2, 0.2]))
+    assert order.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("label", [0.5, 1, 0])
+def test_a_pickapic_row_with_one_pickscore_is_a_bad_row_naming_the_missing_score(tmp_path, label):
+    """ps_score_0 without ps_score_1 (or the other way) orders nothing: it crashed with torch's "Could not infer
+    dtype of NoneType" (label_0 = 1), or made a tie (label_0 = 0.5) a pair with the second image preferred and no
+    smoothed preference. It is a bad row naming the missing column, skippable and counted."""
+    good = {"caption": "a", "jpg_0": "r.png", "jpg_1": "b.png", "label_0": 1, "ps_score_0": 0.25, "ps_score_1": 0.2}
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "r.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "b.png")
+    one = {k: v for k, v in good.items() if k != "ps_score_1"} | {"label_0": label}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (good, one, good)) + "\n")
+    with pytest.raises(DataError) as err:
+        load_image_pairs(str(path), resolution=8, needs_preference_prob=True)
+    assert (err.value.row_id, err.value.field, err.value.reason) == (1, "ps_score_1", "missing_field")
+    assert str(path) in str(err.value) and "has ps_score_0 but no ps_score_1" in str(err.value)
+    examples, report = load_image_pairs(str(path), resolution=8, on_bad_row="skip", needs_preference_prob=True)
+    assert [x.row_id for x in examples] == [0, 2] and report.skipped == {"missing_field": 1}
+
+
+def test_caption_perturbation_never_replaces_a_word_with_itself():
+    """The substitution pool is the data's own words (caption_vocabulary), which holds the caption's words too: a
+    replaced word takes another word, so 'strong' changes exactly round(0.8 * 5) = 4 of 5 words whatever the seed."""
+    from preflab.diffusion.captions import caption_vocabulary
+
+    vocab = caption_vocabulary(["red red red red red", "blue"])
+    assert vocab == ["blue", "red"]
+    for seed in range(10):
+        assert perturb_caption("red red red red red", "strong", vocab, seed=seed).split().count("blue") == 4

@@ -130,3 +130,28 @@ def test_mse_is_float32_for_half_inputs():
     b = a + torch.tensor(1e-3, dtype=torch.float16)
     e = per_sample_mse(a, b)
     assert e.dtype == torch.float32 and e[0].item() == pytest.approx(float(b[0, 0] - a[0, 0]) ** 2, rel=1e-6)
+
+
+def test_inverted_pair_inverts_each_image_under_its_own_caption():
+    """mode ddim_invert (SmPO, InPO; DCPO's two captions): the loser is inverted under cond_rejected (the winner's
+    caption only when it has none), and each side's target comes from its own inverted noise: both equal
+    ddim_invert of that image alone. The mock denoiser predicts its conditioning, so a caption mix-up shows."""
+    from preflab.diffusion.inversion import ddim_invert
+
+    def predicts_cond(x_t, t, cond):
+        return cond.to(x_t.dtype).expand_as(x_t)
+
+    g = torch.Generator().manual_seed(0)
+    chosen, rejected, c_w, c_l = (torch.randn(2, 1, 4, 4, generator=g) for _ in range(4))
+    schedule, t = sd_schedule(), torch.tensor([300, 700])
+    noiser = PairNoiser(schedule, mode="ddim_invert", num_inversion_steps=5)
+    out = noiser(chosen, rejected, denoiser=predicts_cond, cond_chosen=c_w, cond_rejected=c_l, timesteps=t)
+    for side, x0, cond in (("chosen", chosen, c_w), ("rejected", rejected, c_l)):
+        x_t, eps = ddim_invert(predicts_cond, x0, cond, t, schedule, 5)
+        torch.testing.assert_close(getattr(out, f"noisy_{side}"), x_t, rtol=0, atol=0)
+        torch.testing.assert_close(getattr(out, f"noise_{side}"), eps, rtol=0, atol=0)
+        torch.testing.assert_close(getattr(out, f"target_{side}"), eps, rtol=0, atol=0)  # epsilon target
+    assert not torch.equal(out.noise_chosen, out.noise_rejected)
+    shared = noiser(chosen, rejected, denoiser=predicts_cond, cond_chosen=c_w, timesteps=t)
+    torch.testing.assert_close(shared.noise_rejected, ddim_invert(predicts_cond, rejected, c_w, t, schedule, 5)[1],
+                               rtol=0, atol=0)

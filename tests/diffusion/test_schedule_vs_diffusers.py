@@ -53,10 +53,26 @@ def test_variance_and_sampler_match_ddim_scheduler():
     ddim.set_timesteps(10)
     assert sampling_timesteps(10).tolist() == ddim.timesteps.tolist()
     # one DDIM step with a fixed linear "model" equals diffusers' step
-    g = torch.Generator().manual_seed(2)
-    x_T = torch.randn(2, 4, 8, 8, generator=g)
+    torch.testing.assert_close(*_ten_steps_both_ways(ddim, schedule, seed=2), atol=1e-5, rtol=1e-5)
+
+
+def _ten_steps_both_ways(ddim, schedule, seed):
+    """(preflab's ddim_sample, diffusers' DDIMScheduler.step loop) of 10 steps of a fixed linear "model" from one x_T."""
+    ddim.set_timesteps(10)
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
     model = lambda x, t: 0.3 * x + 0.01 * t.reshape(-1, 1, 1, 1).float() / 1000  # noqa: E731
     x = x_T
     for t in ddim.timesteps:
         x = ddim.step(model(x, t.reshape(1).expand(2)), t, x).prev_sample
-    torch.testing.assert_close(ddim_sample(model, x_T, schedule, 10), x, atol=1e-5, rtol=1e-5)
+    return ddim_sample(model, x_T, schedule, 10), x
+
+
+def test_v_prediction_sampler_matches_ddim_scheduler_landing_on_alpha_one():
+    """With prediction_type v_prediction, (x0_hat, eps_hat) = (alpha x - sigma v, alpha v + sigma x) as diffusers'
+    DDIMScheduler.step; with set_alpha_to_one the last step lands on abar = 1 (t = -1 reads initial_alpha_cumprod,
+    not abar_0). The whole 10-step DDIM run equals diffusers'."""
+    ddim = diffusers.DDIMScheduler(**{**SD, "timestep_spacing": "trailing", "set_alpha_to_one": True,
+                                      "prediction_type": "v_prediction"})
+    schedule = NoiseSchedule.from_scheduler(ddim)
+    assert schedule.abar(torch.tensor([-1, 0])).tolist() == [1.0, float(ddim.alphas_cumprod[0])]
+    torch.testing.assert_close(*_ten_steps_both_ways(ddim, schedule, seed=3), atol=1e-5, rtol=1e-5)

@@ -98,3 +98,13 @@ def test_finite_at_extreme_scores_and_bad_config():
         get_objective("diffusion_dpo", convention="sf")
     with pytest.raises(ConfigError, match="loss_type"):
         get_objective("diffusion_dpo", loss_type="robust")
+
+
+def test_logged_errors_are_each_sides_own_mean_mse():
+    """mse/chosen and mse/rejected are the policy's mean denoising errors of the winners and of the losers (the
+    diffusers script's logs), and implicit_acc counts z = Delta_ref - Delta_theta > 0 as right, 0 as half."""
+    batch, _, _ = errors_batch([0.10, 0.30], [0.20, 0.30], [0.15, 0.30], [0.15, 0.30])
+    out = get_objective("diffusion_dpo", beta=5000.0)(batch)
+    assert out.metrics["mse/chosen"].item() == pytest.approx(0.20, abs=1e-12)
+    assert out.metrics["mse/rejected"].item() == pytest.approx(0.25, abs=1e-12)
+    assert out.metrics["implicit_acc"].item() == pytest.approx(0.75, abs=1e-12)

@@ -242,3 +242,13 @@ def test_margin_column_reaches_the_loss():
     r_w, r_l = judge.score(prompts, [r["chosen"] for r in rows]), judge.score(prompts, [r["rejected"] for r in rows])
     expected = torch.nn.functional.softplus(-(r_w - r_l - torch.tensor([2.0, 0.0, 0.0])))
     torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)
+
+
+def test_logit_is_the_trained_loss_log_odds_at_any_tau():
+    """The eval's log-odds of P(a > b) are the loss's: loss = -log sigma(logit(chosen, rejected)) with tau = 0.5
+    (logit = (r_a - r_b) / tau = 1.6 for rewards 1.2 and 0.4)."""
+    head = BTHead(tau=0.5)
+    a, b = torch.tensor([[1.2], [0.0]], dtype=torch.float64), torch.tensor([[0.4], [1.0]], dtype=torch.float64)
+    torch.testing.assert_close(head.logit(a, b), torch.tensor([1.6, -2.0], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(head.loss(a, b, {}).losses, -torch.nn.functional.logsigmoid(head.logit(a, b)),
+                               rtol=0, atol=1e-12)

@@ -165,3 +165,32 @@ def test_max_prompt_length_that_would_cut_the_context_is_a_bad_row():
             for r in _long_prompt_rows()[:2]]  # the context goes to the system message, at the start too
     with pytest.raises(DataError, match="cuts its start, which holds the context"):
         tokenize_reward_pairs(load_rows(chat)[0], tok, max_prompt_length=32, context_template=CONTEXT_TEMPLATE)
+
+
+def test_render_context_reaches_both_prompts_of_a_mapl_intra_row():
+    """A MAPL intra row has its own rejected prompt x_l: with_context writes the row's context into x_w and x_l
+    alike (the rejected side is scored as y | c, x_l), and leaves a row without a context as it is."""
+    from preflab.data.examples import PairExample
+    from preflab.reward_models.context import with_context
+
+    rows = [PairExample(0, "x_w", " y", " y", {"context": "be brief"}, rejected_prompt="x_l"),
+            PairExample(1, "x_w", " y", " y", {}, rejected_prompt="x_l"),
+            PairExample(2, "p", " a", " b", {"context": "c"})]
+    out = with_context(rows)
+    assert (out[0].prompt, out[0].rejected_prompt) == ("Context: be brief\n\nx_w", "Context: be brief\n\nx_l")
+    assert (out[1].prompt, out[1].rejected_prompt) == ("x_w", "x_l")
+    assert (out[2].prompt, out[2].rejected_prompt) == ("Context: c\n\np", None)
+
+
+def test_marginal_reversal_groups_are_pairs_with_two_winners_not_repeats():
+    """A pair repeated under two contexts with the same winner is no reversal: it forms no group (reversal accuracy
+    None when nothing else does), and next to a real reversal group it does not count in the fraction."""
+    from preflab.reward_models.context import reversal_groups
+
+    examples, _ = load_rows([{"prompt": "x", "chosen": "a", "rejected": "b", "context": "1"},
+                             {"prompt": "x", "chosen": "a", "rejected": "b", "context": "2"},  # same winner
+                             {"prompt": "y", "chosen": "a", "rejected": "b", "context": "1"},
+                             {"prompt": "y", "chosen": "b", "rejected": "a", "context": "2"}])
+    assert reversal_groups(examples) == [[2, 3]]
+    assert reversal_accuracy(examples[:2], torch.tensor([True, True])) is None
+    assert reversal_accuracy(examples, torch.tensor([False, False, True, True])) == 1.0

@@ -65,3 +65,25 @@ def test_cli_helper_prints_the_result_and_counts_bad_rows(tmp_path, capsys):
     expected = evaluate_reward_model(str(tmp_path / "rm"), ROWS)
     assert printed["accuracy"] == expected["accuracy"] and printed["num_pairs"] == 12
     assert printed["skipped"] == {"missing_field": 1}
+
+
+def test_pair_outputs_are_each_sides_own_sequence_score():
+    """pair_outputs' chosen rows score prompt + chosen and its rejected rows prompt + rejected: each equals the model
+    run on that one sequence alone (batches of 5 with padding give the same numbers)."""
+    import torch
+
+    from preflab.reward_models.heads import sequence_outputs
+
+    tok = tiny_tokenizer()
+    model = build_reward_model("builtin:tiny-gpt2", 1, tok, seed=1).eval()
+    pairs, _ = tokenize_reward_pairs(load_rows(ROWS[:7])[0], tok)
+    out_c, out_r = pair_outputs(model, pairs, tok.pad_token_id, batch_size=5)
+    with torch.no_grad():
+        def alone(ids):
+            return sequence_outputs(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+
+        want_c = torch.cat([alone(p.prompt_ids + p.chosen_ids) for p in pairs])
+        want_r = torch.cat([alone(p.prompt_ids + p.rejected_ids) for p in pairs])
+    torch.testing.assert_close(out_c, want_c, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out_r, want_r, rtol=0, atol=1e-5)
+    assert not torch.allclose(want_c, want_r, atol=1e-3)

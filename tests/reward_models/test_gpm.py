@@ -89,3 +89,15 @@ def test_gpm_fits_a_cyclic_triple_that_bt_cannot(tmp_path):
     assert bt_metrics["eval_loss"] >= math.log(2) - 1e-6
     p_bt = BTPreference(load_judge(str(bt_dir))).win_rate_matrix("?", [" A", " B", " C"])
     torch.testing.assert_close(p_bt, torch.full((3, 3), 0.5), atol=0.02, rtol=0)
+
+
+def test_score_matrix_entries_and_logged_probability_by_hand():
+    """S[i, j] = s(y_i > y_j) (row i beats column j), and the loss's `prob` metric is sigma(s / tau): for unit
+    vectors at 0 and 120 degrees, S[0, 1] = sin 120 = 0.866025 and prob = sigma(8.66025) = 0.999827 at tau 0.1."""
+    e = torch.tensor([[1.0, 0.0], [math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3)]], dtype=torch.float64)
+    s = score_matrix(e)
+    assert s[0, 1].item() == pytest.approx(math.sin(2 * math.pi / 3), abs=1e-12)
+    torch.testing.assert_close(s[0, 1], skew_score(e[0], e[1]), rtol=0, atol=1e-15)
+    out = GPMHead(dim=2, tau=0.1).loss(e[:1], e[1:], {})
+    assert out.metrics["prob"].item() == pytest.approx(0.999827, abs=1e-6)
+    assert out.metrics["margin"].item() == pytest.approx(0.866025, abs=1e-6)

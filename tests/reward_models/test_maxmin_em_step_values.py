@@ -74,3 +74,30 @@ def test_an_emptied_cluster_takes_the_worst_fitting_user_of_a_cluster_that_keeps
     # the E-step alone gives [0, 0, 0, 0, 1]; group 2 gets user 1 (per-pair fit -2.0, the worst outside a singleton)
     assert step.responsibilities.argmax(1).tolist() == [0, 2, 0, 0, 1] and step.changed is True
     assert step.responsibilities.sum(0).tolist() == [3.0, 1.0, 1.0]
+
+
+def test_new_users_posterior_carries_the_fitted_priors():
+    """RewardMixture.assign (the E-step for held-out users): gamma_{u,k} = w_k exp(l_{u,k}) / sum_j w_j exp(l_{u,j})
+    with l_{u,k} the sum of the user's pairs' log sigma(r_k(chosen) - r_k(rejected)); with priors (0.9, 0.1) a
+    user whose one pair slightly favours group 1 still lands in group 0."""
+    import torch.nn.functional as F
+
+    from preflab.reward_models.maxmin import RewardMixture
+
+    def linear(weight):
+        m = nn.Linear(2, 1, bias=False).double()
+        m.weight.data = torch.tensor([weight], dtype=torch.float64)
+        return m
+
+    models = nn.ModuleList([linear([1.0, 0.0]), linear([0.0, 1.0])])
+    mix = RewardMixture(models, torch.tensor([0.9, 0.1], dtype=torch.float64), ["a", "b"], START[:2], START[:2])
+    chosen = torch.tensor([[0.5, 0.8], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    rejected = torch.zeros(3, 2, dtype=torch.float64)
+    users, posterior = mix.assign(chosen, rejected, ["u", "v", "v"])
+    assert users == ["u", "v"]
+    ll = torch.stack([F.logsigmoid(torch.tensor([0.5, 0.8], dtype=torch.float64)),
+                      F.logsigmoid(torch.tensor([1.0, 0.0], dtype=torch.float64))
+                      + F.logsigmoid(torch.tensor([0.0, 2.0], dtype=torch.float64))])
+    joint = ll + torch.tensor([0.9, 0.1], dtype=torch.float64).log()
+    torch.testing.assert_close(posterior, joint.exp() / joint.exp().sum(1, keepdim=True), rtol=0, atol=1e-12)
+    assert posterior.argmax(1).tolist() == [0, 0] and ll[0].argmax().item() == 1

@@ -106,3 +106,13 @@ def test_grid_rule_equals_the_released_get_angle_perturbations():
         grid_neighbor_angles(80.0)   # the grid ends at 40: no angle within 30 of 80
     with pytest.raises(ConfigError, match="toward"):
         neighbor_angles(45.0, toward=0.0, rule="grid")
+
+
+def test_grid_rule_counts_an_angle_exactly_theta_max_away():
+    """The released rule keeps grid angles with diff <= theta_max: for the target 50 the fifth neighbour, 20, is
+    exactly 30 degrees away, so k = 5 is met (a strict < would leave 4 and refuse); k = 6 is refused."""
+    assert grid_neighbor_angles(50.0) == [40.0, 35.0, 30.0, 25.0, 20.0]
+    assert sorted(released_get_angle_perturbations((math.cos(math.radians(50)), math.sin(math.radians(50))))) == \
+        [20.0, 25.0, 30.0, 35.0, 40.0]
+    with pytest.raises(ConfigError, match="only 5 grid angles"):
+        grid_neighbor_angles(50.0, k=6)

@@ -131,3 +131,15 @@ def test_mc_dropout_on_tiny_transformer_backbones():
     attention.attention_dropout = 0.3  # applied functionally when the module is in train mode
     assert dropout_sources(llama) == ["backbone.model.layers.0.self_attn.attention_dropout=0.3"]
     assert (bald(mc_dropout_probs(llama, inputs, passes=6, seed=0)) > 0).all()
+
+
+def test_lowest_rule_keeps_the_ceil_fraction_of_least_uncertain_candidates():
+    """rule 'lowest' with fraction 1/2 of 3 candidates keeps ceil(1.5) = 2 pairs (the module's deviation from the
+    code's floor, which keeps 1), the two of lowest BALD (0 and 0.035), in that order."""
+    probs = torch.cat([passes(0.99, 0.6, 0.99, 0.6), passes(0.9, 0.9, 0.9, 0.9), passes(0.9, 0.6, 0.8, 0.7)], 1)
+    scores = bald(probs)
+    assert scores[1].item() == 0.0 and scores[2].item() == pytest.approx(0.034990, abs=1e-5) and scores[0] > scores[2]
+    sel = select_reliable_pairs(probs, fraction=0.5, rule="lowest")
+    assert sel.index.tolist() == [1, 2] and sel.counts["selected"] == 2
+    assert select_reliable_pairs(probs, fraction=0.2, rule="lowest").index.tolist() == [1]  # ceil(0.6) = 1
+

@@ -171,3 +171,48 @@ def test_a_pair_differing_only_in_spacing_has_no_phrase_and_is_a_bad_row_for_rrp
     with pytest.raises(DataError, match="rejected.*differ in no word"):
         tokenize_vision_pairs(examples, processor, phrase_ids=True)
     assert len(tokenize_vision_pairs(examples, processor)[0]) == 2  # plain DPO still trains both
+
+
+def test_vision_rows_put_a_text_prompts_images_first_and_count_rejected_images():
+    """A text prompt gets one image part per image, before the text (TRL's vision rows); rejected_images of another
+    count than the prompt's images is a bad row naming rejected_images."""
+    import pytest
+
+    from preflab.data.vision import read_vision_pairs, vision_prompt
+    from preflab.errors import DataError
+
+    prompt, images = vision_prompt({"prompt": "q?", "images": [image((1, 2, 3)), image((3, 2, 1), seed=1)]})
+    assert prompt == [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                   {"type": "text", "text": "q?"}]}]
+    assert len(images) == 2
+    row = {"prompt": "q?", "images": [image((1, 2, 3))], "chosen": "a", "rejected": "b",
+           "rejected_images": [image((0, 0, 9)), image((9, 0, 0))]}
+    with pytest.raises(DataError, match="rejected_images.*2 rejected image"):
+        read_vision_pairs([row])
+
+
+def test_vision_rows_room_and_image_tokens_count_the_rejected_sides_own_images():
+    """Input-side negatives (rejected_images) may give the rejected prompt more image tokens than the chosen one
+    (Qwen2-VL: 6 for 24x16, 16 for 56x56): max_length leaves room after the longer prompt (41 tokens here), a
+    max_length it fills is refused, and the report counts both sides' image tokens."""
+    import pytest
+
+    from preflab.data.vision import VisionTokenizeReport, read_vision_pairs, tokenize_vision_pair
+    from preflab.data.report import RowProblem
+    from preflab.models.tiny_vlm import tiny_vlm_processor
+    from vlm_helpers import pair_row
+
+    processor = tiny_vlm_processor("qwen2_vl")
+    row = pair_row(chosen="red red red red red red", rejected="blue")
+    row["rejected_images"] = [image((0, 0, 200), size=(56, 56), seed=5)]
+    (ex,), _ = read_vision_pairs([row])
+    report = VisionTokenizeReport()
+    full = tokenize_vision_pair(ex, processor, report=report)
+    token = processor.image_token_id
+    assert (full.prompt_ids.count(token), full.rejected_prompt_ids.count(token)) == (6, 16)
+    assert (len(full.prompt_ids), len(full.rejected_prompt_ids), len(full.chosen_ids)) == (31, 41, 14)
+    assert report.image_tokens == 22
+    cut = tokenize_vision_pair(ex, processor, max_length=46)
+    assert (len(cut.chosen_ids), len(cut.rejected_ids)) == (5, 5)  # 46 - 41
+    with pytest.raises(RowProblem, match="41 tokens, max_length is 41"):
+        tokenize_vision_pair(ex, processor, max_length=41)

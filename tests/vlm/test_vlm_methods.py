@@ -255,3 +255,13 @@ def test_a_vision_tokenization_error_names_the_rows_line(tmp_path):
     with pytest.raises(DataError, match=r"pairs\.jsonl row 1 \(line 3\), field 'rejected': chosen and rejected "
                                         r"have the same tokens"):
         tokenize_vision_pairs(examples, processor, max_completion_length=2)
+
+
+def test_cat_builder_rewrites_the_first_vague_referent_only():
+    """CAT's rewrite replaces the answer's first vague referent (by position) with the annotated object(s), "the a
+    and the b" for two; later vague words stay."""
+    from preflab.data.vision_pairs import rewrite_specific
+
+    assert rewrite_specific("it is something near it", ["red square"]) == "the red square is something near it"
+    assert rewrite_specific("I see something and stuff", ["red square", "dot"]) == \
+        "I see the red square and the dot and stuff"

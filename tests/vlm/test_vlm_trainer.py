@@ -237,3 +237,21 @@ def test_vision_data_line_names_text_prompts_standard_and_message_prompts_conver
     _, report = read_vision_pairs(rows)
     assert report.forms == {"vision_standard": 1, "vision_conversational": 3}
     assert "forms: vision_conversational 3, vision_standard 1" in report.summary()
+
+
+def test_frozen_vision_tower_leaves_the_qwen2_vl_merger_trainable():
+    """Qwen2-VL's projector lives inside the tower's module (visual.merger.*): freeze_vision_tower fixes visual.*
+    but the merger, which freeze_multi_modal_projector fixes; the counts are the parameters fixed in each."""
+    from preflab.models.vlm import freeze_vision, is_projector, is_vision_tower
+
+    assert is_projector("model.visual.merger.mlp.0.weight") and not is_vision_tower("model.visual.merger.mlp.0.weight")
+    assert is_vision_tower("model.visual.blocks.0.attn.qkv.weight")
+    model, _ = tiny("qwen2_vl")
+    merger = {n: p.numel() for n, p in model.named_parameters() if ".merger." in n}
+    tower = {n: p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}" and n not in merger}
+    assert merger and tower
+    counts = freeze_vision(model, tower=True, projector=False)
+    assert counts == {"vision_tower": sum(tower.values()), "projector": 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(merger) <= trainable and not set(tower) & trainable
+    assert freeze_vision(model, tower=False, projector=True)["projector"] == sum(merger.values())

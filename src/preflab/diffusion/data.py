@@ -181,6 +181,11 @@ def build_example(row_id: int, row: dict, *, resolution: int, resize: bool, base
         if label not in (0.0, 0.5, 1.0):
             raise RowProblem("bad_label", "label_0", f"label_0 must be 0, 0.5 or 1, got {row.get('label_0')!r}", "")
         s0, s1 = _number(row, "ps_score_0"), _number(row, "ps_score_1")
+        if (s0 is None) != (s1 is None):  # one score orders nothing (and gave a crash or an unlabelled tie pair)
+            given, missing = ("ps_score_0", "ps_score_1") if s1 is None else ("ps_score_1", "ps_score_0")
+            raise RowProblem("missing_field", missing, f"the row has {given} but no {missing}: the pair's order and "
+                             "SmPO's smoothed preference come from both PickScores",
+                             "Give both PickScores, or neither (label_0 then orders the pair).")
         first_wins = (s0 > s1) if (s0 is not None and s1 is not None) else label == 1.0
         if s0 is None and label == 0.5:
             return None
