@@ -19,9 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from preflab.cli import main
-from preflab.reward_models.eval import evaluate_reward_model
-
 WORDS = "the cat sat on mat dog ran to park what is two plus three answer five please how many legs spider".split()
 
 
@@ -51,6 +48,9 @@ TOYS = {"brevity": brevity, "loud": loud, "loud_longprompt": lambda n, seed: lou
 
 
 def run(toy: str, lr: float, steps: int, model: str = "builtin:tiny-llama", extra: tuple = ()) -> dict:
+    from preflab.cli import main  # here: `--help` and the spec check need neither torch nor transformers
+    from preflab.reward_models.eval import evaluate_reward_model
+
     out = Path(tempfile.mkdtemp(prefix="ctx-sweep-"))
     data = out / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in TOYS[toy](96, 0)))

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "preflab"
 # Each check runs in a fresh interpreter: the bug depends on what was imported before.
 CHECK = textwrap.dedent("""
     import importlib, types
-    packages = ["preflab.lab", "preflab.eval"]
+    packages = ["preflab.lab", "preflab.eval", "preflab.reward_models"]
     checked = []
     for name in packages:
         pkg = importlib.import_module(name)
@@ -46,7 +46,7 @@ def test_every_package_with_lazy_exports_is_checked():
     # (tests/test_trl_migration.py), so it is not a lazy-export package
     lazy = sorted(p.parent.relative_to(SRC.parent).as_posix().replace("/", ".") for p in SRC.rglob("__init__.py")
                   if ("def __getattr__" in p.read_text() and p.parent != SRC) or "lazy_exports(" in p.read_text())
-    assert lazy == ["preflab.eval", "preflab.lab"]
+    assert lazy == ["preflab.eval", "preflab.lab", "preflab.reward_models"]
 
 
 def test_egpo_from_package_then_module_then_package():

@@ -22,22 +22,28 @@ Mixtures over users, uncertainty, personalization (tensor/feature level, any bac
 Until 0.2 this room was three: `preflab.reward`, `preflab.preference` (and `preflab.rewards`, now
 `preflab.verifiers`); those names still import, with a DeprecationWarning, for one release.
 """
-from preflab.reward_models.bt import BTHead, bt_losses
-from preflab.reward_models.eval import evaluate_reward_model
-from preflab.reward_models.fewshot_episodes import build_episodes, plan_episodes
-from preflab.reward_models.gpm import GPMHead, score_matrix, skew_score
-from preflab.reward_models.interface import (BTPreference, GPMPreference, MatrixPreference, PreferenceModel,
-                                             RewardFunction, RewardModel, SymmetrizedPreference, load_judge)
-from preflab.reward_models.maxmin import RewardMixture, cluster_purity, fit_reward_mixture
-from preflab.reward_models.maxmin_aggregate import MaxMinReward, Standardizer, maxmin_rewards
-from preflab.reward_models.multi_objective import MultiObjectiveHead, directional_best_of_n
-from preflab.reward_models.orchestrator import (OrchestratedReward, PreferenceWeightAdapter, fit_adapter,
-                                                pro_targets)
-from preflab.reward_models.uncertainty import bald, mc_dropout_probs, select_reliable_pairs
+from __future__ import annotations
 
-__all__ = ["BTHead", "bt_losses", "GPMHead", "skew_score", "score_matrix", "MultiObjectiveHead",
-           "directional_best_of_n", "evaluate_reward_model", "RewardFunction", "PreferenceModel", "RewardModel",
-           "BTPreference", "GPMPreference", "SymmetrizedPreference", "MatrixPreference", "load_judge",
-           "fit_reward_mixture", "RewardMixture", "cluster_purity", "MaxMinReward", "Standardizer",
-           "maxmin_rewards", "mc_dropout_probs", "bald", "select_reliable_pairs", "build_episodes",
-           "plan_episodes", "PreferenceWeightAdapter", "fit_adapter", "pro_targets", "OrchestratedReward"]
+from preflab._lazy import lazy_exports
+
+# name -> submodule, imported on first use (preflab._lazy): `import preflab.reward_models.fspo` (the FSPO toy rows,
+# the episode builders) no longer imports torch through this package's heads
+_EXPORTS = {
+    "BTHead": "bt", "bt_losses": "bt",
+    "GPMHead": "gpm", "skew_score": "gpm", "score_matrix": "gpm",
+    "MultiObjectiveHead": "multi_objective", "directional_best_of_n": "multi_objective",
+    "evaluate_reward_model": "eval",
+    "RewardFunction": "interface", "PreferenceModel": "interface", "RewardModel": "interface",
+    "BTPreference": "interface", "GPMPreference": "interface", "SymmetrizedPreference": "interface",
+    "MatrixPreference": "interface", "load_judge": "interface",
+    "fit_reward_mixture": "maxmin", "RewardMixture": "maxmin", "cluster_purity": "maxmin",
+    "MaxMinReward": "maxmin_aggregate", "Standardizer": "maxmin_aggregate", "maxmin_rewards": "maxmin_aggregate",
+    "mc_dropout_probs": "uncertainty", "bald": "uncertainty", "select_reliable_pairs": "uncertainty",
+    "build_episodes": "fewshot_episodes", "plan_episodes": "fewshot_episodes",
+    "PreferenceWeightAdapter": "orchestrator", "fit_adapter": "orchestrator", "pro_targets": "orchestrator",
+    "OrchestratedReward": "orchestrator",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

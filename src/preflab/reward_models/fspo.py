@@ -47,14 +47,16 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from preflab.data.report import RowProblem
 from preflab.data.sources import read_file_rows
 from preflab.errors import ConfigError, DataError
 from preflab.reward_models.fewshot_episodes import (DEFAULT_INSTRUCTION, build_episodes, render_completion,
                                                     render_episode, user_pair, user_pairs)
+
+if TYPE_CHECKING:  # torch is imported inside the functions that use it: the toy rows and episodes need none
+    import torch
 
 STATE_FILE = "fspo_state.json"
 STAGES = ("fspo", "pooled")
@@ -155,6 +157,8 @@ def split_users(rows: list[dict], heldout_users: list | None, heldout_fraction: 
 def response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
     """[N] sum of log pi(response token | prompt, previous tokens), encoded as the training rows are
     (BOS + prompt tokens + response tokens)."""
+    import torch  # imported where used: the toy rows and the episode files need none (a fresh process skips it)
+
     bos = tokenizer.bos_token_id
     out = []
     model.eval()
@@ -180,6 +184,8 @@ def response_logps(model, tokenizer, prompts: list[str], responses: list[str], b
 def preference_accuracy(model, tokenizer, rows: list[dict]) -> dict:
     """{accuracy, pair_choice_reward, by_group: {group: {accuracy, pair_choice_reward, episodes}}} over rows
     {prompt, chosen, rejected, group}; a tie (equal log-probs) counts as wrong."""
+    import torch
+
     prompts = [r["prompt"] for r in rows]
     margin = (response_logps(model, tokenizer, prompts, [r["chosen"] for r in rows])
               - response_logps(model, tokenizer, prompts, [r["rejected"] for r in rows]))
@@ -211,6 +217,8 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
              stage_options: dict | None = None, allow_config_change: bool = False) -> dict:
     params = {k: v for k, v in locals().items() if k not in ("output_dir", "resume", "quiet", "stop_after_stage",
                                                              "allow_config_change")}
+    import torch
+
     from preflab.loops.offline import Trainer
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
