@@ -1215,11 +1215,12 @@ MUTANTS += [
 # sampler and pairing, the recipes' round-to-example code (online/trainers.py), the online run's round (prompt
 # draw, slices, group advantages, loss masks, TRL's logged keys), examples' layouts, UPO's pass probabilities, RPS,
 # the game's weights and eta, MCTS-DPO's search, the OTC reward and recipe, DSTC's selection
-PAIRS2 = ["tests/online/test_judge.py", "tests/online/test_rso.py", "-k", "best_vs_worst or pair_builder"]
+PAIRS2 = ["tests/online/test_judge.py", "tests/online/test_rso.py", "-k", "best_vs_worst or pair_builder or user_builders"]
 RSO2 = ["tests/online/test_rso.py"]
-TRAINERS2 = ["tests/online/test_online_run.py", "-k", "gpo_scores or game_preferences"]
-GRPO_ROUND = ["tests/online/test_grpo_loop.py", "tests/online/test_trial_online.py", "-k",
-              "old_policy or step_loss or mask_truncated"]
+TRAINERS2 = ["tests/online/test_online_run.py", "-k", "gpo_scores or game_preferences or hard_label_win_rates"]
+ROUND_VALUES = "tests/online/test_online_round_values.py"  # a round's numbers from its examples (mutation-online)
+GRPO_ROUND = ["tests/online/test_grpo_loop.py", "tests/online/test_trial_online.py", ROUND_VALUES, "-k",
+              "old_policy or step_loss or mask_truncated or follow_from_its_examples or counts_ties_half"]
 ROUND_SIZE = ["tests/online/test_online_run.py", "-k", "prompts_per_generation or no_completion"]
 ONLINE_DPO_KEYS = ["tests/online/test_trial_online.py", "-k", "objective_keys"]
 SHARING = ["tests/online/test_prompt_sharing.py", "tests/online/test_online_run.py", "-k",
@@ -1305,8 +1306,9 @@ MUTANTS += [
     Mutant("online2-run-slices-drop-remainder", "online/run.py",
            [("slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]\n        if 0 <",
              "slices = [order[len(order) // spg * i:len(order) // spg * (i + 1)] for i in range(spg)]\n        if 0 <")],
-           ["tests/online/test_online_run.py", "tests/online/test_grpo_loop.py", "-k",
-            "resume_mid_round or old_policy"], "steps_per_generation slices drop the round's last len % spg examples"),
+           ["tests/online/test_online_run.py", "tests/online/test_grpo_loop.py", ROUND_VALUES, "-k",
+            "resume_mid_round or old_policy or follow_from_its_examples"],
+           "steps_per_generation slices drop the round's last len % spg examples"),
     Mutant("online2-run-scale-rewards-ignored", "online/run.py",
            [("adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]\n            for e, a in zip(examples, adv):",
              "adv = group_advantages(rewards, valid)[0]\n            for e, a in zip(examples, adv):")], GRPO_ROUND,
@@ -1315,14 +1317,12 @@ MUTANTS += [
            [('valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])',
              'valid = torch.tensor([e.extras["valid"] for e in examples])')], GRPO_ROUND,
            "the advantages' baseline includes the unscored completions (valid, not scored)"),
-    Mutant("online2-run-tokens-count-invalid", "online/run.py",
-           [('"valid", [True] * len(e.completions))) if ok) / len(examples)',
-             '"valid", [True] * len(e.completions)))) / len(examples)')],
-           ["tests/online/test_grpo_loop.py", "tests/objectives/test_grpo.py", "-k", "step_loss or dapo"],
-           "tokens_per_prompt (dapo's normaliser) counts the tokens of invalid completions"),
+    # (online2-run-tokens-count-invalid, tokens_per_prompt counting invalid completions, was dropped as equivalent:
+    # the only reader, GRPO's dapo / cispo / vespo normaliser, runs on GRPO-family rounds, whose completions are all
+    # valid -- an unscored one is valid with scored False -- so the `if ok` filter never drops a token there)
     Mutant("online2-run-reward-std-biased", "online/run.py",
            [('"reward_std": float(valid_scores.std()) if', '"reward_std": float(valid_scores.std(unbiased=False)) if')],
-           ["tests/online/test_grpo_loop.py", "tests/online/test_online_dpo.py", "-k", "old_policy or raises_true"],
+           [ROUND_VALUES, "-k", "follow_from_its_examples"],
            "reward_std with the population (n) instead of TRL's n - 1 divisor"),
     Mutant("online2-run-terminated-lengths-inverted", "online/run.py",
            [("terminated = lengths[torch.tensor(has_eos, dtype=torch.bool)]",
@@ -1350,8 +1350,7 @@ MUTANTS += [
     Mutant("online2-run-win-rate-ties-lost", "online/run.py",
            [("wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)",
              "wins = [1.0 if a > b else 0.0 for a, b in zip(after, before)")],
-           ["tests/online/test_grpo_loop.py", "tests/online/test_online_dpo.py", "-k", "raises_true"],
-           "the online win rate counts a tie as a loss"),
+           [ROUND_VALUES, "-k", "counts_ties_half"], "the online win rate counts a tie as a loss"),
     # examples and their layouts (online/examples.py)
     Mutant("online2-examples-trained-tokens-ignore-mask", "online/examples.py",
            [("return len(self.completions[k]) if self.loss_mask is None else sum(self.loss_mask[k])",
