@@ -1217,7 +1217,7 @@ MUTANTS += [
 # the game's weights and eta, MCTS-DPO's search, the OTC reward and recipe, DSTC's selection
 PAIRS2 = ["tests/online/test_judge.py", "tests/online/test_rso.py", "-k", "best_vs_worst or pair_builder or user_builders"]
 RSO2 = ["tests/online/test_rso.py"]
-TRAINERS2 = ["tests/online/test_online_run.py", "-k", "gpo_scores or game_preferences or hard_label_win_rates"]
+TRAINERS2 = ["tests/online/test_online_run.py", "-k", "gpo_scores or game_preferences or hard_label_win_rates or over_the_temperature"]
 ROUND_VALUES = "tests/online/test_online_round_values.py"  # a round's numbers from its examples (mutation-online)
 GRPO_ROUND = ["tests/online/test_grpo_loop.py", "tests/online/test_trial_online.py", ROUND_VALUES, "-k",
               "old_policy or step_loss or mask_truncated or follow_from_its_examples or counts_ties_half"]

@@ -476,3 +476,14 @@ def test_sppo_hard_label_win_rates_count_a_tie_as_one_half_among_the_scored_comp
     # scored (2, 0, 1): P rows (1/2, 1, 1), (0, 1/2, 0), (0, 1, 1/2) -> p = (5/6, 1/6, 1/2)
     assert ex.completions == [[6], [8]] and counts["pairs/ties_dropped"] == 0
     assert ex.extras == pytest.approx({"score_chosen": 5 / 6, "score_rejected": 1 / 6}, abs=1e-12)
+
+
+def test_gpo_reward_log_odds_are_the_reward_gaps_over_the_temperature():
+    """reward_log_odds(r, t) = (r_i - r_j) / t, the log-odds of preference_matrix(r, t) read without the sigmoid
+    round trip: equal to preference_log_odds of that matrix (t = 0.25, not 1, where / t and * t agree)."""
+    from preflab.online.trainers import preference_log_odds, preference_matrix, reward_log_odds
+
+    r = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    T = reward_log_odds(r, 0.25)
+    assert T.tolist() == [[0.0, 2.0, 4.0], [-2.0, 0.0, 2.0], [-4.0, -2.0, 0.0]]
+    assert torch.allclose(T, preference_log_odds(preference_matrix(r, 0.25)), atol=1e-12)
