@@ -1215,9 +1215,11 @@ MUTANTS += [
 # sampler and pairing, the recipes' round-to-example code (online/trainers.py), the online run's round (prompt
 # draw, slices, group advantages, loss masks, TRL's logged keys), examples' layouts, UPO's pass probabilities, RPS,
 # the game's weights and eta, MCTS-DPO's search, the OTC reward and recipe, DSTC's selection
-PAIRS2 = ["tests/online/test_judge.py", "tests/online/test_rso.py", "-k", "best_vs_worst or pair_builder or user_builders"]
+PAIRS2 = ["tests/online/test_judge.py", "tests/online/test_rso.py", "-k",
+          "best_vs_worst or pair_builder or user_builders"]
 RSO2 = ["tests/online/test_rso.py"]
-TRAINERS2 = ["tests/online/test_online_run.py", "-k", "gpo_scores or game_preferences or hard_label_win_rates or over_the_temperature"]
+TRAINERS2 = ["tests/online/test_online_run.py", "-k",
+             "gpo_scores or game_preferences or hard_label_win_rates or over_the_temperature"]
 ROUND_VALUES = "tests/online/test_online_round_values.py"  # a round's numbers from its examples (mutation-online)
 GRPO_ROUND = ["tests/online/test_grpo_loop.py", "tests/online/test_trial_online.py", ROUND_VALUES, "-k",
               "old_policy or step_loss or mask_truncated or follow_from_its_examples or counts_ties_half"]
@@ -1275,7 +1277,8 @@ MUTANTS += [
            "max_rounds = n runs n + 1 rounds"),
     # the recipes' examples (online/trainers.py)
     Mutant("online2-preference-matrix-transposed", "online/trainers.py",
-           [("diff = rewards.unsqueeze(1) - rewards.unsqueeze(0)", "diff = rewards.unsqueeze(0) - rewards.unsqueeze(1)")],
+           [("diff = rewards.unsqueeze(1) - rewards.unsqueeze(0)",
+             "diff = rewards.unsqueeze(0) - rewards.unsqueeze(1)")],
            TRAINERS2, "P[i, j] = P(y_j > y_i)"),
     Mutant("online2-preference-matrix-tie-wins", "online/trainers.py",
            [("return (diff > 0).double() + 0.5 * (diff == 0).double()", "return (diff >= 0).double()")], TRAINERS2,
@@ -1304,13 +1307,16 @@ MUTANTS += [
              "n = min(cfg.prompts_per_generation, len(self.rows) - 1)\n        rows =")], ROUND_SIZE,
            "a round never takes every prompt"),
     Mutant("online2-run-slices-drop-remainder", "online/run.py",
-           [("slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]\n        if 0 <",
-             "slices = [order[len(order) // spg * i:len(order) // spg * (i + 1)] for i in range(spg)]\n        if 0 <")],
+           [("slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]\n"
+             "        if 0 <",
+             "slices = [order[len(order) // spg * i:len(order) // spg * (i + 1)] for i in range(spg)]\n"
+             "        if 0 <")],
            ["tests/online/test_online_run.py", "tests/online/test_grpo_loop.py", ROUND_VALUES, "-k",
             "resume_mid_round or old_policy or follow_from_its_examples"],
            "steps_per_generation slices drop the round's last len % spg examples"),
     Mutant("online2-run-scale-rewards-ignored", "online/run.py",
-           [("adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]\n            for e, a in zip(examples, adv):",
+           [("adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]\n"
+             "            for e, a in zip(examples, adv):",
              "adv = group_advantages(rewards, valid)[0]\n            for e, a in zip(examples, adv):")], GRPO_ROUND,
            "scale_rewards (batch / none) ignored: every group scaled by its own std"),
     Mutant("online2-run-baseline-reads-valid", "online/run.py",
@@ -1396,7 +1402,7 @@ MUTANTS += [
            [("eta = cfg.game_eta / cfg.beta", "eta = cfg.game_eta * cfg.beta")], GAME_ROUNDS,
            "eta = game_eta x beta instead of game_eta / beta"),
     Mutant("online2-game-inpo-weights-unnormalised", "online/game.py",
-           [("            e.weight *= len(examples) / total\n", "")], GAME_ROUNDS,
+           [("e.weight *= len(examples) / total", "e.weight *= 1.0")], GAME_ROUNDS,
            "INPO's pair weights pi(y) pi(y') P(y > y') not rescaled to mean 1"),
     Mutant("online2-game-spo-self-in-win-proportion", "online/game.py",
            [("rewards = [sum(P[a, b] for n, b in enumerate(answers) if n != m) / (G - 1)",
@@ -1412,7 +1418,8 @@ MUTANTS += [
     # MCTS-DPO's search (online/mcts.py)
     Mutant("online2-mcts-puct-no-sqrt", "online/mcts.py",
            [("return child.Q + w_exp * child.prior * math.sqrt(parent.N) / (1 + child.N)",
-             "return child.Q + w_exp * child.prior * parent.N / (1 + child.N)")], MCTS2, "PUCT with N_parent, not its root"),
+             "return child.Q + w_exp * child.prior * parent.N / (1 + child.N)")], MCTS2,
+           "PUCT with N_parent, not its root"),
     Mutant("online2-mcts-prior-no-length-penalty", "online/mcts.py",
            [("return math.exp(sum(token_logps) / max(1, len(token_logps)) ** length_penalty)",
              "return math.exp(sum(token_logps) / max(1, len(token_logps)))")], MCTS2,
@@ -1423,7 +1430,8 @@ MUTANTS += [
     Mutant("online2-mcts-reward-absolute", "online/mcts.py",
            [("node.r = node.v - leaf.v", "node.r = node.v")], MCTS2, "a step's reward its value, not its gain"),
     Mutant("online2-mcts-commit-by-q", "online/mcts.py",
-           [("root = max(root.children, key=lambda c: (c.N, c.Q))", "root = max(root.children, key=lambda c: (c.Q, c.N))")],
+           [("root = max(root.children, key=lambda c: (c.N, c.Q))",
+             "root = max(root.children, key=lambda c: (c.Q, c.N))")],
            MCTS2, "the search commits to the highest-Q child, not the most visited"),
     # OTC: the reward (verifiers/otc.py) and the recipe's evaluation (tool_use/otc_task.py)
     Mutant("online2-otc-f-not-harmonic", "verifiers/otc.py",
