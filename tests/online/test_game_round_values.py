@@ -124,3 +124,15 @@ def test_egpo_round_plays_against_the_half_step_policy(tmp_path):
         (i,), (j,) = e.completions
         assert (e.extras["pref_y"], e.extras["pref_yp"]) == pytest.approx((win[i], win[j]), rel=1e-12)
         assert [e.ref[0][0], e.ref[1][0]] == pytest.approx([np.log(ref[i]), np.log(ref[j])], rel=1e-12)
+
+
+def test_a_rounds_distance_to_the_equilibrium_is_the_total_variation(tmp_path):
+    """tv_to_equilibrium = max over answer sets A of |pi_t(A) - pi*(A)| (the total variation distance; for
+    distributions the mass pi_t puts above pi*), of the round-start policy, in [0, 1]."""
+    run, pi_t, _ = round_start(tmp_path, "inpo")
+    eq = run.task.equilibrium
+    sets = [[a for a in range(3) if mask >> a & 1] for mask in range(8)]
+    tv = max(abs(pi_t[s].sum() - eq[s].sum()) for s in sets)
+    metrics = game_round(run, 0).metrics
+    assert metrics["tv_to_equilibrium"] == pytest.approx(tv, rel=1e-9) and tv > 0.05
+    assert [metrics[f"policy/p{i}"] for i in range(3)] == pytest.approx(pi_t.tolist(), rel=1e-12)

@@ -147,3 +147,33 @@ def test_a_preference_judges_group_mean_is_one_half_and_its_note_says_so():
     assert float(scores.std()) > 0.05                          # the signal is in the spread
     assert "group's mean reward is 1/2 by construction" in judge.within_group_note()
     assert Judge(lambda prompts, completions, **k: [0.0] * len(completions)).within_group_note() is None
+
+
+def test_pair_builders_skip_a_prompt_with_one_scorable_completion_and_pair_rso_by_completion_index():
+    """A prompt with one scorable completion gives no pair and no tie; rso's accepted samples (positions among the
+    scored completions) are paired by their completion indices, never a NaN-scored one."""
+    nan = float("nan")
+    scores = torch.tensor([[nan, 1.0, nan], [0.0, 2.0, 1.0]])
+    plan = build_pairs(scores, "best_vs_worst")
+    assert plan.triples == [(1, 1, 0)] and plan.ties_dropped == 0 and plan.unscorable == 2
+    plan = build_pairs(scores, "all_pairs")
+    assert plan.triples == [(1, 1, 0), (1, 2, 0), (1, 1, 2)] and plan.ties_dropped == 0
+    row = torch.tensor([[nan, 0.0, nan, 3.0, 1.0]])
+    for seed in range(6):
+        plan = build_pairs(row, "rso", torch.Generator().manual_seed(seed), rso_beta=1e12, rso_num_samples=3)
+        assert len(plan.triples) == 1 and plan.ties_dropped == 0           # 3 accepted: one pair, one left over
+        (p, c, r), = plan.triples
+        assert p == 0 and {c, r} <= {1, 3, 4} and float(row[0, c]) > float(row[0, r])
+
+
+def test_a_user_builders_index_past_the_last_completion_or_unscored_rejected_is_refused(tmp_path):
+    path = tmp_path / "edge_builders.py"
+    path.write_text("def past_end(scores, generator):\n    return [(0, 0, scores.shape[1])]\n\n\n"
+                    "def chosen_past_end(scores, generator):\n    return [(0, scores.shape[1], 0)]\n\n\n"
+                    "def nan_rejected(scores, generator):\n    return [(0, 0, 1)]\n")
+    scores = torch.tensor([[0.5, 0.1]])
+    for name in ("past_end", "chosen_past_end"):
+        with pytest.raises(ConfigError, match=r"for scores of shape \(1, 2\); indices must be in range"):
+            build_pairs(scores, f"{path}:{name}")
+    with pytest.raises(ConfigError, match="paired completion 1 of prompt 0, which the judge could not score"):
+        build_pairs(torch.tensor([[0.5, float("nan")]]), f"{path}:nan_rejected")

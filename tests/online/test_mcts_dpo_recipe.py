@@ -85,3 +85,22 @@ def test_judge_failures_drop_children_and_stop_the_round_above_the_fraction(tmp_
     run._round_seed = lambda r: 0
     with pytest.raises(PreflabError, match="1 of 4 MCTS rollouts"):
         mcts_round(run, 0, [row], torch.Generator().manual_seed(0))
+
+
+def test_each_decision_commits_to_the_most_visited_child_not_the_highest_q():
+    """After the simulations of a decision the search moves to argmax_c (N_c, Q_c) (most visited, Q breaking
+    ties), the AlphaZero-style commitment, not to the highest-Q child, which also gives the pair's chosen step."""
+    row = SimpleNamespace(row_id=7, prompt_ids=[5], prompt="p", columns={})
+    search = Search(_mock_run(), row, seed=0)
+
+    def simulate(node):  # each node: a much-visited low-Q child and a once-visited high-Q one
+        if not node.children:
+            first = node.step[0] * 10 if node.step else 0
+            node.children = [Node([first + 1, 0], node.depth + 1, r=0.1, N=3, parent=node),
+                             Node([first + 2, 0], node.depth + 1, r=0.9, N=1, parent=node)]
+
+    search.simulate = simulate
+    examples, ties = search.run_search()
+    assert [(e.prompt_ids, e.completions) for e in examples] == [([5], [[2, 0], [1, 0]]),
+                                                                 ([5, 1, 0], [[12, 0], [11, 0]])]
+    assert ties == 0 and [e.extras["chosen_visits"] for e in examples] == [1.0, 1.0]

@@ -456,3 +456,34 @@ def test_a_round_no_completion_of_which_was_scored_says_so_not_that_the_rewards_
     assert summary["online"]["no_signal_rounds"] == 2 and summary["online"]["judge_dropped"] == 2 * 6 * 3
     assert ("preflab: note: round 1: no completion was scored (the judges dropped every one: "
             "max_judge_failure_fraction = 1 let the round through), so every advantage is 0") in capsys.readouterr().out
+
+
+def test_sppo_hard_label_win_rates_count_a_tie_as_one_half_among_the_scored_completions():
+    """preference_temperature 0: P[i, j] = 1[r_i > r_j] + 1/2 1[r_i = r_j] (the diagonal and ties 1/2), and SPPO's
+    p_i = (1/K) sum_j P[i, j] over the scored completions only, chosen / rejected mapped back to their indices."""
+    from types import SimpleNamespace
+
+    from preflab.loops.rollout import PromptRow
+    from preflab.online.trainers import TRAINERS, build_examples, preference_matrix
+
+    P = preference_matrix(torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64), 0.0)
+    assert P.tolist() == [[0.5, 1.0, 0.5], [0.0, 0.5, 0.0], [0.5, 1.0, 0.5]]
+    rows = [PromptRow(0, "p", [1, 5], {})]
+    scores = torch.tensor([[2.0, math.nan, 0.0, 1.0]], dtype=torch.float64)
+    matrices = lambda p, valid: preference_matrix(scores[p, valid], 0.0)  # noqa: E731
+    (ex,), counts = build_examples(TRAINERS["sppo"], SimpleNamespace(), rows, [[[6], [7], [8], [9]]], scores,
+                                   matrices, torch.Generator())
+    # scored (2, 0, 1): P rows (1/2, 1, 1), (0, 1/2, 0), (0, 1, 1/2) -> p = (5/6, 1/6, 1/2)
+    assert ex.completions == [[6], [8]] and counts["pairs/ties_dropped"] == 0
+    assert ex.extras == pytest.approx({"score_chosen": 5 / 6, "score_rejected": 1 / 6}, abs=1e-12)
+
+
+def test_gpo_reward_log_odds_are_the_reward_gaps_over_the_temperature():
+    """reward_log_odds(r, t) = (r_i - r_j) / t, the log-odds of preference_matrix(r, t) read without the sigmoid
+    round trip: equal to preference_log_odds of that matrix (t = 0.25, not 1, where / t and * t agree)."""
+    from preflab.online.trainers import preference_log_odds, preference_matrix, reward_log_odds
+
+    r = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    T = reward_log_odds(r, 0.25)
+    assert T.tolist() == [[0.0, 2.0, 4.0], [-2.0, 0.0, 2.0], [-4.0, -2.0, 0.0]]
+    assert torch.allclose(T, preference_log_odds(preference_matrix(r, 0.25)), atol=1e-12)

@@ -45,3 +45,25 @@ def test_entry_writes_summary(tmp_path):
     main(["--generator", "toy", "--target-deg", "45", "--toward", "0", "--output-dir", str(tmp_path)])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rps_target_score"] > summary["baseline_target_score"] + 0.6
+
+
+def test_methods_that_both_call_the_generator_other_than_k_times_a_prompt_are_refused(monkeypatch):
+    """Equal compute means k calls per prompt for each method: two methods that agree with each other but both
+    make one call more than k per prompt are refused too (not only a mismatch between them)."""
+    import preflab.online.rps as rps
+    from preflab.errors import PreflabError
+
+    def one_more(select):
+        def wrapped(prompt, target_deg, generate, score, **kw):
+            generate(prompt, target_deg)                       # a stray extra sample
+            return select(prompt, target_deg, generate, score, **kw)
+        return wrapped
+
+    monkeypatch.setattr(rps, "rps_select", one_more(rps.rps_select))
+    with pytest.raises(PreflabError, match=r"RPS called the generator 12 times, the baseline 10, expected k x prompts "
+                                           r"= 10 each"):
+        compare_rps(["x", "y"], 45.0, toy_generator, toy_score, k=5)
+    monkeypatch.setattr(rps, "baseline_select", one_more(rps.baseline_select))
+    with pytest.raises(PreflabError, match=r"RPS called the generator 12 times, the baseline 12, expected k x prompts "
+                                           r"= 10 each"):
+        compare_rps(["x", "y"], 45.0, toy_generator, toy_score, k=5)

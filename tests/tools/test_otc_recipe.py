@@ -132,3 +132,30 @@ def test_shipped_config_runs_refuses_an_existing_state_and_resumes_exactly(tmp_p
     for stage in ("sft", "grpo", "control"):
         a, b = weights(full / stage), weights(cut / stage)
         assert all(torch.equal(a[k], b[k]) for k in a), stage
+
+
+def test_evaluation_counts_tool_productivity_over_calls_and_accuracy_per_kind():
+    """evaluate_tool_use by hand on four scripted rollouts: TP = correct answers / executed calls (the paper's
+    Sec. 4), and each kind's accuracy and mean calls over that kind's questions only."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.tool_use.otc_task import evaluate_tool_use
+
+    tokenizer = tiny_tokenizer("char")
+    questions = [{"question_id": "12+30", "expression": "12+30", "answer": "42", "needs_tool": True},
+                 {"question_id": "11*11", "expression": "11*11", "answer": "121", "needs_tool": True},
+                 {"question_id": "77", "expression": "77", "answer": "77", "needs_tool": False},
+                 {"question_id": "501", "expression": "501", "answer": "501", "needs_tool": False}]
+    outputs = [("answer: 42", 3, 0), ("answer: 122", 1, 1), ("answer: 77", 0, 0), ("answer: 501", 2, 0)]
+
+    class Scripted:  # what a ToolRolloutGenerator leaves: the completions and each one's executed calls
+        def generate(self, prompts, k, seed, do_sample):
+            assert len(prompts) == len(questions) and k == 1 and not do_sample
+            self.last_columns = [{"num_tool_calls": m, "tool_errors": e} for _, m, e in outputs]
+            return [tokenizer(text, add_special_tokens=False).input_ids for text, _, _ in outputs]
+
+    got = evaluate_tool_use(None, tokenizer, Scripted(), questions)
+    assert got["accuracy"] == 0.75 and got["mean_tool_calls"] == 1.5 and got["tool_errors"] == 1
+    assert got["tool_productivity"] == 3 / 6                          # 3 correct answers over 6 executed calls
+    assert got["needs_tool"] == {"accuracy": 0.5, "mean_tool_calls": 2.0}
+    assert got["no_tool"] == {"accuracy": 1.0, "mean_tool_calls": 1.0}
+    assert [e["correct"] for e in got["examples"]] == [True, False, True, True]

@@ -70,3 +70,11 @@ def test_sandboxed_matrix_and_dataset():
                                 "matrix": m}])
     assert rows == [{"prompt": "write inc", "chosen": right + "\n\n" + tests[0],
                      "rejected": runaway + "\n\n" + tests[0]}]
+
+
+def test_a_matrix_with_another_number_of_tests_is_refused():
+    """A pass matrix whose columns are not the tests (here 4 columns for 3 tests) would pick a test index past the
+    list or the wrong test: refused, naming both shapes."""
+    codes, tests = ["c0", "c1", "c2", "c3"], ["t0", "t1", "t2"]
+    with pytest.raises(DataError, match=r"matrix shape \(4, 4\) does not match 4 codes x 3 tests"):
+        dstc_pair("p", codes, tests, matrix=TOY)

@@ -93,3 +93,14 @@ def test_errors():
         OTCReward(c=0)
     with pytest.raises(MissingExtraError, match="answer"):
         OTCReward(c=1.0)(["q"], ["<answer>x</answer>"])
+
+
+def test_the_last_answer_span_and_the_best_gold_answer_are_scored():
+    """r_phi reads the last <answer> span (a rollout may revise its answer) and token F1 is the best over the
+    acceptable golds, not the last one: 'Paris' vs ['Paris', 'Paris city'] is F1 1 (p = r = 1), not 2/3."""
+    em = OTCReward(mode="ppo", c=1.0)
+    assert em(["q"], ["<answer>Lyon</answer> no, <answer>Paris</answer>"], answer=["paris"]) == [1.0]
+    assert em(["q"], ["<answer>Paris</answer> no, <answer>Lyon</answer>"], answer=["paris"]) == [0.0]
+    f1 = OTCReward(mode="ppo", c=1.0, scoring="f1")
+    assert f1(["q"], ["<answer>Paris</answer>"], answer=[["Paris", "Paris city"]]) == pytest.approx([1.0])
+    assert f1(["q"], ["<answer>Paris</answer>"], answer=[["Paris city", "Paris"]]) == pytest.approx([1.0])
