@@ -127,7 +127,8 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
 
         return upo_examples(cfg, rows, completions, scores, per_judge, generator)
     if spec.scores == "reward":
-        plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples)
+        plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples,
+                           cfg.judge_timeout_s)
         counts["pairs/ties_dropped"] = plan.ties_dropped
         for p, c, r in plan.triples:
             row = rows[p]
