@@ -2,6 +2,7 @@
 of the loss, executed calls counted; a model's malicious or runaway tool call is contained; the group loss does not
 read the observation tokens' log-probs; rounds with loss masks round-trip through JSON."""
 import json
+import threading
 import time
 
 import pytest
@@ -298,10 +299,11 @@ class SlowCalculator(Calculator):
     """The Calculator whose calls on `slow` (an expression) sleep `seconds` first; it records when each started."""
 
     def __init__(self, slow: str, seconds: float = 3.0):
-        self.slow, self.seconds, self.started = slow, seconds, []
+        self.slow, self.seconds, self.started, self.threads = slow, seconds, [], []
 
     def call(self, arguments: dict) -> str:
         self.started.append(time.monotonic())
+        self.threads.append(threading.current_thread().name)
         if arguments["expression"] == self.slow:
             time.sleep(self.seconds)
         return super().call(arguments)
@@ -319,6 +321,9 @@ def test_a_tool_past_its_timeout_gives_the_error_observation_counted_as_a_timeou
     waited = tool.started[1] - tool.started[0]  # the second call starts as soon as the first is given up
     assert 0.25 <= waited < 1.5, waited
     assert texts == scripts  # completion 0 got the fixed error observation, completion 1 the calculator's 5
+    assert tool.threads == ["preflab-tool-call"] * 2  # each call in its own worker thread; none without a limit:
+    rollout(["[calc: 1+1]=2\nanswer: 2"], box=ToolBox([tool]))
+    assert tool.threads[-1] == threading.main_thread().name
     assert [c["tool_errors"] for c in gen.last_columns] == [1, 0]
     assert box.stats["timeouts"] == 1 and box.stats["errors"] == 1 and box.stats["calls"] == 2
     assert gen.last_metrics["tools/timeouts"] == 1.0 and gen.last_metrics["tools/errors"] == 1.0

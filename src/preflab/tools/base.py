@@ -158,8 +158,9 @@ class ToolBox:
                 self.stats["errors"] += 1
             return ToolCall(name, arguments, hit["observation"], hit["ok"], True, hit.get("error", ""))
         try:
-            observation, ok, error = call_within(lambda: tool.call(arguments), self.timeout_s,
-                                                 lambda: self._timeout_error(name, arguments)), True, ""
+            observation = call_within(lambda: tool.call(arguments), self.timeout_s,
+                                      lambda: self._timeout_error(name, arguments), "preflab-tool-call")
+            ok, error = True, ""
         except Exception as err:  # a tool failure is an observation, not a crash (counted)
             observation, ok, error = TOOL_ERROR_OBSERVATION, False, f"{type(err).__name__}: {err}"
             self.stats["errors"] += 1
