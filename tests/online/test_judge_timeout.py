@@ -202,9 +202,10 @@ def test_a_user_pair_builder_past_judge_timeout_s_stops_the_run_naming_it_and_wi
     waited = time.monotonic() - float((tmp_path / "builder_2.started").read_text())
     assert LIMIT_S <= waited < SLEEP_S - 0.5, waited  # it did not wait for the builder to return
     assert str(err.value) == (
-        f"pair_builder {spec!r} did not return within judge_timeout_s = 0.5 s (one call on scores of shape (6, 3)); "
-        "the run stops (the call is abandoned in a background thread: Python cannot stop it). Fix the builder so "
-        "that it returns, or raise judge_timeout_s (null: no limit) if a call this long is expected.")
+        f"pair_builder {spec!r} did not return within judge_timeout_s = 0.5 s in round 2 (optimizer step 3) (one call "
+        "on scores of shape (6, 3)); the run stops (the call is abandoned in a background thread: Python cannot stop "
+        "it). Fix the builder so that it returns, or raise judge_timeout_s (null: no limit) if a call this long is "
+        "expected.")
     assert not (tmp_path / "slow" / "rounds" / "2.jsonl").exists()
     fast = _builder(tmp_path, 0)
     weights = []
