@@ -320,7 +320,8 @@ OPTIONS: dict[str, Option] = {
     "max_judge_failure_fraction": Option("task: online; stop when more of a round's completions fail to be judged",
                                          "in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
     "judge_timeout_s": Option("task: online; stop the run when one call of a judge (reward function on a batch, "
-                              "reward model, preference model on a group) takes longer than this many seconds; "
+                              "reward model, preference model on a group; also the reward_aggregator and a user "
+                              "pair_builder) takes longer than this many seconds; "
                               "null: no limit (TRL has none)", "> 0 and finite (null: no limit)",
                               lambda v: _num(v) and 0 < v < math.inf),
     "epsilon": above(0, "task: online, GRPO family: clip range (TRL)"),

@@ -163,3 +163,85 @@ def test_upo_dropout_passes_under_a_limit_equal_the_inline_passes_and_a_slow_one
     with pytest.raises(JudgeTimeoutError, match=r"judge 'length_rm_p0.3' did not return within judge_timeout_s = "
                                                 r"0.25 s \(one call on 8 completion\(s\)\)"):
         dropout_pass_rewards(rm, ["p"] * len(TEXTS), TEXTS, 3, seed=9, timed=Judge([rm], timeout_s=0.25).timed)
+
+
+# ---------------------------------------------------------------- the other user code of a round: aggregator, builder
+BUILDER = '''import pathlib
+import time
+
+CALLS = []
+
+
+def pairs(scores, generator):
+    CALLS.append(time.monotonic())
+    if len(CALLS) == SLOW_CALL:  # note when the slow call started, beside this file
+        pathlib.Path(__file__).with_suffix(".started").write_text(repr(time.monotonic()))
+        time.sleep(2.0)
+    for p, row in enumerate(scores.tolist()):
+        order = sorted(range(len(row)), key=lambda k: row[k])
+        if row[order[-1]] > row[order[0]]:
+            yield p, order[-1], order[0]
+'''
+
+
+def _builder(tmp_path, slow_call: int) -> str:
+    path = tmp_path / f"builder_{slow_call}.py"
+    path.write_text(BUILDER.replace("SLOW_CALL", str(slow_call)))
+    return f"{path}:pairs"
+
+
+def test_a_user_pair_builder_past_judge_timeout_s_stops_the_run_naming_it_and_within_it_trains_the_same(tmp_path):
+    """A user pair_builder is user code of the round as a judge is: its second call sleeps 2 s under judge_timeout_s
+    0.5 and the run stops ~0.5 s into it with the error naming the builder, the limit and the scores' shape (before:
+    it waited); a fast builder under the limit (its triples yielded lazily, listed in the worker) trains the same
+    weights as without a limit."""
+    spec = _builder(tmp_path, 2)
+    run = tiny_run(tiny_cfg(tmp_path / "slow", judge_timeout_s=LIMIT_S, pair_builder=spec))
+    with pytest.raises(JudgeTimeoutError) as err:
+        run.train()
+    waited = time.monotonic() - float((tmp_path / "builder_2.started").read_text())
+    assert LIMIT_S <= waited < SLEEP_S - 0.5, waited  # it did not wait for the builder to return
+    assert str(err.value) == (
+        f"pair_builder {spec!r} did not return within judge_timeout_s = 0.5 s in round 2 (optimizer step 3) (one call "
+        "on scores of shape (6, 3)); the run stops (the call is abandoned in a background thread: Python cannot stop "
+        "it). Fix the builder so that it returns, or raise judge_timeout_s (null: no limit) if a call this long is "
+        "expected.")
+    assert not (tmp_path / "slow" / "rounds" / "2.jsonl").exists()
+    fast = _builder(tmp_path, 0)
+    weights = []
+    for name, over in (("plain", {}), ("limited", dict(judge_timeout_s=30.0))):
+        run = tiny_run(tiny_cfg(tmp_path / name, pair_builder=fast, **over))
+        run.train()
+        weights.append(run.policy.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_reward_aggregator_past_the_limit_stops_naming_it_and_within_it_weighs_the_same():
+    """PRO's prompt-aware weights (Judge(weights=callable)) run under judge_timeout_s like the judges."""
+    def lengths(prompts, completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    def vowels(prompts, completions, **kwargs):
+        return [float(sum(ch in "aeiou" for ch in c)) for c in completions]
+
+    def by_prompt(prompts):
+        return [[0.25, 0.75] if p == "p" else [1.0, 0.0] for p in prompts]
+
+    prompts, completions = ["p", "p", "q"], ["banana", "kiwi", "apple"]
+    inline = Judge([lengths, vowels], weights=by_prompt)(prompts, completions)[0]
+    assert torch.equal(Judge([lengths, vowels], weights=by_prompt, timeout_s=30.0)(prompts, completions)[0], inline)
+    assert inline.tolist() == [0.25 * 6 + 0.75 * 3, 0.25 * 4 + 0.75 * 2, 5.0]
+
+    def slow_weights(prompts):
+        time.sleep(SLEEP_S)
+        return by_prompt(prompts)
+
+    judge = Judge([lengths, vowels], weights=slow_weights, timeout_s=0.25)
+    judge.where = "round 2 (optimizer step 3)"
+    start = time.monotonic()
+    with pytest.raises(JudgeTimeoutError) as err:
+        judge(prompts, completions)
+    assert time.monotonic() - start < SLEEP_S - 0.5
+    assert str(err.value).startswith(f"reward aggregator 'slow_weights' ({__file__}) did not return within "
+                                     "judge_timeout_s = 0.25 s in round 2 (optimizer step 3) (one call on 3 "
+                                     "completion(s)); the run stops")

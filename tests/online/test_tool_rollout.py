@@ -2,6 +2,7 @@
 of the loss, executed calls counted; a model's malicious or runaway tool call is contained; the group loss does not
 read the observation tokens' log-probs; rounds with loss masks round-trip through JSON."""
 import json
+import threading
 import time
 
 import pytest
@@ -176,9 +177,10 @@ CHOICES = ["[calc: 2+3]=5\nanswer: 5",                       # 1 call, correct
 TOOL_PROMPTS = [{"prompt": p, "answer": "5", "question_id": "2+3"} for p in ("Q: 2+3\n", "Q: 2 + 3\n", "Q:2+3\n")]
 
 
-def tool_run(out, **over):
-    """GRPO on a tiny policy; rollouts written by ScriptedLM(CHOICES, choose=True) with real calculator calls,
-    judged by OTC-GRPO (the tracker checkpointed with the run)."""
+def tool_run(out, tool=None, timeout_s=None, **over):
+    """GRPO on a tiny policy; rollouts written by ScriptedLM(CHOICES, choose=True) with real calculator calls (or
+    `tool`, named Calculator, under the ToolBox's timeout_s), judged by OTC-GRPO (the tracker checkpointed with the
+    run)."""
     from preflab.config import config_from_dict
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
@@ -195,7 +197,8 @@ def tool_run(out, **over):
     scripted = ScriptedLM(CHOICES, choose=True)
 
     def generator(cfg, policy, tokenizer, accelerator=None):
-        return ToolRolloutGenerator(scripted, tokenizer, ToolBox([Calculator()]), [CALCULATOR_SYNTAX],
+        return ToolRolloutGenerator(scripted, tokenizer, ToolBox([tool or Calculator()], timeout_s=timeout_s),
+                                    [CALCULATOR_SYNTAX],
                                     cfg.max_completion_length, max_tool_calls=3)
 
     task = Task(TOOL_PROMPTS, [reward], generator=generator, judge_cache=False, state=reward.tracker)
@@ -289,3 +292,80 @@ def test_tool_rollouts_refuse_pair_trainers(tmp_path):
 
     with pytest.raises(ConfigError, match="group recipes"):
         tool_run(tmp_path, trainer="online_dpo")
+
+
+# ---------------------------------------------------------------- ToolBox(timeout_s=...): a tool that does not return
+class SlowCalculator(Calculator):
+    """The Calculator whose calls on `slow` (an expression) sleep `seconds` first; it records when each started."""
+
+    def __init__(self, slow: str, seconds: float = 3.0):
+        self.slow, self.seconds, self.started, self.threads = slow, seconds, [], []
+
+    def call(self, arguments: dict) -> str:
+        self.started.append(time.monotonic())
+        self.threads.append(threading.current_thread().name)
+        if arguments["expression"] == self.slow:
+            time.sleep(self.seconds)
+        return super().call(arguments)
+
+
+def test_a_tool_past_its_timeout_gives_the_error_observation_counted_as_a_timeout_without_waiting_for_it():
+    """Completion 0 calls the slow expression under timeout_s 0.25 (the call sleeps 3 s): the model gets the fixed
+    error observation ~0.25 s later, counted in tools/errors and tools/timeouts, the error names the tool, the
+    arguments and the limit; completion 1's call is answered. Before: the rollout waited the 3 s (forever for a tool
+    that never returns)."""
+    tool = SlowCalculator("7*6")
+    box = ToolBox([tool], timeout_s=0.25)
+    scripts = [f"[calc: 7*6]={TOOL_ERROR_OBSERVATION}\nanswer: 42", "[calc: 2+3]=5\nanswer: 5"]
+    gen, box, texts, _ = rollout(scripts, box=box, max_new_tokens=200)
+    waited = tool.started[1] - tool.started[0]  # the second call starts as soon as the first is given up
+    assert 0.25 <= waited < 1.5, waited
+    assert texts == scripts  # completion 0 got the fixed error observation, completion 1 the calculator's 5
+    assert tool.threads == ["preflab-tool-call"] * 2  # each call in its own worker thread; none without a limit:
+    rollout(["[calc: 1+1]=2\nanswer: 2"], box=ToolBox([tool]))
+    assert tool.threads[-1] == threading.main_thread().name
+    assert [c["tool_errors"] for c in gen.last_columns] == [1, 0]
+    assert box.stats["timeouts"] == 1 and box.stats["errors"] == 1 and box.stats["calls"] == 2
+    assert gen.last_metrics["tools/timeouts"] == 1.0 and gen.last_metrics["tools/errors"] == 1.0
+    entry = box.cache['["Calculator",{"expression":"7*6"}]']
+    assert entry == {"observation": TOOL_ERROR_OBSERVATION, "ok": False, "error": (
+        'ToolTimeoutError: tool \'Calculator\' did not return within timeout_s = 0.25 s (arguments '
+        '{"expression": "7*6"}); '
+        "the model gets the fixed error observation (the call is abandoned in a background thread: Python cannot stop "
+        "it)")}
+
+
+def test_a_tool_past_its_timeout_in_an_online_run_is_an_error_observation_in_the_round_and_its_metrics(tmp_path):
+    """In a GRPO run with tool rollouts, a call past timeout_s is the error observation in the round's completions
+    and tools/timeouts in its metrics; the run trains on (as on a raising tool)."""
+    run = tool_run(tmp_path, tool=SlowCalculator("2+3", seconds=2.0), timeout_s=0.25, max_steps=2, seed=6,
+                   max_completion_length=80,
+                   num_generations=2, prompts_per_generation=1)
+    run.train()
+    row = json.loads((tmp_path / "rounds" / "1.jsonl").read_text().splitlines()[0])
+    assert row["completions"][0].startswith("[calc: 2+3]=" + TOOL_ERROR_OBSERVATION)
+    logged = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    timeouts = [m["tools/timeouts"] for m in logged if "tools/timeouts" in m]
+    assert timeouts and timeouts[0] == 1.0, logged
+
+
+def test_a_fast_tool_under_timeout_s_trains_the_same_weights_as_without_a_limit(tmp_path):
+    runs = {}
+    for name, limit in (("plain", None), ("limited", 30.0)):
+        run = tool_run(tmp_path / name, timeout_s=limit, max_steps=2, seed=6, num_generations=2,
+                       prompts_per_generation=1)
+        run.train()
+        runs[name] = run
+    a, b = runs["plain"].policy.state_dict(), runs["limited"].policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "plain" / "rounds" / "1.jsonl").read_text() == \
+        (tmp_path / "limited" / "rounds" / "1.jsonl").read_text()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), True, "5"])
+def test_toolbox_timeout_s_must_be_a_positive_finite_number_of_seconds(value):
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ToolBox timeout_s must be a finite number of seconds > 0 \(or None: no "
+                                          r"limit\), got "):
+        ToolBox([Calculator()], timeout_s=value)

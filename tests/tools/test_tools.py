@@ -59,7 +59,7 @@ def test_errors_become_the_fixed_observation_and_are_counted(tmp_path):
     assert box.call("Calculator", {"expression": 5}).observation == TOOL_ERROR_OBSERVATION
     assert box.call("Calculator", {"expression": "1/0"}).observation == TOOL_ERROR_OBSERVATION
     assert box.stats == {"calls": 5, "cache_hits": 0, "errors": 4, "unknown_tool": 1, "bad_arguments": 1,
-                         "not_text": 0}
+                         "not_text": 0, "timeouts": 0}
 
 
 class Forgetful:
@@ -84,7 +84,7 @@ def test_a_tool_that_returns_no_text_is_a_counted_failure_not_the_text_none(tmp_
     again = box.call("Lookup", {"country": "Atlantis"})           # from the cache: still the failure, counted
     assert (again.observation, again.ok, again.cached) == (TOOL_ERROR_OBSERVATION, False, True)
     assert box.stats == {"calls": 4, "cache_hits": 1, "errors": 3, "unknown_tool": 0, "bad_arguments": 0,
-                         "not_text": 2}
+                         "not_text": 2, "timeouts": 0}
 
 
 def test_a_broken_tool_cache_names_the_file(tmp_path):

@@ -28,10 +28,10 @@ schedules).
 
 Time limit (`timeout_s`, the online option judge_timeout_s): each call of a judge's code (a reward function on a
 batch, a reward model's score, a preference model's win_rate_matrix for one group, each one-completion retry after a
-batch raised) must return within timeout_s seconds, or the run stops with JudgeTimeoutError naming the judge, where
-(`where`, e.g. "round 3 (optimizer step 5)", set by the run), the limit and what to do; never a zero or skipped
-reward. None (the default): no limit, each call runs inline as before (preflab.loops.time_limit). TRL has no limit:
-a reward function that never returns hangs its run.
+batch raised; the reward aggregator's prompt-aware weights) must return within timeout_s seconds, or the run stops
+with JudgeTimeoutError naming the judge, where (`where`, e.g. "round 3 (optimizer step 5)", set by the run), the
+limit and what to do; never a zero or skipped reward. None (the default): no limit, each call runs inline as before
+(preflab.loops.time_limit). TRL has no limit: a reward function that never returns hangs its run.
 """
 from __future__ import annotations
 
@@ -221,14 +221,15 @@ class Judge:
         self.timeout_s = timeout_s  # seconds each call of a judge may take (None: no limit)
         self.where = ""  # what the run is doing, for the time limit's error: "round 3 (optimizer step 5)"
 
-    def timed(self, judge: Any, call: Callable[[], Any], n: int) -> Any:
-        """call() (one call of `judge`'s code on n completions) within timeout_s; None: call() inline."""
-        return call_within(call, self.timeout_s, lambda: self._timeout_error(judge, n))
+    def timed(self, judge: Any, call: Callable[[], Any], n: int, role: str = "judge") -> Any:
+        """call() (one call of `judge`'s code on n completions) within timeout_s; None: call() inline. role: what
+        the error calls it ("judge", or "reward aggregator" for the prompt-aware weights)."""
+        return call_within(call, self.timeout_s, lambda: self._timeout_error(judge, n, role))
 
-    def _timeout_error(self, judge: Any, n: int) -> JudgeTimeoutError:
+    def _timeout_error(self, judge: Any, n: int, role: str = "judge") -> JudgeTimeoutError:
         where = f" in {self.where}" if self.where else ""
         return JudgeTimeoutError(
-            f"judge {_label(judge)} did not return within judge_timeout_s = {self.timeout_s:g} s{where} (one call on "
+            f"{role} {_label(judge)} did not return within judge_timeout_s = {self.timeout_s:g} s{where} (one call on "
             f"{n} completion(s)); the run stops (the call is abandoned in a background thread: Python cannot stop "
             "it). Fix the judge so that it returns (a reward function that waits on a server, a lock or a subprocess "
             "needs its own timeout), or raise judge_timeout_s (null: no limit) if a call this long is expected.")
@@ -272,7 +273,9 @@ class Judge:
 
     def _prompt_weights(self, prompts) -> Tensor:
         """[N, K] weights of the aggregator for the N prompts (one row per completion)."""
-        w = torch.as_tensor(self.aggregator(list(prompts))).detach().to(torch.float64).cpu()
+        # user code in the round as a judge is (PRO's adapter): under the same judge_timeout_s
+        w = self.timed(self.aggregator, lambda: self.aggregator(list(prompts)), len(prompts), "reward aggregator")
+        w = torch.as_tensor(w).detach().to(torch.float64).cpu()
         if tuple(w.shape) != (len(prompts), len(self.judges)):
             raise ConfigError(f"the reward aggregator returned weights of shape {tuple(w.shape)} for {len(prompts)} "
                               f"prompts and {len(self.judges)} reward functions; it must return [prompts, functions].")

@@ -13,7 +13,10 @@ Input: scores [P, K], K judged completions per prompt (NaN = not scorable, never
     module:function or path/to/file.py:function   a user's builder f(scores, generator) -> [(prompt, chosen,
                    rejected), ...] index triples; scores is the float64 [P, K] tensor (NaN: not scorable), generator
                    the round's seeded torch.Generator (draw from it for a reproducible, resumable run). Every triple is
-                   checked: indices in range, chosen != rejected, both scored.
+                   checked: indices in range, chosen != rejected, both scored. Under the online run's
+                   judge_timeout_s (timeout_s here; None: no limit, called inline) the builder is user code of the
+                   round as a judge is: it must return (and its triples be listed) within that many seconds, or the
+                   run stops with JudgeTimeoutError naming the builder and the limit (preflab.loops.time_limit).
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, JudgeTimeoutError
 from preflab.loops.rso import rank_pairs, rso_sample
+from preflab.loops.time_limit import call_within
 from preflab.online_recipes import BUILDERS, user_builder
 
 
@@ -39,15 +43,17 @@ def _pick(candidates: Tensor, generator: torch.Generator) -> int:
 
 
 def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch.Generator | None = None,
-                rso_beta: float = 0.5, rso_num_samples: int = 2) -> PairPlan:
-    """Pairs from scores [P, K] (see the module docstring)."""
+                rso_beta: float = 0.5, rso_num_samples: int = 2, timeout_s: float | None = None,
+                where: str = "") -> PairPlan:
+    """Pairs from scores [P, K] (see the module docstring); timeout_s: a user builder's time limit, where: what the
+    run is doing, for its error ("round 3 (optimizer step 5)")."""
     if builder not in BUILDERS and ":" not in builder:
         raise ConfigError(f"pair_builder must be one of {BUILDERS} or module:function / path/to/file.py:function, "
                           f"got {builder!r}.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     scores = torch.as_tensor(scores, dtype=torch.float64)
     if builder not in BUILDERS:
-        return _user_pairs(user_builder(builder), builder, scores, generator)
+        return _user_pairs(user_builder(builder), builder, scores, generator, timeout_s, where)
     triples, ties = [], 0
     for p, row in enumerate(scores):
         valid = torch.nonzero(~row.isnan()).flatten()
@@ -78,12 +84,19 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
     return PairPlan(triples, ties, int(scores.isnan().sum()))
 
 
-def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator) -> PairPlan:
+def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeout_s: float | None = None,
+                where: str = "") -> PairPlan:
     """The triples of a user's builder, each checked: a wrong index would train on another completion, a NaN-scored
-    one on a completion the judge could not score."""
+    one on a completion the judge could not score. They are listed inside the time limit (a generator function's
+    work happens while it is iterated)."""
     triples = []
     P, K = scores.shape
-    for triple in fn(scores.clone(), generator):
+    at = f" in {where}" if where else ""
+    given = call_within(lambda: list(fn(scores.clone(), generator)), timeout_s, lambda: JudgeTimeoutError(
+        f"pair_builder {spec!r} did not return within judge_timeout_s = {timeout_s:g} s{at} (one call on scores of "
+        f"shape {(P, K)}); the run stops (the call is abandoned in a background thread: Python cannot stop it). Fix "
+        "the builder so that it returns, or raise judge_timeout_s (null: no limit) if a call this long is expected."))
+    for triple in given:
         try:
             p, c, r = (int(v) for v in triple)
         except (TypeError, ValueError):

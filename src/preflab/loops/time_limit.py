@@ -1,4 +1,4 @@
-"""One call of user scoring code (a judge: reward function, reward model, preference model) under a wall-clock limit.
+"""One call of user code (a judge: reward function, reward model, preference model; a tool) under a wall-clock limit.
 
     value = call_within(lambda: judge(prompts=..., completions=...), 30.0, lambda: JudgeTimeoutError("..."))
 
@@ -27,8 +27,10 @@ import torch
 T = TypeVar("T")
 
 
-def call_within(fn: Callable[[], T], limit_s: float | None, make_error: Callable[[], BaseException]) -> T:
-    """fn() (see the module docstring); raises make_error() when it runs longer than limit_s seconds."""
+def call_within(fn: Callable[[], T], limit_s: float | None, make_error: Callable[[], BaseException],
+                name: str = "preflab-judge-call") -> T:
+    """fn() (see the module docstring); raises make_error() when it runs longer than limit_s seconds. name: the
+    worker thread's (what a stack dump of a stuck call shows)."""
     if limit_s is None:
         return fn()
     grad = torch.is_grad_enabled()
@@ -44,7 +46,7 @@ def call_within(fn: Callable[[], T], limit_s: float | None, make_error: Callable
         except BaseException as err:  # noqa: BLE001 - handed to the caller, which raises it
             outcome["error"] = err
 
-    worker = threading.Thread(target=work, name="preflab-judge-call", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     worker.join(limit_s)
     if worker.is_alive():

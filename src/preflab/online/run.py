@@ -452,7 +452,8 @@ class OnlineRun(TrainingRun):
 
             per_judge = dropout_pass_rewards(self.upo_estimator, prompts, texts, cfg.upo_passes,
                                              self._round_seed(r) + 1, self.judge.timed).view(n, K, -1)
-        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g, per_judge, log_odds)
+        examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g, per_judge, log_odds,
+                                          self.judge.where)
         loss_masks = getattr(self.generator, "last_loss_masks", None)
         for p, e in enumerate(examples if loss_masks else []):  # groups: example p is prompt p
             e.loss_mask = loss_masks[p * K:(p + 1) * K]

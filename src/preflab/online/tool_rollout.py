@@ -11,7 +11,8 @@ A completion is sampled token by token (one KV-cached forward per step for the w
 model wrote since the last observation contains a complete call `<open> argument <close>` (e.g. `[calc: 37*48]`),
 the argument string goes to `ToolBox.call(tool, {argument: text})` and the tokens of `prefix + observation` (e.g.
 `=1776`) are forced into the completion, one per step, before sampling resumes; a failing call (bad expression,
-forbidden construct, huge power) yields the ToolBox's fixed error observation and is counted. Nothing is eval'd:
+forbidden construct, huge power, a call past the ToolBox's timeout_s) yields the ToolBox's fixed error observation
+and is counted (`tools/errors`; timeouts also in `tools/timeouts`). Nothing is eval'd:
 what runs is the tool's own code (the Calculator parses with `ast`). At most `max_tool_calls` calls per completion
 are executed; a call closed after that gets no observation and is not counted (`tool_calls_refused` in
 `last_metrics`). The completion budget `max_new_tokens` counts model and observation tokens together; a completion
@@ -95,7 +96,7 @@ class ToolRolloutGenerator:
         """num_generations completions per prompt, group-major; per-completion columns and loss masks are left in
         last_columns / last_loss_masks, round totals in last_metrics."""
         ids, masks, columns = [], [], []
-        refused = 0
+        refused, timeouts = 0, self.toolbox.stats["timeouts"]
         for c in range(0, len(prompt_ids), self.batch_size):
             repeated = [p for p in prompt_ids[c:c + self.batch_size] for _ in range(num_generations)]
             gen = torch.Generator().manual_seed(seed + c // self.batch_size)
@@ -111,7 +112,9 @@ class ToolRolloutGenerator:
         # tool_call_count, 0 without calls; its counts include failed calls, as num_tool_calls does)
         self.last_metrics = {"tools/calls_mean": calls / n, "tools/errors": float(errors),
                              "tools/calls_refused": float(refused), "tools/call_frequency": calls / n,
-                             "tools/failure_frequency": errors / calls if calls else 0.0}
+                             "tools/failure_frequency": errors / calls if calls else 0.0,
+                             # calls past the ToolBox's timeout_s (part of tools/errors: the model saw the error text)
+                             "tools/timeouts": float(self.toolbox.stats["timeouts"] - timeouts)}
         return ids
 
     @torch.no_grad()

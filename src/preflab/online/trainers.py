@@ -106,7 +106,8 @@ def reward_log_odds(rewards: torch.Tensor, temperature: float, row_id=None) -> t
 def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
                    matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator,
                    per_judge: torch.Tensor | None = None,
-                   log_odds: Callable[[int, list[int]], torch.Tensor] | None = None) -> tuple[list, dict]:
+                   log_odds: Callable[[int, list[int]], torch.Tensor] | None = None,
+                   where: str = "") -> tuple[list, dict]:
     """(examples, counts) of one judged round. rows: the round's prompt rows; completions[p][k]: token ids;
     scores [P, K] (NaN: dropped); matrices(p, valid_indices) -> P over those completions; per_judge [P, K, J]:
     each judge's own scores (read by upo only); log_odds(p, valid_indices) -> T = log(P / (1 - P)) computed without
@@ -127,7 +128,8 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
 
         return upo_examples(cfg, rows, completions, scores, per_judge, generator)
     if spec.scores == "reward":
-        plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples)
+        plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples,
+                           cfg.judge_timeout_s, where)
         counts["pairs/ties_dropped"] = plan.ties_dropped
         for p, c, r in plan.triples:
             row = rows[p]

@@ -9,10 +9,10 @@ arithmetic), `PythonInterpreter` (code run in `preflab.sandbox` with time and me
 opt-in plug-ins: any object with `name`, `description`, `parameters` (a JSON schema of its arguments) and
 `call(arguments) -> str` can be added to a `ToolBox`. Adding a tool: see `base.Tool`.
 """
-from preflab.tools.base import TOOL_ERROR_OBSERVATION, Tool, ToolBox, ToolCall, validate_arguments
+from preflab.tools.base import TOOL_ERROR_OBSERVATION, Tool, ToolBox, ToolCall, ToolTimeoutError, validate_arguments
 from preflab.tools.calculator import Calculator, evaluate_expression
 from preflab.tools.dates import DateCalculator
 from preflab.tools.python_tool import PythonInterpreter
 
-__all__ = ["Tool", "ToolBox", "ToolCall", "TOOL_ERROR_OBSERVATION", "validate_arguments", "Calculator",
-           "evaluate_expression", "DateCalculator", "PythonInterpreter"]
+__all__ = ["Tool", "ToolBox", "ToolCall", "ToolTimeoutError", "TOOL_ERROR_OBSERVATION", "validate_arguments",
+           "Calculator", "evaluate_expression", "DateCalculator", "PythonInterpreter"]

@@ -12,10 +12,20 @@ A tool is any object with
 drifting tool), and turns any failure into the fixed observation `TOOL_ERROR_OBSERVATION` — counted in `stats`, never
 a crash (Themis, arXiv:2310.01045, inserts a fixed "error, no result" observation the same way). The cache is a JSON
 file written atomically; nothing is pickled.
+
+Time limit (`ToolBox(..., timeout_s=...)`, default None: no limit, the tool is called inline as before): each
+`tool.call` must return within timeout_s seconds (preflab.loops.time_limit.call_within, the machinery of the online
+judge_timeout_s). A call that does not is a tool failure like an exception: the model gets TOOL_ERROR_OBSERVATION,
+counted in `stats["errors"]` and `stats["timeouts"]`, its `error` names the tool, the arguments and the limit, and it
+is cached like any failure (a rerun from the cache sees the same observation; delete the cache to query it again).
+The stuck call is abandoned in a background thread (Python cannot stop a thread); the rollout goes on. TRL's tool
+loop (GRPOTrainer._generate) likewise feeds a raising tool's error back as its result instead of stopping the run.
+A call that returns in time gives exactly what it gives inline.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,8 +33,13 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from preflab.errors import ConfigError, DataError
+from preflab.loops.time_limit import call_within
 
 TOOL_ERROR_OBSERVATION = "An error occurred when calling the tool; no result."
+
+
+class ToolTimeoutError(Exception):
+    """A tool's call() did not return within the ToolBox's timeout_s (turned into TOOL_ERROR_OBSERVATION, counted)."""
 
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict,
                "array": list}
@@ -97,7 +112,12 @@ def cache_key(tool: str, arguments: dict) -> str:
 class ToolBox:
     """Named tools + the (tool, arguments) -> observation cache; `stats` counts calls, cache hits and errors."""
 
-    def __init__(self, tools, cache_path: str | Path | None = None):
+    def __init__(self, tools, cache_path: str | Path | None = None, timeout_s: float | None = None):
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                      or not math.isfinite(timeout_s) or timeout_s <= 0):
+            raise ConfigError(f"ToolBox timeout_s must be a finite number of seconds > 0 (or None: no limit), got "
+                              f"{timeout_s!r}.")
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.tools: dict[str, Tool] = {}
         for tool in tools:
             if not isinstance(tool, Tool):
@@ -109,7 +129,8 @@ class ToolBox:
         self.cache: dict[str, dict] = {}
         if self.cache_path and self.cache_path.exists():
             self.cache = _read_cache(self.cache_path)
-        self.stats = {"calls": 0, "cache_hits": 0, "errors": 0, "unknown_tool": 0, "bad_arguments": 0, "not_text": 0}
+        self.stats = {"calls": 0, "cache_hits": 0, "errors": 0, "unknown_tool": 0, "bad_arguments": 0, "not_text": 0,
+                      "timeouts": 0}
 
     def describe(self) -> str:
         """One line per tool for a prompt: name, description, argument schema."""
@@ -137,10 +158,13 @@ class ToolBox:
                 self.stats["errors"] += 1
             return ToolCall(name, arguments, hit["observation"], hit["ok"], True, hit.get("error", ""))
         try:
-            observation, ok, error = tool.call(arguments), True, ""
+            observation = call_within(lambda: tool.call(arguments), self.timeout_s,
+                                      lambda: self._timeout_error(name, arguments), "preflab-tool-call")
+            ok, error = True, ""
         except Exception as err:  # a tool failure is an observation, not a crash (counted)
             observation, ok, error = TOOL_ERROR_OBSERVATION, False, f"{type(err).__name__}: {err}"
             self.stats["errors"] += 1
+            self.stats["timeouts"] += isinstance(err, ToolTimeoutError)
         if ok and not isinstance(observation, str):  # e.g. None from a call() that forgot `return`: never "None"
             error = (f"tool {name!r} returned {type(observation).__name__}, not str: call() must return the "
                      "observation as text")
@@ -149,6 +173,12 @@ class ToolBox:
             self.stats["not_text"] += 1
         self.cache[key] = {"observation": observation, "ok": ok, "error": error}
         return ToolCall(name, arguments, observation, ok, False, error)
+
+    def _timeout_error(self, name: str, arguments: dict) -> ToolTimeoutError:
+        shown = json.dumps(arguments, sort_keys=True, ensure_ascii=False)
+        return ToolTimeoutError(f"tool {name!r} did not return within timeout_s = {self.timeout_s:g} s (arguments "
+                                f"{shown[:200]}); the model gets the fixed error "
+                                "observation (the call is abandoned in a background thread: Python cannot stop it)")
 
     def save(self) -> None:
         """Write the cache atomically (temp file + rename)."""
