@@ -23,6 +23,7 @@ import yaml
 
 from preflab.config_options import help_line, missing_trackers, range_errors
 from preflab.errors import ConfigError
+from preflab.home_paths import home_expanded
 from preflab.model_part_options import ModelPartOptions
 from preflab.option_types import check_type
 from preflab.recipe_names import RECIPE_TASKS
@@ -612,18 +613,23 @@ def written_keys(raw: dict) -> set[str]:
 
 # the options that name a local file or folder (or a hub name, which never starts with "~")
 HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
-                     "eval_dataset_name", "output_dir", "resume_from_checkpoint")
+                     "eval_dataset_name", "output_dir", "resume_from_checkpoint", "user_embeddings", "reward_aggregator")
+# options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
+# `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
+HOME_NESTED_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")
 
 
 def expand_home(cfg) -> None:
     """A leading "~" (or "~user") of a path option becomes the home folder, as a shell would expand it: the value
     reaches Python unexpanded from a YAML file, a quoted override or TrainConfig(...). Each loader expanding it on its
     own left gaps: output_dir="~/run" put the run's lock in $HOME/run and its files in ./~/run, and
-    model_name_or_path="~/model" passed the existence check and then reached from_pretrained as a hub name."""
-    for name in HOME_PATH_OPTIONS:
+    model_name_or_path="~/model" passed the existence check and then reached from_pretrained as a hub name. Nested
+    options (HOME_NESTED_OPTIONS): every string in them that starts with "~" (preflab.home_paths.home_expanded)."""
+    for name in HOME_PATH_OPTIONS + HOME_NESTED_OPTIONS:
         value = getattr(cfg, name)
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(cfg, name, os.path.expanduser(value))
+        expanded = home_expanded(value)
+        if expanded != value:
+            setattr(cfg, name, expanded)
 
 
 def config_from_dict(raw: dict, written=None) -> TrainConfig:
