@@ -235,6 +235,7 @@ class TrainConfig:
         self.written_options = frozenset(given - {"written_options"} if written_options is None
                                          else written_options) & names
         expand_home(self)
+        _drop_unwritten_eval_steps(self)
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
         from preflab.best_model_options import resolve_best_model_options
@@ -319,8 +320,9 @@ class TrainConfig:
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no).")
         out += self._eval_on_start_conflicts()
-        if self.eval_strategy == "no" and self.eval_steps:
-            out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
+        if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
+            out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
+                       "eval_steps would do nothing); remove one.")
         if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:
             # (eval_split alone, e.g. TRL's dataset_test_split, evaluates nothing: as in TRL with eval_strategy no)
             out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set: "
@@ -524,14 +526,24 @@ def _check_sizes(raw: dict) -> None:
 def _resolve_eval(raw: dict, notes: list[str]) -> None:
     """TRL's eval_strategy onto preflab's eval schedule (eval_steps; 0 = at the end only)."""
     strategy = raw.get("eval_strategy")
-    if strategy == "no":
-        dropped = [k for k in ("eval_dataset_name", "eval_fraction", "eval_steps") if raw.get(k)]
+    if strategy == "no":  # (eval_steps: TrainConfig's _drop_unwritten_eval_steps, for every entry point)
+        dropped = [k for k in ("eval_dataset_name", "eval_fraction") if raw.get(k)]
         for k in dropped:
             notes.append(f"eval_strategy: no -> {k}={raw.pop(k)!r} is not used (no evaluation).")
     elif strategy == "steps" and not raw.get("eval_steps"):
         raw["eval_steps"] = raw.get("logging_steps", 10)
         notes.append(f"eval_strategy: steps without eval_steps -> eval_steps: {raw['eval_steps']} (logging_steps, "
                      "as in transformers).")
+
+
+def _drop_unwritten_eval_steps(cfg: TrainConfig) -> None:
+    """eval_steps beside eval_strategy: no, one rule for TrainConfig(...), a YAML file and config_from_dict: written by
+    the user it cannot do what it says and _conflicts refuses it; not written (a saved config: TRL's args.to_dict(),
+    a run's config.yaml, whose keys count as nobody's choice, or a value a program set) it is the saved config's
+    unused value, as TrainingArguments leaves it unread with eval_strategy "no": set to 0 with a note."""
+    if cfg.eval_strategy == "no" and cfg.eval_steps and "eval_steps" not in cfg.written_options:
+        _say([f"eval_strategy: no -> eval_steps={cfg.eval_steps!r} is not used (no evaluation)."])
+        cfg.eval_steps = 0
 
 
 def resolve_epoch_eval(cfg: TrainConfig, steps_per_epoch: int, main: bool = True) -> None:
@@ -613,7 +625,8 @@ def written_keys(raw: dict) -> set[str]:
 
 # the options that name a local file or folder (or a hub name, which never starts with "~")
 HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
-                     "eval_dataset_name", "output_dir", "resume_from_checkpoint", "user_embeddings", "reward_aggregator")
+                     "eval_dataset_name", "output_dir", "resume_from_checkpoint", "user_embeddings",
+                     "reward_aggregator")
 # options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
 # `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
 HOME_NESTED_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")
