@@ -415,3 +415,21 @@ def test_trl_yaml_env_block_sets_the_environment(tmp_path, monkeypatch, capsys):
     assert "env: set PREFLAB_TRL_ENV_PROBE in the environment before the run" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="env \\(TRL's YAML block of environment variables\\) must be a mapping"):
         config_from_dict({**BASE, "env": ["A=1"]})
+
+
+def test_an_untouched_trl_dpoconfig_says_nothing_of_restore_callback_states_and_a_written_false_is_said(tmp_path,
+                                                                                                      capsys):
+    """transformers' default restore_callback_states_from_checkpoint is false, which preflab does not follow (it always
+    restores): every default DPOConfig's to_dict() printed the note, though nobody chose the value. A saved config's
+    value is silent; written by the user, false is said and true (what preflab does) is not."""
+    trl = pytest.importorskip("trl")
+    saved = trl.DPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True).to_dict()
+    assert saved["restore_callback_states_from_checkpoint"] is False
+    capsys.readouterr()
+    config_from_dict({**saved, **BASE})
+    assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err
+    config_from_dict({**BASE, "restore_callback_states_from_checkpoint": False})
+    assert ("restore_callback_states_from_checkpoint: preflab always restores the state of the callbacks"
+            in capsys.readouterr().err)
+    config_from_dict({**BASE, "restore_callback_states_from_checkpoint": True})
+    assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err

@@ -657,7 +657,7 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
 
     _check_sizes(raw)
     written = written_keys(raw) if written is None else set(written)
-    raw, notes, errors = translate_trl(raw)
+    raw, notes, errors = translate_trl(raw, written)
     _resolve_eval(raw, notes)
     hints = typing.get_type_hints(TrainConfig)
     hints = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}  # (not the written_options InitVar)
