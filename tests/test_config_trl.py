@@ -99,9 +99,10 @@ def test_transformers5_fractions_and_yaml_no(tmp_path):
         config_from_dict({**BASE, "eval_steps": 0.25, "eval_fraction": 0.1})
     path = tmp_path / "c.yaml"
     path.write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: d.jsonl\neval_strategy: no\n"
-                    "save_strategy: no\neval_fraction: 0.1\neval_steps: 50\nsave_steps: 100\n")
+                    "save_strategy: no\neval_fraction: 0.1\nsave_steps: 100\n")
     cfg = load_config(path)  # a bare `no` is YAML 1.1's false
     assert (cfg.eval_strategy, cfg.eval_fraction, cfg.eval_steps, cfg.save_steps) == ("no", 0.0, 0, 0)
+    # (a written eval_steps beside it is refused: test_config_validation.py, one rule for every entry point)
 
 
 def test_renamed_and_translated_keys():
@@ -414,3 +415,21 @@ def test_trl_yaml_env_block_sets_the_environment(tmp_path, monkeypatch, capsys):
     assert "env: set PREFLAB_TRL_ENV_PROBE in the environment before the run" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="env \\(TRL's YAML block of environment variables\\) must be a mapping"):
         config_from_dict({**BASE, "env": ["A=1"]})
+
+
+def test_an_untouched_trl_dpoconfig_says_nothing_of_restore_callback_states_and_a_written_false_is_said(tmp_path,
+                                                                                                      capsys):
+    """transformers' default restore_callback_states_from_checkpoint is false, which preflab does not follow (it always
+    restores): every default DPOConfig's to_dict() printed the note, though nobody chose the value. A saved config's
+    value is silent; written by the user, false is said and true (what preflab does) is not."""
+    trl = pytest.importorskip("trl")
+    saved = trl.DPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True).to_dict()
+    assert saved["restore_callback_states_from_checkpoint"] is False
+    capsys.readouterr()
+    config_from_dict({**saved, **BASE})
+    assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err
+    config_from_dict({**BASE, "restore_callback_states_from_checkpoint": False})
+    assert ("restore_callback_states_from_checkpoint: preflab always restores the state of the callbacks"
+            in capsys.readouterr().err)
+    config_from_dict({**BASE, "restore_callback_states_from_checkpoint": True})
+    assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err

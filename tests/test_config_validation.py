@@ -310,17 +310,39 @@ def test_ref_load_dtype_beside_a_reference_free_loss_gets_a_note(tmp_path, capsy
 
 @pytest.mark.parametrize("extra,words", [
     ({"bf16": True, "fp16": True}, "bf16 and fp16 are both set; choose one."),
-    ({"eval_strategy": "no", "eval_steps": 5}, "eval_strategy='no' conflicts with eval_steps=5; remove one."),
+    ({"eval_strategy": "no", "eval_steps": 5}, "eval_strategy='no' conflicts with eval_steps=5 (no evaluation runs, "
+     "so eval_steps would do nothing); remove one."),
     ({"task": "sft", "use_weighting": True}, "use_weighting (WPO) applies to task: dpo (the text scorer computes its "
      "token terms), not task: sft."),
 ])
 def test_conflicts_of_a_config_built_from_keywords_are_errors(extra, words):
-    """TrainConfig(...) with keyword arguments (the Python API) runs the same checks as a YAML file; there eval_steps
-    with eval_strategy: no is not dropped with a note (config_from_dict does that for TRL's saved configs) but
-    refused."""
+    """TrainConfig(...) with keyword arguments (the Python API) runs the same checks as a YAML file."""
     from preflab.config import TrainConfig
 
     with pytest.raises(ConfigError) as err:
         TrainConfig(**{**BASE, **extra})
     assert words in str(err.value)
 
+
+
+def test_eval_steps_beside_eval_strategy_no_is_one_rule_for_every_entry_point(tmp_path, capsys):
+    """Written by the user (TrainConfig(...), a YAML file, config_from_dict of the user's keys) eval_steps cannot do
+    anything beside eval_strategy: no and is refused; a YAML file dropped it with a note while TrainConfig(...) refused
+    it. From a saved config (TRL's args.to_dict(): nobody's choice, as TrainingArguments leaves it unread) or a value
+    a program set (not written) it is set to 0 with a note, at each entry point."""
+    refused = r"eval_strategy='no' conflicts with eval_steps=5 \(no evaluation runs"
+    with pytest.raises(ConfigError, match=refused):
+        TrainConfig(**BASE, eval_strategy="no", eval_steps=5)
+    with pytest.raises(ConfigError, match=refused):
+        config_from_dict({**BASE, "eval_strategy": "no", "eval_steps": 5})
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: x.jsonl\neval_strategy: no\neval_steps: 5\n")
+    with pytest.raises(ConfigError, match=refused):
+        load_config(path)
+    capsys.readouterr()
+    note = "preflab: note: eval_strategy: no -> eval_steps=5 is not used (no evaluation)."
+    saved = {f.name: getattr(TrainConfig(**BASE), f.name) for f in dataclasses.fields(TrainConfig)}
+    assert config_from_dict({**saved, "eval_strategy": "no", "eval_steps": 5}).eval_steps == 0
+    assert note in capsys.readouterr().err
+    assert TrainConfig(**BASE, eval_strategy="no", eval_steps=5, written_options=frozenset()).eval_steps == 0
+    assert note in capsys.readouterr().err

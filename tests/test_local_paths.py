@@ -51,6 +51,43 @@ def test_home_in_path_options_is_expanded_in_the_config(tmp_path, monkeypatch):
         "org/model~1"  # only a leading ~ is a home folder
 
 
+def test_home_in_nested_path_options_is_expanded_in_the_config(tmp_path, monkeypatch):
+    """reward_funcs' model folders and code files, reward_aggregator, user_embeddings and recipe_params' files kept
+    "~/..." (the judge loader then looked for ./~/rm, or a module file ~/rewards.py under the working folder); now
+    expanded where the config's own path options are (preflab.home_paths.home_expanded)."""
+    from preflab.config import config_from_dict
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = config_from_dict(dict(task="online", max_steps=2, model_name_or_path="m", dataset_name="p.jsonl",
+                                reward_funcs=["~/rm", "~/rewards.py:fn", "verifier:math"], reward_aggregator="~/agg"))
+    assert cfg.reward_funcs == [f"{tmp_path}/rm", f"{tmp_path}/rewards.py:fn", "verifier:math"]
+    assert cfg.reward_aggregator == f"{tmp_path}/agg"
+    assert config_from_dict(dict(task="online", max_steps=2, model_name_or_path="m", dataset_name="p.jsonl",
+                                 reward_funcs="~/rm")).reward_funcs == f"{tmp_path}/rm"
+    assert config_from_dict(dict(task="fspo", recipe_params={"data_file": "~/u.jsonl", "stop_after_stage": None})
+                            ).recipe_params == {"data_file": f"{tmp_path}/u.jsonl", "stop_after_stage": None}
+
+
+def test_a_resume_whose_saved_config_holds_a_literal_home_path_is_no_config_change(tmp_path, monkeypatch):
+    """A config.yaml (or recipe state) written before "~" was expanded holds "~/d.jsonl"; the resumed config holds
+    the expanded path: not a changed option (it refused the resume). Another path still is a change."""
+    from preflab.recipe_state import RecipeStateFile
+    from preflab.resume_check import compare_configs
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved = {"dataset_name": "~/d.jsonl", "reward_funcs": ["~/rm", "verifier:math"], "output_dir": "~/run"}
+    current = {"dataset_name": f"{tmp_path}/d.jsonl", "reward_funcs": [f"{tmp_path}/rm", "verifier:math"],
+               "output_dir": f"{tmp_path}/run"}
+    assert compare_configs(saved, current) == ({}, {})
+    assert compare_configs(saved, {**current, "dataset_name": f"{tmp_path}/e.jsonl"}) == (
+        {}, {"dataset_name": ("~/d.jsonl", f"{tmp_path}/e.jsonl")})
+    state = tmp_path / "fspo_state.json"
+    state.write_text(json.dumps({"params": {"data_file": "~/u.jsonl"}, "stages": {}}))
+    RecipeStateFile(state, {"data_file": f"{tmp_path}/u.jsonl"}, resume=True)  # no "recipe_params differ"
+    with pytest.raises(ConfigError, match=r"recipe_params \['data_file'\] differ"):
+        RecipeStateFile(state, {"data_file": f"{tmp_path}/v.jsonl"}, resume=True)
+
+
 def test_a_model_folder_without_tokenizer_files_says_to_save_the_tokenizer(tmp_path):
     """A folder written by model.save_pretrained alone: AutoTokenizer's error spoke of sentencepiece and tiktoken."""
     from preflab.models.load import load_tokenizer

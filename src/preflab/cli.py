@@ -133,12 +133,12 @@ def expand_home_args(args) -> None:
     """A leading "~" of a path argument becomes the home folder, as preflab.config.expand_home does for the config's
     path options: a quoted '~/run' reaches the command unexpanded (`preflab eval '~/run'` said "~/run is not a
     directory")."""
+    from preflab.home_paths import home_expanded
+
     for dest in HOME_ARGS:
         value = getattr(args, dest, None)
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(args, dest, os.path.expanduser(value))
-        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
-            setattr(args, dest, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+        if isinstance(value, (str, list)):
+            setattr(args, dest, home_expanded(value))
 
 
 def check_launched_command(command: str) -> None:

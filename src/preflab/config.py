@@ -23,6 +23,7 @@ import yaml
 
 from preflab.config_options import help_line, missing_trackers, range_errors
 from preflab.errors import ConfigError
+from preflab.home_paths import home_expanded
 from preflab.model_part_options import ModelPartOptions
 from preflab.option_types import check_type
 from preflab.recipe_names import RECIPE_TASKS
@@ -234,6 +235,7 @@ class TrainConfig:
         self.written_options = frozenset(given - {"written_options"} if written_options is None
                                          else written_options) & names
         expand_home(self)
+        _drop_unwritten_eval_steps(self)
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
             self.torch_compile = True  # TRL's TrainingArguments: a compile backend or mode implies torch_compile
         from preflab.best_model_options import resolve_best_model_options
@@ -318,8 +320,9 @@ class TrainConfig:
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no).")
         out += self._eval_on_start_conflicts()
-        if self.eval_strategy == "no" and self.eval_steps:
-            out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps}; remove one.")
+        if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
+            out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
+                       "eval_steps would do nothing); remove one.")
         if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:
             # (eval_split alone, e.g. TRL's dataset_test_split, evaluates nothing: as in TRL with eval_strategy no)
             out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set: "
@@ -523,14 +526,24 @@ def _check_sizes(raw: dict) -> None:
 def _resolve_eval(raw: dict, notes: list[str]) -> None:
     """TRL's eval_strategy onto preflab's eval schedule (eval_steps; 0 = at the end only)."""
     strategy = raw.get("eval_strategy")
-    if strategy == "no":
-        dropped = [k for k in ("eval_dataset_name", "eval_fraction", "eval_steps") if raw.get(k)]
+    if strategy == "no":  # (eval_steps: TrainConfig's _drop_unwritten_eval_steps, for every entry point)
+        dropped = [k for k in ("eval_dataset_name", "eval_fraction") if raw.get(k)]
         for k in dropped:
             notes.append(f"eval_strategy: no -> {k}={raw.pop(k)!r} is not used (no evaluation).")
     elif strategy == "steps" and not raw.get("eval_steps"):
         raw["eval_steps"] = raw.get("logging_steps", 10)
         notes.append(f"eval_strategy: steps without eval_steps -> eval_steps: {raw['eval_steps']} (logging_steps, "
                      "as in transformers).")
+
+
+def _drop_unwritten_eval_steps(cfg: TrainConfig) -> None:
+    """eval_steps beside eval_strategy: no, one rule for TrainConfig(...), a YAML file and config_from_dict: written by
+    the user it cannot do what it says and _conflicts refuses it; not written (a saved config: TRL's args.to_dict(),
+    a run's config.yaml, whose keys count as nobody's choice, or a value a program set) it is the saved config's
+    unused value, as TrainingArguments leaves it unread with eval_strategy "no": set to 0 with a note."""
+    if cfg.eval_strategy == "no" and cfg.eval_steps and "eval_steps" not in cfg.written_options:
+        _say([f"eval_strategy: no -> eval_steps={cfg.eval_steps!r} is not used (no evaluation)."])
+        cfg.eval_steps = 0
 
 
 def resolve_epoch_eval(cfg: TrainConfig, steps_per_epoch: int, main: bool = True) -> None:
@@ -612,18 +625,24 @@ def written_keys(raw: dict) -> set[str]:
 
 # the options that name a local file or folder (or a hub name, which never starts with "~")
 HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
-                     "eval_dataset_name", "output_dir", "resume_from_checkpoint")
+                     "eval_dataset_name", "output_dir", "resume_from_checkpoint", "user_embeddings",
+                     "reward_aggregator")
+# options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
+# `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
+HOME_NESTED_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")
 
 
 def expand_home(cfg) -> None:
     """A leading "~" (or "~user") of a path option becomes the home folder, as a shell would expand it: the value
     reaches Python unexpanded from a YAML file, a quoted override or TrainConfig(...). Each loader expanding it on its
     own left gaps: output_dir="~/run" put the run's lock in $HOME/run and its files in ./~/run, and
-    model_name_or_path="~/model" passed the existence check and then reached from_pretrained as a hub name."""
-    for name in HOME_PATH_OPTIONS:
+    model_name_or_path="~/model" passed the existence check and then reached from_pretrained as a hub name. Nested
+    options (HOME_NESTED_OPTIONS): every string in them that starts with "~" (preflab.home_paths.home_expanded)."""
+    for name in HOME_PATH_OPTIONS + HOME_NESTED_OPTIONS:
         value = getattr(cfg, name)
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(cfg, name, os.path.expanduser(value))
+        expanded = home_expanded(value)
+        if expanded != value:
+            setattr(cfg, name, expanded)
 
 
 def config_from_dict(raw: dict, written=None) -> TrainConfig:
@@ -638,7 +657,7 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
 
     _check_sizes(raw)
     written = written_keys(raw) if written is None else set(written)
-    raw, notes, errors = translate_trl(raw)
+    raw, notes, errors = translate_trl(raw, written)
     _resolve_eval(raw, notes)
     hints = typing.get_type_hints(TrainConfig)
     hints = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}  # (not the written_options InitVar)

@@ -56,7 +56,8 @@ DIFFUSERS_DPO_SCRIPT = {
     "random_crop": "preflab always centre-crops (each image once, so its latent can be cached)",
 }
 
-# TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead)
+# TRL key -> (TRL's default, note printed once when the config sets another value: what preflab does instead;
+# for NOTED_WHEN_WRITTEN keys the value preflab acts as, noted only when written)
 NO_EFFECT = {
     "restore_callback_states_from_checkpoint": (True, "preflab always restores the state of the callbacks passed "
                                                 "to Trainer(callbacks=...) on resume (EarlyStoppingCallback's "
@@ -146,6 +147,12 @@ NO_EFFECT = {
         ("vllm_importance_sampling_clip_max", 3.0), ("vllm_importance_sampling_clip_min", None),
         ("vllm_importance_sampling_cap", None))},
 }
+
+# NO_EFFECT keys whose TRL default is not what preflab does (restore_callback_states_from_checkpoint: transformers'
+# default false, preflab always restores): the value of a saved config (TRL's args.to_dict(), whose keys are nobody's
+# choice: preflab.config.written_keys) is said nothing of, as every default DPOConfig printed the note; written by the
+# user, a value other than NO_EFFECT's is noted
+NOTED_WHEN_WRITTEN = frozenset({"restore_callback_states_from_checkpoint"})
 
 # another TRL config's default of a NO_EFFECT key (NO_EFFECT holds GRPOConfig's): no note for it either (every saved
 # OnlineDPOConfig printed a vllm_gpu_memory_utilization note, in a run that never asked for vLLM)
@@ -350,8 +357,9 @@ def _same(value, default) -> bool:
     return value == default or value is None or (default in (None, []) and empty)
 
 
-def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
-    """(the config in preflab's names, notes to print once, one error line per refused TRL value)."""
+def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
+    """(the config in preflab's names, notes to print once, one error line per refused TRL value). written: the
+    options the user wrote (preflab.config.written_keys; None: every key of `raw`), for NOTED_WHEN_WRITTEN."""
     from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, method_from_trl_fields,
                                             refuse_rlooconfig)
 
@@ -453,7 +461,8 @@ def translate_trl(raw: dict) -> tuple[dict, list[str], list[str]]:
     for key, (default, why) in NO_EFFECT.items():
         if key in raw:
             value = raw.pop(key)
-            if value in OTHER_TRL_DEFAULTS.get(key, ()):
+            if value in OTHER_TRL_DEFAULTS.get(key, ()) or (key in NOTED_WHEN_WRITTEN and written is not None
+                                                            and key not in written):
                 continue
             if not _same(value, default) or (value is False and default is None):  # false asks for something
                 notes.append(f"{key}: {why}.")

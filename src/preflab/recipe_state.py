@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from preflab.errors import ConfigError
+from preflab.home_paths import home_expanded
 
 
 class RecipeStateFile:
@@ -63,7 +64,8 @@ class RecipeStateFile:
                               "preflab); use a new output_dir.")
         from preflab.runlog import is_main_process
 
-        changed = sorted(k for k in set(params) | set(saved) if k not in may_change and saved.get(k) != params.get(k))
+        changed = sorted(k for k in set(params) | set(saved) if k not in may_change
+                         and home_expanded(saved.get(k)) != home_expanded(params.get(k)))
         if changed and allow_change:  # as a plain run's resume (preflab.resume_check.check_resume_config)
             if is_main_process():
                 note(f"preflab: note: resuming with changed recipe_params (allow_config_change: true): "

@@ -12,6 +12,7 @@ gradient_accumulation_steps must stay (check_global_batch), and the saved per-de
 from __future__ import annotations
 
 from preflab.errors import ConfigError
+from preflab.home_paths import home_expanded
 
 HARMLESS = frozenset({
     "max_steps", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "save_strategy",
@@ -41,13 +42,14 @@ def _same_meaning(key: str, before, after) -> bool:
 
 def compare_configs(saved: dict, current: dict, defaults: dict | None = None) -> tuple[dict, dict]:
     """defaults: the current option defaults; a key the saved config lacks (an option added since) that is at its
-    default is no change."""
+    default is no change. Values are compared with a leading "~" expanded on both sides (home_expanded): a config.yaml
+    saved before preflab expanded it holds "~/data.jsonl" where the current config holds "/home/me/data.jsonl"."""
     harmless, meaning = {}, {}
     for key in sorted(set(saved) | set(current)):
         if key in _NOT_COMPARED:
             continue
         before, after = saved.get(key), current.get(key)
-        if before == after or (key not in saved and defaults is not None and key in defaults
+        if home_expanded(before) == home_expanded(after) or (key not in saved and defaults is not None and key in defaults
                                and defaults[key] == after):
             continue
         (harmless if key in HARMLESS or _same_meaning(key, before, after) else meaning)[key] = (before, after)

@@ -67,4 +67,6 @@ def test_a_flex_vlm_policy_is_refused_on_cpu_when_training_starts_not_when_built
         trainer.train()
     assert trainer.step == 0 and not (out / "timeline.json").exists()
     assert all(p.grad is None for p in policy.parameters())  # no forward/backward ran
+    # built without the layout's custom-mask probe; the evaluation path (preflab eval --task vlm) still gets it
+    assert "layout" not in vars(trainer) and trainer.layout == "prefix_shared"
 

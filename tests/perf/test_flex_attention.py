@@ -181,10 +181,15 @@ def test_flex_training_run_equals_the_sdpa_run_on_cpu(tmp_path, monkeypatch):
         torch.testing.assert_close(flex_weights[name], weight, atol=1e-5, rtol=0, msg=name)
 
 
-def test_a_flex_policy_is_refused_on_cpu_before_the_first_step(tmp_path):
+def test_a_flex_policy_is_refused_on_cpu_before_the_first_step(tmp_path, monkeypatch):
     """Without the lift, torch refuses the backward inside step 1 (after compiling the forward: 75 s for the
     benchmark's tiny shape, or a C++ compile error of inductor's CPU kernel): the Trainer refuses as train() starts
-    (preflab.loops.driver), naming the setting; the same model on a GPU, or with sdpa, is not refused."""
+    (preflab.loops.driver), naming the setting; the same model on a GPU, or with sdpa, is not refused. The Trainer
+    is built without the layout's custom-mask probe (compiled FlexAttention forwards), which only evaluate() reads."""
+    from preflab.models import attention
+
+    probed = []
+    monkeypatch.setattr(attention, "_probe_custom_mask", lambda base: probed.append(base) or (True, ""))
     from preflab.config import config_from_dict
     from preflab.errors import ConfigError
     from preflab.loops.offline import Trainer
@@ -200,6 +205,7 @@ def test_a_flex_policy_is_refused_on_cpu_before_the_first_step(tmp_path):
     with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
                                           r"CPU: torch .* has no FlexAttention backward on CPU.*use sdpa"):
         Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=PAIRS).train()
+    assert probed == []
     from preflab.models.attention import refuse_flex_training_on_cpu
 
     refuse_flex_training_on_cpu(policy, torch.device("cuda", 0))  # never touched: only the device type is read

@@ -9,13 +9,14 @@ forward returns response log-probs. The trainer never names an objective: it rea
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from preflab.config import TrainConfig
 from preflab.data.layout import bucket
-from preflab.models.attention import effective_layout
+from preflab.models.attention import effective_layout, flex_training_refused
 from preflab.models.dropout import original_dropout_config
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
@@ -148,7 +149,8 @@ class Trainer(TrainingRun):
                               "outside the reference's forward, where FSDP2 keeps it sharded; train it with "
                               "examples/accelerate/ddp.yaml.")
         self.ref_logps, self.ref_cache_info = {}, {}
-        self.layout = effective_layout(self.requested_layout(), policy, ref)
+        if not flex_training_refused(policy, self.accelerator.device):
+            self.layout  # noqa: B018  decided now, its fallback said as the run is built (see `layout`)
         set_attention_mode(cfg.attention, policy, ref)
         if cfg.gradient_checkpointing:
             from preflab.models.load import enable_gradient_checkpointing
@@ -212,6 +214,13 @@ class Trainer(TrainingRun):
     def restore_data_position(self, saved: dict | None, step: int) -> None:
         if self.stream is not None:
             self.streamed.restore(saved, step)
+
+    @cached_property
+    def layout(self) -> str:
+        """The layout the scorer builds: requested_layout() checked against the models (effective_layout: its custom-mask
+        probe runs a few forwards). Read as the run is built, except for a FlexAttention policy on the CPU, whose
+        training train() refuses first: then when evaluate() (preflab eval --task vlm) first needs it."""
+        return effective_layout(self.requested_layout(), self.policy, self.ref)
 
     def requested_layout(self) -> str:
         """The layout the run asks for (cfg.layout), checked against the models by `effective_layout`."""

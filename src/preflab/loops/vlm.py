@@ -17,6 +17,7 @@ RRPO's per-token phrase ids are built on the tokenizer path (preflab.data.phrase
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 
 import torch
 
@@ -184,6 +185,12 @@ class VisionTrainer(Trainer):
 
     scorer_class = VisionLogProbScorer
 
+    @cached_property
+    def layout(self) -> str:
+        """vision_layout_choice in place of the text models' check (Trainer.layout): read as the run is built, or,
+        for a FlexAttention policy on the CPU (train() refuses it), when evaluate() first needs it."""
+        return vision_layout_choice(self.cfg.layout, self.policy, self.ref)
+
     def __init__(self, cfg, policy=None, ref=None, processor=None, train_data=None, eval_data=None, reader=None):
         from preflab.data.vision_pairs import check_builder
 
@@ -221,7 +228,6 @@ class VisionTrainer(Trainer):
         super().__init__(cfg, policy=policy, ref=ref, tokenizer=processor.tokenizer, train_data=train_data,
                          eval_data=eval_data)
         self.data_report = report
-        self.layout = vision_layout_choice(cfg.layout, policy, ref)
         from preflab.models.clue_aggregator import clue_aggregator_of
 
         aggregator = clue_aggregator_of(policy)

@@ -202,8 +202,7 @@ def refuse_flex_training_on_cpu(model, device, what: str = "policy") -> None:
     on CPU"), compiled or not (and its compiled CPU forward failed to build its C++ kernel for the benchmark's tiny
     Llama shape), so such a run could only fail inside its first step, after minutes of compiling (a tiny reward
     model: 80 s). Decided by asking torch (flex_trains_on_cpu), so a torch that trains it on CPU is let through."""
-    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
-    if impl != "flex_attention" or torch.device(device).type != "cpu" or flex_trains_on_cpu():
+    if not flex_training_refused(model, device):
         return
     from preflab.errors import ConfigError
 
@@ -211,6 +210,14 @@ def refuse_flex_training_on_cpu(model, device, what: str = "policy") -> None:
         f"attn_implementation: flex_attention (the {what}'s) cannot train on the CPU: torch {torch.__version__} has "
         "no FlexAttention backward on CPU ('FlexAttention does not support backward on CPU'). On CPU use sdpa (the "
         "default: the prefix-shared and packed layouts attend segment by segment there), or train on a GPU.")
+
+
+def flex_training_refused(model, device) -> bool:
+    """Whether refuse_flex_training_on_cpu refuses training `model` on `device`. The run constructors ask it to skip
+    work that only training would use (the custom-mask probe: six compiled FlexAttention forwards, ~4 CPU-s on a
+    tiny model) when train() will refuse before any of it is read."""
+    impl = getattr(getattr(unwrap(model), "config", None), "_attn_implementation", None)
+    return impl == "flex_attention" and torch.device(device).type == "cpu" and not flex_trains_on_cpu()
 
 
 def flex_trains_on_cpu() -> bool:

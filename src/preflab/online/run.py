@@ -57,6 +57,7 @@ from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
 from preflab.loops.reference import is_lora, reference_scores, refresh_reference
 from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+from preflab.models.attention import flex_training_refused
 from preflab.models.dropout import original_dropout_config
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
@@ -233,7 +234,9 @@ class OnlineRun(TrainingRun):
         policy.to(acc.device)
         if self.ref is not None:
             self.ref.to(acc.device)
-        self.share_prompt = self._shares_prompt()
+        # a FlexAttention policy on the CPU: train() refuses it before the first round (TrainingRun._train), so the
+        # custom-mask probe behind _shares_prompt (six compiled FlexAttention forwards) is not run for nothing
+        self.share_prompt = None if flex_training_refused(policy, acc.device) else self._shares_prompt()
         self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
         self.params = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
