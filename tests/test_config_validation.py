@@ -346,3 +346,13 @@ def test_eval_steps_beside_eval_strategy_no_is_one_rule_for_every_entry_point(tm
     assert note in capsys.readouterr().err
     assert TrainConfig(**BASE, eval_strategy="no", eval_steps=5, written_options=frozenset()).eval_steps == 0
     assert note in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("eval_set", [{"eval_fraction": 0.1}, {"eval_dataset_name": "held.jsonl"}])
+def test_an_eval_set_beside_eval_strategy_no_is_refused_in_trainconfig(eval_set):
+    """TrainConfig(eval_strategy="no", eval_fraction=0.1) was accepted and the run still evaluated at its end (eval_steps
+    0 is "at the end only"); a YAML file drops the eval set with a note (test_config_trl), TrainConfig(...) refuses."""
+    key, value = next(iter(eval_set.items()))
+    with pytest.raises(ConfigError, match=rf"eval_strategy='no' conflicts with {key}={value!r}: the run would still "
+                                          "evaluate"):
+        TrainConfig(**BASE, eval_strategy="no", **eval_set)

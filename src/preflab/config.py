@@ -323,6 +323,10 @@ class TrainConfig:
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
                        "eval_steps would do nothing); remove one.")
+        eval_set = [f"{k}={getattr(self, k)!r}" for k in ("eval_dataset_name", "eval_fraction") if getattr(self, k)]
+        if self.eval_strategy == "no" and eval_set:  # (a YAML file or config_from_dict drops them with a note first)
+            out.append(f"eval_strategy='no' conflicts with {' and '.join(eval_set)}: the run would still evaluate on "
+                       "that eval set at its end; remove eval_strategy: no to evaluate, or the eval set.")
         if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:
             # (eval_split alone, e.g. TRL's dataset_test_split, evaluates nothing: as in TRL with eval_strategy no)
             out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set: "
