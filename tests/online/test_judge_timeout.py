@@ -146,6 +146,15 @@ def test_judge_timeout_s_must_be_a_positive_finite_number_of_seconds(tmp_path, v
         Judge([e_judge], timeout_s=value)
 
 
+@pytest.mark.parametrize("value", [True, float("nan"), "5"])
+def test_judge_timeout_s_refuses_what_is_no_number_of_seconds_as_toolbox_does(value):
+    """The Judge's limit is checked as ToolBox's (preflab.loops.time_limit.checked_limit): a bool (True was taken as
+    1 s), NaN and text are refused with the option's name."""
+    with pytest.raises(ConfigError, match=r"judge_timeout_s must be a finite number of seconds > 0 \(or null: no "
+                                          r"limit\), got "):
+        Judge([e_judge], timeout_s=value)
+
+
 def test_upo_dropout_passes_under_a_limit_equal_the_inline_passes_and_a_slow_one_stops():
     """trainer upo's MC-dropout passes (upo_uncertainty: mc_dropout) each run under the limit: the worker thread draws
     the same seeded dropout masks (torch's global RNG is shared by the threads), so the rewards are equal."""

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from preflab.errors import ConfigError, JudgeTimeoutError
-from preflab.loops.time_limit import call_within
+from preflab.loops.time_limit import call_within, checked_limit
 
 # errors of a judge call that stop the run (re-raised, never counted as one completion's failure and retried)
 STOPS = (ConfigError, JudgeTimeoutError)
@@ -215,10 +215,8 @@ class Judge:
         self.first_failure: str | None = None  # "judge 'f': TypeError: ..." of the first call that raised
         self._raised = torch.zeros(0, dtype=torch.bool)  # per completion of the current call: some judge raised
         self.last_raised = 0  # completions of the last call dropped because a judge raised on them
-        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
-            raise ConfigError(f"judge_timeout_s must be a finite number of seconds > 0 (or null: no limit), got "
-                              f"{timeout_s!r}.")
-        self.timeout_s = timeout_s  # seconds each call of a judge may take (None: no limit)
+        # seconds each call of a judge may take (None: no limit)
+        self.timeout_s = checked_limit(timeout_s, "judge_timeout_s", "null")
         self.where = ""  # what the run is doing, for the time limit's error: "round 3 (optimizer step 5)"
 
     def timed(self, judge: Any, call: Callable[[], Any], n: int, role: str = "judge") -> Any:

@@ -19,12 +19,26 @@ returns in time computes exactly what it computes inline.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Callable, TypeVar
 
 import torch
 
+from preflab.errors import ConfigError
+
 T = TypeVar("T")
+
+
+def checked_limit(value, what: str, unset: str) -> float | None:
+    """`value` as a time limit in seconds: None (no limit) or a finite number > 0 (a bool is not a number of
+    seconds); anything else is a ConfigError naming `what` (judge_timeout_s, ToolBox timeout_s) and `unset` (how the
+    caller writes no limit: null in a config, None in Python)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{what} must be a finite number of seconds > 0 (or {unset}: no limit), got {value!r}.")
+    return float(value)
 
 
 def call_within(fn: Callable[[], T], limit_s: float | None, make_error: Callable[[], BaseException],

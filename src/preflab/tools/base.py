@@ -25,7 +25,6 @@ A call that returns in time gives exactly what it gives inline.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from preflab.errors import ConfigError, DataError
-from preflab.loops.time_limit import call_within
+from preflab.loops.time_limit import call_within, checked_limit
 
 TOOL_ERROR_OBSERVATION = "An error occurred when calling the tool; no result."
 
@@ -113,11 +112,7 @@ class ToolBox:
     """Named tools + the (tool, arguments) -> observation cache; `stats` counts calls, cache hits and errors."""
 
     def __init__(self, tools, cache_path: str | Path | None = None, timeout_s: float | None = None):
-        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
-                                      or not math.isfinite(timeout_s) or timeout_s <= 0):
-            raise ConfigError(f"ToolBox timeout_s must be a finite number of seconds > 0 (or None: no limit), got "
-                              f"{timeout_s!r}.")
-        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.timeout_s = checked_limit(timeout_s, "ToolBox timeout_s", "None")
         self.tools: dict[str, Tool] = {}
         for tool in tools:
             if not isinstance(tool, Tool):
