@@ -713,8 +713,8 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
 
     check_explicit_loss_type(cfg, known)
     notes += unread_game_option_notes(cfg)
-    for key, value in extra.items():
-        cfg.objective_params[key] = value
+    for key, value in extra.items():  # (after TrainConfig's expand_home: a leading "~" expanded as in objective_params)
+        cfg.objective_params[key] = home_expanded(value)
     from preflab.objectives import check_modality
 
     objective = cfg.objective()
