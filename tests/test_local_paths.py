@@ -68,6 +68,26 @@ def test_home_in_nested_path_options_is_expanded_in_the_config(tmp_path, monkeyp
                             ).recipe_params == {"data_file": f"{tmp_path}/u.jsonl", "stop_after_stage": None}
 
 
+def test_home_in_an_objective_parameter_written_at_the_top_level_is_expanded(tmp_path, monkeypatch):
+    """An objective parameter written at the top level of a config (not inside objective_params) was put into
+    objective_params after TrainConfig had expanded it, so `weights_file: ~/w.safetensors` reached the objective as
+    "~/w.safetensors"; now expanded by the rule objective_params' own values follow (preflab.home_paths)."""
+    from preflab.config import config_from_dict
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    objective = tmp_path / "my_loss.py"
+    objective.write_text("from dataclasses import dataclass\n"
+                         "from preflab.objectives.dpo import DPO\n\n\n"
+                         "@dataclass(frozen=True)\nclass WithFile(DPO):\n    weights_file: str = ''\n")
+    cfg = config_from_dict(dict(model_name_or_path="org/m", dataset_name="d.jsonl", loss_type="~/my_loss.py:WithFile",
+                                weights_file="~/w.safetensors"))
+    assert cfg.objective_params["weights_file"] == f"{tmp_path}/w.safetensors"
+    assert cfg.objective().weights_file == f"{tmp_path}/w.safetensors"
+    cfg = config_from_dict(dict(model_name_or_path="org/m", dataset_name="d.jsonl", loss_type="~/my_loss.py:WithFile",
+                                objective_params={"weights_file": "~/w.safetensors"}))  # the nested form: as before
+    assert cfg.objective().weights_file == f"{tmp_path}/w.safetensors"
+
+
 def test_a_resume_whose_saved_config_holds_a_literal_home_path_is_no_config_change(tmp_path, monkeypatch):
     """A config.yaml (or recipe state) written before "~" was expanded holds "~/d.jsonl"; the resumed config holds
     the expanded path: not a changed option (it refused the resume). Another path still is a change."""

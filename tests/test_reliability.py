@@ -119,6 +119,29 @@ def test_a_full_disk_after_a_model_only_checkpoint_does_not_promise_a_resume(tmp
                                          "start begins again at step 0.")
 
 
+def test_an_interrupted_run_says_what_is_kept_in_the_words_a_failed_run_does(tmp_path):
+    """preflab.cli.interrupted_message wrote the three cases (no checkpoint, model weights only, resumable) a second
+    time beside preflab.checkpoint.what_is_kept, in other words (the model-only one with the step, the resumable one
+    "the steps after it are lost"); it now ends with what_is_kept's sentence, so the two cannot drift apart."""
+    from preflab.checkpoint import what_is_kept
+    from preflab.cli import Terminated, interrupted_message
+
+    model, opt, sched = _model_and_optimizer()
+    err = Terminated()
+    err.preflab_output_dir = tmp_path
+    said = []
+    for step, model_only in ((None, False), (1, True), (2, False)):
+        if step is not None:
+            save_checkpoint(tmp_path, step, model, opt, sched, {}, model_only=model_only)
+        said.append(interrupted_message(err))
+        assert said[-1] == f"preflab: terminated (SIGTERM). {what_is_kept(tmp_path)}"
+    assert said[0].endswith("holds no finished checkpoint of this run (none was due yet, or save_steps is 0): its "
+                            "steps are lost and a new start begins again at step 0.")
+    assert "checkpoint-1; it holds the model weights only" in said[1] and "resume_from_checkpoint" not in said[1]
+    assert said[2].endswith(f"{tmp_path / 'checkpoint-2'} (step 2); the steps after it are lost. Set "
+                            "resume_from_checkpoint: true to continue from it.")
+
+
 def test_a_failed_sharded_save_says_what_is_kept_as_the_single_file_save_does(tmp_path, monkeypatch):
     """The per-rank save (FSDP2, DeepSpeed: save_rank_checkpoint) promised "Earlier checkpoints are kept ... then
     resume" with none there; it now ends with the same sentence as save_checkpoint: none, or the latest by name.

@@ -221,21 +221,24 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
 
 
 def what_is_kept(output_dir: str | Path, failed_save: bool = False, where: str = "") -> str:
-    """What output_dir keeps to go on from: the latest finished checkpoint of its current timeline and how to resume
-    it, that it holds the model weights only (save_only_model: no resume), or that there is none, so that the advice
-    never promises a checkpoint that is not there or a resume it cannot give. As a failed run ends with it
-    (preflab.loops.driver adds its own advice), or failed_save: as a failed checkpoint save ends with it, with the
-    advice on output_dir (`where`: added to it; a sharded save: every rank writes into it)."""
+    """What output_dir keeps to go on from: the latest finished checkpoint of its current timeline (its step) and
+    how to resume it, that it holds the model weights only (save_only_model: no resume), or that there is none, so
+    that the advice never promises a checkpoint that is not there or a resume it cannot give. As an interrupted run
+    ends with it (preflab.cli.interrupted_message) and a failed one (preflab.loops.driver adds its own advice), or
+    failed_save: as a failed checkpoint save ends with it, with the advice on output_dir (`where`: added to it; a
+    sharded save: every rank writes into it)."""
     latest = latest_checkpoint(output_dir)
     fix = f"free disk space or fix the permissions of output_dir{where}"
     if latest is None:
         return (f"No earlier checkpoint of this run exists, so its steps are lost; {fix}, then start it again."
-                if failed_save else f"{output_dir} holds no finished checkpoint of this run.")
+                if failed_save else f"{output_dir} holds no finished checkpoint of this run (none was due yet, or "
+                "save_steps is 0): its steps are lost and a new start begins again at step 0.")
     if is_model_only(latest):
         return f"The latest finished checkpoint is {latest}; {MODEL_ONLY_KEPT}" + (
             f" Then {fix}, and start it again." if failed_save else "")
     return (f"Earlier checkpoints are kept (the latest: {latest}); {fix}, then resume." if failed_save else
-            f"The latest finished checkpoint is {latest}; resume_from_checkpoint: true continues from it.")
+            f"The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); the steps after it are "
+            "lost. Set resume_from_checkpoint: true to continue from it.")
 
 
 def write_training_state(tmp: Path, step: int, scheduler, state: dict) -> None:

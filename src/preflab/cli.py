@@ -234,7 +234,8 @@ def _stop_on_sigterm():
 
 def interrupted_message(err: BaseException) -> str:
     """What an interrupted run keeps: the latest finished checkpoint of its output_dir (TrainingRun.train puts
-    the folder on the exception), or that there is none. Inside a recipe (preflab.recipes.run_recipe puts
+    the folder on the exception), or that there is none, in the words a failed run uses
+    (preflab.checkpoint.what_is_kept). Inside a recipe (preflab.recipes.run_recipe puts
     `preflab_recipe` on it) the recipe's own resume is what continues the run: its finished stages are kept, and the
     interrupted stage continues from its checkpoint or starts again (RecipeState.stage puts `preflab_stage_resumes`)."""
     what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
@@ -245,17 +246,9 @@ def interrupted_message(err: BaseException) -> str:
     if out is None:
         return (f"preflab: {what}. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
                 "latest one.")
-    from preflab.checkpoint import MODEL_ONLY_KEPT, checkpoint_step, is_model_only, latest_checkpoint
+    from preflab.checkpoint import what_is_kept
 
-    latest = latest_checkpoint(out)
-    if latest is None:
-        return (f"preflab: {what}. {out} holds no finished checkpoint of this run (none was due yet, or save_steps "
-                "is 0): its steps are lost and a new start begins again at step 0.")
-    if is_model_only(latest):
-        return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); "
-                f"{MODEL_ONLY_KEPT}")
-    return (f"preflab: {what}. The latest finished checkpoint is {latest} (step {checkpoint_step(latest)}); the "
-            "steps after it are lost. Set resume_from_checkpoint: true to continue from it.")
+    return f"preflab: {what}. {what_is_kept(out)}"
 
 
 def _recipe_interrupted_message(what: str, recipe: tuple, stage, resumes) -> str:

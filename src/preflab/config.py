@@ -713,8 +713,8 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
 
     check_explicit_loss_type(cfg, known)
     notes += unread_game_option_notes(cfg)
-    for key, value in extra.items():
-        cfg.objective_params[key] = value
+    for key, value in extra.items():  # (after TrainConfig's expand_home: a leading "~" expanded as in objective_params)
+        cfg.objective_params[key] = home_expanded(value)
     from preflab.objectives import check_modality
 
     objective = cfg.objective()
@@ -805,25 +805,38 @@ def load_config(path: str | Path | None, overrides: list[str] = (), preflab_over
     The file's keys (none of a saved config: is_saved_config) and the overrides' are the options the user wrote
     (TrainConfig.written_options); preflab_overrides are applied after them and are preflab's own settings (an
     evaluation of a saved run: its data, no LoRA), not written by the user."""
-    raw: dict = {}
-    if path:
-        try:
-            text = Path(path).read_text()
-        except FileNotFoundError as err:
-            raise ConfigError(f"config file {path} does not exist.") from err
-        except (IsADirectoryError, UnicodeDecodeError, PermissionError) as err:
-            raise ConfigError(f"config file {path} cannot be read as text: {err}") from err
-        try:
-            raw = load_yaml(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-        except ConfigError as err:
-            raise ConfigError(f"config file {path}: {err}") from err
-        if raw is None:
-            raise ConfigError(f"config file {path} is empty (no options); give at least model_name_or_path and "
-                              "dataset_name.")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
+    return config_with_overrides(_read_config_file(path) if path else {}, overrides, preflab_overrides)
+
+
+def _read_config_file(path: str | Path) -> dict:
+    """The mapping of options in the YAML file `path`; a ConfigError naming the file when it is missing, unreadable,
+    not YAML, empty or not a mapping."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist.") from err
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as err:
+        raise ConfigError(f"config file {path} cannot be read as text: {err}") from err
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from err
+    if raw is None:
+        raise ConfigError(f"config file {path} is empty (no options); give at least model_name_or_path and "
+                          "dataset_name.")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options, got {type(raw).__name__}.")
+    return raw
+
+
+def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_overrides: list[str] = ()) -> TrainConfig:
+    """load_config on options already read (a saved run's config.yaml that an evaluation reads once: preflab.models.
+    run_config.require_run_config); `raw` is not changed (the overrides apply to a copy)."""
+    import copy
+
+    raw = copy.deepcopy(raw)
     written = written_keys(raw)
     given: dict[str, tuple[str, Any]] = {}
     for item, users in [(o, True) for o in overrides] + [(o, False) for o in preflab_overrides]:

@@ -147,6 +147,14 @@ class RecipeState:
         return record
 
 
+def check_stop_after_stage(value, stages) -> None:
+    """recipe_params.stop_after_stage of a recipe that can stop after a stage: None or one of `stages` (the names it
+    stops after), else a ConfigError listing them, before any stage runs (a name the recipe has not never matched:
+    the whole recipe ran)."""
+    if value not in (None, *stages):
+        raise ConfigError(f"recipe_params.stop_after_stage must be one of {tuple(stages)} or null, got {value!r}.")
+
+
 def resume_or_clean(stage_dir: Path) -> bool:
     """True when an interrupted stage's folder holds a complete checkpoint to resume from (the newest intact one,
     preflab.checkpoint.resume_checkpoint); otherwise the folder is removed and the stage starts over."""

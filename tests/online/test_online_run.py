@@ -423,21 +423,26 @@ def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, two_proc
     assert max(r["clip_ratio/high_max"] for r in one) > 0
 
 
-def test_a_flex_attention_policy_is_refused_on_cpu_before_the_first_round(tmp_path, monkeypatch):
-    """torch 2.13 has no FlexAttention backward on CPU: refused as train() starts, naming the setting, not inside
-    the first round's update (tests/perf/test_flex_attention.py has the offline Trainer's). The run is built without
-    the custom-mask probe (six compiled FlexAttention forwards, ~4 CPU-s) that only the refused rounds would use."""
+def test_a_flex_attention_policy_is_refused_on_cpu_when_the_run_is_built(tmp_path, monkeypatch):
+    """torch 2.13 has no FlexAttention backward on CPU: refused naming the setting, not inside the first round's
+    update (tests/perf/test_flex_attention.py has the offline Trainer's). Refused as the run is built, with train()'s
+    message: before the custom-mask probe (six compiled FlexAttention forwards, ~4 CPU-s) and before the task's
+    "before" evaluation, which the constructor ran in full (a whole generation pass) ahead of train()'s refusal."""
     from preflab.models import attention
 
-    probed = []
+    probed, evaluated = [], []
     monkeypatch.setattr(attention, "_probe_custom_mask", lambda base: probed.append(base) or (True, ""))
     tok = tiny_tokenizer("char")
     policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
     policy.set_attn_implementation("flex_attention")
+    task = Task(PROMPTS, [e_judge], evaluate=lambda model, tokenizer: evaluated.append(model) or {"reward": 0.0})
     with pytest.raises(ConfigError, match=r"attn_implementation: flex_attention \(the policy's\) cannot train on the "
-                                          "CPU"):
-        OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=Task(PROMPTS, [e_judge])).train()
-    assert probed == []
+                                          "CPU: torch .* has no FlexAttention backward on CPU.*use sdpa"):
+        OnlineRun(tiny_cfg(tmp_path), policy=policy, tokenizer=tok, task=task)
+    assert evaluated == [] and probed == []
+    policy.set_attn_implementation("sdpa")  # the same run with sdpa: built, and its "before" evaluation ran once
+    OnlineRun(tiny_cfg(tmp_path / "sdpa"), policy=policy, tokenizer=tok, task=task)
+    assert evaluated == [policy]
 
 
 def test_prompts_per_generation_above_the_prompts_is_said_and_the_round_size_recorded(tmp_path, capsys):

@@ -7,6 +7,8 @@ import preflab.models.tiny as tiny
 import preflab.reward_models.themis_toy as themis_toy
 import preflab.tool_use.itool as itool
 from preflab.errors import ConfigError
+from preflab.online.pro_recipe import run_pro
+from preflab.reward_models.fspo import run_fspo
 from preflab.reward_models.themis_toy import run_themis_arithmetic
 from preflab.tool_use.dstc import run_dstc
 from preflab.tool_use.otc import run_otc
@@ -38,6 +40,22 @@ CASES = {
     "themis train_operands=[5, 1]": (run_themis_arithmetic, {"train_operands": [5, 1]},
                                      "themis recipe_params.train_operands must be [low, high], integers with 0 <= low "
                                      "<= high (the operands' range), got [5, 1]."),
+    # a stage name the recipe has not: refused (itool's, misspelt or past its iterations, never matched, so the whole
+    # recipe ran); one check (preflab.recipe_state.check_stop_after_stage) for the four recipes that can stop
+    "itool stop_after_stage=iter_3": (run_itool, {"iterations": 2, "stop_after_stage": "iter_3"},
+                                      "recipe_params.stop_after_stage must be one of ('sft_1_easy', 'sft_2_medium', "
+                                      "'sft_3_hard', 'iter_1', 'iter_2', 'control_1', 'control_2') or null, got "
+                                      "'iter_3'."),
+    "itool stop_after_stage=control_1 without control": (
+        run_itool, {"iterations": 1, "control": False, "stop_after_stage": "control_1"},
+        "recipe_params.stop_after_stage must be one of ('sft_1_easy', 'sft_2_medium', 'sft_3_hard', 'iter_1') or "
+        "null, got 'control_1'."),
+    "otc stop_after_stage=warmup": (run_otc, {"stop_after_stage": "warmup"}, "recipe_params.stop_after_stage must be "
+                                    "one of ('sft', 'grpo', 'control') or null, got 'warmup'."),
+    "pro stop_after_stage=SFT": (run_pro, {"stop_after_stage": "SFT"}, "recipe_params.stop_after_stage must be one of "
+                                 "('adapter', 'sft', 'grpo', 'control') or null, got 'SFT'."),
+    "fspo stop_after_stage=1": (run_fspo, {"stop_after_stage": 1}, "recipe_params.stop_after_stage must be one of "
+                                "('fspo', 'pooled') or null, got 1."),
 }
 
 

@@ -23,15 +23,16 @@ def run_task(path: str | Path) -> str | None:
     return None if task is None else str(task)
 
 
-def refuse_other_task(path: str | Path, given: str) -> None:
+def refuse_other_task(path: str | Path, given: str, saved: dict | None = None) -> None:
     """A PreflabError (a ConfigError) before anything is loaded when `path` is the output of a run that `preflab eval
     --task given` does not evaluate (run_task), naming the run's task and the command that evaluates it: a DPO run
     given `--task reward` reached transformers, which printed its missing-key lists before the refusal of a
     random reward head. A folder of no known run (run_task None, a recipe's own folder) is left to the loader, and so
-    is an image-text online run (online_task: vision_dataset), which no `--task` evaluates as it trained."""
+    is an image-text online run (online_task: vision_dataset), which no `--task` evaluates as it trained. saved: the
+    run's config (run_config(path)) where the caller has read it."""
     from preflab.errors import ConfigError
 
-    saved = run_config(path)
+    saved = run_config(path) if saved is None else saved
     task = None if saved.get("task") is None else str(saved["task"])
     if task == "online" and saved.get("online_task") == "vision_dataset":
         return

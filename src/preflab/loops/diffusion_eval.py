@@ -29,7 +29,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     or one of its checkpoint-N folders (its trained parameters, LoRA adapters included, on the run's base model).
     split None: the policy eval's default."""
     from preflab.checkpoint import load_checkpoint_weights
-    from preflab.config import load_config, lora_off_overrides
+    from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.models.run_config import require_run_config
     from preflab.eval.run import open_eval_split, training_data_note
@@ -39,8 +39,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
 
     checkpoint = _is_checkpoint(Path(run_dir))
     # a checkpoint's config is its run's, one level up (preflab.models.run_config's rule)
-    config, saved = require_run_config(run_dir, "preflab eval --task diffusion")
-    refuse_other_task(run_dir, "diffusion")  # a text policy, a reward model, a VLM: named with its command
+    saved = require_run_config(run_dir, "preflab eval --task diffusion")[1]  # read once, passed on
+    refuse_other_task(run_dir, "diffusion", saved)  # a text policy, a reward model, a VLM: named with its command
     if saved.get("task") not in (None, "diffusion"):  # a recipe's folder: its stages are runs in its subfolders
         raise ConfigError(f"{run_dir} is a task: {saved['task']} run; --task diffusion evaluates task: diffusion runs.")
     trained = saved.get("loss_type")
@@ -51,7 +51,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     with tempfile.TemporaryDirectory() as tmp:
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
-        cfg = load_config(config, preflab_overrides=[
+        cfg = config_with_overrides(saved, preflab_overrides=[
             f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", f"per_device_eval_batch_size={batch_size}",
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse

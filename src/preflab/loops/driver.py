@@ -173,6 +173,7 @@ class TrainingRun(CallbackEvents):
         # (the reference precompute) and the first step: a FlexAttention model on the CPU would otherwise fail in
         # step 1's backward after minutes of compiling. Here, not in each constructor: one place for every run kind,
         # and a run built only to evaluate (preflab eval --task vlm: VisionTrainer.evaluate) runs no backward.
+        # (OnlineRun, built only to train, also refuses in its constructor: before its "before" evaluation.)
         refuse_flex_training_on_cpu(self.checkpoint_module, acc.device, self.trained_model)
         self._check_engine_can_save()
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)

@@ -20,7 +20,7 @@ from preflab.errors import ConfigError
 def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, no_reference: bool = False,
                      batch_size: int = 8, split: str | None = None) -> dict:
     """The metrics of the module docstring as a dict (see eval.json). split None: the policy eval's default."""
-    from preflab.config import load_config, lora_off_overrides
+    from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
     from preflab.models.run_config import require_run_config
     from preflab.eval.run import open_eval_split, training_data_note
@@ -29,16 +29,18 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
 
     from preflab.eval.run_files import refuse_other_task
 
-    refuse_other_task(checkpoint, "vlm")  # before the data is opened and the run's config is read as a vlm one
     path = Path(checkpoint)
-    config, raw = require_run_config(path, "preflab eval --task vlm")  # a checkpoint's is its run's, one level up
+    # the run's config.yaml (a checkpoint's is its run's, one level up), read once here and passed on: the task check,
+    # the evaluation's config and the run's saved values, the model and processor reload
+    raw = require_run_config(path, "preflab eval --task vlm")[1]
+    refuse_other_task(checkpoint, "vlm", raw)  # before the data is opened and the run's config is read as a vlm one
     # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
     # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
     old = ["truncation_mode=null"] if raw.get("truncation_mode") == "keep_end" else []
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(config, preflab_overrides=[
+        cfg = config_with_overrides(raw, preflab_overrides=[
             f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", "ref_model_name_or_path=null",
             "precompute_ref_log_probs=false", f"per_device_eval_batch_size={batch_size}", "report_to=none",
@@ -46,8 +48,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1", *lora_off_overrides(), *old])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
-        saved = load_config(config, preflab_overrides=old)
-        policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        saved = config_with_overrides(raw, preflab_overrides=old)
+        policy, processor = load_vlm_run(path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+                                         saved=raw)
         # a LoRA run reloads merged (or as a checkpoint's adapters) with every weight frozen; the trainer evaluates
         # without a step but builds its optimizer over the trainable weights ("empty parameter list" otherwise)
         policy.requires_grad_(True)

@@ -48,13 +48,13 @@ def freeze_vision(model: nn.Module, tower: bool = True, projector: bool = False)
     return counts
 
 
-def load_vlm_processor(cfg):
+def load_vlm_processor(cfg, options: dict | None = None):
     """The processor of cfg.processor_name_or_path or cfg.model_name_or_path. A task: vlm run directory (or one of
     its checkpoints) gives the processor saved beside its weights, or, when its runs go back to a builtin model, the
-    builtin one (processor_source)."""
+    builtin one (processor_source; options: that name's run_options where the caller has read them)."""
     from preflab.models.tiny_vlm import BUILTIN_VLM, tiny_vlm_processor
 
-    name = processor_source(cfg.processor_name_or_path or cfg.model_name_or_path)
+    name = processor_source(cfg.processor_name_or_path or cfg.model_name_or_path, options)
     if name in BUILTIN_VLM:
         return tiny_vlm_processor(BUILTIN_VLM[name])
     from transformers import AutoProcessor
@@ -89,17 +89,22 @@ def run_options(path: str | Path) -> dict:
     its run's for a checkpoint), or {} where that is no task: vlm run's."""
     from preflab.models.run_config import run_config
 
-    cfg = run_config(path)
-    return cfg if cfg.get("task") == "vlm" else {}
+    return vlm_options(run_config(path))
 
 
-def processor_source(name: str) -> str:
+def vlm_options(saved: dict) -> dict:
+    """A run's saved config `saved` where it is a task: vlm run's, else {} (run_options on a config already read)."""
+    return saved if saved.get("task") == "vlm" else {}
+
+
+def processor_source(name: str, options: dict | None = None) -> str:
     """Where the processor of model `name` loads from: `name` itself, except for a task: vlm run directory (or a
     checkpoint of one), whose runs are followed back through their config.yaml (processor_name_or_path, else
     model_name_or_path) to a builtin model (its processor is built in code: the one saved beside the weights may
     need torchvision to load), else the nearest processor saved with a run's weights (beside them, or for a checkpoint
     in its run's folder: run_config.run_file_folder), else the last name. A run folder inside another folder that holds
-    a processor does not take that one: a warning says which it loads instead."""
+    a processor does not take that one: a warning says which it loads instead. options: run_options(name) where the
+    caller has read them (the runs further back are read here)."""
     import warnings
 
     from preflab.models.run_config import parent_file_not_read, run_file_folder
@@ -109,7 +114,7 @@ def processor_source(name: str) -> str:
     saved_beside, seen = None, set()
     while name not in BUILTIN_VLM and str(Path(name).resolve()) not in seen:
         seen.add(str(Path(name).resolve()))
-        cfg = run_options(name)
+        cfg, options = run_options(name) if options is None else options, None
         if not cfg:
             break
         if saved_beside is None:

@@ -36,7 +36,7 @@ from preflab.model_part_options import model_part_options
 from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE, attach_clue_aggregator
 from preflab.models.run_config import parent_file_not_read, run_file_folder
 from preflab.models.vlm_parts import (PROCESSOR_FILES, add_vlm_lora, freeze_vision, load_vlm_processor,  # noqa: F401
-                                      processor_source, run_options)
+                                      processor_source, run_options, vlm_options)
 
 AGGREGATOR_PREFIX = "clue_aggregator."
 
@@ -48,15 +48,16 @@ def is_vlm_run(path: str | Path) -> bool:
 
 
 def load_vlm_run(path: str | Path, processor=None, allow_pickle: bool = False, trust_remote_code: bool = False,
-                 seed: int | None = None):
-    """(model in eval mode, processor) of a task: vlm run directory or checkpoint (module docstring)."""
+                 seed: int | None = None, saved: dict | None = None):
+    """(model in eval mode, processor) of a task: vlm run directory or checkpoint (module docstring). saved: the run's
+    config (preflab.models.run_config.run_config(path)) where the caller has read it (preflab eval --task vlm)."""
     from preflab.models.load import check_weights_safe
 
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; give a task: vlm run's output_dir or one of its checkpoint-N.")
     check_weights_safe(str(path), allow_pickle)
-    cfg = run_options(path)
+    cfg = run_options(path) if saved is None else vlm_options(saved)
     opts = SimpleNamespace(seed=cfg.get("seed", 0) if seed is None else seed, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
     if processor is None:
@@ -134,7 +135,7 @@ def _processor(path: Path, cfg: dict, trust_remote_code: bool):
                               f"{path} (processor.save_pretrained), or give it: load_vlm_run(path, processor=...).")
         path = folder or path
     return load_vlm_processor(SimpleNamespace(processor_name_or_path=None, model_name_or_path=str(path),
-                                              trust_remote_code=trust_remote_code))
+                                              trust_remote_code=trust_remote_code), cfg or None)
 
 
 def _full(path: Path, opts) -> nn.Module:

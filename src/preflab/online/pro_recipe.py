@@ -132,12 +132,11 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
     from preflab.recipe_options import stage_config
-    from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
-                                      per_process_batch)
+    from preflab.recipe_state import (RecipeState, check_stop_after_stage, end_processes, load_safetensors_into,
+                                      main_result, main_writes, per_process_batch)
     from preflab.runlog import is_main_process, write_summary
 
-    if stop_after_stage not in (None, *STAGES):
-        raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
+    check_stop_after_stage(stop_after_stage, STAGES)
     if min(n_train, n_heldout, sft_steps, grpo_steps, adapter_steps) < 1:
         raise ConfigError("task pro_orchestrator: n_train, n_heldout, sft_steps, grpo_steps and adapter_steps must "
                           "be >= 1.")

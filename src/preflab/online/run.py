@@ -57,7 +57,7 @@ from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
 from preflab.loops.reference import is_lora, reference_scores, refresh_reference
 from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
-from preflab.models.attention import flex_training_refused
+from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.dropout import original_dropout_config
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
@@ -167,6 +167,10 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
+        # a FlexAttention policy on the CPU: refused here, with train()'s message (TrainingRun._train asks again),
+        # before the custom-mask probe (six compiled FlexAttention forwards), the generator and the task's "before"
+        # evaluation (a whole generation pass) are run for a run that could not take a step
+        refuse_flex_training_on_cpu(policy, acc.device)
         from preflab.models.load import disable_dropout_of, enable_gradient_checkpointing, moe_aux_loss_note
 
         self.router_coef = self._router_coef(policy)  # TRL's GRPOTrainer adds the MoE router loss: grpo trainers too
@@ -234,9 +238,7 @@ class OnlineRun(TrainingRun):
         policy.to(acc.device)
         if self.ref is not None:
             self.ref.to(acc.device)
-        # a FlexAttention policy on the CPU: train() refuses it before the first round (TrainingRun._train), so the
-        # custom-mask probe behind _shares_prompt (six compiled FlexAttention forwards) is not run for nothing
-        self.share_prompt = None if flex_training_refused(policy, acc.device) else self._shares_prompt()
+        self.share_prompt = self._shares_prompt()
         self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
         self.params = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)

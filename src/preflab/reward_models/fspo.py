@@ -223,12 +223,11 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.recipe_options import stage_config
-    from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
-                                      per_process_batch, start_processes)
+    from preflab.recipe_state import (RecipeState, check_stop_after_stage, end_processes, load_safetensors_into,
+                                      main_result, main_writes, per_process_batch, start_processes)
     from preflab.runlog import is_main_process, write_summary
 
-    if stop_after_stage not in (None, *STAGES):
-        raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
+    check_stop_after_stage(stop_after_stage, STAGES)
     if steps < 1 or batch_size < 1:
         raise ConfigError("task fspo: steps and batch_size must be >= 1.")
     processes = start_processes()  # a launch's process group, formed before anything is written

@@ -47,6 +47,7 @@ from preflab.recipe_options import stage_config
 from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
 from preflab.recipe_state import (
     RecipeStateFile,
+    check_stop_after_stage,
     end_processes,
     load_safetensors_into,
     main_result,
@@ -213,6 +214,14 @@ def _pairs_data(pairs: list[dict], prompt_ids: dict[int, list[int]]) -> list[Tok
             for i, p in enumerate(pairs)]
 
 
+def stage_names(iterations: int, control: bool) -> tuple[str, ...]:
+    """The stages run_itool can stop after, in order: the warm-up SFT stages (sft_<k>_<bucket>), the iterations
+    (iter_<t>) and, with control, the control runs (control_<t>)."""
+    return (tuple(f"sft_{k + 1}_{name}" for k, name in enumerate(BUCKETS))
+            + tuple(f"iter_{t}" for t in range(1, iterations + 1))
+            + (tuple(f"control_{t}" for t in range(1, iterations + 1)) if control else ()))
+
+
 def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = False, n_train: int = 400,
               n_test: int = 200, pool_size: int = 400, ratio: float = 0.3, iterations: int = 3,
               sft_steps: int = 180, hidden_size: int = 64, num_actions: int = 3, temperature: float = 1.0,
@@ -237,6 +246,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
             "temperature > 0 (the expansion samples), max_new_tokens >= 1 and simpo_batch_size >= 1; got "
             f"n_test={n_test}, mcts_iters={mcts_iters}, temperature={temperature}, max_new_tokens={max_new_tokens}, "
             f"simpo_batch_size={simpo_batch_size}.")
+    check_stop_after_stage(stop_after_stage, stage_names(iterations, control))
     out, started = Path(output_dir), time.perf_counter()
     processes = start_processes()  # a launch's process group, formed before anything is written
     train = make_itool_rows(n_train, seed=seed)

@@ -37,8 +37,8 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.recipe_options import stage_config
-from preflab.recipe_state import (RecipeStateFile, end_processes, load_safetensors_into, main_result, main_writes,
-                                  per_process_batch, resume_or_clean, start_processes)
+from preflab.recipe_state import (RecipeStateFile, check_stop_after_stage, end_processes, load_safetensors_into,
+                                  main_result, main_writes, per_process_batch, resume_or_clean, start_processes)
 from preflab.runlog import write_summary
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
                                        prompt_rows, sft_traces)
@@ -79,8 +79,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     from preflab.online.tasks import Task
     from preflab.verifiers.otc import OTCReward
 
-    if stop_after_stage not in (None, *STAGES):
-        raise ConfigError(f"recipe_params.stop_after_stage must be one of {STAGES} or null, got {stop_after_stage!r}.")
+    check_stop_after_stage(stop_after_stage, STAGES)
     if n_train < 1 or n_heldout < 1 or sft_steps < 1 or grpo_steps < 1 or max_tool_calls < 1:
         raise ConfigError("task otc: n_train, n_heldout, sft_steps, grpo_steps and max_tool_calls must be >= 1.")
     if (prompts_per_generation < 1 or num_generations < 2 or max_completion_length < 1 or sft_batch_size < 1
