@@ -204,3 +204,16 @@ def test_run_config_lookup_diffusion_eval_says_what_to_do_for_a_folder_inside_a_
     (run / "config.yaml").write_text("task: diffusion\nbeta: [\n")
     with pytest.raises(ConfigError, match="^" + re.escape(f"{run / 'config.yaml'} is not valid YAML")):
         evaluate_diffusion_run(str(run), "examples/diffusion/data/test.jsonl")
+
+
+def test_a_saved_config_with_a_duplicate_key_is_refused_as_a_written_config_is(tmp_path):
+    # the evaluations read a run's config.yaml once through run_config (small-fixes-2); plain yaml.safe_load kept the
+    # last of two duplicate keys silently, where load_config refuses them: both now read through strict_yaml
+    run = _run(tmp_path)
+    (run / "config.yaml").write_text("task: vlm\nbeta: 0.1\nbeta: 0.5\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'beta' \(lines 2 and 3\).*saved training config"):
+        run_config(run)
+    from preflab.models.run_config import require_run_config
+
+    with pytest.raises(ConfigError, match="duplicate key 'beta'"):
+        require_run_config(run, "preflab eval --task vlm")

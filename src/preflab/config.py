@@ -24,11 +24,11 @@ import yaml
 from preflab.config_options import help_line, missing_trackers, range_errors
 from preflab.errors import ConfigError
 from preflab.home_paths import home_expanded
+from preflab.strict_yaml import MAX_ALIASES, BoundedLoader, load_yaml  # noqa: F401 - re-exported
 from preflab.model_part_options import ModelPartOptions
 from preflab.option_types import check_type
 from preflab.recipe_names import RECIPE_TASKS
 
-MAX_ALIASES = 100              # YAML aliases per document (an anchor/alias bomb needs many)
 MAX_OPTION_CHARS = 256 * 1024  # an option's value, fully expanded, serialized (about); far above any real option
 
 
@@ -733,43 +733,6 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
                      f"in {cfg.ref_load_dtype}; remove it.")
     _say(notes)
     return cfg
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no tags) that refuses duplicate keys and more than MAX_ALIASES aliases."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.aliases = 0
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_ALIASES:
-                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases (*name); a config needs few, an alias bomb "
-                                  "many. Write the values out.")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # unhashable key: the constructor reports it
-                break
-            if first is not None:
-                raise ConfigError(f"duplicate key {key!r} (lines {first} and {key_node.start_mark.line + 1}); "
-                                  "YAML would keep only the last value. Keep one.")
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def load_yaml(text: str):
-    """Safe YAML (no tags) with duplicate keys refused and aliases bounded."""
-    return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - BoundedLoader is a SafeLoader
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -29,6 +29,7 @@ import yaml
 
 from preflab.checkpoint import checkpoint_step
 from preflab.errors import ConfigError
+from preflab.strict_yaml import load_yaml
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "trainer_state.json"
@@ -127,7 +128,9 @@ def require_run_config(path: str | Path, command: str) -> tuple[Path, dict]:
 
 def _read_yaml(file: Path) -> dict:
     try:
-        data = yaml.safe_load(file.read_text())
+        data = load_yaml(file.read_text())
+    except ConfigError as err:  # a duplicate key or an alias bomb (strict_yaml)
+        raise ConfigError(f"{file}: {err} It is the run's saved training config: fix or restore it.") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
