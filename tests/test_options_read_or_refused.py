@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # readers that only validate, copy or save a config: a read there is not the run acting on the option
 SKIP_FILES = ("dataclasses.py", "config_owners.py", "config_defaults.py", "config_options.py", "recipe_options.py",
-              "recipe_stages.py", "resume_check.py", "online_options.py", "config_trl.py", "copy.py")
+              "recipe_stages.py", "resume_check.py", "online_options.py", "config_trl.py", "copy.py",
+              "ref_sync_options.py")
 SKIP_FUNCS = {"check", "_conflicts", "__post_init__", "compile_conflicts", "streaming_conflicts",
               "quantization_conflicts", "best_model_option_errors", "resolve_best_model_options", "to_dict", "save",
               "config_from_dict", "check_explicit_loss_type", "lora_off_overrides", "_check_file_splits"}

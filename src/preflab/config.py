@@ -91,6 +91,11 @@ class TrainConfig:
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
+    # TR-DPO (TRL's sync_ref_model): every ref_model_sync_steps optimizer steps the reference becomes
+    # alpha * policy + (1 - alpha) * reference (preflab.loops.ref_sync; conflicts: preflab.ref_sync_options)
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
     dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
     chunk_tokens: int | None = None            # LM-head chunk (positions); default sized by the device
     pad_to_multiple_of: int | None = None      # TRL: row lengths rounded up to a multiple (shapes repeat: GPU plans)
@@ -288,11 +293,12 @@ class TrainConfig:
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
+        from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
-        out += builtin_init_kwargs_conflicts(self)
+        out += builtin_init_kwargs_conflicts(self) + ref_sync_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
         if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
             from preflab.config_owners import unread_option_names

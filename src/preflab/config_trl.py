@@ -98,8 +98,6 @@ NO_EFFECT = {
     "local_rank": (-1, "accelerate sets up the processes"),
     "bf16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
-    "ref_model_mixup_alpha": (0.6, "used only with sync_ref_model, which preflab does not support"),
-    "ref_model_sync_steps": (512, "used only with sync_ref_model, which preflab does not support"),
     "include_tokens_per_second": (False, "tokens_per_second is always logged"),
     "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
     # the rest of TrainingArguments (a saved DPOConfig / GRPOConfig, `args.to_dict()`, carries them all)
@@ -162,7 +160,6 @@ GEN = "preflab samples with temperature and top_p only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
 REFUSED = {
-    "sync_ref_model": (False, "TR-DPO reference syncing is not implemented; remove sync_ref_model"),
     "reference_free": (False, "use a reference-free objective instead (loss_type: simpo, cpo or orpo)"),
     "force_use_ref_model": (False, "set ref_model_name_or_path; preflab uses it whether or not use_peft is set"),
     "model_adapter_name": (None, "preflab trains one adapter; remove model_adapter_name"),
