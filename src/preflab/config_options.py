@@ -312,6 +312,9 @@ OPTIONS: dict[str, Option] = {
     "temperature": above(0, "task: online; sampling temperature (log-probs are at temperature 1)"),
     "top_p": Option("task: online; nucleus sampling (1: the full distribution)", "in (0, 1]",
                     lambda v: _num(v) and 0 < v <= 1),
+    "top_k": at_least(0, "task: online; sample from the k most likely tokens only (0: off; TRL GRPOConfig)"),
+    "min_p": within(0, 1, "task: online; drop tokens below min_p x the top token's probability (null: off; TRL)"),
+    "repetition_penalty": above(0, "task: online; transformers' repetition penalty while sampling (1: none; TRL)"),
     "generation_batch_size": above(0, "task: online; prompts per generate() call"),
     "generation_backend": one_of(("transformers", "vllm"), "task: online; vllm needs pip install preflab[vllm]"),
     "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso | "

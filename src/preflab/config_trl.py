@@ -156,7 +156,7 @@ NOTED_WHEN_WRITTEN = frozenset({"restore_callback_states_from_checkpoint"})
 # OnlineDPOConfig printed a vllm_gpu_memory_utilization note, in a run that never asked for vLLM)
 OTHER_TRL_DEFAULTS = {"vllm_gpu_memory_utilization": (0.55,)}  # OnlineDPOConfig's
 
-GEN = "preflab samples with temperature and top_p only; remove {}"
+GEN = "preflab samples with temperature, top_p, top_k, min_p and repetition_penalty only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
 REFUSED = {
@@ -214,9 +214,6 @@ REFUSED = {
     "debug": ([], "transformers' debug modes are not supported; remove debug"),
     "train_sampling_strategy": ("random", "batches follow the seeded random order; remove it"),
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
-    "top_k": (0, GEN.format("top_k")),
-    "min_p": (None, GEN.format("min_p")),
-    "repetition_penalty": (1.0, GEN.format("repetition_penalty")),
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
     "num_generations_eval": (None, "not supported; remove num_generations_eval"),
@@ -402,6 +399,9 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             errors.append(f"beta={betas} is OnlineDPOConfig's per-epoch beta schedule, which preflab does not have: "
                           "beta is one number for the whole run. Give one value (e.g. the first, "
                           f"beta: {betas[0]}).")
+    for key, default in (("top_k", 0), ("repetition_penalty", 1.0)):  # null in a TRL 0.x config: TRL's default
+        if key in raw and raw[key] is None:
+            raw[key] = default
     if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"
         raw["scale_rewards"] = "group" if raw["scale_rewards"] else "none"
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):

@@ -39,6 +39,7 @@ def ref_sync_conflicts(cfg) -> list[str]:
                    "before training (precompute_ref_log_probs, the reference cache) would be stale after the first "
                    "sync (TRL refuses the pair too); set precompute_ref_log_probs: false or remove sync_ref_model.")
     if cfg.use_peft:
-        out.append(f"sync_ref_model: true with use_peft: {LORA_REASON if not cfg.ref_model_name_or_path else LORA_MERGED}"
-                   ". Train the full model (use_peft: false) or remove sync_ref_model.")
+        why = LORA_MERGED if cfg.ref_model_name_or_path else LORA_REASON
+        out.append(f"sync_ref_model: true with use_peft: {why}. Train the full model (use_peft: false) or remove "
+                   "sync_ref_model.")
     return out
