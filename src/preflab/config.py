@@ -369,7 +369,7 @@ class TrainConfig:
                 and self.center_rewards_coefficient is not None):  # em_mixture: K BT components, each centred
             out.append(f"center_rewards_coefficient applies to reward_head: bt and em_mixture (a {self.reward_head} "
                        "head has no pairwise scalar reward to centre); remove it.")
-        if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:
+        if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path and not self.sync_ref_model:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")
         if self.task == "sft":

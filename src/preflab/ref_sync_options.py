@@ -2,20 +2,17 @@
 (ref_sync_conflicts, run by TrainConfig.check). What syncing does: preflab.loops.ref_sync.
 
 A module of the config layer (beside preflab.config, not in preflab/loops), as preflab.streaming_options. The checks
-that need the built objective, models or engine (a reference-free loss_type, a LoRA policy given from Python, FSDP or
-DeepSpeed, a reference of another architecture) run when the trainer is built (preflab.loops.ref_sync.check_ref_sync).
+that need the built objective, models or engine (a reference-free loss_type, FSDP or DeepSpeed, a reference of
+another architecture) run when the trainer is built (preflab.loops.ref_sync.check_ref_sync).
 """
 from __future__ import annotations
 
 SYNC_DEFAULTS = {"ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 512}  # TRL 1.16 DPOConfig's
 
-# huggingface/trl#3108: TRL 1.16 refuses sync_ref_model with a PEFT model too (DPOTrainer.__init__)
-LORA_REASON = ("a LoRA policy's reference is its base weights with the adapters disabled, the very weights the "
-               "adapters are added to, so there is no separate reference to move (TRL 1.16 refuses sync_ref_model "
-               "with PEFT for the same reason, huggingface/trl#3108)")
-LORA_MERGED = ("mixing a LoRA policy into a separate reference model (ref_model_name_or_path) needs the policy's "
-               "merged weights (base + adapters), which preflab does not compute (TRL 1.16 refuses sync_ref_model "
-               "with PEFT, huggingface/trl#3108)")
+# huggingface/trl#3108: TRL 1.16 refuses sync_ref_model with a PEFT model (DPOTrainer.__init__); preflab mixes the
+# policy's merged weights (base + LoRA delta) into a separate full reference (preflab.loops.ref_sync)
+QUANTIZED_REASON = ("a 4/8-bit base (load_in_4bit / load_in_8bit) has no floating-point weights to mix the policy "
+                    "into, and its separate reference would be a full-precision copy of the whole model")
 
 
 def ref_sync_conflicts(cfg) -> list[str]:
@@ -38,8 +35,7 @@ def ref_sync_conflicts(cfg) -> list[str]:
         out.append("sync_ref_model: true moves the reference during training, so reference log-probs computed once "
                    "before training (precompute_ref_log_probs, the reference cache) would be stale after the first "
                    "sync (TRL refuses the pair too); set precompute_ref_log_probs: false or remove sync_ref_model.")
-    if cfg.use_peft:
-        why = LORA_MERGED if cfg.ref_model_name_or_path else LORA_REASON
-        out.append(f"sync_ref_model: true with use_peft: {why}. Train the full model (use_peft: false) or remove "
-                   "sync_ref_model.")
+    if cfg.load_in_4bit or cfg.load_in_8bit:
+        out.append(f"sync_ref_model: true with a quantized base: {QUANTIZED_REASON}. Load the base in a "
+                   "floating-point dtype or remove sync_ref_model.")
     return out

@@ -37,18 +37,32 @@ class Snapshots:
 
     def on_step_end(self, args, state, control, **kwargs):
         run = self.run
-        self.policy[state.global_step] = {k: v.detach().clone() for k, v in run.policy.named_parameters()}
+        policy = run.policy
+        if hasattr(policy, "merge_and_unload"):  # LoRA: its merged weights, by peft's own merge, on a copy
+            import copy
+
+            policy = copy.deepcopy(policy).merge_and_unload()
+        self.policy[state.global_step] = {k: v.detach().clone() for k, v in policy.named_parameters()}
         self.ref[state.global_step] = {k: v.detach().clone() for k, v in run.ref.named_parameters()}
 
 
-def trainer(out, callbacks=(), ref_dtype=None, **overrides):
+def trainer(out, callbacks=(), ref_dtype=None, lora=False, lora_ref=False, **overrides):
+    """lora: the policy gets LoRA adapters (r 4, all linear layers) and no reference model (its adapters-off base);
+    lora_ref: and a given reference model (a copy of the base)."""
     torch.set_num_threads(1)
+    if lora:
+        overrides = {"use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, **overrides}
     cfg = config_from_dict({**BASE, "output_dir": str(out), **overrides})
     tok = tiny_tokenizer()
     policy = tiny_causal_lm(tok, seed=0)
     ref = frozen_copy(policy)
     if ref_dtype is not None:
         ref = ref.to(ref_dtype)
+    if lora:
+        from preflab.models.load import add_lora
+
+        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        ref = ref if lora_ref else None
     run = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs(32), callbacks=list(callbacks))
     for cb in callbacks:
         cb.run = run
@@ -140,10 +154,11 @@ def test_a_bfloat16_reference_gets_the_float32_mix_rounded_once(tmp_path):
         assert torch.equal(snaps.ref[1][name], want), name
 
 
-def test_resume_restores_the_synced_reference_and_continues_bit_identically(tmp_path, stop_at_step):
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_restores_the_synced_reference_and_continues_bit_identically(tmp_path, stop_at_step, lora):
     """Interrupted after step 3 (checkpoint-3 holds the reference synced at step 2), resumed to step 5 (another sync
     at step 4): the losses of every step and the final weights equal the uninterrupted run's exactly."""
-    opts = dict(sync_ref_model=True, ref_model_sync_steps=2, max_steps=5, save_steps=3)
+    opts = dict(sync_ref_model=True, ref_model_sync_steps=2, max_steps=5, save_steps=3, lora=lora)
     snaps = Snapshots()
     trainer(tmp_path / "whole", [snaps], **opts).train()
     cut = trainer(tmp_path / "cut", **opts)
@@ -156,8 +171,8 @@ def test_resume_restores_the_synced_reference_and_continues_bit_identically(tmp_
     summary = trainer(tmp_path / "cut", **opts, resume_from_checkpoint=True).train()
     assert summary["resumed_from_step"] == 3 and summary["ref_model_sync"]["syncs"] == 1  # step 4's
     assert [r["loss"] for r in rows(tmp_path / "cut")] == [r["loss"] for r in rows(tmp_path / "whole")]
-    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "cut" /
-                                                                                   "model.safetensors"))
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "cut" / name))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -183,8 +198,7 @@ def test_a_checkpoint_without_a_synced_reference(tmp_path, stop_at_step, capsys)
 
 @pytest.mark.parametrize("overrides, match", [
     (dict(precompute_ref_log_probs=True), "precompute_ref_log_probs"),
-    (dict(use_peft=True), "huggingface/trl#3108"),
-    (dict(use_peft=True, ref_model_name_or_path="builtin:tiny-llama"), "merged weights"),
+    (dict(use_peft=True, load_in_4bit=True), "quantized base"),
     (dict(ref_model_mixup_alpha=0.0), r"in \(0, 1\]"),
     (dict(ref_model_mixup_alpha=1.5), r"in \(0, 1\]"),
     (dict(ref_model_sync_steps=0), ">= 1"),
@@ -199,6 +213,10 @@ def test_alpha_or_steps_without_sync_ref_model_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="only applies with sync_ref_model: true"):
         TrainConfig(**BASE, output_dir=str(tmp_path), ref_model_mixup_alpha=0.5)
     TrainConfig(**BASE, output_dir=str(tmp_path), ref_model_mixup_alpha=0.6, ref_model_sync_steps=512)  # TRL's
+    # with LoRA the reference is a separate copy of the base, so its dtype applies (without sync it is refused)
+    TrainConfig(**BASE, output_dir=str(tmp_path), use_peft=True, sync_ref_model=True, ref_load_dtype="float32")
+    with pytest.raises(ConfigError, match="ref_load_dtype has no effect with use_peft"):
+        TrainConfig(**BASE, output_dir=str(tmp_path), use_peft=True, ref_load_dtype="float32")
 
 
 def test_trl_dpoconfig_keys_reach_the_config(tmp_path):
@@ -220,13 +238,6 @@ def test_trainer_refusals(tmp_path):
     with pytest.raises(ConfigError, match="not the policy's"):
         Trainer(TrainConfig(**BASE, output_dir=str(tmp_path / "c"), sync_ref_model=True, max_steps=1),
                 policy=policy, ref=other, tokenizer=tok, train_data=synthetic_pairs(8))
-    from preflab.models.load import add_lora
-
-    lora = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, None)
-    with pytest.raises(ConfigError, match="huggingface/trl#3108"):
-        Trainer(TrainConfig(**BASE, output_dir=str(tmp_path / "d"), sync_ref_model=True, max_steps=1),
-                policy=lora, ref=frozen_copy(tiny_causal_lm(tok, seed=0)), tokenizer=tok,
-                train_data=synthetic_pairs(8))
 
 
 @pytest.mark.slow
@@ -245,3 +256,35 @@ def test_two_processes_hold_identical_references_after_a_sync(tmp_path, accelera
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert max((r0[k] - one[k]).abs().max().item() for k in r0) < 1e-5
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["ref_model_sync"]["syncs"] == 2
+
+
+@pytest.mark.parametrize("lora_ref", [False, True])
+def test_lora_syncs_its_merged_weights_into_a_copy_of_its_base(tmp_path, lora_ref):
+    """LoRA (TRL refuses it, huggingface/trl#3108): the reference is a frozen copy of the base (the adapters-off
+    reference it replaces); after step 2 every parameter equals 0.6 * the policy's weights merged by peft's own
+    merge_and_unload + 0.4 * the base, exactly; the base inside the policy is untouched. lora_ref: the same with a
+    given reference model (ref_model_name_or_path)."""
+    snaps = Snapshots()
+    run = trainer(tmp_path / "run", [snaps], lora=True, lora_ref=lora_ref, sync_ref_model=True,
+                  ref_model_sync_steps=2, max_steps=2)
+    base = {k: v.detach().clone() for k, v in tiny_causal_lm(tiny_tokenizer(), seed=0).named_parameters()}
+    assert run.ref is not None and not run.ref_is_base
+    run.train()
+    assert {k for k, _ in run.ref.named_parameters()} == set(base)
+    assert all(torch.equal(snaps.ref[1][k], base[k]) for k in base)  # before the first sync: the base itself
+    for name, old in snaps.ref[1].items():
+        want = snaps.policy[2][name].float() * 0.6 + old.float() * (1 - 0.6)
+        assert torch.equal(snaps.ref[2][name], want), name
+    moved = [k for k in base if not torch.equal(snaps.policy[2][k], base[k])]
+    assert moved and all("proj" in k for k in moved)  # the adapters trained the projections only
+    inner = dict(run.policy.get_base_model().named_parameters())
+    assert all(torch.equal(inner[k.replace("proj.weight", "proj.base_layer.weight")], base[k]) for k in moved)
+
+
+def test_lora_before_the_first_sync_trains_as_the_adapters_off_reference(tmp_path):
+    """Until the first sync the base copy scores as the adapters-off policy did: the same losses as a LoRA run
+    without sync_ref_model."""
+    trainer(tmp_path / "sync", lora=True, sync_ref_model=True, ref_model_sync_steps=100, max_steps=3).train()
+    trainer(tmp_path / "plain", lora=True, max_steps=3).train()
+    assert [r["loss"] for r in rows(tmp_path / "sync")] == pytest.approx([r["loss"] for r in rows(tmp_path /
+                                                                                                "plain")], abs=1e-6)

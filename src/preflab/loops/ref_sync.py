@@ -18,6 +18,12 @@ counts as a step, as TRL's global_step does.
 Every parameter of the reference is mixed with the policy parameter of the same name (TRL zips parameters() in
 order; here names and shapes must match, checked when the trainer is built). Buffers are not mixed (TRL neither).
 
+LoRA (TRL 1.16 refuses sync_ref_model with PEFT, huggingface/trl#3108): the policy's weight is its merged weight,
+base + LoRA delta (peft's get_delta_weight, what merge_and_unload adds), and the reference is a separate full model:
+the given ref_model_name_or_path, or, where a LoRA run's reference is the base with the adapters off, a frozen copy
+of that base made when the trainer is built (`separate_base_reference`; the base is not changed, so until the first
+sync the two references score alike). That copy costs one more model in memory, in reference_dtype.
+
 Deviation from TRL (mixed precision): TRL mixes in place in the reference's dtype (ref.mul_(1 - alpha) rounds to it,
 then .add_(policy, alpha=alpha) rounds again); preflab computes alpha * policy + (1 - alpha) * ref in float32 (or
 the wider dtype of the two) and rounds once into the reference's dtype. With a float32 reference and policy the two
@@ -34,7 +40,6 @@ from torch import nn
 
 from preflab.errors import ConfigError
 from preflab.loops.launch import is_sharded, sharding_engine
-from preflab.ref_sync_options import LORA_REASON
 
 PREFIX = "reference."  # the reference's tensors in a checkpoint's extra.safetensors
 
@@ -55,10 +60,65 @@ def check_ref_sync(cfg, objective, accelerator) -> None:
                           "process, or remove sync_ref_model.")
 
 
-def reference_pairs(policy: nn.Module, ref: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, reference parameter, policy parameter) for every parameter; ConfigError when the two models' parameter
-    names or shapes differ, or a reference parameter is not floating point (a quantized reference)."""
-    mine, theirs = dict(policy.named_parameters()), dict(ref.named_parameters())
+def is_lora(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter")
+
+
+class MergedWeight:
+    """A LoRA layer's merged weight, base + delta (peft's get_delta_weight for each active adapter, as
+    merge_and_unload adds it), computed when read; `shape` / `dtype` are the base weight's."""
+
+    def __init__(self, base: torch.Tensor, layer):
+        self.base, self.layer = base, layer
+        self.shape, self.dtype = base.shape, base.dtype
+
+    def is_floating_point(self) -> bool:
+        return self.base.is_floating_point()
+
+    def value(self) -> torch.Tensor:
+        out = self.base
+        for adapter in self.layer.active_adapters:
+            if adapter in self.layer.lora_A:
+                out = out + self.layer.get_delta_weight(adapter).to(self.base.dtype)
+        return out
+
+
+def policy_weights(policy: nn.Module) -> dict:
+    """The policy's weights by the plain model's parameter names: its parameters; for a LoRA (peft) policy, the
+    base model's, with each LoRA layer's weight as a MergedWeight and the adapters' own tensors left out."""
+    if not is_lora(policy):
+        return dict(policy.named_parameters())
+    from peft.tuners.lora import LoraLayer
+
+    base = policy.get_base_model()
+    layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out = {}
+    for name, p in base.named_parameters():
+        owner, _, leaf = name.rpartition(".base_layer.")
+        if owner in layers:
+            out[f"{owner}.{leaf}"] = MergedWeight(p, layers[owner]) if leaf == "weight" else p
+        elif not any(owner_name and name.startswith(owner_name + ".") for owner_name in layers):
+            out[name] = p
+    return out
+
+
+def _read(weight) -> torch.Tensor:
+    return weight.value() if isinstance(weight, MergedWeight) else weight
+
+
+def separate_base_reference(policy: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A frozen plain copy of a LoRA policy's base (what its adapters-off reference was), in `dtype`: a copy of the
+    policy with its LoRA modules removed unmerged (peft's unload); the policy is not touched."""
+    import copy
+
+    return copy.deepcopy(policy).unload().to(dtype).requires_grad_(False).eval()
+
+
+def reference_pairs(policy: nn.Module, ref: nn.Module) -> list[tuple[str, torch.Tensor, object]]:
+    """(name, reference parameter, policy weight) for every parameter (a LoRA policy's merged weights:
+    policy_weights); ConfigError when the two models' parameter names or shapes differ, or a reference parameter is
+    not floating point (a quantized reference)."""
+    mine, theirs = policy_weights(policy), dict(ref.named_parameters())
     if set(mine) != set(theirs):
         odd = sorted(set(mine) ^ set(theirs))
         raise ConfigError(f"sync_ref_model: the reference model's parameters are not the policy's ({len(odd)} name(s) "
@@ -81,7 +141,8 @@ def reference_pairs(policy: nn.Module, ref: nn.Module) -> list[tuple[str, torch.
 def mix_into_reference(pairs, alpha: float) -> None:
     """ref <- alpha * policy + (1 - alpha) * ref for every (name, ref, policy), computed in float32 (or the wider
     dtype of the two) and rounded once into the reference's dtype; alpha == 1 copies the policy."""
-    for _, ref, policy in pairs:
+    for _, ref, weight in pairs:
+        policy = _read(weight)
         if alpha == 1:
             ref.copy_(policy)
             continue
@@ -116,20 +177,42 @@ class ReferenceSync:
 
 def install_ref_sync(trainer) -> ReferenceSync | None:
     """The trainer's ReferenceSync, first among its callbacks (a user's on_step_end sees the synced reference), or
-    None without sync_ref_model. Refuses a LoRA policy (one given from Python too: use_peft is checked with the
-    config) and a reference that is not the policy's architecture."""
+    None without sync_ref_model. A LoRA policy without a reference model (its reference was its adapters-off base)
+    gets a frozen copy of its base as a separate reference (use_separate_reference). Refuses a reference that is not
+    the policy's architecture."""
     cfg = trainer.cfg
     if not cfg.sync_ref_model:
         return None
-    if hasattr(trainer.policy, "disable_adapter"):
-        raise ConfigError(f"sync_ref_model: true with a LoRA (PEFT) policy: {LORA_REASON}. Train the full model, "
-                          "or remove sync_ref_model.")
+    if trainer.ref is None and is_lora(trainer.policy):  # the base with adapters off: a copy becomes the reference
+        use_separate_reference(trainer, separate_base_reference(trainer.policy, reference_torch_dtype(cfg)))
     if trainer.ref is None:  # needs_reference without LoRA always has one (Trainer refuses otherwise)
         raise ConfigError("sync_ref_model: true needs a separate reference model; none was given.")
     say = print if trainer.accelerator.is_main_process else None
     sync = ReferenceSync(trainer.policy, trainer.ref, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps, say)
     trainer.callbacks.insert(0, sync)
     return sync
+
+
+def reference_torch_dtype(cfg) -> torch.dtype:
+    from preflab.models.load import DTYPES, reference_dtype
+
+    return DTYPES[reference_dtype(cfg)]
+
+
+def use_separate_reference(trainer, ref: nn.Module) -> None:
+    """Make `ref` the trainer's reference model (scored by its own scorer on the run's device) in place of the LoRA
+    policy with its adapters off, set up as the trainer sets up a given reference (attention mode, torch.compile)."""
+    from preflab.models.segment_attention import set_attention_mode
+
+    cfg = trainer.cfg
+    set_attention_mode(cfg.attention, ref)
+    ref.to(trainer.accelerator.device)
+    trainer.ref, trainer.ref_is_base = ref, False
+    trainer.ref_scorer = trainer.scorer_class(ref, cfg.chunk_tokens)
+    if cfg.torch_compile:
+        from preflab.scoring.compile import compile_scorer
+
+        trainer.ref_scorer = compile_scorer(trainer.ref_scorer, cfg)
 
 
 def reference_tensors(sync: ReferenceSync | None) -> dict:
