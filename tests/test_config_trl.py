@@ -119,7 +119,7 @@ def test_renamed_and_translated_keys():
 
 
 @pytest.mark.parametrize("key,value,why", [
-    ("sync_ref_model", True, "TR-DPO"), ("optim", "adafactor", "AdamW"),
+    ("activation_offloading", True, "gradient_checkpointing"), ("optim", "adafactor", "AdamW"),
     ("push_to_hub", True, "does not upload"), ("use_dora", True, "DoRA"),
     # TrainingArguments / TRL keys that were "unknown config key" errors with no reason
     ("eval_on_start", True, "no eval set"), ("group_by_length", True, "seeded order"),

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # readers that only validate, copy or save a config: a read there is not the run acting on the option
 SKIP_FILES = ("dataclasses.py", "config_owners.py", "config_defaults.py", "config_options.py", "recipe_options.py",
-              "recipe_stages.py", "resume_check.py", "online_options.py", "config_trl.py", "copy.py")
+              "recipe_stages.py", "resume_check.py", "online_options.py", "config_trl.py", "copy.py",
+              "ref_sync_options.py")
 SKIP_FUNCS = {"check", "_conflicts", "__post_init__", "compile_conflicts", "streaming_conflicts",
               "quantization_conflicts", "best_model_option_errors", "resolve_best_model_options", "to_dict", "save",
               "config_from_dict", "check_explicit_loss_type", "lora_off_overrides", "_check_file_splits"}
@@ -89,7 +90,7 @@ def _other_value(name: str, default):
                "max_prompt_length": 64, "max_completion_length": 64, "chunk_tokens": 64, "pad_to_multiple_of": 8,
                "save_total_limit": 2, "dataset_num_proc": 2, "rpo_alpha": 1.0, "router_aux_loss_coef": 0.01,
                "center_rewards_coefficient": 0.01, "missing_eos_penalty": 1.0, "epsilon_high": 0.3,
-               "judge_timeout_s": 5.0,
+               "judge_timeout_s": 5.0, "min_p": 0.1,
                "eval_fraction": 0.1, "warmup_ratio": 0.1, "num_train_epochs": 2.0, "max_length": 256,
                "dataset_split": "train[:50%]", "model_name_or_path": "builtin:tiny-qwen2", "dataset_name": "y.jsonl",
                "output_dir": "elsewhere", "task": None}

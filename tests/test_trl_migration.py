@@ -219,7 +219,7 @@ def test_trainingarguments_values_preflab_does_not_do_are_refused(key, value, wh
 
 
 @pytest.mark.parametrize("key,value,why", [
-    ("top_k", 50, "temperature and top_p only"), ("repetition_penalty", 1.1, "temperature and top_p only"),
+    ("generation_kwargs", {"top_k": 5}, "temperature, top_p, top_k, min_p and repetition_penalty only"),
     ("entropy_coef", 0.01, "entropy regularisation"),  # mask_truncated_completions: supported (test_trial_online)
 ])
 def test_grpo_generation_options_refused_with_reason(key, value, why):

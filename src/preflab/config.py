@@ -91,6 +91,11 @@ class TrainConfig:
     on_bad_row: str = "error"                  # error | skip (skipped rows are counted in summary.json)
     layout: str = "prefix_shared"              # prefix_shared | padded | packed | prefix_packed (preflab.data.prefix)
     precompute_ref_log_probs: bool = False
+    # TR-DPO (TRL's sync_ref_model): every ref_model_sync_steps optimizer steps the reference becomes
+    # alpha * policy + (1 - alpha) * reference (preflab.loops.ref_sync; conflicts: preflab.ref_sync_options)
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
     dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
     chunk_tokens: int | None = None            # LM-head chunk (positions); default sized by the device
     pad_to_multiple_of: int | None = None      # TRL: row lengths rounded up to a multiple (shapes repeat: GPU plans)
@@ -178,6 +183,9 @@ class TrainConfig:
     num_iterations: int = 1                    # passes over each generation round (TRL GRPO's mu)
     temperature: float = 1.0                   # sampling temperature (log-probs are at temperature 1)
     top_p: float = 1.0                         # nucleus sampling (1: the full distribution)
+    top_k: int = 0                             # top-k filtering of the sampling (0: off; TRL GRPOConfig)
+    min_p: float | None = None                 # min-p filtering (None: off; TRL GRPOConfig)
+    repetition_penalty: float = 1.0            # transformers' repetition penalty while sampling (1: none; TRL)
     generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
     generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])
     pair_builder: str = "best_vs_worst"        # best_vs_worst | all_pairs | rso | module:function
@@ -288,11 +296,12 @@ class TrainConfig:
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
+        from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
-        out += builtin_init_kwargs_conflicts(self)
+        out += builtin_init_kwargs_conflicts(self) + ref_sync_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
         if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
             from preflab.config_owners import unread_option_names
@@ -360,7 +369,7 @@ class TrainConfig:
                 and self.center_rewards_coefficient is not None):  # em_mixture: K BT components, each centred
             out.append(f"center_rewards_coefficient applies to reward_head: bt and em_mixture (a {self.reward_head} "
                        "head has no pairwise scalar reward to centre); remove it.")
-        if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path:
+        if self.ref_load_dtype and self.use_peft and not self.ref_model_name_or_path and not self.sync_ref_model:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")
         if self.task == "sft":

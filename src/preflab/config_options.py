@@ -190,6 +190,12 @@ OPTIONS: dict[str, Option] = {
                         "only the allowed pairs (preflab.models.segment_attention; auto: where the model supports it), "
                         "or the dense 4-D mask"),
     "precompute_ref_log_probs": Option("score the reference once before training and release it"),
+    "sync_ref_model": Option("TR-DPO (TRL): every ref_model_sync_steps steps the reference becomes alpha * policy + "
+                             "(1 - alpha) * reference (task: dpo, a separate reference model)"),
+    "ref_model_mixup_alpha": Option("TR-DPO's alpha: the policy's share in the reference after a sync (1: the "
+                                    "reference becomes the policy)", "in (0, 1]",
+                                    lambda v: _num(v) and 0 < v <= 1),
+    "ref_model_sync_steps": at_least(1, "TR-DPO's tau: optimizer steps between reference syncs"),
     "dataset_num_proc": above(0, "processes that tokenize the data on a cache miss (TRL; null: one)"),
     "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, sized by the device's memory)"),
     "pad_to_multiple_of": above(0, "TRL: batch rows padded to a multiple of this length, so attention and kernel "
@@ -306,6 +312,9 @@ OPTIONS: dict[str, Option] = {
     "temperature": above(0, "task: online; sampling temperature (log-probs are at temperature 1)"),
     "top_p": Option("task: online; nucleus sampling (1: the full distribution)", "in (0, 1]",
                     lambda v: _num(v) and 0 < v <= 1),
+    "top_k": at_least(0, "task: online; sample from the k most likely tokens only (0: off; TRL GRPOConfig)"),
+    "min_p": within(0, 1, "task: online; drop tokens below min_p x the top token's probability (null: off; TRL)"),
+    "repetition_penalty": above(0, "task: online; transformers' repetition penalty while sampling (1: none; TRL)"),
     "generation_batch_size": above(0, "task: online; prompts per generate() call"),
     "generation_backend": one_of(("transformers", "vllm"), "task: online; vllm needs pip install preflab[vllm]"),
     "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso | "

@@ -98,8 +98,6 @@ NO_EFFECT = {
     "local_rank": (-1, "accelerate sets up the processes"),
     "bf16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
-    "ref_model_mixup_alpha": (0.6, "used only with sync_ref_model, which preflab does not support"),
-    "ref_model_sync_steps": (512, "used only with sync_ref_model, which preflab does not support"),
     "include_tokens_per_second": (False, "tokens_per_second is always logged"),
     "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
     # the rest of TrainingArguments (a saved DPOConfig / GRPOConfig, `args.to_dict()`, carries them all)
@@ -158,11 +156,10 @@ NOTED_WHEN_WRITTEN = frozenset({"restore_callback_states_from_checkpoint"})
 # OnlineDPOConfig printed a vllm_gpu_memory_utilization note, in a run that never asked for vLLM)
 OTHER_TRL_DEFAULTS = {"vllm_gpu_memory_utilization": (0.55,)}  # OnlineDPOConfig's
 
-GEN = "preflab samples with temperature and top_p only; remove {}"
+GEN = "preflab samples with temperature, top_p, top_k, min_p and repetition_penalty only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
 REFUSED = {
-    "sync_ref_model": (False, "TR-DPO reference syncing is not implemented; remove sync_ref_model"),
     "reference_free": (False, "use a reference-free objective instead (loss_type: simpo, cpo or orpo)"),
     "force_use_ref_model": (False, "set ref_model_name_or_path; preflab uses it whether or not use_peft is set"),
     "model_adapter_name": (None, "preflab trains one adapter; remove model_adapter_name"),
@@ -217,9 +214,6 @@ REFUSED = {
     "debug": ([], "transformers' debug modes are not supported; remove debug"),
     "train_sampling_strategy": ("random", "batches follow the seeded random order; remove it"),
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
-    "top_k": (0, GEN.format("top_k")),
-    "min_p": (None, GEN.format("min_p")),
-    "repetition_penalty": (1.0, GEN.format("repetition_penalty")),
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
     "num_generations_eval": (None, "not supported; remove num_generations_eval"),
@@ -405,6 +399,9 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             errors.append(f"beta={betas} is OnlineDPOConfig's per-epoch beta schedule, which preflab does not have: "
                           "beta is one number for the whole run. Give one value (e.g. the first, "
                           f"beta: {betas[0]}).")
+    for key, default in (("top_k", 0), ("repetition_penalty", 1.0)):  # null in a TRL 0.x config: TRL's default
+        if key in raw and raw[key] is None:
+            raw[key] = default
     if isinstance(raw.get("scale_rewards"), bool):  # GRPOConfig reads true as "group" and false as "none"
         raw["scale_rewards"] = "group" if raw["scale_rewards"] else "none"
     for key in ("eval_strategy", "evaluation_strategy", "save_strategy", "logging_strategy"):

@@ -7,8 +7,9 @@ import torch
 @torch.no_grad()
 def generate_ids(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, max_new_tokens: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
-                 seed: int | None = None) -> list[list[int]]:
-    """Response ids for each prompt (without the prompt, cut after the first eos, eos kept)."""
+                 seed: int | None = None, **sampling) -> list[list[int]]:
+    """Response ids for each prompt (without the prompt, cut after the first eos, eos kept). sampling: further
+    `model.generate` sampling options (top_k, min_p, repetition_penalty), passed with do_sample only."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -19,7 +20,7 @@ def generate_ids(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, m
         ids, attn = left_padded(prompts[start:start + batch_size], pad_id)
         kwargs = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
         if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
+            kwargs.update(temperature=temperature, top_p=top_p, **sampling)
         gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
         out += cut_after_eos(gen[:, ids.shape[1]:], eos_id)
     model.train(was_training)

@@ -73,13 +73,14 @@ def _why_not_after(model, cache, width: int) -> str | None:
 @torch.no_grad()
 def generate_groups(model, prompts: list[list[int]], k: int, *, eos_id: int, pad_id: int, max_new_tokens: int,
                     temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                    do_sample: bool = True) -> list[list[int]]:
+                    do_sample: bool = True, **sampling) -> list[list[int]]:
     """k completions per prompt (sampled; greedy with do_sample=False), group-major, each cut after its first eos
-    (eos kept)."""
+    (eos kept). sampling: further `model.generate` sampling options (top_k, min_p, repetition_penalty), passed with
+    do_sample only."""
     def old_path():
         return generate_ids(model, [p for p in prompts for _ in range(k)], eos_id=eos_id, pad_id=pad_id,
                             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                            batch_size=len(prompts) * k, seed=seed)
+                            batch_size=len(prompts) * k, seed=seed, **sampling)
 
     width = max(len(p) for p in prompts)
     if k == 1 or width == 1:  # nothing to share
@@ -89,7 +90,7 @@ def generate_groups(model, prompts: list[list[int]], k: int, *, eos_id: int, pad
     try:
         device = next(model.parameters()).device
         ids, attn = left_padded(prompts, pad_id)
-        kwargs = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+        kwargs = dict(temperature=temperature, top_p=top_p, **sampling) if do_sample else {}
         gen = prefilled_generate(model, ids.to(device), attn.to(device), k, seed=seed, do_sample=do_sample,
                                  max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, **kwargs)
         if gen is None:

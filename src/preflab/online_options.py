@@ -154,6 +154,11 @@ _READERS = (
     (("temperature", "top_p", "generation_batch_size", "generation_backend"),
      lambda cfg, spec: cfg.online_task != "game", "the online tasks that sample text (dataset, vision_dataset, demo; "
      "the game uses the exact answer distribution)"),
+    # the text generator (online/generator.py: transformers or vLLM) samples with them; the image-text generator
+    # (online/vision.py) and the game do not
+    (("top_k", "min_p", "repetition_penalty"), lambda cfg, spec: cfg.online_task in ("dataset", "demo"),
+     "the online tasks that sample text with the text generator (dataset, demo; vision_dataset's image-text "
+     "generator samples with temperature and top_p only, the game samples no text)"),
     (("num_generations", "prompts_per_generation"), lambda cfg, spec: cfg.online_task != "game" or
      cfg.trainer == "spo", "the online tasks that sample text and trainer spo in online_task: game (the other game "
      "trainers use the exact expectation over the answers)"),
@@ -184,7 +189,8 @@ _READERS = (
 # every online option: outside task: online, one set away from its default is refused (preflab.config_owners)
 ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in names] + [
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
-    "steps_per_generation", "num_iterations", "temperature", "top_p", "generation_batch_size", "generation_backend",
+    "steps_per_generation", "num_iterations", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+    "generation_batch_size", "generation_backend",
     "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"]))
 
 

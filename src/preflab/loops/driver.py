@@ -110,6 +110,12 @@ class TrainingRun(CallbackEvents):
     def write_card(self, summary: dict) -> None:
         pass
 
+    def restored_extras(self, path: Path, step: int, note=None) -> dict:
+        """The checkpoint_extras that checkpoint `path` (at `step`) is read into, on resume and for the best model
+        at the end: all of them. A trainer whose checkpoints may lack some by design (a synced reference, from a
+        run without sync_ref_model: preflab.loops.ref_sync) leaves those out, saying so through `note`."""
+        return self.checkpoint_extras()
+
     def checkpoint_extras(self) -> dict:
         """Tensors the step updates outside checkpoint_module, by name: the objective's state (parameters and
         buffers) when it is a module, else extra_params by position. Saved with every checkpoint, restored on
@@ -398,7 +404,7 @@ class TrainingRun(CallbackEvents):
         if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
             acc.wait_for_everyone()  # the best checkpoint is written
             load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module),
-                              self.checkpoint_extras())
+                              self.restored_extras(Path(self.best.best_model_checkpoint), self.best.best_global_step))
             if self.main:
                 print(f"preflab: {self.best.loaded_note()}")
                 if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
@@ -565,7 +571,7 @@ class TrainingRun(CallbackEvents):
                 "start this run again without resume_from_checkpoint.")
         else:
             state = load_checkpoint(path, acc.unwrap_model(self.checkpoint_module), self.optimizer,
-                                    self.scheduler, extra_tensors=self.checkpoint_extras(), verify=False)
+                                    self.scheduler, extra_tensors=self.restored_extras(path, step, say), verify=False)
         moved = follow_schedule(self.scheduler)
         if moved is not None:  # max_steps / num_train_epochs changed: the checkpoint's rate was another schedule's
             say(f"preflab: note: the learning-rate schedule follows this run's length ({self.total_steps} steps): "

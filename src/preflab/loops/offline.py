@@ -27,6 +27,7 @@ from preflab.loops.extras_producer import (make_producer, produced_extras, refus
 from preflab.loops.kinds import kind_for
 from preflab.loops.launch import is_sharded, make_accelerator
 from preflab.loops.optimizer import make_optimizer
+from preflab.loops.ref_sync import check_ref_sync, install_ref_sync, present_in_checkpoint, reference_tensors
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
@@ -99,6 +100,7 @@ class Trainer(TrainingRun):
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
         self.accelerator = make_accelerator(cfg)
         refuse_sharded_engine(self.producer, cfg, self.accelerator, self.objective)  # before the models load
+        check_ref_sync(cfg, self.objective, self.accelerator)  # sync_ref_model: reference-free, FSDP / DeepSpeed
         self.out = Path(cfg.output_dir)
         self.main = self.accelerator.is_main_process
         if tokenizer is None:
@@ -170,6 +172,8 @@ class Trainer(TrainingRun):
             self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)
         self._build_optimizer()
+        # sync_ref_model (TR-DPO): the reference follows the policy after every ref_model_sync_steps-th step
+        self.ref_sync = install_ref_sync(self)
 
     def batch_kind(self, objective):
         return kind_for(objective)
@@ -431,6 +435,8 @@ class Trainer(TrainingRun):
 
     def summary_extras(self) -> dict:
         extras = {"layout": self.layout, "reference_cache": self.ref_cache_info or None}
+        if getattr(self, "ref_sync", None) is not None:
+            extras["ref_model_sync"] = self.ref_sync.summary()
         if self.cfg.torch_compile:  # graphs dynamo compiled in this process during this run (all frames)
             extras["torch_compile"] = {"graphs": graphs_compiled() - self.compile_graphs_before,
                                        "backend": self.cfg.torch_compile_backend or "inductor",
@@ -447,13 +453,20 @@ class Trainer(TrainingRun):
         return extras
 
     def checkpoint_extras(self) -> dict:
-        """The driver's (the objective's own tensors) plus the extras producer's parameters, by name."""
+        """The driver's (the objective's own tensors) plus the extras producer's parameters, by name, plus a
+        syncing run's reference (sync_ref_model: the reference moves, so a resume needs its weights)."""
         out = super().checkpoint_extras()
+        reference = reference_tensors(getattr(self, "ref_sync", None))
         if getattr(self, "producer", None) is None or self.extra_modules:  # engine-owned: in its checkpoint
-            return out
+            return {**out, **reference}
         own = {id(p) for p in self.producer.parameters()}
         out = {k: v for k, v in out.items() if id(v) not in own}
-        return {**out, **{f"producer.{i}": p for i, p in enumerate(self.producer.parameters())}}
+        return {**out, **{f"producer.{i}": p for i, p in enumerate(self.producer.parameters())}, **reference}
+
+    def restored_extras(self, path: Path, step: int, note=None) -> dict:
+        """checkpoint_extras, less the reference of a syncing run when `path` was written without one
+        (preflab.loops.ref_sync.present_in_checkpoint)."""
+        return present_in_checkpoint(self.checkpoint_extras(), path, step, getattr(self, "ref_sync", None), note)
 
     def write_card(self, summary: dict) -> None:
         write_model_card(self.out, self.cfg, summary)

@@ -3,11 +3,14 @@
     gen = make_generator(cfg, policy, tokenizer)
     ids = gen.generate(prompt_ids, num_generations=4, seed=1234)   # [len(prompt_ids) * 4] token-id lists
 
-Completions are group-major (completion i belongs to prompt i // K), cut after the first eos (eos kept), drawn
-from the full softmax (top-k off) at `temperature` with `top_p`. Determinism: the prompts are cut into chunks of
-generation_batch_size prompts and chunk c is sampled after torch.manual_seed(seed + c), so the samples depend on
-(seed, prompts, weights) only, not on which process draws the chunk: with several processes, rank r draws the
-chunks c = r, r + world, ... and all ranks gather every chunk (the same completions as one process).
+Completions are group-major (completion i belongs to prompt i // K), cut after the first eos (eos kept), drawn at
+`temperature` with `top_p`, `top_k` (0: off), `min_p` (None: off) and `repetition_penalty` (1: none), TRL
+GRPOConfig's options, each passed to `model.generate` (or vLLM's SamplingParams) explicitly, so a model's own
+generation_config.json values of them (Qwen2.5-Instruct's repetition_penalty 1.05, top_k 20) do not apply.
+Determinism: the prompts are cut into chunks of generation_batch_size prompts and chunk c is sampled after
+torch.manual_seed(seed + c), so the samples depend on (seed, prompts, weights) only, not on which process draws the
+chunk: with several processes, rank r draws the chunks c = r, r + world, ... and all ranks gather every chunk (the
+same completions as one process).
 
 TransformersGenerator (default): `model.generate` with its KV cache on left-padded prompt batches; each distinct
 prompt is prefilled once and its cache shared by its K completions (generate_groups.py; the same draws as
@@ -31,10 +34,13 @@ class Generator(Protocol):
 
 class TransformersGenerator:
     def __init__(self, model, eos_id: int, pad_id: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 64, accelerator=None):
+                 top_p: float = 1.0, batch_size: int = 64, accelerator=None, top_k: int = 0,
+                 min_p: float | None = None, repetition_penalty: float = 1.0):
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batch_size, self.accelerator = batch_size, accelerator
+        # explicit, also at their defaults: the model's generation_config must not add its own
+        self.sampling = dict(top_k=top_k, min_p=min_p, repetition_penalty=repetition_penalty)
 
     def _chunk(self, prompts: list[list[int]], k: int, seed: int) -> list[list[int]]:
         from preflab.loops.rollout import full_distribution
@@ -42,7 +48,7 @@ class TransformersGenerator:
         with full_distribution(self.model):
             return generate_groups(self.model, prompts, k, eos_id=self.eos_id, pad_id=self.pad_id,
                                    max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                   top_p=self.top_p, seed=seed)
+                                   top_p=self.top_p, seed=seed, **self.sampling)
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         acc = self.accelerator
@@ -58,7 +64,8 @@ class TransformersGenerator:
 
 
 class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a GPU
-    def __init__(self, model, tokenizer, weights_dir: str, max_new_tokens: int, temperature: float, top_p: float):
+    def __init__(self, model, tokenizer, weights_dir: str, max_new_tokens: int, temperature: float, top_p: float,
+                 top_k: int = 0, min_p: float | None = None, repetition_penalty: float = 1.0):
         try:
             import vllm  # noqa: F401
         except ImportError as err:
@@ -66,6 +73,8 @@ class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a
                               "preflab[vllm] (or use generation_backend: transformers).") from err
         self.model, self.tokenizer, self.weights_dir = model, tokenizer, weights_dir
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        # vLLM's spellings of "off": top_k -1, min_p 0.0
+        self.top_k, self.min_p, self.repetition_penalty = top_k or -1, min_p or 0.0, repetition_penalty
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         from vllm import LLM, SamplingParams
@@ -74,7 +83,8 @@ class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a
             self.model.save_pretrained(self.weights_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(self.weights_dir)
         llm = LLM(self.weights_dir, seed=seed)
-        params = SamplingParams(n=num_generations, temperature=self.temperature, top_p=self.top_p, top_k=-1,
+        params = SamplingParams(n=num_generations, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                min_p=self.min_p, repetition_penalty=self.repetition_penalty,
                                 max_tokens=self.max_new_tokens, seed=seed)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params)
         return [list(c.token_ids) for o in outs for c in o.outputs]
@@ -85,6 +95,12 @@ def make_generator(cfg, policy, tokenizer, accelerator=None, weights_dir: str | 
 
     if cfg.generation_backend == "vllm":
         return VLLMGenerator(policy, tokenizer, weights_dir or f"{cfg.output_dir}/vllm-weights",
-                             cfg.max_completion_length, cfg.temperature, cfg.top_p)
+                             cfg.max_completion_length, cfg.temperature, cfg.top_p, **sampling_options(cfg))
     return TransformersGenerator(policy, tokenizer.eos_token_id, pad_id_of(tokenizer), cfg.max_completion_length,
-                                 cfg.temperature, cfg.top_p, cfg.generation_batch_size, accelerator)
+                                 cfg.temperature, cfg.top_p, cfg.generation_batch_size, accelerator,
+                                 **sampling_options(cfg))
+
+
+def sampling_options(cfg) -> dict:
+    """top_k, min_p and repetition_penalty of the config (TRL GRPOConfig's names and meanings)."""
+    return dict(top_k=cfg.top_k, min_p=cfg.min_p, repetition_penalty=cfg.repetition_penalty)

@@ -159,8 +159,10 @@ class VisionGenerator:
 
         tok = self.processor.tokenizer
         model = unwrap(self.model)
-        settings = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p,
-                        max_new_tokens=self.max_new_tokens, pad_token_id=pad_id_of(tok),
+        # min_p / repetition_penalty explicitly off: a model's generation_config.json must not add its own (top_k:
+        # full_distribution)
+        settings = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, min_p=None,
+                        repetition_penalty=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=pad_id_of(tok),
                         eos_token_id=tok.eos_token_id, bad_words_ids=self.banned or None)
         was_training = model.training
         model.eval()
