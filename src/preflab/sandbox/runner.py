@@ -28,6 +28,9 @@ _LAUNCHER = Path(__file__).with_name("_launcher.py")
 _GRACE_S = 0.2  # after the main process exits, how long its children may keep the output pipes open
 PAST_THE_GUARD = "{n} process(es) started past the guard, alive when the run ended (killed)"
 _FORK_FAILED = re.compile(r"BlockingIOError: \[Errno 11\]|can't start new thread|Resource temporarily unavailable")
+# the exception line of a failed allocation: MemoryError, and subclasses such as numpy's _ArrayMemoryError
+# ("numpy._core._exceptions._ArrayMemoryError: Unable to allocate ..."), or the C library's ENOMEM text
+_OUT_OF_MEMORY = re.compile(r"[\w.]*MemoryError\b|.*Cannot allocate memory")
 
 
 class SandboxError(PreflabError):
@@ -403,7 +406,7 @@ def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, c
         hit.append("wall")
     if rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and cpu >= cpu_limit):
         hit.append("cpu")
-    if last_line.startswith("MemoryError") or "Cannot allocate memory" in last_line:
+    if _OUT_OF_MEMORY.match(last_line):
         hit.append("memory")
     if io["overflow"]:
         hit.append("output")
