@@ -102,6 +102,17 @@ def test_a_thread_bomb_stops_at_the_process_limit():
     assert 1 <= int(started) <= 5 and reason.strip() == "can't start new thread"
 
 
+def test_file_size_and_open_file_limits():
+    big = quiet_run("open('big', 'wb').write(b'x' * (8 << 20))", timeout_s=5, memory_mb=128, max_file_mb=1)
+    assert big.status == "error" and big.limits_hit == ("file_size",)
+    assert big.stderr.strip().endswith("OSError: [Errno 27] File too large")
+    code = "import os\nfds = []\ntry:\n    while True:\n        fds.append(os.open('f', os.O_RDONLY | os.O_CREAT))\n" \
+           "except OSError as e:\n    print(max(fds), e.errno)"
+    many = quiet_run(code, **FAST)
+    # RLIMIT_NOFILE = 256: descriptors up to 255 open, then EMFILE (24)
+    assert many.status == "ok" and many.stdout == "255 24\n", many.stdout
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -245,6 +256,15 @@ def test_the_forgeries_pass_a_test_that_runs_in_the_sandbox_as_documented():
         assert outcome.passed and not outcome.judged_by_caller, name
 
 
+def test_an_early_exit_fails_a_test_that_runs_in_the_sandbox():
+    # exit status 0 without the nonce: the statement after the test never moved it
+    loop = "for n in (7, 11):\n    assert is_prime(n)"
+    for exit_early in ("import os\nos._exit(0)\n", "import sys\nsys.exit(0)\n", "raise SystemExit\n"):
+        [outcome] = run_tests(exit_early + HONEST, [loop], timeout_s=3, memory_mb=128)
+        assert outcome.result.status == "ok" and not outcome.passed and not outcome.judged_by_caller
+    assert run_tests(HONEST, [loop], timeout_s=3, memory_mb=128)[0].passed
+
+
 def test_a_value_larger_than_a_pipe_buffer_passes_without_waiting():
     # the value came back on a pipe the caller read after the run: a repr over 64 KiB blocked until the timeout
     expected = list(range(20000))                       # repr: 128 KiB
@@ -293,8 +313,9 @@ def test_the_callers_environment_and_process_are_out_of_reach(monkeypatch):
     """)
     r = quiet_run(code, **FAST)
     assert r.status == "ok", r.stderr
-    if "hidepid" not in r.isolation.get("proc", ""):
-        pytest.skip("/proc is not private here (non-root caller or Linux < 5.8): other processes are visible")
+    if os.geteuid() != 0 or tuple(int(x) for x in os.uname().release.split(".")[:2]) < (5, 8):
+        pytest.skip("/proc is private only for a root caller on Linux >= 5.8 (documented)")
+    assert "hidepid=2" in r.isolation["proc"]
     # the caller's /proc entry is invisible (ENOENT for its environ) and only the run's own process is listed
     # (this round: before, every process and its command line were listed); EPERM for the signal
     assert r.stdout == "[False, 2, False, True, 1]\n", r.stdout
