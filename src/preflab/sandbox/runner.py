@@ -54,7 +54,7 @@ class SandboxResult:
     """What one sandboxed run did.
 
     status: "ok" (exit 0), "error" (non-zero exit, e.g. an uncaught exception), "timeout" (wall-time or CPU-time
-    limit), "memory" (the memory limit: MemoryError), "output_limit" (stdout or stderr passed `max_output_bytes`),
+    limit), "memory" (the memory limit: MemoryError or a subclass such as numpy's), "output_limit" (stdout or stderr passed `max_output_bytes`),
     "killed" (ended by another signal, e.g. SIGSEGV), "refused" (the program tried to start a process, execute a
     program or call C code through ctypes/cffi: the call raised `SandboxRefused` and is listed in `refused`; the run
     counts as refused whether or not the program caught the exception and went on; a guarded run that still had
