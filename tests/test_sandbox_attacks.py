@@ -6,6 +6,7 @@ MB, a handful of processes) so each case takes about a second and a containment 
 """
 import gc
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -285,8 +286,8 @@ def test_caller_judged_programs_never_contain_the_expected_values():
     assert [checks[0].verdict(True), checks[0].verdict(False), checks[0].verdict(1)] == [False, True, True]
     # checks the caller cannot see keep the whole test in the sandbox
     for test in ("assert f(1)\nprint('after')", "if f(1) != 2:\n    raise ValueError",
-                 "def t():\n    assert f(1)\nt()"):
-        assert caller_judged(test) is None, test
+                 "def t():\n    assert f(1)\nt()", "assert " + "not " * 5000 + "f(1)"):
+        assert caller_judged(test) is None, test[:40]           # the last: nested too deep to judge (no crash)
 
 
 # ---------------------------------------------------------------- environment, files, network, the caller
@@ -340,6 +341,27 @@ def test_the_repository_and_the_callers_home_cannot_be_written():
     assert [line.split()[0] for line in r.stdout.splitlines()] == ["denied"] * 3, r.stdout
     assert (package / "__init__.py").read_bytes() == before
     assert not (package / "planted.py").exists() and not (home / "planted").exists()
+
+
+@as_root
+def test_the_callers_private_files_cannot_be_read():
+    folder = Path(tempfile.mkdtemp())                   # in /tmp (pytest's tmp_path sits below a 0700 folder)
+    try:
+        os.chmod(folder, 0o755)                         # the folder can be entered; only the mode of a file decides
+        (folder / "token").write_text("hf_private")
+        (folder / "token").chmod(0o600)
+        (folder / "public").write_text("readable")
+        code = textwrap.dedent(f"""
+            for name in ("public", "token"):
+                try:
+                    print(open({str(folder)!r} + "/" + name).read())
+                except OSError as e:
+                    print("denied", e.errno)
+        """)
+        r = quiet_run(code, **FAST)
+    finally:
+        shutil.rmtree(folder)
+    assert r.status == "ok" and r.stdout == "readable\ndenied 13\n", r.stdout
 
 
 def test_udp_to_the_host_is_not_delivered():

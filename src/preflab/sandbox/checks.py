@@ -160,9 +160,12 @@ def caller_judged(test: str) -> tuple[str, list[CallerCheck]] | None:
     """(the test with each `assert` replaced by a statement that returns its value, the checks) when every check of
     `test` can be judged on the caller's side (the module docstring's forms), else None."""
     try:
-        tree = ast.parse(test.strip())
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return _caller_judged(ast.parse(test.strip()))
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # e.g. `not not ... x` nested too deep to judge
         return None
+
+
+def _caller_judged(tree: ast.Module) -> tuple[str, list[CallerCheck]] | None:
     if not tree.body or not isinstance(tree.body[-1], ast.Assert):
         return None
     body, checks = [], []
