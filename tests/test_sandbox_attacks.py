@@ -20,7 +20,7 @@ import pytest
 
 import preflab
 from preflab.sandbox import _host, run_python, run_tests
-from preflab.sandbox.checks import caller_judged
+from preflab.sandbox.checks import caller_judged, judge_values
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="a fresh uid and an exact RLIMIT_NPROC need a root caller")
@@ -264,6 +264,17 @@ def test_an_early_exit_fails_a_test_that_runs_in_the_sandbox():
         [outcome] = run_tests(exit_early + HONEST, [loop], timeout_s=3, memory_mb=128)
         assert outcome.result.status == "ok" and not outcome.passed and not outcome.judged_by_caller
     assert run_tests(HONEST, [loop], timeout_s=3, memory_mb=128)[0].passed
+
+
+def test_a_run_that_stops_before_its_last_value_fails():
+    # the first assert's value is right, then the program ends with status 0 before the second is returned
+    code = "import os\ndef is_prime(n):\n    if n == 9:\n        os._exit(0)\n    return True\n"
+    test = "assert is_prime(7)\nassert not is_prime(9)"
+    [outcome] = run_tests(code, [test], timeout_s=3, memory_mb=128)
+    assert outcome.result.status == "ok" and outcome.judged_by_caller and not outcome.passed
+    checks = caller_judged(test)[1]
+    assert [judge_values(raw, checks) for raw in (b"True\n", b"True\nFalse\n", b"True\nFalse\nTrue\n")] == \
+        [False, True, False]
 
 
 def test_a_value_larger_than_a_pipe_buffer_passes_without_waiting():
