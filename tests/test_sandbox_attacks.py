@@ -275,6 +275,9 @@ def test_a_run_that_stops_before_its_last_value_fails():
     checks = caller_judged(test)[1]
     assert [judge_values(raw, checks) for raw in (b"True\n", b"True\nFalse\n", b"True\nFalse\nTrue\n")] == \
         [False, True, False]
+    # the float reprs that are not literals come back as floats: `f(x) != 3` holds for nan, `f(x) > 1e308` for inf
+    checks = caller_judged("assert f(1) != 3\nassert f(2) > 1e308\nassert f(3) < 0")[1]
+    assert judge_values(b"nan\ninf\n-inf\n", checks) and not judge_values(b"nan\ninf\ninf\n", checks)
 
 
 def test_a_value_larger_than_a_pipe_buffer_passes_without_waiting():

@@ -15,7 +15,8 @@ comparison, the literals and any `not`. Those never enter the sandbox (neither t
 message), so code cannot forge a pass by printing markers, reading the harness, monkeypatching, exiting early,
 skipping lines with a trace function or writing the channel itself: it would have to produce the right values,
 which is what the test asks. `literal_eval` only rebuilds plain values, so no object with a custom `__eq__` reaches
-the comparison; a value whose repr is not a literal (a numpy scalar, a custom object) fails the test, and so does a
+the comparison (nan, inf and -inf are read as floats); a value whose repr is not a literal (a numpy scalar, a
+custom object) fails the test, and so does a
 test whose values never all arrive. `value_test` is the narrower `assert EXPR == LITERAL` form alone.
 
 Other tests (a loop of asserts, an assert inside a function, `raise`, a comparison of two computed values inside a
@@ -214,7 +215,13 @@ def judge_values(raw: bytes, checks: list[CallerCheck]) -> bool:
     return True
 
 
+_FLOAT_NAMES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
 def _literal_text(text: str) -> tuple[bool, object]:
+    """A returned repr rebuilt as a plain value (ast.literal_eval; also the float reprs nan, inf and -inf)."""
+    if text in _FLOAT_NAMES:
+        return True, _FLOAT_NAMES[text]
     try:
         return True, ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
