@@ -7,7 +7,7 @@ these forms, with any other statements before them (assignments and calls that s
     assert EXPR                      assert not EXPR
     assert EXPR OP LITERAL           assert LITERAL OP EXPR        (OP: == != < <= > >= in, not in; is, is not
     assert LIT OP EXPR OP LIT ...                                   with None/True/False; a chain: one EXPR)
-    assert abs(EXPR - LITERAL) OP LITERAL                           (a tolerance; numbers only)
+    assert abs(EXPR - LITERAL) OP LITERAL                           (a tolerance)
 
 The program runs the code and the test's other statements; each `assert` is replaced by a statement that returns
 `repr(EXPR)` (`repr(bool(EXPR))` for the first two forms) on a private channel, and the caller applies the
@@ -16,12 +16,14 @@ message), so code cannot forge a pass by printing markers, reading the harness, 
 skipping lines with a trace function or writing the channel itself: it would have to produce the right values,
 which is what the test asks. `literal_eval` only rebuilds plain values, so no object with a custom `__eq__` reaches
 the comparison (nan, inf and -inf are read as floats); a value whose repr is not a literal (a numpy scalar, a
-custom object) fails the test, and so does a
-test whose values never all arrive. `value_test` is the narrower `assert EXPR == LITERAL` form alone.
+custom object) fails the test, and so does a test whose values never all arrive. A condition that is not a
+comparison with literals (`assert is_sorted(xs)`, `assert f(1) == f(2)`) runs in the sandbox as Python would run
+it; only its truth comes back, and whether it was negated stays outside. `value_test` is the narrower
+`assert EXPR == LITERAL` form alone.
 
-Other tests (a loop of asserts, an assert inside a function, `raise`, a comparison of two computed values inside a
-bigger expression...): a test passes when `code` followed by the test runs to the end, judged by exit status 0
-*and* a fresh random nonce arriving on the verdict pipe. The caller writes the nonce into a pipe the program
+Other tests (a loop of asserts, an assert inside a function, `raise`, a statement after the last assert): a test
+passes when `code` followed by the test runs to the end, judged by exit status 0 *and* a fresh random nonce
+arriving on the verdict pipe. The caller writes the nonce into a pipe the program
 inherits; only the statement after the test moves it to the verdict pipe. Printing a marker or exiting early fails.
 
 Not defended for those other tests: code that deliberately drives the inherited pipes itself (reads the nonce pipe
