@@ -1754,6 +1754,74 @@ class Outcome:
     tests: list[str] = field(default_factory=list)
 
 
+# sandbox-audit round: preflab.sandbox (limits, environment, output cap, clean-up, the guard's report, run_tests'
+# verdicts judged on the caller's side and by nonce)
+SANDBOX = ["tests/test_sandbox.py", "tests/test_sandbox_attacks.py"]
+SANDBOX_VERDICTS = ["tests/test_sandbox_attacks.py", "tests/test_sandbox.py", "tests/test_sandbox_processes.py", "-k",
+                    "verdict or forged or forgeries or judged or early or value or pipe or right_value"]
+
+MUTANTS += [
+    Mutant("sb-wall-timeout-not-applied", "sandbox/runner.py",
+           [("io = _collect(proc, status_r, start + timeout_s, cap)",
+             "io = _collect(proc, status_r, start + 10 * timeout_s, cap)")], SANDBOX,
+           "the wall-clock limit is ten times what was asked (a sleeping program holds the caller)"),
+    Mutant("sb-cpu-limit-from-wall-time", "sandbox/runner.py",
+           [("cpu_limit = max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s))",
+             "cpu_limit = max(1, math.ceil(timeout_s))")], SANDBOX, "cpu_s ignored: RLIMIT_CPU from the wall time"),
+    Mutant("sb-memory-subclass-not-classified", "sandbox/runner.py",
+           [("    if _OUT_OF_MEMORY.match(last_line):", "    if last_line.startswith(\"MemoryError\"):")], SANDBOX,
+           "numpy's _ArrayMemoryError reported as an error, not memory"),
+    Mutant("sb-env-inherited", "sandbox/runner.py",
+           [("    env = {\n        \"PATH\": f\"{os.path.dirname(exe)}", "    env = {**os.environ,\n        \"PATH\": f\"{os.path.dirname(exe)}")],
+           SANDBOX, "the caller's environment (HF_TOKEN, API keys) passed to the sandbox"),
+    Mutant("sb-output-cap-not-enforced", "sandbox/runner.py",
+           [("out[\"overflow\"] = out[\"overflow\"] or len(buf) > cap", "out[\"overflow\"] = False")], SANDBOX,
+           "output past max_output_bytes is dropped but the run goes on (a flood holds the caller until timeout)"),
+    Mutant("sb-network-not-blocked", "sandbox/runner.py",
+           [("\"block_network\": block_network,", "\"block_network\": False,")], SANDBOX,
+           "block_network=True ignored: no network namespace, TCP not denied"),
+    Mutant("sb-leftovers-not-killed-by-uid", "sandbox/runner.py",
+           [("    if uid is not None:\n        _host.kill_uid(uid)\n    else:", "    if False:\n        pass\n    else:")],
+           SANDBOX, "a setsid() daemon of the fresh uid outlives the run"),
+    Mutant("sb-workdir-left-behind", "sandbox/runner.py",
+           [("        _remove_tree(workdir)\n", "")], SANDBOX, "every run leaves its temporary folder"),
+    Mutant("sb-guard-report-any-line", "sandbox/runner.py",
+           [("    if lines[0].startswith(\"F \"):", "    if any(ln.startswith(\"F \") for ln in lines):")], SANDBOX,
+           "a line the program writes to the guard's pipe turns the run into a set-up failure"),
+    Mutant("sb-nofile-limit-not-set", "sandbox/runner.py",
+           [("\"nofile\": 256}", "\"nofile\": 1 << 16}")], SANDBOX, "RLIMIT_NOFILE 65536 instead of 256"),
+    Mutant("sb-file-size-in-gb", "sandbox/runner.py",
+           [("\"fsize\": int(max_file_mb) << 20", "\"fsize\": int(max_file_mb) << 30")], SANDBOX,
+           "max_file_mb read as gigabytes"),
+    Mutant("sb-proc-not-private", "sandbox/_launcher.py",
+           [("        if as_root:\n            report[\"proc\"] = private_proc(unshared=bool(cfg[\"hidden\"]))\n", "")],
+           SANDBOX, "the sandbox lists every process and reads their command lines"),
+    Mutant("sb-verdict-from-stdout", "sandbox/checks.py",
+           [("raw = os.pread(fd, _VALUE_LIMIT + 1, 0)", "raw = result.stdout.encode()")], SANDBOX_VERDICTS,
+           "the values are not read from their private channel (the verdict parsed from the wrong stream)"),
+    Mutant("sb-value-count-not-checked", "sandbox/checks.py",
+           [("    if len(lines) != len(checks):\n        return False\n", "")], SANDBOX_VERDICTS,
+           "a run that returns no values (SystemExit(0) in the code) passes every caller-judged test"),
+    Mutant("sb-not-dropped", "sandbox/checks.py",
+           [("lambda v, f=inner.verdict: not f(v)", "lambda v, f=inner.verdict: f(v)")], SANDBOX_VERDICTS,
+           "`assert not EXPR` judged as `assert EXPR`"),
+    Mutant("sb-chain-first-comparison-only", "sandbox/checks.py",
+           [("return all(op(vals[i], vals[i + 1]) for i, op in enumerate(ops))", "return ops[0](vals[0], vals[1])")],
+           SANDBOX_VERDICTS, "`assert a < EXPR < b` checks only a < EXPR"),
+    Mutant("sb-truth-not-a-bool", "sandbox/checks.py",
+           [("lambda v: type(v) is bool and v", "lambda v: v")], SANDBOX_VERDICTS,
+           "any truthy value returned for a condition counts as True"),
+    Mutant("sb-exit-status-ignored", "sandbox/checks.py",
+           [("passed = result.status == \"ok\" and result.returncode == 0 and judge_values(raw, checks)",
+             "passed = judge_values(raw, checks)")], SANDBOX_VERDICTS,
+           "a refused run (a process started, the exception caught) passes with the right values"),
+    Mutant("sb-nonce-not-compared", "sandbox/checks.py",
+           [("passed = result.status == \"ok\" and result.returncode == 0 and verdict == nonce",
+             "passed = result.status == \"ok\" and result.returncode == 0")], SANDBOX_VERDICTS,
+           "a test run in the sandbox passes on exit status 0 alone (an early os._exit(0) passes)"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

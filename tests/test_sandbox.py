@@ -224,9 +224,12 @@ def test_run_tests_verdicts():
     assert [o.passed for o in outcomes] == [True, False, False, True]
     # value tests run the code and return the value (the comparison is the caller's): a wrong value ends "ok"
     assert [o.result.status for o in outcomes] == ["ok", "ok", "timeout", "ok"]
-    other = run_tests(code, ["x = add(1, 2)\nassert x == 4, 'not a value test'"], timeout_s=1.5, memory_mb=128)[0]
-    assert not other.passed and other.result.status == "error"
-    assert other.result.stderr.strip().endswith("AssertionError: not a value test")
+    assert [o.judged_by_caller for o in outcomes] == [True, True, False, True]
+    # an assert inside a loop is a check the caller cannot see: the whole test runs in the sandbox (nonce)
+    other = run_tests(code, ["for x in [1]:\n    assert add(x, 2) == 4, 'in a loop'"], timeout_s=1.5,
+                      memory_mb=128)[0]
+    assert not other.passed and other.result.status == "error" and not other.judged_by_caller
+    assert other.result.stderr.strip().endswith("AssertionError: in a loop")
 
 
 def test_run_tests_early_exit_does_not_pass():

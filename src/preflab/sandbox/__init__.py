@@ -4,6 +4,12 @@
     r = run_python("print(input()[::-1])", stdin="abc", timeout_s=2)   # r.status == "ok", r.stdout == "cba\\n"
     [o.passed for o in run_tests("def add(a, b):\\n    return a + b", ["assert add(1, 2) == 3"])]   # [True]
 
+What it is for: containing model-written code that is buggy or games its reward (hangs, floods, allocates, forks,
+forges a test verdict, reads secrets from the environment or the home folder). The limits are the kernel's (rlimits,
+namespaces, Landlock, seccomp) where this machine offers them, and `SandboxResult.isolation` says which; it is not a
+virtual machine: a determined attacker with a kernel exploit, or with the weaker non-root set-up below, is not
+stopped by it. Run untrusted code from outside your organisation in a VM or container as well.
+
 Each run gets a fresh temporary working folder (also HOME and TMPDIR) holding `main.py` and any `files`, run by
 `python -I -B` (isolated mode: no PYTHON* variables, no user site-packages, no bytecode files), which first runs the
 guard (`_guard.py`, below) and then `main.py` as `__main__`, as `python main.py` would. A small launcher
@@ -26,7 +32,8 @@ What is isolated (any caller)
 - Time: wall clock (`timeout_s`; the whole process group is killed) and CPU seconds per process (RLIMIT_CPU).
   When a run ends, its leftover processes are SIGKILLed and waited for (pidfds, at most 2 s) before
   `run_python` returns.
-- Memory: address space per process (RLIMIT_AS = `memory_mb`); Python raises MemoryError, reported as "memory".
+- Memory: address space per process (RLIMIT_AS = `memory_mb`); Python raises MemoryError (or a subclass, such as
+  numpy's _ArrayMemoryError), reported as "memory".
   Memory outside RLIMIT_AS is closed off: memfd_create/memfd_secret are refused (seccomp) and SysV shared memory
   is capped at `memory_mb` in the run's own IPC namespace (refused where the cap cannot be set).
 - Output: stdout and stderr are read with a byte cap each (`max_output_bytes`); past it the run is killed.
@@ -53,6 +60,8 @@ What is isolated (any caller)
   * processes: RLIMIT_NPROC = `max_processes` for that uid (processes and threads), so a fork bomb stops
     there; when the run ends every process of that uid is killed (pidfd-pinned, so never an unrelated one),
     including ones that left the process group with setsid().
+  * /proc: in a private mount namespace, a fresh procfs with hidepid=2 (Linux >= 5.8; best effort, reported as
+    `isolation["proc"]`): the run sees only its own processes, not the caller's or anyone's command lines.
   * mounts: only if the interpreter lives under a folder the fresh uid cannot enter (e.g. a venv pointing into
     /root), a private mount namespace covers that folder with an empty tmpfs and binds back only the
     interpreter's trees; the rest of that folder is invisible. The caller's mounts are never changed.
@@ -64,6 +73,10 @@ What is isolated (any caller)
     ends, every process in that namespace (or one nested in it) is killed, including ones that called setsid().
 
 What is not isolated
+- /proc for non-root callers (and root on Linux < 5.8): every process and its command line can be listed and read
+  (/proc/<pid>/environ of other processes cannot). Do not pass secrets on command lines.
+- `SandboxResult.limits_hit` is read partly from the program's own stderr (a MemoryError line, "File too large", a
+  failed fork): a program can add those labels to its own failed run, never turn a run into "ok".
 - Reading as root: any file readable by "other" users (most of /usr, /etc, world-readable project files) can be
   read; only writing is confined. Do not put secrets in world-readable files.
 - Memory is limited per process, not in total: up to `max_processes` x `memory_mb`. Disk use inside the working
@@ -79,7 +92,11 @@ What is not isolated
   child that calls setsid() can outlive the run); without Landlock, the child can read and write whatever the
   caller can.
 - Without Landlock and as root, the fresh uid can still write world-writable places (/tmp, /dev/shm).
-- `run_tests` verdicts: see `preflab.sandbox.checks` (code that drives the harness's pipes itself can forge one).
+- `run_tests` verdicts: see `preflab.sandbox.checks`. Tests made of top-level asserts (`assert f(x)`, `assert not
+  f(x)`, `assert f(x) OP literal`, chains, `abs(f(x) - a) < tol`) are judged on the caller's side and cannot be
+  forged; any other test (an assert in a loop or function, `raise`) runs whole in the sandbox, and a few generic
+  lines of code (an atexit hook driving the inherited pipes, a trace function that jumps over assert lines) forge
+  its pass. `TestOutcome.judged_by_caller` says which.
 """
 from preflab.sandbox.checks import TestOutcome, run_tests
 from preflab.sandbox.runner import SandboxError, SandboxResult, SandboxWarning, run_python

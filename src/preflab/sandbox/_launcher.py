@@ -8,6 +8,10 @@ It runs as the caller's user, applies every limit in this order, and then `execv
 1. mount namespace (root only, only when the interpreter lives under a folder the sandbox user cannot enter, e.g.
    a venv pointing into /root): a private namespace in which that folder is covered by an empty read-only-by-mode
    tmpfs with only the interpreter trees bound back in; the rest of the folder is hidden.
+   Also for root (best effort, reported): /proc in that private mount namespace is a fresh procfs with
+   hidepid=2, so the sandbox uid sees only its own processes (not other processes' command lines, which may carry
+   secrets). Only on Linux >= 5.8, where each procfs mount has its own options (before, the options were shared
+   with the host's /proc).
 2. namespaces (root: `unshare(CLONE_NEWIPC|CLONE_NEWNET)`; non-root: the same inside a new user namespace): a
    private IPC namespace (SysV shared memory, semaphores and message queues die with the run and cannot link runs;
    shared memory is capped at `memory_mb` in it) and, when the network is blocked, a network namespace in which the
@@ -97,6 +101,28 @@ def expose_hidden(hidden: dict[str, list[str]]) -> str:
             _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
             os.close(fd)
     return "private mount namespace; " + ", ".join(f"{k} hidden except {v}" for k, v in hidden.items())
+
+
+MS_NOEXEC = 8
+
+
+def private_proc(unshared: bool) -> str:
+    """/proc as a fresh procfs with hidepid=2 in a private mount namespace (root): other uids' processes are
+    invisible. Best effort; the result says what was done. `unshared`: the mount namespace already exists."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        major, minor = 0, 0
+    if (major, minor) < (5, 8):
+        return "other processes visible (/proc not remounted: per-mount procfs options need Linux >= 5.8)"
+    try:
+        if not unshared:
+            _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below reaches the caller's mount namespace
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+    except OSError as e:
+        return f"other processes visible ({e.strerror})"
+    return "fresh /proc with hidepid=2: only the run's own processes are visible"
 
 
 def isolate_namespaces(as_root: bool, block_network: bool, shm_bytes: int) -> dict[str, str]:
@@ -250,6 +276,8 @@ def main() -> None:
         as_root = cfg["uid"] is not None
         if cfg["hidden"]:
             report["mounts"] = expose_hidden(cfg["hidden"])
+        if as_root:
+            report["proc"] = private_proc(unshared=bool(cfg["hidden"]))
         report.update(isolate_namespaces(as_root, cfg["block_network"], cfg["limits"]["as"]))
         set_limits(cfg["limits"])
         if as_root:

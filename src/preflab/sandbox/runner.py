@@ -28,6 +28,9 @@ _LAUNCHER = Path(__file__).with_name("_launcher.py")
 _GRACE_S = 0.2  # after the main process exits, how long its children may keep the output pipes open
 PAST_THE_GUARD = "{n} process(es) started past the guard, alive when the run ended (killed)"
 _FORK_FAILED = re.compile(r"BlockingIOError: \[Errno 11\]|can't start new thread|Resource temporarily unavailable")
+# the exception line of a failed allocation: MemoryError, and subclasses such as numpy's _ArrayMemoryError
+# ("numpy._core._exceptions._ArrayMemoryError: Unable to allocate ..."), or the C library's ENOMEM text
+_OUT_OF_MEMORY = re.compile(r"[\w.]*MemoryError\b|.*Cannot allocate memory")
 
 
 class SandboxError(PreflabError):
@@ -51,7 +54,7 @@ class SandboxResult:
     """What one sandboxed run did.
 
     status: "ok" (exit 0), "error" (non-zero exit, e.g. an uncaught exception), "timeout" (wall-time or CPU-time
-    limit), "memory" (the memory limit: MemoryError), "output_limit" (stdout or stderr passed `max_output_bytes`),
+    limit), "memory" (the memory limit: MemoryError or a subclass such as numpy's), "output_limit" (stdout or stderr passed `max_output_bytes`),
     "killed" (ended by another signal, e.g. SIGSEGV), "refused" (the program tried to start a process, execute a
     program or call C code through ctypes/cffi: the call raised `SandboxRefused` and is listed in `refused`; the run
     counts as refused whether or not the program caught the exception and went on; a guarded run that still had
@@ -403,7 +406,7 @@ def _classify(rc: int, io: dict, wall: float, rusage, left: int, config: dict, c
         hit.append("wall")
     if rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and cpu >= cpu_limit):
         hit.append("cpu")
-    if last_line.startswith("MemoryError") or "Cannot allocate memory" in last_line:
+    if _OUT_OF_MEMORY.match(last_line):
         hit.append("memory")
     if io["overflow"]:
         hit.append("output")
