@@ -55,7 +55,8 @@ class TrainConfig:
     router_aux_loss_coef: float | None = None  # TRL: MoE router load-balancing loss weight (None: the model config's)
     # optimisation
     learning_rate: float = 1e-6
-    lr_scheduler_type: str = "linear"          # linear | cosine | constant
+    lr_scheduler_type: str = "linear"          # linear | cosine | constant | ... (preflab.lr_schedule_options)
+    lr_scheduler_kwargs: dict | None = None    # TRL: the schedule's keyword arguments (num_cycles, min_lr, ...)
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -288,6 +289,7 @@ class TrainConfig:
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
+        from preflab.lr_schedule_options import schedule_kwargs_errors
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
 
@@ -302,6 +304,7 @@ class TrainConfig:
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
+        out += schedule_kwargs_errors(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.learning_rate)
         if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
             out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
                        "(warmup_steps would win and warmup_ratio be ignored); keep one.")

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from preflab.lr_schedule_options import SCHEDULE_KWARGS
 from preflab.recipe_names import RECIPE_TASKS
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) takes seeds below 2**32
@@ -136,8 +137,12 @@ OPTIONS: dict[str, Option] = {
                              "(loss_type + ['sft'])"),
     # optimisation
     "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
-    "lr_scheduler_type": one_of(("linear", "cosine", "constant", "constant_with_warmup"),
-                                "schedule after warmup (constant and constant_with_warmup both warm up)"),
+    "lr_scheduler_type": one_of(tuple(SCHEDULE_KWARGS), "schedule after warmup (constant and constant_with_warmup "
+                                "both warm up; the others are transformers' get_scheduler schedules, its kwargs in "
+                                "lr_scheduler_kwargs)"),
+    "lr_scheduler_kwargs": Option("TRL's lr_scheduler_kwargs: the schedule's keyword arguments (cosine num_cycles; "
+                                  "cosine_with_min_lr min_lr or min_lr_rate; polynomial lr_end, power; "
+                                  "warmup_stable_decay num_decay_steps, ...; unknown keys are errors)"),
     "warmup_steps": at_least(0, "linear warmup steps (give warmup_steps or warmup_ratio, not both)"),
     "warmup_ratio": within(0, 1, "warmup as a fraction of the total steps"),
     "weight_decay": at_least(0, "AdamW decoupled weight decay"),

@@ -187,8 +187,6 @@ REFUSED = {
     "save_safetensors": (True, "preflab saves safetensors only"),
     "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
                                "prefix_packed already drops the padding); remove it"),
-    "lr_scheduler_kwargs": (None, "scheduler options are not supported; use lr_scheduler_type linear, cosine, "
-                                  "constant or constant_with_warmup with warmup_steps / warmup_ratio"),
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
     "chat_template_path": (None, "save the chat template with the tokenizer in the model directory "
                                  "(tokenizer.chat_template), then point model_name_or_path at it"),
@@ -475,6 +473,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     if "eval_steps" in raw and raw["eval_steps"] is None:
         raw.pop("eval_steps")  # TRL's default: logging_steps when eval_strategy is steps (applied below)
     _grpo_loss_type(raw, errors)
+    _lr_schedule(raw, errors)
     _strategies(raw, notes, errors)
     _ratios(raw, notes, errors)
     _model_kwargs(raw, errors)
@@ -510,6 +509,26 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "
                       "vespo.")
+
+
+def _lr_schedule(raw: dict, errors: list) -> None:
+    """lr_scheduler_kwargs as TrainingArguments reads it (a JSON string from its command line; {} and null: none);
+    a transformers schedule preflab does not have is refused with its reason (REFUSED_SCHEDULES)."""
+    from preflab.lr_schedule_options import REFUSED_SCHEDULES, parsed_kwargs
+
+    if "lr_scheduler_kwargs" in raw:
+        try:
+            kwargs = parsed_kwargs(raw.pop("lr_scheduler_kwargs"))
+        except ValueError as exc:
+            errors.append(f"lr_scheduler_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
+                          "lr_scheduler_kwargs: {min_lr_rate: 0.1}.")
+            return
+        if kwargs not in (None, {}):
+            raw["lr_scheduler_kwargs"] = kwargs
+    kind = raw.get("lr_scheduler_type")
+    if isinstance(kind, str) and kind in REFUSED_SCHEDULES:
+        raw.pop("lr_scheduler_type")
+        errors.append(f"lr_scheduler_type={kind!r} is not supported: {REFUSED_SCHEDULES[kind]}.")
 
 
 def _strategies(raw: dict, notes: list, errors: list) -> None:
