@@ -112,6 +112,7 @@ class TrainConfig:
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
     eval_on_start: bool = False                # TRL: evaluate the starting model before the first step (driver.py)
+    eval_delay: float = 0                      # TRL: no evaluation before this step (this epoch with eval_strategy epoch)
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_strategy: str | None = None           # TRL: best: a checkpoint at each evaluation that improves metric_for_best_model
@@ -282,6 +283,15 @@ class TrainConfig:
                 "nothing to evaluate. Set eval_dataset_name or eval_fraction (and no eval_strategy: no), or remove "
                 "eval_on_start."]
 
+    def _eval_delay_conflicts(self) -> list[str]:
+        """eval_delay delays the run's evaluations (loops/driver.py): refused beside eval_strategy: no, where there
+        is no evaluation to delay (a run without an eval set is told so when it reads its data, as for eval_steps:
+        data.eval_set.note_eval_steps_without_eval_set). Recipes refuse it with their other unread options."""
+        if not self.eval_delay or self.eval_strategy != "no" or self.task in RECIPE_TASKS:
+            return []
+        return [f"eval_delay={self.eval_delay:g} delays the first evaluation, but eval_strategy: no turns evaluation "
+                "off, so there is nothing to delay; remove one."]
+
     def _conflicts(self) -> list[str]:
         from preflab.best_model_options import best_model_option_errors
         from preflab.config_defaults import set_options
@@ -322,7 +332,7 @@ class TrainConfig:
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no).")
-        out += self._eval_on_start_conflicts()
+        out += self._eval_on_start_conflicts() + self._eval_delay_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
                        "eval_steps would do nothing); remove one.")

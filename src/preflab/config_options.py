@@ -221,6 +221,9 @@ OPTIONS: dict[str, Option] = {
     "eval_on_start": Option("TRL: evaluate the starting model before the first step, logged at step 0 (a resumed "
                             "run: at its checkpoint's step); not a best-model candidate (transformers); needs an eval "
                             "set"),
+    "eval_delay": at_least(0, "TRL's eval_delay: no evaluation before this many steps (eval_strategy epoch: "
+                              "epochs), the final one included; eval_on_start and a callback's should_evaluate "
+                              "still evaluate (transformers)"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
     "save_strategy": one_of(("best", "epoch"), "TRL's save_strategy best: a checkpoint at each evaluation that "
                                                 "improves metric_for_best_model; epoch: one at the end of each epoch "

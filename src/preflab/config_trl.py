@@ -198,7 +198,6 @@ REFUSED = {
     "label_smoothing_factor": (0.0, "transformers' label smoothing of a token loss does not apply to preference "
                                     "losses; use label_smoothing (loss_type robust / cdpo) or remove it"),
     "auto_find_batch_size": (False, "set per_device_train_batch_size (and gradient_accumulation_steps) yourself"),
-    "eval_delay": (0, "evaluation runs every eval_steps from the start; remove eval_delay"),
     "prediction_loss_only": (False, "preflab has no prediction step; evaluation logs its own eval_* metrics"),
     "save_on_each_node": (False, "the main process writes each checkpoint once; use an output_dir every node "
                                  "can read"),
