@@ -102,6 +102,9 @@ class TrainConfig:
     lora_alpha: int = ModelPartOptions.lora_alpha
     lora_dropout: float = ModelPartOptions.lora_dropout
     lora_target_modules: Any = ModelPartOptions.lora_target_modules
+    use_rslora: bool = ModelPartOptions.use_rslora
+    use_dora: bool = ModelPartOptions.use_dora
+    lora_modules_to_save: Any = ModelPartOptions.lora_modules_to_save
     trust_remote_code: bool = False
     allow_pickle: bool = False                 # allow .bin/.pt weights (pickle); off: safetensors only
     # output
@@ -292,6 +295,28 @@ class TrainConfig:
         return [f"eval_delay={self.eval_delay:g} delays the first evaluation, but eval_strategy: no turns evaluation "
                 "off, so there is nothing to delay; remove one."]
 
+    def _lora_option_conflicts(self) -> list[str]:
+        """TRL ModelConfig's use_rslora / use_dora / lora_modules_to_save where preflab cannot honour them (without
+        use_peft: config_owners): task: diffusion saves its adapters in diffusers' LoRA format, which keeps neither
+        the rsLoRA scale, DoRA's magnitudes nor whole modules; a 4/8-bit base (QLoRA) is verified with plain
+        adapters only (a whole copy of a quantized module cannot train, DoRA on bitsandbytes layers is untested)."""
+        if not self.use_peft:
+            return []
+        asked = [k for k in ("use_rslora", "use_dora", "lora_modules_to_save") if getattr(self, k)]
+        if self.task == "diffusion" and asked:
+            return [f"{', '.join(asked)}: task: diffusion adds its LoRA adapters with diffusers and saves them in "
+                    "diffusers' LoRA format, which keeps neither the rsLoRA scale, DoRA's magnitude vectors nor "
+                    "whole modules (a saved run would load as another model); remove "
+                    f"{'it' if len(asked) == 1 else 'them'}."]
+        quantized = [f"load_in_{b}bit" for b in ("4", "8") if getattr(self, f"load_in_{b}bit")]
+        refused = [k for k in asked if k != "use_rslora"]
+        if quantized and refused:
+            return [f"{', '.join(refused)} with {quantized[0]} (QLoRA) is not supported: preflab's quantized base is "
+                    "verified with plain adapters (use_rslora works); DoRA on bitsandbytes layers is untested here "
+                    "and a whole copy of a quantized module cannot train. Remove "
+                    f"{'it' if len(refused) == 1 else 'them'}, or load the base unquantized."]
+        return []
+
     def _conflicts(self) -> list[str]:
         from preflab.best_model_options import best_model_option_errors
         from preflab.config_defaults import set_options
@@ -332,7 +357,7 @@ class TrainConfig:
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no).")
-        out += self._eval_on_start_conflicts() + self._eval_delay_conflicts()
+        out += self._eval_on_start_conflicts() + self._eval_delay_conflicts() + self._lora_option_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
                        "eval_steps would do nothing); remove one.")
@@ -808,8 +833,9 @@ def lora_off_overrides() -> list[str]:
     import dataclasses
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return ["use_peft=false"] + [f"{k}={defaults[k]}" for k in ("lora_r", "lora_alpha", "lora_dropout",
-                                                                   "lora_target_modules")]
+    shown = {None: "null", False: "false"}  # read back as YAML: "None" would be the text None
+    return ["use_peft=false"] + [f"{k}={shown.get(defaults[k], defaults[k])}" for k in (
+        "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora", "lora_modules_to_save")]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), preflab_overrides: list[str] = ()) -> TrainConfig:

@@ -208,6 +208,15 @@ OPTIONS: dict[str, Option] = {
     "lora_r": above(0, "LoRA rank"),
     "lora_alpha": above(0, "LoRA scaling numerator (scale = lora_alpha / lora_r)"),
     "lora_dropout": within(0, 1, "dropout on the LoRA input", high_open=True),
+    "use_rslora": Option("TRL's use_rslora: rank-stabilised LoRA, adapter scale lora_alpha / sqrt(lora_r) instead of "
+                         "lora_alpha / lora_r (Kalajdzievski 2023)"),
+    "use_dora": Option("TRL's use_dora: weight-decomposed LoRA (DoRA, Liu et al. 2024): a trained magnitude vector "
+                       "per adapted layer beside the adapters"),
+    "lora_modules_to_save": Option("TRL's lora_modules_to_save: module names (suffixes) trained whole beside the "
+                                   "adapters (PEFT modules_to_save, e.g. [lm_head, embed_tokens]); saved with the "
+                                   "adapters", "a list of module names",
+                                   lambda v: v is None or (isinstance(v, (list, tuple)) and all(
+                                       isinstance(n, str) and n for n in v))),
     "lora_target_modules": Option("module names (suffixes) that get adapters, or all-linear",
                                   "all-linear, a name, or a non-empty list of names", _target_modules_ok),
     "trust_remote_code": Option("run model code shipped with a hub model (off: refused)"),

@@ -169,9 +169,6 @@ REFUSED = {
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
     "activation_offloading": (False, "not supported; use gradient_checkpointing: true"),
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
-    "use_rslora": (False, "rsLoRA is not supported; remove use_rslora"),
-    "use_dora": (False, "DoRA is not supported; remove use_dora"),
-    "lora_modules_to_save": (None, "not supported; remove lora_modules_to_save"),
     "dataset_config": (None, "preflab has no dataset configuration names; give the files or a save_to_disk "
                              "directory in dataset_name"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
