@@ -171,6 +171,7 @@ def test_keys_without_effect_say_so_once(capsys):
     config_from_dict({**BASE, "include_tokens_per_second": True})
     assert capsys.readouterr().err.count("preflab: note: include_tokens_per_second: tokens_per_second is always") == 1
     config_from_dict({**BASE, "use_logits_to_keep": False, "tf32": None, "lr_scheduler_kwargs": {},
+                      "use_dora": False, "use_rslora": False, "lora_modules_to_save": None, "eval_delay": 0,
                       "eval_on_start": False, "tools": None})  # TRL defaults: silent
     assert capsys.readouterr().err == ""
 

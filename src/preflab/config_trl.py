@@ -440,6 +440,9 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         raw.pop("lora_modules_to_save")  # TRL's reward docs: PEFT SEQ_CLS keeps the score head whole, as preflab does
         notes.append("lora_modules_to_save: [score]: task: reward trains the score head whole beside the adapters "
                      "(PEFT's SEQ_CLS modules_to_save), so it is what runs anyway.")
+    for key in ("use_rslora", "use_dora", "lora_modules_to_save"):  # TRL ModelConfig's, preflab options now
+        if key in raw and _same(raw[key], False if key != "lora_modules_to_save" else None):
+            raw.pop(key)  # TRL's default (off) asks for nothing: not refused beside use_peft: false as a LoRA option
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
