@@ -312,8 +312,9 @@ class TrainConfig:
         refused = [k for k in asked if k != "use_rslora"]
         if quantized and refused:
             return [f"{', '.join(refused)} with {quantized[0]} (QLoRA) is not supported: preflab's quantized base is "
-                    "verified with plain adapters (use_rslora works); DoRA on bitsandbytes layers is untested here "
-                    "and a whole copy of a quantized module cannot train. Remove "
+                    "verified with plain adapters (use_rslora, which only changes their scale, is accepted); DoRA "
+                    "on bitsandbytes layers is untested here and a whole copy of a quantized module cannot train. "
+                    "Remove "
                     f"{'it' if len(refused) == 1 else 'them'}, or load the base unquantized."]
         return []
 
