@@ -188,3 +188,20 @@ def test_a_lora_reward_model_takes_the_three_options_beside_its_whole_score_head
     assert any("lora_magnitude_vector" in n for n in trainable)
     assert any("embed_tokens.modules_to_save" in n for n in trainable) and any("score.modules_to_save" in n
                                                                               for n in trainable)
+
+
+def test_a_vlm_policy_takes_the_options_on_its_language_model():
+    """task: vlm's adapters (add_vlm_lora: the language model's layers, the tower frozen) get rsLoRA's scale and
+    DoRA's magnitudes, and lm_head trains whole."""
+    from preflab.config import config_from_dict
+    from preflab.models.tiny_vlm import tiny_vlm, tiny_vlm_processor
+    from preflab.models.vlm_parts import add_vlm_lora
+
+    cfg = config_from_dict({"task": "vlm", "model_name_or_path": "builtin:tiny-llava", "dataset_name": "x.jsonl",
+                            **LORA})
+    policy = add_vlm_lora(tiny_vlm(tiny_vlm_processor("llava"), arch="llava"), cfg)
+    layers = [m for n, m in policy.named_modules() if hasattr(m, "lora_magnitude_vector") and "default" in m.scaling]
+    assert layers and all(m.scaling["default"] == pytest.approx(8 / math.sqrt(4)) for m in layers)
+    assert all("vision" not in n for n, m in policy.named_modules() if hasattr(m, "lora_A") and m.lora_A)
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert any("lm_head.modules_to_save" in n for n in trainable)
