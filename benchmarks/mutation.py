@@ -1822,6 +1822,51 @@ MUTANTS += [
 ]
 
 
+# trl-gaps-2 round: transformers' schedules and lr_scheduler_kwargs, eval_delay, rsLoRA / DoRA / modules_to_save
+LR_KWARGS = ["tests/loops/test_lr_schedule_values.py", "tests/test_config_trl.py", "-k",
+             "transformers or polynomial or cosine_num_cycles or lr_scheduler"]
+EVAL_DELAY = ["tests/loops/test_eval_delay.py"]
+LORA_TRL = ["tests/loops/test_lora_trl_options.py"]
+MUTANTS += [
+    Mutant("trlgaps2-restarts-no-zero-at-end", "loops/optimizer.py",
+           [("return 0.0 if progress >= 1.0 else", "return 0.0 if progress > 1.0 else")], LR_KWARGS,
+           "cosine_with_restarts is 1, not 0, at the last step"),
+    Mutant("trlgaps2-polynomial-power-ignored", "loops/optimizer.py",
+           [("remaining ** kw[\"power\"]", "remaining")], LR_KWARGS, "polynomial decays linearly whatever power"),
+    Mutant("trlgaps2-inverse-sqrt-timescale", "loops/optimizer.py",
+           [("timescale = kw[\"timescale\"] or warmup or 10_000", "timescale = kw[\"timescale\"] or 10_000")],
+           LR_KWARGS, "inverse_sqrt's timescale defaults to 10000 despite a warmup"),
+    Mutant("trlgaps2-min-lr-absolute", "loops/optimizer.py",
+           [("else kw[\"min_lr\"] / base_lr", "else kw[\"min_lr\"]")], LR_KWARGS,
+           "cosine_with_min_lr reads min_lr as a rate of learning_rate"),
+    Mutant("trlgaps2-wsd-stable-length", "loops/optimizer.py",
+           [("else total - warmup - decay", "else total - decay")], LR_KWARGS,
+           "warmup_stable_decay's stable phase counts the warmup steps twice"),
+    Mutant("trlgaps2-wsd-1-sqrt-warmup", "loops/optimizer.py",
+           [("return 1.0 - math.sqrt(1.0 - progress) if rising", "return math.sqrt(progress) if rising")], LR_KWARGS,
+           "warmup_stable_decay's 1-sqrt warmup is sqrt(p)"),
+    Mutant("trlgaps2-unknown-kwarg-accepted", "lr_schedule_options.py",
+           [("\"remove it.\" for key in kwargs if key not in accepted]",
+             "\"remove it.\" for key in kwargs if key not in accepted and key != \"min_lr\"]")], LR_KWARGS,
+           "min_lr is accepted by every schedule (and ignored by linear)"),
+    Mutant("trlgaps2-eval-delay-ignored", "loops/driver.py",
+           [("        return reached < delay\n", "        return False\n")], EVAL_DELAY,
+           "eval_delay changes nothing"),
+    Mutant("trlgaps2-eval-delay-epoch-as-steps", "loops/driver.py",
+           [("if self.cfg.eval_strategy == \"epoch\" else step", "if False else step")], EVAL_DELAY,
+           "eval_delay counts steps under eval_strategy epoch"),
+    Mutant("trlgaps2-rslora-dropped", "models/load.py",
+           [("task_type=\"CAUSAL_LM\", use_rslora=use_rslora,", "task_type=\"CAUSAL_LM\", use_rslora=False,")],
+           LORA_TRL, "use_rslora never reaches peft (scale alpha / r)"),
+    Mutant("trlgaps2-modules-to-save-unchecked", "models/load.py",
+           [("missing = [n for n in names or [] if", "missing = [n for n in [] if")], LORA_TRL,
+           "a lora_modules_to_save name that matches nothing is accepted"),
+    Mutant("trlgaps2-eval-rebuild-plain-lora", "eval/loading.py",
+           [("lora[\"lora_target_modules\"], **lora_extras(lora))", "lora[\"lora_target_modules\"])")], LORA_TRL,
+           "preflab eval rebuilds a DoRA / modules_to_save checkpoint with plain adapters"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

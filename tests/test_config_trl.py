@@ -120,15 +120,46 @@ def test_renamed_and_translated_keys():
 
 @pytest.mark.parametrize("key,value,why", [
     ("activation_offloading", True, "gradient_checkpointing"), ("optim", "adafactor", "AdamW"),
-    ("push_to_hub", True, "does not upload"), ("use_dora", True, "DoRA"),
+    ("push_to_hub", True, "does not upload"), ("use_dora", True, "use_dora only applies to use_peft: true"),
     # TrainingArguments / TRL keys that were "unknown config key" errors with no reason
     ("eval_on_start", True, "no eval set"), ("group_by_length", True, "seeded order"),
-    ("lr_scheduler_kwargs", {"min_lr": 0.0}, "scheduler options"), ("tools", [{"type": "function"}], "'tools' column"),
+    ("lr_scheduler_kwargs", {"min_lr": 0.0}, "'min_lr' is not an option of lr_scheduler_type 'linear' \\(it takes: "
+                                             "none\\)"),
+    ("lr_scheduler_type", "reduce_lr_on_plateau", "eval metric"), ("tools", [{"type": "function"}], "'tools' column"),
     ("chat_template_path", "t.jinja", "tokenizer.chat_template"),
 ])
 def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
     with pytest.raises(ConfigError, match=why):
         config_from_dict({**BASE, key: value})
+
+
+def test_lr_scheduler_kwargs_reach_the_schedule_and_unknown_keys_name_the_accepted_ones():
+    """TRL's lr_scheduler_kwargs (a mapping, or the JSON string TrainingArguments takes) with the schedule it is for;
+    a key that schedule does not take is refused naming it and the keys it takes (transformers: a TypeError)."""
+    cfg = config_from_dict({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": '{"min_lr_rate": '
+                            '"0.1"}'})
+    assert cfg.lr_scheduler_kwargs == {"min_lr_rate": 0.1}  # as transformers reads a JSON string
+    with pytest.raises(ConfigError, match="lr_scheduler_kwargs key 'lr_end' is not an option of lr_scheduler_type "
+                                          "'cosine_with_min_lr' \\(it takes: num_cycles, min_lr, min_lr_rate\\)"):
+        config_from_dict({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"lr_end": 0.0}})
+    with pytest.raises(ConfigError, match="needs exactly one of min_lr .* or min_lr_rate"):
+        config_from_dict({**BASE, "lr_scheduler_type": "cosine_with_min_lr"})
+    with pytest.raises(ConfigError, match="needs num_decay_steps"):
+        config_from_dict({**BASE, "lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {
+            "num_stable_steps": 3}})
+    with pytest.raises(ConfigError, match="decay_type='exp' .* must be one of linear \\| cosine \\| 1-sqrt"):
+        config_from_dict({**BASE, "lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {
+            "num_decay_steps": 3, "decay_type": "exp"}})
+    with pytest.raises(ConfigError, match="lr_end=0.1 must be below learning_rate=0.01"):
+        config_from_dict({**BASE, "learning_rate": 0.01, "lr_scheduler_type": "polynomial",
+                          "lr_scheduler_kwargs": {"lr_end": 0.1}})
+    with pytest.raises(ConfigError, match="not an option of lr_scheduler_type 'constant_with_warmup'"):
+        config_from_dict({**BASE, "lr_scheduler_type": "constant_with_warmup", "lr_scheduler_kwargs": {"x": 1}})
+    for kind, kwargs in (("cosine", {"num_cycles": 1.5}), ("cosine_with_restarts", {"num_cycles": 2}),
+                         ("polynomial", {"lr_end": 1e-8, "power": 2.0}), ("inverse_sqrt", {"timescale": 5}),
+                         ("warmup_stable_decay", {"num_decay_steps": 3, "min_lr_ratio": 0.1, "decay_type": "1-sqrt"})):
+        assert config_from_dict({**BASE, "lr_scheduler_type": kind, "lr_scheduler_kwargs": kwargs}
+                                ).lr_scheduler_kwargs == kwargs
 
 
 def test_keys_without_effect_say_so_once(capsys):
@@ -140,6 +171,7 @@ def test_keys_without_effect_say_so_once(capsys):
     config_from_dict({**BASE, "include_tokens_per_second": True})
     assert capsys.readouterr().err.count("preflab: note: include_tokens_per_second: tokens_per_second is always") == 1
     config_from_dict({**BASE, "use_logits_to_keep": False, "tf32": None, "lr_scheduler_kwargs": {},
+                      "use_dora": False, "use_rslora": False, "lora_modules_to_save": None, "eval_delay": 0,
                       "eval_on_start": False, "tools": None})  # TRL defaults: silent
     assert capsys.readouterr().err == ""
 

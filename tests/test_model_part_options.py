@@ -14,13 +14,15 @@ NAMES = [f.name for f in dataclasses.fields(ModelPartOptions)]
 
 def test_model_part_options_left_out_are_train_configs_defaults():
     """A config.yaml without the options rebuilds the model as TrainConfig's defaults would (value equality: a default
-    that drifts on either side fails), and the eight are the ones vlm_run, freeze_vision and add_vlm_lora read."""
+    that drifts on either side fails), and the eleven are the ones vlm_run, freeze_vision and add_vlm_lora read."""
     assert sorted(NAMES) == sorted(["use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                                    "use_rslora", "use_dora", "lora_modules_to_save",
                                     "freeze_vision_tower", "freeze_multi_modal_projector", "clue_aggregator"])
     train = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in NAMES}
     assert dataclasses.asdict(model_part_options({}, "run/config.yaml")) == train
     assert train == {"use_peft": False, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-                     "lora_target_modules": "all-linear", "freeze_vision_tower": True,
+                     "lora_target_modules": "all-linear", "use_rslora": False, "use_dora": False,
+                     "lora_modules_to_save": None, "freeze_vision_tower": True,
                      "freeze_multi_modal_projector": False, "clue_aggregator": False}
 
 
@@ -29,6 +31,7 @@ def test_model_part_options_of_a_saved_config_equal_config_from_dicts(tmp_path):
     before), text values converted as the config layer converts them."""
     cfg = TrainConfig(task="vlm", model_name_or_path="builtin:tiny-llava", dataset_name="d.jsonl", use_peft=True,
                       lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"],
+                      use_rslora=True, use_dora=True, lora_modules_to_save=["lm_head"],
                       freeze_vision_tower=False, freeze_multi_modal_projector=True, clue_aggregator=True)
     cfg.save(tmp_path / "config.yaml")
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())

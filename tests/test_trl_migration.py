@@ -204,7 +204,6 @@ def test_saved_grpoconfig_with_trl_1_16_loss_types_loads(loss):
 
 
 @pytest.mark.parametrize("key,value,why", [
-    ("eval_delay", 5, "evaluation runs every eval_steps from the start"),
     ("label_smoothing_factor", 0.1, "does not apply to preference losses"),
     ("accelerator_config", {"split_batches": True}, "accelerate launch --config_file"),
     ("auto_find_batch_size", True, "per_device_train_batch_size"),
@@ -474,3 +473,35 @@ def test_trl_cli_accelerate_config_in_the_yaml_names_the_accelerate_launch():
     with pytest.raises(ConfigError, match=r"accelerate_config is not supported: TRL's CLI hands it to accelerate "
                                           r"launch; run `accelerate launch --config_file examples/accelerate/zero3.yaml"):
         config_from_dict({**BASE, "accelerate_config": "zero3"})
+
+
+def test_saved_dpoconfig_schedule_kwargs_and_eval_delay_run_as_trl(tmp_path):
+    """A saved DPOConfig with lr_scheduler_kwargs and eval_delay (refused before): the config keeps them, and the
+    schedule preflab builds from it gives, step by step, the rates of the scheduler TRL's Trainer builds from the
+    same arguments (get_scheduler with args.get_warmup_steps and args.lr_scheduler_kwargs)."""
+    trl = pytest.importorskip("trl")
+    import torch
+    from transformers import get_scheduler
+
+    from preflab.loops.optimizer import make_optimizer
+
+    args = trl.DPOConfig(output_dir="out", bf16=False, learning_rate=1e-4, lr_scheduler_type="warmup_stable_decay",
+                         lr_scheduler_kwargs={"num_decay_steps": 4, "min_lr_ratio": 0.1, "decay_type": "1-sqrt"},
+                         warmup_steps=0.25, eval_strategy="steps", eval_steps=2, eval_delay=4)  # 0.25: a ratio
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    cfg = config_from_dict({**BASE, **args.to_dict(), "eval_dataset_name": str(eval_file)})
+    assert (cfg.lr_scheduler_type, cfg.eval_delay, cfg.eval_steps) == ("warmup_stable_decay", 4, 2)
+    assert cfg.lr_scheduler_kwargs == {"num_decay_steps": 4, "min_lr_ratio": 0.1, "decay_type": "1-sqrt"}
+    total = 12
+    optimizer, scheduler = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))], total)
+    theirs_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=args.learning_rate)
+    theirs = get_scheduler(args.lr_scheduler_type, theirs_opt, num_warmup_steps=args.get_warmup_steps(total),
+                           num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    ours_rates, their_rates = [], []
+    for _ in range(total):
+        ours_rates.append(optimizer.param_groups[0]["lr"])
+        their_rates.append(theirs_opt.param_groups[0]["lr"])
+        scheduler.step()
+        theirs.step()
+    assert ours_rates == their_rates and ours_rates[0] == pytest.approx(1e-5) and len(set(ours_rates)) > 5

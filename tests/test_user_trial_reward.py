@@ -241,19 +241,21 @@ def test_reward_rows_without_a_shared_prompt_train_on_the_whole_texts_as_trl(tmp
 def test_lora_modules_to_save_score_is_what_a_lora_reward_run_does(capsys):
     """TRL's reward-model recipe passes `--lora_task_type SEQ_CLS` and often `--lora_modules_to_save score`; PEFT's
     SEQ_CLS already trains the score head whole, as preflab's LoRA reward run does. lora_modules_to_save was
-    refused for every value; under task: reward, [score] is accepted with a note. Other values stay refused."""
+    refused for every value; under task: reward, [score] is accepted with a note. Other values are PEFT's
+    modules_to_save now (a name that matches no module of the model is refused when the adapters are built:
+    tests/loops/test_lora_trl_options.py)."""
     from preflab.config import config_from_dict
-    from preflab.errors import ConfigError
 
     base = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
             "use_peft": True, "lora_task_type": "SEQ_CLS"}
     cfg = config_from_dict({**base, "lora_modules_to_save": ["score"]})
     assert cfg.use_peft and "lora_modules_to_save: [score]: task: reward trains the score head whole" in \
         capsys.readouterr().err
-    with pytest.raises(ConfigError, match="lora_modules_to_save is not supported"):
-        config_from_dict({**base, "lora_modules_to_save": ["lm_head"]})
-    with pytest.raises(ConfigError, match="lora_modules_to_save is not supported"):
-        config_from_dict({**base, "task": "dpo", "lora_task_type": "CAUSAL_LM", "lora_modules_to_save": ["score"]})
+    assert cfg.lora_modules_to_save is None  # the note's [score] is what SEQ_CLS does: not passed twice
+    assert config_from_dict({**base, "lora_modules_to_save": ["embed_tokens"]}).lora_modules_to_save == [
+        "embed_tokens"]
+    assert config_from_dict({**base, "task": "dpo", "lora_task_type": "CAUSAL_LM", "lora_modules_to_save": [
+        "lm_head"]}).lora_modules_to_save == ["lm_head"]
 
 
 def test_a_themis_model_as_a_judge_or_in_reward_eval_is_named_not_called_headless(tmp_path):

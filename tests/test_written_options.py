@@ -75,10 +75,13 @@ def test_preflabs_own_overrides_are_not_written(tmp_path):
     """An evaluation of a saved LoRA run turns LoRA off with the LoRA options at their defaults (lora_off_overrides):
     preflab's settings, not the user's, so they are not refused as unread beside use_peft: false; the same written by
     the user are."""
-    cfg = load_config(QUICKSTART, [f"output_dir={tmp_path / 'run'}", "use_peft=true", "lora_r=8"])
+    cfg = load_config(QUICKSTART, [f"output_dir={tmp_path / 'run'}", "use_peft=true", "lora_r=8", "use_dora=true",
+                                   "use_rslora=true", "lora_modules_to_save=[lm_head]"])
     cfg.save(tmp_path / "config.yaml")
     off = load_config(tmp_path / "config.yaml", preflab_overrides=lora_off_overrides())
     assert (off.use_peft, off.lora_r, off.written_options) == (False, 16, frozenset())
+    assert (off.use_dora, off.use_rslora, off.lora_modules_to_save) == (False, False, None)
+    # (use_rslora / use_dora / lora_modules_to_save at TRL's default, off, ask for nothing: not refused)
     with pytest.raises(ConfigError, match=r"^lora_r, lora_alpha, lora_dropout, lora_target_modules only apply to "
                                           r"use_peft: true"):
         load_config(tmp_path / "config.yaml", lora_off_overrides())

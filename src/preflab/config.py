@@ -55,7 +55,8 @@ class TrainConfig:
     router_aux_loss_coef: float | None = None  # TRL: MoE router load-balancing loss weight (None: the model config's)
     # optimisation
     learning_rate: float = 1e-6
-    lr_scheduler_type: str = "linear"          # linear | cosine | constant
+    lr_scheduler_type: str = "linear"          # linear | cosine | constant | ... (preflab.lr_schedule_options)
+    lr_scheduler_kwargs: dict | None = None    # TRL: the schedule's keyword arguments (num_cycles, min_lr, ...)
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -106,6 +107,9 @@ class TrainConfig:
     lora_alpha: int = ModelPartOptions.lora_alpha
     lora_dropout: float = ModelPartOptions.lora_dropout
     lora_target_modules: Any = ModelPartOptions.lora_target_modules
+    use_rslora: bool = ModelPartOptions.use_rslora
+    use_dora: bool = ModelPartOptions.use_dora
+    lora_modules_to_save: Any = ModelPartOptions.lora_modules_to_save
     trust_remote_code: bool = False
     allow_pickle: bool = False                 # allow .bin/.pt weights (pickle); off: safetensors only
     # output
@@ -116,6 +120,7 @@ class TrainConfig:
     eval_steps: int = 0                        # 0: evaluate only at the end (when there is an eval set)
     eval_strategy: str | None = None           # TRL: no | steps | epoch (None: eval_steps decides)
     eval_on_start: bool = False                # TRL: evaluate the starting model before the first step (driver.py)
+    eval_delay: float = 0                      # TRL: no evaluation before this step (this epoch with eval_strategy epoch)
     generate_during_eval: bool = False         # TRL: at each evaluation, greedy samples to eval_samples.jsonl
     save_steps: int = 0                        # 0: no intermediate checkpoints
     save_strategy: str | None = None           # TRL: best: a checkpoint at each evaluation that improves metric_for_best_model
@@ -289,6 +294,38 @@ class TrainConfig:
                 "nothing to evaluate. Set eval_dataset_name or eval_fraction (and no eval_strategy: no), or remove "
                 "eval_on_start."]
 
+    def _eval_delay_conflicts(self) -> list[str]:
+        """eval_delay delays the run's evaluations (loops/driver.py): refused beside eval_strategy: no, where there
+        is no evaluation to delay (a run without an eval set is told so when it reads its data, as for eval_steps:
+        data.eval_set.note_eval_steps_without_eval_set). Recipes refuse it with their other unread options."""
+        if not self.eval_delay or self.eval_strategy != "no" or self.task in RECIPE_TASKS:
+            return []
+        return [f"eval_delay={self.eval_delay:g} delays the first evaluation, but eval_strategy: no turns evaluation "
+                "off, so there is nothing to delay; remove one."]
+
+    def _lora_option_conflicts(self) -> list[str]:
+        """TRL ModelConfig's use_rslora / use_dora / lora_modules_to_save where preflab cannot honour them (without
+        use_peft: config_owners): task: diffusion saves its adapters in diffusers' LoRA format, which keeps neither
+        the rsLoRA scale, DoRA's magnitudes nor whole modules; a 4/8-bit base (QLoRA) is verified with plain
+        adapters only (a whole copy of a quantized module cannot train, DoRA on bitsandbytes layers is untested)."""
+        if not self.use_peft:
+            return []
+        asked = [k for k in ("use_rslora", "use_dora", "lora_modules_to_save") if getattr(self, k)]
+        if self.task == "diffusion" and asked:
+            return [f"{', '.join(asked)}: task: diffusion adds its LoRA adapters with diffusers and saves them in "
+                    "diffusers' LoRA format, which keeps neither the rsLoRA scale, DoRA's magnitude vectors nor "
+                    "whole modules (a saved run would load as another model); remove "
+                    f"{'it' if len(asked) == 1 else 'them'}."]
+        quantized = [f"load_in_{b}bit" for b in ("4", "8") if getattr(self, f"load_in_{b}bit")]
+        refused = [k for k in asked if k != "use_rslora"]
+        if quantized and refused:
+            return [f"{', '.join(refused)} with {quantized[0]} (QLoRA) is not supported: preflab's quantized base is "
+                    "verified with plain adapters (use_rslora, which only changes their scale, is accepted); DoRA "
+                    "on bitsandbytes layers is untested here and a whole copy of a quantized module cannot train. "
+                    "Remove "
+                    f"{'it' if len(refused) == 1 else 'them'}, or load the base unquantized."]
+        return []
+
     def _conflicts(self) -> list[str]:
         from preflab.best_model_options import best_model_option_errors
         from preflab.config_defaults import set_options
@@ -296,6 +333,7 @@ class TrainConfig:
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
+        from preflab.lr_schedule_options import schedule_kwargs_errors
         from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
@@ -311,6 +349,7 @@ class TrainConfig:
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
+        out += schedule_kwargs_errors(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.learning_rate)
         if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
             out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
                        "(warmup_steps would win and warmup_ratio be ignored); keep one.")
@@ -328,7 +367,7 @@ class TrainConfig:
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no).")
-        out += self._eval_on_start_conflicts()
+        out += self._eval_on_start_conflicts() + self._eval_delay_conflicts() + self._lora_option_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
                        "eval_steps would do nothing); remove one.")
@@ -767,8 +806,9 @@ def lora_off_overrides() -> list[str]:
     import dataclasses
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return ["use_peft=false"] + [f"{k}={defaults[k]}" for k in ("lora_r", "lora_alpha", "lora_dropout",
-                                                                   "lora_target_modules")]
+    shown = {None: "null", False: "false"}  # read back as YAML: "None" would be the text None
+    return ["use_peft=false"] + [f"{k}={shown.get(defaults[k], defaults[k])}" for k in (
+        "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora", "lora_modules_to_save")]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), preflab_overrides: list[str] = ()) -> TrainConfig:

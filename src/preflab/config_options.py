@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from preflab.lr_schedule_options import SCHEDULE_KWARGS
 from preflab.recipe_names import RECIPE_TASKS
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) takes seeds below 2**32
@@ -136,8 +137,12 @@ OPTIONS: dict[str, Option] = {
                              "(loss_type + ['sft'])"),
     # optimisation
     "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
-    "lr_scheduler_type": one_of(("linear", "cosine", "constant", "constant_with_warmup"),
-                                "schedule after warmup (constant and constant_with_warmup both warm up)"),
+    "lr_scheduler_type": one_of(tuple(SCHEDULE_KWARGS), "schedule after warmup (constant and constant_with_warmup "
+                                "both warm up; the others are transformers' get_scheduler schedules, its kwargs in "
+                                "lr_scheduler_kwargs)"),
+    "lr_scheduler_kwargs": Option("TRL's lr_scheduler_kwargs: the schedule's keyword arguments (cosine num_cycles; "
+                                  "cosine_with_min_lr min_lr or min_lr_rate; polynomial lr_end, power; "
+                                  "warmup_stable_decay num_decay_steps, ...; unknown keys are errors)"),
     "warmup_steps": at_least(0, "linear warmup steps (give warmup_steps or warmup_ratio, not both)"),
     "warmup_ratio": within(0, 1, "warmup as a fraction of the total steps"),
     "weight_decay": at_least(0, "AdamW decoupled weight decay"),
@@ -209,6 +214,15 @@ OPTIONS: dict[str, Option] = {
     "lora_r": above(0, "LoRA rank"),
     "lora_alpha": above(0, "LoRA scaling numerator (scale = lora_alpha / lora_r)"),
     "lora_dropout": within(0, 1, "dropout on the LoRA input", high_open=True),
+    "use_rslora": Option("TRL's use_rslora: rank-stabilised LoRA, adapter scale lora_alpha / sqrt(lora_r) instead of "
+                         "lora_alpha / lora_r (Kalajdzievski 2023)"),
+    "use_dora": Option("TRL's use_dora: weight-decomposed LoRA (DoRA, Liu et al. 2024): a trained magnitude vector "
+                       "per adapted layer beside the adapters"),
+    "lora_modules_to_save": Option("TRL's lora_modules_to_save: module names (suffixes) trained whole beside the "
+                                   "adapters (PEFT modules_to_save, e.g. [lm_head, embed_tokens]); saved with the "
+                                   "adapters", "a list of module names",
+                                   lambda v: v is None or (isinstance(v, (list, tuple)) and all(
+                                       isinstance(n, str) and n for n in v))),
     "lora_target_modules": Option("module names (suffixes) that get adapters, or all-linear",
                                   "all-linear, a name, or a non-empty list of names", _target_modules_ok),
     "trust_remote_code": Option("run model code shipped with a hub model (off: refused)"),
@@ -222,6 +236,9 @@ OPTIONS: dict[str, Option] = {
     "eval_on_start": Option("TRL: evaluate the starting model before the first step, logged at step 0 (a resumed "
                             "run: at its checkpoint's step); not a best-model candidate (transformers); needs an eval "
                             "set"),
+    "eval_delay": at_least(0, "TRL's eval_delay: no evaluation before this many steps (eval_strategy epoch: "
+                              "epochs), the final one included; eval_on_start and a callback's should_evaluate "
+                              "still evaluate (transformers)"),
     "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
     "save_strategy": one_of(("best", "epoch"), "TRL's save_strategy best: a checkpoint at each evaluation that "
                                                 "improves metric_for_best_model; epoch: one at the end of each epoch "

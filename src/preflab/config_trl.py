@@ -166,9 +166,6 @@ REFUSED = {
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
     "activation_offloading": (False, "not supported; use gradient_checkpointing: true"),
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
-    "use_rslora": (False, "rsLoRA is not supported; remove use_rslora"),
-    "use_dora": (False, "DoRA is not supported; remove use_dora"),
-    "lora_modules_to_save": (None, "not supported; remove lora_modules_to_save"),
     "dataset_config": (None, "preflab has no dataset configuration names; give the files or a save_to_disk "
                              "directory in dataset_name"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
@@ -184,8 +181,6 @@ REFUSED = {
     "save_safetensors": (True, "preflab saves safetensors only"),
     "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
                                "prefix_packed already drops the padding); remove it"),
-    "lr_scheduler_kwargs": (None, "scheduler options are not supported; use lr_scheduler_type linear, cosine, "
-                                  "constant or constant_with_warmup with warmup_steps / warmup_ratio"),
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
     "chat_template_path": (None, "save the chat template with the tokenizer in the model directory "
                                  "(tokenizer.chat_template), then point model_name_or_path at it"),
@@ -197,7 +192,6 @@ REFUSED = {
     "label_smoothing_factor": (0.0, "transformers' label smoothing of a token loss does not apply to preference "
                                     "losses; use label_smoothing (loss_type robust / cdpo) or remove it"),
     "auto_find_batch_size": (False, "set per_device_train_batch_size (and gradient_accumulation_steps) yourself"),
-    "eval_delay": (0, "evaluation runs every eval_steps from the start; remove eval_delay"),
     "prediction_loss_only": (False, "preflab has no prediction step; evaluation logs its own eval_* metrics"),
     "save_on_each_node": (False, "the main process writes each checkpoint once; use an output_dir every node "
                                  "can read"),
@@ -443,6 +437,9 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         raw.pop("lora_modules_to_save")  # TRL's reward docs: PEFT SEQ_CLS keeps the score head whole, as preflab does
         notes.append("lora_modules_to_save: [score]: task: reward trains the score head whole beside the adapters "
                      "(PEFT's SEQ_CLS modules_to_save), so it is what runs anyway.")
+    for key in ("use_rslora", "use_dora", "lora_modules_to_save"):  # TRL ModelConfig's, preflab options now
+        if key in raw and _same(raw[key], False if key != "lora_modules_to_save" else None):
+            raw.pop(key)  # TRL's default (off) asks for nothing: not refused beside use_peft: false as a LoRA option
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
@@ -472,6 +469,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     if "eval_steps" in raw and raw["eval_steps"] is None:
         raw.pop("eval_steps")  # TRL's default: logging_steps when eval_strategy is steps (applied below)
     _grpo_loss_type(raw, errors)
+    _lr_schedule(raw, errors)
     _strategies(raw, notes, errors)
     _ratios(raw, notes, errors)
     _model_kwargs(raw, errors)
@@ -507,6 +505,26 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "
                       "vespo.")
+
+
+def _lr_schedule(raw: dict, errors: list) -> None:
+    """lr_scheduler_kwargs as TrainingArguments reads it (a JSON string from its command line; {} and null: none);
+    a transformers schedule preflab does not have is refused with its reason (REFUSED_SCHEDULES)."""
+    from preflab.lr_schedule_options import REFUSED_SCHEDULES, parsed_kwargs
+
+    if "lr_scheduler_kwargs" in raw:
+        try:
+            kwargs = parsed_kwargs(raw.pop("lr_scheduler_kwargs"))
+        except ValueError as exc:
+            errors.append(f"lr_scheduler_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
+                          "lr_scheduler_kwargs: {min_lr_rate: 0.1}.")
+            return
+        if kwargs not in (None, {}):
+            raw["lr_scheduler_kwargs"] = kwargs
+    kind = raw.get("lr_scheduler_type")
+    if isinstance(kind, str) and kind in REFUSED_SCHEDULES:
+        raw.pop("lr_scheduler_type")
+        errors.append(f"lr_scheduler_type={kind!r} is not supported: {REFUSED_SCHEDULES[kind]}.")
 
 
 def _strategies(raw: dict, notes: list, errors: list) -> None:

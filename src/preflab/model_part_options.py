@@ -22,6 +22,9 @@ class ModelPartOptions:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: Any = "all-linear"
+    use_rslora: bool = False          # TRL ModelConfig: adapter scale lora_alpha / sqrt(lora_r) (rsLoRA)
+    use_dora: bool = False            # TRL ModelConfig: weight-decomposed adapters (DoRA magnitude vectors)
+    lora_modules_to_save: Any = None  # TRL ModelConfig: modules trained whole beside the adapters (PEFT modules_to_save)
     freeze_vision_tower: bool = True
     freeze_multi_modal_projector: bool = False
     clue_aggregator: bool = False

@@ -62,7 +62,7 @@ _WHY = (
       "max_completion_length", "truncation_mode", "layout", "packing", "completion_only_loss",
       "assistant_only_loss"),
      "the recipe builds its own data, sized for its model (lengths and layout are set per stage)"),
-    (("eval_steps", "eval_strategy", "per_device_eval_batch_size", "generate_during_eval", "save_steps",
+    (("eval_steps", "eval_strategy", "eval_delay", "per_device_eval_batch_size", "generate_during_eval", "save_steps",
       "save_strategy", "save_total_limit", "save_only_model", "load_best_model_at_end", "metric_for_best_model",
       "greater_is_better"),
      "the recipe evaluates with its own metric after each stage and keeps each stage's final weights"),

@@ -15,7 +15,7 @@ from preflab.errors import ConfigError
 from preflab.home_paths import home_expanded
 
 HARMLESS = frozenset({
-    "max_steps", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "save_strategy",
+    "max_steps", "num_train_epochs", "logging_steps", "save_steps", "eval_steps", "eval_delay", "save_total_limit", "save_strategy",
     "save_only_model",
     "output_dir", "report_to", "logging_first_step", "eval_on_start",
     "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",

@@ -73,9 +73,11 @@ def test_a_lora_checkpoint_is_rebuilt_with_trainconfigs_lora_defaults(tmp_path, 
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(
         {"model_name_or_path": "builtin:tiny-llama", "seed": 7, "use_peft": True}))
     used, real = [], load.add_lora
-    monkeypatch.setattr(load, "add_lora", lambda model, *args: used.append(args) or real(model, *args))
+    monkeypatch.setattr(load, "add_lora", lambda model, *args, **extras: used.append((args, extras)) or
+                        real(model, *args, **extras))
     merged, _ = load_for_eval(str(path))
-    assert used == [tuple(defaults[k] for k in names)]
+    assert used == [(tuple(defaults[k] for k in names), {"use_rslora": False, "use_dora": False,
+                                                         "modules_to_save": None})]  # TRL ModelConfig's, off
     ids = torch.tensor([[1, 10, 20, 30, 40]])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, trained.eval()(ids).logits, atol=1e-5, rtol=0)

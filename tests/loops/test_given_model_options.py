@@ -246,3 +246,17 @@ def test_a_lora_option_written_at_its_default_is_compared_with_a_given_policys_a
     with pytest.raises(ConfigError, match=r"\n  lora_r: preflab loads no model when the policy is given from Python, "
                                           r"and the LoRA options shape .* own adapters differ"):
         _trainer(tmp_path, policy, None, **lora, lora_r=16)
+
+
+def test_use_rslora_use_dora_and_modules_to_save_are_compared_with_a_given_policys_adapters(tmp_path):
+    """TRL ModelConfig's use_rslora / use_dora / lora_modules_to_save beside a given PEFT policy: the same as its
+    adapters' is accepted, another value refused naming the option (as for lora_r)."""
+    tok = tiny_tokenizer()
+    policy = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, ["q_proj", "v_proj"], use_rslora=True, use_dora=True,
+                      modules_to_save=["lm_head"])
+    lora = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"])
+    same = dict(use_rslora=True, use_dora=True, lora_modules_to_save=["lm_head"])
+    assert _trainer(tmp_path, policy, None, **lora, **same).policy is policy
+    with pytest.raises(ConfigError, match=r"\n  use_rslora, use_dora, lora_modules_to_save: preflab loads no model"):
+        _trainer(tmp_path, add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, ["q_proj", "v_proj"]), None, **lora,
+                 **same)

@@ -50,3 +50,66 @@ def test_follow_schedule_sets_the_rate_of_the_schedulers_step():
     optimizer.param_groups[0]["lr"] = 0.123
     assert follow_schedule(scheduler) == (0.123, stepped)
     assert optimizer.param_groups[0]["lr"] == stepped and scheduler.get_last_lr() == [stepped]
+
+
+# transformers' get_scheduler schedules with lr_scheduler_kwargs (TRL's lr_scheduler_kwargs): the rate of every step
+# equals transformers' (the same LambdaLR factors), warmup included and past the last step
+TRANSFORMERS_CASES = [
+    ("cosine_with_restarts", {"num_cycles": 3}), ("cosine_with_restarts", {}),
+    ("polynomial", {"lr_end": 1e-4, "power": 2.0}), ("polynomial", {}),
+    ("inverse_sqrt", {}), ("inverse_sqrt", {"timescale": 7}),
+    ("cosine_with_min_lr", {"min_lr": 1e-4}), ("cosine_with_min_lr", {"min_lr_rate": 0.1, "num_cycles": 0.75}),
+    ("cosine_warmup_with_min_lr", {"min_lr_rate": 0.1}),
+    ("cosine_warmup_with_min_lr", {"min_lr": 2e-4, "warmup_lr_rate": 0.2}),
+    ("warmup_stable_decay", {"num_decay_steps": 5}),
+    ("warmup_stable_decay", {"num_decay_steps": 4, "num_stable_steps": 6, "min_lr_ratio": 0.1, "decay_type": "1-sqrt",
+                             "warmup_type": "cosine"}),
+    ("warmup_stable_decay", {"num_decay_steps": 4, "decay_type": "linear", "warmup_type": "1-sqrt",
+                             "min_lr_ratio": 0.05}),
+]
+
+
+def _rates(build, steps: int = 20, lr: float = 1e-3) -> list[float]:
+    """The rate each optimizer step uses, stepping the scheduler after it (as transformers' Trainer)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler, rates = build(optimizer), []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+@pytest.mark.parametrize("kind, kwargs", TRANSFORMERS_CASES)
+def test_transformers_schedules_give_transformers_rate_at_every_step(kind, kwargs, warmup):
+    import warnings
+
+    from transformers import get_scheduler
+
+    ours = _rates(lambda opt: make_scheduler(opt, kind, 16, warmup, dict(kwargs)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # num_stable_steps beside num_training_steps: transformers warns
+        theirs = _rates(lambda opt: get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=16,
+                                                  scheduler_specific_kwargs=dict(kwargs)))
+    assert ours == theirs  # bitwise: the same formula in the same order
+    assert len(set(ours)) > 3  # the schedule moves (a constant would not test the formula)
+
+
+@pytest.mark.parametrize("num_cycles", [0.5, 1.5])
+def test_cosine_num_cycles_after_warmup_is_transformers_cosine(num_cycles):
+    """cosine's num_cycles: without warmup every step is transformers'; num_cycles 0.5 is the former cosine."""
+    from transformers import get_scheduler
+
+    ours = _rates(lambda opt: make_scheduler(opt, "cosine", 16, 0, {"num_cycles": num_cycles}), steps=16)
+    theirs = _rates(lambda opt: get_scheduler("cosine", opt, num_warmup_steps=0, num_training_steps=16,
+                                              scheduler_specific_kwargs={"num_cycles": num_cycles}), steps=16)
+    assert ours == theirs
+    if num_cycles == 0.5:
+        assert ours == _rates(lambda opt: make_scheduler(opt, "cosine", 16, 0), steps=16)
+
+
+def test_polynomial_closed_form():
+    # lr0 1, lr_end 0.1, power 2, warmup 2 of 6: step s >= 2 -> (0.9 (1 - (s - 2) / 4)^2 + 0.1)
+    rates = _rates(lambda opt: make_scheduler(opt, "polynomial", 6, 2, {"lr_end": 0.1, "power": 2.0}), 7, lr=1.0)
+    assert rates == pytest.approx([0.0, 0.5, 1.0, 0.9 * 0.75 ** 2 + 0.1, 0.9 * 0.25 + 0.1, 0.9 * 0.0625 + 0.1, 0.1])

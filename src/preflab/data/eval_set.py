@@ -41,6 +41,10 @@ def note_eval_steps_without_eval_set(cfg) -> None:
                  if split and isinstance(cfg.dataset_name, str) else "")
         print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
               "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0." + named)
+    elif getattr(cfg, "eval_delay", 0):
+        print(f"preflab: note: eval_delay={cfg.eval_delay:g}, but there is no eval set (no eval_dataset_name, "
+              "eval_fraction 0), so no evaluation runs to delay; set one of them for eval_* metrics, or remove "
+              "eval_delay.")
     elif getattr(cfg, "generate_during_eval", False):
         print("preflab: note: generate_during_eval: there is no eval set (no eval_dataset_name, eval_fraction 0), so "
               "no evaluation runs and no eval_samples.jsonl is written.")

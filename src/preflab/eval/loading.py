@@ -156,7 +156,8 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
                        "adapter_config.json (LoRA) or model.safetensors + trainer_state.json (a checkpoint).")
 
 
-LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora",
+                "lora_modules_to_save")
 
 
 def lora_options(cfg: dict) -> dict:
@@ -183,11 +184,11 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
         model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
     if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did
-        from preflab.models.load import add_lora
+        from preflab.models.load import add_lora, lora_extras
 
         lora = lora_options(cfg)
         model = add_lora(model, int(lora["lora_r"]), int(lora["lora_alpha"]), float(lora["lora_dropout"]),
-                         lora["lora_target_modules"])
+                         lora["lora_target_modules"], **lora_extras(lora))
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]

@@ -343,8 +343,8 @@ class TrainingRun(CallbackEvents):
         best_at_end = step == self.total_steps and (saves_best(cfg) or cfg.load_best_model_at_end)
         save = ((cfg.save_steps and (step % cfg.save_steps == 0 or best_at_end))
                 or asked["should_save"])
-        if not ((cfg.eval_steps and step % cfg.eval_steps == 0) or asked["should_evaluate"]
-                or (best_at_end and (cfg.eval_steps or saves_best(cfg)))):
+        due = (cfg.eval_steps and step % cfg.eval_steps == 0) or (best_at_end and (cfg.eval_steps or saves_best(cfg)))
+        if not ((due and not self._eval_delayed(step)) or asked["should_evaluate"]):
             return None, save
         metrics = self.evaluate()
         new_best = False
@@ -387,8 +387,22 @@ class TrainingRun(CallbackEvents):
         value = broadcast(torch.tensor([float(metrics[key])], dtype=torch.float64, device=acc.device), from_process=0)
         return {**metrics, key: float(value.item())}
 
+    def _eval_delayed(self, step: int) -> bool:
+        """eval_delay (transformers' TrainingArguments.eval_delay, read by its DefaultFlowCallback): no scheduled
+        evaluation after step `step` while step < eval_delay, or with eval_strategy epoch while the epoch reached
+        (step / steps per epoch) < eval_delay. The end-of-run evaluation waits too; eval_on_start and a callback's
+        should_evaluate do not (transformers checks eval_delay only for the schedule)."""
+        delay = getattr(self.cfg, "eval_delay", 0)
+        if not delay:
+            return False
+        reached = self.progress(step)["epoch"] if self.cfg.eval_strategy == "epoch" else step
+        return reached < delay
+
     def _evaluate_at_end(self, log) -> dict:
-        """The final evaluation, after the last step (self.step), when that step was not just evaluated."""
+        """The final evaluation, after the last step (self.step), when that step was not just evaluated (and
+        eval_delay has passed)."""
+        if self._eval_delayed(self.step):
+            return {}
         final_eval = self.evaluate()
         if final_eval:
             log.write({"step": self.step, **self.progress(self.step), **final_eval})

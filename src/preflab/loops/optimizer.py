@@ -1,14 +1,26 @@
 """The optimizer and learning-rate schedule of every trainer: AdamW with TRL's option names, transformers'
-schedules (linear warmup, then linear / cosine decay or constant), and the schedule re-applied after a resume."""
+schedules (linear warmup, then linear / cosine decay or constant; and get_scheduler's cosine_with_restarts,
+polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay with
+lr_scheduler_kwargs), and the schedule re-applied after a resume."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from preflab.lr_schedule_options import schedule_kwargs
 
-def make_scheduler(optimizer, kind: str, total: int, warmup: int):
-    """LambdaLR: linear warmup over `warmup` steps, then linear decay to 0, cosine to 0, or constant."""
+
+def make_scheduler(optimizer, kind: str, total: int, warmup: int, kwargs: dict | None = None):
+    """LambdaLR of factor(step), step 0 the first optimizer step's. linear / cosine / constant /
+    constant_with_warmup: warmup (step + 1) / warmup over `warmup` steps, then linear decay to 0, cosine
+    0.5 (1 + cos(2 pi num_cycles p)) (num_cycles 0.5: to 0), or constant; p = (step - warmup) / (total - warmup).
+    The other kinds: transformers' get_scheduler factor of the same name (transformer_factor)."""
+    kw = schedule_kwargs(kind, kwargs)
+    if kind not in ("linear", "cosine", "constant", "constant_with_warmup"):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, transformer_factor(
+            kind, total, warmup, kw, optimizer.defaults["lr"]))
+
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
@@ -16,10 +28,99 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int):
         if kind == "linear":
             return max(0.0, 1.0 - progress)
         if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * kw["num_cycles"] * 2.0 * min(1.0, progress))))
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def transformer_factor(kind: str, total: int, warmup: int, kw: dict, base_lr: float):
+    """factor(step) of transformers' get_scheduler(kind, num_warmup_steps=warmup, num_training_steps=total,
+    scheduler_specific_kwargs=kw) (transformers 5 optimization.py), warmup step / warmup from 0 (except
+    cosine_warmup_with_min_lr), p = (step - warmup) / (total - warmup):
+    - cosine_with_restarts: 0.5 (1 + cos(pi ((num_cycles p) mod 1))), 0 from p >= 1 (hard restarts);
+    - polynomial: ((lr0 - lr_end) (1 - p)^power + lr_end) / lr0, lr_end / lr0 after total (lr0 = learning_rate);
+    - inverse_sqrt: 1 / sqrt((step + timescale - warmup) / timescale), timescale = warmup (or 10000 without);
+    - cosine_with_min_lr: c + (1 - c) 0.5 (1 + cos(2 pi num_cycles p)), c = min_lr_rate or min_lr / lr0;
+    - cosine_warmup_with_min_lr: the same with p counted from step + 1, warmup (step + 1) / warmup (or
+      warmup_lr_rate + (1 - warmup_lr_rate) step / (warmup - 1));
+    - warmup_stable_decay: warmup of warmup_type from min_lr_ratio, 1 for num_stable_steps (default total - warmup
+      - num_decay_steps), decay of decay_type to min_lr_ratio over num_decay_steps, then min_lr_ratio."""
+    def ramp(step: int) -> float:
+        return step / max(1, warmup)
+
+    def decayed(step: int) -> float:
+        return (step - warmup) / max(1, total - warmup)
+
+    if kind == "cosine_with_restarts":
+        def factor(step):
+            if step < warmup:
+                return ramp(step)
+            progress = decayed(step)
+            return 0.0 if progress >= 1.0 else max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((kw["num_cycles"] *
+                                                                                          progress) % 1.0))))
+    elif kind == "polynomial":
+        def factor(step):
+            if step < warmup:
+                return ramp(step)
+            if step > total:
+                return kw["lr_end"] / base_lr
+            remaining = 1 - (step - warmup) / (total - warmup)
+            return ((base_lr - kw["lr_end"]) * remaining ** kw["power"] + kw["lr_end"]) / base_lr
+    elif kind == "inverse_sqrt":
+        timescale = kw["timescale"] or warmup or 10_000
+
+        def factor(step):
+            return ramp(step) if step < warmup else 1.0 / math.sqrt((step + timescale - warmup) / timescale)
+    elif kind in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
+        floor = kw["min_lr_rate"] if kw["min_lr"] is None else kw["min_lr"] / base_lr
+        shifted = kind == "cosine_warmup_with_min_lr"
+
+        def factor(step):
+            if step < warmup and not shifted:
+                return ramp(step)
+            if step < warmup:
+                if kw["warmup_lr_rate"] is None:
+                    return (step + 1.0) / max(1.0, warmup)
+                start = kw["warmup_lr_rate"]
+                return start + (1.0 - start) * step / max(1, warmup - 1)
+            progress = (step - warmup + (1.0 if shifted else 0.0)) / max(1, total - warmup)
+            wave = 0.5 * (1.0 + math.cos(math.pi * kw["num_cycles"] * 2.0 * progress))
+            return max(0, wave * (1 - floor) + floor)
+    elif kind == "warmup_stable_decay":
+        factor = _wsd_factor(total, warmup, kw)
+    else:
+        raise ValueError(f"no schedule {kind!r}")  # the config check refuses it first
+    return factor
+
+
+def _shape(kind: str, progress: float, rising: bool, num_cycles: float) -> float:
+    """warmup_stable_decay's warmup (rising) / decay shapes at progress in [0, 1]."""
+    if kind == "linear":
+        return progress if rising else 1.0 - progress
+    if kind == "cosine":
+        return (0.5 * (1.0 - math.cos(math.pi * progress)) if rising
+                else 0.5 * (1.0 + math.cos(math.pi * num_cycles * 2.0 * progress)))
+    return 1.0 - math.sqrt(1.0 - progress) if rising else 1.0 - math.sqrt(progress)  # 1-sqrt
+
+
+def _wsd_factor(total: int, warmup: int, kw: dict):
+    """warmup_stable_decay (transformers' get_wsd_schedule): each phase's shape scaled to [min_lr_ratio, 1]."""
+    low, decay = kw["min_lr_ratio"], kw["num_decay_steps"]
+    stable = kw["num_stable_steps"] if kw["num_stable_steps"] is not None else total - warmup - decay
+
+    def factor(step):
+        if step < warmup:
+            value = _shape(kw["warmup_type"], step / max(1, warmup), True, kw["num_cycles"])
+            return max(0.0, value * (1.0 - low) + low)
+        if step < warmup + stable:
+            return 1.0
+        if step < warmup + stable + decay:
+            value = _shape(kw["decay_type"], (step - warmup - stable) / max(1, decay), False, kw["num_cycles"])
+            return max(0.0, value * (1.0 - low) + low)
+        return low
+
+    return factor
 
 
 def follow_schedule(scheduler) -> tuple[float, float] | None:
@@ -46,4 +147,5 @@ def make_optimizer(cfg, params: list, total_steps: int):
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=fused or None)
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)  # transformers: ceil
-    return optimizer, make_scheduler(optimizer, cfg.lr_scheduler_type, total_steps, warmup)
+    return optimizer, make_scheduler(optimizer, cfg.lr_scheduler_type, total_steps, warmup,
+                                     getattr(cfg, "lr_scheduler_kwargs", None))

@@ -33,7 +33,8 @@ from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, PreflabError
 
 LOADED_ATTR = "_preflab_loaded"
-_LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+_LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora",
+         "lora_modules_to_save")
 # the options each trainer checks; "use_peft": refused on a given model without adapters (the offline and online
 # trainers add adapters only to a model they load), "lora": lora_* compared with a given PEFT model's adapters
 TEXT_OPTIONS = frozenset({"load_dtype", "model_init_kwargs", "load_in_bits", "use_peft", "lora", "reference",
@@ -70,7 +71,8 @@ def _dtype_error(option: str, value: str, model, what: str) -> str | None:
 
 
 _PEFT_NAMES = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-               "lora_target_modules": "target_modules"}
+               "lora_target_modules": "target_modules", "use_rslora": "use_rslora", "use_dora": "use_dora",
+               "lora_modules_to_save": "modules_to_save"}
 
 
 def _adapters_have(policy, option: str, value) -> bool:

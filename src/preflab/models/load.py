@@ -373,12 +373,37 @@ def _module_suffix(path: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
 
 
-def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules) -> nn.Module:
+def lora_extras(cfg) -> dict:
+    """add_lora's keyword options from a config (a TrainConfig, ModelPartOptions or a run's saved config dict):
+    TRL ModelConfig's use_rslora, use_dora and lora_modules_to_save (absent: their defaults, off)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
+    return {"use_rslora": bool(get("use_rslora", False)), "use_dora": bool(get("use_dora", False)),
+            "modules_to_save": list(get("lora_modules_to_save", None) or []) or None}
+
+
+def check_modules_to_save(model: nn.Module, names) -> None:
+    """Each lora_modules_to_save name must name a module of the model (its path or a suffix of it, as PEFT matches
+    them): PEFT leaves a name that matches nothing without a word, and the module would stay frozen."""
+    paths = [name for name, _ in model.named_modules() if name]
+    missing = [n for n in names or [] if not any(p == n or p.endswith("." + n) for p in paths)]
+    if missing:
+        tops = sorted({_module_suffix(p) for p, m in model.named_modules() if p and not list(m.children())})
+        raise ConfigError(f"lora_modules_to_save {missing} match no module of the model; its modules without "
+                          f"children are {tops[:40]}.")
+
+
+def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules, *, use_rslora: bool = False,
+             use_dora: bool = False, modules_to_save: list | None = None) -> nn.Module:
+    """PEFT LoRA adapters (task CAUSAL_LM) of rank r on target_modules, scale alpha / r (use_rslora: alpha /
+    sqrt(r), Kalajdzievski 2023), with DoRA's magnitude vectors (use_dora, Liu et al. 2024), and modules_to_save
+    trained whole beside them (PEFT keeps the original module for the adapters-off reference)."""
     from peft import LoraConfig, get_peft_model
 
     check_lora_targets(model, target_modules)
+    check_modules_to_save(model, modules_to_save)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        task_type="CAUSAL_LM")
+                        task_type="CAUSAL_LM", use_rslora=use_rslora, use_dora=use_dora,
+                        modules_to_save=modules_to_save)
     return get_peft_model(model, config)
 
 
@@ -524,5 +549,6 @@ def load_models(cfg, tokenizer):
 
         policy = prepare_quantized(policy, cfg.gradient_checkpointing)
     if cfg.use_peft:
-        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                          **lora_extras(cfg))
     return policy, ref

@@ -76,12 +76,12 @@ def load_vlm_processor(cfg, options: dict | None = None):
 
 def add_vlm_lora(policy: nn.Module, cfg) -> nn.Module:
     """LoRA adapters (cfg.lora_*) on the language model's linear layers while the tower is frozen (module docstring)."""
-    from preflab.models.load import add_lora
+    from preflab.models.load import add_lora, lora_extras
 
     targets = cfg.lora_target_modules
     if targets == "all-linear" and cfg.freeze_vision_tower:
         targets = LM_LORA_TARGETS
-    return add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+    return add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets, **lora_extras(cfg))
 
 
 def run_options(path: str | Path) -> dict:

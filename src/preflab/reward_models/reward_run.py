@@ -231,12 +231,14 @@ def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=No
     if cfg.use_peft and not hasattr(model, "peft_config"):
         from peft import LoraConfig, get_peft_model
 
-        from preflab.models.load import check_lora_targets
+        from preflab.models.load import check_lora_targets, check_modules_to_save, lora_extras
 
         check_lora_targets(model, cfg.lora_target_modules)
+        extras = lora_extras(cfg)
+        check_modules_to_save(model, extras["modules_to_save"])
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=cfg.lora_dropout, task_type="SEQ_CLS",
-                                                 target_modules=cfg.lora_target_modules))
+                                                 target_modules=cfg.lora_target_modules, **extras))
     return model
 
 
