@@ -4,6 +4,7 @@ that did nothing, a run killed after its first eval, an empty log, a resumed run
 Each run here is a metrics.jsonl written as the Trainer writes it (eval rows: "eval_" keys, step 0 with
 eval_on_start), so every asserted sentence and number is checked against the log it comes from."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -89,9 +90,14 @@ def test_a_run_that_did_nothing_is_said_to_have_not_moved(tmp_path):
         "eval_rewards/accuracies is 0 at step 0 and 20 by definition, not a measurement: the policy there is the "
         "reference, so every implicit reward beta (log pi - log pi_ref) is 0, and TRL's accuracy (chosen reward > "
         "rejected reward) counts each tie as wrong"]
-    # a drift of 2e-6 nats is a move: no note
-    moved = _run(tmp_path / "moved", [_eval(0, 0.3, 0.0, 0.0, 0.0), _eval(20, 0.3, 0.5, 2e-6, 0.0)])
-    assert not any("did not move" in n for n in headline_notes(load_run(moved), headline_rows(load_run(moved))))
+    # a drift of 2e-6 nats is a move: no note that it did not, and its 0 at step 20 is a measurement (no tie note);
+    # an R equal to the reference's is not below it
+    moved = _run(tmp_path / "moved", [_eval(0, 0.3076923076923077, 0.0, 0.0, 0.0),
+                                      _eval(20, 0.3076923076923077, 0.0, 2e-6, 0.0)])
+    assert headline_notes(load_run(moved), headline_rows(load_run(moved))) == [
+        "eval_rewards/accuracies is 0 at step 0 by definition, not a measurement: the policy there is the reference, "
+        "so every implicit reward beta (log pi - log pi_ref) is 0, and TRL's accuracy (chosen reward > rejected "
+        "reward) counts each tie as wrong"]
 
 
 def test_a_run_killed_after_its_start_eval_shows_it_as_before_not_after(tmp_path):
@@ -175,3 +181,22 @@ def test_the_run_list_names_the_objective_a_run_used(tmp_path):
     assert purpose({"task": "online", "trainer": "grpo"}) == " (task online, trainer grpo, loss_type sigmoid)"
     assert purpose({"task": "vlm", "loss_type": ["sigmoid", "sft"], "trainer": "grpo"}) == \
         " (task vlm, loss_type sigmoid + sft)"
+
+
+def test_a_last_eval_logged_non_finite_is_the_after_not_an_older_finite_value(tmp_path):
+    """A run whose eval at step 10 logged eval_loss NaN and R null (a diverged run): the headline's 'after' was the
+    step-0 value (the last finite one), so a diverged run read as 'R 0.3, loss 0.69'. Now 'after' is nan at step 10,
+    the step the notes above the curves name."""
+    path = _run(tmp_path / "diverged", [{"step": 0, "eval_loss": 0.69, "eval_ranking_accuracy": 0.3,
+                                         "eval_reference_ranking_accuracy": 0.3},
+                                        {"step": 5, "loss": None},
+                                        {"step": 10, "eval_loss": None, "eval_ranking_accuracy": None,
+                                         "eval_reference_ranking_accuracy": 0.3}])
+    rows = {r["metric"]: r for r in headline_rows(load_run(path))}
+    for key, start in (("eval_loss", 0.69), ("eval_ranking_accuracy", 0.3)):
+        assert rows[key]["before"] == ("step 0", start)
+        assert rows[key]["after"][0] == "step 10" and math.isnan(rows[key]["after"][1])
+    head = _headline_html(path, tmp_path)
+    assert '<td>eval_loss</td><td class="num">0.69 <small>(step 0)</small></td><td class="num">nan <small>(step 10)' \
+           '</small></td>' in head
+    assert "its only eval is at step 0" not in head

@@ -16,6 +16,8 @@ never shown alone (docs/tools.md).
 """
 from __future__ import annotations
 
+import math
+
 from preflab.report.runs import RunData
 
 # task -> ((eval key, what it is, baseline key or None), ...), the first row being what the task is judged by
@@ -91,10 +93,16 @@ def summary_rows(summary: dict, measured_by: str = "measured by the run (summary
 
 def headline_rows(run: RunData) -> list[dict]:
     """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
-    as a list of (source, value) or None, and first_step where before is an eval step."""
+    as a list of (source, value) or None, and first_step where before is an eval step. An eval row's "after" is
+    the value at the last step that logged the metric: nan where that eval logged it non-finite (null), never an
+    older finite value passed off as the run's end (the notes above the curves say which steps)."""
     rows = summary_rows(run.summary)
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
         first, last = _at(run, key, 0), _at(run, key, -1)
+        broken = [s for s in run.null_steps(key) if last is None or s > last[0]]
+        if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
+            last = (broken[-1], math.nan)
+            first = first or last
         if last is None or f"{key[len('eval_'):]}_after" in run.summary:  # said above, measured by the run
             continue
         baseline = _at(run, base, -1) if base else None
