@@ -219,7 +219,9 @@ def resumed_note(summary: dict) -> str:
 
 def eval_command(config: dict) -> str | None:
     """The `preflab eval` command (RUN_DIR for the run) that fits a run of `config`, or None where none fits.
-    A preference run (dpo and the losses under it): the pair diagnostics against a reference. A text online run:
+    A preference run (dpo and the losses under it): the pair diagnostics against the reference the run trained
+    against, `preflab eval`'s default (no --reference placeholder to fill), and the win rate with a judge. A text
+    online run:
     the same command with a judge (--reward-fn / --reward-model) for the greedy win rate against its starting
     policy, which is already the default reference (the run's model_name_or_path), so no --reference. An image-text
     run (task: vlm, or online_task: vision_dataset): `--task vlm`; reward and diffusion runs: their `--task`. None for
@@ -237,7 +239,7 @@ def eval_command(config: dict) -> str | None:
         return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
     if task == "online":
         return "preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION"
-    return "preflab eval RUN_DIR --data HELDOUT --reference REF"
+    return "preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]"   # the reference: the run's own
 
 
 def policy_eval_hint(path: Path, config: dict) -> str | None:
@@ -259,8 +261,9 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
         return (f"no eval.json: run {command} (or --reward-model DIR, e.g. the run's judge) for the greedy win rate "
                 "against the starting policy (the default reference, the run's model_name_or_path) and ranking "
                 f"accuracy on held-out pairs{late}")
-    return (f"no eval.json: run {command} for ranking accuracy, idealized ranking accuracy, 3D metrics and win "
-            f"rate{late}")
+    return (f"no eval.json: run {command} for ranking accuracy, idealized ranking accuracy and 3D metrics against "
+            "the reference the run trained against (the default; --reference DIR for another), and with a judge "
+            f"(--reward-fn, --reward-model or --judge) the win rate{late}")
 
 
 PER_PAIR_KEYS = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
