@@ -43,7 +43,7 @@ def test_eval_of_an_unfinished_run_names_its_numbered_checkpoints(run):
 
 def test_report_eval_hints_name_the_newest_numbered_checkpoint(run):
     hint = policy_eval_hint(run, {"task": "dpo"})
-    assert f"`preflab eval {run / 'checkpoint-10'} --data HELDOUT --reference REF --out {run / 'eval.json'}`" in hint
+    assert f"`preflab eval {run / 'checkpoint-10'} --data HELDOUT [--reward-fn MODULE:FUNCTION] --out {run / 'eval.json'}`" in hint
     (run / "config.yaml").write_text("task: diffusion\nloss_type: diffusion_dpo\n")
     said = [m for m in load_run(run).missing if m.startswith("no eval.json")]
     assert said and said[0].startswith(f"no eval.json: run `preflab eval {run / 'checkpoint-10'} --task diffusion "

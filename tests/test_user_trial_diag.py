@@ -223,7 +223,7 @@ def test_report_of_an_interrupted_run_or_a_checkpoint_points_to_what_works(tmp_p
         (run / f"checkpoint-{step}").mkdir()
     # the old note told to run `preflab eval RUN`, which fails on a run without a final model
     note = next(m for m in load_run(run).missing if m.startswith("no eval.json"))
-    assert f"preflab eval {run / 'checkpoint-10'} --data HELDOUT --reference REF --out {run / 'eval.json'}" in note
+    assert f"preflab eval {run / 'checkpoint-10'} --data HELDOUT [--reward-fn MODULE:FUNCTION] --out {run / 'eval.json'}" in note
     with pytest.raises(PreflabError, match=r"is a checkpoint of the run .*`preflab report \S*run`"):
         write_report([run / "checkpoint-10"], tmp_path / "r.html")
 

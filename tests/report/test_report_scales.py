@@ -86,8 +86,12 @@ def test_no_eval_json_note_names_the_eval_that_fits_each_task(tmp_path):
     def said(run):
         return [m for m in run.missing if m.startswith("no eval.json")]
     assert said(sft) == []
-    assert said(dpo) == [f"no eval.json: run `preflab eval {tmp_path / 'dpo'} --data HELDOUT --reference REF` for "
-                         "ranking accuracy, idealized ranking accuracy, 3D metrics and win rate"]
+    # a DPO run: no --reference placeholder (the eval's default is the reference the run trained against) and the
+    # win rate only with a judge (the report trial: the note promised a win rate the command did not compute)
+    assert said(dpo) == [f"no eval.json: run `preflab eval {tmp_path / 'dpo'} --data HELDOUT [--reward-fn "
+                         "MODULE:FUNCTION]` for ranking accuracy, idealized ranking accuracy and 3D metrics against "
+                         "the reference the run trained against (the default; --reference DIR for another), and with "
+                         "a judge (--reward-fn, --reward-model or --judge) the win rate"]
     assert said(online) == [f"no eval.json: run `preflab eval {tmp_path / 'online'} --data HELDOUT_PAIRS --reward-fn "
                             "MODULE:FUNCTION` (or --reward-model DIR, e.g. the run's judge) for the greedy win rate "
                             "against the starting policy (the default reference, the run's model_name_or_path) and "
@@ -97,7 +101,8 @@ def test_no_eval_json_note_names_the_eval_that_fits_each_task(tmp_path):
     assert "Held-out evaluation" not in render_report([sft])            # nothing to point an SFT run to
     assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION` "
             "and re-run") in render_report([online])
-    assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT --reference REF` for dpo; `preflab "
+    assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]` for "
+            "dpo; `preflab "
             "eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION` for online and re-run") \
         in render_report([sft, dpo, online])
 

@@ -16,6 +16,8 @@ never shown alone (docs/tools.md).
 """
 from __future__ import annotations
 
+import math
+
 from preflab.report.runs import RunData
 
 # task -> ((eval key, what it is, baseline key or None), ...), the first row being what the task is judged by
@@ -70,31 +72,120 @@ def comparisons(summary: dict, name: str) -> list[tuple[str, float]]:
     return found + ([("control", summary[key])] if _number(summary.get(key)) else [])
 
 
-def headline_rows(run: RunData) -> list[dict]:
-    """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
-    as a list of (source, value) or None, and first_step where before is an eval step."""
-    rows, summary = [], run.summary
+def summary_rows(summary: dict, measured_by: str = "measured by the run (summary.json)",
+                 when: tuple[str, str] = ("before training", "after training")) -> list[dict]:
+    """The headline rows of a summary.json's X_before / X_after pairs (summary_pairs), before over after, with what
+    the summary gives to compare with (comparisons); `measured_by` is the meaning and `when` the labels of before
+    and after of a row whose summary does not say what its "before" is."""
+    rows = []
     # a recipe says what its "before" is (summary.json "baseline": often another stage or model, not the start)
     told = summary.get("baseline") if isinstance(summary.get("baseline"), str) else None
     for before, after in summary_pairs(summary):
         name = before[:-len("_before")]
         if name == "metric" and isinstance(summary.get("metric_name"), str):
             name = f"metric ({summary['metric_name']})"
-        rows.append({"metric": name, "meaning": f"summary.json; before: {told}" if told else
-                     "measured by the run (summary.json)",
-                     "before": ("before, see meaning" if told else "before training", summary[before]),
-                     "after": ("after training", summary[after]),
+        rows.append({"metric": name, "meaning": f"summary.json; before: {told}" if told else measured_by,
+                     "before": ("before, see meaning" if told else when[0], summary[before]),
+                     "after": (when[1], summary[after]),
                      "baseline": comparisons(summary, before[:-len("_before")]) or None})
+    return rows
+
+
+def headline_rows(run: RunData) -> list[dict]:
+    """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
+    as a list of (source, value) or None, and first_step where before is an eval step. An eval row's "after" is
+    the value at the last step that logged the metric: nan where that eval logged it non-finite (null), never an
+    older finite value passed off as the run's end (the notes above the curves say which steps)."""
+    rows = summary_rows(run.summary)
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
         first, last = _at(run, key, 0), _at(run, key, -1)
+        broken = [s for s in run.null_steps(key) if last is None or s > last[0]]
+        if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
+            last = (broken[-1], math.nan)
+            first = first or last
         if last is None or f"{key[len('eval_'):]}_after" in run.summary:  # said above, measured by the run
             continue
         baseline = _at(run, base, -1) if base else None
-        rows.append({"metric": key, "meaning": meaning, "after": (f"step {last[0]:g}", last[1]),
-                     "baseline": [("the reference model", baseline[1])] if baseline else None,
-                     **({"before": (f"step {first[0]:g}", first[1]), "first_step": first[0]}
-                        if first[0] != last[0] else {"before": None})})
+        row = {"metric": key, "meaning": meaning, "after": (f"step {last[0]:g}", last[1]),
+               "baseline": [("the reference model", baseline[1])] if baseline else None,
+               **({"before": (f"step {first[0]:g}", first[1]), "first_step": first[0]}
+                  if first[0] != last[0] else {"before": None}),
+               "steps": {"before": first[0] if first[0] != last[0] else None, "after": last[0]}}
+        if last[0] == 0:  # its only eval is step 0 (eval_on_start): the starting model, a before with no after yet
+            row.update(before=row["after"], after=None, first_step=0.0, steps={"before": 0.0, "after": None})
+        rows.append(row)
     return rows + eval_json_rows(run)
+
+
+# |mean held-out log pi - log pi_ref| (nats per response) below which the policy scores the eval set as the
+# reference does: a float32 forward pass of unchanged weights gives exactly 0
+UNMOVED_DRIFT = 1e-6
+
+
+def policy_is_reference_at(run: RunData, step: float) -> bool:
+    """Whether at eval step `step` the mean held-out drift log pi - log pi_ref of the chosen and of the rejected
+    responses (eval_logps_drift/*) are both below UNMOVED_DRIFT in size: the policy has not moved from the reference
+    there (False where the run logged no drift, e.g. a reference-free objective)."""
+    drifts = []
+    for key in ("eval_logps_drift/chosen", "eval_logps_drift/rejected"):
+        steps, values = run.series(key)
+        if step not in steps:
+            return False
+        drifts.append(values[steps.index(step)])
+    return all(abs(d) < UNMOVED_DRIFT for d in drifts)
+
+
+def _value(run: RunData, key: str, step: float) -> float | None:
+    steps, values = run.series(key)
+    return values[steps.index(step)] if step in steps else None
+
+
+def headline_notes(run: RunData, rows: list[dict]) -> list[str]:
+    """What the headline's numbers of `run` (its headline_rows) mean where they mislead when read alone:
+    - its only eval is the starting model's (step 0): no number after training yet;
+    - the policy did not move (policy_is_reference_at its last eval step > 0): every number is the start's;
+    - an implicit reward accuracy of 0 where the policy is the reference: each implicit reward beta (log pi -
+      log pi_ref) is 0 and TRL's accuracy (chosen reward > rejected reward) counts a tie as wrong, so 0 is the
+      definition, not a measurement;
+    - a ranking accuracy R (eval rows or eval.json) below the reference model's R: the policy ranks fewer pairs
+      right than the model it started from, whatever its implicit reward accuracy (Chen et al. 2024,
+      arXiv:2405.19534, which the headline's baseline column is for)."""
+    notes, by_metric = [], {r["metric"]: r for r in rows}
+    evals = [r for r in rows if r["metric"].startswith("eval_")]
+    if evals and all(r["after"] is None for r in evals):
+        notes.append("its only eval is at step 0, the starting model (eval_on_start): no held-out number after "
+                     "training yet")
+    last = max((r["steps"]["after"] for r in evals if r["steps"]["after"] is not None), default=None)
+    if last is not None and last > 0 and policy_is_reference_at(run, last):
+        lr = run.config.get("learning_rate")
+        notes.append(f"the policy did not move: at its last eval (step {last:g}) its held-out log-probs are the "
+                     f"reference model's (mean log pi - log pi_ref "
+                     f"{_value(run, 'eval_logps_drift/chosen', last):.3g} chosen, "
+                     f"{_value(run, 'eval_logps_drift/rejected', last):.3g} rejected), so every eval number above "
+                     "is the starting model's: training changed nothing it measures"
+                     + (f" (learning_rate {lr:g})" if _number(lr) else ""))
+    acc = by_metric.get("eval_rewards/accuracies")
+    tied = [f"{acc['steps'][at]:g}" for at in ("before", "after") if acc[at] and acc[at][1] == 0
+            and policy_is_reference_at(run, acc["steps"][at])] if acc else []
+    if tied:
+        notes.append(f"eval_rewards/accuracies is 0 at step {' and '.join(tied)} by definition, not a measurement: "
+                     "the policy there is the reference, so every implicit reward beta (log pi - log pi_ref) is 0, "
+                     "and TRL's accuracy (chosen reward > rejected reward) counts each tie as wrong")
+    for key, where in (("eval_ranking_accuracy", "held-out"), ("ranking_accuracy", "eval.json")):
+        row = by_metric.get(key)
+        if not row or not row["after"] or not row["baseline"]:
+            continue
+        (said, after), base = row["after"], row["baseline"][0][1]
+        if after < base:
+            implicit = (by_metric.get("eval_rewards/accuracies") or {}).get("after") if key.startswith("eval_") \
+                else None
+            notes.append(f"{where} ranking accuracy R ({after:.4g}, {said}) is below the reference model's "
+                         f"({base:.4g}): the policy ranks fewer pairs right (log pi(chosen) >= log pi(rejected)) "
+                         "than the model it started from"
+                         + (f", although its implicit reward accuracy is {implicit[1]:.4g} (pairs whose chosen "
+                            "log-ratio rose more than the rejected one's, not pairs ranked right)"
+                            if implicit and implicit[1] > after else ""))
+    return notes
 
 
 # eval.json metrics (`preflab eval`) -> (what it is, baseline key in the same metrics or None)

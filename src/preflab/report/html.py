@@ -18,7 +18,7 @@ from preflab.errors import PreflabError
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
-from preflab.report.headline import headline_rows
+from preflab.report.headline import headline_notes, headline_rows, summary_rows
 from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
 CSS = """
@@ -210,14 +210,20 @@ def _results(runs: list[RunData]) -> str:
     return "<h2>Result (summary.json)</h2>" + _table(["", *[r.name for r in runs]], rows)
 
 
-def _headline(runs: list[RunData]) -> str:
-    """Before vs after with the baseline, first in the report (preflab.report.headline)."""
+def _headline(runs: list[RunData], overview: dict | None = None) -> str:
+    """Before vs after with the baseline, first in the report (preflab.report.headline); a folder of runs (the
+    demo) first gets the before / after its own summary.json measured (the result of its runs together)."""
     def cell(pairs) -> str:
         pairs = [pairs] if isinstance(pairs, tuple) else pairs or []
         if not pairs:
             return "<td>–</td>"
         return '<td class="num">' + "; ".join(f"{_fmt(v)} <small>({_e(k)})</small>" for k, v in pairs) + "</td>"
     rows, without, late = [], [], []
+    folder = summary_rows(overview or {}, "measured by the folder's summary.json; what before and after are: the "
+                          "result above", ("before, see meaning", "after, see meaning"))
+    name = f"{Path(str((overview or {}).get('_folder', ''))).name} (folder)"
+    rows += [[f"<td>{_e(name)}</td>", f"<td>{_e(r['metric'])}</td>", cell(r["before"]), cell(r["after"]),
+              cell(r["baseline"]), f'<td class="doc">{_e(r["meaning"])}</td>'] for r in folder]
     for run in runs:
         found = headline_rows(run)
         if not found and run.config.get("task") not in RECIPE_TASKS:   # a recipe's result is its summary table
@@ -226,12 +232,17 @@ def _headline(runs: list[RunData]) -> str:
         if first > 0:
             late.append(f"{run.name}: its first eval was at step {first:g}, after training had started, so 'before' "
                         "is not the starting model; eval_on_start: true evaluates it at step 0")
+        late += [f"{run.name}: {note}" for note in headline_notes(run, found)]
         rows += [[f"<td>{_e(run.name)}</td>", f"<td>{_e(r['metric'])}</td>", cell(r["before"]), cell(r["after"]),
                   cell(r["baseline"]), f'<td class="doc">{_e(r["meaning"])}</td>'] for r in found]
     out = "<h2>Headline</h2>"
     if rows:
         out += _table(["run", "metric", "before", "after", "baseline", "meaning"], rows)
-    if without:
+    if without and folder:
+        late.append(f"{', '.join(without)}: no held-out metric of its own (no eval rows in metrics.jsonl); the "
+                    f"folder's row{'s' if len(folder) > 1 else ''} above, from its summary.json, "
+                    f"judge{'' if len(folder) > 1 else 's'} {'the runs together' if len(runs) > 1 else 'the run'}")
+    elif without:
         late.append(f"{', '.join(without)}: no held-out metric to judge the run by (no eval rows in metrics.jsonl); "
                     "see the notes below")
     return out + _notes(late) if rows or without else ""
@@ -314,13 +325,20 @@ def _overview(overview: dict) -> str:
 
 
 # what a run is, from its config.yaml, in the run list at the top (the config section below has every key)
-_PURPOSE_KEYS = ("task", "loss_type", "model_name_or_path", "dataset_name")
+_PURPOSE_KEYS = ("task", "trainer", "loss_type", "model_name_or_path", "dataset_name")
 
 
 def _purpose(run: RunData) -> str:
     """' (task diffusion, loss_type diffusion_dpo, model_name_or_path ..., dataset_name ...)': what the run trained
-    and on what (the list said only the run's name and path)."""
-    parts = [f"{k} {run.config[k]}" for k in _PURPOSE_KEYS if run.config.get(k) not in (None, "")]
+    and on what (the list said only the run's name and path). The objective as objective_label names it: an online
+    run's trainer beside its loss_type; no loss_type for an SFT or reward-model run, whose config.yaml carries the
+    default `sigmoid` it never used."""
+    task = str(run.config.get("task", "dpo"))
+    skip = {"loss_type"} if task in ("sft", "reward") else set() if task == "online" else {"trainer"}
+    def said(value) -> str:   # a weighted list of objectives as objective_label writes it
+        return " + ".join(map(str, value)) if isinstance(value, list) else str(value)
+    parts = [f"{k} {said(run.config[k])}" for k in _PURPOSE_KEYS
+             if k not in skip and run.config.get(k) not in (None, "")]
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -336,7 +354,7 @@ def render_report(runs: list[RunData], title: str | None = None, overview: dict 
         f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>",
         f"<p class=\"meta\">generated by preflab {_e(__version__)} on {now}</p><ul>{listing}</ul>",
-        _overview(overview or {}), _headline(runs), _results(runs),
+        _overview(overview or {}), _headline(runs, overview), _results(runs),
         _notes(missing) if missing else "",
         _curve_reading(runs), _curves(runs), _samples(runs), _margins(runs), _eval_section(runs), _final_metrics(runs), _config(runs),
         _environment(runs), "</body></html>",

@@ -122,6 +122,9 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                 run.rows.append(row)
         if run.bad_lines:
             run.missing.append(f"{run.bad_lines} unreadable line(s) in metrics.jsonl were skipped")
+        elif not run.rows:
+            run.missing.append("metrics.jsonl holds no rows: the run has logged nothing (it stopped, or is still "
+                               "running, before its first logged step)")
     elif recipe:
         stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
         run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
@@ -135,9 +138,12 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if not run.summary:
         run.missing.append("no summary.json: the run has not finished (final metrics and environment unknown)")
     run.missing += data_notes(run.summary)
+    if run.summary.get("resumed_from_step"):
+        run.missing.append(resumed_note(run.summary))
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
         what = EVAL_ROWS_LOG.get(str(run.config.get("task")), "held-out ranking accuracy and log-prob drift")
-        run.missing.append("no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
+        run.missing.append(f"no eval rows in metrics.jsonl yet: {awaited_eval(run)}" if configured_eval_set(run.config)
+                           else "no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
                            f"eval_dataset_name) to log {what}")
     run.eval = _read_json(path / "eval.json") if (path / "eval.json").is_file() else {}
     if not run.eval and run.config.get("task") == "reward":
@@ -171,15 +177,51 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append(f"eval.json: {bad_pairs} pair(s) with non-finite per-pair log-probs (per_pair) left out "
                            "of the final-margin histogram and the difficulty plot")
     if not run.margins and run.pairwise:
-        run.missing.append("no per-pair margins (pair_margins.jsonl): a preference run writes them at each eval "
+        run.missing.append("no per-pair margins (pair_margins.jsonl) yet: a preference run writes them at each eval "
+                           "step, and this run has not logged one" if configured_eval_set(run.config) else
+                           "no per-pair margins (pair_margins.jsonl): a preference run writes them at each eval "
                            "step; set eval_steps and an eval set (eval_fraction or eval_dataset_name) for the "
                            "margin histograms")
     return run
 
 
+def configured_eval_set(config: dict) -> str | None:
+    """The eval set a run's config.yaml sets ("eval_fraction 0.1", "eval_dataset_name X"), or None. A run with one
+    evaluates every eval_steps steps and at its end (TrainConfig: eval_steps 0 evaluates only at the end)."""
+    if config.get("eval_dataset_name"):
+        return f"eval_dataset_name {config['eval_dataset_name']}"
+    fraction = config.get("eval_fraction")
+    return f"eval_fraction {fraction:g}" if isinstance(fraction, (int, float)) and fraction > 0 else None
+
+
+def awaited_eval(run: RunData) -> str:
+    """Why a run whose config sets an eval set has no eval row: it has not reached its first evaluation."""
+    every = run.config.get("eval_steps")
+    when = (f"every {every} steps and at the end of training" if isinstance(every, int) and every > 0
+            else "at the end of training")
+    steps = [float(r["step"]) for r in run.rows if isinstance(r.get("step"), (int, float))]
+    reached = f"its last logged step is {max(steps):g}" if steps else "it has logged no step"
+    return (f"config.yaml sets an eval set ({configured_eval_set(run.config)}), evaluated {when}; the run has not "
+            f"reached an evaluation ({reached})")
+
+
+def resumed_note(summary: dict) -> str:
+    """The note on a resumed run: summary.json's runtime_s and train_examples_seen count from the resume (the
+    driver's clock and count start at the checkpoint's step), while metrics.jsonl keeps the rows logged before it."""
+    runtime, seen = summary.get("runtime_s"), summary.get("train_examples_seen")
+    counts = " and ".join(part for part in (
+        f"runtime_s ({runtime:.3g} s)" if isinstance(runtime, (int, float)) else "",
+        f"train_examples_seen ({seen})" if isinstance(seen, int) else "") if part)
+    return (f"resumed from step {summary['resumed_from_step']} (summary.json resumed_from_step)"
+            + (f": its {counts} count the steps after the resume only" if counts else "")
+            + "; the curves and the headline read metrics.jsonl, which holds the steps before the resume too")
+
+
 def eval_command(config: dict) -> str | None:
     """The `preflab eval` command (RUN_DIR for the run) that fits a run of `config`, or None where none fits.
-    A preference run (dpo and the losses under it): the pair diagnostics against a reference. A text online run:
+    A preference run (dpo and the losses under it): the pair diagnostics against the reference the run trained
+    against, `preflab eval`'s default (no --reference placeholder to fill), and the win rate with a judge. A text
+    online run:
     the same command with a judge (--reward-fn / --reward-model) for the greedy win rate against its starting
     policy, which is already the default reference (the run's model_name_or_path), so no --reference. An image-text
     run (task: vlm, or online_task: vision_dataset): `--task vlm`; reward and diffusion runs: their `--task`. None for
@@ -197,7 +239,7 @@ def eval_command(config: dict) -> str | None:
         return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
     if task == "online":
         return "preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION"
-    return "preflab eval RUN_DIR --data HELDOUT --reference REF"
+    return "preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]"   # the reference: the run's own
 
 
 def policy_eval_hint(path: Path, config: dict) -> str | None:
@@ -219,8 +261,9 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
         return (f"no eval.json: run {command} (or --reward-model DIR, e.g. the run's judge) for the greedy win rate "
                 "against the starting policy (the default reference, the run's model_name_or_path) and ranking "
                 f"accuracy on held-out pairs{late}")
-    return (f"no eval.json: run {command} for ranking accuracy, idealized ranking accuracy, 3D metrics and win "
-            f"rate{late}")
+    return (f"no eval.json: run {command} for ranking accuracy, idealized ranking accuracy and 3D metrics against "
+            "the reference the run trained against (the default; --reference DIR for another), and with a judge "
+            f"(--reward-fn, --reward-model or --judge) the win rate{late}")
 
 
 PER_PAIR_KEYS = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
