@@ -453,7 +453,8 @@ def training_overlap(examples, cfg: dict, data=None, split: str | None = None) -
     try:
         train, report = load_rows(str(name), split=train_split, kind="pairwise", on_bad_row="skip")
     except (PreflabError, OSError, ValueError) as err:
-        return None, None, f"{whose} could not be read ({err}), so whether the eval pairs were trained on was not checked"
+        return None, None, (f"{whose} could not be read ({err}), so whether the eval pairs were trained on was not "
+                            "checked")
     if not train:
         return None, None, (f"{whose} holds no preference pairs ({report.summary()}), so whether the eval pairs "
                             "were trained on was not checked")
@@ -464,9 +465,10 @@ def training_overlap(examples, cfg: dict, data=None, split: str | None = None) -
 
         group, _ = holdout_groups(train)
         ids = sorted(set(group.values()))
-        held = {ids[i] for i in held_out_positions(len(ids), float(fraction), int(cfg.get("seed", 42)))}
+        seed = 42 if cfg.get("seed") is None else int(cfg["seed"])  # TrainConfig's default seed
+        held = {ids[i] for i in held_out_positions(len(ids), float(fraction), seed)}
         train = [r for r in train if group[r.row_id] not in held]
-        held_out = f", less the eval_fraction={fraction} of its rows the run held out (seed {cfg.get('seed', 42)})"
+        held_out = f", less the eval_fraction={fraction} of its rows the run held out (seed {seed})"
     counts = training_overlap_counts(train, examples)
     record = {**counts, "checked_against": str(name), "split": train_split, "training_pairs": len(train)}
     if not (counts["prompts"] or counts["pairs"]) or (data is not None and training_data_note(data, cfg, split)):
