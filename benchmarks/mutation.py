@@ -1942,6 +1942,31 @@ MUTANTS += [
 ]
 
 
+# eval-overlap round: preflab eval's count of the evaluated pairs the run's training rows hold (prompt vs whole pair,
+# the rows eval_fraction held out, the zero-overlap and same-file rules for the note, the report's headline clause)
+EVOV = ["tests/eval/test_eval_training_overlap.py"]
+MUTANTS += [
+    Mutant("evov-pair-counted-by-prompt", "data/overlap.py",
+           [("in_pairs += _digest(_content(example)) in contents",
+             "in_pairs += _digest(_key(example.prompt)) in prompts")],
+           EVOV, "an eval pair sharing only its prompt with training counts as a training pair"),
+    Mutant("evov-held-out-rows-counted-as-trained", "eval/run.py",
+           [("        train = [r for r in train if group[r.row_id] not in held]\n", "")], EVOV,
+           "the rows eval_fraction held out count as trained on"),
+    Mutant("evov-prompt-only-overlap-unsaid", "eval/run.py",
+           [("if not (counts[\"prompts\"] or counts[\"pairs\"]) or",
+             "if not (counts[\"prompts\"] and counts[\"pairs\"]) or")],
+           EVOV, "eval pairs on training prompts (no whole training pair) get no note"),
+    Mutant("evov-second-note-beside-same-file", "eval/run.py",
+           [(" or (data is not None and training_data_note(data, cfg, split)):", ":")], EVOV,
+           "--data being the training file gets the same-file note and the overlap note"),
+    Mutant("evov-headline-says-zero-overlap", "report/headline.py",
+           [("if not isinstance(overlap, dict) or not (overlap.get(\"prompts\") or overlap.get(\"pairs\")):",
+             "if not isinstance(overlap, dict):")], EVOV,
+           "the headline says '0 with a prompt the run trained on' for a held-out eval"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

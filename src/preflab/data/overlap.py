@@ -1,6 +1,7 @@
 """Repeated rows and train/eval overlap, counted for the data report (nothing is dropped).
 
     overlap_report(train_examples, eval_examples) -> {"duplicate_train_examples": n, "eval_prompts_in_train": m}
+    training_overlap_counts(train_examples, eval_examples) -> {"prompts": n, "pairs": m, "rows": N}  (preflab eval)
 
 duplicate_train_examples: train examples whose content (prompt, responses, label; not the row id or extras) repeats
 an earlier train example exactly: the run trains on them more than once per epoch. eval_prompts_in_train: eval
@@ -124,6 +125,25 @@ def overlap_report(train, evals) -> dict:
     train_prompts = {_key(example.prompt) for example in train}
     in_train = sum(_key(example.prompt) in train_prompts for example in evals)
     return {"duplicate_train_examples": duplicates, "eval_prompts_in_train": in_train}
+
+
+def training_overlap_counts(train, evals) -> dict:
+    """How many of the examples `evals` the examples `train` already hold, for `preflab eval` against a run's
+    training rows: "prompts" counts eval examples whose prompt equals a train example's prompt, "pairs" those whose
+    whole content (prompt, chosen, rejected; every field but row_id and extras, as overlap_report compares) equals
+    a train example's, "rows" is len(evals). Fields are compared as load_rows made them (conversational messages
+    as their message lists), not as tokens. One pass over each side; the train side is held as 16-byte BLAKE2b
+    digests only."""
+    prompts, contents = set(), set()
+    for example in train:
+        prompts.add(_digest(_key(example.prompt)))
+        contents.add(_digest(_content(example)))
+    in_prompts = in_pairs = rows = 0
+    for example in evals:
+        rows += 1
+        in_prompts += _digest(_key(example.prompt)) in prompts
+        in_pairs += _digest(_content(example)) in contents
+    return {"prompts": in_prompts, "pairs": in_pairs, "rows": rows}
 
 
 def overlap_notes(report: dict, n_eval: int) -> list[str]:

@@ -11,7 +11,9 @@ eval.json holds: "metrics" (flat {name: value}; names in preflab.eval.METRIC_DOC
 sums and lengths the report draws histograms from), "token_rewards" with --token-rewards N (the first N pairs'
 per-token implicit rewards beta (log pi - log pi_ref) of each response token, which sum to the pair's sequence
 reward; Wang et al. 2025, methods/objectives.md §C #10), "notes" (assumptions made, e.g. alpha = 1), "missing"
-({metric group: why it was not computed}), and the data report (rows read, kept, skipped by reason).
+({metric group: why it was not computed}), the data report (rows read, kept, skipped by reason), and, for a run whose
+training data is on disk, "overlap_with_training" ({prompts, pairs, rows, checked_against, split, training_pairs}:
+the scored pairs whose prompt / whole pair the run's training rows hold; training_overlap).
 
 Unpaired rows (prompt, completion, label: TRL's KTO form) get the implicit reward's separation of the labels
 instead (preflab.eval.unpaired: rewards/*, logps/*, unpaired/auroc; per_completion instead of per_pair).
@@ -219,9 +221,11 @@ def open_eval_split(data, split: str | None, limit: int | None = None):
 
 
 def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
-                    beta: float | None = None, reward_fn=None, judge=None) -> dict:
+                    beta: float | None = None, reward_fn=None, judge=None, training_run: dict | None = None) -> dict:
     """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict.
-    beta: the implicit reward's; else options.beta; else 0.1 (two different values are a ConfigError)."""
+    beta: the implicit reward's; else options.beta; else 0.1 (two different values are a ConfigError).
+    training_run: the config of the run evaluated (models.run_config.run_config): its training rows are compared
+    with the pairs scored (training_overlap -> "overlap_with_training", a note, or "missing" saying why not)."""
     from preflab.data.rows import load_rows
     from preflab.data.tokenize import tokenize_indexed
 
@@ -251,6 +255,9 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
             out["notes"] = notes + ([capped] if capped else []) + out["notes"]
             if reward_fn is not None or judge is not None:
                 out["missing"]["win_rate"] = "a win rate needs pairs' prompts and a reference; the data is unpaired"
+            if (training_run or {}).get("dataset_name"):
+                out["missing"]["overlap_with_training"] = ("unpaired eval rows: the overlap with the run's training "
+                                                           "data is counted for preference pairs only")
             if opts.token_rewards:
                 out["missing"]["token_rewards"] = "--token-rewards writes the tokens of preference pairs (chosen and " \
                                                   "rejected); the data is unpaired"
@@ -277,6 +284,11 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)
     out: dict = {"num_pairs": scores.size, "beta": beta, "truncation": _cuts(opts), "split": opts.split}
+    if training_run is not None:
+        overlap, said, why = training_overlap([examples[i] for i in indices], training_run, data, opts.split)
+        out.update({"overlap_with_training": overlap} if overlap is not None else {})
+        notes += [said] if said else []
+        missing.update({"overlap_with_training": why} if why else {})
     if ref is not None:
         metrics.update(ranking_report(scores.ref_chosen, scores.ref_rejected, scores.chosen_length,
                                       scores.rejected_length, alpha, beta, scores.policy_chosen,
@@ -414,6 +426,59 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
                else "evaluate a held-out file for generalization")
     return (f"--data {data} (split {split}) is the run's training data (dataset_name): {held}, so these metrics "
             f"are not held-out; {instead}")
+
+
+def training_overlap(examples, cfg: dict, data=None, split: str | None = None) -> tuple[dict | None, str | None,
+                                                                                     str | None]:
+    """(eval.json's "overlap_with_training", a note, why it was not checked) for the evaluated pair `examples` and a
+    run's config `cfg`: how many of them the run's training rows already hold (data.overlap.training_overlap_counts:
+    same prompt; same whole pair), the training rows read as the run read them (load_rows of dataset_name /
+    dataset_split, less the rows eval_fraction held out with the run's seed when it had no eval_dataset_name,
+    data.holdout). Rule for the note: none at zero overlap (the zeros are still recorded), and none where
+    training_data_note already says --data is the training data (`data`, `split`); otherwise both counts with their
+    fractions. A config without dataset_name gives (None, None, None); a dataset_name not on disk (a hub name: eval
+    downloads no training data) or not readable gives only the reason (eval.json "missing")."""
+    from preflab.data.overlap import training_overlap_counts
+    from preflab.data.rows import load_rows
+
+    name = cfg.get("dataset_name")
+    if not name or not isinstance(name, (str, Path)):
+        return None, None, None
+    train_split = cfg.get("dataset_split") or "train"
+    whose = f"the run's training data {name} (dataset_name, split {train_split})"
+    if not Path(str(name)).exists():
+        return None, None, (f"{whose} is no file or folder here (a hub dataset name, or a path relative to the "
+                            "directory the run was started in), and eval downloads no training data, so whether "
+                            "the eval pairs were trained on was not checked")
+    try:
+        train, report = load_rows(str(name), split=train_split, kind="pairwise", on_bad_row="skip")
+    except (PreflabError, OSError, ValueError) as err:
+        return None, None, (f"{whose} could not be read ({err}), so whether the eval pairs were trained on was not "
+                            "checked")
+    if not train:
+        return None, None, (f"{whose} holds no preference pairs ({report.summary()}), so whether the eval pairs "
+                            "were trained on was not checked")
+    held_out = ""
+    fraction = cfg.get("eval_fraction") or 0
+    if fraction and not cfg.get("eval_dataset_name"):  # as loops.prepare.prepare_examples holds them out
+        from preflab.data.holdout import held_out_positions, holdout_groups
+
+        group, _ = holdout_groups(train)
+        ids = sorted(set(group.values()))
+        seed = 42 if cfg.get("seed") is None else int(cfg["seed"])  # TrainConfig's default seed
+        held = {ids[i] for i in held_out_positions(len(ids), float(fraction), seed)}
+        train = [r for r in train if group[r.row_id] not in held]
+        held_out = f", less the eval_fraction={fraction} of its rows the run held out (seed {seed})"
+    counts = training_overlap_counts(train, examples)
+    record = {**counts, "checked_against": str(name), "split": train_split, "training_pairs": len(train)}
+    if not (counts["prompts"] or counts["pairs"]) or (data is not None and training_data_note(data, cfg, split)):
+        return record, None, None
+    n = counts["rows"]
+    note = (f"{counts['prompts']} of {n} eval pairs ({counts['prompts'] / n:.1%}) have a prompt the run trained on, "
+            f"and {counts['pairs']} ({counts['pairs'] / n:.1%}) are training pairs (same prompt, chosen and "
+            f"rejected), compared with {whose}{held_out}: these metrics are partly on training data, not held-out; "
+            "evaluate pairs whose prompts the run did not train on for generalization")
+    return record, note, None
 
 
 def _same_data(data, name) -> bool:

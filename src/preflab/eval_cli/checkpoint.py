@@ -66,7 +66,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     policy = policy.to(device)
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
-    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge)
+    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge, training_run=cfg)
     trained_on = training_data_note(data, cfg, result.get("split") or "train")
     result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,

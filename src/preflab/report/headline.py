@@ -197,16 +197,28 @@ EVAL_JSON_KEYS = (("ranking_accuracy", "ranking accuracy R (preflab eval)", "ref
                    "reward/reference"))
 
 
+def trained_on_clause(result: dict) -> str:
+    """", P with a prompt the run trained on (M training pairs)" from eval.json's overlap_with_training
+    (preflab.eval.run.training_overlap) when either count is non-zero, else "": the headline's held-out numbers
+    then say at once that part of them are not held-out."""
+    overlap = result.get("overlap_with_training")
+    if not isinstance(overlap, dict) or not (overlap.get("prompts") or overlap.get("pairs")):
+        return ""
+    return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; "
+            "not held-out)")
+
+
 def eval_json_rows(run: RunData) -> list[dict]:
     """The eval.json numbers a run is judged by: its ranking accuracy beside the reference's, a reward model's
     accuracy, a diffusion pipeline's implicit accuracy and --reward-fn score beside the reference pipeline's, and
-    the win rate against the reference (with its interval). The rows say "eval.json, N pairs"; its
+    the win rate against the reference (with its interval). The rows say "eval.json, N pairs" (and how many of
+    them the run trained on: trained_on_clause); its
     notes (e.g. that --data was the training data, so not held-out) are in the report's evaluation section."""
     metrics = run.eval.get("metrics") if isinstance(run.eval, dict) else None
     if not isinstance(metrics, dict):
         return []
     win = run.eval.get("win_rate")
-    where = f"eval.json, {run.eval.get('num_pairs')} pairs"
+    where = f"eval.json, {run.eval.get('num_pairs')} pairs" + trained_on_clause(run.eval)
     sampled = f"eval.json, {win['n']} prompts" if isinstance(win, dict) and win.get("n") else "eval.json"
     rows = [{"metric": key, "meaning": meaning + "; see its notes below", "before": None,
              "after": (sampled if key == "reward/policy" else where, metrics[key]),   # scored samples, not pairs

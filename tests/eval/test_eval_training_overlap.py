@@ -1,0 +1,139 @@
+"""preflab eval counts the evaluated pairs the run's training rows already hold (eval.json overlap_with_training):
+the report trial's `preflab eval outputs/demo/dpo --data examples/data/loud_echo_pairs.jsonl` shared 117 of 256
+pairs and every prompt with the training data and said nothing, because --data was not the training file itself."""
+import json
+from pathlib import Path
+
+import pytest
+
+from preflab.data.holdout import held_out_positions
+from preflab.eval.run import evaluate_models, training_overlap
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+TRAIN = [{"prompt": f"question number {i} ?", "chosen": f" answer {i}", "rejected": f" wrong {i}"} for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = tiny_tokenizer("bytelevel")
+    return tok, tiny_causal_lm(tok, seed=1).eval(), tiny_causal_lm(tok, seed=2).eval()
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _examples(path: str):
+    from preflab.data.rows import load_rows
+
+    return load_rows(path, kind="pairwise")[0]
+
+
+def test_a_partly_trained_on_eval_file_gets_exact_counts_and_one_note(tiny, tmp_path):
+    tok, policy, ref = tiny
+    train = _jsonl(tmp_path / "train.jsonl", TRAIN)
+    evals = _jsonl(tmp_path / "eval.jsonl", [
+        TRAIN[0],                                                        # a training pair
+        {**TRAIN[1], "chosen": " another answer"},                       # a training prompt, a new pair
+        {"prompt": "a new question ?", "chosen": " yes", "rejected": " no"},
+        {**TRAIN[2], "id": 17},                                          # a training pair (extras are not content)
+        {"prompt": "another new one ?", "chosen": " fine", "rejected": " bad"}])
+    out = evaluate_models(policy, tok, evals, ref=ref, training_run={"dataset_name": train, "seed": 3})
+    assert out["overlap_with_training"] == {"prompts": 3, "pairs": 2, "rows": 5, "checked_against": train,
+                                            "split": "train", "training_pairs": 6}
+    said = [n for n in out["notes"] if "trained on" in n]
+    assert len(said) == 1 and said[0].startswith("3 of 5 eval pairs (60.0%) have a prompt the run trained on, and "
+                                                 "2 (40.0%) are training pairs")
+    assert f"the run's training data {train} (dataset_name, split train)" in said[0]
+    assert "overlap_with_training" not in out["missing"]
+
+
+def test_a_shared_prompt_is_no_shared_pair(tmp_path):
+    train = TRAIN[:3]
+    from preflab.data.rows import load_rows
+
+    examples = load_rows([{**r, "rejected": r["rejected"] + " !"} for r in train] +          # other rejected
+                         [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in train],  # swapped
+                         kind="pairwise")[0]
+    record, note, why = training_overlap(examples, {"dataset_name": None})
+    assert (record, note, why) == (None, None, None)      # no training data named: nothing to compare or say
+    record, note, why = training_overlap(examples, {"dataset_name": _jsonl(tmp_path / "t.jsonl", train)})
+    assert (record["prompts"], record["pairs"], record["rows"]) == (6, 0, 6) and why is None
+    assert note.startswith("6 of 6 eval pairs (100.0%) have a prompt the run trained on, and 0 (0.0%)")
+
+
+def test_conversational_rows_are_compared_as_the_loader_reads_them(tmp_path):
+    """A training row with an explicit conversational prompt and the same pair written as two whole conversations
+    (implicit prompt) are one pair after load_rows: counted as a training pair; a text prompt with the same words
+    as a one-message conversation is not the same prompt (the loader keeps them different)."""
+    user = [{"role": "user", "content": "name a colour"}]
+    train = _jsonl(tmp_path / "train.jsonl", [
+        {"prompt": user, "chosen": [{"role": "assistant", "content": "red"}],
+         "rejected": [{"role": "assistant", "content": "seven"}]}])
+    evals = _examples(_jsonl(tmp_path / "eval.jsonl", [
+        {"chosen": user + [{"role": "assistant", "content": "red"}],
+         "rejected": user + [{"role": "assistant", "content": "seven"}]},
+        {"prompt": user, "chosen": [{"role": "assistant", "content": "blue"}],
+         "rejected": [{"role": "assistant", "content": "seven"}]},
+        {"prompt": "name a colour", "chosen": "red", "rejected": "seven"}]))
+    record, note, why = training_overlap(evals, {"dataset_name": train})
+    assert (record["prompts"], record["pairs"], record["rows"]) == (2, 1, 3)
+    assert note.startswith("2 of 3 eval pairs (66.7%)") and why is None
+
+
+def test_no_overlap_records_zeros_and_says_nothing(tiny, tmp_path):
+    tok, policy, ref = tiny
+    train = _jsonl(tmp_path / "train.jsonl", TRAIN)
+    evals = _jsonl(tmp_path / "eval.jsonl", [{"prompt": "new ?", "chosen": " a", "rejected": " b"},
+                                             {"prompt": "newer ?", "chosen": " c", "rejected": " d"}])
+    out = evaluate_models(policy, tok, evals, ref=ref, training_run={"dataset_name": train})
+    assert out["overlap_with_training"] == {"prompts": 0, "pairs": 0, "rows": 2, "checked_against": train,
+                                            "split": "train", "training_pairs": 6}
+    assert not any("trained on" in n for n in out["notes"]) and "overlap_with_training" not in out["missing"]
+
+
+def test_training_data_that_cannot_be_read_is_said_once_and_why(tiny, tmp_path):
+    tok, policy, ref = tiny
+    evals = _jsonl(tmp_path / "eval.jsonl", TRAIN[:2])
+    out = evaluate_models(policy, tok, evals, ref=ref, training_run={"dataset_name": "someone/hub-prefs"})
+    assert "overlap_with_training" not in out
+    why = out["missing"]["overlap_with_training"]
+    assert why.startswith("the run's training data someone/hub-prefs (dataset_name, split train) is no file or "
+                          "folder here (a hub dataset name") and "was not checked" in why
+    assert not any("someone/hub-prefs" in n for n in out["notes"])          # once: in missing, not also a note
+    sft = _jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                        {"role": "assistant", "content": "hello"}]}])
+    _, note, why = training_overlap(_examples(evals), {"dataset_name": sft})
+    assert note is None and why.startswith(f"the run's training data {sft} (dataset_name, split train) holds no "
+                                           "preference pairs")
+
+
+def test_the_rows_eval_fraction_held_out_are_not_training_rows_and_the_same_file_note_stands(tmp_path):
+    """--data = the training file with eval_fraction: the pairs counted are exactly those the run trained on (all
+    but the seeded held-out rows), and the same-file note (training_data_note) is the one note: no second one."""
+    rows = [{"prompt": f"p{i} ?", "chosen": f" c{i}", "rejected": f" r{i}"} for i in range(20)]
+    data = _jsonl(tmp_path / "train.jsonl", rows)
+    cfg = {"dataset_name": data, "dataset_split": "train", "eval_fraction": 0.25, "seed": 7}
+    held = held_out_positions(20, 0.25, 7)
+    assert len(held) == 5
+    record, note, why = training_overlap(_examples(data), cfg, data, "train")
+    assert (record["prompts"], record["pairs"], record["rows"], record["training_pairs"]) == (15, 15, 20, 15)
+    assert note is None and why is None
+    other = _jsonl(tmp_path / "copy.jsonl", rows)            # the same rows under another name: the note is given
+    _, note, _ = training_overlap(_examples(other), cfg, other, "train")
+    assert note.startswith("15 of 20 eval pairs (75.0%)") and "less the eval_fraction=0.25 of its rows" in note
+
+
+def test_the_report_headline_says_how_many_eval_pairs_were_trained_on(tmp_path):
+    from preflab.report.headline import eval_json_rows
+    from preflab.report.runs import RunData
+
+    result = {"num_pairs": 256, "metrics": {"ranking_accuracy": 0.7, "reference_ranking_accuracy": 0.5},
+              "overlap_with_training": {"prompts": 256, "pairs": 117, "rows": 256}}
+    row, = eval_json_rows(RunData("dpo", tmp_path, eval=result))
+    assert row["after"] == ("eval.json, 256 pairs, 256 with a prompt the run trained on (117 training pairs; not "
+                            "held-out)", 0.7)
+    result["overlap_with_training"] = {"prompts": 0, "pairs": 0, "rows": 256}
+    row, = eval_json_rows(RunData("dpo", tmp_path, eval=result))
+    assert row["after"] == ("eval.json, 256 pairs", 0.7)
