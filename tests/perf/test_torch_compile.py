@@ -51,17 +51,33 @@ def test_inductor_trains_like_eager_with_one_graph_per_grad_mode(tmp_path):
     assert diff < 1e-5
 
 
-@pytest.mark.slow  # 3 short runs, two of them traced by dynamo: ~10 s
-def test_graphs_stay_bounded_without_bucketing_and_with_several_head_chunks(tmp_path):
+@pytest.fixture(scope="module")
+def logged_every_two_steps(tmp_path_factory):
+    """One compiled run (eager backend, 6 steps, widths changing every step: no pad_to_multiple_of) logging every 2
+    steps, and the eager run of the same config, shared by the two tests below that read them (a traced run costs
+    ~5 CPU-s): {"summary", "compile_on", "shapes", "root"}; root / "compiled" and root / "eager" hold the runs.
+    Dynamo is reset before each run (its caches are per code object, shared with the tests before)."""
+    root = tmp_path_factory.mktemp("logged-every-two")
+    torch._dynamo.reset()
+    summary, trainer = run(root / "compiled", max_steps=6, logging_steps=2, torch_compile_backend="eager")
+    out = {"summary": summary, "compile_on": trainer.cfg.torch_compile, "shapes": shapes(trainer, 6), "root": root}
+    del trainer
+    torch._dynamo.reset()
+    run(root / "eager", max_steps=6, logging_steps=2)
+    return out
+
+
+@pytest.mark.slow  # 3 short runs (one shared with the logging test), two of them traced by dynamo: ~10 s
+def test_graphs_stay_bounded_without_bucketing_and_with_several_head_chunks(tmp_path, logged_every_two_steps):
     """Dynamo decides the graphs (the backend only compiles them): the eager backend counts them in seconds.
-    Widths change every step here (no pad_to_multiple_of); with chunk_tokens 10 the LM head runs in 3 or 4 chunks
-    (one of them a single position when M = 31): per grad mode three graphs whatever the chunk count (the forward
-    up to the head, the compiled head on 10 positions, the rest; the chunk loop runs between them), and the compiled
-    chunking (a last window of 10 positions, its overlap dropped) gives eager's numbers."""
-    summary, trainer = run(tmp_path / "plain", max_steps=6, torch_compile_backend="eager")
-    assert trainer.cfg.torch_compile  # a backend turns torch_compile on (TRL's TrainingArguments)
-    assert len({t for t, _ in shapes(trainer, 6)}) > 1
-    assert summary["torch_compile"]["graphs"] == 2
+    Widths change every step in the shared run (no pad_to_multiple_of): 2 graphs; with chunk_tokens 10 the LM head
+    runs in 3 or 4 chunks (one of them a single position when M = 31): per grad mode three graphs whatever the chunk
+    count (the forward up to the head, the compiled head on 10 positions, the rest; the chunk loop runs between
+    them), and the compiled chunking (a last window of 10 positions, its overlap dropped) gives eager's numbers."""
+    plain = logged_every_two_steps
+    assert plain["compile_on"]  # a backend turns torch_compile on (TRL's TrainingArguments)
+    assert len({t for t, _ in plain["shapes"]}) > 1
+    assert plain["summary"]["torch_compile"]["graphs"] == 2
     torch._dynamo.reset()
     summary, trainer = run(tmp_path / "chunks", max_steps=6, torch_compile_backend="eager", chunk_tokens=10)
     # the compiled scorer keeps the dense mask (segment attention is not traced): the eager run too
@@ -126,43 +142,26 @@ def test_compile_options_are_checked():
         config_from_dict({**base, "torch_compile_mode": "fast"})
 
 
-def test_sft_right_padded_rows_compile_to_one_graph(tmp_path):
-    """task: sft (right-padded rows, no reference): the mask probe of models.attention runs before the compiled
-    call, not inside the trace (there it broke the graph and added 3 more), and the loss is eager's."""
-    from preflab.loops.sft import SFTTrainer
-
-    torch.set_num_threads(1)
-    common = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "learning_rate": 1e-3,
-              "dataset_name": str(Path(__file__).parents[2] / "examples/data/loud_echo_sft.jsonl"), "max_steps": 3,
-              "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "max_length": 128,
-              "per_device_train_batch_size": 4}
-    SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "eager")})).train()
-    compiled = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "compiled"),
-                                            "torch_compile_backend": "eager"})).train()
-    assert compiled["torch_compile"]["graphs"] == 1
-    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), abs=1e-6)
-
-
-
-def test_second_trainer_in_one_process_compiles_once_whatever_the_first_becomes(tmp_path):
-    """A notebook trains twice in one process: an eager SFT run, then the same run compiled. The first run's policy
-    is still alive when the second's scorer is traced, and the garbage collector frees it during the second run
-    (here: at step 1, on purpose). Before, right_padding_needs_no_mask kept its verdicts in a module-level dict that
-    the compiled scorer read inside its trace, so dynamo guarded on every model ever probed (the dict's length and
-    each key): the first policy's collection failed the guards and recompiled mid-run (2 graphs), and a collection
-    during the trace itself raised IndexError while dynamo built those guards (list(dict.keys(...))[i]). The verdict now lives on each model: one graph, and the loss is the eager run's."""
+@pytest.fixture(scope="module")
+def sft_eager_then_compiled(tmp_path_factory):
+    """A notebook's two SFT runs in one process (task: sft, right-padded rows, no reference, 3 steps): an eager run
+    ("first"), then the same run compiled (eager backend, "second") while the first run's trainer and policy are still
+    alive, freed by the garbage collector at the second run's step 1 (after its scorer was traced). Shared by the two
+    tests below: {"second": the compiled run's summary, "freed": whether the first trainer was freed, "root"}."""
     import gc
 
     from preflab.loops.sft import SFTTrainer
 
     torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sft-eager-then-compiled")
     common = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "learning_rate": 1e-3,
               "dataset_name": str(Path(__file__).parents[2] / "examples/data/loud_echo_sft.jsonl"), "max_steps": 3,
               "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "max_length": 128,
               "per_device_train_batch_size": 4}
-    first = [SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "first")}))]
+    torch._dynamo.reset()
+    first = [SFTTrainer(config_from_dict({**common, "output_dir": str(root / "first")}))]
     first[0].train()
-    second = SFTTrainer(config_from_dict({**common, "output_dir": str(tmp_path / "second"),
+    second = SFTTrainer(config_from_dict({**common, "output_dir": str(root / "second"),
                                           "torch_compile_backend": "eager"}))
     batches = second.micro_batches
 
@@ -174,9 +173,33 @@ def test_second_trainer_in_one_process_compiles_once_whatever_the_first_becomes(
 
     second.micro_batches = micro_batches
     summary = second.train()
-    assert not first
-    assert summary["torch_compile"]["graphs"] == 1
-    assert losses(tmp_path / "second") == pytest.approx(losses(tmp_path / "first"), abs=1e-6)
+    del second
+    torch._dynamo.reset()
+    return {"second": summary, "freed": not first, "root": root}
+
+
+def test_sft_right_padded_rows_compile_to_one_graph(sft_eager_then_compiled):
+    """task: sft (right-padded rows, no reference): the mask probe of models.attention runs before the compiled
+    call, not inside the trace (there it broke the graph and added 3 more), and the loss is eager's (the compiled and
+    eager runs of sft_eager_then_compiled)."""
+    root = sft_eager_then_compiled["root"]
+    assert sft_eager_then_compiled["second"]["torch_compile"]["graphs"] == 1
+    assert losses(root / "second") == pytest.approx(losses(root / "first"), abs=1e-6)
+
+
+def test_second_trainer_in_one_process_compiles_once_whatever_the_first_becomes(sft_eager_then_compiled):
+    """A notebook trains twice in one process: an eager SFT run, then the same run compiled (sft_eager_then_compiled).
+    The first run's policy is still alive when the second's scorer is traced, and the garbage collector frees it
+    during the second run (there: at step 1, on purpose). Before, right_padding_needs_no_mask kept its verdicts in a
+    module-level dict that the compiled scorer read inside its trace, so dynamo guarded on every model ever probed
+    (the dict's length and each key): the first policy's collection failed the guards and recompiled mid-run (2
+    graphs), and a collection during the trace itself raised IndexError while dynamo built those guards
+    (list(dict.keys(...))[i]). The verdict now lives on each model: one graph, and the loss is the eager run's."""
+    root = sft_eager_then_compiled["root"]
+    assert sft_eager_then_compiled["freed"]
+    assert sft_eager_then_compiled["second"]["torch_compile"]["graphs"] == 1
+    assert losses(root / "second") == pytest.approx(losses(root / "first"), abs=1e-6)
+
 
 @pytest.mark.slow  # 2 short runs, one traced by dynamo (eager backend): ~6 s
 def test_orpo_prompt_tokens_keep_the_graphs_of_dpo(tmp_path):
@@ -224,8 +247,8 @@ def test_the_compiled_scorer_does_not_guard_on_the_per_device_chunk_budgets(monk
     assert graphs_compiled() - before == 1
 
 
-@pytest.mark.slow  # 2 short runs, one traced by dynamo (eager backend): ~25 s
-def test_logging_steps_compile_no_graph_of_their_own(tmp_path):
+@pytest.mark.slow  # the 2 short runs of logged_every_two_steps, one traced by dynamo (eager backend)
+def test_logging_steps_compile_no_graph_of_their_own(logged_every_two_steps):
     """TRL's token metrics are computed on logged steps only (Trainer.forward). want_token_stats is a guard of the
     compiled scorer's graph: a run logging every 2 steps compiled a third graph at its first logging step (the policy
     with gradient, with the statistics) and switched between two cached graphs from then on; on a GPU that compile
@@ -234,14 +257,13 @@ def test_logging_steps_compile_no_graph_of_their_own(tmp_path):
     gradient, the policy with it), as many as a run logging every step, and the logged metrics are eager's."""
     from preflab.scoring.token_metrics import TOKEN_METRICS
 
-    summary, _ = run(tmp_path / "compiled", max_steps=6, logging_steps=2, torch_compile_backend="eager")
-    run(tmp_path / "eager", max_steps=6, logging_steps=2)
-    assert summary["torch_compile"]["graphs"] == 2
+    root = logged_every_two_steps["root"]  # the compiled run and its eager twin (the fixture)
+    assert logged_every_two_steps["summary"]["torch_compile"]["graphs"] == 2
 
     def rows(out):
         return [json.loads(line) for line in open(Path(out) / "metrics.jsonl") if '"loss"' in line]
 
-    compiled, eager = rows(tmp_path / "compiled"), rows(tmp_path / "eager")
+    compiled, eager = rows(root / "compiled"), rows(root / "eager")
     assert [r["step"] for r in compiled] == [r["step"] for r in eager] == [2, 4, 6]
     for name in ("loss", *TOKEN_METRICS):
         assert [r[name] for r in compiled] == pytest.approx([r[name] for r in eager], abs=1e-6), name
