@@ -211,3 +211,23 @@ def test_eval_of_a_run_without_truncation_mode_cuts_as_the_run(tmp_path):
     whole, _ = tokenize_pairs(examples, tok, max_length=None)
     assert eval_pairs == run_pairs and eval_pairs[0].prompt_ids == whole[0].prompt_ids  # the prompt kept whole
     assert len(eval_pairs[0].chosen_ids) < len(whole[0].chosen_ids)  # the pair reached max_length
+
+
+def test_eval_win_rate_generates_for_the_first_win_rate_prompts_distinct_prompts():
+    """The win rate answers at most `win_rate_prompts` distinct prompts, in the data's order (a repeated prompt once):
+    the reward function sees exactly those prompts, each with the policy's and the reference's answer."""
+    from preflab.eval.run import EvalOptions
+
+    tok = tiny_tokenizer("bytelevel")
+    rows = [{"prompt": p, "chosen": " the mat", "rejected": " a dog"}
+            for p in ("one two", "one two", "three four", "five six", "seven eight")]
+    seen = []
+
+    def reward(prompts, completions):
+        seen.extend(prompts)
+        return [float(len(c)) for c in completions]
+
+    out = evaluate_models(tiny_causal_lm(tok, seed=1), tok, rows, ref=tiny_causal_lm(tok, seed=2),
+                          options=EvalOptions(win_rate_prompts=2, max_new_tokens=2), reward_fn=reward)
+    assert sorted(set(seen)) == ["one two", "three four"]
+    assert out["win_rate"]["n"] + out["win_rate"].get("failed", 0) == 2

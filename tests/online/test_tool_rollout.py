@@ -159,6 +159,18 @@ def test_sampling_is_deterministic_given_the_seed():
     assert greedy == ids[len(prompts[0]):]
 
 
+def test_each_chunk_of_prompts_is_sampled_with_seed_plus_its_chunk_index():
+    """Chunk c (prompts c*batch_size ...) draws from a generator seeded seed + c: generating that chunk alone with
+    seed + c gives the same completions, so a chunk does not repeat another chunk's draws."""
+    model = tiny_causal_lm(TOK, hidden_size=32, seed=1)
+    gen = ToolRolloutGenerator(model, TOK, ToolBox([Calculator()]), [CALCULATOR_SYNTAX], max_new_tokens=12,
+                               batch_size=1)
+    prompt = [TOK.bos_token_id] + TOK("Q: 1+1\n", add_special_tokens=False).input_ids
+    both = gen.generate([prompt, prompt], 3, seed=5)
+    assert both[:3] == gen.generate([prompt], 3, seed=5) and both[3:] == gen.generate([prompt], 3, seed=6)
+    assert both[:3] != both[3:]
+
+
 def test_round_with_loss_masks_round_trips_through_json():
     import json
 
