@@ -171,6 +171,17 @@ def test_each_chunk_of_prompts_is_sampled_with_seed_plus_its_chunk_index():
     assert both[:3] != both[3:]
 
 
+def test_top_p_keeps_the_smallest_prefix_whose_mass_reaches_top_p():
+    """Nucleus filtering of the tool sampler: the most probable tokens until their mass reaches top_p, the one that
+    crosses it included (0.5 + 0.3 >= 0.6 keeps both), the rest zeroed; top_p = 1 keeps all."""
+    from preflab.online.tool_rollout import _top_p
+
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    assert torch.equal(_top_p(probs, 0.6), torch.tensor([[0.0, 0.5, 0.3], [0.0, 0.0, 0.8]]))
+    assert torch.equal(_top_p(probs[:1], 0.85), probs[:1])  # 0.5 + 0.3 < 0.85: the third token is needed
+    assert torch.equal(_top_p(probs, 1.0), probs)
+
+
 def test_round_with_loss_masks_round_trips_through_json():
     import json
 
