@@ -91,6 +91,17 @@ def test_conversational_extra_responses_as_text_measure_dispersion():
     assert empty["missing"]["dispersion"] == "no 'extra_responses' response could be scored (see the notes)"
 
 
+def test_extra_responses_drift_is_policy_minus_reference_and_flips_with_them():
+    """dispersion/unseen_logps_drift = mean over the further responses of log pi - log pi_ref: non-zero for two
+    different models, and exactly negated when policy and reference trade places."""
+    tok = tiny_tokenizer("bytelevel")
+    a, b = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=2)
+    rows = [dict(r, extra_responses=["the dog", "five"]) for r in ROWS]
+    forward = evaluate_models(a, tok, rows, ref=b)["metrics"]["dispersion/unseen_logps_drift"]
+    backward = evaluate_models(b, tok, rows, ref=a)["metrics"]["dispersion/unseen_logps_drift"]
+    assert abs(forward) > 1e-3 and backward == pytest.approx(-forward, abs=1e-9)
+
+
 def test_eval_reads_the_test_split_of_a_folder_with_splits_and_says_which(tmp_path):
     """--split defaulted to 'train' while a run's eval_split defaults to 'test': --data a folder with train/test
     files evaluated its train split, silently. With no split given eval now reads 'test' where the data has one

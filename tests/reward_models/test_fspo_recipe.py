@@ -194,7 +194,8 @@ def test_response_logps_are_the_scorers_sums_over_the_response_tokens():
     prompts, responses = ["echo: sun cat", "echo: a"], [" SUN CAT", " a b c d"]
     got = response_logps(model, tok, prompts, responses)
     for k, (p, r) in enumerate(zip(prompts, responses)):
-        ids = ([tok.bos_token_id], tok(p, add_special_tokens=False)["input_ids"], tok(r, add_special_tokens=False)["input_ids"])
+        prompt_ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
+        response_ids = tok(r, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            want = naive_token_logps(model, padded([(ids[0] + ids[1], ids[2])], tok.pad_token_id)).sum()
+            want = naive_token_logps(model, padded([(prompt_ids, response_ids)], tok.pad_token_id)).sum()
         assert got[k].item() == pytest.approx(want.item(), abs=1e-5)

@@ -65,6 +65,14 @@ def test_fast_reward_of_the_spec():
     assert fast_reward("  ", GOLD) == 0.0
 
 
+def test_word_overlap_divides_by_the_smaller_word_set():
+    """|W(a) & W(b)| / min(|W(a)|, |W(b)|): a step whose words all occur in the gold overlaps it fully, whatever
+    the gold's length (so the pair filter's overlap_limit drops a rejected step contained in the chosen one)."""
+    assert word_overlap("the weather in Paris today", "Paris today") == 1.0
+    assert word_overlap("a b c d", "a x") == 0.5
+    assert fast_reward("Paris", "Paris is sunny") == pytest.approx(0.1 + 1.0 - 0.5)  # no ")]" in either: agree
+
+
 def test_self_evaluation_confidence():
     assert self_eval_confidence(0.6, 0.2, 0.1, 0.1) == pytest.approx(0.08, abs=1e-15)
     assert [letter_confidence(x) for x in "ABCD"] == [0.25, 0.025, -0.25, -0.5]
