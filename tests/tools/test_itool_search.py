@@ -237,3 +237,17 @@ def test_lockstep_searches_equal_searches_run_alone():
     assert [_tree(r) for r in together] == [_tree(r) for r in alone]
     assert batches[0] == 4
     assert len(batches) < sum(batches)  # requests were batched
+
+
+def test_a_request_below_the_root_gets_the_budget_left_after_the_response_so_far():
+    """A node's continuation request: the prompt, the response so far (its path's step tokens), and the token budget
+    max_new_tokens minus that response's length; the key counts the search's calls."""
+    search = StepSearch([1, 2], "gold", lambda text, finished: 0.0, SearchConfig(max_new_tokens=10), key=("k",))
+    first = Node([5, 6, 7], "abc", 0.5, parent=search.root)
+    second = Node([8], "d", 0.5, parent=first)
+    search.root.children.append(first)
+    first.children.append(second)
+    request = search._request(second, 2)
+    assert (request.prompt_ids, request.response_ids, request.n) == ((1, 2), (5, 6, 7, 8), 2)
+    assert request.max_new_tokens == 6 and request.key == ("k", 1)
+    assert search._request(search.root, 3).max_new_tokens == 10

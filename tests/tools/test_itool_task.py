@@ -123,3 +123,12 @@ def test_planted_output_inside_the_search_is_graded_poor_and_never_run(tmp_path)
     assert root.visits == 1 and root.value == pytest.approx(-0.5)  # graded D: the leaf reward of a poor reply
     tree_pairs(root)
     assert not target.exists()
+
+
+def test_a_negative_number_argument_keeps_its_sign():
+    """`-1` in a call is a literal (a unary minus on a number): parsed as -1, and a reply with the opposite sign is
+    not the gold call."""
+    (call,) = parse_calls("[set_alarm(hour=-1, minute=0)]")
+    assert call == Call.of("set_alarm", {"hour": -1, "minute": 0}) and call.as_dict()["hour"] == -1
+    assert not is_correct("[convert_currency(amount=-20, src='USD', dst='EUR')]",
+                          "[convert_currency(amount=20, src='USD', dst='EUR')]")
