@@ -132,3 +132,11 @@ def test_a_negative_number_argument_keeps_its_sign():
     assert call == Call.of("set_alarm", {"hour": -1, "minute": 0}) and call.as_dict()["hour"] == -1
     assert not is_correct("[convert_currency(amount=-20, src='USD', dst='EUR')]",
                           "[convert_currency(amount=20, src='USD', dst='EUR')]")
+
+
+def test_difficulty_buckets_by_argument_count():
+    """easy <= 1 argument (plain text is 0), medium = 2, hard >= 3 (the warm-up's easy-to-hard stages)."""
+    assert [bucket(d) for d in range(5)] == ["easy", "easy", "medium", "hard", "hard"]
+    rows = make_itool_rows(60, seed=2)
+    time_rows = [r for r in rows if r["gold"].startswith("[get_time(")]
+    assert time_rows and all(r["difficulty"] == 1 and bucket(r["difficulty"]) == "easy" for r in time_rows)
