@@ -1773,7 +1773,7 @@ MM_DSTC = ["tests/tools/test_dstc_recipe.py", "-k",
            "task_programs or runner_matrix or sft_rows or dpo_loss or groups_of_n"]
 MM_ROLLOUT = ["tests/online/test_tool_rollout.py", "-k",
               "calls_are_executed or max_tool_calls or budget_counts or call_and_failure or deterministic or "
-              "seed_plus or smallest_prefix"]
+              "seed_plus or smallest_prefix or per_call_and"]
 MM_JUDGE = ["tests/online/test_judge.py"]
 MM_TOKEN_REWARDS = ["tests/eval/test_token_rewards.py"]
 MM_DISPERSION = ["tests/eval/test_eval_trial.py", "-k", "extra_responses"]

@@ -135,6 +135,16 @@ def test_tool_metrics_carry_trls_call_and_failure_frequency(scripts):
     assert (tool_call_count, tool_failure_count) == ((3, 1) if len(scripts) == 3 else (0, 0))
 
 
+def test_failure_frequency_is_per_call_and_call_frequency_per_completion():
+    """Two calls (one failing) over three completions: tools/call_frequency = 2/3, tools/failure_frequency = 1/2
+    (failures over calls, not over completions)."""
+    scripts = ["[calc: 2+3]=5\n[calc: 9**9**9]=" + TOOL_ERROR_OBSERVATION + "\nanswer: 5", "answer: 47", "answer: 1"]
+    gen, _, texts, _ = rollout(scripts, max_new_tokens=200)
+    assert texts == scripts
+    assert gen.last_metrics["tools/call_frequency"] == pytest.approx(2 / 3)
+    assert gen.last_metrics["tools/failure_frequency"] == pytest.approx(1 / 2)
+
+
 def test_syntax_must_name_a_tool_in_the_box():
     from preflab.errors import ConfigError
 
