@@ -2034,7 +2034,7 @@ MUTANTS += [
     Mutant("mm-pipeline-latent-shift-after-scale", "diffusion/pipeline.py",
            [("out.append(((mean - components.shift_factor) * components.scaling_factor).float())",
              "out.append((mean * components.scaling_factor - components.shift_factor).float())")],
-           [MM_SD3, "-k", "loss_through_the_run"],
+           [MM_SD3, "-k", "latents_are_shifted or loss_through_the_run"],
            "SD3/Flux latents shifted after scaling"),
     Mutant("mm-pipeline-sd3-last-hidden", "diffusion/pipeline.py",
            [("clip_states.append(out.hidden_states[-2])", "clip_states.append(out.hidden_states[-1])")],

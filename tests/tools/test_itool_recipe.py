@@ -41,6 +41,12 @@ def test_itool_runs_from_the_shipped_config_and_resumes_exactly(tmp_path, capsys
         assert record["pairs"]["candidates"] == record["pairs"]["kept"] + sum(
             v for k, v in record["pairs"].items() if k.startswith("dropped_"))
     assert full["control_after"] is not None and len(full["examples_after"]) == 6
+    # easy to hard: warm-up stage k trains on every training row of difficulty (arguments) up to its bucket's
+    train = [json.loads(line) for line in (whole / "data" / "train.jsonl").read_text().splitlines()]
+    for stage, most in (("sft_1_easy", 1), ("sft_2_medium", 2), ("sft_3_hard", 99)):
+        rows = [json.loads(line) for line in (whole / "data" / f"{stage}.jsonl").read_text().splitlines()]
+        assert rows == [{"prompt": r["prompt"], "completion": r["gold"]} for r in train if r["difficulty"] <= most]
+        assert full["warmup"][stage]["rows"] == len(rows)
 
     assert main(args) == 2 and "resume_from_checkpoint" in capsys.readouterr().err  # a state exists: refuse
 
