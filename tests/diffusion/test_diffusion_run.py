@@ -205,6 +205,24 @@ def test_loss_through_the_trainer_equals_the_objective_on_the_scorers_outputs(as
         assert all(x.caption_rejected != x.prompt for x in run.train_data)
 
 
+def test_dcpo_inversion_inverts_the_rejected_image_under_its_own_caption(assets, tmp_path):
+    """DCPO with DDIM-inversion noising: the rejected image is inverted under its (perturbed) rejected caption, the
+    chosen one under the prompt; the trainer's loss equals the objective on scores computed here that way."""
+    run = DiffusionRun(make_cfg(assets, tmp_path / "dcpo_inv", loss_type="dcpo", caption_perturbation="medium",
+                                diffusion_noising={"mode": "ddim_invert", "num_inversion_steps": 2}))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in run.module.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mb = run.micro_batches(1)[0]
+    with torch.no_grad():
+        trainer_loss = run.forward(mb).loss
+        expected = independent_loss(run, mb.index, 1)
+    assert run.scorer.noiser.mode == "ddim_invert"
+    assert trainer_loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+
+
 def test_a_text_objective_in_a_diffusion_run_is_refused_before_any_model_loads(assets, tmp_path):
     with pytest.raises(ConfigError, match="scores text models but task .diffusion."):  # already at config load
         DiffusionRun(make_cfg(assets, tmp_path / "x", loss_type="sigmoid", beta=0.1,

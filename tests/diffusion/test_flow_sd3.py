@@ -98,6 +98,23 @@ def test_sd3_text_encoding_equals_the_pipelines_encode_prompt():
     assert torch.equal(text["states"][:, 32:], torch.zeros(3, 256, 64))  # no T5: zeros, as the pipeline
 
 
+def test_sd3_latents_are_shifted_then_scaled_and_decode_inverts_them():
+    """encode_images on SD3's VAE: z = (posterior mean - shift_factor) * scaling_factor, as diffusers' SD3 training
+    scripts have it (computed here without preflab's encoding cache); decode_latents undoes exactly that."""
+    from preflab.diffusion.images import to_model_range
+    from preflab.diffusion.pipeline import components_of, encode_images, tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(0)
+    comps, vae = components_of(pipe), pipe.vae
+    images = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    with torch.no_grad():
+        mean = vae.encode(to_model_range(images)).latent_dist.mean
+    z = encode_images(comps, images)
+    assert vae.config.shift_factor != 0 and vae.config.scaling_factor != 1
+    assert torch.allclose(z, (mean - vae.config.shift_factor) * vae.config.scaling_factor, atol=1e-6)
+    assert torch.allclose(z / comps.scaling_factor + comps.shift_factor, mean, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- the run
 def direct_loss(run, index, step, pipe):
     """The objective of the batch computed here with diffusers alone: VAE posterior mean (shifted, scaled), the

@@ -91,6 +91,17 @@ def test_conversational_extra_responses_as_text_measure_dispersion():
     assert empty["missing"]["dispersion"] == "no 'extra_responses' response could be scored (see the notes)"
 
 
+def test_extra_responses_drift_is_policy_minus_reference_and_flips_with_them():
+    """dispersion/unseen_logps_drift = mean over the further responses of log pi - log pi_ref: non-zero for two
+    different models, and exactly negated when policy and reference trade places."""
+    tok = tiny_tokenizer("bytelevel")
+    a, b = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=2)
+    rows = [dict(r, extra_responses=["the dog", "five"]) for r in ROWS]
+    forward = evaluate_models(a, tok, rows, ref=b)["metrics"]["dispersion/unseen_logps_drift"]
+    backward = evaluate_models(b, tok, rows, ref=a)["metrics"]["dispersion/unseen_logps_drift"]
+    assert abs(forward) > 1e-3 and backward == pytest.approx(-forward, abs=1e-9)
+
+
 def test_eval_reads_the_test_split_of_a_folder_with_splits_and_says_which(tmp_path):
     """--split defaulted to 'train' while a run's eval_split defaults to 'test': --data a folder with train/test
     files evaluated its train split, silently. With no split given eval now reads 'test' where the data has one
@@ -211,3 +222,23 @@ def test_eval_of_a_run_without_truncation_mode_cuts_as_the_run(tmp_path):
     whole, _ = tokenize_pairs(examples, tok, max_length=None)
     assert eval_pairs == run_pairs and eval_pairs[0].prompt_ids == whole[0].prompt_ids  # the prompt kept whole
     assert len(eval_pairs[0].chosen_ids) < len(whole[0].chosen_ids)  # the pair reached max_length
+
+
+def test_eval_win_rate_generates_for_the_first_win_rate_prompts_distinct_prompts():
+    """The win rate answers at most `win_rate_prompts` distinct prompts, in the data's order (a repeated prompt once):
+    the reward function sees exactly those prompts, each with the policy's and the reference's answer."""
+    from preflab.eval.run import EvalOptions
+
+    tok = tiny_tokenizer("bytelevel")
+    rows = [{"prompt": p, "chosen": " the mat", "rejected": " a dog"}
+            for p in ("one two", "one two", "three four", "five six", "seven eight")]
+    seen = []
+
+    def reward(prompts, completions):
+        seen.extend(prompts)
+        return [float(len(c)) for c in completions]
+
+    out = evaluate_models(tiny_causal_lm(tok, seed=1), tok, rows, ref=tiny_causal_lm(tok, seed=2),
+                          options=EvalOptions(win_rate_prompts=2, max_new_tokens=2), reward_fn=reward)
+    assert sorted(set(seen)) == ["one two", "three four"]
+    assert out["win_rate"]["n"] + out["win_rate"].get("failed", 0) == 2

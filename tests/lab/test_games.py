@@ -52,3 +52,18 @@ def test_preference_game_validates_its_matrix():
     game = PreferenceGame.uniform_ref(g3())
     np.testing.assert_allclose(game.reg_nash(0.1), G3_REG[0.1], atol=1e-6)
     np.testing.assert_allclose(game.win_rates(game.nash()), 0.5, atol=1e-9)
+
+
+def test_plain_dual_gap_off_the_equilibrium_by_hand():
+    """DG_0(pi) = max_y (P pi)_y - min_y (P^T pi)_y; at pi = y_0 on G3: P[:, 0] = (1/2, 1/3, 5/6) and
+    P[0, :] = (1/2, 2/3, 1/6), so DG_0 = 5/6 - 1/6 = 2/3 (= 2 max (P pi) - 1, as P^T = 1 - P)."""
+    assert dual_gap(np.array([1.0, 0.0, 0.0]), g3()) == pytest.approx(2 / 3, abs=1e-12)
+    assert dual_gap(np.array([0.0, 1.0, 0.0]), g3()) == pytest.approx(2 * (0.5 + 1 / 6) - 1, abs=1e-12)
+
+
+def test_the_minimax_winner_of_a_transitive_game_is_its_condorcet_winner():
+    """With a response that beats every other (P[0, j] > 1/2), the Minimax Winner is that response alone: the LP
+    max v s.t. (P^T pi)_j >= v picks y_0 (the columns of P, not its rows, which would pick the Condorcet loser)."""
+    P = np.array([[0.5, 0.8, 0.9], [0.2, 0.5, 0.7], [0.1, 0.3, 0.5]])
+    np.testing.assert_allclose(nash(P), [1.0, 0.0, 0.0], atol=1e-9)
+    assert dual_gap(np.array([1.0, 0.0, 0.0]), P) == pytest.approx(0.0, abs=1e-12)

@@ -54,3 +54,37 @@ def test_maxmin_on_em_groups_raises_the_minority_reward():
     minority_pooled, minority_mm = (GROUPS @ pooled)[1], (GROUPS @ mm)[1]
     assert minority_mm > minority_pooled + 0.5
     assert min(GROUPS @ mm) > min(GROUPS @ pooled)
+
+
+C3 = np.array([[0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [1.0, 1.0, 0.0]])  # C[i, j]: times y_i beat y_j
+
+
+def test_one_soft_em_round_by_hand_weighs_the_clusters_by_their_priors():
+    """Soft EM from the round-robin start z_u = u mod 2 on three users: r_k = BT fit of sum_u gamma_uk C_u,
+    w = (2/3, 1/3), gamma_u = softmax_k(log w_k + l_{u,k}) (the prior matters: the clusters are unequal)."""
+    from preflab.lab.maxmin import bt_loglik
+
+    counts = np.stack([C3, C3.T, 2 * C3])
+    fit = em_mixture(counts, 2, iterations=1, hard=False)
+    r = [bt_fit(counts[0] + counts[2]), bt_fit(counts[1])]
+    np.testing.assert_allclose(fit.rewards, r, atol=1e-12)
+    np.testing.assert_allclose(fit.weights, [2 / 3, 1 / 3], atol=1e-12)
+    logit = np.log([2 / 3, 1 / 3]) + np.array([[bt_loglik(c, r[k]) for k in range(2)] for c in counts])
+    expected = np.exp(logit - logit.max(1, keepdims=True))
+    np.testing.assert_allclose(fit.responsibilities, expected / expected.sum(1, keepdims=True), atol=1e-12)
+
+
+def test_an_emptied_cluster_is_reseeded_with_the_worst_fitting_user():
+    """Users with the same tastes and 1, 2, 3 times the labels: after the round-robin start every user fits
+    cluster 0 (trained on 4x the counts) better, so cluster 1 empties and takes the user whose log-likelihood under
+    its cluster is lowest: the one with the most labels (user 2), not user 0."""
+    counts = np.stack([C3, 2 * C3, 3 * C3])
+    fit = em_mixture(counts, 2, iterations=1, hard=True)
+    assert fit.history[0].tolist() == [0, 0, 1]
+
+
+def test_group_utilities_subtract_beta_kl_of_the_policy_from_the_reference():
+    """F_k(pi) = E_pi r_k - beta KL(pi || pi_ref), by hand at pi = (1/2, 1/2), pi_ref = (0.8, 0.2)."""
+    R, ref, pi = np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([0.8, 0.2]), np.array([0.5, 0.5])
+    kl = 0.5 * np.log(0.5 / 0.8) + 0.5 * np.log(0.5 / 0.2)
+    np.testing.assert_allclose(group_utilities(pi, R, ref, 0.1), [0.5 - 0.1 * kl, 1.0 - 0.1 * kl], atol=1e-12)

@@ -39,6 +39,21 @@ def test_the_runs_adapter_is_fit_adapters_result(tmp_path):
     assert torch.allclose(w.sum(-1), torch.ones(2))
 
 
+def test_the_held_out_prompts_are_drawn_apart_from_the_training_prompts(tmp_path):
+    """The held-out prompts are toy_prompts(n_heldout, seed + 1) with the training prompts excluded: the adapter
+    stage's per-type mean weights are the loaded aggregator's on exactly those prompts (with 600 training prompts of
+    the 1104 possible, a draw that ignored the exclusion would repeat some)."""
+    run_pro(str(tmp_path), quiet=True, stop_after_stage="adapter", **{**TINY, "n_train": 600, "n_heldout": 8})
+    train = toy_prompts(600, 0)
+    heldout = toy_prompts(8, 1, exclude=set(train))
+    assert not set(heldout) & set(train) and set(toy_prompts(8, 1)) & set(train)
+    record = json.loads((tmp_path / "pro_state.json").read_text())["stages"]["adapter"]
+    w = load_orchestrator(tmp_path / "adapter")(heldout)
+    for kind in ("shout", "whisper"):
+        rows = [i for i, p in enumerate(heldout) if p.startswith(kind)]
+        assert record["heldout_weights_by_type"][kind] == pytest.approx(w[rows].mean(0).tolist(), abs=1e-6)
+
+
 def _constant(weights) -> PromptWeights:
     features = PromptFeatures(["shout", "whisper"])
     adapter = PreferenceWeightAdapter(2, 2)

@@ -135,6 +135,16 @@ def test_tool_metrics_carry_trls_call_and_failure_frequency(scripts):
     assert (tool_call_count, tool_failure_count) == ((3, 1) if len(scripts) == 3 else (0, 0))
 
 
+def test_failure_frequency_is_per_call_and_call_frequency_per_completion():
+    """Two calls (one failing) over three completions: tools/call_frequency = 2/3, tools/failure_frequency = 1/2
+    (failures over calls, not over completions)."""
+    scripts = ["[calc: 2+3]=5\n[calc: 9**9**9]=" + TOOL_ERROR_OBSERVATION + "\nanswer: 5", "answer: 47", "answer: 1"]
+    gen, _, texts, _ = rollout(scripts, max_new_tokens=200)
+    assert texts == scripts
+    assert gen.last_metrics["tools/call_frequency"] == pytest.approx(2 / 3)
+    assert gen.last_metrics["tools/failure_frequency"] == pytest.approx(1 / 2)
+
+
 def test_syntax_must_name_a_tool_in_the_box():
     from preflab.errors import ConfigError
 
@@ -157,6 +167,29 @@ def test_sampling_is_deterministic_given_the_seed():
         with torch.no_grad():
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
     assert greedy == ids[len(prompts[0]):]
+
+
+def test_each_chunk_of_prompts_is_sampled_with_seed_plus_its_chunk_index():
+    """Chunk c (prompts c*batch_size ...) draws from a generator seeded seed + c: generating that chunk alone with
+    seed + c gives the same completions, so a chunk does not repeat another chunk's draws."""
+    model = tiny_causal_lm(TOK, hidden_size=32, seed=1)
+    gen = ToolRolloutGenerator(model, TOK, ToolBox([Calculator()]), [CALCULATOR_SYNTAX], max_new_tokens=12,
+                               batch_size=1)
+    prompt = [TOK.bos_token_id] + TOK("Q: 1+1\n", add_special_tokens=False).input_ids
+    both = gen.generate([prompt, prompt], 3, seed=5)
+    assert both[:3] == gen.generate([prompt], 3, seed=5) and both[3:] == gen.generate([prompt], 3, seed=6)
+    assert both[:3] != both[3:]
+
+
+def test_top_p_keeps_the_smallest_prefix_whose_mass_reaches_top_p():
+    """Nucleus filtering of the tool sampler: the most probable tokens until their mass reaches top_p, the one that
+    crosses it included (0.5 + 0.3 >= 0.6 keeps both), the rest zeroed; top_p = 1 keeps all."""
+    from preflab.online.tool_rollout import _top_p
+
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    assert torch.equal(_top_p(probs, 0.6), torch.tensor([[0.0, 0.5, 0.3], [0.0, 0.0, 0.8]]))
+    assert torch.equal(_top_p(probs[:1], 0.85), probs[:1])  # 0.5 + 0.3 < 0.85: the third token is needed
+    assert torch.equal(_top_p(probs, 1.0), probs)
 
 
 def test_round_with_loss_masks_round_trips_through_json():

@@ -179,3 +179,23 @@ def test_user_rows_are_read_line_by_line_as_every_jsonl_reader_reads_them(tmp_pa
     data.write_bytes(("\n".join(lines[:3]) + "\n\n").encode() + b'{"prompt": "\xff"}\n')
     with pytest.raises(DataError, match=r"users\.jsonl row 3 \(line 5\): the line is not valid UTF-8"):
         read_user_rows(data)
+
+
+def test_response_logps_are_the_scorers_sums_over_the_response_tokens():
+    """response_logps (the held-out metric's scores) = sum of log pi(response token | prompt, earlier tokens), as the
+    training scorer has it on BOS + prompt + response; rows of other lengths in one padded batch."""
+    from preflab.data.layout import padded
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.reward_models.fspo import response_logps
+    from preflab.scoring.lm import naive_token_logps
+
+    tok = tiny_tokenizer("char")
+    model = tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=1, num_heads=4, seed=3)
+    prompts, responses = ["echo: sun cat", "echo: a"], [" SUN CAT", " a b c d"]
+    got = response_logps(model, tok, prompts, responses)
+    for k, (p, r) in enumerate(zip(prompts, responses)):
+        prompt_ids = [tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"]
+        response_ids = tok(r, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            want = naive_token_logps(model, padded([(prompt_ids, response_ids)], tok.pad_token_id)).sum()
+        assert got[k].item() == pytest.approx(want.item(), abs=1e-5)

@@ -174,3 +174,30 @@ def test_soft_em_recovers_the_planted_groups(toy, tmp_path):
     resp = torch.tensor(mixture["responsibilities"])
     assert summary["metric_after"] == 1.0
     assert torch.allclose(resp.sum(1), torch.ones(10)) and ((resp > 0) & (resp < 1)).any()
+
+
+def test_an_m_step_trains_component_k_on_its_rows_with_mean_weight_one_from_seed_plus_k(tmp_path, monkeypatch):
+    """The M-step of component k (a train_pairwise_reward run, captured here): round 1 starts from
+    model_name_or_path with seed + k; it trains on the rows of positive weight only (hard EM: its users' rows), each
+    weight rescaled so that their mean is 1 (soft EM's gamma), in the data's order."""
+    from preflab.data.tokenize import TokenizedPair
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models import reward_run
+    from preflab.reward_models.maxmin_train import _ComponentFitter, mixture_params
+
+    calls = []
+    monkeypatch.setattr(reward_run, "train_pairwise_reward",
+                        lambda sub, tokenizer=None, train_data=None, head=None: calls.append((sub, train_data)))
+    cfg = _cfg(tmp_path / "none.jsonl", tmp_path / "out", seed=7)
+    pairs = [TokenizedPair(i, [1], [2], [3], extras={"user_id": f"u{i}"}) for i in range(5)]
+    fitter = _ComponentFitter(cfg, mixture_params(cfg), tiny_tokenizer("char"), pairs, tmp_path / "out")
+    components = [None, None]
+    fitter.m_step(tmp_path / "out" / "em-iter-1", components, 1, torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0]))
+    fitter.m_step(tmp_path / "out" / "em-iter-1", components, 0, torch.tensor([0.5, 0.0, 0.25, 0.25, 0.0]))
+    (hard_cfg, hard_rows), (soft_cfg, soft_rows) = calls
+    assert hard_cfg.seed == 8 and soft_cfg.seed == 7
+    assert hard_cfg.model_name_or_path == soft_cfg.model_name_or_path == "builtin:tiny-llama"
+    assert [r.row_id for r in hard_rows] == [1, 3, 4] and [r.extras["em_weight"] for r in hard_rows] == [1.0] * 3
+    assert [r.row_id for r in soft_rows] == [0, 2, 3]
+    assert [r.extras["em_weight"] for r in soft_rows] == pytest.approx([1.5, 0.75, 0.75])
+    assert components == ["em-iter-1/component-0", "em-iter-1/component-1"]

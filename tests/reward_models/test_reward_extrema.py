@@ -104,3 +104,26 @@ def test_reward_min_max_over_two_ranks_are_trls_gathered_extrema():
         assert got[name] == (pytest.approx(value, abs=1e-7), 2.0), name
     alone = trl_logged(ranks[0])
     assert alone["min_reward"] != pytest.approx(want["min_reward"])  # rank 0's own rewards give another min
+
+
+def test_reward_step_logs_the_chosen_side_as_chosen_as_the_eval_of_the_same_weights(tmp_path):
+    """One step at a negligible learning rate over the whole data, evaluated on the same pairs: the train step's
+    BT metrics (the loss of chosen over rejected, margin, rewards/chosen) equal the eval's on the same weights; with
+    the sides swapped in the run's loss they would be mirrored (margin negated, chosen and rejected traded)."""
+    import json
+
+    from reward_synthetic import marker_rows
+
+    from preflab.config import config_from_dict
+    from preflab.reward_models.train import train_reward
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(6, seed=0)))
+    final = train_reward(config_from_dict({
+        "task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+        "eval_dataset_name": str(data), "per_device_train_batch_size": 6, "per_device_eval_batch_size": 6,
+        "max_steps": 1, "learning_rate": 1e-12, "logging_steps": 1, "use_cpu": True, "seed": 0, "disable_tqdm": True,
+        "output_dir": str(tmp_path / "run")}))["final_metrics"]
+    assert abs(final["margin"]) > 1e-3
+    for name in ("loss", "margin", "rewards/chosen", "rewards/rejected", "accuracy"):
+        assert final[name] == pytest.approx(final[f"eval_{name}"], abs=1e-5), name

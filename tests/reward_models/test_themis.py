@@ -125,3 +125,27 @@ def test_tool_loop_stops_after_max_interactions_and_is_reproducible(tmp_path, ac
     again = score_with_tools(ScriptedThemis(tok, action_input), tok, "2+3*4", "14",
                              ToolBox([Calculator()], cache_path=tmp_path / "cache.json"), max_interactions=3)
     assert again == first
+
+
+def test_the_arithmetic_toys_wrong_answer_is_one_off_and_the_logged_accuracy_is_chosen_above_rejected():
+    """arithmetic_rows: the negative answer is the value +- 1, never the value (both answers call the calculator
+    on the same expression); themis_loss_fn logs rewards/accuracies = mean 1[r_pos > r_neg] (ties wrong)."""
+    from preflab.reward_models.themis_toy import ThemisBatch, arithmetic_rows, themis_loss_fn
+    from preflab.tools.calculator import evaluate_expression
+
+    rows = arithmetic_rows(200, 0, 9, seed=3)
+    for r in rows:
+        value = evaluate_expression(r.question)
+        assert r.positive.answer == str(value) and abs(int(r.negative.answer) - value) == 1
+        assert r.positive.steps == r.negative.steps and r.positive.steps[0].action_input == r.question
+
+    class Fixed(torch.nn.Module):  # logits of a uniform LM and the given rewards [pos_1..3, neg_1..3]
+        def forward(self, input_ids, attention_mask):
+            return torch.zeros(*input_ids.shape, 5), torch.tensor([2.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+
+    ids = torch.zeros(6, 4, dtype=torch.long)
+    labels = torch.full((6, 4), -100)
+    labels[:, 1:] = 1
+    out = themis_loss_fn(Fixed(), ThemisBatch(ids, torch.ones_like(ids), labels, [0, 1, 2], 24))
+    assert out.metrics["rewards/accuracies"].item() == pytest.approx(1 / 3)
+    assert out.metrics["lm_loss"].item() == pytest.approx(math.log(5), abs=1e-6)

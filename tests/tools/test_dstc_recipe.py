@@ -202,3 +202,27 @@ def test_dpo_loss_on_a_concatenated_pair_is_the_closed_form(tmp_path):
     Trainer(cfg, policy=policy, ref=ref, tokenizer=tok).train()
     logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_sampled_candidates_go_to_their_task_in_groups_of_n_codes_and_n_tests(monkeypatch):
+    """sample_candidates: one batched generation of the code prompts (n_codes per task, seed) and one of the test
+    prompts (n_tests per task, seed + 1); task i gets programs i*n_codes.. and tests i*n_tests.., each its sample's
+    first line."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.tool_use.dstc_task import split_tasks, unit_test_prompt
+
+    calls = []
+
+    def fake_generate(model, tokenizer, ids, max_new_tokens, do_sample, temperature, seed):
+        calls.append((seed, [tokenizer.decode(i[1:]) for i in ids]))
+        kind = "code" if seed == 10 else "test"
+        return [f" {kind}{i} \nnot run" for i in range(len(ids))]
+
+    monkeypatch.setattr(dstc, "generate_text", fake_generate)
+    tasks, _ = split_tasks(3, 1, seed=0)
+    out = dstc.sample_candidates(None, tiny_tokenizer("char"), tasks, 2, 3, temperature=1.0, seed=10)
+    assert out == [([f"code{2 * i}", f"code{2 * i + 1}"], [f"test{3 * i}", f"test{3 * i + 1}", f"test{3 * i + 2}"])
+                   for i in range(3)]
+    assert [s for s, _ in calls] == [10, 11]
+    assert calls[0][1] == [code_prompt(t) for t in tasks for _ in range(2)]
+    assert calls[1][1] == [unit_test_prompt(t) for t in tasks for _ in range(3)]

@@ -41,6 +41,12 @@ def test_itool_runs_from_the_shipped_config_and_resumes_exactly(tmp_path, capsys
         assert record["pairs"]["candidates"] == record["pairs"]["kept"] + sum(
             v for k, v in record["pairs"].items() if k.startswith("dropped_"))
     assert full["control_after"] is not None and len(full["examples_after"]) == 6
+    # easy to hard: warm-up stage k trains on every training row of difficulty (arguments) up to its bucket's
+    train = [json.loads(line) for line in (whole / "data" / "train.jsonl").read_text().splitlines()]
+    for stage, most in (("sft_1_easy", 1), ("sft_2_medium", 2), ("sft_3_hard", 99)):
+        rows = [json.loads(line) for line in (whole / "data" / f"{stage}.jsonl").read_text().splitlines()]
+        assert rows == [{"prompt": r["prompt"], "completion": r["gold"]} for r in train if r["difficulty"] <= most]
+        assert full["warmup"][stage]["rows"] == len(rows)
 
     assert main(args) == 2 and "resume_from_checkpoint" in capsys.readouterr().err  # a state exists: refuse
 
@@ -115,6 +121,25 @@ def test_batched_sampler_log_probs_and_budgets_match_the_model():
             naive = _naive_logps(model, list(request.prompt_ids + request.response_ids), sample.ids)
             assert sample.logps == pytest.approx(naive, abs=1e-4)
     assert sampler.sample_many(requests)[0][0].ids == out[0][0].ids  # seeded by the keys
+
+
+def test_batched_sampler_keeps_the_eos_of_a_stopped_sample():
+    """A sample that ends with the end-of-sequence token keeps it (ids, log-prob and stopped), as iTool's step pairs
+    carry the final step's eos; here the model is made to say eos at once (+100 on its logit)."""
+    tok = itool.tiny_tokenizer("char")
+    model = itool.tiny_causal_lm(tok, arch="llama", hidden_size=32, num_layers=1, num_heads=4, seed=3)
+
+    def eos_first(module, inputs, output):
+        output.logits[..., tok.eos_token_id] += 100.0
+        return output
+
+    model.register_forward_hook(eos_first)
+    prompt = tuple([tok.bos_token_id] + itool._encode(tok, "Q: hi\nA: "))
+    (group,) = itool.ModelSampler(model, tok, temperature=1.0).sample_many([itool.SampleRequest(prompt, (), 2, 5,
+                                                                                                ("a", 1))])
+    for sample in group:
+        assert sample.ids == [tok.eos_token_id] and sample.stopped and sample.text == ""
+        assert sample.logps == pytest.approx([0.0], abs=1e-4)
 
 
 def test_gold_perplexity_is_exp_mean_nll_of_the_reply_and_eos():

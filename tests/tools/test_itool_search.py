@@ -65,6 +65,14 @@ def test_fast_reward_of_the_spec():
     assert fast_reward("  ", GOLD) == 0.0
 
 
+def test_word_overlap_divides_by_the_smaller_word_set():
+    """|W(a) & W(b)| / min(|W(a)|, |W(b)|): a step whose words all occur in the gold overlaps it fully, whatever
+    the gold's length (so the pair filter's overlap_limit drops a rejected step contained in the chosen one)."""
+    assert word_overlap("the weather in Paris today", "Paris today") == 1.0
+    assert word_overlap("a b c d", "a x") == 0.5
+    assert fast_reward("Paris", "Paris is sunny") == pytest.approx(0.1 + 1.0 - 0.5)  # no ")]" in either: agree
+
+
 def test_self_evaluation_confidence():
     assert self_eval_confidence(0.6, 0.2, 0.1, 0.1) == pytest.approx(0.08, abs=1e-15)
     assert [letter_confidence(x) for x in "ABCD"] == [0.25, 0.025, -0.25, -0.5]
@@ -229,3 +237,17 @@ def test_lockstep_searches_equal_searches_run_alone():
     assert [_tree(r) for r in together] == [_tree(r) for r in alone]
     assert batches[0] == 4
     assert len(batches) < sum(batches)  # requests were batched
+
+
+def test_a_request_below_the_root_gets_the_budget_left_after_the_response_so_far():
+    """A node's continuation request: the prompt, the response so far (its path's step tokens), and the token budget
+    max_new_tokens minus that response's length; the key counts the search's calls."""
+    search = StepSearch([1, 2], "gold", lambda text, finished: 0.0, SearchConfig(max_new_tokens=10), key=("k",))
+    first = Node([5, 6, 7], "abc", 0.5, parent=search.root)
+    second = Node([8], "d", 0.5, parent=first)
+    search.root.children.append(first)
+    first.children.append(second)
+    request = search._request(second, 2)
+    assert (request.prompt_ids, request.response_ids, request.n) == ((1, 2), (5, 6, 7, 8), 2)
+    assert request.max_new_tokens == 6 and request.key == ("k", 1)
+    assert search._request(search.root, 3).max_new_tokens == 10

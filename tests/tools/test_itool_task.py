@@ -123,3 +123,20 @@ def test_planted_output_inside_the_search_is_graded_poor_and_never_run(tmp_path)
     assert root.visits == 1 and root.value == pytest.approx(-0.5)  # graded D: the leaf reward of a poor reply
     tree_pairs(root)
     assert not target.exists()
+
+
+def test_a_negative_number_argument_keeps_its_sign():
+    """`-1` in a call is a literal (a unary minus on a number): parsed as -1, and a reply with the opposite sign is
+    not the gold call."""
+    (call,) = parse_calls("[set_alarm(hour=-1, minute=0)]")
+    assert call == Call.of("set_alarm", {"hour": -1, "minute": 0}) and call.as_dict()["hour"] == -1
+    assert not is_correct("[convert_currency(amount=-20, src='USD', dst='EUR')]",
+                          "[convert_currency(amount=20, src='USD', dst='EUR')]")
+
+
+def test_difficulty_buckets_by_argument_count():
+    """easy <= 1 argument (plain text is 0), medium = 2, hard >= 3 (the warm-up's easy-to-hard stages)."""
+    assert [bucket(d) for d in range(5)] == ["easy", "easy", "medium", "hard", "hard"]
+    rows = make_itool_rows(60, seed=2)
+    time_rows = [r for r in rows if r["gold"].startswith("[get_time(")]
+    assert time_rows and all(r["difficulty"] == 1 and bucket(r["difficulty"]) == "easy" for r in time_rows)

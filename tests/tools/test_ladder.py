@@ -89,3 +89,15 @@ def test_dpo_rows_count_every_outcome():
     for p in pairs:
         assert p["chosen"] != p["rejected"]
         assert not isomorphic(parse_program(p["chosen"]), parse_program(p["rejected"]))
+
+
+def test_retrieval_breaks_ties_by_the_lower_index_and_dpo_pairs_keep_the_gold_as_chosen():
+    """Equal TF-IDF scores are retrieved in training order (the lower index first); every DPO pair's chosen is its
+    row's gold program and its rejected an edit of it (never the reverse)."""
+    tied = Retriever(["open valve one", "open valve two", "close pump"])
+    assert tied.top_k("open valve", 2) == [0, 1] and tied.top_k("open valve", 1) == [0]
+    rows = raft_rows(ROWS[:40], ROWS[:40], k=1, same_split=True)
+    gold = {r["prompt"]: r["program_text"] for r in rows}
+    pairs, _ = dpo_rows(rows, seed=1)
+    assert pairs and all(p["chosen"] == " " + gold[p["prompt"]] for p in pairs)
+    assert all(p["rejected"] != " " + gold[p["prompt"]] for p in pairs)

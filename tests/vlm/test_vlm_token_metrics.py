@@ -135,3 +135,18 @@ def test_kto_batch_without_desirable_examples_has_chosen_metrics_of_count_zero(t
     assert float(out.metric_counts["logits/rejected"]) > 0 and float(out.metric_counts["entropy"]) > 0
     for key in ("logits/chosen", "mean_token_accuracy", "rewards/chosen", "logps/chosen"):
         assert float(out.metric_counts[key]) == 0 and float(out.metrics[key]) == 0, key
+
+
+def test_vlm_dpo_counts_the_real_tokens_of_both_sides_as_the_padded_layout_holds_them():
+    """VisionPairKind.count_tokens (the step's num_tokens): (prompt + chosen) + (prompt + rejected) per pair, image
+    tokens included, padding never: the real tokens of the padded layout of the same pairs."""
+    from preflab.loops.vlm import VisionPairKind
+
+    _, processor = tiny("qwen2_vl")
+    rows = [pair_row("what colour?", "it is red", "it is blue", (200, 20, 20), seed=0),
+            pair_row("and this?", "green it is", "no", (20, 200, 20), seed=3, n=2)]
+    pairs, _, _ = tokenize_vision_pairs(read_vision_pairs(rows)[0], processor)
+    layout = collate_vision_pairs(pairs, processor.tokenizer.pad_token_id)
+    assert VisionPairKind.count_tokens(pairs) == int(layout.attention_mask.sum())
+    assert VisionPairKind.count_tokens(pairs[:1]) == 2 * len(pairs[0].prompt_ids) + len(pairs[0].chosen_ids) + len(
+        pairs[0].rejected_ids)
