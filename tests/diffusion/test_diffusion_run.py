@@ -410,6 +410,14 @@ def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypat
     second = DiffusionRun(make_cfg(assets, tmp_path / "b"))
     a, b = first.pairs([0, 1, 2], first.train_data), second.pairs([0, 1, 2], second.train_data)
     assert torch.equal(a.chosen, b.chosen) and torch.equal(a.rejected, b.rejected) and torch.equal(a.cond, b.cond)
+    import preflab.loops.diffusion as diffusion_loop
+
+    # another encodings format (a preflab whose encoding changed): the entries the older one wrote are not read
+    monkeypatch.setattr(diffusion_loop, "ENCODINGS_FORMAT", diffusion_loop.ENCODINGS_FORMAT + 1)
+    with pytest.raises(AssertionError, match="encoded again"):
+        second._encode_all()
+    monkeypatch.setattr(diffusion_loop, "ENCODINGS_FORMAT", diffusion_loop.ENCODINGS_FORMAT - 1)
+    second._encode_all()  # the same format again: read from the cache
     with torch.no_grad():  # other VAE weights: another fingerprint, so a fresh encoding (which is refused here)
         second.components.vae.encoder.conv_in.bias.add_(1.0)
     with pytest.raises(AssertionError, match="encoded again"):

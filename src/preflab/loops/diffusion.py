@@ -158,6 +158,11 @@ def self_npo_draws(seed: int, step, index: list[int], shape: tuple, num_ddim_ste
     return torch.cat(j), torch.stack(eps), torch.cat(u), torch.stack(eps2)
 
 
+# the on-disk encodings cache's format: raise it when an encoding (text states, latents, own samples) changes, so
+# that entries an older preflab wrote are not read (DiffusionRun._cached; the release version is in the key too)
+ENCODINGS_FORMAT = 1
+
+
 class DenoiserModule(nn.Module):
     """The trainable module (the one DDP wraps): forward(x_t, t, cond) -> the UNet's prediction.
 
@@ -505,15 +510,19 @@ class DiffusionRun(TrainingRun):
                   "them. Counted in summary.json data.captions_truncated.", flush=True)
 
     def _cached(self, kind: str, model: nn.Module, inputs: list, compute) -> dict[str, torch.Tensor]:
-        """compute() -> {name: tensor}, read from / written to the on-disk cache under sha256(model weights,
-        inputs)."""
+        """compute() -> {name: tensor}, read from / written to the on-disk cache under sha256(ENCODINGS_FORMAT,
+        preflab's version, kind, model weights, inputs): a preflab that computes encodings differently (a fix in
+        preflab.diffusion.pipeline) does not read the entries an older one wrote."""
         import os
 
         from safetensors.torch import load_file, save_file
 
         from preflab.scoring.ref_cache import default_cache_dir, model_fingerprint
 
-        key = hashlib.sha256("|".join([kind, model_fingerprint(model), *map(str, inputs)]).encode()).hexdigest()
+        from preflab import __version__
+
+        key = hashlib.sha256("|".join([f"format {ENCODINGS_FORMAT}", __version__, kind, model_fingerprint(model),
+                                       *map(str, inputs)]).encode()).hexdigest()
         path = default_cache_dir() / "diffusion-encodings" / f"{kind}-{key[:32]}.safetensors"
         if path.is_file():
             try:
