@@ -1763,7 +1763,8 @@ MD_STREAM = "tests/loops/test_streaming.py"
 MD_CACHE = ["tests/data/test_data_cache.py"]
 MD_SFT = ["tests/loops/test_sft_task.py", "-k", "hand_computed or row_forms or bad_row or preference or unpaired"]
 MD_LIST = ["tests/loops/test_listwise_train.py", "-k", "not shipped"]
-MD_REFCACHE = ["tests/perf/test_ref_cache.py", "-k", "damaged or sharding or fingerprint or exactly"]
+MD_REFCACHE = ["tests/perf/test_ref_cache.py", "tests/perf/test_ref_cache_keys.py", "-k",
+               "damaged or sharding or fingerprint or exactly or key or format"]
 MD_TRL = ["tests/test_config_trl.py", "-k",
           "renamed or refused or keys_without or label_smoothing or scale_rewards or learning_rate or fractions "
           "or eval_strategy_maps or untouched"]
@@ -1854,7 +1855,8 @@ MUTANTS += [
            MD_CACHE, "a changed chat template hits the old conversation tokens"),
     Mutant("md-cache-rejected-prompt-lost", "data/cache.py",
            [("rejected_prompt = ids[3] if len(ids) > 3 else None", "rejected_prompt = ids[3] if len(ids) > 4 else None")],
-           MD_CACHE + ["tests/data/test_truncation_trl_parity.py", "-k", "cache"],
+           MD_CACHE + ["tests/data/test_truncation_trl_parity.py::"
+                       "test_cut_apart_mark_survives_the_cache_and_leaves_the_data_fingerprint_of_earlier_versions"],
            "a cached MAPL intra row (or keep_end cut apart) loses its rejected prompt"),
     Mutant("md-cache-kl-cut-prompt-from-completion", "data/cache.py",
            [("item.kl_cut = KLCut(length, mode, ids[0] if prompt is None else prompt,",
@@ -1867,7 +1869,8 @@ MUTANTS += [
            "completion_only_loss puts the prompt in the loss, and false leaves it out"),
     Mutant("md-sft-room-one-more", "loops/sft_rows.py",
            [("        room = limit - len(prompt)\n", "        room = limit - len(prompt) + 1\n")],
-           MD_SFT + ["tests/test_config_trl.py::test_max_completion_length_truncates_responses_and_counts"],
+           ["tests/loops/test_sft_task.py", "tests/test_config_trl.py", "-k",
+            "hand_computed or row_forms or max_completion_length_truncates"],
            "an SFT sequence is cut to max_length + 1 tokens"),
     Mutant("md-sft-truncation-not-counted", "loops/sft_rows.py",
            [("        report.response_truncated += 1\n    report.prompt_tokens += len(prompt)",
@@ -1918,7 +1921,7 @@ MUTANTS += [
     # TRL config translation (config_trl.py, config_trl_methods.py)
     Mutant("md-trl-test-split-as-train-split", "config_trl.py",
            [("\"dataset_test_split\": \"eval_split\",", "\"dataset_test_split\": \"dataset_split\",")],
-           MD_TRL + ["tests/test_trl_migration.py", "-k", "saved_dpoconfig or renamed"],
+           ["tests/test_config_trl.py", "tests/test_trl_migration.py", "-k", "renamed or saved_dpoconfig"],
            "TRL's dataset_test_split renamed to the training split"),
     Mutant("md-trl-max-new-tokens-as-prompt-length", "config_trl.py",
            [("\"max_new_tokens\": \"max_completion_length\",", "\"max_new_tokens\": \"max_prompt_length\",")],
@@ -1940,7 +1943,8 @@ MUTANTS += [
            "sigmoid + label_smoothing becomes robust DPO, not cDPO"),
     Mutant("md-trl-save-strategy-steps-default", "config_trl.py",
            [("                raw[\"save_steps\"] = 500\n", "                raw[\"save_steps\"] = 0\n")],
-           MD_TRL + ["tests/test_trl_migration.py", "-k", "saved_dpoconfig or trainingarguments"],
+           ["tests/test_config_trl.py", "tests/test_trl_migration.py", "-k",
+            "eval_strategy_maps or fractions or saved_dpoconfig or trainingarguments"],
            "save_strategy steps without save_steps saves no checkpoint"),
     Mutant("md-trlm-alphapo-saved-as-simpo", "config_trl_methods.py",
            [("        raw[\"loss_type\"] = \"alphapo\"\n", "        raw[\"loss_type\"] = \"simpo\"\n")], MD_TRL_ONLINE,

@@ -410,3 +410,30 @@ def test_stream_overlap_state_round_trips_and_stops_holding_digests_after_the_fi
     again.see(rows)
     assert again.report() == {"duplicate_train_examples": 4, "eval_prompts_in_train": 1}
     assert again._contents is None and again._prompts == set()
+
+
+def test_a_stream_tokenizes_with_every_setting_of_the_ordinary_run(tmp_path, monkeypatch):
+    """The stream's examples are the ordinary run's tokenized items, max_completion_length's cut included (a
+    planted bug that dropped it from the stream's settings survived: no streaming test set it), counted alike."""
+    from types import SimpleNamespace
+
+    from preflab.data.rows import load_rows
+    from preflab.loops.prepare import _tokenize
+    from preflab.loops.streaming import open_stream
+    from preflab.models.load import load_tokenizer
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:8])
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(data),
+                                output_dir=str(tmp_path / "out"), streaming=True, max_steps=2, use_cpu=True,
+                                max_length=64, max_completion_length=3, on_bad_row="skip"))
+    tok = load_tokenizer(cfg.model_name_or_path)
+    stream, _ = open_stream(cfg, tok, SimpleNamespace(name="pairs"))
+    rows, report = load_rows(str(data), kind="pairwise")
+    ordinary, ordinary_report = _tokenize("pairs", rows, tok, cfg, report.source)
+    streamed = stream.next_batch(len(ordinary))
+    assert len(ordinary) >= 4 and streamed == ordinary
+    assert {len(p.chosen_ids) for p in streamed} == {3}  # every "KIT CAT HAT" + eos is longer than 3 tokens
+    tokenize_report = stream.pipeline.reports()["tokenize"]
+    assert tokenize_report.skipped == ordinary_report.skipped  # rows whose cut responses are equal
+    assert tokenize_report.response_truncated == ordinary_report.response_truncated == len(ordinary)
