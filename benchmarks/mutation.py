@@ -1757,7 +1757,9 @@ class Outcome:
 # mutation-data round: data sources, MAPL rows, the example stream and streaming runs, the tokenization and reference
 # caches, SFT and listwise rows, TRL config translation and the option table, model loading and attention probes,
 # reward-model heads and reward pairs
-MD_SOURCES = ["tests/data/test_data_sources.py"]
+MD_SOURCES = ["tests/data/test_data_sources.py", "tests/data/test_source_limits.py",
+              "tests/data/test_data_trial.py::test_hub_shards_with_a_fingerprint_keep_their_split",
+              "tests/data/test_data_trial.py::test_split_named_folders_are_never_read_as_another_split"]
 MD_MAPL = ["tests/data/test_data_mapl.py", "-k", "not shipped and not cli and not tokenizes"]
 MD_STREAM = "tests/loops/test_streaming.py"
 MD_CACHE = ["tests/data/test_data_cache.py"]

@@ -41,3 +41,35 @@ def test_limit_reads_exactly_that_many_rows_across_files(tmp_path):
     read = list(RowReader(str(tmp_path / "*.jsonl"), limit=4))
     assert [(r.row_id, r.data["prompt"]) for r in read] == [(0, "q0"), (1, "q1"), (2, "q2"), (3, "q3")]
     assert [r.file for r in read] == [str(tmp_path / "a.jsonl")] * 3 + [str(tmp_path / "b.jsonl")]
+
+
+def test_a_split_name_is_the_whole_file_name_or_its_prefix_before_a_separator(tmp_path):
+    """split 'val' is not validation.jsonl (datasets refuses it too): reading that file would evaluate on a split
+    that was not asked for. A planted bug matching any name that starts with the split survived the split tests."""
+    import pytest
+
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+
+    rows = {"train": [{"prompt": "t", "chosen": " a", "rejected": " b"}],
+            "validation": [{"prompt": "v", "chosen": " a", "rejected": " b"}],
+            "val_extra-1": [{"prompt": "x", "chosen": " a", "rejected": " b"}]}
+    (tmp_path / "d").mkdir()
+    for name in ("train", "validation"):
+        (tmp_path / "d" / f"{name}.jsonl").write_text(json.dumps(rows[name][0]) + "\n")
+    with pytest.raises(DataError, match=r"split\(s\) \['train', 'validation'\] and none of split 'val'"):
+        load_rows(str(tmp_path / "d"), split="val")
+    assert [e.prompt for e in load_rows(str(tmp_path / "d"), split="validation")[0]] == ["v"]
+    (tmp_path / "d" / "val_extra-1.jsonl").write_text(json.dumps(rows["val_extra-1"][0]) + "\n")  # val_*: split val
+    assert [e.prompt for e in load_rows(str(tmp_path / "d"), split="val")[0]] == ["x"]
+
+
+def test_a_blank_csv_line_is_a_counted_blank_line_not_a_row(tmp_path):
+    from preflab.data.rows import load_rows
+
+    path = tmp_path / "train.csv"
+    path.write_text("prompt,chosen,rejected\nq0, a, b\n\nq1, c, d\n")
+    read = list(RowReader(path))
+    assert [(r.row_id, r.line, r.data["prompt"]) for r in read] == [(0, 2, "q0"), (1, 4, "q1")]
+    examples, report = load_rows(path)
+    assert [e.prompt for e in examples] == ["q0", "q1"] and report.blank_lines == 1 and report.total == 2
