@@ -1828,7 +1828,7 @@ MUTANTS += [
     Mutant("md-stream-every-pass-same-order", "data/stream.py",
            [("rows = shuffled(rows, self.shuffle_buffer, random.Random(f\"{self.seed}:{index}\"))",
              "rows = shuffled(rows, self.shuffle_buffer, random.Random(f\"{self.seed}\"))")],
-           [MD_STREAM, "-k", "shuffle_buffer_is or lazily or resume_mid_pass"],
+           [MD_STREAM, "-k", "shuffle_buffer_is or own_seeded_order or lazily or resume_mid_pass"],
            "every pass of a shuffled stream has the first pass's order"),
     Mutant("md-stream-unused-not-counted", "data/stream.py",
            [("            self.unused_examples += len(batch)\n", "")],

@@ -192,6 +192,28 @@ def test_stream_state_restores_mid_row():
     assert other.next_batch(4) == rest == [(1, "b"), (1, "c"), (2, "a"), (2, "b")]
 
 
+def test_each_pass_of_a_shuffled_stream_has_its_own_seeded_order():
+    """Pass p reads the rows through the buffer seeded "seed:p" (a new order each epoch, as the ordinary run's
+    permutation per epoch); a planted bug that seeded every pass alike survived the one-pass tests."""
+    import random
+
+    class Pipe:
+        def __call__(self, raw):
+            return [raw]
+
+        def reports(self):
+            return {}
+
+        def load_reports(self, saved):
+            pass
+
+    stream = ExampleStream(lambda: range(12), Pipe, seed=5, shuffle_buffer=4)
+    first, second = stream.next_batch(12), stream.next_batch(12)
+    assert first == list(shuffled(range(12), 4, random.Random("5:0")))
+    assert second == list(shuffled(range(12), 4, random.Random("5:1")))
+    assert sorted(second) == list(range(12)) and second != first and stream.pass_index == 1
+
+
 @pytest.mark.parametrize("extra,message", [
     ({"max_steps": -1}, r"streaming: true needs max_steps.*set max_steps"),
     ({"eval_fraction": 0.1}, r"eval_fraction=0.1 cannot hold rows out of a stream.*eval_dataset_name"),
