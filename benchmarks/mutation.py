@@ -1882,7 +1882,7 @@ MUTANTS += [
              "_whole_sequence(tokenizer, _encode(tokenizer, check_text(row[\"text\"], \"text\")), False)")], MD_SFT,
            "a text row gets no bos / eos (TRL's tokenizer(text) + eos)"),
     Mutant("md-sft-assistant-mask-keeps-prompt-turns", "loops/sft_rows.py",
-           [("                mask = [0] * len(prompt) + mask[len(prompt):]\n", "")],
+           [("mask = [0] * len(prompt) + mask[len(prompt):]", "mask = list(mask)")],
            ["tests/families/test_sft_assistant_only.py"],
            "assistant_only_loss with completion_only_loss trains the prompt's assistant turns too"),
     # listwise rows (loops/listwise.py)
