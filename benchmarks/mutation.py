@@ -1771,7 +1771,7 @@ MD_TRL = ["tests/test_config_trl.py", "-k",
           "renamed or refused or keys_without or label_smoothing or scale_rewards or learning_rate or fractions "
           "or eval_strategy_maps or untouched"]
 MD_TRL_ONLINE = ["tests/test_trl_online_defaults.py", "tests/test_config_trl_methods.py"]
-MD_OPTIONS = ["tests/test_config_validation.py", "-k", "out_of_range or refused_value or every_bad or help_lists"]
+MD_OPTIONS = ["tests/test_config_validation.py", "-k", "out_of_range or its_end or refused_value or every_bad or help_lists"]
 MD_WEIGHTS = ["tests/test_weight_files.py"]
 MD_SEGMENTS = ["tests/perf/test_segment_attention.py", "-k",
                "equals_dense_mask or plan_indexes or equals_padded"]
@@ -1946,7 +1946,7 @@ MUTANTS += [
     Mutant("md-trl-save-strategy-steps-default", "config_trl.py",
            [("                raw[\"save_steps\"] = 500\n", "                raw[\"save_steps\"] = 0\n")],
            ["tests/test_config_trl.py", "tests/test_trl_migration.py", "-k",
-            "eval_strategy_maps or fractions or saved_dpoconfig or trainingarguments"],
+            "renamed or eval_strategy_maps or fractions or saved_dpoconfig or trainingarguments"],
            "save_strategy steps without save_steps saves no checkpoint"),
     Mutant("md-trlm-alphapo-saved-as-simpo", "config_trl_methods.py",
            [("        raw[\"loss_type\"] = \"alphapo\"\n", "        raw[\"loss_type\"] = \"simpo\"\n")], MD_TRL_ONLINE,
