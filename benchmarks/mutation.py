@@ -1988,7 +1988,7 @@ MUTANTS += [
     Mutant("md-load-lora-target-any-suffix", "models/load.py",
            [("missing = [t for t in target_modules if not any(p == t or p.endswith(\".\" + t) for p in paths)]",
              "missing = [t for t in target_modules if not any(p.endswith(t) for p in paths)]")],
-           ["tests/loops/test_given_model_options.py", "tests/test_config_validation.py", "-k", "lora"],
+           ["tests/test_model_loading_errors.py", "tests/test_config_validation.py", "-k", "lora"],
            "lora_target_modules 'proj' passes the check (peft then matches nothing)"),
     # attention (models/attention.py, models/segment_attention.py)
     Mutant("md-attn-window-at-positions-binds", "models/attention.py",
