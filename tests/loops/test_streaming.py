@@ -356,6 +356,8 @@ def test_stream_counts_say_the_first_pass_and_every_row_read():
     stream = ExampleStream(lambda: range(5), Pipe)
     stream.next_batch(2)
     assert (stream.rows_per_pass, stream.rows_read_total()) == (None, 2)
+    info = stream_report(stream)["streaming"]  # under way: the counts are of the rows read so far
+    assert (info["passes_started"], info["first_pass_complete"], info["rows_read_in_pass"]) == (1, False, 2)
     for _ in range(3):  # [0, 1] [2, 3] (4 unused) [0, 1] [2, 3]
         stream.next_batch(2)
     info = stream_report(stream)["streaming"]
