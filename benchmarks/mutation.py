@@ -1771,7 +1771,8 @@ MD_TRL = ["tests/test_config_trl.py", "-k",
           "renamed or refused or keys_without or label_smoothing or scale_rewards or learning_rate or fractions "
           "or eval_strategy_maps or untouched"]
 MD_TRL_ONLINE = ["tests/test_trl_online_defaults.py", "tests/test_config_trl_methods.py"]
-MD_OPTIONS = ["tests/test_config_validation.py", "-k", "out_of_range or its_end or refused_value or every_bad or help_lists"]
+MD_OPTIONS = ["tests/test_config_validation.py", "-k",
+              "out_of_range or its_end or refused_value or every_bad or help_lists"]
 MD_WEIGHTS = ["tests/test_weight_files.py"]
 MD_SEGMENTS = ["tests/perf/test_segment_attention.py", "-k",
                "equals_dense_mask or plan_indexes or equals_padded"]
