@@ -3,7 +3,11 @@ is refused, a row of exactly max_row_bytes, and the limit on rows read. Planted 
 mutation-data round) that moved a limit by one survived the tests of far-off values (250 levels, 5000 bytes)."""
 import json
 
+import pytest
+
+from preflab.data.rows import load_rows
 from preflab.data.sources import MAX_NESTING_DEPTH, RowReader
+from preflab.errors import DataError
 
 
 def _nested(lists: int) -> dict:
@@ -46,11 +50,6 @@ def test_limit_reads_exactly_that_many_rows_across_files(tmp_path):
 def test_a_split_name_is_the_whole_file_name_or_its_prefix_before_a_separator(tmp_path):
     """split 'val' is not validation.jsonl (datasets refuses it too): reading that file would evaluate on a split
     that was not asked for. A planted bug matching any name that starts with the split survived the split tests."""
-    import pytest
-
-    from preflab.data.rows import load_rows
-    from preflab.errors import DataError
-
     rows = {"train": [{"prompt": "t", "chosen": " a", "rejected": " b"}],
             "validation": [{"prompt": "v", "chosen": " a", "rejected": " b"}],
             "val_extra-1": [{"prompt": "x", "chosen": " a", "rejected": " b"}]}
@@ -65,8 +64,6 @@ def test_a_split_name_is_the_whole_file_name_or_its_prefix_before_a_separator(tm
 
 
 def test_a_blank_csv_line_is_a_counted_blank_line_not_a_row(tmp_path):
-    from preflab.data.rows import load_rows
-
     path = tmp_path / "train.csv"
     path.write_text("prompt,chosen,rejected\nq0, a, b\n\nq1, c, d\n")
     read = list(RowReader(path))
