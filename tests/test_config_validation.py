@@ -45,6 +45,27 @@ def test_a_refused_value_says_what_the_option_is_and_temperature_zero_what_to_do
     assert "Greedy decoding (temperature 0) is not offered" in text and "such as 0.1" in text
 
 
+@pytest.mark.parametrize("key,accepted,refused,says", [
+    ("eval_fraction", 0.99, 1.0, "in [0, 1)"), ("adam_beta1", 0.0, 1.0, "in [0, 1)"),
+    ("adam_beta2", 0.999, 1.0, "in [0, 1)"), ("lora_dropout", 0.0, 1.0, "in [0, 1)"),
+    ("warmup_ratio", 1.0, 1.01, "in [0, 1]"), ("max_length", 2, 1, "> 1"), ("seed", 2**32 - 1, 2**32, "4294967295"),
+    ("top_p", 1.0, 0.0, "in (0, 1]"),
+    ("score_range", [0.0, 1.0], [0.0, float("inf")], "must be finite"),  # a list value, no range of its own
+    ("loss_weights", [1.0, 0.0], [1.0, float("nan")], "must be finite"),
+    ("objective_params", {"gamma": 1.0}, {"gamma": float("nan")}, "must be finite"),
+    ("max_grad_norm", float("inf"), float("nan"), "must be finite"),  # inf: clip nothing (torch), nan refused
+])
+def test_each_range_holds_its_end_and_refuses_the_value_just_past_it(key, accepted, refused, says):
+    """The boundaries of the option table (an open end, a closed end, values inside lists and mappings): planted
+    bugs that closed an open end, moved a bound by one or skipped the finiteness check of a list survived the tests
+    of far-off values (adam_beta1 1.5, seed -1)."""
+    from preflab.config_options import range_errors
+
+    assert range_errors({key: accepted}) == []
+    (message,) = range_errors({key: refused})
+    assert message.startswith(f"{key}={refused!r} is not allowed") and says in message, message
+
+
 def test_lora_rank_zero_refused():
     with pytest.raises(ConfigError, match=r"lora_r=0 .* > 0"):
         config_from_dict({**BASE, "use_peft": True, "lora_r": 0})

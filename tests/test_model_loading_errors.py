@@ -144,3 +144,18 @@ def test_a_runs_checkpoint_as_the_model_says_how_to_resume_it(tmp_path):
     with pytest.raises(ConfigError, match=r"is a checkpoint of the preflab run '.*run' .* To continue that run, set "
                                           r"resume_from_checkpoint: .*checkpoint-4"):
         load_tokenizer(str(checkpoint))
+
+
+def test_a_lora_target_matches_a_whole_module_name_or_a_dotted_suffix():
+    """peft matches a listed target against a module path's whole last names ('q_proj', 'self_attn.q_proj'), never a
+    part of a name: 'proj' matches no module of a Llama, and is refused here with the real names, before peft. A
+    planted bug that matched any suffix ('proj' in 'q_proj') survived the test of a name found nowhere."""
+    from preflab.models.load import check_lora_targets
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tiny_causal_lm(tiny_tokenizer())
+    for ok in (["q_proj"], ["self_attn.q_proj", "mlp.down_proj"], "all-linear", r".*\.q_proj", None):
+        check_lora_targets(model, ok)
+    for partial in (["proj"], ["_proj"], ["attn.q_proj"]):
+        with pytest.raises(ConfigError, match=rf"lora_target_modules \['{partial[0]}'\] match no module.*'q_proj'"):
+            check_lora_targets(model, partial)

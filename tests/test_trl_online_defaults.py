@@ -71,6 +71,18 @@ def test_saved_grpoconfig_round_is_trls_round():
     assert (cfg.generation_batch_size, cfg.prompts_per_generation) == (2, 32)
 
 
+def test_saved_grpoconfig_steps_per_generation_counts_micro_batches():
+    """GRPOConfig's steps_per_generation counts micro-batches per round (one optimizer step per round by default:
+    it defaults to gradient_accumulation_steps); preflab's counts optimizer steps, so a dump's 8 with accumulation 4
+    is 2 here (a planted bug that kept 8, four times as many optimizer steps per round, survived the tests)."""
+    trl = pytest.importorskip("trl")
+    raw = trl.GRPOConfig(output_dir="out", bf16=False, gradient_accumulation_steps=4, steps_per_generation=8).to_dict()
+    raw.pop("loss_type")
+    cfg = config_from_dict({**ONLINE, **raw, "trainer": "dapo", "max_steps": 2})
+    assert (cfg.steps_per_generation, cfg.gradient_accumulation_steps) == (2, 4)
+    assert cfg.prompts_per_generation * cfg.num_generations == raw["generation_batch_size"] == 64
+
+
 def test_saved_rlooconfig_is_refused_naming_the_nearest_recipe():
     """Before: with trainer: grpo it trained GRPO, RLOO's own fields accepted at their defaults without a word."""
     trl = pytest.importorskip("trl")

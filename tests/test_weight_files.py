@@ -56,3 +56,17 @@ def test_a_local_base_model_of_an_adapter_is_checked_too(tmp_path):
     assert pickle_weights_to_load(lora) == [f"{base}/pytorch_model.bin"]
     with pytest.raises(UnsafeLoadError, match="pytorch_model.bin"):
         check_weights_safe(str(lora), allow_pickle=False)
+
+
+def test_the_refusal_names_the_weights_that_would_load_and_never_the_training_state(tmp_path):
+    """A pickle model folder with a checkpoint's training state beside it: the refusal (and what to convert) names
+    the weights only; optimizer.pt & co. are never loaded as weights, so a folder that holds nothing else pickled is
+    not refused. A stray .safetensors file that is not model*.safetensors covers nothing (planted bugs in the
+    mutation-data round survived the tests of folders with safetensors weights)."""
+    state = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "rng_state.pth")
+    pickled = make(tmp_path / "pickled", "config.json", "pytorch_model.bin", "notes.safetensors", *state)
+    assert pickle_weights_to_load(pickled) == ["pytorch_model.bin"]
+    with pytest.raises(UnsafeLoadError, match=r"pickled would load pickle weights \(pytorch_model.bin\);"):
+        check_weights_safe(str(pickled), allow_pickle=False)
+    state_only = make(tmp_path / "state_only", "config.json", *state)
+    assert pickle_weights_to_load(state_only) == []

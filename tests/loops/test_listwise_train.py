@@ -83,6 +83,9 @@ def test_ragged_lists_and_bad_scores_are_refused(tmp_path, capsys):
         _refused(tmp_path, ragged, capsys)
     bad = [{"prompt": "echo: owl\n", "completions": ["OWL", "owl"], "scores": [1, "x"]}]
     assert "row 0 (line 1), field 'scores': scores must be a list of 2 finite numbers" in _refused(tmp_path, bad, capsys)
+    single = [{"prompt": "echo: owl\n", "completions": ["OWL"], "scores": [1]}]  # one response ranks nothing
+    assert "row 0 (line 1), field 'completions': completions must be a list of at least 2 responses" in \
+        _refused(tmp_path, single, capsys)
 
 
 @pytest.mark.parametrize("completions, scores, expected", [

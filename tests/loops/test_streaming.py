@@ -192,6 +192,28 @@ def test_stream_state_restores_mid_row():
     assert other.next_batch(4) == rest == [(1, "b"), (1, "c"), (2, "a"), (2, "b")]
 
 
+def test_each_pass_of_a_shuffled_stream_has_its_own_seeded_order():
+    """Pass p reads the rows through the buffer seeded "seed:p" (a new order each epoch, as the ordinary run's
+    permutation per epoch); a planted bug that seeded every pass alike survived the one-pass tests."""
+    import random
+
+    class Pipe:
+        def __call__(self, raw):
+            return [raw]
+
+        def reports(self):
+            return {}
+
+        def load_reports(self, saved):
+            pass
+
+    stream = ExampleStream(lambda: range(12), Pipe, seed=5, shuffle_buffer=4)
+    first, second = stream.next_batch(12), stream.next_batch(12)
+    assert first == list(shuffled(range(12), 4, random.Random("5:0")))
+    assert second == list(shuffled(range(12), 4, random.Random("5:1")))
+    assert sorted(second) == list(range(12)) and second != first and stream.pass_index == 1
+
+
 @pytest.mark.parametrize("extra,message", [
     ({"max_steps": -1}, r"streaming: true needs max_steps.*set max_steps"),
     ({"eval_fraction": 0.1}, r"eval_fraction=0.1 cannot hold rows out of a stream.*eval_dataset_name"),
@@ -334,6 +356,8 @@ def test_stream_counts_say_the_first_pass_and_every_row_read():
     stream = ExampleStream(lambda: range(5), Pipe)
     stream.next_batch(2)
     assert (stream.rows_per_pass, stream.rows_read_total()) == (None, 2)
+    info = stream_report(stream)["streaming"]  # under way: the counts are of the rows read so far
+    assert (info["passes_started"], info["first_pass_complete"], info["rows_read_in_pass"]) == (1, False, 2)
     for _ in range(3):  # [0, 1] [2, 3] (4 unused) [0, 1] [2, 3]
         stream.next_batch(2)
     info = stream_report(stream)["streaming"]
@@ -410,3 +434,30 @@ def test_stream_overlap_state_round_trips_and_stops_holding_digests_after_the_fi
     again.see(rows)
     assert again.report() == {"duplicate_train_examples": 4, "eval_prompts_in_train": 1}
     assert again._contents is None and again._prompts == set()
+
+
+def test_a_stream_tokenizes_with_every_setting_of_the_ordinary_run(tmp_path, monkeypatch):
+    """The stream's examples are the ordinary run's tokenized items, max_completion_length's cut included (a
+    planted bug that dropped it from the stream's settings survived: no streaming test set it), counted alike."""
+    from types import SimpleNamespace
+
+    from preflab.data.rows import load_rows
+    from preflab.loops.prepare import _tokenize
+    from preflab.loops.streaming import open_stream
+    from preflab.models.load import load_tokenizer
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:8])
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(data),
+                                output_dir=str(tmp_path / "out"), streaming=True, max_steps=2, use_cpu=True,
+                                max_length=64, max_completion_length=3, on_bad_row="skip"))
+    tok = load_tokenizer(cfg.model_name_or_path)
+    stream, _ = open_stream(cfg, tok, SimpleNamespace(name="pairs"))
+    rows, report = load_rows(str(data), kind="pairwise")
+    ordinary, ordinary_report = _tokenize("pairs", rows, tok, cfg, report.source)
+    streamed = stream.next_batch(len(ordinary))
+    assert len(ordinary) >= 4 and streamed == ordinary
+    assert {len(p.chosen_ids) for p in streamed} == {3}  # every "KIT CAT HAT" + eos is longer than 3 tokens
+    tokenize_report = stream.pipeline.reports()["tokenize"]
+    assert tokenize_report.skipped == ordinary_report.skipped  # rows whose cut responses are equal
+    assert tokenize_report.response_truncated == ordinary_report.response_truncated == len(ordinary)

@@ -118,3 +118,19 @@ def test_a_mapl_intra_row_is_measured_with_its_own_rejected_prompt(tok):
     assert pair_length(full[1]) <= 16
     kept, report = tokenize_reward_pairs(rows, tok, max_length=16)
     assert [p.row_id for p in kept] == [1] and report.skipped == {"longer_than_max_length": 1}
+
+
+def test_a_pair_of_exactly_max_length_tokens_is_kept_and_one_token_less_drops_it(tok):
+    """TRL's filter keeps len(ids) <= max_length: the boundary pair is kept at its own length, dropped (and counted)
+    one token below it. A planted bug (< for <=) survived the tests of pairs far from the limit."""
+    from preflab.data.rows import load_rows
+    from preflab.reward_models.data import pair_length, tokenize_reward_pairs
+
+    rows = load_rows([_short(0), LONG_REJECTED])[0]
+    full, _ = tokenize_reward_pairs(rows, tok, max_length=None)
+    short, long = (pair_length(p) for p in full)
+    assert short < long
+    kept, report = tokenize_reward_pairs(rows, tok, max_length=long)
+    assert [p.row_id for p in kept] == [0, 1] and report.skipped == {}
+    kept, report = tokenize_reward_pairs(rows, tok, max_length=long - 1)
+    assert [p.row_id for p in kept] == [0] and report.skipped == {"longer_than_max_length": 1} and report.kept == 1
