@@ -413,22 +413,23 @@ def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
-def _leftovers() -> tuple[list[str], list[str]]:
-    tmp = tempfile.gettempdir()
-    dirs = sorted(p for p in os.listdir(tmp) if p.startswith("preflab-sbx-"))
-    locks = sorted(os.listdir(_host._LOCK_DIR)) if _host._LOCK_DIR.exists() else []
-    return dirs, locks
-
-
-def test_many_runs_leave_no_processes_folders_or_descriptors():
+def test_many_runs_leave_no_processes_folders_or_descriptors(tmp_path, monkeypatch):
+    # the runs' working folders go to a temp folder of this test's own and each run's uid lock is checked by its uid:
+    # the shared temp folder and lock folder also hold the sandboxes of tests running beside this one (xdist)
     programs = ["print(1)", "while True:\n    pass", "import os\nos.system('true')", "print('x' * 10**6)",
                 "x = bytearray(10**9)", "import os\nos.close(1)", "raise SystemExit(3)"]
     expected = ["ok", "timeout", "refused", "output_limit", "memory", "ok", "error"]
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     gc.collect()
-    fds, (dirs, locks) = _open_fds(), _leftovers()
-    statuses = [quiet_run(p, timeout_s=0.5, memory_mb=128, max_output_bytes=1000).status for p in programs * 2]
+    fds = _open_fds()
+    results = [quiet_run(p, timeout_s=0.5, memory_mb=128, max_output_bytes=1000) for p in programs * 2]
     gc.collect()
-    assert statuses == expected * 2
-    assert _open_fds() == fds and _leftovers() == (dirs, locks)
+    assert [r.status for r in results] == expected * 2
+    assert _open_fds() == fds
+    assert os.listdir(private_tmp) == []  # no working folder (preflab-sbx-*) or value file left
+    uids = [r.sandbox_uid for r in results if r.sandbox_uid is not None]
+    assert not [uid for uid in uids if (_host._LOCK_DIR / str(uid)).exists()]  # every uid lock released
     with pytest.raises(ChildProcessError):            # no child of the caller, not even a zombie
         os.waitpid(-1, os.WNOHANG)
