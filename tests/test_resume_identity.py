@@ -137,7 +137,8 @@ def test_a_full_disk_while_writing_metrics_is_an_error_naming_the_file_and_the_c
     monkeypatch.setattr(MetricsLog, "write", full_after_step_3)
     out = tmp_path / "run"
     with pytest.raises(PreflabError, match=rf"{out / 'metrics.jsonl'}: No space left on device\. The latest "
-                                           rf"finished checkpoint is {out / 'checkpoint-2'}; resume_from_checkpoint"):
+                                           rf"finished checkpoint is {out / 'checkpoint-2'} \(step 2\); the steps after "
+                                           rf"it are lost\. Set resume_from_checkpoint: true"):
         run(out, max_steps=6, save_steps=2)
     monkeypatch.setattr(MetricsLog, "write", real)
     summary, _ = run(out, max_steps=6, save_steps=2, resume_from_checkpoint=True)
