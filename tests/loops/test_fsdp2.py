@@ -267,10 +267,14 @@ def test_plan_counts_the_reference_sharded_under_fsdp2_only(tmp_path):
     assert memory_plan(cfg, config, Sharding("fsdp", 4, fsdp_version=1))["reference"] == zero3["reference"]
 
 
-def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_them_and_adam(tmp_path):
+@pytest.mark.parametrize("lora_options", [{}, {"use_rslora": True, "use_dora": True, "modules_to_save": ["lm_head"]}],
+                         ids=["lora", "rslora-dora-modules_to_save"])
+def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_them_and_adam(tmp_path, lora_options):
     """One process (DCP without a process group): a LoRA scorer after two AdamW steps saved with
     save_sharded_checkpoint and loaded into a fresh LoRA scorer + optimizer gives the same adapters, the same AdamW
-    state and the same next step; the checkpoint holds only the adapter tensors (the frozen base is not saved)."""
+    state and the same next step; the checkpoint holds every trainable tensor and only those (the frozen base is not
+    saved): the adapters, and with DoRA / modules_to_save (TRL's ModelConfig options) the magnitudes and the lm_head
+    copy. (A multi-process FSDP2 run with those options is not run here.)"""
     from safetensors import safe_open
 
     from preflab.checkpoint import verify_checkpoint
@@ -282,7 +286,7 @@ def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_the
     def build():
         torch.manual_seed(0)
         model = LogProbScorer(add_lora(tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0), 4, 8, 0.0,
-                                       "all-linear"))
+                                       "all-linear", **lora_options))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         return model, optimizer
 
@@ -304,7 +308,11 @@ def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_the
     with safe_open(str(next((path / "model").glob("*.safetensors"))), "pt") as f:
         names = list(f.keys())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert sorted(names) == sorted(trainable) and all("lora_" in n for n in names)
+    assert sorted(names) == sorted(trainable)
+    if lora_options:
+        assert any("lora_magnitude_vector" in n for n in names) and any("modules_to_save" in n for n in names)
+    else:
+        assert all("lora_" in n for n in names)
     after = step(model, optimizer)
 
     fresh, fresh_opt = build()

@@ -132,47 +132,6 @@ def test_refused_combinations_and_names_that_match_nothing(tmp_path):
         add_lora(tiny_causal_lm(tiny_tokenizer(), seed=0), 4, 8, 0.0, "all-linear", modules_to_save=["score"])
 
 
-def test_sharded_checkpoint_holds_dora_magnitudes_and_modules_to_save_and_restores_them(tmp_path):
-    """The FSDP2 / DCP checkpoint (one process, no process group) of a LoRA scorer with DoRA and modules_to_save
-    holds every trainable tensor (adapters, magnitudes, the lm_head copy) and restores them and AdamW's state: the
-    next step's loss and every parameter equal the uninterrupted scorer's. (A multi-process FSDP2 run with these
-    options is not run here.)"""
-    from safetensors import safe_open
-
-    from preflab.models.load import add_lora
-    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
-    from preflab.scoring.lm import LogProbScorer
-    from preflab.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
-
-    def build():
-        torch.manual_seed(0)
-        model = LogProbScorer(add_lora(tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0), 4, 8, 0.0,
-                                       "all-linear", use_rslora=True, use_dora=True, modules_to_save=["lm_head"]))
-        return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-
-    def step(model, optimizer):
-        ids = torch.arange(5, 37).reshape(2, 16)
-        loss = model.model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
-
-    model, optimizer = build()
-    step(model, optimizer)
-    path = save_sharded_checkpoint(tmp_path, 1, model, optimizer, None, {"timeline": [["r", 0]]}, True, lambda: None)
-    with safe_open(str(next((path / "model").glob("*.safetensors"))), "pt") as f:
-        names = sorted(f.keys())
-    assert names == sorted(n for n, p in model.named_parameters() if p.requires_grad)
-    assert any("lora_magnitude_vector" in n for n in names) and any("modules_to_save" in n for n in names)
-    after = step(model, optimizer)
-    fresh, fresh_optimizer = build()
-    load_sharded_checkpoint(path, fresh, fresh_optimizer, None)
-    assert step(fresh, fresh_optimizer) == after
-    for (name, a), b in zip(model.named_parameters(), fresh.parameters()):
-        assert torch.equal(a, b), name
-
-
 def test_a_lora_reward_model_takes_the_three_options_beside_its_whole_score_head():
     """task: reward's LoRA (SEQ_CLS, the score head trained whole): rsLoRA's scale, DoRA's magnitudes and an extra
     module_to_save (embed_tokens) trained whole beside the score head."""
