@@ -3,6 +3,7 @@
     positions = held_out_positions(len(rows), 0.1, seed)      # max(1, round(0.1 n)) positions of a seeded permutation
     train, evals = split_eval_fraction(rows, 0.1, seed)        # the rows at those positions, order kept on both sides
     group, by_parent = holdout_groups(rows)                    # the unit held out: the source row, or its parent_id
+    kept, held, (units_held, units, by_parent) = hold_out_rows(rows, 0.1, seed)   # eval_fraction on loaded rows
 """
 from __future__ import annotations
 
@@ -49,3 +50,16 @@ def holdout_groups(rows) -> tuple[dict, bool]:
     if parents is None:
         return {r.row_id: r.row_id for r in rows}, False
     return {r.row_id: p for r, p in zip(rows, parents)}, True
+
+
+def hold_out_rows(rows, fraction: float, seed: int) -> tuple[list, list, tuple[int, int, bool]]:
+    """(rows kept for training, rows held out, (units held out, units, whether a unit is a parent_id group)): what
+    eval_fraction holds out of a run's loaded rows (preflab.loops.prepare), and what `preflab eval` leaves out of the
+    run's training rows when it counts the overlap with them (preflab.eval.run.training_overlap). The unit is the
+    source row (holdout_groups: a pair split into two unpaired examples stays on one side), or its parent_id group;
+    units are held out by held_out_positions over their sorted ids."""
+    group, by_parent = holdout_groups(rows)
+    ids = sorted(set(group.values()))
+    held = {ids[i] for i in held_out_positions(len(ids), fraction, seed)}
+    return ([r for r in rows if group[r.row_id] not in held], [r for r in rows if group[r.row_id] in held],
+            (len(held), len(ids), by_parent))

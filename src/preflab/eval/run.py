@@ -461,13 +461,10 @@ def training_overlap(examples, cfg: dict, data=None, split: str | None = None) -
     held_out = ""
     fraction = cfg.get("eval_fraction") or 0
     if fraction and not cfg.get("eval_dataset_name"):  # as loops.prepare.prepare_examples holds them out
-        from preflab.data.holdout import held_out_positions, holdout_groups
+        from preflab.data.holdout import hold_out_rows
 
-        group, _ = holdout_groups(train)
-        ids = sorted(set(group.values()))
         seed = 42 if cfg.get("seed") is None else int(cfg["seed"])  # TrainConfig's default seed
-        held = {ids[i] for i in held_out_positions(len(ids), float(fraction), seed)}
-        train = [r for r in train if group[r.row_id] not in held]
+        train, _, _ = hold_out_rows(train, float(fraction), seed)
         held_out = f", less the eval_fraction={fraction} of its rows the run held out (seed {seed})"
     counts = training_overlap_counts(train, examples)
     record = {**counts, "checked_against": str(name), "split": train_split, "training_pairs": len(train)}

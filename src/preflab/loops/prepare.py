@@ -102,16 +102,12 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     elif cfg.eval_fraction > 0:
         # hold out whole source rows (a pair split into two KTO examples stays on one side), and whole parent_id
         # groups when every row names its parent (rows derived from one base pair, preflab.data.mapl)
-        from preflab.data.holdout import held_out_positions, holdout_groups
+        from preflab.data.holdout import hold_out_rows
 
-        group, by_parent = holdout_groups(rows)
-        ids = sorted(set(group.values()))
-        held = {ids[i] for i in held_out_positions(len(ids), cfg.eval_fraction, cfg.seed)}
-        eval_rows = [r for r in rows if group[r.row_id] in held]
-        rows = [r for r in rows if group[r.row_id] not in held]
+        rows, eval_rows, (units_held, units, by_parent) = hold_out_rows(rows, cfg.eval_fraction, cfg.seed)
         if by_parent and is_main_process():
-            print(f"preflab: note: eval_fraction={cfg.eval_fraction} holds out whole parent_id groups ({len(held)} "
-                  f"of {len(ids)}), so rows built from one base pair (MAPL's original, intra and inter rows) stay "
+            print(f"preflab: note: eval_fraction={cfg.eval_fraction} holds out whole parent_id groups ({units_held} "
+                  f"of {units}), so rows built from one base pair (MAPL's original, intra and inter rows) stay "
                   "on one side: an eval row's response is never a training row's.")
     from preflab.data.overlap import overlap_notes, overlap_report
 
