@@ -1951,7 +1951,7 @@ MUTANTS += [
              "in_pairs += _digest(_key(example.prompt)) in prompts")],
            EVOV, "an eval pair sharing only its prompt with training counts as a training pair"),
     Mutant("evov-held-out-rows-counted-as-trained", "eval/run.py",
-           [("        train = [r for r in train if group[r.row_id] not in held]\n", "")], EVOV,
+           [("        train, _, _ = hold_out_rows(train, float(fraction), seed)\n", "")], EVOV,
            "the rows eval_fraction held out count as trained on"),
     Mutant("evov-prompt-only-overlap-unsaid", "eval/run.py",
            [("if not (counts[\"prompts\"] or counts[\"pairs\"]) or",
