@@ -27,7 +27,8 @@ from preflab.loops.extras_producer import (make_producer, produced_extras, refus
 from preflab.loops.kinds import kind_for
 from preflab.loops.launch import is_sharded, make_accelerator
 from preflab.loops.optimizer import make_optimizer
-from preflab.loops.ref_sync import check_ref_sync, install_ref_sync, present_in_checkpoint, reference_tensors
+from preflab.loops.ref_sync import (check_ref_sync, install_ref_sync, present_in_checkpoint, reference_tensors,
+                                    sync_reference_of)
 from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
@@ -133,6 +134,8 @@ class Trainer(TrainingRun):
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
         self.lora = hasattr(policy, "disable_adapter")
+        # sync_ref_model (TR-DPO) moves the reference: a LoRA policy's becomes a separate copy of its base
+        ref = self.ref = sync_reference_of(cfg, policy, ref)
         # LoRA without ref_model_name_or_path: the reference is the policy with its adapters disabled; a given
         # reference model is the reference, LoRA or not (it was loaded and then ignored under use_peft)
         self.ref_is_base = self.lora and ref is None

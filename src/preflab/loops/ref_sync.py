@@ -7,6 +7,7 @@ steps the reference is updated by the soft rule
 
 with alpha = ref_model_mixup_alpha (TRL default 0.6) and tau = ref_model_sync_steps (TRL default 512).
 
+    ref = sync_reference_of(cfg, policy, ref)   # a LoRA policy's separate base copy (as the trainer is built)
     sync = install_ref_sync(trainer)      # None unless cfg.sync_ref_model; the first of trainer.callbacks
     reference_tensors(sync)               # {"reference.<name>": tensor}: kept in every checkpoint (extra.safetensors)
 
@@ -40,6 +41,7 @@ from torch import nn
 
 from preflab.errors import ConfigError
 from preflab.loops.launch import is_sharded, sharding_engine
+from preflab.loops.reference import is_lora
 
 PREFIX = "reference."  # the reference's tensors in a checkpoint's extra.safetensors
 
@@ -58,10 +60,6 @@ def check_ref_sync(cfg, objective, accelerator) -> None:
                           "holds only its shards of the policy and the reference, and preflab's reference sync is "
                           "tested on one process and DDP only. Train with examples/accelerate/ddp.yaml or one "
                           "process, or remove sync_ref_model.")
-
-
-def is_lora(model: nn.Module) -> bool:
-    return hasattr(model, "disable_adapter")
 
 
 class MergedWeight:
@@ -177,15 +175,12 @@ class ReferenceSync:
 
 def install_ref_sync(trainer) -> ReferenceSync | None:
     """The trainer's ReferenceSync, first among its callbacks (a user's on_step_end sees the synced reference), or
-    None without sync_ref_model. A LoRA policy without a reference model (its reference was its adapters-off base)
-    gets a frozen copy of its base as a separate reference (use_separate_reference). Refuses a reference that is not
-    the policy's architecture."""
+    None without sync_ref_model. A LoRA policy's reference is the separate copy of its base that the trainer made in
+    place of the adapters-off base (sync_reference_of). Refuses a reference that is not the policy's architecture."""
     cfg = trainer.cfg
     if not cfg.sync_ref_model:
         return None
-    if trainer.ref is None and is_lora(trainer.policy):  # the base with adapters off: a copy becomes the reference
-        use_separate_reference(trainer, separate_base_reference(trainer.policy, reference_torch_dtype(cfg)))
-    if trainer.ref is None:  # needs_reference without LoRA always has one (Trainer refuses otherwise)
+    if trainer.ref is None:  # needs_reference always has one here (the Trainer refuses otherwise)
         raise ConfigError("sync_ref_model: true needs a separate reference model; none was given.")
     say = print if trainer.accelerator.is_main_process else None
     sync = ReferenceSync(trainer.policy, trainer.ref, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps, say)
@@ -193,26 +188,20 @@ def install_ref_sync(trainer) -> ReferenceSync | None:
     return sync
 
 
+def sync_reference_of(cfg, policy: nn.Module, ref: nn.Module | None) -> nn.Module | None:
+    """The reference a run trains against: `ref`; with sync_ref_model, a LoRA policy without a reference model (whose
+    reference would be its base with the adapters off, which the sync cannot move) gets a frozen copy of its base
+    in the reference's dtype (separate_base_reference), made before the trainer sets its reference up (device,
+    attention, scorer, torch.compile) as any given reference."""
+    if cfg.sync_ref_model and ref is None and is_lora(policy):
+        return separate_base_reference(policy, reference_torch_dtype(cfg))
+    return ref
+
+
 def reference_torch_dtype(cfg) -> torch.dtype:
     from preflab.models.load import DTYPES, reference_dtype
 
     return DTYPES[reference_dtype(cfg)]
-
-
-def use_separate_reference(trainer, ref: nn.Module) -> None:
-    """Make `ref` the trainer's reference model (scored by its own scorer on the run's device) in place of the LoRA
-    policy with its adapters off, set up as the trainer sets up a given reference (attention mode, torch.compile)."""
-    from preflab.models.segment_attention import set_attention_mode
-
-    cfg = trainer.cfg
-    set_attention_mode(cfg.attention, ref)
-    ref.to(trainer.accelerator.device)
-    trainer.ref, trainer.ref_is_base = ref, False
-    trainer.ref_scorer = trainer.scorer_class(ref, cfg.chunk_tokens)
-    if cfg.torch_compile:
-        from preflab.scoring.compile import compile_scorer
-
-        trainer.ref_scorer = compile_scorer(trainer.ref_scorer, cfg)
 
 
 def reference_tensors(sync: ReferenceSync | None) -> dict:
