@@ -126,13 +126,8 @@ def policy_is_reference_at(run: RunData, step: float) -> bool:
     """Whether at eval step `step` the mean held-out drift log pi - log pi_ref of the chosen and of the rejected
     responses (eval_logps_drift/*) are both below UNMOVED_DRIFT in size: the policy has not moved from the reference
     there (False where the run logged no drift, e.g. a reference-free objective)."""
-    drifts = []
-    for key in ("eval_logps_drift/chosen", "eval_logps_drift/rejected"):
-        steps, values = run.series(key)
-        if step not in steps:
-            return False
-        drifts.append(values[steps.index(step)])
-    return all(abs(d) < UNMOVED_DRIFT for d in drifts)
+    drifts = [_value(run, key, step) for key in ("eval_logps_drift/chosen", "eval_logps_drift/rejected")]
+    return all(d is not None and abs(d) < UNMOVED_DRIFT for d in drifts)
 
 
 def _value(run: RunData, key: str, step: float) -> float | None:

@@ -222,8 +222,11 @@ def _headline(runs: list[RunData], overview: dict | None = None) -> str:
     folder = summary_rows(overview or {}, "measured by the folder's summary.json; what before and after are: the "
                           "result above", ("before, see meaning", "after, see meaning"))
     name = f"{Path(str((overview or {}).get('_folder', ''))).name} (folder)"
-    rows += [[f"<td>{_e(name)}</td>", f"<td>{_e(r['metric'])}</td>", cell(r["before"]), cell(r["after"]),
-              cell(r["baseline"]), f'<td class="doc">{_e(r["meaning"])}</td>'] for r in folder]
+    def line(who: str, r: dict) -> list[str]:
+        return [f"<td>{_e(who)}</td>", f"<td>{_e(r['metric'])}</td>", cell(r["before"]), cell(r["after"]),
+                cell(r["baseline"]), f'<td class="doc">{_e(r["meaning"])}</td>']
+
+    rows += [line(name, r) for r in folder]
     for run in runs:
         found = headline_rows(run)
         if not found and run.config.get("task") not in RECIPE_TASKS:   # a recipe's result is its summary table
@@ -233,8 +236,7 @@ def _headline(runs: list[RunData], overview: dict | None = None) -> str:
             late.append(f"{run.name}: its first eval was at step {first:g}, after training had started, so 'before' "
                         "is not the starting model; eval_on_start: true evaluates it at step 0")
         late += [f"{run.name}: {note}" for note in headline_notes(run, found)]
-        rows += [[f"<td>{_e(run.name)}</td>", f"<td>{_e(r['metric'])}</td>", cell(r["before"]), cell(r["after"]),
-                  cell(r["baseline"]), f'<td class="doc">{_e(r["meaning"])}</td>'] for r in found]
+        rows += [line(run.name, r) for r in found]
     out = "<h2>Headline</h2>"
     if rows:
         out += _table(["run", "metric", "before", "after", "baseline", "meaning"], rows)
