@@ -60,15 +60,17 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
-    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in sys.argv[2:])}
+def main(argv: list[str]) -> None:
+    """The launch's runs, in a function: each trainer is freed before the process group is closed and the interpreter
+    exits (a trainer still held at exit keeps the group alive, which can abort the process)."""
+    out = Path(argv[0])
+    extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in argv[1:])}
     resume_into = extra.pop("resume_into", None)  # then: a second run there, resumed from checkpoint-<that step>
     resume_step = extra.pop("resume_step", None)
     precompute_into = extra.pop("precompute_into", None)  # then: a run that precomputes reference log-probs there
     if resume_into or precompute_into:
         keep_process_group()
-    summary, trainer = run(out, **extra)
+    _, trainer = run(out, **extra)
     if trainer.main:
         (out / "facts.json").write_text(json.dumps(facts(trainer)))
     if resume_into:
@@ -77,4 +79,8 @@ if __name__ == "__main__":
     if precompute_into:  # 33 pairs: rank 0 scores 17 (3 batches of 8), rank 1 16 (2): the sharded reference in lockstep
         run(precompute_into, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0,
             precompute_ref_log_probs=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
     close_process_group()
