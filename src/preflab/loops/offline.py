@@ -18,6 +18,7 @@ from preflab.config import TrainConfig
 from preflab.data.layout import bucket
 from preflab.models.attention import effective_layout, flex_training_refused
 from preflab.models.dropout import original_dropout_config
+from preflab.models.adapters import is_lora
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
 from preflab.loops.driver import TrainingRun
@@ -133,7 +134,7 @@ class Trainer(TrainingRun):
         from preflab.models.load import disable_dropout_of
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
-        self.lora = hasattr(policy, "disable_adapter")
+        self.lora = is_lora(policy)
         # sync_ref_model (TR-DPO) moves the reference: a LoRA policy's becomes a separate copy of its base
         ref = self.ref = sync_reference_of(cfg, policy, ref)
         # LoRA without ref_model_name_or_path: the reference is the policy with its adapters disabled; a given

@@ -41,7 +41,7 @@ from torch import nn
 
 from preflab.errors import ConfigError
 from preflab.loops.launch import is_sharded, sharding_engine
-from preflab.loops.reference import is_lora
+from preflab.models.adapters import is_lora
 
 PREFIX = "reference."  # the reference's tensors in a checkpoint's extra.safetensors
 

@@ -13,12 +13,9 @@ import torch
 from torch import nn
 
 from preflab.errors import ConfigError
+from preflab.models.adapters import is_lora
 from preflab.models.load import frozen_copy
 from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head
-
-
-def is_lora(model: nn.Module) -> bool:
-    return hasattr(model, "disable_adapter")
 
 
 def make_reference(policy: nn.Module, needed: bool, ref: nn.Module | None = None) -> nn.Module | None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, PreflabError
+from preflab.models.adapters import is_lora
 
 LOADED_ATTR = "_preflab_loaded"
 _LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora",
@@ -160,7 +161,7 @@ def given_model_errors(cfg, policy, ref=None, tokenizer=None, what: str = "polic
             out.append(f"load_in_{bits}bit: {drop}, so it does not quantize it. Load the {what} with transformers' "
                        f"BitsAndBytesConfig(load_in_{bits}bit=True) and add its LoRA adapters, or drop "
                        f"load_in_{bits}bit.")
-    adapters = hasattr(policy, "disable_adapter")
+    adapters = is_lora(policy)
     if cfg.use_peft and not adapters and "use_peft" in options:
         out.append(f"use_peft: {drop}, and it adds LoRA adapters only to a model it loads: the given {what} has none "
                    "and would train all of its weights. Add the adapters (preflab.models.load.add_lora or "

@@ -55,10 +55,11 @@ from preflab.loops.driver import TrainingRun
 from preflab.loops.judge import Judge
 from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
-from preflab.loops.reference import is_lora, reference_scores, refresh_reference
+from preflab.loops.reference import reference_scores, refresh_reference
 from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
 from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.dropout import original_dropout_config
+from preflab.models.adapters import is_lora
 from preflab.objectives.base import ListBatch, SequenceLogps
 from preflab.objectives.grpo import group_advantages
 from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_layout, online_layout, pair_layout,
