@@ -2573,6 +2573,20 @@ MUTANTS += [
 ]
 
 
+# paper-audit round: VPO's value term on the calibration responses' log-ratio (the reference term SELM's released loss
+# keeps), and the chosen-calibration reference side.
+MUTANTS += [
+    Mutant("paudit-vpo-reference-term-dropped", "objectives/vpo.py",
+           [("losses = -F.logsigmoid(self.beta * (h_w - h_l)) + sign * self.lam * (cal - cal_ref)",
+             "losses = -F.logsigmoid(self.beta * (h_w - h_l)) + sign * self.lam * cal")],
+           text_tests("vpo"), "the value term on S_theta(y_cal) alone: not 0 at theta = ref, not SELM's loss value"),
+    Mutant("paudit-vpo-chosen-calibration-rejected-reference", "objectives/vpo.py",
+           [("cal, cal_ref = as_loss_dtype(batch.policy_chosen.sum), as_loss_dtype(batch.ref_chosen.sum)",
+             "cal, cal_ref = as_loss_dtype(batch.policy_chosen.sum), as_loss_dtype(batch.ref_rejected.sum)")],
+           text_tests("vpo"), "calibration=chosen subtracts the rejected response's reference log-prob"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

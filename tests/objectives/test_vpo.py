@@ -1,8 +1,12 @@
-"""VPO (methods/objectives.md §C #24): spec values for both signs, lam = 0 equals DPO, dL/dS(y_cal) = s * lam."""
+"""VPO (methods/objectives.md §C #24): spec values for both signs, lam = 0 equals DPO, dL/dS(y_cal) = s * lam;
+the online form equals SELM's released loss (shenao-zhang/SELM@0ba546a scripts/selm_trainer.py optimistic_dpo_loss:
+sigmoid DPO + alpha * beta * (S_theta(y) - S_ref(y)) on a reference-policy response y, summed log-probs)."""
+import math
+
 import pytest
 import torch
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives import PairBatch, get_objective
 
 F64 = dict(dtype=torch.float64)
@@ -33,10 +37,11 @@ def test_lam_zero_is_dpo():
 
 
 def test_chosen_calibration_offline_gradient():
-    # y_cal = y_w: dL/dS(y_w) = -beta sigmoid(-beta Delta) - lam (DPO's -0.0462570155 on the fixture)
+    # y_cal = y_w: the term is -lam * h(y_w) = -0.02 * (-10 - (-11)); dL/dS(y_w) = -beta sigmoid(-beta Delta) - lam
+    # (DPO's -0.0462570155 on the fixture)
     batch, pc, _ = fixture([0.0], grad=True)
     out = get_objective("vpo", beta=0.1, lam=0.02, mode="offline")(batch)
-    assert out.loss.item() == pytest.approx(0.6209570478 + 0.02 * 10.0, abs=1e-9)
+    assert out.loss.item() == pytest.approx(0.6209570478 - 0.02 * 1.0, abs=1e-9)
     out.loss.backward()
     assert pc.grad.item() == pytest.approx(-0.0462570155 - 0.02, abs=1e-9)
 
@@ -50,3 +55,44 @@ def test_several_calibration_samples_are_averaged():
 def test_bad_mode_rejected():
     with pytest.raises(ConfigError, match="mode"):
         get_objective("vpo", mode="optimistic")
+
+
+def selm_loss_by_hand(pc, pr, rc, rr, s_theta_y, s_ref_y, beta, alpha):
+    """SELM's optimistic DPO loss (Zhang et al. 2024, Eq. 4.2 as its trainer codes it), written out by hand."""
+    delta = (pc - pr) - (rc - rr)
+    return math.log1p(math.exp(-beta * delta)) + alpha * beta * (s_theta_y - s_ref_y)
+
+
+@pytest.mark.parametrize("beta,alpha", [(0.1, 0.5), (0.01, 0.001)])  # (0.01, 0.001): SELM's zephyr recipe
+def test_online_mode_is_selms_released_loss(beta, alpha):
+    s_theta_y = torch.tensor([-9.0], **F64, requires_grad=True)
+    batch = PairBatch.from_sums(torch.tensor([-10.0], **F64), torch.tensor([-12.0], **F64),
+                                torch.tensor([-11.0], **F64), torch.tensor([-11.5], **F64),
+                                extras={"calibration_logps": s_theta_y,
+                                        "calibration_ref_logps": torch.tensor([-8.0], **F64)})
+    out = get_objective("vpo", beta=beta, lam=alpha * beta, mode="online", calibration="extra")(batch)
+    expected = selm_loss_by_hand(-10.0, -12.0, -11.0, -11.5, -9.0, -8.0, beta, alpha)
+    assert out.loss.item() == pytest.approx(expected, abs=1e-12)
+    if (beta, alpha) == (0.1, 0.5):
+        assert out.loss.item() == pytest.approx(0.6209570478 - 0.05, abs=1e-9)   # Delta = 1.5, h(y) = -1
+    out.loss.backward()
+    assert s_theta_y.grad.item() == pytest.approx(alpha * beta, abs=1e-15)
+
+
+def test_value_term_is_zero_at_the_reference():
+    # policy = reference: h = 0 everywhere, so both modes log DPO's ln 2 (the value term is on the log-ratio)
+    sums = torch.tensor([-10.0, -30.0], **F64)
+    batch = PairBatch.from_sums(sums, sums - 2.0, sums, sums - 2.0,
+                                extras={"calibration_logps": torch.tensor([[-7.0, -9.0], [-20.0, -22.0]], **F64),
+                                        "calibration_ref_logps": torch.tensor([[-7.0, -9.0], [-20.0, -22.0]], **F64)})
+    for mode in ("offline", "online"):
+        for calibration in ("chosen", "extra"):
+            out = get_objective("vpo", lam=0.3, mode=mode, calibration=calibration)(batch)
+            torch.testing.assert_close(out.losses, torch.full((2,), math.log(2.0), **F64), rtol=0, atol=1e-12)
+
+
+def test_calibration_reference_of_another_shape_is_refused():
+    batch = fixture([[-9.0, -7.0]])[0]
+    batch.extras["calibration_ref_logps"] = torch.tensor([-8.0], **F64)
+    with pytest.raises(PreflabError, match="calibration_ref_logps has shape"):
+        get_objective("vpo", calibration="extra")(batch)

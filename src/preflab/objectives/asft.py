@@ -7,6 +7,10 @@ PDF itself was not read. Audit 2026-12: the same form is coded in turbo-llm/turb
 [-log sigmoid(beta r_w) - log sigmoid(-beta r_l)] on length-averaged log-probs (it refuses ASFT without
 average_log_prob), defaults beta = 1, lambda_ = 1, ce_coef = 1 (an earlier version used 0.1 as lambda). The default
 lam = 0.1 here is kept (ORPO's weight; the ASFT paper's value is unverified); pass lam=1.0 for turbo-alignment's.
+Audit 2026-12 (paper-audit): Gorbatovski et al. §5.1 report that of lam in {0.1, 0.2, 0.5, 1.0} the one-stage form
+(this loss) did best with lam = 1 (Llama 3.1 8B on UltraFeedback), so the only published comparison also favours 1.0.
+Not to be confused with Anchored SFT (Zhu et al. 2025, arXiv:2509.23753; zhuchichi56/ASFT, LLaMA-Factory's
+`use_asft_loss` / `asft_alpha`), a reference-anchored SFT loss of the same abbreviation.
 
     p(y) = exp(A_theta(y)),  A = mean token log-prob;   r(y) = log(p / (1 - p))   (log-odds)
     L = -A_theta(y_w) - lam * [log sigmoid(beta r(y_w)) + log sigmoid(-beta r(y_l))]

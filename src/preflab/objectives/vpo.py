@@ -1,26 +1,38 @@
-"""VPO: value-incentivized preference optimization; DPO plus a signed likelihood term on calibration responses.
+"""VPO: value-incentivized preference optimization; DPO plus a signed log-ratio term on calibration responses.
 
 Paper: Cen, Mei, Goshvadi, Dai, Yang, Yang, Schuurmans, Chi, Dai, 2024, "Value-Incentivized Preference Optimization:
 A Unified Approach to Online and Offline RLHF" (arXiv:2405.19320). Derived from the paper's calibration argument as
-recalled in methods/objectives.md §C #24; the sign convention and whether lam keeps beta inside are unverified.
+recalled in methods/objectives.md §C #24 (no VPO code or full text reachable).
 
     min_r  L_BT(r) - s * alpha * J*(r),   J*(r) = -beta E_{y~pi_cal}[log pi_theta(y|x) - log pi_ref(y|x)]
-    =>  L = -log sigmoid(beta * Delta) + s * lam * S_theta(y_cal),   lam = alpha * beta
+    =>  L = -log sigmoid(beta * Delta) + s * lam * (S_theta(y_cal) - S_ref(y_cal)),   lam = alpha * beta
     s = +1  mode="online"  (optimism: pushes pi_cal samples down, explores; unbounded below, keep lam small)
     s = -1  mode="offline" (pessimism: an SFT-like pull on pi_cal samples, cf. RPO)
 
-calibration="chosen": y_cal = y_w (the dataset's chosen responses, the offline choice).
+Audit 2026-12 (3rd-party): the same derivation, online sign and reduction are those of SELM (Zhang et al. 2024,
+"Self-Exploring Language Models", arXiv:2405.19332, Eq. 4.2), which names VPO as a concurrent method of the same
+kind (a likelihood term beside the DPO loss, optimistic online / pessimistic offline). SELM's released trainer,
+shenao-zhang/SELM@0ba546a `scripts/selm_trainer.py::optimistic_dpo_loss`, adds alpha * beta * (S_theta(y) - S_ref(y))
+on summed log-probs of a reference-policy response y to the sigmoid DPO loss (recipe
+`recipes/zephyr-selm/selm_config_full.yaml`: beta 0.01, alpha 0.001). That is mode="online" here with
+lam = alpha * beta and pi_cal = pi_ref (`tests/objectives/test_vpo.py`). The S_ref term is constant in theta (same
+gradient); it is kept so the value term is 0 at theta = ref and the logged loss is the derivation's.
+
+calibration="chosen": y_cal = y_w (the dataset's chosen responses, the offline choice); the term is s * lam * h(y_w).
 calibration="extra":  extras["calibration_logps"] = [B] or [B, n] policy sequence log-probs S_theta(y_cal) of
                       responses sampled from pi_cal (e.g. pi_ref), carrying gradient; [B, n] is averaged over n.
+                      extras["calibration_ref_logps"] (same shape, optional) = S_ref(y_cal); without it the
+                      reference term is taken as 0, which moves the logged loss by a constant, not the gradient.
 
-Deviation from the paper: unverified (see above); `lam` is given directly rather than as alpha * beta.
+Deviations: VPO's own sign convention and practical loss are unverified (only SELM's are read); `lam` is given
+directly rather than as alpha * beta; the default lam is unverified.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype, logratios, reward_metrics
 
 
@@ -34,10 +46,9 @@ class VPO(Objective):
     gradient_extras_hint = ("Use calibration=chosen (y_cal = the chosen responses, scored in the training forward), "
                             "or an online loop that samples and scores calibration responses with the policy.")
     paper = "Cen et al. 2024, Value-Incentivized Preference Optimization (arXiv:2405.19320)"
-    checked_against = ("unverified: derived from the paper's calibration argument (no released code found by repo "
-                       "name, loss identifiers or issue search, 2026-12; OpenReview SQnitDuow6 reviews read: no "
-                       "formula; full text not "
-                       "reachable)")
+    checked_against = ("3rd-party: derived from the paper's calibration argument (no VPO code or full text "
+                       "reachable, 2026-12); online form equal to the concurrent SELM's released loss, "
+                       "shenao-zhang/SELM@0ba546a scripts/selm_trainer.py optimistic_dpo_loss (lam = alpha * beta)")
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference",),
             "property": ("likelihood",)}
 
@@ -56,15 +67,29 @@ class VPO(Objective):
     def compute(self, batch: PairBatch) -> ObjectiveOutput:
         h_w, h_l = logratios(batch)
         if self.calibration == "chosen":
-            cal = as_loss_dtype(batch.policy_chosen.sum)
+            cal, cal_ref = as_loss_dtype(batch.policy_chosen.sum), as_loss_dtype(batch.ref_chosen.sum)
         else:
             cal = as_loss_dtype(torch.as_tensor(batch.extra("calibration_logps", "VPO", gradient=True))).to(h_w.device)
+            cal_ref = self._calibration_reference(batch, cal)
             cal = cal.mean(-1) if cal.dim() == 2 else cal
         sign = 1.0 if self.mode == "online" else -1.0
-        losses = -F.logsigmoid(self.beta * (h_w - h_l)) + sign * self.lam * cal
+        losses = -F.logsigmoid(self.beta * (h_w - h_l)) + sign * self.lam * (cal - cal_ref)
         metrics = reward_metrics(batch, self.beta)
         metrics["vpo/calibration_logps"] = cal.detach().mean()
         return ObjectiveOutput(losses.mean(), losses, metrics)
+
+    @staticmethod
+    def _calibration_reference(batch: PairBatch, cal):
+        """S_ref(y_cal) from extras["calibration_ref_logps"] (the shape of calibration_logps, averaged the same way),
+        or 0 when not given (a constant: the gradient is the same)."""
+        ref = batch.extras.get("calibration_ref_logps")
+        if ref is None:
+            return torch.zeros((), dtype=cal.dtype, device=cal.device)
+        ref = as_loss_dtype(torch.as_tensor(ref)).to(cal.device).detach()
+        if ref.shape != cal.shape:
+            raise PreflabError(f"VPO: calibration_ref_logps has shape {tuple(ref.shape)}, calibration_logps "
+                               f"{tuple(cal.shape)}; give the reference log-probs of the same calibration responses.")
+        return ref.mean(-1) if ref.dim() == 2 else ref
 
 
 OBJECTIVE = VPO
