@@ -10,7 +10,8 @@ off-by-one, a `>` for `>=`, a dropped normalisation. For each, a temporary copy 
 that cover that file run against it (PYTHONPATH = the copy, `pytest -x`, a time limit). A mutant is *caught* when
 the tests fail (or time out, reported apart) and *survives* when they pass. Before the mutants, each distinct test
 selection runs once on the unmodified copy: it must pass, or the run stops (a failing baseline catches everything).
-An edit whose text is not found exactly once is reported as *stale* (the source changed: update the mutant).
+An edit whose text is not found exactly once is reported as *stale* (the source changed: update the mutant);
+tests/test_mutation_edits.py, in the ordinary test suite, fails on such a mutant without running any.
 
 Run by hand (not in CI); it takes a few minutes per mutant on 2 CPU cores. docs/testing.md gives the last
 kill rate. Mutants that survive are either missing tests (add one) or equivalent edits (then drop them here).

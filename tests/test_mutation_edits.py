@@ -8,6 +8,7 @@ it, the mutated code still parses (a syntax error is "caught" by any test and sa
 test files it runs exist (a missing one fails pytest, which the runner would count as a catch) and its name is its
 own (`--only NAME` picks it). About a second: no test runs, each source file is parsed once."""
 import ast
+import re
 import importlib.util
 import sys
 from pathlib import Path
@@ -112,3 +113,20 @@ def test_the_parse_check_finds_a_broken_edit_inside_a_method():
     assert _parses_mutated(text, spans, [("return math.exp(x)", "return math.exp(x")]) == \
         "line 7: '(' was never closed"
     assert _parses_mutated(text, spans, [("Y = 1", "Y = = 1")]) == "line 10: invalid syntax"
+
+
+def test_the_mutant_counts_in_docs_testing_md_are_the_runners():
+    """Each `python benchmarks/mutation.py [--only WORDS] ... # N mutants` line of docs/testing.md gives the number
+    of mutants that command runs (the runner's rule: a name containing one of the words)."""
+    command = re.compile(r"^\s*python benchmarks/mutation\.py(?P<args>[^#\n]*)#\s*(?P<n>\d+) mutants", re.M)
+    found = command.findall((ROOT / "docs" / "testing.md").read_text())
+    assert found, "docs/testing.md gives no mutant count"
+    wrong = []
+    for args, n in found:
+        words = args.split()
+        only = words[words.index("--only") + 1:] if "--only" in words else []
+        only = only[:next((i for i, w in enumerate(only) if w.startswith("--")), len(only))]
+        runs = sum(1 for m in MUTANTS if not only or any(w in m.name for w in only))
+        if runs != int(n):
+            wrong.append(f"--only {' '.join(only)}: the docs say {n}, the runner runs {runs}")
+    assert not wrong, "\n".join(wrong)
