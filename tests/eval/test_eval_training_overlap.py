@@ -57,7 +57,9 @@ def test_a_shared_prompt_is_no_shared_pair(tmp_path):
                          [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in train],  # swapped
                          kind="pairwise")[0]
     record, note, why = training_overlap(examples, {"dataset_name": None})
-    assert (record, note, why) == (None, None, None)      # no training data named: nothing to compare or say
+    assert (record, note) == (None, None)                 # no training data named: nothing to compare, and said
+    assert why.startswith("the run's config.yaml names no dataset_name (its training data), so whether the eval "
+                          "rows were trained on was not checked")
     record, note, why = training_overlap(examples, {"dataset_name": _jsonl(tmp_path / "t.jsonl", train)})
     assert (record["prompts"], record["pairs"], record["rows"]) == (6, 0, 6) and why is None
     assert note.startswith("6 of 6 eval pairs (100.0%) have a prompt the run trained on, and 0 (0.0%)")
