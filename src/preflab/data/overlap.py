@@ -183,10 +183,11 @@ def training_overlap_counts(train, evals, prompt_key=prompt_key, row_key=content
     return {"prompts": in_prompts, "pairs": in_pairs if row_key is not None else None, "rows": rows}
 
 
-def overlap_notes(report: dict, n_eval: int) -> list[str]:
-    """The lines to print for a non-zero overlap report."""
+def overlap_notes(report: dict, n_eval: int, repeats: bool = True) -> list[str]:
+    """The lines to print for a non-zero overlap report. repeats False: the eval prompts' line only (an online run's
+    prompt rows, where a repeated prompt is no repeated example: summary.json still counts them)."""
     notes = [repeats_note(report["duplicate_train_examples"], "example(s)", "prompt and responses")] \
-        if report["duplicate_train_examples"] else []
+        if report["duplicate_train_examples"] and repeats else []
     if report["eval_prompts_in_train"]:
         notes.append(f"{report['eval_prompts_in_train']} of {n_eval} eval example(s) have a prompt that is also a "
                      "train prompt: the eval then measures prompts the policy was trained on.")
