@@ -556,8 +556,9 @@ def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = 
     "rows", "checked_against", "split", "training_pairs"}; for prompt-only training rows "pairs" is None and the
     training rows are counted as "training_prompts". Rule for the note: none at zero overlap (the zeros are still
     recorded), and none when `said_elsewhere` (training_data_note already says --data is the training data);
-    otherwise the counts with their fractions. Rows not read: only the reason (eval.json "missing", printed as
-    "skipped overlap_with_training: ...")."""
+    otherwise the counts with their fractions, and that the metrics are partly on training data, or, with shared
+    prompts only, that the rows are held-out but their prompts are not. Rows not read: only the reason (eval.json
+    "missing", printed as "skipped overlap_with_training: ...")."""
     from preflab.data.overlap import training_overlap_counts
 
     if training.rows is None:
@@ -574,10 +575,14 @@ def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = 
         note = (f"{shared} (its training rows are prompts: {training.whose}{training.held_out}): these metrics are "
                 f"partly on training prompts, not held-out; evaluate {rows} whose prompts the run did not train on "
                 "for generalization")
-    else:
+    elif counts["pairs"]:
         note = (f"{shared}, and {counts['pairs']} ({counts['pairs'] / n:.1%}) are training {rows} ({rule.same_row}), "
                 f"compared with {training.whose}{training.held_out}: these metrics are partly on training data, not "
                 f"held-out; evaluate {rows} whose prompts the run did not train on for generalization")
+    else:  # shared prompts only: the rows are held-out, their prompts are not
+        note = (f"{shared}, and 0 (0.0%) are training {rows} ({rule.same_row}), compared with "
+                f"{training.whose}{training.held_out}: the {rows} are held-out but their prompts are not; evaluate "
+                f"{rows} whose prompts the run did not train on for generalization to new prompts")
     return record, note, None
 
 
