@@ -1952,18 +1952,19 @@ MUTANTS += [
 EVOV = ["tests/eval/test_eval_training_overlap.py"]
 MUTANTS += [
     Mutant("evov-pair-counted-by-prompt", "data/overlap.py",
-           [("in_pairs += _digest(_content(example)) in contents",
-             "in_pairs += _digest(_key(example.prompt)) in prompts")],
+           [("in_pairs += digest(row_key(example)) in contents",
+             "in_pairs += digest(prompt_key(example)) in prompts")],
            EVOV, "an eval pair sharing only its prompt with training counts as a training pair"),
     Mutant("evov-held-out-rows-counted-as-trained", "eval/run.py",
-           [("        train, _, _ = hold_out_rows(train, float(fraction), seed)\n", "")], EVOV,
+           [("    train, _, _ = hold_out_rows(train, fraction, seed)\n", "")], EVOV,
            "the rows eval_fraction held out count as trained on"),
     Mutant("evov-prompt-only-overlap-unsaid", "eval/run.py",
            [("if not (counts[\"prompts\"] or counts[\"pairs\"]) or",
              "if not (counts[\"prompts\"] and counts[\"pairs\"]) or")],
            EVOV, "eval pairs on training prompts (no whole training pair) get no note"),
     Mutant("evov-second-note-beside-same-file", "eval/run.py",
-           [(" or (data is not None and training_data_note(data, cfg, split)):", ":")], EVOV,
+           [("return overlap_with_training(examples, training, TEXT_PAIRS, said)",
+             "return overlap_with_training(examples, training, TEXT_PAIRS, False)")], EVOV,
            "--data being the training file gets the same-file note and the overlap note"),
     Mutant("evov-headline-says-zero-overlap", "report/headline.py",
            [("if not isinstance(overlap, dict) or not (overlap.get(\"prompts\") or overlap.get(\"pairs\")):",
@@ -2587,6 +2588,38 @@ MUTANTS += [
            [("cal, cal_ref = as_loss_dtype(batch.policy_chosen.sum), as_loss_dtype(batch.ref_chosen.sum)",
              "cal, cal_ref = as_loss_dtype(batch.policy_chosen.sum), as_loss_dtype(batch.ref_rejected.sum)")],
            text_tests("vpo"), "calibration=chosen subtracts the rejected response's reference log-prob"),
+]
+
+
+# eval-overlap-2 round
+EO2 = ["tests/eval/test_eval_training_overlap.py"]
+EO2_RM = ["tests/reward_models/test_reward_eval_training_overlap.py"]
+EO2_VLM = ["tests/vlm/test_vlm_eval_training_overlap.py"]
+EO2_DIFF = ["tests/diffusion/test_diffusion_eval_training_overlap.py"]
+MUTANTS += [
+    Mutant("eo2-vision-prompt-without-images", "data/vision.py",
+           [("return example.prompt, [image_digest(image) for image in example.images]", "return example.prompt, []")],
+           EO2_VLM, "a vision row over another image counts as the training prompt with the same text"),
+    Mutant("eo2-image-pair-without-pixels", "diffusion/data.py",
+           [("return example.prompt, example.cond_chosen, example.cond_rejected, example.pixel_digest",
+             "return example.prompt, example.cond_chosen, example.cond_rejected")],
+           EO2_DIFF, "an image pair with its images swapped (or other images) counts as the training pair"),
+    Mutant("eo2-reward-eval-scores-no-rows", "reward_models/eval.py",
+           [("        scored.extend(kept)\n", "        scored.extend([])\n")],
+           EO2_RM, "--task reward compares no scored pair with the training pairs (zeros)"),
+    Mutant("eo2-prompt-rows-compared-as-pairs", "eval/run.py",
+           [("None if training.prompts_only else rule.row_key)", "rule.row_key)")],
+           EO2, "an online run's prompt rows are compared as pairs (pairs 0 instead of none)"),
+    Mutant("eo2-held-out-prompts-counted-as-trained", "eval/run.py",
+           [("            rows = split_eval_fraction(rows, float(fraction), seed)[0]\n", "")],
+           EO2, "the prompt rows an online run held out with eval_fraction count as trained on"),
+    Mutant("eo2-vlm-why-not-checked-dropped", "loops/vlm_eval.py",
+           [("\"missing\": {\"overlap_with_training\": why} if why else {}}", "\"missing\": {}}")],
+           EO2_VLM, "--task vlm leaves an unreadable training set unsaid"),
+    Mutant("eo2-online-eval-prompts-in-train-unsaid", "online/tasks.py",
+           [("for note in overlap_notes(overlap, len(eval_rows), repeats=False):",
+             "for note in overlap_notes(overlap, len(eval_rows), repeats=False)[1:]:")],
+           EO2, "an online run's held-out prompts that are training prompts are counted but not said"),
 ]
 
 

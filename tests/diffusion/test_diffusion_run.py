@@ -338,6 +338,14 @@ def split_run(assets):
     return out
 
 
+def _captions_only_note(n: int, train: str) -> str:
+    """The overlap note of n held-out pairs whose captions, and no pair, the run trained on (train: its data)."""
+    return (f"{n} of {n} eval pairs (100.0%) have a caption the run trained on, and 0 (0.0%) are training pairs (same "
+            f"captions and the two images' pixels), compared with the run's training data {train} (dataset_name, "
+            "split train): the pairs are held-out but their prompts are not; evaluate pairs whose prompts the run did "
+            "not train on for generalization to new prompts")
+
+
 def _diffusion_eval_json(run, data, tmp_path, *split):
     import json
 
@@ -356,7 +364,10 @@ def test_preflab_eval_task_diffusion_reads_the_test_split_of_a_data_folder(asset
     assert result["num_pairs"] == 4 and result["split"] == "test"  # test.jsonl: 4 pairs; train.jsonl: 8
     note = (f"read split 'test' of {folder}: no --split was given and it has a split 'test', read by default as a "
             "run's eval_split is; pass --split to read another")
-    assert result["notes"] == [note] and f"  note: {note}" in capsys.readouterr().out.splitlines()
+    assert result["notes"][0] == note and f"  note: {note}" in capsys.readouterr().out.splitlines()
+    # every held-out caption is a training caption (the shapes data has 6), no held-out pair a training pair: said
+    assert (result["overlap_with_training"]["prompts"], result["overlap_with_training"]["pairs"]) == (4, 0)
+    assert result["notes"][1:] == [_captions_only_note(4, assets["train"])]
 
 
 def test_preflab_eval_task_diffusion_reads_train_of_a_folder_without_test(split_run, tmp_path):
@@ -365,8 +376,10 @@ def test_preflab_eval_task_diffusion_reads_train_of_a_folder_without_test(split_
     folder = write_pair_dataset(tmp_path / "only", 3, seed=2).parent
     result = _diffusion_eval_json(split_run, folder, tmp_path)
     assert result["num_pairs"] == 3 and result["split"] == "train"
-    assert result["notes"] == [f"read split 'train' of {folder}: no --split was given and it has no split 'test' (a "
-                               "single file or a folder without one reads as 'train'); pass --split to read another"]
+    assert result["notes"][0] == (f"read split 'train' of {folder}: no --split was given and it has no split 'test' "
+                                  "(a single file or a folder without one reads as 'train'); pass --split to read "
+                                  "another")
+    assert (result["overlap_with_training"]["prompts"], result["overlap_with_training"]["pairs"]) == (3, 0)
 
 
 def test_preflab_eval_task_diffusion_ignores_the_runs_gradient_accumulation(split_run, tmp_path):
@@ -393,7 +406,11 @@ def test_preflab_eval_task_diffusion_split_train_overrides_the_test_default(asse
     folder = Path(assets["train"]).parent
     result = _diffusion_eval_json(split_run, folder, tmp_path, "--split", "train")
     assert result["num_pairs"] == 8 and result["split"] == "train"
-    assert result["notes"] == [f"read split 'train' of {folder} (--split)"]
+    assert result["notes"][0] == f"read split 'train' of {folder} (--split)"
+    # the run's own training pairs under the folder's name (not its dataset_name, so no same-file note): counted
+    assert (result["overlap_with_training"]["prompts"], result["overlap_with_training"]["pairs"]) == (8, 8)
+    assert result["notes"][1].startswith("8 of 8 eval pairs (100.0%) have a caption the run trained on, and 8 "
+                                         "(100.0%) are training pairs")
 
 
 def test_encodings_are_cached_on_disk_by_fingerprint(assets, tmp_path, monkeypatch):

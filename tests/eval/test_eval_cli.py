@@ -87,7 +87,8 @@ def test_eval_writes_eval_json_that_matches_an_independent_computation(saved, ca
     assert m["dispersion/num_unseen_responses"] == 3.0
     assert m["dispersion/unseen_logps_drift"] == pytest.approx(sum(drifts) / 3, abs=1e-4)
     assert m["dispersion/unseen_log_mass_drift"] == pytest.approx(sum(mass) / 2, abs=1e-4)
-    assert set(result["missing"]) == {"win_rate"}
+    assert set(result["missing"]) == {"win_rate", "overlap_with_training"}  # the run config names no dataset_name
+    assert result["missing"]["overlap_with_training"].startswith("the run's config.yaml names no dataset_name")
 
 
 def test_win_rate_with_a_reward_function_named_on_the_command_line(saved, tmp_path, monkeypatch):

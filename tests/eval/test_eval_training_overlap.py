@@ -57,7 +57,9 @@ def test_a_shared_prompt_is_no_shared_pair(tmp_path):
                          [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in train],  # swapped
                          kind="pairwise")[0]
     record, note, why = training_overlap(examples, {"dataset_name": None})
-    assert (record, note, why) == (None, None, None)      # no training data named: nothing to compare or say
+    assert (record, note) == (None, None)                 # no training data named: nothing to compare, and said
+    assert why.startswith("the run's config.yaml names no dataset_name (its training data), so whether the eval "
+                          "rows were trained on was not checked")
     record, note, why = training_overlap(examples, {"dataset_name": _jsonl(tmp_path / "t.jsonl", train)})
     assert (record["prompts"], record["pairs"], record["rows"]) == (6, 0, 6) and why is None
     assert note.startswith("6 of 6 eval pairs (100.0%) have a prompt the run trained on, and 0 (0.0%)")
@@ -137,3 +139,73 @@ def test_the_report_headline_says_how_many_eval_pairs_were_trained_on(tmp_path):
     result["overlap_with_training"] = {"prompts": 0, "pairs": 0, "rows": 256}
     row, = eval_json_rows(RunData("dpo", tmp_path, eval=result))
     assert row["after"] == ("eval.json, 256 pairs", 0.7)
+
+
+def test_an_online_runs_prompt_rows_are_compared_by_prompt_only(tiny, tmp_path, capsys):
+    """task: online, online_task: dataset trained on prompt rows: an eval pair is counted when its prompt is one of
+    them (pairs is None: the run trained on no responses), less the prompts eval_fraction held out as
+    train_and_eval holds them out (data.holdout.split_eval_fraction over the prompt rows)."""
+    from preflab.data.holdout import split_eval_fraction
+
+    tok, policy, ref = tiny
+    prompts = [{"prompt": f"question number {i} ?", "answer": str(i)} for i in range(10)]
+    train = _jsonl(tmp_path / "prompts.jsonl", prompts)
+    kept, held = split_eval_fraction(prompts, 0.2, 5)
+    cfg = {"task": "online", "online_task": "dataset", "dataset_name": train, "eval_fraction": 0.2, "seed": 5}
+    evals = _jsonl(tmp_path / "eval.jsonl", [{"prompt": r["prompt"], "chosen": " yes", "rejected": " no"}
+                                             for r in kept[:3] + held] +
+                   [{"prompt": "a new question ?", "chosen": " a", "rejected": " b"}])
+    out = evaluate_models(policy, tok, evals, ref=ref, training_run=cfg)
+    assert out["overlap_with_training"] == {"prompts": 3, "pairs": None, "rows": 6, "checked_against": train,
+                                            "split": "train", "training_prompts": 8}
+    said = [n for n in out["notes"] if "trained on" in n]
+    assert len(said) == 1 and said[0].startswith(
+        f"3 of 6 eval pairs (50.0%) have a prompt the run trained on (its training rows are prompts: the run's "
+        f"training data {train} (dataset_name, split train), less the eval_fraction=0.2 of its rows the run held out "
+        "(seed 5))")
+    record, note, why = training_overlap(_examples(_jsonl(tmp_path / "new.jsonl", [
+        {"prompt": "another new one ?", "chosen": " a", "rejected": " b"}])), cfg)
+    assert (record["prompts"], record["pairs"], note, why) == (0, None, None, None)
+
+
+def test_the_online_demo_runs_prompts_are_the_demos_training_prompts(tmp_path):
+    """online_task: demo has no dataset_name: its training prompts are the demo task's (make_splits(0), as
+    online.tasks.load_task gives them to the run), read by preflab.eval_cli; the demo's held-out prompts are not."""
+    from preflab.demo.task import make_splits
+    from preflab.eval_cli.checkpoint import demo_training_prompts
+
+    cfg = {"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft"}
+    _, pairs, heldout = make_splits(0)
+    evals = _examples(_jsonl(tmp_path / "eval.jsonl", pairs[:4] + [
+        {"prompt": p + "\n", "chosen": " A", "rejected": " a"} for p in heldout[:3]]))
+    training = demo_training_prompts(cfg)
+    record, note, why = training_overlap(evals, cfg, training=training)
+    assert record == {"prompts": 4, "pairs": None, "rows": 7, "checked_against": "online_task: demo",
+                      "split": "train", "training_prompts": 600}
+    assert note.startswith("4 of 7 eval pairs (57.1%) have a prompt the run trained on (its training rows are "
+                           "prompts: the demo task's training prompts (online_task: demo))") and why is None
+    assert demo_training_prompts({"task": "dpo"}) is None
+    _, _, why = training_overlap(evals, {"task": "online", "online_task": "game"})
+    assert why.startswith("the run (task: online, online_task: game) trained on the preference game's answers")
+
+
+def test_an_online_runs_held_out_prompts_that_are_training_prompts_are_counted_and_said(tmp_path, capsys):
+    """online_task: dataset with eval_dataset_name: the held-out prompts the training rows also hold are counted in
+    the data report (summary.json data.overlap, overlap_report's keys as for preference rows) and said; a repeated
+    training prompt is counted there but not said (prompt rows repeat by design)."""
+    from preflab.config import config_from_dict
+    from preflab.online.tasks import load_task
+
+    train = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"echo: w{i}\n"} for i in range(6)] +
+                   [{"prompt": "echo: w0\n"}])
+    held = _jsonl(tmp_path / "held.jsonl", [{"prompt": "echo: w1\n"}, {"prompt": "echo: w4\n"},
+                                            {"prompt": "echo: new\n"}])
+    cfg = config_from_dict({"task": "online", "trainer": "grpo", "online_task": "dataset", "dataset_name": train,
+                            "eval_dataset_name": held, "reward_funcs": "demo_true_reward",
+                            "model_name_or_path": "builtin:tiny-llama", "max_steps": 1,
+                            "output_dir": str(tmp_path / "o")})
+    task, _, _ = load_task(cfg)
+    assert task.data_report["overlap"] == {"duplicate_train_examples": 1, "eval_prompts_in_train": 2}
+    out = capsys.readouterr().out
+    assert "note: data: 2 of 3 eval example(s) have a prompt that is also a train prompt" in out
+    assert "repeat an earlier one" not in out

@@ -53,7 +53,11 @@ def test_vlm_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_path, o
     opened.clear()
     config_reads.clear()
     result = evaluate_vlm_run(str(run), data)
-    assert opened == [data]  # was [data, data]: open_eval_split's reader, then the run's own
+    # was [data, data]: open_eval_split's reader, then the run's own; now the eval data once, then the run's training
+    # data (its dataset_name, the same file here) once for the overlap count, which finds every pair trained on
+    assert opened == [data, data]
+    assert result["overlap_with_training"] == {"prompts": 8, "pairs": 8, "rows": 8, "checked_against": data,
+                                               "split": "train", "training_pairs": 8}
     assert config_reads == [run / "config.yaml"]  # was 6 reads
     assert result["split"] == "train" and result["num_pairs"] == 8
     assert final and set(result["metrics"]) == set(final)
@@ -75,7 +79,9 @@ def test_diffusion_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_p
     opened.clear()
     config_reads.clear()
     result = evaluate_diffusion_run(str(run), data)
-    assert opened == [data]  # was [data, data]
+    train = "examples/diffusion/data/train.jsonl"  # the run's dataset_name, read once for the overlap count
+    assert opened == [data, train]  # was [data, data, ...]: the eval data once
+    assert result["overlap_with_training"]["pairs"] == 0  # test.jsonl is held out of train.jsonl
     assert config_reads == [run / "config.yaml"]  # was 3 reads
     assert result["split"] == "train" and result["num_pairs"] == 8
     assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_acc"], abs=1e-9)

@@ -2,6 +2,7 @@
 
     overlap_report(train_examples, eval_examples) -> {"duplicate_train_examples": n, "eval_prompts_in_train": m}
     training_overlap_counts(train_examples, eval_examples) -> {"prompts": n, "pairs": m, "rows": N}  (preflab eval)
+    training_overlap_counts(train, evals, prompt_key=..., row_key=...)   the same count by another row's keys
 
 duplicate_train_examples: train examples whose content (prompt, responses, label; not the row id or extras) repeats
 an earlier train example exactly: the run trains on them more than once per epoch. eval_prompts_in_train: eval
@@ -127,29 +128,66 @@ def overlap_report(train, evals) -> dict:
     return {"duplicate_train_examples": duplicates, "eval_prompts_in_train": in_train}
 
 
-def training_overlap_counts(train, evals) -> dict:
+def prompt_key(example):
+    """A row's prompt as load_rows made it (text, or conversational messages): training_overlap_counts' default
+    rule for a shared prompt."""
+    return example.prompt
+
+
+def content_key(example) -> str:
+    """Every field of a row but row_id and extras (prompt, chosen, rejected; as overlap_report compares):
+    training_overlap_counts' default rule for a shared row."""
+    return _content(example)
+
+
+def image_digest(image) -> bytes:
+    """16-byte BLAKE2b digest of an image's pixels: a PIL image by its mode, size and decoded bytes, a tensor by
+    its dtype, shape and bytes. Two files holding the same pixels (a copy, another name) get the same digest; the
+    same file re-encoded lossily does not."""
+    h = hashlib.blake2b(digest_size=16)
+    if hasattr(image, "tobytes") and hasattr(image, "mode"):  # PIL.Image
+        h.update(repr((image.mode, image.size)).encode())
+        h.update(image.tobytes())
+    else:
+        h.update(repr((str(image.dtype), tuple(image.shape))).encode())
+        h.update(image.contiguous().cpu().numpy().tobytes())
+    return h.digest()
+
+
+def training_overlap_counts(train, evals, prompt_key=prompt_key, row_key=content_key) -> dict:
     """How many of the examples `evals` the examples `train` already hold, for `preflab eval` against a run's
-    training rows: "prompts" counts eval examples whose prompt equals a train example's prompt, "pairs" those whose
-    whole content (prompt, chosen, rejected; every field but row_id and extras, as overlap_report compares) equals
-    a train example's, "rows" is len(evals). Fields are compared as load_rows made them (conversational messages
-    as their message lists), not as tokens. One pass over each side; the train side is held as 16-byte BLAKE2b
-    digests only."""
+    training rows: "prompts" counts eval examples whose prompt_key equals a train example's, "pairs" those whose
+    row_key (default: the whole content, prompt, chosen, rejected; every field but row_id and extras, as
+    overlap_report compares) equals a train example's, "rows" is len(evals). Fields are compared as the loader made
+    them (conversational messages as their message lists), not as tokens. row_key None: the train rows are
+    prompts only (an online run's), and "pairs" is None. The keys of the other kinds of rows: a vision pair's
+    (data.vision.vision_prompt_key / vision_row_key), an image pair's (diffusion.data.image_pair_key). One pass
+    over each side; the train side is held as 16-byte BLAKE2b digests of the keys (JSON, bytes as repr) only; a key
+    None (a row without a pair) matches nothing."""
+    def digest(key):
+        return None if key is None else _digest(_key(key))
+
     prompts, contents = set(), set()
     for example in train:
-        prompts.add(_digest(_key(example.prompt)))
-        contents.add(_digest(_content(example)))
+        prompts.add(digest(prompt_key(example)))
+        if row_key is not None:
+            contents.add(digest(row_key(example)))
+    prompts.discard(None)
+    contents.discard(None)
     in_prompts = in_pairs = rows = 0
     for example in evals:
         rows += 1
-        in_prompts += _digest(_key(example.prompt)) in prompts
-        in_pairs += _digest(_content(example)) in contents
-    return {"prompts": in_prompts, "pairs": in_pairs, "rows": rows}
+        in_prompts += digest(prompt_key(example)) in prompts
+        if row_key is not None:
+            in_pairs += digest(row_key(example)) in contents
+    return {"prompts": in_prompts, "pairs": in_pairs if row_key is not None else None, "rows": rows}
 
 
-def overlap_notes(report: dict, n_eval: int) -> list[str]:
-    """The lines to print for a non-zero overlap report."""
+def overlap_notes(report: dict, n_eval: int, repeats: bool = True) -> list[str]:
+    """The lines to print for a non-zero overlap report. repeats False: the eval prompts' line only (an online run's
+    prompt rows, where a repeated prompt is no repeated example: summary.json still counts them)."""
     notes = [repeats_note(report["duplicate_train_examples"], "example(s)", "prompt and responses")] \
-        if report["duplicate_train_examples"] else []
+        if report["duplicate_train_examples"] and repeats else []
     if report["eval_prompts_in_train"]:
         notes.append(f"{report['eval_prompts_in_train']} of {n_eval} eval example(s) have a prompt that is also a "
                      "train prompt: the eval then measures prompts the policy was trained on.")

@@ -88,6 +88,27 @@ def vision_pairs_fingerprint(pairs) -> str:
                                        p.rejected_vision, p.rejected_token_inputs) for p in pairs])
 
 
+def vision_prompt_key(example: VisionPairExample) -> tuple:
+    """What makes two vision rows share a prompt, for `preflab eval --task vlm`'s count of the eval rows the run
+    trained on (data.overlap.training_overlap_counts): the prompt messages as read (text and image placeholders)
+    and the prompt's images by pixel content (data.overlap.image_digest, in placeholder order; video frames
+    included), not by file name: the same image saved under another name is the same prompt, another image under
+    the same text is not."""
+    from preflab.data.overlap import image_digest
+
+    return example.prompt, [image_digest(image) for image in example.images]
+
+
+def vision_row_key(example: VisionPairExample) -> tuple:
+    """What makes two vision rows the same row: vision_prompt_key, the chosen and rejected messages, and the
+    rejected side's own images by pixels (input-side negatives; None when it has none). Rows are compared as read,
+    before a pair builder (vision_pairs: pami_vdpo, cat_adpo) makes their rejected side."""
+    from preflab.data.overlap import image_digest
+
+    rejected_images = None if example.rejected_images is None else [image_digest(i) for i in example.rejected_images]
+    return vision_prompt_key(example), example.chosen, example.rejected, rejected_images
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 def _parts(content, field: str) -> list[dict]:
     if isinstance(content, str):

@@ -233,8 +233,17 @@ def repeated_image_pairs(examples: list[ImagePairExample]) -> int:
     image-only and prompt-only rows) are not counted."""
     from preflab.data.overlap import count_repeats
 
-    return count_repeats(None if getattr(x, "pixel_digest", None) is None else
-                         (x.prompt, x.cond_chosen, x.cond_rejected, x.pixel_digest) for x in examples)
+    return count_repeats(image_pair_key(x) for x in examples)
+
+
+def image_pair_key(example: ImagePairExample) -> tuple | None:
+    """What makes two image pairs the same pair: the prompt, the caption each image is conditioned on, and the two
+    images by pixels in order (pixel_digest, decoded at the run's resolution), the rule of repeated_image_pairs and
+    of `preflab eval --task diffusion`'s count of the eval pairs the run trained on; None for a row without a pair
+    (self_npo's image-only and prompt-only rows)."""
+    if getattr(example, "pixel_digest", None) is None:
+        return None
+    return example.prompt, example.cond_chosen, example.cond_rejected, example.pixel_digest
 
 
 def _refuse_identical(pixels: dict[str, torch.Tensor], names: tuple[str, str], captions: tuple[str, str]) -> None:

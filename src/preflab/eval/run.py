@@ -13,7 +13,9 @@ per-token implicit rewards beta (log pi - log pi_ref) of each response token, wh
 reward; Wang et al. 2025, methods/objectives.md §C #10), "notes" (assumptions made, e.g. alpha = 1), "missing"
 ({metric group: why it was not computed}), the data report (rows read, kept, skipped by reason), and, for a run whose
 training data is on disk, "overlap_with_training" ({prompts, pairs, rows, checked_against, split, training_pairs}:
-the scored pairs whose prompt / whole pair the run's training rows hold; training_overlap).
+the scored pairs whose prompt / whole pair the run's training rows hold; an online run's prompt rows: pairs None and
+training_prompts; training_overlap), else "missing" says why it was not checked. --task reward, vlm and diffusion
+count theirs with the same pieces (run_training_rows, overlap_with_training, an OverlapRule per kind of row).
 
 Unpaired rows (prompt, completion, label: TRL's KTO form) get the implicit reward's separation of the labels
 instead (preflab.eval.unpaired: rewards/*, logps/*, unpaired/auroc; per_completion instead of per_pair).
@@ -30,9 +32,11 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from preflab.data.overlap import content_key, prompt_key
 from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
@@ -221,11 +225,13 @@ def open_eval_split(data, split: str | None, limit: int | None = None):
 
 
 def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | None = None,
-                    beta: float | None = None, reward_fn=None, judge=None, training_run: dict | None = None) -> dict:
+                    beta: float | None = None, reward_fn=None, judge=None, training_run: dict | None = None,
+                    training_rows: TrainingRows | None = None) -> dict:
     """Every diagnostic on `data` (a file, directory, hub name or list of row dicts) -> the eval.json dict.
     beta: the implicit reward's; else options.beta; else 0.1 (two different values are a ConfigError).
     training_run: the config of the run evaluated (models.run_config.run_config): its training rows are compared
-    with the pairs scored (training_overlap -> "overlap_with_training", a note, or "missing" saying why not)."""
+    with the pairs scored (training_overlap -> "overlap_with_training", a note, or "missing" saying why not);
+    training_rows: those rows where the caller read them (policy_training_rows reads them from training_run)."""
     from preflab.data.rows import load_rows
     from preflab.data.tokenize import tokenize_indexed
 
@@ -255,7 +261,7 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
             out["notes"] = notes + ([capped] if capped else []) + out["notes"]
             if reward_fn is not None or judge is not None:
                 out["missing"]["win_rate"] = "a win rate needs pairs' prompts and a reference; the data is unpaired"
-            if (training_run or {}).get("dataset_name"):
+            if training_run is not None:
                 out["missing"]["overlap_with_training"] = ("unpaired eval rows: the overlap with the run's training "
                                                            "data is counted for preference pairs only")
             if opts.token_rewards:
@@ -285,7 +291,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                                                                            scores.policy_rejected, alpha)
     out: dict = {"num_pairs": scores.size, "beta": beta, "truncation": _cuts(opts), "split": opts.split}
     if training_run is not None:
-        overlap, said, why = training_overlap([examples[i] for i in indices], training_run, data, opts.split)
+        overlap, said, why = training_overlap([examples[i] for i in indices], training_run, data, opts.split,
+                                              training_rows)
         out.update({"overlap_with_training": overlap} if overlap is not None else {})
         notes += [said] if said else []
         missing.update({"overlap_with_training": why} if why else {})
@@ -428,54 +435,166 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
             f"are not held-out; {instead}")
 
 
-def training_overlap(examples, cfg: dict, data=None, split: str | None = None) -> tuple[dict | None, str | None,
-                                                                                     str | None]:
-    """(eval.json's "overlap_with_training", a note, why it was not checked) for the evaluated pair `examples` and a
-    run's config `cfg`: how many of them the run's training rows already hold (data.overlap.training_overlap_counts:
-    same prompt; same whole pair), the training rows read as the run read them (load_rows of dataset_name /
-    dataset_split, less the rows eval_fraction held out with the run's seed when it had no eval_dataset_name,
-    data.holdout). Rule for the note: none at zero overlap (the zeros are still recorded), and none where
-    training_data_note already says --data is the training data (`data`, `split`); otherwise both counts with their
-    fractions. A config without dataset_name gives (None, None, None); a dataset_name not on disk (a hub name: eval
-    downloads no training data) or not readable gives only the reason (eval.json "missing")."""
-    from preflab.data.overlap import training_overlap_counts
-    from preflab.data.rows import load_rows
+@dataclass(frozen=True)
+class OverlapRule:
+    """What makes an evaluated row one the run trained on, for one kind of row (overlap_with_training): two rows
+    share a prompt when their prompt_key values are equal, and are the same row when their row_key values are
+    (data.overlap.training_overlap_counts, which holds the training side as digests). rows: what a row is in the
+    note ("pairs"); prompt: the note's words for the shared part ("a prompt"); same_row: what the row key compares,
+    said in the note. The rules: TEXT_PAIRS (the policy eval and --task reward: prompt; prompt, chosen and rejected
+    as load_rows made them), data.vision's keys (--task vlm: prompt messages and image pixels), diffusion.data's
+    image_pair_key (--task diffusion: caption; captions and the two images' pixels)."""
 
+    rows: str = "pairs"
+    prompt: str = "a prompt"
+    same_row: str = "same prompt, chosen and rejected"
+    prompt_key: Callable = prompt_key
+    row_key: Callable | None = content_key
+
+
+TEXT_PAIRS = OverlapRule()
+
+
+@dataclass
+class TrainingRows:
+    """A run's training rows as `preflab eval` compares its eval rows with them (run_training_rows), or, with rows
+    None, `why` they could not be read. whose: how the notes name them ("the run's training data X (dataset_name,
+    split S)"); held_out: the note's words for the rows eval_fraction held out ("" when none); prompts_only: the
+    rows are prompts (an online run's), so only the prompts are compared."""
+
+    whose: str
+    rows: list | None = None
+    why: str | None = None
+    name: str | None = None
+    split: str | None = None
+    held_out: str = ""
+    prompts_only: bool = False
+
+
+def _no_training_data_why(cfg: dict) -> str:
+    if not cfg:
+        return ("the model evaluated has no saved run config (config.yaml) naming its training data, so whether the "
+                "eval rows were trained on was not checked")
+    if cfg.get("task") == "online" and cfg.get("online_task") == "game":
+        return ("the run (task: online, online_task: game) trained on the preference game's answers, not on data "
+                "rows, so there are no training rows to compare the eval rows with")
+    return ("the run's config.yaml names no dataset_name (its training data), so whether the eval rows were trained "
+            "on was not checked")
+
+
+def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference pairs",
+                      prompts_only: bool = False) -> TrainingRows:
+    """The rows the run of config `cfg` trained on, read as it read them: `read(dataset_name, dataset_split)` ->
+    (rows, report), less the rows eval_fraction held out with the run's seed when it had no eval_dataset_name
+    (`hold_out(rows, fraction, seed)` -> the rows kept; default data.holdout.split_eval_fraction, as
+    data.eval_set.train_and_eval holds them out for VLM, diffusion and online runs). Not read, with the reason
+    (TrainingRows.why): no dataset_name (or no run config), a dataset_name that is no file or folder here (a hub
+    name: eval downloads no training data), unreadable, or holding no `holds`."""
     name = cfg.get("dataset_name")
     if not name or not isinstance(name, (str, Path)):
-        return None, None, None
+        return TrainingRows("the run's training data", why=_no_training_data_why(cfg))
     train_split = cfg.get("dataset_split") or "train"
     whose = f"the run's training data {name} (dataset_name, split {train_split})"
+    found = TrainingRows(whose, name=str(name), split=train_split, prompts_only=prompts_only)
     if not Path(str(name)).exists():
-        return None, None, (f"{whose} is no file or folder here (a hub dataset name, or a path relative to the "
-                            "directory the run was started in), and eval downloads no training data, so whether "
-                            "the eval pairs were trained on was not checked")
+        found.why = (f"{whose} is no file or folder here (a hub dataset name, or a path relative to the directory "
+                     "the run was started in), and eval downloads no training data, so whether the eval rows were "
+                     "trained on was not checked")
+        return found
     try:
-        train, report = load_rows(str(name), split=train_split, kind="pairwise", on_bad_row="skip")
+        rows, report = read(str(name), train_split)
     except (PreflabError, OSError, ValueError) as err:
-        return None, None, (f"{whose} could not be read ({err}), so whether the eval pairs were trained on was not "
-                            "checked")
-    if not train:
-        return None, None, (f"{whose} holds no preference pairs ({report.summary()}), so whether the eval pairs "
-                            "were trained on was not checked")
-    held_out = ""
+        found.why = f"{whose} could not be read ({err}), so whether the eval rows were trained on was not checked"
+        return found
+    if not rows:
+        summary = report.summary() if callable(getattr(report, "summary", None)) else "no rows"
+        found.why = f"{whose} holds no {holds} ({summary}), so whether the eval rows were trained on was not checked"
+        return found
     fraction = cfg.get("eval_fraction") or 0
-    if fraction and not cfg.get("eval_dataset_name"):  # as loops.prepare.prepare_examples holds them out
-        from preflab.data.holdout import hold_out_rows
-
+    if fraction and not cfg.get("eval_dataset_name"):
         seed = 42 if cfg.get("seed") is None else int(cfg["seed"])  # TrainConfig's default seed
-        train, _, _ = hold_out_rows(train, float(fraction), seed)
-        held_out = f", less the eval_fraction={fraction} of its rows the run held out (seed {seed})"
-    counts = training_overlap_counts(train, examples)
-    record = {**counts, "checked_against": str(name), "split": train_split, "training_pairs": len(train)}
-    if not (counts["prompts"] or counts["pairs"]) or (data is not None and training_data_note(data, cfg, split)):
+        if hold_out is None:
+            from preflab.data.holdout import split_eval_fraction
+
+            rows = split_eval_fraction(rows, float(fraction), seed)[0]
+        else:
+            rows = hold_out(rows, float(fraction), seed)
+        found.held_out = f", less the eval_fraction={fraction} of its rows the run held out (seed {seed})"
+    found.rows = rows
+    return found
+
+
+def _hold_out_pairs(train, fraction: float, seed: int) -> list:
+    """The pairs a DPO run kept for training: data.holdout.hold_out_rows, as loops.prepare.prepare_examples holds
+    them out."""
+    from preflab.data.holdout import hold_out_rows
+
+    train, _, _ = hold_out_rows(train, fraction, seed)
+    return train
+
+
+def policy_training_rows(cfg: dict) -> TrainingRows:
+    """The training rows of a run the policy eval evaluates: a DPO-family run's preference pairs (load_rows of
+    dataset_name / dataset_split, less the rows eval_fraction held out: _hold_out_pairs), or an online run's
+    prompts (task: online, online_task: dataset: its prompt rows, less those eval_fraction held out as
+    train_and_eval does; online_task: demo's built-in prompts are read by preflab.eval_cli, which may import the
+    demo)."""
+    from preflab.data.rows import load_rows
+
+    if cfg.get("task") == "online":
+        return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="prompt",
+                                                                    on_bad_row="skip"),
+                                 holds="prompt rows", prompts_only=True)
+    return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="pairwise",
+                                                                on_bad_row="skip"), hold_out=_hold_out_pairs)
+
+
+def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = TEXT_PAIRS,
+                          said_elsewhere: bool = False) -> tuple[dict | None, str | None, str | None]:
+    """(eval.json's "overlap_with_training", a note, why it was not checked) for the evaluated `examples` and the
+    run's `training` rows, by `rule` (data.overlap.training_overlap_counts). The record: {"prompts", "pairs",
+    "rows", "checked_against", "split", "training_pairs"}; for prompt-only training rows "pairs" is None and the
+    training rows are counted as "training_prompts". Rule for the note: none at zero overlap (the zeros are still
+    recorded), and none when `said_elsewhere` (training_data_note already says --data is the training data);
+    otherwise the counts with their fractions, and that the metrics are partly on training data, or, with shared
+    prompts only, that the rows are held-out but their prompts are not. Rows not read: only the reason (eval.json
+    "missing", printed as "skipped overlap_with_training: ...")."""
+    from preflab.data.overlap import training_overlap_counts
+
+    if training.rows is None:
+        return None, None, training.why
+    counts = training_overlap_counts(training.rows, examples, rule.prompt_key,
+                                     None if training.prompts_only else rule.row_key)
+    size = "training_prompts" if training.prompts_only else "training_pairs"
+    record = {**counts, "checked_against": training.name, "split": training.split, size: len(training.rows)}
+    if not (counts["prompts"] or counts["pairs"]) or said_elsewhere:
         return record, None, None
-    n = counts["rows"]
-    note = (f"{counts['prompts']} of {n} eval pairs ({counts['prompts'] / n:.1%}) have a prompt the run trained on, "
-            f"and {counts['pairs']} ({counts['pairs'] / n:.1%}) are training pairs (same prompt, chosen and "
-            f"rejected), compared with {whose}{held_out}: these metrics are partly on training data, not held-out; "
-            "evaluate pairs whose prompts the run did not train on for generalization")
+    n, rows = counts["rows"], rule.rows
+    shared = f"{counts['prompts']} of {n} eval {rows} ({counts['prompts'] / n:.1%}) have {rule.prompt} the run trained on"
+    if training.prompts_only:
+        note = (f"{shared} (its training rows are prompts: {training.whose}{training.held_out}): these metrics are "
+                f"partly on training prompts, not held-out; evaluate {rows} whose prompts the run did not train on "
+                "for generalization")
+    elif counts["pairs"]:
+        note = (f"{shared}, and {counts['pairs']} ({counts['pairs'] / n:.1%}) are training {rows} ({rule.same_row}), "
+                f"compared with {training.whose}{training.held_out}: these metrics are partly on training data, not "
+                f"held-out; evaluate {rows} whose prompts the run did not train on for generalization")
+    else:  # shared prompts only: the rows are held-out, their prompts are not
+        note = (f"{shared}, and 0 (0.0%) are training {rows} ({rule.same_row}), compared with "
+                f"{training.whose}{training.held_out}: the {rows} are held-out but their prompts are not; evaluate "
+                f"{rows} whose prompts the run did not train on for generalization to new prompts")
     return record, note, None
+
+
+def training_overlap(examples, cfg: dict, data=None, split: str | None = None,
+                     training: TrainingRows | None = None) -> tuple[dict | None, str | None, str | None]:
+    """overlap_with_training for the policy eval: the evaluated pair `examples` against the training rows of the
+    run of config `cfg` (policy_training_rows, or `training` where the caller read them: the online demo's
+    prompts), by TEXT_PAIRS; no note where training_data_note already says --data (`data`, `split`) is the
+    training data."""
+    training = policy_training_rows(cfg) if training is None else training
+    said = data is not None and training_data_note(data, cfg, split) is not None
+    return overlap_with_training(examples, training, TEXT_PAIRS, said)
 
 
 def _same_data(data, name) -> bool:

@@ -44,6 +44,22 @@ def reward_model_fn(path: str, allow_pickle: bool = False, batch_size: int = 16,
     return reward_function(path, allow_pickle=allow_pickle, batch_size=batch_size, max_length=max_length)
 
 
+def demo_training_prompts(cfg: dict):
+    """The training rows of an online run on the demo task (task: online, online_task: demo): the demo's training
+    prompts (preflab.demo.task.make_splits(0), as preflab.online.tasks.load_task gives them to the run), as prompt
+    rows for the policy eval's overlap count; None for any other run (the eval reads those from its config:
+    preflab.eval.run.policy_training_rows)."""
+    if cfg.get("task") != "online" or cfg.get("online_task") != "demo":
+        return None
+    from preflab.data.rows import load_rows
+    from preflab.demo.task import make_splits
+    from preflab.eval.run import TrainingRows
+
+    rows = load_rows([{"prompt": row["prompt"]} for row in make_splits(0)[1]], kind="prompt")[0]
+    return TrainingRows("the demo task's training prompts (online_task: demo)", rows=rows, name="online_task: demo",
+                        split="train", prompts_only=True)
+
+
 def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
                         options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
                         trust_remote_code: bool = False, reference_source: str | None = None) -> dict:
@@ -66,7 +82,8 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     policy = policy.to(device)
     ref = ref.to(device) if ref is not None else None
     started = time.perf_counter()
-    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge, training_run=cfg)
+    result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge, training_run=cfg,
+                             training_rows=demo_training_prompts(cfg))
     trained_on = training_data_note(data, cfg, result.get("split") or "train")
     result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,

@@ -299,10 +299,7 @@ class DiffusionRun(TrainingRun):
                               "hub dataset (Pick-a-Pic style or prompt/chosen_image/rejected_image).")
         if cfg.score_range is not None and (len(cfg.score_range) != 2 or not cfg.score_range[1] > cfg.score_range[0]):
             raise ConfigError(f"score_range must be [s_min, s_max] with s_max > s_min, got {cfg.score_range}.")
-        kwargs = dict(resolution=cfg.resolution, resize=cfg.image_resize, on_bad_row=cfg.on_bad_row,
-                      image_only=self.self_npo, user_column=cfg.user_column if self.ppd else None,
-                      needs_preference_prob="preference_prob" in getattr(self.objective, "required_extras", ()),
-                      score_range=tuple(cfg.score_range) if cfg.score_range else None)
+        kwargs = self.image_pair_options()
         train, report = load_image_pairs(cfg.dataset_name if reader is None else reader, split=cfg.dataset_split,
                                          **kwargs)
         train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
@@ -326,6 +323,15 @@ class DiffusionRun(TrainingRun):
         if self.dcpo:
             self._check_dual_captions(train)
         return train, evals, out
+
+    def image_pair_options(self) -> dict:
+        """How this run reads its image pairs (load_image_pairs' options: resolution, resize, on_bad_row, ...): its
+        training and eval data, and `preflab eval --task diffusion`'s reading of a run's training data."""
+        cfg = self.cfg
+        return dict(resolution=cfg.resolution, resize=cfg.image_resize, on_bad_row=cfg.on_bad_row,
+                    image_only=self.self_npo, user_column=cfg.user_column if self.ppd else None,
+                    needs_preference_prob="preference_prob" in getattr(self.objective, "required_extras", ()),
+                    score_range=tuple(cfg.score_range) if cfg.score_range else None)
 
     def _check_dual_captions(self, train) -> None:
         """DCPO's point is a caption per image; a pair whose two captions are the same text is a Diffusion-DPO pair.

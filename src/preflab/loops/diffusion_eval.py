@@ -18,8 +18,15 @@ from pathlib import Path
 
 import torch
 
+from preflab.diffusion.data import image_pair_key
 from preflab.errors import ConfigError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
+from preflab.eval.run import OverlapRule, overlap_with_training
+
+# an image pair shares its prompt with a training pair when the captions are equal, and is a training pair when the
+# captions each image is conditioned on and the two images' pixels, in order, are too (diffusion.data.image_pair_key)
+IMAGE_PAIRS = OverlapRule(rows="pairs", prompt="a caption", same_row="same captions and the two images' pixels",
+                          prompt_key=lambda example: example.prompt, row_key=image_pair_key)
 
 
 def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
@@ -78,11 +85,15 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         run.eval_data = run.train_data
         metrics = run.evaluate()
         trained_on = training_data_note(data, saved, split)  # the metrics are then not held-out
+        overlap, overlap_note, why = overlap_with_training(run.eval_data, image_training_rows(saved, run),
+                                                           IMAGE_PAIRS, trained_on is not None)
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
                "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
-               "notes": [n for n in (said, *run.eval_notes, trained_on) if n]}
+               **({"overlap_with_training": overlap} if overlap is not None else {}),
+               "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note) if n],
+               "missing": {"overlap_with_training": why} if why else {}}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
             seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
@@ -98,6 +109,18 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                    "reward/reference": sum(r_scores) / len(r_scores)})
             out["win_rate"] = rate.to_dict()
     return out
+
+
+def image_training_rows(saved: dict, run):
+    """The image pairs the diffusion run of saved config `saved` trained on, read as it read them (its dataset_name
+    / dataset_split through load_image_pairs with the run's options: DiffusionRun.image_pair_options of `run`, the
+    eval's run on the same config), less the rows eval_fraction held out (preflab.eval.run.run_training_rows)."""
+    from preflab.diffusion.data import load_image_pairs
+    from preflab.eval.run import run_training_rows
+
+    options = {**run.image_pair_options(), "on_bad_row": "skip"}
+    return run_training_rows(saved, lambda name, split: load_image_pairs(name, split=split, **options),
+                             holds="image pairs")
 
 
 def _refuse_unevaluated(loss_type: str) -> None:

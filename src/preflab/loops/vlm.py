@@ -85,10 +85,11 @@ def image_token_id(model, processor) -> int:
     return processor.image_token_id
 
 
-def prepare_vision_data(cfg, processor, policy, objective, reader=None):
+def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_read: dict | None = None):
     """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization.
     reader: a RowReader already opened on cfg.dataset_name's split (preflab eval --task vlm's), read instead of
-    opening the data again."""
+    opening the data again. rows_read: a dict to receive the VisionPairExamples as read, before the pair builder
+    ({"train": ..., "eval": ...}; preflab eval --task vlm compares them with the run's training rows)."""
     from preflab.data import vision_pairs as builders
     from preflab.data.eval_set import train_and_eval
     from preflab.data.report import refuse_empty
@@ -104,6 +105,8 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None):
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: read_vision_pairs(name, split=split,
                                                                                                    **read))
     sources = {"train": row_report.source, "eval": (eval_report or row_report).source}
+    if rows_read is not None:
+        rows_read.update(train=rows, eval=eval_rows)
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
 
     def build(examples, split):

@@ -14,7 +14,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from preflab.data.vision import vision_prompt_key, vision_row_key
 from preflab.errors import ConfigError
+from preflab.eval.run import OverlapRule, overlap_with_training
+
+# a vision row shares its prompt with a training row when the prompt messages and the images' pixels are equal, and
+# is a training row when its answers (and the rejected side's own images) are too (data.vision's keys)
+VISION_ROWS = OverlapRule(rows="pairs", prompt="a prompt (text and image pixels)",
+                          same_row="same prompt text, image pixels, chosen and rejected",
+                          prompt_key=vision_prompt_key, row_key=vision_row_key)
 
 
 def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, no_reference: bool = False,
@@ -62,25 +70,45 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         ref = None
         if needs_reference:
             ref = load_vlm_reference(reference, cfg, processor, policy, "--reference").requires_grad_(False).eval()
-        prepared = {}
+        from preflab.loops.vlm import prepare_vision_data
+
+        selector = policy  # only pami_vdpo's builder scores with it
         if cfg.vision_pairs == "pami_vdpo":
             # the run chose each row's perturbed images with its starting policy (model_name_or_path): the eval does
             # too, so the pairs are the run's; selected with the trained policy they were the ones it tells apart best
-            from preflab.loops.vlm import prepare_vision_data
-
             start = saved.model_name_or_path
             selector = ref if ref is not None and reference == start else load_vlm_reference(
                 start, cfg, processor, policy, "model_name_or_path").requires_grad_(False).eval()
-            prepared["train_data"] = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader)[0]
-        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, reader=reader, **prepared)
+        rows_read: dict = {}  # the rows as read, for the overlap with the run's training rows
+        pairs = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader, rows_read)[0]
+        run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, train_data=pairs)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
     trained_on = training_data_note(data, raw, split)  # the metrics are then not held-out
+    scored = {pair.row_id for pair in run.eval_data}
+    overlap, overlap_note, why = overlap_with_training(
+        [row for row in rows_read["train"] if row.row_id in scored], vision_training_rows(raw, cfg), VISION_ROWS,
+        trained_on is not None)
     return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
             "data": str(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
             "num_pairs": len(run.eval_data),
             "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")},
-            "notes": [n for n in (said, trained_on) if n]}
+            **({"overlap_with_training": overlap} if overlap is not None else {}),
+            "notes": [n for n in (said, trained_on, overlap_note) if n],
+            "missing": {"overlap_with_training": why} if why else {}}
+
+
+def vision_training_rows(saved: dict, cfg):
+    """The rows the VLM run of saved config `saved` trained on, read as prepare_vision_data read them (its
+    dataset_name / dataset_split through read_vision_pairs, with its max_frames and, for a pair builder, one answer
+    per row), less the rows eval_fraction held out (preflab.eval.run.run_training_rows). cfg: the eval's config (the
+    run's, on the eval data), whose vision_pairs and max_frames are the run's."""
+    from preflab.data.vision import read_vision_pairs
+    from preflab.eval.run import run_training_rows
+
+    read = dict(on_bad_row="skip", max_frames=cfg.max_frames, responses_only=cfg.vision_pairs != "given")
+    return run_training_rows(saved, lambda name, split: read_vision_pairs(name, split=split, **read),
+                             holds="vision rows")
 
 
 def eval_task(args) -> int:

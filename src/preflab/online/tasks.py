@@ -226,6 +226,14 @@ def load_task(cfg, tokenizer=None, policy=None):
     # eval_dataset_name / eval_fraction: held-out prompts answered greedily and judged (they were read by nothing)
     rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",
                                                                                  on_bad_row=cfg.on_bad_row))
+    from preflab.data.overlap import overlap_notes, overlap_report
+
+    # the held-out prompts that are training prompts too (a repeated prompt, an eval_dataset_name sharing rows):
+    # counted in summary.json data.overlap as for preference rows, and said
+    overlap = overlap_report(rows, eval_rows)
+    if is_main_process():
+        for note in overlap_notes(overlap, len(eval_rows), repeats=False):
+            print(f"preflab: note: data: {note}")
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
     held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
     gaps = column_gaps([(ex.row_id, ex.extras) for ex in rows])
@@ -235,7 +243,7 @@ def load_task(cfg, tokenizer=None, policy=None):
             print(f"preflab: note: data: {column_gaps_note(gaps, len(rows), report.source)}")
     aggregator = _aggregator(cfg, judges)
     evaluate = dataset_evaluate(cfg, held, judges, aggregator) if held else None
-    return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict()},
+    return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
                 reward_aggregator=aggregator), tokenizer, policy
 
 

@@ -29,11 +29,12 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_reward_split(model, data, split: str | None, limit: int | None = None, batch_size: int = 8,
-                          max_length: int | None = 1024, on_bad_row: str = "skip") -> tuple[dict, str, list[str]]:
+                          max_length: int | None = 1024, on_bad_row: str = "skip",
+                          scored: list | None = None) -> tuple[dict, str, list[str]]:
     """(evaluate_reward_model's result, the split read, the notes) for every reward-model eval entry point
     (`preflab eval --task reward`, `eval-reward`): the split is the policy eval's (preflab.eval.run.open_eval_split:
     `split`, else 'test' where the data has one, else 'train', with its note), opened once; the notes are that one
-    and what the accuracy does not cover (reward_eval_notes)."""
+    and what the accuracy does not cover (reward_eval_notes). scored: a list to receive the rows scored."""
     from preflab.eval.run import open_eval_split
     from preflab.eval.run_files import refuse_other_task
     from preflab.reward_models.eval import evaluate_reward_model
@@ -41,7 +42,7 @@ def evaluate_reward_split(model, data, split: str | None, limit: int | None = No
     refuse_other_task(model, "reward")  # a policy, VLM or diffusion run: named with its command, before any load
     split, said, reader = open_eval_split(data, split, limit)
     result = evaluate_reward_model(model, reader, batch_size=batch_size, max_length=max_length,
-                                   on_bad_row=on_bad_row)
+                                   on_bad_row=on_bad_row, scored=scored)
     return result, split, ([said] if said else []) + reward_eval_notes(result, max_length)
 
 
@@ -74,24 +75,32 @@ def eval_task(args) -> int:
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.models.run_config import run_config
-    from preflab.eval.run import eval_json_path, training_data_note, write_json
+    from preflab.eval.run import TEXT_PAIRS, eval_json_path, overlap_with_training, training_data_note, write_json
+    from preflab.reward_models.data import reward_training_rows
 
     refuse_unread_options(args, "reward")
     args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
     # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
+    scored: list = []
     result, split, notes = evaluate_reward_split(args.checkpoint, args.data, args.split, args.limit,
-                                                 batch_size=args.batch_size, max_length=args.max_length)
+                                                 batch_size=args.batch_size, max_length=args.max_length,
+                                                 scored=scored)
     metrics = {f"reward_model/{k}": v for k, v in result.items()
                if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length", "margin_missing")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
-    trained_on = training_data_note(args.data, run_config(args.checkpoint), split)
+    cfg = run_config(args.checkpoint)
+    trained_on = training_data_note(args.data, cfg, split)
     if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
         notes.append(trained_on)
+    # the scored pairs against the run's training pairs: same prompt; same prompt, chosen and rejected
+    overlap, said, why = overlap_with_training(scored, reward_training_rows(cfg), TEXT_PAIRS, trained_on is not None)
+    notes += [said] if said else []
     out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data), "split": split,
            "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
-           "notes": notes, "missing": {}}
+           **({"overlap_with_training": overlap} if overlap is not None else {}),
+           "notes": notes, "missing": {"overlap_with_training": why} if why else {}}
     path = write_json(eval_json_path(args.checkpoint, args.out), out)
     print(format_summary({**out, "path": str(path)}))
     return 0

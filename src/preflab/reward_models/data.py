@@ -174,6 +174,26 @@ def _group_context_rows(rows) -> bool:
     return True
 
 
+def reward_training_rows(cfg: dict):
+    """The pairs the reward run of config `cfg` (its saved config.yaml, a dict) trained on, for `preflab eval --task
+    reward`'s overlap count (preflab.eval.run.run_training_rows): its dataset_name's pairs read as load_reward_pairs
+    reads them (prompt optional), less the rows eval_fraction held out, context rows grouped by their pair as
+    there (_group_context_rows)."""
+    from preflab.data.holdout import split_eval_fraction
+    from preflab.eval.run import run_training_rows
+
+    def kept(rows, fraction, seed):
+        grouped = _group_context_rows(rows)
+        train = split_eval_fraction(rows, fraction, seed)[0]
+        if grouped:
+            for ex in rows:
+                ex.extras.pop("parent_id")
+        return train
+
+    return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="pairwise", on_bad_row="skip",
+                                                                prompt_optional=True), hold_out=kept)
+
+
 def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     """(train pairs, eval pairs, report, context template or None) for `cfg.dataset_name` (+ eval set/fraction).
 

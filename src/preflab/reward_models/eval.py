@@ -79,7 +79,8 @@ def _groups(examples, correct: Tensor, field: str) -> dict:
 
 def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: int = 8,
                           max_length: int | None = 1024, group_fields: tuple[str, ...] = ("subset", "context"),
-                          head=None, context_template: str | None = AUTO, on_bad_row: str = "error") -> dict:
+                          head=None, context_template: str | None = AUTO, on_bad_row: str = "error",
+                          scored: list | None = None) -> dict:
     """Accuracy overall and per value of each `group_fields` column, plus mean log-odds and reversal accuracy.
 
     model_dir_or_model: a directory saved by preflab (or any sequence-classification reward model directory), or
@@ -88,6 +89,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
         one (its split and limit: `preflab eval --task reward` reads the split the policy eval reads).
     head: the pairwise head (default: from the model config; a plain classifier is a BT model).
     context_template: "auto" uses the template stored with the model (none: contexts are not shown).
+    scored: a list to receive the rows scored (PairwiseExamples, as load_rows made them; `preflab eval --task
+        reward` compares them with the run's training rows).
     Returns {"accuracy", "num_pairs", "mean_logit", the head's training metrics on the pairs ("loss" with the rows'
     margins, and for BT TRL RewardTrainer's "margin", "min_reward", "mean_reward", "max_reward"; for GPM "margin"
     (mean s) and "prob"), "ece", "brier" and "calibration_bins" of P(chosen > rejected) = sigmoid(logit)
@@ -137,6 +140,8 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
                         "that differ) or point --data at other rows.")
     by_id = {ex.row_id: ex for ex in examples}
     kept = [by_id[p.row_id] for p in pairs]
+    if scored is not None:
+        scored.extend(kept)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()

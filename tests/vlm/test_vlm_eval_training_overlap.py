@@ -1,0 +1,96 @@
+"""`preflab eval --task vlm` counts the evaluated vision pairs the run trained on (eval.json overlap_with_training):
+a shared prompt is the same prompt text with the same images, compared by pixels (data.vision.vision_prompt_key: a
+copy of an image under another file name is the same image; the same text over another image is another prompt); a
+training pair is that plus the same chosen and rejected (vision_row_key). The run folder is written directly (the
+tiny policy saved with its processor and config.yaml, as a finished run holds them): no step is trained."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from preflab.config import load_config
+
+DATA = Path("examples/vlm/data")
+ROWS = [json.loads(line) for line in (DATA / "pairs.jsonl").read_text().splitlines()]
+
+
+def _rows(rows, folder: Path, rename: dict | None = None) -> list[dict]:
+    """`rows` with their images copied into `folder` (under `rename`'s names where given)."""
+    out = []
+    for row in rows:
+        images = []
+        for name in row["images"]:
+            target = folder / (rename or {}).get(name, name)
+            shutil.copy(DATA / name, target)
+            images.append(target.name)
+        out.append({**row, "images": images})
+    return out
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vlm_run(tmp_path_factory):
+    """A task: vlm run folder trained on ROWS[:4] (its starting tiny policy saved as the final weights)."""
+    from preflab.models.vlm import load_vlm
+
+    root = tmp_path_factory.mktemp("vlm_overlap")
+    (root / "train").mkdir()
+    train = _jsonl(root / "train" / "train.jsonl", _rows(ROWS[:4], root / "train"))
+    run = root / "run"
+    cfg = load_config("examples/vlm/dpo.yaml", [f"output_dir={run}", f"dataset_name={train}"])
+    policy, _, processor = load_vlm(cfg)
+    policy.save_pretrained(run, safe_serialization=True)
+    processor.save_pretrained(run)
+    cfg.save(run / "config.yaml")
+    return run, train
+
+
+def test_planted_training_pairs_are_counted_by_prompt_text_and_image_pixels(vlm_run, tmp_path, capsys):
+    from preflab.loops.vlm_eval import eval_task
+    from preflab.cli import build_parser
+
+    run, train = vlm_run
+    planted = [ROWS[0],                                                        # a training pair
+               ROWS[2],                                                        # under another file name below
+               {**ROWS[1], "chosen": "The shape is a red circle."},            # a training prompt, another answer
+               {**ROWS[3], "images": ["blue_circle.png"]}]                     # the training text, another image
+    evals = _jsonl(tmp_path / "eval.jsonl", _rows(planted, tmp_path, {"green_square.png": "copy.png"}) +
+                   _rows(ROWS[4:6], tmp_path))
+    out = tmp_path / "eval.json"
+    args = build_parser().parse_args(["eval", str(run), "--task", "vlm", "--data", evals, "--out", str(out)])
+    assert eval_task(args) == 0
+    result = json.loads(out.read_text())
+    assert result["num_pairs"] == 6
+    assert result["overlap_with_training"] == {"prompts": 3, "pairs": 2, "rows": 6, "checked_against": train,
+                                               "split": "train", "training_pairs": 4}
+    said = [n for n in result["notes"] if "trained on" in n]
+    assert len(said) == 1 and said[0].startswith(
+        "3 of 6 eval pairs (50.0%) have a prompt (text and image pixels) the run trained on, and 2 (33.3%) are "
+        "training pairs (same prompt text, image pixels, chosen and rejected)")
+    assert result["missing"] == {}
+    assert "note: 3 of 6 eval pairs (50.0%)" in capsys.readouterr().out
+
+
+def test_disjoint_pairs_count_zero_and_an_unreadable_training_set_says_why(vlm_run, tmp_path):
+    from preflab.loops.vlm_eval import evaluate_vlm_run
+
+    run, train = vlm_run
+    evals = _jsonl(tmp_path / "eval.jsonl", _rows(ROWS[4:], tmp_path))
+    result = evaluate_vlm_run(str(run), evals)
+    assert result["overlap_with_training"] == {"prompts": 0, "pairs": 0, "rows": 4, "checked_against": train,
+                                               "split": "train", "training_pairs": 4}
+    assert not any("trained on" in n for n in result["notes"]) and result["missing"] == {}
+
+    moved = tmp_path / "moved-run"
+    shutil.copytree(run, moved)
+    config = (moved / "config.yaml").read_text().replace(train, str(tmp_path / "gone.jsonl"))
+    (moved / "config.yaml").write_text(config)
+    result = evaluate_vlm_run(str(moved), evals)
+    assert "overlap_with_training" not in result
+    assert result["missing"]["overlap_with_training"].startswith(
+        f"the run's training data {tmp_path / 'gone.jsonl'} (dataset_name, split train) is no file or folder here")
