@@ -125,7 +125,7 @@ def test_renamed_and_translated_keys():
     ("eval_on_start", True, "no eval set"), ("group_by_length", True, "seeded order"),
     ("lr_scheduler_kwargs", {"min_lr": 0.0}, "'min_lr' is not an option of lr_scheduler_type 'linear' \\(it takes: "
                                              "none\\)"),
-    ("lr_scheduler_type", "reduce_lr_on_plateau", "eval metric"), ("tools", [{"type": "function"}], "'tools' column"),
+    ("lr_scheduler_type", "greedy", "adapts the rate to the loss"), ("tools", [{"type": "function"}], "'tools' column"),
     ("chat_template_path", "t.jinja", "tokenizer.chat_template"),
 ])
 def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):

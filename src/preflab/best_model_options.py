@@ -14,8 +14,10 @@ from __future__ import annotations
 
 def resolve_best_model_options(cfg) -> None:
     """transformers' TrainingArguments.__post_init__ defaults: metric_for_best_model "loss" under
-    load_best_model_at_end; greater_is_better from the metric's name (False when it ends in "loss")."""
-    if cfg.load_best_model_at_end and cfg.metric_for_best_model is None:
+    load_best_model_at_end or lr_scheduler_type reduce_lr_on_plateau (the metric it steps with); greater_is_better
+    from the metric's name (False when it ends in "loss")."""
+    plateau = getattr(cfg, "lr_scheduler_type", None) == "reduce_lr_on_plateau"
+    if (cfg.load_best_model_at_end or plateau) and cfg.metric_for_best_model is None:
         cfg.metric_for_best_model = "loss"
     if cfg.greater_is_better is None and cfg.metric_for_best_model is not None:
         cfg.greater_is_better = not cfg.metric_for_best_model.endswith("loss")

@@ -139,7 +139,8 @@ OPTIONS: dict[str, Option] = {
     "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
     "lr_scheduler_type": one_of(tuple(SCHEDULE_KWARGS), "schedule after warmup (constant and constant_with_warmup "
                                 "both warm up; the others are transformers' get_scheduler schedules, its kwargs in "
-                                "lr_scheduler_kwargs)"),
+                                "lr_scheduler_kwargs; reduce_lr_on_plateau: cut by factor after patience evaluations "
+                                "without improvement of metric_for_best_model, no warmup)"),
     "lr_scheduler_kwargs": Option("TRL's lr_scheduler_kwargs: the schedule's keyword arguments (cosine num_cycles; "
                                   "cosine_with_min_lr min_lr or min_lr_rate; polynomial lr_end, power; "
                                   "warmup_stable_decay num_decay_steps, ...; unknown keys are errors)"),
