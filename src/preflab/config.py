@@ -670,10 +670,15 @@ def is_saved_config(raw: dict) -> bool:
 
 def written_keys(raw: dict) -> set[str]:
     """The TrainConfig options a mapping of the user's writes: its keys in preflab's names (TRL's renamed keys
-    translated); none for a saved config (is_saved_config)."""
+    translated); none for a saved config (is_saved_config). A written save_strategy (steps, no, ...) counts save_steps
+    as written too: config_trl sets save_steps from it, so the checkpoints are the user's choice (the TRL-default
+    note, best_model_options.trl_save_default_note, is not for them)."""
     from preflab.config_trl import RENAMED
 
-    return set() if is_saved_config(raw) else {RENAMED.get(k, k) for k in raw}
+    if is_saved_config(raw):
+        return set()
+    keys = {RENAMED.get(k, k) for k in raw}
+    return keys | {"save_steps"} if "save_strategy" in keys else keys
 
 
 # the options that name a local file or folder (or a hub name, which never starts with "~")

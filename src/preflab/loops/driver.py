@@ -36,7 +36,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
-from preflab.best_model_options import saves_best, writes_checkpoints
+from preflab.best_model_options import saves_best, trl_save_default_note, writes_checkpoints
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
@@ -182,6 +182,9 @@ class TrainingRun(CallbackEvents):
         # (OnlineRun, built only to train, also refuses in its constructor: before its "before" evaluation.)
         refuse_flex_training_on_cpu(self.checkpoint_module, acc.device, self.trained_model)
         self._check_engine_can_save()
+        note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
+        if note and self.main:
+            print(note, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
