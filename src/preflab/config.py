@@ -670,15 +670,15 @@ def is_saved_config(raw: dict) -> bool:
 
 def written_keys(raw: dict) -> set[str]:
     """The TrainConfig options a mapping of the user's writes: its keys in preflab's names (TRL's renamed keys
-    translated); none for a saved config (is_saved_config). A written save_strategy (steps, no, ...) counts save_steps
-    as written too: config_trl sets save_steps from it, so the checkpoints are the user's choice (the TRL-default
-    note, best_model_options.trl_save_default_note, is not for them)."""
+    translated); none for a saved config (is_saved_config). A written save_strategy: no counts save_steps as written
+    too: config_trl turns it into save_steps 0, the user's own "no checkpoints" (not the default that
+    best_model_options.trl_save_default_note speaks of)."""
     from preflab.config_trl import RENAMED
 
     if is_saved_config(raw):
         return set()
     keys = {RENAMED.get(k, k) for k in raw}
-    return keys | {"save_steps"} if "save_strategy" in keys else keys
+    return keys | {"save_steps"} if raw.get("save_strategy") in ("no", False) else keys
 
 
 # the options that name a local file or folder (or a hub name, which never starts with "~")
@@ -868,7 +868,7 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
         given[key] = (item, value)
         head, dot, sub = key.partition(".")
         if users:
-            written |= written_keys({head: None})
+            written |= written_keys({head: None if dot else value})
         if dot and head in NESTED_OPTIONS:  # recipe_params.iterations=3 sets one key of a dict option
             nested = raw.get(head)
             if nested is None:
