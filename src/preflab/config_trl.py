@@ -539,8 +539,7 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
     if "optim" in raw:
         optim = raw.pop("optim")
         if optim not in ("adamw_torch", "adamw_torch_fused", "adamw_hf"):
-            errors.append(f"optim={optim!r} is not supported: preflab trains with torch AdamW "
-                          "(adamw_torch / adamw_torch_fused); remove optim.")
+            errors.append(optim_error(optim))
     if "logging_strategy" in raw:
         value = raw.pop("logging_strategy")
         if value != "steps":
@@ -573,6 +572,23 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
                           "epoch, best, or no.")
+
+
+def optim_error(optim) -> str:
+    """The refusal of a transformers `optim` other than torch AdamW. The 8-bit, 4-bit and paged optimizers
+    (bitsandbytes / torchao; TRL users set them to save optimizer memory) are named with what saves that memory in
+    preflab: their state is not what preflab's checkpoints hold for an exact resume, and with no bitsandbytes and no
+    GPU here their support could not be verified."""
+    name = str(optim)
+    if any(part in name for part in ("8bit", "4bit", "paged", "bnb")):
+        return (f"optim={optim!r} is not supported: preflab trains with torch AdamW (full-precision state, "
+                "checkpointed for an exact resume); 8-bit, 4-bit and paged optimizers are not available. To cut "
+                "optimizer memory: use_peft: true (LoRA: state for the adapters only; with load_in_4bit: true, "
+                "QLoRA), or DeepSpeed ZeRO with the state offloaded to the CPU (accelerate launch --config_file "
+                "examples/accelerate/zero2.yaml with offload_optimizer_device: cpu). Remove optim (or set it to "
+                "adamw_torch_fused).")
+    return (f"optim={optim!r} is not supported: preflab trains with torch AdamW (adam_beta1, adam_beta2, "
+            "adam_epsilon, weight_decay); remove optim (or set it to adamw_torch / adamw_torch_fused).")
 
 
 def _ratios(raw: dict, notes: list, errors: list) -> None:
