@@ -210,7 +210,9 @@ REFUSED = {
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
-    "num_generations_eval": (None, "not supported; remove num_generations_eval"),
+    "num_generations_eval": (None, "preflab's evaluation answers each held-out prompt once, greedily (eval_reward: "
+                                   "the greedy answers' reward; TRL's eval_reward averages num_generations_eval "
+                                   "sampled completions); remove num_generations_eval"),
     "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
     "shuffle_dataset": (True, "prompts are drawn in seeded random order; remove it"),
