@@ -174,6 +174,7 @@ class TrainConfig:
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     # online runs (task: online)

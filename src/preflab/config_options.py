@@ -398,6 +398,9 @@ OPTIONS: dict[str, Option] = {
     "assistant_only_loss": Option("task: sft, conversational rows; loss on the tokens the chat template wraps in "
                                   "{% generation %} (the assistant turns) only (TRL)"),
     "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
+    "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
+                                 "messages and prompt / completion rows are read as they are)", "a non-empty name",
+                                 _nonempty),
     # scaling out
     "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
                              "bfloat16 on a CUDA GPU, else load_dtype)"),
