@@ -240,7 +240,8 @@ OPTIONS: dict[str, Option] = {
     "eval_delay": at_least(0, "TRL's eval_delay: no evaluation before this many steps (eval_strategy epoch: "
                               "epochs), the final one included; eval_on_start and a callback's should_evaluate "
                               "still evaluate (transformers)"),
-    "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
+    "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints; TRL's "
+                                "default is 500, and a 500+ step run relying on 0 is told so)"),
     "save_strategy": one_of(("best", "epoch"), "TRL's save_strategy best: a checkpoint at each evaluation that "
                                                 "improves metric_for_best_model; epoch: one at the end of each epoch "
                                                 "(save_steps unused by both); null: save_steps decides (TRL's steps / "
