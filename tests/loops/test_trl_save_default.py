@@ -54,3 +54,13 @@ def test_the_run_prints_the_note_and_writes_no_checkpoint_then_trls_setting_writ
     run(tmp_path / "trl", max_steps=6, save_strategy="steps", save_steps=3)
     assert "writes no intermediate checkpoints" not in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "trl").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_a_recipe_stage_never_gets_the_note():
+    """A recipe's stages have their checkpoints by design (save_steps is refused at the top level of a recipe), so
+    the note's advice could not be followed there."""
+    from preflab.recipe_options import stage_config
+
+    cfg = stage_config("fspo", {"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
+                                "dataset_name": "x.jsonl"}, {"logging_steps": 5})
+    assert cfg.save_steps == 0 and trl_save_default_note(cfg, 5000) is None
