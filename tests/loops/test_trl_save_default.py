@@ -23,6 +23,7 @@ def test_preflab_default_is_no_checkpoints_and_a_long_run_relying_on_it_is_told_
     assert "1200-step run writes no intermediate checkpoints" in note
     assert "would write checkpoint-500 ... checkpoint-1000" in note and "Set save_steps: 500" in note
     assert "would write checkpoint-500." in trl_save_default_note(cfg, 999)  # one TRL checkpoint
+    assert "would write checkpoint-500." in trl_save_default_note(cfg, 500)  # TRL saves at step 500 exactly
     assert trl_save_default_note(cfg, 499) is None  # TRL would not have saved either
 
 
