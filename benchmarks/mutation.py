@@ -2401,8 +2401,8 @@ MUTANTS += [
            [("        report.response_truncated += 1\n    report.prompt_tokens += len(prompt)",
              "    report.prompt_tokens += len(prompt)")], MD_SFT, "a cut SFT sequence is not counted"),
     Mutant("md-sft-text-without-eos", "loops/sft_rows.py",
-           [("_whole_sequence(tokenizer, _encode(tokenizer, check_text(row[\"text\"], \"text\")), True)",
-             "_whole_sequence(tokenizer, _encode(tokenizer, check_text(row[\"text\"], \"text\")), False)")], MD_SFT,
+           [("prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, text), True)",
+             "prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, text), False)")], MD_SFT,
            "a text row gets no bos / eos (TRL's tokenizer(text) + eos)"),
     Mutant("md-sft-assistant-mask-keeps-prompt-turns", "loops/sft_rows.py",
            [("mask = [0] * len(prompt) + mask[len(prompt):]", "mask = list(mask)")],
@@ -2620,6 +2620,43 @@ MUTANTS += [
            [("for note in overlap_notes(overlap, len(eval_rows), repeats=False):",
              "for note in overlap_notes(overlap, len(eval_rows), repeats=False)[1:]:")],
            EO2, "an online run's held-out prompts that are training prompts are counted but not said"),
+]
+
+
+# trl-gaps-4 round
+PLATEAU = ["tests/loops/test_lr_plateau.py"]
+SAVE_NOTE = ["tests/loops/test_trl_save_default.py", "-k", "not the_run"]
+MUTANTS += [
+    Mutant("trlgaps4-plateau-never-steps", "loops/optimizer.py",
+           [("    inner.step(float(metrics[key]))\n", "    return None\n")], PLATEAU,
+           "reduce_lr_on_plateau never cuts the rate (the evaluation does not step it)"),
+    Mutant("trlgaps4-plateau-steps-every-optimizer-step", "loops/optimizer.py",
+           [("        if metrics is not None:\n            super().step(metrics)",
+             "        super().step(0.0 if metrics is None else metrics)")], PLATEAU,
+           "the plateau scheduler is stepped by every optimizer step (with a constant), not by the eval metric"),
+    Mutant("trlgaps4-plateau-no-default-metric", "best_model_options.py",
+           [("if (cfg.load_best_model_at_end or plateau) and cfg.metric_for_best_model is None:",
+             "if cfg.load_best_model_at_end and cfg.metric_for_best_model is None:")], PLATEAU,
+           "reduce_lr_on_plateau without metric_for_best_model has no metric (transformers: loss)"),
+    Mutant("trlgaps4-plateau-warmup-accepted", "lr_schedule_options.py",
+           [("    if warmup:\n", "    if False:\n")], PLATEAU,
+           "a warmup beside reduce_lr_on_plateau is accepted and never applied"),
+    Mutant("trlgaps4-save-note-at-500-unsaid", "best_model_options.py",
+           [("or total_steps < TRL_SAVE_STEPS:", "or total_steps <= TRL_SAVE_STEPS:")], SAVE_NOTE,
+           "a run of exactly 500 steps, which TRL checkpoints at its last step, is not told"),
+    Mutant("trlgaps4-save-note-despite-save-strategy-no", "config.py",
+           [("return keys | {\"save_steps\"} if raw.get(\"save_strategy\") in (\"no\", False) else keys",
+             "return keys")], SAVE_NOTE,
+           "save_strategy: no (the user's own no checkpoints) still gets the TRL default note"),
+    Mutant("trlgaps4-text-field-clash-dropped", "loops/sft_rows.py",
+           [("        if \"text\" in row:\n            raise RowProblem(\"mixed_forms\"",
+             "        if False:\n            raise RowProblem(\"mixed_forms\"")],
+           ["tests/loops/test_sft_text_field.py"],
+           "a row with both the dataset_text_field column and 'text' trains one of them without a word"),
+    Mutant("trlgaps4-optim-paged-generic-message", "config_trl.py",
+           [("for part in (\"8bit\", \"4bit\", \"paged\", \"bnb\")", "for part in (\"8bit\", \"bnb\")")],
+           ["tests/test_config_trl.py", "-k", "8bit"],
+           "paged_adamw_32bit / adamw_torch_4bit are refused without naming what saves optimizer memory"),
 ]
 
 

@@ -125,7 +125,7 @@ def test_renamed_and_translated_keys():
     ("eval_on_start", True, "no eval set"), ("group_by_length", True, "seeded order"),
     ("lr_scheduler_kwargs", {"min_lr": 0.0}, "'min_lr' is not an option of lr_scheduler_type 'linear' \\(it takes: "
                                              "none\\)"),
-    ("lr_scheduler_type", "reduce_lr_on_plateau", "eval metric"), ("tools", [{"type": "function"}], "'tools' column"),
+    ("lr_scheduler_type", "greedy", "adapts the rate to the loss"), ("tools", [{"type": "function"}], "'tools' column"),
     ("chat_template_path", "t.jinja", "tokenizer.chat_template"),
 ])
 def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
@@ -465,3 +465,17 @@ def test_an_untouched_trl_dpoconfig_says_nothing_of_restore_callback_states_and_
             in capsys.readouterr().err)
     config_from_dict({**BASE, "restore_callback_states_from_checkpoint": True})
     assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optim", ["adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit",
+                                   "adamw_torch_4bit", "lion_8bit"])
+def test_8bit_and_paged_optimizers_are_refused_naming_what_saves_that_memory(optim):
+    """TRL users set bitsandbytes' 8-bit / paged AdamW to save optimizer memory; preflab refuses it (its
+    checkpoints hold full-precision AdamW state; bitsandbytes is not verified here) and names the alternatives."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "optim": optim})
+    said = str(err.value)
+    assert f"optim={optim!r} is not supported" in said and said.count("not supported") == 1
+    for alternative in ("use_peft: true", "load_in_4bit: true", "examples/accelerate/zero2.yaml",
+                        "offload_optimizer_device: cpu", "adamw_torch_fused"):
+        assert alternative in said

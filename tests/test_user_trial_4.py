@@ -151,8 +151,7 @@ def test_lora_options_without_use_peft_are_refused_not_a_silent_full_fine_tune()
 
 @pytest.mark.parametrize("key, value, said", [
     ("activation_offloading", True, "activation_offloading is not supported: use gradient_checkpointing: true."),
-    ("lr_scheduler_type", "reduce_lr_on_plateau", "lr_scheduler_type='reduce_lr_on_plateau' is not supported: "
-                                                  "transformers steps it with the eval metric"),
+    ("lr_scheduler_type", "greedy", "lr_scheduler_type='greedy' is not supported: transformers' GreedyLR adapts"),
 ])
 def test_a_refused_trl_option_says_not_supported_once(key, value, said):
     """Refused TRL options read `load_best_model_at_end is not supported: not supported: the saved model ...` (the

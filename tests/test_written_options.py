@@ -101,7 +101,8 @@ def test_a_recipe_stage_counts_only_the_users_options_as_written():
 
     stage = {"task": "dpo", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "resolution": 512}
     cfg = stage_config("raft_ladder", stage, {"attention": "auto"})
-    assert cfg.written_options == {"attention"}
+    # and save_steps: a stage's checkpoints are the recipe's design (no TRL save_steps note: trl_save_default_note)
+    assert cfg.written_options == {"attention", "save_steps"}
     with pytest.raises(ConfigError, match=r"^resolution only applies to task: diffusion"):
         config_from_dict(stage)  # the same mapping given by a user
 

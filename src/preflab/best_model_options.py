@@ -14,8 +14,10 @@ from __future__ import annotations
 
 def resolve_best_model_options(cfg) -> None:
     """transformers' TrainingArguments.__post_init__ defaults: metric_for_best_model "loss" under
-    load_best_model_at_end; greater_is_better from the metric's name (False when it ends in "loss")."""
-    if cfg.load_best_model_at_end and cfg.metric_for_best_model is None:
+    load_best_model_at_end or lr_scheduler_type reduce_lr_on_plateau (the metric it steps with); greater_is_better
+    from the metric's name (False when it ends in "loss")."""
+    plateau = getattr(cfg, "lr_scheduler_type", None) == "reduce_lr_on_plateau"
+    if (cfg.load_best_model_at_end or plateau) and cfg.metric_for_best_model is None:
         cfg.metric_for_best_model = "loss"
     if cfg.greater_is_better is None and cfg.metric_for_best_model is not None:
         cfg.greater_is_better = not cfg.metric_for_best_model.endswith("loss")
@@ -35,6 +37,25 @@ def saves_each_epoch(cfg) -> bool:
 def writes_checkpoints(cfg) -> bool:
     """The run writes intermediate checkpoints (save_steps > 0, or save_strategy best or epoch)."""
     return bool(cfg.save_steps) or saves_best(cfg) or saves_each_epoch(cfg)
+
+
+TRL_SAVE_STEPS = 500  # transformers' TrainingArguments defaults: save_strategy "steps", save_steps 500
+
+
+def trl_save_default_note(cfg, total_steps: int) -> str | None:
+    """The one line for a run that TRL would have checkpointed and preflab will not: preflab's save_steps defaults to
+    0 (no intermediate checkpoints), transformers' to save_strategy steps every 500 steps. Said when the run has at
+    least 500 steps, writes no checkpoints, and the user wrote neither save_steps nor save_strategy (a config that
+    relies on the default; a saved TRL config carries save_strategy steps / save_steps 500 and gets them)."""
+    written = getattr(cfg, "written_options", frozenset())
+    if writes_checkpoints(cfg) or {"save_steps", "save_strategy"} & written or total_steps < TRL_SAVE_STEPS:
+        return None
+    count = total_steps // TRL_SAVE_STEPS
+    names = f"checkpoint-{TRL_SAVE_STEPS}" + (f" ... checkpoint-{count * TRL_SAVE_STEPS}" if count > 1 else "")
+    return (f"preflab: note: this {total_steps}-step run writes no intermediate checkpoints (preflab's save_steps "
+            f"defaults to 0); TRL (transformers' save_strategy: steps, save_steps: {TRL_SAVE_STEPS}) would write "
+            f"{names}. Set save_steps: {TRL_SAVE_STEPS} for TRL's checkpoints, or save_steps: 0 to say none are "
+            "wanted.")
 
 
 def _save_best_errors(cfg) -> list[str]:

@@ -174,6 +174,7 @@ class TrainConfig:
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     # online runs (task: online)
@@ -333,7 +334,7 @@ class TrainConfig:
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
-        from preflab.lr_schedule_options import schedule_kwargs_errors
+        from preflab.lr_schedule_options import plateau_conflicts, schedule_kwargs_errors
         from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
@@ -350,6 +351,7 @@ class TrainConfig:
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
         out += schedule_kwargs_errors(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.learning_rate)
+        out += plateau_conflicts(self)
         if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
             out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
                        "(warmup_steps would win and warmup_ratio be ignored); keep one.")
@@ -669,10 +671,15 @@ def is_saved_config(raw: dict) -> bool:
 
 def written_keys(raw: dict) -> set[str]:
     """The TrainConfig options a mapping of the user's writes: its keys in preflab's names (TRL's renamed keys
-    translated); none for a saved config (is_saved_config)."""
+    translated); none for a saved config (is_saved_config). A written save_strategy: no counts save_steps as written
+    too: config_trl turns it into save_steps 0, the user's own "no checkpoints" (not the default that
+    best_model_options.trl_save_default_note speaks of)."""
     from preflab.config_trl import RENAMED
 
-    return set() if is_saved_config(raw) else {RENAMED.get(k, k) for k in raw}
+    if is_saved_config(raw):
+        return set()
+    keys = {RENAMED.get(k, k) for k in raw}
+    return keys | {"save_steps"} if raw.get("save_strategy") in ("no", False) else keys
 
 
 # the options that name a local file or folder (or a hub name, which never starts with "~")
@@ -757,10 +764,10 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     _diffusion_beta_default(known, extra, notes)
     # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
     cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))
-    from preflab.online_options import check_explicit_loss_type, unread_game_option_notes
+    from preflab.online_options import check_explicit_loss_type, greedy_eval_notes, unread_game_option_notes
 
     check_explicit_loss_type(cfg, known)
-    notes += unread_game_option_notes(cfg)
+    notes += unread_game_option_notes(cfg) + greedy_eval_notes(cfg)
     for key, value in extra.items():  # (after TrainConfig's expand_home: a leading "~" expanded as in objective_params)
         cfg.objective_params[key] = home_expanded(value)
     from preflab.objectives import check_modality
@@ -862,7 +869,7 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
         given[key] = (item, value)
         head, dot, sub = key.partition(".")
         if users:
-            written |= written_keys({head: None})
+            written |= written_keys({head: None if dot else value})
         if dot and head in NESTED_OPTIONS:  # recipe_params.iterations=3 sets one key of a dict option
             nested = raw.get(head)
             if nested is None:

@@ -139,7 +139,8 @@ OPTIONS: dict[str, Option] = {
     "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
     "lr_scheduler_type": one_of(tuple(SCHEDULE_KWARGS), "schedule after warmup (constant and constant_with_warmup "
                                 "both warm up; the others are transformers' get_scheduler schedules, its kwargs in "
-                                "lr_scheduler_kwargs)"),
+                                "lr_scheduler_kwargs; reduce_lr_on_plateau: cut by factor after patience evaluations "
+                                "without improvement of metric_for_best_model, no warmup)"),
     "lr_scheduler_kwargs": Option("TRL's lr_scheduler_kwargs: the schedule's keyword arguments (cosine num_cycles; "
                                   "cosine_with_min_lr min_lr or min_lr_rate; polynomial lr_end, power; "
                                   "warmup_stable_decay num_decay_steps, ...; unknown keys are errors)"),
@@ -239,7 +240,8 @@ OPTIONS: dict[str, Option] = {
     "eval_delay": at_least(0, "TRL's eval_delay: no evaluation before this many steps (eval_strategy epoch: "
                               "epochs), the final one included; eval_on_start and a callback's should_evaluate "
                               "still evaluate (transformers)"),
-    "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints)"),
+    "save_steps": at_least(0, "checkpoint every this many steps (0: no intermediate checkpoints; TRL's "
+                                "default is 500, and a 500+ step run relying on 0 is told so)"),
     "save_strategy": one_of(("best", "epoch"), "TRL's save_strategy best: a checkpoint at each evaluation that "
                                                 "improves metric_for_best_model; epoch: one at the end of each epoch "
                                                 "(save_steps unused by both); null: save_steps decides (TRL's steps / "
@@ -397,6 +399,9 @@ OPTIONS: dict[str, Option] = {
     "assistant_only_loss": Option("task: sft, conversational rows; loss on the tokens the chat template wraps in "
                                   "{% generation %} (the assistant turns) only (TRL)"),
     "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
+    "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
+                                 "messages and prompt / completion rows are read as they are)", "a non-empty name",
+                                 _nonempty),
     # scaling out
     "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
                              "bfloat16 on a CUDA GPU, else load_dtype)"),

@@ -129,6 +129,8 @@ OWNERS = (
     (("data_seed",), lambda cfg: cfg.task in ("dpo", "reward", "sft", "vlm", "diffusion"),
      "the tasks whose batch order is preflab's BatchPlan (dpo, reward, sft, vlm, diffusion; task: online draws each "
      "round's prompts with seed, a recipe with its own seed)"),
+    (("dataset_text_field",), lambda cfg: cfg.task == "sft",
+     "task: sft (TRL's SFTConfig: the column of a language-modeling row's text)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

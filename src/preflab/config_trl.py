@@ -210,7 +210,9 @@ REFUSED = {
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
-    "num_generations_eval": (None, "not supported; remove num_generations_eval"),
+    "num_generations_eval": (None, "preflab's evaluation answers each held-out prompt once, greedily (eval_reward: "
+                                   "the greedy answers' reward; TRL's eval_reward averages num_generations_eval "
+                                   "sampled completions); remove num_generations_eval"),
     "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
     "shuffle_dataset": (True, "prompts are drawn in seeded random order; remove it"),
@@ -225,7 +227,6 @@ REFUSED = {
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
-    "dataset_text_field": ("text", "language-modeling rows are read from a 'text' column; rename the column"),
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
     "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
@@ -539,8 +540,7 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
     if "optim" in raw:
         optim = raw.pop("optim")
         if optim not in ("adamw_torch", "adamw_torch_fused", "adamw_hf"):
-            errors.append(f"optim={optim!r} is not supported: preflab trains with torch AdamW "
-                          "(adamw_torch / adamw_torch_fused); remove optim.")
+            errors.append(optim_error(optim))
     if "logging_strategy" in raw:
         value = raw.pop("logging_strategy")
         if value != "steps":
@@ -573,6 +573,23 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
                           "epoch, best, or no.")
+
+
+def optim_error(optim) -> str:
+    """The refusal of a transformers `optim` other than torch AdamW. The 8-bit, 4-bit and paged optimizers
+    (bitsandbytes / torchao; TRL users set them to save optimizer memory) are named with what saves that memory in
+    preflab: their state is not what preflab's checkpoints hold for an exact resume, and with no bitsandbytes and no
+    GPU here their support could not be verified."""
+    name = str(optim)
+    if any(part in name for part in ("8bit", "4bit", "paged", "bnb")):
+        return (f"optim={optim!r} is not supported: preflab trains with torch AdamW (full-precision state, "
+                "checkpointed for an exact resume); 8-bit, 4-bit and paged optimizers are not available. To cut "
+                "optimizer memory: use_peft: true (LoRA: state for the adapters only; with load_in_4bit: true, "
+                "QLoRA), or DeepSpeed ZeRO with the state offloaded to the CPU (accelerate launch --config_file "
+                "examples/accelerate/zero2.yaml with offload_optimizer_device: cpu). Remove optim (or set it to "
+                "adamw_torch_fused).")
+    return (f"optim={optim!r} is not supported: preflab trains with torch AdamW (adam_beta1, adam_beta2, "
+            "adam_epsilon, weight_decay); remove optim (or set it to adamw_torch / adamw_torch_fused).")
 
 
 def _ratios(raw: dict, notes: list, errors: list) -> None:

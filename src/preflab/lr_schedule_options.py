@@ -1,4 +1,5 @@
-"""lr_scheduler_type and lr_scheduler_kwargs: the schedules preflab has, the keyword arguments each takes (the names
+"""lr_scheduler_type and lr_scheduler_kwargs: the schedules preflab has (reduce_lr_on_plateau among them: stepped by
+the eval metric, checked by plateau_conflicts), the keyword arguments each takes (the names
 and defaults of transformers' get_scheduler(name, ..., scheduler_specific_kwargs=...)), and their checks, run with
 the config's before any model is loaded. The factors themselves are preflab.loops.optimizer's.
 
@@ -22,14 +23,15 @@ SCHEDULE_KWARGS: dict[str, dict] = {
     "cosine_warmup_with_min_lr": {"num_cycles": 0.5, "min_lr": None, "min_lr_rate": None, "warmup_lr_rate": None},
     "warmup_stable_decay": {"num_decay_steps": None, "num_stable_steps": None, "warmup_type": "linear",
                             "decay_type": "cosine", "min_lr_ratio": 0.0, "num_cycles": 0.5},
+    # torch.optim.lr_scheduler.ReduceLROnPlateau's arguments (transformers passes lr_scheduler_kwargs to it as given)
+    "reduce_lr_on_plateau": {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4,
+                             "threshold_mode": "rel", "cooldown": 0, "min_lr": 0.0, "eps": 1e-8},
 }
+
+PLATEAU = "reduce_lr_on_plateau"  # stepped by the eval metric, not per optimizer step (preflab.loops.optimizer)
 
 # transformers' schedules preflab does not have, and why
 REFUSED_SCHEDULES = {
-    "reduce_lr_on_plateau": "transformers steps it with the eval metric at each evaluation instead of every "
-                            "optimizer step (a ReduceLROnPlateau, not a per-step schedule); preflab's schedules are "
-                            "per-step factors, checkpointed and re-applied on resume as such. Use cosine_with_min_lr "
-                            "or warmup_stable_decay",
     "greedy": "transformers' GreedyLR adapts the rate to the loss; preflab's schedules are per-step factors. Use "
               "cosine_with_min_lr or warmup_stable_decay",
 }
@@ -88,6 +90,9 @@ def schedule_kwargs_errors(kind: str, kwargs, learning_rate: float) -> list[str]
     def bad(key: str, want: str) -> None:
         out.append(f"lr_scheduler_kwargs {key}={kw[key]!r} for lr_scheduler_type {kind!r} must be {want}.")
 
+    if kind == PLATEAU:
+        _check_plateau_kwargs(kw, bad)
+        return out
     for key in ("num_cycles", "power", "lr_end", "min_lr", "min_lr_rate", "warmup_lr_rate", "min_lr_ratio"):
         if key in kwargs and kw[key] is not None and not (_number(kw[key]) and kw[key] >= 0):
             bad(key, "a number >= 0")
@@ -114,4 +119,49 @@ def schedule_kwargs_errors(kind: str, kwargs, learning_rate: float) -> list[str]
                 bad(key, "one of " + " | ".join(SHAPES))
         if kw["min_lr_ratio"] > 1:
             bad("min_lr_ratio", "at most 1")
+    return out
+
+
+def _check_plateau_kwargs(kw: dict, bad) -> None:
+    """ReduceLROnPlateau's own ranges (torch would refuse factor >= 1 or an unknown mode only once the run builds
+    it); bad(key, want) records one line per problem."""
+    checks = (("mode", lambda v: v in ("min", "max"), "min or max"),
+              ("factor", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+              ("patience", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+              ("threshold", lambda v: _number(v) and v >= 0, "a number >= 0"),
+              ("threshold_mode", lambda v: v in ("rel", "abs"), "rel or abs"),
+              ("cooldown", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+              ("min_lr", lambda v: _number(v) and v >= 0, "a number >= 0"),
+              ("eps", lambda v: _number(v) and v >= 0, "a number >= 0"))
+    for key, ok, want in checks:
+        if not ok(kw[key]):
+            bad(key, want)
+
+
+def plateau_conflicts(cfg) -> list[str]:
+    """reduce_lr_on_plateau as transformers runs it (Trainer._evaluate: after each evaluation during training,
+    ReduceLROnPlateau.step(eval_<metric_for_best_model>); TrainingArguments: metric_for_best_model defaults to
+    "loss", an eval strategy is required). Refused where it would never step or would step the wrong way: no
+    evaluation during training (no eval_steps / eval_strategy steps or epoch; no eval set: data.eval_set and the
+    driver's step_on_evaluation refuse it where the run reads its data); warmup (transformers'
+    get_scheduler builds the plateau scheduler without one and drops the warmup unread); a mode that disagrees with
+    greater_is_better (mode min on a greater-is-better metric cuts the rate while the metric improves)."""
+    if cfg.lr_scheduler_type != PLATEAU:
+        return []
+    out = []
+    if not (cfg.eval_steps or cfg.eval_strategy in ("steps", "epoch")):  # the eval set: data.eval_set, the driver
+        out.append("lr_scheduler_type: reduce_lr_on_plateau steps the rate with the eval metric at each evaluation "
+                   "during training, but this run evaluates only at its end; set eval_strategy: steps with eval_steps "
+                   "(and an eval set), or choose another lr_scheduler_type.")
+    warmup = [f"{k}={getattr(cfg, k)}" for k in ("warmup_steps", "warmup_ratio") if getattr(cfg, k)]
+    if warmup:
+        out.append(f"{' and '.join(warmup)}: lr_scheduler_type: reduce_lr_on_plateau has no warmup (transformers "
+                   "builds it without one and leaves the warmup unread); remove the warmup.")
+    mode = schedule_kwargs(PLATEAU, cfg.lr_scheduler_kwargs if isinstance(cfg.lr_scheduler_kwargs, dict)
+                           else None)["mode"]
+    if cfg.greater_is_better is not None and mode == ("min" if cfg.greater_is_better else "max"):
+        want = "max" if cfg.greater_is_better else "min"
+        out.append(f"lr_scheduler_type: reduce_lr_on_plateau with mode {mode!r} on metric_for_best_model "
+                   f"{cfg.metric_for_best_model!r} (greater_is_better: {cfg.greater_is_better}) would cut the rate "
+                   f"while the metric improves; set lr_scheduler_kwargs: {{mode: {want}}}.")
     return out

@@ -238,6 +238,24 @@ def unread_game_option_notes(cfg) -> list[str]:
     return out
 
 
+TRL_GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")  # GRPOConfig's
+
+
+def greedy_eval_notes(cfg) -> list[str]:
+    """The one difference of a GRPO-family run's evaluation from TRL's, said once when the run evaluates (an eval
+    set on online_task: dataset): preflab's eval_reward is the judges' reward of ONE GREEDY answer per held-out prompt
+    (online.tasks.dataset_evaluate; the same answers give eval_win_rate_vs_reference); TRL's GRPOTrainer logs
+    eval_reward as the mean over num_generations_eval completions per prompt sampled as in training (temperature,
+    top_p, top_k, min_p). The training rows' `reward` is the sampled one in both."""
+    if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in TRL_GRPO_TRAINERS
+            or not (cfg.eval_dataset_name or cfg.eval_fraction)):
+        return []
+    return [f"eval_reward (trainer {cfg.trainer}) is the judges' reward of one greedy answer per held-out prompt; "
+            "TRL's GRPOTrainer logs eval_reward as the mean over num_generations_eval completions sampled as in "
+            f"training (temperature {cfg.temperature:g}), so the two are not the same number (the sampled reward is "
+            "metrics.jsonl's `reward`)."]
+
+
 def check_explicit_loss_type(cfg, given: dict) -> None:
     """`loss_type: sigmoid` written in the config of a recipe with its own objective (rso: hinge_norm, sppo, ...) was
     replaced by that objective without a word (sigmoid is also the default, so check_online cannot tell); refused

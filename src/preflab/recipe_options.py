@@ -26,4 +26,6 @@ def stage_config(task: str, stage: dict, options: dict | None):
     unknown = sorted(set(options) - set(accepted_options(task)))
     if unknown:
         raise ConfigError(f"task {task}: {unknown} do not reach its stages (preflab.recipe_options); remove them.")
-    return config_from_dict({**stage, **options}, written=options)  # the recipe's own stage options are not the user's
+    # the recipe's own stage options are not the user's; its checkpoints (save_steps) are its design: counted as
+    # chosen, so no stage says TRL's save_steps default to a user who cannot set it (trl_save_default_note)
+    return config_from_dict({"save_steps": 0, **stage, **options}, written=set(options) | {"save_steps"})

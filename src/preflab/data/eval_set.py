@@ -24,14 +24,24 @@ def no_eval_set_for_best(where: str) -> ConfigError:
                        "or use save_strategy: steps with save_steps.")
 
 
+def no_eval_set_for_plateau(where: str) -> ConfigError:
+    """lr_scheduler_type reduce_lr_on_plateau in a run without an eval set (`where`: how that showed)."""
+    return ConfigError(f"lr_scheduler_type: reduce_lr_on_plateau steps the learning rate with the eval metric "
+                       f"(metric_for_best_model) at each evaluation, but {where}, so the rate would never change. Set "
+                       "eval_dataset_name or eval_fraction (an eval set), or choose another lr_scheduler_type.")
+
+
 def note_eval_steps_without_eval_set(cfg) -> None:
     """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
     a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
-    reads its data from cfg. save_strategy best without an eval set would save nothing: a ConfigError."""
+    reads its data from cfg. save_strategy best without an eval set would save nothing, reduce_lr_on_plateau would
+    never step: a ConfigError."""
     if cfg.eval_dataset_name or cfg.eval_fraction > 0:
         return
     if getattr(cfg, "save_strategy", None) == "best":
         raise no_eval_set_for_best("there is no eval set (no eval_dataset_name, eval_fraction 0)")
+    if getattr(cfg, "lr_scheduler_type", None) == "reduce_lr_on_plateau":
+        raise no_eval_set_for_plateau("there is no eval set (no eval_dataset_name, eval_fraction 0)")
     if not is_main_process():
         return
     if getattr(cfg, "eval_steps", 0):

@@ -36,11 +36,11 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
-from preflab.best_model_options import saves_best, writes_checkpoints
+from preflab.best_model_options import saves_best, trl_save_default_note, writes_checkpoints
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
-from preflab.loops.optimizer import follow_schedule
+from preflab.loops.optimizer import follow_schedule, step_on_evaluation
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
 from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.objectives._panels import declared_panels
@@ -182,6 +182,9 @@ class TrainingRun(CallbackEvents):
         # (OnlineRun, built only to train, also refuses in its constructor: before its "before" evaluation.)
         refuse_flex_training_on_cpu(self.checkpoint_module, acc.device, self.trained_model)
         self._check_engine_can_save()
+        note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
+        if note and self.main:
+            print(note, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
@@ -352,7 +355,9 @@ class TrainingRun(CallbackEvents):
             log.write({"step": step, **self.progress(step), **metrics})
             self.emit("on_evaluate", metrics=dict(metrics))
             # after on_evaluate (transformers)
-            new_best = self.best.update(self._same_on_every_rank(metrics), step)
+            same = self._same_on_every_rank(metrics)
+            new_best = self.best.update(same, step)
+            step_on_evaluation(self.scheduler, same, self.best.key)  # reduce_lr_on_plateau (transformers' _evaluate)
         if saves_best(cfg):  # transformers: should_save = is_new_best_metric at an evaluation
             if not metrics:
                 raise no_eval_set_for_best(f"the evaluation at step {step} gave no metrics (no eval set)")

@@ -1,14 +1,41 @@
 """The optimizer and learning-rate schedule of every trainer: AdamW with TRL's option names, transformers'
 schedules (linear warmup, then linear / cosine decay or constant; and get_scheduler's cosine_with_restarts,
 polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay with
-lr_scheduler_kwargs), and the schedule re-applied after a resume."""
+lr_scheduler_kwargs; reduce_lr_on_plateau, stepped by the eval metric: EvalPlateau), and the schedule re-applied
+after a resume."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from preflab.lr_schedule_options import schedule_kwargs
+from preflab.lr_schedule_options import PLATEAU, schedule_kwargs
+
+
+class EvalPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """lr_scheduler_type reduce_lr_on_plateau, as transformers' Trainer runs torch's ReduceLROnPlateau: the per-step
+    scheduler.step() of the optimizer step (preflab.step) leaves the rate alone; after each evaluation during training
+    step_on_evaluation passes the eval metric (metric_for_best_model), and after `patience` evaluations in a row that
+    do not improve on the best by `threshold` (rel: best * (1 - threshold) for mode min) the next one sets
+    lr <- max(lr * factor, min_lr) (then `cooldown` evaluations without counting). No warmup (config refuses one)."""
+
+    def step(self, metrics=None, epoch=None) -> None:  # noqa: D102 - see the class
+        if metrics is not None:
+            super().step(metrics)
+
+
+def step_on_evaluation(scheduler, metrics: dict, key: str | None) -> None:
+    """After an evaluation during training: a reduce_lr_on_plateau scheduler steps with metrics[key] (key: the
+    eval_-prefixed metric_for_best_model, whose presence preflab.loops.best_model.BestModel.update has checked in
+    metrics that are not empty); other schedules ignore evaluations."""
+    inner = getattr(scheduler, "scheduler", scheduler)
+    if not isinstance(inner, EvalPlateau):
+        return
+    if not metrics or key not in metrics:  # an eval set given in code that evaluates nothing (no_eval_set_for_plateau)
+        from preflab.data.eval_set import no_eval_set_for_plateau
+
+        raise no_eval_set_for_plateau(f"an evaluation gave no {key or 'eval'} metric")
+    inner.step(float(metrics[key]))
 
 
 def make_scheduler(optimizer, kind: str, total: int, warmup: int, kwargs: dict | None = None):
@@ -17,6 +44,8 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int, kwargs: dict |
     0.5 (1 + cos(2 pi num_cycles p)) (num_cycles 0.5: to 0), or constant; p = (step - warmup) / (total - warmup).
     The other kinds: transformers' get_scheduler factor of the same name (transformer_factor)."""
     kw = schedule_kwargs(kind, kwargs)
+    if kind == PLATEAU:
+        return EvalPlateau(optimizer, **kw)
     if kind not in ("linear", "cosine", "constant", "constant_with_warmup"):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, transformer_factor(
             kind, total, warmup, kw, optimizer.defaults["lr"]))

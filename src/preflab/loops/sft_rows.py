@@ -35,6 +35,27 @@ class TokenizedSFT:
 
 
 # ---------------------------------------------------------------------------------------------- rows -> tokens
+def text_field_row(row: dict, text_field: str) -> dict:
+    """TRL's dataset_text_field: a language-modeling row's text is column `text_field`, read here as 'text'. A row
+    with both that column and 'text', or with 'text' but not that column, is a bad row naming both (TRL would read
+    one and drop the other without a word, or fail with a KeyError); messages and prompt / completion rows pass as
+    they are (TRL reads the field for text rows only)."""
+    if text_field == "text":
+        return row
+    if text_field in row:
+        if "text" in row:
+            raise RowProblem("mixed_forms", "text", f"the row has both the dataset_text_field column {text_field!r} "
+                             "and a 'text' column", "Drop the 'text' column, or set dataset_text_field: text.")
+        out = {k: v for k, v in row.items() if k != text_field}
+        out["text"] = row[text_field]
+        return out
+    if "text" in row:
+        raise RowProblem("missing_field", text_field, f"missing: dataset_text_field is {text_field!r}, and the row "
+                         "has a 'text' column instead", f"Rename the column to {text_field!r}, or set "
+                         "dataset_text_field: text (the default).")
+    return row
+
+
 def _row_form(row: dict) -> str:
     has = [k for k in ("text", "messages", "prompt", "completion") if k in row]
     if "text" in row and len(has) == 1:
@@ -130,7 +151,8 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     if form == "text":
         if assistant_only:
             raise _not_conversational(form)
-        prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, check_text(row["text"], "text")), True)
+        text = check_text(row["text"], getattr(cfg, "dataset_text_field", "text"))  # the column as the file names it
+        prompt, completion = _whole_sequence(tokenizer, _encode(tokenizer, text), True)
     elif form == "messages":
         messages = check_messages(row["messages"], "messages")
         if assistant_only:
@@ -205,6 +227,7 @@ def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
 
         check_assistant_template(tokenizer)
     policy = BadRowPolicy(cfg.on_bad_row, rows)
+    text_field = getattr(cfg, "dataset_text_field", "text")
 
     def build(raw) -> list[TokenizedSFT]:
         rows.total += 1
@@ -212,7 +235,8 @@ def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
         try:
             if raw.problem is not None:
                 raise raw.problem
-            item, form = tokenize_sft_row(raw.row_id, raw.data, tokenizer, cfg, tokens)
+            item, form = tokenize_sft_row(raw.row_id, text_field_row(raw.data, text_field), tokenizer, cfg,
+                                          tokens)
         except RowProblem as problem:
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             tokens.record_skip(problem, raw.row_id, raw.line)
