@@ -21,6 +21,7 @@ preflab.loops.callback_state.CallbackEvents.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 import uuid
@@ -450,7 +451,31 @@ class TrainingRun(CallbackEvents):
             for tracker in acc.trackers:
                 tracker.finish()
         else:
+            self._drop_ddp_wrapper()
             acc.end_training()
+
+    def _drop_ddp_wrapper(self) -> None:
+        """Before accelerate's end_training closes the process group of a DDP run (several processes, no sharding
+        engine): every attribute of this run that holds the DDP wrapper (sync_module; the offline and online runs'
+        scorer, the reward run's model and checkpoint_module) holds the module inside it instead
+        (accelerator.unwrap_model), the accelerator's list of prepared models too, and the wrapper is freed now
+        (gc.collect: the first DDP wrapper of a process is kept by cyclic garbage that torch's lazy imports leave in
+        its constructor). The wrapper's reducer holds the process group: a finished run kept to interpreter exit (a
+        script's module-level `trainer = Trainer(...); trainer.train()`) kept the group's C++ object, worker threads
+        and sockets, alive until Python's finalization, where freeing it could abort the process (SIGABRT, "terminate
+        called without an active exception"). Use after train() (evaluate, score) runs the same module, without the
+        wrapper's communication. One process, FSDP2 and DeepSpeed: nothing is dropped (no DDP wrapper; a sharding
+        engine's parameters themselves hold the group, see docs/distributed.md)."""
+        wrapper, acc = self.sync_module, self.accelerator
+        if not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            return
+        module = acc.unwrap_model(wrapper)
+        for name in [name for name, value in vars(self).items() if value is wrapper]:
+            setattr(self, name, module)
+        acc._models = [module if prepared is wrapper else prepared for prepared in acc._models]
+        del wrapper
+        gc.collect()
+
     def progress(self, step: int) -> dict:
         """Where the run is after `step` optimizer steps, in each metrics row: TRL's `epoch` (passes over the data)."""
         return {"epoch": step / self.plan.steps_per_epoch}
