@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.quiet import kept_as_found
@@ -121,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             print(interrupted_message(err), file=sys.stderr)
         _close_process_group(had_group, err)
         return 143 if isinstance(err, Terminated) else 130
-    except Exception as err:  # not preflab's: a library's error or a bug, with its traceback as Python prints it
+    except Exception as err:  # not preflab's: a library's error or a bug. Under a launcher, its traceback is printed
+        # as Python would and the process group this command opened is closed before the exit (exit status 1)
         if had_group or not _process_group_open():
             raise
-        traceback.print_exc()  # under a launcher, the group this command opened is closed before the exit
+        sys.excepthook(type(err), err, err.__traceback__)  # what Python prints for it (torch's: each line [rankN])
         _close_process_group(had_group, err)
         return 1
     finally:
