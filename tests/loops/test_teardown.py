@@ -30,23 +30,25 @@ def one_rank_group(free_port, monkeypatch):
         dist.destroy_process_group()
 
 
-def test_a_finished_ddp_run_holds_the_unwrapped_scorer_and_frees_the_wrapper(tmp_path, one_rank_group):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_finished_ddp_run_holds_the_unwrapped_scorer_and_frees_the_wrapper(tmp_path, one_rank_group, compiled):
     """A trained tiny run whose scorer is DDP-wrapped as accelerate wraps it on several processes (the attributes
-    scorer and sync_module, and accelerate's list of prepared models, hold the wrapper): after _drop_ddp_wrapper
-    they hold the module inside, the wrapper is gone (a weak reference to it is dead, with no collection by the test;
-    the first wrapper of a process is also held by a reference cycle that its constructor's lazy imports leave, until
-    the collector runs: planted here as a cycle), and the loss of a micro-batch is the one computed through the
-    wrapper."""
+    scorer and sync_module hold the wrapper): after _drop_ddp_wrapper they hold the module inside, the wrapper is
+    gone (a weak reference to it is dead, with no collection by the test; the first wrapper of a process can also be
+    held by a reference cycle that its constructor's lazy imports leave, until the collector runs: planted here as a
+    cycle), and the loss of a micro-batch is the one computed through the wrapper. compiled: accelerate's dynamo_backend compiles around the wrapper (torch.compile's module, not called
+    here, so nothing is compiled): the same."""
     _, trainer = run(tmp_path, max_steps=1)
     scorer = trainer.scorer
     gc.disable()  # the only collection is the one _drop_ddp_wrapper makes
     try:
         wrapper = torch.nn.parallel.DistributedDataParallel(scorer)
         trainer.scorer = trainer.sync_module = wrapper
-        trainer.accelerator._models.append(wrapper)
         mb = trainer.micro_batches(0)[0]
         through_wrapper = trainer.forward(mb).loss  # with gradients: the wrapper's forward as in a step
         through_wrapper.backward()
+        if compiled:
+            trainer.scorer = trainer.sync_module = torch.compile(wrapper)
         gone = weakref.ref(wrapper)
         garbage = [wrapper]  # a reference cycle holding the wrapper, as torch's first DDP constructor leaves one
         garbage.append(garbage)
@@ -56,7 +58,6 @@ def test_a_finished_ddp_run_holds_the_unwrapped_scorer_and_frees_the_wrapper(tmp
     finally:
         gc.enable()
     assert trainer.scorer is scorer and trainer.sync_module is scorer
-    assert not any(isinstance(m, torch.nn.parallel.DistributedDataParallel) for m in trainer.accelerator._models)
     with torch.no_grad():
         assert trainer.forward(mb).loss.item() == pytest.approx(through_wrapper.item(), abs=1e-7)
 

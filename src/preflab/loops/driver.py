@@ -456,24 +456,26 @@ class TrainingRun(CallbackEvents):
 
     def _drop_ddp_wrapper(self) -> None:
         """Before accelerate's end_training closes the process group of a DDP run (several processes, no sharding
-        engine): every attribute of this run that holds the DDP wrapper (sync_module; the offline and online runs'
-        scorer, the reward run's model and checkpoint_module) holds the module inside it instead
-        (accelerator.unwrap_model), the accelerator's list of prepared models too, and the wrapper is freed now
-        (gc.collect: the first DDP wrapper of a process is kept by cyclic garbage that torch's lazy imports leave in
-        its constructor). The wrapper's reducer holds the process group: a finished run kept to interpreter exit (a
+        engine): every attribute of this run that holds the prepared module (sync_module: the DDP wrapper, or
+        torch.compile's module around it under accelerate's dynamo_backend; the offline and online runs' scorer, the
+        reward run's model and checkpoint_module) holds the module inside the wrapper instead, and the wrapper is
+        freed now (gc.collect: the first DDP wrapper of a process can be held by a reference cycle that torch's lazy
+        imports leave in its constructor). The wrapper's reducer holds the process group, which end_training only
+        removes from torch's registry (gloo's shutdown does nothing): a finished run kept to interpreter exit (a
         script's module-level `trainer = Trainer(...); trainer.train()`) kept the group's C++ object, worker threads
-        and sockets, alive until Python's finalization, where freeing it could abort the process (SIGABRT, "terminate
+        and sockets alive until Python's finalization, where freeing them can abort the process (SIGABRT, "terminate
         called without an active exception"). Use after train() (evaluate, score) runs the same module, without the
-        wrapper's communication. One process, FSDP2 and DeepSpeed: nothing is dropped (no DDP wrapper; a sharding
-        engine's parameters themselves hold the group, see docs/distributed.md)."""
-        wrapper, acc = self.sync_module, self.accelerator
+        wrapper's communication. One process, FSDP2 and DeepSpeed: nothing changes (no DDP wrapper; a sharding
+        engine's parameters hold the group themselves, see docs/scaling.md). accelerate's own list of prepared
+        models holds the unwrapped module under DDP (it is listed before it is wrapped)."""
+        prepared = self.sync_module
+        wrapper = getattr(prepared, "_orig_mod", prepared)
         if not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
             return
-        module = acc.unwrap_model(wrapper)
-        for name in [name for name, value in vars(self).items() if value is wrapper]:
+        module = self.accelerator.unwrap_model(wrapper)
+        for name in [name for name, value in vars(self).items() if value is prepared or value is wrapper]:
             setattr(self, name, module)
-        acc._models = [module if prepared is wrapper else prepared for prepared in acc._models]
-        del wrapper
+        del prepared, wrapper
         gc.collect()
 
     def progress(self, step: int) -> dict:
