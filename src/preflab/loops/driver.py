@@ -428,7 +428,7 @@ class TrainingRun(CallbackEvents):
     def _finish(self, summary: dict) -> None:
         """Gather the weights under a sharding engine, write the model, summary.json and the card (main process),
         on_train_end, and end accelerate's training (its trackers only, when a recipe's next stage keeps the
-        process group)."""
+        process group; otherwise the DDP wrapper is dropped first: _drop_ddp_wrapper)."""
         acc = self.accelerator
         # sharded engines: every rank takes part in gathering the full weights; save_model may read them
         if is_sharded(acc):
