@@ -99,3 +99,45 @@ def test_drop_tracebacks_frees_what_the_frames_of_an_error_and_its_causes_held()
     drop_tracebacks(caught)
     assert alive() is None
     assert str(caught) == "outer" and str(caught.__cause__) == "inner"  # the messages are kept
+
+
+def _run_that_forms_a_group_then_fails(held_alive: list, port: int):
+    """A `preflab train` handler that forms a process group (as a launched run does), holds a run-like object in its
+    frame and fails with an error that is not preflab's."""
+    def handler(args):
+        import os
+
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        run_object = Held()
+        held_alive.append(weakref.ref(run_object))
+        raise RuntimeError("planted failure in the run")
+
+    return handler
+
+
+def test_an_unexpected_error_of_a_launched_run_closes_its_group_with_the_run_freed(monkeypatch, free_port, capsys):
+    """A run that fails with an error not preflab's after it formed the process group: `preflab train` prints the
+    traceback (through sys.excepthook, as Python would), frees what the failed frames held, then closes the group,
+    and exits 1; before, the error escaped main() with the group open and the run alive to interpreter exit. Without a
+    group the error still escapes as it is."""
+    import preflab.cli as cli
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    held, freed_before_close = [], []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group",
+                        lambda *a, **k: (freed_before_close.append(held[0]() is None), destroy(*a, **k)))
+    monkeypatch.setattr(cli, "_handler", lambda args: _run_that_forms_a_group_then_fails(held, free_port()))
+    try:
+        assert cli.main(["train", "config.yaml"]) == 1
+        assert not dist.is_initialized() and freed_before_close == [True]
+        assert "RuntimeError: planted failure in the run" in capsys.readouterr().err
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    monkeypatch.setattr(cli, "_handler", lambda args: _fail)
+    with pytest.raises(ValueError, match="inner"):
+        cli.main(["train", "config.yaml"])
