@@ -31,8 +31,6 @@ def after_train(trainer) -> dict:
     with torch.no_grad():
         loss = trainer.forward(trainer.micro_batches(0)[0]).loss.item()
     return {"live_ddp_wrappers": live_ddp, "process_group_open": torch.distributed.is_initialized(),
-            "scorer_is_sync_module": trainer.scorer is trainer.sync_module,
-            "models_prepared": [type(m).__name__ for m in trainer.accelerator._models],
             "loss_after_train": loss}
 
 

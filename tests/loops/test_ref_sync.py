@@ -262,7 +262,6 @@ def test_two_processes_hold_identical_references_after_a_sync(tmp_path, accelera
     alone = json.loads((tmp_path / "one" / "after-train-rank0.json").read_text())
     for facts in [*after, alone]:
         assert facts["live_ddp_wrappers"] == 0 and not facts["process_group_open"], facts
-        assert facts["scorer_is_sync_module"] and "DistributedDataParallel" not in facts["models_prepared"], facts
     assert after[0]["loss_after_train"] != after[1]["loss_after_train"]  # each rank scored its own rows
     assert abs((after[0]["loss_after_train"] + after[1]["loss_after_train"]) / 2 - alone["loss_after_train"]) < 1e-5
 
