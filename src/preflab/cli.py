@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         message = error_message(err, group_open=_process_group_open())
         if message:
             print(message, file=sys.stderr)
-        _close_process_group(had_group)
+        _close_process_group(had_group, err)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
@@ -118,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if is_main_process():  # once, not once per rank of a launcher that forwarded the signal to every rank
             print(interrupted_message(err), file=sys.stderr)
-        _close_process_group(had_group)
+        _close_process_group(had_group, err)
         return 143 if isinstance(err, Terminated) else 130
+    except Exception as err:  # not preflab's: a library's error or a bug. Under a launcher, its traceback is printed
+        # as Python would and the process group this command opened is closed before the exit (exit status 1)
+        if had_group or not _process_group_open():
+            raise
+        sys.excepthook(type(err), err, err.__traceback__)  # what Python prints for it (torch's: each line [rankN])
+        _close_process_group(had_group, err)
+        return 1
     finally:
         restore_sigterm()
 
@@ -203,15 +210,31 @@ def _process_group_open() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _close_process_group(had_group: bool) -> None:
-    """After a run stopped with an error (it skipped accelerate's end_training), close the process group it opened:
-    a gloo / NCCL group still alive at interpreter exit can abort the process (SIGABRT, "terminate called without
-    an active exception"), turning a clean error exit into a crash under the launcher. A group that was open before
-    main() (the caller's) is left alone."""
+def _close_process_group(had_group: bool, err: BaseException) -> None:
+    """After a run stopped with an error `err` (it skipped accelerate's end_training), close the process group it
+    opened: a gloo / NCCL group still alive at interpreter exit can abort the process (SIGABRT, "terminate called
+    without an active exception"), turning a clean error exit into a crash under the launcher. The error's
+    tracebacks go first (drop_tracebacks; its message is already printed): their frames hold the stopped run, whose
+    DDP wrapper holds the group, so end_processes frees the wrapper before the group closes instead of leaving it to
+    interpreter exit. A group that was open before main() (the caller's) is left alone."""
     if not had_group:
         from preflab.recipe_state import end_processes
 
+        drop_tracebacks(err)
         end_processes()
+
+
+def drop_tracebacks(err: BaseException) -> None:
+    """Clear the traceback of `err` and of every exception it chains (__cause__, __context__): the frames they keep
+    alive (and the objects those frames hold) are freed."""
+    todo, seen = [err], set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        todo += [exc.__cause__, exc.__context__]
 
 
 class Terminated(KeyboardInterrupt):

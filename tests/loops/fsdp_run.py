@@ -53,10 +53,15 @@ def split_runs(argv: list[str]) -> list[list[str]]:
 
 def close_process_group() -> None:
     """The end of a script that kept its process group open for several runs (keep_process_group): a gloo group still
-    alive at interpreter exit can abort the process (SIGABRT, "terminate called without an active exception")."""
+    alive at interpreter exit can abort the process (SIGABRT, "terminate called without an active exception"). The
+    runs' engine and DDP wrappers still waiting for the garbage collector (they hold the group) are freed first, as
+    preflab.recipe_state.end_processes does."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint import HuggingFaceStorageReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import preflab.checkpoint as ck  # noqa: E402
-from fsdp_run import keep_process_group  # noqa: E402
+from fsdp_run import close_process_group, keep_process_group  # noqa: E402
 from preflab.errors import PreflabError  # noqa: E402
 from tiny_run import run  # noqa: E402
 
@@ -81,13 +81,11 @@ if __name__ == "__main__":
     if mode == "ddp":
         case("model", lambda: change(ckpt / "model.safetensors"), resume_from_checkpoint=str(ckpt))
         (out / f"rank{rank}.json").write_text(json.dumps(results))
-        if dist.is_initialized():  # the failed resume skipped end_training: a live group can abort at exit
-            dist.destroy_process_group()
+        close_process_group()  # the failed resume skipped end_training: a live group can abort at exit
         sys.exit(0)
     case("shard", lambda: originals.update(shard=change(ckpt / SHARD)), resume_from_checkpoint=str(ckpt))
     case("shared", lambda: ((ckpt / SHARD).write_bytes(originals["shard"]),
                             change(ckpt / SHARED, b"0.9", b"0.8")), resume_from_checkpoint=str(ckpt))
     case("fallback", lambda: change(ckpt / SHARD), resume_from_checkpoint=True, save_steps=0)
     (out / f"rank{rank}.json").write_text(json.dumps(results))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    close_process_group()

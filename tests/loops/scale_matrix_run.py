@@ -7,8 +7,12 @@ tests/loops/test_scale_matrix.py. Runs are separated by `--`; each is MODE OUT_D
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
         tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
 
-A run that fails exits with its code (the cli's, or 1 with the traceback) before the next starts.
+A run that fails exits with its code (the cli's, or 1 with the traceback) before the next starts. After each run,
+OUT/after-train-rank<R>.json says how many DDP wrappers are still alive in the process (counted without collecting
+garbage first) and whether the process group is open: a run that closed the group it formed holds no wrapper.
 """
+import gc
+import json
 import sys
 from pathlib import Path
 
@@ -37,6 +41,20 @@ def run(mode: str, out: str, args: list[str]) -> None:
         tiny_run(tiny_cfg(Path(out), **overrides)).train()
     else:
         sys.exit(f"unknown mode {mode!r}")
+    write_after_train(Path(out))
+
+
+def write_after_train(out: Path) -> None:
+    """OUT/after-train-rank<R>.json (R: the launcher's RANK): live_ddp_wrappers (every DistributedDataParallel object
+    the process still has, reachable or garbage not yet collected) and process_group_open."""
+    import os
+
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    live = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    (out / f"after-train-rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(
+        {"live_ddp_wrappers": live, "process_group_open": torch.distributed.is_initialized()}))
 
 
 if __name__ == "__main__":

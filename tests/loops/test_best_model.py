@@ -469,6 +469,7 @@ for spec in map(json.loads, map(Path.read_text, map(Path, sys.argv[1:]))):
     extras = {{k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}}
     rank = trainer.accelerator.process_index
     save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{{rank}}.safetensors"))
+trainer = None  # a run after the first keeps its DDP wrapper (the group stays open for the next): freed before the close
 close_process_group()
 """
 

@@ -243,7 +243,9 @@ def test_trainer_refusals(tmp_path):
 @pytest.mark.slow
 def test_two_processes_hold_identical_references_after_a_sync(tmp_path, accelerate_launch):
     """DDP on CPU, 2 processes x batch 2: after the syncs at steps 2 and 4 both ranks' references are equal bit for
-    bit, and equal (float tolerance) the one-process batch-4 run's reference."""
+    bit, and equal (float tolerance) the one-process batch-4 run's reference. The finished run (kept to interpreter
+    exit by the script, as a user's script keeps it) holds no DDP wrapper and the process group is closed, on each
+    rank; scoring after train() still works: the two ranks' step-0 losses average to the one-process one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                             "--dynamo_backend", "no", str(SCRIPT), str(tmp_path / "two"), "2")
@@ -256,6 +258,12 @@ def test_two_processes_hold_identical_references_after_a_sync(tmp_path, accelera
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     assert max((r0[k] - one[k]).abs().max().item() for k in r0) < 1e-5
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["ref_model_sync"]["syncs"] == 2
+    after = [json.loads((tmp_path / "two" / f"after-train-rank{r}.json").read_text()) for r in (0, 1)]
+    alone = json.loads((tmp_path / "one" / "after-train-rank0.json").read_text())
+    for facts in [*after, alone]:
+        assert facts["live_ddp_wrappers"] == 0 and not facts["process_group_open"], facts
+    assert after[0]["loss_after_train"] != after[1]["loss_after_train"]  # each rank scored its own rows
+    assert abs((after[0]["loss_after_train"] + after[1]["loss_after_train"]) / 2 - alone["loss_after_train"]) < 1e-5
 
 
 @pytest.mark.parametrize("lora_ref", [False, True])

@@ -197,7 +197,8 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
     1 process x batch 8 is another estimator). Before, the 2-process run crashed in the step's all-reduce: a rank
     whose micro-batch held no desirable example reported no rewards/chosen, so the ranks sent different metric
     lists (gloo: size mismatch; NCCL would have added different metrics together). Losses and KTO's metrics to 1e-6,
-    weights to 2e-6."""
+    weights to 2e-6. After `preflab train` returned, neither rank has a DDP wrapper left (not even as garbage) and
+    the process group is closed."""
     from preflab.cli import main
 
     kto = KTO
@@ -206,6 +207,9 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
     assert main(["train", *kto, "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
                  f"output_dir={one}"]) == 0
     assert _environment(two) == (2, "MULTI_CPU")
+    for rank in (0, 1):
+        assert json.loads((two / f"after-train-rank{rank}.json").read_text()) == {"live_ddp_wrappers": 0,
+                                                                                 "process_group_open": False}
     _assert_close(two, one, 1e-6, 2e-6)
     a, b = _steps(two), _steps(one)
     for s in b:

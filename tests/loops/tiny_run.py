@@ -61,5 +61,15 @@ def poison(trainer, spec: str) -> None:
 if __name__ == "__main__":
     import yaml
 
+    from preflab.cli import drop_tracebacks
+    from preflab.errors import PreflabError
+    from preflab.recipe_state import end_processes
+
     extra = dict(item.split("=", 1) for item in sys.argv[2:])
-    run(sys.argv[1], **{k: yaml.safe_load(v) for k, v in extra.items()})
+    try:
+        run(sys.argv[1], **{k: yaml.safe_load(v) for k, v in extra.items()})  # the trainer is dropped on return
+    except PreflabError as err:  # as `preflab train` stops (preflab.cli.main): the message, then the process group
+        print(f"preflab: error: {err}", file=sys.stderr)  # closed with the stopped run freed first (a group or a
+        drop_tracebacks(err)                               # DDP wrapper alive at exit can abort the process)
+        end_processes()
+        sys.exit(2)

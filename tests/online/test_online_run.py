@@ -259,13 +259,18 @@ def two_processes(tmp_path_factory, accelerate_launch):
 def test_two_processes_equal_one_process(tmp_path, two_processes):
     """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
     gathered, each rank trains on its half of every step's examples; the result equals one process with the same
-    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order)."""
+    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order). The finished run (the
+    launch's first: it formed the process group, and the script keeps the group open for the next runs) left no DDP
+    wrapper alive on either rank (TrainingRun._drop_ddp_wrapper)."""
     tiny_run(tiny_cfg(tmp_path / "one", per_device_train_batch_size=4, generation_batch_size=2, max_steps=4)).train()
     two = two_processes / "two"     # TWO_PROCESS: 2 processes x per_device_train_batch_size 2
     a, b = _weights(tmp_path / "one"), _weights(two)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
     assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(two)], abs=1e-5)
+    for rank in (0, 1):
+        assert json.loads((two / f"after-train-rank{rank}.json").read_text()) == {"live_ddp_wrappers": 0,
+                                                                                 "process_group_open": True}
 
 
 @pytest.mark.slow

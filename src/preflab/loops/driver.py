@@ -21,6 +21,7 @@ preflab.loops.callback_state.CallbackEvents.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 import uuid
@@ -432,7 +433,7 @@ class TrainingRun(CallbackEvents):
     def _finish(self, summary: dict) -> None:
         """Gather the weights under a sharding engine, write the model, summary.json and the card (main process),
         on_train_end, and end accelerate's training (its trackers only, when a recipe's next stage keeps the
-        process group)."""
+        process group; otherwise the DDP wrapper is dropped first: _drop_ddp_wrapper)."""
         acc = self.accelerator
         # sharded engines: every rank takes part in gathering the full weights; save_model may read them
         if is_sharded(acc):
@@ -455,7 +456,33 @@ class TrainingRun(CallbackEvents):
             for tracker in acc.trackers:
                 tracker.finish()
         else:
+            self._drop_ddp_wrapper()
             acc.end_training()
+
+    def _drop_ddp_wrapper(self) -> None:
+        """Before accelerate's end_training closes the process group of a DDP run (several processes, no sharding
+        engine): every attribute of this run that holds the prepared module (sync_module: the DDP wrapper, or
+        torch.compile's module around it under accelerate's dynamo_backend; the offline and online runs' scorer, the
+        reward run's model and checkpoint_module) holds the module inside the wrapper instead, and the wrapper is
+        freed now (gc.collect: the first DDP wrapper of a process can be held by a reference cycle that torch's lazy
+        imports leave in its constructor). The wrapper's reducer holds the process group, which end_training only
+        removes from torch's registry (gloo's shutdown does nothing): a finished run kept to interpreter exit (a
+        script's module-level `trainer = Trainer(...); trainer.train()`) kept the group's C++ object, worker threads
+        and sockets alive until Python's finalization, where freeing them can abort the process (SIGABRT, "terminate
+        called without an active exception"). Use after train() (evaluate, score) runs the same module, without the
+        wrapper's communication. One process, FSDP2 and DeepSpeed: nothing changes (no DDP wrapper; a sharding
+        engine's parameters hold the group themselves, see docs/scaling.md). accelerate's own list of prepared
+        models holds the unwrapped module under DDP (it is listed before it is wrapped)."""
+        prepared = self.sync_module
+        wrapper = getattr(prepared, "_orig_mod", prepared)
+        if not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            return
+        module = self.accelerator.unwrap_model(wrapper)
+        for name in [name for name, value in vars(self).items() if value is prepared or value is wrapper]:
+            setattr(self, name, module)
+        del prepared, wrapper
+        gc.collect()
+
     def progress(self, step: int) -> dict:
         """Where the run is after `step` optimizer steps, in each metrics row: TRL's `epoch` (passes over the data)."""
         return {"epoch": step / self.plan.steps_per_epoch}
