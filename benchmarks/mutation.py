@@ -2578,20 +2578,25 @@ MUTANTS += [
 # CAT's clue aggregator (models/clue_aggregator.py), the lab's DPO experiments (lab/experiments_dpo.py), the online
 # Python API's options (online/api.py), a given model's loading options (models/given.py), `preflab plan`'s memory
 # arithmetic (plan.py) and the resume checks (resume_check.py)
-MX_OTC = ["tests/tools/test_otc_recipe.py", "tests/tools/test_recipe_param_ranges.py", "-k", "otc"]
-MX_REFSYNC = ["tests/loops/test_ref_sync.py", "-k", "not two_processes"]
-MX_HYPO = ["tests/online/test_hypo_offline.py"]
-MX_DEGREE = ["tests/loops/test_spo_degree_run.py", "tests/data/test_spo_variants.py", "-k",
+MX_OTC = ["tests/tools/test_otc_recipe.py", "tests/tools/test_otc_recipe_summary.py",
+          "tests/tools/test_recipe_param_ranges.py", "-k", "otc"]
+MX_REFSYNC = ["tests/loops/test_ref_sync.py", "tests/loops/test_ref_sync_parts.py", "-k", "not two_processes"]
+MX_HYPO = ["tests/online/test_hypo_offline.py", "tests/online/test_hypo_offline_draws.py"]
+MX_DEGREE = ["tests/loops/test_spo_degree_run.py", "tests/loops/test_spo_degree_eval_variants.py",
+             "tests/data/test_spo_variants.py", "-k",
              "not two_processes and not learns_degrees and not best_model and not another_base_loss"]
-MX_CLUE = ["tests/vlm/test_clue_aggregator_batched.py", "tests/vlm/test_vlm_methods.py", "-k", "clue"]
-MX_LAB = ["tests/lab/test_cli.py", "tests/lab/test_closed_forms.py"]
-MX_API = ["tests/online/test_online_dpo.py", "tests/online/test_online_options_read.py", "-k",
-          "wrappers_defaults or save_model_false"]
-MX_GIVEN = ["tests/loops/test_given_model_options.py"]
-MX_PLAN = ["tests/test_plan.py", "tests/test_qlora.py::test_plan_counts_4bit_weights_in_closed_form",
+MX_CLUE = ["tests/vlm/test_clue_aggregator_batched.py", "tests/vlm/test_clue_prompt_lengths.py",
+           "tests/vlm/test_vlm_methods.py", "-k", "clue"]
+MX_LAB = ["tests/lab/test_experiments_dpo.py", "tests/lab/test_cli.py", "tests/lab/test_closed_forms.py"]
+MX_API = ["tests/online/test_online_api_options.py", "tests/online/test_online_dpo.py",
+          "tests/online/test_online_options_read.py", "-k",
+          "test_online_api_options or wrappers_defaults or save_model_false"]
+MX_GIVEN = ["tests/loops/test_given_model_checks.py", "tests/loops/test_given_model_options.py"]
+MX_PLAN = ["tests/test_plan.py", "tests/test_plan_engines.py",
+           "tests/test_qlora.py::test_plan_counts_4bit_weights_in_closed_form",
            "tests/loops/test_fsdp2.py::test_plan_counts_the_reference_sharded_under_fsdp2_only"]
-MX_RESUME = ["tests/test_resume_check.py", "tests/test_resume_identity.py", "tests/test_local_paths.py",
-             "tests/data/test_truncation_trl_parity.py", "tests/loops/test_fsdp2.py",
+MX_RESUME = ["tests/test_resume_check.py", "tests/test_resume_check_rules.py", "tests/test_resume_identity.py",
+             "tests/test_local_paths.py", "tests/data/test_truncation_trl_parity.py", "tests/loops/test_fsdp2.py",
              "tests/test_production_runs.py", "-k",
              "test_resume_check or (test_resume_identity and not sigterm) or home_path or old_keep_end "
              "or another_world_size or must_keep_the_global_batch"]
@@ -2627,7 +2632,8 @@ MUTANTS += [
            [("            if adapter in self.layer.lora_A:\n", "            if adapter not in self.layer.lora_A:\n")],
            MX_REFSYNC, "a LoRA policy's merged weight is its base: the reference never moves"),
     Mutant("mx-refsync-lora-base-copy-merged", "loops/ref_sync.py",
-           [("return copy.deepcopy(policy).unload().to(dtype)", "return copy.deepcopy(policy).merge_and_unload().to(dtype)")],
+           [("return copy.deepcopy(policy).unload().to(dtype)",
+             "return copy.deepcopy(policy).merge_and_unload().to(dtype)")],
            MX_REFSYNC, "a LoRA policy's separate reference is its merged weights, not its adapters-off base"),
     Mutant("mx-refsync-last-callback", "loops/ref_sync.py",
            [("trainer.callbacks.insert(0, sync)", "trainer.callbacks.append(sync)")], MX_REFSYNC,
@@ -2676,7 +2682,8 @@ MUTANTS += [
            [("first // width, first % width + 1, reduce=\"amin\"", "first // width, first % width, reduce=\"amin\"")],
            MX_CLUE, "the question leaves out the prompt's last token"),
     Mutant("mx-clue-prompt-length-last-response", "models/clue_aggregator.py",
-           [("first // width, first % width + 1, reduce=\"amin\"", "first // width, first % width + 1, reduce=\"amax\"")],
+           [("first // width, first % width + 1, reduce=\"amin\"",
+             "first // width, first % width + 1, reduce=\"amax\"")],
            MX_CLUE, "the question runs to the response's end: the response leaks into the visual tokens"),
     Mutant("mx-clue-no-tanh", "models/clue_aggregator.py",
            [("clues = torch.tanh(weights.clues(question, visual, visual, key_padding_mask=plan.visual_pad,",
@@ -2737,7 +2744,8 @@ MUTANTS += [
              "        opts[\"prompts_per_generation\"] = opts.get(\"per_device_train_batch_size\", 8)\n")], MX_API,
            "prompts_per_iteration unset takes one batch of prompts per round, not every prompt"),
     Mutant("mx-api-refresh-picks-online-dpo", "online/api.py",
-           [("trainer = \"rso\" if rso else \"iterative_dpo\" if options.get(\"refresh_reference_every\") else \"online_dpo\"",
+           [("trainer = \"rso\" if rso else \"iterative_dpo\" if options.get(\"refresh_reference_every\") else "
+             "\"online_dpo\"",
              "trainer = \"rso\" if rso else \"online_dpo\"")], MX_API,
            "refresh_reference_every given: trainer online_dpo, not iterative_dpo"),
     Mutant("mx-api-rso-despite-loss-type", "online/api.py",
