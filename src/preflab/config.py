@@ -764,10 +764,10 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     _diffusion_beta_default(known, extra, notes)
     # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
     cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))
-    from preflab.online_options import check_explicit_loss_type, greedy_eval_notes, unread_game_option_notes
+    from preflab.online_options import check_explicit_loss_type, unread_game_option_notes
 
     check_explicit_loss_type(cfg, known)
-    notes += unread_game_option_notes(cfg) + greedy_eval_notes(cfg)
+    notes += unread_game_option_notes(cfg)  # (greedy_eval_notes: said by the training driver at the run's start)
     for key, value in extra.items():  # (after TrainConfig's expand_home: a leading "~" expanded as in objective_params)
         cfg.objective_params[key] = home_expanded(value)
     from preflab.objectives import check_modality

@@ -22,6 +22,7 @@ preflab.loops.callback_state.CallbackEvents.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -44,6 +45,7 @@ from preflab.loops.optimizer import follow_schedule, step_on_evaluation
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
 from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.objectives._panels import declared_panels
+from preflab.online_options import greedy_eval_notes
 from preflab.plugins import user_code
 from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
@@ -185,6 +187,9 @@ class TrainingRun(CallbackEvents):
         note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
         if note and self.main:
             print(note, flush=True)
+        if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
+            for said in greedy_eval_notes(cfg):
+                print(f"preflab: note: {said}", file=sys.stderr, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
