@@ -175,7 +175,6 @@ REFUSED = {
                                 "examples/accelerate/zero3.yaml $(which preflab) train CONFIG.yaml` (ddp.yaml, "
                                 "fsdp2.yaml, zero2.yaml there too; TRL's names: its own accelerate configs)"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
-    "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
