@@ -130,3 +130,64 @@ def test_an_unpaired_or_listwise_loss_type_is_refused_when_training_starts():
     assert "reads unpaired batches" in neftune_kind_refusal(5.0, "unpaired")
     assert "reads lists batches" in neftune_kind_refusal(5.0, "lists")
     assert neftune_kind_refusal(None, "unpaired") is None
+
+
+def _recording(monkeypatch) -> list:
+    """The [B, L, d] shapes the hook adds noise to (preflab.models.neftune.noisy_embeddings, still run)."""
+    import preflab.models.neftune as neftune
+
+    shapes, original = [], neftune.noisy_embeddings
+    monkeypatch.setattr(neftune, "noisy_embeddings",
+                        lambda e, alpha: (shapes.append(tuple(e.shape)), original(e, alpha))[1])
+    return shapes
+
+
+def test_sft_rows_get_the_noise_on_their_padded_batch(tmp_path, monkeypatch):
+    """task: sft without packing: each training forward is the padded [B, longest prompt + completion] batch, as
+    TRL's SFTTrainer's; the run's weights move with the noise."""
+    import yaml
+
+    from preflab.loops.sft import SFTTrainer
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    torch.set_num_threads(1)
+    base = {**yaml.safe_load((root / "examples/sft.yaml").read_text()), "max_steps": 2, "save_steps": 0,
+            "eval_steps": 0, "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "packing": False,
+            "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-2}
+    shapes = _recording(monkeypatch)
+    SFTTrainer(config_from_dict({**base, "output_dir": str(tmp_path / "plain")})).train()
+    assert shapes == []
+    trainer = SFTTrainer(config_from_dict({**base, "neftune_noise_alpha": 5.0, "output_dir": str(tmp_path / "noisy")}))
+    widths = []
+    for step in range(2):
+        for mb in trainer.micro_batches(step):
+            widths.append((mb.layout.input_ids.shape[0], mb.layout.input_ids.shape[1]))
+    trainer.train()
+    assert [s[:2] for s in shapes] == widths and all(b == 2 for b, _ in widths)
+    plain, noisy = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("plain", "noisy"))
+    assert max((plain[k] - noisy[k]).abs().max().item() for k in plain) > 1e-6
+
+
+def test_a_reward_run_noises_its_chosen_rejected_forward_and_not_its_evaluation(tmp_path, monkeypatch):
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reward_models"))
+    from reward_synthetic import marker_rows
+
+    from preflab.reward_models.train import train_reward
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in marker_rows(12, seed=0)))
+    shapes = _recording(monkeypatch)
+    rows = {}
+    for name, extra in (("plain", {}), ("noisy", {"neftune_noise_alpha": 5.0})):
+        train_reward(config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama",
+                                       "dataset_name": str(data), "eval_dataset_name": str(data),
+                                       "per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-2,
+                                       "logging_steps": 1, "use_cpu": True, "seed": 0, "disable_tqdm": True,
+                                       "eval_on_start": True, "output_dir": str(tmp_path / name), **extra}))
+        rows[name] = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert len(shapes) == 2 and all(s[0] == 8 for s in shapes)  # one [chosen; rejected] forward per step, as TRL
+    assert rows["plain"][0]["eval_loss"] == rows["noisy"][0]["eval_loss"]  # step 0: evaluation sees no noise
+    assert rows["plain"][-1]["eval_loss"] != rows["noisy"][-1]["eval_loss"]  # training did
