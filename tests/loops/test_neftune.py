@@ -191,3 +191,25 @@ def test_a_reward_run_noises_its_chosen_rejected_forward_and_not_its_evaluation(
     assert len(shapes) == 2 and all(s[0] == 8 for s in shapes)  # one [chosen; rejected] forward per step, as TRL
     assert rows["plain"][0]["eval_loss"] == rows["noisy"][0]["eval_loss"]  # step 0: evaluation sees no noise
     assert rows["plain"][-1]["eval_loss"] != rows["noisy"][-1]["eval_loss"]  # training did
+
+
+@pytest.mark.parametrize("precompute, noisy_forwards", [(False, 2), (True, 1)])
+def test_a_lora_policys_adapters_off_reference_is_noisy_unless_precomputed(tmp_path, monkeypatch, precompute,
+                                                                             noisy_forwards):
+    """As TRL's DPOTrainer with a PEFT model: the adapters-off reference forward runs in training mode through the
+    same embedding module, so it gets noise of its own; a precomputed reference is scored before the hook is added."""
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import add_lora
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", layout="padded",
+                                precompute_ref_log_probs=precompute, output_dir=str(tmp_path),
+                                per_device_train_batch_size=4, max_steps=2, neftune_noise_alpha=5.0,
+                                disable_tqdm=True, use_cpu=True))
+    tok = tiny_tokenizer()
+    policy = add_lora(tiny_causal_lm(tok, seed=0), 4, 8, 0.0, ["q_proj", "v_proj"])
+    trainer = Trainer(cfg, policy=policy, tokenizer=tok, train_data=synthetic_pairs(8))
+    shapes = _recording(monkeypatch)
+    trainer.train()
+    assert len(shapes) == 2 * noisy_forwards and all(s[0] == 8 for s in shapes)
