@@ -2908,6 +2908,41 @@ MUTANTS += [
 ]
 
 
+# trl-gaps-5 round
+NEFT = ["tests/loops/test_neftune.py"]
+MUTANTS += [
+    Mutant("trlgaps5-neftune-noise-in-eval", "models/neftune.py",
+           [("return noisy_embeddings(output, self.alpha) if module.training else output",
+             "return noisy_embeddings(output, self.alpha)")], NEFT + ["-k", "eval_mode"],
+           "NEFTune adds its noise in eval mode too (evaluation and generation see noisy embeddings)"),
+    Mutant("trlgaps5-neftune-hidden-size-not-in-scale", "models/neftune.py",
+           [("bound = neftune_bound(alpha, embeddings.size(1), embeddings.size(2))",
+             "bound = neftune_bound(alpha, embeddings.size(1), 1)")], NEFT + ["-k", "transformers_hooks"],
+           "the noise scale is alpha / sqrt(L), not alpha / sqrt(L * d)"),
+    Mutant("trlgaps5-neftune-other-draw", "models/neftune.py",
+           [("return embeddings + torch.zeros_like(embeddings).uniform_(-bound, bound)",
+             "return embeddings + (torch.rand_like(embeddings) * 2 - 1) * bound")], NEFT + ["-k", "transformers_hooks"],
+           "the noise has the right range but not transformers' numbers for the seed"),
+    Mutant("trlgaps5-neftune-hook-left-on", "loops/driver.py",
+           [("                self._neftune_handle.remove()\n", "                pass\n")], NEFT + ["-k", "resumes"],
+           "the NEFTune hook stays on the model after train() (later use of the model is noisy)"),
+    Mutant("trlgaps5-neftune-prefix-shared-accepted", "neftune_options.py",
+           [("if cfg.task == \"dpo\" and cfg.layout != \"padded\":", "if False:")], NEFT + ["-k", "refused"],
+           "layout prefix_shared runs NEFTune with a longer L than TRL's, smaller noise, without a word"),
+    Mutant("trlgaps5-neftune-unpaired-accepted", "neftune_options.py",
+           [("kind_name in (None, \"pairs\", \"sft\")", "kind_name in (None, \"pairs\", \"sft\", \"unpaired\")")],
+           NEFT + ["-k", "unpaired"], "KTO's one [completion; mismatched] forward gets NEFTune with another L than TRL's"),
+    Mutant("trlgaps5-greedy-note-unsaid-at-training", "loops/driver.py",
+           [("for said in greedy_eval_notes(cfg):", "for said in greedy_eval_notes(cfg)[1:]:")],
+           ["tests/online/test_greedy_eval.py", "-k", "once"],
+           "a GRPO run with an eval set is no longer told at its start that eval_reward is greedy"),
+    Mutant("trlgaps5-dataset-config-line-drops-config", "config_trl.py",
+           [("f\"{config!r}).save_to_disk({folder!r})", "f\").save_to_disk({folder!r})")],
+           ["tests/data/test_dataset_config.py"],
+           "dataset_config's suggested save_to_disk line loads the dataset's default configuration, not the one asked"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

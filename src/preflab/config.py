@@ -97,6 +97,9 @@ class TrainConfig:
     sync_ref_model: bool = False
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512
+    # NEFTune (TRL / transformers): noise on the input embeddings while training (preflab.models.neftune; which runs:
+    # preflab.neftune_options)
+    neftune_noise_alpha: float | None = None
     dataset_num_proc: int | None = None        # TRL: tokenization processes (None: one)
     chunk_tokens: int | None = None            # LM-head chunk (positions); default sized by the device
     pad_to_multiple_of: int | None = None      # TRL: row lengths rounded up to a multiple (shapes repeat: GPU plans)
@@ -335,12 +338,13 @@ class TrainConfig:
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
         from preflab.lr_schedule_options import plateau_conflicts, schedule_kwargs_errors
+        from preflab.neftune_options import neftune_conflicts
         from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
 
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
-        out += builtin_init_kwargs_conflicts(self) + ref_sync_conflicts(self)
+        out += builtin_init_kwargs_conflicts(self) + ref_sync_conflicts(self) + neftune_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
         if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
             from preflab.config_owners import unread_option_names
@@ -764,10 +768,10 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     _diffusion_beta_default(known, extra, notes)
     # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
     cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))
-    from preflab.online_options import check_explicit_loss_type, greedy_eval_notes, unread_game_option_notes
+    from preflab.online_options import check_explicit_loss_type, unread_game_option_notes
 
     check_explicit_loss_type(cfg, known)
-    notes += unread_game_option_notes(cfg) + greedy_eval_notes(cfg)
+    notes += unread_game_option_notes(cfg)  # (greedy_eval_notes: said by the training driver at the run's start)
     for key, value in extra.items():  # (after TrainConfig's expand_home: a leading "~" expanded as in objective_params)
         cfg.objective_params[key] = home_expanded(value)
     from preflab.objectives import check_modality

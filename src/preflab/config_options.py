@@ -201,6 +201,9 @@ OPTIONS: dict[str, Option] = {
     "ref_model_mixup_alpha": Option("TR-DPO's alpha: the policy's share in the reference after a sync (1: the "
                                     "reference becomes the policy)", "in (0, 1]",
                                     lambda v: _num(v) and 0 < v <= 1),
+    "neftune_noise_alpha": above(0, "NEFTune (TRL): U(-1, 1) * alpha / sqrt(L * d) noise on the input embeddings "
+                                    "while training (task dpo with layout padded, sft without packing, reward; "
+                                    "null: none)"),
     "ref_model_sync_steps": at_least(1, "TR-DPO's tau: optimizer steps between reference syncs"),
     "dataset_num_proc": above(0, "processes that tokenize the data on a cache miss (TRL; null: one)"),
     "chunk_tokens": above(0, "LM-head chunk in positions (null: automatic, sized by the device's memory)"),

@@ -166,8 +166,9 @@ REFUSED = {
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
     "activation_offloading": (False, "not supported; use gradient_checkpointing: true"),
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
-    "dataset_config": (None, "preflab has no dataset configuration names; give the files or a save_to_disk "
-                             "directory in dataset_name"),
+    "dataset_config": (None, "preflab passes no configuration name to datasets.load_dataset; save that "
+                             "configuration with save_to_disk and give the folder as dataset_name "
+                             "(dataset_config_refusal says it with the config's names)"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
@@ -175,7 +176,6 @@ REFUSED = {
                                 "examples/accelerate/zero3.yaml $(which preflab) train CONFIG.yaml` (ddp.yaml, "
                                 "fsdp2.yaml, zero2.yaml there too; TRL's names: its own accelerate configs)"),
     "fsdp": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
-    "neftune_noise_alpha": (None, "NEFTune noise is not supported; remove it"),
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
@@ -254,6 +254,28 @@ TRL_ONLINE_DEFAULTS = {
     # __init__, no config field): preflab's 4 paired best against worst of 4, not TRL's pair
     "online_dpo": {"max_completion_length": 64, "temperature": 0.9, "num_generations": 2},
 }
+
+
+def dataset_config_refusal(config, dataset_name) -> str:
+    """The error for TRL's dataset_config (ScriptArguments: the hub dataset's configuration, e.g. openai/gsm8k's
+    'main'), with what to do: preflab reads a hub name as datasets.load_dataset(dataset_name, split=...) in many
+    readers (offline, SFT, reward, online prompts, eval sets, streaming, preflab eval) and the tokenized-data cache
+    is keyed by dataset_name, so a configuration name is not passed anywhere; a save_to_disk folder of that
+    configuration is read with its splits. A local file or folder has no configuration names to pick."""
+    from pathlib import Path
+
+    head = f"dataset_config={config!r} is not supported"
+    if isinstance(dataset_name, str) and dataset_name and Path(dataset_name).expanduser().exists():
+        return (f"{head}: dataset_name {dataset_name!r} is a local file or folder, and a configuration name only "
+                "picks among a hub dataset's configurations. Point dataset_name at that configuration's files or "
+                "folder (a hub dataset's README.md lists each configuration's data_files), and remove "
+                "dataset_config.")
+    name = dataset_name if isinstance(dataset_name, str) and dataset_name else "OWNER/NAME"
+    folder = f"{name.rstrip('/').rsplit('/', 1)[-1]}-{config}"
+    return (f"{head}: preflab passes no configuration name to datasets.load_dataset. Save the configuration once "
+            f"(where the hub is reachable): python -c \"import datasets; datasets.load_dataset({name!r}, "
+            f"{config!r}).save_to_disk({folder!r})\", then set dataset_name: {folder} (its splits are read by "
+            "dataset_split / eval_split) and remove dataset_config.")
 
 
 TRL_TASK_LEARNING_RATES = {"sft": 2e-5, "reward": 1e-4}  # SFTConfig's and RewardConfig's learning_rate defaults
@@ -441,6 +463,8 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in ("use_rslora", "use_dora", "lora_modules_to_save"):  # TRL ModelConfig's, preflab options now
         if key in raw and _same(raw[key], False if key != "lora_modules_to_save" else None):
             raw.pop(key)  # TRL's default (off) asks for nothing: not refused beside use_peft: false as a LoRA option
+    if raw.get("dataset_config") is not None:
+        errors.append(dataset_config_refusal(raw.pop("dataset_config"), raw.get("dataset_name")))
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"

@@ -49,9 +49,53 @@ def test_eval_reward_is_the_greedy_answers_reward_whatever_the_sampling_options(
     ({"trainer": "online_dpo", "eval_fraction": 0.25}, False),  # not a GRPOConfig recipe
 ])
 def test_a_grpo_run_with_an_eval_set_is_told_its_eval_reward_is_greedy(options, said, capsys):
-    config_from_dict({**BASE, **options, "temperature": 0.7})
-    err = capsys.readouterr().err
-    note = "is the judges' reward of one greedy answer per held-out prompt"
-    assert (note in err) is said
+    from preflab.online_options import greedy_eval_notes
+
+    cfg = config_from_dict({**BASE, **options, "temperature": 0.7})
+    assert capsys.readouterr().err == ""  # loading the config says nothing: the training driver says it (below)
+    notes = greedy_eval_notes(cfg)
+    assert len(notes) == int(said)
     if said:
-        assert "mean over num_generations_eval completions sampled as in training (temperature 0.7)" in err
+        assert "is the judges' reward of one greedy answer per held-out prompt" in notes[0]
+        assert "mean over num_generations_eval completions sampled as in training (temperature 0.7)" in notes[0]
+
+
+NOTE = "is the judges' reward of one greedy answer per held-out prompt"
+
+
+def test_the_greedy_eval_note_is_said_once_when_the_run_trains(tmp_path, capsys):
+    """trl-gaps-4 said it at every config load (preflab plan, a saved config read back); now once, at the start of
+    training, beside the driver's other start-of-run notes."""
+    import json
+
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+
+    for name, words in (("train", ("ab", "cd")), ("eval", ("ij",))):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}\n"}) + "\n" for w in words))
+    (tmp_path / "rewards.py").write_text("def length(prompts, completions, **kw):\n"
+                                         "    return [float(len(c)) for c in completions]\n")
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset",
+                                dataset_name=str(tmp_path / "train.jsonl"),
+                                eval_dataset_name=str(tmp_path / "eval.jsonl"),
+                                reward_funcs=f"{tmp_path / 'rewards.py'}:length", model_name_or_path="builtin:tiny-llama",
+                                learning_rate=1e-12, max_steps=1, num_generations=2, prompts_per_generation=2,
+                                per_device_train_batch_size=2, max_completion_length=3, logging_steps=1,
+                                disable_tqdm=True, use_cpu=True, output_dir=str(tmp_path / "out")))
+    assert NOTE not in capsys.readouterr().err
+    tok = tiny_tokenizer("char")
+    OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok).train()
+    assert capsys.readouterr().err.count(NOTE) == 1
+
+
+def test_preflab_plan_of_a_grpo_config_does_not_say_it(tmp_path, capsys):
+    """preflab plan loads the config and trains nothing: no note about the evaluation of a run it does not start.
+    (preflab eval reads a run's saved config.yaml as plain options, never through the config loader.)"""
+    from preflab.cli import main
+
+    (tmp_path / "grpo.yaml").write_text("task: online\ntrainer: grpo\nonline_task: dataset\n"
+                                        "dataset_name: unused\nreward_funcs: x\neval_fraction: 0.25\n"
+                                        "model_name_or_path: builtin:tiny-llama\nmax_steps: 2\nuse_cpu: true\n")
+    main(["plan", str(tmp_path / "grpo.yaml")])
+    captured = capsys.readouterr()
+    assert NOTE not in captured.err + captured.out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -44,7 +45,10 @@ from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded
 from preflab.loops.optimizer import follow_schedule, step_on_evaluation
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
 from preflab.models.attention import refuse_flex_training_on_cpu
+from preflab.models.neftune import add_neftune_hook
+from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
+from preflab.online_options import greedy_eval_notes
 from preflab.plugins import user_code
 from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
@@ -167,8 +171,21 @@ class TrainingRun(CallbackEvents):
                                f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
                                "permissions, then run again.") from err
         finally:
+            if getattr(self, "_neftune_handle", None) is not None:  # the model leaves train() as it came
+                self._neftune_handle.remove()
+                self._neftune_handle = None
             if self.accelerator.is_main_process:
                 release_output_dir(self.cfg.output_dir)
+
+    def _add_neftune(self) -> None:
+        """neftune_noise_alpha: NEFTune's hook on the trained model's input embeddings for the steps of this train()
+        (preflab.models.neftune; transformers adds it at the start of Trainer.train and removes it at the end). Its
+        noise is drawn only in training mode, so evaluation and the reference (a separate model, or a precomputed
+        one) are clean; a LoRA policy's adapters-off reference forward, which runs in training mode, is noisy as in
+        TRL's DPOTrainer with a PEFT model."""
+        alpha = self.cfg.neftune_noise_alpha
+        if alpha is not None:
+            self._neftune_handle = add_neftune_hook(self.accelerator.unwrap_model(self.checkpoint_module), alpha)
 
     def _train(self) -> dict:
         """The outline: refuse what the model cannot train on this device and what the engine cannot save, resume or
@@ -183,11 +200,18 @@ class TrainingRun(CallbackEvents):
         # (OnlineRun, built only to train, also refuses in its constructor: before its "before" evaluation.)
         refuse_flex_training_on_cpu(self.checkpoint_module, acc.device, self.trained_model)
         self._check_engine_can_save()
+        refusal = neftune_kind_refusal(cfg.neftune_noise_alpha, getattr(getattr(self, "kind", None), "name", None))
+        if refusal:  # an unpaired or ranked-list loss type's rows (preflab.neftune_options)
+            raise ConfigError(refusal)
         note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
         if note and self.main:
             print(note, flush=True)
+        if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
+            for said in greedy_eval_notes(cfg):
+                print(f"preflab: note: {said}", file=sys.stderr, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()
+        self._add_neftune()  # after before_train: a precomputed reference is scored without noise, as in TRL
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
                          tracker=start_trackers(acc, cfg, self.out) if self.main else None)
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm, self.throughput_unit)
