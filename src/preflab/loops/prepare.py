@@ -206,3 +206,40 @@ def prepare_pairs(cfg, tokenizer):
 
 def prepare_unpaired(cfg, tokenizer):
     return prepare_examples(cfg, tokenizer, "unpaired")
+
+
+ID_FIELDS = (("prompt_ids", "prompt"), ("chosen_ids", "chosen"), ("rejected_ids", "rejected"),
+             ("rejected_prompt_ids", "prompt"), ("completion_ids", "completion"),
+             ("mismatched_completion_ids", "completion"))
+
+
+def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> None:
+    """Every token id the run feeds the policy must index a row of its input embedding. A tokenizer given tokens
+    after the model was saved (`add_special_tokens` of a chat template's `<|im_start|>`, a new `[PAD]`) without
+    `model.resize_token_embeddings` made the run stop mid-step with `IndexError: index out of range in self`
+    (TRL: the same, or a CUDA device-side assert), naming no row. `sets`: (source, items) of tokenized examples;
+    the first example holding such an id is a DataError naming its row and field, a pad token past the embedding a
+    ConfigError. Only scanned when the tokenizer has more tokens than the embedding has rows."""
+    embedding = policy.get_input_embeddings() if hasattr(policy, "get_input_embeddings") else None
+    rows = getattr(embedding, "num_embeddings", None)
+    if not isinstance(rows, int) or len(tokenizer) <= rows and (pad_id is None or pad_id < rows):
+        return
+    from preflab.data.report import place_of, where
+
+    fix = (f"Resize the model's embeddings to the tokenizer and save both: model.resize_token_embeddings("
+           f"len(tokenizer)) (here {len(tokenizer)}); model.save_pretrained(dir); tokenizer.save_pretrained(dir).")
+    if pad_id is not None and pad_id >= rows:
+        raise ConfigError(f"the tokenizer's pad token {tokenizer.convert_ids_to_tokens(pad_id)!r} has id {pad_id}, "
+                          f"but the model has {rows} token embeddings (ids 0 to {rows - 1}), so every padded batch "
+                          f"would fail. {fix}")
+    for source, items in sets:
+        for item in items:
+            for attr, field_name in ID_FIELDS:
+                ids = getattr(item, attr, None)
+                big = [i for i in ids if i >= rows] if isinstance(ids, list) and ids and max(ids) >= rows else []
+                if big:
+                    file, line = place_of(item)
+                    raise DataError(f"{where(file or source, item.row_id, line)}, field {field_name!r}: token "
+                                    f"{tokenizer.convert_ids_to_tokens(big[0])!r} has id {big[0]}, but the model has "
+                                    f"{rows} token embeddings (ids 0 to {rows - 1}): the tokenizer holds tokens the "
+                                    f"model cannot embed, and the run would stop with an IndexError. {fix}")

@@ -1,0 +1,71 @@
+"""Findings of the TRL user's trial of offline training with local models and data files (changes/user-trial-data.md).
+Each test plants the user's case and asserts the number, row, field or text the fix gives."""
+import json
+
+import pytest
+
+from preflab.data.rows import load_rows
+from preflab.data.tokenize import tokenize_pairs
+from preflab.errors import ConfigError, DataError
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+SYSTEM_ROW = {"prompt": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}],
+              "chosen": [{"role": "assistant", "content": "bonjour"}],
+              "rejected": [{"role": "assistant", "content": "hello"}]}
+# the first Phi-3-mini template's rule: user and assistant turns only, anything else dropped without an error
+NO_SYSTEM_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}"
+                      "{{ eos_token }}\n{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}"
+                      "{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_chat_template_that_drops_the_system_message_is_a_bad_row(tmp_path):
+    """A template that renders only user and assistant turns trained every row without its system prompt, silently
+    (TRL too): the rendered prompt was '<s><|user|>\\nhi...'. Now the row is bad, naming the message; skipped rows
+    are counted under message_not_rendered; a template that renders the system turn is unchanged."""
+    tok = tiny_tokenizer("bytelevel")
+    plain = {"prompt": [{"role": "user", "content": "hey"}], "chosen": [{"role": "assistant", "content": "salut"}],
+             "rejected": [{"role": "assistant", "content": "yo"}]}
+    path = _write_jsonl(tmp_path / "sys.jsonl", [plain, SYSTEM_ROW, plain])
+    examples, _ = load_rows(path)
+    pairs, _ = tokenize_pairs(examples, tok)  # the tiny template renders system turns
+    assert tok.decode(pairs[1].prompt_ids) == "<s><|system|>\nAnswer in French.</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
+    tok.chat_template = NO_SYSTEM_TEMPLATE
+    with pytest.raises(DataError, match=r"sys.jsonl row 1 \(line 2\), field 'prompt\[0\]': the chat template leaves "
+                                        r"out this 'system' message \(its text 'Answer in French.'"):
+        tokenize_pairs(examples, tok, source=path)
+    kept, report = tokenize_pairs(examples, tok, on_bad_row="skip", source=path)
+    assert [p.row_id for p in kept] == [0, 2] and report.skipped == {"message_not_rendered": 1}
+
+
+def test_tokens_the_model_cannot_embed_name_the_row_not_an_index_error(tmp_path):
+    """A tokenizer given a token after its model was saved (no resize_token_embeddings) stopped the run at its first
+    step with `IndexError: index out of range in self`. Now the run stops before training, naming the first row and
+    field holding such a token; a pad token past the embedding is a ConfigError."""
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.loops.prepare import check_ids_fit_embeddings
+
+    tok = tiny_tokenizer("bytelevel")
+    model_dir = tmp_path / "model"
+    tiny_causal_lm(tok, hidden_size=16, num_layers=1).save_pretrained(model_dir)
+    tok.add_tokens(["zqzqzq"])  # id 300: the model has 300 embeddings
+    tok.save_pretrained(model_dir)
+    rows = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(3)]
+    rows[1]["chosen"] = " zqzqzq"
+    data = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = dict(model_name_or_path=str(model_dir), dataset_name=data, output_dir=str(tmp_path / "out"), max_steps=1,
+               per_device_train_batch_size=2, max_length=64)
+    with pytest.raises(DataError, match=r"pairs.jsonl row 1.*field 'chosen': token 'zqzqzq' has id 300, but the model "
+                                        r"has 300 token embeddings.*resize_token_embeddings\(len\(tokenizer\)\) "
+                                        r"\(here 301\)"):
+        Trainer(config_from_dict(cfg))
+    tok.add_special_tokens({"pad_token": "[PAD]"})  # id 301, used by every padded batch
+    model = tiny_causal_lm(tiny_tokenizer("bytelevel"), hidden_size=16, num_layers=1)
+    with pytest.raises(ConfigError, match=r"pad token '\[PAD\]' has id 301, but the model has 300 token embeddings"):
+        check_ids_fit_embeddings(model, tok, tok.pad_token_id, [])
+    check_ids_fit_embeddings(model, tiny_tokenizer("bytelevel"), 0, [("x", [object()])])  # fits: nothing scanned
