@@ -69,3 +69,22 @@ def test_tokens_the_model_cannot_embed_name_the_row_not_an_index_error(tmp_path)
     with pytest.raises(ConfigError, match=r"pad token '\[PAD\]' has id 301, but the model has 300 token embeddings"):
         check_ids_fit_embeddings(model, tok, tok.pad_token_id, [])
     check_ids_fit_embeddings(model, tiny_tokenizer("bytelevel"), 0, [("x", [object()])])  # fits: nothing scanned
+
+
+def test_load_best_model_at_end_that_could_load_nothing_is_refused(tmp_path):
+    """`load_best_model_at_end: true` without an evaluation schedule (preflab saves no checkpoints by default, where
+    transformers saves every 500 steps and so refuses the pair), or with a schedule but no eval set, trained to the
+    end and kept the last step's weights without a word (summary: best_model_checkpoint null)."""
+    from preflab.config import config_from_dict
+    from preflab.data.eval_set import note_eval_steps_without_eval_set
+
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="pairs.jsonl",
+                output_dir=str(tmp_path / "out"), load_best_model_at_end=True)
+    with pytest.raises(ConfigError, match=r"load_best_model_at_end: true, but this run neither evaluates nor saves "
+                                          r"checkpoints during training"):
+        config_from_dict(base)
+    cfg = config_from_dict({**base, "eval_steps": 2, "save_steps": 4})  # a schedule, no eval set
+    with pytest.raises(ConfigError, match=r"load_best_model_at_end: true, but there is no eval set"):
+        note_eval_steps_without_eval_set(cfg)
+    note_eval_steps_without_eval_set(config_from_dict({**base, "eval_steps": 2, "save_steps": 4,
+                                                       "eval_fraction": 0.25}))  # an eval set: accepted

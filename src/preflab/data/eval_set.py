@@ -32,6 +32,11 @@ def note_eval_steps_without_eval_set(cfg) -> None:
         return
     if getattr(cfg, "save_strategy", None) == "best":
         raise no_eval_set_for_best("there is no eval set (no eval_dataset_name, eval_fraction 0)")
+    if getattr(cfg, "load_best_model_at_end", False):  # before: the run evaluated nothing and kept its last weights
+        raise ConfigError(f"load_best_model_at_end: true, but there is no eval set (no eval_dataset_name, "
+                          f"eval_fraction 0), so no evaluation ranks the checkpoints and the final model would be the "
+                          f"last step's. Set eval_dataset_name or eval_fraction, or remove "
+                          "load_best_model_at_end.")
     if not is_main_process():
         return
     if getattr(cfg, "eval_steps", 0):
