@@ -88,3 +88,38 @@ def test_load_best_model_at_end_that_could_load_nothing_is_refused(tmp_path):
         note_eval_steps_without_eval_set(cfg)
     note_eval_steps_without_eval_set(config_from_dict({**base, "eval_steps": 2, "save_steps": 4,
                                                        "eval_fraction": 0.25}))  # an eval set: accepted
+
+
+def test_summary_skipped_counts_what_tokenizing_dropped_in_a_reward_run(tmp_path, capsys):
+    """summary.json's data["skipped"] is the training rows left out by reason. A reward run (and an SFT or streaming
+    run) summed only the reading stage: a pair dropped as longer than max_length was in train_tokenize but not in
+    the total, so data["skipped"] disagreed with what the run said on the terminal."""
+    from preflab.config import config_from_dict
+    from preflab.reward_models.data import load_reward_pairs
+
+    rows = [{"prompt": f"q{i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(6)]
+    rows[1]["rejected"] = rows[1]["chosen"]  # identical
+    rows[3]["chosen"] = ""  # empty
+    rows[4]["chosen"] = " long" * 80  # past max_length=48: dropped at tokenizing, as TRL's RewardTrainer drops it
+    data = _write_jsonl(tmp_path / "rm.jsonl", rows)
+    cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name=data,
+                                output_dir=str(tmp_path / "out"), max_length=48, on_bad_row="skip"))
+    train, _, report, _ = load_reward_pairs(cfg, tiny_tokenizer("bytelevel"))
+    assert len(train) == 3
+    assert report["skipped"] == {"identical": 1, "empty_field": 1, "longer_than_max_length": 1}
+
+
+def test_model_card_counts_an_sft_runs_bad_row_once(tmp_path):
+    """The model card's "training rows skipped" summed the train_* parts of the data report; an SFT run reads and
+    tokenizes a row in one stage, which counts a bad row in both parts, so one skipped row was written as 2."""
+    from preflab.config import config_from_dict
+    from preflab.loops.sft import prepare_sft
+    from preflab.runlog import training_data_line
+
+    data = _write_jsonl(tmp_path / "sft.jsonl", [{"text": "ok row"}, {"question": "q", "answer": "a"},
+                                                  {"text": "another row"}])
+    cfg = config_from_dict(dict(task="sft", model_name_or_path="builtin:tiny-llama", dataset_name=data,
+                                output_dir=str(tmp_path / "out"), max_length=64, on_bad_row="skip"))
+    train, _, report = prepare_sft(cfg, tiny_tokenizer("bytelevel"))
+    assert len(train) == 2 and report["skipped"] == {"missing_field": 1}
+    assert training_data_line(report) == "1 (missing_field: 1)"

@@ -283,3 +283,15 @@ class TokenizeReport(RowReport):
         if self.eos_already_present:
             parts.append(f"eos already present {self.eos_already_present}")
         return "; ".join(parts) + (" (from cache)" if self.from_cache else "")
+
+
+def training_skipped(report: dict) -> dict[str, int]:
+    """summary.json's data["skipped"]: the training rows and examples a run left out, by reason, summed over its
+    reading (`train_rows`) and tokenizing (`train_tokenize`) stages. One rule for every task: before, a reward,
+    SFT or streaming run's total left out what tokenizing dropped (a reward pair past max_length, a prompt that
+    fills max_length), so it disagreed with the parts beside it."""
+    out: dict[str, int] = {}
+    for key in ("train_rows", "train_tokenize"):
+        for reason, count in ((report.get(key) or {}).get("skipped") or {}).items():
+            out[reason] = out.get(reason, 0) + int(count)
+    return out

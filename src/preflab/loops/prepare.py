@@ -140,9 +140,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
             notes.append(kto_weight_note(cfg.objective(), desirable, len(train), row_report.source))
         for note in filter(None, notes):
             print(f"preflab: note: data: {note}")
-    report["skipped"] = dict(row_report.to_dict().get("skipped", {}))  # training rows left out: read + tokenized
-    for reason, count in (report.get("train_tokenize") or {}).get("skipped", {}).items():
-        report["skipped"][reason] = report["skipped"].get(reason, 0) + count
+    from preflab.data.report import training_skipped
+
+    report["skipped"] = training_skipped(report)  # training rows left out: read + tokenized
     return train, evals, report
 
 
