@@ -123,3 +123,26 @@ def test_model_card_counts_an_sft_runs_bad_row_once(tmp_path):
     train, _, report = prepare_sft(cfg, tiny_tokenizer("bytelevel"))
     assert len(train) == 2 and report["skipped"] == {"missing_field": 1}
     assert training_data_line(report) == "1 (missing_field: 1)"
+
+
+@pytest.mark.parametrize("row,field,said", [
+    ({"prompt": "q", "Chosen": " a", "Rejected": " b"}, "chosen", r"is 'Chosen' meant as 'chosen'\? Rename the column"),
+    ({"Prompt": "q", "completion": " a", "label": True}, "prompt", r"is 'Prompt' meant as 'prompt'\? Rename the column"),
+    ({"question": "q", "response_j": " a", "response_k": " b"}, "chosen",
+     r"missing \(the row's columns: 'question', 'response_j', 'response_k'\)\. A pairwise"),
+])
+def test_a_missing_field_names_the_columns_the_row_has(tmp_path, row, field, said):
+    """`field 'chosen': missing` for a row whose file plainly has a 'Chosen' column (an export's capitals, a CSV
+    header 'prompt, chosen, rejected' with spaces) left the user staring at the column the message said was absent;
+    it now lists the row's columns and names the one that differs only in case or spaces."""
+    kind = "unpaired" if "label" in row else "pairwise"
+    with pytest.raises(DataError, match=rf"row 0 \(line 1\), field '{field}': .*{said}"):
+        load_rows(_write_jsonl(tmp_path / "r.jsonl", [row]), kind=kind)
+
+
+def test_a_csv_header_with_spaces_is_named(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt, chosen, rejected\nwhat?, yes, no\n")
+    with pytest.raises(DataError, match=r"pairs.csv row 0 \(line 2\), field 'chosen': missing \(the row's columns: "
+                                        r"'prompt', ' chosen', ' rejected'\); is ' chosen' meant as 'chosen'\?"):
+        load_rows(str(path))
