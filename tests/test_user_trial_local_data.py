@@ -15,7 +15,8 @@ SYSTEM_ROW = {"prompt": [{"role": "system", "content": "Answer in French."}, {"r
 # the first Phi-3-mini template's rule: user and assistant turns only, anything else dropped without an error
 NO_SYSTEM_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}"
                       "{{ eos_token }}\n{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}"
-                      "{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+                      "{{ eos_token }}\n{% endif %}{% endfor %}"
+                      "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
 def _write_jsonl(path, rows):
@@ -126,8 +127,8 @@ def test_model_card_counts_an_sft_runs_bad_row_once(tmp_path):
 
 
 @pytest.mark.parametrize("row,field,said", [
-    ({"prompt": "q", "Chosen": " a", "Rejected": " b"}, "chosen", r"is 'Chosen' meant as 'chosen'\? Rename the column"),
-    ({"Prompt": "q", "completion": " a", "label": True}, "prompt", r"is 'Prompt' meant as 'prompt'\? Rename the column"),
+    ({"prompt": "q", "Chosen": " a", "Rejected": " b"}, "chosen", r"is 'Chosen' meant as 'chosen'\? Rename"),
+    ({"Prompt": "q", "completion": " a", "label": True}, "prompt", r"is 'Prompt' meant as 'prompt'\? Rename"),
     ({"question": "q", "response_j": " a", "response_k": " b"}, "chosen",
      r"missing \(the row's columns: 'question', 'response_j', 'response_k'\)\. A pairwise"),
 ])
