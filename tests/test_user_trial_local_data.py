@@ -147,3 +147,20 @@ def test_a_csv_header_with_spaces_is_named(tmp_path):
     with pytest.raises(DataError, match=r"pairs.csv row 0 \(line 2\), field 'chosen': missing \(the row's columns: "
                                         r"'prompt', ' chosen', ' rejected'\); is ' chosen' meant as 'chosen'\?"):
         load_rows(str(path))
+
+
+@pytest.mark.parametrize("text", [json.dumps([{"prompt": "p", "chosen": " a", "rejected": " b"}] * 2),
+                                  json.dumps([{"prompt": "p", "chosen": " a", "rejected": " b"}] * 2, indent=2),
+                                  json.dumps({"prompt": "p", "chosen": " a", "rejected": " b"}, indent=2)])
+def test_a_jsonl_file_holding_one_json_document_says_to_name_it_json(tmp_path, text):
+    """`json.dump(rows, open("train.jsonl", "w"))` (an array, on one line or indented) read as "row 0 (line 1): the
+    line is not valid JSON ...; it may be truncated" or "the row is a list", never naming the cause; the same text
+    as a .json file loads."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"train.jsonl row 0 \(line 1\): .*The file looks like one JSON document .*"
+                                        r"write one row per line .* or save an array of rows with the suffix \.json"):
+        load_rows(str(path))
+    if text.startswith("["):
+        (tmp_path / "train.json").write_text(text)
+        assert len(load_rows(str(tmp_path / "train.json"))[0]) == 2

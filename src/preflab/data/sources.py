@@ -499,6 +499,12 @@ def _walk(row) -> tuple[RowProblem | None, int]:
     return None, size
 
 
+# a .jsonl file whose first line opens one JSON document (json.dump(rows, f), with or without indent)
+WHOLE_JSON_HINT = (" The file looks like one JSON document (an array of rows, or an indented object), not JSON lines: "
+                   "write one row per line (json.dumps(row) + '\\n' for each row), or save an array of rows with "
+                   "the suffix .json, which is read as one.")
+
+
 def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawRow]:
     for line_no, raw in enumerate(lines, first_line):
         if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
@@ -517,9 +523,12 @@ def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: 
             except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit number, deep nesting
                 msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:200] or "nested too deeply"
                 problem = RowProblem("invalid_json", None, f"the line is not valid JSON ({msg}); it may be "
-                                     "truncated", "Each line must hold one complete JSON object.")
+                                     "truncated", "Each line must hold one complete JSON object."
+                                     + (WHOLE_JSON_HINT if row_id == 0 and raw.strip() in (b"[", b"{") else ""))
             else:
                 problem = _not_object(obj) if not isinstance(obj, dict) else rr.row_problem(obj, len(raw))
+                if isinstance(obj, list) and row_id == 0:
+                    problem.fix += WHOLE_JSON_HINT
         yield RawRow(row_id, str(path), line_no, data=None if problem else obj, problem=problem)
 
 
