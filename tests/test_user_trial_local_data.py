@@ -164,3 +164,19 @@ def test_a_jsonl_file_holding_one_json_document_says_to_name_it_json(tmp_path, t
     if text.startswith("["):
         (tmp_path / "train.json").write_text(text)
         assert len(load_rows(str(tmp_path / "train.json"))[0]) == 2
+
+
+@pytest.mark.parametrize("chosen,rejected,prompt", [
+    ("问题：天空是什么颜色？回答：蓝色", "问题：天空是什么颜色？回答：绿色", "问题：天空是什么颜色？回答："),
+    ("日本の首都は東京です", "日本の首都は大阪です", "日本の首都は"),
+    ("Answer:yes.", "Answer:yesterday", "Answer:"),
+    ("A: The U.S. is big", "A: The U.K. is big", "A: The"),  # whitespace boundaries still come first
+])
+def test_implicit_prompt_of_text_without_spaces(chosen, rejected, prompt):
+    """Rows without a prompt column whose texts share no prefix ending before whitespace (Chinese and Japanese text,
+    'Answer:yes') were bad rows ('share no prefix that ends at a word boundary'), where TRL cuts at the first
+    differing character; the prompt now ends after punctuation or beside a character of a script without spaces."""
+    (example,), report = load_rows([{"chosen": chosen, "rejected": rejected}])
+    assert (example.prompt, example.prompt + example.chosen, example.prompt + example.rejected) == (
+        prompt, chosen, rejected)
+    assert report.forms == {"standard_implicit": 1}
