@@ -12,7 +12,7 @@ from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 SYSTEM_ROW = {"prompt": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}],
               "chosen": [{"role": "assistant", "content": "bonjour"}],
               "rejected": [{"role": "assistant", "content": "hello"}]}
-# the first Phi-3-mini template's rule: user and assistant turns only, anything else dropped without an error
+# a template that renders user and assistant turns only: anything else is dropped without an error
 NO_SYSTEM_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}"
                       "{{ eos_token }}\n{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}"
                       "{{ eos_token }}\n{% endif %}{% endfor %}"

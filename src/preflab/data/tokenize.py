@@ -316,8 +316,8 @@ RENDER_CHECKED_ROLES = ("system", "user")  # their text reaches the model unchan
 
 def _check_messages_rendered(messages: list[dict], text: str, field_name: str) -> None:
     """Every system and user message's text (stripped: Llama 3 and Gemma templates trim it) must appear in the
-    rendered conversation. A template that handles only the roles it knows (Phi-3-mini's first template: user and
-    assistant, no system) drops the others without an error, and the model would train without the system prompt
+    rendered conversation. A template that handles only the roles it knows (`{% if role == 'user' %} ... {% elif
+    role == 'assistant' %} ... {% endif %}`) drops the others without an error, and the model would train without the system prompt
     the row gives, as TRL does silently. Assistant and tool turns are not checked: templates rewrite them on
     purpose (Qwen3 drops earlier turns' <think> text; Llama 3.1 writes tool results as JSON)."""
     for i, message in enumerate(messages):
