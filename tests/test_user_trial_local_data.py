@@ -180,3 +180,24 @@ def test_implicit_prompt_of_text_without_spaces(chosen, rejected, prompt):
     assert (example.prompt, example.prompt + example.chosen, example.prompt + example.rejected) == (
         prompt, chosen, rejected)
     assert report.forms == {"standard_implicit": 1}
+
+
+def test_an_eval_set_in_the_other_row_form_than_training_is_said(tmp_path, capsys):
+    """Text training rows with a conversational eval file (or the reverse) trained without the chat template and
+    evaluated through it, without a word: the eval metrics measured a format the policy never saw."""
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_pairs
+
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "chosen": " a", "rejected": " b"}
+                                                    for i in range(3)])
+    conv = _write_jsonl(tmp_path / "eval.jsonl", [SYSTEM_ROW] * 2)
+    text_eval = _write_jsonl(tmp_path / "eval_text.jsonl", [{"prompt": "e", "chosen": " a", "rejected": " b"}])
+    said = "and the eval rows of {} conversational (chat template), so the eval metrics measure a format"
+    for eval_name, expected in ((conv, 1), (text_eval, 0)):
+        cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=train,
+                                    eval_dataset_name=eval_name, output_dir=str(tmp_path / "out")))
+        capsys.readouterr()
+        prepare_pairs(cfg, tiny_tokenizer("bytelevel"))
+        out = capsys.readouterr().out
+        assert out.count(f"the training rows of {train} are text (no chat template) ") == expected
+        assert out.count(said.format(conv)) == expected

@@ -241,6 +241,25 @@ class DataReport(RowReport):
                 "only the conversational ones get the chat template, so the model is trained on two formats. "
                 "Give every row in one form unless that is meant.")
 
+    def form_kinds(self) -> set[str]:
+        """{'text', 'conversational'}: the row forms this report counted (conversational: chat-templated)."""
+        return {"conversational" if "conversational" in k else "text" for k, v in self.forms.items() if v}
+
+    def eval_forms_note(self, eval_report: "DataReport | None") -> str | None:
+        """A note when the eval set is in one form and the training rows in the other (text vs conversational): the
+        eval rows then go through the chat template while the training rows do not (or the reverse), so the eval
+        metrics measure a format the policy was not trained on. None otherwise (a set that mixes both forms gets
+        `mixed_forms_note`)."""
+        if eval_report is None:
+            return None
+        train, evals = self.form_kinds(), eval_report.form_kinds()
+        if len(train) != 1 or len(evals) != 1 or train == evals:
+            return None
+        how = {"text": "text (no chat template)", "conversational": "conversational (chat template)"}
+        return (f"the training rows of {self.source or '<rows>'} are {how[next(iter(train))]} and the eval rows of "
+                f"{eval_report.source or '<rows>'} {how[next(iter(evals))]}, so the eval metrics measure a format "
+                "the policy is not trained on. Give both sets in one form unless that is meant.")
+
 
 @dataclass
 class TokenizeReport(RowReport):

@@ -131,6 +131,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         if said:
             print(f"preflab: data (eval): {'; '.join(said)}")
         notes = [row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note(),
+                 row_report.eval_forms_note(eval_report),
                  row_report.split_pairs_note(), eval_report and eval_report.split_pairs_note(),
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
