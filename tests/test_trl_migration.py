@@ -159,8 +159,10 @@ def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
     assert cfg.completion_only_loss is True and cfg.max_length == 1024 and cfg.packing is False
     assert cfg.assistant_only_loss is False  # SFTConfig's default, now a preflab option (was refused before)
     assert config_from_dict({**BASE, "task": "sft", **raw, "assistant_only_loss": True}).assistant_only_loss is True
-    with pytest.raises(ConfigError, match="dataset_text_field is not supported: .*rename the column"):
-        config_from_dict({**BASE, "task": "sft", "dataset_text_field": "content"})
+    # dataset_text_field is read (tests/test_user_trial_local_data.py); packing_strategy is still refused
+    assert config_from_dict({**BASE, "task": "sft", "dataset_text_field": "content"}).dataset_text_field == "content"
+    with pytest.raises(ConfigError, match="packing_strategy is not supported"):
+        config_from_dict({**BASE, "task": "sft", "packing": True, "packing_strategy": "wrapped"})
 
 
 def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():

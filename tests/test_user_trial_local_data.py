@@ -201,3 +201,30 @@ def test_an_eval_set_in_the_other_row_form_than_training_is_said(tmp_path, capsy
         out = capsys.readouterr().out
         assert out.count(f"the training rows of {train} are text (no chat template) ") == expected
         assert out.count(said.format(conv)) == expected
+
+
+def test_sft_dataset_text_field_reads_the_named_column(tmp_path):
+    """TRL's SFTConfig `dataset_text_field: content` (a corpus whose text column is not `text`) was refused ("rename
+    the column"); it now reads that column as the row's text, with the same token ids as a `text` column, and is
+    refused under a task that reads no text column."""
+    from preflab.config import config_from_dict
+    from preflab.loops.sft import prepare_sft
+
+    texts = ["the cat sat on the mat", "hello world"]
+    named = _write_jsonl(tmp_path / "content.jsonl", [{"content": t, "source": "web"} for t in texts])
+    plain = _write_jsonl(tmp_path / "text.jsonl", [{"text": t, "source": "web"} for t in texts])
+    base = dict(task="sft", model_name_or_path="builtin:tiny-llama", output_dir=str(tmp_path / "out"),
+                max_length=64)
+    tok = tiny_tokenizer("bytelevel")
+    got, _, report = prepare_sft(config_from_dict({**base, "dataset_name": named, "dataset_text_field": "content"}),
+                                 tok)
+    want, _, _ = prepare_sft(config_from_dict({**base, "dataset_name": plain}), tok)
+    assert [(x.prompt_ids, x.completion_ids) for x in got] == [(x.prompt_ids, x.completion_ids) for x in want]
+    assert report["train_rows"]["forms"] == {"text": 2}
+    both = _write_jsonl(tmp_path / "both.jsonl", [{"content": "a b", "text": "c d"}])
+    with pytest.raises(DataError, match=r"both.jsonl row 0 \(line 1\), field 'content': dataset_text_field is "
+                                        r"'content', but the row also has a 'text' column"):
+        prepare_sft(config_from_dict({**base, "dataset_name": both, "dataset_text_field": "content"}), tok)
+    with pytest.raises(ConfigError, match=r"dataset_text_field='content' names the text column of task: sft's"):
+        config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=plain,
+                              output_dir=str(tmp_path / "o2"), dataset_text_field="content"))

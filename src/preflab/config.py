@@ -174,6 +174,7 @@ class TrainConfig:
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    dataset_text_field: str = "text"           # TRL SFTConfig: the column of language-modeling rows' text
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     # online runs (task: online)
@@ -417,6 +418,9 @@ class TrainConfig:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "
                            f"{'applies' if len(used) == 1 else 'apply'} to preference tasks. Remove "
                            f"{'it' if len(used) == 1 else 'them'} (or set task: dpo).")
+        elif self.dataset_text_field != "text":
+            out.append(f"dataset_text_field={self.dataset_text_field!r} names the text column of task: sft's "
+                       "language-modeling rows; this task reads no text column. Remove it (or set task: sft).")
         elif self.packing or not self.completion_only_loss or self.assistant_only_loss:
             which = "packing" if self.packing else "completion_only_loss" if not self.completion_only_loss else \
                 "assistant_only_loss"

@@ -396,6 +396,8 @@ OPTIONS: dict[str, Option] = {
     "completion_only_loss": Option("task: sft; loss on completion tokens only (false: prompt tokens too) (TRL)"),
     "assistant_only_loss": Option("task: sft, conversational rows; loss on the tokens the chat template wraps in "
                                   "{% generation %} (the assistant turns) only (TRL)"),
+    "dataset_text_field": Option("task: sft; the column that holds a language-modeling row's text (TRL's "
+                                 "SFTConfig; default text)"),
     "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
     # scaling out
     "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "

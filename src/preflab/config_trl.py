@@ -225,7 +225,6 @@ REFUSED = {
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
-    "dataset_text_field": ("text", "language-modeling rows are read from a 'text' column; rename the column"),
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
     "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),

@@ -195,6 +195,20 @@ def note_assistant_template(cfg, tokenizer) -> None:
             print(f"preflab: note: {note}")
 
 
+def text_column_as_text(row: dict, field: str) -> dict:
+    """The row with TRL SFTConfig's `dataset_text_field` column read as its `text` (a language-modeling row); the
+    row as it is for the default "text". A row that also holds a `text` column beside the named one is refused
+    (which would be the text?)."""
+    if field == "text" or field not in row:
+        return row
+    if "text" in row:
+        raise RowProblem("mixed_forms", field, f"dataset_text_field is {field!r}, but the row also has a 'text' "
+                         "column", "Drop one of the two columns (or set dataset_text_field: text).")
+    out = {k: v for k, v in row.items() if k != field}
+    out["text"] = row[field]
+    return out
+
+
 def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
     """build(raw_row) -> [TokenizedSFT] ([] for a row on_bad_row says to skip), counting the row in `rows` and
     `tokens`. One row at a time: the whole-dataset read and streaming (preflab.loops.streaming) use it.
@@ -206,13 +220,16 @@ def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
         check_assistant_template(tokenizer)
     policy = BadRowPolicy(cfg.on_bad_row, rows)
 
+    text_field = getattr(cfg, "dataset_text_field", "text")
+
     def build(raw) -> list[TokenizedSFT]:
         rows.total += 1
         tokens.total += 1
         try:
             if raw.problem is not None:
                 raise raw.problem
-            item, form = tokenize_sft_row(raw.row_id, raw.data, tokenizer, cfg, tokens)
+            row = text_column_as_text(raw.data, text_field)
+            item, form = tokenize_sft_row(raw.row_id, row, tokenizer, cfg, tokens)
         except RowProblem as problem:
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             tokens.record_skip(problem, raw.row_id, raw.line)
