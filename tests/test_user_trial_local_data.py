@@ -228,3 +228,34 @@ def test_sft_dataset_text_field_reads_the_named_column(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset_text_field='content' names the text column of task: sft's"):
         config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=plain,
                               output_dir=str(tmp_path / "o2"), dataset_text_field="content"))
+
+
+def test_eval_strategy_without_an_eval_set_takes_a_local_folders_test_split_as_trl(tmp_path, capsys):
+    """TRL's scripts evaluate on dataset_name's dataset_test_split, which defaults to "test", whenever eval_strategy
+    is not "no"; the same YAML without dataset_test_split was refused here ("needs an eval set") for a folder that
+    holds train.jsonl and test.jsonl. A local folder (or saved DatasetDict) with a 'test' split now gives it; a
+    single file (whose only split is the training data) or a folder without one is still refused."""
+    import datasets
+
+    from preflab.config import config_from_dict
+
+    row = {"prompt": "q", "chosen": " a", "rejected": " b"}
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", [row] * 3)
+    _write_jsonl(folder / "test.jsonl", [row])
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([row] * 3),
+                          "test": datasets.Dataset.from_list([row])}).save_to_disk(str(saved))
+    base = dict(model_name_or_path="builtin:tiny-llama", output_dir=str(tmp_path / "out"), eval_strategy="steps",
+                eval_steps=5)
+    for source in (folder, saved):
+        capsys.readouterr()
+        cfg = config_from_dict({**base, "dataset_name": str(source)})
+        assert (cfg.eval_dataset_name, cfg.eval_split) == (str(source), "test")
+        assert capsys.readouterr().err.count(f"-> eval_dataset_name: {source} (its 'test' split), as TRL's scripts "
+                                             "do (their dataset_test_split defaults to test).") == 1
+    (folder / "test.jsonl").rename(folder / "validation.jsonl")
+    for source in (folder, folder / "train.jsonl"):
+        with pytest.raises(ConfigError, match="eval_strategy='steps' needs an eval set"):
+            config_from_dict({**base, "dataset_name": str(source)})

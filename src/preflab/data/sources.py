@@ -397,6 +397,28 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # 
 _SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
 
 
+def directory_has_split(path: Path, split: str) -> bool:
+    """Whether the local directory `path` holds `split`: a save_to_disk DatasetDict with it (dataset_dict.json), the
+    files its dataset card's one configuration lists for it, or data files named after it (test.jsonl,
+    test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before anything loads); a
+    folder it cannot tell about is False."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            return split in json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        except (ValueError, OSError, AttributeError):
+            return False
+    if (path / "state.json").is_file():  # one saved Dataset: no splits
+        return False
+    from preflab.data.card_configs import card_split_files
+
+    try:
+        if card_split_files(path, split, True) is not None:
+            return True
+        return any(_names_split(p.relative_to(path), split) for p in _data_files(path))
+    except (DataError, SplitMissing, OSError):
+        return False
+
+
 def _split_like(folder: str) -> bool:
     """A folder named after a split ('train', 'test_prefs', 'validation-2'; the hub's parquet conversion writes
     default/train_prefs/0000.parquet): its files belong to that split, never to another one."""
