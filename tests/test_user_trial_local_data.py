@@ -259,3 +259,38 @@ def test_eval_strategy_without_an_eval_set_takes_a_local_folders_test_split_as_t
     for source in (folder, folder / "train.jsonl"):
         with pytest.raises(ConfigError, match="eval_strategy='steps' needs an eval set"):
             config_from_dict({**base, "dataset_name": str(source)})
+
+
+def test_the_data_note_says_which_end_of_a_cut_prompt_was_kept(tmp_path, capsys):
+    """The data line said `prompt truncated 2; response truncated 2` but not which end was cut: with
+    max_prompt_length and truncation_mode unset a prompt keeps its END (TRL 0.x's keep_end), while max_length keeps a
+    sequence's start (TRL 1.16's keep_start). The note now says which end each kept."""
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_pairs
+
+    rows = [{"prompt": "word " * 40 + str(i), "chosen": " yes" * 30, "rejected": " no" * 30} for i in range(2)]
+    rows.append({"prompt": "short", "chosen": " a", "rejected": " b"})
+    data = _write_jsonl(tmp_path / "long.jsonl", rows)
+    base = dict(model_name_or_path="builtin:tiny-llama", dataset_name=data, output_dir=str(tmp_path / "out"),
+                max_length=60, max_prompt_length=20)
+    expected = {None: "truncation: 2 example(s) lost their prompt's start: a prompt over max_prompt_length=20 keeps "
+                      "its end when truncation_mode is unset (TRL 0.x's keep_end); set truncation_mode: keep_start to "
+                      "keep its start; 2 example(s) had a response cut (max_length=60): each keeps its start, its "
+                      "end is not trained.",
+                "keep_start": "truncation: 2 example(s) kept their prompt's start (max_prompt_length=20, "
+                              "truncation_mode: keep_start); 2 example(s) had a response cut (max_length=60): each "
+                              "keeps its start, its end is not trained."}
+    for mode, note in expected.items():
+        capsys.readouterr()
+        train, _, report = prepare_pairs(config_from_dict({**base, "truncation_mode": mode}),
+                                         tiny_tokenizer("bytelevel"))
+        assert (report["train_tokenize"]["prompt_truncated"], report["train_tokenize"]["response_truncated"]) == (2, 2)
+        assert capsys.readouterr().out.count(f"preflab: note: data: {note}\n") == 1
+        kept = tiny_tokenizer("bytelevel").decode(train[0].prompt_ids)
+        assert len(train[0].prompt_ids) == 20 and kept.startswith("<s>")  # bos kept either way
+        assert kept.endswith("word 0") == (mode is None)  # the prompt's last words, kept only when its end is
+        assert kept.startswith("<s>word word") == (mode == "keep_start")
+    capsys.readouterr()
+    prepare_pairs(config_from_dict({**base, "max_length": 1024, "max_prompt_length": None}),
+                  tiny_tokenizer("bytelevel"))
+    assert "truncation:" not in capsys.readouterr().out

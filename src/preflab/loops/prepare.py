@@ -131,7 +131,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         if said:
             print(f"preflab: data (eval): {'; '.join(said)}")
         notes = [row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note(),
-                 row_report.eval_forms_note(eval_report),
+                 row_report.eval_forms_note(eval_report), truncation_note(cfg, tok_report),
                  row_report.split_pairs_note(), eval_report and eval_report.split_pairs_note(),
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
@@ -244,3 +244,32 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
                                     f"{tokenizer.convert_ids_to_tokens(big[0])!r} has id {big[0]}, but the model has "
                                     f"{rows} token embeddings (ids 0 to {rows - 1}): the tokenizer holds tokens the "
                                     f"model cannot embed, and the run would stop with an IndexError. {fix}")
+
+
+def truncation_note(cfg, tok_report) -> str | None:
+    """Which end of the cut prompts and responses the training examples kept, or None when nothing was cut. The data
+    line counts them (`prompt truncated N; response truncated M`) without saying where, and the rules differ by
+    option: max_prompt_length keeps a prompt's end unless truncation_mode is keep_start (TRL 0.x's keep_end default
+    for prompts), max_length keeps a sequence's start (TRL 1.16's keep_start) or, under keep_end, its end (the
+    prompt's start is cut), max_completion_length keeps a response's start (tokenize._truncate)."""
+    prompts, responses = tok_report.prompt_truncated, tok_report.response_truncated
+    if not (prompts or responses):
+        return None
+    mode = cfg.truncation_mode
+    said = []
+    if prompts and mode == "keep_start":
+        said.append(f"{prompts} example(s) kept their prompt's start (max_prompt_length={cfg.max_prompt_length}, "
+                    "truncation_mode: keep_start)")
+    elif prompts and mode == "keep_end":
+        said.append(f"{prompts} example(s) lost their prompt's start (truncation_mode: keep_end keeps the end)")
+    elif prompts:
+        said.append(f"{prompts} example(s) lost their prompt's start: a prompt over max_prompt_length="
+                    f"{cfg.max_prompt_length} keeps its end when truncation_mode is unset (TRL 0.x's keep_end); "
+                    "set truncation_mode: keep_start to keep its start")
+    if responses:
+        limits = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("max_length", "max_completion_length")
+                           if getattr(cfg, k))
+        said.append(f"{responses} example(s) had a response cut ({limits}): " + (
+            "under keep_end a response longer than max_length keeps its end, max_completion_length keeps its start"
+            if mode == "keep_end" else "each keeps its start, its end is not trained"))
+    return "truncation: " + "; ".join(said) + "."
