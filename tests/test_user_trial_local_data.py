@@ -65,6 +65,10 @@ def test_tokens_the_model_cannot_embed_name_the_row_not_an_index_error(tmp_path)
                                         r"has 300 token embeddings.*resize_token_embeddings\(len\(tokenizer\)\) "
                                         r"\(here 301\)"):
         Trainer(config_from_dict(cfg))
+    from preflab.reward_models.train import train_reward
+
+    with pytest.raises(DataError, match=r"pairs.jsonl row 1.*field 'chosen': token 'zqzqzq' has id 300"):
+        train_reward(config_from_dict({**cfg, "task": "reward", "output_dir": str(tmp_path / "rm")}))
     tok.add_special_tokens({"pad_token": "[PAD]"})  # id 301, used by every padded batch
     model = tiny_causal_lm(tiny_tokenizer("bytelevel"), hidden_size=16, num_layers=1)
     with pytest.raises(ConfigError, match=r"pad token '\[PAD\]' has id 301, but the model has 300 token embeddings"):
