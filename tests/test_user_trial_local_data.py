@@ -298,3 +298,23 @@ def test_the_data_note_says_which_end_of_a_cut_prompt_was_kept(tmp_path, capsys)
     prepare_pairs(config_from_dict({**base, "max_length": 1024, "max_prompt_length": None}),
                   tiny_tokenizer("bytelevel"))
     assert "truncation:" not in capsys.readouterr().out
+
+
+def test_the_developer_role_is_read_and_a_mistyped_role_gets_a_hint(tmp_path):
+    """OpenAI's chat format names the system turn `developer` (gpt-oss's template renders it); such rows were refused
+    ("role 'developer' is not one of system, user, assistant, tool"). It is read now, and checked like a system turn:
+    a template that drops it makes the row bad. A typo ('usr') is still refused, now with the role it meant."""
+    tok = tiny_tokenizer("bytelevel")
+    row = {"prompt": [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "hi"}],
+           "chosen": [{"role": "assistant", "content": "bonjour"}], "rejected": [{"role": "assistant", "content": "hi"}]}
+    (example,), _ = load_rows([row])
+    (pair,), _ = tokenize_pairs([example], tok)
+    assert tok.decode(pair.prompt_ids) == ("<s><|developer|>\nAnswer in French.</s>\n<|user|>\nhi</s>\n"
+                                           "<|assistant|>\n")
+    tok.chat_template = NO_SYSTEM_TEMPLATE
+    with pytest.raises(DataError, match=r"field 'prompt\[0\]': the chat template leaves out this 'developer' message"):
+        tokenize_pairs([example], tok)
+    row["prompt"][0]["role"] = "usr"
+    with pytest.raises(DataError, match=r"field 'prompt\[0\].role': role 'usr' is not one of system, developer, "
+                                        r"user, assistant, tool\. .* Did you mean 'user'\?"):
+        load_rows([row])

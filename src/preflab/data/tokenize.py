@@ -311,7 +311,7 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
     return text
 
 
-RENDER_CHECKED_ROLES = ("system", "user")  # their text reaches the model unchanged in every template we know
+RENDER_CHECKED_ROLES = ("system", "developer", "user")  # their text reaches the model unchanged in every template
 
 
 def _check_messages_rendered(messages: list[dict], text: str, field_name: str) -> None:

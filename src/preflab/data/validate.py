@@ -11,8 +11,11 @@ import math
 import unicodedata
 
 from preflab.data.report import RowProblem
+from preflab.errors import nearest
 
-ROLES = ("system", "user", "assistant", "tool")
+# developer: OpenAI's chat format (and gpt-oss's template) name the system turn so; a template that does not render
+# it is caught where the row is tokenized (tokenize._check_messages_rendered)
+ROLES = ("system", "developer", "user", "assistant", "tool")
 RESPONSE_ROLES = ("assistant", "tool")
 
 
@@ -83,7 +86,8 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
                              "value, as TRL's maybe_convert_to_chatml does.")
         if not isinstance(role, str) or role not in ROLES:
             detail = "missing 'role'" if role is None else f"role {role!r} is not one of {', '.join(ROLES)}"
-            raise RowProblem("invalid_message", f"{at}.role", detail, "Use system, user, assistant or tool.")
+            near = nearest(role, ROLES) if isinstance(role, str) else ""
+            raise RowProblem("invalid_message", f"{at}.role", detail, f"Use {', '.join(ROLES[:-1])} or tool.{near}")
         content = msg.get("content")
         if msg.get("tool_calls") and content in (None, ""):
             pass  # a tool call without text
