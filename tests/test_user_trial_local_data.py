@@ -318,3 +318,16 @@ def test_the_developer_role_is_read_and_a_mistyped_role_gets_a_hint(tmp_path):
     with pytest.raises(DataError, match=r"field 'prompt\[0\].role': role 'usr' is not one of system, developer, "
                                         r"user, assistant, tool\. .* Did you mean 'user'\?"):
         load_rows([row])
+
+
+def test_a_nan_cell_is_named_missing_not_a_float(tmp_path):
+    """A pandas frame with an empty cell saved as JSON lines (`NaN`) read as "field 'chosen': expected a string or a
+    list of messages, got float"; the row is now bad as a missing value, and skipped rows are counted as such."""
+    path = tmp_path / "pandas.jsonl"
+    path.write_text('{"prompt": "p1", "chosen": " a", "rejected": " b"}\n{"prompt": "p2", "chosen": NaN, '
+                    '"rejected": " d"}\n')
+    with pytest.raises(DataError, match=r"row 1 \(line 2\), field 'chosen': missing \(NaN: how pandas writes an "
+                                        r"empty cell\)"):
+        load_rows(str(path))
+    examples, report = load_rows(str(path), on_bad_row="skip")
+    assert [x.row_id for x in examples] == [0] and report.skipped == {"missing_field": 1}

@@ -143,6 +143,9 @@ def check_same_form(values: dict[str, object]) -> None:
     """All given fields are text, or all are message lists (TRL's standard vs conversational form). A field that
     is neither (a number, a single message object) is named as the wrong type, not blamed on the other field."""
     for name, v in values.items():
+        if isinstance(v, float) and math.isnan(v):  # pandas' empty cell (to_json / to_parquet of a float column)
+            raise RowProblem("missing_field", name, "missing (NaN: how pandas writes an empty cell)",
+                             "Fill the value or drop the row (df.dropna(subset=[...]) before saving).")
         if v is not None and not isinstance(v, (str, list)):
             raise RowProblem("wrong_type", name, f"expected a string or a list of messages, got {type(v).__name__}",
                              'Store text as a JSON string, or a conversation as a list of {"role", "content"} '
