@@ -331,3 +331,19 @@ def test_a_nan_cell_is_named_missing_not_a_float(tmp_path):
         load_rows(str(path))
     examples, report = load_rows(str(path), on_bad_row="skip")
     assert [x.row_id for x in examples] == [0] and report.skipped == {"missing_field": 1}
+
+
+def test_an_sft_file_mixing_text_and_messages_rows_is_said(tmp_path, capsys):
+    """A preference file mixing text and conversational rows gets a note; an SFT file mixing `text` rows and
+    `messages` rows trained both formats without one (its forms are named text / messages)."""
+    from preflab.config import config_from_dict
+    from preflab.loops.sft import prepare_sft
+
+    messages = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data = _write_jsonl(tmp_path / "mixed.jsonl", [{"text": "plain words"}, messages, messages])
+    cfg = config_from_dict(dict(task="sft", model_name_or_path="builtin:tiny-llama", dataset_name=data,
+                                output_dir=str(tmp_path / "out"), max_length=64))
+    capsys.readouterr()
+    prepare_sft(cfg, tiny_tokenizer("bytelevel"))
+    assert capsys.readouterr().out.count(f"preflab: note: data: {data} mixes 1 text row(s) and 2 messages row(s): "
+                                         "only the messages rows get the chat template") == 1
