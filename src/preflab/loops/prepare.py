@@ -221,7 +221,10 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
     (TRL: the same, or a CUDA device-side assert), naming no row. `sets`: (source, items) of tokenized examples;
     the first example holding such an id is a DataError naming its row and field, a pad token past the embedding a
     ConfigError. Only scanned when the tokenizer has more tokens than the embedding has rows."""
-    embedding = policy.get_input_embeddings() if hasattr(policy, "get_input_embeddings") else None
+    try:
+        embedding = policy.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # a model without one (or that does not say): nothing to check
+        embedding = None
     rows = getattr(embedding, "num_embeddings", None)
     if not isinstance(rows, int) or len(tokenizer) <= rows and (pad_id is None or pad_id < rows):
         return
