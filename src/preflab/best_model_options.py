@@ -82,6 +82,12 @@ def best_model_option_errors(cfg) -> list[str]:
         return []
     eval_strategy = cfg.eval_strategy or ("steps" if cfg.eval_steps else "no")
     save_strategy = "epoch" if saves_each_epoch(cfg) else "steps" if cfg.save_steps else "no"
+    if eval_strategy == save_strategy == "no":  # transformers' default save_strategy "steps" refuses this pair
+        return [("load_best_model_at_end: true, but this run neither evaluates nor saves checkpoints during "
+                 "training (no eval_strategy / eval_steps, save_steps 0: preflab's default, where transformers "
+                 "saves every 500 steps), so there is no best checkpoint and the final model would be the last "
+                 "step's. Set eval_strategy: steps with eval_steps, save_steps a multiple of eval_steps, and an eval "
+                 "set (eval_dataset_name or eval_fraction); or remove load_best_model_at_end.")]
     if eval_strategy != save_strategy:
         return [(f"load_best_model_at_end requires the save and eval strategy to match, but found evaluation "
                  f"strategy {eval_strategy!r} (eval_steps={cfg.eval_steps}) and save strategy {save_strategy!r} "

@@ -278,6 +278,18 @@ def dataset_config_refusal(config, dataset_name) -> str:
             "dataset_split / eval_split) and remove dataset_config.")
 
 
+def _local_test_split(name) -> bool:
+    """`name` is a local directory (a folder of split files, a save_to_disk DatasetDict) that holds a split 'test'."""
+    if not isinstance(name, str) or not name:
+        return False
+    from pathlib import Path
+
+    from preflab.data.sources import directory_has_split
+
+    path = Path(name).expanduser()
+    return path.is_dir() and directory_has_split(path, "test")
+
+
 TRL_TASK_LEARNING_RATES = {"sft": 2e-5, "reward": 1e-4}  # SFTConfig's and RewardConfig's learning_rate defaults
 
 
@@ -432,6 +444,14 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         notes.append(f"{split_key}: {raw[split_key]} with eval_strategy: {raw['eval_strategy']} -> "
                      f"eval_dataset_name: {raw['dataset_name']} (its {raw[split_key]!r} split), as TRL's "
                      "scripts do.")
+    elif (not split_key and raw.get("eval_strategy") in ("steps", "epoch") and not raw.get("eval_dataset_name")
+          and not raw.get("eval_fraction") and _local_test_split(raw.get("dataset_name"))):
+        # TRL's scripts: dataset_test_split defaults to "test"; preflab takes it unasked only where it sees it (a
+        # local folder or saved DatasetDict), never from a single file (its only split is the training data)
+        raw["eval_dataset_name"], raw["eval_split"] = raw["dataset_name"], "test"
+        notes.append(f"eval_strategy: {raw['eval_strategy']} without an eval set -> eval_dataset_name: "
+                     f"{raw['dataset_name']} (its 'test' split), as TRL's scripts do (their dataset_test_split "
+                     "defaults to test).")
     for trl, ours in RENAMED.items():
         if trl in raw:
             if ours in raw and raw[ours] is None:  # preflab's name left unset (a saved config carries both)

@@ -221,8 +221,10 @@ def write_summary(output_dir: Path, summary: dict) -> Path:
 
 
 def training_data_line(data: dict) -> str:
-    """The training rows a run left out, by reason, over reading and tokenizing (data report parts train_*), and
-    its truncations: `20 (prompt_fills_max_length: 20); truncated: response 4`, or `none`."""
+    """The training rows a run left out, by reason (data["skipped"], the run's own total; a data report without
+    one: summed over its train_* parts), and its truncations: `20 (prompt_fills_max_length: 20); truncated:
+    response 4`, or `none`. The total comes first because an SFT run reads and tokenizes a row in one stage that
+    counts a bad row in both train_rows and train_tokenize (summing them said 2 skipped for 1)."""
     skipped, truncated = {}, {}
     for key, part in data.items():
         if not key.startswith("train_") or not isinstance(part, dict):
@@ -232,6 +234,8 @@ def training_data_line(data: dict) -> str:
         for side in ("prompt", "response"):
             if part.get(f"{side}_truncated"):
                 truncated[side] = truncated.get(side, 0) + int(part[f"{side}_truncated"])
+    if isinstance(data.get("skipped"), dict):
+        skipped = {str(reason): int(count) for reason, count in data["skipped"].items() if int(count)}
     line = (f"{sum(skipped.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})"
             if skipped else "none")
     if truncated:

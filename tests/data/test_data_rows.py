@@ -276,7 +276,8 @@ def test_a_row_of_another_trl_form_in_pairwise_data_names_its_form_and_the_train
     with pytest.raises(DataError, match=r"row 0, field 'chosen': missing: the row is TRL's " + re.escape(form)) as e:
         load_rows([row], kind="pairwise")
     assert fix in str(e.value)
-    with pytest.raises(DataError, match=r"field 'rejected': missing\. A pairwise row needs"):
+    with pytest.raises(DataError, match=r"field 'rejected': missing \(the row's columns: 'prompt', 'chosen', "
+                                        r"'completion'\)\. A pairwise row needs"):
         load_rows([{"prompt": "q", "chosen": "a", "completion": "b"}], kind="pairwise")  # a pair with a gap
 
 

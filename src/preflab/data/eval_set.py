@@ -42,6 +42,11 @@ def note_eval_steps_without_eval_set(cfg) -> None:
         raise no_eval_set_for_best("there is no eval set (no eval_dataset_name, eval_fraction 0)")
     if getattr(cfg, "lr_scheduler_type", None) == "reduce_lr_on_plateau":
         raise no_eval_set_for_plateau("there is no eval set (no eval_dataset_name, eval_fraction 0)")
+    if getattr(cfg, "load_best_model_at_end", False):  # before: the run evaluated nothing and kept its last weights
+        raise ConfigError("load_best_model_at_end: true, but there is no eval set (no eval_dataset_name, "
+                          "eval_fraction 0), so no evaluation ranks the checkpoints and the final model would be the "
+                          "last step's. Set eval_dataset_name or eval_fraction, or remove "
+                          "load_best_model_at_end.")
     if not is_main_process():
         return
     if getattr(cfg, "eval_steps", 0):

@@ -241,6 +241,25 @@ class DataReport(RowReport):
                 "only the conversational ones get the chat template, so the model is trained on two formats. "
                 "Give every row in one form unless that is meant.")
 
+    def form_kinds(self) -> set[str]:
+        """{'text', 'conversational'}: the row forms this report counted (conversational: chat-templated)."""
+        return {"conversational" if "conversational" in k else "text" for k, v in self.forms.items() if v}
+
+    def eval_forms_note(self, eval_report: "DataReport | None") -> str | None:
+        """A note when the eval set is in one form and the training rows in the other (text vs conversational): the
+        eval rows then go through the chat template while the training rows do not (or the reverse), so the eval
+        metrics measure a format the policy was not trained on. None otherwise (a set that mixes both forms gets
+        `mixed_forms_note`)."""
+        if eval_report is None:
+            return None
+        train, evals = self.form_kinds(), eval_report.form_kinds()
+        if len(train) != 1 or len(evals) != 1 or train == evals:
+            return None
+        how = {"text": "text (no chat template)", "conversational": "conversational (chat template)"}
+        return (f"the training rows of {self.source or '<rows>'} are {how[next(iter(train))]} and the eval rows of "
+                f"{eval_report.source or '<rows>'} {how[next(iter(evals))]}, so the eval metrics measure a format "
+                "the policy is not trained on. Give both sets in one form unless that is meant.")
+
 
 @dataclass
 class TokenizeReport(RowReport):
@@ -283,3 +302,15 @@ class TokenizeReport(RowReport):
         if self.eos_already_present:
             parts.append(f"eos already present {self.eos_already_present}")
         return "; ".join(parts) + (" (from cache)" if self.from_cache else "")
+
+
+def training_skipped(report: dict) -> dict[str, int]:
+    """summary.json's data["skipped"]: the training rows and examples a run left out, by reason, summed over its
+    reading (`train_rows`) and tokenizing (`train_tokenize`) stages. One rule for every task: before, a reward,
+    SFT or streaming run's total left out what tokenizing dropped (a reward pair past max_length, a prompt that
+    fills max_length), so it disagreed with the parts beside it."""
+    out: dict[str, int] = {}
+    for key in ("train_rows", "train_tokenize"):
+        for reason, count in ((report.get(key) or {}).get("skipped") or {}).items():
+            out[reason] = out.get(reason, 0) + int(count)
+    return out

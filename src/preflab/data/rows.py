@@ -175,9 +175,11 @@ def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, objec
         raise RowProblem("missing_field", "chosen", f"missing: the row is {other[0]}, not a preference pair",
                          f"Pairwise objectives and reward models need 'chosen' and 'rejected'. {other[1]}")
     if chosen is None:
-        raise RowProblem("missing_field", "chosen", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
+        raise RowProblem("missing_field", "chosen", missing_detail(row, "chosen"),
+                         "A pairwise row needs 'chosen' and 'rejected'.")
     if rejected is None:
-        raise RowProblem("missing_field", "rejected", "missing", "A pairwise row needs 'chosen' and 'rejected'.")
+        raise RowProblem("missing_field", "rejected", missing_detail(row, "rejected"),
+                         "A pairwise row needs 'chosen' and 'rejected'.")
     if _text_prompt_over_conversations(prompt, chosen, rejected):
         return _conversations_with_text_prompt(prompt, chosen, rejected)
     check_same_form({"chosen": chosen, "rejected": rejected, "prompt": prompt})
@@ -213,6 +215,21 @@ def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, objec
         return "", chosen, rejected, "standard_no_prompt"  # the whole texts are scored, as TRL's RewardTrainer does
     _refuse_unread_prompt_column(row, prompt)
     return prompt, chosen_text, rejected_text, form + "_implicit"
+
+
+def missing_detail(row: dict, name: str) -> str:
+    """Why `name` is missing from `row`, with the row's columns and the one that is `name` written another way
+    (a CSV header "prompt, chosen, rejected" gives ' chosen'; an export gives 'Chosen'), which the bare "missing"
+    hid: the user saw a column the message said was absent."""
+    if name in row:
+        return "missing (null)"
+    import difflib
+
+    columns = [str(k) for k in row]
+    close = [k for k in columns if k.strip().lower() == name] or difflib.get_close_matches(name, columns, 1, 0.75)
+    listed = ", ".join(repr(c) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
+    return f"missing (the row's columns: {listed})" + (f"; is {close[0]!r} meant as {name!r}? Rename the column"
+                                                         if close else "")
 
 
 PROMPT_LIKE_COLUMNS = ("prompt", "question", "query", "instruction", "input")  # compared lower-case
@@ -337,11 +354,11 @@ def _build_unpaired(row_id: int, row: dict) -> tuple[list[UnpairedExample], str]
                 UnpairedExample(row_id, prompt, rejected, False, dict(extras))], "pairwise_" + form
     prompt, completion = row.get("prompt"), row.get("completion")
     if prompt is None:
-        raise RowProblem("missing_field", "prompt", "missing", "An unpaired row needs 'prompt', 'completion' "
-                         "and 'label' (or 'chosen' and 'rejected').")
+        raise RowProblem("missing_field", "prompt", missing_detail(row, "prompt"), "An unpaired row needs 'prompt', "
+                         "'completion' and 'label' (or 'chosen' and 'rejected').")
     if completion is None:
-        raise RowProblem("missing_field", "completion", "missing", "An unpaired row needs 'prompt', 'completion' "
-                         "and 'label' (or 'chosen' and 'rejected').")
+        raise RowProblem("missing_field", "completion", missing_detail(row, "completion"), "An unpaired row needs "
+                         "'prompt', 'completion' and 'label' (or 'chosen' and 'rejected').")
     check_same_form({"prompt": prompt, "completion": completion})
     prompt = check_text_or_messages(prompt, "prompt")
     completion = check_text_or_messages(completion, "completion", response=True)

@@ -397,6 +397,28 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # 
 _SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
 
 
+def directory_has_split(path: Path, split: str) -> bool:
+    """Whether the local directory `path` holds `split`: a save_to_disk DatasetDict with it (dataset_dict.json), the
+    files its dataset card's one configuration lists for it, or data files named after it (test.jsonl,
+    test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before anything loads); a
+    folder it cannot tell about is False."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            return split in json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        except (ValueError, OSError, AttributeError):
+            return False
+    if (path / "state.json").is_file():  # one saved Dataset: no splits
+        return False
+    from preflab.data.card_configs import card_split_files
+
+    try:
+        if card_split_files(path, split, True) is not None:
+            return True
+        return any(_names_split(p.relative_to(path), split) for p in _data_files(path))
+    except (DataError, SplitMissing, OSError):
+        return False
+
+
 def _split_like(folder: str) -> bool:
     """A folder named after a split ('train', 'test_prefs', 'validation-2'; the hub's parquet conversion writes
     default/train_prefs/0000.parquet): its files belong to that split, never to another one."""
@@ -499,6 +521,12 @@ def _walk(row) -> tuple[RowProblem | None, int]:
     return None, size
 
 
+# a .jsonl file whose first line opens one JSON document (json.dump(rows, f), with or without indent)
+WHOLE_JSON_HINT = (" The file looks like one JSON document (an array of rows, or an indented object), not JSON lines: "
+                   "write one row per line (json.dumps(row) + '\\n' for each row), or save an array of rows with "
+                   "the suffix .json, which is read as one.")
+
+
 def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: int = 1) -> Iterator[RawRow]:
     for line_no, raw in enumerate(lines, first_line):
         if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
@@ -517,9 +545,12 @@ def _jsonl_lines(rr: RowReader, path: Path, lines: Iterable[bytes], first_line: 
             except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit number, deep nesting
                 msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:200] or "nested too deeply"
                 problem = RowProblem("invalid_json", None, f"the line is not valid JSON ({msg}); it may be "
-                                     "truncated", "Each line must hold one complete JSON object.")
+                                     "truncated", "Each line must hold one complete JSON object."
+                                     + (WHOLE_JSON_HINT if row_id == 0 and raw.strip() in (b"[", b"{") else ""))
             else:
                 problem = _not_object(obj) if not isinstance(obj, dict) else rr.row_problem(obj, len(raw))
+                if isinstance(obj, list) and row_id == 0:
+                    problem.fix += WHOLE_JSON_HINT
         yield RawRow(row_id, str(path), line_no, data=None if problem else obj, problem=problem)
 
 

@@ -302,11 +302,36 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
                           "(tokenizer.chat_template = ...; tokenizer.save_pretrained(dir)), or give the rows as text.")
     tools, kwargs = chat_template_options(extras)
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+        text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=generation, **kwargs)
     except Exception as exc:  # a template may raise on purpose (e.g. "roles must alternate")
         raise RowProblem("chat_template_error", field_name, f"the chat template failed: {type(exc).__name__}: "
                          f"{exc}"[:500], "Fix the messages so the template accepts them.") from exc
+    _check_messages_rendered(messages, text, field_name)
+    return text
+
+
+RENDER_CHECKED_ROLES = ("system", "developer", "user")  # their text reaches the model unchanged in every template
+
+
+def _check_messages_rendered(messages: list[dict], text: str, field_name: str) -> None:
+    """Every system and user message's text (stripped: Llama 3 and Gemma templates trim it) must appear in the
+    rendered conversation. A template that handles only the roles it knows (`{% if role == 'user' %} ... {% elif
+    role == 'assistant' %} ... {% endif %}`) drops the others without an error, and the model would train without the system prompt
+    the row gives, as TRL does silently. Assistant and tool turns are not checked: templates rewrite them on
+    purpose (Qwen3 drops earlier turns' <think> text; Llama 3.1 writes tool results as JSON)."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if message.get("role") not in RENDER_CHECKED_ROLES or not isinstance(content, str) or not content.strip():
+            continue
+        if content.strip() not in text:
+            raise RowProblem("message_not_rendered", f"{field_name}[{i}]", f"the chat template leaves out this "
+                             f"{message['role']!r} message (its text {content.strip()[:40]!r} is not in the rendered "
+                             "conversation), so the model would train without it",
+                             f"Use a chat template that renders {message['role']!r} messages, or merge the message "
+                             "into the next user message.")
 
 
 def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,

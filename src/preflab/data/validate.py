@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 
 from preflab.data.report import RowProblem
+from preflab.errors import nearest
 
-ROLES = ("system", "user", "assistant", "tool")
+# developer: OpenAI's chat format (and gpt-oss's template) name the system turn so; a template that does not render
+# it is caught where the row is tokenized (tokenize._check_messages_rendered)
+ROLES = ("system", "developer", "user", "assistant", "tool")
 RESPONSE_ROLES = ("assistant", "tool")
 
 
@@ -82,7 +86,8 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
                              "value, as TRL's maybe_convert_to_chatml does.")
         if not isinstance(role, str) or role not in ROLES:
             detail = "missing 'role'" if role is None else f"role {role!r} is not one of {', '.join(ROLES)}"
-            raise RowProblem("invalid_message", f"{at}.role", detail, "Use system, user, assistant or tool.")
+            near = nearest(role, ROLES) if isinstance(role, str) else ""
+            raise RowProblem("invalid_message", f"{at}.role", detail, f"Use {', '.join(ROLES[:-1])} or tool.{near}")
         content = msg.get("content")
         if msg.get("tool_calls") and content in (None, ""):
             pass  # a tool call without text
@@ -138,6 +143,9 @@ def check_same_form(values: dict[str, object]) -> None:
     """All given fields are text, or all are message lists (TRL's standard vs conversational form). A field that
     is neither (a number, a single message object) is named as the wrong type, not blamed on the other field."""
     for name, v in values.items():
+        if isinstance(v, float) and math.isnan(v):  # pandas' empty cell (to_json / to_parquet of a float column)
+            raise RowProblem("missing_field", name, "missing (NaN: how pandas writes an empty cell)",
+                             "Fill the value or drop the row (df.dropna(subset=[...]) before saving).")
         if v is not None and not isinstance(v, (str, list)):
             raise RowProblem("wrong_type", name, f"expected a string or a list of messages, got {type(v).__name__}",
                              'Store text as a JSON string, or a conversation as a list of {"role", "content"} '
@@ -175,8 +183,10 @@ def split_implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     """(prompt, chosen_response, rejected_response) from two texts that share a prompt.
 
     The prompt is the longest common prefix cut back to a word boundary, and, like TRL, the whitespace before
-    the responses stays with the responses (" yes" / " no"), which BPE vocabularies tokenize naturally. The cut
-    leaves both responses non-empty; if no such boundary exists the row is bad (`no_common_prompt`).
+    the responses stays with the responses (" yes" / " no"), which BPE vocabularies tokenize naturally. Without
+    such a boundary (text without spaces), the prefix is cut back to the last boundary after punctuation or beside
+    a character of a script without spaces (`_unspaced_boundary`: "问题：" / "蓝色"). The cut leaves both responses
+    non-empty; if no boundary exists the row is bad (`no_common_prompt`).
     """
     n = 0
     limit = min(len(chosen), len(rejected))
@@ -185,8 +195,27 @@ def split_implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     for i in range(min(n, limit - 1), 0, -1):  # i < len of both, so neither response is empty
         if chosen[i].isspace() and rejected[i].isspace() and not chosen[i - 1].isspace():
             return chosen[:i], chosen[i:], rejected[i:]
+    for i in range(min(n, limit - 1), 0, -1):  # no whitespace before the responses: text without spaces
+        if _unspaced_boundary(chosen[i - 1], chosen[i]) and _unspaced_boundary(rejected[i - 1], rejected[i]):
+            return chosen[:i], chosen[i:], rejected[i:]
     raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' share no "
                      "prefix that ends at a word boundary", "Add a 'prompt' column.")
+
+
+def _no_space_script(char: str) -> bool:
+    """A character of a script written without spaces between words (CJK ideographs, kana, Hangul syllables,
+    fullwidth forms: code points from U+2E80 on, emoji aside)."""
+    return 0x2E80 <= ord(char) < 0x1F000
+
+
+def _unspaced_boundary(before: str, after: str) -> bool:
+    """A word boundary between two characters neither of which is whitespace: after punctuation ("A:yes", "回答：蓝色")
+    or beside a character of a script without spaces ("天空是蓝色"). The implicit text prompt falls back to it only
+    where the two texts share no prefix ending before whitespace: before, such rows (Chinese or Japanese text,
+    'Answer:yes') had no implicit prompt at all and were bad rows, where TRL cuts at the first differing character."""
+    if after.isspace() or before.isspace():
+        return False
+    return unicodedata.category(before).startswith("P") or _no_space_script(before) or _no_space_script(after)
 
 
 def split_implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:

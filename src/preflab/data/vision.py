@@ -30,7 +30,7 @@ import torch
 from preflab.data.media import load_image, load_images, load_video
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
 from preflab.data.sources import open_reader
-from preflab.data.validate import ROLES, check_response_turns
+from preflab.data.validate import check_response_turns
 
 VISION_FIELDS = ("prompt", "chosen", "rejected", "images", "image", "videos", "rejected_images")
 # image placeholders of LLaVA-style text prompts and of the processors (a text prompt must not carry them)
@@ -73,6 +73,11 @@ class TokenizedVisionPair:
         if rejected and self.rejected_prompt_ids is not None:
             return self.rejected_prompt_ids, self.rejected_vision, self.rejected_token_inputs
         return self.prompt_ids, self.vision, self.token_inputs
+
+
+# a text row's roles (validate.ROLES) less "developer": a processor's template is not checked for rendering every
+# message (text rows are: tokenize._check_messages_rendered), so a role it might drop is not read
+VISION_ROLES = ("system", "user", "assistant", "tool")
 
 
 def vision_pairs_fingerprint(pairs) -> str:
@@ -128,7 +133,7 @@ def _parts(content, field: str) -> list[dict]:
 
 
 def _messages(value, field: str, role: str) -> list[dict]:
-    """Text (one message of `role`) or a list of {"role", "content"} messages, with roles among validate.ROLES and
+    """Text (one message of `role`) or a list of {"role", "content"} messages, with roles among VISION_ROLES and
     some content in each (an image or video part, or text that is not blank), as the text rows' check_messages asks;
     a response (role "assistant") holds assistant/tool turns only (validate.check_response_turns)."""
     if isinstance(value, str):
@@ -141,9 +146,9 @@ def _messages(value, field: str, role: str) -> list[dict]:
     for i, msg in enumerate(value):
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or msg.get("content") is None:
             raise RowProblem("invalid_message", f"{field}[{i}]", 'a message is {"role": ..., "content": ...}')
-        if msg["role"] not in ROLES:
+        if msg["role"] not in VISION_ROLES:
             raise RowProblem("invalid_message", f"{field}[{i}].role", f"role {msg['role']!r} is not one of "
-                             f"{', '.join(ROLES)}", "Use system, user, assistant or tool.")
+                             f"{', '.join(VISION_ROLES)}", "Use system, user, assistant or tool.")
         parts = _parts(msg["content"], f"{field}[{i}].content")
         if not any(p["type"] != "text" or p["text"].strip() for p in parts):
             raise RowProblem("empty_field", f"{field}[{i}].content", "empty content (no image, video or non-blank "

@@ -129,6 +129,13 @@ class Trainer(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
+        from preflab.loops.prepare import check_ids_fit_embeddings
+
+        check_ids_fit_embeddings(policy, tokenizer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                 else tokenizer.eos_token_id,
+                                 ((self.data_report.get("train_rows", {}).get("source") or cfg.dataset_name,
+                                   self.train_data),
+                                  (cfg.eval_dataset_name or cfg.dataset_name, self.eval_data)))
         self.router_coef = self._router_coef()  # the MoE router loss's coefficient, or None (none is added)
         self.router_loss = None  # score() sets it: the policy's router loss on the batch it scored
         from preflab.models.load import disable_dropout_of

@@ -131,6 +131,7 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         if said:
             print(f"preflab: data (eval): {'; '.join(said)}")
         notes = [row_report.mixed_forms_note(), eval_report and eval_report.mixed_forms_note(),
+                 row_report.eval_forms_note(eval_report), truncation_note(cfg, tok_report),
                  row_report.split_pairs_note(), eval_report and eval_report.split_pairs_note(),
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
@@ -140,9 +141,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
             notes.append(kto_weight_note(cfg.objective(), desirable, len(train), row_report.source))
         for note in filter(None, notes):
             print(f"preflab: note: data: {note}")
-    report["skipped"] = dict(row_report.to_dict().get("skipped", {}))  # training rows left out: read + tokenized
-    for reason, count in (report.get("train_tokenize") or {}).get("skipped", {}).items():
-        report["skipped"][reason] = report["skipped"].get(reason, 0) + count
+    from preflab.data.report import training_skipped
+
+    report["skipped"] = training_skipped(report)  # training rows left out: read + tokenized
     return train, evals, report
 
 
@@ -206,3 +207,72 @@ def prepare_pairs(cfg, tokenizer):
 
 def prepare_unpaired(cfg, tokenizer):
     return prepare_examples(cfg, tokenizer, "unpaired")
+
+
+ID_FIELDS = (("prompt_ids", "prompt"), ("chosen_ids", "chosen"), ("rejected_ids", "rejected"),
+             ("rejected_prompt_ids", "prompt"), ("completion_ids", "completion"),
+             ("mismatched_completion_ids", "completion"))
+
+
+def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> None:
+    """Every token id the run feeds the policy must index a row of its input embedding. A tokenizer given tokens
+    after the model was saved (`add_special_tokens` of a chat template's `<|im_start|>`, a new `[PAD]`) without
+    `model.resize_token_embeddings` made the run stop mid-step with `IndexError: index out of range in self`
+    (TRL: the same, or a CUDA device-side assert), naming no row. `sets`: (source, items) of tokenized examples;
+    the first example holding such an id is a DataError naming its row and field, a pad token past the embedding a
+    ConfigError. Only scanned when the tokenizer has more tokens than the embedding has rows."""
+    try:
+        embedding = policy.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # a model without one (or that does not say): nothing to check
+        embedding = None
+    rows = getattr(embedding, "num_embeddings", None)
+    if not isinstance(rows, int) or len(tokenizer) <= rows and (pad_id is None or pad_id < rows):
+        return
+    from preflab.data.report import place_of, where
+
+    fix = (f"Resize the model's embeddings to the tokenizer and save both: model.resize_token_embeddings("
+           f"len(tokenizer)) (here {len(tokenizer)}); model.save_pretrained(dir); tokenizer.save_pretrained(dir).")
+    if pad_id is not None and pad_id >= rows:
+        raise ConfigError(f"the tokenizer's pad token {tokenizer.convert_ids_to_tokens(pad_id)!r} has id {pad_id}, "
+                          f"but the model has {rows} token embeddings (ids 0 to {rows - 1}), so every padded batch "
+                          f"would fail. {fix}")
+    for source, items in sets:
+        for item in items:
+            for attr, field_name in ID_FIELDS:
+                ids = getattr(item, attr, None)
+                big = [i for i in ids if i >= rows] if isinstance(ids, list) and ids and max(ids) >= rows else []
+                if big:
+                    file, line = place_of(item)
+                    raise DataError(f"{where(file or source, item.row_id, line)}, field {field_name!r}: token "
+                                    f"{tokenizer.convert_ids_to_tokens(big[0])!r} has id {big[0]}, but the model has "
+                                    f"{rows} token embeddings (ids 0 to {rows - 1}): the tokenizer holds tokens the "
+                                    f"model cannot embed, and the run would stop with an IndexError. {fix}")
+
+
+def truncation_note(cfg, tok_report) -> str | None:
+    """Which end of the cut prompts and responses the training examples kept, or None when nothing was cut. The data
+    line counts them (`prompt truncated N; response truncated M`) without saying where, and the rules differ by
+    option: max_prompt_length keeps a prompt's end unless truncation_mode is keep_start (TRL 0.x's keep_end default
+    for prompts), max_length keeps a sequence's start (TRL 1.16's keep_start) or, under keep_end, its end (the
+    prompt's start is cut), max_completion_length keeps a response's start (tokenize._truncate)."""
+    prompts, responses = tok_report.prompt_truncated, tok_report.response_truncated
+    if not (prompts or responses):
+        return None
+    mode = cfg.truncation_mode
+    said = []
+    if prompts and mode == "keep_start":
+        said.append(f"{prompts} example(s) kept their prompt's start (max_prompt_length={cfg.max_prompt_length}, "
+                    "truncation_mode: keep_start)")
+    elif prompts and mode == "keep_end":
+        said.append(f"{prompts} example(s) lost their prompt's start (truncation_mode: keep_end keeps the end)")
+    elif prompts:
+        said.append(f"{prompts} example(s) lost their prompt's start: a prompt over max_prompt_length="
+                    f"{cfg.max_prompt_length} keeps its end when truncation_mode is unset (TRL 0.x's keep_end); "
+                    "set truncation_mode: keep_start to keep its start")
+    if responses:
+        limits = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("max_length", "max_completion_length")
+                           if getattr(cfg, k))
+        said.append(f"{responses} example(s) had a response cut ({limits}): " + (
+            "under keep_end a response longer than max_length keeps its end, max_completion_length keeps its start"
+            if mode == "keep_end" else "each keeps its start, its end is not trained"))
+    return "truncation: " + "; ".join(said) + "."

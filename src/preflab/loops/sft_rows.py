@@ -297,7 +297,22 @@ def prepare_sft(cfg, tokenizer):
         elif evals:  # eval_fraction: the hold-out's size (the line above counts train and eval together)
             print(f"preflab: data (eval): eval_fraction={cfg.eval_fraction} holds out {len(evals)} of the "
                   f"{len(train) + len(evals)} tokenized examples (seed {cfg.seed}); {len(train)} train.")
+        note = sft_mixed_forms_note(rows)
+        if note:
+            print(f"preflab: note: data: {note}")
     return train, evals, report
+
+
+def sft_mixed_forms_note(rows: DataReport) -> str | None:
+    """A note when an SFT file mixes `text` rows (trained as they are) with `messages` rows (rendered through the
+    chat template): the model learns two formats, as a preference file mixing text and conversational rows does
+    (DataReport.mixed_forms_note, which reads the preference forms' names). None otherwise."""
+    text, messages = rows.forms.get("text", 0), rows.forms.get("messages", 0)
+    if not (text and messages):
+        return None
+    return (f"{rows.source or '<rows>'} mixes {text} text row(s) and {messages} messages row(s): only the messages "
+            "rows get the chat template, so the model is trained on two formats. Give every row in one form unless "
+            "that is meant.")
 
 
 # ---------------------------------------------------------------------------------------------- the batch kind

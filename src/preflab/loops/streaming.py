@@ -229,8 +229,10 @@ def stream_report(stream: ExampleStream) -> dict:
     source once first_pass_complete) and the stream's position (rows_per_pass, rows_read_total: every pass)."""
     reports = stream.pipeline.reports()
     overlap = {"overlap": reports["overlap"].report()} if "overlap" in reports else {}
-    return {"train_rows": reports["rows"].to_dict(), "train_tokenize": reports["tokenize"].to_dict(),
-            "skipped": dict(reports["rows"].skipped), **overlap,
+    from preflab.data.report import training_skipped
+
+    parts = {"train_rows": reports["rows"].to_dict(), "train_tokenize": reports["tokenize"].to_dict()}
+    return {**parts, "skipped": training_skipped(parts), **overlap,
             "streaming": {"passes_started": stream.pass_index + 1, "first_pass_complete": stream.pass_index > 0,
                           "rows_per_pass": stream.rows_per_pass, "rows_read_total": stream.rows_read_total(),
                           "rows_read_in_pass": stream.rows_read,

@@ -143,6 +143,9 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
     print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs"
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
              f"{cfg.max_completion_length})" if cut else ""))
+    from preflab.data.report import training_skipped
+
+    report["skipped"] = training_skipped(report)  # read + tokenized, as every task's data report
     report["duplicate_train_pairs"] = repeated = repeated_vision_pairs(out[0])
     if repeated:  # as the text rows' overlap note
         from preflab.data.overlap import repeats_note

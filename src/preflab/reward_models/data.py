@@ -10,7 +10,7 @@ import numbers
 
 
 from preflab.data.eval_set import train_and_eval
-from preflab.data.report import BadRowPolicy, RowProblem, refuse_empty
+from preflab.data.report import BadRowPolicy, RowProblem, refuse_empty, training_skipped
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
 from preflab.errors import ConfigError, DataError, PreflabError
@@ -216,8 +216,8 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
                     max_completion_length=cfg.max_completion_length, truncation_mode=cfg.truncation_mode,
                     on_bad_row=cfg.on_bad_row, context_template=template, num_proc=cfg.dataset_num_proc)
     train, tok_report = tokenize_reward_pairs(rows, tokenizer, source=cfg.dataset_name, **settings)
-    report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict(),
-              "skipped": dict(row_report.to_dict().get("skipped", {}))}
+    report = {"train_rows": row_report.to_dict(), "train_tokenize": tok_report.to_dict()}
+    report["skipped"] = training_skipped(report)  # read + tokenized (pairs past max_length)
     evals = []
     if eval_rows:
         evals, eval_tok = tokenize_reward_pairs(eval_rows, tokenizer,

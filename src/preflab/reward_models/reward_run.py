@@ -128,6 +128,10 @@ def train_pairwise_reward(cfg: TrainConfig, model=None, tokenizer=None, train_da
         print(f"preflab: note: {note}")
     model = reward_model_for_run(cfg, head.num_outputs, tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from preflab.loops.prepare import check_ids_fit_embeddings
+
+    check_ids_fit_embeddings(model, tokenizer, pad_id, ((cfg.dataset_name, train_data),
+                                                        (cfg.eval_dataset_name or cfg.dataset_name, eval_data or [])))
     info = {**head.to_config(), **({"context_template": template} if template else {})}
 
     def collate(pairs) -> MicroBatch:
