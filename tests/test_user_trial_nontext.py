@@ -1,0 +1,33 @@
+"""Regressions from a new-user trial of the non-text-DPO paths (online, self-play, reward models, recipes; see
+changes/user-trial.md): each failed (or ran silently as something else) on the code before."""
+import pytest
+
+from preflab.config import load_config
+from preflab.errors import ConfigError
+
+RSO = "examples/online/rso.yaml"  # num_generations 8, rso_num_samples 4
+
+
+# ------------------------------------------------------------------------------------------------ online: rso
+def test_rso_num_samples_of_one_is_refused_it_could_make_no_pair():
+    """rso_num_samples=1 accepted one completion per prompt, so no round had a pair: the run trained nothing and its
+    note blamed the judge ('scores every completion of a prompt alike')."""
+    with pytest.raises(ConfigError, match=r"rso_num_samples=1: .*makes no pair.*between 2 and num_generations=8"):
+        load_config(RSO, ["rso_num_samples=1"])
+    with pytest.raises(ConfigError, match=r"rso_num_samples=1"):  # pair_builder: rso under online_dpo too
+        load_config(RSO, ["trainer=online_dpo", "pair_builder=rso", "loss_type=sigmoid", "rso_num_samples=1"])
+
+
+def test_rso_num_samples_above_num_generations_is_refused_it_ran_as_num_generations():
+    """rso_num_samples=16 of 8 completions: the sampler stopped when the 8 ran out, so the run accepted all 8 (no
+    rejection at all) and said nothing."""
+    with pytest.raises(ConfigError, match=r"rso_num_samples=16 exceeds num_generations=8.*at most 8.*at least 16"):
+        load_config(RSO, ["rso_num_samples=16"])
+
+
+def test_rso_num_samples_equal_to_num_generations_runs_with_a_note(capsys):
+    cfg = load_config(RSO, ["rso_num_samples=8"])
+    assert cfg.rso_num_samples == 8
+    assert "every completion is accepted" in capsys.readouterr().out
+    load_config(RSO, ["rso_num_samples=2"])  # the smallest that pairs: no note
+    assert "every completion is accepted" not in capsys.readouterr().out
