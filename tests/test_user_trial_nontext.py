@@ -31,3 +31,13 @@ def test_rso_num_samples_equal_to_num_generations_runs_with_a_note(capsys):
     assert "every completion is accepted" in capsys.readouterr().out
     load_config(RSO, ["rso_num_samples=2"])  # the smallest that pairs: no note
     assert "every completion is accepted" not in capsys.readouterr().out
+
+
+def test_rso_num_samples_left_at_its_default_fits_a_smaller_num_generations():
+    """online_dpo's TRL default num_generations is 2: pair_builder: rso with the default rso_num_samples (4) takes both,
+    as it always did, and is not refused for a value the user did not write."""
+    from preflab.config import config_from_dict
+
+    cfg = config_from_dict({"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft",
+                            "max_steps": 2, "trainer": "online_dpo", "pair_builder": "rso"})
+    assert (cfg.num_generations, cfg.rso_num_samples) == (2, 2)

@@ -337,7 +337,8 @@ OPTIONS: dict[str, Option] = {
     "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso | "
                            "module:function | path/to/file.py:function"),
     "rso_beta": above(0, "task: online, rso pairs: temperature of pi_ref exp(r / rso_beta)"),
-    "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt"),
+    "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt, 2 to num_generations (the "
+                                "default 4 is lowered to num_generations where that is smaller)"),
     "refresh_reference_every": Option("task: online; 0: reference pi_0 throughout; n: reference <- policy every n "
                                       "rounds", ">= 0", lambda v: _num(v) and v >= 0),
     "missing_eos_penalty": Option("task: online; subtracted from the score of a completion without eos (TRL)"),

@@ -105,9 +105,12 @@ def _reads_rso(cfg, spec) -> bool:
 def _check_rso_num_samples(cfg) -> None:
     """RSO (Liu et al. 2023, Algorithm 1) accepts m = rso_num_samples of a prompt's K = num_generations completions
     and pairs the accepted ones: m = 1 can make no pair (every round trained nothing, and the note blamed the judge),
-    and m > K cannot be drawn (the sampler stopped at K, so the run silently used m = K). m = K accepts every
-    completion: no rejection takes place, the pairs are a random matching of the whole group; a note says so."""
+    and m > K cannot be drawn (the sampler stopped at K, so the run silently used m = K); the default m (4) is
+    lowered to K where K is smaller. m = K accepts every completion: no rejection takes place, the pairs are a random
+    matching of the whole group; a note says so."""
     m, K = cfg.rso_num_samples, cfg.num_generations
+    if m > K and "rso_num_samples" not in getattr(cfg, "written_options", frozenset()):
+        m = cfg.rso_num_samples = K  # the default 4 where K is smaller (online_dpo's TRL default K = 2): all K
     if m < 2:
         raise ConfigError(f"rso_num_samples={m}: RSO pairs the completions it accepts, and {m} accepted completion "
                           f"per prompt makes no pair, so every round would train nothing. Set rso_num_samples to "
