@@ -41,3 +41,23 @@ def test_rso_num_samples_left_at_its_default_fits_a_smaller_num_generations():
     cfg = config_from_dict({"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft",
                             "max_steps": 2, "trainer": "online_dpo", "pair_builder": "rso"})
     assert (cfg.num_generations, cfg.rso_num_samples) == (2, 2)
+
+
+# ------------------------------------------------------------------------------------ online: the last round
+def test_max_steps_ending_mid_round_is_said_and_counted(tmp_path, capsys):
+    """max_steps=3 with steps_per_generation=2: round 2 was generated and judged in full but only 1 of its 2 slices
+    trained, with no word (the 'trained on every sampled example' reading of the run was wrong)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    from test_online_run import tiny_cfg, tiny_run
+
+    summary = tiny_run(tiny_cfg(tmp_path / "odd", max_steps=3)).train()
+    assert summary["online"]["rounds"] == 2  # ceil(3 / 2): the second round is generated for one step
+    assert summary["online"]["partial_last_round"] == {"round": 2, "steps_trained": 1, "round_steps": 2}
+    out = capsys.readouterr().out
+    assert "max_steps=3 is not a multiple of the round length 2" in out and "Set max_steps to 2 or 4" in out
+    whole = tiny_run(tiny_cfg(tmp_path / "even", max_steps=2)).train()
+    assert "partial_last_round" not in whole["online"] and whole["online"]["rounds"] == 1
+    assert "not a multiple of the round length" not in capsys.readouterr().out

@@ -229,6 +229,7 @@ class OnlineRun(TrainingRun):
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
         self.total_steps = cfg.max_steps
+        self._note_partial_last_round()
         world = acc.num_processes
         self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
         self._resolve_epoch_schedule()
@@ -666,6 +667,27 @@ class OnlineRun(TrainingRun):
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
 
+    def _note_partial_last_round(self) -> None:
+        """max_steps that is no multiple of the round length L = steps_per_generation x num_iterations ends the run
+        k = max_steps mod L steps into its last round R = ceil(max_steps / L): that round is generated and judged in
+        full, but only k of its L steps train (with num_iterations 1, L - k of its steps_per_generation slices of
+        examples are never trained on). Said before the first round and kept in summary.json online.partial_last_round;
+        the run still stops at max_steps (TRL's GRPO stops there too, without a word)."""
+        L, steps = self.round_len, self.cfg.max_steps
+        k = steps % L
+        self.partial_last_round = None
+        if not k:
+            return
+        rounds = -(-steps // L)
+        self.partial_last_round = {"round": rounds, "steps_trained": k, "round_steps": L}
+        if self.main:
+            nearest = sorted({steps - k, steps - k + L} - {0})
+            print(f"preflab: note: max_steps={steps} is not a multiple of the round length {L} (steps_per_generation="
+                  f"{self.cfg.steps_per_generation} x num_iterations={self.cfg.num_iterations}): the last round "
+                  f"({rounds}) is generated and judged in full but trains {k} of its {L} steps. Set max_steps to "
+                  f"{' or '.join(map(str, nearest))} to train whole rounds; summary.json online.partial_last_round.",
+                  flush=True)
+
     def _note_fewer_prompts_than_a_round(self) -> None:
         """A round draws min(prompts_per_generation, #prompts) prompts (_new_round): with fewer prompts than
         prompts_per_generation every round takes all of them, a smaller round than configured (TRL's GRPO would
@@ -815,6 +837,8 @@ class OnlineRun(TrainingRun):
         extras = {"train_examples_seen": self.examples_trained,  # a round's size, not plan.global_batch, sets it
                   "trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
                   "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
+        if getattr(self, "partial_last_round", None):
+            extras["online"]["partial_last_round"] = dict(self.partial_last_round)
         quiet = self.counts.get("no_signal_rounds", 0)
         if quiet and self.main:
             print(f"preflab: note: {quiet} of {self.counts['rounds']} generation rounds gave every completion of a "
