@@ -61,3 +61,13 @@ def test_max_steps_ending_mid_round_is_said_and_counted(tmp_path, capsys):
     whole = tiny_run(tiny_cfg(tmp_path / "even", max_steps=2)).train()
     assert "partial_last_round" not in whole["online"] and whole["online"]["rounds"] == 1
     assert "not a multiple of the round length" not in capsys.readouterr().out
+
+
+def test_the_report_says_a_run_ended_mid_round():
+    from preflab.report.data_notes import online_notes
+
+    notes = online_notes({"online": {"rounds": 2, "completions": 64,
+                                     "partial_last_round": {"round": 2, "steps_trained": 1, "round_steps": 2}}})
+    assert notes == ["generation: the last round (2) trained 1 of its 2 steps: max_steps ended the run mid-round "
+                     "(online.partial_last_round)"]
+    assert online_notes({"online": {"rounds": 2, "completions": 64}}) == []
