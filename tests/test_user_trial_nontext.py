@@ -71,3 +71,19 @@ def test_the_report_says_a_run_ended_mid_round():
     assert notes == ["generation: the last round (2) trained 1 of its 2 steps: max_steps ended the run mid-round "
                      "(online.partial_last_round)"]
     assert online_notes({"online": {"rounds": 2, "completions": 64}}) == []
+
+
+# ------------------------------------------------------------------------- report: the eval an online run needs
+@pytest.mark.parametrize("config, option", [
+    ({"online_task": "demo"}, "--reward-fn demo_true_reward"),                       # the demo's default judge
+    ({"online_task": "dataset", "reward_funcs": ["rf.py:score"]}, "--reward-fn rf.py:score"),
+    ({"online_task": "dataset", "reward_funcs": "outputs/rm"}, "--reward-model outputs/rm"),
+    ({"online_task": "dataset", "reward_funcs": ["a:f", "b:g"]}, "--reward-fn MODULE:FUNCTION"),  # several: yours
+])
+def test_the_no_eval_json_note_of_an_online_run_names_its_own_judge(config, option):
+    """The note said `--reward-fn MODULE:FUNCTION` for every online run; a demo run's user tried the run's judge
+    demo_true_reward (refused by --reward-fn then). It now names the run's one judge."""
+    from preflab.report.runs import eval_command
+
+    assert eval_command({"task": "online", "trainer": "grpo", **config}) == (
+        f"preflab eval RUN_DIR --data HELDOUT_PAIRS {option}")
