@@ -87,3 +87,20 @@ def test_the_no_eval_json_note_of_an_online_run_names_its_own_judge(config, opti
 
     assert eval_command({"task": "online", "trainer": "grpo", **config}) == (
         f"preflab eval RUN_DIR --data HELDOUT_PAIRS {option}")
+
+
+# ------------------------------------------------------------------- config: a flow mapping without spaces
+def test_a_flow_mapping_written_without_a_space_after_the_colon_says_so(tmp_path):
+    """reward_head_params={dim:3} (no space) is YAML for the key 'dim:3' with no value: the error was "['dim:3'] are
+    not fields of reward_head: gpm (it has ['dim', 'normalize', 'tau'])", naming a field that looked right."""
+    with pytest.raises(ConfigError, match=r"reward_head_params: YAML read 'dim:3' as a key with no value.*"
+                                          r"'reward_head_params=\{dim: 3\}'"):
+        load_config("examples/upo_reward_model.yaml", ["reward_head=gpm", "reward_head_params={dim:3}"])
+    config = tmp_path / "c.yaml"  # the same in a config file
+    config.write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: x.jsonl\nloss_type: robust\n"
+                      "objective_params: {label_smoothing:0.1}\n")
+    with pytest.raises(ConfigError, match=r"objective_params: \{label_smoothing: 0.1\}"):
+        load_config(config)
+    # with the space, the same option loads and holds the number
+    cfg = load_config("examples/upo_reward_model.yaml", ["reward_head=gpm", "reward_head_params={dim: 3}"])
+    assert cfg.reward_head_params == {"dim": 3}
