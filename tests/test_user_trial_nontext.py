@@ -104,3 +104,16 @@ def test_a_flow_mapping_written_without_a_space_after_the_colon_says_so(tmp_path
     # with the space, the same option loads and holds the number
     cfg = load_config("examples/upo_reward_model.yaml", ["reward_head=gpm", "reward_head_params={dim: 3}"])
     assert cfg.reward_head_params == {"dim": 3}
+
+
+# ------------------------------------------------------------------ online: a refreshing recipe's reference
+@pytest.mark.parametrize("example", ["examples/online/iterative_dpo.yaml", "examples/online/sppo.yaml",
+                                     "examples/online/gpo.yaml"])
+def test_refresh_reference_every_0_is_refused_for_a_recipe_that_refreshes(example):
+    """trainer: iterative_dpo (sppo, gpo, upo) with refresh_reference_every=0 ran with 1 without a word: the user asked
+    for a fixed pi_0 reference and got the round-start policy."""
+    with pytest.raises(ConfigError, match=r"refresh_reference_every=0 .* does not fit trainer"):
+        load_config(example, ["refresh_reference_every=0"])
+    assert load_config(example, ["refresh_reference_every=3"]).refresh_reference_every == 3
+    cfg = load_config("examples/online/online_dpo.yaml", ["refresh_reference_every=0"])  # online_dpo's own value
+    assert cfg.refresh_reference_every == 0

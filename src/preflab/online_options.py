@@ -93,6 +93,12 @@ def check_online(cfg) -> None:
     for key, value in spec.objective_params(cfg).items():
         cfg.objective_params.setdefault(key, value)
     if spec.refresh and cfg.refresh_reference_every == 0 and cfg.online_task != "game":  # the game reads it not
+        if "refresh_reference_every" in getattr(cfg, "written_options", frozenset()):  # was set to 1 without a word
+            fixed = (" For DPO against the fixed starting policy use trainer: online_dpo." if cfg.trainer ==
+                     "iterative_dpo" else "")
+            raise ConfigError(f"refresh_reference_every=0 (a fixed reference pi_0 throughout) does not fit trainer "
+                              f"{cfg.trainer!r}, whose reference is refreshed to the policy at least every n rounds "
+                              f"(refresh_reference_every=n >= 1; left out: 1, every round).{fixed}")
         cfg.refresh_reference_every = 1
 
 
