@@ -117,3 +117,28 @@ def test_refresh_reference_every_0_is_refused_for_a_recipe_that_refreshes(exampl
     assert load_config(example, ["refresh_reference_every=3"]).refresh_reference_every == 3
     cfg = load_config("examples/online/online_dpo.yaml", ["refresh_reference_every=0"])  # online_dpo's own value
     assert cfg.refresh_reference_every == 0
+
+
+# --------------------------------------------------------------------- eval: runs with no policy of their own
+def test_eval_of_a_game_run_or_a_recipe_folder_says_what_to_do(tmp_path, capsys):
+    """`preflab eval GAME_RUN` said "no tokenizer found ... save the tokenizer" (a game has no text), and a recipe's
+    top folder "holds no model" without naming its stage runs. Both are refused naming the run's kind and, for a
+    recipe, the stage folders that hold a model."""
+    from preflab.cli import main
+
+    game = tmp_path / "game"
+    game.mkdir()
+    (game / "config.yaml").write_text("task: online\nonline_task: game\ntrainer: inpo\n")
+    recipe = tmp_path / "dstc"
+    (recipe / "sft").mkdir(parents=True)
+    (recipe / "config.yaml").write_text("task: dstc\n")
+    (recipe / "sft" / "config.yaml").write_text("task: sft\nmodel_name_or_path: builtin:tiny-llama\n")
+    (recipe / "sft" / "config.json").write_text("{}")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    for task in ([], ["--task", "reward"]):
+        assert main(["eval", str(game), "--data", str(data), *task]) == 2
+        assert "is an online_task: game run" in capsys.readouterr().err
+    assert main(["eval", str(recipe), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "is a task: dstc recipe run" in err and f"evaluate one of its stage runs ({recipe / 'sft'})" in err
