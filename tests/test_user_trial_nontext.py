@@ -142,3 +142,33 @@ def test_eval_of_a_game_run_or_a_recipe_folder_says_what_to_do(tmp_path, capsys)
     assert main(["eval", str(recipe), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "is a task: dstc recipe run" in err and f"evaluate one of its stage runs ({recipe / 'sft'})" in err
+
+
+# ----------------------------------------------------------------------- Ctrl-C before the first step
+def test_ctrl_c_while_a_run_loads_says_what_its_folder_keeps(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) while `preflab train` still loaded (an online run builds its policy and evaluates its start
+    before the loop) printed "Finished checkpoints are kept: resume_from_checkpoint: true continues from the latest
+    one"; the folder held none, and the resume it advised stopped with "holds no checkpoint-* folder"."""
+    import preflab.config
+    from preflab.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preflab.config, "preflight", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "examples/online/online_dpo.yaml", f"output_dir={out}"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted before the run's first step (while it loaded its data and models). {out} holds no " \
+           "finished checkpoint" in err
+    assert "continues from the latest one" not in err
+
+
+def test_ctrl_c_in_another_command_promises_no_checkpoint():
+    import argparse
+
+    from preflab.cli import Terminated, interrupted_message
+
+    assert interrupted_message(KeyboardInterrupt(), argparse.Namespace(command="eval")) == "preflab: interrupted."
+    assert interrupted_message(Terminated(), argparse.Namespace(command="train")) == (
+        "preflab: terminated (SIGTERM) while reading the config; nothing was started.")
