@@ -172,3 +172,56 @@ def test_ctrl_c_in_another_command_promises_no_checkpoint():
     assert interrupted_message(KeyboardInterrupt(), argparse.Namespace(command="eval")) == "preflab: interrupted."
     assert interrupted_message(Terminated(), argparse.Namespace(command="train")) == (
         "preflab: terminated (SIGTERM) while reading the config; nothing was started.")
+
+
+# ------------------------------------------------------------- report: an online dataset run with an eval set
+def test_report_of_an_online_dataset_run_with_an_eval_set(tmp_path):
+    """`preflab report` of an online_task: dataset run with eval_dataset_name / eval_fraction stopped with KeyError
+    'steps': its summary.json pair eval_reward_before / _after was read as an eval row of metrics.jsonl. It renders,
+    with eval_reward once (the run's own before / after), and the held-out prompts it cut are listed."""
+    import json
+
+    from preflab.report.headline import headline_rows
+    from preflab.report.html import render_report
+    from preflab.report.runs import load_run
+
+    run = tmp_path / "online"
+    run.mkdir()
+    rows = [{"step": s, "loss": 0.0, "reward": 2.0 + s} for s in (1, 2)]
+    rows += [{"step": s, "eval_reward": 6.0 + 2 * s, "eval_win_rate_vs_reference": 0.5 + 0.1 * s} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.yaml").write_text("task: online\nonline_task: dataset\ntrainer: grpo\nreward_funcs: rf.py:rew\n")
+    (run / "summary.json").write_text(json.dumps({
+        "global_step": 2, "eval_reward_before": 6.7, "eval_reward_after": 10.0, "win_rate_vs_reference": 0.7,
+        "data": {"prompt_tokenize": {"source": "p.jsonl", "total": 20, "prompt_truncated": 2},
+                 "eval_prompt_tokenize": {"source": "e.jsonl", "total": 10, "prompt_truncated": 3}}}))
+    loaded = load_run(run, "online")
+    assert [r["metric"] for r in headline_rows(loaded) if r["metric"].startswith("eval_")] == [
+        "eval_reward", "eval_win_rate_vs_reference"]  # eval_reward once: the summary's before / after
+    html = render_report([loaded])
+    assert "data: training prompts (tokenized) of p.jsonl: 2 with the prompt truncated" in html
+    assert "data: held-out eval prompts (tokenized) of e.jsonl: 3 with the prompt truncated" in html
+
+
+def test_online_held_out_prompts_are_counted_and_checked_against_the_positions(tmp_path, capsys):
+    """The held-out prompts of online_task: dataset (eval_dataset_name) were never said or counted: cut ones went
+    unreported, and one past the policy's positions was generated from anyway (the training prompts were refused)."""
+    import json
+
+    from preflab.errors import DataError
+    from preflab.online.run import OnlineRun
+
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    train.write_text("".join(json.dumps({"prompt": f"echo: sun cat {i}"}) + "\n" for i in range(6)))
+    held.write_text("".join(json.dumps({"prompt": ("word " * (300 if i < 2 else 2)) + str(i)}) + "\n"
+                            for i in range(5)))
+    base = ["online_task=dataset", f"dataset_name={train}", f"eval_dataset_name={held}", "eval_steps=1",
+            "reward_funcs=preflab.online.tasks:demo_echo_reward", "max_steps=1", "prompts_per_generation=2"]
+    with pytest.raises(DataError, match=r"the eval prompts of .*held.jsonl: 2 of 5 prompt\(s\) need more positions"):
+        OnlineRun(load_config("examples/online/grpo.yaml", base + [f"output_dir={tmp_path / 'a'}"]))
+    run = OnlineRun(load_config("examples/online/grpo.yaml",
+                                base + ["max_prompt_length=64", f"output_dir={tmp_path / 'b'}"]))
+    assert run.data_report["eval_prompt_tokenize"]["prompt_truncated"] == 2
+    assert run.data_report["eval_prompt_tokenize"]["total"] == 5
+    assert f"preflab data (eval): 5 held-out prompts ({held})".replace("preflab data", "preflab: data") \
+        in capsys.readouterr().out

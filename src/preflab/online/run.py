@@ -218,12 +218,16 @@ class OnlineRun(TrainingRun):
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode)
-        refuse_past_positions(self.rows, policy, cfg.max_completion_length,
-                              (self.data_report.get("prompt_rows") or {}).get("source") or "the prompts")
+        source = (self.data_report.get("prompt_rows") or {}).get("source")
+        refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
+        tokenized = self.data_report.get("prompt_tokenize")
+        if isinstance(tokenized, dict) and source and not tokenized.get("source"):
+            tokenized["source"] = source  # (prepare_prompts does not know the file)
         cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
         if cut and self.main:
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
                   f"{cfg.max_prompt_length} (their start is dropped, as TRL 0.x did).", flush=True)
+        self._check_heldout_prompts(task, policy, tokenizer)
         self._note_fewer_prompts_than_a_round()
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
@@ -666,6 +670,27 @@ class OnlineRun(TrainingRun):
 
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
+
+    def _check_heldout_prompts(self, task, policy, tokenizer) -> None:
+        """online_task: dataset's held-out prompts (eval_dataset_name, or the eval_fraction held out), which every
+        evaluation answers greedily: said in a data line, counted in summary.json data.eval_prompt_tokenize (prompts
+        cut to max_prompt_length there too), and refused, as the training prompts are, when one needs more positions
+        than the policy has (before: no word of them, cuts uncounted, and generation ran past the position table)."""
+        cfg = self.cfg
+        if cfg.online_task != "dataset" or not task.heldout or getattr(task, "rows", None) is not None:
+            return
+        report: dict = {}
+        held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
+                               truncation_mode=cfg.truncation_mode)
+        source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
+        refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
+        tokenized = {**report["prompt_tokenize"], "source": source}
+        self.data_report["eval_prompt_tokenize"] = tokenized
+        if self.main:
+            cut = tokenized.get("prompt_truncated", 0)
+            print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), answered greedily and judged at "
+                  "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
+                  + ".", flush=True)
 
     def _note_partial_last_round(self) -> None:
         """max_steps that is no multiple of the round length L = steps_per_generation x num_iterations ends the run

@@ -10,7 +10,10 @@ run, the completions the judges scored cut off, empty or not at all, and the ste
 from __future__ import annotations
 
 SETS = (("train_rows", "training rows"), ("train_tokenize", "training examples (tokenized)"),
-        ("eval_rows", "eval rows"), ("eval_tokenize", "eval examples (tokenized)"))
+        ("eval_rows", "eval rows"), ("eval_tokenize", "eval examples (tokenized)"),
+        # an online run's prompt rows and their tokenization (preflab.online.run): training and held-out prompts
+        ("prompt_rows", "prompt rows"), ("prompt_tokenize", "training prompts (tokenized)"),
+        ("eval_prompt_tokenize", "held-out eval prompts (tokenized)"))
 
 
 def _count(value) -> int:
