@@ -225,3 +225,39 @@ def test_online_held_out_prompts_are_counted_and_checked_against_the_positions(t
     assert run.data_report["eval_prompt_tokenize"]["total"] == 5
     assert f"preflab data (eval): 5 held-out prompts ({held})".replace("preflab data", "preflab: data") \
         in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------- recipes: ICPL's human rater
+def _candidates(statuses):
+    return [{"status": s, "arm": i, "metric": float(i)} for i, s in enumerate(statuses)]
+
+
+def test_icpl_human_rater_with_one_program_that_ran_asks_nothing():
+    """With one program that ran, no answer could be valid and the question repeated forever (the scripted code
+    model crashes its last sample on purpose, so samples: 2 always did this). Now: that one is good, no bad, as the
+    auto rater picks, and nothing is asked."""
+    from preflab.reward_design import AutoRater, HumanRater
+
+    said = []
+
+    def ask(_):
+        raise AssertionError("asked with nothing to compare")
+
+    candidates = _candidates(["ok", "error"])
+    assert HumanRater(ask=ask, say=said.append).rate(candidates) == AutoRater().rate(candidates) == (0, None)
+    assert said == ["icpl: 1 program(s) ran this iteration, so there is no pair to rate; [0] is taken as good."]
+    assert HumanRater(ask=ask, say=said.append).rate(_candidates(["error", "error"])) == (None, None)
+
+
+def test_icpl_human_rater_says_why_an_answer_is_refused_and_stops_when_input_ends():
+    from preflab.reward_design import HumanRater
+
+    answers, said = iter(["2,2", "0, 2"]), []
+    assert HumanRater(ask=lambda _: next(answers), say=said.append).rate(_candidates(["ok", "error", "ok"])) == (0, 2)
+    assert said == ["icpl: '2,2' is not two different indices from [0, 2] (e.g. 0,2); again."]
+
+    def ended(_):
+        raise EOFError
+
+    with pytest.raises(ConfigError, match=r"rater: human asks .* standard input, which ended.*rater=auto"):
+        HumanRater(ask=ended).rate(_candidates(["ok", "ok"]))
