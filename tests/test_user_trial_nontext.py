@@ -261,3 +261,13 @@ def test_icpl_human_rater_says_why_an_answer_is_refused_and_stops_when_input_end
 
     with pytest.raises(ConfigError, match=r"rater: human asks .* standard input, which ended.*rater=auto"):
         HumanRater(ask=ended).rate(_candidates(["ok", "ok"]))
+
+
+# ------------------------------------------------------------------------ online: max_completion_length null
+def test_max_completion_length_null_is_refused_for_an_online_run():
+    """max_completion_length=null (no limit, its meaning for preference data) ran as 16 new tokens without a word;
+    left out, a grpo run gets TRL's 512, so the two spellings of "no value" differed by 32x."""
+    with pytest.raises(ConfigError, match=r"max_completion_length=null \(no limit\) cannot bound sampling"):
+        load_config("examples/online/grpo.yaml", ["max_completion_length=null"])
+    assert load_config("examples/online/grpo.yaml", []).max_completion_length == 16  # the file's value
+    assert load_config("examples/quickstart.yaml", ["max_completion_length=null"]).max_completion_length is None

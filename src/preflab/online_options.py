@@ -52,6 +52,11 @@ def check_online(cfg) -> None:
         raise ConfigError("task: online needs max_steps > 0 (optimizer steps in all; a generation round feeds "
                           "steps_per_generation x num_iterations of them).")
     if cfg.max_completion_length is None:
+        if "max_completion_length" in getattr(cfg, "written_options", frozenset()) and cfg.online_task != "game":
+            # written null ("no limit", its meaning for preference data) ran as 16 new tokens without a word
+            raise ConfigError("max_completion_length=null (no limit) cannot bound sampling: an online run generates "
+                              "at most max_completion_length new tokens per completion, so it needs a number (left "
+                              "out: 16, or TRL's default for the GRPO family (512) and online_dpo (64)).")
         cfg.max_completion_length = 16  # max new tokens per sampled completion (TRL's option; preference runs: None)
     for name in ("num_generations", "prompts_per_generation", "steps_per_generation", "num_iterations",
                  "max_completion_length", "generation_batch_size", "rso_num_samples"):
