@@ -271,3 +271,14 @@ def test_max_completion_length_null_is_refused_for_an_online_run():
         load_config("examples/online/grpo.yaml", ["max_completion_length=null"])
     assert load_config("examples/online/grpo.yaml", []).max_completion_length == 16  # the file's value
     assert load_config("examples/quickstart.yaml", ["max_completion_length=null"]).max_completion_length is None
+
+
+def test_heldout_prompts_beyond_the_demo_tasks_64_is_refused():
+    """heldout_prompts=1000 evaluated the demo's 64 held-out prompts and said nothing (true_reward_before equal to the
+    default run's). The bound is the demo task's own count."""
+    from preflab.demo.task import make_splits
+
+    assert len(make_splits(0)[2]) == 64
+    with pytest.raises(ConfigError, match=r"heldout_prompts=1000 is not allowed: heldout_prompts must be in \[1, 64\]"):
+        load_config("examples/online/online_dpo.yaml", ["heldout_prompts=1000"])
+    assert load_config("examples/online/online_dpo.yaml", ["heldout_prompts=64"]).heldout_prompts == 64

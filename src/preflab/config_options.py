@@ -362,7 +362,9 @@ OPTIONS: dict[str, Option] = {
                        lambda v: _num(v) and 0 < v <= 1),
     "apo_alpha": Option("task: online, game, trainer apo: extrapolation (momentum) on the iterates", ">= 0",
                         lambda v: _num(v) and v >= 0),
-    "heldout_prompts": above(0, "task: online, demo: held-out prompts for true_reward_before/after"),
+    # the demo task has 64 held-out prompts (preflab.demo.task.make_splits' n_eval): more ran as 64, silently
+    "heldout_prompts": within(1, 64, "task: online, demo: held-out prompts for true_reward_before/after (the demo "
+                                     "task has 64)"),
     "upo_fraction": Option("task: online, trainer upo: share of the agreeing pairs kept per round", "in (0, 1]",
                            lambda v: _num(v) and 0 < v <= 1),
     "upo_mu": above(0, "task: online, trainer upo: reliable-pair sampling weights (1 - BALD)^mu"),
