@@ -282,3 +282,28 @@ def test_heldout_prompts_beyond_the_demo_tasks_64_is_refused():
     with pytest.raises(ConfigError, match=r"heldout_prompts=1000 is not allowed: heldout_prompts must be in \[1, 64\]"):
         load_config("examples/online/online_dpo.yaml", ["heldout_prompts=1000"])
     assert load_config("examples/online/online_dpo.yaml", ["heldout_prompts=64"]).heldout_prompts == 64
+
+
+def test_the_report_names_no_online_trainer_for_a_reward_run(tmp_path):
+    """A reward run's config.yaml carries the online default `trainer: online_dpo`; the run list said
+    '(task reward, trainer online_dpo, ...)' for a Bradley-Terry or EM reward model."""
+    import json
+
+    from preflab.report.html import _purpose
+    from preflab.report.runs import load_run
+
+    run = tmp_path / "rm"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: reward\ntrainer: online_dpo\nloss_type: sigmoid\nmodel_name_or_path: m\n")
+    (run / "summary.json").write_text(json.dumps({"global_step": 1}))
+    assert _purpose(load_run(run)) == " (task reward, model_name_or_path m)"
+
+
+def test_dotted_overrides_set_one_key_of_reward_head_params_and_lr_scheduler_kwargs():
+    """reward_head_params.em_iterations=1 was "unknown config key" (objective_params.x and recipe_params.x worked): the
+    whole mapping had to be rewritten on the command line. Now it sets one key and keeps the file's others."""
+    cfg = load_config("examples/maxmin_mixture.yaml", ["reward_head_params.em_iterations=1"])
+    assert cfg.reward_head_params == {"num_components": 2, "em_iterations": 1, "user_column": "user_id",
+                                      "group_column": "group"}
+    cfg = load_config("examples/quickstart.yaml", ["lr_scheduler_kwargs.num_cycles=0.25"])
+    assert cfg.lr_scheduler_kwargs == {"num_cycles": 0.25}

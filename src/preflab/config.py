@@ -896,7 +896,7 @@ def refuse_glued_flow_keys(raw: dict) -> None:
 
 # options that are mappings: `name.key=value` on the command line sets one key of them
 NESTED_OPTIONS = ("objective_params", "recipe_params", "vision_pair_params", "diffusion_noising",
-                  "model_init_kwargs", "ref_model_init_kwargs")
+                  "model_init_kwargs", "ref_model_init_kwargs", "reward_head_params", "lr_scheduler_kwargs")
 
 
 def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
