@@ -183,7 +183,8 @@ OPTIONS: dict[str, Option] = {
     "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
     "max_prompt_length": above(0, "max prompt tokens (TRL 0.x), the prompt's end kept unless truncation_mode: keep_start (null: no limit)"),
     "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; counted in the "
-                                      "data report); task: online: max new tokens per completion (default 16)"),
+                                      "data report); task: online: max new tokens per completion (default 16; "
+                                      "a number, null is refused there)"),
     "truncation_mode": one_of(("keep_end", "keep_start"), "which end of a sequence longer than max_length is kept "
                               "(TRL 1.16; keep_end cuts the prompt's start, per sequence) and of a prompt longer than "
                               "max_prompt_length (null: sequences keep their start, as TRL's default, a prompt its "
