@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         from preflab.runlog import is_main_process
 
         if is_main_process():  # once, not once per rank of a launcher that forwarded the signal to every rank
-            print(interrupted_message(err), file=sys.stderr)
+            print(interrupted_message(err, args), file=sys.stderr)
         _close_process_group(had_group, err)
         return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # not preflab's: a library's error or a bug. Under a launcher, its traceback is printed
@@ -255,21 +255,31 @@ def _stop_on_sigterm():
     return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def interrupted_message(err: BaseException) -> str:
+def interrupted_message(err: BaseException, args=None) -> str:
     """What an interrupted run keeps: the latest finished checkpoint of its output_dir (TrainingRun.train puts
     the folder on the exception), or that there is none, in the words a failed run uses
     (preflab.checkpoint.what_is_kept). Inside a recipe (preflab.recipes.run_recipe puts
     `preflab_recipe` on it) the recipe's own resume is what continues the run: its finished stages are kept, and the
-    interrupted stage continues from its checkpoint or starts again (RecipeState.stage puts `preflab_stage_resumes`)."""
+    interrupted stage continues from its checkpoint or starts again (RecipeState.stage puts `preflab_stage_resumes`).
+    Interrupted before the loop (a `preflab train` still loading its data and models: an online run builds its
+    policy and evaluates its start first), what its output_dir keeps, from the config the command read (args); any
+    other command (eval, report, ...) has no checkpoints to speak of. Before, both were told "Finished checkpoints are
+    kept: resume_from_checkpoint: true continues from the latest one", where there often was none."""
     what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
     out = getattr(err, "preflab_output_dir", None)
     recipe = getattr(err, "preflab_recipe", None)
     if recipe is not None:
         return _recipe_interrupted_message(what, recipe, out, getattr(err, "preflab_stage_resumes", None))
-    if out is None:
-        return (f"preflab: {what}. Finished checkpoints are kept: resume_from_checkpoint: true continues from the "
-                "latest one.")
     from preflab.checkpoint import what_is_kept
+
+    if out is None:
+        if getattr(args, "command", "train") != "train":
+            return f"preflab: {what}."
+        cfg = getattr(args, "_preflab_config", None)  # preflab.loops.cli.config_from_args keeps it there
+        if cfg is None:
+            return f"preflab: {what} while reading the config; nothing was started."
+        return f"preflab: {what} before the run's first step (while it loaded its data and models). " + what_is_kept(
+            cfg.output_dir)
 
     return f"preflab: {what}. {what_is_kept(out)}"
 

@@ -883,12 +883,31 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
             nested[sub] = value
         else:
             raw[key] = value
+    refuse_glued_flow_keys(raw)
     return config_from_dict(raw, written)
+
+
+def refuse_glued_flow_keys(raw: dict) -> None:
+    """A mapping option written in YAML's flow style without a space after a colon, `{dim:3}` (on the command line:
+    reward_head_params={dim:3}), is read by YAML as the one key 'dim:3' with no value; the option's own check then
+    said "['dim:3'] are not fields of reward_head: gpm (it has ['dim', ...])", which does not say what is wrong.
+    A ConfigError naming the option, the key as read and the spelling that works."""
+    for option, value in raw.items():
+        if not isinstance(value, dict):
+            continue
+        glued = [k for k, v in value.items() if v is None and isinstance(k, str) and ":" in k
+                 and k.split(":", 1)[0].strip().isidentifier() and k.split(":", 1)[1].strip()]
+        if glued:
+            fixed = ", ".join(f"{k.split(':', 1)[0].strip()}: {k.split(':', 1)[1].strip()}" for k in glued)
+            raise ConfigError(f"{option}: YAML read {', '.join(repr(k) for k in glued)} as "
+                              f"{'a key' if len(glued) == 1 else 'keys'} with no value, because a flow mapping needs a "
+                              f"space after each colon. Write {option}: {{{fixed}}} (on the command line, quoted: "
+                              f"'{option}={{{fixed}}}').")
 
 
 # options that are mappings: `name.key=value` on the command line sets one key of them
 NESTED_OPTIONS = ("objective_params", "recipe_params", "vision_pair_params", "diffusion_noising",
-                  "model_init_kwargs", "ref_model_init_kwargs")
+                  "model_init_kwargs", "ref_model_init_kwargs", "reward_head_params", "lr_scheduler_kwargs")
 
 
 def preflight(cfg: TrainConfig, check_models: bool = True) -> None:

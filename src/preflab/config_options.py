@@ -184,7 +184,8 @@ OPTIONS: dict[str, Option] = {
     "max_length": above(1, "max tokens of prompt + response (null: no limit); capped at the model's positions"),
     "max_prompt_length": above(0, "max prompt tokens (TRL 0.x), the prompt's end kept unless truncation_mode: keep_start (null: no limit)"),
     "max_completion_length": above(0, "max response tokens, keeping the start (null: no limit; counted in the "
-                                      "data report); task: online: max new tokens per completion (default 16)"),
+                                      "data report); task: online: max new tokens per completion (default 16; "
+                                      "a number, null is refused there)"),
     "truncation_mode": one_of(("keep_end", "keep_start"), "which end of a sequence longer than max_length is kept "
                               "(TRL 1.16; keep_end cuts the prompt's start, per sequence) and of a prompt longer than "
                               "max_prompt_length (null: sequences keep their start, as TRL's default, a prompt its "
@@ -342,7 +343,8 @@ OPTIONS: dict[str, Option] = {
     "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso | "
                            "module:function | path/to/file.py:function"),
     "rso_beta": above(0, "task: online, rso pairs: temperature of pi_ref exp(r / rso_beta)"),
-    "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt"),
+    "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt, 2 to num_generations (the "
+                                "default 4 is lowered to num_generations where that is smaller)"),
     "refresh_reference_every": Option("task: online; 0: reference pi_0 throughout; n: reference <- policy every n "
                                       "rounds", ">= 0", lambda v: _num(v) and v >= 0),
     "missing_eos_penalty": Option("task: online; subtracted from the score of a completion without eos (TRL)"),
@@ -366,7 +368,9 @@ OPTIONS: dict[str, Option] = {
                        lambda v: _num(v) and 0 < v <= 1),
     "apo_alpha": Option("task: online, game, trainer apo: extrapolation (momentum) on the iterates", ">= 0",
                         lambda v: _num(v) and v >= 0),
-    "heldout_prompts": above(0, "task: online, demo: held-out prompts for true_reward_before/after"),
+    # the demo task has 64 held-out prompts (preflab.demo.task.make_splits' n_eval): more ran as 64, silently
+    "heldout_prompts": within(1, 64, "task: online, demo: held-out prompts for true_reward_before/after (the demo "
+                                     "task has 64)"),
     "upo_fraction": Option("task: online, trainer upo: share of the agreeing pairs kept per round", "in (0, 1]",
                            lambda v: _num(v) and 0 < v <= 1),
     "upo_mu": above(0, "task: online, trainer upo: reliable-pair sampling weights (1 - BALD)^mu"),

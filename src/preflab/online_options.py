@@ -52,6 +52,11 @@ def check_online(cfg) -> None:
         raise ConfigError("task: online needs max_steps > 0 (optimizer steps in all; a generation round feeds "
                           "steps_per_generation x num_iterations of them).")
     if cfg.max_completion_length is None:
+        if "max_completion_length" in getattr(cfg, "written_options", frozenset()) and cfg.online_task != "game":
+            # written null ("no limit", its meaning for preference data) ran as 16 new tokens without a word
+            raise ConfigError("max_completion_length=null (no limit) cannot bound sampling: an online run generates "
+                              "at most max_completion_length new tokens per completion, so it needs a number (left "
+                              "out: 16, or TRL's default for the GRPO family (512) and online_dpo (64)).")
         cfg.max_completion_length = 16  # max new tokens per sampled completion (TRL's option; preference runs: None)
     for name in ("num_generations", "prompts_per_generation", "steps_per_generation", "num_iterations",
                  "max_completion_length", "generation_batch_size", "rso_num_samples"):
@@ -80,6 +85,8 @@ def check_online(cfg) -> None:
                           f"generation_backend {cfg.generation_backend!r}.")
     elif spec.game_only:
         raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
+    if _reads_rso(cfg, spec):
+        _check_rso_num_samples(cfg)
     if cfg.loss_type in GRPO_RECIPE_LOSS_TYPES:
         raise ConfigError(grpo_loss_type_error(cfg.loss_type, cfg.trainer))
     if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
@@ -91,7 +98,44 @@ def check_online(cfg) -> None:
     for key, value in spec.objective_params(cfg).items():
         cfg.objective_params.setdefault(key, value)
     if spec.refresh and cfg.refresh_reference_every == 0 and cfg.online_task != "game":  # the game reads it not
+        if "refresh_reference_every" in getattr(cfg, "written_options", frozenset()):  # was set to 1 without a word
+            fixed = (" For DPO against the fixed starting policy use trainer: online_dpo." if cfg.trainer ==
+                     "iterative_dpo" else "")
+            raise ConfigError(f"refresh_reference_every=0 (a fixed reference pi_0 throughout) does not fit trainer "
+                              f"{cfg.trainer!r}, whose reference is refreshed to the policy at least every n rounds "
+                              f"(refresh_reference_every=n >= 1; left out: 1, every round).{fixed}")
         cfg.refresh_reference_every = 1
+
+
+def _reads_rso(cfg, spec) -> bool:
+    """The run builds RSO pairs (trainer rso, or pair_builder: rso under online_dpo / iterative_dpo / hypo)."""
+    return (spec.kind == "pairs" and spec.scores == "reward" and (spec.builder or cfg.pair_builder) == "rso"
+            and cfg.online_task != "game")
+
+
+def _check_rso_num_samples(cfg) -> None:
+    """RSO (Liu et al. 2023, Algorithm 1) accepts m = rso_num_samples of a prompt's K = num_generations completions
+    and pairs the accepted ones: m = 1 can make no pair (every round trained nothing, and the note blamed the judge),
+    and m > K cannot be drawn (the sampler stopped at K, so the run silently used m = K); the default m (4) is
+    lowered to K where K is smaller. m = K accepts every completion: no rejection takes place, the pairs are a random
+    matching of the whole group; a note says so."""
+    m, K = cfg.rso_num_samples, cfg.num_generations
+    if m > K and "rso_num_samples" not in getattr(cfg, "written_options", frozenset()):
+        m = cfg.rso_num_samples = K  # the default 4 where K is smaller (online_dpo's TRL default K = 2): all K
+    if m < 2:
+        raise ConfigError(f"rso_num_samples={m}: RSO pairs the completions it accepts, and {m} accepted completion "
+                          f"per prompt makes no pair, so every round would train nothing. Set rso_num_samples to "
+                          f"between 2 and num_generations={K} (an even number uses every accepted completion).")
+    if m > K:
+        raise ConfigError(f"rso_num_samples={m} exceeds num_generations={K}: RSO accepts rso_num_samples of the "
+                          f"{K} completions sampled per prompt, so at most {K} can be accepted. Lower rso_num_samples "
+                          f"to at most {K}, or raise num_generations to at least {m}.")
+    from preflab.runlog import is_main_process
+
+    if m == K and is_main_process():
+        print(f"preflab: note: rso_num_samples={m} equals num_generations: every completion is accepted, so RSO's "
+              "rejection step selects nothing and the pairs are a random matching of each group (labelled by "
+              "reward). Set rso_num_samples below num_generations for rejection sampling.", flush=True)
 
 
 def _check_objective_fits(cfg, spec) -> None:

@@ -266,3 +266,23 @@ def test_eval_token_rewards_from_the_command_line_sum_to_each_pairs_reward(saved
     capsys.readouterr()
     assert main(["eval", str(root / "run"), "--data", str(data), "--token-rewards", "-1"]) == 2
     assert "--token-rewards is a number of pairs" in capsys.readouterr().err
+
+
+def test_reward_fn_takes_the_builtin_judge_names_reward_funcs_takes(saved, tmp_path, capsys):
+    """`--reward-fn demo_true_reward` (the judge of an online demo run, and the name its reward_funcs takes) was
+    "is not 'module:name'". It is the same function as its module path: the same verdicts and win rate."""
+    root, _, _, _ = saved
+    data = tmp_path / "echo.jsonl"  # the demo task's prompts, which its judge reads
+    data.write_text("".join(json.dumps({"prompt": f"echo: {w}\n", "chosen": w.upper(), "rejected": w}) + "\n"
+                            for w in ("sun cat", "map dog red", "box pen")))
+    results = []
+    for spec in ("demo_true_reward", "preflab.online.tasks:demo_true_reward"):
+        out = tmp_path / f"{spec.replace(':', '_')}.json"
+        assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--reward-fn",
+                     spec, "--win-rate-prompts", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
+        results.append(json.loads(out.read_text())["win_rate"])
+    assert results[0] == results[1] and results[0]["n"] == 3
+    capsys.readouterr()
+    assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--reward-fn",
+                 "verifier:no_such"]) == 2
+    assert "--reward-fn: preflab.verifiers has no 'no_such'" in capsys.readouterr().err

@@ -93,17 +93,17 @@ def test_no_eval_json_note_names_the_eval_that_fits_each_task(tmp_path):
                          "the reference the run trained against (the default; --reference DIR for another), and with "
                          "a judge (--reward-fn, --reward-model or --judge) the win rate"]
     assert said(online) == [f"no eval.json: run `preflab eval {tmp_path / 'online'} --data HELDOUT_PAIRS --reward-fn "
-                            "MODULE:FUNCTION` (or --reward-model DIR, e.g. the run's judge) for the greedy win rate "
+                            "demo_true_reward` (the judge the run trained against) for the greedy win rate "
                             "against the starting policy (the default reference, the run's model_name_or_path) and "
                             "ranking accuracy on held-out pairs"]
     assert said(vision) == [f"no eval.json: run `preflab eval {tmp_path / 'vision'} --task vlm --data HELDOUT` for "
                             "the held-out preference metrics of the image-text policy"]
     assert "Held-out evaluation" not in render_report([sft])            # nothing to point an SFT run to
-    assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION` "
+    assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn demo_true_reward` "
             "and re-run") in render_report([online])
     assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]` for "
             "dpo; `preflab "
-            "eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION` for online and re-run") \
+            "eval RUN_DIR --data HELDOUT_PAIRS --reward-fn demo_true_reward` for online and re-run") \
         in render_report([sft, dpo, online])
 
 

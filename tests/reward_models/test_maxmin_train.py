@@ -201,3 +201,17 @@ def test_an_m_step_trains_component_k_on_its_rows_with_mean_weight_one_from_seed
     assert [r.row_id for r in soft_rows] == [0, 2, 3]
     assert [r.extras["em_weight"] for r in soft_rows] == pytest.approx([1.5, 0.75, 0.75])
     assert components == ["em-iter-1/component-0", "em-iter-1/component-1"]
+
+
+def test_the_em_run_writes_its_config_so_preflab_report_reads_it(toy):
+    """The em_mixture run wrote summary.json and mixture.json but no config.yaml, so `preflab report OUTPUT_DIR` (which
+    its last line offers) said it "holds no preflab run". Now the report reads it: cluster purity is its headline."""
+    from preflab.report.headline import headline_rows
+    from preflab.report.runs import collect_runs, load_run
+
+    _, root, summary = toy
+    assert (root / "full" / "config.yaml").is_file()
+    runs, _ = collect_runs([root / "full"])
+    assert runs == [root / "full"]
+    rows = {r["metric"]: r for r in headline_rows(load_run(root / "full"))}
+    assert rows["metric (cluster_purity)"]["after"][1] == summary["metric_after"] == 1.0

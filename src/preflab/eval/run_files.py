@@ -36,6 +36,7 @@ def refuse_other_task(path: str | Path, given: str, saved: dict | None = None) -
     task = None if saved.get("task") is None else str(saved["task"])
     if task == "online" and saved.get("online_task") == "vision_dataset":
         return
+    refuse_run_without_a_policy(path, task, saved)
     fitting = next((t for t, tasks in EVAL_TASKS.items() if task in tasks), None)
     if fitting is None or fitting == given:
         return
@@ -44,6 +45,29 @@ def refuse_other_task(path: str | Path, given: str, saved: dict | None = None) -
     how = "--data ...` (no --task)" if fitting == "dpo" else f"--task {fitting} --data ...`"
     raise ConfigError(f"{path} is a task: {task} run; --task {given} evaluates task: {runs} runs. Evaluate it with "
                       f"`preflab eval {path} {how}.")
+
+
+def refuse_run_without_a_policy(path: str | Path, task: str | None, saved: dict) -> None:
+    """A ConfigError for a run whose folder `preflab eval` has no model to evaluate as that run trained it: the
+    preference game (online_task: game: a K-answer distribution, no text and no tokenizer; the eval said "no tokenizer
+    found ... save the tokenizer") and a recipe's top folder (its summary.json holds the recipe's own before / after;
+    the eval said "holds no model"), which names the stage folders that hold a model run."""
+    from preflab.errors import ConfigError
+    from preflab.recipe_names import RECIPE_TASKS
+
+    if task == "online" and saved.get("online_task") == "game":
+        raise ConfigError(f"{path} is an online_task: game run (a preference game over K answers, no text): preflab "
+                          "eval has no text policy to evaluate there. Its result is in its summary.json "
+                          "(policy_distribution, tv_to_equilibrium, duality_gap), and `preflab report "
+                          f"{path}` draws it.")
+    if task in RECIPE_TASKS and not (Path(path) / "config.json").is_file():
+        stages = sorted(p.name for p in Path(path).iterdir() if (p / "config.json").is_file()
+                        and (p / "config.yaml").is_file()) if Path(path).is_dir() else []
+        where = (f"; evaluate one of its stage runs ({', '.join(str(Path(path) / n) for n in stages)})" if stages else
+                 "")
+        raise ConfigError(f"{path} is a task: {task} recipe run: its folder holds the recipe's summary.json "
+                          f"(metric_before / metric_after, what the recipe measures), not one model{where}. "
+                          f"`preflab report {path}` shows the recipe's result.")
 
 
 def tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):

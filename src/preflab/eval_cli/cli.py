@@ -50,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--hard-margin", type=float, default=1.0,
                    help="a pair is hard to flip when beta * c exceeds this (Thm 4.1; default 1)")
     judge = p.add_mutually_exclusive_group()
-    judge.add_argument("--reward-fn", help="MODULE:NAME of a TRL-style reward function f(prompts, completions)")
+    judge.add_argument("--reward-fn", help="MODULE:NAME or path/to/file.py:NAME of a TRL-style reward function "
+                                           "f(prompts, completions), or a built-in judge name that reward_funcs "
+                                           "takes: demo_true_reward, demo_echo_reward, verifier:<name>")
     judge.add_argument("--reward-model", help="directory of a sequence-classification reward model (safetensors)")
     judge.add_argument("--judge", help="MODULE:NAME of a pairwise judge (TRL's .judge or f(prompts, a, b))")
     p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated for the win rate")
@@ -102,7 +104,7 @@ def run(args) -> int:
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
-    reward_fn = load_callable(args.reward_fn) if args.reward_fn else None
+    reward_fn = named_reward_fn(args.reward_fn) or load_callable(args.reward_fn) if args.reward_fn else None
     if args.reward_model:
         reward_fn = reward_model_fn(args.reward_model, allow_pickle=args.allow_pickle)
     truncation, said = run_truncation(args.checkpoint, args.max_length, args.max_prompt_length)
@@ -119,6 +121,23 @@ def run(args) -> int:
                                  reference_source=source)
     print(format_summary(result))
     return 0
+
+
+BUILTIN_REWARD_FNS = ("demo_true_reward", "demo_echo_reward")
+
+
+def named_reward_fn(spec: str):
+    """The reward function of a built-in judge name that an online run's reward_funcs takes (demo_true_reward,
+    demo_echo_reward, verifier:<name>; preflab.online.tasks.resolve_judge), so `--reward-fn` judges with the judge
+    the run trained against (before: 'is not module:name'); None for a module:name or file.py:name."""
+    if spec not in BUILTIN_REWARD_FNS and not spec.startswith("verifier:"):
+        return None
+    from preflab.online.tasks import resolve_judge
+
+    try:
+        return resolve_judge(spec)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("reward_funcs:", "--reward-fn:", 1)) from None
 
 
 def default_reference(args) -> tuple[str | None, str | None]:

@@ -219,17 +219,22 @@ class OnlineRun(TrainingRun):
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode)
-        refuse_past_positions(self.rows, policy, cfg.max_completion_length,
-                              (self.data_report.get("prompt_rows") or {}).get("source") or "the prompts")
+        source = (self.data_report.get("prompt_rows") or {}).get("source")
+        refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
+        tokenized = self.data_report.get("prompt_tokenize")
+        if isinstance(tokenized, dict) and source and not tokenized.get("source"):
+            tokenized["source"] = source  # (prepare_prompts does not know the file)
         cut = self.data_report.get("prompt_tokenize", {}).get("prompt_truncated", 0)
         if cut and self.main:
             print(f"preflab: note: {cut} of {len(self.rows)} prompts were cut to max_prompt_length="
                   f"{cfg.max_prompt_length} (their start is dropped, as TRL 0.x did).", flush=True)
+        self._check_heldout_prompts(task, policy, tokenizer)
         self._note_fewer_prompts_than_a_round()
         self.round_len = cfg.steps_per_generation * cfg.num_iterations
         if cfg.online_task == "game" and cfg.trainer in ("egpo", "online_ipo"):
             self.round_len = 1  # every step is a round: its opponent (EGPO: the extrapolated one) is recomputed
         self.total_steps = cfg.max_steps
+        self._note_partial_last_round()
         world = acc.num_processes
         self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
         self._resolve_epoch_schedule()
@@ -667,6 +672,48 @@ class OnlineRun(TrainingRun):
     def _round_metrics(self) -> dict:
         return {k: v for k, v in (self.pending.metrics if self.pending else {}).items() if isinstance(v, (int, float))}
 
+    def _check_heldout_prompts(self, task, policy, tokenizer) -> None:
+        """online_task: dataset's held-out prompts (eval_dataset_name, or the eval_fraction held out), which every
+        evaluation answers greedily: said in a data line, counted in summary.json data.eval_prompt_tokenize (prompts
+        cut to max_prompt_length there too), and refused, as the training prompts are, when one needs more positions
+        than the policy has (before: no word of them, cuts uncounted, and generation ran past the position table)."""
+        cfg = self.cfg
+        if cfg.online_task != "dataset" or not task.heldout or getattr(task, "rows", None) is not None:
+            return
+        report: dict = {}
+        held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
+                               truncation_mode=cfg.truncation_mode)
+        source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
+        refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
+        tokenized = {**report["prompt_tokenize"], "source": source}
+        self.data_report["eval_prompt_tokenize"] = tokenized
+        if self.main:
+            cut = tokenized.get("prompt_truncated", 0)
+            print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), answered greedily and judged at "
+                  "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
+                  + ".", flush=True)
+
+    def _note_partial_last_round(self) -> None:
+        """max_steps that is no multiple of the round length L = steps_per_generation x num_iterations ends the run
+        k = max_steps mod L steps into its last round R = ceil(max_steps / L): that round is generated and judged in
+        full, but only k of its L steps train (with num_iterations 1, L - k of its steps_per_generation slices of
+        examples are never trained on). Said before the first round and kept in summary.json online.partial_last_round;
+        the run still stops at max_steps (TRL's GRPO stops there too, without a word)."""
+        L, steps = self.round_len, self.cfg.max_steps
+        k = steps % L
+        self.partial_last_round = None
+        if not k:
+            return
+        rounds = -(-steps // L)
+        self.partial_last_round = {"round": rounds, "steps_trained": k, "round_steps": L}
+        if self.main:
+            nearest = sorted({steps - k, steps - k + L} - {0})
+            print(f"preflab: note: max_steps={steps} is not a multiple of the round length {L} (steps_per_generation="
+                  f"{self.cfg.steps_per_generation} x num_iterations={self.cfg.num_iterations}): the last round "
+                  f"({rounds}) is generated and judged in full but trains {k} of its {L} steps. Set max_steps to "
+                  f"{' or '.join(map(str, nearest))} to train whole rounds; summary.json online.partial_last_round.",
+                  flush=True)
+
     def _note_fewer_prompts_than_a_round(self) -> None:
         """A round draws min(prompts_per_generation, #prompts) prompts (_new_round): with fewer prompts than
         prompts_per_generation every round takes all of them, a smaller round than configured (TRL's GRPO would
@@ -816,6 +863,8 @@ class OnlineRun(TrainingRun):
         extras = {"train_examples_seen": self.examples_trained,  # a round's size, not plan.global_batch, sets it
                   "trainer": self.cfg.trainer, "online_task": self.cfg.online_task, "online": dict(self.counts),
                   "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
+        if getattr(self, "partial_last_round", None):
+            extras["online"]["partial_last_round"] = dict(self.partial_last_round)
         quiet = self.counts.get("no_signal_rounds", 0)
         if quiet and self.main:
             print(f"preflab: note: {quiet} of {self.counts['rounds']} generation rounds gave every completion of a "

@@ -10,7 +10,10 @@ run, the completions the judges scored cut off, empty or not at all, and the ste
 from __future__ import annotations
 
 SETS = (("train_rows", "training rows"), ("train_tokenize", "training examples (tokenized)"),
-        ("eval_rows", "eval rows"), ("eval_tokenize", "eval examples (tokenized)"))
+        ("eval_rows", "eval rows"), ("eval_tokenize", "eval examples (tokenized)"),
+        # an online run's prompt rows and their tokenization (preflab.online.run): training and held-out prompts
+        ("prompt_rows", "prompt rows"), ("prompt_tokenize", "training prompts (tokenized)"),
+        ("eval_prompt_tokenize", "held-out eval prompts (tokenized)"))
 
 
 def _count(value) -> int:
@@ -71,4 +74,8 @@ def online_notes(summary: dict) -> list[str]:
     if _count(online.get("no_signal_rounds")):
         notes.append(f"generation: {online['no_signal_rounds']} of {online.get('rounds')} rounds gave every completion of "
                      "every prompt the same reward, so they trained only the KL term (online.no_signal_rounds)")
+    partial = online.get("partial_last_round")
+    if isinstance(partial, dict) and _count(partial.get("steps_trained")):
+        notes.append(f"generation: the last round ({partial.get('round')}) trained {partial['steps_trained']} of its "
+                     f"{partial.get('round_steps')} steps: max_steps ended the run mid-round (online.partial_last_round)")
     return notes

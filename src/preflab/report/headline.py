@@ -103,7 +103,8 @@ def headline_rows(run: RunData) -> list[dict]:
         if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
             last = (broken[-1], math.nan)
             first = first or last
-        if last is None or f"{key[len('eval_'):]}_after" in run.summary:  # said above, measured by the run
+        if last is None or any(f"{k}_after" in run.summary for k in (key[len('eval_'):], key)):  # said above,
+            # measured by the run (true_reward_after; an online dataset run's eval_reward_after)
             continue
         baseline = _at(run, base, -1) if base else None
         row = {"metric": key, "meaning": meaning, "after": (f"step {last[0]:g}", last[1]),
@@ -146,7 +147,9 @@ def headline_notes(run: RunData, rows: list[dict]) -> list[str]:
       right than the model it started from, whatever its implicit reward accuracy (Chen et al. 2024,
       arXiv:2405.19534, which the headline's baseline column is for)."""
     notes, by_metric = [], {r["metric"]: r for r in rows}
-    evals = [r for r in rows if r["metric"].startswith("eval_")]
+    # the eval rows of metrics.jsonl (with their steps); not a summary.json pair named eval_* (an online dataset run's
+    # eval_reward_before / _after), which has no steps: reading them stopped `preflab report` with KeyError 'steps'
+    evals = [r for r in rows if r["metric"].startswith("eval_") and "steps" in r]
     if evals and all(r["after"] is None for r in evals):
         notes.append("its only eval is at step 0, the starting model (eval_on_start): no held-out number after "
                      "training yet")

@@ -333,10 +333,11 @@ _PURPOSE_KEYS = ("task", "trainer", "loss_type", "model_name_or_path", "dataset_
 def _purpose(run: RunData) -> str:
     """' (task diffusion, loss_type diffusion_dpo, model_name_or_path ..., dataset_name ...)': what the run trained
     and on what (the list said only the run's name and path). The objective as objective_label names it: an online
-    run's trainer beside its loss_type; no loss_type for an SFT or reward-model run, whose config.yaml carries the
-    default `sigmoid` it never used."""
+    run's trainer beside its loss_type; no loss_type or trainer for an SFT or reward-model run, whose config.yaml
+    carries the defaults `sigmoid` and `online_dpo` it never used."""
     task = str(run.config.get("task", "dpo"))
-    skip = {"loss_type"} if task in ("sft", "reward") else set() if task == "online" else {"trainer"}
+    # (an SFT or reward run's config.yaml also carries the online default `trainer: online_dpo`: not said either)
+    skip = {"loss_type", "trainer"} if task in ("sft", "reward") else set() if task == "online" else {"trainer"}
     def said(value) -> str:   # a weighted list of objectives as objective_label writes it
         return " + ".join(map(str, value)) if isinstance(value, list) else str(value)
     parts = [f"{k} {said(run.config[k])}" for k in _PURPOSE_KEYS

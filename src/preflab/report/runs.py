@@ -238,8 +238,24 @@ def eval_command(config: dict) -> str | None:
         judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
         return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
     if task == "online":
-        return "preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn MODULE:FUNCTION"
+        return f"preflab eval RUN_DIR --data HELDOUT_PAIRS {run_judge_option(config)}"
     return "preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]"   # the reference: the run's own
+
+
+def run_judge_option(config: dict) -> str:
+    """The `preflab eval` judge option of a text online run's own judge: its one reward_funcs entry (the demo task's
+    default demo_true_reward) as --reward-fn (a built-in name, module:function or file.py:function) or, a directory,
+    --reward-model; several judges or none: the placeholder --reward-fn MODULE:FUNCTION."""
+    judges = config.get("reward_funcs")
+    if judges is None and config.get("online_task", "dataset") == "demo":
+        judges = "demo_true_reward"
+    if isinstance(judges, list) and len(judges) == 1:
+        judges = judges[0]
+    if not isinstance(judges, str) or not judges or judges.startswith("maxmin"):
+        return "--reward-fn MODULE:FUNCTION"
+    if ":" in judges or judges in ("demo_true_reward", "demo_echo_reward"):
+        return f"--reward-fn {judges}"
+    return f"--reward-model {judges}"
 
 
 def policy_eval_hint(path: Path, config: dict) -> str | None:
@@ -258,7 +274,9 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
     if config.get("task") == "online" and config.get("online_task") == "vision_dataset":
         return f"no eval.json: run {command} for the held-out preference metrics of the image-text policy{late}"
     if config.get("task") == "online":
-        return (f"no eval.json: run {command} (or --reward-model DIR, e.g. the run's judge) for the greedy win rate "
+        judge = ("(or --reward-model DIR, e.g. the run's judge)" if "MODULE:FUNCTION" in command else
+                 "(the judge the run trained against)")
+        return (f"no eval.json: run {command} {judge} for the greedy win rate "
                 "against the starting policy (the default reference, the run's model_name_or_path) and ranking "
                 f"accuracy on held-out pairs{late}")
     return (f"no eval.json: run {command} for ranking accuracy, idealized ranking accuracy and 3D metrics against "

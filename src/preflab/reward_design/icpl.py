@@ -80,20 +80,35 @@ class AutoRater:
 
 
 class HumanRater:
-    """Shows each program's outcome and asks for "good,bad" indices (`ask` defaults to input())."""
+    """Shows each program's outcome and asks for "good,bad" indices (`ask` defaults to input()). With fewer than two
+    programs that ran there is no pair to ask about: the one that ran is good (no bad), as AutoRater picks, and
+    nothing is asked (before, no answer could be valid and the question repeated forever). An answer that is not two
+    different indices of programs that ran is said and asked again; standard input that ends (a batch job, `<
+    /dev/null`) is a ConfigError saying to run in a terminal, pipe the answers, or use rater: auto (before: an
+    EOFError traceback)."""
     name = "human"
 
-    def __init__(self, ask=input):
-        self.ask = ask
+    def __init__(self, ask=input, say=print):
+        self.ask, self.say = ask, say
 
     def rate(self, candidates):
         ran = [i for i, c in enumerate(candidates) if c["status"] == "ok"]
+        if len(ran) < 2:
+            self.say(f"icpl: {len(ran)} program(s) ran this iteration, so there is no pair to rate"
+                     + (f"; [{ran[0]}] is taken as good." if ran else "."))
+            return (ran[0] if ran else None), None
         shown = "\n".join(f"[{i}] arm {candidates[i]['arm']}" for i in ran)
         while True:
-            answer = self.ask(f"{shown}\ngood,bad (indices from {ran}): ").strip()
+            try:
+                answer = self.ask(f"{shown}\ngood,bad (indices from {ran}): ").strip()
+            except EOFError:
+                raise ConfigError("recipe_params.rater: human asks for 'good,bad' indices on standard input, which "
+                                  "ended (not a terminal?). Run in a terminal, pipe the answers one line per "
+                                  "iteration, or set recipe_params.rater=auto.") from None
             match = re.fullmatch(r"(\d+)\s*,\s*(\d+)", answer)
             if match and {int(match[1]), int(match[2])} <= set(ran) and match[1] != match[2]:
                 return int(match[1]), int(match[2])
+            self.say(f"icpl: {answer!r} is not two different indices from {ran} (e.g. {ran[0]},{ran[1]}); again.")
 
 
 class ScriptedCodeLLM:
