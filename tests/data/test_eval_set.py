@@ -129,6 +129,7 @@ def _diffusion(tmp_path, monkeypatch):
                resolution=8, image_resize=True, on_bad_row="error", user_column=None)
     run = SimpleNamespace(cfg=cfg, self_npo=False, ppd=False, objective=None, main=False, dcpo=False,
                           scores_held_out=False)
+    run.image_pair_options = lambda: DiffusionRun.image_pair_options(run)
     _, evals, _ = DiffusionRun._prepare_data(run)
     return [x.row_id for x in evals]
 
