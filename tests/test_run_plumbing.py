@@ -36,6 +36,22 @@ def test_a_resume_keeps_every_appended_files_rows_up_to_and_with_the_resume_step
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "pair_margins.jsonl").exists()
 
 
+def _step(loss, n, grad_norm, skipped=False, overflow=False, **metrics):
+    return SimpleNamespace(loss=loss, num_examples=n, grad_norm=grad_norm, skipped=skipped, overflow=overflow,
+                           metrics=metrics, metric_counts={}, metric_differences={})
+
+
+def test_a_logging_windows_loss_is_the_mean_over_its_examples_without_skipped_or_overflow_steps():
+    """loss = sum(loss_s * n_s) / sum(n_s) over the kept steps (1 * 1 + 4 * 3) / 4 = 3.25; grad_norm is the last kept
+    step's; an fp16-overflow step and a non-finite (skipped) step changed no weight and are left out."""
+    from preflab.runlog import average_results
+
+    window = [_step(1.0, 1, 0.5, acc=1.0), _step(4.0, 3, 0.7, acc=0.0),
+              _step(100.0, 5, 9.0, overflow=True, acc=1.0), _step(float("nan"), 2, 8.0, skipped=True)]
+    assert average_results(window) == {"loss": 3.25, "grad_norm": 0.7, "acc": 0.25}
+    assert average_results(window[2:])["loss"] != average_results(window[2:])["loss"]  # nothing kept: nan
+
+
 def test_the_cards_skipped_line_counts_training_rows_only_and_both_truncated_sides():
     from preflab.runlog import training_data_line
 
@@ -155,6 +171,15 @@ def test_online_recipe_defaults_fill_what_the_config_leaves_out_and_keep_what_it
     assert params["epsilon"] == 0.3 and params["loss_type"] == "grpo"
 
 
+def test_one_generation_per_prompt_is_refused_outside_the_game():
+    from preflab.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"^num_generations must be >= 2: pairs and groups compare completions of "
+                                          r"one prompt\.$"):
+        config_from_dict({**ONLINE, "num_generations": 1})
+    assert config_from_dict({**ONLINE, "num_generations": 2}).num_generations == 2
+
+
 def test_game_preferences_need_one_half_on_the_diagonal():
     from preflab.online_options import check_game_preferences
 
@@ -177,6 +202,49 @@ def test_eval_rows_from_python_beside_the_configs_eval_set_are_refused():
             config_reading_rows(config_from_dict({**base, **extra}), rows, rows)
     reading = config_reading_rows(config_from_dict(base), rows, rows)
     assert reading.dataset_name is rows and reading.eval_dataset_name is rows
+
+
+def _rows_file(tmp_path, rows):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(path), "seed": 7, "max_length": 32,
+            "truncation_mode": "keep_start", "on_bad_row": "skip", "output_dir": str(tmp_path / "out")}
+
+
+def test_an_eval_fraction_whose_held_out_rows_all_fail_to_tokenize_is_refused(tmp_path):
+    """eval_fraction 0.3 at seed 7 holds out rows 0, 3, 5 of 10 (tests/data/test_eval_set.py); their prompts fill
+    max_length, so the eval set would be empty and evaluation would silently not run."""
+    from preflab.config import config_from_dict
+    from preflab.loops.prepare import prepare_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    rows = [{"prompt": "q" * 60 if i in (0, 3, 5) else "q", "chosen": "a", "rejected": "b"} for i in range(10)]
+    base = _rows_file(tmp_path, rows)
+    with pytest.raises(DataError, match=r"the eval set \(eval_fraction=0\.3\) has no usable examples: .*tokenized 3, "
+                                        r"0 kept, 3 skipped \(prompt_fills_max_length: 3\)"):
+        prepare_pairs(config_from_dict({**base, "eval_fraction": 0.3}), tiny_tokenizer("char"))
+    train, evals, report = prepare_pairs(config_from_dict(base), tiny_tokenizer("char"))
+    assert (len(train), evals, report["skipped"]) == (7, [], {"prompt_fills_max_length": 3})
+
+
+def test_the_reports_skipped_count_adds_a_reasons_rows_skipped_when_read_and_when_tokenized(tmp_path, monkeypatch):
+    """summary.json's data.skipped: one reason's rows left out when read (1 wrong_type: chosen is a number) and when
+    tokenized (2 wrong_type, as the tokenizer reports them for a conversational row's chat_template_kwargs) are 3."""
+    import preflab.loops.prepare as prepare
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_tokenizer
+
+    class Tokenized:
+        def to_dict(self):
+            return {"skipped": {"wrong_type": 2}}
+
+        def summary(self):
+            return "tokenized"
+
+    monkeypatch.setattr(prepare, "_tokenize", lambda kind, rows, tok, cfg, source: (list(rows), Tokenized()))
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": 5, "rejected": "b"}]
+    _, _, report = prepare.prepare_pairs(config_from_dict(_rows_file(tmp_path, rows)), tiny_tokenizer("char"))
+    assert report["train_rows"]["skipped"] == {"wrong_type": 1} and report["skipped"] == {"wrong_type": 3}
 
 
 def test_a_single_mapl_intra_row_is_refused_under_a_loss_that_cannot_read_it():
