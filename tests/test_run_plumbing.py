@@ -143,6 +143,17 @@ def test_an_interrupted_stage_that_reruns_starts_in_an_empty_folder(tmp_path):
     assert json.loads((tmp_path / "toy_state.json").read_text())["stages"] == {"sft": {"done": 1}}
 
 
+def test_an_interrupted_stage_without_a_finished_checkpoint_is_removed_and_starts_again(tmp_path):
+    from preflab.recipe_state import resume_or_clean
+
+    stage = tmp_path / "dpo"
+    (stage / "checkpoint-2").mkdir(parents=True)  # a checkpoint the kill left without its COMPLETE marker
+    (stage / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (stage / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert resume_or_clean(stage) is False and not stage.exists()
+    assert resume_or_clean(tmp_path / "never") is False
+
+
 # loops/kinds.py: the unpaired batch's label counts and token count
 
 def test_unpaired_label_counts_are_desirable_then_undesirable_and_num_tokens_counts_the_completions_only():
