@@ -1,8 +1,8 @@
 """The run plumbing's rules, one value each (the mutation-plumbing round's survivors): what metrics.jsonl keeps on a
 resume, the model card's count of skipped rows, output_dir's refusals and lock, a recipe's state file, the unpaired
 batch's label counts, the data preparation's refusals and notes, recipe_params' types, the ToolBox's schema and
-cache, `preflab eval`'s option checks and the `preflab` command's parsing, hints and exit codes. Each runs in well
-under a second: no model is trained."""
+cache, `preflab eval`'s option checks and the `preflab` command's parsing, hints and exit codes. No model is
+trained: each takes well under a second past its imports (the recipe_params one imports the recipes' modules)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.errors import ConfigError, DataError
 
 
 # runlog.py: metrics.jsonl on resume / fresh start, the card's data line
