@@ -215,14 +215,15 @@ def test_eval_rows_from_python_beside_the_configs_eval_set_are_refused():
     assert reading.dataset_name is rows and reading.eval_dataset_name is rows
 
 
-def _rows_file(tmp_path, rows):
+def _rows_file(tmp_path, rows, monkeypatch):
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))  # the tokenized rows' cache, not ~/.cache
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(path), "seed": 7, "max_length": 32,
             "truncation_mode": "keep_start", "on_bad_row": "skip", "output_dir": str(tmp_path / "out")}
 
 
-def test_an_eval_fraction_whose_held_out_rows_all_fail_to_tokenize_is_refused(tmp_path):
+def test_an_eval_fraction_whose_held_out_rows_all_fail_to_tokenize_is_refused(tmp_path, monkeypatch):
     """eval_fraction 0.3 at seed 7 holds out rows 0, 3, 5 of 10 (tests/data/test_eval_set.py); their prompts fill
     max_length, so the eval set would be empty and evaluation would silently not run."""
     from preflab.config import config_from_dict
@@ -230,7 +231,7 @@ def test_an_eval_fraction_whose_held_out_rows_all_fail_to_tokenize_is_refused(tm
     from preflab.models.tiny import tiny_tokenizer
 
     rows = [{"prompt": "q" * 60 if i in (0, 3, 5) else "q", "chosen": "a", "rejected": "b"} for i in range(10)]
-    base = _rows_file(tmp_path, rows)
+    base = _rows_file(tmp_path, rows, monkeypatch)
     with pytest.raises(DataError, match=r"the eval set \(eval_fraction=0\.3\) has no usable examples: .*tokenized 3, "
                                         r"0 kept, 3 skipped \(prompt_fills_max_length: 3\)"):
         prepare_pairs(config_from_dict({**base, "eval_fraction": 0.3}), tiny_tokenizer("char"))
@@ -254,7 +255,8 @@ def test_the_reports_skipped_count_adds_a_reasons_rows_skipped_when_read_and_whe
 
     monkeypatch.setattr(prepare, "_tokenize", lambda kind, rows, tok, cfg, source: (list(rows), Tokenized()))
     rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": 5, "rejected": "b"}]
-    _, _, report = prepare.prepare_pairs(config_from_dict(_rows_file(tmp_path, rows)), tiny_tokenizer("char"))
+    cfg = config_from_dict(_rows_file(tmp_path, rows, monkeypatch))
+    _, _, report = prepare.prepare_pairs(cfg, tiny_tokenizer("char"))
     assert report["train_rows"]["skipped"] == {"wrong_type": 1} and report["skipped"] == {"wrong_type": 3}
 
 
