@@ -2944,6 +2944,318 @@ MUTANTS += [
 ]
 
 
+# mutation-plumbing round: the run plumbing no mutant touched -- metrics.jsonl and its truncation on resume, the
+# logging window's means, the zero-gradient note, the model card's counts (runlog.py); output_dir refusals and the
+# lock (rundir.py); recipe state files, stage resume and stop_after_stage (recipe_state.py); unpaired batch kinds
+# (loops/kinds.py); online option checks and defaults (online_options.py); data preparation's refusals, counts and
+# notes (loops/prepare.py); the raft_ladder recipe; generate_groups; `preflab eval`'s option checks; the ToolBox;
+# recipe_params checks (recipes.py); and the `preflab` command (cli.py). Mutants named `mq-*`.
+MQ_RUNLOG = ["tests/test_step_metrics.py", "tests/loops/test_zero_gradient_note.py", "-k",
+             "not two_process and not ranks_with"]
+MQ_APPENDED = ["tests/test_checkpoint_safety.py::test_stale_temporary_checkpoints_are_removed_and_appended_logs_truncated_on_resume"]
+MQ_CARD = ["tests/test_production_runs.py", "-k", "model_card"]
+MQ_RUNDIR = ["tests/test_checkpoint_safety.py", "-k",
+             "project_folder or root_home or second_writer or lock_is_released or without_flock"]
+MQ_RSTATE = ["tests/tools/test_recipe_state.py", "tests/tools/test_recipe_param_ranges.py", "tests/tools/test_recipe_processes.py",
+             "tests/tools/test_recipe_options.py", "-k", "not equals_one_process and not runs_only_on_the_main"]
+MQ_KTO = ["tests/loops/test_kto_precompute.py", "tests/data/test_kto_kl_truncation_trl_parity.py",
+          "tests/objectives/test_trl_parity.py", "-k", "kto"]
+MQ_ONLINE = ["tests/test_config_validation.py", "tests/test_trl_online_defaults.py", "tests/test_written_options.py",
+             "tests/online/test_game.py", "tests/test_options_read_or_refused.py", "tests/online/test_sampling_options.py",
+             "-k", "not reach_the_regularised and not cycles and not half_step and not final_metrics and not average_iterate"
+             " and not two_processes and not every_example"]
+MQ_PREPARE = ["tests/data/test_eval_set.py", "tests/loops/test_kto_weight_note.py", "tests/data/test_data_mapl.py",
+              "tests/test_production_runs.py", "-k", "not streaming_run and (eval or note or mapl or intra or "
+              "skipped or label or ranges)"]
+MQ_LADDER = ["tests/tools/test_raft_ladder_control.py", "tests/tools/test_sft_lr_scale.py", "-k",
+             "raft_ladder or not sft_lr_scale_sets"]
+MQ_GROUPS = ["tests/online/test_generate_groups.py"]
+MQ_EVAL = ["tests/eval/test_eval_cli.py", "tests/eval/test_token_rewards.py"]
+MQ_TOOLS = ["tests/tools/test_tools.py", "-k", "not python_interpreter"]
+MQ_RECIPES = ["tests/tools/test_recipes_cli.py", "tests/tools/test_recipe_state.py", "tests/tools/test_sft_lr_scale.py",
+              "-k", "not icpl_recipe_runs and not control_beside and not sets_the and not one_is_the"]
+MQ_CLI = ["tests/test_cli_rank_errors.py", "tests/tools/test_recipe_state.py", "tests/test_user_trial.py",
+          "tests/test_plan.py", "tests/test_production_runs.py", "-k",
+          "rank or interrupted or dashed or unrecognized or override or sigterm"]
+MQ_TRL_LOGS = ["tests/families/test_trl_run_logs.py", "-k", "kto"]
+MQ_VALUES = "tests/test_run_plumbing.py"
+
+
+def mq_plus(tests: list[str], name: str) -> list[str]:
+    """`tests` with the round's value test `name` of tests/test_run_plumbing.py run first (kept by their -k filter)."""
+    if "-k" not in tests:
+        return [f"{MQ_VALUES}::{name}", *tests]
+    i = tests.index("-k")
+    return [f"{MQ_VALUES}::{name}", *tests[:i], *tests[i + 2:], "-k", f"({tests[i + 1]}) or {name}"]
+
+
+MUTANTS += [
+    # runlog.py: metrics.jsonl, the logging window, the zero-gradient note, the model card
+    Mutant("mq-runlog-resume-step-row-dropped", "runlog.py",
+           [("if isinstance(row, dict) and int(row.get(\"step\", 0)) <= resume_step:",
+             "if isinstance(row, dict) and int(row.get(\"step\", 0)) < resume_step:")], MQ_APPENDED,
+           "a resume drops the resumed step's own metrics.jsonl row"),
+    Mutant("mq-runlog-fresh-start-appends-old-rows", "runlog.py",
+           [("    if resume_step is None:\n        path.unlink()\n        return\n",
+             "    if resume_step is None:\n        return\n")],
+           mq_plus(MQ_APPENDED, "test_a_resume_keeps_every_appended_files_rows_up_to_and_with_the_resume_step"),
+           "a fresh start appends to the old run's metrics.jsonl"),
+    Mutant("mq-runlog-pair-margins-not-truncated", "runlog.py",
+           [("            for name in APPENDED_FILES:\n", "            for name in APPENDED_FILES[:1]:\n")], MQ_APPENDED,
+           "pair_margins.jsonl keeps the steps after the resume step (each step twice after the resume)"),
+    Mutant("mq-runlog-nan-written-as-nan", "runlog.py",
+           [("clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}",
+             "clean = dict(row)")],
+           mq_plus(MQ_APPENDED, "test_a_resume_keeps_every_appended_files_rows_up_to_and_with_the_resume_step"),
+           "a non-finite metric is written as NaN: metrics.jsonl is not JSON"),
+    Mutant("mq-runlog-overflow-steps-averaged", "runlog.py",
+           [("return [r for r in results if not r.skipped and not getattr(r, \"overflow\", False)]",
+             "return [r for r in results if not r.skipped]")],
+           mq_plus(MQ_RUNLOG, "test_a_logging_windows_loss_is_the_mean_over_its_examples_without_skipped_or_overflow_steps"),
+           "fp16-overflow steps (no update) enter the window's means"),
+    Mutant("mq-runlog-loss-unweighted", "runlog.py",
+           [("out = {\"loss\": sum(r.loss * r.num_examples for r in kept) / n,",
+             "out = {\"loss\": sum(r.loss for r in kept) / len(kept),")],
+           mq_plus(MQ_RUNLOG, "test_a_logging_windows_loss_is_the_mean_over_its_examples_without_skipped_or_overflow_steps"),
+           "the window's loss is the mean of step losses, not over its examples"),
+    Mutant("mq-runlog-metric-counts-ignored", "runlog.py",
+           [("having = [(r.metrics[key], getattr(r, \"metric_counts\", {}).get(key, r.num_examples)) for r in kept",
+             "having = [(r.metrics[key], r.num_examples) for r in kept")], MQ_RUNLOG,
+           "a metric averaged by examples, not by its own count (KTO's desirable examples, tokens)"),
+    Mutant("mq-runlog-card-no-response-truncations", "runlog.py",
+           [("for side in (\"prompt\", \"response\"):", "for side in (\"prompt\",):")], MQ_CARD,
+           "the model card leaves out the truncated responses"),
+    Mutant("mq-runlog-card-counts-eval-skips", "runlog.py",
+           [("if not key.startswith(\"train_\") or not isinstance(part, dict):",
+             "if not isinstance(part, dict):")],
+           mq_plus(MQ_CARD, "test_the_cards_skipped_line_counts_training_rows_only_and_both_truncated_sides"),
+           "the eval set's skipped rows counted as training rows skipped"),
+    Mutant("mq-runlog-card-resumed-wrong-key", "runlog.py",
+           [("\"trained after the resume)\" if summary.get(\"resumed_from_step\") else",
+             "\"trained after the resume)\" if summary.get(\"resume_from_step\") else")], MQ_CARD,
+           "a resumed run's card counts the examples after the resume as all examples seen"),
+    # rundir.py: output_dir refusals and the lock
+    Mutant("mq-rundir-home-with-overwrite", "rundir.py",
+           [("if resolved == Path.home().resolve():", "if not overwrite and resolved == Path.home().resolve():")],
+           MQ_RUNDIR, "overwrite_output_dir lets a run write into the home directory"),
+    Mutant("mq-rundir-pyproject-not-checked", "rundir.py",
+           [("for name in (\".git\", \"pyproject.toml\"):", "for name in (\".git\",):")], MQ_RUNDIR,
+           "a project folder (pyproject.toml, no .git) taken as output_dir"),
+    Mutant("mq-rundir-overwrite-ignored", "rundir.py",
+           [("if entries and not overwrite and not _looks_like_run(resolved):",
+             "if entries and not _looks_like_run(resolved):")], MQ_RUNDIR,
+           "overwrite_output_dir: true still refuses a non-empty folder"),
+    Mutant("mq-rundir-live-pid-blocks-with-flock", "rundir.py",
+           [("if same_host and flock == \"unsupported\" and _pid_alive(int(holder[\"pid\"])):",
+             "if same_host and _pid_alive(int(holder[\"pid\"])):")],
+           mq_plus(MQ_RUNDIR, "test_a_dead_runs_lock_is_taken_over_even_when_its_pid_is_alive_again"),
+           "a dead run's lock whose PID was reused blocks the next run although flock proves it gone"),
+    Mutant("mq-rundir-reentrant-not-counted", "rundir.py",
+           [("        _held[output_dir].count += 1\n", "")],
+           mq_plus(MQ_RUNDIR, "test_a_second_claim_in_one_process_keeps_the_lock_until_both_are_released"),
+           "a second claim in one process is not counted: its release drops the first claim's lock"),
+    # recipe_state.py: state files, stages, stop_after_stage
+    Mutant("mq-rstate-existing-state-resumed-without-resume", "recipe_state.py",
+           [("if self.path.exists() and not resume:", "if self.path.exists() and resume is None:")],
+           mq_plus(MQ_RSTATE, "test_a_recipe_state_file_is_refused_without_resume_and_checked_on_resume"),
+           "a fresh run over an existing recipe state silently resumes it"),
+    Mutant("mq-rstate-may-change-refused", "recipe_state.py",
+           [("changed = sorted(k for k in set(params) | set(saved) if k not in may_change\n",
+             "changed = sorted(k for k in set(params) | set(saved) if k\n")],
+           mq_plus(MQ_RSTATE, "test_a_recipe_state_file_is_refused_without_resume_and_checked_on_resume"),
+           "a resume of icpl / itool with more iterations is refused"),
+    Mutant("mq-rstate-allow-change-ignored", "recipe_state.py",
+           [("if changed and allow_change:  # as a plain run's resume", "if not changed and allow_change:  # as a plain run's resume")],
+
+           mq_plus(MQ_RSTATE, "test_a_recipe_state_file_is_refused_without_resume_and_checked_on_resume"),
+           "allow_config_change: true still refuses changed recipe_params"),
+    Mutant("mq-rstate-changed-params-accepted", "recipe_state.py",
+           [("        if changed:\n            allowed =", "        if changed and may_change:\n            allowed =")],
+           mq_plus(MQ_RSTATE, "test_a_recipe_state_file_is_refused_without_resume_and_checked_on_resume"),
+           "a resume with other recipe_params goes on with the interrupted run's stages"),
+    Mutant("mq-rstate-stage-resumes-flag", "recipe_state.py",
+           [("err.preflab_stage_resumes = checkpoints", "err.preflab_stage_resumes = True")], MQ_RSTATE,
+           "an interrupted stage of a recipe that reruns stages is said to continue from its checkpoint"),
+    Mutant("mq-rstate-interrupted-stage-not-removed", "recipe_state.py",
+           [("                if main_result(folder.exists):\n                    main_writes(lambda: shutil.rmtree(folder))\n",
+             "")], mq_plus(MQ_RSTATE, "test_an_interrupted_stage_that_reruns_starts_in_an_empty_folder"),
+           "an interrupted stage reruns into its old folder (stale checkpoints and metrics)"),
+    Mutant("mq-rstate-stop-after-any-name", "recipe_state.py",
+           [("if value not in (None, *stages):", "if value not in (None, *stages) and not isinstance(value, str):")],
+           MQ_RSTATE, "a misspelt stop_after_stage runs the whole recipe"),
+    Mutant("mq-rstate-resume-without-checkpoint", "recipe_state.py",
+           [("if stage_dir.exists() and resume_checkpoint(stage_dir, warn=lambda *a, **k: None) is not None:",
+             "if stage_dir.exists():")],
+           mq_plus(MQ_RSTATE, "test_an_interrupted_stage_without_a_finished_checkpoint_is_removed_and_starts_again"),
+           "a stage folder without a complete checkpoint is 'resumed'"),
+    Mutant("mq-rstate-batch-split-floor", "recipe_state.py",
+           [("if global_batch % processes:", "if global_batch < processes:")], MQ_RSTATE,
+           "a recipe batch of 16 over 3 processes trains 15 rows per step"),
+    # loops/kinds.py: unpaired batches
+    Mutant("mq-kinds-label-counts-swapped", "loops/kinds.py",
+           [("extras[LABEL_COUNTS] = (desirable, len(items) - desirable)",
+             "extras[LABEL_COUNTS] = (len(items) - desirable, desirable)")],
+           MQ_KTO + ["tests/test_step_metrics.py"],
+           "(desirable, undesirable) counts swapped: KTO's per-side means weighted by the other side"),
+    Mutant("mq-kinds-num-tokens-counts-kl", "loops/kinds.py",
+           [("return sum(len(x.prompt_ids) + len(x.completion_ids) for x in items)",
+             "return 2 * sum(len(x.prompt_ids) + len(x.completion_ids) for x in items)")],
+           MQ_TRL_LOGS, "a KTO run's num_tokens counts the KL sequences too"),
+    # online_options.py (dropped as equivalent: check_online's own max_judge_failure_fraction range, which
+    # TrainConfig.check never reaches with a value outside [0, 1]: the option table refuses it first)
+    Mutant("mq-online-max-completion-default", "online_options.py",
+           [("cfg.max_completion_length = 16  # max new tokens", "cfg.max_completion_length = 32  # max new tokens")],
+           MQ_ONLINE, "an online run without max_completion_length samples 32 tokens"),
+    Mutant("mq-online-one-generation-accepted", "online_options.py",
+           [("if cfg.num_generations < 2 and cfg.online_task != \"game\":",
+             "if cfg.num_generations < 1 and cfg.online_task != \"game\":")],
+
+           mq_plus(MQ_ONLINE, "test_one_generation_per_prompt_is_refused_outside_the_game"),
+           "num_generations 1 accepted (no pair or group to compare)"),
+    Mutant("mq-online-refresh-default-off", "online_options.py",
+           [("        cfg.refresh_reference_every = 1\n", "        cfg.refresh_reference_every = 0\n")],
+
+           mq_plus(MQ_ONLINE, "test_online_recipe_defaults_fill_what_the_config_leaves_out_and_keep_what_it_gives"),
+           "iterative_dpo never refreshes its reference by default"),
+    Mutant("mq-online-objective-params-overwritten", "online_options.py",
+           [("cfg.objective_params.setdefault(key, value)", "cfg.objective_params[key] = value")],
+
+           mq_plus(MQ_ONLINE, "test_online_recipe_defaults_fill_what_the_config_leaves_out_and_keep_what_it_gives"),
+           "the recipe's objective_params overwrite the user's"),
+    Mutant("mq-online-game-diagonal-unchecked", "online_options.py",
+           [("if abs(v + P[j][i] - 1) > 1e-6:", "if i != j and abs(v + P[j][i] - 1) > 1e-6:")],
+
+           mq_plus(MQ_ONLINE, "test_game_preferences_need_one_half_on_the_diagonal"),
+           "game_preferences with a diagonal other than 1/2 accepted"),
+    # loops/prepare.py
+    Mutant("mq-prepare-eval-data-beside-eval-fraction", "loops/prepare.py",
+           [("if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):", "if eval_rows and cfg.eval_dataset_name:")],
+
+           mq_plus(MQ_PREPARE, "test_eval_rows_from_python_beside_the_configs_eval_set_are_refused"),
+           "eval_data from Python beside eval_fraction: two eval sets"),
+    Mutant("mq-prepare-empty-holdout-eval-accepted", "loops/prepare.py",
+           [("if (cfg.eval_dataset_name or cfg.eval_fraction > 0) and not evals:",
+             "if cfg.eval_dataset_name and not evals:")],
+           mq_plus(MQ_PREPARE, "test_an_eval_fraction_whose_held_out_rows_all_fail_to_tokenize_is_refused"),
+           "an eval_fraction hold-out with no usable example: evaluation silently does not run"),
+    Mutant("mq-prepare-tokenize-skips-replace-read-skips", "data/report.py",
+           [("out[reason] = out.get(reason, 0) + int(count)", "out[reason] = int(count)")],
+           mq_plus(MQ_PREPARE, "test_the_reports_skipped_count_adds_a_reasons_rows_skipped_when_read_and_when_tokenized"),
+           "summary.json's skipped count of a reason keeps only the tokenizer's rows"),
+    Mutant("mq-prepare-one-intra-row-slips", "loops/prepare.py",
+           [("if intra and not accepts_intra_rows(objective):", "if len(intra) > 1 and not accepts_intra_rows(objective):")],
+
+           mq_plus(MQ_PREPARE, "test_a_single_mapl_intra_row_is_refused_under_a_loss_that_cannot_read_it"),
+           "a single MAPL intra row trains under a loss that cannot read it"),
+    Mutant("mq-prepare-one-label-note-undesirable-only", "loops/prepare.py",
+           [("if total and desirable in (0, total):", "if total and desirable == 0:")],
+
+           mq_plus(MQ_PREPARE, "test_the_one_label_note_names_either_side"),
+           "no note when every KTO example is desirable"),
+    # ladder/recipe.py
+    Mutant("mq-ladder-negative-retrieve-k", "ladder/recipe.py",
+           [("not 0 <= retrieve_k < n_train", "not retrieve_k < n_train")], MQ_LADDER,
+           "retrieve_k -1 accepted (every training example but one in each prompt)"),
+    Mutant("mq-ladder-control-steps-sft-default", "ladder/recipe.py",
+           [("steps_taken = dpo_steps or DPO[\"max_steps\"]", "steps_taken = dpo_steps or SFT[\"max_steps\"]")],
+           mq_plus(MQ_LADDER, "test_raft_ladder_control_steps_default_to_the_dpo_stages"),
+           "summary.json's control_sft_steps is the SFT stage's 400, not the DPO stage's 250"),
+    Mutant("mq-ladder-control-from-dpo", "ladder/recipe.py",
+           [("load_safetensors_into(model, out / \"sft\" / \"model.safetensors\")",
+             "load_safetensors_into(model, out / \"dpo\" / \"model.safetensors\")")], MQ_LADDER,
+           "the control continues from the DPO model, not the SFT model"),
+    Mutant("mq-ladder-control-sft-schedule", "ladder/recipe.py",
+           [("{**SFT, **schedule, **common,", "{**schedule, **SFT, **common,")], MQ_LADDER,
+           "the control trains with the SFT stage's learning rate and steps, not the DPO stage's"),
+    # generate_groups.py
+    Mutant("mq-groups-tiled-not-interleaved", "generate_groups.py",
+           [("return model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=attn.repeat_interleave(k, 0),",
+             "return model.generate(input_ids=ids.repeat(k, 1), attention_mask=attn.repeat(k, 1),")], MQ_GROUPS,
+           "the repeated prompts are prompt-tiled while the cache is group-major"),
+    Mutant("mq-groups-seed-not-set", "generate_groups.py",
+           [("    if seed is not None:\n        torch.manual_seed(seed)\n    return model.generate(",
+             "    return model.generate(")], MQ_GROUPS, "seed ignored by the shared-prefill path"),
+    # eval_cli/cli.py
+    Mutant("mq-evalcli-confidence-one", "eval_cli/cli.py",
+           [("if not 0 < args.confidence < 1:", "if not 0 < args.confidence <= 1:")],
+           mq_plus(MQ_EVAL, "test_eval_options_that_cannot_do_what_they_say_are_refused"),
+           "--confidence 1 accepted (an infinite interval)"),
+    Mutant("mq-evalcli-limit-zero", "eval_cli/cli.py",
+           [("for option in (\"batch_size\", \"limit\", \"win_rate_prompts\",", "for option in (\"batch_size\", \"win_rate_prompts\",")],
+           mq_plus(MQ_EVAL, "test_eval_options_that_cannot_do_what_they_say_are_refused"), "--limit 0 accepted"),
+    Mutant("mq-evalcli-judge-without-reference", "eval_cli/cli.py",
+           [("if (args.reward_fn or args.reward_model or args.judge) and not reference:",
+             "if (args.reward_fn or args.reward_model) and not reference:")],
+           mq_plus(MQ_EVAL, "test_eval_options_that_cannot_do_what_they_say_are_refused"),
+           "--judge with --no-reference runs on into a win rate with no reference answers"),
+    Mutant("mq-evalcli-no-per-pair-ignored", "eval_cli/cli.py",
+           [("keep_per_pair=not args.no_per_pair", "keep_per_pair=True")],
+           mq_plus(MQ_EVAL, "test_eval_no_per_pair_reaches_the_evaluation"),
+           "--no-per-pair ignored"),
+    Mutant("mq-evalcli-beta-zero", "eval_cli/cli.py",
+           [("if args.beta is not None and not args.beta > 0:", "if args.beta is not None and args.beta < 0:")],
+
+           mq_plus(MQ_EVAL, "test_eval_options_that_cannot_do_what_they_say_are_refused"),
+           "--beta 0 accepted (every implicit reward 0)"),
+    # tools/base.py
+    Mutant("mq-tools-extra-arguments-refused-by-default", "tools/base.py",
+           [("if schema.get(\"additionalProperties\", True) is False:", "if schema.get(\"additionalProperties\", False) is False:")],
+
+           mq_plus(MQ_TOOLS, "test_an_extra_argument_is_accepted_unless_the_schema_forbids_it_and_a_cache_entry_needs_ok"),
+           "an extra argument is refused when the schema does not forbid it"),
+    Mutant("mq-tools-cached-failure-not-counted", "tools/base.py",
+           [("            if not hit[\"ok\"]:\n                self.stats[\"errors\"] += 1\n", "")], MQ_TOOLS,
+           "a failure answered from the cache is not counted as an error"),
+    Mutant("mq-tools-timeouts-not-counted", "tools/base.py",
+           [("            self.stats[\"timeouts\"] += isinstance(err, ToolTimeoutError)\n", "")],
+           ["tests/tools/test_tools.py", "tests/online/test_tool_rollout.py", "-k", "not python_interpreter and (tools or timeout)"], "tool calls past timeout_s not counted"),
+    Mutant("mq-tools-not-text-cached-ok", "tools/base.py",
+           [("            observation, ok = TOOL_ERROR_OBSERVATION, False\n", "            observation, ok = TOOL_ERROR_OBSERVATION, True\n")],
+           MQ_TOOLS, "a call() returning no text counts as a success"),
+    Mutant("mq-tools-cache-entry-ok-unchecked", "tools/base.py",
+           [("and isinstance(entry.get(\"ok\"), bool)):", "):")],
+           mq_plus(MQ_TOOLS, "test_an_extra_argument_is_accepted_unless_the_schema_forbids_it_and_a_cache_entry_needs_ok"),
+           "a cache entry without 'ok' is used (KeyError later)"),
+    # recipes.py
+    Mutant("mq-recipes-float-text-not-read", "recipes.py",
+           [("                params[k] = float(v)\n", "                pass\n")],
+           mq_plus(MQ_RECIPES, "test_recipe_params_take_a_number_written_as_text_and_refuse_booleans_and_nulls_where_they_do_not_fit"),
+           "recipe_params learning rate written 3e-4 (YAML's string) refused"),
+    Mutant("mq-recipes-bool-as-int", "recipes.py",
+           [("        return isinstance(value, int) and not isinstance(value, bool)\n", "        return isinstance(value, int)\n")],
+
+           mq_plus(MQ_RECIPES, "test_recipe_params_take_a_number_written_as_text_and_refuse_booleans_and_nulls_where_they_do_not_fit"),
+           "recipe_params n_train: true accepted as 1"),
+    Mutant("mq-recipes-null-for-optional-refused", "recipes.py",
+           [("not (v is None and optional)", "not (v is None and not optional)")],
+           mq_plus(MQ_RECIPES, "test_recipe_params_take_a_number_written_as_text_and_refuse_booleans_and_nulls_where_they_do_not_fit"),
+           "sft_steps: null refused, n_train: null accepted"),
+    # cli.py
+    Mutant("mq-cli-late-overrides-first", "cli.py",
+           [("args.overrides = args.overrides + extra", "args.overrides = extra + args.overrides")],
+
+           mq_plus(MQ_CLI, "test_overrides_after_the_options_are_applied_after_the_earlier_ones"),
+           "overrides after the options are applied before the earlier ones"),
+    Mutant("mq-cli-dashed-trl-name-no-hint", "cli.py",
+           [("if name in OPTIONS or name in RENAMED or name in NO_EFFECT or name in REFUSED:", "if name in OPTIONS:")],
+
+           mq_plus(MQ_CLI, "test_a_trl_option_name_written_as_a_flag_is_told_to_become_an_override"),
+           "--dataset_test_split (TRL's name) told it is no option"),
+    Mutant("mq-cli-eval-under-launcher", "cli.py",
+           [("if command == \"train\" or \"WORLD_SIZE\" not in os.environ:",
+             "if command in (\"train\", \"eval\") or \"WORLD_SIZE\" not in os.environ:")], MQ_CLI,
+           "preflab eval under a launcher runs whole on every rank"),
+    Mutant("mq-cli-sigterm-exit-130", "cli.py",
+           [("return 143 if isinstance(err, Terminated) else 130", "return 130")],
+           mq_plus(MQ_CLI, "test_sigterm_exits_143_and_ctrl_c_130"),
+           "SIGTERM exits 130 (Ctrl-C's), not 143"),
+    Mutant("mq-cli-rerun-stage-said-to-continue", "cli.py",
+           [("latest = latest_checkpoint(stage) if resumes else None", "latest = latest_checkpoint(stage)")],
+           mq_plus(MQ_CLI, "test_a_recipe_that_reruns_its_stage_says_so_even_when_the_stage_left_a_checkpoint"),
+           "a recipe that reruns its stage says it continues from the stage's checkpoint"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
