@@ -69,7 +69,7 @@ if __name__ == "__main__":
     try:
         run(sys.argv[1], **{k: yaml.safe_load(v) for k, v in extra.items()})  # the trainer is dropped on return
     except PreflabError as err:  # as `preflab train` stops (preflab.cli.main): the message, then the process group
-        print(f"preflab: error: {err}", file=sys.stderr)  # closed with the stopped run freed first (a group or a
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)  # closed with the stopped run freed first (a group or a
         drop_tracebacks(err)                               # DDP wrapper alive at exit can abort the process)
         end_processes()
         sys.exit(2)

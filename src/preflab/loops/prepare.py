@@ -226,7 +226,8 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
     except (AttributeError, NotImplementedError):  # a model without one (or that does not say): nothing to check
         embedding = None
     rows = getattr(embedding, "num_embeddings", None)
-    if not isinstance(rows, int) or len(tokenizer) <= rows and (pad_id is None or pad_id < rows):
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None  # a stand-in that does not say its size: unchecked
+    if not isinstance(rows, int) or size is None or size <= rows and (pad_id is None or pad_id < rows):
         return
     from preflab.data.report import place_of, where
 
