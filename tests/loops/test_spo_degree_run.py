@@ -173,19 +173,21 @@ def test_spo_degree_two_processes_equal_one_process_double_batch(tmp_path, accel
     assert two["eval_degree/accuracy"] == pytest.approx(one["eval_degree/accuracy"], abs=1e-6)
 
 
-def reference_degree_logits(trainer, positions):
-    """degree_logits [B, 2, J+1, J+1] computed the plain way: every variant (j = 0 included) alone through the
-    policy's backbone (one sequence, no padding), its final hidden states averaged over the response-predicting
-    positions (the last prompt token .. the one before the response's last), through the head."""
+def reference_degree_logits(trainer, positions, split="train", degrees=J):
+    """degree_logits [B, 2, J+1, J+1] computed the plain way: every variant (j = 0 included) of the `split`
+    ("train" / "eval") examples at `positions` alone through the policy's backbone (one sequence, no padding), its
+    final hidden states averaged over the response-predicting positions (the last prompt token .. the one before the
+    response's last), through the head. Variants a response lacks stay 0."""
     from preflab.scoring.head import backbone_and_head
 
     backbone = backbone_and_head(trainer.policy)[0]
     head = trainer.producer.head
-    out = torch.zeros(len(positions), 2, J + 1, J + 1)
+    examples = trainer.train_data if split == "train" else trainer.eval_data
+    out = torch.zeros(len(positions), 2, degrees + 1, degrees + 1)
     for b, i in enumerate(positions):
-        prompt = list(trainer.train_data[i].prompt_ids)
+        prompt = list(examples[i].prompt_ids)
         for s, side in enumerate(("chosen", "rejected")):
-            for j, ids in trainer.producer.variants["train"][i][side]:
+            for j, ids in trainer.producer.variants[split][i][side]:
                 hidden = backbone(input_ids=torch.tensor([prompt + ids]), use_cache=False).last_hidden_state[0]
                 out[b, s, j] = head(hidden[len(prompt) - 1:len(prompt) + len(ids) - 1].mean(0))
     return out
