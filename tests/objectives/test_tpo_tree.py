@@ -135,5 +135,9 @@ def test_sum_reduction_refuses_overflowing_gains_and_bad_names():
     from preflab.errors import ConfigError, PreflabError
     with pytest.raises(PreflabError, match="overflows"):
         get_objective("tpo_tree", lambda_reduction="sum")(flat([0.3, 0.1], [2000.0, 0.0])[0])
+    with pytest.raises(PreflabError, match="underflows"):  # 2^-2000 = 0 would silently zero the pair's weight
+        get_objective("tpo_tree", lambda_reduction="sum")(flat([0.3, 0.1], [0.0, -2000.0])[0])
+    padded = flat([0.3, 0.1, 5.0], [0.9, 0.1, -5000.0], valid=[True, True, False])[0]  # invalid entries are ignored
+    assert torch.isfinite(get_objective("tpo_tree", lambda_reduction="sum")(padded).loss)
     with pytest.raises(ConfigError, match="lambda_reduction"):
         get_objective("tpo_tree", lambda_reduction="mean")

@@ -15,7 +15,7 @@ paper's Eqs. 7-8 (read 2026-12, see below):
 with G = 2^(gain_scale v) unshifted (|G_i - G_j| = |2^v_i - 2^v_j| as in Eq. 8) and the natural log; the default
 "normalized" divides by sum lam_ij, which makes the loss invariant to a shift of v and to the log base (both are
 per-list factors), and keeps it O(1) for the paper's ChatGPT scores in [-100, 100] (2^100 in Eq. 8 as written;
-Eq. 7 takes "typically v in [0, 1]"). Scores whose 2^(gain_scale v) overflows are refused under "sum".
+Eq. 7 takes "typically v in [0, 1]"). Scores whose 2^(gain_scale v) over- or underflows are refused under "sum".
 Audit 2026-12 (paper-audit-2): the paper's text (ICLR 2025 submission PDF, stored in ChangshuoShen/ICLR_2025_4_DPO@
 8814195 `papers/9326_TPO_Aligning_Large_Langua.pdf`, §3.1 Eqs. 7-8) gives lam_ij = |2^v_i - 2^v_j| |1/log(1 + tau(i))
 - 1/log(1 + tau(j))|, tau the rank under the implicit rewards r, summed over v_i > v_j without normalisation: the
@@ -95,10 +95,10 @@ class TPOTree(Objective):
             rank = sd.argsort(-1, descending=True).argsort(-1).to(lr.dtype) + 1
             vs = torch.where(valid, v * self.gain_scale, torch.full_like(v, -torch.inf))
             gain = torch.exp2(vs if self.lambda_reduction == "sum" else vs - vs.max(-1, keepdim=True).values)
-            if self.lambda_reduction == "sum" and torch.isinf(gain).any():
-                raise PreflabError("TPOTree: 2^(gain_scale * score) overflows under lambda_reduction='sum' (the "
-                                   "paper's Eq. 8 takes scores in [0, 1]); rescale the scores, lower gain_scale, "
-                                   "or use lambda_reduction='normalized'.")
+            if self.lambda_reduction == "sum" and (torch.isinf(gain) | (valid & (gain == 0))).any():
+                raise PreflabError("TPOTree: 2^(gain_scale * score) overflows or underflows under "
+                                   "lambda_reduction='sum' (the paper's Eq. 8 takes scores in [0, 1]); rescale the "
+                                   "scores, lower gain_scale, or use lambda_reduction='normalized'.")
             disc = 1 / torch.log1p(rank)
             lam = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (disc.unsqueeze(-1) - disc.unsqueeze(-2)).abs()
             lam = torch.where(pairs, lam, torch.zeros_like(lam))
