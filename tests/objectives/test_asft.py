@@ -65,3 +65,18 @@ def test_finite_for_empty_rejected_response():
     batch = PairBatch(seq([-4.0], [2]), SequenceLogps(torch.zeros(1, 3, dtype=torch.float64),
                                                     torch.zeros(1, 3, dtype=torch.bool)))
     assert torch.isfinite(get_objective("asft")(batch).loss)
+
+
+def test_turbo_alignment_config_default_by_hand():
+    # turbo-alignment@72e737d's pipeline settings give lambda_ = 1 and (inherited) beta = 0.1: the tempered form.
+    # Its per-pair loss -A_w + lambda_ * [-log sigmoid(beta r_w) - log sigmoid(-beta r_l)], r = A - log(1 - e^A),
+    # at A_w = -2, A_l = -1.5: r_w = -2 - log(1 - e^-2), r_l = -1.5 - log(1 - e^-1.5).
+    a_w, a_l, lam, beta = -2.0, -1.5, 1.0, 0.1
+    r_w, r_l = a_w - math.log(1 - math.exp(a_w)), a_l - math.log(1 - math.exp(a_l))
+    expected = -a_w + lam * (math.log1p(math.exp(-beta * r_w)) + math.log1p(math.exp(beta * r_l)))
+    batch = PairBatch.from_sums(torch.tensor([a_w], dtype=torch.float64), torch.tensor([a_l], dtype=torch.float64))
+    assert get_objective("asft", lam=lam, beta=beta)(batch).loss.item() == pytest.approx(expected, abs=1e-12)
+    # and it is not ASFT: at beta = 1 the same lambda gives -(1 + lam) A_w - lam log(1 - e^A_l)
+    asft = get_objective("asft", lam=lam)(batch).loss.item()
+    assert asft == pytest.approx(-2 * a_w - math.log(1 - math.exp(a_l)), abs=1e-12)
+    assert abs(asft - expected) > 0.5

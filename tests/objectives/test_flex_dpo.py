@@ -48,3 +48,16 @@ def test_sft_augmentation_adds_mean_nll():
     for agg, nll in (("seq_mean", 2.0), ("sum", 10.0)):
         out = get_objective("flex_dpo", beta=0.1, beta_rejected=0.1, sft_weight=0.3, nll_agg=agg)(batch)
         assert out.loss.item() == pytest.approx(base + 0.3 * nll, abs=1e-12)
+
+
+def test_sft_term_defaults_to_the_papers_sequence_log_prob():
+    # 3D-properties App. B.2.2 Eq. 7: -log sigmoid(beta Delta) - gamma log pi_theta(a+|x), the summed log-prob.
+    # y_w = 5 tokens of -2 (S = -10), rejected -12, reference -11 / -11.5: beta Delta = 0.1 * 1.5
+    mask = torch.arange(6) < 5
+    tok = torch.where(mask, torch.tensor(-2.0, **F64), torch.tensor(5.0, **F64))[None]
+    ref = lambda v: SequenceLogps.from_sums(torch.tensor([v], **F64))  # noqa: E731
+    batch = PairBatch(SequenceLogps(tok, mask[None]), ref(-12.0), ref(-11.0), ref(-11.5))
+    gamma = 0.3
+    hand = math.log1p(math.exp(-0.15)) - gamma * (-10.0)
+    out = get_objective("flex_dpo", beta=0.1, beta_rejected=0.1, sft_weight=gamma)(batch)
+    assert out.loss.item() == pytest.approx(hand, abs=1e-12)

@@ -111,3 +111,33 @@ def test_large_scores_are_finite_and_shift_invariant():
     assert torch.isfinite(a) and a.item() == pytest.approx(b.item(), abs=1e-6)
     scaled = get_objective("tpo_tree", gain_scale=0.1)(flat([0.3, 0.1, 0.2], [90.0, 50.0, 10.0])[0]).loss.item()
     assert scaled == pytest.approx(0.655551, abs=1e-6)   # gain_scale 0.1 on scores x10 = the toy
+
+
+def test_sum_reduction_is_the_papers_eq_7_by_hand():
+    # TPO §3.1 (ICLR 2025 submission text): L = -sum_{v_i > v_j} lam_ij log sigmoid(r_i - r_j),
+    # lam_ij = |2^v_i - 2^v_j| |1/log(1 + tau(i)) - 1/log(1 + tau(j))|, scores in [0, 1], tau the rank under r.
+    # v = [0.9, 0.5, 0.1], R = [0.3, 0.1, 0.2], beta = 0.5: r = [0.15, 0.05, 0.10], tau = [1, 3, 2]
+    b = flat([0.3, 0.1, 0.2], [0.9, 0.5, 0.1])[0]
+    d = lambda tau: 1 / math.log(1 + tau)  # noqa: E731
+    lam01 = (2 ** 0.9 - 2 ** 0.5) * (d(1) - d(3))
+    lam02 = (2 ** 0.9 - 2 ** 0.1) * (d(1) - d(2))
+    lam12 = (2 ** 0.5 - 2 ** 0.1) * (d(2) - d(3))
+    hand = lam01 * ell(0.1) + lam02 * ell(0.05) + lam12 * ell(-0.05)
+    assert get_objective("tpo_tree", lambda_reduction="sum")(b).loss.item() == pytest.approx(hand, abs=1e-12)
+    normalized = get_objective("tpo_tree")(b).loss.item()
+    assert normalized == pytest.approx(hand / (lam01 + lam02 + lam12), abs=1e-12)
+    # without lambda weights Eq. 7 sums the pair losses (N = 2: the DPO loss on r)
+    uniform = get_objective("tpo_tree", lambda_weight="uniform", lambda_reduction="sum")(b).loss.item()
+    assert uniform == pytest.approx(ell(0.1) + ell(0.05) + ell(-0.05), abs=1e-12)
+
+
+def test_sum_reduction_refuses_overflowing_gains_and_bad_names():
+    from preflab.errors import ConfigError, PreflabError
+    with pytest.raises(PreflabError, match="overflows"):
+        get_objective("tpo_tree", lambda_reduction="sum")(flat([0.3, 0.1], [2000.0, 0.0])[0])
+    with pytest.raises(PreflabError, match="underflows"):  # 2^-2000 = 0 would silently zero the pair's weight
+        get_objective("tpo_tree", lambda_reduction="sum")(flat([0.3, 0.1], [0.0, -2000.0])[0])
+    padded = flat([0.3, 0.1, 5.0], [0.9, 0.1, -5000.0], valid=[True, True, False])[0]  # invalid entries are ignored
+    assert torch.isfinite(get_objective("tpo_tree", lambda_reduction="sum")(padded).loss)
+    with pytest.raises(ConfigError, match="lambda_reduction"):
+        get_objective("tpo_tree", lambda_reduction="mean")

@@ -96,3 +96,20 @@ def test_calibration_reference_of_another_shape_is_refused():
     batch.extras["calibration_ref_logps"] = torch.tensor([-8.0], **F64)
     with pytest.raises(PreflabError, match="calibration_ref_logps has shape"):
         get_objective("vpo", calibration="extra")(batch)
+
+
+def test_both_modes_are_the_dpo_cov_objectives_without_noise_or_length_terms():
+    # A later paper that builds on VPO's regularizer ("Provably Mitigating Corruption, Overoptimization, and
+    # Verbosity ...", DPO-COV; its text in the code index) writes, with lambda >= 1 (no noise) and omega = 0:
+    #   offline, Algorithm 1 Eq. 19 (pi_base = the chosen responses): -beta eta log pi(y_w) - log sigmoid(beta Delta)
+    #   online,  Algorithm 2 Eq. 25 (pi_base = pi_ref samples y'):    +beta eta log pi(y')  - log sigmoid(beta Delta)
+    # so lam = beta * eta, and preflab's S_ref terms are constants.
+    g = torch.Generator().manual_seed(3)
+    s_w, s_l, r_w, r_l, s_cal = (-torch.rand(4, generator=g, **F64) * 20 for _ in range(5))
+    beta, eta = 0.1, 0.5
+    dpo = torch.log1p(torch.exp(-beta * ((s_w - r_w) - (s_l - r_l))))
+    batch = PairBatch.from_sums(s_w, s_l, r_w, r_l, extras={"calibration_logps": s_cal})
+    offline = get_objective("vpo", beta=beta, lam=beta * eta, mode="offline", calibration="chosen")(batch)
+    torch.testing.assert_close(offline.losses - beta * eta * r_w, dpo - beta * eta * s_w, rtol=0, atol=1e-12)
+    online = get_objective("vpo", beta=beta, lam=beta * eta, mode="online", calibration="extra")(batch)
+    torch.testing.assert_close(online.losses, dpo + beta * eta * s_cal, rtol=0, atol=1e-12)

@@ -58,7 +58,14 @@ def iterative_dpo(env: Bandit, beta: float, iterations: int, *, refresh_referenc
 
 def apo(env: Bandit, beta: float, iterations: int, alpha: float, *, objective=None) -> list[np.ndarray]:
     """[pi_0, ..., pi_T] of accelerated (Nesterov) iterative DPO; each DPO step uses the extrapolated pi_t both
-    as the sampling policy and as the reference, as in the paper's Algorithm 1."""
+    as the sampling policy and as the reference, as in the paper's Algorithm 1.
+
+    Read 2026-12 against the paper's text (He et al., arXiv:2410.06293, ICLR 2025 submission PDF stored in
+    ChangshuoShen/ICLR_2025_4_DPO@8814195 `papers/13320_Accelerated_Preference_O.pdf`): Algorithm 1 sets
+    pi_0 = pi_hat_0 = pi_ref, takes pi_hat_{t+1} = the DPO step with reference and sampler pi_t, and extrapolates
+    pi_{t+1} ∝ pi_hat_{t+1} (pi_hat_{t+1} / pi_hat_t)^alpha (Eq. 3.6; momentum on the un-extrapolated iterates,
+    §5.3 finds pi_hat_2 - pi_1 worse); alpha = 0.3 in its experiments. Its Algorithm 1 outputs pi_hat_{T+1} (one
+    more DPO step from the last pi_T returned here); its Table 3 reports the extrapolated pi_t."""
     objective = _dpo(objective, beta)
     pi = env.ref.numpy()
     z_hat_prev = np.log(pi)

@@ -120,7 +120,7 @@ class FlexDPOLoss(Objective):
     beta_rejected: float = 0.08
 
     paper = "Yan et al. 2024, 3D-Properties: Identifying Challenges in DPO (arXiv:2406.07327)"
-    checked_against = "3rd-party: equals the registered `flex_dpo` (tests/lab/test_dpo_3d.py), checked against reviews"
+    checked_against = "paper text (App. B.2.1): equals the registered `flex_dpo` (tests/lab/test_dpo_3d.py)"
 
     def validate(self):
         if not (self.beta_chosen > 0 and self.beta_rejected > 0):

@@ -2,13 +2,22 @@
 
 Paper: Wang, Sun, Hua, Fang, 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood"
 (arXiv:2409.10571), the ASFT loss. Formula as restated by Gorbatovski et al., 2025 (arXiv:2502.01237); the ASFT
-PDF itself was not read. Audit 2026-12: the same form is coded in turbo-llm/turbo-alignment@72e737d
-(`turbo_alignment/trainers/dpo.py::ASFTLoss`, the restating authors' library): -ce_coef * A_w + lambda_ *
-[-log sigmoid(beta r_w) - log sigmoid(-beta r_l)] on length-averaged log-probs (it refuses ASFT without
-average_log_prob), defaults beta = 1, lambda_ = 1, ce_coef = 1 (an earlier version used 0.1 as lambda). The default
-lam = 0.1 here is kept (ORPO's weight; the ASFT paper's value is unverified); pass lam=1.0 for turbo-alignment's.
-Audit 2026-12 (paper-audit): Gorbatovski et al. §5.1 report that of lam in {0.1, 0.2, 0.5, 1.0} the one-stage form
-(this loss) did best with lam = 1 (Llama 3.1 8B on UltraFeedback), so the only published comparison also favours 1.0.
+PDF itself was not read (only its abstract and reviews are reachable) and its authors' code was not found.
+
+Audit 2026-12 (paper-audit-2) of the restating authors' library, turbo-llm/turbo-alignment@72e737d:
+`turbo_alignment/trainers/dpo.py:333-359` (ASFTLoss) computes, per pair,
+-ce_coef * A_w + lambda_ * [-log sigmoid(beta r_w) - log sigmoid(-beta r_l)], r = A - log(1 - exp(A)) (exp(A)
+clamped at 1 - 1e-7), on length-averaged log-probs (`trainers/dpo.py:609-613` refuses ASFT without
+average_log_prob), then the mean over pairs: the form below, term by term (no reference, nothing detached).
+Its defaults are not one value: the class has beta = lambda_ = ce_coef = 1 (`trainers/dpo.py:334`), but the
+pipeline settings (`settings/pipelines/train/dpo.py:83-86`) set lambda_ = 1 and inherit beta = 0.1 from
+DPOLossSettings (`:35`), so a config naming only `loss_type: asft` runs the TEMPERED form (beta 0.1, lambda 1), not
+ASFT. The first port (ff8e0f7 "ASFT init", 2024-10-10, PR #38 "ASFT from arXiv 2409.10571") had no temperature and
+called the alignment weight `beta`, default 0.1 (`trainers/dpo.py:305,324` there; its ORPO likewise, `:277`):
+lambda = 0.1. Gorbatovski et al. §4.1/§5.1: of lambda in {0.1, 0.2, 0.5, 1.0} the one-stage form did best with
+lambda = 1 (Llama 3.1 8B, UltraFeedback, base init). So: the form matches; lam = 0.1 here is kept (it is ORPO's
+weight and the first port's; no code by the ASFT authors says otherwise); lam = 1.0 is the restating authors'
+current default and their best grid value; lam = 1.0, beta = 0.1 is turbo-alignment's config default.
 Not to be confused with Anchored SFT (Zhu et al. 2025, arXiv:2509.23753; zhuchichi56/ASFT, LLaMA-Factory's
 `use_asft_loss` / `asft_alpha`), a reference-anchored SFT loss of the same abbreviation.
 
@@ -30,13 +39,14 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 
 @dataclass(frozen=True)
 class ASFT(Objective):
-    lam: float = 0.1    # weight of the alignment (log-odds) terms; unverified default
+    lam: float = 0.1    # weight of the alignment terms; ASFT authors' value not found (see the docstring)
     beta: float = 1.0   # temperature on the log-odds (1 = ASFT; other values: the tempered variant)
 
     needs_reference = False
     paper = "Wang et al. 2024, ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood (arXiv:2409.10571)"
-    checked_against = ("3rd-party: turbo-llm/turbo-alignment@72e737d ASFTLoss (restating authors' code, same form "
-                       "on mean log-probs); ASFT paper not read, lam default unverified")
+    checked_against = ("3rd-party: turbo-llm/turbo-alignment@72e737d trainers/dpo.py:333-359 ASFTLoss (restating "
+                       "authors' code, same form on mean log-probs; their lambda_ default 1.0, first port 0.1); ASFT "
+                       "paper not read and its code not found, so lam = 0.1 stays unverified")
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 

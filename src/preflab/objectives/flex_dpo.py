@@ -2,17 +2,22 @@
 augmentation; the two remedies for the "3D-properties" of DPO.
 
 Paper: Yan, Miao, Li, Zhang, Xie, Deng, Yan, 2024, "3D-Properties: Identifying Challenges in DPO and Charting a Path
-Forward" (arXiv:2406.07327), the regularization section. Formulas from public review texts of the paper (the PDF was
-not read); defaults follow them ("best beta- slightly below beta+, e.g. 0.02 lower"), unverified.
+Forward" (arXiv:2406.07327), §3.3 and App. B.2. Audit 2026-12 (paper-audit-2) against the paper's text (ICLR 2025
+submission PDF stored in ChangshuoShen/ICLR_2025_4_DPO@8814195 `papers/5344_3D_Properties_Identifying.pdf`; no code
+by the authors found): B.2.1 l_flex-DPO = -sum log sigmoid(beta+ log pi/pi_0(a+) - beta- log pi/pi_0(a-)), Figure 4
+(poem generation, beta+ = 0.1) peaks at beta- = 0.08 (App. D.2: 0.01 on math); B.2.2 Eq. 7 l_SFT-DPO =
+-sum [log sigmoid(beta Delta) + gamma log pi_theta(a+|x)], the SEQUENCE log-prob (no length normalisation); no gamma
+value is given.
 
     L = -log sigmoid(beta * h(y_w) - beta_rejected * h(y_l)) + sft_weight * NLL(y_w),   h = S_theta - S_ref
-    NLL per `nll_agg`: sum (-S), seq_mean (-S/|y|, default) or batch_token_mean (TRL's `sft`); see _nll.py.
+    NLL per `nll_agg`: sum (-S, the paper's Eq. 7, default), seq_mean (-S/|y|) or batch_token_mean (TRL's `sft`);
+    see _nll.py.
 
 beta_rejected = beta and sft_weight = 0 give DPO; beta_rejected = beta alone gives the paper's "DPO + SFT" remedy.
 The gradient with respect to h(y_l) is scaled by beta_rejected / beta relative to DPO's.
 
-Deviation from the paper: the SFT remedy lives here as `sft_weight` instead of a second module (it composes with
-either temperature setting); the NLL aggregation of the paper is unverified, hence the explicit `nll_agg`.
+Deviation from the paper: the SFT remedy lives here as `sft_weight` instead of a second objective (it composes with
+either temperature setting). Changed 2026-12: the NLL default was seq_mean (unverified), now sum as in Eq. 7.
 """
 from dataclasses import dataclass
 
@@ -28,10 +33,11 @@ class FlexDPO(Objective):
     beta: float = 0.1            # beta+: inverse temperature on the chosen log-ratio
     beta_rejected: float = 0.08  # beta-: inverse temperature on the rejected log-ratio (set it with beta)
     sft_weight: float = 0.0      # lambda of the SFT augmentation on y_w
-    nll_agg: str = "seq_mean"    # sum | seq_mean | batch_token_mean
+    nll_agg: str = "sum"         # sum (the paper's Eq. 7) | seq_mean | batch_token_mean
 
     paper = "Yan et al. 2024, 3D-Properties: Identifying Challenges in DPO (arXiv:2406.07327)"
-    checked_against = "3rd-party: public review texts of arXiv:2406.07327; the PDF was not read"
+    checked_against = ("paper text: arXiv:2406.07327 App. B.2 (PDF in ChangshuoShen/ICLR_2025_4_DPO@8814195): loss, "
+                       "beta- 0.08 at beta+ 0.1, SFT term on the sequence log-prob; no authors' code found")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -13,6 +13,13 @@ regularization margin (alpha|y_w| - alpha|y_l|) in the binary classification los
 pairs where the chosen answer is shorter", and the paper's settings alpha = 0.05 (Phi-2 on UltraFeedback, beta = 0.1)
 and alpha = 0.1 (HH). The PDF itself was not read. Default alpha = 0.05 is that UltraFeedback setting.
 
+Audit 2026-12 (paper-audit-2, 3rd-party): DPO-COV ("Provably Mitigating Corruption, Overoptimization, and
+Verbosity ...", an anonymous ICML submission whose text is in the code index) derives the same logit from the
+length-penalised reward r - omega|y| (its Eq. 16: r = omega|y| + beta log pi/pi_ref) and names "offline length
+regularized DPO (Park et al., 2024)" as its Algorithm 1 (Eq. 19) with eta = 0, omega > 0, lambda = 1:
+-log sigmoid(omega (|y_w| - |y_l|) + beta Delta), i.e. alpha = omega with the + sign used here. No code by Park et al.
+was found (code search on the title and the loss).
+
 Deviation from the paper: none known (form and sign as quoted above). Not rDPO (`robust_dpo`).
 """
 from dataclasses import dataclass
@@ -29,7 +36,8 @@ class RDPOLength(Objective):
 
     paper = "Park et al. 2024, Disentangling Length from Quality in Direct Preference Optimization (arXiv:2403.19159)"
     checked_against = ("3rd-party: a paper note quoting Park et al. (logit + alpha|y_w| - alpha|y_l|; alpha = 0.05 "
-                       "with beta = 0.1 on UltraFeedback); PDF not read")
+                       "with beta = 0.1 on UltraFeedback) and DPO-COV's Eq. 19 special case (same sign); PDF and "
+                       "code not read/found")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ("length",)}
 
     def compute(self, batch: PairBatch) -> ObjectiveOutput:

@@ -5,6 +5,10 @@ for Prompt Engineering" (arXiv:2507.20133). The abstract says it "scales the DPO
 proportional to the cosine distance between the original prompt and the winning candidate"; a third-party research
 note restates the weight as W_alpha(x, y_w) = exp(-alpha d_cos(e(x), e(y_w))), e a frozen embedding model, computed
 offline -- the form below (audit 2026-12). The paper's alpha, encoder and any batch normalisation remain unverified.
+Audit 2026-12 (paper-audit-2): no authors' code found (code search on the title and the weight; issues; pages give
+abstracts only); a co-author's portfolio page in the code index describes the implementation as "semantic-weighted
+DPO loss with offline embedding ... CLIP encoder for cosine-distance weighting" (so e = a CLIP text encoder, not
+read in the paper itself).
 
     w = exp(-alpha * (1 - cos(e(x), e(y_w))))     (no gradient)
     L = w * -log sigmoid(beta * Delta)

@@ -1,8 +1,8 @@
 """TPO (tree): listwise ranking loss over implicit rewards built from step-weighted token log-ratios.
 
 Paper: Liao, Chu, Wang, 2024, "TPO: Aligning Large Language Models with Multi-branch & Multi-step Preference
-Trees" (arXiv:2410.12854). Step weights as coded in MrBlankness/TPO@ba87a23 `loss.py`; the lambda-weighted ranking
-form is from memory (unverified as the paper's equation):
+Trees" (arXiv:2410.12854). Step weights as coded in MrBlankness/TPO@ba87a23 `loss.py`; the lambda weights as the
+paper's Eqs. 7-8 (read 2026-12, see below):
 
     m_ik = mean_{t in step k} (lp_theta - lp_ref)[i, t]
     w_ik = 1 + cos(hbar_ik, hbar_1k)          hbar = mean policy hidden state over the step; 1 = top-scored response
@@ -11,6 +11,17 @@ form is from memory (unverified as the paper's equation):
     lam_ij = |G_i - G_j| |1/ln(1 + tau_i) - 1/ln(1 + tau_j)|,  G = 2^(gain_scale v) - 1, tau = rank by s (descending)
 
 `lambda_weight="uniform"` sets lam_ij = 1 (RankNet over ordered pairs); `step_weights="uniform"` sets w = 1.
+`lambda_reduction="sum"` is the paper's Eq. 7 as written: L = sum_{v_i > v_j} lam_ij l(s_i - s_j), no division,
+with G = 2^(gain_scale v) unshifted (|G_i - G_j| = |2^v_i - 2^v_j| as in Eq. 8) and the natural log; the default
+"normalized" divides by sum lam_ij, which makes the loss invariant to a shift of v and to the log base (both are
+per-list factors), and keeps it O(1) for the paper's ChatGPT scores in [-100, 100] (2^100 in Eq. 8 as written;
+Eq. 7 takes "typically v in [0, 1]"). Scores whose 2^(gain_scale v) over- or underflows are refused under "sum".
+Audit 2026-12 (paper-audit-2): the paper's text (ICLR 2025 submission PDF, stored in ChangshuoShen/ICLR_2025_4_DPO@
+8814195 `papers/9326_TPO_Aligning_Large_Langua.pdf`, §3.1 Eqs. 7-8) gives lam_ij = |2^v_i - 2^v_j| |1/log(1 + tau(i))
+- 1/log(1 + tau(j))|, tau the rank under the implicit rewards r, summed over v_i > v_j without normalisation: the
+weights above; the reduction is `lambda_reduction="sum"`. Its Eq. 10 weights the pairwise step margin by
+1 + cos(emb(s_ik), emb(s_jk)) and sums over steps; the released code (kept here) weights each response's steps by
+1 + cos to response 0 and averages them, on per-step token means. Paper's beta 0.5 (§4.1) = the default.
 Audit 2026-12 (MrBlankness/TPO@ba87a23 `loss.py`, re-read): `compute_step_weights` / `compute_weighted_logits`
 match w_ik and R_i above (cosine to response 0 of the list, which the data puts first); the released
 `lambda_rank_loss` has NO lambda weights -- it is lambda_weight="uniform" over all ordered pairs (each counted
@@ -29,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives.base import ListBatch, Objective, ObjectiveOutput, as_loss_dtype
 
 
@@ -39,13 +50,15 @@ class TPOTree(Objective):
     lambda_weight: str = "lambdarank"  # "lambdarank" | "uniform"
     step_weights: str = "adaptive"     # "adaptive" (1 + cos to the top response) | "uniform"
     gain_scale: float = 1.0           # G = 2^(gain_scale * v) - 1
+    lambda_reduction: str = "normalized"  # "normalized" (sum lam l / sum lam) | "sum" (the paper's Eq. 7)
 
     batch_type = ListBatch
     required_extras = ("step_index",)
     token_needs = ("hidden",)
     paper = "Liao et al. 2024, TPO: Multi-branch & Multi-step Preference Trees (arXiv:2410.12854)"
     checked_against = ("official code: MrBlankness/TPO@ba87a23 loss.py (step weights match; its ranking loss has no "
-                       "lambda weights = lambda_weight='uniform'); the lambdarank default is unverified")
+                       "lambda weights = lambda_weight='uniform'); paper text Eqs. 7-8 (lambda weights match; its "
+                       "unnormalised sum = lambda_reduction='sum')")
     tags = {"data": ("list-wise", "step-level"), "framework": ("offline",), "constraint": ("reference",),
             "property": ()}
 
@@ -54,6 +67,9 @@ class TPOTree(Objective):
         if self.lambda_weight not in ("lambdarank", "uniform") or self.step_weights not in ("adaptive", "uniform"):
             raise ConfigError("TPOTree: lambda_weight must be 'lambdarank' or 'uniform'; step_weights must be "
                               "'adaptive' or 'uniform'.")
+        if self.lambda_reduction not in ("normalized", "sum"):
+            raise ConfigError(f"TPOTree: lambda_reduction must be 'normalized' or 'sum' (the paper's Eq. 7), got "
+                              f"{self.lambda_reduction!r}.")
 
     def compute(self, batch: ListBatch) -> ObjectiveOutput:
         lr = as_loss_dtype(batch.policy.token_logps) - as_loss_dtype(batch.ref.token_logps)  # [B, K, T]
@@ -78,14 +94,20 @@ class TPOTree(Objective):
             sd = torch.where(valid, s.detach(), torch.full_like(s, -torch.inf))
             rank = sd.argsort(-1, descending=True).argsort(-1).to(lr.dtype) + 1
             vs = torch.where(valid, v * self.gain_scale, torch.full_like(v, -torch.inf))
-            gain = torch.exp2(vs - vs.max(-1, keepdim=True).values)                        # 2^v up to a factor
+            gain = torch.exp2(vs if self.lambda_reduction == "sum" else vs - vs.max(-1, keepdim=True).values)
+            if self.lambda_reduction == "sum" and (torch.isinf(gain) | (valid & (gain == 0))).any():
+                raise PreflabError("TPOTree: 2^(gain_scale * score) overflows or underflows under "
+                                   "lambda_reduction='sum' (the paper's Eq. 8 takes scores in [0, 1]); rescale the "
+                                   "scores, lower gain_scale, or use lambda_reduction='normalized'.")
             disc = 1 / torch.log1p(rank)
             lam = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (disc.unsqueeze(-1) - disc.unsqueeze(-2)).abs()
             lam = torch.where(pairs, lam, torch.zeros_like(lam))
         else:
             lam = pairs.to(lr.dtype)
         pair_loss = F.softplus(-(s.unsqueeze(-1) - s.unsqueeze(-2)))
-        losses = (lam * pair_loss).sum((-1, -2)) / lam.sum((-1, -2)).clamp_min(1e-30)
+        losses = (lam * pair_loss).sum((-1, -2))
+        if self.lambda_reduction == "normalized":
+            losses = losses / lam.sum((-1, -2)).clamp_min(1e-30)
         acc = ((s.unsqueeze(-1) > s.unsqueeze(-2)) & pairs).sum((-1, -2)) / pairs.sum((-1, -2)).clamp_min(1)
         metrics = {"rewards/mean": s.detach().mean(), "rewards/accuracies": acc.to(lr.dtype).mean()}
         return ObjectiveOutput(losses.mean(), losses, metrics)

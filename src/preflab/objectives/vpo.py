@@ -24,7 +24,17 @@ calibration="extra":  extras["calibration_logps"] = [B] or [B, n] policy sequenc
                       extras["calibration_ref_logps"] (same shape, optional) = S_ref(y_cal); without it the
                       reference term is taken as 0, which moves the logged loss by a constant, not the gradient.
 
-Deviations: VPO's own sign convention and practical loss are unverified (only SELM's are read); `lam` is given
+Audit 2026-12 (paper-audit-2, 3rd-party): a later paper that builds on VPO's regularizer, "Provably Mitigating
+Corruption, Overoptimization, and Verbosity Simultaneously in Offline and Online RLHF/DPO Alignment" (DPO-COV;
+anonymous ICML submission, its text in the code index), derives both signs: the offline objective adds
++eta max_pi V (pessimism; its Eq. 9 cites Cen et al.), which becomes -beta eta log pi(y) on pi_base samples, taken
+as the chosen responses (Algorithm 1, Eq. 19); the online one flips the sign "inspired by (Cen et al., 2024)" and,
+with pi_base = pi_ref samples y', adds +beta eta log pi(y') (Algorithm 2, Eq. 25). With its noise and length terms
+off these are mode="offline", calibration="chosen" and mode="online", calibration="extra" here with lam = beta * eta
+(`tests/objectives/test_vpo.py::test_both_modes_are_the_dpo_cov_objectives_without_noise_or_length_terms`). Its eta
+is a theoretical rate (~1/sqrt(N)), not a recipe value.
+
+Deviations: VPO's own text and code are unread (SELM's code and DPO-COV's equations are); `lam` is given
 directly rather than as alpha * beta; the default lam is unverified.
 """
 from dataclasses import dataclass
@@ -48,7 +58,8 @@ class VPO(Objective):
     paper = "Cen et al. 2024, Value-Incentivized Preference Optimization (arXiv:2405.19320)"
     checked_against = ("3rd-party: derived from the paper's calibration argument (no VPO code or full text "
                        "reachable, 2026-12); online form equal to the concurrent SELM's released loss, "
-                       "shenao-zhang/SELM@0ba546a scripts/selm_trainer.py optimistic_dpo_loss (lam = alpha * beta)")
+                       "shenao-zhang/SELM@0ba546a scripts/selm_trainer.py optimistic_dpo_loss (lam = alpha * beta); "
+                       "both signs equal DPO-COV's Eqs. 19 and 25 (a later paper building on VPO)")
     tags = {"data": ("pair-wise",), "framework": ("online", "offline"), "constraint": ("reference",),
             "property": ("likelihood",)}
 
