@@ -76,8 +76,9 @@ class NEFTuneHook:
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         if not module.training:
             return output
-        generator = self.generators(output.device) if self.generators is not None else None
-        return noisy_embeddings(output, self.alpha, generator)
+        if self.generators is None:
+            return noisy_embeddings(output, self.alpha)
+        return noisy_embeddings(output, self.alpha, self.generators(output.device))
 
 
 def add_neftune_hook(model: nn.Module, alpha: float, generators: RankNoise | None = None):
