@@ -6,7 +6,7 @@ checkpoint-<step>/ holds
     optimizer.safetensors  optimizer state tensors; optimizer.json the rest of its state_dict
     rng.safetensors        torch (and CUDA) RNG states; rng.json python and numpy RNG states
     rng-rank<r>.*          written on several processes (DDP): every rank's own RNG states, which part ways as soon as
-                           the ranks draw different amounts (dropout or NEFTune noise on batches of other shapes);
+                           the ranks draw different amounts (CUDA dropout on batches of other shapes, a user's code);
                            rank r restores its own on the same world size (rank_rng_name), the main rank's otherwise
     trainer_state.json     global step, scheduler state, the metrics history position, the config, the timeline
     COMPLETE               written last: every other file's size and sha256; a directory without it is never picked

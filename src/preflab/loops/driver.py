@@ -557,8 +557,8 @@ class TrainingRun(CallbackEvents):
 
     def _rank_rngs(self) -> list:
         """Every rank's RNG states (preflab.checkpoint.rng_parts), in rank order, gathered to every rank: the main
-        process writes them into the checkpoint as rng-rank<r>, so each rank resumes its own stream (dropout and
-        NEFTune draw from it; the ranks' streams part ways when their batches differ in shape)."""
+        process writes them into the checkpoint as rng-rank<r>, so each rank resumes its own stream (the streams part
+        ways when the ranks draw different amounts: CUDA dropout on batches of other shapes, a callback's draws)."""
         from accelerate.utils import gather_object
 
         return gather_object([rng_parts()])
