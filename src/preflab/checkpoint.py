@@ -5,6 +5,9 @@ checkpoint-<step>/ holds
     extra.safetensors      tensors outside the model the step updates (an objective's own parameters), if any
     optimizer.safetensors  optimizer state tensors; optimizer.json the rest of its state_dict
     rng.safetensors        torch (and CUDA) RNG states; rng.json python and numpy RNG states
+    rng-rank<r>.*          written on several processes (DDP): every rank's own RNG states, which part ways as soon as
+                           the ranks draw different amounts (CUDA dropout on batches of other shapes, a user's code);
+                           rank r restores its own on the same world size (rank_rng_name), the main rank's otherwise
     trainer_state.json     global step, scheduler state, the metrics history position, the config, the timeline
     COMPLETE               written last: every other file's size and sha256; a directory without it is never picked
 Each file is fsynced, then the marker, then the directory; the folder is written under a temporary name and
@@ -113,7 +116,8 @@ def split_optimizer_state(sd: dict) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _rng_parts() -> tuple[dict, dict]:
+def rng_parts() -> tuple[dict, dict]:
+    """This process's RNG states: ({"torch", "cuda.<i>": state tensors}, {"python", "numpy": JSON-able states})."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -178,13 +182,14 @@ def _remove_atomically(folder: Path) -> None:
 
 def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict,
                     save_total_limit: int | None = None, extra_tensors: dict | None = None,
-                    model_only: bool = False) -> Path:
+                    model_only: bool = False, rank_rngs: list | None = None) -> Path:
     """Write checkpoint-<step> atomically; returns its path. A failure leaves earlier checkpoints untouched.
 
     extra_tensors: name -> tensor updated by the step outside `model` (saved to extra.safetensors).
     model_only: transformers' save_only_model: no optimizer, scheduler or RNG state (model.safetensors, extra
     tensors and trainer_state.json, which records "save_only_model": true so that a resume is refused).
     save_total_limit: keep the newest (by step) that many checkpoints of this checkpoint's timeline.
+    rank_rngs: on several processes, every rank's rng_parts() in rank order (written as rng-rank<r>).
     Cost: every file is read back once for its sha256 (about 1 s per GB on one core) and fsynced.
     """
     output_dir = Path(output_dir)
@@ -207,6 +212,9 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             _write_json(tmp / "optimizer.json", opt_meta)
             write_training_state(tmp, step, scheduler, state)
+            for rank, (tensors, meta) in enumerate(rank_rngs or []):
+                save_file(tensors, str(tmp / f"rng-rank{rank}.safetensors"))
+                _write_json(tmp / f"rng-rank{rank}.json", meta)
         commit_checkpoint(tmp, final, step)
     except (OSError, SafetensorError) as err:
         failure = write_failure(err)
@@ -566,8 +574,21 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
-    restore_rng(path)
+    restore_rng(path, rank_rng_name(path, trainer_state))
     return trainer_state
+
+
+def rank_rng_name(path: str | Path, trainer_state: dict) -> str:
+    """The RNG files this process restores from a full-tensor checkpoint: rng-rank<r> (its own) when the checkpoint
+    was written on as many processes as this run has and holds them, else rng (the main process's; a checkpoint
+    of one process, or of an earlier preflab that wrote no per-rank states)."""
+    import torch.distributed as dist
+
+    on_group = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if on_group else (0, 1)
+    own = f"rng-rank{rank}"
+    same_world = trainer_state.get("world_size") == world > 1 and (Path(path) / f"{own}.safetensors").is_file()
+    return own if same_world else "rng"
 
 
 def is_model_only(path: str | Path) -> bool:
@@ -605,7 +626,7 @@ def join_optimizer_state(tensors: dict, meta: dict) -> dict:
 
 def write_rng(folder: Path, name: str = "rng") -> None:
     """This process's torch (and CUDA), python and numpy RNG states into <name>.safetensors / <name>.json."""
-    rng_tensors, rng_meta = _rng_parts()
+    rng_tensors, rng_meta = rng_parts()
     save_file(rng_tensors, str(folder / f"{name}.safetensors"))
     _write_json(folder / f"{name}.json", rng_meta)
 

@@ -22,9 +22,9 @@ def synthetic_pairs(n=32, seed=0):
                             rejected_ids=draw(rng.randrange(1, 5)) + [2], extras={}) for i in range(n)]
 
 
-def run(out_dir, tiny_arch="llama", n_pairs=32, n_eval_pairs=0, **overrides):
+def run(out_dir, tiny_arch="llama", n_pairs=32, n_eval_pairs=0, callbacks=(), **overrides):
     """tiny_arch: "llama" (no dropout) or "gpt2" (dropout 0.1 in training mode: draws from the torch RNG).
-    n_eval_pairs: eval data of that many other synthetic pairs (none: no evaluation)."""
+    n_eval_pairs: eval data of that many other synthetic pairs (none: no evaluation). callbacks: the Trainer's."""
     torch.set_num_threads(1)
     params = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", output_dir=str(out_dir),
                   learning_rate=1e-3, per_device_train_batch_size=4, max_steps=6, logging_steps=1,
@@ -35,7 +35,8 @@ def run(out_dir, tiny_arch="llama", n_pairs=32, n_eval_pairs=0, **overrides):
     policy = tiny_causal_lm(tok, arch=tiny_arch, seed=0)
     ref = frozen_copy(policy)
     trainer = Trainer(cfg, policy=policy, ref=ref, tokenizer=tok, train_data=synthetic_pairs(n_pairs),
-                      eval_data=synthetic_pairs(n_eval_pairs, seed=1) if n_eval_pairs else None)
+                      eval_data=synthetic_pairs(n_eval_pairs, seed=1) if n_eval_pairs else None,
+                      callbacks=list(callbacks))
     if os.environ.get("TINY_RUN_POISON"):  # "RANK:STEP,STEP": that rank's loss is NaN at those (1-based) steps
         poison(trainer, os.environ["TINY_RUN_POISON"])
     return trainer.train(), trainer

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from preflab.checkpoint import (load_checkpoint, refuse_model_only, resume_checkpoint, save_checkpoint,
+from preflab.checkpoint import (load_checkpoint, refuse_model_only, resume_checkpoint, rng_parts, save_checkpoint,
                                 share_run_files, what_is_kept, write_failure, write_timeline)
 from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
@@ -45,7 +45,7 @@ from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded
 from preflab.loops.optimizer import follow_schedule, step_on_evaluation
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
 from preflab.models.attention import refuse_flex_training_on_cpu
-from preflab.models.neftune import add_neftune_hook
+from preflab.models.neftune import RankNoise, add_neftune_hook
 from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
 from preflab.online_options import greedy_eval_notes
@@ -182,10 +182,15 @@ class TrainingRun(CallbackEvents):
         (preflab.models.neftune; transformers adds it at the start of Trainer.train and removes it at the end). Its
         noise is drawn only in training mode, so evaluation and the reference (a separate model, or a precomputed
         one) are clean; a LoRA policy's adapters-off reference forward, which runs in training mode, is noisy as in
-        TRL's DPOTrainer with a PEFT model."""
+        TRL's DPOTrainer with a PEFT model. Several processes: rank r's noise comes from generators of its own
+        (preflab.models.neftune.RankNoise: seeded by seed, rank, step and forward), so the ranks draw independent
+        noise (transformers' ranks share one seed and draw the same noise for batches of the same shape)."""
         alpha = self.cfg.neftune_noise_alpha
         if alpha is not None:
-            self._neftune_handle = add_neftune_hook(self.accelerator.unwrap_model(self.checkpoint_module), alpha)
+            acc = self.accelerator
+            generators = (RankNoise(self.cfg.seed, acc.process_index, lambda: self.step)
+                          if acc.num_processes > 1 else None)
+            self._neftune_handle = add_neftune_hook(acc.unwrap_model(self.checkpoint_module), alpha, generators)
 
     def _train(self) -> dict:
         """The outline: refuse what the model cannot train on this device and what the engine cannot save, resume or
@@ -541,12 +546,22 @@ class TrainingRun(CallbackEvents):
                                                  self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
             return save_sharded_checkpoint(self.out, step, self.sync_module, self.optimizer, self.scheduler, state,
                                            self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
+        model_only = bool(self.cfg.save_only_model)
+        rank_rngs = self._rank_rngs() if acc.num_processes > 1 and not model_only else None  # collective
         if not self.main:
             return None
         return save_checkpoint(self.out, step, acc.unwrap_model(self.checkpoint_module),
                                self.optimizer, self.scheduler, state,
                                self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras(),
-                               model_only=bool(self.cfg.save_only_model))
+                               model_only=model_only, rank_rngs=rank_rngs)
+
+    def _rank_rngs(self) -> list:
+        """Every rank's RNG states (preflab.checkpoint.rng_parts), in rank order, gathered to every rank: the main
+        process writes them into the checkpoint as rng-rank<r>, so each rank resumes its own stream (the streams part
+        ways when the ranks draw different amounts: CUDA dropout on batches of other shapes, a callback's draws)."""
+        from accelerate.utils import gather_object
+
+        return gather_object([rng_parts()])
 
     def _deepspeed_engine(self):
         """The DeepSpeedEngine accelerate prepared, None without DeepSpeed."""
