@@ -974,8 +974,9 @@ def _check_file_splits(cfg: TrainConfig) -> None:
 def _check_dataset_configs(cfg: TrainConfig) -> None:
     """dataset_config / eval_dataset_config that a local dataset_name / eval_dataset_name cannot honour (a file, a
     glob, a folder without that configuration in its README.md) is refused here, naming the option, rather than
-    left unused (preflab.data.configured_source.local_config_problem); a hub name is checked when it loads."""
-    from preflab.data.configured_source import eval_config, local_config_problem
+    left unused (preflab.data.sources.local_config_problem); a hub name is checked when it loads."""
+    from preflab.data.configured_source import eval_config
+    from preflab.data.sources import local_config_problem
 
     checks = (("dataset_name", cfg.dataset_name, cfg.dataset_config, "dataset_config"),
               ("eval_dataset_name", cfg.eval_dataset_name, eval_config(cfg),

@@ -258,3 +258,22 @@ def test_the_option_through_yaml_key_value_trl_names_and_the_saved_config(hub_co
     assert load_config(tmp_path / "config.yaml").dataset_config == "a"  # the run's config.yaml keeps it
     assert config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x",
                              "dataset_config": None}).dataset_config is None  # TRL's default
+
+
+def test_a_hub_name_reaches_load_dataset_with_its_configuration(monkeypatch):
+    """A hub name (no local path) with dataset_config: datasets.load_dataset(name, name=config, split=...), the
+    reader named after both; without one the call is as before (no name)."""
+    import datasets
+
+    calls = []
+
+    def recording_load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return datasets.Dataset.from_list([_row("hub-row")])
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", recording_load_dataset)
+    rows, report = load_rows(ConfiguredSource("openai/gsm8k", "main"), split="test")
+    assert [r.prompt for r in rows] == ["hub-row"] and report.source == "hub:openai/gsm8k (config main)[test]"
+    load_rows("openai/gsm8k", split="test")
+    assert calls == [("openai/gsm8k", {"split": "test", "name": "main"}), ("openai/gsm8k", {"split": "test"})]

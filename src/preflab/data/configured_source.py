@@ -7,15 +7,16 @@ the one place every reader gets its data source from.
 A hub dataset with several configurations (languages, subsets: openai/gsm8k's 'main' and 'socratic') is read as
 `datasets.load_dataset(name, config, split=...)`; a local folder whose README.md front matter declares `configs:`
 (a downloaded hub dataset) is read as `datasets` reads it: the chosen configuration's `data_files` (and
-`data_dir`) per split (preflab.data.card_configs). Rule for the eval set's configuration: `eval_dataset_config`
-when given; else `dataset_config` when eval_dataset_name names the same data as dataset_name (TRL's scripts read
-dataset_test_split from the one `load_dataset(dataset_name, dataset_config)`); else none.
+`data_dir`) per split (preflab.data.card_configs; preflab.data.sources reads both). Rule for the eval set's
+configuration: `eval_dataset_config` when given; else `dataset_config` when eval_dataset_name names the same data as
+dataset_name (TRL's scripts read dataset_test_split from the one `load_dataset(dataset_name, dataset_config)`);
+else none.
 
 Refused rather than ignored (datasets itself ignores a configuration name given with a data file): a configuration
-of a single data file, a glob, a save_to_disk folder, a folder whose card declares no configurations, or rows given
-from Python; a configuration the card does not declare names the ones it does. A ConfiguredSource's `label`
-("NAME (config C)") is the reader's name, so data reports and the tokenization cache key (which hashes the
-source's name) tell configurations apart.
+of a single data file, a glob, a save_to_disk folder, a folder whose card declares no configurations
+(preflab.data.sources.local_config_problem), or rows given from Python (data_source); a configuration the card does
+not declare names the ones it does. A ConfiguredSource's `label` ("NAME (config C)") is the reader's name, so data
+reports and the tokenization cache key (which hashes the source's name) tell configurations apart.
 """
 from __future__ import annotations
 
@@ -84,36 +85,3 @@ def eval_source(cfg):
     """What the readers read as the eval set: cfg.eval_dataset_name with eval_config(cfg) (data_source)."""
     option = "eval_dataset_config" if getattr(cfg, "eval_dataset_config", None) is not None else "dataset_config"
     return data_source(cfg.eval_dataset_name, eval_config(cfg), option, "eval_dataset_name")
-
-
-def local_config_problem(name, config, option: str = "dataset_config") -> str | None:
-    """Why configuration `config` cannot be read from `name` when `name` is local (a file, a folder, a glob), as a
-    sentence naming `option`; None when it can, or when `name` is no local path (a hub name: checked when loaded).
-    Reads no rows (the config check asks it before anything loads)."""
-    from preflab.data.card_configs import card_config, card_configs
-    from preflab.data.sources import GLOB_CHARS
-    from preflab.errors import DataError
-
-    path = Path(str(name)).expanduser()
-    head = f"{option}={config!r}"
-    if path.is_file():
-        return (f"{head}: {name} is a single data file, which has no configurations (datasets would ignore the "
-                "name and read the file). Remove the option, or point the data option at the folder whose README.md "
-                "declares the configurations.")
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            return (f"{head}: {name} was saved with save_to_disk, which holds one configuration already (the one it "
-                    "was loaded with). Remove the option.")
-        if not card_configs(path):
-            return (f"{head}: directory {name} declares no configurations (no `configs:` in the front matter of its "
-                    "README.md), so there is nothing to pick. Remove the option, or point the data option at that "
-                    "configuration's own folder or files.")
-        try:
-            card_config(path, config, option)
-        except DataError as err:
-            return str(err)
-        return None
-    if any(c in str(name) for c in GLOB_CHARS):
-        return (f"{head}: {name} is a glob of data files, which have no configurations. Remove the option, or give "
-                "the configuration's files as the glob.")
-    return None
