@@ -2937,10 +2937,12 @@ MUTANTS += [
            [("for said in greedy_eval_notes(cfg):", "for said in greedy_eval_notes(cfg)[1:]:")],
            ["tests/online/test_greedy_eval.py", "-k", "once"],
            "a GRPO run with an eval set is no longer told at its start that eval_reward is greedy"),
-    Mutant("trlgaps5-dataset-config-line-drops-config", "config_trl.py",
-           [("f\"{config!r}).save_to_disk({folder!r})", "f\").save_to_disk({folder!r})")],
+    # (retargeted by the dataset-config round: the refusal's save_to_disk line it planted in is gone, dataset_config
+    # is read; the same bug, the configuration dropped on its way to datasets.load_dataset, planted where it goes now)
+    Mutant("trlgaps5-dataset-config-line-drops-config", "data/sources.py",
+           [("**({\"name\": config} if config is not None else {})", "**({} if config is not None else {})")],
            ["tests/data/test_dataset_config.py"],
-           "dataset_config's suggested save_to_disk line loads the dataset's default configuration, not the one asked"),
+           "dataset_config never reaches datasets.load_dataset: a hub dataset's default configuration is read instead"),
 ]
 
 
