@@ -277,3 +277,27 @@ def test_a_hub_name_reaches_load_dataset_with_its_configuration(monkeypatch):
     assert [r.prompt for r in rows] == ["hub-row"] and report.source == "hub:openai/gsm8k (config main)[test]"
     load_rows("openai/gsm8k", split="test")
     assert calls == [("openai/gsm8k", {"split": "test", "name": "main"}), ("openai/gsm8k", {"split": "test"})]
+
+
+def test_a_run_records_its_configuration_in_config_yaml_summary_and_model_card(hub_copy, tmp_path, monkeypatch):
+    """One optimizer step of a DPO run on configuration b with b's test split as the eval set: config.yaml keeps
+    dataset_config, summary.json's data report names the configuration for both sets, the model card says it."""
+    import torch
+
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    cfg = _cfg(hub_copy, tmp_path, dataset_config="b", eval_dataset_name=str(hub_copy), eval_split="test",
+               output_dir=str(out), max_steps=1, per_device_train_batch_size=1, disable_tqdm=True, use_cpu=True)
+    tok = tiny_tokenizer()
+    policy = tiny_causal_lm(tok, seed=0)
+    Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok).train()
+    assert load_config(out / "config.yaml").dataset_config == "b"
+    data = json.loads((out / "summary.json").read_text())["data"]
+    assert data["train_rows"]["source"] == data["eval_rows"]["source"] == f"{hub_copy} (config b)"
+    assert (data["train_rows"]["total"], data["eval_rows"]["total"]) == (3, 2)
+    assert f"on `{hub_copy}` (dataset_config `b`)" in (out / "README.md").read_text()

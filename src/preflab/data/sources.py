@@ -199,7 +199,7 @@ def local_config_problem(name, config, option: str = "dataset_config") -> str | 
 def _resolve_configured(source: ConfiguredSource, split: str | None, streaming: bool, otherwise: str | None):
     """_resolve of a name with its configuration: a local folder reads the files its README.md lists for that
     configuration; a hub name loads `datasets.load_dataset(name, config)`; anything else local (a file, a glob, a
-    save_to_disk folder, a folder without configurations) is a DataError (configured_source.local_config_problem):
+    save_to_disk folder, a folder without configurations) is a DataError (local_config_problem):
     the configuration would be unused. The name read is `source.label` ("NAME (config C)")."""
     problem = local_config_problem(source.name, source.config, source.option)
     if problem:
