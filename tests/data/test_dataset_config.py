@@ -301,3 +301,13 @@ def test_a_run_records_its_configuration_in_config_yaml_summary_and_model_card(h
     assert data["train_rows"]["source"] == data["eval_rows"]["source"] == f"{hub_copy} (config b)"
     assert (data["train_rows"]["total"], data["eval_rows"]["total"]) == (3, 2)
     assert f"on `{hub_copy}` (dataset_config `b`)" in (out / "README.md").read_text()
+
+
+def test_preflab_evals_overlap_check_reads_the_runs_configuration(hub_copy):
+    """`preflab eval` compares the eval rows with a run's training rows read from its config.yaml: with its
+    dataset_config, those are the configuration's rows (without it the folder of several would be refused)."""
+    from preflab.eval.run import policy_training_rows
+
+    training = policy_training_rows({"task": "dpo", "dataset_name": str(hub_copy), "dataset_config": "b"})
+    assert training.why is None and [r.prompt for r in training.rows] == ROWS["b"]["train"]
+    assert training.whose == f"the run's training data {hub_copy} (dataset_name, dataset_config b, split train)"
