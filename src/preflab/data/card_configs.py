@@ -93,7 +93,8 @@ def card_config(folder: Path, config: str, option: str = "dataset_config") -> di
 
     names = [str(c["config_name"]) for c in configs]
     raise DataError(f"{option}={config!r}: directory {folder} declares no configuration {config!r} in its README.md; "
-                    f"it declares {names} ({_shown(configs)}). Set {option} to one of them.{nearest(str(config), names)}")
+                    f"it declares {names} ({_shown(configs)}). Set {option} to one of them."
+                    + nearest(str(config), names))
 
 
 def card_split_patterns(folder: Path, config: str | None = None) -> tuple[dict[str, list[str]], bool] | None:
