@@ -984,7 +984,7 @@ def _check_dataset_configs(cfg: TrainConfig) -> None:
     for data, name, config, option in checks:
         if config is None or not isinstance(name, (str, os.PathLike)) or not name:
             continue
-        problem = local_config_problem(name, config, option)
+        problem = local_config_problem(name, config, option, data)
         if problem:
             raise ConfigError(f"{data}={str(name)!r}: {problem}")
 

@@ -189,8 +189,9 @@ def test_the_eval_configuration_rule():
 
     assert eval_source(cfg(eval_dataset_name="org/prefs")) == ConfiguredSource("org/prefs", "en")  # the same data
     assert eval_source(cfg(eval_dataset_name="org/other")) == "org/other"  # another: none unless it says
-    assert eval_source(cfg(eval_dataset_name="org/other", eval_dataset_config="fr")) == \
-        ConfiguredSource("org/other", "fr", "eval_dataset_config")
+    fr = eval_source(cfg(eval_dataset_name="org/other", eval_dataset_config="fr"))
+    assert (fr, fr.option, fr.data_option) == (ConfiguredSource("org/other", "fr"), "eval_dataset_config",
+                                               "eval_dataset_name")
     assert eval_source(cfg(eval_dataset_name="org/prefs", eval_dataset_config="fr")).config == "fr"
     assert training_source(cfg(dataset_config=None)) == "org/prefs"
 
@@ -221,7 +222,7 @@ def test_a_configuration_of_something_without_configurations_is_refused(hub_copy
              saved: "was saved with save_to_disk",
              hub_copy / "a": "declares no configurations"}
     for name, said in cases.items():
-        with pytest.raises(ConfigError, match=rf"dataset_config='a': .*{said}.*Remove the option"):
+        with pytest.raises(ConfigError, match=rf"dataset_config='a': .*{said}.*Remove dataset_config"):
             preflight(_cfg(name, tmp_path, dataset_config="a"), check_models=False)
         with pytest.raises(DataError, match=said):  # the readers refuse it too (Python callers skip preflight)
             load_rows(ConfiguredSource(str(name), "a"))

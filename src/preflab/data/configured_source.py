@@ -21,7 +21,7 @@ reports and the tokenization cache key (which hashes the source's name) tell con
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from preflab.errors import ConfigError
@@ -30,11 +30,13 @@ from preflab.errors import ConfigError
 @dataclass(frozen=True)
 class ConfiguredSource:
     """`name` (a hub dataset name or a local folder) read with its configuration `config`; `option` is the setting
-    that named the configuration (dataset_config / eval_dataset_config), for messages."""
+    that named the configuration (dataset_config / eval_dataset_config) and `data_option` the one that named the
+    data (dataset_name / eval_dataset_name), for messages."""
 
     name: str
     config: str
-    option: str = "dataset_config"
+    option: str = field(default="dataset_config", compare=False)  # the same data and configuration compare equal
+    data_option: str = field(default="dataset_name", compare=False)
 
     @property
     def label(self) -> str:
@@ -53,7 +55,7 @@ def data_source(name, config, option: str = "dataset_config", data_option: str =
         raise ConfigError(f"{option}={config!r} names a configuration of {data_option}, but the data was given from "
                           f"Python ({type(name).__name__}), which has no configurations: it would be unused. Remove "
                           f"{option}, or select the configuration's rows before passing them.")
-    return ConfiguredSource(str(name), str(config), option)
+    return ConfiguredSource(str(name), str(config), option, data_option)
 
 
 def eval_config(cfg) -> str | None:

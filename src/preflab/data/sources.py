@@ -165,25 +165,25 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
 GLOB_CHARS = "*?["  # a path holding one of them that names no file or folder is a glob (hub names never hold them)
 
 
-def local_config_problem(name, config, option: str = "dataset_config") -> str | None:
+def local_config_problem(name, config, option: str = "dataset_config", data_option: str = "dataset_name") -> str | None:
     """Why configuration `config` cannot be read from `name` when `name` is local (a file, a folder, a glob), as a
-    sentence naming `option`; None when it can, or when `name` is no local path (a hub name: checked when loaded).
-    Reads no rows (the config check asks it before anything loads)."""
+    sentence naming `option` (and `data_option`, the setting that named the data); None when it can, or when `name`
+    is no local path (a hub name: checked when loaded). Reads no rows (the config check asks it first)."""
     from preflab.data.card_configs import card_config, card_configs
 
     path = Path(str(name)).expanduser()
     head = f"{option}={config!r}"
     if path.is_file():
         return (f"{head}: {name} is a single data file, which has no configurations (datasets would ignore the "
-                "name and read the file). Remove the option, or point the data option at the folder whose README.md "
+                f"name and read the file). Remove {option}, or point {data_option} at the folder whose README.md "
                 "declares the configurations.")
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             return (f"{head}: {name} was saved with save_to_disk, which holds one configuration already (the one it "
-                    "was loaded with). Remove the option.")
+                    f"was loaded with). Remove {option}.")
         if not card_configs(path):
             return (f"{head}: directory {name} declares no configurations (no `configs:` in the front matter of its "
-                    "README.md), so there is nothing to pick. Remove the option, or point the data option at that "
+                    f"README.md), so there is nothing to pick. Remove {option}, or point {data_option} at that "
                     "configuration's own folder or files.")
         try:
             card_config(path, config, option)
@@ -191,7 +191,7 @@ def local_config_problem(name, config, option: str = "dataset_config") -> str | 
             return str(err)
         return None
     if any(c in str(name) for c in GLOB_CHARS):
-        return (f"{head}: {name} is a glob of data files, which have no configurations. Remove the option, or give "
+        return (f"{head}: {name} is a glob of data files, which have no configurations. Remove {option}, or give "
                 "the configuration's files as the glob.")
     return None
 
@@ -201,7 +201,7 @@ def _resolve_configured(source: ConfiguredSource, split: str | None, streaming: 
     configuration; a hub name loads `datasets.load_dataset(name, config)`; anything else local (a file, a glob, a
     save_to_disk folder, a folder without configurations) is a DataError (local_config_problem):
     the configuration would be unused. The name read is `source.label` ("NAME (config C)")."""
-    problem = local_config_problem(source.name, source.config, source.option)
+    problem = local_config_problem(source.name, source.config, source.option, source.data_option)
     if problem:
         raise DataError(problem)
     path = Path(source.name).expanduser()
