@@ -2937,10 +2937,12 @@ MUTANTS += [
            [("for said in greedy_eval_notes(cfg):", "for said in greedy_eval_notes(cfg)[1:]:")],
            ["tests/online/test_greedy_eval.py", "-k", "once"],
            "a GRPO run with an eval set is no longer told at its start that eval_reward is greedy"),
-    Mutant("trlgaps5-dataset-config-line-drops-config", "config_trl.py",
-           [("f\"{config!r}).save_to_disk({folder!r})", "f\").save_to_disk({folder!r})")],
+    # (retargeted by the dataset-config round: the refusal's save_to_disk line it planted in is gone, dataset_config
+    # is read; the same bug, the configuration dropped on its way to datasets.load_dataset, planted where it goes now)
+    Mutant("trlgaps5-dataset-config-line-drops-config", "data/sources.py",
+           [("**({\"name\": config} if config is not None else {})", "**({} if config is not None else {})")],
            ["tests/data/test_dataset_config.py"],
-           "dataset_config's suggested save_to_disk line loads the dataset's default configuration, not the one asked"),
+           "dataset_config never reaches datasets.load_dataset: a hub dataset's default configuration is read instead"),
 ]
 
 
@@ -3253,6 +3255,44 @@ MUTANTS += [
            [("latest = latest_checkpoint(stage) if resumes else None", "latest = latest_checkpoint(stage)")],
            mq_plus(MQ_CLI, "test_a_recipe_that_reruns_its_stage_says_so_even_when_the_stage_left_a_checkpoint"),
            "a recipe that reruns its stage says it continues from the stage's checkpoint"),
+]
+
+
+# dataset-config round: dataset_config / eval_dataset_config (data/configured_source.py, the configured reading in
+# data/sources.py and data/card_configs.py, the streaming reader, preflab eval's overlap check, TRL's mixture entry)
+DSCFG = ["tests/data/test_dataset_config.py"]
+MUTANTS += [
+    Mutant("dscfg-label-drops-config", "data/configured_source.py",
+           [("return f\"{self.name} (config {self.config})\"", "return self.name")], DSCFG + ["-k", "cache"],
+           "the reader's name leaves the configuration out: another configuration's cached items are served"),
+    Mutant("dscfg-eval-config-not-inherited", "data/configured_source.py",
+           [("        return getattr(cfg, \"dataset_config\", None)\n", "        return None\n")], DSCFG,
+           "eval_dataset_name naming dataset_name reads the folder without dataset_config (TRL's test split lost)"),
+    Mutant("dscfg-file-config-accepted", "data/sources.py",
+           [("return (f\"{head}: {name} is a single data file",
+             "return None and (f\"{head}: {name} is a single data file")],
+           DSCFG + ["-k", "without_configurations"],
+           "dataset_config with a plain data file is accepted and silently unused (datasets ignores it too)"),
+    Mutant("dscfg-card-config-first", "data/card_configs.py",
+           [("if str(entry[\"config_name\"]) == str(config):", "if True:")], DSCFG + ["-k", "exactly"],
+           "any configuration name reads the card's first configuration"),
+    Mutant("dscfg-data-dir-ignored", "data/sources.py",
+           [("if not entry.get(\"data_files\") and entry.get(\"data_dir\"):", "if False:")],
+           DSCFG + ["-k", "exactly"], "a configuration given by data_dir alone is refused as having no files"),
+    Mutant("dscfg-streaming-drops-config", "loops/streaming.py",
+           [("source = training_source(cfg)", "source = cfg.dataset_name")], DSCFG + ["-k", "streaming"],
+           "streaming: true reads dataset_name without its configuration"),
+    Mutant("dscfg-python-rows-config-unrefused", "data/configured_source.py",
+           [("    if not isinstance(name, (str, os.PathLike)):\n        raise ConfigError",
+             "    if False:\n        raise ConfigError")], DSCFG + ["-k", "python"],
+           "dataset_config beside rows given from Python is silently unused"),
+    Mutant("dscfg-overlap-drops-config", "eval/run.py",
+           [("rows, report = read(data_source(str(name), config), train_split)",
+             "rows, report = read(str(name), train_split)")], DSCFG + ["-k", "overlap"],
+           "preflab eval's overlap check reads the run's training data without its dataset_config"),
+    Mutant("dscfg-mixture-name-dropped", "config_trl.py",
+           [("        raw[\"dataset_config\"] = only[\"name\"]\n", "        pass\n")], DSCFG + ["-k", "yaml"],
+           "TRL's datasets mixture entry's name (its configuration) is dropped"),
 ]
 
 

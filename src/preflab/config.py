@@ -39,8 +39,10 @@ class TrainConfig:
     model_name_or_path: str = ""               # hub name, local directory, or builtin:tiny-llama|tiny-qwen2|tiny-gpt2
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
+    dataset_config: str | None = None          # TRL: the configuration (subset) of dataset_name (load_dataset's name)
     dataset_split: str = "train"
     eval_dataset_name: str | None = None       # default: hold out eval_fraction of the training rows
+    eval_dataset_config: str | None = None     # None: dataset_config when eval_dataset_name is dataset_name
     eval_split: str | None = None              # None: "test" of a source with splits; a single data file read whole
     eval_fraction: float = 0.0
     loss_type: Any = "sigmoid"                 # objective name or TRL alias, or a list (weighted by loss_weights)
@@ -381,6 +383,10 @@ class TrainConfig:
         if self.eval_strategy == "no" and eval_set:  # (a YAML file or config_from_dict drops them with a note first)
             out.append(f"eval_strategy='no' conflicts with {' and '.join(eval_set)}: the run would still evaluate on "
                        "that eval set at its end; remove eval_strategy: no to evaluate, or the eval set.")
+        if self.eval_dataset_config is not None and not self.eval_dataset_name:
+            out.append(f"eval_dataset_config={self.eval_dataset_config!r} names a configuration of eval_dataset_name, "
+                       "which is not set: it would be unused. Set eval_dataset_name (the eval set's dataset) or "
+                       "remove eval_dataset_config.")
         if self.eval_split is not None and self.eval_fraction and not self.eval_dataset_name:
             # (eval_split alone, e.g. TRL's dataset_test_split, evaluates nothing: as in TRL with eval_strategy no)
             out.append(f"eval_split={self.eval_split!r} names the split of eval_dataset_name, which is not set: "
@@ -585,7 +591,7 @@ def _resolve_eval(raw: dict, notes: list[str]) -> None:
     """TRL's eval_strategy onto preflab's eval schedule (eval_steps; 0 = at the end only)."""
     strategy = raw.get("eval_strategy")
     if strategy == "no":  # (eval_steps: TrainConfig's _drop_unwritten_eval_steps, for every entry point)
-        dropped = [k for k in ("eval_dataset_name", "eval_fraction") if raw.get(k)]
+        dropped = [k for k in ("eval_dataset_name", "eval_dataset_config", "eval_fraction") if raw.get(k)]
         for k in dropped:
             notes.append(f"eval_strategy: no -> {k}={raw.pop(k)!r} is not used (no evaluation).")
     elif strategy == "steps" and not raw.get("eval_steps"):
@@ -929,6 +935,7 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
         raise ConfigError(f"{where} {cache} is not writable ({err.strerror or err}); point PREFLAB_CACHE_DIR at a "
                           "writable directory.") from err
     _check_file_splits(cfg)
+    _check_dataset_configs(cfg)
     if check_models and cfg.task not in RECIPE_TASKS:
         from preflab.models.load import (check_model_name, check_not_a_reward_model, check_remote_code,
                                          check_weights_safe)
@@ -962,6 +969,24 @@ def _check_file_splits(cfg: TrainConfig) -> None:
             raise ConfigError(f"{split}={getattr(cfg, split)!r}: {data}: {missing} Remove {split} (or set it to "
                               f"'train') to read the file, or set {data} to a directory holding one file per split "
                               "(train.jsonl, test.jsonl, ...).")
+
+
+def _check_dataset_configs(cfg: TrainConfig) -> None:
+    """dataset_config / eval_dataset_config that a local dataset_name / eval_dataset_name cannot honour (a file, a
+    glob, a folder without that configuration in its README.md) is refused here, naming the option, rather than
+    left unused (preflab.data.sources.local_config_problem); a hub name is checked when it loads."""
+    from preflab.data.configured_source import eval_config
+    from preflab.data.sources import local_config_problem
+
+    checks = (("dataset_name", cfg.dataset_name, cfg.dataset_config, "dataset_config"),
+              ("eval_dataset_name", cfg.eval_dataset_name, eval_config(cfg),
+               "eval_dataset_config" if cfg.eval_dataset_config is not None else "dataset_config"))
+    for data, name, config, option in checks:
+        if config is None or not isinstance(name, (str, os.PathLike)) or not name:
+            continue
+        problem = local_config_problem(name, config, option, data)
+        if problem:
+            raise ConfigError(f"{data}={str(name)!r}: {problem}")
 
 
 def describe_options() -> str:

@@ -106,10 +106,17 @@ OPTIONS: dict[str, Option] = {
     "dataset_name": Option("training data: hub name, save_to_disk directory, folder of data files, "
                            ".jsonl/.json/.parquet/.csv/.arrow file (.jsonl/.json/.csv also .gz/.bz2/.xz), or a glob",
                            "a non-empty name", _nonempty),
+    "dataset_config": Option("configuration (subset) of dataset_name, as datasets.load_dataset(dataset_name, "
+                             "dataset_config) reads it (TRL script: dataset_config): a hub dataset's, or a local "
+                             "folder's README.md `configs:`; a data file has none", "a non-empty name or null",
+                             _nonempty),
     "dataset_split": Option("split of dataset_name to train on (TRL script: dataset_train_split)", "a non-empty name",
                             _nonempty),
     "eval_dataset_name": Option("evaluation data (same forms as dataset_name); excludes eval_fraction",
                                 "a non-empty name or null", _nonempty),
+    "eval_dataset_config": Option("configuration (subset) of eval_dataset_name; default: dataset_config when "
+                                  "eval_dataset_name is dataset_name, else none", "a non-empty name or null",
+                                  _nonempty),
     "eval_split": Option("split of the eval data (TRL script: dataset_test_split); default: 'test' of a source "
                          "with splits, a single data file read whole", "a non-empty name or null", _nonempty),
     "eval_fraction": within(0, 1, "fraction of training rows held out for evaluation (0: none)", high_open=True),

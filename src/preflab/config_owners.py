@@ -93,11 +93,11 @@ OWNERS = (
     (("model_init_kwargs", "load_dtype"), lambda cfg: not _builds_its_model(cfg) and cfg.task != "diffusion",
      "the runs that load model_name_or_path with transformers (online_task: game and model builtin:demo-sft build "
      "their tiny policy in code; a diffusion pipeline loads in float32 with diffusers)"),
-    (("eval_dataset_name", "eval_fraction", "eval_split"),
+    (("eval_dataset_name", "eval_dataset_config", "eval_fraction", "eval_split"),
      lambda cfg: not (cfg.task == "online" and cfg.online_task != "dataset"),
      "the offline tasks and online_task: dataset (online_task demo, game and vision_dataset evaluate with their "
      "task: the demo's held-out prompts, the game's equilibrium; eval_steps sets when)"),
-    (("dataset_name", "dataset_split", "on_bad_row"),
+    (("dataset_name", "dataset_config", "dataset_split", "on_bad_row"),
      lambda cfg: not (cfg.task == "online" and cfg.online_task in ("demo", "game")),
      "the tasks that read a dataset (online_task demo and game make their own prompts)"),
     (("rpo_alpha",), lambda cfg: cfg.task != "diffusion",

@@ -166,9 +166,6 @@ REFUSED = {
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
     "activation_offloading": (False, "not supported; use gradient_checkpointing: true"),
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
-    "dataset_config": (None, "preflab passes no configuration name to datasets.load_dataset; save that "
-                             "configuration with save_to_disk and give the folder as dataset_name "
-                             "(dataset_config_refusal says it with the config's names)"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
@@ -256,30 +253,9 @@ TRL_ONLINE_DEFAULTS = {
 }
 
 
-def dataset_config_refusal(config, dataset_name) -> str:
-    """The error for TRL's dataset_config (ScriptArguments: the hub dataset's configuration, e.g. openai/gsm8k's
-    'main'), with what to do: preflab reads a hub name as datasets.load_dataset(dataset_name, split=...) in many
-    readers (offline, SFT, reward, online prompts, eval sets, streaming, preflab eval) and the tokenized-data cache
-    is keyed by dataset_name, so a configuration name is not passed anywhere; a save_to_disk folder of that
-    configuration is read with its splits. A local file or folder has no configuration names to pick."""
-    from pathlib import Path
-
-    head = f"dataset_config={config!r} is not supported"
-    if isinstance(dataset_name, str) and dataset_name and Path(dataset_name).expanduser().exists():
-        return (f"{head}: dataset_name {dataset_name!r} is a local file or folder, and a configuration name only "
-                "picks among a hub dataset's configurations. Point dataset_name at that configuration's files or "
-                "folder (a hub dataset's README.md lists each configuration's data_files), and remove "
-                "dataset_config.")
-    name = dataset_name if isinstance(dataset_name, str) and dataset_name else "OWNER/NAME"
-    folder = f"{name.rstrip('/').rsplit('/', 1)[-1]}-{config}"
-    return (f"{head}: preflab passes no configuration name to datasets.load_dataset. Save the configuration once "
-            f"(where the hub is reachable): python -c \"import datasets; datasets.load_dataset({name!r}, "
-            f"{config!r}).save_to_disk({folder!r})\", then set dataset_name: {folder} (its splits are read by "
-            "dataset_split / eval_split) and remove dataset_config.")
-
-
-def _local_test_split(name) -> bool:
-    """`name` is a local directory (a folder of split files, a save_to_disk DatasetDict) that holds a split 'test'."""
+def _local_test_split(name, config=None) -> bool:
+    """`name` is a local directory (a folder of split files, a save_to_disk DatasetDict) that holds a split 'test'
+    (in its README.md configuration `config`, when one is given)."""
     if not isinstance(name, str) or not name:
         return False
     from pathlib import Path
@@ -287,7 +263,7 @@ def _local_test_split(name) -> bool:
     from preflab.data.sources import directory_has_split
 
     path = Path(name).expanduser()
-    return path.is_dir() and directory_has_split(path, "test")
+    return path.is_dir() and directory_has_split(path, "test", config)
 
 
 TRL_TASK_LEARNING_RATES = {"sft": 2e-5, "reward": 1e-4}  # SFTConfig's and RewardConfig's learning_rate defaults
@@ -346,15 +322,16 @@ def _env_block(raw: dict, notes: list, errors: list) -> None:
 
 def _dataset_mixture(raw: dict, notes: list, errors: list) -> None:
     """TRL's DatasetMixtureConfig `datasets` (a list of DatasetConfig). One entry that names only a dataset (path,
-    split) is dataset_name / dataset_split; a mixture of several, or an entry with a config name, data files,
-    column selection or fraction, is refused (preflab trains on one dataset as given)."""
+    and its configuration name and split) is dataset_name / dataset_config / dataset_split; a mixture of several,
+    or an entry with data files, a data_dir, column selection or fraction, is refused (preflab trains on one
+    dataset as given)."""
     if "datasets" not in raw:
         return
     entries = raw.pop("datasets")
     if entries in (None, []):  # DatasetMixtureConfig's default
         return
     only = entries[0] if isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], dict) else None
-    extra = sorted(k for k, v in (only or {}).items() if k not in ("path", "split") and v is not None)
+    extra = sorted(k for k, v in (only or {}).items() if k not in ("path", "name", "split") and v is not None)
     if only is None or not isinstance(only.get("path"), str) or extra:
         what = (f"its entry sets {', '.join(extra)}" if extra else "it lists several datasets" if
                 isinstance(entries, list) and len(entries) > 1 else "it is not a list of {path, split} entries")
@@ -366,10 +343,17 @@ def _dataset_mixture(raw: dict, notes: list, errors: list) -> None:
         errors.append(f"datasets names {only['path']!r} and dataset_name names {raw['dataset_name']!r}; keep one "
                       "(TRL uses datasets and warns).")
         return
+    if only.get("name") is not None and raw.get("dataset_config") not in (None, only["name"]):
+        errors.append(f"datasets names the configuration {only['name']!r} and dataset_config names "
+                      f"{raw['dataset_config']!r}; keep one.")
+        return
     raw["dataset_name"] = only["path"]
+    if only.get("name") is not None:
+        raw["dataset_config"] = only["name"]
     if only.get("split", "train") != "train":
         raw["dataset_split"] = only["split"]
     notes.append(f"datasets: [{{path: {only['path']}}}] -> dataset_name: {only['path']}" +
+                 (f", dataset_config: {only['name']}" if only.get("name") is not None else "") +
                  (f", dataset_split: {only['split']}" if only.get("split", "train") != "train" else "") + ".")
 
 
@@ -445,7 +429,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
                      f"eval_dataset_name: {raw['dataset_name']} (its {raw[split_key]!r} split), as TRL's "
                      "scripts do.")
     elif (not split_key and raw.get("eval_strategy") in ("steps", "epoch") and not raw.get("eval_dataset_name")
-          and not raw.get("eval_fraction") and _local_test_split(raw.get("dataset_name"))):
+          and not raw.get("eval_fraction") and _local_test_split(raw.get("dataset_name"), raw.get("dataset_config"))):
         # TRL's scripts: dataset_test_split defaults to "test"; preflab takes it unasked only where it sees it (a
         # local folder or saved DatasetDict), never from a single file (its only split is the training data)
         raw["eval_dataset_name"], raw["eval_split"] = raw["dataset_name"], "test"
@@ -483,8 +467,6 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in ("use_rslora", "use_dora", "lora_modules_to_save"):  # TRL ModelConfig's, preflab options now
         if key in raw and _same(raw[key], False if key != "lora_modules_to_save" else None):
             raw.pop(key)  # TRL's default (off) asks for nothing: not refused beside use_peft: false as a LoRA option
-    if raw.get("dataset_config") is not None:
-        errors.append(dataset_config_refusal(raw.pop("dataset_config"), raw.get("dataset_name")))
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"

@@ -251,7 +251,8 @@ def write_model_card(output_dir: Path, cfg, summary: dict) -> None:
         f"{cfg.loss_type if isinstance(cfg.loss_type, str) else ', '.join(cfg.loss_type)}]",
         f"base_model: {cfg.model_name_or_path}", "---", "",
         f"# {Path(cfg.output_dir).name}", "",
-        f"Trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}` "
+        f"Trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}` " +
+        (f"(dataset_config `{cfg.dataset_config}`) " if getattr(cfg, "dataset_config", None) is not None else "") +
         f"with objective `{cfg.loss_type}` (beta={cfg.beta}).", "",
         f"- steps: {summary.get('global_step')}, " + (
             f"resumed from step {summary['resumed_from_step']} ({summary.get('train_examples_seen')} examples "

@@ -9,11 +9,12 @@ A hub dataset with several configurations (languages, subsets) lists each one's 
       - split: train
         path: en/train-*
 
-`datasets.load_dataset(folder)` refuses such a folder without a config name ("Config name is missing"); preflab has
-no `dataset_config` option, so it refuses too and names each configuration's files, to be given as dataset_name.
+`datasets.load_dataset(folder)` refuses such a folder without a config name ("Config name is missing"); so does
+preflab, naming each configuration: `dataset_config` (preflab.data.configured_source) picks one, and its
+`data_files` (relative to its `data_dir`, if any) say which files each split reads, as `datasets` reads them.
 
-A card with ONE configuration is honoured as `datasets` honours it: its `data_files` say which files of the folder
-each split reads (`card_split_files`), so files it does not name are never read.
+A card with ONE configuration is honoured the same way without dataset_config: its `data_files` say which files of
+the folder each split reads (`card_split_files`), so files it does not name are never read.
 """
 from __future__ import annotations
 
@@ -59,31 +60,65 @@ def _paths(data_files) -> list[str]:
     return []
 
 
-def refuse_mixed_configs(folder: Path) -> None:
-    """A DataError when folder's dataset card declares two or more configurations: reading every data file under it
-    would train on all of them at once."""
-    configs = card_configs(folder)
-    if len(configs) < 2:
-        return
+def _shown(configs: list[dict]) -> str:
+    """The configurations as a message lists them: 'en' (default): en/train-*; 'fr': ... (eight at most)."""
     shown = "; ".join(f"{c['config_name']!r}" + (" (default)" if c.get("default") else "")
                       + (f": {', '.join(_paths(c.get('data_files')))}" if _paths(c.get("data_files")) else "")
                       for c in configs[:8])
-    more = f" and {len(configs) - 8} more" if len(configs) > 8 else ""
-    raise DataError(f"directory {folder} is a hub dataset whose README.md declares {len(configs)} configurations "
-                    f"({shown}{more}); reading the whole folder would mix them (datasets.load_dataset asks for a "
-                    "config name here). Set dataset_name (or eval_dataset_name, --data) to one configuration's "
-                    "folder or file; preflab has no dataset_config option.")
+    return shown + (f" and {len(configs) - 8} more" if len(configs) > 8 else "")
 
 
-def card_split_patterns(folder: Path) -> tuple[dict[str, list[str]], bool] | None:
-    """({split: path patterns}, named) of the one configuration folder's card declares, or None when the card
-    declares no configuration (or several, refused by `refuse_mixed_configs`) or gives it no data_files. named:
-    the card names the splits ({split, path} entries or a {split: path} mapping); a bare pattern or list of
-    patterns is the split 'train', as datasets reads it."""
+def refuse_mixed_configs(folder: Path) -> None:
+    """A DataError when folder's dataset card declares two or more configurations and none was chosen: reading
+    every data file under it would train on all of them at once."""
     configs = card_configs(folder)
-    if len(configs) != 1 or not configs[0].get("data_files"):
+    if len(configs) < 2:
+        return
+    names = ", ".join(repr(str(c["config_name"])) for c in configs)
+    raise DataError(f"directory {folder} is a hub dataset whose README.md declares {len(configs)} configurations "
+                    f"({_shown(configs)}); reading the whole folder would mix them (datasets.load_dataset asks for a "
+                    f"config name here). Set dataset_config (eval_dataset_config for eval_dataset_name) to one of "
+                    f"{names}, or point the data option (dataset_name, eval_dataset_name, --data) at one "
+                    "configuration's folder or files.")
+
+
+def card_config(folder: Path, config: str, option: str = "dataset_config") -> dict:
+    """The entry of folder's dataset card named `config`; a DataError naming `option` and listing the
+    configurations the card declares when there is none of that name (datasets: "BuilderConfig not found")."""
+    configs = card_configs(folder)
+    for entry in configs:
+        if str(entry["config_name"]) == str(config):
+            return entry
+    from preflab.errors import nearest
+
+    names = [str(c["config_name"]) for c in configs]
+    raise DataError(f"{option}={config!r}: directory {folder} declares no configuration {config!r} in its README.md; "
+                    f"it declares {names} ({_shown(configs)}). Set {option} to one of them."
+                    + nearest(str(config), names))
+
+
+def card_split_patterns(folder: Path, config: str | None = None) -> tuple[dict[str, list[str]], bool] | None:
+    """({split: path patterns}, named) of the configuration `config` of folder's card (None: the one configuration
+    the card declares), or None when the card declares no configuration (or several and none is chosen: refused by
+    `refuse_mixed_configs`) or gives it no data_files. Patterns are relative to the folder (a configuration's
+    data_dir prefixes its own). named: the card names the splits ({split, path} entries or a {split: path}
+    mapping); a bare pattern or list of patterns is the split 'train', as datasets reads it."""
+    if config is not None:
+        entry = card_config(folder, config)
+    else:
+        configs = card_configs(folder)
+        entry = configs[0] if len(configs) == 1 else None
+    if entry is None or not entry.get("data_files"):
         return None
-    data_files = configs[0]["data_files"]
+    found = _split_patterns(entry["data_files"])
+    base = str(entry.get("data_dir") or "").strip("/")
+    if base:
+        found = ({k: [f"{base}/{p.lstrip('/')}" for p in v] for k, v in found[0].items()}, found[1])
+    return found
+
+
+def _split_patterns(data_files) -> tuple[dict[str, list[str]], bool]:
+    """({split: patterns}, named) of one configuration's data_files (see card_split_patterns)."""
     if isinstance(data_files, dict):
         return {str(k): _paths(v) for k, v in data_files.items()}, True
     if isinstance(data_files, list) and any(isinstance(item, dict) for item in data_files):
@@ -95,12 +130,12 @@ def card_split_patterns(folder: Path) -> tuple[dict[str, list[str]], bool] | Non
     return {"train": _paths(data_files)}, False
 
 
-def card_split_files(folder: Path, split: str, explicit: bool) -> list[Path] | None:
-    """The files the card's one configuration reads for `split` (None: the card says nothing, read the folder as
-    usual). A split the card does not name is a DataError naming the card's splits (a card whose data_files name
-    no split is the split 'train'; with `explicit` False it is read whatever the split); a pattern that matches
-    no file is a DataError too (datasets raises FileNotFoundError)."""
-    found = card_split_patterns(folder)
+def card_split_files(folder: Path, split: str, explicit: bool, config: str | None = None) -> list[Path] | None:
+    """The files the card's configuration `config` (None: its one configuration) reads for `split` (None: the card
+    says nothing, read the folder as usual). A split the card does not name is a DataError naming the card's
+    splits (a card whose data_files name no split is the split 'train'; with `explicit` False it is read whatever
+    the split); a pattern that matches no file is a DataError too (datasets raises FileNotFoundError)."""
+    found = card_split_patterns(folder, config)
     if found is None:
         return None
     patterns, named = found
@@ -108,7 +143,8 @@ def card_split_files(folder: Path, split: str, explicit: bool) -> list[Path] | N
         if not named and not explicit:
             split = "train"
         else:
-            raise SplitMissing(f"directory {folder}: its README.md configuration names the split(s) "
+            which = f"configuration {config!r}" if config is not None else "configuration"
+            raise SplitMissing(f"directory {folder}: its README.md {which} names the split(s) "
                                f"{sorted(patterns)} in data_files and no split {split!r}. Set the split "
                                "(dataset_split / eval_split, --split) to one of them.")
     files: list[Path] = []

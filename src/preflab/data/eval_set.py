@@ -69,7 +69,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
                    describe: Callable[[Any], str] | None = None) -> tuple[list[T], list[T], Any]:
     """(training items, eval items, the eval set's report or None).
 
-    cfg.eval_dataset_name set: `read_eval(eval_dataset_name, eval_split)` -> (eval items, report); no eval item is a
+    cfg.eval_dataset_name set: `read_eval(eval_source(cfg), eval_split)` -> (eval items, report) (the name with its
+    configuration: preflab.data.configured_source); no eval item is a
     DataError (evaluation would silently not run) saying `describe(report)` (default: the report's summary()).
     Else cfg.eval_fraction > 0: `split_eval_fraction(items, eval_fraction, seed)`, order kept on both sides; a
     hold-out that leaves no training item is a DataError. Else: (items, [], None), with a note when eval_steps > 0
@@ -77,7 +78,9 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     note_eval_steps_without_eval_set(cfg)
     name = cfg.eval_dataset_name
     if name:
-        evals, report = read_eval(name, cfg.eval_split)
+        from preflab.data.configured_source import eval_source
+
+        evals, report = read_eval(eval_source(cfg), cfg.eval_split)
         if not evals:
             said = describe(report) if describe is not None else _summary(report)
             raise DataError(f"the eval set (eval_dataset_name={name}) has no usable examples: {said}. Fix its rows "

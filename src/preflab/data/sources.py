@@ -4,7 +4,8 @@ Sources: a JSONL / JSON / Parquet / CSV / Arrow file (JSONL, JSON and CSV also g
 train.jsonl.gz); a glob of such files (data/*.jsonl: one source, the split 'train'); a directory saved by
 `datasets.save_to_disk` (a `DatasetDict` gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
 `datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name (`datasets.load_dataset`,
-which in datasets >= 4 never runs dataset scripts).
+which in datasets >= 4 never runs dataset scripts). A hub name or a folder whose README.md declares `configs:` may
+come with a configuration (`ConfiguredSource`, from preflab.data.configured_source: dataset_config).
 
 JSONL is read line by line here rather than through `datasets`, so that one bad line (invalid UTF-8, truncated
 JSON, not an object, too large) becomes one bad row with its line number instead of aborting the file.
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from preflab.data.configured_source import ConfiguredSource
 from preflab.errors import DataError, SplitMissing
 from preflab.hub import failure_reason, offline
 from preflab.data.report import RowProblem, row_error
@@ -121,7 +123,9 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
     row either way; a save_to_disk directory is memory-mapped). split None: `DEFAULT_EVAL_SPLIT` where the source has
     splits, a single data file read whole. otherwise: what a loaded DatasetDict or a folder without `split` gives
     instead (a folder of files from its one listing; a single file raises SplitMissing: RowReader resolves it
-    again)."""
+    again). A ConfiguredSource reads its configuration (`_resolve_configured`)."""
+    if isinstance(source, ConfiguredSource):
+        return _resolve_configured(source, split, streaming, otherwise)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_file():
@@ -159,6 +163,62 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
 
 
 GLOB_CHARS = "*?["  # a path holding one of them that names no file or folder is a glob (hub names never hold them)
+
+
+def local_config_problem(name, config, option: str = "dataset_config", data_option: str = "dataset_name") -> str | None:
+    """Why configuration `config` cannot be read from `name` when `name` is local (a file, a folder, a glob), as a
+    sentence naming `option` (and `data_option`, the setting that named the data); None when it can, or when `name`
+    is no local path (a hub name: checked when loaded). Reads no rows (the config check asks it first)."""
+    from preflab.data.card_configs import card_config, card_configs
+
+    path = Path(str(name)).expanduser()
+    head = f"{option}={config!r}"
+    if path.is_file():
+        return (f"{head}: {name} is a single data file, which has no configurations (datasets would ignore the "
+                f"name and read the file). Remove {option}, or point {data_option} at the folder whose README.md "
+                "declares the configurations.")
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            return (f"{head}: {name} was saved with save_to_disk, which holds one configuration already (the one it "
+                    f"was loaded with). Remove {option}.")
+        if not card_configs(path):
+            return (f"{head}: directory {name} declares no configurations (no `configs:` in the front matter of its "
+                    f"README.md), so there is nothing to pick. Remove {option}, or point {data_option} at that "
+                    "configuration's own folder or files.")
+        try:
+            card_config(path, config, option)
+        except DataError as err:
+            return str(err)
+        return None
+    if any(c in str(name) for c in GLOB_CHARS):
+        return (f"{head}: {name} is a glob of data files, which have no configurations. Remove {option}, or give "
+                "the configuration's files as the glob.")
+    return None
+
+
+def _resolve_configured(source: ConfiguredSource, split: str | None, streaming: bool, otherwise: str | None):
+    """_resolve of a name with its configuration: a local folder reads the files its README.md lists for that
+    configuration; a hub name loads `datasets.load_dataset(name, config)`; anything else local (a file, a glob, a
+    save_to_disk folder, a folder without configurations) is a DataError (local_config_problem):
+    the configuration would be unused. The name read is `source.label` ("NAME (config C)")."""
+    problem = local_config_problem(source.name, source.config, source.option, source.data_option)
+    if problem:
+        raise DataError(problem)
+    path = Path(source.name).expanduser()
+    explicit, split = split is not None, split or DEFAULT_EVAL_SPLIT
+    if path.is_dir():
+        parts, split = _dir_parts(path, split, streaming, explicit, otherwise, source)
+        return source.label, parts, split
+    text = source.name
+    if text.startswith((".", "/", "~")) or data_suffix(Path(text)) in FILE_SUFFIXES or os.sep in text[:1]:
+        raise DataError(f"data file or directory {text!r} does not exist (tried {path.resolve()}); it is written "
+                        "as a path, so it was not looked up on the hub. Check the path.")
+    name = f"hub:{source.label}"
+    if otherwise is None:
+        loaded = _load_hub(text, split, streaming, source)
+    else:
+        loaded, split = _pick_split(_load_hub(text, None, streaming, source), split, name, otherwise)
+    return f"{name}[{split}]", [_dataset_part(loaded, f"{name}[{split}]")], split
 
 
 def _glob_parts(pattern: str, split: str | None, streaming: bool) -> list:
@@ -279,15 +339,27 @@ def _taken_as_hub(name: str) -> str:
     return f"{name!r} was taken as a hub dataset name (it is no local file or folder: tried {Path(name).resolve()})"
 
 
-def _load_hub(name: str, split: str | None, streaming: bool = False):
+def _load_hub(name: str, split: str | None, streaming: bool = False, configured: ConfiguredSource | None = None):
     """datasets.load_dataset(name, split=split) (split None: every split, a DatasetDict); streaming: an
-    IterableDataset that reads as it is iterated."""
+    IterableDataset that reads as it is iterated; configured: load its configuration (datasets' `name`). An unknown
+    configuration, or none given where the dataset has several, is a DataError naming the option and the
+    configurations datasets lists."""
     import datasets
 
     _check_hub_dataset(name)
+    config = configured.config if configured is not None else None
     try:
-        return datasets.load_dataset(name, split=split, **({"streaming": True} if streaming else {}))
+        return datasets.load_dataset(name, split=split, **({"name": config} if config is not None else {}),
+                                     **({"streaming": True} if streaming else {}))
     except Exception as exc:  # any loading failure becomes one clear message
+        said = f"{type(exc).__name__}: {exc}"
+        if configured is not None and isinstance(exc, ValueError) and "BuilderConfig" in str(exc):
+            raise DataError(f"{configured.option}={config!r}: {_taken_as_hub(name)}, and it has no configuration "
+                            f"{config!r} ({said}). Set {configured.option} to one of the configurations it lists."
+                            ) from exc
+        if configured is None and isinstance(exc, ValueError) and "Config name is missing" in str(exc):
+            raise DataError(f"{_taken_as_hub(name)}, and it has several configurations and none was chosen ({said}). "
+                            "Set dataset_config (eval_dataset_config for eval_dataset_name) to one of them.") from exc
         raise DataError(f"{_taken_as_hub(name)}, and it could not be loaded{f' (split {split!r})' if split else ''}: "
                         f"{type(exc).__name__}: {exc}. Check the name and split and your network (or HF_HUB_OFFLINE), "
                         "or pass a local file or directory (a path starting with ./ or / is never taken as a hub "
@@ -304,12 +376,14 @@ def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = Non
 
 
 def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool = True,
-               otherwise: str | None = None) -> tuple[list, str]:
+               otherwise: str | None = None, configured: ConfiguredSource | None = None) -> tuple[list, str]:
     """(The part readers of a directory's `split`, the split read: a save_to_disk DatasetDict or a folder of files
     without `split` gives its split `otherwise`, the folder listed once). A directory without splits (a save_to_disk Dataset, data files
     not named after a split) is the split 'train' (and, for a Dataset, the split it was saved from), as datasets
     loads it; another split given explicitly (`explicit`) is refused, as for a single file, never read as the whole
-    directory: an eval_split 'test' of it would evaluate on the training rows. split not given: read it whole."""
+    directory: an eval_split 'test' of it would evaluate on the training rows. split not given: read it whole.
+    configured: the folder's README.md configuration to read (its data_files; a data_dir without data_files is
+    read as a folder of its own)."""
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         import datasets
 
@@ -329,25 +403,37 @@ def _dir_parts(path: Path, split: str, streaming: bool = False, explicit: bool =
                                 f"so it has no split {split!r}. Set the split (dataset_split / eval_split) to "
                                 f"{own!r} or leave it out, or save a DatasetDict with that split.")
         return [_dataset_part(loaded, str(path))], split
-    from preflab.data.card_configs import refuse_mixed_configs
+    from preflab.data.card_configs import card_config, refuse_mixed_configs
 
-    refuse_mixed_configs(path)
+    config = None
+    if configured is not None:
+        entry, config = card_config(path, configured.config, configured.option), configured.config
+        if not entry.get("data_files") and entry.get("data_dir"):
+            return _dir_parts(path / str(entry["data_dir"]).strip("/"), split, streaming, explicit, otherwise)
+        if not entry.get("data_files"):
+            raise DataError(f"{configured.option}={config!r}: directory {path}: its README.md configuration "
+                            f"{config!r} lists no data_files and no data_dir. Fix the card, or point the data option "
+                            "at that configuration's files.")
+    else:
+        refuse_mixed_configs(path)
     listing = []  # the folder's data files, walked once: a split 'test' that is missing falls back without a re-walk
     try:
-        return _files_parts(path, split, streaming, explicit, listing), split
+        return _files_parts(path, split, streaming, explicit, listing, config), split
     except SplitMissing:
         if otherwise is None or otherwise == split:
             raise
-    return _files_parts(path, otherwise, streaming, True, listing), otherwise
+    return _files_parts(path, otherwise, streaming, True, listing, config), otherwise
 
 
-def _files_parts(path: Path, split: str, streaming: bool, explicit: bool, listing: list) -> list:
-    """The part readers of a folder of data files' `split` (see _dir_parts): the files its dataset card's one
-    configuration lists for it, else the files named after it, else every file where none is named after a split.
-    listing: the folder's data files, filled on the first call (empty: walk the folder) and reused after."""
+def _files_parts(path: Path, split: str, streaming: bool, explicit: bool, listing: list,
+                 config: str | None = None) -> list:
+    """The part readers of a folder of data files' `split` (see _dir_parts): the files its dataset card's
+    configuration `config` (None: its one configuration) lists for it, else the files named after it, else every
+    file where none is named after a split. listing: the folder's data files, filled on the first call (empty: walk
+    the folder) and reused after."""
     from preflab.data.card_configs import card_split_files
 
-    carded = card_split_files(path, split, explicit)
+    carded = card_split_files(path, split, explicit, config)
     if carded is not None:  # the card's one configuration lists its files per split: read those, as datasets does
         return [_file_part(p, streaming) for p in carded]
     if not listing:
@@ -397,11 +483,11 @@ SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # 
 _SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
 
 
-def directory_has_split(path: Path, split: str) -> bool:
+def directory_has_split(path: Path, split: str, config: str | None = None) -> bool:
     """Whether the local directory `path` holds `split`: a save_to_disk DatasetDict with it (dataset_dict.json), the
-    files its dataset card's one configuration lists for it, or data files named after it (test.jsonl,
-    test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before anything loads); a
-    folder it cannot tell about is False."""
+    files its dataset card's configuration `config` (None: its one configuration) lists for it, or data files named
+    after it (test.jsonl, test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before
+    anything loads); a folder it cannot tell about is False."""
     if (path / "dataset_dict.json").is_file():
         try:
             return split in json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
@@ -412,8 +498,13 @@ def directory_has_split(path: Path, split: str) -> bool:
     from preflab.data.card_configs import card_split_files
 
     try:
-        if card_split_files(path, split, True) is not None:
+        if card_split_files(path, split, True, config) is not None:
             return True
+        if config is not None:  # the configuration's files are all it holds (a data_dir: its own folder)
+            from preflab.data.card_configs import card_config
+
+            data_dir = card_config(path, config).get("data_dir")
+            return bool(data_dir) and directory_has_split(path / str(data_dir).strip("/"), split)
         return any(_names_split(p.relative_to(path), split) for p in _data_files(path))
     except (DataError, SplitMissing, OSError):
         return False

@@ -484,7 +484,8 @@ def _no_training_data_why(cfg: dict) -> str:
 
 def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference pairs",
                       prompts_only: bool = False) -> TrainingRows:
-    """The rows the run of config `cfg` trained on, read as it read them: `read(dataset_name, dataset_split)` ->
+    """The rows the run of config `cfg` trained on, read as it read them: `read(dataset_name with its
+    dataset_config (configured_source.data_source), dataset_split)` ->
     (rows, report), less the rows eval_fraction held out with the run's seed when it had no eval_dataset_name
     (`hold_out(rows, fraction, seed)` -> the rows kept; default data.holdout.split_eval_fraction, as
     data.eval_set.train_and_eval holds them out for VLM, diffusion and online runs). Not read, with the reason
@@ -494,7 +495,9 @@ def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference p
     if not name or not isinstance(name, (str, Path)):
         return TrainingRows("the run's training data", why=_no_training_data_why(cfg))
     train_split = cfg.get("dataset_split") or "train"
-    whose = f"the run's training data {name} (dataset_name, split {train_split})"
+    config = cfg.get("dataset_config")
+    whose = (f"the run's training data {name} (dataset_name, " +
+             (f"dataset_config {config}, " if config is not None else "") + f"split {train_split})")
     found = TrainingRows(whose, name=str(name), split=train_split, prompts_only=prompts_only)
     if not Path(str(name)).exists():
         found.why = (f"{whose} is no file or folder here (a hub dataset name, or a path relative to the directory "
@@ -502,7 +505,9 @@ def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference p
                      "trained on was not checked")
         return found
     try:
-        rows, report = read(str(name), train_split)
+        from preflab.data.configured_source import data_source
+
+        rows, report = read(data_source(str(name), config), train_split)
     except (PreflabError, OSError, ValueError) as err:
         found.why = f"{whose} could not be read ({err}), so whether the eval rows were trained on was not checked"
         return found

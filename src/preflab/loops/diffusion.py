@@ -300,7 +300,9 @@ class DiffusionRun(TrainingRun):
         if cfg.score_range is not None and (len(cfg.score_range) != 2 or not cfg.score_range[1] > cfg.score_range[0]):
             raise ConfigError(f"score_range must be [s_min, s_max] with s_max > s_min, got {cfg.score_range}.")
         kwargs = self.image_pair_options()
-        train, report = load_image_pairs(cfg.dataset_name if reader is None else reader, split=cfg.dataset_split,
+        from preflab.data.configured_source import training_source
+
+        train, report = load_image_pairs(training_source(cfg) if reader is None else reader, split=cfg.dataset_split,
                                          **kwargs)
         train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
                                                                                                    **kwargs))

@@ -59,7 +59,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
         cfg = config_with_overrides(saved, preflab_overrides=[
-            f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null", "eval_fraction=0",
+            f"dataset_name={data}", "dataset_config=null", f"dataset_split={split}", "eval_dataset_name=null",
+            "eval_dataset_config=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", f"per_device_eval_batch_size={batch_size}",
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse
             "report_to=none", "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))

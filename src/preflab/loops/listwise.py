@@ -127,7 +127,10 @@ def prepare_lists(cfg, tokenizer):
                           "log-probs, not lists'; set precompute_ref_log_probs: false.")
     if not cfg.dataset_name:
         raise ConfigError("dataset_name is empty; give rows with prompt, completions and scores.")
-    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    from preflab.data.configured_source import training_source
+
+    rows, row_report = load_rows(training_source(cfg), split=cfg.dataset_split, kind="prompt",
+                                 on_bad_row=cfg.on_bad_row)
     if not rows:
         raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) holds no rows.")
     rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",

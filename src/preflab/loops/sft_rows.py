@@ -276,7 +276,9 @@ def prepare_sft(cfg, tokenizer):
 
         raise ConfigError(no_eos_message(tokenizer))
     note_assistant_template(cfg, tokenizer)
-    train, rows, tok = _read(cfg.dataset_name, cfg.dataset_split, cfg, tokenizer)
+    from preflab.data.configured_source import training_source
+
+    train, rows, tok = _read(training_source(cfg), cfg.dataset_split, cfg, tokenizer)
     report = {"train_rows": rows.to_dict(), "train_tokenize": tok.to_dict(), "skipped": dict(rows.skipped)}
     from preflab.data.eval_set import train_and_eval
 

@@ -178,14 +178,16 @@ def sft_pipeline(cfg, tokenizer, source: str):
 # ---------------------------------------------------------------------------------------------- sources
 def _row_source(cfg, rows):
     """(open_rows, name): a fresh RowReader per pass over dataset_name, or over `rows` given from Python."""
+    from preflab.data.configured_source import data_source, training_source
     from preflab.data.sources import RowReader
 
     if rows is None:
         if not cfg.dataset_name:
             raise ConfigError("dataset_name is empty; give a hub name, a directory or a data file to stream.")
-        source = cfg.dataset_name
+        source = training_source(cfg)
         opened = RowReader(source, split=cfg.dataset_split, streaming=True)  # resolves the source (errors now)
         return lambda: RowReader(source, split=cfg.dataset_split, streaming=True), opened.name
+    data_source(rows, getattr(cfg, "dataset_config", None))  # a configuration of rows from Python: refused
     if callable(rows) and not hasattr(rows, "__iter__"):
         return lambda: RowReader(rows(), split=cfg.dataset_split), "<rows>"
     if iter(rows) is rows:  # an iterator (a generator): it can be read once
@@ -268,16 +270,18 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
     prompts go to `stream`'s first-pass overlap count (eval prompts seen in training)."""
     if not cfg.eval_dataset_name:
         return [], {}
+    from preflab.data.configured_source import eval_source
+
     if kind.name == "sft":
         from preflab.loops.sft_rows import _read
 
-        items, rows, tokens = _read(cfg.eval_dataset_name, cfg.eval_split, cfg, tokenizer)
+        items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer)
         return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}
     from preflab.data.rows import load_rows
     from preflab.loops.prepare import _tokenize, check_intra_rows
 
     row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind.name]
-    rows, report = load_rows(cfg.eval_dataset_name, split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
+    rows, report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                              required_extras=cfg.objective().row_extras())
     check_intra_rows(cfg.objective(), rows, report.source, cfg.loss_type)  # as the ordinary run's eval set
     if report.total == 0:

@@ -99,7 +99,9 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
         raise ConfigError("dataset_name is empty; give a .jsonl/.json/.parquet file, a directory or a hub name.")
     builder, params = cfg.vision_pairs, dict(cfg.vision_pair_params)
     read = dict(on_bad_row=cfg.on_bad_row, max_frames=cfg.max_frames, responses_only=builder != "given")
-    rows, row_report = read_vision_pairs(cfg.dataset_name if reader is None else reader, split=cfg.dataset_split,
+    from preflab.data.configured_source import training_source
+
+    rows, row_report = read_vision_pairs(training_source(cfg) if reader is None else reader, split=cfg.dataset_split,
                                          **read)
     refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: read_vision_pairs(name, split=split,

@@ -49,7 +49,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_with_overrides(raw, preflab_overrides=[
-            f"dataset_name={data}", f"dataset_split={split}", "eval_dataset_name=null", "eval_fraction=0",
+            f"dataset_name={data}", "dataset_config=null", f"dataset_split={split}", "eval_dataset_name=null",
+            "eval_dataset_config=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", "ref_model_name_or_path=null",
             "precompute_ref_log_probs=false", f"per_device_eval_batch_size={batch_size}", "report_to=none",
             # no step is taken: the training batch plan must not refuse a small held-out set

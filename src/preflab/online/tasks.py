@@ -219,7 +219,9 @@ def load_task(cfg, tokenizer=None, policy=None):
     from preflab.data.eval_set import train_and_eval
     from preflab.data.report import refuse_empty
 
-    rows, report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    from preflab.data.configured_source import training_source
+
+    rows, report = load_rows(training_source(cfg), split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
     if is_main_process():  # skipped prompt rows are said, as for preference data
         print(f"preflab: data: {report.summary()}")
     refuse_empty(report, "dataset_name", cfg.dataset_name)

@@ -201,8 +201,10 @@ def load_vision_task(cfg, processor) -> Task:
         raise ConfigError("online_task: vision_dataset needs reward_funcs (e.g. verifier:vision_r1_format, "
                           "verifier:vision_r1_precision, verifier:vision_r1_recall).")
     report: dict = {}
-    rows = vision_prompt_rows(cfg.dataset_name, processor, cfg.dataset_split, cfg.on_bad_row, cfg.max_prompt_length,
-                              report_to=report)
+    from preflab.data.configured_source import training_source
+
+    rows = vision_prompt_rows(training_source(cfg), processor, cfg.dataset_split, cfg.on_bad_row,
+                              cfg.max_prompt_length, report_to=report)
     from preflab.runlog import is_main_process
 
     if is_main_process():  # skipped prompt rows are said, as for text prompts (online.tasks.load_task)

@@ -327,7 +327,7 @@ def _overview(overview: dict) -> str:
 
 
 # what a run is, from its config.yaml, in the run list at the top (the config section below has every key)
-_PURPOSE_KEYS = ("task", "trainer", "loss_type", "model_name_or_path", "dataset_name")
+_PURPOSE_KEYS = ("task", "trainer", "loss_type", "model_name_or_path", "dataset_name", "dataset_config")
 
 
 def _purpose(run: RunData) -> str:

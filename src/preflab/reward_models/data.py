@@ -200,7 +200,9 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     The context template is used when any training row carries a `context`."""
     if not cfg.dataset_name:
         raise PreflabError("dataset_name is empty; give a hub name, a save_to_disk directory or a data file.")
-    rows, row_report = load_rows(cfg.dataset_name, split=cfg.dataset_split, kind="pairwise",
+    from preflab.data.configured_source import training_source
+
+    rows, row_report = load_rows(training_source(cfg), split=cfg.dataset_split, kind="pairwise",
                                  on_bad_row=cfg.on_bad_row, prompt_optional=True)
     refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     grouped = _group_context_rows(rows) if cfg.eval_fraction and not cfg.eval_dataset_name else False

@@ -201,7 +201,8 @@ class _ComponentFitter:
         run_dir = folder / f"component-{k}"
         sub = dataclasses.replace(self.cfg, output_dir=str(run_dir), model_name_or_path=source,
                                   seed=self.cfg.seed + k, reward_head="bt", reward_head_params={},
-                                  resume_from_checkpoint=None, eval_fraction=0.0, eval_dataset_name=None)
+                                  resume_from_checkpoint=None, eval_fraction=0.0, eval_dataset_name=None,
+                                  eval_dataset_config=None)
         train_pairwise_reward(sub, tokenizer=self.tokenizer, train_data=items, head=self.head)
         components[k] = str(run_dir.relative_to(self.out))
 

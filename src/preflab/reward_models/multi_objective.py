@@ -287,7 +287,9 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     cap_max_length(cfg, max_positions(model if model is not None else cfg.model_name_or_path,
                                       cfg.trust_remote_code))
     settings = dict(response_field=response_field, on_bad_row=cfg.on_bad_row)
-    rows, row_report = load_rated(cfg.dataset_name, attributes, split=cfg.dataset_split, **settings)
+    from preflab.data.configured_source import training_source
+
+    rows, row_report = load_rated(training_source(cfg), attributes, split=cfg.dataset_split, **settings)
     refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: load_rated(name, attributes,
                                                                                             split=split, **settings))

@@ -275,8 +275,9 @@ def _write_card(output_dir: Path, cfg: TrainConfig, summary: dict) -> None:
     info = summary.get("reward_model", {})
     lines = ["---", "library_name: transformers", f"tags: [preflab, reward-model, {info.get('head', 'bt')}]",
              f"base_model: {cfg.model_name_or_path}", "---", "", f"# {Path(cfg.output_dir).name}", "",
-             f"Reward model trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}`; head: "
-             f"{info}.", "",
+             f"Reward model trained with preflab from `{cfg.model_name_or_path}` on `{cfg.dataset_name}`" +
+             (f" (dataset_config `{cfg.dataset_config}`)" if getattr(cfg, "dataset_config", None) is not None else "")
+             + f"; head: {info}.", "",
              f"- steps: {summary.get('global_step')}, examples seen: {summary.get('train_examples_seen')}"]
     lines += [f"- {k}: {v:.4g}" for k, v in final.items() if isinstance(v, (int, float))]
     lines += ["", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
