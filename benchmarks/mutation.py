@@ -2913,15 +2913,14 @@ MUTANTS += [
 NEFT = ["tests/loops/test_neftune.py"]
 MUTANTS += [
     Mutant("trlgaps5-neftune-noise-in-eval", "models/neftune.py",
-           [("return noisy_embeddings(output, self.alpha) if module.training else output",
-             "return noisy_embeddings(output, self.alpha)")], NEFT + ["-k", "eval_mode"],
+           [("        if not module.training:\n            return output\n", "")], NEFT + ["-k", "eval_mode"],
            "NEFTune adds its noise in eval mode too (evaluation and generation see noisy embeddings)"),
     Mutant("trlgaps5-neftune-hidden-size-not-in-scale", "models/neftune.py",
            [("bound = neftune_bound(alpha, embeddings.size(1), embeddings.size(2))",
              "bound = neftune_bound(alpha, embeddings.size(1), 1)")], NEFT + ["-k", "transformers_hooks"],
            "the noise scale is alpha / sqrt(L), not alpha / sqrt(L * d)"),
     Mutant("trlgaps5-neftune-other-draw", "models/neftune.py",
-           [("return embeddings + torch.zeros_like(embeddings).uniform_(-bound, bound)",
+           [("return embeddings + torch.zeros_like(embeddings).uniform_(-bound, bound, generator=generator)",
              "return embeddings + (torch.rand_like(embeddings) * 2 - 1) * bound")], NEFT + ["-k", "transformers_hooks"],
            "the noise has the right range but not transformers' numbers for the seed"),
     Mutant("trlgaps5-neftune-hook-left-on", "loops/driver.py",
