@@ -479,3 +479,12 @@ def test_8bit_and_paged_optimizers_are_refused_naming_what_saves_that_memory(opt
     for alternative in ("use_peft: true", "load_in_4bit: true", "examples/accelerate/zero2.yaml",
                         "offload_optimizer_device: cpu", "adamw_torch_fused"):
         assert alternative in said
+
+
+@pytest.mark.parametrize("loss_type", [["sigmoid", "ipo"], "ipo", ["apo_zero", "sft"]])
+@pytest.mark.parametrize("ld_alpha", [1.5, -0.25])
+def test_ld_alpha_outside_zero_one_is_refused_for_every_trl_loss_type(loss_type, ld_alpha):
+    """ld_alpha weights the tokens past the pair's shared length: TRL's range is [0, 1]. A lone sigmoid (DPO) checks
+    it itself; a list or another loss type is checked by the LD wrapper (preflab.objectives._ld)."""
+    with pytest.raises(ConfigError, match=rf"ld_alpha must be a number in \[0, 1\], got {ld_alpha}"):
+        config_from_dict({**BASE, "loss_type": loss_type, "ld_alpha": ld_alpha}).objective()

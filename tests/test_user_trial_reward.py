@@ -137,6 +137,20 @@ def test_reward_eval_reports_calibration_ece_and_brier_by_hand():
     assert out["brier"] == pytest.approx((0.08 ** 2 * 2 + 0.92 ** 2 + 0.25 + 0.23 ** 2) / 5, abs=1e-12)
 
 
+def test_calibration_counts_a_tie_as_wrong_beside_a_right_pair_in_its_bin():
+    """A tie (logit 0, confidence 1/2) is wrong by the accuracy's rule. Alone in its bin, right or wrong give the same
+    |acc - conf| = 1/2; beside a right pair at p = 0.52 in [0.5, 0.55): acc 1/2, conf 0.51, ece 2/3 x 0.01 +
+    1/3 x |1 - 0.92| (the pair at 0.92, right, in [0.9, 0.95))."""
+    import torch
+
+    from preflab.reward_models.calibration import calibration
+
+    p = torch.tensor([0.5, 0.52, 0.92], dtype=torch.float64)
+    out = calibration(torch.log(p / (1 - p)))
+    assert [(b["low"], b["count"], b["accuracy"]) for b in out["calibration_bins"]] == [(0.5, 2, 0.5), (0.9, 1, 1.0)]
+    assert out["ece"] == pytest.approx(2 / 3 * 0.01 + 1 / 3 * 0.08, abs=1e-12)
+
+
 def test_preflab_eval_reward_prints_ece_and_brier(tmp_path, capsys):
     """The command prints and writes what evaluate_reward_model computes; the bins hold every pair."""
     from preflab.cli import main

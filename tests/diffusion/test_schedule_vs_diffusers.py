@@ -56,6 +56,21 @@ def test_variance_and_sampler_match_ddim_scheduler():
     torch.testing.assert_close(*_ten_steps_both_ways(ddim, schedule, seed=2), atol=1e-5, rtol=1e-5)
 
 
+def test_leading_spacing_and_its_sampler_match_ddim_scheduler():
+    """diffusers' "leading" spacing (SD1.5's own scheduler config): arange(K) * (T // K) + steps_offset, descending
+    -- [901, 801, ..., 1] with steps_offset 1 -- and the 10-step DDIM run on it equals diffusers'."""
+    ddim = diffusers.DDIMScheduler(**{**SD, "timestep_spacing": "leading"})
+    ddim.set_timesteps(10)
+    assert sampling_timesteps(10, spacing="leading").tolist() == ddim.timesteps.tolist() == list(range(901, 0, -100))
+    schedule = NoiseSchedule.from_scheduler(ddim)
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    model = lambda x, t: 0.3 * x + 0.01 * t.reshape(-1, 1, 1, 1).float() / 1000  # noqa: E731
+    x = x_T
+    for t in ddim.timesteps:
+        x = ddim.step(model(x, t.reshape(1).expand(2)), t, x).prev_sample
+    torch.testing.assert_close(ddim_sample(model, x_T, schedule, 10, spacing="leading"), x, atol=1e-5, rtol=1e-5)
+
+
 def _ten_steps_both_ways(ddim, schedule, seed):
     """(preflab's ddim_sample, diffusers' DDIMScheduler.step loop) of 10 steps of a fixed linear "model" from one x_T."""
     ddim.set_timesteps(10)

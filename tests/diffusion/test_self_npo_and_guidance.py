@@ -81,6 +81,11 @@ def test_npo_sampler_reduces_to_cfg_and_differs_with_a_negative_model():
     delta = {"w": torch.tensor([0.5, -0.5])}
     assert negative_model_weights(base, positive, delta)["w"].tolist() == [3.5, 5.5]
     assert negative_model_weights(base, positive, delta, merge_weight=0.5)["w"].tolist() == [2.5, 3.5]
+    # eta = 1/4 (not symmetric in base and positive): 1/4 [1, 2] + 3/4 [3, 6] + [0.5, -0.5] = [3.0, 4.5]; a key
+    # without a delta is the merge alone
+    merged = negative_model_weights({**base, "b": torch.tensor([4.0])}, {**positive, "b": torch.tensor([8.0])}, delta,
+                                    merge_weight=0.25)
+    assert merged["w"].tolist() == [3.0, 4.5] and merged["b"].tolist() == [7.0]
 
 
 def test_renoising_step_is_drawn_strictly_above_the_truncated_step():

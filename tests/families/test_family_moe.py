@@ -85,7 +85,10 @@ def preflab_run(model, tmp_path, layout="padded", **options):
     policy = copy.deepcopy(model)
     trainer = Trainer(cfg, policy=policy, ref=frozen_copy(model), tokenizer=TOKENIZER, train_data=TRL_PAIRS)
     out = trainer.forward(trainer.micro_batches(0)[0])
-    out.loss.backward()
+    # the step trains on the per-example losses (backward of their sum / N, preflab.step), not on out.loss: their
+    # mean is the loss with the router term, and the gradients compared with TRL's are theirs
+    assert float(out.losses.mean()) == pytest.approx(float(out.loss), abs=1e-6)
+    out.losses.mean().backward()
     return float(out.loss), {k: float(v) for k, v in out.metrics.items()}, _grads(policy), trainer.layout
 
 

@@ -47,3 +47,12 @@ def test_rationale_gradient_closed_form_and_summed_tokens():
     # a [B] tensor of rationale sums gives the same loss as the SequenceLogps
     assert out.loss.item() == pytest.approx(get_objective("rationale_dpo", gamma=0.1)(
         fixture(torch.tensor([-20.0], **F64))[0]).loss.item(), abs=1e-12)  # [B] sums accepted too
+
+
+def test_a_negative_gamma_is_refused():
+    """gamma < 0 would turn -log sigmoid(gamma S(r)) into a reward for unlikely rationales."""
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="RationaleDPO: gamma must be >= 0, got -0.05"):
+        get_objective("rationale_dpo", gamma=-0.05)
+    get_objective("rationale_dpo", gamma=0.0)  # the DPO + ln 2 reduction stays allowed

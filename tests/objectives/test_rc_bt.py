@@ -27,3 +27,11 @@ def test_shift_invariance_and_accuracy():
     b = get_objective("rc_bt")(PairBatch.from_sums(r_w + 7.0, r_l + 7.0))
     torch.testing.assert_close(a.losses, b.losses)
     assert a.metrics["rewards/accuracies"].item() == 0.5
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.5])
+def test_tau_must_be_positive(tau):
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"RcBT: tau must be > 0, got {tau}"):
+        get_objective("rc_bt", tau=tau)

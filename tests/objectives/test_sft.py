@@ -70,3 +70,23 @@ def test_token_mean_must_be_micro_batch_or_step():
 
     with pytest.raises(ConfigError, match=r"token_mean must be one of \['micro_batch', 'step'\], got 'tokens'"):
         get_objective("sft", token_mean="tokens")
+
+
+def test_step_token_mean_is_seen_through_a_wpo_weighting_and_an_ld_list(tmp_path):
+    """The trainer gives each micro-batch the step's examples-per-token ratio when `wants_step_token_mean` says the
+    objective has an sft term with token_mean "step": also when use_weighting wraps the loss list in WPOWeighted
+    (and, under ld_alpha, the list's other parts in LDWeighted); never for token_mean micro_batch."""
+    from preflab.config import config_from_dict
+    from preflab.objectives import WPOWeighted
+    from preflab.objectives.sft import wants_step_token_mean
+
+    def objective(token_mean, **extra):
+        return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                                 "loss_type": ["sigmoid", "sft"], "objective_params": {"token_mean": token_mean},
+                                 "output_dir": str(tmp_path), **extra}).objective()
+
+    weighted = objective("step", use_weighting=True)
+    assert isinstance(weighted, WPOWeighted) and wants_step_token_mean(weighted)
+    assert wants_step_token_mean(objective("step", ld_alpha=0.5)) and wants_step_token_mean(objective("step"))
+    assert not wants_step_token_mean(objective("micro_batch", use_weighting=True))
+    assert not wants_step_token_mean(objective("micro_batch"))

@@ -26,3 +26,15 @@ def test_gradient_closed_form():
     batch, pc, pr = toy(grad=True)  # hinge satisfied: only the NLL term pulls
     get_objective("slic", delta=1.0, nll_weight=0.1)(batch).loss.backward()
     assert pc.grad.item() == pytest.approx(-0.1, abs=1e-12) and pr.grad.item() == 0.0
+
+
+def test_nll_metric_and_negative_settings_refused():
+    """nll_loss is -mean S_theta(y_w) (the chosen responses: 10 here, not the rejected 12); a negative hinge margin
+    or NLL weight is refused naming both values."""
+    from preflab.errors import ConfigError
+
+    out = get_objective("slic")(PairBatch.from_sums(torch.tensor([-10.0, -6.0]), torch.tensor([-12.0, -1.0])))
+    assert out.metrics["nll_loss"].item() == pytest.approx(8.0)
+    for delta, nll_weight in [(-0.5, 0.005), (1.0, -0.1)]:
+        with pytest.raises(ConfigError, match=f"delta and nll_weight must be >= 0, got {delta}, {nll_weight}"):
+            get_objective("slic", delta=delta, nll_weight=nll_weight)

@@ -143,3 +143,22 @@ def test_lowest_rule_keeps_the_ceil_fraction_of_least_uncertain_candidates():
     assert sel.index.tolist() == [1, 2] and sel.counts["selected"] == 2
     assert select_reliable_pairs(probs, fraction=0.2, rule="lowest").index.tolist() == [1]  # ceil(0.6) = 1
 
+
+
+def test_a_fitted_estimator_is_left_in_eval_mode_its_forward_the_dropout_free_one():
+    """fit_pair_estimator trains with dropout on and leaves the model in eval mode: its plain forward is then the
+    deterministic one (equal to the same weights with dropout p = 0), MC dropout turning dropout on by itself."""
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    chosen, rejected = torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g)
+    model = DropoutPairClassifier(4, hidden=8, dropout=0.5)
+    fit_pair_estimator(model, chosen, rejected, steps=5, seed=0)
+    assert not any(m.training for m in model.modules())
+    no_dropout = copy.deepcopy(model).train()
+    for m in no_dropout.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    inputs = pair_inputs(chosen, rejected)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), no_dropout(inputs), atol=0, rtol=0)
