@@ -178,6 +178,8 @@ class TrainConfig:
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
     dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
+    eos_token: str | None = None               # TRL SFTConfig: the eos appended to text rows / completions (a vocabulary token)
+    chat_template_path: str | None = None      # TRL SFTConfig: a .jinja / .j2 file that replaces the tokenizer's chat template
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     # online runs (task: online)
@@ -689,7 +691,7 @@ def written_keys(raw: dict) -> set[str]:
 # the options that name a local file or folder (or a hub name, which never starts with "~")
 HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
                      "eval_dataset_name", "output_dir", "resume_from_checkpoint", "user_embeddings",
-                     "reward_aggregator")
+                     "reward_aggregator", "chat_template_path")
 # options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
 # `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
 HOME_NESTED_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")

@@ -409,6 +409,12 @@ OPTIONS: dict[str, Option] = {
     "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
                                  "messages and prompt / completion rows are read as they are)", "a non-empty name",
                                  _nonempty),
+    "eos_token": Option("task: sft; the token that ends each text row and text completion, replacing the tokenizer's "
+                        "eos (TRL SFTConfig; it must be in the vocabulary; the model's config learns it too)",
+                        "a non-empty token", _nonempty),
+    "chat_template_path": Option("task: sft; a .jinja / .j2 file whose template replaces the tokenizer's chat "
+                                 "template (TRL SFTConfig; saved with the run's tokenizer)", "a non-empty path",
+                                 _nonempty),
     # scaling out
     "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
                              "bfloat16 on a CUDA GPU, else load_dtype)"),

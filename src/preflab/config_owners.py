@@ -131,6 +131,9 @@ OWNERS = (
      "round's prompts with seed, a recipe with its own seed)"),
     (("dataset_text_field",), lambda cfg: cfg.task == "sft",
      "task: sft (TRL's SFTConfig: the column of a language-modeling row's text)"),
+    (("eos_token", "chat_template_path"), lambda cfg: cfg.task == "sft",
+     "task: sft (TRL's SFTConfig; TRL's RewardConfig has them too, which preflab's task: reward does not read: save "
+     "the tokenizer with that eos / template and point model_name_or_path at it)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

@@ -182,8 +182,6 @@ REFUSED = {
     "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
                                "prefix_packed already drops the padding); remove it"),
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
-    "chat_template_path": (None, "save the chat template with the tokenizer in the model directory "
-                                 "(tokenizer.chat_template), then point model_name_or_path at it"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
     "optim_args": (None, "preflab trains with torch AdamW (adam_beta1, adam_beta2, adam_epsilon, weight_decay); "
@@ -228,7 +226,6 @@ REFUSED = {
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
-    "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
     "eval_packing": (None, "evaluation uses the training packing; remove it"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
