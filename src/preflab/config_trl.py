@@ -100,6 +100,9 @@ NO_EFFECT = {
     "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "include_tokens_per_second": (False, "tokens_per_second is always logged"),
     "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
+    "eval_packing": (None, "task: sft evaluates with the training layout, and its eval metrics are the same packed or "
+                           "not (each packed sequence attends to itself only, with its own positions; the loss is the "
+                           "token mean over the whole eval set)"),
     # the rest of TrainingArguments (a saved DPOConfig / GRPOConfig, `args.to_dict()`, carries them all)
     "do_train": (False, "preflab train always trains"),
     "skip_memory_metrics": (True, "transformers' memory metrics are not logged"),
@@ -227,7 +230,6 @@ REFUSED = {
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
-    "eval_packing": (None, "evaluation uses the training packing; remove it"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
     "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
@@ -482,6 +484,8 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             raw.pop(key)  # TRL's default (off) asks for nothing: not refused beside use_peft: false as a LoRA option
     if raw.get("dataset_config") is not None:
         errors.append(dataset_config_refusal(raw.pop("dataset_config"), raw.get("dataset_name")))
+    if raw.get("task") == "online" and "generation_kwargs" in raw:
+        _generation_kwargs(raw, notes, errors)
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
@@ -547,6 +551,52 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "
                       "vespo.")
+
+
+# GRPOConfig.generation_kwargs keys that are preflab options of the same meaning (the sampler's settings; TRL does
+# not apply them to the log-probs either), and max_new_tokens, TRL's generate() length, preflab's
+# max_completion_length
+GENERATION_KWARGS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                     "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_completion_length"}
+
+
+def _generation_kwargs(raw: dict, notes: list, errors: list) -> None:
+    """task: online: TRL GRPOConfig's generation_kwargs, by TRL 1.16's rule: GRPOTrainer builds its generation
+    settings from temperature, top_p, top_k, min_p, repetition_penalty and max_completion_length (max_new_tokens),
+    then `.update(generation_kwargs)`, so a key given there wins over the option. Those keys become the options (a
+    note when one replaces another value of the option); do_sample: true is what preflab does; any other key (num_beams,
+    eos_token_id, ...) and do_sample: false are refused, naming them. A JSON string is read as TrainingArguments
+    reads it from its command line."""
+    from preflab.lr_schedule_options import parsed_kwargs
+
+    value = raw.pop("generation_kwargs")
+    try:
+        kwargs = parsed_kwargs(value)
+    except ValueError as exc:
+        errors.append(f"generation_kwargs is not valid JSON ({exc}); give a mapping, e.g. generation_kwargs: "
+                      "{top_k: 20}.")
+        return
+    if kwargs in (None, {}):
+        return
+    if not isinstance(kwargs, dict):
+        errors.append(f"generation_kwargs must be a mapping of generate() arguments, got {type(kwargs).__name__}.")
+        return
+    other = sorted(k for k in kwargs if k not in GENERATION_KWARGS and k != "do_sample")
+    if kwargs.get("do_sample", True) is not True:
+        other.insert(0, "do_sample: false")
+    if other:
+        errors.append(f"generation_kwargs {', '.join(other)}: preflab samples (do_sample) with temperature, top_p, "
+                      "top_k, min_p and repetition_penalty, up to max_completion_length (max_new_tokens) new tokens, "
+                      "and takes no other generate() argument; remove "
+                      f"{'it' if len(other) == 1 else 'them'} from generation_kwargs.")
+        return
+    for key, ours in GENERATION_KWARGS.items():
+        if key in kwargs:
+            before = raw.get(ours)  # max_new_tokens (OnlineDPOConfig's) is max_completion_length by now (RENAMED)
+            if before is not None and before != kwargs[key]:
+                notes.append(f"generation_kwargs {key}: {kwargs[key]} replaces {ours}: {before} (TRL's rule: "
+                             "generation_kwargs is applied last).")
+            raw[ours] = kwargs[key]
 
 
 def _lr_schedule(raw: dict, errors: list) -> None:
