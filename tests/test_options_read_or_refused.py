@@ -93,6 +93,7 @@ def _other_value(name: str, default):
                "center_rewards_coefficient": 0.01, "missing_eos_penalty": 1.0, "epsilon_high": 0.3,
                "judge_timeout_s": 5.0, "min_p": 0.1, "dataset_text_field": "content",
                "eos_token": "<|user|>", "chat_template_path": "chat.jinja",
+               "chat_template_kwargs": {"enable_thinking": False},
                "eval_fraction": 0.1, "warmup_ratio": 0.1, "num_train_epochs": 2.0, "max_length": 256,
                "dataset_split": "train[:50%]", "model_name_or_path": "builtin:tiny-qwen2", "dataset_name": "y.jsonl",
                "output_dir": "elsewhere", "task": None}

@@ -217,8 +217,6 @@ REFUSED = {
     "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
     "shuffle_dataset": (True, "prompts are drawn in seeded random order; remove it"),
-    "chat_template_kwargs": (None, "not a config option in preflab (offline preference rows take a "
-                                  "'chat_template_kwargs' column); remove it"),
     "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
                                                           "normalized (TRL's default); remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
@@ -486,6 +484,15 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         errors.append(dataset_config_refusal(raw.pop("dataset_config"), raw.get("dataset_name")))
     if raw.get("task") == "online" and "generation_kwargs" in raw:
         _generation_kwargs(raw, notes, errors)
+    if "chat_template_kwargs" in raw:  # GRPOConfig's: a JSON string from TrainingArguments' command line; {}: none
+        from preflab.lr_schedule_options import parsed_kwargs
+
+        try:
+            raw["chat_template_kwargs"] = parsed_kwargs(raw["chat_template_kwargs"]) or None
+        except ValueError as exc:
+            raw.pop("chat_template_kwargs")
+            errors.append(f"chat_template_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
+                          "chat_template_kwargs: {enable_thinking: false}.")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"

@@ -218,7 +218,8 @@ class OnlineRun(TrainingRun):
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
-                                                                   truncation_mode=cfg.truncation_mode)
+                                                                   truncation_mode=cfg.truncation_mode,
+                                                                   chat_template_kwargs=cfg.chat_template_kwargs)
         source = (self.data_report.get("prompt_rows") or {}).get("source")
         refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
         tokenized = self.data_report.get("prompt_tokenize")
@@ -682,7 +683,7 @@ class OnlineRun(TrainingRun):
             return
         report: dict = {}
         held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
-                               truncation_mode=cfg.truncation_mode)
+                               truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
         refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
         tokenized = {**report["prompt_tokenize"], "source": source}
