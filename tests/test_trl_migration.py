@@ -210,7 +210,6 @@ def test_saved_grpoconfig_with_trl_1_16_loss_types_loads(loss):
     ("label_smoothing_factor", 0.1, "does not apply to preference losses"),
     ("accelerator_config", {"split_batches": True}, "accelerate launch --config_file"),
     ("auto_find_batch_size", True, "per_device_train_batch_size"),
-    ("full_determinism", True, "preflab seeds torch, Python and NumPy from seed"),
     ("debug", "underflow_overflow", "debug modes are not supported"),
     ("ddp_backend", "nccl", "accelerate picks the backend"),
 ])

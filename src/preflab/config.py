@@ -182,6 +182,7 @@ class TrainConfig:
     chat_template_path: str | None = None      # TRL SFTConfig: a .jinja / .j2 file that replaces the tokenizer's chat template
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
+    full_determinism: bool = False             # transformers: deterministic torch algorithms (enable_full_determinism)
     # online runs (task: online)
     trainer: str = "online_dpo"                # online recipe (preflab.online.trainers): online_dpo, grpo, sppo, ...
     online_task: str = "dataset"               # prompts + judge: dataset | vision_dataset (image prompts) | demo | game

@@ -418,6 +418,8 @@ OPTIONS: dict[str, Option] = {
     "chat_template_path": Option("task: sft; a .jinja / .j2 file whose template replaces the tokenizer's chat "
                                  "template (TRL SFTConfig; saved with the run's tokenizer)", "a non-empty path",
                                  _nonempty),
+    "full_determinism": Option("transformers' TrainingArguments: torch's deterministic algorithms, cuDNN "
+                               "deterministic, CUBLAS_WORKSPACE_CONFIG (enable_full_determinism; slower; process-wide)"),
     # scaling out
     "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
                              "bfloat16 on a CUDA GPU, else load_dtype)"),

@@ -198,7 +198,6 @@ REFUSED = {
                                  "can read"),
     "enable_jit_checkpoint": (False, "checkpoints are written every save_steps; remove it"),
     "ignore_data_skip": (False, "resume always replays the data order to the exact step; remove it"),
-    "full_determinism": (False, "not supported; preflab seeds torch, Python and NumPy from seed"),
     "accelerator_config": ({"split_batches": False, "dispatch_batches": None, "even_batches": True,
                             "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None},
                            "give accelerate settings to `accelerate launch --config_file ...`"),
