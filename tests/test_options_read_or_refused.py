@@ -156,6 +156,8 @@ ALSO_FINE = {
     "layout": "task: reward: 'padded' is the layout it uses (packed layouts are refused)",
     "truncation_mode": "task: sft and task: vlm keep a long row's start: keep_start (TRL's default, which its saved "
                        "configs carry) is what they do, keep_end is refused there",
+    "shuffle_dataset": "task: sft: TRL SFTConfig's (default false) is taken off before the config is built (its batches "
+                       "are drawn in seeded random order either way; true gets a note); task: online reads it",
     "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no); beside "
                   "eval_fraction it is refused",
 }

@@ -198,6 +198,7 @@ class TrainConfig:
     top_k: int = 0                             # top-k filtering of the sampling (0: off; TRL GRPOConfig)
     min_p: float | None = None                 # min-p filtering (None: off; TRL GRPOConfig)
     repetition_penalty: float = 1.0            # transformers' repetition penalty while sampling (1: none; TRL)
+    shuffle_dataset: bool = True               # TRL GRPOConfig: each round's prompts drawn at random (false: in dataset order)
     chat_template_kwargs: dict | None = None   # TRL GRPOConfig: arguments of the prompts' chat template ({enable_thinking: false})
     generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
     generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])

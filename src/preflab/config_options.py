@@ -338,6 +338,8 @@ OPTIONS: dict[str, Option] = {
     "top_k": at_least(0, "task: online; sample from the k most likely tokens only (0: off; TRL GRPOConfig)"),
     "min_p": within(0, 1, "task: online; drop tokens below min_p x the top token's probability (null: off; TRL)"),
     "repetition_penalty": above(0, "task: online; transformers' repetition penalty while sampling (1: none; TRL)"),
+    "shuffle_dataset": Option("task: online; each generation round's prompts are drawn at random (seeded); false: in "
+                              "dataset order, rounds of prompts_per_generation consecutive prompts, as TRL GRPOConfig"),
     "chat_template_kwargs": Option("task: online, online_task dataset; arguments of the chat template of "
                                    "conversational prompts, e.g. {enable_thinking: false} (TRL GRPOConfig; a prompt "
                                    "row's own chat_template_kwargs column adds to them)"),

@@ -215,7 +215,6 @@ REFUSED = {
                                    "sampled completions); remove num_generations_eval"),
     "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
-    "shuffle_dataset": (True, "prompts are drawn in seeded random order; remove it"),
     "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
                                                           "normalized (TRL's default); remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
@@ -394,7 +393,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
-    if raw.get("task") != "online" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's below
+    if raw.get("task") == "sft" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's: an option
         if raw.pop("shuffle_dataset"):
             notes.append("shuffle_dataset: batches follow the seeded random order (each epoch).")
     if raw.get("train_sampling_strategy") == "sequential" and raw.get("loss_type") in ("kto", "apo_zero_unpaired"):
