@@ -394,8 +394,9 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
     if raw.get("task") == "sft" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's: an option
-        # (a saved preflab config.yaml writes the online option's default, true: nobody's choice, no note)
-        if raw.pop("shuffle_dataset") and (written is None or "shuffle_dataset" in written):
+        # (preflab's own config.yaml, which writes every option, online_task too, holds the online option's default,
+        # true: nobody's choice, no note; a TRL SFTConfig dump's true is noted)
+        if raw.pop("shuffle_dataset") and "online_task" not in raw:
             notes.append("shuffle_dataset: batches follow the seeded random order (each epoch).")
     if raw.get("train_sampling_strategy") == "sequential" and raw.get("loss_type") in ("kto", "apo_zero_unpaired"):
         raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
