@@ -126,7 +126,7 @@ def test_renamed_and_translated_keys():
     ("lr_scheduler_kwargs", {"min_lr": 0.0}, "'min_lr' is not an option of lr_scheduler_type 'linear' \\(it takes: "
                                              "none\\)"),
     ("lr_scheduler_type", "greedy", "adapts the rate to the loss"), ("tools", [{"type": "function"}], "'tools' column"),
-    ("chat_template_path", "t.jinja", "tokenizer.chat_template"),
+    ("chat_template_path", "t.jinja", "chat_template_path only applies to task: sft"),
 ])
 def test_trl_values_preflab_cannot_honour_are_refused(key, value, why):
     with pytest.raises(ConfigError, match=why):

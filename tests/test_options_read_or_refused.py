@@ -92,6 +92,8 @@ def _other_value(name: str, default):
                "save_total_limit": 2, "dataset_num_proc": 2, "rpo_alpha": 1.0, "router_aux_loss_coef": 0.01,
                "center_rewards_coefficient": 0.01, "missing_eos_penalty": 1.0, "epsilon_high": 0.3,
                "judge_timeout_s": 5.0, "min_p": 0.1, "dataset_text_field": "content",
+               "eos_token": "<|user|>", "chat_template_path": "chat.jinja",
+               "chat_template_kwargs": {"enable_thinking": False},
                "eval_fraction": 0.1, "warmup_ratio": 0.1, "num_train_epochs": 2.0, "max_length": 256,
                "dataset_split": "train[:50%]", "model_name_or_path": "builtin:tiny-qwen2", "dataset_name": "y.jsonl",
                "output_dir": "elsewhere", "task": None}
@@ -154,6 +156,8 @@ ALSO_FINE = {
     "layout": "task: reward: 'padded' is the layout it uses (packed layouts are refused)",
     "truncation_mode": "task: sft and task: vlm keep a long row's start: keep_start (TRL's default, which its saved "
                        "configs carry) is what they do, keep_end is refused there",
+    "shuffle_dataset": "task: sft: TRL SFTConfig's (default false) is taken off before the config is built (its batches "
+                       "are drawn in seeded random order either way; true gets a note); task: online reads it",
     "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no); beside "
                   "eval_fraction it is refused",
 }

@@ -180,8 +180,11 @@ class TrainConfig:
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
     dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
+    eos_token: str | None = None               # TRL SFTConfig: the eos appended to text rows / completions (a vocabulary token)
+    chat_template_path: str | None = None      # TRL SFTConfig: a .jinja / .j2 file that replaces the tokenizer's chat template
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
+    full_determinism: bool = False             # transformers: deterministic torch algorithms (enable_full_determinism)
     # online runs (task: online)
     trainer: str = "online_dpo"                # online recipe (preflab.online.trainers): online_dpo, grpo, sppo, ...
     online_task: str = "dataset"               # prompts + judge: dataset | vision_dataset (image prompts) | demo | game
@@ -197,6 +200,8 @@ class TrainConfig:
     top_k: int = 0                             # top-k filtering of the sampling (0: off; TRL GRPOConfig)
     min_p: float | None = None                 # min-p filtering (None: off; TRL GRPOConfig)
     repetition_penalty: float = 1.0            # transformers' repetition penalty while sampling (1: none; TRL)
+    shuffle_dataset: bool = True               # TRL GRPOConfig: each round's prompts drawn at random (false: in dataset order)
+    chat_template_kwargs: dict | None = None   # TRL GRPOConfig: arguments of the prompts' chat template ({enable_thinking: false})
     generation_batch_size: int = 64            # prompts per generate() call; each call is seeded on its own
     generation_backend: str = "transformers"   # transformers | vllm (optional extra: pip install preflab[vllm])
     pair_builder: str = "best_vs_worst"        # best_vs_worst | all_pairs | rso | module:function
@@ -695,7 +700,7 @@ def written_keys(raw: dict) -> set[str]:
 # the options that name a local file or folder (or a hub name, which never starts with "~")
 HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
                      "eval_dataset_name", "output_dir", "resume_from_checkpoint", "user_embeddings",
-                     "reward_aggregator")
+                     "reward_aggregator", "chat_template_path")
 # options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
 # `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
 HOME_NESTED_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")

@@ -345,6 +345,11 @@ OPTIONS: dict[str, Option] = {
     "top_k": at_least(0, "task: online; sample from the k most likely tokens only (0: off; TRL GRPOConfig)"),
     "min_p": within(0, 1, "task: online; drop tokens below min_p x the top token's probability (null: off; TRL)"),
     "repetition_penalty": above(0, "task: online; transformers' repetition penalty while sampling (1: none; TRL)"),
+    "shuffle_dataset": Option("task: online; each generation round's prompts are drawn at random (seeded); false: in "
+                              "dataset order, rounds of prompts_per_generation consecutive prompts, as TRL GRPOConfig"),
+    "chat_template_kwargs": Option("task: online, online_task dataset; arguments of the chat template of "
+                                   "conversational prompts, e.g. {enable_thinking: false} (TRL GRPOConfig; a prompt "
+                                   "row's own chat_template_kwargs column adds to them)"),
     "generation_batch_size": above(0, "task: online; prompts per generate() call"),
     "generation_backend": one_of(("transformers", "vllm"), "task: online; vllm needs pip install preflab[vllm]"),
     "pair_builder": Option("task: online; pairs from a judged group: best_vs_worst | all_pairs | rso | "
@@ -416,6 +421,14 @@ OPTIONS: dict[str, Option] = {
     "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
                                  "messages and prompt / completion rows are read as they are)", "a non-empty name",
                                  _nonempty),
+    "eos_token": Option("task: sft; the token that ends each text row and text completion, replacing the tokenizer's "
+                        "eos (TRL SFTConfig; it must be in the vocabulary; the model's config learns it too)",
+                        "a non-empty token", _nonempty),
+    "chat_template_path": Option("task: sft; a .jinja / .j2 file whose template replaces the tokenizer's chat "
+                                 "template (TRL SFTConfig; saved with the run's tokenizer)", "a non-empty path",
+                                 _nonempty),
+    "full_determinism": Option("transformers' TrainingArguments: torch's deterministic algorithms, cuDNN "
+                               "deterministic, CUBLAS_WORKSPACE_CONFIG (enable_full_determinism; slower; process-wide)"),
     # scaling out
     "ref_load_dtype": one_of(("float32", "bfloat16", "float16"), "dtype of the frozen reference's weights (null: "
                              "bfloat16 on a CUDA GPU, else load_dtype)"),

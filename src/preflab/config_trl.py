@@ -100,6 +100,9 @@ NO_EFFECT = {
     "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "include_tokens_per_second": (False, "tokens_per_second is always logged"),
     "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
+    "eval_packing": (None, "task: sft evaluates with the training layout, and its eval metrics are the same packed or "
+                           "not (each packed sequence attends to itself only, with its own positions; the loss is the "
+                           "token mean over the whole eval set)"),
     # the rest of TrainingArguments (a saved DPOConfig / GRPOConfig, `args.to_dict()`, carries them all)
     "do_train": (False, "preflab train always trains"),
     "skip_memory_metrics": (True, "transformers' memory metrics are not logged"),
@@ -179,8 +182,6 @@ REFUSED = {
     "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
                                "prefix_packed already drops the padding); remove it"),
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
-    "chat_template_path": (None, "save the chat template with the tokenizer in the model directory "
-                                 "(tokenizer.chat_template), then point model_name_or_path at it"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
     "optim_args": (None, "preflab trains with torch AdamW (adam_beta1, adam_beta2, adam_epsilon, weight_decay); "
@@ -194,7 +195,6 @@ REFUSED = {
                                  "can read"),
     "enable_jit_checkpoint": (False, "checkpoints are written every save_steps; remove it"),
     "ignore_data_skip": (False, "resume always replays the data order to the exact step; remove it"),
-    "full_determinism": (False, "not supported; preflab seeds torch, Python and NumPy from seed"),
     "accelerator_config": ({"split_batches": False, "dispatch_batches": None, "even_batches": True,
                             "use_seedable_sampler": True, "non_blocking": False, "gradient_accumulation_kwargs": None},
                            "give accelerate settings to `accelerate launch --config_file ...`"),
@@ -212,9 +212,6 @@ REFUSED = {
                                    "sampled completions); remove num_generations_eval"),
     "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
-    "shuffle_dataset": (True, "prompts are drawn in seeded random order; remove it"),
-    "chat_template_kwargs": (None, "not a config option in preflab (offline preference rows take a "
-                                  "'chat_template_kwargs' column); remove it"),
     "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
                                                           "normalized (TRL's default); remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
@@ -225,9 +222,7 @@ REFUSED = {
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
-    "eos_token": (None, "the tokenizer's EOS is used; save the tokenizer with the EOS you want"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
-    "eval_packing": (None, "evaluation uses the training packing; remove it"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
     "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
@@ -382,8 +377,10 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
-    if raw.get("task") != "online" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's below
-        if raw.pop("shuffle_dataset"):
+    if raw.get("task") == "sft" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's: an option
+        # (preflab's own config.yaml, which writes every option, online_task too, holds the online option's default,
+        # true: nobody's choice, no note; a TRL SFTConfig dump's true is noted)
+        if raw.pop("shuffle_dataset") and "online_task" not in raw:
             notes.append("shuffle_dataset: batches follow the seeded random order (each epoch).")
     if raw.get("train_sampling_strategy") == "sequential" and raw.get("loss_type") in ("kto", "apo_zero_unpaired"):
         raw.pop("train_sampling_strategy")  # KTOConfig's default: TRL builds its KL pairs from neighbouring rows
@@ -467,6 +464,17 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in ("use_rslora", "use_dora", "lora_modules_to_save"):  # TRL ModelConfig's, preflab options now
         if key in raw and _same(raw[key], False if key != "lora_modules_to_save" else None):
             raw.pop(key)  # TRL's default (off) asks for nothing: not refused beside use_peft: false as a LoRA option
+    if raw.get("task") == "online" and "generation_kwargs" in raw:
+        _generation_kwargs(raw, notes, errors)
+    if "chat_template_kwargs" in raw:  # GRPOConfig's: a JSON string from TrainingArguments' command line; {}: none
+        from preflab.lr_schedule_options import parsed_kwargs
+
+        try:
+            raw["chat_template_kwargs"] = parsed_kwargs(raw["chat_template_kwargs"]) or None
+        except ValueError as exc:
+            raw.pop("chat_template_kwargs")
+            errors.append(f"chat_template_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
+                          "chat_template_kwargs: {enable_thinking: false}.")
     for key, (default, why) in REFUSED.items():
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
@@ -532,6 +540,52 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "
                       "vespo.")
+
+
+# GRPOConfig.generation_kwargs keys that are preflab options of the same meaning (the sampler's settings; TRL does
+# not apply them to the log-probs either), and max_new_tokens, TRL's generate() length, preflab's
+# max_completion_length
+GENERATION_KWARGS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                     "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_completion_length"}
+
+
+def _generation_kwargs(raw: dict, notes: list, errors: list) -> None:
+    """task: online: TRL GRPOConfig's generation_kwargs, by TRL 1.16's rule: GRPOTrainer builds its generation
+    settings from temperature, top_p, top_k, min_p, repetition_penalty and max_completion_length (max_new_tokens),
+    then `.update(generation_kwargs)`, so a key given there wins over the option. Those keys become the options (a
+    note when one replaces another value of the option); do_sample: true is what preflab does; any other key (num_beams,
+    eos_token_id, ...) and do_sample: false are refused, naming them. A JSON string is read as TrainingArguments
+    reads it from its command line."""
+    from preflab.lr_schedule_options import parsed_kwargs
+
+    value = raw.pop("generation_kwargs")
+    try:
+        kwargs = parsed_kwargs(value)
+    except ValueError as exc:
+        errors.append(f"generation_kwargs is not valid JSON ({exc}); give a mapping, e.g. generation_kwargs: "
+                      "{top_k: 20}.")
+        return
+    if kwargs in (None, {}):
+        return
+    if not isinstance(kwargs, dict):
+        errors.append(f"generation_kwargs must be a mapping of generate() arguments, got {type(kwargs).__name__}.")
+        return
+    other = sorted(k for k in kwargs if k not in GENERATION_KWARGS and k != "do_sample")
+    if kwargs.get("do_sample", True) is not True:
+        other.insert(0, "do_sample: false")
+    if other:
+        errors.append(f"generation_kwargs {', '.join(other)}: preflab samples (do_sample) with temperature, top_p, "
+                      "top_k, min_p and repetition_penalty, up to max_completion_length (max_new_tokens) new tokens, "
+                      "and takes no other generate() argument; remove "
+                      f"{'it' if len(other) == 1 else 'them'} from generation_kwargs.")
+        return
+    for key, ours in GENERATION_KWARGS.items():
+        if key in kwargs:
+            before = raw.get(ours)  # max_new_tokens (OnlineDPOConfig's) is max_completion_length by now (RENAMED)
+            if before is not None and before != kwargs[key]:
+                notes.append(f"generation_kwargs {key}: {kwargs[key]} replaces {ours}: {before} (TRL's rule: "
+                             "generation_kwargs is applied last).")
+            raw[ours] = kwargs[key]
 
 
 def _lr_schedule(raw: dict, errors: list) -> None:

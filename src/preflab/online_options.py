@@ -206,6 +206,11 @@ _READERS = (
     (("num_generations", "prompts_per_generation"), lambda cfg, spec: cfg.online_task != "game" or
      cfg.trainer == "spo", "the online tasks that sample text and trainer spo in online_task: game (the other game "
      "trainers use the exact expectation over the answers)"),
+    (("shuffle_dataset",), lambda cfg, spec: cfg.online_task != "game",
+     "the online tasks that draw prompts (dataset, vision_dataset, demo; the game has one)"),
+    (("chat_template_kwargs",), lambda cfg, spec: cfg.online_task == "dataset",
+     "online_task: dataset (its conversational prompts are rendered with the policy's chat template; demo prompts are "
+     "text, vision_dataset's go through the processor's template, the game has none)"),
     (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
      "trainer apo in online_task: game"),
     (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"),
@@ -234,7 +239,7 @@ _READERS = (
 ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in names] + [
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
     "steps_per_generation", "num_iterations", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "generation_batch_size", "generation_backend",
+    "generation_batch_size", "generation_backend", "chat_template_kwargs", "shuffle_dataset",
     "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"]))
 
 

@@ -371,7 +371,7 @@ def test_validation_boundaries_label_extras_implicit_prompt_and_skipped_examples
     from preflab.data.validate import check_label, check_numeric_extra, split_implicit_text
 
     assert (check_label(1), check_label(0), check_label("1")) == (True, False, True)
-    with pytest.raises(RowProblem, match="expected a boolean, got 2"):
+    with pytest.raises(RowProblem, match=r"expected a boolean \(true / false, or 1 / 0\), got 2"):
         check_label(2)
     assert (check_numeric_extra(0.0, "s", 0.0, 1.0), check_numeric_extra("1", "s", 0.0, 1.0)) == (0.0, 1.0)
     with pytest.raises(RowProblem, match="the value nan is not finite"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import unicodedata
 
 from preflab.data.report import RowProblem
@@ -160,17 +161,29 @@ def check_same_form(values: dict[str, object]) -> None:
 
 
 def check_label(value, field: str = "label") -> bool:
-    """A desirable/undesirable label: a bool, 0/1, or 'true'/'false' (CSV)."""
+    """A desirable/undesirable label: a bool, the numbers 0 / 1 (int or float: 1.0 / 0.0, how pandas writes a label
+    column that had a missing value), or their CSV text ('true' / 'false', 'True' / 'False', '1' / '0', '1.0' / '0.0').
+
+    TRL's KTOTrainer reads the column as torch.as_tensor(label, dtype=torch.bool) and counts desirable rows as
+    sum(label), so 1 / 0 and 1.0 / 0.0 train exactly as True / False; any other number (2, 0.5, -1) would be
+    "desirable" there while counting as that number in its class balance: refused here, as are other strings
+    ("yes") and a missing value (None, NaN)."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):
+    if isinstance(value, numbers.Real) and not math.isnan(value) and value in (0, 1):  # numpy's numbers too
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    if value is None:
-        raise RowProblem("missing_field", field, "missing", "Add a boolean 'label' (true = desirable).")
-    raise RowProblem("invalid_label", field, f"expected a boolean, got {value!r}"[:200],
-                     "Use true (desirable) or false (undesirable).")
+    if isinstance(value, str) and value.strip().lower() in LABEL_TEXTS:
+        return LABEL_TEXTS[value.strip().lower()]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise RowProblem("missing_field", field, "missing" + (" (NaN: how pandas writes an empty cell)" if value
+                                                             is not None else ""),
+                         "Add a boolean 'label' (true = desirable) or drop the row.")
+    raise RowProblem("invalid_label", field, f"expected a boolean (true / false, or 1 / 0), got {value!r}"[:200],
+                     "Use true or 1 (desirable) and false or 0 (undesirable); TRL would read any other nonzero "
+                     "number as desirable.")
+
+
+LABEL_TEXTS = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
 
 
 def check_different(chosen, rejected) -> None:

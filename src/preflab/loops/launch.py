@@ -189,6 +189,17 @@ def check_bf16(cfg, on_cuda: bool) -> None:
             "dtype: float16 (fp16: true) or float32, or run on a GPU with bfloat16 (Ampere or newer).")
 
 
+def enable_full_determinism(seed: int) -> None:
+    """transformers' TrainingArguments.full_determinism, as its Trainer applies it (transformers.trainer_utils.
+    enable_full_determinism): torch.use_deterministic_algorithms(True), cuDNN deterministic and not benchmarking, and
+    the environment variables CUBLAS_WORKSPACE_CONFIG=:16:8, CUDA_LAUNCH_BLOCKING=1, FLASH_ATTENTION_DETERMINISTIC=1
+    (and Ascend's). Process-wide, as in transformers: a later run in the same Python process keeps it. An op without a
+    deterministic implementation then raises (torch's RuntimeError names it), as under TRL."""
+    from transformers.trainer_utils import enable_full_determinism as transformers_full_determinism
+
+    transformers_full_determinism(seed)
+
+
 def make_accelerator(cfg, whole_weights: str | None = None):
     """accelerate owns devices, processes and mixed precision; the seed is set here.
 
@@ -249,6 +260,8 @@ def make_accelerator(cfg, whole_weights: str | None = None):
             f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
             "use examples/accelerate/ddp.yaml).")
     check_whole_weights(cfg, accelerator, whole_weights)
+    if getattr(cfg, "full_determinism", False):
+        enable_full_determinism(cfg.seed)
     set_seed(cfg.seed)
     # every rank, before the main process writes anything: the same files read, so a refused resume stops every
     # rank with the same ConfigError (none goes on to wait for the main process in a collective)

@@ -58,10 +58,15 @@ class Rollout:
 
 
 def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | None = None,
-                    report_to: dict | None = None, truncation_mode: str = "keep_end") -> list[PromptRow]:
+                    report_to: dict | None = None, truncation_mode: str = "keep_end",
+                    chat_template_kwargs: dict | None = None) -> list[PromptRow]:
     """Prompt rows from strings, message lists, or dicts with a "prompt" key (other keys become columns).
     `report_to` (a run's data report) receives the tokenization counts as "prompt_tokenize" (prompts cut to
-    max_prompt_length, keeping their end or their start as truncation_mode says, are counted there)."""
+    max_prompt_length, keeping their end or their start as truncation_mode says, are counted there).
+    chat_template_kwargs (TRL GRPOConfig's): arguments of the chat template of every conversational prompt, as TRL's
+    apply_chat_template(prompt, add_generation_prompt=True, **chat_template_kwargs); a row's own
+    chat_template_kwargs column adds to them (its keys win). They reach the template only: the rows' columns (which
+    reward functions receive) are the file's."""
     examples = []
     for i, item in enumerate(prompts):
         if isinstance(item, dict):
@@ -73,11 +78,26 @@ def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | 
             examples.append(PromptExample(i, item, {}))
     if not examples:
         raise ConfigError("online loops need at least one prompt.")
-    items, report = tokenize_prompts(examples, tokenizer, max_prompt_length=max_prompt_length,
+    rendered = [_with_template_kwargs(ex, chat_template_kwargs) for ex in examples] if chat_template_kwargs else \
+        examples
+    items, report = tokenize_prompts(rendered, tokenizer, max_prompt_length=max_prompt_length,
                                      truncation_mode=truncation_mode)
     if report_to is not None:
         report_to["prompt_tokenize"] = report.to_dict()
     return [PromptRow(it.row_id, ex.prompt, it.prompt_ids, dict(ex.extras)) for it, ex in zip(items, examples)]
+
+
+def _with_template_kwargs(ex: PromptExample, kwargs: dict) -> PromptExample:
+    """`ex` with `kwargs` under its own chat_template_kwargs column (the row's keys win). A row whose column is not a
+    mapping (nor its JSON text) is left as it is, so the tokenizer reports it as that row's bad value."""
+    from preflab.data.report import RowProblem
+    from preflab.data.tokenize import chat_template_options
+
+    try:
+        own = chat_template_options({"chat_template_kwargs": ex.extras.get("chat_template_kwargs")})[1]
+    except RowProblem:
+        return ex
+    return PromptExample(ex.row_id, ex.prompt, {**ex.extras, "chat_template_kwargs": {**kwargs, **own}})
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ Rows (TRL SFTTrainer's dataset forms, one form per row):
 Each row becomes `TokenizedSFT(prompt_ids, completion_ids)`; only completion tokens carry loss. With
 `completion_only_loss: false` (TRL's name) a prompt-completion row trains on the prompt too (all tokens but the
 first). Text rows get BOS (when the tokenizer has one) and EOS like preference rows; chat rows end with the
-template's own end of turn. Rows longer than `max_length` keep their start (TRL's SFT truncation).
+template's own end of turn. Rows longer than `max_length` keep their start (TRL's SFT truncation). TRL's
+`eos_token` replaces the tokenizer's eos and `chat_template_path` (a .jinja / .j2 file) its chat template before any
+row is tokenized (preflab.models.tokenizer_options).
 
 `assistant_only_loss: true` (TRL's name; conversational rows only) keeps the loss on the tokens the chat template
 marks with `{% generation %}` (preflab.data.assistant_mask): the completion then starts at the first marked token
@@ -52,7 +54,19 @@ class SFTTrainer(Trainer):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         if cfg.task != "sft":
             raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
+        eos_changed = False
+        if cfg.eos_token is not None or cfg.chat_template_path is not None:  # TRL's SFTConfig options, before the rows
+            from preflab.models.load import load_tokenizer
+            from preflab.models.tokenizer_options import apply_sft_tokenizer_options
+
+            if tokenizer is None:
+                tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+            eos_changed = apply_sft_tokenizer_options(cfg, tokenizer)
         super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
+        if eos_changed:  # as TRL: the model's config and generation config learn the new eos (saved with the model)
+            from preflab.models.tokenizer_options import mirror_eos_to_model
+
+            mirror_eos_to_model(self.policy, self.tokenizer)
         self.kind = type("SFTKindRun", (SFTKind,), {"max_row_tokens": cfg.max_length})
 
     def requested_layout(self) -> str:

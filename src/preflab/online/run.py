@@ -129,6 +129,17 @@ def refuse_past_positions(rows, policy, max_new_tokens: int | None, source: str)
                     + fix)
 
 
+def round_prompt_indices(total: int, n: int, r: int, shuffle: bool, generator: torch.Generator) -> list[int]:
+    """The indices of round r's n prompts among `total`. shuffle (the default): n drawn without replacement by
+    `generator` (seeded per round). shuffle_dataset: false (TRL GRPOConfig): the prompts in dataset order, as TRL's
+    RepeatSampler(shuffle=False) walks them: rounds of n consecutive prompts, a last incomplete round of an epoch
+    dropped (range(total) cut into chunks of n, only whole chunks kept), then from the first prompt again."""
+    if shuffle:
+        return torch.randperm(total, generator=generator)[:n].tolist()
+    start = (r % (total // n)) * n
+    return list(range(start, start + n))
+
+
 class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
     prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
@@ -218,7 +229,8 @@ class OnlineRun(TrainingRun):
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
-                                                                   truncation_mode=cfg.truncation_mode)
+                                                                   truncation_mode=cfg.truncation_mode,
+                                                                   chat_template_kwargs=cfg.chat_template_kwargs)
         source = (self.data_report.get("prompt_rows") or {}).get("source")
         refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
         tokenized = self.data_report.get("prompt_tokenize")
@@ -402,7 +414,7 @@ class OnlineRun(TrainingRun):
             return game_round(self, r)
         g = torch.Generator().manual_seed(self._round_seed(r))
         n = min(cfg.prompts_per_generation, len(self.rows))
-        rows = [self.rows[i] for i in torch.randperm(len(self.rows), generator=g)[:n].tolist()]
+        rows = [self.rows[i] for i in round_prompt_indices(len(self.rows), n, r, cfg.shuffle_dataset, g)]
         self.judge.where = f"round {r + 1} (optimizer step {r * self.round_len + 1})"  # what a judge timeout names
         n_ref = cfg.refresh_reference_every
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
@@ -682,7 +694,7 @@ class OnlineRun(TrainingRun):
             return
         report: dict = {}
         held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
-                               truncation_mode=cfg.truncation_mode)
+                               truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
         refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
         tokenized = {**report["prompt_tokenize"], "source": source}

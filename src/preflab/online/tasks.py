@@ -213,6 +213,7 @@ def load_task(cfg, tokenizer=None, policy=None):
     if not cfg.reward_funcs:
         raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
                           "reward / preference model directory).")
+    refuse_template_kwargs_with_model_judges(cfg)
     judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
     from preflab.runlog import is_main_process
 
@@ -247,6 +248,22 @@ def load_task(cfg, tokenizer=None, policy=None):
     evaluate = dataset_evaluate(cfg, held, judges, aggregator) if held else None
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
                 reward_aggregator=aggregator), tokenizer, policy
+
+
+def refuse_template_kwargs_with_model_judges(cfg) -> None:
+    """chat_template_kwargs beside a reward model judge (a model folder, a max-min judge): TRL's GRPOTrainer passes
+    them to the reward model's chat template too, and preflab's model judges render prompt + completion with their
+    own template without them, so the judge would score other text than TRL's; refused rather than run so."""
+    if not cfg.chat_template_kwargs:
+        return
+    models = [j for j in _as_list(cfg.reward_funcs) if isinstance(j, str) and (
+        Path(j).expanduser().is_dir() or (j.partition(":")[0].startswith("maxmin") and ":" in j))]
+    if models:
+        raise ConfigError(f"chat_template_kwargs with the reward model judge {models[0]!r}: TRL's GRPOTrainer renders "
+                          "a reward model's conversations with them too, and preflab's model judges render with "
+                          "their own template only. Remove chat_template_kwargs (or give each prompt row a "
+                          "chat_template_kwargs column, which reaches the policy's template alone), or judge with "
+                          "reward functions.")
 
 
 def column_gaps(rows: list[tuple[int, dict]]) -> dict[str, dict]:
@@ -287,7 +304,8 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
         from preflab.loops.judge import Judge
         from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
 
-        rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode)
+        rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
+                               chat_template_kwargs=cfg.chat_template_kwargs)
         ids = generate_ids(model, [r.prompt_ids for r in rows], eos_id=tokenizer.eos_token_id,
                            pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
                            batch_size=max(1, cfg.per_device_eval_batch_size))

@@ -1,0 +1,76 @@
+"""transformers' TrainingArguments.full_determinism (a TRL config's), as transformers' Trainer applies it: the run
+calls transformers' enable_full_determinism(seed) where it sets its seed, so torch's deterministic algorithms, cuDNN's
+deterministic mode and the environment variables are exactly transformers'; the run's weights equal those of the
+same run without it (CPU: the algorithms were deterministic already). Refused where the run does not set its own seed
+(recipe tasks, reward_head: multi_objective)."""
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops.sft import SFTTrainer
+from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+ENV = ("CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG", "ASCEND_LAUNCH_BLOCKING", "HCCL_DETERMINISTIC",
+       "FLASH_ATTENTION_DETERMINISTIC")
+
+
+@pytest.fixture
+def restore_determinism():
+    saved = {k: os.environ.get(k) for k in ENV}
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _run(tmp_path, name, model, tok, **extra):
+    data = tmp_path / "sft.jsonl"
+    rows = [{"prompt": "the cat", "completion": " sat on the mat"}, {"prompt": "two plus three", "completion": " five"},
+            {"text": "hello world"}, {"text": "a quick brown fox"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = config_from_dict({"task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                            "output_dir": str(tmp_path / name), "max_steps": 2, "per_device_train_batch_size": 2,
+                            "learning_rate": 1e-2, "use_cpu": True, "save_steps": 0, "disable_tqdm": True, **extra})
+    policy = copy.deepcopy(model)
+    SFTTrainer(cfg, policy=policy, tokenizer=tok).train()
+    return policy
+
+
+def test_full_determinism_is_transformers_and_trains_the_same_weights(tmp_path, restore_determinism):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    torch.use_deterministic_algorithms(False)
+    plain = _run(tmp_path, "plain", model, tok)
+    assert not torch.are_deterministic_algorithms_enabled()
+    determined = _run(tmp_path, "full", model, tok, full_determinism=True)
+    ours = {k: os.environ.get(k) for k in ENV}
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark
+    # transformers' own function sets the same state
+    for key in ENV:
+        os.environ.pop(key, None)
+    torch.use_deterministic_algorithms(False)
+    from transformers.trainer_utils import enable_full_determinism
+
+    enable_full_determinism(0)
+    assert ours == {k: os.environ.get(k) for k in ENV} and ours["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    a, b = plain.state_dict(), determined.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], model.state_dict()[k]) for k in a)  # the runs trained
+
+
+def test_refused_where_the_run_does_not_seed_itself():
+    with pytest.raises(ConfigError, match="full_determinism only applies to the runs that set their seed"):
+        config_from_dict({"task": "reward", "reward_head": "multi_objective", "model_name_or_path":
+                          "builtin:tiny-llama", "dataset_name": "x.jsonl", "full_determinism": True})
