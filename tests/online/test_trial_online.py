@@ -156,9 +156,9 @@ def test_demo_sft_model_loads_for_your_own_prompts(tmp_path, monkeypatch):
 
 
 def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    """builtin:demo-sft's cache ($PREFLAB_CACHE_DIR/demo-sft-<seed>-<recipe>/model.safetensors) was written in place: a run
-    killed while writing it (or a second run, e.g. another test worker, reading it meanwhile) left a torn file that
-    every later run failed to load. Now it is written beside it and renamed into place: a write that dies leaves no
+    """builtin:demo-sft's cache ($PREFLAB_CACHE_DIR/demo-sft-<seed>-<recipe>/model.safetensors) was written in place:
+    a run killed while writing it (or a second run, e.g. another test worker, reading it meanwhile) left a torn file
+    that every later run failed to load. Now it is written beside it and renamed into place: a write that dies leaves no
     cache file, and the next call builds and loads the model."""
     import safetensors.torch
 
