@@ -144,8 +144,8 @@ OPTIONS: dict[str, Option] = {
                              "(loss_type + ['sft'])"),
     # optimisation
     "learning_rate": above(0, "peak AdamW learning rate (not given: task sft 2e-5, task reward 1e-4, TRL's defaults)"),
-    "lr_scheduler_type": one_of(tuple(SCHEDULE_KWARGS), "schedule after warmup (constant and constant_with_warmup "
-                                "both warm up; the others are transformers' get_scheduler schedules, its kwargs in "
+    "lr_scheduler_type": one_of(tuple(SCHEDULE_KWARGS), "transformers' get_scheduler schedule (warmup from 0; "
+                                "constant has no warmup, constant_with_warmup has; kwargs in "
                                 "lr_scheduler_kwargs; reduce_lr_on_plateau: cut by factor after patience evaluations "
                                 "without improvement of metric_for_best_model, no warmup)"),
     "lr_scheduler_kwargs": Option("TRL's lr_scheduler_kwargs: the schedule's keyword arguments (cosine num_cycles; "

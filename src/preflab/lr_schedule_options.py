@@ -138,6 +138,17 @@ def _check_plateau_kwargs(kw: dict, bad) -> None:
             bad(key, want)
 
 
+def unused_warmup_note(cfg) -> str | None:
+    """lr_scheduler_type constant with warmup_steps / warmup_ratio: transformers' get_scheduler builds "constant"
+    without num_warmup_steps (get_constant_schedule: factor 1 from the first step) and says nothing; preflab runs it
+    the same way (a TRL config runs as in TRL) and says the warmup is unused, naming constant_with_warmup."""
+    warmup = [f"{k}={getattr(cfg, k)}" for k in ("warmup_steps", "warmup_ratio") if getattr(cfg, k)]
+    if cfg.lr_scheduler_type != "constant" or not warmup:
+        return None
+    return (f"{' and '.join(warmup)} is unused: lr_scheduler_type: constant has no warmup (transformers' "
+            "get_scheduler ignores it too); set lr_scheduler_type: constant_with_warmup to warm up.")
+
+
 def plateau_conflicts(cfg) -> list[str]:
     """reduce_lr_on_plateau as transformers runs it (Trainer._evaluate: after each evaluation during training,
     ReduceLROnPlateau.step(eval_<metric_for_best_model>); TrainingArguments: metric_for_best_model defaults to

@@ -41,6 +41,7 @@ def _transformers_rates(kind: str, kwargs: dict, warmup: int) -> dict[int, float
 @pytest.mark.parametrize("kind, kwargs", [
     ("warmup_stable_decay", {"num_decay_steps": 3, "min_lr_ratio": 0.1, "decay_type": "linear"}),
     ("cosine_with_min_lr", {"min_lr_rate": 0.2}),
+    ("linear", {}), ("cosine", {}), ("constant_with_warmup", {}),
 ])
 def test_run_rates_equal_transformers_with_accumulation_warmup_ratio_and_resume(tmp_path, kind, kwargs):
     options = dict(lr_scheduler_type=kind, lr_scheduler_kwargs=kwargs, gradient_accumulation_steps=2,
@@ -48,9 +49,24 @@ def test_run_rates_equal_transformers_with_accumulation_warmup_ratio_and_resume(
     full, _ = run(tmp_path / "full", **options)
     want = _transformers_rates(kind, kwargs, warmup=math.ceil(0.3 * STEPS))  # 2 warmup steps, as transformers
     assert _logged_rates(tmp_path / "full") == pytest.approx(want, rel=1e-12, abs=0)
-    assert want[1] < want[2] < want[3] == LR > want[6] and len(set(want.values())) >= 4  # warmup 2 steps, decay
+    assert want[1] < want[2] < want[3] == LR  # warmup 2 steps (transformers': the first at 0)
+    if kind == "constant_with_warmup":
+        assert want[1] == 0.0 and {want[s] for s in (3, 4, 5, 6)} == {LR}
+    else:
+        assert want[6] < LR and len(set(want.values())) >= 4  # then the decay
     resumed, _ = run(tmp_path / "resumed", **options, resume_from_checkpoint=str(tmp_path / "full/checkpoint-3"))
     assert resumed["resumed_from_step"] == 3
     got = _logged_rates(tmp_path / "resumed")
     assert {s: got[s] for s in (4, 5, 6)} == pytest.approx({s: want[s] for s in (4, 5, 6)}, rel=1e-12, abs=0)
     assert resumed["final_metrics"]["loss"] == full["final_metrics"]["loss"]  # the same updates after the resume
+
+
+def test_constant_with_a_warmup_runs_at_the_full_rate_and_says_the_warmup_is_unused(tmp_path, capsys):
+    """transformers' get_scheduler("constant") reads no warmup (get_constant_schedule) and says nothing: preflab runs
+    it the same way (the rate of every step is learning_rate) and says once that the warmup is unused."""
+    run(tmp_path, lr_scheduler_type="constant", warmup_steps=3, learning_rate=LR, max_steps=4)
+    assert _logged_rates(tmp_path) == {s: LR for s in range(1, 5)}
+    said = [line for line in capsys.readouterr().err.splitlines() if "is unused" in line]
+    assert said == ["preflab: note: warmup_steps=3 is unused: lr_scheduler_type: constant has no warmup "
+                    "(transformers' get_scheduler ignores it too); set lr_scheduler_type: constant_with_warmup to "
+                    "warm up."]

@@ -1,7 +1,8 @@
-"""The learning-rate schedule and AdamW's options (preflab.loops.optimizer), as exact values: warmup (step + 1) /
-warmup over the first `warmup` steps, then linear or cosine decay over the steps after warmup; AdamW built with the
-config's betas, epsilon and weight decay; follow_schedule (run after a resume) sets the rate of the schedule's
-step."""
+"""The learning-rate schedule and AdamW's options (preflab.loops.optimizer), as exact values: warmup step / warmup
+over the first `warmup` steps (transformers': the first optimizer step at rate 0), then linear or cosine decay over
+the steps after warmup; constant without warmup (transformers' get_scheduler ignores it); every kind equal to
+transformers' scheduler at every step; AdamW built with the config's betas, epsilon and weight decay;
+follow_schedule (run after a resume) sets the rate of the schedule's step."""
 import math
 from types import SimpleNamespace
 
@@ -17,12 +18,13 @@ def _factors(kind: str, total: int, warmup: int) -> list[float]:
 
 
 def test_linear_and_cosine_schedules_with_warmup_are_the_documented_factors():
-    # 6 steps, 2 of warmup: (s + 1) / 2 for s = 0, 1; then progress p = (s - 2) / 4 over the 4 steps after warmup
-    assert _factors("linear", 6, 2) == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25], abs=1e-12)
-    cosine = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * p / 4)) for p in range(4)]
+    # 6 steps, 2 of warmup: s / 2 for s = 0, 1 (the first step at 0); then p = (s - 2) / 4 over the 4 steps after
+    assert _factors("linear", 6, 2) == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25], abs=1e-12)
+    cosine = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * p / 4)) for p in range(4)]
     assert _factors("cosine", 6, 2) == pytest.approx(cosine, abs=1e-12)
     assert _factors("cosine", 6, 2)[-1] == pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 4)), abs=1e-12)
-    assert _factors("constant", 6, 2) == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0], abs=1e-12)
+    assert _factors("constant_with_warmup", 6, 2) == pytest.approx([0.0, 0.5, 1.0, 1.0, 1.0, 1.0], abs=1e-12)
+    assert _factors("constant", 6, 2) == [1.0] * 6  # transformers' constant: the warmup is not read
     assert _factors("linear", 4, 0) == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1e-12)
 
 
@@ -32,7 +34,10 @@ def test_make_optimizer_passes_betas_epsilon_and_weight_decay():
     optimizer, scheduler = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))], 10)
     group = optimizer.param_groups[0]
     assert (tuple(group["betas"]), group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.1)
-    assert group["lr"] == pytest.approx(0.02 / 3)  # the first warmup step's rate
+    assert group["lr"] == 0.0  # the first warmup step's rate (transformers': 0 / 3)
+    optimizer.step()
+    scheduler.step()
+    assert group["lr"] == pytest.approx(0.02 / 3)  # the second's
 
 
 def test_follow_schedule_sets_the_rate_of_the_schedulers_step():
@@ -45,7 +50,7 @@ def test_follow_schedule_sets_the_rate_of_the_schedulers_step():
         optimizer.step()
         scheduler.step()
     stepped = optimizer.param_groups[0]["lr"]
-    assert stepped == pytest.approx(2.0 * 0.75)
+    assert stepped == pytest.approx(2.0 * 0.75)  # step 3 of 6 after 2 of warmup: (6 - 3) / (6 - 2)
     assert follow_schedule(scheduler) is None  # already the schedule's rate
     optimizer.param_groups[0]["lr"] = 0.123
     assert follow_schedule(scheduler) == (0.123, stepped)
@@ -55,6 +60,7 @@ def test_follow_schedule_sets_the_rate_of_the_schedulers_step():
 # transformers' get_scheduler schedules with lr_scheduler_kwargs (TRL's lr_scheduler_kwargs): the rate of every step
 # equals transformers' (the same LambdaLR factors), warmup included and past the last step
 TRANSFORMERS_CASES = [
+    ("linear", {}), ("cosine", {}), ("cosine", {"num_cycles": 1.5}), ("constant_with_warmup", {}),
     ("cosine_with_restarts", {"num_cycles": 3}), ("cosine_with_restarts", {}),
     ("polynomial", {"lr_end": 1e-4, "power": 2.0}), ("polynomial", {}),
     ("inverse_sqrt", {}), ("inverse_sqrt", {"timescale": 7}),
@@ -93,7 +99,21 @@ def test_transformers_schedules_give_transformers_rate_at_every_step(kind, kwarg
         theirs = _rates(lambda opt: get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=16,
                                                   scheduler_specific_kwargs=dict(kwargs)))
     assert ours == theirs  # bitwise: the same formula in the same order
-    assert len(set(ours)) > 3  # the schedule moves (a constant would not test the formula)
+    if kind == "constant_with_warmup":  # constant after its warmup: the warmup is the part that moves
+        assert ours == pytest.approx([1e-3 * s / max(1, warmup) for s in range(warmup)] + [1e-3] * (20 - warmup))
+    else:
+        assert len(set(ours)) > 3  # the schedule moves (a constant would not test the formula)
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_constant_ignores_the_warmup_as_transformers(warmup):
+    """get_scheduler("constant", num_warmup_steps=3) is get_constant_schedule: the warmup is not read; preflab's
+    constant is the same (the run says the warmup is unused: lr_schedule_options.unused_warmup_note)."""
+    from transformers import get_scheduler
+
+    ours = _rates(lambda opt: make_scheduler(opt, "constant", 16, warmup))
+    assert ours == _rates(lambda opt: get_scheduler("constant", opt, num_warmup_steps=warmup, num_training_steps=16))
+    assert ours == [1e-3] * 20
 
 
 @pytest.mark.parametrize("num_cycles", [0.5, 1.5])

@@ -156,20 +156,20 @@ def test_demo_sft_model_loads_for_your_own_prompts(tmp_path, monkeypatch):
 
 
 def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    """builtin:demo-sft's cache ($PREFLAB_CACHE_DIR/demo-sft-<seed>/model.safetensors) was written in place: a run
-    killed while writing it (or a second run, e.g. another test worker, reading it meanwhile) left a torn file that
-    every later run failed to load. Now it is written beside it and renamed into place: a write that dies leaves no
+    """builtin:demo-sft's cache ($PREFLAB_CACHE_DIR/demo-sft-<seed>-<recipe>/model.safetensors) was written in place:
+    a run killed while writing it (or a second run, e.g. another test worker, reading it meanwhile) left a torn file
+    that every later run failed to load. Now it is written beside it and renamed into place: a write that dies leaves no
     cache file, and the next call builds and loads the model."""
     import safetensors.torch
 
-    from preflab.demo.sft_model import demo_sft
+    from preflab.demo.sft_model import cache_name, demo_sft
     from preflab.loops.sft import SFTTrainer
 
     monkeypatch.setattr(SFTTrainer, "train", lambda self: None)  # the SFT stage itself is not what is checked here
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "first"))
     demo_sft(5)  # imports every module on the way before save_file is replaced (none may keep the fake)
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
-    cache = tmp_path / "cache" / "demo-sft-5" / "model.safetensors"
+    cache = tmp_path / "cache" / cache_name(5) / "model.safetensors"
     save_file = safetensors.torch.save_file
 
     def killed_while_writing(tensors, filename, metadata=None):
@@ -185,6 +185,32 @@ def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     loaded, _ = demo_sft(5)  # from the cache file now
     assert cache.is_file()
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_demo_sft_cache_names_its_recipe(tmp_path, monkeypatch):
+    """builtin:demo-sft was cached as demo-sft-<seed> whatever trained it: the model of the old warmup rule (first
+    step at lr / warmup) kept being loaded after the rule changed (changes/warmup-parity.md). The folder now names
+    the SFT options and RECIPE_VERSION: the old folder is not read; other options or a new version, another folder."""
+    import safetensors.torch
+
+    from preflab.demo import run as demo_run
+    from preflab.demo import sft_model
+    from preflab.loops.sft import SFTTrainer
+
+    monkeypatch.setattr(SFTTrainer, "train", lambda self: None)  # the model as built (seed 5), not trained
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path))
+    built = sft_model.demo_sft(5)[0].state_dict()
+    zeros = {k: torch.zeros_like(v) for k, v in built.items()}
+    (tmp_path / "demo-sft-5").mkdir()
+    safetensors.torch.save_file(zeros, str(tmp_path / "demo-sft-5" / "model.safetensors"))  # the old name
+    assert all(torch.equal(a, built[k]) for k, a in sft_model.demo_sft(5)[0].state_dict().items())
+    safetensors.torch.save_file(zeros, str(tmp_path / sft_model.cache_name(5) / "model.safetensors"))
+    assert all(not a.any() for a in sft_model.demo_sft(5)[0].state_dict().values())  # today's name: read
+    today = sft_model.cache_name(5)
+    monkeypatch.setattr(sft_model, "RECIPE_VERSION", sft_model.RECIPE_VERSION + 1)
+    newer = sft_model.cache_name(5)
+    monkeypatch.setattr(demo_run, "SFT", {**demo_run.SFT, "warmup_steps": 0})
+    assert len({today, newer, sft_model.cache_name(5), sft_model.cache_name(6)}) == 4
 
 
 def test_truncated_completions_are_said_and_counted(tmp_path, capsys):

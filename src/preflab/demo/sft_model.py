@@ -3,7 +3,8 @@
     model, tokenizer = demo_sft(seed)       # e.g. for `preflab eval --reference builtin:demo-sft`
 
 It is trained, not drawn at random: the demo's stage 1 (preflab.demo.run's SFT options on the loud-echo rows of
-preflab.demo.task), on a 2-layer Llama over the char tokenizer, built once per seed and cached as safetensors. It
+preflab.demo.task), on a 2-layer Llama over the char tokenizer, built once per seed and recipe and cached as
+safetensors (cache_name: a model trained by older code or other options is not loaded). It
 lives in the demo room, above the training loops it runs and below the rooms that load it by name: the online runs
 (model_name_or_path: builtin:demo-sft), `preflab eval` and the MaxMin toy (preflab.reward_models.maxmin_toy).
 """
@@ -24,6 +25,23 @@ def demo_sft(seed: int = 0):
     return demo_sft_model(SimpleNamespace(seed=seed), tokenizer), tokenizer
 
 
+# what stage 1 trains beyond its options; bumped when the code's training changes (2: the LR warmup starts at rate 0,
+# transformers' rule, changes/warmup-parity.md); a cache of an older version is left unread
+RECIPE_VERSION = 2
+
+
+def cache_name(seed: int) -> str:
+    """The cache folder of builtin:demo-sft: demo-sft-<seed>-<first 12 hex of sha256 over the SFT options and
+    RECIPE_VERSION>, so a model trained with other options or by older code is not loaded as today's."""
+    import hashlib
+    import json
+
+    from preflab.demo.run import SFT
+
+    recipe = json.dumps({"sft": SFT, "version": RECIPE_VERSION}, sort_keys=True)
+    return f"demo-sft-{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
 def demo_sft_model(cfg, tokenizer):
     """The demo's SFT-stage model (preflab.demo.run, stage 1) for cfg.seed, built once and cached as safetensors."""
     from safetensors.torch import load_file, save_file
@@ -32,7 +50,7 @@ def demo_sft_model(cfg, tokenizer):
     from preflab.scoring.ref_cache import default_cache_dir
 
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed)
-    cache = default_cache_dir() / f"demo-sft-{cfg.seed}" / "model.safetensors"
+    cache = default_cache_dir() / cache_name(cfg.seed) / "model.safetensors"
     if cache.exists():
         model.load_state_dict(load_file(str(cache)))
         return model

@@ -1,8 +1,8 @@
 """The optimizer and learning-rate schedule of every trainer: AdamW with TRL's option names, transformers'
-schedules (linear warmup, then linear / cosine decay or constant; and get_scheduler's cosine_with_restarts,
-polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay with
-lr_scheduler_kwargs; reduce_lr_on_plateau, stepped by the eval metric: EvalPlateau), and the schedule re-applied
-after a resume."""
+schedules (linear warmup from 0, then linear / cosine decay or constant_with_warmup; constant without warmup;
+and get_scheduler's cosine_with_restarts, polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr,
+warmup_stable_decay with lr_scheduler_kwargs; reduce_lr_on_plateau, stepped by the eval metric: EvalPlateau), and
+the schedule re-applied after a resume."""
 from __future__ import annotations
 
 import math
@@ -39,34 +39,40 @@ def step_on_evaluation(scheduler, metrics: dict, key: str | None) -> None:
 
 
 def make_scheduler(optimizer, kind: str, total: int, warmup: int, kwargs: dict | None = None):
-    """LambdaLR of factor(step), step 0 the first optimizer step's. linear / cosine / constant /
-    constant_with_warmup: warmup (step + 1) / warmup over `warmup` steps, then linear decay to 0, cosine
-    0.5 (1 + cos(2 pi num_cycles p)) (num_cycles 0.5: to 0), or constant; p = (step - warmup) / (total - warmup).
-    The other kinds: transformers' get_scheduler factor of the same name (transformer_factor)."""
+    """LambdaLR of factor(step), step 0 the first optimizer step's: transformers' get_scheduler factor of the same
+    name (transformer_factor), so every optimizer step's rate equals transformers' (warmup from 0: the first step
+    at rate 0; constant without warmup, as get_scheduler builds it). reduce_lr_on_plateau: EvalPlateau."""
     kw = schedule_kwargs(kind, kwargs)
     if kind == PLATEAU:
         return EvalPlateau(optimizer, **kw)
-    if kind not in ("linear", "cosine", "constant", "constant_with_warmup"):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, transformer_factor(
-            kind, total, warmup, kw, optimizer.defaults["lr"]))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, transformer_factor(
+        kind, total, warmup, kw, optimizer.defaults["lr"]))
 
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
+
+def _warmup_then(kind: str, total: int, warmup: int, kw: dict):
+    """transformers' get_linear_schedule_with_warmup / get_cosine_schedule_with_warmup /
+    get_constant_schedule_with_warmup factor: step / warmup while step < warmup (0 at the first optimizer step),
+    then linear max(0, (total - step) / (total - warmup)), cosine max(0, 0.5 (1 + cos(2 pi num_cycles p))) with
+    p = (step - warmup) / (total - warmup) (not clamped: past `total` the wave rises, as transformers'), or 1."""
+    def factor(step):
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
         if kind == "linear":
-            return max(0.0, 1.0 - progress)
+            return max(0.0, (total - step) / max(1, total - warmup))
         if kind == "cosine":
-            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * kw["num_cycles"] * 2.0 * min(1.0, progress))))
+            progress = (step - warmup) / max(1, total - warmup)
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(kw["num_cycles"]) * 2.0 * progress)))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
 def transformer_factor(kind: str, total: int, warmup: int, kw: dict, base_lr: float):
     """factor(step) of transformers' get_scheduler(kind, num_warmup_steps=warmup, num_training_steps=total,
     scheduler_specific_kwargs=kw) (transformers 5 optimization.py), warmup step / warmup from 0 (except
     cosine_warmup_with_min_lr), p = (step - warmup) / (total - warmup):
+    - linear, cosine, constant_with_warmup: _warmup_then;
+    - constant: 1 at every step (get_scheduler passes it no warmup: preflab.lr_schedule_options.unused_warmup_note);
     - cosine_with_restarts: 0.5 (1 + cos(pi ((num_cycles p) mod 1))), 0 from p >= 1 (hard restarts);
     - polynomial: ((lr0 - lr_end) (1 - p)^power + lr_end) / lr0, lr_end / lr0 after total (lr0 = learning_rate);
     - inverse_sqrt: 1 / sqrt((step + timescale - warmup) / timescale), timescale = warmup (or 10000 without);
@@ -81,7 +87,12 @@ def transformer_factor(kind: str, total: int, warmup: int, kw: dict, base_lr: fl
     def decayed(step: int) -> float:
         return (step - warmup) / max(1, total - warmup)
 
-    if kind == "cosine_with_restarts":
+    if kind in ("linear", "cosine", "constant_with_warmup"):
+        factor = _warmup_then(kind, total, warmup, kw)
+    elif kind == "constant":
+        def factor(step):
+            return 1.0
+    elif kind == "cosine_with_restarts":
         def factor(step):
             if step < warmup:
                 return ramp(step)

@@ -5,7 +5,7 @@
              task's true reward; summary.json gets true_reward_before / true_reward_after (greedy answers on
              heldout_prompts unseen prompts). model_name_or_path: builtin:demo-sft is the demo's tiny char-level
              Llama after its SFT stage (preflab.demo.sft_model: built once, ~30 s on a CPU, cached in
-             $PREFLAB_CACHE_DIR/demo-sft-<seed>)
+             $PREFLAB_CACHE_DIR/demo-sft-<seed>-<recipe>)
     game     the preference game (preflab.online.game)
     vision_dataset  image prompts for an image-text policy: dataset_name's rows ("images" + "prompt"), judge:
              reward_funcs, e.g. Vision-R1's box rewards (preflab.online.vision, VisionOnlineRun)
