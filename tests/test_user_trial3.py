@@ -43,3 +43,44 @@ def test_demo_judges_name_the_prompt_they_cannot_score():
         demo_echo_reward(["echo:  "], [""])
     with pytest.raises(ValueError, match=r"a list, not a string"):
         demo_echo_reward([[{"role": "user", "content": "echo: a"}]], ["a"])
+
+
+def test_a_yaml_key_is_dropped_from_the_command_line_with_a_tilde(tmp_path):
+    """`preflab train examples/quickstart.yaml task=reward` refused loss_type and beta ("Remove them") and the command
+    line had no way to remove a key of the file (`beta=null` was "beta may not be null"). `'~key'` (Hydra's spelling)
+    drops it; the refusals say so, and `key=null` points to it."""
+    from preflab.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^task: reward trains a reward model \(reward_head: bt\); loss_type, beta "
+                                          r"only apply to task: dpo\. Remove them \(on the command line: '~loss_type' "
+                                          r"'~beta'\), or set task: dpo\.$"):
+        load_config("examples/quickstart.yaml", ["task=reward"])
+    with pytest.raises(ConfigError, match=r"^override 'beta=null': beta may not be null\. To drop a beta that the "
+                                          r"config file sets .* write '~beta' instead\.$"):
+        load_config("examples/quickstart.yaml", ["task=reward", "beta=null"])
+    cfg = load_config("examples/quickstart.yaml", ["task=reward", "~loss_type", " ~beta"])
+    assert cfg.task == "reward" and "beta" not in cfg.written_options and "loss_type" not in cfg.written_options
+    assert cfg.beta == 0.1 and cfg.max_steps == 20  # the default beta; the file's other keys kept
+    # the last of `beta=0.3 ~beta` wins, as for two values; a nested key of a mapping option; typos are refused
+    assert "beta" not in load_config("examples/quickstart.yaml", ["beta=0.3", "~beta"]).written_options
+    cfg = load_config("examples/quickstart.yaml", ["loss_type=robust", "objective_params.label_smoothing=0.2",
+                                                   "~objective_params.label_smoothing"])
+    assert "label_smoothing" not in cfg.objective_params
+    with pytest.raises(ConfigError, match=r"^override '~bta': the config sets no bta to drop \(it sets "
+                                          r"model_name_or_path, .*\)\. Did you mean 'beta'\?$"):
+        load_config("examples/quickstart.yaml", ["~bta"])
+    with pytest.raises(ConfigError, match=r"^override '~beta=0\.1': '~KEY' drops KEY from the config, and takes no "
+                                          r"value; write '~beta' alone\.$"):
+        load_config("examples/quickstart.yaml", ["~beta=0.1"])
+
+
+def test_tilde_overrides_reach_the_train_command(tmp_path, capsys):
+    """`~key` is an override wherever key=value is: after the config, and after a command's --options."""
+    from preflab.cli import build_parser, _parse
+    from preflab.loops.cli import config_from_args
+
+    args = _parse(build_parser(), ["train", "examples/quickstart.yaml", "task=reward", "~loss_type", "~beta",
+                                   f"output_dir={tmp_path}"])
+    assert args.overrides[1:3] == ["~loss_type", "~beta"] and config_from_args(args).task == "reward"
+    args = _parse(build_parser(), ["plan", "examples/quickstart.yaml", "--world-size", "2", "~beta"])
+    assert args.overrides == ["~beta"]

@@ -66,7 +66,8 @@ def config_from_args(args):
     if cached is not None:
         return cached
     config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+    if config and ("=" in config or config.startswith("~") and "/" not in config) and not config.endswith(
+            (".yaml", ".yml")):  # no config file: the first override (key=value or ~key) came first
         config, overrides = None, [config] + overrides
     args._preflab_config = load_config(config, overrides)
     return args._preflab_config
