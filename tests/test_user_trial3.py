@@ -1,5 +1,6 @@
 """Third new-user trial: the silent failures and unclear errors a TRL user met, each pinned to its message."""
 import json
+import re
 
 import pytest
 
@@ -84,3 +85,32 @@ def test_tilde_overrides_reach_the_train_command(tmp_path, capsys):
     assert args.overrides[1:3] == ["~loss_type", "~beta"] and config_from_args(args).task == "reward"
     args = _parse(build_parser(), ["plan", "examples/quickstart.yaml", "--world-size", "2", "~beta"])
     assert args.overrides == ["~beta"]
+
+
+def test_a_streamed_row_with_a_token_the_model_cannot_embed_names_the_row(tmp_path):
+    """streaming: true skipped the check of token ids against the model's embedding that the ordinary run makes of
+    its data: a streamed row holding a token added to the tokenizer after the model was saved stopped step 3 with
+    torch's "IndexError: index out of range in self". Each global batch is now checked as it is read, with the
+    ordinary run's message naming the row and field, and when it was read."""
+    from preflab.config import config_from_dict
+    from preflab.errors import DataError
+    from preflab.loops.offline import Trainer
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    tiny_causal_lm(tok, hidden_size=16, num_layers=1).save_pretrained(tmp_path / "model")
+    tok.add_tokens(["zqzqzq"])  # id 300: the model has 300 embeddings
+    tok.save_pretrained(tmp_path / "model")
+    rows = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(8)]
+    rows[5]["chosen"] = " zqzqzq"
+    data = _jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = dict(model_name_or_path=str(tmp_path / "model"), dataset_name=data, max_steps=3, streaming=True,
+               streaming_shuffle_buffer=0, per_device_train_batch_size=2, max_length=64, disable_tqdm=True,
+               output_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError, match=r"^" + re.escape(
+            f"{data} row 5, field 'chosen': token 'zqzqzq' has id 300, but the model has 300 token embeddings (ids 0 "
+            "to 299): the tokenizer holds tokens the model cannot embed, and the run would stop with an IndexError. "
+            "Resize the model's embeddings to the tokenizer and save both: model.resize_token_embeddings(len("
+            "tokenizer)) (here 301); model.save_pretrained(dir); tokenizer.save_pretrained(dir). (streaming: rows "
+            "are checked as they are read; this one was read for optimizer step 3, after 2 step(s) trained.)") + "$"):
+        Trainer(config_from_dict(cfg)).train()  # (steps 1 and 2, rows 0 to 3, passed the check and trained)
