@@ -114,3 +114,44 @@ def test_a_streamed_row_with_a_token_the_model_cannot_embed_names_the_row(tmp_pa
             "tokenizer)) (here 301); model.save_pretrained(dir); tokenizer.save_pretrained(dir). (streaming: rows "
             "are checked as they are read; this one was read for optimizer step 3, after 2 step(s) trained.)") + "$"):
         Trainer(config_from_dict(cfg)).train()  # (steps 1 and 2, rows 0 to 3, passed the check and trained)
+
+
+def test_a_lora_run_on_a_builtin_base_as_the_policy_gets_a_merge_command_that_works(tmp_path):
+    """A LoRA run over builtin:tiny-llama as model_name_or_path was refused (rightly) with "adapter_config.json over
+    the base None" and a peft merge command that cannot work (AutoPeftModelForCausalLM has no base to load), and only
+    after the data was read and tokenized. Now preflight refuses it naming the base its config.yaml names and a merge
+    command through preflab's own loader; running that command gives a model folder that loads as the merged model."""
+    import re
+
+    import torch
+    import yaml
+
+    from preflab.config import config_from_dict, preflight
+    from preflab.models.load import add_lora, load_causal_lm
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    run = tmp_path / "lora"
+    peft_model = add_lora(tiny_causal_lm(tok, seed=7), r=2, alpha=4, dropout=0.0, target_modules=["q_proj"])
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    peft_model.save_pretrained(run)
+    tok.save_pretrained(run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "seed": 7,
+                                                     "use_peft": True, "lora_r": 2, "lora_alpha": 4}))
+    cfg = config_from_dict(dict(model_name_or_path=str(run), dataset_name=str(tmp_path / "absent.jsonl"),
+                                output_dir=str(tmp_path / "out")))
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)  # before any data is read (the data file does not even exist)
+    message = str(err.value)
+    assert message.startswith(f"model_name_or_path={str(run)!r} is a LoRA adapter folder (adapter_config.json over "
+                              "the base 'builtin:tiny-llama'), not a full model"), message
+    assert f"and give model_name_or_path={run}-merged." in message
+    code = re.search(r'python -c "(.*?)"', message).group(1)
+    exec(code, {})  # the command the error gives
+    merged = load_causal_lm(f"{run}-merged", "float32")
+    ids = torch.tensor([[1, 10, 20, 30, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model.eval()(ids).logits, atol=1e-5, rtol=0)

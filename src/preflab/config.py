@@ -982,8 +982,8 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
                           "writable directory.") from err
     _check_file_splits(cfg)
     if check_models and cfg.task not in RECIPE_TASKS:
-        from preflab.models.load import (check_model_name, check_not_a_reward_model, check_remote_code,
-                                         check_weights_safe)
+        from preflab.models.load import (check_model_name, check_not_a_reward_model, check_policy_not_adapter,
+                                         check_remote_code, check_weights_safe)
         from preflab.models.quantize import check_quantization_machine
 
         check_quantization_machine(cfg)
@@ -998,6 +998,8 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
             check_remote_code(name, cfg.trust_remote_code, option)
             if cfg.task in ("dpo", "sft", "online"):  # a causal LM loads there (a reward run starts from one too)
                 check_not_a_reward_model(name, option)
+                if option == "model_name_or_path":  # before the data is read (load_models checks it again)
+                    check_policy_not_adapter(name)
 
 
 def _check_file_splits(cfg: TrainConfig) -> None:

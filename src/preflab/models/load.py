@@ -494,10 +494,20 @@ def check_policy_not_adapter(name: str) -> None:
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError):
         base = None
+    from preflab.models.run_config import run_config
+
+    run_base = run_config(folder).get("model_name_or_path")
+    head = (f"model_name_or_path={name!r} is a LoRA adapter folder (adapter_config.json over the base "
+            f"{base or run_base!r}), not a full model: training it would train nothing (use_peft: false) or save new "
+            "adapters over the bare base. Merge it into its base first, e.g. ")
+    if run_base:  # a preflab LoRA run: its config.yaml names the base, built-in ones too (adapter_config.json: null)
+        raise ConfigError(
+            head + "python -c \"from preflab.eval.loading import load_for_eval; m, t = load_for_eval("
+            f"'{name}'); m.save_pretrained('{name}-merged'); t.save_pretrained('{name}-merged')\" (the base its "
+            f"config.yaml names, {run_base}, with the adapters merged, as `preflab eval` loads it), and give "
+            f"model_name_or_path={name}-merged.")
     raise ConfigError(
-        f"model_name_or_path={name!r} is a LoRA adapter folder (adapter_config.json over the base {base!r}), not a "
-        "full model: training it would train nothing (use_peft: false) or save new adapters over the bare base. "
-        "Merge it into its base first, e.g. python -c \"from peft import AutoPeftModelForCausalLM as M; "
+        head + "python -c \"from peft import AutoPeftModelForCausalLM as M; "
         f"from transformers import AutoTokenizer as T; M.from_pretrained('{name}').merge_and_unload()"
         f".save_pretrained('{name}-merged'); T.from_pretrained('{name}').save_pretrained('{name}-merged')\", and "
         f"give model_name_or_path={name}-merged.")
