@@ -155,3 +155,24 @@ def test_a_lora_run_on_a_builtin_base_as_the_policy_gets_a_merge_command_that_wo
     ids = torch.tensor([[1, 10, 20, 30, 40]])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, peft_model.eval()(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_comma_separated_lora_target_modules_say_to_write_a_list():
+    """`lora_target_modules=q_proj,v_proj` (TRL's CLI takes `--lora_target_modules q_proj v_proj`) is the one name
+    'q_proj,v_proj', and the error listed the model's modules (q_proj and v_proj among them) without saying why they
+    did not match. It now says how to write the list; the list it names matches."""
+    from preflab.config import parse_override
+    from preflab.models.load import check_lora_targets
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tiny_causal_lm(tiny_tokenizer("bytelevel"), hidden_size=16, num_layers=1)
+    with pytest.raises(ConfigError, match=r"\(or use all-linear\)\. 'q_proj,v_proj' is one name: for a list of modules "
+                                          r"write lora_target_modules=\[q_proj,v_proj\] on the command line \(YAML: "
+                                          r"lora_target_modules: \[q_proj, v_proj\]\)\.$"):
+        check_lora_targets(model, parse_override("lora_target_modules=q_proj,v_proj")[1])
+    key, value = parse_override("lora_target_modules=[q_proj,v_proj]")
+    assert value == ["q_proj", "v_proj"]
+    check_lora_targets(model, value)  # matches
+    with pytest.raises(ConfigError, match=r"\['qq_proj'\] match no module of the model; its linear modules are .*"
+                                          r"\(or use all-linear\)\.$"):  # no comma: no hint
+        check_lora_targets(model, ["qq_proj"])

@@ -363,7 +363,19 @@ def check_lora_targets(model: nn.Module, target_modules) -> None:
         linear = sorted({_module_suffix(name) for name, m in model.named_modules()
                          if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
         raise ConfigError(f"lora_target_modules {missing} match no module of the model; its linear modules are "
-                          f"{linear} (or use all-linear).")
+                          f"{linear} (or use all-linear).{_comma_list_hint('lora_target_modules', missing)}")
+
+
+def _comma_list_hint(option: str, missing) -> str:
+    """' ... give a list ...' when a name that matched nothing holds commas: `lora_target_modules=q_proj,v_proj` on
+    the command line (TRL's CLI takes `--lora_target_modules q_proj v_proj`) is the one name 'q_proj,v_proj' (for
+    peft a string is one regex); '' otherwise."""
+    joined = next((m for m in missing if isinstance(m, str) and "," in m), None)
+    if joined is None:
+        return ""
+    names = [n.strip() for n in joined.split(",") if n.strip()]
+    return (f" {joined!r} is one name: for a list of modules write {option}=[{','.join(names)}] on the command line "
+            f"(YAML: {option}: [{', '.join(names)}]).")
 
 
 def _module_suffix(path: str) -> str:
@@ -389,7 +401,7 @@ def check_modules_to_save(model: nn.Module, names) -> None:
     if missing:
         tops = sorted({_module_suffix(p) for p, m in model.named_modules() if p and not list(m.children())})
         raise ConfigError(f"lora_modules_to_save {missing} match no module of the model; its modules without "
-                          f"children are {tops[:40]}.")
+                          f"children are {tops[:40]}.{_comma_list_hint('lora_modules_to_save', missing)}")
 
 
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules, *, use_rslora: bool = False,
