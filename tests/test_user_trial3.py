@@ -176,3 +176,25 @@ def test_comma_separated_lora_target_modules_say_to_write_a_list():
     with pytest.raises(ConfigError, match=r"\['qq_proj'\] match no module of the model; its linear modules are .*"
                                           r"\(or use all-linear\)\.$"):  # no comma: no hint
         check_lora_targets(model, ["qq_proj"])
+
+
+def test_a_reward_function_that_raises_in_the_eval_win_rate_is_an_error_naming_it():
+    """`preflab eval RUN --data OTHER --reward-fn demo_true_reward` ended in a traceback out of the reward function
+    after both models had generated; it is now a ConfigError naming the function, what it raised and on whose
+    answers. A function that scores them still gives the win rate."""
+    from preflab.eval.winrate import compare_generations
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.tasks import demo_true_reward
+
+    tok = tiny_tokenizer("bytelevel")
+    model = tiny_causal_lm(tok, hidden_size=16, num_layers=1).eval()
+    prompts = ["hi", "yo"]
+    ids = [tok(p).input_ids for p in prompts]
+    with pytest.raises(ConfigError, match=r"^the reward function demo_true_reward raised ValueError on the policy "
+                                          r"model's answers to the win-rate prompts: the demo task's true reward "
+                                          r"scores only its own prompts .*'hi': it does not start with 'echo:'\. Fix "
+                                          r"the reward function, or evaluate data whose prompts it scores"):
+        compare_generations(model, model, tok, ids, prompts, reward_fn=demo_true_reward, max_new_tokens=2)
+    out = compare_generations(model, model, tok, ids, prompts, max_new_tokens=2,
+                              reward_fn=lambda prompts, completions: [float(len(c)) for c in completions])
+    assert out["win_rate"]["ties"] == 2  # the same model on both sides: every prompt a tie
