@@ -198,3 +198,17 @@ def test_a_reward_function_that_raises_in_the_eval_win_rate_is_an_error_naming_i
     out = compare_generations(model, model, tok, ids, prompts, max_new_tokens=2,
                               reward_fn=lambda prompts, completions: [float(len(c)) for c in completions])
     assert out["win_rate"]["ties"] == 2  # the same model on both sides: every prompt a tie
+
+
+def test_evaluating_an_sft_run_says_its_beta_is_not_the_runs():
+    """`preflab eval SFT_RUN --data PAIRS` reported beta=0.1 from "run config" with no note: an SFT run's config.yaml
+    holds beta's default, which maximum likelihood never read, so rewards/* and R* were presented as the run's own.
+    Now a note says so (and eval.json's beta_source is "default"); --beta still chooses."""
+    from preflab.eval.run import eval_beta
+
+    assert eval_beta(None, {"task": "sft", "beta": 0.1}) == (0.1, [
+        "the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's default, unread): "
+        "beta = 0.1 is used for rewards/*, R* and the difficulty, DPO's quantities against the reference; pass --beta "
+        "to choose it"])
+    assert eval_beta(0.3, {"task": "sft", "beta": 0.1}) == (0.3, [])
+    assert eval_beta(None, {"task": "dpo", "beta": 0.3, "loss_type": "sigmoid"}) == (0.3, [])  # a DPO run: its own

@@ -395,6 +395,11 @@ def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
     if given is not None:
         return float(given), notes
     run_beta = cfg.get("beta")
+    if cfg.get("task") == "sft":  # its config.yaml holds beta's default, which maximum likelihood never read
+        notes.append("the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's "
+                     "default, unread): beta = 0.1 is used for rewards/*, R* and the difficulty, DPO's quantities "
+                     "against the reference; pass --beta to choose it")
+        return 0.1, notes
     if isinstance(run_beta, bool) or not isinstance(run_beta, (int, float)) or not run_beta > 0:
         if run_beta is not None:
             notes.append(f"the run's beta is {run_beta!r} (no KL term), which defines no implicit reward: beta = 0.1 "
