@@ -212,3 +212,23 @@ def test_evaluating_an_sft_run_says_its_beta_is_not_the_runs():
         "to choose it"])
     assert eval_beta(0.3, {"task": "sft", "beta": 0.1}) == (0.3, [])
     assert eval_beta(None, {"task": "dpo", "beta": 0.3, "loss_type": "sigmoid"}) == (0.3, [])  # a DPO run: its own
+
+
+def test_an_eval_fraction_that_holds_out_every_row_is_said_as_such(tmp_path):
+    """eval_fraction=0.999 on the quickstart's 256 rows stopped with "no training rows are left in ...: every row was
+    skipped (see the `preflab: data:` line ...)", while that line said 256 kept, 0 skipped. The DPO-family reader now
+    refuses the hold-out itself, as the SFT and online readers did."""
+    from preflab.config import load_config
+    from preflab.errors import DataError
+    from preflab.loops.prepare import prepare_pairs
+    from preflab.models.tiny import tiny_tokenizer
+
+    cfg = load_config("examples/quickstart.yaml", ["eval_fraction=0.999", f"output_dir={tmp_path}"])
+    with pytest.raises(DataError, match=r"^eval_fraction=0\.999 holds out all 256 row\(s\) of dataset_name=examples/"
+                                        r"data/loud_echo_pairs\.jsonl \(at least one is held out\), leaving none to "
+                                        r"train on\. Give more rows, lower eval_fraction or set eval_fraction: 0, or "
+                                        r"give the eval set as eval_dataset_name\.$"):
+        prepare_pairs(cfg, tiny_tokenizer("bytelevel"))
+    cfg = load_config("examples/quickstart.yaml", ["eval_fraction=0.99", f"output_dir={tmp_path}"])
+    train, evals, _ = prepare_pairs(cfg, tiny_tokenizer("bytelevel"))  # round(0.99 x 256) = 253 held out
+    assert (len(train), len(evals)) == (3, 253)

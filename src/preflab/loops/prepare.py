@@ -104,7 +104,12 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         # groups when every row names its parent (rows derived from one base pair, preflab.data.mapl)
         from preflab.data.holdout import hold_out_rows
 
+        read = len(rows)
         rows, eval_rows, (units_held, units, by_parent) = hold_out_rows(rows, cfg.eval_fraction, cfg.seed)
+        if read and not rows:  # else "no training rows are left ...: every row was skipped", which none was
+            from preflab.data.eval_set import refuse_holding_out_everything
+
+            refuse_holding_out_everything(cfg, units, "row" if not by_parent else "parent_id group")
         if by_parent and is_main_process():
             print(f"preflab: note: eval_fraction={cfg.eval_fraction} holds out whole parent_id groups ({units_held} "
                   f"of {units}), so rows built from one base pair (MAPL's original, intra and inter rows) stay "
