@@ -268,10 +268,9 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                 out["missing"]["token_rewards"] = "--token-rewards writes the tokens of preference pairs (chosen and " \
                                                   "rejected); the data is unpaired"
             return {**out, "split": opts.split}
-        first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
-        at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
-        where = (f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
-                 if first else "")
+        from preflab.data.report import first_skipped_note
+
+        where = first_skipped_note(row_report, tok_report)
         raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
                            f"{tok_report.summary()}.{where} preflab eval needs preference pairs: prompt, chosen, "
                            "rejected (text or messages), or chosen and rejected conversations sharing their first "
