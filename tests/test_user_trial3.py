@@ -232,3 +232,22 @@ def test_an_eval_fraction_that_holds_out_every_row_is_said_as_such(tmp_path):
     cfg = load_config("examples/quickstart.yaml", ["eval_fraction=0.99", f"output_dir={tmp_path}"])
     train, evals, _ = prepare_pairs(cfg, tiny_tokenizer("bytelevel"))  # round(0.99 x 256) = 253 held out
     assert (len(train), len(evals)) == (3, 253)
+
+
+def test_preflab_eval_says_when_the_pairs_mix_text_and_conversational_rows(tmp_path):
+    """Training says when its rows mix text and conversational forms (only the latter get the chat template); `preflab
+    eval` on such a file averaged the metrics over both formats without a word. It now notes it in eval.json."""
+    from preflab.eval.run import evaluate_models
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    model = tiny_causal_lm(tok, hidden_size=16, num_layers=1).eval()
+    text = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(2)]
+    chat = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
+             "rejected": [{"role": "assistant", "content": "no"}]} for i in range(3)]
+    data = _jsonl(tmp_path / "mixed.jsonl", text + chat)
+    notes = evaluate_models(model, tok, data)["notes"]
+    assert (f"{data} mixes 2 text row(s) and 3 conversational row(s): only the conversational ones get the chat "
+            "template, so the model is evaluated on two formats. Give every row in one form unless that is meant."
+            ) in notes
+    assert not any("mixes" in n for n in evaluate_models(model, tok, _jsonl(tmp_path / "t.jsonl", text))["notes"])

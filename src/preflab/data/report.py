@@ -241,15 +241,16 @@ class DataReport(RowReport):
                 "(a paired one is unpaired as a whole with unpair_preference_dataset); give one form unless the mix "
                 "is meant.")
 
-    def mixed_forms_note(self) -> str | None:
+    def mixed_forms_note(self, use: str = "trained on") -> str | None:
         """A note when the rows mix text and conversational forms (each row is valid, but only the conversational
-        ones go through the chat template, so the model sees two formats); None otherwise."""
+        ones go through the chat template, so the model sees two formats); None otherwise. use: what is done with
+        the rows ("trained on"; `preflab eval`: "evaluated on")."""
         conversational = sum(v for k, v in self.forms.items() if "conversational" in k)
         text = sum(v for k, v in self.forms.items() if "standard" in k)
         if not (conversational and text):
             return None
         return (f"{self.source or '<rows>'} mixes {text} text row(s) and {conversational} conversational row(s): "
-                "only the conversational ones get the chat template, so the model is trained on two formats. "
+                f"only the conversational ones get the chat template, so the model is {use} two formats. "
                 "Give every row in one form unless that is meant.")
 
     def form_kinds(self) -> set[str]:
