@@ -251,3 +251,25 @@ def test_preflab_eval_says_when_the_pairs_mix_text_and_conversational_rows(tmp_p
             "template, so the model is evaluated on two formats. Give every row in one form unless that is meant."
             ) in notes
     assert not any("mixes" in n for n in evaluate_models(model, tok, _jsonl(tmp_path / "t.jsonl", text))["notes"])
+
+
+def test_an_online_prompt_row_without_prompt_names_its_columns_and_the_one_to_rename(tmp_path):
+    """Prompt rows (online_task: dataset) with a 'question' column said "field 'prompt': missing. Add a non-empty
+    string 'prompt'" (no columns named, and a prompt may be a list of messages too); the pair reader already listed
+    the row's columns. Now the prompt reader does too, and names the column to rename."""
+    from preflab.data.rows import load_rows
+    from preflab.errors import DataError
+
+    data = _jsonl(tmp_path / "q.jsonl", [{"question": "what is 1?", "answer": "1"}])
+    with pytest.raises(DataError) as err:
+        load_rows(data, kind="prompt")
+    assert str(err.value) == (
+        f"{data} row 0 (line 1), field 'prompt': missing (the row's columns: 'question', 'answer'). A prompt row needs "
+        "'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets). Rename 'question' to 'prompt'. Fix "
+        "the row or set on_bad_row: skip.")
+    data = _jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(DataError, match=r"Rename 'messages' to 'prompt' \(a 'messages' column is TRL's language-"
+                                        r"modeling form: as the prompt it must hold the prompt turns only\)\."):
+        load_rows(data, kind="prompt")
+    rows, _ = load_rows(_jsonl(tmp_path / "p.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}]), kind="prompt")
+    assert rows[0].prompt == [{"role": "user", "content": "hi"}]
