@@ -273,3 +273,28 @@ def test_an_online_prompt_row_without_prompt_names_its_columns_and_the_one_to_re
         load_rows(data, kind="prompt")
     rows, _ = load_rows(_jsonl(tmp_path / "p.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}]), kind="prompt")
     assert rows[0].prompt == [{"role": "user", "content": "hi"}]
+
+
+def test_lora_adapters_over_a_relative_base_folder_record_its_absolute_path(tmp_path, monkeypatch):
+    """model_name_or_path=base (a folder relative to the working directory) with use_peft saved adapter_config.json
+    with base_model_name_or_path 'base': the model card's peft lines then failed from any other directory (peft asked
+    the hub for a repo 'base'). The folder's absolute path is recorded; a builtin or hub name is left as it is."""
+    from peft import AutoPeftModelForCausalLM
+
+    from preflab.models.load import add_lora, load_causal_lm
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    tiny_causal_lm(tok, hidden_size=16, num_layers=1).save_pretrained(tmp_path / "work" / "base")
+    tok.save_pretrained(tmp_path / "work" / "base")
+    monkeypatch.chdir(tmp_path / "work")
+    peft_model = add_lora(load_causal_lm("base", "float32"), r=2, alpha=4, dropout=0.0, target_modules=["q_proj"])
+    peft_model.save_pretrained(tmp_path / "adapters")
+    saved = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "work" / "base")
+    monkeypatch.chdir(tmp_path)  # another working directory: the adapters load over their base
+    assert type(AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapters")).merge_and_unload()).__name__ \
+        == "LlamaForCausalLM"
+    builtin = add_lora(tiny_causal_lm(tok, hidden_size=16, num_layers=1), r=2, alpha=4, dropout=0.0,
+                       target_modules=["q_proj"])
+    assert not builtin.peft_config["default"].base_model_name_or_path  # none to make absolute

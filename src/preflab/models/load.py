@@ -416,7 +416,20 @@ def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_module
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM", use_rslora=use_rslora, use_dora=use_dora,
                         modules_to_save=modules_to_save)
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    absolute_adapter_base(peft_model.peft_config["default"])
+    return peft_model
+
+
+def absolute_adapter_base(peft_config) -> None:
+    """A base model loaded from a relative folder (model_name_or_path=models/base, run from the folder above) is
+    recorded in adapter_config.json's base_model_name_or_path as written: the model card's peft loading lines (and
+    `preflab eval` of the adapters without their config.yaml) then worked only from that working directory, and
+    elsewhere peft asked the hub for a repo named 'models/base'. The folder is recorded as an absolute path; hub
+    names, builtin names and absolute paths are left as they are."""
+    base = getattr(peft_config, "base_model_name_or_path", None)
+    if isinstance(base, str) and base and not Path(base).is_absolute() and Path(base).is_dir():
+        peft_config.base_model_name_or_path = str(Path(base).resolve())
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
