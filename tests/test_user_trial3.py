@@ -298,3 +298,15 @@ def test_lora_adapters_over_a_relative_base_folder_record_its_absolute_path(tmp_
     builtin = add_lora(tiny_causal_lm(tok, hidden_size=16, num_layers=1), r=2, alpha=4, dropout=0.0,
                        target_modules=["q_proj"])
     assert not builtin.peft_config["default"].base_model_name_or_path  # none to make absolute
+
+
+def test_switching_streaming_off_says_how_to_drop_its_buffer_option():
+    """`preflab train examples/streaming.yaml streaming=false` said "streaming_shuffle_buffer applies with streaming:
+    true." without what to do; it now names the `'~key'` override, which then loads."""
+    from preflab.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^streaming_shuffle_buffer applies with streaming: true; remove it \(on the "
+                                          r"command line: '~streaming_shuffle_buffer'\), or set streaming: true\.$"):
+        load_config("examples/streaming.yaml", ["streaming=false"])
+    cfg = load_config("examples/streaming.yaml", ["streaming=false", "~streaming_shuffle_buffer"])
+    assert not cfg.streaming and not cfg.streaming_shuffle_buffer
