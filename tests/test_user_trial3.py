@@ -310,3 +310,21 @@ def test_switching_streaming_off_says_how_to_drop_its_buffer_option():
         load_config("examples/streaming.yaml", ["streaming=false"])
     cfg = load_config("examples/streaming.yaml", ["streaming=false", "~streaming_shuffle_buffer"])
     assert not cfg.streaming and not cfg.streaming_shuffle_buffer
+
+
+def test_a_python_file_without_the_function_to_call_lists_its_functions_in_eval_too(tmp_path):
+    """`reward_funcs: rewards.py` listed the file's functions, while `preflab eval --reward-fn rewards.py` said
+    "is not 'module:name' or 'path/to/file.py:name'" and `rewards.py:nope` only "no 'nope' in rewards.py". Every
+    spec read by preflab.plugins.import_object now lists the file's top-level functions (read, not run)."""
+    from preflab.eval.winrate import load_callable
+
+    code = tmp_path / "rewards.py"
+    code.write_text("def helpful(prompts, completions, **kw):\n    return [1.0] * len(completions)\n\n"
+                    "def _private():\n    pass\n")
+    with pytest.raises(ConfigError, match=r"^--reward-fn / --judge: '.*rewards\.py' is a Python file without the name "
+                                          r"to call; write .*rewards\.py:NAME \(its top-level functions: helpful\)\.$"):
+        load_callable(str(code))
+    with pytest.raises(ConfigError, match=r"^--reward-fn / --judge: '.*rewards\.py:nope': no 'nope' in .*rewards\.py "
+                                          r"\(its top-level functions: helpful\)\.$"):
+        load_callable(f"{code}:nope")
+    assert load_callable(f"{code}:helpful")(["p"], ["c"]) == [1.0]

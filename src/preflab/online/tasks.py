@@ -151,8 +151,10 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
 
         return import_object(spec, "reward_funcs")
     if path.suffix == ".py" and path.is_file():
+        from preflab.plugins import file_functions
+
         raise ConfigError(f"reward_funcs: {spec!r} is a Python file without the function to call; write "
-                          f"{spec}:FUNCTION{_file_functions(path)}.")
+                          f"{spec}:FUNCTION{file_functions(path)}.")
     if ("/" in spec or "\\" in spec) and not path.exists():
         raise ConfigError(f"reward_funcs: {spec!r}: no such file or directory (relative paths are read from "
                           f"{Path.cwd()}); give a reward model directory or path/to/file.py:FUNCTION.")
@@ -161,20 +163,6 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
     raise ConfigError(f"reward_funcs: {spec!r} is not demo_true_reward, demo_echo_reward, verifier:<name>, "
                       "module:function, path/to/file.py:function or an existing model directory."
                       f"{nearest(spec, ['demo_true_reward', 'demo_echo_reward'])}")
-
-
-def _file_functions(path: Path) -> str:
-    """' (its top-level functions: f, g)' read from the file's syntax tree (nothing in it is run), or '' when it has
-    none or does not parse: what a `reward_funcs: rewards.py` without `:function` is told to choose from."""
-    import ast
-
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError, OSError):
-        return ""
-    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-             and not n.name.startswith("_")]
-    return f" (its top-level functions: {', '.join(names)})" if names else ""
 
 
 def demo_evaluate(heldout: list[str]):
