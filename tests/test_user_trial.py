@@ -192,7 +192,7 @@ def test_online_prompt_rows_skipped_or_cut_are_reported(tmp_path, capsys):
     from preflab.online.tasks import load_task
 
     data = tmp_path / "prompts.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt": p}) for p in ("say a", "", "say " + "b " * 40)))
+    data.write_text("\n".join(json.dumps({"prompt": p}) for p in ("echo: a", "", "echo: " + "b " * 40)))
     cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset", dataset_name=str(data),
                                 reward_funcs="preflab.online.tasks:demo_true_reward", on_bad_row="skip",
                                 model_name_or_path="builtin:tiny-llama", max_steps=1, output_dir=str(tmp_path / "o")))

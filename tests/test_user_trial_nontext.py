@@ -213,7 +213,7 @@ def test_online_held_out_prompts_are_counted_and_checked_against_the_positions(t
 
     train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
     train.write_text("".join(json.dumps({"prompt": f"echo: sun cat {i}"}) + "\n" for i in range(6)))
-    held.write_text("".join(json.dumps({"prompt": ("word " * (300 if i < 2 else 2)) + str(i)}) + "\n"
+    held.write_text("".join(json.dumps({"prompt": "echo: " + ("word " * (300 if i < 2 else 2)) + str(i)}) + "\n"
                             for i in range(5)))
     base = ["online_task=dataset", f"dataset_name={train}", f"eval_dataset_name={held}", "eval_steps=1",
             "reward_funcs=preflab.online.tasks:demo_echo_reward", "max_steps=1", "prompts_per_generation=2"]

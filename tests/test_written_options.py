@@ -38,7 +38,7 @@ def test_a_yaml_key_at_its_default_that_the_trainer_does_not_read_is_refused(tmp
 
 def test_an_override_at_its_default_that_the_task_does_not_read_is_refused():
     with pytest.raises(ConfigError, match=r"^resolution only applies to task: diffusion, not to this run \(task: dpo, "
-                                          r"loss_type: sigmoid\); remove it\.$"):
+                                          r"loss_type: sigmoid\); remove it \(on the command line: '~resolution'\)\.$"):
         load_config(QUICKSTART, ["resolution=512"])
     assert load_config(QUICKSTART).written_options >= {"model_name_or_path", "dataset_name"}
 
@@ -46,10 +46,10 @@ def test_an_override_at_its_default_that_the_task_does_not_read_is_refused():
 def test_the_python_api_keywords_and_mapping_keys_are_written():
     base = dict(model_name_or_path="builtin:tiny-llama", dataset_name="examples/data/loud_echo_pairs.jsonl")
     with pytest.raises(ConfigError, match=r"^rso_beta only applies to task: online, not to this run \(task: dpo, "
-                                          r"loss_type: sigmoid\); remove it\.$"):
+                                          r"loss_type: sigmoid\); remove it \(on the command line: '~rso_beta'\)\.$"):
         TrainConfig(**base, rso_beta=0.5)
     with pytest.raises(ConfigError, match=r"task: sft trains on completions by maximum likelihood; beta only applies "
-                                          r"to preference tasks\. Remove it \(or set task: dpo\)\."):
+                                          r"to preference tasks\. Remove it \(on the command line: '~beta'\), or set task: dpo\."):
         config_from_dict({**base, "task": "sft", "beta": 0.1})
     assert TrainConfig(**base, beta=0.1).written_options == {"model_name_or_path", "dataset_name", "beta"}
     assert TrainConfig(**base).written_options == {"model_name_or_path", "dataset_name"}

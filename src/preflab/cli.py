@@ -61,7 +61,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     for a command with `overrides` they are appended in order, anything else is still an error."""
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+        overrides = [e for e in extra if ("=" in e or e.startswith("~")) and not e.startswith("-")]  # key=value, ~key
+        if isinstance(getattr(args, "overrides", None), list) and len(overrides) == len(extra):
             args.overrides = args.overrides + extra
         else:
             dashed = [e for e in extra if e.startswith("--")] if hasattr(args, "overrides") else []

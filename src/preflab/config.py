@@ -339,7 +339,7 @@ class TrainConfig:
 
     def _conflicts(self) -> list[str]:
         from preflab.best_model_options import best_model_option_errors
-        from preflab.config_defaults import set_options
+        from preflab.config_defaults import drop_hint, set_options
         from preflab.config_owners import refused_values, unread_task_options
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
@@ -405,7 +405,7 @@ class TrainConfig:
             if used:
                 out.append(f"task: reward trains a reward model (reward_head: {self.reward_head}); {', '.join(used)} "
                            f"only {'applies' if len(used) == 1 else 'apply'} to task: dpo. Remove "
-                           f"{'it' if len(used) == 1 else 'them'} (or set task: dpo)."
+                           f"{'it' if len(used) == 1 else 'them'}{drop_hint(used)}, or set task: dpo."
                            + (" MAPL's Rc-BT loss is reward_head: bt on intra rows {prompt_chosen, prompt_rejected, "
                               "completion} (preflab.data.mapl); its tau is reward_head_params.tau."
                               if self.loss_type == "rc_bt" else ""))
@@ -433,7 +433,7 @@ class TrainConfig:
             if used:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "
                            f"{'applies' if len(used) == 1 else 'apply'} to preference tasks. Remove "
-                           f"{'it' if len(used) == 1 else 'them'} (or set task: dpo).")
+                           f"{'it' if len(used) == 1 else 'them'}{drop_hint(used)}, or set task: dpo.")
         elif self.packing or not self.completion_only_loss or self.assistant_only_loss:
             which = "packing" if self.packing else "completion_only_loss" if not self.completion_only_loss else \
                 "assistant_only_loss"
@@ -874,7 +874,15 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
     written = written_keys(raw)
     given: dict[str, tuple[str, Any]] = {}
     for item, users in [(o, True) for o in overrides] + [(o, False) for o in preflab_overrides]:
+        if item.strip().startswith("~"):  # Hydra's `~key`: drop a key the config file (or an earlier override) sets
+            for dropped in drop_override(raw, item):
+                written.discard(dropped)
+                given.pop(dropped, None)
+            continue
         key, value = parse_override(item)
+        if users and value is None and _refuses_null(key):
+            raise ConfigError(f"override {item!r}: {key} may not be null. To drop a {key} that the config file sets "
+                              f"(it then takes its default and counts as not written), write '~{key}' instead.")
         if key in given and given[key][1] != value:  # the last wins, as argparse (TRL's HfArgumentParser), said
             from preflab.runlog import is_main_process
 
@@ -896,6 +904,50 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
             raw[key] = value
     refuse_glued_flow_keys(raw)
     return config_from_dict(raw, written)
+
+
+def drop_override(raw: dict, item: str) -> list[str]:
+    """Apply the override `~key` (Hydra's spelling; TRL's parser has none): delete `key` from `raw`, the options read
+    so far, so that it takes its TrainConfig default and is not written (an option a task refuses at any written
+    value, e.g. loss_type under task: reward, can then be dropped from the command line). `~name.key` deletes one key
+    of a mapping option (NESTED_OPTIONS); a key written under TRL's name (RENAMED) is dropped by either name.
+    Returns the option names dropped; a key that is not there is a ConfigError (a typo would otherwise drop nothing)."""
+    from preflab.config_trl import RENAMED
+    from preflab.errors import nearest
+
+    key = item.strip()[1:].strip()
+    if "=" in key or not key:
+        raise ConfigError(f"override {item!r}: '~KEY' drops KEY from the config, and takes no value; write "
+                          f"'~{key.partition('=')[0]}' alone.")
+    head, dot, sub = key.partition(".")
+    if dot and head in NESTED_OPTIONS:
+        nested = raw.get(head)
+        if not isinstance(nested, dict) or sub not in nested:
+            keys = sorted(nested) if isinstance(nested, dict) else []
+            raise ConfigError(f"override {item!r}: the config sets no {head}.{sub} to drop ({head} holds "
+                              f"{keys or 'nothing'}).{nearest(sub, keys)}")
+        del nested[sub]
+        return []
+    names = [k for k in raw if k == key or RENAMED.get(k) == key or RENAMED.get(key) == k]
+    if not names:
+        present = ", ".join(map(str, raw)) or "nothing"
+        raise ConfigError(f"override {item!r}: the config sets no {key} to drop (it sets {present})."
+                          f"{nearest(key, [str(k) for k in raw])}")
+    for name in names:
+        del raw[name]
+    return [RENAMED.get(n, n) for n in names] + names
+
+
+def _refuses_null(key: str) -> bool:
+    """Whether the TrainConfig option `key` (preflab's name) takes no null; False for other keys (TRL's names, an
+    objective's parameters, nested keys), whose own checks speak."""
+    hint = _FIELD_HINTS().get(key)
+    return hint is not None and hint is not Any and type(None) not in typing.get_args(hint)
+
+
+def _FIELD_HINTS() -> dict:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
 
 def refuse_glued_flow_keys(raw: dict) -> None:
@@ -942,8 +994,8 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
     _check_file_splits(cfg)
     _check_dataset_configs(cfg)
     if check_models and cfg.task not in RECIPE_TASKS:
-        from preflab.models.load import (check_model_name, check_not_a_reward_model, check_remote_code,
-                                         check_weights_safe)
+        from preflab.models.load import (check_model_name, check_not_a_reward_model, check_policy_not_adapter,
+                                         check_remote_code, check_weights_safe)
         from preflab.models.quantize import check_quantization_machine
 
         check_quantization_machine(cfg)
@@ -958,6 +1010,8 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
             check_remote_code(name, cfg.trust_remote_code, option)
             if cfg.task in ("dpo", "sft", "online"):  # a causal LM loads there (a reward run starts from one too)
                 check_not_a_reward_model(name, option)
+                if option == "model_name_or_path":  # before the data is read (load_models checks it again)
+                    check_policy_not_adapter(name)
 
 
 def _check_file_splits(cfg: TrainConfig) -> None:

@@ -32,3 +32,11 @@ def set_options(cfg, names) -> list[str]:
     written = getattr(cfg, "written_options", frozenset())
     changed = set(changed_options(cfg, names))
     return [n for n in names if n in written or n in changed]
+
+
+def drop_hint(names) -> str:
+    """What a refusal of written options says to remove them from the command line: the `~key` overrides
+    (preflab.config.drop_override) that drop them from the config file, e.g. " (on the command line: '~loss_type'
+    '~beta')"; a YAML key cannot be dropped by `key=null` (most options take no null), and before this hint a user
+    switching a DPO config to task: reward had to edit the file."""
+    return " (on the command line: " + " ".join(f"'~{n}'" for n in names) + ")"

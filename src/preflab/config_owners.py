@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from preflab.config_defaults import set_options
+from preflab.config_defaults import drop_hint, set_options
 from preflab.models.builtin_names import DEMO_SFT
 from preflab.online_options import ONLINE_OPTIONS
 from preflab.recipe_names import RECIPE_TASKS
@@ -165,7 +165,7 @@ def unread_task_options(cfg) -> list[str]:
     for used, who in _unread_groups(cfg):
         run = f"task: {cfg.task}" + (f", loss_type: {cfg.loss_type}" if cfg.task in ("dpo", "diffusion") else "")
         out.append(f"{', '.join(used)} only {'applies' if len(used) == 1 else 'apply'} to {who}, not to this "
-                   f"run ({run}); remove {'it' if len(used) == 1 else 'them'}.")
+                   f"run ({run}); remove {'it' if len(used) == 1 else 'them'}{drop_hint(used)}.")
     return out
 
 

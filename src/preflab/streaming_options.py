@@ -11,7 +11,10 @@ STREAMING_TASKS = ("dpo", "sft")
 def streaming_conflicts(cfg) -> list[str]:
     """One line per option that streaming cannot honour (TrainConfig.check)."""
     if not cfg.streaming:
-        return ["streaming_shuffle_buffer applies with streaming: true."] if cfg.streaming_shuffle_buffer else []
+        from preflab.config_defaults import drop_hint
+
+        return [f"streaming_shuffle_buffer applies with streaming: true; remove it{drop_hint(['streaming_shuffle_buffer'])}"
+                ", or set streaming: true."] if cfg.streaming_shuffle_buffer else []
     out = []
     if cfg.task not in STREAMING_TASKS:
         out.append(f"streaming: true applies to task: {' | '.join(STREAMING_TASKS)}, not task: {cfg.task}; read the "

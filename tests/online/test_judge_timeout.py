@@ -130,7 +130,8 @@ def test_a_judge_that_raises_under_a_limit_is_retried_and_counted_as_without_one
      "preferences are game_preferences), not by trainer 'inpo' with online_task 'game'; remove it (or change "
      "trainer)."),
     (dict(task="dpo", dataset_name="x.jsonl", model_name_or_path="builtin:tiny-llama"),
-     "judge_timeout_s only applies to task: online, not to this run (task: dpo, loss_type: sigmoid); remove it."),
+     "judge_timeout_s only applies to task: online, not to this run (task: dpo, loss_type: sigmoid); remove it (on the command line: "
+     "'~judge_timeout_s')."),
 ])
 def test_judge_timeout_s_is_refused_where_no_judge_is_called(tmp_path, over, refusal):
     with pytest.raises(ConfigError) as err:

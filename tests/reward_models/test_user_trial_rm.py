@@ -416,3 +416,22 @@ def test_reward_eval_says_its_training_data_is_not_held_out(tiny_rm_dir, tmp_pat
     assert note in capsys.readouterr().out
     assert main(["eval", str(run), "--task", "reward", "--data", str(other)]) == 0
     assert json.loads((run / "eval.json").read_text())["notes"] == []
+
+
+def test_eval_reward_on_unpaired_rows_says_what_the_rows_are(tiny_rm_dir, tmp_path):
+    """`preflab eval RM --task reward --data kto.jsonl` said only "no pair left to score (10 rows; skipped:
+    {'missing_field': 10}); ... a pair needs a non-empty chosen and rejected"; it now shows the first skipped row and
+    why (the rows are TRL's unpaired form), as the policy eval does (user-trial-3)."""
+    from preflab.errors import DataError
+    from preflab.reward_models.eval import evaluate_reward_model
+
+    data = tmp_path / "kto.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "p", "completion": c, "label": c == " a"}) + "\n"
+                            for c in (" a", " b")))
+    with pytest.raises(DataError) as err:
+        evaluate_reward_model(str(tiny_rm_dir), str(data), on_bad_row="skip")
+    assert str(err.value) == (
+        f"{data}: no pair left to score (2 rows; skipped: {{'missing_field': 2}}). First skipped: line 1, field "
+        "'chosen': missing_field (missing: the row is TRL's unpaired preference form (prompt, completion, label), not "
+        "a preference pair). A reward model is evaluated on preference pairs (prompt, chosen, rejected; a pair needs "
+        "a non-empty chosen and rejected that differ): fix the rows or point --data at other rows.")

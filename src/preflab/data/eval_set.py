@@ -90,12 +90,19 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     if cfg.eval_fraction > 0:
         train, evals = split_eval_fraction(items, cfg.eval_fraction, cfg.seed)
         if items and not train:
-            raise DataError(f"eval_fraction={cfg.eval_fraction} holds out all {len(items)} usable training "
-                            f"example(s) of dataset_name={cfg.dataset_name} (at least one is held out), leaving none "
-                            "to train on. Give more rows, set eval_fraction: 0, or give the eval set as "
-                            "eval_dataset_name.")
+            refuse_holding_out_everything(cfg, len(items), "usable training example")
         return train, evals, None
     return list(items), [], None
+
+
+def refuse_holding_out_everything(cfg, count: int, unit: str) -> None:
+    """The DataError for an eval_fraction that holds out every one of the `count` units (rows, examples or
+    parent_id groups) of dataset_name: max(1, round(eval_fraction x count)) of them are held out, so a fraction near 1
+    or a source of one unit leaves nothing to train on. Before, the DPO-family reader went on and stopped with "no
+    training rows are left ...: every row was skipped", blaming rows that were all kept."""
+    raise DataError(f"eval_fraction={cfg.eval_fraction} holds out all {count} {unit}(s) of dataset_name="
+                    f"{cfg.dataset_name} (at least one is held out), leaving none to train on. Give more rows, lower "
+                    "eval_fraction or set eval_fraction: 0, or give the eval set as eval_dataset_name.")
 
 
 def _summary(report) -> str:

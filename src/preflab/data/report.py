@@ -169,6 +169,17 @@ class BadRowPolicy:
             self.report.blank_lines = reader.blank_lines
 
 
+def first_skipped_note(*reports) -> str:
+    """" First skipped: line L, field 'F': REASON (DETAIL)." for the first skipped row the reports kept an example
+    of (RowReport.skipped_examples, in the order given), or '': what an error that no row was usable shows, so the
+    reader sees why (e.g. the rows are TRL's unpaired form, not pairs) and not only a count by reason."""
+    first = next((r.skipped_examples[0] for r in reports if r is not None and r.skipped_examples), None)
+    if first is None:
+        return ""
+    at = f"line {first['line']}" if first.get("line") else f"row {first['row_id']}"
+    return f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
+
+
 def refuse_empty(report, option: str | None = None, name=None) -> None:
     """DataError when the source `option`=`name` (None: the report's source alone) holds no rows at all (an empty
     file), said as such: the run's later "no training rows are left ...: every row was skipped" blamed skipping when
@@ -230,15 +241,16 @@ class DataReport(RowReport):
                 "(a paired one is unpaired as a whole with unpair_preference_dataset); give one form unless the mix "
                 "is meant.")
 
-    def mixed_forms_note(self) -> str | None:
+    def mixed_forms_note(self, use: str = "trained on") -> str | None:
         """A note when the rows mix text and conversational forms (each row is valid, but only the conversational
-        ones go through the chat template, so the model sees two formats); None otherwise."""
+        ones go through the chat template, so the model sees two formats); None otherwise. use: what is done with
+        the rows ("trained on"; `preflab eval`: "evaluated on")."""
         conversational = sum(v for k, v in self.forms.items() if "conversational" in k)
         text = sum(v for k, v in self.forms.items() if "standard" in k)
         if not (conversational and text):
             return None
         return (f"{self.source or '<rows>'} mixes {text} text row(s) and {conversational} conversational row(s): "
-                "only the conversational ones get the chat template, so the model is trained on two formats. "
+                f"only the conversational ones get the chat template, so the model is {use} two formats. "
                 "Give every row in one form unless that is meant.")
 
     def form_kinds(self) -> set[str]:

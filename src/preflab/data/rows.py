@@ -372,9 +372,24 @@ def _build_prompt(row_id: int, row: dict) -> tuple[list[PromptExample], str]:
     if "prompt" not in row and "chosen" in row and "rejected" in row:
         prompt, _, _, form = _pair_parts(row)
         return [PromptExample(row_id, prompt, _extras(row, PAIR_FIELDS))], form
+    if row.get("prompt") is None:
+        raise RowProblem("missing_field", "prompt", missing_detail(row, "prompt"), _prompt_row_fix(row))
     prompt = check_text_or_messages(row.get("prompt"), "prompt")
     form = "conversational" if isinstance(prompt, list) else "standard"
     return [PromptExample(row_id, prompt, _extras(row, ("prompt",)))], form
+
+
+def _prompt_row_fix(row: dict) -> str:
+    """What a prompt row (online_task: dataset) without 'prompt' is told: the column it needs, and the column that
+    looks like it ('question', 'instruction', ..., or a 'messages' conversation), which the bare "Add a non-empty
+    string 'prompt'" left unsaid (and a prompt may be a list of messages too)."""
+    like = [k for k in row if k != "prompt" and (str(k).lower() in PROMPT_LIKE_COLUMNS or k == "messages")]
+    fix = "A prompt row needs 'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets)."
+    if like:
+        fix += (f" Rename {like[0]!r} to 'prompt'" + (" (a 'messages' column is TRL's language-modeling form: as the "
+                                                        "prompt it must hold the prompt turns only)"
+                                                        if like[0] == "messages" else "") + ".")
+    return fix
 
 
 _BUILDERS: dict[str, Callable] = {"pairwise": _build_pairwise, "unpaired": _build_unpaired, "prompt": _build_prompt}

@@ -27,7 +27,26 @@ def prompt_words(prompt: str) -> list[str]:
     return prompt.split(":", 1)[1].split()
 
 
+PROMPT_FORM = "'echo: ' and the words to echo, e.g. 'echo: sun cat map'"
+
+
+def prompt_problem(prompt) -> str | None:
+    """Why `prompt` is not a loud-echo prompt that true_reward can score, or None: the task's prompts are strings
+    that start with 'echo:' and list at least one word after it (PROMPT_FORM)."""
+    if not isinstance(prompt, str):
+        return f"a {type(prompt).__name__}, not a string (the demo task's prompts are plain text)"
+    if not prompt.lstrip().startswith("echo:"):
+        return "it does not start with 'echo:'"
+    if not prompt_words(prompt):
+        return "it has no words after 'echo:'"
+    return None
+
+
 def true_reward(prompt: str, response: str) -> float:
+    problem = prompt_problem(prompt)
+    if problem is not None:  # before: an IndexError (no ':') or a ZeroDivisionError (no words) named nothing
+        raise ValueError(f"the demo task's true reward scores only its own prompts ({PROMPT_FORM}); "
+                         f"{str(prompt)[:80]!r}: {problem}.")
     want = [w.upper() for w in prompt_words(prompt)]
     got = response.split()
     if len(got) != len(want):

@@ -248,6 +248,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     opts = replace(opts, split=split)
     notes += [said] if said else []
     examples, row_report = load_rows(reader, kind="pairwise", on_bad_row="skip")
+    mixed = row_report.mixed_forms_note("evaluated on")  # the metrics average over two formats: said, as in training
+    notes += [mixed] if mixed else []
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",
                                                   source=row_report.source, **_cuts(opts))
     if not pairs:
@@ -268,10 +270,9 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                 out["missing"]["token_rewards"] = "--token-rewards writes the tokens of preference pairs (chosen and " \
                                                   "rejected); the data is unpaired"
             return {**out, "split": opts.split}
-        first = (row_report.skipped_examples or tok_report.skipped_examples or [None])[0]
-        at = f"line {first['line']}" if first and first.get("line") else f"row {first['row_id']}" if first else ""
-        where = (f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
-                 if first else "")
+        from preflab.data.report import first_skipped_note
+
+        where = first_skipped_note(row_report, tok_report)
         raise PreflabError(f"no usable pairs in {row_report.source}: {row_report.summary()}; "
                            f"{tok_report.summary()}.{where} preflab eval needs preference pairs: prompt, chosen, "
                            "rejected (text or messages), or chosen and rejected conversations sharing their first "
@@ -395,6 +396,11 @@ def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
     if given is not None:
         return float(given), notes
     run_beta = cfg.get("beta")
+    if cfg.get("task") == "sft":  # its config.yaml holds beta's default, which maximum likelihood never read
+        notes.append("the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's "
+                     "default, unread): beta = 0.1 is used for rewards/*, R* and the difficulty, DPO's quantities "
+                     "against the reference; pass --beta to choose it")
+        return 0.1, notes
     if isinstance(run_beta, bool) or not isinstance(run_beta, (int, float)) or not run_beta > 0:
         if run_beta is not None:
             notes.append(f"the run's beta is {run_beta!r} (no KL term), which defines no implicit reward: beta = 0.1 "

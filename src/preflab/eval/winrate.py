@@ -132,6 +132,19 @@ def as_completions(prompts: list, answers: list[str]) -> list:
     return [[{"role": "assistant", "content": a}] if isinstance(p, list) else a for p, a in zip(prompts, answers)]
 
 
+def _rewards(reward_fn, prompts: list, answers: list[str], whose: str) -> list[float | None]:
+    """reward_fn's scores of `answers` (None where it returned None or NaN). A reward function that raises is a
+    ConfigError naming it, what it raised and on whose answers: it was a traceback out of `preflab eval` after both
+    models had generated (e.g. demo_true_reward on prompts that are not the demo task's)."""
+    try:
+        return [_finite(v) for v in reward_fn(prompts=prompts, completions=as_completions(prompts, answers))]
+    except Exception as err:  # the user's code: any exception it raises is its own verdict on these prompts
+        name = getattr(reward_fn, "__name__", type(reward_fn).__name__)
+        raise ConfigError(f"the reward function {name} raised {type(err).__name__} on the {whose} model's answers to "
+                          f"the win-rate prompts: {err} Fix the reward function, or evaluate data whose prompts it "
+                          "scores (the win rate needs a score for each answer, or None where it has none).") from err
+
+
 def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]], prompts: list, *,
                         reward_fn=None, judge=None, max_new_tokens: int = 64, batch_size: int = 16,
                         confidence: float = 0.95, examples: int = 5) -> dict:
@@ -151,8 +164,8 @@ def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]
         result = win_rate_from_outcomes(judge_outcomes(judge, prompts, ans_p, ans_r), confidence)
         scores = None
     else:
-        r_p = [_finite(v) for v in reward_fn(prompts=prompts, completions=as_completions(prompts, ans_p))]
-        r_r = [_finite(v) for v in reward_fn(prompts=prompts, completions=as_completions(prompts, ans_r))]
+        r_p = _rewards(reward_fn, prompts, ans_p, "policy")
+        r_r = _rewards(reward_fn, prompts, ans_r, "reference")
         if len(r_p) != len(prompts) or len(r_r) != len(prompts):
             raise ConfigError(f"the reward function returned {len(r_p)} and {len(r_r)} rewards for {len(prompts)} "
                               "prompts' policy and reference answers; it must return one per completion (None where "

@@ -89,7 +89,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     result = {"checkpoint": str(checkpoint), "reference": reference,
               "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
               "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
-                                                                     else "default"),
+                                                                     and cfg.get("task") != "sft" else "default"),
               **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}
     result["path"] = str(write_json(eval_json_path(checkpoint, out), result))
     return result

@@ -30,7 +30,8 @@ def register(sub) -> None:
                + describe_options(),
     )
     p.add_argument("config", nargs="?", help="YAML config file (optional if every option is given as key=value)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo; '~key' drops a key "
+                                                "the config file sets (it takes its default), e.g. '~loss_type'")
     p.set_defaults(func=run, task_of=lambda args: route_of(config_from_args(args)))
 
 
@@ -66,7 +67,8 @@ def config_from_args(args):
     if cached is not None:
         return cached
     config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+    if config and ("=" in config or config.startswith("~") and "/" not in config) and not config.endswith(
+            (".yaml", ".yml")):  # no config file: the first override (key=value or ~key) came first
         config, overrides = None, [config] + overrides
     args._preflab_config = load_config(config, overrides)
     return args._preflab_config

@@ -129,13 +129,15 @@ class Trainer(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.policy, self.ref = policy, ref
-        from preflab.loops.prepare import check_ids_fit_embeddings
+        from preflab.loops.prepare import check_ids_fit_embeddings, embedding_ids_check
 
-        check_ids_fit_embeddings(policy, tokenizer, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                 else tokenizer.eos_token_id,
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        check_ids_fit_embeddings(policy, tokenizer, pad_id,
                                  ((self.data_report.get("train_rows", {}).get("source") or cfg.dataset_name,
                                    self.train_data),
                                   (cfg.eval_dataset_name or cfg.dataset_name, self.eval_data)))
+        # a stream's examples are checked as each global batch is read (StreamedBatches.check)
+        self.stream_ids_check = embedding_ids_check(policy, tokenizer, pad_id) if self.stream is not None else None
         self.router_coef = self._router_coef()  # the MoE router loss's coefficient, or None (none is added)
         self.router_loss = None  # score() sets it: the policy's router loss on the batch it scored
         from preflab.models.load import disable_dropout_of
@@ -178,7 +180,8 @@ class Trainer(TrainingRun):
 
             self.plan = StreamPlan(cfg.per_device_train_batch_size, self.accelerator.num_processes,
                                    cfg.gradient_accumulation_steps, cfg.max_steps, self.stream)
-            self.total_steps, self.streamed = cfg.max_steps, StreamedBatches(self.stream, self.plan)
+            self.total_steps = cfg.max_steps
+            self.streamed = StreamedBatches(self.stream, self.plan, check=self.stream_ids_check)
         else:
             self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)

@@ -105,7 +105,12 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
         # groups when every row names its parent (rows derived from one base pair, preflab.data.mapl)
         from preflab.data.holdout import hold_out_rows
 
+        read = len(rows)
         rows, eval_rows, (units_held, units, by_parent) = hold_out_rows(rows, cfg.eval_fraction, cfg.seed)
+        if read and not rows:  # else "no training rows are left ...: every row was skipped", which none was
+            from preflab.data.eval_set import refuse_holding_out_everything
+
+            refuse_holding_out_everything(cfg, units, "row" if not by_parent else "parent_id group")
         if by_parent and is_main_process():
             print(f"preflab: note: eval_fraction={cfg.eval_fraction} holds out whole parent_id groups ({units_held} "
                   f"of {units}), so rows built from one base pair (MAPL's original, intra and inter rows) stay "
@@ -222,6 +227,18 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
     (TRL: the same, or a CUDA device-side assert), naming no row. `sets`: (source, items) of tokenized examples;
     the first example holding such an id is a DataError naming its row and field, a pad token past the embedding a
     ConfigError. Only scanned when the tokenizer has more tokens than the embedding has rows."""
+    check = embedding_ids_check(policy, tokenizer, pad_id)
+    if check is not None:
+        for source, items in sets:
+            check(source, items)
+
+
+def embedding_ids_check(policy, tokenizer, pad_id: int | None):
+    """check(source, items) that raises check_ids_fit_embeddings' DataError for the first of `items` holding a
+    token id past the policy's input embedding, or None when no id can be past it (the tokenizer has no more tokens
+    than the embedding has rows, or either does not say its size). A pad token past the embedding is a ConfigError
+    here, at once. A streaming run (preflab.loops.streaming.StreamedBatches) checks each global batch as it is read,
+    as the ordinary run checks its whole tokenized data before training."""
     try:
         embedding = policy.get_input_embeddings()
     except (AttributeError, NotImplementedError):  # a model without one (or that does not say): nothing to check
@@ -229,7 +246,7 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
     rows = getattr(embedding, "num_embeddings", None)
     size = len(tokenizer) if hasattr(tokenizer, "__len__") else None  # a stand-in that does not say its size: unchecked
     if not isinstance(rows, int) or size is None or size <= rows and (pad_id is None or pad_id < rows):
-        return
+        return None
     from preflab.data.report import place_of, where
 
     fix = (f"Resize the model's embeddings to the tokenizer and save both: model.resize_token_embeddings("
@@ -238,7 +255,8 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
         raise ConfigError(f"the tokenizer's pad token {tokenizer.convert_ids_to_tokens(pad_id)!r} has id {pad_id}, "
                           f"but the model has {rows} token embeddings (ids 0 to {rows - 1}), so every padded batch "
                           f"would fail. {fix}")
-    for source, items in sets:
+
+    def check(source, items) -> None:
         for item in items:
             for attr, field_name in ID_FIELDS:
                 ids = getattr(item, attr, None)
@@ -249,6 +267,8 @@ def check_ids_fit_embeddings(policy, tokenizer, pad_id: int | None, sets) -> Non
                                     f"{tokenizer.convert_ids_to_tokens(big[0])!r} has id {big[0]}, but the model has "
                                     f"{rows} token embeddings (ids 0 to {rows - 1}): the tokenizer holds tokens the "
                                     f"model cannot embed, and the run would stop with an IndexError. {fix}")
+
+    return check
 
 
 def truncation_note(cfg, tok_report) -> str | None:

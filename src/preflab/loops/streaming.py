@@ -67,10 +67,13 @@ class StreamPlan:
 
 class StreamedBatches:
     """Global batch of step s from the stream, asked for in step order (the last one is kept, so asking twice for
-    the same step, as building a lazily sized objective does, reads nothing more)."""
+    the same step, as building a lazily sized objective does, reads nothing more). check(source, items), when given,
+    is called on each global batch as it is read: preflab.loops.prepare.embedding_ids_check, the check the ordinary
+    run makes of its whole tokenized data (before, a streamed row holding a token id past the model's embedding
+    stopped the step with torch's "IndexError: index out of range in self", naming no row)."""
 
-    def __init__(self, stream: ExampleStream, plan: StreamPlan):
-        self.stream, self.plan = stream, plan
+    def __init__(self, stream: ExampleStream, plan: StreamPlan, check=None):
+        self.stream, self.plan, self.check = stream, plan, check
         self._step, self._window, self._start = -1, [], 0
         self.examples_given = 0  # position in the stream of the next global batch (MicroBatch.index)
 
@@ -83,6 +86,12 @@ class StreamedBatches:
                             "step order (resume restores the position).")
         self._start = self.examples_given
         self._window = self.stream.next_batch(self.plan.global_batch)
+        if self.check is not None:
+            try:
+                self.check(self.stream.name, self._window)
+            except DataError as err:  # said with when: a stream is checked as it is read, not before training
+                raise DataError(f"{err} (streaming: rows are checked as they are read; this one was read for "
+                                f"optimizer step {step + 1}, after {step} step(s) trained.)") from None
         self._step, self.examples_given = step, self.examples_given + len(self._window)
         return self._window, self._start
 

@@ -363,7 +363,19 @@ def check_lora_targets(model: nn.Module, target_modules) -> None:
         linear = sorted({_module_suffix(name) for name, m in model.named_modules()
                          if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
         raise ConfigError(f"lora_target_modules {missing} match no module of the model; its linear modules are "
-                          f"{linear} (or use all-linear).")
+                          f"{linear} (or use all-linear).{_comma_list_hint('lora_target_modules', missing)}")
+
+
+def _comma_list_hint(option: str, missing) -> str:
+    """' ... give a list ...' when a name that matched nothing holds commas: `lora_target_modules=q_proj,v_proj` on
+    the command line (TRL's CLI takes `--lora_target_modules q_proj v_proj`) is the one name 'q_proj,v_proj' (for
+    peft a string is one regex); '' otherwise."""
+    joined = next((m for m in missing if isinstance(m, str) and "," in m), None)
+    if joined is None:
+        return ""
+    names = [n.strip() for n in joined.split(",") if n.strip()]
+    return (f" {joined!r} is one name: for a list of modules write {option}=[{','.join(names)}] on the command line "
+            f"(YAML: {option}: [{', '.join(names)}]).")
 
 
 def _module_suffix(path: str) -> str:
@@ -389,7 +401,7 @@ def check_modules_to_save(model: nn.Module, names) -> None:
     if missing:
         tops = sorted({_module_suffix(p) for p, m in model.named_modules() if p and not list(m.children())})
         raise ConfigError(f"lora_modules_to_save {missing} match no module of the model; its modules without "
-                          f"children are {tops[:40]}.")
+                          f"children are {tops[:40]}.{_comma_list_hint('lora_modules_to_save', missing)}")
 
 
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules, *, use_rslora: bool = False,
@@ -404,7 +416,20 @@ def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_module
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM", use_rslora=use_rslora, use_dora=use_dora,
                         modules_to_save=modules_to_save)
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    absolute_adapter_base(peft_model.peft_config["default"])
+    return peft_model
+
+
+def absolute_adapter_base(peft_config) -> None:
+    """A base model loaded from a relative folder (model_name_or_path=models/base, run from the folder above) is
+    recorded in adapter_config.json's base_model_name_or_path as written: the model card's peft loading lines (and
+    `preflab eval` of the adapters without their config.yaml) then worked only from that working directory, and
+    elsewhere peft asked the hub for a repo named 'models/base'. The folder is recorded as an absolute path; hub
+    names, builtin names and absolute paths are left as they are."""
+    base = getattr(peft_config, "base_model_name_or_path", None)
+    if isinstance(base, str) and base and not Path(base).is_absolute() and Path(base).is_dir():
+        peft_config.base_model_name_or_path = str(Path(base).resolve())
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -494,10 +519,20 @@ def check_policy_not_adapter(name: str) -> None:
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
     except (OSError, ValueError):
         base = None
+    from preflab.models.run_config import run_config
+
+    run_base = run_config(folder).get("model_name_or_path")
+    head = (f"model_name_or_path={name!r} is a LoRA adapter folder (adapter_config.json over the base "
+            f"{base or run_base!r}), not a full model: training it would train nothing (use_peft: false) or save new "
+            "adapters over the bare base. Merge it into its base first, e.g. ")
+    if run_base:  # a preflab LoRA run: its config.yaml names the base, built-in ones too (adapter_config.json: null)
+        raise ConfigError(
+            head + "python -c \"from preflab.eval.loading import load_for_eval; m, t = load_for_eval("
+            f"'{name}'); m.save_pretrained('{name}-merged'); t.save_pretrained('{name}-merged')\" (the base its "
+            f"config.yaml names, {run_base}, with the adapters merged, as `preflab eval` loads it), and give "
+            f"model_name_or_path={name}-merged.")
     raise ConfigError(
-        f"model_name_or_path={name!r} is a LoRA adapter folder (adapter_config.json over the base {base!r}), not a "
-        "full model: training it would train nothing (use_peft: false) or save new adapters over the bare base. "
-        "Merge it into its base first, e.g. python -c \"from peft import AutoPeftModelForCausalLM as M; "
+        head + "python -c \"from peft import AutoPeftModelForCausalLM as M; "
         f"from transformers import AutoTokenizer as T; M.from_pretrained('{name}').merge_and_unload()"
         f".save_pretrained('{name}-merged'); T.from_pretrained('{name}').save_pretrained('{name}-merged')\", and "
         f"give model_name_or_path={name}-merged.")

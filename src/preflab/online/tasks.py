@@ -63,10 +63,14 @@ def demo_true_reward(prompts, completions, **kwargs):
 def demo_echo_reward(prompts, completions, **kwargs):
     """The loud-echo task's words without the loudness: the fraction of prompt words echoed in place, compared
     case-insensitively (a second, partly disagreeing judge on the demo task: the upo recipe's ensemble member)."""
-    from preflab.demo.task import prompt_words
+    from preflab.demo.task import PROMPT_FORM, prompt_problem, prompt_words
 
     out = []
     for p, c in zip(prompts, completions):
+        problem = prompt_problem(p)
+        if problem is not None:
+            raise ValueError(f"demo_echo_reward scores only the demo task's prompts ({PROMPT_FORM}); "
+                             f"{str(p)[:80]!r}: {problem}.")
         want, got = [w.lower() for w in prompt_words(p)], c.lower().split()
         out.append(0.0 if len(got) != len(want) else sum(a == b for a, b in zip(got, want)) / len(want))
     return out
@@ -147,8 +151,10 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
 
         return import_object(spec, "reward_funcs")
     if path.suffix == ".py" and path.is_file():
+        from preflab.plugins import file_functions
+
         raise ConfigError(f"reward_funcs: {spec!r} is a Python file without the function to call; write "
-                          f"{spec}:FUNCTION{_file_functions(path)}.")
+                          f"{spec}:FUNCTION{file_functions(path)}.")
     if ("/" in spec or "\\" in spec) and not path.exists():
         raise ConfigError(f"reward_funcs: {spec!r}: no such file or directory (relative paths are read from "
                           f"{Path.cwd()}); give a reward model directory or path/to/file.py:FUNCTION.")
@@ -157,20 +163,6 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
     raise ConfigError(f"reward_funcs: {spec!r} is not demo_true_reward, demo_echo_reward, verifier:<name>, "
                       "module:function, path/to/file.py:function or an existing model directory."
                       f"{nearest(spec, ['demo_true_reward', 'demo_echo_reward'])}")
-
-
-def _file_functions(path: Path) -> str:
-    """' (its top-level functions: f, g)' read from the file's syntax tree (nothing in it is run), or '' when it has
-    none or does not parse: what a `reward_funcs: rewards.py` without `:function` is told to choose from."""
-    import ast
-
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (SyntaxError, UnicodeDecodeError, OSError):
-        return ""
-    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-             and not n.name.startswith("_")]
-    return f" (its top-level functions: {', '.join(names)})" if names else ""
 
 
 def demo_evaluate(heldout: list[str]):
@@ -244,6 +236,8 @@ def load_task(cfg, tokenizer=None, policy=None):
         report.column_gaps = gaps
         if is_main_process():
             print(f"preflab: note: data: {column_gaps_note(gaps, len(rows), report.source)}")
+    refuse_prompts_demo_judges_cannot_score(judges, cfg.reward_funcs, [(report.source, rows), (
+        f"the eval prompts ({cfg.eval_dataset_name or 'eval_fraction of ' + str(report.source)})", eval_rows)])
     aggregator = _aggregator(cfg, judges)
     evaluate = dataset_evaluate(cfg, held, judges, aggregator) if held else None
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
@@ -264,6 +258,33 @@ def refuse_template_kwargs_with_model_judges(cfg) -> None:
                           "their own template only. Remove chat_template_kwargs (or give each prompt row a "
                           "chat_template_kwargs column, which reaches the policy's template alone), or judge with "
                           "reward functions.")
+
+
+def refuse_prompts_demo_judges_cannot_score(judges: list, names, sources: list[tuple[str, list]]) -> None:
+    """A ConfigError when a judge is the demo task's (demo_true_reward, demo_echo_reward) and a prompt row of
+    `sources` ((what the rows are, Examples) each) is not a loud-echo prompt: those judges score only the demo's
+    prompts, and the run stopped at its first round with 'judge raised IndexError' (no word of why)."""
+    from preflab.demo.task import PROMPT_FORM, prompt_problem
+
+    demo = [_label(j) for j in judges if j is demo_true_reward or j is demo_echo_reward]
+    if not demo:
+        return
+    for source, rows in sources:
+        bad = [(ex, prompt_problem(ex.prompt)) for ex in rows if prompt_problem(ex.prompt) is not None]
+        if bad:
+            ex, problem = bad[0]
+            raise ConfigError(
+                f"reward_funcs: {' and '.join(demo)} {'score' if len(demo) > 1 else 'scores'} only the demo task's "
+                f"prompts ({PROMPT_FORM}), and "
+                f"{len(bad)} of {len(rows)} prompt row(s) of {source} are not: the first, row {ex.row_id} "
+                f"({str(ex.prompt)[:60]!r}): {problem}. To train on the demo task use online_task: demo (its 600 "
+                "prompts); to train on these prompts give reward_funcs a judge for them: verifier:<name>, "
+                "package.module:function, path/to/file.py:function or a reward model directory (docs/online.md: "
+                f"the judges; reward_funcs was {names!r}).")
+
+
+def _label(judge) -> str:
+    return getattr(judge, "__name__", type(judge).__name__)
 
 
 def column_gaps(rows: list[tuple[int, dict]]) -> dict[str, dict]:

@@ -135,9 +135,12 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
 
         skipped = {k: row_report.skipped.get(k, 0) + tok_report.skipped.get(k, 0)
                    for k in {**row_report.skipped, **tok_report.skipped}}
+        from preflab.data.report import first_skipped_note
+
         raise DataError(f"{row_report.source or 'the eval data'}: no pair left to score ({row_report.total} rows; "
-                        f"skipped: {skipped or 'none'}); fix the rows (a pair needs a non-empty chosen and rejected "
-                        "that differ) or point --data at other rows.")
+                        f"skipped: {skipped or 'none'}).{first_skipped_note(row_report, tok_report)} A reward model "
+                        "is evaluated on preference pairs (prompt, chosen, rejected; a pair needs a non-empty chosen "
+                        "and rejected that differ): fix the rows or point --data at other rows.")
     by_id = {ex.row_id: ex for ex in examples}
     kept = [by_id[p.row_id] for p in pairs]
     if scored is not None:
