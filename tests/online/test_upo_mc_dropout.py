@@ -125,3 +125,38 @@ def test_online_run_with_mc_dropout_refuses_a_dropout_free_model_and_trains_with
     rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     bald = [r["upo/bald_mean"] for r in rows if "upo/bald_mean" in r]
     assert bald and bald[0] > 0   # with one judge and upo_uncertainty: judges every BALD would be 0
+
+
+class RefusingRewardModel(LengthRewardModel):
+    """A reward model judge that raises on any batch holding the text 'BAD' (as a reward model refuses a completion
+    that writes a special token)."""
+
+    def score(self, prompts, responses):
+        if "BAD" in responses:
+            raise ValueError("cannot score 'BAD'")
+        return super().score(prompts, responses)
+
+
+def test_passes_score_only_the_completions_the_round_scored():
+    rm = RefusingRewardModel(p=0.4)
+    texts = ["a", "BAD", "ccc", "dddd"]
+    with pytest.raises(ValueError, match="BAD"):   # the old call: every text scored again
+        dropout_pass_rewards(rm, ["p"] * 4, texts, 3, seed=4)
+    got = dropout_pass_rewards(rm, ["p"] * 4, texts, 3, seed=4, scored=[True, False, True, True])
+    assert bool(got[1].isnan().all()) and not bool(got[[0, 2, 3]].isnan().any())
+    # the scored rows are the passes over the scored texts alone, with the same seed (same dropout masks)
+    assert torch.equal(got[[0, 2, 3]], dropout_pass_rewards(rm, ["p"] * 3, ["a", "ccc", "dddd"], 3, seed=4))
+    # all scored: the same numbers as without the mask; none scored: no call, all NaN
+    assert torch.equal(dropout_pass_rewards(rm, ["p"] * 4, TEXTS[:4], 3, 4, scored=[True] * 4),
+                       dropout_pass_rewards(rm, ["p"] * 4, TEXTS[:4], 3, 4))
+    assert bool(dropout_pass_rewards(rm, ["p"] * 4, texts, 3, 4, scored=[False] * 4).isnan().all())
+    # a dropped completion forms no pair: 3 pairs of prompt 0's other three completions, 6 of prompt 1's four
+    per_pass = dropout_pass_rewards(rm, ["p"] * 8, TEXTS[:1] + ["BAD"] + TEXTS[2:], 4, 5,
+                                    scored=[i != 1 for i in range(8)]).view(2, 4, 4)
+    scores = per_pass.nanmean(-1)
+    rows = [SimpleNamespace(row_id=i, prompt_ids=[1]) for i in range(2)]
+    completions = [[[10 * p + k] for k in range(4)] for p in range(2)]
+    examples, counts = upo_examples(_cfg(upo_fraction=1.0), rows, completions, scores, per_pass,
+                                    torch.Generator().manual_seed(1))
+    assert counts["upo/pairs"] == 9 and counts["upo/unjudged"] == 0 and examples
+    assert all([1] not in e.completions for e in examples)

@@ -474,7 +474,8 @@ class OnlineRun(TrainingRun):
             from preflab.online.upo import dropout_pass_rewards
 
             per_judge = dropout_pass_rewards(self.upo_estimator, prompts, texts, cfg.upo_passes,
-                                             self._round_seed(r) + 1, self.judge.timed).view(n, K, -1)
+                                             self._round_seed(r) + 1, self.judge.timed,
+                                             scored=(~flat.isnan()).tolist()).view(n, K, -1)
         examples, counts = build_examples(self.spec, cfg, rows, completions, scores, matrices, g, per_judge, log_odds,
                                           self.judge.where)
         loss_masks = getattr(self.generator, "last_loss_masks", None)

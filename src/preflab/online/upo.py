@@ -31,6 +31,8 @@ rewards, P_t = sigmoid((r_t(a) - r_t(b)) / upo_temperature) (a Bradley-Terry cla
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from preflab.errors import ConfigError
@@ -67,16 +69,25 @@ def dropout_estimator(judges: list, names: list[str] | None = None):
 
 
 def dropout_pass_rewards(model_judge, prompts: list, texts: list, passes: int, seed: int,
-                         timed=None) -> torch.Tensor:
+                         timed=None, scored: list[bool] | None = None) -> torch.Tensor:
     """[N, T] rewards of (prompts[i], texts[i]) from T = `passes` scorings with the judge's dropout on (seed: the
     passes' dropout masks, so a rerun or resumed round draws the same ones; the global RNG is left untouched).
-    timed(judge, call, n): each scoring under the run's judge_timeout_s (Judge.timed); None: called inline."""
+    timed(judge, call, n): each scoring under the run's judge_timeout_s (Judge.timed); None: called inline.
+    scored: which completions the round's judges scored; the others (dropped: a judge raised on them, or every judge
+    returned None) are not scored again and get NaN in every pass (upo_examples then counts their pairs unjudged).
+    None: all of them."""
     timed = timed or (lambda judge, call, n: call())
+    keep = [i for i in range(len(texts)) if scored is None or scored[i]]
+    out = torch.full((len(texts), passes), math.nan, dtype=torch.float64)
+    if not keep:
+        return out
+    sub_prompts, sub_texts = [prompts[i] for i in keep], [texts[i] for i in keep]
     with torch.random.fork_rng(devices=[]), dropout_on(model_judge.model):
         torch.manual_seed(seed)
-        out = [torch.as_tensor(timed(model_judge, lambda: model_judge.score(prompts, texts), len(texts)),
-                               dtype=torch.float64).reshape(-1).cpu() for _ in range(passes)]
-    return torch.stack(out, -1)
+        runs = [torch.as_tensor(timed(model_judge, lambda: model_judge.score(sub_prompts, sub_texts), len(keep)),
+                                dtype=torch.float64).reshape(-1).cpu() for _ in range(passes)]
+    out[keep] = torch.stack(runs, -1)
+    return out
 
 
 def pass_probs(per_judge: torch.Tensor, pairs: list[tuple[int, int, int]], temperature: float) -> torch.Tensor:
