@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,12 +32,6 @@ NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 # accelerate config, how it is launched on CPU (ZeRO-2 with use_cpu: true, ZeRO-3 without: both the CPU path)
 ENGINES = {"fsdp2": ("fsdp2.yaml", "use_cpu=true"), "zero2": ("zero2.yaml", "use_cpu=true"),
            "zero3": ("zero3.yaml", "use_cpu=false")}
-
-
-def _cli(tmp_path) -> Path:
-    script = tmp_path / "cli.py"
-    script.write_text("import sys\nfrom preflab.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    return script
 
 
 def _run(cmd):
@@ -76,7 +69,7 @@ def spo_degree_one_process(tmp_path_factory):
 @pytest.mark.parametrize("engine", [pytest.param("fsdp2"), pytest.param("zero2", marks=NEEDS_DEEPSPEED),
                                     pytest.param("zero3", marks=NEEDS_DEEPSPEED)])
 def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_exact(
-        tmp_path, accelerate_launch, spo_degree_one_process, engine):
+        tmp_path, accelerate_launch, spo_degree_one_process, engine, capsys):
     """2 processes x 4 pairs under the engine against 1 process x 8 pairs (examples/spo_degree.yaml, 4 steps,
     cosine):
     - losses (DPO + degree), degree losses and grad norms to 1e-6, the final model to 1e-6 and
@@ -90,7 +83,7 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
     - FSDP2: the checkpoint resumed by one plain process (no engine, the head outside any wrapper) is refused
       naming the checkpoint and both sides, before any step (it would not restore the head)."""
     config, how = ENGINES[engine]
-    cli, one = _cli(tmp_path), spo_degree_one_process
+    one = spo_degree_one_process
     two, resumed = tmp_path / "two", tmp_path / "resumed"
     # one launch, two runs in the same processes (scale_matrix_run.py): the straight run, then the resumed one
     _run(accelerate_launch("--config_file", str(ROOT / "examples/accelerate" / config), "--num_processes", "2",
@@ -132,17 +125,21 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
     _equal_files(resumed, two, ("model.safetensors", "degree_head.safetensors"))
 
     if engine == "fsdp2":  # one plain process keeps the head outside any engine: it could not restore it
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-        env.pop("WORLD_SIZE", None)
-        proc = subprocess.run([sys.executable, str(cli), *RUN, "use_cpu=true", "save_steps=0",
-                               "per_device_train_batch_size=8", f"output_dir={tmp_path / 'plain'}",
-                               f"resume_from_checkpoint={ckpt}"], env=env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=500)
-        assert proc.returncode != 0
+        # `preflab train` in this process (preflab.cli.main, as spo_degree_one_process): a subprocess cost an
+        # interpreter's imports; the 2-process launch above is the real multi-process run
+        from preflab.cli import main
+
+        capsys.readouterr()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(ROOT)  # the yaml's dataset path is relative to the repository
+            code = main([*RUN, "use_cpu=true", "save_steps=0", "per_device_train_batch_size=8",
+                         f"output_dir={tmp_path / 'plain'}", f"resume_from_checkpoint={ckpt}"])
+        stderr = capsys.readouterr().err
+        assert code != 0
         assert (f"resume_from_checkpoint: {ckpt} was written under FSDP2, whose checkpoint holds spo_degree's "
                 "parameters outside the model inside the engine's module (preflab.loops.engine_extras); this run "
                 "(no sharding engine, 1 process(es)) keeps them outside it and would not restore them.") in \
-            " ".join(proc.stderr.split()), proc.stderr[-3000:]
+            " ".join(stderr.split()), stderr[-3000:]
         assert not (tmp_path / "plain" / "metrics.jsonl").exists()
 
 
