@@ -267,7 +267,7 @@ def test_lora_training_saves_only_adapters_and_uses_the_base_as_reference(tmp_pa
     code = main(["train", str(ROOT / "examples" / "quickstart.yaml"), f"output_dir={out}", "use_peft=true",
                  "lora_r=4", "lora_alpha=8", "lora_dropout=0.0", "max_steps=2", "per_device_train_batch_size=2",
                  "eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true",
-                 "learning_rate=1e-2", "max_length=64"])
+                 "learning_rate=1e-2", "max_length=64", "warmup_steps=0"])  # step 2 must move the policy
     assert code == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # step 1: adapters start at zero (B = 0), so the policy equals the adapter-free reference and DPO = ln 2

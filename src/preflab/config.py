@@ -344,7 +344,7 @@ class TrainConfig:
         from preflab.models.load import builtin_init_kwargs_conflicts
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
-        from preflab.lr_schedule_options import plateau_conflicts, schedule_kwargs_errors
+        from preflab.lr_schedule_options import constant_warmup_conflicts, plateau_conflicts, schedule_kwargs_errors
         from preflab.neftune_options import neftune_conflicts
         from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
@@ -362,7 +362,7 @@ class TrainConfig:
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
         out += schedule_kwargs_errors(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.learning_rate)
-        out += plateau_conflicts(self)
+        out += plateau_conflicts(self) + constant_warmup_conflicts(self)
         if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
             out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
                        "(warmup_steps would win and warmup_ratio be ignored); keep one.")

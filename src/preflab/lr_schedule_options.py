@@ -138,15 +138,16 @@ def _check_plateau_kwargs(kw: dict, bad) -> None:
             bad(key, want)
 
 
-def unused_warmup_note(cfg) -> str | None:
+def constant_warmup_conflicts(cfg) -> list[str]:
     """lr_scheduler_type constant with warmup_steps / warmup_ratio: transformers' get_scheduler builds "constant"
-    without num_warmup_steps (get_constant_schedule: factor 1 from the first step) and says nothing; preflab runs it
-    the same way (a TRL config runs as in TRL) and says the warmup is unused, naming constant_with_warmup."""
+    without num_warmup_steps (get_constant_schedule: factor 1 from the first step) and says nothing, so the warmup
+    the config asks for never happens. Refused (as reduce_lr_on_plateau's warmup is), naming the two fixes."""
     warmup = [f"{k}={getattr(cfg, k)}" for k in ("warmup_steps", "warmup_ratio") if getattr(cfg, k)]
     if cfg.lr_scheduler_type != "constant" or not warmup:
-        return None
-    return (f"{' and '.join(warmup)} is unused: lr_scheduler_type: constant has no warmup (transformers' "
-            "get_scheduler ignores it too); set lr_scheduler_type: constant_with_warmup to warm up.")
+        return []
+    return [f"{' and '.join(warmup)} with lr_scheduler_type: constant: that schedule has no warmup (transformers' "
+            "get_scheduler builds it without one and leaves the warmup unread, so TRL would train at the full rate "
+            "from the first step); set lr_scheduler_type: constant_with_warmup to warm up, or remove the warmup."]
 
 
 def plateau_conflicts(cfg) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true", "max_steps=4",
-          "lr_scheduler_type=constant", "use_cpu=false"]
+          "lr_scheduler_type=constant", "warmup_steps=0", "use_cpu=false"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (DeepSpeed / FSDP on GPU)")]

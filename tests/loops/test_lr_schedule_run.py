@@ -61,12 +61,15 @@ def test_run_rates_equal_transformers_with_accumulation_warmup_ratio_and_resume(
     assert resumed["final_metrics"]["loss"] == full["final_metrics"]["loss"]  # the same updates after the resume
 
 
-def test_constant_with_a_warmup_runs_at_the_full_rate_and_says_the_warmup_is_unused(tmp_path, capsys):
-    """transformers' get_scheduler("constant") reads no warmup (get_constant_schedule) and says nothing: preflab runs
-    it the same way (the rate of every step is learning_rate) and says once that the warmup is unused."""
-    run(tmp_path, lr_scheduler_type="constant", warmup_steps=3, learning_rate=LR, max_steps=4)
-    assert _logged_rates(tmp_path) == {s: LR for s in range(1, 5)}
-    said = [line for line in capsys.readouterr().err.splitlines() if "is unused" in line]
-    assert said == ["preflab: note: warmup_steps=3 is unused: lr_scheduler_type: constant has no warmup "
-                    "(transformers' get_scheduler ignores it too); set lr_scheduler_type: constant_with_warmup to "
-                    "warm up."]
+def test_constant_with_a_warmup_is_refused_and_constant_with_warmup_warms_up(tmp_path):
+    """transformers' get_scheduler("constant") reads no warmup (get_constant_schedule) and says nothing, so a config
+    asking for both would never warm up: refused, naming constant_with_warmup; without the warmup constant runs at
+    learning_rate from the first step."""
+    from preflab.errors import ConfigError
+
+    for warmup in ({"warmup_steps": 3}, {"warmup_ratio": 0.5}):
+        with pytest.raises(ConfigError, match=r"with lr_scheduler_type: constant: that schedule has no warmup .*"
+                                              r"set lr_scheduler_type: constant_with_warmup to warm up, or remove"):
+            run(tmp_path / "refused", lr_scheduler_type="constant", learning_rate=LR, max_steps=4, **warmup)
+    run(tmp_path / "plain", lr_scheduler_type="constant", learning_rate=LR, max_steps=4)
+    assert _logged_rates(tmp_path / "plain") == {s: LR for s in range(1, 5)}

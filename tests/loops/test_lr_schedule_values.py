@@ -108,7 +108,7 @@ def test_transformers_schedules_give_transformers_rate_at_every_step(kind, kwarg
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_constant_ignores_the_warmup_as_transformers(warmup):
     """get_scheduler("constant", num_warmup_steps=3) is get_constant_schedule: the warmup is not read; preflab's
-    constant is the same (the run says the warmup is unused: lr_schedule_options.unused_warmup_note)."""
+    constant is the same (a config with both is refused: lr_schedule_options.constant_warmup_conflicts)."""
     from transformers import get_scheduler
 
     ours = _rates(lambda opt: make_scheduler(opt, "constant", 16, warmup))

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CONFIGS = ROOT / "examples/accelerate"
 COMMON = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=true", "use_cpu=true",
-          "lr_scheduler_type=constant"]
+          "lr_scheduler_type=constant", "warmup_steps=0"]
 REWARD = ["task=reward", "model_name_or_path=builtin:tiny-llama",
           f"dataset_name={ROOT / 'examples/data/loud_echo_pairs.jsonl'}", "max_length=128", "max_steps=4", *COMMON]
 

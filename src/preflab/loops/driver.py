@@ -48,7 +48,6 @@ from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.neftune import RankNoise, add_neftune_hook
 from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
-from preflab.lr_schedule_options import unused_warmup_note
 from preflab.online_options import greedy_eval_notes
 from preflab.plugins import user_code
 from preflab.report.panel_data import write_panel_data
@@ -215,9 +214,6 @@ class TrainingRun(CallbackEvents):
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
             for said in greedy_eval_notes(cfg):
                 print(f"preflab: note: {said}", file=sys.stderr, flush=True)
-            unused_warmup = unused_warmup_note(cfg)  # lr_scheduler_type constant ignores a warmup, as transformers'
-            if unused_warmup:
-                print(f"preflab: note: {unused_warmup}", file=sys.stderr, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()
         self._add_neftune()  # after before_train: a precomputed reference is scored without noise, as in TRL

@@ -72,7 +72,7 @@ def transformer_factor(kind: str, total: int, warmup: int, kw: dict, base_lr: fl
     scheduler_specific_kwargs=kw) (transformers 5 optimization.py), warmup step / warmup from 0 (except
     cosine_warmup_with_min_lr), p = (step - warmup) / (total - warmup):
     - linear, cosine, constant_with_warmup: _warmup_then;
-    - constant: 1 at every step (get_scheduler passes it no warmup: preflab.lr_schedule_options.unused_warmup_note);
+    - constant: 1 at every step (get_scheduler passes it no warmup; the config refuses one: lr_schedule_options.constant_warmup_conflicts);
     - cosine_with_restarts: 0.5 (1 + cos(pi ((num_cycles p) mod 1))), 0 from p >= 1 (hard restarts);
     - polynomial: ((lr0 - lr_end) (1 - p)^power + lr_end) / lr0, lr_end / lr0 after total (lr0 = learning_rate);
     - inverse_sqrt: 1 / sqrt((step + timescale - warmup) / timescale), timescale = warmup (or 10000 without);
