@@ -17,7 +17,7 @@ from preflab.loops import launch
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "examples/accelerate"
 COMMON = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true", "max_steps=3",
-          "lr_scheduler_type=constant"]
+          "lr_scheduler_type=constant", "warmup_steps=0"]
 
 
 @pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero2", "DEEPSPEED"),

@@ -154,7 +154,7 @@ def test_example_sft_yaml_trains_checkpoints_and_resumes_exactly(tmp_path, monke
     torch.set_num_threads(1)
     base = yaml.safe_load((ROOT / "examples/sft.yaml").read_text())
     base.update(max_steps=4, save_steps=2, eval_steps=0, logging_steps=1, disable_tqdm=True, use_cpu=True,
-                lr_scheduler_type="constant",  # the same schedule whether the run ends at step 2 or 4
+                lr_scheduler_type="constant", warmup_steps=0,  # the same schedule whether the run ends at 2 or 4
                 packing=True)
     full = config_from_dict({**base, "output_dir": str(tmp_path / "full")})
     summary = SFTTrainer(full).train()
