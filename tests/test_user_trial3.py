@@ -6,18 +6,15 @@ import pytest
 
 from preflab.cli import main
 from preflab.errors import ConfigError
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
+from lora_weights import randomize_lora_b  # tests/, on sys.path beside conftest
 
 
 def test_demo_judges_on_prompts_not_of_the_demo_task_are_refused_naming_the_row(tmp_path, capsys):
     """`online_task=dataset reward_funcs=demo_true_reward` on other prompts stopped the first round with "judge
     'demo_true_reward' raised IndexError: list index out of range"; it is now refused before any generation, naming
     the first row that is not a loud-echo prompt, how many are not, and what to use instead."""
-    data = _jsonl(tmp_path / "p.jsonl", [{"prompt": "echo: sun cat\n"}, {"prompt": "What is 1 plus 1?"},
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "echo: sun cat\n"}, {"prompt": "What is 1 plus 1?"},
                                          {"prompt": "echo:"}])
     args = ["train", "examples/online/online_dpo.yaml", "online_task=dataset", f"dataset_name={data}",
             "model_name_or_path=builtin:tiny-llama", "reward_funcs=demo_true_reward", "max_steps=1",
@@ -103,7 +100,7 @@ def test_a_streamed_row_with_a_token_the_model_cannot_embed_names_the_row(tmp_pa
     tok.save_pretrained(tmp_path / "model")
     rows = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(8)]
     rows[5]["chosen"] = " zqzqzq"
-    data = _jsonl(tmp_path / "pairs.jsonl", rows)
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     cfg = dict(model_name_or_path=str(tmp_path / "model"), dataset_name=data, max_steps=3, streaming=True,
                streaming_shuffle_buffer=0, per_device_train_batch_size=2, max_length=64, disable_tqdm=True,
                output_dir=str(tmp_path / "out"))
@@ -133,10 +130,7 @@ def test_a_lora_run_on_a_builtin_base_as_the_policy_gets_a_merge_command_that_wo
     tok = tiny_tokenizer("bytelevel")
     run = tmp_path / "lora"
     peft_model = add_lora(tiny_causal_lm(tok, seed=7), r=2, alpha=4, dropout=0.0, target_modules=["q_proj"])
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    randomize_lora_b(peft_model, 0.1)
     peft_model.save_pretrained(run)
     tok.save_pretrained(run)
     (run / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "seed": 7,
@@ -245,12 +239,12 @@ def test_preflab_eval_says_when_the_pairs_mix_text_and_conversational_rows(tmp_p
     text = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(2)]
     chat = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "yes"}],
              "rejected": [{"role": "assistant", "content": "no"}]} for i in range(3)]
-    data = _jsonl(tmp_path / "mixed.jsonl", text + chat)
+    data = write_jsonl(tmp_path / "mixed.jsonl", text + chat)
     notes = evaluate_models(model, tok, data)["notes"]
     assert (f"{data} mixes 2 text row(s) and 3 conversational row(s): only the conversational ones get the chat "
             "template, so the model is evaluated on two formats. Give every row in one form unless that is meant."
             ) in notes
-    assert not any("mixes" in n for n in evaluate_models(model, tok, _jsonl(tmp_path / "t.jsonl", text))["notes"])
+    assert not any("mixes" in n for n in evaluate_models(model, tok, write_jsonl(tmp_path / "t.jsonl", text))["notes"])
 
 
 def test_an_online_prompt_row_without_prompt_names_its_columns_and_the_one_to_rename(tmp_path):
@@ -260,18 +254,18 @@ def test_an_online_prompt_row_without_prompt_names_its_columns_and_the_one_to_re
     from preflab.data.rows import load_rows
     from preflab.errors import DataError
 
-    data = _jsonl(tmp_path / "q.jsonl", [{"question": "what is 1?", "answer": "1"}])
+    data = write_jsonl(tmp_path / "q.jsonl", [{"question": "what is 1?", "answer": "1"}])
     with pytest.raises(DataError) as err:
         load_rows(data, kind="prompt")
     assert str(err.value) == (
         f"{data} row 0 (line 1), field 'prompt': missing (the row's columns: 'question', 'answer'). A prompt row needs "
         "'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets). Rename 'question' to 'prompt'. Fix "
         "the row or set on_bad_row: skip.")
-    data = _jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    data = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(DataError, match=r"Rename 'messages' to 'prompt' \(a 'messages' column is TRL's language-"
                                         r"modeling form: as the prompt it must hold the prompt turns only\)\."):
         load_rows(data, kind="prompt")
-    rows, _ = load_rows(_jsonl(tmp_path / "p.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}]), kind="prompt")
+    rows, _ = load_rows(write_jsonl(tmp_path / "p.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}]), kind="prompt")
     assert rows[0].prompt == [{"role": "user", "content": "hi"}]
 
 

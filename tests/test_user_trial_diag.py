@@ -13,6 +13,7 @@ from preflab.eval.loading import load_for_eval
 from preflab.eval.run import EvalOptions, eval_beta, evaluate_models
 from preflab.eval.winrate import judge_outcomes, win_rate, win_rate_from_outcomes, wilson_interval
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from lora_weights import randomize_lora_b  # tests/, on sys.path beside conftest
 
 ROWS = [
     {"prompt": "what is two plus three ?", "chosen": " five", "rejected": " the cat sat"},
@@ -266,10 +267,7 @@ def test_a_lora_runs_checkpoint_is_evaluated_with_its_adapters(tmp_path):
     tok = load_tokenizer("builtin:tiny-llama")
     trained = add_lora(load_causal_lm("builtin:tiny-llama", tokenizer=tok, seed=3), 4, 8, 0.0, "all-linear")
     torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in trained.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)                     # "trained" adapters (peft starts B at 0)
+    randomize_lora_b(trained, 0.2)                     # "trained" adapters (peft starts B at 0)
     ckpt = tmp_path / "run" / "checkpoint-2"
     ckpt.mkdir(parents=True)
     save_file({n: p.detach().contiguous() for n, p in trained.named_parameters() if p.requires_grad},

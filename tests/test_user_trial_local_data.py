@@ -8,6 +8,7 @@ from preflab.data.rows import load_rows
 from preflab.data.tokenize import tokenize_pairs
 from preflab.errors import ConfigError, DataError
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 SYSTEM_ROW = {"prompt": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}],
               "chosen": [{"role": "assistant", "content": "bonjour"}],
@@ -19,11 +20,6 @@ NO_SYSTEM_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 
                       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def test_a_chat_template_that_drops_the_system_message_is_a_bad_row(tmp_path):
     """A template that renders only user and assistant turns trained every row without its system prompt, silently
     (TRL too): the rendered prompt was '<s><|user|>\\nhi...'. Now the row is bad, naming the message; skipped rows
@@ -31,7 +27,7 @@ def test_a_chat_template_that_drops_the_system_message_is_a_bad_row(tmp_path):
     tok = tiny_tokenizer("bytelevel")
     plain = {"prompt": [{"role": "user", "content": "hey"}], "chosen": [{"role": "assistant", "content": "salut"}],
              "rejected": [{"role": "assistant", "content": "yo"}]}
-    path = _write_jsonl(tmp_path / "sys.jsonl", [plain, SYSTEM_ROW, plain])
+    path = write_jsonl(tmp_path / "sys.jsonl", [plain, SYSTEM_ROW, plain])
     examples, _ = load_rows(path)
     pairs, _ = tokenize_pairs(examples, tok)  # the tiny template renders system turns
     assert tok.decode(pairs[1].prompt_ids) == "<s><|system|>\nAnswer in French.</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
@@ -58,7 +54,7 @@ def test_tokens_the_model_cannot_embed_name_the_row_not_an_index_error(tmp_path)
     tok.save_pretrained(model_dir)
     rows = [{"prompt": f"q{i}", "chosen": " yes", "rejected": " no"} for i in range(3)]
     rows[1]["chosen"] = " zqzqzq"
-    data = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     cfg = dict(model_name_or_path=str(model_dir), dataset_name=data, output_dir=str(tmp_path / "out"), max_steps=1,
                per_device_train_batch_size=2, max_length=64)
     with pytest.raises(DataError, match=r"pairs.jsonl row 1.*field 'chosen': token 'zqzqzq' has id 300, but the model "
@@ -106,7 +102,7 @@ def test_summary_skipped_counts_what_tokenizing_dropped_in_a_reward_run(tmp_path
     rows[1]["rejected"] = rows[1]["chosen"]  # identical
     rows[3]["chosen"] = ""  # empty
     rows[4]["chosen"] = " long" * 80  # past max_length=48: dropped at tokenizing, as TRL's RewardTrainer drops it
-    data = _write_jsonl(tmp_path / "rm.jsonl", rows)
+    data = write_jsonl(tmp_path / "rm.jsonl", rows)
     cfg = config_from_dict(dict(task="reward", model_name_or_path="builtin:tiny-llama", dataset_name=data,
                                 output_dir=str(tmp_path / "out"), max_length=48, on_bad_row="skip"))
     train, _, report, _ = load_reward_pairs(cfg, tiny_tokenizer("bytelevel"))
@@ -121,7 +117,7 @@ def test_model_card_counts_an_sft_runs_bad_row_once(tmp_path):
     from preflab.loops.sft import prepare_sft
     from preflab.runlog import training_data_line
 
-    data = _write_jsonl(tmp_path / "sft.jsonl", [{"text": "ok row"}, {"question": "q", "answer": "a"},
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"text": "ok row"}, {"question": "q", "answer": "a"},
                                                   {"text": "another row"}])
     cfg = config_from_dict(dict(task="sft", model_name_or_path="builtin:tiny-llama", dataset_name=data,
                                 output_dir=str(tmp_path / "out"), max_length=64, on_bad_row="skip"))
@@ -142,7 +138,7 @@ def test_a_missing_field_names_the_columns_the_row_has(tmp_path, row, field, sai
     it now lists the row's columns and names the one that differs only in case or spaces."""
     kind = "unpaired" if "label" in row else "pairwise"
     with pytest.raises(DataError, match=rf"row 0 \(line 1\), field '{field}': .*{said}"):
-        load_rows(_write_jsonl(tmp_path / "r.jsonl", [row]), kind=kind)
+        load_rows(write_jsonl(tmp_path / "r.jsonl", [row]), kind=kind)
 
 
 def test_a_csv_header_with_spaces_is_named(tmp_path):
@@ -192,10 +188,10 @@ def test_an_eval_set_in_the_other_row_form_than_training_is_said(tmp_path, capsy
     from preflab.config import config_from_dict
     from preflab.loops.prepare import prepare_pairs
 
-    train = _write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "chosen": " a", "rejected": " b"}
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"q{i}", "chosen": " a", "rejected": " b"}
                                                     for i in range(3)])
-    conv = _write_jsonl(tmp_path / "eval.jsonl", [SYSTEM_ROW] * 2)
-    text_eval = _write_jsonl(tmp_path / "eval_text.jsonl", [{"prompt": "e", "chosen": " a", "rejected": " b"}])
+    conv = write_jsonl(tmp_path / "eval.jsonl", [SYSTEM_ROW] * 2)
+    text_eval = write_jsonl(tmp_path / "eval_text.jsonl", [{"prompt": "e", "chosen": " a", "rejected": " b"}])
     said = "and the eval rows of {} conversational (chat template), so the eval metrics measure a format"
     for eval_name, expected in ((conv, 1), (text_eval, 0)):
         cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=train,
@@ -215,8 +211,8 @@ def test_sft_dataset_text_field_reads_the_named_column(tmp_path):
     from preflab.loops.sft import prepare_sft
 
     texts = ["the cat sat on the mat", "hello world"]
-    named = _write_jsonl(tmp_path / "content.jsonl", [{"content": t, "source": "web"} for t in texts])
-    plain = _write_jsonl(tmp_path / "text.jsonl", [{"text": t, "source": "web"} for t in texts])
+    named = write_jsonl(tmp_path / "content.jsonl", [{"content": t, "source": "web"} for t in texts])
+    plain = write_jsonl(tmp_path / "text.jsonl", [{"text": t, "source": "web"} for t in texts])
     base = dict(task="sft", model_name_or_path="builtin:tiny-llama", output_dir=str(tmp_path / "out"),
                 max_length=64)
     tok = tiny_tokenizer("bytelevel")
@@ -225,7 +221,7 @@ def test_sft_dataset_text_field_reads_the_named_column(tmp_path):
     want, _, _ = prepare_sft(config_from_dict({**base, "dataset_name": plain}), tok)
     assert [(x.prompt_ids, x.completion_ids) for x in got] == [(x.prompt_ids, x.completion_ids) for x in want]
     assert report["train_rows"]["forms"] == {"text": 2}
-    both = _write_jsonl(tmp_path / "both.jsonl", [{"content": "a b", "text": "c d"}])
+    both = write_jsonl(tmp_path / "both.jsonl", [{"content": "a b", "text": "c d"}])
     with pytest.raises(DataError, match=r"both.jsonl row 0 \(line 1\), field 'text': the row has both the "
                                         r"dataset_text_field column 'content' and a 'text' column"):
         prepare_sft(config_from_dict({**base, "dataset_name": both, "dataset_text_field": "content"}), tok)
@@ -246,8 +242,8 @@ def test_eval_strategy_without_an_eval_set_takes_a_local_folders_test_split_as_t
     row = {"prompt": "q", "chosen": " a", "rejected": " b"}
     folder = tmp_path / "prefs"
     folder.mkdir()
-    _write_jsonl(folder / "train.jsonl", [row] * 3)
-    _write_jsonl(folder / "test.jsonl", [row])
+    write_jsonl(folder / "train.jsonl", [row] * 3)
+    write_jsonl(folder / "test.jsonl", [row])
     saved = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([row] * 3),
                           "test": datasets.Dataset.from_list([row])}).save_to_disk(str(saved))
@@ -274,7 +270,7 @@ def test_the_data_note_says_which_end_of_a_cut_prompt_was_kept(tmp_path, capsys)
 
     rows = [{"prompt": "word " * 40 + str(i), "chosen": " yes" * 30, "rejected": " no" * 30} for i in range(2)]
     rows.append({"prompt": "short", "chosen": " a", "rejected": " b"})
-    data = _write_jsonl(tmp_path / "long.jsonl", rows)
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
     base = dict(model_name_or_path="builtin:tiny-llama", dataset_name=data, output_dir=str(tmp_path / "out"),
                 max_length=60, max_prompt_length=20)
     expected = {None: "truncation: 2 example(s) lost their prompt's start: a prompt over max_prompt_length=20 keeps "
@@ -340,7 +336,7 @@ def test_an_sft_file_mixing_text_and_messages_rows_is_said(tmp_path, capsys):
     from preflab.loops.sft import prepare_sft
 
     messages = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    data = _write_jsonl(tmp_path / "mixed.jsonl", [{"text": "plain words"}, messages, messages])
+    data = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "plain words"}, messages, messages])
     cfg = config_from_dict(dict(task="sft", model_name_or_path="builtin:tiny-llama", dataset_name=data,
                                 output_dir=str(tmp_path / "out"), max_length=64))
     capsys.readouterr()

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 pytest.importorskip("diffusers")
 
@@ -27,11 +28,6 @@ def _row(row: dict, folder: Path | None = None, **changes) -> dict:
     return {**out, **changes}
 
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def diffusion_run(tmp_path_factory):
     """A task: diffusion run folder trained on ROWS[:4] (the tiny starting pipeline saved as the final one)."""
@@ -39,7 +35,7 @@ def diffusion_run(tmp_path_factory):
     from preflab.diffusion.pipeline import load_pipeline
 
     root = tmp_path_factory.mktemp("diffusion_overlap")
-    train = _jsonl(root / "train.jsonl", [_row(r) for r in ROWS[:4]])
+    train = write_jsonl(root / "train.jsonl", [_row(r) for r in ROWS[:4]])
     run = root / "run"
     cfg = load_config("examples/diffusion/diffusion_dpo.yaml", [f"output_dir={run}", f"dataset_name={train}",
                                                                 "eval_dataset_name=null"])
@@ -54,7 +50,7 @@ def test_planted_training_pairs_are_counted_by_caption_and_pixels(diffusion_run,
     run, train = diffusion_run
     swapped = _row(ROWS[2], chosen_image=_row(ROWS[2])["rejected_image"], rejected_image=_row(ROWS[2])["chosen_image"],
                    chosen_score=ROWS[2]["rejected_score"], rejected_score=ROWS[2]["chosen_score"])
-    evals = _jsonl(tmp_path / "eval.jsonl", [
+    evals = write_jsonl(tmp_path / "eval.jsonl", [
         _row(ROWS[0]),                                   # a training pair
         _row(ROWS[1], tmp_path),                         # a training pair, its images copied under other names
         swapped,                                         # a training caption, its images the other way round
@@ -70,6 +66,6 @@ def test_planted_training_pairs_are_counted_by_caption_and_pixels(diffusion_run,
         "captions and the two images' pixels)")
     assert result["missing"] == {}
 
-    disjoint = evaluate_diffusion_run(str(run), _jsonl(tmp_path / "new.jsonl", [_row(ROWS[4]), _row(ROWS[14])]))
+    disjoint = evaluate_diffusion_run(str(run), write_jsonl(tmp_path / "new.jsonl", [_row(ROWS[4]), _row(ROWS[14])]))
     assert (disjoint["overlap_with_training"]["prompts"], disjoint["overlap_with_training"]["pairs"]) == (0, 0)
     assert not any("trained on" in n for n in disjoint["notes"])

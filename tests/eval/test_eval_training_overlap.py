@@ -1,14 +1,13 @@
 """preflab eval counts the evaluated pairs the run's training rows already hold (eval.json overlap_with_training):
 the report trial's `preflab eval outputs/demo/dpo --data examples/data/loud_echo_pairs.jsonl` shared 117 of 256
 pairs and every prompt with the training data and said nothing, because --data was not the training file itself."""
-import json
-from pathlib import Path
 
 import pytest
 
 from preflab.data.holdout import held_out_positions
 from preflab.eval.run import evaluate_models, training_overlap
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 TRAIN = [{"prompt": f"question number {i} ?", "chosen": f" answer {i}", "rejected": f" wrong {i}"} for i in range(6)]
 
@@ -19,11 +18,6 @@ def tiny():
     return tok, tiny_causal_lm(tok, seed=1).eval(), tiny_causal_lm(tok, seed=2).eval()
 
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def _examples(path: str):
     from preflab.data.rows import load_rows
 
@@ -32,8 +26,8 @@ def _examples(path: str):
 
 def test_a_partly_trained_on_eval_file_gets_exact_counts_and_one_note(tiny, tmp_path):
     tok, policy, ref = tiny
-    train = _jsonl(tmp_path / "train.jsonl", TRAIN)
-    evals = _jsonl(tmp_path / "eval.jsonl", [
+    train = write_jsonl(tmp_path / "train.jsonl", TRAIN)
+    evals = write_jsonl(tmp_path / "eval.jsonl", [
         TRAIN[0],                                                        # a training pair
         {**TRAIN[1], "chosen": " another answer"},                       # a training prompt, a new pair
         {"prompt": "a new question ?", "chosen": " yes", "rejected": " no"},
@@ -60,7 +54,7 @@ def test_a_shared_prompt_is_no_shared_pair(tmp_path):
     assert (record, note) == (None, None)                 # no training data named: nothing to compare, and said
     assert why.startswith("the run's config.yaml names no dataset_name (its training data), so whether the eval "
                           "rows were trained on was not checked")
-    record, note, why = training_overlap(examples, {"dataset_name": _jsonl(tmp_path / "t.jsonl", train)})
+    record, note, why = training_overlap(examples, {"dataset_name": write_jsonl(tmp_path / "t.jsonl", train)})
     assert (record["prompts"], record["pairs"], record["rows"]) == (6, 0, 6) and why is None
     assert note.startswith("6 of 6 eval pairs (100.0%) have a prompt the run trained on, and 0 (0.0%)")
 
@@ -70,10 +64,10 @@ def test_conversational_rows_are_compared_as_the_loader_reads_them(tmp_path):
     (implicit prompt) are one pair after load_rows: counted as a training pair; a text prompt with the same words
     as a one-message conversation is not the same prompt (the loader keeps them different)."""
     user = [{"role": "user", "content": "name a colour"}]
-    train = _jsonl(tmp_path / "train.jsonl", [
+    train = write_jsonl(tmp_path / "train.jsonl", [
         {"prompt": user, "chosen": [{"role": "assistant", "content": "red"}],
          "rejected": [{"role": "assistant", "content": "seven"}]}])
-    evals = _examples(_jsonl(tmp_path / "eval.jsonl", [
+    evals = _examples(write_jsonl(tmp_path / "eval.jsonl", [
         {"chosen": user + [{"role": "assistant", "content": "red"}],
          "rejected": user + [{"role": "assistant", "content": "seven"}]},
         {"prompt": user, "chosen": [{"role": "assistant", "content": "blue"}],
@@ -86,8 +80,8 @@ def test_conversational_rows_are_compared_as_the_loader_reads_them(tmp_path):
 
 def test_no_overlap_records_zeros_and_says_nothing(tiny, tmp_path):
     tok, policy, ref = tiny
-    train = _jsonl(tmp_path / "train.jsonl", TRAIN)
-    evals = _jsonl(tmp_path / "eval.jsonl", [{"prompt": "new ?", "chosen": " a", "rejected": " b"},
+    train = write_jsonl(tmp_path / "train.jsonl", TRAIN)
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "new ?", "chosen": " a", "rejected": " b"},
                                              {"prompt": "newer ?", "chosen": " c", "rejected": " d"}])
     out = evaluate_models(policy, tok, evals, ref=ref, training_run={"dataset_name": train})
     assert out["overlap_with_training"] == {"prompts": 0, "pairs": 0, "rows": 2, "checked_against": train,
@@ -97,14 +91,14 @@ def test_no_overlap_records_zeros_and_says_nothing(tiny, tmp_path):
 
 def test_training_data_that_cannot_be_read_is_said_once_and_why(tiny, tmp_path):
     tok, policy, ref = tiny
-    evals = _jsonl(tmp_path / "eval.jsonl", TRAIN[:2])
+    evals = write_jsonl(tmp_path / "eval.jsonl", TRAIN[:2])
     out = evaluate_models(policy, tok, evals, ref=ref, training_run={"dataset_name": "someone/hub-prefs"})
     assert "overlap_with_training" not in out
     why = out["missing"]["overlap_with_training"]
     assert why.startswith("the run's training data someone/hub-prefs (dataset_name, split train) is no file or "
                           "folder here (a hub dataset name") and "was not checked" in why
     assert not any("someone/hub-prefs" in n for n in out["notes"])          # once: in missing, not also a note
-    sft = _jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                         {"role": "assistant", "content": "hello"}]}])
     _, note, why = training_overlap(_examples(evals), {"dataset_name": sft})
     assert note is None and why.startswith(f"the run's training data {sft} (dataset_name, split train) holds no "
@@ -115,14 +109,14 @@ def test_the_rows_eval_fraction_held_out_are_not_training_rows_and_the_same_file
     """--data = the training file with eval_fraction: the pairs counted are exactly those the run trained on (all
     but the seeded held-out rows), and the same-file note (training_data_note) is the one note: no second one."""
     rows = [{"prompt": f"p{i} ?", "chosen": f" c{i}", "rejected": f" r{i}"} for i in range(20)]
-    data = _jsonl(tmp_path / "train.jsonl", rows)
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
     cfg = {"dataset_name": data, "dataset_split": "train", "eval_fraction": 0.25, "seed": 7}
     held = held_out_positions(20, 0.25, 7)
     assert len(held) == 5
     record, note, why = training_overlap(_examples(data), cfg, data, "train")
     assert (record["prompts"], record["pairs"], record["rows"], record["training_pairs"]) == (15, 15, 20, 15)
     assert note is None and why is None
-    other = _jsonl(tmp_path / "copy.jsonl", rows)            # the same rows under another name: the note is given
+    other = write_jsonl(tmp_path / "copy.jsonl", rows)            # the same rows under another name: the note is given
     _, note, _ = training_overlap(_examples(other), cfg, other, "train")
     assert note.startswith("15 of 20 eval pairs (75.0%)") and "less the eval_fraction=0.25 of its rows" in note
 
@@ -149,10 +143,10 @@ def test_an_online_runs_prompt_rows_are_compared_by_prompt_only(tiny, tmp_path, 
 
     tok, policy, ref = tiny
     prompts = [{"prompt": f"question number {i} ?", "answer": str(i)} for i in range(10)]
-    train = _jsonl(tmp_path / "prompts.jsonl", prompts)
+    train = write_jsonl(tmp_path / "prompts.jsonl", prompts)
     kept, held = split_eval_fraction(prompts, 0.2, 5)
     cfg = {"task": "online", "online_task": "dataset", "dataset_name": train, "eval_fraction": 0.2, "seed": 5}
-    evals = _jsonl(tmp_path / "eval.jsonl", [{"prompt": r["prompt"], "chosen": " yes", "rejected": " no"}
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": r["prompt"], "chosen": " yes", "rejected": " no"}
                                              for r in kept[:3] + held] +
                    [{"prompt": "a new question ?", "chosen": " a", "rejected": " b"}])
     out = evaluate_models(policy, tok, evals, ref=ref, training_run=cfg)
@@ -163,7 +157,7 @@ def test_an_online_runs_prompt_rows_are_compared_by_prompt_only(tiny, tmp_path, 
         f"3 of 6 eval pairs (50.0%) have a prompt the run trained on (its training rows are prompts: the run's "
         f"training data {train} (dataset_name, split train), less the eval_fraction=0.2 of its rows the run held out "
         "(seed 5))")
-    record, note, why = training_overlap(_examples(_jsonl(tmp_path / "new.jsonl", [
+    record, note, why = training_overlap(_examples(write_jsonl(tmp_path / "new.jsonl", [
         {"prompt": "another new one ?", "chosen": " a", "rejected": " b"}])), cfg)
     assert (record["prompts"], record["pairs"], note, why) == (0, None, None, None)
 
@@ -176,7 +170,7 @@ def test_the_online_demo_runs_prompts_are_the_demos_training_prompts(tmp_path):
 
     cfg = {"task": "online", "online_task": "demo", "model_name_or_path": "builtin:demo-sft"}
     _, pairs, heldout = make_splits(0)
-    evals = _examples(_jsonl(tmp_path / "eval.jsonl", pairs[:4] + [
+    evals = _examples(write_jsonl(tmp_path / "eval.jsonl", pairs[:4] + [
         {"prompt": p + "\n", "chosen": " A", "rejected": " a"} for p in heldout[:3]]))
     training = demo_training_prompts(cfg)
     record, note, why = training_overlap(evals, cfg, training=training)
@@ -196,9 +190,9 @@ def test_an_online_runs_held_out_prompts_that_are_training_prompts_are_counted_a
     from preflab.config import config_from_dict
     from preflab.online.tasks import load_task
 
-    train = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"echo: w{i}\n"} for i in range(6)] +
+    train = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"echo: w{i}\n"} for i in range(6)] +
                    [{"prompt": "echo: w0\n"}])
-    held = _jsonl(tmp_path / "held.jsonl", [{"prompt": "echo: w1\n"}, {"prompt": "echo: w4\n"},
+    held = write_jsonl(tmp_path / "held.jsonl", [{"prompt": "echo: w1\n"}, {"prompt": "echo: w4\n"},
                                             {"prompt": "echo: new\n"}])
     cfg = config_from_dict({"task": "online", "trainer": "grpo", "online_task": "dataset", "dataset_name": train,
                             "eval_dataset_name": held, "reward_funcs": "demo_true_reward",

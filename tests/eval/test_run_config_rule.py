@@ -10,6 +10,7 @@ import yaml
 from preflab.checkpoint import save_checkpoint
 from preflab.cli import main
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+from lora_weights import randomize_lora_b  # tests/, on sys.path beside conftest
 
 REWARD_RUN = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "beta": 0.7, "seed": 5}
 
@@ -64,10 +65,7 @@ def test_a_lora_checkpoint_is_rebuilt_with_trainconfigs_lora_defaults(tmp_path, 
     tok = tiny_tokenizer("bytelevel")
     trained = load.add_lora(tiny_causal_lm(tok, seed=7), defaults["lora_r"], defaults["lora_alpha"],
                             defaults["lora_dropout"], defaults["lora_target_modules"])
-    with torch.no_grad():
-        for name, p in trained.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    randomize_lora_b(trained, 0.1)
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad])
     path = save_checkpoint(tmp_path / "run", 3, trained, opt, None, {"config": {}})
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(

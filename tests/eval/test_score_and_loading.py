@@ -10,6 +10,7 @@ from preflab.eval.loading import load_for_eval
 from preflab.eval.score import score_pairs, score_responses
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.scoring.lm import naive_token_logps
+from lora_weights import randomize_lora_b  # tests/, on sys.path beside conftest
 
 
 class Pair:
@@ -60,10 +61,7 @@ def test_lora_run_dir_is_merged_onto_its_base(tmp_path):
 
     tok = tiny_tokenizer("bytelevel")
     peft_model = add_lora(tiny_causal_lm(tok, seed=7), r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    randomize_lora_b(peft_model, 0.1)
     peft_model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "seed": 7}))

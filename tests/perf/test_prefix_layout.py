@@ -13,6 +13,7 @@ from preflab.loops.batches import collate_pairs
 from preflab.models.load import add_lora
 from preflab.models.tiny import tiny_causal_lm
 from preflab.scoring.lm import LogProbScorer, naive_token_logps
+from lora_weights import randomize_lora_b  # tests/, on sys.path beside conftest
 
 PAIRS = [
     SimpleNamespace(prompt_ids=[1, 5, 9, 14], chosen_ids=[20, 21, 2], rejected_ids=[40, 2]),
@@ -59,9 +60,7 @@ def test_layout_equals_padded_with_lora(arch):
     targets = ["c_attn", "c_fc"] if arch == "gpt2" else ["q_proj", "v_proj", "up_proj"]
     model = add_lora(model, r=4, alpha=8, dropout=0.0, target_modules=targets)
     torch.manual_seed(1)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # LoRA starts as a no-op (B = 0): make the adapters matter
-            p.data.normal_(0, 0.5)
+    randomize_lora_b(model, 0.5)  # LoRA starts as a no-op (B = 0): make the adapters matter
     for layout_name in ("prefix_shared", "prefix_packed"):
         assert_same(model, layout_name)
 

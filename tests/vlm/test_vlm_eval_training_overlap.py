@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from preflab.config import load_config
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 DATA = Path("examples/vlm/data")
 ROWS = [json.loads(line) for line in (DATA / "pairs.jsonl").read_text().splitlines()]
@@ -28,11 +29,6 @@ def _rows(rows, folder: Path, rename: dict | None = None) -> list[dict]:
     return out
 
 
-def _jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def vlm_run(tmp_path_factory):
     """A task: vlm run folder trained on ROWS[:4] (its starting tiny policy saved as the final weights)."""
@@ -40,7 +36,7 @@ def vlm_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vlm_overlap")
     (root / "train").mkdir()
-    train = _jsonl(root / "train" / "train.jsonl", _rows(ROWS[:4], root / "train"))
+    train = write_jsonl(root / "train" / "train.jsonl", _rows(ROWS[:4], root / "train"))
     run = root / "run"
     cfg = load_config("examples/vlm/dpo.yaml", [f"output_dir={run}", f"dataset_name={train}"])
     policy, _, processor = load_vlm(cfg)
@@ -59,7 +55,7 @@ def test_planted_training_pairs_are_counted_by_prompt_text_and_image_pixels(vlm_
                ROWS[2],                                                        # under another file name below
                {**ROWS[1], "chosen": "The shape is a red circle."},            # a training prompt, another answer
                {**ROWS[3], "images": ["blue_circle.png"]}]                     # the training text, another image
-    evals = _jsonl(tmp_path / "eval.jsonl", _rows(planted, tmp_path, {"green_square.png": "copy.png"}) +
+    evals = write_jsonl(tmp_path / "eval.jsonl", _rows(planted, tmp_path, {"green_square.png": "copy.png"}) +
                    _rows(ROWS[4:6], tmp_path))
     out = tmp_path / "eval.json"
     args = build_parser().parse_args(["eval", str(run), "--task", "vlm", "--data", evals, "--out", str(out)])
@@ -80,7 +76,7 @@ def test_disjoint_pairs_count_zero_and_an_unreadable_training_set_says_why(vlm_r
     from preflab.loops.vlm_eval import evaluate_vlm_run
 
     run, train = vlm_run
-    evals = _jsonl(tmp_path / "eval.jsonl", _rows(ROWS[4:], tmp_path))
+    evals = write_jsonl(tmp_path / "eval.jsonl", _rows(ROWS[4:], tmp_path))
     result = evaluate_vlm_run(str(run), evals)
     assert result["overlap_with_training"] == {"prompts": 0, "pairs": 0, "rows": 4, "checked_against": train,
                                                "split": "train", "training_pairs": 4}
