@@ -49,30 +49,15 @@ def make_scheduler(optimizer, kind: str, total: int, warmup: int, kwargs: dict |
         kind, total, warmup, kw, optimizer.defaults["lr"]))
 
 
-def _warmup_then(kind: str, total: int, warmup: int, kw: dict):
-    """transformers' get_linear_schedule_with_warmup / get_cosine_schedule_with_warmup /
-    get_constant_schedule_with_warmup factor: step / warmup while step < warmup (0 at the first optimizer step),
-    then linear max(0, (total - step) / (total - warmup)), cosine max(0, 0.5 (1 + cos(2 pi num_cycles p))) with
-    p = (step - warmup) / (total - warmup) (not clamped: past `total` the wave rises, as transformers'), or 1."""
-    def factor(step):
-        if step < warmup:
-            return float(step) / float(max(1, warmup))
-        if kind == "linear":
-            return max(0.0, (total - step) / max(1, total - warmup))
-        if kind == "cosine":
-            progress = (step - warmup) / max(1, total - warmup)
-            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(kw["num_cycles"]) * 2.0 * progress)))
-        return 1.0
-
-    return factor
-
-
 def transformer_factor(kind: str, total: int, warmup: int, kw: dict, base_lr: float):
     """factor(step) of transformers' get_scheduler(kind, num_warmup_steps=warmup, num_training_steps=total,
     scheduler_specific_kwargs=kw) (transformers 5 optimization.py), warmup step / warmup from 0 (except
     cosine_warmup_with_min_lr), p = (step - warmup) / (total - warmup):
-    - linear, cosine, constant_with_warmup: _warmup_then;
-    - constant: 1 at every step (get_scheduler passes it no warmup; the config refuses one: lr_schedule_options.constant_warmup_conflicts);
+    - linear, cosine, constant_with_warmup (get_linear / get_cosine / get_constant_schedule_with_warmup): then
+      linear max(0, (total - step) / (total - warmup)), cosine max(0, 0.5 (1 + cos(2 pi num_cycles p))) (not
+      clamped: past `total` the wave rises, as transformers'), or 1;
+    - constant: 1 at every step (get_scheduler passes it no warmup; the config refuses one:
+      lr_schedule_options.constant_warmup_conflicts);
     - cosine_with_restarts: 0.5 (1 + cos(pi ((num_cycles p) mod 1))), 0 from p >= 1 (hard restarts);
     - polynomial: ((lr0 - lr_end) (1 - p)^power + lr_end) / lr0, lr_end / lr0 after total (lr0 = learning_rate);
     - inverse_sqrt: 1 / sqrt((step + timescale - warmup) / timescale), timescale = warmup (or 10000 without);
@@ -88,7 +73,14 @@ def transformer_factor(kind: str, total: int, warmup: int, kw: dict, base_lr: fl
         return (step - warmup) / max(1, total - warmup)
 
     if kind in ("linear", "cosine", "constant_with_warmup"):
-        factor = _warmup_then(kind, total, warmup, kw)
+        def factor(step):
+            if step < warmup:
+                return ramp(step)
+            if kind == "linear":
+                return max(0.0, (total - step) / max(1, total - warmup))
+            if kind == "cosine":
+                return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(kw["num_cycles"]) * 2.0 * decayed(step))))
+            return 1.0
     elif kind == "constant":
         def factor(step):
             return 1.0
