@@ -10,6 +10,7 @@ also shown by `preflab train --help`) before a model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -733,8 +734,7 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
     written = written_keys(raw) if written is None else set(written)
     raw, notes, errors = translate_trl(raw, written)
     _resolve_eval(raw, notes)
-    hints = typing.get_type_hints(TrainConfig)
-    hints = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}  # (not the written_options InitVar)
+    hints = field_hints()
     known, extra = {}, {}
     for key, value in raw.items():
         if key in hints:
@@ -941,11 +941,13 @@ def drop_override(raw: dict, item: str) -> list[str]:
 def _refuses_null(key: str) -> bool:
     """Whether the TrainConfig option `key` (preflab's name) takes no null; False for other keys (TRL's names, an
     objective's parameters, nested keys), whose own checks speak."""
-    hint = _FIELD_HINTS().get(key)
+    hint = field_hints().get(key)
     return hint is not None and hint is not Any and type(None) not in typing.get_args(hint)
 
 
-def _FIELD_HINTS() -> dict:
+@functools.cache
+def field_hints() -> dict:
+    """{option: its type hint} of every TrainConfig field (not the written_options InitVar); read once."""
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
@@ -1050,7 +1052,7 @@ def _check_dataset_configs(cfg: TrainConfig) -> None:
 
 def describe_options() -> str:
     """Every option with its default, type, allowed values and meaning (from config_options), for --help."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints = field_hints()
     lines = []
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
