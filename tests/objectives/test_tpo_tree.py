@@ -79,7 +79,7 @@ def random_list(perm=None):
     return b
 
 
-@pytest.mark.parametrize("kw", [{}, {"lambda_weight": "uniform"}])
+@pytest.mark.parametrize("kw", [{}, {"lambda_weight": "uniform"}, {"step_weights": "pairwise"}])
 def test_invariant_to_list_order(kw):
     obj = get_objective("tpo_tree", **kw)
     base = obj(random_list()).loss.item()
