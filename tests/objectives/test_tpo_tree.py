@@ -79,7 +79,7 @@ def random_list(perm=None):
     return b
 
 
-@pytest.mark.parametrize("kw", [{}, {"lambda_weight": "uniform"}])
+@pytest.mark.parametrize("kw", [{}, {"lambda_weight": "uniform"}, {"step_weights": "pairwise"}])
 def test_invariant_to_list_order(kw):
     obj = get_objective("tpo_tree", **kw)
     base = obj(random_list()).loss.item()
@@ -141,3 +141,32 @@ def test_sum_reduction_refuses_overflowing_gains_and_bad_names():
     assert torch.isfinite(get_objective("tpo_tree", lambda_reduction="sum")(padded).loss)
     with pytest.raises(ConfigError, match="lambda_reduction"):
         get_objective("tpo_tree", lambda_reduction="mean")
+
+
+def test_pairwise_step_weights_are_the_papers_eq_10_by_hand():
+    # TPO §3.2 (ICLR 2025 submission text), Eq. 10: RM_ij = sum_k (1 + cos(emb(s_ik), emb(s_jk)))
+    # (beta log-ratio of s_ik - beta log-ratio of s_jk), the step log-ratios summed over the step's tokens (Eq. 9).
+    # Two steps of two tokens. Response 0 (v = 1): step sums S_0 = [0.0, 0.4]; response 1 (v = 0): S_1 = [0.5, -1.0].
+    # Step 1 embeddings (1, 0) and (1, 0): cos 1, weight 2; step 2: (0, 1) and (1, 0): cos 0, weight 1.
+    # RM_01 = 0.5 * (2 * (0 - 0.5) + 1 * (0.4 + 1.0)) = 0.2
+    mask = torch.ones(1, 2, 4, dtype=torch.bool)
+    pol = torch.tensor([[[0.1, -0.1, 0.3, 0.1], [0.2, 0.3, -0.4, -0.6]]], **F64)
+    b = ListBatch(SequenceLogps(pol, mask), torch.tensor([[1.0, 0.0]], **F64), SequenceLogps(torch.zeros_like(pol), mask))
+    b.extras["step_index"] = torch.tensor([[[1, 1, 2, 2], [1, 1, 2, 2]]])
+    b.extras["hidden"] = torch.tensor([[[[1.0, 0], [1, 0], [0, 1], [0, 1]], [[2.0, 0], [0, 0], [1, 0], [1, 0]]]], **F64)
+    eq10 = get_objective("tpo_tree", beta=0.5, step_weights="pairwise")(b)
+    assert eq10.loss.item() == pytest.approx(ell(0.2), abs=1e-12)
+    # unweighted, Eq. 10 is Eq. 9: DPO on the responses' summed log-ratios (0.4 and -0.5), beta 0.5
+    b.extras["hidden"] = torch.zeros(1, 2, 4, 2, **F64)  # cos of zero vectors is 0: every weight 1
+    assert get_objective("tpo_tree", beta=0.5, step_weights="pairwise")(b).loss.item() == \
+        pytest.approx(ell(0.5 * 0.9), abs=1e-12)
+
+
+def test_pairwise_step_weights_refuse_responses_with_different_steps():
+    from preflab.errors import PreflabError
+    b = random_list()  # responses of 5, 3, 4, 2 tokens: the 2-token one still has 2 steps, so make one single-step
+    b.extras["step_index"] = b.extras["step_index"].clone()
+    b.extras["step_index"][0, 3] = torch.where(b.policy.mask[0, 3], 1, 0)
+    with pytest.raises(PreflabError, match="response 0 .2 steps. against response 3 .1 steps"):
+        get_objective("tpo_tree", step_weights="pairwise")(b)
+    assert torch.isfinite(get_objective("tpo_tree")(b).loss)  # the released code's weighting takes it

@@ -129,6 +129,28 @@ def test_best_vs_worst_all_pairs_and_ties():
         build_pairs(scores, "best_of_n")
 
 
+def test_best_vs_worst_is_the_released_iterative_dpo_max_min_rule():
+    """RLHFlow/Online-RLHF@3a00ed8 (Dong et al. 2024's iterative DPO pipeline) `dpo_iteration/run_dpo.py::
+    prepare_data`, choose_type max_min (its run_loop recipes): chosen = argmax, rejected = argmin of the K rewards,
+    oriented by the rewards, and no pair when they are equal. Transcribed with numpy; scores without repeated
+    extremes, where the rule is unambiguous (a shared top score: preflab draws one, np.argmax takes the first)."""
+    import numpy as np
+
+    def released_max_min(rewards):
+        i0, i1 = int(np.argmax(rewards)), int(np.argmin(rewards))
+        if rewards[i0] > rewards[i1]:
+            return i0, i1
+        if rewards[i0] < rewards[i1]:
+            return i1, i0
+        return None                                           # equal rewards: the sample adds no pair
+
+    rewards = np.random.default_rng(0).normal(size=(20, 8))
+    rewards[5] = 0.25                                         # all K tied
+    expected = [(p, *pair) for p, row in enumerate(rewards) if (pair := released_max_min(row)) is not None]
+    plan = build_pairs(torch.tensor(rewards), "best_vs_worst")
+    assert plan.triples == expected and plan.ties_dropped == 1 and len(expected) == 19
+
+
 def test_a_preference_judges_group_mean_is_one_half_and_its_note_says_so():
     """Borda win rates of any P with P + P^T = 1 average 1/2 in every group (the note GRPO runs print)."""
     gen = torch.Generator().manual_seed(0)

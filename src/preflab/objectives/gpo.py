@@ -1,20 +1,21 @@
 """GPO: General Preference Optimization -- SPPO's squared loss driven by a general preference model's scores.
 
 Paper: Zhang, Zhang, Wu, Xu, Gu, 2024, "General Preference Modeling with Preference Representations for Aligning
-Language Models" (arXiv:2410.02197). Loss as used by the repo's GPO scripts (SPPO trainer, `loss_type=sppo_score`,
-that branch not in the repo -- form from memory, unverified):
+Language Models" (arXiv:2410.02197; v3, ICML 2025, §5). Eq. 5.3 regresses h onto s(y > pi_t)/beta - log Z, with
+log Z "directly replaced with 0" (its footnote 1), s(y_i > pi_t) = (1/K) sum_k s(y_i > y_k) (Eq. 5.2); here on the
+chosen and rejected responses, their two squares averaged as in SPPO's trainer (`loss_type=sppo`):
 
     L = ½ [ (h_w - s_w/beta)² + (h_l - s_l/beta)² ],   h = S_theta(y) - S_t(y)
 
-s_i = (1/K) sum_j (T[i][j] - T[j][i]), the antisymmetrized GPM score of response i against the K samples of pi_t
-(already centred, so no ½ offset). Audit 2026-12 (repo @a376d95): LLM-Alignment/scripts/compute_score_from_raw.py
-builds chosen_probs_win / chosen_probs_lose exactly so (the mean runs over all K candidates, self included, whose
-term is 0) and picks chosen / rejected by the GPM score argmax / argmin; the trainer consuming them is not in the
-repo. The reference slots carry pi_t. Extras: `score_chosen`, `score_rejected` [B].
-The loop (K samples from pi_t, GPM scoring, best/worst pair selection) lives in the online layer, not here.
-
-Deviation from the paper: the ½ averaging of the two squares follows SPPO's code; the official run scripts
-clamp targets at CLAMP_THRES = 1000, which is not applied here (clip the scores in the loop if needed).
+The online layer feeds s_i = (1/K) sum_j (T[i][j] - T[j][i]), the released pipeline's score
+(general-preference/general-preference-model@a376d95 LLM-Alignment/scripts/compute_score_from_raw.py; the mean runs
+over all K candidates, self included, whose term is 0; chosen / rejected = argmax / argmin). For a skew-symmetric
+table T (GPM, BT) that is 2x Eq. 5.2's score, so the scripts' beta = 0.001 (kept as the default) is Eq. 5.3's
+beta = 0.0005; preflab follows the released scripts. The trainer branch that consumes the scores (`loss_type=
+sppo_score`, an SPPO-trainer fork) is not in the repo, so its clamp at CLAMP_THRES = 1000 (run scripts) is not
+applied here (clip the scores in the loop if needed). The reference slots carry pi_t. Extras: `score_chosen`,
+`score_rejected` [B]. The loop (K samples from pi_t, GPM scoring, best/worst pair selection) lives in the online
+layer, not here.
 """
 from dataclasses import dataclass
 from typing import ClassVar
@@ -30,9 +31,10 @@ class GPO(SPPO):
 
     offset: ClassVar[float] = 0.0
     paper = "Zhang et al. 2024, General Preference Modeling with Preference Representations (arXiv:2410.02197)"
-    checked_against = ("official code: general-preference/general-preference-model@a376d95 "
-                       "scripts/compute_score_from_raw.py (s = mean_j (T_ij - T_ji)); its sppo_score loss is not in "
-                       "the repo (unverified)")
+    checked_against = ("paper text: arXiv:2410.02197v3 §5 Eqs. 5.2-5.3 (log Z replaced by 0); official code: "
+                       "general-preference/general-preference-model@a376d95 scripts/compute_score_from_raw.py "
+                       "(s = mean_j (T_ij - T_ji), 2x Eq. 5.2 on a skew table); the sppo_score trainer branch (its "
+                       "clamp) is not in the repo")
 
     @classmethod
     def example_extras(cls, batch) -> dict:

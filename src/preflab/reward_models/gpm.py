@@ -17,6 +17,11 @@ K responses need K forward passes (one embedding each) for the whole K x K score
 Deviation from the paper: no prompt-dependent lambda(x) head (lambda = 1; `skew_score` accepts a lambda for
 callers that have one); embeddings are always unit-normalised when `normalize=True` (the official training code
 comments the normalisation out, its inference code applies it; preflab stores the choice in the model config).
+Audit 2026-12 (paper-audit-3), the paper's text (arXiv:2410.02197v3): §4.2 normalises v to unit length "to ensure
+training stability and boundedness" (the default here); App. A.2 Eq. A.1 is the cross-entropy on s / beta with
+beta = 0.1 (App. E.3, Tables 8-9), tau here, hard labels being its P_D = 1 case; the scale gate there is
+s = v^T D(x) R D(x) v' with D's blocks lambda_l(x) I_2, so a gate weighs block l by lambda_l(x)^2 (Table 4 reports
+GPMs with and without it).
 """
 from __future__ import annotations
 
