@@ -219,8 +219,10 @@ def data_fields(data) -> dict:
 
 
 def data_name(data) -> str:
-    """The name --data gave (a ConfiguredSource's name, without its configuration)."""
-    return str(getattr(data, "name", data))
+    """The name --data gave (a ConfiguredSource's name, without its configuration; a path as text)."""
+    from preflab.data.configured_source import ConfiguredSource
+
+    return data.name if isinstance(data, ConfiguredSource) else str(data)
 
 
 def open_eval_split(data, split: str | None, limit: int | None = None):
