@@ -56,7 +56,9 @@ def compare_configs(saved: dict, current: dict, defaults: dict | None = None,
             continue
         before, after = saved.get(key), current.get(key)
         if home_expanded(before) == home_expanded(after) or (key not in saved and defaults is not None and key in defaults
-                               and defaults[key] == after) or same_path(key, before, after, launch):
+                               and defaults[key] == after):
+            continue
+        if same_path(key, before, after, launch):  # the run's file, named from another directory
             continue
         (harmless if key in HARMLESS or _same_meaning(key, before, after) else meaning)[key] = (before, after)
     return harmless, meaning
