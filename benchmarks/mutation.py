@@ -3534,6 +3534,40 @@ MUTANTS += [
 ]
 
 
+# eval-paths round
+EVPATHS_DATA = ["tests/eval/test_eval_data_config.py"]
+EVPATHS_LAUNCH = ["tests/test_launch_paths.py"]
+EVPATHS_REWARD = ["tests/reward_models/test_reward_tokenizer_options.py"]
+MUTANTS += [
+    Mutant("evpaths-data-config-dropped", "eval/run.py",
+           [('    return data_source(data, config, "--data-config", "--data")',
+             "    return data")], EVPATHS_DATA, "preflab eval reads --data whole, ignoring --data-config"),
+    Mutant("evpaths-training-note-ignores-config", "eval/run.py",
+           [("    if config is not None and trained_config is not None and str(config) != str(trained_config):",
+             "    if False:")], EVPATHS_DATA,
+           "another configuration of the run's dataset is said to be its training data"),
+    Mutant("evpaths-launch-json-not-read", "models/run_config.py",
+           [("    return resolve_saved_paths(_read_yaml(file), read_launch_record(file.parent), str(file))",
+             "    return resolve_saved_paths(_read_yaml(file), None, str(file))")], EVPATHS_LAUNCH,
+           "a run's relative paths read from the current directory, not where it started"),
+    Mutant("evpaths-hub-name-recorded", "launch_paths.py",
+           [("        if _relative(value) and os.path.exists(os.path.join(cwd, value)):",
+             "        if _relative(value):")], EVPATHS_LAUNCH,
+           "a hub name recorded as a local path of the launch directory"),
+    Mutant("evpaths-resume-paths-compared-as-text", "resume_check.py",
+           [("        if same_path(key, before, after, launch):", "        if False:")], EVPATHS_LAUNCH,
+           "a resume naming the run's files from another directory refused as a config change"),
+    Mutant("evpaths-reward-eos-not-mirrored", "reward_models/reward_run.py",
+           [("(config.get_text_config() if hasattr(config, \"get_text_config\") else config).eos_token_id = \\\n"
+             "            tokenizer.eos_token_id",
+             "pass")], EVPATHS_REWARD, "the reward model's config keeps the old eos_token_id"),
+    Mutant("evpaths-reward-template-not-applied", "models/tokenizer_options.py",
+           [("        tokenizer.chat_template = read_chat_template(template)",
+             "        read_chat_template(template)")], EVPATHS_REWARD + ["tests/loops/test_sft_tokenizer_options.py"],
+           "chat_template_path read but the tokenizer keeps its own template"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

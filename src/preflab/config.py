@@ -181,8 +181,8 @@ class TrainConfig:
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
     dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
-    eos_token: str | None = None               # TRL SFTConfig: the eos appended to text rows / completions (a vocabulary token)
-    chat_template_path: str | None = None      # TRL SFTConfig: a .jinja / .j2 file that replaces the tokenizer's chat template
+    eos_token: str | None = None               # TRL SFTConfig / RewardConfig: the eos appended to text rows / responses
+    chat_template_path: str | None = None      # TRL SFTConfig / RewardConfig: a .jinja / .j2 file, the chat template
     # scaling out
     ref_load_dtype: str | None = None          # reference weights dtype; None: bfloat16 on a CUDA GPU, else load_dtype
     full_determinism: bool = False             # transformers: deterministic torch algorithms (enable_full_determinism)

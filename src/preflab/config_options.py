@@ -421,11 +421,13 @@ OPTIONS: dict[str, Option] = {
     "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
                                  "messages and prompt / completion rows are read as they are)", "a non-empty name",
                                  _nonempty),
-    "eos_token": Option("task: sft; the token that ends each text row and text completion, replacing the tokenizer's "
-                        "eos (TRL SFTConfig; it must be in the vocabulary; the model's config learns it too)",
+    "eos_token": Option("task: sft / reward; the token that ends each text row and text completion (reward: each "
+                        "text response), replacing the tokenizer's eos (TRL SFTConfig / RewardConfig; it must be in "
+                        "the vocabulary; the model's config learns it too)",
                         "a non-empty token", _nonempty),
-    "chat_template_path": Option("task: sft; a .jinja / .j2 file whose template replaces the tokenizer's chat "
-                                 "template (TRL SFTConfig; saved with the run's tokenizer)", "a non-empty path",
+    "chat_template_path": Option("task: sft / reward; a .jinja / .j2 file whose template replaces the tokenizer's "
+                                 "chat template (TRL SFTConfig / RewardConfig; saved with the run's tokenizer)",
+                                 "a non-empty path",
                                  _nonempty),
     "full_determinism": Option("transformers' TrainingArguments: torch's deterministic algorithms, cuDNN "
                                "deterministic, CUBLAS_WORKSPACE_CONFIG (enable_full_determinism; slower; process-wide)"),

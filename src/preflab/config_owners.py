@@ -135,9 +135,8 @@ OWNERS = (
         cfg.task == "reward" and cfg.reward_head == "multi_objective"),
      "the runs that set their seed when they start (every task but the recipe tasks and task: reward with "
      "reward_head: multi_objective, whose stages and loop seed themselves)"),
-    (("eos_token", "chat_template_path"), lambda cfg: cfg.task == "sft",
-     "task: sft (TRL's SFTConfig; TRL's RewardConfig has them too, which preflab's task: reward does not read: save "
-     "the tokenizer with that eos / template and point model_name_or_path at it)"),
+    (("eos_token", "chat_template_path"), lambda cfg: cfg.task in ("sft", "reward"),
+     "task: sft and task: reward (TRL's SFTConfig and RewardConfig)"),
     (("hypo_online_samples",), lambda cfg: cfg.task == "dpo" and "hypo" in _losses(cfg),
      "task: dpo with loss_type: hypo (trainer hypo_online_pairs samples num_generations)"),
 )

@@ -154,5 +154,7 @@ def run_recipe(cfg) -> dict:
 
     # the resolved config beside summary.json, as every run (`preflab report`), written once
     if is_main_process() and Path(cfg.output_dir).is_dir():
-        cfg.save(Path(cfg.output_dir) / "config.yaml")
+        from preflab.launch_paths import save_run_config  # with launch.json: its relative paths' absolute ones
+
+        save_run_config(cfg, cfg.output_dir)
     return summary

@@ -40,10 +40,16 @@ def _same_meaning(key: str, before, after) -> bool:
     return any(key == k and before == b and after == a for k, b, a in _SAME_MEANING)
 
 
-def compare_configs(saved: dict, current: dict, defaults: dict | None = None) -> tuple[dict, dict]:
+def compare_configs(saved: dict, current: dict, defaults: dict | None = None,
+                    launch: dict | None = None) -> tuple[dict, dict]:
     """defaults: the current option defaults; a key the saved config lacks (an option added since) that is at its
     default is no change. Values are compared with a leading "~" expanded on both sides (home_expanded): a config.yaml
-    saved before preflab expanded it holds "~/data.jsonl" where the current config holds "/home/me/data.jsonl"."""
+    saved before preflab expanded it holds "~/data.jsonl" where the current config holds "/home/me/data.jsonl".
+    launch: the run's launch record (preflab.launch_paths; the checkpoint's "launch"): a path option whose saved
+    value, relative to where the run was started, and current value, relative to this directory, name the same
+    existing file or folder is no change (a resume from another directory names the run's files another way)."""
+    from preflab.launch_paths import same_path
+
     harmless, meaning = {}, {}
     for key in sorted(set(saved) | set(current)):
         if key in _NOT_COMPARED:
@@ -51,6 +57,8 @@ def compare_configs(saved: dict, current: dict, defaults: dict | None = None) ->
         before, after = saved.get(key), current.get(key)
         if home_expanded(before) == home_expanded(after) or (key not in saved and defaults is not None and key in defaults
                                and defaults[key] == after):
+            continue
+        if same_path(key, before, after, launch):  # the run's file, named from another directory
             continue
         (harmless if key in HARMLESS or _same_meaning(key, before, after) else meaning)[key] = (before, after)
     return harmless, meaning
@@ -70,9 +78,9 @@ def refuse_unless_allowed(cfg, refusal: str, allowed_note: str, note=print) -> N
         note(allowed_note)
 
 
-def check_resume_config(saved: dict | None, cfg, checkpoint, note=print) -> None:
+def check_resume_config(saved: dict | None, cfg, checkpoint, note=print, launch: dict | None = None) -> None:
     """ConfigError listing the keys that change the run's meaning (unless cfg.allow_config_change); a note for
-    the rest. cfg: the current config (a dataclass)."""
+    the rest. cfg: the current config (a dataclass); launch: the checkpoint's launch record (compare_configs)."""
     import dataclasses
 
     current = dataclasses.asdict(cfg)
@@ -82,7 +90,7 @@ def check_resume_config(saved: dict | None, cfg, checkpoint, note=print) -> None
         note(f"preflab: note: {checkpoint} holds no saved config (an older preflab); config changes cannot be "
              "checked.")
         return
-    harmless, meaning = compare_configs(saved, current, defaults)
+    harmless, meaning = compare_configs(saved, current, defaults, launch)
     if meaning:
         refuse_unless_allowed(
             cfg, f"resume_from_checkpoint: the config differs from the one {checkpoint} was trained with in key(s) "
@@ -227,4 +235,6 @@ def check_saved_config(trainer_state: dict, cfg, checkpoint, world: int, note=pr
     check_resume_config on the saved config as this world would spell it (saved_config_on_this_world)."""
     saved = trainer_state.get("config")
     check_global_batch(saved, trainer_state, cfg, world, checkpoint, note=note)
-    check_resume_config(saved_config_on_this_world(saved, trainer_state, cfg, world), cfg, checkpoint, note=note)
+    launch = trainer_state.get("launch") if isinstance(trainer_state.get("launch"), dict) else None
+    check_resume_config(saved_config_on_this_world(saved, trainer_state, cfg, world), cfg, checkpoint, note=note,
+                        launch=launch)

@@ -7,11 +7,7 @@ import pytest
 from preflab.data.examples import PairExample, PromptExample, UnpairedExample
 from preflab.data.rows import load_rows
 from preflab.errors import ConfigError, DataError
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 
 def msgs(*pairs):

@@ -109,7 +109,8 @@ def test_preflabs_card_reader_reads_what_datasets_load_dataset_reads(hub_copy, m
 
 def test_the_folder_without_a_configuration_is_refused_naming_them_and_the_option(hub_copy):
     with pytest.raises(DataError, match=r"declares 4 configurations .*Set dataset_config \(eval_dataset_config for "
-                                        r"eval_dataset_name\) to one of 'a', 'b', 'a_again', 'c'"):
+                                        r"eval_dataset_name, --data-config for preflab eval's --data\) to one of "
+                                        r"'a', 'b', 'a_again', 'c'"):
         load_rows(str(hub_copy))
 
 

@@ -11,17 +11,13 @@ import torch
 
 from preflab.data.rows import load_rows
 from preflab.errors import DataError
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 PROMPTS = [("p0", " good", True), ("p1", " bad", False), ("p2", " fine", True), ("p3", " wrong", False)]
 
 
 def _rows(label_of):
     return [{"prompt": p, "completion": c, "label": label_of(y)} for p, c, y in PROMPTS]
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def _csv(path, rows):
@@ -33,13 +29,13 @@ def _csv(path, rows):
 
 
 @pytest.mark.parametrize("label_of, writer", [
-    (int, _jsonl), (float, _jsonl), (int, _csv), (float, _csv),  # CSV: "1" / "0", "1.0" / "0.0" (pandas' float column)
+    (int, write_jsonl), (float, write_jsonl), (int, _csv), (float, _csv),  # CSV: "1" / "0", "1.0" / "0.0" (pandas' float column)
     (lambda y: str(y), _csv),  # pandas writes a bool column as "True" / "False"
 ])
 def test_numeric_labels_load_as_the_boolean_rows(tmp_path, label_of, writer):
     """The examples read from 1 / 0 (or 1.0 / 0.0, or their text) equal those read from true / false, row for row,
     and each label is the bool TRL's as_tensor(..., dtype=torch.bool) makes of the number."""
-    reference, _ = load_rows(_jsonl(tmp_path / "bool.jsonl", _rows(bool)), kind="unpaired")
+    reference, _ = load_rows(write_jsonl(tmp_path / "bool.jsonl", _rows(bool)), kind="unpaired")
     suffix = ".csv" if writer is _csv else ".jsonl"
     examples, report = load_rows(writer(tmp_path / f"numbers{suffix}", _rows(label_of)), kind="unpaired")
     assert examples == reference and report.kept == len(PROMPTS)

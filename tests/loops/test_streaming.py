@@ -14,16 +14,12 @@ from preflab.loops.batches import BatchPlan
 from preflab.loops.offline import Trainer
 from preflab.loops.sft import SFTTrainer
 from preflab.loops.streaming import StreamPlan
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = [json.loads(x) for x in (ROOT / "examples/data/loud_echo_pairs.jsonl").read_text().splitlines()]
 SFT_ROWS = [json.loads(x) for x in (ROOT / "examples/data/loud_echo_sft.jsonl").read_text().splitlines()]
 BAD = {"prompt": "echo: x\n", "chosen": "same", "rejected": "same"}  # identical responses: a bad row
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def train(out, data, trainer=Trainer, rows=None, **overrides):

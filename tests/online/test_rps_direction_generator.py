@@ -127,3 +127,20 @@ def test_other_runs_are_refused_naming_what_rps_needs(tmp_path):
         f.write('\n{"prompt": "cut off\n')
     with pytest.raises(DataError, match=r"rows\.jsonl row 6 \(line 8\): the line is not valid JSON"):
         run_conditioning(torn)  # read as every data file is: the file, row and line named
+
+
+def test_a_runs_relative_dataset_name_is_read_where_the_run_started(tmp_path, monkeypatch):
+    """A run started in `start` with dataset_name: rows.jsonl (relative): its launch.json records the file, so the
+    conditioning reads from another directory too (before: 'not a local .json/.jsonl file')."""
+    from preflab.launch_paths import save_run_config
+
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _dpa_rows()))
+    (start / "run").mkdir()
+    monkeypatch.chdir(start)
+    save_run_config(config_from_dict({"task": "sft", "model_name_or_path": "builtin:tiny",
+                                      "dataset_name": "rows.jsonl"}), start / "run")
+    monkeypatch.chdir(tmp_path)
+    cond = run_conditioning(start / "run")
+    assert cond.names == NAMES and cond.angles == (0.0, 15.0, 30.0)

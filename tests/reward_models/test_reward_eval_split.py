@@ -5,20 +5,16 @@ model's training accuracy as if it were held-out."""
 import json
 
 from preflab.cli import main
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 from reward_synthetic import marker_rows
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _folder(tmp_path, test: bool):
     folder = tmp_path / "prefs"
     folder.mkdir()
-    _jsonl(folder / "train.jsonl", marker_rows(8, seed=0))
+    write_jsonl(folder / "train.jsonl", marker_rows(8, seed=0))
     if test:
-        _jsonl(folder / "test.jsonl", marker_rows(3, seed=1))
+        write_jsonl(folder / "test.jsonl", marker_rows(3, seed=1))
     return folder
 
 

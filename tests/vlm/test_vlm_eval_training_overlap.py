@@ -90,3 +90,27 @@ def test_disjoint_pairs_count_zero_and_an_unreadable_training_set_says_why(vlm_r
     assert "overlap_with_training" not in result
     assert result["missing"]["overlap_with_training"].startswith(
         f"the run's training data {tmp_path / 'gone.jsonl'} (dataset_name, split train) is no file or folder here")
+
+
+def test_data_config_reads_that_configuration(vlm_run, tmp_path):
+    """`--task vlm --data FOLDER --data-config NAME` (a folder whose README.md declares configurations): the pairs
+    scored are that configuration's: 'b' holds two training pairs, 'a' two held-out ones."""
+    from preflab.cli import build_parser
+    from preflab.loops.vlm_eval import eval_task
+
+    run, _ = vlm_run
+    folder = tmp_path / "prefs"
+    for config, rows in (("a", ROWS[4:6]), ("b", ROWS[:2])):
+        (folder / config).mkdir(parents=True)
+        write_jsonl(folder / config / "test.jsonl", _rows(rows, folder / config))
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: a\n  data_files:\n  - split: test\n    path: "
+                                      "a/test.jsonl\n- config_name: b\n  data_files:\n  - split: test\n    path: "
+                                      "b/test.jsonl\n---\n")
+    for config, shared in (("a", 0), ("b", 2)):
+        out = tmp_path / f"{config}.json"
+        args = build_parser().parse_args(["eval", str(run), "--task", "vlm", "--data", str(folder), "--data-config",
+                                          config, "--out", str(out)])
+        assert eval_task(args) == 0
+        result = json.loads(out.read_text())
+        assert (result["data"], result["data_config"], result["split"]) == (str(folder), config, "test")
+        assert result["num_pairs"] == 2 and result["overlap_with_training"]["pairs"] == shared

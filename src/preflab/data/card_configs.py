@@ -77,9 +77,9 @@ def refuse_mixed_configs(folder: Path) -> None:
     names = ", ".join(repr(str(c["config_name"])) for c in configs)
     raise DataError(f"directory {folder} is a hub dataset whose README.md declares {len(configs)} configurations "
                     f"({_shown(configs)}); reading the whole folder would mix them (datasets.load_dataset asks for a "
-                    f"config name here). Set dataset_config (eval_dataset_config for eval_dataset_name) to one of "
-                    f"{names}, or point the data option (dataset_name, eval_dataset_name, --data) at one "
-                    "configuration's folder or files.")
+                    f"config name here). Set dataset_config (eval_dataset_config for eval_dataset_name, --data-config "
+                    f"for preflab eval's --data) to one of {names}, or point the data option (dataset_name, "
+                    "eval_dataset_name, --data) at one configuration's folder or files.")
 
 
 def card_config(folder: Path, config: str, option: str = "dataset_config") -> dict:

@@ -359,7 +359,8 @@ def _load_hub(name: str, split: str | None, streaming: bool = False, configured:
                             ) from exc
         if configured is None and isinstance(exc, ValueError) and "Config name is missing" in str(exc):
             raise DataError(f"{_taken_as_hub(name)}, and it has several configurations and none was chosen ({said}). "
-                            "Set dataset_config (eval_dataset_config for eval_dataset_name) to one of them.") from exc
+                            "Set dataset_config (eval_dataset_config for eval_dataset_name, --data-config for "
+                            "preflab eval's --data) to one of them.") from exc
         raise DataError(f"{_taken_as_hub(name)}, and it could not be loaded{f' (split {split!r})' if split else ''}: "
                         f"{type(exc).__name__}: {exc}. Check the name and split and your network (or HF_HUB_OFFLINE), "
                         "or pass a local file or directory (a path starting with ./ or / is never taken as a hub "

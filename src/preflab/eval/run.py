@@ -198,6 +198,33 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
+def eval_data(data, config: str | None):
+    """What `preflab eval --data DATA [--data-config NAME]` reads, for every eval task: DATA as given, or with
+    --data-config a ConfiguredSource (preflab.data.configured_source.data_source, the one place training's
+    dataset_config goes through too) whose refusals name --data-config and --data: a configuration of a single data
+    file, a glob, a save_to_disk folder or a folder whose README.md declares no `configs:`; an undeclared one names
+    the declared ones."""
+    from preflab.data.configured_source import data_source
+
+    return data_source(data, config, "--data-config", "--data")
+
+
+def data_fields(data) -> dict:
+    """eval.json's record of the data read: {"data": the --data value} and, with --data-config, "data_config"."""
+    from preflab.data.configured_source import ConfiguredSource
+
+    if isinstance(data, ConfiguredSource):
+        return {"data": data.name, "data_config": data.config}
+    return {"data": str(data)}
+
+
+def data_name(data) -> str:
+    """The name --data gave (a ConfiguredSource's name, without its configuration; a path as text)."""
+    from preflab.data.configured_source import ConfiguredSource
+
+    return data.name if isinstance(data, ConfiguredSource) else str(data)
+
+
 def open_eval_split(data, split: str | None, limit: int | None = None):
     """(the split read, a note saying which split of `data` that is, the RowReader of it), for every `preflab eval`
     task that reads pairs (the policy eval, `--task reward`, `--task vlm` and `--task diffusion`: the last two record
@@ -207,9 +234,10 @@ def open_eval_split(data, split: str | None, limit: int | None = None):
     run's eval_split defaults to (TRL's dataset_test_split), else 'train', found by the reader that reads it
     (data.sources.eval_default_reader: the source is loaded once). Rows in memory (a list, a Dataset) and a plain
     data file have no split to name: no note."""
+    from preflab.data.configured_source import ConfiguredSource
     from preflab.data.sources import RowReader, eval_default_reader, file_splits
 
-    named = isinstance(data, (str, os.PathLike)) or type(data).__name__ == "DatasetDict"
+    named = isinstance(data, (str, os.PathLike, ConfiguredSource)) or type(data).__name__ == "DatasetDict"
     if named and isinstance(data, (str, os.PathLike)) and Path(data).is_file() and len(file_splits(Path(data))) < 2:
         named = False  # a plain data file: its rows, no split to name
     if split is not None:
@@ -423,12 +451,21 @@ def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
 
 
 def training_data_note(data, cfg: dict, split: str) -> str | None:
-    """A note when --data (and --split) is the run's own training data (its dataset_name and dataset_split): the
-    metrics are then not held-out, which nothing else in eval.json would say. None otherwise."""
+    """A note when --data (and --split, --data-config) is the run's own training data (its dataset_name,
+    dataset_split and dataset_config): the metrics are then not held-out, which nothing else in eval.json would say.
+    None otherwise. Two configurations differ only when both are named (no configuration reads a one-configuration
+    folder's, or a hub dataset's default, which may be the run's)."""
+    from preflab.data.configured_source import ConfiguredSource
+
     name = cfg.get("dataset_name")
+    config = data.config if isinstance(data, ConfiguredSource) else None
+    data = data.name if isinstance(data, ConfiguredSource) else data
     if not name or not isinstance(data, (str, Path)) or split != cfg.get("dataset_split", "train"):
         return None
     if not _same_data(data, name):
+        return None
+    trained_config = cfg.get("dataset_config")
+    if config is not None and trained_config is not None and str(config) != str(trained_config):
         return None
     fraction = cfg.get("eval_fraction") or 0
     held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {cfg.get('seed')}) were not "
@@ -437,7 +474,9 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
         else None  # the run's eval set is another split of this data (TRL's dataset_test_split)
     instead = (f"give --split {held_split}, the split the run evaluated on" if held_split and held_split != split
                else "evaluate a held-out file for generalization")
-    return (f"--data {data} (split {split}) is the run's training data (dataset_name): {held}, so these metrics "
+    configured = f", configuration {config}" if config is not None else ""
+    return (f"--data {data} (split {split}{configured}) is the run's training data (dataset_name): {held}, so "
+            "these metrics "
             f"are not held-out; {instead}")
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from preflab.errors import ConfigError
-from preflab.eval.run import EvalOptions, eval_beta, eval_json_path, evaluate_models, training_data_note, write_json
+from preflab.eval.run import (EvalOptions, data_fields, eval_beta, eval_json_path, evaluate_models,
+                              training_data_note, write_json)
 
 
 def load_policy(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -63,7 +64,8 @@ def demo_training_prompts(cfg: dict):
 def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
                         options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
                         trust_remote_code: bool = False, reference_source: str | None = None) -> dict:
-    """Load `checkpoint` (and `reference`), evaluate on `data`, write eval.json (into the checkpoint directory, or
+    """Load `checkpoint` (and `reference`), evaluate on `data` (with --data-config: a ConfiguredSource,
+    preflab.eval.run.eval_data), write eval.json (into the checkpoint directory, or
     to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
     the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)")."""
     from preflab import __version__
@@ -87,7 +89,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     trained_on = training_data_note(data, cfg, result.get("split") or "train")
     result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
-              "reference_source": reference_source if reference else None, "data": str(data), "device": str(device),
+              "reference_source": reference_source if reference else None, **data_fields(data), "device": str(device),
               "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
                                                                      and cfg.get("task") != "sft" else "default"),
               **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}

@@ -22,6 +22,9 @@ def register(sub) -> None:
     )
     p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
     p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv/.arrow, a directory or hub name")
+    p.add_argument("--data-config", metavar="NAME",
+                   help="configuration of --data (datasets' name, TRL's dataset_config: load_dataset(DATA, NAME)): a "
+                        "hub dataset's, or one a local folder's README.md declares under `configs:`; every --task")
     reference = p.add_mutually_exclusive_group()
     reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
                                                "(default: the run's ref_model_name_or_path, else its "
@@ -82,7 +85,7 @@ def run(args) -> int:
     import sys
 
     from preflab.eval.cli import format_summary
-    from preflab.eval.run import EvalOptions, run_truncation
+    from preflab.eval.run import EvalOptions, eval_data, run_truncation
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import load_callable
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
@@ -115,7 +118,8 @@ def run(args) -> int:
                        hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
                        max_new_tokens=args.max_new_tokens, confidence=args.confidence,
                        keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards)
-    result = evaluate_checkpoint(args.checkpoint, args.data, reference=reference, out=args.out, options=opts,
+    data = eval_data(args.data, getattr(args, "data_config", None))  # with --data-config: its configuration
+    result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                                  reference_source=source)

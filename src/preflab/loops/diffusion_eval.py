@@ -39,7 +39,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.models.run_config import require_run_config
-    from preflab.eval.run import open_eval_split, training_data_note
+    from preflab.eval.run import data_fields, data_name, open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
@@ -59,7 +59,9 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
         cfg = config_with_overrides(saved, preflab_overrides=[
-            f"dataset_name={data}", "dataset_config=null", f"dataset_split={split}", "eval_dataset_name=null",
+            # the run is given `reader`, which reads --data-config's configuration (dataset_name is its name)
+            f"dataset_name={data_name(data)}", "dataset_config=null", f"dataset_split={split}",
+            "eval_dataset_name=null",
             "eval_dataset_config=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", f"per_device_eval_batch_size={batch_size}",
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse
@@ -88,7 +90,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         trained_on = training_data_note(data, saved, split)  # the metrics are then not held-out
         overlap, overlap_note, why = overlap_with_training(run.eval_data, image_training_rows(saved, run),
                                                            IMAGE_PAIRS, trained_on is not None)
-        out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, "data": str(data),
+        out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, **data_fields(data),
                "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
@@ -169,14 +171,15 @@ def shapes_reward(images: torch.Tensor, prompts: list[str]) -> list[float]:
 def eval_task(args) -> int:
     """`preflab eval RUN --task diffusion` (routed here by preflab.cli): written to eval.json like a policy eval."""
     from preflab.eval.cli import format_summary, refuse_unread_options
-    from preflab.eval.run import eval_json_path, write_json
+    from preflab.eval.run import eval_data, eval_json_path, write_json
     from preflab.eval.winrate import load_callable
 
     refuse_unread_options(args, "diffusion")
     if getattr(args, "no_reference", False):
         raise ConfigError("--no-reference with --task diffusion: the implicit-reward accuracy compares the pipeline "
                           "with a reference (default: the run's base model); remove --no-reference.")
-    result = evaluate_diffusion_run(args.checkpoint, args.data, reference=args.reference,
+    result = evaluate_diffusion_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
+                                    reference=args.reference,
                                     reward_fn=load_callable(args.reward_fn) if args.reward_fn else None,
                                     num_prompts=args.win_rate_prompts, confidence=args.confidence,
                                     batch_size=args.batch_size, split=args.split)

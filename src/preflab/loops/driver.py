@@ -39,6 +39,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.best_model_options import saves_best, trl_save_default_note, writes_checkpoints
+from preflab.launch_paths import launch_record, save_run_config
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
@@ -329,8 +330,11 @@ class TrainingRun(CallbackEvents):
             self.out.mkdir(parents=True, exist_ok=True)
             write_timeline(self.out, self.timeline)
         self.before_train()
+        # where the run started and the absolute paths of its relative local paths (preflab.launch_paths): beside
+        # config.yaml, and in every checkpoint's trainer_state.json
+        self.launch = launch_record(self.cfg.to_dict())
         if self.main:
-            self.cfg.save(self.out / "config.yaml")
+            save_run_config(self.cfg, self.out, self.launch)
             write_panel_data(self.out, objective, panels)
         return start_step
 
@@ -534,7 +538,9 @@ class TrainingRun(CallbackEvents):
         if position is not None:
             state = {**state, "data_position": position}
         state = {**state, "stateful_callbacks": callback_states(self.callbacks)}  # EarlyStopping's patience counter
-        state = {**state, **self.best.state_dict(), "config": self.cfg.to_dict(), "timeline": self.timeline,
+        state = {**state, **self.best.state_dict(), "config": self.cfg.to_dict(),
+                 "launch": getattr(self, "launch", None) or launch_record(self.cfg.to_dict()),
+                 "timeline": self.timeline,
                  "world_size": acc.num_processes, "engine": sharding_engine(acc),
                  "data_fingerprint": self.data_fingerprint(), "user_code": user_code(self.cfg.to_dict()),
                  **checkpoint_identity()}

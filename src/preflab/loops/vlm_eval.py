@@ -31,7 +31,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
     from preflab.models.run_config import require_run_config
-    from preflab.eval.run import open_eval_split, training_data_note
+    from preflab.eval.run import data_fields, data_name, open_eval_split, training_data_note
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
@@ -49,7 +49,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_with_overrides(raw, preflab_overrides=[
-            f"dataset_name={data}", "dataset_config=null", f"dataset_split={split}", "eval_dataset_name=null",
+            # the run is given `reader`, which reads --data-config's configuration (dataset_name is its name)
+            f"dataset_name={data_name(data)}", "dataset_config=null", f"dataset_split={split}",
+            "eval_dataset_name=null",
             "eval_dataset_config=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", "ref_model_name_or_path=null",
             "precompute_ref_log_probs=false", f"per_device_eval_batch_size={batch_size}", "report_to=none",
@@ -91,7 +93,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
         [row for row in rows_read["train"] if row.row_id in scored], vision_training_rows(raw, cfg), VISION_ROWS,
         trained_on is not None)
     return {"task": "vlm", "checkpoint": str(checkpoint), "reference": reference if needs_reference else None,
-            "data": str(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
+            **data_fields(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
             "num_pairs": len(run.eval_data),
             "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")},
             **({"overlap_with_training": overlap} if overlap is not None else {}),
@@ -115,10 +117,11 @@ def vision_training_rows(saved: dict, cfg):
 def eval_task(args) -> int:
     """`preflab eval RUN --task vlm` (routed here by preflab.cli): written to eval.json like a policy eval."""
     from preflab.eval.cli import format_summary, refuse_unread_options
-    from preflab.eval.run import eval_json_path, write_json
+    from preflab.eval.run import eval_data, eval_json_path, write_json
 
     refuse_unread_options(args, "vlm")
-    result = evaluate_vlm_run(args.checkpoint, args.data, reference=args.reference, no_reference=args.no_reference,
+    result = evaluate_vlm_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
+                              reference=args.reference, no_reference=args.no_reference,
                               batch_size=args.batch_size, split=args.split)
     path = write_json(eval_json_path(args.checkpoint, args.out), result)
     print(format_summary({**result, "path": str(path)}, extra=("loss", "rewards/accuracies", "ranking_accuracy")))

@@ -84,20 +84,35 @@ def run_config_file(path: str | Path) -> Path | None:
 
 def run_config(path: str | Path) -> dict:
     """The training config saved with the run whose output folder `path` is (module docstring), or {}. A config.yaml
-    that is not YAML, or not a mapping of options, is a ConfigError naming it."""
+    that is not YAML, or not a mapping of options, is a ConfigError naming it. Relative paths the run read as local
+    files or folders are made absolute where it was started (preflab.launch_paths: its launch.json beside
+    config.yaml, or the copy in a checkpoint's trainer_state.json), so the config reads the same from any
+    directory."""
+    from preflab.launch_paths import resolve_saved_paths
+
     path = Path(path)
     found = run_config_file(path)
     if found is not None:
-        return _read_yaml(found)
+        return _read_saved(found)
     state = path / STATE_FILE
     if path.is_dir() and state.is_file():
         try:
-            saved = json.loads(state.read_text()).get("config")
+            kept = json.loads(state.read_text())
+            saved = kept.get("config")
         except (ValueError, AttributeError) as err:
             raise ConfigError(f"{state} is not a JSON object of training state ({err}); the checkpoint is damaged: "
                               "use another checkpoint of the run, or its final directory.") from err
-        return dict(saved) if isinstance(saved, dict) else {}
+        launch = kept.get("launch") if isinstance(kept.get("launch"), dict) else None
+        return resolve_saved_paths(dict(saved), launch, f"{state} (config)") if isinstance(saved, dict) else {}
     return {}
+
+
+def _read_saved(file: Path) -> dict:
+    """The options of the run config.yaml `file`, its relative local paths resolved by the launch.json beside it
+    (preflab.launch_paths.resolve_saved_paths; none there: as written)."""
+    from preflab.launch_paths import read_launch_record, resolve_saved_paths
+
+    return resolve_saved_paths(_read_yaml(file), read_launch_record(file.parent), str(file))
 
 
 def require_run_config_file(path: str | Path, command: str) -> Path:
@@ -123,7 +138,7 @@ def require_run_config(path: str | Path, command: str) -> tuple[Path, dict]:
     """(require_run_config_file(path, command), the options it holds): the file read once, for the evaluations that
     load the run's config from the file and read its saved values too."""
     found = require_run_config_file(path, command)
-    return found, _read_yaml(found)
+    return found, _read_saved(found)
 
 
 def _read_yaml(file: Path) -> dict:

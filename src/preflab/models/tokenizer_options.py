@@ -1,5 +1,7 @@
 """TRL SFTConfig's tokenizer options `eos_token` and `chat_template_path` (task: sft), applied as TRL 1.16's
-SFTTrainer.__init__ applies them, before any row is tokenized:
+SFTTrainer.__init__ applies them, before any row is tokenized; RewardConfig has the same two, which RewardTrainer
+applies the same way (task: reward: preflab.reward_models.train.reward_tokenizer; the model's config learns the eos,
+a sequence-classification model has no generation config):
 
     apply_sft_tokenizer_options(cfg, tokenizer)   # edits the tokenizer in place; True when its eos changed
     mirror_eos_to_model(model, tokenizer)         # the model's config / generation config learn the new eos

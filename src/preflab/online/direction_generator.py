@@ -92,6 +92,11 @@ def run_conditioning(run_dir: str | Path) -> Conditioning:
                           "(preflab.online.trainers), so its policy ignores the angle and RPS would equal best-of-k. "
                           + NEEDS)
     data = getattr(cfg, "dataset_name", None)
+    from preflab.launch_paths import read_launch_record, resolve_saved_paths
+
+    # a relative dataset_name is the run's, where it was started (its launch.json), read from any directory
+    data = resolve_saved_paths({"dataset_name": data}, read_launch_record(run_dir),
+                               str(run_dir / "config.yaml"))["dataset_name"]
     path = Path(data) if data else None
     if path is None or not path.is_file() or path.suffix not in (".json", ".jsonl"):
         raise ConfigError(f"--generator {run_dir}: its training rows (dataset_name={data!r}) are not a local "

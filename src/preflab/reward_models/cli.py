@@ -1,7 +1,7 @@
 """`preflab eval --task reward` pieces: arguments and the run function, for the `preflab eval` command to call.
 
     from preflab.reward_models.cli import add_reward_eval_arguments, run_reward_eval
-    add_reward_eval_arguments(parser)            # --model --data --batch-size --max-length --output
+    add_reward_eval_arguments(parser)            # --model --data --data-config --batch-size --max-length --output
     parser.set_defaults(func=run_reward_eval)    # prints (and optionally writes) the JSON result
 
 `register_reward_eval(subparsers)` adds a standalone `eval-reward` subcommand with the same options. Both read the
@@ -19,6 +19,8 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="reward model directory saved by preflab or transformers")
     parser.add_argument("--data", required=True, help="pairwise rows (RewardBench format: prompt, chosen, "
                         "rejected, subset): a file, directory or hub dataset name")
+    parser.add_argument("--data-config", metavar="NAME", default=None,
+                        help="configuration of --data (TRL's dataset_config: load_dataset(DATA, NAME))")
     parser.add_argument("--split", default=None, help="split of a hub dataset, DatasetDict or data folder (default: "
                         "'test' where the data has one, as `preflab eval --task reward`; else 'train'; the result's "
                         "split and notes say which)")
@@ -51,7 +53,10 @@ def run_reward_eval(args) -> int:
     also to stderr) and written to --output."""
     import sys
 
-    result, split, notes = evaluate_reward_split(args.model, args.data, args.split, batch_size=args.batch_size,
+    from preflab.eval.run import eval_data
+
+    data = eval_data(args.data, getattr(args, "data_config", None))
+    result, split, notes = evaluate_reward_split(args.model, data, args.split, batch_size=args.batch_size,
                                                  max_length=args.max_length, on_bad_row=args.on_bad_row)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -75,14 +80,16 @@ def eval_task(args) -> int:
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.models.run_config import run_config
-    from preflab.eval.run import TEXT_PAIRS, eval_json_path, overlap_with_training, training_data_note, write_json
+    from preflab.eval.run import (TEXT_PAIRS, data_fields, eval_data, eval_json_path, overlap_with_training,
+                                  training_data_note, write_json)
     from preflab.reward_models.data import reward_training_rows
 
     refuse_unread_options(args, "reward")
     args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
     # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
     scored: list = []
-    result, split, notes = evaluate_reward_split(args.checkpoint, args.data, args.split, args.limit,
+    data = eval_data(args.data, getattr(args, "data_config", None))
+    result, split, notes = evaluate_reward_split(args.checkpoint, data, args.split, args.limit,
                                                  batch_size=args.batch_size, max_length=args.max_length,
                                                  scored=scored)
     metrics = {f"reward_model/{k}": v for k, v in result.items()
@@ -91,13 +98,13 @@ def eval_task(args) -> int:
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
     cfg = run_config(args.checkpoint)
-    trained_on = training_data_note(args.data, cfg, split)
+    trained_on = training_data_note(data, cfg, split)
     if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
         notes.append(trained_on)
     # the scored pairs against the run's training pairs: same prompt; same prompt, chosen and rejected
     overlap, said, why = overlap_with_training(scored, reward_training_rows(cfg), TEXT_PAIRS, trained_on is not None)
     notes += [said] if said else []
-    out = {"task": "reward", "checkpoint": str(args.checkpoint), "data": str(args.data), "split": split,
+    out = {"task": "reward", "checkpoint": str(args.checkpoint), **data_fields(data), "split": split,
            "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
            **({"overlap_with_training": overlap} if overlap is not None else {}),
            "notes": notes, "missing": {"overlap_with_training": why} if why else {}}

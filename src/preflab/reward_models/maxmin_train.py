@@ -176,7 +176,9 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None, model=No
             write_summary(out, summary)
         # the resolved config beside summary.json, as every run writes it: without it `preflab report OUTPUT_DIR`
         # (which the run's last line offers) said the folder "holds no preflab run"
-        cfg.save(out / "config.yaml")
+        from preflab.launch_paths import save_run_config  # with launch.json: its relative paths' absolute ones
+
+        save_run_config(cfg, out)
     finally:
         release_output_dir(out)
     return summary

@@ -225,13 +225,19 @@ def check_given_reward_model(cfg: TrainConfig, model, tokenizer) -> None:
 def reward_model_for_run(cfg: TrainConfig, num_outputs: int, tokenizer, model=None):
     """The model a reward run trains: `model` if given, else `cfg.model_name_or_path` with a head of
     `num_outputs` (in `load_dtype`, with `model_init_kwargs`); wrapped in LoRA adapters under `use_peft` (a given
-    PEFT model trains its own adapters: check_given_reward_model compared the lora_* options with them)."""
+    PEFT model trains its own adapters: check_given_reward_model compared the lora_* options with them). With
+    eos_token, the model's (text) config eos_token_id is the tokenizer's, as TRL's RewardTrainer sets it (a
+    sequence-classification model has no generation config)."""
     from preflab.reward_models.heads import build_reward_model
 
     if model is None:
         model = build_reward_model(cfg.model_name_or_path, num_outputs, tokenizer,
                                    dtype=cfg.load_dtype or "float32", trust_remote_code=cfg.trust_remote_code,
                                    allow_pickle=cfg.allow_pickle, seed=cfg.seed, init_kwargs=cfg.model_kwargs())
+    if getattr(cfg, "eos_token", None) is not None:  # TRL's RewardTrainer: the model's (text) config learns the eos
+        config = model.config
+        (config.get_text_config() if hasattr(config, "get_text_config") else config).eos_token_id = \
+            tokenizer.eos_token_id
     if cfg.use_peft and not hasattr(model, "peft_config"):
         from peft import LoraConfig, get_peft_model
 

@@ -30,8 +30,30 @@ def train_reward(cfg: TrainConfig, model=None, tokenizer=None, train_data=None, 
     in-memory pairs were rendered with (`preflab.reward_models.data.tokenize_reward_pairs`), recorded with the model; data
     read from cfg records its own."""
     if head is None and cfg.reward_head == "em_mixture":  # MaxMin-RLHF: K BT runs driven by EM (refuses a model)
-        return train_mixture(cfg, tokenizer=tokenizer, train_data=train_data, eval_data=eval_data, model=model)
+        return train_mixture(cfg, tokenizer=reward_tokenizer(cfg, tokenizer), train_data=train_data,
+                             eval_data=eval_data, model=model)
     check_given_reward_model(cfg, model, tokenizer)  # before any data is read
+    tokenizer = reward_tokenizer(cfg, tokenizer)  # eos_token / chat_template_path (TRL's RewardConfig), before the rows
     if head is None and cfg.reward_head == "multi_objective":  # DPA: attribute regression on rated rows
         return train_attribute_reward(cfg, model=model, tokenizer=tokenizer)
     return train_pairwise_reward(cfg, model, tokenizer, train_data, eval_data, head, context_template)
+
+
+def reward_tokenizer(cfg: TrainConfig, tokenizer=None):
+    """`tokenizer` (None: loaded from model_name_or_path when an option below needs it) with TRL 1.16
+    RewardTrainer.__init__'s tokenizer options applied, before any row is tokenized (preflab.models.tokenizer_options,
+    as task: sft applies them): eos_token (a token of the vocabulary) becomes its eos, so each text side ends with
+    that id (TRL appends the token's text to chosen and rejected, then tokenizes prompt + response: the same id);
+    chat_template_path (a .jinja / .j2 file) becomes its chat template, which renders conversational rows. The saved
+    tokenizer keeps both; the model's config learns the eos (reward_run.reward_model_for_run). Neither set: the
+    tokenizer as given (None stays None)."""
+    if cfg.eos_token is None and cfg.chat_template_path is None:
+        return tokenizer
+    from preflab.models.tokenizer_options import apply_sft_tokenizer_options
+
+    if tokenizer is None:
+        from preflab.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.trust_remote_code)
+    apply_sft_tokenizer_options(cfg, tokenizer)
+    return tokenizer
