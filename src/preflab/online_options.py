@@ -24,8 +24,8 @@ def grpo_loss_type_error(loss: str, trainer: str, task: str = "") -> str:
 
 
 # `trainer:` names of TRL online trainers preflab does not have -> their key in preflab._TRL_ABSENT (what the
-# `from preflab import RLOOTrainer` message says); the nearest-name hint would offer rso for rloo, another method
-TRL_ABSENT_TRAINERS = {"rloo": "RLOO", "ppo": "PPO", "xpo": "XPO"}
+# `from preflab import PPOTrainer` message says); the nearest-name hint would offer another method
+TRL_ABSENT_TRAINERS = {"ppo": "PPO", "xpo": "XPO"}
 
 
 def check_online(cfg) -> None:
@@ -183,9 +183,13 @@ def check_game_preferences(P):
 
 # the options of one recipe or prompt source: (options, test on (cfg, spec) that the run reads them, who reads them)
 _READERS = (
-    (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
-     lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
-     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game)"),
+    (("scale_rewards",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
+     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game; rloo's "
+     "baseline is leave-one-out)"),
+    (("epsilon", "epsilon_high", "mask_truncated_completions"),
+     lambda cfg, spec: spec.kind == "groups" and spec.loss_type in ("grpo", "rloo"),
+     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game) and rloo"),
+    (("normalize_advantages", "reward_clip_range"), lambda cfg, spec: cfg.trainer == "rloo", "trainer rloo"),
     (("pair_builder",), lambda cfg, spec: spec.kind == "pairs" and spec.builder is None and spec.scores == "reward"
      and cfg.online_task != "game", "trainers online_dpo, iterative_dpo and hypo_online_pairs"),
     (("rso_beta", "rso_num_samples"), lambda cfg, spec: spec.kind == "pairs" and spec.scores == "reward" and
