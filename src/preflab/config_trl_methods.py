@@ -55,7 +55,9 @@ RLOO_FIELDS = ("normalize_advantages", "reward_clip_range")  # RLOOConfig's own 
 def rlooconfig_trainer(raw: dict, notes: list, errors: list) -> None:
     """A saved RLOOConfig (both of its own fields and TrainingArguments' dump fields) is trainer rloo: without a
     trainer it gets one (a note); with another trainer it is refused, since that trainer would run GRPO's or online
-    DPO's loss with the RLOO fields unread."""
+    DPO's loss with the RLOO fields unread. RLOOConfig's reward_clip_range tuple (its to_dict keeps it) is a list."""
+    if isinstance(raw.get("reward_clip_range"), tuple):
+        raw["reward_clip_range"] = list(raw["reward_clip_range"])
     if not all(k in raw for k in RLOO_FIELDS) or not all(k in raw for k in DUMP_MARKERS):
         return
     trainer = raw.get("trainer")
