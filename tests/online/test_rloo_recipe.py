@@ -123,6 +123,26 @@ def test_resume_mid_round_gives_the_same_weights(tmp_path, over, stop_at_step):
     assert any(float((a[k] - start[k]).abs().max()) > 1e-3 for k in a)          # and the weights did move
 
 
+def test_rloo_on_a_moe_policy_adds_the_router_loss_as_the_grpo_family(tmp_path):
+    """TRL's RLOOTrainer adds router_aux_loss_coef x the routers' load-balancing loss of the micro-batch's training
+    forward, as its GRPOTrainer (tests/online/test_online_router_loss.py checks that one against TRL's code): on the
+    same completions (same policy and seed) rloo's step logs grpo's aux_loss, and the coefficient adds coef x it."""
+    pytest.importorskip("trl")
+    from test_online_router_loss import _run
+
+    outs = {}
+    for trainer, coef in (("grpo", None), ("rloo", None), ("rloo", 0)):
+        run, _, _ = _run("qwen2_moe", tmp_path / f"{trainer}{coef}", trainer=trainer,
+                         **({} if coef is None else {"router_aux_loss_coef": coef}))
+        (mb,) = run.micro_batches(0)
+        outs[trainer, coef] = (run.router_coef, run.forward(mb))
+    (coef, grpo), (_, rloo), (off_coef, off) = outs[("grpo", None)], outs[("rloo", None)], outs[("rloo", 0)]
+    assert coef == 0.02 and off_coef is None and "aux_loss" not in off.metrics
+    assert float(rloo.metrics["aux_loss"]) == pytest.approx(float(grpo.metrics["aux_loss"]), abs=1e-7)
+    assert float(rloo.metrics["aux_loss"]) > 1.0
+    assert float(rloo.loss) - float(off.loss) == pytest.approx(0.02 * float(rloo.metrics["aux_loss"]), abs=1e-6)
+
+
 @pytest.mark.slow
 def test_preflab_train_on_the_example_lifts_the_true_reward(sft_policy, tmp_path):
     """examples/online/rloo.yaml as shipped (measured: 0.20 -> 0.95 greedy true reward on the held-out prompts)."""
