@@ -102,6 +102,19 @@ def test_round_advantages_and_step_loss_equal_the_objective_on_the_whole_step(sf
     assert rows[1]["loss"] == pytest.approx(loss1, rel=1e-3, abs=1e-6)
 
 
+def test_sequence_kl_sums_the_trained_tokens_only():
+    """RLOO's KL penalty per completion: sum over its trained tokens of log pi_old - log pi_ref; a token a loss mask
+    leaves out (a tool observation, a truncated completion under mask_truncated_completions) is not in it, as TRL's
+    completion_mask zeroes it."""
+    from preflab.online.examples import Example
+    from preflab.online.run import sequence_kl
+
+    plain = Example(0, [1], [[5, 6], [7]], prev=[[-1.0, -2.0], [-0.5]], ref=[[-1.5, -1.0], [-0.25]])
+    masked = Example(1, [1], [[5, 6], [7]], prev=[[-1.0, -2.0], [-0.5]], ref=[[-1.5, -1.0], [-0.25]],
+                     loss_mask=[[1, 0], [0]])
+    assert sequence_kl([plain, masked]).tolist() == [[0.5 - 1.0, -0.25], [0.5, 0.0]]
+
+
 @pytest.mark.parametrize("over", [dict(trainer="rloo", beta=0.05, normalize_advantages=True,
                                        reward_clip_range=[-1.0, 1.0], steps_per_generation=2, num_iterations=2,
                                        max_steps=8)])
