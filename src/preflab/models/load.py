@@ -491,8 +491,8 @@ def moe_aux_loss_note(model, trainer: str | None = None) -> str | None:
     load-balancing loss, Fedus et al. 2022, arXiv:2101.03961, Eq. 4; coefficient from the model config unless set) to
     the training loss of any model whose config declares `output_router_logits`; its OnlineDPOTrainer adds none.
     preflab adds it where TRL does: the offline trainer (tasks dpo, sft) and the online trainers TRL runs as its
-    GRPOTrainer or RLOOTrainer (preflab.online.trainers.ROUTER_LOSS_TRAINERS). The other online trainers add none, as TRL's
-    OnlineDPOTrainer, and this note says so once."""
+    GRPOTrainer or RLOOTrainer (preflab.online.trainers.ROUTER_LOSS_TRAINERS). The other online trainers add none,
+    as TRL's OnlineDPOTrainer, and this note says so once."""
     from preflab.models.moe import ROUTER_LOSS_TRAINERS, router_loss_coef, text_config
 
     coef = router_loss_coef(model)
