@@ -114,6 +114,8 @@ def test_rloo_takes_rlooconfigs_defaults_and_its_options_are_its_own():
         config_from_dict({**ONLINE, "trainer": "grpo", "normalize_advantages": True})
     with pytest.raises(ConfigError, match="scale_rewards is read by the GRPO family"):
         config_from_dict({**ONLINE, "trainer": "rloo", "scale_rewards": "batch"})
+    with pytest.raises(ConfigError, match="trainer 'rloo' trains its own objective 'rloo' .* Leave loss_type out"):
+        config_from_dict({**ONLINE, "trainer": "rloo", "loss_type": "grpo"})
     with pytest.raises(ConfigError, match="reward_clip_range"):
         config_from_dict({**ONLINE, "trainer": "rloo", "reward_clip_range": [1.0, -1.0]})
     cfg = config_from_dict({**ONLINE, "trainer": "rloo", "epsilon_high": 0.28, "reward_clip_range": [0, 1]})

@@ -89,6 +89,11 @@ def check_online(cfg) -> None:
         _check_rso_num_samples(cfg)
     if cfg.loss_type in GRPO_RECIPE_LOSS_TYPES:
         raise ConfigError(grpo_loss_type_error(cfg.loss_type, cfg.trainer))
+    if spec.advantages == "leave_one_out" and cfg.loss_type not in ("sigmoid", spec.loss_type):
+        raise ConfigError(f"trainer {cfg.trainer!r} trains its own objective {spec.loss_type!r} (leave-one-out "
+                          f"advantages of the KL-penalised rewards, a sequence-level clipped loss: TRL's RLOOTrainer); "
+                          f"loss_type={cfg.loss_type!r} would drop them. Leave loss_type out (GRPO's losses are "
+                          "trainer: grpo, dapo, ...).")
     if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
         raise ConfigError(f"trainer {cfg.trainer!r} builds the game's examples for its own objective "
                           f"{spec.loss_type!r}; loss_type={cfg.loss_type!r} cannot train them. Leave loss_type out.")
