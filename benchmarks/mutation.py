@@ -1591,9 +1591,8 @@ MUTANTS += [
             "resume_mid_round or old_policy or follow_from_its_examples"],
            "steps_per_generation slices drop the round's last len % spg examples"),
     Mutant("online2-run-scale-rewards-ignored", "online/run.py",
-           [("adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]\n"
-             "            for e, a in zip(examples, adv):",
-             "adv = group_advantages(rewards, valid)[0]\n            for e, a in zip(examples, adv):")], GRPO_ROUND,
+           [("return group_advantages(rewards, scored, cfg.scale_rewards)[0]",
+             "return group_advantages(rewards, scored)[0]")], GRPO_ROUND,
            "scale_rewards (batch / none) ignored: every group scaled by its own std"),
     Mutant("online2-run-baseline-reads-valid", "online/run.py",
            [('valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])',
@@ -3565,6 +3564,53 @@ MUTANTS += [
            [("        tokenizer.chat_template = read_chat_template(template)",
              "        read_chat_template(template)")], EVPATHS_REWARD + ["tests/loops/test_sft_tokenizer_options.py"],
            "chat_template_path read but the tokenizer keeps its own template"),
+]
+
+
+# rloo round: trainer rloo (TRL 1.16 RLOOTrainer): the leave-one-out baseline, the reward's clip and KL penalty, the
+# normalisation's std, the sequence-level ratio, unscored completions, and the run's round advantages and KL
+RLOO_OBJ = ["tests/objectives/test_rloo.py"]
+RLOO_RUN = ["tests/online/test_rloo_recipe.py"]
+MUTANTS += [
+    Mutant("rloo-baseline-includes-self", "objectives/rloo.py",
+           [("baseline = (torch.nansum(rewards, -1, keepdim=True) - rewards) / (n - 1)",
+             "baseline = torch.nansum(rewards, -1, keepdim=True) / n")], RLOO_OBJ,
+           "the baseline is the group mean with the completion itself in it (GRPO's), not the others' mean"),
+    Mutant("rloo-kl-added-to-reward", "objectives/rloo.py",
+           [("        r = r - beta * sequence_kl.to(r.dtype)\n", "        r = r + beta * sequence_kl.to(r.dtype)\n")],
+           RLOO_OBJ, "the KL penalty rewards drifting from the reference"),
+    Mutant("rloo-clip-upper-bound-dropped", "objectives/rloo.py",
+           [("r = r.clamp(min=reward_clip_range[0], max=reward_clip_range[1])",
+             "r = r.clamp(min=reward_clip_range[0])")], RLOO_OBJ, "reward_clip_range clamps from below only"),
+    Mutant("rloo-normalize-population-std", "objectives/rloo.py",
+           [("return torch.where(count > 1, var * count / (count - 1), torch.nan).sqrt()",
+             "return torch.where(count > 1, var, torch.nan).sqrt()")], RLOO_OBJ,
+           "normalize_advantages divides by the population std, not TRL's Bessel-corrected one"),
+    Mutant("rloo-token-mean-ratio", "objectives/rloo.py",
+           [("ratio = torch.exp((lp * m).sum(-1) - (old * m).sum(-1))",
+             "ratio = torch.exp(((lp - old) * m).sum(-1) / m.sum(-1).clamp_min(1))")], RLOO_OBJ,
+           "the sequence ratio uses the token-mean log ratio (GSPO's) instead of TRL RLOO's summed one"),
+    Mutant("rloo-unscored-in-baseline", "objectives/rloo.py",
+           [("        scored = batch.valid & torch.as_tensor(batch.extras.get(\"scored\", batch.valid), "
+             "device=lp.device).bool()\n", "        scored = batch.valid\n")], RLOO_OBJ,
+           "an unscored completion counts in its prompt's baseline with reward 0 and gets an advantage"),
+    Mutant("rloo-run-group-advantages", "online/run.py",
+           [("if self.spec.advantages != \"leave_one_out\":", "if True:")], RLOO_RUN,
+           "trainer rloo trains on GRPO's group-normalised advantages"),
+    Mutant("rloo-run-kl-not-in-reward", "online/run.py",
+           [("shaped = shaped_rewards(rewards, scored, kl, cfg.beta if self.needs_ref else 0.0, cfg.reward_clip_range)",
+             "shaped = shaped_rewards(rewards, scored, kl, 0.0, cfg.reward_clip_range)")], RLOO_RUN,
+           "the round's rewards carry no KL penalty (beta reaches only the logged kl)"),
+    Mutant("rloo-run-normalize-ignored", "online/run.py",
+           [("return rloo_advantages(shaped, cfg.normalize_advantages)", "return rloo_advantages(shaped)")], RLOO_RUN,
+           "normalize_advantages: true is accepted and not applied"),
+    Mutant("rloo-run-kl-ignores-loss-mask", "online/run.py",
+           [("out.append([sum((p - q) * w for p, q, w in zip(e.prev[k], e.ref[k], masks[k]))",
+             "out.append([sum((p - q) for p, q, w in zip(e.prev[k], e.ref[k], masks[k]))")], RLOO_RUN,
+           "the KL penalty sums tokens the loss mask leaves out (tool observations, masked truncated completions)"),
+    Mutant("rloo-run-no-old-logps-single-step", "online/run.py",
+           [("(moved or (self.spec.advantages == \"leave_one_out\" and self.needs_ref))", "moved")], RLOO_RUN,
+           "a one-step round (steps_per_generation x num_iterations = 1) has no round-start log-probs for the KL"),
 ]
 
 

@@ -82,6 +82,7 @@ def _other_value(name: str, default):
                "ref_model_name_or_path": "builtin:tiny-llama", "eval_dataset_name": "x.jsonl",
                "eval_split": "test", "user_embeddings": "x.safetensors", "reward_aggregator": "x",
                "reward_funcs": "x", "reward_weights": [1.0], "loss_weights": [1.0], "lora_target_modules": ["q_proj"],
+               "reward_clip_range": [0.0, 1.0],
                "lora_modules_to_save": ["lm_head"],
                "game_preferences": [[0.5, 0.5], [0.5, 0.5]], "model_init_kwargs": {"attn_implementation": "eager"},
                "ref_model_init_kwargs": {"dtype": "float32"}, "objective_params": {"label_smoothing": 0.1},

@@ -83,14 +83,40 @@ def test_saved_grpoconfig_steps_per_generation_counts_micro_batches():
     assert cfg.prompts_per_generation * cfg.num_generations == raw["generation_batch_size"] == 64
 
 
-def test_saved_rlooconfig_is_refused_naming_the_nearest_recipe():
-    """Before: with trainer: grpo it trained GRPO, RLOO's own fields accepted at their defaults without a word."""
+def test_saved_rlooconfig_is_trainer_rloo():
+    """Before: refused (RLOO was not a recipe); before that, with trainer: grpo it trained GRPO, RLOO's own fields
+    accepted at their defaults without a word. Now a saved RLOOConfig runs as trainer rloo with TRL's values, its
+    round (generation_batch_size: completions) in preflab's terms; another trainer or task is refused."""
     trl = pytest.importorskip("trl")
     from preflab.errors import ConfigError
 
-    raw = trl.RLOOConfig(output_dir="out", bf16=False).to_dict()
-    with pytest.raises(ConfigError, match="saved TRL RLOOConfig, and RLOO .* is not a preflab recipe. The nearest is "
-                                          "task: online with trainer: grpo"):
+    raw = trl.RLOOConfig(output_dir="out", bf16=False, normalize_advantages=True, reward_clip_range=(-1.0, 2.0),
+                         steps_per_generation=4).to_dict()
+    cfg = config_from_dict({**ONLINE, **raw, "max_steps": 2})
+    assert (cfg.trainer, cfg.loss_type, cfg.beta, cfg.num_generations) == ("rloo", "rloo", 0.05, 2)
+    assert cfg.prompts_per_generation * cfg.num_generations == raw["generation_batch_size"] == 32
+    objective = cfg.objective()
+    assert (objective.normalize_advantages, list(objective.reward_clip_range)) == (True, [-1.0, 2.0])
+    assert objective.needs_reference                                   # beta 0.05: the KL penalty in the reward
+    with pytest.raises(ConfigError, match="saved TRL RLOOConfig, which trains RLOO .* names trainer 'grpo'. Set "
+                                          "trainer: rloo"):
         config_from_dict({**ONLINE, **raw, "trainer": "grpo", "max_steps": 2})
-    with pytest.raises(ConfigError, match="normalize_advantages is not supported"):
+    with pytest.raises(ConfigError, match="saved TRL RLOOConfig .* Set task: online"):
+        config_from_dict({**{k: v for k, v in ONLINE.items() if k != "task"}, **raw, "max_steps": 2})
+
+
+def test_rloo_takes_rlooconfigs_defaults_and_its_options_are_its_own():
+    from preflab.errors import ConfigError
+
+    cfg = config_from_dict({**ONLINE, "trainer": "rloo"})
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length, cfg.learning_rate) == (0.05, 2, 512, 1e-6)
+    with pytest.raises(ConfigError, match="normalize_advantages is read by trainer rloo, not by trainer 'grpo'"):
         config_from_dict({**ONLINE, "trainer": "grpo", "normalize_advantages": True})
+    with pytest.raises(ConfigError, match="scale_rewards is read by the GRPO family"):
+        config_from_dict({**ONLINE, "trainer": "rloo", "scale_rewards": "batch"})
+    with pytest.raises(ConfigError, match="trainer 'rloo' trains its own objective 'rloo' .* Leave loss_type out"):
+        config_from_dict({**ONLINE, "trainer": "rloo", "loss_type": "grpo"})
+    with pytest.raises(ConfigError, match="reward_clip_range"):
+        config_from_dict({**ONLINE, "trainer": "rloo", "reward_clip_range": [1.0, -1.0]})
+    cfg = config_from_dict({**ONLINE, "trainer": "rloo", "epsilon_high": 0.28, "reward_clip_range": [0, 1]})
+    assert (cfg.objective().epsilon_high, list(cfg.objective().reward_clip_range)) == (0.28, [0, 1])

@@ -15,12 +15,12 @@ _TRL_CLASSES = {
     "KTOTrainer": "loss_type: kto", "KTOConfig": "loss_type: kto", "SFTTrainer": "task: sft", "SFTConfig": "task: sft",
     "RewardTrainer": "task: reward", "RewardConfig": "task: reward", "GRPOTrainer": "task: online, trainer: grpo",
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
-    "OnlineDPOConfig": "task: online, trainer: online_dpo",
+    "OnlineDPOConfig": "task: online, trainer: online_dpo", "RLOOTrainer": "task: online, trainer: rloo",
+    "RLOOConfig": "task: online, trainer: rloo",
 }
-_GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or vespo"
+_GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo or rloo"
 # TRL trainers (1.16, experimental, or removed by 1.16) that preflab does not have -> what to use instead
 _TRL_ABSENT = {
-    "RLOO": f"RLOO is not a preflab recipe (the group recipes are {_GROUP_RECIPES}).",
     "PPO": f"PPO is not a preflab recipe (the online RL recipes are {_GROUP_RECIPES}).",
     "XPO": "XPO (exploratory preference optimization) is not a preflab recipe; online DPO on judged samples of the "
            "policy is task: online, trainer: online_dpo.",

@@ -375,6 +375,12 @@ OPTIONS: dict[str, Option] = {
     "mask_truncated_completions": Option("task: online, GRPO family: a completion without eos (cut at "
                                          "max_completion_length) is left out of the loss (TRL; DAPO's overlong "
                                          "filtering)"),
+    "normalize_advantages": Option("task: online, trainer rloo: advantages (A - mean) / (std + 1e-4) over the "
+                                   "generation round (TRL RLOOConfig)"),
+    "reward_clip_range": Option("task: online, trainer rloo: [min, max] clamp of the rewards before the KL penalty "
+                                "and the baseline (TRL RLOOConfig); null: none", "[min, max] with min <= max",
+                                lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and
+                                                        all(_num(x) for x in v) and v[0] <= v[1])),
     "game_preferences": Option("task: online, game: K x K P[i][j] = P(answer i beats j), P + P^T = 1"),
     "game_eta": Option("task: online, game: inpo / nash_md step, eta * beta", "in (0, 1]",
                        lambda v: _num(v) and 0 < v <= 1),

@@ -68,7 +68,7 @@ OWNERS = (
     (("router_aux_loss_coef",), lambda cfg: cfg.task in ("dpo", "sft", "vlm") or (
         cfg.task == "online" and cfg.trainer in _router_loss_trainers()),
      "task: dpo and task: sft (the offline trainer; task: vlm accepts only 0) and task: online with trainer grpo, "
-     "bnpo, dapo, dr_grpo, gspo, cispo, sapo, luspo or vespo (TRL's GRPOTrainer)"),
+     "bnpo, dapo, dr_grpo, gspo, cispo, sapo, luspo or vespo (TRL's GRPOTrainer) or rloo (its RLOOTrainer)"),
     (("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora",
       "lora_modules_to_save"), lambda cfg: cfg.use_peft,
      "use_peft: true (LoRA adapters: set it to train them; without it the whole model trains)"),

@@ -9,7 +9,8 @@ Each TRL key ends in exactly one of four ways, never silently dropped:
 - NO_EFFECT: accepted; when its value asks for something preflab does not do (or already does), a note says so;
 - REFUSED: a value other than TRL's default is a ConfigError with the reason and what to do instead.
 Before these, preflab.config_trl_methods gives a CPOConfig / ORPOConfig its method, a saved GRPOConfig's round size
-its preflab name, and refuses a saved RLOOConfig; TRL_ONLINE_DEFAULTS are GRPOConfig's / OnlineDPOConfig's defaults.
+its preflab name, and a saved RLOOConfig trainer rloo; TRL_ONLINE_DEFAULTS are GRPOConfig's / RLOOConfig's /
+OnlineDPOConfig's defaults.
 """
 from __future__ import annotations
 
@@ -220,11 +221,9 @@ REFUSED = {
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
-    # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
+    # SFTConfig / RewardConfig (task: sft / reward)
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
-    "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
-    "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
         ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
         ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
@@ -242,6 +241,7 @@ REFUSED = {
 TRL_ONLINE_DEFAULTS = {
     **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
        for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")},
+    "rloo": {"beta": 0.05, "num_generations": 2, "max_completion_length": 512},  # RLOOConfig's
     # max_new_tokens 64; beta 0.1 is TrainConfig's; OnlineDPOTrainer samples 2 completions per prompt (fixed in its
     # __init__, no config field): preflab's 4 paired best against worst of 4, not TRL's pair
     "online_dpo": {"max_completion_length": 64, "temperature": 0.9, "num_generations": 2},
@@ -363,11 +363,11 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value). written: the
     options the user wrote (preflab.config.written_keys; None: every key of `raw`), for NOTED_WHEN_WRITTEN."""
     from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, method_from_trl_fields,
-                                            refuse_rlooconfig)
+                                            rlooconfig_trainer)
 
     raw, notes, errors = dict(raw), [], []
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
-    refuse_rlooconfig(raw, errors)
+    rlooconfig_trainer(raw, notes, errors)  # a saved RLOOConfig: trainer rloo
     _dataset_mixture(raw, notes, errors)  # TRL's DatasetMixtureConfig `datasets`
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round

@@ -3,6 +3,7 @@ something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, n
 
     method_from_trl_fields(raw, notes, errors)   # edits raw (loss_type, parameters) in place
     grpo_round_from_trl(raw, notes, errors)      # a saved GRPOConfig's round size (completions) in preflab's terms
+    rlooconfig_trainer(raw, notes, errors)       # a saved RLOOConfig is trainer rloo
 
 - CPOConfig: `cpo_alpha` or `simpo_gamma` in the config (every saved CPOConfig carries both). Its loss_type
   sigmoid (or none: CPOConfig's default) -> `cpo`; simpo -> `simpo`, or `alphapo` when `alpha` != 0 (TRL's
@@ -45,19 +46,37 @@ def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:
                           "loss_type: orpo (an ORPOConfig) or loss_type: sigmoid (a DPOConfig).")
 
 
-GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")
+# the trainers of a TRL config with GRPOConfig's batch fields (RLOOConfig has the same generation_batch_size and
+# steps_per_generation)
+GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo", "rloo")
 RLOO_FIELDS = ("normalize_advantages", "reward_clip_range")  # RLOOConfig's own (a saved one carries both)
 
 
-def refuse_rlooconfig(raw: dict, errors: list) -> None:
-    """A saved RLOOConfig would run whatever trainer the config names (GRPO's advantages, not RLOO's leave-one-out
-    baseline) with its RLOO fields at their defaults accepted: refused, naming the nearest recipe."""
-    if all(k in raw for k in RLOO_FIELDS):
-        errors.append("normalize_advantages and reward_clip_range: this is a saved TRL RLOOConfig, and RLOO (leave-one-"
-                      "out baseline) is not a preflab recipe. The nearest is task: online with trainer: grpo (group-"
-                      "normalised advantages); remove normalize_advantages and reward_clip_range to run it.")
-        for key in RLOO_FIELDS:
-            raw.pop(key)
+def rlooconfig_trainer(raw: dict, notes: list, errors: list) -> None:
+    """A saved RLOOConfig (both of its own fields and TrainingArguments' dump fields) is trainer rloo: without a
+    trainer it gets one (a note); with another trainer it is refused, since that trainer would run GRPO's or online
+    DPO's loss with the RLOO fields unread. RLOOConfig's reward_clip_range tuple (its to_dict keeps it) is a list."""
+    if isinstance(raw.get("reward_clip_range"), tuple):
+        raw["reward_clip_range"] = list(raw["reward_clip_range"])
+    if not all(k in raw for k in RLOO_FIELDS) or not all(k in raw for k in DUMP_MARKERS):
+        return
+    trainer = raw.get("trainer")
+    if raw.get("task") != "online":
+        errors.append("normalize_advantages and reward_clip_range: this is a saved TRL RLOOConfig (RLOO, an online "
+                      f"recipe), but the config's task is {raw.get('task', 'dpo (the default)')!r}. Set task: online "
+                      "(trainer: rloo is then taken from the RLOOConfig).")
+    elif trainer is None:
+        raw["trainer"] = "rloo"
+        notes.append("a saved TRL RLOOConfig (normalize_advantages, reward_clip_range) -> trainer: rloo.")
+        return
+    elif trainer == "rloo":
+        return
+    else:
+        errors.append(f"normalize_advantages and reward_clip_range: this is a saved TRL RLOOConfig, which trains "
+                      f"RLOO (leave-one-out baseline), but the config names trainer {trainer!r}. Set trainer: rloo, "
+                      "or remove normalize_advantages and reward_clip_range to run the other trainer.")
+    for key in RLOO_FIELDS:
+        raw.pop(key)
 
 
 def grpo_round_from_trl(raw: dict, notes: list, errors: list) -> None:

@@ -24,8 +24,8 @@ def grpo_loss_type_error(loss: str, trainer: str, task: str = "") -> str:
 
 
 # `trainer:` names of TRL online trainers preflab does not have -> their key in preflab._TRL_ABSENT (what the
-# `from preflab import RLOOTrainer` message says); the nearest-name hint would offer rso for rloo, another method
-TRL_ABSENT_TRAINERS = {"rloo": "RLOO", "ppo": "PPO", "xpo": "XPO"}
+# `from preflab import PPOTrainer` message says); the nearest-name hint would offer another method
+TRL_ABSENT_TRAINERS = {"ppo": "PPO", "xpo": "XPO"}
 
 
 def check_online(cfg) -> None:
@@ -89,6 +89,11 @@ def check_online(cfg) -> None:
         _check_rso_num_samples(cfg)
     if cfg.loss_type in GRPO_RECIPE_LOSS_TYPES:
         raise ConfigError(grpo_loss_type_error(cfg.loss_type, cfg.trainer))
+    if spec.advantages == "leave_one_out" and cfg.loss_type not in ("sigmoid", spec.loss_type):
+        raise ConfigError(f"trainer {cfg.trainer!r} trains its own objective {spec.loss_type!r} (leave-one-out "
+                          f"advantages of the KL-penalised rewards, a sequence-level clipped loss: TRL's RLOOTrainer); "
+                          f"loss_type={cfg.loss_type!r} would drop them. Leave loss_type out (GRPO's losses are "
+                          "trainer: grpo, dapo, ...).")
     if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
         raise ConfigError(f"trainer {cfg.trainer!r} builds the game's examples for its own objective "
                           f"{spec.loss_type!r}; loss_type={cfg.loss_type!r} cannot train them. Leave loss_type out.")
@@ -183,9 +188,13 @@ def check_game_preferences(P):
 
 # the options of one recipe or prompt source: (options, test on (cfg, spec) that the run reads them, who reads them)
 _READERS = (
-    (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
-     lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
-     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game)"),
+    (("scale_rewards",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
+     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game; rloo's "
+     "baseline is leave-one-out)"),
+    (("epsilon", "epsilon_high", "mask_truncated_completions"),
+     lambda cfg, spec: spec.kind == "groups" and spec.loss_type in ("grpo", "rloo"),
+     "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game) and rloo"),
+    (("normalize_advantages", "reward_clip_range"), lambda cfg, spec: cfg.trainer == "rloo", "trainer rloo"),
     (("pair_builder",), lambda cfg, spec: spec.kind == "pairs" and spec.builder is None and spec.scores == "reward"
      and cfg.online_task != "game", "trainers online_dpo, iterative_dpo and hypo_online_pairs"),
     (("rso_beta", "rso_num_samples"), lambda cfg, spec: spec.kind == "pairs" and spec.scores == "reward" and

@@ -33,6 +33,7 @@ class TrainerSpec:
     scores: str = "reward"           # reward | win_rate | centred
     builder: str | None = None       # pair builder (None: the config's pair_builder)
     online_kl: bool = False          # hypo: the K fresh samples feed the on-policy KL term
+    advantages: str = "group"        # groups: group (GRPO's group normalisation) | leave_one_out (RLOO)
     game: bool = False               # usable with online_task: game
     game_only: bool = False
     params: dict = field(default_factory=dict)
@@ -46,6 +47,9 @@ class TrainerSpec:
         if self.kind == "groups" and self.loss_type == "grpo":
             params.update(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, scale_rewards=cfg.scale_rewards,
                           max_completion_length=cfg.max_completion_length)
+        if self.kind == "groups" and self.loss_type == "rloo":
+            params.update(epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                          normalize_advantages=cfg.normalize_advantages, reward_clip_range=cfg.reward_clip_range)
         return params
 
 
@@ -81,4 +85,6 @@ TRAINERS: dict[str, TrainerSpec] = {
     "mcts_dpo": TrainerSpec("pairs", loss_type="mcts_step_dpo", scores="mcts"),
     "gspo": TrainerSpec("groups", loss_type="grpo", params={"loss_type": "grpo",
                                                             "importance_sampling_level": "sequence"}),
+    # TRL's RLOOTrainer: leave-one-out advantages of the KL-penalised rewards, a sequence-level clipped loss
+    "rloo": TrainerSpec("groups", loss_type="rloo", advantages="leave_one_out"),
 }

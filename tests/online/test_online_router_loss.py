@@ -121,6 +121,7 @@ def test_a_grpo_run_on_a_moe_policy_logs_aux_loss_and_online_dpo_adds_none(tmp_p
     assert dpo.router_coef is None
     said = capsys.readouterr().out
     assert "trainer online_dpo adds no router load-balancing loss, as TRL 1.16's OnlineDPOTrainer adds none" in said
-    assert "grpo, bnpo, dapo, dr_grpo, gspo, cispo, sapo, luspo, vespo (TRL's GRPOTrainer)" in said
+    assert ("grpo, bnpo, dapo, dr_grpo, gspo, cispo, sapo, luspo, vespo, rloo (TRL's GRPOTrainer; rloo its "
+            "RLOOTrainer)") in said
     assert "aux_loss" not in dpo.forward(dpo.micro_batches(0)[0]).metrics
     assert "TRL 1.16 has no trainer of that name" in moe_aux_loss_note(tiny_family_model("qwen2_moe"), "sppo")

@@ -89,16 +89,17 @@ def test_gpo_with_reward_judges_and_hard_preferences_is_refused_before_any_gener
 
 def test_a_trl_online_trainer_preflab_lacks_is_named_not_matched_to_a_near_name():
     """`trainer: rloo` (a TRL RLOOTrainer user) got "Did you mean 'rso'?": rejection sampling optimization, another
-    method. It now says RLOO is not a preflab recipe and names the group recipes, as `from preflab import
-    RLOOTrainer` does."""
+    method. RLOO is now a recipe (tests/online/test_rloo_recipe.py); TRL's PPO, which preflab lacks, says so and
+    names the group recipes, as `from preflab import PPOTrainer` does."""
     from preflab.config import config_from_dict
     from preflab.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        config_from_dict(dict(task="online", trainer="rloo", online_task="demo", model_name_or_path="builtin:demo-sft"))
-    assert ("trainer: rloo: RLOO is not a preflab recipe (the group recipes are task: online with trainer: grpo, "
-            "dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or vespo).") in str(err.value)
-    assert "rso" not in str(err.value)
+        config_from_dict(dict(task="online", trainer="ppo", online_task="demo", model_name_or_path="builtin:demo-sft"))
+    assert ("trainer: ppo: PPO is not a preflab recipe (the online RL recipes are task: online with trainer: grpo, "
+            "dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo or rloo).") in str(err.value)
+    assert config_from_dict(dict(task="online", trainer="rloo", online_task="demo",
+                                 model_name_or_path="builtin:demo-sft", max_steps=1)).loss_type == "rloo"
 
 
 def test_a_classifier_judge_with_two_labels_says_what_to_give(tmp_path):

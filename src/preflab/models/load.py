@@ -491,8 +491,8 @@ def moe_aux_loss_note(model, trainer: str | None = None) -> str | None:
     load-balancing loss, Fedus et al. 2022, arXiv:2101.03961, Eq. 4; coefficient from the model config unless set) to
     the training loss of any model whose config declares `output_router_logits`; its OnlineDPOTrainer adds none.
     preflab adds it where TRL does: the offline trainer (tasks dpo, sft) and the online trainers TRL runs as its
-    GRPOTrainer (preflab.online.trainers.ROUTER_LOSS_TRAINERS). The other online trainers add none, as TRL's
-    OnlineDPOTrainer, and this note says so once."""
+    GRPOTrainer or RLOOTrainer (preflab.online.trainers.ROUTER_LOSS_TRAINERS). The other online trainers add none,
+    as TRL's OnlineDPOTrainer, and this note says so once."""
     from preflab.models.moe import ROUTER_LOSS_TRAINERS, router_loss_coef, text_config
 
     coef = router_loss_coef(model)
@@ -504,7 +504,7 @@ def moe_aux_loss_note(model, trainer: str | None = None) -> str | None:
     return (f"{text.model_type} is a mixture-of-experts model (its config: router_aux_loss_coef={coef:g}); trainer "
             f"{trainer or 'online_dpo'} adds no router load-balancing loss, {like}: the loss here is the objective's "
             f"alone and the routers get no load-balancing gradient. The trainers {', '.join(ROUTER_LOSS_TRAINERS)} "
-            "(TRL's GRPOTrainer) and task: dpo and sft add it, as TRL does.")
+            "(TRL's GRPOTrainer; rloo its RLOOTrainer) and task: dpo and sft add it, as TRL does.")
 
 
 def check_policy_not_adapter(name: str) -> None:

@@ -12,10 +12,10 @@ from torch import nn
 from preflab.errors import ConfigError
 from preflab.models.attention import unwrap
 
-# the online trainers TRL 1.16 runs as its GRPOTrainer, which adds a mixture-of-experts policy's router
-# load-balancing loss (router_aux_loss_coef x aux_loss of each training forward; preflab.online.run
+# the online trainers TRL 1.16 runs as its GRPOTrainer (and RLOOTrainer), which add a mixture-of-experts policy's
+# router load-balancing loss (router_aux_loss_coef x aux_loss of each training forward; preflab.online.run
 # OnlineRun._router_coef); the others add none, as TRL's OnlineDPOTrainer adds none (models.load.moe_aux_loss_note)
-ROUTER_LOSS_TRAINERS = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "luspo", "vespo")
+ROUTER_LOSS_TRAINERS = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "luspo", "vespo", "rloo")
 
 
 def text_config(model: nn.Module):

@@ -487,15 +487,15 @@ class OnlineRun(TrainingRun):
             from preflab.online.tpo_tree_round import mark_tree
 
             mark_tree(examples, trees)
+        self._precompute(examples)  # (before the advantages: RLOO's reward reads the round's KL)
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])
-            adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]
+            adv = self._round_advantages(examples, rewards, valid)
             for e, a in zip(examples, adv):
                 e.extras["advantages"] = a.tolist()
             if not bool(adv.ne(0).any()):
                 self._say_no_reward_signal(r, float(rewards[valid].mean()) if bool(valid.any()) else math.nan)
-        self._precompute(examples)
         order = torch.randperm(len(examples), generator=g).tolist()
         spg = cfg.steps_per_generation
         slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
@@ -536,6 +536,19 @@ class OnlineRun(TrainingRun):
             self._write_round_file(r, rows, completions, texts, scores)
         return Round(r, examples, slices, metrics)
 
+    def _round_advantages(self, examples: list[Example], rewards: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """[P, K] advantages of the whole round, as TRL computes them over its generation batch: GRPO's group
+        normalisation, or RLOO's leave-one-out baseline of the rewards clipped to reward_clip_range, less beta x
+        each completion's summed KL of the round-start policy to the reference (preflab.objectives.rloo)."""
+        cfg = self.cfg
+        if self.spec.advantages != "leave_one_out":
+            return group_advantages(rewards, scored, cfg.scale_rewards)[0]
+        from preflab.objectives.rloo import rloo_advantages, shaped_rewards
+
+        kl = sequence_kl(examples) if self.needs_ref else None
+        shaped = shaped_rewards(rewards, scored, kl, cfg.beta if self.needs_ref else 0.0, cfg.reward_clip_range)
+        return rloo_advantages(shaped, cfg.normalize_advantages)
+
     def _write_round_file(self, r, rows, completions, texts, scores) -> None:
         K = len(completions[0]) if completions else self.cfg.num_generations  # tpo trees: b^D leaves
         path = self.out / "rounds" / f"{r + 1}.jsonl"
@@ -562,7 +575,7 @@ class OnlineRun(TrainingRun):
         if self.needs_ref:
             assign(self._example_logps(self._reference_source(), examples), "ref")
         moved = self.round_len > 1
-        if self.spec.kind == "groups" and moved:
+        if self.spec.kind == "groups" and (moved or (self.spec.advantages == "leave_one_out" and self.needs_ref)):
             assign(self._example_logps(self._policy_scores, examples), "prev")
         self.policy.train()
 
@@ -604,8 +617,8 @@ class OnlineRun(TrainingRun):
         [prompt | completion] tokens (every prompt once per completion, as TRL's padded rows), logged as aux_loss
         (preflab.scoring.router_loss); the old-policy and reference forwards ask for none (nor does TRL's). The step
         averages the micro-batches' router losses weighted by their prompts (TRL: the plain mean over its micro-batches
-        and processes, of equal size, where the two agree). preflab has no RLOO trainer (TRL's RLOOTrainer adds it the
-        same way)."""
+        and processes, of equal size, where the two agree). trainer rloo adds it as TRL's RLOOTrainer does, the same
+        way."""
         if self.cfg.trainer not in ROUTER_LOSS_TRAINERS:
             return None
         from preflab.models.moe import router_loss_coef, router_shape
@@ -1057,6 +1070,18 @@ def mask_truncated(examples: list[Example], eos: int) -> None:
     for e in examples:
         masks = e.loss_mask or [[1] * len(c) for c in e.completions]
         e.loss_mask = [m if c and c[-1] == eos else [0] * len(c) for m, c in zip(masks, e.completions)]
+
+
+def sequence_kl(examples: list[Example]) -> torch.Tensor:
+    """[P, K] sum over each completion's trained tokens of log pi_old(y_t) - log pi_ref(y_t) (the round-start policy's
+    and the reference's token log-probs kept with the example, `prev` and `ref`): the KL estimate RLOO subtracts
+    from the reward (TRL 1.16 RLOOTrainer: the first-order log ratio, summed over the completion mask)."""
+    out = []
+    for e in examples:
+        masks = e.loss_mask or [[1] * len(c) for c in e.completions]
+        out.append([sum((p - q) * w for p, q, w in zip(e.prev[k], e.ref[k], masks[k]))
+                    for k in range(len(e.completions))])
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def flat_masks(examples: list[Example]) -> list[list[int]]:

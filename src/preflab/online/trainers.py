@@ -16,6 +16,9 @@
                                                                               Zheng et al. 2025 (2507.18071)
     cispo sapo luspo vespo   groups of G completions          grpo(loss_type=name; luspo with sequence ratios)
                    TRL 1.16's other GRPO loss types (papers: preflab.objectives._grpo_losses)
+    rloo           groups of G completions, leave-one-out advantages of the KL-penalised rewards over the round
+                                                              rloo           pi_0 (beta > 0)  Ahmadian et al. 2024
+                                                                                             (2402.14740), TRL's RLOO
 dpa_rsf deviation from DPA's rejection-sampling fine-tuning: the direction is not written into the prompt (the policy
 is not direction-conditioned); a prompt whose K scores all tie gives no example.
     tpo            groups of K completions ranked by score   tpo_tree       pi_0        Liao et al. 2024 (2410.12854)
@@ -117,9 +120,10 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         for p, row in enumerate(rows):
             scored = ~scores[p].isnan()
             extras = {"rewards": scores[p].nan_to_num(0.0).tolist(), "valid": scored.tolist()}
-            if spec.loss_type == "grpo":
-                # TRL 1.16's GRPOTrainer: a completion no reward function scored stays in the loss with advantage 0
-                # (its tokens in the normaliser, its KL term trained), out of the baseline and the reward means
+            if spec.loss_type in ("grpo", "rloo"):
+                # TRL 1.16's GRPOTrainer (and RLOOTrainer): a completion no reward function scored stays in the loss
+                # with advantage 0 (its tokens in the normaliser, its KL term trained), out of the baseline and the
+                # reward means
                 extras.update(valid=[True] * len(completions[p]), scored=scored.tolist())
             examples.append(Example(row.row_id, row.prompt_ids, completions[p], extras))
         return examples, counts
