@@ -375,6 +375,9 @@ OPTIONS: dict[str, Option] = {
     "mask_truncated_completions": Option("task: online, GRPO family: a completion without eos (cut at "
                                          "max_completion_length) is left out of the loss (TRL; DAPO's overlong "
                                          "filtering)"),
+    "multi_objective_aggregation": one_of(("sum_then_normalize", "normalize_then_sum"), "task: online, GRPO family: "
+                                          "sum the judges' weighted rewards then normalise (TRL's default), or "
+                                          "normalise each judge's in its group first (GDPO)"),
     "game_preferences": Option("task: online, game: K x K P[i][j] = P(answer i beats j), P + P^T = 1"),
     "game_eta": Option("task: online, game: inpo / nash_md step, eta * beta", "in (0, 1]",
                        lambda v: _num(v) and 0 < v <= 1),

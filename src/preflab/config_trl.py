@@ -212,11 +212,7 @@ REFUSED = {
                                    "sampled completions); remove num_generations_eval"),
     "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
-    "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
-                                                          "normalized (TRL's default); remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
-    "off_policy_mask_threshold": (None, "not supported; remove it"),
-    "top_entropy_quantile": (1.0, "entropy masking is not supported; remove it"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
@@ -287,7 +283,8 @@ def trl_online_defaults(known: dict) -> None:
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
                  "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
-                 "f_alpha": 0.5}
+                 "f_alpha": 0.5,
+                 "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None}  # GRPOConfig (the GRPO family's)
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}

@@ -51,8 +51,9 @@ from dataclasses import dataclass
 import torch
 
 from preflab.errors import ConfigError
-from preflab.objectives.base import ListBatch, Objective, ObjectiveOutput, as_loss_dtype
-from preflab.objectives._grpo_losses import cispo_per_token, sapo_per_token, vespo_weights
+from preflab.objectives.base import ListBatch, NeedsByParams, Objective, ObjectiveOutput, as_loss_dtype
+from preflab.objectives._grpo_losses import (cispo_per_token, high_entropy_mask, off_policy_sequence_mask,
+                                             sapo_per_token, vespo_weights)
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 CLIPPED = ("grpo", "bnpo", "dapo", "dr_grpo", "luspo")          # the loss types of the clipped surrogate
@@ -97,6 +98,38 @@ def group_advantages(scores: torch.Tensor, valid: torch.Tensor, scale_rewards: s
     return dev, std
 
 
+def nan_std(values: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """Standard deviation of the non-NaN values with Bessel's correction, NaN where fewer than two (TRL's nanstd)."""
+    dims = () if dim is None else dim
+    mean = torch.nanmean(values, dim=dims, keepdim=True) if dim is not None else torch.nanmean(values)
+    count = (~values.isnan()).sum(dim=dims, keepdim=True) if dim is not None else (~values.isnan()).sum()
+    var = torch.nanmean((values - mean) ** 2, dim=dims, keepdim=True) if dim is not None else \
+        torch.nanmean((values - mean) ** 2)
+    var = var * torch.where(count > 1, count / (count - 1), torch.nan)
+    std = var.sqrt()
+    return std if keepdim or dim is None else std.squeeze(dim)
+
+
+def normalize_then_sum_advantages(per_judge: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor,
+                                  eps: float = 1e-4) -> torch.Tensor:
+    """[P, G] advantages of multi_objective_aggregation: normalize_then_sum (TRL 1.16 GRPOTrainer; GDPO, Liu et al.,
+    2026, arXiv:2601.05242): each judge k's rewards r^k [P, G, J] (NaN: that judge gave none) are normalised within
+    the prompt's group first, then weighted and summed, and the sum is normalised over the whole round:
+
+        n^k_i = (r^k_i - nanmean_group r^k) / (nanstd_group r^k + eps)     (nanstd: Bessel; NaN with < 2 values)
+        s_i   = nansum_k w_k n^k_i                 (NaN where `scored` is False: every judge None, or one raised)
+        A_i   = (s_i - nanmean_round s) / (nanstd_round s + eps),   0 where s_i is NaN
+
+    scale_rewards is not read (TRL ignores it here). The default sum_then_normalize is group_advantages of the
+    weighted sum."""
+    normed = (per_judge - torch.nanmean(per_judge, dim=1, keepdim=True)) / (nan_std(per_judge, 1, keepdim=True) + eps)
+    summed = (normed * weights.to(normed)).nansum(-1)
+    summed = torch.where(scored, summed, torch.nan)
+    flat = summed.flatten()
+    spread = nan_std(flat) if flat.numel() > 1 else flat.new_zeros(())
+    return ((summed - torch.nanmean(flat)) / (spread + eps)).nan_to_num(0.0)
+
+
 @dataclass(frozen=True)
 class GRPO(Objective):
     beta: float = 0.0                    # KL coefficient (TRL 1.16 default; 0 = no reference model)
@@ -114,9 +147,13 @@ class GRPO(Objective):
     vespo_lambda_pos: float = 3.0        # lambda where A >= 0
     vespo_k_neg: float = 3.0             # k where A < 0
     vespo_lambda_neg: float = 2.0        # lambda where A < 0
+    top_entropy_quantile: float = 1.0    # rho: only the top-rho entropy tokens in the policy term (TRL; 1: all)
+    off_policy_mask_threshold: float | None = None  # delta: drop A < 0 completions with mean KL > delta (TRL)
 
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
+    # the policy's per-token entropy (extra "token_entropy" [B, G, T], no gradient) when entropy masking is on
+    token_needs = NeedsByParams(("token_entropy",), lambda self: ("token_entropy",) * (self.top_entropy_quantile < 1))
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
                        "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient; cispo, "
@@ -132,6 +169,12 @@ class GRPO(Objective):
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "
                               f"{self.epsilon_high}.")
+        if not 0 <= self.top_entropy_quantile <= 1:
+            raise ConfigError(f"GRPO: top_entropy_quantile (the share rho of highest-entropy tokens kept in the policy "
+                              f"loss) must be in [0, 1], got {self.top_entropy_quantile}.")
+        if self.off_policy_mask_threshold is not None and not self.off_policy_mask_threshold >= 0:
+            raise ConfigError(f"GRPO: off_policy_mask_threshold (delta, a mean KL per token) must be >= 0 or null, "
+                              f"got {self.off_policy_mask_threshold}.")
         if self.delta is not None and self.delta <= 0:
             raise ConfigError(f"GRPO: delta (two-sided clipping bound) must be > 0 or null, got {self.delta}.")
         if self.importance_sampling_level not in ("token", "sequence"):
@@ -196,6 +239,7 @@ class GRPO(Objective):
             phi = vespo_weights(token_log_ratio, m, a, self.vespo_k_pos, self.vespo_lambda_pos, self.vespo_k_neg,
                                 self.vespo_lambda_neg)
             per_token = -phi * a * lp
+        per_token = self._masked_policy_term(per_token, batch, lp, old, a, mask)
         tokens = m.sum().clamp_min(1)
         completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
         metrics = {"reward": (scores * scored).sum() / scored.sum().clamp_min(1), "reward_std": std.mean(),
@@ -255,6 +299,23 @@ class GRPO(Objective):
         counts = {k: v for k, v in counts.items() if k in metrics}
         return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts,
                                metric_extrema=extrema)
+
+    def _masked_policy_term(self, per_token, batch, lp, old, a, mask):
+        """The policy term times TRL 1.16's two masks, before the KL term is added (TRL's order): the off-policy
+        sequence mask (off_policy_mask_threshold; the sampling policy's log-probs are old_logps, lp detached without
+        them, as TRL's without vLLM) and the high-entropy token mask (top_entropy_quantile < 1; extras
+        "token_entropy" [B, G, T], and "entropy_threshold", the cut over every process's tokens, when the trainer
+        gathers them: preflab.objectives._grpo_losses). The tokens' normaliser is unchanged: a masked token still
+        counts in it (TRL's)."""
+        if self.off_policy_mask_threshold is not None:
+            per_token = per_token * off_policy_sequence_mask(a, lp, old, mask.to(lp.dtype),
+                                                             self.off_policy_mask_threshold)
+        if self.top_entropy_quantile < 1:
+            entropy = torch.as_tensor(batch.extras["token_entropy"], device=lp.device)
+            threshold = batch.extras.get("entropy_threshold")
+            per_token = per_token * high_entropy_mask(entropy, mask, 1 - self.top_entropy_quantile,
+                                                      None if threshold is None else torch.as_tensor(threshold))
+        return per_token
 
     @classmethod
     def example_extras(cls, batch) -> dict:

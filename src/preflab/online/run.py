@@ -61,7 +61,7 @@ from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.dropout import original_dropout_config
 from preflab.models.adapters import is_lora
 from preflab.objectives.base import ListBatch, SequenceLogps
-from preflab.objectives.grpo import group_advantages
+from preflab.objectives.grpo import group_advantages, normalize_then_sum_advantages
 from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_layout, online_layout, pair_layout,
                                      pair_side_values, sequence_logps, shared_pair_layout, shared_prompt_layout,
                                      token_matrix)
@@ -214,6 +214,11 @@ class OnlineRun(TrainingRun):
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         if getattr(task, "reward_aggregator", None) is not None and cfg.reward_weights is not None:
             raise ConfigError("the task's reward_aggregator weighs the judges per prompt; remove reward_weights.")
+        if getattr(task, "reward_aggregator", None) is not None and cfg.multi_objective_aggregation != \
+                "sum_then_normalize":
+            raise ConfigError("multi_objective_aggregation: normalize_then_sum weighs each judge's group-normalised "
+                              "rewards with the fixed reward_weights; the task's reward_aggregator weighs the judges "
+                              "per prompt. Use one of them.")
         # judge_timeout_s: each call of the judges' code within that many seconds (the game's judge is its matrix)
         self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
                            cache=getattr(task, "judge_cache", True),
@@ -490,7 +495,11 @@ class OnlineRun(TrainingRun):
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])
-            adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]
+            if cfg.multi_objective_aggregation == "normalize_then_sum":  # groups: example p is prompt p
+                adv = normalize_then_sum_advantages(per_judge.to(torch.float64), torch.tensor(self.judge.weights,
+                                                    dtype=torch.float64), valid)
+            else:
+                adv = group_advantages(rewards, valid, cfg.scale_rewards)[0]
             for e, a in zip(examples, adv):
                 e.extras["advantages"] = a.tolist()
             if not bool(adv.ne(0).any()):
@@ -810,7 +819,7 @@ class OnlineRun(TrainingRun):
         router = {"want_router_loss": True} if self.router_coef is not None else {}
         # TRL's GRPO entropy (the policy's token-mean entropy over the completions), on logged steps only as the
         # DPO family's token metrics (preflab.loops.offline.Trainer.forward)
-        if self._log_due(getattr(self, "step", 0) + 1):
+        if self._log_due(getattr(self, "step", 0) + 1) or "token_entropy" in self.objective.token_needs:
             router["want_token_stats"] = True
         with self.accelerator.autocast():
             scores = self.scorer(layout, want_hidden=self.want_hidden, **router)
@@ -837,6 +846,10 @@ class OnlineRun(TrainingRun):
             extras["step_index"] = mask.long()
         if self.want_hidden:
             extras["hidden"] = scores.hidden.view(*shape, -1)
+        if "token_entropy" in self.objective.token_needs:  # top_entropy_quantile: the mask's entropies (no gradient)
+            extras["token_entropy"] = scores.token_stats[..., 1].view(shape)
+            if self.accelerator.num_processes > 1:
+                extras["entropy_threshold"] = self._entropy_threshold(extras["token_entropy"], mask, mb.zero)
         rewards = torch.tensor([e.extras["rewards"] for e in exs], device=device, dtype=torch.float32)
         valid = torch.tensor([e.extras["valid"] for e in exs], device=device)
         out = self.objective(ListBatch(policy, rewards, ref, valid, extras))
@@ -851,6 +864,18 @@ class OnlineRun(TrainingRun):
             out.metrics["entropy"] = entropy / count.clamp_min(1.0)
             out.metric_counts["entropy"] = count
         return out
+
+    def _entropy_threshold(self, entropy: torch.Tensor, mask: torch.Tensor, zero: bool) -> torch.Tensor:
+        """The top_entropy_quantile cut over the trained tokens of this micro-batch on every process (TRL 1.16's
+        get_high_entropy_mask gathers them: padded to one length with a negative sentinel, which no entropy equals);
+        +inf (no token kept) when there are none. A micro-batch scored with weight 0 (mb.zero) adds no tokens."""
+        acc, sentinel = self.accelerator, -1e9
+        local = entropy[mask].float() if not zero else entropy.new_zeros(0, dtype=torch.float32)
+        gathered = acc.gather(acc.pad_across_processes(local, dim=0, pad_index=sentinel))
+        gathered = gathered[gathered != sentinel]
+        if gathered.numel() == 0:
+            return torch.tensor(math.inf, device=entropy.device)
+        return torch.quantile(gathered, 1 - self.objective.top_entropy_quantile)
 
     def evaluate(self) -> dict:
         if self.task.evaluate is None:

@@ -1,0 +1,302 @@
+"""TRL 1.16 GRPOConfig options preflab used to refuse, each against TRL's own code on the same tensors and in a run:
+top_entropy_quantile (entropy masking), off_policy_mask_threshold (off-policy sequence masking) and
+multi_objective_aggregation: normalize_then_sum (GDPO's per-judge normalisation). Their defaults leave the numbers
+as they were, bit for bit."""
+import types
+from collections import defaultdict
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.objectives import ListBatch, SequenceLogps, get_objective
+from preflab.objectives._grpo_losses import high_entropy_mask, off_policy_sequence_mask
+from preflab.objectives.grpo import normalize_then_sum_advantages
+
+B, G, T = 2, 3, 5
+
+
+def _case(seed, off_policy=True):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(T) < torch.tensor([[5, 3, 4], [2, 5, 1]]).unsqueeze(-1)
+    base = (-torch.rand(B, G, T, generator=g, dtype=torch.float64) * 2) * mask
+    old = (base + 0.6 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask if off_policy else base
+    ref = (base + 0.3 * torch.randn(B, G, T, generator=g, dtype=torch.float64)) * mask
+    adv = torch.randn(B, G, generator=g, dtype=torch.float64)
+    entropy = (torch.rand(B, G, T, generator=g) * 3).float() * mask   # float32, as the scorer's token stats
+    return mask, base, old, ref, adv, entropy
+
+
+def _trl_trainer(lp, entropy, loss_type, beta, quantile, threshold, T_max):
+    """A stand-in for TRL 1.16's GRPOTrainer with what _compute_loss reads (one process, no accumulation): its
+    get_high_entropy_mask and get_off_policy_mask are TRL's own."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    model = torch.nn.Linear(1, 1)
+    model.train()
+    trainer = types.SimpleNamespace(
+        model=model, accelerator=types.SimpleNamespace(
+            device=torch.device("cpu"), num_processes=1, sync_gradients=True, gather=lambda x: x,
+            gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x,
+            pad_across_processes=lambda x, dim=0, pad_index=0: x),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (lp, entropy, None),
+        aux_loss_enabled=False, top_entropy_quantile=quantile, off_policy_mask_threshold=threshold,
+        importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.28,
+        use_vllm=False, vllm_importance_sampling_correction=False, current_gradient_accumulation_steps=1,
+        max_completion_length=T_max, _entropy_bonus_enabled=False,
+        args=types.SimpleNamespace(use_bias_correction_kl=True, delta=None, steps_per_generation=1),
+        _metrics={"train": defaultdict(list)}, get_off_policy_mask=GRPOTrainer.get_off_policy_mask)
+    trainer.get_high_entropy_mask = lambda e, m, t: GRPOTrainer.get_high_entropy_mask(trainer, e, m, t)
+    return trainer
+
+
+def _trl_loss(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, quantile=1.0, threshold=None):
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    flat = lambda x: x.reshape(B * G, T)  # noqa: E731
+    trainer = _trl_trainer(flat(lp), flat(entropy), loss_type, beta, quantile, threshold, T)
+    inputs = {"prompt_ids": torch.ones(B * G, 1, dtype=torch.long), "prompt_mask": torch.ones(B * G, 1, dtype=torch.long),
+              "completion_ids": torch.ones(B * G, T, dtype=torch.long), "completion_mask": flat(mask).long(),
+              "advantages": adv.reshape(-1), "old_per_token_logps": flat(old), "ref_per_token_logps": flat(ref),
+              "num_items_in_batch": mask.sum().to(lp.dtype)}
+    return GRPOTrainer._compute_loss(trainer, None, inputs)
+
+
+def _ours(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, **options):
+    extras = {"advantages": adv, "old_logps": old}
+    if options.get("top_entropy_quantile", 1.0) < 1:
+        extras["token_entropy"] = entropy
+    batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64),
+                      SequenceLogps(ref, mask) if beta else None, extras=extras)
+    return get_objective("grpo", loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28,
+                         max_completion_length=T, **options)(batch).loss
+
+
+def _loss_and_grad(fn, base, *args, **kw):
+    lp = base.clone().requires_grad_(True)
+    loss = fn(lp, *args, **kw)
+    loss.backward()
+    return loss.item(), lp.grad.clone()
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("loss_type,beta", [("dapo", 0.0), ("grpo", 0.04), ("bnpo", 0.0)])
+def test_top_entropy_quantile_equals_trl_1_16(quantile, loss_type, beta):
+    mask, base, old, ref, adv, entropy = _case(1)
+    want = _loss_and_grad(_trl_loss, base, old, ref, mask, adv, entropy, loss_type, beta, quantile=quantile)
+    got = _loss_and_grad(_ours, base, old, ref, mask, adv, entropy, loss_type, beta, top_entropy_quantile=quantile)
+    assert got[0] == pytest.approx(want[0], abs=1e-12, rel=1e-12)
+    assert torch.allclose(got[1], want[1], atol=1e-12, rtol=1e-12)
+    # the masked tokens get no policy gradient (beta 0); the kept ones are the top share of the trained tokens
+    kept = high_entropy_mask(entropy, mask, 1 - quantile)
+    assert int(kept.sum()) == max(1, round(quantile * int(mask.sum()))) or quantile == 0.5
+    if not beta:
+        assert bool((got[1][mask & ~kept] == 0).all()) and bool((got[1][kept] != 0).any())  # (clipped: 0)
+
+
+def test_high_entropy_mask_equals_trls_get_high_entropy_mask():
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    mask, *_, entropy = _case(2)
+    trainer = _trl_trainer(None, None, "dapo", 0.0, 0.2, None, T)
+    for q in (0.0, 0.3, 0.8, 1.0):
+        want = GRPOTrainer.get_high_entropy_mask(trainer, entropy.reshape(B * G, T), mask.reshape(B * G, T), q)
+        assert torch.equal(high_entropy_mask(entropy, mask, q).reshape(B * G, T), want)
+    none = torch.zeros_like(mask)
+    assert not bool(high_entropy_mask(entropy, none, 0.5).any())   # no trained token: none kept (TRL's)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05, 0.3])
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "cispo"])
+def test_off_policy_mask_threshold_equals_trl_1_16(threshold, loss_type):
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    mask, base, old, ref, adv, entropy = _case(3)
+    want = _loss_and_grad(_trl_loss, base, old, ref, mask, adv, entropy, loss_type, 0.04, threshold=threshold)
+    got = _loss_and_grad(_ours, base, old, ref, mask, adv, entropy, loss_type, 0.04,
+                         off_policy_mask_threshold=threshold)
+    assert got[0] == pytest.approx(want[0], abs=1e-12, rel=1e-12)
+    assert torch.allclose(got[1], want[1], atol=1e-12, rtol=1e-12)
+    flat = lambda x: x.reshape(B * G, -1)  # noqa: E731
+    keep = off_policy_sequence_mask(adv.unsqueeze(-1), base, old, mask.double(), threshold)
+    assert torch.equal(flat(keep), GRPOTrainer.get_off_policy_mask(flat(adv.unsqueeze(-1)), flat(base), flat(old),
+                                                                   flat(mask.double()), threshold))
+    dropped = keep.squeeze(-1) == 0
+    assert bool((adv[dropped] < 0).all())                       # only negative-advantage completions are dropped
+    if threshold == 0.05:
+        assert bool(dropped.any()) and not bool(dropped.all())  # the case exercises both sides
+
+
+def test_the_defaults_leave_the_loss_and_gradient_bit_for_bit():
+    """top_entropy_quantile 1 and off_policy_mask_threshold null run the former code; a threshold no completion's
+    KL reaches multiplies by exactly 1 (the same bits)."""
+    mask, base, old, ref, adv, entropy = _case(4)
+    plain = _loss_and_grad(_ours, base, old, ref, mask, adv, entropy, "dapo", 0.04)
+    for options in ({"top_entropy_quantile": 1.0, "off_policy_mask_threshold": None},
+                    {"off_policy_mask_threshold": 1e9}):
+        again = _loss_and_grad(_ours, base, old, ref, mask, adv, entropy, "dapo", 0.04, **options)
+        assert again[0] == plain[0] and torch.equal(again[1], plain[1])
+    on_policy = _case(4, off_policy=False)   # without old log-probs the KL is 0: nothing dropped (TRL's)
+    m, b, o, r, a, e = on_policy
+    assert torch.equal(off_policy_sequence_mask(a.unsqueeze(-1), b, o, m.double(), 0.0), torch.ones(B, G, 1,
+                                                                                                    dtype=torch.float64))
+
+
+def _trl_normalize_then_sum(per_judge, weights):
+    """TRL 1.16 GRPOTrainer._generate_and_score_completions, multi_objective_aggregation normalize_then_sum, on
+    rewards_per_func [N, J] (its lines, with its nanstd)."""
+    from trl.trainer.utils import nanstd
+
+    P, Gn, J = per_judge.shape
+    rewards_per_func = per_judge.reshape(-1, J)
+    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    grouped = rewards_per_func.view(-1, Gn, J)
+    mean_k = torch.nanmean(grouped, dim=1, keepdim=True)
+    std_k = nanstd(grouped, dim=1, keepdim=True)
+    reward_k = ((grouped - mean_k) / (std_k + 1e-4)).view(-1, J)
+    rewards = (reward_k * weights.unsqueeze(0)).nansum(dim=1)
+    rewards[unscorable] = torch.nan
+    std = nanstd(rewards).expand_as(rewards)
+    return torch.nan_to_num((rewards - torch.nanmean(rewards)) / (std + 1e-4), nan=0.0).view(P, Gn)
+
+
+def test_normalize_then_sum_equals_trl_1_16_and_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(3, 4, 2, generator=g, dtype=torch.float64)
+    r[0, 1, 0] = float("nan")          # one judge had no answer for one completion
+    r[1, 2, :] = float("nan")          # no judge scored it: unscorable, advantage 0
+    r[2, :3, 1] = float("nan")         # judge 1 scored one completion of group 2: its std is NaN, it adds 0
+    w = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    scored = ~r.isnan().all(-1)
+    ours = normalize_then_sum_advantages(r, w, scored)
+    assert torch.equal(ours, _trl_normalize_then_sum(r, w))
+    assert ours[1, 2] == 0
+    # by hand: two judges, one group of two; each judge's pair normalises to -+1/sqrt(2)/(std+eps) ...
+    two = torch.tensor([[[0.0, 10.0], [1.0, 30.0]]], dtype=torch.float64)
+    n = 1 / (2 ** 0.5 * (1 / 2 ** 0.5 + 1e-4))                   # |r - mean| / (std + eps) for std 1/sqrt(2) ...
+    n2 = 10 / ((200 ** 0.5) + 1e-4)                              # ... and for std sqrt(200)
+    s = torch.tensor([-(n + n2), n + n2], dtype=torch.float64)   # weights 1, 1
+    want = (s - s.mean()) / (s.std() + 1e-4)
+    assert torch.allclose(normalize_then_sum_advantages(two, torch.ones(2, dtype=torch.float64),
+                                                        torch.ones(1, 2, dtype=torch.bool))[0], want, atol=1e-12)
+    # unlike sum_then_normalize, the judge with the larger scale does not decide alone: judge 0 ranks 0 > 2 > 1,
+    # judge 1 (100 x the scale) 1 > 2 > 0; summed, judge 1 decides; normalised first, completion 0 comes out ahead
+    from preflab.objectives.grpo import group_advantages
+    skewed = torch.tensor([[[1.0, 0.0], [0.0, 100.0], [0.5, 30.0]]], dtype=torch.float64)
+    every = torch.ones(1, 3, dtype=torch.bool)
+    summed = group_advantages(skewed.sum(-1), every)[0][0]
+    decoupled = normalize_then_sum_advantages(skewed, torch.ones(2, dtype=torch.float64), every)[0]
+    assert float(summed[1]) > float(summed[0]) and float(decoupled[0]) > float(decoupled[1])
+
+
+# ----- end to end: `preflab train` on a tiny GRPO config takes each option, and it changes the update -----
+
+REWARDS = ("def e_count(prompts, completions, **kw):\n"
+           "    return [c.count('e') - 0.01 * len(c) for c in completions]\n"
+           "def length(prompts, completions, **kw):\n"
+           "    return [100.0 * len(c) for c in completions]\n")
+
+
+def _train(tmp_path, name, **options):
+    """`preflab train` on a tiny dapo config (2 steps, each round trained twice: old log-probs differ on step 2);
+    the final weights."""
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from preflab.cli import main
+
+    data = tmp_path / "train.jsonl"
+    if not data.exists():
+        data.write_text("".join(json.dumps({"prompt": f"say {w}\n"}) + "\n" for w in ("abc", "de", "fgh", "ij")))
+        (tmp_path / "rewards.py").write_text(REWARDS)
+    config = dict(task="online", trainer="dapo", online_task="dataset", dataset_name=str(data),
+                  reward_funcs=[f"{tmp_path / 'rewards.py'}:e_count"], model_name_or_path="builtin:tiny-llama",
+                  learning_rate=3e-3, max_steps=2, num_iterations=2, num_generations=4, prompts_per_generation=4,
+                  per_device_train_batch_size=4, max_completion_length=6, temperature=1.5, logging_steps=1,
+                  disable_tqdm=True, use_cpu=True, seed=5, output_dir=str(tmp_path / name))
+    config.update(options)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) in (0, None)
+    return load_file(str(tmp_path / name / "model.safetensors"))
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_preflab_train_takes_each_option_its_default_is_bit_equal_and_another_value_changes_the_update(tmp_path):
+    torch.set_num_threads(1)
+    plain = _train(tmp_path, "plain")
+    defaults = _train(tmp_path, "defaults", top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+                      multi_objective_aggregation="sum_then_normalize")
+    assert _same(plain, defaults)
+    assert not _same(plain, _train(tmp_path, "entropy", top_entropy_quantile=0.2))
+    assert not _same(plain, _train(tmp_path, "off_policy", off_policy_mask_threshold=0.0))
+    two = [f"{tmp_path / 'rewards.py'}:e_count", f"{tmp_path / 'rewards.py'}:length"]
+    assert not _same(_train(tmp_path, "summed", reward_funcs=two),
+                     _train(tmp_path, "decoupled", reward_funcs=two, multi_objective_aggregation="normalize_then_sum"))
+
+
+def _e_count(prompts, completions, **kwargs):
+    return [None if i % 5 == 2 else c.count("e") - 0.01 * len(c) for i, c in enumerate(completions)]
+
+
+def _vowels(prompts, completions, **kwargs):
+    return [10.0 * sum(c.count(v) for v in "aiou") for c in completions]
+
+
+def test_a_normalize_then_sum_rounds_advantages_are_those_of_its_judges_scores(tmp_path):
+    """The round's advantages are normalize_then_sum_advantages of each judge's own scores of the round's texts
+    (a None from one judge is NaN for that judge only), not group_advantages of their weighted sum."""
+    import json
+
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.objectives.grpo import group_advantages
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(dict(
+        task="online", trainer="grpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+        reward_weights=[1.0, 0.25], multi_objective_aggregation="normalize_then_sum",
+        model_name_or_path="builtin:tiny-llama", max_steps=1, num_generations=4, prompts_per_generation=4,
+        per_device_train_batch_size=4, max_completion_length=6, temperature=1.5, max_judge_failure_fraction=1.0,
+        disable_tqdm=True, use_cpu=True, seed=3, output_dir=str(tmp_path)))
+    tok = tiny_tokenizer("char")
+    prompts = [f"say {w}\n" for w in ("abc", "de", "fgh", "ij")]
+    run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                    task=Task(prompts, [_e_count, _vowels]))
+    run.micro_batches(0)
+    exs = run.pending.examples
+    rows = [json.loads(line) for line in (tmp_path / "rounds" / "1.jsonl").read_text().splitlines()]
+    texts = [c for row in rows for c in row["completions"]]    # the judges see the round's texts in this order
+    per_judge = torch.tensor([[float("nan") if v is None else v for v in f(None, texts)] for f in (_e_count, _vowels)],
+                             dtype=torch.float64).T.reshape(4, 4, 2)
+    assert bool(per_judge.isnan().any())
+    scored = torch.tensor([e.extras["scored"] for e in exs])
+    want = normalize_then_sum_advantages(per_judge, torch.tensor([1.0, 0.25], dtype=torch.float64), scored)
+    got = torch.tensor([e.extras["advantages"] for e in exs], dtype=torch.float64)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    summed = torch.tensor([e.extras["rewards"] for e in exs], dtype=torch.float64)
+    assert not torch.allclose(got, group_advantages(summed, scored)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(multi_objective_aggregation="normalize_then_sum", scale_rewards="batch"), "scale_rewards='batch' is not read"),
+    (dict(multi_objective_aggregation="normalize_then_sum", missing_eos_penalty=1.0), "missing_eos_penalty is"),
+    (dict(trainer="online_dpo", multi_objective_aggregation="normalize_then_sum"), "read by the GRPO family"),
+    (dict(trainer="tpo", multi_objective_aggregation="normalize_then_sum"), "read by the GRPO family"),
+    (dict(top_entropy_quantile=1.5), "must be in [0, 1]"),
+    (dict(off_policy_mask_threshold=-0.1), "must be >= 0"),
+    (dict(trainer="online_dpo", top_entropy_quantile=0.2), "parameter of the objective(s) grpo"),
+])
+def test_what_the_options_cannot_do_is_refused(options, words):
+    base = dict(task="online", trainer="dapo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", max_steps=2)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**base, **options})
+    assert words in str(err.value)
