@@ -221,9 +221,6 @@ REFUSED = {
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
     "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
-    **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
-        ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
-        ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
     # TRL's ModelConfig and DatasetMixtureConfig (TRL's scripts parse them beside the trainer's config)
     "lora_target_parameters": (None, "preflab builds LoRA on modules only (PEFT's target_parameters, for MoE "
                                      "experts, is not built); use lora_target_modules"),
@@ -284,7 +281,10 @@ def trl_online_defaults(known: dict) -> None:
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
                  "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
                  "f_alpha": 0.5,
-                 "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None}  # GRPOConfig (the GRPO family's)
+                 # GRPOConfig's, the GRPO family's objective parameters
+                 "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
+                 "use_adaptive_entropy": False, "entropy_coef_min": 0.0, "entropy_coef_max": 1.0,
+                 "entropy_coef_delta": 0.005, "entropy_target": 0.2}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}

@@ -28,10 +28,14 @@ def _case(seed, off_policy=True):
     return mask, base, old, ref, adv, entropy
 
 
-def _trl_trainer(lp, entropy, loss_type, beta, quantile, threshold, T_max):
+def _trl_trainer(lp, entropy, loss_type, beta, quantile, threshold, T_max, entropy_options=None):
     """A stand-in for TRL 1.16's GRPOTrainer with what _compute_loss reads (one process, no accumulation): its
-    get_high_entropy_mask and get_off_policy_mask are TRL's own."""
+    get_high_entropy_mask and get_off_policy_mask are TRL's own; entropy_options: GRPOConfig's entropy_coef, ...,
+    set up as GRPOTrainer.__init__ sets them."""
     from trl.trainer.grpo_trainer import GRPOTrainer
+
+    ent = {"entropy_coef": 0.0, "use_adaptive_entropy": False, "entropy_coef_min": 0.0, "entropy_coef_max": 1.0,
+           "entropy_coef_delta": 0.005, "entropy_target": 0.2, **(entropy_options or {})}
 
     model = torch.nn.Linear(1, 1)
     model.train()
@@ -44,18 +48,25 @@ def _trl_trainer(lp, entropy, loss_type, beta, quantile, threshold, T_max):
         aux_loss_enabled=False, top_entropy_quantile=quantile, off_policy_mask_threshold=threshold,
         importance_sampling_level="token", beta=beta, loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.28,
         use_vllm=False, vllm_importance_sampling_correction=False, current_gradient_accumulation_steps=1,
-        max_completion_length=T_max, _entropy_bonus_enabled=False,
-        args=types.SimpleNamespace(use_bias_correction_kl=True, delta=None, steps_per_generation=1),
+        max_completion_length=T_max, entropy_coef=ent["entropy_coef"], use_adaptive_entropy=ent["use_adaptive_entropy"],
+        _entropy_bonus_enabled=ent["entropy_coef"] != 0.0 or ent["use_adaptive_entropy"],
+        _last_world_entropy=float("inf"), _entropy_window_stats=None,
+        args=types.SimpleNamespace(use_bias_correction_kl=True, delta=None, steps_per_generation=1,
+                                   **{k: v for k, v in ent.items() if k not in ("entropy_coef", "use_adaptive_entropy")}),
         _metrics={"train": defaultdict(list)}, get_off_policy_mask=GRPOTrainer.get_off_policy_mask)
     trainer.get_high_entropy_mask = lambda e, m, t: GRPOTrainer.get_high_entropy_mask(trainer, e, m, t)
     return trainer
 
 
-def _trl_loss(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, quantile=1.0, threshold=None):
+def _trl_loss(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, quantile=1.0, threshold=None,
+              trainer=None, entropy_options=None):
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     flat = lambda x: x.reshape(B * G, T)  # noqa: E731
-    trainer = _trl_trainer(flat(lp), flat(entropy), loss_type, beta, quantile, threshold, T)
+    if trainer is None:
+        trainer = _trl_trainer(flat(lp), flat(entropy), loss_type, beta, quantile, threshold, T, entropy_options)
+    else:  # a later step of the same trainer (the adaptive controller's state carries over)
+        trainer._get_per_token_logps_and_entropies = lambda *a, **k: (flat(lp), flat(entropy), None)
     inputs = {"prompt_ids": torch.ones(B * G, 1, dtype=torch.long), "prompt_mask": torch.ones(B * G, 1, dtype=torch.long),
               "completion_ids": torch.ones(B * G, T, dtype=torch.long), "completion_mask": flat(mask).long(),
               "advantages": adv.reshape(-1), "old_per_token_logps": flat(old), "ref_per_token_logps": flat(ref),
@@ -63,10 +74,13 @@ def _trl_loss(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, quan
     return GRPOTrainer._compute_loss(trainer, None, inputs)
 
 
-def _ours(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, **options):
+def _ours(lp, old, ref, mask, adv, entropy, loss_type="dapo", beta=0.0, applied_coef=None, **options):
     extras = {"advantages": adv, "old_logps": old}
-    if options.get("top_entropy_quantile", 1.0) < 1:
+    if options.get("top_entropy_quantile", 1.0) < 1 or options.get("entropy_coef") or options.get(
+            "use_adaptive_entropy"):
         extras["token_entropy"] = entropy
+    if applied_coef is not None:
+        extras["entropy_coef"] = applied_coef
     batch = ListBatch(SequenceLogps(lp, mask), torch.zeros(B, G, dtype=torch.float64),
                       SequenceLogps(ref, mask) if beta else None, extras=extras)
     return get_objective("grpo", loss_type=loss_type, beta=beta, epsilon=0.2, epsilon_high=0.28,
@@ -232,10 +246,12 @@ def test_preflab_train_takes_each_option_its_default_is_bit_equal_and_another_va
     torch.set_num_threads(1)
     plain = _train(tmp_path, "plain")
     defaults = _train(tmp_path, "defaults", top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-                      multi_objective_aggregation="sum_then_normalize")
+                      multi_objective_aggregation="sum_then_normalize", entropy_coef=0.0, use_adaptive_entropy=False,
+                      entropy_coef_min=0.0, entropy_coef_max=1.0, entropy_coef_delta=0.005, entropy_target=0.2)
     assert _same(plain, defaults)
     assert not _same(plain, _train(tmp_path, "entropy", top_entropy_quantile=0.2))
     assert not _same(plain, _train(tmp_path, "off_policy", off_policy_mask_threshold=0.0))
+    assert not _same(plain, _train(tmp_path, "bonus", entropy_coef=0.5))
     two = [f"{tmp_path / 'rewards.py'}:e_count", f"{tmp_path / 'rewards.py'}:length"]
     assert not _same(_train(tmp_path, "summed", reward_funcs=two),
                      _train(tmp_path, "decoupled", reward_funcs=two, multi_objective_aggregation="normalize_then_sum"))
@@ -300,3 +316,101 @@ def test_what_the_options_cannot_do_is_refused(options, words):
     with pytest.raises(ConfigError) as err:
         config_from_dict({**base, **options})
     assert words in str(err.value)
+
+
+# ----- the entropy bonus: entropy_coef, and Skywork-OR1's adaptive coefficient -----
+
+def _with_entropy_grad(fn, base, entropy, *args, **kw):
+    """(loss, grad wrt the log-probs, grad wrt the token entropies) of fn(lp, ..., entropy, ...)."""
+    lp = base.clone().requires_grad_(True)
+    ent = entropy.double().clone().requires_grad_(True)
+    mask, old, ref, adv = args
+    loss = fn(lp, old, ref, mask, adv, ent, **kw)
+    loss.backward()
+    return loss.item(), lp.grad.clone(), ent.grad.clone()
+
+
+@pytest.mark.parametrize("quantile", [1.0, 0.3])
+@pytest.mark.parametrize("loss_type,coef", [("dapo", 0.1), ("grpo", 0.05), ("dr_grpo", -0.2)])
+def test_entropy_coef_equals_trl_1_16_in_loss_and_both_gradients(loss_type, coef, quantile):
+    """L = L_policy - coef x (token-mean entropy over the trained tokens, the high-entropy ones with masking), the
+    entropy's gradient included (TRL's fused head returns it differentiable)."""
+    mask, base, old, ref, adv, entropy = _case(6)
+    want = _with_entropy_grad(_trl_loss, base, entropy, mask, old, ref, adv, loss_type=loss_type, beta=0.04,
+                              quantile=quantile, entropy_options={"entropy_coef": coef})
+    got = _with_entropy_grad(_ours, base, entropy, mask, old, ref, adv, loss_type=loss_type, beta=0.04,
+                             top_entropy_quantile=quantile, entropy_coef=coef)
+    assert got[0] == pytest.approx(want[0], abs=1e-12, rel=1e-12)
+    assert torch.allclose(got[1], want[1], atol=1e-12, rtol=1e-12)
+    assert torch.allclose(got[2], want[2], atol=1e-12, rtol=1e-12)
+    used = mask if quantile == 1 else high_entropy_mask(entropy, mask, 1 - quantile)
+    # by hand: d L / d H_t = -coef / (number of bonus tokens) on each of them, 0 elsewhere
+    assert torch.allclose(got[2], torch.where(used, -coef / used.sum(), 0.0).double(), atol=1e-15)
+
+
+def test_adaptive_entropy_coefficient_follows_trl_1_16_step_by_step():
+    """Four steps of one micro-batch each: TRL's trainer keeps (entropy_coef, _last_world_entropy) across its
+    _compute_loss calls; preflab's EntropyCoefficient gives the objective the coefficient it applies and moves it
+    at the step's end. The applied coefficient is 0 until a measured entropy is at or below the target, the
+    coefficient rises by delta while it is, falls (to its floor) once it is not."""
+    from preflab.online.entropy_control import EntropyCoefficient
+
+    options = {"use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_coef_min": 0.005,
+               "entropy_coef_max": 0.02, "entropy_coef_delta": 0.01, "entropy_target": 1.2}
+    objective = get_objective("grpo", **options)
+    control = EntropyCoefficient(objective)
+    mask, base, old, ref, adv, entropy = _case(7)
+    trainer, coefs, applied = None, [], []
+    for step, scale in enumerate((0.5, 0.5, 2.0, 0.5)):   # mean entropies ~0.75, 0.75, 3, 0.75 against target 1.2
+        ent = entropy * scale
+        lp = base.clone().requires_grad_(True)
+        if trainer is None:
+            trainer = _trl_trainer(lp.reshape(B * G, T), ent.reshape(B * G, T).double(), "dapo", 0.0, 1.0, None, T,
+                                   options)
+        want = _trl_loss(lp, old, ref, mask, adv, ent.double(), trainer=trainer)
+        applied.append(control.applied())
+        got = _ours(base.clone().requires_grad_(True), old, ref, mask, adv, ent.double(), applied_coef=applied[-1],
+                    **options)
+        assert got.item() == pytest.approx(want.item(), abs=1e-12, rel=1e-12)
+        out = objective(ListBatch(SequenceLogps(base, mask), torch.zeros(B, G, dtype=torch.float64), None,
+                                  extras={"advantages": adv, "old_logps": old, "token_entropy": ent.double(),
+                                          "entropy_coef": applied[-1]}))
+        control.add(out.metrics["entropy_bonus/entropy"], out.metric_counts["entropy_bonus/entropy"])
+        control.end_step(lambda t: t)
+        assert control.coef == pytest.approx(trainer.entropy_coef, abs=1e-15)
+        assert control.last_entropy == pytest.approx(trainer._last_world_entropy, rel=1e-6)
+        coefs.append(control.coef)
+    assert applied == pytest.approx([0.0, 0.02, 0.02, 0.0])   # none before a measurement, none after one > target
+    assert coefs == pytest.approx([0.02, 0.02, 0.01, 0.02])   # + delta, capped at max, - delta, + delta
+
+
+def test_adaptive_entropy_run_logs_its_coefficient_and_resumes_it(tmp_path, stop_at_step):
+    """A dapo run with use_adaptive_entropy and a target above any token entropy of the tiny model: the bonus is
+    applied from step 2 and the coefficient rises by delta every step (logged entropy_coef: the coefficient in
+    force at the step); a run stopped after its step-2 checkpoint and resumed ends with the uninterrupted run's
+    weights (the controller's state is saved with the online state)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_online_run import tiny_cfg, tiny_run
+
+    torch.set_num_threads(1)
+    over = dict(trainer="dapo", max_steps=4, steps_per_generation=2, use_adaptive_entropy=True, entropy_coef=0.0,
+                entropy_coef_delta=0.05, entropy_coef_max=0.12, entropy_target=50.0)
+    full = tiny_run(tiny_cfg(tmp_path / "full", **over))
+    full.train()
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "entropy_coef" in r]
+    assert [r["entropy_coef"] for r in rows] == pytest.approx([0.0, 0.05, 0.1, 0.12])
+    assert all(0 < r["entropy_bonus/entropy"] < 50 for r in rows)
+    assert full.entropy_control.coef == pytest.approx(0.12)     # capped at entropy_coef_max
+    cut = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=2, **over))
+    with stop_at_step(cut, 3):
+        cut.train()
+    resumed = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=2, resume_from_checkpoint=True, **over))
+    resumed.train()
+    a, b = full.policy.state_dict(), resumed.policy.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert resumed.entropy_control.coef == pytest.approx(0.12)

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives.base import ListBatch, NeedsByParams, Objective, ObjectiveOutput, as_loss_dtype
 from preflab.objectives._grpo_losses import (cispo_per_token, high_entropy_mask, off_policy_sequence_mask,
                                              sapo_per_token, vespo_weights)
@@ -149,11 +149,25 @@ class GRPO(Objective):
     vespo_lambda_neg: float = 2.0        # lambda where A < 0
     top_entropy_quantile: float = 1.0    # rho: only the top-rho entropy tokens in the policy term (TRL; 1: all)
     off_policy_mask_threshold: float | None = None  # delta: drop A < 0 completions with mean KL > delta (TRL)
+    entropy_coef: float = 0.0            # entropy bonus: loss - coef x mean token entropy (TRL; 0: none)
+    use_adaptive_entropy: bool = False   # Skywork-OR1's controller moves the coefficient (extra "entropy_coef")
+    entropy_coef_min: float = 0.0        # the controller's bounds and step, and the entropy it aims at (nats)
+    entropy_coef_max: float = 1.0
+    entropy_coef_delta: float = 0.005
+    entropy_target: float = 0.2
 
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
-    # the policy's per-token entropy (extra "token_entropy" [B, G, T], no gradient) when entropy masking is on
-    token_needs = NeedsByParams(("token_entropy",), lambda self: ("token_entropy",) * (self.top_entropy_quantile < 1))
+    # the policy's per-token entropy, extra "token_entropy" [B, G, T]: with gradient for the entropy bonus
+    # ("token_entropy_grad"), without for entropy masking alone ("token_entropy")
+    token_needs = NeedsByParams(("token_entropy", "token_entropy_grad"), lambda self: (
+        ("token_entropy_grad",) if self.entropy_bonus else ("token_entropy",) if self.top_entropy_quantile < 1 else ()))
+
+    @property
+    def entropy_bonus(self) -> bool:
+        """The entropy bonus is in the loss (TRL's _entropy_bonus_enabled: a coefficient, or the adaptive
+        controller, which may bring a coefficient of 0 back up)."""
+        return self.entropy_coef != 0 or self.use_adaptive_entropy
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
                        "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient; cispo, "
@@ -169,12 +183,22 @@ class GRPO(Objective):
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "
                               f"{self.epsilon_high}.")
+        numbers = ("top_entropy_quantile", "entropy_coef", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta",
+                   "entropy_target") + (("off_policy_mask_threshold",) if self.off_policy_mask_threshold is not None
+                                        else ())
+        for name in numbers:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"GRPO: {name} must be a number, got {value!r}.")
+        if not isinstance(self.use_adaptive_entropy, bool):
+            raise ConfigError(f"GRPO: use_adaptive_entropy must be true or false, got {self.use_adaptive_entropy!r}.")
         if not 0 <= self.top_entropy_quantile <= 1:
             raise ConfigError(f"GRPO: top_entropy_quantile (the share rho of highest-entropy tokens kept in the policy "
                               f"loss) must be in [0, 1], got {self.top_entropy_quantile}.")
         if self.off_policy_mask_threshold is not None and not self.off_policy_mask_threshold >= 0:
             raise ConfigError(f"GRPO: off_policy_mask_threshold (delta, a mean KL per token) must be >= 0 or null, "
                               f"got {self.off_policy_mask_threshold}.")
+        self._validate_entropy_options()
         if self.delta is not None and self.delta <= 0:
             raise ConfigError(f"GRPO: delta (two-sided clipping bound) must be > 0 or null, got {self.delta}.")
         if self.importance_sampling_level not in ("token", "sequence"):
@@ -184,6 +208,21 @@ class GRPO(Objective):
             raise ConfigError(f"GRPO: loss_type must be one of {LOSS_TYPES} and scale_rewards one of "
                               f"{SCALE_REWARDS}, got {self.loss_type!r}, {self.scale_rewards!r}.")
         self._validate_loss_type_options()
+
+    def _validate_entropy_options(self):
+        """The adaptive controller's options are read with use_adaptive_entropy only (TRL ignores them otherwise:
+        refused here); its bounds must hold the starting coefficient's range."""
+        adaptive = {"entropy_coef_min": 0.0, "entropy_coef_max": 1.0, "entropy_coef_delta": 0.005, "entropy_target": 0.2}
+        changed = [n for n, d in adaptive.items() if getattr(self, n) != d]
+        if changed and not self.use_adaptive_entropy:
+            raise ConfigError(f"GRPO: {', '.join(changed)} {'is' if len(changed) == 1 else 'are'} read by the adaptive "
+                              "entropy controller only; set use_adaptive_entropy: true or remove "
+                              f"{'it' if len(changed) == 1 else 'them'}.")
+        if self.use_adaptive_entropy and not (self.entropy_coef_min <= self.entropy_coef_max and
+                                              self.entropy_coef_delta >= 0):
+            raise ConfigError(f"GRPO: use_adaptive_entropy needs entropy_coef_min <= entropy_coef_max and "
+                              f"entropy_coef_delta >= 0, got {self.entropy_coef_min}, {self.entropy_coef_max}, "
+                              f"{self.entropy_coef_delta}.")
 
     def _validate_loss_type_options(self):
         """TRL 1.16 warns (GRPOTrainer.__init__) where luspo runs without sequence ratios and vespo with them;
@@ -239,7 +278,7 @@ class GRPO(Objective):
             phi = vespo_weights(token_log_ratio, m, a, self.vespo_k_pos, self.vespo_lambda_pos, self.vespo_k_neg,
                                 self.vespo_lambda_neg)
             per_token = -phi * a * lp
-        per_token = self._masked_policy_term(per_token, batch, lp, old, a, mask)
+        per_token, entropy_mask = self._masked_policy_term(per_token, batch, lp, old, a, mask)
         tokens = m.sum().clamp_min(1)
         completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
         metrics = {"reward": (scores * scored).sum() / scored.sum().clamp_min(1), "reward_std": std.mean(),
@@ -290,13 +329,16 @@ class GRPO(Objective):
             if self.loss_type == "dr_grpo":
                 per_prompt = completions / B * (self.max_completion_length or lp.shape[-1])
         losses = group_sum / per_prompt
+        counts_extra = {}
+        if self.entropy_bonus:
+            losses = self._minus_entropy_bonus(losses, batch, m, entropy_mask, metrics, counts_extra)
         # reward averages the valid completions, kl and the clip ratios the completion tokens: their counts, so that
         # the step's mean over micro-batches and ranks is the exact one (ObjectiveOutput.metric_counts)
         valid_tokens, n_valid = m.sum(), batch.valid.sum().to(lp.dtype)
         ratio_count = n_valid if sequence_level else valid_tokens
         counts = {"reward": scored.sum().to(lp.dtype), "kl": valid_tokens, "vespo/phi_seq_mean": n_valid,
                   **{k: ratio_count for k in metrics if k.startswith("clip_ratio/") or k == "cispo_clip_ratio"}}
-        counts = {k: v for k, v in counts.items() if k in metrics}
+        counts = {**{k: v for k, v in counts.items() if k in metrics}, **counts_extra}
         return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts,
                                metric_extrema=extrema)
 
@@ -310,12 +352,34 @@ class GRPO(Objective):
         if self.off_policy_mask_threshold is not None:
             per_token = per_token * off_policy_sequence_mask(a, lp, old, mask.to(lp.dtype),
                                                              self.off_policy_mask_threshold)
+        entropy_mask = None
         if self.top_entropy_quantile < 1:
-            entropy = torch.as_tensor(batch.extras["token_entropy"], device=lp.device)
+            entropy = torch.as_tensor(batch.extras["token_entropy"], device=lp.device).detach()
             threshold = batch.extras.get("entropy_threshold")
-            per_token = per_token * high_entropy_mask(entropy, mask, 1 - self.top_entropy_quantile,
-                                                      None if threshold is None else torch.as_tensor(threshold))
-        return per_token
+            entropy_mask = high_entropy_mask(entropy, mask, 1 - self.top_entropy_quantile,
+                                             None if threshold is None else torch.as_tensor(threshold))
+            per_token = per_token * entropy_mask
+        return per_token, entropy_mask
+
+    def _minus_entropy_bonus(self, losses, batch, m, entropy_mask, metrics, counts):
+        """losses - c H (TRL 1.16's entropy bonus, L = L_policy - c H, whatever the loss type's normalisation):
+        H = sum_t H_t m'_t / max(sum_t m'_t, 1), the mean token entropy over the trained tokens m' (the high-entropy
+        ones with top_entropy_quantile), with gradient (extra "token_entropy"); c = entropy_coef, or with
+        use_adaptive_entropy the extra "entropy_coef" the trainer's controller applies this step (preflab.online.
+        entropy_control). Every prompt's loss gets -c H, so their mean does; H is logged as entropy_bonus/entropy
+        (with its token count: the step's exact mean is what the controller compares with entropy_target)."""
+        entropy = torch.as_tensor(batch.extras["token_entropy"], device=losses.device).to(losses.dtype)
+        used = m if entropy_mask is None else m * entropy_mask
+        count = used.sum()
+        H = (entropy * used).sum() / count.clamp(min=1.0)
+        if self.use_adaptive_entropy and "entropy_coef" not in batch.extras:
+            raise PreflabError("GRPO with use_adaptive_entropy needs batch.extras['entropy_coef'], the coefficient "
+                               "its controller applies this step (preflab.online.entropy_control); the online run "
+                               "gives it.")
+        coef = batch.extras.get("entropy_coef", self.entropy_coef)
+        metrics["entropy_bonus/entropy"] = H
+        counts["entropy_bonus/entropy"] = count.detach()
+        return losses - coef * H
 
     @classmethod
     def example_extras(cls, batch) -> dict:

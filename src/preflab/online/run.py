@@ -69,7 +69,7 @@ from preflab.online.generator import make_generator
 from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
 from preflab.online_recipes import RENAMED, TRAINERS
-from preflab.scoring.lm import LogProbScorer, Scores, split_pairs, unwrap
+from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head, split_pairs, unwrap
 
 
 # online runs call the policy outside the engine's wrapper (make_accelerator refuses FSDP2 / ZeRO-3)
@@ -155,6 +155,15 @@ class OnlineRun(TrainingRun):
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
         check_online_pair_extras(self.objective, self.spec, cfg)
+        self.entropy_control = None  # GRPO's entropy bonus: the coefficient over the run (online/entropy_control.py)
+        if "token_entropy_grad" in self.objective.token_needs:
+            from preflab.online.entropy_control import EntropyCoefficient
+
+            if self.scorer_class is not LogProbScorer:
+                raise ConfigError(f"entropy_coef / use_adaptive_entropy (GRPO's entropy bonus) need the token "
+                                  f"entropies with gradient, which {self.scorer_class.__name__} does not compute; "
+                                  "remove them for this prompt source.")
+            self.entropy_control = EntropyCoefficient(self.objective)
         if cfg.pad_to_multiple_of and self.scorer_class is not LogProbScorer:  # as the offline Trainer
             raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
@@ -603,6 +612,7 @@ class OnlineRun(TrainingRun):
                 continue
             tokens = sum(len(e.prompt_ids) * len(e.sequences()) + sum(len(c) for c in e.sequences()) for e in exs)
             out.append(OnlineMicroBatch(exs, [e.row_id for e in exs], tokens, tokens_per_prompt))
+        self._last_micro_batch = out[-1]  # its forward ends the step's window of the entropy bonus's coefficient
         return out
 
     def _router_coef(self, policy) -> float | None:
@@ -846,10 +856,18 @@ class OnlineRun(TrainingRun):
             extras["step_index"] = mask.long()
         if self.want_hidden:
             extras["hidden"] = scores.hidden.view(*shape, -1)
-        if "token_entropy" in self.objective.token_needs:  # top_entropy_quantile: the mask's entropies (no gradient)
+        if "token_entropy_grad" in self.objective.token_needs:  # entropy bonus: a second head pass, with gradient
+            from preflab.scoring.lm import token_entropy
+
+            with self.accelerator.autocast():
+                extras["token_entropy"] = token_entropy(scores, layout, backbone_and_head(unwrap(self.policy))[1],
+                                                        self.cfg.chunk_tokens).view(shape)
+            extras["entropy_coef"] = self.entropy_control.applied()
+        elif "token_entropy" in self.objective.token_needs:  # top_entropy_quantile: the mask's entropies (no grad)
             extras["token_entropy"] = scores.token_stats[..., 1].view(shape)
-            if self.accelerator.num_processes > 1:
-                extras["entropy_threshold"] = self._entropy_threshold(extras["token_entropy"], mask, mb.zero)
+        if "token_entropy" in extras:
+            if self.accelerator.num_processes > 1 and self.objective.top_entropy_quantile < 1:
+                extras["entropy_threshold"] = self._entropy_threshold(extras["token_entropy"].detach(), mask, mb.zero)
         rewards = torch.tensor([e.extras["rewards"] for e in exs], device=device, dtype=torch.float32)
         valid = torch.tensor([e.extras["valid"] for e in exs], device=device)
         out = self.objective(ListBatch(policy, rewards, ref, valid, extras))
@@ -857,6 +875,8 @@ class OnlineRun(TrainingRun):
             from preflab.scoring.router_loss import add_router_loss
 
             out = add_router_loss(out, scores.router_loss, self.router_coef)
+        if self.entropy_control is not None:
+            self._track_entropy(out, mb)
         if scores.token_stats is not None:  # on the device, token-weighted over the step: no host read
             tokens = mask.reshape(scores.mask.shape)
             count = tokens.sum().to(torch.float32)  # float32 (not 64: MPS); the step widens the sums it adds
@@ -864,6 +884,17 @@ class OnlineRun(TrainingRun):
             out.metrics["entropy"] = entropy / count.clamp_min(1.0)
             out.metric_counts["entropy"] = count
         return out
+
+    def _track_entropy(self, out, mb) -> None:
+        """The entropy bonus's coefficient: this micro-batch's bonus entropy joins the step's window (not a
+        micro-batch scored with weight 0); the step's last micro-batch moves the coefficient (adaptive), after a
+        sum over processes; `entropy_coef` is logged (the coefficient in force at this step)."""
+        control = self.entropy_control
+        if not mb.zero:
+            control.add(out.metrics["entropy_bonus/entropy"], out.metric_counts["entropy_bonus/entropy"])
+        out.metrics["entropy_coef"] = torch.tensor(control.coef, dtype=torch.float64)
+        if mb is getattr(self, "_last_micro_batch", None):
+            control.end_step(lambda t: self.accelerator.reduce(t, reduction="sum"))
 
     def _entropy_threshold(self, entropy: torch.Tensor, mask: torch.Tensor, zero: bool) -> torch.Tensor:
         """The top_entropy_quantile cut over the trained tokens of this micro-batch on every process (TRL 1.16's
@@ -982,7 +1013,8 @@ class OnlineRun(TrainingRun):
         tmp.mkdir(parents=True)
         (tmp / "round.json").write_text(json.dumps(self.pending.to_json() if self.pending else None))
         (tmp / "judge.json").write_text(json.dumps({"judge": self.judge.state(), "counts": self.counts,
-                                                    "refreshes": self.refreshes}))
+                                                    "refreshes": self.refreshes, **({"entropy_control":
+                                                    self.entropy_control.state()} if self.entropy_control else {})}))
         if getattr(self.task, "state", None) is not None:
             (tmp / "task.json").write_text(json.dumps(self.task.state.state_dict()))
         if self.ref is not None and self.refreshes:
@@ -1028,6 +1060,8 @@ class OnlineRun(TrainingRun):
         meta = json.loads((folder / "judge.json").read_text())
         self.judge.load_state(meta["judge"])
         self.counts, self.refreshes = meta["counts"], meta["refreshes"]
+        if self.entropy_control is not None and "entropy_control" in meta:
+            self.entropy_control.load_state(meta["entropy_control"])
         if getattr(self.task, "state", None) is not None:
             if not (folder / "task.json").exists():
                 raise PreflabError(f"resuming at step {step}: {folder / 'task.json'} (the task's state: OTC's tracker, "
