@@ -375,6 +375,8 @@ OPTIONS: dict[str, Option] = {
     "mask_truncated_completions": Option("task: online, GRPO family: a completion without eos (cut at "
                                          "max_completion_length) is left out of the loss (TRL; DAPO's overlong "
                                          "filtering)"),
+    "cast_lm_head_to_fp32": Option("task: online, GRPO family: the LM head of the policy and its reference computed "
+                                   "in float32 (TRL; ScaleRL)"),
     "multi_objective_aggregation": one_of(("sum_then_normalize", "normalize_then_sum"), "task: online, GRPO family: "
                                           "sum the judges' weighted rewards then normalise (TRL's default), or "
                                           "normalise each judge's in its group first (GDPO)"),

@@ -210,7 +210,6 @@ REFUSED = {
     "num_generations_eval": (None, "preflab's evaluation answers each held-out prompt once, greedily (eval_reward: "
                                    "the greedy answers' reward; TRL's eval_reward averages num_generations_eval "
                                    "sampled completions); remove num_generations_eval"),
-    "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),

@@ -209,6 +209,9 @@ _READERS = (
     (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
      lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
      "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game)"),
+    (("cast_lm_head_to_fp32",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
+     cfg.online_task in ("dataset", "demo"), "the GRPO family on text prompts (online_task dataset or demo; the "
+     "game has no model, vision_dataset's image-text models are not cast)"),
     (("multi_objective_aggregation",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
      cfg.online_task != "game", "the GRPO family on sampled text (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, "
      "luspo, vespo; the game has no judges)"),

@@ -414,3 +414,65 @@ def test_adaptive_entropy_run_logs_its_coefficient_and_resumes_it(tmp_path, stop
     a, b = full.policy.state_dict(), resumed.policy.state_dict()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     assert resumed.entropy_control.coef == pytest.approx(0.12)
+
+
+# ----- cast_lm_head_to_fp32 -----
+
+def _bf16_llama(tie: bool):
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    model = tiny_causal_lm(tiny_tokenizer("char"), hidden_size=32, seed=1)
+    if tie:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_cast_lm_head_to_fp32_gives_the_float32_linear_of_the_hidden_states(tie):
+    """TRL's cast: logits = linear(h.float(), W.float()) with autocast off (bit for bit), not the bfloat16 head's;
+    a tied model's embeddings still hand the decoder bfloat16; the reference copy keeps a head of its own;
+    generation and preflab's scorer head go through it."""
+    import copy
+
+    from preflab.models.fp32_head import cast_lm_head_to_fp32
+    from preflab.scoring.head import backbone_and_head
+
+    model = _bf16_llama(tie)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    bf16_logits = model(input_ids=ids).logits
+    weight = model.lm_head.weight.detach().clone()
+    cast_lm_head_to_fp32(model)
+    assert model.lm_head.weight.dtype == torch.float32
+    hidden = model.model(input_ids=ids).last_hidden_state
+    assert hidden.dtype == torch.bfloat16                       # the decoder still runs in bfloat16 (tied too)
+    want = torch.nn.functional.linear(hidden.float(), weight.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):           # the run's autocast does not reach the head
+        logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.float32 and torch.equal(logits, want)
+    assert not torch.equal(logits, bf16_logits.float())
+    assert torch.equal(backbone_and_head(model)[1](hidden), want)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    assert torch.equal(ref(input_ids=ids).logits, want)        # the copy's forward reads its own weight
+    assert model.generate(ids, max_new_tokens=2, do_sample=False).shape == (1, 7)
+
+
+def test_cast_lm_head_to_fp32_refuses_a_lora_adapter_on_the_head():
+    from peft import LoraConfig, get_peft_model
+
+    from preflab.models.fp32_head import cast_lm_head_to_fp32
+
+    model = get_peft_model(_bf16_llama(False).float(), LoraConfig(r=2, target_modules=["lm_head", "q_proj"]))
+    with pytest.raises(ConfigError, match="LoRA adapter on lm_head"):
+        cast_lm_head_to_fp32(model)
+
+
+def test_preflab_train_with_cast_lm_head_to_fp32_trains_a_float32_head_on_a_bfloat16_policy(tmp_path):
+    torch.set_num_threads(1)
+    bf16 = _train(tmp_path, "bf16", load_dtype="bfloat16", beta=0.04)
+    cast = _train(tmp_path, "cast", load_dtype="bfloat16", beta=0.04, cast_lm_head_to_fp32=True)
+    assert bf16["lm_head.weight"].dtype == torch.bfloat16 and cast["lm_head.weight"].dtype == torch.float32
+    assert cast["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert not torch.equal(bf16["model.norm.weight"], cast["model.norm.weight"])   # another update of the body too

@@ -188,6 +188,12 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
+        if cfg.cast_lm_head_to_fp32:  # TRL's GRPOConfig option: before the reference copy, which then has it too
+            from preflab.models.fp32_head import cast_lm_head_to_fp32
+
+            cast_lm_head_to_fp32(policy)
+            if ref is not None:
+                cast_lm_head_to_fp32(ref, "the reference model")
         # a FlexAttention policy on the CPU: refused here, with train()'s message (TrainingRun._train asks again),
         # before the custom-mask probe (six compiled FlexAttention forwards), the generator and the task's "before"
         # evaluation (a whole generation pass) are run for a run that could not take a step
