@@ -207,9 +207,6 @@ REFUSED = {
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
-    "num_generations_eval": (None, "preflab's evaluation answers each held-out prompt once, greedily (eval_reward: "
-                                   "the greedy answers' reward; TRL's eval_reward averages num_generations_eval "
-                                   "sampled completions); remove num_generations_eval"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),

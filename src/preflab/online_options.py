@@ -209,6 +209,9 @@ _READERS = (
     (("epsilon", "epsilon_high", "scale_rewards", "mask_truncated_completions"),
      lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo",
      "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game)"),
+    (("num_generations_eval",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
+     cfg.online_task == "dataset" and bool(cfg.eval_dataset_name or cfg.eval_fraction), "the GRPO family on "
+     "online_task: dataset with an eval set (eval_dataset_name or eval_fraction: the held-out prompts it answers)"),
     (("cast_lm_head_to_fp32",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
      cfg.online_task in ("dataset", "demo"), "the GRPO family on text prompts (online_task dataset or demo; the "
      "game has no model, vision_dataset's image-text models are not cast)"),
@@ -326,12 +329,12 @@ def greedy_eval_notes(cfg) -> list[str]:
     eval_reward as the mean over num_generations_eval completions per prompt sampled as in training (temperature,
     top_p, top_k, min_p). The training rows' `reward` is the sampled one in both."""
     if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in TRL_GRPO_TRAINERS
-            or not (cfg.eval_dataset_name or cfg.eval_fraction)):
-        return []
+            or not (cfg.eval_dataset_name or cfg.eval_fraction) or cfg.num_generations_eval):
+        return []  # (num_generations_eval: sampled as TRL samples them)
     return [f"eval_reward (trainer {cfg.trainer}) is the judges' reward of one greedy answer per held-out prompt; "
             "TRL's GRPOTrainer logs eval_reward as the mean over num_generations_eval completions sampled as in "
             f"training (temperature {cfg.temperature:g}), so the two are not the same number (the sampled reward is "
-            "metrics.jsonl's `reward`)."]
+            "metrics.jsonl's `reward`). Set num_generations_eval to evaluate as TRL does."]
 
 
 def check_explicit_loss_type(cfg, given: dict) -> None:

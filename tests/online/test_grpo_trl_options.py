@@ -476,3 +476,88 @@ def test_preflab_train_with_cast_lm_head_to_fp32_trains_a_float32_head_on_a_bflo
     assert bf16["lm_head.weight"].dtype == torch.bfloat16 and cast["lm_head.weight"].dtype == torch.float32
     assert cast["model.embed_tokens.weight"].dtype == torch.bfloat16
     assert not torch.equal(bf16["model.norm.weight"], cast["model.norm.weight"])   # another update of the body too
+
+
+# ----- num_generations_eval -----
+
+def _e_score(prompts, completions, **kwargs):
+    return [c.count("e") - 0.01 * len(c) for c in completions]
+
+
+def test_num_generations_eval_samples_that_many_answers_per_held_out_prompt_as_training_samples():
+    """eval_reward with num_generations_eval k: the mean reward of k answers per held-out prompt sampled with the
+    training sampling options (TRL's GRPOTrainer evaluation), from the seed, leaving the run's random state as it
+    was; per_prompt is each prompt's mean (the win rate's unit). Unset: one greedy answer, as before."""
+    from preflab.generate import generate_ids
+    from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.tasks import dataset_evaluate
+
+    torch.set_num_threads(1)
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    prompts = [{"prompt": p} for p in ("the cat", "a tree", "eels")]
+    base = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", max_steps=2, max_completion_length=6, eval_fraction=0.25,
+                temperature=1.3, top_k=5, seed=11, use_cpu=True)
+    cfg = config_from_dict({**base, "num_generations_eval": 3})
+    state = torch.get_rng_state()
+    result = dataset_evaluate(cfg, prompts, [_e_score])(model, tok)
+    assert torch.equal(torch.get_rng_state(), state)                  # the run's random state is untouched
+    rows = prepare_prompts(prompts, tok)
+    ids = generate_ids(model, [r.prompt_ids for r in rows for _ in range(3)], eos_id=tok.eos_token_id,
+                       pad_id=pad_id_of(tok), max_new_tokens=6, do_sample=True, temperature=1.3, top_p=1.0, seed=11,
+                       top_k=5, min_p=None, repetition_penalty=1.0, batch_size=cfg.per_device_eval_batch_size)
+    want = _e_score(None, [decode(tok, c, False) for c in ids])
+    assert result["reward"] == pytest.approx(sum(want) / 9, rel=1e-12)
+    assert result["per_prompt"] == pytest.approx([sum(want[i:i + 3]) / 3 for i in (0, 3, 6)], rel=1e-12)
+    assert len({tuple(c) for c in ids}) > 3                           # sampled: not one answer repeated
+    assert dataset_evaluate(cfg, prompts, [_e_score])(model, tok) == result   # the same draws at every evaluation
+    greedy = dataset_evaluate(config_from_dict(base), prompts, [_e_score])(model, tok)
+    assert len(greedy["per_prompt"]) == 3 and greedy["reward"] != result["reward"]
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(eval_fraction=0.0), "with an eval set"),
+    (dict(trainer="online_dpo"), "read by the GRPO family on online_task: dataset"),
+    (dict(num_generations_eval=0), "num_generations_eval"),
+])
+def test_num_generations_eval_is_refused_where_nothing_reads_it(options, words):
+    base = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", max_steps=2, eval_fraction=0.25, num_generations_eval=4)
+    with pytest.raises(ConfigError, match=words):
+        config_from_dict({**base, **options})
+
+
+def test_the_greedy_eval_note_is_not_said_with_num_generations_eval():
+    from preflab.online_options import greedy_eval_notes
+
+    base = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
+                model_name_or_path="builtin:tiny-llama", max_steps=2, eval_fraction=0.25)
+    assert "Set num_generations_eval" in greedy_eval_notes(config_from_dict(base))[0]
+    assert greedy_eval_notes(config_from_dict({**base, "num_generations_eval": 2})) == []
+
+
+def test_a_run_with_num_generations_eval_evaluates_sampled_answers(tmp_path, capsys):
+    import json
+
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+
+    torch.set_num_threads(1)
+    for name, words in (("train", ("ab", "cd")), ("eval", ("ij", "kl"))):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}\n"}) + "\n" for w in words))
+    (tmp_path / "rewards.py").write_text(REWARDS)
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset",
+                                dataset_name=str(tmp_path / "train.jsonl"), eval_dataset_name=str(tmp_path / "eval.jsonl"),
+                                reward_funcs=f"{tmp_path / 'rewards.py'}:e_count", model_name_or_path="builtin:tiny-llama",
+                                learning_rate=1e-12, max_steps=1, num_generations=2, prompts_per_generation=2,
+                                per_device_train_batch_size=2, max_completion_length=4, num_generations_eval=3,
+                                temperature=1.5, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                                output_dir=str(tmp_path / "out")))
+    tok = tiny_tokenizer("char")
+    summary = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok).train()
+    out = capsys.readouterr().out
+    assert "2 held-out prompts" in out and "answered 3 times each, sampled as in training" in out
+    assert len(summary["examples_after"]) == 4              # the first 4 of the 2 x 3 sampled answers
+    assert summary["eval_reward_after"] == pytest.approx(summary["final_metrics"]["eval_reward"])

@@ -727,7 +727,9 @@ class OnlineRun(TrainingRun):
         self.data_report["eval_prompt_tokenize"] = tokenized
         if self.main:
             cut = tokenized.get("prompt_truncated", 0)
-            print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), answered greedily and judged at "
+            how = (f"answered {cfg.num_generations_eval} times each, sampled as in training (num_generations_eval),"
+                   if cfg.num_generations_eval else "answered greedily")
+            print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), {how} and judged at "
                   "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
                   + ".", flush=True)
 
