@@ -43,6 +43,15 @@ sequence the ratios, and vespo/phi_seq_mean always, over completions, as TRL), e
 (ObjectiveOutput.metric_counts: the step logs the exact mean over all micro-batches and ranks; TRL averages the
 micro-batches' means).
 
+TRL 1.16's masks and bonus (every loss type; preflab.objectives._grpo_losses), applied to the policy term before the
+KL term is added, the normaliser unchanged:
+    top_entropy_quantile rho < 1   l_t times 1[H_t >= quantile_{1-rho}(H over the trained tokens)]  (extra
+                                   "token_entropy" [B, G, T]; "entropy_threshold": the cut over every process)
+    off_policy_mask_threshold d    l_t times 1[A >= 0 or mean_t (lp_old - lp) <= d] per completion
+    entropy_coef c                 loss - c H, H the mean token entropy over the trained (kept) tokens, with its
+                                   gradient; use_adaptive_entropy: c is the extra "entropy_coef" the run's controller
+                                   applies (preflab.online.entropy_control)
+
 Deviation from the paper: the paper's grpo aggregation is the default of TRL <= 0.14; TRL 1.16 defaults to dapo
 (used here too). beta defaults to TRL 1.16's 0.0 (the paper uses 0.04).
 """
