@@ -561,3 +561,32 @@ def test_a_run_with_num_generations_eval_evaluates_sampled_answers(tmp_path, cap
     assert "2 held-out prompts" in out and "answered 3 times each, sampled as in training" in out
     assert len(summary["examples_after"]) == 4              # the first 4 of the 2 x 3 sampled answers
     assert summary["eval_reward_after"] == pytest.approx(summary["final_metrics"]["eval_reward"])
+
+
+@pytest.mark.parametrize("chunk", [2, None])
+def test_token_entropy_equals_the_full_logits_entropy_and_its_gradient(chunk):
+    """scoring.lm.token_entropy (the entropy bonus's H_t, a second head pass over the scorer's hidden states) equals
+    -sum_v p_v log p_v of model(...).logits at every response position, zeros elsewhere, with the same gradient in
+    every parameter, in one chunk or several (checkpointed)."""
+    from preflab.data.layout import padded
+    from preflab.models.tiny import tiny_causal_lm
+    from preflab.scoring.lm import LogProbScorer, backbone_and_head, token_entropy
+
+    torch.manual_seed(0)
+    model = tiny_causal_lm(vocab_size=64)
+    seqs = [([1, 5, 9, 14], [20, 21, 2]), ([1, 7], [30, 31, 32, 33, 2]), ([1, 5, 9, 14], [40, 2])]
+    layout = padded(seqs, pad_id=0)
+    weights = torch.rand(layout.response_mask.shape)
+    logprobs = torch.log_softmax(model(input_ids=layout.input_ids, attention_mask=layout.attention_mask).logits, -1)
+    full = -(logprobs.exp() * logprobs).sum(-1).reshape(-1)[layout.pred_index.reshape(-1)].reshape(
+        layout.response_mask.shape) * layout.response_mask
+    (full * weights).sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    scores = LogProbScorer(model, chunk_tokens=chunk)(layout)
+    ours = token_entropy(scores, layout, backbone_and_head(model)[1], chunk)
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    assert bool((ours[~layout.response_mask] == 0).all())
+    (ours * weights).sum().backward()
+    for p, g in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
