@@ -107,16 +107,16 @@ def group_advantages(scores: torch.Tensor, valid: torch.Tensor, scale_rewards: s
     return dev, std
 
 
-def nan_std(values: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
-    """Standard deviation of the non-NaN values with Bessel's correction, NaN where fewer than two (TRL's nanstd)."""
-    dims = () if dim is None else dim
-    mean = torch.nanmean(values, dim=dims, keepdim=True) if dim is not None else torch.nanmean(values)
-    count = (~values.isnan()).sum(dim=dims, keepdim=True) if dim is not None else (~values.isnan()).sum()
-    var = torch.nanmean((values - mean) ** 2, dim=dims, keepdim=True) if dim is not None else \
-        torch.nanmean((values - mean) ** 2)
-    var = var * torch.where(count > 1, count / (count - 1), torch.nan)
-    std = var.sqrt()
-    return std if keepdim or dim is None else std.squeeze(dim)
+def nan_std(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Standard deviation of the non-NaN values with Bessel's correction, NaN where fewer than two (TRL's nanstd);
+    dim None: over all values."""
+    if dim is None:
+        values, dim = values.flatten(), 0
+    mean = torch.nanmean(values, dim=dim, keepdim=True)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True)
+    var = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
+    std = (var * torch.where(count > 1, count / (count - 1), torch.nan)).sqrt()
+    return std if keepdim else std.squeeze(dim)
 
 
 def normalize_then_sum_advantages(per_judge: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor,
@@ -181,7 +181,9 @@ class GRPO(Objective):
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
                        "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient; cispo, "
                        "sapo, luspo, vespo in loss, gradient and metrics; unscorable completions "
-                       "(tests/objectives/test_trl_parity.py, 1e-9)")
+                       "(tests/objectives/test_trl_parity.py, 1e-9); top_entropy_quantile, off_policy_mask_threshold, "
+                       "entropy_coef and the adaptive coefficient; normalize_then_sum advantages "
+                       "(tests/online/test_grpo_trl_options.py, 1e-12)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
 
     def __post_init__(self):
