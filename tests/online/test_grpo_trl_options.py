@@ -2,8 +2,10 @@
 top_entropy_quantile (entropy masking), off_policy_mask_threshold (off-policy sequence masking) and
 multi_objective_aggregation: normalize_then_sum (GDPO's per-judge normalisation). Their defaults leave the numbers
 as they were, bit for bit."""
+import sys
 import types
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -390,8 +392,6 @@ def test_adaptive_entropy_run_logs_its_coefficient_and_resumes_it(tmp_path, stop
     force at the step); a run stopped after its step-2 checkpoint and resumed ends with the uninterrupted run's
     weights (the controller's state is saved with the online state)."""
     import json
-    import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_online_run import tiny_cfg, tiny_run
@@ -590,3 +590,29 @@ def test_token_entropy_equals_the_full_logits_entropy_and_its_gradient(chunk):
     (ours * weights).sum().backward()
     for p, g in zip(model.parameters(), expected):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_entropy_bonus_under_two_processes_equals_one_process(tmp_path, accelerate_launch):
+    """The bonus's second LM-head pass runs outside the DDP-wrapped forward: its gradient still reaches every rank's
+    weights through DDP's all-reduce. One example per micro-batch on both sides (1 x 4 accumulation vs 2 x 2), so
+    the micro-batches' token means are the same: the weights agree to float summation order (7e-7 measured)."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    script = str(Path(__file__).parent / "online_tiny_run.py")
+    common = ["trainer=dapo", "prompts_per_generation=8", "steps_per_generation=2", "per_device_train_batch_size=1",
+              "generation_batch_size=2", "max_steps=4", "entropy_coef=0.5", "beta=0.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
+                         env=env, capture_output=True, text=True, timeout=500)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                           "--mixed_precision", "no", "--dynamo_backend", "no", script,
+                                           str(tmp_path / "two"), *common, "gradient_accumulation_steps=2"),
+                         env=env, capture_output=True, text=True, timeout=500)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
