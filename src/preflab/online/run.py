@@ -900,7 +900,7 @@ class OnlineRun(TrainingRun):
         control = self.entropy_control
         if not mb.zero:
             control.add(out.metrics["entropy_bonus/entropy"], out.metric_counts["entropy_bonus/entropy"])
-        out.metrics["entropy_coef"] = torch.tensor(control.coef, dtype=torch.float64)
+        out.metrics["entropy_coef"] = control.coef  # a Python number: summed on the host (preflab.step)
         if mb is getattr(self, "_last_micro_batch", None):
             control.end_step(lambda t: self.accelerator.reduce(t, reduction="sum"))
 
