@@ -77,6 +77,7 @@ def _other_value(name: str, default):
                "bnb_4bit_compute_dtype": "float16", "vision_pairs": "pami_vdpo", "caption_perturbation": "weak",
                "reward_head": "gpm", "trainer": "grpo", "online_task": "demo", "generation_backend": "vllm",
                "pair_builder": "all_pairs", "scale_rewards": "batch", "upo_selection": "lowest",
+               "multi_objective_aggregation": "normalize_then_sum", "num_generations_eval": 2,
                "upo_uncertainty": "mc_dropout", "mcts_value": "self_eval", "torch_compile_backend": "eager",
                "torch_compile_mode": "default", "score_range": [0.0, 1.0], "processor_name_or_path": "x",
                "ref_model_name_or_path": "builtin:tiny-llama", "eval_dataset_name": "x.jsonl",

@@ -222,7 +222,7 @@ def test_trainingarguments_values_preflab_does_not_do_are_refused(key, value, wh
 @pytest.mark.parametrize("key,value,why", [
     # generation_kwargs' sampler keys are preflab's options (tests/test_trl_generation_kwargs.py); others refused
     ("generation_kwargs", {"num_beams": 5}, "num_beams: preflab samples .* with temperature, top_p, top_k, min_p"),
-    ("entropy_coef", 0.01, "is not supported: .*entropy regularisation"),  # mask_truncated_completions: supported
+    ("cache_implementation", "static", "is not supported: .*preflab samples with temperature"),
 ])
 def test_grpo_generation_options_refused_with_reason(key, value, why):
     with pytest.raises(ConfigError, match=f"{key} .*{why}"):

@@ -219,6 +219,9 @@ class TrainConfig:
     mask_truncated_completions: bool = False   # GRPO family: a completion without eos is out of the loss (TRL, DAPO)
     normalize_advantages: bool = False         # trainer rloo: the round's advantages to mean 0, std 1 (TRL RLOOConfig)
     reward_clip_range: list | None = None      # trainer rloo: [min, max] clamp of the rewards (TRL RLOOConfig)
+    multi_objective_aggregation: str = "sum_then_normalize"  # GRPO family: several judges' rewards (TRL)
+    cast_lm_head_to_fp32: bool = False         # GRPO family: the LM head of policy and reference in float32 (TRL)
+    num_generations_eval: int | None = None    # GRPO family: eval samples this many per held-out prompt (None: greedy)
     game_preferences: list | None = None       # online_task game: K x K P[i][j] = P(answer i beats j), P + P^T = 1
     game_eta: float = 0.5                      # online_task game: inpo / nash_md step, eta * beta (in (0, 1])
     apo_alpha: float = 0.3                     # online_task game, trainer apo: extrapolation (momentum) on the iterates

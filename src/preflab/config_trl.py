@@ -208,25 +208,14 @@ REFUSED = {
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
-    "num_generations_eval": (None, "preflab's evaluation answers each held-out prompt once, greedily (eval_reward: "
-                                   "the greedy answers' reward; TRL's eval_reward averages num_generations_eval "
-                                   "sampled completions); remove num_generations_eval"),
-    "cast_lm_head_to_fp32": (False, "the LM head runs in the training dtype; remove it"),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
-    "multi_objective_aggregation": ("sum_then_normalize", "rewards are summed with reward_weights, then "
-                                                          "normalized (TRL's default); remove it"),
     "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
-    "off_policy_mask_threshold": (None, "not supported; remove it"),
-    "top_entropy_quantile": (1.0, "entropy masking is not supported; remove it"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward)
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
     "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
-    **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
-        ("entropy_coef", 0.0), ("use_adaptive_entropy", False), ("entropy_coef_min", 0.0), ("entropy_coef_max", 1.0),
-        ("entropy_coef_delta", 0.005), ("entropy_target", 0.2))},
     # TRL's ModelConfig and DatasetMixtureConfig (TRL's scripts parse them beside the trainer's config)
     "lora_target_parameters": (None, "preflab builds LoRA on modules only (PEFT's target_parameters, for MoE "
                                      "experts, is not built); use lora_target_modules"),
@@ -287,7 +276,11 @@ def trl_online_defaults(known: dict) -> None:
 # (and unused) when the chosen loss_type does not take it; another value is an unknown-key error as before
 LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None, "delta": None,
                  "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
-                 "f_alpha": 0.5}
+                 "f_alpha": 0.5,
+                 # GRPOConfig's, the GRPO family's objective parameters
+                 "top_entropy_quantile": 1.0, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
+                 "use_adaptive_entropy": False, "entropy_coef_min": 0.0, "entropy_coef_max": 1.0,
+                 "entropy_coef_delta": 0.005, "entropy_target": 0.2}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}

@@ -87,6 +87,7 @@ def check_online(cfg) -> None:
         raise ConfigError(f"trainer {cfg.trainer!r} is implemented for online_task: game only.")
     if _reads_rso(cfg, spec):
         _check_rso_num_samples(cfg)
+    _check_multi_objective_aggregation(cfg)
     if cfg.loss_type in GRPO_RECIPE_LOSS_TYPES:
         raise ConfigError(grpo_loss_type_error(cfg.loss_type, cfg.trainer))
     if spec.advantages == "leave_one_out" and cfg.loss_type not in ("sigmoid", spec.loss_type):
@@ -110,6 +111,28 @@ def check_online(cfg) -> None:
                               f"{cfg.trainer!r}, whose reference is refreshed to the policy at least every n rounds "
                               f"(refresh_reference_every=n >= 1; left out: 1, every round).{fixed}")
         cfg.refresh_reference_every = 1
+
+
+def _check_multi_objective_aggregation(cfg) -> None:
+    """multi_objective_aggregation: normalize_then_sum (TRL 1.16) normalises each judge's rewards in its group and
+    the weighted sum over the round; it reads neither scale_rewards (TRL ignores it there) nor a penalty on the
+    summed score (missing_eos_penalty, which preflab subtracts from the weighted sum): refused when set, not
+    dropped."""
+    if cfg.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+        raise ConfigError("multi_objective_aggregation must be 'sum_then_normalize' or 'normalize_then_sum', got "
+                          f"{cfg.multi_objective_aggregation!r}.")
+    if cfg.multi_objective_aggregation != "normalize_then_sum":
+        return
+    if cfg.scale_rewards != "group":
+        raise ConfigError(f"scale_rewards={cfg.scale_rewards!r} is not read with multi_objective_aggregation: "
+                          "normalize_then_sum, which divides each judge's rewards by their group std and the "
+                          "weighted sum by its std over the round (TRL 1.16 ignores scale_rewards there); remove "
+                          "scale_rewards or use sum_then_normalize.")
+    if cfg.missing_eos_penalty is not None:
+        raise ConfigError("missing_eos_penalty is subtracted from the weighted sum of the judges' rewards, which "
+                          "multi_objective_aggregation: normalize_then_sum does not use (each judge's rewards are "
+                          "normalised first); remove missing_eos_penalty, or score the missing EOS in a reward "
+                          "function of its own (one more judge in reward_funcs).")
 
 
 def _reads_rso(cfg, spec) -> bool:
@@ -195,6 +218,15 @@ _READERS = (
      lambda cfg, spec: spec.kind == "groups" and spec.loss_type in ("grpo", "rloo"),
      "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game) and rloo"),
     (("normalize_advantages", "reward_clip_range"), lambda cfg, spec: cfg.trainer == "rloo", "trainer rloo"),
+    (("num_generations_eval",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
+     cfg.online_task == "dataset" and bool(cfg.eval_dataset_name or cfg.eval_fraction), "the GRPO family on "
+     "online_task: dataset with an eval set (eval_dataset_name or eval_fraction: the held-out prompts it answers)"),
+    (("cast_lm_head_to_fp32",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
+     cfg.online_task in ("dataset", "demo"), "the GRPO family on text prompts (online_task dataset or demo; the "
+     "game has no model, vision_dataset's image-text models are not cast)"),
+    (("multi_objective_aggregation",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
+     cfg.online_task != "game", "the GRPO family on sampled text (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, "
+     "luspo, vespo; the game has no judges)"),
     (("pair_builder",), lambda cfg, spec: spec.kind == "pairs" and spec.builder is None and spec.scores == "reward"
      and cfg.online_task != "game", "trainers online_dpo, iterative_dpo and hypo_online_pairs"),
     (("rso_beta", "rso_num_samples"), lambda cfg, spec: spec.kind == "pairs" and spec.scores == "reward" and
@@ -306,12 +338,12 @@ def greedy_eval_notes(cfg) -> list[str]:
     eval_reward as the mean over num_generations_eval completions per prompt sampled as in training (temperature,
     top_p, top_k, min_p). The training rows' `reward` is the sampled one in both."""
     if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in TRL_GRPO_TRAINERS
-            or not (cfg.eval_dataset_name or cfg.eval_fraction)):
-        return []
+            or not (cfg.eval_dataset_name or cfg.eval_fraction) or cfg.num_generations_eval):
+        return []  # (num_generations_eval: sampled as TRL samples them)
     return [f"eval_reward (trainer {cfg.trainer}) is the judges' reward of one greedy answer per held-out prompt; "
             "TRL's GRPOTrainer logs eval_reward as the mean over num_generations_eval completions sampled as in "
             f"training (temperature {cfg.temperature:g}), so the two are not the same number (the sampled reward is "
-            "metrics.jsonl's `reward`)."]
+            "metrics.jsonl's `reward`). Set num_generations_eval to evaluate as TRL does."]
 
 
 def check_explicit_loss_type(cfg, given: dict) -> None:

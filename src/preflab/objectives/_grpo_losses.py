@@ -46,3 +46,36 @@ def vespo_weights(log_ratio: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor
     k = torch.where(nonneg, k_pos, k_neg).to(log_w.dtype)
     lam = torch.where(nonneg, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
     return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float,
+                      threshold: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., T] bool: the trained tokens whose entropy is at least the top_entropy_quantile cut (TRL 1.16
+    GRPOTrainer.get_high_entropy_mask; Wang et al., 2025, "Beyond the 80/20 Rule", arXiv:2506.01939):
+
+        tau = quantile_{1 - rho}(H_t over the trained tokens)    (torch.quantile, linear interpolation, float32)
+        keep_t = m_t and H_t m_t >= tau                            (no trained token: keep none)
+
+    `quantile` is 1 - rho; `threshold`: tau computed elsewhere (over every process's tokens, as TRL gathers them);
+    None: over this batch's."""
+    if threshold is None:
+        values = entropy[mask].float()
+        if values.numel() == 0:
+            return torch.zeros_like(mask)
+        threshold = torch.quantile(values, quantile)
+    return ((entropy * mask.float()) >= threshold) & mask
+
+
+def off_policy_sequence_mask(advantages: torch.Tensor, lp: torch.Tensor, sampling_lp: torch.Tensor,
+                             mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[..., 1] in {0, 1} of mask's dtype: TRL 1.16 GRPOTrainer.get_off_policy_mask (off_policy_mask_threshold;
+    DeepSeek-AI, 2025, DeepSeek-V3.2, arXiv:2512.02556, Eq. 9): a completion is dropped from the policy loss when
+    its advantage is negative and its mean token KL estimate from the sampling policy exceeds delta,
+
+        KL_i = sum_t m_t (lp_old_t - sg(lp_t)) / max(sum_t m_t, 1)     (NaN log-probs count 0)
+        keep_i = A_i >= 0 or KL_i <= delta
+
+    advantages [..., 1]; lp, sampling_lp, mask [..., T]."""
+    kl = (sampling_lp - lp.detach()).nan_to_num(nan=0.0)
+    seq_kl = (kl * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    return ((advantages >= 0) | (seq_kl <= threshold)).to(mask.dtype)

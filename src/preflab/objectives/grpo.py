@@ -43,6 +43,15 @@ sequence the ratios, and vespo/phi_seq_mean always, over completions, as TRL), e
 (ObjectiveOutput.metric_counts: the step logs the exact mean over all micro-batches and ranks; TRL averages the
 micro-batches' means).
 
+TRL 1.16's masks and bonus (every loss type; preflab.objectives._grpo_losses), applied to the policy term before the
+KL term is added, the normaliser unchanged:
+    top_entropy_quantile rho < 1   l_t times 1[H_t >= quantile_{1-rho}(H over the trained tokens)]  (extra
+                                   "token_entropy" [B, G, T]; "entropy_threshold": the cut over every process)
+    off_policy_mask_threshold d    l_t times 1[A >= 0 or mean_t (lp_old - lp) <= d] per completion
+    entropy_coef c                 loss - c H, H the mean token entropy over the trained (kept) tokens, with its
+                                   gradient; use_adaptive_entropy: c is the extra "entropy_coef" the run's controller
+                                   applies (preflab.online.entropy_control)
+
 Deviation from the paper: the paper's grpo aggregation is the default of TRL <= 0.14; TRL 1.16 defaults to dapo
 (used here too). beta defaults to TRL 1.16's 0.0 (the paper uses 0.04).
 """
@@ -50,9 +59,10 @@ from dataclasses import dataclass
 
 import torch
 
-from preflab.errors import ConfigError
-from preflab.objectives.base import ListBatch, Objective, ObjectiveOutput, as_loss_dtype
-from preflab.objectives._grpo_losses import cispo_per_token, sapo_per_token, vespo_weights
+from preflab.errors import ConfigError, PreflabError
+from preflab.objectives.base import ListBatch, NeedsByParams, Objective, ObjectiveOutput, as_loss_dtype
+from preflab.objectives._grpo_losses import (cispo_per_token, high_entropy_mask, off_policy_sequence_mask,
+                                             sapo_per_token, vespo_weights)
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 CLIPPED = ("grpo", "bnpo", "dapo", "dr_grpo", "luspo")          # the loss types of the clipped surrogate
@@ -97,6 +107,38 @@ def group_advantages(scores: torch.Tensor, valid: torch.Tensor, scale_rewards: s
     return dev, std
 
 
+def nan_std(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Standard deviation of the non-NaN values with Bessel's correction, NaN where fewer than two (TRL's nanstd);
+    dim None: over all values."""
+    if dim is None:
+        values, dim = values.flatten(), 0
+    mean = torch.nanmean(values, dim=dim, keepdim=True)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True)
+    var = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
+    std = (var * torch.where(count > 1, count / (count - 1), torch.nan)).sqrt()
+    return std if keepdim else std.squeeze(dim)
+
+
+def normalize_then_sum_advantages(per_judge: torch.Tensor, weights: torch.Tensor, scored: torch.Tensor,
+                                  eps: float = 1e-4) -> torch.Tensor:
+    """[P, G] advantages of multi_objective_aggregation: normalize_then_sum (TRL 1.16 GRPOTrainer; GDPO, Liu et al.,
+    2026, arXiv:2601.05242): each judge k's rewards r^k [P, G, J] (NaN: that judge gave none) are normalised within
+    the prompt's group first, then weighted and summed, and the sum is normalised over the whole round:
+
+        n^k_i = (r^k_i - nanmean_group r^k) / (nanstd_group r^k + eps)     (nanstd: Bessel; NaN with < 2 values)
+        s_i   = nansum_k w_k n^k_i                 (NaN where `scored` is False: every judge None, or one raised)
+        A_i   = (s_i - nanmean_round s) / (nanstd_round s + eps),   0 where s_i is NaN
+
+    scale_rewards is not read (TRL ignores it here). The default sum_then_normalize is group_advantages of the
+    weighted sum."""
+    normed = (per_judge - torch.nanmean(per_judge, dim=1, keepdim=True)) / (nan_std(per_judge, 1, keepdim=True) + eps)
+    summed = (normed * weights.to(normed)).nansum(-1)
+    summed = torch.where(scored, summed, torch.nan)
+    flat = summed.flatten()
+    spread = nan_std(flat) if flat.numel() > 1 else flat.new_zeros(())
+    return ((summed - torch.nanmean(flat)) / (spread + eps)).nan_to_num(0.0)
+
+
 @dataclass(frozen=True)
 class GRPO(Objective):
     beta: float = 0.0                    # KL coefficient (TRL 1.16 default; 0 = no reference model)
@@ -114,14 +156,34 @@ class GRPO(Objective):
     vespo_lambda_pos: float = 3.0        # lambda where A >= 0
     vespo_k_neg: float = 3.0             # k where A < 0
     vespo_lambda_neg: float = 2.0        # lambda where A < 0
+    top_entropy_quantile: float = 1.0    # rho: only the top-rho entropy tokens in the policy term (TRL; 1: all)
+    off_policy_mask_threshold: float | None = None  # delta: drop A < 0 completions with mean KL > delta (TRL)
+    entropy_coef: float = 0.0            # entropy bonus: loss - coef x mean token entropy (TRL; 0: none)
+    use_adaptive_entropy: bool = False   # Skywork-OR1's controller moves the coefficient (extra "entropy_coef")
+    entropy_coef_min: float = 0.0        # the controller's bounds and step, and the entropy it aims at (nats)
+    entropy_coef_max: float = 1.0
+    entropy_coef_delta: float = 0.005
+    entropy_target: float = 0.2
 
     batch_type = ListBatch
     needs_reference = False              # per instance: True when beta > 0
+    # the policy's per-token entropy, extra "token_entropy" [B, G, T]: with gradient for the entropy bonus
+    # ("token_entropy_grad"), without for entropy masking alone ("token_entropy")
+    token_needs = NeedsByParams(("token_entropy", "token_entropy_grad"), lambda self: (
+        ("token_entropy_grad",) if self.entropy_bonus else ("token_entropy",) if self.top_entropy_quantile < 1 else ()))
+
+    @property
+    def entropy_bonus(self) -> bool:
+        """The entropy bonus is in the loss (TRL's _entropy_bonus_enabled: a coefficient, or the adaptive
+        controller, which may bring a coefficient of 0 back up)."""
+        return self.entropy_coef != 0 or self.use_adaptive_entropy
     paper = "Shao et al. 2024, DeepSeekMath (arXiv:2402.03300), GRPO"
     checked_against = ("reference code: TRL 1.16 GRPOTrainer._compute_loss, grpo/bnpo/dr_grpo/dapo, token and sequence "
                        "IS, beta 0 / 0.04, given advantages; use_bias_correction_kl and delta in loss and gradient; cispo, "
                        "sapo, luspo, vespo in loss, gradient and metrics; unscorable completions "
-                       "(tests/objectives/test_trl_parity.py, 1e-9)")
+                       "(tests/objectives/test_trl_parity.py, 1e-9); top_entropy_quantile, off_policy_mask_threshold, "
+                       "entropy_coef and the adaptive coefficient; normalize_then_sum advantages "
+                       "(tests/online/test_grpo_trl_options.py, 1e-12)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
 
     def __post_init__(self):
@@ -132,6 +194,22 @@ class GRPO(Objective):
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "
                               f"{self.epsilon_high}.")
+        numbers = ("top_entropy_quantile", "entropy_coef", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta",
+                   "entropy_target") + (("off_policy_mask_threshold",) if self.off_policy_mask_threshold is not None
+                                        else ())
+        for name in numbers:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"GRPO: {name} must be a number, got {value!r}.")
+        if not isinstance(self.use_adaptive_entropy, bool):
+            raise ConfigError(f"GRPO: use_adaptive_entropy must be true or false, got {self.use_adaptive_entropy!r}.")
+        if not 0 <= self.top_entropy_quantile <= 1:
+            raise ConfigError(f"GRPO: top_entropy_quantile (the share rho of highest-entropy tokens kept in the policy "
+                              f"loss) must be in [0, 1], got {self.top_entropy_quantile}.")
+        if self.off_policy_mask_threshold is not None and not self.off_policy_mask_threshold >= 0:
+            raise ConfigError(f"GRPO: off_policy_mask_threshold (delta, a mean KL per token) must be >= 0 or null, "
+                              f"got {self.off_policy_mask_threshold}.")
+        self._validate_entropy_options()
         if self.delta is not None and self.delta <= 0:
             raise ConfigError(f"GRPO: delta (two-sided clipping bound) must be > 0 or null, got {self.delta}.")
         if self.importance_sampling_level not in ("token", "sequence"):
@@ -141,6 +219,21 @@ class GRPO(Objective):
             raise ConfigError(f"GRPO: loss_type must be one of {LOSS_TYPES} and scale_rewards one of "
                               f"{SCALE_REWARDS}, got {self.loss_type!r}, {self.scale_rewards!r}.")
         self._validate_loss_type_options()
+
+    def _validate_entropy_options(self):
+        """The adaptive controller's options are read with use_adaptive_entropy only (TRL ignores them otherwise:
+        refused here); its bounds must hold the starting coefficient's range."""
+        adaptive = {"entropy_coef_min": 0.0, "entropy_coef_max": 1.0, "entropy_coef_delta": 0.005, "entropy_target": 0.2}
+        changed = [n for n, d in adaptive.items() if getattr(self, n) != d]
+        if changed and not self.use_adaptive_entropy:
+            raise ConfigError(f"GRPO: {', '.join(changed)} {'is' if len(changed) == 1 else 'are'} read by the adaptive "
+                              "entropy controller only; set use_adaptive_entropy: true or remove "
+                              f"{'it' if len(changed) == 1 else 'them'}.")
+        if self.use_adaptive_entropy and not (self.entropy_coef_min <= self.entropy_coef_max and
+                                              self.entropy_coef_delta >= 0):
+            raise ConfigError(f"GRPO: use_adaptive_entropy needs entropy_coef_min <= entropy_coef_max and "
+                              f"entropy_coef_delta >= 0, got {self.entropy_coef_min}, {self.entropy_coef_max}, "
+                              f"{self.entropy_coef_delta}.")
 
     def _validate_loss_type_options(self):
         """TRL 1.16 warns (GRPOTrainer.__init__) where luspo runs without sequence ratios and vespo with them;
@@ -196,6 +289,7 @@ class GRPO(Objective):
             phi = vespo_weights(token_log_ratio, m, a, self.vespo_k_pos, self.vespo_lambda_pos, self.vespo_k_neg,
                                 self.vespo_lambda_neg)
             per_token = -phi * a * lp
+        per_token, entropy_mask = self._masked_policy_term(per_token, batch, lp, old, a, mask)
         tokens = m.sum().clamp_min(1)
         completions = batch.valid.sum().to(lp.dtype).clamp_min(1)
         metrics = {"reward": (scores * scored).sum() / scored.sum().clamp_min(1), "reward_std": std.mean(),
@@ -246,15 +340,57 @@ class GRPO(Objective):
             if self.loss_type == "dr_grpo":
                 per_prompt = completions / B * (self.max_completion_length or lp.shape[-1])
         losses = group_sum / per_prompt
+        counts_extra = {}
+        if self.entropy_bonus:
+            losses = self._minus_entropy_bonus(losses, batch, m, entropy_mask, metrics, counts_extra)
         # reward averages the valid completions, kl and the clip ratios the completion tokens: their counts, so that
         # the step's mean over micro-batches and ranks is the exact one (ObjectiveOutput.metric_counts)
         valid_tokens, n_valid = m.sum(), batch.valid.sum().to(lp.dtype)
         ratio_count = n_valid if sequence_level else valid_tokens
         counts = {"reward": scored.sum().to(lp.dtype), "kl": valid_tokens, "vespo/phi_seq_mean": n_valid,
                   **{k: ratio_count for k in metrics if k.startswith("clip_ratio/") or k == "cispo_clip_ratio"}}
-        counts = {k: v for k, v in counts.items() if k in metrics}
+        counts = {**{k: v for k, v in counts.items() if k in metrics}, **counts_extra}
         return ObjectiveOutput(losses.mean(), losses, {k: v.detach() for k, v in metrics.items()}, counts,
                                metric_extrema=extrema)
+
+    def _masked_policy_term(self, per_token, batch, lp, old, a, mask):
+        """The policy term times TRL 1.16's two masks, before the KL term is added (TRL's order): the off-policy
+        sequence mask (off_policy_mask_threshold; the sampling policy's log-probs are old_logps, lp detached without
+        them, as TRL's without vLLM) and the high-entropy token mask (top_entropy_quantile < 1; extras
+        "token_entropy" [B, G, T], and "entropy_threshold", the cut over every process's tokens, when the trainer
+        gathers them: preflab.objectives._grpo_losses). The tokens' normaliser is unchanged: a masked token still
+        counts in it (TRL's)."""
+        if self.off_policy_mask_threshold is not None:
+            per_token = per_token * off_policy_sequence_mask(a, lp, old, mask.to(lp.dtype),
+                                                             self.off_policy_mask_threshold)
+        entropy_mask = None
+        if self.top_entropy_quantile < 1:
+            entropy = torch.as_tensor(batch.extras["token_entropy"], device=lp.device).detach()
+            threshold = batch.extras.get("entropy_threshold")
+            entropy_mask = high_entropy_mask(entropy, mask, 1 - self.top_entropy_quantile,
+                                             None if threshold is None else torch.as_tensor(threshold))
+            per_token = per_token * entropy_mask
+        return per_token, entropy_mask
+
+    def _minus_entropy_bonus(self, losses, batch, m, entropy_mask, metrics, counts):
+        """losses - c H (TRL 1.16's entropy bonus, L = L_policy - c H, whatever the loss type's normalisation):
+        H = sum_t H_t m'_t / max(sum_t m'_t, 1), the mean token entropy over the trained tokens m' (the high-entropy
+        ones with top_entropy_quantile), with gradient (extra "token_entropy"); c = entropy_coef, or with
+        use_adaptive_entropy the extra "entropy_coef" the trainer's controller applies this step (preflab.online.
+        entropy_control). Every prompt's loss gets -c H, so their mean does; H is logged as entropy_bonus/entropy
+        (with its token count: the step's exact mean is what the controller compares with entropy_target)."""
+        entropy = torch.as_tensor(batch.extras["token_entropy"], device=losses.device).to(losses.dtype)
+        used = m if entropy_mask is None else m * entropy_mask
+        count = used.sum()
+        H = (entropy * used).sum() / count.clamp(min=1.0)
+        if self.use_adaptive_entropy and "entropy_coef" not in batch.extras:
+            raise PreflabError("GRPO with use_adaptive_entropy needs batch.extras['entropy_coef'], the coefficient "
+                               "its controller applies this step (preflab.online.entropy_control); the online run "
+                               "gives it.")
+        coef = batch.extras.get("entropy_coef", self.entropy_coef)
+        metrics["entropy_bonus/entropy"] = H
+        counts["entropy_bonus/entropy"] = count.detach()
+        return losses - coef * H
 
     @classmethod
     def example_extras(cls, batch) -> dict:

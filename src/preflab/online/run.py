@@ -61,7 +61,7 @@ from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.dropout import original_dropout_config
 from preflab.models.adapters import is_lora
 from preflab.objectives.base import ListBatch, SequenceLogps
-from preflab.objectives.grpo import group_advantages
+from preflab.objectives.grpo import group_advantages, normalize_then_sum_advantages
 from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_layout, online_layout, pair_layout,
                                      pair_side_values, sequence_logps, shared_pair_layout, shared_prompt_layout,
                                      token_matrix)
@@ -69,7 +69,7 @@ from preflab.online.generator import make_generator
 from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
 from preflab.online_recipes import RENAMED, TRAINERS
-from preflab.scoring.lm import LogProbScorer, Scores, split_pairs, unwrap
+from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head, split_pairs, unwrap
 
 
 # online runs call the policy outside the engine's wrapper (make_accelerator refuses FSDP2 / ZeRO-3)
@@ -155,6 +155,15 @@ class OnlineRun(TrainingRun):
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
         check_online_pair_extras(self.objective, self.spec, cfg)
+        self.entropy_control = None  # GRPO's entropy bonus: the coefficient over the run (online/entropy_control.py)
+        if "token_entropy_grad" in self.objective.token_needs:
+            from preflab.online.entropy_control import EntropyCoefficient
+
+            if self.scorer_class is not LogProbScorer:
+                raise ConfigError(f"entropy_coef / use_adaptive_entropy (GRPO's entropy bonus) need the token "
+                                  f"entropies with gradient, which {self.scorer_class.__name__} does not compute; "
+                                  "remove them for this prompt source.")
+            self.entropy_control = EntropyCoefficient(self.objective)
         if cfg.pad_to_multiple_of and self.scorer_class is not LogProbScorer:  # as the offline Trainer
             raise ConfigError(f"pad_to_multiple_of applies to text models; {type(self).__name__} scores with "
                               f"{self.scorer_class.__name__}: remove pad_to_multiple_of from the config.")
@@ -179,6 +188,12 @@ class OnlineRun(TrainingRun):
 
             policy, ref = load_models(cfg, tokenizer)
         self.task, self.tokenizer, self.policy = task, tokenizer, policy
+        if cfg.cast_lm_head_to_fp32:  # TRL's GRPOConfig option: before the reference copy, which then has it too
+            from preflab.models.fp32_head import cast_lm_head_to_fp32
+
+            cast_lm_head_to_fp32(policy)
+            if ref is not None:
+                cast_lm_head_to_fp32(ref, "the reference model")
         # a FlexAttention policy on the CPU: refused here, with train()'s message (TrainingRun._train asks again),
         # before the custom-mask probe (six compiled FlexAttention forwards), the generator and the task's "before"
         # evaluation (a whole generation pass) are run for a run that could not take a step
@@ -214,6 +229,11 @@ class OnlineRun(TrainingRun):
                                   "full (non-LoRA) policy; merge the adapters or use refresh_reference_every: 1.")
         if getattr(task, "reward_aggregator", None) is not None and cfg.reward_weights is not None:
             raise ConfigError("the task's reward_aggregator weighs the judges per prompt; remove reward_weights.")
+        if getattr(task, "reward_aggregator", None) is not None and cfg.multi_objective_aggregation != \
+                "sum_then_normalize":
+            raise ConfigError("multi_objective_aggregation: normalize_then_sum weighs each judge's group-normalised "
+                              "rewards with the fixed reward_weights; the task's reward_aggregator weighs the judges "
+                              "per prompt. Use one of them.")
         # judge_timeout_s: each call of the judges' code within that many seconds (the game's judge is its matrix)
         self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
                            cache=getattr(task, "judge_cache", True),
@@ -491,7 +511,11 @@ class OnlineRun(TrainingRun):
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])
-            adv = self._round_advantages(examples, rewards, valid)
+            if cfg.multi_objective_aggregation == "normalize_then_sum":  # groups: example p is prompt p
+                adv = normalize_then_sum_advantages(per_judge.to(torch.float64), torch.tensor(self.judge.weights,
+                                                    dtype=torch.float64), valid)
+            else:
+                adv = self._round_advantages(examples, rewards, valid)
             for e, a in zip(examples, adv):
                 e.extras["advantages"] = a.tolist()
             if not bool(adv.ne(0).any()):
@@ -607,6 +631,7 @@ class OnlineRun(TrainingRun):
                 continue
             tokens = sum(len(e.prompt_ids) * len(e.sequences()) + sum(len(c) for c in e.sequences()) for e in exs)
             out.append(OnlineMicroBatch(exs, [e.row_id for e in exs], tokens, tokens_per_prompt))
+        self._last_micro_batch = out[-1]  # its forward ends the step's window of the entropy bonus's coefficient
         return out
 
     def _router_coef(self, policy) -> float | None:
@@ -715,7 +740,9 @@ class OnlineRun(TrainingRun):
         self.data_report["eval_prompt_tokenize"] = tokenized
         if self.main:
             cut = tokenized.get("prompt_truncated", 0)
-            print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), answered greedily and judged at "
+            how = (f"answered {cfg.num_generations_eval} times each, sampled as in training (num_generations_eval),"
+                   if cfg.num_generations_eval else "answered greedily")
+            print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), {how} and judged at "
                   "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
                   + ".", flush=True)
 
@@ -823,7 +850,7 @@ class OnlineRun(TrainingRun):
         router = {"want_router_loss": True} if self.router_coef is not None else {}
         # TRL's GRPO entropy (the policy's token-mean entropy over the completions), on logged steps only as the
         # DPO family's token metrics (preflab.loops.offline.Trainer.forward)
-        if self._log_due(getattr(self, "step", 0) + 1):
+        if self._log_due(getattr(self, "step", 0) + 1) or "token_entropy" in self.objective.token_needs:
             router["want_token_stats"] = True
         with self.accelerator.autocast():
             scores = self.scorer(layout, want_hidden=self.want_hidden, **router)
@@ -850,6 +877,18 @@ class OnlineRun(TrainingRun):
             extras["step_index"] = mask.long()
         if self.want_hidden:
             extras["hidden"] = scores.hidden.view(*shape, -1)
+        if "token_entropy_grad" in self.objective.token_needs:  # entropy bonus: a second head pass, with gradient
+            from preflab.scoring.lm import token_entropy
+
+            with self.accelerator.autocast():
+                extras["token_entropy"] = token_entropy(scores, layout, backbone_and_head(unwrap(self.policy))[1],
+                                                        self.cfg.chunk_tokens).view(shape)
+            extras["entropy_coef"] = self.entropy_control.applied()
+        elif "token_entropy" in self.objective.token_needs:  # top_entropy_quantile: the mask's entropies (no grad)
+            extras["token_entropy"] = scores.token_stats[..., 1].view(shape)
+        if "token_entropy" in extras:
+            if self.accelerator.num_processes > 1 and self.objective.top_entropy_quantile < 1:
+                extras["entropy_threshold"] = self._entropy_threshold(extras["token_entropy"].detach(), mask, mb.zero)
         rewards = torch.tensor([e.extras["rewards"] for e in exs], device=device, dtype=torch.float32)
         valid = torch.tensor([e.extras["valid"] for e in exs], device=device)
         out = self.objective(ListBatch(policy, rewards, ref, valid, extras))
@@ -857,6 +896,8 @@ class OnlineRun(TrainingRun):
             from preflab.scoring.router_loss import add_router_loss
 
             out = add_router_loss(out, scores.router_loss, self.router_coef)
+        if self.entropy_control is not None:
+            self._track_entropy(out, mb)
         if scores.token_stats is not None:  # on the device, token-weighted over the step: no host read
             tokens = mask.reshape(scores.mask.shape)
             count = tokens.sum().to(torch.float32)  # float32 (not 64: MPS); the step widens the sums it adds
@@ -864,6 +905,29 @@ class OnlineRun(TrainingRun):
             out.metrics["entropy"] = entropy / count.clamp_min(1.0)
             out.metric_counts["entropy"] = count
         return out
+
+    def _track_entropy(self, out, mb) -> None:
+        """The entropy bonus's coefficient: this micro-batch's bonus entropy joins the step's window (not a
+        micro-batch scored with weight 0); the step's last micro-batch moves the coefficient (adaptive), after a
+        sum over processes; `entropy_coef` is logged (the coefficient in force at this step)."""
+        control = self.entropy_control
+        if not mb.zero:
+            control.add(out.metrics["entropy_bonus/entropy"], out.metric_counts["entropy_bonus/entropy"])
+        out.metrics["entropy_coef"] = control.coef  # a Python number: summed on the host (preflab.step)
+        if mb is getattr(self, "_last_micro_batch", None):
+            control.end_step(lambda t: self.accelerator.reduce(t, reduction="sum"))
+
+    def _entropy_threshold(self, entropy: torch.Tensor, mask: torch.Tensor, zero: bool) -> torch.Tensor:
+        """The top_entropy_quantile cut over the trained tokens of this micro-batch on every process (TRL 1.16's
+        get_high_entropy_mask gathers them: padded to one length with a negative sentinel, which no entropy equals);
+        +inf (no token kept) when there are none. A micro-batch scored with weight 0 (mb.zero) adds no tokens."""
+        acc, sentinel = self.accelerator, -1e9
+        local = entropy[mask].float() if not zero else entropy.new_zeros(0, dtype=torch.float32)
+        gathered = acc.gather(acc.pad_across_processes(local, dim=0, pad_index=sentinel))
+        gathered = gathered[gathered != sentinel]
+        if gathered.numel() == 0:
+            return torch.tensor(math.inf, device=entropy.device)
+        return torch.quantile(gathered, 1 - self.objective.top_entropy_quantile)
 
     def evaluate(self) -> dict:
         if self.task.evaluate is None:
@@ -970,7 +1034,8 @@ class OnlineRun(TrainingRun):
         tmp.mkdir(parents=True)
         (tmp / "round.json").write_text(json.dumps(self.pending.to_json() if self.pending else None))
         (tmp / "judge.json").write_text(json.dumps({"judge": self.judge.state(), "counts": self.counts,
-                                                    "refreshes": self.refreshes}))
+                                                    "refreshes": self.refreshes, **({"entropy_control":
+                                                    self.entropy_control.state()} if self.entropy_control else {})}))
         if getattr(self.task, "state", None) is not None:
             (tmp / "task.json").write_text(json.dumps(self.task.state.state_dict()))
         if self.ref is not None and self.refreshes:
@@ -1016,6 +1081,8 @@ class OnlineRun(TrainingRun):
         meta = json.loads((folder / "judge.json").read_text())
         self.judge.load_state(meta["judge"])
         self.counts, self.refreshes = meta["counts"], meta["refreshes"]
+        if self.entropy_control is not None and "entropy_control" in meta:
+            self.entropy_control.load_state(meta["entropy_control"])
         if getattr(self.task, "state", None) is not None:
             if not (folder / "task.json").exists():
                 raise PreflabError(f"resuming at step {step}: {folder / 'task.json'} (the task's state: OTC's tracker, "

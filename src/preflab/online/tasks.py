@@ -314,33 +314,64 @@ def column_gaps_note(gaps: dict[str, dict], n_rows: int, source: str) -> str:
 
 def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
     """evaluate(model, tokenizer) for online_task: dataset: greedy answers (max_completion_length new tokens) to the
-    held-out prompt rows, scored by the run's judges with reward_weights (not cached: the judges' own call).
-    Returns {"reward": mean over the scored answers, "per_prompt": each answer's reward (NaN: not scored),
+    held-out prompt rows, or with num_generations_eval k that many sampled answers each (_eval_answers: TRL's
+    GRPOTrainer evaluation), scored by the run's judges with reward_weights (not cached: the judges' own call).
+    Returns {"reward": mean over the scored answers, "per_prompt": each prompt's answer's reward, the mean of its
+    scored answers with k (NaN: none scored),
     "examples": the first 4}; the run logs eval_reward and eval_win_rate_vs_reference (per prompt against the
     starting policy's answer, ties 1/2, unscored prompts left out)."""
     def evaluate(model, tokenizer) -> dict:
         import math
 
-        from preflab.generate import generate_ids
         from preflab.loops.judge import Judge
-        from preflab.loops.rollout import decode, pad_id_of, prepare_prompts
+        from preflab.loops.rollout import decode, prepare_prompts
 
-        rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
-                               chat_template_kwargs=cfg.chat_template_kwargs)
-        ids = generate_ids(model, [r.prompt_ids for r in rows], eos_id=tokenizer.eos_token_id,
-                           pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
-                           batch_size=max(1, cfg.per_device_eval_batch_size))
+        prompt_rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
+                                      chat_template_kwargs=cfg.chat_template_kwargs)
+        k = getattr(cfg, "num_generations_eval", None) or 1
+        rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
+        ids = _eval_answers(cfg, model, tokenizer, [r.prompt_ids for r in rows],
+                            sampled=bool(getattr(cfg, "num_generations_eval", None)))
         texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
         judge = Judge(judges, weights=aggregator or cfg.reward_weights, cache=False, timeout_s=cfg.judge_timeout_s)
         judge.where = "the evaluation of the held-out prompts (eval_dataset_name / eval_fraction)"
-        scores, _ = judge([r.prompt for r in rows], texts, list(range(len(rows))), [r.columns for r in rows], ids)
-        per_prompt = scores.tolist()
-        scored = [v for v in per_prompt if not math.isnan(v)]
+        scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))],
+                          [r.columns for r in rows], ids)
+        values = scores.tolist()
+        scored = [v for v in values if not math.isnan(v)]
+        per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]
         return {"reward": sum(scored) / len(scored) if scored else math.nan, "per_prompt": per_prompt,
                 "examples": [{"prompt": r.prompt, "response": t, "reward": v}
-                             for r, t, v in list(zip(rows, texts, per_prompt))[:4]]}
+                             for r, t, v in list(zip(rows, texts, values))[:4]]}
 
     return evaluate
+
+
+def _nan_mean(values: list[float]) -> float:
+    """The mean of the non-NaN values (a prompt's scored answers), NaN when none was scored."""
+    import math
+
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def _eval_answers(cfg, model, tokenizer, prompt_ids: list[list[int]], sampled: bool) -> list[list[int]]:
+    """The held-out prompts' answers: greedy (num_generations_eval unset), or sampled as the training rounds sample
+    (temperature, top_p, top_k, min_p, repetition_penalty; TRL's GRPOTrainer evaluates with its generation settings)
+    from the seed `seed`, the same draws at every evaluation, without touching the run's random state (the global
+    generators are restored after, so the training steps and a resume are unchanged)."""
+    from preflab.generate import generate_ids
+    from preflab.loops.rollout import pad_id_of
+    from preflab.online.generator import sampling_options
+
+    common = dict(eos_id=tokenizer.eos_token_id, pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
+                  batch_size=max(1, cfg.per_device_eval_batch_size))
+    if not sampled:
+        return generate_ids(model, prompt_ids, **common)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return generate_ids(model, prompt_ids, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed, **common, **sampling_options(cfg))
 
 
 def _aggregator(cfg, judges):

@@ -378,6 +378,29 @@ def _wpo_chunk(h: Tensor, targets: Tensor, head: LMHead) -> Tensor:
     return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(2 * logprobs, dim=-1)
 
 
+def _entropy_chunk(h: Tensor, head: LMHead) -> Tensor:
+    """[C] entropy -sum_v p_v log p_v = log Z - sum_v p_v z_v of the head's float32 logits z at h [C, H], with
+    gradient (plain autograd)."""
+    z = head(h)
+    logz = torch.logsumexp(z, dim=-1)
+    return logz - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+def token_entropy(scores: Scores, layout: LayoutBatch, head: LMHead, chunk_tokens: int | None = None) -> Tensor:
+    """[N, L] the policy's entropy at each response position, with gradient (GRPO's entropy bonus, entropy_coef: TRL
+    1.16's fused LM head returns it differentiable), zeros off the mask: a second pass of the LM head over
+    Scores.hidden_flat (the scorer's gathered hidden states, so the gradient reaches the backbone through the same
+    forward), chunked as the scorer's (each chunk recomputed in backward when there are several)."""
+    h = scores.hidden_flat
+    chunk = chunk_tokens or chunk_for_budget(chunk_budget_of(head), head.weight.shape[0], 1)
+    slices = _chunk_slices(h.shape[0], chunk, equal_windows=False)
+    recompute = torch.is_grad_enabled() and h.requires_grad and len(slices) > 1
+    pieces = [checkpoint(_entropy_chunk, _part(h, sl), head, use_reentrant=False) if recompute else
+              _entropy_chunk(_part(h, sl), head) for sl, _ in slices]
+    values = _joined(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+    return _scatter(values, layout.gather_plan().slot, scores.mask.shape)
+
+
 def split_pairs(policy: Scores, ref: Scores | None, extras: dict | None = None) -> PairBatch:
     """PairBatch from scores of [chosen_1..B, rejected_1..B] sequences; token needs land in extras."""
     b = policy.token_logps.shape[0] // 2
