@@ -74,6 +74,7 @@ class TrainConfig:
     num_train_epochs: float = 1.0
     seed: int = 42
     data_seed: int | None = None               # TRL: seed of the data order alone (None: seed)
+    group_by_length: bool = False              # transformers: batches of similar length (LengthGroupedSampler), seeded
     dtype: str = "float32"                     # float32 | bfloat16 | float16 (autocast where the device allows)
     bf16: bool = False                         # TRL spelling of dtype: bfloat16
     fp16: bool = False
@@ -83,6 +84,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 3               # stop after this many non-finite steps in a row
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
+    activation_offloading: bool = False        # TRL: keep the tensors saved for backward in host memory (GPU runs)
     torch_compile: bool = False
     torch_compile_backend: str | None = None   # TRL: torch.compile backend (None: inductor); turns torch_compile on
     torch_compile_mode: str | None = None      # TRL: torch.compile mode (None: default); turns torch_compile on

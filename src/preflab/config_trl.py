@@ -125,7 +125,9 @@ NO_EFFECT = {
     "batch_eval_metrics": (False, "evaluation sums its metrics batch by batch"),
     "include_for_metrics": ([], "preflab has no compute_metrics; evaluation logs its own eval_* metrics"),
     "label_names": (None, "preflab builds its own masks; there are no label columns"),
-    "length_column_name": ("length", "used only with group_by_length, which preflab does not take"),
+    "length_column_name": ("length", "not read: group_by_length takes each example's length from its tokens "
+                                     "(prompt + completion; a pair's two sequences), transformers' own lengths when "
+                                     "the dataset has no such column"),
     "ddp_bucket_cap_mb": (None, "preflab's DDP wrapper sets this itself"),
     "ddp_broadcast_buffers": (None, "preflab's DDP wrapper sets this itself"),
     "ddp_static_graph": (None, "preflab's DDP wrapper sets this itself"),
@@ -167,7 +169,6 @@ REFUSED = {
     "force_use_ref_model": (False, "set ref_model_name_or_path; preflab uses it whether or not use_peft is set"),
     "model_adapter_name": (None, "preflab trains one adapter; remove model_adapter_name"),
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
-    "activation_offloading": (False, "not supported; use gradient_checkpointing: true"),
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
@@ -179,8 +180,6 @@ REFUSED = {
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
-    "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
-                               "prefix_packed already drops the padding); remove it"),
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
@@ -203,7 +202,9 @@ REFUSED = {
     "ddp_backend": (None, "accelerate picks the backend (nccl on GPUs, gloo on CPUs); remove it"),
     "fsdp_config": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "debug": ([], "transformers' debug modes are not supported; remove debug"),
-    "train_sampling_strategy": ("random", "batches follow the seeded random order; remove it"),
+    "train_sampling_strategy": ("random", "batches follow the seeded random order, or its length-grouped form "
+                                          "(train_sampling_strategy: group_by_length, transformers 4's "
+                                          "group_by_length: true); remove it"),
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
@@ -388,6 +389,15 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             "preflab's KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order."
             if raw.get("loss_type") == "kto" else
             "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
+    if raw.get("train_sampling_strategy") == "group_by_length":  # transformers 5's spelling of group_by_length: true
+        raw.pop("train_sampling_strategy")
+        if raw.get("group_by_length") is False:
+            errors.append("train_sampling_strategy: group_by_length and group_by_length: false disagree; keep one.")
+        else:
+            raw["group_by_length"] = True
+            notes.append("train_sampling_strategy: group_by_length -> group_by_length: true.")
+    if raw.get("group_by_length") is False:  # transformers' default (a saved TrainingArguments carries it): asks nothing
+        raw.pop("group_by_length")
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
         raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
     if raw.get("task") == "online" and "max_length" in raw:  # read by no online run (it was accepted, unread)
