@@ -182,6 +182,7 @@ class TrainConfig:
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    packing_strategy: str = "bfd"              # TRL SFTConfig: bfd | bfd_split | wrapped (preflab.loops.sft_packing)
     dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
     eos_token: str | None = None               # TRL SFTConfig: the eos appended to text rows / completions (a vocabulary token)
     chat_template_path: str | None = None      # TRL SFTConfig: a .jinja / .j2 file that replaces the tokenizer's chat template
@@ -432,6 +433,9 @@ class TrainConfig:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")
         if self.task == "sft":
+            if self.packing_strategy != "bfd" and not self.packing:
+                out.append(f"packing_strategy: {self.packing_strategy} applies with packing: true (TRL reads it only "
+                           "then); set packing: true or remove packing_strategy.")
             used = set_options(self, _PREFERENCE_ONLY)
             if used:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "

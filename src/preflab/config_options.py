@@ -423,6 +423,10 @@ OPTIONS: dict[str, Option] = {
     "assistant_only_loss": Option("task: sft, conversational rows; loss on the tokens the chat template wraps in "
                                   "{% generation %} (the assistant turns) only (TRL)"),
     "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
+    "packing_strategy": one_of(("bfd", "bfd_split", "wrapped"), "TRL SFTConfig, with packing: true: bfd keeps a "
+                               "row's first max_length tokens, bfd_split cuts a long row into sequences of "
+                               "max_length, wrapped concatenates the rows and cuts every max_length tokens "
+                               "(preflab.loops.sft_packing)"),
     "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
                                  "messages and prompt / completion rows are read as they are)", "a non-empty name",
                                  _nonempty),

@@ -223,7 +223,6 @@ REFUSED = {
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
     "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
-    "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
     "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
@@ -378,6 +377,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
+    _packing_strategy(raw, errors)
     if raw.get("task") == "sft" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's: an option
         # (preflab's own config.yaml, which writes every option, online_task too, holds the online option's default,
         # true: nobody's choice, no note; a TRL SFTConfig dump's true is noted)
@@ -527,6 +527,26 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
     return raw, notes, errors
+
+
+def _packing_strategy(raw: dict, errors: list) -> None:
+    """SFTConfig's packing_strategy bfd_split / wrapped (preflab.loops.sft_packing) beside the TRL options that would
+    pack the eval set another way or shuffle the rows before wrapping them: refused, naming both."""
+    strategy = raw.get("packing_strategy")
+    if raw.get("task") != "sft" or not raw.get("packing") or strategy not in ("bfd_split", "wrapped"):
+        return
+    if raw.get("eval_packing") is False:
+        raw.pop("eval_packing")
+        errors.append(f"eval_packing: false with packing_strategy: {strategy} is not supported: task: sft evaluates "
+                      f"the eval rows cut as {strategy} cuts the training rows (TRL would evaluate them whole, cut at "
+                      "max_length). Remove eval_packing (it then follows packing, as in TRL).")
+    if strategy == "wrapped" and raw.get("shuffle_dataset") is True and "online_task" not in raw:  # preflab's own
+        # config.yaml writes the online option's default true beside online_task: nobody's choice
+        raw.pop("shuffle_dataset")
+        errors.append("shuffle_dataset: true with packing_strategy: wrapped is not supported: TRL shuffles the rows "
+                      "(datasets' permutation) before it concatenates them, which preflab does not reproduce; preflab "
+                      "wraps the rows in file order and draws the chunks in its seeded random order. Remove "
+                      "shuffle_dataset, or shuffle the file beforehand.")
 
 
 GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig; grpo is ours too

@@ -25,13 +25,23 @@ SFT_FORMS = ("text", "messages", "prompt_completion")
 @dataclass
 class TokenizedSFT:
     """One SFT sequence: prompt_ids (>= 1 token, no loss) then completion_ids (the loss tokens). loss_mask (one bool
-    per completion token; None: all True) leaves the tokens it marks False out of the loss (assistant_only_loss)."""
+    per completion token; None: all True) leaves the tokens it marks False out of the loss (assistant_only_loss).
+    first_is_label: whether TRL 1.16's labels keep token 0 (text rows, conversations without assistant_only_loss,
+    prompt-completion rows with completion_only_loss: false); nothing predicts it in a sequence of its own, but
+    packing_strategy: wrapped puts rows after one another (preflab.loops.sft_packing)."""
 
     row_id: int
     prompt_ids: list[int]
     completion_ids: list[int]
     extras: dict = field(default_factory=dict)
     loss_mask: list[bool] | None = None
+    first_is_label: bool = False
+
+
+def cut_later(cfg) -> bool:
+    """packing_strategy bfd_split / wrapped (with packing: true): rows are not cut at max_length when tokenized, the
+    packing cuts them (preflab.loops.sft_packing), as TRL 1.16 skips its truncation when it packs."""
+    return bool(getattr(cfg, "packing", False)) and getattr(cfg, "packing_strategy", "bfd") != "bfd"
 
 
 # ---------------------------------------------------------------------------------------------- rows -> tokens
@@ -148,6 +158,7 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     assistant_only = getattr(cfg, "assistant_only_loss", False)
     extras = {k: row[k] for k in ("tools", "chat_template_kwargs") if row.get(k) is not None}
     loss_mask = None
+    whole = not assistant_only and (form != "prompt_completion" or not cfg.completion_only_loss)  # TRL labels token 0
     if form == "text":
         if assistant_only:
             raise _not_conversational(form)
@@ -185,7 +196,7 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
             prompt, completion, loss_mask = _split_at_loss(ids, mask, "completion")
         elif not cfg.completion_only_loss:
             prompt, completion = prompt[:1], prompt[1:] + completion
-    limit = cfg.max_length
+    limit = None if cut_later(cfg) else cfg.max_length
     if limit is not None and len(prompt) + len(completion) > limit:
         room = limit - len(prompt)
         if room < 1:
@@ -202,7 +213,7 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     report.response_tokens += len(completion)
     report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt))
     report.max_response_tokens = max(report.max_response_tokens, len(completion))
-    return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask), form
+    return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask, first_is_label=whole), form
 
 
 def note_assistant_template(cfg, tokenizer) -> None:
@@ -292,6 +303,20 @@ def prepare_sft(cfg, tokenizer):
     train, evals, eval_reports = train_and_eval(cfg, train, read_eval, describe=said)
     if eval_reports is not None:
         report.update(eval_rows=eval_reports[0].to_dict(), eval_tokenize=eval_reports[1].to_dict())
+    packed_note = None
+    if cut_later(cfg):  # bfd_split / wrapped: TRL's pack_dataset cuts the rows (eval too: eval_packing follows packing)
+        from preflab.loops.sft_packing import pack_examples
+
+        rows_in = len(train)
+        train, empty = pack_examples(train, cfg.packing_strategy, cfg.max_length)
+        evals, eval_empty = pack_examples(evals, cfg.packing_strategy, cfg.max_length) if evals else (evals, 0)
+        report["packing"] = {"strategy": cfg.packing_strategy, "train_rows": rows_in, "train_sequences": len(train),
+                             "left_out_without_loss_tokens": empty + eval_empty}
+        what = "fragments" if cfg.packing_strategy == "bfd_split" else "chunks"
+        packed_note = (f"packing_strategy: {cfg.packing_strategy}: {rows_in} training rows -> {len(train)} {what} of "
+                       f"at most max_length={cfg.max_length} tokens" + (
+                           f"; {empty + eval_empty} with no loss token left out (train and eval)"
+                           if empty + eval_empty else "") + ".")
     if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
         if eval_reports is not None:
@@ -302,6 +327,8 @@ def prepare_sft(cfg, tokenizer):
         note = sft_mixed_forms_note(rows)
         if note:
             print(f"preflab: note: data: {note}")
+        if packed_note:
+            print(f"preflab: data: {packed_note}")
     return train, evals, report
 
 
