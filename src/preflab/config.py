@@ -183,6 +183,7 @@ class TrainConfig:
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
     packing_strategy: str = "bfd"              # TRL SFTConfig: bfd | bfd_split | wrapped (preflab.loops.sft_packing)
+    skip_prepare_dataset: bool = False         # TRL SFTConfig dataset_kwargs: rows of input_ids (+ labels) used as they are
     dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
     eos_token: str | None = None               # TRL SFTConfig: the eos appended to text rows / completions (a vocabulary token)
     chat_template_path: str | None = None      # TRL SFTConfig: a .jinja / .j2 file that replaces the tokenizer's chat template
@@ -433,6 +434,10 @@ class TrainConfig:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")
         if self.task == "sft":
+            if self.skip_prepare_dataset and self.packing and self.packing_strategy != "bfd":
+                out.append(f"packing_strategy: {self.packing_strategy} with skip_prepare_dataset: true: TRL packs "
+                           "nothing when it skips preparing the dataset (each batch's rows are only laid side by "
+                           "side); remove packing_strategy or skip_prepare_dataset.")
             if self.packing_strategy != "bfd" and not self.packing:
                 out.append(f"packing_strategy: {self.packing_strategy} applies with packing: true (TRL reads it only "
                            "then); set packing: true or remove packing_strategy.")

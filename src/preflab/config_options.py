@@ -427,6 +427,9 @@ OPTIONS: dict[str, Option] = {
                                "row's first max_length tokens, bfd_split cuts a long row into sequences of "
                                "max_length, wrapped concatenates the rows and cuts every max_length tokens "
                                "(preflab.loops.sft_packing)"),
+    "skip_prepare_dataset": Option("task: sft; TRL SFTConfig's dataset_kwargs.skip_prepare_dataset: every row is "
+                                   "already tokenized (input_ids, optional labels) and used as it is: not cut at "
+                                   "max_length, not cut by packing_strategy"),
     "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
                                  "messages and prompt / completion rows are read as they are)", "a non-empty name",
                                  _nonempty),

@@ -222,7 +222,6 @@ REFUSED = {
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
     # SFTConfig / RewardConfig (task: sft / reward) and RLOOConfig
-    "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
     "normalize_advantages": (False, "RLOO is not a preflab recipe; remove it"),
     "reward_clip_range": (None, "RLOO is not a preflab recipe; remove it"),
     **{key: (default, "entropy regularisation is not supported; remove it") for key, default in (
@@ -289,7 +288,7 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
                  "importance_sampling_level": "token", "use_bias_correction_kl": True, "f_divergence": "reverse_kl",
                  "f_alpha": 0.5}
 
-TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
+TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env", "dataset_kwargs"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
 
 
@@ -377,6 +376,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
+    _dataset_kwargs(raw, errors)
     _packing_strategy(raw, errors)
     if raw.get("task") == "sft" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's: an option
         # (preflab's own config.yaml, which writes every option, online_task too, holds the online option's default,
@@ -527,6 +527,37 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
     return raw, notes, errors
+
+
+def _dataset_kwargs(raw: dict, errors: list) -> None:
+    """SFTConfig's dataset_kwargs, whose only key TRL 1.16 reads is skip_prepare_dataset: it becomes preflab's option
+    of that name (a JSON string is read as TrainingArguments reads it; null / {} ask for nothing). Any other key is
+    refused, naming it (TRL ignores it without a word)."""
+    from preflab.lr_schedule_options import parsed_kwargs
+
+    if "dataset_kwargs" not in raw:
+        return
+    try:
+        given = parsed_kwargs(raw.pop("dataset_kwargs"))
+    except ValueError as exc:
+        errors.append(f"dataset_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
+                      "dataset_kwargs: {skip_prepare_dataset: true}.")
+        return
+    if given in (None, {}):
+        return
+    if not isinstance(given, dict):
+        errors.append(f"dataset_kwargs must be a mapping (TRL's SFTConfig: {{skip_prepare_dataset: true}}), got "
+                      f"{given!r}.")
+        return
+    other = sorted(str(k) for k in given if k != "skip_prepare_dataset")
+    if other:
+        errors.append(f"dataset_kwargs key(s) {', '.join(other)} are not supported: TRL 1.16's SFTTrainer reads only "
+                      "skip_prepare_dataset (and ignores the rest); remove them.")
+    if "skip_prepare_dataset" in given:
+        if raw.get("skip_prepare_dataset") not in (None, given["skip_prepare_dataset"]):
+            errors.append("dataset_kwargs.skip_prepare_dataset and skip_prepare_dataset disagree; keep one.")
+        else:
+            raw["skip_prepare_dataset"] = given["skip_prepare_dataset"]
 
 
 def _packing_strategy(raw: dict, errors: list) -> None:
