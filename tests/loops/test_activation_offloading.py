@@ -41,6 +41,8 @@ def test_offloaded_activations_give_bit_equal_loss_and_gradients(checkpointing):
     weight = model.model.layers[0].mlp.up_proj.weight
     assert probe.pack(weight) is weight and probe.pack(weight.t()).data_ptr() == weight.data_ptr()
     assert probe.offloaded == 0  # a view of a parameter (its transpose) stays too
+    broadcast = torch.randn(1, 64).expand(16, 64)  # 4 KiB as a view of 256 bytes: not materialised on the host
+    assert probe.pack(broadcast) is broadcast and probe.pack(torch.randn(8)) is not None and probe.offloaded == 0
     hidden = torch.randn(8, 64)
     device, host = probe.pack(hidden)
     assert probe.offloaded == 1 and host.data_ptr() != hidden.data_ptr() and torch.equal(probe.unpack((device, host)),

@@ -7,7 +7,9 @@ pass during a training forward are kept in CPU memory and brought back to their 
 
 Which tensors move (the rule of TRL's OffloadActivations, after torchtune's): every strided tensor saved for backward
 of at least MIN_BYTES bytes, except the parameters and buffers of the trained modules (and views of them, found by
-their storage): those stay where they are anyway, and a copy would only double them. The copy is exact (a copy of the
+their storage): those stay where they are anyway, and a copy would only double them. A broadcast view (a stride 0)
+stays too (TRL copies its storage; a copy of the view would materialise it). The host copy is contiguous, as
+torch.autograd.graph.save_on_cpu's. The copy is exact (a copy of the
 same dtype and values), so the loss and the gradients are bit for bit those of the run without it; on a GPU it trades
 device memory for host memory and two copies per saved tensor (pinned host memory, so the copy back does not block
 the host). On a CPU the tensors are already in host memory: they are still copied (the same path as on a GPU, so the
@@ -42,8 +44,8 @@ class ActivationOffload:
 
     def pack(self, tensor: torch.Tensor):
         if (tensor.layout != torch.strided or tensor.numel() * tensor.element_size() < self.min_bytes
-                or tensor.untyped_storage().data_ptr() in self.kept):
-            return tensor
+                or 0 in tensor.stride() or tensor.untyped_storage().data_ptr() in self.kept):
+            return tensor  # a broadcast view (stride 0) would be copied whole: it stays, as its small source does
         host = torch.empty(tensor.size(), dtype=tensor.dtype, pin_memory=self.pin and tensor.is_cuda)
         host.copy_(tensor)
         self.offloaded += 1
