@@ -56,8 +56,9 @@ def test_checkpointing_leaves_fewer_tensors_to_offload():
 
 
 def test_sft_run_with_activation_offloading_ends_with_the_same_weights(tmp_path, capsys):
-    """Two optimizer steps of task: sft with and without activation_offloading (and with gradient_checkpointing):
-    the saved weights are bit-equal; the CPU note is said."""
+    """Two optimizer steps of task: sft without, and with activation_offloading and gradient_checkpointing:
+    the saved weights are bit-equal; the CPU note is said. Turning it on for a resume is a harmless change (as
+    gradient_checkpointing): the resumed run ends with the same weights."""
     from safetensors.torch import load_file
 
     from preflab.config import config_from_dict
@@ -65,15 +66,21 @@ def test_sft_run_with_activation_offloading_ends_with_the_same_weights(tmp_path,
 
     torch.set_num_threads(1)
     weights = {}
-    for name, extra in (("plain", {}), ("offload", {"activation_offloading": True}),
-                        ("both", {"activation_offloading": True, "gradient_checkpointing": True})):
+
+    def run(name, **extra):
         cfg = config_from_dict({"task": "sft", "model_name_or_path": "builtin:tiny-llama", "learning_rate": 1e-3,
                                 "dataset_name": str(ROOT / "examples/data/loud_echo_sft.jsonl"), "max_steps": 2,
                                 "per_device_train_batch_size": 4, "max_length": 128, "disable_tqdm": True,
+                                "lr_scheduler_type": "constant", "warmup_steps": 0, "save_steps": 1,
                                 "use_cpu": True, "output_dir": str(tmp_path / name), **extra})
         SFTTrainer(cfg).train()
-        weights[name] = load_file(tmp_path / name / "model.safetensors")
+        return load_file(tmp_path / name / "model.safetensors")
+
+    for name, extra in (("plain", {}), ("both", {"activation_offloading": True, "gradient_checkpointing": True})):
+        weights[name] = run(name, **extra)
     assert "activation_offloading on the CPU copies" in capsys.readouterr().out
+    resumed = run("plain", activation_offloading=True, overwrite_output_dir=True,
+                  resume_from_checkpoint=str(tmp_path / "plain/checkpoint-1"))
     for key, value in weights["plain"].items():
-        assert torch.equal(weights["offload"][key], value), key
         assert torch.equal(weights["both"][key], value), key
+        assert torch.equal(resumed[key], value), key
