@@ -29,19 +29,20 @@ def test_order_equals_transformers_get_length_grouped_indices(n, group, seed):
 def test_plan_reads_the_grouped_order_per_epoch_and_splits_it_over_processes_as_the_plain_order():
     """One process: epoch e reads get_length_grouped_indices(lengths, b x grad_accum, seed + e) window by window.
     Two processes x b read the global batches of one process x 2b (the group is the global batch), rank r taking
-    the slices [(m * world + r) * b, ...) of each window."""
+    the slices [(m * world + r) * b, ...) of each window. 1000 rows: mega-batches of 50 x 4 rows would differ from
+    31 x 8 (transformers' per-process group on two processes against the global batch)."""
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    lengths = torch.randint(1, 40, (96,), generator=torch.Generator().manual_seed(0)).tolist()
-    one = BatchPlan(num_rows=96, per_device=4, world=1, grad_accum=2, seed=11, lengths=lengths)  # 12 steps of 8
+    lengths = torch.randint(1, 40, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    one = BatchPlan(num_rows=1000, per_device=4, world=1, grad_accum=2, seed=11, lengths=lengths)  # 125 steps of 8
     for epoch in (0, 1):
-        rows = [i for step in range(12 * epoch, 12 * epoch + 12) for mb in one.indices(step, 0) for i in mb]
+        rows = [i for step in range(125 * epoch, 125 * epoch + 125) for mb in one.indices(step, 0) for i in mb]
         assert rows == get_length_grouped_indices(lengths, 8, generator=torch.Generator().manual_seed(11 + epoch))
-    two = BatchPlan(num_rows=96, per_device=2, world=2, grad_accum=2, seed=11, lengths=lengths)
-    for step in (0, 5, 13):
+    two = BatchPlan(num_rows=1000, per_device=2, world=2, grad_accum=2, seed=11, lengths=lengths)
+    for step in (0, 5, 30, 130):
         window = [i for mb in one.indices(step, 0) for i in mb]
         assert [two.indices(step, r) for r in (0, 1)] == [[window[0:2], window[4:6]], [window[2:4], window[6:8]]]
-    plain = BatchPlan(num_rows=96, per_device=4, world=1, grad_accum=2, seed=11)
+    plain = BatchPlan(num_rows=1000, per_device=4, world=1, grad_accum=2, seed=11)
     assert one.indices(0, 0) != plain.indices(0, 0)  # the option changes the order
 
 
