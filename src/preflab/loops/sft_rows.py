@@ -149,7 +149,8 @@ def tokenized_labels(row: dict, cfg) -> tuple[list[int], list[bool]]:
                                 "skip_prepare_dataset.")
     if "completion_mask" in masks and "completion_only_loss" not in getattr(cfg, "written_options", ()):
         raise TokenizedRowError("completion_mask_unread", "completion_mask", "is read only with completion_only_loss: "
-                                "true (TRL's default null trains every token of rows without prompt / completion)",
+                                "true written in the config (TRL's default null trains every token of rows without "
+                                "prompt / completion)",
                                 "Set completion_only_loss: true (loss where completion_mask is 1) or false (every "
                                 "token).")
     used = [_id_list(row, k, len(ids), (0, 1)) for k in masks if k != "completion_mask" or cfg.completion_only_loss]
