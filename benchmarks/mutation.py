@@ -3614,6 +3614,39 @@ MUTANTS += [
 ]
 
 
+# data-gaps round: group_by_length's grouped order, packing_strategy bfd_split / wrapped, tokenized SFT rows,
+# activation offloading
+DGAP_ORDER = ["tests/loops/test_group_by_length.py"]
+DGAP_PACK = ["tests/loops/test_sft_packing_strategy.py", "tests/loops/test_sft_tokenized_rows.py"]
+DGAP_ROWS = ["tests/loops/test_sft_tokenized_rows.py"]
+DGAP_OFFLOAD = ["tests/loops/test_activation_offloading.py"]
+MUTANTS += [
+    Mutant("dgap-grouped-no-longest-first", "loops/batches.py",
+           [("    megas[0][0], megas[top][0] = megas[top][0], megas[0][0]\n", "")], DGAP_ORDER,
+           "the longest row is not moved to the first batch"),
+    Mutant("dgap-grouped-ascending", "loops/batches.py",
+           [("key=lambda k: -lengths[k])", "key=lambda k: lengths[k])")], DGAP_ORDER,
+           "mega-batches sorted shortest first"),
+    Mutant("dgap-grouped-per-device-group", "loops/batches.py",
+           [("length_grouped_order(self.lengths, self.global_batch, generator)",
+             "length_grouped_order(self.lengths, self.per_device * self.grad_accum, generator)")], DGAP_ORDER,
+           "grouped by each process's share: 2 processes x b no longer read 1 process x 2b's batches"),
+    Mutant("dgap-wrapped-first-label-dropped", "loops/sft_packing.py",
+           [("prompt = [item.first_is_label] + ", "prompt = [False] + ")], DGAP_PACK,
+           "a wrapped row's first token never predicted from the row before it"),
+    Mutant("dgap-split-no-restart", "loops/sft_packing.py",
+           [("for start in range(0, len(ids), max_length):\n            piece = sequence_example(item, ",
+             "for start in range(0, len(ids), max_length + 1):\n            piece = sequence_example(item, ")],
+           DGAP_PACK, "bfd_split drops the token between fragments"),
+    Mutant("dgap-completion-mask-always", "loops/sft_rows.py",
+           [('if k != "completion_mask" or cfg.completion_only_loss]', 'if k != "completion_mask" or True]')],
+           DGAP_ROWS, "a tokenized row's completion_mask read with completion_only_loss: false"),
+    Mutant("dgap-offload-parameters-copied", "models/activation_offload.py",
+           [("or 0 in tensor.stride() or tensor.untyped_storage().data_ptr() in self.kept)",
+             "or 0 in tensor.stride())")], DGAP_OFFLOAD, "the model's weights copied to the host at every forward"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

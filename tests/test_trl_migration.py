@@ -161,9 +161,10 @@ def test_saved_sftconfig_loads_and_sft_options_refused_with_reason():
     assert config_from_dict({**BASE, "task": "sft", **raw, "assistant_only_loss": True}).assistant_only_loss is True
     assert cfg.dataset_text_field == "text"  # SFTConfig's default; another column: tests/loops/test_sft_text_field.py
     assert config_from_dict({**BASE, "task": "sft", "dataset_text_field": "content"}).dataset_text_field == "content"
-    # dataset_text_field is read (tests/test_user_trial_local_data.py); packing_strategy is still refused
-    with pytest.raises(ConfigError, match="packing_strategy is not supported"):
-        config_from_dict({**BASE, "task": "sft", "packing": True, "packing_strategy": "wrapped"})
+    # dataset_text_field is read (tests/test_user_trial_local_data.py); so is packing_strategy
+    # (tests/loops/test_sft_packing_strategy.py)
+    assert cfg.packing_strategy == "bfd" and config_from_dict(
+        {**BASE, "task": "sft", "packing": True, "packing_strategy": "wrapped"}).packing_strategy == "wrapped"
 
 
 def test_saved_grpoconfig_with_default_loss_type_names_the_recipe():

@@ -150,7 +150,8 @@ def test_lora_options_without_use_peft_are_refused_not_a_silent_full_fine_tune()
 
 
 @pytest.mark.parametrize("key, value, said", [
-    ("activation_offloading", True, "activation_offloading is not supported: use gradient_checkpointing: true."),
+    ("auto_find_batch_size", True, "auto_find_batch_size is not supported: set per_device_train_batch_size (and "
+                                   "gradient_accumulation_steps) yourself."),
     ("lr_scheduler_type", "greedy", "lr_scheduler_type='greedy' is not supported: transformers' GreedyLR adapts"),
 ])
 def test_a_refused_trl_option_says_not_supported_once(key, value, said):

@@ -74,6 +74,7 @@ class TrainConfig:
     num_train_epochs: float = 1.0
     seed: int = 42
     data_seed: int | None = None               # TRL: seed of the data order alone (None: seed)
+    group_by_length: bool = False              # transformers: batches of similar length (LengthGroupedSampler), seeded
     dtype: str = "float32"                     # float32 | bfloat16 | float16 (autocast where the device allows)
     bf16: bool = False                         # TRL spelling of dtype: bfloat16
     fp16: bool = False
@@ -83,6 +84,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 3               # stop after this many non-finite steps in a row
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
+    activation_offloading: bool = False        # TRL: keep the tensors saved for backward in host memory (GPU runs)
     torch_compile: bool = False
     torch_compile_backend: str | None = None   # TRL: torch.compile backend (None: inductor); turns torch_compile on
     torch_compile_mode: str | None = None      # TRL: torch.compile mode (None: default); turns torch_compile on
@@ -180,6 +182,8 @@ class TrainConfig:
     completion_only_loss: bool = True          # TRL: loss on completion tokens only (prompt-completion rows)
     assistant_only_loss: bool = False          # TRL: loss on the chat template's {% generation %} (assistant) tokens only
     packing: bool = False                      # TRL: several sequences per row of <= max_length tokens
+    packing_strategy: str = "bfd"              # TRL SFTConfig: bfd | bfd_split | wrapped (preflab.loops.sft_packing)
+    skip_prepare_dataset: bool = False         # TRL SFTConfig dataset_kwargs: rows of input_ids (+ labels) used as they are
     dataset_text_field: str = "text"           # TRL SFTConfig: the column holding a language-modeling row's text
     eos_token: str | None = None               # TRL SFTConfig / RewardConfig: the eos appended to text rows / responses
     chat_template_path: str | None = None      # TRL SFTConfig / RewardConfig: a .jinja / .j2 file, the chat template
@@ -435,6 +439,13 @@ class TrainConfig:
             out.append("ref_load_dtype has no effect with use_peft (the reference is the policy with its adapters "
                        "disabled); remove it.")
         if self.task == "sft":
+            if self.skip_prepare_dataset and self.packing and self.packing_strategy != "bfd":
+                out.append(f"packing_strategy: {self.packing_strategy} with skip_prepare_dataset: true: TRL packs "
+                           "nothing when it skips preparing the dataset (each batch's rows are only laid side by "
+                           "side); remove packing_strategy or skip_prepare_dataset.")
+            if self.packing_strategy != "bfd" and not self.packing:
+                out.append(f"packing_strategy: {self.packing_strategy} applies with packing: true (TRL reads it only "
+                           "then); set packing: true or remove packing_strategy.")
             used = set_options(self, _PREFERENCE_ONLY)
             if used:
                 out.append(f"task: sft trains on completions by maximum likelihood; {', '.join(used)} only "

@@ -170,6 +170,8 @@ OPTIONS: dict[str, Option] = {
     "data_seed": Option("TRL: seed of the data order alone (null: seed); initialisation, dropout and sampling "
                         "keep seed", f"null or integer in [0, {SEED_MAX}]",
                         lambda v: isinstance(v, int) and 0 <= v <= SEED_MAX),
+    "group_by_length": Option("transformers: order the rows in mega-batches of 50 global batches sorted by token "
+                              "count, longest first (tasks dpo, sft; seeded like the random order)"),
     "dtype": one_of(("float32", "bfloat16", "float16"), "compute precision (autocast; master weights stay float32)"),
     "bf16": Option("TRL spelling of dtype: bfloat16"),
     "fp16": Option("TRL spelling of dtype: float16"),
@@ -183,6 +185,9 @@ OPTIONS: dict[str, Option] = {
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
     "disable_dropout": Option("set every dropout probability to 0 in policy and reference"),
     "gradient_checkpointing": Option("recompute activations in the backward pass (less memory, slower)"),
+    "activation_offloading": Option("TRL: keep the tensors a training forward saves for backward in host memory, "
+                                    "copied back for the backward (less GPU memory, same gradients; not under FSDP "
+                                    "/ DeepSpeed)"),
     "torch_compile": Option("torch.compile the policy's and the reference's scorers (preflab.scoring.compile)"),
     "torch_compile_backend": one_of(COMPILE_BACKENDS, "TRL: torch.compile backend (null: inductor); sets torch_compile"),
     "torch_compile_mode": one_of(COMPILE_MODES, "TRL: torch.compile mode of the inductor backend (null: default); sets "
@@ -433,6 +438,13 @@ OPTIONS: dict[str, Option] = {
     "assistant_only_loss": Option("task: sft, conversational rows; loss on the tokens the chat template wraps in "
                                   "{% generation %} (the assistant turns) only (TRL)"),
     "packing": Option("task: sft; pack sequences into rows of <= max_length tokens, no cross-attention (TRL)"),
+    "packing_strategy": one_of(("bfd", "bfd_split", "wrapped"), "TRL SFTConfig, with packing: true: bfd keeps a "
+                               "row's first max_length tokens, bfd_split cuts a long row into sequences of "
+                               "max_length, wrapped concatenates the rows and cuts every max_length tokens "
+                               "(preflab.loops.sft_packing)"),
+    "skip_prepare_dataset": Option("task: sft; TRL SFTConfig's dataset_kwargs.skip_prepare_dataset: every row is "
+                                   "already tokenized (input_ids, optional labels) and used as it is: not cut at "
+                                   "max_length, not cut by packing_strategy"),
     "dataset_text_field": Option("task: sft; the column holding a language-modeling row's text (TRL SFTConfig; "
                                  "messages and prompt / completion rows are read as they are)", "a non-empty name",
                                  _nonempty),

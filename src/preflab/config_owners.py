@@ -129,6 +129,13 @@ OWNERS = (
     (("data_seed",), lambda cfg: cfg.task in ("dpo", "reward", "sft", "vlm", "diffusion"),
      "the tasks whose batch order is preflab's BatchPlan (dpo, reward, sft, vlm, diffusion; task: online draws each "
      "round's prompts with seed, a recipe with its own seed)"),
+    (("group_by_length",), lambda cfg: cfg.task in ("dpo", "sft"),
+     "task: dpo and task: sft (the offline trainer's token rows; transformers' LengthGroupedSampler needs the rows' "
+     "lengths, which reward pairs, image-text rows and diffusion captions are not grouped by here)"),
+    (("skip_prepare_dataset",), lambda cfg: cfg.task == "sft",
+     "task: sft (TRL's SFTConfig dataset_kwargs: its rows of input_ids)"),
+    (("packing_strategy",), lambda cfg: cfg.task == "sft",
+     "task: sft with packing: true (TRL's SFTConfig; the preference tasks choose their layout with `layout`)"),
     (("dataset_text_field",), lambda cfg: cfg.task == "sft",
      "task: sft (TRL's SFTConfig: the column of a language-modeling row's text)"),
     (("full_determinism",), lambda cfg: cfg.task not in RECIPE_TASKS and not (

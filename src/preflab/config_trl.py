@@ -126,7 +126,9 @@ NO_EFFECT = {
     "batch_eval_metrics": (False, "evaluation sums its metrics batch by batch"),
     "include_for_metrics": ([], "preflab has no compute_metrics; evaluation logs its own eval_* metrics"),
     "label_names": (None, "preflab builds its own masks; there are no label columns"),
-    "length_column_name": ("length", "used only with group_by_length, which preflab does not take"),
+    "length_column_name": ("length", "not read: group_by_length takes each example's length from its tokens "
+                                     "(prompt + completion; a pair's two sequences), transformers' own lengths when "
+                                     "the dataset has no such column"),
     "ddp_bucket_cap_mb": (None, "preflab's DDP wrapper sets this itself"),
     "ddp_broadcast_buffers": (None, "preflab's DDP wrapper sets this itself"),
     "ddp_static_graph": (None, "preflab's DDP wrapper sets this itself"),
@@ -168,7 +170,6 @@ REFUSED = {
     "force_use_ref_model": (False, "set ref_model_name_or_path; preflab uses it whether or not use_peft is set"),
     "model_adapter_name": (None, "preflab trains one adapter; remove model_adapter_name"),
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
-    "activation_offloading": (False, "not supported; use gradient_checkpointing: true"),
     "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
@@ -180,8 +181,6 @@ REFUSED = {
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
-    "group_by_length": (False, "batches follow the seeded order (layout prefix_shared or "
-                               "prefix_packed already drops the padding); remove it"),
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
@@ -204,7 +203,9 @@ REFUSED = {
     "ddp_backend": (None, "accelerate picks the backend (nccl on GPUs, gloo on CPUs); remove it"),
     "fsdp_config": (None, "give FSDP settings to `accelerate launch --config_file ...`, not to the config"),
     "debug": ([], "transformers' debug modes are not supported; remove debug"),
-    "train_sampling_strategy": ("random", "batches follow the seeded random order; remove it"),
+    "train_sampling_strategy": ("random", "batches follow the seeded random order, or its length-grouped form "
+                                          "(train_sampling_strategy: group_by_length, transformers 4's "
+                                          "group_by_length: true); remove it"),
     # GRPOConfig (task: online): generation and loss options preflab's online loop does not have
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
@@ -213,9 +214,6 @@ REFUSED = {
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
-    # SFTConfig / RewardConfig (task: sft / reward)
-    "dataset_kwargs": (None, "not supported; remove dataset_kwargs"),
-    "packing_strategy": ("bfd", "packing: true packs whole sequences (the loss equals the unpacked loss); remove it"),
     # TRL's ModelConfig and DatasetMixtureConfig (TRL's scripts parse them beside the trainer's config)
     "lora_target_parameters": (None, "preflab builds LoRA on modules only (PEFT's target_parameters, for MoE "
                                      "experts, is not built); use lora_target_modules"),
@@ -282,7 +280,7 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
                  "use_adaptive_entropy": False, "entropy_coef_min": 0.0, "entropy_coef_max": 1.0,
                  "entropy_coef_delta": 0.005, "entropy_target": 0.2}
 
-TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env"} | {
+TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env", "dataset_kwargs"} | {
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
 
 
@@ -370,6 +368,8 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
+    _dataset_kwargs(raw, errors)
+    _packing_strategy(raw, errors)
     if raw.get("task") == "sft" and "shuffle_dataset" in raw:  # SFTConfig's (default false); GRPO's: an option
         # (preflab's own config.yaml, which writes every option, online_task too, holds the online option's default,
         # true: nobody's choice, no note; a TRL SFTConfig dump's true is noted)
@@ -381,6 +381,15 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             "preflab's KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order."
             if raw.get("loss_type") == "kto" else
             "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
+    if raw.get("train_sampling_strategy") == "group_by_length":  # transformers 5's spelling of group_by_length: true
+        raw.pop("train_sampling_strategy")
+        if raw.get("group_by_length") is False:
+            errors.append("train_sampling_strategy: group_by_length and group_by_length: false disagree; keep one.")
+        else:
+            raw["group_by_length"] = True
+            notes.append("train_sampling_strategy: group_by_length -> group_by_length: true.")
+    if raw.get("group_by_length") is False:  # transformers' default (a saved TrainingArguments carries it): asks nothing
+        raw.pop("group_by_length")
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker
         raw["report_to"] = [name for name in raw["report_to"] if name != "none"] or "none"
     if raw.get("task") == "online" and "max_length" in raw:  # read by no online run (it was accepted, unread)
@@ -510,6 +519,57 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
     return raw, notes, errors
+
+
+def _dataset_kwargs(raw: dict, errors: list) -> None:
+    """SFTConfig's dataset_kwargs, whose only key TRL 1.16 reads is skip_prepare_dataset: it becomes preflab's option
+    of that name (a JSON string is read as TrainingArguments reads it; null / {} ask for nothing). Any other key is
+    refused, naming it (TRL ignores it without a word)."""
+    from preflab.lr_schedule_options import parsed_kwargs
+
+    if "dataset_kwargs" not in raw:
+        return
+    try:
+        given = parsed_kwargs(raw.pop("dataset_kwargs"))
+    except ValueError as exc:
+        errors.append(f"dataset_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
+                      "dataset_kwargs: {skip_prepare_dataset: true}.")
+        return
+    if given in (None, {}):
+        return
+    if not isinstance(given, dict):
+        errors.append(f"dataset_kwargs must be a mapping (TRL's SFTConfig: {{skip_prepare_dataset: true}}), got "
+                      f"{given!r}.")
+        return
+    other = sorted(str(k) for k in given if k != "skip_prepare_dataset")
+    if other:
+        errors.append(f"dataset_kwargs key(s) {', '.join(other)} are not supported: TRL 1.16's SFTTrainer reads only "
+                      "skip_prepare_dataset (and ignores the rest); remove them.")
+    if "skip_prepare_dataset" in given:
+        if raw.get("skip_prepare_dataset") not in (None, given["skip_prepare_dataset"]):
+            errors.append("dataset_kwargs.skip_prepare_dataset and skip_prepare_dataset disagree; keep one.")
+        else:
+            raw["skip_prepare_dataset"] = given["skip_prepare_dataset"]
+
+
+def _packing_strategy(raw: dict, errors: list) -> None:
+    """SFTConfig's packing_strategy bfd_split / wrapped (preflab.loops.sft_packing) beside the TRL options that would
+    pack the eval set another way or shuffle the rows before wrapping them: refused, naming both."""
+    strategy = raw.get("packing_strategy")
+    if raw.get("task") != "sft" or not raw.get("packing") or strategy not in ("bfd_split", "wrapped"):
+        return
+    if raw.get("eval_packing") is False:
+        raw.pop("eval_packing")
+        errors.append(f"eval_packing: false with packing_strategy: {strategy} is not supported: task: sft evaluates "
+                      f"the eval rows cut as {strategy} cuts the training rows (TRL would evaluate them whole, cut at "
+                      "max_length). Remove eval_packing (it then follows packing, as in TRL).")
+    if strategy == "wrapped" and raw.get("shuffle_dataset") is True and "online_task" not in raw:  # preflab's own
+        # config.yaml writes the online option's default true beside online_task: nobody's choice
+        raw.pop("shuffle_dataset")
+        errors.append("shuffle_dataset: true with packing_strategy: wrapped is not supported: TRL shuffles the rows "
+                      "(datasets' permutation) before it concatenates them, which preflab does not reproduce; preflab "
+                      "wraps the rows in file order and draws the chunks in its seeded random order. Remove "
+                      "shuffle_dataset, or shuffle the file beforehand.")
 
 
 GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig; grpo is ours too

@@ -20,7 +20,7 @@ HARMLESS = frozenset({
     "output_dir", "report_to", "logging_first_step", "eval_on_start",
     "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",
     "torch_compile_backend", "torch_compile_mode",
-    "gradient_checkpointing", "chunk_tokens", "pad_to_multiple_of", "attention",
+    "gradient_checkpointing", "activation_offloading", "chunk_tokens", "pad_to_multiple_of", "attention",
     "judge_timeout_s",  # a judge call that returns in time computes the same; one that does not stops the run
 })
 

@@ -32,6 +32,13 @@ def streaming_conflicts(cfg) -> list[str]:
         out.append("eval_strategy: epoch needs the epoch length, which a stream does not know; use eval_steps.")
     if cfg.save_strategy == "epoch":
         out.append("save_strategy: epoch needs the epoch length, which a stream does not know; use save_steps.")
+    if cfg.packing and cfg.packing_strategy != "bfd":
+        out.append(f"packing_strategy: {cfg.packing_strategy} cuts and joins rows across the whole dataset before "
+                   "batching (TRL's pack_dataset), which a stream read row by row cannot; set streaming: false or "
+                   "packing_strategy: bfd.")
+    if cfg.group_by_length:
+        out.append("group_by_length needs every row's length before the first step, which a stream does not hold "
+                   "(transformers ignores it for an IterableDataset); set streaming: false or remove group_by_length.")
     if cfg.dataset_num_proc and cfg.dataset_num_proc > 1:
         out.append(f"dataset_num_proc={cfg.dataset_num_proc} tokenizes data read whole; with streaming: true each "
                    "process tokenizes rows one at a time as the steps need them; remove dataset_num_proc.")

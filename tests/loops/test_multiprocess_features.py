@@ -27,7 +27,7 @@ SCRIPT = Path(__file__).parent / "features_run.py"
 PLATEAU = dict(lr_scheduler_type="reduce_lr_on_plateau", learning_rate=1e-3, eval_steps=1, max_steps=6, save_steps=3,
                lr_scheduler_kwargs={"patience": 0, "factor": 0.5, "eps": 0})
 NEFTUNE = dict(layout="padded", neftune_noise_alpha=5.0, max_steps=3, save_steps=2, learning_rate=1e-2, seed=3)
-DRAWS = dict(max_steps=3, save_steps=2, learning_rate=1e-2, seed=5)
+DRAWS = dict(max_steps=3, save_steps=2, learning_rate=1e-2, seed=5, group_by_length=True)  # the grouped order too
 REWARD = dict(max_steps=3)
 
 
@@ -180,6 +180,19 @@ def test_each_rank_resumes_its_own_rng_stream_on_two_processes(two):
     assert [f["draws"] for f in resumed] == [f["draws"][2:] for f in whole]
     a, b = weights(two / "draws"), weights(two / "draws-resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_group_by_length_on_two_processes_reads_the_one_process_global_batches(two, tmp_path):
+    """The draws run orders its rows with group_by_length: 2 processes x batch 2 log the losses of 1 process x batch
+    4 (the grouped order depends on the global batch only, and each rank reads its slice of it), which differ from
+    the plain order's; its resume from checkpoint-2 ends with the same weights (the test above)."""
+    run(tmp_path / "one", **{**DRAWS, "save_steps": 0}, per_device_train_batch_size=4)
+    run(tmp_path / "plain", **{**DRAWS, "save_steps": 0, "group_by_length": False}, per_device_train_batch_size=4)
+    losses = [r["loss"] for r in rows(two / "draws") if "loss" in r]
+    assert len(losses) == 3
+    assert losses == pytest.approx([r["loss"] for r in rows(tmp_path / "one") if "loss" in r], abs=1e-6)
+    plain = [r["loss"] for r in rows(tmp_path / "plain") if "loss" in r]  # step 1: log 2 in any order (policy = ref)
+    assert losses[1:] != pytest.approx(plain[1:], abs=1e-6)
 
 
 def test_reward_model_on_two_processes_equals_one_process_frees_its_wrapper_and_loads(two, tmp_path):

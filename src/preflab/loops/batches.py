@@ -7,6 +7,19 @@ run reads exactly the rows the uninterrupted run would, and 2 ranks x b read the
 Rows of a last incomplete global batch are not used in that epoch; their count is reported.
 The seed of the order is data_seed when the config sets it, else seed (transformers' data_seed: the sampler's seed
 alone; initialisation, dropout and sampling keep seed), see order_seed.
+
+group_by_length (transformers' LengthGroupedSampler, `get_length_grouped_indices`): the epoch's permutation, the same
+randperm as above, is cut into mega-batches of k * G rows (G the global batch, k = min(n // (4 G), 50), at least 1),
+each sorted longest first (a stable sort: equal lengths keep their drawn order), and the row that is the longest of
+all is swapped with the first row of the first mega-batch, so the largest batch comes first (an out-of-memory error
+shows at the first step). The global batches, ranks and micro-batches are then cut from that order exactly as from
+the permutation. On one process G = per_device x grad_accum, transformers' group size, and the order is
+transformers' for the same generator. On several, transformers groups by per_device x grad_accum on each process
+(mega-batches `world` times smaller); preflab groups by the global batch, so the order does not depend on how the
+global batch is split (2 processes x b read what 1 process x 2b reads, and a resume on another number of processes
+with the same global batch keeps it). The order depends only on (seed, epoch, lengths), so a resume replays it to
+the step (transformers' Trainer draws its permutation from the global RNG, which a resume does not restore to the
+epoch's start).
 """
 from __future__ import annotations
 
@@ -49,6 +62,21 @@ def order_seed(cfg) -> int:
     return cfg.seed if data_seed is None else int(data_seed)
 
 
+def length_grouped_order(lengths: list[int], group_size: int, generator: torch.Generator) -> list[int]:
+    """transformers' get_length_grouped_indices(lengths, group_size, generator=generator) (module docstring): the
+    permutation randperm(n) in mega-batches of k * group_size, each sorted by length, longest first, and the longest
+    row of all moved to the front."""
+    n = len(lengths)
+    mult = max(min(n // (group_size * 4), 50), 1)
+    perm = torch.randperm(n, generator=generator).tolist()
+    size = mult * group_size
+    megas = [sorted(perm[i:i + size], key=lambda k: -lengths[k]) for i in range(0, n, size)]
+    heads = [lengths[m[0]] for m in megas]
+    top = heads.index(max(heads))  # the first mega-batch holding the longest row (torch.argmax's first maximum)
+    megas[0][0], megas[top][0] = megas[top][0], megas[0][0]
+    return [i for m in megas for i in m]
+
+
 @dataclass
 class BatchPlan:
     num_rows: int
@@ -56,6 +84,7 @@ class BatchPlan:
     world: int
     grad_accum: int
     seed: int
+    lengths: list[int] | None = None  # group_by_length: each row's token count (None: the plain permutation)
 
     @property
     def global_batch(self) -> int:
@@ -72,10 +101,23 @@ class BatchPlan:
     def indices(self, step: int, rank: int) -> list[list[int]]:
         """Dataset positions of this rank's micro-batches at global step `step`."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        perm = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-        window = perm[i * self.global_batch:(i + 1) * self.global_batch]
+        window = self.order(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
         b = self.per_device
         return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]
+
+    def order(self, epoch: int) -> list[int]:
+        """Every row's position in epoch `epoch`'s order: randperm(n) seeded with seed + epoch, length-grouped when
+        `lengths` is set (the last epoch's order is kept: each step of an epoch reads the same list)."""
+        cached = getattr(self, "_order", None)
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.lengths is None:
+            order = torch.randperm(self.num_rows, generator=generator).tolist()
+        else:
+            order = length_grouped_order(self.lengths, self.global_batch, generator)
+        self._order = (epoch, order)
+        return order
 
 
 INTRA_ROW = "intra_row"  # batch extra: bool [B], True for a MAPL intra row (two prompts); set when the batch has one
@@ -110,14 +152,17 @@ def micro_batches(dataset, plan: BatchPlan, step: int, rank: int, pad_id: int, l
     return out
 
 
-def make_plan(cfg, num_rows: int, world: int) -> tuple[BatchPlan, int]:
-    """(the deterministic batch order, the number of optimizer steps)."""
+def make_plan(cfg, num_rows: int, world: int, lengths: list[int] | None = None) -> tuple[BatchPlan, int]:
+    """(the deterministic batch order, the number of optimizer steps). lengths: each row's token count, for
+    group_by_length (length_grouped_order)."""
     if num_rows == 0:  # every row was skipped or too long: a smaller batch would not help
         raise DataError(f"no training rows are left in {cfg.dataset_name}: every row was skipped (see the "
                         "`preflab: data:` line and summary.json data); fix the rows, max_length / max_prompt_length, "
                         "or the columns.")
+    if lengths is not None and len(lengths) != num_rows:
+        raise PreflabError(f"group_by_length: {len(lengths)} lengths for {num_rows} training rows.")
     plan = BatchPlan(num_rows, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps,
-                     order_seed(cfg))
+                     order_seed(cfg), lengths)
     if plan.steps_per_epoch == 0:
         raise PreflabError(
             f"{num_rows} training rows are fewer than one global batch ({plan.global_batch} = "

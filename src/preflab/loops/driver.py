@@ -193,6 +193,28 @@ class TrainingRun(CallbackEvents):
                           if acc.num_processes > 1 else None)
             self._neftune_handle = add_neftune_hook(acc.unwrap_model(self.checkpoint_module), alpha, generators)
 
+    def _training_forward(self):
+        """self.forward, under activation_offloading with the tensors it saves for backward kept in host memory
+        (preflab.models.activation_offload; the trained module's parameters and buffers stay where they are).
+        Refused under FSDP and DeepSpeed, whose gathered parameters it would copy to the host whole; on a CPU it
+        saves no memory (said once)."""
+        if not self.cfg.activation_offloading:
+            return self.forward
+        from preflab.models.activation_offload import module_tensors, offloaded_forward
+
+        acc = self.accelerator
+        if is_sharded(acc):
+            raise ConfigError(f"activation_offloading is not supported under {sharding_engine(acc)}: its gathered "
+                              "parameters live in temporary storages that the offload cannot tell from activations, "
+                              "so every gathered weight would be copied to the host whole. Use gradient_checkpointing: "
+                              "true (and DeepSpeed's own activation_checkpointing cpu_checkpointing), or launch "
+                              "without FSDP / DeepSpeed.")
+        if acc.device.type == "cpu" and self.main:
+            print("preflab: note: activation_offloading on the CPU copies each saved activation within host memory: "
+                  "the same losses and gradients, no memory saved (it offloads from a GPU).", flush=True)
+        kept = module_tensors(acc.unwrap_model(self.checkpoint_module)) + list(self.params) + list(self.extra_params)
+        return offloaded_forward(self.forward, kept)
+
     def _train(self) -> dict:
         """The outline: refuse what the model cannot train on this device and what the engine cannot save, resume or
         start, then every optimizer step (its metrics row, evaluation and checkpoint when due, a callback's stop),
@@ -236,12 +258,13 @@ class TrainingRun(CallbackEvents):
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         stopped_early = None  # {"step", "max_steps"} when a callback's control.should_training_stop ended the run
         started = time.perf_counter()
+        forward = self._training_forward()
         for step in range(start_step, self.total_steps):
             step_started = time.perf_counter()
             mbs = self.micro_batches(step)
             # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler advances)
             learning_rate = self.scheduler.get_last_lr()[0]
-            result = optimizer_step(mbs, self.forward, self.params, self.optimizer, self.scheduler, acc,
+            result = optimizer_step(mbs, forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
             if self.logs_step_time:  # a host clock after the step's one device read: no sync of its own
                 result.metrics["step_time"] = time.perf_counter() - step_started

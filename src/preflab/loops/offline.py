@@ -183,7 +183,9 @@ class Trainer(TrainingRun):
             self.total_steps = cfg.max_steps
             self.streamed = StreamedBatches(self.stream, self.plan, check=self.stream_ids_check)
         else:
-            self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes)
+            lengths = [self.kind.count_tokens([x]) for x in self.train_data] if cfg.group_by_length else None
+            self.plan, self.total_steps = make_plan(cfg, len(self.train_data), self.accelerator.num_processes,
+                                                    lengths)
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)
         self._build_optimizer()
         # sync_ref_model (TR-DPO): the reference follows the policy after every ref_model_sync_steps-th step

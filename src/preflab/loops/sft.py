@@ -5,6 +5,8 @@ Rows (TRL SFTTrainer's dataset forms, one form per row):
     {"text": "..."}                                   language modeling: the whole text is the completion
     {"messages": [{"role": ..., "content": ...}]}     conversational: the rendered chat is the completion
     {"prompt": "...", "completion": "..."}            prompt-completion (strings, or both lists of messages)
+    {"input_ids": [...], "labels": [...]}             tokenized (labels, or completion_mask / assistant_masks;
+                                                      preflab.loops.sft_rows.tokenized_labels: TRL's rule)
 
 Each row becomes `TokenizedSFT(prompt_ids, completion_ids)`; only completion tokens carry loss. With
 `completion_only_loss: false` (TRL's name) a prompt-completion row trains on the prompt too (all tokens but the
@@ -33,7 +35,9 @@ token-weighted the same way), `entropy` (the mean predictive entropy over the sa
 
 `packing: true` (TRL's name) places several sequences in one row of at most max_length tokens, with per-sequence
 position ids and a block-diagonal causal mask (preflab.data.prefix.block_rows; Krell et al. 2021, arXiv:2107.02027),
-so the loss equals the unpacked loss.
+so the loss equals the unpacked loss. `packing_strategy` bfd_split / wrapped cut the rows first as TRL's
+pack_dataset does (preflab.loops.sft_packing). `skip_prepare_dataset: true` (TRL's dataset_kwargs) uses tokenized rows
+as they are.
 """
 from __future__ import annotations
 

@@ -19,19 +19,29 @@ from preflab.objectives._sft_task import SFTBatch
 from preflab.objectives.base import SequenceLogps
 from preflab.runlog import is_main_process
 
-SFT_FORMS = ("text", "messages", "prompt_completion")
+SFT_FORMS = ("text", "messages", "prompt_completion", "tokenized")
 
 
 @dataclass
 class TokenizedSFT:
     """One SFT sequence: prompt_ids (>= 1 token, no loss) then completion_ids (the loss tokens). loss_mask (one bool
-    per completion token; None: all True) leaves the tokens it marks False out of the loss (assistant_only_loss)."""
+    per completion token; None: all True) leaves the tokens it marks False out of the loss (assistant_only_loss).
+    first_is_label: whether TRL 1.16's labels keep token 0 (text rows, conversations without assistant_only_loss,
+    prompt-completion rows with completion_only_loss: false); nothing predicts it in a sequence of its own, but
+    packing_strategy: wrapped puts rows after one another (preflab.loops.sft_packing)."""
 
     row_id: int
     prompt_ids: list[int]
     completion_ids: list[int]
     extras: dict = field(default_factory=dict)
     loss_mask: list[bool] | None = None
+    first_is_label: bool = False
+
+
+def cut_later(cfg) -> bool:
+    """packing_strategy bfd_split / wrapped (with packing: true): rows are not cut at max_length when tokenized, the
+    packing cuts them (preflab.loops.sft_packing), as TRL 1.16 skips its truncation when it packs."""
+    return bool(getattr(cfg, "packing", False)) and getattr(cfg, "packing_strategy", "bfd") != "bfd"
 
 
 # ---------------------------------------------------------------------------------------------- rows -> tokens
@@ -58,6 +68,12 @@ def text_field_row(row: dict, text_field: str) -> dict:
 
 def _row_form(row: dict) -> str:
     has = [k for k in ("text", "messages", "prompt", "completion") if k in row]
+    if "input_ids" in row:
+        if has:
+            raise RowProblem("mixed_forms", "input_ids", f"the row holds input_ids and {has}, which is not one SFT "
+                             "form", "Give either tokenized rows (input_ids, optional labels / completion_mask / "
+                             "assistant_masks) or text rows, not both.")
+        return "tokenized"
     if "text" in row and len(has) == 1:
         return "text"
     if "messages" in row and len(has) == 1:
@@ -83,6 +99,62 @@ def _row_form(row: dict) -> str:
                          "Give each row `text`, `messages`, or `prompt` and `completion` (TRL's SFT forms).")
     raise RowProblem("mixed_forms", has[0], f"the row holds {has}, which is not one SFT form",
                      "Use exactly one of: text | messages | prompt + completion.")
+
+
+class TokenizedRowError(RowProblem):
+    """A tokenized row whose columns the run cannot read without guessing: an error under on_bad_row: skip too (every
+    row of such a dataset would be dropped)."""
+
+
+def _id_list(row: dict, key: str, n: int | None, values=None) -> list[int]:
+    column = row[key]
+    if not isinstance(column, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                        for v in column):
+        raise RowProblem("bad_token_column", key, "must be a list of integers", "Give token ids / 0-1 masks as lists.")
+    if n is not None and len(column) != n:
+        raise RowProblem("bad_token_column", key, f"has {len(column)} values for {n} input_ids",
+                         "Give one value per token.")
+    if values is not None and any(v not in values for v in column):
+        raise RowProblem("bad_token_column", key, f"holds values other than {sorted(values)}", "Give a 0/1 mask.")
+    return list(column)
+
+
+def tokenized_labels(row: dict, cfg) -> tuple[list[int], list[bool]]:
+    """(input_ids, for each token whether it carries loss) of a tokenized row, by TRL 1.16's rule: a `labels` column
+    as given (-100: no loss; any other label must be the input id, since preflab's target is the next input token);
+    without it, `assistant_masks` and, where completion_only_loss is on, `completion_mask` (a token carries loss where
+    every such mask is 1; none: every token). TRL's completion_only_loss default (null) is off for rows without
+    prompt / completion, so a completion_mask beside an unwritten completion_only_loss is refused as ambiguous.
+    skip_prepare_dataset: mask columns without labels are refused, as TRL refuses them (it would train every token)."""
+    if "seq_lengths" in row:
+        raise TokenizedRowError("pre_packed_row", "seq_lengths", "is a packed row's column; preflab reads one sequence "
+                                "per row", "Give the rows unpacked and set packing: true.")
+    ids = _id_list(row, "input_ids", None)
+    if len(ids) < 2 or any(v < 0 for v in ids):
+        raise RowProblem("bad_token_column", "input_ids", "needs at least 2 token ids, none negative",
+                         "Give the sequence's token ids.")
+    if "labels" in row:
+        labels = _id_list(row, "labels", len(ids))
+        wrong = next((t for t, (x, y) in enumerate(zip(ids, labels)) if y not in (-100, x)), None)
+        if wrong is not None:
+            raise TokenizedRowError("labels_not_input_ids", "labels", f"label {labels[wrong]} at token {wrong} is "
+                                    f"neither -100 nor that token's input id {ids[wrong]}", "preflab trains each token "
+                                    "to predict the next input token: give labels equal to input_ids or -100.")
+        return ids, [y != -100 for y in labels]
+    masks = [k for k in ("completion_mask", "assistant_masks") if k in row]
+    if masks and getattr(cfg, "skip_prepare_dataset", False):
+        raise TokenizedRowError("masks_without_labels", masks[0], "with skip_prepare_dataset: true the mask columns "
+                                "are not read (TRL 1.16 refuses them: it would train on every token)",
+                                "Add a 'labels' column (-100 for the tokens without loss), or remove "
+                                "skip_prepare_dataset.")
+    if "completion_mask" in masks and "completion_only_loss" not in getattr(cfg, "written_options", ()):
+        raise TokenizedRowError("completion_mask_unread", "completion_mask", "is read only with completion_only_loss: "
+                                "true written in the config (TRL's default null trains every token of rows without "
+                                "prompt / completion)",
+                                "Set completion_only_loss: true (loss where completion_mask is 1) or false (every "
+                                "token).")
+    used = [_id_list(row, k, len(ids), (0, 1)) for k in masks if k != "completion_mask" or cfg.completion_only_loss]
+    return ids, [all(m[t] for m in used) for t in range(len(ids))]
 
 
 def _preference_label(value) -> bool:
@@ -125,6 +197,10 @@ def _split_at_loss(ids: list[int], mask: list[int], field_name: str) -> tuple[li
 
 
 def _not_conversational(form: str) -> RowProblem:
+    if form == "tokenized":
+        return RowProblem("not_conversational", "input_ids", "assistant_only_loss: true needs conversational rows "
+                          "(TRL 1.16 raises for a tokenized dataset)", "Remove assistant_only_loss: a tokenized row's "
+                          "assistant tokens are its assistant_masks column, read without it.")
     field_name = "text" if form == "text" else "prompt"
     return RowProblem("not_conversational", field_name, "assistant_only_loss: true needs conversational rows, and "
                       f"this row's {field_name} is text (TRL 1.16 raises for a dataset that is not conversational)",
@@ -148,7 +224,29 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     assistant_only = getattr(cfg, "assistant_only_loss", False)
     extras = {k: row[k] for k in ("tools", "chat_template_kwargs") if row.get(k) is not None}
     loss_mask = None
-    if form == "text":
+    whole = not assistant_only and (form != "prompt_completion" or not cfg.completion_only_loss)  # TRL labels token 0
+    skip_prepare = getattr(cfg, "skip_prepare_dataset", False)
+    if skip_prepare and form != "tokenized":
+        raise RowProblem("not_tokenized", None, f"is a {form} row, and skip_prepare_dataset: true reads rows as "
+                         "they are: input_ids (and labels)", "Tokenize the rows first, or remove "
+                         "skip_prepare_dataset.")
+    if form == "tokenized":
+        if assistant_only:
+            raise _not_conversational(form)
+        ids, labelled = tokenized_labels(row, cfg)
+        whole = labelled[0]
+        limit = None if skip_prepare else cfg.max_length
+        if limit is not None and not cut_later(cfg) and len(ids) > limit:  # TRL: keep_start
+            ids, labelled = ids[:limit], labelled[:limit]
+            report.response_truncated += 1
+        first = next((t for t in range(1, len(ids)) if labelled[t]), None)
+        if first is None:
+            raise RowProblem("no_loss_tokens", "labels" if "labels" in row else "input_ids", "no token after the "
+                             "first carries loss" + (f" within max_length={limit}" if limit else ""),
+                             "Give the row loss tokens (labels other than -100, mask values 1), or raise max_length.")
+        prompt, completion = ids[:first], ids[first:]
+        loss_mask = None if all(labelled[first:]) else labelled[first:]
+    elif form == "text":
         if assistant_only:
             raise _not_conversational(form)
         text = check_text(row["text"], getattr(cfg, "dataset_text_field", "text"))  # the column as the file names it
@@ -185,7 +283,7 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
             prompt, completion, loss_mask = _split_at_loss(ids, mask, "completion")
         elif not cfg.completion_only_loss:
             prompt, completion = prompt[:1], prompt[1:] + completion
-    limit = cfg.max_length
+    limit = None if cut_later(cfg) or form == "tokenized" else cfg.max_length
     if limit is not None and len(prompt) + len(completion) > limit:
         room = limit - len(prompt)
         if room < 1:
@@ -202,7 +300,7 @@ def tokenize_sft_row(row_id: int, row: dict, tokenizer, cfg, report: TokenizeRep
     report.response_tokens += len(completion)
     report.max_prompt_tokens = max(report.max_prompt_tokens, len(prompt))
     report.max_response_tokens = max(report.max_response_tokens, len(completion))
-    return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask), form
+    return TokenizedSFT(row_id, prompt, completion, loss_mask=loss_mask, first_is_label=whole), form
 
 
 def note_assistant_template(cfg, tokenizer) -> None:
@@ -238,6 +336,8 @@ def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
             item, form = tokenize_sft_row(raw.row_id, text_field_row(raw.data, text_field), tokenizer, cfg,
                                           tokens)
         except RowProblem as problem:
+            if isinstance(problem, TokenizedRowError):  # not one bad row: the dataset's columns need a setting
+                BadRowPolicy("error", rows).handle(problem, raw.row_id, raw.line, source=raw.file)
             policy.handle(problem, raw.row_id, raw.line, source=raw.file)
             tokens.record_skip(problem, raw.row_id, raw.line)
             return []
@@ -292,6 +392,20 @@ def prepare_sft(cfg, tokenizer):
     train, evals, eval_reports = train_and_eval(cfg, train, read_eval, describe=said)
     if eval_reports is not None:
         report.update(eval_rows=eval_reports[0].to_dict(), eval_tokenize=eval_reports[1].to_dict())
+    packed_note = None
+    if cut_later(cfg):  # bfd_split / wrapped: TRL's pack_dataset cuts the rows (eval too: eval_packing follows packing)
+        from preflab.loops.sft_packing import pack_examples
+
+        rows_in = len(train)
+        train, empty = pack_examples(train, cfg.packing_strategy, cfg.max_length)
+        evals, eval_empty = pack_examples(evals, cfg.packing_strategy, cfg.max_length) if evals else (evals, 0)
+        report["packing"] = {"strategy": cfg.packing_strategy, "train_rows": rows_in, "train_sequences": len(train),
+                             "left_out_without_loss_tokens": empty + eval_empty}
+        what = "fragments" if cfg.packing_strategy == "bfd_split" else "chunks"
+        packed_note = (f"packing_strategy: {cfg.packing_strategy}: {rows_in} training rows -> {len(train)} {what} of "
+                       f"at most max_length={cfg.max_length} tokens" + (
+                           f"; {empty + eval_empty} with no loss token left out (train and eval)"
+                           if empty + eval_empty else "") + ".")
     if is_main_process():  # the tokenization counts too: truncated examples are said, not only kept in summary.json
         print(f"preflab: data: {rows.summary()}; {tok.summary()}")
         if eval_reports is not None:
@@ -302,6 +416,8 @@ def prepare_sft(cfg, tokenizer):
         note = sft_mixed_forms_note(rows)
         if note:
             print(f"preflab: note: data: {note}")
+        if packed_note:
+            print(f"preflab: data: {packed_note}")
     return train, evals, report
 
 
