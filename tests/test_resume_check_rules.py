@@ -7,7 +7,7 @@ import pytest
 
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
-from preflab.resume_check import check_global_batch, check_resume_config, check_resume_data
+from preflab.resume_check import capped_at_positions, check_global_batch, check_resume_config, check_resume_data
 
 
 def _cfg(tmp_path, **kw):
@@ -50,3 +50,18 @@ def test_an_online_run_resumes_on_another_number_of_processes(tmp_path):
     with pytest.raises(ConfigError, match="global batch of 16"):
         check_global_batch(saved, {"world_size": 2}, SimpleNamespace(**{**vars(online), "task": "dpo"}), 1,
                            "checkpoint-4")
+
+
+def test_max_length_is_compared_after_the_cap_the_checkpoints_run_applied(tmp_path):
+    """A checkpoint of a run on a 512-position model saved max_length 512 (cap_max_length) and model_positions 512:
+    an unset max_length (1024) or one above 512 is the same 512 after the cap; one below it is a change. A
+    checkpoint without model_positions (an older preflab) is compared as it was."""
+    saved = _cfg(tmp_path, max_length=512).to_dict()
+    for same in ({}, {"max_length": None}, {"max_length": 2048}, {"max_length": 512}):
+        check_resume_config(saved, _cfg(tmp_path, **same), "checkpoint-2", note=print, positions=512)
+    with pytest.raises(ConfigError, match=r"max_length \(512 -> 256\)"):
+        check_resume_config(saved, _cfg(tmp_path, max_length=256), "checkpoint-2", note=print, positions=512)
+    with pytest.raises(ConfigError, match=r"max_length \(512 -> 1024\)"):
+        check_resume_config(saved, _cfg(tmp_path), "checkpoint-2", note=print, positions=None)
+    assert capped_at_positions({"max_length": 300, "seed": 1}, 512) == {"max_length": 300, "seed": 1}
+    assert capped_at_positions({"max_length": None, "seed": 1}, 512) == {"max_length": 512, "seed": 1}

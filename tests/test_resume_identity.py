@@ -202,3 +202,32 @@ def test_user_code_records_only_what_the_run_names():
         assert user_code({"reward_funcs": ["elsewhere.py:f"]})["elsewhere.py"]["file"] == str(Path(__file__))
     finally:
         del _LOADED["elsewhere.py"]
+
+
+def test_a_run_whose_max_length_was_capped_at_the_models_positions_resumes_and_a_changed_max_length_is_refused(
+        tmp_path, capsys):
+    """max_length unset (default 1024) on builtin:tiny-llama (512 positions): the run caps it to 512 and its
+    checkpoints save 512; the resume compared that with its own 1024, before its model was read, and refused its
+    own run ("max_length (512 -> 1024)"). Now compared after the checkpoint's cap: the resume ends on the
+    uninterrupted run's weights, and a max_length the user changed below the positions is still refused."""
+    config = tmp_path / "no_max_length.yaml"
+    lines = (ROOT / "examples" / "quickstart.yaml").read_text().splitlines()
+    config.write_text("\n".join(line.replace("examples/data/", f"{ROOT}/examples/data/") for line in lines
+                                if not line.startswith("max_length:")) + "\n")
+    out = tmp_path / "run"
+    args = ["train", str(config), "max_steps=4", "save_steps=2", "per_device_train_batch_size=2", "eval_fraction=0",
+            "eval_steps=0", "disable_tqdm=true", "logging_steps=100", f"output_dir={out}"]
+    assert main(args) == 0
+    assert "max_length=1024 is above the 512 positions of builtin:tiny-llama" in capsys.readouterr().out
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["config"]["max_length"] == 512 and state["model_positions"] == 512
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    (straight / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    resume = [*args, f"resume_from_checkpoint={out / 'checkpoint-2'}"]
+    assert main([*resume, "max_length=256"]) != 0
+    assert "max_length (512 -> 256)" in capsys.readouterr().err
+    assert main(resume) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 2
+    assert _max_diff(straight, out) <= 1e-6

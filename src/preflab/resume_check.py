@@ -7,7 +7,8 @@ optimizer settings, ...) changes what the resumed run computes, so check_resume_
 `allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
 On another number of processes the global batch (per_device_train_batch_size x processes) and
 gradient_accumulation_steps must stay (check_global_batch), and the saved per-device batch is read as this world's
-(saved_config_on_this_world); check_saved_config runs both config checks of a checkpoint.
+(saved_config_on_this_world); check_saved_config runs both config checks of a checkpoint. A max_length the
+checkpoint's run capped at its model's positions is compared after the same cap (capped_at_positions).
 """
 from __future__ import annotations
 
@@ -78,12 +79,27 @@ def refuse_unless_allowed(cfg, refusal: str, allowed_note: str, note=print) -> N
         note(allowed_note)
 
 
-def check_resume_config(saved: dict | None, cfg, checkpoint, note=print, launch: dict | None = None) -> None:
+def capped_at_positions(current: dict, positions) -> dict:
+    """The config `current` as a run on a model of `positions` positions uses it: max_length unset (no limit) or
+    above them is the positions (preflab.models.load.cap_max_length). A run caps max_length once its model is read
+    and saves the capped config in its checkpoints, with the positions ("model_positions"); the resumed run's
+    config is compared after the same cap, so an unset max_length (default 1024) on a model of 512 positions is the
+    512 its checkpoint holds, and a max_length the user changed below the positions is still a change.
+    positions None (a checkpoint of an older preflab, or a run that read no positions): `current` unchanged."""
+    if not isinstance(positions, int) or positions <= 0 or "max_length" not in current:
+        return current
+    limit = current["max_length"]
+    return current if limit is not None and limit <= positions else {**current, "max_length": positions}
+
+
+def check_resume_config(saved: dict | None, cfg, checkpoint, note=print, launch: dict | None = None,
+                        positions: int | None = None) -> None:
     """ConfigError listing the keys that change the run's meaning (unless cfg.allow_config_change); a note for
-    the rest. cfg: the current config (a dataclass); launch: the checkpoint's launch record (compare_configs)."""
+    the rest. cfg: the current config (a dataclass); launch: the checkpoint's launch record (compare_configs);
+    positions: the checkpoint's "model_positions", the cap applied to cfg's max_length first (capped_at_positions)."""
     import dataclasses
 
-    current = dataclasses.asdict(cfg)
+    current = capped_at_positions(dataclasses.asdict(cfg), positions)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(cfg)}
     if not isinstance(saved, dict):
@@ -237,4 +253,4 @@ def check_saved_config(trainer_state: dict, cfg, checkpoint, world: int, note=pr
     check_global_batch(saved, trainer_state, cfg, world, checkpoint, note=note)
     launch = trainer_state.get("launch") if isinstance(trainer_state.get("launch"), dict) else None
     check_resume_config(saved_config_on_this_world(saved, trainer_state, cfg, world), cfg, checkpoint, note=note,
-                        launch=launch)
+                        launch=launch, positions=trainer_state.get("model_positions"))

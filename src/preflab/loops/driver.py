@@ -566,6 +566,8 @@ class TrainingRun(CallbackEvents):
                  "timeline": self.timeline,
                  "world_size": acc.num_processes, "engine": sharding_engine(acc),
                  "data_fingerprint": self.data_fingerprint(), "user_code": user_code(self.cfg.to_dict()),
+                 # the positions max_length was capped at (models.load.cap_max_length): a resume caps alike
+                 "model_positions": getattr(self.cfg, "model_positions", None),
                  **checkpoint_identity()}
         if is_sharded(acc):
             self._check_sharded_extras()

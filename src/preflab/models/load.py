@@ -191,10 +191,20 @@ def max_positions(name_or_model, trust_remote_code: bool = False) -> int | None:
     return None
 
 
+MODEL_POSITIONS = "model_positions"  # cfg's attribute (not an option) and the checkpoint's key: the cap applied
+
+
 def cap_max_length(cfg, positions: int | None, name: str | None = None) -> None:
     """max_length above the model's positions would index past its position table mid-training: cap it, with a
-    note (issue 18.15). `name`: the model the positions are of (default: the policy)."""
-    if positions is None or (cfg.max_length is not None and cfg.max_length <= positions):
+    note (issue 18.15). `name`: the model the positions are of (default: the policy). The smallest positions seen
+    is kept on cfg as MODEL_POSITIONS (not an option: cfg.to_dict() leaves it out), which every checkpoint records,
+    so a resume caps its own max_length the same way before comparing configs (preflab.resume_check): the saved
+    config holds the capped value, the resumed run's config the user's until its model is read."""
+    if positions is None:
+        return
+    known = getattr(cfg, MODEL_POSITIONS, None)
+    setattr(cfg, MODEL_POSITIONS, positions if known is None else min(known, positions))
+    if cfg.max_length is not None and cfg.max_length <= positions:
         return
     given = "no max_length (no limit)" if cfg.max_length is None else f"max_length={cfg.max_length}"
     if is_main_process():  # once, not once per process of `accelerate launch`
