@@ -196,6 +196,23 @@ def test_the_eval_configuration_rule():
     assert training_source(cfg(dataset_config=None)) == "org/prefs"
 
 
+def test_the_same_folder_spelled_two_ways_is_the_same_data(tmp_path, monkeypatch):
+    """eval_dataset_name naming dataset_name's folder by another spelling (relative / absolute, a trailing slash, a
+    `..` detour) inherits dataset_config; a folder of the same name elsewhere, or one that does not exist, does not."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+
+    def cfg(eval_name):
+        return SimpleNamespace(dataset_name="data", dataset_config="en", eval_dataset_config=None,
+                               eval_dataset_name=eval_name)
+
+    for same in (f"{tmp_path}/data", "./data/", "other/../data"):
+        assert eval_source(cfg(same)) == ConfiguredSource(same, "en"), same
+    for other in ("other/data", "missing/../data2"):
+        assert eval_source(cfg(other)) == other
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 def test_an_unknown_configuration_is_refused_before_loading_naming_the_ones_declared(hub_copy, tmp_path):
     with pytest.raises(ConfigError) as err:
