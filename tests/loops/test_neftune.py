@@ -213,27 +213,3 @@ def test_a_lora_policys_adapters_off_reference_is_noisy_unless_precomputed(tmp_p
     shapes = _recording(monkeypatch)
     trainer.train()
     assert len(shapes) == 2 * noisy_forwards and all(s[0] == 8 for s in shapes)
-
-
-def test_one_process_run_draws_transformers_global_generator_noise(tmp_path, monkeypatch):
-    """In one process every noisy forward of a run draws from torch's global generator, as transformers' hook does
-    (RankNoise's per-rank generators are for several processes only): each noise tensor the run adds equals
-    U(-bound, bound) drawn from the global generator's state at that forward."""
-    import preflab.models.neftune as neftune
-
-    calls, real = [], neftune.noisy_embeddings
-
-    def recorded(embeddings, alpha, generator=None):
-        state = torch.get_rng_state()
-        noisy = real(embeddings, alpha, generator)
-        calls.append((embeddings.detach().clone(), noisy.detach().clone(), state, alpha))
-        return noisy
-
-    monkeypatch.setattr(neftune, "noisy_embeddings", recorded)
-    run(tmp_path / "one", layout="padded", max_steps=2, per_device_train_batch_size=4, neftune_noise_alpha=5.0,
-        seed=3)
-    assert len(calls) >= 2
-    for clean, noisy, state, alpha in calls:
-        bound = neftune_bound(alpha, clean.size(1), clean.size(2))
-        want = torch.zeros_like(clean).uniform_(-bound, bound, generator=torch.Generator().set_state(state))
-        assert torch.equal(noisy - clean, (clean + want) - clean)
