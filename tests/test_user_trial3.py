@@ -327,8 +327,9 @@ def test_a_python_file_without_the_function_to_call_lists_its_functions_in_eval_
 def test_tilde_drops_a_key_by_either_name_and_refuses_a_missing_nested_key(tmp_path):
     """`~key` drops a key the file writes under TRL's name when given preflab's (dataset_train_split / dataset_split)
     and the reverse, so the key is no longer written; `~name.key` of a key the mapping lacks is a ConfigError
-    listing the keys it holds; `key=null` stays accepted for an option that takes null (resume_from_checkpoint,
-    typed Any: only the options whose type has no None are refused)."""
+    listing the keys it holds; a dropped key that preflab's own overrides set again is not written; `key=null` stays
+    accepted for an option that takes null (resume_from_checkpoint, typed Any: only the options whose type has no
+    None are refused)."""
     from pathlib import Path
 
     from preflab.config import load_config
@@ -347,3 +348,6 @@ def test_tilde_drops_a_key_by_either_name_and_refuses_a_missing_nested_key(tmp_p
                                                  "~objective_params.nope"])
     cfg = load_config("examples/quickstart.yaml", ["resume_from_checkpoint=null"])
     assert cfg.resume_from_checkpoint is None
+    # a key the user dropped and preflab's own override then sets (an evaluation's settings) is not the user's
+    cfg = load_config("examples/quickstart.yaml", ["~beta"], ["beta=0.2"])
+    assert cfg.beta == 0.2 and "beta" not in cfg.written_options
