@@ -322,3 +322,32 @@ def test_a_python_file_without_the_function_to_call_lists_its_functions_in_eval_
                                           r"\(its top-level functions: helpful\)\.$"):
         load_callable(f"{code}:nope")
     assert load_callable(f"{code}:helpful")(["p"], ["c"]) == [1.0]
+
+
+def test_tilde_drops_a_key_by_either_name_and_refuses_a_missing_nested_key(tmp_path):
+    """`~key` drops a key the file writes under TRL's name when given preflab's (dataset_train_split / dataset_split)
+    and the reverse, so the key is no longer written; `~name.key` of a key the mapping lacks is a ConfigError
+    listing the keys it holds; a dropped key that preflab's own overrides set again is not written; `key=null` stays
+    accepted for an option that takes null (resume_from_checkpoint, typed Any: only the options whose type has no
+    None are refused)."""
+    from pathlib import Path
+
+    from preflab.config import load_config
+
+    base = Path("examples/quickstart.yaml").read_text()
+    for written, dropped in (("dataset_train_split", "~dataset_split"), ("dataset_split", "~dataset_train_split")):
+        path = tmp_path / f"{written}.yaml"
+        path.write_text(base + f"{written}: other\n")
+        assert load_config(str(path)).dataset_split == "other"
+        cfg = load_config(str(path), [dropped])
+        assert cfg.dataset_split == "train" and "dataset_split" not in cfg.written_options, written
+    with pytest.raises(ConfigError, match=r"^override '~objective_params\.nope': the config sets no "
+                                          r"objective_params\.nope to drop \(objective_params holds "
+                                          r"\['label_smoothing'\]\)"):
+        load_config("examples/quickstart.yaml", ["loss_type=robust", "objective_params.label_smoothing=0.2",
+                                                 "~objective_params.nope"])
+    cfg = load_config("examples/quickstart.yaml", ["resume_from_checkpoint=null"])
+    assert cfg.resume_from_checkpoint is None
+    # a key the user dropped and preflab's own override then sets (an evaluation's settings) is not the user's
+    cfg = load_config("examples/quickstart.yaml", ["~beta"], ["beta=0.2"])
+    assert cfg.beta == 0.2 and "beta" not in cfg.written_options

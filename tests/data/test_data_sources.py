@@ -342,6 +342,18 @@ def test_a_hub_dataset_card_with_one_config_reads_only_its_data_files(tmp_path):
         load_rows(tmp_path / "ds")
 
 
+def test_a_card_pattern_skips_hidden_files_as_datasets_does(tmp_path):
+    """A card's data_files pattern that also matches hidden files (an editor's .swp copy, a .cache folder of the
+    same suffix) reads only the visible ones, the rows datasets.load_dataset reads for the same card."""
+    for rel, rows in (("clean/a.jsonl", ROWS[:2]), ("clean/.a.jsonl", ROWS[2:3]), ("clean/.cache/b.jsonl", ROWS[3:])):
+        (tmp_path / "ds" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ds" / rel).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "ds" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: clean/**/*.jsonl\n---\n")
+    assert load_rows(tmp_path / "ds")[0] == EXPECTED[:2]
+    assert datasets.load_dataset(str(tmp_path / "ds"), split="train")["prompt"] == ["q0", "q1"]
+
+
 def test_a_single_arrow_file_reads_as_datasets_reads_it(tmp_path):
     """A .arrow file (a datasets cache or save_to_disk shard) was refused as an unsupported file type; it now reads
     row by row, the same rows as datasets.Dataset.from_file, and so does an Arrow IPC file (feather v2)."""

@@ -107,6 +107,33 @@ def test_preflabs_card_reader_reads_what_datasets_load_dataset_reads(hub_copy, m
         sources._load_hub(str(hub_copy), None)
 
 
+def test_data_files_are_read_under_their_configurations_data_dir(tmp_path, monkeypatch):
+    """A configuration giving data_dir and data_files: the patterns are relative to data_dir (datasets' builder
+    resolves them under base_path/data_dir), so `train-*.jsonl` under data_dir d_data reads d_data's shards and not
+    the folder's own train file; the same with one configuration and no dataset_config. With two configurations the
+    rows equal datasets.load_dataset(folder, "d")'s (datasets 5.2 infers a card's file format from its first
+    configuration's data_files read from the folder's root, ignoring data_dir, so the card lists e first)."""
+    import datasets
+
+    folder = tmp_path / "prefs"
+    _write(folder / "train-00000.jsonl", ["top-level-0"])  # matched by the pattern only if data_dir is left out
+    _write(folder / "d_data" / "train-00000.jsonl", ["d-train-0", "d-train-1"])
+    _write(folder / "d_data" / "test.jsonl", ["d-test-0"])
+    _write(folder / "e_data" / "train.jsonl", ["e-train-0"])
+    entry = ("- config_name: d\n  data_dir: d_data\n  data_files:\n  - split: train\n    path: train-*.jsonl\n"
+             "  - split: test\n    path: test.jsonl\n")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    want = {"train": ["d-train-0", "d-train-1"], "test": ["d-test-0"]}
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: e\n  data_dir: e_data\n" + entry + "---\n")
+    for split, prompts in want.items():
+        assert [r.prompt for r in load_rows(ConfiguredSource(str(folder), "d"), split=split)[0]] == prompts
+        assert datasets.load_dataset(str(folder), "d", split=split)["prompt"] == prompts
+    (folder / "README.md").write_text("---\nconfigs:\n" + entry + "---\n")  # one configuration, none named
+    for split, prompts in want.items():
+        assert [r.prompt for r in load_rows(folder, split=split)[0]] == prompts
+
+
 def test_the_folder_without_a_configuration_is_refused_naming_them_and_the_option(hub_copy):
     with pytest.raises(DataError, match=r"declares 4 configurations .*Set dataset_config \(eval_dataset_config for "
                                         r"eval_dataset_name, --data-config for preflab eval's --data\) to one of "
@@ -195,6 +222,23 @@ def test_the_eval_configuration_rule():
                                                "eval_dataset_name")
     assert eval_source(cfg(eval_dataset_name="org/prefs", eval_dataset_config="fr")).config == "fr"
     assert training_source(cfg(dataset_config=None)) == "org/prefs"
+
+
+def test_the_same_folder_spelled_two_ways_is_the_same_data(tmp_path, monkeypatch):
+    """eval_dataset_name naming dataset_name's folder by another spelling (relative / absolute, a trailing slash, a
+    `..` detour) inherits dataset_config; a folder of the same name elsewhere, or one that does not exist, does not."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+
+    def cfg(eval_name):
+        return SimpleNamespace(dataset_name="data", dataset_config="en", eval_dataset_config=None,
+                               eval_dataset_name=eval_name)
+
+    for same in (f"{tmp_path}/data", "./data/", "other/../data"):
+        assert eval_source(cfg(same)) == ConfiguredSource(same, "en"), same
+    for other in ("other/data", "missing/../data2"):
+        assert eval_source(cfg(other)) == other
 
 
 # ---------------------------------------------------------------------------------------------- refusals

@@ -133,3 +133,33 @@ def test_polynomial_closed_form():
     # lr0 1, lr_end 0.1, power 2, warmup 2 of 6: step s >= 2 -> (0.9 (1 - (s - 2) / 4)^2 + 0.1)
     rates = _rates(lambda opt: make_scheduler(opt, "polynomial", 6, 2, {"lr_end": 0.1, "power": 2.0}), 7, lr=1.0)
     assert rates == pytest.approx([0.0, 0.5, 1.0, 0.9 * 0.75 ** 2 + 0.1, 0.9 * 0.25 + 0.1, 0.9 * 0.0625 + 0.1, 0.1])
+
+
+def test_lr_scheduler_kwargs_bounds_are_where_the_schedules_break():
+    """schedule_kwargs_errors' ranges at their edges: inverse_sqrt's timescale divides (0 refused, 1 taken);
+    polynomial decays from learning_rate to lr_end, so lr_end equal to it is refused (transformers raises: lr_end
+    must be smaller than initial lr) and one just below is taken; warmup_stable_decay's min_lr_ratio 1 (a constant rate
+    after warmup, transformers' factors) is taken and 1.5 refused; cosine_with_min_lr with both floors is refused."""
+    from transformers import get_scheduler
+
+    from preflab.lr_schedule_options import schedule_kwargs_errors
+
+    assert schedule_kwargs_errors("inverse_sqrt", {"timescale": 1}, 1e-3) == []
+    assert schedule_kwargs_errors("inverse_sqrt", {"timescale": 0}, 1e-3) == [
+        "lr_scheduler_kwargs timescale=0 for lr_scheduler_type 'inverse_sqrt' must be a whole number >= 1."]
+    assert schedule_kwargs_errors("polynomial", {"lr_end": 0.999e-3}, 1e-3) == []
+    assert schedule_kwargs_errors("polynomial", {"lr_end": 1e-3}, 1e-3) == [
+        "lr_scheduler_kwargs lr_end=0.001 must be below learning_rate=0.001 (polynomial decays from learning_rate to "
+        "lr_end)."]
+    with pytest.raises(ValueError, match=r"lr_end \(0.001\) must be smaller than initial lr"):
+        get_scheduler("polynomial", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3),
+                      num_warmup_steps=0, num_training_steps=4, scheduler_specific_kwargs={"lr_end": 1e-3})
+    flat = {"num_decay_steps": 4, "min_lr_ratio": 1.0}
+    assert schedule_kwargs_errors("warmup_stable_decay", flat, 1e-3) == []
+    assert _rates(lambda opt: make_scheduler(opt, "warmup_stable_decay", 10, 2, dict(flat)), 12) == pytest.approx(
+        [1e-3] * 12)
+    assert schedule_kwargs_errors("warmup_stable_decay", {**flat, "min_lr_ratio": 1.5}, 1e-3) == [
+        "lr_scheduler_kwargs min_lr_ratio=1.5 for lr_scheduler_type 'warmup_stable_decay' must be at most 1."]
+    assert schedule_kwargs_errors("cosine_with_min_lr", {"min_lr": 1e-5, "min_lr_rate": 0.1}, 1e-3) == [
+        "lr_scheduler_type 'cosine_with_min_lr' needs exactly one of min_lr (the final rate) or min_lr_rate (the "
+        "final rate / learning_rate) in lr_scheduler_kwargs, not both."]

@@ -143,3 +143,39 @@ def test_refusals_name_the_value_and_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="eos_token only applies to task: sft"):
         config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
                           "eos_token": NEW_EOS})
+
+
+def test_the_model_learns_the_eos_exactly_when_eos_token_is_given(tmp_path):
+    """apply_sft_tokenizer_options says "the eos changed" for eos_token (alone or with a template) and not for a
+    template alone; mirror_eos_to_model then sets the text config's eos_token_id and puts the id first in the
+    generation config's list unless the list already holds it (TRL's rule: no duplicate), an int id becoming a list."""
+    from types import SimpleNamespace
+
+    from preflab.models.tokenizer_options import mirror_eos_to_model
+
+    path = _template_file(tmp_path)
+    changed = {}
+    for name, opts in (("eos", {"eos_token": NEW_EOS}), ("both", {"eos_token": NEW_EOS, "chat_template_path": path}),
+                       ("template", {"chat_template_path": path})):
+        tok = tiny_tokenizer()
+        changed[name] = apply_sft_tokenizer_options(SimpleNamespace(**{"eos_token": None, "chat_template_path": None,
+                                                                       **opts}), tok)
+        assert tok.eos_token == (NEW_EOS if "eos_token" in opts else "</s>")
+    assert changed == {"eos": True, "both": True, "template": False}
+    tok = tiny_tokenizer()
+    apply_eos = apply_sft_tokenizer_options(SimpleNamespace(eos_token=NEW_EOS, chat_template_path=None), tok)
+    new_id = tok.convert_tokens_to_ids(NEW_EOS)
+    assert apply_eos and new_id != 2
+    for before, after in ((2, [new_id, 2]), ([2, 5], [new_id, 2, 5]), ([5, new_id], [5, new_id]), (None, [new_id])):
+        model = tiny_causal_lm(tiny_tokenizer(), seed=0)
+        model.config.eos_token_id = 2
+        model.generation_config.eos_token_id = before
+        mirror_eos_to_model(model, tok)
+        assert (model.config.eos_token_id, model.generation_config.eos_token_id) == (new_id, after)
+
+
+def test_a_blank_template_file_is_refused(tmp_path):
+    """A template file of whitespace only renders every conversation as nothing: refused, naming the path."""
+    for text in ("", "  \n\t\n"):
+        with pytest.raises(ConfigError, match="chat_template_path=.*blank.jinja' is empty"):
+            read_chat_template(_template_file(tmp_path, text=text, name="blank.jinja"))
