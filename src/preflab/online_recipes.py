@@ -88,3 +88,9 @@ TRAINERS: dict[str, TrainerSpec] = {
     # TRL's RLOOTrainer: leave-one-out advantages of the KL-penalised rewards, a sequence-level clipped loss
     "rloo": TrainerSpec("groups", loss_type="rloo", advantages="leave_one_out"),
 }
+
+# the recipes whose log-probs and entropies are of the tempered distribution softmax(z / temperature): the trainers of
+# TRL 1.16's GRPOTrainer (GRPOConfig's loss types) and RLOOTrainer, which score policy, old policy and reference
+# through a fused LM head built with the sampling temperature (preflab.online.run.scoring_temperature). spo and tpo
+# (preflab's own group recipes) and the pair recipes (TRL's OnlineDPOTrainer: untempered) score at temperature 1.
+TEMPERATURE_SCORED = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "luspo", "vespo", "rloo")

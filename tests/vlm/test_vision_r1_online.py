@@ -305,3 +305,28 @@ def test_a_solution_missing_in_some_vision_prompt_rows_is_counted():
     report: dict = {}
     vision_prompt_rows(rows, processor, report_to=report)
     assert report["prompt_rows"]["column_gaps"] == {"solution": {"rows": 2, "first_row": 1}}
+
+
+def test_at_a_temperature_the_vision_runs_policy_and_reference_scores_are_log_softmax_of_logits_over_it(tmp_path):
+    """TRL 1.16's GRPOTrainer scores VLM completions through its fused LM head at `temperature` too: the policy's
+    and the reference's log-probs are log_softmax(logits / T) of the VLM's full .logits."""
+    from preflab.scoring.vlm import VisionLogProbScorer
+
+    t = 0.7
+    run = _run(_cfg(tmp_path, temperature=t))
+    [mb] = run.micro_batches(0)
+    exs = mb.examples
+    layout = run._group_layout(exs)
+    with torch.no_grad():
+        logits = run.policy(**layout.model_inputs(run.policy)).logits.float()
+        ours = VisionLogProbScorer(run.policy, None, t)(layout).token_logps
+        plain = run._policy_scores(layout).token_logps   # the run's own scorer: tempered too
+    logprobs = torch.log_softmax(logits / t, -1).reshape(-1, logits.shape[-1])
+    want = torch.where(layout.response_mask, logprobs[layout.pred_index, layout.target_ids], 0.0)
+    assert torch.allclose(ours, want, atol=1e-5) and torch.allclose(plain, want, atol=1e-5)
+    with torch.no_grad():
+        untempered = naive_vision_token_logps(run.policy, layout)
+    assert float((untempered - want).abs().max()) > 1e-3
+    # the reference (the round-start copy of the policy) was scored at t as well
+    ref = token_matrix([v for e in exs for v in e.ref], layout.response_mask)
+    assert torch.allclose(ref.float(), want, atol=1e-5)

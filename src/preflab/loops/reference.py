@@ -27,13 +27,15 @@ def make_reference(policy: nn.Module, needed: bool, ref: nn.Module | None = None
 
 @torch.no_grad()
 def reference_scores(policy: nn.Module, ref: nn.Module | None, layout,
-                     chunk_tokens: int | None = None) -> tuple[Scores, nn.Module]:
-    """(reference Scores, reference LM head) on a layout, without gradient."""
+                     chunk_tokens: int | None = None, temperature: float = 1.0) -> tuple[Scores, nn.Module]:
+    """(reference Scores, reference LM head) on a layout, without gradient; at `temperature` T the reference's
+    logits divided by T (LogProbScorer's temperature; the head returned is tempered alike)."""
     if ref is not None:
-        return LogProbScorer(ref, chunk_tokens)(layout), backbone_and_head(ref)[1]
+        return LogProbScorer(ref, chunk_tokens, temperature)(layout), backbone_and_head(ref)[1].tempered(temperature)
     if is_lora(policy):
         with policy.disable_adapter():
-            return LogProbScorer(policy, chunk_tokens)(layout), backbone_and_head(policy)[1]
+            return (LogProbScorer(policy, chunk_tokens, temperature)(layout),
+                    backbone_and_head(policy)[1].tempered(temperature))
     raise ConfigError("this objective needs a reference model; pass ref=... or a LoRA policy.")
 
 

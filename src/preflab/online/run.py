@@ -68,7 +68,7 @@ from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_lay
 from preflab.online.generator import make_generator
 from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
-from preflab.online_recipes import RENAMED, TRAINERS
+from preflab.online_recipes import RENAMED, TEMPERATURE_SCORED, TRAINERS
 from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head, split_pairs, unwrap
 
 
@@ -155,6 +155,7 @@ class OnlineRun(TrainingRun):
         self.spec = TRAINERS[cfg.trainer]
         self.objective = cfg.objective()
         check_online_pair_extras(self.objective, self.spec, cfg)
+        self.score_temperature = scoring_temperature(cfg)
         self.entropy_control = None  # GRPO's entropy bonus: the coefficient over the run (online/entropy_control.py)
         if "token_entropy_grad" in self.objective.token_needs:
             from preflab.online.entropy_control import EntropyCoefficient
@@ -270,7 +271,7 @@ class OnlineRun(TrainingRun):
         world = acc.num_processes
         self.plan = RoundPlan(self.round_len, cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps)
         self._resolve_epoch_schedule()
-        self.scorer = self.scorer_class(policy, cfg.chunk_tokens)
+        self.scorer = self.scorer_class(policy, cfg.chunk_tokens, self.score_temperature)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         policy.to(acc.device)
@@ -394,12 +395,13 @@ class OnlineRun(TrainingRun):
                                          self.pad_id))
 
     def _policy_scores(self, layout):
-        return self.scorer_class(self.policy, self.cfg.chunk_tokens)(layout)
+        return self.scorer_class(self.policy, self.cfg.chunk_tokens, self.score_temperature)(layout)
 
     def _reference_source(self):
         if self.cfg.refresh_reference_every == 1:
             return self._policy_scores
-        return lambda layout: reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens)[0]
+        return lambda layout: reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens,
+                                               self.score_temperature)[0]
 
     def _judge_cache_context(self, rows, K: int, n: int):
         """Per completion, what identifies its prompt in the judge cache beyond the prompt text and columns (None:
@@ -881,7 +883,8 @@ class OnlineRun(TrainingRun):
             from preflab.scoring.lm import token_entropy
 
             with self.accelerator.autocast():
-                extras["token_entropy"] = token_entropy(scores, layout, backbone_and_head(unwrap(self.policy))[1],
+                head = backbone_and_head(unwrap(self.policy))[1].tempered(self.score_temperature)
+                extras["token_entropy"] = token_entropy(scores, layout, head,
                                                         self.cfg.chunk_tokens).view(shape)
             extras["entropy_coef"] = self.entropy_control.applied()
         elif "token_entropy" in self.objective.token_needs:  # top_entropy_quantile: the mask's entropies (no grad)
@@ -1096,6 +1099,15 @@ class OnlineRun(TrainingRun):
 
             self.ref.load_state_dict(load_file(str(folder / "reference.safetensors")))
         return step
+
+
+def scoring_temperature(cfg) -> float:
+    """The temperature T whose tempered distribution softmax(z / T) the run's log-probs and entropies are of: the
+    sampling `temperature` for the trainers of TRL 1.16's GRPOTrainer and RLOOTrainer (TEMPERATURE_SCORED), which
+    build their fused LM head with it for the policy, the round-start (old) policy and the reference alike, so the
+    ratios, the KL, the entropies (metric, top_entropy_quantile, entropy bonus) are all of the tempered
+    distribution; 1 for every other recipe (TRL's OnlineDPOTrainer scores log_softmax(logits) untempered)."""
+    return float(cfg.temperature) if cfg.trainer in TEMPERATURE_SCORED else 1.0
 
 
 def check_gpo_judges(spec, cfg, judge: Judge) -> None:

@@ -274,11 +274,11 @@ class VisionOnlineRun(OnlineRun):
         if self.cfg.refresh_reference_every == 1:
             return self._policy_scores
         if self.ref is not None:
-            return VisionLogProbScorer(self.ref, self.cfg.chunk_tokens)
+            return VisionLogProbScorer(self.ref, self.cfg.chunk_tokens, self.score_temperature)
 
         def base_model(layout):  # LoRA: the reference is the base model
             with self.policy.disable_adapter():
-                return VisionLogProbScorer(self.policy, self.cfg.chunk_tokens)(layout)
+                return VisionLogProbScorer(self.policy, self.cfg.chunk_tokens, self.score_temperature)(layout)
 
         return base_model
 

@@ -66,17 +66,35 @@ _checked: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictiona
 
 class LMHead:
     """The output projection of a causal LM plus its model type's post-processing: `head(h)` -> float32 logits
-    equal to model(...).logits at those positions. `weight` is the projection's weight (dtype, vocabulary size)."""
+    equal to model(...).logits at those positions. `weight` is the projection's weight (dtype, vocabulary size).
+    A tempered head (`tempered(T)`) divides those logits by T last, after the post-processing: z / T."""
 
-    def __init__(self, projection: nn.Module, post: tuple[str, float] | None = None, model_type: str = ""):
+    def __init__(self, projection: nn.Module, post: tuple[str, float] | None = None, model_type: str = "",
+                 temperature: float = 1.0):
         self.projection, self.post, self.model_type = projection, post, model_type
+        self.temperature = temperature
 
     @property
     def weight(self) -> Tensor:
         return self.projection.weight
 
+    def tempered(self, temperature: float) -> "LMHead":
+        """This head with its logits divided by `temperature` (after the model type's post-processing, as TRL
+        1.16's fused LM head applies its `temperature` after the logit scale and soft-cap), so that log_softmax of
+        its output is the log-prob under the sampling distribution softmax(z / T); the head itself at 1 (nothing
+        divided: the same floats as before)."""
+        if temperature == 1.0:
+            return self
+        if not (temperature > 0 and temperature < float("inf")):
+            raise ConfigError(f"temperature={temperature!r}: the logits are divided by it, so it must be a positive "
+                              "finite number.")
+        return LMHead(self.projection, self.post, self.model_type, float(temperature))
+
     def __call__(self, h: Tensor) -> Tensor:
-        logits = self.projection(h).float()
+        logits = self._post(self.projection(h).float())
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def _post(self, logits: Tensor) -> Tensor:
         if self.post is None:
             return logits
         op, value = self.post

@@ -131,12 +131,16 @@ class Scores:
 
 
 class LogProbScorer(nn.Module):
-    """Wraps a causal LM so that one forward call returns response log-probs (wrap this in DDP, not the LM)."""
+    """Wraps a causal LM so that one forward call returns response log-probs (wrap this in DDP, not the LM).
+    temperature T: every head output (log-probs, token statistics, KL, WPO terms) is of the logits divided by T,
+    log_softmax(z / T) (LMHead.tempered; TRL 1.16's GRPOTrainer and RLOOTrainer score at the sampling temperature);
+    at 1 (default) the scorer is the model's own distribution, unchanged."""
 
-    def __init__(self, model: nn.Module, chunk_tokens: int | None = None):
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = None, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.temperature = temperature
 
     @property
     def _no_split_modules(self):
@@ -155,6 +159,7 @@ class LogProbScorer(nn.Module):
         want_router_loss: also Scores.router_loss, the load-balancing loss of a mixture-of-experts model's routers
         over the layout's tokens (preflab.scoring.router_loss), from this same decoder forward."""
         backbone, head = backbone_and_head(self.model)
+        head = head.tempered(self.temperature)
         if ref_head is not None and not isinstance(ref_head, LMHead):
             raise TypeError("ref_head must be the reference's LMHead, backbone_and_head(ref)[1] (it applies the "
                             f"model type's logit post-processing), not a bare {type(ref_head).__name__}")

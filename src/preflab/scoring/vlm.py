@@ -125,15 +125,17 @@ def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLa
 class VisionLogProbScorer(nn.Module):
     """Wraps an image-text-to-text model so that one forward returns response log-probs (DDP wraps this)."""
 
-    def __init__(self, model: nn.Module, chunk_tokens: int | None = None):
+    def __init__(self, model: nn.Module, chunk_tokens: int | None = None, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.temperature = temperature  # the head's logits divided by it (LogProbScorer's temperature)
 
     def forward(self, layout: VisionLayout, want_hidden: bool = False, ref: Scores | None = None,
                 ref_head: nn.Module | None = None, want_wpo: bool = False, want_token_stats: bool = False,
                 prompt_sequences: int = 0) -> Scores:
         backbone, head = backbone_and_head(self.model)
+        head = head.tempered(self.temperature)
         aggregator = getattr(unwrap(self.model), "clue_aggregator", None)  # CAT's add-on: the prompt is the question
         if aggregator is not None:  # each row's prompt: the positions before its first response token
             from preflab.models.clue_aggregator import prompt_lengths
