@@ -204,6 +204,31 @@ def test_game_average_iterate_is_the_mean_of_the_logged_round_policies(tmp_path)
     assert resumed["policy_distribution_average"] == pytest.approx(summary["policy_distribution_average"], abs=1e-9)
 
 
+def test_apo_at_alpha_zero_is_inpo_and_resumes_exactly(tmp_path):
+    """apo_alpha = 0: no extrapolation of the distribution or of the parameters, so trainer apo is trainer inpo bit
+    for bit (final and average distributions equal as floats). At apo_alpha 0.3 the rounds start from the
+    extrapolated parameters theta_t + 0.3 (theta_t - theta_(t-1)) (He et al. 2024, §5.2); theta_(t-1) is kept in the
+    checkpointed task state, so a run resumed from a mid-round checkpoint ends on the uninterrupted run's policy, bit
+    for bit; it differs from inpo's."""
+    import json
+
+    steps = ["max_steps=60", "steps_per_generation=10", "logging_steps=10"]
+    inpo = game_run(tmp_path / "inpo", "trainer=inpo", *steps)
+    zero = game_run(tmp_path / "zero", "trainer=apo", "apo_alpha=0", *steps)
+    for key in ("policy_distribution", "policy_distribution_average"):
+        assert zero[key] == inpo[key], key
+    apo = game_run(tmp_path / "apo", "trainer=apo", *steps)
+    assert 0.5 * np.abs(np.array(apo["policy_distribution"]) - inpo["policy_distribution"]).sum() > 1e-3
+    game_run(tmp_path / "cut", "trainer=apo", *steps, "save_steps=35")
+    saved = json.loads((tmp_path / "cut" / "online-state" / "step-35" / "task.json").read_text())
+    assert "previous_parameters" in saved
+    resumed = game_run(tmp_path / "resumed", "trainer=apo", *steps,
+                       f"resume_from_checkpoint={tmp_path / 'cut' / 'checkpoint-35'}")
+    assert resumed["resumed_from_step"] == 35
+    for key in ("policy_distribution", "policy_distribution_average"):
+        assert resumed[key] == apo[key], key
+
+
 @pytest.mark.parametrize("value", [0, 2])
 def test_game_refuses_refresh_reference_every(value):
     """The game's rounds carry their reference log-probs exactly (pi_0, or pi_t in sppo's reference slots): no
