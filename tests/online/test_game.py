@@ -25,14 +25,15 @@ def game_run(tmp_path, *overrides):
 # rounds of 10 steps at 0.035 (400 steps, a third of the cost): each trainer's round map has pi*_beta as its fixed
 # point whatever the inner optimisation (the steps only minimise the round's loss), so the same bound on the distance
 # to the same closed-form pi*_beta is checked. Final TV (seed 0) at 400 / at the shipped 1200 steps: inpo g3 0.0053 /
-# 0.012, inpo p4 0.0061 / 0.020, nash_md g3 0.0071 / 0.0085, nash_md p4 0.0087 / 0.016, apo g3 0.0079 / 0.0052 (at
-# learning rate 0.04 all stay below 0.012 too, apo 0.002 at 0.03; apo leaves the bound at 0.045: 0.046).
+# 0.012, inpo p4 0.0061 / 0.020, nash_md g3 0.0071 / 0.0085, nash_md p4 0.0087 / 0.016, apo g3 0.014 / 0.0087 (at
+# learning rate 0.04 the others stay below 0.012 too, apo 0.020; apo 0.0033 at 0.03, 0.011 at 0.045; apo before its
+# rounds started from the extrapolated parameters: 0.0079 / 0.0052, 0.002 at 0.03, 0.046 at 0.045).
 SHORT_SCHEDULE = ["max_steps=400", "steps_per_generation=10", "learning_rate=0.035"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer,game", [(t, g) for t in ("egpo", "inpo", "nash_md") for g in ("g3", "p4")]
-                         + [("apo", "g3")])   # apo on the 4-action game: 0.026 (shipped), too close to the bound
+                         + [("apo", "g3")])   # apo on the 4-action game: 0.028 (shipped), too close to the bound
 def test_nash_trainers_reach_the_regularised_equilibrium(tmp_path, trainer, game):
     """The shipped recipe; inpo, apo and nash_md on SHORT_SCHEDULE (40 rounds of 10 steps at learning rate 0.035),
     EGPO (every step a round; its half step makes a step cost twice the others') on the shipped learning rate for 100
