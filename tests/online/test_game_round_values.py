@@ -112,6 +112,22 @@ def test_apo_round_starts_from_the_extrapolated_parameters(tmp_path):
     assert [anchor[(i, (i + 1) % 3)] for i in range(3)] == pytest.approx(np.log(pi_hat).tolist(), rel=1e-9)
 
 
+def test_apo_refuses_a_later_round_without_the_previous_parameters(tmp_path):
+    """A round after the first needs theta_(t-1); a state without it (an apo checkpoint from before the parameter
+    step) is refused, naming the round, rather than run as a round without momentum; parameters of another shape too."""
+    from preflab.errors import PreflabError
+
+    run, _, _ = round_start(tmp_path, "apo")
+    run.pending = SimpleNamespace(metrics={f"policy/p{i}": 1 / 3 for i in range(3)})
+    before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
+    with pytest.raises(PreflabError, match="apo round 2: the previous round-start parameters"):
+        game_round(run, 1)
+    run.task.state.previous_parameters = {n: v[..., :1] for n, v in before.items()}
+    with pytest.raises(PreflabError, match="do not match the policy's parameters"):
+        game_round(run, 1)
+    assert all(torch.equal(p, before[n]) for n, p in run.policy.named_parameters())   # left as it was
+
+
 def test_sppo_round_scores_and_anchors_at_the_round_start_policy(tmp_path):
     """SPPO (Wu et al. 2024): all pairs i < j, scores p = (P pi_t)_i, (P pi_t)_j, the reference slots carrying
     log pi_t (SPPO anchors only to the previous iterate), not log pi_ref."""
