@@ -398,7 +398,8 @@ OPTIONS: dict[str, Option] = {
     "game_preferences": Option("task: online, game: K x K P[i][j] = P(answer i beats j), P + P^T = 1"),
     "game_eta": Option("task: online, game: inpo / nash_md step, eta * beta", "in (0, 1]",
                        lambda v: _num(v) and 0 < v <= 1),
-    "apo_alpha": Option("task: online, game, trainer apo: extrapolation (momentum) on the iterates", ">= 0",
+    "apo_alpha": Option("task: online, game, trainer apo: extrapolation (momentum) on the iterates and the "
+                        "round-start parameters", ">= 0",
                         lambda v: _num(v) and v >= 0),
     # the demo task has 64 held-out prompts (preflab.demo.task.make_splits' n_eval): more ran as 64, silently
     "heldout_prompts": within(1, 64, "task: online, demo: held-out prompts for true_reward_before/after (the demo "

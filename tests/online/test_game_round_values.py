@@ -68,6 +68,8 @@ def test_inpo_and_apo_rounds_weigh_ordered_pairs_by_the_iterate(tmp_path, traine
     run, pi_t, ref = round_start(tmp_path, trainer, *(["apo_alpha=0.5"] if trainer == "apo" else []))
     P = run.task.P
     prev = np.array([0.2, 0.3, 0.5])
+    # apo's theta_(t-1) (test_apo_round_starts_from_the_extrapolated_parameters): here theta_t's own, no parameter step
+    run.task.state.previous_parameters = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
     run.pending = SimpleNamespace(metrics={f"policy/p{i}": float(p) for i, p in enumerate(prev)})
     pi = pi_t if trainer == "inpo" else normalised(1.5 * np.log(pi_t) - 0.5 * np.log(prev))
     examples = game_round(run, 1).examples
@@ -79,6 +81,51 @@ def test_inpo_and_apo_rounds_weigh_ordered_pairs_by_the_iterate(tmp_path, traine
         assert (e.extras["prev_chosen_logps"], e.extras["prev_rejected_logps"]) == \
             pytest.approx((np.log(pi[i]), np.log(pi[j])), rel=1e-9)
         assert [e.ref[0][0], e.ref[1][0]] == pytest.approx([np.log(ref[i]), np.log(ref[j])], rel=1e-12)
+
+
+def test_apo_round_starts_from_the_extrapolated_parameters(tmp_path):
+    """APO §5.2 (He et al. 2024): the round's optimisation starts from theta_t + a (theta_t - theta_(t-1)),
+    theta_(t-1) the previous round-start parameters (round 1: no previous, no change). Between the two round starts
+    only the output head moves here, and the logits are linear in the head (a softmax-linear policy), so the
+    extrapolated policy is exactly Eq. 3.6's pi_hat ∝ pi_t^(1 + a) / pi_(t-1)^a, the round's anchor (prev log-probs)."""
+    cfg = load_config(RECIPE, [f"output_dir={tmp_path}", "disable_tqdm=true", "trainer=apo", "apo_alpha=0.5"])
+    run = OnlineRun(cfg)
+    assert not run.policy.config.tie_word_embeddings   # the head is not the prompt token's embedding too
+    theta_0 = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
+    run.pending = game_round(run, 0)
+    assert all(torch.equal(p, theta_0[n]) for n, p in run.policy.named_parameters())   # first round: theta_0 itself
+    pi_prev = distribution(run.policy)
+    head = run.policy.get_output_embeddings().weight
+    with torch.no_grad():   # "training": the head moves
+        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(3)) * 2.0)
+    theta_1 = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
+    pi_t = distribution(run.policy)
+    examples = game_round(run, 1).examples
+    for n, p in run.policy.named_parameters():
+        assert torch.equal(p, theta_1[n] + 0.5 * (theta_1[n] - theta_0[n])), n
+    assert not torch.equal(head, theta_1["lm_head.weight"])
+    assert all(torch.equal(v, theta_1[n]) for n, v in run.task.state.previous_parameters.items())  # next theta_(t-1)
+    pi_hat = normalised(1.5 * np.log(pi_t) - 0.5 * np.log(pi_prev))
+    assert distribution(run.policy) == pytest.approx(pi_hat, rel=1e-5)
+    assert 0.5 * np.abs(pi_hat - pi_t).sum() > 0.05          # the extrapolation moved the policy
+    anchor = {(e.completions[0][0], e.completions[1][0]): e.extras["prev_chosen_logps"] for e in examples}
+    assert [anchor[(i, (i + 1) % 3)] for i in range(3)] == pytest.approx(np.log(pi_hat).tolist(), rel=1e-9)
+
+
+def test_apo_refuses_a_later_round_without_the_previous_parameters(tmp_path):
+    """A round after the first needs theta_(t-1); a state without it (an apo checkpoint from before the parameter
+    step) is refused, naming the round, rather than run as a round without momentum; parameters of another shape too."""
+    from preflab.errors import PreflabError
+
+    run, _, _ = round_start(tmp_path, "apo")
+    run.pending = SimpleNamespace(metrics={f"policy/p{i}": 1 / 3 for i in range(3)})
+    before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
+    with pytest.raises(PreflabError, match="apo round 2: the previous round-start parameters"):
+        game_round(run, 1)
+    run.task.state.previous_parameters = {n: v[..., :1] for n, v in before.items()}
+    with pytest.raises(PreflabError, match="do not match the policy's parameters"):
+        game_round(run, 1)
+    assert all(torch.equal(p, before[n]) for n, p in run.policy.named_parameters())   # left as it was
 
 
 def test_sppo_round_scores_and_anchors_at_the_round_start_policy(tmp_path):

@@ -23,7 +23,11 @@ weights and targets below, pi_t = the policy at the round start, pi_ref = pi_0, 
                 log pi_mix: minimiser pi_mix exp(eta P pi_mix), Nash-MD's update (Munos et al. 2023, arXiv:2312.00886)
     apo         accelerated INPO (He et al. 2024, "Accelerated Preference Optimization", arXiv:2410.06293, Alg. 1, with
                 INPO's step as the base update): the round's pi_t (weights, anchor, opponent) is the extrapolated
-                iterate pi_hat ∝ pi_t^(1 + apo_alpha) / pi_{t-1}^apo_alpha, pi_{t-1} read from the previous round
+                iterate pi_hat ∝ pi_t^(1 + apo_alpha) / pi_{t-1}^apo_alpha (Eq. 3.6), pi_{t-1} read from the previous
+                round, and the round's optimisation starts from the extrapolated parameters theta_t + apo_alpha
+                (theta_t - theta_{t-1}) (§5.2: the paper extrapolates the LLM's parameters, exact for a softmax-linear
+                policy; for the tiny Llama their distribution approximates pi_hat), theta_{t-1} = the previous
+                round-start parameters, kept in the checkpointed task state (apo_alpha 0: trainer inpo bit for bit)
     sppo        all pairs, objective sppo, scores p = (P pi_t), reference slots pi_t (Wu et al. 2024)
     spo         self-play (Swamy et al. 2024, arXiv:2401.04056): num_generations answers sampled from pi_t, reward of
                 each = its win proportion (1/(G-1)) sum_{j != i} P[a_i, a_j] against the others, GRPO's objective
@@ -45,7 +49,8 @@ Average iterate: sppo's and spo's guarantee is on the average of the policies pl
 arXiv:2405.00675; SPO, Swamy et al. 2024, arXiv:2401.04056), not on the last iterate, so summary.json
 also holds, for every game trainer, policy_distribution_average = (1/R) sum_r pi_r over the R rounds run (pi_r the
 round-start policy, the one round r plays: each round counts once), and its tv_to_equilibrium_average and
-duality_gap_average. The running sum is the task's state (AverageIterate), checkpointed with the round.
+duality_gap_average. The running sum is the task's state (GameState, with apo's previous round-start parameters),
+checkpointed with the round.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ import copy
 import numpy as np
 import torch
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, PreflabError
 from preflab.online.examples import Example
 from preflab.online_options import check_game_preferences
 
@@ -93,6 +98,32 @@ class AverageIterate:
         self.total, self.rounds = np.asarray(state["total"], dtype=np.float64), int(state["rounds"])
 
 
+class GameState(AverageIterate):
+    """The game's checkpointed state: the average iterate and, for trainer apo, previous_parameters = the policy's
+    un-extrapolated parameters theta_t at the last round start (the next round extrapolates from them). JSON: every
+    value of a float32 / bfloat16 / float16 tensor is a Python float exactly, so a resume restores them bit for bit."""
+
+    def __init__(self, K: int):
+        super().__init__(K)
+        self.previous_parameters: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        if self.previous_parameters is not None:
+            out["previous_parameters"] = {
+                name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                       "values": t.detach().cpu().double().flatten().tolist()}
+                for name, t in self.previous_parameters.items()}
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        saved = state.get("previous_parameters")
+        self.previous_parameters = None if saved is None else {
+            name: torch.tensor(v["values"], dtype=getattr(torch, v["dtype"])).reshape(v["shape"])
+            for name, v in saved.items()}
+
+
 class GameTask:
     def __init__(self, P: np.ndarray, beta: float, policy, ref_probs: np.ndarray):
         from preflab.lab.games import reg_nash
@@ -103,7 +134,7 @@ class GameTask:
         self.rows = [PromptRow(0, "game", [PROMPT], {})]
         self.prompts, self.judges, self.heldout = ["game"], [lambda prompts, completions, **kw: [0.0] * len(prompts)], []
         self.evaluate = self._evaluate
-        self.state = AverageIterate(len(ref_probs))
+        self.state = GameState(len(ref_probs))
 
     def _evaluate(self, model, tokenizer=None) -> dict:
         out = self.evaluate_distribution(distribution(model))
@@ -219,6 +250,25 @@ def _copy_optimizer_state(dst, src) -> None:
                     del own[k]
 
 
+def extrapolate_parameters(model, previous: dict[str, torch.Tensor] | None, alpha: float) -> dict[str, torch.Tensor]:
+    """APO's momentum step in parameter space (He et al. 2024, arXiv:2410.06293, §5.2): every parameter theta of model
+    is set to theta + alpha (theta - theta_prev), previous = {name: theta_prev} (None, the first round: no change).
+    Returns copies of the un-extrapolated {name: theta}, the next round's previous. For a softmax-linear policy (its
+    logits linear in the parameters) the new policy is exactly Eq. 3.6's pi_hat ∝ pi_t^(1 + alpha) / pi_{t-1}^alpha;
+    for a network it approximates it (the paper's words: the parameter step approximates the momentum step 3.6)."""
+    current = {name: p.detach().clone() for name, p in model.named_parameters()}
+    if previous is None:
+        return current
+    if {k: tuple(v.shape) for k, v in previous.items()} != {k: tuple(v.shape) for k, v in current.items()}:
+        raise PreflabError("apo: the saved previous round-start parameters do not match the policy's parameters "
+                           "(names or shapes): the run's state comes from another model. Resume with the model the "
+                           "checkpoint was written with, or start the run again.")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(current[name] - previous[name].to(device=p.device, dtype=p.dtype), alpha=alpha)
+    return current
+
+
 def _ipo_examples(run, opponent: np.ndarray, anchor: np.ndarray) -> list[Example]:
     win = run.task.P @ opponent
     log_anchor = np.log(np.maximum(anchor, 1e-300))
@@ -247,11 +297,19 @@ def game_round(run, r: int):
         examples = _ipo_examples(run, mix, mix)
     elif name in ("inpo", "apo"):
         if name == "apo":  # extrapolated iterate pi_hat ∝ pi_t^(1 + alpha) / pi_{t-1}^alpha (Nesterov on log pi)
-            prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t
+            if run.pending is not None and task.state.previous_parameters is None:
+                raise PreflabError(
+                    f"apo round {r + 1}: the previous round-start parameters (the momentum's theta_(t-1)) are not in "
+                    "the run's state: the checkpoint was written by a preflab from before apo stepped from the "
+                    "extrapolated parameters. Start the run again (an apo game run is minutes).")
             a = cfg.apo_alpha
-            z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))
-            pi_t = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-            log_pi = np.log(np.maximum(pi_t, 1e-300))
+            # the optimisation starts from theta_t + a (theta_t - theta_(t-1)) (APO §5.2); the anchor is Eq. 3.6's
+            task.state.previous_parameters = extrapolate_parameters(run.policy, task.state.previous_parameters, a)
+            if a:  # a = 0: pi_t itself (INPO bit for bit, no exp(log) round trip)
+                prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t
+                z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))
+                pi_t = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                log_pi = np.log(np.maximum(pi_t, 1e-300))
         log_ref = np.log(np.maximum(ref, 1e-300))
         examples = []
         for i in range(K):
