@@ -29,3 +29,54 @@ def test_an_extra_that_is_a_list_in_one_row_and_a_number_in_the_others_is_a_bad_
     # lists in every row (one nesting) are one kind: all kept
     rows = [dict(r, weight=[r["weight"], 1.0]) for r in _weighted_pairs(4, 0, 0.5)]
     assert len(load_rows(write_jsonl(tmp_path / "l.jsonl", rows), required_extras=["weight"])[0]) == 4
+
+
+def test_eval_win_rate_answers_are_as_long_as_the_runs_completions_and_cut_ones_are_counted(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """Before: `preflab eval ONLINE_RUN --reward-fn F` generated 64 new tokens whatever the run's
+    max_completion_length (8 here: the policy never trained on longer answers), eval.json did not say how long the
+    answers were, and answers cut without EOS were not counted (training counts them: completions/clipped_ratio)."""
+    import json
+
+    import yaml
+
+    from preflab.cli import main
+    from preflab.generate import generate_ids
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    models = {}
+    for folder, seed in ((run, 1), (ref, 2)):
+        models[folder.name] = tiny_causal_lm(tok, seed=seed)
+        models[folder.name].save_pretrained(folder, safe_serialization=True)
+        tok.save_pretrained(folder)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "beta": 0.1,
+                                                     "seed": 0, "task": "online", "max_completion_length": 3}))
+    data = write_jsonl(tmp_path / "pairs.jsonl", _weighted_pairs(4, 0, 0.5))
+    lengths = []
+    (tmp_path / "lengths.py").write_text(
+        "def length(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["eval", str(run), "--data", data, "--reference", str(ref), "--reward-fn", "lengths:length",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    assert "up to the run's max_completion_length=3 new tokens" in capsys.readouterr().err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["win_rate"]["max_new_tokens"] == 3 and result["win_rate"]["decoding"] == "greedy"
+    prompts = [tok(f"echo: w{i}")["input_ids"] for i in range(4)]
+    for who, model in (("policy", models["run"]), ("reference", models["ref"])):
+        answers = generate_ids(model, prompts, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=3)
+        assert max(map(len, answers)) <= 3
+        lengths.append(sum(map(len, answers)) / 4)
+        clipped = sum(tok.eos_token_id not in a for a in answers) / 4
+        assert result["metrics"][f"clipped_ratio/{who}_generation"] == clipped
+    assert result["metrics"]["length/policy_generation"] == lengths[0]
+    cut = [round(result["metrics"][f"clipped_ratio/{w}_generation"] * 4) for w in ("policy", "reference")]
+    assert any(cut)  # tiny random models do not stop within 3 tokens: the note is there
+    assert (f"win rate: {cut[0]} of the policy's and {cut[1]} of the reference's 4 answers reached "
+            "max_new_tokens=3 without EOS") in " ".join(result["notes"])
+    # --max-new-tokens wins over the run's length, without the note
+    assert main(["eval", str(run), "--data", data, "--reference", str(ref), "--reward-fn", "lengths:length",
+                 "--max-new-tokens", "5", "--out", str(tmp_path / "e5.json")]) == 0
+    assert "max_completion_length=3" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "e5.json").read_text())["win_rate"]["max_new_tokens"] == 5

@@ -157,6 +157,8 @@ def _eval_section(runs: list[RunData]) -> str:
                        if win.get("fractional") else "")
                     + f" of {_fmt(win.get('n'))}"
                     + (f"; {_fmt(win.get('failed'))} prompts without a verdict left out" if win.get("failed") else "")
+                    + (f"; {_e(str(win.get('decoding', '')))} answers of at most {_fmt(win.get('max_new_tokens'))} "
+                       "new tokens" if win.get("max_new_tokens") else "")
                     + ")</p>")
         notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]
         notes += [f"{run.name}: {k} not computed: {why}" for k, why in _dict(run.eval.get("missing")).items()]
