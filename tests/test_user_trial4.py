@@ -80,3 +80,35 @@ def test_eval_win_rate_answers_are_as_long_as_the_runs_completions_and_cut_ones_
                  "--max-new-tokens", "5", "--out", str(tmp_path / "e5.json")]) == 0
     assert "max_completion_length=3" not in capsys.readouterr().err
     assert json.loads((tmp_path / "e5.json").read_text())["win_rate"]["max_new_tokens"] == 5
+
+
+def _kto_run(path, kind: str, eval_json: dict | None = None):
+    import json
+
+    import yaml
+
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text(json.dumps({"step": 3, "eval_loss": 0.66}) + "\n")
+    (path / "config.yaml").write_text(yaml.safe_dump({"task": "dpo", "loss_type": "kto", "beta": 0.1,
+                                                      "eval_fraction": 0.25, "eval_steps": 3}))
+    (path / "summary.json").write_text(json.dumps({"data": {"train_rows": {"kind": kind, "total": 24}}}))
+    if eval_json is not None:
+        (path / "eval.json").write_text(json.dumps(eval_json))
+    return path
+
+
+def test_the_report_of_a_kto_run_does_not_wait_for_pair_margins_and_counts_its_completions(tmp_path):
+    """Before: a KTO run (unpaired rows, evaluated at step 3) was told "no per-pair margins (pair_margins.jsonl) yet:
+    a preference run writes them at each eval step, and this run has not logged one" (it never can: no pairs), and
+    its eval.json's table row "pairs" read 0 with no count of the 24 completions it scored."""
+    from preflab.report.html import write_report
+    from preflab.report.runs import load_run
+
+    kto = _kto_run(tmp_path / "kto", "unpaired", {"num_pairs": 0, "num_completions": 24, "num_desirable": 12,
+                                                  "beta": 0.1, "metrics": {"unpaired/auroc": 0.75}})
+    pairs = _kto_run(tmp_path / "pairs", "pairwise")
+    assert not any("per-pair margins" in note for note in load_run(kto).missing)
+    assert any(note.startswith("no per-pair margins (pair_margins.jsonl) yet") for note in load_run(pairs).missing)
+    html = write_report([str(kto)], str(tmp_path / "report.html")).read_text()
+    assert "no per-pair margins were saved" not in html
+    assert '<td>completions</td><td class="num">24</td>' in html
