@@ -112,3 +112,30 @@ def test_the_report_of_a_kto_run_does_not_wait_for_pair_margins_and_counts_its_c
     html = write_report([str(kto)], str(tmp_path / "report.html")).read_text()
     assert "no per-pair margins were saved" not in html
     assert '<td>completions</td><td class="num">24</td>' in html
+
+
+def test_a_reward_function_without_kwargs_is_refused_naming_the_keyword_not_dropped_completion_by_completion():
+    """Before: `def f(prompts, completions)` (no **kwargs) as reward_funcs raised TypeError on every completion
+    (the call passes completion_ids and the prompt row's columns); all 16 of round 1 were dropped as judge failures
+    and the run stopped with "... or raise max_judge_failure_fraction to train on the scored ones" (none was)."""
+    from preflab.errors import ConfigError
+    from preflab.loops.judge import Judge
+
+    def nokw(prompts, completions):
+        return [float(len(c)) for c in completions]
+
+    def takes_answer(prompts, completions, completion_ids, answer):
+        return [float(c == a) for c, a in zip(completions, answer)]
+
+    judge = Judge(nokw)
+    with pytest.raises(ConfigError) as err:
+        judge(["p", "q"], ["a", "bb"], columns=[{"answer": "a"}, {"answer": "b"}], completion_ids=[[1], [2, 3]])
+    assert ("reward function 'nokw'" in str(err.value) and "takes (prompts, completions) and cannot be called with "
+            "answer=..., completion_ids=...:" in str(err.value) and "Add **kwargs" in str(err.value))
+    assert judge.failed == 0
+    # called with only what it takes, it scores (the eval's win rate calls it so)
+    assert Judge(nokw)(["p", "q"], ["a", "bb"])[0].tolist() == [1.0, 2.0]
+    # a function naming every keyword it is passed needs no **kwargs
+    scores, _ = Judge(takes_answer)(["p", "q"], ["a", "bb"], columns=[{"answer": "a"}, {"answer": "b"}],
+                                    completion_ids=[[1], [2, 3]])
+    assert scores.tolist() == [1.0, 0.0]
