@@ -139,3 +139,39 @@ def test_a_reward_function_without_kwargs_is_refused_naming_the_keyword_not_drop
     scores, _ = Judge(takes_answer)(["p", "q"], ["a", "bb"], columns=[{"answer": "a"}, {"answer": "b"}],
                                     completion_ids=[[1], [2, 3]])
     assert scores.tolist() == [1.0, 0.0]
+
+
+def test_an_online_runs_held_out_eval_counts_unscored_prompts_and_cut_answers(tmp_path):
+    """Before: eval_reward of online_task: dataset averaged the held-out answers a judge scored and said nothing of
+    those it did not (a reward function's None) nor of answers cut at max_completion_length (every one, here)."""
+    import json
+
+    from preflab.config import config_from_dict
+    from preflab.generate import generate_ids
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"say {w}\n"} for w in ("ab", "cd", "ef", "gh")])
+    write_jsonl(tmp_path / "eval.jsonl", [{"prompt": f"say {w}\n"} for w in ("ij", "kl", "mn")])
+    (tmp_path / "rewards.py").write_text("def length(prompts, completions, **kw):\n"
+                                         "    return [None if 'kl' in p else float(len(c))\n"
+                                         "            for p, c in zip(prompts, completions)]\n")
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset",
+                                dataset_name=str(tmp_path / "train.jsonl"),
+                                eval_dataset_name=str(tmp_path / "eval.jsonl"),
+                                reward_funcs=f"{tmp_path / 'rewards.py'}:length", model_name_or_path="builtin:tiny-llama",
+                                learning_rate=1e-12, max_steps=1, eval_steps=1, num_generations=2,
+                                prompts_per_generation=2, per_device_train_batch_size=2, max_completion_length=5,
+                                logging_steps=1, disable_tqdm=True, use_cpu=True, output_dir=str(tmp_path / "out")))
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1)
+    ids = generate_ids(policy, [tok(f"say {w}\n").input_ids for w in ("ij", "kl", "mn")], eos_id=tok.eos_token_id,
+                       pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                       max_new_tokens=5)
+    OnlineRun(cfg, policy=policy, tokenizer=tok).train()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if "eval_reward" in r][-1]
+    assert final["eval_judge/dropped"] == 1  # the 'kl' prompt: None from the only judge
+    assert final["eval_completions/clipped_ratio"] == sum(tok.eos_token_id not in c for c in ids) / 3
+    scored = [len(tok.decode(c, skip_special_tokens=True)) for c, w in zip(ids, ("ij", "kl", "mn")) if w != "kl"]
+    assert final["eval_reward"] == sum(scored) / 2

@@ -316,8 +316,10 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
     """evaluate(model, tokenizer) for online_task: dataset: greedy answers (max_completion_length new tokens) to the
     held-out prompt rows, scored by the run's judges with reward_weights (not cached: the judges' own call).
     Returns {"reward": mean over the scored answers, "per_prompt": each answer's reward (NaN: not scored),
-    "examples": the first 4}; the run logs eval_reward and eval_win_rate_vs_reference (per prompt against the
-    starting policy's answer, ties 1/2, unscored prompts left out)."""
+    "unscored": how many answers no judge scored (left out of the mean), "clipped_ratio": the fraction of answers
+    cut at max_completion_length without EOS, "examples": the first 4}; the run logs eval_reward,
+    eval_win_rate_vs_reference (per prompt against the starting policy's answer, ties 1/2, unscored prompts left
+    out), eval_judge/dropped and eval_completions/clipped_ratio (TRL's name, as its GRPO eval logs it)."""
     def evaluate(model, tokenizer) -> dict:
         import math
 
@@ -337,6 +339,8 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
         per_prompt = scores.tolist()
         scored = [v for v in per_prompt if not math.isnan(v)]
         return {"reward": sum(scored) / len(scored) if scored else math.nan, "per_prompt": per_prompt,
+                "unscored": len(per_prompt) - len(scored),
+                "clipped_ratio": sum(tokenizer.eos_token_id not in c for c in ids) / max(len(ids), 1),
                 "examples": [{"prompt": r.prompt, "response": t, "reward": v}
                              for r, t, v in list(zip(rows, texts, per_prompt))[:4]]}
 
