@@ -175,3 +175,27 @@ def test_an_online_runs_held_out_eval_counts_unscored_prompts_and_cut_answers(tm
     assert final["eval_completions/clipped_ratio"] == sum(tok.eos_token_id not in c for c in ids) / 3
     scored = [len(tok.decode(c, skip_special_tokens=True)) for c, w in zip(ids, ("ij", "kl", "mn")) if w != "kl"]
     assert final["eval_reward"] == sum(scored) / 2
+
+
+def test_an_unfinished_streaming_pass_through_a_shuffle_buffer_is_not_called_the_sources_first_rows(tmp_path, capsys):
+    """Before: examples/streaming.yaml (shuffle buffer 64) stopped after 4 steps said "counts of one pass (the first
+    33 rows read; ...)" and counted row 5 as skipped but not row 9 (missing 'chosen'): the 33 rows were drawn
+    through the buffer, not the file's first 33 (in file order, buffer 0, it is 34 rows with both skipped)."""
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+
+    rows = [{"prompt": f"echo: w{i}", "chosen": f"W{i}!", "rejected": f"w{i}"} for i in range(40)]
+    rows[5]["rejected"] = rows[5]["chosen"]
+    del rows[3]["chosen"]
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    said = {}
+    for buffer in (0, 16):
+        Trainer(config_from_dict(dict(
+            model_name_or_path="builtin:tiny-llama", dataset_name=data, output_dir=str(tmp_path / f"b{buffer}"),
+            streaming=True, streaming_shuffle_buffer=buffer, per_device_train_batch_size=4, max_steps=2,
+            max_length=64, disable_tqdm=True, use_cpu=True, seed=3, on_bad_row="skip"))).train()
+        said[buffer] = next(line for line in capsys.readouterr().out.splitlines() if "counts of one pass" in line)
+    assert "(the first 10 rows read; the first pass did not end): " in said[0]  # 8 kept + rows 3 and 5 skipped
+    assert "10 rows, 8 kept, 2 skipped (identical: 1, missing_field: 1)" in said[0]
+    assert "rows drawn so far through the shuffle buffer of 16, not the source's first" in said[16]
+    assert "the first pass did not end" in said[16] and "rows read;" not in said[16]
