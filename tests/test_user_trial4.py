@@ -199,3 +199,30 @@ def test_an_unfinished_streaming_pass_through_a_shuffle_buffer_is_not_called_the
     assert "10 rows, 8 kept, 2 skipped (identical: 1, missing_field: 1)" in said[0]
     assert "rows drawn so far through the shuffle buffer of 16, not the source's first" in said[16]
     assert "the first pass did not end" in said[16] and "rows read;" not in said[16]
+
+
+def test_two_reward_functions_of_one_name_log_one_metric_each(tmp_path):
+    """Before: reward_funcs [a.py:score, b.py:score] (or one function listed twice) logged one rewards/score/mean:
+    the second judge's mean overwrote the first's, while `reward` summed both."""
+    import json
+
+    from preflab.config import config_from_dict
+    from preflab.loops.judge import distinct_names
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+
+    (tmp_path / "a.py").write_text("def score(prompts, completions, **kw):\n    return [1.0 for c in completions]\n")
+    (tmp_path / "b.py").write_text("def score(prompts, completions, **kw):\n    return [3.0 for c in completions]\n")
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"say {w}\n"} for w in ("ab", "cd")])
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset",
+                                dataset_name=str(tmp_path / "train.jsonl"),
+                                reward_funcs=[f"{tmp_path / 'a.py'}:score", f"{tmp_path / 'b.py'}:score"],
+                                model_name_or_path="builtin:tiny-llama", learning_rate=1e-12, max_steps=1,
+                                num_generations=2, prompts_per_generation=2, per_device_train_batch_size=2,
+                                max_completion_length=3, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                                output_dir=str(tmp_path / "out")))
+    tok = tiny_tokenizer("char")
+    OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1), tokenizer=tok).train()
+    row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (row["rewards/score/mean"], row["rewards/score_2/mean"], row["reward"]) == (1.0, 3.0, 4.0)
+    assert distinct_names(["f", "g", "f", "f_2", "f"]) == ["f", "g", "f_2", "f_2_2", "f_3"]

@@ -97,6 +97,20 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+def distinct_names(names: list[str]) -> list[str]:
+    """The judges' names as metric keys (rewards/<name>/mean): a name given before gets _2, _3, ... in list order,
+    so two judges named alike (`score` of a.py and of b.py, or one function listed twice) log one key each instead
+    of the second overwriting the first (TRL's reward_func_names collide there)."""
+    out: list[str] = []
+    for name in names:
+        unique, k = name, 1
+        while unique in out:
+            k += 1
+            unique = f"{name}_{k}"
+        out.append(unique)
+    return out
+
+
 def _kind(fn: Any) -> str:
     if hasattr(fn, "win_rate_matrix"):
         return "preference"
@@ -223,7 +237,7 @@ class Judge:
             raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
                               f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
                               "one weight per judge, in the order of reward_funcs.")
-        self.names = [_name(j) for j in self.judges]
+        self.names = distinct_names([_name(j) for j in self.judges])
         # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
         self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)
         self.caches: list[dict[str, float]] = [{} for _ in self.judges]
