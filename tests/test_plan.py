@@ -127,3 +127,24 @@ def test_unpaired_activations_count_the_sequences_each_loss_scores(model_dir):
     apo = memory_plan(_cfg(model_dir, loss_type="apo_zero_unpaired"), model_config_of(model_dir), Sharding())
     assert kto["activations"] == L * 16 * 2 * 2 * H * 34 * 4 / 2  # fp32 compute, 2 sequences per example
     assert apo["activations"] == kto["activations"] / 2
+
+
+@pytest.mark.parametrize("task", ["online", "otc"])
+def test_online_runs_and_recipes_are_refused_not_planned_as_an_offline_batch(model_dir, tmp_path, task, capsys):
+    """user-trial-4: `preflab plan` of a GRPO run (8 prompts x 4 completions of 32 + 8 tokens) printed the
+    activations of 8 x 2 sequences of max_length 1024 (136 GiB on a 7B config), and of a recipe 'model_name_or_path
+    is empty'."""
+    from preflab.cli import main
+
+    keys = ({"task": "online", "online_task": "dataset", "trainer": "grpo", "model_name_or_path": model_dir,
+             "dataset_name": "p.jsonl", "reward_funcs": "demo_echo_reward", "num_generations": 4,
+             "max_completion_length": 8, "max_steps": 2} if task == "online" else {"task": "otc"})
+    config = tmp_path / "c.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in keys.items()))
+    assert main(["plan", str(config)]) == 2
+    out = capsys.readouterr()
+    assert "per rank" not in out.out
+    if task == "online":
+        assert "num_generations=4 completions of prompt + max_completion_length=8 tokens" in out.err
+    else:
+        assert "task: otc is a recipe that builds its own models" in out.err

@@ -236,10 +236,18 @@ def test_judge_failures_name_the_first_exception(tmp_path):
 
     judge = Judge(resolve_judge(f"{_write(tmp_path, 'my_rewards.py', MY_REWARDS)}:no_kwargs"))
     assert judge(["p1", "p2"], ["a", "bb"])[0].tolist() == [1.0, 2.0]  # without completion_ids it works
+    # user-trial-4: the keyword it cannot take is refused before any call, not counted completion by completion
+    with pytest.raises(ConfigError, match=r"cannot be called with completion_ids=\.\.\.: .* Add \*\*kwargs"):
+        judge(["p3", "p4"], ["c", "dd"], completion_ids=[[1], [2, 3]])
+    assert judge.failed == 0 and judge.failure_note() == ""
+
+    def raises(prompts, completions, **kwargs):
+        raise ValueError("no score for these")
+
+    judge = Judge(raises)
     scores, _ = judge(["p3", "p4"], ["c", "dd"], completion_ids=[[1], [2, 3]])
     assert torch.isnan(scores).all() and judge.failed == 2
-    assert judge.failure_note() == (" The first failure: judge 'no_kwargs' raised TypeError: no_kwargs() got an "
-                                    "unexpected keyword argument 'completion_ids'.")
+    assert judge.failure_note() == " The first failure: judge 'raises' raised ValueError: no score for these."
 
 
 def test_online_dpo_refuses_a_user_objective_whose_extras_online_pairs_lack(tmp_path):

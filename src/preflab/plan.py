@@ -199,6 +199,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_unplanned_task(cfg) -> None:
+    """The activation term models the offline batches (per_device_train_batch_size examples of
+    sequences_per_example sequences of max_length tokens): `task: online` and the recipes are refused, naming why,
+    rather than planned as such a batch. An online run's micro-batch is per_device_train_batch_size prompts x
+    num_generations completions (GRPO family; pairs or trees in the other recipes) of prompt + max_completion_length
+    tokens, plus the KV cache of generation, none of which is max_length x 2; a recipe builds its own models."""
+    from preflab.recipe_names import RECIPE_TASKS
+
+    if cfg.task == "online":
+        raise ConfigError(
+            f"preflab plan estimates offline runs (task dpo, sft, reward: per_device_train_batch_size x sequences of "
+            f"max_length); this task: online run (trainer {cfg.trainer}) scores per_device_train_batch_size prompts "
+            f"x num_generations={cfg.num_generations} completions of prompt + max_completion_length="
+            f"{cfg.max_completion_length} tokens and holds generation's KV cache, which the plan does not model. "
+            "Try a short run instead (max_steps=2) and watch its GPU memory (nvidia-smi).")
+    if cfg.task in RECIPE_TASKS:
+        raise ConfigError(f"preflab plan estimates one model's training run; task: {cfg.task} is a recipe that builds "
+                          "its own models and stages (recipe_params), which the plan does not model. Try a short "
+                          "run instead (recipe_params with fewer steps).")
+
+
 def run(args) -> int:
     from preflab.config import load_config
 
@@ -211,6 +232,7 @@ def run(args) -> int:
                           f"{'task: ' + cfg.task if cfg.task != 'online' else 'vision online'} run (its "
                           f"{'pipeline' if cfg.task == 'diffusion' else 'image-text model'} "
                           f"{cfg.model_name_or_path!r}) is not planned. Try a short run instead (max_steps=2).")
+    refuse_unplanned_task(cfg)
     if args.accelerate_config and args.sharding:
         raise ConfigError("give --accelerate-config or --sharding, not both.")
     if args.world_size is not None and args.world_size < 1:

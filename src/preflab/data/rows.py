@@ -90,6 +90,7 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
     make = partial(_build_pairwise, prompt_optional=True) if prompt_optional and kind == "pairwise" else _BUILDERS[kind]
     extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
         name: (None, None) for name in required_extras}
+    first_depths: dict[str, tuple[int, int, object]] = {}  # extra -> (list depth, row id, value) of its first row
 
     def made(raw):
         row = _rename(raw.data, column_map)
@@ -97,6 +98,7 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
             check_no_media(row)
         made, form = make(raw.row_id, row)
         _check_extras(made, extra_bounds)
+        _check_extra_depths(made, extra_bounds, first_depths, raw.row_id)
         return made, form
 
     def build(raw) -> list[Example]:
@@ -136,6 +138,40 @@ def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:
     if all(name in bounds for name in PHRASE_COLUMNS):  # RRPO: a pair with no differing phrase is a bad row
         for ex in examples:
             check_differing_phrase(*(_flat(ex.extras[name]) for name in PHRASE_COLUMNS))
+
+
+def list_depth(value) -> int:
+    """How deeply a (checked) extra value nests lists: 0 for a number, 1 for [numbers], 2 for [[numbers]], ...;
+    an empty list counts as one level."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+def _check_extra_depths(examples: list[Example], bounds: dict, first: dict, row_id: int) -> None:
+    """A required extra holds the same kind of value in every row: numbers in all, or lists (of the same nesting) in
+    all, as the first row that held it. A row that differs cannot join a batch with the others (stack_extras would
+    leave the column out, and the objective stop mid-run saying the batch lacks it), so it is a bad row now, naming
+    the first row's value. `first` ({name: (depth, row_id, value)}) is the reader's memory across rows."""
+    for name in bounds:
+        for ex in examples:
+            value = ex.extras[name]
+            depth = list_depth(value)
+            seen = first.setdefault(name, (depth, row_id, value))
+            if seen[0] != depth:
+                raise RowProblem(
+                    "invalid_extra", name, f"{_kind_of(value)} where row {seen[1]} holds {_kind_of(seen[2])}",
+                    f"Every row's {name!r} must be of one kind (all numbers, or all lists nested alike) to form a "
+                    f"batch; fix this row or row {seen[1]}.")
+
+
+def _kind_of(value) -> str:
+    depth, shown = list_depth(value), repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    kind = "a number" if depth == 0 else "a list" if depth == 1 else f"a list nested {depth} deep"
+    return f"{kind} ({shown})"
 
 
 def _flat(value) -> list:

@@ -55,6 +55,10 @@ METRIC_DOCS: dict[str, str] = {
     "length/chosen_longer_fraction": "fraction of pairs whose chosen response is longer",
     "length/policy_generation": "mean length of the policy's generations (tokens)",
     "length/reference_generation": "mean length of the reference model's generations (tokens)",
+    "clipped_ratio/policy_generation": "fraction of the policy's generations cut at max_new_tokens without EOS "
+                                       "(the judge scored unfinished text)",
+    "clipped_ratio/reference_generation": "fraction of the reference model's generations cut at max_new_tokens "
+                                          "without EOS",
     "reward/policy_generation": "mean reward of the policy's generations",
     "reward/reference_generation": "mean reward of the reference model's generations",
     "reward_model/accuracy": "reward model: fraction of pairs scored chosen over rejected (--task reward)",

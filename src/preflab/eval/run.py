@@ -184,6 +184,25 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     return out, note
 
 
+DEFAULT_MAX_NEW_TOKENS = 64  # the win rate's answer length when neither --max-new-tokens nor the run sets one
+
+
+def run_generation_length(checkpoint: str, given: int | None) -> tuple[int, str | None]:
+    """(max_new_tokens of the win rate's answers, a note or None) for `preflab eval CHECKPOINT`: --max-new-tokens as
+    given; else the run's max_completion_length (config.yaml: an online run's generation length, a preference run's
+    response cut), so the judge compares answers as long as the ones the run trained on, said in a note; else
+    DEFAULT_MAX_NEW_TOKENS."""
+    from preflab.models.run_config import run_config
+
+    if given is not None:
+        return given, None
+    length = (run_config(checkpoint) if Path(checkpoint).is_dir() else {}).get("max_completion_length")
+    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
+        return length, (f"win-rate answers are generated greedily up to the run's max_completion_length={length} new "
+                        "tokens (its config.yaml); --max-new-tokens changes it")
+    return DEFAULT_MAX_NEW_TOKENS, None
+
+
 def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str | None]:
     """(opts with max_length capped at the positions of the policy and reference, a note saying so or None): a
     longer sequence would index past a learned position table (an IndexError mid-evaluation), as training caps it
@@ -346,6 +365,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
         else:
             out.update(_win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics))
             win = out["win_rate"]
+            clipped = clipped_note(metrics, win["n"] + win.get("failed", 0), opts.max_new_tokens)
+            notes += [clipped] if clipped else []
             if win.get("failed"):
                 notes.append(f"win rate: no verdict on {win['failed']} of {win['n'] + win['failed']} prompts (the "
                              "judge returned -1, None or NaN, or a reward was None or not finite); the win rate and "
@@ -390,6 +411,18 @@ def _unpaired_rows(data, opts: EvalOptions):
     return examples, report
 
 
+def clipped_note(metrics: dict, prompts: int, max_new_tokens: int) -> str | None:
+    """The note saying how many of the win rate's answers were cut at max_new_tokens without EOS (the judge scored
+    unfinished text), or None when none was."""
+    cut = {who: round(metrics.get(f"clipped_ratio/{who}_generation", 0.0) * prompts)
+           for who in ("policy", "reference")}
+    if not any(cut.values()):
+        return None
+    return (f"win rate: {cut['policy']} of the policy's and {cut['reference']} of the reference's {prompts} answers "
+            f"reached max_new_tokens={max_new_tokens} without EOS, so the judge scored cut-off text "
+            "(clipped_ratio/*_generation); raise --max-new-tokens to let them finish")
+
+
 def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn, judge, metrics) -> dict:
     from preflab.eval.winrate import compare_generations
 
@@ -404,7 +437,7 @@ def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn,
                                  max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
                                  confidence=opts.confidence)
     examples_out = result.pop("examples")
-    win = result.pop("win_rate")
+    win = {**result.pop("win_rate"), "max_new_tokens": opts.max_new_tokens, "decoding": "greedy"}
     metrics.update(result)
     metrics.update({"win_rate": win["win_rate"], "win_rate/ci_low": win["ci_low"],
                     "win_rate/ci_high": win["ci_high"]})

@@ -145,6 +145,12 @@ def _rewards(reward_fn, prompts: list, answers: list[str], whose: str) -> list[f
                           "scores (the win rate needs a score for each answer, or None where it has none).") from err
 
 
+def clipped_fraction(answers: list[list[int]], eos_id: int | None) -> float:
+    """Fraction of generated answers without an EOS token: cut at max_new_tokens, so the judge scores unfinished
+    text (TRL's completions/clipped_ratio of online runs)."""
+    return sum(eos_id not in ids for ids in answers) / max(len(answers), 1)
+
+
 def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]], prompts: list, *,
                         reward_fn=None, judge=None, max_new_tokens: int = 64, batch_size: int = 16,
                         confidence: float = 0.95, examples: int = 5) -> dict:
@@ -159,7 +165,9 @@ def compare_generations(policy, reference, tokenizer, prompt_ids: list[list[int]
     decode = lambda rows: [tokenizer.decode(r, skip_special_tokens=True) for r in rows]  # noqa: E731
     ans_p, ans_r = decode(ids_p), decode(ids_r)
     out: dict = {"length/policy_generation": sum(map(len, ids_p)) / max(len(ids_p), 1),
-                 "length/reference_generation": sum(map(len, ids_r)) / max(len(ids_r), 1)}
+                 "length/reference_generation": sum(map(len, ids_r)) / max(len(ids_r), 1),
+                 "clipped_ratio/policy_generation": clipped_fraction(ids_p, tokenizer.eos_token_id),
+                 "clipped_ratio/reference_generation": clipped_fraction(ids_r, tokenizer.eos_token_id)}
     if judge is not None:
         result = win_rate_from_outcomes(judge_outcomes(judge, prompts, ans_p, ans_r), confidence)
         scores = None

@@ -59,7 +59,8 @@ def register(sub) -> None:
     judge.add_argument("--reward-model", help="directory of a sequence-classification reward model (safetensors)")
     judge.add_argument("--judge", help="MODULE:NAME of a pairwise judge (TRL's .judge or f(prompts, a, b))")
     p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated for the win rate")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="generation length for the win rate")
+    p.add_argument("--max-new-tokens", type=int, help="generation length for the win rate (default: the run's "
+                                                        "max_completion_length, else 64)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.add_argument("--no-per-pair", action="store_true", help="leave per-pair log-probs out of eval.json")
@@ -85,7 +86,7 @@ def run(args) -> int:
     import sys
 
     from preflab.eval.cli import format_summary
-    from preflab.eval.run import EvalOptions, eval_data, run_truncation
+    from preflab.eval.run import EvalOptions, eval_data, run_generation_length, run_truncation
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import load_callable
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
@@ -113,10 +114,13 @@ def run(args) -> int:
     truncation, said = run_truncation(args.checkpoint, args.max_length, args.max_prompt_length)
     if said:
         print(f"preflab: note: {said}", file=sys.stderr)
+    max_new_tokens, said = run_generation_length(args.checkpoint, args.max_new_tokens)
+    if said and (reward_fn is not None or args.judge):
+        print(f"preflab: note: {said}", file=sys.stderr)
     opts = EvalOptions(beta=args.beta, batch_size=args.batch_size, **truncation, split=args.split, limit=args.limit,
                        alpha_column=args.alpha_column, extra_responses_column=args.extra_responses_column,
                        hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
-                       max_new_tokens=args.max_new_tokens, confidence=args.confidence,
+                       max_new_tokens=max_new_tokens, confidence=args.confidence,
                        keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards)
     data = eval_data(args.data, getattr(args, "data_config", None))  # with --data-config: its configuration
     result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,

@@ -97,6 +97,20 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+def distinct_names(names: list[str]) -> list[str]:
+    """The judges' names as metric keys (rewards/<name>/mean): a name given before gets _2, _3, ... in list order,
+    so two judges named alike (`score` of a.py and of b.py, or one function listed twice) log one key each instead
+    of the second overwriting the first (TRL's reward_func_names collide there)."""
+    out: list[str] = []
+    for name in names:
+        unique, k = name, 1
+        while unique in out:
+            k += 1
+            unique = f"{name}_{k}"
+        out.append(unique)
+    return out
+
+
 def _kind(fn: Any) -> str:
     if hasattr(fn, "win_rate_matrix"):
         return "preference"
@@ -168,6 +182,24 @@ def _check_reward_signature(fn) -> None:
                           "def f(prompts, completions, **kwargs) -> list of one float (or None) per completion.")
 
 
+def _check_keywords_taken(fn, kwargs: dict) -> None:
+    """A reward function without **kwargs that lacks a parameter for a keyword the call passes (`completion_ids`,
+    a prompt row's other column) would raise TypeError on every completion: each one dropped as a judge failure and
+    the round stopped with "raise max_judge_failure_fraction to train on the scored ones" (none is). Refused here,
+    naming the keywords, before any completion is dropped."""
+    import inspect
+
+    lacking = sorted(key for key in kwargs if not _takes_keyword(fn, key))
+    if not lacking:
+        return
+    where = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    raise ConfigError(f"reward function {_name(fn)!r}{f' ({where})' if where else ''} takes "
+                      f"({', '.join(inspect.signature(fn).parameters)}) and cannot be called with "
+                      f"{', '.join(k + '=...' for k in lacking)}: preflab calls it as TRL does, with prompts, "
+                      "completions, completion_ids and the prompt row's other columns as keywords. Add **kwargs to "
+                      "its parameters: def f(prompts, completions, **kwargs).")
+
+
 def _check_trl_only_arguments(fn) -> None:
     """A TRL reward function that requires trainer_state / log_extra / log_metric would raise TypeError on every
     call here (each completion then scored NaN and counted as a judge failure, the cause unseen): said up front."""
@@ -205,7 +237,7 @@ class Judge:
             raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
                               f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
                               "one weight per judge, in the order of reward_funcs.")
-        self.names = [_name(j) for j in self.judges]
+        self.names = distinct_names([_name(j) for j in self.judges])
         # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
         self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)
         self.caches: list[dict[str, float]] = [{} for _ in self.judges]
@@ -369,6 +401,7 @@ class Judge:
         kwargs = {key: [col.get(key) for col in columns] for key in {k for col in columns for k in col}}
         if completion_ids is not None:
             kwargs["completion_ids"] = list(completion_ids)
+        _check_keywords_taken(judge, kwargs)
         if images is not None and _takes_keyword(judge, "images"):  # TRL's `images` column: PIL images per completion
             kwargs["images"] = list(images)
         return _floats(self.timed(judge, lambda: _awaited(judge(prompts=list(prompts), completions=list(completions),

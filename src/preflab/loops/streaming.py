@@ -250,6 +250,16 @@ def stream_report(stream: ExampleStream) -> dict:
                           "unused_examples": stream.unused_examples, "shuffle_buffer": stream.shuffle_buffer}}
 
 
+def first_pass_scope(rows_read: int, shuffle_buffer: int) -> str:
+    """What the counts of an unfinished first pass cover: in source order, its first rows; through a shuffle buffer,
+    the rows drawn from it so far, which are not the source's first ones (the rows still in the buffer were read
+    but not checked, so a bad row among them is not counted yet)."""
+    if shuffle_buffer > 1:
+        return (f"the {rows_read} rows drawn so far through the shuffle buffer of {shuffle_buffer}, not the source's "
+                f"first {rows_read}; the first pass did not end")
+    return f"the first {rows_read} rows read; the first pass did not end"
+
+
 def stream_notes(stream: ExampleStream, n_eval: int, objective=None) -> list[str]:
     """The data lines of a streaming run at its end, as the ordinary run prints them at its start (preflab.loops.
     prepare): the first pass's row and tokenize counts (the rows read so far while it is under way) and its notes:
@@ -261,7 +271,7 @@ def stream_notes(stream: ExampleStream, n_eval: int, objective=None) -> list[str
     reports = stream.pipeline.reports()
     rows = reports["rows"]
     scope = ("first pass, whole source; later passes read the same rows and are not counted again"
-             if stream.pass_index > 0 else f"the first {stream.rows_read} rows read; the first pass did not end")
+             if stream.pass_index > 0 else first_pass_scope(stream.rows_read, stream.shuffle_buffer))
     lines = [f"data: streaming, counts of one pass ({scope}): {rows.summary()}; {reports['tokenize'].summary()}"]
     notes = [rows.mixed_forms_note(), rows.split_pairs_note()]
     overlap = reports.get("overlap")

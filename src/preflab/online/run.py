@@ -939,6 +939,10 @@ class OnlineRun(TrainingRun):
         self.after = after
         if "reward" in after:  # online_task: dataset: the judges' reward of greedy answers to held-out prompts
             metrics = {"eval_reward": after["reward"]}
+            # what the mean leaves out or scores unfinished: held-out prompts no judge scored, answers cut
+            for key, name in (("unscored", "eval_judge/dropped"), ("clipped_ratio", "eval_completions/clipped_ratio")):
+                if key in after:
+                    metrics[name] = after[key]
             if self.before and "per_prompt" in self.before:
                 metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             return metrics

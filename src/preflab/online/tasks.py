@@ -317,9 +317,11 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
     held-out prompt rows, or with num_generations_eval k that many sampled answers each (_eval_answers: TRL's
     GRPOTrainer evaluation), scored by the run's judges with reward_weights (not cached: the judges' own call).
     Returns {"reward": mean over the scored answers, "per_prompt": each prompt's answer's reward, the mean of its
-    scored answers with k (NaN: none scored),
-    "examples": the first 4}; the run logs eval_reward and eval_win_rate_vs_reference (per prompt against the
-    starting policy's answer, ties 1/2, unscored prompts left out)."""
+    scored answers with k (NaN: none scored), "unscored": how many answers no judge scored (left out of the mean),
+    "clipped_ratio": the fraction of answers cut at max_completion_length without EOS, "examples": the first 4};
+    the run logs eval_reward, eval_win_rate_vs_reference (per prompt against the starting policy's answer, ties 1/2,
+    unscored prompts left out), eval_judge/dropped and eval_completions/clipped_ratio (TRL's name, as its GRPO eval
+    logs it)."""
     def evaluate(model, tokenizer) -> dict:
         import math
 
@@ -341,6 +343,8 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
         scored = [v for v in values if not math.isnan(v)]
         per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]
         return {"reward": sum(scored) / len(scored) if scored else math.nan, "per_prompt": per_prompt,
+                "unscored": len(values) - len(scored),
+                "clipped_ratio": sum(tokenizer.eos_token_id not in c for c in ids) / max(len(ids), 1),
                 "examples": [{"prompt": r.prompt, "response": t, "reward": v}
                              for r, t, v in list(zip(rows, texts, values))[:4]]}
 

@@ -143,6 +143,9 @@ def _eval_section(runs: list[RunData]) -> str:
     rows = [[f"<td>{_e(k)}</td>", *[_num_cell(metrics[r.name].get(k)) for r in have],
              f'<td class="doc">{_e(docs.get(k, ""))}</td>'] for k in keys]
     rows.insert(0, ["<td>pairs</td>", *[_num_cell(r.eval.get("num_pairs")) for r in have], "<td></td>"])
+    if any("num_completions" in r.eval for r in have):  # unpaired data (KTO's form): its count is of completions
+        rows.insert(1, ["<td>completions</td>", *[_num_cell(r.eval.get("num_completions")) for r in have],
+                        '<td class="doc">unpaired completions scored (prompt, completion, label)</td>'])
     rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
                     '<td class="doc">beta of the implicit reward and of R*</td>'])
     out += _table(["metric", *[r.name for r in have], "meaning"], rows)
@@ -157,6 +160,8 @@ def _eval_section(runs: list[RunData]) -> str:
                        if win.get("fractional") else "")
                     + f" of {_fmt(win.get('n'))}"
                     + (f"; {_fmt(win.get('failed'))} prompts without a verdict left out" if win.get("failed") else "")
+                    + (f"; {_e(str(win.get('decoding', '')))} answers of at most {_fmt(win.get('max_new_tokens'))} "
+                       "new tokens" if win.get("max_new_tokens") else "")
                     + ")</p>")
         notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]
         notes += [f"{run.name}: {k} not computed: {why}" for k, why in _dict(run.eval.get("missing")).items()]

@@ -69,9 +69,13 @@ class RunData:
 
     @property
     def pairwise(self) -> bool:
-        """An offline preference run (task: dpo, the default), the kind that writes pair_margins.jsonl; not SFT,
-        reward-model, online, VLM or diffusion runs, and not a folder without config.yaml."""
-        return bool(self.config) and self.config.get("task", "dpo") == "dpo"
+        """An offline preference run on pairs (task: dpo, the default), the kind that writes pair_margins.jsonl; not
+        SFT, reward-model, online, VLM or diffusion runs, not a run whose summary.json says its rows were unpaired
+        (KTO and the other unpaired objectives: no pairs, so never a pair margin), and not a folder without
+        config.yaml."""
+        rows = self.summary.get("data", {}).get("train_rows") if isinstance(self.summary.get("data"), dict) else None
+        kind = rows.get("kind") if isinstance(rows, dict) else None
+        return bool(self.config) and self.config.get("task", "dpo") == "dpo" and kind in (None, "pairwise")
 
     @property
     def reward_model(self) -> bool:
