@@ -4,6 +4,7 @@ file parsed twice). Now the run reads the reader that decided the split: the dat
 the run's own end-of-run eval of the same file (another code path: the trainer's eval set, opened by the run).
 The run's config.yaml is read once as well (it was read 6 times by the vlm eval, 3 by the diffusion one: the task
 check, the config, the saved values, the model's and the processor's reload each read it again)."""
+import os
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,10 @@ def test_vlm_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_path, o
     config_reads.clear()
     result = evaluate_vlm_run(str(run), data)
     # was [data, data]: open_eval_split's reader, then the run's own; now the eval data once, then the run's training
-    # data (its dataset_name, the same file here) once for the overlap count, which finds every pair trained on
-    assert opened == [data, data]
-    assert result["overlap_with_training"] == {"prompts": 8, "pairs": 8, "rows": 8, "checked_against": data,
+    # data (its dataset_name, the same file here, read by the absolute path launch.json recorded: preflab.launch_paths)
+    # once for the overlap count, which finds every pair trained on
+    assert opened == [data, os.path.abspath(data)]
+    assert result["overlap_with_training"] == {"prompts": 8, "pairs": 8, "rows": 8, "checked_against": os.path.abspath(data),
                                                "split": "train", "training_pairs": 8}
     assert config_reads == [run / "config.yaml"]  # was 6 reads
     assert result["split"] == "train" and result["num_pairs"] == 8
@@ -79,7 +81,8 @@ def test_diffusion_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_p
     opened.clear()
     config_reads.clear()
     result = evaluate_diffusion_run(str(run), data)
-    train = "examples/diffusion/data/train.jsonl"  # the run's dataset_name, read once for the overlap count
+    # the run's dataset_name, read once for the overlap count (by the absolute path launch.json recorded)
+    train = os.path.abspath("examples/diffusion/data/train.jsonl")
     assert opened == [data, train]  # was [data, data, ...]: the eval data once
     assert result["overlap_with_training"]["pairs"] == 0  # test.jsonl is held out of train.jsonl
     assert config_reads == [run / "config.yaml"]  # was 3 reads
