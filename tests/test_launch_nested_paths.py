@@ -179,3 +179,28 @@ def test_a_trl_dataset_mixture_of_one_local_file_is_recorded_as_dataset_name(tmp
                             "max_steps": 1})
     assert launch_record(cfg.to_dict(), str(tmp_path))["local_paths"]["dataset_name"] == {
         "value": "data/p.jsonl", "path": f"{tmp_path}/data/p.jsonl"}
+
+
+def test_a_recipe_resumed_from_another_directory_naming_the_same_files_keeps_its_params(tmp_path, monkeypatch):
+    """A recipe's state file records its recipe_params' local paths absolute where it started: a resume from B
+    naming the same data file as ../A/... is no change of recipe_params (it was refused: "recipe_params
+    ['data_file'] differ"); another file (B's data/u.jsonl) still is."""
+    from preflab.recipe_state import RecipeStateFile
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    (a / "data").mkdir(parents=True)
+    b.mkdir()
+    (a / "data" / "u.jsonl").write_text("")
+    state = a / "out" / "recipe_state.json"
+    monkeypatch.chdir(a)
+    RecipeStateFile(state, {"data_file": "data/u.jsonl", "iterations": 2}, resume=False, every_process=False)
+    assert json.loads(state.read_text())["params_local_paths"] == {"data_file": f"{a}/data/u.jsonl", "iterations": 2}
+    monkeypatch.chdir(b)
+    RecipeStateFile(state, {"data_file": "../A/data/u.jsonl", "iterations": 2}, resume=True, every_process=False)
+    (b / "data").mkdir()
+    (b / "data" / "u.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=r"recipe_params \['data_file'\] differ"):
+        RecipeStateFile(state, {"data_file": str(b / "data/u.jsonl"), "iterations": 2}, resume=True,
+                        every_process=False)
+    with pytest.raises(ConfigError, match=r"recipe_params \['iterations'\] differ"):
+        RecipeStateFile(state, {"data_file": "../A/data/u.jsonl", "iterations": 3}, resume=True, every_process=False)

@@ -230,15 +230,19 @@ def same_path(name: str, saved, current, record: dict | None) -> bool:
     return os.path.samefile(before, after)
 
 
+def same_local_paths(recorded, current, name: str = "recipe_params") -> bool:
+    """Whether `recorded` (a nested value with its local paths made absolute where a run started: absolutized) and
+    `current` (as written now, relative to the current directory) name the same files and folders."""
+    from preflab.home_paths import home_expanded
+
+    return _canonical(recorded) == _canonical(absolutized(name, home_expanded(current)))
+
+
 def _same_nested(name: str, saved, current, record: dict | None) -> bool:
     """same_path of a nested option: the recorded absolute form of `saved` and `current` with its local path parts
     made absolute here are equal once each existing path part is its real path (symlinks and `..` resolved)."""
-    from preflab.home_paths import home_expanded
-
     before = recorded_path(record, name, saved) if saved is not None else None
-    if before is None:
-        return False
-    return _canonical(before) == _canonical(absolutized(name, home_expanded(current)))
+    return before is not None and same_local_paths(before, current, name)
 
 
 def _canonical(value):
